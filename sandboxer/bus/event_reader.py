@@ -1,0 +1,68 @@
+"""Reading the event log in order: an ordered push consumer, the fast path for replay.
+
+``read_events`` yields ``(seq, subject, data, pending)`` from ``start_seq``,
+``pending`` being how many matching events the server still holds after this one. With
+``follow=False`` it stops once it has caught up with the stream (or reached
+``stop_seq``); with ``follow=True`` it waits for new events forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from sandboxer import subjects
+
+__all__ = ["last_sequence", "read_events"]
+
+PENDING_LIMIT = 1_000_000
+
+
+async def last_sequence(js: JetStreamContext) -> int:
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    return int(info.state.last_seq)
+
+
+async def read_events(
+    js: JetStreamContext,
+    *,
+    start_seq: int = 1,
+    filter_subject: str = subjects.EVENTS,
+    stop_seq: int | None = None,
+    follow: bool = False,
+    idle_timeout: float = 1.0,
+) -> AsyncIterator[tuple[int, str, bytes, int]]:
+    if not follow:
+        end = await last_sequence(js) if stop_seq is None else stop_seq
+        if end < start_seq:
+            return
+        stop_seq = end
+    sub = await js.subscribe(
+        filter_subject,
+        stream=subjects.EVENTS_STREAM,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        config=ConsumerConfig(opt_start_seq=max(start_seq, 1)),
+        pending_msgs_limit=PENDING_LIMIT,
+        pending_bytes_limit=PENDING_LIMIT * 1024,
+    )
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=idle_timeout)
+            except (TimeoutError, NatsTimeout):
+                if follow:
+                    continue
+                return  # nothing more matches the filter
+            meta = msg.metadata
+            seq = meta.sequence.stream
+            if stop_seq is not None and seq > stop_seq:
+                return
+            yield seq, msg.subject, msg.data, meta.num_pending
+            if not follow and (seq == stop_seq or meta.num_pending == 0):
+                return
+    finally:
+        await sub.unsubscribe()

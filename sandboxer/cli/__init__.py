@@ -1,0 +1,1 @@
+"""The ``sandboxer`` command line: one more bus client."""

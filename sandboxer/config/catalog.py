@@ -1,0 +1,156 @@
+"""Finding profiles and extension declarations: packaged, then the user's, then entry points.
+
+Search order (a later definition with the same id wins):
+
+1. the packaged ``profiles/`` and ``extensions/`` shipped with sandboxer;
+2. ``$SANDBOXER_HOME/profiles/`` and ``$SANDBOXER_HOME/extensions/``;
+
+and extension implementations registered by third-party packages under the
+entry-point group ``sandboxer.extensions`` (name = extension id).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.profile import Profile
+from sandboxer.errors import ConfigError, UnknownProfile
+
+__all__ = ["Catalog", "load_yaml_model", "packaged_dir"]
+
+ENTRY_POINT_GROUP = "sandboxer.extensions"
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def packaged_dir(kind: str) -> Path:
+    """Directory of the packaged ``profiles`` or ``extensions``."""
+    return Path(__file__).resolve().parent.parent / "packaged" / kind
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (check its spelling against docs/profiles.md)"
+    elif error["type"] == "literal_error":
+        message = f"{message}; got {error.get('input')!r}"
+    return f"{where}: {message}"
+
+
+def load_yaml_model(path: Path, model: type[Model]) -> Model:
+    """Parse one YAML file into ``model``; errors name the file, the field and what is allowed."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        details = "; ".join(_describe(dict(err)) for err in exc.errors())
+        raise ConfigError(f"{path}: {details}") from None
+
+
+@dataclass
+class Catalog:
+    """Every profile and extension declaration visible to this process."""
+
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    profile_sources: dict[str, Path] = field(default_factory=dict)
+    extensions: dict[str, ExtensionDecl] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, home: Path | None = None) -> Catalog:
+        catalog = cls()
+        dirs = [packaged_dir("profiles"), packaged_dir("extensions")]
+        if home is not None:
+            dirs += [home / "profiles", home / "extensions"]
+        for directory in dirs:
+            catalog._load_dir(directory)
+        catalog._load_entry_points()
+        return catalog
+
+    def _load_entry_points(self) -> None:
+        """Extensions installed as packages without a YAML file declare themselves.
+
+        Their class carries a ``declaration`` attribute (an ExtensionDecl or a
+        mapping of its fields); a YAML declaration with the same id wins.
+        """
+        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry.name in self.extensions:
+                continue
+            try:
+                declaration = getattr(entry.load(), "declaration", None)
+            except Exception as exc:  # a broken third-party package must not stop sandboxer
+                raise ConfigError(
+                    f"extension entry point {entry.name} ({entry.value}) failed to load: {exc}"
+                ) from exc
+            if declaration is None:
+                raise ConfigError(
+                    f"extension entry point {entry.name} has no YAML declaration and its class "
+                    "has no 'declaration' attribute; add extensions/{entry.name}.yaml"
+                )
+            self.extensions[entry.name] = ExtensionDecl.model_validate(declaration)
+
+    def _load_dir(self, directory: Path) -> None:
+        if not directory.is_dir():
+            return
+        for path in sorted(directory.glob("*.yaml")):
+            if path.name.startswith("profile."):
+                profile = load_yaml_model(path, Profile)
+                self._check_name(path, profile.id)
+                self.profiles[profile.id] = profile
+                self.profile_sources[profile.id] = path
+            elif path.name.startswith("ext."):
+                decl = load_yaml_model(path, ExtensionDecl)
+                self._check_name(path, decl.id)
+                self.extensions[decl.id] = decl
+
+    @staticmethod
+    def _check_name(path: Path, declared_id: str) -> None:
+        if path.stem != declared_id:
+            raise ConfigError(f"{path}: id is {declared_id!r} but the file is named {path.name}; "
+                              f"name it {declared_id}.yaml")
+
+    def profile(self, profile_id: str) -> Profile:
+        try:
+            return self.profiles[profile_id]
+        except KeyError:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise UnknownProfile(
+                f"unknown profile {profile_id!r}; known profiles: {known}. "
+                "Add one as $SANDBOXER_HOME/profiles/<id>.yaml"
+            ) from None
+
+    def extensions_enabled(self) -> dict[str, ExtensionDecl]:
+        return {ext_id: decl for ext_id, decl in self.extensions.items() if decl.enabled}
+
+
+def load_extension_class(decl: ExtensionDecl) -> type[Any]:
+    """Import the class implementing ``decl``: an installed entry point wins over the declaration."""
+    target = decl.entry_point
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name == decl.id:
+            target = entry.value
+            break
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"extension {decl.id}: cannot import {target!r}: {exc}. "
+            "Install the package that provides it or fix entry_point in its declaration."
+        ) from exc
+    if not isinstance(cls, type):
+        raise ConfigError(f"extension {decl.id}: {target!r} is not a class")
+    return cls

@@ -1,0 +1,42 @@
+"""The extension declaration schema (``extensions/ext.<name>.yaml``): what a backend offers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Capabilities", "ExtensionDecl", "Pricing"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Capabilities(_Strict):
+    isolation: list[Literal["container", "microvm", "policy", "namespace"]] = Field(min_length=1)
+    snapshot: bool = False
+    pause: bool = False
+    gpu: bool = False
+    exec: bool = False
+    regions: list[str] = Field(default_factory=list)
+
+
+class Pricing(_Strict):
+    """What one sandbox costs on this backend, in USD."""
+
+    per_second: float = 0.0
+    per_create: float = 0.0
+    gpu_per_second: float = 0.0
+
+
+class ExtensionDecl(_Strict):
+    """A backend declaration; ``entry_point`` is ``module:Class`` implementing the Extension protocol."""
+
+    id: str = Field(pattern=r"^ext\.[a-z0-9][a-z0-9-]*$")
+    description: str = ""
+    kind: Literal["self-hosted", "saas"]
+    enabled: bool = True
+    capabilities: Capabilities
+    pricing: Pricing = Field(default_factory=Pricing)
+    entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

@@ -1,0 +1,162 @@
+"""The profile schema: a named, versioned recipe for a sandbox (``profiles/profile.<name>.yaml``).
+
+Every section forbids unknown fields so that a typo is an error naming the
+file and the field, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sandboxer.durations import parse_duration
+
+__all__ = [
+    "InputSpec",
+    "Isolation",
+    "Network",
+    "Placement",
+    "Profile",
+    "Resources",
+    "Route",
+    "RouteConstraints",
+    "Setup",
+    "Ttl",
+    "Workspace",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+class Isolation(_Strict):
+    """How strongly the sandbox is separated from its host."""
+
+    level: Literal["container", "microvm", "policy", "namespace"] = "namespace"
+
+
+class Network(_Strict):
+    """Network policy: ``deny`` gives only loopback; ``egress`` lists allowed ``host:port`` targets."""
+
+    default: Literal["deny", "allow"] = "deny"
+    egress: list[str] = Field(default_factory=list)
+
+
+class Workspace(_Strict):
+    """Where the sandbox's files live and whether the sandbox may write them."""
+
+    mode: Literal["ephemeral", "persistent"] = "ephemeral"
+    access: Literal["rw", "ro"] = "rw"
+
+
+class Ttl(_Strict):
+    """Lifetime limits, as durations (``90s``, ``15m``, ``2h``, ``1d``)."""
+
+    default: str = "4h"
+    max: str = "24h"
+    idle_reap: str | None = None
+
+    _durations = field_validator("default", "max", "idle_reap")(_check_duration)
+
+
+class Resources(_Strict):
+    """Limits enforced by the backend (cgroups for ext.local)."""
+
+    cpu: float | None = Field(default=None, gt=0, description="CPU cores (fractional allowed)")
+    memory_mb: int | None = Field(default=None, gt=0)
+    disk_mb: int | None = Field(default=None, gt=0)
+    pids: int | None = Field(default=None, gt=0, description="maximum number of processes")
+    gpu: str | None = None
+
+
+class Setup(_Strict):
+    """Commands run inside the sandbox after it starts, and secrets to deliver to it."""
+
+    instructions: list[str] = Field(default_factory=list)
+    secret_refs: dict[str, str] = Field(
+        default_factory=dict,
+        description="NAME -> reference (env:VAR or file:PATH), resolved only inside the worker",
+    )
+
+    @field_validator("secret_refs")
+    @classmethod
+    def _refs_have_a_scheme(cls, refs: dict[str, str]) -> dict[str, str]:
+        for name, ref in refs.items():
+            if not ref.startswith(("env:", "file:")):
+                raise ValueError(f"secret_refs.{name}: {ref!r} must start with env: or file:")
+        return refs
+
+
+class Placement(_Strict):
+    """Hosts to try, in order: every ``prefer`` host, then every ``fallback`` host."""
+
+    prefer: list[str] = Field(default_factory=list)
+    fallback: list[str] = Field(default_factory=list)
+
+
+class RouteConstraints(_Strict):
+    max_cost_per_hour: float | None = None
+    require_isolation: Literal["container", "microvm", "policy", "namespace"] | None = None
+    region: str | None = None
+    gpu: str | None = None
+    snapshot: bool | None = None
+
+
+class Route(_Strict):
+    """Let routing choose among candidate extensions instead of naming one."""
+
+    strategy: Literal["prefer-self-hosted", "lowest-cost", "lowest-latency", "explicit"] = (
+        "explicit"
+    )
+    candidates: list[str] = Field(min_length=1)
+    constraints: RouteConstraints = Field(default_factory=RouteConstraints)
+
+
+class InputSpec(_Strict):
+    """One ``--input k=v`` a create must or may pass."""
+
+    required: bool = False
+    default: str | None = None
+    description: str = ""
+
+
+class Profile(_Strict):
+    """A named, versioned sandbox recipe."""
+
+    id: str = Field(pattern=r"^profile\.[a-z0-9][a-z0-9-]*$")
+    version: int = Field(default=1, ge=1)
+    description: str = ""
+    extension: str | None = Field(default=None, pattern=r"^ext\.[a-z0-9][a-z0-9-]*$")
+    route: Route | None = None
+    isolation: Isolation = Field(default_factory=Isolation)
+    network: Network = Field(default_factory=Network)
+    workspace: Workspace = Field(default_factory=Workspace)
+    scope_default: Literal["sandbox", "project", "actor"] = "sandbox"
+    ttl: Ttl = Field(default_factory=Ttl)
+    resources: Resources = Field(default_factory=Resources)
+    setup: Setup = Field(default_factory=Setup)
+    placement: Placement = Field(default_factory=Placement)
+    reachability: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _extension_or_route(self) -> Profile:
+        if (self.extension is None) == (self.route is None):
+            raise ValueError("set exactly one of 'extension' (a fixed backend) or 'route'")
+        return self
+
+    def candidates(self) -> list[str]:
+        """Extensions that may serve this profile, in the order routing considers them."""
+        if self.extension is not None:
+            return [self.extension]
+        assert self.route is not None
+        return list(self.route.candidates)

@@ -1,0 +1,1 @@
+"""Pure business rules: ``decide`` and ``evolve`` for each aggregate, no I/O."""

@@ -1,0 +1,56 @@
+"""Admission of a create: the profile's input rules and routing, before anything is appended."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sandboxer.commands.types import CreateSandbox
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.profile import Profile
+from sandboxer.domain.routing import route
+from sandboxer.domain.sandbox import AdmittedCreate, Rejected
+from sandboxer.durations import parse_duration
+from sandboxer.ids import derive_sandbox_id
+
+__all__ = ["admit_create"]
+
+
+def complete_inputs(profile: Profile, given: Mapping[str, str]) -> dict[str, str]:
+    """The inputs with the profile's defaults filled in; Rejected when one is missing or unknown."""
+    unknown = sorted(set(given) - set(profile.inputs))
+    if unknown:
+        allowed = ", ".join(sorted(profile.inputs)) or "none"
+        raise Rejected(
+            "invalid_input",
+            f"{profile.id} takes no input {', '.join(unknown)}; allowed inputs: {allowed}",
+        )
+    inputs = dict(given)
+    for name, spec in profile.inputs.items():
+        if name in inputs:
+            continue
+        if spec.default is not None:
+            inputs[name] = spec.default
+        elif spec.required:
+            raise Rejected(
+                "missing_input",
+                f"{profile.id} requires input {name!r} ({spec.description or 'no description'}); "
+                f"pass it with --input {name}=VALUE",
+            )
+    return inputs
+
+
+def admit_create(
+    command: CreateSandbox, profile: Profile, enabled: Mapping[str, ExtensionDecl]
+) -> AdmittedCreate:
+    inputs = complete_inputs(profile, command.inputs)
+    choice = route(profile, enabled)
+    return AdmittedCreate(
+        command=command,
+        sandbox_id=command.sandbox_id or derive_sandbox_id(command.command_id),
+        profile_version=profile.version,
+        inputs=inputs,
+        extension=choice.extension,
+        route_reason=choice.reason,
+        candidates=choice.candidates,
+        ttl_seconds=parse_duration(profile.ttl.default),
+    )

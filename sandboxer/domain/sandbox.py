@@ -1,0 +1,377 @@
+"""The sandbox aggregate: ``decide(state, command, now) -> events`` and ``evolve(state, event)``.
+
+Both are pure. Workers load the state by folding ``evolve`` over a sandbox's
+events, call ``decide`` and append what it returns under optimistic
+concurrency; on a conflict they reload and decide again. A command the state
+cannot accept raises :class:`Rejected`; a command already decided (same
+``command_id``) or a job whose work is already done decides no events.
+
+Lifecycle::
+
+    new ─create→ requested → routed → provisioning → ready ─recreate→ recreating → provisioning
+                                        │   ▲
+                                        ▼   │(redelivered job: attempt+1)
+                                       failed ─recreate→ recreating
+    any live state ─destroy→ destroying → destroyed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from sandboxer.commands.types import CreateSandbox, DestroySandbox, RecreateSandbox
+from sandboxer.events.types import (
+    Actor,
+    SandboxDestroyed,
+    SandboxDestroying,
+    SandboxEvent,
+    SandboxFailed,
+    SandboxProvisioning,
+    SandboxReady,
+    SandboxRecreating,
+    SandboxRequested,
+    SandboxRouted,
+)
+
+__all__ = [
+    "AdmittedCreate",
+    "FinishTeardown",
+    "MarkFailed",
+    "MarkReady",
+    "Rejected",
+    "SandboxState",
+    "StartProvisioning",
+    "Status",
+    "decide",
+    "evolve",
+    "fold",
+]
+
+Status = Literal[
+    "new",
+    "requested",
+    "routed",
+    "provisioning",
+    "ready",
+    "failed",
+    "recreating",
+    "destroying",
+    "destroyed",
+]
+
+LIVE = frozenset({"requested", "routed", "provisioning", "ready", "failed", "recreating"})
+"""States a destroy may leave."""
+
+
+class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the log says about one sandbox, folded from its events."""
+
+    sandbox_id: str
+    status: Status = "new"
+    version: int = 0
+    """Number of events applied."""
+    profile: str | None = None
+    profile_version: int | None = None
+    inputs: dict[str, str] = {}
+    extension: str | None = None
+    host: str | None = None
+    actor: Actor | None = None
+    created_by: str | None = None
+    """The create command's id."""
+    correlation: str | None = None
+    """The command whose work is under way (create, recreate or destroy): the ``command_id``
+    of the events its jobs produce, so a client can wait for the outcome of its own command."""
+    generation: int = 0
+    attempt: int = 0
+    reachability: dict[str, Any] | None = None
+    warnings: list[str] = []
+    failure: str | None = None
+    ttl_seconds: float | None = None
+    handled: frozenset[str] = frozenset()
+    """Ids of the commands already decided, so a re-sent command decides nothing."""
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class Rejected(Exception):  # noqa: N818 - a decision, not a failure of the code
+    """The command is not acceptable in this state; ``reason`` says why and what to do."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# -- commands as the domain sees them ---------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmittedCreate:
+    """A create whose profile was found, inputs checked and backend chosen by the control worker."""
+
+    command: CreateSandbox
+    sandbox_id: str
+    profile_version: int
+    inputs: dict[str, str]
+    """The command's inputs completed with the profile's defaults."""
+    extension: str
+    route_reason: str
+    candidates: list[str] = field(default_factory=list)
+    host: str | None = None
+    ttl_seconds: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartProvisioning:
+    """An extension worker picked up the provision (or recreate) job."""
+
+    job_id: str
+    worker: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarkReady:
+    job_id: str
+    reachability: dict[str, Any]
+    warnings: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarkFailed:
+    job_id: str
+    reason: str
+    stage: Literal["provision", "wait_ready", "teardown", "job"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinishTeardown:
+    job_id: str
+
+
+DomainCommand = (
+    AdmittedCreate
+    | DestroySandbox
+    | RecreateSandbox
+    | StartProvisioning
+    | MarkReady
+    | MarkFailed
+    | FinishTeardown
+)
+
+
+# -- decide ------------------------------------------------------------------------------------
+
+
+def decide(state: SandboxState, command: DomainCommand, now: str) -> list[SandboxEvent]:
+    """The events ``command`` produces in ``state``; raises Rejected when it is not acceptable."""
+    match command:
+        case AdmittedCreate():
+            return _decide_create(state, command, now)
+        case DestroySandbox():
+            return _decide_destroy(state, command, now)
+        case RecreateSandbox():
+            return _decide_recreate(state, command, now)
+        case StartProvisioning():
+            return _decide_start(state, command, now)
+        case MarkReady():
+            if state.status != "provisioning":
+                return []
+            return [
+                SandboxReady(
+                    **_common(state, now, command.job_id),
+                    reachability=command.reachability,
+                    warnings=command.warnings,
+                    generation=state.generation,
+                )
+            ]
+        case MarkFailed():
+            if state.status not in {"routed", "provisioning", "recreating", "ready"}:
+                return []
+            return [
+                SandboxFailed(
+                    **_common(state, now, command.job_id),
+                    reason=command.reason,
+                    stage=command.stage,
+                )
+            ]
+        case FinishTeardown():
+            if state.status != "destroying":
+                return []
+            return [SandboxDestroyed(**_common(state, now, command.job_id))]
+
+
+def _common(state: SandboxState, now: str, causation: str | None = None) -> dict[str, Any]:
+    """Fields every event of a job carries: correlated to the command that created the work."""
+    assert state.correlation is not None and state.actor is not None
+    return {
+        "sandbox_id": state.sandbox_id,
+        "command_id": state.correlation,
+        "causation_id": causation,
+        "actor": state.actor,
+        "at": now,
+    }
+
+
+def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> list[SandboxEvent]:
+    command = admitted.command
+    if command.command_id in state.handled:
+        return []
+    if state.status != "new":
+        raise Rejected(
+            "sandbox_exists",
+            f"sandbox {admitted.sandbox_id} already exists ({state.status}); "
+            "choose another sandbox_id or omit it to have one assigned",
+        )
+    head: dict[str, Any] = {
+        "sandbox_id": admitted.sandbox_id,
+        "command_id": command.command_id,
+        "actor": command.actor,
+        "at": now,
+    }
+    return [
+        SandboxRequested(
+            **head,
+            profile=command.profile,
+            profile_version=admitted.profile_version,
+            inputs=admitted.inputs,
+            ttl_seconds=admitted.ttl_seconds,
+        ),
+        SandboxRouted(
+            **head,
+            extension=admitted.extension,
+            reason=admitted.route_reason,
+            candidates=admitted.candidates,
+            host=admitted.host,
+        ),
+    ]
+
+
+def _decide_destroy(state: SandboxState, command: DestroySandbox, now: str) -> list[SandboxEvent]:
+    if command.command_id in state.handled:
+        return []
+    if state.status == "new":
+        raise Rejected(
+            "unknown_sandbox",
+            f"no sandbox {command.sandbox_id}; 'sandboxer list' shows the existing ones",
+        )
+    if state.status == "destroying":
+        return []  # the control worker publishes the teardown job again: a retry, not an error
+    if state.status == "destroyed":
+        raise Rejected("already_destroyed", f"sandbox {command.sandbox_id} is already destroyed")
+    return [
+        SandboxDestroying(
+            sandbox_id=state.sandbox_id,
+            command_id=command.command_id,
+            actor=command.actor,
+            at=now,
+        )
+    ]
+
+
+def _decide_recreate(
+    state: SandboxState, command: RecreateSandbox, now: str
+) -> list[SandboxEvent]:
+    if command.command_id in state.handled:
+        return []
+    if state.status == "new":
+        raise Rejected(
+            "unknown_sandbox",
+            f"no sandbox {command.sandbox_id}; 'sandboxer list' shows the existing ones",
+        )
+    if state.status not in {"ready", "failed"}:
+        raise Rejected(
+            "not_recreatable",
+            f"sandbox {command.sandbox_id} is {state.status}; "
+            "recreate applies to a ready or failed sandbox",
+        )
+    return [
+        SandboxRecreating(
+            sandbox_id=state.sandbox_id,
+            command_id=command.command_id,
+            actor=command.actor,
+            at=now,
+        )
+    ]
+
+
+def _decide_start(state: SandboxState, command: StartProvisioning, now: str) -> list[SandboxEvent]:
+    if state.status not in {"routed", "recreating", "provisioning"}:
+        return []
+    assert state.extension is not None
+    fresh = state.status != "provisioning"
+    return [
+        SandboxProvisioning(
+            **_common(state, now, command.job_id),
+            extension=state.extension,
+            attempt=1 if fresh else state.attempt + 1,
+            generation=state.generation + 1 if fresh else state.generation,
+            worker=command.worker,
+        )
+    ]
+
+
+# -- evolve ------------------------------------------------------------------------------------
+
+
+def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
+    """The state after ``event``. Total: an event that does not apply leaves the state as it is."""
+    replace = msgspec.structs.replace
+    base = replace(
+        state,
+        version=state.version + 1,
+        handled=state.handled | {event.command_id},
+        updated_at=event.at,
+    )
+    match event:
+        case SandboxRequested():
+            return replace(
+                base,
+                status="requested",
+                profile=event.profile,
+                profile_version=event.profile_version,
+                inputs=event.inputs,
+                actor=event.actor,
+                created_by=event.command_id,
+                correlation=event.command_id,
+                ttl_seconds=event.ttl_seconds,
+                created_at=event.at,
+            )
+        case SandboxRouted():
+            return replace(base, status="routed", extension=event.extension, host=event.host)
+        case SandboxProvisioning():
+            return replace(
+                base,
+                status="provisioning",
+                attempt=event.attempt,
+                generation=event.generation,
+                failure=None,
+            )
+        case SandboxReady():
+            return replace(
+                base, status="ready", reachability=event.reachability, warnings=event.warnings
+            )
+        case SandboxFailed():
+            return replace(base, status="failed", failure=event.reason, reachability=None)
+        case SandboxRecreating():
+            return replace(
+                base,
+                status="recreating",
+                reachability=None,
+                warnings=[],
+                correlation=event.command_id,
+            )
+        case SandboxDestroying():
+            return replace(base, status="destroying", correlation=event.command_id)
+        case SandboxDestroyed():
+            return replace(base, status="destroyed", reachability=None)
+    return base
+
+
+def fold(sandbox_id: str, events: list[SandboxEvent]) -> SandboxState:
+    state = SandboxState(sandbox_id=sandbox_id)
+    for event in events:
+        state = evolve(state, event)
+    return state

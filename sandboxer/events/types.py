@@ -1,0 +1,165 @@
+"""The event types of the public contract, as frozen msgspec Structs.
+
+Each carries an explicit ``type`` tag that never changes with the class name,
+a schema version ``v``, the aggregate (``sandbox_id``), the correlation id of
+the command that started the work (``command_id``), the ``actor`` and the time
+``at``. New fields get defaults; field types never change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "Actor",
+    "CommandRejected",
+    "Event",
+    "SandboxDestroyed",
+    "SandboxDestroying",
+    "SandboxEvent",
+    "SandboxFailed",
+    "SandboxProvisioning",
+    "SandboxReady",
+    "SandboxRecreating",
+    "SandboxRequested",
+    "SandboxRouted",
+    "decode_event",
+    "encode_event",
+    "event_type",
+]
+
+SCHEMA_VERSION = 1
+
+
+class Actor(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Who asked: an administrator (``adm``), an agent (``agt``) or an automation (``atm``)."""
+
+    type: Literal["adm", "agt", "atm"]
+    id: str
+    project: str | None = None
+
+
+SYSTEM_ACTOR = Actor(type="atm", id="sandboxer")
+
+
+class _SandboxEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = SCHEMA_VERSION
+    """Schema version of this event type."""
+    event_id: str = ""
+    """Unique id, also the ``Nats-Msg-Id`` of the append; set by the event store."""
+    sandbox_id: str
+    command_id: str
+    """Correlation: the command whose processing produced this event."""
+    causation_id: str | None = None
+    """The event or job that directly caused this one, when not the command itself."""
+    actor: Actor
+    at: str
+    """UTC time, ISO 8601 with milliseconds."""
+
+
+class SandboxRequested(_SandboxEventBase, frozen=True, kw_only=True, tag="requested"):
+    """A create was accepted: the profile exists and the inputs satisfy it."""
+
+    profile: str
+    profile_version: int
+    inputs: dict[str, str] = {}
+    ttl_seconds: float | None = None
+
+
+class SandboxRouted(_SandboxEventBase, frozen=True, kw_only=True, tag="routed"):
+    """Routing chose the backend (and, for remote backends, the host)."""
+
+    extension: str
+    reason: str
+    candidates: list[str] = []
+    host: str | None = None
+
+
+class SandboxProvisioning(_SandboxEventBase, frozen=True, kw_only=True, tag="provisioning"):
+    """A worker started establishing the sandbox (``attempt`` counts redeliveries)."""
+
+    extension: str
+    attempt: int = 1
+    generation: int = 1
+    worker: str | None = None
+
+
+class SandboxReady(_SandboxEventBase, frozen=True, kw_only=True, tag="ready"):
+    """The sandbox can be used; ``reachability`` says how to reach it."""
+
+    reachability: dict[str, Any]
+    warnings: list[str] = []
+    generation: int = 1
+
+
+class SandboxFailed(_SandboxEventBase, frozen=True, kw_only=True, tag="failed"):
+    """Establishing the sandbox failed; whatever was made has been torn down."""
+
+    reason: str
+    stage: Literal["admission", "routing", "provision", "wait_ready", "teardown", "job"]
+    retryable: bool = False
+
+
+class SandboxRecreating(_SandboxEventBase, frozen=True, kw_only=True, tag="recreating"):
+    """A recreate was accepted: the sandbox is torn down and provisioned again."""
+
+
+class SandboxDestroying(_SandboxEventBase, frozen=True, kw_only=True, tag="destroying"):
+    """A destroy was accepted; teardown is under way."""
+
+    reason: str = "requested"
+
+
+class SandboxDestroyed(_SandboxEventBase, frozen=True, kw_only=True, tag="destroyed"):
+    """Everything the sandbox owned is gone."""
+
+
+class CommandRejected(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="rejected"):
+    """A command could not be accepted; ``reason`` says why and what to do."""
+
+    v: int = SCHEMA_VERSION
+    event_id: str = ""
+    command_id: str | None
+    """The command's id, or None when it could not be read."""
+    command: str
+    """The verb from the subject, e.g. ``create``."""
+    code: str
+    reason: str
+    sandbox_id: str | None = None
+    stream_seq: int | None = None
+    """Sequence of the command in the commands stream (the key when the id is unreadable)."""
+    actor: Actor | None = None
+    at: str
+
+
+SandboxEvent = (
+    SandboxRequested
+    | SandboxRouted
+    | SandboxProvisioning
+    | SandboxReady
+    | SandboxFailed
+    | SandboxRecreating
+    | SandboxDestroying
+    | SandboxDestroyed
+)
+Event = SandboxEvent | CommandRejected
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    return _decoder.decode(data)
+
+
+def event_type(event: Event) -> str:
+    """The ``type`` tag of an event (also the last token of its subject)."""
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag

@@ -1,0 +1,1 @@
+"""Backends that establish sandboxes, behind one :class:`~sandboxer.extensions.base.Extension` protocol."""

@@ -1,0 +1,84 @@
+"""The interface every backend implements, and the values that cross it.
+
+Extension workers call these methods; nothing here touches NATS. A backend
+raises :class:`~sandboxer.errors.ExtensionError` with a message a person can
+act on; the worker records it in a ``failed`` event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from sandboxer.config.profile import Profile
+
+__all__ = [
+    "Extension",
+    "FoundSandbox",
+    "Heartbeat",
+    "OutputSink",
+    "ProvisionRequest",
+    "Readiness",
+]
+
+Heartbeat = Callable[[], Awaitable[None]]
+"""Called by a backend during long steps so the job is not redelivered meanwhile."""
+
+OutputSink = Callable[[Literal["stdout", "stderr"], bytes], Awaitable[None]]
+"""Receives the output of :meth:`Extension.exec` as it is produced."""
+
+
+async def _no_heartbeat() -> None:
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProvisionRequest:
+    """Everything a backend needs to establish one sandbox."""
+
+    sandbox_id: str
+    profile: Profile
+    inputs: Mapping[str, str]
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Resolved secret values: deliver them to the sandbox, never log or return them."""
+    heartbeat: Heartbeat = _no_heartbeat
+
+
+@dataclass(frozen=True, kw_only=True)
+class Readiness:
+    """How to reach a ready sandbox, and what the backend could not enforce."""
+
+    descriptor: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoundSandbox:
+    """A sandbox a backend finds on its host (for adoption and stale detection)."""
+
+    sandbox_id: str
+    alive: bool
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Extension(Protocol):
+    """A backend. ``id`` is its declaration id, e.g. ``ext.local``."""
+
+    id: str
+
+    async def provision(self, request: ProvisionRequest) -> None:
+        """Create the sandbox's resources. May be called again after a crash: start clean."""
+
+    async def wait_ready(self, request: ProvisionRequest) -> Readiness:
+        """Return once the sandbox can be used, with its reachability descriptor."""
+
+    async def teardown(self, sandbox_id: str) -> None:
+        """Remove everything the sandbox owns. Idempotent: tearing down nothing succeeds."""
+
+    async def list_sandboxes(self) -> Sequence[FoundSandbox]:
+        """Every sandbox this backend finds it owns on its host."""
+
+    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink) -> int:
+        """Run ``argv`` inside the sandbox, stream its output to ``output``, return its exit code."""

@@ -1,0 +1,177 @@
+"""The projector: keeps the sandbox view up to date with the log, and rebuilds it on demand.
+
+Live, it follows the events stream from the position stored in the view,
+committing after every burst (when the server has nothing pending) or every
+``FLUSH_EVERY`` events. ``rebuild`` replays the log from sequence 1 into a
+fresh database; ``verify`` rebuilds up to the live position and compares the
+two row by row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nats.js import JetStreamContext
+
+from sandboxer.bus.event_reader import read_events
+from sandboxer.projections.folding import Batch
+from sandboxer.projections.sandbox_view import SandboxView
+
+__all__ = ["Projector", "ReplayReport"]
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 1000
+REBUILD_FLUSH_EVERY = 50_000
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    events: int
+    position: int
+    seconds: float
+    verified: bool | None = None
+    differences: list[str] | None = None
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+class Projector:
+    def __init__(self, js: JetStreamContext, db_path: Path) -> None:
+        self._js = js
+        self._db_path = db_path
+        self.view: SandboxView | None = None
+        self._lock = asyncio.Lock()
+        self._advanced = asyncio.Condition()
+        self._restart = asyncio.Event()
+        self.position = 0
+
+    async def open(self) -> None:
+        self.view = await SandboxView.open(self._db_path)
+        self.position = await self.view.position()
+
+    async def close(self) -> None:
+        if self.view is not None:
+            await self.view.close()
+            self.view = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the log until ``stop``; restarts its reader after a rebuild swapped the view."""
+        if self.view is None:
+            await self.open()
+        while not stop.is_set():
+            self._restart.clear()
+            follow = asyncio.create_task(self._follow())
+            stopped = asyncio.create_task(stop.wait())
+            restarted = asyncio.create_task(self._restart.wait())
+            done, _ = await asyncio.wait(
+                {follow, stopped, restarted}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in (follow, stopped, restarted):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if follow in done and follow.exception() is not None:
+                log.error("projector reader failed: %s; restarting", follow.exception())
+                await asyncio.sleep(0.5)
+
+    async def _follow(self) -> None:
+        assert self.view is not None
+        batch = Batch(self.view)
+        async for seq, _subject, data, pending in read_events(
+            self._js, start_seq=self.position + 1, follow=True
+        ):
+            async with self._lock:
+                if seq <= self.position:
+                    continue
+                await batch.apply(seq, data)
+                if pending == 0 or batch.size >= FLUSH_EVERY:
+                    await batch.flush()
+                    await self._advance(batch.position)
+
+    async def _advance(self, position: int) -> None:
+        async with self._advanced:
+            self.position = position
+            self._advanced.notify_all()
+
+    async def wait_for(self, seq: int, timeout: float = 2.0) -> bool:
+        """Wait until the view includes event ``seq`` (read-your-writes for queries)."""
+        async with self._advanced:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._advanced.wait_for(lambda: self.position >= seq)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _build(self, path: Path, stop_seq: int | None) -> ReplayReport:
+        path.unlink(missing_ok=True)
+        view = await SandboxView.open(path)
+        started = time.perf_counter()
+        count = 0
+        try:
+            batch = Batch(view)
+            async for seq, _subject, data, _pending in read_events(
+                self._js, start_seq=1, stop_seq=stop_seq
+            ):
+                await batch.apply(seq, data)
+                count += 1
+                if batch.size >= REBUILD_FLUSH_EVERY:
+                    await batch.flush()
+            await batch.flush()
+            position = await view.position()
+        finally:
+            await view.close()
+        return ReplayReport(count, position, time.perf_counter() - started)
+
+    async def rebuild(self) -> ReplayReport:
+        """Replay the whole log into a new database and swap it in for the live one."""
+        assert self.view is not None
+        async with self._lock:
+            fresh = self._db_path.with_suffix(".rebuild")
+            report = await self._build(fresh, stop_seq=None)
+            await self.view.close()
+            fresh.replace(self._db_path)
+            for suffix in ("-wal", "-shm"):
+                Path(str(self._db_path) + suffix).unlink(missing_ok=True)
+            self.view = await SandboxView.open(self._db_path)
+            await self._advance(await self.view.position())
+            self._restart.set()
+        return report
+
+    async def verify(self) -> ReplayReport:
+        """Rebuild up to the live position in a scratch database and compare every row."""
+        assert self.view is not None
+        async with self._lock:
+            live_position = self.position
+            scratch = self._db_path.with_suffix(".verify")
+            report = await self._build(scratch, stop_seq=live_position)
+            rebuilt = await SandboxView.open(scratch)
+            try:
+                differences = _compare(await self.view.dump(), await rebuilt.dump())
+            finally:
+                await rebuilt.close()
+                scratch.unlink(missing_ok=True)
+        return ReplayReport(
+            report.events, report.position, report.seconds, not differences, differences
+        )
+
+
+def _compare(live: dict[str, list[tuple[object, ...]]],
+             rebuilt: dict[str, list[tuple[object, ...]]]) -> list[str]:
+    differences: list[str] = []
+    for table in live:
+        live_rows = {row[0]: row for row in live[table]}
+        rebuilt_rows = {row[0]: row for row in rebuilt[table]}
+        for key in sorted(set(live_rows) | set(rebuilt_rows), key=str):
+            if live_rows.get(key) != rebuilt_rows.get(key):
+                differences.append(f"{table}[{key}]: live {live_rows.get(key)!r:.200} "
+                                   f"!= rebuilt {rebuilt_rows.get(key)!r:.200}")
+    return differences[:50]

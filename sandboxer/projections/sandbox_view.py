@@ -1,0 +1,147 @@
+"""The sandbox view: one row per sandbox and one per rejected command, in SQLite.
+
+The stream sequence the view has reached is written in the same transaction
+as the rows, so after a crash the view resumes exactly where its data ends.
+Rows keep the whole folded state (msgspec JSON) so the projector can evolve
+a sandbox without replaying it, plus columns for filtering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from sandboxer.domain.sandbox import SandboxState
+from sandboxer.events.types import CommandRejected
+
+__all__ = ["SandboxView", "state_to_dict"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sandboxes (
+    sandbox_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    profile TEXT,
+    extension TEXT,
+    created_at TEXT,
+    updated_at TEXT,
+    last_seq INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sandboxes_status ON sandboxes(status);
+CREATE TABLE IF NOT EXISTS rejections (
+    key TEXT PRIMARY KEY,
+    command_id TEXT,
+    seq INTEGER NOT NULL,
+    event BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS position (
+    projection TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+"""
+
+NAME = "sandboxes"
+_encode = msgspec.json.Encoder().encode
+_decode_state = msgspec.json.Decoder(SandboxState).decode
+
+
+def state_to_dict(state: SandboxState) -> dict[str, Any]:
+    """The JSON-able view of a sandbox that queries return."""
+    data: dict[str, Any] = msgspec.to_builtins(state)
+    data["handled"] = sorted(state.handled)
+    return data
+
+
+class SandboxView:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> SandboxView:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path)
+        await db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + SCHEMA)
+        await db.commit()
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def position(self) -> int:
+        async with self._db.execute("SELECT seq FROM position WHERE projection = ?", (NAME,)) as c:
+            row = await c.fetchone()
+        return int(row[0]) if row else 0
+
+    async def load_state(self, sandbox_id: str) -> SandboxState | None:
+        async with self._db.execute(
+            "SELECT state FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _decode_state(row[0]) if row else None
+
+    async def save(
+        self,
+        states: Iterable[tuple[SandboxState, int]],
+        rejections: Iterable[tuple[CommandRejected, int]],
+        position: int,
+    ) -> None:
+        """Write changed rows and the new position in one transaction."""
+        await self._db.executemany(
+            "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (s.sandbox_id, s.status, s.profile, s.extension, s.created_at, s.updated_at,
+                 seq, _encode(s))
+                for s, seq in states
+            ],
+        )
+        await self._db.executemany(
+            "INSERT OR REPLACE INTO rejections VALUES (?, ?, ?, ?)",
+            [
+                (r.command_id or f"seq-{r.stream_seq}", r.command_id, seq, _encode(r))
+                for r, seq in rejections
+            ],
+        )
+        await self._db.execute(
+            "INSERT OR REPLACE INTO position VALUES (?, ?)", (NAME, position)
+        )
+        await self._db.commit()
+
+    async def get(self, sandbox_id: str) -> SandboxState | None:
+        return await self.load_state(sandbox_id)
+
+    async def list_states(
+        self, *, status: str | None = None, include_destroyed: bool = False, limit: int = 1000
+    ) -> list[SandboxState]:
+        query = "SELECT state FROM sandboxes"
+        clauses: list[str] = []
+        params: list[Any] = []
+        if status:
+            clauses.append("status = ?")
+            params.append(status)
+        elif not include_destroyed:
+            clauses.append("status != 'destroyed'")
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY created_at, sandbox_id LIMIT ?"
+        params.append(limit)
+        async with self._db.execute(query, params) as cursor:
+            rows = await cursor.fetchall()
+        return [_decode_state(row[0]) for row in rows]
+
+    async def rejection(self, key: str) -> dict[str, Any] | None:
+        async with self._db.execute("SELECT event FROM rejections WHERE key = ?", (key,)) as c:
+            row = await c.fetchone()
+        return msgspec.json.decode(row[0]) if row else None
+
+    async def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, for comparing a rebuilt view with the live one."""
+        tables: dict[str, list[tuple[Any, ...]]] = {}
+        for table, key in (("sandboxes", "sandbox_id"), ("rejections", "key"),
+                           ("position", "projection")):
+            async with self._db.execute(f"SELECT * FROM {table} ORDER BY {key}") as cursor:  # noqa: S608 - fixed names
+                tables[table] = [tuple(row) for row in await cursor.fetchall()]
+        return tables

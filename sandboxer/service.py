@@ -1,0 +1,148 @@
+"""``sandboxer up`` and ``sandboxer worker``: run roles against NATS until SIGINT/SIGTERM.
+
+Roles: ``control`` (admission and routing), ``projector`` (views and
+queries), and one per enabled extension (``ext.local`` ...). ``up`` runs them
+all in one process and, unless ``SANDBOXER_NATS_URL`` is set, starts its own
+``nats-server`` first. On a signal every role stops fetching, finishes what it
+holds, and the connection drains before the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from nats.aio.client import Client
+
+from sandboxer import __version__
+from sandboxer.bus.connect import connect
+from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.streams import ensure_streams
+from sandboxer.clock import utc_now
+from sandboxer.config.catalog import Catalog, load_extension_class
+from sandboxer.config.settings import Settings
+from sandboxer.errors import ConfigError
+from sandboxer.extensions.base import Extension
+from sandboxer.projections.projector import Projector
+from sandboxer.projections.queries import QueryService
+from sandboxer.workers.control import ControlWorker
+from sandboxer.workers.exec_service import ExecService
+from sandboxer.workers.extension_worker import ExtensionWorker
+
+__all__ = ["all_roles", "run_roles", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def all_roles(catalog: Catalog) -> list[str]:
+    return ["control", "projector", *sorted(catalog.extensions_enabled())]
+
+
+def build_extension(ext_id: str, catalog: Catalog, settings: Settings) -> Extension:
+    decl = catalog.extensions_enabled().get(ext_id)
+    if decl is None:
+        known = ", ".join(sorted(catalog.extensions_enabled())) or "none"
+        raise ConfigError(f"unknown or disabled extension {ext_id!r}; enabled: {known}")
+    cls = load_extension_class(decl)
+    factory = getattr(cls, "from_settings", None)
+    extension: Extension = factory(settings) if factory else cls()
+    return extension
+
+
+@contextlib.asynccontextmanager
+async def embedded_nats(settings: Settings) -> AsyncIterator[list[str]]:
+    """Yield the NATS URLs to use: the configured ones, or those of a server started here."""
+    if not settings.embedded:
+        yield list(settings.nats_urls)
+        return
+    from sandboxer.bus.nats_server import NatsServerProcess, find_nats_server
+
+    binary = find_nats_server(settings.nats_server)
+    server = NatsServerProcess(
+        binary=binary,
+        store_dir=settings.home / "nats",
+        log_file=settings.home / "nats-server.log",
+        server_name="sandboxer-embedded",
+    )
+    await server.start()
+    try:
+        yield [server.url]
+    finally:
+        await server.stop()
+
+
+async def run_roles(
+    nc: Client, roles: Sequence[str], settings: Settings, catalog: Catalog, stop: asyncio.Event,
+    *, info: dict[str, Any],
+) -> None:
+    """Run ``roles`` on one connection until ``stop`` is set."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = EventStore(nc, js)
+    services: list[QueryService | ExecService] = []
+    projectors: list[Projector] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            for role in roles:
+                if role == "control":
+                    control = ControlWorker(js, store, catalog, ack_wait=settings.ack_wait)
+                    group.create_task(control.run(stop))
+                elif role == "projector":
+                    projector = Projector(js, settings.db_path)
+                    await projector.open()
+                    projectors.append(projector)
+                    queries = QueryService(nc, projector, info=info)
+                    await queries.start()
+                    services.append(queries)
+                    group.create_task(projector.run(stop))
+                else:
+                    extension = build_extension(role, catalog, settings)
+                    worker = ExtensionWorker(
+                        js, store, catalog, extension, ack_wait=settings.ack_wait
+                    )
+                    executor = ExecService(nc, extension)
+                    await executor.start()
+                    services.append(executor)
+                    await worker.reconcile()
+                    group.create_task(worker.run(stop))
+            log.info("running roles: %s", ", ".join(roles))
+    finally:
+        for service in services:
+            await service.stop()
+        for projector in projectors:
+            await projector.close()
+
+
+async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
+    """Run until SIGINT/SIGTERM: the whole service (``up``) or chosen roles (``worker``)."""
+    catalog = Catalog.load(settings.home)
+    chosen = list(roles) if roles else all_roles(catalog)
+    for role in chosen:
+        if role not in {"control", "projector"}:
+            build_extension(role, catalog, settings)  # fail fast on a bad role
+    settings.home.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with embedded_nats(settings) as urls:
+        nc = await connect(urls, name=f"sandboxer-{'+'.join(chosen)}")
+        info = {"version": __version__, "pid": os.getpid(), "roles": chosen,
+                "nats_url": urls[0], "home": str(settings.home), "started_at": utc_now(),
+                "embedded": settings.embedded}
+        record = settings.service_file if settings.embedded and roles is None else None
+        try:
+            if record is not None:
+                record.write_text(json.dumps(info, indent=2))
+            await run_roles(nc, chosen, settings, catalog, stop, info=info)
+        finally:
+            if record is not None:
+                record.unlink(missing_ok=True)
+            with contextlib.suppress(Exception):
+                await nc.drain()

@@ -1,0 +1,67 @@
+"""Every NATS subject and stream name of the public contract, in one place.
+
+See ``docs/protocol.md`` for what travels on each.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "COMMANDS_STREAM",
+    "EVENTS_STREAM",
+    "JOBS_STREAM",
+    "command_subject",
+    "exec_subject",
+    "job_subject",
+    "rejection_subject",
+    "sandbox_event_subject",
+    "sandbox_events_filter",
+]
+
+COMMANDS_STREAM = "SANDBOXER_COMMANDS"
+EVENTS_STREAM = "SANDBOXER_EVENTS"
+JOBS_STREAM = "SANDBOXER_JOBS"
+
+COMMANDS = "sandboxer.cmd.>"
+EVENTS = "sandboxer.evt.>"
+JOBS = "sandboxer.job.>"
+
+QUERY_GET = "sandboxer.query.sandbox.get"
+QUERY_LIST = "sandboxer.query.sandbox.list"
+QUERY_REJECTION = "sandboxer.query.command.rejection"
+QUERY_HEALTH = "sandboxer.query.health"
+ADMIN_REPLAY = "sandboxer.admin.replay"
+
+
+def command_subject(verb: str) -> str:
+    return f"sandboxer.cmd.{verb}"
+
+
+def sandbox_event_subject(sandbox_id: str, event_type: str) -> str:
+    return f"sandboxer.evt.sandbox.{sandbox_id}.{event_type}"
+
+
+def sandbox_events_filter(sandbox_id: str) -> str:
+    """Every event of one sandbox: the expected-sequence scope of its appends."""
+    return f"sandboxer.evt.sandbox.{sandbox_id}.>"
+
+
+def rejection_subject(key: str) -> str:
+    return f"sandboxer.evt.command.{key}.rejected"
+
+
+def extension_token(extension_id: str) -> str:
+    """``ext.local`` -> ``local``: extension ids contain a dot, subject tokens cannot."""
+    return extension_id.removeprefix("ext.")
+
+
+def job_subject(extension_id: str, sandbox_id: str) -> str:
+    return f"sandboxer.job.{extension_token(extension_id)}.{sandbox_id}"
+
+
+def jobs_filter(extension_id: str) -> str:
+    return f"sandboxer.job.{extension_token(extension_id)}.>"
+
+
+def exec_subject(sandbox_id: str) -> str:
+    """Core request subject (outside every stream) to run a command in a sandbox."""
+    return f"sandboxer.exec.{sandbox_id}"

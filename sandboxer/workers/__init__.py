@@ -1,0 +1,1 @@
+"""Workers: durable pull consumers that load, decide and append."""

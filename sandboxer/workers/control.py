@@ -1,0 +1,142 @@
+"""The control worker: admits commands, decides, appends, and hands jobs to extensions.
+
+For every command it loads the sandbox, decides, appends under optimistic
+concurrency (reloading on a conflict), then publishes the job the new state
+waits for. Every step is idempotent, so a redelivered command completes
+whatever a crash interrupted and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from sandboxer import subjects
+from sandboxer.bus.event_store import EventStore, Loaded
+from sandboxer.clock import utc_now
+from sandboxer.commands.parse import InvalidCommand, parse_command
+from sandboxer.commands.types import Command, CreateSandbox, DestroySandbox, RecreateSandbox
+from sandboxer.config.catalog import Catalog
+from sandboxer.domain.admission import admit_create
+from sandboxer.domain.sandbox import AdmittedCreate, FinishTeardown, Rejected, decide
+from sandboxer.errors import ConcurrencyConflict, UnknownProfile
+from sandboxer.events.types import CommandRejected
+from sandboxer.workers.jobs import job_for
+from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
+
+__all__ = ["ControlWorker"]
+
+log = logging.getLogger(__name__)
+
+DECIDE_ATTEMPTS = 8
+
+
+def _verb(msg: Msg) -> str:
+    return msg.subject.rsplit(".", 1)[-1]
+
+
+class ControlWorker:
+    def __init__(
+        self, js: JetStreamContext, store: EventStore, catalog: Catalog, *, ack_wait: float = 30.0
+    ) -> None:
+        self._js = js
+        self._store = store
+        self._catalog = catalog
+        self.spec = ConsumerSpec(
+            stream=subjects.COMMANDS_STREAM,
+            durable="control",
+            filter_subject=subjects.COMMANDS,
+            ack_wait=ack_wait,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await run_pull_consumer(self._js, self.spec, self.handle, self._on_poison, stop)
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            command = parse_command(_verb(msg), msg.data)
+        except InvalidCommand as invalid:
+            await self._reject(msg, invalid.code, invalid.reason, invalid)
+            await msg.ack()
+            return
+        try:
+            loaded = await self._decide_and_append(command)
+        except (Rejected, UnknownProfile) as refusal:
+            code = refusal.code
+            reason = refusal.reason if isinstance(refusal, Rejected) else refusal.message
+            await self._reject(msg, code, reason, command)
+            await msg.ack()
+            return
+        await self._dispatch(loaded)
+        await msg.ack()
+
+    def _to_domain(self, command: Command) -> AdmittedCreate | DestroySandbox | RecreateSandbox:
+        if isinstance(command, CreateSandbox):
+            profile = self._catalog.profile(command.profile)
+            return admit_create(command, profile, self._catalog.extensions_enabled())
+        return command
+
+    async def _decide_and_append(self, command: Command) -> Loaded:
+        domain_command = self._to_domain(command)
+        sandbox_id = domain_command.sandbox_id
+        for _ in range(DECIDE_ATTEMPTS):
+            loaded = await self._store.load(sandbox_id)
+            events = decide(loaded.state, domain_command, utc_now())
+            try:
+                loaded = await self._store.append(loaded, events)
+            except ConcurrencyConflict:
+                continue
+            if loaded.state.status == "destroying" and loaded.state.extension is None:
+                # Never routed: nothing was made, so nothing to tear down.
+                events = decide(loaded.state, FinishTeardown(job_id="control"), utc_now())
+                loaded = await self._store.append(loaded, events)
+            return loaded
+        raise ConcurrencyConflict(
+            f"sandbox {sandbox_id} kept changing; gave up after {DECIDE_ATTEMPTS} attempts",
+            sandbox_id=sandbox_id,
+        )
+
+    async def _dispatch(self, loaded: Loaded) -> None:
+        """Publish the job the sandbox now waits for (deduplicated by its deterministic id)."""
+        job = job_for(loaded.state)
+        if job is None or loaded.state.extension is None:
+            return
+        await self._js.publish(
+            subjects.job_subject(loaded.state.extension, job.sandbox_id),
+            msgspec.json.encode(job),
+            headers={"Nats-Msg-Id": job.job_id},
+        )
+
+    async def _reject(
+        self, msg: Msg, code: str, reason: str, about: InvalidCommand | Command
+    ) -> None:
+        sandbox_id = about.sandbox_id if hasattr(about, "sandbox_id") else None
+        rejection = CommandRejected(
+            command_id=about.command_id,
+            command=_verb(msg)[:64],
+            code=code,
+            reason=reason,
+            sandbox_id=sandbox_id,
+            stream_seq=msg.metadata.sequence.stream,
+            actor=about.actor,
+            at=utc_now(),
+        )
+        log.info("rejected %s %s: %s", rejection.command, rejection.command_id, reason)
+        await self._store.reject(rejection)
+
+    async def _on_poison(self, msg: Msg, exc: BaseException) -> None:
+        try:
+            command: InvalidCommand | Command = parse_command(_verb(msg), msg.data)
+        except InvalidCommand as invalid:
+            command = invalid
+        await self._reject(
+            msg,
+            "internal_error",
+            f"the control worker failed {self.spec.max_deliver} times on this command ({exc}); "
+            "see the service log",
+            command,
+        )

@@ -1,0 +1,92 @@
+"""Running commands inside sandboxes for bus clients (``sandboxer.exec.<sandbox_id>``).
+
+A core request/reply exchange with a streamed answer. The client publishes
+``{"argv": [...]}`` with a reply inbox; the worker that owns the sandbox
+answers on that inbox with a ``started`` message, then ``stdout``/``stderr``
+chunks as they come, then ``exit`` carrying ``{"exit_code": N}`` (or
+``{"error": "..."}``). The kind of each message is its ``Sandboxer-Exec``
+header. Workers that do not own the sandbox stay silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from sandboxer.errors import SandboxerError
+from sandboxer.extensions.base import Extension
+from sandboxer.ids import is_valid_sandbox_id
+
+__all__ = ["ExecRequest", "ExecService"]
+
+log = logging.getLogger(__name__)
+
+HEADER = "Sandboxer-Exec"
+MAX_ARGV_BYTES = 128 * 1024
+
+
+class ExecRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    argv: list[str]
+
+
+class ExecService:
+    def __init__(self, nc: Client, extension: Extension) -> None:
+        self._nc = nc
+        self._extension = extension
+        self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe("sandboxer.exec.*", cb=self._on_request)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_request(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _owns(self, sandbox_id: str) -> bool:
+        found = await self._extension.list_sandboxes()
+        return any(s.sandbox_id == sandbox_id and s.alive for s in found)
+
+    async def _serve(self, msg: Msg) -> None:
+        sandbox_id = msg.subject.rsplit(".", 1)[-1]
+        if not msg.reply or not is_valid_sandbox_id(sandbox_id):
+            return
+        if not await self._owns(sandbox_id):
+            return
+
+        async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:
+            await self._nc.publish(msg.reply, data, headers={HEADER: kind})
+
+        try:
+            request = msgspec.json.decode(msg.data, type=ExecRequest)
+            if not request.argv or len(msg.data) > MAX_ARGV_BYTES:
+                raise SandboxerError("argv must be a non-empty list of strings (under 128 KiB)")
+            if any("\x00" in arg for arg in request.argv):
+                raise SandboxerError("argv must not contain NUL bytes")
+        except (msgspec.DecodeError, SandboxerError) as exc:
+            await send("exit", msgspec.json.encode({"error": f"invalid exec request: {exc}"}))
+            return
+        await send("started", b"")
+        try:
+            code = await self._extension.exec(sandbox_id, request.argv, send)
+            result: dict[str, object] = {"exit_code": code}
+        except SandboxerError as exc:
+            result = {"error": exc.message}
+        except Exception as exc:
+            log.exception("exec in %s failed", sandbox_id)
+            result = {"error": f"exec failed: {exc}"}
+        await self._nc.flush()
+        await send("exit", msgspec.json.encode(result))

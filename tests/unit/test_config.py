@@ -1,0 +1,118 @@
+"""Profiles and extension declarations: packaged ones load; mistakes name file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandboxer.commands.types import CreateSandbox
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.domain.admission import admit_create
+from sandboxer.domain.routing import route
+from sandboxer.domain.sandbox import Rejected
+from sandboxer.durations import format_duration, parse_duration
+from sandboxer.errors import ConfigError, UnknownProfile
+from sandboxer.events.types import Actor
+
+ACTOR = Actor(type="adm", id="t")
+
+
+def test_packaged_catalog_has_the_default_profile_and_local_extension() -> None:
+    catalog = Catalog.load()
+    assert catalog.profile("profile.local").extension == "ext.local"
+    assert "ext.local" in catalog.extensions_enabled()
+
+
+def test_unknown_profile_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownProfile, match="profile.local"):
+        Catalog.load().profile("profile.nope")
+
+
+def test_typo_names_file_and_field(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    bad = tmp_path / "profiles" / "profile.bad.yaml"
+    bad.write_text("id: profile.bad\nextension: ext.local\nnetwrok: {default: deny}\n")
+    with pytest.raises(ConfigError) as caught:
+        Catalog.load(tmp_path)
+    assert str(bad) in caught.value.message
+    assert "netwrok" in caught.value.message
+    assert "unknown field" in caught.value.message
+
+
+def test_wrong_literal_says_what_is_allowed(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "profile.bad.yaml").write_text(
+        "id: profile.bad\nextension: ext.local\nisolation: {level: vm}\n")
+    with pytest.raises(ConfigError, match=r"isolation\.level.*'container'.*'vm'"):
+        Catalog.load(tmp_path)
+
+
+def test_file_name_must_match_id(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "profile.a.yaml").write_text("id: profile.b\nextension: ext.local\n")
+    with pytest.raises(ConfigError, match="profile.b.yaml"):
+        Catalog.load(tmp_path)
+
+
+def test_user_profile_overrides_packaged(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "profile.local.yaml").write_text(
+        "id: profile.local\nversion: 7\nextension: ext.local\n")
+    assert Catalog.load(tmp_path).profile("profile.local").version == 7
+
+
+def test_admission_fills_defaults_and_rejects_unknown_or_missing_inputs(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "profile.needs.yaml").write_text(
+        "id: profile.needs\nextension: ext.local\ninputs:\n"
+        "  repo: {required: true, description: the repo}\n  mode: {default: fast}\n")
+    catalog = Catalog.load(tmp_path)
+    profile = catalog.profile("profile.needs")
+    enabled = catalog.extensions_enabled()
+    ok = admit_create(CreateSandbox(command_id="c", actor=ACTOR, profile=profile.id,
+                                    inputs={"repo": "/r"}), profile, enabled)
+    assert ok.inputs == {"repo": "/r", "mode": "fast"}
+    assert ok.sandbox_id.startswith("sbx")
+    with pytest.raises(Rejected, match="--input repo=VALUE"):
+        admit_create(CreateSandbox(command_id="c", actor=ACTOR, profile=profile.id),
+                     profile, enabled)
+    with pytest.raises(Rejected, match="takes no input bogus"):
+        admit_create(CreateSandbox(command_id="c", actor=ACTOR, profile=profile.id,
+                                   inputs={"repo": "/r", "bogus": "1"}), profile, enabled)
+
+
+def _decl(ext_id: str, kind: str, per_second: float, snapshot: bool = False) -> ExtensionDecl:
+    return ExtensionDecl.model_validate({
+        "id": ext_id, "kind": kind, "entry_point": "m:C",
+        "capabilities": {"isolation": ["container"], "snapshot": snapshot},
+        "pricing": {"per_second": per_second},
+    })
+
+
+def test_routing_strategies_and_constraints(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "profile.routed.yaml").write_text(
+        "id: profile.routed\nroute:\n  strategy: lowest-cost\n"
+        "  candidates: [ext.a, ext.b, ext.missing]\n  constraints: {snapshot: true}\n")
+    profile = Catalog.load(tmp_path).profile("profile.routed")
+    enabled = {"ext.a": _decl("ext.a", "saas", 0.001, snapshot=True),
+               "ext.b": _decl("ext.b", "saas", 0.0001, snapshot=False)}
+    choice = route(profile, enabled)
+    assert choice.extension == "ext.a"
+    assert "ext.b cannot snapshot" in choice.reason
+    with pytest.raises(Rejected, match="no extension can serve"):
+        route(profile, {})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("15m", 900), ("2h", 7200),
+                                               ("1d", 86400)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert format_duration(seconds) == text
+
+
+def test_bad_duration_says_the_form() -> None:
+    with pytest.raises(ValueError, match="e.g. 90s"):
+        parse_duration("ten minutes")
