@@ -61,12 +61,11 @@ async def embedded_nats(settings: Settings) -> AsyncIterator[list[str]]:
     if not settings.embedded:
         yield list(settings.nats_urls)
         return
-    from sandboxer.bus.nats_server import NatsServerProcess, find_nats_server
+    from sandboxer.bus.nats_server import NatsServerProcess
 
-    binary = find_nats_server(settings.nats_server)
     server = NatsServerProcess(
-        binary=binary,
-        store_dir=settings.home / "nats",
+        settings.home / "nats",
+        binary=settings.nats_server,
         log_file=settings.home / "nats-server.log",
         server_name="sandboxer-embedded",
     )

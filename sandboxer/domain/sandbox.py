@@ -90,8 +90,9 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     warnings: list[str] = []
     failure: str | None = None
     ttl_seconds: float | None = None
-    handled: frozenset[str] = frozenset()
-    """Ids of the commands already decided, so a re-sent command decides nothing."""
+    handled: tuple[str, ...] = ()
+    """Ids of the commands already decided, so a re-sent command decides nothing.
+    A tuple in log order (not a set) so that the stored state is byte-for-byte reproducible."""
     created_at: str | None = None
     updated_at: str | None = None
 
@@ -218,7 +219,8 @@ def _common(state: SandboxState, now: str, causation: str | None = None) -> dict
 def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> list[SandboxEvent]:
     command = admitted.command
     if command.command_id in state.handled:
-        return []
+        # A crash between the two appends leaves `requested` alone: complete it.
+        return [_routed(admitted, now)] if state.status == "requested" else []
     if state.status != "new":
         raise Rejected(
             "sandbox_exists",
@@ -239,14 +241,21 @@ def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> l
             inputs=admitted.inputs,
             ttl_seconds=admitted.ttl_seconds,
         ),
-        SandboxRouted(
-            **head,
-            extension=admitted.extension,
-            reason=admitted.route_reason,
-            candidates=admitted.candidates,
-            host=admitted.host,
-        ),
+        _routed(admitted, now),
     ]
+
+
+def _routed(admitted: AdmittedCreate, now: str) -> SandboxRouted:
+    return SandboxRouted(
+        sandbox_id=admitted.sandbox_id,
+        command_id=admitted.command.command_id,
+        actor=admitted.command.actor,
+        at=now,
+        extension=admitted.extension,
+        reason=admitted.route_reason,
+        candidates=admitted.candidates,
+        host=admitted.host,
+    )
 
 
 def _decide_destroy(state: SandboxState, command: DestroySandbox, now: str) -> list[SandboxEvent]:
@@ -322,7 +331,9 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
     base = replace(
         state,
         version=state.version + 1,
-        handled=state.handled | {event.command_id},
+        handled=state.handled
+        if event.command_id in state.handled
+        else (*state.handled, event.command_id),
         updated_at=event.at,
     )
     match event:

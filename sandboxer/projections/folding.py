@@ -8,13 +8,23 @@ from sandboxer.projections.sandbox_view import SandboxView
 
 __all__ = ["Batch"]
 
+LIVE_CACHE_LIMIT = 10_000
+
 
 class Batch:
-    """Events folded in memory since the last save; ``flush`` writes them in one transaction."""
+    """Events folded in memory since the last save; ``flush`` writes them in one transaction.
 
-    def __init__(self, view: SandboxView) -> None:
+    ``fresh`` means the view started empty (a rebuild): every state is then
+    in memory and the database is never read back, which is what makes
+    replay fast. Live, states are cached up to a limit and read back from the
+    view when missing.
+    """
+
+    def __init__(self, view: SandboxView, *, fresh: bool = False) -> None:
         self._view = view
-        self._states: dict[str, tuple[SandboxState, int]] = {}
+        self._fresh = fresh
+        self._known: dict[str, SandboxState] = {}
+        self._dirty: dict[str, int] = {}
         self._rejections: list[tuple[CommandRejected, int]] = []
         self.position = 0
         self.size = 0
@@ -24,21 +34,27 @@ class Batch:
         if isinstance(event, CommandRejected):
             self._rejections.append((event, seq))
         else:
-            known = self._states.get(event.sandbox_id)
-            if known is not None:
-                state = known[0]
-            else:
-                state = await self._view.load_state(event.sandbox_id) or SandboxState(
-                    sandbox_id=event.sandbox_id
-                )
-            self._states[event.sandbox_id] = (evolve(state, event), seq)
+            sandbox_id = event.sandbox_id
+            state = self._known.get(sandbox_id)
+            if state is None:
+                stored = None if self._fresh else await self._view.load_state(sandbox_id)
+                state = stored or SandboxState(sandbox_id=sandbox_id)
+            self._known[sandbox_id] = evolve(state, event)
+            self._dirty[sandbox_id] = seq
         self.position = seq
         self.size += 1
 
     async def flush(self) -> None:
         if not self.size:
             return
-        await self._view.save(self._states.values(), self._rejections, self.position)
-        self._states.clear()
+        known = self._known
+        await self._view.save(
+            [(known[sandbox_id], seq) for sandbox_id, seq in self._dirty.items()],
+            self._rejections,
+            self.position,
+        )
+        self._dirty.clear()
         self._rejections.clear()
         self.size = 0
+        if not self._fresh and len(known) > LIVE_CACHE_LIMIT:
+            known.clear()

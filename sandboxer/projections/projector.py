@@ -117,7 +117,7 @@ class Projector:
         started = time.perf_counter()
         count = 0
         try:
-            batch = Batch(view)
+            batch = Batch(view, fresh=True)
             async for seq, _subject, data, _pending in read_events(
                 self._js, start_seq=1, stop_seq=stop_seq
             ):

@@ -52,7 +52,6 @@ _decode_state = msgspec.json.Decoder(SandboxState).decode
 def state_to_dict(state: SandboxState) -> dict[str, Any]:
     """The JSON-able view of a sandbox that queries return."""
     data: dict[str, Any] = msgspec.to_builtins(state)
-    data["handled"] = sorted(state.handled)
     return data
 
 

@@ -65,6 +65,8 @@ class ExtensionWorker:
         self._catalog = catalog
         self.extension = extension
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        # Well inside ack_wait, so a live worker's job is never redelivered to another.
+        self._heartbeat_every = max(0.2, min(HEARTBEAT_SECONDS, ack_wait / 3))
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
         token = subjects.extension_token(extension.id)
         self.spec = ConsumerSpec(
@@ -127,7 +129,7 @@ class ExtensionWorker:
 
         async def beat() -> None:
             while True:
-                await asyncio.sleep(HEARTBEAT_SECONDS)
+                await asyncio.sleep(self._heartbeat_every)
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
 

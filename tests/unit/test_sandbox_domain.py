@@ -141,3 +141,10 @@ def test_fold_equals_stepwise_evolution() -> None:
                         MarkFailed(job_id="j1", reason="boom", stage="provision"))
     assert fold(SID, events) == state
     assert state.failure == "boom"
+
+
+def test_create_interrupted_between_its_two_appends_is_completed() -> None:
+    requested = decide(SandboxState(sandbox_id=SID), admitted(), NOW)[0]
+    state = evolve(SandboxState(sandbox_id=SID), requested)
+    completion = decide(state, admitted(), NOW)
+    assert [e.__struct_config__.tag for e in completion] == ["routed"]

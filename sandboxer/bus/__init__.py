@@ -1,0 +1,1 @@
+"""The NATS JetStream boundary: the nats-server process, connections, streams, event store."""

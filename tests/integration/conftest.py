@@ -1,0 +1,126 @@
+"""Fixtures for whole-service tests: a real nats-server, the real roles, real bubblewrap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sandboxer.bus.connect import connect
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.client import SandboxerClient
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.settings import Settings
+from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.service import all_roles, run_roles
+from tests.conftest import require_tool
+
+
+@pytest.fixture(autouse=True)
+def _system_tools() -> None:
+    require_tool("bwrap", "bubblewrap")
+    require_tool("nsenter", "util-linux")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("SANDBOXER_HOME", str(path))
+    return path
+
+
+def settings_for(home: Path, url: str, ack_wait: float = 5.0) -> Settings:
+    return Settings(home=home, nats_urls=(url,), nats_server=None, ack_wait=ack_wait)
+
+
+@dataclass
+class Service:
+    """Every role running in this test's event loop, and a client talking to it."""
+
+    client: SandboxerClient
+    settings: Settings
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+
+
+async def start_service(home: Path, url: str, roles: list[str] | None = None) -> Service:
+    settings = settings_for(home, url)
+    catalog = Catalog.load(home)
+    nc = await connect([url], name="test-service")
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        try:
+            await run_roles(nc, roles or all_roles(catalog), settings, catalog, stop,
+                            info={"test": True})
+        finally:
+            await nc.drain()
+
+    task = asyncio.create_task(run())
+    client = await SandboxerClient.connect([url], actor={"type": "atm", "id": "pytest"})
+    for _ in range(100):
+        if task.done():
+            task.result()
+        with contextlib.suppress(Exception):
+            await client.health()
+            break
+        await asyncio.sleep(0.05)
+    return Service(client, settings, stop, task)
+
+
+async def reap_local(home: Path) -> None:
+    """Tear down every ext.local sandbox under ``home``: holders outlive the test otherwise."""
+    extension = LocalExtension(home / "local")
+    for found in await extension.list_sandboxes():
+        await extension.teardown(found.sandbox_id)
+
+
+@pytest.fixture
+async def service(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[Service]:
+    svc = await start_service(home, nats_server.url)
+    try:
+        yield svc
+    finally:
+        await svc.client.close()
+        await svc.shutdown()
+        await reap_local(home)
+
+
+@dataclass
+class Cli:
+    """Runs the real ``sandboxer`` CLI in a subprocess against the test's NATS."""
+
+    env: dict[str, str]
+
+    def __call__(self, *args: str, check: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "sandboxer.cli.app", *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"sandboxer {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+
+@pytest.fixture
+def cli_env(home: Path, nats_server: NatsServerProcess) -> Iterator[dict[str, str]]:
+    env = dict(os.environ)
+    env["SANDBOXER_HOME"] = str(home)
+    env["SANDBOXER_NATS_URL"] = nats_server.url
+    yield env

@@ -1,0 +1,90 @@
+"""kill -9 of the extension worker in the middle of provisioning: one sandbox, nothing leaked."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.extensions.local.backend import LocalExtension
+from tests.integration.conftest import reap_local, start_service
+from tests.integration.test_lifecycle import wait_status
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SLOW_PROFILE = """\
+id: profile.slow
+extension: ext.local
+setup:
+  instructions: ["sleep 3", "echo set-up > /workspace/done"]
+"""
+
+
+def sandbox_processes(workspace: Path) -> list[int]:
+    """Pids of bwrap processes whose command line mentions this sandbox's workspace."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"bwrap") and str(workspace).encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def start_worker(home: Path, url: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url,
+               SANDBOXER_ACK_WAIT="2")
+    return subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "sandboxer.cli.app", "worker", "ext.local"], env=env,
+        stdout=subprocess.DEVNULL, stderr=(home / "worker.log").open("ab"),
+    )
+
+
+async def test_kill_9_during_provisioning(nats_server: Any, home: Path) -> None:
+    (home / "profiles").mkdir()
+    (home / "profiles" / "profile.slow.yaml").write_text(SLOW_PROFILE)
+    svc = await start_service(home, nats_server.url, roles=["control", "projector"])
+    worker = start_worker(home, nats_server.url)
+    replacement = None
+    try:
+        client = svc.client
+        created = await client.create("profile.slow", wait=False)
+        sandbox_id = created["sandbox_id"]
+        await wait_status(client, sandbox_id, {"provisioning"})
+        workspace = home / "local" / sandbox_id / "workspace"
+        async with asyncio.timeout(10):
+            while not sandbox_processes(workspace):
+                await asyncio.sleep(0.05)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+        replacement = start_worker(home, nats_server.url)
+        ready = await wait_status(client, sandbox_id, {"ready", "failed"}, timeout=60)
+        assert ready["status"] == "ready", ready
+        assert ready["attempt"] == 2
+        found = await LocalExtension(home / "local").list_sandboxes()
+        assert [(f.sandbox_id, f.alive) for f in found] == [(sandbox_id, True)]
+        assert len(sandbox_processes(workspace)) == 1
+        assert (workspace / "done").read_text() == "set-up\n"
+
+        await client.destroy(sandbox_id)
+        assert sandbox_processes(workspace) == []
+        assert not (home / "local" / sandbox_id).exists()
+    finally:
+        for process in (worker, replacement):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(10)
+        await svc.client.close()
+        await svc.shutdown()
+        await reap_local(home)
