@@ -15,6 +15,7 @@ from pathlib import Path
 from _harness import nats, tempdir
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import read_events
+from sandboxer.bus.replay_reader import replay_events
 from sandboxer.bus.event_store import EventStore, Loaded
 from sandboxer.domain.sandbox import SandboxState
 from sandboxer.bus.streams import ensure_streams
@@ -79,7 +80,13 @@ async def main() -> None:
                 raw += 1
             raw_seconds = time.perf_counter() - started
 
-            projector = Projector(js, tmp / "view.sqlite3")
+            started = time.perf_counter()
+            bulk = 0
+            async for _ in replay_events(nc, js, start_seq=1, stop_seq=total):
+                bulk += 1
+            bulk_seconds = time.perf_counter() - started
+
+            projector = Projector(nc, js, tmp / "view.sqlite3")
             await projector.open()
             report = await projector.rebuild()
             await projector.close()
@@ -89,6 +96,8 @@ async def main() -> None:
           f"{total / fill_seconds:,.0f} events/s, 64 sandboxes at a time)")
     print(f"raw ordered read (count only)    : {raw} events in {raw_seconds:.2f} s = "
           f"{raw / raw_seconds:,.0f} events/s")
+    print(f"bulk protocol read (count only)  : {bulk} events in {bulk_seconds:.2f} s = "
+          f"{bulk / bulk_seconds:,.0f} events/s")
     print(f"replay into the sandbox view     : {report.events} events in {report.seconds:.2f} s "
           f"= {report.events_per_second:,.0f} events/s")
 

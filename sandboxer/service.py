@@ -93,7 +93,7 @@ async def run_roles(
                     control = ControlWorker(js, store, catalog, ack_wait=settings.ack_wait)
                     group.create_task(control.run(stop))
                 elif role == "projector":
-                    projector = Projector(js, settings.db_path)
+                    projector = Projector(nc, js, settings.db_path)
                     await projector.open()
                     projectors.append(projector)
                     queries = QueryService(nc, projector, info=info)

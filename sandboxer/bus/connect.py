@@ -12,31 +12,6 @@ from sandboxer.errors import BusError
 __all__ = ["connect"]
 
 
-def _parse_header_lines(raw: bytes) -> dict[str, str]:
-    """nats-py's header parser, with the same rules, at C speed.
-
-    Every stored event carries the long ``Nats-Expected-Last-Subject-Sequence-*``
-    headers, and nats-py checks header names for whitespace one character at
-    a time in Python: measured, that was half the cost of a replay. This does
-    the same checks with bytes methods (names are ASCII tokens without
-    whitespace; values are stripped and decoded as UTF-8 with replacement).
-    """
-    headers: dict[str, str] = {}
-    for line in raw.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        name = name.strip()
-        if not name or not name.isascii() or len(name.split()) != 1:
-            continue
-        headers[name.decode("ascii")] = value.strip().decode("utf-8", "replace")
-    return headers
-
-
-if hasattr(Client, "_parse_header_lines"):  # only where the slow parser exists (nats-py 2.1x)
-    Client._parse_header_lines = staticmethod(_parse_header_lines)
-
-
 async def connect(urls: Sequence[str], *, name: str, long_lived: bool = True) -> Client:
     """Connect to ``urls`` (a list: nats-py does not split comma strings).
 

@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from sandboxer.bus.event_reader import read_events
+from sandboxer.bus.event_reader import last_sequence, read_events
+from sandboxer.bus.replay_reader import Unsupported, replay_events
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.sandbox_view import SandboxView
 
@@ -44,7 +47,8 @@ class ReplayReport:
 
 
 class Projector:
-    def __init__(self, js: JetStreamContext, db_path: Path) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, db_path: Path) -> None:
+        self._nc = nc
         self._js = js
         self._db_path = db_path
         self.view: SandboxView | None = None
@@ -118,9 +122,7 @@ class Projector:
         count = 0
         try:
             batch = Batch(view, fresh=True)
-            async for seq, _subject, data, _pending in read_events(
-                self._js, start_seq=1, stop_seq=stop_seq
-            ):
+            async for seq, data in self._whole_log(stop_seq):
                 await batch.apply(seq, data)
                 count += 1
                 if batch.size >= REBUILD_FLUSH_EVERY:
@@ -130,6 +132,20 @@ class Projector:
         finally:
             await view.close()
         return ReplayReport(count, position, time.perf_counter() - started)
+
+    async def _whole_log(self, stop_seq: int | None) -> AsyncIterator[tuple[int, bytes]]:
+        """The log from sequence 1: the raw bulk reader when it can, nats-py otherwise."""
+        end = await last_sequence(self._js) if stop_seq is None else stop_seq
+        try:
+            async for seq, data in replay_events(self._nc, self._js, start_seq=1, stop_seq=end):
+                yield seq, data
+            return
+        except Unsupported as why:
+            log.info("replaying through nats-py: %s", why)
+        async for seq, _subject, data, _pending in read_events(
+            self._js, start_seq=1, stop_seq=end
+        ):
+            yield seq, data
 
     async def rebuild(self) -> ReplayReport:
         """Replay the whole log into a new database and swap it in for the live one."""
