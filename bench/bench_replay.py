@@ -13,18 +13,25 @@ import time
 from pathlib import Path
 
 from _harness import nats, tempdir
+
+from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import read_events
-from sandboxer.bus.replay_reader import replay_events
 from sandboxer.bus.event_store import EventStore, Loaded
-from sandboxer.domain.sandbox import SandboxState
+from sandboxer.bus.replay_reader import replay_events
 from sandboxer.bus.streams import ensure_streams
+from sandboxer.domain.sandbox import SandboxState
 from sandboxer.events.types import (
-    Actor, SandboxDestroyed, SandboxEvent, SandboxDestroying, SandboxProvisioning, SandboxReady,
-    SandboxRequested, SandboxRouted,
+    Actor,
+    SandboxDestroyed,
+    SandboxDestroying,
+    SandboxEvent,
+    SandboxProvisioning,
+    SandboxReady,
+    SandboxRequested,
+    SandboxRouted,
 )
 from sandboxer.projections.projector import Projector
-from sandboxer import subjects
 
 EVENTS = 200_000
 ACTOR = Actor(type="atm", id="bench")

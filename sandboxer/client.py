@@ -21,6 +21,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
+from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_reader import read_events
 from sandboxer.config.settings import Settings
 from sandboxer.errors import BusError, InvalidInput, SandboxerError, ServiceNotRunning
@@ -202,11 +203,13 @@ class SandboxerClient:
         try:
             await self.publish_command(verb, command)
             await self._catch_up(sandbox_id, command_id, outcome)
+            seen: set[str] = set()
             async with asyncio.timeout(timeout):
                 while True:
                     event = await outcome.get()
-                    if event.get("command_id") != command_id:
-                        continue
+                    if event.get("command_id") != command_id or event.get("event_id") in seen:
+                        continue  # another command's event, or one both caught up and delivered
+                    seen.add(event.get("event_id", ""))
                     await _call(on_event, event)
                     kind = event.get("type")
                     if kind in success:
@@ -229,10 +232,8 @@ class SandboxerClient:
 
     async def _catch_up(self, sandbox_id: str, command_id: str,
                         outcome: asyncio.Queue[dict[str, Any]]) -> None:
-        """Replay this sandbox's logged events of ``command_id``: a re-sent command may be done."""
-        async for _seq, _subject, data, _pending in read_events(
-            self.js, filter_subject=subjects.sandbox_events_filter(sandbox_id), idle_timeout=0.2
-        ):
+        """Queue this sandbox's logged events of ``command_id``: a re-sent command may be done."""
+        async for _seq, data in read_subject(self.nc, subjects.sandbox_events_filter(sandbox_id)):
             event = msgspec.json.decode(data)
             if event.get("command_id") == command_id:
                 await outcome.put(event)

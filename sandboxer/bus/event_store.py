@@ -12,8 +12,6 @@ last message and accepting it when it carries our id.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
-import json
 from dataclasses import dataclass
 
 import msgspec
@@ -23,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from sandboxer import subjects
+from sandboxer.bus.direct_get import read_subject
 from sandboxer.domain.sandbox import SandboxState, evolve
 from sandboxer.errors import BusError, ConcurrencyConflict
 from sandboxer.events.types import (
@@ -39,7 +38,6 @@ CONFLICT_CODES = frozenset({10071, 10164})
 """JetStream's "wrong last sequence" errors (per subject, and per wildcard subject)."""
 
 PUBLISH_ATTEMPTS = 3
-READ_BATCH = 512
 
 
 @dataclass(frozen=True)
@@ -67,50 +65,14 @@ class EventStore:
         """Fold every event of one sandbox (a batched direct get: one round trip for most)."""
         state = SandboxState(sandbox_id=sandbox_id)
         last_seq = 0
-        async for seq, data in self._read_subject(subjects.sandbox_events_filter(sandbox_id)):
+        async for seq, data in read_subject(
+            self._nc, subjects.sandbox_events_filter(sandbox_id), timeout=self._timeout
+        ):
             event = decode_event(data)
             if not isinstance(event, CommandRejected):
                 state = evolve(state, event)
             last_seq = seq
         return Loaded(state, last_seq)
-
-    async def _read_subject(self, filter_subject: str) -> AsyncIterator[tuple[int, bytes]]:
-        """Yield (sequence, data) of every message on ``filter_subject`` in order."""
-        start = 1
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
-        try:
-            while True:
-                request = {"seq": start, "next_by_subj": filter_subject, "batch": READ_BATCH}
-                await self._nc.publish(
-                    f"$JS.API.DIRECT.GET.{subjects.EVENTS_STREAM}",
-                    json.dumps(request).encode(),
-                    reply=inbox,
-                )
-                received = 0
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=self._timeout)
-                    except NatsTimeout as exc:
-                        raise BusError(
-                            f"reading {filter_subject} timed out; is the events stream healthy?"
-                        ) from exc
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status == "404":
-                        return
-                    if status == "204":  # end of this batch
-                        break
-                    if status is not None:
-                        raise BusError(f"reading {filter_subject} failed: {status} {headers}")
-                    seq = int(headers["Nats-Sequence"])
-                    received += 1
-                    start = seq + 1
-                    yield seq, msg.data
-                if received < READ_BATCH:
-                    return
-        finally:
-            await sub.unsubscribe()
 
     async def append(self, loaded: Loaded, events: list[SandboxEvent]) -> Loaded:
         """Append ``events`` after ``loaded``; raise ConcurrencyConflict if another writer won."""

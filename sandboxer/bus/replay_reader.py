@@ -32,7 +32,7 @@ READ_CHUNK = 1 << 20
 CRLF = b"\r\n"
 
 
-class Unsupported(Exception):  # noqa: N818 - a signal to fall back, not an error
+class Unsupported(Exception):
     """This connection needs what the raw reader does not speak (auth, TLS)."""
 
 

@@ -250,7 +250,7 @@ def recreate(sandbox_id: str, as_json: JsonOpt = False) -> None:
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
-def exec(  # noqa: A001 - the command's name
+def exec(
     sandbox_id: str,
     argv: Annotated[list[str], typer.Argument(help="the command, after --")],
 ) -> None:

@@ -21,7 +21,7 @@ def start_background_service(settings: Settings) -> int:
     """Start ``sandboxer up`` detached, logging to ``$SANDBOXER_HOME/service.log``; return its pid."""
     settings.home.mkdir(parents=True, exist_ok=True)
     with settings.log_file.open("ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        process = subprocess.Popen(
             [sys.executable, "-m", "sandboxer.cli.app", "up"],
             stdin=subprocess.DEVNULL,
             stdout=log,

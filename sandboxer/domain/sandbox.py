@@ -97,7 +97,7 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: str | None = None
 
 
-class Rejected(Exception):  # noqa: N818 - a decision, not a failure of the code
+class Rejected(Exception):
     """The command is not acceptable in this state; ``reason`` says why and what to do."""
 
     def __init__(self, code: str, reason: str) -> None:
@@ -206,7 +206,8 @@ def decide(state: SandboxState, command: DomainCommand, now: str) -> list[Sandbo
 
 def _common(state: SandboxState, now: str, causation: str | None = None) -> dict[str, Any]:
     """Fields every event of a job carries: correlated to the command that created the work."""
-    assert state.correlation is not None and state.actor is not None
+    assert state.correlation is not None
+    assert state.actor is not None
     return {
         "sandbox_id": state.sandbox_id,
         "command_id": state.correlation,

@@ -116,7 +116,7 @@ class Projector:
         return True
 
     async def _build(self, path: Path, stop_seq: int | None) -> ReplayReport:
-        path.unlink(missing_ok=True)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
         view = await SandboxView.open(path)
         started = time.perf_counter()
         count = 0
@@ -154,9 +154,7 @@ class Projector:
             fresh = self._db_path.with_suffix(".rebuild")
             report = await self._build(fresh, stop_seq=None)
             await self.view.close()
-            fresh.replace(self._db_path)
-            for suffix in ("-wal", "-shm"):
-                Path(str(self._db_path) + suffix).unlink(missing_ok=True)
+            await asyncio.to_thread(_swap, fresh, self._db_path)
             self.view = await SandboxView.open(self._db_path)
             await self._advance(await self.view.position())
             self._restart.set()
@@ -180,11 +178,18 @@ class Projector:
         )
 
 
+def _swap(fresh: Path, live: Path) -> None:
+    """Put the rebuilt database in place of the live one (whose journal files are stale)."""
+    fresh.replace(live)
+    for suffix in ("-wal", "-shm"):
+        Path(str(live) + suffix).unlink(missing_ok=True)
+
+
 def _compare(live: dict[str, list[tuple[object, ...]]],
              rebuilt: dict[str, list[tuple[object, ...]]]) -> list[str]:
     differences: list[str] = []
-    for table in live:
-        live_rows = {row[0]: row for row in live[table]}
+    for table, rows in live.items():
+        live_rows = {row[0]: row for row in rows}
         rebuilt_rows = {row[0]: row for row in rebuilt[table]}
         for key in sorted(set(live_rows) | set(rebuilt_rows), key=str):
             if live_rows.get(key) != rebuilt_rows.get(key):

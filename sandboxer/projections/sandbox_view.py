@@ -141,6 +141,6 @@ class SandboxView:
         tables: dict[str, list[tuple[Any, ...]]] = {}
         for table, key in (("sandboxes", "sandbox_id"), ("rejections", "key"),
                            ("position", "projection")):
-            async with self._db.execute(f"SELECT * FROM {table} ORDER BY {key}") as cursor:  # noqa: S608 - fixed names
+            async with self._db.execute(f"SELECT * FROM {table} ORDER BY {key}") as cursor:
                 tables[table] = [tuple(row) for row in await cursor.fetchall()]
         return tables

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from sandboxer.extensions.local.backend import LocalExtension
 
 from sandboxer.config.catalog import Catalog
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.base import Extension, ProvisionRequest
-from sandboxer.extensions.local.backend import LocalExtension
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,8 @@ class TestExtensionContract:
         request = request_for("contract0001", profile)
         await extension.provision(request)
         readiness = await extension.wait_ready(request)
-        assert isinstance(readiness.descriptor, dict) and readiness.descriptor.get("kind")
+        assert isinstance(readiness.descriptor, dict)
+        assert readiness.descriptor.get("kind")
         found = {f.sandbox_id: f.alive for f in await extension.list_sandboxes()}
         assert found == {"contract0001": True}
         await extension.teardown("contract0001")

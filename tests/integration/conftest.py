@@ -7,18 +7,18 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sandboxer.extensions.local.backend import LocalExtension
 
 from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
-from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.service import all_roles, run_roles
 from tests.conftest import require_tool
 
@@ -119,8 +119,8 @@ class Cli:
 
 
 @pytest.fixture
-def cli_env(home: Path, nats_server: NatsServerProcess) -> Iterator[dict[str, str]]:
+def cli_env(home: Path, nats_server: NatsServerProcess) -> dict[str, str]:
     env = dict(os.environ)
     env["SANDBOXER_HOME"] = str(home)
     env["SANDBOXER_NATS_URL"] = nats_server.url
-    yield env
+    return env

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from sandboxer.extensions.local.backend import LocalExtension
+
 from tests.integration.conftest import reap_local, start_service
 from tests.integration.test_lifecycle import wait_status
 
@@ -44,7 +44,7 @@ def sandbox_processes(workspace: Path) -> list[int]:
 def start_worker(home: Path, url: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url,
                SANDBOXER_ACK_WAIT="2")
-    return subprocess.Popen(  # noqa: S603
+    return subprocess.Popen(
         [sys.executable, "-m", "sandboxer.cli.app", "worker", "ext.local"], env=env,
         stdout=subprocess.DEVNULL, stderr=(home / "worker.log").open("ab"),
     )

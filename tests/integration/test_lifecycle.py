@@ -38,7 +38,8 @@ async def test_create_exec_destroy(service: Service) -> None:
     assert seen == ["requested", "routed", "provisioning", "ready"]
     assert ready["reachability"]["kind"] == "local"
     sandbox = await client.get(sandbox_id)
-    assert sandbox is not None and sandbox["status"] == "ready"
+    assert sandbox is not None
+    assert sandbox["status"] == "ready"
 
     chunks: list[bytes] = []
 

@@ -64,7 +64,8 @@ async def test_create_watch_exec_destroy_by_the_book(service: Any, nats_server: 
     reply = json.loads((await nc.request(
         "sandboxer.query.sandbox.get",
         json.dumps({"sandbox_id": sandbox_id, "min_seq": 0}).encode(), timeout=5)).data)
-    assert reply["ok"] and reply["sandbox"]["status"] in {"ready", "provisioning"}
+    assert reply["ok"]
+    assert reply["sandbox"]["status"] in {"ready", "provisioning"}
 
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
@@ -93,7 +94,8 @@ async def test_create_watch_exec_destroy_by_the_book(service: Any, nats_server: 
     rejection_sub = await nc.subscribe("sandboxer.evt.command.proto-bad.rejected")
     await publish(js, "create", bad)
     rejection = json.loads((await rejection_sub.next_msg(timeout=10)).data)
-    assert rejection["code"] == "invalid_id" and rejection["reason"]
+    assert rejection["code"] == "invalid_id"
+    assert rejection["reason"]
     await nc.drain()
 
 

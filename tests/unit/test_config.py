@@ -26,7 +26,7 @@ def test_packaged_catalog_has_the_default_profile_and_local_extension() -> None:
 
 
 def test_unknown_profile_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownProfile, match="profile.local"):
+    with pytest.raises(UnknownProfile, match=r"profile\.local"):
         Catalog.load().profile("profile.nope")
 
 
@@ -52,7 +52,7 @@ def test_wrong_literal_says_what_is_allowed(tmp_path: Path) -> None:
 def test_file_name_must_match_id(tmp_path: Path) -> None:
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "profile.a.yaml").write_text("id: profile.b\nextension: ext.local\n")
-    with pytest.raises(ConfigError, match="profile.b.yaml"):
+    with pytest.raises(ConfigError, match=r"profile\.b\.yaml"):
         Catalog.load(tmp_path)
 
 
@@ -114,5 +114,5 @@ def test_durations(text: str, seconds: float) -> None:
 
 
 def test_bad_duration_says_the_form() -> None:
-    with pytest.raises(ValueError, match="e.g. 90s"):
+    with pytest.raises(ValueError, match=r"e\.g\. 90s"):
         parse_duration("ten minutes")

