@@ -23,6 +23,10 @@ __all__ = ["ConsumerSpec", "run_pull_consumer"]
 
 log = logging.getLogger(__name__)
 
+IDLE_POLL = 0.5
+"""Seconds a fetch waits for work; also how long a stop takes to be noticed."""
+BACKLOG_POLL = 0.02
+
 Handler = Callable[[Msg], Awaitable[None]]
 PoisonHook = Callable[[Msg, BaseException], Awaitable[None]]
 
@@ -56,6 +60,26 @@ async def _ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
 
 def is_last_delivery(msg: Msg, spec: ConsumerSpec) -> bool:
     return msg.metadata.num_delivered >= spec.max_deliver
+
+
+async def _fetch(psub: JetStreamContext.PullSubscription, most: int) -> list[Msg]:
+    """Up to ``most`` messages, returning as soon as one is there.
+
+    nats-py's ``fetch(batch=n)`` waits out its whole timeout for the n-th
+    message once the first has arrived, which would add that timeout to every
+    create on an idle service. So: long-poll for one, then take whatever else
+    is already waiting with a short second fetch.
+    """
+    try:
+        msgs: list[Msg] = await psub.fetch(batch=1, timeout=IDLE_POLL)
+    except (TimeoutError, NatsTimeout):
+        return []
+    if most > 1:
+        try:
+            msgs += await psub.fetch(batch=most - 1, timeout=BACKLOG_POLL)
+        except (TimeoutError, NatsTimeout):
+            pass
+    return msgs
 
 
 async def run_pull_consumer(
@@ -96,10 +120,7 @@ async def run_pull_consumer(
             while free < 256 and not slots.locked():
                 await slots.acquire()
                 free += 1
-            try:
-                msgs = await psub.fetch(batch=free, timeout=0.5)
-            except (TimeoutError, NatsTimeout):
-                msgs = []
+            msgs = await _fetch(psub, free)
             for _ in range(free - len(msgs)):
                 slots.release()
             for msg in msgs:

@@ -1,0 +1,46 @@
+# sandboxer developer tasks. `make` alone lists them.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := .stamp-venv
+
+.DEFAULT_GOAL := help
+.PHONY: help venv system-deps demo test lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv and install sandboxer with dev extras (again only when pyproject.toml changed)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+system-deps: ## install missing Debian packages (bubblewrap, util-linux, procps, iproute2)
+	bash scripts/install-system-deps.sh
+
+demo: venv system-deps ## run the end-to-end demo
+	$(PY) -m sandboxer.demo
+
+test: venv system-deps ## ruff, mypy and the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q
+
+lint: venv ## ruff check, ruff format --check, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: venv system-deps ## run every bench/*.py (helpers named _*.py are skipped)
+	@set -e; for f in bench/*.py; do \
+		case "$$(basename $$f)" in _*) continue;; esac; \
+		echo "== $$f"; $(PY) $$f; \
+	done
+
+clean: ## remove caches, build output and the venv stamp (keeps .venv)
+	rm -rf $(STAMP) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
