@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 def run(*args: str, check: bool = True, capture: bool = False) -> str:
     command = [sys.executable, "-m", "sandboxer.cli.app", *args]
     print(f"\n$ sandboxer {shlex.join(args)}", flush=True)
-    result = subprocess.run(command, check=False, text=True,  # noqa: S603
+    result = subprocess.run(command, check=False, text=True,
                             stdout=subprocess.PIPE if capture else None)
     if check and result.returncode != 0:
         raise SystemExit(f"demo step failed (exit {result.returncode}): sandboxer {shlex.join(args)}")

@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from sandboxer import __version__
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_store import EventStore
-from sandboxer.bus.streams import ensure_streams
+from sandboxer.bus.streams import ensure_streams, replicas_for
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog, load_extension_class
 from sandboxer.config.settings import Settings
@@ -82,7 +82,8 @@ async def run_roles(
 ) -> None:
     """Run ``roles`` on one connection until ``stop`` is set."""
     js = nc.jetstream()
-    await ensure_streams(js)
+    # nats-py exposes the INFO the server sent only as this attribute.
+    await ensure_streams(js, replicas_for(nc._server_info))
     store = EventStore(nc, js)
     services: list[QueryService | ExecService] = []
     projectors: list[Projector] = []

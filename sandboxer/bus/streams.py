@@ -52,6 +52,11 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
     ]
 
 
+def replicas_for(server_info: dict[str, object]) -> int:
+    """One replica on a lone server (embedded), three in a cluster."""
+    return 3 if server_info.get("cluster") else 1
+
+
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     """Create the streams, or bring an existing one's settings up to date."""
     for config in stream_configs(replicas):
