@@ -8,6 +8,7 @@ request/reply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -78,6 +79,9 @@ class SandboxerClient:
         self.nc = nc
         self.js = nc.jetstream()
         self.actor = dict(actor or DEFAULT_ACTOR)
+        self.seen_seq = 0
+        """The log position of the last outcome this client waited for: its queries wait
+        until the view includes it, so a client reads its own writes."""
 
     @classmethod
     async def connect(cls, urls: list[str], **kwargs: Any) -> SandboxerClient:
@@ -103,15 +107,15 @@ class SandboxerClient:
 
     async def get(self, sandbox_id: str, min_seq: int | None = None) -> dict[str, Any] | None:
         _check_id(sandbox_id)
-        request: dict[str, Any] = {"sandbox_id": sandbox_id}
-        if min_seq:
-            request["min_seq"] = min_seq
+        request: dict[str, Any] = {"sandbox_id": sandbox_id,
+                                   "min_seq": max(min_seq or 0, self.seen_seq)}
         sandbox: dict[str, Any] | None = (await self.query(subjects.QUERY_GET, request))["sandbox"]
         return sandbox
 
     async def list_sandboxes(self, *, status: str | None = None, include_destroyed: bool = False,
                    limit: int = 1000) -> list[dict[str, Any]]:
-        request: dict[str, Any] = {"include_destroyed": include_destroyed, "limit": limit}
+        request: dict[str, Any] = {"include_destroyed": include_destroyed, "limit": limit,
+                                   "min_seq": self.seen_seq}
         if status:
             request["status"] = status
         sandboxes: list[dict[str, Any]] = (await self.query(subjects.QUERY_LIST, request))[
@@ -212,9 +216,12 @@ class SandboxerClient:
                     seen.add(event.get("event_id", ""))
                     await _call(on_event, event)
                     kind = event.get("type")
+                    if kind in {*success, "failed", "destroyed"}:
+                        await self._note_position(sandbox_id)
                     if kind in success:
                         return event
                     if kind == "rejected":
+                        await self._note_position(None, rejection=command_id)
                         raise CommandFailed(f"{verb} rejected: {event.get('reason')}", event)
                     if kind == "failed":
                         raise CommandFailed(f"sandbox {sandbox_id} failed: {event.get('reason')}",
@@ -229,6 +236,14 @@ class SandboxerClient:
         finally:
             for sub in subs:
                 await sub.unsubscribe()
+
+    async def _note_position(self, sandbox_id: str | None, *, rejection: str = "") -> None:
+        """Remember the sequence of the outcome just seen (for read-your-writes queries)."""
+        subject = (subjects.sandbox_events_filter(sandbox_id) if sandbox_id
+                   else subjects.rejection_subject(rejection))
+        with contextlib.suppress(Exception):
+            last = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject, direct=True)
+            self.seen_seq = max(self.seen_seq, int(last.seq or 0))
 
     async def _catch_up(self, sandbox_id: str, command_id: str,
                         outcome: asyncio.Queue[dict[str, Any]]) -> None:

@@ -47,12 +47,8 @@ def _peek(payload: object, key: str) -> object:
 
 def parse_command(verb: str, data: bytes) -> Command:
     """Decode and validate one command; raise InvalidCommand with a reason a person can act on."""
-    if len(data) > MAX_COMMAND_BYTES:
-        raise InvalidCommand(
-            "too_large",
-            f"command is {len(data)} bytes; the limit is {MAX_COMMAND_BYTES}. "
-            "Pass large content as a reference (a path or URL input), not inline.",
-        )
+    # Decoding comes first even for an oversized command (the stream caps messages at
+    # 1 MiB) so that its rejection can still be keyed by its command id.
     try:
         payload = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
@@ -69,6 +65,12 @@ def parse_command(verb: str, data: bytes) -> Command:
     def invalid(code: str, reason: str) -> InvalidCommand:
         return InvalidCommand(code, reason, command_id, sandbox_id, actor)
 
+    if len(data) > MAX_COMMAND_BYTES:
+        raise invalid(
+            "too_large",
+            f"command is {len(data)} bytes; the limit is {MAX_COMMAND_BYTES}. "
+            "Pass large content as a reference (a path or URL input), not inline.",
+        )
     command_type = COMMAND_TYPES.get(verb)
     if command_type is None:
         known = ", ".join(sorted(COMMAND_TYPES))

@@ -140,6 +140,7 @@ async def test_projection_resumes_after_restart(nats_server: Any, home: Path) ->
     svc = await start_service(home, nats_server.url)
     try:
         sandbox_id = (await svc.client.create())["sandbox_id"]
+        assert (await svc.client.get(sandbox_id))["status"] == "ready"  # type: ignore[index]
         position = (await svc.client.health())["position"]
     finally:
         await svc.client.close()
@@ -161,18 +162,25 @@ async def test_projection_resumes_after_restart(nats_server: Any, home: Path) ->
 async def test_sandbox_has_no_network_and_a_read_only_system(service: Service) -> None:
     client = service.client
     sandbox_id = (await client.create())["sandbox_id"]
+    listener = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
     out: list[bytes] = []
 
     async def collect(_stream: str, data: bytes) -> None:
         out.append(data)
 
     script = (
-        "ls /sys/class/net; "
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; "
+        f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)' "
+        "2>/dev/null && echo HOST-REACHABLE; "
         "touch /usr/sbx-probe 2>/dev/null && echo USR-WRITABLE; "
         "touch /etc/sbx-probe 2>/dev/null && echo ETC-WRITABLE; "
         "touch /workspace/ok && echo WORKSPACE-OK"
     )
-    assert await client.exec(sandbox_id, ["sh", "-c", script], collect) == 0
+    try:
+        assert await client.exec(sandbox_id, ["sh", "-c", script], collect) == 0
+    finally:
+        listener.close()
     text = b"".join(out).decode()
     assert text.split() == ["lo", "WORKSPACE-OK"], text
     assert not Path("/usr/sbx-probe").exists()
