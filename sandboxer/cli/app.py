@@ -261,7 +261,13 @@ def exec(
         target.write(data)
         target.flush()
 
-    code = _run(_with_client(lambda c: c.exec(sandbox_id, list(argv), output)))
+    command = list(argv)
+    if command[:1] == ["--"]:  # click keeps the separator when interspersed args are off
+        command = command[1:]
+    if not command:
+        say("error: give the command after --, e.g. sandboxer exec ID -- ls /workspace")
+        raise typer.Exit(1)
+    code = _run(_with_client(lambda c: c.exec(sandbox_id, command, output)))
     raise typer.Exit(code)
 
 

@@ -100,13 +100,18 @@ async def service(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[S
 
 @dataclass
 class Cli:
-    """Runs the real ``sandboxer`` CLI in a subprocess against the test's NATS."""
+    """Runs the real ``sandboxer`` CLI in a subprocess against the test's NATS.
+
+    Awaitable, so the in-process service in the same event loop keeps serving
+    while the CLI waits for it.
+    """
 
     env: dict[str, str]
 
-    def __call__(self, *args: str, check: bool = True,
-                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
+    async def __call__(self, *args: str, check: bool = True,
+                       timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "sandboxer.cli.app", *args],
             env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
         )

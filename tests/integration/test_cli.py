@@ -15,66 +15,75 @@ from tests.integration.conftest import Cli, Service, reap_local
 pytestmark = pytest.mark.integration
 
 
-def test_cli_lifecycle(service: Service, cli_env: dict[str, str], tmp_path: Path) -> None:
+async def test_cli_lifecycle(service: Service, cli_env: dict[str, str], tmp_path: Path) -> None:
     del service
     cli = Cli(cli_env)
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "README").write_text("hello repo\n")
 
-    created = cli("create", "--input", f"repo={repo}", "--json")
+    created = await cli("create", "--input", f"repo={repo}", "--json")
     sandbox = json.loads(created.stdout)
     sandbox_id = sandbox["sandbox_id"]
     assert sandbox["status"] == "ready"
 
-    shown = json.loads(cli("get", sandbox_id, "--json").stdout)
+    shown = json.loads((await cli("get", sandbox_id, "--json")).stdout)
     assert shown["sandbox_id"] == sandbox_id
-    listed = json.loads(cli("list", "--json").stdout)
+    listed = json.loads((await cli("list", "--json")).stdout)
     assert [s["sandbox_id"] for s in listed] == [sandbox_id]
 
-    ran = cli("exec", sandbox_id, "--", "sh", "-c", "cat /workspace/README; echo oops >&2; exit 5",
-              check=False)
+    ran = await cli(
+        "exec",
+        sandbox_id,
+        "--",
+        "sh",
+        "-c",
+        "cat /workspace/README; echo oops >&2; exit 5",
+        check=False,
+    )
     assert ran.returncode == 5
     assert ran.stdout == "hello repo\n"
     assert ran.stderr == "oops\n"
 
-    events = [json.loads(line) for line in
-              cli("events", "--sandbox", sandbox_id, "--json").stdout.splitlines()]
+    events = [
+        json.loads(line)
+        for line in (await cli("events", "--sandbox", sandbox_id, "--json")).stdout.splitlines()
+    ]
     assert [e["type"] for e in events] == ["requested", "routed", "provisioning", "ready"]
 
-    human = cli("create")
+    human = await cli("create")
     assert "ready" in human.stderr  # progress lines while waiting
     assert "reachability" in human.stdout
 
-    destroyed = cli("destroy", sandbox_id)
+    destroyed = await cli("destroy", sandbox_id)
     assert f"destroyed {sandbox_id}" in destroyed.stdout
-    assert json.loads(cli("get", sandbox_id, "--json").stdout)["status"] == "destroyed"
+    assert json.loads((await cli("get", sandbox_id, "--json")).stdout)["status"] == "destroyed"
 
 
-def test_cli_errors_name_the_problem(service: Service, cli_env: dict[str, str]) -> None:
+async def test_cli_errors_name_the_problem(service: Service, cli_env: dict[str, str]) -> None:
     del service
     cli = Cli(cli_env)
-    unknown = cli("create", "--profile", "profile.nope", check=False)
+    unknown = await cli("create", "--profile", "profile.nope", check=False)
     assert unknown.returncode == 2
     assert "unknown profile 'profile.nope'" in unknown.stderr
-    bad_id = cli("get", "../etc", check=False)
+    bad_id = await cli("get", "../etc", check=False)
     assert bad_id.returncode == 1
     assert "invalid sandbox id" in bad_id.stderr
-    gone = cli("destroy", "neverexisted", check=False)
+    gone = await cli("destroy", "neverexisted", check=False)
     assert gone.returncode == 2
     assert "no sandbox neverexisted" in gone.stderr
-    missing = cli("get", "neverexisted", check=False)
+    missing = await cli("get", "neverexisted", check=False)
     assert missing.returncode == 1
 
 
-def test_catalog_commands(cli_env: dict[str, str]) -> None:
+async def test_catalog_commands(cli_env: dict[str, str]) -> None:
     cli = Cli(cli_env)
-    profiles = json.loads(cli("profiles", "list", "--json").stdout)
+    profiles = json.loads((await cli("profiles", "list", "--json")).stdout)
     assert "profile.local" in [p["id"] for p in profiles]
-    assert "ext.local" in cli("profiles", "show", "profile.local").stdout
-    extensions = json.loads(cli("extensions", "list", "--json").stdout)
+    assert "ext.local" in (await cli("profiles", "show", "profile.local")).stdout
+    extensions = json.loads((await cli("extensions", "list", "--json")).stdout)
     assert [e["id"] for e in extensions] == ["ext.local"]
-    doctor = json.loads(cli("doctor", "--json").stdout)
+    doctor = json.loads((await cli("doctor", "--json")).stdout)
     assert all(check["ok"] for check in doctor), doctor
 
 
@@ -84,22 +93,28 @@ async def test_embedded_default_starts_in_the_background(home: Path) -> None:
     env["SANDBOXER_HOME"] = str(home)
     cli = Cli(env)
     try:
-        created = cli("create", "--json")
+        created = await cli("create", "--json")
         assert "started sandboxer in the background" in created.stderr
         assert str(home / "service.log") in created.stderr
         sandbox_id = json.loads(created.stdout)["sandbox_id"]
         record = json.loads((home / "service.json").read_text())
         assert record["nats_url"].startswith("nats://127.0.0.1:")
-        second = cli("create", "--json")
+        second = await cli("create", "--json")
         assert "background" not in second.stderr  # found the running service
-        assert cli("exec", sandbox_id, "--", "true").returncode == 0
-        cli("destroy", sandbox_id)
-        already = cli("up", check=False)
+        assert await cli("exec", sandbox_id, "--", "true").returncode == 0
+        await cli("destroy", sandbox_id)
+        already = await cli("up", check=False)
         assert already.returncode == 1
         assert "already running" in already.stderr
     finally:
-        stopped = subprocess.run([sys.executable, "-m", "sandboxer.cli.app", "down"], env=env,
-                                 capture_output=True, text=True, timeout=60, check=False)
+        stopped = subprocess.run(
+            [sys.executable, "-m", "sandboxer.cli.app", "down"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         await reap_local(home)
     assert "stopped sandboxer" in stopped.stderr
     assert not (home / "service.json").exists()
