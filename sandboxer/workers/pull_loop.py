@@ -10,6 +10,7 @@ message never becomes a crash loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -75,10 +76,8 @@ async def _fetch(psub: JetStreamContext.PullSubscription, most: int) -> list[Msg
     except (TimeoutError, NatsTimeout):
         return []
     if most > 1:
-        try:
+        with contextlib.suppress(TimeoutError, NatsTimeout):
             msgs += await psub.fetch(batch=most - 1, timeout=BACKLOG_POLL)
-        except (TimeoutError, NatsTimeout):
-            pass
     return msgs
 
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sandboxer.extensions.local.backend import LocalExtension
 
 from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
+from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.service import all_roles, run_roles
 from tests.conftest import require_tool
 

@@ -101,7 +101,7 @@ async def test_embedded_default_starts_in_the_background(home: Path) -> None:
         assert record["nats_url"].startswith("nats://127.0.0.1:")
         second = await cli("create", "--json")
         assert "background" not in second.stderr  # found the running service
-        assert await cli("exec", sandbox_id, "--", "true").returncode == 0
+        assert (await cli("exec", sandbox_id, "--", "true")).returncode == 0
         await cli("destroy", sandbox_id)
         already = await cli("up", check=False)
         assert already.returncode == 1

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandboxer.extensions.local.backend import LocalExtension
 
+from sandboxer.extensions.local.backend import LocalExtension
 from tests.integration.conftest import reap_local, start_service
 from tests.integration.test_lifecycle import wait_status
 
@@ -27,27 +27,33 @@ setup:
 
 
 def sandbox_processes(workspace: Path) -> list[int]:
-    """Pids of bwrap processes whose command line mentions this sandbox's workspace."""
-    pids = []
+    """Pids of the outermost bwrap processes whose command line mentions this workspace.
+
+    bwrap forks once inside its new pid namespace, so one sandbox shows two
+    bwrap processes: count only those whose parent is not one of them.
+    """
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
         except OSError:
             continue
         if cmdline and cmdline[0].endswith(b"bwrap") and str(workspace).encode() in cmdline:
-            pids.append(int(entry.name))
-    return pids
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return [pid for pid, parent in parents.items() if parent not in parents]
 
 
 def start_worker(home: Path, url: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url,
                SANDBOXER_ACK_WAIT="2")
-    return subprocess.Popen(
-        [sys.executable, "-m", "sandboxer.cli.app", "worker", "ext.local"], env=env,
-        stdout=subprocess.DEVNULL, stderr=(home / "worker.log").open("ab"),
-    )
+    with (home / "worker.log").open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "sandboxer.cli.app", "worker", "ext.local"], env=env,
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
 
 
 async def test_kill_9_during_provisioning(nats_server: Any, home: Path) -> None:

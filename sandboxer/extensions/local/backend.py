@@ -1,0 +1,329 @@
+"""``ext.local``: sandboxes on this machine with bubblewrap, cgroups and nsenter.
+
+A sandbox is a HOLDER process (``bwrap ... sleep infinity``) whose namespaces
+are the sandbox: its own pid, mount, network (loopback only), ipc, uts and
+cgroup namespaces, a read-only view of /usr and /etc, and a writable (or
+read-only) /workspace bound from ``<root>/<id>/workspace``. Commands run inside
+it with ``nsenter`` as an unprivileged user without capabilities. The holder
+is detached from the worker (see :mod:`.holder`), and ``state.json`` records
+it, so a restarted worker adopts running sandboxes through
+:meth:`LocalExtension.list_sandboxes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from sandboxer.config.settings import Settings
+from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound
+from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.local import cgroups, workspace
+from sandboxer.extensions.local.bwrap_command import (
+    SANDBOX_GID,
+    SANDBOX_UID,
+    enter_argv,
+    launcher_argv,
+)
+from sandboxer.extensions.local.holder import spawn_holder, tail
+from sandboxer.extensions.local.procs import kill, owning_user_namespace
+from sandboxer.extensions.local.run import run_streaming
+from sandboxer.extensions.local.steps import profile_warnings, redact, with_heartbeat
+from sandboxer.extensions.local.workspace import Layout, State
+from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
+
+__all__ = ["LocalExtension"]
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 10.0
+SETUP_OUTPUT_LINES = 20
+
+
+class LocalExtension:
+    """The local bubblewrap backend. ``root`` holds every sandbox (``$SANDBOXER_HOME/local``)."""
+
+    id = "ext.local"
+
+    def __init__(self, root: Path, *, cgroup_base: Path = cgroups.CGROUP_BASE) -> None:
+        self.root = Path(root)
+        self._cgroup_base = cgroup_base
+        self._as_root = os.geteuid() == 0
+        # Cgroups are host-wide; tag them with the root so two roots never collide.
+        self._root_tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalExtension:
+        """How the worker builds it: sandboxes live under ``$SANDBOXER_HOME/local``."""
+        return cls(settings.local_root)
+
+    # -- the Extension protocol ------------------------------------------------------------
+
+    async def provision(self, request: ProvisionRequest) -> None:
+        started = time.monotonic()
+        layout = self._layout(request.sandbox_id)
+        profile = request.profile
+        repo = request.inputs.get("repo")
+        source = workspace.repo_source(repo, request.sandbox_id) if repo is not None else None
+        workspace.check_secret_names(request.secrets, request.sandbox_id)
+        bwrap = self._tool("bwrap", "bubblewrap")
+        self._tool("nsenter", "util-linux")
+
+        await self.teardown(request.sandbox_id)  # start clean after a partial earlier attempt
+        layout.create()
+        state = State(
+            sandbox_id=request.sandbox_id,
+            created_at=datetime.now(UTC).isoformat(),
+            workspace=str(layout.workspace),
+            warnings=profile_warnings(profile),
+        )
+        workspace.write_state(layout, state)
+        if source is not None:
+            await with_heartbeat(
+                request, asyncio.to_thread(workspace.copy_repo, source, layout.workspace)
+            )
+        owner = (SANDBOX_UID, SANDBOX_GID) if self._as_root else None
+        if request.secrets:
+            workspace.write_secrets(layout.workspace, request.secrets, owner)
+        if owner is not None:
+            await asyncio.to_thread(workspace.chown_tree, layout.workspace, *owner)
+        await request.heartbeat()
+
+        groups = cgroups.setup(
+            self._group(request.sandbox_id), profile.resources, self._cgroup_base
+        )
+        state = dataclasses.replace(
+            state,
+            cgroups=[str(path) for path in groups.dirs],
+            warnings=[*state.warnings, *groups.warnings],
+        )
+        workspace.write_state(layout, state)  # cgroups recorded before anything runs in them
+        spawned = await spawn_holder(
+            sandbox_id=request.sandbox_id,
+            workspace=layout.workspace,
+            read_only=profile.workspace.access == "ro",
+            procs_files=groups.procs_files,
+            log_file=layout.log_file,
+            as_root=self._as_root,
+            bwrap=bwrap,
+        )
+        state = dataclasses.replace(
+            state,
+            holder_pid=spawned.holder.pid,
+            holder_start_time=spawned.holder.start_time,
+            monitor_pid=spawned.monitor.pid if spawned.monitor else None,
+            monitor_start_time=spawned.monitor.start_time if spawned.monitor else None,
+        )
+        workspace.write_state(layout, state)
+        log.info(
+            "local sandbox %s: holder pid %d started in %.0f ms",
+            request.sandbox_id,
+            spawned.holder.pid,
+            (time.monotonic() - started) * 1000,
+        )
+        for index, instruction in enumerate(profile.setup.instructions):
+            await request.heartbeat()
+            await self._run_setup(request, state, index, instruction)
+
+    async def wait_ready(self, request: ProvisionRequest) -> Readiness:
+        layout = self._layout(request.sandbox_id)
+        state = self._running_state(layout)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            code = await self._run_inside(state, ["true"], _discard)
+            if code == 0:
+                break
+            if time.monotonic() > deadline or not state.holder_alive():
+                raise ExtensionError(
+                    f"local sandbox {request.sandbox_id} does not answer: entering it with "
+                    f"nsenter exited with code {code}. Holder log:\n{tail(layout.log_file)}",
+                    sandbox_id=request.sandbox_id,
+                    extension=self.id,
+                )
+            await asyncio.sleep(0.1)
+        descriptor: dict[str, Any] = {
+            "kind": "local",
+            "workspace": str(layout.workspace),
+            "holder_pid": state.holder_pid,
+            "exec": f"sandboxer exec {request.sandbox_id} -- CMD",
+            "network": "loopback only",
+            "node": socket.gethostname(),
+        }
+        return Readiness(descriptor=descriptor, warnings=list(state.warnings))
+
+    async def teardown(self, sandbox_id: str) -> None:
+        layout = self._layout(sandbox_id)
+        state = workspace.read_state(layout)
+        refs = [] if state is None else [ref for ref in (state.holder, state.monitor) if ref]
+        for ref in refs:
+            kill(ref)  # the holder is the pid namespace's init: the kernel kills the rest
+        group = self._group(sandbox_id)
+        recorded = [Path(path) for path in state.cgroups] if state else []
+        dirs = [path for path in recorded if path.name == group]  # only this sandbox's groups
+        dirs += cgroups.sandbox_dirs(group, self._cgroup_base)
+        await cgroups.destroy(dirs)
+        deadline = time.monotonic() + 5.0
+        while any(ref.alive() for ref in refs):
+            if time.monotonic() > deadline:
+                raise ExtensionError(
+                    f"local sandbox {sandbox_id}: holder processes "
+                    f"{[ref.pid for ref in refs if ref.alive()]} survived SIGKILL for 5s; "
+                    "check them with ps and run the teardown again",
+                    sandbox_id=sandbox_id,
+                    extension=self.id,
+                )
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(workspace.remove, layout)
+
+    async def list_sandboxes(self) -> Sequence[FoundSandbox]:
+        return await asyncio.to_thread(self._scan)
+
+    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink) -> int:
+        if not argv or any("\0" in arg for arg in argv):
+            raise InvalidInput(
+                "exec needs a command: argv must be non-empty and free of NUL characters",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        state = self._running_state(self._layout(sandbox_id))
+        return await self._run_inside(state, argv, output)
+
+    async def inspect_host(self) -> dict[str, Any]:
+        """A small report on this host's ability to run local sandboxes."""
+        found = await self.list_sandboxes()
+        version = cgroups.detect(self._cgroup_base)
+        if version == "v2":
+            writable = {"unified": os.access(self._cgroup_base, os.W_OK)}
+        else:
+            writable = {
+                ctl: os.access(self._cgroup_base / ctl / "cgroup.procs", os.W_OK)
+                for ctl in cgroups.V1_CONTROLLERS
+            }
+        return {
+            "root": str(self.root),
+            "sandboxes": len(found),
+            "alive": sum(1 for item in found if item.alive),
+            "cgroup_version": version,
+            "cgroups_writable": writable,
+            "bwrap": shutil.which("bwrap"),
+            "nsenter": shutil.which("nsenter"),
+            "as_root": self._as_root,
+        }
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _layout(self, sandbox_id: str) -> Layout:
+        """Validate first: the id becomes a directory name and a cgroup name."""
+        if not is_valid_sandbox_id(sandbox_id):
+            raise InvalidInput(
+                f"invalid sandbox id {sandbox_id!r}: expected {SANDBOX_ID_RULE}",
+                extension=self.id,
+            )
+        return Layout(self.root, sandbox_id)
+
+    def _group(self, sandbox_id: str) -> str:
+        return f"{sandbox_id}-{self._root_tag}"
+
+    def _tool(self, name: str, package: str) -> str:
+        path = shutil.which(
+            name, path="/usr/bin:/bin:/usr/sbin:/sbin:" + os.environ.get("PATH", "")
+        )
+        if path is None:
+            raise ExtensionError(
+                f"{name} is not installed; install the {package} package (apt install {package})",
+                extension=self.id,
+            )
+        return path
+
+    def _running_state(self, layout: Layout) -> State:
+        state = workspace.read_state(layout)
+        if state is None or not state.holder_alive():
+            what = "does not exist" if state is None else "is not running (its holder exited)"
+            raise SandboxNotFound(
+                f"local sandbox {layout.sandbox_id} {what} under {self.root}; "
+                "create it again or tear it down",
+                sandbox_id=layout.sandbox_id,
+                extension=self.id,
+            )
+        return state
+
+    async def _run_inside(self, state: State, argv: Sequence[str], output: OutputSink) -> int:
+        """Run ``argv`` in the sandbox, in its cgroups, streaming its output."""
+        assert state.holder_pid is not None
+        nsenter = self._tool("nsenter", "util-linux")
+        procs = [Path(path) / "cgroup.procs" for path in state.cgroups]
+        procs = [path for path in procs if path.exists()]
+        if self._as_root:
+            inner = enter_argv(child_pid=state.holder_pid, argv=argv, nsenter=nsenter)
+            return await run_streaming(launcher_argv(procs, inner), output)
+        user_ns = owning_user_namespace(state.holder_pid)
+        try:
+            inner = enter_argv(
+                child_pid=state.holder_pid,
+                argv=argv,
+                user_ns=f"/proc/self/fd/{user_ns}",
+                nsenter=nsenter,
+            )
+            return await run_streaming(launcher_argv(procs, inner), output, pass_fds=[user_ns])
+        finally:
+            os.close(user_ns)
+
+    async def _run_setup(
+        self, request: ProvisionRequest, state: State, index: int, instruction: str
+    ) -> None:
+        captured = bytearray()
+
+        async def keep(_stream: Literal["stdout", "stderr"], data: bytes) -> None:
+            captured.extend(data)
+            del captured[: max(0, len(captured) - 64 * 1024)]
+
+        code = await with_heartbeat(
+            request, self._run_inside(state, ["/bin/sh", "-c", instruction], keep)
+        )
+        if code != 0:
+            lines = captured.decode(errors="replace").splitlines()[-SETUP_OUTPUT_LINES:]
+            output = redact("\n".join(lines), request.secrets) or "(no output)"
+            raise ExtensionError(
+                f"setup.instructions[{index}] ({instruction!r}) exited with code {code}; "
+                f"last output:\n{output}",
+                sandbox_id=request.sandbox_id,
+                extension=self.id,
+            )
+
+    def _scan(self) -> list[FoundSandbox]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_symlink() or not entry.is_dir() or not is_valid_sandbox_id(entry.name):
+                continue
+            state = workspace.read_state(Layout(self.root, entry.name))
+            if state is None:
+                found.append(
+                    FoundSandbox(sandbox_id=entry.name, alive=False, detail={"state": "missing"})
+                )
+                continue
+            detail = {
+                "holder_pid": state.holder_pid,
+                "workspace": state.workspace,
+                "created_at": state.created_at,
+                "cgroups": state.cgroups,
+            }
+            found.append(
+                FoundSandbox(sandbox_id=entry.name, alive=state.holder_alive(), detail=detail)
+            )
+        return found
+
+
+async def _discard(_stream: Literal["stdout", "stderr"], _data: bytes) -> None:
+    return None

@@ -1,0 +1,180 @@
+"""Pure argv builders for the processes ext.local starts: no I/O, so they are unit-tested.
+
+Three command lines make a local sandbox:
+
+* the HOLDER: ``bwrap ... -- sleep infinity``, the long-lived process whose
+  namespaces *are* the sandbox;
+* the ENTER command: ``nsenter -t CHILD -a -- setpriv ... -- env -i ... sh -c
+  'cd /workspace && exec "$@"' ARGV``, which runs one command inside those
+  namespaces as an unprivileged user with no capabilities;
+* the CGROUP LAUNCHER: a two-line ``/bin/sh`` wrapper that writes its own pid
+  into the sandbox's ``cgroup.procs`` files and then runs the real command,
+  so the command and everything it forks are charged to the sandbox from its
+  first instruction (no ``preexec_fn``, which is unsafe once threads exist).
+
+User strings never pass through a shell: ``argv`` elements reach ``exec "$@"``
+as separate positional parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = [
+    "SANDBOX_GID",
+    "SANDBOX_PATH",
+    "SANDBOX_UID",
+    "WORKSPACE_MOUNT",
+    "enter_argv",
+    "holder_argv",
+    "hostname_for",
+    "launcher_argv",
+]
+
+WORKSPACE_MOUNT = "/workspace"
+SANDBOX_PATH = "/usr/bin:/bin"
+SANDBOX_UID = 65534
+"""``nobody``: commands inside a sandbox run as this host uid when the backend runs as root."""
+SANDBOX_GID = 65534
+
+# Namespaces a root-run holder unshares. ``--unshare-all`` would also create a
+# user namespace that maps only uid 0 (to host root); inside it no other uid
+# exists, so exec'd commands could not drop to an unprivileged user and would
+# read root-only host files such as /etc/shadow through the read-only /etc.
+_ROOT_UNSHARE = (
+    "--unshare-ipc",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+)
+
+_UNPRIVILEGED_ENTER = ("--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup")
+
+_SYSTEM_MOUNTS = (
+    "--ro-bind", "/usr", "/usr",
+    "--symlink", "usr/bin", "/bin",
+    "--symlink", "usr/lib", "/lib",
+    "--symlink", "usr/lib64", "/lib64",
+    "--symlink", "usr/sbin", "/sbin",
+    "--ro-bind", "/etc", "/etc",
+    "--proc", "/proc",
+    "--dev", "/dev",
+    "--perms", "1777", "--tmpfs", "/dev/shm",
+    "--perms", "1777", "--tmpfs", "/tmp",
+)  # fmt: skip
+
+_LAUNCHER_SCRIPT = (
+    "mode=$1; shift\n"
+    'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift\n'
+    'if [ "$mode" = spawn ]; then "$@" >&2 & echo $!; else exec "$@"; fi'
+)
+
+
+def hostname_for(sandbox_id: str) -> str:
+    """``sbx-`` and the first 12 characters of the id: short, recognisable, a valid hostname."""
+    return f"sbx-{sandbox_id[:12]}"
+
+
+def holder_argv(
+    *,
+    sandbox_id: str,
+    workspace: Path,
+    read_only: bool,
+    info_fd: int,
+    as_root: bool,
+    bwrap: str = "bwrap",
+) -> list[str]:
+    """The bwrap command line of a sandbox's holder.
+
+    No ``--die-with-parent``: the holder must outlive the worker that started
+    it so that a restarted worker can adopt it. ``--info-fd`` reports the pid
+    (in the host pid namespace) of the sandbox's init, the target of nsenter.
+    When not root, ``--unshare-all`` is required: the user namespace is what
+    lets an unprivileged user create the others.
+    """
+    unshare = _ROOT_UNSHARE if as_root else ("--unshare-all",)
+    return [
+        bwrap,
+        *unshare,
+        "--new-session",
+        "--cap-drop", "ALL",
+        *_SYSTEM_MOUNTS,
+        "--ro-bind" if read_only else "--bind", str(workspace), WORKSPACE_MOUNT,
+        "--chdir", WORKSPACE_MOUNT,
+        "--hostname", hostname_for(sandbox_id),
+        "--clearenv",
+        "--setenv", "PATH", SANDBOX_PATH,
+        "--setenv", "HOME", WORKSPACE_MOUNT,
+        "--info-fd", str(info_fd),
+        "--",
+        "sleep", "infinity",
+    ]  # fmt: skip
+
+
+def enter_argv(
+    *,
+    child_pid: int,
+    argv: Sequence[str],
+    user_ns: str | None = None,
+    nsenter: str = "/usr/bin/nsenter",
+) -> list[str]:
+    """Run ``argv`` inside the namespaces of ``child_pid`` with a clean environment in /workspace.
+
+    ``user_ns`` is None when the backend runs as root: the holder has no user
+    namespace, and ``setpriv`` switches to uid/gid 65534, empties the
+    capability bounding set and sets no_new_privs, so setuid binaries cannot
+    win back privileges.
+
+    Without root, ``user_ns`` names the user namespace that OWNS the sandbox's
+    other namespaces. Unprivileged bwrap nests the sandbox in a second user
+    namespace that owns nothing (so the sandbox cannot undo its read-only
+    mounts); entering that one, as ``-a`` would, leaves no right to enter the
+    rest. The caller's own uid is kept (``--preserve-credentials``) and all
+    capabilities are dropped.
+    """
+    if not argv:
+        raise ValueError("argv must not be empty")
+    if user_ns is None:
+        namespaces = ["-a"]
+        identity = [f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups"]
+    else:
+        namespaces = [f"--user={user_ns}", "--preserve-credentials", *_UNPRIVILEGED_ENTER]
+        identity = []
+    return [
+        nsenter,
+        "-t", str(child_pid),
+        *namespaces,
+        "--",
+        "/usr/bin/setpriv",
+        *identity,
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--no-new-privs",
+        "--",
+        "/usr/bin/env", "-i", f"PATH={SANDBOX_PATH}", f"HOME={WORKSPACE_MOUNT}",
+        "/bin/sh", "-c", f'cd {WORKSPACE_MOUNT} || exit 126; exec "$@"', "sandboxer-exec",
+        *argv,
+    ]  # fmt: skip
+
+
+def launcher_argv(
+    procs_files: Sequence[Path], argv: Sequence[str], *, background: bool = False
+) -> list[str]:
+    """Wrap ``argv`` so it starts inside the cgroups whose ``cgroup.procs`` files are given.
+
+    With ``background`` the wrapper instead starts ``argv`` in the background
+    (stdout sent to the wrapper's stderr), prints its pid and exits: the
+    command is orphaned at once and reparented to init, so the caller never
+    has to wait for it. That is how the holder is detached from the worker.
+    """
+    if not argv:
+        raise ValueError("argv must not be empty")
+    for path in procs_files:
+        if str(path) == "--":
+            raise ValueError("a cgroup.procs path cannot be '--'")
+    mode = "spawn" if background else "exec"
+    files = [str(path) for path in procs_files]
+    return ["/bin/sh", "-c", _LAUNCHER_SCRIPT, "sandboxer-launch", mode, *files, "--", *argv]

@@ -1,0 +1,178 @@
+"""Starting a sandbox's holder so that it outlives the worker that started it.
+
+How the holder is detached (the simplest robust way found): the worker runs a
+short ``/bin/sh`` launcher in a new session. The launcher moves itself into
+the sandbox's cgroups, starts bwrap in the background, prints bwrap's pid and
+exits at once. The worker only ever waits for that launcher (asyncio reaps it
+normally); bwrap is orphaned immediately and reparented to init, so:
+
+* no asyncio subprocess transport refers to the holder, so none is garbage
+  collected noisily or kills it when the event loop closes;
+* the worker never has to ``wait()`` for the holder, and its death or restart
+  leaves the sandbox running, ready for adoption;
+* the new session keeps terminal signals (Ctrl-C on the worker) away from it.
+
+bwrap reports the host pid of the sandbox's init through ``--info-fd``, a pipe
+the worker reads until bwrap closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandboxer.errors import ExtensionError
+from sandboxer.extensions.local.bwrap_command import holder_argv, launcher_argv
+from sandboxer.extensions.local.procs import ProcessRef, children_of, command_name
+
+__all__ = ["Holder", "read_pipe", "spawn_holder", "tail"]
+
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+
+@dataclass(frozen=True)
+class Holder:
+    holder: ProcessRef
+    """The sandbox's init (pid 1 inside), in host pid terms: the nsenter target."""
+    monitor: ProcessRef | None
+    """The outer bwrap process, which only waits for the holder (None if already gone)."""
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+async def read_pipe(fd: int) -> bytes:
+    """Read ``fd`` until EOF without blocking the event loop; closes ``fd``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    try:
+        return await reader.read()
+    finally:
+        transport.close()
+
+
+async def spawn_holder(
+    *,
+    sandbox_id: str,
+    workspace: Path,
+    read_only: bool,
+    procs_files: Sequence[Path],
+    log_file: Path,
+    as_root: bool,
+    bwrap: str,
+    timeout: float = 10.0,
+) -> Holder:
+    """Start the holder detached from the caller and return its identity."""
+    info_read, info_write = os.pipe()
+    argv = holder_argv(
+        sandbox_id=sandbox_id,
+        workspace=workspace,
+        read_only=read_only,
+        info_fd=info_write,
+        as_root=as_root,
+        bwrap=bwrap,
+    )
+    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        launcher = await asyncio.create_subprocess_exec(
+            *launcher_argv(procs_files, argv, background=True),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            pass_fds=(info_write,),
+            start_new_session=True,
+            env=HOST_ENV,
+        )
+    except BaseException:
+        os.close(info_read)
+        raise
+    finally:
+        os.close(info_write)
+        os.close(log)
+    info_task = asyncio.ensure_future(read_pipe(info_read))
+    try:
+        out, _ = await asyncio.wait_for(launcher.communicate(), timeout)
+        info = await asyncio.wait_for(info_task, timeout)
+    except BaseException:
+        info_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await info_task
+        if launcher.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(launcher.pid, signal.SIGKILL)
+            await launcher.wait()
+        raise
+    spawned = _identify(sandbox_id, launcher.returncode, out, info, log_file)
+    await _until_set_up(spawned.holder, sandbox_id, log_file, timeout)
+    return spawned
+
+
+async def _until_set_up(
+    holder: ProcessRef, sandbox_id: str, log_file: Path, timeout: float
+) -> None:
+    """Wait until bwrap has finished building the sandbox.
+
+    bwrap reports the child pid right after cloning it, before the child has
+    mounted the sandbox's file system; nsenter at that moment lands in a
+    half-built root ("failed to execute /usr/bin/setpriv"). The child forks
+    the idle command only once everything is in place, so a child of the
+    holder that has become ``sleep`` means the sandbox is ready.
+    """
+    deadline = time.monotonic() + timeout
+    while not any(command_name(child) == "sleep" for child in children_of(holder.pid)):
+        if not holder.alive() or time.monotonic() > deadline:
+            raise ExtensionError(
+                f"bubblewrap did not finish setting up the sandbox (holder pid {holder.pid}). "
+                f"Last lines of {log_file}:\n{tail(log_file) or '(empty)'}",
+                sandbox_id=sandbox_id,
+                extension="ext.local",
+            )
+        await asyncio.sleep(0.002)
+
+
+def _identify(
+    sandbox_id: str, launcher_rc: int | None, out: bytes, info: bytes, log_file: Path
+) -> Holder:
+    def failure(what: str) -> ExtensionError:
+        return ExtensionError(
+            f"bubblewrap did not start the sandbox: {what}. Last lines of {log_file}:\n"
+            f"{tail(log_file) or '(empty)'}",
+            sandbox_id=sandbox_id,
+            extension="ext.local",
+        )
+
+    if launcher_rc != 0:
+        raise failure(f"launcher exited with code {launcher_rc} (125: cannot join a cgroup)")
+    monitor = ProcessRef.of(int(out.strip() or b"0"))
+    try:
+        child_pid = int(json.loads(info)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        if monitor is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(monitor.pid, signal.SIGKILL)
+        raise failure("bwrap exited before reporting its child pid") from None
+    holder = ProcessRef.of(child_pid)
+    if holder is None:
+        raise failure(f"the sandbox's init (pid {child_pid}) exited at once")
+    return Holder(holder=holder, monitor=monitor)

@@ -1,0 +1,223 @@
+"""On-disk layout of local sandboxes: ``<root>/<id>/{state.json,holder.log,workspace/}``.
+
+Everything a sandbox owns on disk lives under its own directory so teardown is
+one symlink-safe ``rmtree``. ``state.json`` is what lets a restarted worker
+find (adopt) its sandboxes: it records the holder's pid together with its
+start time, the cgroups and the warnings. Files written here never follow a
+symlink that a copied repository could have planted (e.g. ``.sandboxer``
+pointing to /etc).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandboxer.errors import ExtensionError, InvalidInput
+from sandboxer.extensions.local.procs import ProcessRef
+
+__all__ = [
+    "Layout",
+    "State",
+    "chown_tree",
+    "copy_repo",
+    "read_state",
+    "remove",
+    "repo_source",
+    "write_secrets",
+    "write_state",
+]
+
+_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRETS_FILE = Path(".sandboxer") / "secrets.env"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one sandbox under the backend's root."""
+
+    root: Path
+    sandbox_id: str
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.sandbox_id
+
+    @property
+    def workspace(self) -> Path:
+        return self.dir / "workspace"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "holder.log"
+
+    def create(self) -> None:
+        """Make the sandbox directory (private to root: secrets live below it) and workspace."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700)
+        self.workspace.mkdir()
+
+
+@dataclass(frozen=True, kw_only=True)
+class State:
+    """What ``state.json`` records about a sandbox."""
+
+    sandbox_id: str
+    created_at: str
+    workspace: str
+    holder_pid: int | None = None
+    """The sandbox's init as seen from the host: nsenter target; killing it ends the sandbox."""
+    holder_start_time: int | None = None
+    monitor_pid: int | None = None
+    """The outer bwrap process that waits for the holder."""
+    monitor_start_time: int | None = None
+    cgroups: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def holder(self) -> ProcessRef | None:
+        if self.holder_pid is None or self.holder_start_time is None:
+            return None
+        return ProcessRef(self.holder_pid, self.holder_start_time)
+
+    @property
+    def monitor(self) -> ProcessRef | None:
+        if self.monitor_pid is None or self.monitor_start_time is None:
+            return None
+        return ProcessRef(self.monitor_pid, self.monitor_start_time)
+
+    def holder_alive(self) -> bool:
+        holder = self.holder
+        return holder is not None and holder.alive()
+
+
+def write_state(layout: Layout, state: State) -> None:
+    """Replace ``state.json`` atomically, so a crash never leaves half a file."""
+    tmp = layout.dir / "state.json.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(asdict(state), handle, indent=2)
+    os.replace(tmp, layout.state_file)
+
+
+def read_state(layout: Layout) -> State | None:
+    """The recorded state, or None when missing or unreadable (a partial provision)."""
+    if layout.dir.is_symlink():  # never trust pids or paths reached through a planted link
+        return None
+    try:
+        raw: Any = json.loads(layout.state_file.read_text())
+        return State(**raw)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def repo_source(value: str, sandbox_id: str) -> Path:
+    """Check the ``repo`` input before anything is created: an existing host directory."""
+    source = Path(value).expanduser()
+    if not source.exists():
+        raise InvalidInput(
+            f"input repo={value!r}: no such path on this host; pass an existing directory",
+            sandbox_id=sandbox_id,
+            extension="ext.local",
+        )
+    if not source.is_dir():
+        raise InvalidInput(
+            f"input repo={value!r} is not a directory; pass the repository's top directory",
+            sandbox_id=sandbox_id,
+            extension="ext.local",
+        )
+    return source.resolve()
+
+
+def _skip_special(directory: str, names: list[str]) -> set[str]:
+    """Copy only directories, regular files and symlinks: reading a FIFO would block forever."""
+    skipped = set()
+    for name in names:
+        mode = os.lstat(os.path.join(directory, name)).st_mode
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            skipped.add(name)
+    return skipped
+
+
+def copy_repo(source: Path, workspace: Path) -> None:
+    """Copy ``source``'s contents into ``workspace``; symlinks are copied as links, never followed."""
+    if workspace.resolve().is_relative_to(source):
+        raise InvalidInput(
+            f"input repo={str(source)!r} contains the sandbox root {workspace}; "
+            "choose a directory outside it",
+            extension="ext.local",
+        )
+    try:
+        shutil.copytree(source, workspace, symlinks=True, ignore=_skip_special, dirs_exist_ok=True)
+    except (shutil.Error, OSError) as exc:
+        raise ExtensionError(
+            f"copying repo {source} into {workspace} failed: {exc}; check that the files are "
+            "readable by the sandboxer worker",
+            extension="ext.local",
+        ) from exc
+
+
+def chown_tree(top: Path, uid: int, gid: int) -> None:
+    """Hand the workspace to the sandbox's user; symlinks themselves, never their targets."""
+    os.lchown(top, uid, gid)
+    for directory, dirnames, filenames in os.walk(top, followlinks=False):
+        for name in (*dirnames, *filenames):
+            os.lchown(os.path.join(directory, name), uid, gid)
+
+
+def check_secret_names(secrets: Mapping[str, str], sandbox_id: str) -> None:
+    for name in secrets:
+        if not _SECRET_NAME.fullmatch(name):
+            raise InvalidInput(
+                f"secret name {name!r} is not a valid variable name (letters, digits, '_')",
+                sandbox_id=sandbox_id,
+                extension="ext.local",
+            )
+
+
+def write_secrets(
+    workspace: Path, secrets: Mapping[str, str], owner: tuple[int, int] | None
+) -> Path:
+    """Write ``.sandboxer/secrets.env`` (mode 0600, ``NAME='value'`` lines) without following links."""
+    directory = workspace / SECRETS_FILE.parent
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        directory.unlink()
+    directory.mkdir(mode=0o700, exist_ok=True)
+    target = workspace / SECRETS_FILE
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    body = "".join(f"{name}={shlex.quote(value)}\n" for name, value in secrets.items())
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, body.encode())
+    finally:
+        os.close(fd)
+    if owner is not None:
+        os.lchown(directory, *owner)
+    return target
+
+
+def remove(layout: Layout) -> None:
+    """Delete the sandbox directory; a symlink in its place is unlinked, never followed."""
+    if layout.dir.is_symlink():
+        layout.dir.unlink()
+    elif layout.dir.exists():
+        shutil.rmtree(layout.dir)

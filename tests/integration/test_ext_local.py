@@ -1,0 +1,515 @@
+"""ext.local against real bubblewrap, cgroups and nsenter on this machine (no mocks).
+
+Every test uses its own root under ``tmp_path`` and fresh random sandbox ids,
+and tears down whatever it created even when it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from sandboxer.config.profile import Profile
+from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound
+from sandboxer.extensions.base import Extension, ProvisionRequest
+from sandboxer.extensions.local import LocalExtension
+from sandboxer.extensions.local.procs import ProcessRef, command_name
+
+pytestmark = pytest.mark.integration
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def new_id() -> str:
+    return "t" + uuid.uuid4().hex[:15]
+
+
+def profile(**sections: Any) -> Profile:
+    return Profile.model_validate({"id": "profile.test", "extension": "ext.local", **sections})
+
+
+def request(sandbox_id: str, prof: Profile | None = None, **fields: Any) -> ProvisionRequest:
+    return ProvisionRequest(
+        sandbox_id=sandbox_id,
+        profile=prof or profile(),
+        inputs=fields.pop("inputs", {}),
+        **fields,
+    )
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "local"
+
+
+@pytest.fixture
+async def ext(root: Path) -> AsyncIterator[LocalExtension]:
+    extension = LocalExtension(root)
+    yield extension
+    for found in await LocalExtension(root).list_sandboxes():
+        await extension.teardown(found.sandbox_id)
+
+
+class Output:
+    """An output sink that keeps what it receives, and when."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[str, bytes, float]] = []
+
+    async def __call__(self, stream: Literal["stdout", "stderr"], data: bytes) -> None:
+        self.chunks.append((stream, data, time.monotonic()))
+
+    def text(self, stream: str) -> str:
+        return b"".join(data for name, data, _ in self.chunks if name == stream).decode()
+
+
+async def run(ext: LocalExtension, sandbox_id: str, *argv: str) -> tuple[int, str, str]:
+    output = Output()
+    code = await ext.exec(sandbox_id, list(argv), output)
+    return code, output.text("stdout"), output.text("stderr")
+
+
+async def up(ext: LocalExtension, req: ProvisionRequest) -> dict[str, Any]:
+    await ext.provision(req)
+    readiness = await ext.wait_ready(req)
+    return {"descriptor": readiness.descriptor, "warnings": readiness.warnings}
+
+
+def state_of(root: Path, sandbox_id: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((root / sandbox_id / "state.json").read_text())
+    return data
+
+
+def holder_refs(root: Path, sandbox_id: str) -> list[ProcessRef]:
+    state = state_of(root, sandbox_id)
+    return [
+        ProcessRef(state[f"{name}_pid"], state[f"{name}_start_time"])
+        for name in ("holder", "monitor")
+        if state[f"{name}_pid"] is not None
+    ]
+
+
+def cgroups_of(sandbox_id: str) -> list[Path]:
+    return [path for path in CGROUP.glob(f"*/sandboxer/{sandbox_id}-*") if path.is_dir()]
+
+
+async def test_full_lifecycle_leaves_nothing_behind(ext: LocalExtension, root: Path) -> None:
+    assert isinstance(ext, Extension)
+    sid = new_id()
+    started = time.monotonic()
+    ready = await up(ext, request(sid, profile(resources={"memory_mb": 256, "pids": 64, "cpu": 1})))
+    assert time.monotonic() - started < 5
+    descriptor = ready["descriptor"]
+    assert descriptor["kind"] == "local"
+    assert descriptor["workspace"] == str(root / sid / "workspace")
+    assert descriptor["network"] == "loopback only"
+    assert descriptor["exec"] == f"sandboxer exec {sid} -- CMD"
+    assert ready["warnings"] == []
+    refs = holder_refs(root, sid)
+    assert refs[0].pid == descriptor["holder_pid"]
+    assert all(ref.alive() for ref in refs)
+    groups = cgroups_of(sid)
+    assert {path.parent.parent.name for path in groups} == {"memory", "pids", "cpu"}
+    assert (CGROUP / "cpu" / "sandboxer" / groups[0].name / "cpu.cfs_quota_us").read_text() == (
+        "100000\n"
+    )
+
+    assert await run(ext, sid, "sh", "-c", "pwd; hostname; id -u; echo $HOME") == (
+        0,
+        f"/workspace\nsbx-{sid[:12]}\n65534\n/workspace\n",
+        "",
+    )
+    found = await ext.list_sandboxes()
+    assert [(item.sandbox_id, item.alive) for item in found] == [(sid, True)]
+    info = await ext.inspect_host()
+    assert info["sandboxes"] == 1
+    assert info["cgroups_writable"] == {"memory": True, "pids": True, "cpu": True}
+
+    await ext.teardown(sid)
+    assert not (root / sid).exists()
+    assert cgroups_of(sid) == []
+    assert not any(ref.alive() for ref in refs)
+    assert await ext.list_sandboxes() == []
+
+
+async def test_network_is_loopback_only(ext: LocalExtension) -> None:
+    sid = new_id()
+    await up(ext, request(sid))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        code, out, _ = await run(ext, sid, "cat", "/proc/net/dev")
+        assert code == 0
+        interfaces = [line.split(":")[0].strip() for line in out.splitlines()[2:]]
+        assert interfaces == ["lo"]
+        probe = (
+            "import socket, sys\n"
+            "s = socket.socket(); s.settimeout(3)\n"
+            "try:\n    s.connect(('127.0.0.1', int(sys.argv[1])))\n"
+            "except OSError as e:\n    print(type(e).__name__); sys.exit(1)\n"
+            "print('connected')\n"
+        )
+        code, out, _ = await run(ext, sid, "python3", "-c", probe, str(port))
+        assert (code, out) == (1, "ConnectionRefusedError\n")
+        outside = "import socket; socket.create_connection(('192.0.2.1', 80), 3)"
+        code, _, err = await run(ext, sid, "python3", "-c", outside)
+        assert code == 1
+        assert "Network is unreachable" in err
+
+
+async def test_system_is_read_only_and_workspace_writable(ext: LocalExtension, root: Path) -> None:
+    sid = new_id()
+    await up(ext, request(sid))
+    for path in ("/usr/sandboxer-probe", "/etc/sandboxer-probe", "/bin/sandboxer-probe"):
+        code, _, err = await run(ext, sid, "touch", path)
+        assert code != 0, path
+        assert "Read-only file system" in err
+    code, _, err = await run(ext, sid, "cat", "/etc/shadow")
+    assert code != 0  # unprivileged inside: root-only host files stay unreadable
+    writes = "echo hello > /workspace/new; touch /tmp/t /dev/shm/t"
+    assert await run(ext, sid, "sh", "-c", writes) == (0, "", "")
+    assert (root / sid / "workspace" / "new").read_text() == "hello\n"
+    code, out, _ = await run(ext, sid, "grep", "^CapEff", "/proc/self/status")
+    assert out.split() == ["CapEff:", "0000000000000000"]
+
+
+async def test_read_only_workspace(ext: LocalExtension) -> None:
+    sid = new_id()
+    await up(ext, request(sid, profile(workspace={"access": "ro"})))
+    code, _, err = await run(ext, sid, "touch", "/workspace/x")
+    assert code != 0
+    assert "Read-only file system" in err
+
+
+async def test_repo_is_copied_without_following_symlinks(
+    ext: LocalExtension, root: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "main.py").write_text("print('hi')\n")
+    (repo / "outside").symlink_to("/etc/hostname")
+    (repo / ".sandboxer").symlink_to("/etc")  # must not redirect the secrets file
+    os.mkfifo(repo / "pipe")  # copying a FIFO's contents would block forever
+    sid = new_id()
+    await up(ext, request(sid, inputs={"repo": str(repo)}, secrets={"K": "v"}))
+    workspace = root / sid / "workspace"
+    assert (workspace / "src" / "main.py").read_text() == "print('hi')\n"
+    assert os.readlink(workspace / "outside") == "/etc/hostname"
+    assert not (workspace / "pipe").exists()
+    assert (workspace / ".sandboxer").is_dir()
+    assert not (workspace / ".sandboxer").is_symlink()
+    assert not Path("/etc/secrets.env").exists()
+    assert await run(ext, sid, "python3", "src/main.py") == (0, "hi\n", "")
+
+
+async def test_bad_repo_input_is_refused_before_anything_is_created(
+    ext: LocalExtension, root: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("x")
+    for value, message in ((tmp_path / "nope", "no such path"), (tmp_path / "file", "not a dir")):
+        with pytest.raises(InvalidInput, match=message):
+            await ext.provision(request(new_id(), inputs={"repo": str(value)}))
+    assert not root.exists()
+
+
+async def test_secrets_file_is_private_and_never_returned(ext: LocalExtension, root: Path) -> None:
+    sid = new_id()
+    value = "s3cr3t value with 'quotes' and $dollars"
+    ready = await up(ext, request(sid, secrets={"API_TOKEN": value}))
+    secrets = root / sid / "workspace" / ".sandboxer" / "secrets.env"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    assert value not in repr(ready)
+    assert value not in (root / sid / "state.json").read_text()
+    script = '. /workspace/.sandboxer/secrets.env && printf %s "$API_TOKEN"'
+    assert await run(ext, sid, "sh", "-c", script) == (0, value, "")
+
+
+async def test_exec_streams_output_and_returns_the_exit_code(ext: LocalExtension) -> None:
+    sid = new_id()
+    await up(ext, request(sid))
+    result = await run(ext, sid, "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert result == (7, "out\n", "err\n")
+    # argv words are never interpreted by a shell
+    assert await run(ext, sid, "echo", "$HOME; rm -rf /", "FOO=bar") == (
+        0,
+        "$HOME; rm -rf / FOO=bar\n",
+        "",
+    )
+    # output arrives while the command still runs
+    output = Output()
+    assert await ext.exec(sid, ["sh", "-c", "echo first; sleep 1; echo second"], output) == 0
+    finished = time.monotonic()
+    assert output.chunks[0][1] == b"first\n"
+    assert finished - output.chunks[0][2] > 0.7
+    # killed by a signal: shell convention 128 + N
+    assert (await run(ext, sid, "sh", "-c", "kill -9 $$"))[0] == 128 + signal.SIGKILL
+    # a background process keeping stdout open does not hang exec
+    started = time.monotonic()
+    assert await run(ext, sid, "sh", "-c", "sleep 30 & echo started") == (0, "started\n", "")
+    assert time.monotonic() - started < 5
+    # a missing command is an exit code, not an exception
+    assert (await run(ext, sid, "no-such-command"))[0] == 127
+
+
+async def test_cancelling_exec_kills_the_command(ext: LocalExtension) -> None:
+    sid = new_id()
+    await up(ext, request(sid, profile(resources={"pids": 64})))
+    task = asyncio.create_task(run(ext, sid, "sleep", "30"))
+    group = next(path for path in cgroups_of(sid) if path.parent.parent.name == "pids")
+
+    def sleeping() -> list[str]:
+        procs = (group / "cgroup.procs").read_text().split()
+        return [pid for pid in procs if command_name(int(pid)) == "sleep"]
+
+    for _ in range(200):
+        if len(sleeping()) == 2:  # the holder's idle sleep and ours
+            break
+        await asyncio.sleep(0.01)
+    assert len(sleeping()) == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(200):
+        if len([pid for pid in sleeping() if not _zombie(pid)]) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert len([pid for pid in sleeping() if not _zombie(pid)]) == 1
+
+
+async def test_memory_limit_kills_an_overuse(ext: LocalExtension) -> None:
+    sid = new_id()
+    ready = await up(ext, request(sid, profile(resources={"memory_mb": 64})))
+    assert ready["warnings"] == []  # cgroups are writable on this machine
+    small = "b = b'x' * (8 << 20); print(len(b))"
+    assert await run(ext, sid, "python3", "-c", small) == (0, f"{8 << 20}\n", "")
+    code, _, _ = await run(ext, sid, "python3", "-c", "b = b'x' * (256 << 20)")
+    assert code == 128 + signal.SIGKILL
+
+
+async def test_pids_limit_stops_a_fork_storm(ext: LocalExtension, root: Path) -> None:
+    sid = new_id()
+    ready = await up(ext, request(sid, profile(resources={"pids": 20})))
+    assert ready["warnings"] == []
+    storm = "for i in $(seq 50); do sleep 30 >/dev/null 2>&1 & done; wait"
+    started = time.monotonic()
+    code, _, err = await run(ext, sid, "sh", "-c", storm)
+    assert code != 0
+    assert "fork" in err.lower()
+    assert time.monotonic() - started < 10
+    group = next(path for path in cgroups_of(sid) if path.parent.parent.name == "pids")
+    assert int((group / "pids.current").read_text()) <= 20
+    sleeps = [
+        pid
+        for pid in (group / "cgroup.procs").read_text().split()
+        if command_name(int(pid)) == "sleep"
+    ]
+    assert 0 < len(sleeps) < 20
+    await ext.teardown(sid)
+    assert all(not Path(f"/proc/{pid}").exists() or _zombie(pid) for pid in sleeps)
+
+
+def _zombie(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_limits_become_warnings_when_cgroups_are_unavailable(
+    root: Path, tmp_path: Path
+) -> None:
+    ext = LocalExtension(root, cgroup_base=tmp_path / "no-cgroups")
+    sid = new_id()
+    try:
+        ready = await up(ext, request(sid, profile(resources={"memory_mb": 64, "pids": 20})))
+        assert [warning.split(":")[0] for warning in ready["warnings"]] == [
+            "memory limit not enforced",
+            "pids limit not enforced",
+        ]
+        assert "is missing" in ready["warnings"][0]
+        assert await run(ext, sid, "true") == (0, "", "")  # the sandbox still works
+    finally:
+        await ext.teardown(sid)
+
+
+async def test_unenforceable_profile_settings_are_reported(ext: LocalExtension) -> None:
+    prof = profile(network={"default": "allow"}, resources={"disk_mb": 100})
+    ready = await up(ext, request(new_id(), prof))
+    assert [warning.split(":")[0] for warning in ready["warnings"]] == [
+        "network egress not provided",
+        "disk limit not enforced",
+    ]
+
+
+async def test_setup_instructions_run_in_order_and_failures_name_the_step(
+    ext: LocalExtension,
+) -> None:
+    sid = new_id()
+    beats: list[float] = []
+
+    async def heartbeat() -> None:
+        beats.append(time.monotonic())
+
+    prof = profile(setup={"instructions": ["echo one > a", "cat a > b; echo two >> b"]})
+    await up(ext, request(sid, prof, heartbeat=heartbeat))
+    assert await run(ext, sid, "cat", "b") == (0, "one\ntwo\n", "")
+    assert len(beats) >= 2
+
+    bad = profile(setup={"instructions": ["true", ". .sandboxer/secrets.env; echo $T; exit 3"]})
+    with pytest.raises(ExtensionError) as caught:
+        await ext.provision(request(sid, bad, secrets={"T": "hidden-value"}))
+    message = caught.value.message
+    assert "setup.instructions[1]" in message
+    assert "code 3" in message
+    assert "***" in message
+    assert "hidden-value" not in message
+
+
+async def test_first_command_after_provision_finds_a_finished_sandbox(ext: LocalExtension) -> None:
+    # bwrap reports its child's pid before the child has built the sandbox's root;
+    # provision must not run setup instructions into a half-built sandbox.
+    prof = profile(setup={"instructions": ["test -x /usr/bin/setpriv && test -d /workspace"]})
+    for _ in range(30):
+        sid = new_id()
+        await ext.provision(request(sid, prof))
+        await ext.teardown(sid)
+
+
+async def test_teardown_is_idempotent(ext: LocalExtension, root: Path) -> None:
+    sid = new_id()
+    await up(ext, request(sid))
+    await ext.teardown(sid)
+    await ext.teardown(sid)
+    await ext.teardown(new_id())  # never existed
+    assert not (root / sid).exists()
+
+
+_PROVISION_AND_DIE = """
+import asyncio, os, sys
+from pathlib import Path
+from sandboxer.config.profile import Profile
+from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.local import LocalExtension
+
+async def main():
+    prof = Profile(id="profile.test", extension="ext.local", resources={"pids": 64})
+    req = ProvisionRequest(sandbox_id=sys.argv[2], profile=prof, inputs={})
+    ext = LocalExtension(Path(sys.argv[1]))
+    await ext.provision(req)
+    await ext.wait_ready(req)
+    os.kill(os.getpid(), 9)  # the worker dies without any clean-up
+
+asyncio.run(main())
+"""
+
+
+async def test_holder_survives_its_worker_and_is_adopted(ext: LocalExtension, root: Path) -> None:
+    sid = new_id()
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PROVISION_AND_DIE, str(root), sid
+    )
+    assert await asyncio.wait_for(worker.wait(), 30) == -signal.SIGKILL
+    adopter = LocalExtension(root)
+    found = await adopter.list_sandboxes()
+    assert [(item.sandbox_id, item.alive) for item in found] == [(sid, True)]
+    assert found[0].detail["holder_pid"] == state_of(root, sid)["holder_pid"]
+    assert await run(adopter, sid, "echo", "adopted") == (0, "adopted\n", "")
+    await adopter.teardown(sid)
+    assert cgroups_of(sid) == []
+
+
+async def test_discarded_extension_object_does_not_stop_the_holder(root: Path) -> None:
+    sid = new_id()
+    first = LocalExtension(root)
+    await up(first, request(sid))
+    del first
+    await asyncio.sleep(0.1)
+    second = LocalExtension(root)
+    try:
+        assert [(item.sandbox_id, item.alive) for item in await second.list_sandboxes()] == [
+            (sid, True)
+        ]
+        assert (await run(second, sid, "true"))[0] == 0
+    finally:
+        await second.teardown(sid)
+
+
+async def test_killed_holder_is_reported_dead(ext: LocalExtension, root: Path) -> None:
+    sid = new_id()
+    await up(ext, request(sid))
+    os.kill(state_of(root, sid)["holder_pid"], signal.SIGKILL)
+    for _ in range(50):
+        found = await ext.list_sandboxes()
+        if not found[0].alive:
+            break
+        await asyncio.sleep(0.02)
+    assert [(item.sandbox_id, item.alive) for item in found] == [(sid, False)]
+    with pytest.raises(SandboxNotFound, match="not running"):
+        await run(ext, sid, "true")
+    await ext.teardown(sid)
+    assert not (root / sid).exists()
+
+
+async def test_provision_after_a_partial_attempt_starts_clean(
+    ext: LocalExtension, root: Path
+) -> None:
+    sid = new_id()
+    await up(ext, request(sid))
+    old_refs = holder_refs(root, sid)
+    (root / sid / "workspace" / "leftover").write_text("x")
+    group = cgroups_of(sid)[0]
+    # A stray process in the sandbox's group, as if a crash left it behind.
+    stray = subprocess.Popen(
+        ["sh", "-c", f"echo $$ > {group / 'cgroup.procs'}; exec sleep 60"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if str(stray.pid) in (group / "cgroup.procs").read_text().split():
+                break
+            await asyncio.sleep(0.01)
+        (root / sid / "state.json").write_text("{not json")  # the crash also cut the state file
+        for ref in old_refs:  # without the state, only the cgroup can find the old holder
+            assert ref.alive()
+        await up(ext, request(sid))
+        assert stray.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
+    assert not any(ref.alive() for ref in old_refs)
+    assert not (root / sid / "workspace" / "leftover").exists()
+    assert [(item.sandbox_id, item.alive) for item in await ext.list_sandboxes()] == [(sid, True)]
+    assert await run(ext, sid, "ls", "-A") == (0, "", "")
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a;rm -rf", "UPPERCASE1", "short", "a" * 33, ""])
+async def test_invalid_ids_are_refused_and_create_nothing(
+    ext: LocalExtension, root: Path, bad: str
+) -> None:
+    with pytest.raises(InvalidInput, match="invalid sandbox id"):
+        await ext.provision(request(bad))
+    with pytest.raises(InvalidInput):
+        await ext.teardown(bad)
+    with pytest.raises(InvalidInput):
+        await ext.exec(bad, ["true"], Output())
+    assert not root.exists()
+
+
+async def test_exec_in_an_unknown_sandbox(ext: LocalExtension) -> None:
+    with pytest.raises(SandboxNotFound, match="does not exist"):
+        await run(ext, new_id(), "true")
