@@ -10,7 +10,6 @@ message never becomes a crash loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL = 0.5
 """Seconds a fetch waits for work; also how long a stop takes to be noticed."""
-BACKLOG_POLL = 0.02
 
 Handler = Callable[[Msg], Awaitable[None]]
 PoisonHook = Callable[[Msg, BaseException], Awaitable[None]]
@@ -63,22 +61,19 @@ def is_last_delivery(msg: Msg, spec: ConsumerSpec) -> bool:
     return msg.metadata.num_delivered >= spec.max_deliver
 
 
-async def _fetch(psub: JetStreamContext.PullSubscription, most: int) -> list[Msg]:
-    """Up to ``most`` messages, returning as soon as one is there.
+async def _fetch_one(psub: JetStreamContext.PullSubscription) -> Msg | None:
+    """The next message, as soon as there is one (or None after ``IDLE_POLL``).
 
-    nats-py's ``fetch(batch=n)`` waits out its whole timeout for the n-th
-    message once the first has arrived, which would add that timeout to every
-    create on an idle service. So: long-poll for one, then take whatever else
-    is already waiting with a short second fetch.
+    One at a time on purpose: nats-py's ``fetch(batch=n)`` waits out its whole
+    timeout for the n-th message once the first has arrived, which would add
+    that timeout to every create on an idle service. Throughput comes from
+    handling each message in its own task, not from batching the fetch.
     """
     try:
-        msgs: list[Msg] = await psub.fetch(batch=1, timeout=IDLE_POLL)
+        msgs = await psub.fetch(batch=1, timeout=IDLE_POLL)
     except (TimeoutError, NatsTimeout):
-        return []
-    if most > 1:
-        with contextlib.suppress(TimeoutError, NatsTimeout):
-            msgs += await psub.fetch(batch=most - 1, timeout=BACKLOG_POLL)
-    return msgs
+        return None
+    return msgs[0] if msgs else None
 
 
 async def run_pull_consumer(
@@ -115,17 +110,13 @@ async def run_pull_consumer(
     try:
         while not stop.is_set():
             await slots.acquire()
-            free = 1
-            while free < 256 and not slots.locked():
-                await slots.acquire()
-                free += 1
-            msgs = await _fetch(psub, free)
-            for _ in range(free - len(msgs)):
+            msg = await _fetch_one(psub)
+            if msg is None:
                 slots.release()
-            for msg in msgs:
-                task = asyncio.create_task(handle(msg))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+                continue
+            task = asyncio.create_task(handle(msg))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
     finally:
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
