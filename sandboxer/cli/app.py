@@ -285,7 +285,9 @@ def events(
                 sys.stdout.write(json.dumps({"seq": seq, **event}) + "\n")
             else:
                 subject = event.get("sandbox_id") or event.get("command_id")
-                extra = event.get("reason") or event.get("extension") or ""
+                extra = event.get("reason") or ""
+                if event.get("type") == "routed":
+                    extra = f"{event.get('extension')} ({extra})"
                 sys.stdout.write(
                     f"{seq:>8}  {event.get('at')}  {event.get('type'):<12} {subject}  {extra}\n"
                 )

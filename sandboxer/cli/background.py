@@ -64,7 +64,7 @@ async def connect_client(settings: Settings, *, autostart: bool, say: object = N
         if callable(say):
             say(
                 f"started sandboxer in the background (pid {pid}); log: {settings.log_file}; "
-                f"stop it with: kill {pid}"
+                "stop it with: sandboxer down"
             )
         return await _wait_until_healthy(settings, pid)
     return await SandboxerClient.connect(urls)
