@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -118,3 +119,24 @@ async def test_embedded_default_starts_in_the_background(home: Path) -> None:
         await reap_local(home)
     assert "stopped sandboxer" in stopped.stderr
     assert not (home / "service.json").exists()
+
+
+async def test_events_follow_streams_new_events(service: Service, cli_env: dict[str, str]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sandboxer.cli.app", "events", "--follow", "--json",
+        env=cli_env, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.sleep(1.0)  # let it subscribe
+        ready = await service.client.create()
+        seen: list[str] = []
+        async with asyncio.timeout(20):
+            while "ready" not in seen:
+                assert process.stdout is not None
+                event = json.loads(await process.stdout.readline())
+                assert event["sandbox_id"] == ready["sandbox_id"]
+                seen.append(event["type"])
+        assert seen == ["requested", "routed", "provisioning", "ready"]
+    finally:
+        process.terminate()
+        await process.wait()
