@@ -259,14 +259,18 @@ def _routed(admitted: AdmittedCreate, now: str) -> SandboxRouted:
     )
 
 
-def _decide_destroy(state: SandboxState, command: DestroySandbox, now: str) -> list[SandboxEvent]:
-    if command.command_id in state.handled:
-        return []
+def _require_known(state: SandboxState) -> None:
     if state.status == "new":
         raise Rejected(
             "unknown_sandbox",
-            f"no sandbox {command.sandbox_id}; 'sandboxer list' shows the existing ones",
+            f"no sandbox {state.sandbox_id}; 'sandboxer list' shows the existing ones",
         )
+
+
+def _decide_destroy(state: SandboxState, command: DestroySandbox, now: str) -> list[SandboxEvent]:
+    if command.command_id in state.handled:
+        return []
+    _require_known(state)
     if state.status == "destroying":
         return []  # the control worker publishes the teardown job again: a retry, not an error
     if state.status == "destroyed":
@@ -286,11 +290,7 @@ def _decide_recreate(
 ) -> list[SandboxEvent]:
     if command.command_id in state.handled:
         return []
-    if state.status == "new":
-        raise Rejected(
-            "unknown_sandbox",
-            f"no sandbox {command.sandbox_id}; 'sandboxer list' shows the existing ones",
-        )
+    _require_known(state)
     if state.status not in {"ready", "failed"}:
         raise Rejected(
             "not_recreatable",
