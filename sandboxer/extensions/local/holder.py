@@ -24,7 +24,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +54,8 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-async def read_pipe(fd: int) -> bytes:
-    """Read ``fd`` until EOF without blocking the event loop; closes ``fd``."""
+async def pipe_chunks(fd: int) -> AsyncIterator[bytes]:
+    """Yield what arrives on ``fd`` until EOF without blocking the event loop; closes ``fd``."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     pipe = os.fdopen(fd, "rb", buffering=0)
@@ -67,9 +67,15 @@ async def read_pipe(fd: int) -> bytes:
         pipe.close()
         raise
     try:
-        return await reader.read()
+        while chunk := await reader.read(65536):
+            yield chunk
     finally:
         transport.close()
+
+
+async def read_pipe(fd: int) -> bytes:
+    """Everything written to ``fd`` until EOF; closes ``fd``."""
+    return b"".join([chunk async for chunk in pipe_chunks(fd)])
 
 
 async def spawn_holder(

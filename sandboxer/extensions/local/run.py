@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from sandboxer.extensions.base import OutputSink
-from sandboxer.extensions.local.holder import HOST_ENV
+from sandboxer.extensions.local.holder import HOST_ENV, pipe_chunks
 
 __all__ = ["run_streaming"]
 
@@ -26,21 +26,8 @@ DRAIN_GRACE = 1.0
 
 
 async def _pump(fd: int, name: Literal["stdout", "stderr"], output: OutputSink) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    try:
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-    except BaseException:
-        pipe.close()
-        raise
-    try:
-        while chunk := await reader.read(65536):
-            await output(name, chunk)
-    finally:
-        transport.close()
+    async for chunk in pipe_chunks(fd):
+        await output(name, chunk)
 
 
 def _exit_code(returncode: int) -> int:
