@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from sandboxer.extensions.local.backend import LocalExtension
 
 from sandboxer.config.catalog import Catalog
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.base import Extension, ProvisionRequest
+from sandboxer.extensions.local.backend import LocalExtension
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration
