@@ -10,7 +10,10 @@ The tree::
     │   ├── ServiceNotRunning  no sandboxer service could be found
     │   └── ConcurrencyConflict an append lost the optimistic-concurrency race
     ├── ExtensionError         a backend failed to provision, reach or tear down
-    │   └── SandboxNotFound    the backend has no sandbox with that id
+    │   ├── SandboxNotFound    the backend has no sandbox with that id
+    │   ├── HostUnreachable    an SSH host did not answer (or refused our key)
+    │   ├── HostKeyRejected    an SSH host's key does not match what we know of it
+    │   └── RemoteCommandFailed a command on a host exited non-zero
     └── NatsServerError        the embedded nats-server is missing, too old or failed to start
 
 Messages say what happened and how to fix it; structured fields (``code``,
@@ -24,8 +27,11 @@ __all__ = [
     "ConcurrencyConflict",
     "ConfigError",
     "ExtensionError",
+    "HostKeyRejected",
+    "HostUnreachable",
     "InvalidInput",
     "NatsServerError",
+    "RemoteCommandFailed",
     "SandboxNotFound",
     "SandboxerError",
     "ServiceNotRunning",
@@ -77,6 +83,24 @@ class ExtensionError(SandboxerError):
 
 class SandboxNotFound(ExtensionError):
     code = "sandbox_not_found"
+
+
+class HostUnreachable(ExtensionError):
+    code = "host_unreachable"
+
+
+class HostKeyRejected(ExtensionError):
+    code = "host_key_rejected"
+
+
+class RemoteCommandFailed(ExtensionError):
+    code = "remote_command_failed"
+
+    def __init__(self, message: str, *, exit_status: int, output_tail: str = "",
+                 sandbox_id: str | None = None, extension: str | None = None) -> None:
+        super().__init__(message, sandbox_id=sandbox_id, extension=extension)
+        self.exit_status = exit_status
+        self.output_tail = output_tail
 
 
 class NatsServerError(SandboxerError):

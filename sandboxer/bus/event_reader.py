@@ -66,8 +66,12 @@ async def read_events(
         while True:
             if not arrived:
                 wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 a cancellation that lands as
+                # wait_for times out comes back as TimeoutError and would be swallowed
+                # here, leaving a follower that can never be stopped.
                 try:
-                    await asyncio.wait_for(wake.wait(), idle_timeout)
+                    async with asyncio.timeout(idle_timeout):
+                        await wake.wait()
                 except TimeoutError:
                     if follow:
                         continue
