@@ -106,7 +106,7 @@ async def run_roles(
                     worker = ExtensionWorker(
                         js, store, catalog, extension, ack_wait=settings.ack_wait
                     )
-                    executor = ExecService(nc, extension)
+                    executor = ExecService(nc, store, extension)
                     await executor.start()
                     services.append(executor)
                     await worker.reconcile()

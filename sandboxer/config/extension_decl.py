@@ -37,6 +37,8 @@ class ExtensionDecl(_Strict):
     description: str = ""
     kind: Literal["self-hosted", "saas"]
     enabled: bool = True
+    placement: bool = False
+    """Runs on hosts from the hosts file: the control worker places each sandbox on one."""
     capabilities: Capabilities
     pricing: Pricing = Field(default_factory=Pricing)
     entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

@@ -42,6 +42,8 @@ class ProvisionRequest:
     inputs: Mapping[str, str]
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Resolved secret values: deliver them to the sandbox, never log or return them."""
+    host: str | None = None
+    """The placement host (a name from the hosts file) for extensions that place on hosts."""
     heartbeat: Heartbeat = _no_heartbeat
 
 
@@ -59,14 +61,21 @@ class FoundSandbox:
 
     sandbox_id: str
     alive: bool
+    host: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
 class Extension(Protocol):
-    """A backend. ``id`` is its declaration id, e.g. ``ext.local``."""
+    """A backend. ``id`` is its declaration id, e.g. ``ext.local``.
+
+    ``host_local`` is true when a sandbox lives on the machine of the worker
+    that made it (ext.local): only that worker can reach it. Remote backends
+    (SSH hosts, SaaS) are reachable from any of their workers.
+    """
 
     id: str
+    host_local: bool
 
     async def provision(self, request: ProvisionRequest) -> None:
         """Create the sandbox's resources. May be called again after a crash: start clean."""
@@ -74,11 +83,13 @@ class Extension(Protocol):
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
         """Return once the sandbox can be used, with its reachability descriptor."""
 
-    async def teardown(self, sandbox_id: str) -> None:
+    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
         """Remove everything the sandbox owns. Idempotent: tearing down nothing succeeds."""
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         """Every sandbox this backend finds it owns on its host."""
 
-    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink) -> int:
+    async def exec(
+        self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *, host: str | None = None
+    ) -> int:
         """Run ``argv`` inside the sandbox, stream its output to ``output``, return its exit code."""

@@ -5,7 +5,9 @@ A core request/reply exchange with a streamed answer. The client publishes
 answers on that inbox with a ``started`` message, then ``stdout``/``stderr``
 chunks as they come, then ``exit`` carrying ``{"exit_code": N}`` (or
 ``{"error": "..."}``). The kind of each message is its ``Sandboxer-Exec``
-header. Workers that do not own the sandbox stay silent.
+header. Workers that cannot reach the sandbox stay silent: a host-local
+backend's workers each check whether the sandbox is theirs; a remote
+backend's workers share a queue group, so exactly one of them answers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from sandboxer.bus.event_store import EventStore
 from sandboxer.errors import SandboxerError
 from sandboxer.extensions.base import Extension
 from sandboxer.ids import is_valid_sandbox_id
@@ -36,14 +39,16 @@ class ExecRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ExecService:
-    def __init__(self, nc: Client, extension: Extension) -> None:
+    def __init__(self, nc: Client, store: EventStore, extension: Extension) -> None:
         self._nc = nc
+        self._store = store
         self._extension = extension
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe("sandboxer.exec.*", cb=self._on_request)
+        queue = "" if self._extension.host_local else f"exec-{self._extension.id}"
+        self._sub = await self._nc.subscribe("sandboxer.exec.*", queue=queue, cb=self._on_request)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -56,15 +61,23 @@ class ExecService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _owns(self, sandbox_id: str) -> bool:
-        found = await self._extension.list_sandboxes()
-        return any(s.sandbox_id == sandbox_id and s.alive for s in found)
+    async def _reachable(self, sandbox_id: str) -> tuple[bool, str | None]:
+        """Whether this worker should answer for ``sandbox_id``, and the sandbox's host."""
+        state = (await self._store.load(sandbox_id)).state
+        if state.extension != self._extension.id or state.status != "ready":
+            return False, None
+        if self._extension.host_local:
+            found = await self._extension.list_sandboxes()
+            if not any(s.sandbox_id == sandbox_id and s.alive for s in found):
+                return False, None
+        return True, state.host
 
     async def _serve(self, msg: Msg) -> None:
         sandbox_id = msg.subject.rsplit(".", 1)[-1]
         if not msg.reply or not is_valid_sandbox_id(sandbox_id):
             return
-        if not await self._owns(sandbox_id):
+        reachable, host = await self._reachable(sandbox_id)
+        if not reachable:
             return
 
         async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:
@@ -81,7 +94,7 @@ class ExecService:
             return
         await send("started", b"")
         try:
-            code = await self._extension.exec(sandbox_id, request.argv, send)
+            code = await self._extension.exec(sandbox_id, request.argv, send, host=host)
             result: dict[str, object] = {"exit_code": code}
         except SandboxerError as exc:
             result = {"error": exc.message}

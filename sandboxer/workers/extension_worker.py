@@ -92,15 +92,15 @@ class ExtensionWorker:
             if state.status == "ready" and found.alive:
                 log.info("adopted sandbox %s", found.sandbox_id)
             elif state.status == "ready":
-                await self._safe_teardown(found.sandbox_id)
+                await self._safe_teardown(found.sandbox_id, found.host)
                 await self._apply(found.sandbox_id, MarkFailed(
                     job_id="reconcile", reason="the sandbox's processes died while no worker "
                     "was watching; recreate it", stage="job"))
             elif state.status == "destroying":
-                await self._safe_teardown(found.sandbox_id)
+                await self._safe_teardown(found.sandbox_id, found.host)
                 await self._apply(found.sandbox_id, FinishTeardown(job_id="reconcile"))
             elif state.status in {"failed", "destroyed"}:
-                await self._safe_teardown(found.sandbox_id)
+                await self._safe_teardown(found.sandbox_id, found.host)
             elif state.status == "new":
                 log.warning("sandbox %s exists on this host but not in the log; "
                             "'sandboxer reap-stale' removes such orphans", found.sandbox_id)
@@ -115,11 +115,12 @@ class ExtensionWorker:
     async def handle(self, msg: Msg) -> None:
         job = msgspec.json.decode(msg.data, type=Job)
         async with self._lock(job.sandbox_id), self._heartbeat(msg):
+            host = (await self._store.load(job.sandbox_id)).state.host
             if job.action == "teardown":
-                await self._teardown(job)
+                await self._teardown(job, host)
             else:
                 if job.action == "recreate":
-                    await self.extension.teardown(job.sandbox_id)
+                    await self.extension.teardown(job.sandbox_id, host=host)
                 await self._provision(job, msg)
         await msg.ack()
 
@@ -160,7 +161,7 @@ class ExtensionWorker:
         if not started:
             log.info("job %s: nothing to do, sandbox is %s", job.job_id, state.status)
             if state.status in {"destroying", "destroyed"}:
-                await self.extension.teardown(job.sandbox_id)
+                await self.extension.teardown(job.sandbox_id, host=state.host)
             return
         assert state.profile is not None
         secrets: dict[str, str] = {}
@@ -173,6 +174,7 @@ class ExtensionWorker:
                 profile=profile,
                 inputs=state.inputs,
                 secrets=secrets,
+                host=state.host,
                 heartbeat=msg.in_progress,
             )
             await self.extension.provision(request)
@@ -181,7 +183,7 @@ class ExtensionWorker:
         except Exception as exc:
             reason = _reason(exc, secrets)
             log.warning("sandbox %s failed at %s: %s", job.sandbox_id, stage, reason)
-            await self._safe_teardown(job.sandbox_id)
+            await self._safe_teardown(job.sandbox_id, state.host)
             await self._apply(
                 job.sandbox_id,
                 MarkFailed(job_id=job.job_id, reason=reason, stage=stage),
@@ -199,15 +201,15 @@ class ExtensionWorker:
             # Destroyed (or recreated) while we worked: do not leave what we made behind.
             log.info("sandbox %s became %s during provisioning; tearing down",
                      job.sandbox_id, loaded.state.status)
-            await self.extension.teardown(job.sandbox_id)
+            await self.extension.teardown(job.sandbox_id, host=state.host)
 
-    async def _teardown(self, job: Job) -> None:
-        await self.extension.teardown(job.sandbox_id)
+    async def _teardown(self, job: Job, host: str | None) -> None:
+        await self.extension.teardown(job.sandbox_id, host=host)
         await self._apply(job.sandbox_id, FinishTeardown(job_id=job.job_id))
 
-    async def _safe_teardown(self, sandbox_id: str) -> None:
+    async def _safe_teardown(self, sandbox_id: str, host: str | None) -> None:
         try:
-            await self.extension.teardown(sandbox_id)
+            await self.extension.teardown(sandbox_id, host=host)
         except Exception:
             log.exception("teardown of %s after a failure also failed", sandbox_id)
 
@@ -217,7 +219,8 @@ class ExtensionWorker:
         except msgspec.DecodeError:
             log.error("dropping an unreadable job on %s: %r", msg.subject, msg.data[:200])
             return
-        await self._safe_teardown(job.sandbox_id)
+        host = (await self._store.load(job.sandbox_id)).state.host
+        await self._safe_teardown(job.sandbox_id, host)
         if job.action == "teardown":
             return  # stays 'destroying'; a new destroy command publishes the teardown again
         await self._apply(

@@ -54,6 +54,7 @@ class LocalExtension:
     """The local bubblewrap backend. ``root`` holds every sandbox (``$SANDBOXER_HOME/local``)."""
 
     id = "ext.local"
+    host_local = True
 
     def __init__(self, root: Path, *, cgroup_base: Path = cgroups.CGROUP_BASE) -> None:
         self.root = Path(root)
@@ -161,7 +162,8 @@ class LocalExtension:
         }
         return Readiness(descriptor=descriptor, warnings=list(state.warnings))
 
-    async def teardown(self, sandbox_id: str) -> None:
+    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
+        del host  # always this machine
         layout = self._layout(sandbox_id)
         state = workspace.read_state(layout)
         refs = [] if state is None else [ref for ref in (state.holder, state.monitor) if ref]
@@ -188,7 +190,10 @@ class LocalExtension:
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         return await asyncio.to_thread(self._scan)
 
-    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink) -> int:
+    async def exec(
+        self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *, host: str | None = None
+    ) -> int:
+        del host  # always this machine
         if not argv or any("\0" in arg for arg in argv):
             raise InvalidInput(
                 "exec needs a command: argv must be non-empty and free of NUL characters",
