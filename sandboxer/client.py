@@ -23,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.direct_get import read_subject
-from sandboxer.bus.event_reader import read_events
+from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.config.settings import Settings
 from sandboxer.errors import BusError, InvalidInput, SandboxerError, ServiceNotRunning
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
@@ -133,6 +133,41 @@ class SandboxerClient:
         )
         return reply
 
+    async def hosts(self) -> list[dict[str, Any]]:
+        """The hosts view: the latest telemetry and reaping per host."""
+        hosts: list[dict[str, Any]] = (
+            await self.query(subjects.QUERY_HOSTS, {"min_seq": self.seen_seq})
+        )["hosts"]
+        return hosts
+
+    async def gather(self, subject: str, request: Mapping[str, Any], *, timeout: float = 60.0,
+                     settle: float = 0.5) -> list[dict[str, Any]]:
+        """Every reply to one request: the first within ``timeout``, others until ``settle``
+        seconds pass without one (several workers may answer)."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        replies: list[dict[str, Any]] = []
+        try:
+            await self.nc.publish(subject, msgspec.json.encode(request), reply=inbox)
+            wait = timeout
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=wait)
+                except NatsTimeout:
+                    return replies
+                replies.append(msgspec.json.decode(msg.data))
+                wait = settle
+        finally:
+            await sub.unsubscribe()
+
+    async def inventory(self, action: str, extension_id: str,
+                        request: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Ask ``extension_id``'s workers to inspect, list drift, or reap (see docs/hosts.md)."""
+        replies = await self.gather(subjects.admin_subject(action, extension_id), request)
+        if replies:
+            self.seen_seq = max(self.seen_seq, await last_sequence(self.js))
+        return replies
+
     # -- commands ------------------------------------------------------------------------------
 
     async def create(
@@ -142,11 +177,15 @@ class SandboxerClient:
         *,
         sandbox_id: str | None = None,
         command_id: str | None = None,
+        host: str | None = None,
         wait: bool = True,
         on_event: EventCallback | None = None,
         timeout: float = 300.0,
     ) -> dict[str, Any]:
-        """Create a sandbox; with ``wait``, return its ``ready`` event (raise on failure)."""
+        """Create a sandbox; with ``wait``, return its ``ready`` event (raise on failure).
+
+        ``host`` overrides the profile's placement (for backends that place on hosts).
+        """
         if sandbox_id is not None:
             _check_id(sandbox_id)
         command_id = command_id or new_command_id()
@@ -158,6 +197,8 @@ class SandboxerClient:
         }
         if sandbox_id is not None:
             command["sandbox_id"] = sandbox_id
+        if host is not None:
+            command["host"] = host
         target = sandbox_id or derive_sandbox_id(command_id)
         return await self._run("create", command, target, {"ready"}, wait, on_event, timeout)
 

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from sandboxer.commands.types import COMMAND_TYPES
-from sandboxer.events.types import CommandRejected, SandboxEvent
+from sandboxer.events.types import CommandRejected, HostEvent, SandboxEvent
 
 __all__ = ["generate", "write"]
 
@@ -31,6 +31,9 @@ def generate() -> dict[str, Any]:
     events = msgspec.json.schema(SandboxEvent)
     events["title"] = "sandboxer.evt.sandbox.<sandbox_id>.<type>"
     schemas["event.sandbox.json"] = events
+    hosts = msgspec.json.schema(HostEvent)
+    hosts["title"] = "sandboxer.evt.host.<host>.<type>"
+    schemas["event.host.json"] = hosts
     rejected = msgspec.json.schema(CommandRejected)
     rejected["title"] = "sandboxer.evt.command.<command_id>.rejected"
     schemas["event.command.rejected.json"] = rejected

@@ -34,6 +34,7 @@ from sandboxer.projections.queries import QueryService
 from sandboxer.workers.control import ControlWorker
 from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.extension_worker import ExtensionWorker
+from sandboxer.workers.inventory import InventoryService
 
 __all__ = ["all_roles", "run_roles", "serve"]
 
@@ -85,13 +86,13 @@ async def run_roles(
     # nats-py exposes the INFO the server sent only as this attribute.
     await ensure_streams(js, replicas_for(nc._server_info))
     store = EventStore(nc, js)
-    services: list[QueryService | ExecService] = []
+    services: list[QueryService | ExecService | InventoryService] = []
     projectors: list[Projector] = []
     try:
         async with asyncio.TaskGroup() as group:
             for role in roles:
                 if role == "control":
-                    control = ControlWorker(js, store, catalog, ack_wait=settings.ack_wait)
+                    control = ControlWorker(js, store, catalog, settings)
                     group.create_task(control.run(stop))
                 elif role == "projector":
                     projector = Projector(nc, js, settings.db_path)
@@ -107,8 +108,11 @@ async def run_roles(
                         js, store, catalog, extension, ack_wait=settings.ack_wait
                     )
                     executor = ExecService(nc, store, extension)
+                    inventory = InventoryService(nc, js, store, extension, settings,
+                                                 worker.apply)
                     await executor.start()
-                    services.append(executor)
+                    await inventory.start()
+                    services += [executor, inventory]
                     await worker.reconcile()
                     group.create_task(worker.run(stop))
             log.info("running roles: %s", ", ".join(roles))

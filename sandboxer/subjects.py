@@ -29,6 +29,7 @@ QUERY_GET = "sandboxer.query.sandbox.get"
 QUERY_LIST = "sandboxer.query.sandbox.list"
 QUERY_REJECTION = "sandboxer.query.command.rejection"
 QUERY_HEALTH = "sandboxer.query.health"
+QUERY_HOSTS = "sandboxer.query.host.list"
 ADMIN_REPLAY = "sandboxer.admin.replay"
 
 
@@ -43,6 +44,15 @@ def sandbox_event_subject(sandbox_id: str, event_type: str) -> str:
 def sandbox_events_filter(sandbox_id: str) -> str:
     """Every event of one sandbox: the expected-sequence scope of its appends."""
     return f"sandboxer.evt.sandbox.{sandbox_id}.>"
+
+
+def host_event_subject(host: str, event_type: str) -> str:
+    return f"sandboxer.evt.host.{host}.{event_type}"
+
+
+def admin_subject(action: str, extension_id: str) -> str:
+    """Core request subjects of the inventory service: inspect, stale and reap, per extension."""
+    return f"sandboxer.admin.{action}.{extension_token(extension_id)}"
 
 
 def rejection_subject(key: str) -> str:

@@ -25,6 +25,7 @@ from sandboxer.bus.direct_get import read_subject
 from sandboxer.domain.sandbox import SandboxState, evolve
 from sandboxer.errors import BusError, ConcurrencyConflict
 from sandboxer.events.types import (
+    NOT_SANDBOX_EVENTS,
     CommandRejected,
     SandboxEvent,
     decode_event,
@@ -69,7 +70,7 @@ class EventStore:
             self._nc, subjects.sandbox_events_filter(sandbox_id), timeout=self._timeout
         ):
             event = decode_event(data)
-            if not isinstance(event, CommandRejected):
+            if not isinstance(event, NOT_SANDBOX_EVENTS):
                 state = evolve(state, event)
             last_seq = seq
         return Loaded(state, last_seq)

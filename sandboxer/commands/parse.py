@@ -7,12 +7,14 @@ for the control worker to record a rejection.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
 
 from sandboxer.commands.types import COMMAND_TYPES, Command, CreateSandbox
+from sandboxer.config.hosts import HOST_NAME
 from sandboxer.events.types import Actor
 from sandboxer.ids import (
     COMMAND_ID_RULE,
@@ -91,6 +93,9 @@ def parse_command(verb: str, data: bytes) -> Command:
         raise invalid("invalid_field", f"invalid {verb} command: {exc}") from None
     if isinstance(command, CreateSandbox):
         _check_inputs(command, invalid)
+        if command.host is not None and not re.fullmatch(HOST_NAME, command.host):
+            raise invalid("invalid_field", f"host {command.host!r} is not a host name: use "
+                          "lowercase letters, digits and '-'")
     return command
 
 

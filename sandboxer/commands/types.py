@@ -27,6 +27,8 @@ class CreateSandbox(_CommandBase, frozen=True, kw_only=True):
     inputs: dict[str, str] = {}
     sandbox_id: str | None = None
     """Chosen by the client (lowercase letters and digits, 8-32 chars); else derived from command_id."""
+    host: str | None = None
+    """For extensions that place on hosts: this host instead of the profile's placement."""
 
 
 class DestroySandbox(_CommandBase, frozen=True, kw_only=True):

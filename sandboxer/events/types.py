@@ -13,9 +13,13 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "NOT_SANDBOX_EVENTS",
     "Actor",
     "CommandRejected",
     "Event",
+    "HostEvent",
+    "HostInspected",
+    "HostReaped",
     "SandboxDestroyed",
     "SandboxDestroying",
     "SandboxEvent",
@@ -134,6 +138,33 @@ class CommandRejected(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
     at: str
 
 
+class _HostEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = SCHEMA_VERSION
+    event_id: str = ""
+    host: str
+    """A host name from the hosts file, or ``local-<hostname>`` for ext.local's machine."""
+    extension: str
+    actor: Actor
+    at: str
+
+
+class HostInspected(_HostEventBase, frozen=True, kw_only=True, tag="inspected"):
+    """Telemetry read from a host: load, memory, disk, and the sandboxer objects found there."""
+
+    report: dict[str, Any]
+
+
+class HostReaped(_HostEventBase, frozen=True, kw_only=True, tag="reaped"):
+    """``reap-stale --apply`` removed orphans from a host and marked vanished sandboxes failed."""
+
+    removed: list[str] = []
+    """Sandboxes found on the host that the log had destroyed, failed or never knew."""
+    marked_failed: list[str] = []
+    """Sandboxes the log called ready whose resources were gone from the host."""
+
+
+HostEvent = HostInspected | HostReaped
+
 SandboxEvent = (
     SandboxRequested
     | SandboxRouted
@@ -144,7 +175,9 @@ SandboxEvent = (
     | SandboxDestroying
     | SandboxDestroyed
 )
-Event = SandboxEvent | CommandRejected
+Event = SandboxEvent | CommandRejected | HostEvent
+NOT_SANDBOX_EVENTS = (CommandRejected, HostInspected, HostReaped)
+"""For ``isinstance``: events that do not belong to a sandbox aggregate."""
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from sandboxer.domain.sandbox import SandboxState, evolve
-from sandboxer.events.types import CommandRejected, decode_event
+from sandboxer.events.types import (
+    CommandRejected,
+    HostEvent,
+    HostInspected,
+    HostReaped,
+    decode_event,
+)
 from sandboxer.projections.sandbox_view import SandboxView
 
 __all__ = ["Batch"]
@@ -26,6 +32,7 @@ class Batch:
         self._known: dict[str, SandboxState] = {}
         self._dirty: dict[str, int] = {}
         self._rejections: list[tuple[CommandRejected, int]] = []
+        self._host_events: list[tuple[HostEvent, int]] = []
         self.position = 0
         self.size = 0
 
@@ -33,6 +40,8 @@ class Batch:
         event = decode_event(data)
         if isinstance(event, CommandRejected):
             self._rejections.append((event, seq))
+        elif isinstance(event, HostInspected | HostReaped):
+            self._host_events.append((event, seq))
         else:
             sandbox_id = event.sandbox_id
             state = self._known.get(sandbox_id)
@@ -52,9 +61,11 @@ class Batch:
             [(known[sandbox_id], seq) for sandbox_id, seq in self._dirty.items()],
             self._rejections,
             self.position,
+            self._host_events,
         )
         self._dirty.clear()
         self._rejections.clear()
+        self._host_events.clear()
         self.size = 0
         if not self._fresh and len(known) > LIVE_CACHE_LIMIT:
             known.clear()

@@ -56,6 +56,7 @@ class QueryService:
             subjects.QUERY_LIST: self._list,
             subjects.QUERY_REJECTION: self._rejection,
             subjects.QUERY_HEALTH: self._health,
+            subjects.QUERY_HOSTS: self._hosts,
             subjects.ADMIN_REPLAY: self._replay,
         }
         for subject, handler in routes.items():
@@ -133,6 +134,11 @@ class QueryService:
         await self._consistent(request)
         assert self._projector.view is not None
         return {"rejection": await self._projector.view.rejection(command_id)}
+
+    async def _hosts(self, request: dict[str, Any]) -> dict[str, Any]:
+        await self._consistent(request)
+        assert self._projector.view is not None
+        return {"hosts": await self._projector.view.hosts(), "position": self._projector.position}
 
     async def _health(self, _request: dict[str, Any]) -> dict[str, Any]:
         return {**self._info, "position": self._projector.position}

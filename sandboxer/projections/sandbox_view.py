@@ -16,7 +16,7 @@ import aiosqlite
 import msgspec
 
 from sandboxer.domain.sandbox import SandboxState
-from sandboxer.events.types import CommandRejected
+from sandboxer.events.types import CommandRejected, HostEvent, HostInspected
 
 __all__ = ["SandboxView", "state_to_dict"]
 
@@ -37,6 +37,15 @@ CREATE TABLE IF NOT EXISTS rejections (
     command_id TEXT,
     seq INTEGER NOT NULL,
     event BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    host TEXT PRIMARY KEY,
+    extension TEXT NOT NULL,
+    inspected_at TEXT,
+    report BLOB,
+    reaped_at TEXT,
+    reaped BLOB,
+    seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS position (
     projection TEXT PRIMARY KEY,
@@ -87,8 +96,11 @@ class SandboxView:
         states: Iterable[tuple[SandboxState, int]],
         rejections: Iterable[tuple[CommandRejected, int]],
         position: int,
+        host_events: Iterable[tuple[HostEvent, int]] = (),
     ) -> None:
         """Write changed rows and the new position in one transaction."""
+        for event, seq in host_events:
+            await self._apply_host_event(event, seq)
         await self._db.executemany(
             "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -108,6 +120,40 @@ class SandboxView:
             "INSERT OR REPLACE INTO position VALUES (?, ?)", (NAME, position)
         )
         await self._db.commit()
+
+    async def _apply_host_event(self, event: HostEvent, seq: int) -> None:
+        await self._db.execute(
+            "INSERT OR IGNORE INTO hosts (host, extension, seq) VALUES (?, ?, ?)",
+            (event.host, event.extension, seq),
+        )
+        if isinstance(event, HostInspected):
+            await self._db.execute(
+                "UPDATE hosts SET extension = ?, inspected_at = ?, report = ?, seq = ? "
+                "WHERE host = ?",
+                (event.extension, event.at, _encode(event.report), seq, event.host),
+            )
+        else:
+            reaped = {"removed": event.removed, "marked_failed": event.marked_failed}
+            await self._db.execute(
+                "UPDATE hosts SET reaped_at = ?, reaped = ?, seq = ? WHERE host = ?",
+                (event.at, _encode(reaped), seq, event.host),
+            )
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        async with self._db.execute(
+            "SELECT host, extension, inspected_at, report, reaped_at, reaped FROM hosts "
+            "ORDER BY host"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            {
+                "host": host, "extension": extension, "inspected_at": inspected_at,
+                "report": msgspec.json.decode(report) if report else None,
+                "reaped_at": reaped_at,
+                "reaped": msgspec.json.decode(reaped) if reaped else None,
+            }
+            for host, extension, inspected_at, report, reaped_at, reaped in rows
+        ]
 
     async def get(self, sandbox_id: str) -> SandboxState | None:
         return await self.load_state(sandbox_id)
@@ -140,7 +186,7 @@ class SandboxView:
         """Every row of every table, for comparing a rebuilt view with the live one."""
         tables: dict[str, list[tuple[Any, ...]]] = {}
         for table, key in (("sandboxes", "sandbox_id"), ("rejections", "key"),
-                           ("position", "projection")):
+                           ("hosts", "host"), ("position", "projection")):
             async with self._db.execute(f"SELECT * FROM {table} ORDER BY {key}") as cursor:
                 tables[table] = [tuple(row) for row in await cursor.fetchall()]
         return tables

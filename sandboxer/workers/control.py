@@ -9,6 +9,7 @@ whatever a crash interrupted and duplicates nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import msgspec
@@ -21,11 +22,14 @@ from sandboxer.clock import utc_now
 from sandboxer.commands.parse import InvalidCommand, parse_command
 from sandboxer.commands.types import Command, CreateSandbox, DestroySandbox, RecreateSandbox
 from sandboxer.config.catalog import Catalog
+from sandboxer.config.hosts import load_hosts
+from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.sandbox import AdmittedCreate, FinishTeardown, Rejected, decide
 from sandboxer.errors import ConcurrencyConflict, UnknownProfile
 from sandboxer.events.types import CommandRejected
 from sandboxer.workers.jobs import job_for
+from sandboxer.workers.placement import place
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 
 __all__ = ["ControlWorker"]
@@ -41,16 +45,17 @@ def _verb(msg: Msg) -> str:
 
 class ControlWorker:
     def __init__(
-        self, js: JetStreamContext, store: EventStore, catalog: Catalog, *, ack_wait: float = 30.0
+        self, js: JetStreamContext, store: EventStore, catalog: Catalog, settings: Settings
     ) -> None:
         self._js = js
+        self._settings = settings
         self._store = store
         self._catalog = catalog
         self.spec = ConsumerSpec(
             stream=subjects.COMMANDS_STREAM,
             durable="control",
             filter_subject=subjects.COMMANDS,
-            ack_wait=ack_wait,
+            ack_wait=settings.ack_wait,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -74,14 +79,23 @@ class ControlWorker:
         await self._dispatch(loaded)
         await msg.ack()
 
-    def _to_domain(self, command: Command) -> AdmittedCreate | DestroySandbox | RecreateSandbox:
-        if isinstance(command, CreateSandbox):
-            profile = self._catalog.profile(command.profile)
-            return admit_create(command, profile, self._catalog.extensions_enabled())
-        return command
+    async def _to_domain(
+        self, command: Command
+    ) -> AdmittedCreate | DestroySandbox | RecreateSandbox:
+        if not isinstance(command, CreateSandbox):
+            return command
+        profile = self._catalog.profile(command.profile)
+        enabled = self._catalog.extensions_enabled()
+        admitted = admit_create(command, profile, enabled)
+        if not enabled[admitted.extension].placement:
+            return admitted
+        host, why = await place(profile.placement, command.host, load_hosts(self._settings))
+        return dataclasses.replace(
+            admitted, host=host, route_reason=f"{admitted.route_reason}; {why}"
+        )
 
     async def _decide_and_append(self, command: Command) -> Loaded:
-        domain_command = self._to_domain(command)
+        domain_command = await self._to_domain(command)
         sandbox_id = domain_command.sandbox_id
         for _ in range(DECIDE_ATTEMPTS):
             loaded = await self._store.load(sandbox_id)

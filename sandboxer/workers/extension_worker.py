@@ -93,12 +93,12 @@ class ExtensionWorker:
                 log.info("adopted sandbox %s", found.sandbox_id)
             elif state.status == "ready":
                 await self._safe_teardown(found.sandbox_id, found.host)
-                await self._apply(found.sandbox_id, MarkFailed(
+                await self.apply(found.sandbox_id, MarkFailed(
                     job_id="reconcile", reason="the sandbox's processes died while no worker "
                     "was watching; recreate it", stage="job"))
             elif state.status == "destroying":
                 await self._safe_teardown(found.sandbox_id, found.host)
-                await self._apply(found.sandbox_id, FinishTeardown(job_id="reconcile"))
+                await self.apply(found.sandbox_id, FinishTeardown(job_id="reconcile"))
             elif state.status in {"failed", "destroyed"}:
                 await self._safe_teardown(found.sandbox_id, found.host)
             elif state.status == "new":
@@ -140,7 +140,7 @@ class ExtensionWorker:
         finally:
             task.cancel()
 
-    async def _apply(self, sandbox_id: str, command: DomainCommand) -> tuple[Loaded, bool]:
+    async def apply(self, sandbox_id: str, command: DomainCommand) -> tuple[Loaded, bool]:
         """Load, decide, append (reloading on conflicts). Returns the state and whether it changed."""
         for _ in range(DECIDE_ATTEMPTS):
             loaded = await self._store.load(sandbox_id)
@@ -154,7 +154,7 @@ class ExtensionWorker:
         raise ConcurrencyConflict(f"sandbox {sandbox_id} kept changing", sandbox_id=sandbox_id)
 
     async def _provision(self, job: Job, msg: Msg) -> None:
-        loaded, started = await self._apply(
+        loaded, started = await self.apply(
             job.sandbox_id, StartProvisioning(job_id=job.job_id, worker=self.name)
         )
         state = loaded.state
@@ -184,12 +184,12 @@ class ExtensionWorker:
             reason = _reason(exc, secrets)
             log.warning("sandbox %s failed at %s: %s", job.sandbox_id, stage, reason)
             await self._safe_teardown(job.sandbox_id, state.host)
-            await self._apply(
+            await self.apply(
                 job.sandbox_id,
                 MarkFailed(job_id=job.job_id, reason=reason, stage=stage),
             )
             return
-        loaded, marked = await self._apply(
+        loaded, marked = await self.apply(
             job.sandbox_id,
             MarkReady(
                 job_id=job.job_id,
@@ -205,7 +205,7 @@ class ExtensionWorker:
 
     async def _teardown(self, job: Job, host: str | None) -> None:
         await self.extension.teardown(job.sandbox_id, host=host)
-        await self._apply(job.sandbox_id, FinishTeardown(job_id=job.job_id))
+        await self.apply(job.sandbox_id, FinishTeardown(job_id=job.job_id))
 
     async def _safe_teardown(self, sandbox_id: str, host: str | None) -> None:
         try:
@@ -223,7 +223,7 @@ class ExtensionWorker:
         await self._safe_teardown(job.sandbox_id, host)
         if job.action == "teardown":
             return  # stays 'destroying'; a new destroy command publishes the teardown again
-        await self._apply(
+        await self.apply(
             job.sandbox_id,
             MarkFailed(job_id=job.job_id, reason=f"worker error: {exc}", stage="job"),
         )

@@ -148,3 +148,16 @@ def test_create_interrupted_between_its_two_appends_is_completed() -> None:
     state = evolve(SandboxState(sandbox_id=SID), requested)
     completion = decide(state, admitted(), NOW)
     assert [e.__struct_config__.tag for e in completion] == ["routed"]
+
+
+def test_drift_finds_orphans_and_ghosts_but_not_work_in_flight() -> None:
+    from sandboxer.domain.drift import find_drift
+    from sandboxer.extensions.base import FoundSandbox
+
+    found = [FoundSandbox(sandbox_id=s, alive=True) for s in
+             ("destroyedone", "unknownone1", "readyone111", "provisioning", "failedone11")]
+    status = {"destroyedone": "destroyed", "readyone111": "ready",
+              "provisioning": "provisioning", "failedone11": "failed"}
+    drift = find_drift(found, status, ["readyone111", "vanished1111"])
+    assert [o.sandbox_id for o in drift.orphans] == ["destroyedone", "unknownone1", "failedone11"]
+    assert drift.ghosts == ["vanished1111"]

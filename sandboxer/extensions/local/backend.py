@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound
+from sandboxer.extensions import host_report
 from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
 from sandboxer.extensions.local import cgroups, workspace
 from sandboxer.extensions.local.bwrap_command import (
@@ -203,9 +204,11 @@ class LocalExtension:
         state = self._running_state(self._layout(sandbox_id))
         return await self._run_inside(state, argv, output)
 
-    async def inspect_host(self) -> dict[str, Any]:
-        """A small report on this host's ability to run local sandboxes."""
+    async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
+        """Telemetry of this machine and what it holds for ext.local."""
+        del host  # always this machine
         found = await self.list_sandboxes()
+        telemetry = await asyncio.to_thread(_local_telemetry, self.root)
         version = cgroups.detect(self._cgroup_base)
         if version == "v2":
             writable = {"unified": os.access(self._cgroup_base, os.W_OK)}
@@ -215,7 +218,9 @@ class LocalExtension:
                 for ctl in cgroups.V1_CONTROLLERS
             }
         return {
+            **telemetry,
             "root": str(self.root),
+            "workspaces": [item.sandbox_id for item in found],
             "sandboxes": len(found),
             "alive": sum(1 for item in found if item.alive),
             "cgroup_version": version,
@@ -328,6 +333,17 @@ class LocalExtension:
                 FoundSandbox(sandbox_id=entry.name, alive=state.holder_alive(), detail=detail)
             )
         return found
+
+
+def _local_telemetry(root: Path) -> dict[str, Any]:
+    existing = root if root.exists() else root.parent
+    usage = shutil.disk_usage(existing)
+    return {
+        **host_report.parse_loadavg(Path("/proc/loadavg").read_text()),
+        **host_report.parse_meminfo(Path("/proc/meminfo").read_text()),
+        "disk_total_mb": usage.total // (1024 * 1024),
+        "disk_free_mb": usage.free // (1024 * 1024),
+    }
 
 
 async def _discard(_stream: Literal["stdout", "stderr"], _data: bytes) -> None:

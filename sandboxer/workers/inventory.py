@@ -1,0 +1,214 @@
+"""Telemetry and stale inventory, answered by extension workers over request/reply.
+
+Subjects (core NATS, outside every stream), one set per extension:
+
+- ``sandboxer.admin.inspect.<ext>`` ``{"host": NAME?}``: read each host's
+  telemetry, record a ``HostInspected`` event per host, reply with the reports;
+- ``sandboxer.admin.stale.<ext>`` ``{"host": NAME?}``: reply with the drift
+  between the log and the hosts (orphans and ghosts);
+- ``sandboxer.admin.reap.<ext>`` ``{"host": NAME?, "apply": bool}``: without
+  ``apply`` the same as stale; with it, tear the orphans down, mark the ghosts
+  failed, and record a ``HostReaped`` event per host.
+
+Remote backends' workers share a queue group (any one of them reaches every
+host); a host-local backend's workers each answer for their own machine, so
+a client gathers every reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from sandboxer import subjects
+from sandboxer.bus.event_store import EventStore
+from sandboxer.clock import utc_now
+from sandboxer.config.hosts import load_hosts
+from sandboxer.config.settings import Settings
+from sandboxer.domain.drift import find_drift
+from sandboxer.domain.sandbox import MarkFailed
+from sandboxer.events.types import SYSTEM_ACTOR, HostEvent, HostInspected, HostReaped, encode_event
+from sandboxer.extensions.base import Extension, FoundSandbox
+
+__all__ = ["InventoryService", "local_host_name"]
+
+log = logging.getLogger(__name__)
+
+Apply = Callable[[str, MarkFailed], Awaitable[object]]
+
+
+def local_host_name() -> str:
+    """How ext.local's machine is named in host events: ``local-<hostname>``."""
+    return "local-" + re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower())[:50]
+
+
+class InventoryService:
+    def __init__(self, nc: Client, js: JetStreamContext, store: EventStore, extension: Extension,
+                 settings: Settings, apply: Apply) -> None:
+        self._nc = nc
+        self._js = js
+        self._store = store
+        self._extension = extension
+        self._settings = settings
+        self._apply = apply
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        queue = "" if self._extension.host_local else f"inventory-{self._extension.id}"
+        handlers = {"inspect": self._inspect, "stale": self._stale, "reap": self._reap}
+        for action, handler in handlers.items():
+            subject = subjects.admin_subject(action, self._extension.id)
+            self._subs.append(
+                await self._nc.subscribe(subject, queue=queue, cb=self._serve(handler))
+            )
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _serve(
+        self, handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+    ) -> Callable[[Msg], Awaitable[None]]:
+        async def respond(msg: Msg) -> None:
+            try:
+                request = msgspec.json.decode(msg.data) if msg.data else {}
+                reply = {"ok": True, "extension": self._extension.id, **await handler(request)}
+            except Exception as exc:
+                log.exception("inventory request %s failed", msg.subject)
+                reply = {"ok": False, "extension": self._extension.id, "error": str(exc)}
+            if msg.reply:
+                await msg.respond(msgspec.json.encode(reply))
+
+        async def callback(msg: Msg) -> None:
+            task = asyncio.create_task(respond(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return callback
+
+    # -- hosts ---------------------------------------------------------------------------------
+
+    def _hosts(self, request: dict[str, Any]) -> list[str | None]:
+        """The hosts to look at: for a host-local backend, this machine (None)."""
+        if self._extension.host_local:
+            return [None]
+        names = sorted(load_hosts(self._settings))
+        wanted = request.get("host")
+        if wanted:
+            if wanted not in names:
+                raise ValueError(f"host {wanted!r} is not in the hosts file; known: {names}")
+            return [wanted]
+        return list(names)
+
+    def _event_host(self, host: str | None) -> str:
+        return host if host is not None else local_host_name()
+
+    async def _record(self, event: HostEvent) -> None:
+        body = encode_event(event)
+        event_id = hashlib.sha256(body).hexdigest()[:32]
+        event = msgspec.structs.replace(event, event_id=event_id)
+        await self._js.publish(
+            subjects.host_event_subject(event.host, str(event.__struct_config__.tag)),
+            encode_event(event),
+            headers={"Nats-Msg-Id": event_id},
+        )
+
+    # -- inspect -------------------------------------------------------------------------------
+
+    async def _inspect(self, request: dict[str, Any]) -> dict[str, Any]:
+        reports = []
+        for host in self._hosts(request):
+            name = self._event_host(host)
+            inspect = getattr(self._extension, "inspect_host", None)
+            try:
+                report = await inspect(host) if inspect else {}
+            except Exception as exc:
+                report = {"error": str(exc), "reachable": False}
+            await self._record(HostInspected(host=name, extension=self._extension.id,
+                                             actor=SYSTEM_ACTOR, at=utc_now(), report=report))
+            reports.append({"host": name, "report": report})
+        return {"reports": reports}
+
+    # -- stale and reap ------------------------------------------------------------------------
+
+    async def _drift(self, host: str | None) -> tuple[list[FoundSandbox], list[str]]:
+        found = [f for f in await self._extension.list_sandboxes() if f.host == host]
+        statuses: dict[str, str] = {}
+        for item in found:
+            state = (await self._store.load(item.sandbox_id)).state
+            if state.extension not in (None, self._extension.id):
+                continue  # another backend's sandbox that happens to share the host
+            statuses[item.sandbox_id] = state.status
+        found = [f for f in found if f.sandbox_id in statuses]
+        ready = await self._ready_in_log(host)
+        drift = find_drift(found, statuses, ready)
+        return drift.orphans, drift.ghosts
+
+    async def _ready_in_log(self, host: str | None) -> list[str]:
+        reply = await self._nc.request(
+            subjects.QUERY_LIST, msgspec.json.encode({"status": "ready", "limit": 10_000}),
+            timeout=10,
+        )
+        listed = msgspec.json.decode(reply.data)
+        if not listed.get("ok"):
+            raise RuntimeError(f"listing ready sandboxes failed: {listed.get('error')}")
+        node = socket.gethostname()
+        ready = []
+        for sandbox in listed["sandboxes"]:
+            if sandbox["extension"] != self._extension.id:
+                continue
+            if self._extension.host_local:
+                if (sandbox.get("reachability") or {}).get("node") == node:
+                    ready.append(sandbox["sandbox_id"])
+            elif sandbox.get("host") == host:
+                ready.append(sandbox["sandbox_id"])
+        return ready
+
+    async def _stale(self, request: dict[str, Any]) -> dict[str, Any]:
+        hosts = []
+        for host in self._hosts(request):
+            orphans, ghosts = await self._drift(host)
+            hosts.append({
+                "host": self._event_host(host),
+                "orphans": [{"sandbox_id": o.sandbox_id, "alive": o.alive, "detail": o.detail}
+                            for o in orphans],
+                "ghosts": ghosts,
+            })
+        return {"hosts": hosts}
+
+    async def _reap(self, request: dict[str, Any]) -> dict[str, Any]:
+        if not request.get("apply"):
+            return {**await self._stale(request), "applied": False}
+        hosts = []
+        for host in self._hosts(request):
+            orphans, ghosts = await self._drift(host)
+            removed = []
+            for orphan in orphans:
+                await self._extension.teardown(orphan.sandbox_id, host=host)
+                removed.append(orphan.sandbox_id)
+            for ghost in ghosts:
+                await self._apply(ghost, MarkFailed(
+                    job_id="reap-stale", stage="job",
+                    reason=f"its resources are gone from {self._event_host(host)} "
+                           "(found by reap-stale); recreate or destroy it"))
+            name = self._event_host(host)
+            if removed or ghosts:
+                await self._record(HostReaped(host=name, extension=self._extension.id,
+                                              actor=SYSTEM_ACTOR, at=utc_now(),
+                                              removed=removed, marked_failed=ghosts))
+            hosts.append({"host": name, "removed": removed, "marked_failed": ghosts})
+        return {"hosts": hosts, "applied": True}

@@ -1,0 +1,61 @@
+"""Placing a sandbox on a host: the placement order, with each host's health checked over SSH.
+
+The control worker calls this before it decides a create for an extension
+that places on hosts; the chosen host and the reasons (hosts skipped and
+why) go into the ``routed`` event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from sandboxer.config.hosts import HostConfig
+from sandboxer.config.profile import Placement
+from sandboxer.domain.placement import placement_order
+from sandboxer.domain.sandbox import Rejected
+from sandboxer.errors import SandboxerError
+
+__all__ = ["Probe", "place", "ssh_probe"]
+
+Probe = Callable[[str, HostConfig], Awaitable[str | None]]
+"""Returns None when the host can take work, else why not."""
+
+PROBE_TIMEOUT = 5.0
+
+
+async def ssh_probe(name: str, host: HostConfig) -> str | None:
+    """A host is healthy when it accepts our key and runs a command."""
+    from sandboxer.ssh import remote, session
+
+    try:
+        async with session(name, host, timeout=PROBE_TIMEOUT) as conn:
+            await remote.run(conn, ["true"], env=host.env, timeout=PROBE_TIMEOUT)
+    except SandboxerError as exc:
+        return exc.message
+    return None
+
+
+async def place(
+    placement: Placement,
+    requested: str | None,
+    hosts: Mapping[str, HostConfig],
+    probe: Probe = ssh_probe,
+) -> tuple[str, str]:
+    """The first healthy host in placement order, and the reason; Rejected when none is."""
+    skipped: list[str] = []
+    for name, role in placement_order(placement, requested, list(hosts)):
+        config = hosts.get(name)
+        if config is None:
+            skipped.append(f"{name} is not in the hosts file")
+            continue
+        why_not = await probe(name, config)
+        if why_not is None:
+            reason = f"placed on {name} ({role})"
+            if skipped:
+                reason += "; skipped: " + "; ".join(skipped)
+            return name, reason
+        skipped.append(f"{name} unhealthy: {why_not}")
+    if not skipped:
+        raise Rejected("no_host", "no hosts are configured; add them to the hosts file "
+                       "($SANDBOXER_HOME/hosts.yaml, see docs/hosts.md)")
+    raise Rejected("no_host", "no host can take this sandbox: " + "; ".join(skipped))
