@@ -100,6 +100,11 @@ class Placement(_Strict):
 
     prefer: list[str] = Field(default_factory=list)
     fallback: list[str] = Field(default_factory=list)
+    host_input: str | None = Field(
+        default=None,
+        description="an input whose value names the host (e.g. the VM to attach to); "
+        "when given it overrides prefer and fallback",
+    )
 
 
 class RouteConstraints(_Strict):

@@ -89,7 +89,10 @@ class ControlWorker:
         admitted = admit_create(command, profile, enabled)
         if not enabled[admitted.extension].placement:
             return admitted
-        host, why = await place(profile.placement, command.host, load_hosts(self._settings))
+        requested = command.host
+        if requested is None and profile.placement.host_input:
+            requested = admitted.inputs.get(profile.placement.host_input)
+        host, why = await place(profile.placement, requested, load_hosts(self._settings))
         return dataclasses.replace(
             admitted, host=host, route_reason=f"{admitted.route_reason}; {why}"
         )
