@@ -3,14 +3,18 @@
 # Idempotent: every package is skipped when the command it provides is present.
 set -euo pipefail
 
-# "command:package" pairs. Later work adds e.g. sshd:openssh-server rsync:rsync
-# docker:docker.io docker-compose:docker-compose busybox:busybox-static podman:podman.
+# "command:package" pairs. Later work adds e.g. podman:podman.
 REQUIRED=(
   "bwrap:bubblewrap"
   "nsenter:util-linux"
   "ps:procps"
   "pkill:procps"
   "ip:iproute2"
+  "sshd:openssh-server"
+  "rsync:rsync"
+  "dockerd:docker.io"
+  "docker-compose:docker-compose"
+  "busybox:busybox-static"
 )
 
 missing=()

@@ -14,6 +14,9 @@ import pytest
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.config.settings import Settings
 
+# Fixtures for remote backends (sshd hosts, a private container engine), shared by suites.
+pytest_plugins = ["tests.integration.remote_fixtures"]
+
 
 def require_tool(name: str, apt_package: str) -> str:
     """Path of the command ``name``; fails the test (never skips) when it is missing."""

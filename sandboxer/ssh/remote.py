@@ -1,0 +1,247 @@
+"""Commands and files on a connected host.
+
+sshd hands a command to the remote login shell as one string, so every
+argument is quoted here, once, by :func:`command_line`; nothing else in
+sandboxer builds remote shell text. Environment variables travel as an
+``env K=V`` prefix because sshd drops client-sent variables unless its
+``AcceptEnv`` allows them. Library errors become sandboxer errors here:
+a non-zero exit or a timeout is :class:`RemoteCommandFailed`, a lost
+connection is :class:`HostUnreachable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import posixpath
+import re
+import secrets
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import asyncssh
+
+from sandboxer.errors import HostUnreachable, InvalidInput, RemoteCommandFailed
+
+__all__ = [
+    "RemoteResult",
+    "command_line",
+    "inside_root",
+    "put_file",
+    "remove_tree",
+    "run",
+]
+
+log = logging.getLogger(__name__)
+
+TAIL_LINES = 40
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NO_ENV: Mapping[str, str] = {}
+
+# Deletes $3 only if its parent, with symlinks resolved, is still inside the
+# resolved root $1: a symlink planted in a synced repository must not steer
+# ``rm -rf`` outside the workspace root. Paths arrive as positional
+# arguments, never spliced into the script.
+_REMOVE_SCRIPT = r"""
+[ -e "$3" ] || [ -L "$3" ] || exit 0
+root=$(realpath -e -- "$1") || exit 0
+parent=$(realpath -e -- "$2") || exit 0
+case "$parent/" in
+  "$root"/*) ;;
+  *) echo "refusing to remove $3: it resolves outside $root" >&2; exit 3 ;;
+esac
+exec rm -rf -- "$3"
+"""
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    """What a finished remote command left behind."""
+
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+def command_line(
+    argv: Sequence[str], *, env: Mapping[str, str] = _NO_ENV, cwd: str | None = None
+) -> str:
+    """One POSIX ``sh`` command line that runs ``argv`` exactly as given.
+
+    Every word is quoted with :func:`shlex.quote`, so arguments such as
+    ``$(rm -rf /)`` reach the program literally. Raises :class:`InvalidInput`
+    for an empty ``argv`` or an environment name that is not a shell name.
+    """
+    if not argv:
+        raise InvalidInput("a remote command needs at least a program name")
+    words = [shlex.quote(arg) for arg in argv]
+    if env:
+        for name in env:
+            if not _ENV_NAME.fullmatch(name):
+                raise InvalidInput(
+                    f"environment name {name!r} is not allowed: use letters, digits and '_', "
+                    "not starting with a digit"
+                )
+        words = ["env", *(shlex.quote(f"{name}={value}") for name, value in env.items()), *words]
+    line = " ".join(words)
+    if cwd is not None:
+        line = f"cd -- {shlex.quote(cwd)} && {line}"
+    return line
+
+
+def _tail(*texts: str, lines: int = TAIL_LINES) -> str:
+    joined = "\n".join(text.rstrip("\n") for text in texts if text)
+    return "\n".join(joined.splitlines()[-lines:])
+
+
+def _peer(conn: asyncssh.SSHClientConnection) -> str:
+    peer = conn.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "the host"
+
+
+def _lost(conn: asyncssh.SSHClientConnection, what: str, exc: BaseException) -> HostUnreachable:
+    return HostUnreachable(
+        f"{_peer(conn)}: the SSH connection failed during {what} ({exc}); check that the "
+        "host is up and sshd is running, then retry"
+    )
+
+
+async def run(
+    conn: asyncssh.SSHClientConnection,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] = _NO_ENV,
+    cwd: str | None = None,
+    timeout: float = 600,
+    check: bool = True,
+    input: str | None = None,
+) -> RemoteResult:
+    """Run ``argv`` on the host and collect its output.
+
+    With ``check`` a non-zero exit raises :class:`RemoteCommandFailed`
+    carrying the exit status and the last lines of output. A command still
+    running after ``timeout`` seconds is reported as
+    :class:`RemoteCommandFailed` with ``exit_status=-1``; it is sent SIGTERM
+    and its channel closed, but OpenSSH refuses signals for root logins
+    ("session signalling requires privilege separation"), so on such hosts
+    it may keep running until it next writes output: clean up with a
+    command of your own (e.g. ``compose down``).
+    """
+    line = command_line(argv, env=env, cwd=cwd)
+    program = argv[0]
+    try:
+        process = await conn.create_process(line, input=input, encoding="utf-8",
+                                             errors="replace")
+    except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
+        raise _lost(conn, f"starting {program!r}", exc) from exc
+    try:
+        completed = await process.wait(timeout=timeout)
+    except asyncssh.TimeoutError as exc:
+        process.terminate()
+        raise RemoteCommandFailed(
+            f"{program!r} on {_peer(conn)} did not finish within {timeout:g}s; sandboxer "
+            "stopped waiting and closed its session (the host may refuse to signal it, "
+            "see run()); raise the timeout if the command legitimately takes longer",
+            exit_status=-1,
+            output_tail=_tail(str(exc.stdout or ""), str(exc.stderr or "")),
+        ) from exc
+    except (asyncssh.DisconnectError, OSError) as exc:
+        raise _lost(conn, f"running {program!r}", exc) from exc
+    finally:
+        process.close()
+    stdout = str(completed.stdout or "")
+    stderr = str(completed.stderr or "")
+    code = completed.returncode
+    if code is None:
+        # The channel closed without an exit status: the connection dropped or
+        # the host's sshd died under the command.
+        raise _lost(conn, f"running {program!r}", ConnectionError("no exit status received"))
+    # returncode is minus the signal number for a killed command; report it
+    # the way a shell does (128 + n).
+    status = 128 - code if code < 0 else code
+    log.debug("remote %r on %s exited %d", program, _peer(conn), status)
+    if check and status != 0:
+        raise RemoteCommandFailed(
+            f"{program!r} on {_peer(conn)} exited with status {status}",
+            exit_status=status,
+            output_tail=_tail(stdout, stderr),
+        )
+    return RemoteResult(status, stdout, stderr)
+
+
+async def put_file(
+    conn: asyncssh.SSHClientConnection, remote_path: str, data: bytes, *, mode: int = 0o600
+) -> None:
+    """Write ``data`` to ``remote_path`` over SFTP, replacing it atomically.
+
+    The bytes go to a fresh sibling created exclusively with ``mode`` (the
+    remote umask can only narrow it), which is then renamed over the target:
+    an existing file's looser permissions are never inherited, and the
+    content is never readable by others, not even while it is written.
+    """
+    if not posixpath.isabs(remote_path):
+        raise InvalidInput(f"remote path {remote_path!r} must be absolute")
+    staging = f"{remote_path}.sbx-{secrets.token_hex(6)}"
+    try:
+        async with conn.start_sftp_client() as sftp:
+            try:
+                async with sftp.open(staging, "xb",
+                                     asyncssh.SFTPAttrs(permissions=mode)) as handle:
+                    await handle.write(data)
+                    await handle.chmod(mode)
+                try:
+                    await sftp.posix_rename(staging, remote_path)
+                except asyncssh.SFTPOpUnsupported:
+                    # Not OpenSSH: plain SFTP rename refuses to replace a file.
+                    with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                        await sftp.remove(remote_path)
+                    await sftp.rename(staging, remote_path)
+            except BaseException:
+                with contextlib.suppress(asyncssh.SFTPError, asyncssh.DisconnectError, OSError):
+                    await sftp.remove(staging)
+                raise
+    except asyncssh.SFTPError as exc:
+        raise RemoteCommandFailed(
+            f"writing {remote_path} on {_peer(conn)} over SFTP failed: {exc.reason}; check "
+            "that its directory exists and is writable by the SSH user",
+            exit_status=-1,
+        ) from exc
+    except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
+        raise _lost(conn, f"writing {remote_path}", exc) from exc
+
+
+def inside_root(path: str, root: str) -> str:
+    """``path`` normalised, if it lies strictly inside ``root``; else :class:`InvalidInput`.
+
+    Both must be absolute; ``path`` may not contain ``..`` at all, and may be
+    neither ``root`` itself nor anything outside it.
+    """
+    if not posixpath.isabs(root) or posixpath.normpath(root) == "/":
+        raise InvalidInput(f"root {root!r} must be an absolute path other than '/'")
+    if not posixpath.isabs(path):
+        raise InvalidInput(f"{path!r} must be an absolute path inside {root}")
+    if ".." in path.split("/"):
+        raise InvalidInput(f"{path!r} must not contain '..'")
+    normal_root = posixpath.normpath(root)
+    normal = posixpath.normpath(path)
+    # normpath keeps a leading '//' (POSIX allows it a special meaning); treat it as '/'.
+    normal_root = "/" + normal_root.lstrip("/")
+    normal = "/" + normal.lstrip("/")
+    if not normal.startswith(normal_root + "/"):
+        raise InvalidInput(f"refusing to touch {path!r}: it is not strictly inside {root}")
+    return normal
+
+
+async def remove_tree(conn: asyncssh.SSHClientConnection, path: str, *, root: str) -> None:
+    """``rm -rf`` ``path`` on the host, only if it is strictly inside ``root``.
+
+    Checked twice: lexically here (:func:`inside_root`), and on the host with
+    symlinks resolved, so a link inside the tree cannot redirect the removal.
+    A path that does not exist is already removed.
+    """
+    target = inside_root(path, root)
+    root_dir = "/" + posixpath.normpath(root).lstrip("/")
+    await run(conn, ["sh", "-c", _REMOVE_SCRIPT, "sh", root_dir, posixpath.dirname(target), target])

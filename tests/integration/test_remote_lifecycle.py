@@ -1,0 +1,250 @@
+"""Remote backends through the bus: real sshd hosts, a real container engine, placement.
+
+The service runs in-process (every role) against a real nats-server; hosts
+are sshd instances on loopback ports, so what a sandbox leaves on a "host"
+can be checked on the local filesystem and with the engine's own ``docker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.bus.event_reader import read_events
+from sandboxer.client import CommandFailed
+from tests.integration.conftest import Service, start_service
+from tests.integration.remote_fixtures import (
+    DockerEngine,
+    SshHostInfo,
+    SshHosts,
+    write_hosts_file,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SECRET = "s3cr3t-value-that-must-never-be-logged"
+
+COMPOSE = """\
+services:
+  web:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+  worker:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+"""
+
+BROKEN_COMPOSE = """\
+services:
+  web:
+    image: localhost/does-not-exist:1
+    command: ["sleep", "3600"]
+    network_mode: none
+"""
+
+PROFILES = {
+    "profile.test-compose": """\
+id: profile.test-compose
+extension: ext.compose-ssh
+isolation: {level: container}
+placement: {prefer: [host1], fallback: [host2]}
+setup:
+  secret_refs: {API_TOKEN: env:SANDBOXER_TEST_SECRET}
+inputs:
+  repo: {required: true}
+  compose_file: {required: false}
+""",
+    "profile.test-vm": """\
+id: profile.test-vm
+extension: ext.vm-packer
+isolation: {level: policy}
+placement: {host_input: vm}
+inputs:
+  vm: {required: true}
+  repo: {required: false}
+""",
+}
+
+
+def make_repo(directory: Path, compose: str = COMPOSE) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "docker-compose.yml").write_text(compose)
+    (directory / "README").write_text("the repo\n")
+    return directory
+
+
+async def remote_service(home: Path, url: str, hosts: list[SshHostInfo],
+                         monkeypatch: pytest.MonkeyPatch) -> Service:
+    (home / "profiles").mkdir(exist_ok=True)
+    for name, text in PROFILES.items():
+        (home / "profiles" / f"{name}.yaml").write_text(text)
+    write_hosts_file(home / "hosts.yaml", hosts)
+    monkeypatch.setenv("SANDBOXER_TEST_SECRET", SECRET)
+    return await start_service(home, url)
+
+
+def containers(engine: DockerEngine, project: str) -> list[str]:
+    out = engine.docker("ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
+                        "--format", "{{.Names}}").stdout
+    return sorted(out.split())
+
+
+async def all_events(service: Service) -> list[bytes]:
+    return [data async for _seq, _subject, data, _pending in read_events(service.client.js)]
+
+
+@pytest.fixture
+async def compose_hosts(ssh_hosts: SshHosts, docker_engine: DockerEngine) -> list[SshHostInfo]:
+    return await ssh_hosts(2, env=docker_engine.env)
+
+
+async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
+    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
+    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host1 = compose_hosts[0]
+    await host1.server.stop()  # the preferred host is down
+    service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
+    try:
+        client = service.client
+        seen: list[dict[str, Any]] = []
+        ready = await client.create("profile.test-compose",
+                                    {"repo": str(make_repo(tmp_path / "repo"))},
+                                    on_event=seen.append)
+        routed = next(e for e in seen if e["type"] == "routed")
+        assert routed["host"] == "host2"
+        assert "host1 unhealthy" in routed["reason"]
+        sandbox_id = ready["sandbox_id"]
+        descriptor = ready["reachability"]
+        assert descriptor["host"] == "host2"
+        assert sorted(descriptor["services"]) == ["web", "worker"]
+        project = descriptor["compose_project"]
+        assert len(containers(docker_engine, project)) == 2
+        directory = Path(descriptor["directory"])
+        assert (directory / "README").read_text() == "the repo\n"
+        secrets_file = directory / ".sandboxer.env"
+        assert secrets_file.stat().st_mode & 0o777 == 0o600
+
+        out: list[bytes] = []
+
+        async def collect(_stream: str, data: bytes) -> None:
+            out.append(data)
+
+        assert await client.exec(sandbox_id, ["cat", "README"], collect) == 0
+        assert b"".join(out) == b"the repo\n"
+
+        await client.destroy(sandbox_id)
+        assert containers(docker_engine, project) == []
+        assert not directory.exists()
+        assert not any(SECRET.encode() in data for data in await all_events(service))
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_failing_compose_reports_output_and_leaves_nothing(
+    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
+    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
+    try:
+        repo = make_repo(tmp_path / "broken", BROKEN_COMPOSE)
+        with pytest.raises(CommandFailed) as caught:
+            await service.client.create("profile.test-compose", {"repo": str(repo)})
+        reason = caught.value.event["reason"]
+        assert "does-not-exist" in reason  # the tail of compose's own output
+        sandbox_id = caught.value.event["sandbox_id"]
+        workspaces = Path(compose_hosts[0].host.workspace_root)
+        assert not (workspaces / f"sbx-{sandbox_id}").exists()
+        assert containers(docker_engine, f"sbx-{sandbox_id}") == []
+        assert not any(SECRET.encode() in data for data in await all_events(service))
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_sshd_killed_mid_provisioning_then_reap_cleans_the_host(
+    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
+    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host1 = compose_hosts[0]
+    service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
+    try:
+        client = service.client
+        created = await client.create("profile.test-compose",
+                                      {"repo": str(make_repo(tmp_path / "repo"))},
+                                      host="host1", wait=False)
+        sandbox_id = created["sandbox_id"]
+        directory = Path(host1.host.workspace_root) / f"sbx-{sandbox_id}"
+        async with asyncio.timeout(30):
+            while not directory.exists():
+                await asyncio.sleep(0.01)
+        await host1.server.stop()  # mid-provisioning: sshd and its sessions die
+        async with asyncio.timeout(60):
+            while True:
+                sandbox = await client.get(sandbox_id)
+                if sandbox and sandbox["status"] in {"failed", "ready"}:
+                    break
+                await asyncio.sleep(0.1)
+        await host1.server.start()
+        if sandbox["status"] == "ready":  # the provisioning got through before sshd died
+            await client.destroy(sandbox_id)
+        replies = await client.inventory("reap", "ext.compose-ssh", {"apply": True})
+        assert all(reply["ok"] for reply in replies), replies
+        stale = await client.inventory("stale", "ext.compose-ssh", {"host": "host1"})
+        assert stale[0]["hosts"][0]["orphans"] == []
+        assert not directory.exists()
+        assert containers(docker_engine, f"sbx-{sandbox_id}") == []
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_wrong_host_key_is_refused(
+    nats_server: Any, home: Path, tmp_path: Path, ssh_hosts: SshHosts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host1, host2 = await ssh_hosts(2)
+    service = await remote_service(home, nats_server.url, [host1], monkeypatch)
+    write_hosts_file(home / "hosts.yaml", [host1], known_hosts=None,
+                     host_key=host2.host_public_key)  # another machine's key
+    try:
+        with pytest.raises(CommandFailed) as caught:
+            await service.client.create("profile.test-vm", {"vm": "host1"})
+        assert caught.value.event["code"] == "no_host"
+        assert "host key" in caught.value.event["reason"]
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_vm_attach_lifecycle_through_the_bus(
+    nats_server: Any, home: Path, tmp_path: Path, ssh_hosts: SshHosts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hosts = await ssh_hosts(2)
+    service = await remote_service(home, nats_server.url, hosts, monkeypatch)
+    try:
+        client = service.client
+        repo = make_repo(tmp_path / "repo")
+        ready = await client.create("profile.test-vm", {"vm": "host2", "repo": str(repo)})
+        descriptor = ready["reachability"]
+        assert descriptor["host"] == "host2"
+        workspace = Path(descriptor["workspace"])
+        assert (workspace / "README").read_text() == "the repo\n"
+        code = await client.exec(ready["sandbox_id"], ["sh", "-c", "test -f README; exit 4"],
+                                 lambda _s, _d: None)
+        assert code == 4
+        await client.destroy(ready["sandbox_id"])
+        assert not workspace.exists()
+        assert hosts[1].server.running  # the VM stays
+    finally:
+        await service.client.close()
+        await service.shutdown()
