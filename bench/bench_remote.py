@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _harness import nats, service, summary  # noqa: E402
+from _harness import nats, service, summary
 
-from sandboxer.ssh import remote, session, sync  # noqa: E402
-from tests.integration.remote_fixtures import (  # noqa: E402
+from sandboxer.ssh import remote, session, sync
+from tests.integration.remote_fixtures import (
     DockerEngine,
     SshHosts,
     write_hosts_file,
