@@ -283,7 +283,9 @@ class SandboxerClient:
         subject = (subjects.sandbox_events_filter(sandbox_id) if sandbox_id
                    else subjects.rejection_subject(rejection))
         with contextlib.suppress(Exception):
-            last = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject, direct=True)
+            # Not a direct get: any replica answers those, and a lagging one would make
+            # this client remember too early a position.
+            last = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject)
             self.seen_seq = max(self.seen_seq, int(last.seq or 0))
 
     async def _catch_up(self, sandbox_id: str, command_id: str,

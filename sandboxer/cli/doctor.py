@@ -28,7 +28,7 @@ class Check:
 def _nats_server(settings: Settings) -> Check:
     if not settings.embedded:
         return Check("nats", True, f"using external NATS {', '.join(settings.nats_urls)}")
-    from sandboxer.bus.nats_server import find_nats_server, parse_version
+    from sandboxer.bus.nats_binary import find_nats_server, parse_version
 
     try:
         binary = find_nats_server(settings.nats_server)

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 
 __all__ = ["ConsumerSpec", "run_pull_consumer"]
 
@@ -72,6 +73,10 @@ async def _fetch_one(psub: JetStreamContext.PullSubscription) -> Msg | None:
     try:
         msgs = await psub.fetch(batch=1, timeout=IDLE_POLL)
     except (TimeoutError, NatsTimeout):
+        return None
+    except ServiceUnavailableError:
+        # A replicated consumer just created may have no leader yet: wait, as if idle.
+        await asyncio.sleep(IDLE_POLL)
         return None
     return msgs[0] if msgs else None
 

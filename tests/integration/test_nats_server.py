@@ -11,16 +11,16 @@ import pytest
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError
 
-from sandboxer.bus.nats_server import (
+from sandboxer.bus.nats_binary import (
     MIN_VERSION,
-    NatsCluster,
-    NatsServerProcess,
     check_version,
     ensure_supported_server,
     find_nats_server,
     parse_version,
     server_version,
 )
+from sandboxer.bus.nats_cluster import NatsCluster
+from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.errors import NatsServerError
 
 pytestmark = pytest.mark.integration
