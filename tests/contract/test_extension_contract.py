@@ -1,55 +1,133 @@
 """The lifecycle contract every extension passes, run against every real implementation.
 
-Add an implementation to ``EXTENSIONS`` (a factory taking the test's
-temporary directory) and it must pass every test here unchanged.
+Add an implementation to ``EXTENSIONS`` (a :class:`Backend`: the pytest
+fixtures it needs, and an async factory that builds the extension and the
+inputs its profile requires) and it must pass every test here unchanged.
+Remote backends get real sshd hosts and a real Docker engine from
+tests/integration/remote_fixtures.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sandboxer.config.catalog import Catalog
+from sandboxer.config.settings import Settings
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.base import Extension, ProvisionRequest
+from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
 from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.extensions.vm_packer.backend import VmPackerExtension
 from tests.conftest import require_tool
+from tests.integration.remote_fixtures import write_hosts_file
 
 pytestmark = pytest.mark.integration
 
+COMPOSE = """\
+services:
+  web:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+  worker:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+"""
 
-def _local(tmp: Path) -> Extension:
+
+@dataclass
+class Subject:
+    """An extension under test, the profile it serves and what a create passes."""
+
+    extension: Extension
+    profile: str
+    inputs: dict[str, str] = field(default_factory=dict)
+    host: str | None = None
+    """The placement host the worker would pass (None for host-local backends)."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    factory: Callable[[Path, dict[str, Any]], Awaitable[Subject]]
+    fixtures: tuple[str, ...] = ()
+    """Pytest fixtures the factory needs, by name (given to it in a dict)."""
+
+
+async def _local(tmp: Path, _fixtures: dict[str, Any]) -> Subject:
     require_tool("bwrap", "bubblewrap")
     require_tool("nsenter", "util-linux")
-    return LocalExtension(tmp / "local")
+    return Subject(LocalExtension(tmp / "local"), "profile.local")
 
 
-EXTENSIONS: dict[str, tuple[Callable[[Path], Extension], str]] = {
-    "ext.local": (_local, "profile.local"),
+async def _remote_settings(tmp: Path, fixtures: dict[str, Any], **host_fields: Any) -> Settings:
+    fixtures["monkeypatch"].delenv("SANDBOXER_HOSTS", raising=False)
+    hosts = await fixtures["ssh_hosts"](1, **host_fields)
+    home = tmp / "home"
+    write_hosts_file(home / "hosts.yaml", hosts)
+    return Settings(home=home, nats_urls=(), nats_server=None, ack_wait=30.0)
+
+
+async def _compose_ssh(tmp: Path, fixtures: dict[str, Any]) -> Subject:
+    settings = await _remote_settings(tmp, fixtures, env=fixtures["docker_engine"].env)
+    repo = tmp / "repo"
+    (repo / "e2e").mkdir(parents=True)
+    (repo / "e2e" / "compose.yml").write_text(COMPOSE)
+    return Subject(ComposeSshExtension(settings), "profile.compose-e2e", {"repo": str(repo)},
+                   host="host1")
+
+
+async def _vm_packer(tmp: Path, fixtures: dict[str, Any]) -> Subject:
+    settings = await _remote_settings(tmp, fixtures)
+    repo = tmp / "repo"
+    repo.mkdir()
+    (repo / "README").write_text("the repo\n")
+    return Subject(VmPackerExtension(settings), "profile.vm-haskell-build",
+                   {"vm": "host1", "repo": str(repo)}, host="host1")
+
+
+REMOTE = ("ssh_hosts", "monkeypatch")
+EXTENSIONS: dict[str, Backend] = {
+    "ext.local": Backend(_local),
+    "ext.compose-ssh": Backend(_compose_ssh, (*REMOTE, "docker_engine")),
+    "ext.vm-packer": Backend(_vm_packer, REMOTE),
 }
 
 
 @pytest.fixture(params=sorted(EXTENSIONS))
-async def subject(request: pytest.FixtureRequest,
-                  tmp_path: Path) -> AsyncIterator[tuple[Extension, str]]:
-    factory, profile = EXTENSIONS[request.param]
-    extension = factory(tmp_path)
-    yield extension, profile
-    for found in await extension.list_sandboxes():
-        await extension.teardown(found.sandbox_id)
+def backend(request: pytest.FixtureRequest) -> tuple[Backend, dict[str, Any]]:
+    """The backend and its fixtures (fetched here, outside the event loop)."""
+    chosen = EXTENSIONS[request.param]
+    return chosen, {name: request.getfixturevalue(name) for name in chosen.fixtures}
 
 
-def request_for(sandbox_id: str, profile_id: str) -> ProvisionRequest:
-    return ProvisionRequest(sandbox_id=sandbox_id, profile=Catalog.load().profile(profile_id),
-                            inputs={})
+@pytest.fixture
+async def subject(backend: tuple[Backend, dict[str, Any]],
+                  tmp_path: Path) -> AsyncIterator[Subject]:
+    chosen, fixtures = backend
+    made = await chosen.factory(tmp_path, fixtures)
+    yield made
+    for found in await made.extension.list_sandboxes():
+        await made.extension.teardown(found.sandbox_id, host=found.host)
+
+
+def request_for(sandbox_id: str, subject: Subject) -> ProvisionRequest:
+    return ProvisionRequest(sandbox_id=sandbox_id,
+                            profile=Catalog.load().profile(subject.profile),
+                            inputs=subject.inputs, host=subject.host)
 
 
 class TestExtensionContract:
-    async def test_lifecycle(self, subject: tuple[Extension, str]) -> None:
-        extension, profile = subject
-        request = request_for("contract0001", profile)
+    async def test_lifecycle(self, subject: Subject) -> None:
+        extension = subject.extension
+        request = request_for("contract0001", subject)
         await extension.provision(request)
         readiness = await extension.wait_ready(request)
         assert isinstance(readiness.descriptor, dict)
@@ -59,17 +137,17 @@ class TestExtensionContract:
         await extension.teardown("contract0001")
         assert list(await extension.list_sandboxes()) == []
 
-    async def test_teardown_is_idempotent(self, subject: tuple[Extension, str]) -> None:
-        extension, profile = subject
-        request = request_for("contract0002", profile)
+    async def test_teardown_is_idempotent(self, subject: Subject) -> None:
+        extension = subject.extension
+        request = request_for("contract0002", subject)
         await extension.provision(request)
         await extension.teardown("contract0002")
         await extension.teardown("contract0002")
         await extension.teardown("neverexisted")
 
-    async def test_provision_again_starts_clean(self, subject: tuple[Extension, str]) -> None:
-        extension, profile = subject
-        request = request_for("contract0003", profile)
+    async def test_provision_again_starts_clean(self, subject: Subject) -> None:
+        extension = subject.extension
+        request = request_for("contract0003", subject)
         await extension.provision(request)
         await extension.provision(request)
         await extension.wait_ready(request)
@@ -77,16 +155,16 @@ class TestExtensionContract:
 
     @pytest.mark.parametrize("bad", ["../../etc", "a;rm -rf /", "UPPER1234", "x", "$(id)aaaa"])
     async def test_hostile_ids_are_refused_before_any_io(
-        self, subject: tuple[Extension, str], bad: str
+        self, subject: Subject, bad: str
     ) -> None:
-        extension, profile = subject
+        extension = subject.extension
         with pytest.raises(InvalidInput):
-            await extension.provision(request_for(bad, profile))
+            await extension.provision(request_for(bad, subject))
         assert list(await extension.list_sandboxes()) == []
 
-    async def test_exec_returns_the_exit_code(self, subject: tuple[Extension, str]) -> None:
-        extension, profile = subject
-        request = request_for("contract0004", profile)
+    async def test_exec_returns_the_exit_code(self, subject: Subject) -> None:
+        extension = subject.extension
+        request = request_for("contract0004", subject)
         await extension.provision(request)
         await extension.wait_ready(request)
         output: list[bytes] = []

@@ -1,0 +1,528 @@
+"""What the two SSH backends (``ext.compose-ssh``, ``ext.vm-packer``) share.
+
+Both keep one directory per sandbox on a host from the hosts file,
+``<workspace_root>/sbx-<id>/``, next to an ownership MARKER
+``<workspace_root>/sbx-<id>.json`` (``{"extension": ..., ...}``, no secret).
+The marker is written before the directory and removed after it, and it
+lives outside the directory so syncing a repository (which mirrors
+deletions) never removes it. It tells the two backends' sandboxes apart on a
+shared host: each lists and tears down only directories whose marker names
+it.
+
+Everything here validates before it connects, reaches hosts only through
+:mod:`sandboxer.ssh`, and hands error text through :func:`scrubbed` so no
+secret value escapes in a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import shlex
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import asyncssh
+
+from sandboxer.config.hosts import HOST_NAME, HostConfig, hosts_path, load_hosts
+from sandboxer.config.settings import Settings
+from sandboxer.errors import (
+    ExtensionError,
+    HostKeyRejected,
+    HostUnreachable,
+    InvalidInput,
+    RemoteCommandFailed,
+    SandboxerError,
+)
+from sandboxer.extensions import host_report
+from sandboxer.extensions.base import Heartbeat, OutputSink
+from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
+from sandboxer.secrets import redact
+from sandboxer.ssh import connection, remote
+
+__all__ = [
+    "DIR_PREFIX",
+    "ENV_FILE",
+    "Probe",
+    "Scan",
+    "Target",
+    "check_argv",
+    "check_sandbox_id",
+    "check_secrets",
+    "env_file_text",
+    "exists",
+    "host_telemetry",
+    "local_repo",
+    "marker_path",
+    "probe",
+    "reachable_targets",
+    "remove",
+    "scan",
+    "scrubbed",
+    "session",
+    "stream",
+    "target",
+    "targets",
+    "with_heartbeat",
+    "with_output",
+    "workspace_path",
+    "write_marker",
+]
+
+log = logging.getLogger(__name__)
+
+DIR_PREFIX = "sbx-"
+ENV_FILE = ".sandboxer.env"
+"""The secrets file inside a sandbox's directory: mode 0600, ``NAME='value'`` lines."""
+
+CONNECT_TIMEOUT = 10.0
+LIST_CONNECT_TIMEOUT = 5.0
+"""Listing and telemetry skip a host that does not answer within this many seconds."""
+SHORT_TIMEOUT = 60.0
+HEARTBEAT_EVERY = 10.0
+CHUNK = 64 * 1024
+DRAIN_GRACE = 1.0
+"""Seconds of output still read after a command exited (a background job may hold the channel)."""
+
+T = TypeVar("T")
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_NAMES = {"PATH", "HOME", "SHELL", "IFS", "PWD", "OLDPWD", "USER", "LOGNAME", "ENV",
+                   "BASH_ENV", "CDPATH", "PS4"}
+_RESERVED_PREFIXES = ("LD_", "DOCKER_", "COMPOSE_", "PODMAN_", "CONTAINERS_", "SSH_")
+
+# Lists the sandbox directories and markers of a workspace root ($1) in one
+# round trip: "D <name>" per directory, "M <name> <marker json>" per marker.
+_SCAN_SCRIPT = r"""
+[ -d "$1" ] || exit 0
+cd -- "$1" || exit 1
+for f in sbx-*; do
+  if [ -d "$f" ] && [ ! -L "$f" ]; then
+    printf 'D %s\n' "$f"
+  elif [ -f "$f" ] && [ ! -L "$f" ]; then
+    case "$f" in
+      *.json) printf 'M %s ' "$f"; tr -d '\n' < "$f"; printf '\n' ;;
+    esac
+  fi
+done
+"""
+
+# What is left of one sandbox, in one round trip: its marker ($1) as "M <json>",
+# "X" when anything is at its directory path ($2), "D" when that is a real
+# directory, "E" when it holds a secrets file.
+_PROBE_SCRIPT = r"""
+if [ -f "$1" ] && [ ! -L "$1" ]; then printf 'M '; tr -d '\n' < "$1"; printf '\n'; fi
+if [ -e "$2" ] || [ -L "$2" ]; then echo X; fi
+if [ -d "$2" ] && [ ! -L "$2" ]; then echo D; fi
+if [ -f "$2/.sandboxer.env" ]; then echo E; fi
+exit 0
+"""
+
+# /proc/loadavg, /proc/meminfo and df of the nearest existing ancestor of $1.
+_TELEMETRY_SCRIPT = r"""
+cat /proc/loadavg
+echo @@sbx@@
+cat /proc/meminfo
+echo @@sbx@@
+p="$1"
+while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
+df -Pk -- "$p"
+"""
+
+
+# -- validation (before any connection) ----------------------------------------------------
+
+
+def check_sandbox_id(sandbox_id: str, extension: str) -> None:
+    """The id becomes a directory and project name: refuse anything outside its alphabet."""
+    if not is_valid_sandbox_id(sandbox_id):
+        raise InvalidInput(
+            f"invalid sandbox id {sandbox_id!r}: expected {SANDBOX_ID_RULE}", extension=extension
+        )
+
+
+def check_argv(argv: Sequence[str], sandbox_id: str, extension: str) -> None:
+    if not argv or any(not isinstance(arg, str) or "\0" in arg for arg in argv):
+        raise InvalidInput(
+            "exec needs a command: argv must be a non-empty list of strings without NUL "
+            "characters", sandbox_id=sandbox_id, extension=extension,
+        )
+
+
+def local_repo(value: str | None, *, required: bool, sandbox_id: str,
+               extension: str) -> Path | None:
+    """The ``repo`` input: an existing directory on the worker's machine, synced to the host."""
+    if value is None or value == "":
+        if required:
+            raise InvalidInput(
+                f"the repo input is required: pass --input repo=PATH, a directory on the "
+                f"machine that runs the {extension} worker", sandbox_id=sandbox_id,
+                extension=extension,
+            )
+        return None
+    if "\0" in value or "\n" in value:
+        raise InvalidInput("the repo input must be a path without NUL or newline characters",
+                           sandbox_id=sandbox_id, extension=extension)
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise InvalidInput(
+            f"repo {value!r} is not an existing directory on the worker's machine; pass the "
+            "path of a local checkout (it is copied to the host)",
+            sandbox_id=sandbox_id, extension=extension,
+        )
+    return path.resolve()
+
+
+def check_secrets(secrets: Mapping[str, str], host_env: Mapping[str, str], sandbox_id: str,
+                  extension: str) -> None:
+    """Secret names become variables: identifiers only, and none that would steer the tools.
+
+    Messages name a secret, never its value.
+    """
+    for name, value in secrets.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise InvalidInput(
+                f"secret name {name!r} is not a valid variable name (letters, digits, '_', "
+                "not starting with a digit); rename it in setup.secret_refs",
+                sandbox_id=sandbox_id, extension=extension,
+            )
+        if name in _RESERVED_NAMES or name.startswith(_RESERVED_PREFIXES) or name in host_env:
+            raise InvalidInput(
+                f"secret name {name!r} would override a variable the host's tools rely on "
+                f"(reserved: {', '.join(sorted(_RESERVED_NAMES))}, names starting with "
+                f"{', '.join(_RESERVED_PREFIXES)} and the host's env); rename it in "
+                "setup.secret_refs", sandbox_id=sandbox_id, extension=extension,
+            )
+        if "\0" in value:
+            raise InvalidInput(
+                f"secret {name} contains a NUL character, which no environment can carry",
+                sandbox_id=sandbox_id, extension=extension,
+            )
+
+
+def env_file_text(secrets: Mapping[str, str], sandbox_id: str) -> str:
+    """``NAME='value'`` lines (POSIX shell quoting), read by ``. FILE`` or ``set -a; . FILE``."""
+    lines = [f"# sandboxer secrets of sandbox {sandbox_id}: mode 0600, removed at teardown"]
+    lines += [f"{name}={shlex.quote(value)}" for name, value in sorted(secrets.items())]
+    return "\n".join(lines) + "\n"
+
+
+# -- hosts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A host from the hosts file, by name."""
+
+    name: str
+    config: HostConfig
+
+    def workspace(self, sandbox_id: str) -> str:
+        return workspace_path(self.config, sandbox_id)
+
+    def marker(self, sandbox_id: str) -> str:
+        return marker_path(self.config, sandbox_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {"host": self.name, "address": self.config.address, "port": self.config.port,
+                "user": self.config.user}
+
+
+def workspace_path(host: HostConfig, sandbox_id: str) -> str:
+    return f"{host.workspace_root}/{DIR_PREFIX}{sandbox_id}"
+
+
+def marker_path(host: HostConfig, sandbox_id: str) -> str:
+    return f"{host.workspace_root}/{DIR_PREFIX}{sandbox_id}.json"
+
+
+def targets(settings: Settings) -> list[Target]:
+    """Every host in the hosts file, read now so edits take effect without a restart."""
+    return [Target(name, config) for name, config in sorted(load_hosts(settings).items())]
+
+
+def target(settings: Settings, name: str | None, *, sandbox_id: str | None,
+           extension: str, what: str = "placement host") -> Target:
+    """The named host, or the only one in the file when no name is given."""
+    hosts = load_hosts(settings)
+    path = hosts_path(settings)
+    if name is None:
+        if len(hosts) == 1:
+            only, config = next(iter(hosts.items()))
+            return Target(only, config)
+        known = ", ".join(sorted(hosts)) or "none"
+        raise ExtensionError(
+            f"no {what} was chosen and the hosts file {path} has {len(hosts)} hosts "
+            f"({known}); give the profile a placement, or pass --host NAME",
+            sandbox_id=sandbox_id, extension=extension,
+        )
+    if not re.fullmatch(HOST_NAME, name):
+        raise InvalidInput(f"{what} {name!r} is not a host name (lowercase letters, digits, '-')",
+                           sandbox_id=sandbox_id, extension=extension)
+    if name not in hosts:
+        known = ", ".join(sorted(hosts)) or "none"
+        raise ExtensionError(
+            f"{what} {name!r} is not in the hosts file {path} (known: {known}); add it there "
+            "or choose another host", sandbox_id=sandbox_id, extension=extension,
+        )
+    return Target(name, hosts[name])
+
+
+async def reachable_targets(
+    settings: Settings, extension: str, use: Callable[[Target, asyncssh.SSHClientConnection],
+                                                      Awaitable[T]],
+    only: Iterable[Target] | None = None,
+) -> list[tuple[Target, T]]:
+    """``use(target, conn)`` on every host that answers, in parallel; the others are skipped
+    with a warning (a host that is down holds nothing we can act on now)."""
+    chosen = list(only) if only is not None else targets(settings)
+
+    async def one(item: Target) -> tuple[Target, T] | None:
+        try:
+            async with connection.session(item.name, item.config,
+                                          timeout=LIST_CONNECT_TIMEOUT) as conn:
+                return item, await use(item, conn)
+        except (HostUnreachable, HostKeyRejected) as exc:
+            log.warning("%s: skipping host %s: %s", extension, item.name, exc.message)
+            return None
+
+    results = await asyncio.gather(*(one(item) for item in chosen))
+    return [result for result in results if result is not None]
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def scrubbed(exc: BaseException, secrets: Iterable[str], *, sandbox_id: str | None,
+             extension: str) -> SandboxerError:
+    """``exc`` as a sandboxer error of the same kind, every secret value redacted from its text.
+
+    Raise the result ``from None``: the original (unredacted) exception must
+    not travel along as ``__cause__``.
+    """
+    values = [value for value in secrets if value]
+    if isinstance(exc, SandboxerError):
+        message = redact(exc.message, values)
+        ids = {"sandbox_id": exc.sandbox_id or sandbox_id, "extension": exc.extension or extension}
+        if isinstance(exc, RemoteCommandFailed):
+            return RemoteCommandFailed(message, exit_status=exc.exit_status,
+                                       output_tail=redact(exc.output_tail, values), **ids)
+        try:
+            return type(exc)(message, **ids)
+        except TypeError:  # a subclass with another signature
+            return ExtensionError(message, **ids)
+    if isinstance(exc, asyncssh.Error | OSError):
+        return HostUnreachable(
+            redact(f"the SSH connection failed: {exc}; check that the host is up and retry",
+                   values), sandbox_id=sandbox_id, extension=extension)
+    return ExtensionError(redact(f"{type(exc).__name__}: {exc}", values),
+                          sandbox_id=sandbox_id, extension=extension)
+
+
+def with_output(exc: RemoteCommandFailed, what: str, secrets: Iterable[str], *,
+                sandbox_id: str, extension: str, fix: str) -> RemoteCommandFailed:
+    """A failed remote step as an error whose message ends with the command's last output."""
+    values = [value for value in secrets if value]
+    tail = redact(exc.output_tail, values).strip() or "(no output)"
+    return RemoteCommandFailed(
+        f"{what} failed (exit status {exc.exit_status}); {fix}. Last output:\n{tail}",
+        exit_status=exc.exit_status, output_tail=tail, sandbox_id=sandbox_id,
+        extension=extension,
+    )
+
+
+# -- steps -----------------------------------------------------------------------------------
+
+
+async def with_heartbeat(heartbeat: Heartbeat, step: Awaitable[T]) -> T:
+    """Await a long step, heartbeating meanwhile so the worker's job is not redelivered."""
+    task = asyncio.ensure_future(step)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
+            if done:
+                return task.result()
+            await heartbeat()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def write_marker(conn: asyncssh.SSHClientConnection, item: Target, sandbox_id: str,
+                       fields: Mapping[str, Any]) -> None:
+    await remote.run(conn, ["mkdir", "-p", "--", item.config.workspace_root],
+                     timeout=SHORT_TIMEOUT)
+    body = json.dumps({"sandbox_id": sandbox_id, **fields}, separators=(",", ":"),
+                      sort_keys=True)
+    await remote.put_file(conn, item.marker(sandbox_id), body.encode() + b"\n", mode=0o600)
+
+
+def _parse_marker(text: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What :func:`probe` found of one sandbox on a host."""
+
+    marker: dict[str, Any] | None
+    marker_exists: bool
+    path_exists: bool
+    directory: bool
+    secrets_file: bool
+
+    def foreign(self, extension: str) -> str | None:
+        """The other extension that owns this sandbox's directory, if another does."""
+        owner = (self.marker or {}).get("extension")
+        return str(owner) if owner not in (None, extension) else None
+
+
+async def probe(conn: asyncssh.SSHClientConnection, item: Target, sandbox_id: str) -> Probe:
+    result = await remote.run(
+        conn, ["sh", "-c", _PROBE_SCRIPT, "sh", item.marker(sandbox_id),
+               item.workspace(sandbox_id)], timeout=SHORT_TIMEOUT)
+    lines = result.stdout.splitlines()
+    marker_lines = [line[2:] for line in lines if line.startswith("M ")]
+    return Probe(
+        marker=_parse_marker(marker_lines[0]) if marker_lines else None,
+        marker_exists=bool(marker_lines),
+        path_exists="X" in lines,
+        directory="D" in lines,
+        secrets_file="E" in lines,
+    )
+
+
+async def remove(conn: asyncssh.SSHClientConnection, item: Target, sandbox_id: str,
+                 found: Probe) -> None:
+    """Delete the sandbox's directory, then its marker (whichever :func:`probe` found)."""
+    root = item.config.workspace_root
+    if found.path_exists:
+        await remote.remove_tree(conn, item.workspace(sandbox_id), root=root)
+    if found.marker_exists:
+        await remote.remove_tree(conn, item.marker(sandbox_id), root=root)
+
+
+async def exists(conn: asyncssh.SSHClientConnection, path: str, kind: Literal["d", "f"]) -> bool:
+    result = await remote.run(conn, ["test", f"-{kind}", path], check=False,
+                              timeout=SHORT_TIMEOUT)
+    return result.exit_status == 0
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a workspace root holds: sandbox directories and ownership markers, by sandbox id."""
+
+    directories: frozenset[str]
+    markers: dict[str, dict[str, Any]]
+
+    def owned_by(self, extension: str) -> list[str]:
+        """Ids whose marker names ``extension`` (with or without their directory)."""
+        return sorted(sid for sid, marker in self.markers.items()
+                      if marker.get("extension") == extension)
+
+
+async def scan(conn: asyncssh.SSHClientConnection, item: Target) -> Scan:
+    result = await remote.run(conn, ["sh", "-c", _SCAN_SCRIPT, "sh", item.config.workspace_root],
+                              timeout=SHORT_TIMEOUT)
+    directories: set[str] = set()
+    markers: dict[str, dict[str, Any]] = {}
+    for line in result.stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        name, _, body = rest.partition(" ")
+        if kind == "D" and name.startswith(DIR_PREFIX):
+            sandbox_id = name.removeprefix(DIR_PREFIX)
+            if is_valid_sandbox_id(sandbox_id):
+                directories.add(sandbox_id)
+        elif kind == "M" and name.startswith(DIR_PREFIX) and name.endswith(".json"):
+            sandbox_id = name.removeprefix(DIR_PREFIX).removesuffix(".json")
+            marker = _parse_marker(body)
+            if is_valid_sandbox_id(sandbox_id) and marker is not None:
+                markers[sandbox_id] = marker
+    return Scan(frozenset(directories), markers)
+
+
+async def host_telemetry(conn: asyncssh.SSHClientConnection, item: Target) -> dict[str, Any]:
+    """Load, memory and the disk holding the workspace root (the fields ext.local reports)."""
+    result = await remote.run(
+        conn, ["sh", "-c", _TELEMETRY_SCRIPT, "sh", item.config.workspace_root],
+        timeout=SHORT_TIMEOUT,
+    )
+    load, meminfo, df = ([*result.stdout.split("@@sbx@@\n"), "", ""])[:3]
+    report: dict[str, Any] = {"reachable": True, "workspace_root": item.config.workspace_root}
+    with contextlib.suppress(ValueError, IndexError):
+        report.update(host_report.parse_loadavg(load))
+    with contextlib.suppress(ValueError, IndexError):
+        report.update(host_report.parse_meminfo(meminfo))
+    with contextlib.suppress(ValueError, IndexError):
+        report.update(host_report.parse_df(df))
+    return report
+
+
+async def stream(conn: asyncssh.SSHClientConnection, argv: Sequence[str], output: OutputSink,
+                 *, env: Mapping[str, str], cwd: str) -> int:
+    """Run ``argv`` on the host in ``cwd``, stream its output in chunks, return its exit code.
+
+    The exit code follows the shell: 128 + N for a command killed by signal N.
+    A background job still holding the output after the command exited gets
+    :data:`DRAIN_GRACE` seconds, then the channel is closed.
+    """
+    line = remote.command_line(argv, env=env, cwd=cwd)
+    try:
+        process = await conn.create_process(line, encoding=None)
+    except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
+        raise HostUnreachable(
+            f"the SSH connection failed while starting {argv[0]!r} ({exc}); check that the "
+            "host is up and retry") from exc
+
+    async def pump(reader: asyncssh.SSHReader[bytes], name: Literal["stdout", "stderr"]) -> None:
+        while True:
+            chunk = await reader.read(CHUNK)
+            if not chunk:
+                return
+            await output(name, chunk)
+
+    pumps = [asyncio.ensure_future(pump(process.stdout, "stdout")),
+             asyncio.ensure_future(pump(process.stderr, "stderr"))]
+    waiter = asyncio.ensure_future(process.wait())
+    try:
+        process.stdin.write_eof()
+        pending: set[asyncio.Future[Any]] = {waiter, *pumps}
+        while not waiter.done() and process.returncode is None:
+            done, pending = await asyncio.wait(pending, timeout=0.2,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a failing output sink stops the command
+        await asyncio.wait(pumps, timeout=DRAIN_GRACE)
+        for task in pumps:
+            if task.done():
+                task.result()
+        code = process.returncode
+    except (asyncssh.DisconnectError, asyncssh.ConnectionLost, OSError) as exc:
+        raise HostUnreachable(
+            f"the SSH connection was lost while running {argv[0]!r} ({exc}); the command may "
+            "still be running on the host") from exc
+    finally:
+        for task in (*pumps, waiter):
+            task.cancel()
+        await asyncio.gather(*pumps, waiter, return_exceptions=True)
+        process.close()
+    if code is None:
+        return 255
+    return 128 - code if code < 0 else code
+
+
+@contextlib.asynccontextmanager
+async def session(item: Target) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    async with connection.session(item.name, item.config, timeout=CONNECT_TIMEOUT) as conn:
+        yield conn

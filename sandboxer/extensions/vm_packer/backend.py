@@ -1,0 +1,242 @@
+"""``ext.vm-packer`` in attach mode: a workspace per sandbox on a pre-built VM reached over SSH.
+
+The VM is a host entry in the hosts file, named by the ``vm`` input (or,
+without it, the placement host). A sandbox is the directory
+``<workspace_root>/sbx-<id>/`` on it (VM hosts set ``workspace_root: /build``
+to get ``/build/sbx-<id>/``), optionally holding a copy of the ``repo``
+input, with secrets in ``.sandboxer.env`` (mode 0600). The profile's
+``setup.instructions`` run there once, in order. Teardown removes the
+workspace and nothing else: the VM stays.
+
+The VM is the sandbox's host: profiles set ``placement.host_input: vm`` so
+placement records it, and a ``vm`` input that disagrees with the placement
+host is refused. Teardown and exec act on the recorded host; without one
+they look on every host that answers (sandbox ids are unique).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import asyncssh
+
+from sandboxer.config.settings import Settings
+from sandboxer.errors import ExtensionError, InvalidInput, SandboxerError, SandboxNotFound
+from sandboxer.extensions import ssh_host as rh
+from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.ssh_host import Target
+from sandboxer.ssh import remote, sync
+
+__all__ = ["VmPackerExtension"]
+
+log = logging.getLogger(__name__)
+
+SETUP_OUTPUT_LINES = 20
+SETUP_OUTPUT_BYTES = 64 * 1024
+
+
+class VmPackerExtension:
+    """Workspaces on pre-built VMs; the VMs come from the hosts file, read at every call."""
+
+    id = "ext.vm-packer"
+    host_local = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VmPackerExtension:
+        return cls(settings)
+
+    # -- the Extension protocol ------------------------------------------------------------
+
+    async def provision(self, request: ProvisionRequest) -> None:
+        item, repo = self._plan(request)  # every check before any connection
+        sandbox_id = request.sandbox_id
+        values = list(request.secrets.values())
+        workspace = item.workspace(sandbox_id)
+        started = time.monotonic()
+        try:
+            async with rh.session(item) as conn:
+                await self._teardown_on(conn, item, sandbox_id)  # start clean
+                await rh.write_marker(conn, item, sandbox_id, {
+                    "extension": self.id,
+                    "created_at": datetime.now(UTC).isoformat(),
+                    "placement_host": request.host,
+                })
+                method = "none"
+                if repo is not None:
+                    method = await rh.with_heartbeat(request.heartbeat, sync.sync_dir(
+                        item.name, item.config, conn, repo, workspace))
+                else:
+                    await remote.run(conn, ["mkdir", "-p", "--", workspace],
+                                     timeout=rh.SHORT_TIMEOUT)
+                if request.secrets:
+                    text = rh.env_file_text(request.secrets, sandbox_id)
+                    await remote.put_file(conn, f"{workspace}/{rh.ENV_FILE}", text.encode(),
+                                          mode=0o600)
+                for index, instruction in enumerate(request.profile.setup.instructions):
+                    await request.heartbeat()
+                    await self._setup(conn, item, request, index, instruction)
+        except (SandboxerError, asyncssh.Error, OSError) as exc:
+            raise rh.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
+        log.info("vm-packer sandbox %s on %s: workspace ready in %.0f ms (repo: %s)",
+                 sandbox_id, item.name, (time.monotonic() - started) * 1000, method)
+
+    async def wait_ready(self, request: ProvisionRequest) -> Readiness:
+        item, _ = self._plan(request)
+        sandbox_id = request.sandbox_id
+        workspace = item.workspace(sandbox_id)
+        try:
+            async with rh.session(item) as conn:
+                present = await rh.exists(conn, workspace, "d")
+        except (SandboxerError, asyncssh.Error, OSError) as exc:
+            raise rh.scrubbed(exc, request.secrets.values(), sandbox_id=sandbox_id,
+                              extension=self.id) from None
+        if not present:
+            raise ExtensionError(
+                f"the workspace {workspace} of sandbox {sandbox_id} is missing on VM "
+                f"{item.name} right after provisioning; check that nothing on the VM cleans "
+                f"{item.config.workspace_root}, then create the sandbox again",
+                sandbox_id=sandbox_id, extension=self.id)
+        descriptor: dict[str, Any] = {
+            "kind": "vm-packer",
+            **item.describe(),
+            "workspace": workspace,
+            "exec": f"sandboxer exec {sandbox_id} -- CMD (runs on the VM in workspace)",
+        }
+        if request.secrets:
+            descriptor["secrets_file"] = f"{workspace}/{rh.ENV_FILE}"
+        warnings = []
+        if request.profile.network.default == "deny" or request.profile.network.egress:
+            warnings.append("network policy not enforced: ext.vm-packer uses the VM's own "
+                            "network as it is")
+        if request.profile.resources.model_dump(exclude_none=True):
+            warnings.append("resource limits not enforced: ext.vm-packer uses the VM as it is")
+        return Readiness(descriptor=descriptor, warnings=warnings)
+
+    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
+        rh.check_sandbox_id(sandbox_id, self.id)
+        if host is not None:
+            item = rh.target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
+            async with rh.session(item) as conn:
+                await self._teardown_on(conn, item, sandbox_id)
+            return
+        # No host recorded: look on every host that answers (ids are unique).
+        await rh.reachable_targets(
+            self.settings, self.id,
+            lambda item, conn: self._teardown_on(conn, item, sandbox_id))
+
+    async def list_sandboxes(self) -> Sequence[FoundSandbox]:
+        found = await rh.reachable_targets(self.settings, self.id, self._found_on)
+        return [sandbox for _, items in found for sandbox in items]
+
+    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
+                   host: str | None = None) -> int:
+        rh.check_sandbox_id(sandbox_id, self.id)
+        rh.check_argv(argv, sandbox_id, self.id)
+        item = (rh.target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
+                if host is not None else await self._locate(sandbox_id))
+        async with rh.session(item) as conn:
+            workspace = item.workspace(sandbox_id)
+            if not await rh.exists(conn, workspace, "d"):
+                raise SandboxNotFound(
+                    f"vm-packer sandbox {sandbox_id} has no workspace {workspace} on VM "
+                    f"{item.name}; create it again or tear it down",
+                    sandbox_id=sandbox_id, extension=self.id)
+            return await rh.stream(conn, argv, output, env=item.config.env, cwd=workspace)
+
+    async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
+        """Load, memory, disk of the workspace root and the sandboxer workspaces on a VM."""
+        item = rh.target(self.settings, host, sandbox_id=None, extension=self.id,
+                         what="host to inspect")
+        async with rh.session(item) as conn:
+            report = await rh.host_telemetry(conn, item)
+            scan = await rh.scan(conn, item)
+        report["workspaces"] = sorted(scan.directories)
+        report["sandboxes"] = scan.owned_by(self.id)
+        return report
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _plan(self, request: ProvisionRequest) -> tuple[Target, Path | None]:
+        sandbox_id = request.sandbox_id
+        rh.check_sandbox_id(sandbox_id, self.id)
+        repo = rh.local_repo(request.inputs.get("repo"), required=False, sandbox_id=sandbox_id,
+                             extension=self.id)
+        vm = request.inputs.get("vm") or None
+        if vm is not None and request.host is not None and vm != request.host:
+            raise InvalidInput(
+                f"the vm input names {vm!r} but the sandbox was placed on {request.host!r}; "
+                "give the profile 'placement: {host_input: vm}' (profile.vm-haskell-build "
+                f"has it) or create it with --host {vm}",
+                sandbox_id=sandbox_id, extension=self.id)
+        item = rh.target(self.settings, vm or request.host, sandbox_id=sandbox_id,
+                         extension=self.id, what="VM (the vm input)")
+        rh.check_secrets(request.secrets, item.config.env, sandbox_id, self.id)
+        return item, repo
+
+    async def _setup(self, conn: asyncssh.SSHClientConnection, item: Target,
+                     request: ProvisionRequest, index: int, instruction: str) -> None:
+        captured = bytearray()
+
+        async def keep(_stream: Literal["stdout", "stderr"], data: bytes) -> None:
+            captured.extend(data)
+            del captured[: max(0, len(captured) - SETUP_OUTPUT_BYTES)]
+
+        code = await rh.with_heartbeat(request.heartbeat, rh.stream(
+            conn, ["sh", "-c", instruction], keep, env=item.config.env,
+            cwd=item.workspace(request.sandbox_id)))
+        if code != 0:
+            lines = captured.decode(errors="replace").splitlines()[-SETUP_OUTPUT_LINES:]
+            raise ExtensionError(
+                f"setup.instructions[{index}] ({instruction!r}) exited with code {code} on VM "
+                f"{item.name}; fix the instruction or the VM image. Last output:\n"
+                + ("\n".join(lines) or "(no output)"),
+                sandbox_id=request.sandbox_id, extension=self.id)
+
+    async def _locate(self, sandbox_id: str) -> Target:
+        """The host holding the sandbox's workspace, when no host was recorded."""
+
+        async def holds(item: Target, conn: asyncssh.SSHClientConnection) -> bool:
+            return await rh.exists(conn, item.workspace(sandbox_id), "d")
+
+        for item, present in await rh.reachable_targets(self.settings, self.id, holds):
+            if present:
+                return item
+        raise SandboxNotFound(
+            f"vm-packer sandbox {sandbox_id} has no workspace on any reachable host of the "
+            "hosts file; create it again or tear it down",
+            sandbox_id=sandbox_id, extension=self.id)
+
+    async def _found_on(self, item: Target,
+                        conn: asyncssh.SSHClientConnection) -> list[FoundSandbox]:
+        scan = await rh.scan(conn, item)
+        return [
+            FoundSandbox(
+                sandbox_id=sandbox_id,
+                alive=sandbox_id in scan.directories,
+                host=item.name,
+                detail={
+                    "workspace": item.workspace(sandbox_id)
+                    if sandbox_id in scan.directories else None,
+                    "created_at": scan.markers[sandbox_id].get("created_at"),
+                },
+            )
+            for sandbox_id in scan.owned_by(self.id)
+        ]
+
+    async def _teardown_on(self, conn: asyncssh.SSHClientConnection, item: Target,
+                           sandbox_id: str) -> None:
+        """Remove the workspace and its marker; nothing there is fine. The VM stays."""
+        found = await rh.probe(conn, item, sandbox_id)
+        if (owner := found.foreign(self.id)) is not None:
+            log.warning("%s: sbx-%s on host %s belongs to %s; not touching it", self.id,
+                        sandbox_id, item.name, owner)
+            return
+        await rh.remove(conn, item, sandbox_id, found)
