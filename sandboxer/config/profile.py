@@ -86,6 +86,12 @@ class Setup(_Strict):
         description="NAME -> reference (env:VAR or file:PATH), resolved only inside the worker",
     )
 
+    record_telemetry: bool = Field(
+        default=False,
+        description="record the host's telemetry (a host 'inspected' event) before "
+        "provisioning and once the sandbox is ready, e.g. for a canary",
+    )
+
     @field_validator("secret_refs")
     @classmethod
     def _refs_have_a_scheme(cls, refs: dict[str, str]) -> dict[str, str]:

@@ -38,6 +38,7 @@ from sandboxer.domain.sandbox import (
 from sandboxer.errors import ConcurrencyConflict, SandboxerError
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.secrets import redact, resolve_secrets
+from sandboxer.workers.host_events import inspect_and_record
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 
@@ -177,9 +178,13 @@ class ExtensionWorker:
                 host=state.host,
                 heartbeat=msg.in_progress,
             )
+            if profile.setup.record_telemetry:
+                await inspect_and_record(self._js, self.extension, state.host)
             await self.extension.provision(request)
             stage = "wait_ready"
             readiness = await self.extension.wait_ready(request)
+            if profile.setup.record_telemetry:  # after readiness, before `ready` is announced
+                await inspect_and_record(self._js, self.extension, state.host)
         except Exception as exc:
             reason = _reason(exc, secrets)
             log.warning("sandbox %s failed at %s: %s", job.sandbox_id, stage, reason)

@@ -18,9 +18,7 @@ a client gathers every reply.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,19 +36,15 @@ from sandboxer.config.hosts import load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.drift import find_drift
 from sandboxer.domain.sandbox import MarkFailed
-from sandboxer.events.types import SYSTEM_ACTOR, HostEvent, HostInspected, HostReaped, encode_event
+from sandboxer.events.types import SYSTEM_ACTOR, HostReaped
 from sandboxer.extensions.base import Extension, FoundSandbox
+from sandboxer.workers.host_events import event_host, inspect_and_record, record_host_event
 
-__all__ = ["InventoryService", "local_host_name"]
+__all__ = ["InventoryService"]
 
 log = logging.getLogger(__name__)
 
 Apply = Callable[[str, MarkFailed], Awaitable[object]]
-
-
-def local_host_name() -> str:
-    """How ext.local's machine is named in host events: ``local-<hostname>``."""
-    return "local-" + re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower())[:50]
 
 
 class InventoryService:
@@ -114,33 +108,13 @@ class InventoryService:
             return [wanted]
         return list(names)
 
-    def _event_host(self, host: str | None) -> str:
-        return host if host is not None else local_host_name()
-
-    async def _record(self, event: HostEvent) -> None:
-        body = encode_event(event)
-        event_id = hashlib.sha256(body).hexdigest()[:32]
-        event = msgspec.structs.replace(event, event_id=event_id)
-        await self._js.publish(
-            subjects.host_event_subject(event.host, str(event.__struct_config__.tag)),
-            encode_event(event),
-            headers={"Nats-Msg-Id": event_id},
-        )
-
     # -- inspect -------------------------------------------------------------------------------
 
     async def _inspect(self, request: dict[str, Any]) -> dict[str, Any]:
         reports = []
         for host in self._hosts(request):
-            name = self._event_host(host)
-            inspect = getattr(self._extension, "inspect_host", None)
-            try:
-                report = await inspect(host) if inspect else {}
-            except Exception as exc:
-                report = {"error": str(exc), "reachable": False}
-            await self._record(HostInspected(host=name, extension=self._extension.id,
-                                             actor=SYSTEM_ACTOR, at=utc_now(), report=report))
-            reports.append({"host": name, "report": report})
+            report = await inspect_and_record(self._js, self._extension, host)
+            reports.append({"host": event_host(host), "report": report})
         return {"reports": reports}
 
     # -- stale and reap ------------------------------------------------------------------------
@@ -183,7 +157,7 @@ class InventoryService:
         for host in self._hosts(request):
             orphans, ghosts = await self._drift(host)
             hosts.append({
-                "host": self._event_host(host),
+                "host": event_host(host),
                 "orphans": [{"sandbox_id": o.sandbox_id, "alive": o.alive, "detail": o.detail}
                             for o in orphans],
                 "ghosts": ghosts,
@@ -203,11 +177,11 @@ class InventoryService:
             for ghost in ghosts:
                 await self._apply(ghost, MarkFailed(
                     job_id="reap-stale", stage="job",
-                    reason=f"its resources are gone from {self._event_host(host)} "
+                    reason=f"its resources are gone from {event_host(host)} "
                            "(found by reap-stale); recreate or destroy it"))
-            name = self._event_host(host)
+            name = event_host(host)
             if removed or ghosts:
-                await self._record(HostReaped(host=name, extension=self._extension.id,
+                await record_host_event(self._js, HostReaped(host=name, extension=self._extension.id,
                                               actor=SYSTEM_ACTOR, at=utc_now(),
                                               removed=removed, marked_failed=ghosts))
             hosts.append({"host": name, "removed": removed, "marked_failed": ghosts})

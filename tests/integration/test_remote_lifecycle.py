@@ -248,3 +248,74 @@ async def test_vm_attach_lifecycle_through_the_bus(
     finally:
         await service.client.close()
         await service.shutdown()
+
+
+async def test_canary_records_telemetry_before_and_after(
+    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
+    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
+    try:
+        client = service.client
+        ready = await client.create("profile.sandbox-canary",
+                                    {"repo": str(make_repo(tmp_path / "repo"))}, host="host2")
+        inspected = [event async for _seq, event in client.events()
+                     if event["type"] == "inspected"]
+        assert [e["host"] for e in inspected] == ["host2", "host2"]
+        before, after = (e["report"] for e in inspected)
+        assert before["memory_total_mb"] > 0
+        assert len(after["compose_projects"]) == len(before["compose_projects"]) + 1
+        await client.destroy(ready["sandbox_id"])
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_planted_orphans_are_found_and_reaped(
+    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
+    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sandboxer.config.catalog import Catalog
+    from sandboxer.config.settings import Settings
+    from sandboxer.extensions.base import ProvisionRequest
+    from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
+    from sandboxer.extensions.vm_packer.backend import VmPackerExtension
+
+    service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
+    try:
+        client = service.client
+        settings = Settings(home=home, nats_urls=(nats_server.url,), nats_server=None,
+                            ack_wait=5)
+        catalog = Catalog.load(home)
+        repo = make_repo(tmp_path / "repo")
+        compose = ComposeSshExtension.from_settings(settings)
+        vm = VmPackerExtension.from_settings(settings)
+        # Made behind the log's back, with sandboxer's own naming: orphans.
+        await compose.provision(ProvisionRequest(
+            sandbox_id="plantedcompose1", profile=catalog.profile("profile.test-compose"),
+            inputs={"repo": str(repo)}, host="host1"))
+        await vm.provision(ProvisionRequest(
+            sandbox_id="plantedvm00001", profile=catalog.profile("profile.test-vm"),
+            inputs={"vm": "host1"}, host="host1"))
+        healthy = (await client.create("profile.test-compose", {"repo": str(repo)},
+                                       host="host1"))["sandbox_id"]
+
+        found = {}
+        for ext_id in ("ext.compose-ssh", "ext.vm-packer"):
+            [reply] = await client.inventory("stale", ext_id, {"host": "host1"})
+            found[ext_id] = [o["sandbox_id"] for o in reply["hosts"][0]["orphans"]]
+        assert found == {"ext.compose-ssh": ["plantedcompose1"],
+                         "ext.vm-packer": ["plantedvm00001"]}
+
+        for ext_id in ("ext.compose-ssh", "ext.vm-packer"):
+            [reply] = await client.inventory("reap", ext_id, {"apply": True, "host": "host1"})
+            assert reply["hosts"][0]["removed"] == found[ext_id]
+        workspaces = Path(compose_hosts[0].host.workspace_root)
+        left = sorted(p.name for p in workspaces.iterdir())
+        assert left == [f"sbx-{healthy}", f"sbx-{healthy}.json"]
+        assert containers(docker_engine, "sbx-plantedcompose1") == []
+        assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]
+        await client.destroy(healthy)
+    finally:
+        await service.client.close()
+        await service.shutdown()
