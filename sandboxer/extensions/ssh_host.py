@@ -40,7 +40,7 @@ from sandboxer.errors import (
     SandboxerError,
 )
 from sandboxer.extensions import host_report
-from sandboxer.extensions.base import Heartbeat, OutputSink
+from sandboxer.extensions.base import FoundSandbox, Heartbeat, OutputSink
 from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
 from sandboxer.secrets import redact
 from sandboxer.ssh import connection, remote
@@ -50,6 +50,7 @@ __all__ = [
     "ENV_FILE",
     "Probe",
     "Scan",
+    "SshBackend",
     "Target",
     "check_argv",
     "check_sandbox_id",
@@ -293,6 +294,44 @@ async def reachable_targets(
 
     results = await asyncio.gather(*(one(item) for item in chosen))
     return [result for result in results if result is not None]
+
+
+class SshBackend:
+    """What both SSH backends do the same way: find and tear down their sandboxes on hosts.
+
+    A subclass sets ``id`` and implements ``_found_on`` (what one host holds)
+    and ``_teardown_on`` (remove one sandbox from one host, idempotently).
+    """
+
+    id: str
+    host_local = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def _found_on(self, item: Target,
+                        conn: asyncssh.SSHClientConnection) -> list[FoundSandbox]:
+        raise NotImplementedError
+
+    async def _teardown_on(self, conn: asyncssh.SSHClientConnection, item: Target,
+                           sandbox_id: str) -> None:
+        raise NotImplementedError
+
+    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
+        check_sandbox_id(sandbox_id, self.id)
+        if host is not None:
+            item = target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
+            async with session(item) as conn:
+                await self._teardown_on(conn, item, sandbox_id)
+            return
+        # No host recorded: look on every host that answers (ids are unique).
+        await reachable_targets(
+            self.settings, self.id,
+            lambda item, conn: self._teardown_on(conn, item, sandbox_id))
+
+    async def list_sandboxes(self) -> Sequence[FoundSandbox]:
+        found = await reachable_targets(self.settings, self.id, self._found_on)
+        return [sandbox for _, items in found for sandbox in items]
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -135,14 +135,13 @@ class Plan:
     repo: Path
 
 
-class ComposeSshExtension:
+class ComposeSshExtension(rh.SshBackend):
     """Compose stacks on SSH hosts; hosts come from the hosts file, read at every call."""
 
     id = "ext.compose-ssh"
-    host_local = False
 
     def __init__(self, settings: Settings, *, ready_timeout: float = READY_TIMEOUT) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.ready_timeout = ready_timeout
 
     @classmethod
@@ -231,22 +230,6 @@ class ComposeSshExtension:
         if request.secrets:
             descriptor["secrets_file"] = stack.env_path
         return Readiness(descriptor=descriptor, warnings=warnings)
-
-    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
-        rh.check_sandbox_id(sandbox_id, self.id)
-        if host is not None:
-            item = rh.target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
-            async with rh.session(item) as conn:
-                await self._teardown_on(conn, item, sandbox_id)
-            return
-        # No host recorded: look on every host that answers (ids are unique).
-        await rh.reachable_targets(
-            self.settings, self.id,
-            lambda item, conn: self._teardown_on(conn, item, sandbox_id))
-
-    async def list_sandboxes(self) -> Sequence[FoundSandbox]:
-        found = await rh.reachable_targets(self.settings, self.id, self._found_on)
-        return [sandbox for _, items in found for sandbox in items]
 
     async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
                    host: str | None = None) -> int:

@@ -40,14 +40,10 @@ SETUP_OUTPUT_LINES = 20
 SETUP_OUTPUT_BYTES = 64 * 1024
 
 
-class VmPackerExtension:
+class VmPackerExtension(rh.SshBackend):
     """Workspaces on pre-built VMs; the VMs come from the hosts file, read at every call."""
 
     id = "ext.vm-packer"
-    host_local = False
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VmPackerExtension:
@@ -119,22 +115,6 @@ class VmPackerExtension:
         if request.profile.resources.model_dump(exclude_none=True):
             warnings.append("resource limits not enforced: ext.vm-packer uses the VM as it is")
         return Readiness(descriptor=descriptor, warnings=warnings)
-
-    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
-        rh.check_sandbox_id(sandbox_id, self.id)
-        if host is not None:
-            item = rh.target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
-            async with rh.session(item) as conn:
-                await self._teardown_on(conn, item, sandbox_id)
-            return
-        # No host recorded: look on every host that answers (ids are unique).
-        await rh.reachable_targets(
-            self.settings, self.id,
-            lambda item, conn: self._teardown_on(conn, item, sandbox_id))
-
-    async def list_sandboxes(self) -> Sequence[FoundSandbox]:
-        found = await rh.reachable_targets(self.settings, self.id, self._found_on)
-        return [sandbox for _, items in found for sandbox in items]
 
     async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
                    host: str | None = None) -> int:
