@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
-from sandboxer.config.catalog import Catalog
-from sandboxer.config.settings import Settings
-from sandboxer.service import all_roles, run_roles
 
 
 @contextlib.asynccontextmanager
@@ -29,27 +29,33 @@ async def nats(tmp: Path) -> AsyncIterator[NatsServerProcess]:
 
 @contextlib.asynccontextmanager
 async def service(tmp: Path, url: str) -> AsyncIterator[SandboxerClient]:
+    """``sandboxer up`` in its own process against ``url``, and a client in this one.
+
+    Separate processes, as in real use: the service's event loop and the
+    client's do not compete for one core.
+    """
     home = tmp / "home"
     home.mkdir(exist_ok=True)
-    settings = Settings(home=home, nats_urls=(url,), nats_server=None, ack_wait=30)
-    catalog = Catalog.load(home)
-    nc = await connect([url], name="bench-service")
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_roles(nc, all_roles(catalog), settings, catalog, stop,
-                                         info={}))
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
+    with (tmp / "service.log").open("ab") as log:
+        process = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is timed
+            [sys.executable, "-m", "sandboxer.cli.app", "up"], env=env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )
     client = await SandboxerClient.connect([url], actor={"type": "atm", "id": "bench"})
-    for _ in range(200):
-        with contextlib.suppress(Exception):
-            await client.health()
-            break
-        await asyncio.sleep(0.05)
     try:
+        for _ in range(400):
+            with contextlib.suppress(Exception):
+                await client.health()
+                break
+            if process.poll() is not None:
+                raise RuntimeError(f"the service exited; see {tmp / 'service.log'}")
+            await asyncio.sleep(0.05)
         yield client
     finally:
         await client.close()
-        stop.set()
-        await task
-        await nc.drain()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(process.wait, 60)
         from sandboxer.extensions.local.backend import LocalExtension
 
         local = LocalExtension(home / "local")
