@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from sandboxer.cli.background import connect_client
+from sandboxer.cli import host_commands
+from sandboxer.cli.common import JsonOpt, load_catalog, load_settings, run, with_client
 from sandboxer.cli.output import Progress, print_json, print_table, say
-from sandboxer.client import CommandFailed, SandboxerClient, read_service_file
-from sandboxer.config.catalog import Catalog
-from sandboxer.config.settings import Settings
+from sandboxer.client import SandboxerClient, read_service_file
 from sandboxer.errors import SandboxerError
 
 app = typer.Typer(
@@ -30,38 +27,7 @@ profiles_app = typer.Typer(help="Sandbox recipes.", no_args_is_help=True)
 extensions_app = typer.Typer(help="Backends.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(extensions_app, name="extensions")
-
-T = TypeVar("T")
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _settings() -> Settings:
-    return Settings.from_env()
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; a sandboxer error becomes its message on stderr and exit code 1."""
-    try:
-        return asyncio.run(coro)
-    except CommandFailed as exc:
-        say(f"error: {exc.message}")
-        raise typer.Exit(2) from None
-    except SandboxerError as exc:
-        say(f"error: {exc.message}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-
-
-async def _with_client(
-    work: Callable[[SandboxerClient], Awaitable[T]], *, autostart: bool = False
-) -> T:
-    client = await connect_client(_settings(), autostart=autostart, say=say)
-    try:
-        return await work(client)
-    finally:
-        await client.close()
-
+host_commands.register(app)
 
 def _parse_inputs(pairs: list[str]) -> dict[str, str]:
     inputs: dict[str, str] = {}
@@ -103,13 +69,13 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
     """Run the whole service (NATS unless SANDBOXER_NATS_URL is set, control, projector, extensions)."""
     from sandboxer.service import serve
 
-    settings = _settings()
+    settings = load_settings()
     running = read_service_file(settings)
     if settings.embedded and running is not None:
         say(f"sandboxer is already running (pid {running['pid']}, {running['nats_url']})")
         raise typer.Exit(1)
     _configure_logging(verbose)
-    _run(serve(settings))
+    run(serve(settings))
 
 
 @app.command()
@@ -120,18 +86,18 @@ def worker(
     """Run chosen roles alone against SANDBOXER_NATS_URL (for scale-out)."""
     from sandboxer.service import serve
 
-    settings = _settings()
+    settings = load_settings()
     if settings.embedded:
         say("error: 'sandboxer worker' needs SANDBOXER_NATS_URL (the NATS the service uses)")
         raise typer.Exit(1)
     _configure_logging(verbose)
-    _run(serve(settings, roles))
+    run(serve(settings, roles))
 
 
 @app.command()
 def down() -> None:
     """Stop the embedded service started by 'sandboxer up' or 'sandboxer create'."""
-    settings = _settings()
+    settings = load_settings()
     running = read_service_file(settings)
     if running is None:
         say("sandboxer is not running")
@@ -180,7 +146,7 @@ def create(
         sandbox = await client.get(result["sandbox_id"])
         return sandbox or result
 
-    sandbox = _run(_with_client(work, autostart=True))
+    sandbox = run(with_client(work, autostart=True))
     if as_json:
         print_json(sandbox)
     elif no_wait:
@@ -192,7 +158,7 @@ def create(
 @app.command()
 def get(sandbox_id: str, as_json: JsonOpt = False) -> None:
     """Show one sandbox."""
-    sandbox = _run(_with_client(lambda c: c.get(sandbox_id)))
+    sandbox = run(with_client(lambda c: c.get(sandbox_id)))
     if sandbox is None:
         say(f"error: no sandbox {sandbox_id}")
         raise typer.Exit(1)
@@ -209,7 +175,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List sandboxes (destroyed ones only with --all)."""
-    sandboxes = _run(_with_client(
+    sandboxes = run(with_client(
         lambda c: c.list_sandboxes(status=status, include_destroyed=all_)))
     if as_json:
         print_json(sandboxes)
@@ -229,7 +195,7 @@ def destroy(
 ) -> None:
     """Destroy a sandbox and wait until everything it owned is gone."""
     progress = Progress(enabled=not as_json)
-    event = _run(_with_client(
+    event = run(with_client(
         lambda c: c.destroy(sandbox_id, wait=not no_wait, on_event=progress)))
     if as_json:
         print_json(event)
@@ -246,7 +212,7 @@ def recreate(sandbox_id: str, as_json: JsonOpt = False) -> None:
         await client.recreate(sandbox_id, on_event=progress)
         return await client.get(sandbox_id)
 
-    sandbox = _run(_with_client(work))
+    sandbox = run(with_client(work))
     if as_json:
         print_json(sandbox)
     elif sandbox:
@@ -271,7 +237,7 @@ def exec(
     if not command:
         say("error: give the command after --, e.g. sandboxer exec ID -- ls /workspace")
         raise typer.Exit(1)
-    code = _run(_with_client(lambda c: c.exec(sandbox_id, command, output)))
+    code = run(with_client(lambda c: c.exec(sandbox_id, command, output)))
     raise typer.Exit(code)
 
 
@@ -297,7 +263,7 @@ def events(
                 )
             sys.stdout.flush()
 
-    _run(_with_client(work))
+    run(with_client(work))
 
 
 @app.command()
@@ -306,7 +272,7 @@ def replay(
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild every projection from the start of the log (--verify: prove it equals live)."""
-    report = _run(_with_client(lambda c: c.replay(verify=verify)))
+    report = run(with_client(lambda c: c.replay(verify=verify)))
     report.pop("ok", None)
     if as_json:
         print_json(report)
@@ -320,120 +286,13 @@ def replay(
         raise typer.Exit(1)
 
 
-# -- hosts: telemetry and stale inventory --------------------------------------------------------
-
-inspect_app = typer.Typer(help="Host telemetry and drift between the log and the hosts.",
-                          no_args_is_help=True)
-app.add_typer(inspect_app, name="inspect")
-
-
-async def _ask_extensions(client: SandboxerClient, action: str,
-                          request: dict[str, Any]) -> list[dict[str, Any]]:
-    replies: list[dict[str, Any]] = []
-    for ext_id in sorted(_catalog().extensions_enabled()):
-        answers = await client.inventory(action, ext_id, request)
-        if not answers:
-            say(f"warning: no worker for {ext_id} answered; is it running?")
-        for answer in answers:
-            if not answer.get("ok"):
-                say(f"error from {ext_id}: {answer.get('error')}")
-            replies.append(answer)
-    return replies
-
-
-@inspect_app.command("host")
-def inspect_host(
-    name: Annotated[str | None, typer.Argument(help="one host from the hosts file")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Read load, memory, disk and the sandboxer-owned objects of each host (recorded as events)."""
-    request = {"host": name} if name else {}
-    replies = _run(_with_client(lambda c: _ask_extensions(c, "inspect", request)))
-    reports = [{"extension": r["extension"], **rep} for r in replies if r.get("ok")
-               for rep in r["reports"]]
-    if as_json:
-        print_json(reports)
-        return
-    rows = []
-    for item in reports:
-        report = item["report"]
-        rows.append((item["host"], item["extension"], report.get("load1"),
-                     report.get("memory_available_mb"), report.get("disk_free_mb"),
-                     len(report.get("workspaces", [])), len(report.get("compose_projects", [])),
-                     report.get("error", "")))
-    print_table(rows, ["host", "extension", "load1", "mem free MB", "disk free MB",
-                       "workspaces", "projects", "error"])
-
-
-def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
-    hosts = [{"extension": r["extension"], **h} for r in replies if r.get("ok")
-             for h in r["hosts"]]
-    if as_json:
-        print_json(hosts)
-        return
-    rows = []
-    for host in hosts:
-        for orphan in host.get("orphans", []):
-            rows.append((host["host"], host["extension"], "orphan", orphan["sandbox_id"],
-                         "on the host; the log has it destroyed, failed or unknown"))
-        for ghost in host.get("ghosts", []):
-            rows.append((host["host"], host["extension"], "ghost", ghost,
-                         "ready in the log; nothing on the host"))
-        for removed in host.get("removed", []):
-            rows.append((host["host"], host["extension"], "removed", removed, "torn down"))
-        for failed in host.get("marked_failed", []):
-            rows.append((host["host"], host["extension"], "marked failed", failed,
-                         "recorded as failed"))
-    if rows:
-        print_table(rows, ["host", "extension", "kind", "sandbox", "meaning"])
-    else:
-        typer.echo("no drift: the hosts hold exactly what the log says")
-
-
-@inspect_app.command("stale")
-def inspect_stale(as_json: JsonOpt = False) -> None:
-    """List drift: orphans (on a host, not live in the log) and ghosts (live in the log only)."""
-    _print_drift(_run(_with_client(lambda c: _ask_extensions(c, "stale", {}))), as_json)
-
-
-@app.command("reap-stale")
-def reap_stale(
-    apply: Annotated[bool, typer.Option("--apply", help="really remove; otherwise only list")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Remove orphans from the hosts and mark ghosts failed (only with --apply)."""
-    replies = _run(_with_client(lambda c: _ask_extensions(c, "reap", {"apply": apply})))
-    _print_drift(replies, as_json)
-    if not apply and not as_json:
-        say("dry run: nothing was changed; run again with --apply to reap")
-
-
-@app.command("hosts")
-def hosts_view(as_json: JsonOpt = False) -> None:
-    """The hosts view: the last telemetry and reaping recorded for each host."""
-    hosts = _run(_with_client(lambda c: c.hosts()))
-    if as_json:
-        print_json(hosts)
-        return
-    print_table([(h["host"], h["extension"], h["inspected_at"], h["reaped_at"]) for h in hosts],
-                ["host", "extension", "inspected", "reaped"])
-
-
 # -- catalog and checks ------------------------------------------------------------------------
-
-
-def _catalog() -> Catalog:
-    try:
-        return Catalog.load(_settings().home)
-    except SandboxerError as exc:
-        say(f"error: {exc.message}")
-        raise typer.Exit(1) from None
 
 
 @profiles_app.command("list")
 def profiles_list(as_json: JsonOpt = False) -> None:
     """List the profiles (packaged and $SANDBOXER_HOME/profiles)."""
-    catalog = _catalog()
+    catalog = load_catalog()
     rows = [(p.id, p.version, p.extension or "route: " + ",".join(p.candidates()),
              p.description) for p in catalog.profiles.values()]
     if as_json:
@@ -445,7 +304,7 @@ def profiles_list(as_json: JsonOpt = False) -> None:
 @profiles_app.command("show")
 def profiles_show(profile_id: str, as_json: JsonOpt = False) -> None:
     """Show one profile in full."""
-    catalog = _catalog()
+    catalog = load_catalog()
     try:
         profile = catalog.profile(profile_id)
     except SandboxerError as exc:
@@ -463,7 +322,7 @@ def profiles_show(profile_id: str, as_json: JsonOpt = False) -> None:
 @extensions_app.command("list")
 def extensions_list(as_json: JsonOpt = False) -> None:
     """List the extension declarations."""
-    catalog = _catalog()
+    catalog = load_catalog()
     if as_json:
         print_json([d.model_dump() for d in catalog.extensions.values()])
         return
@@ -479,7 +338,7 @@ def doctor(as_json: JsonOpt = False) -> None:
     """Check nats-server, bubblewrap, cgroups and the data directory; say how to fix each."""
     from sandboxer.cli.doctor import run_checks
 
-    checks = run_checks(_settings())
+    checks = run_checks(load_settings())
     if as_json:
         print_json([c.__dict__ for c in checks])
     else:

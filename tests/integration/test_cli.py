@@ -140,3 +140,17 @@ async def test_events_follow_streams_new_events(service: Service, cli_env: dict[
     finally:
         process.terminate()
         await process.wait()
+
+
+async def test_host_commands(service: Service, cli_env: dict[str, str]) -> None:
+    cli = Cli(cli_env)
+    await service.client.create()
+    reports = json.loads((await cli("inspect", "host", "--json")).stdout)
+    assert [r["extension"] for r in reports] == ["ext.local"]  # no SSH hosts configured
+    assert reports[0]["report"]["sandboxes"] == 1
+    stale = await cli("inspect", "stale")
+    assert "no drift" in stale.stdout
+    dry = await cli("reap-stale")
+    assert "dry run" in dry.stderr
+    hosts = json.loads((await cli("hosts", "--json")).stdout)
+    assert hosts[0]["host"].startswith("local-")

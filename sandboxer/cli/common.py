@@ -1,0 +1,60 @@
+"""What every CLI command shares: settings, running a coroutine, a client, the catalog."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from sandboxer.cli.background import connect_client
+from sandboxer.cli.output import say
+from sandboxer.client import CommandFailed, SandboxerClient
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.settings import Settings
+from sandboxer.errors import SandboxerError
+
+__all__ = ["JsonOpt", "load_catalog", "load_settings", "run", "with_client"]
+
+T = TypeVar("T")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def load_settings() -> Settings:
+    return Settings.from_env()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; a sandboxer error becomes its message on stderr and exit code 1
+    (2 when a command was rejected or a sandbox failed)."""
+    try:
+        return asyncio.run(coro)
+    except CommandFailed as exc:
+        say(f"error: {exc.message}")
+        raise typer.Exit(2) from None
+    except SandboxerError as exc:
+        say(f"error: {exc.message}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+async def with_client(
+    work: Callable[[SandboxerClient], Awaitable[T]], *, autostart: bool = False
+) -> T:
+    client = await connect_client(load_settings(), autostart=autostart, say=say)
+    try:
+        return await work(client)
+    finally:
+        await client.close()
+
+
+def load_catalog() -> Catalog:
+    try:
+        return Catalog.load(load_settings().home)
+    except SandboxerError as exc:
+        say(f"error: {exc.message}")
+        raise typer.Exit(1) from None
+
+

@@ -1,0 +1,112 @@
+"""Host commands: ``inspect host``, ``inspect stale``, ``reap-stale``, ``hosts`` (docs/hosts.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from sandboxer.cli.common import JsonOpt, load_catalog, run, with_client
+from sandboxer.cli.output import print_json, print_table, say
+from sandboxer.client import SandboxerClient
+
+__all__ = ["register"]
+
+inspect_app = typer.Typer(help="Host telemetry and drift between the log and the hosts.",
+                          no_args_is_help=True)
+
+
+async def _ask_extensions(client: SandboxerClient, action: str,
+                          request: dict[str, Any]) -> list[dict[str, Any]]:
+    replies: list[dict[str, Any]] = []
+    for ext_id in sorted(load_catalog().extensions_enabled()):
+        answers = await client.inventory(action, ext_id, request)
+        if not answers:
+            say(f"warning: no worker for {ext_id} answered; is it running?")
+        for answer in answers:
+            if not answer.get("ok"):
+                say(f"error from {ext_id}: {answer.get('error')}")
+            replies.append(answer)
+    return replies
+
+
+@inspect_app.command("host")
+def inspect_host(
+    name: Annotated[str | None, typer.Argument(help="one host from the hosts file")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read load, memory, disk and the sandboxer-owned objects of each host (recorded as events)."""
+    request = {"host": name} if name else {}
+    replies = run(with_client(lambda c: _ask_extensions(c, "inspect", request)))
+    reports = [{"extension": r["extension"], **rep} for r in replies if r.get("ok")
+               for rep in r["reports"]]
+    if as_json:
+        print_json(reports)
+        return
+    rows = []
+    for item in reports:
+        report = item["report"]
+        rows.append((item["host"], item["extension"], report.get("load1"),
+                     report.get("memory_available_mb"), report.get("disk_free_mb"),
+                     len(report.get("workspaces", [])), len(report.get("compose_projects", [])),
+                     report.get("error", "")))
+    print_table(rows, ["host", "extension", "load1", "mem free MB", "disk free MB",
+                       "workspaces", "projects", "error"])
+
+
+def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
+    hosts = [{"extension": r["extension"], **h} for r in replies if r.get("ok")
+             for h in r["hosts"]]
+    if as_json:
+        print_json(hosts)
+        return
+    rows = []
+    for host in hosts:
+        for orphan in host.get("orphans", []):
+            rows.append((host["host"], host["extension"], "orphan", orphan["sandbox_id"],
+                         "on the host; the log has it destroyed, failed or unknown"))
+        for ghost in host.get("ghosts", []):
+            rows.append((host["host"], host["extension"], "ghost", ghost,
+                         "ready in the log; nothing on the host"))
+        for removed in host.get("removed", []):
+            rows.append((host["host"], host["extension"], "removed", removed, "torn down"))
+        for failed in host.get("marked_failed", []):
+            rows.append((host["host"], host["extension"], "marked failed", failed,
+                         "recorded as failed"))
+    if rows:
+        print_table(rows, ["host", "extension", "kind", "sandbox", "meaning"])
+    else:
+        typer.echo("no drift: the hosts hold exactly what the log says")
+
+
+@inspect_app.command("stale")
+def inspect_stale(as_json: JsonOpt = False) -> None:
+    """List drift: orphans (on a host, not live in the log) and ghosts (live in the log only)."""
+    _print_drift(run(with_client(lambda c: _ask_extensions(c, "stale", {}))), as_json)
+
+
+def reap_stale(
+    apply: Annotated[bool, typer.Option("--apply", help="really remove; otherwise only list")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove orphans from the hosts and mark ghosts failed (only with --apply)."""
+    replies = run(with_client(lambda c: _ask_extensions(c, "reap", {"apply": apply})))
+    _print_drift(replies, as_json)
+    if not apply and not as_json:
+        say("dry run: nothing was changed; run again with --apply to reap")
+
+
+def hosts_view(as_json: JsonOpt = False) -> None:
+    """The hosts view: the last telemetry and reaping recorded for each host."""
+    hosts = run(with_client(lambda c: c.hosts()))
+    if as_json:
+        print_json(hosts)
+        return
+    print_table([(h["host"], h["extension"], h["inspected_at"], h["reaped_at"]) for h in hosts],
+                ["host", "extension", "inspected", "reaped"])
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(inspect_app, name="inspect")
+    app.command("reap-stale")(reap_stale)
+    app.command("hosts")(hosts_view)
