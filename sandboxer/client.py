@@ -258,11 +258,11 @@ class SandboxerClient:
                     await _call(on_event, event)
                     kind = event.get("type")
                     if kind in {*success, "failed", "destroyed"}:
-                        await self._note_position(sandbox_id)
+                        await self._note_position(sandbox_id, event)
                     if kind in success:
                         return event
                     if kind == "rejected":
-                        await self._note_position(None, rejection=command_id)
+                        await self._note_position(None, event, rejection=command_id)
                         raise CommandFailed(f"{verb} rejected: {event.get('reason')}", event)
                     if kind == "failed":
                         raise CommandFailed(f"sandbox {sandbox_id} failed: {event.get('reason')}",
@@ -278,15 +278,27 @@ class SandboxerClient:
             for sub in subs:
                 await sub.unsubscribe()
 
-    async def _note_position(self, sandbox_id: str | None, *, rejection: str = "") -> None:
-        """Remember the sequence of the outcome just seen (for read-your-writes queries)."""
+    async def _note_position(self, sandbox_id: str | None, event: dict[str, Any], *,
+                             rejection: str = "") -> None:
+        """Remember the stream sequence of an outcome just seen (for read-your-writes queries).
+
+        In a cluster a core subscriber can see an event before the stream has stored
+        it, so ask the stream leader (not a replica: direct gets may lag) until the
+        last message on the subject is this event, for a moment at most.
+        """
         subject = (subjects.sandbox_events_filter(sandbox_id) if sandbox_id
                    else subjects.rejection_subject(rejection))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
         with contextlib.suppress(Exception):
-            # Not a direct get: any replica answers those, and a lagging one would make
-            # this client remember too early a position.
-            last = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject)
-            self.seen_seq = max(self.seen_seq, int(last.seq or 0))
+            while True:
+                last = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject)
+                self.seen_seq = max(self.seen_seq, int(last.seq or 0))
+                if (last.headers or {}).get("Nats-Msg-Id") == event.get("event_id"):
+                    return
+                if loop.time() > deadline:  # a later event took its place: that is later still
+                    return
+                await asyncio.sleep(0.005)
 
     async def _catch_up(self, sandbox_id: str, command_id: str,
                         outcome: asyncio.Queue[dict[str, Any]]) -> None:
