@@ -116,13 +116,14 @@ class ExtensionWorker:
     async def handle(self, msg: Msg) -> None:
         job = msgspec.json.decode(msg.data, type=Job)
         async with self._lock(job.sandbox_id), self._heartbeat(msg):
-            host = (await self._store.load(job.sandbox_id)).state.host
+            loaded = await self._store.load(job.sandbox_id)
+            host = loaded.state.host
             if job.action == "teardown":
                 await self._teardown(job, host)
             else:
                 if job.action == "recreate":
                     await self.extension.teardown(job.sandbox_id, host=host)
-                await self._provision(job, msg)
+                await self._provision(job, msg, loaded)
         await msg.ack()
 
     @contextlib.asynccontextmanager
@@ -141,10 +142,17 @@ class ExtensionWorker:
         finally:
             task.cancel()
 
-    async def apply(self, sandbox_id: str, command: DomainCommand) -> tuple[Loaded, bool]:
-        """Load, decide, append (reloading on conflicts). Returns the state and whether it changed."""
+    async def apply(
+        self, sandbox_id: str, command: DomainCommand, known: Loaded | None = None
+    ) -> tuple[Loaded, bool]:
+        """Load, decide, append (reloading on conflicts). Returns the state and whether it changed.
+
+        ``known`` is a state this worker just loaded or appended: it is tried first,
+        which saves a round trip; a conflict means it was stale, and the loop reloads.
+        """
         for _ in range(DECIDE_ATTEMPTS):
-            loaded = await self._store.load(sandbox_id)
+            loaded = known or await self._store.load(sandbox_id)
+            known = None
             events = decide(loaded.state, command, utc_now())
             if not events:
                 return loaded, False
@@ -154,9 +162,9 @@ class ExtensionWorker:
                 continue
         raise ConcurrencyConflict(f"sandbox {sandbox_id} kept changing", sandbox_id=sandbox_id)
 
-    async def _provision(self, job: Job, msg: Msg) -> None:
+    async def _provision(self, job: Job, msg: Msg, known: Loaded) -> None:
         loaded, started = await self.apply(
-            job.sandbox_id, StartProvisioning(job_id=job.job_id, worker=self.name)
+            job.sandbox_id, StartProvisioning(job_id=job.job_id, worker=self.name), known
         )
         state = loaded.state
         if not started:
@@ -201,6 +209,7 @@ class ExtensionWorker:
                 reachability=readiness.descriptor,
                 warnings=readiness.warnings,
             ),
+            loaded,
         )
         if not marked and loaded.state.status != "ready":
             # Destroyed (or recreated) while we worked: do not leave what we made behind.
