@@ -10,7 +10,8 @@ shared host: each lists and tears down only directories whose marker names
 it.
 
 Everything here validates before it connects, reaches hosts only through
-:mod:`sandboxer.ssh`, and hands error text through :func:`scrubbed` so no
+:mod:`sandboxer.ssh`, and hands error text through
+:func:`sandboxer.extensions.ssh_checks.scrubbed` so no
 secret value escapes in a message.
 """
 
@@ -21,10 +22,8 @@ import contextlib
 import json
 import logging
 import re
-import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import asyncssh
@@ -36,13 +35,10 @@ from sandboxer.errors import (
     HostKeyRejected,
     HostUnreachable,
     InvalidInput,
-    RemoteCommandFailed,
-    SandboxerError,
 )
-from sandboxer.extensions import host_report
+from sandboxer.extensions import host_report, ssh_checks
 from sandboxer.extensions.base import FoundSandbox, Heartbeat, OutputSink
-from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
-from sandboxer.secrets import redact
+from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.ssh import connection, remote
 
 __all__ = [
@@ -52,25 +48,18 @@ __all__ = [
     "Scan",
     "SshBackend",
     "Target",
-    "check_argv",
-    "check_sandbox_id",
-    "check_secrets",
-    "env_file_text",
     "exists",
     "host_telemetry",
-    "local_repo",
     "marker_path",
     "probe",
     "reachable_targets",
     "remove",
     "scan",
-    "scrubbed",
     "session",
     "stream",
     "target",
     "targets",
     "with_heartbeat",
-    "with_output",
     "workspace_path",
     "write_marker",
 ]
@@ -92,10 +81,6 @@ DRAIN_GRACE = 1.0
 
 T = TypeVar("T")
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RESERVED_NAMES = {"PATH", "HOME", "SHELL", "IFS", "PWD", "OLDPWD", "USER", "LOGNAME", "ENV",
-                   "BASH_ENV", "CDPATH", "PS4"}
-_RESERVED_PREFIXES = ("LD_", "DOCKER_", "COMPOSE_", "PODMAN_", "CONTAINERS_", "SSH_")
 
 # Lists the sandbox directories and markers of a workspace root ($1) in one
 # round trip: "D <name>" per directory, "M <name> <marker json>" per marker.
@@ -134,83 +119,6 @@ p="$1"
 while [ ! -e "$p" ]; do p=$(dirname -- "$p"); done
 df -Pk -- "$p"
 """
-
-
-# -- validation (before any connection) ----------------------------------------------------
-
-
-def check_sandbox_id(sandbox_id: str, extension: str) -> None:
-    """The id becomes a directory and project name: refuse anything outside its alphabet."""
-    if not is_valid_sandbox_id(sandbox_id):
-        raise InvalidInput(
-            f"invalid sandbox id {sandbox_id!r}: expected {SANDBOX_ID_RULE}", extension=extension
-        )
-
-
-def check_argv(argv: Sequence[str], sandbox_id: str, extension: str) -> None:
-    if not argv or any(not isinstance(arg, str) or "\0" in arg for arg in argv):
-        raise InvalidInput(
-            "exec needs a command: argv must be a non-empty list of strings without NUL "
-            "characters", sandbox_id=sandbox_id, extension=extension,
-        )
-
-
-def local_repo(value: str | None, *, required: bool, sandbox_id: str,
-               extension: str) -> Path | None:
-    """The ``repo`` input: an existing directory on the worker's machine, synced to the host."""
-    if value is None or value == "":
-        if required:
-            raise InvalidInput(
-                f"the repo input is required: pass --input repo=PATH, a directory on the "
-                f"machine that runs the {extension} worker", sandbox_id=sandbox_id,
-                extension=extension,
-            )
-        return None
-    if "\0" in value or "\n" in value:
-        raise InvalidInput("the repo input must be a path without NUL or newline characters",
-                           sandbox_id=sandbox_id, extension=extension)
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise InvalidInput(
-            f"repo {value!r} is not an existing directory on the worker's machine; pass the "
-            "path of a local checkout (it is copied to the host)",
-            sandbox_id=sandbox_id, extension=extension,
-        )
-    return path.resolve()
-
-
-def check_secrets(secrets: Mapping[str, str], host_env: Mapping[str, str], sandbox_id: str,
-                  extension: str) -> None:
-    """Secret names become variables: identifiers only, and none that would steer the tools.
-
-    Messages name a secret, never its value.
-    """
-    for name, value in secrets.items():
-        if not _ENV_NAME.fullmatch(name):
-            raise InvalidInput(
-                f"secret name {name!r} is not a valid variable name (letters, digits, '_', "
-                "not starting with a digit); rename it in setup.secret_refs",
-                sandbox_id=sandbox_id, extension=extension,
-            )
-        if name in _RESERVED_NAMES or name.startswith(_RESERVED_PREFIXES) or name in host_env:
-            raise InvalidInput(
-                f"secret name {name!r} would override a variable the host's tools rely on "
-                f"(reserved: {', '.join(sorted(_RESERVED_NAMES))}, names starting with "
-                f"{', '.join(_RESERVED_PREFIXES)} and the host's env); rename it in "
-                "setup.secret_refs", sandbox_id=sandbox_id, extension=extension,
-            )
-        if "\0" in value:
-            raise InvalidInput(
-                f"secret {name} contains a NUL character, which no environment can carry",
-                sandbox_id=sandbox_id, extension=extension,
-            )
-
-
-def env_file_text(secrets: Mapping[str, str], sandbox_id: str) -> str:
-    """``NAME='value'`` lines (POSIX shell quoting), read by ``. FILE`` or ``set -a; . FILE``."""
-    lines = [f"# sandboxer secrets of sandbox {sandbox_id}: mode 0600, removed at teardown"]
-    lines += [f"{name}={shlex.quote(value)}" for name, value in sorted(secrets.items())]
-    return "\n".join(lines) + "\n"
 
 
 # -- hosts -----------------------------------------------------------------------------------
@@ -318,7 +226,7 @@ class SshBackend:
         raise NotImplementedError
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
-        check_sandbox_id(sandbox_id, self.id)
+        ssh_checks.check_sandbox_id(sandbox_id, self.id)
         if host is not None:
             item = target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
             async with session(item) as conn:
@@ -332,47 +240,6 @@ class SshBackend:
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         found = await reachable_targets(self.settings, self.id, self._found_on)
         return [sandbox for _, items in found for sandbox in items]
-
-
-# -- errors ----------------------------------------------------------------------------------
-
-
-def scrubbed(exc: BaseException, secrets: Iterable[str], *, sandbox_id: str | None,
-             extension: str) -> SandboxerError:
-    """``exc`` as a sandboxer error of the same kind, every secret value redacted from its text.
-
-    Raise the result ``from None``: the original (unredacted) exception must
-    not travel along as ``__cause__``.
-    """
-    values = [value for value in secrets if value]
-    if isinstance(exc, SandboxerError):
-        message = redact(exc.message, values)
-        ids = {"sandbox_id": exc.sandbox_id or sandbox_id, "extension": exc.extension or extension}
-        if isinstance(exc, RemoteCommandFailed):
-            return RemoteCommandFailed(message, exit_status=exc.exit_status,
-                                       output_tail=redact(exc.output_tail, values), **ids)
-        try:
-            return type(exc)(message, **ids)
-        except TypeError:  # a subclass with another signature
-            return ExtensionError(message, **ids)
-    if isinstance(exc, asyncssh.Error | OSError):
-        return HostUnreachable(
-            redact(f"the SSH connection failed: {exc}; check that the host is up and retry",
-                   values), sandbox_id=sandbox_id, extension=extension)
-    return ExtensionError(redact(f"{type(exc).__name__}: {exc}", values),
-                          sandbox_id=sandbox_id, extension=extension)
-
-
-def with_output(exc: RemoteCommandFailed, what: str, secrets: Iterable[str], *,
-                sandbox_id: str, extension: str, fix: str) -> RemoteCommandFailed:
-    """A failed remote step as an error whose message ends with the command's last output."""
-    values = [value for value in secrets if value]
-    tail = redact(exc.output_tail, values).strip() or "(no output)"
-    return RemoteCommandFailed(
-        f"{what} failed (exit status {exc.exit_status}); {fix}. Last output:\n{tail}",
-        exit_status=exc.exit_status, output_tail=tail, sandbox_id=sandbox_id,
-        extension=extension,
-    )
 
 
 # -- steps -----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from sandboxer.errors import (
     SandboxerError,
     SandboxNotFound,
 )
+from sandboxer.extensions import ssh_checks as checks
 from sandboxer.extensions import ssh_host as rh
 from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
 from sandboxer.extensions.compose_ssh import containers as cts
@@ -169,14 +170,14 @@ class ComposeSshExtension(rh.SshBackend):
                     stack.target.name, stack.target.config, conn, plan.repo, stack.directory))
                 synced = time.monotonic()
                 if request.secrets:
-                    text = rh.env_file_text(request.secrets, sandbox_id)
+                    text = checks.env_file_text(request.secrets, sandbox_id)
                     await remote.put_file(conn, stack.env_path, text.encode(), mode=0o600)
                 await request.heartbeat()
                 try:
                     await rh.with_heartbeat(request.heartbeat,
                                             stack.run(conn, "up", "-d", timeout=UP_TIMEOUT))
                 except RemoteCommandFailed as exc:
-                    raise rh.with_output(
+                    raise checks.with_output(
                         exc, f"'{stack.target.config.compose_cmd} up -d' of "
                         f"{stack.compose_file} on host {stack.target.name}", values,
                         sandbox_id=sandbox_id, extension=self.id,
@@ -184,7 +185,7 @@ class ComposeSshExtension(rh.SshBackend):
                         "variables), then create the sandbox again",
                     ) from None
         except (SandboxerError, asyncssh.Error, OSError) as exc:
-            raise rh.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
+            raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         log.info("compose sandbox %s on %s: connected and cleaned in %.0f ms, synced by %s in "
                  "%.0f ms, up in %.0f ms", sandbox_id, stack.target.name,
                  (cleaned - started) * 1000, method, (synced - cleaned) * 1000,
@@ -201,7 +202,7 @@ class ComposeSshExtension(rh.SshBackend):
                     self._await_running(conn, stack, request))
                 found = cts.assess(running, services)
         except (SandboxerError, asyncssh.Error, OSError) as exc:
-            raise rh.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
+            raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         warnings = []
         if found.missing:
             warnings.append(
@@ -233,8 +234,8 @@ class ComposeSshExtension(rh.SshBackend):
 
     async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
                    host: str | None = None) -> int:
-        rh.check_sandbox_id(sandbox_id, self.id)
-        rh.check_argv(argv, sandbox_id, self.id)
+        checks.check_sandbox_id(sandbox_id, self.id)
+        checks.check_argv(argv, sandbox_id, self.id)
         item = rh.target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
         async with rh.session(item) as conn:
             directory = item.workspace(sandbox_id)
@@ -278,14 +279,14 @@ class ComposeSshExtension(rh.SshBackend):
         """Validate the id, the inputs, the secret names and the host; no I/O beyond the
         worker's own disk (the repo, the hosts file)."""
         sandbox_id = request.sandbox_id
-        rh.check_sandbox_id(sandbox_id, self.id)
+        checks.check_sandbox_id(sandbox_id, self.id)
         compose_input = request.inputs.get("compose_file")
         if compose_input:
             try:
                 check_compose_file(compose_input)
             except ComposeFileError as exc:
                 raise InvalidInput(str(exc), sandbox_id=sandbox_id, extension=self.id) from None
-        repo = rh.local_repo(request.inputs.get("repo"), required=True, sandbox_id=sandbox_id,
+        repo = checks.local_repo(request.inputs.get("repo"), required=True, sandbox_id=sandbox_id,
                              extension=self.id)
         assert repo is not None
         try:
@@ -293,7 +294,7 @@ class ComposeSshExtension(rh.SshBackend):
         except ComposeFileError as exc:
             raise InvalidInput(str(exc), sandbox_id=sandbox_id, extension=self.id) from None
         item = rh.target(self.settings, request.host, sandbox_id=sandbox_id, extension=self.id)
-        rh.check_secrets(request.secrets, item.config.env, sandbox_id, self.id)
+        checks.check_secrets(request.secrets, item.config.env, sandbox_id, self.id)
         stack = Stack(item, sandbox_id, compose_file, with_secrets=bool(request.secrets))
         return Plan(stack, repo)
 
@@ -302,7 +303,7 @@ class ComposeSshExtension(rh.SshBackend):
         try:
             result = await stack.run(conn, "config", "--services", timeout=rh.SHORT_TIMEOUT)
         except RemoteCommandFailed as exc:
-            raise rh.with_output(
+            raise checks.with_output(
                 exc, f"'{stack.target.config.compose_cmd} config --services' of "
                 f"{stack.compose_file} on host {stack.target.name}", values,
                 sandbox_id=stack.sandbox_id, extension=self.id,

@@ -27,6 +27,7 @@ import asyncssh
 
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxerError, SandboxNotFound
+from sandboxer.extensions import ssh_checks as checks
 from sandboxer.extensions import ssh_host as rh
 from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
 from sandboxer.extensions.ssh_host import Target
@@ -73,14 +74,14 @@ class VmPackerExtension(rh.SshBackend):
                     await remote.run(conn, ["mkdir", "-p", "--", workspace],
                                      timeout=rh.SHORT_TIMEOUT)
                 if request.secrets:
-                    text = rh.env_file_text(request.secrets, sandbox_id)
+                    text = checks.env_file_text(request.secrets, sandbox_id)
                     await remote.put_file(conn, f"{workspace}/{rh.ENV_FILE}", text.encode(),
                                           mode=0o600)
                 for index, instruction in enumerate(request.profile.setup.instructions):
                     await request.heartbeat()
                     await self._setup(conn, item, request, index, instruction)
         except (SandboxerError, asyncssh.Error, OSError) as exc:
-            raise rh.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
+            raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         log.info("vm-packer sandbox %s on %s: workspace ready in %.0f ms (repo: %s)",
                  sandbox_id, item.name, (time.monotonic() - started) * 1000, method)
 
@@ -92,7 +93,7 @@ class VmPackerExtension(rh.SshBackend):
             async with rh.session(item) as conn:
                 present = await rh.exists(conn, workspace, "d")
         except (SandboxerError, asyncssh.Error, OSError) as exc:
-            raise rh.scrubbed(exc, request.secrets.values(), sandbox_id=sandbox_id,
+            raise checks.scrubbed(exc, request.secrets.values(), sandbox_id=sandbox_id,
                               extension=self.id) from None
         if not present:
             raise ExtensionError(
@@ -118,8 +119,8 @@ class VmPackerExtension(rh.SshBackend):
 
     async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
                    host: str | None = None) -> int:
-        rh.check_sandbox_id(sandbox_id, self.id)
-        rh.check_argv(argv, sandbox_id, self.id)
+        checks.check_sandbox_id(sandbox_id, self.id)
+        checks.check_argv(argv, sandbox_id, self.id)
         item = (rh.target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
                 if host is not None else await self._locate(sandbox_id))
         async with rh.session(item) as conn:
@@ -146,8 +147,8 @@ class VmPackerExtension(rh.SshBackend):
 
     def _plan(self, request: ProvisionRequest) -> tuple[Target, Path | None]:
         sandbox_id = request.sandbox_id
-        rh.check_sandbox_id(sandbox_id, self.id)
-        repo = rh.local_repo(request.inputs.get("repo"), required=False, sandbox_id=sandbox_id,
+        checks.check_sandbox_id(sandbox_id, self.id)
+        repo = checks.local_repo(request.inputs.get("repo"), required=False, sandbox_id=sandbox_id,
                              extension=self.id)
         vm = request.inputs.get("vm") or None
         if vm is not None and request.host is not None and vm != request.host:
@@ -158,7 +159,7 @@ class VmPackerExtension(rh.SshBackend):
                 sandbox_id=sandbox_id, extension=self.id)
         item = rh.target(self.settings, vm or request.host, sandbox_id=sandbox_id,
                          extension=self.id, what="VM (the vm input)")
-        rh.check_secrets(request.secrets, item.config.env, sandbox_id, self.id)
+        checks.check_secrets(request.secrets, item.config.env, sandbox_id, self.id)
         return item, repo
 
     async def _setup(self, conn: asyncssh.SSHClientConnection, item: Target,
