@@ -135,9 +135,9 @@ def create(
 ) -> None:
     """Create a sandbox from a profile and wait until it is ready."""
     parsed = _parse_inputs(inputs or [])
-    progress = Progress(enabled=not as_json)
 
     async def work(client: SandboxerClient) -> dict[str, Any]:
+        progress = Progress(enabled=not as_json)  # timed from here: not the service's start-up
         result = await client.create(profile, parsed, sandbox_id=sandbox_id,
                                      command_id=command_id, host=host, wait=not no_wait,
                                      on_event=progress, timeout=timeout)
