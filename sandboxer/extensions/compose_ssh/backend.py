@@ -20,9 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -44,6 +42,7 @@ from sandboxer.extensions.compose_ssh.compose_file import (
     check_compose_file,
     resolve_compose_file,
 )
+from sandboxer.extensions.compose_ssh.stack import Plan, Stack
 from sandboxer.extensions.ssh_host import Target
 from sandboxer.ssh import remote, sync
 
@@ -60,10 +59,6 @@ UP_TIMEOUT = 1800.0
 """``up -d`` may pull or build images."""
 DOWN_TIMEOUT = 300.0
 LOG_LINES = 20
-
-# Exports every NAME='value' of the secrets file ($1) into the environment of
-# the command that follows: the values never appear on a command line.
-_WITH_SECRETS = 'set -a; . "$1" || exit 125; set +a; shift; exec "$@"'
 
 # Containers matching the filters ($2...) of engine $1, as `inspect` JSON, in one
 # round trip. A container removed between ps and inspect makes inspect exit 1
@@ -90,50 +85,6 @@ if [ -n "$ids" ]; then "$engine" volume rm -f $ids >/dev/null || exit $?; fi
 exit 0
 """
 ENGINE_MISSING = 127
-
-
-@dataclass(frozen=True)
-class Stack:
-    """Where one sandbox's compose project lives on its host."""
-
-    target: Target
-    sandbox_id: str
-    compose_file: str
-    """Relative to :attr:`directory`."""
-    with_secrets: bool
-
-    @property
-    def directory(self) -> str:
-        return self.target.workspace(self.sandbox_id)
-
-    @property
-    def compose_path(self) -> str:
-        return f"{self.directory}/{self.compose_file}"
-
-    @property
-    def env_path(self) -> str:
-        return f"{self.directory}/{rh.ENV_FILE}"
-
-    @property
-    def project(self) -> str:
-        return cts.project_name(self.sandbox_id)
-
-    def argv(self, *args: str) -> list[str]:
-        argv = cts.compose_argv(self.target.config, self.project, self.compose_path, *args)
-        if self.with_secrets:
-            return ["sh", "-c", _WITH_SECRETS, "sh", self.env_path, *argv]
-        return argv
-
-    async def run(self, conn: asyncssh.SSHClientConnection, *args: str, timeout: float,
-                  check: bool = True) -> remote.RemoteResult:
-        return await remote.run(conn, self.argv(*args), env=self.target.config.env,
-                                cwd=self.directory, timeout=timeout, check=check)
-
-
-@dataclass(frozen=True)
-class Plan:
-    stack: Stack
-    repo: Path
 
 
 class ComposeSshExtension(rh.SshBackend):
