@@ -35,6 +35,7 @@ from sandboxer.errors import (
     HostKeyRejected,
     HostUnreachable,
     InvalidInput,
+    SandboxNotFound,
 )
 from sandboxer.extensions import host_report, ssh_checks
 from sandboxer.extensions.base import FoundSandbox, Heartbeat, OutputSink
@@ -240,6 +241,25 @@ class SshBackend:
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         found = await reachable_targets(self.settings, self.id, self._found_on)
         return [sandbox for _, items in found for sandbox in items]
+
+    async def _exec_target(self, sandbox_id: str, host: str | None) -> Target:
+        """Where to run an exec; a subclass may search the hosts when none was recorded."""
+        return target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
+
+    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
+                   host: str | None = None) -> int:
+        """Run ``argv`` on the host, in the sandbox's directory, streaming its output."""
+        ssh_checks.check_sandbox_id(sandbox_id, self.id)
+        ssh_checks.check_argv(argv, sandbox_id, self.id)
+        item = await self._exec_target(sandbox_id, host)
+        async with session(item) as conn:
+            directory = item.workspace(sandbox_id)
+            if not await exists(conn, directory, "d"):
+                raise SandboxNotFound(
+                    f"{self.id} sandbox {sandbox_id} has no directory {directory} on host "
+                    f"{item.name}; create it again or tear it down",
+                    sandbox_id=sandbox_id, extension=self.id)
+            return await stream(conn, argv, output, env=item.config.env, cwd=directory)
 
 
 # -- steps -----------------------------------------------------------------------------------

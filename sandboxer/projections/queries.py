@@ -8,17 +8,13 @@ answers. Replies are JSON objects: ``{"ok": true, ...}`` or
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from sandboxer import subjects
+from sandboxer.bus.responder import RequestError, Responder
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.sandbox_view import state_to_dict
@@ -31,14 +27,10 @@ QUEUE = "sandboxer-projector"
 MAX_LIMIT = 10_000
 
 
-class QueryError(Exception):
-    pass
-
-
 def _field(request: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
     value = request.get(name, default)
     if value is not None and not isinstance(value, kind):
-        raise QueryError(f"field {name!r} must be a {kind.__name__}")
+        raise RequestError(f"field {name!r} must be a {kind.__name__}")
     return value
 
 
@@ -47,52 +39,20 @@ class QueryService:
         self._nc = nc
         self._projector = projector
         self._info = info
-        self._subs: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._responder = Responder(nc)
 
     async def start(self) -> None:
-        routes: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+        await self._responder.serve({
             subjects.QUERY_GET: self._get,
             subjects.QUERY_LIST: self._list,
             subjects.QUERY_REJECTION: self._rejection,
             subjects.QUERY_HEALTH: self._health,
             subjects.QUERY_HOSTS: self._hosts,
             subjects.ADMIN_REPLAY: self._replay,
-        }
-        for subject, handler in routes.items():
-            self._subs.append(
-                await self._nc.subscribe(subject, queue=QUEUE, cb=self._wrap(handler))
-            )
+        }, queue=QUEUE)
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()
-        self._subs.clear()
-
-    def _wrap(
-        self, handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-    ) -> Callable[[Msg], Awaitable[None]]:
-        async def respond(msg: Msg) -> None:
-            try:
-                request = msgspec.json.decode(msg.data) if msg.data else {}
-                if not isinstance(request, dict):
-                    raise QueryError("request must be a JSON object")
-                reply = {"ok": True, **await handler(request)}
-            except (QueryError, msgspec.DecodeError) as exc:
-                reply = {"ok": False, "error": str(exc)}
-            except Exception as exc:
-                log.exception("query %s failed", msg.subject)
-                reply = {"ok": False, "error": f"internal error: {exc}"}
-            if msg.reply:
-                await msg.respond(msgspec.json.encode(reply))
-
-        async def callback(msg: Msg) -> None:
-            # Each request runs in its own task so a long replay does not hold up other queries.
-            task = asyncio.create_task(respond(msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-        return callback
+        await self._responder.stop()
 
     async def _consistent(self, request: dict[str, Any]) -> None:
         min_seq = _field(request, "min_seq", int)
@@ -102,7 +62,7 @@ class QueryService:
     async def _get(self, request: dict[str, Any]) -> dict[str, Any]:
         sandbox_id = _field(request, "sandbox_id", str)
         if not is_valid_sandbox_id(sandbox_id):
-            raise QueryError(f"invalid sandbox_id {sandbox_id!r}")
+            raise RequestError(f"invalid sandbox_id {sandbox_id!r}")
         await self._consistent(request)
         assert self._projector.view is not None
         state = await self._projector.view.get(sandbox_id)
@@ -115,7 +75,7 @@ class QueryService:
         await self._consistent(request)
         limit = _field(request, "limit", int, 1000)
         if not 0 < limit <= MAX_LIMIT:
-            raise QueryError(f"limit must be between 1 and {MAX_LIMIT}")
+            raise RequestError(f"limit must be between 1 and {MAX_LIMIT}")
         assert self._projector.view is not None
         states = await self._projector.view.list_states(
             status=_field(request, "status", str),
@@ -130,7 +90,7 @@ class QueryService:
     async def _rejection(self, request: dict[str, Any]) -> dict[str, Any]:
         command_id = _field(request, "command_id", str)
         if not command_id:
-            raise QueryError("field 'command_id' is required")
+            raise RequestError("field 'command_id' is required")
         await self._consistent(request)
         assert self._projector.view is not None
         return {"rejection": await self._projector.view.rejection(command_id)}

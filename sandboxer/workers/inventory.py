@@ -17,7 +17,6 @@ a client gathers every reply.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -25,12 +24,11 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.responder import RequestError, Responder
 from sandboxer.clock import utc_now
 from sandboxer.config.hosts import load_hosts
 from sandboxer.config.settings import Settings
@@ -56,43 +54,18 @@ class InventoryService:
         self._extension = extension
         self._settings = settings
         self._apply = apply
-        self._subs: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._responder = Responder(nc, stamp={"extension": extension.id})
 
     async def start(self) -> None:
         queue = "" if self._extension.host_local else f"inventory-{self._extension.id}"
-        handlers = {"inspect": self._inspect, "stale": self._stale, "reap": self._reap}
-        for action, handler in handlers.items():
-            subject = subjects.admin_subject(action, self._extension.id)
-            self._subs.append(
-                await self._nc.subscribe(subject, queue=queue, cb=self._serve(handler))
-            )
+        await self._responder.serve({
+            subjects.admin_subject(action, self._extension.id): handler
+            for action, handler in (
+                ("inspect", self._inspect), ("stale", self._stale), ("reap", self._reap))
+        }, queue=queue)
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _serve(
-        self, handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-    ) -> Callable[[Msg], Awaitable[None]]:
-        async def respond(msg: Msg) -> None:
-            try:
-                request = msgspec.json.decode(msg.data) if msg.data else {}
-                reply = {"ok": True, "extension": self._extension.id, **await handler(request)}
-            except Exception as exc:
-                log.exception("inventory request %s failed", msg.subject)
-                reply = {"ok": False, "extension": self._extension.id, "error": str(exc)}
-            if msg.reply:
-                await msg.respond(msgspec.json.encode(reply))
-
-        async def callback(msg: Msg) -> None:
-            task = asyncio.create_task(respond(msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-        return callback
+        await self._responder.stop()
 
     # -- hosts ---------------------------------------------------------------------------------
 
@@ -104,7 +77,7 @@ class InventoryService:
         wanted = request.get("host")
         if wanted:
             if wanted not in names:
-                raise ValueError(f"host {wanted!r} is not in the hosts file; known: {names}")
+                raise RequestError(f"host {wanted!r} is not in the hosts file; known: {names}")
             return [wanted]
         return list(names)
 

@@ -24,23 +24,11 @@ from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension
 from tests.conftest import require_tool
-from tests.integration.remote_fixtures import write_hosts_file
+from tests.integration.remote_fixtures import TWO_SERVICE_COMPOSE, write_hosts_file
 
 pytestmark = pytest.mark.integration
 
-COMPOSE = """\
-services:
-  web:
-    image: localhost/mini:latest
-    command: ["sleep", "3600"]
-    network_mode: none
-    init: true
-  worker:
-    image: localhost/mini:latest
-    command: ["sleep", "3600"]
-    network_mode: none
-    init: true
-"""
+COMPOSE = TWO_SERVICE_COMPOSE
 
 
 @dataclass

@@ -283,6 +283,22 @@ async def ssh_hosts_fixture(tmp_path: Path) -> AsyncIterator[SshHosts]:
         await factory.close()
 
 
+TWO_SERVICE_COMPOSE = """\
+services:
+  web:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+  worker:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+"""
+"""A compose file of two busybox services that need no network: for every compose test."""
+
+
 def write_hosts_file(path: Path, hosts: list[SshHostInfo], **overrides: Any) -> Path:
     """Write a hosts.yaml (the DESIGN.md format) for ``hosts``.
 

@@ -17,6 +17,7 @@ from sandboxer.bus.event_reader import read_events
 from sandboxer.client import CommandFailed
 from tests.integration.conftest import Service, start_service
 from tests.integration.remote_fixtures import (
+    TWO_SERVICE_COMPOSE,
     DockerEngine,
     SshHostInfo,
     SshHosts,
@@ -27,19 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SECRET = "s3cr3t-value-that-must-never-be-logged"
 
-COMPOSE = """\
-services:
-  web:
-    image: localhost/mini:latest
-    command: ["sleep", "3600"]
-    network_mode: none
-    init: true
-  worker:
-    image: localhost/mini:latest
-    command: ["sleep", "3600"]
-    network_mode: none
-    init: true
-"""
+COMPOSE = TWO_SERVICE_COMPOSE
 
 BROKEN_COMPOSE = """\
 services:

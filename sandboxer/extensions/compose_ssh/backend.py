@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,11 +30,10 @@ from sandboxer.errors import (
     InvalidInput,
     RemoteCommandFailed,
     SandboxerError,
-    SandboxNotFound,
 )
 from sandboxer.extensions import ssh_checks as checks
 from sandboxer.extensions import ssh_host as rh
-from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.base import FoundSandbox, ProvisionRequest, Readiness
 from sandboxer.extensions.compose_ssh import containers as cts
 from sandboxer.extensions.compose_ssh.compose_file import (
     ComposeFileError,
@@ -182,20 +180,6 @@ class ComposeSshExtension(rh.SshBackend):
         if request.secrets:
             descriptor["secrets_file"] = stack.env_path
         return Readiness(descriptor=descriptor, warnings=warnings)
-
-    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
-                   host: str | None = None) -> int:
-        checks.check_sandbox_id(sandbox_id, self.id)
-        checks.check_argv(argv, sandbox_id, self.id)
-        item = rh.target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
-        async with rh.session(item) as conn:
-            directory = item.workspace(sandbox_id)
-            if not await rh.exists(conn, directory, "d"):
-                raise SandboxNotFound(
-                    f"compose sandbox {sandbox_id} has no directory {directory} on host "
-                    f"{item.name}; create it again or tear it down",
-                    sandbox_id=sandbox_id, extension=self.id)
-            return await rh.stream(conn, argv, output, env=item.config.env, cwd=directory)
 
     async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
         """Load, memory, disk and the sandboxer-owned workspaces, projects and containers."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +28,7 @@ from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxerError, SandboxNotFound
 from sandboxer.extensions import ssh_checks as checks
 from sandboxer.extensions import ssh_host as rh
-from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.base import FoundSandbox, ProvisionRequest, Readiness
 from sandboxer.extensions.ssh_host import Target
 from sandboxer.ssh import remote, sync
 
@@ -117,20 +116,10 @@ class VmPackerExtension(rh.SshBackend):
             warnings.append("resource limits not enforced: ext.vm-packer uses the VM as it is")
         return Readiness(descriptor=descriptor, warnings=warnings)
 
-    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
-                   host: str | None = None) -> int:
-        checks.check_sandbox_id(sandbox_id, self.id)
-        checks.check_argv(argv, sandbox_id, self.id)
-        item = (rh.target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
-                if host is not None else await self._locate(sandbox_id))
-        async with rh.session(item) as conn:
-            workspace = item.workspace(sandbox_id)
-            if not await rh.exists(conn, workspace, "d"):
-                raise SandboxNotFound(
-                    f"vm-packer sandbox {sandbox_id} has no workspace {workspace} on VM "
-                    f"{item.name}; create it again or tear it down",
-                    sandbox_id=sandbox_id, extension=self.id)
-            return await rh.stream(conn, argv, output, env=item.config.env, cwd=workspace)
+    async def _exec_target(self, sandbox_id: str, host: str | None) -> Target:
+        if host is not None:
+            return rh.target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
+        return await self._locate(sandbox_id)
 
     async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
         """Load, memory, disk of the workspace root and the sandboxer workspaces on a VM."""
