@@ -99,6 +99,20 @@ def _catalog(settings: Settings) -> Check:
                  f"{len(catalog.extensions)} extensions")
 
 
+def _hosts(settings: Settings) -> Check:
+    from sandboxer.config.hosts import hosts_path, load_hosts
+
+    path = hosts_path(settings)
+    try:
+        hosts = load_hosts(settings)
+    except SandboxerError as exc:
+        return Check("hosts file", False, exc.message, "fix the field it names (docs/hosts.md)")
+    if not hosts:
+        return Check("hosts file", True, f"{path}: none (only needed by ext.compose-ssh and "
+                     "ext.vm-packer)")
+    return Check("hosts file", True, f"{path}: {', '.join(sorted(hosts))}")
+
+
 def run_checks(settings: Settings) -> list[Check]:
     return [
         _nats_server(settings),
@@ -108,4 +122,5 @@ def run_checks(settings: Settings) -> list[Check]:
         _cgroups(),
         _data_dir(settings),
         _catalog(settings),
+        _hosts(settings),
     ]

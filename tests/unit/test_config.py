@@ -116,3 +116,21 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_duration_says_the_form() -> None:
     with pytest.raises(ValueError, match=r"e\.g\. 90s"):
         parse_duration("ten minutes")
+
+
+def test_hosts_file_errors_name_the_host_and_what_is_needed(tmp_path: Path) -> None:
+    from sandboxer.config.hosts import load_hosts
+    from sandboxer.config.settings import Settings
+
+    settings = Settings(home=tmp_path, nats_urls=(), nats_server=None, ack_wait=30)
+    assert load_hosts(settings) == {}
+    (tmp_path / "hosts.yaml").write_text(
+        "hosts:\n  box1: {address: 10.0.0.1, workspace_root: '/tmp/$(reboot)'}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_hosts(settings)
+    assert "hosts.box1.workspace_root" in caught.value.message
+    assert "known_hosts" in caught.value.message or "absolute path" in caught.value.message
+    (tmp_path / "hosts.yaml").write_text(
+        "hosts:\n  box1: {address: 10.0.0.1, host_key: 'ssh-ed25519 AAAA', compose_cmd: 'rm -rf /'}\n")
+    with pytest.raises(ConfigError, match="compose_cmd"):
+        load_hosts(settings)
