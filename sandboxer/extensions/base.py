@@ -16,21 +16,14 @@ from sandboxer.config.profile import Profile
 __all__ = [
     "Extension",
     "FoundSandbox",
-    "Heartbeat",
     "OutputSink",
     "ProvisionRequest",
     "Readiness",
 ]
 
-Heartbeat = Callable[[], Awaitable[None]]
-"""Called by a backend during long steps so the job is not redelivered meanwhile."""
 
 OutputSink = Callable[[Literal["stdout", "stderr"], bytes], Awaitable[None]]
 """Receives the output of :meth:`Extension.exec` as it is produced."""
-
-
-async def _no_heartbeat() -> None:
-    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +37,6 @@ class ProvisionRequest:
     """Resolved secret values: deliver them to the sandbox, never log or return them."""
     host: str | None = None
     """The placement host (a name from the hosts file) for extensions that place on hosts."""
-    heartbeat: Heartbeat = _no_heartbeat
 
 
 @dataclass(frozen=True, kw_only=True)

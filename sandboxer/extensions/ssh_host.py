@@ -38,7 +38,7 @@ from sandboxer.errors import (
     SandboxNotFound,
 )
 from sandboxer.extensions import host_report, ssh_checks
-from sandboxer.extensions.base import FoundSandbox, Heartbeat, OutputSink
+from sandboxer.extensions.base import FoundSandbox, OutputSink
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.ssh import connection, remote
 
@@ -60,7 +60,6 @@ __all__ = [
     "stream",
     "target",
     "targets",
-    "with_heartbeat",
     "workspace_path",
     "write_marker",
 ]
@@ -75,7 +74,6 @@ CONNECT_TIMEOUT = 10.0
 LIST_CONNECT_TIMEOUT = 5.0
 """Listing and telemetry skip a host that does not answer within this many seconds."""
 SHORT_TIMEOUT = 60.0
-HEARTBEAT_EVERY = 10.0
 CHUNK = 64 * 1024
 DRAIN_GRACE = 1.0
 """Seconds of output still read after a command exited (a background job may hold the channel)."""
@@ -223,20 +221,30 @@ class SshBackend:
         raise NotImplementedError
 
     async def _teardown_on(self, conn: asyncssh.SSHClientConnection, item: Target,
-                           sandbox_id: str) -> None:
+                           sandbox_id: str, found: Probe) -> None:
         raise NotImplementedError
+
+    async def _teardown_owned(self, conn: asyncssh.SSHClientConnection, item: Target,
+                              sandbox_id: str) -> None:
+        """Tear down ``sandbox_id`` on one host unless another backend's marker claims it."""
+        found = await probe(conn, item, sandbox_id)
+        if (owner := found.foreign(self.id)) is not None:
+            log.warning("%s: sbx-%s on host %s belongs to %s; not touching it", self.id,
+                        sandbox_id, item.name, owner)
+            return
+        await self._teardown_on(conn, item, sandbox_id, found)
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
         ssh_checks.check_sandbox_id(sandbox_id, self.id)
         if host is not None:
             item = target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
             async with session(item) as conn:
-                await self._teardown_on(conn, item, sandbox_id)
+                await self._teardown_owned(conn, item, sandbox_id)
             return
         # No host recorded: look on every host that answers (ids are unique).
         await reachable_targets(
             self.settings, self.id,
-            lambda item, conn: self._teardown_on(conn, item, sandbox_id))
+            lambda item, conn: self._teardown_owned(conn, item, sandbox_id))
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         found = await reachable_targets(self.settings, self.id, self._found_on)
@@ -263,22 +271,6 @@ class SshBackend:
 
 
 # -- steps -----------------------------------------------------------------------------------
-
-
-async def with_heartbeat(heartbeat: Heartbeat, step: Awaitable[T]) -> T:
-    """Await a long step, heartbeating meanwhile so the worker's job is not redelivered."""
-    task = asyncio.ensure_future(step)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
-            if done:
-                return task.result()
-            await heartbeat()
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 async def write_marker(conn: asyncssh.SSHClientConnection, item: Target, sandbox_id: str,

@@ -184,7 +184,6 @@ class ExtensionWorker:
                 inputs=state.inputs,
                 secrets=secrets,
                 host=state.host,
-                heartbeat=msg.in_progress,
             )
             if profile.setup.record_telemetry:
                 await inspect_and_record(self._js, self.extension, state.host)

@@ -359,15 +359,9 @@ async def test_setup_instructions_run_in_order_and_failures_name_the_step(
     ext: LocalExtension,
 ) -> None:
     sid = new_id()
-    beats: list[float] = []
-
-    async def heartbeat() -> None:
-        beats.append(time.monotonic())
-
     prof = profile(setup={"instructions": ["echo one > a", "cat a > b; echo two >> b"]})
-    await up(ext, request(sid, prof, heartbeat=heartbeat))
+    await up(ext, request(sid, prof))
     assert await run(ext, sid, "cat", "b") == (0, "one\ntwo\n", "")
-    assert len(beats) >= 2
 
     bad = profile(setup={"instructions": ["true", ". .sandboxer/secrets.env; echo $T; exit 3"]})
     with pytest.raises(ExtensionError) as caught:
@@ -375,7 +369,7 @@ async def test_setup_instructions_run_in_order_and_failures_name_the_step(
     message = caught.value.message
     assert "setup.instructions[1]" in message
     assert "code 3" in message
-    assert "***" in message
+    assert "[redacted]" in message
     assert "hidden-value" not in message
 
 

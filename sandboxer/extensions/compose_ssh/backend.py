@@ -107,7 +107,7 @@ class ComposeSshExtension(rh.SshBackend):
         started = time.monotonic()
         try:
             async with rh.session(stack.target) as conn:
-                await self._teardown_on(conn, stack.target, sandbox_id)  # start clean
+                await self._teardown_owned(conn, stack.target, sandbox_id)  # start clean
                 cleaned = time.monotonic()
                 await rh.write_marker(conn, stack.target, sandbox_id, {
                     "extension": self.id,
@@ -115,16 +115,14 @@ class ComposeSshExtension(rh.SshBackend):
                     "compose_file": stack.compose_file,
                     "created_at": datetime.now(UTC).isoformat(),
                 })
-                method = await rh.with_heartbeat(request.heartbeat, sync.sync_dir(
-                    stack.target.name, stack.target.config, conn, plan.repo, stack.directory))
+                method = await sync.sync_dir(
+                    stack.target.name, stack.target.config, conn, plan.repo, stack.directory)
                 synced = time.monotonic()
                 if request.secrets:
                     text = checks.env_file_text(request.secrets, sandbox_id)
                     await remote.put_file(conn, stack.env_path, text.encode(), mode=0o600)
-                await request.heartbeat()
                 try:
-                    await rh.with_heartbeat(request.heartbeat,
-                                            stack.run(conn, "up", "-d", timeout=UP_TIMEOUT))
+                    await stack.run(conn, "up", "-d", timeout=UP_TIMEOUT)
                 except RemoteCommandFailed as exc:
                     raise checks.with_output(
                         exc, f"'{stack.target.config.compose_cmd} up -d' of "
@@ -272,7 +270,6 @@ class ComposeSshExtension(rh.SshBackend):
                     + (f"waiting for {waiting}" if waiting else "it has no containers")
                     + "; check 'docker ps -a' and the containers' logs on the host",
                     sandbox_id=stack.sandbox_id, extension=self.id)
-            await request.heartbeat()
             await asyncio.sleep(READY_POLL)
 
     async def _failed(self, conn: asyncssh.SSHClientConnection, stack: Stack,
@@ -368,13 +365,8 @@ class ComposeSshExtension(rh.SshBackend):
         return found
 
     async def _teardown_on(self, conn: asyncssh.SSHClientConnection, item: Target,
-                           sandbox_id: str) -> None:
+                           sandbox_id: str, found: rh.Probe) -> None:
         """Stop and remove the project, then the directory and the marker; nothing there is fine."""
-        found = await rh.probe(conn, item, sandbox_id)
-        if (owner := found.foreign(self.id)) is not None:
-            log.warning("%s: sbx-%s on host %s belongs to %s; not touching it", self.id,
-                        sandbox_id, item.name, owner)
-            return
         compose_file = _safe((found.marker or {}).get("compose_file"))
         compose_down = False
         if compose_file is not None and found.directory:

@@ -39,9 +39,10 @@ from sandboxer.extensions.local.bwrap_command import (
 from sandboxer.extensions.local.holder import spawn_holder, tail
 from sandboxer.extensions.local.procs import kill, owning_user_namespace
 from sandboxer.extensions.local.run import run_streaming
-from sandboxer.extensions.local.steps import profile_warnings, redact, with_heartbeat
+from sandboxer.extensions.local.steps import profile_warnings
 from sandboxer.extensions.local.workspace import Layout, State
 from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
+from sandboxer.secrets import redact
 
 __all__ = ["LocalExtension"]
 
@@ -91,15 +92,12 @@ class LocalExtension:
         )
         workspace.write_state(layout, state)
         if source is not None:
-            await with_heartbeat(
-                request, asyncio.to_thread(workspace.copy_repo, source, layout.workspace)
-            )
+            await asyncio.to_thread(workspace.copy_repo, source, layout.workspace)
         owner = (SANDBOX_UID, SANDBOX_GID) if self._as_root else None
         if request.secrets:
             workspace.write_secrets(layout.workspace, request.secrets, owner)
         if owner is not None:
             await asyncio.to_thread(workspace.chown_tree, layout.workspace, *owner)
-        await request.heartbeat()
 
         groups = cgroups.setup(
             self._group(request.sandbox_id), profile.resources, self._cgroup_base
@@ -134,7 +132,6 @@ class LocalExtension:
             (time.monotonic() - started) * 1000,
         )
         for index, instruction in enumerate(profile.setup.instructions):
-            await request.heartbeat()
             await self._run_setup(request, state, index, instruction)
 
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
@@ -297,12 +294,10 @@ class LocalExtension:
             captured.extend(data)
             del captured[: max(0, len(captured) - 64 * 1024)]
 
-        code = await with_heartbeat(
-            request, self._run_inside(state, ["/bin/sh", "-c", instruction], keep)
-        )
+        code = await self._run_inside(state, ["/bin/sh", "-c", instruction], keep)
         if code != 0:
             lines = captured.decode(errors="replace").splitlines()[-SETUP_OUTPUT_LINES:]
-            output = redact("\n".join(lines), request.secrets) or "(no output)"
+            output = redact("\n".join(lines), request.secrets.values()) or "(no output)"
             raise ExtensionError(
                 f"setup.instructions[{index}] ({instruction!r}) exited with code {code}; "
                 f"last output:\n{output}",

@@ -59,7 +59,7 @@ class VmPackerExtension(rh.SshBackend):
         started = time.monotonic()
         try:
             async with rh.session(item) as conn:
-                await self._teardown_on(conn, item, sandbox_id)  # start clean
+                await self._teardown_owned(conn, item, sandbox_id)  # start clean
                 await rh.write_marker(conn, item, sandbox_id, {
                     "extension": self.id,
                     "created_at": datetime.now(UTC).isoformat(),
@@ -67,8 +67,7 @@ class VmPackerExtension(rh.SshBackend):
                 })
                 method = "none"
                 if repo is not None:
-                    method = await rh.with_heartbeat(request.heartbeat, sync.sync_dir(
-                        item.name, item.config, conn, repo, workspace))
+                    method = await sync.sync_dir(item.name, item.config, conn, repo, workspace)
                 else:
                     await remote.run(conn, ["mkdir", "-p", "--", workspace],
                                      timeout=rh.SHORT_TIMEOUT)
@@ -77,7 +76,6 @@ class VmPackerExtension(rh.SshBackend):
                     await remote.put_file(conn, f"{workspace}/{rh.ENV_FILE}", text.encode(),
                                           mode=0o600)
                 for index, instruction in enumerate(request.profile.setup.instructions):
-                    await request.heartbeat()
                     await self._setup(conn, item, request, index, instruction)
         except (SandboxerError, asyncssh.Error, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
@@ -159,9 +157,8 @@ class VmPackerExtension(rh.SshBackend):
             captured.extend(data)
             del captured[: max(0, len(captured) - SETUP_OUTPUT_BYTES)]
 
-        code = await rh.with_heartbeat(request.heartbeat, rh.stream(
-            conn, ["sh", "-c", instruction], keep, env=item.config.env,
-            cwd=item.workspace(request.sandbox_id)))
+        code = await rh.stream(conn, ["sh", "-c", instruction], keep, env=item.config.env,
+                               cwd=item.workspace(request.sandbox_id))
         if code != 0:
             lines = captured.decode(errors="replace").splitlines()[-SETUP_OUTPUT_LINES:]
             raise ExtensionError(
@@ -202,11 +199,6 @@ class VmPackerExtension(rh.SshBackend):
         ]
 
     async def _teardown_on(self, conn: asyncssh.SSHClientConnection, item: Target,
-                           sandbox_id: str) -> None:
+                           sandbox_id: str, found: rh.Probe) -> None:
         """Remove the workspace and its marker; nothing there is fine. The VM stays."""
-        found = await rh.probe(conn, item, sandbox_id)
-        if (owner := found.foreign(self.id)) is not None:
-            log.warning("%s: sbx-%s on host %s belongs to %s; not touching it", self.id,
-                        sandbox_id, item.name, owner)
-            return
         await rh.remove(conn, item, sandbox_id, found)
