@@ -1,20 +1,28 @@
-"""Every error sandboxer raises on purpose derives from :class:`SandboxerError`.
+"""Every exception sandboxer raises derives from :class:`SandboxerError`.
 
 The tree::
 
     SandboxerError
-    ├── ConfigError            a profile, extension declaration or setting is invalid
-    │   └── UnknownProfile     no profile has the requested id
-    ├── InvalidInput           an id, input or command field fails validation
-    ├── BusError               NATS is unreachable or answered with an error
-    │   ├── ServiceNotRunning  no sandboxer service could be found
-    │   └── ConcurrencyConflict an append lost the optimistic-concurrency race
-    ├── ExtensionError         a backend failed to provision, reach or tear down
-    │   ├── SandboxNotFound    the backend has no sandbox with that id
-    │   ├── HostUnreachable    an SSH host did not answer (or refused our key)
-    │   ├── HostKeyRejected    an SSH host's key does not match what we know of it
-    │   └── RemoteCommandFailed a command on a host exited non-zero
-    └── NatsServerError        the embedded nats-server is missing, too old or failed to start
+    ├── ConfigError             a profile, extension declaration, hosts file or setting is invalid
+    │   ├── UnknownProfile      no profile has the requested id
+    │   └── SettingError        a SANDBOXER_* environment variable has a bad value
+    ├── InvalidInput            an id, input, path or field fails validation
+    │   ├── InvalidCommand      a published command cannot be read or accepted as it is
+    │   └── ComposeFileError    a compose file input is unsafe or missing
+    ├── Rejected                a valid command the sandbox's state cannot accept
+    ├── BusError                NATS is unreachable or answered with an error
+    │   ├── ServiceNotRunning   no sandboxer service could be found
+    │   ├── ConcurrencyConflict an append lost the optimistic-concurrency race
+    │   ├── StreamUnavailable   a stream had no leader (or timed out) for longer than the budget
+    │   ├── RequestError        a query or admin request was malformed or named nothing
+    │   └── ReplayUnsupported   the raw replay reader cannot serve this connection
+    ├── ExtensionError          a backend failed to provision, reach or tear down
+    │   ├── SandboxNotFound     the backend has no sandbox with that id
+    │   ├── Unsupported         the backend does not offer this capability
+    │   ├── HostUnreachable     an SSH host did not answer (or refused our key)
+    │   ├── HostKeyRejected     an SSH host's key does not match what we know of it
+    │   └── RemoteCommandFailed a command on a host exited non-zero or timed out
+    └── NatsServerError         the embedded nats-server is missing, too old or failed to start
 
 Messages say what happened and how to fix it; structured fields (``code``,
 ``sandbox_id``, ``extension``) let callers react without parsing text.
@@ -22,20 +30,33 @@ Messages say what happened and how to fix it; structured fields (``code``,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sandboxer.events.types import Actor
+
 __all__ = [
     "BusError",
+    "ComposeFileError",
     "ConcurrencyConflict",
     "ConfigError",
     "ExtensionError",
     "HostKeyRejected",
     "HostUnreachable",
+    "InvalidCommand",
     "InvalidInput",
     "NatsServerError",
+    "Rejected",
     "RemoteCommandFailed",
+    "ReplayUnsupported",
+    "RequestError",
     "SandboxNotFound",
     "SandboxerError",
     "ServiceNotRunning",
+    "SettingError",
+    "StreamUnavailable",
     "UnknownProfile",
+    "Unsupported",
 ]
 
 
@@ -61,8 +82,49 @@ class UnknownProfile(ConfigError):
     code = "unknown_profile"
 
 
+class SettingError(ConfigError):
+    """A ``SANDBOXER_*`` variable is malformed; the message names it and what is allowed."""
+
+    code = "setting"
+
+    def __init__(self, variable: str, value: str, allowed: str) -> None:
+        super().__init__(f"{variable}={value!r} is invalid: {allowed}")
+        self.variable = variable
+
+
 class InvalidInput(SandboxerError):
     code = "invalid_input"
+
+
+class InvalidCommand(InvalidInput):
+    """A command that cannot be accepted, with what could be read of it (for its rejection)."""
+
+    def __init__(
+        self,
+        code: str,
+        reason: str,
+        command_id: str | None = None,
+        sandbox_id: str | None = None,
+        actor: Actor | None = None,
+    ) -> None:
+        super().__init__(reason, sandbox_id=sandbox_id)
+        self.code = code
+        self.reason = reason
+        self.command_id = command_id
+        self.actor = actor
+
+
+class ComposeFileError(InvalidInput):
+    code = "invalid_compose_file"
+
+
+class Rejected(SandboxerError):
+    """The command is not acceptable in this state; ``reason`` says why and what to do."""
+
+    def __init__(self, code: str, reason: str, *, sandbox_id: str | None = None) -> None:
+        super().__init__(reason, sandbox_id=sandbox_id)
+        self.code = code
+        self.reason = reason
 
 
 class BusError(SandboxerError):
@@ -77,12 +139,34 @@ class ConcurrencyConflict(BusError):
     code = "conflict"
 
 
+class StreamUnavailable(BusError):
+    """A stream answered "no responders" or timed out for longer than the retry budget."""
+
+    code = "stream_unavailable"
+
+
+class RequestError(BusError):
+    """A request (query, admin) is malformed or asks for something that does not exist."""
+
+    code = "bad_request"
+
+
+class ReplayUnsupported(BusError):
+    code = "replay_unsupported"
+
+
 class ExtensionError(SandboxerError):
     code = "extension"
 
 
 class SandboxNotFound(ExtensionError):
     code = "sandbox_not_found"
+
+
+class Unsupported(ExtensionError):
+    """The backend's declaration does not offer what was asked (snapshot, pause, ...)."""
+
+    code = "unsupported"
 
 
 class HostUnreachable(ExtensionError):

@@ -24,16 +24,12 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from sandboxer import subjects
-from sandboxer.errors import BusError
+from sandboxer.errors import BusError, ReplayUnsupported
 
-__all__ = ["Unsupported", "replay_events"]
+__all__ = ["replay_events"]
 
 READ_CHUNK = 1 << 20
 CRLF = b"\r\n"
-
-
-class Unsupported(Exception):
-    """This connection needs what the raw reader does not speak (auth, TLS)."""
 
 
 def _ack_position(reply: bytes) -> tuple[int, int]:
@@ -58,14 +54,14 @@ async def replay_events(
         return
     url = nc.connected_url
     if url is None or url.username or url.password or url.scheme == "tls":
-        raise Unsupported("authenticated or TLS connection")
+        raise ReplayUnsupported("authenticated or TLS connection")
     reader, writer = await asyncio.open_connection(url.hostname, url.port, limit=READ_CHUNK * 4)
     inbox = f"_INBOX.sandboxer-replay.{uuid.uuid4().hex}"
     consumer: str | None = None
     try:
         info = json.loads((await reader.readline())[5:])
         if info.get("auth_required") or info.get("tls_required"):
-            raise Unsupported("the server requires authentication or TLS")
+            raise ReplayUnsupported("the server requires authentication or TLS")
         writer.write(
             b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1,'
             b'"name":"sandboxer-replay"}\r\n' + f"SUB {inbox} 1\r\nPING\r\n".encode()

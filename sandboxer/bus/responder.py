@@ -19,15 +19,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from sandboxer.errors import RequestError
+
 __all__ = ["Handler", "RequestError", "Responder"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-class RequestError(Exception):
-    """The request is malformed or asks for something that does not exist."""
 
 
 class Responder:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgspec
 
 from sandboxer.commands.types import COMMAND_TYPES, Command, CreateSandbox
 from sandboxer.config.hosts import HOST_NAME
+from sandboxer.errors import InvalidCommand
 from sandboxer.events.types import Actor
 from sandboxer.ids import (
     COMMAND_ID_RULE,
@@ -30,17 +30,6 @@ MAX_COMMAND_BYTES = 64 * 1024
 
 MAX_INPUTS = 64
 MAX_INPUT_VALUE = 4096
-
-
-@dataclass(frozen=True)
-class InvalidCommand(Exception):
-    """A command that cannot be accepted, with what is known about it."""
-
-    code: str
-    reason: str
-    command_id: str | None = None
-    sandbox_id: str | None = None
-    actor: Actor | None = None
 
 
 def _peek(payload: object, key: str) -> object:

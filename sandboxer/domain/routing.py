@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.profile import Profile, RouteConstraints
-from sandboxer.domain.sandbox import Rejected
+from sandboxer.errors import Rejected
 
 __all__ = ["RouteChoice", "route"]
 

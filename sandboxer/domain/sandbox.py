@@ -23,6 +23,7 @@ from typing import Any, Literal
 import msgspec
 
 from sandboxer.commands.types import CreateSandbox, DestroySandbox, RecreateSandbox
+from sandboxer.errors import Rejected
 from sandboxer.events.types import (
     Actor,
     SandboxDestroyed,
@@ -41,7 +42,6 @@ __all__ = [
     "FinishTeardown",
     "MarkFailed",
     "MarkReady",
-    "Rejected",
     "SandboxState",
     "StartProvisioning",
     "Status",
@@ -95,15 +95,6 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     A tuple in log order (not a set) so that the stored state is byte-for-byte reproducible."""
     created_at: str | None = None
     updated_at: str | None = None
-
-
-class Rejected(Exception):
-    """The command is not acceptable in this state; ``reason`` says why and what to do."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 # -- commands as the domain sees them ---------------------------------------------------------

@@ -21,7 +21,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from sandboxer.bus.event_reader import last_sequence, read_events
-from sandboxer.bus.replay_reader import Unsupported, replay_events
+from sandboxer.bus.replay_reader import replay_events
+from sandboxer.errors import ReplayUnsupported
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.sandbox_view import SandboxView
 
@@ -140,7 +141,7 @@ class Projector:
             async for seq, data in replay_events(self._nc, self._js, start_seq=1, stop_seq=end):
                 yield seq, data
             return
-        except Unsupported as why:
+        except ReplayUnsupported as why:
             log.info("replaying through nats-py: %s", why)
         async for seq, _subject, data, _pending in read_events(
             self._js, start_seq=1, stop_seq=end

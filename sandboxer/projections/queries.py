@@ -14,7 +14,8 @@ from typing import Any
 from nats.aio.client import Client
 
 from sandboxer import subjects
-from sandboxer.bus.responder import RequestError, Responder
+from sandboxer.bus.responder import Responder
+from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.sandbox_view import state_to_dict

@@ -19,14 +19,14 @@ from nats.js import JetStreamContext
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore, Loaded
 from sandboxer.clock import utc_now
-from sandboxer.commands.parse import InvalidCommand, parse_command
+from sandboxer.commands.parse import parse_command
 from sandboxer.commands.types import Command, CreateSandbox, DestroySandbox, RecreateSandbox
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.hosts import load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create
-from sandboxer.domain.sandbox import AdmittedCreate, FinishTeardown, Rejected, decide
-from sandboxer.errors import ConcurrencyConflict, UnknownProfile
+from sandboxer.domain.sandbox import AdmittedCreate, FinishTeardown, decide
+from sandboxer.errors import ConcurrencyConflict, InvalidCommand, Rejected, UnknownProfile
 from sandboxer.events.types import CommandRejected
 from sandboxer.workers.jobs import job_for
 from sandboxer.workers.placement import place

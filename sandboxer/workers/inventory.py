@@ -28,12 +28,13 @@ from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
-from sandboxer.bus.responder import RequestError, Responder
+from sandboxer.bus.responder import Responder
 from sandboxer.clock import utc_now
 from sandboxer.config.hosts import load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.drift import find_drift
 from sandboxer.domain.sandbox import MarkFailed
+from sandboxer.errors import RequestError
 from sandboxer.events.types import SYSTEM_ACTOR, HostReaped
 from sandboxer.extensions.base import Extension, FoundSandbox
 from sandboxer.workers.host_events import event_host, inspect_and_record, record_host_event

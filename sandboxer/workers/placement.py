@@ -12,8 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from sandboxer.config.hosts import HostConfig
 from sandboxer.config.profile import Placement
 from sandboxer.domain.placement import placement_order
-from sandboxer.domain.sandbox import Rejected
-from sandboxer.errors import SandboxerError
+from sandboxer.errors import Rejected, SandboxerError
 
 __all__ = ["Probe", "place", "ssh_probe"]
 

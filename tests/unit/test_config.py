@@ -11,9 +11,8 @@ from sandboxer.config.catalog import Catalog
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.routing import route
-from sandboxer.domain.sandbox import Rejected
 from sandboxer.durations import format_duration, parse_duration
-from sandboxer.errors import ConfigError, UnknownProfile
+from sandboxer.errors import ConfigError, Rejected, UnknownProfile
 from sandboxer.events.types import Actor
 
 ACTOR = Actor(type="adm", id="t")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sandboxer.errors import ComposeFileError
+
 __all__ = ["CANDIDATES", "ComposeFileError", "check_compose_file", "resolve_compose_file"]
 
 CANDIDATES = ("e2e/compose.yml", "e2e/docker-compose.yml", "compose.yaml", "docker-compose.yml")
@@ -21,10 +23,6 @@ CANDIDATES = ("e2e/compose.yml", "e2e/docker-compose.yml", "compose.yaml", "dock
 
 MAX_LENGTH = 255
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*$")
-
-
-class ComposeFileError(ValueError):
-    """The compose file input is unsafe, or names nothing usable in the repository."""
 
 
 def check_compose_file(value: str) -> str:
