@@ -11,11 +11,9 @@ from pathlib import Path
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.errors import SandboxerError
+from sandboxer.extensions.local import cgroups
 
-__all__ = ["Check", "run_checks"]
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
+__all__ = ["Check", "cgroups_check", "run_checks"]
 
 @dataclass(frozen=True)
 class Check:
@@ -65,17 +63,26 @@ def _bwrap_works() -> Check:
                  "(sysctl kernel.unprivileged_userns_clone=1)")
 
 
-def _cgroups() -> Check:
-    missing = [c for c in ("memory", "pids", "cpu")
-               if not os.access(CGROUP_ROOT / c, os.W_OK)]
-    if not missing:
-        return Check("cgroups", True, "memory, pids and cpu controllers are writable (v1)")
-    if (CGROUP_ROOT / "cgroup.controllers").exists():
-        return Check("cgroups", False, "cgroup v2 found; ext.local enforces limits with v1",
-                     "limits are reported as warnings in the ready event")
-    return Check("cgroups", False, f"not writable: {', '.join(missing)}",
-                 "run as root; without it resource limits are not enforced (sandboxes "
-                 "still start, with a warning)")
+def cgroups_check(base: Path = cgroups.CGROUP_BASE) -> Check:
+    """ext.local enforces limits with v1 per-controller trees or the v2 unified tree."""
+    wanted = ("memory", "pids", "cpu")
+    advice = ("run as root; without it resource limits are not enforced (sandboxes still "
+              "start, with a warning in their ready event)")
+    if cgroups.detect(base) == "v2":
+        if not os.access(base, os.W_OK):
+            return Check("cgroups", False, f"cgroup v2: {base} is not writable", advice)
+        offered = set((base / "cgroup.controllers").read_text().split())
+        missing = [name for name in wanted if name not in offered]
+        if missing:
+            return Check("cgroups", False,
+                         f"cgroup v2: controllers not offered: {', '.join(missing)}",
+                         "enable them in the parent cgroup's cgroup.subtree_control; those "
+                         "limits are reported as warnings in the ready event")
+        return Check("cgroups", True, "memory, pids and cpu controllers are available (v2)")
+    missing = [name for name in wanted if not os.access(base / name, os.W_OK)]
+    if missing:
+        return Check("cgroups", False, f"cgroup v1: not writable: {', '.join(missing)}", advice)
+    return Check("cgroups", True, "memory, pids and cpu controllers are writable (v1)")
 
 
 def _data_dir(settings: Settings) -> Check:
@@ -119,7 +126,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _tool("bwrap", "bubblewrap"),
         _tool("nsenter", "util-linux"),
         _bwrap_works(),
-        _cgroups(),
+        cgroups_check(),
         _data_dir(settings),
         _catalog(settings),
         _hosts(settings),

@@ -97,9 +97,17 @@ class Catalog:
             if declaration is None:
                 raise ConfigError(
                     f"extension entry point {entry.name} has no YAML declaration and its class "
-                    "has no 'declaration' attribute; add extensions/{entry.name}.yaml"
+                    f"has no 'declaration' attribute; add $SANDBOXER_HOME/extensions/"
+                    f"{entry.name}.yaml (see docs/extensions.md)"
                 )
-            self.extensions[entry.name] = ExtensionDecl.model_validate(declaration)
+            try:
+                self.extensions[entry.name] = ExtensionDecl.model_validate(declaration)
+            except ValidationError as exc:
+                details = "; ".join(_describe(dict(err)) for err in exc.errors())
+                raise ConfigError(
+                    f"extension entry point {entry.name} ({entry.value}): its 'declaration' is "
+                    f"invalid: {details}"
+                ) from None
 
     def _load_dir(self, directory: Path) -> None:
         if not directory.is_dir():

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sandboxer.durations import parse_duration
+from sandboxer.errors import InvalidInput
 
 __all__ = [
     "InputSpec",
@@ -33,7 +34,10 @@ class _Strict(BaseModel):
 
 def _check_duration(value: str | None) -> str | None:
     if value is not None:
-        parse_duration(value)
+        try:
+            parse_duration(value)
+        except InvalidInput as exc:  # pydantic only wraps ValueError into a field error
+            raise ValueError(exc.message) from None
     return value
 
 

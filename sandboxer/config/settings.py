@@ -1,12 +1,23 @@
-"""Process settings, read from the environment once at start-up."""
+"""Process settings, read from the environment once at start-up.
+
+A bad value stops start-up with a :class:`SettingError` that names the
+variable and what it accepts, never a traceback. The table in README.md is
+where the settings are documented.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-__all__ = ["Settings"]
+from sandboxer.errors import SettingError
+
+__all__ = ["NATS_URL_SCHEMES", "Settings", "parse_nats_urls"]
+
+NATS_URL_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
 def _float_env(name: str, default: float) -> float:
@@ -14,9 +25,45 @@ def _float_env(name: str, default: float) -> float:
     if not raw:
         return default
     try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from exc
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise SettingError(name, raw, "write a positive number of seconds, e.g. 30 or 2.5")
+    return value
+
+
+def _valid_nats_url(url: str) -> bool:
+    # nats-py reads "host:port" as nats://host:port, so both forms are accepted.
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    try:
+        parts.port  # noqa: B018  (reading it raises ValueError for a port out of range)
+    except ValueError:
+        return False
+    has_space = any(char.isspace() for char in url)
+    return parts.scheme in NATS_URL_SCHEMES and bool(parts.hostname) and not has_space
+
+
+def parse_nats_urls(raw: str, variable: str = "SANDBOXER_NATS_URL") -> tuple[str, ...]:
+    """The servers in a comma list; a :class:`SettingError` names the first bad one."""
+    urls = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for url in urls:
+        if not _valid_nats_url(url):
+            raise SettingError(
+                variable, raw,
+                f"{url!r} is not a NATS server address; write nats://HOST:PORT (or tls://, "
+                "ws://, wss://), several separated by commas",
+            )
+    return urls
+
+
+def _home_env() -> Path:
+    raw = os.environ.get("SANDBOXER_HOME")
+    home = Path(raw or Path.home() / ".local" / "share" / "sandboxer").expanduser()
+    if raw and home.exists() and not home.is_dir():
+        raise SettingError("SANDBOXER_HOME", raw, "a directory (it names a file); "
+                           "point it at a directory sandboxer may create and write")
+    return home
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,15 +83,9 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = Path(
-            os.environ.get("SANDBOXER_HOME") or Path.home() / ".local" / "share" / "sandboxer"
-        ).expanduser()
-        urls = tuple(
-            u.strip() for u in os.environ.get("SANDBOXER_NATS_URL", "").split(",") if u.strip()
-        )
         return cls(
-            home=home,
-            nats_urls=urls,
+            home=_home_env(),
+            nats_urls=parse_nats_urls(os.environ.get("SANDBOXER_NATS_URL", "")),
             nats_server=os.environ.get("SANDBOXER_NATS_SERVER") or None,
             ack_wait=_float_env("SANDBOXER_ACK_WAIT", 30.0),
         )

@@ -12,7 +12,7 @@ from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.routing import route
 from sandboxer.durations import format_duration, parse_duration
-from sandboxer.errors import ConfigError, Rejected, UnknownProfile
+from sandboxer.errors import ConfigError, InvalidInput, Rejected, SettingError, UnknownProfile
 from sandboxer.events.types import Actor
 
 ACTOR = Actor(type="adm", id="t")
@@ -113,8 +113,18 @@ def test_durations(text: str, seconds: float) -> None:
 
 
 def test_bad_duration_says_the_form() -> None:
-    with pytest.raises(ValueError, match=r"e\.g\. 90s"):
+    with pytest.raises(InvalidInput, match=r"e\.g\. 90s"):
         parse_duration("ten minutes")
+
+
+def test_bad_duration_in_a_profile_names_the_field(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    bad = tmp_path / "profiles" / "profile.bad.yaml"
+    bad.write_text("id: profile.bad\nextension: ext.local\nttl: {default: ten minutes}\n")
+    with pytest.raises(ConfigError) as caught:
+        Catalog.load(tmp_path)
+    assert "ttl.default" in caught.value.message
+    assert "e.g. 90s" in caught.value.message
 
 
 def test_hosts_file_errors_name_the_host_and_what_is_needed(tmp_path: Path) -> None:
@@ -133,3 +143,84 @@ def test_hosts_file_errors_name_the_host_and_what_is_needed(tmp_path: Path) -> N
         "hosts:\n  box1: {address: 10.0.0.1, host_key: 'ssh-ed25519 AAAA', compose_cmd: 'rm -rf /'}\n")
     with pytest.raises(ConfigError, match="compose_cmd"):
         load_hosts(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("SANDBOXER_ACK_WAIT", "soon", "positive number of seconds"),
+        ("SANDBOXER_ACK_WAIT", "-3", "positive number of seconds"),
+        ("SANDBOXER_ACK_WAIT", "nan", "positive number of seconds"),
+        ("SANDBOXER_NATS_URL", "http://example.org", "nats://HOST:PORT"),
+        ("SANDBOXER_NATS_URL", "nats://a:4222,nats://b:99999", "'nats://b:99999'"),
+        ("SANDBOXER_NATS_URL", "nats://a :4222", "nats://HOST:PORT"),
+    ],
+)
+def test_bad_setting_names_the_variable_and_what_is_allowed(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, allowed: str
+) -> None:
+    from sandboxer.config.settings import Settings
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingError) as caught:
+        Settings.from_env()
+    assert caught.value.variable == variable
+    assert caught.value.message.startswith(f"{variable}={value!r} is invalid")
+    assert allowed in caught.value.message
+    assert "\n" not in caught.value.message
+
+
+def test_home_that_is_a_file_is_a_setting_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from sandboxer.config.settings import Settings
+
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    monkeypatch.setenv("SANDBOXER_HOME", str(a_file))
+    with pytest.raises(SettingError, match="SANDBOXER_HOME"):
+        Settings.from_env()
+
+
+def test_good_settings_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from sandboxer.config.settings import Settings
+
+    monkeypatch.setenv("SANDBOXER_HOME", str(tmp_path))
+    monkeypatch.setenv("SANDBOXER_NATS_URL", " nats://a:4222, tls://b, c:4223 ")
+    monkeypatch.setenv("SANDBOXER_ACK_WAIT", "2.5")
+    settings = Settings.from_env()
+    assert settings.home == tmp_path
+    assert settings.nats_urls == ("nats://a:4222", "tls://b", "c:4223")
+    assert settings.ack_wait == 2.5
+
+
+class _EntryPoint:
+    """Stands in for an installed package's entry point (only what the catalog reads)."""
+
+    def __init__(self, name: str, declaration: object) -> None:
+        self.name = name
+        self.value = f"thirdparty:{name}"
+        self._declaration = declaration
+
+    def load(self) -> object:
+        return type("Backend", (), {"declaration": self._declaration})
+
+
+@pytest.mark.parametrize(
+    ("declaration", "expected"),
+    [
+        (None, "add $SANDBOXER_HOME/extensions/ext.third.yaml"),
+        ({"id": "ext.third", "kind": "nope"}, "its 'declaration' is invalid: kind"),
+    ],
+)
+def test_entry_point_without_a_good_declaration_says_what_to_add(
+    monkeypatch: pytest.MonkeyPatch, declaration: object, expected: str
+) -> None:
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "entry_points",
+                        lambda group: [_EntryPoint("ext.third", declaration)])
+    with pytest.raises(ConfigError) as caught:
+        Catalog.load()
+    assert expected in caught.value.message
+    assert "{entry.name}" not in caught.value.message
