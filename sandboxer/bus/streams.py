@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from nats.errors import TimeoutError as NatsTimeout
+import stamina
+from nats import errors as nats_errors
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
 from sandboxer import subjects
+from sandboxer.bus.publish import is_transient
+from sandboxer.errors import BusError, StreamUnavailable
 
 __all__ = ["ensure_streams", "stream_configs"]
 
-RACE_CODES = frozenset({10058, 10059, 10008})
-"""Stream name already in use, stream not found, JetStream temporarily unavailable."""
+RACE_CODES = frozenset({10005, 10058, 10059, 10008})
+"""No peers for placement yet, stream name already in use, stream not found, JetStream
+temporarily unavailable: the answers of a cluster still forming, or of a concurrent creator."""
+
+PLACEMENT_BUDGET = 60.0
+"""Seconds start-up waits for the cluster to place the streams (nodes may start a while apart)."""
 
 MAX_MSG_BYTES = 1024 * 1024
 """Larger than any accepted command, so oversized ones reach the control worker and get a reason."""
@@ -63,28 +68,56 @@ def replicas_for(server_info: dict[str, object]) -> int:
     return 3 if server_info.get("cluster") else 1
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1, *, attempts: int = 8) -> None:
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, *, budget_seconds: float = PLACEMENT_BUDGET
+) -> None:
     """Create the streams, or bring an existing one's settings up to date.
 
-    Several roles may start at once on different cluster nodes: when one node
+    Retried for ``budget_seconds`` (time, not attempts) on the answers of a
+    cluster that is still forming or electing: no peers for placement yet
+    (10005), JetStream temporarily unavailable, no responders, a timeout. And
+    several roles may start at once on different cluster nodes: when one node
     creates a replicated stream while another updates it, nats-server may
-    answer neither (the stream is created all the same), so a timeout or a
-    "not found" is retried after a short pause, and checked again.
+    answer neither (the stream is created all the same), so a "not found" or
+    "name in use" is retried too, and checked again.
     """
     for config in stream_configs(replicas):
-        assert config.name is not None
-        for attempt in range(attempts):
-            try:
-                try:
-                    await js.stream_info(config.name)
-                except NotFoundError:
-                    await js.add_stream(config)
-                else:
-                    await js.update_stream(config)
-                break
-            except (NatsTimeout, TimeoutError, NotFoundError, APIError) as exc:
-                if isinstance(exc, APIError) and exc.err_code not in RACE_CODES:
-                    raise
-                if attempt == attempts - 1:
-                    raise
-                await asyncio.sleep(0.25 * (attempt + 1))
+        try:
+            async for attempt in stamina.retry_context(
+                on=_placement_pending, attempts=None, timeout=budget_seconds,
+                wait_initial=0.25, wait_max=2.0, wait_jitter=0.25,
+            ):
+                with attempt:
+                    await _create_or_update(js, config)
+        except APIError as exc:
+            if not _placement_pending(exc):
+                raise BusError(f"creating stream {config.name} was refused: {exc}") from exc
+            raise _unplaced(config, budget_seconds, exc) from exc
+        except nats_errors.Error as exc:
+            if not _placement_pending(exc):
+                raise BusError(f"creating stream {config.name} failed: {exc!r}") from exc
+            raise _unplaced(config, budget_seconds, exc) from exc
+
+
+async def _create_or_update(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+def _placement_pending(exc: Exception) -> bool:
+    if isinstance(exc, APIError) and exc.err_code in RACE_CODES:
+        return True
+    return is_transient(exc)
+
+
+def _unplaced(config: StreamConfig, budget: float, exc: BaseException) -> StreamUnavailable:
+    return StreamUnavailable(
+        f"stream {config.name} could not be placed within {budget:g} s ({exc}); "
+        f"it needs {config.num_replicas} JetStream servers that see each other: "
+        "check that every cluster node is up and routed"
+    )

@@ -1,24 +1,42 @@
 """The loop every worker runs: a durable pull consumer with bounded concurrency.
 
-Explicit ack; ``ack_wait`` longer than the work (handlers call
-``in_progress()`` during long steps); a bounded ``max_deliver``. A handler that
-raises is retried by redelivery; on the last delivery its ``on_poison`` hook
-records the failure as an event and the message is terminated, so a poison
-message never becomes a crash loop.
+Three rules keep every message's outcome on record, exactly once:
+
+- **A held message is heartbeaten.** While its handler runs, the loop sends
+  ``in_progress()`` every third of ``ack_wait``, so ``ack_wait`` can be short
+  (5 s by default): a live worker never loses its message, and the work of a
+  crashed one goes to another worker about ``ack_wait`` after the crash.
+- **An unavailable bus is waited out.** A handler that fails because a stream
+  had no leader, timed out or the connection was reconnecting (see
+  :func:`~sandboxer.bus.publish.is_unavailability`) gets its message back
+  after a growing delay, for as long as it takes: the consumer's
+  ``max_deliver`` is unlimited, and such failures never count against it.
+- **A message is terminated only once its outcome is recorded.** Only after
+  ``max_failures`` failures of the handler itself (counted in this process)
+  does ``on_poison`` record the failure as an event; the message is then
+  terminated. If ``on_poison`` fails too, the message is retried later.
+
+A message that kills the whole process is redelivered after each restart: a
+crash loop shows in the log, where a bounded ``max_deliver`` would instead
+drop the message without any record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import ServiceUnavailableError
+
+from sandboxer.bus.publish import is_unavailability
 
 __all__ = ["ConsumerSpec", "run_pull_consumer"]
 
@@ -26,6 +44,12 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL = 0.5
 """Seconds a fetch waits for work; also how long a stop takes to be noticed."""
+
+MAX_RETRY_DELAY = 5.0
+"""Longest wait before a failed message comes back: an election (4-7 s) is retried within it."""
+
+MAX_TRACKED = 10_000
+"""Messages whose failures this process remembers at once."""
 
 Handler = Callable[[Msg], Awaitable[None]]
 PoisonHook = Callable[[Msg, BaseException], Awaitable[None]]
@@ -36,9 +60,15 @@ class ConsumerSpec:
     stream: str
     durable: str
     filter_subject: str
-    ack_wait: float = 30.0
-    max_deliver: int = 5
+    ack_wait: float = 5.0
+    """Seconds without a heartbeat before a message goes to another worker."""
+    max_failures: int = 5
+    """Failures of the handler itself (not of the bus) before ``on_poison`` records the message."""
     concurrency: int = 64
+
+    @property
+    def heartbeat_every(self) -> float:
+        return max(0.1, self.ack_wait / 3)
 
 
 async def _ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
@@ -52,14 +82,16 @@ async def _ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=spec.ack_wait,
-            max_deliver=spec.max_deliver,
+            max_deliver=-1,  # poison is counted here, from the handler's own failures
             max_ack_pending=max(spec.concurrency * 4, 256),
         ),
     )
 
 
-def is_last_delivery(msg: Msg, spec: ConsumerSpec) -> bool:
-    return msg.metadata.num_delivered >= spec.max_deliver
+def retry_delay(msg: Msg) -> float:
+    """0.25 s after the first delivery, doubling up to :data:`MAX_RETRY_DELAY`."""
+    delivered = max(1, msg.metadata.num_delivered)
+    return float(min(0.25 * 2 ** min(delivered - 1, 8), MAX_RETRY_DELAY))
 
 
 async def _fetch_one(psub: JetStreamContext.PullSubscription) -> Msg | None:
@@ -74,11 +106,88 @@ async def _fetch_one(psub: JetStreamContext.PullSubscription) -> Msg | None:
         msgs = await psub.fetch(batch=1, timeout=IDLE_POLL)
     except (TimeoutError, NatsTimeout):
         return None
-    except ServiceUnavailableError:
-        # A replicated consumer just created may have no leader yet: wait, as if idle.
+    except (ServiceUnavailableError, NatsError):
+        # No consumer leader yet (just created, or mid-election), or reconnecting: wait.
         await asyncio.sleep(IDLE_POLL)
         return None
     return msgs[0] if msgs else None
+
+
+@contextlib.asynccontextmanager
+async def _heartbeat(msg: Msg, every: float) -> AsyncIterator[None]:
+    """Tell JetStream the message is still being worked on until the block ends."""
+
+    async def beat() -> None:
+        while not msg.is_acked:
+            await asyncio.sleep(every)
+            # A lost beat is harmless while the next one arrives within ack_wait.
+            with contextlib.suppress(NatsError):
+                if not msg.is_acked:
+                    await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _settle(what: Callable[[], Awaitable[None]], msg: Msg) -> None:
+    """Ack, nak or term; if that is lost (reconnecting), ack_wait redelivers the message."""
+    try:
+        await what()
+    except NatsError as exc:
+        log.warning("could not settle %s: %r; it will be redelivered", msg.subject, exc)
+
+
+class _Outcomes:
+    """Settles each handled message: ack is the handler's, nak, poison and term are ours."""
+
+    def __init__(self, spec: ConsumerSpec, handler: Handler, on_poison: PoisonHook) -> None:
+        self.spec = spec
+        self.handler = handler
+        self.on_poison = on_poison
+        self.failures: dict[int, int] = {}  # stream sequence -> handler failures seen here
+
+    async def handle(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        try:
+            async with _heartbeat(msg, self.spec.heartbeat_every):
+                await self.handler(msg)
+        except Exception as exc:
+            await self._failed(msg, seq, exc)
+        else:
+            self.failures.pop(seq, None)
+
+    async def _failed(self, msg: Msg, seq: int, exc: Exception) -> None:
+        name = self.spec.durable
+        if is_unavailability(exc):
+            log.warning("%s: %s waits for the bus (%s); retrying in %.1f s", name,
+                        msg.subject, exc, retry_delay(msg))
+            await _settle(lambda: msg.nak(delay=retry_delay(msg)), msg)
+            return
+        if len(self.failures) >= MAX_TRACKED and seq not in self.failures:
+            # Entries of messages another worker finished are never popped here: cap them.
+            self.failures.pop(next(iter(self.failures)))
+        self.failures[seq] = count = self.failures.get(seq, 0) + 1
+        if count < self.spec.max_failures:
+            log.warning("%s: %s failed (%s); it will be redelivered", name, msg.subject, exc)
+            await _settle(lambda: msg.nak(delay=retry_delay(msg)), msg)
+            return
+        log.error("%s: giving up on %s after %d failures", name, msg.subject, count,
+                  exc_info=exc)
+        try:
+            await self.on_poison(msg, exc)
+        except Exception as hook_exc:
+            # Its outcome is not on record: keep the message, and try again later.
+            log.warning("%s: recording the failure of %s failed too (%r); it will be retried",
+                        name, msg.subject, hook_exc)
+            await _settle(lambda: msg.nak(delay=retry_delay(msg)), msg)
+            return
+        self.failures.pop(seq, None)
+        await _settle(msg.term, msg)
 
 
 async def run_pull_consumer(
@@ -93,22 +202,11 @@ async def run_pull_consumer(
     psub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
     slots = asyncio.Semaphore(spec.concurrency)
     in_flight: set[asyncio.Task[None]] = set()
+    outcomes = _Outcomes(spec, handler, on_poison)
 
     async def handle(msg: Msg) -> None:
         try:
-            await handler(msg)
-        except Exception as exc:
-            if is_last_delivery(msg, spec):
-                log.exception("%s: giving up on %s after %d deliveries", spec.durable,
-                              msg.subject, msg.metadata.num_delivered)
-                try:
-                    await on_poison(msg, exc)
-                finally:
-                    await msg.term()
-            else:
-                log.warning("%s: %s failed (%s); it will be redelivered", spec.durable,
-                            msg.subject, exc)
-                await msg.nak(delay=min(0.2 * msg.metadata.num_delivered, 2.0))
+            await outcomes.handle(msg)
         finally:
             slots.release()
 

@@ -1,59 +1,165 @@
-"""The worker loop against a real JetStream: poison messages end as a recorded failure."""
+"""The worker loop against a real JetStream: every message ends with its outcome on record."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import pytest
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
+from sandboxer.errors import BusError, StreamUnavailable
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 
 pytestmark = pytest.mark.integration
 
 
-async def test_poison_message_is_recorded_once_and_the_loop_keeps_serving(
-    nats_server: NatsServerProcess,
-) -> None:
+@pytest.fixture
+async def js(nats_server: NatsServerProcess) -> AsyncIterator[JetStreamContext]:
     nc = await connect([nats_server.url], name="test")
-    js = nc.jetstream()
-    await ensure_streams(js)
-    spec = ConsumerSpec(stream="SANDBOXER_JOBS", durable="poison-test",
-                        filter_subject="sandboxer.job.poison.>", ack_wait=2, max_deliver=3)
-    deliveries: dict[bytes, int] = {}
-    poisoned: list[tuple[bytes, str]] = []
-    handled: list[bytes] = []
+    jetstream = nc.jetstream()
+    await ensure_streams(jetstream)
+    yield jetstream
+    await nc.drain()
 
-    async def handler(msg: Msg) -> None:
-        deliveries[msg.data] = deliveries.get(msg.data, 0) + 1
-        if msg.data == b"poison":
-            raise RuntimeError("cannot handle this")
-        handled.append(msg.data)
+
+@dataclass
+class Recorder:
+    """A handler and poison hook whose behaviour each test scripts per message body."""
+
+    fail: Callable[[bytes, int], BaseException | None] = lambda data, n: None
+    poison_fails: int = 0
+    hold: float = 0.0
+    deliveries: dict[bytes, int] = field(default_factory=dict)
+    handled: list[bytes] = field(default_factory=list)
+    poisoned: list[tuple[bytes, str]] = field(default_factory=list)
+    poison_calls: int = 0
+
+    async def handler(self, msg: Msg) -> None:
+        n = self.deliveries[msg.data] = self.deliveries.get(msg.data, 0) + 1
+        await asyncio.sleep(self.hold)
+        error = self.fail(msg.data, n)
+        if error is not None:
+            raise error
+        self.handled.append(msg.data)
         await msg.ack()
 
-    async def on_poison(msg: Msg, exc: BaseException) -> None:
-        poisoned.append((msg.data, str(exc)))
+    async def on_poison(self, msg: Msg, exc: BaseException) -> None:
+        self.poison_calls += 1
+        if self.poison_calls <= self.poison_fails:
+            raise StreamUnavailable("the events stream has no leader")
+        self.poisoned.append((msg.data, str(exc)))
 
+
+async def until(check: Callable[[], bool], seconds: float) -> None:
+    async with asyncio.timeout(seconds):
+        while not check():
+            await asyncio.sleep(0.05)
+
+
+async def running(
+    js: JetStreamContext, spec: ConsumerSpec, recorder: Recorder,
+    body: Callable[[], Awaitable[None]],
+) -> None:
     stop = asyncio.Event()
-    loop = asyncio.create_task(run_pull_consumer(js, spec, handler, on_poison, stop))
-    await js.publish("sandboxer.job.poison.a", b"poison")
-    await js.publish("sandboxer.job.poison.b", b"fine")
-    async with asyncio.timeout(20):
-        while not poisoned:
-            await asyncio.sleep(0.05)
-    await js.publish("sandboxer.job.poison.c", b"after")
-    async with asyncio.timeout(10):
-        while b"after" not in handled:
-            await asyncio.sleep(0.05)
-    stop.set()
-    await loop
+    loop = asyncio.create_task(
+        run_pull_consumer(js, spec, recorder.handler, recorder.on_poison, stop))
+    try:
+        await body()
+    finally:
+        stop.set()
+        await loop
 
-    assert poisoned == [(b"poison", "cannot handle this")]
-    assert deliveries[b"poison"] == spec.max_deliver
-    info = await js.consumer_info("SANDBOXER_JOBS", "poison-test")
-    assert info.num_pending == 0
-    assert info.num_ack_pending == 0  # terminated, not left to redeliver forever
-    await nc.drain()
+
+def spec_for(name: str, **overrides: float) -> ConsumerSpec:
+    return ConsumerSpec(stream="SANDBOXER_JOBS", durable=name,
+                        filter_subject=f"sandboxer.job.{name}.>", **overrides)  # type: ignore[arg-type]
+
+
+async def settled(js: JetStreamContext, spec: ConsumerSpec) -> bool:
+    info = await js.consumer_info(spec.stream, spec.durable)
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_poison_message_is_recorded_once_and_the_loop_keeps_serving(
+    js: JetStreamContext,
+) -> None:
+    spec = spec_for("poison", ack_wait=2, max_failures=3)
+    recorder = Recorder(fail=lambda data, n: RuntimeError("cannot handle this")
+                        if data == b"poison" else None)
+
+    async def body() -> None:
+        await js.publish("sandboxer.job.poison.a", b"poison")
+        await js.publish("sandboxer.job.poison.b", b"fine")
+        await until(lambda: bool(recorder.poisoned), 20)
+        await js.publish("sandboxer.job.poison.c", b"after")
+        await until(lambda: b"after" in recorder.handled, 10)
+
+    await running(js, spec, recorder, body)
+    assert recorder.poisoned == [(b"poison", "cannot handle this")]
+    assert recorder.deliveries[b"poison"] == spec.max_failures
+    assert await settled(js, spec)  # terminated, not left to redeliver forever
+
+
+async def test_an_unavailable_bus_is_waited_out_never_counted_as_poison(
+    js: JetStreamContext,
+) -> None:
+    """More unavailability failures than max_failures: still handled, never poisoned."""
+    spec = spec_for("outage", ack_wait=2, max_failures=2)
+    cause = TimeoutError()
+
+    def fail(data: bytes, n: int) -> BaseException | None:
+        if n == 1:
+            return StreamUnavailable("no leader")
+        if n <= 4:  # a bus error raised from a timeout counts as unavailability too
+            error = BusError("reading timed out")
+            error.__cause__ = cause
+            return error
+        return None
+
+    recorder = Recorder(fail=fail)
+
+    async def body() -> None:
+        await js.publish("sandboxer.job.outage.a", b"job")
+        await until(lambda: b"job" in recorder.handled, 20)
+
+    await running(js, spec, recorder, body)
+    assert recorder.deliveries[b"job"] == 5
+    assert recorder.poisoned == []
+    assert await settled(js, spec)
+
+
+async def test_a_failed_poison_record_keeps_the_message_until_it_is_recorded(
+    js: JetStreamContext,
+) -> None:
+    spec = spec_for("unrecorded", ack_wait=2, max_failures=1)
+    recorder = Recorder(fail=lambda data, n: ValueError("bad job"), poison_fails=2)
+
+    async def body() -> None:
+        await js.publish("sandboxer.job.unrecorded.a", b"bad")
+        await until(lambda: bool(recorder.poisoned), 20)
+
+    await running(js, spec, recorder, body)
+    assert recorder.poison_calls == 3  # two failed records, then the one that stuck
+    assert recorder.poisoned == [(b"bad", "bad job")]
+    assert recorder.deliveries[b"bad"] == 3
+    assert await settled(js, spec)
+
+
+async def test_a_held_message_is_heartbeaten_past_a_short_ack_wait(js: JetStreamContext) -> None:
+    """The loop itself keeps a slow handler's message: no handler calls in_progress()."""
+    spec = spec_for("slow", ack_wait=1)
+    recorder = Recorder(hold=3.5)
+
+    async def body() -> None:
+        await js.publish("sandboxer.job.slow.a", b"slow")
+        await until(lambda: b"slow" in recorder.handled, 10)
+
+    await running(js, spec, recorder, body)
+    assert recorder.deliveries == {b"slow": 1}
+    assert await settled(js, spec)
