@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore, Loaded
+from sandboxer.bus.publish import publish_durably
 from sandboxer.clock import utc_now
 from sandboxer.commands.parse import parse_command
 from sandboxer.commands.types import Command, CreateSandbox, DestroySandbox, RecreateSandbox
@@ -122,7 +123,9 @@ class ControlWorker:
         job = job_for(loaded.state)
         if job is None or loaded.state.extension is None:
             return
-        await self._js.publish(
+        # Durable: a jobs stream mid-election is waited out, so a decided command keeps its job.
+        await publish_durably(
+            self._js,
             subjects.job_subject(loaded.state.extension, job.sandbox_id),
             msgspec.json.encode(job),
             headers={"Nats-Msg-Id": job.job_id},
@@ -153,7 +156,7 @@ class ControlWorker:
         await self._reject(
             msg,
             "internal_error",
-            f"the control worker failed {self.spec.max_deliver} times on this command ({exc}); "
+            f"the control worker failed {self.spec.max_failures} times on this command ({exc}); "
             "see the service log",
             command,
         )
