@@ -17,10 +17,11 @@ from _harness import nats, tempdir
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import read_events
-from sandboxer.bus.event_store import EventStore, Loaded
+from sandboxer.bus.event_store import Loaded
+from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.replay_reader import replay_events
 from sandboxer.bus.streams import ensure_streams
-from sandboxer.domain.sandbox import SandboxState
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.events.types import (
     Actor,
     SandboxDestroyed,
@@ -52,7 +53,7 @@ def lifecycle(n: int) -> list[SandboxEvent]:
 
 async def fill(nc, js) -> None:  # type: ignore[no-untyped-def]
     """Append through the real event store (expected-sequence headers and all), 64 at a time."""
-    store = EventStore(nc, js)
+    store = JetStreamEventStore(nc, js)
     sandboxes = EVENTS // 6
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(sandboxes):

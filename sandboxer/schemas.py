@@ -27,6 +27,8 @@ def generate() -> dict[str, Any]:
     for verb, command_type in sorted(COMMAND_TYPES.items()):
         schema = msgspec.json.schema(command_type)
         schema["title"] = f"sandboxer.cmd.{verb}"
+        # Commands check their actor strictly; events let it grow (see commands/parse.py).
+        schema["$defs"]["Actor"]["additionalProperties"] = False
         schemas[f"command.{verb}.json"] = schema
     events = msgspec.json.schema(SandboxEvent)
     events["title"] = "sandboxer.evt.sandbox.<sandbox_id>.<type>"

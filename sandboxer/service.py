@@ -22,7 +22,7 @@ from nats.aio.client import Client
 
 from sandboxer import __version__
 from sandboxer.bus.connect import connect
-from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams, replicas_for
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog, load_extension_class
@@ -85,7 +85,7 @@ async def run_roles(
     js = nc.jetstream()
     # nats-py exposes the INFO the server sent only as this attribute.
     await ensure_streams(js, replicas_for(nc._server_info))
-    store = EventStore(nc, js)
+    store = JetStreamEventStore(nc, js)
     services: list[QueryService | ExecService | InventoryService] = []
     projectors: list[Projector] = []
     try:

@@ -23,7 +23,7 @@ from sandboxer.ids import (
     is_valid_sandbox_id,
 )
 
-__all__ = ["MAX_COMMAND_BYTES", "InvalidCommand", "parse_command"]
+__all__ = ["MAX_COMMAND_BYTES", "InvalidCommand", "parse_command", "verb_of"]
 
 MAX_COMMAND_BYTES = 64 * 1024
 """Commands are small; a larger payload is a mistake or an attack."""
@@ -32,18 +32,35 @@ MAX_INPUTS = 64
 MAX_INPUT_VALUE = 4096
 
 
+class _StrictActor(Actor, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Commands check the actor strictly (events tolerate fields a later version adds)."""
+
+
+def verb_of(subject: str) -> str:
+    """The verb of ``sandboxer.cmd.<verb>``; the empty string for any other subject."""
+    prefix, _, verb = subject.rpartition(".")
+    return verb if prefix == "sandboxer.cmd" else ""
+
+
 def _peek(payload: object, key: str) -> object:
     return payload.get(key) if isinstance(payload, dict) else None
 
 
-def parse_command(verb: str, data: bytes) -> Command:
-    """Decode and validate one command; raise InvalidCommand with a reason a person can act on."""
+def parse_command(subject: str, data: bytes) -> Command:
+    """Decode and validate one command published on ``subject``.
+
+    Raises InvalidCommand, with a reason a person can act on, for anything
+    that is not a valid command: never any other exception.
+    """
     # Decoding comes first even for an oversized command (the stream caps messages at
     # 1 MiB) so that its rejection can still be keyed by its command id.
     try:
         payload = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise InvalidCommand("malformed", f"command is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidCommand("malformed", "command JSON is nested too deeply; commands are "
+                             "flat objects of strings") from None
 
     raw_id = _peek(payload, "command_id")
     command_id = raw_id if isinstance(raw_id, str) and is_valid_command_id(raw_id) else None
@@ -62,10 +79,12 @@ def parse_command(verb: str, data: bytes) -> Command:
             f"command is {len(data)} bytes; the limit is {MAX_COMMAND_BYTES}. "
             "Pass large content as a reference (a path or URL input), not inline.",
         )
+    verb = verb_of(subject)
     command_type = COMMAND_TYPES.get(verb)
     if command_type is None:
-        known = ", ".join(sorted(COMMAND_TYPES))
-        raise invalid("unknown_command", f"unknown command {verb!r}; known commands: {known}")
+        known = ", ".join(f"sandboxer.cmd.{name}" for name in sorted(COMMAND_TYPES))
+        raise invalid("unknown_command",
+                      f"no command is published on {subject[:200]!r}; known subjects: {known}")
     if not isinstance(payload, dict):
         raise invalid("malformed", "command must be a JSON object")
     if raw_id is None:
@@ -76,6 +95,8 @@ def parse_command(verb: str, data: bytes) -> Command:
         raise invalid(
             "invalid_id", f"sandbox_id {raw_sandbox!r} is invalid: use {SANDBOX_ID_RULE}"
         )
+    if "actor" in payload:
+        _check_actor(payload["actor"], invalid)
     try:
         command = msgspec.convert(payload, command_type)
     except msgspec.ValidationError as exc:
@@ -86,6 +107,14 @@ def parse_command(verb: str, data: bytes) -> Command:
             raise invalid("invalid_field", f"host {command.host!r} is not a host name: use "
                           "lowercase letters, digits and '-'")
     return command
+
+
+def _check_actor(raw: object, invalid: Callable[[str, str], InvalidCommand]) -> None:
+    try:
+        msgspec.convert(raw, _StrictActor)
+    except msgspec.ValidationError as exc:
+        raise invalid("invalid_field", f"invalid actor: {exc} (an actor is "
+                      '{"type": "adm"|"agt"|"atm", "id": "...", "project": ...})') from None
 
 
 def _check_inputs(command: CreateSandbox, invalid: Callable[[str, str], InvalidCommand]) -> None:

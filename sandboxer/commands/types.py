@@ -10,8 +10,16 @@ from __future__ import annotations
 import msgspec
 
 from sandboxer.events.types import Actor
+from sandboxer.ids import derive_sandbox_id
 
-__all__ = ["COMMAND_TYPES", "Command", "CreateSandbox", "DestroySandbox", "RecreateSandbox"]
+__all__ = [
+    "COMMAND_TYPES",
+    "Command",
+    "CreateSandbox",
+    "DestroySandbox",
+    "RecreateSandbox",
+    "target_sandbox",
+]
 
 
 class _CommandBase(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -51,3 +59,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {
     "recreate": RecreateSandbox,
 }
 """Verb (last subject token) -> command type."""
+
+
+def target_sandbox(command: Command) -> str:
+    """The sandbox a command is about (a create without one gets an id derived from its own)."""
+    return command.sandbox_id or derive_sandbox_id(command.command_id)

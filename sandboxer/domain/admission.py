@@ -8,7 +8,7 @@ from sandboxer.commands.types import CreateSandbox
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.profile import Profile
 from sandboxer.domain.routing import route
-from sandboxer.domain.sandbox import AdmittedCreate
+from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.durations import parse_duration
 from sandboxer.errors import Rejected
 from sandboxer.ids import derive_sandbox_id

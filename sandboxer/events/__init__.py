@@ -1,5 +1,10 @@
-"""Events: the facts sandboxer appends to its log. See :mod:`sandboxer.events.types`."""
+"""Events: the facts sandboxer appends to its log.
 
+The types are in :mod:`sandboxer.events.types`; reading and writing stored
+bytes (with upcasting of older versions) is :mod:`sandboxer.events.codec`.
+"""
+
+from sandboxer.events.codec import UnknownEventType, decode_event, encode_event
 from sandboxer.events.types import (
     Actor,
     CommandRejected,
@@ -12,8 +17,7 @@ from sandboxer.events.types import (
     SandboxRecreating,
     SandboxRequested,
     SandboxRouted,
-    decode_event,
-    encode_event,
+    SandboxTeardownFailed,
 )
 
 __all__ = [
@@ -28,6 +32,8 @@ __all__ = [
     "SandboxRecreating",
     "SandboxRequested",
     "SandboxRouted",
+    "SandboxTeardownFailed",
+    "UnknownEventType",
     "decode_event",
     "encode_event",
 ]

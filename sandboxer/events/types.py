@@ -1,9 +1,13 @@
 """The event types of the public contract, as frozen msgspec Structs.
 
 Each carries an explicit ``type`` tag that never changes with the class name,
-a schema version ``v``, the aggregate (``sandbox_id``), the correlation id of
-the command that started the work (``command_id``), the ``actor`` and the time
-``at``. New fields get defaults; field types never change.
+a schema version ``v`` of its own type, the aggregate (``sandbox_id``), the
+correlation id of the command that started the work (``command_id``), the
+``actor`` and the time ``at``. New fields get defaults; field types never
+change. A type whose shape must change gets a new ``v`` (redeclared on its
+class) and an upcaster in :mod:`sandboxer.events.codec`, which is the only
+place that reads stored bytes. Readers tolerate fields they do not know, so
+adding one never breaks an older reader.
 """
 
 from __future__ import annotations
@@ -29,16 +33,16 @@ __all__ = [
     "SandboxRecreating",
     "SandboxRequested",
     "SandboxRouted",
-    "decode_event",
-    "encode_event",
     "event_type",
 ]
 
-SCHEMA_VERSION = 1
 
+class Actor(msgspec.Struct, frozen=True, kw_only=True):
+    """Who asked: an administrator (``adm``), an agent (``agt``) or an automation (``atm``).
 
-class Actor(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Who asked: an administrator (``adm``), an agent (``agt``) or an automation (``atm``)."""
+    Inside events it tolerates fields it does not know (a later version may
+    add some); commands check their actor strictly when they are parsed.
+    """
 
     type: Literal["adm", "agt", "atm"]
     id: str
@@ -49,8 +53,8 @@ SYSTEM_ACTOR = Actor(type="atm", id="sandboxer")
 
 
 class _SandboxEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    v: int = SCHEMA_VERSION
-    """Schema version of this event type."""
+    v: int = 1
+    """Schema version of this event type; a type that changes shape redeclares it."""
     event_id: str = ""
     """Unique id, also the ``Nats-Msg-Id`` of the append; set by the event store."""
     sandbox_id: str
@@ -120,10 +124,20 @@ class SandboxDestroyed(_SandboxEventBase, frozen=True, kw_only=True, tag="destro
     """Everything the sandbox owned is gone."""
 
 
+class SandboxTeardownFailed(_SandboxEventBase, frozen=True, kw_only=True, tag="teardown_failed"):
+    """Teardown kept failing: the sandbox stays ``destroying`` and is shown as stuck.
+
+    ``sandboxer reap-stale --apply`` tries the teardown again; a later
+    ``destroyed`` clears the mark.
+    """
+
+    reason: str
+
+
 class CommandRejected(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="rejected"):
     """A command could not be accepted; ``reason`` says why and what to do."""
 
-    v: int = SCHEMA_VERSION
+    v: int = 1
     event_id: str = ""
     command_id: str | None
     """The command's id, or None when it could not be read."""
@@ -133,13 +147,15 @@ class CommandRejected(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
     reason: str
     sandbox_id: str | None = None
     stream_seq: int | None = None
-    """Sequence of the command in the commands stream (the key when the id is unreadable)."""
+    """Sequence of the message in its stream (the key when the id is unreadable)."""
+    stream: str | None = None
+    """The stream the rejected message came from, when not the commands stream (a job)."""
     actor: Actor | None = None
     at: str
 
 
 class _HostEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    v: int = SCHEMA_VERSION
+    v: int = 1
     event_id: str = ""
     host: str
     """A host name from the hosts file, or ``local-<hostname>`` for ext.local's machine."""
@@ -174,21 +190,12 @@ SandboxEvent = (
     | SandboxRecreating
     | SandboxDestroying
     | SandboxDestroyed
+    | SandboxTeardownFailed
 )
 Event = SandboxEvent | CommandRejected | HostEvent
 NOT_SANDBOX_EVENTS = (CommandRejected, HostInspected, HostReaped)
 """For ``isinstance``: events that do not belong to a sandbox aggregate."""
 
-_encoder = msgspec.json.Encoder()
-_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
-
-
-def encode_event(event: Event) -> bytes:
-    return _encoder.encode(event)
-
-
-def decode_event(data: bytes) -> Event:
-    return _decoder.decode(data)
 
 
 def event_type(event: Event) -> str:

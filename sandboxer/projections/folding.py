@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from sandboxer.domain.sandbox import SandboxState, evolve
+import logging
+
+from sandboxer.domain.sandbox_state import SandboxState, evolve
+from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.types import (
     CommandRejected,
     HostEvent,
     HostInspected,
     HostReaped,
-    decode_event,
 )
 from sandboxer.projections.sandbox_view import SandboxView
 
 __all__ = ["Batch"]
+
+log = logging.getLogger(__name__)
 
 LIVE_CACHE_LIMIT = 10_000
 
@@ -37,7 +41,13 @@ class Batch:
         self.size = 0
 
     async def apply(self, seq: int, data: bytes) -> None:
-        event = decode_event(data)
+        self.position = seq
+        self.size += 1
+        try:
+            event = decode_event(data)
+        except UnknownEventType as unknown:
+            log.warning("event %d skipped: %s", seq, unknown)
+            return
         if isinstance(event, CommandRejected):
             self._rejections.append((event, seq))
         elif isinstance(event, HostInspected | HostReaped):
@@ -50,8 +60,6 @@ class Batch:
                 state = stored or SandboxState(sandbox_id=sandbox_id)
             self._known[sandbox_id] = evolve(state, event)
             self._dirty[sandbox_id] = seq
-        self.position = seq
-        self.size += 1
 
     async def flush(self) -> None:
         if not self.size:

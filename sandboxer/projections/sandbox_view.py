@@ -15,7 +15,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from sandboxer.domain.sandbox import SandboxState
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.events.types import CommandRejected, HostEvent, HostInspected
 
 __all__ = ["SandboxView", "state_to_dict"]

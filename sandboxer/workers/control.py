@@ -1,9 +1,12 @@
 """The control worker: admits commands, decides, appends, and hands jobs to extensions.
 
 For every command it loads the sandbox, decides, appends under optimistic
-concurrency (reloading on a conflict), then publishes the job the new state
-waits for. Every step is idempotent, so a redelivered command completes
-whatever a crash interrupted and duplicates nothing.
+concurrency (:func:`sandboxer.workers.deciding.apply`), then publishes the
+job the new state waits for. Every step is idempotent, so a redelivered
+command completes whatever a crash interrupted and duplicates nothing. A
+command that cannot be read or accepted becomes a ``rejected`` event; a
+command that was decided is never turned into a rejection afterwards: its
+job is published again instead.
 """
 
 from __future__ import annotations
@@ -20,28 +23,29 @@ from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore, Loaded
 from sandboxer.bus.publish import publish_durably
 from sandboxer.clock import utc_now
-from sandboxer.commands.parse import parse_command
-from sandboxer.commands.types import Command, CreateSandbox, DestroySandbox, RecreateSandbox
+from sandboxer.commands.parse import parse_command, verb_of
+from sandboxer.commands.types import (
+    Command,
+    CreateSandbox,
+    DestroySandbox,
+    RecreateSandbox,
+    target_sandbox,
+)
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.hosts import load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create
-from sandboxer.domain.sandbox import AdmittedCreate, FinishTeardown, decide
-from sandboxer.errors import ConcurrencyConflict, InvalidCommand, Rejected, UnknownProfile
+from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
+from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
 from sandboxer.events.types import CommandRejected
+from sandboxer.workers.deciding import apply
+from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.jobs import job_for
-from sandboxer.workers.placement import place
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 
 __all__ = ["ControlWorker"]
 
 log = logging.getLogger(__name__)
-
-DECIDE_ATTEMPTS = 8
-
-
-def _verb(msg: Msg) -> str:
-    return msg.subject.rsplit(".", 1)[-1]
 
 
 class ControlWorker:
@@ -64,7 +68,7 @@ class ControlWorker:
 
     async def handle(self, msg: Msg) -> None:
         try:
-            command = parse_command(_verb(msg), msg.data)
+            command = parse_command(msg.subject, msg.data)
         except InvalidCommand as invalid:
             await self._reject(msg, invalid.code, invalid.reason, invalid)
             await msg.ack()
@@ -93,30 +97,19 @@ class ControlWorker:
         requested = command.host
         if requested is None and profile.placement.host_input:
             requested = admitted.inputs.get(profile.placement.host_input)
-        host, why = await place(profile.placement, requested, load_hosts(self._settings))
+        host, why = await choose_host(profile.placement, requested, load_hosts(self._settings))
         return dataclasses.replace(
             admitted, host=host, route_reason=f"{admitted.route_reason}; {why}"
         )
 
     async def _decide_and_append(self, command: Command) -> Loaded:
         domain_command = await self._to_domain(command)
-        sandbox_id = domain_command.sandbox_id
-        for _ in range(DECIDE_ATTEMPTS):
-            loaded = await self._store.load(sandbox_id)
-            events = decide(loaded.state, domain_command, utc_now())
-            try:
-                loaded = await self._store.append(loaded, events)
-            except ConcurrencyConflict:
-                continue
-            if loaded.state.status == "destroying" and loaded.state.extension is None:
-                # Never routed: nothing was made, so nothing to tear down.
-                events = decide(loaded.state, FinishTeardown(job_id="control"), utc_now())
-                loaded = await self._store.append(loaded, events)
-            return loaded
-        raise ConcurrencyConflict(
-            f"sandbox {sandbox_id} kept changing; gave up after {DECIDE_ATTEMPTS} attempts",
-            sandbox_id=sandbox_id,
-        )
+        loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command)
+        if loaded.state.status == "destroying" and loaded.state.extension is None:
+            # Never routed: nothing was made, so nothing to tear down.
+            loaded, _ = await apply(self._store, loaded.state.sandbox_id,
+                                    FinishTeardown(job_id="control"), loaded)
+        return loaded
 
     async def _dispatch(self, loaded: Loaded) -> None:
         """Publish the job the sandbox now waits for (deduplicated by its deterministic id)."""
@@ -137,7 +130,7 @@ class ControlWorker:
         sandbox_id = about.sandbox_id if hasattr(about, "sandbox_id") else None
         rejection = CommandRejected(
             command_id=about.command_id,
-            command=_verb(msg)[:64],
+            command=verb_of(msg.subject)[:64],
             code=code,
             reason=reason,
             sandbox_id=sandbox_id,
@@ -146,13 +139,20 @@ class ControlWorker:
             at=utc_now(),
         )
         log.info("rejected %s %s: %s", rejection.command, rejection.command_id, reason)
-        await self._store.reject(rejection)
+        await self._store.record(rejection)
 
     async def _on_poison(self, msg: Msg, exc: BaseException) -> None:
+        """The handler kept failing: finish a decided command's work, or reject it with why."""
         try:
-            command: InvalidCommand | Command = parse_command(_verb(msg), msg.data)
+            command: InvalidCommand | Command = parse_command(msg.subject, msg.data)
         except InvalidCommand as invalid:
             command = invalid
+        if not isinstance(command, InvalidCommand):
+            loaded = await self._store.load(target_sandbox(command))
+            if command.command_id in loaded.state.handled:
+                # Decided: its outcome belongs to the sandbox now. Re-send the job it waits for.
+                await self._dispatch(loaded)
+                return
         await self._reject(
             msg,
             "internal_error",

@@ -1,21 +1,21 @@
 """The extension worker: runs one backend's jobs (provision, recreate, teardown).
 
-It appends ``provisioning`` before doing any I/O, heartbeats the job while the
-backend works, and appends ``ready`` or ``failed`` after. Whatever happens, no
+It appends ``provisioning`` before doing any I/O and ``ready`` or ``failed``
+after (the pull loop heartbeats the job meanwhile). Whatever happens, no
 half-made sandbox is left: a failure tears down what was made, and a sandbox
 destroyed while it was being provisioned is torn down as soon as that is seen.
-Jobs of one sandbox are serialised within a process; across processes the
-event log's optimistic concurrency keeps them consistent.
+Every failure is on record: a job that cannot be read becomes a ``rejected``
+event, and a teardown that keeps failing a ``teardown_failed`` one. Jobs of
+one sandbox are serialised within a process; across processes the event
+log's optimistic concurrency keeps them consistent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
 from typing import Literal
 from weakref import WeakValueDictionary
 
@@ -27,17 +27,19 @@ from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore, Loaded
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
-from sandboxer.domain.sandbox import (
+from sandboxer.domain.sandbox_decide import (
     DomainCommand,
     FinishTeardown,
     MarkFailed,
     MarkReady,
+    MarkTeardownFailed,
     StartProvisioning,
-    decide,
 )
-from sandboxer.errors import ConcurrencyConflict, SandboxerError
+from sandboxer.errors import SandboxerError
+from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.secrets import redact, resolve_secrets
+from sandboxer.workers import deciding
 from sandboxer.workers.host_events import inspect_and_record
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
@@ -46,8 +48,6 @@ __all__ = ["ExtensionWorker"]
 
 log = logging.getLogger(__name__)
 
-DECIDE_ATTEMPTS = 8
-HEARTBEAT_SECONDS = 2.0
 MAX_REASON_CHARS = 4000
 
 
@@ -66,8 +66,6 @@ class ExtensionWorker:
         self._catalog = catalog
         self.extension = extension
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        # Well inside ack_wait, so a live worker's job is never redelivered to another.
-        self._heartbeat_every = max(0.2, min(HEARTBEAT_SECONDS, ack_wait / 3))
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
         token = subjects.extension_token(extension.id)
         self.spec = ConsumerSpec(
@@ -114,8 +112,13 @@ class ExtensionWorker:
         return lock
 
     async def handle(self, msg: Msg) -> None:
-        job = msgspec.json.decode(msg.data, type=Job)
-        async with self._lock(job.sandbox_id), self._heartbeat(msg):
+        try:
+            job = msgspec.json.decode(msg.data, type=Job)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            await self._reject_job(msg, f"the job is unreadable: {exc}")
+            await msg.ack()
+            return
+        async with self._lock(job.sandbox_id):
             loaded = await self._store.load(job.sandbox_id)
             host = loaded.state.host
             if job.action == "teardown":
@@ -126,41 +129,11 @@ class ExtensionWorker:
                 await self._provision(job, msg, loaded)
         await msg.ack()
 
-    @contextlib.asynccontextmanager
-    async def _heartbeat(self, msg: Msg) -> AsyncIterator[None]:
-        """Tell JetStream the job is still being worked on, so it is not redelivered meanwhile."""
-
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self._heartbeat_every)
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
-
-        task = asyncio.create_task(beat())
-        try:
-            yield
-        finally:
-            task.cancel()
-
     async def apply(
         self, sandbox_id: str, command: DomainCommand, known: Loaded | None = None
     ) -> tuple[Loaded, bool]:
-        """Load, decide, append (reloading on conflicts). Returns the state and whether it changed.
-
-        ``known`` is a state this worker just loaded or appended: it is tried first,
-        which saves a round trip; a conflict means it was stale, and the loop reloads.
-        """
-        for _ in range(DECIDE_ATTEMPTS):
-            loaded = known or await self._store.load(sandbox_id)
-            known = None
-            events = decide(loaded.state, command, utc_now())
-            if not events:
-                return loaded, False
-            try:
-                return await self._store.append(loaded, events), True
-            except ConcurrencyConflict:
-                continue
-        raise ConcurrencyConflict(f"sandbox {sandbox_id} kept changing", sandbox_id=sandbox_id)
+        """Change the sandbox through the shared load-decide-append loop."""
+        return await deciding.apply(self._store, sandbox_id, command, known)
 
     async def _provision(self, job: Job, msg: Msg, known: Loaded) -> None:
         loaded, started = await self.apply(
@@ -186,12 +159,12 @@ class ExtensionWorker:
                 host=state.host,
             )
             if profile.setup.record_telemetry:
-                await inspect_and_record(self._js, self.extension, state.host)
+                await inspect_and_record(self._store, self.extension, state.host)
             await self.extension.provision(request)
             stage = "wait_ready"
             readiness = await self.extension.wait_ready(request)
             if profile.setup.record_telemetry:  # after readiness, before `ready` is announced
-                await inspect_and_record(self._js, self.extension, state.host)
+                await inspect_and_record(self._store, self.extension, state.host)
         except Exception as exc:
             reason = _reason(exc, secrets)
             log.warning("sandbox %s failed at %s: %s", job.sandbox_id, stage, reason)
@@ -227,19 +200,28 @@ class ExtensionWorker:
             log.exception("teardown of %s after a failure also failed", sandbox_id)
 
     async def _on_poison(self, msg: Msg, exc: BaseException) -> None:
-        try:
-            job = msgspec.json.decode(msg.data, type=Job)
-        except msgspec.DecodeError:
-            log.error("dropping an unreadable job on %s: %r", msg.subject, msg.data[:200])
-            return
+        """The job kept failing: record why on the sandbox (``handle`` rejected unreadable ones)."""
+        job = msgspec.json.decode(msg.data, type=Job)
         host = (await self._store.load(job.sandbox_id)).state.host
-        await self._safe_teardown(job.sandbox_id, host)
+        reason = _reason(exc, {})
         if job.action == "teardown":
-            return  # stays 'destroying'; a new destroy command publishes the teardown again
+            # Stays 'destroying', marked stuck; destroy again or reap-stale retries it.
+            await self.apply(job.sandbox_id, MarkTeardownFailed(job_id=job.job_id, reason=reason))
+            return
+        await self._safe_teardown(job.sandbox_id, host)
         await self.apply(
             job.sandbox_id,
-            MarkFailed(job_id=job.job_id, reason=f"worker error: {exc}", stage="job"),
+            MarkFailed(job_id=job.job_id, reason=f"worker error: {reason}", stage="job"),
         )
+
+    async def _reject_job(self, msg: Msg, reason: str) -> None:
+        """Record a job nobody can run (only the control worker publishes jobs: this is junk)."""
+        log.warning("rejecting an unreadable job on %s: %s", msg.subject, reason)
+        await self._store.record(CommandRejected(
+            command_id=None, command="job", code="unreadable_job", reason=reason[:MAX_REASON_CHARS],
+            stream_seq=msg.metadata.sequence.stream, stream=subjects.JOBS_STREAM,
+            actor=SYSTEM_ACTOR, at=utc_now(),
+        ))
 
 
 def _reason(exc: BaseException, secrets: dict[str, str]) -> str:

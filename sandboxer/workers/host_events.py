@@ -7,20 +7,16 @@ telemetry before provisioning and once the sandbox is ready).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import socket
 from typing import Any
 
-import msgspec
-from nats.js import JetStreamContext
-
-from sandboxer import subjects
+from sandboxer.bus.event_store import EventStore
 from sandboxer.clock import utc_now
-from sandboxer.events.types import SYSTEM_ACTOR, HostEvent, HostInspected, encode_event
+from sandboxer.events.types import SYSTEM_ACTOR, HostInspected
 from sandboxer.extensions.base import Extension
 
-__all__ = ["event_host", "inspect_and_record", "local_host_name", "record_host_event"]
+__all__ = ["event_host", "inspect_and_record", "local_host_name"]
 
 
 def local_host_name() -> str:
@@ -33,19 +29,8 @@ def event_host(host: str | None) -> str:
     return host if host is not None else local_host_name()
 
 
-async def record_host_event(js: JetStreamContext, event: HostEvent) -> None:
-    body = encode_event(event)
-    event_id = hashlib.sha256(body).hexdigest()[:32]
-    event = msgspec.structs.replace(event, event_id=event_id)
-    await js.publish(
-        subjects.host_event_subject(event.host, str(event.__struct_config__.tag)),
-        encode_event(event),
-        headers={"Nats-Msg-Id": event_id},
-    )
-
-
 async def inspect_and_record(
-    js: JetStreamContext, extension: Extension, host: str | None
+    store: EventStore, extension: Extension, host: str | None
 ) -> dict[str, Any]:
     """Read one host's telemetry through the extension and record it; never raises for the host."""
     inspect = getattr(extension, "inspect_host", None)
@@ -53,7 +38,7 @@ async def inspect_and_record(
         report: dict[str, Any] = await inspect(host) if inspect else {}
     except Exception as exc:
         report = {"error": str(exc), "reachable": False}
-    await record_host_event(js, HostInspected(
+    await store.record(HostInspected(
         host=event_host(host), extension=extension.id, actor=SYSTEM_ACTOR, at=utc_now(),
         report=report,
     ))

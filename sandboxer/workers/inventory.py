@@ -33,11 +33,11 @@ from sandboxer.clock import utc_now
 from sandboxer.config.hosts import load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.drift import find_drift
-from sandboxer.domain.sandbox import MarkFailed
+from sandboxer.domain.sandbox_decide import MarkFailed
 from sandboxer.errors import RequestError
 from sandboxer.events.types import SYSTEM_ACTOR, HostReaped
 from sandboxer.extensions.base import Extension, FoundSandbox
-from sandboxer.workers.host_events import event_host, inspect_and_record, record_host_event
+from sandboxer.workers.host_events import event_host, inspect_and_record
 
 __all__ = ["InventoryService"]
 
@@ -87,7 +87,7 @@ class InventoryService:
     async def _inspect(self, request: dict[str, Any]) -> dict[str, Any]:
         reports = []
         for host in self._hosts(request):
-            report = await inspect_and_record(self._js, self._extension, host)
+            report = await inspect_and_record(self._store, self._extension, host)
             reports.append({"host": event_host(host), "report": report})
         return {"reports": reports}
 
@@ -155,7 +155,7 @@ class InventoryService:
                            "(found by reap-stale); recreate or destroy it"))
             name = event_host(host)
             if removed or ghosts:
-                await record_host_event(self._js, HostReaped(host=name, extension=self._extension.id,
+                await self._store.record(HostReaped(host=name, extension=self._extension.id,
                                               actor=SYSTEM_ACTOR, at=utc_now(),
                                               removed=removed, marked_failed=ghosts))
             hosts.append({"host": name, "removed": removed, "marked_failed": ghosts})

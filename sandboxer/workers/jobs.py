@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from sandboxer.domain.sandbox import SandboxState
+from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = ["Job", "job_for"]
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sandboxer.commands.parse import MAX_COMMAND_BYTES, InvalidCommand, parse_command
-from sandboxer.commands.types import CreateSandbox, DestroySandbox
+from sandboxer.commands.types import CreateSandbox, DestroySandbox, RecreateSandbox
 
 ACTOR = {"type": "agt", "id": "agent-7", "project": "p"}
 
@@ -17,14 +19,14 @@ def raw(**fields: object) -> bytes:
 
 
 def test_valid_create() -> None:
-    command = parse_command("create", raw(command_id="c1", profile="profile.local",
+    command = parse_command("sandboxer.cmd.create", raw(command_id="c1", profile="profile.local",
                                           inputs={"repo": "/src"}, actor=ACTOR))
     assert isinstance(command, CreateSandbox)
     assert command.inputs == {"repo": "/src"}
 
 
 def test_valid_destroy() -> None:
-    command = parse_command("destroy", raw(command_id="c1", sandbox_id="abcdefgh", actor=ACTOR))
+    command = parse_command("sandboxer.cmd.destroy", raw(command_id="c1", sandbox_id="abcdefgh", actor=ACTOR))
     assert isinstance(command, DestroySandbox)
 
 
@@ -52,19 +54,28 @@ def test_valid_destroy() -> None:
         ("create", raw(command_id="c", profile="p", actor=ACTOR, inputs={"a": 5}),
          "invalid_field", "inputs"),
         ("destroy", raw(command_id="c", actor=ACTOR), "invalid_field", "sandbox_id"),
-        ("explode", raw(command_id="c", actor=ACTOR), "unknown_command", "known commands"),
+        ("explode", raw(command_id="c", actor=ACTOR), "unknown_command", "known subjects"),
+        ("nope.create", raw(command_id="c", profile="p", actor=ACTOR), "unknown_command",
+         "sandboxer.cmd.create"),
+        ("x.y.create", raw(command_id="c", profile="p", actor=ACTOR), "unknown_command",
+         "known subjects"),
+        ("create", raw(command_id="c", profile="p", actor={**ACTOR, "role": "root"}),
+         "invalid_field", "actor"),
+        ("create", b"[" * 3000 + b"]" * 3000, "malformed", "nested too deeply"),
+        ("create", b'{"command_id": "c", "inputs": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3001,
+         "malformed", "nested too deeply"),
     ],
 )
 def test_rejections_say_why(verb: str, data: bytes, code: str, fragment: str) -> None:
     with pytest.raises(InvalidCommand) as caught:
-        parse_command(verb, data)
+        parse_command(f"sandboxer.cmd.{verb}", data)
     assert caught.value.code == code
     assert fragment in caught.value.reason
 
 
 def test_rejection_keeps_the_command_id_when_readable() -> None:
     with pytest.raises(InvalidCommand) as caught:
-        parse_command("create", raw(command_id="keep-me", actor=ACTOR))
+        parse_command("sandboxer.cmd.create", raw(command_id="keep-me", actor=ACTOR))
     assert caught.value.command_id == "keep-me"
     assert caught.value.actor is not None
 
@@ -72,5 +83,34 @@ def test_rejection_keeps_the_command_id_when_readable() -> None:
 def test_huge_payload_is_refused_before_decoding() -> None:
     data = raw(command_id="c", profile="p", actor=ACTOR, inputs={"x": "y" * MAX_COMMAND_BYTES})
     with pytest.raises(InvalidCommand) as caught:
-        parse_command("create", data)
+        parse_command("sandboxer.cmd.create", data)
     assert caught.value.code == "too_large"
+
+
+@pytest.mark.parametrize("subject", ["sandboxer.cmd", "cmd.create", "sandboxer.create",
+                                     "other.cmd.create", "sandboxer.cmd.create.extra"])
+def test_only_the_exact_command_subject_is_a_command(subject: str) -> None:
+    data = raw(command_id="c", profile="profile.local", actor=ACTOR)
+    with pytest.raises(InvalidCommand) as caught:
+        parse_command(subject, data)
+    assert caught.value.code == "unknown_command"
+    assert caught.value.command_id == "c"
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=st.sampled_from(["sandboxer.cmd.create", "sandboxer.cmd.destroy",
+                                "sandboxer.cmd.recreate", "sandboxer.cmd.x.create"]),
+       data=st.one_of(st.binary(max_size=256),
+                      st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                                   lambda inner: st.lists(inner, max_size=4)
+                                   | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+                                   max_leaves=20).map(json.dumps).map(str.encode)))
+def test_any_bytes_become_a_command_or_a_reason(subject: str, data: bytes) -> None:
+    """Whatever is published, parsing ends in a command or an InvalidCommand: nothing else."""
+    outcome: object
+    try:
+        outcome = parse_command(subject, data)
+    except InvalidCommand as invalid:
+        outcome = invalid
+    assert isinstance(outcome, CreateSandbox | DestroySandbox | RecreateSandbox | InvalidCommand)
+    assert not isinstance(outcome, InvalidCommand) or outcome.reason

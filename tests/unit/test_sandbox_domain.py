@@ -5,18 +5,16 @@ from __future__ import annotations
 import pytest
 
 from sandboxer.commands.types import CreateSandbox, DestroySandbox, RecreateSandbox
-from sandboxer.domain.sandbox import (
+from sandboxer.domain.sandbox_decide import (
     AdmittedCreate,
     FinishTeardown,
     MarkFailed,
     MarkReady,
-    Rejected,
-    SandboxState,
     StartProvisioning,
     decide,
-    evolve,
-    fold,
 )
+from sandboxer.domain.sandbox_state import SandboxState, evolve, fold
+from sandboxer.errors import Rejected
 from sandboxer.events.types import Actor, SandboxEvent
 
 ACTOR = Actor(type="adm", id="tester")

@@ -1,4 +1,4 @@
-"""Placing a sandbox on a host: the placement order, with each host's health checked over SSH.
+"""Choosing the host for a sandbox: the profile's host order, each host's health checked over SSH.
 
 The control worker calls this before it decides a create for an extension
 that places on hosts; the chosen host and the reasons (hosts skipped and
@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from sandboxer.config.hosts import HostConfig
 from sandboxer.config.profile import Placement
-from sandboxer.domain.placement import placement_order
+from sandboxer.domain.host_order import host_order
 from sandboxer.errors import Rejected, SandboxerError
 
-__all__ = ["Probe", "place", "ssh_probe"]
+__all__ = ["Probe", "choose_host", "ssh_probe"]
 
 Probe = Callable[[str, HostConfig], Awaitable[str | None]]
 """Returns None when the host can take work, else why not."""
@@ -34,7 +34,7 @@ async def ssh_probe(name: str, host: HostConfig) -> str | None:
     return None
 
 
-async def place(
+async def choose_host(
     placement: Placement,
     requested: str | None,
     hosts: Mapping[str, HostConfig],
@@ -42,7 +42,7 @@ async def place(
 ) -> tuple[str, str]:
     """The first healthy host in placement order, and the reason; Rejected when none is."""
     skipped: list[str] = []
-    for name, role in placement_order(placement, requested, list(hosts)):
+    for name, role in host_order(placement, requested, list(hosts)):
         config = hosts.get(name)
         if config is None:
             skipped.append(f"{name} is not in the hosts file")

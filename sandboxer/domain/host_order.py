@@ -1,4 +1,4 @@
-"""Placement order: which hosts to try for a sandbox, in order. Pure."""
+"""Host order: which hosts to try for a sandbox, from the profile's placement, in order. Pure."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 from sandboxer.config.profile import Placement
 
-__all__ = ["placement_order"]
+__all__ = ["host_order"]
 
 
-def placement_order(
+def host_order(
     placement: Placement, requested: str | None, known: Sequence[str]
 ) -> list[tuple[str, str]]:
     """(host, why it is a candidate) in the order to try them.

@@ -1,18 +1,10 @@
-"""The sandbox aggregate: ``decide(state, command, now) -> events`` and ``evolve(state, event)``.
+"""The sandbox aggregate's rules: ``decide(state, command, now) -> events``.
 
-Both are pure. Workers load the state by folding ``evolve`` over a sandbox's
-events, call ``decide`` and append what it returns under optimistic
-concurrency; on a conflict they reload and decide again. A command the state
-cannot accept raises :class:`Rejected`; a command already decided (same
+Pure. Workers load the state (:mod:`sandboxer.domain.sandbox_state`), call
+``decide`` and append what it returns under optimistic concurrency; on a
+conflict they reload and decide again. A command the state cannot accept
+raises :class:`~sandboxer.errors.Rejected`; a command already decided (same
 ``command_id``) or a job whose work is already done decides no events.
-
-Lifecycle::
-
-    new ─create→ requested → routed → provisioning → ready ─recreate→ recreating → provisioning
-                                        │   ▲
-                                        ▼   │(redelivered job: attempt+1)
-                                       failed ─recreate→ recreating
-    any live state ─destroy→ destroying → destroyed
 """
 
 from __future__ import annotations
@@ -20,12 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import msgspec
-
 from sandboxer.commands.types import CreateSandbox, DestroySandbox, RecreateSandbox
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import Rejected
 from sandboxer.events.types import (
-    Actor,
     SandboxDestroyed,
     SandboxDestroying,
     SandboxEvent,
@@ -35,69 +25,19 @@ from sandboxer.events.types import (
     SandboxRecreating,
     SandboxRequested,
     SandboxRouted,
+    SandboxTeardownFailed,
 )
 
 __all__ = [
     "AdmittedCreate",
+    "DomainCommand",
     "FinishTeardown",
     "MarkFailed",
     "MarkReady",
-    "SandboxState",
+    "MarkTeardownFailed",
     "StartProvisioning",
-    "Status",
     "decide",
-    "evolve",
-    "fold",
 ]
-
-Status = Literal[
-    "new",
-    "requested",
-    "routed",
-    "provisioning",
-    "ready",
-    "failed",
-    "recreating",
-    "destroying",
-    "destroyed",
-]
-
-LIVE = frozenset({"requested", "routed", "provisioning", "ready", "failed", "recreating"})
-"""States a destroy may leave."""
-
-
-class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
-    """What the log says about one sandbox, folded from its events."""
-
-    sandbox_id: str
-    status: Status = "new"
-    version: int = 0
-    """Number of events applied."""
-    profile: str | None = None
-    profile_version: int | None = None
-    inputs: dict[str, str] = {}
-    extension: str | None = None
-    host: str | None = None
-    actor: Actor | None = None
-    created_by: str | None = None
-    """The create command's id."""
-    correlation: str | None = None
-    """The command whose work is under way (create, recreate or destroy): the ``command_id``
-    of the events its jobs produce, so a client can wait for the outcome of its own command."""
-    generation: int = 0
-    attempt: int = 0
-    reachability: dict[str, Any] | None = None
-    warnings: list[str] = []
-    failure: str | None = None
-    ttl_seconds: float | None = None
-    handled: tuple[str, ...] = ()
-    """Ids of the commands already decided, so a re-sent command decides nothing.
-    A tuple in log order (not a set) so that the stored state is byte-for-byte reproducible."""
-    created_at: str | None = None
-    updated_at: str | None = None
-
-
-# -- commands as the domain sees them ---------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +83,14 @@ class FinishTeardown:
     job_id: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class MarkTeardownFailed:
+    """Teardown failed for good (its job ran out of deliveries): record why."""
+
+    job_id: str
+    reason: str
+
+
 DomainCommand = (
     AdmittedCreate
     | DestroySandbox
@@ -151,10 +99,8 @@ DomainCommand = (
     | MarkReady
     | MarkFailed
     | FinishTeardown
+    | MarkTeardownFailed
 )
-
-
-# -- decide ------------------------------------------------------------------------------------
 
 
 def decide(state: SandboxState, command: DomainCommand, now: str) -> list[SandboxEvent]:
@@ -193,6 +139,11 @@ def decide(state: SandboxState, command: DomainCommand, now: str) -> list[Sandbo
             if state.status != "destroying":
                 return []
             return [SandboxDestroyed(**_common(state, now, command.job_id))]
+        case MarkTeardownFailed():
+            if state.status != "destroying" or state.teardown_failure == command.reason:
+                return []
+            return [SandboxTeardownFailed(**_common(state, now, command.job_id),
+                                          reason=command.reason)]
 
 
 def _common(state: SandboxState, now: str, causation: str | None = None) -> dict[str, Any]:
@@ -314,67 +265,3 @@ def _decide_start(state: SandboxState, command: StartProvisioning, now: str) -> 
     ]
 
 
-# -- evolve ------------------------------------------------------------------------------------
-
-
-def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
-    """The state after ``event``. Total: an event that does not apply leaves the state as it is."""
-    replace = msgspec.structs.replace
-    base = replace(
-        state,
-        version=state.version + 1,
-        handled=state.handled
-        if event.command_id in state.handled
-        else (*state.handled, event.command_id),
-        updated_at=event.at,
-    )
-    match event:
-        case SandboxRequested():
-            return replace(
-                base,
-                status="requested",
-                profile=event.profile,
-                profile_version=event.profile_version,
-                inputs=event.inputs,
-                actor=event.actor,
-                created_by=event.command_id,
-                correlation=event.command_id,
-                ttl_seconds=event.ttl_seconds,
-                created_at=event.at,
-            )
-        case SandboxRouted():
-            return replace(base, status="routed", extension=event.extension, host=event.host)
-        case SandboxProvisioning():
-            return replace(
-                base,
-                status="provisioning",
-                attempt=event.attempt,
-                generation=event.generation,
-                failure=None,
-            )
-        case SandboxReady():
-            return replace(
-                base, status="ready", reachability=event.reachability, warnings=event.warnings
-            )
-        case SandboxFailed():
-            return replace(base, status="failed", failure=event.reason, reachability=None)
-        case SandboxRecreating():
-            return replace(
-                base,
-                status="recreating",
-                reachability=None,
-                warnings=[],
-                correlation=event.command_id,
-            )
-        case SandboxDestroying():
-            return replace(base, status="destroying", correlation=event.command_id)
-        case SandboxDestroyed():
-            return replace(base, status="destroyed", reachability=None)
-    return base
-
-
-def fold(sandbox_id: str, events: list[SandboxEvent]) -> SandboxState:
-    state = SandboxState(sandbox_id=sandbox_id)
-    for event in events:
-        state = evolve(state, event)
-    return state

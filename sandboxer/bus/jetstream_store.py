@@ -1,0 +1,126 @@
+"""The event store on JetStream: batched direct get to load, expected-sequence appends.
+
+Appends carry both expected-sequence headers scoped to
+``sandboxer.evt.sandbox.<id>.>`` so that any two writers of one sandbox
+conflict, whatever event types they write. A publish that timed out may still
+have landed, so it is retried with the same ``Nats-Msg-Id``; with one replica
+the server answers such a retry with a wrong-sequence error rather than
+"duplicate", so a conflict after a retry is settled by reading the sandbox's
+last message and accepting it when it carries our id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from sandboxer import subjects
+from sandboxer.bus.direct_get import read_subject
+from sandboxer.bus.event_store import Loaded, Record, rejection_key, stamp
+from sandboxer.bus.publish import PublishConflict, publish_durably
+from sandboxer.domain.sandbox_state import SandboxState, evolve
+from sandboxer.errors import ConcurrencyConflict
+from sandboxer.events.codec import UnknownEventType, decode_event, encode_event
+from sandboxer.events.types import (
+    NOT_SANDBOX_EVENTS,
+    CommandRejected,
+    Event,
+    SandboxEvent,
+    event_type,
+)
+
+__all__ = ["JetStreamEventStore"]
+
+log = logging.getLogger(__name__)
+
+CONFLICT_CODES = frozenset({10071, 10164})
+"""JetStream's "wrong last sequence" errors (per subject, and per wildcard subject)."""
+
+
+def _subject(event: Event) -> str:
+    if isinstance(event, CommandRejected):
+        return subjects.rejection_subject(rejection_key(event))
+    if isinstance(event, NOT_SANDBOX_EVENTS):
+        return subjects.host_event_subject(event.host, event_type(event))
+    return subjects.sandbox_event_subject(event.sandbox_id, event_type(event))
+
+
+class JetStreamEventStore:
+    """:class:`~sandboxer.bus.event_store.EventStore` on the events stream."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._js = js
+        self._timeout = timeout
+
+    async def load(self, sandbox_id: str) -> Loaded:
+        """Fold every event of one sandbox (a batched direct get: one round trip for most)."""
+        state = SandboxState(sandbox_id=sandbox_id)
+        last_seq = 0
+        async for seq, data in read_subject(
+            self._nc, subjects.sandbox_events_filter(sandbox_id), timeout=self._timeout
+        ):
+            last_seq = seq
+            try:
+                event = decode_event(data)
+            except UnknownEventType as unknown:
+                log.warning("sandbox %s: skipping event %d: %s", sandbox_id, seq, unknown)
+                continue
+            if not isinstance(event, NOT_SANDBOX_EVENTS):
+                state = evolve(state, event)
+        return Loaded(state, last_seq)
+
+    async def append(self, loaded: Loaded, events: Sequence[SandboxEvent]) -> Loaded:
+        state, last_seq = loaded.state, loaded.last_seq
+        for event in events:
+            stamped = stamp(event, version=state.version)
+            last_seq = await self._append_one(stamped, last_seq)
+            state = evolve(state, stamped)
+        return Loaded(state, last_seq)
+
+    async def record(self, event: Record) -> None:
+        stamped = stamp(event)
+        await self._publish(stamped, {"Nats-Msg-Id": stamped.event_id})
+
+    async def _append_one(self, event: SandboxEvent, expected_seq: int) -> int:
+        scope = subjects.sandbox_events_filter(event.sandbox_id)
+        headers = {
+            "Nats-Msg-Id": event.event_id,
+            "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": scope,
+        }
+        try:
+            return await self._publish(event, headers)
+        except PublishConflict as conflict:
+            if conflict.retried:
+                landed = await self._landed_seq(scope, event.event_id)
+                if landed is not None:
+                    return landed
+            raise ConcurrencyConflict(
+                f"sandbox {event.sandbox_id} changed while deciding; reload and decide again",
+                sandbox_id=event.sandbox_id,
+            ) from conflict
+
+    async def _publish(self, event: Event, headers: dict[str, str]) -> int:
+        """The one publish of every append: retried through elections, same id every time.
+
+        Raises PublishConflict, StreamUnavailable once the retry budget is spent,
+        or BusError for any other refusal.
+        """
+        published = await publish_durably(
+            self._js, _subject(event), encode_event(event), headers=headers
+        )
+        return int(published.ack.seq)
+
+    async def _landed_seq(self, scope: str, event_id: str) -> int | None:
+        try:
+            last = await self._js.get_last_msg(subjects.EVENTS_STREAM, scope, direct=True)
+        except NotFoundError:
+            return None
+        if (last.headers or {}).get("Nats-Msg-Id") == event_id and last.seq is not None:
+            return int(last.seq)
+        return None

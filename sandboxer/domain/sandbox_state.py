@@ -1,0 +1,153 @@
+"""The sandbox aggregate's state, and ``evolve(state, event)``: how each event changes it.
+
+Pure. Workers fold ``evolve`` over a sandbox's events to load it; the
+projector folds the same function into the sandbox view. ``evolve`` is total:
+an event that does not apply leaves the state as it is (but counts toward
+its version).
+
+Lifecycle::
+
+    new ─create→ requested → routed → provisioning → ready ─recreate→ recreating → provisioning
+                                        │   ▲
+                                        ▼   │(redelivered job: attempt+1)
+                                       failed ─recreate→ recreating
+    any live state ─destroy→ destroying → destroyed
+                                 │  ▲
+                                 ▼  │(destroy again, or reap-stale)
+                           teardown_failed: still destroying, marked stuck
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from sandboxer.events.types import (
+    Actor,
+    SandboxDestroyed,
+    SandboxDestroying,
+    SandboxEvent,
+    SandboxFailed,
+    SandboxProvisioning,
+    SandboxReady,
+    SandboxRecreating,
+    SandboxRequested,
+    SandboxRouted,
+    SandboxTeardownFailed,
+)
+
+__all__ = ["LIVE", "SandboxState", "Status", "evolve", "fold"]
+
+Status = Literal[
+    "new",
+    "requested",
+    "routed",
+    "provisioning",
+    "ready",
+    "failed",
+    "recreating",
+    "destroying",
+    "destroyed",
+]
+
+LIVE = frozenset({"requested", "routed", "provisioning", "ready", "failed", "recreating"})
+"""States a destroy may leave."""
+
+
+class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the log says about one sandbox, folded from its events."""
+
+    sandbox_id: str
+    status: Status = "new"
+    version: int = 0
+    """Number of events applied."""
+    profile: str | None = None
+    profile_version: int | None = None
+    inputs: dict[str, str] = {}
+    extension: str | None = None
+    host: str | None = None
+    actor: Actor | None = None
+    created_by: str | None = None
+    """The create command's id."""
+    correlation: str | None = None
+    """The command whose work is under way (create, recreate or destroy): the ``command_id``
+    of the events its jobs produce, so a client can wait for the outcome of its own command."""
+    generation: int = 0
+    attempt: int = 0
+    reachability: dict[str, Any] | None = None
+    warnings: list[str] = []
+    failure: str | None = None
+    teardown_failure: str | None = None
+    """Why the last teardown failed, while the sandbox is stuck in ``destroying``."""
+    ttl_seconds: float | None = None
+    handled: tuple[str, ...] = ()
+    """Ids of the commands already decided, so a re-sent command decides nothing.
+    A tuple in log order (not a set) so that the stored state is byte-for-byte reproducible."""
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
+    """The state after ``event``. Total: an event that does not apply leaves the state as it is."""
+    replace = msgspec.structs.replace
+    base = replace(
+        state,
+        version=state.version + 1,
+        handled=state.handled
+        if event.command_id in state.handled
+        else (*state.handled, event.command_id),
+        updated_at=event.at,
+    )
+    match event:
+        case SandboxRequested():
+            return replace(
+                base,
+                status="requested",
+                profile=event.profile,
+                profile_version=event.profile_version,
+                inputs=event.inputs,
+                actor=event.actor,
+                created_by=event.command_id,
+                correlation=event.command_id,
+                ttl_seconds=event.ttl_seconds,
+                created_at=event.at,
+            )
+        case SandboxRouted():
+            return replace(base, status="routed", extension=event.extension, host=event.host)
+        case SandboxProvisioning():
+            return replace(
+                base,
+                status="provisioning",
+                attempt=event.attempt,
+                generation=event.generation,
+                failure=None,
+            )
+        case SandboxReady():
+            return replace(
+                base, status="ready", reachability=event.reachability, warnings=event.warnings
+            )
+        case SandboxFailed():
+            return replace(base, status="failed", failure=event.reason, reachability=None)
+        case SandboxRecreating():
+            return replace(
+                base,
+                status="recreating",
+                reachability=None,
+                warnings=[],
+                correlation=event.command_id,
+            )
+        case SandboxDestroying():
+            return replace(base, status="destroying", correlation=event.command_id)
+        case SandboxTeardownFailed():
+            return replace(base, teardown_failure=event.reason)
+        case SandboxDestroyed():
+            return replace(base, status="destroyed", reachability=None, teardown_failure=None)
+    return base
+
+
+def fold(sandbox_id: str, events: list[SandboxEvent]) -> SandboxState:
+    state = SandboxState(sandbox_id=sandbox_id)
+    for event in events:
+        state = evolve(state, event)
+    return state
