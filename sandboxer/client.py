@@ -2,76 +2,35 @@
 
 It only speaks the public contract of ``docs/protocol.md``: publish commands
 to the commands stream, watch events on core subjects, ask the projector over
-request/reply.
+request/reply. Finding the service is :mod:`sandboxer.service_discovery`;
+waiting for a command's outcome is :mod:`sandboxer.command_outcomes`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as Nats
-from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
-from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_reader import last_sequence, read_events
-from sandboxer.config.settings import Settings
-from sandboxer.errors import BusError, InvalidInput, SandboxerError, ServiceNotRunning
+from sandboxer.command_outcomes import CommandFailed, EventCallback, OutcomeWatcher, notify
+from sandboxer.errors import BusError, InvalidInput, ServiceNotRunning
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
 
-__all__ = ["CommandFailed", "SandboxerClient", "find_service_urls"]
+__all__ = ["CommandFailed", "EventCallback", "OutputCallback", "SandboxerClient"]
 
-EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 OutputCallback = Callable[[str, bytes], Awaitable[None] | None]
 
 DEFAULT_ACTOR = {"type": "adm", "id": os.environ.get("USER") or "cli"}
-
-
-class CommandFailed(SandboxerError):
-    """A command was rejected, or the work it started ended in ``failed``."""
-
-    def __init__(self, message: str, event: dict[str, Any]) -> None:
-        super().__init__(message, sandbox_id=event.get("sandbox_id"))
-        self.event = event
-
-
-def read_service_file(settings: Settings) -> dict[str, Any] | None:
-    """The running embedded service's record, if its process is still alive."""
-    try:
-        record: dict[str, Any] = json.loads(settings.service_file.read_text())
-        os.kill(int(record["pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    return record
-
-
-def find_service_urls(settings: Settings) -> list[str]:
-    if settings.nats_urls:
-        return list(settings.nats_urls)
-    record = read_service_file(settings)
-    if record is None:
-        raise ServiceNotRunning(
-            f"no sandboxer service is running for {settings.home}; start one with "
-            "'sandboxer up' (or set SANDBOXER_NATS_URL to use an existing NATS)"
-        )
-    return [str(record["nats_url"])]
-
-
-async def _call(callback: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
-    if callback is not None:
-        result = callback(*args)
-        if asyncio.iscoroutine(result):
-            await result
 
 
 class SandboxerClient:
@@ -79,9 +38,17 @@ class SandboxerClient:
         self.nc = nc
         self.js = nc.jetstream()
         self.actor = dict(actor or DEFAULT_ACTOR)
-        self.seen_seq = 0
-        """The log position of the last outcome this client waited for: its queries wait
+        self.outcomes = OutcomeWatcher(nc, self.js)
+
+    @property
+    def seen_seq(self) -> int:
+        """The log position of the last outcome this client saw: its queries wait
         until the view includes it, so a client reads its own writes."""
+        return self.outcomes.seen_seq
+
+    @seen_seq.setter
+    def seen_seq(self, value: int) -> None:
+        self.outcomes.seen_seq = value
 
     @classmethod
     async def connect(cls, urls: list[str], **kwargs: Any) -> SandboxerClient:
@@ -231,82 +198,13 @@ class SandboxerClient:
 
     async def _run(self, verb: str, command: dict[str, Any], sandbox_id: str, success: set[str],
                    wait: bool, on_event: EventCallback | None, timeout: float) -> dict[str, Any]:
-        command_id = command["command_id"]
         if not wait:
             await self.publish_command(verb, command)
-            return {"command_id": command_id, "sandbox_id": sandbox_id}
-        outcome: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-        async def on_msg(msg: Msg) -> None:
-            await outcome.put(msgspec.json.decode(msg.data))
-
-        # Subscribe before publishing, so no event can slip past.
-        subs = [
-            await self.nc.subscribe(subjects.sandbox_events_filter(sandbox_id), cb=on_msg),
-            await self.nc.subscribe(subjects.rejection_subject(command_id), cb=on_msg),
-        ]
-        try:
-            await self.publish_command(verb, command)
-            await self._catch_up(sandbox_id, command_id, outcome)
-            seen: set[str] = set()
-            async with asyncio.timeout(timeout):
-                while True:
-                    event = await outcome.get()
-                    if event.get("command_id") != command_id or event.get("event_id") in seen:
-                        continue  # another command's event, or one both caught up and delivered
-                    seen.add(event.get("event_id", ""))
-                    await _call(on_event, event)
-                    kind = event.get("type")
-                    if kind in {*success, "failed", "destroyed"}:
-                        await self._note_position(sandbox_id, event)
-                    if kind in success:
-                        return event
-                    if kind == "rejected":
-                        await self._note_position(None, event, rejection=command_id)
-                        raise CommandFailed(f"{verb} rejected: {event.get('reason')}", event)
-                    if kind == "failed":
-                        raise CommandFailed(f"sandbox {sandbox_id} failed: {event.get('reason')}",
-                                            event)
-                    if kind == "destroyed" and verb != "destroy":
-                        raise CommandFailed(f"sandbox {sandbox_id} was destroyed", event)
-        except TimeoutError:
-            raise BusError(
-                f"no outcome for {verb} {command_id} after {timeout:.0f}s; the command is "
-                f"accepted and may still complete: 'sandboxer events --sandbox {sandbox_id}'"
-            ) from None
-        finally:
-            for sub in subs:
-                await sub.unsubscribe()
-
-    async def _note_position(self, sandbox_id: str | None, event: dict[str, Any], *,
-                             rejection: str = "") -> None:
-        """Remember the stream sequence of an outcome just seen (for read-your-writes queries).
-
-        In a cluster a core subscriber can see an event before the stream has stored
-        it, so ask the stream leader (not a replica: direct gets may lag) until the
-        last message on the subject is this event, for a moment at most.
-        """
-        subject = (subjects.sandbox_events_filter(sandbox_id) if sandbox_id
-                   else subjects.rejection_subject(rejection))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.0
-        with contextlib.suppress(Exception):
-            while True:
-                last = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject)
-                self.seen_seq = max(self.seen_seq, int(last.seq or 0))
-                if (last.headers or {}).get("Nats-Msg-Id") == event.get("event_id"):
-                    return
-                if loop.time() > deadline:  # a later event took its place: that is later still
-                    return
-                await asyncio.sleep(0.005)
-
-    async def _catch_up(self, sandbox_id: str, command_id: str,
-                        outcome: asyncio.Queue[dict[str, Any]]) -> None:
-        """Queue this sandbox's logged events of ``command_id``: a re-sent command may be done."""
-        async for _seq, data in read_subject(self.nc, subjects.sandbox_events_filter(sandbox_id)):
-            event = msgspec.json.decode(data)
-            if event.get("command_id") == command_id:
-                await outcome.put(event)
+            return {"command_id": command["command_id"], "sandbox_id": sandbox_id}
+        return await self.outcomes.run(
+            verb, command, sandbox_id, success, lambda: self.publish_command(verb, command),
+            on_event, timeout,
+        )
 
     # -- exec and events -----------------------------------------------------------------------
 
@@ -331,7 +229,7 @@ class SandboxerClient:
                 while True:
                     kind = (msg.headers or {}).get(EXEC_HEADER)
                     if kind in {"stdout", "stderr"}:
-                        await _call(on_output, kind, msg.data)
+                        await notify(on_output, kind, msg.data)
                     elif kind == "exit":
                         result = msgspec.json.decode(msg.data)
                         if "error" in result:

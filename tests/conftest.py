@@ -30,9 +30,32 @@ def require_tool(name: str, apt_package: str) -> str:
     return path
 
 
+def fail_on_logged_errors(server: NatsServerProcess) -> None:
+    """Fail the test when the server logged ``[FTL]`` or ``[ERR]`` lines since it started.
+
+    A client that breaks the protocol, a store that cannot write, a stream that
+    lost its leader: the server says so in its log even when no client sees an
+    error, and a test that passes over such a line hides a bug.
+    """
+    errors = server.logged_errors()
+    if errors:
+        shown = "\n  ".join(errors[:20])
+        pytest.fail(
+            f"nats-server {server.server_name!r} logged {len(errors)} error line(s):\n  {shown}\n"
+            f"full log: {server.log_file} (mark the test 'nats_errors_expected' if it provokes "
+            "them on purpose)",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServerProcess]:
-    """A fresh JetStream server on a free loopback port, its data in ``tmp_path``."""
+async def nats_server(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[NatsServerProcess]:
+    """A fresh JetStream server on a free loopback port, its data in ``tmp_path``.
+
+    The test fails when the server logs fatal or error lines while it runs.
+    """
     server = NatsServerProcess(
         tmp_path / "nats",
         binary=Settings.from_env().nats_server,
@@ -44,6 +67,8 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServerProcess]:
         yield server
     finally:
         await server.stop()
+    if request.node.get_closest_marker("nats_errors_expected") is None:
+        fail_on_logged_errors(server)
 
 
 @pytest.fixture

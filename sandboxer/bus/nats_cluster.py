@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Self
 
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.errors import NatsServerError
 
 __all__ = ["NatsCluster"]
 
@@ -43,7 +44,7 @@ class NatsCluster:
         ready_timeout: float = 30.0,
     ) -> None:
         if size < 1:
-            raise ValueError("a cluster needs at least one node")
+            raise NatsServerError("a cluster needs at least one node")
         self.base_dir = Path(base_dir)
         self.size = size
         self.name = name

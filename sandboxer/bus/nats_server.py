@@ -2,10 +2,11 @@
 
 Port ``0`` means "any free port": nats-server is started with ``-1`` (its
 "random port") and the real port is read from its log. The server logs to
-``log_file`` (default ``<store_dir>/nats-server.log``, appended to); the log is
-read only while starting, so a busy event loop can never stall the server on a
-full pipe. Finding and version-checking the binary lives in
-:mod:`sandboxer.bus.nats_binary`, clusters in :mod:`sandboxer.bus.nats_cluster`.
+``log_file`` (default ``<store_dir>/nats-server.log``, appended to), read
+by :mod:`sandboxer.bus.nats_log`; the store directory is locked by
+:mod:`sandboxer.bus.store_lock`; health is probed by :mod:`sandboxer.bus.http_probe`.
+Finding and version-checking the binary lives in :mod:`sandboxer.bus.nats_binary`,
+clusters in :mod:`sandboxer.bus.nats_cluster`.
 """
 
 from __future__ import annotations
@@ -13,40 +14,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import fcntl
 import os
-import re
 import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
+from sandboxer.bus import nats_log
+from sandboxer.bus.http_probe import http_status
 from sandboxer.bus.nats_binary import (
     BINARY_NAME,
     Version,
     ensure_supported_server,
     find_nats_server,
 )
+from sandboxer.bus.store_lock import StoreLock
 from sandboxer.errors import NatsServerError
 
 __all__ = ["NatsServerProcess"]
 
-_ADDRESS_RES = {  # where the log says which port the server got
-    "port": re.compile(r"Listening for client connections on \S+:(\d+)"),
-    "monitor": re.compile(r"Starting http monitor on \S+:(\d+)"),
-    "cluster": re.compile(r"Listening for route connections on \S+:(\d+)"),
-}
-_READY_MARK = "Server is ready"
-_FATAL_MARK = "[FTL]"
-_LOG_PREFIX_RE = re.compile(r"^\[\d+\] \S+ \S+ (.*)$")
-_LOCK_NAME = ".nats-server.lock"
 _POLL = 0.01
 
 
 def _port_arg(port: int) -> str:
     if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range (0 means any free port)")
+        raise NatsServerError(f"port {port} is out of range (0 means any free port)")
     return "-1" if port == 0 else str(port)
 
 
@@ -59,12 +52,6 @@ def _connect_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _strip_prefix(line: str) -> str:
-    """Drop nats-server's ``[pid] date time`` prefix from a log line."""
-    match = _LOG_PREFIX_RE.match(line)
-    return match.group(1) if match else line
-
-
 def _die_with_parent_hook() -> Callable[[], None] | None:
     """A pre-exec hook asking the kernel to SIGTERM the child if we die first (Linux only)."""
     prctl = getattr(ctypes.CDLL(None), "prctl", None)
@@ -72,43 +59,6 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
         return None
     pr_set_pdeathsig = 1
     return lambda: prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-
-
-def _lock_store(store_dir: Path) -> int:
-    """Lock ``store_dir`` while our server uses it; the lock goes with the returned fd.
-
-    nats-server itself does not lock its store directory: a second server on
-    the same directory starts happily and the two corrupt each other's streams.
-    """
-    store_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(store_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise NatsServerError(
-            f"the JetStream store {store_dir} is in use by another nats-server; stop that "
-            "server (or 'sandboxer down') first, or use another SANDBOXER_HOME"
-        ) from None
-    return fd
-
-
-async def _http_status(host: str, port: int, path: str) -> tuple[int, bytes]:
-    """Status code and body of ``GET path`` (the monitor speaks plain HTTP/1.0)."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
-        await writer.drain()
-        data = await reader.read()
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = head.split(b"\r\n", 1)[0].split()
-    if len(status) < 2 or not status[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {head[:100]!r}")
-    return int(status[1]), body
 
 
 class NatsServerProcess:
@@ -139,7 +89,9 @@ class NatsServerProcess:
         stop_timeout: float = 10.0,
     ) -> None:
         if cluster_port is None and (routes or cluster_name):
-            raise ValueError("routes and cluster_name need a cluster_port (0 picks a free one)")
+            raise NatsServerError(
+                "routes and cluster_name need a cluster_port (0 picks a free one)"
+            )
         for p in (port, monitor_port, cluster_port):
             _port_arg(p or 0)
         self.store_dir = Path(store_dir)
@@ -157,7 +109,7 @@ class NatsServerProcess:
         self._found: dict[str, int] = {}
         self._proc: asyncio.subprocess.Process | None = None
         self._pid: int | None = None
-        self._lock: int | None = None
+        self._store_lock = StoreLock(self.store_dir)
         self._log_offset = 0
         self.binary: str | None = None
         self.version: Version | None = None
@@ -234,7 +186,7 @@ class NatsServerProcess:
         binary = find_nats_server(self._binary_explicit)
         self.version = await ensure_supported_server(binary)
         self.binary = binary
-        self._lock = _lock_store(self.store_dir)
+        self._store_lock.acquire()
         try:
             await self._spawn(binary)
         except BaseException:
@@ -272,7 +224,9 @@ class NatsServerProcess:
             if exited:
                 raise self._failure(f"exited with code {self._proc.returncode} before it was ready")
             if time.monotonic() >= deadline:
-                raise self._failure(f"did not report {_READY_MARK!r} within {self.ready_timeout}s")
+                raise self._failure(
+                    f"did not report {nats_log.READY_MARK!r} within {self.ready_timeout}s"
+                )
             await asyncio.sleep(_POLL)
 
     async def stop(self, timeout: float | None = None) -> int | None:
@@ -301,9 +255,7 @@ class NatsServerProcess:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await asyncio.shield(proc.wait())
-        if self._lock is not None:
-            os.close(self._lock)  # closing releases the flock
-            self._lock = None
+        self._store_lock.release()
         return self.returncode
 
     async def wait_healthy(self, timeout: float = 30.0) -> None:
@@ -314,7 +266,9 @@ class NatsServerProcess:
         """
         port = self.monitor_port
         if port is None:
-            raise ValueError("wait_healthy needs the HTTP monitor: pass monitor_port (0 = any)")
+            raise NatsServerError(
+                "wait_healthy needs the HTTP monitor: pass monitor_port (0 = any)"
+            )
         host = _connect_host(self.host).strip("[]")
         deadline = time.monotonic() + timeout
         last = "no answer"
@@ -322,8 +276,8 @@ class NatsServerProcess:
             if not self.running:
                 raise self._failure("exited while waiting to become healthy")
             try:
-                status, body = await asyncio.wait_for(_http_status(host, port, "/healthz"), 2.0)
-            except (OSError, TimeoutError, ValueError) as exc:
+                status, body = await asyncio.wait_for(http_status(host, port, "/healthz"), 2.0)
+            except (OSError, TimeoutError, NatsServerError) as exc:
                 last = repr(exc)
             else:
                 if status == 200:
@@ -337,39 +291,21 @@ class NatsServerProcess:
 
     def _log_lines(self) -> list[str]:
         """The complete lines logged since the last start (a half-written last line waits)."""
-        try:
-            with self.log_file.open("rb") as handle:
-                handle.seek(self._log_offset)
-                data = handle.read()
-        except OSError:
-            return []
-        if self.running:
-            data = data[: data.rfind(b"\n") + 1]
-        return data.decode(errors="replace").splitlines()
+        return nats_log.read_lines(self.log_file, self._log_offset, complete_only=self.running)
+
+    def logged_errors(self) -> list[str]:
+        """The ``[FTL]`` and ``[ERR]`` lines logged since the last start (tests fail on them)."""
+        return nats_log.error_lines(self._log_lines())
 
     def _scan_log(self) -> bool:
         """Read the addresses and fatal errors logged so far; whether the server is ready."""
-        lines = self._log_lines()
-        self.fatal_errors = [line for line in lines if _FATAL_MARK in line]
-        for key, pattern in _ADDRESS_RES.items():
-            for line in lines:
-                if match := pattern.search(line):
-                    self._found[key] = int(match.group(1))
-        wanted = {key for key, port in self._want.items() if port is not None}
-        return any(_READY_MARK in line for line in lines) and wanted <= self._found.keys()
+        found = nats_log.scan(self._log_lines())
+        self.fatal_errors = found.fatal
+        self._found.update(found.ports)
+        return found.ready and nats_log.wanted_ports_found(self._found, self._want)
 
     def _failure(self, what: str) -> NatsServerError:
-        lines = self._log_lines()
-        # A line without the log prefix is a flag error or a Go panic.
-        said = [line for line in lines if line.strip() and not _LOG_PREFIX_RE.match(line)]
-        if self.fatal_errors:
-            detail = "fatal: " + " | ".join(_strip_prefix(line) for line in self.fatal_errors)
-        elif said:
-            detail = f"it said: {said[0].strip()}"
-        else:
-            detail = "last log lines: " + (
-                " | ".join(_strip_prefix(line) for line in lines[-10:]) or "(none)"
-            )
+        detail = nats_log.describe(self._log_lines(), self.fatal_errors)
         return NatsServerError(
             f"nats-server {self.server_name!r} {what}; {detail}. "
             f"Command: {' '.join(self.command())}. Full log: {self.log_file}"

@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 
-from sandboxer.client import SandboxerClient, find_service_urls, read_service_file
+from sandboxer.client import SandboxerClient
 from sandboxer.config.settings import Settings
 from sandboxer.errors import SandboxerError, ServiceNotRunning
+from sandboxer.service_discovery import find_service_urls, read_service_file
 
 __all__ = ["connect_client", "start_background_service"]
 

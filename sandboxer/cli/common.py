@@ -10,12 +10,13 @@ import typer
 
 from sandboxer.cli.background import connect_client
 from sandboxer.cli.output import say
-from sandboxer.client import CommandFailed, SandboxerClient
+from sandboxer.client import SandboxerClient
+from sandboxer.command_outcomes import CommandFailed
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.errors import SandboxerError
 
-__all__ = ["JsonOpt", "load_catalog", "load_settings", "run", "with_client"]
+__all__ = ["JsonOpt", "exit_code", "load_catalog", "load_settings", "run", "with_client"]
 
 T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -25,17 +26,18 @@ def load_settings() -> Settings:
     return Settings.from_env()
 
 
+def exit_code(error: SandboxerError) -> int:
+    """2 when a command was rejected or a sandbox failed, 1 for every other sandboxer error."""
+    return 2 if isinstance(error, CommandFailed) else 1
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; a sandboxer error becomes its message on stderr and exit code 1
-    (2 when a command was rejected or a sandbox failed)."""
+    """Run ``coro``; a sandboxer error becomes its message on stderr and :func:`exit_code`."""
     try:
         return asyncio.run(coro)
-    except CommandFailed as exc:
-        say(f"error: {exc.message}")
-        raise typer.Exit(2) from None
     except SandboxerError as exc:
         say(f"error: {exc.message}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(exit_code(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

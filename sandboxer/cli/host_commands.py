@@ -10,7 +10,7 @@ from sandboxer.cli.common import JsonOpt, load_catalog, run, with_client
 from sandboxer.cli.output import print_json, print_table, say
 from sandboxer.client import SandboxerClient
 
-__all__ = ["register"]
+__all__ = ["hosts_view", "inspect_app", "reap_stale"]
 
 inspect_app = typer.Typer(help="Host telemetry and drift between the log and the hosts.",
                           no_args_is_help=True)
@@ -104,9 +104,3 @@ def hosts_view(as_json: JsonOpt = False) -> None:
         return
     print_table([(h["host"], h["extension"], h["inspected_at"], h["reaped_at"]) for h in hosts],
                 ["host", "extension", "inspected", "reaped"])
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(inspect_app, name="inspect")
-    app.command("reap-stale")(reap_stale)
-    app.command("hosts")(hosts_view)

@@ -154,3 +154,37 @@ async def test_host_commands(service: Service, cli_env: dict[str, str]) -> None:
     assert "dry run" in dry.stderr
     hosts = json.loads((await cli("hosts", "--json")).stdout)
     assert hosts[0]["host"].startswith("local-")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("SANDBOXER_ACK_WAIT", "soon", "positive number of seconds"),
+        ("SANDBOXER_NATS_URL", "http://example.org", "nats://HOST:PORT"),
+    ],
+)
+@pytest.mark.parametrize("command", [["list"], ["up"], ["doctor"]])
+async def test_bad_setting_is_one_line_not_a_traceback(
+    home: Path, variable: str, value: str, allowed: str, command: list[str]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    env["SANDBOXER_HOME"] = str(home)
+    env[variable] = value
+    result = await Cli(env)(*command, check=False, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {variable}={value!r} is invalid")
+    assert allowed in line
+
+
+async def test_missing_setup_says_how_to_make_it(home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    env["SANDBOXER_HOME"] = str(home)
+    no_service = await Cli(env)("list", check=False, timeout=60)
+    assert no_service.returncode == 1
+    assert "sandboxer up" in no_service.stderr
+    assert "Traceback" not in no_service.stderr
+    no_nats = await Cli(env)("worker", "control", check=False, timeout=60)
+    assert no_nats.returncode == 1
+    assert "SANDBOXER_NATS_URL=nats://" in no_nats.stderr

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -22,6 +24,7 @@ from sandboxer.bus.nats_binary import (
 from sandboxer.bus.nats_cluster import NatsCluster
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.errors import NatsServerError
+from tests.conftest import fail_on_logged_errors
 
 pytestmark = pytest.mark.integration
 
@@ -216,3 +219,57 @@ async def test_three_node_cluster_accepts_r3_stream(tmp_path: Path) -> None:
         finally:
             await nc.close()
     assert not any(_alive(pid) for pid in pids)
+
+
+# ------------------------------------------------------------------ mistakes and the log
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"port": 70000}, "out of range"),
+        ({"routes": ["nats://127.0.0.1:1"]}, "need a cluster_port"),
+    ],
+)
+def test_bad_arguments_are_sandboxer_errors(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(NatsServerError, match=message):
+        NatsServerProcess(tmp_path / "store", **kwargs)
+
+
+def test_empty_cluster_is_a_sandboxer_error(tmp_path: Path) -> None:
+    with pytest.raises(NatsServerError, match="at least one node"):
+        NatsCluster(tmp_path / "cluster", size=0)
+
+
+async def test_wait_healthy_without_monitor_is_a_sandboxer_error(
+    nats_server: NatsServerProcess,
+) -> None:
+    with pytest.raises(NatsServerError, match="monitor_port"):
+        await nats_server.wait_healthy(timeout=1)
+
+
+async def _break_the_protocol(server: NatsServerProcess) -> None:
+    """Send a line that is not NATS protocol: the server logs an [ERR] line for it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    await reader.readline()  # the INFO line
+    writer.write(b"GARBAGE\r\n")
+    await writer.drain()
+    await reader.read()  # the server closes the connection after its -ERR
+    writer.close()
+
+
+async def test_logged_errors_fail_the_fixture_check(tmp_path: Path) -> None:
+    server = NatsServerProcess(tmp_path / "store")
+    async with server:
+        fail_on_logged_errors(server)  # a clean start logs no error
+        await _break_the_protocol(server)
+    assert any("[ERR]" in line and "parser ERROR" in line for line in server.logged_errors())
+    with pytest.raises(pytest.fail.Exception, match="logged 1 error line"):
+        fail_on_logged_errors(server)
+
+
+@pytest.mark.nats_errors_expected
+async def test_fixture_accepts_errors_a_test_expects(nats_server: NatsServerProcess) -> None:
+    await _break_the_protocol(nats_server)

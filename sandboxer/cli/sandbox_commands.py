@@ -1,0 +1,188 @@
+"""The everyday commands: create, list, get, exec, destroy, recreate, events.
+
+Each is a thin layer over :class:`~sandboxer.client.SandboxerClient`; ``app.py``
+registers them in the order ``sandboxer --help`` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from sandboxer.cli.common import JsonOpt, run, with_client
+from sandboxer.cli.output import Progress, print_json, print_table, say
+from sandboxer.client import SandboxerClient
+
+__all__ = ["create", "destroy", "events", "exec_command", "get", "list_sandboxes", "recreate"]
+
+EXEC_CONTEXT = {"allow_interspersed_args": False}
+"""``exec`` passes everything after the sandbox id to the command, options included."""
+
+
+def _parse_inputs(pairs: list[str]) -> dict[str, str]:
+    inputs: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--input")
+        if key == "repo" and value and not value.startswith("/"):
+            value = os.path.abspath(value)  # the worker resolves paths, not this shell's cwd
+        inputs[key] = value
+    return inputs
+
+
+def _show_sandbox(sandbox: dict[str, Any]) -> None:
+    for key in ("sandbox_id", "status", "profile", "extension", "host", "generation",
+                "created_at", "updated_at", "failure"):
+        if sandbox.get(key) not in (None, ""):
+            typer.echo(f"{key:<12} {sandbox[key]}")
+    for warning in sandbox.get("warnings") or []:
+        typer.echo(f"{'warning':<12} {warning}")
+    if sandbox.get("reachability"):
+        typer.echo("reachability:")
+        for key, value in sandbox["reachability"].items():
+            typer.echo(f"  {key:<10} {value}")
+
+
+def create(
+    profile: Annotated[str, typer.Option("--profile", "-p")] = "profile.local",
+    inputs: Annotated[list[str] | None, typer.Option("--input", "-i", help="KEY=VALUE")] = None,
+    sandbox_id: Annotated[str | None, typer.Option("--id", help="choose the sandbox id")] = None,
+    command_id: Annotated[str | None, typer.Option("--command-id", help="idempotency key")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", envvar="SANDBOXER_HOST", help="place on this host (remote backends)"),
+    ] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="return once accepted")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for ready")] = 300.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a sandbox from a profile and wait until it is ready."""
+    parsed = _parse_inputs(inputs or [])
+
+    async def work(client: SandboxerClient) -> dict[str, Any]:
+        progress = Progress(enabled=not as_json)  # timed from here: not the service's start-up
+        result = await client.create(profile, parsed, sandbox_id=sandbox_id,
+                                     command_id=command_id, host=host, wait=not no_wait,
+                                     on_event=progress, timeout=timeout)
+        if no_wait:
+            return result
+        sandbox = await client.get(result["sandbox_id"])
+        return sandbox or result
+
+    sandbox = run(with_client(work, autostart=True))
+    if as_json:
+        print_json(sandbox)
+    elif no_wait:
+        typer.echo(sandbox["sandbox_id"])
+    else:
+        _show_sandbox(sandbox)
+
+
+def get(sandbox_id: str, as_json: JsonOpt = False) -> None:
+    """Show one sandbox."""
+    sandbox = run(with_client(lambda c: c.get(sandbox_id)))
+    if sandbox is None:
+        say(f"error: no sandbox {sandbox_id}")
+        raise typer.Exit(1)
+    if as_json:
+        print_json(sandbox)
+    else:
+        _show_sandbox(sandbox)
+
+
+def list_sandboxes(
+    status: Annotated[str | None, typer.Option(help="only this status")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="include destroyed sandboxes")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List sandboxes (destroyed ones only with --all)."""
+    sandboxes = run(with_client(
+        lambda c: c.list_sandboxes(status=status, include_destroyed=all_)))
+    if as_json:
+        print_json(sandboxes)
+        return
+    print_table(
+        [(s["sandbox_id"], s["status"], s["profile"], s["extension"], s["created_at"])
+         for s in sandboxes],
+        ["id", "status", "profile", "extension", "created"],
+    )
+
+
+def destroy(
+    sandbox_id: str,
+    no_wait: Annotated[bool, typer.Option("--no-wait")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Destroy a sandbox and wait until everything it owned is gone."""
+    progress = Progress(enabled=not as_json)
+    event = run(with_client(
+        lambda c: c.destroy(sandbox_id, wait=not no_wait, on_event=progress)))
+    if as_json:
+        print_json(event)
+    elif not no_wait:
+        typer.echo(f"destroyed {sandbox_id}")
+
+
+def recreate(sandbox_id: str, as_json: JsonOpt = False) -> None:
+    """Tear a sandbox down and provision it again from the same profile and inputs."""
+    progress = Progress(enabled=not as_json)
+
+    async def work(client: SandboxerClient) -> dict[str, Any] | None:
+        await client.recreate(sandbox_id, on_event=progress)
+        return await client.get(sandbox_id)
+
+    sandbox = run(with_client(work))
+    if as_json:
+        print_json(sandbox)
+    elif sandbox:
+        _show_sandbox(sandbox)
+
+
+def exec_command(
+    sandbox_id: str,
+    argv: Annotated[list[str], typer.Argument(help="the command, after --")],
+) -> None:
+    """Run a command inside a sandbox: sandboxer exec ID -- CMD ARGS..."""
+
+    def output(stream: str, data: bytes) -> None:
+        target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+        target.write(data)
+        target.flush()
+
+    command = list(argv)
+    if command[:1] == ["--"]:  # click keeps the separator when interspersed args are off
+        command = command[1:]
+    if not command:
+        say("error: give the command after --, e.g. sandboxer exec ID -- ls /workspace")
+        raise typer.Exit(1)
+    code = run(with_client(lambda c: c.exec(sandbox_id, command, output)))
+    raise typer.Exit(code)
+
+
+def events(
+    sandbox: Annotated[str | None, typer.Option("--sandbox", help="only this sandbox")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the event log (of one sandbox with --sandbox); --follow waits for new ones."""
+
+    async def work(client: SandboxerClient) -> None:
+        async for seq, event in client.events(sandbox_id=sandbox, follow=follow):
+            if as_json:
+                sys.stdout.write(json.dumps({"seq": seq, **event}) + "\n")
+            else:
+                subject = event.get("sandbox_id") or event.get("command_id")
+                extra = event.get("reason") or ""
+                if event.get("type") == "routed":
+                    extra = f"{event.get('extension')} ({extra})"
+                sys.stdout.write(
+                    f"{seq:>8}  {event.get('at')}  {event.get('type'):<12} {subject}  {extra}\n"
+                )
+            sys.stdout.flush()
+
+    run(with_client(work))

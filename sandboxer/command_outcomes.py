@@ -1,0 +1,139 @@
+"""Waiting for what a published command led to: its success event, a failure or a rejection.
+
+A command's outcome is an event correlated to it by ``command_id``: on the
+sandbox's subjects (``ready``, ``failed``, ``destroyed``) or on the command's
+rejection subject. The watcher subscribes before the command is published, so
+no event can slip past, and then reads what the log already holds, so a
+re-sent command whose work is done still finds its outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from sandboxer import subjects
+from sandboxer.bus.direct_get import read_subject
+from sandboxer.errors import BusError, SandboxerError
+
+__all__ = ["CommandFailed", "EventCallback", "OutcomeWatcher", "notify"]
+
+EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+class CommandFailed(SandboxerError):
+    """A command was rejected, or the work it started ended in ``failed``."""
+
+    def __init__(self, message: str, event: dict[str, Any]) -> None:
+        super().__init__(message, sandbox_id=event.get("sandbox_id"))
+        self.event = event
+
+
+async def notify(callback: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
+    """Call a user's callback, which may be plain or async."""
+    if callback is not None:
+        result = callback(*args)
+        if asyncio.iscoroutine(result):
+            await result
+
+
+class OutcomeWatcher:
+    """Publishes commands and waits for their outcomes on one connection.
+
+    ``seen_seq`` is the log position of the last outcome seen: queries made
+    after it wait until the view includes it, so a client reads its own writes.
+    """
+
+    def __init__(self, nc: Nats, js: JetStreamContext) -> None:
+        self.nc = nc
+        self.js = js
+        self.seen_seq = 0
+
+    async def run(self, verb: str, command: dict[str, Any], sandbox_id: str,
+                  success: Collection[str], publish: Callable[[], Awaitable[object]],
+                  on_event: EventCallback | None, timeout: float) -> dict[str, Any]:
+        """``publish()`` the command, then return its success event or raise ``CommandFailed``."""
+        command_id = command["command_id"]
+        outcome: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            await outcome.put(msgspec.json.decode(msg.data))
+
+        subs = [
+            await self.nc.subscribe(subjects.sandbox_events_filter(sandbox_id), cb=on_msg),
+            await self.nc.subscribe(subjects.rejection_subject(command_id), cb=on_msg),
+        ]
+        try:
+            await publish()
+            await self._catch_up(sandbox_id, command_id, outcome)
+            async with asyncio.timeout(timeout):
+                return await self._first_outcome(verb, command_id, sandbox_id, success,
+                                                 outcome, on_event)
+        except TimeoutError:
+            raise BusError(
+                f"no outcome for {verb} {command_id} after {timeout:.0f}s; the command is "
+                f"accepted and may still complete: 'sandboxer events --sandbox {sandbox_id}'"
+            ) from None
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+
+    async def _first_outcome(self, verb: str, command_id: str, sandbox_id: str,
+                             success: Collection[str], outcome: asyncio.Queue[dict[str, Any]],
+                             on_event: EventCallback | None) -> dict[str, Any]:
+        seen: set[str] = set()
+        while True:
+            event = await outcome.get()
+            if event.get("command_id") != command_id or event.get("event_id") in seen:
+                continue  # another command's event, or one both caught up and delivered
+            seen.add(event.get("event_id", ""))
+            await notify(on_event, event)
+            kind = event.get("type")
+            if kind in {*success, "failed", "destroyed"}:
+                await self._note_position(sandbox_id, event)
+            if kind in success:
+                return event
+            if kind == "rejected":
+                await self._note_position(None, event, rejection=command_id)
+                raise CommandFailed(f"{verb} rejected: {event.get('reason')}", event)
+            if kind == "failed":
+                raise CommandFailed(f"sandbox {sandbox_id} failed: {event.get('reason')}", event)
+            if kind == "destroyed" and verb != "destroy":
+                raise CommandFailed(f"sandbox {sandbox_id} was destroyed", event)
+
+    async def _note_position(self, sandbox_id: str | None, event: dict[str, Any], *,
+                             rejection: str = "") -> None:
+        """Remember the stream sequence of an outcome just seen (for read-your-writes queries).
+
+        In a cluster a core subscriber can see an event before the stream has stored
+        it, so ask the stream leader (not a replica: direct gets may lag) until the
+        last message on the subject is this event, for a moment at most.
+        """
+        subject = (subjects.sandbox_events_filter(sandbox_id) if sandbox_id
+                   else subjects.rejection_subject(rejection))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        with contextlib.suppress(Exception):
+            while True:
+                last = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject)
+                self.seen_seq = max(self.seen_seq, int(last.seq or 0))
+                if (last.headers or {}).get("Nats-Msg-Id") == event.get("event_id"):
+                    return
+                if loop.time() > deadline:  # a later event took its place: that is later still
+                    return
+                await asyncio.sleep(0.005)
+
+    async def _catch_up(self, sandbox_id: str, command_id: str,
+                        outcome: asyncio.Queue[dict[str, Any]]) -> None:
+        """Queue this sandbox's logged events of ``command_id``: a re-sent command may be done."""
+        async for _seq, data in read_subject(self.nc, subjects.sandbox_events_filter(sandbox_id)):
+            event = msgspec.json.decode(data)
+            if event.get("command_id") == command_id:
+                await outcome.put(event)

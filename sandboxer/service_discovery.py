@@ -1,0 +1,40 @@
+"""How a client finds the service: ``SANDBOXER_NATS_URL``, or the embedded one's record.
+
+A running ``sandboxer up`` with its own NATS writes ``$SANDBOXER_HOME/service.json``
+(its pid and NATS URL); a client on the same machine reads it. With
+``SANDBOXER_NATS_URL`` set, every process uses that NATS and no record is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from sandboxer.config.settings import Settings
+from sandboxer.errors import ServiceNotRunning
+
+__all__ = ["find_service_urls", "read_service_file"]
+
+
+def read_service_file(settings: Settings) -> dict[str, Any] | None:
+    """The running embedded service's record, if its process is still alive."""
+    try:
+        record: dict[str, Any] = json.loads(settings.service_file.read_text())
+        os.kill(int(record["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no record, a torn one, or a service that died without removing it
+    return record
+
+
+def find_service_urls(settings: Settings) -> list[str]:
+    """The NATS servers to connect to; :class:`ServiceNotRunning` says how to start one."""
+    if settings.nats_urls:
+        return list(settings.nats_urls)
+    record = read_service_file(settings)
+    if record is None:
+        raise ServiceNotRunning(
+            f"no sandboxer service is running for {settings.home}; start one with "
+            "'sandboxer up' (or set SANDBOXER_NATS_URL to use an existing NATS)"
+        )
+    return [str(record["nats_url"])]

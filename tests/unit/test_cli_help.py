@@ -1,0 +1,36 @@
+"""``sandboxer --help`` is read by newcomers: everyday commands first, operator ones after."""
+
+from __future__ import annotations
+
+import re
+
+from typer.testing import CliRunner
+
+from sandboxer.cli.app import app
+
+EVERYDAY = ["create", "list", "get", "exec", "destroy", "recreate", "events", "profiles"]
+OPERATOR = ["up", "worker", "doctor", "reap-stale", "hosts", "replay", "extensions", "inspect"]
+
+
+def _listed_commands(help_text: str) -> list[str]:
+    """Command names in the order the help shows them (first word of each command row)."""
+    names = []
+    for line in help_text.splitlines():
+        match = re.match(r"^[│|]?\s+([a-z][a-z-]+)\s{2,}\S", line)
+        if match:
+            names.append(match.group(1))
+    return names
+
+
+def test_help_lists_everyday_commands_before_operator_commands() -> None:
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "100", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    listed = [name for name in _listed_commands(result.output) if name in EVERYDAY + OPERATOR]
+    assert sorted(listed) == sorted(EVERYDAY + OPERATOR), result.output
+    assert listed[: len(EVERYDAY)] == EVERYDAY, result.output
+    assert result.output.index("Everyday") < result.output.index("Operator")
+
+
+def test_every_command_is_in_a_panel() -> None:
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "100", "NO_COLOR": "1"})
+    assert "─ Commands ─" not in result.output, result.output
