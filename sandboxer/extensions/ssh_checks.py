@@ -12,11 +12,8 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import asyncssh
-
 from sandboxer.errors import (
     ExtensionError,
-    HostUnreachable,
     InvalidInput,
     RemoteCommandFailed,
     SandboxerError,
@@ -138,9 +135,9 @@ def scrubbed(exc: BaseException, secrets: Iterable[str], *, sandbox_id: str | No
             return type(exc)(message, **ids)
         except TypeError:  # a subclass with another signature
             return ExtensionError(message, **ids)
-    if isinstance(exc, asyncssh.Error | OSError):
-        return HostUnreachable(
-            redact(f"the SSH connection failed: {exc}; check that the host is up and retry",
+    if isinstance(exc, OSError):  # the SSH boundary maps its own errors; this is local I/O
+        return ExtensionError(
+            redact(f"{type(exc).__name__}: {exc}; check the worker's disk and the repo input",
                    values), sandbox_id=sandbox_id, extension=extension)
     return ExtensionError(redact(f"{type(exc).__name__}: {exc}", values),
                           sandbox_id=sandbox_id, extension=extension)

@@ -1,17 +1,26 @@
 """The SSH boundary: every connection to, command on and file copied to a remote host.
 
-Remote backends (compose stacks, VM workspaces) reach their hosts only
-through this package, so host-key checking, quoting and error mapping are
-decided once: :mod:`.connection` opens verified connections,
-:mod:`.remote` runs quoted commands and writes files, :mod:`.sync` mirrors
-a local directory onto a host.
+This package is the only part of sandboxer that imports asyncssh (a unit
+test holds that line). Remote backends (compose stacks, VM workspaces)
+reach their hosts only through it, so host-key checking, quoting, deadlines
+and error mapping are decided once: :mod:`.connection` opens verified
+connections, :mod:`.remote` runs quoted commands and writes files,
+:mod:`.streaming` runs a command whose output is watched as it comes,
+:mod:`.deadline` makes the host stop a command that runs out of time, and
+:mod:`.sync` mirrors a local directory onto a host. Every asyncssh error is
+mapped here to :class:`~sandboxer.errors.HostUnreachable`,
+:class:`~sandboxer.errors.HostKeyRejected` or
+:class:`~sandboxer.errors.RemoteCommandFailed`; callers never see one.
 """
 
-from sandboxer.ssh.connection import connect, session
+from sandboxer.ssh.connection import Connection, connect, session
 from sandboxer.ssh.remote import RemoteResult, command_line, inside_root, put_file, remove_tree, run
+from sandboxer.ssh.streaming import ChunkSink, stream
 from sandboxer.ssh.sync import sync_dir
 
 __all__ = [
+    "ChunkSink",
+    "Connection",
     "RemoteResult",
     "command_line",
     "connect",
@@ -20,5 +29,6 @@ __all__ = [
     "remove_tree",
     "run",
     "session",
+    "stream",
     "sync_dir",
 ]

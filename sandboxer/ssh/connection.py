@@ -20,15 +20,20 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeAlias
 
 import asyncssh
 
 from sandboxer.config.hosts import HostConfig
 from sandboxer.errors import HostKeyRejected, HostUnreachable
 
-__all__ = ["connect", "host_key_line", "known_hosts_text", "session"]
+__all__ = ["Connection", "connect", "host_key_line", "known_hosts_text", "session"]
 
 log = logging.getLogger(__name__)
+
+Connection: TypeAlias = asyncssh.SSHClientConnection
+"""An open, authenticated connection to a host. Outside this package it is only passed
+back to the functions here: nothing else in sandboxer calls asyncssh."""
 
 KEEPALIVE_INTERVAL = 15.0
 KEEPALIVE_COUNT_MAX = 4
@@ -104,14 +109,15 @@ async def _client_key(name: str, host: HostConfig) -> asyncssh.SSHKey:
         raise HostUnreachable(
             f"{_where(name, host)}: no key_file is set in the hosts file; sandboxer uses "
             "only the key named there (no agent, no default keys): add e.g. "
-            "key_file: ~/.ssh/id_ed25519"
+            "key_file: ~/.ssh/id_ed25519 (see docs/hosts.md)"
         )
     try:
         return await asyncio.to_thread(asyncssh.read_private_key, str(path))
     except (OSError, asyncssh.KeyImportError, ValueError) as exc:
         raise HostUnreachable(
             f"{_where(name, host)}: cannot load the private key {path} ({exc}); "
-            "it must exist, be readable and be unencrypted (sandboxer runs unattended)"
+            "it must exist, be readable and be unencrypted (sandboxer runs unattended); "
+            "see docs/hosts.md"
         ) from exc
 
 
@@ -138,7 +144,7 @@ def _unreachable(name: str, host: HostConfig, exc: BaseException, timeout: float
 
 
 async def connect(name: str, host: HostConfig, *,
-                  timeout: float = 10.0) -> asyncssh.SSHClientConnection:
+                  timeout: float = 10.0) -> Connection:
     """An authenticated SSH connection to ``host``, its key verified.
 
     Raises :class:`HostKeyRejected` when the host's key is unknown or does
@@ -184,13 +190,13 @@ async def connect(name: str, host: HostConfig, *,
             "there); this can mean someone is impersonating the host. If the host was "
             f"reinstalled, verify its new key out of band and update {source}"
         ) from exc
-    except (TimeoutError, OSError, asyncssh.DisconnectError) as exc:
+    except (TimeoutError, OSError, asyncssh.Error) as exc:
         raise _unreachable(name, host, exc, timeout, host.key_path()) from exc
 
 
 @asynccontextmanager
 async def session(name: str, host: HostConfig, *,
-                  timeout: float = 10.0) -> AsyncIterator[asyncssh.SSHClientConnection]:
+                  timeout: float = 10.0) -> AsyncIterator[Connection]:
     """:func:`connect` for the length of an ``async with`` block, closed afterwards."""
     conn = await connect(name, host, timeout=timeout)
     try:

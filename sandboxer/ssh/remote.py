@@ -6,7 +6,8 @@ sandboxer builds remote shell text. Environment variables travel as an
 ``env K=V`` prefix because sshd drops client-sent variables unless its
 ``AcceptEnv`` allows them. Library errors become sandboxer errors here:
 a non-zero exit or a timeout is :class:`RemoteCommandFailed`, a lost
-connection is :class:`HostUnreachable`.
+connection is :class:`HostUnreachable`. Every command carries its deadline
+to the host (:mod:`.deadline`), which stops it there.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import posixpath
 import re
 import secrets
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncssh
 
 from sandboxer.errors import HostUnreachable, InvalidInput, RemoteCommandFailed
+from sandboxer.ssh import deadline
+from sandboxer.ssh.connection import Connection
 
 __all__ = [
     "RemoteResult",
@@ -31,6 +35,7 @@ __all__ = [
     "put_file",
     "remove_tree",
     "run",
+    "timed_out_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,14 +100,14 @@ def _tail(*texts: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(joined.splitlines()[-lines:])
 
 
-def _peer(conn: asyncssh.SSHClientConnection) -> str:
+def _peer(conn: Connection) -> str:
     peer = conn.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return "the host"
 
 
-def _lost(conn: asyncssh.SSHClientConnection, what: str, exc: BaseException) -> HostUnreachable:
+def _lost(conn: Connection, what: str, exc: BaseException) -> HostUnreachable:
     return HostUnreachable(
         f"{_peer(conn)}: the SSH connection failed during {what} ({exc}); check that the "
         "host is up and sshd is running, then retry"
@@ -110,7 +115,7 @@ def _lost(conn: asyncssh.SSHClientConnection, what: str, exc: BaseException) -> 
 
 
 async def run(
-    conn: asyncssh.SSHClientConnection,
+    conn: Connection,
     argv: Sequence[str],
     *,
     env: Mapping[str, str] = _NO_ENV,
@@ -122,33 +127,27 @@ async def run(
     """Run ``argv`` on the host and collect its output.
 
     With ``check`` a non-zero exit raises :class:`RemoteCommandFailed`
-    carrying the exit status and the last lines of output. A command still
-    running after ``timeout`` seconds is reported as
-    :class:`RemoteCommandFailed` with ``exit_status=-1``; it is sent SIGTERM
-    and its channel closed, but OpenSSH refuses signals for root logins
-    ("session signalling requires privilege separation"), so on such hosts
-    it may keep running until it next writes output: clean up with a
-    command of your own (e.g. ``compose down``).
+    carrying the exit status and the last lines of output. The host itself
+    stops a command still running after ``timeout`` seconds, with every
+    process it started (:mod:`.deadline`); that is reported as
+    :class:`RemoteCommandFailed` with ``exit_status=-1``.
     """
-    line = command_line(argv, env=env, cwd=cwd)
+    line = deadline.with_deadline(command_line(argv, env=env, cwd=cwd), timeout)
     program = argv[0]
+    began = time.monotonic()
     try:
         process = await conn.create_process(line, input=input, encoding="utf-8",
                                              errors="replace")
-    except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
+    except (asyncssh.Error, OSError) as exc:
         raise _lost(conn, f"starting {program!r}", exc) from exc
     try:
-        completed = await process.wait(timeout=timeout)
+        completed = await process.wait(timeout=deadline.client_wait(timeout))
     except asyncssh.TimeoutError as exc:
+        # The host did not report its own kill in time: it is likely unwell.
         process.terminate()
-        raise RemoteCommandFailed(
-            f"{program!r} on {_peer(conn)} did not finish within {timeout:g}s; sandboxer "
-            "stopped waiting and closed its session (the host may refuse to signal it, "
-            "see run()); raise the timeout if the command legitimately takes longer",
-            exit_status=-1,
-            output_tail=_tail(str(exc.stdout or ""), str(exc.stderr or "")),
-        ) from exc
-    except (asyncssh.DisconnectError, OSError) as exc:
+        raise timed_out_error(conn, program, timeout, str(exc.stdout or ""),
+                              str(exc.stderr or ""), confirmed=False) from exc
+    except (asyncssh.Error, OSError) as exc:
         raise _lost(conn, f"running {program!r}", exc) from exc
     finally:
         process.close()
@@ -162,6 +161,13 @@ async def run(
     # returncode is minus the signal number for a killed command; report it
     # the way a shell does (128 + n).
     status = 128 - code if code < 0 else code
+    if deadline.timed_out(status, time.monotonic() - began, timeout):
+        raise timed_out_error(conn, program, timeout, stdout, stderr, confirmed=True)
+    if status == deadline.WRAPPER_MISSING and deadline.wrapper_missing(stderr):
+        raise RemoteCommandFailed(
+            f"{_peer(conn)} has no 'timeout' command, which sandboxer needs to stop commands "
+            "that run out of time; install coreutils there (see docs/hosts.md)",
+            exit_status=status, output_tail=_tail(stdout, stderr))
     log.debug("remote %r on %s exited %d", program, _peer(conn), status)
     if check and status != 0:
         raise RemoteCommandFailed(
@@ -172,8 +178,21 @@ async def run(
     return RemoteResult(status, stdout, stderr)
 
 
+def timed_out_error(conn: Connection, program: str, timeout: float, stdout: str = "",
+                    stderr: str = "", *, confirmed: bool) -> RemoteCommandFailed:
+    """A command stopped at its deadline (``confirmed``: the host reported stopping it)."""
+    stopped = ("the host stopped it and everything it started" if confirmed else
+               "the host did not confirm that it stopped it; check the host's load and sshd")
+    return RemoteCommandFailed(
+        f"{program!r} on {_peer(conn)} did not finish within {timeout:g}s; {stopped}. Raise "
+        "the timeout if the command legitimately takes longer",
+        exit_status=-1,
+        output_tail=_tail(stdout, stderr),
+    )
+
+
 async def put_file(
-    conn: asyncssh.SSHClientConnection, remote_path: str, data: bytes, *, mode: int = 0o600
+    conn: Connection, remote_path: str, data: bytes, *, mode: int = 0o600
 ) -> None:
     """Write ``data`` to ``remote_path`` over SFTP, replacing it atomically.
 
@@ -209,7 +228,7 @@ async def put_file(
             "that its directory exists and is writable by the SSH user",
             exit_status=-1,
         ) from exc
-    except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
+    except (asyncssh.Error, OSError) as exc:
         raise _lost(conn, f"writing {remote_path}", exc) from exc
 
 
@@ -235,7 +254,7 @@ def inside_root(path: str, root: str) -> str:
     return normal
 
 
-async def remove_tree(conn: asyncssh.SSHClientConnection, path: str, *, root: str) -> None:
+async def remove_tree(conn: Connection, path: str, *, root: str) -> None:
     """``rm -rf`` ``path`` on the host, only if it is strictly inside ``root``.
 
     Checked twice: lexically here (:func:`inside_root`), and on the host with

@@ -29,7 +29,7 @@ import asyncssh
 
 from sandboxer.config.hosts import HostConfig
 from sandboxer.errors import HostKeyRejected, HostUnreachable, InvalidInput, RemoteCommandFailed
-from sandboxer.ssh.connection import known_hosts_text
+from sandboxer.ssh.connection import Connection, known_hosts_text
 from sandboxer.ssh.remote import run
 
 __all__ = ["rsync_argv", "sync_dir"]
@@ -87,7 +87,7 @@ def _check_paths(local: Path, remote: str) -> str:
     return "/" + posixpath.normpath(remote).lstrip("/")
 
 
-async def _remote_has_rsync(conn: asyncssh.SSHClientConnection) -> bool:
+async def _remote_has_rsync(conn: Connection) -> bool:
     result = await run(conn, ["sh", "-c", "command -v rsync"], check=False, timeout=30)
     return result.exit_status == 0
 
@@ -204,7 +204,7 @@ async def _upload(sftp: asyncssh.SFTPClient, local: Path, staging: str) -> None:
     await sftp.setstat(staging, _attrs(local))
 
 
-async def _sftp(conn: asyncssh.SSHClientConnection, local: Path, remote: str,
+async def _sftp(conn: Connection, local: Path, remote: str,
                 timeout: float) -> None:
     token = secrets.token_hex(6)
     staging, old = f"{remote}.sbx-sync-{token}", f"{remote}.sbx-old-{token}"
@@ -227,7 +227,7 @@ async def _sftp(conn: asyncssh.SSHClientConnection, local: Path, remote: str,
                 "that the SSH user can write there",
                 exit_status=-1,
             ) from exc
-        lost = _first(exc, (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError))
+        lost = _first(exc, (asyncssh.Error, OSError))
         if lost is not None:
             raise HostUnreachable(
                 f"the SSH connection failed while uploading {local}: {lost}") from exc
@@ -251,7 +251,7 @@ def _first(exc: BaseException,
 async def sync_dir(
     name: str,
     host: HostConfig,
-    conn: asyncssh.SSHClientConnection,
+    conn: Connection,
     local: Path,
     remote: str,
     *,

@@ -19,7 +19,7 @@ import pytest
 
 from sandboxer.config.hosts import HostConfig, HostsFile
 from sandboxer.errors import HostKeyRejected, HostUnreachable, InvalidInput, RemoteCommandFailed
-from sandboxer.ssh import connect, put_file, remove_tree, run, session, sync_dir
+from sandboxer.ssh import connect, deadline, put_file, remove_tree, run, session, stream, sync_dir
 from tests.integration.remote_fixtures import MINI_IMAGE, DockerEngine, SshHosts, write_hosts_file
 
 pytestmark = pytest.mark.integration
@@ -82,6 +82,43 @@ async def test_a_command_past_its_timeout_fails_fast(ssh_hosts: SshHosts) -> Non
         assert "started" in failed.value.output_tail
         # the connection stays usable
         assert (await run(conn, ["true"])).exit_status == 0
+
+
+async def test_a_timed_out_command_leaves_nothing_running(ssh_hosts: SshHosts,
+                                                          tmp_path: Path) -> None:
+    """OpenSSH refuses to signal root sessions, so the host itself must stop the command."""
+    [info] = await ssh_hosts(1)
+    pids = tmp_path / "pids"
+    # A command that ignores SIGTERM and leaves a child that ignores it too.
+    script = (f"trap '' TERM; sleep 300.123 & echo $! >> {pids}; echo $$ >> {pids}; "
+              "sleep 301.123")
+    streamed: list[bytes] = []
+
+    async def keep(_name: str, data: bytes) -> None:
+        streamed.append(data)
+
+    async with session(info.name, info.host) as conn:
+        began = time.monotonic()
+        with pytest.raises(RemoteCommandFailed) as failed:
+            await run(conn, ["sh", "-c", script], timeout=1)
+        assert failed.value.exit_status == -1
+        assert "did not finish within 1s; the host stopped it" in failed.value.message
+        assert time.monotonic() - began < 1 + deadline.KILL_GRACE + 2
+        with pytest.raises(RemoteCommandFailed):  # the streaming path is stopped the same way
+            await stream(conn, ["sh", "-c", f"echo streamed; {script}"], keep, timeout=1)
+        assert b"".join(streamed) == b"streamed\n"
+    started = pids.read_text().split()
+    assert len(started) == 4
+    # Looked at over a new session, as an operator would; a zombie is dead already.
+    alive = ('for p in "$@"; do [ -e /proc/$p ] && ! grep -q "^[0-9]* ([^)]*) Z" /proc/$p/stat'
+             ' && echo "$p"; done; pgrep -f "sleep 30[01][.]123" || true')
+    async with session(info.name, info.host) as conn:
+        for _ in range(40):
+            left = (await run(conn, ["sh", "-c", alive, "sh", *started])).stdout.split()
+            if not left:
+                break
+            await asyncio.sleep(0.05)
+    assert left == [], f"still running after their deadline: {left}"
 
 
 async def test_a_host_key_that_does_not_match_is_rejected(ssh_hosts: SshHosts,

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
-
-from sandboxer.extensions import ssh_host as rh
-from sandboxer.extensions.compose_ssh import containers as cts
-from sandboxer.extensions.ssh_host import Target
-from sandboxer.ssh import remote
+from sandboxer.extensions.compose_ssh import containers
+from sandboxer.extensions.compose_ssh.compose_file import ComposeFileError, check_compose_file
+from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT, Target
+from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe
+from sandboxer.ssh import Connection, remote
 
 __all__ = ["Plan", "Stack"]
 
@@ -34,6 +33,19 @@ class Stack:
     """Relative to :attr:`directory`."""
     with_secrets: bool
 
+    @classmethod
+    def recorded(cls, item: Target, sandbox_id: str, found: Probe) -> Stack | None:
+        """The stack the sandbox's marker records, if its directory and a safe compose file
+        are still there (the marker lives on the host, so it is checked again)."""
+        compose_file = (found.marker or {}).get("compose_file")
+        if not isinstance(compose_file, str) or not found.directory:
+            return None
+        try:
+            check_compose_file(compose_file)
+        except ComposeFileError:
+            return None
+        return cls(item, sandbox_id, compose_file, with_secrets=found.secrets_file)
+
     @property
     def directory(self) -> str:
         return self.target.workspace(self.sandbox_id)
@@ -44,22 +56,29 @@ class Stack:
 
     @property
     def env_path(self) -> str:
-        return f"{self.directory}/{rh.ENV_FILE}"
+        return f"{self.directory}/{ENV_FILE}"
 
     @property
     def project(self) -> str:
-        return cts.project_name(self.sandbox_id)
+        return containers.project_name(self.sandbox_id)
 
     def argv(self, *args: str) -> list[str]:
-        argv = cts.compose_argv(self.target.config, self.project, self.compose_path, *args)
+        argv = containers.compose_argv(self.target.config, self.project, self.compose_path,
+                                       *args)
         if self.with_secrets:
             return ["sh", "-c", _WITH_SECRETS, "sh", self.env_path, *argv]
         return argv
 
-    async def run(self, conn: asyncssh.SSHClientConnection, *args: str, timeout: float,
+    async def run(self, conn: Connection, *args: str, timeout: float,
                   check: bool = True) -> remote.RemoteResult:
         return await remote.run(conn, self.argv(*args), env=self.target.config.env,
                                 cwd=self.directory, timeout=timeout, check=check)
+
+    async def services(self, conn: Connection) -> list[str]:
+        """The compose file's services, in the order compose lists them."""
+        result = await self.run(conn, "config", "--services", timeout=SHORT_TIMEOUT)
+        names = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+        return list(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """``ext.vm-packer`` in attach mode: workspaces on pre-built VMs over SSH (see docs/ext-vm-packer.md).
 
-The host-side helpers (hosts, markers, secrets file, streaming exec,
-telemetry) are shared with ``ext.compose-ssh``, in
-:mod:`sandboxer.extensions.ssh_host`.
+What it shares with ``ext.compose-ssh`` lives in
+:mod:`sandboxer.extensions.ssh_targets` (hosts, telemetry),
+:mod:`sandboxer.extensions.ssh_workspace` (markers, directories, secrets file)
+and :mod:`sandboxer.extensions.ssh_backend` (the base class, exec).
 """
 
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension

@@ -22,15 +22,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import asyncssh
-
 from sandboxer.config.settings import Settings
+from sandboxer.domain.found import FoundSandbox
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxerError, SandboxNotFound
 from sandboxer.extensions import ssh_checks as checks
-from sandboxer.extensions import ssh_host as rh
-from sandboxer.extensions.base import FoundSandbox, ProvisionRequest, Readiness
-from sandboxer.extensions.ssh_host import Target
-from sandboxer.ssh import remote, sync
+from sandboxer.extensions.base import ProvisionRequest, Readiness
+from sandboxer.extensions.ssh_backend import SshBackend
+from sandboxer.extensions.ssh_targets import (
+    SHORT_TIMEOUT,
+    Target,
+    host_telemetry,
+    reachable_targets,
+    session,
+    target,
+)
+from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe, exists, remove, scan, write_marker
+from sandboxer.ssh import Connection, remote, stream, sync
 
 __all__ = ["VmPackerExtension"]
 
@@ -38,9 +45,11 @@ log = logging.getLogger(__name__)
 
 SETUP_OUTPUT_LINES = 20
 SETUP_OUTPUT_BYTES = 64 * 1024
+SETUP_TIMEOUT = 1800.0
+"""Seconds one setup instruction may run; the VM then stops it and all it started."""
 
 
-class VmPackerExtension(rh.SshBackend):
+class VmPackerExtension(SshBackend):
     """Workspaces on pre-built VMs; the VMs come from the hosts file, read at every call."""
 
     id = "ext.vm-packer"
@@ -58,9 +67,9 @@ class VmPackerExtension(rh.SshBackend):
         workspace = item.workspace(sandbox_id)
         started = time.monotonic()
         try:
-            async with rh.session(item) as conn:
+            async with session(item) as conn:
                 await self._teardown_owned(conn, item, sandbox_id)  # start clean
-                await rh.write_marker(conn, item, sandbox_id, {
+                await write_marker(conn, item, sandbox_id, {
                     "extension": self.id,
                     "created_at": datetime.now(UTC).isoformat(),
                     "placement_host": request.host,
@@ -70,14 +79,14 @@ class VmPackerExtension(rh.SshBackend):
                     method = await sync.sync_dir(item.name, item.config, conn, repo, workspace)
                 else:
                     await remote.run(conn, ["mkdir", "-p", "--", workspace],
-                                     timeout=rh.SHORT_TIMEOUT)
+                                     timeout=SHORT_TIMEOUT)
                 if request.secrets:
                     text = checks.env_file_text(request.secrets, sandbox_id)
-                    await remote.put_file(conn, f"{workspace}/{rh.ENV_FILE}", text.encode(),
+                    await remote.put_file(conn, f"{workspace}/{ENV_FILE}", text.encode(),
                                           mode=0o600)
                 for index, instruction in enumerate(request.profile.setup.instructions):
                     await self._setup(conn, item, request, index, instruction)
-        except (SandboxerError, asyncssh.Error, OSError) as exc:
+        except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         log.info("vm-packer sandbox %s on %s: workspace ready in %.0f ms (repo: %s)",
                  sandbox_id, item.name, (time.monotonic() - started) * 1000, method)
@@ -87,9 +96,9 @@ class VmPackerExtension(rh.SshBackend):
         sandbox_id = request.sandbox_id
         workspace = item.workspace(sandbox_id)
         try:
-            async with rh.session(item) as conn:
-                present = await rh.exists(conn, workspace, "d")
-        except (SandboxerError, asyncssh.Error, OSError) as exc:
+            async with session(item) as conn:
+                present = await exists(conn, workspace, "d")
+        except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, request.secrets.values(), sandbox_id=sandbox_id,
                               extension=self.id) from None
         if not present:
@@ -105,7 +114,7 @@ class VmPackerExtension(rh.SshBackend):
             "exec": f"sandboxer exec {sandbox_id} -- CMD (runs on the VM in workspace)",
         }
         if request.secrets:
-            descriptor["secrets_file"] = f"{workspace}/{rh.ENV_FILE}"
+            descriptor["secrets_file"] = f"{workspace}/{ENV_FILE}"
         warnings = []
         if request.profile.network.default == "deny" or request.profile.network.egress:
             warnings.append("network policy not enforced: ext.vm-packer uses the VM's own "
@@ -116,18 +125,18 @@ class VmPackerExtension(rh.SshBackend):
 
     async def _exec_target(self, sandbox_id: str, host: str | None) -> Target:
         if host is not None:
-            return rh.target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
+            return target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
         return await self._locate(sandbox_id)
 
     async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
         """Load, memory, disk of the workspace root and the sandboxer workspaces on a VM."""
-        item = rh.target(self.settings, host, sandbox_id=None, extension=self.id,
+        item = target(self.settings, host, sandbox_id=None, extension=self.id,
                          what="host to inspect")
-        async with rh.session(item) as conn:
-            report = await rh.host_telemetry(conn, item)
-            scan = await rh.scan(conn, item)
-        report["workspaces"] = sorted(scan.directories)
-        report["sandboxes"] = scan.owned_by(self.id)
+        async with session(item) as conn:
+            report = await host_telemetry(conn, item)
+            held = await scan(conn, item)
+        report["workspaces"] = sorted(held.directories)
+        report["sandboxes"] = held.owned_by(self.id)
         return report
 
     # -- helpers ----------------------------------------------------------------------------
@@ -144,12 +153,12 @@ class VmPackerExtension(rh.SshBackend):
                 "give the profile 'placement: {host_input: vm}' (profile.vm-haskell-build "
                 f"has it) or create it with --host {vm}",
                 sandbox_id=sandbox_id, extension=self.id)
-        item = rh.target(self.settings, vm or request.host, sandbox_id=sandbox_id,
+        item = target(self.settings, vm or request.host, sandbox_id=sandbox_id,
                          extension=self.id, what="VM (the vm input)")
         checks.check_secrets(request.secrets, item.config.env, sandbox_id, self.id)
         return item, repo
 
-    async def _setup(self, conn: asyncssh.SSHClientConnection, item: Target,
+    async def _setup(self, conn: Connection, item: Target,
                      request: ProvisionRequest, index: int, instruction: str) -> None:
         captured = bytearray()
 
@@ -157,8 +166,8 @@ class VmPackerExtension(rh.SshBackend):
             captured.extend(data)
             del captured[: max(0, len(captured) - SETUP_OUTPUT_BYTES)]
 
-        code = await rh.stream(conn, ["sh", "-c", instruction], keep, env=item.config.env,
-                               cwd=item.workspace(request.sandbox_id))
+        code = await stream(conn, ["sh", "-c", instruction], keep, env=item.config.env,
+                            cwd=item.workspace(request.sandbox_id), timeout=SETUP_TIMEOUT)
         if code != 0:
             lines = captured.decode(errors="replace").splitlines()[-SETUP_OUTPUT_LINES:]
             raise ExtensionError(
@@ -170,10 +179,10 @@ class VmPackerExtension(rh.SshBackend):
     async def _locate(self, sandbox_id: str) -> Target:
         """The host holding the sandbox's workspace, when no host was recorded."""
 
-        async def holds(item: Target, conn: asyncssh.SSHClientConnection) -> bool:
-            return await rh.exists(conn, item.workspace(sandbox_id), "d")
+        async def holds(item: Target, conn: Connection) -> bool:
+            return await exists(conn, item.workspace(sandbox_id), "d")
 
-        for item, present in await rh.reachable_targets(self.settings, self.id, holds):
+        for item, present in await reachable_targets(self.settings, self.id, holds):
             if present:
                 return item
         raise SandboxNotFound(
@@ -182,23 +191,22 @@ class VmPackerExtension(rh.SshBackend):
             sandbox_id=sandbox_id, extension=self.id)
 
     async def _found_on(self, item: Target,
-                        conn: asyncssh.SSHClientConnection) -> list[FoundSandbox]:
-        scan = await rh.scan(conn, item)
-        return [
-            FoundSandbox(
-                sandbox_id=sandbox_id,
-                alive=sandbox_id in scan.directories,
-                host=item.name,
-                detail={
-                    "workspace": item.workspace(sandbox_id)
-                    if sandbox_id in scan.directories else None,
-                    "created_at": scan.markers[sandbox_id].get("created_at"),
-                },
-            )
-            for sandbox_id in scan.owned_by(self.id)
-        ]
+                        conn: Connection) -> list[FoundSandbox]:
+        held = await scan(conn, item)
+        found = []
+        for sandbox_id in held.owned_by(self.id):
+            present = sandbox_id in held.directories
+            detail: dict[str, Any] = {
+                "workspace": item.workspace(sandbox_id) if present else None,
+                "created_at": held.markers[sandbox_id].get("created_at"),
+            }
+            if not present:  # its marker stayed: ours, but nothing left to work in
+                detail["dead"] = f"its workspace {item.workspace(sandbox_id)} was deleted"
+            found.append(FoundSandbox(sandbox_id=sandbox_id, alive=present, host=item.name,
+                                      detail=detail))
+        return found
 
-    async def _teardown_on(self, conn: asyncssh.SSHClientConnection, item: Target,
-                           sandbox_id: str, found: rh.Probe) -> None:
+    async def _teardown_on(self, conn: Connection, item: Target,
+                           sandbox_id: str, found: Probe) -> None:
         """Remove the workspace and its marker; nothing there is fine. The VM stays."""
-        await rh.remove(conn, item, sandbox_id, found)
+        await remove(conn, item, sandbox_id, found)

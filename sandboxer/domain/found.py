@@ -1,0 +1,27 @@
+"""What a backend finds of a sandbox on its host: the value stale detection reasons about.
+
+It lives in the pure domain because :mod:`sandboxer.domain.drift` compares it
+with the log; backends build it from what they see and speak it back
+(:mod:`sandboxer.extensions.base` re-exports it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FoundSandbox"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoundSandbox:
+    """A sandbox a backend finds on its host (for adoption and stale detection)."""
+
+    sandbox_id: str
+    alive: bool
+    """True when the sandbox can still be used; False for a corpse: what is left of one
+    whose processes or containers are gone (a dead holder, exited or removed containers,
+    a deleted workspace)."""
+    host: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    """What the backend saw, for people (containers, directories, why it is not alive)."""

@@ -1,0 +1,103 @@
+"""Asking a host's container engine (docker or podman) about, and removing, our containers.
+
+Readiness and listing read containers through the engine rather than through
+compose (see :mod:`.containers` for why). Every call runs with the host's
+``env`` (e.g. ``DOCKER_HOST``); a host without the engine holds nothing of
+ours, so "command not found" reads as no containers.
+"""
+
+from __future__ import annotations
+
+from sandboxer.errors import RemoteCommandFailed
+from sandboxer.extensions.compose_ssh import containers
+from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT, Target
+from sandboxer.ssh import Connection, remote
+
+__all__ = ["DOWN_TIMEOUT", "ENGINE_MISSING", "list_containers", "owned_containers", "sweep"]
+
+EXTENSION = "ext.compose-ssh"
+DOWN_TIMEOUT = 300.0
+ENGINE_MISSING = 127
+
+# Containers matching the filters ($2...) of engine $1, as `inspect` JSON, in one
+# round trip. A container removed between ps and inspect makes inspect exit 1
+# with the others still printed.
+_CONTAINERS_SCRIPT = r"""
+engine=$1; shift
+ids=$("$engine" ps -aq "$@") || exit $?
+if [ -z "$ids" ]; then echo '[]'; exit 0; fi
+exec "$engine" inspect $ids
+"""
+
+# Removes what engine $1 labels with $2: containers always; with $3 = 1 also
+# networks, volumes and podman's pod $4 (what compose down would have removed).
+_SWEEP_SCRIPT = r"""
+engine=$1 label=$2 thorough=$3 pod=$4
+ids=$("$engine" ps -aq --filter "$label") || exit $?
+if [ -n "$ids" ]; then "$engine" rm -f -v $ids >/dev/null || exit $?; fi
+[ "$thorough" = 1 ] || exit 0
+if [ "$engine" = podman ]; then podman pod rm -f --ignore "$pod" >/dev/null 2>&1; fi
+ids=$("$engine" network ls -q --filter "$label") || exit $?
+if [ -n "$ids" ]; then "$engine" network rm $ids >/dev/null || exit $?; fi
+ids=$("$engine" volume ls -q --filter "$label") || exit $?
+if [ -n "$ids" ]; then "$engine" volume rm -f $ids >/dev/null || exit $?; fi
+exit 0
+"""
+
+
+async def list_containers(conn: Connection, item: Target,
+                          *filters: str) -> list[containers.Container]:
+    """Containers matching ``--filter`` values (none when the host has no engine)."""
+    argv = ["sh", "-c", _CONTAINERS_SCRIPT, "sh", containers.engine(item.config)]
+    for value in filters:
+        argv += ["--filter", value]
+    result = await remote.run(conn, argv, env=item.config.env, timeout=SHORT_TIMEOUT,
+                              check=False)
+    if result.exit_status == 0 or result.stdout.lstrip().startswith("["):
+        return containers.parse_inspect(result.stdout)
+    if result.exit_status == ENGINE_MISSING:
+        return []
+    raise engine_failed(item, "ps", result)
+
+
+async def owned_containers(conn: Connection, item: Target) -> list[containers.Container]:
+    """Containers of sandboxer-owned projects whose directory is on this host's root.
+
+    Two hosts may share an engine (a remote DOCKER_HOST): the compose
+    working-directory label tells whose project it is.
+    """
+    owned = []
+    for container in await list_containers(conn, item, f"label={containers.PROJECT_LABEL}"):
+        sandbox_id = containers.sandbox_of_project(container.project)
+        if sandbox_id is None:
+            continue
+        directory = item.workspace(sandbox_id)
+        if container.working_dir and not (
+            container.working_dir == directory
+            or container.working_dir.startswith(directory + "/")
+        ):
+            continue
+        owned.append(container)
+    return owned
+
+
+async def sweep(conn: Connection, item: Target, project: str, *, thorough: bool) -> None:
+    """Remove what is labelled with ``project``: containers always (a check after compose
+    down); networks, volumes and podman's pod too when compose down did not run."""
+    result = await remote.run(
+        conn, ["sh", "-c", _SWEEP_SCRIPT, "sh", containers.engine(item.config),
+               f"label={containers.PROJECT_LABEL}={project}", "1" if thorough else "0",
+               f"pod_{project}"],
+        env=item.config.env, timeout=DOWN_TIMEOUT, check=False)
+    if result.exit_status not in (0, ENGINE_MISSING):  # no engine: nothing of ours runs
+        raise engine_failed(item, "rm", result)
+
+
+def engine_failed(item: Target, what: str, result: remote.RemoteResult) -> RemoteCommandFailed:
+    return RemoteCommandFailed(
+        f"'{containers.engine(item.config)} {what}' on host {item.name} exited with status "
+        f"{result.exit_status}; check that the container engine runs and that the host's "
+        "env in the hosts file (e.g. DOCKER_HOST) points at it",
+        exit_status=result.exit_status,
+        output_tail="\n".join((result.stdout + result.stderr).splitlines()[-20:]),
+        extension=EXTENSION)

@@ -1,0 +1,64 @@
+"""What one host holds of compose sandboxes, and which of them are alive. Pure.
+
+A compose sandbox is alive while its directory exists and at least one of
+its project's containers runs. Everything else that is left is a corpse,
+with the reason in ``detail["dead"]`` for ``inspect stale``: containers all
+removed by hand, all exited, or the directory gone. A stack with some
+containers stopped and others running is degraded, not dead: reaping it
+would destroy work a person may still be using.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sandboxer.domain.found import FoundSandbox
+from sandboxer.extensions.compose_ssh import containers
+from sandboxer.extensions.ssh_targets import Target
+from sandboxer.extensions.ssh_workspace import Scan
+
+__all__ = ["found_on_host", "why_dead"]
+
+
+def why_dead(project: str, has_directory: bool,
+             items: Sequence[containers.Container]) -> str | None:
+    """Why a project is not alive, or ``None`` while it is."""
+    if not has_directory:
+        return f"its directory is gone ({len(items)} containers of {project} are left)"
+    if not items:
+        return f"its compose project {project} has no containers (they were removed)"
+    if not any(c.running for c in items):
+        states = ", ".join(f"{c.service or c.name}: {c.status}" for c in items)
+        return f"no container of its compose project {project} is running ({states})"
+    return None
+
+
+def found_on_host(item: Target, scan: Scan, owned: Sequence[containers.Container],
+                  extension: str) -> list[FoundSandbox]:
+    """Every compose sandbox on the host: those a marker names and those with containers."""
+    by_sandbox: dict[str, list[containers.Container]] = {}
+    for container in owned:
+        sandbox_id = containers.sandbox_of_project(container.project)
+        if sandbox_id is not None:
+            by_sandbox.setdefault(sandbox_id, []).append(container)
+    found = []
+    for sandbox_id in sorted(set(scan.owned_by(extension)) | set(by_sandbox)):
+        items = by_sandbox.get(sandbox_id, [])
+        marker = scan.markers.get(sandbox_id, {})
+        has_directory = sandbox_id in scan.directories
+        project = containers.project_name(sandbox_id)
+        dead = why_dead(project, has_directory, items)
+        detail = {
+            "directory": item.workspace(sandbox_id) if has_directory else None,
+            "compose_project": project,
+            "compose_file": marker.get("compose_file"),
+            "created_at": marker.get("created_at"),
+            "containers": len(items),
+            "running": sum(1 for c in items if c.running),
+            "services": sorted({c.service for c in items if c.service}),
+        }
+        if dead is not None:
+            detail["dead"] = dead
+        found.append(FoundSandbox(sandbox_id=sandbox_id, alive=dead is None, host=item.name,
+                                  detail=detail))
+    return found

@@ -1,0 +1,95 @@
+"""The base class of the two SSH backends (``ext.compose-ssh``, ``ext.vm-packer``).
+
+What they do the same way: find their sandboxes on every host that answers,
+tear one down only when no other backend's marker claims it, and run a
+command in a sandbox's directory with its output streamed. Everything
+validates before it connects and reaches hosts only through
+:mod:`sandboxer.ssh`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from sandboxer.config.settings import Settings
+from sandboxer.domain.found import FoundSandbox
+from sandboxer.errors import SandboxNotFound, Unsupported
+from sandboxer.extensions import ssh_checks
+from sandboxer.extensions.base import OutputSink
+from sandboxer.extensions.ssh_targets import Target, reachable_targets, session, target
+from sandboxer.extensions.ssh_workspace import Probe, exists, probe
+from sandboxer.ssh import Connection, stream
+
+__all__ = ["SshBackend"]
+
+log = logging.getLogger(__name__)
+
+
+class SshBackend:
+    """Finds, tears down and runs commands in sandboxes kept on hosts of the hosts file.
+
+    A subclass sets ``id`` and implements ``_found_on`` (what one host holds)
+    and ``_teardown_on`` (remove one sandbox from one host, idempotently).
+    """
+
+    id: str
+    host_local = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def _found_on(self, item: Target, conn: Connection) -> list[FoundSandbox]:
+        raise NotImplementedError
+
+    async def _teardown_on(self, conn: Connection, item: Target, sandbox_id: str,
+                           found: Probe) -> None:
+        raise NotImplementedError
+
+    async def _teardown_owned(self, conn: Connection, item: Target, sandbox_id: str) -> None:
+        """Tear down ``sandbox_id`` on one host unless another backend's marker claims it."""
+        found = await probe(conn, item, sandbox_id)
+        if (owner := found.foreign(self.id)) is not None:
+            log.warning("%s: sbx-%s on host %s belongs to %s; not touching it", self.id,
+                        sandbox_id, item.name, owner)
+            return
+        await self._teardown_on(conn, item, sandbox_id, found)
+
+    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
+        ssh_checks.check_sandbox_id(sandbox_id, self.id)
+        if host is not None:
+            item = target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
+            async with session(item) as conn:
+                await self._teardown_owned(conn, item, sandbox_id)
+            return
+        # No host recorded: look on every host that answers (ids are unique).
+        await reachable_targets(
+            self.settings, self.id,
+            lambda item, conn: self._teardown_owned(conn, item, sandbox_id))
+
+    async def list_sandboxes(self) -> Sequence[FoundSandbox]:
+        found = await reachable_targets(self.settings, self.id, self._found_on)
+        return [sandbox for _, items in found for sandbox in items]
+
+    async def _exec_target(self, sandbox_id: str, host: str | None) -> Target:
+        """Where to run an exec; a subclass may search the hosts when none was recorded."""
+        return target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
+
+    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
+                   host: str | None = None, service: str | None = None) -> int:
+        """Run ``argv`` on the host, in the sandbox's directory, streaming its output."""
+        ssh_checks.check_sandbox_id(sandbox_id, self.id)
+        ssh_checks.check_argv(argv, sandbox_id, self.id)
+        if service is not None:
+            raise Unsupported(
+                f"{self.id} sandboxes have no services: drop --service (it applies to compose "
+                "sandboxes)", sandbox_id=sandbox_id, extension=self.id)
+        item = await self._exec_target(sandbox_id, host)
+        async with session(item) as conn:
+            directory = item.workspace(sandbox_id)
+            if not await exists(conn, directory, "d"):
+                raise SandboxNotFound(
+                    f"{self.id} sandbox {sandbox_id} has no directory {directory} on host "
+                    f"{item.name}; create it again or tear it down",
+                    sandbox_id=sandbox_id, extension=self.id)
+            return await stream(conn, argv, output, env=item.config.env, cwd=directory)

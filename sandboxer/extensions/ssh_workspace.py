@@ -1,0 +1,150 @@
+"""The steps on a host that make, find and remove a sandbox's directory and its marker.
+
+Both SSH backends keep one directory per sandbox, ``<workspace_root>/sbx-<id>/``,
+next to an ownership MARKER ``<workspace_root>/sbx-<id>.json``
+(``{"extension": ..., ...}``, no secret). The marker is written before the
+directory and removed after it, and it lives outside the directory so
+syncing a repository (which mirrors deletions) never removes it. It tells
+the two backends' sandboxes apart on a shared host: each lists and tears
+down only what its marker names. Every step is one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sandboxer.extensions.ssh_targets import DIR_PREFIX, SHORT_TIMEOUT, Target
+from sandboxer.ids import is_valid_sandbox_id
+from sandboxer.ssh import Connection, remote
+
+__all__ = ["ENV_FILE", "Probe", "Scan", "exists", "probe", "remove", "scan", "write_marker"]
+
+ENV_FILE = ".sandboxer.env"
+"""The secrets file inside a sandbox's directory: mode 0600, ``NAME='value'`` lines."""
+
+# Lists the sandbox directories and markers of a workspace root ($1) in one
+# round trip: "D <name>" per directory, "M <name> <marker json>" per marker.
+_SCAN_SCRIPT = r"""
+[ -d "$1" ] || exit 0
+cd -- "$1" || exit 1
+for f in sbx-*; do
+  if [ -d "$f" ] && [ ! -L "$f" ]; then
+    printf 'D %s\n' "$f"
+  elif [ -f "$f" ] && [ ! -L "$f" ]; then
+    case "$f" in
+      *.json) printf 'M %s ' "$f"; tr -d '\n' < "$f"; printf '\n' ;;
+    esac
+  fi
+done
+"""
+
+# What is left of one sandbox, in one round trip: its marker ($1) as "M <json>",
+# "X" when anything is at its directory path ($2), "D" when that is a real
+# directory, "E" when it holds a secrets file.
+_PROBE_SCRIPT = r"""
+if [ -f "$1" ] && [ ! -L "$1" ]; then printf 'M '; tr -d '\n' < "$1"; printf '\n'; fi
+if [ -e "$2" ] || [ -L "$2" ]; then echo X; fi
+if [ -d "$2" ] && [ ! -L "$2" ]; then echo D; fi
+if [ -f "$2/.sandboxer.env" ]; then echo E; fi
+exit 0
+"""
+
+
+async def write_marker(conn: Connection, item: Target, sandbox_id: str,
+                       fields: Mapping[str, Any]) -> None:
+    """Claim the sandbox's place on the host before anything else is made there."""
+    await remote.run(conn, ["mkdir", "-p", "--", item.config.workspace_root],
+                     timeout=SHORT_TIMEOUT)
+    body = json.dumps({"sandbox_id": sandbox_id, **fields}, separators=(",", ":"),
+                      sort_keys=True)
+    await remote.put_file(conn, item.marker(sandbox_id), body.encode() + b"\n", mode=0o600)
+
+
+def _parse_marker(text: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What :func:`probe` found of one sandbox on a host."""
+
+    marker: dict[str, Any] | None
+    marker_exists: bool
+    path_exists: bool
+    directory: bool
+    secrets_file: bool
+
+    def foreign(self, extension: str) -> str | None:
+        """The other extension that owns this sandbox's directory, if another does."""
+        owner = (self.marker or {}).get("extension")
+        return str(owner) if owner not in (None, extension) else None
+
+
+async def probe(conn: Connection, item: Target, sandbox_id: str) -> Probe:
+    result = await remote.run(
+        conn, ["sh", "-c", _PROBE_SCRIPT, "sh", item.marker(sandbox_id),
+               item.workspace(sandbox_id)], timeout=SHORT_TIMEOUT)
+    lines = result.stdout.splitlines()
+    marker_lines = [line[2:] for line in lines if line.startswith("M ")]
+    return Probe(
+        marker=_parse_marker(marker_lines[0]) if marker_lines else None,
+        marker_exists=bool(marker_lines),
+        path_exists="X" in lines,
+        directory="D" in lines,
+        secrets_file="E" in lines,
+    )
+
+
+async def remove(conn: Connection, item: Target, sandbox_id: str, found: Probe) -> None:
+    """Delete the sandbox's directory, then its marker (whichever :func:`probe` found)."""
+    root = item.config.workspace_root
+    if found.path_exists:
+        await remote.remove_tree(conn, item.workspace(sandbox_id), root=root)
+    if found.marker_exists:
+        await remote.remove_tree(conn, item.marker(sandbox_id), root=root)
+
+
+async def exists(conn: Connection, path: str, kind: Literal["d", "f"]) -> bool:
+    result = await remote.run(conn, ["test", f"-{kind}", path], check=False,
+                              timeout=SHORT_TIMEOUT)
+    return result.exit_status == 0
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a workspace root holds: sandbox directories and ownership markers, by sandbox id."""
+
+    directories: frozenset[str]
+    markers: dict[str, dict[str, Any]]
+
+    def owned_by(self, extension: str) -> list[str]:
+        """Ids whose marker names ``extension`` (with or without their directory)."""
+        return sorted(sid for sid, marker in self.markers.items()
+                      if marker.get("extension") == extension)
+
+
+async def scan(conn: Connection, item: Target) -> Scan:
+    result = await remote.run(conn, ["sh", "-c", _SCAN_SCRIPT, "sh", item.config.workspace_root],
+                              timeout=SHORT_TIMEOUT)
+    directories: set[str] = set()
+    markers: dict[str, dict[str, Any]] = {}
+    for line in result.stdout.splitlines():
+        kind, _, rest = line.partition(" ")
+        name, _, body = rest.partition(" ")
+        if kind == "D" and name.startswith(DIR_PREFIX):
+            sandbox_id = name.removeprefix(DIR_PREFIX)
+            if is_valid_sandbox_id(sandbox_id):
+                directories.add(sandbox_id)
+        elif kind == "M" and name.startswith(DIR_PREFIX) and name.endswith(".json"):
+            sandbox_id = name.removeprefix(DIR_PREFIX).removesuffix(".json")
+            marker = _parse_marker(body)
+            if is_valid_sandbox_id(sandbox_id) and marker is not None:
+                markers[sandbox_id] = marker
+    return Scan(frozenset(directories), markers)

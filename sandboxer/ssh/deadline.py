@@ -1,0 +1,85 @@
+"""Deadlines enforced on the host, so a command that times out is stopped there.
+
+Closing the SSH channel does not stop a remote command: OpenSSH refuses
+signals from the client for root sessions ("session signalling requires
+privilege separation"), and without a terminal nothing sends a hangup. So
+the deadline travels with the command and the host enforces it.
+
+:func:`with_deadline` wraps a command line so that coreutils ``timeout``
+runs it in a process group of its own, sends that group SIGTERM at the
+deadline and SIGKILL :data:`KILL_GRACE` seconds later if the command is
+still there. ``timeout`` stops escalating once the command it started has
+exited, which would spare children that ignore SIGTERM (a trap, a daemon
+started by a script); so when ``timeout`` reports the deadline (exit 124,
+or 137 after its SIGKILL) the wrapper sends SIGKILL to the whole group as
+well. Pure: text in, text out; the host needs a POSIX ``sh`` and coreutils
+``timeout`` (see docs/hosts.md).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from sandboxer.errors import InvalidInput
+
+__all__ = ["KILL_GRACE", "TIMED_OUT_STATUSES", "WRAPPER_MISSING", "client_wait", "seconds_text",
+           "timed_out", "with_deadline", "wrapper_missing"]
+
+KILL_GRACE = 5.0
+"""Seconds between the SIGTERM at the deadline and the SIGKILL of what is left."""
+RETURN_MARGIN = 10.0
+"""Seconds past the host's own kill that the client still waits for the host to report it."""
+TIMED_OUT_STATUSES = frozenset({124, 137})
+"""``timeout``'s exit status after SIGTERM did it (124) or its SIGKILL did (128 + 9)."""
+WRAPPER_MISSING = 127
+"""The shell's status for a command it cannot find, ``timeout`` included."""
+
+# $1 kill grace, $2 limit, $3 the command line. Standard input is handed to
+# the command through fd 3 because a non-interactive shell gives background
+# jobs /dev/null as stdin. `timeout` (not --foreground) makes its own
+# process group, whose id is its pid, which the wrapper kills after a
+# deadline so that nothing the command started outlives it.
+_WRAPPER = r"""
+exec 3<&0
+timeout -k "$1" "$2" sh -c "$3" <&3 3<&- &
+group=$!
+exec 3<&-
+wait "$group"
+status=$?
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+  kill -KILL "-$group" 2>/dev/null
+fi
+exit "$status"
+"""
+
+
+def seconds_text(seconds: float) -> str:
+    """``seconds`` as a plain decimal that ``timeout`` accepts (never ``1e+06``)."""
+    if seconds <= 0:
+        raise InvalidInput(f"a deadline must be positive, not {seconds!r}")
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+def with_deadline(line: str, seconds: float) -> str:
+    """``line`` as a command line that the host stops, with all it started, after ``seconds``."""
+    words = ["sh", "-c", _WRAPPER, "sh", seconds_text(KILL_GRACE), seconds_text(seconds), line]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def client_wait(seconds: float) -> float:
+    """How long the client waits for a command with this deadline before it gives up on the host."""
+    return seconds + KILL_GRACE + RETURN_MARGIN
+
+
+def timed_out(exit_status: int, elapsed: float, seconds: float) -> bool:
+    """Whether an exit status means the host stopped the command at its deadline.
+
+    A command may exit 124 on its own; only one that also ran for the whole
+    deadline counts as stopped by it.
+    """
+    return exit_status in TIMED_OUT_STATUSES and elapsed >= seconds * 0.99
+
+
+def wrapper_missing(stderr: str) -> bool:
+    """Whether the host's shell said it has no ``timeout`` (rather than the command's own 127)."""
+    return any("timeout" in line and "not found" in line for line in stderr.splitlines()[:3])

@@ -1,0 +1,101 @@
+"""The SSH boundary holds: only ``sandboxer/ssh`` imports asyncssh, and deadlines are well formed."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxer.errors import InvalidInput
+from sandboxer.ssh import deadline
+
+PACKAGE = Path(__file__).resolve().parents[2] / "sandboxer"
+BOUNDARY = PACKAGE / "ssh"
+
+
+def _imports_asyncssh(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(name == "asyncssh" or name.startswith("asyncssh.") for name in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_ssh_package_imports_asyncssh() -> None:
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if BOUNDARY not in path.parents
+        for line in _imports_asyncssh(path)
+    ]
+    assert offenders == [], (
+        "asyncssh may be imported only inside sandboxer/ssh/ (map its errors there and "
+        f"offer a function instead): {offenders}")
+
+
+def test_the_boundary_does_import_it() -> None:
+    # Guards the test above against passing because it parses nothing.
+    assert _imports_asyncssh(BOUNDARY / "connection.py")
+
+
+def test_seconds_are_written_as_plain_decimals() -> None:
+    assert deadline.seconds_text(600) == "600"
+    assert deadline.seconds_text(0.5) == "0.5"
+    assert deadline.seconds_text(1e6) == "1000000"
+    with pytest.raises(InvalidInput):
+        deadline.seconds_text(0)
+
+
+def test_only_a_full_run_counts_as_timed_out() -> None:
+    assert deadline.timed_out(124, 10.0, 10.0)
+    assert deadline.timed_out(137, 15.0, 10.0)
+    assert not deadline.timed_out(124, 0.1, 10.0)  # the command's own 124
+    assert not deadline.timed_out(1, 20.0, 10.0)
+
+
+def _sh(line: str, stdin: str = "") -> tuple[subprocess.CompletedProcess[str], float]:
+    began = time.monotonic()
+    done = subprocess.run(["sh", "-c", line], input=stdin, capture_output=True, text=True,
+                          check=False, timeout=30)
+    return done, time.monotonic() - began
+
+
+def test_the_wrapped_line_passes_stdin_output_and_status() -> None:
+    done, _ = _sh(deadline.with_deadline("cat; echo err >&2; exit 3", 10), stdin="in\n")
+    assert (done.returncode, done.stdout, done.stderr) == (3, "in\n", "err\n")
+
+
+def test_the_wrapped_line_stops_everything_it_started(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    # A child that ignores SIGTERM and outlives its parent: only the group kill stops it.
+    line = (f"sh -c 'trap \"\" TERM; sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; "
+            "sleep 61'")
+    done, elapsed = _sh(deadline.with_deadline(line, 0.5))
+    assert done.returncode in deadline.TIMED_OUT_STATUSES
+    assert elapsed < 0.5 + deadline.KILL_GRACE + 2
+    for pid in pids.read_text().split():
+        assert not _running(int(pid)), f"process {pid} outlived its deadline"
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a killed child waits to be reaped)."""
+    deadline_at = time.monotonic() + 2
+    while time.monotonic() < deadline_at:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state in {"Z", "X"}:
+            return False
+        time.sleep(0.05)
+    return True
