@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from sandboxer.config.profile import Profile
+from sandboxer.domain.found import FoundSandbox
 
 __all__ = [
     "Extension",
@@ -45,16 +46,6 @@ class Readiness:
 
     descriptor: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, kw_only=True)
-class FoundSandbox:
-    """A sandbox a backend finds on its host (for adoption and stale detection)."""
-
-    sandbox_id: str
-    alive: bool
-    host: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
