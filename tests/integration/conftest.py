@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -13,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
+from sandboxer.errors import SandboxerError
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.service import all_roles, run_roles
 from tests.conftest import require_tool
@@ -55,29 +56,53 @@ class Service:
         await asyncio.wait_for(self.task, 30)
 
 
+START_TIMEOUT = 30.0
+"""How long the roles get to answer their first health query (a few hundred ms is usual)."""
+
+
 async def start_service(home: Path, url: str, roles: list[str] | None = None) -> Service:
+    """Run ``roles`` (all by default) in this event loop; fail the test if they never answer."""
     settings = settings_for(home, url)
     catalog = Catalog.load(home)
+    roles = roles or all_roles(catalog)
     nc = await connect([url], name="test-service")
     stop = asyncio.Event()
 
     async def run() -> None:
         try:
-            await run_roles(nc, roles or all_roles(catalog), settings, catalog, stop,
-                            info={"test": True})
+            await run_roles(nc, roles, settings, catalog, stop, info={"test": True})
         finally:
             await nc.drain()
 
     task = asyncio.create_task(run())
     client = await SandboxerClient.connect([url], actor={"type": "atm", "id": "pytest"})
-    for _ in range(100):
-        if task.done():
-            task.result()
-        with contextlib.suppress(Exception):
+    service = Service(client, settings, stop, task)
+    if "projector" not in roles:
+        return service  # nothing answers health queries; the caller waits for what it runs
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+    last: Exception | None = None
+    while not task.done():
+        try:
             await client.health()
-            break
+        except SandboxerError as exc:
+            last = exc
+        else:
+            return service
+        if asyncio.get_running_loop().time() > deadline:
+            await client.close()
+            service.stop.set()
+            task.cancel()  # roles that do not answer may not drain either
+            await asyncio.wait([task], timeout=5)
+            pytest.fail(
+                f"the service (roles {', '.join(roles)}) did not answer {subjects.QUERY_HEALTH} "
+                f"within {START_TIMEOUT:g}s on {url}; last error: {last}",
+                pytrace=False,
+            )
         await asyncio.sleep(0.05)
-    return Service(client, settings, stop, task)
+    await client.close()
+    task.result()  # the roles ended before answering: raise what stopped them
+    pytest.fail(f"the service (roles {', '.join(roles)}) stopped before it answered",
+                pytrace=False)
 
 
 async def reap_local(home: Path) -> None:
