@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := .stamp-venv
+RUN_STAMP := .stamp-venv-run
 
 .DEFAULT_GOAL := help
-.PHONY: help venv system-deps demo test lint bench clean
+.PHONY: help venv system-deps demo-deps demo test lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -17,12 +18,21 @@ venv: $(STAMP) ## create .venv and install sandboxer with dev extras (again only
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -e '.[dev]'
+	touch $@ $(RUN_STAMP)
+
+# The demo needs sandboxer and its dependencies, not the test and lint tools.
+$(RUN_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e .
 	touch $@
 
-system-deps: ## install missing Debian packages (bubblewrap, util-linux, procps, iproute2)
-	bash scripts/install-system-deps.sh
+system-deps: ## install every missing Debian package the tests use (needs root; else prints the command)
+	bash scripts/install-system-deps.sh test
 
-demo: venv system-deps ## run the end-to-end demo
+demo-deps: ## install only what the demo needs (bubblewrap, util-linux, procps, iproute2)
+	bash scripts/install-system-deps.sh demo
+
+demo: $(RUN_STAMP) demo-deps ## run the end-to-end demo (local bubblewrap sandboxes only)
 	$(PY) -m sandboxer.demo
 
 test: venv system-deps ## ruff, mypy and the whole test suite
@@ -42,5 +52,5 @@ bench: venv system-deps ## run every bench/*.py (helpers named _*.py are skipped
 	done
 
 clean: ## remove caches, build output and the venv stamp (keeps .venv)
-	rm -rf $(STAMP) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(STAMP) $(RUN_STAMP) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

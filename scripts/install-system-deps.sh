@@ -1,21 +1,55 @@
 #!/usr/bin/env bash
-# Install the Debian packages sandboxer's tests and demo need, only those missing.
-# Idempotent: every package is skipped when the command it provides is present.
+# Install the Debian packages sandboxer needs, only those missing.
+#
+#   scripts/install-system-deps.sh demo     what `make demo` needs: local bubblewrap sandboxes
+#   scripts/install-system-deps.sh test     everything the test suite starts (the default):
+#                                           also sshd, dockerd with docker-compose, podman, runc
+#   scripts/install-system-deps.sh PROFILE --list
+#                                           print the profile's packages, install nothing
+#
+# Idempotent: a package is skipped when the command it provides is present.
+# Not root: nothing is installed; the exact command to run is printed.
 set -euo pipefail
 
-# "command:package" pairs. Later work adds e.g. podman:podman.
-REQUIRED=(
+usage() {
+  echo "usage: $0 [demo|test] [--list]" >&2
+  exit 2
+}
+
+profile="${1:-test}"
+action="${2:-install}"
+
+# "command:package" pairs.
+DEMO=(
   "bwrap:bubblewrap"
   "nsenter:util-linux"
   "ps:procps"
   "pkill:procps"
   "ip:iproute2"
+)
+# The SSH backends' hosts and the compose engines the integration tests start.
+TEST_ONLY=(
   "sshd:openssh-server"
   "rsync:rsync"
   "dockerd:docker.io"
   "docker-compose:docker-compose"
   "busybox:busybox-static"
+  "podman:podman"
+  "runc:runc"
 )
+
+case "$profile" in
+  demo) REQUIRED=("${DEMO[@]}") ;;
+  test) REQUIRED=("${DEMO[@]}" "${TEST_ONLY[@]}") ;;
+  *) usage ;;
+esac
+
+if [ "$action" = "--list" ]; then
+  for pair in "${REQUIRED[@]}"; do echo "${pair#*:}"; done | awk '!seen[$0]++'
+  exit 0
+elif [ "$action" != "install" ]; then
+  usage
+fi
 
 missing=()
 for pair in "${REQUIRED[@]}"; do
@@ -31,24 +65,28 @@ for pair in "${REQUIRED[@]}"; do
 done
 
 if [ "${#missing[@]}" -eq 0 ]; then
-  echo "system deps: all present"
+  echo "system deps ($profile): all present"
   exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "system deps missing: ${missing[*]}" >&2
+install_command="apt-get install -y --no-install-recommends ${missing[*]}"
+
+if [ "$EUID" -ne 0 ]; then
+  echo "system deps ($profile) missing: ${missing[*]}" >&2
   echo "install them with:" >&2
-  echo "  sudo apt-get install -y ${missing[*]}" >&2
+  echo "  sudo apt-get update && sudo $install_command" >&2
+  echo "then run make again" >&2
   exit 1
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "system deps missing: ${missing[*]}, and apt-get is not available; install them by hand" >&2
+  echo "system deps ($profile) missing: ${missing[*]}, and apt-get is not available;" \
+       "install the equivalent packages with this system's package manager" >&2
   exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-echo "system deps: installing ${missing[*]}"
+echo "system deps ($profile): installing ${missing[*]}"
 if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true)" ]; then
   apt-get update
 fi

@@ -46,3 +46,17 @@ def test_hosts_file_examples_are_valid() -> None:
             data = yaml.safe_load(block)
             if "hosts" in data:
                 HostsFile.model_validate(data)
+
+
+def test_every_setting_the_code_reads_is_in_the_readme_table() -> None:
+    """Settings are documented in one place: the table in README.md."""
+    from sandboxer import subjects
+
+    package = Path(__file__).resolve().parents[2] / "sandboxer"
+    mentioned = {name for path in package.rglob("*.py")
+                 for name in re.findall(r"\bSANDBOXER_[A-Z_]+\b", path.read_text())}
+    streams = {subjects.COMMANDS_STREAM, subjects.EVENTS_STREAM, subjects.JOBS_STREAM}
+    readme = (DOCS.parent / "README.md").read_text()
+    table = set(re.findall(r"^\| `(SANDBOXER_[A-Z_]+)` \|", readme, re.M))
+    assert mentioned - streams <= table, sorted(mentioned - streams - table)
+    assert table <= mentioned, sorted(table - mentioned)  # nothing documented that is gone
