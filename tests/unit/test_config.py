@@ -224,3 +224,18 @@ def test_entry_point_without_a_good_declaration_says_what_to_add(
         Catalog.load()
     assert expected in caught.value.message
     assert "{entry.name}" not in caught.value.message
+
+
+def test_hosts_file_named_by_the_setting_must_exist(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from sandboxer.config.hosts import load_hosts
+    from sandboxer.config.settings import Settings
+
+    settings = Settings(home=tmp_path, nats_urls=(), nats_server=None, ack_wait=30)
+    monkeypatch.setenv("SANDBOXER_HOSTS", str(tmp_path / "hsots.yaml"))
+    with pytest.raises(SettingError) as caught:
+        load_hosts(settings)
+    assert caught.value.variable == "SANDBOXER_HOSTS"
+    assert "docs/hosts.md" in caught.value.message
+    assert str(tmp_path / "hosts.yaml") in caught.value.message
