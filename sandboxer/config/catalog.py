@@ -35,11 +35,20 @@ def packaged_dir(kind: str) -> Path:
     return Path(__file__).resolve().parent.parent / "packaged" / kind
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _guide(model: type[BaseModel]) -> str:
+    """The page that documents the fields of ``model``'s files."""
+    if issubclass(model, ExtensionDecl):
+        return "docs/extensions.md"
+    if model.__name__ == "HostsFile":  # not imported: config.hosts imports this module
+        return "docs/hosts.md"
+    return "docs/profiles.md"
+
+
+def _describe(error: dict[str, Any], guide: str = "docs/profiles.md") -> str:
     where = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
-        message = "unknown field (check its spelling against docs/profiles.md)"
+        message = f"unknown field (check its spelling against {guide})"
     elif error["type"] == "literal_error":
         message = f"{message}; got {error.get('input')!r}"
     return f"{where}: {message}"
@@ -56,7 +65,7 @@ def load_yaml_model(path: Path, model: type[Model]) -> Model:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        details = "; ".join(_describe(dict(err)) for err in exc.errors())
+        details = "; ".join(_describe(dict(err), _guide(model)) for err in exc.errors())
         raise ConfigError(f"{path}: {details}") from None
 
 
@@ -103,7 +112,8 @@ class Catalog:
             try:
                 self.extensions[entry.name] = ExtensionDecl.model_validate(declaration)
             except ValidationError as exc:
-                details = "; ".join(_describe(dict(err)) for err in exc.errors())
+                details = "; ".join(_describe(dict(err), "docs/extensions.md")
+                                    for err in exc.errors())
                 raise ConfigError(
                     f"extension entry point {entry.name} ({entry.value}): its 'declaration' is "
                     f"invalid: {details}"
@@ -136,7 +146,7 @@ class Catalog:
             known = ", ".join(sorted(self.profiles)) or "none"
             raise UnknownProfile(
                 f"unknown profile {profile_id!r}; known profiles: {known}. "
-                "Add one as $SANDBOXER_HOME/profiles/<id>.yaml"
+                "Add one as $SANDBOXER_HOME/profiles/<id>.yaml (see docs/profiles.md)"
             ) from None
 
     def extensions_enabled(self) -> dict[str, ExtensionDecl]:

@@ -239,3 +239,18 @@ def test_hosts_file_named_by_the_setting_must_exist(
     assert caught.value.variable == "SANDBOXER_HOSTS"
     assert "docs/hosts.md" in caught.value.message
     assert str(tmp_path / "hosts.yaml") in caught.value.message
+
+
+def test_unknown_field_points_to_the_page_of_its_file(tmp_path: Path) -> None:
+    from sandboxer.config.hosts import load_hosts
+    from sandboxer.config.settings import Settings
+
+    (tmp_path / "hosts.yaml").write_text(
+        "hosts:\n  box1: {address: 10.0.0.1, host_key: 'ssh-ed25519 AAAA', adress: x}\n")
+    settings = Settings(home=tmp_path, nats_urls=(), nats_server=None, ack_wait=30)
+    with pytest.raises(ConfigError, match=r"adress: unknown field .*docs/hosts\.md"):
+        load_hosts(settings)
+    (tmp_path / "extensions").mkdir()
+    (tmp_path / "extensions" / "ext.x.yaml").write_text("id: ext.x\nknd: saas\n")
+    with pytest.raises(ConfigError, match=r"knd: unknown field .*docs/extensions\.md"):
+        Catalog.load(tmp_path)
