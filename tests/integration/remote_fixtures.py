@@ -17,6 +17,15 @@ no iptables and its own data, exec root and socket under
 built locally, since no registry is reachable. Every test module that
 imports it shares the one engine.
 
+``podman_engine`` (session scope) is podman with runc and its own storage and
+configuration under ``/tmp/sbx-podman-*`` (chosen by ``CONTAINERS_CONF`` and
+``CONTAINERS_STORAGE_CONF``, which its ``env`` carries to the hosts), with the
+same image, driven by podman-compose.
+
+``compose_engine`` is either of the two, as a :class:`ComposeEngine`:
+``docker`` unless a test asks for both with
+``@pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)``.
+
 Recipes and timings: /work/shared/TESTBEDS.md. A missing tool fails the test
 with the apt command to install it.
 """
@@ -31,12 +40,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import pytest
 import yaml
@@ -45,12 +55,17 @@ from sandboxer.config.hosts import HostConfig
 from tests.conftest import require_tool
 
 __all__ = [
+    "ENGINES",
     "MINI_IMAGE",
+    "ComposeEngine",
     "DockerEngine",
+    "PodmanEngine",
     "SshHostInfo",
     "SshHosts",
     "SshServer",
+    "compose_engine_fixture",
     "docker_engine_fixture",
+    "podman_engine_fixture",
     "ssh_hosts_fixture",
     "write_hosts_file",
 ]
@@ -366,9 +381,16 @@ class DockerEngine:
     def docker_host(self) -> str:
         return f"unix://{self.socket}"
 
+    name: Literal["docker"] = "docker"
+    compose_cmd: Literal["docker-compose"] = "docker-compose"
+
     @property
     def env(self) -> dict[str, str]:
         return {"DOCKER_HOST": self.docker_host}
+
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.docker(*args, check=check, timeout=timeout)
 
     def docker(self, *args: str, check: bool = True,
                timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -449,30 +471,158 @@ def _stop_process(process: subprocess.Popen[bytes], grace: float = 20) -> None:
             process.wait()
 
 
+class ComposeEngine(Protocol):
+    """A container engine and the compose command that drives it, as a host reaches them."""
+
+    @property
+    def name(self) -> Literal["docker", "podman"]:
+        """The engine's CLI, as sandboxer derives it from the host's compose command."""
+
+    @property
+    def compose_cmd(self) -> Literal["docker-compose", "podman-compose"]:
+        """What the hosts file says as ``compose_cmd``."""
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a host's ``env`` must set for its commands to reach this engine."""
+
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """The engine's own CLI (``docker``/``podman``), blocking: for set-up and checks."""
+
+
+PODMAN_CONF = """\
+[containers]
+netns = "none"
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{d}/events.log"
+tmp_dir = "{d}/tmp"
+static_dir = "{d}/libpod"
+volume_path = "{d}/volumes"
+[network]
+network_config_dir = "{d}/networks"
+"""
+
+PODMAN_STORAGE = """\
+[storage]
+driver = "overlay"
+runroot = "{d}/run"
+graphroot = "{d}/root"
+"""
+
+CATATONIT = Path("/usr/libexec/podman/catatonit")
+"""podman's init for ``init: true`` services."""
+
+
+@dataclass
+class PodmanEngine:
+    """podman with runc and private storage; hosts reach it (and podman-compose) through ``env``."""
+
+    directory: Path
+    compose_bin: Path
+    name: Literal["podman"] = "podman"
+    compose_cmd: Literal["podman-compose"] = "podman-compose"
+
+    @property
+    def env(self) -> dict[str, str]:
+        # An SSH session gets the system PATH, which lacks the venv holding podman-compose.
+        path = f"{self.compose_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        return {"CONTAINERS_CONF": str(self.directory / "containers.conf"),
+                "CONTAINERS_STORAGE_CONF": str(self.directory / "storage.conf"),
+                "PATH": path}
+
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["podman", *args], check=check, capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, **self.env})
+
+    @classmethod
+    def start(cls) -> PodmanEngine:
+        require_tool("podman", "podman")
+        require_tool("runc", "runc")
+        busybox = require_tool("busybox", "busybox-static")
+        compose_bin = Path(sys.executable).parent
+        if not (compose_bin / "podman-compose").exists() and shutil.which("podman-compose") is None:
+            pytest.fail("required tool 'podman-compose' is missing; install it with: "
+                        ".venv/bin/pip install podman-compose (or run 'make dev')", pytrace=False)
+        if not (compose_bin / "podman-compose").exists():
+            compose_bin = Path(str(shutil.which("podman-compose"))).parent
+        if not CATATONIT.exists():
+            pytest.fail(f"podman's init {CATATONIT} is missing (compose files use init: true); "
+                        "install it with: apt-get install -y catatonit", pytrace=False)
+        directory = Path(tempfile.mkdtemp(prefix="sbx-podman-", dir="/tmp"))
+        (directory / "containers.conf").write_text(PODMAN_CONF.format(d=directory))
+        (directory / "storage.conf").write_text(PODMAN_STORAGE.format(d=directory))
+        engine = cls(directory, compose_bin)
+        tar = _build_mini_tar(directory / "mini", busybox)
+        engine.cli("import", str(tar), MINI_IMAGE)
+        return engine
+
+    def stop(self) -> None:
+        """Remove every container and pod, then the engine's storage."""
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            self.cli("rm", "-a", "-f", "-t", "0", check=False)
+            self.cli("pod", "rm", "-a", "-f", check=False)
+            self.cli("system", "reset", "-f", check=False, timeout=120)
+        _unmount_under(self.directory)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+ENGINES = ("docker", "podman")
+"""The compose engines a test can ask for, by name."""
+
+
 @dataclass
 class _Shared:
-    engine: DockerEngine | None = None
-    users: int = 0
+    engines: dict[str, DockerEngine | PodmanEngine] = field(default_factory=dict)
+    users: dict[str, int] = field(default_factory=dict)
 
 
 _SHARED = _Shared()
 
 
+@contextlib.contextmanager
+def _shared_engine(name: str) -> Iterator[DockerEngine | PodmanEngine]:
+    """One engine of each kind for the whole session, stopped when its last user is done.
+
+    pytest makes one fixture per module that imports a fixture function, so
+    the engine is shared here rather than by the fixture's scope.
+    """
+    if name not in _SHARED.engines:
+        _SHARED.engines[name] = DockerEngine.start() if name == "docker" else PodmanEngine.start()
+    _SHARED.users[name] = _SHARED.users.get(name, 0) + 1
+    try:
+        yield _SHARED.engines[name]
+    finally:
+        _SHARED.users[name] -= 1
+        if _SHARED.users[name] == 0:
+            _SHARED.engines.pop(name).stop()
+
+
 @pytest.fixture(name="docker_engine", scope="session")
 def docker_engine_fixture() -> Iterator[DockerEngine]:
-    """A private Docker engine with ``localhost/mini:latest``, shared by the whole session.
+    """A private Docker engine with ``localhost/mini:latest``, shared by the whole session."""
+    with _shared_engine("docker") as engine:
+        assert isinstance(engine, DockerEngine)
+        yield engine
 
-    pytest makes one fixture per module that imports this function, so the
-    engine itself is shared and stopped when its last user is torn down.
-    """
-    if _SHARED.engine is None:
-        _SHARED.engine = DockerEngine.start()
-    _SHARED.users += 1
-    try:
-        yield _SHARED.engine
-    finally:
-        _SHARED.users -= 1
-        if _SHARED.users == 0:
-            engine, _SHARED.engine = _SHARED.engine, None
-            if engine is not None:
-                engine.stop()
+
+@pytest.fixture(name="podman_engine", scope="session")
+def podman_engine_fixture() -> Iterator[PodmanEngine]:
+    """podman with ``localhost/mini:latest`` in private storage, shared by the whole session."""
+    with _shared_engine("podman") as engine:
+        assert isinstance(engine, PodmanEngine)
+        yield engine
+
+
+@pytest.fixture(name="compose_engine", scope="session")
+def compose_engine_fixture(request: pytest.FixtureRequest) -> Iterator[ComposeEngine]:
+    """docker (dockerd + docker-compose) by default; the engine named by an indirect
+    parameter (``docker`` or ``podman``) when a test runs on several."""
+    name = getattr(request, "param", "docker")
+    with _shared_engine(name) as engine:
+        yield engine

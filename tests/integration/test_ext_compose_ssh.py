@@ -1,9 +1,11 @@
-"""ext.compose-ssh called directly, against real sshd hosts on loopback and a real dockerd.
+"""ext.compose-ssh called directly, against real sshd hosts on loopback and real engines.
 
 The "remote" host is this machine, so what a sandbox leaves behind is
-checked on the local filesystem and with the engine's own ``docker``. The fixtures
-``ssh_hosts`` and ``docker_engine`` come from tests/integration/remote_fixtures.py
-(registered for every suite by tests/conftest.py).
+checked on the local filesystem and with the engine's own CLI. The fixtures
+``ssh_hosts`` and ``compose_engine`` come from tests/integration/remote_fixtures.py
+(registered for every suite by tests/conftest.py). The lifecycle, exec and
+drift tests run on both engines (dockerd with docker-compose, podman with
+podman-compose); the others on docker.
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ import pytest
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
-from sandboxer.errors import ExtensionError, HostUnreachable, InvalidInput, SandboxNotFound
-from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.errors import (
+    ExtensionError,
+    HostUnreachable,
+    InvalidInput,
+    SandboxNotFound,
+)
+from sandboxer.extensions.base import FoundSandbox, ProvisionRequest
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
 from sandboxer.extensions.compose_ssh.compose_file import (
     CANDIDATES,
@@ -32,6 +39,8 @@ from sandboxer.extensions.compose_ssh.compose_file import (
     resolve_compose_file,
 )
 from tests.integration.remote_fixtures import (
+    ENGINES,
+    ComposeEngine,
     DockerEngine,
     SshHostInfo,
     SshHosts,
@@ -39,6 +48,8 @@ from tests.integration.remote_fixtures import (
 )
 
 pytestmark = pytest.mark.integration
+
+both_engines = pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
 
 SECRET = "s3cr3t-Value_42"
 
@@ -85,7 +96,7 @@ services:
 class Env:
     extension: ComposeSshExtension
     host: SshHostInfo
-    engine: DockerEngine
+    engine: ComposeEngine
     profile: Profile
 
     @property
@@ -99,10 +110,13 @@ class Env:
                                 host=host)
 
     def containers(self, sandbox_id: str) -> list[str]:
-        out = self.engine.docker(
+        out = self.engine.cli(
             "ps", "-a", "--filter", f"label=com.docker.compose.project=sbx-{sandbox_id}",
             "--format", "{{.Names}}").stdout
         return sorted(out.split())
+
+    async def found(self) -> dict[str, FoundSandbox]:
+        return {f.sandbox_id: f for f in await self.extension.list_sandboxes()}
 
 
 def make_repo(directory: Path, compose: str = COMPOSE, name: str = "e2e/compose.yml") -> Path:
@@ -117,14 +131,14 @@ def settings_for(home: Path) -> Settings:
 
 
 @pytest.fixture
-async def env(ssh_hosts: SshHosts, docker_engine: DockerEngine, tmp_path: Path,
+async def env(ssh_hosts: SshHosts, compose_engine: ComposeEngine, tmp_path: Path,
               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
     monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
-    [host] = await ssh_hosts(1, env=docker_engine.env)
+    [host] = await ssh_hosts(1, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
     home = tmp_path / "home"
     write_hosts_file(home / "hosts.yaml", [host])
     extension = ComposeSshExtension.from_settings(settings_for(home))
-    env = Env(extension, host, docker_engine, Catalog.load().profile("profile.compose-e2e"))
+    env = Env(extension, host, compose_engine, Catalog.load().profile("profile.compose-e2e"))
     try:
         yield env
     finally:
@@ -132,17 +146,18 @@ async def env(ssh_hosts: SshHosts, docker_engine: DockerEngine, tmp_path: Path,
             await extension.teardown(found.sandbox_id, host=found.host)
 
 
-async def collect_exec(extension: ComposeSshExtension, sandbox_id: str,
-                       argv: list[str]) -> tuple[int, dict[str, bytes]]:
+async def collect_exec(extension: ComposeSshExtension, sandbox_id: str, argv: list[str],
+                       service: str | None = None) -> tuple[int, dict[str, bytes]]:
     out: dict[str, bytes] = {"stdout": b"", "stderr": b""}
 
     async def sink(stream: str, data: bytes) -> None:
         out[stream] += data
 
-    code = await extension.exec(sandbox_id, argv, sink, host="host1")
+    code = await extension.exec(sandbox_id, argv, sink, host="host1", service=service)
     return code, out
 
 
+@both_engines
 async def test_full_lifecycle(env: Env, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     request = env.request("composelife01", repo, secrets={"API_TOKEN": SECRET})
@@ -171,7 +186,7 @@ async def test_full_lifecycle(env: Env, tmp_path: Path) -> None:
     secrets_file = directory / ".sandboxer.env"
     assert secrets_file.stat().st_mode & 0o777 == 0o600
     worker = next(n for n in env.containers("composelife01") if "worker" in n)
-    delivered = env.engine.docker("exec", worker, "/bin/sh", "-c", "echo $API_TOKEN").stdout.strip()
+    delivered = env.engine.cli("exec", worker, "/bin/sh", "-c", "echo $API_TOKEN").stdout.strip()
     assert delivered == SECRET  # interpolated from the secrets, never on a command line
 
     found = {f.sandbox_id: f for f in await env.extension.list_sandboxes()}
@@ -179,17 +194,27 @@ async def test_full_lifecycle(env: Env, tmp_path: Path) -> None:
     assert found["composelife01"].host == "host1"
     assert found["composelife01"].detail["services"] == ["web", "worker"]
 
+    # exec runs inside a service's container: the first service unless one is named.
+    script = 'printf "%s|" "${API_TOKEN:-none}"; test -e /e2e && echo host || echo container'
     code, out = await collect_exec(env.extension, "composelife01",
-                                   ["sh", "-c", "pwd; cat README; echo oops >&2; exit 3"])
+                                   ["sh", "-c", f"{script}; echo oops >&2; exit 3"])
     assert code == 3
-    assert out["stdout"] == f"{directory}\nthe repo\n".encode()
+    assert out["stdout"] == b"none|container\n"  # web has no API_TOKEN
     assert out["stderr"] == b"oops\n"
+    code, out = await collect_exec(env.extension, "composelife01", ["sh", "-c", script],
+                                   service="worker")
+    assert (code, out["stdout"]) == (0, f"{SECRET}|container\n".encode())
+    with pytest.raises(InvalidInput, match="no service 'nope'; its services are web, worker"):
+        await collect_exec(env.extension, "composelife01", ["true"], service="nope")
+    with pytest.raises(InvalidInput, match="not a compose service name"):
+        await collect_exec(env.extension, "composelife01", ["true"], service="$(reboot)")
 
     report = await env.extension.inspect_host("host1")
     assert report["reachable"] is True
     assert report["memory_total_mb"] > 0
     assert report["disk_total_mb"] > 0
     assert "load1" in report
+    assert report["engine"] == env.engine.name
     assert report["sandboxes"] == ["composelife01"]
     assert report["workspaces"] == ["composelife01"]
     assert report["compose_projects"] == [{"project": "sbx-composelife01",
@@ -207,8 +232,8 @@ async def test_full_lifecycle(env: Env, tmp_path: Path) -> None:
     await env.extension.teardown("composelife01", host="host1")  # twice is fine
     await env.extension.teardown("composelife01")  # and without a host
     logging.getLogger(__name__).warning(
-        "compose-ssh timings: provision %.2fs, ready %.2fs, teardown %.2fs",
-        provisioned - began, ready - provisioned, torn_down - tearing_down)
+        "compose-ssh timings on %s: provision %.2fs, ready %.2fs, teardown %.2fs",
+        env.engine.name, provisioned - began, ready - provisioned, torn_down - tearing_down)
 
 
 async def test_failing_compose_file_reports_output_redacted_and_leaves_nothing(
@@ -282,6 +307,45 @@ async def test_containers_without_their_directory_are_found_and_removed(
     await env.extension.teardown("composeorph01", host="host1")
     assert env.containers("composeorph01") == []
     assert await env.extension.list_sandboxes() == []
+
+
+@both_engines
+@pytest.mark.parametrize("how", ["removed", "exited"])
+async def test_a_stack_whose_containers_are_gone_is_a_corpse(env: Env, tmp_path: Path,
+                                                              how: str) -> None:
+    repo = make_repo(tmp_path / "repo")
+    sandbox_id = f"composedead{how[0]}"
+    request = env.request(sandbox_id, repo)
+    await env.extension.provision(request)
+    await env.extension.wait_ready(request)
+    names = env.containers(sandbox_id)
+    if how == "removed":  # by hand, behind sandboxer's back
+        env.engine.cli("rm", "-f", *names)
+    else:
+        env.engine.cli("stop", "-t", "0", *names)
+    found = (await env.found())[sandbox_id]
+    assert not found.alive
+    assert found.detail["running"] == 0
+    assert found.detail["directory"] == str(env.root / f"sbx-{sandbox_id}")
+    dead = found.detail["dead"]
+    assert dead.startswith("no container of its compose project" if how == "exited"
+                           else "its compose project")
+    await env.extension.teardown(sandbox_id, host="host1")
+    assert env.containers(sandbox_id) == []
+    assert not (env.root / f"sbx-{sandbox_id}").exists()
+    assert await env.extension.list_sandboxes() == []
+
+
+async def test_a_stack_with_one_container_left_running_is_alive(env: Env,
+                                                                tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    request = env.request("composehalf1", repo)
+    await env.extension.provision(request)
+    await env.extension.wait_ready(request)
+    env.engine.cli("rm", "-f", next(n for n in env.containers("composehalf1") if "worker" in n))
+    found = (await env.found())["composehalf1"]
+    assert found.alive  # degraded, but someone may still be using it: not for reaping
+    assert (found.detail["containers"], found.detail["running"]) == (1, 1)
 
 
 async def test_another_backends_workspace_is_left_alone(env: Env) -> None:
