@@ -213,7 +213,7 @@ def _decide_destroy(state: SandboxState, command: DestroySandbox, now: str) -> l
     if command.command_id in state.handled:
         return []
     _require_known(state)
-    if state.status == "destroying":
+    if state.status == "destroying" and state.teardown_failure is None:
         return []  # the control worker publishes the teardown job again: a retry, not an error
     if state.status == "destroyed":
         raise Rejected("already_destroyed", f"sandbox {command.sandbox_id} is already destroyed")
@@ -223,6 +223,8 @@ def _decide_destroy(state: SandboxState, command: DestroySandbox, now: str) -> l
             command_id=command.command_id,
             actor=command.actor,
             at=now,
+            # A stuck teardown is tried again, and this destroy now owns its outcome.
+            reason="requested" if state.status != "destroying" else "retry after teardown failed",
         )
     ]
 

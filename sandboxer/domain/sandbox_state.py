@@ -138,7 +138,8 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
                 correlation=event.command_id,
             )
         case SandboxDestroying():
-            return replace(base, status="destroying", correlation=event.command_id)
+            return replace(base, status="destroying", correlation=event.command_id,
+                           teardown_failure=None)
         case SandboxTeardownFailed():
             return replace(base, teardown_failure=event.reason)
         case SandboxDestroyed():

@@ -24,7 +24,7 @@ from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.replay_reader import replay_events
 from sandboxer.errors import ReplayUnsupported
 from sandboxer.projections.folding import Batch
-from sandboxer.projections.sandbox_view import SandboxView
+from sandboxer.projections.sandbox_view import FINGERPRINT, SandboxView
 
 __all__ = ["Projector", "ReplayReport"]
 
@@ -59,8 +59,16 @@ class Projector:
         self.position = 0
 
     async def open(self) -> None:
+        """Open the view; one written by another shape of the code is rebuilt from the log."""
         self.view = await SandboxView.open(self._db_path)
         self.position = await self.view.position()
+        if not await self.view.is_current():
+            log.warning("the sandbox view at %s was written by another version of sandboxer "
+                        "(fingerprint %s, now %s); rebuilding it from the log", self._db_path,
+                        await self.view.fingerprint(), FINGERPRINT)
+            report = await self.rebuild()
+            log.warning("the sandbox view was rebuilt: %d events in %.2f s", report.events,
+                        report.seconds)
 
     async def close(self) -> None:
         if self.view is not None:

@@ -4,10 +4,17 @@ The stream sequence the view has reached is written in the same transaction
 as the rows, so after a crash the view resumes exactly where its data ends.
 Rows keep the whole folded state (msgspec JSON) so the projector can evolve
 a sandbox without replaying it, plus columns for filtering.
+
+Because rows hold the domain's state as it is shaped in memory, the view
+records a fingerprint of its tables *and* of that shape
+(:data:`FINGERPRINT`). A view written by a different shape is stale: the
+projector notices at start-up and rebuilds it from the log.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,7 +25,7 @@ import msgspec
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.events.types import CommandRejected, HostEvent, HostInspected
 
-__all__ = ["SandboxView", "state_to_dict"]
+__all__ = ["FINGERPRINT", "SandboxView", "state_to_dict"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -51,7 +58,20 @@ CREATE TABLE IF NOT EXISTS position (
     projection TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+
+VIEW_VERSION = 2
+"""Bump when what the view derives from an event changes without its tables changing."""
+
+FINGERPRINT = hashlib.sha256(
+    f"{VIEW_VERSION}\n{SCHEMA}\n".encode()
+    + json.dumps(msgspec.json.schema(SandboxState), sort_keys=True).encode()
+).hexdigest()[:16]
+"""What the rows were written by: the view's version, its tables and the state's shape."""
 
 NAME = "sandboxes"
 _encode = msgspec.json.Encoder().encode
@@ -73,8 +93,20 @@ class SandboxView:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path)
         await db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + SCHEMA)
+        view = cls(db)
+        if await view.fingerprint() is None and await view.position() == 0:
+            await db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (FINGERPRINT,))
         await db.commit()
-        return cls(db)
+        return view
+
+    async def fingerprint(self) -> str | None:
+        """The fingerprint of the code that wrote this view (None: written before they existed)."""
+        async with self._db.execute("SELECT value FROM meta WHERE key = 'fingerprint'") as c:
+            row = await c.fetchone()
+        return str(row[0]) if row else None
+
+    async def is_current(self) -> bool:
+        return await self.fingerprint() == FINGERPRINT
 
     async def close(self) -> None:
         await self._db.close()
@@ -186,7 +218,7 @@ class SandboxView:
         """Every row of every table, for comparing a rebuilt view with the live one."""
         tables: dict[str, list[tuple[Any, ...]]] = {}
         for table, key in (("sandboxes", "sandbox_id"), ("rejections", "key"),
-                           ("hosts", "host"), ("position", "projection")):
+                           ("hosts", "host"), ("position", "projection"), ("meta", "key")):
             async with self._db.execute(f"SELECT * FROM {table} ORDER BY {key}") as cursor:
                 tables[table] = [tuple(row) for row in await cursor.fetchall()]
         return tables

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sandboxer.client import CommandFailed, SandboxerClient
-from sandboxer.ids import new_command_id
+from sandboxer.ids import derive_sandbox_id, new_command_id
 from tests.integration.conftest import Service, reap_local, start_service
 
 pytestmark = pytest.mark.integration
@@ -218,6 +218,15 @@ async def test_rejections_carry_reasons_and_workers_keep_serving(service: Servic
         ("destroy", json.dumps({"command_id": "c-unknown-sbx", "sandbox_id": "nosuchsandbox1",
                                 "actor": actor}).encode()),
         ("launch", json.dumps({"command_id": "c-verb", "actor": actor}).encode()),
+        # A create body under a longer subject is not a create (the verb is not the last token).
+        ("nope.create", json.dumps({"command_id": "c-subject-1", "profile": "profile.local",
+                                    "actor": actor}).encode()),
+        ("x.y.create", json.dumps({"command_id": "c-subject-2", "profile": "profile.local",
+                                   "actor": actor}).encode()),
+        # Nested a few thousand levels deep: the decoder's recursion limit, not a crash.
+        ("create", b'{"command_id": "c-deep", "inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        ("create", json.dumps({"command_id": "c-actor-extra", "profile": "profile.local",
+                               "actor": {**actor, "root": True}}).encode()),
     ]
     for verb, data in bad:
         await js.publish(f"sandboxer.cmd.{verb}", data)
@@ -233,6 +242,11 @@ async def test_rejections_carry_reasons_and_workers_keep_serving(service: Servic
     assert codes["c-unknown-sbx"] == "unknown_sandbox"
     assert codes["c-verb"] == "unknown_command"
     assert codes["c-nojson-fields"] == "invalid_field"
+    assert codes["c-subject-1"] == codes["c-subject-2"] == "unknown_command"
+    assert codes["c-actor-extra"] == "invalid_field"
+    assert any(r["code"] == "malformed" and "nested too deeply" in r["reason"] for r in rejected)
+    for sandbox_id in (derive_sandbox_id("c-subject-1"), derive_sandbox_id("c-subject-2")):
+        assert await client.get(sandbox_id) is None
     assert "malformed" in codes.values()
     assert all(r["reason"] for r in rejected)
     assert not any(p.name.startswith(".") for p in service.settings.local_root.glob("*"))

@@ -10,6 +10,7 @@ from sandboxer.domain.sandbox_decide import (
     FinishTeardown,
     MarkFailed,
     MarkReady,
+    MarkTeardownFailed,
     StartProvisioning,
     decide,
 )
@@ -159,3 +160,25 @@ def test_drift_finds_orphans_and_ghosts_but_not_work_in_flight() -> None:
     drift = find_drift(found, status, ["readyone111", "vanished1111"])
     assert [o.sandbox_id for o in drift.orphans] == ["destroyedone", "unknownone1", "failedone11"]
     assert drift.ghosts == ["vanished1111"]
+
+
+def test_a_failed_teardown_is_recorded_once_and_a_new_destroy_retries_it() -> None:
+    destroy = DestroySandbox(command_id="c-destroy", actor=ACTOR, sandbox_id=SID)
+    state, _ = run(ready_state(), destroy)
+    stuck, events = run(state, MarkTeardownFailed(job_id="j2", reason="device busy"),
+                        MarkTeardownFailed(job_id="j2", reason="device busy"))
+    assert [type(e).__name__ for e in events] == ["SandboxTeardownFailed"]
+    assert stuck.status == "destroying"
+    assert stuck.teardown_failure == "device busy"
+    again = DestroySandbox(command_id="c-again", actor=ACTOR, sandbox_id=SID)
+    retried, events = run(stuck, again)
+    assert [e.command_id for e in events] == ["c-again"]
+    assert retried.teardown_failure is None
+    assert retried.correlation == "c-again"
+    done, events = run(retried, FinishTeardown(job_id="j3"))
+    assert done.status == "destroyed"
+    assert events[0].command_id == "c-again"
+
+
+def test_teardown_failure_applies_only_while_destroying() -> None:
+    assert decide(ready_state(), MarkTeardownFailed(job_id="j", reason="x"), NOW) == []

@@ -1,0 +1,106 @@
+"""No failure goes unrecorded: a teardown that keeps failing, and a job nobody can read."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer import subjects
+from sandboxer.bus.connect import connect
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.config.catalog import Catalog
+from sandboxer.errors import ExtensionError
+from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.workers.extension_worker import ExtensionWorker
+from tests.integration.conftest import reap_local, start_service
+from tests.integration.test_lifecycle import event_types, wait_status
+
+pytestmark = pytest.mark.integration
+
+
+class TeardownFaults(LocalExtension):
+    """Real ext.local, with a teardown that fails while ``broken`` is set (a fault injected
+    to see how a failure is recorded; the real teardown runs once it is cleared)."""
+
+    broken = False
+
+    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
+        if self.broken:
+            raise ExtensionError(f"cannot remove {sandbox_id}: device busy (injected)",
+                                 sandbox_id=sandbox_id)
+        await super().teardown(sandbox_id, host=host)
+
+
+async def test_a_teardown_that_keeps_failing_is_recorded_and_retried(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    nc = await connect([nats_server.url], name="test-faulty-worker")
+    extension = TeardownFaults(home / "local")
+    worker = ExtensionWorker(nc.jetstream(), JetStreamEventStore(nc, nc.jetstream()),
+                             Catalog.load(home), extension, ack_wait=2)
+    worker.spec = dataclasses.replace(worker.spec, max_failures=2)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    client = service.client
+    try:
+        ready = await client.create()
+        sandbox_id = ready["sandbox_id"]
+        extension.broken = True
+        await client.destroy(sandbox_id, wait=False)
+        async with asyncio.timeout(30):
+            while "teardown_failed" not in await event_types(client, sandbox_id):
+                await asyncio.sleep(0.1)
+        stuck = await wait_status(client, sandbox_id, {"destroying"})
+        assert "device busy" in stuck["teardown_failure"]
+        failed = [event async for _seq, event in client.events(sandbox_id=sandbox_id)
+                  if event["type"] == "teardown_failed"]
+        assert "device busy" in failed[0]["reason"]
+        # Once the cause is gone, destroying again finishes the job.
+        extension.broken = False
+        await client.destroy(sandbox_id)
+        done = await wait_status(client, sandbox_id, {"destroyed"})
+        assert done["teardown_failure"] is None
+        assert not (home / "local" / sandbox_id).exists()
+    finally:
+        stop.set()
+        await running
+        await nc.drain()
+        await client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+async def test_an_unreadable_job_becomes_a_rejection(nats_server: NatsServerProcess,
+                                                      home: Path) -> None:
+    service = await start_service(home, nats_server.url)
+    client = service.client
+    rejected: list[dict[str, Any]] = []
+
+    async def on_rejection(msg: Any) -> None:
+        rejected.append(json.loads(msg.data))
+
+    sub = await client.nc.subscribe("sandboxer.evt.command.*.rejected", cb=on_rejection)
+    try:
+        junk = [b"{not a job", b"[" * 5000 + b"]" * 5000, b'{"job_id": 1}']
+        for data in junk:
+            await client.js.publish(subjects.job_subject("ext.local", "junkjob01"), data)
+        async with asyncio.timeout(15):
+            while len(rejected) < len(junk):
+                await asyncio.sleep(0.05)
+        assert {r["code"] for r in rejected} == {"unreadable_job"}
+        assert {r["stream"] for r in rejected} == {subjects.JOBS_STREAM}
+        assert all(r["reason"].startswith("the job is unreadable") for r in rejected)
+        # ...and the worker still serves.
+        assert (await client.create())["type"] == "ready"
+    finally:
+        await sub.unsubscribe()
+        await client.close()
+        await service.shutdown()
+        await reap_local(home)
