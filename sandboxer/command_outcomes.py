@@ -91,8 +91,12 @@ class OutcomeWatcher:
         seen: set[str] = set()
         while True:
             event = await outcome.get()
-            if event.get("command_id") != command_id or event.get("event_id") in seen:
-                continue  # another command's event, or one both caught up and delivered
+            finished = verb == "destroy" and event.get("type") == "destroyed"
+            if (event.get("command_id") != command_id and not finished) or \
+                    event.get("event_id") in seen:
+                # Another command's event, or one both caught up and delivered. A destroy
+                # succeeds once the sandbox is destroyed, whichever destroy finished it.
+                continue
             seen.add(event.get("event_id", ""))
             await notify(on_event, event)
             kind = event.get("type")
