@@ -26,12 +26,16 @@ async def apply(
 
     ``known`` is a state the caller just loaded or appended: it is tried first,
     which saves a round trip; a conflict means it was stale, and the loop
-    reloads. ``Rejected`` from ``decide`` propagates to the caller.
+    reloads (as it does when the known state decides nothing, which a stale
+    state could). ``Rejected`` from ``decide`` propagates to the caller.
     """
     for _ in range(DECIDE_ATTEMPTS):
+        trusted = known is None
         loaded = known or await store.load(sandbox_id)
         known = None
         events = decide(loaded.state, command, utc_now())
+        if not events and not trusted:
+            continue  # "nothing to do" from a state that may be stale: check the log itself
         if not events:
             return loaded, False
         try:

@@ -15,6 +15,7 @@ from sandboxer.bus.event_store import EventStore
 from sandboxer.clock import utc_now
 from sandboxer.events.types import SYSTEM_ACTOR, HostInspected
 from sandboxer.extensions.base import Extension
+from sandboxer.extensions.capabilities import HostInspector
 
 __all__ = ["event_host", "inspect_and_record", "local_host_name"]
 
@@ -33,9 +34,8 @@ async def inspect_and_record(
     store: EventStore, extension: Extension, host: str | None
 ) -> dict[str, Any]:
     """Read one host's telemetry through the extension and record it; never raises for the host."""
-    inspect = getattr(extension, "inspect_host", None)
     try:
-        report: dict[str, Any] = await inspect(host) if inspect else {}
+        report = await extension.inspect_host(host) if isinstance(extension, HostInspector) else {}
     except Exception as exc:
         report = {"error": str(exc), "reachable": False}
     await store.record(HostInspected(

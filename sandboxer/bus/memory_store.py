@@ -1,0 +1,56 @@
+"""An in-memory event store: the JetStream store's twin for pure tests of the deciding loop.
+
+Same contract (:class:`~sandboxer.bus.event_store.EventStore`): one log, ids
+stamped by :func:`~sandboxer.bus.event_store.stamp`, appends refused with
+:class:`~sandboxer.errors.ConcurrencyConflict` when the sandbox moved on since
+it was loaded. No test that claims JetStream works uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sandboxer.bus.event_store import Loaded, Record, stamp
+from sandboxer.domain.sandbox_state import SandboxState, evolve
+from sandboxer.errors import ConcurrencyConflict
+from sandboxer.events.types import Event, SandboxEvent
+
+__all__ = ["MemoryEventStore"]
+
+
+class MemoryEventStore:
+    def __init__(self) -> None:
+        self.log: list[Event] = []
+        """Every event appended or recorded, in order; sequence ``n`` is ``log[n - 1]``."""
+
+    def _sandbox_seqs(self, sandbox_id: str) -> list[int]:
+        return [seq for seq, event in enumerate(self.log, start=1)
+                if getattr(event, "sandbox_id", None) == sandbox_id
+                and isinstance(event, SandboxEvent)]
+
+    async def load(self, sandbox_id: str) -> Loaded:
+        state = SandboxState(sandbox_id=sandbox_id)
+        seqs = self._sandbox_seqs(sandbox_id)
+        for seq in seqs:
+            event = self.log[seq - 1]
+            assert isinstance(event, SandboxEvent)
+            state = evolve(state, event)
+        return Loaded(state, seqs[-1] if seqs else 0)
+
+    async def append(self, loaded: Loaded, events: Sequence[SandboxEvent]) -> Loaded:
+        state, last_seq = loaded.state, loaded.last_seq
+        seqs = self._sandbox_seqs(state.sandbox_id)
+        if (seqs[-1] if seqs else 0) != last_seq:
+            raise ConcurrencyConflict(f"sandbox {state.sandbox_id} changed while deciding",
+                                      sandbox_id=state.sandbox_id)
+        for event in events:
+            stamped = stamp(event, version=state.version)
+            self.log.append(stamped)
+            last_seq = len(self.log)
+            state = evolve(state, stamped)
+        return Loaded(state, last_seq)
+
+    async def record(self, event: Record) -> None:
+        stamped = stamp(event)
+        if all(getattr(known, "event_id", None) != stamped.event_id for known in self.log):
+            self.log.append(stamped)

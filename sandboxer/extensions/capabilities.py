@@ -1,0 +1,98 @@
+"""Optional capabilities of a backend, each a Protocol of its own.
+
+Every backend implements :class:`~sandboxer.extensions.base.Extension`. What
+only some backends can do has its own Protocol here, and what a backend's
+declaration claims (``capabilities.snapshot: true``, ...) is checked at load
+against what its class implements (:func:`check_claims`), so a declaration
+cannot promise what the code does not do. Workers ask ``isinstance(ext,
+HostInspector)`` instead of probing attributes by name.
+
+Snapshot, pause and metering are filled in by the lifecycle, hosted-backend
+and routing work; their methods are named here so that a backend written
+today declares them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.settings import Settings
+from sandboxer.errors import ConfigError
+
+__all__ = [
+    "BuiltFromSettings",
+    "HostInspector",
+    "Metered",
+    "Pausable",
+    "Snapshotter",
+    "check_claims",
+]
+
+
+@runtime_checkable
+class BuiltFromSettings(Protocol):
+    """A backend class that needs the process settings (paths, hosts file) to be built."""
+
+    from_settings: Callable[[Settings], Any]
+
+
+@runtime_checkable
+class HostInspector(Protocol):
+    """Reads a host's telemetry (load, memory, disk, our objects) for ``inspect host``."""
+
+    async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
+        """A JSON-able report; ``host`` is a hosts-file name, None for the worker's machine."""
+
+
+@runtime_checkable
+class Snapshotter(Protocol):
+    """Checkpoints a sandbox and makes a new one from a checkpoint."""
+
+    async def snapshot(self, sandbox_id: str, *, host: str | None = None) -> dict[str, Any]: ...
+
+    async def restore(self, snapshot: dict[str, Any], sandbox_id: str, *,
+                      host: str | None = None) -> None: ...
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """Stops a sandbox's processes without losing its state, and starts them again."""
+
+    async def pause(self, sandbox_id: str, *, host: str | None = None) -> None: ...
+
+    async def resume(self, sandbox_id: str, *, host: str | None = None) -> None: ...
+
+
+@runtime_checkable
+class Metered(Protocol):
+    """Knows what a sandbox costs before (estimate) and after (actual use)."""
+
+    def estimate_cost(self, ttl_seconds: float, resources: dict[str, Any]) -> float: ...
+
+    async def meter_actual(self, sandbox_id: str, *, host: str | None = None) -> dict[str, Any]: ...
+
+
+_CLAIMS: dict[str, type[Any]] = {"snapshot": Snapshotter, "pause": Pausable}
+"""Declaration capability -> the Protocol a backend claiming it must implement."""
+
+
+def check_claims(decl: ExtensionDecl, extension: object) -> None:
+    """ConfigError naming each capability the declaration claims and the class lacks."""
+    missing = [
+        f"capabilities.{claim}: true needs {protocol.__name__} "
+        f"({', '.join(sorted(_methods(protocol)))})"
+        for claim, protocol in _CLAIMS.items()
+        if getattr(decl.capabilities, claim) and not isinstance(extension, protocol)
+    ]
+    if missing:
+        raise ConfigError(
+            f"extension {decl.id}: its declaration claims what {type(extension).__name__} does "
+            f"not implement: {'; '.join(missing)}. Implement it, or set the capability to false.",
+            extension=decl.id,
+        )
+
+
+def _methods(protocol: type[Any]) -> set[str]:
+    return {name for name in vars(protocol) if not name.startswith("_")}

@@ -1,0 +1,72 @@
+"""Choosing a host: the profile's order, the health probe's verdicts, and the reasons given."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandboxer.config.hosts import HostConfig
+from sandboxer.config.profile import Placement
+from sandboxer.domain.host_order import host_order
+from sandboxer.errors import Rejected
+from sandboxer.workers.host_choice import choose_host
+
+HOSTS = {name: HostConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA") for name in ("alpha", "beta", "gamma")}
+
+
+def probe_with(down: dict[str, str]):  # type: ignore[no-untyped-def]
+    probed: list[str] = []
+
+    async def probe(name: str, _host: HostConfig) -> str | None:
+        probed.append(name)
+        return down.get(name)
+
+    return probe, probed
+
+
+def test_order_is_prefer_then_fallback_without_repeats() -> None:
+    placement = Placement(prefer=["beta", "alpha"], fallback=["alpha", "gamma"])
+    assert host_order(placement, None, list(HOSTS)) == [
+        ("beta", "preferred"), ("alpha", "preferred"), ("gamma", "fallback")]
+
+
+def test_a_requested_host_overrides_the_profile() -> None:
+    placement = Placement(prefer=["beta"], fallback=["gamma"])
+    assert host_order(placement, "alpha", list(HOSTS)) == [("alpha", "requested")]
+
+
+def test_a_profile_without_hosts_may_use_any_in_name_order() -> None:
+    assert [name for name, _ in host_order(Placement(), None, ["gamma", "alpha"])] == [
+        "alpha", "gamma"]
+
+
+async def test_the_first_healthy_host_wins_and_the_skipped_are_named() -> None:
+    probe, probed = probe_with({"beta": "connection refused"})
+    placement = Placement(prefer=["beta"], fallback=["alpha", "gamma"])
+    host, why = await choose_host(placement, None, HOSTS, probe)
+    assert host == "alpha"
+    assert probed == ["beta", "alpha"]
+    assert why == "placed on alpha (fallback); skipped: beta unhealthy: connection refused"
+
+
+async def test_a_host_missing_from_the_hosts_file_is_skipped_with_the_reason() -> None:
+    probe, probed = probe_with({})
+    host, why = await choose_host(Placement(prefer=["sandboxer01"], fallback=["gamma"]), None,
+                                  HOSTS, probe)
+    assert host == "gamma"
+    assert "sandboxer01 is not in the hosts file" in why
+    assert probed == ["gamma"]
+
+
+async def test_no_healthy_host_is_a_rejection_listing_each_reason() -> None:
+    probe, _ = probe_with({"alpha": "down", "beta": "key rejected"})
+    with pytest.raises(Rejected) as caught:
+        await choose_host(Placement(prefer=["alpha", "beta"]), None, HOSTS, probe)
+    assert caught.value.code == "no_host"
+    assert "alpha unhealthy: down" in caught.value.reason
+    assert "beta unhealthy: key rejected" in caught.value.reason
+
+
+async def test_no_hosts_at_all_points_at_the_hosts_file() -> None:
+    probe, _ = probe_with({})
+    with pytest.raises(Rejected, match=r"hosts\.yaml.*docs/hosts\.md"):
+        await choose_host(Placement(), None, {}, probe)
