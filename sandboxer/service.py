@@ -25,10 +25,9 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams, replicas_for
 from sandboxer.clock import utc_now
-from sandboxer.config.catalog import Catalog, load_extension_class
+from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
-from sandboxer.errors import ConfigError
-from sandboxer.extensions.base import Extension
+from sandboxer.extensions.loading import build_extension
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.queries import QueryService
 from sandboxer.workers.control import ControlWorker
@@ -43,17 +42,6 @@ log = logging.getLogger(__name__)
 
 def all_roles(catalog: Catalog) -> list[str]:
     return ["control", "projector", *sorted(catalog.extensions_enabled())]
-
-
-def build_extension(ext_id: str, catalog: Catalog, settings: Settings) -> Extension:
-    decl = catalog.extensions_enabled().get(ext_id)
-    if decl is None:
-        known = ", ".join(sorted(catalog.extensions_enabled())) or "none"
-        raise ConfigError(f"unknown or disabled extension {ext_id!r}; enabled: {known}")
-    cls = load_extension_class(decl)
-    factory = getattr(cls, "from_settings", None)
-    extension: Extension = factory(settings) if factory else cls()
-    return extension
 
 
 @contextlib.asynccontextmanager
