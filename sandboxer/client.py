@@ -209,14 +209,21 @@ class SandboxerClient:
     # -- exec and events -----------------------------------------------------------------------
 
     async def exec(self, sandbox_id: str, argv: list[str], on_output: OutputCallback,
-                   *, timeout: float = 3600.0) -> int:
-        """Run ``argv`` in the sandbox, streaming its output; return its exit code."""
+                   *, service: str | None = None, timeout: float = 3600.0) -> int:
+        """Run ``argv`` in the sandbox, streaming its output; return its exit code.
+
+        ``service`` names the compose service whose container runs it (compose
+        sandboxes only; the first service by default).
+        """
         _check_id(sandbox_id)
+        request: dict[str, Any] = {"argv": argv}
+        if service is not None:  # only when asked: older workers do not know the field
+            request["service"] = service
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:
             await self.nc.publish(subjects.exec_subject(sandbox_id),
-                                  msgspec.json.encode({"argv": argv}), reply=inbox)
+                                  msgspec.json.encode(request), reply=inbox)
             try:
                 first = await sub.next_msg(timeout=5.0)
             except NatsTimeout:

@@ -17,7 +17,16 @@ from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.output import Progress, print_json, print_table, say
 from sandboxer.client import SandboxerClient
 
-__all__ = ["create", "destroy", "events", "exec_command", "get", "list_sandboxes", "recreate"]
+__all__ = [
+    "create",
+    "destroy",
+    "events",
+    "exec_command",
+    "get",
+    "list_sandboxes",
+    "recreate",
+    "split_exec_args",
+]
 
 EXEC_CONTEXT = {"allow_interspersed_args": False}
 """``exec`` passes everything after the sandbox id to the command, options included."""
@@ -143,24 +152,48 @@ def recreate(sandbox_id: str, as_json: JsonOpt = False) -> None:
         _show_sandbox(sandbox)
 
 
+def split_exec_args(argv: list[str], service: str | None) -> tuple[str | None, list[str]]:
+    """Split ``[--service NAME] [--] CMD ARGS...`` (what follows the sandbox id).
+
+    Options after the id reach us as arguments (interspersed options are off so
+    that the command's own options pass through), so ``--service`` is read here
+    too, but only before the ``--`` that starts the command.
+    """
+    rest = list(argv)
+    while rest and rest[0].startswith("--service"):
+        flag = rest.pop(0)
+        if flag.startswith("--service="):
+            service = flag.removeprefix("--service=")
+        elif flag == "--service" and rest:
+            service = rest.pop(0)
+        else:
+            raise typer.BadParameter("--service needs a NAME", param_hint="--service")
+    if rest[:1] == ["--"]:  # click keeps the separator when interspersed args are off
+        rest = rest[1:]
+    return service, rest
+
+
 def exec_command(
     sandbox_id: str,
     argv: Annotated[list[str], typer.Argument(help="the command, after --")],
+    service: Annotated[
+        str | None,
+        typer.Option("--service", help="compose sandboxes: the service whose container runs it "
+                     "(default: the first service)"),
+    ] = None,
 ) -> None:
-    """Run a command inside a sandbox: sandboxer exec ID -- CMD ARGS..."""
+    """Run a command inside a sandbox: sandboxer exec ID [--service NAME] -- CMD ARGS..."""
 
     def output(stream: str, data: bytes) -> None:
         target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
         target.write(data)
         target.flush()
 
-    command = list(argv)
-    if command[:1] == ["--"]:  # click keeps the separator when interspersed args are off
-        command = command[1:]
+    service, command = split_exec_args(argv, service)
     if not command:
         say("error: give the command after --, e.g. sandboxer exec ID -- ls /workspace")
         raise typer.Exit(1)
-    code = run(with_client(lambda c: c.exec(sandbox_id, command, output)))
+    code = run(with_client(lambda c: c.exec(sandbox_id, command, output, service=service)))
     raise typer.Exit(code)
 
 
