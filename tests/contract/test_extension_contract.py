@@ -3,8 +3,9 @@
 Add an implementation to ``EXTENSIONS`` (a :class:`Backend`: the pytest
 fixtures it needs, and an async factory that builds the extension and the
 inputs its profile requires) and it must pass every test here unchanged.
-Remote backends get real sshd hosts and a real Docker engine from
-tests/integration/remote_fixtures.py.
+Remote backends get real sshd hosts and real container engines from
+tests/integration/remote_fixtures.py: ext.compose-ssh passes on dockerd with
+docker-compose and on podman with podman-compose.
 """
 
 from __future__ import annotations
@@ -63,13 +64,20 @@ async def _remote_settings(tmp: Path, fixtures: dict[str, Any], **host_fields: A
     return Settings(home=home, nats_urls=(), nats_server=None, ack_wait=30.0)
 
 
-async def _compose_ssh(tmp: Path, fixtures: dict[str, Any]) -> Subject:
-    settings = await _remote_settings(tmp, fixtures, env=fixtures["docker_engine"].env)
-    repo = tmp / "repo"
-    (repo / "e2e").mkdir(parents=True)
-    (repo / "e2e" / "compose.yml").write_text(COMPOSE)
-    return Subject(ComposeSshExtension(settings), "profile.compose-e2e", {"repo": str(repo)},
-                   host="host1")
+def _compose_ssh(engine_fixture: str) -> Callable[[Path, dict[str, Any]], Awaitable[Subject]]:
+    """ext.compose-ssh on the engine that fixture gives (dockerd or podman)."""
+
+    async def factory(tmp: Path, fixtures: dict[str, Any]) -> Subject:
+        engine = fixtures[engine_fixture]
+        settings = await _remote_settings(tmp, fixtures, env=engine.env,
+                                          compose_cmd=engine.compose_cmd)
+        repo = tmp / "repo"
+        (repo / "e2e").mkdir(parents=True)
+        (repo / "e2e" / "compose.yml").write_text(COMPOSE)
+        return Subject(ComposeSshExtension(settings), "profile.compose-e2e",
+                       {"repo": str(repo)}, host="host1")
+
+    return factory
 
 
 async def _vm_packer(tmp: Path, fixtures: dict[str, Any]) -> Subject:
@@ -84,7 +92,8 @@ async def _vm_packer(tmp: Path, fixtures: dict[str, Any]) -> Subject:
 REMOTE = ("ssh_hosts", "monkeypatch")
 EXTENSIONS: dict[str, Backend] = {
     "ext.local": Backend(_local),
-    "ext.compose-ssh": Backend(_compose_ssh, (*REMOTE, "docker_engine")),
+    "ext.compose-ssh": Backend(_compose_ssh("docker_engine"), (*REMOTE, "docker_engine")),
+    "ext.compose-ssh+podman": Backend(_compose_ssh("podman_engine"), (*REMOTE, "podman_engine")),
     "ext.vm-packer": Backend(_vm_packer, REMOTE),
 }
 
