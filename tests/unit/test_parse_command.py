@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies
 
 from sandboxer.commands.parse import MAX_COMMAND_BYTES, InvalidCommand, parse_command
 from sandboxer.commands.types import CreateSandbox, DestroySandbox, RecreateSandbox
@@ -98,12 +97,12 @@ def test_only_the_exact_command_subject_is_a_command(subject: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(subject=st.sampled_from(["sandboxer.cmd.create", "sandboxer.cmd.destroy",
+@given(subject=strategies.sampled_from(["sandboxer.cmd.create", "sandboxer.cmd.destroy",
                                 "sandboxer.cmd.recreate", "sandboxer.cmd.x.create"]),
-       data=st.one_of(st.binary(max_size=256),
-                      st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                                   lambda inner: st.lists(inner, max_size=4)
-                                   | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+       data=strategies.one_of(strategies.binary(max_size=256),
+                      strategies.recursive(strategies.none() | strategies.booleans() | strategies.integers() | strategies.text(max_size=8),
+                                   lambda inner: strategies.lists(inner, max_size=4)
+                                   | strategies.dictionaries(strategies.text(max_size=12), inner, max_size=5),
                                    max_leaves=20).map(json.dumps).map(str.encode)))
 def test_any_bytes_become_a_command_or_a_reason(subject: str, data: bytes) -> None:
     """Whatever is published, parsing ends in a command or an InvalidCommand: nothing else."""
