@@ -73,6 +73,12 @@ class Extension(Protocol):
         """Every sandbox this backend finds it owns on its host."""
 
     async def exec(
-        self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *, host: str | None = None
+        self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
+        host: str | None = None, service: str | None = None,
     ) -> int:
-        """Run ``argv`` inside the sandbox, stream its output to ``output``, return its exit code."""
+        """Run ``argv`` inside the sandbox, stream its output to ``output``, return its exit code.
+
+        ``service`` names the part of a multi-part sandbox that runs it (a compose
+        service); a backend without such parts raises
+        :class:`~sandboxer.errors.Unsupported` when one is given.
+        """

@@ -1,7 +1,8 @@
 """Running commands inside sandboxes for bus clients (``sandboxer.exec.<sandbox_id>``).
 
 A core request/reply exchange with a streamed answer. The client publishes
-``{"argv": [...]}`` with a reply inbox; the worker that owns the sandbox
+``{"argv": [...], "service": NAME?}`` with a reply inbox (``service`` picks a
+compose sandbox's container; other backends refuse it); the worker that owns the sandbox
 answers on that inbox with a ``started`` message, then ``stdout``/``stderr``
 chunks as they come, then ``exit`` carrying ``{"exit_code": N}`` (or
 ``{"error": "..."}``). The kind of each message is its ``Sandboxer-Exec``
@@ -36,6 +37,8 @@ MAX_ARGV_BYTES = 128 * 1024
 
 class ExecRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     argv: list[str]
+    service: str | None = None
+    """Compose sandboxes: the service whose container runs ``argv`` (the first by default)."""
 
 
 class ExecService:
@@ -94,7 +97,8 @@ class ExecService:
             return
         await send("started", b"")
         try:
-            code = await self._extension.exec(sandbox_id, request.argv, send, host=host)
+            code = await self._extension.exec(sandbox_id, request.argv, send, host=host,
+                                              service=request.service)
             result: dict[str, object] = {"exit_code": code}
         except SandboxerError as exc:
             result = {"error": exc.message}

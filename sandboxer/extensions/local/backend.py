@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sandboxer.config.settings import Settings
-from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound
+from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound, Unsupported
 from sandboxer.extensions import host_report
 from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
 from sandboxer.extensions.local import cgroups, workspace
@@ -189,9 +189,14 @@ class LocalExtension:
         return await asyncio.to_thread(self._scan)
 
     async def exec(
-        self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *, host: str | None = None
+        self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
+        host: str | None = None, service: str | None = None,
     ) -> int:
         del host  # always this machine
+        if service is not None:
+            raise Unsupported(
+                f"{self.id} sandboxes have no services: drop --service (it applies to compose "
+                "sandboxes)", sandbox_id=sandbox_id, extension=self.id)
         if not argv or any("\0" in arg for arg in argv):
             raise InvalidInput(
                 "exec needs a command: argv must be non-empty and free of NUL characters",
