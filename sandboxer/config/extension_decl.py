@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 __all__ = ["Capabilities", "ExtensionDecl", "Pricing"]
 
@@ -37,8 +37,10 @@ class ExtensionDecl(_Strict):
     description: str = ""
     kind: Literal["self-hosted", "saas"]
     enabled: bool = True
-    placement: bool = False
-    """Runs on hosts from the hosts file: the control worker places each sandbox on one."""
+    uses_hosts: bool = Field(default=False,
+                             validation_alias=AliasChoices("uses_hosts", "placement"))
+    """Runs on hosts from the hosts file: the control worker chooses one for each sandbox,
+    following the profile's ``placement``. (``placement: true`` is the older spelling.)"""
     capabilities: Capabilities
     pricing: Pricing = Field(default_factory=Pricing)
     entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

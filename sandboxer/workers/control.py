@@ -92,7 +92,7 @@ class ControlWorker:
         profile = self._catalog.profile(command.profile)
         enabled = self._catalog.extensions_enabled()
         admitted = admit_create(command, profile, enabled)
-        if not enabled[admitted.extension].placement:
+        if not enabled[admitted.extension].uses_hosts:
             return admitted
         requested = command.host
         if requested is None and profile.placement.host_input:
