@@ -319,19 +319,19 @@ class LocalExtension:
                 continue
             state = workspace.read_state(Layout(self.root, entry.name))
             if state is None:
-                found.append(
-                    FoundSandbox(sandbox_id=entry.name, alive=False, detail={"state": "missing"})
-                )
+                found.append(FoundSandbox(sandbox_id=entry.name, alive=False, detail={
+                    "state": "missing", "dead": "its state file is missing"}))
                 continue
-            detail = {
+            detail: dict[str, Any] = {
                 "holder_pid": state.holder_pid,
                 "workspace": state.workspace,
                 "created_at": state.created_at,
                 "cgroups": state.cgroups,
             }
-            found.append(
-                FoundSandbox(sandbox_id=entry.name, alive=state.holder_alive(), detail=detail)
-            )
+            alive = state.holder_alive()
+            if not alive:  # why, for inspect stale: nothing can run in it any more
+                detail["dead"] = f"its holder process {state.holder_pid} died"
+            found.append(FoundSandbox(sandbox_id=entry.name, alive=alive, detail=detail))
         return found
 
 
