@@ -5,10 +5,12 @@ Subjects (core NATS, outside every stream), one set per extension:
 - ``sandboxer.admin.inspect.<ext>`` ``{"host": NAME?}``: read each host's
   telemetry, record a ``HostInspected`` event per host, reply with the reports;
 - ``sandboxer.admin.stale.<ext>`` ``{"host": NAME?}``: reply with the drift
-  between the log and the hosts (orphans and ghosts);
+  between the log and the hosts (orphans, ghosts and corpses, see
+  :mod:`sandboxer.domain.drift`);
 - ``sandboxer.admin.reap.<ext>`` ``{"host": NAME?, "apply": bool}``: without
   ``apply`` the same as stale; with it, tear the orphans down, mark the ghosts
-  failed, and record a ``HostReaped`` event per host.
+  failed, mark the corpses failed with the reason and tear down what is left
+  of them, and record a ``HostReaped`` event per host.
 
 Remote backends' workers share a queue group (any one of them reaches every
 host); a host-local backend's workers each answer for their own machine, so
@@ -30,13 +32,13 @@ from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
 from sandboxer.bus.responder import Responder
 from sandboxer.clock import utc_now
-from sandboxer.config.hosts import load_hosts
+from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
-from sandboxer.domain.drift import find_drift
+from sandboxer.domain.drift import Drift, corpse_reason, find_drift
 from sandboxer.domain.sandbox_decide import MarkFailed
 from sandboxer.errors import RequestError
 from sandboxer.events.types import SYSTEM_ACTOR, HostReaped
-from sandboxer.extensions.base import Extension, FoundSandbox
+from sandboxer.extensions.base import Extension
 from sandboxer.workers.host_events import event_host, inspect_and_record
 
 __all__ = ["InventoryService"]
@@ -78,7 +80,9 @@ class InventoryService:
         wanted = request.get("host")
         if wanted:
             if wanted not in names:
-                raise RequestError(f"host {wanted!r} is not in the hosts file; known: {names}")
+                raise RequestError(
+                    f"host {wanted!r} is not in the hosts file {hosts_path(self._settings)} "
+                    f"(known: {', '.join(names) or 'none'}); add it there (see docs/hosts.md)")
             return [wanted]
         return list(names)
 
@@ -93,7 +97,7 @@ class InventoryService:
 
     # -- stale and reap ------------------------------------------------------------------------
 
-    async def _drift(self, host: str | None) -> tuple[list[FoundSandbox], list[str]]:
+    async def _drift(self, host: str | None) -> Drift:
         found = [f for f in await self._extension.list_sandboxes() if f.host == host]
         statuses: dict[str, str] = {}
         for item in found:
@@ -103,8 +107,7 @@ class InventoryService:
             statuses[item.sandbox_id] = state.status
         found = [f for f in found if f.sandbox_id in statuses]
         ready = await self._ready_in_log(host)
-        drift = find_drift(found, statuses, ready)
-        return drift.orphans, drift.ghosts
+        return find_drift(found, statuses, ready)
 
     async def _ready_in_log(self, host: str | None) -> list[str]:
         reply = await self._nc.request(
@@ -129,13 +132,8 @@ class InventoryService:
     async def _stale(self, request: dict[str, Any]) -> dict[str, Any]:
         hosts = []
         for host in self._hosts(request):
-            orphans, ghosts = await self._drift(host)
-            hosts.append({
-                "host": event_host(host),
-                "orphans": [{"sandbox_id": o.sandbox_id, "alive": o.alive, "detail": o.detail}
-                            for o in orphans],
-                "ghosts": ghosts,
-            })
+            drift = await self._drift(host)
+            hosts.append({"host": event_host(host), **drift.to_dict()})
         return {"hosts": hosts}
 
     async def _reap(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -143,20 +141,31 @@ class InventoryService:
             return {**await self._stale(request), "applied": False}
         hosts = []
         for host in self._hosts(request):
-            orphans, ghosts = await self._drift(host)
+            drift = await self._drift(host)
             removed = []
-            for orphan in orphans:
+            for orphan in drift.orphans:
                 await self._extension.teardown(orphan.sandbox_id, host=host)
                 removed.append(orphan.sandbox_id)
+            for corpse in drift.corpses:
+                # Recorded before the teardown: should the teardown fail, the sandbox is
+                # already failed, and what is left is an orphan the next reap removes.
+                await self._apply(corpse.sandbox_id, MarkFailed(
+                    job_id="reap-stale", stage="job",
+                    reason=f"{corpse_reason(corpse)} (found by reap-stale, which removed what "
+                           "was left); recreate or destroy it"))
+                await self._extension.teardown(corpse.sandbox_id, host=host)
+                removed.append(corpse.sandbox_id)
+            ghosts = drift.ghosts
             for ghost in ghosts:
                 await self._apply(ghost, MarkFailed(
                     job_id="reap-stale", stage="job",
                     reason=f"its resources are gone from {event_host(host)} "
                            "(found by reap-stale); recreate or destroy it"))
+            marked = [*ghosts, *(corpse.sandbox_id for corpse in drift.corpses)]
             name = event_host(host)
-            if removed or ghosts:
+            if removed or marked:
                 await self._store.record(HostReaped(host=name, extension=self._extension.id,
                                               actor=SYSTEM_ACTOR, at=utc_now(),
-                                              removed=removed, marked_failed=ghosts))
-            hosts.append({"host": name, "removed": removed, "marked_failed": ghosts})
+                                              removed=removed, marked_failed=marked))
+            hosts.append({"host": name, "removed": removed, "marked_failed": marked})
         return {"hosts": hosts, "applied": True}

@@ -1,6 +1,11 @@
-"""Telemetry and stale inventory for ext.local: planted orphans and ghosts are found and reaped."""
+"""Telemetry and stale inventory for ext.local: planted orphans, ghosts and corpses are
+found and reaped."""
 
 from __future__ import annotations
+
+import asyncio
+import os
+import signal
 
 import pytest
 
@@ -61,7 +66,42 @@ async def test_stale_finds_orphans_and_ghosts_and_reap_cleans_them(service: Serv
 
     again = await client.inventory("stale", "ext.local", {})
     assert again[0]["hosts"][0] == {"host": again[0]["hosts"][0]["host"], "orphans": [],
-                                    "ghosts": []}
+                                    "ghosts": [], "corpses": []}
     hosts = await client.hosts()
     assert hosts[0]["reaped"] == {"removed": ["orphan000001"], "marked_failed": [ghost]}
     assert (await client.replay(verify=True))["verified"]
+
+
+async def test_a_sandbox_whose_holder_died_is_a_corpse_and_reap_clears_it(
+    service: Service,
+) -> None:
+    client = service.client
+    local = LocalExtension(service.settings.local_root)
+    corpse = (await client.create())["sandbox_id"]
+    healthy = (await client.create())["sandbox_id"]
+    [before] = [f for f in await local.list_sandboxes() if f.sandbox_id == corpse]
+    holder = before.detail["holder_pid"]
+    os.kill(holder, signal.SIGKILL)  # the holder dies behind sandboxer's back
+    async with asyncio.timeout(10):
+        while any(f.alive for f in await local.list_sandboxes() if f.sandbox_id == corpse):
+            await asyncio.sleep(0.05)
+
+    [stale] = await client.inventory("stale", "ext.local", {})
+    drift = stale["hosts"][0]
+    assert (drift["orphans"], drift["ghosts"]) == ([], [])
+    [found] = drift["corpses"]
+    assert found["sandbox_id"] == corpse
+    assert found["reason"] == f"its holder process {holder} died"
+
+    [reaped] = await client.inventory("reap", "ext.local", {"apply": True})
+    assert reaped["hosts"][0]["removed"] == [corpse]
+    assert reaped["hosts"][0]["marked_failed"] == [corpse]
+    state = await client.get(corpse)
+    assert state is not None
+    assert state["status"] == "failed"
+    assert f"its holder process {holder} died" in state["failure"]
+    assert "reap-stale" in state["failure"]
+    assert [f.sandbox_id for f in await local.list_sandboxes()] == [healthy]  # cleaned
+    assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]
+    [again] = await client.inventory("stale", "ext.local", {})
+    assert again["hosts"][0]["corpses"] == []
