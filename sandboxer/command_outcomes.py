@@ -21,19 +21,11 @@ from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
-from sandboxer.errors import BusError, SandboxerError
+from sandboxer.errors import BusError, CommandFailed
 
 __all__ = ["CommandFailed", "EventCallback", "OutcomeWatcher", "notify"]
 
 EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
-
-
-class CommandFailed(SandboxerError):
-    """A command was rejected, or the work it started ended in ``failed``."""
-
-    def __init__(self, message: str, event: dict[str, Any]) -> None:
-        super().__init__(message, sandbox_id=event.get("sandbox_id"))
-        self.event = event
 
 
 async def notify(callback: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:

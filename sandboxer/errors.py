@@ -10,12 +10,15 @@ The tree::
     │   ├── InvalidCommand      a published command cannot be read or accepted as it is
     │   └── ComposeFileError    a compose file input is unsafe or missing
     ├── Rejected                a valid command the sandbox's state cannot accept
+    ├── CommandFailed           (clients) a command was rejected, or its work ended in failed
     ├── BusError                NATS is unreachable or answered with an error
     │   ├── ServiceNotRunning   no sandboxer service could be found
     │   ├── ConcurrencyConflict an append lost the optimistic-concurrency race
+    │   │   └── PublishConflict the stream refused a publish's expected sequence
     │   ├── StreamUnavailable   a stream had no leader (or timed out) for longer than the budget
     │   ├── RequestError        a query or admin request was malformed or named nothing
-    │   └── ReplayUnsupported   the raw replay reader cannot serve this connection
+    │   ├── ReplayUnsupported   the raw replay reader cannot serve this connection
+    │   └── UnknownEventType    a stored event of a type this version does not know
     ├── ExtensionError          a backend failed to provision, reach or tear down
     │   ├── SandboxNotFound     the backend has no sandbox with that id
     │   ├── Unsupported         the backend does not offer this capability
@@ -30,13 +33,11 @@ Messages say what happened and how to fix it; structured fields (``code``,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from sandboxer.events.types import Actor
+from typing import Any
 
 __all__ = [
     "BusError",
+    "CommandFailed",
     "ComposeFileError",
     "ConcurrencyConflict",
     "ConfigError",
@@ -46,6 +47,7 @@ __all__ = [
     "InvalidCommand",
     "InvalidInput",
     "NatsServerError",
+    "PublishConflict",
     "Rejected",
     "RemoteCommandFailed",
     "ReplayUnsupported",
@@ -55,6 +57,7 @@ __all__ = [
     "ServiceNotRunning",
     "SettingError",
     "StreamUnavailable",
+    "UnknownEventType",
     "UnknownProfile",
     "Unsupported",
 ]
@@ -105,13 +108,14 @@ class InvalidCommand(InvalidInput):
         reason: str,
         command_id: str | None = None,
         sandbox_id: str | None = None,
-        actor: Actor | None = None,
+        actor: object = None,
     ) -> None:
         super().__init__(reason, sandbox_id=sandbox_id)
         self.code = code
         self.reason = reason
         self.command_id = command_id
         self.actor = actor
+        """The command's ``Actor`` when it could be read (typed loosely: errors import nothing)."""
 
 
 class ComposeFileError(InvalidInput):
@@ -127,6 +131,14 @@ class Rejected(SandboxerError):
         self.reason = reason
 
 
+class CommandFailed(SandboxerError):
+    """A command was rejected, or the work it started ended in ``failed`` (clients raise it)."""
+
+    def __init__(self, message: str, event: dict[str, Any]) -> None:
+        super().__init__(message, sandbox_id=event.get("sandbox_id"))
+        self.event = event
+
+
 class BusError(SandboxerError):
     code = "bus"
 
@@ -137,6 +149,24 @@ class ServiceNotRunning(BusError):
 
 class ConcurrencyConflict(BusError):
     code = "conflict"
+
+
+class PublishConflict(ConcurrencyConflict):
+    """The stream refused the publish's expected sequence (or last message id).
+
+    ``retried`` is true when an earlier attempt of the same publish was sent:
+    its write may be the one the stream now holds, so read the last message
+    and compare its ``Nats-Msg-Id`` before treating this as someone else's.
+    """
+
+    def __init__(self, subject: str, err_code: int, *, retried: bool) -> None:
+        super().__init__(
+            f"publishing {subject}: the stream does not hold what the publish expected "
+            f"(JetStream error {err_code}); reload and decide again"
+        )
+        self.subject = subject
+        self.err_code = err_code
+        self.retried = retried
 
 
 class StreamUnavailable(BusError):
@@ -153,6 +183,12 @@ class RequestError(BusError):
 
 class ReplayUnsupported(BusError):
     code = "replay_unsupported"
+
+
+class UnknownEventType(BusError):
+    """A stored event of a type this version of sandboxer does not know (a newer writer's)."""
+
+    code = "unknown_event_type"
 
 
 class ExtensionError(SandboxerError):

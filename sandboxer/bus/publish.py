@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
-from sandboxer.errors import BusError, ConcurrencyConflict, InvalidInput, StreamUnavailable
+from sandboxer.errors import BusError, InvalidInput, PublishConflict, StreamUnavailable
 
 __all__ = [
     "EXPECTATION_CODES",
@@ -69,24 +69,6 @@ class Published:
 
     ack: PubAck
     retried: bool
-
-
-class PublishConflict(ConcurrencyConflict):
-    """The stream refused the publish's expected sequence (or last message id).
-
-    ``retried`` is true when an earlier attempt of the same publish was sent:
-    its write may be the one the stream now holds, so read the last message
-    and compare its ``Nats-Msg-Id`` before treating this as someone else's.
-    """
-
-    def __init__(self, subject: str, err_code: int, *, retried: bool) -> None:
-        super().__init__(
-            f"publishing {subject}: the stream does not hold what the publish expected "
-            f"(JetStream error {err_code}); reload and decide again"
-        )
-        self.subject = subject
-        self.err_code = err_code
-        self.retried = retried
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from sandboxer.errors import BusError
+from sandboxer.errors import BusError, UnknownEventType
 from sandboxer.events.types import Event, event_type
 
 __all__ = [
@@ -36,12 +36,6 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 """``(type, n)`` -> the step from version ``n`` to ``n + 1``. Empty while every type is at v1."""
-
-
-class UnknownEventType(BusError):
-    """A stored event of a type this version of sandboxer does not know (a newer writer's)."""
-
-    code = "unknown_event_type"
 
 
 class _Envelope(msgspec.Struct):

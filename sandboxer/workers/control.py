@@ -37,7 +37,7 @@ from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
 from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
-from sandboxer.events.types import CommandRejected
+from sandboxer.events.types import Actor, CommandRejected
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.jobs import job_for
@@ -135,7 +135,7 @@ class ControlWorker:
             reason=reason,
             sandbox_id=sandbox_id,
             stream_seq=msg.metadata.sequence.stream,
-            actor=about.actor,
+            actor=about.actor if isinstance(about.actor, Actor) else None,
             at=utc_now(),
         )
         log.info("rejected %s %s: %s", rejection.command, rejection.command_id, reason)
