@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
-from sandboxer.errors import BusError
+from sandboxer.errors import BusError, StreamUnavailable
 
 __all__ = ["read_subject"]
 
@@ -39,7 +39,8 @@ async def read_subject(
                 try:
                     msg = await sub.next_msg(timeout=timeout)
                 except NatsTimeout as exc:
-                    raise BusError(
+                    # No replica answered: mid-election or a server down. Callers wait it out.
+                    raise StreamUnavailable(
                         f"reading {filter_subject} timed out; is the {stream} stream healthy?"
                     ) from exc
                 headers = msg.headers or {}
@@ -48,6 +49,9 @@ async def read_subject(
                     return
                 if status == "204":  # end of this batch
                     break
+                if status == "503":
+                    raise StreamUnavailable(f"reading {filter_subject}: no server of the "
+                                            f"{stream} stream answered (503)")
                 if status is not None:
                     raise BusError(f"reading {filter_subject} failed: {status} {headers}")
                 seq = int(headers["Nats-Sequence"])
