@@ -2,12 +2,15 @@
 
 The service runs in-process (every role) against a real nats-server; hosts
 are sshd instances on loopback ports, so what a sandbox leaves on a "host"
-can be checked on the local filesystem and with the engine's own ``docker``.
+can be checked on the local filesystem and with the engine's own CLI. The
+compose lifecycle and drift tests run on both engines (dockerd with
+docker-compose, podman with podman-compose).
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +20,17 @@ from sandboxer.bus.event_reader import read_events
 from sandboxer.client import CommandFailed
 from tests.integration.conftest import Service, start_service
 from tests.integration.remote_fixtures import (
+    ENGINES,
     TWO_SERVICE_COMPOSE,
-    DockerEngine,
+    ComposeEngine,
     SshHostInfo,
     SshHosts,
     write_hosts_file,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+both_engines = pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
 
 SECRET = "s3cr3t-value-that-must-never-be-logged"
 
@@ -79,9 +85,9 @@ async def remote_service(home: Path, url: str, hosts: list[SshHostInfo],
     return await start_service(home, url)
 
 
-def containers(engine: DockerEngine, project: str) -> list[str]:
-    out = engine.docker("ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
-                        "--format", "{{.Names}}").stdout
+def containers(engine: ComposeEngine, project: str) -> list[str]:
+    out = engine.cli("ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
+                     "--format", "{{.Names}}").stdout
     return sorted(out.split())
 
 
@@ -90,13 +96,14 @@ async def all_events(service: Service) -> list[bytes]:
 
 
 @pytest.fixture
-async def compose_hosts(ssh_hosts: SshHosts, docker_engine: DockerEngine) -> list[SshHostInfo]:
-    return await ssh_hosts(2, env=docker_engine.env)
+async def compose_hosts(ssh_hosts: SshHosts, compose_engine: ComposeEngine) -> list[SshHostInfo]:
+    return await ssh_hosts(2, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
 
 
+@both_engines
 async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
     nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     host1 = compose_hosts[0]
     await host1.server.stop()  # the preferred host is down
@@ -115,7 +122,7 @@ async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
         assert descriptor["host"] == "host2"
         assert sorted(descriptor["services"]) == ["web", "worker"]
         project = descriptor["compose_project"]
-        assert len(containers(docker_engine, project)) == 2
+        assert len(containers(compose_engine, project)) == 2
         directory = Path(descriptor["directory"])
         assert (directory / "README").read_text() == "the repo\n"
         secrets_file = directory / ".sandboxer.env"
@@ -126,11 +133,16 @@ async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
         async def collect(_stream: str, data: bytes) -> None:
             out.append(data)
 
-        assert await client.exec(sandbox_id, ["cat", "README"], collect) == 0
-        assert b"".join(out) == b"the repo\n"
+        # exec runs in a service's container (the first by default), not on the host.
+        in_container = ["sh", "-c", "test ! -e /README && echo \"$0\"; exit 6", "in-container"]
+        assert await client.exec(sandbox_id, in_container, collect) == 6
+        assert await client.exec(sandbox_id, in_container, collect, service="worker") == 6
+        assert b"".join(out) == b"in-container\nin-container\n"
+        with pytest.raises(CommandFailed, match="no service 'nope'"):
+            await client.exec(sandbox_id, ["true"], collect, service="nope")
 
         await client.destroy(sandbox_id)
-        assert containers(docker_engine, project) == []
+        assert containers(compose_engine, project) == []
         assert not directory.exists()
         assert not any(SECRET.encode() in data for data in await all_events(service))
     finally:
@@ -140,7 +152,7 @@ async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
 
 async def test_failing_compose_reports_output_and_leaves_nothing(
     nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
     try:
@@ -152,7 +164,7 @@ async def test_failing_compose_reports_output_and_leaves_nothing(
         sandbox_id = caught.value.event["sandbox_id"]
         workspaces = Path(compose_hosts[0].host.workspace_root)
         assert not (workspaces / f"sbx-{sandbox_id}").exists()
-        assert containers(docker_engine, f"sbx-{sandbox_id}") == []
+        assert containers(compose_engine, f"sbx-{sandbox_id}") == []
         assert not any(SECRET.encode() in data for data in await all_events(service))
     finally:
         await service.client.close()
@@ -161,7 +173,7 @@ async def test_failing_compose_reports_output_and_leaves_nothing(
 
 async def test_sshd_killed_mid_provisioning_then_reap_cleans_the_host(
     nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     host1 = compose_hosts[0]
     service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
@@ -190,7 +202,7 @@ async def test_sshd_killed_mid_provisioning_then_reap_cleans_the_host(
         stale = await client.inventory("stale", "ext.compose-ssh", {"host": "host1"})
         assert stale[0]["hosts"][0]["orphans"] == []
         assert not directory.exists()
-        assert containers(docker_engine, f"sbx-{sandbox_id}") == []
+        assert containers(compose_engine, f"sbx-{sandbox_id}") == []
     finally:
         await service.client.close()
         await service.shutdown()
@@ -241,7 +253,7 @@ async def test_vm_attach_lifecycle_through_the_bus(
 
 async def test_canary_records_telemetry_before_and_after(
     nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
     try:
@@ -262,7 +274,7 @@ async def test_canary_records_telemetry_before_and_after(
 
 async def test_planted_orphans_are_found_and_reaped(
     nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch,
+    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from sandboxer.config.catalog import Catalog
     from sandboxer.config.settings import Settings
@@ -302,7 +314,60 @@ async def test_planted_orphans_are_found_and_reaped(
         workspaces = Path(compose_hosts[0].host.workspace_root)
         left = sorted(p.name for p in workspaces.iterdir())
         assert left == [f"sbx-{healthy}", f"sbx-{healthy}.json"]
-        assert containers(docker_engine, "sbx-plantedcompose1") == []
+        assert containers(compose_engine, "sbx-plantedcompose1") == []
+        assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]
+        await client.destroy(healthy)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+@both_engines
+async def test_dead_stacks_and_deleted_workspaces_are_corpses_that_reap_clears(
+    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
+    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
+    try:
+        client = service.client
+        repo = make_repo(tmp_path / "repo")
+        removed = (await client.create("profile.test-compose", {"repo": str(repo)},
+                                       host="host1"))["sandbox_id"]
+        exited = (await client.create("profile.test-compose", {"repo": str(repo)},
+                                      host="host1"))["sandbox_id"]
+        healthy = (await client.create("profile.test-compose", {"repo": str(repo)},
+                                       host="host1"))["sandbox_id"]
+        vm_ready = await client.create("profile.test-vm", {"vm": "host1"})
+        vm_gone = vm_ready["sandbox_id"]
+        # Behind sandboxer's back: containers removed, containers stopped, a workspace deleted.
+        compose_engine.cli("rm", "-f", *containers(compose_engine, f"sbx-{removed}"))
+        compose_engine.cli("stop", "-t", "0", *containers(compose_engine, f"sbx-{exited}"))
+        shutil.rmtree(vm_ready["reachability"]["workspace"])
+
+        corpses = {}
+        for ext_id in ("ext.compose-ssh", "ext.vm-packer"):
+            [reply] = await client.inventory("stale", ext_id, {"host": "host1"})
+            drift = reply["hosts"][0]
+            assert (drift["orphans"], drift["ghosts"]) == ([], [])
+            corpses.update({c["sandbox_id"]: c["reason"] for c in drift["corpses"]})
+        assert sorted(corpses) == sorted([removed, exited, vm_gone])
+        assert "has no containers (they were removed) on host1" in corpses[removed]
+        assert "no container of its compose project" in corpses[exited]
+        assert "workspace" in corpses[vm_gone]
+        assert corpses[vm_gone].endswith("was deleted on host1")
+
+        for ext_id in ("ext.compose-ssh", "ext.vm-packer"):
+            [reply] = await client.inventory("reap", ext_id, {"apply": True, "host": "host1"})
+            assert reply["hosts"][0]["removed"] == reply["hosts"][0]["marked_failed"]
+        for sandbox_id in (removed, exited, vm_gone):
+            state = await client.get(sandbox_id)
+            assert state is not None
+            assert state["status"] == "failed"
+            assert corpses[sandbox_id] in state["failure"]
+        workspaces = Path(compose_hosts[0].host.workspace_root)
+        assert sorted(p.name for p in workspaces.iterdir()) == [f"sbx-{healthy}",
+                                                                 f"sbx-{healthy}.json"]
+        assert containers(compose_engine, f"sbx-{exited}") == []
         assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]
         await client.destroy(healthy)
     finally:
