@@ -7,10 +7,12 @@ tests/integration/remote_fixtures.py (registered by tests/conftest.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import shlex
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -24,9 +26,12 @@ from sandboxer.errors import (
     ExtensionError,
     HostUnreachable,
     InvalidInput,
+    RemoteCommandFailed,
     SandboxNotFound,
+    Unsupported,
 )
 from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.vm_packer import backend as vm_backend
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension
 from tests.integration.remote_fixtures import SshHostInfo, SshHosts, write_hosts_file
 
@@ -109,6 +114,9 @@ async def test_lifecycle_with_repo_sync_setup_secrets_and_exec(
                                 host="host1") == 0
     assert sum(len(chunk) for chunk in big) == 300000
     assert len(big) > 1  # streamed in chunks
+
+    with pytest.raises(Unsupported, match="have no services"):
+        await extension.exec("vmlife0001", ["true"], sink, host="host1", service="web")
 
     found = await extension.list_sandboxes()
     assert [(f.sandbox_id, f.alive, f.host) for f in found] == [("vmlife0001", True, "host1")]
@@ -245,3 +253,50 @@ async def test_listing_skips_unreachable_vms_and_other_backends_workspaces(
 
 async def _discard(_stream: str, _data: bytes) -> None:
     return None
+
+
+async def test_a_deleted_workspace_whose_marker_stayed_is_a_corpse(
+    ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extension, [vm] = await vms(ssh_hosts, tmp_path, monkeypatch)
+    request = ProvisionRequest(sandbox_id="vmgone00001", profile=profile(),
+                               inputs={"vm": "host1"}, host="host1")
+    await extension.provision(request)
+    await extension.wait_ready(request)
+    workspace = Path(vm.host.workspace_root) / "sbx-vmgone00001"
+    shutil.rmtree(workspace)  # someone cleaned the VM by hand
+    [found] = await extension.list_sandboxes()
+    assert (found.sandbox_id, found.alive, found.host) == ("vmgone00001", False, "host1")
+    assert found.detail["dead"] == f"its workspace {workspace} was deleted"
+    await extension.teardown("vmgone00001", host="host1")
+    assert await extension.list_sandboxes() == []
+    assert not (Path(vm.host.workspace_root) / "sbx-vmgone00001.json").exists()
+
+
+async def test_a_setup_instruction_past_its_deadline_is_stopped_on_the_vm(
+    ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extension, _ = await vms(ssh_hosts, tmp_path, monkeypatch)
+    monkeypatch.setattr(vm_backend, "SETUP_TIMEOUT", 1.0)
+    pid_file = tmp_path / "setup.pid"
+    request = ProvisionRequest(
+        sandbox_id="vmslow00001", profile=profile(f"echo $$ > {pid_file}; exec sleep 300"),
+        inputs={"vm": "host1"}, host="host1")
+    with pytest.raises(RemoteCommandFailed, match="did not finish within 1s; the host stopped"):
+        await extension.provision(request)
+    pid = int(pid_file.read_text())
+    for _ in range(40):
+        if not _running(pid):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"setup process {pid} still runs after its deadline")
+    await extension.teardown("vmslow00001", host="host1")
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
