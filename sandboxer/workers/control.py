@@ -32,7 +32,7 @@ from sandboxer.commands.types import (
     target_sandbox,
 )
 from sandboxer.config.catalog import Catalog
-from sandboxer.config.hosts import load_hosts
+from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
@@ -97,7 +97,9 @@ class ControlWorker:
         requested = command.host
         if requested is None and profile.placement.host_input:
             requested = admitted.inputs.get(profile.placement.host_input)
-        host, why = await choose_host(profile.placement, requested, load_hosts(self._settings))
+        host, why = await choose_host(
+            profile.placement, requested, load_hosts(self._settings),
+            hosts_file=f"the hosts file {hosts_path(self._settings)}")
         return dataclasses.replace(
             admitted, host=host, route_reason=f"{admitted.route_reason}; {why}"
         )

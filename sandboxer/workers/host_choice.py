@@ -39,13 +39,18 @@ async def choose_host(
     requested: str | None,
     hosts: Mapping[str, HostConfig],
     probe: Probe = ssh_probe,
+    *,
+    hosts_file: str = "the hosts file",
 ) -> tuple[str, str]:
-    """The first healthy host in placement order, and the reason; Rejected when none is."""
+    """The first healthy host in placement order, and the reason; Rejected when none is.
+
+    ``hosts_file`` names the file in messages (e.g. "the hosts file /path/hosts.yaml").
+    """
     skipped: list[str] = []
     for name, role in host_order(placement, requested, list(hosts)):
         config = hosts.get(name)
         if config is None:
-            skipped.append(f"{name} is not in the hosts file")
+            skipped.append(f"{name} is not in {hosts_file} (add it there, see docs/hosts.md)")
             continue
         why_not = await probe(name, config)
         if why_not is None:
