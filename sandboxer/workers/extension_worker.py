@@ -35,7 +35,7 @@ from sandboxer.domain.sandbox_decide import (
     MarkTeardownFailed,
     StartProvisioning,
 )
-from sandboxer.errors import SandboxerError
+from sandboxer.errors import SandboxerError, StreamUnavailable
 from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.secrets import redact, resolve_secrets
@@ -120,6 +120,11 @@ class ExtensionWorker:
             return
         async with self._lock(job.sandbox_id):
             loaded = await self._store.load(job.sandbox_id)
+            if loaded.state.version < job.version:
+                # The log holds what made this job; a replica still catching up answered the
+                # read. Acking now would lose the job: wait for a current read instead.
+                raise StreamUnavailable(f"sandbox {job.sandbox_id}: the log read is behind "
+                                        f"its job (version {loaded.state.version} < {job.version})")
             host = loaded.state.host
             if job.action == "teardown":
                 await self._teardown(job, host)

@@ -18,6 +18,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     """Deterministic per (sandbox, version, action): the ``Nats-Msg-Id`` that deduplicates it."""
     sandbox_id: str
     action: Action
+    version: int = 0
+    """The sandbox's version when the job was made: a load that finds less read a lagging replica."""
 
 
 _ACTIONS: dict[str, Action] = {
@@ -36,4 +38,5 @@ def job_for(state: SandboxState) -> Job | None:
         job_id=f"{state.sandbox_id}-{state.version}-{action}",
         sandbox_id=state.sandbox_id,
         action=action,
+        version=state.version,
     )
