@@ -26,7 +26,6 @@ from typing import Any
 from sandboxer.config.settings import Settings
 from sandboxer.domain.found import FoundSandbox
 from sandboxer.errors import (
-    ExtensionError,
     InvalidInput,
     RemoteCommandFailed,
     SandboxerError,
@@ -39,11 +38,11 @@ from sandboxer.extensions.compose_ssh.compose_file import (
     check_compose_file,
     resolve_compose_file,
 )
+from sandboxer.extensions.compose_ssh.readiness import await_running
 from sandboxer.extensions.compose_ssh.service_exec import check_service, exec_in_service
 from sandboxer.extensions.compose_ssh.stack import Plan, Stack
 from sandboxer.extensions.ssh_backend import SshBackend
 from sandboxer.extensions.ssh_targets import (
-    SHORT_TIMEOUT,
     Target,
     host_telemetry,
     session,
@@ -58,12 +57,8 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
 """Seconds ``wait_ready`` waits for every container to be running."""
-READY_POLL = 0.25
-STABLE_AFTER = 0.3
-"""A stack counts as ready when it is all running twice, this many seconds apart, unrestarted."""
 UP_TIMEOUT = 1800.0
 """``up -d`` may pull or build images."""
-LOG_LINES = 20
 
 
 class ComposeSshExtension(SshBackend):
@@ -127,7 +122,7 @@ class ComposeSshExtension(SshBackend):
             async with session(stack.target) as conn:
                 services, running = await asyncio.gather(
                     self._services(conn, stack, values),
-                    self._await_running(conn, stack, request))
+                    await_running(conn, stack, self.ready_timeout))
                 found = containers.assess(running, services)
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
@@ -233,50 +228,6 @@ class ComposeSshExtension(SshBackend):
                 f"{stack.compose_file} on host {stack.target.name}", values,
                 sandbox_id=stack.sandbox_id, extension=self.id,
                 fix="check the compose file and the compose command of the host") from None
-
-    async def _await_running(self, conn: Connection, stack: Stack,
-                             request: ProvisionRequest) -> list[containers.Container]:
-        """The project's containers once all run, seen twice unchanged; fails fast on one
-        that stopped."""
-        deadline = time.monotonic() + self.ready_timeout
-        confirmed: list[tuple[str, str, int]] | None = None
-        while True:
-            found = await engine.list_containers(
-                conn, stack.target, f"label={containers.PROJECT_LABEL}={stack.project}")
-            state = containers.assess(found, [])
-            if state.failed:
-                raise await self._failed(conn, stack, state.failed)
-            if state.ready:
-                if confirmed == containers.fingerprint(found):
-                    return found
-                confirmed = containers.fingerprint(found)
-                await asyncio.sleep(STABLE_AFTER)
-                continue
-            confirmed = None
-            if time.monotonic() > deadline:
-                waiting = ", ".join(f"{c.service or c.name} ({c.status})" for c in state.waiting)
-                raise ExtensionError(
-                    f"compose project {stack.project} on host {stack.target.name} is not running "
-                    f"after {self.ready_timeout:g}s: "
-                    + (f"waiting for {waiting}" if waiting else "it has no containers")
-                    + "; check 'docker ps -a' and the containers' logs on the host",
-                    sandbox_id=stack.sandbox_id, extension=self.id)
-            await asyncio.sleep(READY_POLL)
-
-    async def _failed(self, conn: Connection, stack: Stack,
-                      failed: list[containers.Container]) -> ExtensionError:
-        first = failed[0]
-        logs = await remote.run(
-            conn, [containers.engine(stack.target.config), "logs", "--tail", str(LOG_LINES), first.id],
-            env=stack.target.config.env, timeout=SHORT_TIMEOUT, check=False)
-        tail = "\n".join((logs.stdout + logs.stderr).strip().splitlines()[-LOG_LINES:])
-        names = ", ".join(f"{c.service or c.name} ({c.status}, exit code {c.exit_code})"
-                          for c in failed)
-        return ExtensionError(
-            f"compose project {stack.project} on host {stack.target.name}: {names} stopped "
-            f"instead of running; fix the service's command or image. Last log lines of "
-            f"{first.service or first.name}:\n{tail or '(no output)'}",
-            sandbox_id=stack.sandbox_id, extension=self.id)
 
     async def _found_on(self, item: Target, conn: Connection) -> list[FoundSandbox]:
         held = await scan(conn, item)

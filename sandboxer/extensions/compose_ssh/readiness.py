@@ -1,0 +1,74 @@
+"""Waiting until a compose project's containers all run, and explaining why they do not.
+
+"Ready" means every container of the project is ``running``, seen twice
+:data:`STABLE_AFTER` seconds apart without a restart: a container that
+crashes right after starting must not pass. A container that stopped fails
+the wait at once, with its last log lines; no health checks are run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sandboxer.errors import ExtensionError
+from sandboxer.extensions.compose_ssh import containers, engine
+from sandboxer.extensions.compose_ssh.stack import Stack
+from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT
+from sandboxer.ssh import Connection, remote
+
+__all__ = ["LOG_LINES", "READY_POLL", "STABLE_AFTER", "await_running"]
+
+EXTENSION = "ext.compose-ssh"
+READY_POLL = 0.25
+STABLE_AFTER = 0.3
+"""A stack counts as ready when it is all running twice, this many seconds apart, unrestarted."""
+LOG_LINES = 20
+
+
+async def await_running(conn: Connection, stack: Stack,
+                        ready_timeout: float) -> list[containers.Container]:
+    """The project's containers once all run, seen twice unchanged; fails fast on one
+    that stopped, and after ``ready_timeout`` seconds on one still starting."""
+    deadline = time.monotonic() + ready_timeout
+    confirmed: list[tuple[str, str, int]] | None = None
+    while True:
+        found = await engine.list_containers(
+            conn, stack.target, f"label={containers.PROJECT_LABEL}={stack.project}")
+        state = containers.assess(found, [])
+        if state.failed:
+            raise await _stopped(conn, stack, state.failed)
+        if state.ready:
+            if confirmed == containers.fingerprint(found):
+                return found
+            confirmed = containers.fingerprint(found)
+            await asyncio.sleep(STABLE_AFTER)
+            continue
+        confirmed = None
+        if time.monotonic() > deadline:
+            waiting = ", ".join(f"{c.service or c.name} ({c.status})" for c in state.waiting)
+            raise ExtensionError(
+                f"compose project {stack.project} on host {stack.target.name} is not running "
+                f"after {ready_timeout:g}s: "
+                + (f"waiting for {waiting}" if waiting else "it has no containers")
+                + f"; check '{containers.engine(stack.target.config)} ps -a' and the "
+                "containers' logs on the host",
+                sandbox_id=stack.sandbox_id, extension=EXTENSION)
+        await asyncio.sleep(READY_POLL)
+
+
+async def _stopped(conn: Connection, stack: Stack,
+                   failed: list[containers.Container]) -> ExtensionError:
+    first = failed[0]
+    logs = await remote.run(
+        conn, [containers.engine(stack.target.config), "logs", "--tail", str(LOG_LINES),
+               first.id],
+        env=stack.target.config.env, timeout=SHORT_TIMEOUT, check=False)
+    tail = "\n".join((logs.stdout + logs.stderr).strip().splitlines()[-LOG_LINES:])
+    names = ", ".join(f"{c.service or c.name} ({c.status}, exit code {c.exit_code})"
+                      for c in failed)
+    return ExtensionError(
+        f"compose project {stack.project} on host {stack.target.name}: {names} stopped "
+        f"instead of running; fix the service's command or image. Last log lines of "
+        f"{first.service or first.name}:\n{tail or '(no output)'}",
+        sandbox_id=stack.sandbox_id, extension=EXTENSION)
