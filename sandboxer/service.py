@@ -96,8 +96,7 @@ async def run_roles(
                         js, store, catalog, extension, ack_wait=settings.ack_wait
                     )
                     executor = ExecService(nc, store, extension)
-                    inventory = InventoryService(nc, js, store, extension, settings,
-                                                 worker.apply)
+                    inventory = InventoryService(nc, store, extension, settings)
                     await executor.start()
                     await inventory.start()
                     services += [executor, inventory]

@@ -68,6 +68,12 @@ def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
         for ghost in host.get("ghosts", []):
             rows.append((host["host"], host["extension"], "ghost", ghost,
                          "ready in the log; nothing on the host"))
+        for corpse in host.get("corpses", []):
+            rows.append((host["host"], host["extension"], "corpse", corpse["sandbox_id"],
+                         f"ready in the log; {corpse['reason']}"))
+        for stuck in host.get("stuck", []):
+            rows.append((host["host"], host["extension"], "stuck", stuck["sandbox_id"],
+                         f"teardown failed: {stuck['reason']}"))
         for removed in host.get("removed", []):
             rows.append((host["host"], host["extension"], "removed", removed, "torn down"))
         for failed in host.get("marked_failed", []):
@@ -81,7 +87,8 @@ def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
 
 @inspect_app.command("stale")
 def inspect_stale(as_json: JsonOpt = False) -> None:
-    """List drift: orphans (on a host, not live in the log) and ghosts (live in the log only)."""
+    """List drift: orphans, ghosts, corpses (ready in the log, dead on the host) and stuck
+    teardowns."""
     _print_drift(run(with_client(lambda c: _ask_extensions(c, "stale", {}))), as_json)
 
 
@@ -89,7 +96,8 @@ def reap_stale(
     apply: Annotated[bool, typer.Option("--apply", help="really remove; otherwise only list")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Remove orphans from the hosts and mark ghosts failed (only with --apply)."""
+    """Clear drift (only with --apply): remove orphans, mark ghosts and corpses failed and
+    clean what is left of them, and try stuck teardowns again."""
     replies = run(with_client(lambda c: _ask_extensions(c, "reap", {"apply": apply})))
     _print_drift(replies, as_json)
     if not apply and not as_json:

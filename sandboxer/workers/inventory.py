@@ -6,11 +6,13 @@ Subjects (core NATS, outside every stream), one set per extension:
   telemetry, record a ``HostInspected`` event per host, reply with the reports;
 - ``sandboxer.admin.stale.<ext>`` ``{"host": NAME?}``: reply with the drift
   between the log and the hosts (orphans, ghosts and corpses, see
-  :mod:`sandboxer.domain.drift`);
+  :mod:`sandboxer.domain.drift`), and the sandboxes stuck in ``destroying``
+  because their teardown failed for good;
 - ``sandboxer.admin.reap.<ext>`` ``{"host": NAME?, "apply": bool}``: without
   ``apply`` the same as stale; with it, tear the orphans down, mark the ghosts
   failed, mark the corpses failed with the reason and tear down what is left
-  of them, and record a ``HostReaped`` event per host.
+  of them, try the stuck teardowns again, and record a ``HostReaped`` event
+  per host.
 
 Remote backends' workers share a queue group (any one of them reaches every
 host); a host-local backend's workers each answer for their own machine, so
@@ -21,12 +23,10 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
@@ -35,28 +35,24 @@ from sandboxer.clock import utc_now
 from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.drift import Drift, corpse_reason, find_drift
-from sandboxer.domain.sandbox_decide import MarkFailed
-from sandboxer.errors import RequestError
+from sandboxer.domain.sandbox_decide import FinishTeardown, MarkFailed, MarkTeardownFailed
+from sandboxer.errors import BusError, RequestError, SandboxerError
 from sandboxer.events.types import SYSTEM_ACTOR, HostReaped
 from sandboxer.extensions.base import Extension
+from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_events import event_host, inspect_and_record
 
 __all__ = ["InventoryService"]
 
 log = logging.getLogger(__name__)
 
-Apply = Callable[[str, MarkFailed], Awaitable[object]]
-
-
 class InventoryService:
-    def __init__(self, nc: Client, js: JetStreamContext, store: EventStore, extension: Extension,
-                 settings: Settings, apply: Apply) -> None:
+    def __init__(self, nc: Client, store: EventStore, extension: Extension,
+                 settings: Settings) -> None:
         self._nc = nc
-        self._js = js
         self._store = store
         self._extension = extension
         self._settings = settings
-        self._apply = apply
         self._responder = Responder(nc, stamp={"extension": extension.id})
 
     async def start(self) -> None:
@@ -110,30 +106,45 @@ class InventoryService:
         return find_drift(found, statuses, ready)
 
     async def _ready_in_log(self, host: str | None) -> list[str]:
-        reply = await self._nc.request(
-            subjects.QUERY_LIST, msgspec.json.encode({"status": "ready", "limit": 10_000}),
-            timeout=10,
-        )
+        return [sandbox["sandbox_id"] for sandbox in await self._in_log("ready", host)]
+
+    async def _stuck_in_log(self, host: str | None) -> list[dict[str, Any]]:
+        """Sandboxes of this backend and host whose teardown failed for good."""
+        return [{"sandbox_id": sandbox["sandbox_id"], "reason": sandbox["teardown_failure"]}
+                for sandbox in await self._in_log("destroying", host)
+                if sandbox.get("teardown_failure")]
+
+    async def _in_log(self, status: str, host: str | None) -> list[dict[str, Any]]:
+        """What the sandbox view holds in ``status`` for this backend on ``host``."""
+        try:
+            reply = await self._nc.request(
+                subjects.QUERY_LIST, msgspec.json.encode({"status": status, "limit": 10_000}),
+                timeout=10,
+            )
+        except Exception as exc:
+            raise BusError(f"listing {status} sandboxes failed: no projector answered "
+                           f"({type(exc).__name__}); is 'sandboxer up' running?") from exc
         listed = msgspec.json.decode(reply.data)
         if not listed.get("ok"):
-            raise RuntimeError(f"listing ready sandboxes failed: {listed.get('error')}")
+            raise BusError(f"listing {status} sandboxes failed: {listed.get('error')}")
         node = socket.gethostname()
-        ready = []
+        mine = []
         for sandbox in listed["sandboxes"]:
             if sandbox["extension"] != self._extension.id:
                 continue
             if self._extension.host_local:
                 if (sandbox.get("reachability") or {}).get("node") == node:
-                    ready.append(sandbox["sandbox_id"])
+                    mine.append(sandbox)
             elif sandbox.get("host") == host:
-                ready.append(sandbox["sandbox_id"])
-        return ready
+                mine.append(sandbox)
+        return mine
 
     async def _stale(self, request: dict[str, Any]) -> dict[str, Any]:
         hosts = []
         for host in self._hosts(request):
             drift = await self._drift(host)
-            hosts.append({"host": event_host(host), **drift.to_dict()})
+            hosts.append({"host": event_host(host), **drift.to_dict(),
+                          "stuck": await self._stuck_in_log(host)})
         return {"hosts": hosts}
 
     async def _reap(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +160,7 @@ class InventoryService:
             for corpse in drift.corpses:
                 # Recorded before the teardown: should the teardown fail, the sandbox is
                 # already failed, and what is left is an orphan the next reap removes.
-                await self._apply(corpse.sandbox_id, MarkFailed(
+                await apply(self._store, corpse.sandbox_id, MarkFailed(
                     job_id="reap-stale", stage="job",
                     reason=f"{corpse_reason(corpse)} (found by reap-stale, which removed what "
                            "was left); recreate or destroy it"))
@@ -157,11 +168,12 @@ class InventoryService:
                 removed.append(corpse.sandbox_id)
             ghosts = drift.ghosts
             for ghost in ghosts:
-                await self._apply(ghost, MarkFailed(
+                await apply(self._store, ghost, MarkFailed(
                     job_id="reap-stale", stage="job",
                     reason=f"its resources are gone from {event_host(host)} "
                            "(found by reap-stale); recreate or destroy it"))
             marked = [*ghosts, *(corpse.sandbox_id for corpse in drift.corpses)]
+            removed += await self._retry_stuck(host)
             name = event_host(host)
             if removed or marked:
                 await self._store.record(HostReaped(host=name, extension=self._extension.id,
@@ -169,3 +181,19 @@ class InventoryService:
                                               removed=removed, marked_failed=marked))
             hosts.append({"host": name, "removed": removed, "marked_failed": marked})
         return {"hosts": hosts, "applied": True}
+
+    async def _retry_stuck(self, host: str | None) -> list[str]:
+        """Try each failed teardown again: destroyed when it works, a new reason when not."""
+        finished = []
+        for stuck in await self._stuck_in_log(host):
+            sandbox_id = stuck["sandbox_id"]
+            try:
+                await self._extension.teardown(sandbox_id, host=host)
+            except SandboxerError as exc:
+                log.warning("reap-stale: the teardown of %s failed again: %s", sandbox_id, exc)
+                await apply(self._store, sandbox_id, MarkTeardownFailed(
+                    job_id="reap-stale", reason=f"{exc.message} (reap-stale tried again)"))
+                continue
+            await apply(self._store, sandbox_id, FinishTeardown(job_id="reap-stale"))
+            finished.append(sandbox_id)
+        return finished

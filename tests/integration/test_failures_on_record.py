@@ -18,6 +18,7 @@ from sandboxer.config.catalog import Catalog
 from sandboxer.errors import ExtensionError
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.extension_worker import ExtensionWorker
+from sandboxer.workers.inventory import InventoryService
 from tests.integration.conftest import reap_local, start_service
 from tests.integration.test_lifecycle import event_types, wait_status
 
@@ -43,8 +44,10 @@ async def test_a_teardown_that_keeps_failing_is_recorded_and_retried(
     service = await start_service(home, nats_server.url, roles=["control", "projector"])
     nc = await connect([nats_server.url], name="test-faulty-worker")
     extension = TeardownFaults(home / "local")
-    worker = ExtensionWorker(nc.jetstream(), JetStreamEventStore(nc, nc.jetstream()),
-                             Catalog.load(home), extension, ack_wait=2)
+    store = JetStreamEventStore(nc, nc.jetstream())
+    worker = ExtensionWorker(nc.jetstream(), store, Catalog.load(home), extension, ack_wait=2)
+    inventory = InventoryService(nc, store, extension, service.settings)
+    await inventory.start()
     worker.spec = dataclasses.replace(worker.spec, max_failures=2)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
@@ -62,13 +65,21 @@ async def test_a_teardown_that_keeps_failing_is_recorded_and_retried(
         failed = [event async for _seq, event in client.events(sandbox_id=sandbox_id)
                   if event["type"] == "teardown_failed"]
         assert "device busy" in failed[0]["reason"]
-        # Once the cause is gone, destroying again finishes the job.
+        # inspect stale shows it as stuck; reap-stale tries again and records the new failure.
+        stale = await client.inventory("stale", "ext.local", {})
+        assert [s["sandbox_id"] for s in stale[0]["hosts"][0]["stuck"]] == [sandbox_id]
+        await client.inventory("reap", "ext.local", {"apply": True})
+        again = await wait_status(client, sandbox_id, {"destroying"})
+        assert "reap-stale tried again" in (again["teardown_failure"] or "")
+        # Once the cause is gone, reap-stale (or a new destroy) finishes the job.
         extension.broken = False
-        await client.destroy(sandbox_id)
+        reaped = await client.inventory("reap", "ext.local", {"apply": True})
+        assert reaped[0]["hosts"][0]["removed"] == [sandbox_id]
         done = await wait_status(client, sandbox_id, {"destroyed"})
         assert done["teardown_failure"] is None
         assert not (home / "local" / sandbox_id).exists()
     finally:
+        await inventory.stop()
         stop.set()
         await running
         await nc.drain()

@@ -66,7 +66,7 @@ async def test_stale_finds_orphans_and_ghosts_and_reap_cleans_them(service: Serv
 
     again = await client.inventory("stale", "ext.local", {})
     assert again[0]["hosts"][0] == {"host": again[0]["hosts"][0]["host"], "orphans": [],
-                                    "ghosts": [], "corpses": []}
+                                    "ghosts": [], "corpses": [], "stuck": []}
     hosts = await client.hosts()
     assert hosts[0]["reaped"] == {"removed": ["orphan000001"], "marked_failed": [ghost]}
     assert (await client.replay(verify=True))["verified"]
