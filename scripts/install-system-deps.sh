@@ -36,6 +36,7 @@ TEST_ONLY=(
   "busybox:busybox-static"
   "podman:podman"
   "runc:runc"
+  "catatonit:catatonit"   # podman's init for `init: true` services (only recommended by podman)
 )
 
 case "$profile" in

@@ -25,7 +25,7 @@ def test_tests_install_everything_including_both_compose_engines() -> None:
     packages = _packages("test")
     assert packages[:4] == _packages("demo")
     for package in ("openssh-server", "rsync", "docker.io", "docker-compose", "busybox-static",
-                    "podman", "runc"):
+                    "podman", "runc", "catatonit"):
         assert package in packages
 
 
