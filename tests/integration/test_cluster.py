@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -278,21 +279,42 @@ async def burst(client: SandboxerClient, ledger: Ledger) -> None:
     await asyncio.gather(*tasks)
 
 
-async def test_start_up_waits_for_the_cluster_to_place_the_streams(cluster: NatsCluster) -> None:
-    """With a node missing, R3 streams cannot be placed (10005): start-up waits, then succeeds."""
-    await cluster.servers[2].stop()
-    nc = await connect([cluster.urls[0]], name="test-startup")
+def unstarted_nodes(base: Path, size: int = 3) -> list[NatsServerProcess]:
+    """A cluster's nodes, routed to each other, for a test to start one at a time."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(size)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        ports = [int(sock.getsockname()[1]) for sock in sockets]
+    routes = [f"nats://127.0.0.1:{port}" for port in ports]
+    return [
+        NatsServerProcess(base / f"n{i}", binary=Settings.from_env().nats_server,
+                          server_name=f"forming-n{i}", cluster_name="forming",
+                          cluster_port=port, routes=routes)
+        for i, port in enumerate(ports, start=1)
+    ]
+
+
+async def test_start_up_waits_for_the_cluster_to_place_the_streams(tmp_path: Path) -> None:
+    """Started while the cluster forms (no meta leader, then 10005): start-up waits for it."""
+    nodes = unstarted_nodes(tmp_path / "forming")
     try:
+        await nodes[0].start()
+        nc = await connect([nodes[0].url], name="test-startup")
         js = nc.jetstream()
         creating = asyncio.create_task(ensure_streams(js, 3))
-        await asyncio.sleep(3)
-        assert not creating.done(), creating
-        await restart_node(cluster, 2)
+        # The second node brings a meta leader, which cannot place R3 streams on two
+        # nodes (10005) until the third one joins.
+        for node, after in zip(nodes[1:], (2, 10), strict=True):
+            await asyncio.sleep(after)
+            assert not creating.done(), creating
+            await node.start()
         await asyncio.wait_for(creating, 60)
         for name in STREAMS:
             assert (await js.stream_info(name)).config.num_replicas == 3
-    finally:
         await nc.close()
+    finally:
+        await asyncio.gather(*(node.stop() for node in nodes), return_exceptions=True)
 
 
 async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_create(
