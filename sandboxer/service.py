@@ -18,6 +18,7 @@ import signal
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import stamina
 from nats.aio.client import Client
 
 from sandboxer import __version__
@@ -118,6 +119,8 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
         if role not in {"control", "projector"}:
             build_extension(role, catalog, settings)  # fail fast on a bad role
     settings.home.mkdir(parents=True, exist_ok=True)
+    # stamina's own retry lines carry no detail in our log format: the bus logs its retries.
+    stamina.instrumentation.set_on_retry_hooks([])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

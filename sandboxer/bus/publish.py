@@ -15,6 +15,8 @@ own write, landed by the attempt that timed out.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -49,6 +51,8 @@ EXPECTATION_CODES = frozenset({10063, 10070, 10071, 10164})
 10063 and 10070 their stream-wide and message-id siblings. 10063 comes with
 status 503, so it must be checked before the 503 rule of :func:`is_transient`.
 """
+
+log = logging.getLogger(__name__)
 
 TRANSIENT_CODES = frozenset({10004, 10008, 10009})
 """Incomplete results, JetStream temporarily unavailable, not the leader (mid-election)."""
@@ -95,10 +99,6 @@ def is_unavailability(exc: BaseException) -> bool:
     return False
 
 
-def _retry_on(exc: Exception) -> bool:
-    return is_transient(exc)
-
-
 async def publish_durably(
     js: JetStreamContext,
     subject: str,
@@ -118,9 +118,19 @@ async def publish_durably(
     if not headers.get("Nats-Msg-Id"):
         raise InvalidInput(f"publishing {subject}: a durable publish needs a Nats-Msg-Id header")
     retried = False
+    started = time.monotonic()
+
+    def retry_on(exc: Exception) -> bool:
+        if not is_transient(exc):
+            return False
+        if not retried:  # once per publish: an election would otherwise log every attempt
+            log.warning("publishing %s: %r; retrying for up to %g s with the same Nats-Msg-Id",
+                        subject, exc, budget_seconds)
+        return True
+
     try:
         async for attempt in stamina.retry_context(
-            on=_retry_on,
+            on=retry_on,
             attempts=None,
             timeout=budget_seconds,
             wait_initial=0.1,
@@ -142,6 +152,9 @@ async def publish_durably(
         raise _unavailable(subject, budget_seconds, exc) from exc
     except nats_errors.Error as exc:
         raise BusError(f"publishing {subject} failed: {exc!r}") from exc
+    if retried:
+        log.info("published %s after %d attempts in %.1f s", subject, attempt.num,
+                 time.monotonic() - started)
     return Published(ack, retried)
 
 

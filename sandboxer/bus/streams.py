@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import stamina
 from nats import errors as nats_errors
 from nats.js import JetStreamContext
@@ -13,6 +15,8 @@ from sandboxer.bus.publish import is_transient
 from sandboxer.errors import BusError, StreamUnavailable
 
 __all__ = ["ensure_streams", "stream_configs"]
+
+log = logging.getLogger(__name__)
 
 RACE_CODES = frozenset({10005, 10058, 10059, 10008})
 """No peers for placement yet, stream name already in use, stream not found, JetStream
@@ -84,7 +88,7 @@ async def ensure_streams(
     for config in stream_configs(replicas):
         try:
             async for attempt in stamina.retry_context(
-                on=_placement_pending, attempts=None, timeout=budget_seconds,
+                on=_wait_for_placement, attempts=None, timeout=budget_seconds,
                 wait_initial=0.25, wait_max=2.0, wait_jitter=0.25,
             ):
                 with attempt:
@@ -110,9 +114,14 @@ async def _create_or_update(js: JetStreamContext, config: StreamConfig) -> None:
 
 
 def _placement_pending(exc: Exception) -> bool:
-    if isinstance(exc, APIError) and exc.err_code in RACE_CODES:
-        return True
-    return is_transient(exc)
+    return (isinstance(exc, APIError) and exc.err_code in RACE_CODES) or is_transient(exc)
+
+
+def _wait_for_placement(exc: Exception) -> bool:
+    if not _placement_pending(exc):
+        return False
+    log.info("waiting for the cluster to place the streams: %r", exc)
+    return True
 
 
 def _unplaced(config: StreamConfig, budget: float, exc: BaseException) -> StreamUnavailable:
