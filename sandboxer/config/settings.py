@@ -73,7 +73,7 @@ class Settings:
     ``SANDBOXER_HOME``: data directory (default ``~/.local/share/sandboxer``).
     ``SANDBOXER_NATS_URL``: one URL or a comma list; when set, no embedded server starts.
     ``SANDBOXER_NATS_SERVER``: path of a ``nats-server`` binary to use instead of the packaged one.
-    ``SANDBOXER_ACK_WAIT``: seconds before an unacknowledged job is redelivered (default 30).
+    ``SANDBOXER_ACK_WAIT``: seconds without a heartbeat before a held message is redelivered (default 5).
     """
 
     home: Path
@@ -87,7 +87,7 @@ class Settings:
             home=_home_env(),
             nats_urls=parse_nats_urls(os.environ.get("SANDBOXER_NATS_URL", "")),
             nats_server=os.environ.get("SANDBOXER_NATS_SERVER") or None,
-            ack_wait=_float_env("SANDBOXER_ACK_WAIT", 30.0),
+            ack_wait=_float_env("SANDBOXER_ACK_WAIT", 5.0),
         )
 
     @property
