@@ -1,0 +1,127 @@
+"""Recovery after kill -9 of ``sandboxer up``: how long until the in-flight creates are ready.
+
+A burst of creates whose setup takes a couple of seconds is sent; while they
+are provisioning, the service is killed with SIGKILL and started again at
+once. The figure is the time from the kill to the last of them being ready,
+once with the ack wait this version uses by default and once with the old
+default (30 s). Baseline, measured in the same run: one such create on an
+idle service, so the difference is what the crash cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _harness import nats, summary, tempdir
+
+from sandboxer.client import SandboxerClient
+from sandboxer.extensions.local.backend import LocalExtension
+
+BURST = 20
+SETUP_SECONDS = 2
+IDLE_RUNS = 3
+PROFILE = f"""\
+id: profile.bench-slow
+extension: ext.local
+setup:
+  instructions: ["sleep {SETUP_SECONDS}"]
+"""
+
+
+def start_up(home: Path, url: str, ack_wait: str | None) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
+    env.pop("SANDBOXER_ACK_WAIT", None)
+    if ack_wait is not None:
+        env["SANDBOXER_ACK_WAIT"] = ack_wait
+    with (home / "service.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sandboxer.cli.app", "up"], env=env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )
+
+
+async def until_healthy(client: SandboxerClient, process: subprocess.Popen[bytes]) -> None:
+    async with asyncio.timeout(60):
+        while True:
+            with contextlib.suppress(Exception):
+                await client.health()
+                return
+            if process.poll() is not None:
+                raise RuntimeError("the service exited; see its service.log")
+            await asyncio.sleep(0.05)
+
+
+async def until_ready(client: SandboxerClient, sandbox_ids: list[str]) -> None:
+    """Poll the view (it is down while the service restarts) until every sandbox is ready."""
+    waiting = set(sandbox_ids)
+    async with asyncio.timeout(180):
+        while waiting:
+            for sandbox_id in list(waiting):
+                with contextlib.suppress(Exception):
+                    found = await client.get(sandbox_id)
+                    if found is not None and found["status"] == "ready":
+                        waiting.discard(sandbox_id)
+                    elif found is not None and found["status"] == "failed":
+                        raise RuntimeError(f"{sandbox_id} failed: {found}")
+            await asyncio.sleep(0.05)
+
+
+async def crash_round(tmp: Path, url: str, client: SandboxerClient, ack_wait: str | None
+                      ) -> tuple[list[float], float]:
+    """Idle creates, then a burst killed mid-provisioning; returns (idle ms, recovery s)."""
+    home = tmp / f"home-{ack_wait or 'default'}"
+    (home / "profiles").mkdir(parents=True)
+    (home / "profiles" / "profile.bench-slow.yaml").write_text(PROFILE)
+    process = start_up(home, url, ack_wait)
+    try:
+        await until_healthy(client, process)
+        idle = []
+        for _ in range(IDLE_RUNS):
+            started = time.perf_counter()
+            await client.create("profile.bench-slow")
+            idle.append((time.perf_counter() - started) * 1000)
+
+        sent = await asyncio.gather(
+            *(client.create("profile.bench-slow", wait=False) for _ in range(BURST)))
+        await asyncio.sleep(SETUP_SECONDS / 2)  # inside the setup of every one of them
+        process.send_signal(signal.SIGKILL)
+        killed = time.perf_counter()
+        await asyncio.to_thread(process.wait)
+        process = start_up(home, url, ack_wait)
+        await until_ready(client, [s["sandbox_id"] for s in sent])
+        return idle, time.perf_counter() - killed
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(process.wait, 60)
+        local = LocalExtension(home / "local")
+        for found in await local.list_sandboxes():
+            await local.teardown(found.sandbox_id)
+
+
+async def main() -> None:
+    with tempdir() as raw_tmp:
+        tmp = Path(raw_tmp)
+        async with nats(tmp) as server:
+            client = await SandboxerClient.connect([server.url], actor={"type": "atm",
+                                                                         "id": "bench"})
+            try:
+                idle, recovered = await crash_round(tmp, server.url, client, None)
+                _, old_recovered = await crash_round(tmp, server.url, client, "30")
+            finally:
+                await client.close()
+
+    print(f"create with a {SETUP_SECONDS} s setup, idle service : {summary(idle)}")
+    print(f"kill -9 during {BURST} such creates -> all ready, default ack wait (5 s): "
+          f"{recovered:.2f} s")
+    print(f"the same with the old default ack wait (30 s)          : {old_recovered:.2f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
