@@ -85,9 +85,12 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def is_unavailability(exc: BaseException) -> bool:
-    """Whether ``exc``, or an error it was raised from, means the bus was unavailable.
+    """Whether ``exc``, or an error it was raised *from*, means the bus was unavailable.
 
     Workers wait such failures out instead of counting them against a message.
+    Only explicit causes (``raise ... from``, as the bus boundary maps errors)
+    are followed: an unrelated error raised while handling a timeout is a
+    failure of its own, and must still reach the poison path.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -95,7 +98,7 @@ def is_unavailability(exc: BaseException) -> bool:
         if isinstance(current, StreamUnavailable) or is_transient(current):
             return True
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return False
 
 

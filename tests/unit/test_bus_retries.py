@@ -54,6 +54,9 @@ def test_unavailability_is_found_through_the_cause_chain() -> None:
     assert is_unavailability(StreamUnavailable("no leader"))
     assert not is_unavailability(BusError("refused"))
     assert not is_unavailability(ValueError("bug"))
+    bug = KeyError("a bug met while handling a timeout")
+    bug.__context__ = nats_errors.TimeoutError()  # as `raise` inside `except` would set it
+    assert not is_unavailability(bug)
 
 
 class PlacingJetStream:
