@@ -138,6 +138,8 @@ CREATE_SPACING = 0.05
 KILL_AFTER = 1.0
 """Seconds into the burst when the stream's leader is killed."""
 ACTOR = {"type": "atm", "id": "pytest"}
+SERVICE_NODE = 0
+"""The node the service and the senders use; never killed, so each round is one election."""
 UNSETTLED = {"requested", "routed", "provisioning"}
 
 
@@ -174,26 +176,41 @@ async def leaders(js: Any, cluster: NatsCluster) -> dict[str, int]:
     return found
 
 
-async def isolate_leader(nc: Client, cluster: NatsCluster, stream: str) -> int:
-    """The node leading ``stream``, after the other streams' leaders moved off it.
+async def step_down(nc: Client, api: str, preferred: str) -> None:
+    """Ask for a new leader of a stream or consumer, on node ``preferred`` if it can."""
+    with contextlib.suppress(Exception):  # refused mid-election: the caller looks again
+        await nc.request(f"$JS.API.{api}", json.dumps({"placement": {"preferred": preferred}})
+                         .encode(), timeout=5)
 
-    Killing it then leaves only ``stream`` (and whatever consumers it led)
-    without a leader, so each round tests one stream's election.
+
+async def isolate_leader(nc: Client, cluster: NatsCluster, stream: str) -> int:
+    """A node other than the service's that leads ``stream``, and no other stream or consumer.
+
+    Killing it then tests that one stream's election: the service keeps its
+    connection, and its consumers keep their leaders (their elections would
+    stop the work before it ever reached the leaderless stream).
     """
     js = nc.jetstream()
+    names = [s.server_name for s in cluster.servers]
+    safe = names[SERVICE_NODE]
     async with asyncio.timeout(90):
         while True:
             found = await leaders(js, cluster)
             victim = found[stream]
-            others = [s for s in STREAMS if s != stream and found[s] == victim]
-            if not others:
+            moves: list[tuple[str, str]] = []
+            if victim == SERVICE_NODE:
+                moves.append((f"STREAM.LEADER.STEPDOWN.{stream}", names[SERVICE_NODE + 1]))
+            else:
+                moves += [(f"STREAM.LEADER.STEPDOWN.{other}", safe) for other in STREAMS
+                          if other != stream and found[other] == victim]
+                for queue in (subjects.COMMANDS_STREAM, subjects.JOBS_STREAM):
+                    for info in await js.consumers_info(queue):
+                        if info.cluster is not None and info.cluster.leader == names[victim]:
+                            moves.append((f"CONSUMER.LEADER.STEPDOWN.{queue}.{info.name}", safe))
+            if not moves:
                 return victim
-            preferred = cluster.servers[(victim + 1) % len(cluster.servers)].server_name
-            for other in others:
-                with contextlib.suppress(Exception):
-                    await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{other}",
-                                     json.dumps({"placement": {"preferred": preferred}}).encode(),
-                                     timeout=5)
+            for api, preferred in moves:
+                await step_down(nc, api, preferred)
             await asyncio.sleep(0.5)
 
 
@@ -201,8 +218,9 @@ async def isolate_leader(nc: Client, cluster: NatsCluster, stream: str) -> int:
 async def cluster_service(
     cluster: NatsCluster, home: Path
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """``sandboxer up`` in its own process, connected to every node (it reconnects on a kill)."""
-    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=cluster.url)
+    """``sandboxer up`` in its own process, on the node that is never killed."""
+    env = dict(os.environ, SANDBOXER_HOME=str(home),
+               SANDBOXER_NATS_URL=cluster.urls[SERVICE_NODE])
     with (home / "service.log").open("ab") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [sys.executable, "-m", "sandboxer.cli.app", "up"], env=env,
@@ -346,7 +364,7 @@ async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_creat
             victim = await isolate_leader(nc, cluster, stream)
             # The creates go through a node that stays up: every one reaches the cluster
             # while the stream elects, rather than waiting for the client to reconnect.
-            sender = await connect([cluster.urls[(victim + 1) % 3]], name="test-sender")
+            sender = await connect([cluster.urls[SERVICE_NODE]], name="test-sender")
             load = asyncio.create_task(burst(SandboxerClient(sender, actor=ACTOR), ledger))
             await asyncio.sleep(KILL_AFTER)
             await cluster.servers[victim].kill()
