@@ -96,8 +96,10 @@ class ExtensionWorker:
                     job_id="reconcile", reason="the sandbox's processes died while no worker "
                     "was watching; recreate it", stage="job"))
             elif state.status == "destroying":
-                await self._safe_teardown(found.sandbox_id, found.host)
-                await self.apply(found.sandbox_id, FinishTeardown(job_id="reconcile"))
+                failure = await self._safe_teardown(found.sandbox_id, found.host)
+                await self.apply(found.sandbox_id, FinishTeardown(job_id="reconcile")
+                                 if failure is None else
+                                 MarkTeardownFailed(job_id="reconcile", reason=failure))
             elif state.status in {"failed", "destroyed"}:
                 await self._safe_teardown(found.sandbox_id, found.host)
             elif state.status == "new":
@@ -198,11 +200,14 @@ class ExtensionWorker:
         await self.extension.teardown(job.sandbox_id, host=host)
         await self.apply(job.sandbox_id, FinishTeardown(job_id=job.job_id))
 
-    async def _safe_teardown(self, sandbox_id: str, host: str | None) -> None:
+    async def _safe_teardown(self, sandbox_id: str, host: str | None) -> str | None:
+        """Tear down without raising: None when it worked, else why it did not."""
         try:
             await self.extension.teardown(sandbox_id, host=host)
-        except Exception:
-            log.exception("teardown of %s after a failure also failed", sandbox_id)
+        except Exception as exc:
+            log.exception("teardown of %s failed", sandbox_id)
+            return _reason(exc, {})
+        return None
 
     async def _on_poison(self, msg: Msg, exc: BaseException) -> None:
         """The job kept failing: record why on the sandbox (``handle`` rejected unreadable ones)."""
