@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -138,8 +139,9 @@ CREATE_SPACING = 0.05
 KILL_AFTER = 1.0
 """Seconds into the burst when the stream's leader is killed."""
 ACTOR = {"type": "atm", "id": "pytest"}
-SERVICE_NODE = 0
-"""The node the service and the senders use; never killed, so each round is one election."""
+ROUNDS = [(stream, False) for stream in STREAMS] + [(subjects.EVENTS_STREAM, True)]
+"""Each stream's leader on a node the service is not connected to, then the events
+stream's leader on the service's own node (its connection drops as the log elects)."""
 UNSETTLED = {"requested", "routed", "provisioning"}
 
 
@@ -183,30 +185,50 @@ async def step_down(nc: Client, api: str, preferred: str) -> None:
                          .encode(), timeout=5)
 
 
-async def isolate_leader(nc: Client, cluster: NatsCluster, stream: str) -> int:
-    """A node other than the service's that leads ``stream``, and no other stream or consumer.
+async def service_node(cluster: NatsCluster) -> int:
+    """The node the service is connected to now (read from each node's /connz)."""
 
-    Killing it then tests that one stream's election: the service keeps its
-    connection, and its consumers keep their leaders (their elections would
-    stop the work before it ever reached the leaderless stream).
+    def clients(url: str) -> list[str]:
+        with urllib.request.urlopen(f"{url}/connz?limit=4096", timeout=5) as reply:
+            return [c.get("name", "") for c in json.load(reply).get("connections", [])]
+
+    async with asyncio.timeout(30):
+        while True:
+            for index, node in enumerate(cluster.servers):
+                with contextlib.suppress(OSError, ValueError):
+                    names = await asyncio.to_thread(clients, str(node.monitor_url))
+                    if any(name.startswith("sandboxer-control") for name in names):
+                        return index
+            await asyncio.sleep(0.2)
+
+
+async def arrange_victim(nc: Client, cluster: NatsCluster, stream: str, *, service: bool) -> int:
+    """A node that leads ``stream`` and no other stream or consumer: the one to kill.
+
+    With ``service`` it is the node the service is connected to (the service
+    then also loses its connection); otherwise any other node, so that the
+    round tests that one stream's election alone. Other leaders move off it:
+    a consumer's election would stop the work before it reached the stream.
     """
     js = nc.jetstream()
     names = [s.server_name for s in cluster.servers]
-    safe = names[SERVICE_NODE]
     async with asyncio.timeout(90):
         while True:
+            home_node = await service_node(cluster)
             found = await leaders(js, cluster)
-            victim = found[stream]
+            victim = home_node if service else found[stream]
+            if not service and victim == home_node:
+                victim = (home_node + 1) % len(names)
+            safe = names[home_node if home_node != victim else (victim + 1) % len(names)]
             moves: list[tuple[str, str]] = []
-            if victim == SERVICE_NODE:
-                moves.append((f"STREAM.LEADER.STEPDOWN.{stream}", names[SERVICE_NODE + 1]))
-            else:
-                moves += [(f"STREAM.LEADER.STEPDOWN.{other}", safe) for other in STREAMS
-                          if other != stream and found[other] == victim]
-                for queue in (subjects.COMMANDS_STREAM, subjects.JOBS_STREAM):
-                    for info in await js.consumers_info(queue):
-                        if info.cluster is not None and info.cluster.leader == names[victim]:
-                            moves.append((f"CONSUMER.LEADER.STEPDOWN.{queue}.{info.name}", safe))
+            if found[stream] != victim:
+                moves.append((f"STREAM.LEADER.STEPDOWN.{stream}", names[victim]))
+            moves += [(f"STREAM.LEADER.STEPDOWN.{other}", safe) for other in STREAMS
+                      if other != stream and found[other] == victim]
+            for queue in (subjects.COMMANDS_STREAM, subjects.JOBS_STREAM):
+                for info in await js.consumers_info(queue):
+                    if info.cluster is not None and info.cluster.leader == names[victim]:
+                        moves.append((f"CONSUMER.LEADER.STEPDOWN.{queue}.{info.name}", safe))
             if not moves:
                 return victim
             for api, preferred in moves:
@@ -218,9 +240,8 @@ async def isolate_leader(nc: Client, cluster: NatsCluster, stream: str) -> int:
 async def cluster_service(
     cluster: NatsCluster, home: Path
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """``sandboxer up`` in its own process, on the node that is never killed."""
-    env = dict(os.environ, SANDBOXER_HOME=str(home),
-               SANDBOXER_NATS_URL=cluster.urls[SERVICE_NODE])
+    """``sandboxer up`` in its own process, given every node (it reconnects after a kill)."""
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=cluster.url)
     with (home / "service.log").open("ab") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [sys.executable, "-m", "sandboxer.cli.app", "up"], env=env,
@@ -341,7 +362,8 @@ async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_creat
     """Every create JetStream acknowledged reaches one outcome, whichever leader dies.
 
     For each stream in turn: creates arrive for about 3 s, the stream's leader
-    is killed 1 s in, and the node is restarted after the burst. Then every
+    is killed 1 s in, and the node is restarted after the burst; a last round
+    kills the events stream's leader on the service's own node. Then every
     acknowledged create must be ``ready`` or rejected (never both, never
     twice), none left requested, routed or provisioning, and the backend holds
     exactly one live sandbox per ready one.
@@ -360,11 +382,11 @@ async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_creat
                 await asyncio.sleep(0.2)
         assert cluster_service.poll() is None, (home / "service.log").read_text()[-3000:]
 
-        for stream in STREAMS:
-            victim = await isolate_leader(nc, cluster, stream)
+        for stream, on_service_node in ROUNDS:
+            victim = await arrange_victim(nc, cluster, stream, service=on_service_node)
             # The creates go through a node that stays up: every one reaches the cluster
             # while the stream elects, rather than waiting for the client to reconnect.
-            sender = await connect([cluster.urls[SERVICE_NODE]], name="test-sender")
+            sender = await connect([cluster.urls[(victim + 1) % 3]], name="test-sender")
             load = asyncio.create_task(burst(SandboxerClient(sender, actor=ACTOR), ledger))
             await asyncio.sleep(KILL_AFTER)
             await cluster.servers[victim].kill()
@@ -396,8 +418,8 @@ async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_creat
               f"{elapsed:.0f} s; service log: {home / 'service.log'}")
     print(report)  # shown with -s: how much each run exercised
     assert ledger.unsettled() == [], report
-    assert rounds == len(STREAMS), report
-    assert len(ledger.acked) >= CREATES_PER_ROUND * len(STREAMS) // 2, report
+    assert rounds == len(ROUNDS), report
+    assert len(ledger.acked) >= CREATES_PER_ROUND * len(ROUNDS) // 2, report
     for command_id, sandbox_id in ledger.acked.items():
         types = ledger.types.get(sandbox_id, [])
         assert ledger.rejections[command_id] + types.count("ready") == 1, (sandbox_id, types)
