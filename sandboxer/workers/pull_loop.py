@@ -36,7 +36,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import ServiceUnavailableError
 
-from sandboxer.bus.publish import is_unavailability
+from sandboxer.bus.publish import is_transient, is_unavailability
 
 __all__ = ["ConsumerSpec", "run_pull_consumer"]
 
@@ -94,7 +94,7 @@ def retry_delay(msg: Msg) -> float:
     return float(min(0.25 * 2 ** min(delivered - 1, 8), MAX_RETRY_DELAY))
 
 
-async def _fetch_one(psub: JetStreamContext.PullSubscription) -> Msg | None:
+async def _fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> Msg | None:
     """The next message, as soon as there is one (or None after ``IDLE_POLL``).
 
     One at a time on purpose: nats-py's ``fetch(batch=n)`` waits out its whole
@@ -106,8 +106,10 @@ async def _fetch_one(psub: JetStreamContext.PullSubscription) -> Msg | None:
         msgs = await psub.fetch(batch=1, timeout=IDLE_POLL)
     except (TimeoutError, NatsTimeout):
         return None
-    except (ServiceUnavailableError, NatsError):
+    except (ServiceUnavailableError, NatsError) as exc:
         # No consumer leader yet (just created, or mid-election), or reconnecting: wait.
+        if not is_transient(exc):
+            log.warning("%s: fetching failed: %r; trying again", durable, exc)
         await asyncio.sleep(IDLE_POLL)
         return None
     return msgs[0] if msgs else None
@@ -213,7 +215,7 @@ async def run_pull_consumer(
     try:
         while not stop.is_set():
             await slots.acquire()
-            msg = await _fetch_one(psub)
+            msg = await _fetch_one(psub, spec.durable)
             if msg is None:
                 slots.release()
                 continue
