@@ -21,12 +21,16 @@ from nats.errors import TimeoutError as NatsTimeout
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence, read_events
+from sandboxer.bus.publish import publish_durably
 from sandboxer.command_outcomes import CommandFailed, EventCallback, OutcomeWatcher, notify
 from sandboxer.errors import BusError, InvalidInput, ServiceNotRunning
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
 
 __all__ = ["CommandFailed", "EventCallback", "OutputCallback", "SandboxerClient"]
+
+COMMAND_PUBLISH_BUDGET = 15.0
+"""Seconds a command's publish waits out an unavailable commands stream (elections take 4-7 s)."""
 
 OutputCallback = Callable[[str, bytes], Awaitable[None] | None]
 
@@ -188,13 +192,19 @@ class SandboxerClient:
                                timeout)
 
     async def publish_command(self, verb: str, command: Mapping[str, Any]) -> bool:
-        """Publish one command; returns False when JetStream saw this command id before."""
-        ack = await self.js.publish(
+        """Publish one command; returns False when JetStream saw this command id before.
+
+        A commands stream without a leader (an election) is waited out for a while: the
+        command id is the message id, so a re-send is never a second command.
+        """
+        published = await publish_durably(
+            self.js,
             subjects.command_subject(verb),
             msgspec.json.encode(command),
             headers={"Nats-Msg-Id": str(command["command_id"])},
+            budget_seconds=COMMAND_PUBLISH_BUDGET,
         )
-        return not ack.duplicate
+        return not published.ack.duplicate
 
     async def _run(self, verb: str, command: dict[str, Any], sandbox_id: str, success: set[str],
                    wait: bool, on_event: EventCallback | None, timeout: float) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore, Loaded
+from sandboxer.bus.publish import is_unavailability
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.sandbox_decide import (
@@ -59,7 +60,7 @@ class ExtensionWorker:
         catalog: Catalog,
         extension: Extension,
         *,
-        ack_wait: float = 30.0,
+        ack_wait: float = 5.0,
     ) -> None:
         self._js = js
         self._store = store
@@ -173,6 +174,8 @@ class ExtensionWorker:
             if profile.setup.record_telemetry:  # after readiness, before `ready` is announced
                 await inspect_and_record(self._store, self.extension, state.host)
         except Exception as exc:
+            if is_unavailability(exc):
+                raise  # the log, not the sandbox, failed: the job is retried once it is back
             reason = _reason(exc, secrets)
             log.warning("sandbox %s failed at %s: %s", job.sandbox_id, stage, reason)
             await self._safe_teardown(job.sandbox_id, state.host)
