@@ -1,0 +1,79 @@
+"""A flood of malformed and hostile commands: every one ends in a rejection, none in a sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Service
+
+pytestmark = pytest.mark.integration
+
+ACTOR = {"type": "agt", "id": "fuzz", "project": "p"}
+COUNT = 400
+
+
+def hostile(rng: random.Random, i: int) -> tuple[str, bytes]:
+    """One command that must be rejected: its subject, and its bytes."""
+    command_id = f"hostile-{i}"
+    good = {"command_id": command_id, "profile": "profile.local", "actor": ACTOR}
+    kind = i % 10
+    if kind == 0:
+        return "sandboxer.cmd.create", rng.randbytes(rng.randint(0, 300))
+    if kind == 1:  # a create under a longer subject is not a create
+        return rng.choice(["sandboxer.cmd.nope.create", "sandboxer.cmd.x.y.create",
+                           "sandboxer.cmd.create.now"]), json.dumps(good).encode()
+    if kind == 2:  # nested far beyond any command
+        depth = rng.randint(2000, 6000)
+        return "sandboxer.cmd.create", b'{"command_id": "' + command_id.encode() + \
+            b'", "inputs": ' + b"[" * depth + b"]" * depth + b"}"
+    if kind == 3:
+        return "sandboxer.cmd.create", json.dumps({**good, "sandbox_id": rng.choice(
+            ["../../etc", "UPPER123", "a", "x" * 40, "ab;rm -rf /", "sbx\x00zero"])}).encode()
+    if kind == 4:
+        return "sandboxer.cmd.create", json.dumps({**good, "inputs": {
+            rng.choice(["$(reboot)", "a b", "", "../x"]): "1"}}).encode()
+    if kind == 5:
+        return "sandboxer.cmd.create", json.dumps({**good, "actor": rng.choice(
+            [None, "root", {"type": "god", "id": "x"}, {**ACTOR, "admin": True}, []])}).encode()
+    if kind == 6:
+        return "sandboxer.cmd.create", json.dumps({**good, rng.choice(
+            ["profil", "ttl", "extension", "__proto__"]): "x"}).encode()
+    if kind == 7:
+        return rng.choice(["sandboxer.cmd.destroy", "sandboxer.cmd.recreate"]), json.dumps(
+            {"command_id": command_id, "actor": ACTOR,
+             "sandbox_id": f"nosuch{i:06d}"}).encode()
+    if kind == 8:
+        return "sandboxer.cmd.create", json.dumps({**good, "profile": rng.choice(
+            ["profile.nope", "", "../../etc/passwd", "p" * 300])}).encode()
+    return f"sandboxer.cmd.{rng.choice(['launch', 'rm', 'create_', 'DESTROY'])}", \
+        json.dumps(good).encode()
+
+
+async def test_every_hostile_command_is_rejected_and_nothing_is_made(service: Service) -> None:
+    client = service.client
+    rejected: list[dict[str, Any]] = []
+
+    async def on_rejection(msg: Any) -> None:
+        rejected.append(json.loads(msg.data))
+
+    sub = await client.nc.subscribe("sandboxer.evt.command.*.rejected", cb=on_rejection)
+    rng = random.Random(20261202)
+    try:
+        for i in range(COUNT):
+            subject, data = hostile(rng, i)
+            await client.js.publish(subject, data, headers={"Nats-Msg-Id": f"hostile-msg-{i}"})
+        async with asyncio.timeout(120):
+            while len(rejected) < COUNT:
+                await asyncio.sleep(0.1)
+    finally:
+        await sub.unsubscribe()
+    assert len(rejected) == COUNT
+    assert all(r["reason"] for r in rejected)
+    assert "internal_error" not in {r["code"] for r in rejected}
+    assert await client.list_sandboxes(include_destroyed=True) == []
+    assert (await client.create())["type"] == "ready"  # and the service still serves
