@@ -32,12 +32,6 @@ from sandboxer.errors import (
 )
 from sandboxer.extensions.base import FoundSandbox, ProvisionRequest
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
-from sandboxer.extensions.compose_ssh.compose_file import (
-    CANDIDATES,
-    ComposeFileError,
-    check_compose_file,
-    resolve_compose_file,
-)
 from tests.integration.remote_fixtures import (
     ENGINES,
     ComposeEngine,
@@ -449,29 +443,6 @@ async def test_unreachable_hosts_are_skipped_when_listing(
     finally:
         await extension.teardown("composeskip01", host="host2")
     assert not (Path(host2.host.workspace_root) / "sbx-composeskip01").exists()
-
-
-def test_compose_file_resolution(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    with pytest.raises(ComposeFileError) as none:
-        resolve_compose_file(repo, None)
-    for candidate in CANDIDATES:
-        assert candidate in str(none.value)
-    make_repo(repo, name="docker-compose.yml")
-    assert resolve_compose_file(repo, None) == "docker-compose.yml"
-    make_repo(repo, name="e2e/docker-compose.yml")
-    assert resolve_compose_file(repo, None) == "e2e/docker-compose.yml"
-    make_repo(repo, name="e2e/compose.yml")
-    assert resolve_compose_file(repo, None) == "e2e/compose.yml"
-    assert resolve_compose_file(repo, "docker-compose.yml") == "docker-compose.yml"
-    (repo / "escape.yml").symlink_to("/etc/passwd")
-    with pytest.raises(ComposeFileError, match="leads out of the repo"):
-        resolve_compose_file(repo, "escape.yml")
-    for bad in ("", "/abs.yml", "../x.yml", "a/./b.yml", "a//b.yml", "a b.yml", "$(x).yml",
-                "a\nb.yml", "x" * 300):
-        with pytest.raises(ComposeFileError):
-            check_compose_file(bad)
 
 
 async def _discard(_stream: str, _data: bytes) -> None:
