@@ -39,8 +39,11 @@ async def service(tmp: Path, url: str) -> AsyncIterator[SandboxerClient]:
     env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
     with (tmp / "service.log").open("ab") as log:
         process = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is timed
-            [sys.executable, "-m", "sandboxer.cli.app", "up"], env=env,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            [sys.executable, "-m", "sandboxer.cli.app", "up"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
         )
     client = await SandboxerClient.connect([url], actor={"type": "atm", "id": "bench"})
     try:
@@ -73,5 +76,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def summary(values_ms: list[float]) -> str:
-    return (f"p50 {percentile(values_ms, 50):7.2f} ms  p95 {percentile(values_ms, 95):7.2f} ms  "
-            f"mean {statistics.fmean(values_ms):7.2f} ms  (n={len(values_ms)})")
+    return (
+        f"p50 {percentile(values_ms, 50):7.2f} ms  p95 {percentile(values_ms, 95):7.2f} ms  "
+        f"mean {statistics.fmean(values_ms):7.2f} ms  (n={len(values_ms)})"
+    )

@@ -49,13 +49,17 @@ def start_up(home: Path, url: str | None, ack_wait: str | None) -> subprocess.Po
         env["SANDBOXER_ACK_WAIT"] = ack_wait
     with (home / "service.log").open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "sandboxer.cli.app", "up"], env=env,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            [sys.executable, "-m", "sandboxer.cli.app", "up"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
         )
 
 
-async def client_for(home: Path, url: str | None, process: subprocess.Popen[bytes]
-                     ) -> SandboxerClient:
+async def client_for(
+    home: Path, url: str | None, process: subprocess.Popen[bytes]
+) -> SandboxerClient:
     """A client of the service ``process`` runs, once it answers queries."""
     async with asyncio.timeout(60):
         while url is None:  # the embedded server's port is new after every start
@@ -91,8 +95,9 @@ async def until_ready(client: SandboxerClient, sandbox_ids: list[str]) -> None:
             await asyncio.sleep(0.05)
 
 
-async def crash_round(home: Path, url: str | None, ack_wait: str | None
-                      ) -> tuple[list[float], float]:
+async def crash_round(
+    home: Path, url: str | None, ack_wait: str | None
+) -> tuple[list[float], float]:
     """Idle creates, then a burst killed mid-provisioning; returns (idle ms, recovery s)."""
     (home / "profiles").mkdir(parents=True)
     (home / "profiles" / "profile.bench-slow.yaml").write_text(PROFILE)
@@ -106,7 +111,8 @@ async def crash_round(home: Path, url: str | None, ack_wait: str | None
             idle.append((time.perf_counter() - started) * 1000)
 
         sent = await asyncio.gather(
-            *(client.create("profile.bench-slow", wait=False) for _ in range(BURST)))
+            *(client.create("profile.bench-slow", wait=False) for _ in range(BURST))
+        )
         await asyncio.sleep(SETUP_SECONDS / 2)  # inside the setup of every one of them
         process.send_signal(signal.SIGKILL)
         killed = time.perf_counter()
@@ -137,8 +143,10 @@ async def main() -> None:
         embedded_idle, embedded = await crash_round(tmp / "embedded", None, None)
 
     print(f"create with a {SETUP_SECONDS} s setup on an idle service : {summary(idle)}")
-    print(f"kill -9 during {BURST} such creates -> all ready, ack wait 5 s (default): "
-          f"{recovered:.2f} s")
+    print(
+        f"kill -9 during {BURST} such creates -> all ready, ack wait 5 s (default): "
+        f"{recovered:.2f} s"
+    )
     print(f"the same with the old default ack wait of 30 s        : {old_recovered:.2f} s")
     print(f"embedded nats-server (it dies with the service), idle : {summary(embedded_idle)}")
     print(f"embedded: kill -9 during {BURST} creates -> all ready  : {embedded:.2f} s")

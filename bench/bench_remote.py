@@ -55,15 +55,21 @@ async def by_hand(host, repo: Path, n: int, *, compose: bool) -> list[float]:  #
             await sync.sync_dir(host.name, host.host, conn, repo, directory)
             if compose:
                 await remote.put_file(conn, f"{directory}/.env", b"TOKEN=x\n")
-                base = ["docker-compose", "-p", f"byhand{i}", "-f",
-                        f"{directory}/docker-compose.yml"]
+                base = [
+                    "docker-compose",
+                    "-p",
+                    f"byhand{i}",
+                    "-f",
+                    f"{directory}/docker-compose.yml",
+                ]
                 await remote.run(conn, [*base, "up", "-d"], env=host.host.env, cwd=directory)
                 await remote.run(conn, [*base, "ps", "-q"], env=host.host.env, cwd=directory)
         times.append((time.perf_counter() - started) * 1000)
         async with session(host.name, host.host) as conn:
             if compose:
-                await remote.run(conn, [*base, "down", "-t", "1", "-v"], env=host.host.env,
-                                 cwd=directory)
+                await remote.run(
+                    conn, [*base, "down", "-t", "1", "-v"], env=host.host.env, cwd=directory
+                )
             await remote.run(conn, ["rm", "-rf", directory])
     return times
 

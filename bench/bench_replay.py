@@ -40,8 +40,12 @@ ACTOR = Actor(type="atm", id="bench")
 
 def lifecycle(n: int) -> list[SandboxEvent]:
     sid = f"bench{n:010d}"
-    head = {"sandbox_id": sid, "command_id": f"c{n}", "actor": ACTOR,
-            "at": "2026-11-23T00:00:00.000Z"}
+    head = {
+        "sandbox_id": sid,
+        "command_id": f"c{n}",
+        "actor": ACTOR,
+        "at": "2026-11-23T00:00:00.000Z",
+    }
     return [
         SandboxRequested(**head, profile="profile.local", profile_version=1),
         SandboxRouted(**head, extension="ext.local", reason="bench"),
@@ -63,8 +67,14 @@ async def fill(nc, js) -> None:  # type: ignore[no-untyped-def]
         while not queue.empty():
             n = queue.get_nowait()
             events = lifecycle(n)
-            events.append(SandboxDestroyed(**{k: getattr(events[0], k) for k in
-                                              ("sandbox_id", "command_id", "actor", "at")}))
+            events.append(
+                SandboxDestroyed(
+                    **{
+                        k: getattr(events[0], k)
+                        for k in ("sandbox_id", "command_id", "actor", "at")
+                    }
+                )
+            )
             await store.append(Loaded(SandboxState(sandbox_id=events[0].sandbox_id), 0), events)
 
     await asyncio.gather(*(appender() for _ in range(64)))
@@ -100,14 +110,22 @@ async def main() -> None:
             await projector.close()
             await nc.drain()
 
-    print(f"events in the log                : {total} (appended in {fill_seconds:.1f} s, "
-          f"{total / fill_seconds:,.0f} events/s, 64 sandboxes at a time)")
-    print(f"raw ordered read (count only)    : {raw} events in {raw_seconds:.2f} s = "
-          f"{raw / raw_seconds:,.0f} events/s")
-    print(f"bulk protocol read (count only)  : {bulk} events in {bulk_seconds:.2f} s = "
-          f"{bulk / bulk_seconds:,.0f} events/s")
-    print(f"replay into the sandbox view     : {report.events} events in {report.seconds:.2f} s "
-          f"= {report.events_per_second:,.0f} events/s")
+    print(
+        f"events in the log                : {total} (appended in {fill_seconds:.1f} s, "
+        f"{total / fill_seconds:,.0f} events/s, 64 sandboxes at a time)"
+    )
+    print(
+        f"raw ordered read (count only)    : {raw} events in {raw_seconds:.2f} s = "
+        f"{raw / raw_seconds:,.0f} events/s"
+    )
+    print(
+        f"bulk protocol read (count only)  : {bulk} events in {bulk_seconds:.2f} s = "
+        f"{bulk / bulk_seconds:,.0f} events/s"
+    )
+    print(
+        f"replay into the sandbox view     : {report.events} events in {report.seconds:.2f} s "
+        f"= {report.events_per_second:,.0f} events/s"
+    )
 
 
 if __name__ == "__main__":

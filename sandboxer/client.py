@@ -78,15 +78,21 @@ class SandboxerClient:
 
     async def get(self, sandbox_id: str, min_seq: int | None = None) -> dict[str, Any] | None:
         _check_id(sandbox_id)
-        request: dict[str, Any] = {"sandbox_id": sandbox_id,
-                                   "min_seq": max(min_seq or 0, self.seen_seq)}
+        request: dict[str, Any] = {
+            "sandbox_id": sandbox_id,
+            "min_seq": max(min_seq or 0, self.seen_seq),
+        }
         sandbox: dict[str, Any] | None = (await self.query(subjects.QUERY_GET, request))["sandbox"]
         return sandbox
 
-    async def list_sandboxes(self, *, status: str | None = None, include_destroyed: bool = False,
-                   limit: int = 1000) -> list[dict[str, Any]]:
-        request: dict[str, Any] = {"include_destroyed": include_destroyed, "limit": limit,
-                                   "min_seq": self.seen_seq}
+    async def list_sandboxes(
+        self, *, status: str | None = None, include_destroyed: bool = False, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {
+            "include_destroyed": include_destroyed,
+            "limit": limit,
+            "min_seq": self.seen_seq,
+        }
         if status:
             request["status"] = status
         sandboxes: list[dict[str, Any]] = (await self.query(subjects.QUERY_LIST, request))[
@@ -111,8 +117,14 @@ class SandboxerClient:
         )["hosts"]
         return hosts
 
-    async def gather(self, subject: str, request: Mapping[str, Any], *, timeout: float = 60.0,
-                     settle: float = 0.5) -> list[dict[str, Any]]:
+    async def gather(
+        self,
+        subject: str,
+        request: Mapping[str, Any],
+        *,
+        timeout: float = 60.0,
+        settle: float = 0.5,
+    ) -> list[dict[str, Any]]:
         """Every reply to one request: the first within ``timeout``, others until ``settle``
         seconds pass without one (several workers may answer)."""
         inbox = self.nc.new_inbox()
@@ -131,8 +143,9 @@ class SandboxerClient:
         finally:
             await sub.unsubscribe()
 
-    async def inventory(self, action: str, extension_id: str,
-                        request: Mapping[str, Any]) -> list[dict[str, Any]]:
+    async def inventory(
+        self, action: str, extension_id: str, request: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
         """Ask ``extension_id``'s workers to inspect, list drift, or reap (see docs/hosts.md)."""
         replies = await self.gather(subjects.admin_subject(action, extension_id), request)
         if replies:
@@ -173,23 +186,41 @@ class SandboxerClient:
         target = sandbox_id or derive_sandbox_id(command_id)
         return await self._run("create", command, target, {"ready"}, wait, on_event, timeout)
 
-    async def destroy(self, sandbox_id: str, *, command_id: str | None = None, wait: bool = True,
-                      on_event: EventCallback | None = None, timeout: float = 120.0
-                      ) -> dict[str, Any]:
+    async def destroy(
+        self,
+        sandbox_id: str,
+        *,
+        command_id: str | None = None,
+        wait: bool = True,
+        on_event: EventCallback | None = None,
+        timeout: float = 120.0,
+    ) -> dict[str, Any]:
         _check_id(sandbox_id)
-        command = {"command_id": command_id or new_command_id(), "sandbox_id": sandbox_id,
-                   "actor": self.actor}
-        return await self._run("destroy", command, sandbox_id, {"destroyed"}, wait, on_event,
-                               timeout)
+        command = {
+            "command_id": command_id or new_command_id(),
+            "sandbox_id": sandbox_id,
+            "actor": self.actor,
+        }
+        return await self._run(
+            "destroy", command, sandbox_id, {"destroyed"}, wait, on_event, timeout
+        )
 
-    async def recreate(self, sandbox_id: str, *, command_id: str | None = None,
-                       wait: bool = True, on_event: EventCallback | None = None,
-                       timeout: float = 300.0) -> dict[str, Any]:
+    async def recreate(
+        self,
+        sandbox_id: str,
+        *,
+        command_id: str | None = None,
+        wait: bool = True,
+        on_event: EventCallback | None = None,
+        timeout: float = 300.0,
+    ) -> dict[str, Any]:
         _check_id(sandbox_id)
-        command = {"command_id": command_id or new_command_id(), "sandbox_id": sandbox_id,
-                   "actor": self.actor}
-        return await self._run("recreate", command, sandbox_id, {"ready"}, wait, on_event,
-                               timeout)
+        command = {
+            "command_id": command_id or new_command_id(),
+            "sandbox_id": sandbox_id,
+            "actor": self.actor,
+        }
+        return await self._run("recreate", command, sandbox_id, {"ready"}, wait, on_event, timeout)
 
     async def publish_command(self, verb: str, command: Mapping[str, Any]) -> bool:
         """Publish one command; returns False when JetStream saw this command id before.
@@ -206,20 +237,40 @@ class SandboxerClient:
         )
         return not published.ack.duplicate
 
-    async def _run(self, verb: str, command: dict[str, Any], sandbox_id: str, success: set[str],
-                   wait: bool, on_event: EventCallback | None, timeout: float) -> dict[str, Any]:
+    async def _run(
+        self,
+        verb: str,
+        command: dict[str, Any],
+        sandbox_id: str,
+        success: set[str],
+        wait: bool,
+        on_event: EventCallback | None,
+        timeout: float,
+    ) -> dict[str, Any]:
         if not wait:
             await self.publish_command(verb, command)
             return {"command_id": command["command_id"], "sandbox_id": sandbox_id}
         return await self.outcomes.run(
-            verb, command, sandbox_id, success, lambda: self.publish_command(verb, command),
-            on_event, timeout,
+            verb,
+            command,
+            sandbox_id,
+            success,
+            lambda: self.publish_command(verb, command),
+            on_event,
+            timeout,
         )
 
     # -- exec and events -----------------------------------------------------------------------
 
-    async def exec(self, sandbox_id: str, argv: list[str], on_output: OutputCallback,
-                   *, service: str | None = None, timeout: float = 3600.0) -> int:
+    async def exec(
+        self,
+        sandbox_id: str,
+        argv: list[str],
+        on_output: OutputCallback,
+        *,
+        service: str | None = None,
+        timeout: float = 3600.0,
+    ) -> int:
         """Run ``argv`` in the sandbox, streaming its output; return its exit code.
 
         ``service`` names the compose service whose container runs it (compose
@@ -232,8 +283,9 @@ class SandboxerClient:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:
-            await self.nc.publish(subjects.exec_subject(sandbox_id),
-                                  msgspec.json.encode(request), reply=inbox)
+            await self.nc.publish(
+                subjects.exec_subject(sandbox_id), msgspec.json.encode(request), reply=inbox
+            )
             try:
                 first = await sub.next_msg(timeout=5.0)
             except NatsTimeout:
@@ -256,13 +308,17 @@ class SandboxerClient:
         finally:
             await sub.unsubscribe()
 
-    async def events(self, *, sandbox_id: str | None = None, follow: bool = False,
-                     start_seq: int = 1) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def events(
+        self, *, sandbox_id: str | None = None, follow: bool = False, start_seq: int = 1
+    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         filter_subject = (
             subjects.sandbox_events_filter(sandbox_id) if sandbox_id else subjects.EVENTS
         )
         async for seq, _subject, data, _pending in read_events(
-            self.js, start_seq=start_seq, filter_subject=filter_subject, follow=follow,
+            self.js,
+            start_seq=start_seq,
+            filter_subject=filter_subject,
+            follow=follow,
             idle_timeout=0.3,
         ):
             yield seq, msgspec.json.decode(data)
@@ -272,5 +328,6 @@ def _check_id(sandbox_id: str) -> None:
     if not is_valid_sandbox_id(sandbox_id):
         raise InvalidInput(
             f"invalid sandbox id {sandbox_id!r}: use lowercase letters and digits, 8 to 32 "
-            "characters", sandbox_id=None,
+            "characters",
+            sandbox_id=None,
         )

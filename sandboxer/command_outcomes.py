@@ -48,9 +48,16 @@ class OutcomeWatcher:
         self.js = js
         self.seen_seq = 0
 
-    async def run(self, verb: str, command: dict[str, Any], sandbox_id: str,
-                  success: Collection[str], publish: Callable[[], Awaitable[object]],
-                  on_event: EventCallback | None, timeout: float) -> dict[str, Any]:
+    async def run(
+        self,
+        verb: str,
+        command: dict[str, Any],
+        sandbox_id: str,
+        success: Collection[str],
+        publish: Callable[[], Awaitable[object]],
+        on_event: EventCallback | None,
+        timeout: float,
+    ) -> dict[str, Any]:
         """``publish()`` the command, then return its success event or raise ``CommandFailed``."""
         command_id = command["command_id"]
         outcome: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -66,8 +73,9 @@ class OutcomeWatcher:
             await publish()
             await self._catch_up(sandbox_id, command_id, outcome)
             async with asyncio.timeout(timeout):
-                return await self._first_outcome(verb, command_id, sandbox_id, success,
-                                                 outcome, on_event)
+                return await self._first_outcome(
+                    verb, command_id, sandbox_id, success, outcome, on_event
+                )
         except TimeoutError:
             raise BusError(
                 f"no outcome for {verb} {command_id} after {timeout:.0f}s; the command is "
@@ -77,15 +85,22 @@ class OutcomeWatcher:
             for sub in subs:
                 await sub.unsubscribe()
 
-    async def _first_outcome(self, verb: str, command_id: str, sandbox_id: str,
-                             success: Collection[str], outcome: asyncio.Queue[dict[str, Any]],
-                             on_event: EventCallback | None) -> dict[str, Any]:
+    async def _first_outcome(
+        self,
+        verb: str,
+        command_id: str,
+        sandbox_id: str,
+        success: Collection[str],
+        outcome: asyncio.Queue[dict[str, Any]],
+        on_event: EventCallback | None,
+    ) -> dict[str, Any]:
         seen: set[str] = set()
         while True:
             event = await outcome.get()
             finished = verb == "destroy" and event.get("type") == "destroyed"
-            if (event.get("command_id") != command_id and not finished) or \
-                    event.get("event_id") in seen:
+            if (event.get("command_id") != command_id and not finished) or event.get(
+                "event_id"
+            ) in seen:
                 # Another command's event, or one both caught up and delivered. A destroy
                 # succeeds once the sandbox is destroyed, whichever destroy finished it.
                 continue
@@ -104,16 +119,20 @@ class OutcomeWatcher:
             if kind == "destroyed" and verb != "destroy":
                 raise CommandFailed(f"sandbox {sandbox_id} was destroyed", event)
 
-    async def _note_position(self, sandbox_id: str | None, event: dict[str, Any], *,
-                             rejection: str = "") -> None:
+    async def _note_position(
+        self, sandbox_id: str | None, event: dict[str, Any], *, rejection: str = ""
+    ) -> None:
         """Remember the stream sequence of an outcome just seen (for read-your-writes queries).
 
         In a cluster a core subscriber can see an event before the stream has stored
         it, so ask the stream leader (not a replica: direct gets may lag) until the
         last message on the subject is this event, for a moment at most.
         """
-        subject = (subjects.sandbox_events_filter(sandbox_id) if sandbox_id
-                   else subjects.rejection_subject(rejection))
+        subject = (
+            subjects.sandbox_events_filter(sandbox_id)
+            if sandbox_id
+            else subjects.rejection_subject(rejection)
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0
         with contextlib.suppress(Exception):
@@ -126,8 +145,9 @@ class OutcomeWatcher:
                     return
                 await asyncio.sleep(0.005)
 
-    async def _catch_up(self, sandbox_id: str, command_id: str,
-                        outcome: asyncio.Queue[dict[str, Any]]) -> None:
+    async def _catch_up(
+        self, sandbox_id: str, command_id: str, outcome: asyncio.Queue[dict[str, Any]]
+    ) -> None:
         """Queue this sandbox's logged events of ``command_id``: a re-sent command may be done."""
         async for _seq, data in read_subject(self.nc, subjects.sandbox_events_filter(sandbox_id)):
             event = msgspec.json.decode(data)

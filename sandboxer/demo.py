@@ -21,10 +21,13 @@ REPO = Path(__file__).resolve().parent.parent
 def run(*args: str, check: bool = True, capture: bool = False) -> str:
     command = [sys.executable, "-m", "sandboxer.cli.app", *args]
     print(f"\n$ sandboxer {shlex.join(args)}", flush=True)
-    result = subprocess.run(command, check=False, text=True,
-                            stdout=subprocess.PIPE if capture else None)
+    result = subprocess.run(
+        command, check=False, text=True, stdout=subprocess.PIPE if capture else None
+    )
     if check and result.returncode != 0:
-        raise SystemExit(f"demo step failed (exit {result.returncode}): sandboxer {shlex.join(args)}")
+        raise SystemExit(
+            f"demo step failed (exit {result.returncode}): sandboxer {shlex.join(args)}"
+        )
     return result.stdout or ""
 
 
@@ -38,14 +41,25 @@ def main() -> None:
         # still start, and a missing tool stops the next step with its own message.
         run("doctor", check=False)
         run("profiles", "list")
-        created = json.loads(run("create", "--input", f"repo={REPO / 'profiles'}", "--json",
-                                 capture=True))
+        created = json.loads(
+            run("create", "--input", f"repo={REPO / 'profiles'}", "--json", capture=True)
+        )
         sandbox_id = created["sandbox_id"]
-        print(json.dumps({k: created[k] for k in ("sandbox_id", "status", "reachability",
-                                                  "warnings")}, indent=2))
-        run("exec", sandbox_id, "--", "sh", "-c",
+        print(
+            json.dumps(
+                {k: created[k] for k in ("sandbox_id", "status", "reachability", "warnings")},
+                indent=2,
+            )
+        )
+        run(
+            "exec",
+            sandbox_id,
+            "--",
+            "sh",
+            "-c",
             "echo hello from $(hostname); ls /workspace; cat /proc/net/dev | tail -n +3 | "
-            "cut -d: -f1; touch /usr/x 2>&1 || echo 'system is read-only'")
+            "cut -d: -f1; touch /usr/x 2>&1 || echo 'system is read-only'",
+        )
         run("list")
         run("events", "--sandbox", sandbox_id)
         run("destroy", sandbox_id)

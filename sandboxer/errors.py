@@ -216,8 +216,15 @@ class HostKeyRejected(ExtensionError):
 class RemoteCommandFailed(ExtensionError):
     code = "remote_command_failed"
 
-    def __init__(self, message: str, *, exit_status: int, output_tail: str = "",
-                 sandbox_id: str | None = None, extension: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_status: int,
+        output_tail: str = "",
+        sandbox_id: str | None = None,
+        extension: str | None = None,
+    ) -> None:
         super().__init__(message, sandbox_id=sandbox_id, extension=extension)
         self.exit_status = exit_status
         self.output_tail = output_tail

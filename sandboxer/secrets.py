@@ -33,9 +33,7 @@ def resolve_secrets(refs: Mapping[str, str]) -> dict[str, str]:
             try:
                 values[name] = Path(target).expanduser().read_text().rstrip("\n")
             except OSError as exc:
-                raise ConfigError(
-                    f"secret {name}: cannot read {target}: {exc.strerror}"
-                ) from None
+                raise ConfigError(f"secret {name}: cannot read {target}: {exc.strerror}") from None
         else:
             raise ConfigError(f"secret {name}: reference must start with env: or file:")
     return values

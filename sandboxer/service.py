@@ -67,8 +67,13 @@ async def embedded_nats(settings: Settings) -> AsyncIterator[list[str]]:
 
 
 async def run_roles(
-    nc: Client, roles: Sequence[str], settings: Settings, catalog: Catalog, stop: asyncio.Event,
-    *, info: dict[str, Any],
+    nc: Client,
+    roles: Sequence[str],
+    settings: Settings,
+    catalog: Catalog,
+    stop: asyncio.Event,
+    *,
+    info: dict[str, Any],
 ) -> None:
     """Run ``roles`` on one connection until ``stop`` is set."""
     js = nc.jetstream()
@@ -127,9 +132,15 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with embedded_nats(settings) as urls:
         nc = await connect(urls, name=f"sandboxer-{'+'.join(chosen)}")
-        info = {"version": __version__, "pid": os.getpid(), "roles": chosen,
-                "nats_url": urls[0], "home": str(settings.home), "started_at": utc_now(),
-                "embedded": settings.embedded}
+        info = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "roles": chosen,
+            "nats_url": urls[0],
+            "home": str(settings.home),
+            "started_at": utc_now(),
+            "embedded": settings.embedded,
+        }
         record = settings.service_file if settings.embedded and roles is None else None
         try:
             if record is not None:

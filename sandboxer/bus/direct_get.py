@@ -50,8 +50,9 @@ async def read_subject(
                 if status == "204":  # end of this batch
                     break
                 if status == "503":
-                    raise StreamUnavailable(f"reading {filter_subject}: no server of the "
-                                            f"{stream} stream answered (503)")
+                    raise StreamUnavailable(
+                        f"reading {filter_subject}: no server of the {stream} stream answered (503)"
+                    )
                 if status is not None:
                     raise BusError(f"reading {filter_subject} failed: {status} {headers}")
                 seq = int(headers["Nats-Sequence"])

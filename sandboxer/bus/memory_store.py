@@ -24,9 +24,11 @@ class MemoryEventStore:
         """Every event appended or recorded, in order; sequence ``n`` is ``log[n - 1]``."""
 
     def _sandbox_seqs(self, sandbox_id: str) -> list[int]:
-        return [seq for seq, event in enumerate(self.log, start=1)
-                if getattr(event, "sandbox_id", None) == sandbox_id
-                and isinstance(event, SandboxEvent)]
+        return [
+            seq
+            for seq, event in enumerate(self.log, start=1)
+            if getattr(event, "sandbox_id", None) == sandbox_id and isinstance(event, SandboxEvent)
+        ]
 
     async def load(self, sandbox_id: str) -> Loaded:
         state = SandboxState(sandbox_id=sandbox_id)
@@ -41,8 +43,9 @@ class MemoryEventStore:
         state, last_seq = loaded.state, loaded.last_seq
         seqs = self._sandbox_seqs(state.sandbox_id)
         if (seqs[-1] if seqs else 0) != last_seq:
-            raise ConcurrencyConflict(f"sandbox {state.sandbox_id} changed while deciding",
-                                      sandbox_id=state.sandbox_id)
+            raise ConcurrencyConflict(
+                f"sandbox {state.sandbox_id} changed while deciding", sandbox_id=state.sandbox_id
+            )
         for event in events:
             stamped = stamp(event, version=state.version)
             self.log.append(stamped)

@@ -68,8 +68,9 @@ def find_nats_server(explicit: str | None = None) -> str:
                 f"({INSTALL_HINT})."
             )
         return candidate
-    directories = list(dict.fromkeys([Path(sys.executable).parent,
-                                      Path(sysconfig.get_path("scripts"))]))
+    directories = list(
+        dict.fromkeys([Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))])
+    )
     for directory in directories:
         if _is_executable(str(directory / BINARY_NAME)):
             return str(directory / BINARY_NAME)

@@ -90,8 +90,7 @@ def describe(lines: list[str], fatal: list[str]) -> str:
         return "fatal: " + " | ".join(strip_prefix(line) for line in fatal)
     if said:
         return f"it said: {said[0].strip()}"
-    return "last log lines: " + (" | ".join(strip_prefix(line) for line in lines[-10:])
-                                 or "(none)")
+    return "last log lines: " + (" | ".join(strip_prefix(line) for line in lines[-10:]) or "(none)")
 
 
 def wanted_ports_found(found: Mapping[str, int], wanted: Mapping[str, int | None]) -> bool:

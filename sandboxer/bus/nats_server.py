@@ -154,8 +154,15 @@ class NatsServerProcess:
     def command(self, binary: str | None = None) -> list[str]:
         """The command line :meth:`start` runs."""
         want = self._want
-        args = [binary or self.binary or BINARY_NAME, "-a", self.host,
-                "-p", _port_arg(want["port"] or 0), "--server_name", self.server_name]
+        args = [
+            binary or self.binary or BINARY_NAME,
+            "-a",
+            self.host,
+            "-p",
+            _port_arg(want["port"] or 0),
+            "--server_name",
+            self.server_name,
+        ]
         args += ["-js", "-sd", str(self.store_dir)]
         if want["monitor"] is not None:
             args += ["-m", _port_arg(want["monitor"])]

@@ -127,8 +127,12 @@ async def publish_durably(
         if not is_transient(exc):
             return False
         if not retried:  # once per publish: an election would otherwise log every attempt
-            log.warning("publishing %s: %r; retrying for up to %g s with the same Nats-Msg-Id",
-                        subject, exc, budget_seconds)
+            log.warning(
+                "publishing %s: %r; retrying for up to %g s with the same Nats-Msg-Id",
+                subject,
+                exc,
+                budget_seconds,
+            )
         return True
 
     try:
@@ -156,8 +160,12 @@ async def publish_durably(
     except nats_errors.Error as exc:
         raise BusError(f"publishing {subject} failed: {exc!r}") from exc
     if retried:
-        log.info("published %s after %d attempts in %.1f s", subject, attempt.num,
-                 time.monotonic() - started)
+        log.info(
+            "published %s after %d attempts in %.1f s",
+            subject,
+            attempt.num,
+            time.monotonic() - started,
+        )
     return Published(ack, retried)
 
 

@@ -88,8 +88,12 @@ async def ensure_streams(
     for config in stream_configs(replicas):
         try:
             async for attempt in stamina.retry_context(
-                on=_wait_for_placement, attempts=None, timeout=budget_seconds,
-                wait_initial=0.25, wait_max=2.0, wait_jitter=0.25,
+                on=_wait_for_placement,
+                attempts=None,
+                timeout=budget_seconds,
+                wait_initial=0.25,
+                wait_max=2.0,
+                wait_jitter=0.25,
             ):
                 with attempt:
                     await _create_or_update(js, config)

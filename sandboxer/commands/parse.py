@@ -59,8 +59,9 @@ def parse_command(subject: str, data: bytes) -> Command:
     except msgspec.DecodeError as exc:
         raise InvalidCommand("malformed", f"command is not valid JSON: {exc}") from None
     except RecursionError:
-        raise InvalidCommand("malformed", "command JSON is nested too deeply; commands are "
-                             "flat objects of strings") from None
+        raise InvalidCommand(
+            "malformed", "command JSON is nested too deeply; commands are flat objects of strings"
+        ) from None
 
     raw_id = _peek(payload, "command_id")
     command_id = raw_id if isinstance(raw_id, str) and is_valid_command_id(raw_id) else None
@@ -83,8 +84,10 @@ def parse_command(subject: str, data: bytes) -> Command:
     command_type = COMMAND_TYPES.get(verb)
     if command_type is None:
         known = ", ".join(f"sandboxer.cmd.{name}" for name in sorted(COMMAND_TYPES))
-        raise invalid("unknown_command",
-                      f"no command is published on {subject[:200]!r}; known subjects: {known}")
+        raise invalid(
+            "unknown_command",
+            f"no command is published on {subject[:200]!r}; known subjects: {known}",
+        )
     if not isinstance(payload, dict):
         raise invalid("malformed", "command must be a JSON object")
     if raw_id is None:
@@ -92,9 +95,7 @@ def parse_command(subject: str, data: bytes) -> Command:
     if command_id is None:
         raise invalid("invalid_field", f"command_id {raw_id!r} is invalid: use {COMMAND_ID_RULE}")
     if raw_sandbox is not None and sandbox_id is None:
-        raise invalid(
-            "invalid_id", f"sandbox_id {raw_sandbox!r} is invalid: use {SANDBOX_ID_RULE}"
-        )
+        raise invalid("invalid_id", f"sandbox_id {raw_sandbox!r} is invalid: use {SANDBOX_ID_RULE}")
     if "actor" in payload:
         _check_actor(payload["actor"], invalid)
     try:
@@ -104,8 +105,10 @@ def parse_command(subject: str, data: bytes) -> Command:
     if isinstance(command, CreateSandbox):
         _check_inputs(command, invalid)
         if command.host is not None and not re.fullmatch(HOST_NAME, command.host):
-            raise invalid("invalid_field", f"host {command.host!r} is not a host name: use "
-                          "lowercase letters, digits and '-'")
+            raise invalid(
+                "invalid_field",
+                f"host {command.host!r} is not a host name: use lowercase letters, digits and '-'",
+            )
     return command
 
 
@@ -113,13 +116,18 @@ def _check_actor(raw: object, invalid: Callable[[str, str], InvalidCommand]) -> 
     try:
         msgspec.convert(raw, _StrictActor)
     except msgspec.ValidationError as exc:
-        raise invalid("invalid_field", f"invalid actor: {exc} (an actor is "
-                      '{"type": "adm"|"agt"|"atm", "id": "...", "project": ...})') from None
+        raise invalid(
+            "invalid_field",
+            f"invalid actor: {exc} (an actor is "
+            '{"type": "adm"|"agt"|"atm", "id": "...", "project": ...})',
+        ) from None
 
 
 def _check_inputs(command: CreateSandbox, invalid: Callable[[str, str], InvalidCommand]) -> None:
     if len(command.inputs) > MAX_INPUTS:
-        raise invalid("invalid_input", f"too many inputs ({len(command.inputs)}; limit {MAX_INPUTS})")
+        raise invalid(
+            "invalid_input", f"too many inputs ({len(command.inputs)}; limit {MAX_INPUTS})"
+        )
     for key, value in command.inputs.items():
         if not key.isidentifier():
             raise invalid(

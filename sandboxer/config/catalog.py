@@ -112,8 +112,9 @@ class Catalog:
             try:
                 self.extensions[entry.name] = ExtensionDecl.model_validate(declaration)
             except ValidationError as exc:
-                details = "; ".join(_describe(dict(err), "docs/extensions.md")
-                                    for err in exc.errors())
+                details = "; ".join(
+                    _describe(dict(err), "docs/extensions.md") for err in exc.errors()
+                )
                 raise ConfigError(
                     f"extension entry point {entry.name} ({entry.value}): its 'declaration' is "
                     f"invalid: {details}"
@@ -136,8 +137,10 @@ class Catalog:
     @staticmethod
     def _check_name(path: Path, declared_id: str) -> None:
         if path.stem != declared_id:
-            raise ConfigError(f"{path}: id is {declared_id!r} but the file is named {path.name}; "
-                              f"name it {declared_id}.yaml")
+            raise ConfigError(
+                f"{path}: id is {declared_id!r} but the file is named {path.name}; "
+                f"name it {declared_id}.yaml"
+            )
 
     def profile(self, profile_id: str) -> Profile:
         try:

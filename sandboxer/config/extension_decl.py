@@ -37,8 +37,9 @@ class ExtensionDecl(_Strict):
     description: str = ""
     kind: Literal["self-hosted", "saas"]
     enabled: bool = True
-    uses_hosts: bool = Field(default=False,
-                             validation_alias=AliasChoices("uses_hosts", "placement"))
+    uses_hosts: bool = Field(
+        default=False, validation_alias=AliasChoices("uses_hosts", "placement")
+    )
     """Runs on hosts from the hosts file: the control worker chooses one for each sandbox,
     following the profile's ``placement``. (``placement: true`` is the older spelling.)"""
     capabilities: Capabilities

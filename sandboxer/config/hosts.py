@@ -129,7 +129,8 @@ def load_hosts(settings: Settings) -> dict[str, HostConfig]:
         explicit = os.environ.get("SANDBOXER_HOSTS")
         if explicit:
             raise SettingError(
-                "SANDBOXER_HOSTS", explicit,
+                "SANDBOXER_HOSTS",
+                explicit,
                 f"the hosts file {path} does not exist; create it (the format is in "
                 f"{HOSTS_DOC}) or unset SANDBOXER_HOSTS to use {settings.home / 'hosts.yaml'}",
             )

@@ -50,7 +50,8 @@ def parse_nats_urls(raw: str, variable: str = "SANDBOXER_NATS_URL") -> tuple[str
     for url in urls:
         if not _valid_nats_url(url):
             raise SettingError(
-                variable, raw,
+                variable,
+                raw,
                 f"{url!r} is not a NATS server address; write nats://HOST:PORT (or tls://, "
                 "ws://, wss://), several separated by commas",
             )
@@ -61,8 +62,11 @@ def _home_env() -> Path:
     raw = os.environ.get("SANDBOXER_HOME")
     home = Path(raw or Path.home() / ".local" / "share" / "sandboxer").expanduser()
     if raw and home.exists() and not home.is_dir():
-        raise SettingError("SANDBOXER_HOME", raw, "a directory (it names a file); "
-                           "point it at a directory sandboxer may create and write")
+        raise SettingError(
+            "SANDBOXER_HOME",
+            raw,
+            "a directory (it names a file); point it at a directory sandboxer may create and write",
+        )
     return home
 
 

@@ -41,8 +41,12 @@ class Drift:
 
 
 def _found_dict(found: FoundSandbox) -> dict[str, object]:
-    return {"sandbox_id": found.sandbox_id, "host": found.host, "alive": found.alive,
-            "detail": found.detail}
+    return {
+        "sandbox_id": found.sandbox_id,
+        "host": found.host,
+        "alive": found.alive,
+        "detail": found.detail,
+    }
 
 
 def find_drift(
@@ -53,8 +57,7 @@ def find_drift(
     """``found``: what the hosts hold; ``log_status``: the log's status of each found id
     (``new`` when unknown); ``log_ready``: ids the log calls ready on these hosts."""
     orphans = [f for f in found if log_status.get(f.sandbox_id, "new") in ORPHAN_STATUSES]
-    corpses = [f for f in found
-               if not f.alive and log_status.get(f.sandbox_id, "new") == "ready"]
+    corpses = [f for f in found if not f.alive and log_status.get(f.sandbox_id, "new") == "ready"]
     present = {f.sandbox_id for f in found}
     ghosts = sorted(sandbox_id for sandbox_id in log_ready if sandbox_id not in present)
     return Drift(orphans=orphans, ghosts=ghosts, corpses=corpses)

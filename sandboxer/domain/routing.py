@@ -58,7 +58,8 @@ def route(profile: Profile, enabled: Mapping[str, ExtensionDecl]) -> RouteChoice
     if not usable:
         raise Rejected(
             "no_route",
-            f"no extension can serve {profile.id}: " + "; ".join(refusals)
+            f"no extension can serve {profile.id}: "
+            + "; ".join(refusals)
             + ". Enable one with its declaration in $SANDBOXER_HOME/extensions/",
         )
     if strategy == "lowest-cost":

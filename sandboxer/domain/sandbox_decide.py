@@ -142,8 +142,9 @@ def decide(state: SandboxState, command: DomainCommand, now: str) -> list[Sandbo
         case MarkTeardownFailed():
             if state.status != "destroying" or state.teardown_failure == command.reason:
                 return []
-            return [SandboxTeardownFailed(**_common(state, now, command.job_id),
-                                          reason=command.reason)]
+            return [
+                SandboxTeardownFailed(**_common(state, now, command.job_id), reason=command.reason)
+            ]
 
 
 def _common(state: SandboxState, now: str, causation: str | None = None) -> dict[str, Any]:
@@ -229,9 +230,7 @@ def _decide_destroy(state: SandboxState, command: DestroySandbox, now: str) -> l
     ]
 
 
-def _decide_recreate(
-    state: SandboxState, command: RecreateSandbox, now: str
-) -> list[SandboxEvent]:
+def _decide_recreate(state: SandboxState, command: RecreateSandbox, now: str) -> list[SandboxEvent]:
     if command.command_id in state.handled:
         return []
     _require_known(state)
@@ -265,5 +264,3 @@ def _decide_start(state: SandboxState, command: StartProvisioning, now: str) -> 
             worker=command.worker,
         )
     ]
-
-

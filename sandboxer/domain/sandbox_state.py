@@ -138,8 +138,9 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
                 correlation=event.command_id,
             )
         case SandboxDestroying():
-            return replace(base, status="destroying", correlation=event.command_id,
-                           teardown_failure=None)
+            return replace(
+                base, status="destroying", correlation=event.command_id, teardown_failure=None
+            )
         case SandboxTeardownFailed():
             return replace(base, teardown_failure=event.reason)
         case SandboxDestroyed():

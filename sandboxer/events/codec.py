@@ -61,8 +61,11 @@ def current_versions() -> dict[str, int]:
 class Codec:
     """Encode events; decode stored ones of any version into the current types."""
 
-    def __init__(self, upcasters: Mapping[tuple[str, int], Upcaster] | None = None,
-                 versions: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        upcasters: Mapping[tuple[str, int], Upcaster] | None = None,
+        versions: Mapping[str, int] | None = None,
+    ) -> None:
         self._upcasters = dict(UPCASTERS if upcasters is None else upcasters)
         self._versions = dict(current_versions() if versions is None else versions)
         self._encoder = msgspec.json.Encoder()
@@ -85,15 +88,18 @@ class Codec:
         envelope = self._envelope.decode(data)
         current = self._versions.get(envelope.type)
         if current is None:
-            raise UnknownEventType(f"stored event of unknown type {envelope.type!r} "
-                                   "(written by a newer sandboxer?)")
+            raise UnknownEventType(
+                f"stored event of unknown type {envelope.type!r} (written by a newer sandboxer?)"
+            )
         body: dict[str, Any] = msgspec.json.decode(data)
         version = envelope.v
         while version < current:
             step = self._upcasters.get((envelope.type, version))
             if step is None:
-                raise BusError(f"no upcaster from {envelope.type} v{version} to v{version + 1}; "
-                               "register one in sandboxer/events/codec.py")
+                raise BusError(
+                    f"no upcaster from {envelope.type} v{version} to v{version + 1}; "
+                    "register one in sandboxer/events/codec.py"
+                )
             body = {**step(body), "v": version + 1}
             version += 1
         event: Event = msgspec.convert(body, Event)

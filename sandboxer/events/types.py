@@ -197,7 +197,6 @@ NOT_SANDBOX_EVENTS = (CommandRejected, HostInspected, HostReaped)
 """For ``isinstance``: events that do not belong to a sandbox aggregate."""
 
 
-
 def event_type(event: Event) -> str:
     """The ``type`` tag of an event (also the last token of its subject)."""
     tag = type(event).__struct_config__.tag

@@ -73,8 +73,13 @@ class Extension(Protocol):
         """Every sandbox this backend finds it owns on its host."""
 
     async def exec(
-        self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
-        host: str | None = None, service: str | None = None,
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        output: OutputSink,
+        *,
+        host: str | None = None,
+        service: str | None = None,
     ) -> int:
         """Run ``argv`` inside the sandbox, stream its output to ``output``, return its exit code.
 

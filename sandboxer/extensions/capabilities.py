@@ -52,8 +52,9 @@ class Snapshotter(Protocol):
 
     async def snapshot(self, sandbox_id: str, *, host: str | None = None) -> dict[str, Any]: ...
 
-    async def restore(self, snapshot: dict[str, Any], sandbox_id: str, *,
-                      host: str | None = None) -> None: ...
+    async def restore(
+        self, snapshot: dict[str, Any], sandbox_id: str, *, host: str | None = None
+    ) -> None: ...
 
 
 @runtime_checkable

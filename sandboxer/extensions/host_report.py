@@ -24,12 +24,17 @@ def parse_meminfo(text: str) -> dict[str, int]:
         name, _, rest = line.partition(":")
         if name in {"MemTotal", "MemAvailable"}:
             values[name] = int(rest.split()[0]) // 1024
-    return {"memory_total_mb": values.get("MemTotal", 0),
-            "memory_available_mb": values.get("MemAvailable", 0)}
+    return {
+        "memory_total_mb": values.get("MemTotal", 0),
+        "memory_available_mb": values.get("MemAvailable", 0),
+    }
 
 
 def parse_df(text: str) -> dict[str, Any]:
     """The last line of ``df -Pk PATH``: size and free space of its filesystem, in MiB."""
     fields = text.strip().splitlines()[-1].split()
-    return {"disk_total_mb": int(fields[1]) // 1024, "disk_free_mb": int(fields[3]) // 1024,
-            "disk_mount": fields[5]}
+    return {
+        "disk_total_mb": int(fields[1]) // 1024,
+        "disk_free_mb": int(fields[3]) // 1024,
+        "disk_mount": fields[5],
+    }

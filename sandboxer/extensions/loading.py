@@ -20,8 +20,10 @@ def build_extension(ext_id: str, catalog: Catalog, settings: Settings) -> Extens
     cls = load_extension_class(decl)
     built = cls.from_settings(settings) if isinstance(cls, BuiltFromSettings) else cls()
     if not isinstance(built, Extension):
-        raise ConfigError(f"extension {ext_id}: {cls.__name__} does not implement the Extension "
-                          "protocol (provision, wait_ready, teardown, list_sandboxes, exec)",
-                          extension=ext_id)
+        raise ConfigError(
+            f"extension {ext_id}: {cls.__name__} does not implement the Extension "
+            "protocol (provision, wait_ready, teardown, list_sandboxes, exec)",
+            extension=ext_id,
+        )
     check_claims(decl, built)
     return built

@@ -42,16 +42,22 @@ class SshBackend:
     async def _found_on(self, item: Target, conn: Connection) -> list[FoundSandbox]:
         raise NotImplementedError
 
-    async def _teardown_on(self, conn: Connection, item: Target, sandbox_id: str,
-                           found: Probe) -> None:
+    async def _teardown_on(
+        self, conn: Connection, item: Target, sandbox_id: str, found: Probe
+    ) -> None:
         raise NotImplementedError
 
     async def _teardown_owned(self, conn: Connection, item: Target, sandbox_id: str) -> None:
         """Tear down ``sandbox_id`` on one host unless another backend's marker claims it."""
         found = await probe(conn, item, sandbox_id)
         if (owner := found.foreign(self.id)) is not None:
-            log.warning("%s: sbx-%s on host %s belongs to %s; not touching it", self.id,
-                        sandbox_id, item.name, owner)
+            log.warning(
+                "%s: sbx-%s on host %s belongs to %s; not touching it",
+                self.id,
+                sandbox_id,
+                item.name,
+                owner,
+            )
             return
         await self._teardown_on(conn, item, sandbox_id, found)
 
@@ -64,8 +70,8 @@ class SshBackend:
             return
         # No host recorded: look on every host that answers (ids are unique).
         await reachable_targets(
-            self.settings, self.id,
-            lambda item, conn: self._teardown_owned(conn, item, sandbox_id))
+            self.settings, self.id, lambda item, conn: self._teardown_owned(conn, item, sandbox_id)
+        )
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         found = await reachable_targets(self.settings, self.id, self._found_on)
@@ -75,15 +81,25 @@ class SshBackend:
         """Where to run an exec; a subclass may search the hosts when none was recorded."""
         return target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
 
-    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
-                   host: str | None = None, service: str | None = None) -> int:
+    async def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        output: OutputSink,
+        *,
+        host: str | None = None,
+        service: str | None = None,
+    ) -> int:
         """Run ``argv`` on the host, in the sandbox's directory, streaming its output."""
         ssh_checks.check_sandbox_id(sandbox_id, self.id)
         ssh_checks.check_argv(argv, sandbox_id, self.id)
         if service is not None:
             raise Unsupported(
                 f"{self.id} sandboxes have no services: drop --service (it applies to compose "
-                "sandboxes)", sandbox_id=sandbox_id, extension=self.id)
+                "sandboxes)",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
         item = await self._exec_target(sandbox_id, host)
         async with session(item) as conn:
             directory = item.workspace(sandbox_id)
@@ -91,5 +107,7 @@ class SshBackend:
                 raise SandboxNotFound(
                     f"{self.id} sandbox {sandbox_id} has no directory {directory} on host "
                     f"{item.name}; create it again or tear it down",
-                    sandbox_id=sandbox_id, extension=self.id)
+                    sandbox_id=sandbox_id,
+                    extension=self.id,
+                )
             return await stream(conn, argv, output, env=item.config.env, cwd=directory)

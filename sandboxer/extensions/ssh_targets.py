@@ -77,8 +77,12 @@ class Target:
         return f"{self.config.workspace_root}/{DIR_PREFIX}{sandbox_id}.json"
 
     def describe(self) -> dict[str, Any]:
-        return {"host": self.name, "address": self.config.address, "port": self.config.port,
-                "user": self.config.user}
+        return {
+            "host": self.name,
+            "address": self.config.address,
+            "port": self.config.port,
+            "user": self.config.user,
+        }
 
 
 def targets(settings: Settings) -> list[Target]:
@@ -86,8 +90,14 @@ def targets(settings: Settings) -> list[Target]:
     return [Target(name, config) for name, config in sorted(load_hosts(settings).items())]
 
 
-def target(settings: Settings, name: str | None, *, sandbox_id: str | None,
-           extension: str, what: str = "placement host") -> Target:
+def target(
+    settings: Settings,
+    name: str | None,
+    *,
+    sandbox_id: str | None,
+    extension: str,
+    what: str = "placement host",
+) -> Target:
     """The named host, or the only one in the file when no name is given."""
     hosts = load_hosts(settings)
     path = hosts_path(settings)
@@ -96,20 +106,29 @@ def target(settings: Settings, name: str | None, *, sandbox_id: str | None,
         if len(hosts) == 1:
             only, config = next(iter(hosts.items()))
             return Target(only, config)
-        how = ("give the profile a placement, or pass --host NAME" if hosts else
-               f"add a host to it (see {HOSTS_DOC})")
+        how = (
+            "give the profile a placement, or pass --host NAME"
+            if hosts
+            else f"add a host to it (see {HOSTS_DOC})"
+        )
         raise ExtensionError(
             f"no {what} was chosen and the hosts file {path} has {len(hosts)} hosts "
-            f"({known}); {how}", sandbox_id=sandbox_id, extension=extension,
+            f"({known}); {how}",
+            sandbox_id=sandbox_id,
+            extension=extension,
         )
     if not re.fullmatch(HOST_NAME, name):
-        raise InvalidInput(f"{what} {name!r} is not a host name (lowercase letters, digits, '-')",
-                           sandbox_id=sandbox_id, extension=extension)
+        raise InvalidInput(
+            f"{what} {name!r} is not a host name (lowercase letters, digits, '-')",
+            sandbox_id=sandbox_id,
+            extension=extension,
+        )
     if name not in hosts:
         raise ExtensionError(
             f"{what} {name!r} is not in the hosts file {path} (known: {known}); add it there "
             f"(see {HOSTS_DOC}) or choose another host",
-            sandbox_id=sandbox_id, extension=extension,
+            sandbox_id=sandbox_id,
+            extension=extension,
         )
     return Target(name, hosts[name])
 
@@ -122,7 +141,9 @@ async def session(item: Target, *, timeout: float = CONNECT_TIMEOUT) -> AsyncIte
 
 
 async def reachable_targets(
-    settings: Settings, extension: str, use: Callable[[Target, Connection], Awaitable[T]],
+    settings: Settings,
+    extension: str,
+    use: Callable[[Target, Connection], Awaitable[T]],
     only: Iterable[Target] | None = None,
 ) -> list[tuple[Target, T]]:
     """``use(target, conn)`` on every host that answers, in parallel; the others are skipped
@@ -144,7 +165,8 @@ async def reachable_targets(
 async def host_telemetry(conn: Connection, item: Target) -> dict[str, Any]:
     """Load, memory and the disk holding the workspace root (the fields ext.local reports)."""
     result = await remote.run(
-        conn, ["sh", "-c", _TELEMETRY_SCRIPT, "sh", item.config.workspace_root],
+        conn,
+        ["sh", "-c", _TELEMETRY_SCRIPT, "sh", item.config.workspace_root],
         timeout=SHORT_TIMEOUT,
     )
     load, meminfo, df = ([*result.stdout.split("@@sbx@@\n"), "", ""])[:3]

@@ -53,13 +53,12 @@ exit 0
 """
 
 
-async def write_marker(conn: Connection, item: Target, sandbox_id: str,
-                       fields: Mapping[str, Any]) -> None:
+async def write_marker(
+    conn: Connection, item: Target, sandbox_id: str, fields: Mapping[str, Any]
+) -> None:
     """Claim the sandbox's place on the host before anything else is made there."""
-    await remote.run(conn, ["mkdir", "-p", "--", item.config.workspace_root],
-                     timeout=SHORT_TIMEOUT)
-    body = json.dumps({"sandbox_id": sandbox_id, **fields}, separators=(",", ":"),
-                      sort_keys=True)
+    await remote.run(conn, ["mkdir", "-p", "--", item.config.workspace_root], timeout=SHORT_TIMEOUT)
+    body = json.dumps({"sandbox_id": sandbox_id, **fields}, separators=(",", ":"), sort_keys=True)
     await remote.put_file(conn, item.marker(sandbox_id), body.encode() + b"\n", mode=0o600)
 
 
@@ -89,8 +88,10 @@ class Probe:
 
 async def probe(conn: Connection, item: Target, sandbox_id: str) -> Probe:
     result = await remote.run(
-        conn, ["sh", "-c", _PROBE_SCRIPT, "sh", item.marker(sandbox_id),
-               item.workspace(sandbox_id)], timeout=SHORT_TIMEOUT)
+        conn,
+        ["sh", "-c", _PROBE_SCRIPT, "sh", item.marker(sandbox_id), item.workspace(sandbox_id)],
+        timeout=SHORT_TIMEOUT,
+    )
     lines = result.stdout.splitlines()
     marker_lines = [line[2:] for line in lines if line.startswith("M ")]
     return Probe(
@@ -112,8 +113,7 @@ async def remove(conn: Connection, item: Target, sandbox_id: str, found: Probe) 
 
 
 async def exists(conn: Connection, path: str, kind: Literal["d", "f"]) -> bool:
-    result = await remote.run(conn, ["test", f"-{kind}", path], check=False,
-                              timeout=SHORT_TIMEOUT)
+    result = await remote.run(conn, ["test", f"-{kind}", path], check=False, timeout=SHORT_TIMEOUT)
     return result.exit_status == 0
 
 
@@ -126,13 +126,15 @@ class Scan:
 
     def owned_by(self, extension: str) -> list[str]:
         """Ids whose marker names ``extension`` (with or without their directory)."""
-        return sorted(sid for sid, marker in self.markers.items()
-                      if marker.get("extension") == extension)
+        return sorted(
+            sid for sid, marker in self.markers.items() if marker.get("extension") == extension
+        )
 
 
 async def scan(conn: Connection, item: Target) -> Scan:
-    result = await remote.run(conn, ["sh", "-c", _SCAN_SCRIPT, "sh", item.config.workspace_root],
-                              timeout=SHORT_TIMEOUT)
+    result = await remote.run(
+        conn, ["sh", "-c", _SCAN_SCRIPT, "sh", item.config.workspace_root], timeout=SHORT_TIMEOUT
+    )
     directories: set[str] = set()
     markers: dict[str, dict[str, Any]] = {}
     for line in result.stdout.splitlines():

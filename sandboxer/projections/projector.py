@@ -63,12 +63,17 @@ class Projector:
         self.view = await SandboxView.open(self._db_path)
         self.position = await self.view.position()
         if not await self.view.is_current():
-            log.warning("the sandbox view at %s was written by another version of sandboxer "
-                        "(fingerprint %s, now %s); rebuilding it from the log", self._db_path,
-                        await self.view.fingerprint(), FINGERPRINT)
+            log.warning(
+                "the sandbox view at %s was written by another version of sandboxer "
+                "(fingerprint %s, now %s); rebuilding it from the log",
+                self._db_path,
+                await self.view.fingerprint(),
+                FINGERPRINT,
+            )
             report = await self.rebuild()
-            log.warning("the sandbox view was rebuilt: %d events in %.2f s", report.events,
-                        report.seconds)
+            log.warning(
+                "the sandbox view was rebuilt: %d events in %.2f s", report.events, report.seconds
+            )
 
     async def close(self) -> None:
         if self.view is not None:
@@ -151,9 +156,7 @@ class Projector:
             return
         except ReplayUnsupported as why:
             log.info("replaying through nats-py: %s", why)
-        async for seq, _subject, data, _pending in read_events(
-            self._js, start_seq=1, stop_seq=end
-        ):
+        async for seq, _subject, data, _pending in read_events(self._js, start_seq=1, stop_seq=end):
             yield seq, data
 
     async def rebuild(self) -> ReplayReport:
@@ -194,14 +197,17 @@ def _swap(fresh: Path, live: Path) -> None:
         Path(str(live) + suffix).unlink(missing_ok=True)
 
 
-def _compare(live: dict[str, list[tuple[object, ...]]],
-             rebuilt: dict[str, list[tuple[object, ...]]]) -> list[str]:
+def _compare(
+    live: dict[str, list[tuple[object, ...]]], rebuilt: dict[str, list[tuple[object, ...]]]
+) -> list[str]:
     differences: list[str] = []
     for table, rows in live.items():
         live_rows = {row[0]: row for row in rows}
         rebuilt_rows = {row[0]: row for row in rebuilt[table]}
         for key in sorted(set(live_rows) | set(rebuilt_rows), key=str):
             if live_rows.get(key) != rebuilt_rows.get(key):
-                differences.append(f"{table}[{key}]: live {live_rows.get(key)!r:.200} "
-                                   f"!= rebuilt {rebuilt_rows.get(key)!r:.200}")
+                differences.append(
+                    f"{table}[{key}]: live {live_rows.get(key)!r:.200} "
+                    f"!= rebuilt {rebuilt_rows.get(key)!r:.200}"
+                )
     return differences[:50]

@@ -43,14 +43,17 @@ class QueryService:
         self._responder = Responder(nc)
 
     async def start(self) -> None:
-        await self._responder.serve({
-            subjects.QUERY_GET: self._get,
-            subjects.QUERY_LIST: self._list,
-            subjects.QUERY_REJECTION: self._rejection,
-            subjects.QUERY_HEALTH: self._health,
-            subjects.QUERY_HOSTS: self._hosts,
-            subjects.ADMIN_REPLAY: self._replay,
-        }, queue=QUEUE)
+        await self._responder.serve(
+            {
+                subjects.QUERY_GET: self._get,
+                subjects.QUERY_LIST: self._list,
+                subjects.QUERY_REJECTION: self._rejection,
+                subjects.QUERY_HEALTH: self._health,
+                subjects.QUERY_HOSTS: self._hosts,
+                subjects.ADMIN_REPLAY: self._replay,
+            },
+            queue=QUEUE,
+        )
 
     async def stop(self) -> None:
         await self._responder.stop()

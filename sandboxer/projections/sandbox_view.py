@@ -136,8 +136,16 @@ class SandboxView:
         await self._db.executemany(
             "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (s.sandbox_id, s.status, s.profile, s.extension, s.created_at, s.updated_at,
-                 seq, _encode(s))
+                (
+                    s.sandbox_id,
+                    s.status,
+                    s.profile,
+                    s.extension,
+                    s.created_at,
+                    s.updated_at,
+                    seq,
+                    _encode(s),
+                )
                 for s, seq in states
             ],
         )
@@ -148,9 +156,7 @@ class SandboxView:
                 for r, seq in rejections
             ],
         )
-        await self._db.execute(
-            "INSERT OR REPLACE INTO position VALUES (?, ?)", (NAME, position)
-        )
+        await self._db.execute("INSERT OR REPLACE INTO position VALUES (?, ?)", (NAME, position))
         await self._db.commit()
 
     async def _apply_host_event(self, event: HostEvent, seq: int) -> None:
@@ -179,7 +185,9 @@ class SandboxView:
             rows = await cursor.fetchall()
         return [
             {
-                "host": host, "extension": extension, "inspected_at": inspected_at,
+                "host": host,
+                "extension": extension,
+                "inspected_at": inspected_at,
                 "report": msgspec.json.decode(report) if report else None,
                 "reaped_at": reaped_at,
                 "reaped": msgspec.json.decode(reaped) if reaped else None,
@@ -217,8 +225,13 @@ class SandboxView:
     async def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every table, for comparing a rebuilt view with the live one."""
         tables: dict[str, list[tuple[Any, ...]]] = {}
-        for table, key in (("sandboxes", "sandbox_id"), ("rejections", "key"),
-                           ("hosts", "host"), ("position", "projection"), ("meta", "key")):
+        for table, key in (
+            ("sandboxes", "sandbox_id"),
+            ("rejections", "key"),
+            ("hosts", "host"),
+            ("position", "projection"),
+            ("meta", "key"),
+        ):
             async with self._db.execute(f"SELECT * FROM {table} ORDER BY {key}") as cursor:
                 tables[table] = [tuple(row) for row in await cursor.fetchall()]
         return tables

@@ -76,8 +76,7 @@ async def known_hosts_text(name: str, host: HostConfig) -> str | None:
     if host.host_key is not None:
         if "\n" in host.host_key or "\r" in host.host_key:
             raise HostKeyRejected(
-                f"{_where(name, host)}: host_key must be a single line like "
-                '"ssh-ed25519 AAAA..."'
+                f'{_where(name, host)}: host_key must be a single line like "ssh-ed25519 AAAA..."'
             )
         try:
             asyncssh.import_public_key(host.host_key)
@@ -121,21 +120,30 @@ async def _client_key(name: str, host: HostConfig) -> asyncssh.SSHKey:
         ) from exc
 
 
-def _unreachable(name: str, host: HostConfig, exc: BaseException, timeout: float,
-                 key: Path | None) -> HostUnreachable:
+def _unreachable(
+    name: str, host: HostConfig, exc: BaseException, timeout: float, key: Path | None
+) -> HostUnreachable:
     where = _where(name, host)
     if isinstance(exc, TimeoutError):
-        cause = (f"no SSH answer within {timeout:g}s; check that the host is up, the "
-                 "address and port are right and no firewall drops the connection")
+        cause = (
+            f"no SSH answer within {timeout:g}s; check that the host is up, the "
+            "address and port are right and no firewall drops the connection"
+        )
     elif isinstance(exc, ConnectionRefusedError):
-        cause = (f"connection refused on port {host.port}; check that sshd is running "
-                 "there and listening on that port")
+        cause = (
+            f"connection refused on port {host.port}; check that sshd is running "
+            "there and listening on that port"
+        )
     elif isinstance(exc, socket.gaierror):
-        cause = (f"cannot resolve {host.address!r} ({exc.strerror}); fix the address in "
-                 "the hosts file or the DNS")
+        cause = (
+            f"cannot resolve {host.address!r} ({exc.strerror}); fix the address in "
+            "the hosts file or the DNS"
+        )
     elif isinstance(exc, asyncssh.PermissionDenied):
-        cause = (f"the host refused key {key} for user {host.user}; add {key}.pub to that "
-                 "user's authorized_keys on the host, or fix user/key_file in the hosts file")
+        cause = (
+            f"the host refused key {key} for user {host.user}; add {key}.pub to that "
+            "user's authorized_keys on the host, or fix user/key_file in the hosts file"
+        )
     elif isinstance(exc, asyncssh.DisconnectError):
         cause = f"the SSH handshake failed ({exc.reason}); check sshd's log on the host"
     else:
@@ -143,8 +151,7 @@ def _unreachable(name: str, host: HostConfig, exc: BaseException, timeout: float
     return HostUnreachable(f"{where}: {cause}")
 
 
-async def connect(name: str, host: HostConfig, *,
-                  timeout: float = 10.0) -> Connection:
+async def connect(name: str, host: HostConfig, *, timeout: float = 10.0) -> Connection:
     """An authenticated SSH connection to ``host``, its key verified.
 
     Raises :class:`HostKeyRejected` when the host's key is unknown or does
@@ -155,7 +162,9 @@ async def connect(name: str, host: HostConfig, *,
     if trusted is None:
         log.warning(
             "%s: insecure_accept_any_host_key is set, so its host key is NOT checked; "
-            "anyone on the network path can impersonate it", _where(name, host))
+            "anyone on the network path can impersonate it",
+            _where(name, host),
+        )
     key = await _client_key(name, host)
     try:
         async with asyncio.timeout(timeout):
@@ -195,8 +204,9 @@ async def connect(name: str, host: HostConfig, *,
 
 
 @asynccontextmanager
-async def session(name: str, host: HostConfig, *,
-                  timeout: float = 10.0) -> AsyncIterator[Connection]:
+async def session(
+    name: str, host: HostConfig, *, timeout: float = 10.0
+) -> AsyncIterator[Connection]:
     """:func:`connect` for the length of an ``async with`` block, closed afterwards."""
     conn = await connect(name, host, timeout=timeout)
     try:

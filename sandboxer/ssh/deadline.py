@@ -22,8 +22,16 @@ import shlex
 
 from sandboxer.errors import InvalidInput
 
-__all__ = ["KILL_GRACE", "TIMED_OUT_STATUSES", "WRAPPER_MISSING", "client_wait", "seconds_text",
-           "timed_out", "with_deadline", "wrapper_missing"]
+__all__ = [
+    "KILL_GRACE",
+    "TIMED_OUT_STATUSES",
+    "WRAPPER_MISSING",
+    "client_wait",
+    "seconds_text",
+    "timed_out",
+    "with_deadline",
+    "wrapper_missing",
+]
 
 KILL_GRACE = 5.0
 """Seconds between the SIGTERM at the deadline and the SIGKILL of what is left."""

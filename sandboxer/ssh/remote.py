@@ -136,8 +136,7 @@ async def run(
     program = argv[0]
     began = time.monotonic()
     try:
-        process = await conn.create_process(line, input=input, encoding="utf-8",
-                                             errors="replace")
+        process = await conn.create_process(line, input=input, encoding="utf-8", errors="replace")
     except (asyncssh.Error, OSError) as exc:
         raise _lost(conn, f"starting {program!r}", exc) from exc
     try:
@@ -145,8 +144,9 @@ async def run(
     except asyncssh.TimeoutError as exc:
         # The host did not report its own kill in time: it is likely unwell.
         process.terminate()
-        raise timed_out_error(conn, program, timeout, str(exc.stdout or ""),
-                              str(exc.stderr or ""), confirmed=False) from exc
+        raise timed_out_error(
+            conn, program, timeout, str(exc.stdout or ""), str(exc.stderr or ""), confirmed=False
+        ) from exc
     except (asyncssh.Error, OSError) as exc:
         raise _lost(conn, f"running {program!r}", exc) from exc
     finally:
@@ -167,7 +167,9 @@ async def run(
         raise RemoteCommandFailed(
             f"{_peer(conn)} has no 'timeout' command, which sandboxer needs to stop commands "
             "that run out of time; install coreutils there (see docs/hosts.md)",
-            exit_status=status, output_tail=_tail(stdout, stderr))
+            exit_status=status,
+            output_tail=_tail(stdout, stderr),
+        )
     log.debug("remote %r on %s exited %d", program, _peer(conn), status)
     if check and status != 0:
         raise RemoteCommandFailed(
@@ -178,11 +180,21 @@ async def run(
     return RemoteResult(status, stdout, stderr)
 
 
-def timed_out_error(conn: Connection, program: str, timeout: float, stdout: str = "",
-                    stderr: str = "", *, confirmed: bool) -> RemoteCommandFailed:
+def timed_out_error(
+    conn: Connection,
+    program: str,
+    timeout: float,
+    stdout: str = "",
+    stderr: str = "",
+    *,
+    confirmed: bool,
+) -> RemoteCommandFailed:
     """A command stopped at its deadline (``confirmed``: the host reported stopping it)."""
-    stopped = ("the host stopped it and everything it started" if confirmed else
-               "the host did not confirm that it stopped it; check the host's load and sshd")
+    stopped = (
+        "the host stopped it and everything it started"
+        if confirmed
+        else "the host did not confirm that it stopped it; check the host's load and sshd"
+    )
     return RemoteCommandFailed(
         f"{program!r} on {_peer(conn)} did not finish within {timeout:g}s; {stopped}. Raise "
         "the timeout if the command legitimately takes longer",
@@ -191,9 +203,7 @@ def timed_out_error(conn: Connection, program: str, timeout: float, stdout: str 
     )
 
 
-async def put_file(
-    conn: Connection, remote_path: str, data: bytes, *, mode: int = 0o600
-) -> None:
+async def put_file(conn: Connection, remote_path: str, data: bytes, *, mode: int = 0o600) -> None:
     """Write ``data`` to ``remote_path`` over SFTP, replacing it atomically.
 
     The bytes go to a fresh sibling created exclusively with ``mode`` (the
@@ -207,8 +217,7 @@ async def put_file(
     try:
         async with conn.start_sftp_client() as sftp:
             try:
-                async with sftp.open(staging, "xb",
-                                     asyncssh.SFTPAttrs(permissions=mode)) as handle:
+                async with sftp.open(staging, "xb", asyncssh.SFTPAttrs(permissions=mode)) as handle:
                     await handle.write(data)
                     await handle.chmod(mode)
                 try:

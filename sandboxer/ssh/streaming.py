@@ -35,9 +35,15 @@ POLL = 0.2
 _NO_ENV: Mapping[str, str] = {}
 
 
-async def stream(conn: Connection, argv: Sequence[str], output: ChunkSink, *,
-                 env: Mapping[str, str] = _NO_ENV, cwd: str | None = None,
-                 timeout: float | None = None) -> int:
+async def stream(
+    conn: Connection,
+    argv: Sequence[str],
+    output: ChunkSink,
+    *,
+    env: Mapping[str, str] = _NO_ENV,
+    cwd: str | None = None,
+    timeout: float | None = None,
+) -> int:
     """Run ``argv`` on the host in ``cwd``, hand its output to ``output``, return its exit code.
 
     The exit code follows the shell: 128 + N for a command killed by signal N.
@@ -54,7 +60,8 @@ async def stream(conn: Connection, argv: Sequence[str], output: ChunkSink, *,
     except (asyncssh.Error, OSError) as exc:
         raise HostUnreachable(
             f"the SSH connection failed while starting {argv[0]!r} ({exc}); check that the "
-            "host is up and retry") from exc
+            "host is up and retry"
+        ) from exc
 
     limit = asyncio.timeout(None if timeout is None else deadline.client_wait(timeout))
     try:
@@ -68,7 +75,8 @@ async def stream(conn: Connection, argv: Sequence[str], output: ChunkSink, *,
     except (asyncssh.Error, OSError) as exc:
         raise HostUnreachable(
             f"the SSH connection was lost while running {argv[0]!r} ({exc}); the host stops "
-            "the command at its deadline, if it had one") from exc
+            "the command at its deadline, if it had one"
+        ) from exc
     finally:
         process.close()
     if code is None:
@@ -79,9 +87,9 @@ async def stream(conn: Connection, argv: Sequence[str], output: ChunkSink, *,
     return status
 
 
-
-async def _pump_until_exit(process: asyncssh.SSHClientProcess[bytes],
-                           output: ChunkSink) -> int | None:
+async def _pump_until_exit(
+    process: asyncssh.SSHClientProcess[bytes], output: ChunkSink
+) -> int | None:
     """Hand output to ``output`` until the command exits, then what is left for a moment."""
 
     async def pump(reader: asyncssh.SSHReader[bytes], name: Literal["stdout", "stderr"]) -> None:
@@ -91,15 +99,18 @@ async def _pump_until_exit(process: asyncssh.SSHClientProcess[bytes],
                 return
             await output(name, chunk)
 
-    pumps = [asyncio.ensure_future(pump(process.stdout, "stdout")),
-             asyncio.ensure_future(pump(process.stderr, "stderr"))]
+    pumps = [
+        asyncio.ensure_future(pump(process.stdout, "stdout")),
+        asyncio.ensure_future(pump(process.stderr, "stderr")),
+    ]
     waiter = asyncio.ensure_future(process.wait())
     try:
         process.stdin.write_eof()
         pending: set[asyncio.Future[Any]] = {waiter, *pumps}
         while not waiter.done() and process.returncode is None:
-            done, pending = await asyncio.wait(pending, timeout=POLL,
-                                               return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await asyncio.wait(
+                pending, timeout=POLL, return_when=asyncio.FIRST_COMPLETED
+            )
             for task in done:
                 task.result()  # a failing output sink stops the command
         await asyncio.wait(pumps, timeout=DRAIN_GRACE)

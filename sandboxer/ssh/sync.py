@@ -50,7 +50,9 @@ rm -rf -- "$3"
 """
 
 
-def rsync_argv(host: HostConfig, local: Path, remote: str, known_hosts_file: str | None) -> list[str]:
+def rsync_argv(
+    host: HostConfig, local: Path, remote: str, known_hosts_file: str | None
+) -> list[str]:
     """The rsync command mirroring ``local`` into ``remote`` on ``host``.
 
     ``known_hosts_file`` is ``None`` only for insecure hosts: then the host's
@@ -62,19 +64,47 @@ def rsync_argv(host: HostConfig, local: Path, remote: str, known_hosts_file: str
             f"host {host.address}:{host.port} has no key_file in the hosts file; rsync uses "
             "only that key (no agent, no default keys): add e.g. key_file: ~/.ssh/id_ed25519"
         )
-    ssh = ["ssh", "-F", "/dev/null", "-p", str(host.port), "-l", host.user, "-i", str(key),
-           "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-           "-o", f"ConnectTimeout={CONNECT_TIMEOUT}", "-o", "GlobalKnownHostsFile=/dev/null",
-           "-o", "CheckHostIP=no", "-o", "LogLevel=ERROR"]
+    ssh = [
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-p",
+        str(host.port),
+        "-l",
+        host.user,
+        "-i",
+        str(key),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        f"ConnectTimeout={CONNECT_TIMEOUT}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "CheckHostIP=no",
+        "-o",
+        "LogLevel=ERROR",
+    ]
     if known_hosts_file is None:
         ssh += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     else:
         ssh += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts_file}"]
     address = f"[{host.address}]" if ":" in host.address else host.address
     # rsync splits -e itself and honours quotes, so each word is shell-quoted.
-    return ["rsync", "-a", "--delete", "--protect-args",
-            "-e", " ".join(shlex.quote(word) for word in ssh),
-            f"{local}/", f"{address}:{remote}/"]
+    return [
+        "rsync",
+        "-a",
+        "--delete",
+        "--protect-args",
+        "-e",
+        " ".join(shlex.quote(word) for word in ssh),
+        f"{local}/",
+        f"{address}:{remote}/",
+    ]
 
 
 def _check_paths(local: Path, remote: str) -> str:
@@ -94,7 +124,9 @@ async def _remote_has_rsync(conn: Connection) -> bool:
 
 async def _run_rsync(name: str, host: HostConfig, argv: list[str], timeout: float) -> None:
     process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"},
     )
@@ -171,8 +203,11 @@ def _walk(local: Path) -> list[_Entry]:
 
 def _attrs(path: Path) -> asyncssh.SFTPAttrs:
     found = path.lstat()
-    return asyncssh.SFTPAttrs(permissions=stat.S_IMODE(found.st_mode),
-                              atime=int(found.st_atime), mtime=int(found.st_mtime))
+    return asyncssh.SFTPAttrs(
+        permissions=stat.S_IMODE(found.st_mode),
+        atime=int(found.st_atime),
+        mtime=int(found.st_mtime),
+    )
 
 
 async def _upload(sftp: asyncssh.SFTPClient, local: Path, staging: str) -> None:
@@ -192,8 +227,9 @@ async def _upload(sftp: asyncssh.SFTPClient, local: Path, staging: str) -> None:
 
     async def put(entry: _Entry) -> None:
         async with limit:
-            await sftp.put(str(local / entry.relative), posixpath.join(staging, entry.relative),
-                           preserve=True)
+            await sftp.put(
+                str(local / entry.relative), posixpath.join(staging, entry.relative), preserve=True
+            )
 
     async with asyncio.TaskGroup() as group:
         for entry in files:
@@ -204,8 +240,7 @@ async def _upload(sftp: asyncssh.SFTPClient, local: Path, staging: str) -> None:
     await sftp.setstat(staging, _attrs(local))
 
 
-async def _sftp(conn: Connection, local: Path, remote: str,
-                timeout: float) -> None:
+async def _sftp(conn: Connection, local: Path, remote: str, timeout: float) -> None:
     token = secrets.token_hex(6)
     staging, old = f"{remote}.sbx-sync-{token}", f"{remote}.sbx-old-{token}"
     await run(conn, ["mkdir", "-p", "--", posixpath.dirname(remote)])
@@ -230,13 +265,15 @@ async def _sftp(conn: Connection, local: Path, remote: str,
         lost = _first(exc, (asyncssh.Error, OSError))
         if lost is not None:
             raise HostUnreachable(
-                f"the SSH connection failed while uploading {local}: {lost}") from exc
+                f"the SSH connection failed while uploading {local}: {lost}"
+            ) from exc
         raise
     await run(conn, ["sh", "-c", _SWAP_SCRIPT, "sh", remote, staging, old])
 
 
-def _first(exc: BaseException,
-           kinds: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
+def _first(
+    exc: BaseException, kinds: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
     """``exc`` if it is one of ``kinds``, or the first such error a TaskGroup wrapped."""
     if isinstance(exc, kinds):
         return exc

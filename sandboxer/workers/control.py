@@ -98,8 +98,11 @@ class ControlWorker:
         if requested is None and profile.placement.host_input:
             requested = admitted.inputs.get(profile.placement.host_input)
         host, why = await choose_host(
-            profile.placement, requested, load_hosts(self._settings),
-            hosts_file=f"the hosts file {hosts_path(self._settings)}")
+            profile.placement,
+            requested,
+            load_hosts(self._settings),
+            hosts_file=f"the hosts file {hosts_path(self._settings)}",
+        )
         return dataclasses.replace(
             admitted, host=host, route_reason=f"{admitted.route_reason}; {why}"
         )
@@ -109,8 +112,9 @@ class ControlWorker:
         loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command)
         if loaded.state.status == "destroying" and loaded.state.extension is None:
             # Never routed: nothing was made, so nothing to tear down.
-            loaded, _ = await apply(self._store, loaded.state.sandbox_id,
-                                    FinishTeardown(job_id="control"), loaded)
+            loaded, _ = await apply(
+                self._store, loaded.state.sandbox_id, FinishTeardown(job_id="control"), loaded
+            )
         return loaded
 
     async def _dispatch(self, loaded: Loaded) -> None:

@@ -97,8 +97,9 @@ class ExecService:
             return
         await send("started", b"")
         try:
-            code = await self._extension.exec(sandbox_id, request.argv, send, host=host,
-                                              service=request.service)
+            code = await self._extension.exec(
+                sandbox_id, request.argv, send, host=host, service=request.service
+            )
             result: dict[str, object] = {"exit_code": code}
         except SandboxerError as exc:
             result = {"error": exc.message}

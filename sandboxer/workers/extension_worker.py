@@ -93,19 +93,31 @@ class ExtensionWorker:
                 log.info("adopted sandbox %s", found.sandbox_id)
             elif state.status == "ready":
                 await self._safe_teardown(found.sandbox_id, found.host)
-                await self.apply(found.sandbox_id, MarkFailed(
-                    job_id="reconcile", reason="the sandbox's processes died while no worker "
-                    "was watching; recreate it", stage="job"))
+                await self.apply(
+                    found.sandbox_id,
+                    MarkFailed(
+                        job_id="reconcile",
+                        reason="the sandbox's processes died while no worker "
+                        "was watching; recreate it",
+                        stage="job",
+                    ),
+                )
             elif state.status == "destroying":
                 failure = await self._safe_teardown(found.sandbox_id, found.host)
-                await self.apply(found.sandbox_id, FinishTeardown(job_id="reconcile")
-                                 if failure is None else
-                                 MarkTeardownFailed(job_id="reconcile", reason=failure))
+                await self.apply(
+                    found.sandbox_id,
+                    FinishTeardown(job_id="reconcile")
+                    if failure is None
+                    else MarkTeardownFailed(job_id="reconcile", reason=failure),
+                )
             elif state.status in {"failed", "destroyed"}:
                 await self._safe_teardown(found.sandbox_id, found.host)
             elif state.status == "new":
-                log.warning("sandbox %s exists on this host but not in the log; "
-                            "'sandboxer reap-stale' removes such orphans", found.sandbox_id)
+                log.warning(
+                    "sandbox %s exists on this host but not in the log; "
+                    "'sandboxer reap-stale' removes such orphans",
+                    found.sandbox_id,
+                )
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         lock = self._locks.get(sandbox_id)
@@ -126,8 +138,10 @@ class ExtensionWorker:
             if loaded.state.version < job.version:
                 # The log holds what made this job; a replica still catching up answered the
                 # read. Acking now would lose the job: wait for a current read instead.
-                raise StreamUnavailable(f"sandbox {job.sandbox_id}: the log read is behind "
-                                        f"its job (version {loaded.state.version} < {job.version})")
+                raise StreamUnavailable(
+                    f"sandbox {job.sandbox_id}: the log read is behind "
+                    f"its job (version {loaded.state.version} < {job.version})"
+                )
             host = loaded.state.host
             if job.action == "teardown":
                 await self._teardown(job, host)
@@ -195,8 +209,11 @@ class ExtensionWorker:
         )
         if not marked and loaded.state.status != "ready":
             # Destroyed (or recreated) while we worked: do not leave what we made behind.
-            log.info("sandbox %s became %s during provisioning; tearing down",
-                     job.sandbox_id, loaded.state.status)
+            log.info(
+                "sandbox %s became %s during provisioning; tearing down",
+                job.sandbox_id,
+                loaded.state.status,
+            )
             await self.extension.teardown(job.sandbox_id, host=state.host)
 
     async def _teardown(self, job: Job, host: str | None) -> None:
@@ -230,11 +247,18 @@ class ExtensionWorker:
     async def _reject_job(self, msg: Msg, reason: str) -> None:
         """Record a job nobody can run (only the control worker publishes jobs: this is junk)."""
         log.warning("rejecting an unreadable job on %s: %s", msg.subject, reason)
-        await self._store.record(CommandRejected(
-            command_id=None, command="job", code="unreadable_job", reason=reason[:MAX_REASON_CHARS],
-            stream_seq=msg.metadata.sequence.stream, stream=subjects.JOBS_STREAM,
-            actor=SYSTEM_ACTOR, at=utc_now(),
-        ))
+        await self._store.record(
+            CommandRejected(
+                command_id=None,
+                command="job",
+                code="unreadable_job",
+                reason=reason[:MAX_REASON_CHARS],
+                stream_seq=msg.metadata.sequence.stream,
+                stream=subjects.JOBS_STREAM,
+                actor=SYSTEM_ACTOR,
+                at=utc_now(),
+            )
+        )
 
 
 def _reason(exc: BaseException, secrets: dict[str, str]) -> str:

@@ -60,6 +60,9 @@ async def choose_host(
             return name, reason
         skipped.append(f"{name} unhealthy: {why_not}")
     if not skipped:
-        raise Rejected("no_host", "no hosts are configured; add them to the hosts file "
-                       "($SANDBOXER_HOME/hosts.yaml, see docs/hosts.md)")
+        raise Rejected(
+            "no_host",
+            "no hosts are configured; add them to the hosts file "
+            "($SANDBOXER_HOME/hosts.yaml, see docs/hosts.md)",
+        )
     raise Rejected("no_host", "no host can take this sandbox: " + "; ".join(skipped))

@@ -38,8 +38,13 @@ async def inspect_and_record(
         report = await extension.inspect_host(host) if isinstance(extension, HostInspector) else {}
     except Exception as exc:
         report = {"error": str(exc), "reachable": False}
-    await store.record(HostInspected(
-        host=event_host(host), extension=extension.id, actor=SYSTEM_ACTOR, at=utc_now(),
-        report=report,
-    ))
+    await store.record(
+        HostInspected(
+            host=event_host(host),
+            extension=extension.id,
+            actor=SYSTEM_ACTOR,
+            at=utc_now(),
+            report=report,
+        )
+    )
     return report

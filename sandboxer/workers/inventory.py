@@ -46,9 +46,11 @@ __all__ = ["InventoryService"]
 
 log = logging.getLogger(__name__)
 
+
 class InventoryService:
-    def __init__(self, nc: Client, store: EventStore, extension: Extension,
-                 settings: Settings) -> None:
+    def __init__(
+        self, nc: Client, store: EventStore, extension: Extension, settings: Settings
+    ) -> None:
         self._nc = nc
         self._store = store
         self._extension = extension
@@ -57,11 +59,17 @@ class InventoryService:
 
     async def start(self) -> None:
         queue = "" if self._extension.host_local else f"inventory-{self._extension.id}"
-        await self._responder.serve({
-            subjects.admin_subject(action, self._extension.id): handler
-            for action, handler in (
-                ("inspect", self._inspect), ("stale", self._stale), ("reap", self._reap))
-        }, queue=queue)
+        await self._responder.serve(
+            {
+                subjects.admin_subject(action, self._extension.id): handler
+                for action, handler in (
+                    ("inspect", self._inspect),
+                    ("stale", self._stale),
+                    ("reap", self._reap),
+                )
+            },
+            queue=queue,
+        )
 
     async def stop(self) -> None:
         await self._responder.stop()
@@ -78,7 +86,8 @@ class InventoryService:
             if wanted not in names:
                 raise RequestError(
                     f"host {wanted!r} is not in the hosts file {hosts_path(self._settings)} "
-                    f"(known: {', '.join(names) or 'none'}); add it there (see docs/hosts.md)")
+                    f"(known: {', '.join(names) or 'none'}); add it there (see docs/hosts.md)"
+                )
             return [wanted]
         return list(names)
 
@@ -110,20 +119,25 @@ class InventoryService:
 
     async def _stuck_in_log(self, host: str | None) -> list[dict[str, Any]]:
         """Sandboxes of this backend and host whose teardown failed for good."""
-        return [{"sandbox_id": sandbox["sandbox_id"], "reason": sandbox["teardown_failure"]}
-                for sandbox in await self._in_log("destroying", host)
-                if sandbox.get("teardown_failure")]
+        return [
+            {"sandbox_id": sandbox["sandbox_id"], "reason": sandbox["teardown_failure"]}
+            for sandbox in await self._in_log("destroying", host)
+            if sandbox.get("teardown_failure")
+        ]
 
     async def _in_log(self, status: str, host: str | None) -> list[dict[str, Any]]:
         """What the sandbox view holds in ``status`` for this backend on ``host``."""
         try:
             reply = await self._nc.request(
-                subjects.QUERY_LIST, msgspec.json.encode({"status": status, "limit": 10_000}),
+                subjects.QUERY_LIST,
+                msgspec.json.encode({"status": status, "limit": 10_000}),
                 timeout=10,
             )
         except Exception as exc:
-            raise BusError(f"listing {status} sandboxes failed: no projector answered "
-                           f"({type(exc).__name__}); is 'sandboxer up' running?") from exc
+            raise BusError(
+                f"listing {status} sandboxes failed: no projector answered "
+                f"({type(exc).__name__}); is 'sandboxer up' running?"
+            ) from exc
         listed = msgspec.json.decode(reply.data)
         if not listed.get("ok"):
             raise BusError(f"listing {status} sandboxes failed: {listed.get('error')}")
@@ -143,8 +157,13 @@ class InventoryService:
         hosts = []
         for host in self._hosts(request):
             drift = await self._drift(host)
-            hosts.append({"host": event_host(host), **drift.to_dict(),
-                          "stuck": await self._stuck_in_log(host)})
+            hosts.append(
+                {
+                    "host": event_host(host),
+                    **drift.to_dict(),
+                    "stuck": await self._stuck_in_log(host),
+                }
+            )
         return {"hosts": hosts}
 
     async def _reap(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -160,25 +179,44 @@ class InventoryService:
             for corpse in drift.corpses:
                 # Recorded before the teardown: should the teardown fail, the sandbox is
                 # already failed, and what is left is an orphan the next reap removes.
-                await apply(self._store, corpse.sandbox_id, MarkFailed(
-                    job_id="reap-stale", stage="job",
-                    reason=f"{corpse_reason(corpse)} (found by reap-stale, which removed what "
-                           "was left); recreate or destroy it"))
+                await apply(
+                    self._store,
+                    corpse.sandbox_id,
+                    MarkFailed(
+                        job_id="reap-stale",
+                        stage="job",
+                        reason=f"{corpse_reason(corpse)} (found by reap-stale, which removed what "
+                        "was left); recreate or destroy it",
+                    ),
+                )
                 await self._extension.teardown(corpse.sandbox_id, host=host)
                 removed.append(corpse.sandbox_id)
             ghosts = drift.ghosts
             for ghost in ghosts:
-                await apply(self._store, ghost, MarkFailed(
-                    job_id="reap-stale", stage="job",
-                    reason=f"its resources are gone from {event_host(host)} "
-                           "(found by reap-stale); recreate or destroy it"))
+                await apply(
+                    self._store,
+                    ghost,
+                    MarkFailed(
+                        job_id="reap-stale",
+                        stage="job",
+                        reason=f"its resources are gone from {event_host(host)} "
+                        "(found by reap-stale); recreate or destroy it",
+                    ),
+                )
             marked = [*ghosts, *(corpse.sandbox_id for corpse in drift.corpses)]
             removed += await self._retry_stuck(host)
             name = event_host(host)
             if removed or marked:
-                await self._store.record(HostReaped(host=name, extension=self._extension.id,
-                                              actor=SYSTEM_ACTOR, at=utc_now(),
-                                              removed=removed, marked_failed=marked))
+                await self._store.record(
+                    HostReaped(
+                        host=name,
+                        extension=self._extension.id,
+                        actor=SYSTEM_ACTOR,
+                        at=utc_now(),
+                        removed=removed,
+                        marked_failed=marked,
+                    )
+                )
             hosts.append({"host": name, "removed": removed, "marked_failed": marked})
         return {"hosts": hosts, "applied": True}
 
@@ -191,8 +229,13 @@ class InventoryService:
                 await self._extension.teardown(sandbox_id, host=host)
             except SandboxerError as exc:
                 log.warning("reap-stale: the teardown of %s failed again: %s", sandbox_id, exc)
-                await apply(self._store, sandbox_id, MarkTeardownFailed(
-                    job_id="reap-stale", reason=f"{exc.message} (reap-stale tried again)"))
+                await apply(
+                    self._store,
+                    sandbox_id,
+                    MarkTeardownFailed(
+                        job_id="reap-stale", reason=f"{exc.message} (reap-stale tried again)"
+                    ),
+                )
                 continue
             await apply(self._store, sandbox_id, FinishTeardown(job_id="reap-stale"))
             finished.append(sandbox_id)

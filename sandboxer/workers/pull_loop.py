@@ -166,8 +166,13 @@ class _Outcomes:
     async def _failed(self, msg: Msg, seq: int, exc: Exception) -> None:
         name = self.spec.durable
         if is_unavailability(exc):
-            log.warning("%s: %s waits for the bus (%s); retrying in %.1f s", name,
-                        msg.subject, exc, retry_delay(msg))
+            log.warning(
+                "%s: %s waits for the bus (%s); retrying in %.1f s",
+                name,
+                msg.subject,
+                exc,
+                retry_delay(msg),
+            )
             await _settle(lambda: msg.nak(delay=retry_delay(msg)), msg)
             return
         if len(self.failures) >= MAX_TRACKED and seq not in self.failures:
@@ -178,14 +183,17 @@ class _Outcomes:
             log.warning("%s: %s failed (%s); it will be redelivered", name, msg.subject, exc)
             await _settle(lambda: msg.nak(delay=retry_delay(msg)), msg)
             return
-        log.error("%s: giving up on %s after %d failures", name, msg.subject, count,
-                  exc_info=exc)
+        log.error("%s: giving up on %s after %d failures", name, msg.subject, count, exc_info=exc)
         try:
             await self.on_poison(msg, exc)
         except Exception as hook_exc:
             # Its outcome is not on record: keep the message, and try again later.
-            log.warning("%s: recording the failure of %s failed too (%r); it will be retried",
-                        name, msg.subject, hook_exc)
+            log.warning(
+                "%s: recording the failure of %s failed too (%r); it will be retried",
+                name,
+                msg.subject,
+                hook_exc,
+            )
             await _settle(lambda: msg.nak(delay=retry_delay(msg)), msg)
             return
         self.failures.pop(seq, None)

@@ -69,13 +69,15 @@ def _compose_ssh(engine_fixture: str) -> Callable[[Path, dict[str, Any]], Awaita
 
     async def factory(tmp: Path, fixtures: dict[str, Any]) -> Subject:
         engine = fixtures[engine_fixture]
-        settings = await _remote_settings(tmp, fixtures, env=engine.env,
-                                          compose_cmd=engine.compose_cmd)
+        settings = await _remote_settings(
+            tmp, fixtures, env=engine.env, compose_cmd=engine.compose_cmd
+        )
         repo = tmp / "repo"
         (repo / "e2e").mkdir(parents=True)
         (repo / "e2e" / "compose.yml").write_text(COMPOSE)
-        return Subject(ComposeSshExtension(settings), "profile.compose-e2e",
-                       {"repo": str(repo)}, host="host1")
+        return Subject(
+            ComposeSshExtension(settings), "profile.compose-e2e", {"repo": str(repo)}, host="host1"
+        )
 
     return factory
 
@@ -85,8 +87,12 @@ async def _vm_packer(tmp: Path, fixtures: dict[str, Any]) -> Subject:
     repo = tmp / "repo"
     repo.mkdir()
     (repo / "README").write_text("the repo\n")
-    return Subject(VmPackerExtension(settings), "profile.vm-haskell-build",
-                   {"vm": "host1", "repo": str(repo)}, host="host1")
+    return Subject(
+        VmPackerExtension(settings),
+        "profile.vm-haskell-build",
+        {"vm": "host1", "repo": str(repo)},
+        host="host1",
+    )
 
 
 REMOTE = ("ssh_hosts", "monkeypatch")
@@ -106,8 +112,9 @@ def backend(request: pytest.FixtureRequest) -> tuple[Backend, dict[str, Any]]:
 
 
 @pytest.fixture
-async def subject(backend: tuple[Backend, dict[str, Any]],
-                  tmp_path: Path) -> AsyncIterator[Subject]:
+async def subject(
+    backend: tuple[Backend, dict[str, Any]], tmp_path: Path
+) -> AsyncIterator[Subject]:
     chosen, fixtures = backend
     made = await chosen.factory(tmp_path, fixtures)
     yield made
@@ -116,9 +123,12 @@ async def subject(backend: tuple[Backend, dict[str, Any]],
 
 
 def request_for(sandbox_id: str, subject: Subject) -> ProvisionRequest:
-    return ProvisionRequest(sandbox_id=sandbox_id,
-                            profile=Catalog.load().profile(subject.profile),
-                            inputs=subject.inputs, host=subject.host)
+    return ProvisionRequest(
+        sandbox_id=sandbox_id,
+        profile=Catalog.load().profile(subject.profile),
+        inputs=subject.inputs,
+        host=subject.host,
+    )
 
 
 class TestExtensionContract:
@@ -151,9 +161,7 @@ class TestExtensionContract:
         assert [f.sandbox_id for f in await extension.list_sandboxes()] == ["contract0003"]
 
     @pytest.mark.parametrize("bad", ["../../etc", "a;rm -rf /", "UPPER1234", "x", "$(id)aaaa"])
-    async def test_hostile_ids_are_refused_before_any_io(
-        self, subject: Subject, bad: str
-    ) -> None:
+    async def test_hostile_ids_are_refused_before_any_io(self, subject: Subject, bad: str) -> None:
         extension = subject.extension
         with pytest.raises(InvalidInput):
             await extension.provision(request_for(bad, subject))

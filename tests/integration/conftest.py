@@ -101,8 +101,7 @@ async def start_service(home: Path, url: str, roles: list[str] | None = None) ->
         await asyncio.sleep(0.05)
     await client.close()
     task.result()  # the roles ended before answering: raise what stopped them
-    pytest.fail(f"the service (roles {', '.join(roles)}) stopped before it answered",
-                pytrace=False)
+    pytest.fail(f"the service (roles {', '.join(roles)}) stopped before it answered", pytrace=False)
 
 
 async def reap_local(home: Path) -> None:
@@ -133,12 +132,17 @@ class Cli:
 
     env: dict[str, str]
 
-    async def __call__(self, *args: str, check: bool = True,
-                       timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    async def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         result = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "sandboxer.cli.app", *args],
-            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(

@@ -86,8 +86,11 @@ def _free_port() -> int:
 
 def _keygen(path: Path) -> str:
     """A fresh ed25519 key pair at ``path``; returns the public key line."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
     return path.with_suffix(".pub").read_text().strip()
 
 
@@ -177,7 +180,9 @@ class SshServer:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation dir
         self.process = subprocess.Popen(
             [self.sshd, "-D", "-f", str(self.config), "-E", str(self.log)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + SSHD_READY_TIMEOUT
         while True:
@@ -273,10 +278,17 @@ class SshHosts:
                 "workspace_root": str(directory / "workspaces"),
             }
             fields.update(host_fields)
-            infos.append(SshHostInfo(
-                name=name, port=server.port, key_file=self.client_key, known_hosts=known_hosts,
-                host_public_key=server.host_public_key, host=HostConfig(**fields), server=server,
-            ))
+            infos.append(
+                SshHostInfo(
+                    name=name,
+                    port=server.port,
+                    key_file=self.client_key,
+                    known_hosts=known_hosts,
+                    host_public_key=server.host_public_key,
+                    host=HostConfig(**fields),
+                    server=server,
+                )
+            )
         return infos
 
     async def close(self) -> None:
@@ -356,8 +368,9 @@ def _build_mini_tar(directory: Path, busybox: str) -> Path:
     for applet in applets.stdout.split():
         if applet != "busybox":
             (rootfs / "bin" / applet).symlink_to("busybox")
-    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
-                                           "nobody:x:65534:65534:nobody:/:/bin/false\n")
+    (rootfs / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+    )
     (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
     tar = directory / "mini.tar"
     subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
@@ -388,15 +401,22 @@ class DockerEngine:
     def env(self) -> dict[str, str]:
         return {"DOCKER_HOST": self.docker_host}
 
-    def cli(self, *args: str, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return self.docker(*args, check=check, timeout=timeout)
 
-    def docker(self, *args: str, check: bool = True,
-               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run the docker CLI against this engine (blocking: for set-up and checks)."""
-        return subprocess.run(["docker", "-H", self.docker_host, *args], check=check,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["docker", "-H", self.docker_host, *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     @classmethod
     def start(cls) -> DockerEngine:
@@ -424,18 +444,43 @@ class DockerEngine:
         log = directory / f"dockerd-{driver}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [dockerd, "--data-root", str(directory / "root"),
-                 "--exec-root", str(directory / "exec"), "--pidfile", str(directory / "pid"),
-                 "-H", f"unix://{directory / 'docker.sock'}",
-                 "--iptables=false", "--ip6tables=false", "--bridge=none",
-                 "--ip-forward=false", "--ip-masq=false", f"--storage-driver={driver}"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                [
+                    dockerd,
+                    "--data-root",
+                    str(directory / "root"),
+                    "--exec-root",
+                    str(directory / "exec"),
+                    "--pidfile",
+                    str(directory / "pid"),
+                    "-H",
+                    f"unix://{directory / 'docker.sock'}",
+                    "--iptables=false",
+                    "--ip6tables=false",
+                    "--bridge=none",
+                    "--ip-forward=false",
+                    "--ip-masq=false",
+                    f"--storage-driver={driver}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
         deadline = time.monotonic() + DOCKERD_READY_TIMEOUT
         while process.poll() is None and time.monotonic() < deadline:
             info = subprocess.run(
-                ["docker", "-H", f"unix://{directory / 'docker.sock'}", "info", "--format",
-                 "{{.Driver}}"], check=False, capture_output=True, text=True)
+                [
+                    "docker",
+                    "-H",
+                    f"unix://{directory / 'docker.sock'}",
+                    "info",
+                    "--format",
+                    "{{.Driver}}",
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+            )
             if info.returncode == 0:
                 return process
             time.sleep(0.05)
@@ -486,8 +531,9 @@ class ComposeEngine(Protocol):
     def env(self) -> dict[str, str]:
         """What a host's ``env`` must set for its commands to reach this engine."""
 
-    def cli(self, *args: str, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """The engine's own CLI (``docker``/``podman``), blocking: for set-up and checks."""
 
 
@@ -531,14 +577,23 @@ class PodmanEngine:
     def env(self) -> dict[str, str]:
         # An SSH session gets the system PATH, which lacks the venv holding podman-compose.
         path = f"{self.compose_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        return {"CONTAINERS_CONF": str(self.directory / "containers.conf"),
-                "CONTAINERS_STORAGE_CONF": str(self.directory / "storage.conf"),
-                "PATH": path}
+        return {
+            "CONTAINERS_CONF": str(self.directory / "containers.conf"),
+            "CONTAINERS_STORAGE_CONF": str(self.directory / "storage.conf"),
+            "PATH": path,
+        }
 
-    def cli(self, *args: str, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["podman", *args], check=check, capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, **self.env})
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["podman", *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env},
+        )
 
     @classmethod
     def start(cls) -> PodmanEngine:
@@ -547,13 +602,19 @@ class PodmanEngine:
         busybox = require_tool("busybox", "busybox-static")
         compose_bin = Path(sys.executable).parent
         if not (compose_bin / "podman-compose").exists() and shutil.which("podman-compose") is None:
-            pytest.fail("required tool 'podman-compose' is missing; install it with: "
-                        ".venv/bin/pip install podman-compose (or run 'make dev')", pytrace=False)
+            pytest.fail(
+                "required tool 'podman-compose' is missing; install it with: "
+                ".venv/bin/pip install podman-compose (or run 'make dev')",
+                pytrace=False,
+            )
         if not (compose_bin / "podman-compose").exists():
             compose_bin = Path(str(shutil.which("podman-compose"))).parent
         if not CATATONIT.exists():
-            pytest.fail(f"podman's init {CATATONIT} is missing (compose files use init: true); "
-                        "install it with: apt-get install -y catatonit", pytrace=False)
+            pytest.fail(
+                f"podman's init {CATATONIT} is missing (compose files use init: true); "
+                "install it with: apt-get install -y catatonit",
+                pytrace=False,
+            )
         directory = Path(tempfile.mkdtemp(prefix="sbx-podman-", dir="/tmp"))
         (directory / "containers.conf").write_text(PODMAN_CONF.format(d=directory))
         (directory / "storage.conf").write_text(PODMAN_STORAGE.format(d=directory))

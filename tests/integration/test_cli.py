@@ -123,8 +123,14 @@ async def test_embedded_default_starts_in_the_background(home: Path) -> None:
 
 async def test_events_follow_streams_new_events(service: Service, cli_env: dict[str, str]) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sandboxer.cli.app", "events", "--follow", "--json",
-        env=cli_env, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "sandboxer.cli.app",
+        "events",
+        "--follow",
+        "--json",
+        env=cli_env,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         await asyncio.sleep(1.0)  # let it subscribe

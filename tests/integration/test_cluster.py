@@ -119,9 +119,9 @@ async def test_roles_create_the_streams_together(cluster: NatsCluster) -> None:
     """Roles starting at once on different nodes all get the R3 streams (none times out)."""
     connections = [await connect([url], name=f"test-node{i}") for i, url in enumerate(cluster.urls)]
     try:
-        await asyncio.gather(*(
-            ensure_streams(nc.jetstream(), replicas_for(nc._server_info)) for nc in connections
-        ))
+        await asyncio.gather(
+            *(ensure_streams(nc.jetstream(), replicas_for(nc._server_info)) for nc in connections)
+        )
         js = connections[0].jetstream()
         for name in (subjects.COMMANDS_STREAM, subjects.EVENTS_STREAM, subjects.JOBS_STREAM):
             assert (await js.stream_info(name)).config.num_replicas == 3
@@ -149,9 +149,15 @@ async def restart_node(cluster: NatsCluster, index: int) -> NatsServerProcess:
     """Start node ``index`` again on its store, client port and route port, as after a crash."""
     old = cluster.servers[index]
     node = NatsServerProcess(
-        old.store_dir, binary=cluster.binary, host=old.host, port=old.port, monitor_port=0,
-        server_name=old.server_name, cluster_name=cluster.name,
-        cluster_port=int(old.routes[index].rsplit(":", 1)[1]), routes=old.routes,
+        old.store_dir,
+        binary=cluster.binary,
+        host=old.host,
+        port=old.port,
+        monitor_port=0,
+        server_name=old.server_name,
+        cluster_name=cluster.name,
+        cluster_port=int(old.routes[index].rsplit(":", 1)[1]),
+        routes=old.routes,
         ready_timeout=cluster.ready_timeout,
     )
     cluster.servers[index] = await node.start()
@@ -168,8 +174,10 @@ async def leaders(js: Any, cluster: NatsCluster) -> dict[str, int]:
                 with contextlib.suppress(Exception):
                     info = (await js.stream_info(stream)).cluster
                     replicas = info.replicas or []
-                    if info.leader in names and len(replicas) == 2 and all(
-                        r.current and not r.offline for r in replicas
+                    if (
+                        info.leader in names
+                        and len(replicas) == 2
+                        and all(r.current and not r.offline for r in replicas)
                     ):
                         found[stream] = names.index(info.leader)
             if len(found) < len(STREAMS):
@@ -181,8 +189,11 @@ async def leaders(js: Any, cluster: NatsCluster) -> dict[str, int]:
 async def step_down(nc: Client, api: str, preferred: str) -> None:
     """Ask for a new leader of a stream or consumer, on node ``preferred`` if it can."""
     with contextlib.suppress(Exception):  # refused mid-election: the caller looks again
-        await nc.request(f"$JS.API.{api}", json.dumps({"placement": {"preferred": preferred}})
-                         .encode(), timeout=5)
+        await nc.request(
+            f"$JS.API.{api}",
+            json.dumps({"placement": {"preferred": preferred}}).encode(),
+            timeout=5,
+        )
 
 
 async def service_node(cluster: NatsCluster) -> int:
@@ -223,8 +234,11 @@ async def arrange_victim(nc: Client, cluster: NatsCluster, stream: str, *, servi
             moves: list[tuple[str, str]] = []
             if found[stream] != victim:
                 moves.append((f"STREAM.LEADER.STEPDOWN.{stream}", names[victim]))
-            moves += [(f"STREAM.LEADER.STEPDOWN.{other}", safe) for other in STREAMS
-                      if other != stream and found[other] == victim]
+            moves += [
+                (f"STREAM.LEADER.STEPDOWN.{other}", safe)
+                for other in STREAMS
+                if other != stream and found[other] == victim
+            ]
             for queue in (subjects.COMMANDS_STREAM, subjects.JOBS_STREAM):
                 for info in await js.consumers_info(queue):
                     if info.cluster is not None and info.cluster.leader == names[victim]:
@@ -244,8 +258,11 @@ async def cluster_service(
     env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=cluster.url)
     with (home / "service.log").open("ab") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [sys.executable, "-m", "sandboxer.cli.app", "up"], env=env,
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            [sys.executable, "-m", "sandboxer.cli.app", "up"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
         )
     try:
         yield process
@@ -295,8 +312,12 @@ async def consumers(nc: Client) -> dict[str, Any]:
     for stream in (subjects.COMMANDS_STREAM, subjects.JOBS_STREAM):
         with contextlib.suppress(Exception):
             for info in await js.consumers_info(stream):
-                counts[info.name] = (info.num_pending, info.num_ack_pending,
-                                     info.num_redelivered, (await js.stream_info(stream)).state.messages)
+                counts[info.name] = (
+                    info.num_pending,
+                    info.num_ack_pending,
+                    info.num_redelivered,
+                    (await js.stream_info(stream)).state.messages,
+                )
     return counts
 
 
@@ -327,9 +348,14 @@ def unstarted_nodes(base: Path, size: int = 3) -> list[NatsServerProcess]:
         ports = [int(sock.getsockname()[1]) for sock in sockets]
     routes = [f"nats://127.0.0.1:{port}" for port in ports]
     return [
-        NatsServerProcess(base / f"n{i}", binary=Settings.from_env().nats_server,
-                          server_name=f"forming-n{i}", cluster_name="forming",
-                          cluster_port=port, routes=routes)
+        NatsServerProcess(
+            base / f"n{i}",
+            binary=Settings.from_env().nats_server,
+            server_name=f"forming-n{i}",
+            cluster_name="forming",
+            cluster_port=port,
+            routes=routes,
+        )
         for i, port in enumerate(ports, start=1)
     ]
 
@@ -357,7 +383,9 @@ async def test_start_up_waits_for_the_cluster_to_place_the_streams(tmp_path: Pat
 
 
 async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_create(
-    cluster: NatsCluster, home: Path, cluster_service: subprocess.Popen[bytes],
+    cluster: NatsCluster,
+    home: Path,
+    cluster_service: subprocess.Popen[bytes],
 ) -> None:
     """Every create JetStream acknowledged reaches one outcome, whichever leader dies.
 
@@ -414,8 +442,10 @@ async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_creat
         await nc.close()
 
     outcomes = Counter(ledger.status(c) for c in ledger.acked)
-    report = (f"{rounds} rounds, {len(ledger.acked)} acked, refused {dict(ledger.refused)}, outcomes {dict(outcomes)}, "
-              f"{elapsed:.0f} s; service log: {home / 'service.log'}")
+    report = (
+        f"{rounds} rounds, {len(ledger.acked)} acked, refused {dict(ledger.refused)}, outcomes {dict(outcomes)}, "
+        f"{elapsed:.0f} s; service log: {home / 'service.log'}"
+    )
     print(report)  # shown with -s: how much each run exercised
     assert ledger.unsettled() == [], report
     assert rounds == len(ROUNDS), report

@@ -53,8 +53,10 @@ def start_worker(home: Path, url: str) -> subprocess.Popen[bytes]:
     env.pop("SANDBOXER_ACK_WAIT", None)  # the default is what users get
     with (home / "worker.log").open("ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "sandboxer.cli.app", "worker", "ext.local"], env=env,
-            stdout=subprocess.DEVNULL, stderr=log,
+            [sys.executable, "-m", "sandboxer.cli.app", "worker", "ext.local"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
 
 

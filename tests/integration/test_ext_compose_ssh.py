@@ -97,16 +97,32 @@ class Env:
     def root(self) -> Path:
         return Path(self.host.host.workspace_root)
 
-    def request(self, sandbox_id: str, repo: Path | str, *, host: str | None = "host1",
-                secrets: dict[str, str] | None = None, **inputs: str) -> ProvisionRequest:
-        return ProvisionRequest(sandbox_id=sandbox_id, profile=self.profile,
-                                inputs={"repo": str(repo), **inputs}, secrets=secrets or {},
-                                host=host)
+    def request(
+        self,
+        sandbox_id: str,
+        repo: Path | str,
+        *,
+        host: str | None = "host1",
+        secrets: dict[str, str] | None = None,
+        **inputs: str,
+    ) -> ProvisionRequest:
+        return ProvisionRequest(
+            sandbox_id=sandbox_id,
+            profile=self.profile,
+            inputs={"repo": str(repo), **inputs},
+            secrets=secrets or {},
+            host=host,
+        )
 
     def containers(self, sandbox_id: str) -> list[str]:
         out = self.engine.cli(
-            "ps", "-a", "--filter", f"label=com.docker.compose.project=sbx-{sandbox_id}",
-            "--format", "{{.Names}}").stdout
+            "ps",
+            "-a",
+            "--filter",
+            f"label=com.docker.compose.project=sbx-{sandbox_id}",
+            "--format",
+            "{{.Names}}",
+        ).stdout
         return sorted(out.split())
 
     async def found(self) -> dict[str, FoundSandbox]:
@@ -125,8 +141,12 @@ def settings_for(home: Path) -> Settings:
 
 
 @pytest.fixture
-async def env(ssh_hosts: SshHosts, compose_engine: ComposeEngine, tmp_path: Path,
-              monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
+async def env(
+    ssh_hosts: SshHosts,
+    compose_engine: ComposeEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Env]:
     monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
     [host] = await ssh_hosts(1, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
     home = tmp_path / "home"
@@ -140,8 +160,9 @@ async def env(ssh_hosts: SshHosts, compose_engine: ComposeEngine, tmp_path: Path
             await extension.teardown(found.sandbox_id, host=found.host)
 
 
-async def collect_exec(extension: ComposeSshExtension, sandbox_id: str, argv: list[str],
-                       service: str | None = None) -> tuple[int, dict[str, bytes]]:
+async def collect_exec(
+    extension: ComposeSshExtension, sandbox_id: str, argv: list[str], service: str | None = None
+) -> tuple[int, dict[str, bytes]]:
     out: dict[str, bytes] = {"stdout": b"", "stderr": b""}
 
     async def sink(stream: str, data: bytes) -> None:
@@ -190,13 +211,15 @@ async def test_full_lifecycle(env: Env, tmp_path: Path) -> None:
 
     # exec runs inside a service's container: the first service unless one is named.
     script = 'printf "%s|" "${API_TOKEN:-none}"; test -e /e2e && echo host || echo container'
-    code, out = await collect_exec(env.extension, "composelife01",
-                                   ["sh", "-c", f"{script}; echo oops >&2; exit 3"])
+    code, out = await collect_exec(
+        env.extension, "composelife01", ["sh", "-c", f"{script}; echo oops >&2; exit 3"]
+    )
     assert code == 3
     assert out["stdout"] == b"none|container\n"  # web has no API_TOKEN
     assert out["stderr"] == b"oops\n"
-    code, out = await collect_exec(env.extension, "composelife01", ["sh", "-c", script],
-                                   service="worker")
+    code, out = await collect_exec(
+        env.extension, "composelife01", ["sh", "-c", script], service="worker"
+    )
     assert (code, out["stdout"]) == (0, f"{SECRET}|container\n".encode())
     with pytest.raises(InvalidInput, match="no service 'nope'; its services are web, worker"):
         await collect_exec(env.extension, "composelife01", ["true"], service="nope")
@@ -211,9 +234,14 @@ async def test_full_lifecycle(env: Env, tmp_path: Path) -> None:
     assert report["engine"] == env.engine.name
     assert report["sandboxes"] == ["composelife01"]
     assert report["workspaces"] == ["composelife01"]
-    assert report["compose_projects"] == [{"project": "sbx-composelife01",
-                                           "sandbox_id": "composelife01",
-                                           "containers": 2, "running": 2}]
+    assert report["compose_projects"] == [
+        {
+            "project": "sbx-composelife01",
+            "sandbox_id": "composelife01",
+            "containers": 2,
+            "running": 2,
+        }
+    ]
     assert len(report["containers"]) == 2
 
     tearing_down = time.monotonic()
@@ -227,7 +255,11 @@ async def test_full_lifecycle(env: Env, tmp_path: Path) -> None:
     await env.extension.teardown("composelife01")  # and without a host
     logging.getLogger(__name__).warning(
         "compose-ssh timings on %s: provision %.2fs, ready %.2fs, teardown %.2fs",
-        env.engine.name, provisioned - began, ready - provisioned, torn_down - tearing_down)
+        env.engine.name,
+        provisioned - began,
+        ready - provisioned,
+        torn_down - tearing_down,
+    )
 
 
 async def test_failing_compose_file_reports_output_redacted_and_leaves_nothing(
@@ -305,8 +337,9 @@ async def test_containers_without_their_directory_are_found_and_removed(
 
 @both_engines
 @pytest.mark.parametrize("how", ["removed", "exited"])
-async def test_a_stack_whose_containers_are_gone_is_a_corpse(env: Env, tmp_path: Path,
-                                                              how: str) -> None:
+async def test_a_stack_whose_containers_are_gone_is_a_corpse(
+    env: Env, tmp_path: Path, how: str
+) -> None:
     repo = make_repo(tmp_path / "repo")
     sandbox_id = f"composedead{how[0]}"
     request = env.request(sandbox_id, repo)
@@ -322,16 +355,16 @@ async def test_a_stack_whose_containers_are_gone_is_a_corpse(env: Env, tmp_path:
     assert found.detail["running"] == 0
     assert found.detail["directory"] == str(env.root / f"sbx-{sandbox_id}")
     dead = found.detail["dead"]
-    assert dead.startswith("no container of its compose project" if how == "exited"
-                           else "its compose project")
+    assert dead.startswith(
+        "no container of its compose project" if how == "exited" else "its compose project"
+    )
     await env.extension.teardown(sandbox_id, host="host1")
     assert env.containers(sandbox_id) == []
     assert not (env.root / f"sbx-{sandbox_id}").exists()
     assert await env.extension.list_sandboxes() == []
 
 
-async def test_a_stack_with_one_container_left_running_is_alive(env: Env,
-                                                                tmp_path: Path) -> None:
+async def test_a_stack_with_one_container_left_running_is_alive(env: Env, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     request = env.request("composehalf1", repo)
     await env.extension.provision(request)
@@ -357,8 +390,7 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-async def unreachable(ssh_hosts: SshHosts, tmp_path: Path,
-                      monkeypatch: pytest.MonkeyPatch) -> Env:
+async def unreachable(ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
     """An extension whose only host is a closed port: any connection attempt fails."""
     monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
     [host] = await ssh_hosts(1)
@@ -370,24 +402,30 @@ async def unreachable(ssh_hosts: SshHosts, tmp_path: Path,
     return Env(extension, host, None, profile)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("sandbox_id", "inputs", "secrets"), [
-    ("../x", {}, {}),
-    ("$(reboot)", {}, {}),
-    ("a;rm -rf /", {}, {}),
-    ("UPPERCASE1", {}, {}),
-    ("hostile0001", {"compose_file": "../../etc/passwd"}, {}),
-    ("hostile0002", {"compose_file": "/etc/passwd"}, {}),
-    ("hostile0003", {"compose_file": "$(reboot).yml"}, {}),
-    ("hostile0004", {"compose_file": "e2e/../../x.yml"}, {}),
-    ("hostile0005", {"compose_file": "missing.yml"}, {}),
-    ("hostile0006", {"repo": "$(reboot)"}, {}),
-    ("hostile0007", {"repo": ""}, {}),
-    ("hostile0008", {}, {"BAD NAME": "x"}),
-    ("hostile0009", {}, {"PATH": "x"}),
-    ("hostile0010", {}, {"DOCKER_HOST": "x"}),
-])
+@pytest.mark.parametrize(
+    ("sandbox_id", "inputs", "secrets"),
+    [
+        ("../x", {}, {}),
+        ("$(reboot)", {}, {}),
+        ("a;rm -rf /", {}, {}),
+        ("UPPERCASE1", {}, {}),
+        ("hostile0001", {"compose_file": "../../etc/passwd"}, {}),
+        ("hostile0002", {"compose_file": "/etc/passwd"}, {}),
+        ("hostile0003", {"compose_file": "$(reboot).yml"}, {}),
+        ("hostile0004", {"compose_file": "e2e/../../x.yml"}, {}),
+        ("hostile0005", {"compose_file": "missing.yml"}, {}),
+        ("hostile0006", {"repo": "$(reboot)"}, {}),
+        ("hostile0007", {"repo": ""}, {}),
+        ("hostile0008", {}, {"BAD NAME": "x"}),
+        ("hostile0009", {}, {"PATH": "x"}),
+        ("hostile0010", {}, {"DOCKER_HOST": "x"}),
+    ],
+)
 async def test_hostile_ids_and_inputs_are_refused_before_any_connection(
-    unreachable: Env, tmp_path: Path, sandbox_id: str, inputs: dict[str, str],
+    unreachable: Env,
+    tmp_path: Path,
+    sandbox_id: str,
+    inputs: dict[str, str],
     secrets: dict[str, str],
 ) -> None:
     env = unreachable
@@ -418,8 +456,11 @@ async def test_hostile_ids_are_refused_by_teardown_and_exec(unreachable: Env) ->
 
 
 async def test_unreachable_hosts_are_skipped_when_listing(
-    ssh_hosts: SshHosts, docker_engine: DockerEngine, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    ssh_hosts: SshHosts,
+    docker_engine: DockerEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
     host1, host2 = await ssh_hosts(2, env=docker_engine.env)
@@ -427,15 +468,20 @@ async def test_unreachable_hosts_are_skipped_when_listing(
     write_hosts_file(home / "hosts.yaml", [host1, host2])
     extension = ComposeSshExtension(settings_for(home))
     profile = Catalog.load().profile("profile.compose-e2e")
-    request = ProvisionRequest(sandbox_id="composeskip01", profile=profile,
-                               inputs={"repo": str(make_repo(tmp_path / "repo"))}, host="host2")
+    request = ProvisionRequest(
+        sandbox_id="composeskip01",
+        profile=profile,
+        inputs={"repo": str(make_repo(tmp_path / "repo"))},
+        host="host2",
+    )
     try:
         await extension.provision(request)
         await extension.wait_ready(request)
         await host1.server.stop()
         found = await extension.list_sandboxes()
         assert [(f.sandbox_id, f.host, f.alive) for f in found] == [
-            ("composeskip01", "host2", True)]
+            ("composeskip01", "host2", True)
+        ]
         assert "skipping host host1" in caplog.text
         with pytest.raises(HostUnreachable):
             await extension.inspect_host("host1")

@@ -56,8 +56,9 @@ def profile(*instructions: str) -> Profile:
     return base.model_copy(update={"setup": Setup(instructions=list(instructions))})
 
 
-async def vms(ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-              count: int = 1) -> tuple[VmPackerExtension, list[SshHostInfo]]:
+async def vms(
+    ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int = 1
+) -> tuple[VmPackerExtension, list[SshHostInfo]]:
     monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
     hosts = await ssh_hosts(count)
     home = tmp_path / "home"
@@ -73,7 +74,8 @@ async def test_lifecycle_with_repo_sync_setup_secrets_and_exec(
         sandbox_id="vmlife0001",
         profile=profile("mkdir -p dist && cp src/Main.hs dist/", "test -f .sandboxer.env"),
         inputs={"vm": "host1", "repo": str(make_repo(tmp_path / "repo"))},
-        secrets={"HACKAGE_TOKEN": SECRET}, host="host1",
+        secrets={"HACKAGE_TOKEN": SECRET},
+        host="host1",
     )
     began = time.monotonic()
     await extension.provision(request)
@@ -83,8 +85,12 @@ async def test_lifecycle_with_repo_sync_setup_secrets_and_exec(
 
     workspace = Path(vm.host.workspace_root) / "sbx-vmlife0001"
     assert readiness.descriptor == {
-        "kind": "vm-packer", "host": "host1", "address": "127.0.0.1", "port": vm.port,
-        "user": vm.host.user, "workspace": str(workspace),
+        "kind": "vm-packer",
+        "host": "host1",
+        "address": "127.0.0.1",
+        "port": vm.port,
+        "user": vm.host.user,
+        "workspace": str(workspace),
         "exec": "sandboxer exec vmlife0001 -- CMD (runs on the VM in workspace)",
         "secrets_file": str(workspace / ".sandboxer.env"),
     }
@@ -101,8 +107,18 @@ async def test_lifecycle_with_repo_sync_setup_secrets_and_exec(
         out[stream] += data
 
     code = await extension.exec(
-        "vmlife0001", ["sh", "-c", '. ./.sandboxer.env; pwd; test "$HACKAGE_TOKEN" = "$1" && '
-                       'echo same; echo warn >&2; exit 7', "sh", SECRET], sink, host="host1")
+        "vmlife0001",
+        [
+            "sh",
+            "-c",
+            '. ./.sandboxer.env; pwd; test "$HACKAGE_TOKEN" = "$1" && '
+            "echo same; echo warn >&2; exit 7",
+            "sh",
+            SECRET,
+        ],
+        sink,
+        host="host1",
+    )
     assert code == 7
     assert out == {"stdout": f"{workspace}\nsame\n".encode(), "stderr": b"warn\n"}
     big: list[bytes] = []
@@ -110,8 +126,12 @@ async def test_lifecycle_with_repo_sync_setup_secrets_and_exec(
     async def keep(_stream: str, data: bytes) -> None:
         big.append(data)
 
-    assert await extension.exec("vmlife0001", ["head", "-c", "300000", "/dev/zero"], keep,
-                                host="host1") == 0
+    assert (
+        await extension.exec(
+            "vmlife0001", ["head", "-c", "300000", "/dev/zero"], keep, host="host1"
+        )
+        == 0
+    )
     assert sum(len(chunk) for chunk in big) == 300000
     assert len(big) > 1  # streamed in chunks
 
@@ -138,15 +158,17 @@ async def test_lifecycle_with_repo_sync_setup_secrets_and_exec(
         await extension.exec("vmlife0001", ["true"], sink, host="host1")
     logging.getLogger(__name__).warning(
         "vm-packer timings: provision %.2fs, ready %.2fs, teardown %.2fs",
-        provisioned - began, ready - provisioned, torn_down - tearing_down)
+        provisioned - began,
+        ready - provisioned,
+        torn_down - tearing_down,
+    )
 
 
 async def test_without_repo_or_vm_input_uses_the_placement_host(
     ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     extension, [_, vm2] = await vms(ssh_hosts, tmp_path, monkeypatch, count=2)
-    request = ProvisionRequest(sandbox_id="vmnorepo01", profile=profile(), inputs={},
-                               host="host2")
+    request = ProvisionRequest(sandbox_id="vmnorepo01", profile=profile(), inputs={}, host="host2")
     await extension.provision(request)
     readiness = await extension.wait_ready(request)
     assert readiness.descriptor["host"] == "host2"
@@ -164,8 +186,12 @@ async def test_failing_setup_reports_its_output_redacted(
 ) -> None:
     extension, [vm] = await vms(ssh_hosts, tmp_path, monkeypatch)
     request = ProvisionRequest(
-        sandbox_id="vmsetupfail1", profile=profile('. ./.sandboxer.env; echo "token=$T"; exit 3'),
-        inputs={"vm": "host1"}, secrets={"T": SECRET}, host="host1")
+        sandbox_id="vmsetupfail1",
+        profile=profile('. ./.sandboxer.env; echo "token=$T"; exit 3'),
+        inputs={"vm": "host1"},
+        secrets={"T": SECRET},
+        host="host1",
+    )
     with pytest.raises(ExtensionError) as caught:
         await extension.provision(request)
     assert "exited with code 3" in caught.value.message
@@ -180,17 +206,27 @@ async def test_vm_input_must_agree_with_placement_and_exist(
 ) -> None:
     extension, _ = await vms(ssh_hosts, tmp_path, monkeypatch, count=2)
     with pytest.raises(InvalidInput, match=re.escape("placement: {host_input: vm}")):
-        await extension.provision(ProvisionRequest(
-            sandbox_id="vmmismatch1", profile=profile(), inputs={"vm": "host2"}, host="host1"))
+        await extension.provision(
+            ProvisionRequest(
+                sandbox_id="vmmismatch1", profile=profile(), inputs={"vm": "host2"}, host="host1"
+            )
+        )
     with pytest.raises(ExtensionError, match="not in the hosts file"):
-        await extension.provision(ProvisionRequest(
-            sandbox_id="vmunknown01", profile=profile(), inputs={"vm": "buildvm01"}))
+        await extension.provision(
+            ProvisionRequest(
+                sandbox_id="vmunknown01", profile=profile(), inputs={"vm": "buildvm01"}
+            )
+        )
     with pytest.raises(InvalidInput):
-        await extension.provision(ProvisionRequest(
-            sandbox_id="vmhostile01", profile=profile(), inputs={"vm": "$(reboot)"}))
+        await extension.provision(
+            ProvisionRequest(
+                sandbox_id="vmhostile01", profile=profile(), inputs={"vm": "$(reboot)"}
+            )
+        )
     with pytest.raises(ExtensionError, match="has 2 hosts"):
-        await extension.provision(ProvisionRequest(
-            sandbox_id="vmnohost001", profile=profile(), inputs={}))
+        await extension.provision(
+            ProvisionRequest(sandbox_id="vmnohost001", profile=profile(), inputs={})
+        )
 
 
 def _closed_port() -> int:
@@ -199,15 +235,21 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.parametrize(("sandbox_id", "inputs"), [
-    ("../x", {}),
-    ("$(reboot)", {}),
-    ("vmhostile01", {"repo": "/nonexistent/dir"}),
-    ("vmhostile02", {"repo": "$(reboot)"}),
-    ("vmhostile03", {"vm": "../etc"}),
-])
+@pytest.mark.parametrize(
+    ("sandbox_id", "inputs"),
+    [
+        ("../x", {}),
+        ("$(reboot)", {}),
+        ("vmhostile01", {"repo": "/nonexistent/dir"}),
+        ("vmhostile02", {"repo": "$(reboot)"}),
+        ("vmhostile03", {"vm": "../etc"}),
+    ],
+)
 async def test_hostile_ids_and_inputs_are_refused_before_any_connection(
-    ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox_id: str,
+    ssh_hosts: SshHosts,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox_id: str,
     inputs: dict[str, str],
 ) -> None:
     monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
@@ -217,27 +259,34 @@ async def test_hostile_ids_and_inputs_are_refused_before_any_connection(
     write_hosts_file(home / "hosts.yaml", [vm], port=_closed_port())
     extension = VmPackerExtension(settings_for(home))
     with pytest.raises(InvalidInput):
-        await extension.provision(ProvisionRequest(sandbox_id=sandbox_id, profile=profile(),
-                                                   inputs=inputs, host="host1"))
+        await extension.provision(
+            ProvisionRequest(sandbox_id=sandbox_id, profile=profile(), inputs=inputs, host="host1")
+        )
     with pytest.raises(HostUnreachable):  # a well-formed request does reach for the host
-        await extension.provision(ProvisionRequest(sandbox_id="wellformed01", profile=profile(),
-                                                   inputs={}, host="host1"))
+        await extension.provision(
+            ProvisionRequest(sandbox_id="wellformed01", profile=profile(), inputs={}, host="host1")
+        )
 
 
 async def test_listing_skips_unreachable_vms_and_other_backends_workspaces(
-    ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    ssh_hosts: SshHosts,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     extension, [vm1, vm2] = await vms(ssh_hosts, tmp_path, monkeypatch, count=2)
     for vm, sandbox_id in ((vm1, "vmlisted01"), (vm2, "vmlisted02")):
-        await extension.provision(ProvisionRequest(sandbox_id=sandbox_id, profile=profile(),
-                                                   inputs={}, host=vm.name))
+        await extension.provision(
+            ProvisionRequest(sandbox_id=sandbox_id, profile=profile(), inputs={}, host=vm.name)
+        )
     root2 = Path(vm2.host.workspace_root)
     (root2 / "sbx-composeonly1").mkdir()
     (root2 / "sbx-composeonly1.json").write_text('{"extension": "ext.compose-ssh"}\n')
     found = await extension.list_sandboxes()
-    assert sorted((f.sandbox_id, f.host) for f in found) == [("vmlisted01", "host1"),
-                                                             ("vmlisted02", "host2")]
+    assert sorted((f.sandbox_id, f.host) for f in found) == [
+        ("vmlisted01", "host1"),
+        ("vmlisted02", "host2"),
+    ]
     await extension.teardown("composeonly1", host="host2")
     assert (root2 / "sbx-composeonly1").is_dir()  # not ours: left alone
 
@@ -259,8 +308,9 @@ async def test_a_deleted_workspace_whose_marker_stayed_is_a_corpse(
     ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     extension, [vm] = await vms(ssh_hosts, tmp_path, monkeypatch)
-    request = ProvisionRequest(sandbox_id="vmgone00001", profile=profile(),
-                               inputs={"vm": "host1"}, host="host1")
+    request = ProvisionRequest(
+        sandbox_id="vmgone00001", profile=profile(), inputs={"vm": "host1"}, host="host1"
+    )
     await extension.provision(request)
     await extension.wait_ready(request)
     workspace = Path(vm.host.workspace_root) / "sbx-vmgone00001"
@@ -280,8 +330,11 @@ async def test_a_setup_instruction_past_its_deadline_is_stopped_on_the_vm(
     monkeypatch.setattr(vm_backend, "SETUP_TIMEOUT", 1.0)
     pid_file = tmp_path / "setup.pid"
     request = ProvisionRequest(
-        sandbox_id="vmslow00001", profile=profile(f"echo $$ > {pid_file}; exec sleep 300"),
-        inputs={"vm": "host1"}, host="host1")
+        sandbox_id="vmslow00001",
+        profile=profile(f"echo $$ > {pid_file}; exec sleep 300"),
+        inputs={"vm": "host1"},
+        host="host1",
+    )
     with pytest.raises(RemoteCommandFailed, match="did not finish within 1s; the host stopped"):
         await extension.provision(request)
     pid = int(pid_file.read_text())

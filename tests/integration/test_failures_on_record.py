@@ -33,8 +33,9 @@ class TeardownFaults(LocalExtension):
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
         if self.broken:
-            raise ExtensionError(f"cannot remove {sandbox_id}: device busy (injected)",
-                                 sandbox_id=sandbox_id)
+            raise ExtensionError(
+                f"cannot remove {sandbox_id}: device busy (injected)", sandbox_id=sandbox_id
+            )
         await super().teardown(sandbox_id, host=host)
 
 
@@ -62,8 +63,11 @@ async def test_a_teardown_that_keeps_failing_is_recorded_and_retried(
                 await asyncio.sleep(0.1)
         stuck = await wait_status(client, sandbox_id, {"destroying"})
         assert "device busy" in stuck["teardown_failure"]
-        failed = [event async for _seq, event in client.events(sandbox_id=sandbox_id)
-                  if event["type"] == "teardown_failed"]
+        failed = [
+            event
+            async for _seq, event in client.events(sandbox_id=sandbox_id)
+            if event["type"] == "teardown_failed"
+        ]
         assert "device busy" in failed[0]["reason"]
         # inspect stale shows it as stuck; reap-stale tries again and records the new failure.
         stale = await client.inventory("stale", "ext.local", {})
@@ -88,8 +92,9 @@ async def test_a_teardown_that_keeps_failing_is_recorded_and_retried(
         await reap_local(home)
 
 
-async def test_an_unreadable_job_becomes_a_rejection(nats_server: NatsServerProcess,
-                                                      home: Path) -> None:
+async def test_an_unreadable_job_becomes_a_rejection(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
     service = await start_service(home, nats_server.url)
     client = service.client
     rejected: list[dict[str, Any]] = []

@@ -45,8 +45,9 @@ async def open_projector(url: str, db: Path) -> tuple[Projector, Any]:
     return projector, nc
 
 
-async def test_golden_events_replay_to_the_golden_states(nats_server: NatsServerProcess,
-                                                         tmp_path: Path) -> None:
+async def test_golden_events_replay_to_the_golden_states(
+    nats_server: NatsServerProcess, tmp_path: Path
+) -> None:
     await restore_golden_stream(nats_server.url)
     projector, nc = await open_projector(nats_server.url, tmp_path / "view.sqlite3")
     try:
@@ -88,8 +89,9 @@ async def test_a_view_of_another_shape_is_rebuilt_at_start(
         assert "rebuilding it from the log" in caplog.text
         assert projector.view is not None
         assert await projector.view.is_current()
-        statuses = {state.status for state in await projector.view.list_states(
-            include_destroyed=True)}
+        statuses = {
+            state.status for state in await projector.view.list_states(include_destroyed=True)
+        }
         assert statuses == {"destroyed", "failed"}
         assert projector.position == len(golden_lines())
     finally:

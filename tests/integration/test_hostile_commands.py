@@ -25,33 +25,57 @@ def hostile(rng: random.Random, i: int) -> tuple[str, bytes]:
     if kind == 0:
         return "sandboxer.cmd.create", rng.randbytes(rng.randint(0, 300))
     if kind == 1:  # a create under a longer subject is not a create
-        return rng.choice(["sandboxer.cmd.nope.create", "sandboxer.cmd.x.y.create",
-                           "sandboxer.cmd.create.now"]), json.dumps(good).encode()
+        return rng.choice(
+            ["sandboxer.cmd.nope.create", "sandboxer.cmd.x.y.create", "sandboxer.cmd.create.now"]
+        ), json.dumps(good).encode()
     if kind == 2:  # nested far beyond any command
         depth = rng.randint(2000, 6000)
-        return "sandboxer.cmd.create", b'{"command_id": "' + command_id.encode() + \
-            b'", "inputs": ' + b"[" * depth + b"]" * depth + b"}"
+        return (
+            "sandboxer.cmd.create",
+            b'{"command_id": "'
+            + command_id.encode()
+            + b'", "inputs": '
+            + b"[" * depth
+            + b"]" * depth
+            + b"}",
+        )
     if kind == 3:
-        return "sandboxer.cmd.create", json.dumps({**good, "sandbox_id": rng.choice(
-            ["../../etc", "UPPER123", "a", "x" * 40, "ab;rm -rf /", "sbx\x00zero"])}).encode()
+        return "sandboxer.cmd.create", json.dumps(
+            {
+                **good,
+                "sandbox_id": rng.choice(
+                    ["../../etc", "UPPER123", "a", "x" * 40, "ab;rm -rf /", "sbx\x00zero"]
+                ),
+            }
+        ).encode()
     if kind == 4:
-        return "sandboxer.cmd.create", json.dumps({**good, "inputs": {
-            rng.choice(["$(reboot)", "a b", "", "../x"]): "1"}}).encode()
+        return "sandboxer.cmd.create", json.dumps(
+            {**good, "inputs": {rng.choice(["$(reboot)", "a b", "", "../x"]): "1"}}
+        ).encode()
     if kind == 5:
-        return "sandboxer.cmd.create", json.dumps({**good, "actor": rng.choice(
-            [None, "root", {"type": "god", "id": "x"}, {**ACTOR, "admin": True}, []])}).encode()
+        return "sandboxer.cmd.create", json.dumps(
+            {
+                **good,
+                "actor": rng.choice(
+                    [None, "root", {"type": "god", "id": "x"}, {**ACTOR, "admin": True}, []]
+                ),
+            }
+        ).encode()
     if kind == 6:
-        return "sandboxer.cmd.create", json.dumps({**good, rng.choice(
-            ["profil", "ttl", "extension", "__proto__"]): "x"}).encode()
+        return "sandboxer.cmd.create", json.dumps(
+            {**good, rng.choice(["profil", "ttl", "extension", "__proto__"]): "x"}
+        ).encode()
     if kind == 7:
         return rng.choice(["sandboxer.cmd.destroy", "sandboxer.cmd.recreate"]), json.dumps(
-            {"command_id": command_id, "actor": ACTOR,
-             "sandbox_id": f"nosuch{i:06d}"}).encode()
+            {"command_id": command_id, "actor": ACTOR, "sandbox_id": f"nosuch{i:06d}"}
+        ).encode()
     if kind == 8:
-        return "sandboxer.cmd.create", json.dumps({**good, "profile": rng.choice(
-            ["profile.nope", "", "../../etc/passwd", "p" * 300])}).encode()
-    return f"sandboxer.cmd.{rng.choice(['launch', 'rm', 'create_', 'DESTROY'])}", \
-        json.dumps(good).encode()
+        return "sandboxer.cmd.create", json.dumps(
+            {**good, "profile": rng.choice(["profile.nope", "", "../../etc/passwd", "p" * 300])}
+        ).encode()
+    return f"sandboxer.cmd.{rng.choice(['launch', 'rm', 'create_', 'DESTROY'])}", json.dumps(
+        good
+    ).encode()
 
 
 async def test_every_hostile_command_is_rejected_and_nothing_is_made(service: Service) -> None:

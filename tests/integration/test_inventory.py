@@ -36,8 +36,9 @@ async def test_stale_finds_orphans_and_ghosts_and_reap_cleans_them(service: Serv
     client = service.client
     local = LocalExtension(service.settings.local_root)
     # An orphan: made on the host behind the log's back.
-    orphan = ProvisionRequest(sandbox_id="orphan000001",
-                              profile=Catalog.load().profile("profile.local"), inputs={})
+    orphan = ProvisionRequest(
+        sandbox_id="orphan000001", profile=Catalog.load().profile("profile.local"), inputs={}
+    )
     await local.provision(orphan)
     # A ghost: ready in the log, torn down behind its back.
     ghost = (await client.create())["sandbox_id"]
@@ -65,8 +66,13 @@ async def test_stale_finds_orphans_and_ghosts_and_reap_cleans_them(service: Serv
     assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]
 
     again = await client.inventory("stale", "ext.local", {})
-    assert again[0]["hosts"][0] == {"host": again[0]["hosts"][0]["host"], "orphans": [],
-                                    "ghosts": [], "corpses": [], "stuck": []}
+    assert again[0]["hosts"][0] == {
+        "host": again[0]["hosts"][0]["host"],
+        "orphans": [],
+        "ghosts": [],
+        "corpses": [],
+        "stuck": [],
+    }
     hosts = await client.hosts()
     assert hosts[0]["reaped"] == {"removed": ["orphan000001"], "marked_failed": [ghost]}
     assert (await client.replay(verify=True))["verified"]

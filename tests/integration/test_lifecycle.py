@@ -20,8 +20,9 @@ async def event_types(client: SandboxerClient, sandbox_id: str) -> list[str]:
     return [event["type"] async for _seq, event in client.events(sandbox_id=sandbox_id)]
 
 
-async def wait_status(client: SandboxerClient, sandbox_id: str, wanted: set[str],
-                      timeout: float = 30) -> dict[str, Any]:
+async def wait_status(
+    client: SandboxerClient, sandbox_id: str, wanted: set[str], timeout: float = 30
+) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
             sandbox = await client.get(sandbox_id)
@@ -52,7 +53,13 @@ async def test_create_exec_destroy(service: Service) -> None:
 
     await client.destroy(sandbox_id)
     assert await event_types(client, sandbox_id) == [
-        "requested", "routed", "provisioning", "ready", "destroying", "destroyed"]
+        "requested",
+        "routed",
+        "provisioning",
+        "ready",
+        "destroying",
+        "destroyed",
+    ]
     assert (await client.get(sandbox_id))["status"] == "destroyed"  # type: ignore[index]
     assert await client.list_sandboxes() == []
     assert not (service.settings.local_root / sandbox_id).exists()
@@ -70,12 +77,17 @@ async def test_same_command_id_twice_gives_one_sandbox(service: Service) -> None
     client = service.client
     command_id = new_command_id()
     first, second = await asyncio.gather(
-        client.create(command_id=command_id), client.create(command_id=command_id))
+        client.create(command_id=command_id), client.create(command_id=command_id)
+    )
     assert first["sandbox_id"] == second["sandbox_id"]
     again = await client.create(command_id=command_id)  # long after: still the same one
     assert again["event_id"] == first["event_id"]
     assert await event_types(client, first["sandbox_id"]) == [
-        "requested", "routed", "provisioning", "ready"]
+        "requested",
+        "routed",
+        "provisioning",
+        "ready",
+    ]
     assert len(await client.list_sandboxes()) == 1
 
 
@@ -91,16 +103,21 @@ async def test_concurrent_destroy_and_recreate_lose_no_update(service: Service) 
         sandbox_id = (await client.create())["sandbox_id"]
         destroy_id, recreate_id = new_command_id(), new_command_id()
         await asyncio.gather(
-            client.publish_command("destroy", {"command_id": destroy_id,
-                                               "sandbox_id": sandbox_id, "actor": client.actor}),
-            client.publish_command("recreate", {"command_id": recreate_id,
-                                                "sandbox_id": sandbox_id, "actor": client.actor}),
+            client.publish_command(
+                "destroy",
+                {"command_id": destroy_id, "sandbox_id": sandbox_id, "actor": client.actor},
+            ),
+            client.publish_command(
+                "recreate",
+                {"command_id": recreate_id, "sandbox_id": sandbox_id, "actor": client.actor},
+            ),
         )
         final = await wait_status(client, sandbox_id, {"destroyed"})
         # Both commands were decided: each is either in the log or rejected, none lost.
         assert destroy_id in final["handled"]
-        rejected = await client.query("sandboxer.query.command.rejection",
-                                      {"command_id": recreate_id})
+        rejected = await client.query(
+            "sandboxer.query.command.rejection", {"command_id": recreate_id}
+        )
         assert recreate_id in final["handled"] or rejected["rejection"] is not None
         assert not (service.settings.local_root / sandbox_id).exists()
 
@@ -111,7 +128,14 @@ async def test_recreate_gives_a_new_generation(service: Service) -> None:
     ready = await client.recreate(sandbox_id)
     assert ready["generation"] == 2
     assert await event_types(client, sandbox_id) == [
-        "requested", "routed", "provisioning", "ready", "recreating", "provisioning", "ready"]
+        "requested",
+        "routed",
+        "provisioning",
+        "ready",
+        "recreating",
+        "provisioning",
+        "ready",
+    ]
 
 
 async def test_replay_equals_live_after_a_mixed_workload(service: Service) -> None:
@@ -207,26 +231,77 @@ async def test_rejections_carry_reasons_and_workers_keep_serving(service: Servic
     bad = [
         ("create", b"not json at all"),
         ("create", b'{"command_id": "c-nojson-fields"}'),
-        ("create", json.dumps({"command_id": "c-unknown-profile", "profile": "profile.zzz",
-                               "actor": actor}).encode()),
-        ("create", json.dumps({"command_id": "c-traversal", "profile": "profile.local",
-                               "actor": actor, "sandbox_id": "../../etc/passwd"}).encode()),
-        ("create", json.dumps({"command_id": "c-meta", "profile": "profile.local",
-                               "actor": actor, "inputs": {"x;rm -rf /": "1"}}).encode()),
-        ("create", json.dumps({"command_id": "c-huge", "profile": "profile.local",
-                               "actor": actor, "inputs": {"repo": "a" * 200_000}}).encode()),
-        ("destroy", json.dumps({"command_id": "c-unknown-sbx", "sandbox_id": "nosuchsandbox1",
-                                "actor": actor}).encode()),
+        (
+            "create",
+            json.dumps(
+                {"command_id": "c-unknown-profile", "profile": "profile.zzz", "actor": actor}
+            ).encode(),
+        ),
+        (
+            "create",
+            json.dumps(
+                {
+                    "command_id": "c-traversal",
+                    "profile": "profile.local",
+                    "actor": actor,
+                    "sandbox_id": "../../etc/passwd",
+                }
+            ).encode(),
+        ),
+        (
+            "create",
+            json.dumps(
+                {
+                    "command_id": "c-meta",
+                    "profile": "profile.local",
+                    "actor": actor,
+                    "inputs": {"x;rm -rf /": "1"},
+                }
+            ).encode(),
+        ),
+        (
+            "create",
+            json.dumps(
+                {
+                    "command_id": "c-huge",
+                    "profile": "profile.local",
+                    "actor": actor,
+                    "inputs": {"repo": "a" * 200_000},
+                }
+            ).encode(),
+        ),
+        (
+            "destroy",
+            json.dumps(
+                {"command_id": "c-unknown-sbx", "sandbox_id": "nosuchsandbox1", "actor": actor}
+            ).encode(),
+        ),
         ("launch", json.dumps({"command_id": "c-verb", "actor": actor}).encode()),
         # A create body under a longer subject is not a create (the verb is not the last token).
-        ("nope.create", json.dumps({"command_id": "c-subject-1", "profile": "profile.local",
-                                    "actor": actor}).encode()),
-        ("x.y.create", json.dumps({"command_id": "c-subject-2", "profile": "profile.local",
-                                   "actor": actor}).encode()),
+        (
+            "nope.create",
+            json.dumps(
+                {"command_id": "c-subject-1", "profile": "profile.local", "actor": actor}
+            ).encode(),
+        ),
+        (
+            "x.y.create",
+            json.dumps(
+                {"command_id": "c-subject-2", "profile": "profile.local", "actor": actor}
+            ).encode(),
+        ),
         # Nested a few thousand levels deep: the decoder's recursion limit, not a crash.
         ("create", b'{"command_id": "c-deep", "inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
-        ("create", json.dumps({"command_id": "c-actor-extra", "profile": "profile.local",
-                               "actor": {**actor, "root": True}}).encode()),
+        (
+            "create",
+            json.dumps(
+                {
+                    "command_id": "c-actor-extra",
+                    "profile": "profile.local",
+                    "actor": {**actor, "root": True},
+                }
+            ).encode(),
+        ),
     ]
     for verb, data in bad:
         await js.publish(f"sandboxer.cmd.{verb}", data)

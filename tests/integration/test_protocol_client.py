@@ -22,8 +22,11 @@ ACTOR = {"type": "agt", "id": "protocol-test", "project": "docs"}
 
 
 async def publish(js: Any, verb: str, command: dict[str, Any]) -> Any:
-    return await js.publish(f"sandboxer.cmd.{verb}", json.dumps(command).encode(),
-                            headers={"Nats-Msg-Id": command["command_id"]})
+    return await js.publish(
+        f"sandboxer.cmd.{verb}",
+        json.dumps(command).encode(),
+        headers={"Nats-Msg-Id": command["command_id"]},
+    )
 
 
 async def next_event(queue: asyncio.Queue[dict[str, Any]], wanted: str) -> dict[str, Any]:
@@ -50,8 +53,13 @@ async def test_create_watch_exec_destroy_by_the_book(service: Any, nats_server: 
     health = json.loads((await nc.request("sandboxer.query.health", b"{}", timeout=5)).data)
     assert health["ok"] is True
 
-    create = {"command_id": uuid.uuid4().hex, "profile": "profile.local", "inputs": {},
-              "actor": ACTOR, "sandbox_id": sandbox_id}
+    create = {
+        "command_id": uuid.uuid4().hex,
+        "profile": "profile.local",
+        "inputs": {},
+        "actor": ACTOR,
+        "sandbox_id": sandbox_id,
+    }
     ack = await publish(js, "create", create)
     assert ack.stream == "SANDBOXER_COMMANDS"
     for kind in ("requested", "routed", "provisioning"):
@@ -61,17 +69,25 @@ async def test_create_watch_exec_destroy_by_the_book(service: Any, nats_server: 
     ready = await next_event(events, "ready")
     assert ready["reachability"]
 
-    reply = json.loads((await nc.request(
-        "sandboxer.query.sandbox.get",
-        json.dumps({"sandbox_id": sandbox_id, "min_seq": 0}).encode(), timeout=5)).data)
+    reply = json.loads(
+        (
+            await nc.request(
+                "sandboxer.query.sandbox.get",
+                json.dumps({"sandbox_id": sandbox_id, "min_seq": 0}).encode(),
+                timeout=5,
+            )
+        ).data
+    )
     assert reply["ok"]
     assert reply["sandbox"]["status"] in {"ready", "provisioning"}
 
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
-    await nc.publish(f"sandboxer.exec.{sandbox_id}",
-                     json.dumps({"argv": ["sh", "-c", "echo out; echo err >&2; exit 4"]}).encode(),
-                     reply=inbox)
+    await nc.publish(
+        f"sandboxer.exec.{sandbox_id}",
+        json.dumps({"argv": ["sh", "-c", "echo out; echo err >&2; exit 4"]}).encode(),
+        reply=inbox,
+    )
     streams: dict[str, bytes] = {"stdout": b"", "stderr": b""}
     while True:
         msg = await sub.next_msg(timeout=10)
@@ -89,8 +105,12 @@ async def test_create_watch_exec_destroy_by_the_book(service: Any, nats_server: 
     destroyed = await next_event(events, "destroyed")
     assert destroyed["command_id"] == destroy["command_id"]
 
-    bad = {"command_id": "proto-bad", "profile": "profile.local", "actor": ACTOR,
-           "sandbox_id": "Not/Valid"}
+    bad = {
+        "command_id": "proto-bad",
+        "profile": "profile.local",
+        "actor": ACTOR,
+        "sandbox_id": "Not/Valid",
+    }
     rejection_sub = await nc.subscribe("sandboxer.evt.command.proto-bad.rejected")
     await publish(js, "create", bad)
     rejection = json.loads((await rejection_sub.next_msg(timeout=10)).data)
@@ -107,10 +127,12 @@ async def test_documented_id_derivation(service: Any, nats_server: Any) -> None:
     digest = base64.b32encode(hashlib.sha256(command_id.encode()).digest()).decode()
     sandbox_id = "sbx" + digest.lower()[:17]
     sub = await nc.subscribe(f"sandboxer.evt.sandbox.{sandbox_id}.ready")
-    await publish(js, "create", {"command_id": command_id, "profile": "profile.local",
-                                 "actor": ACTOR})
+    await publish(
+        js, "create", {"command_id": command_id, "profile": "profile.local", "actor": ACTOR}
+    )
     ready = json.loads((await sub.next_msg(timeout=30)).data)
     assert ready["sandbox_id"] == sandbox_id
-    await publish(js, "destroy", {"command_id": uuid.uuid4().hex, "sandbox_id": sandbox_id,
-                                  "actor": ACTOR})
+    await publish(
+        js, "destroy", {"command_id": uuid.uuid4().hex, "sandbox_id": sandbox_id, "actor": ACTOR}
+    )
     await nc.drain()

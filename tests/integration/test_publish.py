@@ -23,8 +23,9 @@ SUBJECT = "sandboxer.job.publish-test.sbx1"
 
 
 def server_at(store: Path, port: int = 0) -> NatsServerProcess:
-    return NatsServerProcess(store, binary=Settings.from_env().nats_server, port=port,
-                             server_name="publish-test")
+    return NatsServerProcess(
+        store, binary=Settings.from_env().nats_server, port=port, server_name="publish-test"
+    )
 
 
 async def test_a_publish_outlasts_its_server_restarting(tmp_path: Path) -> None:
@@ -36,8 +37,11 @@ async def test_a_publish_outlasts_its_server_restarting(tmp_path: Path) -> None:
     try:
         await ensure_streams(js)
         await server.stop()
-        publish = asyncio.create_task(publish_durably(
-            js, SUBJECT, b"job", headers={"Nats-Msg-Id": "job-1"}, attempt_timeout=1.0))
+        publish = asyncio.create_task(
+            publish_durably(
+                js, SUBJECT, b"job", headers={"Nats-Msg-Id": "job-1"}, attempt_timeout=1.0
+            )
+        )
         await asyncio.sleep(2.5)
         assert not publish.done()
         server = await server_at(tmp_path / "nats", port).start()
@@ -64,8 +68,14 @@ async def test_a_server_gone_longer_than_the_budget_is_stream_unavailable(
         await server.stop()
         started = time.monotonic()
         with pytest.raises(StreamUnavailable, match="unavailable for 2 s"):
-            await publish_durably(js, SUBJECT, b"job", headers={"Nats-Msg-Id": "job-2"},
-                                  budget_seconds=2.0, attempt_timeout=0.5)
+            await publish_durably(
+                js,
+                SUBJECT,
+                b"job",
+                headers={"Nats-Msg-Id": "job-2"},
+                budget_seconds=2.0,
+                attempt_timeout=0.5,
+            )
         assert 2.0 <= time.monotonic() - started < 5.0
     finally:
         with contextlib.suppress(ConnectionError):  # nats-py's close of a connection never restored
@@ -81,8 +91,9 @@ async def test_a_wrong_expected_sequence_is_a_conflict_that_says_it_was_not_retr
         await ensure_streams(js)
         headers = {"Nats-Msg-Id": "evt-1", "Nats-Expected-Last-Subject-Sequence": "7"}
         with pytest.raises(PublishConflict) as caught:
-            await publish_durably(js, "sandboxer.evt.sandbox.sbx1.requested", b"{}",
-                                  headers=headers)
+            await publish_durably(
+                js, "sandboxer.evt.sandbox.sbx1.requested", b"{}", headers=headers
+            )
         assert caught.value.err_code == 10071
         assert not caught.value.retried
         with pytest.raises(InvalidInput, match="Nats-Msg-Id"):

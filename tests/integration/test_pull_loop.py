@@ -63,12 +63,15 @@ async def until(check: Callable[[], bool], seconds: float) -> None:
 
 
 async def running(
-    js: JetStreamContext, spec: ConsumerSpec, recorder: Recorder,
+    js: JetStreamContext,
+    spec: ConsumerSpec,
+    recorder: Recorder,
     body: Callable[[], Awaitable[None]],
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.create_task(
-        run_pull_consumer(js, spec, recorder.handler, recorder.on_poison, stop))
+        run_pull_consumer(js, spec, recorder.handler, recorder.on_poison, stop)
+    )
     try:
         await body()
     finally:
@@ -77,8 +80,9 @@ async def running(
 
 
 def spec_for(name: str, **overrides: float) -> ConsumerSpec:
-    return ConsumerSpec(stream="SANDBOXER_JOBS", durable=name,
-                        filter_subject=f"sandboxer.job.{name}.>", **overrides)  # type: ignore[arg-type]
+    return ConsumerSpec(
+        stream="SANDBOXER_JOBS", durable=name, filter_subject=f"sandboxer.job.{name}.>", **overrides
+    )  # type: ignore[arg-type]
 
 
 async def settled(js: JetStreamContext, spec: ConsumerSpec) -> bool:
@@ -90,8 +94,9 @@ async def test_poison_message_is_recorded_once_and_the_loop_keeps_serving(
     js: JetStreamContext,
 ) -> None:
     spec = spec_for("poison", ack_wait=2, max_failures=3)
-    recorder = Recorder(fail=lambda data, n: RuntimeError("cannot handle this")
-                        if data == b"poison" else None)
+    recorder = Recorder(
+        fail=lambda data, n: RuntimeError("cannot handle this") if data == b"poison" else None
+    )
 
     async def body() -> None:
         await js.publish("sandboxer.job.poison.a", b"poison")

@@ -75,8 +75,9 @@ def make_repo(directory: Path, compose: str = COMPOSE) -> Path:
     return directory
 
 
-async def remote_service(home: Path, url: str, hosts: list[SshHostInfo],
-                         monkeypatch: pytest.MonkeyPatch) -> Service:
+async def remote_service(
+    home: Path, url: str, hosts: list[SshHostInfo], monkeypatch: pytest.MonkeyPatch
+) -> Service:
     (home / "profiles").mkdir(exist_ok=True)
     for name, text in PROFILES.items():
         (home / "profiles" / f"{name}.yaml").write_text(text)
@@ -86,8 +87,14 @@ async def remote_service(home: Path, url: str, hosts: list[SshHostInfo],
 
 
 def containers(engine: ComposeEngine, project: str) -> list[str]:
-    out = engine.cli("ps", "-a", "--filter", f"label=com.docker.compose.project={project}",
-                     "--format", "{{.Names}}").stdout
+    out = engine.cli(
+        "ps",
+        "-a",
+        "--filter",
+        f"label=com.docker.compose.project={project}",
+        "--format",
+        "{{.Names}}",
+    ).stdout
     return sorted(out.split())
 
 
@@ -102,8 +109,12 @@ async def compose_hosts(ssh_hosts: SshHosts, compose_engine: ComposeEngine) -> l
 
 @both_engines
 async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
-    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    compose_hosts: list[SshHostInfo],
+    compose_engine: ComposeEngine,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     host1 = compose_hosts[0]
     await host1.server.stop()  # the preferred host is down
@@ -111,9 +122,11 @@ async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
     try:
         client = service.client
         seen: list[dict[str, Any]] = []
-        ready = await client.create("profile.test-compose",
-                                    {"repo": str(make_repo(tmp_path / "repo"))},
-                                    on_event=seen.append)
+        ready = await client.create(
+            "profile.test-compose",
+            {"repo": str(make_repo(tmp_path / "repo"))},
+            on_event=seen.append,
+        )
         routed = next(e for e in seen if e["type"] == "routed")
         assert routed["host"] == "host2"
         assert "host1 unhealthy" in routed["reason"]
@@ -134,7 +147,7 @@ async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
             out.append(data)
 
         # exec runs in a service's container (the first by default), not on the host.
-        in_container = ["sh", "-c", "test ! -e /README && echo \"$0\"; exit 6", "in-container"]
+        in_container = ["sh", "-c", 'test ! -e /README && echo "$0"; exit 6', "in-container"]
         assert await client.exec(sandbox_id, in_container, collect) == 6
         assert await client.exec(sandbox_id, in_container, collect, service="worker") == 6
         assert b"".join(out) == b"in-container\nin-container\n"
@@ -151,8 +164,12 @@ async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
 
 
 async def test_failing_compose_reports_output_and_leaves_nothing(
-    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    compose_hosts: list[SshHostInfo],
+    compose_engine: ComposeEngine,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
     try:
@@ -172,16 +189,23 @@ async def test_failing_compose_reports_output_and_leaves_nothing(
 
 
 async def test_sshd_killed_mid_provisioning_then_reap_cleans_the_host(
-    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    compose_hosts: list[SshHostInfo],
+    compose_engine: ComposeEngine,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     host1 = compose_hosts[0]
     service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
     try:
         client = service.client
-        created = await client.create("profile.test-compose",
-                                      {"repo": str(make_repo(tmp_path / "repo"))},
-                                      host="host1", wait=False)
+        created = await client.create(
+            "profile.test-compose",
+            {"repo": str(make_repo(tmp_path / "repo"))},
+            host="host1",
+            wait=False,
+        )
         sandbox_id = created["sandbox_id"]
         directory = Path(host1.host.workspace_root) / f"sbx-{sandbox_id}"
         async with asyncio.timeout(30):
@@ -209,13 +233,17 @@ async def test_sshd_killed_mid_provisioning_then_reap_cleans_the_host(
 
 
 async def test_wrong_host_key_is_refused(
-    nats_server: Any, home: Path, tmp_path: Path, ssh_hosts: SshHosts,
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    ssh_hosts: SshHosts,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     host1, host2 = await ssh_hosts(2)
     service = await remote_service(home, nats_server.url, [host1], monkeypatch)
-    write_hosts_file(home / "hosts.yaml", [host1], known_hosts=None,
-                     host_key=host2.host_public_key)  # another machine's key
+    write_hosts_file(
+        home / "hosts.yaml", [host1], known_hosts=None, host_key=host2.host_public_key
+    )  # another machine's key
     try:
         with pytest.raises(CommandFailed) as caught:
             await service.client.create("profile.test-vm", {"vm": "host1"})
@@ -227,7 +255,10 @@ async def test_wrong_host_key_is_refused(
 
 
 async def test_vm_attach_lifecycle_through_the_bus(
-    nats_server: Any, home: Path, tmp_path: Path, ssh_hosts: SshHosts,
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    ssh_hosts: SshHosts,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     hosts = await ssh_hosts(2)
@@ -240,8 +271,9 @@ async def test_vm_attach_lifecycle_through_the_bus(
         assert descriptor["host"] == "host2"
         workspace = Path(descriptor["workspace"])
         assert (workspace / "README").read_text() == "the repo\n"
-        code = await client.exec(ready["sandbox_id"], ["sh", "-c", "test -f README; exit 4"],
-                                 lambda _s, _d: None)
+        code = await client.exec(
+            ready["sandbox_id"], ["sh", "-c", "test -f README; exit 4"], lambda _s, _d: None
+        )
         assert code == 4
         await client.destroy(ready["sandbox_id"])
         assert not workspace.exists()
@@ -252,16 +284,20 @@ async def test_vm_attach_lifecycle_through_the_bus(
 
 
 async def test_canary_records_telemetry_before_and_after(
-    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    compose_hosts: list[SshHostInfo],
+    compose_engine: ComposeEngine,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
     try:
         client = service.client
-        ready = await client.create("profile.sandbox-canary",
-                                    {"repo": str(make_repo(tmp_path / "repo"))}, host="host2")
-        inspected = [event async for _seq, event in client.events()
-                     if event["type"] == "inspected"]
+        ready = await client.create(
+            "profile.sandbox-canary", {"repo": str(make_repo(tmp_path / "repo"))}, host="host2"
+        )
+        inspected = [event async for _seq, event in client.events() if event["type"] == "inspected"]
         assert [e["host"] for e in inspected] == ["host2", "host2"]
         before, after = (e["report"] for e in inspected)
         assert before["memory_total_mb"] > 0
@@ -273,8 +309,12 @@ async def test_canary_records_telemetry_before_and_after(
 
 
 async def test_planted_orphans_are_found_and_reaped(
-    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    compose_hosts: list[SshHostInfo],
+    compose_engine: ComposeEngine,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from sandboxer.config.catalog import Catalog
     from sandboxer.config.settings import Settings
@@ -285,28 +325,40 @@ async def test_planted_orphans_are_found_and_reaped(
     service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
     try:
         client = service.client
-        settings = Settings(home=home, nats_urls=(nats_server.url,), nats_server=None,
-                            ack_wait=5)
+        settings = Settings(home=home, nats_urls=(nats_server.url,), nats_server=None, ack_wait=5)
         catalog = Catalog.load(home)
         repo = make_repo(tmp_path / "repo")
         compose = ComposeSshExtension.from_settings(settings)
         vm = VmPackerExtension.from_settings(settings)
         # Made behind the log's back, with sandboxer's own naming: orphans.
-        await compose.provision(ProvisionRequest(
-            sandbox_id="plantedcompose1", profile=catalog.profile("profile.test-compose"),
-            inputs={"repo": str(repo)}, host="host1"))
-        await vm.provision(ProvisionRequest(
-            sandbox_id="plantedvm00001", profile=catalog.profile("profile.test-vm"),
-            inputs={"vm": "host1"}, host="host1"))
-        healthy = (await client.create("profile.test-compose", {"repo": str(repo)},
-                                       host="host1"))["sandbox_id"]
+        await compose.provision(
+            ProvisionRequest(
+                sandbox_id="plantedcompose1",
+                profile=catalog.profile("profile.test-compose"),
+                inputs={"repo": str(repo)},
+                host="host1",
+            )
+        )
+        await vm.provision(
+            ProvisionRequest(
+                sandbox_id="plantedvm00001",
+                profile=catalog.profile("profile.test-vm"),
+                inputs={"vm": "host1"},
+                host="host1",
+            )
+        )
+        healthy = (await client.create("profile.test-compose", {"repo": str(repo)}, host="host1"))[
+            "sandbox_id"
+        ]
 
         found = {}
         for ext_id in ("ext.compose-ssh", "ext.vm-packer"):
             [reply] = await client.inventory("stale", ext_id, {"host": "host1"})
             found[ext_id] = [o["sandbox_id"] for o in reply["hosts"][0]["orphans"]]
-        assert found == {"ext.compose-ssh": ["plantedcompose1"],
-                         "ext.vm-packer": ["plantedvm00001"]}
+        assert found == {
+            "ext.compose-ssh": ["plantedcompose1"],
+            "ext.vm-packer": ["plantedvm00001"],
+        }
 
         for ext_id in ("ext.compose-ssh", "ext.vm-packer"):
             [reply] = await client.inventory("reap", ext_id, {"apply": True, "host": "host1"})
@@ -324,19 +376,26 @@ async def test_planted_orphans_are_found_and_reaped(
 
 @both_engines
 async def test_dead_stacks_and_deleted_workspaces_are_corpses_that_reap_clears(
-    nats_server: Any, home: Path, tmp_path: Path, compose_hosts: list[SshHostInfo],
-    compose_engine: ComposeEngine, monkeypatch: pytest.MonkeyPatch,
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    compose_hosts: list[SshHostInfo],
+    compose_engine: ComposeEngine,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
     try:
         client = service.client
         repo = make_repo(tmp_path / "repo")
-        removed = (await client.create("profile.test-compose", {"repo": str(repo)},
-                                       host="host1"))["sandbox_id"]
-        exited = (await client.create("profile.test-compose", {"repo": str(repo)},
-                                      host="host1"))["sandbox_id"]
-        healthy = (await client.create("profile.test-compose", {"repo": str(repo)},
-                                       host="host1"))["sandbox_id"]
+        removed = (await client.create("profile.test-compose", {"repo": str(repo)}, host="host1"))[
+            "sandbox_id"
+        ]
+        exited = (await client.create("profile.test-compose", {"repo": str(repo)}, host="host1"))[
+            "sandbox_id"
+        ]
+        healthy = (await client.create("profile.test-compose", {"repo": str(repo)}, host="host1"))[
+            "sandbox_id"
+        ]
         vm_ready = await client.create("profile.test-vm", {"vm": "host1"})
         vm_gone = vm_ready["sandbox_id"]
         # Behind sandboxer's back: containers removed, containers stopped, a workspace deleted.
@@ -365,8 +424,10 @@ async def test_dead_stacks_and_deleted_workspaces_are_corpses_that_reap_clears(
             assert state["status"] == "failed"
             assert corpses[sandbox_id] in state["failure"]
         workspaces = Path(compose_hosts[0].host.workspace_root)
-        assert sorted(p.name for p in workspaces.iterdir()) == [f"sbx-{healthy}",
-                                                                 f"sbx-{healthy}.json"]
+        assert sorted(p.name for p in workspaces.iterdir()) == [
+            f"sbx-{healthy}",
+            f"sbx-{healthy}.json",
+        ]
         assert containers(compose_engine, f"sbx-{exited}") == []
         assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]
         await client.destroy(healthy)

@@ -43,8 +43,9 @@ async def test_run_returns_output_and_exit_status(ssh_hosts: SshHosts) -> None:
         hostile = "$(touch /tmp/sbx-should-not-exist); `id` 'q'\nnext"
         echoed = await run(conn, ["printf", "%s", hostile], env={"X": hostile}, cwd="/tmp")
         assert echoed.stdout == hostile
-        seen = await run(conn, ["sh", "-c", 'printf "%s|" "$X"; pwd'], env={"X": hostile},
-                         cwd="/tmp")
+        seen = await run(
+            conn, ["sh", "-c", 'printf "%s|" "$X"; pwd'], env={"X": hostile}, cwd="/tmp"
+        )
         assert seen.stdout == f"{hostile}|/tmp\n"
 
         piped = await run(conn, ["cat"], input="from stdin\n")
@@ -54,13 +55,13 @@ async def test_run_returns_output_and_exit_status(ssh_hosts: SshHosts) -> None:
         assert signalled.exit_status == 128 + 15
 
 
-async def test_local_ssh_setup_is_ignored(ssh_hosts: SshHosts, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_local_ssh_setup_is_ignored(
+    ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     [info] = await ssh_hosts(1)
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
-    (home / ".ssh" / "config").write_text("Host *\n  Port 1\n  User nobody\n"
-                                         "  HostName 192.0.2.1\n")
+    (home / ".ssh" / "config").write_text("Host *\n  Port 1\n  User nobody\n  HostName 192.0.2.1\n")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "no-agent.sock"))
     local = tmp_path / "tree"
@@ -84,14 +85,14 @@ async def test_a_command_past_its_timeout_fails_fast(ssh_hosts: SshHosts) -> Non
         assert (await run(conn, ["true"])).exit_status == 0
 
 
-async def test_a_timed_out_command_leaves_nothing_running(ssh_hosts: SshHosts,
-                                                          tmp_path: Path) -> None:
+async def test_a_timed_out_command_leaves_nothing_running(
+    ssh_hosts: SshHosts, tmp_path: Path
+) -> None:
     """OpenSSH refuses to signal root sessions, so the host itself must stop the command."""
     [info] = await ssh_hosts(1)
     pids = tmp_path / "pids"
     # A command that ignores SIGTERM and leaves a child that ignores it too.
-    script = (f"trap '' TERM; sleep 300.123 & echo $! >> {pids}; echo $$ >> {pids}; "
-              "sleep 301.123")
+    script = f"trap '' TERM; sleep 300.123 & echo $! >> {pids}; echo $$ >> {pids}; sleep 301.123"
     streamed: list[bytes] = []
 
     async def keep(_name: str, data: bytes) -> None:
@@ -110,8 +111,10 @@ async def test_a_timed_out_command_leaves_nothing_running(ssh_hosts: SshHosts,
     started = pids.read_text().split()
     assert len(started) == 4
     # Looked at over a new session, as an operator would; a zombie is dead already.
-    alive = ('for p in "$@"; do [ -e /proc/$p ] && ! grep -q "^[0-9]* ([^)]*) Z" /proc/$p/stat'
-             ' && echo "$p"; done; pgrep -f "sleep 30[01][.]123" || true')
+    alive = (
+        'for p in "$@"; do [ -e /proc/$p ] && ! grep -q "^[0-9]* ([^)]*) Z" /proc/$p/stat'
+        ' && echo "$p"; done; pgrep -f "sleep 30[01][.]123" || true'
+    )
     async with session(info.name, info.host) as conn:
         for _ in range(40):
             left = (await run(conn, ["sh", "-c", alive, "sh", *started])).stdout.split()
@@ -121,8 +124,9 @@ async def test_a_timed_out_command_leaves_nothing_running(ssh_hosts: SshHosts,
     assert left == [], f"still running after their deadline: {left}"
 
 
-async def test_a_host_key_that_does_not_match_is_rejected(ssh_hosts: SshHosts,
-                                                          tmp_path: Path) -> None:
+async def test_a_host_key_that_does_not_match_is_rejected(
+    ssh_hosts: SshHosts, tmp_path: Path
+) -> None:
     first, second = await ssh_hosts(2)
     # the first host's address and port, the second host's key
     wrong = tmp_path / "wrong_known_hosts"
@@ -139,8 +143,7 @@ async def test_a_host_key_that_does_not_match_is_rejected(ssh_hosts: SshHosts,
     unlisted = tmp_path / "empty_known_hosts"
     unlisted.write_text("")
     with pytest.raises(HostKeyRejected):
-        await connect(first.name, host.model_copy(update={"known_hosts": str(unlisted)})
-                      )
+        await connect(first.name, host.model_copy(update={"known_hosts": str(unlisted)}))
 
     missing = host.model_copy(update={"known_hosts": str(tmp_path / "absent")})
     with pytest.raises(HostKeyRejected, match="cannot read its known_hosts file"):
@@ -149,8 +152,13 @@ async def test_a_host_key_that_does_not_match_is_rejected(ssh_hosts: SshHosts,
 
 async def test_host_key_string_mode(ssh_hosts: SshHosts) -> None:
     first, second = await ssh_hosts(2)
-    good = HostConfig(address="127.0.0.1", port=first.port, user=first.host.user,
-                      key_file=str(first.key_file), host_key=first.host_public_key)
+    good = HostConfig(
+        address="127.0.0.1",
+        port=first.port,
+        user=first.host.user,
+        key_file=str(first.key_file),
+        host_key=first.host_public_key,
+    )
     async with session(first.name, good) as conn:
         assert (await run(conn, ["echo", "ok"])).stdout == "ok\n"
     bad = good.model_copy(update={"host_key": second.host_public_key})
@@ -161,11 +169,17 @@ async def test_host_key_string_mode(ssh_hosts: SshHosts) -> None:
         await connect(first.name, garbage)
 
 
-async def test_insecure_mode_connects_and_warns(ssh_hosts: SshHosts,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+async def test_insecure_mode_connects_and_warns(
+    ssh_hosts: SshHosts, caplog: pytest.LogCaptureFixture
+) -> None:
     [info] = await ssh_hosts(1)
-    host = HostConfig(address="127.0.0.1", port=info.port, user=info.host.user,
-                      key_file=str(info.key_file), insecure_accept_any_host_key=True)
+    host = HostConfig(
+        address="127.0.0.1",
+        port=info.port,
+        user=info.host.user,
+        key_file=str(info.key_file),
+        insecure_accept_any_host_key=True,
+    )
     with caplog.at_level(logging.WARNING, logger="sandboxer.ssh"):
         async with session(info.name, host) as conn:
             assert (await run(conn, ["true"])).exit_status == 0
@@ -203,19 +217,18 @@ async def test_a_host_dying_mid_command_is_unreachable(ssh_hosts: SshHosts) -> N
 async def test_a_refused_client_key_is_unreachable(ssh_hosts: SshHosts, tmp_path: Path) -> None:
     [info] = await ssh_hosts(1)
     stranger = tmp_path / "stranger"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
-                   check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     with pytest.raises(HostUnreachable) as refused:
-        await connect(info.name, info.host.model_copy(update={"key_file": str(stranger)})
-                      )
+        await connect(info.name, info.host.model_copy(update={"key_file": str(stranger)}))
     assert f"refused key {stranger}" in refused.value.message
     assert "authorized_keys" in refused.value.message
 
     with pytest.raises(HostUnreachable, match="no key_file"):
         await connect(info.name, info.host.model_copy(update={"key_file": None}))
     with pytest.raises(HostUnreachable, match="cannot load the private key"):
-        await connect(info.name, info.host.model_copy(
-            update={"key_file": str(tmp_path / "absent")}))
+        await connect(
+            info.name, info.host.model_copy(update={"key_file": str(tmp_path / "absent")})
+        )
 
 
 async def test_an_address_that_does_not_resolve_is_unreachable(ssh_hosts: SshHosts) -> None:
@@ -295,8 +308,9 @@ def assert_mirrored(local: Path, remote: Path) -> None:
 
 
 @pytest.mark.parametrize("prefer", ["auto", "sftp"])
-async def test_sync_dir_mirrors_files_and_symlinks(ssh_hosts: SshHosts, tmp_path: Path,
-                                                   prefer: Literal["auto", "sftp"]) -> None:
+async def test_sync_dir_mirrors_files_and_symlinks(
+    ssh_hosts: SshHosts, tmp_path: Path, prefer: Literal["auto", "sftp"]
+) -> None:
     [info] = await ssh_hosts(1)
     local, remote = tmp_path / "local", tmp_path / "remote" / "ws" / "repo"
     make_tree(local)
@@ -309,21 +323,29 @@ async def test_sync_dir_mirrors_files_and_symlinks(ssh_hosts: SshHosts, tmp_path
         # a second sync picks up changes and deletions
         (local / "file.txt").write_text("changed\n")
         (local / "run.sh").unlink()
-        assert await sync_dir(info.name, info.host, conn, local, str(remote),
-                              prefer=prefer) == used
+        assert await sync_dir(info.name, info.host, conn, local, str(remote), prefer=prefer) == used
         assert (remote / "file.txt").read_text() == "changed\n"
         assert not (remote / "run.sh").exists()
         assert sorted(p.name for p in (tmp_path / "remote" / "ws").iterdir()) == ["repo"]
 
 
 @pytest.mark.parametrize("mode", ["host_key", "insecure"])
-async def test_rsync_trusts_the_host_like_the_connection(ssh_hosts: SshHosts, tmp_path: Path,
-                                                         mode: str) -> None:
+async def test_rsync_trusts_the_host_like_the_connection(
+    ssh_hosts: SshHosts, tmp_path: Path, mode: str
+) -> None:
     first, second = await ssh_hosts(2)
-    fields = ({"host_key": first.host_public_key} if mode == "host_key"
-              else {"insecure_accept_any_host_key": True})
-    host = HostConfig(address="127.0.0.1", port=first.port, user=first.host.user,
-                      key_file=str(first.key_file), **fields)
+    fields = (
+        {"host_key": first.host_public_key}
+        if mode == "host_key"
+        else {"insecure_accept_any_host_key": True}
+    )
+    host = HostConfig(
+        address="127.0.0.1",
+        port=first.port,
+        user=first.host.user,
+        key_file=str(first.key_file),
+        **fields,
+    )
     local, remote = tmp_path / "local", tmp_path / "remote"
     make_tree(local)
     async with session(first.name, host) as conn:
@@ -340,25 +362,36 @@ async def test_sync_dir_refuses_bad_paths(ssh_hosts: SshHosts, tmp_path: Path) -
     [info] = await ssh_hosts(1)
     (tmp_path / "file").write_text("x")
     async with session(info.name, info.host) as conn:
-        for local, remote in [(tmp_path / "absent", "/tmp/x"), (tmp_path / "file", "/tmp/x"),
-                              (tmp_path, "relative"), (tmp_path, "/tmp/../etc"), (tmp_path, "/")]:
+        for local, remote in [
+            (tmp_path / "absent", "/tmp/x"),
+            (tmp_path / "file", "/tmp/x"),
+            (tmp_path, "relative"),
+            (tmp_path, "/tmp/../etc"),
+            (tmp_path, "/"),
+        ]:
             with pytest.raises(InvalidInput):
                 await sync_dir(info.name, info.host, conn, local, remote)
 
 
-async def test_hosts_file_written_for_the_service_loads(ssh_hosts: SshHosts,
-                                                        tmp_path: Path) -> None:
+async def test_hosts_file_written_for_the_service_loads(
+    ssh_hosts: SshHosts, tmp_path: Path
+) -> None:
     import yaml
 
     infos = await ssh_hosts(2)
-    path = write_hosts_file(tmp_path / "home" / "hosts.yaml", infos,
-                            env={"DOCKER_HOST": "unix:///x.sock"}, labels={"region": "eu"})
+    path = write_hosts_file(
+        tmp_path / "home" / "hosts.yaml",
+        infos,
+        env={"DOCKER_HOST": "unix:///x.sock"},
+        labels={"region": "eu"},
+    )
     loaded = HostsFile.model_validate(yaml.safe_load(path.read_text())).hosts
     assert sorted(loaded) == ["host1", "host2"]
     assert loaded["host2"].port == infos[1].port
     assert loaded["host1"].env == {"DOCKER_HOST": "unix:///x.sock"}
-    keyed = write_hosts_file(tmp_path / "keyed.yaml", infos[:1], known_hosts=None,
-                             host_key=infos[0].host_public_key)
+    keyed = write_hosts_file(
+        tmp_path / "keyed.yaml", infos[:1], known_hosts=None, host_key=infos[0].host_public_key
+    )
     host = HostsFile.model_validate(yaml.safe_load(keyed.read_text())).hosts["host1"]
     assert host.known_hosts is None
     assert host.host_key == infos[0].host_public_key
@@ -378,19 +411,18 @@ def test_docker_engine_runs_compose(docker_engine: DockerEngine, tmp_path: Path)
     (tmp_path / "docker-compose.yml").write_text(COMPOSE)
     env = {**os.environ, **docker_engine.env}
     compose = ["docker-compose", "-p", "sbxlocal"]
-    subprocess.run([*compose, "up", "-d"], cwd=tmp_path, env=env, check=True,
-                   capture_output=True)
+    subprocess.run([*compose, "up", "-d"], cwd=tmp_path, env=env, check=True, capture_output=True)
     try:
         names = docker_engine.docker("ps", "--format", "{{.Names}}").stdout.split()
         assert names == ["sbxlocal_app_1"]
     finally:
-        subprocess.run([*compose, "down"], cwd=tmp_path, env=env, check=True,
-                       capture_output=True)
+        subprocess.run([*compose, "down"], cwd=tmp_path, env=env, check=True, capture_output=True)
     assert docker_engine.docker("ps", "-aq").stdout.split() == []
 
 
-async def test_compose_up_and_down_over_ssh(docker_engine: DockerEngine, ssh_hosts: SshHosts,
-                                            tmp_path: Path) -> None:
+async def test_compose_up_and_down_over_ssh(
+    docker_engine: DockerEngine, ssh_hosts: SshHosts, tmp_path: Path
+) -> None:
     [info] = await ssh_hosts(1, env=docker_engine.env)
     project = tmp_path / "project"
     project.mkdir()
@@ -408,5 +440,6 @@ async def test_compose_up_and_down_over_ssh(docker_engine: DockerEngine, ssh_hos
         finally:
             await run(conn, [*compose, "down"], env=info.host.env, cwd=remote, timeout=120)
         assert docker_engine.docker("ps", "-aq").stdout.split() == []
-        await remove_tree(conn, f"{info.host.workspace_root}/sbxcompose",
-                          root=info.host.workspace_root)
+        await remove_tree(
+            conn, f"{info.host.workspace_root}/sbxcompose", root=info.host.workspace_root
+        )

@@ -24,25 +24,31 @@ def api_error(code: int, err_code: int) -> APIError:
     return APIError(code=code, err_code=err_code, description="test")
 
 
-@pytest.mark.parametrize("exc", [
-    nats_errors.TimeoutError(),
-    nats_errors.NoRespondersError(),
-    NoStreamResponseError(),
-    nats_errors.ConnectionReconnectingError(),
-    ServiceUnavailableError(code=503, err_code=10008),
-    api_error(500, 10009),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        nats_errors.TimeoutError(),
+        nats_errors.NoRespondersError(),
+        NoStreamResponseError(),
+        nats_errors.ConnectionReconnectingError(),
+        ServiceUnavailableError(code=503, err_code=10008),
+        api_error(500, 10009),
+    ],
+)
 def test_leaderless_and_reconnecting_answers_are_transient(exc: Exception) -> None:
     assert is_transient(exc)
 
 
-@pytest.mark.parametrize("exc", [
-    api_error(400, 10071),  # wrong last sequence: a conflict, the caller's to settle
-    api_error(400, 10164),
-    api_error(503, 10063),  # a 503, but an expectation failed: not "not now"
-    api_error(400, 10054),  # message too large
-    nats_errors.ConnectionClosedError(),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        api_error(400, 10071),  # wrong last sequence: a conflict, the caller's to settle
+        api_error(400, 10164),
+        api_error(503, 10063),  # a 503, but an expectation failed: not "not now"
+        api_error(400, 10054),  # message too large
+        nats_errors.ConnectionClosedError(),
+    ],
+)
 def test_refusals_and_conflicts_are_not_transient(exc: Exception) -> None:
     assert not is_transient(exc)
 
@@ -79,8 +85,14 @@ class PlacingJetStream:
 
 
 async def test_streams_wait_until_the_cluster_can_place_them() -> None:
-    js = PlacingJetStream([api_error(400, 10005), api_error(503, 10008),
-                           nats_errors.TimeoutError(), api_error(400, 10005)])
+    js = PlacingJetStream(
+        [
+            api_error(400, 10005),
+            api_error(503, 10008),
+            nats_errors.TimeoutError(),
+            api_error(400, 10005),
+        ]
+    )
     await ensure_streams(js, 3)  # type: ignore[arg-type]
     assert js.created == ["SANDBOXER_COMMANDS", "SANDBOXER_EVENTS", "SANDBOXER_JOBS"]
 

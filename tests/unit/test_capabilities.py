@@ -29,9 +29,12 @@ def test_every_packaged_backend_keeps_its_declaration_s_promises(tmp_path: Path)
 
 
 def test_a_claim_the_class_does_not_keep_is_refused_with_the_fix() -> None:
-    decl = ExtensionDecl(id="ext.local", kind="self-hosted", entry_point="x:Y",
-                         capabilities={"isolation": ["namespace"], "snapshot": True,
-                                       "pause": True})
+    decl = ExtensionDecl(
+        id="ext.local",
+        kind="self-hosted",
+        entry_point="x:Y",
+        capabilities={"isolation": ["namespace"], "snapshot": True, "pause": True},
+    )
     extension = LocalExtension(Path("/nonexistent"))
     assert not isinstance(extension, Snapshotter)
     with pytest.raises(ConfigError) as caught:

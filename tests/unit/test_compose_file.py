@@ -38,7 +38,16 @@ def test_compose_file_resolution(tmp_path: Path) -> None:
     (repo / "escape.yml").symlink_to("/etc/passwd")
     with pytest.raises(ComposeFileError, match="leads out of the repo"):
         resolve_compose_file(repo, "escape.yml")
-    for bad in ("", "/abs.yml", "../x.yml", "a/./b.yml", "a//b.yml", "a b.yml", "$(x).yml",
-                "a\nb.yml", "x" * 300):
+    for bad in (
+        "",
+        "/abs.yml",
+        "../x.yml",
+        "a/./b.yml",
+        "a//b.yml",
+        "a b.yml",
+        "$(x).yml",
+        "a\nb.yml",
+        "x" * 300,
+    ):
         with pytest.raises(ComposeFileError):
             check_compose_file(bad)

@@ -43,7 +43,8 @@ def test_typo_names_file_and_field(tmp_path: Path) -> None:
 def test_wrong_literal_says_what_is_allowed(tmp_path: Path) -> None:
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "profile.bad.yaml").write_text(
-        "id: profile.bad\nextension: ext.local\nisolation: {level: vm}\n")
+        "id: profile.bad\nextension: ext.local\nisolation: {level: vm}\n"
+    )
     with pytest.raises(ConfigError, match=r"isolation\.level.*'container'.*'vm'"):
         Catalog.load(tmp_path)
 
@@ -58,7 +59,8 @@ def test_file_name_must_match_id(tmp_path: Path) -> None:
 def test_user_profile_overrides_packaged(tmp_path: Path) -> None:
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "profile.local.yaml").write_text(
-        "id: profile.local\nversion: 7\nextension: ext.local\n")
+        "id: profile.local\nversion: 7\nextension: ext.local\n"
+    )
     assert Catalog.load(tmp_path).profile("profile.local").version == 7
 
 
@@ -66,38 +68,55 @@ def test_admission_fills_defaults_and_rejects_unknown_or_missing_inputs(tmp_path
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "profile.needs.yaml").write_text(
         "id: profile.needs\nextension: ext.local\ninputs:\n"
-        "  repo: {required: true, description: the repo}\n  mode: {default: fast}\n")
+        "  repo: {required: true, description: the repo}\n  mode: {default: fast}\n"
+    )
     catalog = Catalog.load(tmp_path)
     profile = catalog.profile("profile.needs")
     enabled = catalog.extensions_enabled()
-    ok = admit_create(CreateSandbox(command_id="c", actor=ACTOR, profile=profile.id,
-                                    inputs={"repo": "/r"}), profile, enabled)
+    ok = admit_create(
+        CreateSandbox(command_id="c", actor=ACTOR, profile=profile.id, inputs={"repo": "/r"}),
+        profile,
+        enabled,
+    )
     assert ok.inputs == {"repo": "/r", "mode": "fast"}
     assert ok.sandbox_id.startswith("sbx")
     with pytest.raises(Rejected, match="--input repo=VALUE"):
-        admit_create(CreateSandbox(command_id="c", actor=ACTOR, profile=profile.id),
-                     profile, enabled)
+        admit_create(
+            CreateSandbox(command_id="c", actor=ACTOR, profile=profile.id), profile, enabled
+        )
     with pytest.raises(Rejected, match="takes no input bogus"):
-        admit_create(CreateSandbox(command_id="c", actor=ACTOR, profile=profile.id,
-                                   inputs={"repo": "/r", "bogus": "1"}), profile, enabled)
+        admit_create(
+            CreateSandbox(
+                command_id="c", actor=ACTOR, profile=profile.id, inputs={"repo": "/r", "bogus": "1"}
+            ),
+            profile,
+            enabled,
+        )
 
 
 def _decl(ext_id: str, kind: str, per_second: float, snapshot: bool = False) -> ExtensionDecl:
-    return ExtensionDecl.model_validate({
-        "id": ext_id, "kind": kind, "entry_point": "m:C",
-        "capabilities": {"isolation": ["container"], "snapshot": snapshot},
-        "pricing": {"per_second": per_second},
-    })
+    return ExtensionDecl.model_validate(
+        {
+            "id": ext_id,
+            "kind": kind,
+            "entry_point": "m:C",
+            "capabilities": {"isolation": ["container"], "snapshot": snapshot},
+            "pricing": {"per_second": per_second},
+        }
+    )
 
 
 def test_routing_strategies_and_constraints(tmp_path: Path) -> None:
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "profile.routed.yaml").write_text(
         "id: profile.routed\nroute:\n  strategy: lowest-cost\n"
-        "  candidates: [ext.a, ext.b, ext.missing]\n  constraints: {snapshot: true}\n")
+        "  candidates: [ext.a, ext.b, ext.missing]\n  constraints: {snapshot: true}\n"
+    )
     profile = Catalog.load(tmp_path).profile("profile.routed")
-    enabled = {"ext.a": _decl("ext.a", "saas", 0.001, snapshot=True),
-               "ext.b": _decl("ext.b", "saas", 0.0001, snapshot=False)}
+    enabled = {
+        "ext.a": _decl("ext.a", "saas", 0.001, snapshot=True),
+        "ext.b": _decl("ext.b", "saas", 0.0001, snapshot=False),
+    }
     choice = route(profile, enabled)
     assert choice.extension == "ext.a"
     assert "ext.b cannot snapshot" in choice.reason
@@ -105,8 +124,9 @@ def test_routing_strategies_and_constraints(tmp_path: Path) -> None:
         route(profile, {})
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("15m", 900), ("2h", 7200),
-                                               ("1d", 86400)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("15m", 900), ("2h", 7200), ("1d", 86400)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
     assert format_duration(seconds) == text
@@ -134,13 +154,15 @@ def test_hosts_file_errors_name_the_host_and_what_is_needed(tmp_path: Path) -> N
     settings = Settings(home=tmp_path, nats_urls=(), nats_server=None, ack_wait=30)
     assert load_hosts(settings) == {}
     (tmp_path / "hosts.yaml").write_text(
-        "hosts:\n  box1: {address: 10.0.0.1, workspace_root: '/tmp/$(reboot)'}\n")
+        "hosts:\n  box1: {address: 10.0.0.1, workspace_root: '/tmp/$(reboot)'}\n"
+    )
     with pytest.raises(ConfigError) as caught:
         load_hosts(settings)
     assert "hosts.box1.workspace_root" in caught.value.message
     assert "known_hosts" in caught.value.message or "absolute path" in caught.value.message
     (tmp_path / "hosts.yaml").write_text(
-        "hosts:\n  box1: {address: 10.0.0.1, host_key: 'ssh-ed25519 AAAA', compose_cmd: 'rm -rf /'}\n")
+        "hosts:\n  box1: {address: 10.0.0.1, host_key: 'ssh-ed25519 AAAA', compose_cmd: 'rm -rf /'}\n"
+    )
     with pytest.raises(ConfigError, match="compose_cmd"):
         load_hosts(settings)
 
@@ -218,8 +240,9 @@ def test_entry_point_without_a_good_declaration_says_what_to_add(
 ) -> None:
     from importlib import metadata
 
-    monkeypatch.setattr(metadata, "entry_points",
-                        lambda group: [_EntryPoint("ext.third", declaration)])
+    monkeypatch.setattr(
+        metadata, "entry_points", lambda group: [_EntryPoint("ext.third", declaration)]
+    )
     with pytest.raises(ConfigError) as caught:
         Catalog.load()
     assert expected in caught.value.message
@@ -246,7 +269,8 @@ def test_unknown_field_points_to_the_page_of_its_file(tmp_path: Path) -> None:
     from sandboxer.config.settings import Settings
 
     (tmp_path / "hosts.yaml").write_text(
-        "hosts:\n  box1: {address: 10.0.0.1, host_key: 'ssh-ed25519 AAAA', adress: x}\n")
+        "hosts:\n  box1: {address: 10.0.0.1, host_key: 'ssh-ed25519 AAAA', adress: x}\n"
+    )
     settings = Settings(home=tmp_path, nats_urls=(), nats_server=None, ack_wait=30)
     with pytest.raises(ConfigError, match=r"adress: unknown field .*docs/hosts\.md"):
         load_hosts(settings)

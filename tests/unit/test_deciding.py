@@ -25,7 +25,12 @@ SID = "sandbox0001"
 def create(command_id: str = "c-create") -> AdmittedCreate:
     return AdmittedCreate(
         command=CreateSandbox(command_id=command_id, actor=SYSTEM_ACTOR, profile="profile.local"),
-        sandbox_id=SID, profile_version=1, inputs={}, extension="ext.local", route_reason="test")
+        sandbox_id=SID,
+        profile_version=1,
+        inputs={},
+        extension="ext.local",
+        route_reason="test",
+    )
 
 
 async def test_apply_appends_and_a_repeat_decides_nothing() -> None:
@@ -46,7 +51,10 @@ async def test_a_stale_known_state_is_reloaded_not_trusted() -> None:
     assert changed
     assert loaded.state.status == "provisioning"
     assert [type(e).__name__ for e in store.log] == [
-        "SandboxRequested", "SandboxRouted", "SandboxProvisioning"]
+        "SandboxRequested",
+        "SandboxRouted",
+        "SandboxProvisioning",
+    ]
 
 
 class RacingStore(MemoryEventStore):
@@ -65,8 +73,9 @@ class RacingStore(MemoryEventStore):
 
 async def destroying(store: MemoryEventStore) -> None:
     await apply(store, SID, create())
-    await apply(store, SID, DestroySandbox(command_id="c-destroy", actor=SYSTEM_ACTOR,
-                                           sandbox_id=SID))
+    await apply(
+        store, SID, DestroySandbox(command_id="c-destroy", actor=SYSTEM_ACTOR, sandbox_id=SID)
+    )
 
 
 async def test_a_lost_race_is_decided_again_on_the_new_state() -> None:
@@ -77,7 +86,10 @@ async def test_a_lost_race_is_decided_again_on_the_new_state() -> None:
     assert changed
     assert loaded.state.status == "destroyed"
     assert [type(e).__name__ for e in store.log][-3:] == [
-        "SandboxTeardownFailed", "SandboxTeardownFailed", "SandboxDestroyed"]
+        "SandboxTeardownFailed",
+        "SandboxTeardownFailed",
+        "SandboxDestroyed",
+    ]
 
 
 async def test_a_sandbox_that_never_stops_changing_gives_up_with_a_conflict() -> None:
@@ -90,8 +102,9 @@ async def test_a_sandbox_that_never_stops_changing_gives_up_with_a_conflict() ->
 
 async def test_records_are_idempotent_by_their_stamped_id() -> None:
     store = MemoryEventStore()
-    rejection = CommandRejected(command_id="c1", command="create", code="x", reason="y",
-                                actor=SYSTEM_ACTOR, at=utc_now())
+    rejection = CommandRejected(
+        command_id="c1", command="create", code="x", reason="y", actor=SYSTEM_ACTOR, at=utc_now()
+    )
     await store.record(rejection)
     await store.record(rejection)
     assert len(store.log) == 1

@@ -22,11 +22,13 @@ def yaml_blocks(page: str) -> list[str]:
 
 
 def test_id_derivation_snippet_in_protocol_md_matches_the_service() -> None:
-    snippet = re.search(r'`(python -c "import base64,hashlib;.*?")`',
-                        (DOCS / "protocol.md").read_text()).group(1)  # type: ignore[union-attr]
+    snippet = re.search(
+        r'`(python -c "import base64,hashlib;.*?")`', (DOCS / "protocol.md").read_text()
+    ).group(1)  # type: ignore[union-attr]
     code = snippet.removeprefix("python -c ").strip('"')
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == derive_sandbox_id("c-0001")
 
 
@@ -53,8 +55,11 @@ def test_every_setting_the_code_reads_is_in_the_readme_table() -> None:
     from sandboxer import subjects
 
     package = Path(__file__).resolve().parents[2] / "sandboxer"
-    mentioned = {name for path in package.rglob("*.py")
-                 for name in re.findall(r"\bSANDBOXER_[A-Z_]+\b", path.read_text())}
+    mentioned = {
+        name
+        for path in package.rglob("*.py")
+        for name in re.findall(r"\bSANDBOXER_[A-Z_]+\b", path.read_text())
+    }
     streams = {subjects.COMMANDS_STREAM, subjects.EVENTS_STREAM, subjects.JOBS_STREAM}
     readme = (DOCS.parent / "README.md").read_text()
     table = set(re.findall(r"^\| `(SANDBOXER_[A-Z_]+)` \|", readme, re.M))

@@ -14,8 +14,19 @@ from sandboxer.events.codec import Codec, UnknownEventType, current_versions, de
 from sandboxer.events.types import NOT_SANDBOX_EVENTS, SandboxRequested, event_type
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
-TYPES_OF_2026_12_02 = {"requested", "routed", "provisioning", "ready", "failed", "recreating",
-                       "destroying", "destroyed", "rejected", "inspected", "reaped"}
+TYPES_OF_2026_12_02 = {
+    "requested",
+    "routed",
+    "provisioning",
+    "ready",
+    "failed",
+    "recreating",
+    "destroying",
+    "destroyed",
+    "rejected",
+    "inspected",
+    "reaped",
+}
 
 
 def golden_lines() -> list[dict[str, Any]]:
@@ -71,8 +82,9 @@ def test_an_old_version_of_a_type_is_upcast_on_decode() -> None:
         steps.append(body["v"])
         return {**body, "inputs": {**body["inputs"], "upgraded": "from-v1"}}
 
-    codec = Codec(upcasters={("requested", 1): v1_to_v2},
-                  versions={**current_versions(), "requested": 2})
+    codec = Codec(
+        upcasters={("requested", 1): v1_to_v2}, versions={**current_versions(), "requested": 2}
+    )
     stored = next(line for line in golden_lines() if line["subject"].endswith(".requested"))
     event = codec.decode(stored["body"].encode())
     assert isinstance(event, SandboxRequested)
@@ -91,10 +103,15 @@ def test_a_missing_upcaster_is_an_error_naming_the_step() -> None:
 
 
 def test_newer_versions_and_fields_are_read_as_far_as_known() -> None:
-    stored = json.loads(next(line["body"] for line in golden_lines()
-                             if line["subject"].endswith(".ready")))
-    newer = {**stored, "v": 7, "brand_new": {"x": 1},
-             "actor": {**stored["actor"], "department": "ops"}}
+    stored = json.loads(
+        next(line["body"] for line in golden_lines() if line["subject"].endswith(".ready"))
+    )
+    newer = {
+        **stored,
+        "v": 7,
+        "brand_new": {"x": 1},
+        "actor": {**stored["actor"], "department": "ops"},
+    }
     event = decode_event(json.dumps(newer).encode())
     assert event.v == 7
     assert event.actor is not None

@@ -10,7 +10,10 @@ from sandboxer.domain.host_order import host_order
 from sandboxer.errors import Rejected
 from sandboxer.workers.host_choice import choose_host
 
-HOSTS = {name: HostConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA") for name in ("alpha", "beta", "gamma")}
+HOSTS = {
+    name: HostConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA")
+    for name in ("alpha", "beta", "gamma")
+}
 
 
 def probe_with(down: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -26,7 +29,10 @@ def probe_with(down: dict[str, str]):  # type: ignore[no-untyped-def]
 def test_order_is_prefer_then_fallback_without_repeats() -> None:
     placement = Placement(prefer=["beta", "alpha"], fallback=["alpha", "gamma"])
     assert host_order(placement, None, list(HOSTS)) == [
-        ("beta", "preferred"), ("alpha", "preferred"), ("gamma", "fallback")]
+        ("beta", "preferred"),
+        ("alpha", "preferred"),
+        ("gamma", "fallback"),
+    ]
 
 
 def test_a_requested_host_overrides_the_profile() -> None:
@@ -36,7 +42,9 @@ def test_a_requested_host_overrides_the_profile() -> None:
 
 def test_a_profile_without_hosts_may_use_any_in_name_order() -> None:
     assert [name for name, _ in host_order(Placement(), None, ["gamma", "alpha"])] == [
-        "alpha", "gamma"]
+        "alpha",
+        "gamma",
+    ]
 
 
 async def test_the_first_healthy_host_wins_and_the_skipped_are_named() -> None:
@@ -50,8 +58,9 @@ async def test_the_first_healthy_host_wins_and_the_skipped_are_named() -> None:
 
 async def test_a_host_missing_from_the_hosts_file_is_skipped_with_the_reason() -> None:
     probe, probed = probe_with({})
-    host, why = await choose_host(Placement(prefer=["sandboxer01"], fallback=["gamma"]), None,
-                                  HOSTS, probe)
+    host, why = await choose_host(
+        Placement(prefer=["sandboxer01"], fallback=["gamma"]), None, HOSTS, probe
+    )
     assert host == "gamma"
     assert "sandboxer01 is not in the hosts file" in why
     assert probed == ["gamma"]

@@ -18,14 +18,18 @@ def raw(**fields: object) -> bytes:
 
 
 def test_valid_create() -> None:
-    command = parse_command("sandboxer.cmd.create", raw(command_id="c1", profile="profile.local",
-                                          inputs={"repo": "/src"}, actor=ACTOR))
+    command = parse_command(
+        "sandboxer.cmd.create",
+        raw(command_id="c1", profile="profile.local", inputs={"repo": "/src"}, actor=ACTOR),
+    )
     assert isinstance(command, CreateSandbox)
     assert command.inputs == {"repo": "/src"}
 
 
 def test_valid_destroy() -> None:
-    command = parse_command("sandboxer.cmd.destroy", raw(command_id="c1", sandbox_id="abcdefgh", actor=ACTOR))
+    command = parse_command(
+        "sandboxer.cmd.destroy", raw(command_id="c1", sandbox_id="abcdefgh", actor=ACTOR)
+    )
     assert isinstance(command, DestroySandbox)
 
 
@@ -38,31 +42,75 @@ def test_valid_destroy() -> None:
         ("create", raw(command_id="a b", profile="p", actor=ACTOR), "invalid_field", "letters"),
         ("create", raw(command_id="c", actor=ACTOR), "invalid_field", "profile"),
         ("create", raw(command_id="c", profile="p"), "invalid_field", "actor"),
-        ("create", raw(command_id="c", profile="p", actor={"type": "root", "id": "x"}),
-         "invalid_field", "actor"),
-        ("create", raw(command_id="c", profile="p", actor=ACTOR, extra=1), "invalid_field",
-         "extra"),
-        ("create", raw(command_id="c", profile="p", actor=ACTOR, sandbox_id="../etc"),
-         "invalid_id", "lowercase"),
-        ("create", raw(command_id="c", profile="p", actor=ACTOR, sandbox_id="ab;rm -rf /"),
-         "invalid_id", "lowercase"),
-        ("create", raw(command_id="c", profile="p", actor=ACTOR, sandbox_id="UPPERCASE1"),
-         "invalid_id", "lowercase"),
-        ("create", raw(command_id="c", profile="p", actor=ACTOR, inputs={"$(x)": "1"}),
-         "invalid_input", "input name"),
-        ("create", raw(command_id="c", profile="p", actor=ACTOR, inputs={"a": 5}),
-         "invalid_field", "inputs"),
+        (
+            "create",
+            raw(command_id="c", profile="p", actor={"type": "root", "id": "x"}),
+            "invalid_field",
+            "actor",
+        ),
+        (
+            "create",
+            raw(command_id="c", profile="p", actor=ACTOR, extra=1),
+            "invalid_field",
+            "extra",
+        ),
+        (
+            "create",
+            raw(command_id="c", profile="p", actor=ACTOR, sandbox_id="../etc"),
+            "invalid_id",
+            "lowercase",
+        ),
+        (
+            "create",
+            raw(command_id="c", profile="p", actor=ACTOR, sandbox_id="ab;rm -rf /"),
+            "invalid_id",
+            "lowercase",
+        ),
+        (
+            "create",
+            raw(command_id="c", profile="p", actor=ACTOR, sandbox_id="UPPERCASE1"),
+            "invalid_id",
+            "lowercase",
+        ),
+        (
+            "create",
+            raw(command_id="c", profile="p", actor=ACTOR, inputs={"$(x)": "1"}),
+            "invalid_input",
+            "input name",
+        ),
+        (
+            "create",
+            raw(command_id="c", profile="p", actor=ACTOR, inputs={"a": 5}),
+            "invalid_field",
+            "inputs",
+        ),
         ("destroy", raw(command_id="c", actor=ACTOR), "invalid_field", "sandbox_id"),
         ("explode", raw(command_id="c", actor=ACTOR), "unknown_command", "known subjects"),
-        ("nope.create", raw(command_id="c", profile="p", actor=ACTOR), "unknown_command",
-         "sandboxer.cmd.create"),
-        ("x.y.create", raw(command_id="c", profile="p", actor=ACTOR), "unknown_command",
-         "known subjects"),
-        ("create", raw(command_id="c", profile="p", actor={**ACTOR, "role": "root"}),
-         "invalid_field", "actor"),
+        (
+            "nope.create",
+            raw(command_id="c", profile="p", actor=ACTOR),
+            "unknown_command",
+            "sandboxer.cmd.create",
+        ),
+        (
+            "x.y.create",
+            raw(command_id="c", profile="p", actor=ACTOR),
+            "unknown_command",
+            "known subjects",
+        ),
+        (
+            "create",
+            raw(command_id="c", profile="p", actor={**ACTOR, "role": "root"}),
+            "invalid_field",
+            "actor",
+        ),
         ("create", b"[" * 3000 + b"]" * 3000, "malformed", "nested too deeply"),
-        ("create", b'{"command_id": "c", "inputs": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3001,
-         "malformed", "nested too deeply"),
+        (
+            "create",
+            b'{"command_id": "c", "inputs": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3001,
+            "malformed",
+            "nested too deeply",
+        ),
     ],
 )
 def test_rejections_say_why(verb: str, data: bytes, code: str, fragment: str) -> None:
@@ -86,8 +134,16 @@ def test_huge_payload_is_refused_before_decoding() -> None:
     assert caught.value.code == "too_large"
 
 
-@pytest.mark.parametrize("subject", ["sandboxer.cmd", "cmd.create", "sandboxer.create",
-                                     "other.cmd.create", "sandboxer.cmd.create.extra"])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "sandboxer.cmd",
+        "cmd.create",
+        "sandboxer.create",
+        "other.cmd.create",
+        "sandboxer.cmd.create.extra",
+    ],
+)
 def test_only_the_exact_command_subject_is_a_command(subject: str) -> None:
     data = raw(command_id="c", profile="profile.local", actor=ACTOR)
     with pytest.raises(InvalidCommand) as caught:
@@ -97,13 +153,32 @@ def test_only_the_exact_command_subject_is_a_command(subject: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(subject=strategies.sampled_from(["sandboxer.cmd.create", "sandboxer.cmd.destroy",
-                                "sandboxer.cmd.recreate", "sandboxer.cmd.x.create"]),
-       data=strategies.one_of(strategies.binary(max_size=256),
-                      strategies.recursive(strategies.none() | strategies.booleans() | strategies.integers() | strategies.text(max_size=8),
-                                   lambda inner: strategies.lists(inner, max_size=4)
-                                   | strategies.dictionaries(strategies.text(max_size=12), inner, max_size=5),
-                                   max_leaves=20).map(json.dumps).map(str.encode)))
+@given(
+    subject=strategies.sampled_from(
+        [
+            "sandboxer.cmd.create",
+            "sandboxer.cmd.destroy",
+            "sandboxer.cmd.recreate",
+            "sandboxer.cmd.x.create",
+        ]
+    ),
+    data=strategies.one_of(
+        strategies.binary(max_size=256),
+        strategies.recursive(
+            strategies.none()
+            | strategies.booleans()
+            | strategies.integers()
+            | strategies.text(max_size=8),
+            lambda inner: (
+                strategies.lists(inner, max_size=4)
+                | strategies.dictionaries(strategies.text(max_size=12), inner, max_size=5)
+            ),
+            max_leaves=20,
+        )
+        .map(json.dumps)
+        .map(str.encode),
+    ),
+)
 def test_any_bytes_become_a_command_or_a_reason(subject: str, data: bytes) -> None:
     """Whatever is published, parsing ends in a command or an InvalidCommand: nothing else."""
     outcome: object

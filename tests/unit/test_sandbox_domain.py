@@ -26,7 +26,10 @@ NOW = "2026-11-23T00:00:00.000Z"
 def admitted(command_id: str = "c-create") -> AdmittedCreate:
     return AdmittedCreate(
         command=CreateSandbox(command_id=command_id, actor=ACTOR, profile="profile.local"),
-        sandbox_id=SID, profile_version=1, inputs={}, extension="ext.local",
+        sandbox_id=SID,
+        profile_version=1,
+        inputs={},
+        extension="ext.local",
         route_reason="fixed by profile",
     )
 
@@ -43,7 +46,8 @@ def run(state: SandboxState, *commands: object) -> tuple[SandboxState, list[Sand
 
 def ready_state() -> SandboxState:
     state, _ = run(
-        SandboxState(sandbox_id=SID), admitted(),
+        SandboxState(sandbox_id=SID),
+        admitted(),
         StartProvisioning(job_id="j1", worker="w"),
         MarkReady(job_id="j1", reachability={"kind": "local"}, warnings=[]),
     )
@@ -72,16 +76,22 @@ def test_full_lifecycle_and_correlation() -> None:
     state = ready_state()
     assert state.status == "ready"
     assert state.generation == 1
-    state, events = run(state, DestroySandbox(command_id="c-destroy", actor=ACTOR, sandbox_id=SID),
-                        FinishTeardown(job_id="j2"))
+    state, events = run(
+        state,
+        DestroySandbox(command_id="c-destroy", actor=ACTOR, sandbox_id=SID),
+        FinishTeardown(job_id="j2"),
+    )
     assert state.status == "destroyed"
     assert [e.command_id for e in events] == ["c-destroy", "c-destroy"]
 
 
 def test_redelivered_provision_counts_attempts() -> None:
-    state, _ = run(SandboxState(sandbox_id=SID), admitted(),
-                   StartProvisioning(job_id="j1", worker="a"),
-                   StartProvisioning(job_id="j1", worker="b"))
+    state, _ = run(
+        SandboxState(sandbox_id=SID),
+        admitted(),
+        StartProvisioning(job_id="j1", worker="a"),
+        StartProvisioning(job_id="j1", worker="b"),
+    )
     assert (state.status, state.attempt, state.generation) == ("provisioning", 2, 1)
 
 
@@ -91,8 +101,11 @@ def test_job_for_a_ready_sandbox_does_nothing() -> None:
 
 def test_destroy_unknown_is_rejected_with_a_hint() -> None:
     with pytest.raises(Rejected, match="sandboxer list"):
-        decide(SandboxState(sandbox_id=SID),
-               DestroySandbox(command_id="c", actor=ACTOR, sandbox_id=SID), NOW)
+        decide(
+            SandboxState(sandbox_id=SID),
+            DestroySandbox(command_id="c", actor=ACTOR, sandbox_id=SID),
+            NOW,
+        )
 
 
 def test_destroy_while_destroying_is_a_quiet_retry() -> None:
@@ -101,8 +114,11 @@ def test_destroy_while_destroying_is_a_quiet_retry() -> None:
 
 
 def test_destroyed_cannot_be_destroyed_again_or_recreated() -> None:
-    state, _ = run(ready_state(), DestroySandbox(command_id="d1", actor=ACTOR, sandbox_id=SID),
-                   FinishTeardown(job_id="t"))
+    state, _ = run(
+        ready_state(),
+        DestroySandbox(command_id="d1", actor=ACTOR, sandbox_id=SID),
+        FinishTeardown(job_id="t"),
+    )
     with pytest.raises(Rejected, match="already destroyed"):
         decide(state, DestroySandbox(command_id="d2", actor=ACTOR, sandbox_id=SID), NOW)
     with pytest.raises(Rejected, match="recreate applies"):
@@ -111,7 +127,8 @@ def test_destroyed_cannot_be_destroyed_again_or_recreated() -> None:
 
 def test_recreate_provisions_a_new_generation_correlated_to_the_recreate() -> None:
     state, events = run(
-        ready_state(), RecreateSandbox(command_id="c-re", actor=ACTOR, sandbox_id=SID),
+        ready_state(),
+        RecreateSandbox(command_id="c-re", actor=ACTOR, sandbox_id=SID),
         StartProvisioning(job_id="j3", worker="w"),
         MarkReady(job_id="j3", reachability={}, warnings=[]),
     )
@@ -127,17 +144,23 @@ def test_recreate_while_provisioning_is_rejected() -> None:
 
 
 def test_destroy_during_provisioning_wins_over_ready() -> None:
-    state, _ = run(SandboxState(sandbox_id=SID), admitted(),
-                   StartProvisioning(job_id="j1", worker="w"),
-                   DestroySandbox(command_id="d", actor=ACTOR, sandbox_id=SID))
+    state, _ = run(
+        SandboxState(sandbox_id=SID),
+        admitted(),
+        StartProvisioning(job_id="j1", worker="w"),
+        DestroySandbox(command_id="d", actor=ACTOR, sandbox_id=SID),
+    )
     assert decide(state, MarkReady(job_id="j1", reachability={}, warnings=[]), NOW) == []
     assert decide(state, MarkFailed(job_id="j1", reason="x", stage="provision"), NOW) == []
 
 
 def test_fold_equals_stepwise_evolution() -> None:
-    state, events = run(SandboxState(sandbox_id=SID), admitted(),
-                        StartProvisioning(job_id="j1", worker="w"),
-                        MarkFailed(job_id="j1", reason="boom", stage="provision"))
+    state, events = run(
+        SandboxState(sandbox_id=SID),
+        admitted(),
+        StartProvisioning(job_id="j1", worker="w"),
+        MarkFailed(job_id="j1", reason="boom", stage="provision"),
+    )
     assert fold(SID, events) == state
     assert state.failure == "boom"
 
@@ -153,10 +176,16 @@ def test_drift_finds_orphans_and_ghosts_but_not_work_in_flight() -> None:
     from sandboxer.domain.drift import find_drift
     from sandboxer.extensions.base import FoundSandbox
 
-    found = [FoundSandbox(sandbox_id=s, alive=True) for s in
-             ("destroyedone", "unknownone1", "readyone111", "provisioning", "failedone11")]
-    status = {"destroyedone": "destroyed", "readyone111": "ready",
-              "provisioning": "provisioning", "failedone11": "failed"}
+    found = [
+        FoundSandbox(sandbox_id=s, alive=True)
+        for s in ("destroyedone", "unknownone1", "readyone111", "provisioning", "failedone11")
+    ]
+    status = {
+        "destroyedone": "destroyed",
+        "readyone111": "ready",
+        "provisioning": "provisioning",
+        "failedone11": "failed",
+    }
     drift = find_drift(found, status, ["readyone111", "vanished1111"])
     assert [o.sandbox_id for o in drift.orphans] == ["destroyedone", "unknownone1", "failedone11"]
     assert drift.ghosts == ["vanished1111"]
@@ -165,8 +194,11 @@ def test_drift_finds_orphans_and_ghosts_but_not_work_in_flight() -> None:
 def test_a_failed_teardown_is_recorded_once_and_a_new_destroy_retries_it() -> None:
     destroy = DestroySandbox(command_id="c-destroy", actor=ACTOR, sandbox_id=SID)
     state, _ = run(ready_state(), destroy)
-    stuck, events = run(state, MarkTeardownFailed(job_id="j2", reason="device busy"),
-                        MarkTeardownFailed(job_id="j2", reason="device busy"))
+    stuck, events = run(
+        state,
+        MarkTeardownFailed(job_id="j2", reason="device busy"),
+        MarkTeardownFailed(job_id="j2", reason="device busy"),
+    )
     assert [type(e).__name__ for e in events] == ["SandboxTeardownFailed"]
     assert stuck.status == "destroying"
     assert stuck.teardown_failure == "device busy"

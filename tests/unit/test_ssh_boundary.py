@@ -40,7 +40,8 @@ def test_only_the_ssh_package_imports_asyncssh() -> None:
     ]
     assert offenders == [], (
         "asyncssh may be imported only inside sandboxer/ssh/ (map its errors there and "
-        f"offer a function instead): {offenders}")
+        f"offer a function instead): {offenders}"
+    )
 
 
 def test_the_boundary_does_import_it() -> None:
@@ -65,8 +66,9 @@ def test_only_a_full_run_counts_as_timed_out() -> None:
 
 def _sh(line: str, stdin: str = "") -> tuple[subprocess.CompletedProcess[str], float]:
     began = time.monotonic()
-    done = subprocess.run(["sh", "-c", line], input=stdin, capture_output=True, text=True,
-                          check=False, timeout=30)
+    done = subprocess.run(
+        ["sh", "-c", line], input=stdin, capture_output=True, text=True, check=False, timeout=30
+    )
     return done, time.monotonic() - began
 
 
@@ -78,8 +80,7 @@ def test_the_wrapped_line_passes_stdin_output_and_status() -> None:
 def test_the_wrapped_line_stops_everything_it_started(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     # A child that ignores SIGTERM and outlives its parent: only the group kill stops it.
-    line = (f"sh -c 'trap \"\" TERM; sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; "
-            "sleep 61'")
+    line = f"sh -c 'trap \"\" TERM; sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; sleep 61'"
     done, elapsed = _sh(deadline.with_deadline(line, 0.5))
     assert done.returncode in deadline.TIMED_OUT_STATUSES
     assert elapsed < 0.5 + deadline.KILL_GRACE + 2

@@ -32,8 +32,13 @@ HOSTILE = [
 
 
 def sh(line: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=False,
-                          env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    return subprocess.run(
+        ["sh", "-c", line],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+    )
 
 
 def test_plain_words_stay_readable() -> None:
@@ -42,9 +47,7 @@ def test_plain_words_stay_readable() -> None:
 
 def test_hostile_arguments_are_quoted() -> None:
     line = command_line(["printf", "%s\\n", "$(rm -rf /)", "; reboot", "`id`", "it's"])
-    assert line == (
-        "printf '%s\\n' '$(rm -rf /)' '; reboot' '`id`' 'it'\"'\"'s'"
-    )
+    assert line == ("printf '%s\\n' '$(rm -rf /)' '; reboot' '`id`' 'it'\"'\"'s'")
 
 
 def test_hostile_arguments_reach_the_program_verbatim() -> None:
@@ -140,22 +143,34 @@ def test_unsafe_roots_are_refused(root: str) -> None:
 def test_known_hosts_line_uses_brackets_off_port_22() -> None:
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdummy comment"
     assert host_key_line(HostConfig(address="10.0.0.5", host_key=key)) == f"10.0.0.5 {key}"
-    assert (host_key_line(HostConfig(address="10.0.0.5", port=2222, host_key=key))
-            == f"[10.0.0.5]:2222 {key}")
+    assert (
+        host_key_line(HostConfig(address="10.0.0.5", port=2222, host_key=key))
+        == f"[10.0.0.5]:2222 {key}"
+    )
 
 
 def test_rsync_command_checks_host_keys_and_ignores_local_ssh_setup() -> None:
-    host = HostConfig(address="10.0.0.5", port=2222, user="deploy", key_file="/keys/id",
-                      known_hosts="/kh")
+    host = HostConfig(
+        address="10.0.0.5", port=2222, user="deploy", key_file="/keys/id", known_hosts="/kh"
+    )
     argv = rsync_argv(host, Path("/src/repo"), "/var/tmp/sandboxer/s1", "/kh")
     assert argv[:4] == ["rsync", "-a", "--delete", "--protect-args"]
     assert argv[-2:] == ["/src/repo/", "10.0.0.5:/var/tmp/sandboxer/s1/"]
     ssh = argv[argv.index("-e") + 1]
-    for option in ("-F /dev/null", "-p 2222", "-l deploy", "-i /keys/id", "BatchMode=yes",
-                   "IdentitiesOnly=yes", "StrictHostKeyChecking=yes", "UserKnownHostsFile=/kh"):
+    for option in (
+        "-F /dev/null",
+        "-p 2222",
+        "-l deploy",
+        "-i /keys/id",
+        "BatchMode=yes",
+        "IdentitiesOnly=yes",
+        "StrictHostKeyChecking=yes",
+        "UserKnownHostsFile=/kh",
+    ):
         assert option in ssh
-    insecure = rsync_argv(host.model_copy(update={"insecure_accept_any_host_key": True}),
-                          Path("/src"), "/r", None)
+    insecure = rsync_argv(
+        host.model_copy(update={"insecure_accept_any_host_key": True}), Path("/src"), "/r", None
+    )
     ssh = insecure[insecure.index("-e") + 1]
     assert "StrictHostKeyChecking=no" in ssh
     assert "UserKnownHostsFile=/dev/null" in ssh

@@ -12,8 +12,9 @@ BASH = shutil.which("bash") or "/bin/bash"
 
 
 def _packages(profile: str) -> list[str]:
-    result = subprocess.run([BASH, str(SCRIPT), profile, "--list"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [BASH, str(SCRIPT), profile, "--list"], capture_output=True, text=True, check=True
+    )
     return result.stdout.split()
 
 
@@ -24,14 +25,23 @@ def test_demo_installs_only_what_local_sandboxes_need() -> None:
 def test_tests_install_everything_including_both_compose_engines() -> None:
     packages = _packages("test")
     assert packages[:4] == _packages("demo")
-    for package in ("openssh-server", "rsync", "docker.io", "docker-compose", "busybox-static",
-                    "podman", "runc", "catatonit"):
+    for package in (
+        "openssh-server",
+        "rsync",
+        "docker.io",
+        "docker-compose",
+        "busybox-static",
+        "podman",
+        "runc",
+        "catatonit",
+    ):
         assert package in packages
 
 
 def test_unknown_profile_is_a_usage_error() -> None:
-    result = subprocess.run([BASH, str(SCRIPT), "everything"], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [BASH, str(SCRIPT), "everything"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 2
     assert "usage:" in result.stderr
 
@@ -44,7 +54,10 @@ def test_not_root_prints_the_exact_install_command(tmp_path: Path) -> None:
     # An empty PATH: every checked command outside the sbin directories is missing.
     result = subprocess.run(
         [*as_nobody, BASH, str(SCRIPT), "demo"],
-        capture_output=True, text=True, check=False, env={"PATH": str(tmp_path / "empty")},
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": str(tmp_path / "empty")},
     )
     assert result.returncode == 1, result.stderr
     assert "sudo apt-get install -y --no-install-recommends bubblewrap" in result.stderr

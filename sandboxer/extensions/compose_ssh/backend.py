@@ -85,14 +85,20 @@ class ComposeSshExtension(SshBackend):
             async with session(stack.target) as conn:
                 await self._teardown_owned(conn, stack.target, sandbox_id)  # start clean
                 cleaned = time.monotonic()
-                await write_marker(conn, stack.target, sandbox_id, {
-                    "extension": self.id,
-                    "compose_project": stack.project,
-                    "compose_file": stack.compose_file,
-                    "created_at": datetime.now(UTC).isoformat(),
-                })
+                await write_marker(
+                    conn,
+                    stack.target,
+                    sandbox_id,
+                    {
+                        "extension": self.id,
+                        "compose_project": stack.project,
+                        "compose_file": stack.compose_file,
+                        "created_at": datetime.now(UTC).isoformat(),
+                    },
+                )
                 method = await sync.sync_dir(
-                    stack.target.name, stack.target.config, conn, plan.repo, stack.directory)
+                    stack.target.name, stack.target.config, conn, plan.repo, stack.directory
+                )
                 synced = time.monotonic()
                 if request.secrets:
                     text = checks.env_file_text(request.secrets, sandbox_id)
@@ -101,18 +107,27 @@ class ComposeSshExtension(SshBackend):
                     await stack.run(conn, "up", "-d", timeout=UP_TIMEOUT)
                 except RemoteCommandFailed as exc:
                     raise checks.with_output(
-                        exc, f"'{stack.target.config.compose_cmd} up -d' of "
-                        f"{stack.compose_file} on host {stack.target.name}", values,
-                        sandbox_id=sandbox_id, extension=self.id,
+                        exc,
+                        f"'{stack.target.config.compose_cmd} up -d' of "
+                        f"{stack.compose_file} on host {stack.target.name}",
+                        values,
+                        sandbox_id=sandbox_id,
+                        extension=self.id,
                         fix="fix the compose file or what it needs (images, build context, "
                         "variables), then create the sandbox again",
                     ) from None
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
-        log.info("compose sandbox %s on %s: connected and cleaned in %.0f ms, synced by %s in "
-                 "%.0f ms, up in %.0f ms", sandbox_id, stack.target.name,
-                 (cleaned - started) * 1000, method, (synced - cleaned) * 1000,
-                 (time.monotonic() - synced) * 1000)
+        log.info(
+            "compose sandbox %s on %s: connected and cleaned in %.0f ms, synced by %s in "
+            "%.0f ms, up in %.0f ms",
+            sandbox_id,
+            stack.target.name,
+            (cleaned - started) * 1000,
+            method,
+            (synced - cleaned) * 1000,
+            (time.monotonic() - synced) * 1000,
+        )
 
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
         plan = self._plan(request)
@@ -122,7 +137,8 @@ class ComposeSshExtension(SshBackend):
             async with session(stack.target) as conn:
                 services, running = await asyncio.gather(
                     self._services(conn, stack, values),
-                    await_running(conn, stack, self.ready_timeout))
+                    await_running(conn, stack, self.ready_timeout),
+                )
                 found = containers.assess(running, services)
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
@@ -130,17 +146,24 @@ class ComposeSshExtension(SshBackend):
         if found.missing:
             warnings.append(
                 f"services {', '.join(found.missing)} of {stack.compose_file} have no container "
-                "(compose did not start them, e.g. an inactive profile)")
+                "(compose did not start them, e.g. an inactive profile)"
+            )
         profile = request.profile
         if profile.network.default == "deny" or profile.network.egress:
-            warnings.append("network policy not enforced by ext.compose-ssh: the compose file "
-                            "decides the stack's networks (network_mode: none gives none)")
+            warnings.append(
+                "network policy not enforced by ext.compose-ssh: the compose file "
+                "decides the stack's networks (network_mode: none gives none)"
+            )
         if profile.resources.model_dump(exclude_none=True):
-            warnings.append("resource limits of the profile not applied by ext.compose-ssh: set "
-                            "them per service in the compose file")
+            warnings.append(
+                "resource limits of the profile not applied by ext.compose-ssh: set "
+                "them per service in the compose file"
+            )
         if profile.setup.instructions:
-            warnings.append("setup.instructions are not run by ext.compose-ssh: put such steps "
-                            "in the compose file (a service's command or an init service)")
+            warnings.append(
+                "setup.instructions are not run by ext.compose-ssh: put such steps "
+                "in the compose file (a service's command or an init service)"
+            )
         descriptor: dict[str, Any] = {
             "kind": "compose-ssh",
             **stack.target.describe(),
@@ -150,7 +173,7 @@ class ComposeSshExtension(SshBackend):
             "compose_cmd": stack.target.config.compose_cmd,
             "services": found.services,
             "exec": f"sandboxer exec {sandbox_id} [--service NAME] -- CMD (runs in the "
-                    "service's container; the first service by default)",
+            "service's container; the first service by default)",
         }
         if request.secrets:
             descriptor["secrets_file"] = stack.env_path
@@ -158,8 +181,9 @@ class ComposeSshExtension(SshBackend):
 
     async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
         """Load, memory, disk and the sandboxer-owned workspaces, projects and containers."""
-        item = target(self.settings, host, sandbox_id=None, extension=self.id,
-                      what="host to inspect")
+        item = target(
+            self.settings, host, sandbox_id=None, extension=self.id, what="host to inspect"
+        )
         async with session(item) as conn:
             report = await host_telemetry(conn, item)
             held = await scan(conn, item)
@@ -176,15 +200,26 @@ class ComposeSshExtension(SshBackend):
         for container in owned:
             projects.setdefault(container.project, []).append(container)
         report["compose_projects"] = [
-            {"project": project, "sandbox_id": containers.sandbox_of_project(project),
-             "containers": len(items), "running": sum(1 for c in items if c.running)}
+            {
+                "project": project,
+                "sandbox_id": containers.sandbox_of_project(project),
+                "containers": len(items),
+                "running": sum(1 for c in items if c.running),
+            }
             for project, items in sorted(projects.items())
         ]
         report["containers"] = [c.summary() for c in owned]
         return report
 
-    async def exec(self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
-                   host: str | None = None, service: str | None = None) -> int:
+    async def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        output: OutputSink,
+        *,
+        host: str | None = None,
+        service: str | None = None,
+    ) -> int:
         """Run ``argv`` inside a service's container (the first service by default)."""
         checks.check_sandbox_id(sandbox_id, self.id)
         checks.check_argv(argv, sandbox_id, self.id)
@@ -206,8 +241,9 @@ class ComposeSshExtension(SshBackend):
                 check_compose_file(compose_input)
             except ComposeFileError as exc:
                 raise InvalidInput(str(exc), sandbox_id=sandbox_id, extension=self.id) from None
-        repo = checks.local_repo(request.inputs.get("repo"), required=True, sandbox_id=sandbox_id,
-                             extension=self.id)
+        repo = checks.local_repo(
+            request.inputs.get("repo"), required=True, sandbox_id=sandbox_id, extension=self.id
+        )
         assert repo is not None
         try:
             compose_file = resolve_compose_file(repo, compose_input)
@@ -218,40 +254,58 @@ class ComposeSshExtension(SshBackend):
         stack = Stack(item, sandbox_id, compose_file, with_secrets=bool(request.secrets))
         return Plan(stack, repo)
 
-    async def _services(self, conn: Connection, stack: Stack,
-                        values: list[str]) -> list[str]:
+    async def _services(self, conn: Connection, stack: Stack, values: list[str]) -> list[str]:
         try:
             return sorted(await stack.services(conn))
         except RemoteCommandFailed as exc:
             raise checks.with_output(
-                exc, f"'{stack.target.config.compose_cmd} config --services' of "
-                f"{stack.compose_file} on host {stack.target.name}", values,
-                sandbox_id=stack.sandbox_id, extension=self.id,
-                fix="check the compose file and the compose command of the host") from None
+                exc,
+                f"'{stack.target.config.compose_cmd} config --services' of "
+                f"{stack.compose_file} on host {stack.target.name}",
+                values,
+                sandbox_id=stack.sandbox_id,
+                extension=self.id,
+                fix="check the compose file and the compose command of the host",
+            ) from None
 
     async def _found_on(self, item: Target, conn: Connection) -> list[FoundSandbox]:
         held = await scan(conn, item)
         try:
             owned = await engine.owned_containers(conn, item)
         except RemoteCommandFailed as exc:
-            log.warning("%s: host %s: cannot list containers: %s", self.id, item.name,
-                        exc.message)
+            log.warning("%s: host %s: cannot list containers: %s", self.id, item.name, exc.message)
             owned = []
         return listing.found_on_host(item, held, owned, self.id)
 
-    async def _teardown_on(self, conn: Connection, item: Target, sandbox_id: str,
-                           found: Probe) -> None:
+    async def _teardown_on(
+        self, conn: Connection, item: Target, sandbox_id: str, found: Probe
+    ) -> None:
         """Stop and remove the project, then the directory and the marker; nothing there is fine."""
         stack = Stack.recorded(item, sandbox_id, found)
         compose_down = False
         if stack is not None:
-            result = await stack.run(conn, "down", "--volumes", "--remove-orphans", "-t", "1",
-                                     timeout=engine.DOWN_TIMEOUT, check=False)
+            result = await stack.run(
+                conn,
+                "down",
+                "--volumes",
+                "--remove-orphans",
+                "-t",
+                "1",
+                timeout=engine.DOWN_TIMEOUT,
+                check=False,
+            )
             compose_down = result.exit_status == 0
             if not compose_down:  # its output may hold secrets we cannot redact here
-                log.warning("%s: '%s down' of sbx-%s on %s exited %d; removing the project's "
-                            "objects by label instead", self.id, item.config.compose_cmd,
-                            sandbox_id, item.name, result.exit_status)
-        await engine.sweep(conn, item, containers.project_name(sandbox_id),
-                           thorough=not compose_down)
+                log.warning(
+                    "%s: '%s down' of sbx-%s on %s exited %d; removing the project's "
+                    "objects by label instead",
+                    self.id,
+                    item.config.compose_cmd,
+                    sandbox_id,
+                    item.name,
+                    result.exit_status,
+                )
+        await engine.sweep(
+            conn, item, containers.project_name(sandbox_id), thorough=not compose_down
+        )
         await remove(conn, item, sandbox_id, found)

@@ -88,8 +88,13 @@ class Container:
         return self.status in FAILED_STATES
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id[:12], "name": self.name, "project": self.project,
-                "service": self.service, "state": self.status}
+        return {
+            "id": self.id[:12],
+            "name": self.name,
+            "project": self.project,
+            "service": self.service,
+            "state": self.status,
+        }
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -118,17 +123,19 @@ def parse_inspect(text: str) -> list[Container]:
         state = _dict(item.get("State"))
         labels = _dict(_dict(item.get("Config")).get("Labels"))
         status = str(state.get("Status") or ("running" if state.get("Running") else "unknown"))
-        found.append(Container(
-            id=str(item.get("Id") or item.get("ID") or ""),
-            name=str(item.get("Name") or "").lstrip("/"),
-            project=str(labels.get(PROJECT_LABEL) or ""),
-            service=str(labels.get(SERVICE_LABEL) or ""),
-            status=status.lower(),
-            exit_code=_int(state.get("ExitCode")),
-            restart_count=_int(item.get("RestartCount")),
-            started_at=str(state.get("StartedAt") or ""),
-            working_dir=str(labels.get(WORKING_DIR_LABEL) or ""),
-        ))
+        found.append(
+            Container(
+                id=str(item.get("Id") or item.get("ID") or ""),
+                name=str(item.get("Name") or "").lstrip("/"),
+                project=str(labels.get(PROJECT_LABEL) or ""),
+                service=str(labels.get(SERVICE_LABEL) or ""),
+                status=status.lower(),
+                exit_code=_int(state.get("ExitCode")),
+                restart_count=_int(item.get("RestartCount")),
+                started_at=str(state.get("StartedAt") or ""),
+                working_dir=str(labels.get(WORKING_DIR_LABEL) or ""),
+            )
+        )
     return found
 
 
@@ -160,5 +167,6 @@ def assess(containers: Sequence[Container], expected: Sequence[str]) -> Assessme
     waiting = [c for c in containers if not c.running and not c.failed]
     missing = sorted(set(expected) - set(services))
     ready = bool(containers) and not failed and not waiting
-    return Assessment(ready=ready, services=services, failed=failed, waiting=waiting,
-                      missing=missing)
+    return Assessment(
+        ready=ready, services=services, failed=failed, waiting=waiting, missing=missing
+    )

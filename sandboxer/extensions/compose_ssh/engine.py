@@ -45,14 +45,14 @@ exit 0
 """
 
 
-async def list_containers(conn: Connection, item: Target,
-                          *filters: str) -> list[containers.Container]:
+async def list_containers(
+    conn: Connection, item: Target, *filters: str
+) -> list[containers.Container]:
     """Containers matching ``--filter`` values (none when the host has no engine)."""
     argv = ["sh", "-c", _CONTAINERS_SCRIPT, "sh", containers.engine(item.config)]
     for value in filters:
         argv += ["--filter", value]
-    result = await remote.run(conn, argv, env=item.config.env, timeout=SHORT_TIMEOUT,
-                              check=False)
+    result = await remote.run(conn, argv, env=item.config.env, timeout=SHORT_TIMEOUT, check=False)
     if result.exit_status == 0 or result.stdout.lstrip().startswith("["):
         return containers.parse_inspect(result.stdout)
     if result.exit_status == ENGINE_MISSING:
@@ -73,8 +73,7 @@ async def owned_containers(conn: Connection, item: Target) -> list[containers.Co
             continue
         directory = item.workspace(sandbox_id)
         if container.working_dir and not (
-            container.working_dir == directory
-            or container.working_dir.startswith(directory + "/")
+            container.working_dir == directory or container.working_dir.startswith(directory + "/")
         ):
             continue
         owned.append(container)
@@ -85,10 +84,21 @@ async def sweep(conn: Connection, item: Target, project: str, *, thorough: bool)
     """Remove what is labelled with ``project``: containers always (a check after compose
     down); networks, volumes and podman's pod too when compose down did not run."""
     result = await remote.run(
-        conn, ["sh", "-c", _SWEEP_SCRIPT, "sh", containers.engine(item.config),
-               f"label={containers.PROJECT_LABEL}={project}", "1" if thorough else "0",
-               f"pod_{project}"],
-        env=item.config.env, timeout=DOWN_TIMEOUT, check=False)
+        conn,
+        [
+            "sh",
+            "-c",
+            _SWEEP_SCRIPT,
+            "sh",
+            containers.engine(item.config),
+            f"label={containers.PROJECT_LABEL}={project}",
+            "1" if thorough else "0",
+            f"pod_{project}",
+        ],
+        env=item.config.env,
+        timeout=DOWN_TIMEOUT,
+        check=False,
+    )
     if result.exit_status not in (0, ENGINE_MISSING):  # no engine: nothing of ours runs
         raise engine_failed(item, "rm", result)
 
@@ -100,4 +110,5 @@ def engine_failed(item: Target, what: str, result: remote.RemoteResult) -> Remot
         "env in the hosts file (e.g. DOCKER_HOST) points at it",
         exit_status=result.exit_status,
         output_tail="\n".join((result.stdout + result.stderr).splitlines()[-20:]),
-        extension=EXTENSION)
+        extension=EXTENSION,
+    )

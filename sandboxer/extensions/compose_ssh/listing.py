@@ -20,8 +20,9 @@ from sandboxer.extensions.ssh_workspace import Scan
 __all__ = ["found_on_host", "why_dead"]
 
 
-def why_dead(project: str, has_directory: bool,
-             items: Sequence[containers.Container]) -> str | None:
+def why_dead(
+    project: str, has_directory: bool, items: Sequence[containers.Container]
+) -> str | None:
     """Why a project is not alive, or ``None`` while it is."""
     if not has_directory:
         return f"its directory is gone ({len(items)} containers of {project} are left)"
@@ -33,8 +34,9 @@ def why_dead(project: str, has_directory: bool,
     return None
 
 
-def found_on_host(item: Target, scan: Scan, owned: Sequence[containers.Container],
-                  extension: str) -> list[FoundSandbox]:
+def found_on_host(
+    item: Target, scan: Scan, owned: Sequence[containers.Container], extension: str
+) -> list[FoundSandbox]:
     """Every compose sandbox on the host: those a marker names and those with containers."""
     by_sandbox: dict[str, list[containers.Container]] = {}
     for container in owned:
@@ -59,6 +61,7 @@ def found_on_host(item: Target, scan: Scan, owned: Sequence[containers.Container
         }
         if dead is not None:
             detail["dead"] = dead
-        found.append(FoundSandbox(sandbox_id=sandbox_id, alive=dead is None, host=item.name,
-                                  detail=detail))
+        found.append(
+            FoundSandbox(sandbox_id=sandbox_id, alive=dead is None, host=item.name, detail=detail)
+        )
     return found

@@ -26,15 +26,17 @@ STABLE_AFTER = 0.3
 LOG_LINES = 20
 
 
-async def await_running(conn: Connection, stack: Stack,
-                        ready_timeout: float) -> list[containers.Container]:
+async def await_running(
+    conn: Connection, stack: Stack, ready_timeout: float
+) -> list[containers.Container]:
     """The project's containers once all run, seen twice unchanged; fails fast on one
     that stopped, and after ``ready_timeout`` seconds on one still starting."""
     deadline = time.monotonic() + ready_timeout
     confirmed: list[tuple[str, str, int]] | None = None
     while True:
         found = await engine.list_containers(
-            conn, stack.target, f"label={containers.PROJECT_LABEL}={stack.project}")
+            conn, stack.target, f"label={containers.PROJECT_LABEL}={stack.project}"
+        )
         state = containers.assess(found, [])
         if state.failed:
             raise await _stopped(conn, stack, state.failed)
@@ -53,22 +55,31 @@ async def await_running(conn: Connection, stack: Stack,
                 + (f"waiting for {waiting}" if waiting else "it has no containers")
                 + f"; check '{containers.engine(stack.target.config)} ps -a' and the "
                 "containers' logs on the host",
-                sandbox_id=stack.sandbox_id, extension=EXTENSION)
+                sandbox_id=stack.sandbox_id,
+                extension=EXTENSION,
+            )
         await asyncio.sleep(READY_POLL)
 
 
-async def _stopped(conn: Connection, stack: Stack,
-                   failed: list[containers.Container]) -> ExtensionError:
+async def _stopped(
+    conn: Connection, stack: Stack, failed: list[containers.Container]
+) -> ExtensionError:
     first = failed[0]
     logs = await remote.run(
-        conn, [containers.engine(stack.target.config), "logs", "--tail", str(LOG_LINES),
-               first.id],
-        env=stack.target.config.env, timeout=SHORT_TIMEOUT, check=False)
+        conn,
+        [containers.engine(stack.target.config), "logs", "--tail", str(LOG_LINES), first.id],
+        env=stack.target.config.env,
+        timeout=SHORT_TIMEOUT,
+        check=False,
+    )
     tail = "\n".join((logs.stdout + logs.stderr).strip().splitlines()[-LOG_LINES:])
-    names = ", ".join(f"{c.service or c.name} ({c.status}, exit code {c.exit_code})"
-                      for c in failed)
+    names = ", ".join(
+        f"{c.service or c.name} ({c.status}, exit code {c.exit_code})" for c in failed
+    )
     return ExtensionError(
         f"compose project {stack.project} on host {stack.target.name}: {names} stopped "
         f"instead of running; fix the service's command or image. Last log lines of "
         f"{first.service or first.name}:\n{tail or '(no output)'}",
-        sandbox_id=stack.sandbox_id, extension=EXTENSION)
+        sandbox_id=stack.sandbox_id,
+        extension=EXTENSION,
+    )

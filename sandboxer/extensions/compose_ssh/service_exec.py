@@ -28,26 +28,42 @@ def check_service(service: str | None, sandbox_id: str) -> None:
     """A service name is a word of compose's alphabet: refused before any connection."""
     if service is not None and not _SERVICE_NAME.fullmatch(service):
         raise InvalidInput(
-            f"service {service!r} is not a compose service name (letters, digits, '.', '_', "
-            "'-')", sandbox_id=sandbox_id, extension=EXTENSION)
+            f"service {service!r} is not a compose service name (letters, digits, '.', '_', '-')",
+            sandbox_id=sandbox_id,
+            extension=EXTENSION,
+        )
 
 
-async def exec_in_service(conn: Connection, item: Target, sandbox_id: str,
-                          argv: Sequence[str], output: ChunkSink,
-                          service: str | None) -> int:
+async def exec_in_service(
+    conn: Connection,
+    item: Target,
+    sandbox_id: str,
+    argv: Sequence[str],
+    output: ChunkSink,
+    service: str | None,
+) -> int:
     """Run ``argv`` in ``service``'s container (the first service when ``None``)."""
     stack = Stack.recorded(item, sandbox_id, await probe(conn, item, sandbox_id))
     if stack is None:
         raise SandboxNotFound(
             f"compose sandbox {sandbox_id} has no directory with a recorded compose file on "
             f"host {item.name}; create it again or tear it down",
-            sandbox_id=sandbox_id, extension=EXTENSION)
+            sandbox_id=sandbox_id,
+            extension=EXTENSION,
+        )
     services = await stack.services(conn)
     chosen = service if service is not None else (services[0] if services else None)
     if chosen is None or chosen not in services:
         raise InvalidInput(
             f"compose sandbox {sandbox_id} has no service {chosen!r}; its services are "
             f"{', '.join(services) or 'none'} (pass one with --service NAME)",
-            sandbox_id=sandbox_id, extension=EXTENSION)
-    return await stream(conn, stack.argv("exec", "-T", chosen, *argv), output,
-                        env=item.config.env, cwd=stack.directory)
+            sandbox_id=sandbox_id,
+            extension=EXTENSION,
+        )
+    return await stream(
+        conn,
+        stack.argv("exec", "-T", chosen, *argv),
+        output,
+        env=item.config.env,
+        cwd=stack.directory,
+    )

@@ -63,16 +63,22 @@ class Stack:
         return containers.project_name(self.sandbox_id)
 
     def argv(self, *args: str) -> list[str]:
-        argv = containers.compose_argv(self.target.config, self.project, self.compose_path,
-                                       *args)
+        argv = containers.compose_argv(self.target.config, self.project, self.compose_path, *args)
         if self.with_secrets:
             return ["sh", "-c", _WITH_SECRETS, "sh", self.env_path, *argv]
         return argv
 
-    async def run(self, conn: Connection, *args: str, timeout: float,
-                  check: bool = True) -> remote.RemoteResult:
-        return await remote.run(conn, self.argv(*args), env=self.target.config.env,
-                                cwd=self.directory, timeout=timeout, check=check)
+    async def run(
+        self, conn: Connection, *args: str, timeout: float, check: bool = True
+    ) -> remote.RemoteResult:
+        return await remote.run(
+            conn,
+            self.argv(*args),
+            env=self.target.config.env,
+            cwd=self.directory,
+            timeout=timeout,
+            check=check,
+        )
 
     async def services(self, conn: Connection) -> list[str]:
         """The compose file's services, in the order compose lists them."""

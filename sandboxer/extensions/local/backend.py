@@ -189,14 +189,22 @@ class LocalExtension:
         return await asyncio.to_thread(self._scan)
 
     async def exec(
-        self, sandbox_id: str, argv: Sequence[str], output: OutputSink, *,
-        host: str | None = None, service: str | None = None,
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        output: OutputSink,
+        *,
+        host: str | None = None,
+        service: str | None = None,
     ) -> int:
         del host  # always this machine
         if service is not None:
             raise Unsupported(
                 f"{self.id} sandboxes have no services: drop --service (it applies to compose "
-                "sandboxes)", sandbox_id=sandbox_id, extension=self.id)
+                "sandboxes)",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
         if not argv or any("\0" in arg for arg in argv):
             raise InvalidInput(
                 "exec needs a command: argv must be non-empty and free of NUL characters",
@@ -319,8 +327,13 @@ class LocalExtension:
                 continue
             state = workspace.read_state(Layout(self.root, entry.name))
             if state is None:
-                found.append(FoundSandbox(sandbox_id=entry.name, alive=False, detail={
-                    "state": "missing", "dead": "its state file is missing"}))
+                found.append(
+                    FoundSandbox(
+                        sandbox_id=entry.name,
+                        alive=False,
+                        detail={"state": "missing", "dead": "its state file is missing"},
+                    )
+                )
                 continue
             detail: dict[str, Any] = {
                 "holder_pid": state.holder_pid,

@@ -69,27 +69,37 @@ class VmPackerExtension(SshBackend):
         try:
             async with session(item) as conn:
                 await self._teardown_owned(conn, item, sandbox_id)  # start clean
-                await write_marker(conn, item, sandbox_id, {
-                    "extension": self.id,
-                    "created_at": datetime.now(UTC).isoformat(),
-                    "placement_host": request.host,
-                })
+                await write_marker(
+                    conn,
+                    item,
+                    sandbox_id,
+                    {
+                        "extension": self.id,
+                        "created_at": datetime.now(UTC).isoformat(),
+                        "placement_host": request.host,
+                    },
+                )
                 method = "none"
                 if repo is not None:
                     method = await sync.sync_dir(item.name, item.config, conn, repo, workspace)
                 else:
-                    await remote.run(conn, ["mkdir", "-p", "--", workspace],
-                                     timeout=SHORT_TIMEOUT)
+                    await remote.run(conn, ["mkdir", "-p", "--", workspace], timeout=SHORT_TIMEOUT)
                 if request.secrets:
                     text = checks.env_file_text(request.secrets, sandbox_id)
-                    await remote.put_file(conn, f"{workspace}/{ENV_FILE}", text.encode(),
-                                          mode=0o600)
+                    await remote.put_file(
+                        conn, f"{workspace}/{ENV_FILE}", text.encode(), mode=0o600
+                    )
                 for index, instruction in enumerate(request.profile.setup.instructions):
                     await self._setup(conn, item, request, index, instruction)
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
-        log.info("vm-packer sandbox %s on %s: workspace ready in %.0f ms (repo: %s)",
-                 sandbox_id, item.name, (time.monotonic() - started) * 1000, method)
+        log.info(
+            "vm-packer sandbox %s on %s: workspace ready in %.0f ms (repo: %s)",
+            sandbox_id,
+            item.name,
+            (time.monotonic() - started) * 1000,
+            method,
+        )
 
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
         item, _ = self._plan(request)
@@ -99,14 +109,17 @@ class VmPackerExtension(SshBackend):
             async with session(item) as conn:
                 present = await exists(conn, workspace, "d")
         except (SandboxerError, OSError) as exc:
-            raise checks.scrubbed(exc, request.secrets.values(), sandbox_id=sandbox_id,
-                              extension=self.id) from None
+            raise checks.scrubbed(
+                exc, request.secrets.values(), sandbox_id=sandbox_id, extension=self.id
+            ) from None
         if not present:
             raise ExtensionError(
                 f"the workspace {workspace} of sandbox {sandbox_id} is missing on VM "
                 f"{item.name} right after provisioning; check that nothing on the VM cleans "
                 f"{item.config.workspace_root}, then create the sandbox again",
-                sandbox_id=sandbox_id, extension=self.id)
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
         descriptor: dict[str, Any] = {
             "kind": "vm-packer",
             **item.describe(),
@@ -117,8 +130,9 @@ class VmPackerExtension(SshBackend):
             descriptor["secrets_file"] = f"{workspace}/{ENV_FILE}"
         warnings = []
         if request.profile.network.default == "deny" or request.profile.network.egress:
-            warnings.append("network policy not enforced: ext.vm-packer uses the VM's own "
-                            "network as it is")
+            warnings.append(
+                "network policy not enforced: ext.vm-packer uses the VM's own network as it is"
+            )
         if request.profile.resources.model_dump(exclude_none=True):
             warnings.append("resource limits not enforced: ext.vm-packer uses the VM as it is")
         return Readiness(descriptor=descriptor, warnings=warnings)
@@ -130,8 +144,9 @@ class VmPackerExtension(SshBackend):
 
     async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
         """Load, memory, disk of the workspace root and the sandboxer workspaces on a VM."""
-        item = target(self.settings, host, sandbox_id=None, extension=self.id,
-                         what="host to inspect")
+        item = target(
+            self.settings, host, sandbox_id=None, extension=self.id, what="host to inspect"
+        )
         async with session(item) as conn:
             report = await host_telemetry(conn, item)
             held = await scan(conn, item)
@@ -144,37 +159,59 @@ class VmPackerExtension(SshBackend):
     def _plan(self, request: ProvisionRequest) -> tuple[Target, Path | None]:
         sandbox_id = request.sandbox_id
         checks.check_sandbox_id(sandbox_id, self.id)
-        repo = checks.local_repo(request.inputs.get("repo"), required=False, sandbox_id=sandbox_id,
-                             extension=self.id)
+        repo = checks.local_repo(
+            request.inputs.get("repo"), required=False, sandbox_id=sandbox_id, extension=self.id
+        )
         vm = request.inputs.get("vm") or None
         if vm is not None and request.host is not None and vm != request.host:
             raise InvalidInput(
                 f"the vm input names {vm!r} but the sandbox was placed on {request.host!r}; "
                 "give the profile 'placement: {host_input: vm}' (profile.vm-haskell-build "
                 f"has it) or create it with --host {vm}",
-                sandbox_id=sandbox_id, extension=self.id)
-        item = target(self.settings, vm or request.host, sandbox_id=sandbox_id,
-                         extension=self.id, what="VM (the vm input)")
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        item = target(
+            self.settings,
+            vm or request.host,
+            sandbox_id=sandbox_id,
+            extension=self.id,
+            what="VM (the vm input)",
+        )
         checks.check_secrets(request.secrets, item.config.env, sandbox_id, self.id)
         return item, repo
 
-    async def _setup(self, conn: Connection, item: Target,
-                     request: ProvisionRequest, index: int, instruction: str) -> None:
+    async def _setup(
+        self,
+        conn: Connection,
+        item: Target,
+        request: ProvisionRequest,
+        index: int,
+        instruction: str,
+    ) -> None:
         captured = bytearray()
 
         async def keep(_stream: Literal["stdout", "stderr"], data: bytes) -> None:
             captured.extend(data)
             del captured[: max(0, len(captured) - SETUP_OUTPUT_BYTES)]
 
-        code = await stream(conn, ["sh", "-c", instruction], keep, env=item.config.env,
-                            cwd=item.workspace(request.sandbox_id), timeout=SETUP_TIMEOUT)
+        code = await stream(
+            conn,
+            ["sh", "-c", instruction],
+            keep,
+            env=item.config.env,
+            cwd=item.workspace(request.sandbox_id),
+            timeout=SETUP_TIMEOUT,
+        )
         if code != 0:
             lines = captured.decode(errors="replace").splitlines()[-SETUP_OUTPUT_LINES:]
             raise ExtensionError(
                 f"setup.instructions[{index}] ({instruction!r}) exited with code {code} on VM "
                 f"{item.name}; fix the instruction or the VM image. Last output:\n"
                 + ("\n".join(lines) or "(no output)"),
-                sandbox_id=request.sandbox_id, extension=self.id)
+                sandbox_id=request.sandbox_id,
+                extension=self.id,
+            )
 
     async def _locate(self, sandbox_id: str) -> Target:
         """The host holding the sandbox's workspace, when no host was recorded."""
@@ -188,10 +225,11 @@ class VmPackerExtension(SshBackend):
         raise SandboxNotFound(
             f"vm-packer sandbox {sandbox_id} has no workspace on any reachable host of the "
             "hosts file; create it again or tear it down",
-            sandbox_id=sandbox_id, extension=self.id)
+            sandbox_id=sandbox_id,
+            extension=self.id,
+        )
 
-    async def _found_on(self, item: Target,
-                        conn: Connection) -> list[FoundSandbox]:
+    async def _found_on(self, item: Target, conn: Connection) -> list[FoundSandbox]:
         held = await scan(conn, item)
         found = []
         for sandbox_id in held.owned_by(self.id):
@@ -202,11 +240,13 @@ class VmPackerExtension(SshBackend):
             }
             if not present:  # its marker stayed: ours, but nothing left to work in
                 detail["dead"] = f"its workspace {item.workspace(sandbox_id)} was deleted"
-            found.append(FoundSandbox(sandbox_id=sandbox_id, alive=present, host=item.name,
-                                      detail=detail))
+            found.append(
+                FoundSandbox(sandbox_id=sandbox_id, alive=present, host=item.name, detail=detail)
+            )
         return found
 
-    async def _teardown_on(self, conn: Connection, item: Target,
-                           sandbox_id: str, found: Probe) -> None:
+    async def _teardown_on(
+        self, conn: Connection, item: Target, sandbox_id: str, found: Probe
+    ) -> None:
         """Remove the workspace and its marker; nothing there is fine. The VM stays."""
         await remove(conn, item, sandbox_id, found)
