@@ -12,9 +12,16 @@ from collections.abc import Callable
 
 import msgspec
 
-from sandboxer.commands.types import COMMAND_TYPES, Command, CreateSandbox
+from sandboxer.commands.types import (
+    COMMAND_TYPES,
+    Command,
+    CreateSandbox,
+    ExpireSandbox,
+    ExtendTtl,
+)
 from sandboxer.config.hosts import HOST_NAME
-from sandboxer.errors import InvalidCommand
+from sandboxer.durations import parse_duration
+from sandboxer.errors import InvalidCommand, InvalidInput
 from sandboxer.events.types import Actor
 from sandboxer.ids import (
     COMMAND_ID_RULE,
@@ -30,6 +37,7 @@ MAX_COMMAND_BYTES = 64 * 1024
 
 MAX_INPUTS = 64
 MAX_INPUT_VALUE = 4096
+MAX_REASON = 500
 
 
 class _StrictActor(Actor, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -102,6 +110,12 @@ def parse_command(subject: str, data: bytes) -> Command:
         command = msgspec.convert(payload, command_type)
     except msgspec.ValidationError as exc:
         raise invalid("invalid_field", f"invalid {verb} command: {exc}") from None
+    _check_fields(command, invalid)
+    return command
+
+
+def _check_fields(command: Command, invalid: Callable[[str, str], InvalidCommand]) -> None:
+    """Checks a field's type cannot express: names, lengths, durations."""
     if isinstance(command, CreateSandbox):
         _check_inputs(command, invalid)
         if command.host is not None and not re.fullmatch(HOST_NAME, command.host):
@@ -109,7 +123,25 @@ def parse_command(subject: str, data: bytes) -> Command:
                 "invalid_field",
                 f"host {command.host!r} is not a host name: use lowercase letters, digits and '-'",
             )
-    return command
+        if command.ttl is not None:
+            _check_duration("ttl", command.ttl, invalid)
+    if isinstance(command, ExtendTtl):
+        _check_duration("duration", command.duration, invalid)
+    if (
+        isinstance(command, ExpireSandbox)
+        and command.reason is not None
+        and len(command.reason) > MAX_REASON
+    ):
+        raise invalid("invalid_field", f"reason is longer than {MAX_REASON} characters")
+
+
+def _check_duration(name: str, text: str, invalid: Callable[[str, str], InvalidCommand]) -> None:
+    try:
+        seconds = parse_duration(text)
+    except InvalidInput as exc:
+        raise invalid("invalid_field", f"{name}: {exc.message}") from None
+    if seconds <= 0:
+        raise invalid("invalid_field", f"{name} {text!r} must be longer than zero")
 
 
 def _check_actor(raw: object, invalid: Callable[[str, str], InvalidCommand]) -> None:

@@ -17,7 +17,10 @@ __all__ = [
     "Command",
     "CreateSandbox",
     "DestroySandbox",
+    "ExpireSandbox",
+    "ExtendTtl",
     "RecreateSandbox",
+    "TouchSandbox",
     "target_sandbox",
 ]
 
@@ -37,6 +40,9 @@ class CreateSandbox(_CommandBase, frozen=True, kw_only=True):
     """Chosen by the client (lowercase letters and digits, 8-32 chars); else derived from command_id."""
     host: str | None = None
     """For extensions that place on hosts: this host instead of the profile's placement."""
+    ttl: str | None = None
+    """Lifetime (``90s``, ``2h``, ``1d``) instead of the profile's ``ttl.default``; at most
+    its ``ttl.max``."""
 
 
 class DestroySandbox(_CommandBase, frozen=True, kw_only=True):
@@ -51,12 +57,39 @@ class RecreateSandbox(_CommandBase, frozen=True, kw_only=True):
     sandbox_id: str
 
 
-Command = CreateSandbox | DestroySandbox | RecreateSandbox
+class ExtendTtl(_CommandBase, frozen=True, kw_only=True):
+    """Push a sandbox's expiry later by ``duration`` (``sandboxer.cmd.extend_ttl``), within the
+    profile's ``ttl.max`` counted from creation."""
+
+    sandbox_id: str
+    duration: str
+
+
+class TouchSandbox(_CommandBase, frozen=True, kw_only=True):
+    """Record activity on a sandbox (``sandboxer.cmd.touch``), which holds off idle reaping."""
+
+    sandbox_id: str
+
+
+class ExpireSandbox(_CommandBase, frozen=True, kw_only=True):
+    """Expire a sandbox whose TTL or idle limit ran out, then destroy it
+    (``sandboxer.cmd.expire``). Only an ``adm`` actor may expire one that is not due."""
+
+    sandbox_id: str
+    reason: str | None = None
+
+
+Command = (
+    CreateSandbox | DestroySandbox | RecreateSandbox | ExtendTtl | TouchSandbox | ExpireSandbox
+)
 
 COMMAND_TYPES: dict[str, type[Command]] = {
     "create": CreateSandbox,
     "destroy": DestroySandbox,
     "recreate": RecreateSandbox,
+    "extend_ttl": ExtendTtl,
+    "touch": TouchSandbox,
+    "expire": ExpireSandbox,
 }
 """Verb (last subject token) -> command type."""
 

@@ -9,7 +9,7 @@ from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.profile import Profile
 from sandboxer.domain.routing import route
 from sandboxer.domain.sandbox_decide import AdmittedCreate
-from sandboxer.durations import parse_duration
+from sandboxer.durations import format_duration, parse_duration
 from sandboxer.errors import Rejected
 from sandboxer.ids import derive_sandbox_id
 
@@ -44,6 +44,7 @@ def admit_create(
     command: CreateSandbox, profile: Profile, enabled: Mapping[str, ExtensionDecl]
 ) -> AdmittedCreate:
     inputs = complete_inputs(profile, command.inputs)
+    ttl, ttl_max = _ttl(command, profile)
     choice = route(profile, enabled)
     return AdmittedCreate(
         command=command,
@@ -53,5 +54,20 @@ def admit_create(
         extension=choice.extension,
         route_reason=choice.reason,
         candidates=choice.candidates,
-        ttl_seconds=parse_duration(profile.ttl.default),
+        ttl_seconds=ttl,
+        ttl_max_seconds=ttl_max,
+        idle_reap_seconds=parse_duration(profile.ttl.idle_reap) if profile.ttl.idle_reap else None,
     )
+
+
+def _ttl(command: CreateSandbox, profile: Profile) -> tuple[float, float]:
+    """The sandbox's TTL (the command's, else the profile's default) and the profile's max."""
+    ttl_max = parse_duration(profile.ttl.max)
+    ttl = parse_duration(command.ttl or profile.ttl.default)
+    if ttl > ttl_max:
+        raise Rejected(
+            "ttl_max_exceeded",
+            f"ttl {command.ttl or profile.ttl.default} is longer than {profile.id}'s ttl.max "
+            f"({format_duration(ttl_max)}); ask for at most {format_duration(ttl_max)}",
+        )
+    return ttl, ttl_max

@@ -24,6 +24,8 @@ from sandboxer.domain.found import FoundSandbox
 __all__ = ["Drift", "corpse_reason", "find_drift"]
 
 ORPHAN_STATUSES = frozenset({"new", "destroyed", "failed"})
+USABLE_STATUSES = frozenset({"ready", "active"})
+"""The log says the sandbox runs (``active``: ready and used since)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ def find_drift(
     """``found``: what the hosts hold; ``log_status``: the log's status of each found id
     (``new`` when unknown); ``log_ready``: ids the log calls ready on these hosts."""
     orphans = [f for f in found if log_status.get(f.sandbox_id, "new") in ORPHAN_STATUSES]
-    corpses = [f for f in found if not f.alive and log_status.get(f.sandbox_id, "new") == "ready"]
+    corpses = [
+        f for f in found if not f.alive and log_status.get(f.sandbox_id, "new") in USABLE_STATUSES
+    ]
     present = {f.sandbox_id for f in found}
     ghosts = sorted(sandbox_id for sandbox_id in log_ready if sandbox_id not in present)
     return Drift(orphans=orphans, ghosts=ghosts, corpses=corpses)

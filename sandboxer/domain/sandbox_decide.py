@@ -12,7 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sandboxer.commands.types import CreateSandbox, DestroySandbox, RecreateSandbox
+from sandboxer.commands.types import (
+    CreateSandbox,
+    DestroySandbox,
+    ExpireSandbox,
+    ExtendTtl,
+    RecreateSandbox,
+    TouchSandbox,
+)
+from sandboxer.domain.sandbox_lifetime import decide_expire, decide_extend, decide_touch
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import Rejected
 from sandboxer.events.types import (
@@ -54,6 +62,8 @@ class AdmittedCreate:
     candidates: list[str] = field(default_factory=list)
     host: str | None = None
     ttl_seconds: float | None = None
+    ttl_max_seconds: float | None = None
+    idle_reap_seconds: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +110,9 @@ DomainCommand = (
     | MarkFailed
     | FinishTeardown
     | MarkTeardownFailed
+    | ExtendTtl
+    | TouchSandbox
+    | ExpireSandbox
 )
 
 
@@ -112,21 +125,14 @@ def decide(state: SandboxState, command: DomainCommand, now: str) -> list[Sandbo
             return _decide_destroy(state, command, now)
         case RecreateSandbox():
             return _decide_recreate(state, command, now)
+        case ExtendTtl() | TouchSandbox() | ExpireSandbox():
+            return _decide_lifetime(state, command, now)
         case StartProvisioning():
             return _decide_start(state, command, now)
         case MarkReady():
-            if state.status != "provisioning":
-                return []
-            return [
-                SandboxReady(
-                    **_common(state, now, command.job_id),
-                    reachability=command.reachability,
-                    warnings=command.warnings,
-                    generation=state.generation,
-                )
-            ]
+            return _decide_ready(state, command, now)
         case MarkFailed():
-            if state.status not in {"routed", "provisioning", "recreating", "ready"}:
+            if state.status not in {"routed", "provisioning", "recreating", "ready", "active"}:
                 return []
             return [
                 SandboxFailed(
@@ -145,6 +151,31 @@ def decide(state: SandboxState, command: DomainCommand, now: str) -> list[Sandbo
             return [
                 SandboxTeardownFailed(**_common(state, now, command.job_id), reason=command.reason)
             ]
+
+
+def _decide_ready(state: SandboxState, command: MarkReady, now: str) -> list[SandboxEvent]:
+    if state.status != "provisioning":
+        return []
+    return [
+        SandboxReady(
+            **_common(state, now, command.job_id),
+            reachability=command.reachability,
+            warnings=command.warnings,
+            generation=state.generation,
+        )
+    ]
+
+
+def _decide_lifetime(
+    state: SandboxState, command: ExtendTtl | TouchSandbox | ExpireSandbox, now: str
+) -> list[SandboxEvent]:
+    match command:
+        case ExtendTtl():
+            return decide_extend(state, command, now)
+        case TouchSandbox():
+            return decide_touch(state, command, now)
+        case ExpireSandbox():
+            return decide_expire(state, command, now)
 
 
 def _common(state: SandboxState, now: str, causation: str | None = None) -> dict[str, Any]:
@@ -184,6 +215,8 @@ def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> l
             profile_version=admitted.profile_version,
             inputs=admitted.inputs,
             ttl_seconds=admitted.ttl_seconds,
+            ttl_max_seconds=admitted.ttl_max_seconds,
+            idle_reap_seconds=admitted.idle_reap_seconds,
         ),
         _routed(admitted, now),
     ]
@@ -234,11 +267,11 @@ def _decide_recreate(state: SandboxState, command: RecreateSandbox, now: str) ->
     if command.command_id in state.handled:
         return []
     _require_known(state)
-    if state.status not in {"ready", "failed"}:
+    if state.status not in {"ready", "active", "failed"}:
         raise Rejected(
             "not_recreatable",
             f"sandbox {command.sandbox_id} is {state.status}; "
-            "recreate applies to a ready or failed sandbox",
+            "recreate applies to a ready, active or failed sandbox",
         )
     return [
         SandboxRecreating(

@@ -8,6 +8,9 @@ its version).
 Lifecycle::
 
     new ─create→ requested → routed → provisioning → ready ─recreate→ recreating → provisioning
+                                                       │ first touch or exec
+                                                       ▼
+                                                     active (later touches: touched)
                                         │   ▲
                                         ▼   │(redelivered job: attempt+1)
                                        failed ─recreate→ recreating
@@ -15,6 +18,11 @@ Lifecycle::
                                  │  ▲
                                  ▼  │(destroy again, or reap-stale)
                            teardown_failed: still destroying, marked stuck
+    any live state ─expire (TTL or idle limit ran out)→ expired → destroying (same append)
+
+``expires_at`` is the ``requested`` event's time plus its TTL, moved by ``ttl_extended``;
+``last_activity_at`` is the time of ``ready``, ``active`` or ``touched``. Deadlines are
+computed from them in :mod:`sandboxer.domain.deadlines`.
 """
 
 from __future__ import annotations
@@ -23,11 +31,14 @@ from typing import Any, Literal
 
 import msgspec
 
+from sandboxer.domain.timestamps import shift
 from sandboxer.events.types import (
     Actor,
+    SandboxActive,
     SandboxDestroyed,
     SandboxDestroying,
     SandboxEvent,
+    SandboxExpired,
     SandboxFailed,
     SandboxProvisioning,
     SandboxReady,
@@ -35,6 +46,8 @@ from sandboxer.events.types import (
     SandboxRequested,
     SandboxRouted,
     SandboxTeardownFailed,
+    SandboxTouched,
+    SandboxTtlExtended,
 )
 
 __all__ = ["LIVE", "SandboxState", "Status", "evolve", "fold"]
@@ -45,13 +58,17 @@ Status = Literal[
     "routed",
     "provisioning",
     "ready",
+    "active",
     "failed",
     "recreating",
+    "expired",
     "destroying",
     "destroyed",
 ]
 
-LIVE = frozenset({"requested", "routed", "provisioning", "ready", "failed", "recreating"})
+LIVE = frozenset(
+    {"requested", "routed", "provisioning", "ready", "active", "failed", "recreating", "expired"}
+)
 """States a destroy may leave."""
 
 
@@ -81,6 +98,15 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     teardown_failure: str | None = None
     """Why the last teardown failed, while the sandbox is stuck in ``destroying``."""
     ttl_seconds: float | None = None
+    ttl_max_seconds: float | None = None
+    """How long, from creation, extensions may keep the sandbox (the profile's ``ttl.max``)."""
+    idle_reap_seconds: float | None = None
+    expires_at: str | None = None
+    """When the TTL runs out: creation plus the TTL, moved by each ``ttl_extended``."""
+    last_activity_at: str | None = None
+    """The last recorded activity (``ready`` counts as the first), for idle reaping."""
+    expiry: str | None = None
+    """Why the sandbox expired (``ttl``, ``idle`` or ``forced``), once it has."""
     handled: tuple[str, ...] = ()
     """Ids of the commands already decided, so a re-sent command decides nothing.
     A tuple in log order (not a set) so that the stored state is byte-for-byte reproducible."""
@@ -111,6 +137,11 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
                 created_by=event.command_id,
                 correlation=event.command_id,
                 ttl_seconds=event.ttl_seconds,
+                ttl_max_seconds=event.ttl_max_seconds,
+                idle_reap_seconds=event.idle_reap_seconds,
+                expires_at=None
+                if event.ttl_seconds is None
+                else shift(event.at, event.ttl_seconds),
                 created_at=event.at,
             )
         case SandboxRouted():
@@ -125,8 +156,14 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
             )
         case SandboxReady():
             return replace(
-                base, status="ready", reachability=event.reachability, warnings=event.warnings
+                base,
+                status="ready",
+                reachability=event.reachability,
+                warnings=event.warnings,
+                last_activity_at=event.at,
             )
+        case SandboxActive() | SandboxTouched() | SandboxTtlExtended() | SandboxExpired():
+            return _evolve_lifetime(base, event)
         case SandboxFailed():
             return replace(base, status="failed", failure=event.reason, reachability=None)
         case SandboxRecreating():
@@ -146,6 +183,22 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
         case SandboxDestroyed():
             return replace(base, status="destroyed", reachability=None, teardown_failure=None)
     return base
+
+
+def _evolve_lifetime(
+    base: SandboxState,
+    event: SandboxActive | SandboxTouched | SandboxTtlExtended | SandboxExpired,
+) -> SandboxState:
+    replace = msgspec.structs.replace
+    match event:
+        case SandboxActive():
+            return replace(base, status="active", last_activity_at=event.at)
+        case SandboxTouched():
+            return replace(base, last_activity_at=event.at)
+        case SandboxTtlExtended():
+            return replace(base, expires_at=event.expires_at)
+        case SandboxExpired():
+            return replace(base, status="expired", expiry=event.cause, correlation=event.command_id)
 
 
 def fold(sandbox_id: str, events: list[SandboxEvent]) -> SandboxState:

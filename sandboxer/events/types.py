@@ -24,15 +24,19 @@ __all__ = [
     "HostEvent",
     "HostInspected",
     "HostReaped",
+    "SandboxActive",
     "SandboxDestroyed",
     "SandboxDestroying",
     "SandboxEvent",
+    "SandboxExpired",
     "SandboxFailed",
     "SandboxProvisioning",
     "SandboxReady",
     "SandboxRecreating",
     "SandboxRequested",
     "SandboxRouted",
+    "SandboxTouched",
+    "SandboxTtlExtended",
     "event_type",
 ]
 
@@ -74,6 +78,13 @@ class SandboxRequested(_SandboxEventBase, frozen=True, kw_only=True, tag="reques
     profile_version: int
     inputs: dict[str, str] = {}
     ttl_seconds: float | None = None
+    """Lifetime from this event's time; the sandbox expires when it runs out."""
+    ttl_max_seconds: float | None = None
+    """The profile's ``ttl.max`` at admission: how far extensions may push the expiry
+    (counted from this event's time). Recorded so that deciding an extension stays pure."""
+    idle_reap_seconds: float | None = None
+    """The profile's ``ttl.idle_reap`` at admission: a ready sandbox without activity for
+    this long expires."""
 
 
 class SandboxRouted(_SandboxEventBase, frozen=True, kw_only=True, tag="routed"):
@@ -122,6 +133,33 @@ class SandboxDestroying(_SandboxEventBase, frozen=True, kw_only=True, tag="destr
 
 class SandboxDestroyed(_SandboxEventBase, frozen=True, kw_only=True, tag="destroyed"):
     """Everything the sandbox owned is gone."""
+
+
+class SandboxActive(_SandboxEventBase, frozen=True, kw_only=True, tag="active"):
+    """The first activity (an exec, a touch) after ``ready``: the sandbox is in use."""
+
+
+class SandboxTouched(_SandboxEventBase, frozen=True, kw_only=True, tag="touched"):
+    """Later activity on an active sandbox; recorded at most once per touch interval
+    (see ``sandboxer.domain.deadlines``), so activity never floods the log."""
+
+
+class SandboxTtlExtended(_SandboxEventBase, frozen=True, kw_only=True, tag="ttl_extended"):
+    """The sandbox's lifetime was extended; it now expires at ``expires_at``."""
+
+    expires_at: str
+    by_seconds: float
+
+
+class SandboxExpired(_SandboxEventBase, frozen=True, kw_only=True, tag="expired"):
+    """The sandbox outlived its TTL (``ttl``), its idle limit (``idle``), or an ``adm`` actor
+    expired it early (``forced``). A ``destroying`` follows in the same append."""
+
+    cause: Literal["ttl", "idle", "forced"]
+    due_at: str | None = None
+    """The deadline that ran out (None when forced before any deadline)."""
+    note: str | None = None
+    """The expire command's free-text reason, if it gave one."""
 
 
 class SandboxTeardownFailed(_SandboxEventBase, frozen=True, kw_only=True, tag="teardown_failed"):
@@ -191,6 +229,10 @@ SandboxEvent = (
     | SandboxDestroying
     | SandboxDestroyed
     | SandboxTeardownFailed
+    | SandboxActive
+    | SandboxTouched
+    | SandboxTtlExtended
+    | SandboxExpired
 )
 Event = SandboxEvent | CommandRejected | HostEvent
 NOT_SANDBOX_EVENTS = (CommandRejected, HostInspected, HostReaped)

@@ -28,7 +28,10 @@ from sandboxer.commands.types import (
     Command,
     CreateSandbox,
     DestroySandbox,
+    ExpireSandbox,
+    ExtendTtl,
     RecreateSandbox,
+    TouchSandbox,
     target_sandbox,
 )
 from sandboxer.config.catalog import Catalog
@@ -86,7 +89,9 @@ class ControlWorker:
 
     async def _to_domain(
         self, command: Command
-    ) -> AdmittedCreate | DestroySandbox | RecreateSandbox:
+    ) -> (
+        AdmittedCreate | DestroySandbox | RecreateSandbox | ExtendTtl | TouchSandbox | ExpireSandbox
+    ):
         if not isinstance(command, CreateSandbox):
             return command
         profile = self._catalog.profile(command.profile)

@@ -67,7 +67,7 @@ class ExecService:
     async def _reachable(self, sandbox_id: str) -> tuple[bool, str | None]:
         """Whether this worker should answer for ``sandbox_id``, and the sandbox's host."""
         state = (await self._store.load(sandbox_id)).state
-        if state.extension != self._extension.id or state.status != "ready":
+        if state.extension != self._extension.id or state.status not in {"ready", "active"}:
             return False, None
         if self._extension.host_local:
             found = await self._extension.list_sandboxes()

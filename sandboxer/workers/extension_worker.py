@@ -89,9 +89,10 @@ class ExtensionWorker:
         """
         for found in await self.extension.list_sandboxes():
             state = (await self._store.load(found.sandbox_id)).state
-            if state.status == "ready" and found.alive:
+            usable = state.status in {"ready", "active"}  # active: ready and used since
+            if usable and found.alive:
                 log.info("adopted sandbox %s", found.sandbox_id)
-            elif state.status == "ready":
+            elif usable:
                 await self._safe_teardown(found.sandbox_id, found.host)
                 await self.apply(
                     found.sandbox_id,
@@ -207,7 +208,7 @@ class ExtensionWorker:
             ),
             loaded,
         )
-        if not marked and loaded.state.status != "ready":
+        if not marked and loaded.state.status not in {"ready", "active"}:
             # Destroyed (or recreated) while we worked: do not leave what we made behind.
             log.info(
                 "sandbox %s became %s during provisioning; tearing down",

@@ -115,7 +115,12 @@ class InventoryService:
         return find_drift(found, statuses, ready)
 
     async def _ready_in_log(self, host: str | None) -> list[str]:
-        return [sandbox["sandbox_id"] for sandbox in await self._in_log("ready", host)]
+        """Sandboxes the log calls live and usable: ``active`` is ``ready`` after first use."""
+        return [
+            sandbox["sandbox_id"]
+            for status in ("ready", "active")
+            for sandbox in await self._in_log(status, host)
+        ]
 
     async def _stuck_in_log(self, host: str | None) -> list[dict[str, Any]]:
         """Sandboxes of this backend and host whose teardown failed for good."""

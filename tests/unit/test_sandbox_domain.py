@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import msgspec
 import pytest
 
-from sandboxer.commands.types import CreateSandbox, DestroySandbox, RecreateSandbox
+from sandboxer.commands.types import (
+    CreateSandbox,
+    DestroySandbox,
+    ExpireSandbox,
+    ExtendTtl,
+    RecreateSandbox,
+    TouchSandbox,
+)
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.profile import Profile
+from sandboxer.domain.admission import admit_create
+from sandboxer.domain.deadlines import Due, due
 from sandboxer.domain.sandbox_decide import (
     AdmittedCreate,
     FinishTeardown,
@@ -15,8 +29,16 @@ from sandboxer.domain.sandbox_decide import (
     decide,
 )
 from sandboxer.domain.sandbox_state import SandboxState, evolve, fold
+from sandboxer.domain.timestamps import shift
 from sandboxer.errors import Rejected
-from sandboxer.events.types import Actor, SandboxEvent
+from sandboxer.events.types import (
+    Actor,
+    SandboxEvent,
+    SandboxExpired,
+    SandboxTtlExtended,
+    event_type,
+)
+from sandboxer.workers.jobs import job_for
 
 ACTOR = Actor(type="adm", id="tester")
 SID = "sandbox0001"
@@ -214,3 +236,195 @@ def test_a_failed_teardown_is_recorded_once_and_a_new_destroy_retries_it() -> No
 
 def test_teardown_failure_applies_only_while_destroying() -> None:
     assert decide(ready_state(), MarkTeardownFailed(job_id="j", reason="x"), NOW) == []
+
+
+# -- lifetime: TTL, activity, expiry ---------------------------------------------------------
+
+AGENT = Actor(type="agt", id="agent-1")
+
+
+def at(seconds: float) -> str:
+    return shift(NOW, seconds)
+
+
+def step(state: SandboxState, command: object, now: str) -> tuple[SandboxState, list[SandboxEvent]]:
+    events = decide(state, command, now)  # type: ignore[arg-type]
+    for event in events:
+        state = evolve(state, event)
+    return state, events
+
+
+def timed_ready(
+    ttl: float = 3600, ttl_max: float = 7200, idle: float | None = None
+) -> SandboxState:
+    create = dataclasses.replace(
+        admitted(), ttl_seconds=ttl, ttl_max_seconds=ttl_max, idle_reap_seconds=idle
+    )
+    state, _ = run(
+        SandboxState(sandbox_id=SID),
+        create,
+        StartProvisioning(job_id="j1", worker="w"),
+        MarkReady(job_id="j1", reachability={"kind": "local"}, warnings=[]),
+    )
+    return state
+
+
+def test_expiry_is_creation_plus_ttl_and_recorded_limits_travel_in_requested() -> None:
+    state = timed_ready(ttl=60, ttl_max=120, idle=30)
+    assert state.expires_at == at(60)
+    assert (state.ttl_max_seconds, state.idle_reap_seconds) == (120, 30)
+    assert state.last_activity_at == NOW
+    assert due(state) == Due(at(30 + 3), "idle")  # idle limit plus one touch interval
+
+
+def test_extend_moves_the_expiry_within_the_max_counted_from_creation() -> None:
+    state = timed_ready(ttl=3600, ttl_max=7200)
+    state, events = step(
+        state, ExtendTtl(command_id="e1", actor=AGENT, sandbox_id=SID, duration="30m"), at(10)
+    )
+    assert isinstance(events[0], SandboxTtlExtended)
+    assert state.expires_at == at(5400)
+    with pytest.raises(Rejected) as refused:
+        step(state, ExtendTtl(command_id="e2", actor=AGENT, sandbox_id=SID, duration="1h"), at(20))
+    assert refused.value.code == "ttl_max_exceeded"
+    assert "ttl.max is 2h" in refused.value.reason
+    # Exactly up to the limit is allowed; a re-sent extension decides nothing.
+    state, _ = step(
+        state, ExtendTtl(command_id="e3", actor=AGENT, sandbox_id=SID, duration="30m"), at(30)
+    )
+    assert state.expires_at == at(7200)
+    assert (
+        step(
+            state, ExtendTtl(command_id="e3", actor=AGENT, sandbox_id=SID, duration="30m"), at(40)
+        )[1]
+        == []
+    )
+
+
+def test_extending_an_overdue_sandbox_counts_from_now() -> None:
+    state = timed_ready(ttl=60, ttl_max=7200)
+    state, _ = step(
+        state, ExtendTtl(command_id="e1", actor=AGENT, sandbox_id=SID, duration="60s"), at(100)
+    )
+    assert state.expires_at == at(160)
+
+
+def test_first_touch_records_active_then_at_most_one_touched_per_interval() -> None:
+    state = timed_ready(idle=100)  # touch interval: 10 s
+    kinds = []
+    for n, seconds in enumerate([1, 2, 5, 11.5, 12, 30]):
+        state, events = step(
+            state, TouchSandbox(command_id=f"t{n}", actor=AGENT, sandbox_id=SID), at(seconds)
+        )
+        kinds.append([event_type(e) for e in events])
+    assert kinds == [["active"], [], [], ["touched"], [], ["touched"]]
+    assert state.status == "active"
+    assert state.last_activity_at == at(30)
+    assert due(state) == Due(at(30 + 100 + 10), "idle")
+
+
+def test_touch_before_ready_is_rejected() -> None:
+    state, _ = run(SandboxState(sandbox_id=SID), admitted())
+    with pytest.raises(Rejected) as refused:
+        step(state, TouchSandbox(command_id="t", actor=AGENT, sandbox_id=SID), NOW)
+    assert refused.value.code == "not_ready"
+
+
+def test_expire_when_due_records_expired_then_destroying_once() -> None:
+    state = timed_ready(ttl=60)
+    expire = ExpireSandbox(command_id="x1", actor=AGENT, sandbox_id=SID)
+    with pytest.raises(Rejected) as early:
+        step(state, expire, at(59))
+    assert early.value.code == "not_due"
+    state, events = step(state, expire, at(61))
+    assert [event_type(e) for e in events] == ["expired", "destroying"]
+    assert isinstance(events[0], SandboxExpired)
+    assert (events[0].cause, events[0].due_at) == ("ttl", at(60))
+    assert (state.status, state.expiry, state.correlation) == ("destroying", "ttl", "x1")
+    assert job_for(state) is not None
+    # Another expirer, a restart or a re-sent command: nothing more.
+    assert step(state, expire, at(62))[1] == []
+    assert step(state, ExpireSandbox(command_id="x2", actor=AGENT, sandbox_id=SID), at(62))[1] == []
+
+
+def test_an_expiry_interrupted_after_expired_is_completed_by_its_redelivery() -> None:
+    state = timed_ready(ttl=60)
+    expire = ExpireSandbox(command_id="x1", actor=AGENT, sandbox_id=SID)
+    expired = decide(state, expire, at(61))[0]
+    state = evolve(state, expired)
+    assert state.status == "expired"
+    assert due(state) is None
+    state, events = step(state, expire, at(70))
+    assert [event_type(e) for e in events] == ["destroying"]
+
+
+def test_idle_reaping_spares_a_touched_sandbox() -> None:
+    state = timed_ready(idle=100)
+    state, _ = step(state, TouchSandbox(command_id="t1", actor=AGENT, sandbox_id=SID), at(90))
+    with pytest.raises(Rejected):
+        step(state, ExpireSandbox(command_id="x1", actor=AGENT, sandbox_id=SID), at(150))
+    state, events = step(
+        state, ExpireSandbox(command_id="x2", actor=AGENT, sandbox_id=SID), at(201)
+    )
+    assert isinstance(events[0], SandboxExpired)
+    assert events[0].cause == "idle"
+
+
+def test_adm_can_force_an_early_expiry_and_nobody_expires_a_destroyed_sandbox() -> None:
+    state = timed_ready(ttl=60)
+    state, events = step(
+        state, ExpireSandbox(command_id="x1", actor=ACTOR, sandbox_id=SID, reason="cleanup"), at(1)
+    )
+    assert isinstance(events[0], SandboxExpired)
+    assert (events[0].cause, events[0].note) == ("forced", "cleanup")
+    state, _ = step(state, FinishTeardown(job_id="td"), at(2))
+    with pytest.raises(Rejected) as refused:
+        step(state, ExpireSandbox(command_id="x3", actor=ACTOR, sandbox_id=SID), at(3))
+    assert refused.value.code == "already_destroyed"
+
+
+def test_an_active_sandbox_can_be_recreated_failed_and_destroyed() -> None:
+    state = timed_ready()
+    state, _ = step(state, TouchSandbox(command_id="t1", actor=AGENT, sandbox_id=SID), at(1))
+    assert state.status == "active"
+    recreated, _ = step(state, RecreateSandbox(command_id="r1", actor=AGENT, sandbox_id=SID), at(2))
+    assert recreated.status == "recreating"
+    failed, _ = step(state, MarkFailed(job_id="j", reason="gone", stage="job"), at(2))
+    assert failed.status == "failed"
+    destroyed, _ = step(state, DestroySandbox(command_id="d1", actor=AGENT, sandbox_id=SID), at(2))
+    assert destroyed.status == "destroying"
+
+
+def test_admission_applies_the_profile_ttl_and_refuses_more_than_its_max() -> None:
+    profile = Profile.model_validate(
+        {
+            "id": "profile.t",
+            "version": 1,
+            "extension": "ext.local",
+            "isolation": {"level": "namespace"},
+            "ttl": {"default": "1h", "max": "2h", "idle_reap": "10m"},
+        }
+    )
+    enabled = {
+        "ext.local": ExtensionDecl.model_validate(
+            {
+                "id": "ext.local",
+                "kind": "self-hosted",
+                "entry_point": "x:y",
+                "capabilities": {"isolation": ["namespace"]},
+            }
+        )
+    }
+    command = CreateSandbox(command_id="c1", actor=AGENT, profile="profile.t")
+    chosen = admit_create(command, profile, enabled)
+    assert (chosen.ttl_seconds, chosen.ttl_max_seconds, chosen.idle_reap_seconds) == (
+        3600,
+        7200,
+        600,
+    )
+    longer = msgspec.structs.replace(command, ttl="90m")
+    assert admit_create(longer, profile, enabled).ttl_seconds == 5400
+    with pytest.raises(Rejected) as refused:
+        admit_create(msgspec.structs.replace(command, ttl="3h"), profile, enabled)
+    assert refused.value.code == "ttl_max_exceeded"
+    assert "ttl.max (2h)" in refused.value.reason

@@ -1,0 +1,83 @@
+"""When a sandbox is due to expire, computed from its folded state (time is in the log).
+
+Pure. Two deadlines can end a sandbox's life:
+
+- its TTL: ``expires_at``, set by ``requested`` (its time plus the TTL) and moved by
+  ``ttl_extended``; it applies in every live state, so a sandbox stuck provisioning or
+  left failed expires too;
+- its idle limit (``ttl.idle_reap``): the last recorded activity (``ready``, ``active``,
+  ``touched``) plus the limit plus one touch interval; it applies only to a ready or
+  active sandbox.
+
+Activity is recorded at most once per touch interval (:func:`touch_interval`), so the
+last recorded activity can trail the real one by up to one interval. Adding that interval
+to the idle deadline means a sandbox is never reaped while it was used within its limit;
+it may outlive the limit by at most one interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.domain.timestamps import seconds_between, shift
+
+__all__ = [
+    "EXPIRABLE",
+    "Due",
+    "due",
+    "idle_deadline",
+    "seconds_between",
+    "shift",
+    "touch_interval",
+]
+
+EXPIRABLE = frozenset(
+    {"requested", "routed", "provisioning", "ready", "active", "failed", "recreating"}
+)
+"""States in which a TTL runs out (every live state; ``expired`` is already on its way out)."""
+
+IDLE = frozenset({"ready", "active"})
+"""States in which idleness counts: before ``ready`` nobody could use the sandbox."""
+
+MAX_TOUCH_INTERVAL = 60.0
+"""Activity is recorded at most once a minute (sooner for short idle limits)."""
+
+
+def touch_interval(idle_reap_seconds: float | None) -> float:
+    """How often activity is recorded: a tenth of the idle limit, at most a minute."""
+    if not idle_reap_seconds:
+        return MAX_TOUCH_INTERVAL
+    return min(MAX_TOUCH_INTERVAL, idle_reap_seconds / 10)
+
+
+@dataclass(frozen=True)
+class Due:
+    """A deadline and what it is (``ttl`` or ``idle``)."""
+
+    at: str
+    cause: Literal["ttl", "idle"]
+
+
+def idle_deadline(state: SandboxState) -> str | None:
+    if state.status not in IDLE or not state.idle_reap_seconds or not state.last_activity_at:
+        return None
+    slack = touch_interval(state.idle_reap_seconds)
+    return shift(state.last_activity_at, state.idle_reap_seconds + slack)
+
+
+def due(state: SandboxState) -> Due | None:
+    """The earliest deadline of a sandbox that can still expire; None when it has none."""
+    if state.status not in EXPIRABLE:
+        return None
+    candidates: list[Due] = []
+    if state.expires_at is not None:
+        candidates.append(Due(state.expires_at, "ttl"))
+    idle = idle_deadline(state)
+    if idle is not None:
+        candidates.append(Due(idle, "idle"))
+    if not candidates:
+        return None
+    # Timestamps share one format, so the earliest sorts first as text.
+    return min(candidates, key=lambda d: d.at)

@@ -1,0 +1,20 @@
+"""Arithmetic on the timestamps events carry (ISO 8601 UTC with milliseconds, ``Z``).
+
+Pure: the domain reckons deadlines from times in the log, never from the wall clock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+__all__ = ["seconds_between", "shift"]
+
+
+def shift(at: str, seconds: float) -> str:
+    """``at`` moved by ``seconds``, in the same format (so timestamps still sort as text)."""
+    moved = datetime.fromisoformat(at) + timedelta(seconds=seconds)
+    return moved.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
