@@ -8,7 +8,9 @@ The tree::
     │   └── SettingError        a SANDBOXER_* environment variable has a bad value
     ├── InvalidInput            an id, input, path or field fails validation
     │   ├── InvalidCommand      a published command cannot be read or accepted as it is
-    │   └── ComposeFileError    a compose file input is unsafe or missing
+    │   ├── ComposeFileError    a compose file input is unsafe or missing
+    │   ├── InputOutsideRoots   a host path input is outside SANDBOXER_INPUT_ROOTS (or none is allowed)
+    │   └── WorkspaceRefused    a workspace upload is too large, tampered with, missing or unsafe
     ├── Rejected                a valid command the sandbox's state cannot accept
     ├── CommandFailed           (clients) a command was rejected, or its work ended in failed
     ├── BusError                NATS is unreachable or answered with an error
@@ -44,6 +46,7 @@ __all__ = [
     "ExtensionError",
     "HostKeyRejected",
     "HostUnreachable",
+    "InputOutsideRoots",
     "InvalidCommand",
     "InvalidInput",
     "NatsServerError",
@@ -60,6 +63,7 @@ __all__ = [
     "UnknownEventType",
     "UnknownProfile",
     "Unsupported",
+    "WorkspaceRefused",
 ]
 
 
@@ -120,6 +124,18 @@ class InvalidCommand(InvalidInput):
 
 class ComposeFileError(InvalidInput):
     code = "invalid_compose_file"
+
+
+class InputOutsideRoots(InvalidInput):
+    """A directory input names a worker path outside ``SANDBOXER_INPUT_ROOTS``; the message names it."""
+
+    code = "input_outside_roots"
+
+
+class WorkspaceRefused(InvalidInput):
+    """A workspace archive was refused: over a limit, not the bytes its name promises, or unsafe."""
+
+    code = "workspace_refused"
 
 
 class Rejected(SandboxerError):

@@ -35,6 +35,8 @@ from sandboxer.workers.control import ControlWorker
 from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.inventory import InventoryService
+from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.materialize import DirectoryInputs
 
 __all__ = ["all_roles", "run_roles", "serve"]
 
@@ -99,7 +101,17 @@ async def run_roles(
                 else:
                     extension = build_extension(role, catalog, settings)
                     worker = ExtensionWorker(
-                        js, store, catalog, extension, ack_wait=settings.ack_wait
+                        js,
+                        store,
+                        catalog,
+                        extension,
+                        ack_wait=settings.ack_wait,
+                        directories=DirectoryInputs(
+                            js,
+                            roots=settings.input_roots,
+                            staging_root=settings.staging_root,
+                            limits=ArchiveLimits.from_mb(settings.upload_max_mb),
+                        ),
                     )
                     executor = ExecService(nc, store, extension)
                     inventory = InventoryService(nc, store, extension, settings)

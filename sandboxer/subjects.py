@@ -20,6 +20,8 @@ __all__ = [
 COMMANDS_STREAM = "SANDBOXER_COMMANDS"
 EVENTS_STREAM = "SANDBOXER_EVENTS"
 JOBS_STREAM = "SANDBOXER_JOBS"
+WORKSPACES_BUCKET = "SANDBOXER_WORKSPACES"
+"""Object Store bucket of uploaded directory inputs, named by content (docs/workspaces.md)."""
 
 COMMANDS = "sandboxer.cmd.>"
 EVENTS = "sandboxer.evt.>"

@@ -138,6 +138,11 @@ class Route(_Strict):
 class InputSpec(_Strict):
     """One ``--input k=v`` a create must or may pass."""
 
+    type: Literal["string", "directory"] = Field(
+        default="string",
+        description="directory: a tree the client uploads (object:sha256:<hex>), or a worker "
+        "path under SANDBOXER_INPUT_ROOTS; the worker vets it before any copy",
+    )
     required: bool = False
     default: str | None = None
     description: str = ""

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sandboxer.errors import SettingError
+from sandboxer.workspaces.roots import parse_input_roots
 
 __all__ = ["NATS_URL_SCHEMES", "Settings", "parse_nats_urls"]
 
@@ -58,6 +59,27 @@ def parse_nats_urls(raw: str, variable: str = "SANDBOXER_NATS_URL") -> tuple[str
     return urls
 
 
+def _int_env(name: str, default: int, unit: str) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    if not raw.strip().isdigit() or int(raw) <= 0:
+        raise SettingError(name, raw, f"write a positive whole number of {unit}, e.g. {default}")
+    return int(raw)
+
+
+def _names_env(name: str) -> tuple[str, ...]:
+    """A comma list of file or directory names (no '/'), e.g. ``.git,node_modules``."""
+    raw = os.environ.get(name, "")
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for item in names:
+        if "/" in item or "\0" in item or item in {".", ".."}:
+            raise SettingError(
+                name, raw, f"{item!r} is not a file name; list names such as .git,node_modules"
+            )
+    return names
+
+
 def _home_env() -> Path:
     raw = os.environ.get("SANDBOXER_HOME")
     home = Path(raw or Path.home() / ".local" / "share" / "sandboxer").expanduser()
@@ -78,12 +100,18 @@ class Settings:
     ``SANDBOXER_NATS_URL``: one URL or a comma list; when set, no embedded server starts.
     ``SANDBOXER_NATS_SERVER``: path of a ``nats-server`` binary to use instead of the packaged one.
     ``SANDBOXER_ACK_WAIT``: seconds without a heartbeat before a held message is redelivered (default 5).
+    ``SANDBOXER_INPUT_ROOTS``: the only worker directories a path input may name (default none).
+    ``SANDBOXER_UPLOAD_MAX_MB``: largest directory archive a client uploads or a worker unpacks.
+    ``SANDBOXER_UPLOAD_EXCLUDE``: names a client leaves out of the directories it uploads.
     """
 
     home: Path
     nats_urls: tuple[str, ...]
     nats_server: str | None
     ack_wait: float
+    input_roots: tuple[Path, ...] = ()
+    upload_max_mb: int = 1024
+    upload_exclude: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -92,6 +120,9 @@ class Settings:
             nats_urls=parse_nats_urls(os.environ.get("SANDBOXER_NATS_URL", "")),
             nats_server=os.environ.get("SANDBOXER_NATS_SERVER") or None,
             ack_wait=_float_env("SANDBOXER_ACK_WAIT", 5.0),
+            input_roots=parse_input_roots(os.environ.get("SANDBOXER_INPUT_ROOTS", "")),
+            upload_max_mb=_int_env("SANDBOXER_UPLOAD_MAX_MB", 1024, "MiB"),
+            upload_exclude=_names_env("SANDBOXER_UPLOAD_EXCLUDE"),
         )
 
     @property
@@ -102,6 +133,11 @@ class Settings:
     def local_root(self) -> Path:
         """Workspaces and state of ext.local sandboxes."""
         return self.home / "local"
+
+    @property
+    def staging_root(self) -> Path:
+        """Where a worker unpacks uploaded directories before a backend copies them."""
+        return self.home / "staging"
 
     @property
     def db_path(self) -> Path:

@@ -35,6 +35,8 @@ class SshBackend:
 
     id: str
     host_local = False
+    directory_inputs = ("repo",)
+    """Inputs read as a directory of the worker's machine: the worker vets them first."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -16,6 +16,8 @@ import asyncio
 import logging
 import os
 import socket
+import tempfile
+from pathlib import Path
 from typing import Literal
 from weakref import WeakValueDictionary
 
@@ -44,6 +46,8 @@ from sandboxer.workers import deciding
 from sandboxer.workers.host_events import inspect_and_record
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
+from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.materialize import DirectoryInputs, directory_input_names
 
 __all__ = ["ExtensionWorker"]
 
@@ -61,8 +65,16 @@ class ExtensionWorker:
         extension: Extension,
         *,
         ack_wait: float = 5.0,
+        directories: DirectoryInputs | None = None,
     ) -> None:
         self._js = js
+        # Without settings (tests, embedders): no host path is accepted, uploads still work.
+        self._directories = directories or DirectoryInputs(
+            js,
+            roots=(),
+            staging_root=Path(tempfile.gettempdir()) / f"sandboxer-staging-{os.getuid()}",
+            limits=ArchiveLimits(),
+        )
         self._store = store
         self._catalog = catalog
         self.extension = extension
@@ -174,18 +186,22 @@ class ExtensionWorker:
         try:
             profile = self._catalog.profile(state.profile)
             secrets = resolve_secrets(profile.setup.secret_refs)
-            request = ProvisionRequest(
-                sandbox_id=job.sandbox_id,
-                profile=profile,
-                inputs=state.inputs,
-                secrets=secrets,
-                host=state.host,
-            )
-            if profile.setup.record_telemetry:
-                await inspect_and_record(self._store, self.extension, state.host)
-            await self.extension.provision(request)
-            stage = "wait_ready"
-            readiness = await self.extension.wait_ready(request)
+            # Directory inputs are vetted here, before the backend sees any of them: an
+            # upload is fetched and checked, a host path must lie under the input roots.
+            names = directory_input_names(profile, getattr(self.extension, "directory_inputs", ()))
+            async with self._directories.prepared(job.sandbox_id, state.inputs, names) as inputs:
+                request = ProvisionRequest(
+                    sandbox_id=job.sandbox_id,
+                    profile=profile,
+                    inputs=inputs,
+                    secrets=secrets,
+                    host=state.host,
+                )
+                if profile.setup.record_telemetry:
+                    await inspect_and_record(self._store, self.extension, state.host)
+                await self.extension.provision(request)
+                stage = "wait_ready"
+                readiness = await self.extension.wait_ready(request)
             if profile.setup.record_telemetry:  # after readiness, before `ready` is announced
                 await inspect_and_record(self._store, self.extension, state.host)
         except Exception as exc:

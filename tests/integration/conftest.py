@@ -38,8 +38,15 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def settings_for(home: Path, url: str, ack_wait: float = 5.0) -> Settings:
-    return Settings(home=home, nats_urls=(url,), nats_server=None, ack_wait=ack_wait)
+def settings_for(
+    home: Path, url: str, ack_wait: float = 5.0, input_roots: tuple[Path, ...] | None = None
+) -> Settings:
+    """Settings of a test's service; its workers accept host paths under the test's tmp_path
+    (the parent of ``home``) unless ``input_roots`` says otherwise."""
+    roots = (home.parent.resolve(),) if input_roots is None else input_roots
+    return Settings(
+        home=home, nats_urls=(url,), nats_server=None, ack_wait=ack_wait, input_roots=roots
+    )
 
 
 @dataclass
@@ -60,9 +67,15 @@ START_TIMEOUT = 30.0
 """How long the roles get to answer their first health query (a few hundred ms is usual)."""
 
 
-async def start_service(home: Path, url: str, roles: list[str] | None = None) -> Service:
+async def start_service(
+    home: Path,
+    url: str,
+    roles: list[str] | None = None,
+    *,
+    input_roots: tuple[Path, ...] | None = None,
+) -> Service:
     """Run ``roles`` (all by default) in this event loop; fail the test if they never answer."""
-    settings = settings_for(home, url)
+    settings = settings_for(home, url, input_roots=input_roots)
     catalog = Catalog.load(home)
     roles = roles or all_roles(catalog)
     nc = await connect([url], name="test-service")

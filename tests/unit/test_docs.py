@@ -60,7 +60,12 @@ def test_every_setting_the_code_reads_is_in_the_readme_table() -> None:
         for path in package.rglob("*.py")
         for name in re.findall(r"\bSANDBOXER_[A-Z_]+\b", path.read_text())
     }
-    streams = {subjects.COMMANDS_STREAM, subjects.EVENTS_STREAM, subjects.JOBS_STREAM}
+    streams = {
+        subjects.COMMANDS_STREAM,
+        subjects.EVENTS_STREAM,
+        subjects.JOBS_STREAM,
+        subjects.WORKSPACES_BUCKET,
+    }
     readme = (DOCS.parent / "README.md").read_text()
     table = set(re.findall(r"^\| `(SANDBOXER_[A-Z_]+)` \|", readme, re.M))
     assert mentioned - streams <= table, sorted(mentioned - streams - table)

@@ -57,6 +57,8 @@ class LocalExtension:
 
     id = "ext.local"
     host_local = True
+    directory_inputs = ("repo",)
+    """Inputs read as a directory of the worker's machine: the worker vets them first."""
 
     def __init__(self, root: Path, *, cgroup_base: Path = cgroups.CGROUP_BASE) -> None:
         self.root = Path(root)

@@ -1,0 +1,91 @@
+"""The worker's provision boundary for directory inputs: every value vetted before any copy.
+
+A directory input's value is either an uploaded archive's reference
+(``object:sha256:<hex>``), fetched, verified and unpacked into a staging
+directory of this worker, or a path on this worker's machine, accepted only
+under ``SANDBOXER_INPUT_ROOTS``. Either way the backend receives the inputs
+with that value replaced by a local directory the worker vouches for, and
+never reads a client's path itself. The staging directories live until the
+sandbox is ready (backends read the tree while provisioning), then go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nats.js import JetStreamContext
+
+from sandboxer.config.profile import Profile
+from sandboxer.workspaces.extract import extract_archive
+from sandboxer.workspaces.fetch import fetch_archive
+from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.refs import is_object_ref, parse_object_ref
+from sandboxer.workspaces.roots import resolve_under_roots
+
+__all__ = ["DirectoryInputs", "directory_input_names"]
+
+
+def directory_input_names(profile: Profile, backend_reads: Collection[str]) -> set[str]:
+    """Inputs to vet: those the profile declares directories, and those the backend reads as one.
+
+    The second set keeps an older profile that declares ``repo`` without a
+    type from smuggling a raw path to a backend that copies ``repo``.
+    """
+    declared = {name for name, spec in profile.inputs.items() if spec.type == "directory"}
+    return declared | set(backend_reads)
+
+
+@dataclass(frozen=True)
+class DirectoryInputs:
+    """How one worker vets directory inputs (from its settings)."""
+
+    js: JetStreamContext
+    roots: tuple[Path, ...]
+    staging_root: Path
+    limits: ArchiveLimits
+
+    @contextlib.asynccontextmanager
+    async def prepared(
+        self, sandbox_id: str, inputs: Mapping[str, str], names: Collection[str]
+    ) -> AsyncIterator[dict[str, str]]:
+        """``inputs`` with every directory input replaced by a vetted local directory.
+
+        Raises :class:`~sandboxer.errors.InputOutsideRoots` or
+        :class:`~sandboxer.errors.WorkspaceRefused` before anything is copied.
+        """
+        vetted = dict(inputs)
+        staged: list[Path] = []
+        try:
+            for name in sorted(set(names) & set(inputs)):
+                value = inputs[name]
+                if is_object_ref(value):
+                    staging = self.staging_root / f"{sandbox_id}-{name}"
+                    staged.append(staging)
+                    await self._unpack(parse_object_ref(value), staging)
+                    vetted[name] = str(staging / "tree")
+                else:
+                    vetted[name] = str(resolve_under_roots(name, value, self.roots))
+            yield vetted
+        finally:
+            for staging in staged:
+                await asyncio.to_thread(shutil.rmtree, staging, True)
+
+    async def _unpack(self, sha256_hex: str, staging: Path) -> None:
+        await asyncio.to_thread(_fresh_staging, self.staging_root, staging)
+        archive = staging / "archive.tar"
+        await fetch_archive(self.js, sha256_hex, archive, self.limits)
+        await asyncio.to_thread(extract_archive, archive, staging / "tree", self.limits)
+        await asyncio.to_thread(archive.unlink)
+
+
+def _fresh_staging(root: Path, staging: Path) -> None:
+    """An empty staging directory (a crashed attempt's leftovers removed), private to the worker."""
+    shutil.rmtree(staging, ignore_errors=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging.mkdir(mode=0o700)
+    (staging / "tree").mkdir()

@@ -1,0 +1,91 @@
+"""A client's side of a directory input: pack it, store it once by content, return its reference."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import tempfile
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from nats.js import JetStreamContext
+from nats.js.errors import ObjectNotFoundError
+
+from sandboxer.workspaces.bucket import open_or_create_bucket
+from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.pack import pack_directory
+from sandboxer.workspaces.refs import object_name, object_ref
+
+__all__ = ["UploadProgress", "Uploaded", "upload_directory"]
+
+UploadProgress = Callable[[str, int, int], None]
+"""Called with a phase (``packing``, ``uploading``), bytes done and bytes in all (0: unknown)."""
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """What a directory became: the input value to send, and whether bytes were sent."""
+
+    ref: str
+    sha256: str
+    size: int
+    entries: int
+    stored: bool
+    """False when the bucket already held this content (nothing was sent)."""
+
+
+class _CountingReader:
+    """A file whose reads report progress (nats-py's ``put`` reads it from a thread)."""
+
+    def __init__(self, handle: BinaryIO, total: int, progress: UploadProgress) -> None:
+        self._handle, self._total, self._progress, self._done = handle, total, progress, 0
+
+    def readinto(self, buffer: bytearray) -> int:
+        count = self._handle.readinto(buffer)  # type: ignore[attr-defined]
+        self._done += count
+        self._progress("uploading", self._done, self._total)
+        return int(count)
+
+
+async def upload_directory(
+    js: JetStreamContext,
+    source: Path,
+    *,
+    replicas: int = 1,
+    exclude: Collection[str] = (),
+    limits: ArchiveLimits | None = None,
+    progress: UploadProgress | None = None,
+) -> Uploaded:
+    """Pack ``source``, put it in the workspaces bucket unless there already, return its reference."""
+    limits = limits or ArchiveLimits()
+    report = progress or (lambda _phase, _done, _total: None)
+    with tempfile.TemporaryDirectory(prefix="sandboxer-upload-") as scratch:
+        packed = await asyncio.to_thread(
+            pack_directory,
+            source,
+            Path(scratch) / "workspace.tar",
+            exclude=exclude,
+            limits=limits,
+            progress=lambda done: report("packing", done, 0),
+        )
+        bucket = await open_or_create_bucket(js, replicas)
+        name = object_name(packed.sha256)
+        digest = "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(packed.sha256)).decode()
+        try:
+            info = await bucket.get_info(name)
+            present = info.digest == digest and info.size == packed.size
+        except ObjectNotFoundError:
+            present = False
+        if not present:
+            with packed.path.open("rb") as handle:
+                await bucket.put(name, _CountingReader(handle, packed.size, report))  # type: ignore[arg-type]
+        report("uploaded" if not present else "present", packed.size, packed.size)
+    return Uploaded(
+        ref=object_ref(packed.sha256),
+        sha256=packed.sha256,
+        size=packed.size,
+        entries=packed.entries,
+        stored=not present,
+    )
