@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,12 +23,22 @@ from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.publish import publish_durably
+from sandboxer.bus.streams import replicas_for
 from sandboxer.command_outcomes import CommandFailed, EventCallback, OutcomeWatcher, notify
 from sandboxer.errors import BusError, InvalidInput, ServiceNotRunning
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
+from sandboxer.workspaces.limits import DEFAULT_MAX_MB, ArchiveLimits
+from sandboxer.workspaces.upload import Uploaded, UploadProgress, upload_directory
 
-__all__ = ["CommandFailed", "EventCallback", "OutputCallback", "SandboxerClient"]
+__all__ = [
+    "CommandFailed",
+    "EventCallback",
+    "OutputCallback",
+    "SandboxerClient",
+    "UploadProgress",
+    "Uploaded",
+]
 
 COMMAND_PUBLISH_BUDGET = 15.0
 """Seconds a command's publish waits out an unavailable commands stream (elections take 4-7 s)."""
@@ -151,6 +162,31 @@ class SandboxerClient:
         if replies:
             self.seen_seq = max(self.seen_seq, await last_sequence(self.js))
         return replies
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    async def upload_directory(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        exclude: Collection[str] = (),
+        max_mb: int = DEFAULT_MAX_MB,
+        progress: UploadProgress | None = None,
+    ) -> Uploaded:
+        """Pack a local directory into the workspaces bucket, once per content.
+
+        Pass ``uploaded.ref`` (``object:sha256:<hex>``) as the value of a
+        directory input: any worker, on any machine, fetches it from there.
+        ``exclude`` names files and directories left out at any depth.
+        """
+        return await upload_directory(
+            self.js,
+            Path(directory),
+            replicas=replicas_for(self.nc._server_info),  # like the streams: 3 in a cluster
+            exclude=exclude,
+            limits=ArchiveLimits.from_mb(max_mb),
+            progress=progress,
+        )
 
     # -- commands ------------------------------------------------------------------------------
 

@@ -13,8 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from sandboxer.cli.common import JsonOpt, run, with_client
+from sandboxer.cli.common import JsonOpt, load_settings, run, with_client
 from sandboxer.cli.output import Progress, print_json, print_table, say
+from sandboxer.cli.uploads import plan_uploads, upload_directory_inputs
 from sandboxer.client import SandboxerClient
 
 __all__ = [
@@ -79,16 +80,39 @@ def create(
     ] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="return once accepted")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for ready")] = 300.0,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="a name to leave out of uploaded directories (repeatable)"),
+    ] = None,
+    no_upload: Annotated[
+        bool,
+        typer.Option(
+            "--no-upload",
+            help="send directory inputs as paths on the worker's machine (under its "
+            "SANDBOXER_INPUT_ROOTS) instead of uploading them",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a sandbox from a profile and wait until it is ready."""
+    """Create a sandbox from a profile and wait until it is ready.
+
+    A directory input (``type: directory`` in the profile) given as a local
+    directory is uploaded to the service's Object Store and passed by reference.
+    """
     parsed = _parse_inputs(inputs or [])
 
     async def work(client: SandboxerClient) -> dict[str, Any]:
+        # Settings and the local catalog were read once already to connect: quick, and any
+        # error in them is reported by run() like every other.
+        settings = load_settings()
+        planned = {} if no_upload else plan_uploads(settings, profile, parsed)
+        refs = await upload_directory_inputs(
+            client, settings, planned, exclude=exclude or [], show_progress=not as_json
+        )
         progress = Progress(enabled=not as_json)  # timed from here: not the service's start-up
         result = await client.create(
             profile,
-            parsed,
+            {**parsed, **refs},
             sandbox_id=sandbox_id,
             command_id=command_id,
             host=host,
