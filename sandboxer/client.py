@@ -97,8 +97,15 @@ class SandboxerClient:
         return sandbox
 
     async def list_sandboxes(
-        self, *, status: str | None = None, include_destroyed: bool = False, limit: int = 1000
+        self,
+        *,
+        status: str | None = None,
+        include_destroyed: bool = False,
+        due_before: str | None = None,
+        limit: int = 1000,
     ) -> list[dict[str, Any]]:
+        """Sandboxes of the view; ``due_before`` (a UTC time like events carry) keeps those
+        whose TTL or idle deadline is at or before it, earliest first."""
         request: dict[str, Any] = {
             "include_destroyed": include_destroyed,
             "limit": limit,
@@ -106,6 +113,8 @@ class SandboxerClient:
         }
         if status:
             request["status"] = status
+        if due_before is not None:
+            request["due_before"] = due_before
         sandboxes: list[dict[str, Any]] = (await self.query(subjects.QUERY_LIST, request))[
             "sandboxes"
         ]
@@ -198,13 +207,15 @@ class SandboxerClient:
         sandbox_id: str | None = None,
         command_id: str | None = None,
         host: str | None = None,
+        ttl: str | None = None,
         wait: bool = True,
         on_event: EventCallback | None = None,
         timeout: float = 300.0,
     ) -> dict[str, Any]:
         """Create a sandbox; with ``wait``, return its ``ready`` event (raise on failure).
 
-        ``host`` overrides the profile's placement (for backends that place on hosts).
+        ``host`` overrides the profile's placement (for backends that place on hosts);
+        ``ttl`` (``90s``, ``2h``) the profile's ``ttl.default``, within its ``ttl.max``.
         """
         if sandbox_id is not None:
             _check_id(sandbox_id)
@@ -219,6 +230,8 @@ class SandboxerClient:
             command["sandbox_id"] = sandbox_id
         if host is not None:
             command["host"] = host
+        if ttl is not None:  # only when asked: older services do not know the field
+            command["ttl"] = ttl
         target = sandbox_id or derive_sandbox_id(command_id)
         return await self._run("create", command, target, {"ready"}, wait, on_event, timeout)
 
@@ -257,6 +270,57 @@ class SandboxerClient:
             "actor": self.actor,
         }
         return await self._run("recreate", command, sandbox_id, {"ready"}, wait, on_event, timeout)
+
+    async def extend_ttl(
+        self,
+        sandbox_id: str,
+        duration: str,
+        *,
+        command_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Push the sandbox's expiry later by ``duration``; returns the ``ttl_extended`` event
+        (raises CommandFailed, naming the limit, past the profile's ``ttl.max``)."""
+        return await self._run(
+            "extend_ttl",
+            self._about(sandbox_id, command_id, duration=duration),
+            sandbox_id,
+            {"ttl_extended"},
+            True,
+            None,
+            timeout,
+        )
+
+    async def touch(self, sandbox_id: str, *, command_id: str | None = None) -> dict[str, Any]:
+        """Record activity on the sandbox (holds off idle reaping). Returns once the command is
+        accepted: a touch soon after another records nothing, so there is no event to await."""
+        command = self._about(sandbox_id, command_id)
+        return await self._run("touch", command, sandbox_id, set(), False, None, 0)
+
+    async def expire(
+        self,
+        sandbox_id: str,
+        *,
+        reason: str | None = None,
+        command_id: str | None = None,
+        wait: bool = True,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Expire the sandbox (an ``adm`` actor may do so before it is due); with ``wait``,
+        returns its ``destroying`` event, which follows ``expired``."""
+        extra = {} if reason is None else {"reason": reason}
+        command = self._about(sandbox_id, command_id, **extra)
+        return await self._run("expire", command, sandbox_id, {"destroying"}, wait, None, timeout)
+
+    def _about(self, sandbox_id: str, command_id: str | None, **fields: str) -> dict[str, Any]:
+        """A command about one sandbox, from this client's actor."""
+        _check_id(sandbox_id)
+        return {
+            "command_id": command_id or new_command_id(),
+            "sandbox_id": sandbox_id,
+            "actor": self.actor,
+            **fields,
+        }
 
     async def publish_command(self, verb: str, command: Mapping[str, Any]) -> bool:
         """Publish one command; returns False when JetStream saw this command id before.

@@ -33,6 +33,7 @@ from sandboxer.projections.projector import Projector
 from sandboxer.projections.queries import QueryService
 from sandboxer.workers.control import ControlWorker
 from sandboxer.workers.exec_service import ExecService
+from sandboxer.workers.expirer import Expirer
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.inventory import InventoryService
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -90,6 +91,8 @@ async def run_roles(
                 if role == "control":
                     control = ControlWorker(js, store, catalog, settings)
                     group.create_task(control.run(stop))
+                    expirer = Expirer(nc, js, interval=settings.expiry_interval)
+                    group.create_task(expirer.run(stop))
                 elif role == "projector":
                     projector = Projector(nc, js, settings.db_path)
                     await projector.open()

@@ -11,7 +11,13 @@ import sys
 
 import typer
 
-from sandboxer.cli import catalog_commands, host_commands, sandbox_commands, service_commands
+from sandboxer.cli import (
+    catalog_commands,
+    host_commands,
+    lifetime_commands,
+    sandbox_commands,
+    service_commands,
+)
 from sandboxer.cli.common import exit_code
 from sandboxer.cli.output import say
 from sandboxer.errors import SandboxerError
@@ -37,6 +43,8 @@ app.command("exec", rich_help_panel=EVERYDAY, context_settings=sandbox_commands.
 app.command("destroy", rich_help_panel=EVERYDAY)(sandbox_commands.destroy)
 app.command("recreate", rich_help_panel=EVERYDAY)(sandbox_commands.recreate)
 app.command("events", rich_help_panel=EVERYDAY)(sandbox_commands.events)
+app.command("extend-ttl", rich_help_panel=EVERYDAY)(lifetime_commands.extend_ttl)
+app.command("touch", rich_help_panel=EVERYDAY)(lifetime_commands.touch)
 app.add_typer(catalog_commands.profiles_app, name="profiles", rich_help_panel=EVERYDAY)
 # 'create' starts a background service when none runs; 'down' is how its user stops it.
 app.command("down", rich_help_panel=EVERYDAY)(service_commands.down)
@@ -48,6 +56,7 @@ app.command("doctor", rich_help_panel=OPERATOR)(catalog_commands.doctor)
 app.add_typer(catalog_commands.extensions_app, name="extensions", rich_help_panel=OPERATOR)
 app.add_typer(host_commands.inspect_app, name="inspect", rich_help_panel=OPERATOR)
 app.command("reap-stale", rich_help_panel=OPERATOR)(host_commands.reap_stale)
+app.command("expire", rich_help_panel=OPERATOR)(lifetime_commands.expire)
 app.command("hosts", rich_help_panel=OPERATOR)(host_commands.hosts_view)
 app.command("replay", rich_help_panel=OPERATOR)(service_commands.replay)
 

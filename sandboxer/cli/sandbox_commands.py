@@ -55,10 +55,15 @@ def _show_sandbox(sandbox: dict[str, Any]) -> None:
         "generation",
         "created_at",
         "updated_at",
+        "expires_at",
+        "last_activity_at",
+        "expiry",
         "failure",
     ):
         if sandbox.get(key) not in (None, ""):
             typer.echo(f"{key:<12} {sandbox[key]}")
+    if sandbox.get("due"):  # the earlier of its TTL and idle deadlines (docs/ttl.md)
+        typer.echo(f"{'due':<12} {sandbox['due']['at']} ({sandbox['due']['cause']})")
     for warning in sandbox.get("warnings") or []:
         typer.echo(f"{'warning':<12} {warning}")
     if sandbox.get("reachability"):
@@ -80,6 +85,10 @@ def create(
     ] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="return once accepted")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for ready")] = 300.0,
+    ttl: Annotated[
+        str | None,
+        typer.Option("--ttl", help="lifetime, e.g. 2h (default: the profile's ttl.default)"),
+    ] = None,
     exclude: Annotated[
         list[str] | None,
         typer.Option("--exclude", help="a name to leave out of uploaded directories (repeatable)"),
@@ -116,6 +125,7 @@ def create(
             sandbox_id=sandbox_id,
             command_id=command_id,
             host=host,
+            ttl=ttl,
             wait=not no_wait,
             on_event=progress,
             timeout=timeout,
@@ -158,10 +168,17 @@ def list_sandboxes(
         return
     print_table(
         [
-            (s["sandbox_id"], s["status"], s["profile"], s["extension"], s["created_at"])
+            (
+                s["sandbox_id"],
+                s["status"],
+                s["profile"],
+                s["extension"],
+                s["created_at"],
+                (s.get("due") or {}).get("at"),
+            )
             for s in sandboxes
         ],
-        ["id", "status", "profile", "extension", "created"],
+        ["id", "status", "profile", "extension", "created", "due"],
     )
 
 

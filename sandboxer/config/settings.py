@@ -100,6 +100,8 @@ class Settings:
     ``SANDBOXER_NATS_URL``: one URL or a comma list; when set, no embedded server starts.
     ``SANDBOXER_NATS_SERVER``: path of a ``nats-server`` binary to use instead of the packaged one.
     ``SANDBOXER_ACK_WAIT``: seconds without a heartbeat before a held message is redelivered (default 5).
+    ``SANDBOXER_EXPIRY_INTERVAL``: seconds between the control worker's sweeps for sandboxes
+    past their TTL or idle limit (default 5).
     ``SANDBOXER_INPUT_ROOTS``: the only worker directories a path input may name (default none).
     ``SANDBOXER_UPLOAD_MAX_MB``: largest directory archive a client uploads or a worker unpacks.
     ``SANDBOXER_UPLOAD_EXCLUDE``: names a client leaves out of the directories it uploads.
@@ -109,6 +111,7 @@ class Settings:
     nats_urls: tuple[str, ...]
     nats_server: str | None
     ack_wait: float
+    expiry_interval: float = 5.0
     input_roots: tuple[Path, ...] = ()
     upload_max_mb: int = 1024
     upload_exclude: tuple[str, ...] = ()
@@ -120,6 +123,7 @@ class Settings:
             nats_urls=parse_nats_urls(os.environ.get("SANDBOXER_NATS_URL", "")),
             nats_server=os.environ.get("SANDBOXER_NATS_SERVER") or None,
             ack_wait=_float_env("SANDBOXER_ACK_WAIT", 5.0),
+            expiry_interval=_float_env("SANDBOXER_EXPIRY_INTERVAL", 5.0),
             input_roots=parse_input_roots(os.environ.get("SANDBOXER_INPUT_ROOTS", "")),
             upload_max_mb=_int_env("SANDBOXER_UPLOAD_MAX_MB", 1024, "MiB"),
             upload_exclude=_names_env("SANDBOXER_UPLOAD_EXCLUDE"),

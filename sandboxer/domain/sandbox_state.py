@@ -196,7 +196,13 @@ def _evolve_lifetime(
         case SandboxTouched():
             return replace(base, last_activity_at=event.at)
         case SandboxTtlExtended():
-            return replace(base, expires_at=event.expires_at)
+            # Asking for more time is a command on the sandbox, so it counts as activity.
+            used = base.status in {"ready", "active"}
+            return replace(
+                base,
+                expires_at=event.expires_at,
+                last_activity_at=event.at if used else base.last_activity_at,
+            )
         case SandboxExpired():
             return replace(base, status="expired", expiry=event.cause, correlation=event.command_id)
 

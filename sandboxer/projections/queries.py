@@ -9,12 +9,14 @@ answers. Replies are JSON objects: ``{"ok": true, ...}`` or
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
 from nats.aio.client import Client
 
 from sandboxer import subjects
 from sandboxer.bus.responder import Responder
+from sandboxer.domain.timestamps import shift
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.projections.projector import Projector
@@ -33,6 +35,21 @@ def _field(request: dict[str, Any], name: str, kind: type, default: Any = None) 
     if value is not None and not isinstance(value, kind):
         raise RequestError(f"field {name!r} must be a {kind.__name__}")
     return value
+
+
+def _timestamp(request: dict[str, Any], name: str) -> str | None:
+    """An ISO 8601 UTC time as events write it; the view compares such times as text, so
+    anything else is refused rather than compared wrongly."""
+    value = _field(request, name, str)
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.utcoffset() != timedelta(0) or not value.endswith("Z"):
+        raise RequestError(f"field {name!r} must be a UTC time such as 2026-12-02T10:00:00.000Z")
+    return shift(value, 0)  # the events' exact format: milliseconds and Z
 
 
 class QueryService:
@@ -84,6 +101,7 @@ class QueryService:
         states = await self._projector.view.list_states(
             status=_field(request, "status", str),
             include_destroyed=bool(_field(request, "include_destroyed", bool, False)),
+            due_before=_timestamp(request, "due_before"),
             limit=limit,
         )
         return {

@@ -22,6 +22,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
+from sandboxer.domain.deadlines import due
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.events.types import CommandRejected, HostEvent, HostInspected
 
@@ -36,9 +37,11 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     created_at TEXT,
     updated_at TEXT,
     last_seq INTEGER NOT NULL,
-    state BLOB NOT NULL
+    state BLOB NOT NULL,
+    due_at TEXT
 );
 CREATE INDEX IF NOT EXISTS sandboxes_status ON sandboxes(status);
+CREATE INDEX IF NOT EXISTS sandboxes_due ON sandboxes(due_at) WHERE due_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS rejections (
     key TEXT PRIMARY KEY,
     command_id TEXT,
@@ -79,9 +82,17 @@ _decode_state = msgspec.json.Decoder(SandboxState).decode
 
 
 def state_to_dict(state: SandboxState) -> dict[str, Any]:
-    """The JSON-able view of a sandbox that queries return."""
+    """The JSON-able view of a sandbox that queries return, with its next deadline
+    (``due``: when and why it will expire, None when it cannot)."""
     data: dict[str, Any] = msgspec.to_builtins(state)
+    deadline = due(state)
+    data["due"] = None if deadline is None else {"at": deadline.at, "cause": deadline.cause}
     return data
+
+
+def _due_at(state: SandboxState) -> str | None:
+    deadline = due(state)
+    return None if deadline is None else deadline.at
 
 
 class SandboxView:
@@ -134,7 +145,7 @@ class SandboxView:
         for event, seq in host_events:
             await self._apply_host_event(event, seq)
         await self._db.executemany(
-            "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     s.sandbox_id,
@@ -145,6 +156,7 @@ class SandboxView:
                     s.updated_at,
                     seq,
                     _encode(s),
+                    _due_at(s),
                 )
                 for s, seq in states
             ],
@@ -199,11 +211,21 @@ class SandboxView:
         return await self.load_state(sandbox_id)
 
     async def list_states(
-        self, *, status: str | None = None, include_destroyed: bool = False, limit: int = 1000
+        self,
+        *,
+        status: str | None = None,
+        include_destroyed: bool = False,
+        due_before: str | None = None,
+        limit: int = 1000,
     ) -> list[SandboxState]:
+        """Sandboxes in creation order; with ``due_before``, only those whose TTL or idle
+        deadline is at or before that time, earliest first (what the expirer sweeps)."""
         query = "SELECT state FROM sandboxes"
         clauses: list[str] = []
         params: list[Any] = []
+        if due_before is not None:
+            clauses.append("due_at IS NOT NULL AND due_at <= ?")
+            params.append(due_before)
         if status:
             clauses.append("status = ?")
             params.append(status)
@@ -211,7 +233,8 @@ class SandboxView:
             clauses.append("status != 'destroyed'")
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
-        query += " ORDER BY created_at, sandbox_id LIMIT ?"
+        order = "due_at, sandbox_id" if due_before is not None else "created_at, sandbox_id"
+        query += f" ORDER BY {order} LIMIT ?"
         params.append(limit)
         async with self._db.execute(query, params) as cursor:
             rows = await cursor.fetchall()

@@ -9,12 +9,18 @@ chunks as they come, then ``exit`` carrying ``{"exit_code": N}`` (or
 header. Workers that cannot reach the sandbox stay silent: a host-local
 backend's workers each check whether the sandbox is theirs; a remote
 backend's workers share a queue group, so exactly one of them answers.
+
+An exec is activity: the worker publishes ``sandboxer.cmd.touch`` for the sandbox, which
+holds off idle reaping (the first one after ``ready`` makes it ``active``). It skips the
+touch when it sent one within the sandbox's touch interval, since the domain would record
+nothing for it anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Literal
 
 import msgspec
@@ -22,10 +28,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
+from sandboxer.domain.deadlines import touch_interval
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import SandboxerError
+from sandboxer.events.types import Actor
 from sandboxer.extensions.base import Extension
-from sandboxer.ids import is_valid_sandbox_id
+from sandboxer.ids import is_valid_sandbox_id, new_command_id
 
 __all__ = ["ExecRequest", "ExecService"]
 
@@ -33,6 +43,8 @@ log = logging.getLogger(__name__)
 
 HEADER = "Sandboxer-Exec"
 MAX_ARGV_BYTES = 128 * 1024
+EXEC_ACTOR = Actor(type="atm", id="sandboxer-exec")
+MAX_REMEMBERED_TOUCHES = 10_000
 
 
 class ExecRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -48,6 +60,8 @@ class ExecService:
         self._extension = extension
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._touched: dict[str, float] = {}
+        """Sandbox -> monotonic time of the last touch sent (a cache: losing it costs a touch)."""
 
     async def start(self) -> None:
         queue = "" if self._extension.host_local else f"exec-{self._extension.id}"
@@ -64,24 +78,51 @@ class ExecService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reachable(self, sandbox_id: str) -> tuple[bool, str | None]:
-        """Whether this worker should answer for ``sandbox_id``, and the sandbox's host."""
+    async def _reachable(self, sandbox_id: str) -> SandboxState | None:
+        """The sandbox's state when this worker should answer for ``sandbox_id``."""
         state = (await self._store.load(sandbox_id)).state
         if state.extension != self._extension.id or state.status not in {"ready", "active"}:
-            return False, None
+            return None
         if self._extension.host_local:
             found = await self._extension.list_sandboxes()
             if not any(s.sandbox_id == sandbox_id and s.alive for s in found):
-                return False, None
-        return True, state.host
+                return None
+        return state
+
+    async def _touch(self, state: SandboxState) -> None:
+        """Record the exec as activity (see the module docstring); never fails the exec."""
+        now = time.monotonic()
+        last = self._touched.get(state.sandbox_id)
+        interval = touch_interval(state.idle_reap_seconds)
+        if state.status == "active" and last is not None and now - last < interval:
+            return
+        if len(self._touched) > MAX_REMEMBERED_TOUCHES:
+            self._touched.clear()  # a cache: forgetting costs one redundant touch each
+        self._touched[state.sandbox_id] = now
+        command = {
+            "command_id": new_command_id(),
+            "sandbox_id": state.sandbox_id,
+            "actor": msgspec.to_builtins(EXEC_ACTOR),
+        }
+        try:
+            await self._nc.jetstream().publish(
+                subjects.command_subject("touch"),
+                msgspec.json.encode(command),
+                headers={"Nats-Msg-Id": command["command_id"]},
+                timeout=5,
+            )
+        except Exception as exc:
+            self._touched.pop(state.sandbox_id, None)
+            log.warning("could not record activity on %s: %r", state.sandbox_id, exc)
 
     async def _serve(self, msg: Msg) -> None:
         sandbox_id = msg.subject.rsplit(".", 1)[-1]
         if not msg.reply or not is_valid_sandbox_id(sandbox_id):
             return
-        reachable, host = await self._reachable(sandbox_id)
-        if not reachable:
+        state = await self._reachable(sandbox_id)
+        if state is None:
             return
+        host = state.host
 
         async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:
             await self._nc.publish(msg.reply, data, headers={HEADER: kind})
@@ -96,6 +137,7 @@ class ExecService:
             await send("exit", msgspec.json.encode({"error": f"invalid exec request: {exc}"}))
             return
         await send("started", b"")
+        await self._touch(state)
         try:
             code = await self._extension.exec(
                 sandbox_id, request.argv, send, host=host, service=request.service

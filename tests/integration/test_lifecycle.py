@@ -50,6 +50,7 @@ async def test_create_exec_destroy(service: Service) -> None:
     code = await client.exec(sandbox_id, ["sh", "-c", "echo hello; exit 3"], collect)
     assert code == 3
     assert b"".join(chunks) == b"hello\n"
+    await wait_status(client, sandbox_id, {"active"})  # an exec is activity (docs/ttl.md)
 
     await client.destroy(sandbox_id)
     assert await event_types(client, sandbox_id) == [
@@ -57,6 +58,7 @@ async def test_create_exec_destroy(service: Service) -> None:
         "routed",
         "provisioning",
         "ready",
+        "active",
         "destroying",
         "destroyed",
     ]

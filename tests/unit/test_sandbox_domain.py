@@ -428,3 +428,11 @@ def test_admission_applies_the_profile_ttl_and_refuses_more_than_its_max() -> No
         admit_create(msgspec.structs.replace(command, ttl="3h"), profile, enabled)
     assert refused.value.code == "ttl_max_exceeded"
     assert "ttl.max (2h)" in refused.value.reason
+
+
+def test_an_extension_counts_as_activity() -> None:
+    state = timed_ready(idle=100)
+    extend = ExtendTtl(command_id="e1", actor=AGENT, sandbox_id=SID, duration="1m")
+    state, _ = step(state, extend, at(50))
+    assert state.last_activity_at == at(50)
+    assert due(state) == Due(at(50 + 100 + 10), "idle")
