@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -73,9 +74,12 @@ async def start_service(
     roles: list[str] | None = None,
     *,
     input_roots: tuple[Path, ...] | None = None,
+    upload_max_mb: int | None = None,
 ) -> Service:
     """Run ``roles`` (all by default) in this event loop; fail the test if they never answer."""
     settings = settings_for(home, url, input_roots=input_roots)
+    if upload_max_mb is not None:
+        settings = dataclasses.replace(settings, upload_max_mb=upload_max_mb)
     catalog = Catalog.load(home)
     roles = roles or all_roles(catalog)
     nc = await connect([url], name="test-service")

@@ -19,6 +19,7 @@ import pytest
 
 from sandboxer import subjects
 from sandboxer.client import CommandFailed
+from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.refs import object_name, object_ref
 from tests.integration.conftest import Cli, Service, reap_local, start_service
@@ -188,3 +189,32 @@ async def test_an_ssh_backend_syncs_an_uploaded_directory(
     finally:
         await service.client.close()
         await service.shutdown()
+
+
+async def test_a_recreate_fetches_the_upload_again(no_roots: Service, tmp_path: Path) -> None:
+    client = no_roots.client
+    uploaded = await client.upload_directory(client_tree(tmp_path / "project"))
+    ready = await client.create("profile.local", {"repo": uploaded.ref})
+    await run_in(no_roots, ready["sandbox_id"], "echo scratch > /workspace/src/app.py")
+    again = await client.recreate(ready["sandbox_id"])
+    code, out = await run_in(no_roots, again["sandbox_id"], "cat /workspace/src/app.py")
+    assert (code, out) == (0, "print('from the client')\n")
+
+
+async def test_a_worker_refuses_an_upload_over_its_limit(
+    nats_server: Any, home: Path, tmp_path: Path
+) -> None:
+    service = await start_service(home, nats_server.url, input_roots=(), upload_max_mb=1)
+    try:
+        tree = tmp_path / "big"
+        tree.mkdir()
+        (tree / "blob").write_bytes(b"z" * (2 * 1024 * 1024))
+        uploaded = await service.client.upload_directory(tree, max_mb=10)  # the client allows it
+        with pytest.raises(CommandFailed, match="SANDBOXER_UPLOAD_MAX_MB"):
+            await service.client.create("profile.local", {"repo": uploaded.ref})
+        with pytest.raises(WorkspaceRefused, match="SANDBOXER_UPLOAD_MAX_MB"):
+            await service.client.upload_directory(tree, max_mb=1)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
