@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
@@ -39,14 +39,14 @@ class Uploaded:
 class _CountingReader:
     """A file whose reads report progress (nats-py's ``put`` reads it from a thread)."""
 
-    def __init__(self, handle: BinaryIO, total: int, progress: UploadProgress) -> None:
+    def __init__(self, handle: io.BufferedReader, total: int, progress: UploadProgress) -> None:
         self._handle, self._total, self._progress, self._done = handle, total, progress, 0
 
     def readinto(self, buffer: bytearray) -> int:
-        count = self._handle.readinto(buffer)  # type: ignore[attr-defined]
+        count = self._handle.readinto(buffer)
         self._done += count
         self._progress("uploading", self._done, self._total)
-        return int(count)
+        return count
 
 
 async def upload_directory(
@@ -80,7 +80,9 @@ async def upload_directory(
             present = False
         if not present:
             with packed.path.open("rb") as handle:
-                await bucket.put(name, _CountingReader(handle, packed.size, report))  # type: ignore[arg-type]
+                reader = _CountingReader(handle, packed.size, report)
+                # nats-py annotates BufferedIOBase but needs only readinto() (read in a thread).
+                await bucket.put(name, reader)  # type: ignore[arg-type]
         report("uploaded" if not present else "present", packed.size, packed.size)
     return Uploaded(
         ref=object_ref(packed.sha256),
