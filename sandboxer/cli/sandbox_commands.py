@@ -53,6 +53,8 @@ def _show_sandbox(sandbox: dict[str, Any]) -> None:
         "extension",
         "host",
         "generation",
+        "recreated_by",
+        "recreated_at",
         "created_at",
         "updated_at",
         "expires_at",

@@ -107,6 +107,9 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     """The last recorded activity (``ready`` counts as the first), for idle reaping."""
     expiry: str | None = None
     """Why the sandbox expired (``ttl``, ``idle`` or ``forced``), once it has."""
+    recreated_by: str | None = None
+    """Lineage: the command id of the latest recreate, whose events made this generation."""
+    recreated_at: str | None = None
     handled: tuple[str, ...] = ()
     """Ids of the commands already decided, so a re-sent command decides nothing.
     A tuple in log order (not a set) so that the stored state is byte-for-byte reproducible."""
@@ -173,6 +176,8 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
                 reachability=None,
                 warnings=[],
                 correlation=event.command_id,
+                recreated_by=event.command_id,
+                recreated_at=event.at,
             )
         case SandboxDestroying():
             return replace(

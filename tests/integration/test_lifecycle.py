@@ -129,6 +129,9 @@ async def test_recreate_gives_a_new_generation(service: Service) -> None:
     sandbox_id = (await client.create())["sandbox_id"]
     ready = await client.recreate(sandbox_id)
     assert ready["generation"] == 2
+    shown = await client.get(sandbox_id)
+    assert shown is not None
+    assert shown["recreated_by"] == ready["command_id"]  # lineage: which recreate made it
     assert await event_types(client, sandbox_id) == [
         "requested",
         "routed",

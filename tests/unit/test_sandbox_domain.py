@@ -389,6 +389,7 @@ def test_an_active_sandbox_can_be_recreated_failed_and_destroyed() -> None:
     assert state.status == "active"
     recreated, _ = step(state, RecreateSandbox(command_id="r1", actor=AGENT, sandbox_id=SID), at(2))
     assert recreated.status == "recreating"
+    assert (recreated.recreated_by, recreated.recreated_at) == ("r1", at(2))  # lineage
     failed, _ = step(state, MarkFailed(job_id="j", reason="gone", stage="job"), at(2))
     assert failed.status == "failed"
     destroyed, _ = step(state, DestroySandbox(command_id="d1", actor=AGENT, sandbox_id=SID), at(2))
