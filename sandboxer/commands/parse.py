@@ -38,6 +38,8 @@ MAX_COMMAND_BYTES = 64 * 1024
 MAX_INPUTS = 64
 MAX_INPUT_VALUE = 4096
 MAX_REASON = 500
+MAX_DURATION_DAYS = 3650
+"""Longer TTLs or extensions are typos (and would overflow date arithmetic)."""
 
 
 class _StrictActor(Actor, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -142,6 +144,8 @@ def _check_duration(name: str, text: str, invalid: Callable[[str, str], InvalidC
         raise invalid("invalid_field", f"{name}: {exc.message}") from None
     if seconds <= 0:
         raise invalid("invalid_field", f"{name} {text!r} must be longer than zero")
+    if seconds > MAX_DURATION_DAYS * 86400:
+        raise invalid("invalid_field", f"{name} {text!r} is longer than {MAX_DURATION_DAYS}d")
 
 
 def _check_actor(raw: object, invalid: Callable[[str, str], InvalidCommand]) -> None:

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-__all__ = ["seconds_between", "shift"]
+__all__ = ["LATEST", "seconds_between", "shift"]
+
+
+LATEST = "9999-12-31T23:59:59.999Z"
+"""What :func:`shift` answers past the calendar's end (a profile may write ``ttl.max: 9999999d``)."""
 
 
 def shift(at: str, seconds: float) -> str:
     """``at`` moved by ``seconds``, in the same format (so timestamps still sort as text)."""
-    moved = datetime.fromisoformat(at) + timedelta(seconds=seconds)
+    try:
+        moved = datetime.fromisoformat(at) + timedelta(seconds=seconds)
+    except OverflowError:
+        return LATEST
     return moved.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
