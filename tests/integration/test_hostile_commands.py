@@ -65,10 +65,12 @@ def hostile(rng: random.Random, i: int) -> tuple[str, bytes]:
         return "sandboxer.cmd.create", json.dumps(
             {**good, rng.choice(["profil", "ttl", "extension", "__proto__"]): "x"}
         ).encode()
-    if kind == 7:
-        return rng.choice(["sandboxer.cmd.destroy", "sandboxer.cmd.recreate"]), json.dumps(
-            {"command_id": command_id, "actor": ACTOR, "sandbox_id": f"nosuch{i:06d}"}
-        ).encode()
+    if kind == 7:  # commands about a sandbox that does not exist
+        verb = rng.choice(["destroy", "recreate", "extend_ttl", "touch", "expire"])
+        about = {"command_id": command_id, "actor": ACTOR, "sandbox_id": f"nosuch{i:06d}"}
+        if verb == "extend_ttl":
+            about["duration"] = rng.choice(["1h", "0s", "forever", "99999999d"])
+        return f"sandboxer.cmd.{verb}", json.dumps(about).encode()
     if kind == 8:
         return "sandboxer.cmd.create", json.dumps(
             {**good, "profile": rng.choice(["profile.nope", "", "../../etc/passwd", "p" * 300])}
