@@ -15,6 +15,7 @@ from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.output import print_json, print_table
 from sandboxer.client import SandboxerClient
 from sandboxer.clock import utc_now
+from sandboxer.errors import InvalidInput
 
 __all__ = ["expire", "extend_ttl", "touch"]
 
@@ -56,8 +57,12 @@ def expire(
 
     async def work(client: SandboxerClient) -> list[dict[str, Any]]:
         if sandbox_ids:
-            found = [await client.get(sandbox_id) for sandbox_id in sandbox_ids]
-            chosen = [sandbox for sandbox in found if sandbox is not None]
+            chosen = []
+            for sandbox_id in sandbox_ids:
+                sandbox = await client.get(sandbox_id)
+                if sandbox is None:
+                    raise InvalidInput(f"no sandbox {sandbox_id}; 'sandboxer list' shows them")
+                chosen.append(sandbox)
         else:
             chosen = await client.list_sandboxes(due_before=utc_now())
         if not apply:

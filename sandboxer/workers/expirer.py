@@ -49,6 +49,13 @@ def expire_command(sandbox: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set; whether it was."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
 class Expirer:
     def __init__(self, nc: Client, js: JetStreamContext, *, interval: float) -> None:
         self._nc = nc
@@ -56,8 +63,11 @@ class Expirer:
         self._interval = interval
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Sweep every interval until ``stop``. The first sweep comes one interval after the
+        start, not at once: the projector starting beside it has a moment to catch up, and an
+        operator can start with a long interval to look at what is overdue first."""
         failing_since: float | None = None
-        while not stop.is_set():
+        while not await _stopped(stop, self._interval):
             try:
                 await self.sweep()
                 failing_since = None
@@ -73,8 +83,6 @@ class Expirer:
                     type(exc).__name__,
                     exc,
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._interval)
 
     async def overdue(self, now: str | None = None) -> list[dict[str, Any]]:
         """Sandboxes whose TTL or idle deadline is at or before ``now``, per the view."""
