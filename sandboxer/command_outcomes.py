@@ -98,7 +98,9 @@ class OutcomeWatcher:
         while True:
             event = await outcome.get()
             finished = verb == "destroy" and event.get("type") == "destroyed"
-            if (event.get("command_id") != command_id and not finished) or event.get(
+            # An expiry, whoever sent it, ends the wait for any work on the sandbox.
+            ended = event.get("type") == "expired" and verb not in {"destroy", "expire"}
+            if (event.get("command_id") != command_id and not (finished or ended)) or event.get(
                 "event_id"
             ) in seen:
                 # Another command's event, or one both caught up and delivered. A destroy
@@ -118,6 +120,12 @@ class OutcomeWatcher:
                 raise CommandFailed(f"sandbox {sandbox_id} failed: {event.get('reason')}", event)
             if kind == "destroyed" and verb != "destroy":
                 raise CommandFailed(f"sandbox {sandbox_id} was destroyed", event)
+            if ended:
+                raise CommandFailed(
+                    f"sandbox {sandbox_id} expired ({event.get('cause')}) before the {verb} "
+                    "finished; a longer --ttl or extend-ttl keeps it",
+                    event,
+                )
 
     async def _note_position(
         self, sandbox_id: str | None, event: dict[str, Any], *, rejection: str = ""

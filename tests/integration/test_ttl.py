@@ -149,6 +149,36 @@ async def test_replay_equals_live_after_a_workload_with_expiries(timed: Service)
     assert kept_state["status"] == "active"
 
 
+SLOW_PROFILE = """\
+id: profile.slow
+extension: ext.local
+setup:
+  instructions: ["sleep 3"]
+"""
+
+
+async def test_a_create_whose_sandbox_expires_while_provisioning_fails_saying_so(
+    nats_server: Any, home: Path
+) -> None:
+    (home / "profiles").mkdir()
+    (home / "profiles" / "profile.slow.yaml").write_text(SLOW_PROFILE)
+    svc = await start_service(home, nats_server.url)
+    try:
+        with pytest.raises(CommandFailed) as expired:
+            await svc.client.create("profile.slow", ttl="1s", timeout=30)
+        assert "expired (ttl) before the create finished" in str(expired.value)
+        sandbox_id = expired.value.event["sandbox_id"]
+        await wait_status(svc.client, sandbox_id, {"destroyed"}, timeout=15)
+        # The worker saw the sandbox go while it provisioned and left nothing behind.
+        async with asyncio.timeout(10):
+            while (svc.settings.local_root / sandbox_id).exists():
+                await asyncio.sleep(0.1)
+    finally:
+        await svc.client.close()
+        await svc.shutdown()
+        await reap_local(home)
+
+
 async def test_an_agent_cannot_expire_a_sandbox_early(service: Service) -> None:
     sandbox_id = (await service.client.create())["sandbox_id"]
     with pytest.raises(CommandFailed) as refused:
