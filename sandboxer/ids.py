@@ -16,6 +16,7 @@ __all__ = [
     "COMMAND_ID_RULE",
     "SANDBOX_ID_RULE",
     "derive_sandbox_id",
+    "derive_snapshot_id",
     "is_valid_command_id",
     "is_valid_sandbox_id",
     "new_command_id",
@@ -44,6 +45,13 @@ def derive_sandbox_id(command_id: str) -> str:
     """
     digest = hashlib.sha256(command_id.encode()).digest()
     return "sbx" + base64.b32encode(digest).decode().lower().rstrip("=")[:17]
+
+
+def derive_snapshot_id(command_id: str) -> str:
+    """The snapshot id of a snapshot command: derived from its id, as a sandbox's is, so a
+    re-sent snapshot command lands on the same snapshot aggregate."""
+    digest = hashlib.sha256(b"snapshot:" + command_id.encode()).digest()
+    return "snp" + base64.b32encode(digest).decode().lower().rstrip("=")[:17]
 
 
 def new_command_id() -> str:

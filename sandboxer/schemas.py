@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from sandboxer.commands.types import COMMAND_TYPES
-from sandboxer.events.types import CommandRejected, HostEvent, SandboxEvent
+from sandboxer.events.types import CommandRejected, HostEvent, SandboxEvent, SnapshotEvent
 
 __all__ = ["generate", "write"]
 
@@ -33,6 +33,10 @@ def generate() -> dict[str, Any]:
     events = msgspec.json.schema(SandboxEvent)
     events["title"] = "sandboxer.evt.sandbox.<sandbox_id>.<type>"
     schemas["event.sandbox.json"] = events
+    snapshots = msgspec.json.schema(SnapshotEvent)
+    # Subjects drop the tag's "snapshot_" prefix: snapshot_created arrives on ....<id>.created.
+    snapshots["title"] = "sandboxer.evt.snapshot.<snapshot_id>.<type without snapshot_>"
+    schemas["event.snapshot.json"] = snapshots
     hosts = msgspec.json.schema(HostEvent)
     hosts["title"] = "sandboxer.evt.host.<host>.<type>"
     schemas["event.host.json"] = hosts

@@ -15,13 +15,17 @@ __all__ = [
     "rejection_subject",
     "sandbox_event_subject",
     "sandbox_events_filter",
+    "snapshot_event_subject",
+    "snapshot_events_filter",
 ]
 
 COMMANDS_STREAM = "SANDBOXER_COMMANDS"
 EVENTS_STREAM = "SANDBOXER_EVENTS"
 JOBS_STREAM = "SANDBOXER_JOBS"
 WORKSPACES_BUCKET = "SANDBOXER_WORKSPACES"
-"""Object Store bucket of uploaded directory inputs, named by content (docs/workspaces.md)."""
+"""Object Store bucket of uploaded directory inputs, named by content (docs/workspaces.md).
+Snapshots store their data here too: a snapshot's object is a directory input a restore
+hands to any backend (docs/snapshots.md)."""
 
 COMMANDS = "sandboxer.cmd.>"
 EVENTS = "sandboxer.evt.>"
@@ -46,6 +50,17 @@ def sandbox_event_subject(sandbox_id: str, event_type: str) -> str:
 def sandbox_events_filter(sandbox_id: str) -> str:
     """Every event of one sandbox: the expected-sequence scope of its appends."""
     return f"sandboxer.evt.sandbox.{sandbox_id}.>"
+
+
+def snapshot_event_subject(snapshot_id: str, event_type: str) -> str:
+    """``snapshot_created`` -> ``sandboxer.evt.snapshot.<id>.created``: the tag's prefix keeps
+    tags unique across every event type; the subject already says "snapshot"."""
+    return f"sandboxer.evt.snapshot.{snapshot_id}.{event_type.removeprefix('snapshot_')}"
+
+
+def snapshot_events_filter(snapshot_id: str) -> str:
+    """Every event of one snapshot: the expected-sequence scope of its appends."""
+    return f"sandboxer.evt.snapshot.{snapshot_id}.>"
 
 
 def host_event_subject(host: str, event_type: str) -> str:

@@ -1,15 +1,16 @@
 """The event store: the one way events reach the log.
 
 :class:`EventStore` is the Protocol every worker writes through: sandbox
-events under optimistic concurrency (:meth:`EventStore.append`), and the
+events under optimistic concurrency (:meth:`EventStore.append`), snapshot
+events likewise on their own aggregate (:meth:`EventStore.append_snapshot`), and the
 facts that belong to no sandbox, rejections and host events, with
 :meth:`EventStore.record`. :class:`JetStreamEventStore` implements it on the
 events stream; :class:`sandboxer.bus.memory_store.MemoryEventStore` is the
 in-memory twin that pure tests of the deciding loop use.
 
 Event ids are stamped here and nowhere else (:func:`event_id`), from what
-makes an event the same event when its append is retried: a sandbox's version
-and the event's bytes; a rejection's command; a host event's bytes. The id is
+makes an event the same event when its append is retried: an aggregate's
+(sandbox's or snapshot's) version and the event's bytes; a rejection's command; a host event's bytes. The id is
 the append's ``Nats-Msg-Id``, so JetStream drops a retried copy.
 """
 
@@ -23,10 +24,26 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.domain.snapshot_state import SnapshotState
 from sandboxer.events.codec import encode_event
-from sandboxer.events.types import CommandRejected, Event, HostEvent, SandboxEvent
+from sandboxer.events.types import (
+    SNAPSHOT_EVENTS,
+    CommandRejected,
+    Event,
+    HostEvent,
+    SandboxEvent,
+    SnapshotEvent,
+)
 
-__all__ = ["EventStore", "Loaded", "Record", "event_id", "rejection_key", "stamp"]
+__all__ = [
+    "EventStore",
+    "Loaded",
+    "LoadedSnapshot",
+    "Record",
+    "event_id",
+    "rejection_key",
+    "stamp",
+]
 
 Record = CommandRejected | HostEvent
 """Facts that belong to no sandbox aggregate: recorded without a concurrency check."""
@@ -42,12 +59,28 @@ class Loaded:
     last_seq: int
 
 
+@dataclass(frozen=True)
+class LoadedSnapshot:
+    """A snapshot aggregate's state and the stream sequence of its last event (0: none yet)."""
+
+    state: SnapshotState
+    last_seq: int
+
+
 class EventStore(Protocol):
     async def load(self, sandbox_id: str) -> Loaded:
         """Fold every event of one sandbox."""
 
     async def append(self, loaded: Loaded, events: Sequence[SandboxEvent]) -> Loaded:
         """Append ``events`` after ``loaded``; ConcurrencyConflict if another writer won."""
+
+    async def load_snapshot(self, snapshot_id: str) -> LoadedSnapshot:
+        """Fold every event of one snapshot."""
+
+    async def append_snapshot(
+        self, loaded: LoadedSnapshot, events: Sequence[SnapshotEvent]
+    ) -> LoadedSnapshot:
+        """Append snapshot ``events`` after ``loaded``, under the same concurrency rule."""
 
     async def record(self, event: Record) -> None:
         """Append a rejection or a host event (idempotent: a retry records it once)."""
@@ -64,12 +97,14 @@ def rejection_key(rejection: CommandRejected) -> str:
 def event_id(event: Event, *, version: int = 0) -> str:
     """The deterministic id of ``event``: the same for every retry of the same append.
 
-    ``version`` is the sandbox's version before the event (sandbox events only).
+    ``version`` is the aggregate's version before the event (sandbox and snapshot events).
     """
     if isinstance(event, CommandRejected):
         identity = f"rejected:{rejection_key(event)}".encode()
     elif isinstance(event, HostEvent):
         identity = encode_event(event)
+    elif isinstance(event, SNAPSHOT_EVENTS):
+        identity = f"snapshot:{event.snapshot_id}:{version}:".encode() + encode_event(event)
     else:
         identity = f"{event.sandbox_id}:{version}:".encode() + encode_event(event)
     return hashlib.sha256(identity).hexdigest()[:32]

@@ -1,8 +1,8 @@
 """The event store on JetStream: batched direct get to load, expected-sequence appends.
 
-Appends carry both expected-sequence headers scoped to
-``sandboxer.evt.sandbox.<id>.>`` so that any two writers of one sandbox
-conflict, whatever event types they write. A publish that timed out may still
+Appends carry both expected-sequence headers scoped to the aggregate
+(``sandboxer.evt.sandbox.<id>.>``, ``sandboxer.evt.snapshot.<id>.>``) so that
+any two writers of one aggregate conflict, whatever event types they write. A publish that timed out may still
 have landed, so it is retried with the same ``Nats-Msg-Id``; with one replica
 the server answers such a retry with a wrong-sequence error rather than
 "duplicate", so a conflict after a retry is settled by reading the sandbox's
@@ -20,16 +20,19 @@ from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
-from sandboxer.bus.event_store import Loaded, Record, rejection_key, stamp
+from sandboxer.bus.event_store import Loaded, LoadedSnapshot, Record, rejection_key, stamp
 from sandboxer.bus.publish import PublishConflict, publish_durably
 from sandboxer.domain.sandbox_state import SandboxState, evolve
+from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import ConcurrencyConflict
 from sandboxer.events.codec import UnknownEventType, decode_event, encode_event
 from sandboxer.events.types import (
     NOT_SANDBOX_EVENTS,
+    SNAPSHOT_EVENTS,
     CommandRejected,
     Event,
     SandboxEvent,
+    SnapshotEvent,
     event_type,
 )
 
@@ -44,6 +47,8 @@ CONFLICT_CODES = frozenset({10071, 10164})
 def _subject(event: Event) -> str:
     if isinstance(event, CommandRejected):
         return subjects.rejection_subject(rejection_key(event))
+    if isinstance(event, SNAPSHOT_EVENTS):
+        return subjects.snapshot_event_subject(event.snapshot_id, event_type(event))
     if isinstance(event, NOT_SANDBOX_EVENTS):
         return subjects.host_event_subject(event.host, event_type(event))
     return subjects.sandbox_event_subject(event.sandbox_id, event_type(event))
@@ -82,12 +87,45 @@ class JetStreamEventStore:
             state = evolve(state, stamped)
         return Loaded(state, last_seq)
 
+    async def load_snapshot(self, snapshot_id: str) -> LoadedSnapshot:
+        """Fold every event of one snapshot (its subjects hold nothing else)."""
+        state = SnapshotState(snapshot_id=snapshot_id)
+        last_seq = 0
+        async for seq, data in read_subject(
+            self._nc, subjects.snapshot_events_filter(snapshot_id), timeout=self._timeout
+        ):
+            last_seq = seq
+            try:
+                event = decode_event(data)
+            except UnknownEventType as unknown:
+                log.warning("snapshot %s: skipping event %d: %s", snapshot_id, seq, unknown)
+                continue
+            if isinstance(event, SNAPSHOT_EVENTS):
+                state = evolve_snapshot(state, event)
+        return LoadedSnapshot(state, last_seq)
+
+    async def append_snapshot(
+        self, loaded: LoadedSnapshot, events: Sequence[SnapshotEvent]
+    ) -> LoadedSnapshot:
+        state, last_seq = loaded.state, loaded.last_seq
+        for event in events:
+            stamped = stamp(event, version=state.version)
+            last_seq = await self._append_one(stamped, last_seq)
+            state = evolve_snapshot(state, stamped)
+        return LoadedSnapshot(state, last_seq)
+
     async def record(self, event: Record) -> None:
         stamped = stamp(event)
         await self._publish(stamped, {"Nats-Msg-Id": stamped.event_id})
 
-    async def _append_one(self, event: SandboxEvent, expected_seq: int) -> int:
-        scope = subjects.sandbox_events_filter(event.sandbox_id)
+    async def _append_one(self, event: SandboxEvent | SnapshotEvent, expected_seq: int) -> int:
+        """Append one event of an aggregate, expecting ``expected_seq`` as its last sequence."""
+        if isinstance(event, SNAPSHOT_EVENTS):
+            kind, aggregate_id = "snapshot", event.snapshot_id
+            scope = subjects.snapshot_events_filter(aggregate_id)
+        else:
+            kind, aggregate_id = "sandbox", event.sandbox_id
+            scope = subjects.sandbox_events_filter(aggregate_id)
         headers = {
             "Nats-Msg-Id": event.event_id,
             "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
@@ -101,8 +139,8 @@ class JetStreamEventStore:
                 if landed is not None:
                     return landed
             raise ConcurrencyConflict(
-                f"sandbox {event.sandbox_id} changed while deciding; reload and decide again",
-                sandbox_id=event.sandbox_id,
+                f"{kind} {aggregate_id} changed while deciding; reload and decide again",
+                sandbox_id=aggregate_id if kind == "sandbox" else None,
             ) from conflict
 
     async def _publish(self, event: Event, headers: dict[str, str]) -> int:

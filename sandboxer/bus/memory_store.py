@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sandboxer.bus.event_store import Loaded, Record, stamp
+from sandboxer.bus.event_store import Loaded, LoadedSnapshot, Record, stamp
 from sandboxer.domain.sandbox_state import SandboxState, evolve
+from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import ConcurrencyConflict
-from sandboxer.events.types import Event, SandboxEvent
+from sandboxer.events.types import SNAPSHOT_EVENTS, Event, SandboxEvent, SnapshotEvent
 
 __all__ = ["MemoryEventStore"]
 
@@ -52,6 +53,36 @@ class MemoryEventStore:
             last_seq = len(self.log)
             state = evolve(state, stamped)
         return Loaded(state, last_seq)
+
+    def _snapshot_seqs(self, snapshot_id: str) -> list[int]:
+        return [
+            seq
+            for seq, event in enumerate(self.log, start=1)
+            if isinstance(event, SNAPSHOT_EVENTS) and event.snapshot_id == snapshot_id
+        ]
+
+    async def load_snapshot(self, snapshot_id: str) -> LoadedSnapshot:
+        state = SnapshotState(snapshot_id=snapshot_id)
+        seqs = self._snapshot_seqs(snapshot_id)
+        for seq in seqs:
+            event = self.log[seq - 1]
+            assert isinstance(event, SNAPSHOT_EVENTS)
+            state = evolve_snapshot(state, event)
+        return LoadedSnapshot(state, seqs[-1] if seqs else 0)
+
+    async def append_snapshot(
+        self, loaded: LoadedSnapshot, events: Sequence[SnapshotEvent]
+    ) -> LoadedSnapshot:
+        state, last_seq = loaded.state, loaded.last_seq
+        seqs = self._snapshot_seqs(state.snapshot_id)
+        if (seqs[-1] if seqs else 0) != last_seq:
+            raise ConcurrencyConflict(f"snapshot {state.snapshot_id} changed while deciding")
+        for event in events:
+            stamped = stamp(event, version=state.version)
+            self.log.append(stamped)
+            last_seq = len(self.log)
+            state = evolve_snapshot(state, stamped)
+        return LoadedSnapshot(state, last_seq)
 
     async def record(self, event: Record) -> None:
         stamped = stamp(event)

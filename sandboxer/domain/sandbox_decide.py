@@ -21,6 +21,7 @@ from sandboxer.commands.types import (
     TouchSandbox,
 )
 from sandboxer.domain.sandbox_lifetime import decide_expire, decide_extend, decide_touch
+from sandboxer.domain.sandbox_snapshots import FinishSnapshot, StartSnapshot, decide_snapshot_hold
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import Rejected
 from sandboxer.events.types import (
@@ -113,10 +114,14 @@ DomainCommand = (
     | ExtendTtl
     | TouchSandbox
     | ExpireSandbox
+    | StartSnapshot
+    | FinishSnapshot
 )
 
 
-def decide(state: SandboxState, command: DomainCommand, now: str) -> list[SandboxEvent]:
+def decide(  # noqa: PLR0912 (a flat dispatch: one case per command reads best)
+    state: SandboxState, command: DomainCommand, now: str
+) -> list[SandboxEvent]:
     """The events ``command`` produces in ``state``; raises Rejected when it is not acceptable."""
     match command:
         case AdmittedCreate():
@@ -127,6 +132,8 @@ def decide(state: SandboxState, command: DomainCommand, now: str) -> list[Sandbo
             return _decide_recreate(state, command, now)
         case ExtendTtl() | TouchSandbox() | ExpireSandbox():
             return _decide_lifetime(state, command, now)
+        case StartSnapshot() | FinishSnapshot():
+            return decide_snapshot_hold(state, command, now)
         case StartProvisioning():
             return _decide_start(state, command, now)
         case MarkReady():
@@ -272,6 +279,13 @@ def _decide_recreate(state: SandboxState, command: RecreateSandbox, now: str) ->
             "not_recreatable",
             f"sandbox {command.sandbox_id} is {state.status}; "
             "recreate applies to a ready, active or failed sandbox",
+        )
+    if state.snapshotting is not None:
+        # A recreate tears the workspace down: it waits for the copy, like a destroy's teardown.
+        raise Rejected(
+            "snapshot_in_progress",
+            f"sandbox {command.sandbox_id} is being snapshotted ({state.snapshotting}); "
+            "recreate it once that snapshot is created or failed",
         )
     return [
         SandboxRecreating(

@@ -45,6 +45,8 @@ from sandboxer.events.types import (
     SandboxRecreating,
     SandboxRequested,
     SandboxRouted,
+    SandboxSnapshotFinished,
+    SandboxSnapshotStarted,
     SandboxTeardownFailed,
     SandboxTouched,
     SandboxTtlExtended,
@@ -110,6 +112,9 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     recreated_by: str | None = None
     """Lineage: the command id of the latest recreate, whose events made this generation."""
     recreated_at: str | None = None
+    snapshotting: str | None = None
+    """The snapshot being taken of this sandbox, from ``snapshot_started`` to
+    ``snapshot_finished``; a teardown waits for it (see ``domain/sandbox_snapshots.py``)."""
     handled: tuple[str, ...] = ()
     """Ids of the commands already decided, so a re-sent command decides nothing.
     A tuple in log order (not a set) so that the stored state is byte-for-byte reproducible."""
@@ -187,6 +192,10 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
             return replace(base, teardown_failure=event.reason)
         case SandboxDestroyed():
             return replace(base, status="destroyed", reachability=None, teardown_failure=None)
+        case SandboxSnapshotStarted():
+            return replace(base, snapshotting=event.snapshot_id)
+        case SandboxSnapshotFinished():
+            return replace(base, snapshotting=None)
     return base
 
 

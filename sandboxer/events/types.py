@@ -18,6 +18,7 @@ import msgspec
 
 __all__ = [
     "NOT_SANDBOX_EVENTS",
+    "SNAPSHOT_EVENTS",
     "Actor",
     "CommandRejected",
     "Event",
@@ -35,8 +36,15 @@ __all__ = [
     "SandboxRecreating",
     "SandboxRequested",
     "SandboxRouted",
+    "SandboxSnapshotFinished",
+    "SandboxSnapshotStarted",
     "SandboxTouched",
     "SandboxTtlExtended",
+    "SnapshotCreated",
+    "SnapshotDeleted",
+    "SnapshotEvent",
+    "SnapshotFailed",
+    "SnapshotRequested",
     "event_type",
 ]
 
@@ -172,6 +180,79 @@ class SandboxTeardownFailed(_SandboxEventBase, frozen=True, kw_only=True, tag="t
     reason: str
 
 
+class SandboxSnapshotStarted(_SandboxEventBase, frozen=True, kw_only=True, tag="snapshot_started"):
+    """A snapshot of this sandbox was accepted (its own events are under ``snapshot_id``).
+
+    Recorded on the sandbox so that a snapshot and a destroy of one sandbox are
+    ordered by the sandbox's own sequence: until ``snapshot_finished``, the
+    teardown a later destroy asks for waits for the copy to end.
+    """
+
+    snapshot_id: str
+
+
+class SandboxSnapshotFinished(
+    _SandboxEventBase, frozen=True, kw_only=True, tag="snapshot_finished"
+):
+    """The snapshot started on this sandbox ended (``created`` or ``failed`` on the snapshot)."""
+
+    snapshot_id: str
+    outcome: Literal["created", "failed"]
+
+
+class _SnapshotEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = 1
+    """Schema version of this event type; a type that changes shape redeclares it."""
+    event_id: str = ""
+    """Unique id, also the ``Nats-Msg-Id`` of the append; set by the event store."""
+    snapshot_id: str
+    command_id: str
+    """Correlation: the snapshot (or delete) command whose processing produced this event."""
+    causation_id: str | None = None
+    actor: Actor
+    at: str
+    """UTC time, ISO 8601 with milliseconds."""
+
+
+class SnapshotRequested(_SnapshotEventBase, frozen=True, kw_only=True, tag="snapshot_requested"):
+    """A snapshot of ``sandbox_id`` was accepted; its backend's worker copies the workspace."""
+
+    sandbox_id: str
+    extension: str
+    host: str | None = None
+    name: str | None = None
+    profile: str | None = None
+    """The source sandbox's profile: what a restore uses unless it names another."""
+
+
+class SnapshotCreated(_SnapshotEventBase, frozen=True, kw_only=True, tag="snapshot_created"):
+    """The snapshot's data is stored: ``object`` in ``bucket``, ``size`` bytes, ``sha256``.
+
+    The data itself never enters the log; a restore fetches the object and
+    checks its digest on arrival.
+    """
+
+    bucket: str
+    object: str
+    """The object's name in the bucket (content addressed: ``sha256-<hex>``)."""
+    size: int
+    sha256: str
+
+
+class SnapshotFailed(_SnapshotEventBase, frozen=True, kw_only=True, tag="snapshot_failed"):
+    """No snapshot was stored; ``reason`` says why."""
+
+    reason: str
+
+
+class SnapshotDeleted(_SnapshotEventBase, frozen=True, kw_only=True, tag="snapshot_deleted"):
+    """The snapshot was deleted: its data goes (unless another snapshot shares the object),
+    its history stays."""
+
+    object_removed: bool = False
+    """Whether the stored object was removed (False while another snapshot still uses it)."""
+
+
 class CommandRejected(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="rejected"):
     """A command could not be accepted; ``reason`` says why and what to do."""
 
@@ -233,9 +314,16 @@ SandboxEvent = (
     | SandboxTouched
     | SandboxTtlExtended
     | SandboxExpired
+    | SandboxSnapshotStarted
+    | SandboxSnapshotFinished
 )
-Event = SandboxEvent | CommandRejected | HostEvent
-NOT_SANDBOX_EVENTS = (CommandRejected, HostInspected, HostReaped)
+SnapshotEvent = SnapshotRequested | SnapshotCreated | SnapshotFailed | SnapshotDeleted
+"""The snapshot aggregate's events. Their tags carry a ``snapshot_`` prefix because every
+tag is unique across :data:`Event`; their subjects drop it (``sandboxer.evt.snapshot.<id>.created``)."""
+Event = SandboxEvent | CommandRejected | HostEvent | SnapshotEvent
+SNAPSHOT_EVENTS = (SnapshotRequested, SnapshotCreated, SnapshotFailed, SnapshotDeleted)
+"""For ``isinstance``: the snapshot aggregate's events."""
+NOT_SANDBOX_EVENTS = (CommandRejected, HostInspected, HostReaped, *SNAPSHOT_EVENTS)
 """For ``isinstance``: events that do not belong to a sandbox aggregate."""
 
 

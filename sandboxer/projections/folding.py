@@ -7,6 +7,7 @@ import logging
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.types import (
+    SNAPSHOT_EVENTS,
     CommandRejected,
     HostEvent,
     HostInspected,
@@ -52,6 +53,8 @@ class Batch:
             self._rejections.append((event, seq))
         elif isinstance(event, HostInspected | HostReaped):
             self._host_events.append((event, seq))
+        elif isinstance(event, SNAPSHOT_EVENTS):
+            return  # the snapshot aggregate's events change no sandbox row
         else:
             sandbox_id = event.sandbox_id
             state = self._known.get(sandbox_id)

@@ -10,7 +10,7 @@ from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = ["Job", "job_for"]
 
-Action = Literal["provision", "recreate", "teardown"]
+Action = Literal["provision", "recreate", "teardown", "snapshot"]
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -20,6 +20,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     action: Action
     version: int = 0
     """The sandbox's version when the job was made: a load that finds less read a lagging replica."""
+    snapshot_id: str | None = None
+    """For ``snapshot`` jobs: the snapshot to take."""
 
 
 _ACTIONS: dict[str, Action] = {
@@ -30,7 +32,19 @@ _ACTIONS: dict[str, Action] = {
 
 
 def job_for(state: SandboxState) -> Job | None:
-    """The job a sandbox in ``state`` is waiting for, if any."""
+    """The job a sandbox in ``state`` is waiting for, if any.
+
+    A snapshot under way comes first: a destroy decided meanwhile gets its
+    teardown only once the snapshot finished (domain/sandbox_snapshots.py).
+    """
+    if state.snapshotting is not None:
+        return Job(
+            job_id=f"{state.sandbox_id}-{state.snapshotting}-snapshot",
+            sandbox_id=state.sandbox_id,
+            action="snapshot",
+            version=state.version,
+            snapshot_id=state.snapshotting,
+        )
     action = _ACTIONS.get(state.status)
     if action is None:
         return None
