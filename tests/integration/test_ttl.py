@@ -271,6 +271,9 @@ async def test_the_cli_creates_extends_touches_lists_and_expires(
     assert extended["expires_at"] in (await cli("list")).stdout
 
     assert json.loads((await cli("expire", "--json")).stdout) == []  # nothing overdue
+    unknown = await cli("expire", "nosuchsandbox1", "--apply", check=False)
+    assert unknown.returncode == 1
+    assert "no sandbox nosuchsandbox1" in unknown.stderr
     [applied] = json.loads(
         (await cli("expire", sandbox_id, "--apply", "--reason", "done early", "--json")).stdout
     )
