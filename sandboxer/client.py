@@ -312,6 +312,100 @@ class SandboxerClient:
         command = self._about(sandbox_id, command_id, **extra)
         return await self._run("expire", command, sandbox_id, {"destroying"}, wait, None, timeout)
 
+    # -- snapshots (docs/snapshots.md) ------------------------------------------------------------
+
+    async def snapshot(
+        self,
+        sandbox_id: str,
+        *,
+        name: str | None = None,
+        command_id: str | None = None,
+        timeout: float = 600.0,
+    ) -> dict[str, Any]:
+        """Snapshot the sandbox's workspace; returns the snapshot (``created``) or raises
+        CommandFailed with the reason it was refused or failed."""
+        command = self._about(sandbox_id, command_id, **({} if name is None else {"name": name}))
+        finished = await self._run(
+            "snapshot", command, sandbox_id, {"snapshot_finished"}, True, None, timeout
+        )
+        snapshot = await self.snapshot_get(finished["snapshot_id"])
+        if finished.get("outcome") != "created" or snapshot is None:
+            reason = (snapshot or {}).get("failure") or "see 'sandboxer snapshots get'"
+            raise CommandFailed(f"snapshot of {sandbox_id} failed: {reason}", finished)
+        return snapshot
+
+    async def restore(
+        self,
+        snapshot_id: str,
+        *,
+        profile: str | None = None,
+        sandbox_id: str | None = None,
+        command_id: str | None = None,
+        on_event: EventCallback | None = None,
+        timeout: float = 300.0,
+    ) -> dict[str, Any]:
+        """Create a new sandbox from the snapshot (its profile, or ``profile``: any backend);
+        returns its ``ready`` event."""
+        _check_id(snapshot_id)
+        if sandbox_id is not None:
+            _check_id(sandbox_id)
+        command_id = command_id or new_command_id()
+        command: dict[str, Any] = {
+            "command_id": command_id,
+            "snapshot_id": snapshot_id,
+            "actor": self.actor,
+        }
+        if profile is not None:
+            command["profile"] = profile
+        if sandbox_id is not None:
+            command["sandbox_id"] = sandbox_id
+        target = sandbox_id or derive_sandbox_id(command_id)
+        return await self._run("restore", command, target, {"ready"}, True, on_event, timeout)
+
+    async def delete_snapshot(
+        self, snapshot_id: str, *, command_id: str | None = None, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Delete the snapshot's data (its history stays); returns the ``snapshot_deleted`` event."""
+        _check_id(snapshot_id)
+        command = {
+            "command_id": command_id or new_command_id(),
+            "snapshot_id": snapshot_id,
+            "actor": self.actor,
+        }
+        return await self.outcomes.run(
+            "delete_snapshot",
+            command,
+            snapshot_id,
+            {"snapshot_deleted"},
+            lambda: self.publish_command("delete_snapshot", command),
+            None,
+            timeout,
+            scope=subjects.snapshot_events_filter(snapshot_id),
+        )
+
+    async def snapshot_get(self, snapshot_id: str) -> dict[str, Any] | None:
+        _check_id(snapshot_id)
+        request = {"snapshot_id": snapshot_id, "min_seq": self.seen_seq}
+        snapshot: dict[str, Any] | None = (await self.query(subjects.QUERY_SNAPSHOT_GET, request))[
+            "snapshot"
+        ]
+        return snapshot
+
+    async def snapshots(
+        self, *, sandbox_id: str | None = None, include_deleted: bool = False, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {
+            "include_deleted": include_deleted,
+            "limit": limit,
+            "min_seq": self.seen_seq,
+        }
+        if sandbox_id is not None:
+            request["sandbox_id"] = sandbox_id
+        found: list[dict[str, Any]] = (await self.query(subjects.QUERY_SNAPSHOT_LIST, request))[
+            "snapshots"
+        ]
+        return found
+
     def _about(self, sandbox_id: str, command_id: str | None, **fields: str) -> dict[str, Any]:
         """A command about one sandbox, from this client's actor."""
         _check_id(sandbox_id)

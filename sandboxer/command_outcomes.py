@@ -57,24 +57,31 @@ class OutcomeWatcher:
         publish: Callable[[], Awaitable[object]],
         on_event: EventCallback | None,
         timeout: float,
+        *,
+        scope: str | None = None,
     ) -> dict[str, Any]:
-        """``publish()`` the command, then return its success event or raise ``CommandFailed``."""
+        """``publish()`` the command, then return its success event or raise ``CommandFailed``.
+
+        ``scope`` is the subject filter the outcome arrives on: the sandbox's events unless
+        the command is about another aggregate (a snapshot delete: the snapshot's events).
+        """
         command_id = command["command_id"]
+        scope = scope or subjects.sandbox_events_filter(sandbox_id)
         outcome: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
         async def on_msg(msg: Msg) -> None:
             await outcome.put(msgspec.json.decode(msg.data))
 
         subs = [
-            await self.nc.subscribe(subjects.sandbox_events_filter(sandbox_id), cb=on_msg),
+            await self.nc.subscribe(scope, cb=on_msg),
             await self.nc.subscribe(subjects.rejection_subject(command_id), cb=on_msg),
         ]
         try:
             await publish()
-            await self._catch_up(sandbox_id, command_id, outcome)
+            await self._catch_up(scope, command_id, outcome)
             async with asyncio.timeout(timeout):
                 return await self._first_outcome(
-                    verb, command_id, sandbox_id, success, outcome, on_event
+                    verb, command_id, sandbox_id, success, outcome, on_event, scope
                 )
         except TimeoutError:
             raise BusError(
@@ -93,6 +100,7 @@ class OutcomeWatcher:
         success: Collection[str],
         outcome: asyncio.Queue[dict[str, Any]],
         on_event: EventCallback | None,
+        scope: str,
     ) -> dict[str, Any]:
         seen: set[str] = set()
         while True:
@@ -110,11 +118,11 @@ class OutcomeWatcher:
             await notify(on_event, event)
             kind = event.get("type")
             if kind in {*success, "failed", "destroyed"}:
-                await self._note_position(sandbox_id, event)
+                await self._note_position(scope, event)
             if kind in success:
                 return event
             if kind == "rejected":
-                await self._note_position(None, event, rejection=command_id)
+                await self._note_position(subjects.rejection_subject(command_id), event)
                 raise CommandFailed(f"{verb} rejected: {event.get('reason')}", event)
             if kind == "failed":
                 raise CommandFailed(f"sandbox {sandbox_id} failed: {event.get('reason')}", event)
@@ -127,20 +135,13 @@ class OutcomeWatcher:
                     event,
                 )
 
-    async def _note_position(
-        self, sandbox_id: str | None, event: dict[str, Any], *, rejection: str = ""
-    ) -> None:
+    async def _note_position(self, subject: str, event: dict[str, Any]) -> None:
         """Remember the stream sequence of an outcome just seen (for read-your-writes queries).
 
         In a cluster a core subscriber can see an event before the stream has stored
         it, so ask the stream leader (not a replica: direct gets may lag) until the
         last message on the subject is this event, for a moment at most.
         """
-        subject = (
-            subjects.sandbox_events_filter(sandbox_id)
-            if sandbox_id
-            else subjects.rejection_subject(rejection)
-        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0
         with contextlib.suppress(Exception):
@@ -154,10 +155,10 @@ class OutcomeWatcher:
                 await asyncio.sleep(0.005)
 
     async def _catch_up(
-        self, sandbox_id: str, command_id: str, outcome: asyncio.Queue[dict[str, Any]]
+        self, scope: str, command_id: str, outcome: asyncio.Queue[dict[str, Any]]
     ) -> None:
-        """Queue this sandbox's logged events of ``command_id``: a re-sent command may be done."""
-        async for _seq, data in read_subject(self.nc, subjects.sandbox_events_filter(sandbox_id)):
+        """Queue the logged events of ``command_id`` in ``scope``: a re-sent command may be done."""
+        async for _seq, data in read_subject(self.nc, scope):
             event = msgspec.json.decode(data)
             if event.get("command_id") == command_id:
                 await outcome.put(event)

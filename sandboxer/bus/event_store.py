@@ -82,6 +82,10 @@ class EventStore(Protocol):
     ) -> LoadedSnapshot:
         """Append snapshot ``events`` after ``loaded``, under the same concurrency rule."""
 
+    async def snapshots_holding(self, object_name: str) -> list[str]:
+        """Ids of the snapshots whose data is ``object_name`` and that are not deleted
+        (the object is content addressed, so two snapshots of one tree share it)."""
+
     async def record(self, event: Record) -> None:
         """Append a rejection or a host event (idempotent: a retry records it once)."""
 

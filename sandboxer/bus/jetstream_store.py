@@ -114,6 +114,27 @@ class JetStreamEventStore:
             state = evolve_snapshot(state, stamped)
         return LoadedSnapshot(state, last_seq)
 
+    async def snapshots_holding(self, object_name: str) -> list[str]:
+        """Read every snapshot event (a scan: deletes are rare, snapshots few per object)."""
+        states: dict[str, SnapshotState] = {}
+        async for _seq, data in read_subject(
+            self._nc, subjects.SNAPSHOT_EVENTS, timeout=self._timeout
+        ):
+            try:
+                event = decode_event(data)
+            except UnknownEventType:
+                continue
+            if isinstance(event, SNAPSHOT_EVENTS):
+                known = states.get(event.snapshot_id) or SnapshotState(
+                    snapshot_id=event.snapshot_id
+                )
+                states[event.snapshot_id] = evolve_snapshot(known, event)
+        return sorted(
+            snapshot_id
+            for snapshot_id, state in states.items()
+            if state.object == object_name and state.status != "deleted"
+        )
+
     async def record(self, event: Record) -> None:
         stamped = stamp(event)
         await self._publish(stamped, {"Nats-Msg-Id": stamped.event_id})

@@ -84,6 +84,15 @@ class MemoryEventStore:
             state = evolve_snapshot(state, stamped)
         return LoadedSnapshot(state, last_seq)
 
+    async def snapshots_holding(self, object_name: str) -> list[str]:
+        ids = {event.snapshot_id for event in self.log if isinstance(event, SNAPSHOT_EVENTS)}
+        states = [(await self.load_snapshot(snapshot_id)).state for snapshot_id in ids]
+        return sorted(
+            state.snapshot_id
+            for state in states
+            if state.object == object_name and state.status != "deleted"
+        )
+
     async def record(self, event: Record) -> None:
         stamped = stamp(event)
         if all(getattr(known, "event_id", None) != stamped.event_id for known in self.log):

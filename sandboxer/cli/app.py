@@ -17,6 +17,7 @@ from sandboxer.cli import (
     lifetime_commands,
     sandbox_commands,
     service_commands,
+    snapshot_commands,
 )
 from sandboxer.cli.common import exit_code
 from sandboxer.cli.output import say
@@ -45,6 +46,9 @@ app.command("recreate", rich_help_panel=EVERYDAY)(sandbox_commands.recreate)
 app.command("events", rich_help_panel=EVERYDAY)(sandbox_commands.events)
 app.command("extend-ttl", rich_help_panel=EVERYDAY)(lifetime_commands.extend_ttl)
 app.command("touch", rich_help_panel=EVERYDAY)(lifetime_commands.touch)
+app.command("snapshot", rich_help_panel=EVERYDAY)(snapshot_commands.snapshot)
+app.add_typer(snapshot_commands.snapshots_app, name="snapshots", rich_help_panel=EVERYDAY)
+app.command("restore", rich_help_panel=EVERYDAY)(snapshot_commands.restore)
 app.add_typer(catalog_commands.profiles_app, name="profiles", rich_help_panel=EVERYDAY)
 # 'create' starts a background service when none runs; 'down' is how its user stops it.
 app.command("down", rich_help_panel=EVERYDAY)(service_commands.down)

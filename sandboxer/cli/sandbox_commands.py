@@ -55,6 +55,8 @@ def _show_sandbox(sandbox: dict[str, Any]) -> None:
         "generation",
         "recreated_by",
         "recreated_at",
+        "restored_from",
+        "snapshotting",
         "created_at",
         "updated_at",
         "expires_at",

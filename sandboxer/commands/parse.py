@@ -18,6 +18,7 @@ from sandboxer.commands.types import (
     CreateSandbox,
     ExpireSandbox,
     ExtendTtl,
+    SnapshotSandbox,
 )
 from sandboxer.config.hosts import HOST_NAME
 from sandboxer.durations import parse_duration
@@ -38,6 +39,7 @@ MAX_COMMAND_BYTES = 64 * 1024
 MAX_INPUTS = 64
 MAX_INPUT_VALUE = 4096
 MAX_REASON = 500
+MAX_SNAPSHOT_NAME = 100
 MAX_DURATION_DAYS = 3650
 """Longer TTLs or extensions are typos (and would overflow date arithmetic)."""
 
@@ -135,6 +137,23 @@ def _check_fields(command: Command, invalid: Callable[[str, str], InvalidCommand
         and len(command.reason) > MAX_REASON
     ):
         raise invalid("invalid_field", f"reason is longer than {MAX_REASON} characters")
+    _check_snapshot_fields(command, invalid)
+
+
+def _check_snapshot_fields(command: Command, invalid: Callable[[str, str], InvalidCommand]) -> None:
+    """Snapshot ids are subject tokens, like sandbox ids; names are short printable labels."""
+    snapshot_id = getattr(command, "snapshot_id", None)
+    if snapshot_id is not None and not is_valid_sandbox_id(snapshot_id):
+        raise invalid(
+            "invalid_id", f"snapshot_id {snapshot_id!r} is invalid: use {SANDBOX_ID_RULE}"
+        )
+    if isinstance(command, SnapshotSandbox) and command.name is not None:
+        name = command.name
+        if not name or len(name) > MAX_SNAPSHOT_NAME or not name.isprintable():
+            raise invalid(
+                "invalid_field",
+                f"name must be 1 to {MAX_SNAPSHOT_NAME} printable characters",
+            )
 
 
 def _check_duration(name: str, text: str, invalid: Callable[[str, str], InvalidCommand]) -> None:

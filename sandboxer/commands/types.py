@@ -16,10 +16,13 @@ __all__ = [
     "COMMAND_TYPES",
     "Command",
     "CreateSandbox",
+    "DeleteSnapshot",
     "DestroySandbox",
     "ExpireSandbox",
     "ExtendTtl",
     "RecreateSandbox",
+    "RestoreSnapshot",
+    "SnapshotSandbox",
     "TouchSandbox",
     "target_sandbox",
 ]
@@ -79,8 +82,41 @@ class ExpireSandbox(_CommandBase, frozen=True, kw_only=True):
     reason: str | None = None
 
 
+class SnapshotSandbox(_CommandBase, frozen=True, kw_only=True):
+    """Store a copy of a sandbox's workspace (``sandboxer.cmd.snapshot``); the snapshot's id is
+    derived from ``command_id`` (:func:`sandboxer.ids.derive_snapshot_id`)."""
+
+    sandbox_id: str
+    name: str | None = None
+    """A label for people (at most 100 characters); the snapshot id is what names it."""
+
+
+class DeleteSnapshot(_CommandBase, frozen=True, kw_only=True):
+    """Delete a snapshot's data, keeping its history (``sandboxer.cmd.delete_snapshot``)."""
+
+    snapshot_id: str
+
+
+class RestoreSnapshot(_CommandBase, frozen=True, kw_only=True):
+    """Create a new sandbox from a snapshot (``sandboxer.cmd.restore``), of the snapshot's
+    profile or of ``profile`` (any backend): the snapshot's object is its directory input."""
+
+    snapshot_id: str
+    profile: str | None = None
+    sandbox_id: str | None = None
+    """As in a create: chosen by the client, else derived from command_id."""
+
+
 Command = (
-    CreateSandbox | DestroySandbox | RecreateSandbox | ExtendTtl | TouchSandbox | ExpireSandbox
+    CreateSandbox
+    | DestroySandbox
+    | RecreateSandbox
+    | ExtendTtl
+    | TouchSandbox
+    | ExpireSandbox
+    | SnapshotSandbox
+    | DeleteSnapshot
+    | RestoreSnapshot
 )
 
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -90,10 +126,14 @@ COMMAND_TYPES: dict[str, type[Command]] = {
     "extend_ttl": ExtendTtl,
     "touch": TouchSandbox,
     "expire": ExpireSandbox,
+    "snapshot": SnapshotSandbox,
+    "delete_snapshot": DeleteSnapshot,
+    "restore": RestoreSnapshot,
 }
 """Verb (last subject token) -> command type."""
 
 
 def target_sandbox(command: Command) -> str:
-    """The sandbox a command is about (a create without one gets an id derived from its own)."""
-    return command.sandbox_id or derive_sandbox_id(command.command_id)
+    """The sandbox a command is about (a create or restore without one gets an id derived from
+    its own; a snapshot delete is about no sandbox and gets that derived id too, unused)."""
+    return getattr(command, "sandbox_id", None) or derive_sandbox_id(command.command_id)

@@ -65,6 +65,8 @@ class AdmittedCreate:
     ttl_seconds: float | None = None
     ttl_max_seconds: float | None = None
     idle_reap_seconds: float | None = None
+    restored_from: str | None = None
+    """For a restore: the snapshot whose object is the directory input."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,6 +226,7 @@ def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> l
             ttl_seconds=admitted.ttl_seconds,
             ttl_max_seconds=admitted.ttl_max_seconds,
             idle_reap_seconds=admitted.idle_reap_seconds,
+            restored_from=admitted.restored_from,
         ),
         _routed(admitted, now),
     ]

@@ -112,6 +112,8 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     recreated_by: str | None = None
     """Lineage: the command id of the latest recreate, whose events made this generation."""
     recreated_at: str | None = None
+    restored_from: str | None = None
+    """Lineage: the snapshot a restore made this sandbox from."""
     snapshotting: str | None = None
     """The snapshot being taken of this sandbox, from ``snapshot_started`` to
     ``snapshot_finished``; a teardown waits for it (see ``domain/sandbox_snapshots.py``)."""
@@ -151,6 +153,7 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
                 if event.ttl_seconds is None
                 else shift(event.at, event.ttl_seconds),
                 created_at=event.at,
+                restored_from=event.restored_from,
             )
         case SandboxRouted():
             return replace(base, status="routed", extension=event.extension, host=event.host)

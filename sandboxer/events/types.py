@@ -93,6 +93,8 @@ class SandboxRequested(_SandboxEventBase, frozen=True, kw_only=True, tag="reques
     idle_reap_seconds: float | None = None
     """The profile's ``ttl.idle_reap`` at admission: a ready sandbox without activity for
     this long expires."""
+    restored_from: str | None = None
+    """Lineage: the snapshot this sandbox was restored from (its object is the directory input)."""
 
 
 class SandboxRouted(_SandboxEventBase, frozen=True, kw_only=True, tag="routed"):

@@ -7,14 +7,15 @@ against what its class implements (:func:`check_claims`), so a declaration
 cannot promise what the code does not do. Workers ask ``isinstance(ext,
 HostInspector)`` instead of probing attributes by name.
 
-Snapshot, pause and metering are filled in by the lifecycle, hosted-backend
-and routing work; their methods are named here so that a backend written
-today declares them the same way.
+Pause and metering are filled in by the lifecycle, hosted-backend and
+routing work; their methods are named here so that a backend written today
+declares them the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from sandboxer.config.extension_decl import ExtensionDecl
@@ -48,13 +49,18 @@ class HostInspector(Protocol):
 
 @runtime_checkable
 class Snapshotter(Protocol):
-    """Checkpoints a sandbox and makes a new one from a checkpoint."""
+    """Copies a sandbox's workspace out, for a snapshot (docs/snapshots.md).
 
-    async def snapshot(self, sandbox_id: str, *, host: str | None = None) -> dict[str, Any]: ...
+    The worker packs the copy and stores it in the workspaces bucket. There is
+    no restore method: a restore is a create whose directory input is the
+    snapshot's object, which every backend already takes, so a snapshot
+    restores on any backend.
+    """
 
-    async def restore(
-        self, snapshot: dict[str, Any], sandbox_id: str, *, host: str | None = None
-    ) -> None: ...
+    async def snapshot_workspace(
+        self, sandbox_id: str, destination: Path, *, host: str | None = None
+    ) -> None:
+        """Copy the workspace's tree into the existing local directory ``destination``."""
 
 
 @runtime_checkable

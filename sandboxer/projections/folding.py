@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from sandboxer.domain.sandbox_state import SandboxState, evolve
+from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.types import (
     SNAPSHOT_EVENTS,
@@ -38,6 +39,8 @@ class Batch:
         self._dirty: dict[str, int] = {}
         self._rejections: list[tuple[CommandRejected, int]] = []
         self._host_events: list[tuple[HostEvent, int]] = []
+        self._snapshots: dict[str, SnapshotState] = {}
+        self._dirty_snapshots: dict[str, int] = {}
         self.position = 0
         self.size = 0
 
@@ -54,7 +57,13 @@ class Batch:
         elif isinstance(event, HostInspected | HostReaped):
             self._host_events.append((event, seq))
         elif isinstance(event, SNAPSHOT_EVENTS):
-            return  # the snapshot aggregate's events change no sandbox row
+            snapshot_id = event.snapshot_id
+            snapshot = self._snapshots.get(snapshot_id)
+            if snapshot is None:
+                saved = None if self._fresh else await self._view.load_snapshot(snapshot_id)
+                snapshot = saved or SnapshotState(snapshot_id=snapshot_id)
+            self._snapshots[snapshot_id] = evolve_snapshot(snapshot, event)
+            self._dirty_snapshots[snapshot_id] = seq
         else:
             sandbox_id = event.sandbox_id
             state = self._known.get(sandbox_id)
@@ -73,10 +82,14 @@ class Batch:
             self._rejections,
             self.position,
             self._host_events,
+            [(self._snapshots[sid], seq) for sid, seq in self._dirty_snapshots.items()],
         )
+        self._dirty_snapshots.clear()
         self._dirty.clear()
         self._rejections.clear()
         self._host_events.clear()
         self.size = 0
         if not self._fresh and len(known) > LIVE_CACHE_LIMIT:
             known.clear()
+        if not self._fresh and len(self._snapshots) > LIVE_CACHE_LIMIT:
+            self._snapshots.clear()

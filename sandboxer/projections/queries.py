@@ -21,6 +21,7 @@ from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.sandbox_view import state_to_dict
+from sandboxer.projections.snapshot_rows import snapshot_to_dict
 
 __all__ = ["QueryService"]
 
@@ -67,6 +68,8 @@ class QueryService:
                 subjects.QUERY_REJECTION: self._rejection,
                 subjects.QUERY_HEALTH: self._health,
                 subjects.QUERY_HOSTS: self._hosts,
+                subjects.QUERY_SNAPSHOT_GET: self._snapshot_get,
+                subjects.QUERY_SNAPSHOT_LIST: self._snapshot_list,
                 subjects.ADMIN_REPLAY: self._replay,
             },
             queue=QUEUE,
@@ -121,6 +124,37 @@ class QueryService:
         await self._consistent(request)
         assert self._projector.view is not None
         return {"hosts": await self._projector.view.hosts(), "position": self._projector.position}
+
+    async def _snapshot_get(self, request: dict[str, Any]) -> dict[str, Any]:
+        snapshot_id = _field(request, "snapshot_id", str)
+        if not is_valid_sandbox_id(snapshot_id):
+            raise RequestError(f"invalid snapshot_id {snapshot_id!r}")
+        await self._consistent(request)
+        assert self._projector.view is not None
+        state = await self._projector.view.load_snapshot(snapshot_id)
+        return {
+            "snapshot": snapshot_to_dict(state) if state else None,
+            "position": self._projector.position,
+        }
+
+    async def _snapshot_list(self, request: dict[str, Any]) -> dict[str, Any]:
+        await self._consistent(request)
+        limit = _field(request, "limit", int, 1000)
+        if not 0 < limit <= MAX_LIMIT:
+            raise RequestError(f"limit must be between 1 and {MAX_LIMIT}")
+        sandbox_id = _field(request, "sandbox_id", str)
+        if sandbox_id is not None and not is_valid_sandbox_id(sandbox_id):
+            raise RequestError(f"invalid sandbox_id {sandbox_id!r}")
+        assert self._projector.view is not None
+        states = await self._projector.view.list_snapshots(
+            sandbox_id=sandbox_id,
+            include_deleted=bool(_field(request, "include_deleted", bool, False)),
+            limit=limit,
+        )
+        return {
+            "snapshots": [snapshot_to_dict(s) for s in states],
+            "position": self._projector.position,
+        }
 
     async def _health(self, _request: dict[str, Any]) -> dict[str, Any]:
         return {**self._info, "position": self._projector.position}

@@ -24,7 +24,14 @@ import msgspec
 
 from sandboxer.domain.deadlines import due
 from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.domain.snapshot_state import SnapshotState
 from sandboxer.events.types import CommandRejected, HostEvent, HostInspected
+from sandboxer.projections.snapshot_rows import (
+    SNAPSHOTS_SCHEMA,
+    list_snapshots,
+    load_snapshot,
+    save_snapshots,
+)
 
 __all__ = ["FINGERPRINT", "SandboxView", "state_to_dict"]
 
@@ -67,12 +74,15 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+SCHEMA += SNAPSHOTS_SCHEMA
+
 VIEW_VERSION = 2
 """Bump when what the view derives from an event changes without its tables changing."""
 
 FINGERPRINT = hashlib.sha256(
     f"{VIEW_VERSION}\n{SCHEMA}\n".encode()
     + json.dumps(msgspec.json.schema(SandboxState), sort_keys=True).encode()
+    + json.dumps(msgspec.json.schema(SnapshotState), sort_keys=True).encode()
 ).hexdigest()[:16]
 """What the rows were written by: the view's version, its tables and the state's shape."""
 
@@ -140,8 +150,10 @@ class SandboxView:
         rejections: Iterable[tuple[CommandRejected, int]],
         position: int,
         host_events: Iterable[tuple[HostEvent, int]] = (),
+        snapshots: Iterable[tuple[SnapshotState, int]] = (),
     ) -> None:
         """Write changed rows and the new position in one transaction."""
+        await save_snapshots(self._db, snapshots)
         for event, seq in host_events:
             await self._apply_host_event(event, seq)
         await self._db.executemany(
@@ -240,6 +252,16 @@ class SandboxView:
             rows = await cursor.fetchall()
         return [_decode_state(row[0]) for row in rows]
 
+    async def load_snapshot(self, snapshot_id: str) -> SnapshotState | None:
+        return await load_snapshot(self._db, snapshot_id)
+
+    async def list_snapshots(
+        self, *, sandbox_id: str | None = None, include_deleted: bool = False, limit: int = 1000
+    ) -> list[SnapshotState]:
+        return await list_snapshots(
+            self._db, sandbox_id=sandbox_id, include_deleted=include_deleted, limit=limit
+        )
+
     async def rejection(self, key: str) -> dict[str, Any] | None:
         async with self._db.execute("SELECT event FROM rejections WHERE key = ?", (key,)) as c:
             row = await c.fetchone()
@@ -252,6 +274,7 @@ class SandboxView:
             ("sandboxes", "sandbox_id"),
             ("rejections", "key"),
             ("hosts", "host"),
+            ("snapshots", "snapshot_id"),
             ("position", "projection"),
             ("meta", "key"),
         ):

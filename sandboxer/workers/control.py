@@ -27,10 +27,13 @@ from sandboxer.commands.parse import parse_command, verb_of
 from sandboxer.commands.types import (
     Command,
     CreateSandbox,
+    DeleteSnapshot,
     DestroySandbox,
     ExpireSandbox,
     ExtendTtl,
     RecreateSandbox,
+    RestoreSnapshot,
+    SnapshotSandbox,
     TouchSandbox,
     target_sandbox,
 )
@@ -45,6 +48,7 @@ from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.jobs import job_for
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
+from sandboxer.workers.snapshot_commands import SnapshotCommands
 
 __all__ = ["ControlWorker"]
 
@@ -59,6 +63,7 @@ class ControlWorker:
         self._settings = settings
         self._store = store
         self._catalog = catalog
+        self._snapshots = SnapshotCommands(js, store, catalog)
         self.spec = ConsumerSpec(
             stream=subjects.COMMANDS_STREAM,
             durable="control",
@@ -88,7 +93,13 @@ class ControlWorker:
         await msg.ack()
 
     async def _to_domain(
-        self, command: Command
+        self,
+        command: CreateSandbox
+        | DestroySandbox
+        | RecreateSandbox
+        | ExtendTtl
+        | TouchSandbox
+        | ExpireSandbox,
     ) -> (
         AdmittedCreate | DestroySandbox | RecreateSandbox | ExtendTtl | TouchSandbox | ExpireSandbox
     ):
@@ -112,8 +123,20 @@ class ControlWorker:
             admitted, host=host, route_reason=f"{admitted.route_reason}; {why}"
         )
 
-    async def _decide_and_append(self, command: Command) -> Loaded:
+    async def _decide_and_append(self, command: Command) -> Loaded | None:
+        """The sandbox the command changed (None: it changed only a snapshot)."""
+        if isinstance(command, SnapshotSandbox):
+            return await self._snapshots.snapshot(command)
+        if isinstance(command, DeleteSnapshot):
+            await self._snapshots.delete(command)
+            return None
+        restored_from = None
+        if isinstance(command, RestoreSnapshot):
+            restored_from = command.snapshot_id
+            command = await self._snapshots.restore_as_create(command)
         domain_command = await self._to_domain(command)
+        if restored_from is not None and isinstance(domain_command, AdmittedCreate):
+            domain_command = dataclasses.replace(domain_command, restored_from=restored_from)
         loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command)
         if loaded.state.status == "destroying" and loaded.state.extension is None:
             # Never routed: nothing was made, so nothing to tear down.
@@ -122,8 +145,10 @@ class ControlWorker:
             )
         return loaded
 
-    async def _dispatch(self, loaded: Loaded) -> None:
+    async def _dispatch(self, loaded: Loaded | None) -> None:
         """Publish the job the sandbox now waits for (deduplicated by its deterministic id)."""
+        if loaded is None:
+            return
         job = job_for(loaded.state)
         if job is None or loaded.state.extension is None:
             return

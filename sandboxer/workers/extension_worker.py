@@ -1,4 +1,4 @@
-"""The extension worker: runs one backend's jobs (provision, recreate, teardown).
+"""The extension worker: runs one backend's jobs (provision, recreate, teardown, snapshot).
 
 It appends ``provisioning`` before doing any I/O and ``ready`` or ``failed``
 after (the pull loop heartbeats the job meanwhile). Whatever happens, no
@@ -46,6 +46,7 @@ from sandboxer.workers import deciding
 from sandboxer.workers.host_events import inspect_and_record
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
+from sandboxer.workers.snapshot_job import SnapshotJob
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.materialize import DirectoryInputs, directory_input_names
 
@@ -78,6 +79,14 @@ class ExtensionWorker:
         self._store = store
         self._catalog = catalog
         self.extension = extension
+        self._snapshots = SnapshotJob(
+            js,
+            store,
+            extension,
+            staging_root=self._directories.staging_root,
+            limits=self._directories.limits,
+            explain=lambda exc: _reason(exc, {}),
+        )
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
         token = subjects.extension_token(extension.id)
@@ -156,7 +165,9 @@ class ExtensionWorker:
                     f"its job (version {loaded.state.version} < {job.version})"
                 )
             host = loaded.state.host
-            if job.action == "teardown":
+            if job.action == "snapshot":
+                await self._snapshots.run(job, loaded.state)
+            elif job.action == "teardown":
                 await self._teardown(job, host)
             else:
                 if job.action == "recreate":
@@ -251,6 +262,9 @@ class ExtensionWorker:
         job = msgspec.json.decode(msg.data, type=Job)
         host = (await self._store.load(job.sandbox_id)).state.host
         reason = _reason(exc, {})
+        if job.action == "snapshot":
+            await self._snapshots.give_up(job, exc)  # the sandbox itself is untouched
+            return
         if job.action == "teardown":
             # Stays 'destroying', marked stuck; destroy again or reap-stale retries it.
             await self.apply(job.sandbox_id, MarkTeardownFailed(job_id=job.job_id, reason=reason))

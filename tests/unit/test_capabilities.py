@@ -35,12 +35,13 @@ def test_a_claim_the_class_does_not_keep_is_refused_with_the_fix() -> None:
         entry_point="x:Y",
         capabilities={"isolation": ["namespace"], "snapshot": True, "pause": True},
     )
-    extension = LocalExtension(Path("/nonexistent"))
+    assert isinstance(LocalExtension(Path("/nonexistent")), Snapshotter)  # it declares snapshot
+    extension = object()  # keeps none of the optional capabilities
     assert not isinstance(extension, Snapshotter)
     with pytest.raises(ConfigError) as caught:
         check_claims(decl, extension)
     message = caught.value.message
-    assert "capabilities.snapshot: true needs Snapshotter (restore, snapshot)" in message
+    assert "capabilities.snapshot: true needs Snapshotter (snapshot_workspace)" in message
     assert "capabilities.pause: true needs Pausable" in message
     assert "set the capability to false" in message
 

@@ -39,6 +39,7 @@ from sandboxer.extensions.local.bwrap_command import (
 from sandboxer.extensions.local.holder import spawn_holder, tail
 from sandboxer.extensions.local.procs import kill, owning_user_namespace
 from sandboxer.extensions.local.run import run_streaming
+from sandboxer.extensions.local.snapshot_copy import copy_workspace_out
 from sandboxer.extensions.local.steps import profile_warnings
 from sandboxer.extensions.local.workspace import Layout, State
 from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
@@ -189,6 +190,16 @@ class LocalExtension:
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         return await asyncio.to_thread(self._scan)
+
+    async def snapshot_workspace(
+        self, sandbox_id: str, destination: Path, *, host: str | None = None
+    ) -> None:
+        """Copy the workspace out (the sandbox keeps running); the worker stores the copy."""
+        del host  # always this machine
+        workspace_dir = self._layout(sandbox_id).workspace
+        await asyncio.to_thread(
+            copy_workspace_out, workspace_dir, destination, sandbox_id=sandbox_id
+        )
 
     async def exec(
         self,

@@ -1,0 +1,90 @@
+"""The snapshots table of the view: one row per snapshot, its folded state and where it is.
+
+Kept in the sandbox view's database (the one SQLite boundary), written in
+the same transaction as the sandboxes and the position, so a snapshot and
+the sandbox that records it never disagree about how far the view has read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from sandboxer.domain.snapshot_state import SnapshotState
+
+__all__ = [
+    "SNAPSHOTS_SCHEMA",
+    "list_snapshots",
+    "load_snapshot",
+    "save_snapshots",
+    "snapshot_to_dict",
+]
+
+SNAPSHOTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    snapshot_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    sandbox_id TEXT,
+    object TEXT,
+    requested_at TEXT,
+    last_seq INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_sandbox ON snapshots(sandbox_id);
+"""
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(SnapshotState).decode
+
+
+def snapshot_to_dict(state: SnapshotState) -> dict[str, Any]:
+    """The JSON-able view of a snapshot that queries return."""
+    data: dict[str, Any] = msgspec.to_builtins(state)
+    return data
+
+
+async def save_snapshots(
+    db: aiosqlite.Connection, states: Iterable[tuple[SnapshotState, int]]
+) -> None:
+    """Write changed rows (the caller commits, with the position)."""
+    await db.executemany(
+        "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (s.snapshot_id, s.status, s.sandbox_id, s.object, s.requested_at, seq, _encode(s))
+            for s, seq in states
+        ],
+    )
+
+
+async def load_snapshot(db: aiosqlite.Connection, snapshot_id: str) -> SnapshotState | None:
+    async with db.execute("SELECT state FROM snapshots WHERE snapshot_id = ?", (snapshot_id,)) as c:
+        row = await c.fetchone()
+    return _decode(row[0]) if row else None
+
+
+async def list_snapshots(
+    db: aiosqlite.Connection,
+    *,
+    sandbox_id: str | None = None,
+    include_deleted: bool = False,
+    limit: int = 1000,
+) -> list[SnapshotState]:
+    """Snapshots in the order they were requested; deleted ones only when asked for."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if sandbox_id is not None:
+        clauses.append("sandbox_id = ?")
+        params.append(sandbox_id)
+    if not include_deleted:
+        clauses.append("status != 'deleted'")
+    query = "SELECT state FROM snapshots"
+    if clauses:
+        query += " WHERE " + " AND ".join(clauses)
+    query += " ORDER BY requested_at, snapshot_id LIMIT ?"
+    params.append(limit)
+    async with db.execute(query, params) as cursor:
+        rows = await cursor.fetchall()
+    return [_decode(row[0]) for row in rows]

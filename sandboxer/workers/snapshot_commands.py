@@ -1,0 +1,151 @@
+"""The control worker's snapshot commands: admit a snapshot, and turn a restore into a create.
+
+A snapshot touches two aggregates, so it is two idempotent appends: the
+sandbox records ``snapshot_started`` (which orders it against a destroy),
+then the snapshot records ``requested`` in reaction. A redelivered command
+finds the first done and completes the second. Whether the backend can take
+snapshots is decided here, from its declaration, before anything is
+appended.
+
+A restore is a create whose directory input is the snapshot's object: the
+worker of any backend fetches it and checks its digest on arrival, as it
+does for an upload, so a snapshot restores on the same or another backend.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from sandboxer.bus.event_store import EventStore, Loaded
+from sandboxer.commands.types import (
+    CreateSandbox,
+    DeleteSnapshot,
+    RestoreSnapshot,
+    SnapshotSandbox,
+)
+from sandboxer.config.catalog import Catalog
+from sandboxer.domain.sandbox_snapshots import StartSnapshot
+from sandboxer.domain.snapshot_decide import DeleteSnapshotDecision, RequestSnapshot
+from sandboxer.errors import Rejected
+from sandboxer.ids import derive_snapshot_id
+from sandboxer.workers.deciding import apply
+from sandboxer.workers.snapshot_deciding import apply_snapshot
+from sandboxer.workspaces.bucket import open_bucket
+from sandboxer.workspaces.refs import object_ref
+
+__all__ = ["SnapshotCommands"]
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotCommands:
+    def __init__(self, js: JetStreamContext, store: EventStore, catalog: Catalog) -> None:
+        self._js = js
+        self._store = store
+        self._catalog = catalog
+
+    async def delete(self, command: DeleteSnapshot) -> None:
+        """Record ``deleted``, then remove the object unless another snapshot still holds it.
+
+        The removal reacts to the event, so a redelivered command (which decides
+        nothing new) removes an object a crash left behind.
+        """
+        snapshot_id = command.snapshot_id
+        state = (await self._store.load_snapshot(snapshot_id)).state
+        holders = (
+            await self._store.snapshots_holding(state.object) if state.object is not None else []
+        )
+        decision = DeleteSnapshotDecision(
+            command_id=command.command_id,
+            actor=command.actor,
+            object_shared=any(holder != snapshot_id for holder in holders),
+        )
+        loaded, _ = await apply_snapshot(self._store, snapshot_id, decision)
+        state = loaded.state
+        if state.status == "deleted" and state.object_removed and state.object is not None:
+            try:
+                await (await open_bucket(self._js)).delete(state.object)
+            except NotFoundError:
+                log.info("snapshot %s: object %s was already gone", snapshot_id, state.object)
+
+    async def snapshot(self, command: SnapshotSandbox) -> Loaded:
+        """Decide the snapshot on the sandbox, then open the snapshot; returns the sandbox."""
+        snapshot_id = derive_snapshot_id(command.command_id)
+        loaded = await self._store.load(command.sandbox_id)
+        extension = loaded.state.extension
+        if extension is not None and command.command_id not in loaded.state.handled:
+            self._check_capability(extension, command.sandbox_id)
+        start = StartSnapshot(
+            command_id=command.command_id,
+            actor=command.actor,
+            sandbox_id=command.sandbox_id,
+            snapshot_id=snapshot_id,
+        )
+        loaded, _ = await apply(self._store, command.sandbox_id, start, loaded)
+        state = loaded.state
+        assert state.extension is not None  # a snapshottable sandbox was routed
+        await apply_snapshot(
+            self._store,
+            snapshot_id,
+            RequestSnapshot(
+                command_id=command.command_id,
+                actor=command.actor,
+                sandbox_id=command.sandbox_id,
+                extension=state.extension,
+                host=state.host,
+                profile=state.profile,
+                name=command.name,
+            ),
+        )
+        return loaded
+
+    def _check_capability(self, extension: str, sandbox_id: str) -> None:
+        decl = self._catalog.extensions_enabled().get(extension)
+        if decl is None or not decl.capabilities.snapshot:
+            raise Rejected(
+                "snapshot_unsupported",
+                f"sandbox {sandbox_id} runs on {extension}, which does not take snapshots "
+                f"(its declaration does not set capabilities.snapshot); "
+                "'sandboxer extensions' shows which backends do",
+            )
+
+    async def restore_as_create(self, command: RestoreSnapshot) -> CreateSandbox:
+        """The create a restore stands for: the snapshot's object as the profile's directory input."""
+        snapshot = (await self._store.load_snapshot(command.snapshot_id)).state
+        if snapshot.status != "created" or snapshot.sha256 is None:
+            why = {
+                "new": "there is no such snapshot; 'sandboxer snapshots list' shows them",
+                "requested": "it is still being taken; try again once it is created",
+                "failed": f"it failed ({snapshot.failure})",
+                "deleted": "it was deleted",
+            }.get(snapshot.status, snapshot.status)
+            raise Rejected(
+                "not_restorable", f"snapshot {command.snapshot_id} cannot be restored: {why}"
+            )
+        profile_id = command.profile or snapshot.profile
+        if profile_id is None:
+            raise Rejected(
+                "not_restorable",
+                f"snapshot {command.snapshot_id} names no profile; pass one with --profile",
+            )
+        profile = self._catalog.profile(profile_id)
+        directories = sorted(
+            name for name, spec in profile.inputs.items() if spec.type == "directory"
+        )
+        if not directories:
+            raise Rejected(
+                "not_restorable",
+                f"{profile_id} has no directory input to restore a workspace into; choose a "
+                "profile with an input of type: directory (such as profile.local's repo)",
+            )
+        # The profile's first directory input (in name order) receives the workspace.
+        return CreateSandbox(
+            command_id=command.command_id,
+            actor=command.actor,
+            profile=profile_id,
+            inputs={directories[0]: object_ref(snapshot.sha256)},
+            sandbox_id=command.sandbox_id,
+        )

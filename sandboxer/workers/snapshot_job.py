@@ -1,0 +1,131 @@
+"""An extension worker's snapshot job: copy the workspace out, store it, record the outcome.
+
+Two appends, the second reacting to the first: the snapshot records
+``created`` (or ``failed``), then the sandbox records ``snapshot_finished``,
+which releases a teardown that a destroy decided meanwhile was waiting for;
+that job is published here. A redelivered job finds the outcome recorded and
+only completes the appends after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from nats.js import JetStreamContext
+
+from sandboxer import subjects
+from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.publish import is_unavailability
+from sandboxer.domain.sandbox_snapshots import FinishSnapshot
+from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.domain.snapshot_decide import RecordSnapshotFailed, RecordSnapshotStored
+from sandboxer.errors import BusError
+from sandboxer.events.types import SYSTEM_ACTOR
+from sandboxer.extensions.base import Extension
+from sandboxer.extensions.capabilities import Snapshotter
+from sandboxer.workers import deciding
+from sandboxer.workers.job_dispatch import dispatch_job
+from sandboxer.workers.jobs import Job
+from sandboxer.workers.snapshot_deciding import apply_snapshot
+from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.refs import object_name
+from sandboxer.workspaces.upload import upload_directory
+
+__all__ = ["SnapshotJob"]
+
+log = logging.getLogger(__name__)
+
+Explain = Callable[[BaseException], str]
+"""Turns an exception into the reason recorded (the worker's redacting formatter)."""
+
+
+class SnapshotJob:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        store: EventStore,
+        extension: Extension,
+        *,
+        staging_root: Path,
+        limits: ArchiveLimits,
+        explain: Explain,
+    ) -> None:
+        self._js = js
+        self._store = store
+        self._extension = extension
+        self._staging_root = staging_root
+        self._limits = limits
+        self._explain = explain
+
+    async def run(self, job: Job, sandbox: SandboxState) -> None:
+        assert job.snapshot_id is not None
+        snapshot = (await self._store.load_snapshot(job.snapshot_id)).state
+        if snapshot.status == "new":
+            # The control worker appends `requested` before it publishes this job: a read
+            # that misses it is behind. Retried, and recorded as failed if it stays missing.
+            raise BusError(f"snapshot {job.snapshot_id}: its requested event is not readable yet")
+        if snapshot.status == "requested":
+            outcome = await self._take(job, sandbox)
+            snapshot = (await apply_snapshot(self._store, job.snapshot_id, outcome))[0].state
+        await self.finish(job, "failed" if snapshot.status == "failed" else "created")
+
+    async def give_up(self, job: Job, exc: BaseException) -> None:
+        """The job kept failing: the snapshot failed, and the sandbox is released."""
+        assert job.snapshot_id is not None
+        reason = f"worker error: {self._explain(exc)}"
+        await apply_snapshot(
+            self._store, job.snapshot_id, RecordSnapshotFailed(job_id=job.job_id, reason=reason)
+        )
+        await self.finish(job, "failed")
+
+    async def finish(self, job: Job, outcome: str) -> None:
+        assert job.snapshot_id is not None
+        snapshot = (await self._store.load_snapshot(job.snapshot_id)).state
+        loaded, _ = await deciding.apply(
+            self._store,
+            job.sandbox_id,
+            FinishSnapshot(
+                command_id=snapshot.created_by or job.job_id,
+                actor=snapshot.actor or SYSTEM_ACTOR,
+                job_id=job.job_id,
+                snapshot_id=job.snapshot_id,
+                outcome="failed" if outcome == "failed" else "created",
+            ),
+        )
+        await dispatch_job(self._js, loaded.state)
+
+    async def _take(
+        self, job: Job, sandbox: SandboxState
+    ) -> RecordSnapshotStored | RecordSnapshotFailed:
+        if not isinstance(self._extension, Snapshotter):
+            return RecordSnapshotFailed(
+                job_id=job.job_id,
+                reason=f"{self._extension.id} does not take snapshots "
+                "(its declaration has no capabilities.snapshot)",
+            )
+        try:
+            self._staging_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(
+                prefix=f"snapshot-{job.snapshot_id}-", dir=self._staging_root
+            ) as scratch:
+                tree = Path(scratch) / "tree"
+                tree.mkdir()
+                await self._extension.snapshot_workspace(job.sandbox_id, tree, host=sandbox.host)
+                # No excludes: a snapshot is the whole workspace (secrets never enter it).
+                uploaded = await upload_directory(self._js, tree, limits=self._limits)
+        except Exception as exc:
+            if is_unavailability(exc):
+                raise  # the bus failed, not the snapshot: the job is retried
+            reason = self._explain(exc)
+            log.warning("snapshot %s of %s failed: %s", job.snapshot_id, job.sandbox_id, reason)
+            return RecordSnapshotFailed(job_id=job.job_id, reason=reason)
+        return RecordSnapshotStored(
+            job_id=job.job_id,
+            bucket=subjects.WORKSPACES_BUCKET,
+            object=object_name(uploaded.sha256),
+            size=uploaded.size,
+            sha256=uploaded.sha256,
+        )

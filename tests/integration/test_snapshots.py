@@ -1,0 +1,145 @@
+"""Snapshots on ext.local, for real: a round trip with file contents checked, refusals, a
+snapshot racing a destroy, delete of shared and unshared data, and replay equal to live."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.js.errors import NotFoundError
+
+from sandboxer import subjects
+from sandboxer.client import CommandFailed, SandboxerClient
+from sandboxer.ids import new_command_id
+from tests.integration.conftest import Service
+from tests.integration.test_lifecycle import event_types
+
+pytestmark = pytest.mark.integration
+
+NOTE = "written inside the sandbox before the snapshot\n"
+
+
+async def run_in(client: SandboxerClient, sandbox_id: str, script: str) -> str:
+    out = bytearray()
+
+    async def collect(_stream: str, data: bytes) -> None:
+        out.extend(data)
+
+    code = await client.exec(sandbox_id, ["sh", "-c", script], collect)
+    assert code == 0, out.decode()
+    return out.decode()
+
+
+async def test_a_snapshot_restores_into_a_new_sandbox_with_its_files(service: Service) -> None:
+    client = service.client
+    source = (await client.create())["sandbox_id"]
+    await run_in(
+        client,
+        source,
+        f"mkdir -p /workspace/sub && printf '{NOTE}' > /workspace/sub/note.txt "
+        "&& ln -s sub/note.txt /workspace/link",
+    )
+    snapshot = await client.snapshot(source, name="before-change")
+    assert snapshot["status"] == "created"
+    assert (snapshot["sandbox_id"], snapshot["name"], snapshot["extension"]) == (
+        source,
+        "before-change",
+        "ext.local",
+    )
+    assert snapshot["object"] == f"sha256-{snapshot['sha256']}"
+    assert snapshot["size"] > 0
+    # The source keeps running and can change without touching the snapshot.
+    await run_in(client, source, "echo changed > /workspace/sub/note.txt")
+
+    ready = await client.restore(snapshot["snapshot_id"])
+    restored = ready["sandbox_id"]
+    assert restored != source
+    assert await run_in(client, restored, "cat /workspace/sub/note.txt") == NOTE
+    assert await run_in(client, restored, "readlink /workspace/link") == "sub/note.txt\n"
+    assert await run_in(client, restored, "test ! -e /workspace/.sandboxer/secrets.env; echo ok")
+    got = await client.get(restored)
+    assert got is not None
+    assert (got["restored_from"], got["profile"]) == (snapshot["snapshot_id"], "profile.local")
+    listed = await client.snapshots(sandbox_id=source)
+    assert [s["snapshot_id"] for s in listed] == [snapshot["snapshot_id"]]
+    types = await event_types(client, source)
+    assert types[-2:] == ["snapshot_started", "snapshot_finished"]
+    report = await client.replay(verify=True)
+    assert report["verified"], report["differences"]
+
+
+async def test_snapshot_refusals_say_why(service: Service) -> None:
+    client = service.client
+    with pytest.raises(CommandFailed, match="no sandbox"):
+        await client.snapshot("nosuchsandbox1")
+    sandbox_id = (await client.create())["sandbox_id"]
+    await client.destroy(sandbox_id)
+    with pytest.raises(CommandFailed, match="is destroyed; a snapshot applies to a ready"):
+        await client.snapshot(sandbox_id)
+    with pytest.raises(CommandFailed, match="no such snapshot"):
+        await client.restore("snp00000000000000000")
+
+
+async def test_a_snapshot_and_a_destroy_racing_end_in_one_order(service: Service) -> None:
+    client = service.client
+    for round_ in range(4):
+        sandbox_id = (await client.create())["sandbox_id"]
+        await run_in(client, sandbox_id, "head -c 2000000 /dev/urandom > /workspace/blob")
+        # Which command is published first alternates; the log orders them either way.
+        if round_ % 2:
+            destroy = asyncio.create_task(client.destroy(sandbox_id))
+            snapshot = asyncio.create_task(client.snapshot(sandbox_id))
+        else:
+            snapshot = asyncio.create_task(client.snapshot(sandbox_id))
+            destroy = asyncio.create_task(client.destroy(sandbox_id))
+        done = await asyncio.gather(snapshot, destroy, return_exceptions=True)
+        assert not isinstance(done[1], BaseException), done[1]
+        types = await event_types(client, sandbox_id)
+        assert types[-1] == "destroyed"
+        if "snapshot_started" in types:
+            # Snapshot first: the teardown waited for the copy, which succeeded.
+            assert types.index("snapshot_started") < types.index("snapshot_finished")
+            assert types.index("snapshot_finished") < types.index("destroyed")
+            assert not isinstance(done[0], BaseException), done[0]
+            assert done[0]["status"] == "created"
+        else:
+            # Destroy first: the snapshot was refused, nothing half-made.
+            assert isinstance(done[0], CommandFailed)
+            assert done[0].event["code"] == "not_snapshottable"
+            assert "snapshot_finished" not in types
+
+
+async def test_delete_removes_unshared_data_and_keeps_history(service: Service) -> None:
+    client = service.client
+    sandbox_id = (await client.create())["sandbox_id"]
+    await run_in(client, sandbox_id, "echo same > /workspace/f")
+    first = await client.snapshot(sandbox_id)
+    second = await client.snapshot(sandbox_id)
+    assert first["object"] == second["object"]  # content addressed: stored once
+    bucket = await client.js.object_store(subjects.WORKSPACES_BUCKET)
+
+    deleted = await client.delete_snapshot(first["snapshot_id"])
+    assert deleted["object_removed"] is False  # the second still holds it
+    await bucket.get_info(first["object"])
+    again = await client.restore(second["snapshot_id"])
+    assert await run_in(client, again["sandbox_id"], "cat /workspace/f") == "same\n"
+
+    deleted = await client.delete_snapshot(second["snapshot_id"])
+    assert deleted["object_removed"] is True
+    # The object is removed in reaction to the event, so a moment after it.
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                await bucket.get_info(second["object"])
+            except NotFoundError:
+                break
+            await asyncio.sleep(0.05)
+    kept = await client.snapshot_get(second["snapshot_id"])
+    assert kept is not None
+    assert (kept["status"], kept["sha256"]) == ("deleted", second["sha256"])
+    assert await client.snapshots(sandbox_id=sandbox_id) == []
+    assert len(await client.snapshots(sandbox_id=sandbox_id, include_deleted=True)) == 2
+    with pytest.raises(CommandFailed, match="already deleted"):
+        await client.delete_snapshot(second["snapshot_id"], command_id=new_command_id())
+    with pytest.raises(CommandFailed, match="it was deleted"):
+        await client.restore(second["snapshot_id"])
