@@ -340,12 +340,13 @@ class SandboxerClient:
         *,
         profile: str | None = None,
         sandbox_id: str | None = None,
+        inputs: Mapping[str, str] | None = None,
         command_id: str | None = None,
         on_event: EventCallback | None = None,
         timeout: float = 300.0,
     ) -> dict[str, Any]:
         """Create a new sandbox from the snapshot (its profile, or ``profile``: any backend);
-        returns its ``ready`` event."""
+        ``inputs`` are the profile's other inputs. Returns the new sandbox's ``ready`` event."""
         _check_id(snapshot_id)
         if sandbox_id is not None:
             _check_id(sandbox_id)
@@ -359,6 +360,8 @@ class SandboxerClient:
             command["profile"] = profile
         if sandbox_id is not None:
             command["sandbox_id"] = sandbox_id
+        if inputs:
+            command["inputs"] = dict(inputs)
         target = sandbox_id or derive_sandbox_id(command_id)
         return await self._run("restore", command, target, {"ready"}, True, on_event, timeout)
 

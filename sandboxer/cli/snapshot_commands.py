@@ -13,6 +13,7 @@ import typer
 
 from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.output import print_json, print_table
+from sandboxer.cli.sandbox_commands import _parse_inputs
 from sandboxer.client import SandboxerClient
 from sandboxer.errors import InvalidInput
 
@@ -48,12 +49,19 @@ def restore(
     sandbox_id: Annotated[
         str | None, typer.Option("--sandbox-id", help="the new sandbox's id")
     ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="KEY=VALUE: the profile's other inputs"),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a new sandbox from a snapshot, of its profile or of --profile."""
+    given = _parse_inputs(inputs or [])
 
     async def work(client: SandboxerClient) -> dict[str, Any] | None:
-        ready = await client.restore(snapshot_id, profile=profile, sandbox_id=sandbox_id)
+        ready = await client.restore(
+            snapshot_id, profile=profile, sandbox_id=sandbox_id, inputs=given
+        )
         return await client.get(ready["sandbox_id"])
 
     sandbox = run(with_client(work))

@@ -18,6 +18,7 @@ from sandboxer.commands.types import (
     CreateSandbox,
     ExpireSandbox,
     ExtendTtl,
+    RestoreSnapshot,
     SnapshotSandbox,
 )
 from sandboxer.config.hosts import HOST_NAME
@@ -120,6 +121,8 @@ def parse_command(subject: str, data: bytes) -> Command:
 
 def _check_fields(command: Command, invalid: Callable[[str, str], InvalidCommand]) -> None:
     """Checks a field's type cannot express: names, lengths, durations."""
+    if isinstance(command, RestoreSnapshot):
+        _check_inputs(command, invalid)
     if isinstance(command, CreateSandbox):
         _check_inputs(command, invalid)
         if command.host is not None and not re.fullmatch(HOST_NAME, command.host):
@@ -178,7 +181,9 @@ def _check_actor(raw: object, invalid: Callable[[str, str], InvalidCommand]) -> 
         ) from None
 
 
-def _check_inputs(command: CreateSandbox, invalid: Callable[[str, str], InvalidCommand]) -> None:
+def _check_inputs(
+    command: CreateSandbox | RestoreSnapshot, invalid: Callable[[str, str], InvalidCommand]
+) -> None:
     if len(command.inputs) > MAX_INPUTS:
         raise invalid(
             "invalid_input", f"too many inputs ({len(command.inputs)}; limit {MAX_INPUTS})"

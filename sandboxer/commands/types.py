@@ -105,6 +105,9 @@ class RestoreSnapshot(_CommandBase, frozen=True, kw_only=True):
     profile: str | None = None
     sandbox_id: str | None = None
     """As in a create: chosen by the client, else derived from command_id."""
+    inputs: dict[str, str] = {}
+    """The profile's other inputs (e.g. the VM a vm-packer profile attaches to); its directory
+    input is the snapshot's and may not be given here."""
 
 
 Command = (

@@ -1,16 +1,19 @@
 """The base class of the two SSH backends (``ext.compose-ssh``, ``ext.vm-packer``).
 
 What they do the same way: find their sandboxes on every host that answers,
-tear one down only when no other backend's marker claims it, and run a
-command in a sandbox's directory with its output streamed. Everything
+tear one down only when no other backend's marker claims it, run a
+command in a sandbox's directory with its output streamed, and copy that
+directory back for a snapshot. Everything
 validates before it connects and reaches hosts only through
 :mod:`sandboxer.ssh`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from sandboxer.config.settings import Settings
 from sandboxer.domain.found import FoundSandbox
@@ -18,12 +21,17 @@ from sandboxer.errors import SandboxNotFound, Unsupported
 from sandboxer.extensions import ssh_checks
 from sandboxer.extensions.base import OutputSink
 from sandboxer.extensions.ssh_targets import Target, reachable_targets, session, target
-from sandboxer.extensions.ssh_workspace import Probe, exists, probe
-from sandboxer.ssh import Connection, stream
+from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe, exists, probe
+from sandboxer.ssh import Connection, fetch_tree, stream
+from sandboxer.workspaces.extract import extract_archive
+from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = ["SshBackend"]
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_TIMEOUT = 1800.0
+"""Seconds the host's tar may take to send a workspace back."""
 
 
 class SshBackend:
@@ -79,6 +87,41 @@ class SshBackend:
         found = await reachable_targets(self.settings, self.id, self._found_on)
         return [sandbox for _, items in found for sandbox in items]
 
+    async def snapshot_workspace(
+        self, sandbox_id: str, destination: Path, *, host: str | None = None
+    ) -> None:
+        """Copy the sandbox's directory on its host into ``destination`` (the secrets file
+        left out), through a tar archive checked like any workspace archive."""
+        ssh_checks.check_sandbox_id(sandbox_id, self.id)
+        limits = ArchiveLimits.from_mb(self.settings.upload_max_mb)
+        archive = destination.parent / f"{destination.name}.tar"
+        item = await self._exec_target(sandbox_id, host)
+        try:
+            async with session(item) as conn:
+                directory = await self._existing_directory(conn, item, sandbox_id)
+                await fetch_tree(
+                    conn,
+                    directory,
+                    archive,
+                    exclude=(ENV_FILE,),
+                    max_bytes=limits.max_bytes,
+                    timeout=SNAPSHOT_TIMEOUT,
+                )
+            await asyncio.to_thread(extract_archive, archive, destination, limits)
+        finally:
+            archive.unlink(missing_ok=True)
+
+    async def _existing_directory(self, conn: Connection, item: Target, sandbox_id: str) -> str:
+        directory = item.workspace(sandbox_id)
+        if not await exists(conn, directory, "d"):
+            raise SandboxNotFound(
+                f"{self.id} sandbox {sandbox_id} has no directory {directory} on host "
+                f"{item.name}; create it again or tear it down",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        return directory
+
     async def _exec_target(self, sandbox_id: str, host: str | None) -> Target:
         """Where to run an exec; a subclass may search the hosts when none was recorded."""
         return target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
@@ -104,12 +147,5 @@ class SshBackend:
             )
         item = await self._exec_target(sandbox_id, host)
         async with session(item) as conn:
-            directory = item.workspace(sandbox_id)
-            if not await exists(conn, directory, "d"):
-                raise SandboxNotFound(
-                    f"{self.id} sandbox {sandbox_id} has no directory {directory} on host "
-                    f"{item.name}; create it again or tear it down",
-                    sandbox_id=sandbox_id,
-                    extension=self.id,
-                )
+            directory = await self._existing_directory(conn, item, sandbox_id)
             return await stream(conn, argv, output, env=item.config.env, cwd=directory)

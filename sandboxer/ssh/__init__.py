@@ -6,14 +6,16 @@ reach their hosts only through it, so host-key checking, quoting, deadlines
 and error mapping are decided once: :mod:`.connection` opens verified
 connections, :mod:`.remote` runs quoted commands and writes files,
 :mod:`.streaming` runs a command whose output is watched as it comes,
-:mod:`.deadline` makes the host stop a command that runs out of time, and
-:mod:`.sync` mirrors a local directory onto a host. Every asyncssh error is
+:mod:`.deadline` makes the host stop a command that runs out of time,
+:mod:`.sync` mirrors a local directory onto a host, and :mod:`.fetch_tree`
+copies a host's directory back as a tar archive. Every asyncssh error is
 mapped here to :class:`~sandboxer.errors.HostUnreachable`,
 :class:`~sandboxer.errors.HostKeyRejected` or
 :class:`~sandboxer.errors.RemoteCommandFailed`; callers never see one.
 """
 
 from sandboxer.ssh.connection import Connection, connect, session
+from sandboxer.ssh.fetch_tree import fetch_tree
 from sandboxer.ssh.remote import RemoteResult, command_line, inside_root, put_file, remove_tree, run
 from sandboxer.ssh.streaming import ChunkSink, stream
 from sandboxer.ssh.sync import sync_dir
@@ -24,6 +26,7 @@ __all__ = [
     "RemoteResult",
     "command_line",
     "connect",
+    "fetch_tree",
     "inside_root",
     "put_file",
     "remove_tree",

@@ -142,10 +142,17 @@ class SnapshotCommands:
                 "profile with an input of type: directory (such as profile.local's repo)",
             )
         # The profile's first directory input (in name order) receives the workspace.
+        target = directories[0]
+        if target in command.inputs:
+            raise Rejected(
+                "invalid_input",
+                f"input {target!r} of {profile_id} receives the snapshot's workspace; "
+                "leave it out of the restore's inputs",
+            )
         return CreateSandbox(
             command_id=command.command_id,
             actor=command.actor,
             profile=profile_id,
-            inputs={directories[0]: object_ref(snapshot.sha256)},
+            inputs={**command.inputs, target: object_ref(snapshot.sha256)},
             sandbox_id=command.sandbox_id,
         )

@@ -1,0 +1,66 @@
+"""Copying a directory of a host back to the worker, as a tar archive: what a snapshot reads.
+
+The host's own ``tar`` writes the archive to stdout and the bytes land in a
+local file as they come, so nothing is staged on the host. The archive is
+untrusted (a sandbox wrote the tree): the caller unpacks it with the checks
+every workspace archive gets (:mod:`sandboxer.workspaces.extract`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from sandboxer.errors import RemoteCommandFailed, WorkspaceRefused
+from sandboxer.ssh.connection import Connection
+from sandboxer.ssh.streaming import stream
+
+__all__ = ["fetch_tree"]
+
+STDERR_KEEP = 4000
+
+
+async def fetch_tree(
+    conn: Connection,
+    remote_dir: str,
+    archive: Path,
+    *,
+    exclude: Sequence[str] = (),
+    max_bytes: int,
+    timeout: float,
+) -> int:
+    """Write a tar of ``remote_dir``'s contents to ``archive``; returns its size in bytes.
+
+    ``exclude`` names top-level entries left out (a secrets file). Raises
+    :class:`WorkspaceRefused` past ``max_bytes`` (the host's tar is stopped),
+    :class:`RemoteCommandFailed` when tar fails.
+    """
+    argv = ["tar", "-C", remote_dir, *(f"--exclude=./{name}" for name in exclude), "-cf", "-", "."]
+    errors = bytearray()
+    written = 0
+    with archive.open("wb") as handle:
+
+        async def sink(name: Literal["stdout", "stderr"], chunk: bytes) -> None:
+            nonlocal written
+            if name == "stderr":
+                errors.extend(chunk)
+                del errors[:-STDERR_KEEP]
+                return
+            written += len(chunk)
+            if written > max_bytes:
+                raise WorkspaceRefused(
+                    f"the workspace {remote_dir} is larger than "
+                    f"{max_bytes // (1024 * 1024)} MiB (SANDBOXER_UPLOAD_MAX_MB)"
+                )
+            handle.write(chunk)  # a local disk write of one 64 KiB chunk: not worth a thread
+
+        code = await stream(conn, argv, sink, timeout=timeout)
+    if code != 0:
+        tail = errors.decode(errors="replace")
+        raise RemoteCommandFailed(
+            f"tar of {remote_dir} exited {code}: {tail[-500:]}",
+            exit_status=code,
+            output_tail=tail,
+        )
+    return written
