@@ -4,14 +4,16 @@ snapshot racing a destroy, delete of shared and unshared data, and replay equal 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
+from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import CommandFailed, SandboxerClient
 from sandboxer.ids import new_command_id
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, reap_local, start_service
 from tests.integration.test_lifecycle import event_types
 
 pytestmark = pytest.mark.integration
@@ -143,3 +145,27 @@ async def test_delete_removes_unshared_data_and_keeps_history(service: Service) 
         await client.delete_snapshot(second["snapshot_id"], command_id=new_command_id())
     with pytest.raises(CommandFailed, match="it was deleted"):
         await client.restore(second["snapshot_id"])
+
+
+async def test_a_backend_without_the_capability_refuses_before_any_work(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    declaration = (Path(__file__).parents[2] / "extensions" / "ext.local.yaml").read_text()
+    (home / "extensions").mkdir()
+    (home / "extensions" / "ext.local.yaml").write_text(
+        declaration.replace("snapshot: true", "snapshot: false")
+    )
+    service = await start_service(home, nats_server.url)
+    try:
+        client = service.client
+        sandbox_id = (await client.create())["sandbox_id"]
+        with pytest.raises(CommandFailed) as refused:
+            await client.snapshot(sandbox_id)
+        assert refused.value.event["code"] == "snapshot_unsupported"
+        assert "capabilities.snapshot" in refused.value.event["reason"]
+        assert "snapshot_started" not in await event_types(client, sandbox_id)
+        assert await client.snapshots(include_deleted=True) == []
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
