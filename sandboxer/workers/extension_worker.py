@@ -124,7 +124,8 @@ class ExtensionWorker:
                         stage="job",
                     ),
                 )
-            elif state.status == "destroying":
+            elif state.status == "destroying" and state.snapshotting is None:
+                # (One being snapshotted is torn down once its redelivered snapshot job ends.)
                 failure = await self._safe_teardown(found.sandbox_id, found.host)
                 await self.apply(
                     found.sandbox_id,

@@ -4,6 +4,7 @@ snapshot racing a destroy, delete of shared and unshared data, and replay equal 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from sandboxer import subjects
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import CommandFailed, SandboxerClient
 from sandboxer.ids import new_command_id
-from tests.integration.conftest import Service, reap_local, start_service
+from tests.integration.conftest import Cli, Service, reap_local, start_service
 from tests.integration.test_lifecycle import event_types
 
 pytestmark = pytest.mark.integration
@@ -169,3 +170,34 @@ async def test_a_backend_without_the_capability_refuses_before_any_work(
         await service.client.close()
         await service.shutdown()
         await reap_local(home)
+
+
+async def test_the_cli_snapshots_lists_restores_and_deletes(
+    service: Service, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    cli = Cli(cli_env)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "README").write_text("from the cli\n")
+    sandbox_id = json.loads((await cli("create", "--input", f"repo={repo}", "--json")).stdout)[
+        "sandbox_id"
+    ]
+    taken = json.loads((await cli("snapshot", sandbox_id, "--name", "cli", "--json")).stdout)
+    snapshot_id = taken["snapshot_id"]
+    assert (taken["status"], taken["name"]) == ("created", "cli")
+    human = (await cli("snapshots", "list")).stdout
+    assert snapshot_id in human
+    assert "created" in human
+    shown = json.loads((await cli("snapshots", "get", snapshot_id, "--json")).stdout)
+    assert shown["sha256"] == taken["sha256"]
+    restored = json.loads(
+        (await cli("restore", snapshot_id, "--sandbox-id", "restoredcli1", "--json")).stdout
+    )
+    assert (restored["sandbox_id"], restored["restored_from"]) == ("restoredcli1", snapshot_id)
+    assert "restored_from" in (await cli("get", "restoredcli1")).stdout
+    assert await run_in(service.client, "restoredcli1", "cat /workspace/README") == "from the cli\n"
+    deleted = (await cli("snapshots", "delete", snapshot_id)).stdout
+    assert f"deleted {snapshot_id}" in deleted
+    gone = await cli("restore", snapshot_id, check=False)
+    assert gone.returncode != 0
+    assert "it was deleted" in gone.stderr

@@ -1,0 +1,88 @@
+"""The control worker's snapshot commands on the in-memory store: a crash between the two
+appends is completed by the redelivered command, and a restore becomes the right create."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+
+import pytest
+from nats.js import JetStreamContext
+
+from sandboxer.bus.event_store import LoadedSnapshot
+from sandboxer.bus.memory_store import MemoryEventStore
+from sandboxer.commands.types import RestoreSnapshot, SnapshotSandbox
+from sandboxer.config.catalog import Catalog
+from sandboxer.domain.snapshot_decide import RecordSnapshotStored
+from sandboxer.errors import Rejected
+from sandboxer.events.types import SYSTEM_ACTOR, SnapshotEvent, event_type
+from sandboxer.ids import derive_snapshot_id
+from sandboxer.workers.jobs import job_for
+from sandboxer.workers.snapshot_commands import SnapshotCommands
+from sandboxer.workers.snapshot_deciding import apply_snapshot
+from tests.unit.test_snapshot_domain import SID, ready_sandbox
+
+NO_BUS = cast("JetStreamContext", None)  # only delete reaches the bucket
+
+
+class CrashOnceStore(MemoryEventStore):
+    """The process dies after the sandbox's append, before the snapshot's (once)."""
+
+    crash = True
+
+    async def append_snapshot(
+        self, loaded: LoadedSnapshot, events: Sequence[SnapshotEvent]
+    ) -> LoadedSnapshot:
+        if self.crash:
+            self.crash = False
+            raise RuntimeError("killed")
+        return await super().append_snapshot(loaded, events)
+
+
+def snapshot_command() -> SnapshotSandbox:
+    return SnapshotSandbox(command_id="c-snap", actor=SYSTEM_ACTOR, sandbox_id=SID, name="n")
+
+
+async def test_a_redelivered_snapshot_completes_the_second_append_once(tmp_path: Path) -> None:
+    store = CrashOnceStore()
+    await ready_sandbox(store)
+    commands = SnapshotCommands(NO_BUS, store, Catalog.load(tmp_path))
+    with pytest.raises(RuntimeError):
+        await commands.snapshot(snapshot_command())
+    snapshot_id = derive_snapshot_id("c-snap")
+    assert (await store.load_snapshot(snapshot_id)).state.status == "new"
+    loaded = await commands.snapshot(snapshot_command())
+    snapshot = (await store.load_snapshot(snapshot_id)).state
+    assert (snapshot.status, snapshot.sandbox_id, snapshot.name) == ("requested", SID, "n")
+    assert [event_type(e) for e in store.log].count("snapshot_started") == 1
+    job = job_for(loaded.state)
+    assert job is not None
+    assert (job.action, job.snapshot_id) == ("snapshot", snapshot_id)
+
+
+async def test_a_restore_is_a_create_of_the_snapshots_object(tmp_path: Path) -> None:
+    store = MemoryEventStore()
+    await ready_sandbox(store)
+    commands = SnapshotCommands(NO_BUS, store, Catalog.load(tmp_path))
+    await commands.snapshot(snapshot_command())
+    snapshot_id = derive_snapshot_id("c-snap")
+    restore = RestoreSnapshot(command_id="c-restore", actor=SYSTEM_ACTOR, snapshot_id=snapshot_id)
+    with pytest.raises(Rejected, match="still being taken"):
+        await commands.restore_as_create(restore)
+    stored = RecordSnapshotStored(
+        job_id="j",
+        bucket="SANDBOXER_WORKSPACES",
+        object="sha256-" + "a" * 64,
+        size=1,
+        sha256="a" * 64,
+    )
+    await apply_snapshot(store, snapshot_id, stored)
+    create = await commands.restore_as_create(restore)
+    assert (create.profile, create.command_id) == ("profile.local", "c-restore")
+    assert create.inputs == {"repo": "object:sha256:" + "a" * 64}
+    clash = RestoreSnapshot(
+        command_id="c-r2", actor=SYSTEM_ACTOR, snapshot_id=snapshot_id, inputs={"repo": "/etc"}
+    )
+    with pytest.raises(Rejected, match="receives the snapshot's workspace"):
+        await commands.restore_as_create(clash)
