@@ -9,7 +9,9 @@ only completes the appends after it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -106,22 +108,30 @@ class SnapshotJob:
                 reason=f"{self._extension.id} does not take snapshots "
                 "(its declaration has no capabilities.snapshot)",
             )
+        scratch: Path | None = None
         try:
             self._staging_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(
-                prefix=f"snapshot-{job.snapshot_id}-", dir=self._staging_root
-            ) as scratch:
-                tree = Path(scratch) / "tree"
-                tree.mkdir()
-                await self._extension.snapshot_workspace(job.sandbox_id, tree, host=sandbox.host)
-                # No excludes: a snapshot is the whole workspace (secrets never enter it).
-                uploaded = await upload_directory(self._js, tree, limits=self._limits)
+            scratch = Path(
+                tempfile.mkdtemp(prefix=f"snapshot-{job.snapshot_id}-", dir=self._staging_root)
+            )
+            tree = scratch / "tree"
+            tree.mkdir()
+            await self._extension.snapshot_workspace(job.sandbox_id, tree, host=sandbox.host)
+            # No excludes: a snapshot is the whole workspace (secrets never enter it).
+            uploaded = await upload_directory(self._js, tree, limits=self._limits)
         except Exception as exc:
             if is_unavailability(exc):
                 raise  # the bus failed, not the snapshot: the job is retried
             reason = self._explain(exc)
+            if scratch is not None:  # the worker's staging path means nothing to the user
+                reason = reason.replace(f"{scratch / 'tree'}/", "").replace(
+                    str(scratch / "tree"), "the workspace"
+                )
             log.warning("snapshot %s of %s failed: %s", job.snapshot_id, job.sandbox_id, reason)
             return RecordSnapshotFailed(job_id=job.job_id, reason=reason)
+        finally:
+            if scratch is not None:
+                await asyncio.to_thread(shutil.rmtree, scratch, True)
         return RecordSnapshotStored(
             job_id=job.job_id,
             bucket=subjects.WORKSPACES_BUCKET,

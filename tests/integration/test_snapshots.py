@@ -201,3 +201,21 @@ async def test_the_cli_snapshots_lists_restores_and_deletes(
     gone = await cli("restore", snapshot_id, check=False)
     assert gone.returncode != 0
     assert "it was deleted" in gone.stderr
+
+
+async def test_a_workspace_that_cannot_be_stored_fails_the_snapshot_and_says_why(
+    service: Service,
+) -> None:
+    client = service.client
+    sandbox_id = (await client.create())["sandbox_id"]
+    await run_in(client, sandbox_id, "ln -s /etc/passwd /workspace/escape")
+    with pytest.raises(CommandFailed) as failed:
+        await client.snapshot(sandbox_id)
+    assert "escape is a symlink to '/etc/passwd'" in failed.value.message
+    assert "staging" not in failed.value.message  # no worker path in the reason
+    [snapshot] = await client.snapshots(sandbox_id=sandbox_id)
+    assert snapshot["status"] == "failed"
+    got = await client.get(sandbox_id)
+    assert got is not None
+    assert (got["status"], got["snapshotting"]) == ("active", None)  # the sandbox is released
+    await client.destroy(sandbox_id)
