@@ -30,7 +30,7 @@ from sandboxer.config.catalog import Catalog
 from sandboxer.domain.sandbox_snapshots import StartSnapshot
 from sandboxer.domain.snapshot_decide import DeleteSnapshotDecision, RequestSnapshot
 from sandboxer.errors import Rejected
-from sandboxer.ids import derive_snapshot_id
+from sandboxer.ids import derive_sandbox_id, derive_snapshot_id
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.snapshot_deciding import apply_snapshot
 from sandboxer.workspaces.bucket import open_bucket
@@ -114,6 +114,18 @@ class SnapshotCommands:
 
     async def restore_as_create(self, command: RestoreSnapshot) -> CreateSandbox:
         """The create a restore stands for: the snapshot's object as the profile's directory input."""
+        target = command.sandbox_id or derive_sandbox_id(command.command_id)
+        decided = (await self._store.load(target)).state
+        if command.command_id in decided.handled and decided.profile is not None:
+            # Decided before a crash: complete it as it was decided, whatever became of the
+            # snapshot since (a decided command never turns into a rejection).
+            return CreateSandbox(
+                command_id=command.command_id,
+                actor=command.actor,
+                profile=decided.profile,
+                inputs=decided.inputs,
+                sandbox_id=target,
+            )
         snapshot = (await self._store.load_snapshot(command.snapshot_id)).state
         if snapshot.status != "created" or snapshot.sha256 is None:
             why = {

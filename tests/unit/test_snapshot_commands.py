@@ -3,6 +3,7 @@ appends is completed by the redelivered command, and a restore becomes the right
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -14,10 +15,12 @@ from sandboxer.bus.event_store import LoadedSnapshot
 from sandboxer.bus.memory_store import MemoryEventStore
 from sandboxer.commands.types import RestoreSnapshot, SnapshotSandbox
 from sandboxer.config.catalog import Catalog
-from sandboxer.domain.snapshot_decide import RecordSnapshotStored
+from sandboxer.domain.admission import admit_create
+from sandboxer.domain.snapshot_decide import DeleteSnapshotDecision, RecordSnapshotStored
 from sandboxer.errors import Rejected
 from sandboxer.events.types import SYSTEM_ACTOR, SnapshotEvent, event_type
 from sandboxer.ids import derive_snapshot_id
+from sandboxer.workers.deciding import apply
 from sandboxer.workers.jobs import job_for
 from sandboxer.workers.snapshot_commands import SnapshotCommands
 from sandboxer.workers.snapshot_deciding import apply_snapshot
@@ -86,3 +89,33 @@ async def test_a_restore_is_a_create_of_the_snapshots_object(tmp_path: Path) -> 
     )
     with pytest.raises(Rejected, match="receives the snapshot's workspace"):
         await commands.restore_as_create(clash)
+
+
+async def test_a_decided_restore_is_completed_even_after_its_snapshot_is_deleted(
+    tmp_path: Path,
+) -> None:
+    store = MemoryEventStore()
+    await ready_sandbox(store)
+    commands = SnapshotCommands(NO_BUS, store, Catalog.load(tmp_path))
+    await commands.snapshot(snapshot_command())
+    snapshot_id = derive_snapshot_id("c-snap")
+    stored = RecordSnapshotStored(
+        job_id="j", bucket="B", object="sha256-" + "b" * 64, size=1, sha256="b" * 64
+    )
+    await apply_snapshot(store, snapshot_id, stored)
+    restore = RestoreSnapshot(
+        command_id="c-restore", actor=SYSTEM_ACTOR, snapshot_id=snapshot_id, sandbox_id="restored01"
+    )
+    create = await commands.restore_as_create(restore)
+    admitted = admit_create(
+        create,
+        Catalog.load(tmp_path).profile("profile.local"),
+        {"ext.local": Catalog.load(tmp_path).extensions_enabled()["ext.local"]},
+    )
+    await apply(store, "restored01", dataclasses.replace(admitted, restored_from=snapshot_id))
+    await apply_snapshot(
+        store, snapshot_id, DeleteSnapshotDecision(command_id="c-del", actor=SYSTEM_ACTOR)
+    )
+    again = await commands.restore_as_create(restore)  # the command redelivered after a crash
+    assert again.inputs == create.inputs
+    assert (await store.load("restored01")).state.restored_from == snapshot_id
