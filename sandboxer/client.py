@@ -312,6 +312,21 @@ class SandboxerClient:
         command = self._about(sandbox_id, command_id, **extra)
         return await self._run("expire", command, sandbox_id, {"destroying"}, wait, None, timeout)
 
+    async def pause(
+        self, sandbox_id: str, *, command_id: str | None = None, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Freeze the sandbox's processes (its TTL clock stops); returns the ``paused`` event
+        (raises CommandFailed when refused, or with the backend's reason when it failed)."""
+        command = self._about(sandbox_id, command_id)
+        return await self._run("pause", command, sandbox_id, {"paused"}, True, None, timeout)
+
+    async def resume(
+        self, sandbox_id: str, *, command_id: str | None = None, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Thaw a paused sandbox (its TTL clock runs again); returns the ``resumed`` event."""
+        command = self._about(sandbox_id, command_id)
+        return await self._run("resume", command, sandbox_id, {"resumed"}, True, None, timeout)
+
     # -- snapshots (docs/snapshots.md) ------------------------------------------------------------
 
     async def snapshot(

@@ -27,6 +27,9 @@ __all__ = ["CommandFailed", "EventCallback", "OutcomeWatcher", "notify"]
 
 EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 
+EXPIRIES = frozenset({"expired", "pause_limit_reached"})
+"""Events by which a sandbox expires (the second: it stayed paused past ``ttl.max_pause``)."""
+
 
 async def notify(callback: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
     """Call a user's callback, which may be plain or async."""
@@ -107,7 +110,7 @@ class OutcomeWatcher:
             event = await outcome.get()
             finished = verb == "destroy" and event.get("type") == "destroyed"
             # An expiry, whoever sent it, ends the wait for any work on the sandbox.
-            ended = event.get("type") == "expired" and verb not in {"destroy", "expire"}
+            ended = event.get("type") in EXPIRIES and verb not in {"destroy", "expire"}
             if (event.get("command_id") != command_id and not (finished or ended)) or event.get(
                 "event_id"
             ) in seen:
@@ -126,11 +129,15 @@ class OutcomeWatcher:
                 raise CommandFailed(f"{verb} rejected: {event.get('reason')}", event)
             if kind == "failed":
                 raise CommandFailed(f"sandbox {sandbox_id} failed: {event.get('reason')}", event)
+            if kind == "pause_failed":
+                raise CommandFailed(
+                    f"{event.get('operation')} of {sandbox_id} failed: {event.get('reason')}", event
+                )
             if kind == "destroyed" and verb != "destroy":
                 raise CommandFailed(f"sandbox {sandbox_id} was destroyed", event)
             if ended:
                 raise CommandFailed(
-                    f"sandbox {sandbox_id} expired ({event.get('cause')}) before the {verb} "
+                    f"sandbox {sandbox_id} expired ({event.get('cause', 'pause_limit')}) before the {verb} "
                     "finished; a longer --ttl or extend-ttl keeps it",
                     event,
                 )

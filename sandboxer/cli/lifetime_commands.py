@@ -1,8 +1,9 @@
-"""CLI commands for a sandbox's lifetime: ``extend-ttl``, ``touch`` and ``expire``.
+"""CLI commands for a sandbox's lifetime: ``extend-ttl``, ``touch``, ``pause``, ``resume``
+and ``expire``.
 
 The service keeps time itself (docs/ttl.md); these let a person push an expiry later,
-record activity the service cannot see (SSH straight into a sandbox), and see or hasten
-what is overdue.
+record activity the service cannot see (SSH straight into a sandbox), stop a sandbox and
+its clock for a while, and see or hasten what is overdue.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sandboxer.client import SandboxerClient
 from sandboxer.clock import utc_now
 from sandboxer.errors import InvalidInput
 
-__all__ = ["expire", "extend_ttl", "touch"]
+__all__ = ["expire", "extend_ttl", "pause", "resume", "touch"]
 
 
 def extend_ttl(
@@ -40,6 +41,26 @@ def touch(sandbox_id: str, as_json: JsonOpt = False) -> None:
         print_json(accepted)
     else:
         typer.echo(f"touched {sandbox_id}")
+
+
+def pause(sandbox_id: str, as_json: JsonOpt = False) -> None:
+    """Freeze every process of a sandbox; its TTL clock stops until it is resumed (within
+    its profile's ttl.max_pause, if it sets one)."""
+    event = run(with_client(lambda c: c.pause(sandbox_id)))
+    if as_json:
+        print_json(event)
+    else:
+        typer.echo(f"paused {sandbox_id} at {event['at']}")
+
+
+def resume(sandbox_id: str, as_json: JsonOpt = False) -> None:
+    """Thaw a paused sandbox; its TTL clock runs again from where it stopped."""
+    event = run(with_client(lambda c: c.resume(sandbox_id)))
+    if as_json:
+        print_json(event)
+        return
+    after = f"; it now expires at {event['expires_at']}" if event.get("expires_at") else ""
+    typer.echo(f"resumed {sandbox_id} after {event['paused_seconds']:.1f}s paused{after}")
 
 
 def expire(

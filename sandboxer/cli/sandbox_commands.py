@@ -61,11 +61,14 @@ def _show_sandbox(sandbox: dict[str, Any]) -> None:
         "updated_at",
         "expires_at",
         "last_activity_at",
+        "paused_at",
         "expiry",
         "failure",
     ):
         if sandbox.get(key) not in (None, ""):
             typer.echo(f"{key:<12} {sandbox[key]}")
+    if sandbox.get("paused_at"):  # its clocks stand still (docs/ttl.md, "Pause")
+        typer.echo(f"{'ttl clock':<12} stopped; expires_at moves later by the pause at resume")
     if sandbox.get("due"):  # the earlier of its TTL and idle deadlines (docs/ttl.md)
         typer.echo(f"{'due':<12} {sandbox['due']['at']} ({sandbox['due']['cause']})")
     for warning in sandbox.get("warnings") or []:

@@ -20,8 +20,10 @@ __all__ = [
     "DestroySandbox",
     "ExpireSandbox",
     "ExtendTtl",
+    "PauseSandbox",
     "RecreateSandbox",
     "RestoreSnapshot",
+    "ResumeSandbox",
     "SnapshotSandbox",
     "TouchSandbox",
     "target_sandbox",
@@ -82,6 +84,20 @@ class ExpireSandbox(_CommandBase, frozen=True, kw_only=True):
     reason: str | None = None
 
 
+class PauseSandbox(_CommandBase, frozen=True, kw_only=True):
+    """Freeze every process of a ready or active sandbox (``sandboxer.cmd.pause``); its TTL
+    clock stops until it is resumed. Only on a backend whose declaration sets
+    ``capabilities.pause``."""
+
+    sandbox_id: str
+
+
+class ResumeSandbox(_CommandBase, frozen=True, kw_only=True):
+    """Thaw a paused sandbox (``sandboxer.cmd.resume``); its TTL clock starts again."""
+
+    sandbox_id: str
+
+
 class SnapshotSandbox(_CommandBase, frozen=True, kw_only=True):
     """Store a copy of a sandbox's workspace (``sandboxer.cmd.snapshot``); the snapshot's id is
     derived from ``command_id`` (:func:`sandboxer.ids.derive_snapshot_id`)."""
@@ -120,6 +136,8 @@ Command = (
     | SnapshotSandbox
     | DeleteSnapshot
     | RestoreSnapshot
+    | PauseSandbox
+    | ResumeSandbox
 )
 
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -132,6 +150,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {
     "snapshot": SnapshotSandbox,
     "delete_snapshot": DeleteSnapshot,
     "restore": RestoreSnapshot,
+    "pause": PauseSandbox,
+    "resume": ResumeSandbox,
 }
 """Verb (last subject token) -> command type."""
 

@@ -67,8 +67,11 @@ class Ttl(_Strict):
     default: str = "4h"
     max: str = "24h"
     idle_reap: str | None = None
+    max_pause: str | None = None
+    """The longest a sandbox may stay paused before it expires (default: no limit; the TTL
+    clock stands still while paused)."""
 
-    _durations = field_validator("default", "max", "idle_reap")(_check_duration)
+    _durations = field_validator("default", "max", "idle_reap", "max_pause")(_check_duration)
 
 
 class Resources(_Strict):

@@ -57,6 +57,7 @@ def admit_create(
         ttl_seconds=ttl,
         ttl_max_seconds=ttl_max,
         idle_reap_seconds=parse_duration(profile.ttl.idle_reap) if profile.ttl.idle_reap else None,
+        max_pause_seconds=parse_duration(profile.ttl.max_pause) if profile.ttl.max_pause else None,
     )
 
 

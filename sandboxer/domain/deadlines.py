@@ -13,6 +13,11 @@ Activity is recorded at most once per touch interval (:func:`touch_interval`), s
 last recorded activity can trail the real one by up to one interval. Adding that interval
 to the idle deadline means a sandbox is never reaped while it was used within its limit;
 it may outlive the limit by at most one interval.
+
+While a sandbox is paused both clocks stand still: from ``paused`` to ``resumed`` neither
+deadline can pass (``resumed`` moves ``expires_at`` later by the pause's length, and counts
+as activity). The only deadline of a paused sandbox is its pause limit (``ttl.max_pause``,
+recorded in ``requested``): the pause's start plus that limit, or none.
 """
 
 from __future__ import annotations
@@ -25,18 +30,36 @@ from sandboxer.domain.timestamps import seconds_between, shift
 
 __all__ = [
     "EXPIRABLE",
+    "PAUSED",
     "Due",
     "due",
     "idle_deadline",
+    "pause_deadline",
+    "sandbox_clock",
     "seconds_between",
     "shift",
     "touch_interval",
 ]
 
 EXPIRABLE = frozenset(
-    {"requested", "routed", "provisioning", "ready", "active", "failed", "recreating"}
+    {
+        "requested",
+        "routed",
+        "provisioning",
+        "ready",
+        "active",
+        "failed",
+        "recreating",
+        "pausing",
+        "paused",
+        "resuming",
+    }
 )
-"""States in which a TTL runs out (every live state; ``expired`` is already on its way out)."""
+"""States in which a sandbox can expire (every live state; ``expired`` is already on its way
+out). A paused one expires only by its pause limit."""
+
+PAUSED = frozenset({"paused", "resuming"})
+"""States whose clocks stand still: frozen, and not yet running again."""
 
 IDLE = frozenset({"ready", "active"})
 """States in which idleness counts: before ``ready`` nobody could use the sandbox."""
@@ -57,7 +80,7 @@ class Due:
     """A deadline and what it is (``ttl`` or ``idle``)."""
 
     at: str
-    cause: Literal["ttl", "idle"]
+    cause: Literal["ttl", "idle", "pause_limit"]
 
 
 def idle_deadline(state: SandboxState) -> str | None:
@@ -67,10 +90,28 @@ def idle_deadline(state: SandboxState) -> str | None:
     return shift(state.last_activity_at, state.idle_reap_seconds + slack)
 
 
+def sandbox_clock(state: SandboxState, now: str) -> str:
+    """The sandbox's own "now": ``now``, except while paused, when its clock stands at the
+    pause's start (so, say, a TTL extended while paused is extended from there)."""
+    if state.status in PAUSED and state.paused_at is not None:
+        return state.paused_at
+    return now
+
+
+def pause_deadline(state: SandboxState) -> str | None:
+    """When a paused sandbox's pause limit runs out; None if it is not paused or has none."""
+    if state.status not in PAUSED or state.paused_at is None or not state.max_pause_seconds:
+        return None
+    return shift(state.paused_at, state.max_pause_seconds)
+
+
 def due(state: SandboxState) -> Due | None:
     """The earliest deadline of a sandbox that can still expire; None when it has none."""
     if state.status not in EXPIRABLE:
         return None
+    if state.status in PAUSED:
+        limit = pause_deadline(state)
+        return None if limit is None else Due(limit, "pause_limit")
     candidates: list[Due] = []
     if state.expires_at is not None:
         candidates.append(Due(state.expires_at, "ttl"))

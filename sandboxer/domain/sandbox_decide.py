@@ -17,10 +17,18 @@ from sandboxer.commands.types import (
     DestroySandbox,
     ExpireSandbox,
     ExtendTtl,
+    PauseSandbox,
     RecreateSandbox,
+    ResumeSandbox,
     TouchSandbox,
 )
 from sandboxer.domain.sandbox_lifetime import decide_expire, decide_extend, decide_touch
+from sandboxer.domain.sandbox_pause import (
+    MarkPaused,
+    MarkPauseFailed,
+    MarkResumed,
+    decide_pause_step,
+)
 from sandboxer.domain.sandbox_snapshots import FinishSnapshot, StartSnapshot, decide_snapshot_hold
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import Rejected
@@ -67,6 +75,7 @@ class AdmittedCreate:
     idle_reap_seconds: float | None = None
     restored_from: str | None = None
     """For a restore: the snapshot whose object is the directory input."""
+    max_pause_seconds: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +127,11 @@ DomainCommand = (
     | ExpireSandbox
     | StartSnapshot
     | FinishSnapshot
+    | PauseSandbox
+    | ResumeSandbox
+    | MarkPaused
+    | MarkResumed
+    | MarkPauseFailed
 )
 
 
@@ -136,6 +150,8 @@ def decide(  # noqa: PLR0912 (a flat dispatch: one case per command reads best)
             return _decide_lifetime(state, command, now)
         case StartSnapshot() | FinishSnapshot():
             return decide_snapshot_hold(state, command, now)
+        case PauseSandbox() | ResumeSandbox() | MarkPaused() | MarkResumed() | MarkPauseFailed():
+            return decide_pause_step(state, command, now)
         case StartProvisioning():
             return _decide_start(state, command, now)
         case MarkReady():
@@ -227,6 +243,7 @@ def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> l
             ttl_max_seconds=admitted.ttl_max_seconds,
             idle_reap_seconds=admitted.idle_reap_seconds,
             restored_from=admitted.restored_from,
+            max_pause_seconds=admitted.max_pause_seconds,
         ),
         _routed(admitted, now),
     ]

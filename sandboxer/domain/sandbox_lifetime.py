@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from sandboxer.commands.types import ExpireSandbox, ExtendTtl, TouchSandbox
-from sandboxer.domain.deadlines import EXPIRABLE, due, touch_interval
+from sandboxer.domain.deadlines import (
+    EXPIRABLE,
+    PAUSED,
+    Due,
+    due,
+    sandbox_clock,
+    touch_interval,
+)
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.timestamps import seconds_between, shift
 from sandboxer.durations import format_duration, parse_duration
@@ -20,6 +27,7 @@ from sandboxer.events.types import (
     SandboxDestroying,
     SandboxEvent,
     SandboxExpired,
+    SandboxPauseLimitReached,
     SandboxTouched,
     SandboxTtlExtended,
 )
@@ -50,11 +58,13 @@ def decide_extend(state: SandboxState, command: ExtendTtl, now: str) -> list[San
         )
     by = parse_duration(command.duration)
     # An overdue sandbox the expirer has not reached yet is extended from now, not from a
-    # deadline already in the past.
-    start = max(state.expires_at, now)
+    # deadline already in the past (from the pause's start while paused: its clock stopped).
+    start = max(state.expires_at, sandbox_clock(state, now))
     new_expiry = shift(start, by)
     if state.ttl_max_seconds is not None:
-        limit = shift(state.created_at, state.ttl_max_seconds)
+        # Paused time does not count toward ttl.max either (the current pause is added to
+        # both sides when it ends, so it is left out of both here).
+        limit = shift(state.created_at, state.ttl_max_seconds + state.paused_seconds)
         if new_expiry > limit:
             lived = format_duration(round(seconds_between(state.created_at, new_expiry)))
             raise Rejected(
@@ -110,13 +120,19 @@ def decide_expire(state: SandboxState, command: ExpireSandbox, now: str) -> list
     if state.status in {"destroying", "expired"}:
         return []  # already on its way out (a destroy or another expiry won the race)
     deadline = due(state)
+    passed = deadline is not None and deadline.at <= now
+    if passed and deadline is not None and deadline.cause == "pause_limit":
+        limit_reached = _pause_limit_reached(state, command, now, deadline)
+        return [limit_reached, _destroying(state, command, now, "pause_limit")]
     cause: Literal["ttl", "idle", "forced"]
-    if deadline is not None and deadline.at <= now:
+    if passed and deadline is not None and deadline.cause != "pause_limit":
         cause = deadline.cause
     elif command.actor.type == "adm":
         cause = "forced"
     else:
         when = f"it is due at {deadline.at} ({deadline.cause})" if deadline else "it has no TTL"
+        if deadline is None and state.status in PAUSED:
+            when = "it is paused (its TTL clock stands still) and has no pause limit"
         raise Rejected(
             "not_due",
             f"sandbox {state.sandbox_id} is not due to expire: {when}; "
@@ -132,6 +148,23 @@ def decide_expire(state: SandboxState, command: ExpireSandbox, now: str) -> list
         note=command.reason,
     )
     return [expired, _destroying(state, command, now, cause)]
+
+
+def _pause_limit_reached(
+    state: SandboxState, command: ExpireSandbox, now: str, deadline: Due
+) -> SandboxPauseLimitReached:
+    assert state.paused_at is not None
+    assert state.max_pause_seconds is not None
+    return SandboxPauseLimitReached(
+        sandbox_id=state.sandbox_id,
+        command_id=command.command_id,
+        actor=command.actor,
+        at=now,
+        paused_at=state.paused_at,
+        max_pause_seconds=state.max_pause_seconds,
+        due_at=deadline.at,
+        note=command.reason,
+    )
 
 
 def _destroying(

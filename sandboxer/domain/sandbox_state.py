@@ -19,10 +19,14 @@ Lifecycle::
                                  ▼  │(destroy again, or reap-stale)
                            teardown_failed: still destroying, marked stuck
     any live state ─expire (TTL or idle limit ran out)→ expired → destroying (same append)
+    ready/active ─pause→ pausing → paused ─resume→ resuming → resumed: ready/active again
+                  (pause_failed: back as it was; after a failed resume: still paused)
+    paused too long (ttl.max_pause) ─expire→ pause_limit_reached (status expired) → destroying
 
 ``expires_at`` is the ``requested`` event's time plus its TTL, moved by ``ttl_extended``;
 ``last_activity_at`` is the time of ``ready``, ``active`` or ``touched``. Deadlines are
-computed from them in :mod:`sandboxer.domain.deadlines`.
+computed from them in :mod:`sandboxer.domain.deadlines`. Both clocks stand still from
+``paused`` to ``resumed``: ``resumed`` moves ``expires_at`` later by the pause's length.
 """
 
 from __future__ import annotations
@@ -40,10 +44,16 @@ from sandboxer.events.types import (
     SandboxEvent,
     SandboxExpired,
     SandboxFailed,
+    SandboxPaused,
+    SandboxPauseFailed,
+    SandboxPauseLimitReached,
+    SandboxPausing,
     SandboxProvisioning,
     SandboxReady,
     SandboxRecreating,
     SandboxRequested,
+    SandboxResumed,
+    SandboxResuming,
     SandboxRouted,
     SandboxSnapshotFinished,
     SandboxSnapshotStarted,
@@ -66,10 +76,25 @@ Status = Literal[
     "expired",
     "destroying",
     "destroyed",
+    "pausing",
+    "paused",
+    "resuming",
 ]
 
 LIVE = frozenset(
-    {"requested", "routed", "provisioning", "ready", "active", "failed", "recreating", "expired"}
+    {
+        "requested",
+        "routed",
+        "provisioning",
+        "ready",
+        "active",
+        "failed",
+        "recreating",
+        "expired",
+        "pausing",
+        "paused",
+        "resuming",
+    }
 )
 """States a destroy may leave."""
 
@@ -114,6 +139,14 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     recreated_at: str | None = None
     restored_from: str | None = None
     """Lineage: the snapshot a restore made this sandbox from."""
+    max_pause_seconds: float | None = None
+    """The profile's ``ttl.max_pause`` at creation: the longest a pause may last."""
+    paused_at: str | None = None
+    """When the current pause began (``paused``), while paused or resuming."""
+    paused_from: Literal["ready", "active"] | None = None
+    """The status a pause left, which ``resumed`` (or a failed pause) returns to."""
+    paused_seconds: float = 0.0
+    """The length of every finished pause, which ``ttl.max`` does not count either."""
     snapshotting: str | None = None
     """The snapshot being taken of this sandbox, from ``snapshot_started`` to
     ``snapshot_finished``; a teardown waits for it (see ``domain/sandbox_snapshots.py``)."""
@@ -124,7 +157,9 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: str | None = None
 
 
-def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
+def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
+    state: SandboxState, event: SandboxEvent
+) -> SandboxState:
     """The state after ``event``. Total: an event that does not apply leaves the state as it is."""
     replace = msgspec.structs.replace
     base = replace(
@@ -154,6 +189,7 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
                 else shift(event.at, event.ttl_seconds),
                 created_at=event.at,
                 restored_from=event.restored_from,
+                max_pause_seconds=event.max_pause_seconds,
             )
         case SandboxRouted():
             return replace(base, status="routed", extension=event.extension, host=event.host)
@@ -199,6 +235,15 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
             return replace(base, snapshotting=event.snapshot_id)
         case SandboxSnapshotFinished():
             return replace(base, snapshotting=None)
+        case (
+            SandboxPausing()
+            | SandboxPaused()
+            | SandboxResuming()
+            | SandboxResumed()
+            | SandboxPauseFailed()
+            | SandboxPauseLimitReached()
+        ):
+            return _evolve_pause(base, event)
     return base
 
 
@@ -222,6 +267,50 @@ def _evolve_lifetime(
             )
         case SandboxExpired():
             return replace(base, status="expired", expiry=event.cause, correlation=event.command_id)
+
+
+def _evolve_pause(
+    base: SandboxState,
+    event: SandboxPausing
+    | SandboxPaused
+    | SandboxResuming
+    | SandboxResumed
+    | SandboxPauseFailed
+    | SandboxPauseLimitReached,
+) -> SandboxState:
+    replace = msgspec.structs.replace
+    match event:
+        case SandboxPausing():
+            was = base.status if base.status in {"ready", "active"} else "ready"
+            return replace(
+                base,
+                status="pausing",
+                paused_from="active" if was == "active" else "ready",
+                correlation=event.command_id,
+            )
+        case SandboxPaused():
+            return replace(base, status="paused", paused_at=event.at)
+        case SandboxResuming():
+            return replace(base, status="resuming", correlation=event.command_id)
+        case SandboxResumed():
+            # A resume is a command on the sandbox, so it counts as activity too.
+            return replace(
+                base,
+                status=base.paused_from or "ready",
+                paused_from=None,
+                paused_at=None,
+                paused_seconds=base.paused_seconds + event.paused_seconds,
+                expires_at=event.expires_at,
+                last_activity_at=event.at,
+            )
+        case SandboxPauseFailed():
+            if event.operation == "resume":
+                return replace(base, status="paused")
+            return replace(base, status=base.paused_from or "ready", paused_from=None)
+        case SandboxPauseLimitReached():
+            return replace(
+                base, status="expired", expiry="pause_limit", correlation=event.command_id
+            )
 
 
 def fold(sandbox_id: str, events: list[SandboxEvent]) -> SandboxState:

@@ -31,10 +31,16 @@ __all__ = [
     "SandboxEvent",
     "SandboxExpired",
     "SandboxFailed",
+    "SandboxPauseFailed",
+    "SandboxPauseLimitReached",
+    "SandboxPaused",
+    "SandboxPausing",
     "SandboxProvisioning",
     "SandboxReady",
     "SandboxRecreating",
     "SandboxRequested",
+    "SandboxResumed",
+    "SandboxResuming",
     "SandboxRouted",
     "SandboxSnapshotFinished",
     "SandboxSnapshotStarted",
@@ -95,6 +101,9 @@ class SandboxRequested(_SandboxEventBase, frozen=True, kw_only=True, tag="reques
     this long expires."""
     restored_from: str | None = None
     """Lineage: the snapshot this sandbox was restored from (its object is the directory input)."""
+    max_pause_seconds: float | None = None
+    """The profile's ``ttl.max_pause`` at admission: a sandbox paused this long expires
+    (``pause_limit_reached``). None: a pause may last as long as its TTL would have."""
 
 
 class SandboxRouted(_SandboxEventBase, frozen=True, kw_only=True, tag="routed"):
@@ -200,6 +209,53 @@ class SandboxSnapshotFinished(
 
     snapshot_id: str
     outcome: Literal["created", "failed"]
+
+
+class SandboxPausing(_SandboxEventBase, frozen=True, kw_only=True, tag="pausing"):
+    """A pause was accepted: the backend's worker is freezing every process of the sandbox.
+    The TTL clock still runs until ``paused``."""
+
+
+class SandboxPaused(_SandboxEventBase, frozen=True, kw_only=True, tag="paused"):
+    """Every process of the sandbox is frozen. Its TTL and idle clocks stop at ``at``; its
+    profile's ``ttl.max_pause`` (recorded in ``requested``) counts from here."""
+
+
+class SandboxResuming(_SandboxEventBase, frozen=True, kw_only=True, tag="resuming"):
+    """A resume was accepted: the backend's worker is thawing the sandbox (its clocks stay
+    stopped until ``resumed``)."""
+
+
+class SandboxResumed(_SandboxEventBase, frozen=True, kw_only=True, tag="resumed"):
+    """The sandbox runs again, as ready or active as it was before the pause. Its clocks
+    restart: the TTL's deadline moved later by the pause's length."""
+
+    paused_seconds: float
+    """How long this pause lasted (from ``paused`` to this event)."""
+    expires_at: str | None = None
+    """The TTL's deadline after the pause (the one before it, plus ``paused_seconds``)."""
+
+
+class SandboxPauseFailed(_SandboxEventBase, frozen=True, kw_only=True, tag="pause_failed"):
+    """The backend could not pause (the sandbox stays as it was) or resume it (it stays
+    paused, and a resume may be tried again)."""
+
+    operation: Literal["pause", "resume"]
+    reason: str
+
+
+class SandboxPauseLimitReached(
+    _SandboxEventBase, frozen=True, kw_only=True, tag="pause_limit_reached"
+):
+    """The sandbox stayed paused past its profile's ``ttl.max_pause``: it expired (status
+    ``expired``) and a ``destroying`` follows in the same append. (A type of its own rather
+    than a new ``cause`` of ``expired``, which readers of that type would not know.)"""
+
+    paused_at: str
+    max_pause_seconds: float
+    due_at: str
+    note: str | None = None
+    """The expire command's free-text reason, if it gave one."""
 
 
 class _SnapshotEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -318,6 +374,12 @@ SandboxEvent = (
     | SandboxExpired
     | SandboxSnapshotStarted
     | SandboxSnapshotFinished
+    | SandboxPausing
+    | SandboxPaused
+    | SandboxResuming
+    | SandboxResumed
+    | SandboxPauseFailed
+    | SandboxPauseLimitReached
 )
 SnapshotEvent = SnapshotRequested | SnapshotCreated | SnapshotFailed | SnapshotDeleted
 """The snapshot aggregate's events. Their tags carry a ``snapshot_`` prefix because every

@@ -31,8 +31,10 @@ from sandboxer.commands.types import (
     DestroySandbox,
     ExpireSandbox,
     ExtendTtl,
+    PauseSandbox,
     RecreateSandbox,
     RestoreSnapshot,
+    ResumeSandbox,
     SnapshotSandbox,
     TouchSandbox,
     target_sandbox,
@@ -47,6 +49,7 @@ from sandboxer.events.types import Actor, CommandRejected
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.jobs import job_for
+from sandboxer.workers.pause_commands import decide_pause_step
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from sandboxer.workers.snapshot_commands import SnapshotCommands
 
@@ -130,6 +133,8 @@ class ControlWorker:
         if isinstance(command, DeleteSnapshot):
             await self._snapshots.delete(command)
             return None
+        if isinstance(command, PauseSandbox | ResumeSandbox):
+            return await decide_pause_step(self._store, self._catalog, command)
         restored_from = None
         if isinstance(command, RestoreSnapshot):
             restored_from = command.snapshot_id

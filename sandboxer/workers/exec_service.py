@@ -14,6 +14,10 @@ An exec is activity: the worker publishes ``sandboxer.cmd.touch`` for the sandbo
 holds off idle reaping (the first one after ``ready`` makes it ``active``). It skips the
 touch when it sent one within the sandbox's touch interval, since the domain would record
 nothing for it anyway.
+
+A paused sandbox (or one being paused or resumed) runs nothing: its processes are frozen,
+and a command entering it would freeze too. The worker that owns it answers at once with an
+error saying so, rather than staying silent as for a sandbox it cannot reach.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ log = logging.getLogger(__name__)
 HEADER = "Sandboxer-Exec"
 MAX_ARGV_BYTES = 128 * 1024
 EXEC_ACTOR = Actor(type="atm", id="sandboxer-exec")
+RUNNING = frozenset({"ready", "active"})
+FROZEN = frozenset({"pausing", "paused", "resuming"})
 MAX_REMEMBERED_TOUCHES = 10_000
 
 
@@ -81,7 +87,7 @@ class ExecService:
     async def _reachable(self, sandbox_id: str) -> SandboxState | None:
         """The sandbox's state when this worker should answer for ``sandbox_id``."""
         state = (await self._store.load(sandbox_id)).state
-        if state.extension != self._extension.id or state.status not in {"ready", "active"}:
+        if state.extension != self._extension.id or state.status not in RUNNING | FROZEN:
             return None
         if self._extension.host_local:
             found = await self._extension.list_sandboxes()
@@ -135,6 +141,11 @@ class ExecService:
                 raise SandboxerError("argv must not contain NUL bytes")
         except (msgspec.DecodeError, SandboxerError) as exc:
             await send("exit", msgspec.json.encode({"error": f"invalid exec request: {exc}"}))
+            return
+        if state.status in FROZEN:
+            reason = f"sandbox {sandbox_id} is {state.status}: its processes are frozen and run "
+            reason += f"nothing; resume it first (sandboxer resume {sandbox_id})"
+            await send("exit", msgspec.json.encode({"error": reason}))
             return
         await send("started", b"")
         await self._touch(state)

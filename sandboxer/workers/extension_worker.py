@@ -45,6 +45,7 @@ from sandboxer.secrets import redact, resolve_secrets
 from sandboxer.workers import deciding
 from sandboxer.workers.host_events import inspect_and_record
 from sandboxer.workers.jobs import Job
+from sandboxer.workers.pause_job import PauseJob
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from sandboxer.workers.snapshot_job import SnapshotJob
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -87,6 +88,7 @@ class ExtensionWorker:
             limits=self._directories.limits,
             explain=lambda exc: _reason(exc, {}),
         )
+        self._pauses = PauseJob(store, extension, explain=lambda exc: _reason(exc, {}))
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
         token = subjects.extension_token(extension.id)
@@ -168,6 +170,8 @@ class ExtensionWorker:
             host = loaded.state.host
             if job.action == "snapshot":
                 await self._snapshots.run(job, loaded.state)
+            elif job.action in {"pause", "resume"}:
+                await self._pauses.run(job, loaded.state)
             elif job.action == "teardown":
                 await self._teardown(job, host)
             else:
@@ -265,6 +269,9 @@ class ExtensionWorker:
         reason = _reason(exc, {})
         if job.action == "snapshot":
             await self._snapshots.give_up(job, exc)  # the sandbox itself is untouched
+            return
+        if job.action in {"pause", "resume"}:
+            await self._pauses.give_up(job, f"worker error: {reason}")
             return
         if job.action == "teardown":
             # Stays 'destroying', marked stuck; destroy again or reap-stale retries it.

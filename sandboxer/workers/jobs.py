@@ -10,7 +10,7 @@ from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = ["Job", "job_for"]
 
-Action = Literal["provision", "recreate", "teardown", "snapshot"]
+Action = Literal["provision", "recreate", "teardown", "snapshot", "pause", "resume"]
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,6 +28,8 @@ _ACTIONS: dict[str, Action] = {
     "routed": "provision",
     "recreating": "recreate",
     "destroying": "teardown",
+    "pausing": "pause",
+    "resuming": "resume",
 }
 
 

@@ -122,7 +122,8 @@ async def test_full_lifecycle_leaves_nothing_behind(ext: LocalExtension, root: P
     assert refs[0].pid == descriptor["holder_pid"]
     assert all(ref.alive() for ref in refs)
     groups = cgroups_of(sid)
-    assert {path.parent.parent.name for path in groups} == {"memory", "pids", "cpu"}
+    # The limit groups, and the freezer's (for pause).
+    assert {path.parent.parent.name for path in groups} == {"memory", "pids", "cpu", "freezer"}
     assert (CGROUP / "cpu" / "sandboxer" / groups[0].name / "cpu.cfs_quota_us").read_text() == (
         "100000\n"
     )
@@ -136,7 +137,12 @@ async def test_full_lifecycle_leaves_nothing_behind(ext: LocalExtension, root: P
     assert [(item.sandbox_id, item.alive) for item in found] == [(sid, True)]
     info = await ext.inspect_host()
     assert info["sandboxes"] == 1
-    assert info["cgroups_writable"] == {"memory": True, "pids": True, "cpu": True}
+    assert info["cgroups_writable"] == {
+        "memory": True,
+        "pids": True,
+        "cpu": True,
+        "freezer": True,
+    }
 
     await ext.teardown(sid)
     assert not (root / sid).exists()
@@ -339,6 +345,7 @@ async def test_limits_become_warnings_when_cgroups_are_unavailable(
         assert [warning.split(":")[0] for warning in ready["warnings"]] == [
             "memory limit not enforced",
             "pids limit not enforced",
+            "pause unavailable",  # no freezer either: the sandbox works, pausing it fails
         ]
         assert "is missing" in ready["warnings"][0]
         assert await run(ext, sid, "true") == (0, "", "")  # the sandbox still works

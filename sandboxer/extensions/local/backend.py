@@ -29,7 +29,7 @@ from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound, Unsupported
 from sandboxer.extensions import host_report
 from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
-from sandboxer.extensions.local import cgroups, workspace
+from sandboxer.extensions.local import cgroups, freezer, workspace
 from sandboxer.extensions.local.bwrap_command import (
     SANDBOX_GID,
     SANDBOX_UID,
@@ -105,6 +105,12 @@ class LocalExtension:
         groups = cgroups.setup(
             self._group(request.sandbox_id), profile.resources, self._cgroup_base
         )
+        # The freezer's group is joined like the limit groups, so pause reaches every process.
+        frozen_group, why = freezer.create_group(
+            self._group(request.sandbox_id), self._cgroup_base, cgroups.GROUP
+        )
+        groups.dirs += [frozen_group] if frozen_group else []
+        groups.warnings += [why] if why else []
         state = dataclasses.replace(
             state,
             cgroups=[str(path) for path in groups.dirs],
@@ -168,12 +174,13 @@ class LocalExtension:
         layout = self._layout(sandbox_id)
         state = workspace.read_state(layout)
         refs = [] if state is None else [ref for ref in (state.holder, state.monitor) if ref]
-        for ref in refs:
-            kill(ref)  # the holder is the pid namespace's init: the kernel kills the rest
         group = self._group(sandbox_id)
         recorded = [Path(path) for path in state.cgroups] if state else []
         dirs = [path for path in recorded if path.name == group]  # only this sandbox's groups
         dirs += cgroups.sandbox_dirs(group, self._cgroup_base)
+        freezer.thaw_now(dirs)  # a paused sandbox: frozen tasks act on SIGKILL once thawed
+        for ref in refs:
+            kill(ref)  # the holder is the pid namespace's init: the kernel kills the rest
         await cgroups.destroy(dirs)
         deadline = time.monotonic() + 5.0
         while any(ref.alive() for ref in refs):
@@ -201,6 +208,18 @@ class LocalExtension:
             copy_workspace_out, workspace_dir, destination, sandbox_id=sandbox_id
         )
 
+    async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
+        """Freeze every process of the sandbox (see :mod:`.freezer`)."""
+        del host  # always this machine
+        control = self._freezer_of(self._running_state(self._layout(sandbox_id)))
+        await freezer.freeze(control, sandbox_id=sandbox_id)
+
+    async def resume(self, sandbox_id: str, *, host: str | None = None) -> None:
+        """Thaw the sandbox's processes; they carry on where they stopped."""
+        del host  # always this machine
+        control = self._freezer_of(self._running_state(self._layout(sandbox_id)))
+        await freezer.thaw(control, sandbox_id=sandbox_id)
+
     async def exec(
         self,
         sandbox_id: str,
@@ -225,6 +244,15 @@ class LocalExtension:
                 extension=self.id,
             )
         state = self._running_state(self._layout(sandbox_id))
+        control = freezer.find_control(Path(path) for path in state.cgroups)
+        if control is not None and freezer.is_frozen(control):
+            # Entering would put the command into the frozen group: it would hang, not run.
+            raise ExtensionError(
+                f"local sandbox {sandbox_id} is paused (its processes are frozen); "
+                f"resume it first: sandboxer resume {sandbox_id}",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
         return await self._run_inside(state, argv, output)
 
     async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
@@ -266,6 +294,18 @@ class LocalExtension:
 
     def _group(self, sandbox_id: str) -> str:
         return f"{sandbox_id}-{self._root_tag}"
+
+    def _freezer_of(self, state: State) -> Path:
+        control = freezer.find_control(Path(path) for path in state.cgroups)
+        if control is None:
+            raise ExtensionError(
+                f"local sandbox {state.sandbox_id} has no freezer cgroup, so it cannot be "
+                "paused: it was made before ext.local could pause, or the freezer was "
+                "unavailable (its warnings say why); recreate it to pause it",
+                sandbox_id=state.sandbox_id,
+                extension=self.id,
+            )
+        return control
 
     def _tool(self, name: str, package: str) -> str:
         path = shutil.which(

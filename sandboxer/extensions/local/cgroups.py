@@ -47,7 +47,8 @@ GROUP = "sandboxer"
 DEFAULT_PIDS = 4096
 """Applied when a profile sets no pids limit: generous, but a fork bomb still stops."""
 CPU_PERIOD_US = 100_000
-V1_CONTROLLERS = ("memory", "pids", "cpu")
+V1_CONTROLLERS = ("memory", "pids", "cpu", "freezer")
+"""Where a sandbox's v1 groups may be (the freezer's is made by :mod:`.freezer`, for pause)."""
 _ADVICE = "run as root on a host with cgroup v1 or v2 controllers"
 
 Version = Literal["v1", "v2"]

@@ -1,0 +1,83 @@
+"""The extension worker's pause and resume jobs: freeze or thaw, then record the outcome.
+
+The control worker decided ``pausing`` (or ``resuming``) and sent the job; this
+asks the backend (:class:`~sandboxer.extensions.capabilities.Pausable`) and
+records ``paused``/``resumed``, or ``pause_failed`` with the backend's reason.
+A job that finds the sandbox no longer pausing or resuming (a destroy or an
+expiry overtook it, or the job was redelivered after its outcome was
+recorded) does nothing: a teardown thaws whatever is frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.publish import is_unavailability
+from sandboxer.domain.sandbox_pause import MarkPaused, MarkPauseFailed, MarkResumed
+from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.extensions.base import Extension
+from sandboxer.extensions.capabilities import Pausable
+from sandboxer.workers.deciding import apply
+from sandboxer.workers.jobs import Job
+
+__all__ = ["PauseJob"]
+
+log = logging.getLogger(__name__)
+
+_EXPECTED = {"pause": "pausing", "resume": "resuming"}
+
+
+class PauseJob:
+    def __init__(
+        self, store: EventStore, extension: Extension, explain: Callable[[BaseException], str]
+    ) -> None:
+        self._store = store
+        self._extension = extension
+        self._explain = explain
+
+    async def run(self, job: Job, state: SandboxState) -> None:
+        operation: Literal["pause", "resume"] = "pause" if job.action == "pause" else "resume"
+        if state.status != _EXPECTED[operation]:
+            log.info("job %s: nothing to do, sandbox is %s", job.job_id, state.status)
+            return
+        backend = self._extension
+        if not isinstance(backend, Pausable):  # its declaration was checked at load; belt
+            await self.give_up(job, f"{backend.id} does not implement pause and resume")
+            return
+        started = time.monotonic()
+        try:
+            if operation == "pause":
+                await backend.pause(job.sandbox_id, host=state.host)
+            else:
+                await backend.resume(job.sandbox_id, host=state.host)
+        except Exception as exc:
+            if is_unavailability(exc):
+                raise  # the log, not the sandbox, failed: the job is retried
+            log.warning("%s of %s failed: %s", operation, job.sandbox_id, self._explain(exc))
+            await self.give_up(job, self._explain(exc))
+            return
+        log.info(
+            "sandbox %s: %s took %.0f ms",
+            job.sandbox_id,
+            operation,
+            (time.monotonic() - started) * 1000,
+        )
+        done = (
+            MarkPaused(job_id=job.job_id)
+            if operation == "pause"
+            else MarkResumed(job_id=job.job_id)
+        )
+        await apply(self._store, job.sandbox_id, done)
+
+    async def give_up(self, job: Job, reason: str) -> None:
+        """Record that the pause or resume failed (the sandbox stays as it was)."""
+        operation: Literal["pause", "resume"] = "pause" if job.action == "pause" else "resume"
+        await apply(
+            self._store,
+            job.sandbox_id,
+            MarkPauseFailed(job_id=job.job_id, operation=operation, reason=reason),
+        )

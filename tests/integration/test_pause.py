@@ -1,0 +1,195 @@
+"""Pause and resume on ext.local, for real (nats-server, bubblewrap, the cgroup freezer):
+a paused sandbox's processes stop and carry on after resume; its TTL does not run out
+while paused and runs on afterwards; the pause limit expires one paused too long (and its
+frozen processes are torn down); a backend without the capability refuses; replay equals
+live after pauses."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.client import SandboxerClient
+from sandboxer.config.settings import Settings
+from sandboxer.domain.timestamps import seconds_between
+from sandboxer.errors import CommandFailed
+from tests.integration import conftest
+from tests.integration.conftest import Cli, Service, reap_local, start_service
+from tests.integration.test_lifecycle import wait_status
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SWEEP = 0.3
+PAUSE_PROFILE = """\
+id: profile.pausable
+extension: ext.local
+ttl: {default: 1m, max: 2m, max_pause: 1s}
+"""
+COUNTER = (
+    "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /workspace/count; sleep 0.02; done' "
+    ">/dev/null 2>&1 &"
+)
+
+
+@pytest.fixture(autouse=True)
+def _quick_sweeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = conftest.settings_for
+
+    def quick(*args: Any, **kwargs: Any) -> Settings:
+        return dataclasses.replace(original(*args, **kwargs), expiry_interval=SWEEP)
+
+    monkeypatch.setattr(conftest, "settings_for", quick)
+
+
+async def events_of(client: SandboxerClient, sandbox_id: str) -> list[dict[str, Any]]:
+    return [event async for _seq, event in client.events(sandbox_id=sandbox_id)]
+
+
+def count(service: Service, sandbox_id: str) -> int:
+    text = (service.settings.local_root / sandbox_id / "workspace" / "count").read_text()
+    return int(text.strip() or 0)
+
+
+async def start_counter(service: Service, sandbox_id: str) -> None:
+    code = await service.client.exec(sandbox_id, ["sh", "-c", COUNTER], lambda _s, _d: None)
+    assert code == 0
+    async with asyncio.timeout(5):
+        while not (service.settings.local_root / sandbox_id / "workspace" / "count").exists():
+            await asyncio.sleep(0.02)
+
+
+async def test_pause_freezes_every_process_and_resume_carries_on(service: Service) -> None:
+    client = service.client
+    sandbox_id = (await client.create())["sandbox_id"]
+    await start_counter(service, sandbox_id)
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    paused = await client.pause(sandbox_id)
+    pause_ms = (time.monotonic() - started) * 1000
+    frozen_at = count(service, sandbox_id)
+    await asyncio.sleep(0.5)
+    assert count(service, sandbox_id) == frozen_at  # not one step while paused
+    shown = await client.get(sandbox_id)
+    assert shown is not None
+    assert (shown["status"], shown["paused_at"], shown["due"]) == ("paused", paused["at"], None)
+    listed = {s["sandbox_id"]: s["status"] for s in await client.list_sandboxes()}
+    assert listed[sandbox_id] == "paused"
+    with pytest.raises(CommandFailed, match="paused"):
+        await client.exec(sandbox_id, ["true"], lambda _s, _d: None)
+    with pytest.raises(CommandFailed) as twice:
+        await client.pause(sandbox_id)
+    assert twice.value.event["code"] == "already_paused"
+
+    started = time.monotonic()
+    resumed = await client.resume(sandbox_id)
+    resume_ms = (time.monotonic() - started) * 1000
+    assert resumed["paused_seconds"] >= 0.5
+    await asyncio.sleep(0.3)
+    assert count(service, sandbox_id) > frozen_at  # the same process carries on
+    outputs: list[bytes] = []
+    assert await client.exec(sandbox_id, ["cat", "count"], lambda _s, d: outputs.append(d)) == 0
+    print(f"\npause {pause_ms:.0f} ms, resume {resume_ms:.0f} ms (client round trips)")
+
+    # A paused sandbox is torn down like any other: the teardown thaws it first.
+    await client.pause(sandbox_id)
+    await client.destroy(sandbox_id, timeout=30)
+    assert not (service.settings.local_root / sandbox_id).exists()
+
+
+async def test_a_short_ttl_stands_still_while_paused_and_runs_on_after(service: Service) -> None:
+    client = service.client
+    sandbox_id = (await client.create(ttl="2s"))["sandbox_id"]
+    await client.pause(sandbox_id)
+    await asyncio.sleep(3.5)  # well past the 2 s TTL, and many sweeps
+    still = await client.get(sandbox_id)
+    assert still is not None
+    assert still["status"] == "paused"
+    resumed = await client.resume(sandbox_id)
+    gone = await wait_status(client, sandbox_id, {"destroyed"}, timeout=15)
+    assert gone["expiry"] == "ttl"
+    events = {event["type"]: event for event in await events_of(client, sandbox_id)}
+    ran_before = seconds_between(events["requested"]["at"], events["paused"]["at"])
+    left = 2 - ran_before
+    # It expired once the time it had left when paused had run after the resume, not before.
+    assert events["expired"]["due_at"] == resumed["expires_at"]
+    after_resume = seconds_between(events["resumed"]["at"], events["expired"]["at"])
+    assert left - 0.01 <= after_resume <= left + SWEEP + 1.5
+    report = await client.replay(verify=True)
+    assert report["verified"], report["differences"]
+
+
+async def test_the_pause_limit_expires_a_sandbox_paused_too_long(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    (home / "profiles").mkdir()
+    (home / "profiles" / "profile.pausable.yaml").write_text(PAUSE_PROFILE)
+    service = await start_service(home, nats_server.url)
+    try:
+        client = service.client
+        sandbox_id = (await client.create("profile.pausable"))["sandbox_id"]
+        await start_counter(service, sandbox_id)
+        paused = await client.pause(sandbox_id)
+        shown = await client.get(sandbox_id)
+        assert shown is not None
+        assert shown["due"]["cause"] == "pause_limit"
+        assert seconds_between(paused["at"], shown["due"]["at"]) == 1
+        gone = await wait_status(client, sandbox_id, {"destroyed"}, timeout=15)
+        assert gone["expiry"] == "pause_limit"
+        types = [event["type"] for event in await events_of(client, sandbox_id)]
+        assert types[-3:] == ["pause_limit_reached", "destroying", "destroyed"]
+        # The frozen processes went with it.
+        assert not (service.settings.local_root / sandbox_id).exists()
+        report = await client.replay(verify=True)
+        assert report["verified"], report["differences"]
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+async def test_a_backend_without_the_capability_refuses_before_any_work(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    declaration = (Path(__file__).parents[2] / "extensions" / "ext.local.yaml").read_text()
+    (home / "extensions").mkdir()
+    (home / "extensions" / "ext.local.yaml").write_text(
+        declaration.replace("pause: true", "pause: false")
+    )
+    service = await start_service(home, nats_server.url)
+    try:
+        client = service.client
+        sandbox_id = (await client.create())["sandbox_id"]
+        with pytest.raises(CommandFailed) as refused:
+            await client.pause(sandbox_id)
+        assert refused.value.event["code"] == "pause_unsupported"
+        assert "capabilities.pause" in refused.value.event["reason"]
+        types = [event["type"] for event in await events_of(client, sandbox_id)]
+        assert "pausing" not in types
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+async def test_the_cli_pauses_shows_and_resumes(service: Service, cli_env: dict[str, str]) -> None:
+    cli = Cli(cli_env)
+    sandbox_id = json.loads((await cli("create", "--json")).stdout)["sandbox_id"]
+    paused = json.loads((await cli("pause", sandbox_id, "--json")).stdout)
+    assert paused["type"] == "paused"
+    assert f"paused_at    {paused['at']}" in (await cli("get", sandbox_id)).stdout
+    assert "paused" in (await cli("list")).stdout
+    refused = await cli("exec", sandbox_id, "--", "true", check=False)
+    assert refused.returncode != 0
+    assert "resume it first" in refused.stderr
+    said = (await cli("resume", sandbox_id)).stdout
+    assert said.startswith(f"resumed {sandbox_id} after ")
+    shown = json.loads((await cli("get", sandbox_id, "--json")).stdout)
+    assert shown["status"] == "ready"
+    await cli("destroy", sandbox_id)
