@@ -493,3 +493,45 @@ async def test_unreachable_hosts_are_skipped_when_listing(
 
 async def _discard(_stream: str, _data: bytes) -> None:
     return None
+
+
+@both_engines
+async def test_pause_freezes_every_container_and_resume_thaws_them(
+    env: Env, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    request = env.request("composepause01", repo)
+    await env.extension.provision(request)
+    await env.extension.wait_ready(request)
+
+    def states() -> set[str]:
+        names = env.containers("composepause01")
+        out = env.engine.cli("inspect", "--format", "{{.State.Status}}", *names).stdout
+        return set(out.split())
+
+    began = time.monotonic()
+    await env.extension.pause("composepause01", host="host1")
+    paused = time.monotonic()
+    assert states() == {"paused"}
+    await env.extension.resume("composepause01", host="host1")
+    resumed = time.monotonic()
+    assert states() == {"running"}
+    code, out = await collect_exec(env.extension, "composepause01", ["echo", "carried on"])
+    assert (code, out["stdout"]) == (0, b"carried on\n")
+    logging.getLogger(__name__).warning(
+        "%s: pause %.0f ms, resume %.0f ms",
+        env.engine.name,
+        (paused - began) * 1000,
+        (resumed - paused) * 1000,
+    )
+
+    # A paused stack is torn down like any other.
+    await env.extension.pause("composepause01", host="host1")
+    await env.extension.teardown("composepause01", host="host1")
+    assert env.containers("composepause01") == []
+    assert not (env.root / "sbx-composepause01").exists()
+
+
+async def test_pause_of_a_stack_that_is_gone_says_so(env: Env) -> None:
+    with pytest.raises(SandboxNotFound, match="no compose project recorded"):
+        await env.extension.pause("composegone01", host="host1")

@@ -38,6 +38,7 @@ from sandboxer.extensions.compose_ssh.compose_file import (
     check_compose_file,
     resolve_compose_file,
 )
+from sandboxer.extensions.compose_ssh.pausing import set_paused
 from sandboxer.extensions.compose_ssh.readiness import await_running
 from sandboxer.extensions.compose_ssh.service_exec import check_service, exec_in_service
 from sandboxer.extensions.compose_ssh.stack import Plan, Stack
@@ -227,6 +228,20 @@ class ComposeSshExtension(SshBackend):
         item = await self._exec_target(sandbox_id, host)
         async with session(item) as conn:
             return await exec_in_service(conn, item, sandbox_id, argv, output, service)
+
+    async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
+        """Freeze every container of the sandbox's project (``compose pause``)."""
+        checks.check_sandbox_id(sandbox_id, self.id)
+        item = await self._exec_target(sandbox_id, host)
+        async with session(item) as conn:
+            await set_paused(conn, item, sandbox_id, paused=True)
+
+    async def resume(self, sandbox_id: str, *, host: str | None = None) -> None:
+        """Thaw them (``compose unpause``)."""
+        checks.check_sandbox_id(sandbox_id, self.id)
+        item = await self._exec_target(sandbox_id, host)
+        async with session(item) as conn:
+            await set_paused(conn, item, sandbox_id, paused=False)
 
     # -- helpers ----------------------------------------------------------------------------
 
