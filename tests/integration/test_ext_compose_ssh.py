@@ -513,6 +513,7 @@ async def test_pause_freezes_every_container_and_resume_thaws_them(
     await env.extension.pause("composepause01", host="host1")
     paused = time.monotonic()
     assert states() == {"paused"}
+    await env.extension.pause("composepause01", host="host1")  # a redelivered job: no error
     await env.extension.resume("composepause01", host="host1")
     resumed = time.monotonic()
     assert states() == {"running"}

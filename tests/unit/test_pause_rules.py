@@ -7,6 +7,7 @@ paused and check the deadlines folded from its events to the millisecond.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies
 
 from sandboxer.commands.types import (
     CreateSandbox,
@@ -20,6 +21,7 @@ from sandboxer.commands.types import (
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.profile import Profile
 from sandboxer.domain.admission import admit_create
+from sandboxer.domain.deadlines import PAUSED as PAUSED_STATES
 from sandboxer.domain.deadlines import due, sandbox_clock
 from sandboxer.domain.sandbox_decide import (
     AdmittedCreate,
@@ -31,7 +33,7 @@ from sandboxer.domain.sandbox_decide import (
 from sandboxer.domain.sandbox_pause import MarkPaused, MarkPauseFailed, MarkResumed
 from sandboxer.domain.sandbox_snapshots import StartSnapshot
 from sandboxer.domain.sandbox_state import SandboxState, evolve
-from sandboxer.domain.timestamps import shift
+from sandboxer.domain.timestamps import seconds_between, shift
 from sandboxer.errors import Rejected
 from sandboxer.events.types import Actor, event_type
 
@@ -248,3 +250,74 @@ def test_admission_records_the_profiles_pause_limit() -> None:
     assert admitted.max_pause_seconds == 900
     requested = decide(SandboxState(sandbox_id=admitted.sandbox_id), admitted, T0)[0]
     assert requested.max_pause_seconds == 900  # type: ignore[union-attr]
+
+
+STEP = strategies.tuples(
+    strategies.sampled_from(
+        ["pause", "paused", "resume", "resumed", "pause-fails", "resume-fails", "extend", "expire"]
+    ),
+    strategies.integers(min_value=0, max_value=40),
+)
+
+
+def remaining(state: SandboxState, now: str) -> float:
+    assert state.expires_at is not None
+    return seconds_between(sandbox_clock(state, now), state.expires_at)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    max_pause=strategies.sampled_from([None, 25.0]),
+    steps=strategies.lists(STEP, max_size=30),
+)
+def test_pauses_never_use_up_the_ttl_and_nothing_expires_early(
+    max_pause: float | None, steps: list[tuple[str, int]]
+) -> None:
+    """Running time plus what is left of the TTL changes only by extensions, however the
+    pauses fall; a TTL expiry comes only once that is used up, a pause limit only once a
+    pause lasted that long."""
+    state = ready(ttl=100, max_pause=max_pause)
+    clock, running = 0, 0
+    budget = running + remaining(state, at(0))
+    reasons: list[str] = []
+    for n, (kind, gap) in enumerate(steps):
+        if state.status in PAUSED_STATES:
+            clock += gap
+        else:
+            clock, running = clock + gap, running + gap
+        now = at(clock)
+        left, deadline = remaining(state, now), due(state)
+        command: DomainCommand = {
+            "pause": PauseSandbox(command_id=f"p{n}", actor=AGENT, sandbox_id=SID),
+            "paused": MarkPaused(job_id=f"j{n}"),
+            "resume": ResumeSandbox(command_id=f"r{n}", actor=AGENT, sandbox_id=SID),
+            "resumed": MarkResumed(job_id=f"j{n}"),
+            "pause-fails": MarkPauseFailed(job_id=f"j{n}", operation="pause", reason="x"),
+            "resume-fails": MarkPauseFailed(job_id=f"j{n}", operation="resume", reason="x"),
+            "extend": ExtendTtl(command_id=f"e{n}", actor=AGENT, sandbox_id=SID, duration="30s"),
+            "expire": ExpireSandbox(command_id=f"x{n}", actor=AGENT, sandbox_id=SID),
+        }[kind]
+        try:
+            events = decide(state, command, now)
+        except Rejected as refusal:
+            reasons.append(refusal.reason)
+            continue
+        types = [event_type(event) for event in events]
+        if "expired" in types:
+            assert left <= 0  # never a second of running time early
+        if "pause_limit_reached" in types:
+            assert deadline is not None
+            assert state.paused_at is not None
+            assert max_pause is not None
+            assert seconds_between(state.paused_at, now) >= max_pause
+        for event in events:
+            state = evolve(state, event)
+        if state.status in {"expired", "destroying"}:
+            break
+        total = running + remaining(state, now)
+        if "ttl_extended" in types:
+            assert total >= budget
+        else:
+            assert total == pytest.approx(budget, abs=1e-6)
+        budget = total
+    assert all(reasons)
