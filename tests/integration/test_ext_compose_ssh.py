@@ -514,6 +514,7 @@ async def test_pause_freezes_every_container_and_resume_thaws_them(
     paused = time.monotonic()
     assert states() == {"paused"}
     await env.extension.pause("composepause01", host="host1")  # a redelivered job: no error
+    assert (await env.found())["composepause01"].alive  # frozen, not a corpse to reap
     await env.extension.resume("composepause01", host="host1")
     resumed = time.monotonic()
     assert states() == {"running"}

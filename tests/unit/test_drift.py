@@ -80,6 +80,7 @@ def test_a_compose_stack_is_dead_only_when_nothing_of_it_runs() -> None:
     assert why_dead(project, True, [container("web", "exited"), container("db", "created")]) == (
         "no container of its compose project sbx-stack0000001 is running (web: exited, db: created)"
     )
+    assert why_dead(project, True, [container("web", "paused")]) is None  # paused, not dead
     gone = why_dead(project, False, [container("web", "running")])
     assert gone is not None
     assert gone.startswith("its directory is gone")

@@ -1,7 +1,7 @@
 """What one host holds of compose sandboxes, and which of them are alive. Pure.
 
 A compose sandbox is alive while its directory exists and at least one of
-its project's containers runs. Everything else that is left is a corpse,
+its project's containers runs, or is paused (frozen by ``pause``, not dead). Everything else that is left is a corpse,
 with the reason in ``detail["dead"]`` for ``inspect stale``: containers all
 removed by hand, all exited, or the directory gone. A stack with some
 containers stopped and others running is degraded, not dead: reaping it
@@ -28,7 +28,7 @@ def why_dead(
         return f"its directory is gone ({len(items)} containers of {project} are left)"
     if not items:
         return f"its compose project {project} has no containers (they were removed)"
-    if not any(c.running for c in items):
+    if not any(c.running or c.status == "paused" for c in items):
         states = ", ".join(f"{c.service or c.name}: {c.status}" for c in items)
         return f"no container of its compose project {project} is running ({states})"
     return None
