@@ -24,8 +24,9 @@ from sandboxer.domain.found import FoundSandbox
 __all__ = ["Drift", "corpse_reason", "find_drift"]
 
 ORPHAN_STATUSES = frozenset({"new", "destroyed", "failed"})
-USABLE_STATUSES = frozenset({"ready", "active"})
-"""The log says the sandbox runs (``active``: ready and used since)."""
+USABLE_STATUSES = frozenset({"ready", "active", "pausing", "paused", "resuming"})
+"""The log says the sandbox runs (``active``: ready and used since; ``paused``: frozen, its
+processes still there)."""
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,16 @@ def decide(  # noqa: PLR0912 (a flat dispatch: one case per command reads best)
         case MarkReady():
             return _decide_ready(state, command, now)
         case MarkFailed():
-            if state.status not in {"routed", "provisioning", "recreating", "ready", "active"}:
+            if state.status not in {
+                "routed",
+                "provisioning",
+                "recreating",
+                "ready",
+                "active",
+                "pausing",
+                "paused",
+                "resuming",
+            }:
                 return []
             return [
                 SandboxFailed(

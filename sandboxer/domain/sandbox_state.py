@@ -212,7 +212,14 @@ def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
         case SandboxActive() | SandboxTouched() | SandboxTtlExtended() | SandboxExpired():
             return _evolve_lifetime(base, event)
         case SandboxFailed():
-            return replace(base, status="failed", failure=event.reason, reachability=None)
+            return replace(
+                base,
+                status="failed",
+                failure=event.reason,
+                reachability=None,
+                paused_at=None,  # a paused sandbox whose processes died is no longer paused
+                paused_from=None,
+            )
         case SandboxRecreating():
             return replace(
                 base,

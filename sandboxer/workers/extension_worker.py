@@ -112,7 +112,8 @@ class ExtensionWorker:
         """
         for found in await self.extension.list_sandboxes():
             state = (await self._store.load(found.sandbox_id)).state
-            usable = state.status in {"ready", "active"}  # active: ready and used since
+            # active: ready and used since; paused: frozen, its processes must still be there
+            usable = state.status in {"ready", "active", "pausing", "paused", "resuming"}
             if usable and found.alive:
                 log.info("adopted sandbox %s", found.sandbox_id)
             elif usable:

@@ -115,10 +115,11 @@ class InventoryService:
         return find_drift(found, statuses, ready)
 
     async def _ready_in_log(self, host: str | None) -> list[str]:
-        """Sandboxes the log calls live and usable: ``active`` is ``ready`` after first use."""
+        """Sandboxes the log calls live and usable: ``active`` is ``ready`` after first use,
+        and a paused one is frozen, not gone."""
         return [
             sandbox["sandbox_id"]
-            for status in ("ready", "active")
+            for status in ("ready", "active", "pausing", "paused", "resuming")
             for sandbox in await self._in_log(status, host)
         ]
 

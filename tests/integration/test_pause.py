@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from sandboxer.client import SandboxerClient
 from sandboxer.config.settings import Settings
 from sandboxer.domain.timestamps import seconds_between
 from sandboxer.errors import CommandFailed
+from sandboxer.extensions.local.backend import LocalExtension
 from tests.integration import conftest
 from tests.integration.conftest import Cli, Service, reap_local, start_service
 from tests.integration.test_lifecycle import wait_status
@@ -193,3 +196,29 @@ async def test_the_cli_pauses_shows_and_resumes(service: Service, cli_env: dict[
     shown = json.loads((await cli("get", sandbox_id, "--json")).stdout)
     assert shown["status"] == "ready"
     await cli("destroy", sandbox_id)
+
+
+async def test_a_paused_sandbox_whose_holder_died_is_a_corpse_that_reap_marks_failed(
+    service: Service,
+) -> None:
+    client = service.client
+    local = LocalExtension(service.settings.local_root)
+    sandbox_id = (await client.create())["sandbox_id"]
+    await client.pause(sandbox_id)
+    [found] = [f for f in await local.list_sandboxes() if f.sandbox_id == sandbox_id]
+    assert found.alive  # frozen, not dead
+    # A host reboot, say: the processes are gone while the log says paused. (A frozen task
+    # acts on SIGKILL only once thawed, so thaw it behind sandboxer's back first.)
+    [freezer_dir] = [Path(p) for p in found.detail["cgroups"] if "/freezer/" in p]
+    (freezer_dir / "freezer.state").write_text("THAWED")
+    os.kill(found.detail["holder_pid"], signal.SIGKILL)
+    async with asyncio.timeout(10):
+        while any(f.alive for f in await local.list_sandboxes() if f.sandbox_id == sandbox_id):
+            await asyncio.sleep(0.05)
+    [stale] = await client.inventory("stale", "ext.local", {})
+    assert [c["sandbox_id"] for c in stale["hosts"][0]["corpses"]] == [sandbox_id]
+    [reaped] = await client.inventory("reap", "ext.local", {"apply": True})
+    assert reaped["hosts"][0]["marked_failed"] == [sandbox_id]
+    state = await client.get(sandbox_id)
+    assert state is not None
+    assert (state["status"], state["paused_at"]) == ("failed", None)

@@ -23,9 +23,12 @@ from sandboxer.config.profile import Profile
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.deadlines import PAUSED as PAUSED_STATES
 from sandboxer.domain.deadlines import due, sandbox_clock
+from sandboxer.domain.drift import find_drift
+from sandboxer.domain.found import FoundSandbox
 from sandboxer.domain.sandbox_decide import (
     AdmittedCreate,
     DomainCommand,
+    MarkFailed,
     MarkReady,
     StartProvisioning,
     decide,
@@ -321,3 +324,16 @@ def test_pauses_never_use_up_the_ttl_and_nothing_expires_early(
             assert total == pytest.approx(budget, abs=1e-6)
         budget = total
     assert all(reasons)
+
+
+def test_a_paused_sandbox_whose_processes_died_can_be_marked_failed() -> None:
+    state = pause(ready(), 5)
+    state = step(state, MarkFailed(job_id="reconcile", reason="holder died", stage="job"), 6)
+    assert (state.status, state.paused_at, state.paused_from) == ("failed", None, None)
+
+
+def test_drift_counts_a_paused_sandbox_with_nothing_alive_as_a_corpse() -> None:
+    dead = FoundSandbox(sandbox_id=SID, alive=False, host=None, detail={"dead": "holder died"})
+    drift = find_drift([dead], {SID: "paused"}, [SID])
+    assert [corpse.sandbox_id for corpse in drift.corpses] == [SID]
+    assert find_drift([], {}, [SID]).ghosts == [SID]
