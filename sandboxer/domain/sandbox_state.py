@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from sandboxer.domain.pause_folding import PAUSE_EVENTS, evolve_pause
 from sandboxer.domain.timestamps import shift
 from sandboxer.events.types import (
     Actor,
@@ -44,16 +45,10 @@ from sandboxer.events.types import (
     SandboxEvent,
     SandboxExpired,
     SandboxFailed,
-    SandboxPaused,
-    SandboxPauseFailed,
-    SandboxPauseLimitReached,
-    SandboxPausing,
     SandboxProvisioning,
     SandboxReady,
     SandboxRecreating,
     SandboxRequested,
-    SandboxResumed,
-    SandboxResuming,
     SandboxRouted,
     SandboxSnapshotFinished,
     SandboxSnapshotStarted,
@@ -242,15 +237,8 @@ def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
             return replace(base, snapshotting=event.snapshot_id)
         case SandboxSnapshotFinished():
             return replace(base, snapshotting=None)
-        case (
-            SandboxPausing()
-            | SandboxPaused()
-            | SandboxResuming()
-            | SandboxResumed()
-            | SandboxPauseFailed()
-            | SandboxPauseLimitReached()
-        ):
-            return _evolve_pause(base, event)
+        case _ if isinstance(event, PAUSE_EVENTS):
+            return evolve_pause(base, event)
     return base
 
 
@@ -274,50 +262,6 @@ def _evolve_lifetime(
             )
         case SandboxExpired():
             return replace(base, status="expired", expiry=event.cause, correlation=event.command_id)
-
-
-def _evolve_pause(
-    base: SandboxState,
-    event: SandboxPausing
-    | SandboxPaused
-    | SandboxResuming
-    | SandboxResumed
-    | SandboxPauseFailed
-    | SandboxPauseLimitReached,
-) -> SandboxState:
-    replace = msgspec.structs.replace
-    match event:
-        case SandboxPausing():
-            was = base.status if base.status in {"ready", "active"} else "ready"
-            return replace(
-                base,
-                status="pausing",
-                paused_from="active" if was == "active" else "ready",
-                correlation=event.command_id,
-            )
-        case SandboxPaused():
-            return replace(base, status="paused", paused_at=event.at)
-        case SandboxResuming():
-            return replace(base, status="resuming", correlation=event.command_id)
-        case SandboxResumed():
-            # A resume is a command on the sandbox, so it counts as activity too.
-            return replace(
-                base,
-                status=base.paused_from or "ready",
-                paused_from=None,
-                paused_at=None,
-                paused_seconds=base.paused_seconds + event.paused_seconds,
-                expires_at=event.expires_at,
-                last_activity_at=event.at,
-            )
-        case SandboxPauseFailed():
-            if event.operation == "resume":
-                return replace(base, status="paused")
-            return replace(base, status=base.paused_from or "ready", paused_from=None)
-        case SandboxPauseLimitReached():
-            return replace(
-                base, status="expired", expiry="pause_limit", correlation=event.command_id
-            )
 
 
 def fold(sandbox_id: str, events: list[SandboxEvent]) -> SandboxState:
