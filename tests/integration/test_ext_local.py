@@ -349,6 +349,8 @@ async def test_limits_become_warnings_when_cgroups_are_unavailable(
         ]
         assert "is missing" in ready["warnings"][0]
         assert await run(ext, sid, "true") == (0, "", "")  # the sandbox still works
+        with pytest.raises(ExtensionError, match="has no freezer cgroup, so it cannot be paused"):
+            await ext.pause(sid)
     finally:
         await ext.teardown(sid)
 
@@ -514,3 +516,24 @@ async def test_invalid_ids_are_refused_and_create_nothing(
 async def test_exec_in_an_unknown_sandbox(ext: LocalExtension) -> None:
     with pytest.raises(SandboxNotFound, match="does not exist"):
         await run(ext, new_id(), "true")
+
+
+async def test_pause_freezes_the_sandbox_cgroup_and_exec_is_refused_until_resume(
+    ext: LocalExtension,
+) -> None:
+    sid = new_id()
+    await up(ext, request(sid))
+    [freezer] = [path for path in cgroups_of(sid) if path.parent.parent.name == "freezer"]
+    holder = holder_refs(ext.root, sid)[0].pid
+    assert str(holder) in (freezer / "cgroup.procs").read_text().split()
+    await ext.pause(sid)
+    assert (freezer / "freezer.state").read_text().strip() == "FROZEN"
+    await ext.pause(sid)  # again (a redelivered job): still frozen, no error
+    with pytest.raises(ExtensionError, match="is paused"):
+        await run(ext, sid, "true")
+    await ext.resume(sid)
+    assert (freezer / "freezer.state").read_text().strip() == "THAWED"
+    assert await run(ext, sid, "echo", "back") == (0, "back\n", "")
+    await ext.pause(sid)
+    await ext.teardown(sid)  # thaws, then kills
+    assert cgroups_of(sid) == []
