@@ -54,10 +54,27 @@ def _describe(error: dict[str, Any], guide: str = "docs/profiles.md") -> str:
     return f"{where}: {message}"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml_model(path: Path, model: type[Model]) -> Model:
     """Parse one YAML file into ``model``; errors name the file, the field and what is allowed."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(
+            path.read_text(), Loader=_StrictLoader
+        )  # a SafeLoader: no arbitrary objects
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -278,3 +278,14 @@ def test_unknown_field_points_to_the_page_of_its_file(tmp_path: Path) -> None:
     (tmp_path / "extensions" / "ext.x.yaml").write_text("id: ext.x\nknd: saas\n")
     with pytest.raises(ConfigError, match=r"knd: unknown field .*docs/extensions\.md"):
         Catalog.load(tmp_path)
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "extensions").mkdir()
+    bad = tmp_path / "extensions" / "ext.twice.yaml"
+    bad.write_text(
+        "id: ext.twice\nkind: self-hosted\ncapabilities:\n  isolation: [namespace]\n"
+        "  snapshot: true\n  snapshot: false\nentry_point: x:Y\n"
+    )
+    with pytest.raises(ConfigError, match=r"(?s)'snapshot' is given twice.*line 6"):
+        Catalog.load(tmp_path)
