@@ -98,6 +98,12 @@ async def test_vm_workspace_restores_locally_and_back(
         taken = await client.snapshot(vm["sandbox_id"], name="vm")
         assert (taken["extension"], taken["host"]) == ("ext.vm-packer", "host1")
 
+        # ext.vm-packer -> ext.vm-packer (its own profile, another VM)
+        same = await client.restore(taken["snapshot_id"], inputs={"vm": "host2"})
+        same_workspace = Path(same["reachability"]["workspace"])
+        assert (same_workspace / "made.txt").read_text() == "made on the vm\n"
+        await client.destroy(same["sandbox_id"])
+
         # ext.vm-packer -> ext.local
         local = await restore_local(client, taken["snapshot_id"])
         assert await run_in(client, local, "cat /workspace/made.txt") == "made on the vm\n"
@@ -141,6 +147,11 @@ async def test_compose_workspace_restores_locally_and_back(
         )
         taken = await client.snapshot(stack["sandbox_id"])
         assert taken["extension"] == "ext.compose-ssh"
+
+        # ext.compose-ssh -> ext.compose-ssh (its own profile)
+        same = await client.restore(taken["snapshot_id"])
+        assert (Path(same["reachability"]["directory"]) / "README").read_text() == "the repo\n"
+        await client.destroy(same["sandbox_id"])
 
         # ext.compose-ssh -> ext.local
         local = await restore_local(client, taken["snapshot_id"])
