@@ -171,6 +171,11 @@ async def test_three_node_cluster_accepts_r3_stream(tmp_path: Path) -> None:
         try:
             js = nc.jetstream(timeout=10)
             await js.add_stream(StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3))
+            # add_stream answers before the new stream has elected its leader; until then a
+            # publish finds no responder (seen on a loaded machine). Wait for the leader.
+            async with asyncio.timeout(30):
+                while (await js.stream_info("R3")).cluster.leader is None:
+                    await asyncio.sleep(0.1)
             ack = await js.publish("r3.hello", b"world")
             assert ack.seq == 1
             info = await js.stream_info("R3")
