@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound, Unsupported
-from sandboxer.extensions import host_report
 from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
 from sandboxer.extensions.local import cgroups, freezer, workspace
 from sandboxer.extensions.local.bwrap_command import (
@@ -37,6 +36,7 @@ from sandboxer.extensions.local.bwrap_command import (
     launcher_argv,
 )
 from sandboxer.extensions.local.holder import spawn_holder, tail
+from sandboxer.extensions.local.inventory import machine_report, scan_sandboxes
 from sandboxer.extensions.local.procs import kill, owning_user_namespace
 from sandboxer.extensions.local.run import run_streaming
 from sandboxer.extensions.local.snapshot_copy import copy_workspace_out
@@ -196,7 +196,7 @@ class LocalExtension:
         await asyncio.to_thread(workspace.remove, layout)
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
-        return await asyncio.to_thread(self._scan)
+        return await asyncio.to_thread(scan_sandboxes, self.root)
 
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None
@@ -259,25 +259,12 @@ class LocalExtension:
         """Telemetry of this machine and what it holds for ext.local."""
         del host  # always this machine
         found = await self.list_sandboxes()
-        telemetry = await asyncio.to_thread(_local_telemetry, self.root)
-        version = cgroups.detect(self._cgroup_base)
-        if version == "v2":
-            writable = {"unified": os.access(self._cgroup_base, os.W_OK)}
-        else:
-            writable = {
-                ctl: os.access(self._cgroup_base / ctl / "cgroup.procs", os.W_OK)
-                for ctl in cgroups.V1_CONTROLLERS
-            }
+        report = await asyncio.to_thread(machine_report, self.root, self._cgroup_base)
         return {
-            **telemetry,
-            "root": str(self.root),
+            **report,
             "workspaces": [item.sandbox_id for item in found],
             "sandboxes": len(found),
             "alive": sum(1 for item in found if item.alive),
-            "cgroup_version": version,
-            "cgroups_writable": writable,
-            "bwrap": shutil.which("bwrap"),
-            "nsenter": shutil.which("nsenter"),
             "as_root": self._as_root,
         }
 
@@ -370,46 +357,6 @@ class LocalExtension:
                 sandbox_id=request.sandbox_id,
                 extension=self.id,
             )
-
-    def _scan(self) -> list[FoundSandbox]:
-        if not self.root.is_dir():
-            return []
-        found = []
-        for entry in sorted(self.root.iterdir()):
-            if entry.is_symlink() or not entry.is_dir() or not is_valid_sandbox_id(entry.name):
-                continue
-            state = workspace.read_state(Layout(self.root, entry.name))
-            if state is None:
-                found.append(
-                    FoundSandbox(
-                        sandbox_id=entry.name,
-                        alive=False,
-                        detail={"state": "missing", "dead": "its state file is missing"},
-                    )
-                )
-                continue
-            detail: dict[str, Any] = {
-                "holder_pid": state.holder_pid,
-                "workspace": state.workspace,
-                "created_at": state.created_at,
-                "cgroups": state.cgroups,
-            }
-            alive = state.holder_alive()
-            if not alive:  # why, for inspect stale: nothing can run in it any more
-                detail["dead"] = f"its holder process {state.holder_pid} died"
-            found.append(FoundSandbox(sandbox_id=entry.name, alive=alive, detail=detail))
-        return found
-
-
-def _local_telemetry(root: Path) -> dict[str, Any]:
-    existing = root if root.exists() else root.parent
-    usage = shutil.disk_usage(existing)
-    return {
-        **host_report.parse_loadavg(Path("/proc/loadavg").read_text()),
-        **host_report.parse_meminfo(Path("/proc/meminfo").read_text()),
-        "disk_total_mb": usage.total // (1024 * 1024),
-        "disk_free_mb": usage.free // (1024 * 1024),
-    }
 
 
 async def _discard(_stream: Literal["stdout", "stderr"], _data: bytes) -> None:

@@ -1,0 +1,72 @@
+"""What this machine holds for ext.local: its sandbox directories, and its telemetry."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sandboxer.domain.found import FoundSandbox
+from sandboxer.extensions import host_report
+from sandboxer.extensions.local import cgroups, workspace
+from sandboxer.extensions.local.workspace import Layout
+from sandboxer.ids import is_valid_sandbox_id
+
+__all__ = ["machine_report", "scan_sandboxes"]
+
+
+def scan_sandboxes(root: Path) -> list[FoundSandbox]:
+    """Every sandbox directory under ``root``, alive or not, and why not (for inspect stale)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_symlink() or not entry.is_dir() or not is_valid_sandbox_id(entry.name):
+            continue
+        state = workspace.read_state(Layout(root, entry.name))
+        if state is None:
+            found.append(
+                FoundSandbox(
+                    sandbox_id=entry.name,
+                    alive=False,
+                    detail={"state": "missing", "dead": "its state file is missing"},
+                )
+            )
+            continue
+        detail: dict[str, Any] = {
+            "holder_pid": state.holder_pid,
+            "workspace": state.workspace,
+            "created_at": state.created_at,
+            "cgroups": state.cgroups,
+        }
+        alive = state.holder_alive()
+        if not alive:  # why, for inspect stale: nothing can run in it any more
+            detail["dead"] = f"its holder process {state.holder_pid} died"
+        found.append(FoundSandbox(sandbox_id=entry.name, alive=alive, detail=detail))
+    return found
+
+
+def machine_report(root: Path, cgroup_base: Path) -> dict[str, Any]:
+    """Load, memory and disk of this machine, and what ext.local can use on it (blocking)."""
+    existing = root if root.exists() else root.parent
+    usage = shutil.disk_usage(existing)
+    version = cgroups.detect(cgroup_base)
+    if version == "v2":
+        writable = {"unified": os.access(cgroup_base, os.W_OK)}
+    else:
+        writable = {
+            ctl: os.access(cgroup_base / ctl / "cgroup.procs", os.W_OK)
+            for ctl in cgroups.V1_CONTROLLERS
+        }
+    return {
+        "root": str(root),
+        "cgroup_version": version,
+        "cgroups_writable": writable,
+        "bwrap": shutil.which("bwrap"),
+        "nsenter": shutil.which("nsenter"),
+        **host_report.parse_loadavg(Path("/proc/loadavg").read_text()),
+        **host_report.parse_meminfo(Path("/proc/meminfo").read_text()),
+        "disk_total_mb": usage.total // (1024 * 1024),
+        "disk_free_mb": usage.free // (1024 * 1024),
+    }
