@@ -1,22 +1,56 @@
-"""Load, decide, append: the loop every worker runs to change a sandbox.
+"""Load, decide, append: the loop every worker runs to change an aggregate.
 
 Optimistic concurrency means a decision can lose the race to another
 writer; the loop then reloads and decides again, a bounded number of times.
-The control worker and the extension workers both change sandboxes only
-through :func:`apply`.
+Workers change sandboxes only through :func:`apply`, and snapshots only
+through :func:`apply_snapshot`: both are this one loop, :func:`_decide_loop`.
 """
 
 from __future__ import annotations
 
-from sandboxer.bus.event_store import EventStore, Loaded
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from sandboxer.bus.event_store import EventStore, Loaded, LoadedSnapshot
 from sandboxer.clock import utc_now
 from sandboxer.domain.sandbox_decide import DomainCommand, decide
+from sandboxer.domain.snapshot_decide import SnapshotCommand, decide_snapshot
 from sandboxer.errors import ConcurrencyConflict
 
-__all__ = ["DECIDE_ATTEMPTS", "apply"]
+__all__ = ["DECIDE_ATTEMPTS", "apply", "apply_snapshot"]
 
 DECIDE_ATTEMPTS = 8
-"""Reloads before giving up; each one means another writer changed the sandbox meanwhile."""
+"""Reloads before giving up; each one means another writer changed the aggregate meanwhile."""
+
+L = TypeVar("L")
+E = TypeVar("E")
+
+
+async def _decide_loop(
+    what: str,
+    load: Callable[[], Awaitable[L]],
+    decide_on: Callable[[L], Sequence[E]],
+    append: Callable[[L, Sequence[E]], Awaitable[L]],
+    known: L | None = None,
+    *,
+    sandbox_id: str | None = None,
+) -> tuple[L, bool]:
+    for _ in range(DECIDE_ATTEMPTS):
+        trusted = known is None
+        loaded = known if known is not None else await load()
+        known = None
+        events = decide_on(loaded)
+        if not events and not trusted:
+            continue  # "nothing to do" from a state that may be stale: check the log itself
+        if not events:
+            return loaded, False
+        try:
+            return await append(loaded, events), True
+        except ConcurrencyConflict:
+            continue
+    raise ConcurrencyConflict(
+        f"{what} kept changing; gave up after {DECIDE_ATTEMPTS} attempts", sandbox_id=sandbox_id
+    )
 
 
 async def apply(
@@ -29,20 +63,23 @@ async def apply(
     reloads (as it does when the known state decides nothing, which a stale
     state could). ``Rejected`` from ``decide`` propagates to the caller.
     """
-    for _ in range(DECIDE_ATTEMPTS):
-        trusted = known is None
-        loaded = known or await store.load(sandbox_id)
-        known = None
-        events = decide(loaded.state, command, utc_now())
-        if not events and not trusted:
-            continue  # "nothing to do" from a state that may be stale: check the log itself
-        if not events:
-            return loaded, False
-        try:
-            return await store.append(loaded, events), True
-        except ConcurrencyConflict:
-            continue
-    raise ConcurrencyConflict(
-        f"sandbox {sandbox_id} kept changing; gave up after {DECIDE_ATTEMPTS} attempts",
+    return await _decide_loop(
+        f"sandbox {sandbox_id}",
+        lambda: store.load(sandbox_id),
+        lambda loaded: decide(loaded.state, command, utc_now()),
+        store.append,
+        known,
         sandbox_id=sandbox_id,
+    )
+
+
+async def apply_snapshot(
+    store: EventStore, snapshot_id: str, command: SnapshotCommand
+) -> tuple[LoadedSnapshot, bool]:
+    """The same loop on a snapshot's own history. ``Rejected`` propagates to the caller."""
+    return await _decide_loop(
+        f"snapshot {snapshot_id}",
+        lambda: store.load_snapshot(snapshot_id),
+        lambda loaded: decide_snapshot(loaded.state, command, utc_now()),
+        store.append_snapshot,
     )

@@ -31,8 +31,7 @@ from sandboxer.domain.sandbox_snapshots import StartSnapshot
 from sandboxer.domain.snapshot_decide import DeleteSnapshotDecision, RequestSnapshot
 from sandboxer.errors import Rejected
 from sandboxer.ids import derive_sandbox_id, derive_snapshot_id
-from sandboxer.workers.deciding import apply
-from sandboxer.workers.snapshot_deciding import apply_snapshot
+from sandboxer.workers.deciding import apply, apply_snapshot
 from sandboxer.workspaces.bucket import open_bucket
 from sandboxer.workspaces.refs import object_ref
 

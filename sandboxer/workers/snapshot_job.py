@@ -29,9 +29,9 @@ from sandboxer.events.types import SYSTEM_ACTOR
 from sandboxer.extensions.base import Extension
 from sandboxer.extensions.capabilities import Snapshotter
 from sandboxer.workers import deciding
+from sandboxer.workers.deciding import apply_snapshot
 from sandboxer.workers.job_dispatch import dispatch_job
 from sandboxer.workers.jobs import Job
-from sandboxer.workers.snapshot_deciding import apply_snapshot
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.refs import object_name
 from sandboxer.workspaces.upload import upload_directory

@@ -13,7 +13,7 @@ from sandboxer.clock import utc_now
 from sandboxer.domain.snapshot_decide import RecordSnapshotStored, RequestSnapshot, decide_snapshot
 from sandboxer.errors import ConcurrencyConflict
 from sandboxer.events.types import SYSTEM_ACTOR
-from sandboxer.workers.snapshot_deciding import apply_snapshot
+from sandboxer.workers.deciding import apply_snapshot
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,9 @@ from sandboxer.domain.snapshot_decide import DeleteSnapshotDecision, RecordSnaps
 from sandboxer.errors import Rejected
 from sandboxer.events.types import SYSTEM_ACTOR, SnapshotEvent, event_type
 from sandboxer.ids import derive_snapshot_id
-from sandboxer.workers.deciding import apply
+from sandboxer.workers.deciding import apply, apply_snapshot
 from sandboxer.workers.jobs import job_for
 from sandboxer.workers.snapshot_commands import SnapshotCommands
-from sandboxer.workers.snapshot_deciding import apply_snapshot
 from tests.unit.test_snapshot_domain import SID, ready_sandbox
 
 NO_BUS = cast("JetStreamContext", None)  # only delete reaches the bucket

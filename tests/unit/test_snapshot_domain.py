@@ -29,9 +29,8 @@ from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import Rejected
 from sandboxer.events.types import SYSTEM_ACTOR, SnapshotCreated, SnapshotRequested, event_type
 from sandboxer.ids import derive_snapshot_id, is_valid_sandbox_id
-from sandboxer.workers.deciding import apply
+from sandboxer.workers.deciding import apply, apply_snapshot
 from sandboxer.workers.jobs import job_for
-from sandboxer.workers.snapshot_deciding import apply_snapshot
 
 SID = "sandbox0001"
 SNAP = "snp0000000000000001"
