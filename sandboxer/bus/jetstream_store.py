@@ -12,7 +12,7 @@ last message and accepting it when it carries our id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -62,20 +62,23 @@ class JetStreamEventStore:
         self._js = js
         self._timeout = timeout
 
+    async def _events(self, filter_subject: str) -> AsyncIterator[tuple[int, Event | None]]:
+        """``(seq, event)`` on ``filter_subject`` (a batched direct get: one round trip for
+        most); ``None`` for an event of a type this version does not know (it is skipped)."""
+        async for seq, data in read_subject(self._nc, filter_subject, timeout=self._timeout):
+            try:
+                yield seq, decode_event(data)
+            except UnknownEventType as unknown:
+                log.warning("%s: skipping event %d: %s", filter_subject, seq, unknown)
+                yield seq, None
+
     async def load(self, sandbox_id: str) -> Loaded:
-        """Fold every event of one sandbox (a batched direct get: one round trip for most)."""
+        """Fold every event of one sandbox."""
         state = SandboxState(sandbox_id=sandbox_id)
         last_seq = 0
-        async for seq, data in read_subject(
-            self._nc, subjects.sandbox_events_filter(sandbox_id), timeout=self._timeout
-        ):
+        async for seq, event in self._events(subjects.sandbox_events_filter(sandbox_id)):
             last_seq = seq
-            try:
-                event = decode_event(data)
-            except UnknownEventType as unknown:
-                log.warning("sandbox %s: skipping event %d: %s", sandbox_id, seq, unknown)
-                continue
-            if not isinstance(event, NOT_SANDBOX_EVENTS):
+            if event is not None and not isinstance(event, NOT_SANDBOX_EVENTS):
                 state = evolve(state, event)
         return Loaded(state, last_seq)
 
@@ -91,15 +94,8 @@ class JetStreamEventStore:
         """Fold every event of one snapshot (its subjects hold nothing else)."""
         state = SnapshotState(snapshot_id=snapshot_id)
         last_seq = 0
-        async for seq, data in read_subject(
-            self._nc, subjects.snapshot_events_filter(snapshot_id), timeout=self._timeout
-        ):
+        async for seq, event in self._events(subjects.snapshot_events_filter(snapshot_id)):
             last_seq = seq
-            try:
-                event = decode_event(data)
-            except UnknownEventType as unknown:
-                log.warning("snapshot %s: skipping event %d: %s", snapshot_id, seq, unknown)
-                continue
             if isinstance(event, SNAPSHOT_EVENTS):
                 state = evolve_snapshot(state, event)
         return LoadedSnapshot(state, last_seq)
@@ -117,13 +113,7 @@ class JetStreamEventStore:
     async def snapshots_holding(self, object_name: str) -> list[str]:
         """Read every snapshot event (a scan: deletes are rare, snapshots few per object)."""
         states: dict[str, SnapshotState] = {}
-        async for _seq, data in read_subject(
-            self._nc, subjects.SNAPSHOT_EVENTS, timeout=self._timeout
-        ):
-            try:
-                event = decode_event(data)
-            except UnknownEventType:
-                continue
+        async for _seq, event in self._events(subjects.SNAPSHOT_EVENTS):
             if isinstance(event, SNAPSHOT_EVENTS):
                 known = states.get(event.snapshot_id) or SnapshotState(
                     snapshot_id=event.snapshot_id
