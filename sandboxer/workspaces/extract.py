@@ -23,7 +23,7 @@ __all__ = ["extract_archive"]
 _ACCEPTED = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE})
 
 
-def _check_member(member: tarfile.TarInfo) -> None:
+def _check_member(member: tarfile.TarInfo, links: set[str]) -> None:
     name = member.name
     parts = name.split("/")
     if member.type not in _ACCEPTED:
@@ -33,7 +33,19 @@ def _check_member(member: tarfile.TarInfo) -> None:
         )
     if not name or posixpath.isabs(name) or ".." in parts or "\0" in name:
         raise WorkspaceRefused(f"the workspace archive holds an unsafe name {name[:200]!r}")
+    # Nothing is written through a symlink of the archive: a packed tree never holds an entry
+    # below a link, and a chain of links (``p -> .``, ``q -> p/p/../..``) defeats the lexical
+    # check below and, on Pythons before 3.11.13/3.12.11, the data filter's (CVE-2025-4517).
+    path = posixpath.normpath(name)
+    parent = posixpath.dirname(path)
+    while parent:
+        if parent in links:
+            raise WorkspaceRefused(
+                f"the workspace archive writes {name[:200]!r} through its symlink {parent!r}"
+            )
+        parent = posixpath.dirname(parent)
     if member.issym():
+        links.add(path)
         target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
         if posixpath.isabs(member.linkname) or target == ".." or target.startswith("../"):
             raise WorkspaceRefused(
@@ -51,6 +63,7 @@ def extract_archive(archive: Path, destination: Path, limits: ArchiveLimits) -> 
     try:
         with tarfile.open(archive, "r:") as tar:
             members = []
+            links: set[str] = set()
             total = 0
             for member in tar:
                 members.append(member)
@@ -58,7 +71,7 @@ def extract_archive(archive: Path, destination: Path, limits: ArchiveLimits) -> 
                     raise WorkspaceRefused(
                         f"the workspace archive has more than {limits.max_entries} entries"
                     )
-                _check_member(member)
+                _check_member(member, links)
                 total += member.size
                 if total > limits.max_bytes:
                     raise WorkspaceRefused(

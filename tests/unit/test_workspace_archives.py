@@ -87,6 +87,10 @@ def hostile(kind: str) -> bytes:
         elif kind == "link-then-write":
             add("link", type=tarfile.SYMTYPE, linkname="/etc")
             add("link/evil")
+        elif kind == "chained-links-then-write":
+            add("p", type=tarfile.SYMTYPE, linkname=".")
+            add("q", type=tarfile.SYMTYPE, linkname="p/p/../..")
+            add("q/evil")
         elif kind == "relative-link-out":
             add("a", type=tarfile.DIRTYPE, mode=0o755)
             add("a/up", type=tarfile.SYMTYPE, linkname="../../outside")
@@ -110,6 +114,7 @@ def hostile(kind: str) -> bytes:
         "dotdot",
         "absolute",
         "link-then-write",
+        "chained-links-then-write",
         "relative-link-out",
         "device",
         "fifo",
