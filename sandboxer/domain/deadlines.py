@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.domain.sandbox_state import LIVE, SandboxState
 from sandboxer.domain.timestamps import seconds_between, shift
 
 __all__ = [
@@ -41,20 +41,7 @@ __all__ = [
     "touch_interval",
 ]
 
-EXPIRABLE = frozenset(
-    {
-        "requested",
-        "routed",
-        "provisioning",
-        "ready",
-        "active",
-        "failed",
-        "recreating",
-        "pausing",
-        "paused",
-        "resuming",
-    }
-)
+EXPIRABLE = LIVE - {"expired"}
 """States in which a sandbox can expire (every live state; ``expired`` is already on its way
 out). A paused one expires only by its pause limit."""
 
