@@ -21,6 +21,3 @@ class ArchiveLimits:
     @classmethod
     def from_mb(cls, max_mb: int) -> ArchiveLimits:
         return cls(max_bytes=max_mb * 1024 * 1024)
-
-    def describe(self) -> str:
-        return f"{self.max_bytes // (1024 * 1024)} MiB and {self.max_entries} entries"
