@@ -10,7 +10,6 @@ the object's metadata and the one its name (the input's reference) carries.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from pathlib import Path
 
@@ -22,16 +21,12 @@ from sandboxer import subjects
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.bucket import open_bucket
 from sandboxer.workspaces.limits import ArchiveLimits
-from sandboxer.workspaces.refs import object_name
+from sandboxer.workspaces.refs import nats_digest, object_name
 
 __all__ = ["fetch_archive"]
 
 CHUNK_TIMEOUT = 30.0
 """Seconds to wait for the next chunk before the fetch is given up."""
-
-
-def _nats_digest(sha: bytes) -> str:
-    return "SHA-256=" + base64.urlsafe_b64encode(sha).decode()
 
 
 async def fetch_archive(
@@ -80,7 +75,7 @@ async def fetch_archive(
         finally:
             await sub.unsubscribe()
     sha = digest.digest()
-    if received != size or sha.hex() != sha256_hex or info.digest != _nats_digest(sha):
+    if received != size or sha.hex() != sha256_hex or info.digest != nats_digest(sha.hex()):
         raise WorkspaceRefused(
             f"the uploaded workspace {name} is not the archive its name promises ({received} "
             f"bytes hashing to sha256 {sha.hex()[:16]}...); it was altered or is incomplete. "

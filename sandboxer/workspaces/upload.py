@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import tempfile
 from collections.abc import Callable, Collection
@@ -16,7 +15,7 @@ from nats.js.errors import ObjectNotFoundError
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.pack import pack_directory
-from sandboxer.workspaces.refs import object_name, object_ref
+from sandboxer.workspaces.refs import nats_digest, object_name, object_ref
 
 __all__ = ["UploadProgress", "Uploaded", "upload_directory"]
 
@@ -72,10 +71,9 @@ async def upload_directory(
         )
         bucket = await open_or_create_bucket(js, replicas)
         name = object_name(packed.sha256)
-        digest = "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(packed.sha256)).decode()
         try:
             info = await bucket.get_info(name)
-            present = info.digest == digest and info.size == packed.size
+            present = info.digest == nats_digest(packed.sha256) and info.size == packed.size
         except ObjectNotFoundError:
             present = False
         if not present:
