@@ -58,6 +58,8 @@ class Responder:
                 reply = {"ok": True, **self._stamp, **await handler(request)}
             except (RequestError, msgspec.DecodeError) as exc:
                 reply = {"ok": False, **self._stamp, "error": str(exc)}
+            except RecursionError:  # JSON nested thousands deep: a bad request, not our fault
+                reply = {"ok": False, **self._stamp, "error": "request is nested too deeply"}
             except Exception as exc:
                 log.exception("request on %s failed", msg.subject)
                 reply = {"ok": False, **self._stamp, "error": f"internal error: {exc}"}

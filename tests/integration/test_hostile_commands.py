@@ -103,3 +103,12 @@ async def test_every_hostile_command_is_rejected_and_nothing_is_made(service: Se
     assert "internal_error" not in {r["code"] for r in rejected}
     assert await client.list_sandboxes(include_destroyed=True) == []
     assert (await client.create())["type"] == "ready"  # and the service still serves
+
+
+async def test_a_deeply_nested_query_is_a_bad_request(service: Service) -> None:
+    """Queries read free-form JSON: nesting past the decoder's limit is a bad request, answered.
+    (Exec requests are decoded into their type, which stops at the first wrong element.)"""
+    deep = b"[" * 5000 + b"]" * 5000
+    reply = await service.client.nc.request("sandboxer.query.sandbox.list", deep, 5)
+    assert json.loads(reply.data) == {"ok": False, "error": "request is nested too deeply"}
+    assert (await service.client.health())["ok"]
