@@ -9,28 +9,23 @@ Special files are left out as a provision's copy leaves them out.
 
 from __future__ import annotations
 
-import os
 import shutil
-import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from sandboxer.errors import ExtensionError, SandboxNotFound
-from sandboxer.extensions.local.workspace import SECRETS_FILE
+from sandboxer.extensions.local.workspace import SECRETS_FILE, _skip_special
 
 __all__ = ["copy_workspace_out"]
 
 
-def _ignore(workspace: Path) -> object:
+def _ignore(workspace: Path) -> Callable[[str, list[str]], set[str]]:
     secrets = workspace / SECRETS_FILE
 
     def ignore(directory: str, names: list[str]) -> set[str]:
-        skipped = set()
-        for name in names:
-            path = os.path.join(directory, name)
-            mode = os.lstat(path).st_mode
-            special = not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode))
-            if special or Path(path) == secrets:
-                skipped.add(name)
+        skipped = _skip_special(directory, names)
+        if Path(directory) == secrets.parent and secrets.name in names:
+            skipped.add(secrets.name)
         return skipped
 
     return ignore
@@ -49,7 +44,7 @@ def copy_workspace_out(workspace: Path, destination: Path, *, sandbox_id: str) -
             workspace,
             destination,
             symlinks=True,
-            ignore=_ignore(workspace),  # type: ignore[arg-type]
+            ignore=_ignore(workspace),
             dirs_exist_ok=True,
         )
     except (shutil.Error, OSError) as exc:
