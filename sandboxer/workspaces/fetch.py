@@ -11,6 +11,7 @@ the object's metadata and the one its name (the input's reference) carries.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from nats.errors import TimeoutError as NatsTimeout
@@ -24,6 +25,9 @@ from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.refs import nats_digest, object_name
 
 __all__ = ["fetch_archive"]
+
+_NUID = re.compile(r"[A-Za-z0-9]{1,64}")
+"""A chunk subject's last token, as nats-py writes it: no dots or wildcards from a client."""
 
 CHUNK_TIMEOUT = 30.0
 """Seconds to wait for the next chunk before the fetch is given up."""
@@ -54,6 +58,11 @@ async def fetch_archive(
         )
     digest = hashlib.sha256()
     received = 0
+    if chunks and _NUID.fullmatch(info.nuid or "") is None:
+        raise WorkspaceRefused(
+            f"the uploaded workspace {name} names its chunks {str(info.nuid)[:100]!r}, not a "
+            "NUID; upload the directory again"
+        )
     if chunks:
         subject = f"$O.{subjects.WORKSPACES_BUCKET}.C.{info.nuid}"
         sub = await js.subscribe(subject, ordered_consumer=True, pending_bytes_limit=64 << 20)
