@@ -86,6 +86,11 @@ class EventStore(Protocol):
         """Ids of the snapshots whose data is ``object_name`` and that are not deleted
         (the object is content addressed, so two snapshots of one tree share it)."""
 
+    async def sandboxes_using(self, ref: str) -> list[str]:
+        """Ids of the sandboxes not destroyed whose inputs name ``ref`` (``object:sha256:…``):
+        uploads and snapshots share content-addressed objects, so a snapshot's data may be a
+        live sandbox's input (a recreate fetches it again)."""
+
     async def record(self, event: Record) -> None:
         """Append a rejection or a host event (idempotent: a retry records it once)."""
 

@@ -32,6 +32,7 @@ from sandboxer.events.types import (
     CommandRejected,
     Event,
     SandboxEvent,
+    SandboxRequested,
     SnapshotEvent,
     event_type,
 )
@@ -124,6 +125,17 @@ class JetStreamEventStore:
             for snapshot_id, state in states.items()
             if state.object == object_name and state.status != "deleted"
         )
+
+    async def sandboxes_using(self, ref: str) -> list[str]:
+        """Read every ``requested`` (a scan, like :meth:`snapshots_holding`), then load the few
+        sandboxes whose inputs name ``ref``."""
+        ids = {
+            event.sandbox_id
+            async for _seq, event in self._events(subjects.sandbox_event_subject("*", "requested"))
+            if isinstance(event, SandboxRequested) and ref in event.inputs.values()
+        }
+        states = [(await self.load(sandbox_id)).state for sandbox_id in ids]
+        return sorted(state.sandbox_id for state in states if state.status != "destroyed")
 
     async def record(self, event: Record) -> None:
         stamped = stamp(event)

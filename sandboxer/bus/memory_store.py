@@ -14,7 +14,13 @@ from sandboxer.bus.event_store import Loaded, LoadedSnapshot, Record, stamp
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import ConcurrencyConflict
-from sandboxer.events.types import SNAPSHOT_EVENTS, Event, SandboxEvent, SnapshotEvent
+from sandboxer.events.types import (
+    SNAPSHOT_EVENTS,
+    Event,
+    SandboxEvent,
+    SandboxRequested,
+    SnapshotEvent,
+)
 
 __all__ = ["MemoryEventStore"]
 
@@ -92,6 +98,16 @@ class MemoryEventStore:
             for state in states
             if state.object == object_name and state.status != "deleted"
         )
+
+    async def sandboxes_using(self, ref: str) -> list[str]:
+        ids = {
+            e.sandbox_id
+            for e in self.log
+            if isinstance(e, SandboxRequested)
+            if ref in e.inputs.values()
+        }
+        states = [(await self.load(sandbox_id)).state for sandbox_id in ids]
+        return sorted(state.sandbox_id for state in states if state.status != "destroyed")
 
     async def record(self, event: Record) -> None:
         stamped = stamp(event)

@@ -54,13 +54,16 @@ class SnapshotCommands:
         """
         snapshot_id = command.snapshot_id
         state = (await self._store.load_snapshot(snapshot_id)).state
-        holders = (
-            await self._store.snapshots_holding(state.object) if state.object is not None else []
-        )
+        holders: list[str] = []
+        if state.object is not None and state.sha256 is not None:
+            holders = [
+                s for s in await self._store.snapshots_holding(state.object) if s != snapshot_id
+            ]
+            holders += await self._store.sandboxes_using(object_ref(state.sha256))
         decision = DeleteSnapshotDecision(
             command_id=command.command_id,
             actor=command.actor,
-            object_shared=any(holder != snapshot_id for holder in holders),
+            object_shared=bool(holders),
         )
         loaded, _ = await apply_snapshot(self._store, snapshot_id, decision)
         state = loaded.state

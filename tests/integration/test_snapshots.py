@@ -126,6 +126,9 @@ async def test_delete_removes_unshared_data_and_keeps_history(service: Service) 
     await bucket.get_info(first["object"])
     again = await client.restore(second["snapshot_id"])
     assert await run_in(client, again["sandbox_id"], "cat /workspace/f") == "same\n"
+    # The restored sandbox's input is that object (a recreate fetches it again): only once it
+    # is destroyed may the last snapshot's delete remove the data.
+    await client.destroy(again["sandbox_id"])
 
     deleted = await client.delete_snapshot(second["snapshot_id"])
     assert deleted["object_removed"] is True
