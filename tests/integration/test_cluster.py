@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -239,10 +240,14 @@ async def arrange_victim(nc: Client, cluster: NatsCluster, stream: str, *, servi
                 for other in STREAMS
                 if other != stream and found[other] == victim
             ]
-            for queue in (subjects.COMMANDS_STREAM, subjects.JOBS_STREAM):
-                for info in await js.consumers_info(queue):
-                    if info.cluster is not None and info.cluster.leader == names[victim]:
-                        moves.append((f"CONSUMER.LEADER.STEPDOWN.{queue}.{info.name}", safe))
+            try:
+                for queue in (subjects.COMMANDS_STREAM, subjects.JOBS_STREAM):
+                    for info in await js.consumers_info(queue):
+                        if info.cluster is not None and info.cluster.leader == names[victim]:
+                            moves.append((f"CONSUMER.LEADER.STEPDOWN.{queue}.{info.name}", safe))
+            except Exception:  # the API times out while a restarted node catches up: look again
+                await asyncio.sleep(0.5)
+                continue
             if not moves:
                 return victim
             for api, preferred in moves:
@@ -400,6 +405,7 @@ async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_creat
     client = SandboxerClient(nc, actor=ACTOR)
     ledger = Ledger()
     rounds = 0
+    interrupted = ""
     started = time.monotonic()
     try:
         async with asyncio.timeout(60):
@@ -429,8 +435,8 @@ async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_creat
                     await asyncio.sleep(1)
             assert cluster_service.poll() is None, "the service exited; see service.log"
             rounds += 1
-    except TimeoutError:
-        pass  # the assertions below say which creates did not settle
+    except TimeoutError as exc:  # the assertions below say which creates did not settle
+        interrupted = "".join(traceback.format_exception(exc)[-6:])
     finally:
         elapsed = time.monotonic() - started
         with contextlib.suppress(Exception):
@@ -445,6 +451,7 @@ async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_creat
     report = (
         f"{rounds} rounds, {len(ledger.acked)} acked, refused {dict(ledger.refused)}, outcomes {dict(outcomes)}, "
         f"{elapsed:.0f} s; service log: {home / 'service.log'}"
+        + (f"; interrupted by:\n{interrupted}" if interrupted else "")
     )
     print(report)  # shown with -s: how much each run exercised
     assert ledger.unsettled() == [], report
