@@ -26,7 +26,11 @@ The tree::
     │   ├── Unsupported         the backend does not offer this capability
     │   ├── HostUnreachable     an SSH host did not answer (or refused our key)
     │   ├── HostKeyRejected     an SSH host's key does not match what we know of it
-    │   └── RemoteCommandFailed a command on a host exited non-zero or timed out
+    │   ├── RemoteCommandFailed a command on a host exited non-zero or timed out
+    │   └── ProviderError       a hosted provider's API refused or failed a request
+    │       ├── ProviderQuota       it refused for quota or rate (HTTP 429): retryable, routing avoids it
+    │       ├── ProviderAuth        it refused our key (HTTP 401/403): the message names the key's reference
+    │       └── ProviderUnavailable it kept failing (5xx, timeouts) after retries with backoff
     └── NatsServerError         the embedded nats-server is missing, too old or failed to start
 
 Messages say what happened and how to fix it; structured fields (``code``,
@@ -50,6 +54,10 @@ __all__ = [
     "InvalidCommand",
     "InvalidInput",
     "NatsServerError",
+    "ProviderAuth",
+    "ProviderError",
+    "ProviderQuota",
+    "ProviderUnavailable",
     "PublishConflict",
     "Rejected",
     "RemoteCommandFailed",
@@ -244,6 +252,43 @@ class RemoteCommandFailed(ExtensionError):
         super().__init__(message, sandbox_id=sandbox_id, extension=extension)
         self.exit_status = exit_status
         self.output_tail = output_tail
+
+
+class ProviderError(ExtensionError):
+    """A hosted provider's API answered with an error; ``message`` keeps the provider's words.
+
+    ``status`` is the HTTP status (or the gRPC status name) when there was one;
+    ``retryable`` says whether trying again later, or elsewhere, may succeed.
+    """
+
+    code = "provider_error"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | str | None = None,
+        sandbox_id: str | None = None,
+    ) -> None:
+        super().__init__(message, sandbox_id=sandbox_id, extension=provider)
+        self.provider = provider
+        self.status = status
+
+
+class ProviderQuota(ProviderError):
+    code = "provider_quota"
+    retryable = True
+
+
+class ProviderAuth(ProviderError):
+    code = "provider_auth"
+
+
+class ProviderUnavailable(ProviderError):
+    code = "provider_unavailable"
+    retryable = True
 
 
 class NatsServerError(SandboxerError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
@@ -45,3 +45,6 @@ class ExtensionDecl(_Strict):
     capabilities: Capabilities
     pricing: Pricing = Field(default_factory=Pricing)
     entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """What this backend needs to reach its provider or to behave as asked (endpoints,
+    key references, a stub's latency and quota); the backend validates its own keys."""

@@ -159,6 +159,11 @@ class Profile(_Strict):
     description: str = ""
     extension: str | None = Field(default=None, pattern=r"^ext\.[a-z0-9][a-z0-9-]*$")
     route: Route | None = None
+    image: str | None = Field(
+        default=None,
+        description="what a hosted backend starts the sandbox from: an E2B template, a "
+        "Daytona snapshot, a container image for Modal",
+    )
     isolation: Isolation = Field(default_factory=Isolation)
     network: Network = Field(default_factory=Network)
     workspace: Workspace = Field(default_factory=Workspace)

@@ -125,6 +125,9 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     idle_reap_seconds: float | None = None
     expires_at: str | None = None
     """When the TTL runs out: creation plus the TTL, moved by each ``ttl_extended``."""
+    expiry_moved_at: int | None = None
+    """The version of the last ``ttl_extended``: a backend whose provider keeps its own
+    timeout is sent a ``retime`` job to follow it (workers/jobs.py)."""
     last_activity_at: str | None = None
     """The last recorded activity (``ready`` counts as the first), for idle reaping."""
     expiry: str | None = None
@@ -258,6 +261,7 @@ def _evolve_lifetime(
             return replace(
                 base,
                 expires_at=event.expires_at,
+                expiry_moved_at=base.version,
                 last_activity_at=event.at if used else base.last_activity_at,
             )
         case SandboxExpired():

@@ -38,6 +38,11 @@ class ProvisionRequest:
     """Resolved secret values: deliver them to the sandbox, never log or return them."""
     host: str | None = None
     """The placement host (a name from the hosts file) for extensions that place on hosts."""
+    expires_at: str | None = None
+    """When the sandbox's TTL runs out (ISO 8601 UTC), for backends whose provider keeps
+    its own timeout; sandboxer expires it itself, the provider's timeout is a backstop."""
+    project: str | None = None
+    """The project of the actor who asked, for backends that label what they make."""
 
 
 @dataclass(frozen=True, kw_only=True)

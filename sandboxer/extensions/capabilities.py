@@ -23,11 +23,13 @@ from sandboxer.config.settings import Settings
 from sandboxer.errors import ConfigError
 
 __all__ = [
+    "BuiltFromDeclaration",
     "BuiltFromSettings",
     "HostInspector",
     "Metered",
     "Pausable",
     "Snapshotter",
+    "TimeoutKeeper",
     "check_claims",
 ]
 
@@ -37,6 +39,14 @@ class BuiltFromSettings(Protocol):
     """A backend class that needs the process settings (paths, hosts file) to be built."""
 
     from_settings: Callable[[Settings], Any]
+
+
+@runtime_checkable
+class BuiltFromDeclaration(Protocol):
+    """A backend class built from its own declaration (its ``settings`` section) and the
+    process settings: hosted backends read their endpoint and key references there."""
+
+    from_declaration: Callable[[ExtensionDecl, Settings], Any]
 
 
 @runtime_checkable
@@ -70,6 +80,20 @@ class Pausable(Protocol):
     async def pause(self, sandbox_id: str, *, host: str | None = None) -> None: ...
 
     async def resume(self, sandbox_id: str, *, host: str | None = None) -> None: ...
+
+
+@runtime_checkable
+class TimeoutKeeper(Protocol):
+    """A backend whose provider ends sandboxes on a timeout of its own (E2B, Modal).
+
+    sandboxer expires sandboxes itself; the provider's timeout is set a little
+    past ``expires_at`` as a backstop against leaks, and moved whenever the TTL
+    moves (``ttl_extended``, a resume), so the provider never ends a sandbox early.
+    """
+
+    async def set_timeout(
+        self, sandbox_id: str, expires_at: str, *, host: str | None = None
+    ) -> None: ...
 
 
 @runtime_checkable

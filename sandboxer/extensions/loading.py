@@ -6,7 +6,11 @@ from sandboxer.config.catalog import Catalog, load_extension_class
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ConfigError
 from sandboxer.extensions.base import Extension
-from sandboxer.extensions.capabilities import BuiltFromSettings, check_claims
+from sandboxer.extensions.capabilities import (
+    BuiltFromDeclaration,
+    BuiltFromSettings,
+    check_claims,
+)
 
 __all__ = ["build_extension"]
 
@@ -18,7 +22,12 @@ def build_extension(ext_id: str, catalog: Catalog, settings: Settings) -> Extens
         known = ", ".join(sorted(catalog.extensions_enabled())) or "none"
         raise ConfigError(f"unknown or disabled extension {ext_id!r}; enabled: {known}")
     cls = load_extension_class(decl)
-    built = cls.from_settings(settings) if isinstance(cls, BuiltFromSettings) else cls()
+    if isinstance(cls, BuiltFromDeclaration):
+        built = cls.from_declaration(decl, settings)
+    elif isinstance(cls, BuiltFromSettings):
+        built = cls.from_settings(settings)
+    else:
+        built = cls()
     if not isinstance(built, Extension):
         raise ConfigError(
             f"extension {ext_id}: {cls.__name__} does not implement the Extension "

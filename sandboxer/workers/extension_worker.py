@@ -41,6 +41,7 @@ from sandboxer.domain.sandbox_decide import (
 from sandboxer.errors import SandboxerError, StreamUnavailable
 from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
 from sandboxer.extensions.base import Extension, ProvisionRequest
+from sandboxer.extensions.capabilities import TimeoutKeeper
 from sandboxer.secrets import redact, resolve_secrets
 from sandboxer.workers import deciding
 from sandboxer.workers.host_events import inspect_and_record
@@ -175,6 +176,8 @@ class ExtensionWorker:
                 await self._pauses.run(job, loaded.state)
             elif job.action == "teardown":
                 await self._teardown(job, host)
+            elif job.action == "retime":
+                await self._retime(job, loaded)
             else:
                 if job.action == "recreate":
                     await self.extension.teardown(job.sandbox_id, host=host)
@@ -213,6 +216,8 @@ class ExtensionWorker:
                     inputs=inputs,
                     secrets=secrets,
                     host=state.host,
+                    expires_at=state.expires_at,
+                    project=state.actor.project if state.actor else None,
                 )
                 if profile.setup.record_telemetry:
                     await inspect_and_record(self._store, self.extension, state.host)
@@ -250,6 +255,16 @@ class ExtensionWorker:
             )
             await self.extension.teardown(job.sandbox_id, host=state.host)
 
+    async def _retime(self, job: Job, loaded: Loaded) -> None:
+        """Move the provider's own timeout to the sandbox's new expiry (a no-op elsewhere)."""
+        state = loaded.state
+        if not isinstance(self.extension, TimeoutKeeper) or state.expires_at is None:
+            return
+        if state.status not in {"ready", "active"}:
+            log.info("job %s: nothing to do, sandbox is %s", job.job_id, state.status)
+            return
+        await self.extension.set_timeout(job.sandbox_id, state.expires_at, host=state.host)
+
     async def _teardown(self, job: Job, host: str | None) -> None:
         await self.extension.teardown(job.sandbox_id, host=host)
         await self.apply(job.sandbox_id, FinishTeardown(job_id=job.job_id))
@@ -273,6 +288,13 @@ class ExtensionWorker:
             return
         if job.action in {"pause", "resume"}:
             await self._pauses.give_up(job, f"worker error: {reason}")
+            return
+        if job.action == "retime":
+            # The sandbox is fine; its provider may end it at the old time, which the
+            # inventory then records as a failure. Nothing here can do better.
+            log.warning(
+                "sandbox %s: moving the provider's timeout failed: %s", job.sandbox_id, reason
+            )
             return
         if job.action == "teardown":
             # Stays 'destroying', marked stuck; destroy again or reap-stale retries it.

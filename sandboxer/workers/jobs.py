@@ -10,7 +10,7 @@ from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = ["Job", "job_for"]
 
-Action = Literal["provision", "recreate", "teardown", "snapshot", "pause", "resume"]
+Action = Literal["provision", "recreate", "teardown", "snapshot", "pause", "resume", "retime"]
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,6 +38,8 @@ def job_for(state: SandboxState) -> Job | None:
 
     A snapshot under way comes first: a destroy decided meanwhile gets its
     teardown only once the snapshot finished (domain/sandbox_snapshots.py).
+    A ``retime`` job follows a ``ttl_extended``; backends without a timeout of
+    their own (:class:`~sandboxer.extensions.capabilities.TimeoutKeeper`) ack it.
     """
     if state.snapshotting is not None:
         return Job(
@@ -48,6 +50,10 @@ def job_for(state: SandboxState) -> Job | None:
             snapshot_id=state.snapshotting,
         )
     action = _ACTIONS.get(state.status)
+    if state.status in {"ready", "active"} and state.expiry_moved_at == state.version:
+        # The TTL just moved: a provider that keeps its own timeout must follow it. Only the
+        # command that moved it dispatches this (a later event changes the version).
+        action = "retime"
     if action is None:
         return None
     return Job(

@@ -20,7 +20,7 @@ from sandboxer.bus.publish import is_unavailability
 from sandboxer.domain.sandbox_pause import MarkPaused, MarkPauseFailed, MarkResumed
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.extensions.base import Extension
-from sandboxer.extensions.capabilities import Pausable
+from sandboxer.extensions.capabilities import Pausable, TimeoutKeeper
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.jobs import Job
 
@@ -71,7 +71,20 @@ class PauseJob:
             if operation == "pause"
             else MarkResumed(job_id=job.job_id)
         )
-        await apply(self._store, job.sandbox_id, done)
+        loaded, _ = await apply(self._store, job.sandbox_id, done)
+        resumed = loaded.state
+        if operation == "resume" and isinstance(backend, TimeoutKeeper) and resumed.expires_at:
+            # ``resumed`` moved the expiry by the pause's length; the provider's timeout follows.
+            try:
+                await backend.set_timeout(job.sandbox_id, resumed.expires_at, host=state.host)
+            except Exception as exc:
+                if is_unavailability(exc):
+                    raise
+                log.warning(
+                    "sandbox %s: moving the provider's timeout failed: %s",
+                    job.sandbox_id,
+                    self._explain(exc),
+                )
 
     async def give_up(self, job: Job, reason: str) -> None:
         """Record that the pause or resume failed (the sandbox stays as it was)."""
