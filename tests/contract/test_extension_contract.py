@@ -5,7 +5,10 @@ fixtures it needs, and an async factory that builds the extension and the
 inputs its profile requires) and it must pass every test here unchanged.
 Remote backends get real sshd hosts and real container engines from
 tests/integration/remote_fixtures.py: ext.compose-ssh passes on dockerd with
-docker-compose and on podman with podman-compose.
+docker-compose and on podman with podman-compose. Hosted backends run against
+the doubles in tests/doubles/, which enforce each provider's published API.
+A backend whose declaration does not offer exec must refuse it with
+Unsupported.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
-from sandboxer.errors import InvalidInput
+from sandboxer.errors import InvalidInput, Unsupported
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
 from sandboxer.extensions.local.backend import LocalExtension
@@ -169,6 +172,10 @@ class TestExtensionContract:
 
     async def test_exec_returns_the_exit_code(self, subject: Subject) -> None:
         extension = subject.extension
+        if not Catalog.load().extensions_enabled()[extension.id].capabilities.exec:
+            with pytest.raises(Unsupported):
+                await extension.exec("contract0004", ["true"], _discard)
+            return
         request = request_for("contract0004", subject)
         await extension.provision(request)
         await extension.wait_ready(request)
@@ -179,3 +186,7 @@ class TestExtensionContract:
 
         assert await extension.exec("contract0004", ["sh", "-c", "echo hi; exit 9"], sink) == 9
         assert b"".join(output) == b"hi\n"
+
+
+async def _discard(_stream: str, _data: bytes) -> None:
+    return None
