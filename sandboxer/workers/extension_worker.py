@@ -38,7 +38,7 @@ from sandboxer.domain.sandbox_decide import (
     MarkTeardownFailed,
     StartProvisioning,
 )
-from sandboxer.errors import SandboxerError, StreamUnavailable
+from sandboxer.errors import ConfigError, ExtensionError, SandboxerError, StreamUnavailable
 from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.extensions.capabilities import TimeoutKeeper
@@ -111,7 +111,14 @@ class ExtensionWorker:
         a ready one whose processes died is marked failed. Sandboxes still
         provisioning are left to their redelivered job.
         """
-        for found in await self.extension.list_sandboxes():
+        try:
+            listed = await self.extension.list_sandboxes()
+        except (ConfigError, ExtensionError) as exc:
+            # A hosted provider without its key, or down: the worker still starts (its
+            # creates fail with this reason); `sandboxer inspect stale` looks again later.
+            log.warning("%s: cannot list its sandboxes at start: %s", self.extension.id, exc)
+            return
+        for found in listed:
             state = (await self._store.load(found.sandbox_id)).state
             # active: ready and used since; paused: frozen, its processes must still be there
             usable = state.status in {"ready", "active", "pausing", "paused", "resuming"}

@@ -33,7 +33,7 @@ from openapi_core.templating.responses.exceptions import ResponseNotFound
 from openapi_core.testing import MockRequest, MockResponse
 from starlette.requests import Request
 from starlette.routing import Match, Route, Router
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 SPECS = Path(__file__).resolve().parents[2].parent / "shared" / "specs"
 """The providers' specs, kept outside the project (``../shared/specs``)."""
@@ -247,9 +247,9 @@ def _explain(error: Exception) -> str:
 
 
 class Served:
-    """A double served by uvicorn on 127.0.0.1 in a thread of its own."""
+    """An ASGI app (a double) served by uvicorn on 127.0.0.1 in a thread of its own."""
 
-    def __init__(self, app: SpecDouble) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")

@@ -437,3 +437,17 @@ def test_an_extension_counts_as_activity() -> None:
     state, _ = step(state, extend, at(50))
     assert state.last_activity_at == at(50)
     assert due(state) == Due(at(50 + 100 + 10), "idle")
+
+
+def test_an_extension_of_the_ttl_sends_a_retime_job_once() -> None:
+    """A provider with a timeout of its own must follow the new expiry; nothing else asks it."""
+    state = timed_ready(ttl=3600, ttl_max=7200)
+    assert job_for(state) is None
+    state, _ = step(
+        state, ExtendTtl(command_id="e1", actor=AGENT, sandbox_id=SID, duration="30m"), at(10)
+    )
+    job = job_for(state)
+    assert job is not None
+    assert (job.action, job.job_id) == ("retime", f"{SID}-{state.version}-retime")
+    state, _ = step(state, TouchSandbox(command_id="t1", actor=AGENT, sandbox_id=SID), at(20))
+    assert job_for(state) is None  # only the command that moved the expiry dispatches it

@@ -1,0 +1,108 @@
+"""What every hosted backend shares: where endpoints and keys come from, and create_once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandboxer.errors import ConfigError, ProviderQuota, ProviderUnavailable
+from sandboxer.hosted.create_once import create_once
+from sandboxer.hosted.labels import labels_for, our_sandbox_id
+from sandboxer.hosted.provider_settings import provider_value
+
+
+def test_the_declaration_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("E2B_API_URL", "http://from-env")
+    found = provider_value(
+        {"api_url": "http://declared"}, "api_url", ["E2B_API_URL"], extension="ext.e2b"
+    )
+    assert found is not None
+    assert (found.value, found.source) == ("http://declared", "settings.api_url")
+    found = provider_value({}, "api_url", ["E2B_API_URL"], extension="ext.e2b")
+    assert found is not None
+    assert (found.value, found.source) == ("http://from-env", "env:E2B_API_URL")
+
+
+def test_a_secret_reference_is_resolved_and_named_by_its_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "key").write_text("sk-file\n")
+    found = provider_value({"api_key": f"file:{tmp_path / 'key'}"}, "api_key", extension="ext.e2b")
+    assert found is not None
+    assert found.value == "sk-file"
+    assert "sk-file" not in found.source
+    assert found.source == f"settings.api_key (file:{tmp_path / 'key'})"
+    monkeypatch.setenv("TEAM_KEY", "sk-env")
+    found = provider_value({"api_key": "env:TEAM_KEY"}, "api_key", extension="ext.e2b")
+    assert found is not None
+    assert found.value == "sk-env"
+
+
+def test_a_missing_key_names_both_places_to_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("E2B_API_KEY", raising=False)
+    with pytest.raises(ConfigError) as missing:
+        provider_value({}, "api_key", ["E2B_API_KEY"], extension="ext.e2b")
+    assert "E2B_API_KEY" in missing.value.message
+    assert "settings.api_key" in missing.value.message
+    assert (
+        provider_value({}, "api_key", ["E2B_API_KEY"], extension="ext.e2b", required=False) is None
+    )
+    found = provider_value({}, "domain", ["E2B_DOMAIN"], extension="ext.e2b", default="e2b.app")
+    assert found is not None
+    assert found.value == "e2b.app"
+
+
+def test_labels_name_our_sandbox() -> None:
+    assert labels_for("sbx1", None) == {"sandboxer_id": "sbx1"}
+    assert our_sandbox_id(labels_for("sbx1", "proj")) == "sbx1"
+    assert our_sandbox_id({"other": "x"}) is None
+    assert our_sandbox_id(None) is None
+
+
+def unavailable() -> ProviderUnavailable:
+    return ProviderUnavailable("lost", provider="ext.test")
+
+
+async def test_a_lost_answer_adopts_what_the_create_made() -> None:
+    made: list[str] = []
+
+    async def create() -> str:
+        made.append("one")
+        raise unavailable()  # the provider made it; its answer never came
+
+    async def find() -> str | None:
+        return made[0] if made else None
+
+    assert await create_once(create, find, wait=0) == "one"
+    assert made == ["one"]
+
+
+async def test_nothing_made_is_tried_again_then_given_up() -> None:
+    calls: list[int] = []
+
+    async def create() -> str:
+        calls.append(1)
+        raise unavailable()
+
+    async def find() -> str | None:
+        return None
+
+    with pytest.raises(ProviderUnavailable):
+        await create_once(create, find, attempts=3, wait=0)
+    assert len(calls) == 3
+
+
+async def test_a_quota_refusal_is_not_retried_here() -> None:
+    calls: list[int] = []
+
+    async def create() -> str:
+        calls.append(1)
+        raise ProviderQuota("full", provider="ext.test", status=429)
+
+    async def find() -> str | None:
+        return None
+
+    with pytest.raises(ProviderQuota):
+        await create_once(create, find, wait=0)
+    assert calls == [1]
