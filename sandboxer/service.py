@@ -28,6 +28,7 @@ from sandboxer.bus.streams import ensure_streams, replicas_for
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
+from sandboxer.errors import ConfigError
 from sandboxer.extensions.loading import build_extension
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.queries import QueryService
@@ -135,9 +136,18 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
     """Run until SIGINT/SIGTERM: the whole service (``up``) or chosen roles (``worker``)."""
     catalog = Catalog.load(settings.home)
     chosen = list(roles) if roles else all_roles(catalog)
-    for role in chosen:
-        if role not in {"control", "projector"}:
+    for role in list(chosen):
+        if role in {"control", "projector"}:
+            continue
+        try:
             build_extension(role, catalog, settings)  # fail fast on a bad role
+        except ConfigError as exc:
+            if roles or catalog.extensions_enabled()[role].kind != "saas":
+                raise
+            # `up` runs every enabled backend: a hosted one that cannot start here (its
+            # optional SDK is not installed) is left out and says why; the rest run.
+            log.warning("%s is not running: %s", role, exc.message)
+            chosen.remove(role)
     settings.home.mkdir(parents=True, exist_ok=True)
     # stamina's own retry lines carry no detail in our log format: the bus logs its retries.
     stamina.instrumentation.set_on_retry_hooks([])
