@@ -474,6 +474,29 @@ class SandboxerClient:
 
     # -- exec and events -----------------------------------------------------------------------
 
+    async def tokens(self, sandbox_id: str) -> dict[str, str]:
+        """The tokens the sandbox's provider issued for it (to reach its own endpoint).
+
+        Only the actor that created the sandbox, its project, or an administrator
+        gets them; they never appear in an event or a ``get``.
+        """
+        _check_id(sandbox_id)
+        try:
+            reply = await self.nc.request(
+                subjects.token_subject(sandbox_id),
+                msgspec.json.encode({"actor": self.actor}),
+                timeout=5.0,
+            )
+        except NatsTimeout:
+            raise BusError(
+                f"no worker holds tokens for sandbox {sandbox_id}: its backend issues none, "
+                "it is not ready, or its extension worker is not running"
+            ) from None
+        answer = msgspec.json.decode(reply.data)
+        if not answer.get("ok"):
+            raise CommandFailed(str(answer.get("error")), {"sandbox_id": sandbox_id})
+        return dict(answer["tokens"])
+
     async def exec(
         self,
         sandbox_id: str,

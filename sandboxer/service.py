@@ -29,6 +29,7 @@ from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ConfigError
+from sandboxer.extensions.capabilities import TokenHolder
 from sandboxer.extensions.loading import build_extension
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.queries import QueryService
@@ -37,6 +38,7 @@ from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.expirer import Expirer
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.inventory import InventoryService
+from sandboxer.workers.token_service import TokenService
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.materialize import DirectoryInputs
 
@@ -84,7 +86,7 @@ async def run_roles(
     # nats-py exposes the INFO the server sent only as this attribute.
     await ensure_streams(js, replicas_for(nc._server_info))
     store = JetStreamEventStore(nc, js)
-    services: list[QueryService | ExecService | InventoryService] = []
+    services: list[QueryService | ExecService | InventoryService | TokenService] = []
     projectors: list[Projector] = []
     try:
         async with asyncio.TaskGroup() as group:
@@ -122,6 +124,10 @@ async def run_roles(
                     await executor.start()
                     await inventory.start()
                     services += [executor, inventory]
+                    if isinstance(extension, TokenHolder):
+                        tokens = TokenService(nc, store, extension, extension.id)
+                        await tokens.start()
+                        services.append(tokens)
                     await worker.reconcile()
                     group.create_task(worker.run(stop))
             log.info("running roles: %s", ", ".join(roles))

@@ -17,6 +17,7 @@ __all__ = [
     "sandbox_events_filter",
     "snapshot_event_subject",
     "snapshot_events_filter",
+    "token_subject",
 ]
 
 COMMANDS_STREAM = "SANDBOXER_COMMANDS"
@@ -90,6 +91,11 @@ def job_subject(extension_id: str, sandbox_id: str) -> str:
 
 def jobs_filter(extension_id: str) -> str:
     return f"sandboxer.job.{extension_token(extension_id)}.>"
+
+
+def token_subject(sandbox_id: str) -> str:
+    """Core request subject (outside every stream) for a sandbox's provider-issued tokens."""
+    return f"sandboxer.token.{sandbox_id}"
 
 
 def exec_subject(sandbox_id: str) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "Pausable",
     "Snapshotter",
     "TimeoutKeeper",
+    "TokenHolder",
     "check_claims",
 ]
 
@@ -94,6 +95,15 @@ class TimeoutKeeper(Protocol):
     async def set_timeout(
         self, sandbox_id: str, expires_at: str, *, host: str | None = None
     ) -> None: ...
+
+
+@runtime_checkable
+class TokenHolder(Protocol):
+    """A backend whose provider issues tokens per sandbox (to reach the sandbox's own
+    endpoint). It keeps them out of every event and descriptor; the worker hands them to
+    the sandbox's own actor or project on request (workers/token_service.py)."""
+
+    async def sandbox_tokens(self, sandbox_id: str) -> dict[str, str]: ...
 
 
 @runtime_checkable

@@ -27,14 +27,6 @@ __all__ = ["ProviderHttp", "provider_message"]
 MAX_MESSAGE_CHARS = 500
 
 
-class _Transient(Exception):
-    """A 5xx answer, inside the retry loop only (it leaves as ProviderUnavailable)."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(response.status_code)
-        self.response = response
-
-
 def provider_message(response: httpx.Response) -> str:
     """The provider's own words: ``message`` (and ``error``) of a JSON error body, else its text."""
     try:
@@ -89,7 +81,7 @@ class ProviderHttp:
     ) -> httpx.Response:
         """The 2xx answer (or one whose status is in ``accept``, such as a 404 on delete)."""
         is_transient: Callable[[Exception], bool] = lambda exc: isinstance(  # noqa: E731
-            exc, _Transient | httpx.TransportError
+            exc, ProviderUnavailable | httpx.TransportError
         )
         try:
             async for attempt in stamina.retry_context(
@@ -104,15 +96,13 @@ class ProviderHttp:
                         method, path, json=json_body, params=params
                     )
                     if response.status_code >= 500 and response.status_code not in accept:
-                        raise _Transient(response)
-        except _Transient as exc:
-            raise self._error(
-                ProviderUnavailable,
-                f"{method} {path} answered {exc.response.status_code}"
-                f"{' after retries' if retry else ''}: {provider_message(exc.response)}",
-                exc.response.status_code,
-                sandbox_id,
-            ) from None
+                        raise self._error(
+                            ProviderUnavailable,
+                            f"{method} {path} answered {response.status_code}: "
+                            f"{provider_message(response)}",
+                            response.status_code,
+                            sandbox_id,
+                        )
         except httpx.TransportError as exc:
             what = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
             raise self._error(
