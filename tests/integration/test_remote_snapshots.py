@@ -1,6 +1,7 @@
 """Snapshots of the SSH backends and restores across backends, against real sshd hosts and a
 real container engine: ext.vm-packer <-> ext.local and ext.compose-ssh <-> ext.local, with the
-files checked on arrival and the secrets file left out of every snapshot."""
+files checked on arrival and the secrets file left out of every snapshot; a compose snapshot
+carries the project's named volumes, filled again before the restored stack starts."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 import pytest
 
 from sandboxer.client import SandboxerClient
+from sandboxer.errors import CommandFailed
 from tests.integration.conftest import Service, reap_local, start_service
 from tests.integration.remote_fixtures import (
+    ENGINES,
     TWO_SERVICE_COMPOSE,
     ComposeEngine,
     SshHostInfo,
@@ -168,6 +171,154 @@ async def test_compose_workspace_restores_locally_and_back(
         assert sorted(back["reachability"]["services"]) == ["web", "worker"]
         await client.destroy(back["sandbox_id"])
         await client.destroy(stack["sandbox_id"])
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+VOLUME_COMPOSE = """\
+services:
+  web:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+    volumes:
+      - data:/srv/data
+  worker:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+    volumes:
+      - data:/mnt/shared
+      - cache:/var/cache/app
+volumes:
+  data: {}
+  cache: {}
+"""
+
+
+async def output_of(
+    client: SandboxerClient, sandbox_id: str, script: str, service: str = "web"
+) -> str:
+    out = bytearray()
+
+    async def collect(_stream: str, data: bytes) -> None:
+        out.extend(data)
+
+    code = await client.exec(sandbox_id, ["sh", "-c", script], collect, service=service)
+    assert code == 0, out.decode()
+    return out.decode()
+
+
+@pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
+async def test_compose_named_volumes_travel_with_the_snapshot(
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    ssh_hosts: SshHosts,
+    compose_engine: ComposeEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hosts = await ssh_hosts(2, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
+    service = await snapshot_service(home, nats_server.url, hosts, monkeypatch)
+    try:
+        client = service.client
+        repo = tmp_path / "r"
+        repo.mkdir()
+        (repo / "docker-compose.yml").write_text(VOLUME_COMPOSE)
+        stack = await client.create("profile.snap-compose", {"repo": str(repo)})
+        source = stack["sandbox_id"]
+        # Written into the volumes through exec: only the engine's volumes hold these.
+        await output_of(
+            client,
+            source,
+            "mkdir -p /srv/data/db && echo kept in the volume > /srv/data/db/row.txt && "
+            "ln -s db/row.txt /srv/data/latest && echo 'x; $(touch /tmp/pwned)' > '/srv/data/odd name'",
+        )
+        await output_of(client, source, "echo cached > /var/cache/app/c.bin", service="worker")
+        assert not (Path(stack["reachability"]["directory"]) / ".sandboxer").exists()
+
+        taken = await client.snapshot(source, name="with-volumes")
+        # The original is gone, volumes and all, before the restore.
+        await client.destroy(source)
+        project = f"sbx-{source}"
+        assert project not in compose_engine.cli("volume", "ls", "-q").stdout
+
+        restored = await client.restore(taken["snapshot_id"])
+        new_id = restored["sandbox_id"]
+        assert await output_of(client, new_id, "cat /srv/data/db/row.txt") == "kept in the volume\n"
+        assert await output_of(client, new_id, "cat /srv/data/latest") == "kept in the volume\n"
+        assert (
+            await output_of(client, new_id, "cat '/srv/data/odd name'")
+            == "x; $(touch /tmp/pwned)\n"
+        )
+        assert (
+            await output_of(client, new_id, "cat /mnt/shared/db/row.txt", service="worker")
+            == "kept in the volume\n"
+        )
+        assert (
+            await output_of(client, new_id, "cat /var/cache/app/c.bin", service="worker")
+            == "cached\n"
+        )
+        # The copies were taken out of the directory before the stack started.
+        directory = Path(restored["reachability"]["directory"])
+        assert (directory / "docker-compose.yml").exists()
+        assert not (directory / ".sandboxer").exists()
+        volumes = compose_engine.cli("volume", "ls", "-q").stdout.split()
+        assert {f"sbx-{new_id}_data", f"sbx-{new_id}_cache"} <= set(volumes)
+
+        # Into ext.local, the volumes arrive as files of the workspace.
+        local = await restore_local(client, taken["snapshot_id"])
+        assert (
+            await run_in(client, local, "cat /workspace/.sandboxer/volumes/data/db/row.txt")
+            == "kept in the volume\n"
+        )
+        assert (
+            await run_in(client, local, "cat /workspace/.sandboxer/volumes/cache/c.bin")
+            == "cached\n"
+        )
+        await client.destroy(new_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+async def test_compose_volume_names_from_the_tree_are_checked(
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    ssh_hosts: SshHosts,
+    compose_engine: ComposeEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hosts = await ssh_hosts(1, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
+    service = await snapshot_service(home, nats_server.url, hosts, monkeypatch)
+    try:
+        client = service.client
+        # A name that could pass for an option: refused before anything reaches the host.
+        hostile = tmp_path / "hostile"
+        (hostile / ".sandboxer" / "volumes" / "--help").mkdir(parents=True)
+        (hostile / "docker-compose.yml").write_text(VOLUME_COMPOSE)
+        with pytest.raises(CommandFailed) as caught:
+            await client.create("profile.snap-compose", {"repo": str(hostile)})
+        assert caught.value.event["type"] == "failed"
+        assert "'--help'" in caught.value.event["reason"]
+        assert not list(Path(hosts[0].host.workspace_root).glob("sbx-*"))
+
+        # A well-formed key that no service mounts: the create fails, nothing is left.
+        stray = tmp_path / "stray"
+        (stray / ".sandboxer" / "volumes" / "elsewhere").mkdir(parents=True)
+        (stray / "docker-compose.yml").write_text(VOLUME_COMPOSE)
+        with pytest.raises(CommandFailed) as caught:
+            await client.create("profile.snap-compose", {"repo": str(stray)})
+        assert "elsewhere" in caught.value.event["reason"]
+        project = f"sbx-{caught.value.event['sandbox_id']}"
+        assert project not in compose_engine.cli("ps", "-a", "--format", "{{.Names}}").stdout
+        assert project not in compose_engine.cli("volume", "ls", "-q").stdout
     finally:
         await service.client.close()
         await service.shutdown()

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sandboxer.config.settings import Settings
@@ -32,7 +33,7 @@ from sandboxer.errors import (
 )
 from sandboxer.extensions import ssh_checks as checks
 from sandboxer.extensions.base import OutputSink, ProvisionRequest, Readiness
-from sandboxer.extensions.compose_ssh import containers, engine, listing
+from sandboxer.extensions.compose_ssh import containers, engine, listing, volumes
 from sandboxer.extensions.compose_ssh.compose_file import (
     ComposeFileError,
     check_compose_file,
@@ -51,6 +52,7 @@ from sandboxer.extensions.ssh_targets import (
 )
 from sandboxer.extensions.ssh_workspace import Probe, remove, scan, write_marker
 from sandboxer.ssh import Connection, remote, sync
+from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = ["ComposeSshExtension"]
 
@@ -104,19 +106,13 @@ class ComposeSshExtension(SshBackend):
                 if request.secrets:
                     text = checks.env_file_text(request.secrets, sandbox_id)
                     await remote.put_file(conn, stack.env_path, text.encode(), mode=0o600)
-                try:
-                    await stack.run(conn, "up", "-d", timeout=UP_TIMEOUT)
-                except RemoteCommandFailed as exc:
-                    raise checks.with_output(
-                        exc,
-                        f"'{stack.target.config.compose_cmd} up -d' of "
-                        f"{stack.compose_file} on host {stack.target.name}",
-                        values,
-                        sandbox_id=sandbox_id,
-                        extension=self.id,
-                        fix="fix the compose file or what it needs (images, build context, "
-                        "variables), then create the sandbox again",
-                    ) from None
+                if plan.volume_keys:  # a restored snapshot: fill the volumes before any start
+                    await self._up(conn, stack, values, "--no-start")
+                    await volumes.seed(
+                        conn, stack.target, stack.project, stack.directory, plan.volume_keys
+                    )
+                    await volumes.remove_seed(conn, stack.target, stack.directory)
+                await self._up(conn, stack, values, "-d")
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         log.info(
@@ -129,6 +125,21 @@ class ComposeSshExtension(SshBackend):
             (synced - cleaned) * 1000,
             (time.monotonic() - synced) * 1000,
         )
+
+    async def _up(self, conn: Connection, stack: Stack, values: list[str], flag: str) -> None:
+        try:
+            await stack.run(conn, "up", flag, timeout=UP_TIMEOUT)
+        except RemoteCommandFailed as exc:
+            raise checks.with_output(
+                exc,
+                f"'{stack.target.config.compose_cmd} up {flag}' of "
+                f"{stack.compose_file} on host {stack.target.name}",
+                values,
+                sandbox_id=stack.sandbox_id,
+                extension=self.id,
+                fix="fix the compose file or what it needs (images, build context, "
+                "variables), then create the sandbox again",
+            ) from None
 
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
         plan = self._plan(request)
@@ -229,6 +240,23 @@ class ComposeSshExtension(SshBackend):
         async with session(item) as conn:
             return await exec_in_service(conn, item, sandbox_id, argv, output, service)
 
+    async def snapshot_workspace(
+        self, sandbox_id: str, destination: Path, *, host: str | None = None
+    ) -> None:
+        """The project's directory (secrets left out), then its named volumes under
+        ``.sandboxer/volumes/<key>/`` (:mod:`.volumes`), copied as the containers run."""
+        await super().snapshot_workspace(sandbox_id, destination, host=host)
+        item = await self._exec_target(sandbox_id, host)
+        limits = ArchiveLimits.from_mb(self.settings.upload_max_mb)
+        async with session(item) as conn:
+            copied = await volumes.copy_out(
+                conn, item, containers.project_name(sandbox_id), destination, limits
+            )
+        if copied:
+            log.info(
+                "snapshot of compose sandbox %s: volumes %s copied", sandbox_id, ", ".join(copied)
+            )
+
     async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
         """Freeze every container of the sandbox's project (``compose pause``)."""
         checks.check_sandbox_id(sandbox_id, self.id)
@@ -267,7 +295,7 @@ class ComposeSshExtension(SshBackend):
         item = target(self.settings, request.host, sandbox_id=sandbox_id, extension=self.id)
         checks.check_secrets(request.secrets, item.config.env, sandbox_id, self.id)
         stack = Stack(item, sandbox_id, compose_file, with_secrets=bool(request.secrets))
-        return Plan(stack, repo)
+        return Plan(stack, repo, volumes.seed_keys(repo, sandbox_id))
 
     async def _services(self, conn: Connection, stack: Stack, values: list[str]) -> list[str]:
         try:

@@ -78,6 +78,8 @@ class Container:
     restart_count: int = 0
     started_at: str = ""
     working_dir: str = ""
+    volumes: tuple[tuple[str, str], ...] = ()
+    """The named volumes it mounts, as (volume name, path in the container)."""
 
     @property
     def running(self) -> bool:
@@ -103,6 +105,19 @@ def _dict(value: object) -> dict[str, Any]:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) else 0
+
+
+def _volume_mounts(mounts: object) -> tuple[tuple[str, str], ...]:
+    """(name, destination) of each named volume in an ``inspect`` ``Mounts`` list."""
+    if not isinstance(mounts, list):
+        return ()
+    found = []
+    for item in mounts:
+        mount = _dict(item)
+        name, destination = mount.get("Name"), mount.get("Destination")
+        if mount.get("Type") == "volume" and isinstance(name, str) and isinstance(destination, str):
+            found.append((name, destination))
+    return tuple(found)
 
 
 def parse_inspect(text: str) -> list[Container]:
@@ -134,6 +149,7 @@ def parse_inspect(text: str) -> list[Container]:
                 restart_count=_int(item.get("RestartCount")),
                 started_at=str(state.get("StartedAt") or ""),
                 working_dir=str(labels.get(WORKING_DIR_LABEL) or ""),
+                volumes=_volume_mounts(item.get("Mounts")),
             )
         )
     return found

@@ -7,7 +7,7 @@ on a command line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandboxer.extensions.compose_ssh import containers
@@ -91,3 +91,5 @@ class Stack:
 class Plan:
     stack: Stack
     repo: Path
+    volume_keys: list[str] = field(default_factory=list)
+    """Named volumes the repo holds contents for (``.sandboxer/volumes/<key>/``)."""
