@@ -14,8 +14,9 @@ import pytest
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.config.settings import Settings
 
-# Fixtures for remote backends (sshd hosts, a private container engine), shared by suites.
-pytest_plugins = ["tests.integration.remote_fixtures"]
+# Fixtures for remote backends (sshd hosts, a private container engine) and provider
+# doubles, shared by suites.
+pytest_plugins = ["tests.integration.remote_fixtures", "tests.doubles.e2b_double"]
 
 
 def require_tool(name: str, apt_package: str) -> str:
