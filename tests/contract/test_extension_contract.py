@@ -25,6 +25,7 @@ from sandboxer.config.settings import Settings
 from sandboxer.errors import InvalidInput, Unsupported
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
+from sandboxer.extensions.loading import build_extension
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension
 from tests.conftest import require_tool
@@ -98,12 +99,19 @@ async def _vm_packer(tmp: Path, fixtures: dict[str, Any]) -> Subject:
     )
 
 
+async def _saas_stub(tmp: Path, _fixtures: dict[str, Any]) -> Subject:
+    """ext.saas-stub as the worker builds it from its packaged declaration; records in tmp."""
+    settings = Settings(home=tmp / "home", nats_urls=(), nats_server=None, ack_wait=30.0)
+    return Subject(build_extension("ext.saas-stub", Catalog.load(), settings), "profile.saas-stub")
+
+
 REMOTE = ("ssh_hosts", "monkeypatch")
 EXTENSIONS: dict[str, Backend] = {
     "ext.local": Backend(_local),
     "ext.compose-ssh": Backend(_compose_ssh("docker_engine"), (*REMOTE, "docker_engine")),
     "ext.compose-ssh+podman": Backend(_compose_ssh("podman_engine"), (*REMOTE, "podman_engine")),
     "ext.vm-packer": Backend(_vm_packer, REMOTE),
+    "ext.saas-stub": Backend(_saas_stub),
 }
 
 
