@@ -174,6 +174,11 @@ class E2bDouble:
             self._records[record.sandbox_id] = record
         return record
 
+    def time_out(self, sandbox_id: str) -> None:
+        """End a sandbox as its timeout would, behind the adapter's back."""
+        with self._lock:
+            self._records[sandbox_id].end_at = _now()
+
     @property
     def violations(self) -> list[str]:
         return self.app.violations

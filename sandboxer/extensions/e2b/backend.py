@@ -1,0 +1,314 @@
+"""ext.e2b: one of our sandboxes is one E2B sandbox, labelled with our id in its metadata.
+
+The label is the source of truth for which E2B sandbox is ours: the in-memory
+map from our id to E2B's is only a cache, and a restarted worker finds every
+sandbox again by its ``sandboxer_id`` metadata. A redelivered provision kills
+what an earlier attempt made before creating, and a create whose answer was
+lost is looked for by label before it is sent again, so one of ours is never
+two at E2B (:mod:`sandboxer.hosted.create_once`).
+
+Our TTL ends the sandbox; E2B's own timeout is set a margin past it as a
+backstop and moved whenever the TTL moves (:class:`TimeoutKeeper`). Commands
+run through envd inside the sandbox, which the control-plane API does not
+cover, so this backend has no exec; its snapshots make E2B templates, not the
+workspace copy sandboxer's snapshots store, so it has no snapshot either
+(docs/ext-e2b.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sandboxer.clock import utc_now
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.settings import Settings
+from sandboxer.errors import ExtensionError, SandboxNotFound, Unsupported
+from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.e2b.api import E2bApi
+from sandboxer.extensions.e2b.config import parse_settings, resolve_endpoint
+from sandboxer.extensions.e2b.wire import (
+    Created,
+    Listed,
+    create_body,
+    descriptor,
+    resource_warnings,
+    template_of,
+    timeout_for,
+    ttl_seconds,
+)
+from sandboxer.extensions.ssh_checks import check_sandbox_id
+from sandboxer.hosted.create_once import create_once
+from sandboxer.hosted.labels import SANDBOX_LABEL
+from sandboxer.ids import is_valid_sandbox_id
+
+__all__ = ["E2bExtension"]
+
+log = logging.getLogger(__name__)
+
+EXTENSION_ID = "ext.e2b"
+
+
+class E2bExtension:
+    """Sandboxes in E2B microVMs, through E2B's control-plane API."""
+
+    host_local = False
+
+    def __init__(
+        self, settings: Mapping[str, Any] | None = None, *, extension: str = EXTENSION_ID
+    ) -> None:
+        self.id = extension
+        self._settings = parse_settings(settings or {}, extension)
+        self._api: E2bApi | None = None
+        self._known: dict[str, str] = {}
+        """Our sandbox id -> E2B's, a cache of what the labels say."""
+
+    @classmethod
+    def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> E2bExtension:
+        del settings  # everything it needs is in its declaration and the environment
+        return cls(decl.settings, extension=decl.id)
+
+    async def aclose(self) -> None:
+        if self._api is not None:
+            await self._api.aclose()
+            self._api = None
+
+    # -- the Extension protocol ----------------------------------------------------------------
+
+    async def provision(self, request: ProvisionRequest) -> None:
+        sandbox_id = request.sandbox_id
+        check_sandbox_id(sandbox_id, self.id)
+        template = template_of(request.profile)
+        api = self._client()
+        # A redelivered job: what an earlier attempt made is removed, and we start clean.
+        for leftover in await self._labelled(sandbox_id):
+            log.info("%s: killing %s left by an earlier attempt", sandbox_id, leftover.provider_id)
+            await api.kill(leftover.provider_id, sandbox_id=sandbox_id)
+        self._known.pop(sandbox_id, None)
+        timeout = timeout_for(
+            request.expires_at,
+            utc_now(),
+            self._settings,
+            ttl_fallback=ttl_seconds(request.profile),
+        )
+        body, _warnings = create_body(request, template, timeout.seconds)
+
+        async def find() -> Created | None:
+            found = await self._labelled(sandbox_id)
+            for extra in found[1:]:  # never two: keep the first, kill the rest
+                await api.kill(extra.provider_id, sandbox_id=sandbox_id)
+            return found[0].as_created() if found else None
+
+        created = await create_once(lambda: api.create(body, sandbox_id=sandbox_id), find)
+        self._known[sandbox_id] = created.provider_id
+        log.info(
+            "%s: E2B sandbox %s from template %s, timeout %d s",
+            sandbox_id,
+            created.provider_id,
+            template,
+            timeout.seconds,
+        )
+
+    async def wait_ready(self, request: ProvisionRequest) -> Readiness:
+        """E2B answers a create once the microVM runs: confirm it, and say how to reach it."""
+        sandbox_id = request.sandbox_id
+        check_sandbox_id(sandbox_id, self.id)
+        provider_id = await self._provider_id(sandbox_id)
+        api = self._client()
+        sandbox = await api.get(provider_id, sandbox_id=sandbox_id)
+        if sandbox is None:
+            self._known.pop(sandbox_id, None)
+            raise ExtensionError(
+                f"E2B sandbox {provider_id} (ours: {sandbox_id}) is gone before it was ready: "
+                "it was killed, or its timeout ran out; create it again",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        if sandbox.state != "running":
+            raise ExtensionError(
+                f"E2B sandbox {provider_id} (ours: {sandbox_id}) is {sandbox.state!r}, not "
+                "running, right after its create",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        _body, warnings = create_body(request, template_of(request.profile), 0)
+        warnings += resource_warnings(request.profile, sandbox)
+        timeout = timeout_for(
+            request.expires_at,
+            utc_now(),
+            self._settings,
+            ttl_fallback=ttl_seconds(request.profile),
+        )
+        if timeout.warning:
+            warnings.append(timeout.warning)
+        return Readiness(descriptor=descriptor(sandbox, api.endpoint.domain), warnings=warnings)
+
+    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
+        """Kill every E2B sandbox labelled with our id (and the cached one); gone is done."""
+        del host
+        check_sandbox_id(sandbox_id, self.id)
+        api = self._client()
+        targets = {found.provider_id for found in await self._labelled(sandbox_id)}
+        cached = self._known.pop(sandbox_id, None)
+        if cached is not None:
+            targets.add(cached)
+        for provider_id in sorted(targets):
+            if await api.kill(provider_id, sandbox_id=sandbox_id):
+                log.info("%s: killed E2B sandbox %s", sandbox_id, provider_id)
+
+    async def list_sandboxes(self) -> Sequence[FoundSandbox]:
+        """Every running or paused E2B sandbox of the team that carries our label."""
+        return [
+            FoundSandbox(sandbox_id=ours, alive=True, detail=_detail(sandbox))
+            for sandbox in await self._client().list_live()
+            if (ours := _ours(sandbox)) is not None
+        ]
+
+    async def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        output: OutputSink,
+        *,
+        host: str | None = None,
+        service: str | None = None,
+    ) -> int:
+        raise Unsupported(
+            "ext.e2b does not run commands: E2B runs them through envd inside the sandbox, "
+            "which its control-plane API does not cover. Use the E2B SDK "
+            "(Sandbox.connect(<sandbox_id from the ready descriptor>)) with your own key, "
+            "or a backend whose declaration has exec: true",
+            sandbox_id=sandbox_id,
+            extension=self.id,
+        )
+
+    # -- capabilities -------------------------------------------------------------------------
+
+    async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
+        """Pause the microVM (E2B keeps its memory and disk, and stops billing it)."""
+        del host
+        check_sandbox_id(sandbox_id, self.id)
+        provider_id = await self._provider_id(sandbox_id)
+        status = await self._client().pause(provider_id, sandbox_id=sandbox_id)
+        if status == 409:
+            await self._expect_state(sandbox_id, provider_id, "paused", "pause")
+        elif status == 404:
+            raise self._gone(sandbox_id, provider_id)
+
+    async def resume(self, sandbox_id: str, *, host: str | None = None) -> None:
+        """Resume it for ``resume_timeout`` seconds; the worker then moves the timeout to
+        the new TTL (``set_timeout``)."""
+        del host
+        check_sandbox_id(sandbox_id, self.id)
+        provider_id = await self._provider_id(sandbox_id)
+        status = await self._client().resume(
+            provider_id, self._settings.resume_timeout, sandbox_id=sandbox_id
+        )
+        if status == 409:
+            await self._expect_state(sandbox_id, provider_id, "running", "resume")
+        elif status == 404:
+            raise self._gone(sandbox_id, provider_id)
+
+    async def set_timeout(
+        self, sandbox_id: str, expires_at: str, *, host: str | None = None
+    ) -> None:
+        """Move E2B's timeout to ``timeout_margin`` past our new expiry."""
+        del host
+        check_sandbox_id(sandbox_id, self.id)
+        provider_id = await self._provider_id(sandbox_id)
+        timeout = timeout_for(expires_at, utc_now(), self._settings, ttl_fallback=0)
+        if timeout.warning:
+            log.warning("%s: %s", sandbox_id, timeout.warning)
+        if not await self._client().set_timeout(
+            provider_id, timeout.seconds, sandbox_id=sandbox_id
+        ):
+            raise self._gone(sandbox_id, provider_id)
+
+    async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
+        """What the team runs at E2B: our sandboxes by state, and how many are not ours."""
+        del host  # E2B has no hosts of ours
+        api = self._client()
+        everything = await api.list_live()
+        ours = [s for s in everything if _ours(s)]
+        return {
+            "provider": "e2b",
+            "api_url": api.endpoint.base_url,
+            "reachable": True,
+            "sandboxes": len(ours),
+            "alive": len(ours),
+            "running": sum(1 for s in ours if s.state == "running"),
+            "paused": sum(1 for s in ours if s.state == "paused"),
+            "not_ours": len(everything) - len(ours),
+            "workspaces": sorted({s.ours for s in ours if s.ours}),
+        }
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _client(self) -> E2bApi:
+        """The API client, built on first use (a missing key is a ConfigError then, not at start)."""
+        if self._api is None:
+            self._api = E2bApi(
+                resolve_endpoint(self._settings, self.id), self._settings, provider=self.id
+            )
+        return self._api
+
+    async def _labelled(self, sandbox_id: str) -> list[Listed]:
+        return await self._client().list_live({SANDBOX_LABEL: sandbox_id})
+
+    async def _provider_id(self, sandbox_id: str) -> str:
+        """E2B's id for ours: from the cache, else by our label (a restarted worker)."""
+        cached = self._known.get(sandbox_id)
+        if cached is not None:
+            return cached
+        found = await self._labelled(sandbox_id)
+        if not found:
+            raise SandboxNotFound(
+                f"no E2B sandbox carries {SANDBOX_LABEL}={sandbox_id}: it was killed, or its "
+                "timeout ran out",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        self._known[sandbox_id] = found[0].provider_id
+        return found[0].provider_id
+
+    async def _expect_state(
+        self, sandbox_id: str, provider_id: str, wanted: str, operation: str
+    ) -> None:
+        """After a 409: done already if the sandbox is in ``wanted``; else say what it is."""
+        sandbox = await self._client().get(provider_id, sandbox_id=sandbox_id)
+        if sandbox is None:
+            raise self._gone(sandbox_id, provider_id)
+        if sandbox.state != wanted:
+            raise ExtensionError(
+                f"E2B refused to {operation} sandbox {provider_id} (ours: {sandbox_id}): it is "
+                f"{sandbox.state!r}",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+
+    def _gone(self, sandbox_id: str, provider_id: str) -> SandboxNotFound:
+        self._known.pop(sandbox_id, None)
+        return SandboxNotFound(
+            f"E2B sandbox {provider_id} (ours: {sandbox_id}) is gone: it was killed, or its "
+            "timeout ran out",
+            sandbox_id=sandbox_id,
+            extension=self.id,
+        )
+
+
+def _ours(sandbox: Listed) -> str | None:
+    """Our id when the sandbox carries our label with a valid id (a hostile label is not ours)."""
+    ours = sandbox.ours
+    return ours if ours is not None and is_valid_sandbox_id(ours) else None
+
+
+def _detail(sandbox: Listed) -> dict[str, Any]:
+    detail: dict[str, Any] = {
+        "provider_id": sandbox.provider_id,
+        "state": sandbox.state,
+        "template": sandbox.alias or sandbox.template,
+    }
+    if sandbox.end_at:
+        detail["provider_end_at"] = sandbox.end_at
+    return detail

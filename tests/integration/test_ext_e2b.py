@@ -1,0 +1,350 @@
+"""ext.e2b against the E2B double, which refuses anything E2B's published spec does not allow.
+
+Every test goes through the adapter's public methods over real HTTP; the
+double's fixture fails the test if a request or an answer broke the spec.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.profile import Profile
+from sandboxer.config.settings import Settings
+from sandboxer.errors import (
+    ConfigError,
+    ExtensionError,
+    InvalidInput,
+    ProviderAuth,
+    ProviderQuota,
+    SandboxNotFound,
+    Unsupported,
+)
+from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.capabilities import Pausable, TimeoutKeeper
+from sandboxer.extensions.e2b.backend import E2bExtension
+from sandboxer.extensions.loading import build_extension
+from tests.doubles.e2b_double import ServedE2b
+
+pytestmark = pytest.mark.integration
+
+PROFILE = "profile.e2b-burst"
+
+
+def settings_for(served: ServedE2b, **more: Any) -> dict[str, Any]:
+    return {"api_url": served.url, "api_key": served.api_key, **more}
+
+
+@pytest.fixture
+async def e2b(e2b_double: ServedE2b) -> AsyncIterator[E2bExtension]:
+    extension = E2bExtension(settings_for(e2b_double, retry_budget=5))
+    yield extension
+    await extension.aclose()
+
+
+def profile(**changes: Any) -> Profile:
+    base = Catalog.load().profile(PROFILE)
+    return base.model_copy(update=changes)
+
+
+def request(sandbox_id: str, *, expires_in: float | None = 600, **changes: Any) -> ProvisionRequest:
+    expires_at = (
+        None
+        if expires_in is None
+        else (datetime.now(UTC) + timedelta(seconds=expires_in))
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+    return ProvisionRequest(
+        sandbox_id=sandbox_id,
+        profile=profile(**changes),
+        inputs={},
+        expires_at=expires_at,
+        project="proj1",
+    )
+
+
+async def test_lifecycle_labels_the_sandbox_and_records_no_token(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    made = request("e2blife0001")
+    await e2b.provision(made)
+    readiness = await e2b.wait_ready(made)
+    [record] = e2b_double.double.live()
+    assert record.metadata == {"sandboxer_id": "e2blife0001", "sandboxer_project": "proj1"}
+    assert record.alias == "base"
+    descriptor = readiness.descriptor
+    assert descriptor["kind"] == "e2b"
+    assert descriptor["sandbox_id"] == record.sandbox_id
+    assert descriptor["template"] == "base"
+    assert descriptor["port_url"] == f"https://{{port}}-{record.sandbox_id}.e2b.app"
+    assert record.access_token not in json.dumps(descriptor)
+    assert record.access_token not in repr(readiness)
+    assert readiness.warnings == []  # the profile's 2 vCPU / 512 MiB is what the template gave
+    found = await e2b.list_sandboxes()
+    assert [(f.sandbox_id, f.alive) for f in found] == [("e2blife0001", True)]
+    assert found[0].detail["provider_id"] == record.sandbox_id
+    await e2b.teardown("e2blife0001")
+    assert e2b_double.double.live() == []
+    assert list(await e2b.list_sandboxes()) == []
+
+
+async def test_the_timeout_sent_is_the_ttl_plus_the_margin(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    await e2b.provision(request("e2btime0001", expires_in=600))
+    [record] = e2b_double.double.live()
+    # 600 s of TTL (less the moments the call took) plus the default margin of 120 s
+    assert 715 <= record.timeouts[0] <= 721
+
+
+async def test_without_an_expiry_the_profile_s_default_ttl_stands_in(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    await e2b.provision(request("e2btime0002", expires_in=None))
+    [record] = e2b_double.double.live()
+    assert record.timeouts == [30 * 60 + 120]
+
+
+async def test_a_ttl_past_the_plan_s_limit_is_cut_to_it_with_a_warning(
+    e2b_double: ServedE2b,
+) -> None:
+    extension = E2bExtension(settings_for(e2b_double, max_timeout=3600))
+    try:
+        made = request("e2btime0003", expires_in=7200)
+        await extension.provision(made)
+        readiness = await extension.wait_ready(made)
+    finally:
+        await extension.aclose()
+    [record] = e2b_double.double.live()
+    assert record.timeouts == [3600]
+    assert any("settings.max_timeout" in warning for warning in readiness.warnings)
+
+
+async def test_set_timeout_moves_e2b_s_timeout_to_the_new_expiry(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    assert isinstance(e2b, TimeoutKeeper)
+    await e2b.provision(request("e2btime0004", expires_in=600))
+    later = (datetime.now(UTC) + timedelta(hours=2)).isoformat().replace("+00:00", "Z")
+    await e2b.set_timeout("e2btime0004", later)
+    [record] = e2b_double.double.live()
+    assert 7315 <= record.timeouts[-1] <= 7321
+    assert record.end_at > datetime.now(UTC) + timedelta(seconds=7300)
+
+
+async def test_a_restarted_worker_finds_its_sandbox_by_label(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    made = request("e2brest0001")
+    await e2b.provision(made)
+    fresh = E2bExtension(settings_for(e2b_double))  # no cache: only the labels
+    try:
+        readiness = await fresh.wait_ready(made)
+        later = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+        await fresh.set_timeout("e2brest0001", later)
+        await fresh.teardown("e2brest0001")
+    finally:
+        await fresh.aclose()
+    assert readiness.descriptor["kind"] == "e2b"
+    assert e2b_double.double.live() == []
+
+
+async def test_pause_and_resume(e2b: E2bExtension, e2b_double: ServedE2b) -> None:
+    assert isinstance(e2b, Pausable)
+    made = request("e2bpause001")
+    await e2b.provision(made)
+    await e2b.pause("e2bpause001")
+    [record] = e2b_double.double.live()
+    assert record.state == "paused"
+    await e2b.pause("e2bpause001")  # already paused: E2B answers 409, which is done
+    found = await e2b.list_sandboxes()
+    assert [(f.sandbox_id, f.alive, f.detail["state"]) for f in found] == [
+        ("e2bpause001", True, "paused")
+    ]
+    await e2b.resume("e2bpause001")
+    assert record.state == "running"
+    assert record.timeouts[-1] == 3600  # settings.resume_timeout; the worker then retimes
+    await e2b.resume("e2bpause001")  # already running: 409, done
+    await e2b.teardown("e2bpause001")
+    with pytest.raises(SandboxNotFound, match="e2bpause001"):
+        await e2b.pause("e2bpause001")
+
+
+async def test_only_our_sandboxes_are_listed(e2b: E2bExtension, e2b_double: ServedE2b) -> None:
+    e2b_double.double.plant_orphan({"app": "someone-else"})
+    e2b_double.double.plant_orphan({"sandboxer_id": "../../etc"})  # not an id of ours
+    leaked = e2b_double.double.plant_orphan({"sandboxer_id": "e2bleak0001"}, state="paused")
+    await e2b.provision(request("e2bmine0001"))
+    found = {f.sandbox_id: f.detail["provider_id"] for f in await e2b.list_sandboxes()}
+    assert set(found) == {"e2bmine0001", "e2bleak0001"}
+    assert found["e2bleak0001"] == leaked.sandbox_id
+    report = await e2b.inspect_host()
+    assert (report["sandboxes"], report["paused"], report["not_ours"]) == (2, 1, 2)
+
+
+async def test_listing_follows_the_pages(e2b: E2bExtension, e2b_double: ServedE2b) -> None:
+    for n in range(105):
+        e2b_double.double.plant_orphan({"sandboxer_id": f"e2bpage{n:04d}"})
+    found = await e2b.list_sandboxes()
+    assert len({f.sandbox_id for f in found}) == 105
+    assert e2b_double.double.calls.count(("GET", "/v2/sandboxes")) == 2
+
+
+async def test_teardown_is_idempotent(e2b: E2bExtension, e2b_double: ServedE2b) -> None:
+    await e2b.provision(request("e2bidem0001"))
+    [record] = e2b_double.double.live()
+    await e2b.teardown("e2bidem0001")
+    await e2b.teardown("e2bidem0001")
+    await e2b.teardown("e2bnever001")
+    assert e2b_double.double.live() == []
+    # a sandbox killed behind our back while the cache still names it: gone is done
+    await e2b.provision(request("e2bidem0002"))
+    for live in e2b_double.double.live():
+        e2b_double.double.time_out(live.sandbox_id)
+    await e2b.teardown("e2bidem0002")
+    assert record.sandbox_id not in {r.sandbox_id for r in e2b_double.double.live()}
+
+
+async def test_a_refused_key_names_its_source_and_never_its_value(
+    e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = "e2b_wrong_key_0123456789abcdef"
+    monkeypatch.setenv("E2B_API_KEY", wrong)
+    monkeypatch.setenv("E2B_API_URL", e2b_double.url)
+    extension = E2bExtension({})
+    try:
+        with pytest.raises(ProviderAuth) as caught:
+            await extension.provision(request("e2bauth0001"))
+    finally:
+        await extension.aclose()
+    message = caught.value.message
+    assert "env:E2B_API_KEY" in message
+    assert wrong not in message
+    assert wrong not in str(caught.value)
+    assert caught.value.status == 401
+
+
+async def test_a_missing_key_is_a_config_error_at_first_use_not_at_build(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.delenv("E2B_API_KEY", raising=False)
+    catalog = Catalog.load(tmp_path)
+    built = build_extension(
+        "ext.e2b", catalog, Settings(home=tmp_path, nats_urls=(), nats_server=None, ack_wait=5)
+    )
+    assert isinstance(built, E2bExtension)
+    with pytest.raises(ConfigError, match=r"E2B_API_KEY.*settings\.api_key"):
+        await built.provision(request("e2bnokey001"))
+
+
+async def test_a_quota_refusal_is_retryable_provider_quota(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    e2b_double.double.app.faults.add("status", method="POST", pattern="/sandboxes", status=429)
+    with pytest.raises(ProviderQuota) as caught:
+        await e2b.provision(request("e2bquota001"))
+    assert caught.value.retryable
+    assert "injected fault" in caught.value.message  # the provider's own words are kept
+    assert e2b_double.double.live() == []
+
+
+async def test_server_errors_are_retried_and_the_create_made_once(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    faults = e2b_double.double.app.faults
+    faults.add("status", method="POST", pattern="/sandboxes", status=500, times=2)
+    faults.add("status", method="GET", pattern="/v2/sandboxes", status=503, times=2)
+    made = request("e2bretry001")
+    await e2b.provision(made)
+    await e2b.wait_ready(made)
+    assert len(e2b_double.double.live()) == 1
+    assert e2b_double.double.calls.count(("POST", "/sandboxes")) == 3
+
+
+async def test_a_lost_create_answer_leaves_exactly_one_sandbox(e2b_double: ServedE2b) -> None:
+    e2b_double.double.app.faults.add("lost", method="POST", pattern="/sandboxes", seconds=1.5)
+    extension = E2bExtension(settings_for(e2b_double, request_timeout=0.5))
+    try:
+        made = request("e2blost0001")
+        await extension.provision(made)
+        readiness = await extension.wait_ready(made)
+    finally:
+        await extension.aclose()
+    [record] = e2b_double.double.live()
+    assert readiness.descriptor["sandbox_id"] == record.sandbox_id
+    assert e2b_double.double.calls.count(("POST", "/sandboxes")) == 1
+
+
+async def test_provisioning_twice_leaves_exactly_one(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    made = request("e2btwice001")
+    await e2b.provision(made)
+    await e2b.provision(made)  # a redelivered job: the first attempt's sandbox is killed
+    readiness = await e2b.wait_ready(made)
+    [record] = e2b_double.double.live()
+    assert readiness.descriptor["sandbox_id"] == record.sandbox_id
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "a;rm -rf /", "UPPER1234", "x", "$(id)aaaa"])
+async def test_hostile_ids_are_refused_before_any_request(
+    e2b: E2bExtension, e2b_double: ServedE2b, bad: str
+) -> None:
+    with pytest.raises(InvalidInput):
+        await e2b.provision(request(bad))
+    for call in (e2b.teardown(bad), e2b.pause(bad), e2b.resume(bad)):
+        with pytest.raises(InvalidInput):
+            await call
+    with pytest.raises(InvalidInput):
+        await e2b.set_timeout(bad, "2030-01-01T00:00:00.000Z")
+    assert e2b_double.double.calls == []
+
+
+async def test_a_profile_without_a_template_is_refused_by_name(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    with pytest.raises(ExtensionError, match=r"profile\.e2b-burst names no E2B template"):
+        await e2b.provision(request("e2bnotpl001", image=None))
+    assert ("POST", "/sandboxes") not in e2b_double.double.calls
+
+
+async def test_network_deny_and_secrets_reach_the_create(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    base = profile()
+    denied = base.model_copy(
+        update={
+            "network": base.network.model_copy(
+                update={"default": "deny", "egress": ["pypi.org:443"]}
+            )
+        }
+    )
+    made = ProvisionRequest(
+        sandbox_id="e2bnet00001",
+        profile=denied,
+        inputs={},
+        secrets={"GITHUB_TOKEN": "ghp_secretvalue"},
+    )
+    await e2b.provision(made)
+    readiness = await e2b.wait_ready(made)
+    [record] = e2b_double.double.live()
+    assert record.allow_internet_access is False
+    assert record.network == {"allowOut": ["pypi.org"]}
+    assert record.env_vars == {"GITHUB_TOKEN": "ghp_secretvalue"}
+    assert "ghp_secretvalue" not in json.dumps(readiness.descriptor)
+    assert any("not by port" in warning for warning in readiness.warnings)
+
+
+async def test_exec_is_unsupported(e2b: E2bExtension, e2b_double: ServedE2b) -> None:
+    async def sink(_stream: str, _data: bytes) -> None:
+        return None
+
+    with pytest.raises(Unsupported, match="envd"):
+        await e2b.exec("e2bexec0001", ["true"], sink)
+    assert e2b_double.double.calls == []
