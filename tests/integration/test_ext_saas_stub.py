@@ -327,5 +327,37 @@ async def test_a_create_past_the_quota_fails_naming_the_quota(
         await service.shutdown()
 
 
+async def test_stale_finds_orphans_ghosts_and_ended_ones_and_reap_cleans_them(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    service = await start_service(home, nats_server.url, ROLES)
+    client = service.client
+    try:
+        behind = stub(home / "saas-stub" / "ext.saas-stub")  # the same records, off the bus
+        await behind.provision(request("orphan000001"))  # made behind the log's back
+        ghost = (await client.create(profile="profile.saas-stub"))["sandbox_id"]
+        await behind.teardown(ghost)  # gone behind the log's back
+        ended = (await client.create(profile="profile.saas-stub"))["sandbox_id"]
+        await behind.set_timeout(ended, "2000-01-01T00:00:00.000Z")  # its provider ended it
+        healthy = (await client.create(profile="profile.saas-stub"))["sandbox_id"]
+
+        [stale] = await client.inventory("stale", "ext.saas-stub", {})
+        drift = stale["hosts"][0]
+        assert [o["sandbox_id"] for o in drift["orphans"]] == ["orphan000001"]
+        assert drift["ghosts"] == [ghost]
+        [corpse] = drift["corpses"]
+        assert corpse["sandbox_id"] == ended
+        assert "provider-side timeout" in corpse["reason"]
+
+        await client.inventory("reap", "ext.saas-stub", {"apply": True})
+        assert await alive(behind) == {healthy: True}
+        for gone in (ghost, ended):
+            assert (await client.get(gone))["status"] == "failed"  # type: ignore[index]
+        assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]
+    finally:
+        await client.close()
+        await service.shutdown()
+
+
 async def _discard(_stream: str, _data: bytes) -> None:
     return None

@@ -178,7 +178,11 @@ class SaasStubExtension:
             for record in listing.records
         ]
         found += [
-            FoundSandbox(sandbox_id=sandbox_id, alive=False, detail={"unreadable": why})
+            FoundSandbox(
+                sandbox_id=sandbox_id,
+                alive=False,
+                detail={"dead": f"its record in {self.id} is unreadable", "unreadable": why},
+            )
             for sandbox_id, why in listing.unreadable.items()
         ]
         return found
@@ -303,13 +307,16 @@ class SaasStubExtension:
                 await self._store.write(changed)
 
     def _detail(self, record: Record, now: str) -> dict[str, Any]:
+        dead: dict[str, str] = {}
         if record.paused_at is not None:
             state = "paused"
         elif rules.is_alive(record, now):
             state = "running"
         else:
             state = "ended by its provider-side timeout"
+            dead = {"dead": f"{self.id} ended it at its provider-side timeout {record.deadline}"}
         return {
+            **dead,
             "state": state,
             "profile": record.profile,
             "created_at": record.created_at,
