@@ -25,6 +25,7 @@ from sandboxer.config.settings import Settings
 from sandboxer.errors import InvalidInput, Unsupported
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
+from sandboxer.extensions.e2b.backend import E2bExtension
 from sandboxer.extensions.loading import build_extension
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension
@@ -105,6 +106,12 @@ async def _saas_stub(tmp: Path, _fixtures: dict[str, Any]) -> Subject:
     return Subject(build_extension("ext.saas-stub", Catalog.load(), settings), "profile.saas-stub")
 
 
+async def _e2b(_tmp: Path, fixtures: dict[str, Any]) -> Subject:
+    served = fixtures["e2b_double"]
+    extension = E2bExtension({"api_url": served.url, "api_key": served.api_key})
+    return Subject(extension, "profile.e2b-burst")
+
+
 REMOTE = ("ssh_hosts", "monkeypatch")
 EXTENSIONS: dict[str, Backend] = {
     "ext.local": Backend(_local),
@@ -112,6 +119,7 @@ EXTENSIONS: dict[str, Backend] = {
     "ext.compose-ssh+podman": Backend(_compose_ssh("podman_engine"), (*REMOTE, "podman_engine")),
     "ext.vm-packer": Backend(_vm_packer, REMOTE),
     "ext.saas-stub": Backend(_saas_stub),
+    "ext.e2b": Backend(_e2b, ("e2b_double",)),
 }
 
 
@@ -131,6 +139,9 @@ async def subject(
     yield made
     for found in await made.extension.list_sandboxes():
         await made.extension.teardown(found.sandbox_id, host=found.host)
+    close = getattr(made.extension, "aclose", None)  # hosted backends hold an HTTP client
+    if close is not None:
+        await close()
 
 
 def request_for(sandbox_id: str, subject: Subject) -> ProvisionRequest:
