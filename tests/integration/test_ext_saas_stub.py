@@ -91,6 +91,7 @@ async def test_lifecycle_pause_and_teardown(tmp_path: Path) -> None:
     readiness = await extension.wait_ready(made)
     assert readiness.descriptor["kind"] == "saas-stub"
     assert "s3cr3t-value" not in repr(readiness)
+    assert b"s3cr3t-value" not in (tmp_path / "stub" / "stub00000001.json").read_bytes()
     assert any("stub" in warning for warning in readiness.warnings)
     assert await alive(extension) == {"stub00000001": True}
 
