@@ -120,7 +120,13 @@ async def run_roles(
                         ),
                     )
                     executor = ExecService(nc, store, extension)
-                    inventory = InventoryService(nc, store, extension, settings)
+                    inventory = InventoryService(
+                        nc,
+                        store,
+                        extension,
+                        settings,
+                        uses_hosts=catalog.extensions_enabled()[role].uses_hosts,
+                    )
                     await executor.start()
                     await inventory.start()
                     services += [executor, inventory]

@@ -49,8 +49,16 @@ log = logging.getLogger(__name__)
 
 class InventoryService:
     def __init__(
-        self, nc: Client, store: EventStore, extension: Extension, settings: Settings
+        self,
+        nc: Client,
+        store: EventStore,
+        extension: Extension,
+        settings: Settings,
+        *,
+        uses_hosts: bool = True,
     ) -> None:
+        self._uses_hosts = uses_hosts
+        """False for a hosted provider: one place to look, no hosts file."""
         self._nc = nc
         self._store = store
         self._extension = extension
@@ -77,8 +85,9 @@ class InventoryService:
     # -- hosts ---------------------------------------------------------------------------------
 
     def _hosts(self, request: dict[str, Any]) -> list[str | None]:
-        """The hosts to look at: for a host-local backend, this machine (None)."""
-        if self._extension.host_local:
+        """The hosts to look at: for a host-local backend, this machine (None); for a hosted
+        provider, its account (None)."""
+        if self._extension.host_local or not self._uses_hosts:
             return [None]
         names = sorted(load_hosts(self._settings))
         wanted = request.get("host")

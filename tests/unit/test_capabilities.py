@@ -25,7 +25,8 @@ def test_every_packaged_backend_keeps_its_declaration_s_promises(tmp_path: Path)
     for ext_id in catalog.extensions_enabled():
         built = build_extension(ext_id, catalog, settings(tmp_path))
         assert isinstance(built, Extension)
-        assert isinstance(built, HostInspector), ext_id
+        if catalog.extensions_enabled()[ext_id].kind == "self-hosted":  # hosted: no host to read
+            assert isinstance(built, HostInspector), ext_id
 
 
 def test_a_claim_the_class_does_not_keep_is_refused_with_the_fix() -> None:
