@@ -16,7 +16,11 @@ from sandboxer.config.settings import Settings
 
 # Fixtures for remote backends (sshd hosts, a private container engine) and provider
 # doubles, shared by suites.
-pytest_plugins = ["tests.integration.remote_fixtures", "tests.doubles.e2b_double"]
+pytest_plugins = [
+    "tests.integration.remote_fixtures",
+    "tests.doubles.e2b_double",
+    "tests.doubles.daytona_double",
+]
 
 
 def require_tool(name: str, apt_package: str) -> str:

@@ -1,0 +1,1 @@
+"""ext.daytona: hosted sandboxes at Daytona (docs/ext-daytona.md)."""

@@ -1,0 +1,361 @@
+"""``ext.daytona``: sandboxes at Daytona, through its REST API as the v0.190.0 spec describes it.
+
+A sandbox of ours is the Daytona sandbox named ``sandboxer-<id>`` and labelled
+with our id (:mod:`.plan`). The name makes every lookup immediate (Daytona's
+list is only eventually consistent) and a second create with it is refused,
+so a create whose answer was lost is found and adopted, never repeated.
+Pause and resume are Daytona's stop and start; exec and snapshots go through
+the toolbox's execute. Daytona's own idle stop and delete intervals are set
+just past our TTL, so a sandbox sandboxer lost track of ends soon after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.settings import Settings
+from sandboxer.errors import (
+    ExtensionError,
+    ProviderError,
+    ProviderUnavailable,
+    RemoteCommandFailed,
+    SandboxNotFound,
+    Unsupported,
+)
+from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.daytona import plan
+from sandboxer.extensions.daytona.api import DaytonaApi, ProviderSandbox
+from sandboxer.extensions.daytona.config import EXTENSION_ID, DaytonaConfig
+from sandboxer.extensions.daytona.workspace_copy import PACK_COMMAND, unpack_answer
+from sandboxer.extensions.ssh_checks import check_argv, check_sandbox_id
+from sandboxer.hosted.create_once import create_once
+from sandboxer.hosted.http import ProviderHttp
+from sandboxer.hosted.labels import SANDBOX_LABEL, our_sandbox_id
+from sandboxer.ids import is_valid_sandbox_id
+from sandboxer.workspaces.limits import ArchiveLimits
+
+__all__ = ["DaytonaExtension"]
+
+log = logging.getLogger(__name__)
+
+OUTPUT_TAIL = 2000
+
+
+class DaytonaExtension:
+    """The Daytona backend; its endpoint and key are resolved on first use."""
+
+    id = EXTENSION_ID
+    host_local = False
+
+    def __init__(self, config: DaytonaConfig, *, limits: ArchiveLimits | None = None) -> None:
+        self._config = config
+        self._limits = limits or ArchiveLimits()
+        self._api: DaytonaApi | None = None
+        self._target: str | None = None
+
+    @classmethod
+    def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> DaytonaExtension:
+        return cls(
+            DaytonaConfig.from_settings(decl.settings),
+            limits=ArchiveLimits.from_mb(settings.upload_max_mb),
+        )
+
+    async def aclose(self) -> None:
+        if self._api is not None:
+            await self._api.aclose()
+            self._api = None
+
+    def _client(self) -> DaytonaApi:
+        """The API client, built on first use (a missing key fails here, naming where to set it)."""
+        if self._api is None:
+            endpoint = self._config.endpoint()
+            auth = {"Authorization": f"Bearer {endpoint.key.value}"}
+            url = endpoint.api_url.value
+            timeout = self._config.request_timeout
+            self._api = DaytonaApi(
+                ProviderHttp(
+                    provider=self.id,
+                    base_url=url,
+                    auth_headers=auth,
+                    key_source=endpoint.key.source,
+                    timeout=timeout,
+                ),
+                ProviderHttp(
+                    provider=self.id,
+                    base_url=url,
+                    auth_headers=auth,
+                    key_source=endpoint.key.source,
+                    timeout=self._config.exec_timeout + timeout,
+                ),
+            )
+            self._target = endpoint.target.value if endpoint.target else None
+        return self._api
+
+    # -- the Extension protocol ------------------------------------------------------------
+
+    async def provision(self, request: ProvisionRequest) -> None:
+        sandbox_id = request.sandbox_id
+        check_sandbox_id(sandbox_id, self.id)
+        api = self._client()
+        body = self._plan(request).body  # every check before the first request
+        await self._remove_ours(api, sandbox_id, wait=True)  # a redelivered job starts clean
+        name = plan.provider_name(sandbox_id)
+
+        async def create() -> ProviderSandbox:
+            try:
+                return await api.create(body, sandbox_id)
+            except ProviderError as exc:
+                if exc.status != 409:
+                    raise
+                # The name is taken: an earlier attempt's create arrived after all.
+                found = await api.get(name, sandbox_id)
+                if found is None:
+                    raise
+                return found
+
+        made = await create_once(create, lambda: api.get(name, sandbox_id))
+        log.info("%s: Daytona sandbox %s created for %s", self.id, made.id, sandbox_id)
+
+    async def wait_ready(self, request: ProvisionRequest) -> Readiness:
+        sandbox_id = request.sandbox_id
+        check_sandbox_id(sandbox_id, self.id)
+        warnings = self._plan(request).warnings
+        ready = await self._wait_for(sandbox_id, {"started"}, "start")
+        descriptor: dict[str, Any] = {
+            "kind": "daytona",
+            "sandbox_id": ready.id,
+            "name": ready.name,
+            "state": ready.state,
+        }
+        if ready.target:
+            descriptor["target"] = ready.target
+        return Readiness(descriptor=descriptor, warnings=warnings)
+
+    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
+        check_sandbox_id(sandbox_id, self.id)
+        await self._remove_ours(self._client(), sandbox_id, wait=False)
+
+    async def list_sandboxes(self) -> Sequence[FoundSandbox]:
+        """Our sandboxes at Daytona; stopped (paused) ones are alive, failed ones are not,
+        and those being deleted are left out (Daytona is ending them)."""
+        found = []
+        for item in await self._client().list({plan.BACKEND_LABEL: self.id}):
+            ours = our_sandbox_id(item.labels)
+            if ours is None or not is_valid_sandbox_id(ours) or item.state in plan.GONE_STATES:
+                continue
+            detail: dict[str, Any] = {"provider_id": item.id, "state": item.state}
+            if item.error_reason:
+                detail["error_reason"] = item.error_reason
+            found.append(
+                FoundSandbox(sandbox_id=ours, alive=plan.is_alive(item.state), detail=detail)
+            )
+        return found
+
+    async def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        output: OutputSink,
+        *,
+        host: str | None = None,
+        service: str | None = None,
+    ) -> int:
+        check_sandbox_id(sandbox_id, self.id)
+        check_argv(argv, sandbox_id, self.id)
+        if service is not None:
+            raise Unsupported(
+                f"{self.id} sandboxes have no services; run the command without --service",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        found = await self._started(sandbox_id, "run a command")
+        # The toolbox takes one command string: each argument is quoted, never joined raw.
+        code, result = await self._client().execute(
+            found.id,
+            shlex.join(argv),
+            cwd=self._config.workdir,
+            timeout=self._config.exec_timeout,
+            sandbox_id=sandbox_id,
+        )
+        if result:
+            await output("stdout", result.encode())
+        return code
+
+    # -- Snapshotter -----------------------------------------------------------------------
+
+    async def snapshot_workspace(
+        self, sandbox_id: str, destination: Path, *, host: str | None = None
+    ) -> None:
+        """Copy the workspace (``workdir``, else the sandbox user's home) into ``destination``."""
+        check_sandbox_id(sandbox_id, self.id)
+        found = await self._started(sandbox_id, "copy its workspace")
+        code, result = await self._client().execute(
+            found.id,
+            PACK_COMMAND,
+            cwd=self._config.workdir,
+            timeout=self._config.exec_timeout,
+            sandbox_id=sandbox_id,
+        )
+        if code != 0:
+            raise RemoteCommandFailed(
+                f"{self.id}: packing the workspace of {sandbox_id} failed (exit {code}): "
+                f"{result[-OUTPUT_TAIL:].strip()}",
+                exit_status=code,
+                output_tail=result[-OUTPUT_TAIL:],
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        await asyncio.to_thread(unpack_answer, result, destination, self._limits)
+
+    # -- Pausable --------------------------------------------------------------------------
+
+    async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
+        """Stop it (its disk stays). While paused Daytona must not delete it: a pause may
+        last as long as the profile's ``max_pause``, so the auto-delete is lifted."""
+        check_sandbox_id(sandbox_id, self.id)
+        api = self._client()
+        found = await self._existing(sandbox_id)
+        await api.set_auto_delete(found.id, -1, sandbox_id)
+        if found.state not in {"stopped", "stopping"}:
+            await api.stop(found.id, sandbox_id)
+        await self._wait_for(sandbox_id, {"stopped"}, "stop")
+
+    async def resume(self, sandbox_id: str, *, host: str | None = None) -> None:
+        check_sandbox_id(sandbox_id, self.id)
+        api = self._client()
+        found = await self._existing(sandbox_id)
+        if found.state not in {"started", "starting"}:
+            await api.start(found.id, sandbox_id)
+        await self._wait_for(sandbox_id, {"started"}, "start")
+        await api.set_auto_delete(found.id, self._grace(), sandbox_id)
+
+    # -- TimeoutKeeper ---------------------------------------------------------------------
+
+    async def set_timeout(
+        self, sandbox_id: str, expires_at: str, *, host: str | None = None
+    ) -> None:
+        """Move Daytona's idle auto-stop to just past the new end of our TTL."""
+        check_sandbox_id(sandbox_id, self.id)
+        minutes = plan.auto_stop_minutes(
+            expires_at, 0.0, self._config.leak_grace_minutes, datetime.now(UTC)
+        )
+        found = await self._existing(sandbox_id)
+        await self._client().set_auto_stop(found.id, minutes, sandbox_id)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _plan(self, request: ProvisionRequest) -> plan.CreatePlan:
+        self._client()  # resolves the target setting with the rest
+        return plan.plan_create(
+            sandbox_id=request.sandbox_id,
+            profile=request.profile,
+            project=request.project,
+            expires_at=request.expires_at,
+            env=request.secrets,
+            target=self._target,
+            grace_minutes=self._config.leak_grace_minutes,
+            now=datetime.now(UTC),
+        )
+
+    def _grace(self) -> int:
+        return max(1, round(self._config.leak_grace_minutes))
+
+    async def _existing(self, sandbox_id: str) -> ProviderSandbox:
+        found = await self._client().get(plan.provider_name(sandbox_id), sandbox_id)
+        if found is None or found.state in plan.GONE_STATES:
+            raise SandboxNotFound(
+                f"{self.id} has no sandbox {sandbox_id} (no Daytona sandbox named "
+                f"{plan.provider_name(sandbox_id)}); create it again",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        return found
+
+    async def _started(self, sandbox_id: str, purpose: str) -> ProviderSandbox:
+        found = await self._existing(sandbox_id)
+        if found.state != "started":
+            hint = (
+                "resume it first"
+                if found.state in {"stopped", "archived"}
+                else "wait or recreate it"
+            )
+            raise ExtensionError(
+                f"cannot {purpose} in {self.id} sandbox {sandbox_id}: Daytona reports it "
+                f"{found.state}; {hint}",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        return found
+
+    async def _remove_ours(self, api: DaytonaApi, sandbox_id: str, *, wait: bool) -> None:
+        """Delete every Daytona sandbox of ours for ``sandbox_id`` (by name and by label);
+        with ``wait``, until the name is free for a new create."""
+        name = plan.provider_name(sandbox_id)
+        doomed: dict[str, ProviderSandbox] = {}
+        by_name = await api.get(name, sandbox_id)
+        if by_name is not None:
+            doomed[by_name.id] = by_name
+        for item in await api.list({SANDBOX_LABEL: sandbox_id}):
+            doomed.setdefault(item.id, item)
+        for item in doomed.values():
+            if item.state not in plan.GONE_STATES:
+                await api.delete(item.id, sandbox_id)
+                log.info("%s: deleted Daytona sandbox %s of %s", self.id, item.id, sandbox_id)
+        if wait and by_name is not None:
+            await self._wait_gone(api, name, sandbox_id)
+
+    async def _wait_gone(self, api: DaytonaApi, name: str, sandbox_id: str) -> None:
+        deadline = time.monotonic() + self._config.ready_timeout
+        while (found := await api.get(name, sandbox_id)) is not None:
+            if found.state == "destroyed":
+                return
+            if time.monotonic() > deadline:
+                raise ProviderUnavailable(
+                    f"{self.id}: Daytona sandbox {name} was still {found.state} "
+                    f"{self._config.ready_timeout:g}s after its delete; try again later",
+                    provider=self.id,
+                    sandbox_id=sandbox_id,
+                )
+            await asyncio.sleep(self._config.poll_interval)
+
+    async def _wait_for(self, sandbox_id: str, wanted: set[str], action: str) -> ProviderSandbox:
+        """Poll until the sandbox reaches a ``wanted`` state; fail on error, loss or deadline."""
+        api = self._client()
+        name = plan.provider_name(sandbox_id)
+        deadline = time.monotonic() + self._config.ready_timeout
+        while True:
+            found = await api.get(name, sandbox_id)
+            if found is None or found.state in plan.GONE_STATES:
+                raise SandboxNotFound(
+                    f"{self.id}: Daytona sandbox {name} disappeared while waiting for it to "
+                    f"{action}",
+                    sandbox_id=sandbox_id,
+                    extension=self.id,
+                )
+            if found.state in wanted:
+                return found
+            if found.state in plan.FAILED_STATES:
+                raise ProviderError(
+                    f"{self.id}: Daytona sandbox {name} did not {action}: it is "
+                    f"{found.state}: {found.error_reason or 'Daytona gave no reason'}",
+                    provider=self.id,
+                    status=found.state,
+                    sandbox_id=sandbox_id,
+                )
+            if time.monotonic() > deadline:
+                raise ProviderUnavailable(
+                    f"{self.id}: Daytona sandbox {name} did not {action} within "
+                    f"{self._config.ready_timeout:g}s (still {found.state}); raise "
+                    "settings.ready_timeout or try again later",
+                    provider=self.id,
+                    sandbox_id=sandbox_id,
+                )
+            await asyncio.sleep(self._config.poll_interval)

@@ -1,0 +1,169 @@
+"""What ext.daytona asks Daytona for, worked out without I/O: the create body, the provider's
+own clean-up intervals, and what each sandbox state means to us."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sandboxer.config.profile import Profile
+from sandboxer.durations import parse_duration
+from sandboxer.errors import InvalidInput
+from sandboxer.extensions.daytona.config import EXTENSION_ID
+from sandboxer.hosted.labels import labels_for
+
+__all__ = [
+    "BACKEND_LABEL",
+    "FAILED_STATES",
+    "GONE_STATES",
+    "IMAGE_PREFIX",
+    "CreatePlan",
+    "auto_stop_minutes",
+    "is_alive",
+    "our_labels",
+    "plan_create",
+    "provider_name",
+]
+
+BACKEND_LABEL = "sandboxer_extension"
+"""A constant label on all we make: Daytona filters labels by key *and* value, so listing
+"everything ours" needs one label whose value is the same on every sandbox."""
+
+IMAGE_PREFIX = "image:"
+"""``image: image:python:3.12-slim`` builds from a container image (resources apply);
+any other value names a Daytona snapshot (which fixes the resources itself)."""
+
+FAILED_STATES = frozenset({"error", "build_failed"})
+GONE_STATES = frozenset({"destroyed", "destroying"})
+
+_GPU_TYPES = ("H100", "RTX-PRO-6000")
+"""The spec's GpuType values."""
+_IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
+
+
+def provider_name(sandbox_id: str) -> str:
+    """Daytona's name for our sandbox: unique per organization, so a lookup by name is
+    immediate (the list is only eventually consistent) and a duplicate create is refused."""
+    return f"sandboxer-{sandbox_id}"
+
+
+def our_labels(sandbox_id: str, project: str | None) -> dict[str, str]:
+    return {**labels_for(sandbox_id, project), BACKEND_LABEL: EXTENSION_ID}
+
+
+def is_alive(state: str | None) -> bool:
+    """Usable or on its way (stopped and archived ones are paused, not dead)."""
+    return state not in FAILED_STATES | GONE_STATES
+
+
+def auto_stop_minutes(
+    expires_at: str | None, fallback_seconds: float, grace_minutes: float, now: datetime
+) -> int:
+    """Daytona stops a sandbox after this many idle minutes: our TTL's remaining time plus a
+    grace, so the provider never stops one sandboxer still counts as live (any use resets
+    its clock) and a leaked one stops soon after the TTL would have ended it."""
+    remaining = fallback_seconds
+    if expires_at:
+        end = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+        if end.tzinfo is None:
+            end = end.replace(tzinfo=UTC)
+        remaining = (end - now).total_seconds()
+    return max(1, math.ceil(max(0.0, remaining) / 60) + math.ceil(grace_minutes))
+
+
+@dataclass(frozen=True)
+class CreatePlan:
+    body: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    """What the profile asks that Daytona will not do as asked (for the readiness)."""
+
+
+def plan_create(
+    *,
+    sandbox_id: str,
+    profile: Profile,
+    project: str | None,
+    expires_at: str | None,
+    env: Mapping[str, str],
+    target: str | None,
+    grace_minutes: float,
+    now: datetime,
+) -> CreatePlan:
+    """The ``CreateSandbox`` body for one of our sandboxes."""
+    image = (profile.image or "").strip()
+    if not image:
+        raise InvalidInput(
+            f"profile {profile.id} names no image: set image to a Daytona snapshot name "
+            f"(such as daytonaio/sandbox:0.4.3) or to {IMAGE_PREFIX}<container image>",
+            sandbox_id=sandbox_id,
+            extension=EXTENSION_ID,
+        )
+    body: dict[str, Any] = {
+        "name": provider_name(sandbox_id),
+        "labels": our_labels(sandbox_id, project),
+        "env": dict(env),
+        "autoStopInterval": auto_stop_minutes(
+            expires_at, parse_duration(profile.ttl.default), grace_minutes, now
+        ),
+        # Counted from the stop: a leaked sandbox is deleted a grace after Daytona stopped it.
+        # A pause lifts it while paused (a pause may last as long as the profile allows).
+        "autoDeleteInterval": math.ceil(grace_minutes),
+    }
+    if target:
+        body["target"] = target
+    warnings = []
+    if profile.network.default == "deny" or profile.network.egress:
+        warnings.append(
+            "network: Daytona's default network settings apply; the profile's network policy "
+            "is not enforced by ext.daytona yet"
+        )
+    if profile.setup.instructions:
+        warnings.append("setup.instructions are not run by ext.daytona")
+    if image.startswith(IMAGE_PREFIX):
+        ref = image.removeprefix(IMAGE_PREFIX)
+        if not _IMAGE_REF.match(ref):
+            raise InvalidInput(
+                f"profile {profile.id}: {ref!r} is not a container image reference",
+                sandbox_id=sandbox_id,
+                extension=EXTENSION_ID,
+            )
+        body["buildInfo"] = {"dockerfileContent": f"FROM {ref}\n"}
+        body.update(_resources(profile, sandbox_id))
+    else:
+        body["snapshot"] = image
+        asked = profile.resources
+        if any(v is not None for v in (asked.cpu, asked.memory_mb, asked.disk_mb, asked.gpu)):
+            warnings.append(
+                f"resources: the snapshot {image} fixes cpu, memory, disk and gpu (Daytona "
+                f"refuses them with a snapshot); use image: {IMAGE_PREFIX}<image> to size it"
+            )
+    return CreatePlan(body=body, warnings=warnings)
+
+
+def _resources(profile: Profile, sandbox_id: str) -> dict[str, Any]:
+    """cpu (cores), memory and disk (GB) as Daytona's whole units, rounded up; gpu."""
+    asked = profile.resources
+    out: dict[str, Any] = {}
+    if asked.cpu is not None:
+        out["cpu"] = math.ceil(asked.cpu)
+    if asked.memory_mb is not None:
+        out["memory"] = math.ceil(asked.memory_mb / 1024)
+    if asked.disk_mb is not None:
+        out["disk"] = math.ceil(asked.disk_mb / 1024)
+    if asked.gpu:
+        if asked.gpu in _GPU_TYPES:
+            out["gpu"], out["gpuType"] = 1, [asked.gpu]
+        elif asked.gpu.isdigit() and int(asked.gpu) > 0:
+            out["gpu"] = int(asked.gpu)
+        else:
+            raise InvalidInput(
+                f"profile {profile.id}: resources.gpu {asked.gpu!r} is not a count or one of "
+                f"Daytona's GPU types ({', '.join(_GPU_TYPES)})",
+                sandbox_id=sandbox_id,
+                extension=EXTENSION_ID,
+            )
+    return out

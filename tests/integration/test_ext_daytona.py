@@ -1,0 +1,408 @@
+"""ext.daytona called directly, against the served Daytona double (tests/doubles/daytona_double.py).
+
+The double enforces Daytona's published spec in both directions, so every test
+also proves that the adapter sent only what the spec allows; its fixture
+fails the test on any violation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.profile import Profile, Resources
+from sandboxer.config.settings import Settings
+from sandboxer.errors import (
+    ConfigError,
+    ExtensionError,
+    InvalidInput,
+    ProviderAuth,
+    ProviderError,
+    ProviderQuota,
+    SandboxNotFound,
+    Unsupported,
+    WorkspaceRefused,
+)
+from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.capabilities import Pausable, Snapshotter, TimeoutKeeper, check_claims
+from sandboxer.extensions.daytona.backend import DaytonaExtension
+from sandboxer.extensions.daytona.plan import our_labels
+from sandboxer.hosted.labels import labels_for
+from tests.doubles.daytona_double import DaytonaServed
+
+pytestmark = pytest.mark.integration
+
+FAST = {"poll_interval": 0.02, "ready_timeout": 5, "request_timeout": 2}
+
+
+def build(served: DaytonaServed, **settings: Any) -> DaytonaExtension:
+    """The backend as the worker builds it: from the packaged declaration, settings overridden."""
+    decl = Catalog.load().extensions_enabled()["ext.daytona"]
+    given = {"api_url": served.api_url, "api_key": served.key, **FAST, **settings}
+    decl = decl.model_copy(update={"settings": {k: v for k, v in given.items() if v is not None}})
+    settings_ = Settings(home=Path("/nonexistent"), nats_urls=(), nats_server=None, ack_wait=5.0)
+    extension = DaytonaExtension.from_declaration(decl, settings_)
+    check_claims(decl, extension)
+    return extension
+
+
+@pytest.fixture
+async def daytona(daytona_double: DaytonaServed) -> AsyncIterator[DaytonaExtension]:
+    extension = build(daytona_double)
+    yield extension
+    await extension.aclose()
+
+
+def request(sandbox_id: str, profile: Profile | None = None, **fields: Any) -> ProvisionRequest:
+    return ProvisionRequest(
+        sandbox_id=sandbox_id,
+        profile=profile or Catalog.load().profile("profile.daytona"),
+        inputs={},
+        **fields,
+    )
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.chunks: list[tuple[str, bytes]] = []
+
+    async def __call__(self, stream: str, data: bytes) -> None:
+        self.chunks.append((stream, data))
+
+    @property
+    def text(self) -> str:
+        return b"".join(data for _, data in self.chunks).decode()
+
+
+async def up(extension: DaytonaExtension, sandbox_id: str, **fields: Any) -> dict[str, Any]:
+    req = request(sandbox_id, **fields)
+    await extension.provision(req)
+    return (await extension.wait_ready(req)).descriptor
+
+
+class TestLifecycle:
+    async def test_create_polls_until_started(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        daytona_double.double.ready_after_polls = 4
+        descriptor = await up(daytona, "dtlife0001", project="acme")
+        [record] = daytona_double.double.live()
+        assert descriptor == {
+            "kind": "daytona",
+            "sandbox_id": record.id,
+            "name": "sandboxer-dtlife0001",
+            "state": "started",
+            "target": "us",
+        }
+        assert record.labels == our_labels("dtlife0001", "acme")
+        assert record.body["snapshot"] == "daytonaio/sandbox:0.4.3"
+        assert "cpu" not in record.body  # Daytona refuses resources with a snapshot
+        assert daytona_double.app.calls.count(("GET", "/sandbox/{sandboxIdOrName}")) >= 5
+        found = await daytona.list_sandboxes()
+        assert [(f.sandbox_id, f.alive) for f in found] == [("dtlife0001", True)]
+        await daytona.teardown("dtlife0001")
+        assert await daytona.list_sandboxes() == []
+
+    async def test_201_where_the_spec_says_200_is_accepted(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        await up(daytona, "dtlife0002")
+        await daytona.pause("dtlife0002")
+        await daytona.resume("dtlife0002")
+        answered = daytona_double.app.deviations
+        assert 201 in answered[("POST", "/sandbox")]
+        assert ("POST", "/sandbox") in daytona_double.app.calls
+        assert ("POST", "/sandbox/{sandboxIdOrName}/stop") in daytona_double.app.calls
+
+    @pytest.mark.parametrize("state", ["error", "build_failed"])
+    async def test_a_failed_sandbox_fails_with_the_providers_reason(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed, state: str
+    ) -> None:
+        daytona_double.double.end_state = state  # type: ignore[assignment]
+        daytona_double.double.error_reason = "no space left on runner r-7"
+        req = request("dtfail0001")
+        await daytona.provision(req)
+        with pytest.raises(ProviderError, match=f"{state}: no space left on runner r-7"):
+            await daytona.wait_ready(req)
+        found = await daytona.list_sandboxes()
+        assert [(f.sandbox_id, f.alive) for f in found] == [("dtfail0001", False)]
+        await daytona.teardown("dtfail0001")
+        assert daytona_double.double.live() == []
+
+    async def test_a_sandbox_that_never_starts_times_out(
+        self, daytona_double: DaytonaServed
+    ) -> None:
+        daytona_double.double.ready_after_polls = 10_000
+        extension = build(daytona_double, ready_timeout=0.3)
+        req = request("dtslow0001")
+        await extension.provision(req)
+        with pytest.raises(ProviderError, match=r"did not start within 0\.3s"):
+            await extension.wait_ready(req)
+        await extension.teardown("dtslow0001")
+        await extension.aclose()
+
+    async def test_image_profiles_build_with_resources(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        base = Catalog.load().profile("profile.daytona")
+        profile = base.model_copy(
+            update={
+                "image": "image:python:3.12-slim",
+                "resources": Resources(cpu=1.5, memory_mb=3000, disk_mb=5120, gpu="H100"),
+            }
+        )
+        req = request("dtimage001", profile)
+        await daytona.provision(req)
+        [record] = daytona_double.double.live()
+        assert record.body["buildInfo"] == {"dockerfileContent": "FROM python:3.12-slim\n"}
+        assert (record.body["cpu"], record.body["memory"], record.body["disk"]) == (2, 3, 5)
+        assert (record.body["gpu"], record.body["gpuType"]) == (1, ["H100"])
+        assert "snapshot" not in record.body
+
+    async def test_a_snapshot_profile_with_resources_warns(self, daytona: DaytonaExtension) -> None:
+        base = Catalog.load().profile("profile.daytona")
+        profile = base.model_copy(update={"resources": Resources(cpu=4)})
+        req = request("dtwarn0001", profile)
+        await daytona.provision(req)
+        readiness = await daytona.wait_ready(req)
+        assert any("fixes cpu, memory, disk" in w for w in readiness.warnings)
+
+    async def test_a_profile_without_image_is_refused_naming_it(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        profile = Catalog.load().profile("profile.daytona").model_copy(update={"image": None})
+        with pytest.raises(InvalidInput, match=r"profile profile\.daytona names no image"):
+            await daytona.provision(request("dtnoimg001", profile))
+        assert daytona_double.app.calls == []
+
+    async def test_the_leak_backstop_follows_the_ttl(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        await up(daytona, "dtttl00001", expires_at=expires)
+        [record] = daytona_double.double.live()
+        assert record.auto_stop == 60 + 15  # the TTL's remaining minutes plus the grace
+        assert record.auto_delete == 15
+        later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 7200))
+        assert isinstance(daytona, TimeoutKeeper)
+        await daytona.set_timeout("dtttl00001", later)
+        assert record.auto_stop == 120 + 15
+
+
+class TestTeardownAndListing:
+    async def test_teardown_is_idempotent(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        await up(daytona, "dtdown0001")
+        await daytona.teardown("dtdown0001")
+        await daytona.teardown("dtdown0001")
+        await daytona.teardown("neverexisted")
+        assert daytona_double.double.live() == []
+
+    async def test_list_shows_only_ours_and_orphans_with_our_labels(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        await up(daytona, "dtlist0001")
+        daytona_double.double.plant_orphan({"team": "other"})  # not ours
+        daytona_double.double.plant_orphan(labels_for("dtlist0002", None))  # lacks the marker
+        daytona_double.double.plant_orphan(our_labels("dtleak0001", "acme"))  # a leak of ours
+        daytona_double.double.plant_orphan(our_labels("dtstop0001", None), state="stopped")
+        daytona_double.double.plant_orphan({**our_labels("x", None), "sandboxer_id": "../x"})
+        found = {f.sandbox_id: f.alive for f in await daytona.list_sandboxes()}
+        assert found == {"dtlist0001": True, "dtleak0001": True, "dtstop0001": True}
+
+    async def test_list_follows_the_cursor(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        daytona_double.double.page_size = 2
+        for n in range(5):
+            daytona_double.double.plant_orphan(our_labels(f"dtpage000{n}", None))
+        found = sorted(f.sandbox_id for f in await daytona.list_sandboxes())
+        assert found == [f"dtpage000{n}" for n in range(5)]
+
+
+class TestExec:
+    async def test_exit_code_and_output(self, daytona: DaytonaExtension) -> None:
+        await up(daytona, "dtexec0001")
+        out = Collected()
+        assert await daytona.exec("dtexec0001", ["sh", "-c", "echo hi; exit 9"], out) == 9
+        assert out.chunks == [("stdout", b"hi\n")]
+
+    async def test_arguments_stay_separate(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        await up(daytona, "dtexec0002")
+        out = Collected()
+        hostile = "a b; echo pwned $(id) 'q\""
+        assert await daytona.exec("dtexec0002", ["printf", "%s|", hostile, "two"], out) == 0
+        assert out.text == f"{hostile}|two|"
+        [sent] = daytona_double.double.exec_log
+        assert sent["timeout"] == 3600
+
+    async def test_service_and_bad_argv_are_refused(self, daytona: DaytonaExtension) -> None:
+        with pytest.raises(Unsupported):
+            await daytona.exec("dtexec0003", ["true"], Collected(), service="web")
+        with pytest.raises(InvalidInput):
+            await daytona.exec("dtexec0003", [], Collected())
+
+    async def test_exec_in_a_missing_or_paused_sandbox(self, daytona: DaytonaExtension) -> None:
+        with pytest.raises(SandboxNotFound):
+            await daytona.exec("dtexec0004", ["true"], Collected())
+        await up(daytona, "dtexec0005")
+        await daytona.pause("dtexec0005")
+        with pytest.raises(ExtensionError, match="stopped; resume it first"):
+            await daytona.exec("dtexec0005", ["true"], Collected())
+
+
+class TestPause:
+    async def test_pause_stops_and_resume_starts(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        assert isinstance(daytona, Pausable)
+        await up(daytona, "dtpause001")
+        [record] = daytona_double.double.live()
+        await daytona.pause("dtpause001")
+        assert (record.state, record.auto_delete) == ("stopped", -1)
+        found = {f.sandbox_id: f.alive for f in await daytona.list_sandboxes()}
+        assert found == {"dtpause001": True}  # paused, not dead
+        await daytona.pause("dtpause001")  # again: already stopped
+        await daytona.resume("dtpause001")
+        assert (record.state, record.auto_delete) == ("started", 15)
+        out = Collected()
+        assert await daytona.exec("dtpause001", ["echo", "back"], out) == 0
+        assert out.text == "back\n"
+
+    async def test_pause_of_a_missing_sandbox(self, daytona: DaytonaExtension) -> None:
+        with pytest.raises(SandboxNotFound):
+            await daytona.pause("dtpause002")
+
+
+class TestFaults:
+    async def test_401_names_the_key_source_not_the_key(
+        self, daytona_double: DaytonaServed, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        wrong = "dtn_wrong_key_9f8e7d6c5b4a"
+        monkeypatch.setenv("DAYTONA_API_KEY", wrong)
+        extension = build(daytona_double, api_key=None)
+        with pytest.raises(ProviderAuth) as caught:
+            await extension.provision(request("dtauth0001"))
+        assert "env:DAYTONA_API_KEY" in caught.value.message
+        assert wrong not in str(caught.value)
+        assert caught.value.status == 401
+        await extension.aclose()
+
+    async def test_a_missing_key_is_a_config_error_on_first_use(
+        self, daytona_double: DaytonaServed, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("DAYTONA_API_KEY", raising=False)
+        extension = build(daytona_double, api_key=None)  # building does not need the key
+        with pytest.raises(ConfigError, match="DAYTONA_API_KEY"):
+            await extension.provision(request("dtauth0002"))
+
+    async def test_429_is_a_quota_refusal(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        daytona_double.app.faults.add("status", method="POST", pattern="/sandbox", status=429)
+        with pytest.raises(ProviderQuota) as caught:
+            await daytona.provision(request("dtquota001"))
+        assert caught.value.retryable
+        assert daytona_double.double.live() == []
+
+    async def test_500_twice_then_ok(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        daytona_double.app.faults.add("status", method="POST", pattern="/sandbox", times=2)
+        daytona_double.app.faults.add(
+            "status", method="GET", pattern="/sandbox/{sandboxIdOrName}", status=503, times=2
+        )
+        await up(daytona, "dtretry001")
+        assert len(daytona_double.double.live()) == 1
+        assert daytona_double.double.creates == 1
+
+    async def test_a_lost_create_answer_leaves_exactly_one(
+        self, daytona_double: DaytonaServed
+    ) -> None:
+        extension = build(daytona_double, request_timeout=0.3)
+        daytona_double.app.faults.add("lost", method="POST", pattern="/sandbox", seconds=1.0)
+        await up(extension, "dtlost0001")
+        assert len(daytona_double.double.live()) == 1
+        assert daytona_double.double.creates == 1
+        await extension.aclose()
+
+    async def test_a_hung_create_is_retried_once_nothing_was_made(
+        self, daytona_double: DaytonaServed
+    ) -> None:
+        extension = build(daytona_double, request_timeout=0.3)
+        daytona_double.app.faults.add("hang", method="POST", pattern="/sandbox", seconds=0.6)
+        await up(extension, "dthang0001")
+        assert len(daytona_double.double.live()) == 1
+        await extension.aclose()
+
+    async def test_provision_twice_leaves_exactly_one(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        req = request("dttwice001")
+        await daytona.provision(req)
+        first = {r.id for r in daytona_double.double.live()}
+        await daytona.provision(req)  # a redelivered job: the first attempt's is deleted
+        await daytona.wait_ready(req)
+        [record] = daytona_double.double.live()
+        assert record.id not in first
+        assert [f.sandbox_id for f in await daytona.list_sandboxes()] == ["dttwice001"]
+
+    async def test_a_redelivered_job_removes_a_labelled_orphan(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        daytona_double.double.plant_orphan(our_labels("dtorph0001", None))
+        await up(daytona, "dtorph0001")
+        assert [r.name for r in daytona_double.double.live()] == ["sandboxer-dtorph0001"]
+
+    @pytest.mark.parametrize("bad", ["../../etc", "a;rm -rf /", "UPPER1234", "x", "$(id)aaaa"])
+    async def test_hostile_ids_are_refused_before_any_request(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed, bad: str
+    ) -> None:
+        for call in (
+            daytona.provision(request(bad)),
+            daytona.wait_ready(request(bad)),
+            daytona.teardown(bad),
+            daytona.exec(bad, ["true"], Collected()),
+            daytona.pause(bad),
+            daytona.resume(bad),
+            daytona.set_timeout(bad, "2030-01-01T00:00:00Z"),
+            daytona.snapshot_workspace(bad, Path("/nonexistent")),
+        ):
+            with pytest.raises(InvalidInput):
+                await call
+        assert daytona_double.app.calls == []
+
+
+class TestSnapshot:
+    async def test_copies_files_written_through_exec(
+        self, daytona: DaytonaExtension, tmp_path: Path
+    ) -> None:
+        assert isinstance(daytona, Snapshotter)
+        await up(daytona, "dtsnap0001")
+        script = "mkdir -p src && printf 'print(1)\\n' > src/main.py && ln -s src/main.py link"
+        assert await daytona.exec("dtsnap0001", ["sh", "-c", script], Collected()) == 0
+        destination = tmp_path / "tree"
+        destination.mkdir()
+        await daytona.snapshot_workspace("dtsnap0001", destination)
+        assert (destination / "src" / "main.py").read_text() == "print(1)\n"
+        assert (destination / "link").is_symlink()
+        assert not list(tmp_path.glob("*.tar"))
+
+    async def test_a_link_out_of_the_workspace_is_refused(
+        self, daytona: DaytonaExtension, tmp_path: Path
+    ) -> None:
+        await up(daytona, "dtsnap0002")
+        assert await daytona.exec("dtsnap0002", ["ln", "-s", "/etc/passwd", "pw"], Collected()) == 0
+        destination = tmp_path / "tree"
+        destination.mkdir()
+        with pytest.raises(WorkspaceRefused, match="leaves the workspace"):
+            await daytona.snapshot_workspace("dtsnap0002", destination)
+        assert list(destination.iterdir()) == []
