@@ -25,6 +25,7 @@ from sandboxer.config.settings import Settings
 from sandboxer.errors import InvalidInput, Unsupported
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
+from sandboxer.extensions.daytona.backend import DaytonaExtension
 from sandboxer.extensions.e2b.backend import E2bExtension
 from sandboxer.extensions.loading import build_extension
 from sandboxer.extensions.local.backend import LocalExtension
@@ -112,6 +113,16 @@ async def _e2b(_tmp: Path, fixtures: dict[str, Any]) -> Subject:
     return Subject(extension, "profile.e2b-burst")
 
 
+async def _daytona(tmp: Path, fixtures: dict[str, Any]) -> Subject:
+    """ext.daytona from its packaged declaration, pointed at the Daytona double, polling fast."""
+    served = fixtures["daytona_double"]
+    decl = Catalog.load().extensions_enabled()["ext.daytona"]
+    given = {**decl.settings, "api_url": served.api_url, "api_key": served.key}
+    decl = decl.model_copy(update={"settings": {**given, "poll_interval": 0.02}})
+    settings = Settings(home=tmp / "home", nats_urls=(), nats_server=None, ack_wait=30.0)
+    return Subject(DaytonaExtension.from_declaration(decl, settings), "profile.daytona")
+
+
 REMOTE = ("ssh_hosts", "monkeypatch")
 EXTENSIONS: dict[str, Backend] = {
     "ext.local": Backend(_local),
@@ -120,6 +131,7 @@ EXTENSIONS: dict[str, Backend] = {
     "ext.vm-packer": Backend(_vm_packer, REMOTE),
     "ext.saas-stub": Backend(_saas_stub),
     "ext.e2b": Backend(_e2b, ("e2b_double",)),
+    "ext.daytona": Backend(_daytona, ("daytona_double",)),
 }
 
 
