@@ -131,6 +131,7 @@ class E2bDouble:
         self.api_key = api_key
         self._records: dict[str, E2bRecord] = {}
         self._lock = threading.Lock()
+        self._issued: list[str] = []
         handlers: dict[tuple[str, str], Handler] = {
             ("POST", "/sandboxes"): self._create,
             ("GET", "/v2/sandboxes"): self._list,
@@ -174,6 +175,11 @@ class E2bDouble:
             self._records[record.sandbox_id] = record
         return record
 
+    def issued_tokens(self) -> list[str]:
+        """Every per-sandbox token the double has answered with (none may reach a log)."""
+        with self._lock:
+            return list(self._issued)
+
     def time_out(self, sandbox_id: str) -> None:
         """End a sandbox as its timeout would, behind the adapter's back."""
         with self._lock:
@@ -215,6 +221,7 @@ class E2bDouble:
         )
         with self._lock:
             self._records[record.sandbox_id] = record
+            self._issued.append(record.access_token)
         return Answer(201, record.created())
 
     async def _list(self, call: Call) -> Answer:

@@ -29,6 +29,7 @@ from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.capabilities import Pausable, TimeoutKeeper
 from sandboxer.extensions.e2b.backend import E2bExtension
 from sandboxer.extensions.loading import build_extension
+from sandboxer.hosted.tokens import SandboxTokens
 from tests.doubles.e2b_double import ServedE2b
 
 pytestmark = pytest.mark.integration
@@ -348,3 +349,43 @@ async def test_exec_is_unsupported(e2b: E2bExtension, e2b_double: ServedE2b) -> 
     with pytest.raises(Unsupported, match="envd"):
         await e2b.exec("e2bexec0001", ["true"], sink)
     assert e2b_double.double.calls == []
+
+
+async def test_the_envd_token_goes_to_the_token_store_only(
+    e2b_double: ServedE2b, tmp_path: Any
+) -> None:
+    store = SandboxTokens(tmp_path / "tokens")
+    extension = E2bExtension(settings_for(e2b_double), tokens=store)
+    try:
+        made = request("e2btoken001")
+        await extension.provision(made)
+        readiness = await extension.wait_ready(made)
+        [record] = e2b_double.double.live()
+        assert store.read("e2btoken001") == {"envd_access_token": record.access_token}
+        assert (tmp_path / "tokens" / "e2btoken001.json").stat().st_mode & 0o077 == 0
+        assert await extension.sandbox_tokens("e2btoken001") == {
+            "envd_access_token": record.access_token
+        }
+        assert record.access_token not in json.dumps(readiness.descriptor)
+        store.forget("e2btoken001")  # a store lost: E2B is asked again
+        assert await extension.sandbox_tokens("e2btoken001") == {
+            "envd_access_token": record.access_token
+        }
+        await extension.teardown("e2btoken001")
+        assert store.read("e2btoken001") == {}
+    finally:
+        await extension.aclose()
+
+
+async def test_a_create_adopted_after_a_lost_answer_still_has_its_token(
+    e2b_double: ServedE2b, tmp_path: Any
+) -> None:
+    e2b_double.double.app.faults.add("lost", method="POST", pattern="/sandboxes", seconds=1.5)
+    store = SandboxTokens(tmp_path / "tokens")
+    extension = E2bExtension(settings_for(e2b_double, request_timeout=0.5), tokens=store)
+    try:
+        await extension.provision(request("e2btoken002"))
+    finally:
+        await extension.aclose()
+    [record] = e2b_double.double.live()
+    assert store.read("e2btoken002") == {"envd_access_token": record.access_token}

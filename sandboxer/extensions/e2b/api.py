@@ -17,7 +17,13 @@ import httpx
 
 from sandboxer.errors import ProviderError
 from sandboxer.extensions.e2b.config import E2bEndpoint, E2bSettings
-from sandboxer.extensions.e2b.wire import Created, Listed, read_created, read_listed
+from sandboxer.extensions.e2b.wire import (
+    Created,
+    Listed,
+    read_created,
+    read_listed,
+    read_tokens,
+)
 from sandboxer.hosted.http import ProviderHttp
 
 __all__ = ["E2bApi"]
@@ -42,17 +48,28 @@ class E2bApi:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def create(self, body: Mapping[str, Any], *, sandbox_id: str) -> Created:
+    async def create(
+        self, body: Mapping[str, Any], *, sandbox_id: str
+    ) -> tuple[Created, dict[str, str]]:
+        """The sandbox made, and the tokens E2B issued for it (for the token store only)."""
         response = await self._http.call(
             "POST", "/sandboxes", json_body=dict(body), retry=False, sandbox_id=sandbox_id
         )
-        return read_created(response.json())
+        answer = response.json()
+        return read_created(answer), read_tokens(answer)
 
     async def get(self, provider_id: str, *, sandbox_id: str | None = None) -> Listed | None:
         response = await self._http.call(
             "GET", f"/sandboxes/{provider_id}", accept={404}, sandbox_id=sandbox_id
         )
         return None if response.status_code == 404 else read_listed(response.json())
+
+    async def tokens(self, provider_id: str, *, sandbox_id: str) -> dict[str, str] | None:
+        """The sandbox's current tokens (its envd access token), None when it is gone."""
+        response = await self._http.call(
+            "GET", f"/sandboxes/{provider_id}", accept={404}, sandbox_id=sandbox_id
+        )
+        return None if response.status_code == 404 else read_tokens(response.json())
 
     async def kill(self, provider_id: str, *, sandbox_id: str | None = None) -> bool:
         """True when it was killed now, False when it was already gone."""
@@ -79,8 +96,10 @@ class E2bApi:
         )
         return response.status_code
 
-    async def resume(self, provider_id: str, seconds: int, *, sandbox_id: str) -> int:
-        """201 resumed now, 409 not paused (already running), 404 gone."""
+    async def resume(
+        self, provider_id: str, seconds: int, *, sandbox_id: str
+    ) -> tuple[int, dict[str, str]]:
+        """201 resumed now (with the tokens E2B issued), 409 not paused, 404 gone."""
         response = await self._http.call(
             "POST",
             f"/sandboxes/{provider_id}/resume",
@@ -88,7 +107,9 @@ class E2bApi:
             accept={404, 409},
             sandbox_id=sandbox_id,
         )
-        return response.status_code
+        if response.status_code == 201:
+            return 201, read_tokens(response.json())
+        return response.status_code, {}
 
     async def list_live(self, metadata: Mapping[str, str] | None = None) -> list[Listed]:
         """Every running or paused sandbox of the team, or those whose metadata match."""

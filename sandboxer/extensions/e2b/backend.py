@@ -13,10 +13,16 @@ run through envd inside the sandbox, which the control-plane API does not
 cover, so this backend has no exec; its snapshots make E2B templates, not the
 workspace copy sandboxer's snapshots store, so it has no snapshot either
 (docs/ext-e2b.md).
+
+The envd access token E2B issues per sandbox goes from the answer straight into
+the token store (``$SANDBOXER_HOME/tokens``), which the token service hands to
+the sandbox's own actor or project (:class:`TokenHolder`); it is never in a
+descriptor, an event or a log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,6 +47,7 @@ from sandboxer.extensions.e2b.wire import (
 from sandboxer.extensions.ssh_checks import check_sandbox_id
 from sandboxer.hosted.create_once import create_once
 from sandboxer.hosted.labels import SANDBOX_LABEL
+from sandboxer.hosted.tokens import SandboxTokens
 from sandboxer.ids import is_valid_sandbox_id
 
 __all__ = ["E2bExtension"]
@@ -56,18 +63,23 @@ class E2bExtension:
     host_local = False
 
     def __init__(
-        self, settings: Mapping[str, Any] | None = None, *, extension: str = EXTENSION_ID
+        self,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        extension: str = EXTENSION_ID,
+        tokens: SandboxTokens | None = None,
     ) -> None:
         self.id = extension
         self._settings = parse_settings(settings or {}, extension)
+        self._tokens = tokens
+        """Where E2B's per-sandbox tokens are kept; without one they are asked of E2B."""
         self._api: E2bApi | None = None
         self._known: dict[str, str] = {}
         """Our sandbox id -> E2B's, a cache of what the labels say."""
 
     @classmethod
     def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> E2bExtension:
-        del settings  # everything it needs is in its declaration and the environment
-        return cls(decl.settings, extension=decl.id)
+        return cls(decl.settings, extension=decl.id, tokens=SandboxTokens(settings.home / "tokens"))
 
     async def aclose(self) -> None:
         if self._api is not None:
@@ -94,14 +106,18 @@ class E2bExtension:
         )
         body, _warnings = create_body(request, template, timeout.seconds)
 
-        async def find() -> Created | None:
+        async def find() -> tuple[Created, dict[str, str]] | None:
             found = await self._labelled(sandbox_id)
             for extra in found[1:]:  # never two: keep the first, kill the rest
                 await api.kill(extra.provider_id, sandbox_id=sandbox_id)
-            return found[0].as_created() if found else None
+            if not found:
+                return None
+            tokens = await api.tokens(found[0].provider_id, sandbox_id=sandbox_id)
+            return found[0].as_created(), tokens or {}
 
-        created = await create_once(lambda: api.create(body, sandbox_id=sandbox_id), find)
+        created, tokens = await create_once(lambda: api.create(body, sandbox_id=sandbox_id), find)
         self._known[sandbox_id] = created.provider_id
+        await self._keep_tokens(sandbox_id, tokens)
         log.info(
             "%s: E2B sandbox %s from template %s, timeout %d s",
             sandbox_id,
@@ -156,6 +172,8 @@ class E2bExtension:
         for provider_id in sorted(targets):
             if await api.kill(provider_id, sandbox_id=sandbox_id):
                 log.info("%s: killed E2B sandbox %s", sandbox_id, provider_id)
+        if self._tokens is not None:
+            await asyncio.to_thread(self._tokens.forget, sandbox_id)
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         """Every running or paused E2B sandbox of the team that carries our label."""
@@ -202,9 +220,11 @@ class E2bExtension:
         del host
         check_sandbox_id(sandbox_id, self.id)
         provider_id = await self._provider_id(sandbox_id)
-        status = await self._client().resume(
+        status, tokens = await self._client().resume(
             provider_id, self._settings.resume_timeout, sandbox_id=sandbox_id
         )
+        if tokens:
+            await self._keep_tokens(sandbox_id, tokens)
         if status == 409:
             await self._expect_state(sandbox_id, provider_id, "running", "resume")
         elif status == 404:
@@ -224,6 +244,22 @@ class E2bExtension:
             provider_id, timeout.seconds, sandbox_id=sandbox_id
         ):
             raise self._gone(sandbox_id, provider_id)
+
+    async def sandbox_tokens(self, sandbox_id: str) -> dict[str, str]:
+        """The tokens E2B issued for the sandbox (its envd access token), for the token
+        service only: from the store, else asked of E2B (a sandbox adopted after a lost
+        create answer, or made before the store existed)."""
+        check_sandbox_id(sandbox_id, self.id)
+        if self._tokens is not None:
+            kept = await asyncio.to_thread(self._tokens.read, sandbox_id)
+            if kept:
+                return kept
+        provider_id = await self._provider_id(sandbox_id)
+        tokens = await self._client().tokens(provider_id, sandbox_id=sandbox_id)
+        if tokens is None:
+            raise self._gone(sandbox_id, provider_id)
+        await self._keep_tokens(sandbox_id, tokens)
+        return tokens
 
     async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
         """What the team runs at E2B: our sandboxes by state, and how many are not ours."""
@@ -252,6 +288,10 @@ class E2bExtension:
                 resolve_endpoint(self._settings, self.id), self._settings, provider=self.id
             )
         return self._api
+
+    async def _keep_tokens(self, sandbox_id: str, tokens: dict[str, str]) -> None:
+        if self._tokens is not None and tokens:
+            await asyncio.to_thread(self._tokens.keep, sandbox_id, tokens)
 
     async def _labelled(self, sandbox_id: str) -> list[Listed]:
         return await self._client().list_live({SANDBOX_LABEL: sandbox_id})

@@ -3,8 +3,9 @@
 Nothing here does I/O or reads the clock: the time comes in as a value, so the
 timeout arithmetic is tested on its own. What E2B answers is read field by
 field into small values that never hold ``envdAccessToken`` or
-``trafficAccessToken``: the per-sandbox tokens are dropped where the JSON is
-read, so no later code can record them by accident.
+``trafficAccessToken``: the per-sandbox tokens are read apart, by
+:func:`read_tokens`, only to go straight into the token store, so no value
+that is logged or recorded can carry them by accident.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "descriptor",
     "read_created",
     "read_listed",
+    "read_tokens",
     "resource_warnings",
     "template_of",
     "timeout_for",
@@ -154,6 +156,24 @@ def read_created(body: Any) -> Created:
         domain=_text(body.get("domain")),
         envd_version=_text(body.get("envdVersion")),
     )
+
+
+TOKEN_FIELDS = {
+    "envdAccessToken": "envd_access_token",
+    "trafficAccessToken": "traffic_access_token",
+}
+"""E2B's per-sandbox tokens, and the names the token service hands them out under."""
+
+
+def read_tokens(body: Any) -> dict[str, str]:
+    """Only the tokens of an answer, for the token store (never for an event or a log)."""
+    if not isinstance(body, Mapping):
+        return {}
+    return {
+        ours: body[theirs]
+        for theirs, ours in TOKEN_FIELDS.items()
+        if isinstance(body.get(theirs), str) and body[theirs]
+    }
 
 
 @dataclass(frozen=True)
