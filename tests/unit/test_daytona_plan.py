@@ -1,0 +1,177 @@
+"""ext.daytona's pure parts: settings, the create body, the leak backstop, state meanings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.profile import Network, Profile, Resources, Setup
+from sandboxer.errors import ConfigError, InvalidInput
+from sandboxer.extensions.daytona import plan
+from sandboxer.extensions.daytona.config import DEFAULT_API_URL, DaytonaConfig
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def daytona_profile(**update: Any) -> Profile:
+    return Catalog.load().profile("profile.daytona").model_copy(update=update)
+
+
+def body_for(profile: Profile, **given: Any) -> plan.CreatePlan:
+    fields: dict[str, Any] = {
+        "sandbox_id": "unitplan01",
+        "profile": profile,
+        "project": None,
+        "expires_at": None,
+        "env": {},
+        "target": None,
+        "grace_minutes": 15,
+        "now": NOW,
+    }
+    return plan.plan_create(**{**fields, **given})
+
+
+class TestConfig:
+    def test_the_packaged_settings_are_valid(self) -> None:
+        decl = Catalog.load().extensions_enabled()["ext.daytona"]
+        config = DaytonaConfig.from_settings(decl.settings)
+        assert (config.poll_interval, config.ready_timeout) == (1.0, 600.0)
+        assert "api_key" not in decl.settings  # the SDK's DAYTONA_API_KEY applies
+
+    @pytest.mark.parametrize(
+        ("settings", "complaint"),
+        [
+            ({"api_token": "x"}, "unknown settings api_token"),
+            ({"poll_interval": 0}, "settings.poll_interval must be a positive number"),
+            ({"ready_timeout": "soon"}, "settings.ready_timeout must be a positive number"),
+            ({"exec_timeout": True}, "settings.exec_timeout must be a positive number"),
+            ({"workdir": "home/daytona"}, "settings.workdir must be an absolute path"),
+        ],
+    )
+    def test_bad_settings_are_named(self, settings: dict[str, Any], complaint: str) -> None:
+        with pytest.raises(ConfigError, match=complaint):
+            DaytonaConfig.from_settings(settings)
+
+    def test_settings_win_over_the_sdk_variables(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DAYTONA_API_URL", "http://from-env/api")
+        monkeypatch.setenv("DAYTONA_API_KEY", "env-key")
+        monkeypatch.setenv("DAYTONA_TARGET", "eu")
+        endpoint = DaytonaConfig.from_settings({}).endpoint()
+        assert (endpoint.api_url.value, endpoint.key.source) == (
+            "http://from-env/api",
+            "env:DAYTONA_API_KEY",
+        )
+        assert endpoint.target is not None
+        assert endpoint.target.value == "eu"
+        given = DaytonaConfig.from_settings({"api_url": "http://self-hosted/api", "api_key": "k"})
+        endpoint = given.endpoint()
+        assert (endpoint.api_url.value, endpoint.key.source) == (
+            "http://self-hosted/api",
+            "settings.api_key",
+        )
+
+    def test_a_key_reference_names_its_source(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        for name in ("DAYTONA_API_URL", "DAYTONA_API_KEY", "DAYTONA_TARGET"):
+            monkeypatch.delenv(name, raising=False)
+        key_file = tmp_path / "key"
+        key_file.write_text("file-key\n")
+        endpoint = DaytonaConfig.from_settings({"api_key": f"file:{key_file}"}).endpoint()
+        assert endpoint.api_url.value == DEFAULT_API_URL
+        assert endpoint.key.source == f"settings.api_key (file:{key_file})"
+        assert endpoint.target is None
+        with pytest.raises(ConfigError, match="DAYTONA_API_KEY"):
+            DaytonaConfig.from_settings({}).endpoint()
+
+
+class TestCreateBody:
+    def test_a_snapshot_profile(self) -> None:
+        made = body_for(daytona_profile(), project="acme", env={"TOKEN": "t"}, target="eu")
+        assert made.body == {
+            "name": "sandboxer-unitplan01",
+            "labels": {
+                "sandboxer_id": "unitplan01",
+                "sandboxer_project": "acme",
+                "sandboxer_extension": "ext.daytona",
+            },
+            "env": {"TOKEN": "t"},
+            "autoStopInterval": 60 + 15,  # profile.daytona's default TTL is 1h
+            "autoDeleteInterval": 15,
+            "target": "eu",
+            "snapshot": "daytonaio/sandbox:0.4.3",
+        }
+        assert made.warnings == []
+
+    def test_what_is_not_enforced_is_warned(self) -> None:
+        profile = daytona_profile(
+            network=Network(default="deny"),
+            setup=Setup(instructions=["make"]),
+            resources=Resources(memory_mb=4096),
+        )
+        warnings = " | ".join(body_for(profile).warnings)
+        assert "network policy is not enforced" in warnings
+        assert "setup.instructions are not run" in warnings
+        assert "fixes cpu, memory, disk and gpu" in warnings
+        assert "memory" not in body_for(profile).body
+
+    @pytest.mark.parametrize(
+        ("gpu", "fields"),
+        [("H100", {"gpu": 1, "gpuType": ["H100"]}), ("2", {"gpu": 2}), (None, {})],
+    )
+    def test_an_image_profile_is_sized(self, gpu: str | None, fields: dict[str, Any]) -> None:
+        resources = Resources(cpu=0.5, memory_mb=1025, disk_mb=3072, gpu=gpu)
+        made = body_for(
+            daytona_profile(image="image:ghcr.io/acme/ci@sha256:ab", resources=resources)
+        )
+        assert made.body["buildInfo"] == {"dockerfileContent": "FROM ghcr.io/acme/ci@sha256:ab\n"}
+        sized = {
+            k: made.body[k] for k in ("cpu", "memory", "disk", "gpu", "gpuType") if k in made.body
+        }
+        assert sized == {"cpu": 1, "memory": 2, "disk": 3, **fields}
+
+    @pytest.mark.parametrize(
+        ("update", "complaint"),
+        [
+            ({"image": None}, "names no image"),
+            ({"image": "  "}, "names no image"),
+            ({"image": "image:ubuntu\nRUN curl evil"}, "not a container image reference"),
+            ({"image": "image:x", "resources": Resources(gpu="A100")}, "not a count or one of"),
+        ],
+    )
+    def test_refusals(self, update: dict[str, Any], complaint: str) -> None:
+        with pytest.raises(InvalidInput, match=complaint):
+            body_for(daytona_profile(**update))
+
+
+class TestLeakBackstop:
+    def test_the_ttl_remaining_plus_the_grace(self) -> None:
+        assert plan.auto_stop_minutes("2030-01-01T13:00:00Z", 0, 15, NOW) == 75
+        assert plan.auto_stop_minutes("2030-01-01T12:00:30+00:00", 0, 15, NOW) == 16
+        assert plan.auto_stop_minutes("2030-01-01T11:00:00", 0, 15, NOW) == 15  # already past
+        assert plan.auto_stop_minutes(None, 7200, 15, NOW) == 135
+        assert plan.auto_stop_minutes(None, 0, 0, NOW) == 1  # 0 would disable the auto-stop
+
+    def test_expires_at_from_the_request_sets_the_body(self) -> None:
+        made = body_for(daytona_profile(), expires_at="2030-01-01T14:00:00Z")
+        assert made.body["autoStopInterval"] == 135
+
+
+@pytest.mark.parametrize(
+    ("state", "alive"),
+    [
+        ("started", True),
+        ("creating", True),
+        ("stopped", True),
+        ("archived", True),
+        ("error", False),
+        ("build_failed", False),
+        ("destroyed", False),
+    ],
+)
+def test_states(state: str, alive: bool) -> None:
+    assert plan.is_alive(state) is alive
