@@ -250,10 +250,14 @@ class DaytonaDouble:
         body = dict(call.body or {})
         name = body.get("name")
         if name and self._find(name) is not None:
-            return Answer(409, _error_body(409, f"Sandbox with name {name} already exists"))
+            message = f"Sandbox with name {name} already exists"
+            return Answer(409, _error_body(409, message, _path(call)))
         if body.get("snapshot") and RESOURCES & set(body):
             return Answer(
-                400, _error_body(400, "Cannot specify Sandbox resources when using a snapshot")
+                400,
+                _error_body(
+                    400, "Cannot specify Sandbox resources when using a snapshot", _path(call)
+                ),
             )
         self.creates += 1
         return Answer(201, self._body(self._new_record(body)))
@@ -332,11 +336,15 @@ class DaytonaDouble:
         if record is None:
             return _not_found(call)
         if record.state != "started":
-            return Answer(400, _error_body(400, f"sandbox is {record.state}, not started"))
+            return Answer(
+                400, _error_body(400, f"sandbox is {record.state}, not started", _path(call))
+            )
         body = call.body or {}
         self.exec_log.append(dict(body))
         home = record.root / "home" / "daytona"
-        cwd = (record.root / str(body["cwd"]).lstrip("/")) if body.get("cwd") else home
+        cwd = (record.root / str(body["cwd"]).lstrip("/")).resolve() if body.get("cwd") else home
+        if not cwd.is_relative_to(record.root) or not cwd.is_dir():
+            return Answer(400, _error_body(400, f"no directory {body['cwd']}", _path(call)))
         exit_code, output = await asyncio.to_thread(
             _run, str(body["command"]), cwd, float(body.get("timeout") or 10)
         )
@@ -370,9 +378,13 @@ def _desired(record: Record) -> str:
     return "started"
 
 
+def _path(call: Call) -> str:
+    return PREFIX + call.pattern.format(**call.path_params)
+
+
 def _not_found(call: Call) -> Answer:
     key = call.path_params.get("sandboxIdOrName") or call.path_params.get("sandboxId")
-    return Answer(404, _error_body(404, f"Sandbox with ID or name {key} not found"))
+    return Answer(404, _error_body(404, f"Sandbox with ID or name {key} not found", _path(call)))
 
 
 def _error_body(status: int, message: str, path: str = "") -> dict[str, Any]:

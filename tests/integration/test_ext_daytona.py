@@ -244,6 +244,15 @@ class TestExec:
         [sent] = daytona_double.double.exec_log
         assert sent["timeout"] == 3600
 
+    async def test_commands_run_in_the_workdir_setting(self, daytona_double: DaytonaServed) -> None:
+        extension = build(daytona_double, workdir="/home/daytona")
+        await up(extension, "dtexec0006")
+        out = Collected()
+        assert await extension.exec("dtexec0006", ["pwd"], out) == 0
+        assert out.text.endswith("/home/daytona\n")
+        assert daytona_double.double.exec_log[-1]["cwd"] == "/home/daytona"
+        await extension.aclose()
+
     async def test_service_and_bad_argv_are_refused(self, daytona: DaytonaExtension) -> None:
         with pytest.raises(Unsupported):
             await daytona.exec("dtexec0003", ["true"], Collected(), service="web")
