@@ -29,7 +29,8 @@ from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ConfigError
-from sandboxer.extensions.capabilities import TokenHolder
+from sandboxer.extensions.base import Extension
+from sandboxer.extensions.capabilities import Closable, TokenHolder
 from sandboxer.extensions.loading import build_extension
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.queries import QueryService
@@ -88,6 +89,7 @@ async def run_roles(
     store = JetStreamEventStore(nc, js)
     services: list[QueryService | ExecService | InventoryService | TokenService] = []
     projectors: list[Projector] = []
+    extensions: list[Extension] = []
     try:
         async with asyncio.TaskGroup() as group:
             for role in roles:
@@ -106,6 +108,7 @@ async def run_roles(
                     group.create_task(projector.run(stop))
                 else:
                     extension = build_extension(role, catalog, settings)
+                    extensions.append(extension)
                     worker = ExtensionWorker(
                         js,
                         store,
@@ -140,6 +143,9 @@ async def run_roles(
     finally:
         for service in services:
             await service.stop()
+        for extension in extensions:
+            if isinstance(extension, Closable):
+                await extension.aclose()
         for projector in projectors:
             await projector.close()
 

@@ -25,6 +25,7 @@ from sandboxer.errors import ConfigError
 __all__ = [
     "BuiltFromDeclaration",
     "BuiltFromSettings",
+    "Closable",
     "HostInspector",
     "Metered",
     "Pausable",
@@ -48,6 +49,13 @@ class BuiltFromDeclaration(Protocol):
     process settings: hosted backends read their endpoint and key references there."""
 
     from_declaration: Callable[[ExtensionDecl, Settings], Any]
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """A backend holding connections (an HTTP client): the worker closes it on shutdown."""
+
+    async def aclose(self) -> None: ...
 
 
 @runtime_checkable

@@ -1,0 +1,184 @@
+"""Hosted backends through the bus: the real service and workers against provider doubles.
+
+The doubles (tests/doubles/) enforce each provider's published spec. These
+tests hold what the adapters' own tests cannot: a sandbox made through the
+bus is exactly one provider sandbox even when its worker is killed (-9)
+between the provider's create and our ``ready``; a provider sandbox that
+carries our label but that the log does not know is listed by ``inspect
+stale`` and removed by ``reap-stale --apply``; an extension of the TTL moves
+the provider's own timeout; and no key or provider-issued token reaches the
+log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.bus.event_reader import read_events
+from tests.doubles.e2b_double import ServedE2b
+from tests.integration.conftest import Service, start_service
+from tests.integration.test_lifecycle import wait_status
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@dataclass
+class Provider:
+    """A hosted backend under test: its double, and how to read what the double holds."""
+
+    extension: str
+    profile: str
+    env: dict[str, str]
+    ours: Callable[[], list[str]]
+    """Our sandbox ids of the provider sandboxes that exist now (one per provider sandbox)."""
+    plant_orphan: Callable[[str], None]
+    secrets: Callable[[], list[str]]
+    """The key and every token the provider issued so far."""
+    timeout_end: Callable[[str], datetime | None]
+    """When the provider will end our sandbox by its own timeout (None: it keeps none)."""
+
+
+def e2b(served: ServedE2b) -> Provider:
+    double = served.double
+
+    def ours() -> list[str]:
+        return [r.metadata["sandboxer_id"] for r in double.live() if "sandboxer_id" in r.metadata]
+
+    def end(sandbox_id: str) -> datetime | None:
+        found = [r for r in double.live() if r.metadata.get("sandboxer_id") == sandbox_id]
+        return found[0].end_at if found else None
+
+    return Provider(
+        extension="ext.e2b",
+        profile="profile.e2b-burst",
+        env={"E2B_API_URL": served.url, "E2B_API_KEY": served.api_key},
+        ours=ours,
+        plant_orphan=lambda sandbox_id: double.plant_orphan({"sandboxer_id": sandbox_id}),
+        secrets=lambda: [served.api_key, *double.issued_tokens()],
+        timeout_end=end,
+    )
+
+
+@pytest.fixture
+def provider(e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch) -> Provider:
+    chosen = e2b(e2b_double)
+    for name, value in chosen.env.items():
+        monkeypatch.setenv(name, value)
+    return chosen
+
+
+async def all_events(service: Service) -> list[bytes]:
+    return [data async for _seq, _subject, data, _pending in read_events(service.client.js)]
+
+
+async def no_secret_in_the_log(service: Service, provider: Provider, home: Path) -> None:
+    events = await all_events(service)
+    for secret in provider.secrets():
+        assert not any(secret.encode() in data for data in events), "a secret reached the log"
+        for log in home.glob("*.log"):
+            assert secret not in log.read_text(errors="replace"), f"a secret reached {log.name}"
+
+
+async def test_create_extend_destroy_through_the_bus(
+    nats_server: Any, home: Path, provider: Provider
+) -> None:
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", provider.extension]
+    )
+    try:
+        client = service.client
+        ready = await client.create(provider.profile, ttl="10m")
+        sandbox_id = ready["sandbox_id"]
+        assert provider.ours() == [sandbox_id]
+        before = provider.timeout_end(sandbox_id)
+        await client.extend_ttl(sandbox_id, "20m")
+        if before is not None:  # the retime job moves the provider's own timeout
+            async with asyncio.timeout(20):
+                while (provider.timeout_end(sandbox_id) or before) <= before:
+                    await asyncio.sleep(0.1)
+        tokens = await client.tokens(sandbox_id)
+        assert all(value in provider.secrets() for value in tokens.values())
+        await client.destroy(sandbox_id)
+        assert provider.ours() == []
+        await no_secret_in_the_log(service, provider, home)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+def start_worker(home: Path, url: str, extension: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
+    env.pop("SANDBOXER_ACK_WAIT", None)  # the default is what users get
+    with (home / "worker.log").open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "sandboxer.cli.app", "worker", extension],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+async def test_kill_9_between_the_providers_create_and_ready_leaves_one(
+    nats_server: Any, home: Path, provider: Provider, e2b_double: ServedE2b
+) -> None:
+    # The provider makes the sandbox, then holds its answer: the worker dies waiting for it.
+    e2b_double.double.app.faults.add("lost", method="POST", pattern="/sandboxes", seconds=60)
+    service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    worker = start_worker(home, nats_server.url, provider.extension)
+    replacement = None
+    try:
+        client = service.client
+        created = await client.create(provider.profile, wait=False)
+        sandbox_id = created["sandbox_id"]
+        async with asyncio.timeout(30):
+            while provider.ours() != [sandbox_id]:
+                await asyncio.sleep(0.05)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        replacement = start_worker(home, nats_server.url, provider.extension)
+        ready = await wait_status(client, sandbox_id, {"ready", "failed"}, timeout=60)
+        assert ready["status"] == "ready", ready
+        assert provider.ours() == [sandbox_id]  # the first one was found by label, not leaked
+        await client.destroy(sandbox_id)
+        assert provider.ours() == []
+        await no_secret_in_the_log(service, provider, home)
+    finally:
+        for process in (worker, replacement):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(10)
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_a_leak_at_the_provider_is_stale_and_reaped(
+    nats_server: Any, home: Path, provider: Provider
+) -> None:
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", provider.extension]
+    )
+    try:
+        client = service.client
+        ready = await client.create(provider.profile)
+        provider.plant_orphan("leaked000001")
+        [stale] = await client.inventory("stale", provider.extension, {})
+        [host] = stale["hosts"]
+        assert [o["sandbox_id"] for o in host["orphans"]] == ["leaked000001"]
+        [reaped] = await client.inventory("reap", provider.extension, {"apply": True})
+        assert "leaked000001" in str(reaped)
+        assert provider.ours() == [ready["sandbox_id"]]  # ours, known to the log, stays
+        await client.destroy(ready["sandbox_id"])
+    finally:
+        await service.client.close()
+        await service.shutdown()
