@@ -19,13 +19,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sandboxer.bus.event_reader import read_events
+from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
 from tests.integration.conftest import Service, start_service
 from tests.integration.test_lifecycle import wait_status
@@ -45,8 +45,10 @@ class Provider:
     plant_orphan: Callable[[str], None]
     secrets: Callable[[], list[str]]
     """The key and every token the provider issued so far."""
-    timeout_end: Callable[[str], datetime | None]
-    """When the provider will end our sandbox by its own timeout (None: it keeps none)."""
+    timeout_end: Callable[[str], float | None]
+    """When (or after how long) the provider ends our sandbox by its own timeout."""
+    hold_create: Callable[[], None]
+    """The provider makes the next sandbox, then holds its answer for a minute."""
 
 
 def e2b(served: ServedE2b) -> Provider:
@@ -55,9 +57,9 @@ def e2b(served: ServedE2b) -> Provider:
     def ours() -> list[str]:
         return [r.metadata["sandboxer_id"] for r in double.live() if "sandboxer_id" in r.metadata]
 
-    def end(sandbox_id: str) -> datetime | None:
+    def end(sandbox_id: str) -> float | None:
         found = [r for r in double.live() if r.metadata.get("sandboxer_id") == sandbox_id]
-        return found[0].end_at if found else None
+        return found[0].end_at.timestamp() if found else None
 
     return Provider(
         extension="ext.e2b",
@@ -67,12 +69,47 @@ def e2b(served: ServedE2b) -> Provider:
         plant_orphan=lambda sandbox_id: double.plant_orphan({"sandboxer_id": sandbox_id}),
         secrets=lambda: [served.api_key, *double.issued_tokens()],
         timeout_end=end,
+        hold_create=lambda: double.app.faults.add(
+            "lost", method="POST", pattern="/sandboxes", seconds=60
+        ),
     )
 
 
-@pytest.fixture
-def provider(e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch) -> Provider:
-    chosen = e2b(e2b_double)
+def daytona(served: DaytonaServed) -> Provider:
+    double = served.double
+
+    def mine(sandbox_id: str) -> list[Any]:
+        return [r for r in double.live() if r.labels.get("sandboxer_id") == sandbox_id]
+
+    def end(sandbox_id: str) -> float | None:
+        found = mine(sandbox_id)
+        return float(found[0].auto_stop) if found else None
+
+    return Provider(
+        extension="ext.daytona",
+        profile="profile.daytona",
+        env={"DAYTONA_API_URL": served.api_url, "DAYTONA_API_KEY": served.key},
+        ours=lambda: [
+            r.labels["sandboxer_id"] for r in double.live() if "sandboxer_id" in r.labels
+        ],
+        plant_orphan=lambda sandbox_id: double.plant_orphan(
+            {"sandboxer_id": sandbox_id, "sandboxer_extension": "ext.daytona"}
+        ),
+        secrets=lambda: [served.key],
+        timeout_end=end,
+        hold_create=lambda: double.app.faults.add(
+            "lost", method="POST", pattern="/sandbox", seconds=60
+        ),
+    )
+
+
+PROVIDERS = {"ext.e2b": ("e2b_double", e2b), "ext.daytona": ("daytona_double", daytona)}
+
+
+@pytest.fixture(params=sorted(PROVIDERS))
+def provider(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Provider:
+    fixture, make = PROVIDERS[request.param]
+    chosen = make(request.getfixturevalue(fixture))
     for name, value in chosen.env.items():
         monkeypatch.setenv(name, value)
     return chosen
@@ -107,8 +144,9 @@ async def test_create_extend_destroy_through_the_bus(
             async with asyncio.timeout(20):
                 while (provider.timeout_end(sandbox_id) or before) <= before:
                     await asyncio.sleep(0.1)
-        tokens = await client.tokens(sandbox_id)
-        assert all(value in provider.secrets() for value in tokens.values())
+        if provider.extension == "ext.e2b":  # the one whose provider issues tokens
+            tokens = await client.tokens(sandbox_id)
+            assert all(value in provider.secrets() for value in tokens.values())
         await client.destroy(sandbox_id)
         assert provider.ours() == []
         await no_secret_in_the_log(service, provider, home)
@@ -130,10 +168,10 @@ def start_worker(home: Path, url: str, extension: str) -> subprocess.Popen[bytes
 
 
 async def test_kill_9_between_the_providers_create_and_ready_leaves_one(
-    nats_server: Any, home: Path, provider: Provider, e2b_double: ServedE2b
+    nats_server: Any, home: Path, provider: Provider
 ) -> None:
     # The provider makes the sandbox, then holds its answer: the worker dies waiting for it.
-    e2b_double.double.app.faults.add("lost", method="POST", pattern="/sandboxes", seconds=60)
+    provider.hold_create()
     service = await start_service(home, nats_server.url, roles=["control", "projector"])
     worker = start_worker(home, nats_server.url, provider.extension)
     replacement = None
