@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -113,11 +114,7 @@ class SpecDouble:
         prefix: str = "",
         deviations: Mapping[tuple[str, str], set[int]] | None = None,
     ) -> None:
-        spec = json.loads((SPECS / spec_file).read_text())
-        self.spec = spec
-        validated = copy.deepcopy(spec)
-        validated["servers"] = [{"url": VALIDATION_HOST}]
-        self._openapi = OpenAPI.from_dict(validated)
+        self.spec, self._openapi = _load(spec_file)
         self.routes = dict(routes)
         self._router = Router(
             [Route(prefix + pattern, _endpoint, methods=[method]) for method, pattern in routes]
@@ -228,6 +225,15 @@ class SpecDouble:
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
+
+
+@functools.cache
+def _load(spec_file: str) -> tuple[dict[str, Any], OpenAPI]:
+    """The spec and its validator, parsed once per run (Daytona's takes a second)."""
+    spec = json.loads((SPECS / spec_file).read_text())
+    validated = copy.deepcopy(spec)
+    validated["servers"] = [{"url": VALIDATION_HOST}]
+    return spec, OpenAPI.from_dict(validated)
 
 
 async def _endpoint(_request: Request) -> None:  # routing only: SpecDouble answers
