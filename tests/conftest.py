@@ -79,3 +79,24 @@ async def nats_server(
 @pytest.fixture
 def nats_url(nats_server: NatsServerProcess) -> str:
     return nats_server.url
+
+
+PROVIDER_VARIABLES = (
+    "E2B_API_KEY",
+    "E2B_API_URL",
+    "E2B_DOMAIN",
+    "DAYTONA_API_KEY",
+    "DAYTONA_API_URL",
+    "DAYTONA_TARGET",
+    "MODAL_SERVER_URL",
+    "MODAL_TOKEN_ID",
+    "MODAL_TOKEN_SECRET",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_real_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests reach hosted providers only through their doubles: a developer's own keys in
+    the environment must never send a test's request to the real E2B, Daytona or Modal."""
+    for name in PROVIDER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
