@@ -98,6 +98,8 @@ class MarkFailed:
     job_id: str
     reason: str
     stage: Literal["provision", "wait_ready", "teardown", "job"]
+    retryable: bool = False
+    code: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +175,8 @@ def decide(  # noqa: PLR0912 (a flat dispatch: one case per command reads best)
                     **_common(state, now, command.job_id),
                     reason=command.reason,
                     stage=command.stage,
+                    retryable=command.retryable,
+                    code=command.code,
                 )
             ]
         case FinishTeardown():

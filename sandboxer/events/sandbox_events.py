@@ -102,6 +102,10 @@ class SandboxFailed(_SandboxEventBase, frozen=True, kw_only=True, tag="failed"):
     reason: str
     stage: Literal["admission", "routing", "provision", "wait_ready", "teardown", "job"]
     retryable: bool = False
+    """Trying again later, or on another backend, may succeed (a provider's quota or outage)."""
+    code: str | None = None
+    """What failed, as an error code (``provider_quota``, ``provider_unavailable``,
+    ``provider_auth``, ``invalid_input``, ...) when known; routing reads it."""
 
 
 class SandboxRecreating(_SandboxEventBase, frozen=True, kw_only=True, tag="recreating"):

@@ -38,7 +38,13 @@ from sandboxer.domain.sandbox_decide import (
     MarkTeardownFailed,
     StartProvisioning,
 )
-from sandboxer.errors import ConfigError, ExtensionError, SandboxerError, StreamUnavailable
+from sandboxer.errors import (
+    ConfigError,
+    ExtensionError,
+    ProviderError,
+    SandboxerError,
+    StreamUnavailable,
+)
 from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.extensions.capabilities import TimeoutKeeper
@@ -241,7 +247,13 @@ class ExtensionWorker:
             await self._safe_teardown(job.sandbox_id, state.host)
             await self.apply(
                 job.sandbox_id,
-                MarkFailed(job_id=job.job_id, reason=reason, stage=stage),
+                MarkFailed(
+                    job_id=job.job_id,
+                    reason=reason,
+                    stage=stage,
+                    retryable=isinstance(exc, ProviderError) and exc.retryable,
+                    code=exc.code if isinstance(exc, SandboxerError) else None,
+                ),
             )
             return
         loaded, marked = await self.apply(
