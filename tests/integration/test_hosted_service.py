@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from sandboxer.bus.event_reader import read_events
+from sandboxer.errors import CommandFailed
 from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
 from tests.integration.conftest import Service, start_service
@@ -47,8 +48,9 @@ class Provider:
     """The key and every token the provider issued so far."""
     timeout_end: Callable[[str], float | None]
     """When (or after how long) the provider ends our sandbox by its own timeout."""
-    hold_create: Callable[[], None]
-    """The provider makes the next sandbox, then holds its answer for a minute."""
+    create_path: str
+    """The spec's path of the provider's create, for injecting faults into it."""
+    fault: Callable[..., None]
 
 
 def e2b(served: ServedE2b) -> Provider:
@@ -69,9 +71,8 @@ def e2b(served: ServedE2b) -> Provider:
         plant_orphan=lambda sandbox_id: double.plant_orphan({"sandboxer_id": sandbox_id}),
         secrets=lambda: [served.api_key, *double.issued_tokens()],
         timeout_end=end,
-        hold_create=lambda: double.app.faults.add(
-            "lost", method="POST", pattern="/sandboxes", seconds=60
-        ),
+        create_path="/sandboxes",
+        fault=double.app.faults.add,
     )
 
 
@@ -97,9 +98,8 @@ def daytona(served: DaytonaServed) -> Provider:
         ),
         secrets=lambda: [served.key],
         timeout_end=end,
-        hold_create=lambda: double.app.faults.add(
-            "lost", method="POST", pattern="/sandbox", seconds=60
-        ),
+        create_path="/sandbox",
+        fault=double.app.faults.add,
     )
 
 
@@ -171,7 +171,7 @@ async def test_kill_9_between_the_providers_create_and_ready_leaves_one(
     nats_server: Any, home: Path, provider: Provider
 ) -> None:
     # The provider makes the sandbox, then holds its answer: the worker dies waiting for it.
-    provider.hold_create()
+    provider.fault("lost", method="POST", pattern=provider.create_path, seconds=60)
     service = await start_service(home, nats_server.url, roles=["control", "projector"])
     worker = start_worker(home, nats_server.url, provider.extension)
     replacement = None
@@ -217,6 +217,29 @@ async def test_a_leak_at_the_provider_is_stale_and_reaped(
         assert "leaked000001" in str(reaped)
         assert provider.ours() == [ready["sandbox_id"]]  # ours, known to the log, stays
         await client.destroy(ready["sandbox_id"])
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_a_quota_refusal_fails_the_create_as_retryable_and_leaves_nothing(
+    nats_server: Any, home: Path, provider: Provider
+) -> None:
+    provider.fault("status", status=429, method="POST", pattern=provider.create_path)
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", provider.extension]
+    )
+    try:
+        with pytest.raises(CommandFailed) as failed:
+            await service.client.create(provider.profile)
+        event = failed.value.event
+        assert (event["type"], event["retryable"], event["code"]) == (
+            "failed",
+            True,
+            "provider_quota",
+        )
+        assert "429" in event["reason"]
+        assert provider.ours() == []
     finally:
         await service.client.close()
         await service.shutdown()
