@@ -1,0 +1,480 @@
+"""ext.modal: one Modal sandbox per sandbox, made through the pinned ``modal`` SDK.
+
+Every Modal sandbox we make lives in one Modal app (``settings.app_name``,
+default ``sandboxer``), is named ``sandboxer-<our id>`` (Modal refuses a second
+running sandbox of that name in the app) and carries our tags
+(``sandboxer_id``, ``sandboxer_project``), by which we find it again: a create
+whose answer was lost, a redelivered job after a crash, and leaks.
+
+The SDK is imported when the backend is built (``from_declaration``), so a worker
+without the ``modal`` extra stops at start with the install command; the token
+is resolved at the first call, so ``sandboxer up`` starts without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.profile import Profile
+from sandboxer.config.settings import Settings
+from sandboxer.durations import parse_duration
+from sandboxer.errors import (
+    ConfigError,
+    ExtensionError,
+    InvalidInput,
+    ProviderError,
+    SandboxNotFound,
+    Unsupported,
+)
+from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.modal.boundary import ModalBoundary, RetryPolicy, import_modal
+from sandboxer.hosted.create_once import create_once
+from sandboxer.hosted.labels import SANDBOX_LABEL, labels_for, our_sandbox_id
+from sandboxer.hosted.provider_settings import ProviderValue, provider_value
+from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
+
+__all__ = ["ModalConfig", "ModalExtension"]
+
+log = logging.getLogger(__name__)
+
+EXTENSION_ID = "ext.modal"
+DEFAULT_SERVER_URL = "https://api.modal.com"
+MAX_TIMEOUT_SECONDS = 24 * 60 * 60
+"""Modal ends any sandbox after at most 24 hours."""
+MIN_TIMEOUT_SECONDS = 60
+KEEP_ALIVE = ("sleep", "infinity")
+"""The sandbox's main process: it runs until we terminate it or its timeout ends it."""
+
+_KNOWN_SETTINGS = frozenset(
+    {
+        "server_url",
+        "token_id",
+        "token_secret",
+        "app_name",
+        "environment",
+        "timeout_margin",
+        "call_timeout",
+        "retry_attempts",
+        "retry_budget",
+        "retry_wait",
+        "region",
+    }
+)
+
+
+def _number(settings: Mapping[str, Any], key: str, default: float) -> float:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(
+            f"extension {EXTENSION_ID}: settings.{key} must be a positive number, not {value!r}",
+            extension=EXTENSION_ID,
+        )
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ModalConfig:
+    """The declaration's ``settings`` (endpoint and token references stay unresolved here)."""
+
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    app_name: str = "sandboxer"
+    environment: str | None = None
+    timeout_margin: float = 600.0
+    """Seconds past our expiry at which Modal's own timeout ends the sandbox (a backstop)."""
+    region: str | None = None
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> ModalConfig:
+        unknown = sorted(set(settings) - _KNOWN_SETTINGS)
+        if unknown:
+            raise ConfigError(
+                f"extension {EXTENSION_ID}: unknown settings {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(_KNOWN_SETTINGS))}",
+                extension=EXTENSION_ID,
+            )
+        policy = RetryPolicy(
+            call_timeout=_number(settings, "call_timeout", 60.0),
+            attempts=int(_number(settings, "retry_attempts", 4)),
+            budget=_number(settings, "retry_budget", 60.0),
+            wait_initial=_number(settings, "retry_wait", 0.2),
+        )
+        region = settings.get("region")
+        environment = settings.get("environment")
+        return cls(
+            settings=dict(settings),
+            app_name=str(settings.get("app_name", "sandboxer")),
+            environment=str(environment) if environment else None,
+            timeout_margin=_number(settings, "timeout_margin", 600.0),
+            region=str(region) if region else None,
+            policy=policy,
+        )
+
+
+@dataclass
+class _Connection:
+    client: Any
+    app: Any
+
+
+class ModalExtension:
+    """Sandboxes on Modal (gVisor containers, GPUs), through the ``modal`` SDK."""
+
+    id = EXTENSION_ID
+    host_local = False
+
+    def __init__(self, config: ModalConfig | None = None, *, sdk: Any = None) -> None:
+        self.config = config or ModalConfig()
+        self._modal = sdk if sdk is not None else import_modal()
+        self._boundary = ModalBoundary(provider=self.id, policy=self.config.policy)
+        self._connection: _Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> ModalExtension:
+        del settings  # nothing of the process settings is needed
+        return cls(ModalConfig.from_settings(decl.settings))
+
+    async def aclose(self) -> None:
+        """Close the SDK's connection (a later call opens a new one)."""
+        async with self._lock:
+            connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.client.__aexit__(None, None, None)
+
+    # -- the Extension protocol ---------------------------------------------------------------
+
+    async def provision(self, request: ProvisionRequest) -> None:
+        sandbox_id = _checked(request.sandbox_id)
+        image = _image_of(request.profile)
+        # A redelivered job (a crash after the create) or a create whose answer was lost may
+        # have left one: start clean, so that exactly one exists afterwards.
+        for earlier in await self._find(sandbox_id):
+            log.info("sandbox %s: removing what an earlier attempt made", sandbox_id)
+            await self._terminate(earlier, sandbox_id)
+        await create_once(
+            lambda: self._create(request, image),
+            lambda: self._find_one(sandbox_id),
+            attempts=self.config.policy.attempts,
+            wait=self.config.policy.wait_initial,
+        )
+
+    async def wait_ready(self, request: ProvisionRequest) -> Readiness:
+        sandbox_id = _checked(request.sandbox_id)
+        sandbox = await self._require(sandbox_id)
+        returncode = await self._boundary.call(
+            "checking the sandbox", sandbox.poll.aio, sandbox_id=sandbox_id
+        )
+        if returncode is not None:
+            raise ExtensionError(
+                f"Modal sandbox {sandbox.object_id} of {sandbox_id} ended (exit {returncode}) "
+                "before it was ready",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        code = await self.exec(sandbox_id, ["true"], _discard)
+        if code != 0:
+            raise ExtensionError(
+                f"Modal sandbox {sandbox.object_id} of {sandbox_id} cannot run commands "
+                f"(`true` exited {code})",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        timeout, warnings = self._timeout(request)
+        profile = request.profile
+        descriptor: dict[str, Any] = {
+            "kind": "modal",
+            "modal_sandbox_id": sandbox.object_id,
+            "app": self.config.app_name,
+            "image": _image_of(profile),
+            "gpu": profile.resources.gpu,
+            "provider_timeout_seconds": timeout,
+            "exec": f"sandboxer exec {sandbox_id} -- CMD",
+        }
+        return Readiness(descriptor=descriptor, warnings=warnings + _network_warnings(profile))
+
+    async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
+        del host
+        sandbox_id = _checked(sandbox_id)
+        for sandbox in await self._find(sandbox_id):
+            await self._terminate(sandbox, sandbox_id)
+
+    async def list_sandboxes(self) -> Sequence[FoundSandbox]:
+        connection = await self._connect()
+        modal = self._modal
+
+        async def everything() -> list[Any]:
+            return [
+                sandbox
+                async for sandbox in modal.Sandbox.list.aio(
+                    app_id=connection.app.app_id, client=connection.client
+                )
+            ]
+
+        found = []
+        for sandbox in await self._boundary.call("listing sandboxes", everything):
+            try:
+                tags = await self._boundary.call("reading a sandbox's tags", sandbox.get_tags.aio)
+            except ProviderError as exc:
+                if exc.status == "NOT_FOUND":
+                    continue  # gone between the list and the look
+                raise
+            ours = our_sandbox_id(tags)
+            if ours is None:
+                continue  # in our app but not made by us
+            found.append(
+                FoundSandbox(
+                    sandbox_id=ours,
+                    alive=True,
+                    detail={"modal_sandbox_id": sandbox.object_id, "tags": dict(tags)},
+                )
+            )
+        return found
+
+    async def exec(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        output: OutputSink,
+        *,
+        host: str | None = None,
+        service: str | None = None,
+    ) -> int:
+        del host
+        sandbox_id = _checked(sandbox_id)
+        if service is not None:
+            raise Unsupported(
+                f"{self.id} sandboxes have no services; exec without a service",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        if not argv:
+            raise InvalidInput("exec needs a command", sandbox_id=sandbox_id)
+        sandbox = await self._require(sandbox_id)
+
+        async def run() -> int:
+            process = await sandbox.exec.aio(*argv, text=False)
+
+            async def pump(stream: Any, name: Any) -> None:
+                async for chunk in stream:
+                    if chunk:
+                        await output(name, bytes(chunk))
+
+            await asyncio.gather(pump(process.stdout, "stdout"), pump(process.stderr, "stderr"))
+            return int(await process.wait.aio())
+
+        # An exec is not repeated (the command may have run) and takes as long as it takes.
+        try:
+            return await run()
+        except ExtensionError:
+            raise
+        except Exception as exc:
+            raise self._boundary.error_for(
+                f"exec in {sandbox.object_id}", exc, sandbox_id=sandbox_id
+            ) from None
+        finally:
+            # Close the handle's connection to the sandbox's command router now, not at GC.
+            with contextlib.suppress(Exception):
+                await sandbox.detach.aio()
+
+    # -- Modal operations ------------------------------------------------------------------------
+
+    async def _connect(self) -> _Connection:
+        async with self._lock:
+            if self._connection is None:
+                self._connection = await self._open()
+            return self._connection
+
+    async def _open(self) -> _Connection:
+        modal = self._modal
+        api_pb2 = importlib.import_module("modal_proto.api_pb2")  # installed with modal
+
+        server_url = self._value("server_url", "MODAL_SERVER_URL", secret=False)
+        token_id = self._value("token_id", "MODAL_TOKEN_ID", secret=True)
+        token_secret = self._value("token_secret", "MODAL_TOKEN_SECRET", secret=True)
+        self._boundary.know_secrets(
+            [token_id.value, token_secret.value], f"{token_id.source} and {token_secret.source}"
+        )
+        client = modal.Client(
+            server_url.value, api_pb2.CLIENT_TYPE_CLIENT, (token_id.value, token_secret.value)
+        )
+        await self._boundary.call("connecting to Modal", client.__aenter__)
+        environment = self.config.environment
+
+        async def lookup() -> Any:
+            return await modal.App.lookup.aio(
+                self.config.app_name,
+                create_if_missing=True,
+                client=client,
+                environment_name=environment,
+            )
+
+        try:
+            app = await self._boundary.call(f"looking up the app {self.config.app_name!r}", lookup)
+        except BaseException:
+            await client.__aexit__(None, None, None)
+            raise
+        return _Connection(client=client, app=app)
+
+    def _value(self, key: str, env: str, *, secret: bool) -> ProviderValue:
+        """From the declaration, else the SDK's variable, else the SDK's own config file."""
+        found = provider_value(self.config.settings, key, (env,), extension=self.id, required=False)
+        if found is not None:
+            return found
+        from_file = self._modal.config.config.get(key)
+        if from_file:
+            return ProviderValue(str(from_file), "the modal config file (~/.modal.toml)")
+        if key == "server_url":
+            return ProviderValue(DEFAULT_SERVER_URL, "the default")
+        raise ConfigError(
+            f"extension {self.id}: no Modal {'token' if secret else key}; set {env} in the "
+            f"worker's environment, or settings.{key} in its declaration (a value, or env:NAME / "
+            "file:PATH), or run `modal token new`",
+            extension=self.id,
+        )
+
+    async def _create(self, request: ProvisionRequest, image: str) -> Any:
+        connection = await self._connect()
+        modal = self._modal
+        profile = request.profile
+        resources = profile.resources
+        timeout, _warnings = self._timeout(request)
+        network = _network(profile)
+        sandbox_id = request.sandbox_id
+
+        async def create() -> Any:
+            return await modal.Sandbox.create.aio(
+                *KEEP_ALIVE,
+                app=connection.app,
+                name=f"sandboxer-{sandbox_id}",
+                tags=labels_for(sandbox_id, request.project or ""),
+                image=modal.Image.from_registry(image),
+                env=dict(request.secrets) or None,
+                timeout=timeout,
+                gpu=resources.gpu,
+                cpu=resources.cpu,
+                memory=resources.memory_mb,
+                region=self.config.region,
+                client=connection.client,
+                **network,
+            )
+
+        try:
+            return await self._boundary.call(
+                f"creating a sandbox from {image!r}", create, sandbox_id=sandbox_id, retry=False
+            )
+        except ProviderError as exc:
+            if exc.status != "ALREADY_EXISTS":
+                raise
+            # A create of ours whose answer was lost (the SDK retried it) made it: take it.
+            existing = await self._find_one(sandbox_id)
+            if existing is None:
+                raise
+            return existing
+
+    async def _find(self, sandbox_id: str) -> list[Any]:
+        connection = await self._connect()
+        modal = self._modal
+
+        async def matching() -> list[Any]:
+            return [
+                sandbox
+                async for sandbox in modal.Sandbox.list.aio(
+                    app_id=connection.app.app_id,
+                    tags={SANDBOX_LABEL: sandbox_id},
+                    client=connection.client,
+                )
+            ]
+
+        return await self._boundary.call(
+            f"looking for the sandbox of {sandbox_id}", matching, sandbox_id=sandbox_id
+        )
+
+    async def _find_one(self, sandbox_id: str) -> Any | None:
+        found = await self._find(sandbox_id)
+        for extra in found[1:]:  # never more than one: a second is removed at once
+            await self._terminate(extra, sandbox_id)
+        return found[0] if found else None
+
+    async def _require(self, sandbox_id: str) -> Any:
+        sandbox = await self._find_one(sandbox_id)
+        if sandbox is None:
+            raise SandboxNotFound(
+                f"no running Modal sandbox is tagged {SANDBOX_LABEL}={sandbox_id}",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        return sandbox
+
+    async def _terminate(self, sandbox: Any, sandbox_id: str) -> None:
+        try:
+            await self._boundary.call(
+                f"terminating {sandbox.object_id}", sandbox.terminate.aio, sandbox_id=sandbox_id
+            )
+        except ProviderError as exc:
+            if exc.status != "NOT_FOUND":
+                raise
+
+    def _timeout(self, request: ProvisionRequest) -> tuple[int, list[str]]:
+        """Modal's own timeout for the sandbox: a little past our expiry, within Modal's limit."""
+        if request.expires_at:
+            expires = datetime.fromisoformat(request.expires_at.replace("Z", "+00:00"))
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=UTC)
+            left = (expires - datetime.now(UTC)) / timedelta(seconds=1)
+        else:
+            left = parse_duration(request.profile.ttl.default)
+        wanted = int(left + self.config.timeout_margin)
+        if wanted > MAX_TIMEOUT_SECONDS:
+            return MAX_TIMEOUT_SECONDS, [
+                "Modal ends a sandbox after 24 hours at most: it will end then, before its TTL, "
+                "and cannot be extended past that"
+            ]
+        return max(wanted, MIN_TIMEOUT_SECONDS), []
+
+
+async def _discard(_stream: str, _data: bytes) -> None:
+    return None
+
+
+def _checked(sandbox_id: str) -> str:
+    if not is_valid_sandbox_id(sandbox_id):
+        raise InvalidInput(
+            f"invalid sandbox id {sandbox_id!r}: expected {SANDBOX_ID_RULE}",
+            sandbox_id=None,
+        )
+    return sandbox_id
+
+
+def _image_of(profile: Profile) -> str:
+    if not profile.image:
+        raise ConfigError(
+            f"profile {profile.id} has no image: ext.modal starts sandboxes from a registry image "
+            "(set `image: python:3.12-slim`, say)",
+        )
+    return profile.image
+
+
+def _network(profile: Profile) -> dict[str, Any]:
+    """Modal's network switches for the profile's policy (ports of egress entries are dropped)."""
+    network = profile.network
+    if network.default == "allow":
+        return {}
+    if not network.egress:
+        return {"block_network": True}
+    hosts = sorted({entry.rsplit(":", 1)[0] for entry in network.egress})
+    return {"outbound_domain_allowlist": hosts}
+
+
+def _network_warnings(profile: Profile) -> list[str]:
+    if profile.network.default == "deny" and any(":" in e for e in profile.network.egress):
+        return ["Modal allows egress by domain, not by port: the egress ports are not enforced"]
+    return []

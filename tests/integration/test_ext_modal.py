@@ -1,0 +1,294 @@
+"""ext.modal against the Modal double: the pinned SDK, unpatched, speaking gRPC to a local server.
+
+The double (tests/doubles/modal_double.py) serves Modal's API and command router
+on loopback; ``MODAL_SERVER_URL`` points the SDK at it. Faults are injected there,
+never in our client.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from grpclib import Status
+
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.profile import Profile
+from sandboxer.config.settings import Settings
+from sandboxer.errors import (
+    ConfigError,
+    InvalidInput,
+    ProviderAuth,
+    ProviderQuota,
+    ProviderUnavailable,
+    SandboxNotFound,
+)
+from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.modal.backend import ModalExtension
+from tests.doubles.modal_double import Fault, ModalDouble, modal_double
+
+pytestmark = pytest.mark.integration
+
+__all__ = ["modal_double"]  # the fixture, used by name
+
+FAST = {"retry_wait": 0.01, "retry_attempts": 4, "call_timeout": 2, "retry_budget": 10}
+
+
+def build(**settings: Any) -> ModalExtension:
+    """ext.modal from its packaged declaration, with quick retries and ``settings`` over it."""
+    decl = Catalog.load().extensions_enabled()["ext.modal"]
+    decl = ExtensionDecl.model_validate(
+        decl.model_dump() | {"settings": decl.settings | FAST | settings}
+    )
+    return ModalExtension.from_declaration(decl, Settings.from_env())
+
+
+@pytest.fixture
+async def extension(modal_double: ModalDouble) -> AsyncIterator[Callable[..., ModalExtension]]:
+    """Builds extensions against the double, closing each one's SDK connection afterwards."""
+    del modal_double
+    built: list[ModalExtension] = []
+
+    def make(**settings: Any) -> ModalExtension:
+        built.append(build(**settings))
+        return built[-1]
+
+    yield make
+    for ext in built:
+        await ext.aclose()
+
+
+def profile(**changes: Any) -> Profile:
+    base = Catalog.load().profile("profile.modal-gpu")
+    return Profile.model_validate(base.model_dump() | changes)
+
+
+def request(sandbox_id: str, **fields: Any) -> ProvisionRequest:
+    fields.setdefault("profile", profile())
+    return ProvisionRequest(sandbox_id=sandbox_id, inputs={}, **fields)
+
+
+async def run(ext: ModalExtension, sandbox_id: str, *argv: str) -> tuple[int, bytes, bytes]:
+    out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    async def sink(stream: str, data: bytes) -> None:
+        out[stream].extend(data)
+
+    code = await ext.exec(sandbox_id, list(argv), sink)
+    return code, bytes(out["stdout"]), bytes(out["stderr"])
+
+
+async def test_lifecycle(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    ext = extension()
+    expires = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    req = request("modal00001", expires_at=expires, project="proj-a", secrets={"API": "s3cret"})
+    await ext.provision(req)
+    readiness = await ext.wait_ready(req)
+    assert readiness.descriptor["kind"] == "modal"
+    assert readiness.descriptor["gpu"] == "A10G"
+    [record] = modal_double.running_for("modal00001")
+    assert record.tags == {"sandboxer_id": "modal00001", "sandboxer_project": "proj-a"}
+    assert record.gpu == "A10G"
+    assert record.image == "python:3.12-slim"
+    assert record.milli_cpu == 2000
+    assert record.memory_mb == 4096
+    assert record.network == "blocked"
+    # Modal's own timeout is a backstop a little past our expiry.
+    assert 2 * 3600 < record.timeout_secs <= 2 * 3600 + 600 + 5
+    assert [(f.sandbox_id, f.alive) for f in await ext.list_sandboxes()] == [("modal00001", True)]
+    code, stdout, stderr = await run(ext, "modal00001", "sh", "-c", "echo hi; echo no >&2; exit 9")
+    assert (code, stdout, stderr) == (9, b"hi\n", b"no\n")
+    assert (await run(ext, "modal00001", "sh", "-c", 'printf %s "$API"'))[1] == b"s3cret"
+    await ext.teardown("modal00001")
+    assert modal_double.running_for("modal00001") == []
+    assert list(await ext.list_sandboxes()) == []
+    await ext.teardown("modal00001")
+    await ext.teardown("neverthere1")
+    with pytest.raises(SandboxNotFound):
+        await run(ext, "modal00001", "true")
+
+
+async def test_no_token_value_in_the_descriptor(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    ext = extension()
+    req = request("modal00002")
+    await ext.provision(req)
+    text = repr((await ext.wait_ready(req)).descriptor)
+    assert modal_double.token_secret not in text
+    assert modal_double.token_id not in text
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "a;rm -rf /", "UPPER1234", "x", "$(id)aaaa"])
+async def test_hostile_ids_are_refused_before_any_call(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension], bad: str
+) -> None:
+    ext = extension()
+    with pytest.raises(InvalidInput):
+        await ext.provision(request(bad))
+    with pytest.raises(InvalidInput):
+        await ext.teardown(bad)
+    with pytest.raises(InvalidInput):
+        await run(ext, bad, "true")
+    assert modal_double.calls == []
+
+
+async def test_ttl_past_modal_limit_is_capped_and_said(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    ext = extension()
+    expires = (datetime.now(UTC) + timedelta(hours=30)).isoformat()
+    req = request("modal00003", expires_at=expires)
+    await ext.provision(req)
+    assert modal_double.running_for("modal00003")[0].timeout_secs == 24 * 3600
+    readiness = await ext.wait_ready(req)
+    assert any("24 hours" in w for w in readiness.warnings)
+
+
+async def test_quota_is_provider_quota(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    modal_double.inject(
+        Fault("SandboxCreate", "status", Status.RESOURCE_EXHAUSTED, "too many sandboxes", times=9)
+    )
+    with pytest.raises(ProviderQuota, match="too many sandboxes") as caught:
+        await extension().provision(request("modal00004"))
+    assert caught.value.retryable
+    assert modal_double.running() == []
+
+
+async def test_unavailable_is_retried_then_succeeds(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    # More failures than the SDK's own retries (3): ours carry it through.
+    modal_double.inject(Fault("SandboxList", "status", Status.UNAVAILABLE, times=5))
+    ext = extension()
+    await ext.provision(request("modal00005"))
+    assert len(modal_double.running_for("modal00005")) == 1
+    assert modal_double.calls.count("SandboxList") > 5
+
+
+async def test_unavailable_for_ever_is_provider_unavailable(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    modal_double.inject(Fault("SandboxList", "status", Status.UNAVAILABLE, times=1000))
+    with pytest.raises(ProviderUnavailable, match="after retries"):
+        await extension(retry_attempts=2).provision(request("modal00006"))
+
+
+async def test_a_hang_is_a_timeout_then_retried(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    modal_double.inject(Fault("SandboxList", "hang", times=1))
+    ext = extension(call_timeout=0.5)
+    await ext.provision(request("modal00007"))
+    assert len(modal_double.running_for("modal00007")) == 1
+
+
+@pytest.mark.parametrize("kind", ["lost_answer", "lost_hang"])
+async def test_lost_create_answer_leaves_exactly_one(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension], kind: Any
+) -> None:
+    modal_double.inject(Fault("SandboxCreate", kind, Status.UNAVAILABLE, times=1))
+    ext = extension(call_timeout=1)
+    req = request("modal00008")
+    await ext.provision(req)
+    assert len(modal_double.running_for("modal00008")) == 1
+    await ext.wait_ready(req)
+    assert [f.sandbox_id for f in await ext.list_sandboxes()] == ["modal00008"]
+
+
+async def test_second_provision_of_one_id_leaves_exactly_one(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    ext = extension()
+    req = request("modal00009")
+    await ext.provision(req)
+    first = modal_double.running_for("modal00009")[0].sandbox_id
+    await ext.provision(req)
+    [second] = modal_double.running_for("modal00009")
+    assert second.sandbox_id != first  # started clean
+    await ext.wait_ready(req)
+
+
+async def test_a_bad_token_is_provider_auth_naming_its_source(
+    modal_double: ModalDouble,
+    extension: Callable[..., ModalExtension],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-wrong-secret-value")
+    with pytest.raises(ProviderAuth) as caught:
+        await extension().provision(request("modal00010"))
+    message = caught.value.message
+    assert "env:MODAL_TOKEN_SECRET" in message
+    assert "as-wrong-secret-value" not in message
+    assert modal_double.token_secret not in message
+
+
+async def test_token_from_a_secret_reference(
+    modal_double: ModalDouble,
+    extension: Callable[..., ModalExtension],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    secret_file = tmp_path / "modal-secret"
+    secret_file.write_text(modal_double.token_secret + "\n")
+    monkeypatch.setenv("TEAM_MODAL_ID", modal_double.token_id)
+    monkeypatch.delenv("MODAL_TOKEN_ID")
+    monkeypatch.delenv("MODAL_TOKEN_SECRET")
+    ext = extension(token_id="env:TEAM_MODAL_ID", token_secret=f"file:{secret_file}")
+    await ext.provision(request("modal00011"))
+    assert len(modal_double.running_for("modal00011")) == 1
+
+
+async def test_a_profile_without_image_is_refused(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    with pytest.raises(ConfigError, match="has no image"):
+        await extension().provision(request("modal00012", profile=profile(image=None)))
+
+
+def test_missing_extra_names_the_install_command(tmp_path: Path) -> None:
+    """A Python whose ``import modal`` fails (a sitecustomize blocks it) gets the install hint."""
+    (tmp_path / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            """
+            import sys
+
+            class _NoModal:
+                def find_spec(self, name, path=None, target=None):
+                    if name == "modal" or name.startswith(("modal.", "modal_proto")):
+                        raise ImportError(f"No module named {name!r}")
+                    return None
+
+            sys.meta_path.insert(0, _NoModal())
+            """
+        )
+    )
+    script = textwrap.dedent(
+        """
+        from sandboxer.config.catalog import Catalog
+        from sandboxer.config.settings import Settings
+        from sandboxer.errors import ConfigError
+        from sandboxer.extensions.loading import build_extension
+        try:
+            build_extension("ext.modal", Catalog.load(), Settings.from_env())
+        except ConfigError as exc:
+            print(exc.message)
+        """
+    )
+    env = os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert "pip install 'sandboxer[modal]'" in done.stdout
