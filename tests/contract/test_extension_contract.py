@@ -31,6 +31,7 @@ from sandboxer.extensions.loading import build_extension
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension
 from tests.conftest import require_tool
+from tests.doubles.modal_double import modal_double, modal_extensions  # noqa: F401  (fixtures)
 from tests.integration.remote_fixtures import TWO_SERVICE_COMPOSE, write_hosts_file
 
 pytestmark = pytest.mark.integration
@@ -123,12 +124,17 @@ async def _daytona(tmp: Path, fixtures: dict[str, Any]) -> Subject:
     return Subject(DaytonaExtension.from_declaration(decl, settings), "profile.daytona")
 
 
+async def _modal(_tmp: Path, fixtures: dict[str, Any]) -> Subject:
+    return Subject(fixtures["modal_extensions"](), "profile.modal-gpu")
+
+
 REMOTE = ("ssh_hosts", "monkeypatch")
 EXTENSIONS: dict[str, Backend] = {
     "ext.local": Backend(_local),
     "ext.compose-ssh": Backend(_compose_ssh("docker_engine"), (*REMOTE, "docker_engine")),
     "ext.compose-ssh+podman": Backend(_compose_ssh("podman_engine"), (*REMOTE, "podman_engine")),
     "ext.vm-packer": Backend(_vm_packer, REMOTE),
+    "ext.modal": Backend(_modal, ("modal_extensions",)),
     "ext.saas-stub": Backend(_saas_stub),
     "ext.e2b": Backend(_e2b, ("e2b_double",)),
     "ext.daytona": Backend(_daytona, ("daytona_double",)),

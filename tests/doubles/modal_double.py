@@ -65,6 +65,7 @@ __all__ = [
     "Fault",
     "ModalDouble",
     "modal_double",
+    "modal_extensions",
 ]
 
 API_SERVICE = "modal.client.ModalClient"
@@ -838,3 +839,31 @@ async def modal_double(tmp_path: Path) -> AsyncIterator[ModalDouble]:
             yield double
     finally:
         await double.stop()
+
+
+QUICK_RETRIES = {"retry_wait": 0.01, "retry_attempts": 4, "call_timeout": 2, "retry_budget": 10}
+"""Declaration settings that keep retries short against the double."""
+
+
+@pytest.fixture
+async def modal_extensions(modal_double: ModalDouble) -> AsyncIterator[Callable[..., Any]]:
+    """Builds ext.modal from its packaged declaration (quick retries, ``**settings`` over it)
+    against the double, and closes each one's SDK connection after the test."""
+    from sandboxer.config.catalog import Catalog
+    from sandboxer.config.extension_decl import ExtensionDecl
+    from sandboxer.config.settings import Settings
+    from sandboxer.extensions.modal.backend import ModalExtension
+
+    del modal_double
+    built: list[ModalExtension] = []
+
+    def make(**settings: Any) -> ModalExtension:
+        decl = Catalog.load().extensions_enabled()["ext.modal"]
+        merged = decl.settings | QUICK_RETRIES | settings
+        decl = ExtensionDecl.model_validate(decl.model_dump() | {"settings": merged})
+        built.append(ModalExtension.from_declaration(decl, Settings.from_env()))
+        return built[-1]
+
+    yield make
+    for extension in built:
+        await extension.aclose()

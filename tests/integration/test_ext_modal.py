@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,7 @@ import pytest
 from grpclib import Status
 
 from sandboxer.config.catalog import Catalog
-from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.profile import Profile
-from sandboxer.config.settings import Settings
 from sandboxer.errors import (
     ConfigError,
     InvalidInput,
@@ -33,37 +31,16 @@ from sandboxer.errors import (
 )
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.modal.backend import ModalExtension
-from tests.doubles.modal_double import Fault, ModalDouble, modal_double
+from tests.doubles.modal_double import Fault, ModalDouble, modal_double, modal_extensions
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["modal_double"]  # the fixture, used by name
-
-FAST = {"retry_wait": 0.01, "retry_attempts": 4, "call_timeout": 2, "retry_budget": 10}
-
-
-def build(**settings: Any) -> ModalExtension:
-    """ext.modal from its packaged declaration, with quick retries and ``settings`` over it."""
-    decl = Catalog.load().extensions_enabled()["ext.modal"]
-    decl = ExtensionDecl.model_validate(
-        decl.model_dump() | {"settings": decl.settings | FAST | settings}
-    )
-    return ModalExtension.from_declaration(decl, Settings.from_env())
+__all__ = ["modal_double", "modal_extensions"]  # fixtures, used by name
 
 
 @pytest.fixture
-async def extension(modal_double: ModalDouble) -> AsyncIterator[Callable[..., ModalExtension]]:
-    """Builds extensions against the double, closing each one's SDK connection afterwards."""
-    del modal_double
-    built: list[ModalExtension] = []
-
-    def make(**settings: Any) -> ModalExtension:
-        built.append(build(**settings))
-        return built[-1]
-
-    yield make
-    for ext in built:
-        await ext.aclose()
+def extension(modal_extensions: Callable[..., ModalExtension]) -> Callable[..., ModalExtension]:
+    return modal_extensions
 
 
 def profile(**changes: Any) -> Profile:
