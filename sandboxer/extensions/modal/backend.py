@@ -424,7 +424,13 @@ class ModalExtension:
                 raise
 
     def _timeout(self, request: ProvisionRequest) -> tuple[int, list[str]]:
-        """Modal's own timeout for the sandbox: a little past our expiry, within Modal's limit."""
+        """Modal's own timeout for the sandbox, a backstop against leaks within Modal's limit.
+
+        Modal cannot move a running sandbox's timeout, and ``extend_ttl`` may move our
+        expiry up to the profile's ``ttl.max``: so the backstop is the later of our
+        expiry and ``ttl.max`` from now, plus a margin. sandboxer expires the sandbox
+        itself on time; Modal ends it only if sandboxer could not.
+        """
         if request.expires_at:
             expires = datetime.fromisoformat(request.expires_at.replace("Z", "+00:00"))
             if expires.tzinfo is None:
@@ -432,13 +438,19 @@ class ModalExtension:
             left = (expires - datetime.now(UTC)) / timedelta(seconds=1)
         else:
             left = parse_duration(request.profile.ttl.default)
-        wanted = int(left + self.config.timeout_margin)
-        if wanted > MAX_TIMEOUT_SECONDS:
+        longest = max(left, parse_duration(request.profile.ttl.max))
+        wanted = int(longest + self.config.timeout_margin)
+        if left + self.config.timeout_margin > MAX_TIMEOUT_SECONDS:
             return MAX_TIMEOUT_SECONDS, [
                 "Modal ends a sandbox after 24 hours at most: it will end then, before its TTL, "
                 "and cannot be extended past that"
             ]
-        return max(wanted, MIN_TIMEOUT_SECONDS), []
+        if longest > MAX_TIMEOUT_SECONDS:
+            return MAX_TIMEOUT_SECONDS, [
+                "Modal ends a sandbox after 24 hours at most: extend_ttl cannot keep it "
+                "longer, whatever the profile's ttl.max allows"
+            ]
+        return min(max(wanted, MIN_TIMEOUT_SECONDS), MAX_TIMEOUT_SECONDS), []
 
 
 async def _discard(_stream: str, _data: bytes) -> None:
