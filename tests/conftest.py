@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.integration.remote_fixtures",
     "tests.doubles.e2b_double",
     "tests.doubles.daytona_double",
+    "tests.doubles.modal_double",
 ]
 
 

@@ -1,4 +1,5 @@
-"""Hosted backends through the bus: the real service and workers against provider doubles.
+"""Hosted backends (E2B, Daytona, Modal) through the bus: the real service and workers
+against provider doubles.
 
 The doubles (tests/doubles/) enforce each provider's published spec. These
 tests hold what the adapters' own tests cannot: a sandbox made through the
@@ -17,17 +18,23 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from grpclib import Status
 
 from sandboxer.bus.event_reader import read_events
+from sandboxer.config.catalog import Catalog
 from sandboxer.errors import CommandFailed
+from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.modal.backend import ModalExtension
 from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
+from tests.doubles.modal_double import Fault as ModalFault
+from tests.doubles.modal_double import ModalDouble
 from tests.integration.conftest import Service, start_service
 from tests.integration.test_lifecycle import wait_status
 
@@ -43,7 +50,8 @@ class Provider:
     env: dict[str, str]
     ours: Callable[[], list[str]]
     """Our sandbox ids of the provider sandboxes that exist now (one per provider sandbox)."""
-    plant_orphan: Callable[[str], None]
+    plant_orphan: Callable[[str], Awaitable[object]]
+    """Make a provider sandbox labelled as ours that the log does not know (a leak)."""
     secrets: Callable[[], list[str]]
     """The key and every token the provider issued so far."""
     timeout_end: Callable[[str], float | None]
@@ -68,7 +76,7 @@ def e2b(served: ServedE2b) -> Provider:
         profile="profile.e2b-burst",
         env={"E2B_API_URL": served.url, "E2B_API_KEY": served.api_key},
         ours=ours,
-        plant_orphan=lambda sandbox_id: double.plant_orphan({"sandboxer_id": sandbox_id}),
+        plant_orphan=lambda sandbox_id: _now(double.plant_orphan({"sandboxer_id": sandbox_id})),
         secrets=lambda: [served.api_key, *double.issued_tokens()],
         timeout_end=end,
         create_path="/sandboxes",
@@ -93,8 +101,8 @@ def daytona(served: DaytonaServed) -> Provider:
         ours=lambda: [
             r.labels["sandboxer_id"] for r in double.live() if "sandboxer_id" in r.labels
         ],
-        plant_orphan=lambda sandbox_id: double.plant_orphan(
-            {"sandboxer_id": sandbox_id, "sandboxer_extension": "ext.daytona"}
+        plant_orphan=lambda sandbox_id: _now(
+            double.plant_orphan({"sandboxer_id": sandbox_id, "sandboxer_extension": "ext.daytona"})
         ),
         secrets=lambda: [served.key],
         timeout_end=end,
@@ -103,13 +111,56 @@ def daytona(served: DaytonaServed) -> Provider:
     )
 
 
-PROVIDERS = {"ext.e2b": ("e2b_double", e2b), "ext.daytona": ("daytona_double", daytona)}
+def modal(double: ModalDouble, make: Callable[..., ModalExtension]) -> Provider:
+    async def plant(sandbox_id: str) -> None:
+        leaked = make()  # a provider sandbox made behind the log's back, as a crash would
+        request = ProvisionRequest(
+            sandbox_id=sandbox_id,
+            profile=Catalog.load().profile("profile.modal-gpu"),
+            inputs={},
+        )
+        await leaked.provision(request)
+
+    def fault(kind: str, *, status: int = 500, **_where: object) -> None:
+        rpc = "SandboxCreate"
+        if kind == "lost":  # made, and the answer never comes
+            double.inject(ModalFault(rpc=rpc, kind="lost_hang"))
+        else:
+            code = Status.RESOURCE_EXHAUSTED if status == 429 else Status.UNAVAILABLE
+            double.inject(ModalFault(rpc=rpc, kind="status", status=code))
+
+    return Provider(
+        extension="ext.modal",
+        profile="profile.modal-gpu",
+        env={},  # the double's fixture points MODAL_SERVER_URL and the token at it
+        ours=lambda: [r.tags["sandboxer_id"] for r in double.running() if "sandboxer_id" in r.tags],
+        plant_orphan=plant,
+        secrets=lambda: [double.token_secret],
+        timeout_end=lambda _sandbox_id: None,  # Modal cannot move a sandbox's timeout
+        create_path="SandboxCreate",
+        fault=fault,
+    )
 
 
-@pytest.fixture(params=sorted(PROVIDERS))
+async def _now(value: object) -> object:
+    return value
+
+
+PROVIDERS: dict[str, tuple[str, Callable[..., Provider]]] = {
+    "ext.e2b": ("e2b_double", e2b),
+    "ext.daytona": ("daytona_double", daytona),
+}
+
+
+@pytest.fixture(params=[*sorted(PROVIDERS), "ext.modal"])
 def provider(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Provider:
-    fixture, make = PROVIDERS[request.param]
-    chosen = make(request.getfixturevalue(fixture))
+    if request.param == "ext.modal":
+        chosen = modal(
+            request.getfixturevalue("modal_double"), request.getfixturevalue("modal_extensions")
+        )
+    else:
+        fixture, make = PROVIDERS[request.param]
+        chosen = make(request.getfixturevalue(fixture))
     for name, value in chosen.env.items():
         monkeypatch.setenv(name, value)
     return chosen
@@ -209,7 +260,7 @@ async def test_a_leak_at_the_provider_is_stale_and_reaped(
     try:
         client = service.client
         ready = await client.create(provider.profile)
-        provider.plant_orphan("leaked000001")
+        await provider.plant_orphan("leaked000001")
         [stale] = await client.inventory("stale", provider.extension, {})
         [host] = stale["hosts"]
         assert [o["sandbox_id"] for o in host["orphans"]] == ["leaked000001"]
@@ -238,7 +289,7 @@ async def test_a_quota_refusal_fails_the_create_as_retryable_and_leaves_nothing(
             True,
             "provider_quota",
         )
-        assert "429" in event["reason"]
+        assert "quota" in event["reason"]
         assert provider.ours() == []
     finally:
         await service.client.close()
