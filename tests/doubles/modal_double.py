@@ -499,8 +499,11 @@ class ModalDouble:
             raise GRPCError(Status.INVALID_ARGUMENT, "exec_id and command_args are required")
         if exec_id in record.execs:
             return router_pb2.TaskExecStartResponse()  # the exec id is the idempotency key
+        # Paths inside the sandbox live under the record's directory; an exec starts in the
+        # sandbox's workdir (its definition's) unless it names another.
         workdir = record.directory
         requested = _read(request, "workdir") if _has(request, "workdir") else ""
+        requested = requested or _read(record.definition, "workdir")
         if requested:
             workdir = record.directory / requested.lstrip("/")
             workdir.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from sandboxer.errors import (
     ProviderQuota,
     ProviderUnavailable,
     SandboxNotFound,
+    WorkspaceRefused,
 )
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.modal.backend import ModalExtension
@@ -271,3 +272,28 @@ def test_missing_extra_names_the_install_command(tmp_path: Path) -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     )
     assert "pip install 'sandboxer[modal]'" in done.stdout
+
+
+async def test_snapshot_copies_the_working_directory_out(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension], tmp_path: Path
+) -> None:
+    ext = extension()
+    req = request("modal00009")
+    await ext.provision(req)
+    await ext.wait_ready(req)
+    script = "mkdir -p src && echo kept > src/file && ln -s src/file link && pwd"
+    code, stdout, _ = await run(ext, "modal00009", "sh", "-c", script)
+    assert code == 0
+    assert stdout.decode().rstrip().endswith("/workspace")  # exec starts in the workdir
+    destination = tmp_path / "copy"
+    destination.mkdir()
+    await ext.snapshot_workspace("modal00009", destination)
+    assert (destination / "src" / "file").read_text() == "kept\n"
+    assert (destination / "link").readlink() == Path("src/file")
+    # A link out of the tree is refused, as for every backend's snapshot.
+    assert (await run(ext, "modal00009", "ln", "-s", "/etc/passwd", "escape"))[0] == 0
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    with pytest.raises(WorkspaceRefused):
+        await ext.snapshot_workspace("modal00009", refused)
+    await ext.teardown("modal00009")

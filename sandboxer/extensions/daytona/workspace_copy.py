@@ -3,7 +3,7 @@
 The toolbox answers a command's output as text, so the workspace travels as a
 base64 tar; tar's own complaints go to a file and are shown only when it
 fails, so they never mix into the archive. The archive is then unpacked
-with the project's hostile-archive rules (:mod:`sandboxer.workspaces.extract`),
+with the project's hostile-archive rules (:mod:`sandboxer.hosted.workspace_copy`),
 so the copy restores on any backend.
 """
 
@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 
 from sandboxer.errors import WorkspaceRefused
-from sandboxer.workspaces.extract import extract_archive
+from sandboxer.hosted.workspace_copy import too_large, unpack_tar_bytes
 from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = ["PACK_COMMAND", "max_answer_chars", "unpack_answer"]
@@ -38,10 +38,7 @@ def max_answer_chars(limits: ArchiveLimits) -> int:
 def unpack_answer(answer: str, destination: Path, limits: ArchiveLimits) -> int:
     """Decode the base64 tar and unpack it into ``destination``; the number of entries."""
     if len(answer) > max_answer_chars(limits):
-        raise WorkspaceRefused(
-            f"the sandbox's workspace is larger than {limits.max_bytes // (1024 * 1024)} MiB "
-            "(SANDBOXER_UPLOAD_MAX_MB)"
-        )
+        raise too_large(limits)
     try:
         data = base64.b64decode("".join(answer.split()), validate=True)
     except (binascii.Error, ValueError):
@@ -49,9 +46,4 @@ def unpack_answer(answer: str, destination: Path, limits: ArchiveLimits) -> int:
             "the workspace copy from the sandbox is not a base64 archive (does the sandbox "
             "have tar and base64?)"
         ) from None
-    archive = destination.parent / f"{destination.name}.tar"
-    try:
-        archive.write_bytes(data)
-        return extract_archive(archive, destination, limits)
-    finally:
-        archive.unlink(missing_ok=True)
+    return unpack_tar_bytes(data, destination, limits)

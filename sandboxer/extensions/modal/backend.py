@@ -20,6 +20,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sandboxer.config.extension_decl import ExtensionDecl
@@ -31,6 +32,7 @@ from sandboxer.errors import (
     ExtensionError,
     InvalidInput,
     ProviderError,
+    RemoteCommandFailed,
     SandboxNotFound,
     Unsupported,
 )
@@ -39,7 +41,9 @@ from sandboxer.extensions.modal.boundary import ModalBoundary, RetryPolicy, impo
 from sandboxer.hosted.create_once import create_once
 from sandboxer.hosted.labels import SANDBOX_LABEL, labels_for, our_sandbox_id
 from sandboxer.hosted.provider_settings import ProviderValue, provider_value
+from sandboxer.hosted.workspace_copy import too_large, unpack_tar_bytes
 from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
+from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = ["ModalConfig", "ModalExtension"]
 
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 EXTENSION_ID = "ext.modal"
 DEFAULT_SERVER_URL = "https://api.modal.com"
 MAX_TIMEOUT_SECONDS = 24 * 60 * 60
+OUTPUT_TAIL = 2000
 """Modal ends any sandbox after at most 24 hours."""
 MIN_TIMEOUT_SECONDS = 60
 KEEP_ALIVE = ("sleep", "infinity")
@@ -66,6 +71,7 @@ _KNOWN_SETTINGS = frozenset(
         "retry_budget",
         "retry_wait",
         "region",
+        "workdir",
     }
 )
 
@@ -90,6 +96,8 @@ class ModalConfig:
     timeout_margin: float = 600.0
     """Seconds past our expiry at which Modal's own timeout ends the sandbox (a backstop)."""
     region: str | None = None
+    workdir: str = "/workspace"
+    """The sandbox's working directory: where exec starts, and what a snapshot copies."""
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
     @classmethod
@@ -109,12 +117,20 @@ class ModalConfig:
         )
         region = settings.get("region")
         environment = settings.get("environment")
+        workdir = str(settings.get("workdir", "/workspace"))
+        if not workdir.startswith("/") or "\0" in workdir:
+            raise ConfigError(
+                f"extension {EXTENSION_ID}: settings.workdir must be an absolute path, "
+                f"not {workdir!r}",
+                extension=EXTENSION_ID,
+            )
         return cls(
             settings=dict(settings),
             app_name=str(settings.get("app_name", "sandboxer")),
             environment=str(environment) if environment else None,
             timeout_margin=_number(settings, "timeout_margin", 600.0),
             region=str(region) if region else None,
+            workdir=workdir,
             policy=policy,
         )
 
@@ -140,8 +156,9 @@ class ModalExtension:
 
     @classmethod
     def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> ModalExtension:
-        del settings  # nothing of the process settings is needed
-        return cls(ModalConfig.from_settings(decl.settings))
+        extension = cls(ModalConfig.from_settings(decl.settings))
+        extension.limits = ArchiveLimits.from_mb(settings.upload_max_mb)
+        return extension
 
     async def aclose(self) -> None:
         """Close the SDK's connection (a later call opens a new one)."""
@@ -151,6 +168,39 @@ class ModalExtension:
             await connection.client.__aexit__(None, None, None)
 
     # -- the Extension protocol ---------------------------------------------------------------
+
+    limits = ArchiveLimits()
+    """How large a workspace a snapshot may copy out (SANDBOXER_UPLOAD_MAX_MB)."""
+
+    async def snapshot_workspace(
+        self, sandbox_id: str, destination: Path, *, host: str | None = None
+    ) -> None:
+        """Copy the working directory out as a tar through exec, for a snapshot that restores
+        on any backend (Modal's own filesystem snapshot is an image inside Modal)."""
+        del host
+        archive = bytearray()
+        errors = bytearray()
+
+        async def collect(stream: str, data: bytes) -> None:
+            if stream == "stderr":
+                errors.extend(data)
+                del errors[:-OUTPUT_TAIL]
+                return
+            archive.extend(data)
+            if len(archive) > self.limits.max_bytes:
+                raise too_large(self.limits)
+
+        code = await self.exec(sandbox_id, ["tar", "-cf", "-", "."], collect)
+        if code != 0:
+            tail = errors.decode(errors="replace").strip()
+            raise RemoteCommandFailed(
+                f"{self.id}: packing the workspace of {sandbox_id} failed (exit {code}): {tail}",
+                exit_status=code,
+                output_tail=tail,
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        await asyncio.to_thread(unpack_tar_bytes, bytes(archive), destination, self.limits)
 
     async def provision(self, request: ProvisionRequest) -> None:
         sandbox_id = _checked(request.sandbox_id)
@@ -363,6 +413,7 @@ class ModalExtension:
                 cpu=resources.cpu,
                 memory=resources.memory_mb,
                 region=self.config.region,
+                workdir=self.config.workdir,
                 client=connection.client,
                 **network,
             )
