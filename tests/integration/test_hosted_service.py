@@ -294,3 +294,41 @@ async def test_a_quota_refusal_fails_the_create_as_retryable_and_leaves_nothing(
     finally:
         await service.client.close()
         await service.shutdown()
+
+
+async def run_in(service: Service, sandbox_id: str, script: str) -> tuple[int, bytes]:
+    out = bytearray()
+
+    async def collect(_stream: str, data: bytes) -> None:
+        out.extend(data)
+
+    code = await service.client.exec(sandbox_id, ["sh", "-c", script], collect)
+    return code, bytes(out)
+
+
+@pytest.mark.parametrize("provider", ["ext.daytona", "ext.modal"], indirect=True)
+async def test_a_hosted_snapshot_restores_on_this_machine(
+    nats_server: Any, home: Path, provider: Provider
+) -> None:
+    """Checkpoint a hosted sandbox, then restore it as a local bubblewrap sandbox."""
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", provider.extension, "ext.local"]
+    )
+    try:
+        ready = await service.client.create(provider.profile)
+        hosted = ready["sandbox_id"]
+        # Relative paths: inside the doubles a sandbox's files live under a directory of theirs.
+        assert await run_in(service, hosted, "mkdir -p notes && echo from-the-cloud > notes/a") == (
+            0,
+            b"",
+        )
+        snapshot = await service.client.snapshot(hosted)
+        local = await service.client.restore(snapshot["snapshot_id"], profile="profile.local")
+        code, out = await run_in(service, local["sandbox_id"], "cat /workspace/notes/a")
+        assert (code, out) == (0, b"from-the-cloud\n")
+        await service.client.destroy(local["sandbox_id"])
+        await service.client.destroy(hosted)
+        assert provider.ours() == []
+    finally:
+        await service.client.close()
+        await service.shutdown()
