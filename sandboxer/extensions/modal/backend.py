@@ -17,16 +17,13 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sandboxer.config.extension_decl import ExtensionDecl
-from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
-from sandboxer.durations import parse_duration
 from sandboxer.errors import (
     ConfigError,
     ExtensionError,
@@ -37,102 +34,28 @@ from sandboxer.errors import (
     Unsupported,
 )
 from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
-from sandboxer.extensions.modal.boundary import ModalBoundary, RetryPolicy, import_modal
+from sandboxer.extensions.modal.boundary import ModalBoundary, import_modal
+from sandboxer.extensions.modal.config import DEFAULT_SERVER_URL, EXTENSION_ID, ModalConfig
+from sandboxer.extensions.modal.plan import (
+    checked,
+    image_of,
+    network_options,
+    network_warnings,
+    provider_timeout,
+)
 from sandboxer.hosted.create_once import create_once
 from sandboxer.hosted.labels import SANDBOX_LABEL, labels_for, our_sandbox_id
 from sandboxer.hosted.provider_settings import ProviderValue, provider_value
 from sandboxer.hosted.workspace_copy import too_large, unpack_tar_bytes
-from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
 from sandboxer.workspaces.limits import ArchiveLimits
 
-__all__ = ["ModalConfig", "ModalExtension"]
+__all__ = ["ModalExtension"]
 
 log = logging.getLogger(__name__)
 
-EXTENSION_ID = "ext.modal"
-DEFAULT_SERVER_URL = "https://api.modal.com"
-MAX_TIMEOUT_SECONDS = 24 * 60 * 60
 OUTPUT_TAIL = 2000
-"""Modal ends any sandbox after at most 24 hours."""
-MIN_TIMEOUT_SECONDS = 60
 KEEP_ALIVE = ("sleep", "infinity")
 """The sandbox's main process: it runs until we terminate it or its timeout ends it."""
-
-_KNOWN_SETTINGS = frozenset(
-    {
-        "server_url",
-        "token_id",
-        "token_secret",
-        "app_name",
-        "environment",
-        "timeout_margin",
-        "call_timeout",
-        "retry_attempts",
-        "retry_budget",
-        "retry_wait",
-        "region",
-        "workdir",
-    }
-)
-
-
-def _number(settings: Mapping[str, Any], key: str, default: float) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(
-            f"extension {EXTENSION_ID}: settings.{key} must be a positive number, not {value!r}",
-            extension=EXTENSION_ID,
-        )
-    return float(value)
-
-
-@dataclass(frozen=True)
-class ModalConfig:
-    """The declaration's ``settings`` (endpoint and token references stay unresolved here)."""
-
-    settings: Mapping[str, Any] = field(default_factory=dict)
-    app_name: str = "sandboxer"
-    environment: str | None = None
-    timeout_margin: float = 600.0
-    """Seconds past our expiry at which Modal's own timeout ends the sandbox (a backstop)."""
-    region: str | None = None
-    workdir: str = "/workspace"
-    """The sandbox's working directory: where exec starts, and what a snapshot copies."""
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> ModalConfig:
-        unknown = sorted(set(settings) - _KNOWN_SETTINGS)
-        if unknown:
-            raise ConfigError(
-                f"extension {EXTENSION_ID}: unknown settings {', '.join(unknown)}; known: "
-                f"{', '.join(sorted(_KNOWN_SETTINGS))}",
-                extension=EXTENSION_ID,
-            )
-        policy = RetryPolicy(
-            call_timeout=_number(settings, "call_timeout", 60.0),
-            attempts=int(_number(settings, "retry_attempts", 4)),
-            budget=_number(settings, "retry_budget", 60.0),
-            wait_initial=_number(settings, "retry_wait", 0.2),
-        )
-        region = settings.get("region")
-        environment = settings.get("environment")
-        workdir = str(settings.get("workdir", "/workspace"))
-        if not workdir.startswith("/") or "\0" in workdir:
-            raise ConfigError(
-                f"extension {EXTENSION_ID}: settings.workdir must be an absolute path, "
-                f"not {workdir!r}",
-                extension=EXTENSION_ID,
-            )
-        return cls(
-            settings=dict(settings),
-            app_name=str(settings.get("app_name", "sandboxer")),
-            environment=str(environment) if environment else None,
-            timeout_margin=_number(settings, "timeout_margin", 600.0),
-            region=str(region) if region else None,
-            workdir=workdir,
-            policy=policy,
-        )
 
 
 @dataclass
@@ -203,8 +126,8 @@ class ModalExtension:
         await asyncio.to_thread(unpack_tar_bytes, bytes(archive), destination, self.limits)
 
     async def provision(self, request: ProvisionRequest) -> None:
-        sandbox_id = _checked(request.sandbox_id)
-        image = _image_of(request.profile)
+        sandbox_id = checked(request.sandbox_id)
+        image = image_of(request.profile)
         # A redelivered job (a crash after the create) or a create whose answer was lost may
         # have left one: start clean, so that exactly one exists afterwards.
         for earlier in await self._find(sandbox_id):
@@ -218,7 +141,7 @@ class ModalExtension:
         )
 
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
-        sandbox_id = _checked(request.sandbox_id)
+        sandbox_id = checked(request.sandbox_id)
         sandbox = await self._require(sandbox_id)
         returncode = await self._boundary.call(
             "checking the sandbox", sandbox.poll.aio, sandbox_id=sandbox_id
@@ -238,22 +161,22 @@ class ModalExtension:
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        timeout, warnings = self._timeout(request)
+        timeout, warnings = provider_timeout(request, self.config.timeout_margin)
         profile = request.profile
         descriptor: dict[str, Any] = {
             "kind": "modal",
             "modal_sandbox_id": sandbox.object_id,
             "app": self.config.app_name,
-            "image": _image_of(profile),
+            "image": image_of(profile),
             "gpu": profile.resources.gpu,
             "provider_timeout_seconds": timeout,
             "exec": f"sandboxer exec {sandbox_id} -- CMD",
         }
-        return Readiness(descriptor=descriptor, warnings=warnings + _network_warnings(profile))
+        return Readiness(descriptor=descriptor, warnings=warnings + network_warnings(profile))
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
         del host
-        sandbox_id = _checked(sandbox_id)
+        sandbox_id = checked(sandbox_id)
         for sandbox in await self._find(sandbox_id):
             await self._terminate(sandbox, sandbox_id)
 
@@ -299,7 +222,7 @@ class ModalExtension:
         service: str | None = None,
     ) -> int:
         del host
-        sandbox_id = _checked(sandbox_id)
+        sandbox_id = checked(sandbox_id)
         if service is not None:
             raise Unsupported(
                 f"{self.id} sandboxes have no services; exec without a service",
@@ -396,8 +319,8 @@ class ModalExtension:
         modal = self._modal
         profile = request.profile
         resources = profile.resources
-        timeout, _warnings = self._timeout(request)
-        network = _network(profile)
+        timeout, _warnings = provider_timeout(request, self.config.timeout_margin)
+        network = network_options(profile)
         sandbox_id = request.sandbox_id
 
         async def create() -> Any:
@@ -474,70 +397,6 @@ class ModalExtension:
             if exc.status != "NOT_FOUND":
                 raise
 
-    def _timeout(self, request: ProvisionRequest) -> tuple[int, list[str]]:
-        """Modal's own timeout for the sandbox, a backstop against leaks within Modal's limit.
-
-        Modal cannot move a running sandbox's timeout, and ``extend_ttl`` may move our
-        expiry up to the profile's ``ttl.max``: so the backstop is the later of our
-        expiry and ``ttl.max`` from now, plus a margin. sandboxer expires the sandbox
-        itself on time; Modal ends it only if sandboxer could not.
-        """
-        if request.expires_at:
-            expires = datetime.fromisoformat(request.expires_at.replace("Z", "+00:00"))
-            if expires.tzinfo is None:
-                expires = expires.replace(tzinfo=UTC)
-            left = (expires - datetime.now(UTC)) / timedelta(seconds=1)
-        else:
-            left = parse_duration(request.profile.ttl.default)
-        longest = max(left, parse_duration(request.profile.ttl.max))
-        wanted = int(longest + self.config.timeout_margin)
-        if left + self.config.timeout_margin > MAX_TIMEOUT_SECONDS:
-            return MAX_TIMEOUT_SECONDS, [
-                "Modal ends a sandbox after 24 hours at most: it will end then, before its TTL, "
-                "and cannot be extended past that"
-            ]
-        if longest > MAX_TIMEOUT_SECONDS:
-            return MAX_TIMEOUT_SECONDS, [
-                "Modal ends a sandbox after 24 hours at most: extend_ttl cannot keep it "
-                "longer, whatever the profile's ttl.max allows"
-            ]
-        return min(max(wanted, MIN_TIMEOUT_SECONDS), MAX_TIMEOUT_SECONDS), []
-
 
 async def _discard(_stream: str, _data: bytes) -> None:
     return None
-
-
-def _checked(sandbox_id: str) -> str:
-    if not is_valid_sandbox_id(sandbox_id):
-        raise InvalidInput(
-            f"invalid sandbox id {sandbox_id!r}: expected {SANDBOX_ID_RULE}",
-            sandbox_id=None,
-        )
-    return sandbox_id
-
-
-def _image_of(profile: Profile) -> str:
-    if not profile.image:
-        raise ConfigError(
-            f"profile {profile.id} has no image: ext.modal starts sandboxes from a registry image "
-            "(set `image: python:3.12-slim`, say)",
-        )
-    return profile.image
-
-
-def _network(profile: Profile) -> dict[str, Any]:
-    """Modal's network switches for the profile's policy (ports of egress entries are dropped)."""
-    network = profile.network
-    if network.default == "allow":
-        return {}
-    if not network.egress:
-        return {"block_network": True}
-    hosts = sorted({entry.rsplit(":", 1)[0] for entry in network.egress})
-    return {"outbound_domain_allowlist": hosts}
-
-
-def _network_warnings(profile: Profile) -> list[str]:
-    if profile.network.default == "deny" and any(":" in e for e in profile.network.egress):
-        return ["Modal allows egress by domain, not by port: the egress ports are not enforced"]
-    return []
