@@ -158,6 +158,8 @@ class SandboxerClient:
                     msg = await sub.next_msg(timeout=wait)
                 except NatsTimeout:
                     return replies
+                if not msg.data and (msg.headers or {}).get("Status") == "503":
+                    return replies  # the server says no one listens on that subject
                 replies.append(msgspec.json.decode(msg.data))
                 wait = settle
         finally:

@@ -129,6 +129,7 @@ async def run_roles(
                         extension,
                         settings,
                         uses_hosts=catalog.extensions_enabled()[role].uses_hosts,
+                        hosted=catalog.extensions_enabled()[role].kind == "saas",
                     )
                     await executor.start()
                     await inventory.start()

@@ -21,7 +21,9 @@ async def _ask_extensions(
     client: SandboxerClient, action: str, request: dict[str, Any]
 ) -> list[dict[str, Any]]:
     replies: list[dict[str, Any]] = []
-    for ext_id in sorted(load_catalog().extensions_enabled()):
+    for ext_id, decl in sorted(load_catalog().extensions_enabled().items()):
+        if action == "inspect" and decl.kind == "saas":
+            continue  # a hosted provider has no host to read; stale and reap cover it
         answers = await client.inventory(action, ext_id, request)
         if not answers:
             say(f"warning: no worker for {ext_id} answered; is it running?")

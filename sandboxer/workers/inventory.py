@@ -56,9 +56,12 @@ class InventoryService:
         settings: Settings,
         *,
         uses_hosts: bool = True,
+        hosted: bool = False,
     ) -> None:
-        self._uses_hosts = uses_hosts
-        """False for a hosted provider: one place to look, no hosts file."""
+        self._uses_hosts = uses_hosts and not hosted
+        """False for a hosted provider: one place to look (its account), no hosts file."""
+        self._hosted = hosted
+        """A hosted provider has no host to inspect: it answers stale and reap only."""
         self._nc = nc
         self._store = store
         self._extension = extension
@@ -75,6 +78,7 @@ class InventoryService:
                     ("stale", self._stale),
                     ("reap", self._reap),
                 )
+                if not (self._hosted and action == "inspect")
             },
             queue=queue,
         )

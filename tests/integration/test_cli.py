@@ -85,7 +85,15 @@ async def test_catalog_commands(cli_env: dict[str, str]) -> None:
     assert "profile.local" in [p["id"] for p in profiles]
     assert "ext.local" in (await cli("profiles", "show", "profile.local")).stdout
     extensions = json.loads((await cli("extensions", "list", "--json")).stdout)
-    assert sorted(e["id"] for e in extensions) == ["ext.compose-ssh", "ext.local", "ext.vm-packer"]
+    assert sorted(e["id"] for e in extensions) == [
+        "ext.compose-ssh",
+        "ext.daytona",
+        "ext.e2b",
+        "ext.local",
+        "ext.modal",
+        "ext.saas-stub",
+        "ext.vm-packer",
+    ]
     doctor = json.loads((await cli("doctor", "--json")).stdout)
     assert all(check["ok"] for check in doctor), doctor
 
