@@ -37,6 +37,7 @@ import msgspec
 
 from sandboxer.domain.pause_folding import PAUSE_EVENTS, evolve_pause
 from sandboxer.domain.timestamps import shift
+from sandboxer.domain.usage import billing_step
 from sandboxer.events.types import (
     Actor,
     SandboxActive,
@@ -55,6 +56,7 @@ from sandboxer.events.types import (
     SandboxTeardownFailed,
     SandboxTouched,
     SandboxTtlExtended,
+    event_type,
 )
 
 __all__ = ["LIVE", "SandboxState", "Status", "evolve", "fold"]
@@ -148,6 +150,11 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     snapshotting: str | None = None
     """The snapshot being taken of this sandbox, from ``snapshot_started`` to
     ``snapshot_finished``; a teardown waits for it (see ``domain/sandbox_snapshots.py``)."""
+    billable_seconds: float = 0.0
+    """Time the sandbox could be used in spans that ended: from ``ready`` (or ``resumed``) to
+    the next pause, recreate, failure, expiry or destroy (``sandboxer.domain.usage``)."""
+    billing_since: str | None = None
+    """The start of the billable span that is open (None while not billed)."""
     handled: tuple[str, ...] = ()
     """Ids of the commands already decided, so a re-sent command decides nothing.
     A tuple in log order (not a set) so that the stored state is byte-for-byte reproducible."""
@@ -160,6 +167,9 @@ def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
 ) -> SandboxState:
     """The state after ``event``. Total: an event that does not apply leaves the state as it is."""
     replace = msgspec.structs.replace
+    billable, since = billing_step(
+        state.billable_seconds, state.billing_since, event_type(event), event.at
+    )
     base = replace(
         state,
         version=state.version + 1,
@@ -167,6 +177,8 @@ def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
         if event.command_id in state.handled
         else (*state.handled, event.command_id),
         updated_at=event.at,
+        billable_seconds=billable,
+        billing_since=since,
     )
     match event:
         case SandboxRequested():
