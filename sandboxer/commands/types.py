@@ -22,6 +22,7 @@ __all__ = [
     "ExtendTtl",
     "PauseSandbox",
     "RecreateSandbox",
+    "RerouteSandbox",
     "RestoreSnapshot",
     "ResumeSandbox",
     "SnapshotSandbox",
@@ -126,6 +127,14 @@ class RestoreSnapshot(_CommandBase, frozen=True, kw_only=True):
     input is the snapshot's and may not be given here."""
 
 
+class RerouteSandbox(_CommandBase, frozen=True, kw_only=True):
+    """Route a sandbox whose backend refused it (a quota refusal, an outage) to the next
+    candidate of its profile (``sandboxer.cmd.reroute``). The extension worker sends it after
+    recording ``rerouting``; for a sandbox that is not ``rerouting`` it is rejected."""
+
+    sandbox_id: str
+
+
 Command = (
     CreateSandbox
     | DestroySandbox
@@ -138,6 +147,7 @@ Command = (
     | RestoreSnapshot
     | PauseSandbox
     | ResumeSandbox
+    | RerouteSandbox
 )
 
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -152,6 +162,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
     "restore": RestoreSnapshot,
     "pause": PauseSandbox,
     "resume": ResumeSandbox,
+    "reroute": RerouteSandbox,
 }
 """Verb (last subject token) -> command type."""
 

@@ -41,6 +41,7 @@ from sandboxer.events.types import (
     SandboxReady,
     SandboxRecreating,
     SandboxRequested,
+    SandboxRerouting,
     SandboxRouted,
     SandboxTeardownFailed,
 )
@@ -51,7 +52,9 @@ __all__ = [
     "FinishTeardown",
     "MarkFailed",
     "MarkReady",
+    "MarkRerouting",
     "MarkTeardownFailed",
+    "Reroute",
     "StartProvisioning",
     "decide",
 ]
@@ -69,6 +72,8 @@ class AdmittedCreate:
     extension: str
     route_reason: str
     candidates: list[str] = field(default_factory=list)
+    route_scores: list[dict[str, Any]] = field(default_factory=list)
+    """Every candidate routing weighed (the ``routed`` event's ``scores``)."""
     host: str | None = None
     ttl_seconds: float | None = None
     ttl_max_seconds: float | None = None
@@ -103,6 +108,29 @@ class MarkFailed:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MarkRerouting:
+    """The backend refused the provision in a way another backend may not; it tore down
+    what it made. The control worker routes the next candidate (or fails the sandbox)."""
+
+    job_id: str
+    extension: str
+    reason: str
+    code: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reroute:
+    """The control worker's fallback decision for a ``rerouting`` sandbox: the next backend
+    (``extension`` None when no candidate is left, which fails the sandbox)."""
+
+    command_id: str
+    extension: str | None
+    reason: str
+    host: str | None = None
+    candidates: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
 class FinishTeardown:
     job_id: str
 
@@ -122,6 +150,8 @@ DomainCommand = (
     | StartProvisioning
     | MarkReady
     | MarkFailed
+    | MarkRerouting
+    | Reroute
     | FinishTeardown
     | MarkTeardownFailed
     | ExtendTtl
@@ -158,6 +188,8 @@ def decide(  # noqa: PLR0912 (a flat dispatch: one case per command reads best)
             return _decide_start(state, command, now)
         case MarkReady():
             return _decide_ready(state, command, now)
+        case MarkRerouting() | Reroute():
+            return _decide_fallback(state, command, now)
         case MarkFailed():
             if state.status not in {
                 "routed",
@@ -202,6 +234,59 @@ def _decide_ready(state: SandboxState, command: MarkReady, now: str) -> list[San
             generation=state.generation,
         )
     ]
+
+
+def _decide_fallback(
+    state: SandboxState, command: MarkRerouting | Reroute, now: str
+) -> list[SandboxEvent]:
+    """A refused provision goes to the next candidate; never to two backends at once."""
+    match command:
+        case MarkRerouting():
+            if state.status != "provisioning" or state.extension != command.extension:
+                return []  # a destroy overtook it, or this job's outcome is already recorded
+            return [
+                SandboxRerouting(
+                    **_common(state, now, command.job_id),
+                    extension=command.extension,
+                    reason=command.reason,
+                    code=command.code,
+                )
+            ]
+        case Reroute():
+            if command.command_id in state.handled:
+                return []
+            if state.status != "rerouting":
+                raise Rejected(
+                    "not_rerouting",
+                    f"sandbox {state.sandbox_id} is {state.status}; only a sandbox whose "
+                    "backend refused it (rerouting) is routed again",
+                )
+            if command.extension is None:
+                # Correlated to the create, whose waiting client takes this as its outcome.
+                return [
+                    SandboxFailed(
+                        **_common(state, now, command.command_id),
+                        reason=command.reason,
+                        stage="routing",
+                        retryable=True,
+                        code="no_route",
+                    )
+                ]
+            assert state.actor is not None
+            return [
+                SandboxRouted(
+                    # The reroute's own id, so a repeat of it decides nothing (``handled``);
+                    # the jobs that follow are correlated to the create again.
+                    sandbox_id=state.sandbox_id,
+                    command_id=command.command_id,
+                    actor=state.actor,
+                    at=now,
+                    extension=command.extension,
+                    reason=command.reason,
+                    candidates=command.candidates,
+                    host=command.host,
+                )
+            ]
 
 
 def _decide_lifetime(
@@ -272,6 +357,7 @@ def _routed(admitted: AdmittedCreate, now: str) -> SandboxRouted:
         reason=admitted.route_reason,
         candidates=admitted.candidates,
         host=admitted.host,
+        scores=admitted.route_scores,
     )
 
 
@@ -335,12 +421,14 @@ def _decide_start(state: SandboxState, command: StartProvisioning, now: str) -> 
         return []
     assert state.extension is not None
     fresh = state.status != "provisioning"
+    # A fallback's provision (routed again after a refusal) makes the same generation.
+    new_generation = fresh and not (state.status == "routed" and state.refused_by)
     return [
         SandboxProvisioning(
             **_common(state, now, command.job_id),
             extension=state.extension,
             attempt=1 if fresh else state.attempt + 1,
-            generation=state.generation + 1 if fresh else state.generation,
+            generation=state.generation + 1 if new_generation else state.generation,
             worker=command.worker,
         )
     ]

@@ -22,6 +22,8 @@ Lifecycle::
     ready/active ─pause→ pausing → paused ─resume→ resuming → resumed: ready/active again
                   (pause_failed: back as it was; after a failed resume: still paused)
     paused too long (ttl.max_pause) ─expire→ pause_limit_reached (status expired) → destroying
+    provisioning ─backend refused (quota, outage)→ rerouting ─reroute→ routed (next candidate),
+                  or failed when no candidate is left
 
 ``expires_at`` is the ``requested`` event's time plus its TTL, moved by ``ttl_extended``;
 ``last_activity_at`` is the time of ``ready``, ``active`` or ``touched``. Deadlines are
@@ -50,6 +52,7 @@ from sandboxer.events.types import (
     SandboxReady,
     SandboxRecreating,
     SandboxRequested,
+    SandboxRerouting,
     SandboxRouted,
     SandboxSnapshotFinished,
     SandboxSnapshotStarted,
@@ -70,6 +73,7 @@ Status = Literal[
     "active",
     "failed",
     "recreating",
+    "rerouting",
     "expired",
     "destroying",
     "destroyed",
@@ -87,6 +91,7 @@ LIVE = frozenset(
         "active",
         "failed",
         "recreating",
+        "rerouting",
         "expired",
         "pausing",
         "paused",
@@ -147,6 +152,9 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     """The status a pause left, which ``resumed`` (or a failed pause) returns to."""
     paused_seconds: float = 0.0
     """The length of every finished pause, which ``ttl.max`` does not count either."""
+    refused_by: tuple[str, ...] = ()
+    """Backends that refused this provision (``rerouting``), skipped by its fallback; cleared
+    once the sandbox is ready or recreated."""
     snapshotting: str | None = None
     """The snapshot being taken of this sandbox, from ``snapshot_started`` to
     ``snapshot_finished``; a teardown waits for it (see ``domain/sandbox_snapshots.py``)."""
@@ -211,10 +219,19 @@ def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
                 generation=event.generation,
                 failure=None,
             )
+        case SandboxRerouting():
+            return replace(
+                base,
+                status="rerouting",
+                refused_by=(*state.refused_by, event.extension),
+                failure=event.reason,
+                reachability=None,
+            )
         case SandboxReady():
             return replace(
                 base,
                 status="ready",
+                refused_by=(),
                 reachability=event.reachability,
                 warnings=event.warnings,
                 last_activity_at=event.at,
@@ -234,6 +251,7 @@ def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
             return replace(
                 base,
                 status="recreating",
+                refused_by=(),
                 reachability=None,
                 warnings=[],
                 correlation=event.command_id,

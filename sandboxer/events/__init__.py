@@ -16,6 +16,7 @@ from sandboxer.events.types import (
     SandboxReady,
     SandboxRecreating,
     SandboxRequested,
+    SandboxRerouting,
     SandboxRouted,
     SandboxTeardownFailed,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "SandboxReady",
     "SandboxRecreating",
     "SandboxRequested",
+    "SandboxRerouting",
     "SandboxRouted",
     "SandboxTeardownFailed",
     "UnknownEventType",

@@ -23,6 +23,7 @@ __all__ = [
     "SandboxReady",
     "SandboxRecreating",
     "SandboxRequested",
+    "SandboxRerouting",
     "SandboxResumed",
     "SandboxResuming",
     "SandboxRouted",
@@ -77,6 +78,9 @@ class SandboxRouted(_SandboxEventBase, frozen=True, kw_only=True, tag="routed"):
     reason: str
     candidates: list[str] = []
     host: str | None = None
+    scores: list[dict[str, Any]] = []
+    """Every candidate routing weighed: ``extension``, ``eligible``, ``why_not``, ``score``
+    (lower is better) and what it came from (docs/routing.md#the-routed-event)."""
 
 
 class SandboxProvisioning(_SandboxEventBase, frozen=True, kw_only=True, tag="provisioning"):
@@ -106,6 +110,16 @@ class SandboxFailed(_SandboxEventBase, frozen=True, kw_only=True, tag="failed"):
     code: str | None = None
     """What failed, as an error code (``provider_quota``, ``provider_unavailable``,
     ``provider_auth``, ``invalid_input``, ...) when known; routing reads it."""
+
+
+class SandboxRerouting(_SandboxEventBase, frozen=True, kw_only=True, tag="rerouting"):
+    """The backend refused the sandbox in a way another may not (a quota refusal, an outage
+    after retries); what it made is torn down, and the next candidate is to be routed."""
+
+    extension: str
+    """The backend that refused."""
+    reason: str
+    code: str | None = None
 
 
 class SandboxRecreating(_SandboxEventBase, frozen=True, kw_only=True, tag="recreating"):
@@ -233,6 +247,7 @@ SandboxEvent = (
     | SandboxReady
     | SandboxFailed
     | SandboxRecreating
+    | SandboxRerouting
     | SandboxDestroying
     | SandboxDestroyed
     | SandboxTeardownFailed

@@ -33,6 +33,7 @@ from sandboxer.commands.types import (
     ExtendTtl,
     PauseSandbox,
     RecreateSandbox,
+    RerouteSandbox,
     RestoreSnapshot,
     ResumeSandbox,
     SnapshotSandbox,
@@ -43,7 +44,8 @@ from sandboxer.config.catalog import Catalog
 from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create
-from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
+from sandboxer.domain.fallback import without_candidates
+from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown, Reroute
 from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
 from sandboxer.events.types import Actor, CommandRejected
 from sandboxer.workers.deciding import apply
@@ -103,12 +105,14 @@ class ControlWorker:
         | ExtendTtl
         | TouchSandbox
         | ExpireSandbox,
+        *,
+        refused_by: tuple[str, ...] = (),
     ) -> (
         AdmittedCreate | DestroySandbox | RecreateSandbox | ExtendTtl | TouchSandbox | ExpireSandbox
     ):
         if not isinstance(command, CreateSandbox):
             return command
-        profile = self._catalog.profile(command.profile)
+        profile = without_candidates(self._catalog.profile(command.profile), refused_by)
         enabled = self._catalog.extensions_enabled()
         admitted = admit_create(command, profile, enabled)
         if not enabled[admitted.extension].uses_hosts:
@@ -135,6 +139,8 @@ class ControlWorker:
             return None
         if isinstance(command, PauseSandbox | ResumeSandbox):
             return await decide_pause_step(self._store, self._catalog, command)
+        if isinstance(command, RerouteSandbox):
+            return await self._reroute(command)
         restored_from = None
         if isinstance(command, RestoreSnapshot):
             restored_from = command.snapshot_id
@@ -148,6 +154,42 @@ class ControlWorker:
             loaded, _ = await apply(
                 self._store, loaded.state.sandbox_id, FinishTeardown(job_id="control"), loaded
             )
+        return loaded
+
+    async def _reroute(self, command: RerouteSandbox) -> Loaded:
+        """Fallback: route a sandbox its backend refused to the next candidate of its profile,
+        through the same admission, routing and placement as a create (minus the refusers)."""
+        loaded = await self._store.load(command.sandbox_id)
+        state = loaded.state
+        decision = Reroute(command_id=command.command_id, extension=None, reason="")
+        if state.status == "rerouting" and state.profile and state.actor:
+            again = CreateSandbox(
+                command_id=command.command_id,
+                actor=state.actor,
+                profile=state.profile,
+                inputs=state.inputs,
+                sandbox_id=state.sandbox_id,
+            )
+            refusals = f"refused by {', '.join(state.refused_by)} ({state.failure})"
+            try:
+                admitted = await self._to_domain(again, refused_by=state.refused_by)
+            except (Rejected, UnknownProfile) as none_left:
+                why = none_left.reason if isinstance(none_left, Rejected) else none_left.message
+                decision = Reroute(
+                    command_id=command.command_id,
+                    extension=None,
+                    reason=f"no candidate is left: {refusals}; {why}",
+                )
+            else:
+                assert isinstance(admitted, AdmittedCreate)
+                decision = Reroute(
+                    command_id=command.command_id,
+                    extension=admitted.extension,
+                    reason=f"fallback, {refusals}: {admitted.route_reason}",
+                    host=admitted.host,
+                    candidates=admitted.candidates,
+                )
+        loaded, _ = await apply(self._store, command.sandbox_id, decision, loaded)
         return loaded
 
     async def _dispatch(self, loaded: Loaded | None) -> None:

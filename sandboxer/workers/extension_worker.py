@@ -30,11 +30,14 @@ from sandboxer.bus.event_store import EventStore, Loaded
 from sandboxer.bus.publish import is_unavailability
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
+from sandboxer.config.profile import Profile
+from sandboxer.domain.fallback import has_fallback
 from sandboxer.domain.sandbox_decide import (
     DomainCommand,
     FinishTeardown,
     MarkFailed,
     MarkReady,
+    MarkRerouting,
     MarkTeardownFailed,
     StartProvisioning,
 )
@@ -51,6 +54,7 @@ from sandboxer.extensions.capabilities import TimeoutKeeper
 from sandboxer.secrets import redact, resolve_secrets
 from sandboxer.workers import deciding
 from sandboxer.workers.host_events import inspect_and_record
+from sandboxer.workers.job_dispatch import request_reroute
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
@@ -212,10 +216,13 @@ class ExtensionWorker:
             log.info("job %s: nothing to do, sandbox is %s", job.job_id, state.status)
             if state.status in {"destroying", "destroyed"}:
                 await self.extension.teardown(job.sandbox_id, host=state.host)
+            if state.status == "rerouting":  # a crash came before the reroute was sent
+                await request_reroute(self._js, state)
             return
         assert state.profile is not None
         secrets: dict[str, str] = {}
         stage: Literal["provision", "wait_ready"] = "provision"
+        profile: Profile | None = None
         try:
             profile = self._catalog.profile(state.profile)
             secrets = resolve_secrets(profile.setup.secret_refs)
@@ -245,6 +252,26 @@ class ExtensionWorker:
             reason = _reason(exc, secrets)
             log.warning("sandbox %s failed at %s: %s", job.sandbox_id, stage, reason)
             await self._safe_teardown(job.sandbox_id, state.host)
+            refusers = (*state.refused_by, self.extension.id)
+            if (
+                isinstance(exc, ProviderError)
+                and exc.retryable
+                and profile is not None
+                and has_fallback(profile, refusers)
+            ):
+                # Another candidate may take it: record the refusal, then ask for a reroute.
+                loaded, refused = await self.apply(
+                    job.sandbox_id,
+                    MarkRerouting(
+                        job_id=job.job_id,
+                        extension=self.extension.id,
+                        reason=reason,
+                        code=exc.code,
+                    ),
+                )
+                if refused:
+                    await request_reroute(self._js, loaded.state)
+                return
             await self.apply(
                 job.sandbox_id,
                 MarkFailed(

@@ -1,4 +1,4 @@
-"""Publishing the job a sandbox waits for, from any worker that changed it.
+"""Publishing the next step a sandbox waits for, from any worker that changed it.
 
 The control worker publishes the jobs its decisions create; an extension
 worker publishes the one a snapshot was holding back (a destroy's teardown
@@ -14,9 +14,10 @@ from nats.js import JetStreamContext
 from sandboxer import subjects
 from sandboxer.bus.publish import publish_durably
 from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.events.types import SYSTEM_ACTOR
 from sandboxer.workers.jobs import job_for
 
-__all__ = ["dispatch_job"]
+__all__ = ["dispatch_job", "request_reroute"]
 
 
 async def dispatch_job(js: JetStreamContext, state: SandboxState) -> None:
@@ -29,4 +30,25 @@ async def dispatch_job(js: JetStreamContext, state: SandboxState) -> None:
         subjects.job_subject(state.extension, job.sandbox_id),
         msgspec.json.encode(job),
         headers={"Nats-Msg-Id": job.job_id},
+    )
+
+
+async def request_reroute(js: JetStreamContext, state: SandboxState) -> None:
+    """Ask the control worker to route a ``rerouting`` sandbox to its next candidate.
+
+    The command's id is fixed by the version at which the refusal was recorded (nothing
+    else changes a rerouting sandbox but a destroy), so a worker that crashed before
+    sending it, and sends it again, sends the same command.
+    """
+    command_id = f"reroute-{state.sandbox_id}-{state.version}"
+    command = {
+        "command_id": command_id,
+        "sandbox_id": state.sandbox_id,
+        "actor": msgspec.to_builtins(SYSTEM_ACTOR),
+    }
+    await publish_durably(
+        js,
+        subjects.command_subject("reroute"),
+        msgspec.json.encode(command),
+        headers={"Nats-Msg-Id": command_id},
     )

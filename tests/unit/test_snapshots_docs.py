@@ -65,7 +65,11 @@ def test_the_refusal_codes_are_raised_by_the_code() -> None:
 def test_every_backend_in_the_table_declares_snapshots() -> None:
     table = PAGE.split("## Per backend", 1)[1].split("##", 1)[0]
     backends = re.findall(r"^\| (ext\.[a-z-]+) \| yes \|", table, re.M)
-    assert backends == ["ext.local", "ext.vm-packer", "ext.compose-ssh"]
+    assert backends == ["ext.local", "ext.vm-packer", "ext.compose-ssh", "ext.daytona", "ext.modal"]
     for backend in backends:
         declaration = yaml.safe_load((ROOT / "extensions" / f"{backend}.yaml").read_text())
         assert declaration["capabilities"]["snapshot"] is True, backend
+    without = re.findall(r"^\| (ext\.[a-z0-9-]+(?:, ext\.[a-z0-9-]+)*) \| no \|", table, re.M)
+    for backend in ", ".join(without).split(", "):
+        declaration = yaml.safe_load((ROOT / "extensions" / f"{backend}.yaml").read_text())
+        assert declaration["capabilities"]["snapshot"] is False, backend

@@ -1,0 +1,104 @@
+"""Fallback through the bus: a backend that refuses a sandbox hands it to the next candidate.
+
+ext.saas-stub is the refusing provider (its declaration overridden to fail every
+create, or to have no room); the sandbox lands on ext.local, and its events
+say so. Nothing is left at the provider that refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.errors import CommandFailed
+from tests.integration.conftest import start_service
+from tests.integration.test_ext_saas_stub import write_override
+from tests.integration.test_pause import events_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FALLBACK_PROFILE = """\
+id: profile.fallback
+route:
+  strategy: explicit
+  candidates: [ext.saas-stub, ext.local]
+"""
+STUB_ONLY = """\
+id: profile.stub-only
+route:
+  strategy: explicit
+  candidates: [ext.saas-stub]
+"""
+ROLES = ["control", "projector", "ext.saas-stub", "ext.local"]
+
+
+def write_profiles(home: Path) -> None:
+    (home / "profiles").mkdir(parents=True, exist_ok=True)
+    (home / "profiles" / "profile.fallback.yaml").write_text(FALLBACK_PROFILE)
+    (home / "profiles" / "profile.stub-only.yaml").write_text(STUB_ONLY)
+
+
+def stub_records(home: Path) -> list[Path]:
+    return sorted((home / "saas-stub").rglob("*.json"))
+
+
+@pytest.mark.parametrize(
+    ("override", "code"),
+    [({"failure_rate": 1}, "provider_unavailable"), ({"max_live": 0}, "provider_quota")],
+)
+async def test_a_refused_sandbox_lands_on_the_next_candidate(
+    nats_server: Any, home: Path, override: dict[str, Any], code: str
+) -> None:
+    write_profiles(home)
+    write_override(home, latency_ms=1, **override)
+    service = await start_service(home, nats_server.url, ROLES)
+    try:
+        client = service.client
+        seen: list[dict[str, Any]] = []
+        ready = await client.create("profile.fallback", on_event=seen.append)
+        sandbox_id = ready["sandbox_id"]
+        assert ready["type"] == "ready"
+        events = await events_of(client, sandbox_id)
+        types = [e["type"] for e in events]
+        assert types[:6] == [
+            "requested",
+            "routed",
+            "provisioning",
+            "rerouting",
+            "routed",
+            "provisioning",
+        ], types
+        refusal = events[3]
+        assert (refusal["extension"], refusal["code"]) == ("ext.saas-stub", code)
+        fallback = events[4]
+        assert fallback["extension"] == "ext.local"
+        assert "fallback" in fallback["reason"]
+        assert "ext.saas-stub" in fallback["reason"]
+        got = await client.get(sandbox_id)
+        assert (got["extension"], got["generation"]) == ("ext.local", 1)
+        assert stub_records(home) == []  # never on two backends: nothing left at the refuser
+        await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_no_candidate_left_fails_with_every_refusal(nats_server: Any, home: Path) -> None:
+    write_profiles(home)
+    write_override(home, latency_ms=1, failure_rate=1)
+    service = await start_service(home, nats_server.url, ROLES)
+    try:
+        with pytest.raises(CommandFailed) as failed:
+            await service.client.create("profile.stub-only")
+        event = failed.value.event
+        # One candidate only: no reroute is even asked for; the failure is the provider's.
+        assert (event["type"], event["retryable"], event["code"]) == (
+            "failed",
+            True,
+            "provider_unavailable",
+        )
+    finally:
+        await service.client.close()
+        await service.shutdown()
