@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-__all__ = ["Capabilities", "ExtensionDecl", "Pricing"]
+__all__ = ["Capabilities", "Capacity", "ExtensionDecl", "Pricing"]
 
 
 class _Strict(BaseModel):
@@ -25,9 +25,16 @@ class Capabilities(_Strict):
 class Pricing(_Strict):
     """What one sandbox costs on this backend, in USD."""
 
-    per_second: float = 0.0
-    per_create: float = 0.0
-    gpu_per_second: float = 0.0
+    per_second: float = Field(default=0.0, ge=0)
+    per_create: float = Field(default=0.0, ge=0)
+    gpu_per_second: float = Field(default=0.0, ge=0)
+
+
+class Capacity(_Strict):
+    """How many sandboxes this backend may hold at once (per worker for ext.local); routing
+    treats a backend at capacity as ineligible (docs/routing.md#capacity)."""
+
+    max_sandboxes: int = Field(ge=0, le=1_000_000)
 
 
 class ExtensionDecl(_Strict):
@@ -44,6 +51,8 @@ class ExtensionDecl(_Strict):
     following the profile's ``placement``. (``placement: true`` is the older spelling.)"""
     capabilities: Capabilities
     pricing: Pricing = Field(default_factory=Pricing)
+    capacity: Capacity | None = None
+    """None: routing puts no limit on live sandboxes (a provider's quota still refuses)."""
     entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     settings: dict[str, Any] = Field(default_factory=dict)
     """What this backend needs to reach its provider or to behave as asked (endpoints,

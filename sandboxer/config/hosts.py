@@ -60,6 +60,13 @@ class HostConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="set for every remote command")
     workspace_root: str = "/var/tmp/sandboxer"
     labels: dict[str, str] = Field(default_factory=dict)
+    max_sandboxes: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="sandboxes this host may hold at once, for routing's capacity (none: no "
+        "limit)",
+    )
 
     @field_validator("workspace_root")
     @classmethod

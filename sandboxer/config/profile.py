@@ -126,6 +126,7 @@ class RouteConstraints(_Strict):
     region: str | None = None
     gpu: str | None = None
     snapshot: bool | None = None
+    pause: bool | None = None
 
 
 class Route(_Strict):

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from sandboxer.commands.types import CreateSandbox
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.profile import Profile
+from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.routing import route
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.durations import format_duration, parse_duration
@@ -41,11 +42,22 @@ def complete_inputs(profile: Profile, given: Mapping[str, str]) -> dict[str, str
 
 
 def admit_create(
-    command: CreateSandbox, profile: Profile, enabled: Mapping[str, ExtensionDecl]
+    command: CreateSandbox,
+    profile: Profile,
+    enabled: Mapping[str, ExtensionDecl],
+    signals: RouteSignals | None = None,
+    now: str = "",
 ) -> AdmittedCreate:
+    """``signals`` None: routing knows no latency, live counts or circuits (and says so)."""
     inputs = complete_inputs(profile, command.inputs)
     ttl, ttl_max = _ttl(command, profile)
-    choice = route(profile, enabled)
+    choice = route(
+        profile,
+        enabled,
+        ttl_seconds=ttl,
+        signals=signals if signals is not None else RouteSignals.unknown("none were asked for"),
+        now=now,
+    )
     return AdmittedCreate(
         command=command,
         sandbox_id=command.sandbox_id or derive_sandbox_id(command.command_id),
@@ -54,6 +66,7 @@ def admit_create(
         extension=choice.extension,
         route_reason=choice.reason,
         candidates=choice.candidates,
+        route_scores=choice.scores,
         ttl_seconds=ttl,
         ttl_max_seconds=ttl_max,
         idle_reap_seconds=parse_duration(profile.ttl.idle_reap) if profile.ttl.idle_reap else None,

@@ -1,15 +1,95 @@
-"""Routing: which extension serves a profile. Pure: it sees declarations, not backends."""
+"""Routing: which extension serves a profile, and why. Pure: declarations and signals in,
+a decision out (docs/routing.md).
+
+Every candidate of the profile is looked at, in the profile's order:
+
+1. **eligibility**, first failing check wins: not installed or not enabled; the profile's
+   constraints (``require_isolation``, ``gpu``, ``snapshot``, ``pause``, ``region``,
+   ``max_cost_per_hour`` against the estimate for the requested TTL); an open circuit;
+   no capacity left (live sandboxes >= declared ``max_sandboxes``);
+2. a **score** for the strategy, lower is better: ``explicit`` the profile's order,
+   ``lowest-cost`` the estimate in micro-USD, ``lowest-latency`` the measured p50 in
+   seconds (unmeasured ones after every measured one), ``prefer-self-hosted`` 0 for a
+   self-hosted backend and 1 for a hosted one;
+3. the eligible candidate with the lowest (score, profile order, id) is chosen: ties are
+   broken by the profile's order, then by id, so the same inputs always give the same choice.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
 
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.profile import Profile, RouteConstraints
+from sandboxer.domain.pricing import MICRO, estimate_microusd
+from sandboxer.domain.route_signals import RouteSignals
+from sandboxer.durations import format_duration
 from sandboxer.errors import Rejected
 
-__all__ = ["RouteChoice", "route"]
+__all__ = ["Candidate", "RouteChoice", "RouteDecision", "microusd", "rank", "route"]
+
+UNMEASURED = "unmeasured"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate as routing saw it."""
+
+    extension: str
+    order: int
+    """Its place in the profile's list (0 first)."""
+    eligible: bool
+    why_not: str | None = None
+    kind: str | None = None
+    score: float | int | None = None
+    """The strategy's score, lower is better; None when ineligible (or unmeasured)."""
+    estimate_microusd: int | None = None
+    latency_p50: float | None = None
+    live: int | None = None
+    capacity: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "extension": self.extension,
+            "eligible": self.eligible,
+            "score": self.score,
+        }
+        if self.why_not is not None:
+            data["why_not"] = self.why_not
+        for name in ("kind", "estimate_microusd", "latency_p50", "live", "capacity"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        return data
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Every candidate, and the chosen one (None: none is eligible) with a one-line reason."""
+
+    profile: str
+    strategy: str
+    ttl_seconds: float
+    chosen: str | None
+    reason: str
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def scores(self) -> list[dict[str, Any]]:
+        """What a ``routed`` event records of the candidates."""
+        return [c.to_dict() for c in self.candidates]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "strategy": self.strategy,
+            "ttl_seconds": self.ttl_seconds,
+            "chosen": self.chosen,
+            "reason": self.reason,
+            "candidates": self.scores(),
+        }
 
 
 @dataclass(frozen=True)
@@ -17,61 +97,200 @@ class RouteChoice:
     extension: str
     reason: str
     candidates: list[str]
+    scores: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _unmet(decl: ExtensionDecl, constraints: RouteConstraints) -> str | None:
+def microusd(amount: int) -> str:
+    """``1234567`` -> ``"1.234567 USD"``, for reasons people read (1 credit = 1 micro-USD)."""
+    sign = "-" if amount < 0 else ""
+    whole, frac = divmod(abs(amount), int(MICRO))
+    return f"{sign}{whole}.{frac:06d} USD"
+
+
+def _wants_gpu(profile: Profile, constraints: RouteConstraints) -> bool:
+    return bool(constraints.gpu or profile.resources.gpu)
+
+
+def _unmet(
+    decl: ExtensionDecl, constraints: RouteConstraints, gpu: bool, estimate: int, ttl: float
+) -> str | None:
     """Why ``decl`` cannot satisfy ``constraints``, or None when it can."""
     caps = decl.capabilities
     if constraints.require_isolation and constraints.require_isolation not in caps.isolation:
         return f"offers no {constraints.require_isolation} isolation"
+    if gpu and not caps.gpu:
+        return "has no GPU"
     if constraints.snapshot and not caps.snapshot:
         return "cannot snapshot"
-    if constraints.gpu and not caps.gpu:
-        return "has no GPU"
+    if constraints.pause and not caps.pause:
+        return "cannot pause"
     if constraints.region and caps.regions and constraints.region not in caps.regions:
         return f"does not run in region {constraints.region}"
-    if (
-        constraints.max_cost_per_hour is not None
-        and decl.pricing.per_second * 3600 > constraints.max_cost_per_hour
-    ):
-        return f"costs more than {constraints.max_cost_per_hour}/h"
+    if constraints.max_cost_per_hour is not None:
+        # Per hour of the requested TTL: estimate * 3600 / ttl, compared in micro-USD.
+        limit = Decimal(str(constraints.max_cost_per_hour)) * MICRO
+        hours = Decimal(str(max(ttl, 1.0))) / 3600
+        if Decimal(estimate) > limit * hours:
+            per_hour = (Decimal(estimate) / hours).to_integral_value()
+            return (
+                f"costs about {microusd(int(per_hour))}/h for {format_duration(ttl)}, more than "
+                f"max_cost_per_hour {constraints.max_cost_per_hour}"
+            )
     return None
 
 
-def route(profile: Profile, enabled: Mapping[str, ExtensionDecl]) -> RouteChoice:
-    """Pick the extension for ``profile`` among the ``enabled`` ones; Rejected when none fits."""
-    candidates = profile.candidates()
+def _capacity(decl: ExtensionDecl, signals: RouteSignals) -> int | None:
+    if decl.id in signals.capacity:
+        return signals.capacity[decl.id]
+    return decl.capacity.max_sandboxes if decl.capacity is not None else None
+
+
+def _score(strategy: str, candidate: Candidate) -> float | int | None:
+    if strategy == "lowest-cost":
+        return candidate.estimate_microusd
+    if strategy == "lowest-latency":
+        return candidate.latency_p50
+    if strategy == "prefer-self-hosted":
+        return 0 if candidate.kind == "self-hosted" else 1
+    return candidate.order
+
+
+def _key(strategy: str, candidate: Candidate) -> tuple[int, float, int, str]:
+    score = candidate.score
+    unmeasured = 1 if score is None else 0
+    return (unmeasured, float(score or 0), candidate.order, candidate.extension)
+
+
+def _assess(
+    ext_id: str,
+    order: int,
+    decl: ExtensionDecl | None,
+    profile: Profile,
+    ttl: float,
+    signals: RouteSignals,
+    now: str,
+) -> Candidate:
+    if decl is None:
+        return Candidate(ext_id, order, False, "is not installed or not enabled")
     constraints = profile.route.constraints if profile.route else RouteConstraints()
+    gpu = _wants_gpu(profile, constraints)
+    estimate = estimate_microusd(decl.pricing, ttl, gpu)
+    latency = signals.latency_p50.get(ext_id)
+    live = signals.live.get(ext_id, 0) if signals.known else None
+    capacity = _capacity(decl, signals)
+    seen = Candidate(
+        ext_id,
+        order,
+        True,
+        kind=decl.kind,
+        estimate_microusd=estimate,
+        latency_p50=latency,
+        live=live,
+        capacity=capacity,
+    )
+    why_not = _unmet(decl, constraints, gpu, estimate, ttl)
+    if profile.extension is not None:  # fixed by the profile: not routed, nothing to weigh
+        return seen if why_not is None else _ineligible(seen, why_not)
+    circuit = signals.circuits.get(ext_id)
+    if why_not is None and circuit is not None and circuit.until > now:
+        why_not = f"circuit open until {circuit.until} ({circuit.reason})"
+    if why_not is None and capacity is not None and live is not None and live >= capacity:
+        why_not = f"has no capacity ({live} of {capacity} sandboxes live)"
+    return seen if why_not is None else _ineligible(seen, why_not)
+
+
+def _ineligible(candidate: Candidate, why_not: str) -> Candidate:
+    return replace(candidate, eligible=False, why_not=why_not)
+
+
+def rank(
+    profile: Profile,
+    enabled: Mapping[str, ExtensionDecl],
+    *,
+    ttl_seconds: float,
+    signals: RouteSignals | None = None,
+    now: str = "",
+) -> RouteDecision:
+    """Assess and score every candidate; never raises (``chosen`` None when none is eligible)."""
+    signals = signals if signals is not None else RouteSignals.unknown("no signals given")
     strategy = profile.route.strategy if profile.route else "explicit"
-    usable: list[ExtensionDecl] = []
-    refusals: list[str] = []
-    for ext_id in candidates:
-        decl = enabled.get(ext_id)
-        if decl is None:
-            refusals.append(f"{ext_id} is not installed or not enabled")
-            continue
-        why_not = _unmet(decl, constraints)
-        if why_not:
-            refusals.append(f"{ext_id} {why_not}")
-            continue
-        usable.append(decl)
-    if not usable:
+    ids: list[str] = []
+    for ext_id in profile.candidates():
+        if ext_id not in ids:
+            ids.append(ext_id)
+    assessed = []
+    for order, ext_id in enumerate(ids):
+        candidate = _assess(ext_id, order, enabled.get(ext_id), profile, ttl_seconds, signals, now)
+        if candidate.eligible:
+            candidate = replace(candidate, score=_score(strategy, candidate))
+        assessed.append(candidate)
+    eligible = sorted((c for c in assessed if c.eligible), key=lambda c: _key(strategy, c))
+    skipped = [f"{c.extension} {c.why_not}" for c in assessed if not c.eligible]
+    if not eligible:
+        reason = f"no extension can serve {profile.id}: " + "; ".join(skipped)
+        return RouteDecision(profile.id, strategy, ttl_seconds, None, reason, assessed)
+    chosen = eligible[0]
+    reason = _why(strategy, chosen, profile, eligible, ttl_seconds)
+    if skipped:
+        reason += " (skipped: " + "; ".join(skipped) + ")"
+    if not signals.known and profile.route is not None:
+        reason += f" [without signals: {signals.note}]" if signals.note else " [without signals]"
+    return RouteDecision(profile.id, strategy, ttl_seconds, chosen.extension, reason, assessed)
+
+
+def _why(
+    strategy: str, chosen: Candidate, profile: Profile, eligible: list[Candidate], ttl: float
+) -> str:
+    room = (
+        f", {chosen.live} of {chosen.capacity} live"
+        if chosen.capacity is not None and chosen.live is not None
+        else ""
+    )
+    if profile.extension is not None:
+        return "fixed by profile"
+    if strategy == "lowest-cost":
+        assert chosen.estimate_microusd is not None
+        return (
+            f"lowest-cost: {chosen.extension} is estimated at "
+            f"{microusd(chosen.estimate_microusd)} for {format_duration(ttl)}, the least of "
+            f"{len(eligible)} eligible"
+        )
+    if strategy == "lowest-latency":
+        if chosen.latency_p50 is None:
+            return (
+                f"lowest-latency: no eligible candidate is measured yet; {chosen.extension} "
+                "is first in the profile's order"
+            )
+        return (
+            f"lowest-latency: {chosen.extension} is ready in {chosen.latency_p50:g} s (p50), "
+            f"the fastest of {len(eligible)} eligible"
+        )
+    if strategy == "prefer-self-hosted":
+        if chosen.kind == "self-hosted":
+            return f"prefer-self-hosted: {chosen.extension} is self-hosted and has room{room}"
+        return f"prefer-self-hosted: no self-hosted candidate is eligible; {chosen.extension}"
+    return f"explicit: {chosen.extension} is the first eligible candidate{room}"
+
+
+def route(
+    profile: Profile,
+    enabled: Mapping[str, ExtensionDecl],
+    *,
+    ttl_seconds: float | None = None,
+    signals: RouteSignals | None = None,
+    now: str = "",
+) -> RouteChoice:
+    """Pick the extension for ``profile`` among the ``enabled`` ones; Rejected when none fits."""
+    ttl = ttl_seconds if ttl_seconds is not None else 3600.0
+    decision = rank(profile, enabled, ttl_seconds=ttl, signals=signals, now=now)
+    if decision.chosen is None:
         raise Rejected(
             "no_route",
-            f"no extension can serve {profile.id}: "
-            + "; ".join(refusals)
-            + ". Enable one with its declaration in $SANDBOXER_HOME/extensions/",
+            decision.reason + ". Enable one with its declaration in $SANDBOXER_HOME/extensions/",
         )
-    if strategy == "lowest-cost":
-        chosen = min(usable, key=lambda d: (d.pricing.per_second, d.pricing.per_create))
-        reason = f"lowest-cost: {chosen.pricing.per_second}/s"
-    elif strategy == "prefer-self-hosted":
-        self_hosted = [d for d in usable if d.kind == "self-hosted"]
-        chosen = (self_hosted or usable)[0]
-        reason = f"prefer-self-hosted: {chosen.kind}"
-    else:  # explicit, and lowest-latency until latency is measured: the profile's order
-        chosen = usable[0]
-        reason = "fixed by profile" if profile.extension else f"{strategy}: first usable candidate"
-    if refusals:
-        reason += " (skipped: " + "; ".join(refusals) + ")"
-    return RouteChoice(chosen.id, reason, candidates)
+    return RouteChoice(
+        decision.chosen,
+        decision.reason,
+        [c.extension for c in decision.candidates],
+        decision.scores(),
+    )

@@ -14,6 +14,7 @@ from sandboxer.events.types import (
     HostInspected,
     HostReaped,
 )
+from sandboxer.projections.route_rows import RouteSamples
 from sandboxer.projections.sandbox_view import SandboxView
 
 __all__ = ["Batch"]
@@ -41,6 +42,7 @@ class Batch:
         self._host_events: list[tuple[HostEvent, int]] = []
         self._snapshots: dict[str, SnapshotState] = {}
         self._dirty_snapshots: dict[str, int] = {}
+        self._routes = RouteSamples()
         self.position = 0
         self.size = 0
 
@@ -70,7 +72,8 @@ class Batch:
             if state is None:
                 stored = None if self._fresh else await self._view.load_state(sandbox_id)
                 state = stored or SandboxState(sandbox_id=sandbox_id)
-            self._known[sandbox_id] = evolve(state, event)
+            self._known[sandbox_id] = evolved = evolve(state, event)
+            self._routes.observe(state, evolved, event, seq)
             self._dirty[sandbox_id] = seq
 
     async def flush(self) -> None:
@@ -83,7 +86,9 @@ class Batch:
             self.position,
             self._host_events,
             [(self._snapshots[sid], seq) for sid, seq in self._dirty_snapshots.items()],
+            self._routes,
         )
+        self._routes.clear()
         self._dirty_snapshots.clear()
         self._dirty.clear()
         self._rejections.clear()

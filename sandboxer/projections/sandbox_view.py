@@ -23,9 +23,17 @@ import aiosqlite
 import msgspec
 
 from sandboxer.domain.deadlines import due
+from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_state import SnapshotState
 from sandboxer.events.types import CommandRejected, HostEvent, HostInspected
+from sandboxer.projections.route_rows import (
+    ROUTE_SCHEMA,
+    ROUTE_TABLES,
+    RouteSamples,
+    load_signals,
+    save_route_samples,
+)
 from sandboxer.projections.snapshot_rows import (
     SNAPSHOTS_SCHEMA,
     list_snapshots,
@@ -75,6 +83,7 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 SCHEMA += SNAPSHOTS_SCHEMA
+SCHEMA += ROUTE_SCHEMA
 
 VIEW_VERSION = 2
 """Bump when what the view derives from an event changes without its tables changing."""
@@ -151,8 +160,11 @@ class SandboxView:
         position: int,
         host_events: Iterable[tuple[HostEvent, int]] = (),
         snapshots: Iterable[tuple[SnapshotState, int]] = (),
+        routes: RouteSamples | None = None,
     ) -> None:
         """Write changed rows and the new position in one transaction."""
+        if routes:
+            await save_route_samples(self._db, routes)
         await save_snapshots(self._db, snapshots)
         for event, seq in host_events:
             await self._apply_host_event(event, seq)
@@ -262,6 +274,10 @@ class SandboxView:
             self._db, sandbox_id=sandbox_id, include_deleted=include_deleted, limit=limit
         )
 
+    async def route_signals(self, now: str) -> tuple[RouteSignals, dict[str, Any]]:
+        """Routing's signals at ``now`` and per-host latency (projections/route_rows.py)."""
+        return await load_signals(self._db, now)
+
     async def rejection(self, key: str) -> dict[str, Any] | None:
         async with self._db.execute("SELECT event FROM rejections WHERE key = ?", (key,)) as c:
             row = await c.fetchone()
@@ -275,6 +291,7 @@ class SandboxView:
             ("rejections", "key"),
             ("hosts", "host"),
             ("snapshots", "snapshot_id"),
+            *ROUTE_TABLES,
             ("position", "projection"),
             ("meta", "key"),
         ):

@@ -1,0 +1,150 @@
+"""Routing's rows in the view: create->ready latency samples and retryable failures.
+
+Kept in the sandbox view's database, written in the same transaction as the
+sandboxes and the position (like ``snapshot_rows.py``). Each extension keeps
+its :data:`KEEP` newest rows of each table, by stream sequence: pruning only
+drops rows that can never be among the newest again, so a live view and a
+rebuild keep the same rows whatever their batches were.
+
+:func:`load_signals` turns the rows, plus live counts from the sandboxes
+table, into :class:`~sandboxer.domain.route_signals.RouteSignals` at a given
+time (the circuit rule lives in the pure module).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from sandboxer.domain.route_signals import (
+    CAPACITY_STATUSES,
+    FailureSample,
+    LatencySample,
+    RouteSignals,
+    failure_sample,
+    latency_sample,
+    median,
+    signals_from_rows,
+)
+from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.events.types import SandboxEvent
+
+__all__ = [
+    "KEEP",
+    "ROUTE_SCHEMA",
+    "ROUTE_TABLES",
+    "RouteSamples",
+    "load_signals",
+    "save_route_samples",
+]
+
+KEEP = 50
+"""Rows kept per extension in each table (the p50 reads the newest 20)."""
+
+ROUTE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS route_latency (
+    key TEXT PRIMARY KEY,
+    extension TEXT NOT NULL,
+    host TEXT,
+    started_at TEXT NOT NULL,
+    ready_at TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS route_latency_ext ON route_latency(extension, seq);
+CREATE TABLE IF NOT EXISTS route_failures (
+    seq INTEGER PRIMARY KEY,
+    extension TEXT NOT NULL,
+    at TEXT NOT NULL,
+    code TEXT
+);
+CREATE INDEX IF NOT EXISTS route_failures_ext ON route_failures(extension, seq);
+"""
+
+ROUTE_TABLES = (("route_latency", "key"), ("route_failures", "seq"))
+"""(table, key) pairs, for the view's dump."""
+
+
+@dataclass
+class RouteSamples:
+    """Samples folded since the last save."""
+
+    latencies: list[tuple[LatencySample, int]] = field(default_factory=list)
+    failures: list[tuple[FailureSample, int]] = field(default_factory=list)
+
+    def observe(
+        self, before: SandboxState, after: SandboxState, event: SandboxEvent, seq: int
+    ) -> None:
+        sample = latency_sample(before, after, event)
+        if sample is not None:
+            self.latencies.append((sample, seq))
+        failure = failure_sample(before, event)
+        if failure is not None:
+            self.failures.append((failure, seq))
+
+    def clear(self) -> None:
+        self.latencies.clear()
+        self.failures.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self.latencies or self.failures)
+
+
+async def save_route_samples(db: aiosqlite.Connection, samples: RouteSamples) -> None:
+    """Write the samples and prune each touched extension (the caller commits)."""
+    await db.executemany(
+        "INSERT OR REPLACE INTO route_latency VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (s.key, s.extension, s.host, s.started_at, s.ready_at, s.seconds, seq)
+            for s, seq in samples.latencies
+        ],
+    )
+    await db.executemany(
+        "INSERT OR REPLACE INTO route_failures VALUES (?, ?, ?, ?)",
+        [(seq, f.extension, f.at, f.code) for f, seq in samples.failures],
+    )
+    for table, touched in (
+        ("route_latency", {s.extension for s, _ in samples.latencies}),
+        ("route_failures", {f.extension for f, _ in samples.failures}),
+    ):
+        for extension in sorted(touched):
+            await db.execute(
+                f"DELETE FROM {table} WHERE extension = ? AND seq NOT IN "
+                f"(SELECT seq FROM {table} WHERE extension = ? ORDER BY seq DESC LIMIT ?)",
+                (extension, extension, KEEP),
+            )
+
+
+async def load_signals(db: aiosqlite.Connection, now: str) -> tuple[RouteSignals, dict[str, Any]]:
+    """The signals at ``now``, and the per-host latency (``{ext: {host: p50}}``) for people."""
+    async with db.execute(
+        "SELECT key, extension, host, started_at, ready_at, seconds FROM route_latency"
+    ) as cursor:
+        latencies = [
+            LatencySample(key, ext, host, started, ready, float(seconds))
+            for key, ext, host, started, ready, seconds in await cursor.fetchall()
+        ]
+    async with db.execute("SELECT extension, at, code FROM route_failures") as cursor:
+        failures = [FailureSample(ext, at, code) for ext, at, code in await cursor.fetchall()]
+    marks = ", ".join("?" for _ in CAPACITY_STATUSES)
+    async with db.execute(
+        "SELECT extension, host, count(*) FROM sandboxes "
+        f"WHERE extension IS NOT NULL AND status IN ({marks}) GROUP BY extension, host",
+        sorted(CAPACITY_STATUSES),
+    ) as cursor:
+        live = [(str(ext), host, int(count)) for ext, host, count in await cursor.fetchall()]
+    signals = signals_from_rows(latencies=latencies, failures=failures, live=live, now=now)
+    by_host: dict[str, dict[str, list[LatencySample]]] = {}
+    for sample in latencies:
+        if sample.host is not None:
+            by_host.setdefault(sample.extension, {}).setdefault(sample.host, []).append(sample)
+    host_p50 = {
+        ext: {
+            host: median(s.seconds for s in sorted(samples, key=lambda s: s.ready_at)[-20:])
+            for host, samples in sorted(hosts.items())
+        }
+        for ext, hosts in sorted(by_host.items())
+    }
+    return signals, host_p50
