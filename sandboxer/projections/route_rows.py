@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
+import msgspec
 
 from sandboxer.domain.route_signals import (
     CAPACITY_STATUSES,
@@ -62,6 +63,16 @@ CREATE TABLE IF NOT EXISTS route_failures (
 );
 CREATE INDEX IF NOT EXISTS route_failures_ext ON route_failures(extension, seq);
 """
+
+
+class _Where(msgspec.Struct):
+    """The two fields of a stored sandbox state that live counts need."""
+
+    extension: str | None = None
+    host: str | None = None
+
+
+_decode_where = msgspec.json.Decoder(_Where).decode
 
 ROUTE_TABLES = (("route_latency", "key"), ("route_failures", "seq"))
 """(table, key) pairs, for the view's dump."""
@@ -129,12 +140,16 @@ async def load_signals(db: aiosqlite.Connection, now: str) -> tuple[RouteSignals
     async with db.execute("SELECT extension, at, code FROM route_failures") as cursor:
         failures = [FailureSample(ext, at, code) for ext, at, code in await cursor.fetchall()]
     marks = ", ".join("?" for _ in CAPACITY_STATUSES)
+    counts: dict[tuple[str, str | None], int] = {}
     async with db.execute(
-        "SELECT extension, host, count(*) FROM sandboxes "
-        f"WHERE extension IS NOT NULL AND status IN ({marks}) GROUP BY extension, host",
-        sorted(CAPACITY_STATUSES),
+        f"SELECT state FROM sandboxes WHERE status IN ({marks})", sorted(CAPACITY_STATUSES)
     ) as cursor:
-        live = [(str(ext), host, int(count)) for ext, host, count in await cursor.fetchall()]
+        async for (blob,) in cursor:
+            where = _decode_where(blob)
+            if where.extension is not None:
+                key = (where.extension, where.host)
+                counts[key] = counts.get(key, 0) + 1
+    live = [(ext, host, count) for (ext, host), count in counts.items()]
     signals = signals_from_rows(latencies=latencies, failures=failures, live=live, now=now)
     by_host: dict[str, dict[str, list[LatencySample]]] = {}
     for sample in latencies:

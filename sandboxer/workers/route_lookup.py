@@ -1,0 +1,202 @@
+"""The control worker's side of routing: fetching signals, counting its own routes, explaining.
+
+Before it routes a create, the control worker asks the view for the route
+signals (``sandboxer.query.route.signals``) with a short timeout; without an
+answer it routes without them, and the ``routed`` reason says so. The view
+lags the log a little, so the worker adds the creates it routed that the
+view's answer cannot include yet (held until the view's position passes
+them): a burst of creates handled at once by one control worker fills a
+backend's capacity exactly, rather than each create seeing the same count.
+
+It also answers ``sandboxer.query.route.explain``: the same ranking a create
+would get now, from the same catalog, hosts file and signals, without
+creating anything (docs/routing.md#route-explain).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from sandboxer import subjects
+from sandboxer.bus.responder import Responder
+from sandboxer.clock import utc_now
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.hosts import load_hosts
+from sandboxer.config.settings import Settings
+from sandboxer.domain.route_signals import RouteSignals, declared_capacity
+from sandboxer.domain.routing import rank
+from sandboxer.domain.sandbox_decide import AdmittedCreate
+from sandboxer.durations import format_duration, parse_duration
+from sandboxer.errors import InvalidInput, RequestError, SandboxerError, UnknownProfile
+
+__all__ = ["CONTROL_QUEUE", "SIGNALS_TIMEOUT", "RouteLookup"]
+
+log = logging.getLogger(__name__)
+
+SIGNALS_TIMEOUT = 1.0
+"""How long a create waits for the view's signals before routing without them (seconds)."""
+HOLD_SECONDS = 30.0
+"""A route this worker made counts toward live sandboxes until the view shows it, or this long."""
+CONTROL_QUEUE = "sandboxer-control"
+_PROFILE_ID = re.compile(r"^profile\.[a-z0-9][a-z0-9-]{0,62}$")
+
+
+@dataclass
+class _Held:
+    extension: str
+    host: str | None
+    seq: int | None
+    since: float
+
+
+class RouteLookup:
+    def __init__(
+        self,
+        nc: Client,
+        catalog: Catalog,
+        settings: Settings,
+        *,
+        timeout: float = SIGNALS_TIMEOUT,
+    ) -> None:
+        self._nc = nc
+        self._catalog = catalog
+        self._settings = settings
+        self._timeout = timeout
+        self._held: dict[str, _Held] = {}
+        self._responder = Responder(nc)
+
+    async def start(self) -> None:
+        await self._responder.serve(
+            {subjects.QUERY_ROUTE_EXPLAIN: self._explain}, queue=CONTROL_QUEUE
+        )
+
+    async def stop(self) -> None:
+        await self._responder.stop()
+
+    async def signals(self, enabled: Mapping[str, ExtensionDecl]) -> RouteSignals:
+        """The view's signals plus this worker's unseen routes and hosts-file capacities.
+
+        Nothing awaits after the answer arrives, so a caller that ranks right away sees
+        every route this worker held until then."""
+        try:
+            reply = await self._nc.request(
+                subjects.QUERY_ROUTE_SIGNALS, b"{}", timeout=self._timeout
+            )
+            answer = msgspec.json.decode(reply.data)
+            if not isinstance(answer, dict) or not answer.get("ok"):
+                raise ValueError(str(answer.get("error")) if isinstance(answer, dict) else "?")
+            viewed = RouteSignals.from_dict(answer["signals"])
+            position = int(answer.get("position", 0))
+        except (NoRespondersError, NatsTimeout, TimeoutError):
+            return self._with_capacity(
+                RouteSignals.unknown(f"the view did not answer within {self._timeout:g} s"),
+                enabled,
+            )
+        except (ValueError, KeyError, TypeError, msgspec.DecodeError) as bad:
+            log.warning("route signals unreadable, routing without them: %s", bad)
+            return self._with_capacity(
+                RouteSignals.unknown(f"the view's answer was unreadable ({bad})"), enabled
+            )
+        return self._with_capacity(self._with_held(viewed, position), enabled)
+
+    def _with_held(self, signals: RouteSignals, position: int) -> RouteSignals:
+        now = time.monotonic()
+        for sandbox_id, held in list(self._held.items()):
+            if (held.seq is not None and held.seq <= position) or now - held.since > HOLD_SECONDS:
+                del self._held[sandbox_id]
+        live = dict(signals.live)
+        by_host = {ext: dict(hosts) for ext, hosts in signals.live_by_host.items()}
+        for held in self._held.values():
+            live[held.extension] = live.get(held.extension, 0) + 1
+            if held.host is not None:
+                hosts = by_host.setdefault(held.extension, {})
+                hosts[held.host] = hosts.get(held.host, 0) + 1
+        return RouteSignals(
+            latency_p50=signals.latency_p50,
+            live=live,
+            live_by_host=by_host,
+            capacity=signals.capacity,
+            circuits=signals.circuits,
+            known=signals.known,
+            note=signals.note,
+        )
+
+    def _with_capacity(
+        self, signals: RouteSignals, enabled: Mapping[str, ExtensionDecl]
+    ) -> RouteSignals:
+        """Capacities of backends on hosts: the hosts file's ``max_sandboxes`` summed."""
+        if not any(decl.uses_hosts for decl in enabled.values()):
+            return signals
+        try:
+            hosts = load_hosts(self._settings)
+        except SandboxerError as unreadable:
+            log.warning("hosts file unreadable for capacity: %s", unreadable)
+            return signals
+        capacity = dict(signals.capacity)
+        for ext_id, decl in enabled.items():
+            if decl.uses_hosts:
+                limit = declared_capacity(decl, [h.max_sandboxes for h in hosts.values()])
+                if limit is not None:
+                    capacity[ext_id] = limit
+        return RouteSignals(
+            latency_p50=signals.latency_p50,
+            live=signals.live,
+            live_by_host=signals.live_by_host,
+            capacity=capacity,
+            circuits=signals.circuits,
+            known=signals.known,
+            note=signals.note,
+        )
+
+    def hold(self, admitted: AdmittedCreate) -> None:
+        """Count a route this worker just made until the view shows it."""
+        self._held[admitted.sandbox_id] = _Held(
+            admitted.extension, admitted.host, None, time.monotonic()
+        )
+
+    def appended(self, sandbox_id: str, seq: int) -> None:
+        """The routed event is in the log at ``seq``: held until the view passes it."""
+        held = self._held.get(sandbox_id)
+        if held is not None:
+            held.seq = seq
+
+    def release(self, sandbox_id: str) -> None:
+        """The create was not appended (rejected): it holds no place."""
+        self._held.pop(sandbox_id, None)
+
+    async def _explain(self, request: dict[str, Any]) -> dict[str, Any]:
+        profile_id = request.get("profile")
+        if not isinstance(profile_id, str) or not _PROFILE_ID.fullmatch(profile_id):
+            raise RequestError(
+                "field 'profile' must be a profile id such as profile.local "
+                "(lowercase letters, digits and '-')"
+            )
+        ttl_text = request.get("ttl")
+        if ttl_text is not None and (not isinstance(ttl_text, str) or len(ttl_text) > 32):
+            raise RequestError("field 'ttl' must be a duration such as 30m")
+        try:
+            profile = self._catalog.profile(profile_id)
+            ttl = parse_duration(ttl_text or profile.ttl.default)
+        except (UnknownProfile, InvalidInput) as bad:
+            raise RequestError(bad.message) from None
+        ttl_max = parse_duration(profile.ttl.max)
+        if ttl > ttl_max:
+            raise RequestError(
+                f"ttl {ttl_text} is longer than {profile.id}'s ttl.max ({format_duration(ttl_max)})"
+            )
+        enabled = self._catalog.extensions_enabled()
+        signals = await self.signals(enabled)
+        now = utc_now()
+        decision = rank(profile, enabled, ttl_seconds=ttl, signals=signals, now=now)
+        return {"decision": decision.to_dict(), "signals": signals.to_dict(), "at": now}

@@ -1,0 +1,388 @@
+"""Routing, pure: eligibility, scores per strategy, deterministic ties, the explanation."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sandboxer.commands.types import CreateSandbox
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.profile import Profile
+from sandboxer.domain.admission import admit_create
+from sandboxer.domain.pricing import estimate_microusd
+from sandboxer.domain.route_signals import Circuit, RouteSignals
+from sandboxer.domain.routing import rank, route
+from sandboxer.errors import Rejected
+from sandboxer.events.types import Actor
+
+NOW = "2026-12-02T10:00:00.000Z"
+LATER = "2026-12-02T10:01:00.000Z"
+ISOLATIONS = ["container", "microvm", "policy", "namespace"]
+STRATEGIES = ["explicit", "lowest-cost", "lowest-latency", "prefer-self-hosted"]
+
+
+def decl(
+    ext_id: str,
+    *,
+    kind: str = "saas",
+    isolation: tuple[str, ...] = ("container",),
+    gpu: bool = False,
+    snapshot: bool = False,
+    pause: bool = False,
+    regions: tuple[str, ...] = (),
+    per_second: float = 0.0,
+    per_create: float = 0.0,
+    gpu_per_second: float = 0.0,
+    capacity: int | None = None,
+) -> ExtensionDecl:
+    data: dict[str, Any] = {
+        "id": ext_id,
+        "kind": kind,
+        "entry_point": "m:C",
+        "capabilities": {
+            "isolation": list(isolation),
+            "gpu": gpu,
+            "snapshot": snapshot,
+            "pause": pause,
+            "regions": list(regions),
+        },
+        "pricing": {
+            "per_second": per_second,
+            "per_create": per_create,
+            "gpu_per_second": gpu_per_second,
+        },
+    }
+    if capacity is not None:
+        data["capacity"] = {"max_sandboxes": capacity}
+    return ExtensionDecl.model_validate(data)
+
+
+def profile(strategy: str, candidates: list[str], **constraints: Any) -> Profile:
+    return Profile.model_validate(
+        {
+            "id": "profile.routed",
+            "route": {"strategy": strategy, "candidates": candidates, "constraints": constraints},
+        }
+    )
+
+
+# -- examples ------------------------------------------------------------------------------------
+
+
+def test_prefer_self_hosted_spills_when_full_and_returns_when_room_frees() -> None:
+    enabled = {
+        "ext.local": decl("ext.local", kind="self-hosted", isolation=("namespace",), capacity=2),
+        "ext.saas-stub": decl("ext.saas-stub", per_second=0.0001),
+    }
+    burst = profile("prefer-self-hosted", ["ext.saas-stub", "ext.local"])
+    with_room = RouteSignals(live={"ext.local": 1})
+    full = RouteSignals(live={"ext.local": 2, "ext.saas-stub": 5})
+    assert route(burst, enabled, signals=with_room, now=NOW).extension == "ext.local"
+    spilled = rank(burst, enabled, ttl_seconds=60, signals=full, now=NOW)
+    assert spilled.chosen == "ext.saas-stub"
+    local = next(c for c in spilled.candidates if c.extension == "ext.local")
+    assert not local.eligible
+    assert local.why_not == "has no capacity (2 of 2 sandboxes live)"
+    assert "ext.local has no capacity" in spilled.reason
+
+
+def test_an_open_circuit_skips_a_backend_until_it_closes() -> None:
+    enabled = {"ext.a": decl("ext.a"), "ext.b": decl("ext.b")}
+    signals = RouteSignals(circuits={"ext.a": Circuit(until=LATER, reason="quota refusal")})
+    p = profile("explicit", ["ext.a", "ext.b"])
+    decision = rank(p, enabled, ttl_seconds=60, signals=signals, now=NOW)
+    assert decision.chosen == "ext.b"
+    assert "circuit open until 2026-12-02T10:01:00.000Z" in decision.reason
+    assert rank(p, enabled, ttl_seconds=60, signals=signals, now=LATER).chosen == "ext.a"
+
+
+def test_lowest_cost_uses_the_estimate_for_the_ttl_not_the_per_second_price() -> None:
+    # ext.a: cheap per second, dear per create; ext.b the opposite. The TTL decides.
+    enabled = {
+        "ext.a": decl("ext.a", per_second=0.0001, per_create=0.05),
+        "ext.b": decl("ext.b", per_second=0.001, per_create=0.0),
+    }
+    p = profile("lowest-cost", ["ext.a", "ext.b"])
+    assert rank(p, enabled, ttl_seconds=30, signals=RouteSignals(), now=NOW).chosen == "ext.b"
+    long = rank(p, enabled, ttl_seconds=3600, signals=RouteSignals(), now=NOW)
+    assert long.chosen == "ext.a"
+    assert [c.estimate_microusd for c in long.candidates] == [410_000, 3_600_000]
+    assert "0.410000 USD for 1h" in long.reason
+
+
+def test_max_cost_per_hour_uses_the_estimate_for_the_requested_ttl() -> None:
+    # 0.001/s is 3.6 USD/h; a 1 USD per-create fee over a 1 h TTL adds 1 USD/h.
+    enabled = {"ext.a": decl("ext.a", per_second=0.001, per_create=1.0)}
+    p = profile("explicit", ["ext.a"], max_cost_per_hour=4.0)
+    assert rank(p, enabled, ttl_seconds=36_000, now=NOW).chosen == "ext.a"  # 3.7/h over 10 h
+    refused = rank(p, enabled, ttl_seconds=3600, now=NOW)  # 4.6/h
+    assert refused.chosen is None
+    assert "more than max_cost_per_hour 4.0" in refused.reason
+
+
+def test_lowest_latency_ranks_measured_first_then_profile_order() -> None:
+    enabled = {e: decl(e) for e in ("ext.a", "ext.b", "ext.c")}
+    p = profile("lowest-latency", ["ext.a", "ext.b", "ext.c"])
+    measured = RouteSignals(latency_p50={"ext.c": 2.5, "ext.b": 0.4})
+    decision = rank(p, enabled, ttl_seconds=60, signals=measured, now=NOW)
+    assert decision.chosen == "ext.b"
+    assert "0.4 s (p50)" in decision.reason
+    unmeasured = rank(p, enabled, ttl_seconds=60, signals=RouteSignals(), now=NOW)
+    assert unmeasured.chosen == "ext.a"
+    assert "no eligible candidate is measured yet" in unmeasured.reason
+
+
+def test_constraints_filter_before_ranking_and_every_reason_is_kept() -> None:
+    enabled = {
+        "ext.vm": decl("ext.vm", isolation=("microvm",), gpu=True, pause=True, regions=("eu",)),
+        "ext.nogpu": decl("ext.nogpu", isolation=("microvm",)),
+        "ext.us": decl("ext.us", isolation=("microvm",), gpu=True, pause=True, regions=("us",)),
+        "ext.box": decl("ext.box", isolation=("container",), gpu=True),
+        "ext.nopause": decl("ext.nopause", isolation=("microvm",), gpu=True, regions=("eu",)),
+    }
+    p = profile(
+        "lowest-cost",
+        ["ext.gone", "ext.box", "ext.nogpu", "ext.us", "ext.nopause", "ext.vm"],
+        require_isolation="microvm",
+        gpu="any",
+        region="eu",
+        pause=True,
+    )
+    decision = rank(p, enabled, ttl_seconds=60, signals=RouteSignals(), now=NOW)
+    assert decision.chosen == "ext.vm"
+    why = {c.extension: c.why_not for c in decision.candidates}
+    assert why == {
+        "ext.gone": "is not installed or not enabled",
+        "ext.box": "offers no microvm isolation",
+        "ext.nogpu": "has no GPU",
+        "ext.us": "does not run in region eu",
+        "ext.nopause": "cannot pause",
+        "ext.vm": None,
+    }
+
+
+def test_no_eligible_candidate_is_rejected_with_each_reason() -> None:
+    p = profile("explicit", ["ext.a", "ext.b"], snapshot=True)
+    with pytest.raises(Rejected, match=r"ext.a is not installed.*ext.b cannot snapshot"):
+        route(p, {"ext.b": decl("ext.b")}, signals=RouteSignals(), now=NOW)
+
+
+def test_without_signals_capacity_is_not_enforced_and_the_reason_says_so() -> None:
+    enabled = {"ext.local": decl("ext.local", kind="self-hosted", capacity=0)}
+    p = profile("prefer-self-hosted", ["ext.local"])
+    decision = rank(
+        p, enabled, ttl_seconds=60, signals=RouteSignals.unknown("the view did not answer")
+    )
+    assert decision.chosen == "ext.local"
+    assert decision.reason.endswith("[without signals: the view did not answer]")
+
+
+def test_a_fixed_profile_is_not_routed_by_capacity_or_circuits() -> None:
+    enabled = {"ext.local": decl("ext.local", kind="self-hosted", capacity=1)}
+    fixed = Profile.model_validate({"id": "profile.fixed", "extension": "ext.local"})
+    signals = RouteSignals(
+        live={"ext.local": 5}, circuits={"ext.local": Circuit(until=LATER, reason="x")}
+    )
+    choice = route(fixed, enabled, signals=signals, now=NOW)
+    assert (choice.extension, choice.reason) == ("ext.local", "fixed by profile")
+
+
+def test_admission_records_scores_for_the_routed_event() -> None:
+    enabled = {
+        "ext.local": decl("ext.local", kind="self-hosted", capacity=8),
+        "ext.saas-stub": decl("ext.saas-stub", per_second=0.0001, per_create=0.001),
+    }
+    p = profile("prefer-self-hosted", ["ext.local", "ext.saas-stub"])
+    command = CreateSandbox(
+        command_id="c1", actor=Actor(type="adm", id="t"), profile=p.id, ttl="30m"
+    )
+    admitted = admit_create(command, p, enabled, RouteSignals(live={"ext.local": 3}), NOW)
+    assert admitted.extension == "ext.local"
+    assert admitted.route_scores == [
+        {
+            "extension": "ext.local",
+            "eligible": True,
+            "score": 0,
+            "kind": "self-hosted",
+            "estimate_microusd": 0,
+            "live": 3,
+            "capacity": 8,
+        },
+        {
+            "extension": "ext.saas-stub",
+            "eligible": True,
+            "score": 1,
+            "kind": "saas",
+            "estimate_microusd": 181_000,
+            "live": 0,
+        },
+    ]
+    assert (
+        admitted.route_reason
+        == "prefer-self-hosted: ext.local is self-hosted and has room, 3 of 8 live"
+    )
+
+
+def test_signals_survive_their_wire_form() -> None:
+    signals = RouteSignals(
+        latency_p50={"ext.a": 1.5},
+        live={"ext.a": 2},
+        live_by_host={"ext.c": {"h1": 1}},
+        capacity={"ext.c": 4},
+        circuits={"ext.b": Circuit(until=LATER, reason="quota refusal")},
+    )
+    assert RouteSignals.from_dict(signals.to_dict()) == signals
+    with pytest.raises(ValueError, match="bad count"):
+        RouteSignals.from_dict({"live": {"ext.a": "many"}})
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+EXT_IDS = [f"ext.b{i}" for i in range(6)]
+prices = st.sampled_from([0.0, 0.00001, 0.0001, 0.00025, 0.001, 0.5])
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[Profile, dict[str, ExtensionDecl], RouteSignals, float]:
+    candidates = draw(st.lists(st.sampled_from(EXT_IDS), min_size=1, max_size=6, unique=True))
+    enabled: dict[str, ExtensionDecl] = {}
+    for ext_id in EXT_IDS:
+        if draw(st.booleans()) or ext_id in candidates[:1]:
+            enabled[ext_id] = decl(
+                ext_id,
+                kind=draw(st.sampled_from(["saas", "self-hosted"])),
+                isolation=tuple(
+                    draw(st.lists(st.sampled_from(ISOLATIONS), min_size=1, max_size=2, unique=True))
+                ),
+                gpu=draw(st.booleans()),
+                snapshot=draw(st.booleans()),
+                pause=draw(st.booleans()),
+                regions=tuple(draw(st.lists(st.sampled_from(["eu", "us"]), unique=True))),
+                per_second=draw(prices),
+                per_create=draw(prices),
+                gpu_per_second=draw(prices),
+                capacity=draw(st.none() | st.integers(0, 4)),
+            )
+    constraints: dict[str, Any] = {}
+    if draw(st.booleans()):
+        constraints["require_isolation"] = draw(st.sampled_from(ISOLATIONS))
+    for flag in ("snapshot", "pause"):
+        if draw(st.booleans()):
+            constraints[flag] = True
+    if draw(st.booleans()):
+        constraints["gpu"] = "any"
+    if draw(st.booleans()):
+        constraints["region"] = draw(st.sampled_from(["eu", "us"]))
+    if draw(st.booleans()):
+        constraints["max_cost_per_hour"] = draw(st.sampled_from([0.1, 1.0, 10.0]))
+    p = profile(draw(st.sampled_from(STRATEGIES)), candidates, **constraints)
+    signals = RouteSignals(
+        latency_p50=draw(
+            st.dictionaries(st.sampled_from(EXT_IDS), st.sampled_from([0.2, 0.5, 1.0, 3.0]))
+        ),
+        live=draw(st.dictionaries(st.sampled_from(EXT_IDS), st.integers(0, 5))),
+        circuits=draw(
+            st.dictionaries(
+                st.sampled_from(EXT_IDS),
+                st.sampled_from([Circuit(NOW, "closed now"), Circuit(LATER, "open")]),
+            )
+        ),
+    )
+    ttl = draw(st.sampled_from([1.0, 60.0, 1800.0, 3600.0, 86_400.0]))
+    return p, enabled, signals, ttl
+
+
+def _incapable(p: Profile, d: ExtensionDecl, signals: RouteSignals, ttl: float) -> bool:
+    """An independent statement of eligibility, to hold the implementation against."""
+    c = p.route.constraints if p.route else None
+    assert c is not None
+    caps = d.capabilities
+    if c.require_isolation and c.require_isolation not in caps.isolation:
+        return True
+    if c.gpu and not caps.gpu:
+        return True
+    if (c.snapshot and not caps.snapshot) or (c.pause and not caps.pause):
+        return True
+    if c.region and caps.regions and c.region not in caps.regions:
+        return True
+    estimate = estimate_microusd(d.pricing, ttl, bool(c.gpu))
+    if c.max_cost_per_hour is not None and estimate * 3600 > c.max_cost_per_hour * 1e6 * ttl:
+        return True
+    circuit = signals.circuits.get(d.id)
+    if circuit is not None and circuit.until > NOW:
+        return True
+    cap = d.capacity.max_sandboxes if d.capacity else None
+    return cap is not None and signals.live.get(d.id, 0) >= cap
+
+
+@settings(max_examples=400, deadline=None)
+@given(worlds())
+def test_never_an_ineligible_or_incapable_backend(world: Any) -> None:
+    p, enabled, signals, ttl = world
+    decision = rank(p, enabled, ttl_seconds=ttl, signals=signals, now=NOW)
+    assert [c.extension for c in decision.candidates] == list(dict.fromkeys(p.candidates()))
+    for c in decision.candidates:
+        d = enabled.get(c.extension)
+        expected = d is not None and not _incapable(p, d, signals, ttl)
+        assert c.eligible == expected, (c, d)
+        assert c.eligible == (c.why_not is None)
+    if decision.chosen is None:
+        assert not any(c.eligible for c in decision.candidates)
+        with pytest.raises(Rejected):
+            route(p, enabled, ttl_seconds=ttl, signals=signals, now=NOW)
+    else:
+        chosen = next(c for c in decision.candidates if c.extension == decision.chosen)
+        assert chosen.eligible
+        assert decision.chosen in decision.reason
+
+
+@settings(max_examples=400, deadline=None)
+@given(worlds())
+def test_strategies_pick_their_minimum(world: Any) -> None:
+    p, enabled, signals, ttl = world
+    decision = rank(p, enabled, ttl_seconds=ttl, signals=signals, now=NOW)
+    eligible = [c for c in decision.candidates if c.eligible]
+    if not eligible:
+        return
+    chosen = next(c for c in eligible if c.extension == decision.chosen)
+    strategy = p.route.strategy if p.route else "explicit"
+    if strategy == "lowest-cost":
+        assert chosen.estimate_microusd == min(c.estimate_microusd or 0 for c in eligible)
+    elif strategy == "lowest-latency":
+        measured = [c.latency_p50 for c in eligible if c.latency_p50 is not None]
+        if measured:
+            assert chosen.latency_p50 == min(measured)
+        else:
+            assert chosen is eligible[0]
+    elif strategy == "prefer-self-hosted":
+        if any(c.kind == "self-hosted" for c in eligible):
+            assert chosen.kind == "self-hosted"
+    else:
+        assert chosen is eligible[0]
+    # Among equal scores, the profile's order decides.
+    ties = [c for c in eligible if c.score == chosen.score]
+    assert chosen is ties[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds(), st.randoms(use_true_random=False))
+def test_same_inputs_same_choice_whatever_the_dict_order(world: Any, rnd: random.Random) -> None:
+    p, enabled, signals, ttl = world
+
+    def shuffled(mapping: dict[str, Any]) -> dict[str, Any]:
+        items = list(mapping.items())
+        rnd.shuffle(items)
+        return dict(items)
+
+    again = RouteSignals(
+        latency_p50=shuffled(dict(signals.latency_p50)),
+        live=shuffled(dict(signals.live)),
+        circuits=shuffled(dict(signals.circuits)),
+    )
+    first = rank(p, enabled, ttl_seconds=ttl, signals=signals, now=NOW)
+    second = rank(p, shuffled(enabled), ttl_seconds=ttl, signals=again, now=NOW)
+    assert first == second
