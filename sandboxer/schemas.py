@@ -14,7 +14,13 @@ from typing import Any
 import msgspec
 
 from sandboxer.commands.types import COMMAND_TYPES
-from sandboxer.events.types import CommandRejected, HostEvent, SandboxEvent, SnapshotEvent
+from sandboxer.events.types import (
+    AccountEvent,
+    CommandRejected,
+    HostEvent,
+    SandboxEvent,
+    SnapshotEvent,
+)
 
 __all__ = ["generate", "write"]
 
@@ -37,6 +43,9 @@ def generate() -> dict[str, Any]:
     # Subjects drop the tag's "snapshot_" prefix: snapshot_created arrives on ....<id>.created.
     snapshots["title"] = "sandboxer.evt.snapshot.<snapshot_id>.<type without snapshot_>"
     schemas["event.snapshot.json"] = snapshots
+    accounts = msgspec.json.schema(AccountEvent)
+    accounts["title"] = "sandboxer.evt.account.<project>.<type>"
+    schemas["event.account.json"] = accounts
     hosts = msgspec.json.schema(HostEvent)
     hosts["title"] = "sandboxer.evt.host.<host>.<type>"
     schemas["event.host.json"] = hosts

@@ -31,6 +31,8 @@ hands to any backend (docs/snapshots.md)."""
 COMMANDS = "sandboxer.cmd.>"
 EVENTS = "sandboxer.evt.>"
 SNAPSHOT_EVENTS = "sandboxer.evt.snapshot.>"
+USAGE_METERED = "sandboxer.evt.account.*.usage_metered"
+"""Every project's metered usage: what the meter export follows (docs/payments.md)."""
 JOBS = "sandboxer.job.>"
 
 QUERY_GET = "sandboxer.query.sandbox.get"
@@ -40,6 +42,9 @@ QUERY_SNAPSHOT_GET = "sandboxer.query.snapshot.get"
 QUERY_SNAPSHOT_LIST = "sandboxer.query.snapshot.list"
 QUERY_HEALTH = "sandboxer.query.health"
 QUERY_HOSTS = "sandboxer.query.host.list"
+QUERY_CREDITS_GET = "sandboxer.query.credits.get"
+QUERY_CREDITS_LIST = "sandboxer.query.credits.list"
+QUERY_USAGE_LIST = "sandboxer.query.usage.list"
 ADMIN_REPLAY = "sandboxer.admin.replay"
 
 
@@ -65,6 +70,16 @@ def snapshot_event_subject(snapshot_id: str, event_type: str) -> str:
 def snapshot_events_filter(snapshot_id: str) -> str:
     """Every event of one snapshot: the expected-sequence scope of its appends."""
     return f"sandboxer.evt.snapshot.{snapshot_id}.>"
+
+
+def account_event_subject(project: str, event_type: str) -> str:
+    """A project's account: credits, reservations, metered usage (docs/payments.md)."""
+    return f"sandboxer.evt.account.{project}.{event_type}"
+
+
+def account_events_filter(project: str) -> str:
+    """Every event of one project's account: the expected-sequence scope of its appends."""
+    return f"sandboxer.evt.account.{project}.>"
 
 
 def host_event_subject(host: str, event_type: str) -> str:

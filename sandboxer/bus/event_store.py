@@ -23,11 +23,14 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
+from sandboxer.domain.account_state import AccountState
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_state import SnapshotState
 from sandboxer.events.codec import encode_event
 from sandboxer.events.types import (
+    ACCOUNT_EVENTS,
     SNAPSHOT_EVENTS,
+    AccountEvent,
     CommandRejected,
     Event,
     HostEvent,
@@ -38,6 +41,7 @@ from sandboxer.events.types import (
 __all__ = [
     "EventStore",
     "Loaded",
+    "LoadedAccount",
     "LoadedSnapshot",
     "Record",
     "event_id",
@@ -67,6 +71,14 @@ class LoadedSnapshot:
     last_seq: int
 
 
+@dataclass(frozen=True)
+class LoadedAccount:
+    """A project's account state and the stream sequence of its last event (0: none yet)."""
+
+    state: AccountState
+    last_seq: int
+
+
 class EventStore(Protocol):
     async def load(self, sandbox_id: str) -> Loaded:
         """Fold every event of one sandbox."""
@@ -81,6 +93,14 @@ class EventStore(Protocol):
         self, loaded: LoadedSnapshot, events: Sequence[SnapshotEvent]
     ) -> LoadedSnapshot:
         """Append snapshot ``events`` after ``loaded``, under the same concurrency rule."""
+
+    async def load_account(self, project: str) -> LoadedAccount:
+        """Fold every event of one project's account."""
+
+    async def append_account(
+        self, loaded: LoadedAccount, events: Sequence[AccountEvent]
+    ) -> LoadedAccount:
+        """Append account ``events`` after ``loaded``, under the same concurrency rule."""
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
         """Ids of the snapshots whose data is ``object_name`` and that are not deleted
@@ -114,6 +134,8 @@ def event_id(event: Event, *, version: int = 0) -> str:
         identity = encode_event(event)
     elif isinstance(event, SNAPSHOT_EVENTS):
         identity = f"snapshot:{event.snapshot_id}:{version}:".encode() + encode_event(event)
+    elif isinstance(event, ACCOUNT_EVENTS):
+        identity = f"account:{event.project}:{version}:".encode() + encode_event(event)
     else:
         identity = f"{event.sandbox_id}:{version}:".encode() + encode_event(event)
     return hashlib.sha256(identity).hexdigest()[:32]

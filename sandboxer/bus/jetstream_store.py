@@ -20,15 +20,25 @@ from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
-from sandboxer.bus.event_store import Loaded, LoadedSnapshot, Record, rejection_key, stamp
+from sandboxer.bus.event_store import (
+    Loaded,
+    LoadedAccount,
+    LoadedSnapshot,
+    Record,
+    rejection_key,
+    stamp,
+)
 from sandboxer.bus.publish import PublishConflict, publish_durably
+from sandboxer.domain.account_state import AccountState, evolve_account
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import ConcurrencyConflict
 from sandboxer.events.codec import UnknownEventType, decode_event, encode_event
 from sandboxer.events.types import (
+    ACCOUNT_EVENTS,
     NOT_SANDBOX_EVENTS,
     SNAPSHOT_EVENTS,
+    AccountEvent,
     CommandRejected,
     Event,
     SandboxEvent,
@@ -50,6 +60,8 @@ def _subject(event: Event) -> str:
         return subjects.rejection_subject(rejection_key(event))
     if isinstance(event, SNAPSHOT_EVENTS):
         return subjects.snapshot_event_subject(event.snapshot_id, event_type(event))
+    if isinstance(event, ACCOUNT_EVENTS):
+        return subjects.account_event_subject(event.project, event_type(event))
     if isinstance(event, NOT_SANDBOX_EVENTS):
         return subjects.host_event_subject(event.host, event_type(event))
     return subjects.sandbox_event_subject(event.sandbox_id, event_type(event))
@@ -111,6 +123,26 @@ class JetStreamEventStore:
             state = evolve_snapshot(state, stamped)
         return LoadedSnapshot(state, last_seq)
 
+    async def load_account(self, project: str) -> LoadedAccount:
+        """Fold every event of one project's account (its subjects hold nothing else)."""
+        state = AccountState(project=project)
+        last_seq = 0
+        async for seq, event in self._events(subjects.account_events_filter(project)):
+            last_seq = seq
+            if isinstance(event, ACCOUNT_EVENTS):
+                state = evolve_account(state, event)
+        return LoadedAccount(state, last_seq)
+
+    async def append_account(
+        self, loaded: LoadedAccount, events: Sequence[AccountEvent]
+    ) -> LoadedAccount:
+        state, last_seq = loaded.state, loaded.last_seq
+        for event in events:
+            stamped = stamp(event, version=state.version)
+            last_seq = await self._append_one(stamped, last_seq)
+            state = evolve_account(state, stamped)
+        return LoadedAccount(state, last_seq)
+
     async def snapshots_holding(self, object_name: str) -> list[str]:
         """Read every snapshot event (a scan: deletes are rare, snapshots few per object)."""
         states: dict[str, SnapshotState] = {}
@@ -141,11 +173,16 @@ class JetStreamEventStore:
         stamped = stamp(event)
         await self._publish(stamped, {"Nats-Msg-Id": stamped.event_id})
 
-    async def _append_one(self, event: SandboxEvent | SnapshotEvent, expected_seq: int) -> int:
+    async def _append_one(
+        self, event: SandboxEvent | SnapshotEvent | AccountEvent, expected_seq: int
+    ) -> int:
         """Append one event of an aggregate, expecting ``expected_seq`` as its last sequence."""
         if isinstance(event, SNAPSHOT_EVENTS):
             kind, aggregate_id = "snapshot", event.snapshot_id
             scope = subjects.snapshot_events_filter(aggregate_id)
+        elif isinstance(event, ACCOUNT_EVENTS):
+            kind, aggregate_id = "account", event.project
+            scope = subjects.account_events_filter(aggregate_id)
         else:
             kind, aggregate_id = "sandbox", event.sandbox_id
             scope = subjects.sandbox_events_filter(aggregate_id)

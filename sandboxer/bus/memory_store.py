@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sandboxer.bus.event_store import Loaded, LoadedSnapshot, Record, stamp
+from sandboxer.bus.event_store import Loaded, LoadedAccount, LoadedSnapshot, Record, stamp
+from sandboxer.domain.account_state import AccountState, evolve_account
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import ConcurrencyConflict
 from sandboxer.events.types import (
+    ACCOUNT_EVENTS,
     SNAPSHOT_EVENTS,
+    AccountEvent,
     Event,
     SandboxEvent,
     SandboxRequested,
@@ -89,6 +92,36 @@ class MemoryEventStore:
             last_seq = len(self.log)
             state = evolve_snapshot(state, stamped)
         return LoadedSnapshot(state, last_seq)
+
+    def _account_seqs(self, project: str) -> list[int]:
+        return [
+            seq
+            for seq, event in enumerate(self.log, start=1)
+            if isinstance(event, ACCOUNT_EVENTS) and event.project == project
+        ]
+
+    async def load_account(self, project: str) -> LoadedAccount:
+        state = AccountState(project=project)
+        seqs = self._account_seqs(project)
+        for seq in seqs:
+            event = self.log[seq - 1]
+            assert isinstance(event, ACCOUNT_EVENTS)
+            state = evolve_account(state, event)
+        return LoadedAccount(state, seqs[-1] if seqs else 0)
+
+    async def append_account(
+        self, loaded: LoadedAccount, events: Sequence[AccountEvent]
+    ) -> LoadedAccount:
+        state, last_seq = loaded.state, loaded.last_seq
+        seqs = self._account_seqs(state.project)
+        if (seqs[-1] if seqs else 0) != last_seq:
+            raise ConcurrencyConflict(f"account {state.project} changed while deciding")
+        for event in events:
+            stamped = stamp(event, version=state.version)
+            self.log.append(stamped)
+            last_seq = len(self.log)
+            state = evolve_account(state, stamped)
+        return LoadedAccount(state, last_seq)
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
         ids = {event.snapshot_id for event in self.log if isinstance(event, SNAPSHOT_EVENTS)}

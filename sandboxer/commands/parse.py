@@ -14,14 +14,18 @@ import msgspec
 
 from sandboxer.commands.types import (
     COMMAND_TYPES,
+    AddCredits,
     Command,
     CreateSandbox,
     ExpireSandbox,
     ExtendTtl,
     RestoreSnapshot,
+    SetBudget,
+    SetByok,
     SnapshotSandbox,
 )
 from sandboxer.config.hosts import HOST_NAME
+from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
 from sandboxer.durations import parse_duration
 from sandboxer.errors import InvalidCommand, InvalidInput
 from sandboxer.events.types import Actor
@@ -43,6 +47,12 @@ MAX_REASON = 500
 MAX_SNAPSHOT_NAME = 100
 MAX_DURATION_DAYS = 3650
 """Longer TTLs or extensions are typos (and would overflow date arithmetic)."""
+MAX_CREDITS = 10**12
+"""The most credits one ``add_credits`` adds (a million USD): more is a typo."""
+MAX_BUDGET = 10**15
+MAX_KEY_REF = 500
+_EXTENSION_ID = re.compile(r"^ext\.[a-z0-9][a-z0-9-]{0,62}$")
+_KEY_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:/[^\x00-\x1f]{1,498})$")
 
 
 class _StrictActor(Actor, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -141,6 +151,41 @@ def _check_fields(command: Command, invalid: Callable[[str, str], InvalidCommand
     ):
         raise invalid("invalid_field", f"reason is longer than {MAX_REASON} characters")
     _check_snapshot_fields(command, invalid)
+    _check_account_fields(command, invalid)
+
+
+def _check_account_fields(command: Command, invalid: Callable[[str, str], InvalidCommand]) -> None:
+    """Projects are subject tokens; amounts are whole credits within bounds; keys are
+    references (``env:NAME``, ``file:/PATH``), never values."""
+    if not isinstance(command, AddCredits | SetBudget | SetByok):
+        return
+    if not is_valid_project(command.project):
+        raise invalid(
+            "invalid_project", f"project {command.project[:100]!r} is invalid: use {PROJECT_RULE}"
+        )
+    if isinstance(command, AddCredits) and not 0 < command.amount <= MAX_CREDITS:
+        raise invalid(
+            "invalid_amount",
+            f"amount {command.amount} must be a whole number of credits from 1 to {MAX_CREDITS} "
+            "(1 credit = 1 micro-USD)",
+        )
+    limit = command.limit if isinstance(command, SetBudget) else None
+    if limit is not None and not 0 <= limit <= MAX_BUDGET:
+        raise invalid(
+            "invalid_amount",
+            f"limit {limit} must be a whole number of credits from 0 to {MAX_BUDGET}",
+        )
+    if isinstance(command, SetByok):
+        if not _EXTENSION_ID.fullmatch(command.extension):
+            raise invalid(
+                "invalid_field", f"extension {command.extension[:100]!r} is not an extension id"
+            )
+        if command.key_ref is not None and not _KEY_REF.fullmatch(command.key_ref):
+            raise invalid(
+                "invalid_field",
+                "key_ref must be a secret reference, env:NAME or file:/ABSOLUTE/PATH (at most "
+                f"{MAX_KEY_REF} characters), never the key itself",
+            )
 
 
 def _check_snapshot_fields(command: Command, invalid: Callable[[str, str], InvalidCommand]) -> None:
@@ -172,13 +217,19 @@ def _check_duration(name: str, text: str, invalid: Callable[[str, str], InvalidC
 
 def _check_actor(raw: object, invalid: Callable[[str, str], InvalidCommand]) -> None:
     try:
-        msgspec.convert(raw, _StrictActor)
+        actor = msgspec.convert(raw, _StrictActor)
     except msgspec.ValidationError as exc:
         raise invalid(
             "invalid_field",
             f"invalid actor: {exc} (an actor is "
             '{"type": "adm"|"agt"|"atm", "id": "...", "project": ...})',
         ) from None
+    if actor.project is not None and not is_valid_project(actor.project):
+        # The project names the account its sandboxes are paid from: a subject token.
+        raise invalid(
+            "invalid_project",
+            f"actor.project {actor.project[:100]!r} is invalid: use {PROJECT_RULE}",
+        )
 
 
 def _check_inputs(

@@ -7,6 +7,8 @@ rejection with a reason, not a silently ignored wish.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from sandboxer.events.types import Actor
@@ -14,6 +16,7 @@ from sandboxer.ids import derive_sandbox_id
 
 __all__ = [
     "COMMAND_TYPES",
+    "AddCredits",
     "Command",
     "CreateSandbox",
     "DeleteSnapshot",
@@ -25,6 +28,8 @@ __all__ = [
     "RerouteSandbox",
     "RestoreSnapshot",
     "ResumeSandbox",
+    "SetBudget",
+    "SetByok",
     "SnapshotSandbox",
     "TouchSandbox",
     "target_sandbox",
@@ -135,6 +140,33 @@ class RerouteSandbox(_CommandBase, frozen=True, kw_only=True):
     sandbox_id: str
 
 
+class AddCredits(_CommandBase, frozen=True, kw_only=True):
+    """Add ``amount`` credits (1 credit = 1 micro-USD) to ``project``'s account
+    (``sandboxer.cmd.add_credits``; docs/payments.md). Only an ``adm`` actor may."""
+
+    project: str
+    amount: int
+
+
+class SetBudget(_CommandBase, frozen=True, kw_only=True):
+    """Limit what ``project`` may spend per UTC ``day`` or ``month``, in credits
+    (``sandboxer.cmd.set_budget``); ``limit`` null removes the limit. Only an ``adm`` actor may."""
+
+    project: str
+    limit: int | None
+    period: Literal["day", "month"] = "month"
+
+
+class SetByok(_CommandBase, frozen=True, kw_only=True):
+    """``project`` brings its own key for ``extension`` (``sandboxer.cmd.set_byok``): a secret
+    reference (``env:NAME``, ``file:PATH``), never a value; null removes it. Its sandboxes there
+    reserve and debit no credits; their usage is still metered."""
+
+    project: str
+    extension: str
+    key_ref: str | None
+
+
 Command = (
     CreateSandbox
     | DestroySandbox
@@ -147,6 +179,9 @@ Command = (
     | RestoreSnapshot
     | PauseSandbox
     | ResumeSandbox
+    | AddCredits
+    | SetBudget
+    | SetByok
     | RerouteSandbox
 )
 
@@ -162,6 +197,9 @@ COMMAND_TYPES: dict[str, type[Command]] = {
     "restore": RestoreSnapshot,
     "pause": PauseSandbox,
     "resume": ResumeSandbox,
+    "add_credits": AddCredits,
+    "set_budget": SetBudget,
+    "set_byok": SetByok,
     "reroute": RerouteSandbox,
 }
 """Verb (last subject token) -> command type."""

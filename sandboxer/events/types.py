@@ -17,6 +17,15 @@ them into the one :data:`Event` union that tags are unique across.
 
 from __future__ import annotations
 
+from sandboxer.events.account_events import (
+    ACCOUNT_EVENTS,
+    AccountEvent,
+    BudgetSet,
+    ByokSet,
+    CreditsAdded,
+    CreditsReserved,
+    UsageMetered,
+)
 from sandboxer.events.actor import (
     SYSTEM_ACTOR,
     Actor,
@@ -62,11 +71,17 @@ from sandboxer.events.snapshot_events import (
 )
 
 __all__ = [
+    "ACCOUNT_EVENTS",
     "NOT_SANDBOX_EVENTS",
     "SNAPSHOT_EVENTS",
     "SYSTEM_ACTOR",
+    "AccountEvent",
     "Actor",
+    "BudgetSet",
+    "ByokSet",
     "CommandRejected",
+    "CreditsAdded",
+    "CreditsReserved",
     "Event",
     "HostEvent",
     "HostInspected",
@@ -99,11 +114,12 @@ __all__ = [
     "SnapshotEvent",
     "SnapshotFailed",
     "SnapshotRequested",
+    "UsageMetered",
     "event_type",
 ]
 
-Event = SandboxEvent | CommandRejected | HostEvent | SnapshotEvent
-NOT_SANDBOX_EVENTS = (CommandRejected, HostInspected, HostReaped, *SNAPSHOT_EVENTS)
+Event = SandboxEvent | CommandRejected | HostEvent | SnapshotEvent | AccountEvent
+NOT_SANDBOX_EVENTS = (CommandRejected, HostInspected, HostReaped, *SNAPSHOT_EVENTS, *ACCOUNT_EVENTS)
 """For ``isinstance``: events that do not belong to a sandbox aggregate."""
 
 

@@ -8,12 +8,14 @@ from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.types import (
+    ACCOUNT_EVENTS,
     SNAPSHOT_EVENTS,
     CommandRejected,
     HostEvent,
     HostInspected,
     HostReaped,
 )
+from sandboxer.projections.account_rows import AccountRows
 from sandboxer.projections.route_rows import RouteSamples
 from sandboxer.projections.sandbox_view import SandboxView
 
@@ -43,6 +45,7 @@ class Batch:
         self._snapshots: dict[str, SnapshotState] = {}
         self._dirty_snapshots: dict[str, int] = {}
         self._routes = RouteSamples()
+        self._accounts = AccountRows()
         self.position = 0
         self.size = 0
 
@@ -58,6 +61,9 @@ class Batch:
             self._rejections.append((event, seq))
         elif isinstance(event, HostInspected | HostReaped):
             self._host_events.append((event, seq))
+        elif isinstance(event, ACCOUNT_EVENTS):
+            load = None if self._fresh else self._view.load_account
+            await self._accounts.apply(event, seq, load)
         elif isinstance(event, SNAPSHOT_EVENTS):
             snapshot_id = event.snapshot_id
             snapshot = self._snapshots.get(snapshot_id)
@@ -87,8 +93,12 @@ class Batch:
             self._host_events,
             [(self._snapshots[sid], seq) for sid, seq in self._dirty_snapshots.items()],
             self._routes,
+            self._accounts,
         )
         self._routes.clear()
+        self._accounts.clear(
+            forget=not self._fresh and len(self._accounts.known) > LIVE_CACHE_LIMIT
+        )
         self._dirty_snapshots.clear()
         self._dirty.clear()
         self._rejections.clear()

@@ -19,6 +19,7 @@ from sandboxer.bus.responder import Responder
 from sandboxer.domain.timestamps import shift
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_sandbox_id
+from sandboxer.projections.account_rows import answer_account_query
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.sandbox_view import state_to_dict
 from sandboxer.projections.snapshot_rows import snapshot_to_dict
@@ -68,6 +69,9 @@ class QueryService:
                 subjects.QUERY_REJECTION: self._rejection,
                 subjects.QUERY_HEALTH: self._health,
                 subjects.QUERY_HOSTS: self._hosts,
+                subjects.QUERY_CREDITS_GET: self._credits_get,
+                subjects.QUERY_CREDITS_LIST: self._credits_list,
+                subjects.QUERY_USAGE_LIST: self._usage_list,
                 subjects.QUERY_SNAPSHOT_GET: self._snapshot_get,
                 subjects.QUERY_SNAPSHOT_LIST: self._snapshot_list,
                 subjects.ADMIN_REPLAY: self._replay,
@@ -155,6 +159,22 @@ class QueryService:
             "snapshots": [snapshot_to_dict(s) for s in states],
             "position": self._projector.position,
         }
+
+    async def _account_query(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Credits and usage (projections/account_rows.py, docs/payments.md)."""
+        await self._consistent(request)
+        assert self._projector.view is not None
+        reply = await answer_account_query(kind, self._projector.view.db, request)
+        return {**reply, "position": self._projector.position}
+
+    async def _credits_get(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self._account_query("credits.get", request)
+
+    async def _credits_list(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self._account_query("credits.list", request)
+
+    async def _usage_list(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self._account_query("usage.list", request)
 
     async def _health(self, _request: dict[str, Any]) -> dict[str, Any]:
         return {**self._info, "position": self._projector.position}

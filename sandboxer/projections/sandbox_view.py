@@ -22,11 +22,19 @@ from typing import Any
 import aiosqlite
 import msgspec
 
+from sandboxer.domain.account_state import AccountState
 from sandboxer.domain.deadlines import due
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_state import SnapshotState
 from sandboxer.events.types import CommandRejected, HostEvent, HostInspected
+from sandboxer.projections.account_rows import (
+    ACCOUNT_SCHEMA,
+    ACCOUNT_TABLES,
+    AccountRows,
+    load_account,
+    save_account_rows,
+)
 from sandboxer.projections.route_rows import (
     ROUTE_SCHEMA,
     ROUTE_TABLES,
@@ -84,6 +92,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 SCHEMA += SNAPSHOTS_SCHEMA
 SCHEMA += ROUTE_SCHEMA
+SCHEMA += ACCOUNT_SCHEMA
 
 VIEW_VERSION = 2
 """Bump when what the view derives from an event changes without its tables changing."""
@@ -92,6 +101,7 @@ FINGERPRINT = hashlib.sha256(
     f"{VIEW_VERSION}\n{SCHEMA}\n".encode()
     + json.dumps(msgspec.json.schema(SandboxState), sort_keys=True).encode()
     + json.dumps(msgspec.json.schema(SnapshotState), sort_keys=True).encode()
+    + json.dumps(msgspec.json.schema(AccountState), sort_keys=True).encode()
 ).hexdigest()[:16]
 """What the rows were written by: the view's version, its tables and the state's shape."""
 
@@ -161,8 +171,11 @@ class SandboxView:
         host_events: Iterable[tuple[HostEvent, int]] = (),
         snapshots: Iterable[tuple[SnapshotState, int]] = (),
         routes: RouteSamples | None = None,
+        accounts: AccountRows | None = None,
     ) -> None:
         """Write changed rows and the new position in one transaction."""
+        if accounts:
+            await save_account_rows(self._db, accounts)
         if routes:
             await save_route_samples(self._db, routes)
         await save_snapshots(self._db, snapshots)
@@ -278,6 +291,14 @@ class SandboxView:
         """Routing's signals at ``now`` and per-host latency (projections/route_rows.py)."""
         return await load_signals(self._db, now)
 
+    @property
+    def db(self) -> aiosqlite.Connection:
+        """The view's connection, for the row modules' queries (credits, usage)."""
+        return self._db
+
+    async def load_account(self, project: str) -> AccountState | None:
+        return await load_account(self._db, project)
+
     async def rejection(self, key: str) -> dict[str, Any] | None:
         async with self._db.execute("SELECT event FROM rejections WHERE key = ?", (key,)) as c:
             row = await c.fetchone()
@@ -292,6 +313,7 @@ class SandboxView:
             ("hosts", "host"),
             ("snapshots", "snapshot_id"),
             *ROUTE_TABLES,
+            *ACCOUNT_TABLES,
             ("position", "projection"),
             ("meta", "key"),
         ):

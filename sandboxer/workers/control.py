@@ -25,6 +25,7 @@ from sandboxer.bus.publish import publish_durably
 from sandboxer.clock import utc_now
 from sandboxer.commands.parse import parse_command, verb_of
 from sandboxer.commands.types import (
+    AddCredits,
     Command,
     CreateSandbox,
     DeleteSnapshot,
@@ -36,6 +37,8 @@ from sandboxer.commands.types import (
     RerouteSandbox,
     RestoreSnapshot,
     ResumeSandbox,
+    SetBudget,
+    SetByok,
     SnapshotSandbox,
     TouchSandbox,
     target_sandbox,
@@ -48,6 +51,11 @@ from sandboxer.domain.fallback import without_candidates
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown, Reroute
 from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
 from sandboxer.events.types import Actor, CommandRejected
+from sandboxer.workers.credit_reservation import (
+    decide_account_command,
+    reserve_for_create,
+    reserve_for_extend,
+)
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.jobs import job_for
@@ -137,6 +145,9 @@ class ControlWorker:
         if isinstance(command, DeleteSnapshot):
             await self._snapshots.delete(command)
             return None
+        if isinstance(command, AddCredits | SetBudget | SetByok):
+            await decide_account_command(self._store, command)  # docs/payments.md
+            return None
         if isinstance(command, PauseSandbox | ResumeSandbox):
             return await decide_pause_step(self._store, self._catalog, command)
         if isinstance(command, RerouteSandbox):
@@ -148,6 +159,12 @@ class ControlWorker:
         domain_command = await self._to_domain(command)
         if restored_from is not None and isinstance(domain_command, AdmittedCreate):
             domain_command = dataclasses.replace(domain_command, restored_from=restored_from)
+        # Credits first: a metered create or extension the account cannot pay for is rejected
+        # before anything of it is appended (docs/payments.md).
+        if isinstance(domain_command, AdmittedCreate):
+            await reserve_for_create(self._store, self._catalog, domain_command)
+        elif isinstance(domain_command, ExtendTtl):
+            await reserve_for_extend(self._store, self._catalog, domain_command)
         loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command)
         if loaded.state.status == "destroying" and loaded.state.extension is None:
             # Never routed: nothing was made, so nothing to tear down.

@@ -1,0 +1,221 @@
+"""The account aggregate's rules: ``decide_account(state, command, now) -> events``. Pure.
+
+Every command carries an id, and a command already decided decides nothing
+(``handled``), so a redelivered create, a re-sent ``add_credits`` or a meter
+message delivered twice never reserves, adds or debits twice. The ids of the
+commands the service derives are deterministic: ``reserve-<sandbox_id>`` for
+a create's reservation (one per sandbox, whatever command asked for it),
+``extend-<command_id>`` for an extension's, ``meter-<sandbox_id>`` for the
+metering of a sandbox's whole life.
+
+A reservation is refused, with the numbers, when the account's available
+credits (balance minus what is already reserved) do not cover it
+(``insufficient_credits``), or when the period's spending plus everything
+reserved plus it would pass the project's budget (``budget_exceeded``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+from sandboxer.commands.types import AddCredits, SetBudget, SetByok
+from sandboxer.domain.account_state import AccountState, period_key
+from sandboxer.domain.pricing import ceil_microusd
+from sandboxer.errors import Rejected
+from sandboxer.events.account_events import (
+    AccountEvent,
+    BudgetSet,
+    ByokSet,
+    CreditsAdded,
+    CreditsReserved,
+    UsageMetered,
+)
+from sandboxer.events.actor import Actor
+
+__all__ = [
+    "MAX_BALANCE",
+    "AccountCommand",
+    "MeterUsage",
+    "ReserveCredits",
+    "decide_account",
+    "format_credits",
+    "meter_command_id",
+    "reserve_command_id",
+]
+
+MAX_BALANCE = 10**15
+"""A billion USD in credits: more is a typo, and SQLite's integers stay far from overflow."""
+
+
+def reserve_command_id(sandbox_id: str) -> str:
+    """The id of a create's reservation: one per sandbox, whichever create command asks."""
+    return f"reserve-{sandbox_id}"
+
+
+def meter_command_id(sandbox_id: str) -> str:
+    """The id of a sandbox's metering: one per sandbox, whichever delivery meters it."""
+    return f"meter-{sandbox_id}"
+
+
+def format_credits(amount: int) -> str:
+    """``181000`` -> ``"181000 credits (0.181000 USD)"``: people read dollars, the log keeps ints."""
+    usd = Decimal(amount) / Decimal(1_000_000)
+    return f"{amount} credits ({usd:.6f} USD)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReserveCredits:
+    """Hold ``amount`` for ``sandbox_id`` before its create (or extension) is appended."""
+
+    command_id: str
+    causation_id: str | None = None
+    actor: Actor
+    sandbox_id: str
+    amount: int
+    price: str
+    create_price: str = "0"
+    extension: str
+    profile: str | None = None
+    reason: Literal["create", "extend", "reroute"] = "create"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeterUsage:
+    """A sandbox ended: debit its billable ``seconds`` and release its reservation.
+
+    ``price`` and ``create_price`` (micro-USD, decimal strings) are the declaration's, used
+    only when nothing was reserved for the sandbox (a free backend; one whose price was
+    zero when it was created); a reservation's prices win, so a sandbox keeps its price.
+    """
+
+    command_id: str
+    causation_id: str | None = None
+    actor: Actor
+    sandbox_id: str
+    extension: str | None
+    profile: str | None
+    seconds: int
+    price: str = "0"
+    create_price: str = "0"
+
+
+AccountCommand = AddCredits | SetBudget | SetByok | ReserveCredits | MeterUsage
+
+
+def decide_account(state: AccountState, command: AccountCommand, now: str) -> list[AccountEvent]:
+    """The events ``command`` produces in ``state``; raises Rejected when it is not acceptable."""
+    if command.command_id in state.handled:
+        return []
+    head: dict[str, Any] = {
+        "project": state.project,
+        "command_id": command.command_id,
+        "actor": command.actor,
+        "at": now,
+    }
+    _check_allowed(state, command)
+    match command:
+        case AddCredits():
+            if state.balance + command.amount > MAX_BALANCE:
+                raise Rejected(
+                    "invalid_amount",
+                    f"adding {command.amount} would take {state.project}'s balance past "
+                    f"{MAX_BALANCE} credits",
+                )
+            return [CreditsAdded(**head, amount=command.amount)]
+        case SetBudget():
+            return [BudgetSet(**head, limit=command.limit, period=command.period)]
+        case SetByok():
+            if state.byok.get(command.extension) == command.key_ref:
+                return []
+            return [ByokSet(**head, extension=command.extension, key_ref=command.key_ref)]
+        case ReserveCredits():
+            _check_reservation(state, command, now)
+            return [
+                CreditsReserved(
+                    **head,
+                    causation_id=command.causation_id,
+                    sandbox_id=command.sandbox_id,
+                    amount=command.amount,
+                    price=command.price,
+                    create_price=command.create_price,
+                    extension=command.extension,
+                    profile=command.profile,
+                    reason=command.reason,
+                )
+            ]
+        case MeterUsage():
+            return [_metered(state, command, head)]
+
+
+def _check_allowed(state: AccountState, command: AccountCommand) -> None:
+    """Money is an administrator's business; a project may name its own provider keys."""
+    actor = command.actor
+    if isinstance(command, AddCredits | SetBudget) and actor.type != "adm":
+        raise Rejected(
+            "forbidden",
+            f"only an administrator (actor type adm) may change {state.project}'s credits or "
+            f"budget; {actor.type} {actor.id} may not",
+        )
+    if isinstance(command, SetByok) and actor.type != "adm" and actor.project != state.project:
+        raise Rejected(
+            "forbidden",
+            f"only an administrator or an actor of project {state.project} may set its keys",
+        )
+
+
+def _check_reservation(state: AccountState, command: ReserveCredits, now: str) -> None:
+    held = state.reservations.get(command.sandbox_id)
+    # A reroute gives back what the sandbox held on the backend that refused it.
+    freed = held.amount if held is not None and command.reason == "reroute" else 0
+    available = state.available + freed
+    if command.amount > available:
+        raise Rejected(
+            "insufficient_credits",
+            f"project {state.project} cannot pay for sandbox {command.sandbox_id} on "
+            f"{command.extension}: need {command.amount}, have {max(available, 0)} "
+            f"({state.reserved - freed} reserved; balance {state.balance}); "
+            f"1 credit = 1 micro-USD. Add credits with 'sandboxer credits add {state.project} "
+            "AMOUNT', or ask for a shorter --ttl",
+        )
+    if state.budget_limit is None:
+        return
+    key = period_key(now, state.budget_period)
+    spent = state.spent.get(key, 0)
+    committed = spent + state.reserved - freed + command.amount
+    if committed > state.budget_limit:
+        raise Rejected(
+            "budget_exceeded",
+            f"project {state.project}'s {'daily' if state.budget_period == 'day' else 'monthly'} "
+            f"budget of "
+            f"{format_credits(state.budget_limit)} would be exceeded: {key} spent {spent}, "
+            f"reserved {state.reserved - freed}, this sandbox needs {command.amount} "
+            f"(total {committed}). Raise it with 'sandboxer credits budget {state.project} "
+            f"LIMIT --period {state.budget_period}', or wait for the next {state.budget_period}",
+        )
+
+
+def _metered(state: AccountState, command: MeterUsage, head: dict[str, Any]) -> UsageMetered:
+    held = state.reservations.get(command.sandbox_id)
+    byok = held is None and command.extension is not None and command.extension in state.byok
+    price = held.price if held is not None else command.price
+    create_price = held.create_price if held is not None else command.create_price
+    # Never usable (it failed before ready): nothing to pay, not even the create.
+    amount = (
+        0
+        if byok or command.seconds == 0
+        else ceil_microusd(Decimal(create_price) + Decimal(price) * Decimal(command.seconds))
+    )
+    return UsageMetered(
+        **head,
+        causation_id=command.causation_id,
+        sandbox_id=command.sandbox_id,
+        extension=command.extension,
+        profile=command.profile,
+        seconds=command.seconds,
+        amount=amount,
+        byok=byok,
+        reserved_released=0 if held is None else held.amount,
+        price="0" if byok else price,
+    )

@@ -1,0 +1,190 @@
+"""The account aggregate's state, and ``evolve_account(state, event)``. Pure.
+
+One account per project (``sandboxer.evt.account.<project>.>``). Money is an
+``int`` of credits (1 credit = 1 micro-USD)::
+
+    balance      credits added, minus credits debited by metering (may dip below zero
+                 only when a sandbox used more than was reserved for it)
+    reserved     the sum of the live reservations, one per sandbox not yet metered
+    available    balance - reserved: what a new reservation may take
+    spent        debited per UTC period key: "2026-12-02" (day) and "2026-12" (month)
+
+A reservation is released whole when its sandbox is metered; what the
+sandbox used is debited instead.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+from sandboxer.events.account_events import (
+    AccountEvent,
+    BudgetSet,
+    ByokSet,
+    CreditsAdded,
+    CreditsReserved,
+    UsageMetered,
+)
+from sandboxer.events.actor import Actor
+
+__all__ = [
+    "DEFAULT_PROJECT",
+    "PROJECT_RULE",
+    "AccountState",
+    "Reservation",
+    "day_key",
+    "evolve_account",
+    "fold_account",
+    "is_valid_project",
+    "month_key",
+    "period_key",
+    "project_of",
+]
+
+
+class Reservation(msgspec.Struct, frozen=True, kw_only=True):
+    """Credits held for one sandbox, and the prices its usage will be metered at."""
+
+    amount: int
+    price: str
+    """Micro-USD per second, a decimal string."""
+    create_price: str = "0"
+    extension: str
+    profile: str | None = None
+
+
+class AccountState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the log says about one project's account."""
+
+    project: str
+    version: int = 0
+    """Number of events applied."""
+    balance: int = 0
+    added: int = 0
+    """Every credit ever added."""
+    debited: int = 0
+    """Every credit ever debited."""
+    reservations: dict[str, Reservation] = {}
+    """Sandbox id -> its live reservation."""
+    reserved: int = 0
+    """The sum of ``reservations``."""
+    spent: dict[str, int] = {}
+    """Credits debited per period key (``YYYY-MM-DD`` and ``YYYY-MM``, UTC)."""
+    budget_limit: int | None = None
+    budget_period: Literal["day", "month"] = "month"
+    byok: dict[str, str] = {}
+    """Extension -> the secret reference of the project's own key there (never a value)."""
+    metered: int = 0
+    """Sandboxes metered."""
+    handled: tuple[str, ...] = ()
+    """Ids of the commands already decided (client commands and the derived
+    ``reserve-…``, ``extend-…`` and ``meter-…``), in log order, so none is decided twice."""
+    updated_at: str | None = None
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.reserved
+
+
+def day_key(at: str) -> str:
+    return at[:10]
+
+
+def month_key(at: str) -> str:
+    return at[:7]
+
+
+def period_key(at: str, period: Literal["day", "month"]) -> str:
+    """The key of ``spent`` that the period containing ``at`` (UTC) is counted under."""
+    return day_key(at) if period == "day" else month_key(at)
+
+
+def evolve_account(state: AccountState, event: AccountEvent) -> AccountState:
+    """The state after ``event``. Total: an event that does not apply leaves it as it is."""
+    replace = msgspec.structs.replace
+    base = replace(
+        state,
+        version=state.version + 1,
+        handled=state.handled
+        if event.command_id in state.handled
+        else (*state.handled, event.command_id),
+        updated_at=event.at,
+    )
+    match event:
+        case CreditsAdded():
+            return replace(
+                base, balance=base.balance + event.amount, added=base.added + event.amount
+            )
+        case CreditsReserved():
+            return _reserve(base, event)
+        case UsageMetered():
+            return _meter(base, event)
+        case BudgetSet():
+            return replace(base, budget_limit=event.limit, budget_period=event.period)
+        case ByokSet():
+            byok = {k: v for k, v in base.byok.items() if k != event.extension}
+            if event.key_ref is not None:
+                byok[event.extension] = event.key_ref
+            return replace(base, byok=dict(sorted(byok.items())))
+    return base
+
+
+def _reserve(base: AccountState, event: CreditsReserved) -> AccountState:
+    held = base.reservations.get(event.sandbox_id)
+    # A reroute replaces the sandbox's reservation (another backend, other prices); a create
+    # or an extension adds to it.
+    kept = 0 if held is None or event.reason == "reroute" else held.amount
+    reservation = Reservation(
+        amount=kept + event.amount,
+        price=event.price,
+        create_price=event.create_price,
+        extension=event.extension,
+        profile=event.profile if event.profile is not None or held is None else held.profile,
+    )
+    reservations = {**base.reservations, event.sandbox_id: reservation}
+    return msgspec.structs.replace(
+        base, reservations=reservations, reserved=sum(r.amount for r in reservations.values())
+    )
+
+
+def _meter(base: AccountState, event: UsageMetered) -> AccountState:
+    reservations = {k: v for k, v in base.reservations.items() if k != event.sandbox_id}
+    spent = dict(base.spent)
+    if event.amount:
+        for key in (day_key(event.at), month_key(event.at)):
+            spent[key] = spent.get(key, 0) + event.amount
+    return msgspec.structs.replace(
+        base,
+        balance=base.balance - event.amount,
+        debited=base.debited + event.amount,
+        reservations=reservations,
+        reserved=sum(r.amount for r in reservations.values()),
+        spent=dict(sorted(spent.items())),
+        metered=base.metered + 1,
+    )
+
+
+def fold_account(project: str, events: list[AccountEvent]) -> AccountState:
+    state = AccountState(project=project)
+    for event in events:
+        state = evolve_account(state, event)
+    return state
+
+
+PROJECT_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, 1 to 63"
+_PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DEFAULT_PROJECT = "default"
+"""The account of sandboxes whose actor names no project."""
+
+
+def is_valid_project(value: object) -> bool:
+    """A project name is a subject token (``sandboxer.evt.account.<project>.>``): nothing else."""
+    return isinstance(value, str) and _PROJECT.fullmatch(value) is not None
+
+
+def project_of(actor: Actor | None) -> str:
+    """The account an actor's work is paid from: its project, or ``default``."""
+    return actor.project if actor is not None and actor.project else DEFAULT_PROJECT

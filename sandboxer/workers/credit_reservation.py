@@ -1,0 +1,175 @@
+"""The control worker's credit checks: reserve before a metered create or extension is
+appended, and decide the account commands (``add_credits``, ``set_budget``, ``set_byok``).
+
+A create touches two aggregates, the project's account and the sandbox, so it
+is two idempotent appends, the account's first: ``credits_reserved`` (command
+id ``reserve-<sandbox_id>``), then ``requested`` + ``routed``. A crash between
+them is completed by the redelivered command, which finds its reservation
+already decided and appends the create; a create the account cannot pay for
+is rejected before any job exists, so no provider is ever called for it.
+
+Nothing is reserved on a backend whose price is zero (self-hosted ones, by
+default), nor on one the project brings its own key for (BYOK): such
+sandboxes are still metered when they end (:mod:`sandboxer.workers.meter_worker`).
+Accounts change only through :func:`apply_account`, the deciding loop of
+:mod:`sandboxer.workers.deciding` on the account's own history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+
+from sandboxer.bus.event_store import EventStore, LoadedAccount
+from sandboxer.clock import utc_now
+from sandboxer.commands.types import AddCredits, ExtendTtl, SetBudget, SetByok
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.domain.account_decide import (
+    AccountCommand,
+    ReserveCredits,
+    decide_account,
+    reserve_command_id,
+)
+from sandboxer.domain.account_state import project_of
+from sandboxer.domain.pricing import (
+    ceil_microusd,
+    estimate_microusd,
+    per_create_microusd,
+    per_second_microusd,
+)
+from sandboxer.domain.sandbox_decide import AdmittedCreate, decide
+from sandboxer.durations import parse_duration
+from sandboxer.errors import SandboxerError
+from sandboxer.workers.deciding import _decide_loop
+
+__all__ = [
+    "apply_account",
+    "decide_account_command",
+    "decimal_text",
+    "extend_command_id",
+    "reserve_for_create",
+    "reserve_for_extend",
+    "wants_gpu",
+]
+
+
+def decimal_text(value: Decimal) -> str:
+    """A price as the events carry it: plain decimal notation, no exponent, no trailing zeros."""
+    return format(value.normalize(), "f")
+
+
+def extend_command_id(command_id: str) -> str:
+    """The id of an extension's reservation (hashed when the extend's own id is long)."""
+    if len(command_id) <= 120:
+        return f"extend-{command_id}"
+    return "extend-" + hashlib.sha256(command_id.encode()).hexdigest()[:32]
+
+
+def wants_gpu(catalog: Catalog, profile_id: str | None) -> bool:
+    """Whether the profile asks for a GPU (priced by ``gpu_per_second``)."""
+    if profile_id is None:
+        return False
+    try:
+        profile = catalog.profile(profile_id)
+    except SandboxerError:
+        return False  # a profile removed since: its sandboxes keep their reserved prices
+    constraints = profile.route.constraints if profile.route else None
+    return bool(profile.resources.gpu or (constraints and constraints.gpu))
+
+
+async def apply_account(
+    store: EventStore, project: str, command: AccountCommand, known: LoadedAccount | None = None
+) -> tuple[LoadedAccount, bool]:
+    """Load, decide, append on one project's account (reloading on conflicts).
+    ``Rejected`` from the rules propagates to the caller."""
+    return await _decide_loop(
+        f"account {project}",
+        lambda: store.load_account(project),
+        lambda loaded: decide_account(loaded.state, command, utc_now()),
+        store.append_account,
+        known,
+    )
+
+
+async def decide_account_command(
+    store: EventStore, command: AddCredits | SetBudget | SetByok
+) -> LoadedAccount:
+    loaded, _ = await apply_account(store, command.project, command)
+    return loaded
+
+
+def _priced(decl: ExtensionDecl | None, gpu: bool) -> tuple[Decimal, Decimal]:
+    """(micro-USD per second, micro-USD per create) on a backend."""
+    if decl is None:
+        return Decimal(0), Decimal(0)
+    return per_second_microusd(decl.pricing, gpu), per_create_microusd(decl.pricing)
+
+
+async def reserve_for_create(store: EventStore, catalog: Catalog, admitted: AdmittedCreate) -> None:
+    """Reserve a metered create's estimate on its project's account, or raise Rejected
+    (``insufficient_credits``, ``budget_exceeded``) before anything of the sandbox exists."""
+    command = admitted.command
+    decl = catalog.extensions_enabled().get(admitted.extension)
+    gpu = wants_gpu(catalog, command.profile)
+    per_second, per_create = _priced(decl, gpu)
+    if decl is None or (per_second == 0 and per_create == 0):
+        return  # free: metered at zero when it ends
+    sandbox = (await store.load(admitted.sandbox_id)).state
+    if sandbox.status != "new":
+        return  # decided before (its reservation with it), or taken: decide says which
+    project = project_of(command.actor)
+    account = await store.load_account(project)
+    if decl.id in account.state.byok:
+        return  # the project's own key pays: nothing to reserve
+    amount = estimate_microusd(decl.pricing, admitted.ttl_seconds or 0.0, gpu)
+    reservation = ReserveCredits(
+        command_id=reserve_command_id(admitted.sandbox_id),
+        causation_id=command.command_id,
+        actor=command.actor,
+        sandbox_id=admitted.sandbox_id,
+        amount=amount,
+        price=decimal_text(per_second),
+        create_price=decimal_text(per_create),
+        extension=decl.id,
+        profile=command.profile,
+        reason="create",
+    )
+    await apply_account(store, project, reservation, account)
+
+
+async def reserve_for_extend(store: EventStore, catalog: Catalog, command: ExtendTtl) -> None:
+    """Reserve the extra time of an ``extend_ttl`` on a metered sandbox, at the price it was
+    reserved at, or raise Rejected; an extension the sandbox refuses anyway is refused by
+    the sandbox's own rules first (so nothing is reserved for it)."""
+    loaded = await store.load(command.sandbox_id)
+    state = loaded.state
+    if command.command_id in state.handled or state.extension is None:
+        return
+    if not decide(state, command, utc_now()):  # raises the sandbox's own refusal
+        return
+    project = project_of(state.actor)
+    account = await store.load_account(project)
+    held = account.state.reservations.get(state.sandbox_id)
+    if held is None and state.extension in account.state.byok:
+        return
+    if held is not None:
+        per_second, per_create = Decimal(held.price), Decimal(held.create_price)
+    else:
+        decl = catalog.extensions_enabled().get(state.extension)
+        per_second, per_create = _priced(decl, wants_gpu(catalog, state.profile))
+    if per_second == 0:
+        return
+    reservation = ReserveCredits(
+        command_id=extend_command_id(command.command_id),
+        causation_id=command.command_id,
+        actor=command.actor,
+        sandbox_id=state.sandbox_id,
+        amount=ceil_microusd(per_second * Decimal(str(parse_duration(command.duration)))),
+        price=decimal_text(per_second),
+        create_price=decimal_text(per_create),
+        extension=state.extension,
+        profile=state.profile,
+        reason="extend",
+    )
+    await apply_account(store, project, reservation, account)

@@ -1,0 +1,292 @@
+"""The account aggregate's rules, pure: credits, reservations, metering, budgets, BYOK."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sandboxer.commands.parse import parse_command
+from sandboxer.commands.types import AddCredits, SetBudget, SetByok
+from sandboxer.domain.account_decide import (
+    AccountCommand,
+    MeterUsage,
+    ReserveCredits,
+    decide_account,
+    meter_command_id,
+    reserve_command_id,
+)
+from sandboxer.domain.account_state import AccountState, evolve_account, project_of
+from sandboxer.errors import InvalidCommand, Rejected
+from sandboxer.events.account_events import UsageMetered
+from sandboxer.events.codec import decode_event, encode_event
+from sandboxer.events.types import Actor
+
+ADM = Actor(type="adm", id="ops")
+AGENT = Actor(type="agt", id="agent-7", project="acme")
+NOW = "2026-12-02T10:00:00.000Z"
+
+
+def run(state: AccountState, command: AccountCommand, now: str = NOW) -> AccountState:
+    for event in decide_account(state, command, now):
+        # Every event survives the wire as it is.
+        assert decode_event(encode_event(event)) == event
+        state = evolve_account(state, event)
+    return state
+
+
+def add(amount: int, command_id: str = "add-1") -> AddCredits:
+    return AddCredits(command_id=command_id, actor=ADM, project="acme", amount=amount)
+
+
+def reserve(
+    sandbox_id: str,
+    amount: int,
+    *,
+    price: str = "100",
+    reason: Literal["create", "extend", "reroute"] = "create",
+    command_id: str | None = None,
+) -> ReserveCredits:
+    return ReserveCredits(
+        command_id=command_id or reserve_command_id(sandbox_id),
+        actor=AGENT,
+        sandbox_id=sandbox_id,
+        amount=amount,
+        price=price,
+        create_price="1000",
+        extension="ext.saas-stub",
+        profile="profile.saas-stub",
+        reason=reason,
+    )
+
+
+def meter(sandbox_id: str, seconds: int, extension: str = "ext.saas-stub") -> MeterUsage:
+    return MeterUsage(
+        command_id=meter_command_id(sandbox_id),
+        actor=AGENT,
+        sandbox_id=sandbox_id,
+        extension=extension,
+        profile="profile.saas-stub",
+        seconds=seconds,
+    )
+
+
+def funded(amount: int = 1_000_000) -> AccountState:
+    return run(AccountState(project="acme"), add(amount))
+
+
+def test_credits_are_added_once_per_command() -> None:
+    state = funded(500)
+    assert state.balance == 500
+    assert run(state, add(500)) == state  # the same command again: nothing
+
+
+def test_a_reservation_holds_credits_and_the_meter_debits_and_releases() -> None:
+    state = run(funded(), reserve("sbx00000001", 181_000))
+    assert (state.balance, state.reserved, state.available) == (1_000_000, 181_000, 819_000)
+    state = run(state, meter("sbx00000001", 600))
+    # 1000 for the create plus 100 per second for 600 seconds
+    assert (state.balance, state.reserved, state.debited) == (1_000_000 - 61_000, 0, 61_000)
+    assert state.spent == {"2026-12": 61_000, "2026-12-02": 61_000}
+    assert state.reservations == {}
+
+
+def test_metering_twice_debits_once() -> None:
+    state = run(run(funded(), reserve("sbx00000001", 181_000)), meter("sbx00000001", 10))
+    assert decide_account(state, meter("sbx00000001", 10), NOW) == []
+    assert decide_account(state, meter("sbx00000001", 99), NOW) == []  # same sandbox, same id
+
+
+def test_insufficient_credits_say_need_and_have() -> None:
+    state = run(funded(200_000), reserve("sbx00000001", 150_000))
+    with pytest.raises(Rejected) as refused:
+        run(state, reserve("sbx00000002", 60_000))
+    assert refused.value.code == "insufficient_credits"
+    assert "need 60000, have 50000 (150000 reserved" in refused.value.reason
+
+
+def test_an_extension_adds_to_the_reservation() -> None:
+    state = run(funded(), reserve("sbx00000001", 100_000))
+    state = run(state, reserve("sbx00000001", 50_000, reason="extend", command_id="extend-e1"))
+    assert state.reservations["sbx00000001"].amount == 150_000
+    assert state.reserved == 150_000
+    with pytest.raises(Rejected, match="need 900000"):
+        run(state, reserve("sbx00000001", 900_000, reason="extend", command_id="extend-e2"))
+
+
+def test_a_reroute_replaces_the_reservation_and_its_price() -> None:
+    state = run(funded(300_000), reserve("sbx00000001", 200_000))
+    # The freed 200000 counts toward the new backend's reservation.
+    state = run(
+        state,
+        reserve("sbx00000001", 250_000, price="120", reason="reroute", command_id="reroute-r1"),
+    )
+    held = state.reservations["sbx00000001"]
+    assert (held.amount, held.price, state.reserved) == (250_000, "120", 250_000)
+
+
+def test_a_budget_refuses_what_would_pass_it_and_names_it() -> None:
+    state = run(
+        funded(),
+        SetBudget(command_id="b1", actor=ADM, project="acme", limit=100_000, period="day"),
+    )
+    state = run(state, reserve("sbx00000001", 60_000))
+    state = run(state, meter("sbx00000001", 100))  # debits 11000, releases 60000
+    with pytest.raises(Rejected) as refused:
+        run(state, reserve("sbx00000002", 90_000))
+    assert refused.value.code == "budget_exceeded"
+    assert "daily budget" in refused.value.reason
+    assert "2026-12-02 spent 11000" in refused.value.reason
+    # A new day starts with nothing spent.
+    assert run(state, reserve("sbx00000002", 89_000), now="2026-12-03T00:00:00.000Z")
+
+
+def test_byok_meters_usage_but_debits_nothing() -> None:
+    state = run(
+        funded(),
+        SetByok(
+            command_id="k1", actor=AGENT, project="acme", extension="ext.e2b", key_ref="env:MY_KEY"
+        ),
+    )
+    assert state.byok == {"ext.e2b": "env:MY_KEY"}
+    (metered,) = decide_account(state, meter("sbx00000001", 500, "ext.e2b"), NOW)
+    assert isinstance(metered, UsageMetered)
+    assert (metered.byok, metered.amount, metered.seconds) == (True, 0, 500)
+
+
+def test_a_sandbox_never_ready_costs_nothing_and_releases_its_reservation() -> None:
+    state = run(run(funded(), reserve("sbx00000001", 181_000)), meter("sbx00000001", 0))
+    assert (state.balance, state.reserved, state.metered) == (1_000_000, 0, 1)
+
+
+def test_money_is_an_administrators_business() -> None:
+    with pytest.raises(Rejected, match="administrator"):
+        run(
+            AccountState(project="acme"),
+            AddCredits(command_id="x", actor=AGENT, project="acme", amount=5),
+        )
+    other = Actor(type="agt", id="a", project="other")
+    with pytest.raises(Rejected, match="administrator or an actor of project acme"):
+        run(
+            AccountState(project="acme"),
+            SetByok(command_id="k", actor=other, project="acme", extension="ext.e2b", key_ref=None),
+        )
+
+
+def test_the_project_of_an_actor_defaults() -> None:
+    assert project_of(AGENT) == "acme"
+    assert project_of(ADM) == "default"
+    assert project_of(None) == "default"
+
+
+@pytest.mark.parametrize(
+    ("verb", "fields", "code"),
+    [
+        ("add_credits", {"project": "acme", "amount": 0}, "invalid_amount"),
+        ("add_credits", {"project": "acme", "amount": -5}, "invalid_amount"),
+        ("add_credits", {"project": "acme", "amount": 1.5}, "invalid_field"),
+        ("add_credits", {"project": "acme", "amount": True}, "invalid_field"),
+        ("add_credits", {"project": "acme", "amount": 10**13}, "invalid_amount"),
+        ("add_credits", {"project": "Acme Corp", "amount": 5}, "invalid_project"),
+        ("add_credits", {"project": "a.>", "amount": 5}, "invalid_project"),
+        ("add_credits", {"project": "acme", "amount": 5, "usd": 1}, "invalid_field"),
+        ("set_budget", {"project": "acme", "limit": -1}, "invalid_amount"),
+        ("set_budget", {"project": "acme", "limit": 5, "period": "week"}, "invalid_field"),
+        (
+            "set_byok",
+            {"project": "acme", "extension": "ext.e2b", "key_ref": "sk-live-1"},
+            "invalid_field",
+        ),
+        ("set_byok", {"project": "acme", "extension": "e2b", "key_ref": None}, "invalid_field"),
+    ],
+)
+def test_hostile_account_commands_are_refused(
+    verb: str, fields: dict[str, object], code: str
+) -> None:
+    body = {"command_id": "c1", "actor": {"type": "adm", "id": "ops"}, **fields}
+    with pytest.raises(InvalidCommand) as refused:
+        parse_command(f"sandboxer.cmd.{verb}", msgspec.json.encode(body))
+    assert refused.value.code == code
+
+
+def test_an_actor_project_must_be_a_project_name() -> None:
+    body = {
+        "command_id": "c1",
+        "actor": {"type": "agt", "id": "a", "project": "x.*"},
+        "profile": "p",
+    }
+    with pytest.raises(InvalidCommand) as refused:
+        parse_command("sandboxer.cmd.create", msgspec.json.encode(body))
+    assert refused.value.code == "invalid_project"
+
+
+def test_account_commands_parse() -> None:
+    body = {
+        "command_id": "c1",
+        "actor": {"type": "adm", "id": "ops"},
+        "project": "acme",
+        "amount": 7,
+    }
+    assert parse_command("sandboxer.cmd.add_credits", msgspec.json.encode(body)) == AddCredits(
+        command_id="c1", actor=Actor(type="adm", id="ops"), project="acme", amount=7
+    )
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(1, 10**6), st.integers(0, 5)),
+        st.tuples(st.just("reserve"), st.integers(0, 2 * 10**6), st.integers(0, 5)),
+        st.tuples(st.just("extend"), st.integers(0, 10**6), st.integers(0, 5)),
+        st.tuples(st.just("meter"), st.integers(0, 10**4), st.integers(0, 5)),
+    ),
+    max_size=40,
+)
+
+
+def commands_of(ops: list[tuple[str, int, int]]) -> list[AccountCommand]:
+    commands: list[AccountCommand] = []
+    for n, (kind, amount, sandbox) in enumerate(ops):
+        sandbox_id = f"sbx0000000{sandbox}"
+        if kind == "add":
+            commands.append(add(amount, command_id=f"add-{n}"))
+        elif kind == "reserve":
+            commands.append(reserve(sandbox_id, amount))
+        elif kind == "extend":
+            commands.append(reserve(sandbox_id, amount, reason="extend", command_id=f"extend-{n}"))
+        else:
+            commands.append(meter(sandbox_id, amount))
+    return commands
+
+
+def replay(commands: list[AccountCommand], *, never_short: bool = False) -> AccountState:
+    state = AccountState(project="acme")
+    for command in commands:
+        with contextlib.suppress(Rejected):
+            state = run(state, command)
+        assert state.reserved == sum(r.amount for r in state.reservations.values())
+        if never_short:  # reservations never take more than there is
+            assert 0 <= state.reserved <= state.balance
+    return state
+
+
+@settings(max_examples=200, deadline=None)
+@given(operations)
+def test_reservations_never_take_the_balance_below_zero(ops: list[tuple[str, int, int]]) -> None:
+    replay([c for c in commands_of(ops) if not isinstance(c, MeterUsage)], never_short=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(operations)
+def test_every_command_delivered_twice_changes_nothing(ops: list[tuple[str, int, int]]) -> None:
+    """Redelivered or re-sent commands (each right after itself, or all again at the end once
+    they were decided) reserve, add and debit nothing more."""
+    commands = commands_of(ops)
+    once = replay(commands)
+    doubled = replay([c for command in commands for c in (command, command)])
+    assert doubled == once
+    decided = [c for c in commands if c.command_id in once.handled]
+    assert replay(commands + decided) == once
