@@ -39,6 +39,8 @@ from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.expirer import Expirer
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.inventory import InventoryService
+from sandboxer.workers.meter_export import run_meter_export
+from sandboxer.workers.meter_worker import MeterWorker
 from sandboxer.workers.token_service import TokenService
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.materialize import DirectoryInputs
@@ -94,10 +96,21 @@ async def run_roles(
         async with asyncio.TaskGroup() as group:
             for role in roles:
                 if role == "control":
-                    control = ControlWorker(js, store, catalog, settings)
+                    control = ControlWorker(js, store, catalog, settings, nc=nc)
                     group.create_task(control.run(stop))
                     expirer = Expirer(nc, js, interval=settings.expiry_interval)
                     group.create_task(expirer.run(stop))
+                    # Credits (docs/payments.md): meter destroyed sandboxes, export the usage.
+                    group.create_task(MeterWorker(js, store, catalog, settings).run(stop))
+                    group.create_task(
+                        run_meter_export(
+                            js,
+                            stop,
+                            file=settings.meter_export_file,
+                            url=settings.meter_export_url,
+                            home=settings.home,
+                        )
+                    )
                 elif role == "projector":
                     projector = Projector(nc, js, settings.db_path)
                     await projector.open()

@@ -15,6 +15,7 @@ from sandboxer.cli import (
     catalog_commands,
     host_commands,
     lifetime_commands,
+    route_commands,
     sandbox_commands,
     service_commands,
     snapshot_commands,
@@ -65,6 +66,7 @@ app.command("reap-stale", rich_help_panel=OPERATOR)(host_commands.reap_stale)
 app.command("expire", rich_help_panel=OPERATOR)(lifetime_commands.expire)
 app.command("hosts", rich_help_panel=OPERATOR)(host_commands.hosts_view)
 app.command("replay", rich_help_panel=OPERATOR)(service_commands.replay)
+app.add_typer(route_commands.route_app, name="route", rich_help_panel=OPERATOR)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import msgspec
@@ -11,7 +12,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
 from sandboxer.cli.common import JsonOpt, run, with_client
-from sandboxer.cli.output import print_json, print_table, say
+from sandboxer.cli.output import print_json, print_table
 from sandboxer.client import SandboxerClient
 from sandboxer.errors import BusError, ServiceNotRunning
 
@@ -56,9 +57,8 @@ def explain(
     if as_json:
         print_json({"decision": decision, "signals": reply["signals"], "at": reply["at"]})
         return
-    say(
-        f"{decision['profile']}: strategy {decision['strategy']}, ttl {decision['ttl_seconds']:g} s"
-    )
+    out = sys.stdout.write
+    out(f"{decision['profile']}: {decision['strategy']}, ttl {decision['ttl_seconds']:g} s\n")
     rows = [
         (
             c["extension"],
@@ -75,5 +75,5 @@ def explain(
         rows, ["extension", "eligible", "score", "estimate uUSD", "p50 s", "live/cap", "why not"]
     )
     chosen = decision["chosen"]
-    say(f"chosen: {chosen}" if chosen else "chosen: none (a create would be rejected)")
-    say(f"reason: {decision['reason']}")
+    out(f"chosen: {chosen}\n" if chosen else "chosen: none (a create would be rejected)\n")
+    out(f"reason: {decision['reason']}\n")

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 
 from sandboxer import subjects
 from sandboxer.bus.responder import Responder
+from sandboxer.clock import utc_now
 from sandboxer.domain.timestamps import shift
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_sandbox_id
@@ -72,6 +73,7 @@ class QueryService:
                 subjects.QUERY_CREDITS_GET: self._credits_get,
                 subjects.QUERY_CREDITS_LIST: self._credits_list,
                 subjects.QUERY_USAGE_LIST: self._usage_list,
+                subjects.QUERY_ROUTE_SIGNALS: self._route_signals,
                 subjects.QUERY_SNAPSHOT_GET: self._snapshot_get,
                 subjects.QUERY_SNAPSHOT_LIST: self._snapshot_list,
                 subjects.ADMIN_REPLAY: self._replay,
@@ -128,6 +130,17 @@ class QueryService:
         await self._consistent(request)
         assert self._projector.view is not None
         return {"hosts": await self._projector.view.hosts(), "position": self._projector.position}
+
+    async def _route_signals(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Routing's signals now (projections/route_rows.py, docs/routing.md#signals)."""
+        await self._consistent(request)
+        assert self._projector.view is not None
+        signals, by_host = await self._projector.view.route_signals(utc_now())
+        return {
+            "signals": signals.to_dict(),
+            "latency_p50_by_host": by_host,
+            "position": self._projector.position,
+        }
 
     async def _snapshot_get(self, request: dict[str, Any]) -> dict[str, Any]:
         snapshot_id = _field(request, "snapshot_id", str)

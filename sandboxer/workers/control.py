@@ -16,6 +16,7 @@ import dataclasses
 import logging
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -61,6 +62,7 @@ from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.jobs import job_for
 from sandboxer.workers.pause_commands import decide_pause_step
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
+from sandboxer.workers.route_lookup import RouteLookup
 from sandboxer.workers.snapshot_commands import SnapshotCommands
 
 __all__ = ["ControlWorker"]
@@ -70,9 +72,16 @@ log = logging.getLogger(__name__)
 
 class ControlWorker:
     def __init__(
-        self, js: JetStreamContext, store: EventStore, catalog: Catalog, settings: Settings
+        self,
+        js: JetStreamContext,
+        store: EventStore,
+        catalog: Catalog,
+        settings: Settings,
+        nc: Client | None = None,
     ) -> None:
         self._js = js
+        # Route signals and route explain need a connection; without one, routing goes blind.
+        self._routing = RouteLookup(nc, catalog, settings) if nc is not None else None
         self._settings = settings
         self._store = store
         self._catalog = catalog
@@ -85,7 +94,13 @@ class ControlWorker:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        await run_pull_consumer(self._js, self.spec, self.handle, self._on_poison, stop)
+        if self._routing is not None:
+            await self._routing.start()
+        try:
+            await run_pull_consumer(self._js, self.spec, self.handle, self._on_poison, stop)
+        finally:
+            if self._routing is not None:
+                await self._routing.stop()
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -97,6 +112,8 @@ class ControlWorker:
         try:
             loaded = await self._decide_and_append(command)
         except (Rejected, UnknownProfile) as refusal:
+            if self._routing is not None:
+                self._routing.release_command(command)
             code = refusal.code
             reason = refusal.reason if isinstance(refusal, Rejected) else refusal.message
             await self._reject(msg, code, reason, command)
@@ -122,7 +139,10 @@ class ControlWorker:
             return command
         profile = without_candidates(self._catalog.profile(command.profile), refused_by)
         enabled = self._catalog.extensions_enabled()
-        admitted = admit_create(command, profile, enabled)
+        signals = await self._routing.signals(enabled) if self._routing else None
+        admitted = admit_create(command, profile, enabled, signals, utc_now())
+        if self._routing is not None:
+            self._routing.hold(admitted)  # counted as live until the view shows it
         if not enabled[admitted.extension].uses_hosts:
             return admitted
         requested = command.host
@@ -166,6 +186,8 @@ class ControlWorker:
         elif isinstance(domain_command, ExtendTtl):
             await reserve_for_extend(self._store, self._catalog, domain_command)
         loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command)
+        if self._routing is not None and isinstance(domain_command, AdmittedCreate):
+            self._routing.appended(domain_command.sandbox_id, loaded.last_seq)
         if loaded.state.status == "destroying" and loaded.state.extension is None:
             # Never routed: nothing was made, so nothing to tear down.
             loaded, _ = await apply(
@@ -207,6 +229,8 @@ class ControlWorker:
                     candidates=admitted.candidates,
                 )
         loaded, _ = await apply(self._store, command.sandbox_id, decision, loaded)
+        if self._routing is not None:
+            self._routing.appended(command.sandbox_id, loaded.last_seq)
         return loaded
 
     async def _dispatch(self, loaded: Loaded | None) -> None:

@@ -30,6 +30,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from sandboxer import subjects
 from sandboxer.bus.responder import Responder
 from sandboxer.clock import utc_now
+from sandboxer.commands.types import CreateSandbox
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.hosts import load_hosts
@@ -39,6 +40,7 @@ from sandboxer.domain.routing import rank
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.durations import format_duration, parse_duration
 from sandboxer.errors import InvalidInput, RequestError, SandboxerError, UnknownProfile
+from sandboxer.ids import derive_sandbox_id
 
 __all__ = ["CONTROL_QUEUE", "SIGNALS_TIMEOUT", "RouteLookup"]
 
@@ -48,6 +50,9 @@ SIGNALS_TIMEOUT = 1.0
 """How long a create waits for the view's signals before routing without them (seconds)."""
 HOLD_SECONDS = 30.0
 """A route this worker made counts toward live sandboxes until the view shows it, or this long."""
+UNAPPENDED_SECONDS = 5.0
+"""A held route whose append was never reported (a rerouting decided elsewhere, a crash)
+stops counting after this long."""
 CONTROL_QUEUE = "sandboxer-control"
 _PROFILE_ID = re.compile(r"^profile\.[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -113,7 +118,8 @@ class RouteLookup:
     def _with_held(self, signals: RouteSignals, position: int) -> RouteSignals:
         now = time.monotonic()
         for sandbox_id, held in list(self._held.items()):
-            if (held.seq is not None and held.seq <= position) or now - held.since > HOLD_SECONDS:
+            limit = HOLD_SECONDS if held.seq is not None else UNAPPENDED_SECONDS
+            if (held.seq is not None and held.seq <= position) or now - held.since > limit:
                 del self._held[sandbox_id]
         live = dict(signals.live)
         by_host = {ext: dict(hosts) for ext, hosts in signals.live_by_host.items()}
@@ -174,6 +180,11 @@ class RouteLookup:
     def release(self, sandbox_id: str) -> None:
         """The create was not appended (rejected): it holds no place."""
         self._held.pop(sandbox_id, None)
+
+    def release_command(self, command: object) -> None:
+        """A rejected command: if it was a create this worker held, it holds no place."""
+        if isinstance(command, CreateSandbox):
+            self.release(command.sandbox_id or derive_sandbox_id(command.command_id))
 
     async def _explain(self, request: dict[str, Any]) -> dict[str, Any]:
         profile_id = request.get("profile")
