@@ -174,6 +174,60 @@ class SandboxerClient:
             self.seen_seq = max(self.seen_seq, await last_sequence(self.js))
         return replies
 
+    # -- credits (docs/payments.md) ---------------------------------------------------------------
+
+    async def account_command(
+        self,
+        verb: str,
+        project: str,
+        *,
+        command_id: str | None = None,
+        timeout: float = 30.0,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """``add_credits`` (``amount``), ``set_budget`` (``limit``, ``period``) or ``set_byok``
+        (``extension``, ``key_ref``) on ``project``'s account; returns the event it recorded
+        (raises CommandFailed with the reason when rejected)."""
+        success = {
+            "add_credits": "credits_added",
+            "set_budget": "budget_set",
+            "set_byok": "byok_set",
+        }
+        command = {
+            "command_id": command_id or new_command_id(),
+            "actor": self.actor,
+            "project": project,
+            **fields,
+        }
+        return await self.outcomes.run(
+            verb,
+            command,
+            project,
+            {success[verb]},
+            lambda: self.publish_command(verb, command),
+            None,
+            timeout,
+            scope=subjects.account_events_filter(project),
+        )
+
+    async def credits(self, project: str | None = None) -> list[dict[str, Any]]:
+        """The accounts (or ``project``'s alone, when it has one): balance, reserved, budget."""
+        if project is None:
+            reply = await self.query(subjects.QUERY_CREDITS_LIST, {"min_seq": self.seen_seq})
+            return list(reply["accounts"])
+        request = {"project": project, "min_seq": self.seen_seq}
+        account = (await self.query(subjects.QUERY_CREDITS_GET, request))["account"]
+        return [] if account is None else [account]
+
+    async def usage(self, **window: Any) -> dict[str, Any]:
+        """Metered sandboxes and spend by project, profile and backend (``project``, ``since``,
+        ``until``, ``limit``: all optional)."""
+        request = {k: v for k, v in window.items() if v is not None}
+        reply: dict[str, Any] = await self.query(
+            subjects.QUERY_USAGE_LIST, {**request, "min_seq": self.seen_seq}
+        )
+        return reply
+
     # -- uploads -------------------------------------------------------------------------------
 
     async def upload_directory(

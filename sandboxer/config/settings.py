@@ -80,6 +80,34 @@ def _names_env(name: str) -> tuple[str, ...]:
     return names
 
 
+def _export_file_env() -> Path | None:
+    raw = os.environ.get("SANDBOXER_METER_EXPORT_FILE")
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_absolute() or path.is_dir():
+        raise SettingError(
+            "SANDBOXER_METER_EXPORT_FILE",
+            raw,
+            "the absolute path of a file (created when missing) to append usage lines to",
+        )
+    return path
+
+
+def _export_url_env() -> str | None:
+    raw = os.environ.get("SANDBOXER_METER_EXPORT_URL")
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or " " in raw:
+        raise SettingError(
+            "SANDBOXER_METER_EXPORT_URL",
+            raw,
+            "an http:// or https:// URL that usage events are POSTed to",
+        )
+    return raw
+
+
 def _home_env() -> Path:
     raw = os.environ.get("SANDBOXER_HOME")
     home = Path(raw or Path.home() / ".local" / "share" / "sandboxer").expanduser()
@@ -105,6 +133,8 @@ class Settings:
     ``SANDBOXER_INPUT_ROOTS``: the only worker directories a path input may name (default none).
     ``SANDBOXER_UPLOAD_MAX_MB``: largest directory archive a client uploads or a worker unpacks.
     ``SANDBOXER_UPLOAD_EXCLUDE``: names a client leaves out of the directories it uploads.
+    ``SANDBOXER_METER_EXPORT_FILE``, ``SANDBOXER_METER_EXPORT_URL``: where the control role
+    exports every metered usage (docs/payments.md).
     """
 
     home: Path
@@ -115,6 +145,8 @@ class Settings:
     input_roots: tuple[Path, ...] = ()
     upload_max_mb: int = 1024
     upload_exclude: tuple[str, ...] = ()
+    meter_export_file: Path | None = None
+    meter_export_url: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -127,6 +159,8 @@ class Settings:
             input_roots=parse_input_roots(os.environ.get("SANDBOXER_INPUT_ROOTS", "")),
             upload_max_mb=_int_env("SANDBOXER_UPLOAD_MAX_MB", 1024, "MiB"),
             upload_exclude=_names_env("SANDBOXER_UPLOAD_EXCLUDE"),
+            meter_export_file=_export_file_env(),
+            meter_export_url=_export_url_env(),
         )
 
     @property

@@ -127,8 +127,6 @@ def decide_account(state: AccountState, command: AccountCommand, now: str) -> li
         case SetBudget():
             return [BudgetSet(**head, limit=command.limit, period=command.period)]
         case SetByok():
-            if state.byok.get(command.extension) == command.key_ref:
-                return []
             return [ByokSet(**head, extension=command.extension, key_ref=command.key_ref)]
         case ReserveCredits():
             _check_reservation(state, command, now)
