@@ -1,10 +1,11 @@
 """``sandboxer up`` and ``sandboxer worker``: run roles against NATS until SIGINT/SIGTERM.
 
 Roles: ``control`` (admission and routing), ``projector`` (views and
-queries), and one per enabled extension (``ext.local`` ...). ``up`` runs them
-all in one process and, unless ``SANDBOXER_NATS_URL`` is set, starts its own
-``nats-server`` first. On a signal every role stops fetching, finishes what it
-holds, and the connection drains before the server stops.
+queries), ``meter`` (metering and its export, docs/payments.md), and one per
+enabled extension (``ext.local`` ...). ``up`` runs them all in one process and,
+unless ``SANDBOXER_NATS_URL`` is set, starts its own ``nats-server`` first. On a
+signal every role stops fetching, finishes what it holds, and the connection
+drains before the server stops.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 def all_roles(catalog: Catalog) -> list[str]:
-    return ["control", "projector", *sorted(catalog.extensions_enabled())]
+    return ["control", "projector", "meter", *sorted(catalog.extensions_enabled())]
 
 
 @contextlib.asynccontextmanager
@@ -100,6 +101,7 @@ async def run_roles(
                     group.create_task(control.run(stop))
                     expirer = Expirer(nc, js, interval=settings.expiry_interval)
                     group.create_task(expirer.run(stop))
+                elif role == "meter":
                     # Credits (docs/payments.md): meter destroyed sandboxes, export the usage.
                     group.create_task(MeterWorker(js, store, catalog, settings).run(stop))
                     group.create_task(
@@ -169,7 +171,7 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
     catalog = Catalog.load(settings.home)
     chosen = list(roles) if roles else all_roles(catalog)
     for role in list(chosen):
-        if role in {"control", "projector"}:
+        if role in {"control", "projector", "meter"}:
             continue
         try:
             build_extension(role, catalog, settings)  # fail fast on a bad role
