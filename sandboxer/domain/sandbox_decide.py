@@ -128,6 +128,7 @@ class Reroute:
     reason: str
     host: str | None = None
     candidates: list[str] = field(default_factory=list)
+    scores: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,6 +285,7 @@ def _decide_fallback(
                     extension=command.extension,
                     reason=command.reason,
                     candidates=command.candidates,
+                    scores=command.scores,
                     host=command.host,
                 )
             ]

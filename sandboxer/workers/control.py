@@ -227,6 +227,7 @@ class ControlWorker:
                     reason=f"fallback, {refusals}: {admitted.route_reason}",
                     host=admitted.host,
                     candidates=admitted.candidates,
+                    scores=admitted.route_scores,
                 )
         loaded, _ = await apply(self._store, command.sandbox_id, decision, loaded)
         if self._routing is not None:

@@ -281,12 +281,20 @@ async def test_the_worker_builds_it_from_its_declaration_under_the_data_director
 # -- through the service -------------------------------------------------------------------------
 
 
-def write_override(home: Path, *, per_second: float | None = None, **settings: Any) -> None:
+def write_override(
+    home: Path,
+    *,
+    per_second: float | None = None,
+    per_create: float | None = None,
+    **settings: Any,
+) -> None:
     """$SANDBOXER_HOME/extensions/ext.saas-stub.yaml: the packaged declaration, changed."""
     decl = yaml.safe_load((packaged_dir("extensions") / "ext.saas-stub.yaml").read_text())
     decl["settings"].update(settings)
     if per_second is not None:
         decl["pricing"]["per_second"] = per_second
+    if per_create is not None:
+        decl["pricing"]["per_create"] = per_create
     (home / "extensions").mkdir(parents=True, exist_ok=True)
     (home / "extensions" / "ext.saas-stub.yaml").write_text(yaml.safe_dump(decl))
 

@@ -52,7 +52,7 @@ async def test_a_refused_sandbox_lands_on_the_next_candidate(
     nats_server: Any, home: Path, override: dict[str, Any], code: str
 ) -> None:
     write_profiles(home)
-    write_override(home, latency_ms=1, **override)
+    write_override(home, latency_ms=1, per_second=0, per_create=0, **override)  # free: no credits
     service = await start_service(home, nats_server.url, ROLES)
     try:
         client = service.client
@@ -87,7 +87,7 @@ async def test_a_refused_sandbox_lands_on_the_next_candidate(
 
 async def test_no_candidate_left_fails_with_every_refusal(nats_server: Any, home: Path) -> None:
     write_profiles(home)
-    write_override(home, latency_ms=1, failure_rate=1)
+    write_override(home, latency_ms=1, per_second=0, per_create=0, failure_rate=1)
     service = await start_service(home, nats_server.url, ROLES)
     try:
         with pytest.raises(CommandFailed) as failed:
