@@ -203,6 +203,8 @@ async def run_meter_export(
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the bus went away, a disk error: start again
+                if stop.is_set():
+                    return  # the connection drains at shutdown: nothing to report
                 log.error("meter export failed: %r; restarting it in 1 s", exc)
                 await asyncio.sleep(1.0)
 

@@ -1,0 +1,373 @@
+"""Credits through the real service, on the metered stub (ext.saas-stub: 0.001 USD per create,
+0.0001 USD per second, i.e. 1000 credits and 100 credits a second): reserve, meter, debit
+once, refuse what an account cannot pay for, BYOK, budgets, the export (docs/payments.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from sandboxer import subjects
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.client import SandboxerClient
+from sandboxer.config.catalog import Catalog
+from sandboxer.errors import CommandFailed
+from sandboxer.workers.meter_export import HttpExport, run_meter_export
+from sandboxer.workers.meter_worker import MeterWorker
+from tests.integration.conftest import Service, start_service
+from tests.integration.test_ext_saas_stub import write_override
+
+pytestmark = pytest.mark.integration
+
+ROLES = ["control", "projector", "meter", "ext.saas-stub"]
+PER_CREATE, PER_SECOND = 1000, 100  # the stub's packaged prices, in credits
+
+
+@pytest.fixture
+async def service(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[Service]:
+    write_override(home, latency_ms=1)
+    svc = await start_service(home, nats_server.url, ROLES)
+    try:
+        yield svc
+    finally:
+        await svc.client.close()
+        await svc.shutdown()
+
+
+@pytest.fixture
+async def acme(nats_server: NatsServerProcess) -> AsyncIterator[SandboxerClient]:
+    """A client acting for project ``acme`` (an administrator, so it may add credits)."""
+    client = await SandboxerClient.connect(
+        [nats_server.url], actor={"type": "adm", "id": "ops", "project": "acme"}
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def account_events(client: SandboxerClient, project: str, kind: str) -> list[dict[str, Any]]:
+    return [
+        event
+        async for _seq, event in client.events()
+        if event.get("project") == project and event.get("type") == kind
+    ]
+
+
+async def account(client: SandboxerClient, project: str, *, metered: int = 0) -> dict[str, Any]:
+    """The project's account once the view shows ``metered`` sandboxes metered."""
+    async with asyncio.timeout(30):
+        while True:
+            found = await client.credits(project)
+            if found and found[0]["metered"] >= metered:
+                return found[0]
+            await asyncio.sleep(0.1)
+
+
+def stub_records(home: Path) -> list[Path]:
+    return sorted((home / "saas-stub").rglob("*.json"))
+
+
+async def test_a_paid_sandbox_is_reserved_metered_and_debited_once(
+    service: Service, acme: SandboxerClient, nats_server: NatsServerProcess
+) -> None:
+    await acme.account_command("add_credits", "acme", amount=1_000_000)
+    ready = await acme.create("profile.saas-stub", ttl="10m", command_id="paid-create-1")
+    sandbox_id = ready["sandbox_id"]
+    held = await account(acme, "acme")
+    assert held["reserved"] == PER_CREATE + 600 * PER_SECOND  # the 10 minutes asked for
+    assert held["available"] == 1_000_000 - held["reserved"]
+
+    # The same create again, past JetStream's duplicate check (another message id): nothing new.
+    command = {
+        "command_id": "paid-create-1",
+        "profile": "profile.saas-stub",
+        "inputs": {},
+        "actor": acme.actor,
+        "ttl": "10m",
+    }
+    await acme.js.publish(
+        subjects.command_subject("create"),
+        msgspec.json.encode(command),
+        headers={"Nats-Msg-Id": "paid-create-1-again"},
+    )
+    await asyncio.sleep(1.2)
+    await acme.destroy(sandbox_id)
+
+    settled = await account(acme, "acme", metered=1)
+    (usage,) = (await acme.usage(project="acme"))["usage"]
+    assert usage["sandbox_id"] == sandbox_id
+    assert usage["seconds"] >= 1
+    assert usage["amount"] == PER_CREATE + usage["seconds"] * PER_SECOND
+    assert (settled["balance"], settled["reserved"]) == (1_000_000 - usage["amount"], 0)
+    assert len(await account_events(acme, "acme", "credits_reserved")) == 1
+    (metered,) = await account_events(acme, "acme", "usage_metered")
+    assert metered["reserved_released"] == PER_CREATE + 600 * PER_SECOND
+
+    # The meter message delivered again: the account has handled meter-<id> already.
+    store = JetStreamEventStore(acme.nc, acme.js)
+    meter = MeterWorker(acme.js, store, Catalog.load(service.settings.home), service.settings)
+    await meter.meter(sandbox_id)
+    assert len(await account_events(acme, "acme", "usage_metered")) == 1
+    assert (await account(acme, "acme", metered=1))["balance"] == settled["balance"]
+
+    summary = (await acme.usage())["summary"]
+    assert summary == [
+        {
+            "project": "acme",
+            "profile": "profile.saas-stub",
+            "extension": "ext.saas-stub",
+            "sandboxes": 1,
+            "seconds": usage["seconds"],
+            "amount": usage["amount"],
+            "byok_sandboxes": 0,
+        }
+    ]
+    replayed = await acme.replay(verify=True)
+    assert replayed["verified"], replayed["differences"]
+
+
+async def test_insufficient_credits_refuse_the_create_before_the_provider(
+    service: Service, acme: SandboxerClient, home: Path
+) -> None:
+    await acme.account_command("add_credits", "acme", amount=10)
+    with pytest.raises(CommandFailed) as refused:
+        await acme.create("profile.saas-stub", ttl="30m")
+    rejection = refused.value.event
+    assert rejection["type"] == "rejected"
+    assert rejection["code"] == "insufficient_credits"
+    assert "need 181000, have 10 (0 reserved" in rejection["reason"]
+    assert stub_records(home) == []  # the provider was never called
+    assert (await account(acme, "acme"))["reserved"] == 0
+
+
+async def test_an_extension_reserves_more_or_is_refused(
+    service: Service, acme: SandboxerClient
+) -> None:
+    await acme.account_command("add_credits", "acme", amount=PER_CREATE + 600 * PER_SECOND)
+    ready = await acme.create("profile.saas-stub", ttl="10m")
+    with pytest.raises(CommandFailed, match="need 360000, have 0"):
+        await acme.extend_ttl(ready["sandbox_id"], "1h")
+    await acme.account_command("add_credits", "acme", amount=360_000)
+    await acme.extend_ttl(ready["sandbox_id"], "1h")
+    assert (await account(acme, "acme"))["reserved"] == PER_CREATE + 4200 * PER_SECOND
+    await acme.destroy(ready["sandbox_id"])
+    assert (await account(acme, "acme", metered=1))["reserved"] == 0
+
+
+async def test_a_budget_refuses_a_create_and_names_itself(
+    service: Service, acme: SandboxerClient
+) -> None:
+    await acme.account_command("add_credits", "acme", amount=10_000_000)
+    await acme.account_command("set_budget", "acme", limit=100_000, period="day")
+    with pytest.raises(CommandFailed) as refused:
+        await acme.create("profile.saas-stub", ttl="30m")
+    assert refused.value.event["code"] == "budget_exceeded"
+    assert "daily budget of 100000 credits" in refused.value.event["reason"]
+
+
+async def test_byok_meters_usage_and_never_debits(service: Service, acme: SandboxerClient) -> None:
+    event = await acme.account_command(
+        "set_byok", "acme", extension="ext.saas-stub", key_ref="env:ACME_STUB_KEY"
+    )
+    assert event["key_ref"] == "env:ACME_STUB_KEY"
+    ready = await acme.create("profile.saas-stub", ttl="30m")  # no credits at all
+    await asyncio.sleep(1.1)
+    await acme.destroy(ready["sandbox_id"])
+    settled = await account(acme, "acme", metered=1)
+    (usage,) = (await acme.usage(project="acme"))["usage"]
+    assert (usage["byok"], usage["amount"]) == (True, 0)
+    assert usage["seconds"] >= 1
+    assert (settled["balance"], settled["debited"], settled["reserved"]) == (0, 0, 0)
+
+
+async def test_kill_9_between_metering_and_its_ack_debits_once(
+    nats_server: NatsServerProcess, home: Path, acme: SandboxerClient
+) -> None:
+    write_override(home, latency_ms=1)
+    service = await start_service(home, nats_server.url, ["control", "projector", "ext.saas-stub"])
+    crasher = start_crashing_meter(home, nats_server.url)
+    meter_task = None
+    try:
+        await acme.account_command("add_credits", "acme", amount=1_000_000)
+        ready = await acme.create("profile.saas-stub", ttl="10m")
+        await asyncio.sleep(1.1)
+        await acme.destroy(ready["sandbox_id"])
+        assert await asyncio.to_thread(crasher.wait, 60) == -signal.SIGKILL
+        assert len(await account_events(acme, "acme", "usage_metered")) == 1  # appended, unacked
+        # The meter comes back: the message is delivered again, and decides nothing.
+        meter = MeterWorker(
+            acme.js,
+            JetStreamEventStore(acme.nc, acme.js),
+            Catalog.load(home),
+            service.settings,
+        )
+        stop = asyncio.Event()
+        meter_task = asyncio.create_task(meter.run(stop))
+        async with asyncio.timeout(30):
+            while True:
+                info = await acme.js.consumer_info(subjects.EVENTS_STREAM, "meter")
+                delivered = info.delivered.consumer_seq if info.delivered else 0
+                # Delivered a second time (the first went with the killed process), and acked.
+                if info.num_ack_pending == 0 and info.num_pending == 0 and (delivered or 0) >= 2:
+                    break
+                await asyncio.sleep(0.2)
+        stop.set()
+        await meter_task
+        assert len(await account_events(acme, "acme", "usage_metered")) == 1
+        settled = await account(acme, "acme", metered=1)
+        (usage,) = (await acme.usage(project="acme"))["usage"]
+        assert settled["balance"] == 1_000_000 - usage["amount"]
+    finally:
+        if crasher.poll() is None:
+            crasher.kill()
+            crasher.wait()
+        await service.client.close()
+        await service.shutdown()
+
+
+CRASHING_METER = """
+import asyncio, os, signal, sys
+from sandboxer.bus.connect import connect
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.settings import Settings
+from sandboxer.events.codec import decode_event
+from sandboxer.workers.meter_worker import MeterWorker
+
+class DiesBeforeItsAck(MeterWorker):
+    async def handle(self, msg):
+        await self.meter(decode_event(msg.data).sandbox_id)
+        os.kill(os.getpid(), signal.SIGKILL)  # appended, never acknowledged
+
+async def main():
+    settings = Settings.from_env()
+    nc = await connect(list(settings.nats_urls), name="crashing-meter")
+    js = nc.jetstream()
+    worker = DiesBeforeItsAck(js, JetStreamEventStore(nc, js), Catalog.load(settings.home), settings)
+    await worker.run(asyncio.Event())
+
+asyncio.run(main())
+"""
+
+
+def start_crashing_meter(home: Path, url: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url, SANDBOXER_ACK_WAIT="2")
+    with (home / "meter.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", CRASHING_METER], env=env, stdout=subprocess.DEVNULL, stderr=log
+        )
+
+
+async def metered_in_log(client: SandboxerClient) -> list[dict[str, Any]]:
+    return [event async for _seq, event in client.events() if event.get("type") == "usage_metered"]
+
+
+async def use_and_destroy(client: SandboxerClient) -> None:
+    ready = await client.create("profile.saas-stub", ttl="10m")
+    await client.destroy(ready["sandbox_id"])
+
+
+async def lines_of(path: Path, count: int) -> list[dict[str, Any]]:
+    async with asyncio.timeout(30):
+        while True:
+            if path.exists():
+                data = path.read_bytes()
+                whole = data[: data.rfind(b"\n") + 1]  # a line cut short is not one yet
+                lines = [msgspec.json.decode(line) for line in whole.splitlines()]
+                if len(lines) >= count:
+                    return lines
+            await asyncio.sleep(0.1)
+
+
+async def test_the_export_file_holds_every_usage_once_in_order_across_restarts(
+    service: Service, acme: SandboxerClient, home: Path
+) -> None:
+    await acme.account_command("add_credits", "acme", amount=10_000_000)
+    export = home / "exports" / "usage.jsonl"
+    for _ in range(2):
+        await use_and_destroy(acme)
+    await account(acme, "acme", metered=2)
+
+    async def exporting() -> tuple[asyncio.Event, asyncio.Task[None]]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            run_meter_export(acme.js, stop, file=export, url=None, home=home)
+        )
+        return stop, task
+
+    stop, task = await exporting()
+    assert len(await lines_of(export, 2)) == 2
+    stop.set()
+    await task
+    # A crash cut the next line short: the restart cuts it off and writes it whole.
+    with export.open("ab") as handle:
+        handle.write(b'{"type":"usage_metered","event_id":"half')
+    await use_and_destroy(acme)
+    await account(acme, "acme", metered=3)
+    stop, task = await exporting()
+    await lines_of(export, 3)
+    await asyncio.sleep(0.5)  # nothing more arrives
+    stop.set()
+    await task
+    lines = [msgspec.json.decode(line) for line in export.read_bytes().splitlines()]
+    logged = await metered_in_log(acme)
+    assert [line["event_id"] for line in lines] == [event["event_id"] for event in logged]
+    assert [line["stream_seq"] for line in lines] == sorted(line["stream_seq"] for line in lines)
+    assert all(line["type"] == "usage_metered" and line["project"] == "acme" for line in lines)
+
+
+async def test_the_endpoint_export_retries_while_it_is_down_and_posts_each_once(
+    service: Service, acme: SandboxerClient, home: Path
+) -> None:
+    await acme.account_command("add_credits", "acme", amount=10_000_000)
+    for _ in range(2):
+        await use_and_destroy(acme)
+    await account(acme, "acme", metered=2)
+    received: list[tuple[str, dict[str, Any]]] = []
+    calls = 0
+
+    def endpoint(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            return httpx.Response(503)  # down for a while
+        received.append((request.headers["Idempotency-Key"], msgspec.json.decode(request.content)))
+        return httpx.Response(200)
+
+    position = home / "meter-export" / "http.position"
+
+    async def export_until(count: int) -> None:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(endpoint))
+        export = HttpExport(
+            acme.js, "http://billing.test/usage", position, client=client, wait_max=0.05
+        )
+        task = asyncio.create_task(export.run())
+        try:
+            async with asyncio.timeout(30):
+                while len(received) < count:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.aclose()
+
+    await export_until(2)
+    await use_and_destroy(acme)  # and one more after a restart of the exporter
+    await account(acme, "acme", metered=3)
+    await export_until(3)
+    logged = await metered_in_log(acme)
+    assert [key for key, _body in received] == [event["event_id"] for event in logged]
+    assert [body["event_id"] for _key, body in received] == [e["event_id"] for e in logged]
