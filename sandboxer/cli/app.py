@@ -13,6 +13,7 @@ import typer
 
 from sandboxer.cli import (
     catalog_commands,
+    credit_commands,
     host_commands,
     lifetime_commands,
     route_commands,
@@ -53,6 +54,8 @@ app.command("snapshot", rich_help_panel=EVERYDAY)(snapshot_commands.snapshot)
 app.add_typer(snapshot_commands.snapshots_app, name="snapshots", rich_help_panel=EVERYDAY)
 app.command("restore", rich_help_panel=EVERYDAY)(snapshot_commands.restore)
 app.add_typer(catalog_commands.profiles_app, name="profiles", rich_help_panel=EVERYDAY)
+app.add_typer(credit_commands.credits_app, name="credits", rich_help_panel=EVERYDAY)
+app.command("usage", rich_help_panel=EVERYDAY)(credit_commands.usage)
 # 'create' starts a background service when none runs; 'down' is how its user stops it.
 app.command("down", rich_help_panel=EVERYDAY)(service_commands.down)
 

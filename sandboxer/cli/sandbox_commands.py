@@ -108,6 +108,14 @@ def create(
             "SANDBOXER_INPUT_ROOTS) instead of uploading them",
         ),
     ] = False,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "--project",
+            envvar="SANDBOXER_PROJECT",
+            help="the project the sandbox is for, whose credits pay for it (docs/payments.md)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a sandbox from a profile and wait until it is ready.
@@ -126,6 +134,8 @@ def create(
             client, settings, planned, exclude=exclude or [], show_progress=not as_json
         )
         progress = Progress(enabled=not as_json)  # timed from here: not the service's start-up
+        if project:
+            client.actor = {**client.actor, "project": project}  # the service checks the name
         result = await client.create(
             profile,
             {**parsed, **refs},

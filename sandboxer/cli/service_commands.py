@@ -38,7 +38,9 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
 
 
 def worker(
-    roles: Annotated[list[str], typer.Argument(help="control, projector, meter or an extension id")],
+    roles: Annotated[
+        list[str], typer.Argument(help="control, projector, meter or an extension id")
+    ],
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run chosen roles alone against SANDBOXER_NATS_URL (for scale-out)."""

@@ -1,0 +1,154 @@
+"""CLI commands for credits and usage: ``credits add|show|budget|byok`` and ``usage``.
+
+Amounts are whole credits, 1 credit = 1 micro-USD (docs/payments.md).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import typer
+
+from sandboxer.cli.common import JsonOpt, run, with_client
+from sandboxer.cli.output import print_json, print_table
+from sandboxer.client import SandboxerClient
+from sandboxer.domain.account_decide import format_credits
+
+__all__ = ["credits_app", "usage"]
+
+credits_app = typer.Typer(
+    help="Project accounts: add credits, show balances, set budgets and own provider keys.",
+    no_args_is_help=True,
+)
+
+
+def _echo_event(event: dict[str, Any], as_json: bool, text: str) -> None:
+    if as_json:
+        print_json(event)
+    else:
+        typer.echo(text)
+
+
+@credits_app.command("add")
+def credits_add(
+    project: str,
+    amount: Annotated[int, typer.Argument(help="whole credits (1 credit = 1 micro-USD)")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Add credits to a project's account (an administrator's command)."""
+    event = run(with_client(lambda c: c.account_command("add_credits", project, amount=amount)))
+    _echo_event(event, as_json, f"added {format_credits(amount)} to {project}")
+
+
+@credits_app.command("show")
+def credits_show(
+    project: Annotated[str | None, typer.Argument(help="one project (default: all)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Balances, reservations and spending of one project or of every project."""
+    accounts = run(with_client(lambda c: c.credits(project)))
+    if as_json:
+        print_json(accounts[0] if project and accounts else accounts)
+        return
+    if not accounts:
+        typer.echo(f"no account for {project}" if project else "no accounts yet")
+        return
+    rows = []
+    for account in accounts:
+        budget = account["budget"]
+        rows.append(
+            [
+                account["project"],
+                account["balance"],
+                account["reserved"],
+                account["available"],
+                account["spent_this_month"],
+                "-"
+                if budget is None
+                else f"{budget['spent']}/{budget['limit']} per {budget['period']}",
+                ",".join(sorted(account["byok"])) or "-",
+            ]
+        )
+    print_table(
+        rows, ["PROJECT", "BALANCE", "RESERVED", "AVAILABLE", "SPENT (MONTH)", "BUDGET", "BYOK"]
+    )
+    typer.echo("(credits; 1 credit = 1 micro-USD)")
+
+
+@credits_app.command("budget")
+def credits_budget(
+    project: str,
+    limit: Annotated[int | None, typer.Argument(help="credits per period; omit to remove")] = None,
+    period: Annotated[str, typer.Option("--period", help="day or month (UTC)")] = "month",
+    as_json: JsonOpt = False,
+) -> None:
+    """Limit what a project may spend per day or month; creates past it are refused."""
+    if period not in {"day", "month"}:
+        raise typer.BadParameter("--period is day or month")
+    chosen: Literal["day", "month"] = "day" if period == "day" else "month"
+    event = run(
+        with_client(lambda c: c.account_command("set_budget", project, limit=limit, period=chosen))
+    )
+    text = (
+        f"{project}: no budget"
+        if limit is None
+        else f"{project}: at most {format_credits(limit)} per {period}"
+    )
+    _echo_event(event, as_json, text)
+
+
+@credits_app.command("byok")
+def credits_byok(
+    project: str,
+    extension: str,
+    key_ref: Annotated[
+        str | None,
+        typer.Argument(help="a secret reference, env:NAME or file:/PATH; omit to remove"),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bring the project's own key for a backend: its sandboxes there are metered, not debited."""
+    event = run(
+        with_client(
+            lambda c: c.account_command("set_byok", project, extension=extension, key_ref=key_ref)
+        )
+    )
+    _echo_event(
+        event,
+        as_json,
+        f"{project} on {extension}: "
+        + (f"own key {key_ref}" if key_ref else "no own key (credits are debited)"),
+    )
+
+
+def usage(
+    project: Annotated[str | None, typer.Option("--project", help="one project")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="from this UTC date or time (2026-12-01)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="before this UTC date or time")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Spend by project, profile and backend over a period, from the metered sandboxes."""
+
+    async def work(client: SandboxerClient) -> dict[str, Any]:
+        return await client.usage(project=project, since=since, until=until)
+
+    report = run(with_client(work))
+    if as_json:
+        print_json(report)
+        return
+    print_table(
+        [
+            [r["project"], r["profile"], r["extension"], r["sandboxes"], r["seconds"], r["amount"]]
+            for r in report["summary"]
+        ],
+        ["PROJECT", "PROFILE", "BACKEND", "SANDBOXES", "SECONDS", "CREDITS"],
+    )
+    total = report["total"]
+    typer.echo(
+        f"total: {total['sandboxes']} sandboxes, {total['seconds']} s, "
+        f"{format_credits(total['amount'])}"
+    )
