@@ -45,10 +45,6 @@ RETRY_WAIT_MAX = 30.0
 """Longest pause between two POSTs to an endpoint that is down."""
 
 
-class _Undelivered(Exception):
-    """The endpoint did not take the event (retried with backoff; never leaves this module)."""
-
-
 def export_line(seq: int, data: bytes) -> bytes:
     """The line exported for the stored event ``data`` at stream sequence ``seq``: the event's
     own JSON object (every field, including any a later version adds) plus ``stream_seq``."""
@@ -155,7 +151,7 @@ class HttpExport:
         event_id = str(msgspec.json.decode(data).get("event_id", seq))
         headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
         async for attempt in stamina.retry_context(
-            on=(httpx.HTTPError, _Undelivered),
+            on=httpx.HTTPError,  # HTTPStatusError too: any answer but 2xx
             attempts=None,
             timeout=None,
             wait_initial=0.2,
@@ -176,7 +172,11 @@ class HttpExport:
                         answer.status_code,
                         event_id,
                     )
-                    raise _Undelivered(answer.status_code)
+                    raise httpx.HTTPStatusError(
+                        f"{answer.status_code} from {self.url}",
+                        request=answer.request,
+                        response=answer,
+                    )
 
 
 async def run_meter_export(
