@@ -63,6 +63,17 @@ class Service:
         self.stop.set()
         await asyncio.wait_for(self.task, 30)
 
+    async def fund(self, project: str = "default", amount: int = 100_000_000) -> None:
+        """Give ``project`` credits (``amount`` micro-USD; 100 USD by default), as an
+        administrator: paid backends reserve a create's cost before it is made."""
+        admin = await SandboxerClient.connect(
+            list(self.settings.nats_urls), actor={"type": "adm", "id": "pytest-funder"}
+        )
+        try:
+            await admin.account_command("add_credits", project, amount=amount)
+        finally:
+            await admin.close()
+
 
 START_TIMEOUT = 30.0
 """How long the roles get to answer their first health query (a few hundred ms is usual)."""

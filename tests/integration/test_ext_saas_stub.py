@@ -304,6 +304,7 @@ async def test_create_and_destroy_through_the_service(
 ) -> None:
     service = await start_service(home, nats_server.url, ROLES)
     try:
+        await service.fund()  # the stub is a paid backend
         ready = await service.client.create(profile="profile.saas-stub")
         sandbox_id = ready["sandbox_id"]
         assert ready["reachability"]["kind"] == "saas-stub"
@@ -323,6 +324,7 @@ async def test_a_create_past_the_quota_fails_naming_the_quota(
     write_override(home, max_live=1)
     service = await start_service(home, nats_server.url, ROLES)
     try:
+        await service.fund()  # the stub is a paid backend
         first = await service.client.create(profile="profile.saas-stub")
         with pytest.raises(CommandFailed, match="quota reached, 1 of 1") as caught:
             await service.client.create(profile="profile.saas-stub")
@@ -342,6 +344,7 @@ async def test_stale_finds_orphans_ghosts_and_ended_ones_and_reap_cleans_them(
     service = await start_service(home, nats_server.url, ROLES)
     client = service.client
     try:
+        await service.fund()  # the stub is a paid backend
         behind = stub(home / "saas-stub" / "ext.saas-stub")  # the same records, off the bus
         await behind.provision(request("orphan000001"))  # made behind the log's back
         ghost = (await client.create(profile="profile.saas-stub"))["sandbox_id"]

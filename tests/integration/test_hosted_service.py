@@ -185,6 +185,7 @@ async def test_create_extend_destroy_through_the_bus(
         home, nats_server.url, roles=["control", "projector", provider.extension]
     )
     try:
+        await service.fund()
         client = service.client
         ready = await client.create(provider.profile, ttl="10m")
         sandbox_id = ready["sandbox_id"]
@@ -227,6 +228,7 @@ async def test_kill_9_between_the_providers_create_and_ready_leaves_one(
     worker = start_worker(home, nats_server.url, provider.extension)
     replacement = None
     try:
+        await service.fund()
         client = service.client
         created = await client.create(provider.profile, wait=False)
         sandbox_id = created["sandbox_id"]
@@ -258,6 +260,7 @@ async def test_a_leak_at_the_provider_is_stale_and_reaped(
         home, nats_server.url, roles=["control", "projector", provider.extension]
     )
     try:
+        await service.fund()
         client = service.client
         ready = await client.create(provider.profile)
         await provider.plant_orphan("leaked000001")
@@ -281,6 +284,7 @@ async def test_a_quota_refusal_fails_the_create_as_retryable_and_leaves_nothing(
         home, nats_server.url, roles=["control", "projector", provider.extension]
     )
     try:
+        await service.fund()
         with pytest.raises(CommandFailed) as failed:
             await service.client.create(provider.profile)
         event = failed.value.event
@@ -315,6 +319,7 @@ async def test_a_hosted_snapshot_restores_on_this_machine(
         home, nats_server.url, roles=["control", "projector", provider.extension, "ext.local"]
     )
     try:
+        await service.fund()
         ready = await service.client.create(provider.profile)
         hosted = ready["sandbox_id"]
         # Relative paths: inside the doubles a sandbox's files live under a directory of theirs.
