@@ -49,7 +49,7 @@ from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.fallback import without_candidates
-from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown, Reroute
+from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
 from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
 from sandboxer.events.types import Actor, CommandRejected
 from sandboxer.workers.credit_reservation import (
@@ -58,6 +58,7 @@ from sandboxer.workers.credit_reservation import (
     reserve_for_extend,
 )
 from sandboxer.workers.deciding import apply
+from sandboxer.workers.fallback_routing import next_route
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.jobs import job_for
 from sandboxer.workers.pause_commands import decide_pause_step
@@ -199,36 +200,13 @@ class ControlWorker:
         """Fallback: route a sandbox its backend refused to the next candidate of its profile,
         through the same admission, routing and placement as a create (minus the refusers)."""
         loaded = await self._store.load(command.sandbox_id)
-        state = loaded.state
-        decision = Reroute(command_id=command.command_id, extension=None, reason="")
-        if state.status == "rerouting" and state.profile and state.actor:
-            again = CreateSandbox(
-                command_id=command.command_id,
-                actor=state.actor,
-                profile=state.profile,
-                inputs=state.inputs,
-                sandbox_id=state.sandbox_id,
-            )
-            refusals = f"refused by {', '.join(state.refused_by)} ({state.failure})"
-            try:
-                admitted = await self._to_domain(again, refused_by=state.refused_by)
-            except (Rejected, UnknownProfile) as none_left:
-                why = none_left.reason if isinstance(none_left, Rejected) else none_left.message
-                decision = Reroute(
-                    command_id=command.command_id,
-                    extension=None,
-                    reason=f"no candidate is left: {refusals}; {why}",
-                )
-            else:
-                assert isinstance(admitted, AdmittedCreate)
-                decision = Reroute(
-                    command_id=command.command_id,
-                    extension=admitted.extension,
-                    reason=f"fallback, {refusals}: {admitted.route_reason}",
-                    host=admitted.host,
-                    candidates=admitted.candidates,
-                    scores=admitted.route_scores,
-                )
+
+        async def admit(again: CreateSandbox, refused_by: tuple[str, ...]) -> AdmittedCreate:
+            admitted = await self._to_domain(again, refused_by=refused_by)
+            assert isinstance(admitted, AdmittedCreate)
+            return admitted
+
+        decision = await next_route(self._store, self._catalog, loaded.state, command, admit)
         loaded, _ = await apply(self._store, command.sandbox_id, decision, loaded)
         if self._routing is not None:
             self._routing.appended(command.sandbox_id, loaded.last_seq)

@@ -26,9 +26,7 @@ from sandboxer.commands.types import AddCredits, ExtendTtl, SetBudget, SetByok
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.account_decide import (
-    AccountCommand,
     ReserveCredits,
-    decide_account,
     reserve_command_id,
 )
 from sandboxer.domain.account_state import project_of
@@ -39,17 +37,18 @@ from sandboxer.domain.pricing import (
     per_second_microusd,
 )
 from sandboxer.domain.sandbox_decide import AdmittedCreate, decide
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import parse_duration
 from sandboxer.errors import SandboxerError
-from sandboxer.workers.deciding import _decide_loop
+from sandboxer.workers.deciding import apply_account
 
 __all__ = [
-    "apply_account",
     "decide_account_command",
     "decimal_text",
     "extend_command_id",
     "reserve_for_create",
     "reserve_for_extend",
+    "reserve_for_reroute",
     "wants_gpu",
 ]
 
@@ -76,20 +75,6 @@ def wants_gpu(catalog: Catalog, profile_id: str | None) -> bool:
         return False  # a profile removed since: its sandboxes keep their reserved prices
     constraints = profile.route.constraints if profile.route else None
     return bool(profile.resources.gpu or (constraints and constraints.gpu))
-
-
-async def apply_account(
-    store: EventStore, project: str, command: AccountCommand, known: LoadedAccount | None = None
-) -> tuple[LoadedAccount, bool]:
-    """Load, decide, append on one project's account (reloading on conflicts).
-    ``Rejected`` from the rules propagates to the caller."""
-    return await _decide_loop(
-        f"account {project}",
-        lambda: store.load_account(project),
-        lambda loaded: decide_account(loaded.state, command, utc_now()),
-        store.append_account,
-        known,
-    )
 
 
 async def decide_account_command(
@@ -171,5 +156,42 @@ async def reserve_for_extend(store: EventStore, catalog: Catalog, command: Exten
         extension=state.extension,
         profile=state.profile,
         reason="extend",
+    )
+    await apply_account(store, project, reservation, account)
+
+
+async def reserve_for_reroute(
+    store: EventStore, catalog: Catalog, state: SandboxState, extension: str, command_id: str
+) -> None:
+    """Move a rerouted sandbox's reservation to its new backend and that backend's prices
+    (a ``reroute`` reservation replaces the old one), or raise Rejected when the project
+    cannot pay for the new backend. Nothing is held on a free backend or under BYOK."""
+    if state.actor is None:
+        return
+    project = project_of(state.actor)
+    account = await store.load_account(project)
+    held = account.state.reservations.get(state.sandbox_id)
+    decl = catalog.extensions_enabled().get(extension)
+    gpu = wants_gpu(catalog, state.profile)
+    per_second, per_create = _priced(decl, gpu)
+    free = decl is None or extension in account.state.byok or (per_second == 0 and per_create == 0)
+    if free and held is None:
+        return
+    amount = (
+        0
+        if free or decl is None
+        else estimate_microusd(decl.pricing, state.ttl_seconds or 0.0, gpu)
+    )
+    reservation = ReserveCredits(
+        command_id=f"reserve-{command_id}",
+        causation_id=command_id,
+        actor=state.actor,
+        sandbox_id=state.sandbox_id,
+        amount=amount,
+        price=decimal_text(Decimal(0) if free else per_second),
+        create_price=decimal_text(Decimal(0) if free else per_create),
+        extension=extension,
+        profile=state.profile,
+        reason="reroute",
     )
     await apply_account(store, project, reservation, account)

@@ -2,8 +2,9 @@
 
 Optimistic concurrency means a decision can lose the race to another
 writer; the loop then reloads and decides again, a bounded number of times.
-Workers change sandboxes only through :func:`apply`, and snapshots only
-through :func:`apply_snapshot`: both are this one loop, :func:`_decide_loop`.
+Workers change sandboxes only through :func:`apply`, snapshots only through
+:func:`apply_snapshot` and project accounts only through :func:`apply_account`:
+all are this one loop, :func:`_decide_loop`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from sandboxer.bus.event_store import EventStore, Loaded, LoadedSnapshot
+from sandboxer.bus.event_store import EventStore, Loaded, LoadedAccount, LoadedSnapshot
 from sandboxer.clock import utc_now
+from sandboxer.domain.account_decide import AccountCommand, decide_account
 from sandboxer.domain.sandbox_decide import DomainCommand, decide
 from sandboxer.domain.snapshot_decide import SnapshotCommand, decide_snapshot
 from sandboxer.errors import ConcurrencyConflict
 
-__all__ = ["DECIDE_ATTEMPTS", "apply", "apply_snapshot"]
+__all__ = ["DECIDE_ATTEMPTS", "apply", "apply_account", "apply_snapshot"]
 
 DECIDE_ATTEMPTS = 8
 """Reloads before giving up; each one means another writer changed the aggregate meanwhile."""
@@ -82,4 +84,17 @@ async def apply_snapshot(
         lambda: store.load_snapshot(snapshot_id),
         lambda loaded: decide_snapshot(loaded.state, command, utc_now()),
         store.append_snapshot,
+    )
+
+
+async def apply_account(
+    store: EventStore, project: str, command: AccountCommand, known: LoadedAccount | None = None
+) -> tuple[LoadedAccount, bool]:
+    """The same loop on a project's account. ``Rejected`` propagates to the caller."""
+    return await _decide_loop(
+        f"account {project}",
+        lambda: store.load_account(project),
+        lambda loaded: decide_account(loaded.state, command, utc_now()),
+        store.append_account,
+        known,
     )

@@ -38,7 +38,8 @@ from sandboxer.domain.pricing import per_create_microusd, per_second_microusd
 from sandboxer.domain.usage import billable_seconds, billed_seconds
 from sandboxer.events.codec import decode_event
 from sandboxer.events.types import Actor, CommandRejected, SandboxDestroyed
-from sandboxer.workers.credit_reservation import apply_account, decimal_text, wants_gpu
+from sandboxer.workers.credit_reservation import decimal_text, wants_gpu
+from sandboxer.workers.deciding import apply_account
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 
 __all__ = ["METER_ACTOR", "MeterWorker"]

@@ -102,3 +102,23 @@ async def test_no_candidate_left_fails_with_every_refusal(nats_server: Any, home
     finally:
         await service.client.close()
         await service.shutdown()
+
+
+async def test_a_reroute_moves_the_reservation_to_the_new_backends_prices(
+    nats_server: Any, home: Path
+) -> None:
+    """The paid stub refuses; ext.local (free) takes the sandbox: nothing stays reserved."""
+    write_profiles(home)
+    write_override(home, latency_ms=1, failure_rate=1)  # the packaged prices: a paid backend
+    service = await start_service(home, nats_server.url, ROLES)
+    try:
+        await service.fund(amount=50_000_000)
+        client = service.client
+        ready = await client.create("profile.fallback", ttl="10m")
+        [account] = await client.credits("default")
+        assert account["reserved"] == 0, account  # replaced by the free backend's (nothing)
+        assert account["balance"] == 50_000_000
+        await client.destroy(ready["sandbox_id"])
+    finally:
+        await service.client.close()
+        await service.shutdown()
