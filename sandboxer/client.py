@@ -25,7 +25,7 @@ from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.publish import publish_durably
 from sandboxer.bus.streams import replicas_for
 from sandboxer.command_outcomes import CommandFailed, EventCallback, OutcomeWatcher, notify
-from sandboxer.errors import BusError, InvalidInput, ServiceNotRunning
+from sandboxer.errors import BusError, InvalidInput, RequestError, ServiceNotRunning
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB, ArchiveLimits
@@ -84,7 +84,11 @@ class SandboxerClient:
             ) from exc
         reply = msgspec.json.decode(msg.data)
         if not reply.get("ok"):
-            raise BusError(f"{subject}: {reply.get('error')}")
+            error = str(reply.get("error"))
+            # The responder answers a bad request with its reason and its own failures
+            # as "internal error: ...": only the latter is the service's fault.
+            kind = BusError if error.startswith("internal error") else RequestError
+            raise kind(f"{subject}: {error}")
         return reply
 
     async def get(self, sandbox_id: str, min_seq: int | None = None) -> dict[str, Any] | None:
@@ -119,6 +123,13 @@ class SandboxerClient:
             "sandboxes"
         ]
         return sandboxes
+
+    async def route_explain(self, profile: str, ttl: str | None = None) -> dict[str, Any]:
+        """How a create of ``profile`` would be routed now (the control worker answers;
+        nothing is created): ``decision``, ``signals``, ``at`` (docs/routing.md)."""
+        request = {"profile": profile, **({} if ttl is None else {"ttl": ttl})}
+        reply: dict[str, Any] = await self.query(subjects.QUERY_ROUTE_EXPLAIN, request, 10.0)
+        return reply
 
     async def health(self) -> dict[str, Any]:
         reply: dict[str, Any] = await self.query(subjects.QUERY_HEALTH, {}, timeout=2.0)
