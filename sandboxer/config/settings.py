@@ -16,7 +16,13 @@ from urllib.parse import urlsplit
 from sandboxer.errors import SettingError
 from sandboxer.workspaces.roots import parse_input_roots
 
-__all__ = ["NATS_URL_SCHEMES", "Settings", "parse_nats_urls"]
+__all__ = [
+    "DEFAULT_HTTP_ADDR",
+    "NATS_URL_SCHEMES",
+    "Settings",
+    "parse_http_addr",
+    "parse_nats_urls",
+]
 
 NATS_URL_SCHEMES = ("nats", "tls", "ws", "wss")
 
@@ -108,6 +114,28 @@ def _export_url_env() -> str | None:
     return raw
 
 
+DEFAULT_HTTP_ADDR = ("127.0.0.1", 8788)
+
+
+def parse_http_addr(raw: str, variable: str = "SANDBOXER_HTTP_ADDR") -> tuple[str, int] | None:
+    """``host:port`` (``[::1]:8788`` for IPv6) the HTTP gateway binds, or None for ``off``."""
+    if raw.strip().lower() == "off":
+        return None
+    host, sep, port = raw.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or int(port) > 65535
+        or any(char.isspace() or char in "/[]@" for char in host)
+    ):
+        raise SettingError(
+            variable, raw, "HOST:PORT for the HTTP gateway (e.g. 127.0.0.1:8788), or off"
+        )
+    return host, int(port)
+
+
 def _home_env() -> Path:
     raw = os.environ.get("SANDBOXER_HOME")
     home = Path(raw or Path.home() / ".local" / "share" / "sandboxer").expanduser()
@@ -135,6 +163,7 @@ class Settings:
     ``SANDBOXER_UPLOAD_EXCLUDE``: names a client leaves out of the directories it uploads.
     ``SANDBOXER_METER_EXPORT_FILE``, ``SANDBOXER_METER_EXPORT_URL``: where the control role
     exports every metered usage (docs/payments.md).
+    ``SANDBOXER_HTTP_ADDR``: where the HTTP gateway listens (``host:port``, or ``off``).
     """
 
     home: Path
@@ -147,6 +176,9 @@ class Settings:
     upload_exclude: tuple[str, ...] = ()
     meter_export_file: Path | None = None
     meter_export_url: str | None = None
+    http_addr: tuple[str, int] | None = None
+    """Where the HTTP gateway listens (docs/http-api.md). From the environment it defaults
+    to 127.0.0.1:8788; Settings made in code (tests) run no gateway unless they say so."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -161,6 +193,9 @@ class Settings:
             upload_exclude=_names_env("SANDBOXER_UPLOAD_EXCLUDE"),
             meter_export_file=_export_file_env(),
             meter_export_url=_export_url_env(),
+            http_addr=parse_http_addr(
+                os.environ.get("SANDBOXER_HTTP_ADDR") or "{}:{}".format(*DEFAULT_HTTP_ADDR)
+            ),
         )
 
     @property
