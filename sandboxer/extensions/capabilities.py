@@ -27,6 +27,7 @@ __all__ = [
     "BuiltFromSettings",
     "Closable",
     "HostInspector",
+    "KeyedBackend",
     "Metered",
     "Pausable",
     "Snapshotter",
@@ -112,6 +113,21 @@ class TokenHolder(Protocol):
     the sandbox's own actor or project on request (workers/token_service.py)."""
 
     async def sandbox_tokens(self, sandbox_id: str) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class KeyedBackend(Protocol):
+    """A hosted backend that can speak to its provider with another key: a project's own
+    (BYOK, docs/payments.md). The worker asks for the copy on every call for a sandbox of a
+    project that has a key for this backend (workers/backend_for.py)."""
+
+    id: str
+
+    def with_key(self, key: str, source: str) -> Any:
+        """This backend, same settings, authenticated with ``key`` (a secret value: never in
+        a message). ``source`` names where the key came from, for messages (a refused key is
+        a ProviderAuth naming it). Copies are kept per source, so a worker opens one client
+        per key, not one per call; they close with this backend."""
 
 
 @runtime_checkable

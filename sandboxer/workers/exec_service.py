@@ -40,6 +40,7 @@ from sandboxer.errors import SandboxerError
 from sandboxer.events.types import Actor
 from sandboxer.extensions.base import Extension
 from sandboxer.ids import is_valid_sandbox_id, new_command_id
+from sandboxer.workers.backend_for import backend_for
 
 __all__ = ["ExecRequest", "ExecService"]
 
@@ -150,7 +151,8 @@ class ExecService:
         await send("started", b"")
         await self._touch(state)
         try:
-            code = await self._extension.exec(
+            backend = await backend_for(self._store, self._extension, state)  # BYOK
+            code = await backend.exec(
                 sandbox_id, request.argv, send, host=host, service=request.service
             )
             result: dict[str, object] = {"exit_code": code}

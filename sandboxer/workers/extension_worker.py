@@ -53,6 +53,7 @@ from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.extensions.capabilities import TimeoutKeeper
 from sandboxer.secrets import redact, resolve_secrets
 from sandboxer.workers import deciding
+from sandboxer.workers.backend_for import backend_for, backend_for_id
 from sandboxer.workers.host_events import inspect_and_record
 from sandboxer.workers.job_dispatch import request_reroute
 from sandboxer.workers.jobs import Job
@@ -197,7 +198,8 @@ class ExtensionWorker:
                 await self._retime(job, loaded)
             else:
                 if job.action == "recreate":
-                    await self.extension.teardown(job.sandbox_id, host=host)
+                    backend = await backend_for(self._store, self.extension, loaded.state)
+                    await backend.teardown(job.sandbox_id, host=host)
                 await self._provision(job, msg, loaded)
         await msg.ack()
 
@@ -215,7 +217,8 @@ class ExtensionWorker:
         if not started:
             log.info("job %s: nothing to do, sandbox is %s", job.job_id, state.status)
             if state.status in {"destroying", "destroyed"}:
-                await self.extension.teardown(job.sandbox_id, host=state.host)
+                gone = await backend_for(self._store, self.extension, state)
+                await gone.teardown(job.sandbox_id, host=state.host)
             if state.status == "rerouting":  # a crash came before the reroute was sent
                 await request_reroute(self._js, state)
             return
@@ -223,7 +226,9 @@ class ExtensionWorker:
         secrets: dict[str, str] = {}
         stage: Literal["provision", "wait_ready"] = "provision"
         profile: Profile | None = None
+        backend = self.extension
         try:
+            backend = await backend_for(self._store, self.extension, state)  # BYOK: its key
             profile = self._catalog.profile(state.profile)
             secrets = resolve_secrets(profile.setup.secret_refs)
             # Directory inputs are vetted here, before the backend sees any of them: an
@@ -241,9 +246,9 @@ class ExtensionWorker:
                 )
                 if profile.setup.record_telemetry:
                     await inspect_and_record(self._store, self.extension, state.host)
-                await self.extension.provision(request)
+                await backend.provision(request)
                 stage = "wait_ready"
-                readiness = await self.extension.wait_ready(request)
+                readiness = await backend.wait_ready(request)
             if profile.setup.record_telemetry:  # after readiness, before `ready` is announced
                 await inspect_and_record(self._store, self.extension, state.host)
         except Exception as exc:
@@ -299,7 +304,7 @@ class ExtensionWorker:
                 job.sandbox_id,
                 loaded.state.status,
             )
-            await self.extension.teardown(job.sandbox_id, host=state.host)
+            await backend.teardown(job.sandbox_id, host=state.host)
 
     async def _retime(self, job: Job, loaded: Loaded) -> None:
         """Move the provider's own timeout to the sandbox's new expiry (a no-op elsewhere)."""
@@ -309,16 +314,20 @@ class ExtensionWorker:
         if state.status not in {"ready", "active"}:
             log.info("job %s: nothing to do, sandbox is %s", job.job_id, state.status)
             return
-        await self.extension.set_timeout(job.sandbox_id, state.expires_at, host=state.host)
+        backend = await backend_for(self._store, self.extension, state)
+        assert isinstance(backend, TimeoutKeeper)  # a copy of the same class
+        await backend.set_timeout(job.sandbox_id, state.expires_at, host=state.host)
 
     async def _teardown(self, job: Job, host: str | None) -> None:
-        await self.extension.teardown(job.sandbox_id, host=host)
+        backend = await backend_for_id(self._store, self.extension, job.sandbox_id)
+        await backend.teardown(job.sandbox_id, host=host)
         await self.apply(job.sandbox_id, FinishTeardown(job_id=job.job_id))
 
     async def _safe_teardown(self, sandbox_id: str, host: str | None) -> str | None:
         """Tear down without raising: None when it worked, else why it did not."""
         try:
-            await self.extension.teardown(sandbox_id, host=host)
+            backend = await backend_for_id(self._store, self.extension, sandbox_id)
+            await backend.teardown(sandbox_id, host=host)
         except Exception as exc:
             log.exception("teardown of %s failed", sandbox_id)
             return _reason(exc, {})

@@ -21,6 +21,7 @@ from sandboxer.domain.sandbox_pause import MarkPaused, MarkPauseFailed, MarkResu
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.extensions.base import Extension
 from sandboxer.extensions.capabilities import Pausable, TimeoutKeeper
+from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.jobs import Job
 
@@ -50,10 +51,11 @@ class PauseJob:
             return
         started = time.monotonic()
         try:
+            keyed = await backend_for(self._store, backend, state)  # BYOK: the project's key
             if operation == "pause":
-                await backend.pause(job.sandbox_id, host=state.host)
+                await keyed.pause(job.sandbox_id, host=state.host)
             else:
-                await backend.resume(job.sandbox_id, host=state.host)
+                await keyed.resume(job.sandbox_id, host=state.host)
         except Exception as exc:
             if is_unavailability(exc):
                 raise  # the log, not the sandbox, failed: the job is retried
@@ -73,10 +75,10 @@ class PauseJob:
         )
         loaded, _ = await apply(self._store, job.sandbox_id, done)
         resumed = loaded.state
-        if operation == "resume" and isinstance(backend, TimeoutKeeper) and resumed.expires_at:
+        if operation == "resume" and isinstance(keyed, TimeoutKeeper) and resumed.expires_at:
             # ``resumed`` moved the expiry by the pause's length; the provider's timeout follows.
             try:
-                await backend.set_timeout(job.sandbox_id, resumed.expires_at, host=state.host)
+                await keyed.set_timeout(job.sandbox_id, resumed.expires_at, host=state.host)
             except Exception as exc:
                 if is_unavailability(exc):
                     raise

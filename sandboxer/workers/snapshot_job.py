@@ -29,6 +29,7 @@ from sandboxer.events.types import SYSTEM_ACTOR
 from sandboxer.extensions.base import Extension
 from sandboxer.extensions.capabilities import Snapshotter
 from sandboxer.workers import deciding
+from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.deciding import apply_snapshot
 from sandboxer.workers.job_dispatch import dispatch_job
 from sandboxer.workers.jobs import Job
@@ -116,7 +117,8 @@ class SnapshotJob:
             )
             tree = scratch / "tree"
             tree.mkdir()
-            await self._extension.snapshot_workspace(job.sandbox_id, tree, host=sandbox.host)
+            backend = await backend_for(self._store, self._extension, sandbox)  # BYOK
+            await backend.snapshot_workspace(job.sandbox_id, tree, host=sandbox.host)
             # No excludes: a snapshot is the whole workspace (secrets never enter it).
             uploaded = await upload_directory(self._js, tree, limits=self._limits)
         except Exception as exc:

@@ -24,6 +24,7 @@ from sandboxer.errors import SandboxerError
 from sandboxer.events.actor import Actor
 from sandboxer.extensions.capabilities import TokenHolder
 from sandboxer.ids import is_valid_sandbox_id
+from sandboxer.workers.backend_for import backend_for
 
 __all__ = ["TokenService"]
 
@@ -83,7 +84,9 @@ class TokenService:
                 try:
                     answer = {
                         "ok": True,
-                        "tokens": await self._extension.sandbox_tokens(sandbox_id),
+                        "tokens": await (
+                            await backend_for(self._store, self._extension, state)  # BYOK
+                        ).sandbox_tokens(sandbox_id),
                     }
                 except SandboxerError as exc:
                     answer = {"ok": False, "error": exc.message}

@@ -117,6 +117,12 @@ class Record:
     auto_stop: float = 15
     auto_delete: float = -1
     created_at: str = field(default_factory=_now)
+    owner: str | None = None
+    """The key (organization) that made it; None: the double's own. Other keys do not see it."""
+    keys: list[str] = field(default_factory=list)
+    """The key of every call that reached it (its create, and each call naming it)."""
+    auto_stop_sets: int = 0
+    """How many times its auto-stop interval was set after its create."""
 
 
 class DaytonaDouble:
@@ -124,6 +130,10 @@ class DaytonaDouble:
 
     def __init__(self, key: str = API_KEY) -> None:
         self.key = key
+        self._keys = {key}
+        """Every key the double accepts: each is an organization of its own (``accept_key``)."""
+        self.made: list[Record] = []
+        """Every sandbox ever created through the API, gone or not."""
         self.records: dict[str, Record] = {}
         self.ready_after_polls = 2
         """GETs that still see ``creating`` before the sandbox reaches its end state."""
@@ -150,12 +160,16 @@ class DaytonaDouble:
             SPEC_FILE,
             {route: _checked(route, handler) for route, handler in routes.items()},
             error_body=_error_body,
-            authorized=lambda headers: headers.get("authorization") == f"Bearer {self.key}",
+            authorized=lambda headers: _bearer(headers) in self._keys,
             prefix=PREFIX,
             deviations={route: set(statuses) for route, statuses in DEVIATIONS.items()},
         )
 
     # -- helpers for tests -------------------------------------------------------------------
+
+    def accept_key(self, key: str) -> None:
+        """Accept ``key`` too, as another organization's: it sees and reaches only its own."""
+        self._keys.add(key)
 
     def live(self) -> list[Record]:
         """Sandboxes that exist at the provider (not destroying)."""
@@ -194,12 +208,17 @@ class DaytonaDouble:
             self.records[provider_id] = record
         return record
 
-    def _find(self, id_or_name: str) -> Record | None:
+    def _find(self, id_or_name: str, call: Call) -> Record | None:
+        """The caller's sandbox of that id or name (another organization's is not found)."""
         with self._lock:
             for record in self.records.values():
-                if id_or_name in {record.id, record.name}:
+                if id_or_name in {record.id, record.name} and self._visible(record, call):
+                    record.keys.append(_bearer(call.headers))
                     return record
         return None
+
+    def _visible(self, record: Record, call: Call) -> bool:
+        return (record.owner or self.key) == _bearer(call.headers)
 
     def _advance(self, record: Record) -> None:
         """A poll: a transitional state moves on once its polls are used up."""
@@ -249,7 +268,7 @@ class DaytonaDouble:
     async def _create(self, call: Call) -> Answer:
         body = dict(call.body or {})
         name = body.get("name")
-        if name and self._find(name) is not None:
+        if name and self._find(name, call) is not None:
             message = f"Sandbox with name {name} already exists"
             return Answer(409, _error_body(409, message, _path(call)))
         if body.get("snapshot") and RESOURCES & set(body):
@@ -260,10 +279,15 @@ class DaytonaDouble:
                 ),
             )
         self.creates += 1
-        return Answer(201, self._body(self._new_record(body)))
+        record = self._new_record(body)
+        record.owner = _bearer(call.headers)
+        record.keys.append(record.owner)
+        with self._lock:
+            self.made.append(record)
+        return Answer(201, self._body(record))
 
     async def _get(self, call: Call) -> Answer:
-        record = self._find(call.path_params["sandboxIdOrName"])
+        record = self._find(call.path_params["sandboxIdOrName"], call)
         if record is None:
             return _not_found(call)
         self._advance(record)
@@ -283,6 +307,7 @@ class DaytonaDouble:
             r
             for r in records
             if all(r.labels.get(k) == v for k, v in wanted.items())
+            and self._visible(r, call)
             and (include_gone or r.state not in GONE_STATES)
         ]
         page = matching[start : start + limit]
@@ -296,35 +321,36 @@ class DaytonaDouble:
         )
 
     async def _delete(self, call: Call) -> Answer:
-        record = self._find(call.path_params["sandboxIdOrName"])
+        record = self._find(call.path_params["sandboxIdOrName"], call)
         if record is None:
             return _not_found(call)
         record.state, record.next_state, record.polls_left = "destroying", "destroyed", 1
         return Answer(200, self._body(record))
 
     async def _stop(self, call: Call) -> Answer:
-        record = self._find(call.path_params["sandboxIdOrName"])
+        record = self._find(call.path_params["sandboxIdOrName"], call)
         if record is None:
             return _not_found(call)
         record.state, record.next_state, record.polls_left = "stopping", "stopped", 1
         return Answer(201, self._body(record))
 
     async def _start(self, call: Call) -> Answer:
-        record = self._find(call.path_params["sandboxIdOrName"])
+        record = self._find(call.path_params["sandboxIdOrName"], call)
         if record is None:
             return _not_found(call)
         record.state, record.next_state, record.polls_left = "starting", "started", 1
         return Answer(201, self._body(record))
 
     async def _autostop(self, call: Call) -> Answer:
-        record = self._find(call.path_params["sandboxIdOrName"])
+        record = self._find(call.path_params["sandboxIdOrName"], call)
         if record is None:
             return _not_found(call)
         record.auto_stop = float(call.path_params["interval"])
+        record.auto_stop_sets += 1
         return Answer(201, self._body(record))
 
     async def _autodelete(self, call: Call) -> Answer:
-        record = self._find(call.path_params["sandboxIdOrName"])
+        record = self._find(call.path_params["sandboxIdOrName"], call)
         if record is None:
             return _not_found(call)
         record.auto_delete = float(call.path_params["interval"])
@@ -333,6 +359,10 @@ class DaytonaDouble:
     async def _execute(self, call: Call) -> Answer:
         with self._lock:
             record = self.records.get(call.path_params["sandboxId"])  # by id only
+            if record is not None and self._visible(record, call):
+                record.keys.append(_bearer(call.headers))
+            else:
+                record = None
         if record is None:
             return _not_found(call)
         if record.state != "started":
@@ -380,6 +410,10 @@ def _desired(record: Record) -> str:
 
 def _path(call: Call) -> str:
     return PREFIX + call.pattern.format(**call.path_params)
+
+
+def _bearer(headers: Mapping[str, str]) -> str:
+    return str(headers.get("authorization", "")).removeprefix("Bearer ")
 
 
 def _not_found(call: Call) -> Answer:

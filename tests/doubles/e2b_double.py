@@ -82,6 +82,10 @@ class E2bRecord:
     access_token: str = field(default_factory=lambda: "envd-" + secrets.token_hex(20))
     timeouts: list[int] = field(default_factory=list)
     """Every timeout (seconds) asked for it: at create, resume and /timeout, in order."""
+    owner: str | None = None
+    """The key (team) that made it; None: the double's own key. Other keys do not see it."""
+    keys: list[str] = field(default_factory=list)
+    """The key of every call that reached it (its create, and each call naming it)."""
 
     def listed(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -129,6 +133,10 @@ class E2bDouble:
 
     def __init__(self, api_key: str = API_KEY) -> None:
         self.api_key = api_key
+        self._keys = {api_key}
+        """Every key the double accepts: each is a team of its own (``accept_key``)."""
+        self.made: list[E2bRecord] = []
+        """Every sandbox ever created through the API, gone or not."""
         self._records: dict[str, E2bRecord] = {}
         self._lock = threading.Lock()
         self._issued: list[str] = []
@@ -146,10 +154,14 @@ class E2bDouble:
             SPEC_FILE,
             handlers,
             error_body=lambda status, message, _path: {"code": status, "message": message},
-            authorized=lambda headers: headers.get("x-api-key") == self.api_key,
+            authorized=lambda headers: headers.get("x-api-key") in self._keys,
         )
 
     # -- helpers for tests ------------------------------------------------------------------
+
+    def accept_key(self, key: str) -> None:
+        """Accept ``key`` too, as another team's: it sees and reaches only what it made."""
+        self._keys.add(key)
 
     def live(self) -> list[E2bRecord]:
         """The sandboxes that exist now (running or paused), oldest first."""
@@ -218,8 +230,11 @@ class E2bDouble:
             allow_internet_access=body.get("allow_internet_access"),
             network=body.get("network"),
             timeouts=[timeout],
+            owner=_key(call),
+            keys=[_key(call)],
         )
         with self._lock:
+            self.made.append(record)
             self._records[record.sandbox_id] = record
             self._issued.append(record.access_token)
         return Answer(201, record.created())
@@ -238,6 +253,7 @@ class E2bDouble:
                     self._records.values(), key=lambda r: r.started_at, reverse=True
                 )
                 if record.state in states
+                and self._visible(record, call)
                 and all(record.metadata.get(k) == v for k, v in wanted.items())
             ]
         page = matching[start : start + limit]
@@ -297,7 +313,14 @@ class E2bDouble:
     def _find(self, call: Call) -> E2bRecord | None:
         """The sandbox a path names, if it still exists (call with the lock held)."""
         self._expire()
-        return self._records.get(call.path_params["sandboxID"])
+        record = self._records.get(call.path_params["sandboxID"])
+        if record is None or not self._visible(record, call):
+            return None  # another team's: E2B answers as if it did not exist
+        record.keys.append(_key(call))
+        return record
+
+    def _visible(self, record: E2bRecord, call: Call) -> bool:
+        return (record.owner or self.api_key) == _key(call)
 
     def _expire(self) -> None:
         """Running sandboxes past their end are gone (call with the lock held)."""
@@ -306,6 +329,10 @@ class E2bDouble:
             k for k, r in self._records.items() if r.state == "running" and r.end_at <= now
         ]:
             del self._records[key]
+
+
+def _key(call: Call) -> str:
+    return str(call.headers.get("x-api-key", ""))
 
 
 def _missing(call: Call) -> Answer:

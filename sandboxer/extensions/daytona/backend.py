@@ -38,7 +38,9 @@ from sandboxer.extensions.daytona.workspace_copy import PACK_COMMAND, unpack_ans
 from sandboxer.extensions.ssh_checks import check_argv, check_sandbox_id
 from sandboxer.hosted.create_once import create_once
 from sandboxer.hosted.http import ProviderHttp
+from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL, our_sandbox_id
+from sandboxer.hosted.provider_settings import ProviderValue
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.workspaces.limits import ArchiveLimits
 
@@ -55,9 +57,22 @@ class DaytonaExtension:
     id = EXTENSION_ID
     host_local = False
 
-    def __init__(self, config: DaytonaConfig, *, limits: ArchiveLimits | None = None) -> None:
+    def __init__(
+        self,
+        config: DaytonaConfig,
+        *,
+        limits: ArchiveLimits | None = None,
+        key: ProviderValue | None = None,
+    ) -> None:
         self._config = config
         self._limits = limits or ArchiveLimits()
+        self._key = key
+        """A project's own key (BYOK) in place of the declaration's; None for the operator's."""
+        self._keyed: KeyedCopies[DaytonaExtension] = KeyedCopies(
+            lambda value, source: DaytonaExtension(
+                config, limits=self._limits, key=ProviderValue(value, source)
+            )
+        )
         self._api: DaytonaApi | None = None
         self._target: str | None = None
 
@@ -68,7 +83,12 @@ class DaytonaExtension:
             limits=ArchiveLimits.from_mb(settings.upload_max_mb),
         )
 
+    def with_key(self, key: str, source: str) -> DaytonaExtension:
+        """This backend speaking to Daytona with a project's own key (:class:`KeyedBackend`)."""
+        return self._keyed.get(key, source)
+
     async def aclose(self) -> None:
+        await self._keyed.aclose()
         if self._api is not None:
             await self._api.aclose()
             self._api = None
@@ -76,7 +96,7 @@ class DaytonaExtension:
     def _client(self) -> DaytonaApi:
         """The API client, built on first use (a missing key fails here, naming where to set it)."""
         if self._api is None:
-            endpoint = self._config.endpoint()
+            endpoint = self._config.endpoint(self._key)
             auth = {"Authorization": f"Bearer {endpoint.key.value}"}
             url = endpoint.api_url.value
             timeout = self._config.request_timeout

@@ -74,8 +74,9 @@ class DaytonaConfig:
             **numbers,
         )
 
-    def endpoint(self) -> Endpoint:
-        """The API URL, key and target, from the settings or Daytona's SDK variables."""
+    def endpoint(self, key: ProviderValue | None = None) -> Endpoint:
+        """The API URL, key and target, from the settings or Daytona's SDK variables; a given
+        ``key`` (a project's own, BYOK) replaces the declaration's, which is then not needed."""
         api_url = provider_value(
             self.settings,
             "api_url",
@@ -83,7 +84,10 @@ class DaytonaConfig:
             extension=EXTENSION_ID,
             default=DEFAULT_API_URL,
         )
-        key = provider_value(self.settings, "api_key", ("DAYTONA_API_KEY",), extension=EXTENSION_ID)
+        if key is None:
+            key = provider_value(
+                self.settings, "api_key", ("DAYTONA_API_KEY",), extension=EXTENSION_ID
+            )
         target = provider_value(
             self.settings, "target", ("DAYTONA_TARGET",), extension=EXTENSION_ID, required=False
         )

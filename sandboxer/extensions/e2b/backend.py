@@ -46,7 +46,9 @@ from sandboxer.extensions.e2b.wire import (
 )
 from sandboxer.extensions.ssh_checks import check_sandbox_id
 from sandboxer.hosted.create_once import create_once
+from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL
+from sandboxer.hosted.provider_settings import ProviderValue
 from sandboxer.hosted.tokens import SandboxTokens
 from sandboxer.ids import is_valid_sandbox_id
 
@@ -68,9 +70,14 @@ class E2bExtension:
         *,
         extension: str = EXTENSION_ID,
         tokens: SandboxTokens | None = None,
+        key: ProviderValue | None = None,
     ) -> None:
         self.id = extension
-        self._settings = parse_settings(settings or {}, extension)
+        self._raw_settings = dict(settings or {})
+        self._settings = parse_settings(self._raw_settings, extension)
+        self._key = key
+        """A project's own key (BYOK) in place of the declaration's; None for the operator's."""
+        self._keyed: KeyedCopies[E2bExtension] = KeyedCopies(self._copy_with)
         self._tokens = tokens
         """Where E2B's per-sandbox tokens are kept; without one they are asked of E2B."""
         self._api: E2bApi | None = None
@@ -81,7 +88,20 @@ class E2bExtension:
     def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> E2bExtension:
         return cls(decl.settings, extension=decl.id, tokens=SandboxTokens(settings.home / "tokens"))
 
+    def with_key(self, key: str, source: str) -> E2bExtension:
+        """This backend speaking to E2B with a project's own key (:class:`KeyedBackend`)."""
+        return self._keyed.get(key, source)
+
+    def _copy_with(self, key: str, source: str) -> E2bExtension:
+        return E2bExtension(
+            self._raw_settings,
+            extension=self.id,
+            tokens=self._tokens,
+            key=ProviderValue(key, source),
+        )
+
     async def aclose(self) -> None:
+        await self._keyed.aclose()
         if self._api is not None:
             await self._api.aclose()
             self._api = None
@@ -285,7 +305,9 @@ class E2bExtension:
         """The API client, built on first use (a missing key is a ConfigError then, not at start)."""
         if self._api is None:
             self._api = E2bApi(
-                resolve_endpoint(self._settings, self.id), self._settings, provider=self.id
+                resolve_endpoint(self._settings, self.id, self._key),
+                self._settings,
+                provider=self.id,
             )
         return self._api
 

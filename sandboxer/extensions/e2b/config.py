@@ -74,11 +74,14 @@ class E2bEndpoint:
     key: ProviderValue
 
 
-def resolve_endpoint(settings: E2bSettings, extension: str) -> E2bEndpoint:
+def resolve_endpoint(
+    settings: E2bSettings, extension: str, key: ProviderValue | None = None
+) -> E2bEndpoint:
     """The declaration's values first, then the variables E2B's SDK reads, then its default.
 
     Order for the URL: ``settings.api_url``, ``settings.domain`` (as ``https://api.<domain>``),
-    ``E2B_API_URL``, ``E2B_DOMAIN``, ``https://api.e2b.app``.
+    ``E2B_API_URL``, ``E2B_DOMAIN``, ``https://api.e2b.app``. A given ``key`` (a project's
+    own, BYOK) replaces the declaration's, which is then not needed.
     """
     raw = settings.model_dump(exclude_none=True)
     declared: dict[str, Any] = {k: raw[k] for k in ("api_url", "domain", "api_key") if k in raw}
@@ -93,7 +96,8 @@ def resolve_endpoint(settings: E2bSettings, extension: str) -> E2bEndpoint:
         url = ProviderValue(
             f"https://api.{domain.value}", f"https://api.<domain from {domain.source}>"
         )
-    key = provider_value(declared, "api_key", ("E2B_API_KEY",), extension=extension)
+    if key is None:
+        key = provider_value(declared, "api_key", ("E2B_API_KEY",), extension=extension)
     assert key is not None
     return E2bEndpoint(
         base_url=url.value.rstrip("/"), base_url_source=url.source, domain=domain.value, key=key

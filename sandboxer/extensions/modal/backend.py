@@ -44,6 +44,7 @@ from sandboxer.extensions.modal.plan import (
     provider_timeout,
 )
 from sandboxer.hosted.create_once import create_once
+from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL, labels_for, our_sandbox_id
 from sandboxer.hosted.provider_settings import ProviderValue, provider_value
 from sandboxer.hosted.workspace_copy import too_large, unpack_tar_bytes
@@ -70,12 +71,21 @@ class ModalExtension:
     id = EXTENSION_ID
     host_local = False
 
-    def __init__(self, config: ModalConfig | None = None, *, sdk: Any = None) -> None:
+    def __init__(
+        self,
+        config: ModalConfig | None = None,
+        *,
+        sdk: Any = None,
+        token: tuple[ProviderValue, ProviderValue] | None = None,
+    ) -> None:
         self.config = config or ModalConfig()
         self._modal = sdk if sdk is not None else import_modal()
         self._boundary = ModalBoundary(provider=self.id, policy=self.config.policy)
         self._connection: _Connection | None = None
         self._lock = asyncio.Lock()
+        self._token = token
+        """A project's own token id and secret (BYOK) in place of the declaration's."""
+        self._keyed: KeyedCopies[ModalExtension] = KeyedCopies(self._copy_with)
 
     @classmethod
     def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> ModalExtension:
@@ -83,8 +93,32 @@ class ModalExtension:
         extension.limits = ArchiveLimits.from_mb(settings.upload_max_mb)
         return extension
 
+    def with_key(self, key: str, source: str) -> ModalExtension:
+        """This backend speaking to Modal with a project's own token (:class:`KeyedBackend`).
+
+        ``key`` is ``TOKEN_ID:TOKEN_SECRET`` (what ``modal token new`` writes as
+        ``token_id`` and ``token_secret``, joined by a colon; neither holds one)."""
+        return self._keyed.get(key, source)
+
+    def _copy_with(self, key: str, source: str) -> ModalExtension:
+        token_id, colon, token_secret = key.strip().partition(":")
+        if not colon or not token_id or not token_secret:
+            raise ConfigError(
+                f"extension {self.id}: {source} must hold TOKEN_ID:TOKEN_SECRET (a Modal "
+                "token id and its secret, joined by a colon)",
+                extension=self.id,
+            )
+        copy = ModalExtension(
+            self.config,
+            sdk=self._modal,
+            token=(ProviderValue(token_id, source), ProviderValue(token_secret, source)),
+        )
+        copy.limits = self.limits
+        return copy
+
     async def aclose(self) -> None:
         """Close the SDK's connection (a later call opens a new one)."""
+        await self._keyed.aclose()
         async with self._lock:
             connection, self._connection = self._connection, None
         if connection is not None:
@@ -271,11 +305,14 @@ class ModalExtension:
         api_pb2 = importlib.import_module("modal_proto.api_pb2")  # installed with modal
 
         server_url = self._value("server_url", "MODAL_SERVER_URL", secret=False)
-        token_id = self._value("token_id", "MODAL_TOKEN_ID", secret=True)
-        token_secret = self._value("token_secret", "MODAL_TOKEN_SECRET", secret=True)
-        self._boundary.know_secrets(
-            [token_id.value, token_secret.value], f"{token_id.source} and {token_secret.source}"
-        )
+        if self._token is not None:
+            token_id, token_secret = self._token
+            where = token_id.source
+        else:
+            token_id = self._value("token_id", "MODAL_TOKEN_ID", secret=True)
+            token_secret = self._value("token_secret", "MODAL_TOKEN_SECRET", secret=True)
+            where = f"{token_id.source} and {token_secret.source}"
+        self._boundary.know_secrets([token_id.value, token_secret.value], where)
         client = modal.Client(
             server_url.value, api_pb2.CLIENT_TYPE_CLIENT, (token_id.value, token_secret.value)
         )
