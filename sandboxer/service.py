@@ -1,9 +1,11 @@
 """``sandboxer up`` and ``sandboxer worker``: run roles against NATS until SIGINT/SIGTERM.
 
 Roles: ``control`` (admission and routing), ``projector`` (views and
-queries), ``meter`` (metering and its export, docs/payments.md), and one per
-enabled extension (``ext.local`` ...). ``up`` runs them all in one process and,
-unless ``SANDBOXER_NATS_URL`` is set, starts its own ``nats-server`` first. On a
+queries), ``meter`` (metering and its export, docs/payments.md), ``gateway``
+(the HTTP API, docs/http-api.md; ``up`` runs it unless ``SANDBOXER_HTTP_ADDR``
+is ``off``), and one per enabled extension (``ext.local`` ...). ``up`` runs
+them all in one process and, unless ``SANDBOXER_NATS_URL`` is set, starts its
+own ``nats-server`` first. On a
 signal every role stops fetching, finishes what it holds, and the connection
 drains before the server stops.
 """
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -84,8 +87,10 @@ async def run_roles(
     stop: asyncio.Event,
     *,
     info: dict[str, Any],
+    http_socket: socket.socket | None = None,
 ) -> None:
-    """Run ``roles`` on one connection until ``stop`` is set."""
+    """Run ``roles`` on one connection until ``stop`` is set (``http_socket``: the gateway's,
+    bound beforehand; the gateway role binds ``settings.http_addr`` itself otherwise)."""
     js = nc.jetstream()
     # nats-py exposes the INFO the server sent only as this attribute.
     await ensure_streams(js, replicas_for(nc._server_info))
@@ -113,6 +118,10 @@ async def run_roles(
                             home=settings.home,
                         )
                     )
+                elif role == "gateway":
+                    from sandboxer.gateway.serve import run_gateway_role
+
+                    group.create_task(run_gateway_role(nc, settings, catalog, stop, http_socket))
                 elif role == "projector":
                     projector = Projector(nc, js, settings.db_path)
                     await projector.open()
@@ -169,9 +178,9 @@ async def run_roles(
 async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
     """Run until SIGINT/SIGTERM: the whole service (``up``) or chosen roles (``worker``)."""
     catalog = Catalog.load(settings.home)
-    chosen = list(roles) if roles else all_roles(catalog)
+    chosen = list(roles) if roles else [*all_roles(catalog), "gateway"]
     for role in list(chosen):
-        if role in {"control", "projector", "meter"}:
+        if role in {"control", "projector", "meter", "gateway"}:
             continue
         try:
             build_extension(role, catalog, settings)  # fail fast on a bad role
@@ -189,6 +198,9 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from sandboxer.gateway.serve import bind_gateway, http_url
+
+    listener = bind_gateway(settings, chosen, required=roles is not None)
     async with embedded_nats(settings) as urls:
         nc = await connect(urls, name=f"sandboxer-{'+'.join(chosen)}")
         info = {
@@ -199,13 +211,16 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
             "home": str(settings.home),
             "started_at": utc_now(),
             "embedded": settings.embedded,
+            **({"http_url": http_url(listener)} if listener is not None else {}),
         }
         record = settings.service_file if settings.embedded and roles is None else None
         try:
             if record is not None:
                 record.write_text(json.dumps(info, indent=2))
-            await run_roles(nc, chosen, settings, catalog, stop, info=info)
+            await run_roles(nc, chosen, settings, catalog, stop, info=info, http_socket=listener)
         finally:
+            if listener is not None:
+                listener.close()
             if record is not None:
                 record.unlink(missing_ok=True)
             with contextlib.suppress(Exception):
