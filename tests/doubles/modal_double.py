@@ -45,6 +45,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -139,6 +140,10 @@ def _has(message: Message, name: str) -> bool:
 FaultKind = Literal["latency", "status", "hang", "lost_answer", "lost_hang"]
 
 
+_caller: ContextVar[str] = ContextVar("modal_double_caller", default="")
+"""The token id of the API call being served."""
+
+
 @dataclass
 class Fault:
     """What to do to the next ``times`` calls of ``rpc`` (a method name such as SandboxCreate)."""
@@ -185,6 +190,10 @@ class SandboxRecord:
     """``open``, ``blocked`` or the allowed domains joined by commas."""
     result: api_pb2.GenericResult | None = None
     execs: dict[str, _Exec] = field(default_factory=dict)
+    owner: str = ""
+    """The token id (workspace) that made it; another token does not see it."""
+    keys: list[str] = field(default_factory=list)
+    """The token id of every API call that reached it (its create, and each naming it)."""
 
     def finished(self) -> bool:
         return self.result is not None
@@ -197,6 +206,8 @@ class ModalDouble:
         self.root = root
         self.token_id = token_id
         self.token_secret = token_secret
+        self._tokens = {token_id: token_secret}
+        """Every token the double accepts: each is a workspace of its own (``accept_token``)."""
         self.apps: dict[tuple[str, str], str] = {}
         self.images: dict[str, list[str]] = {}
         self.secrets: dict[str, dict[str, str]] = {}
@@ -228,6 +239,10 @@ class ModalDouble:
         for server in (self._api, self._router):
             if server is not None:
                 await server.stop()
+
+    def accept_token(self, token_id: str, token_secret: str) -> None:
+        """Accept this token too, as another workspace's: it sees and reaches only its own."""
+        self._tokens[token_id] = token_secret
 
     def inject(self, fault: Fault) -> None:
         self.faults.append(fault)
@@ -270,8 +285,9 @@ class ModalDouble:
         token_secret = metadata.get("x-modal-token-secret")
         if not token_id or not token_secret:
             raise GRPCError(Status.UNAUTHENTICATED, "Token missing. Could not authenticate client.")
-        if token_id != self.token_id or token_secret != self.token_secret:
+        if self._tokens.get(token_id) != token_secret:
             raise GRPCError(Status.UNAUTHENTICATED, "Invalid token id or secret.")
+        _caller.set(token_id)
 
     def check_router_auth(self, metadata: Any) -> None:
         if metadata.get("authorization") != f"Bearer {self._jwt}":
@@ -411,6 +427,8 @@ class ModalDouble:
             memory_mb=_read(resources, "memory_mb"),
             env=env,
             network=network,
+            owner=_caller.get(),
+            keys=[_caller.get()],
         )
         return api_pb2.SandboxCreateResponse(
             sandbox_id=sandbox_id, metadata=api_pb2.SandboxHandleMetadata(app_id=app_id)
@@ -451,6 +469,7 @@ class ModalDouble:
                 and r.environment == environment
                 and (include_finished or not self._expire(r).finished())
                 and all(r.tags.get(k) == v for k, v in wanted.items())
+                and r.owner == _caller.get()
                 and (not before or r.created_at < before)
             ),
             key=lambda r: r.created_at,
@@ -594,8 +613,9 @@ class ModalDouble:
         if not sandbox_id:
             raise GRPCError(Status.INVALID_ARGUMENT, "sandbox_id is required")
         record = self.sandboxes.get(sandbox_id)
-        if record is None:
+        if record is None or record.owner != _caller.get():
             raise GRPCError(Status.NOT_FOUND, f"Sandbox {sandbox_id!r} not found")
+        record.keys.append(_caller.get())
         return record
 
     def _task(self, task_id: str) -> SandboxRecord:

@@ -26,6 +26,7 @@ from sandboxer.client import SandboxerClient
 from sandboxer.errors import CommandFailed
 from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
+from tests.doubles.modal_double import ModalDouble
 from tests.integration.conftest import Service, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,8 +48,12 @@ class Keyed:
     """Every key a call for our sandbox ``sandbox_id`` reached the provider with."""
     live: Callable[[], list[str]]
     """Our sandbox ids the provider holds now, whoever's account they are in."""
-    retimed: Callable[[str], int]
-    """How many times the provider's own timeout of our sandbox was set."""
+    retimed: Callable[[str], int] | None
+    """How many times the provider's own timeout of our sandbox was set (None: it keeps none
+    that we move)."""
+    runs_commands: bool = False
+    operator_variable: str = ""
+    """The variable holding the operator's own key."""
 
 
 def e2b(served: ServedE2b, monkeypatch: pytest.MonkeyPatch) -> Keyed:
@@ -69,6 +74,7 @@ def e2b(served: ServedE2b, monkeypatch: pytest.MonkeyPatch) -> Keyed:
         keys_of=lambda sandbox_id: {key for r in mine(sandbox_id) for key in r.keys},
         live=lambda: [str(r.metadata.get("sandboxer_id")) for r in double.live()],
         retimed=lambda sandbox_id: sum(len(r.timeouts) for r in mine(sandbox_id)),
+        operator_variable="E2B_API_KEY",
     )
 
 
@@ -90,13 +96,42 @@ def daytona(served: DaytonaServed, monkeypatch: pytest.MonkeyPatch) -> Keyed:
         keys_of=lambda sandbox_id: {key for r in mine(sandbox_id) for key in r.keys},
         live=lambda: [str(r.labels.get("sandboxer_id")) for r in double.live()],
         retimed=lambda sandbox_id: sum(r.auto_stop_sets for r in mine(sandbox_id)),
+        runs_commands=True,
+        operator_variable="DAYTONA_API_KEY",
     )
 
 
-@pytest.fixture(params=["ext.e2b", "ext.daytona"])
+def modal(double: ModalDouble) -> Keyed:
+    token_id, token_secret = f"ak-{secrets.token_hex(8)}", f"as-{secrets.token_hex(16)}"
+    double.accept_token(token_id, token_secret)
+
+    def mine(sandbox_id: str) -> list[Any]:
+        return [r for r in double.sandboxes.values() if r.tags.get("sandboxer_id") == sandbox_id]
+
+    return Keyed(
+        extension="ext.modal",
+        profile="profile.modal-gpu",
+        operator_key=double.token_secret,
+        project_key=f"{token_id}:{token_secret}",
+        # Token ids stand for the workspace a call spoke to (the secret never reaches a record).
+        keys_of=lambda sandbox_id: {
+            {double.token_id: double.token_secret, token_id: f"{token_id}:{token_secret}"}[key]
+            for r in mine(sandbox_id)
+            for key in r.keys
+        },
+        live=lambda: [str(r.tags.get("sandboxer_id")) for r in double.running()],
+        retimed=None,
+        runs_commands=True,
+        operator_variable="MODAL_TOKEN_SECRET",
+    )
+
+
+@pytest.fixture(params=["ext.e2b", "ext.daytona", "ext.modal"])
 def keyed(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Keyed:
     if request.param == "ext.e2b":
         return e2b(request.getfixturevalue("e2b_double"), monkeypatch)
+    if request.param == "ext.modal":
+        return modal(request.getfixturevalue("modal_double"))
     return daytona(request.getfixturevalue("daytona_double"), monkeypatch)
 
 
@@ -149,11 +184,20 @@ async def test_every_call_for_a_byok_sandbox_uses_the_projects_key(
         byok_id, paid_id = ours["sandbox_id"], theirs["sandbox_id"]
         assert sorted(keyed.live()) == sorted([byok_id, paid_id])
 
-        before = keyed.retimed(byok_id)
+        retimed = keyed.retimed
+        before = retimed(byok_id) if retimed else 0
         await team.extend_ttl(byok_id, "20m")
         async with asyncio.timeout(20):  # the retime job moves the provider's timeout
-            while keyed.retimed(byok_id) <= before:
+            while retimed is not None and retimed(byok_id) <= before:
                 await asyncio.sleep(0.1)
+        if keyed.runs_commands:
+            out = bytearray()
+
+            async def collect(_stream: str, data: bytes) -> None:
+                out.extend(data)
+
+            assert await team.exec(byok_id, ["sh", "-c", "echo hi"], collect) == 0
+            assert bytes(out) == b"hi\n"
         if keyed.extension == "ext.e2b":
             tokens = await team.tokens(byok_id)  # read with the project's key when not kept
             assert tokens
@@ -180,7 +224,7 @@ async def test_every_call_for_a_byok_sandbox_uses_the_projects_key(
 async def test_a_reference_the_project_may_not_use_fails_before_the_provider_is_called(
     nats_server: NatsServerProcess, home: Path, keyed: Keyed, team: SandboxerClient
 ) -> None:
-    operator_variable = "E2B_API_KEY" if keyed.extension == "ext.e2b" else "DAYTONA_API_KEY"
+    operator_variable = keyed.operator_variable
     service = await running(home, nats_server.url, keyed)
     try:
         # The operator's own key, named by the project to be served free: refused.
@@ -206,7 +250,7 @@ async def test_a_key_the_provider_refuses_names_the_reference(
     team: SandboxerClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    wrong = "not-a-key-" + secrets.token_hex(12)
+    wrong = f"ak-wrong{secrets.token_hex(6)}:as-wrong{secrets.token_hex(12)}"  # Modal's form too
     key_file = home / "byok" / PROJECT / keyed.extension
     key_file.parent.mkdir(parents=True)
     key_file.write_text(wrong + "\n")
@@ -219,7 +263,7 @@ async def test_a_key_the_provider_refuses_names_the_reference(
             await team.create(keyed.profile, ttl="10m")
         event = failed.value.event
         assert f"file:{key_file}" in event["reason"]
-        assert "401" in event["reason"]
+        assert "401" in event["reason"] or "UNAUTHENTICATED" in event["reason"]
         assert wrong not in event["reason"]
         assert not any(wrong.encode() in data for data in await log_bytes(service))
     finally:
