@@ -12,9 +12,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Response
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxer import __version__, subjects
 from sandboxer.client import SandboxerClient
@@ -54,6 +56,9 @@ __all__ = ["MAX_BODY_BYTES", "create_app"]
 
 MAX_BODY_BYTES = 64 * 1024
 """The largest request body (a command on the bus is at most 64 KiB too)."""
+
+MAX_HEADER_BYTES = 16 * 1024
+"""The largest total of a request's header names and values."""
 
 T = TypeVar("T")
 
@@ -636,12 +641,60 @@ def create_app(gw: Gateway) -> FastAPI:
         title="sandboxer",
         version=__version__,
         summary="Establish isolated sandboxes on many backends (docs/http-api.md).",
-        max_body_size=MAX_BODY_BYTES,
         openapi_url="/openapi.json",
         docs_url=None,
+        redirect_slashes=False,
         redoc_url=None,
     )
     app.state.gateway = gw
     install_error_handlers(app)
     app.include_router(router)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     return app
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with 413 in the error shape: at once when
+    its Content-Length says so, else as soon as the bytes read pass it; and headers over
+    MAX_HEADER_BYTES with 431."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            message = f"the request's headers are larger than {MAX_HEADER_BYTES} bytes"
+            await error_response(431, "headers_too_large", message)(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            status, code = (413, "too_large") if length.isdigit() else (400, "bad_request")
+            message = (
+                f"the body is larger than {self.limit} bytes"
+                if length.isdigit()
+                else "Content-Length is not a number"
+            )
+            await error_response(status, code, message)(scope, receive, send)
+            return
+        total = 0
+
+        async def limited() -> Message:
+            nonlocal total
+            message = await receive()
+            if message["type"] == "http.request":
+                total += len(message.get("body", b""))
+                if total > self.limit:
+                    raise HTTPException(
+                        413,
+                        {
+                            "code": "too_large",
+                            "message": f"the body is larger than {self.limit} bytes",
+                        },
+                    )
+            return message
+
+        await self.app(scope, limited, send)
