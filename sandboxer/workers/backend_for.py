@@ -39,7 +39,7 @@ from sandboxer.errors import ConfigError
 from sandboxer.extensions.capabilities import KeyedBackend
 from sandboxer.secrets import resolve_secrets
 
-__all__ = ["ENV_PREFIX", "backend_for", "backend_for_id", "byok_ref_problem"]
+__all__ = ["ENV_PREFIX", "backend_for", "backend_for_id", "byok_ref_problem", "on_project_keys"]
 
 B = TypeVar("B")
 
@@ -118,3 +118,21 @@ async def backend_for_id(store: EventStore, extension: B, sandbox_id: str) -> B:
     if not isinstance(extension, KeyedBackend):
         return extension
     return await backend_for(store, extension, (await store.load(sandbox_id)).state)
+
+
+async def on_project_keys(store: EventStore, extension: object, sandbox_ids: list[str]) -> set[str]:
+    """Those of ``sandbox_ids`` whose project has its own key for ``extension``: they live in
+    the project's provider account, which listing with the operator's key cannot see, so
+    ``reap-stale`` must not take their absence there for a sandbox that is gone."""
+    if not isinstance(extension, KeyedBackend):
+        return set()
+    keyed: dict[str, bool] = {}
+    found = set()
+    for sandbox_id in sandbox_ids:
+        project = project_of((await store.load(sandbox_id)).state.actor)
+        if project not in keyed:
+            account = (await store.load_account(project)).state
+            keyed[project] = extension.id in account.byok
+        if keyed[project]:
+            found.add(sandbox_id)
+    return found

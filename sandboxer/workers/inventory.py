@@ -39,6 +39,7 @@ from sandboxer.domain.sandbox_decide import FinishTeardown, MarkFailed, MarkTear
 from sandboxer.errors import BusError, RequestError, SandboxerError
 from sandboxer.events.types import SYSTEM_ACTOR, HostReaped
 from sandboxer.extensions.base import Extension
+from sandboxer.workers.backend_for import backend_for_id, on_project_keys
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_events import event_host, inspect_and_record
 
@@ -125,7 +126,9 @@ class InventoryService:
             statuses[item.sandbox_id] = state.status
         found = [f for f in found if f.sandbox_id in statuses]
         ready = await self._ready_in_log(host)
-        return find_drift(found, statuses, ready)
+        # BYOK sandboxes live in their project's provider account, out of this list's sight.
+        elsewhere = await on_project_keys(self._store, self._extension, ready)
+        return find_drift(found, statuses, [r for r in ready if r not in elsewhere])
 
     async def _ready_in_log(self, host: str | None) -> list[str]:
         """Sandboxes the log calls live and usable: ``active`` is ``ready`` after first use,
@@ -245,7 +248,8 @@ class InventoryService:
         for stuck in await self._stuck_in_log(host):
             sandbox_id = stuck["sandbox_id"]
             try:
-                await self._extension.teardown(sandbox_id, host=host)
+                backend = await backend_for_id(self._store, self._extension, sandbox_id)
+                await backend.teardown(sandbox_id, host=host)
             except SandboxerError as exc:
                 log.warning("reap-stale: the teardown of %s failed again: %s", sandbox_id, exc)
                 await apply(

@@ -201,6 +201,11 @@ async def test_every_call_for_a_byok_sandbox_uses_the_projects_key(
         if keyed.extension == "ext.e2b":
             tokens = await team.tokens(byok_id)  # read with the project's key when not kept
             assert tokens
+        # The operator's key cannot see the project's sandbox: reap-stale leaves it alone.
+        [reaped] = await service.client.inventory("reap", keyed.extension, {"apply": True})
+        assert [(h["removed"], h["marked_failed"]) for h in reaped["hosts"]] == [([], [])]
+        assert (await team.get(byok_id) or {}).get("status") in {"ready", "active"}
+
         await team.destroy(byok_id)
         await service.client.destroy(paid_id)
         assert keyed.live() == []
