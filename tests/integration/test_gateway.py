@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ import pytest
 from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.config.catalog import Catalog
+from sandboxer.gateway import openapi
 from sandboxer.gateway.serve import http_url, listen
 from sandboxer.service import run_roles
 from tests.integration.conftest import reap_local, start_service
@@ -298,3 +303,59 @@ async def test_hostile_input_gets_a_4xx_with_a_reason(api: httpx.AsyncClient) ->
     huge = {"X-Junk": "z" * 100_000}
     response = await api.get("/v1/health", headers=huge)
     assert 400 <= response.status_code < 500
+
+
+async def test_up_runs_the_gateway_and_records_its_url(home: Path, tmp_path: Path) -> None:
+    """'sandboxer up' binds SANDBOXER_HTTP_ADDR before it writes service.json, which names
+    the URL that answers; it serves the committed OpenAPI document."""
+    env = {k: v for k, v in os.environ.items() if k != "SANDBOXER_NATS_URL"}
+    env |= {"SANDBOXER_HOME": str(home), "SANDBOXER_HTTP_ADDR": "127.0.0.1:0"}
+    log = (tmp_path / "up.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandboxer.cli.app", "up"], env=env, stdout=log, stderr=log
+    )
+    try:
+        record: dict[str, Any] = {}
+        for _ in range(600):
+            if (home / "service.json").exists():
+                record = json.loads((home / "service.json").read_text())
+                break
+            await asyncio.sleep(0.05)
+        assert record.get("http_url", "").startswith("http://127.0.0.1:"), record
+        async with httpx.AsyncClient(base_url=record["http_url"], timeout=30) as client:
+            for _ in range(200):
+                health = await client.get("/v1/health")
+                if health.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert health.status_code == 200, health.text
+            assert health.json()["service"]["http_url"] == record["http_url"]
+            served = (await client.get("/openapi.json")).json()
+            assert served == json.loads(openapi.DEFAULT_PATH.read_text())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()
+        await reap_local(home)
+    assert process.returncode == 0, (tmp_path / "up.log").read_text()
+
+
+async def test_worker_gateway_refuses_when_the_address_is_off(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    env = dict(os.environ) | {
+        "SANDBOXER_HOME": str(home),
+        "SANDBOXER_NATS_URL": nats_server.url,
+        "SANDBOXER_HTTP_ADDR": "off",
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "sandboxer.cli.app", "worker", "gateway"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "SANDBOXER_HTTP_ADDR is off" in result.stderr

@@ -1,0 +1,114 @@
+"""The gateway's pure parts: statuses of errors, ?wait=, SANDBOXER_HTTP_ADDR, SSE resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sandboxer.config.settings import parse_http_addr
+from sandboxer.errors import (
+    BusError,
+    CommandFailed,
+    InvalidInput,
+    RequestError,
+    ServiceNotRunning,
+    SettingError,
+)
+from sandboxer.gateway.context import parse_wait
+from sandboxer.gateway.errors import REJECTION_STATUS, response_for
+from sandboxer.gateway.events import EventFilter, start_after
+
+PROTOCOL_CODES = {
+    "malformed", "too_large", "invalid_field", "invalid_id", "invalid_input", "missing_input",
+    "unknown_command", "unknown_profile", "no_route", "sandbox_exists", "unknown_sandbox",
+    "already_destroyed", "not_recreatable", "not_rerouting", "ttl_max_exceeded", "no_ttl",
+    "not_extendable", "not_ready", "not_due", "not_snapshottable", "snapshot_unsupported",
+    "pause_unsupported", "not_pausable", "already_paused", "not_paused", "snapshot_in_progress",
+    "snapshot_exists", "not_restorable", "unknown_snapshot", "already_deleted", "no_host",
+    "insufficient_credits", "budget_exceeded", "invalid_project", "invalid_amount", "forbidden",
+    "internal_error",
+}  # fmt: skip
+
+
+def body(response: object) -> dict[str, object]:
+    return dict(json.loads(response.body))  # type: ignore[attr-defined]
+
+
+def test_every_rejection_code_of_the_protocol_has_a_status() -> None:
+    assert set(REJECTION_STATUS) >= PROTOCOL_CODES
+    assert REJECTION_STATUS["insufficient_credits"] == 402
+    assert REJECTION_STATUS["unknown_sandbox"] == 404
+    assert all(400 <= s < 600 for s in REJECTION_STATUS.values())
+
+
+def test_a_rejection_keeps_its_code_and_reason_verbatim() -> None:
+    event = {"type": "rejected", "code": "budget_exceeded", "reason": "over the day's budget"}
+    response = response_for(CommandFailed("create rejected: over the day's budget", event))
+    assert response.status_code == 402
+    assert body(response) == {
+        "error": {
+            "code": "budget_exceeded",
+            "message": "over the day's budget",
+            "details": {"event": event},
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("provider_quota", 429), ("provider_unavailable", 503), ("invalid_input", 422), (None, 502)],
+)
+def test_a_failed_sandbox_answers_by_its_code(code: str | None, status: int) -> None:
+    event = {"type": "failed", "reason": "it broke", "stage": "provision", "code": code}
+    response = response_for(CommandFailed("failed", event))
+    assert response.status_code == status
+    assert body(response)["error"]["message"] == "it broke"  # type: ignore[index]
+
+
+def test_bus_errors_and_bad_requests() -> None:
+    assert response_for(ServiceNotRunning("no service")).status_code == 503
+    assert response_for(BusError("down")).status_code == 503
+    bad = response_for(RequestError("sandboxer.query.usage.list: since must be a date"))
+    assert bad.status_code == 400
+    assert body(bad)["error"]["message"] == "since must be a date"  # type: ignore[index]
+    assert response_for(InvalidInput("bad id")).status_code == 422
+
+
+def test_wait_accepts_seconds_and_minutes_up_to_the_limit() -> None:
+    assert parse_wait(None) == 0
+    assert parse_wait("30s") == 30
+    assert parse_wait("45") == 45
+    assert parse_wait("2m") == 120
+    for bad in ("-1", "1h", "301s", "abc", "1.5s", "", "9" * 20):
+        with pytest.raises(Exception, match="wait"):
+            parse_wait(bad)
+
+
+def test_http_addr() -> None:
+    assert parse_http_addr("off") is None
+    assert parse_http_addr("127.0.0.1:8788") == ("127.0.0.1", 8788)
+    assert parse_http_addr("[::1]:0") == ("::1", 0)
+    assert parse_http_addr("0.0.0.0:80") == ("0.0.0.0", 80)
+    for bad in ("8788", ":8788", "host:", "host:99999", "a b:1", "http://x:1", "x:-1"):
+        with pytest.raises(SettingError, match="SANDBOXER_HTTP_ADDR"):
+            parse_http_addr(bad)
+
+
+def test_events_resume_after_the_later_of_header_and_query() -> None:
+    assert start_after(None, None) == 1
+    assert start_after("41", None) == 42
+    assert start_after("41", 50) == 51
+    assert start_after(None, 7) == 8
+
+
+def test_event_filter() -> None:
+    ready = {"type": "ready", "actor": {"type": "agt", "id": "a", "project": "acme"}}
+    credits = {"type": "credits_added", "project": "acme", "actor": {"type": "adm", "id": "o"}}
+    assert EventFilter().matches(ready)
+    assert EventFilter(types={"ready"}).matches(ready)
+    assert not EventFilter(types={"failed"}).matches(ready)
+    assert EventFilter(project="acme").matches(ready)
+    assert EventFilter(project="acme").matches(credits)
+    assert not EventFilter(project="other").matches(ready)
+    assert not EventFilter(project="acme").matches({"type": "ready", "actor": None})
