@@ -136,6 +136,21 @@ def parse_http_addr(raw: str, variable: str = "SANDBOXER_HTTP_ADDR") -> tuple[st
     return host, int(port)
 
 
+def _nats_auth_env() -> Path | None:
+    raw = os.environ.get("SANDBOXER_NATS_AUTH")
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_absolute() or not path.is_dir():
+        raise SettingError(
+            "SANDBOXER_NATS_AUTH",
+            raw,
+            "the absolute path of a directory holding service.json and/or client.json "
+            "(docs/security.md#nats-permissions)",
+        )
+    return path
+
+
 def _home_env() -> Path:
     raw = os.environ.get("SANDBOXER_HOME")
     home = Path(raw or Path.home() / ".local" / "share" / "sandboxer").expanduser()
@@ -164,6 +179,8 @@ class Settings:
     ``SANDBOXER_METER_EXPORT_FILE``, ``SANDBOXER_METER_EXPORT_URL``: where the control role
     exports every metered usage (docs/payments.md).
     ``SANDBOXER_HTTP_ADDR``: where the HTTP gateway listens (``host:port``, or ``off``).
+    ``SANDBOXER_NATS_AUTH``: directory of the NATS credentials for ``SANDBOXER_NATS_URL``
+    (the embedded server's are generated into ``$SANDBOXER_HOME/nats-auth``).
     """
 
     home: Path
@@ -179,6 +196,8 @@ class Settings:
     http_addr: tuple[str, int] | None = None
     """Where the HTTP gateway listens (docs/http-api.md). From the environment it defaults
     to 127.0.0.1:8788; Settings made in code (tests) run no gateway unless they say so."""
+    nats_auth_dir: Path | None = None
+    """Credentials for a shared NATS (sandboxer/bus/nats_auth.py); None: connect without."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -193,6 +212,7 @@ class Settings:
             upload_exclude=_names_env("SANDBOXER_UPLOAD_EXCLUDE"),
             meter_export_file=_export_file_env(),
             meter_export_url=_export_url_env(),
+            nats_auth_dir=_nats_auth_env(),
             http_addr=parse_http_addr(
                 os.environ.get("SANDBOXER_HTTP_ADDR") or "{}:{}".format(*DEFAULT_HTTP_ADDR)
             ),
