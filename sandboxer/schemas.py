@@ -18,6 +18,7 @@ from sandboxer.events.types import (
     AccountEvent,
     CommandRejected,
     HostEvent,
+    KeyEvent,
     SandboxEvent,
     SnapshotEvent,
 )
@@ -46,6 +47,9 @@ def generate() -> dict[str, Any]:
     accounts = msgspec.json.schema(AccountEvent)
     accounts["title"] = "sandboxer.evt.account.<project>.<type>"
     schemas["event.account.json"] = accounts
+    keys = msgspec.json.schema(KeyEvent)
+    keys["title"] = "sandboxer.evt.key.<key_id>.<type without key_>"
+    schemas["event.key.json"] = keys
     hosts = msgspec.json.schema(HostEvent)
     hosts["title"] = "sandboxer.evt.host.<host>.<type>"
     schemas["event.host.json"] = hosts

@@ -49,6 +49,10 @@ QUERY_ROUTE_EXPLAIN = "sandboxer.query.route.explain"
 QUERY_CREDITS_GET = "sandboxer.query.credits.get"
 QUERY_CREDITS_LIST = "sandboxer.query.credits.list"
 QUERY_USAGE_LIST = "sandboxer.query.usage.list"
+QUERY_KEY_GET = "sandboxer.query.key.get"
+"""An API key by its hash (never the key): its id, project, type, limits and status."""
+QUERY_KEY_LIST = "sandboxer.query.key.list"
+KEY_REVOKED = "sandboxer.evt.key.*.revoked"
 ADMIN_REPLAY = "sandboxer.admin.replay"
 
 
@@ -84,6 +88,16 @@ def account_event_subject(project: str, event_type: str) -> str:
 def account_events_filter(project: str) -> str:
     """Every event of one project's account: the expected-sequence scope of its appends."""
     return f"sandboxer.evt.account.{project}.>"
+
+
+def key_event_subject(key_id: str, event_type: str) -> str:
+    """``key_created`` -> ``sandboxer.evt.key.<key_id>.created`` (docs/http-api.md#keys)."""
+    return f"sandboxer.evt.key.{key_id}.{event_type.removeprefix('key_')}"
+
+
+def key_events_filter(key_id: str) -> str:
+    """Every event of one API key: the expected-sequence scope of its appends."""
+    return f"sandboxer.evt.key.{key_id}.>"
 
 
 def host_event_subject(host: str, event_type: str) -> str:

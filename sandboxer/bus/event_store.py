@@ -24,16 +24,19 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from sandboxer.domain.account_state import AccountState
+from sandboxer.domain.key_state import KeyState
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_state import SnapshotState
 from sandboxer.events.codec import encode_event
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
+    KEY_EVENTS,
     SNAPSHOT_EVENTS,
     AccountEvent,
     CommandRejected,
     Event,
     HostEvent,
+    KeyEvent,
     SandboxEvent,
     SnapshotEvent,
 )
@@ -42,6 +45,7 @@ __all__ = [
     "EventStore",
     "Loaded",
     "LoadedAccount",
+    "LoadedKey",
     "LoadedSnapshot",
     "Record",
     "event_id",
@@ -79,6 +83,14 @@ class LoadedAccount:
     last_seq: int
 
 
+@dataclass(frozen=True)
+class LoadedKey:
+    """An API key's state and the stream sequence of its last event (0: none yet)."""
+
+    state: KeyState
+    last_seq: int
+
+
 class EventStore(Protocol):
     async def load(self, sandbox_id: str) -> Loaded:
         """Fold every event of one sandbox."""
@@ -101,6 +113,12 @@ class EventStore(Protocol):
         self, loaded: LoadedAccount, events: Sequence[AccountEvent]
     ) -> LoadedAccount:
         """Append account ``events`` after ``loaded``, under the same concurrency rule."""
+
+    async def load_key(self, key_id: str) -> LoadedKey:
+        """Fold every event of one API key."""
+
+    async def append_key(self, loaded: LoadedKey, events: Sequence[KeyEvent]) -> LoadedKey:
+        """Append key ``events`` after ``loaded``, under the same concurrency rule."""
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
         """Ids of the snapshots whose data is ``object_name`` and that are not deleted
@@ -136,6 +154,8 @@ def event_id(event: Event, *, version: int = 0) -> str:
         identity = f"snapshot:{event.snapshot_id}:{version}:".encode() + encode_event(event)
     elif isinstance(event, ACCOUNT_EVENTS):
         identity = f"account:{event.project}:{version}:".encode() + encode_event(event)
+    elif isinstance(event, KEY_EVENTS):
+        identity = f"key:{event.key_id}:{version}:".encode() + encode_event(event)
     else:
         identity = f"{event.sandbox_id}:{version}:".encode() + encode_event(event)
     return hashlib.sha256(identity).hexdigest()[:32]

@@ -23,6 +23,7 @@ from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_store import (
     Loaded,
     LoadedAccount,
+    LoadedKey,
     LoadedSnapshot,
     Record,
     rejection_key,
@@ -30,17 +31,20 @@ from sandboxer.bus.event_store import (
 )
 from sandboxer.bus.publish import PublishConflict, publish_durably
 from sandboxer.domain.account_state import AccountState, evolve_account
+from sandboxer.domain.key_state import KeyState, evolve_key
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import ConcurrencyConflict
 from sandboxer.events.codec import UnknownEventType, decode_event, encode_event
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
+    KEY_EVENTS,
     NOT_SANDBOX_EVENTS,
     SNAPSHOT_EVENTS,
     AccountEvent,
     CommandRejected,
     Event,
+    KeyEvent,
     SandboxEvent,
     SandboxRequested,
     SnapshotEvent,
@@ -62,6 +66,8 @@ def _subject(event: Event) -> str:
         return subjects.snapshot_event_subject(event.snapshot_id, event_type(event))
     if isinstance(event, ACCOUNT_EVENTS):
         return subjects.account_event_subject(event.project, event_type(event))
+    if isinstance(event, KEY_EVENTS):
+        return subjects.key_event_subject(event.key_id, event_type(event))
     if isinstance(event, NOT_SANDBOX_EVENTS):
         return subjects.host_event_subject(event.host, event_type(event))
     return subjects.sandbox_event_subject(event.sandbox_id, event_type(event))
@@ -143,6 +149,24 @@ class JetStreamEventStore:
             state = evolve_account(state, stamped)
         return LoadedAccount(state, last_seq)
 
+    async def load_key(self, key_id: str) -> LoadedKey:
+        """Fold every event of one API key (its subjects hold nothing else)."""
+        state = KeyState(key_id=key_id)
+        last_seq = 0
+        async for seq, event in self._events(subjects.key_events_filter(key_id)):
+            last_seq = seq
+            if isinstance(event, KEY_EVENTS):
+                state = evolve_key(state, event)
+        return LoadedKey(state, last_seq)
+
+    async def append_key(self, loaded: LoadedKey, events: Sequence[KeyEvent]) -> LoadedKey:
+        state, last_seq = loaded.state, loaded.last_seq
+        for event in events:
+            stamped = stamp(event, version=state.version)
+            last_seq = await self._append_one(stamped, last_seq)
+            state = evolve_key(state, stamped)
+        return LoadedKey(state, last_seq)
+
     async def snapshots_holding(self, object_name: str) -> list[str]:
         """Read every snapshot event (a scan: deletes are rare, snapshots few per object)."""
         states: dict[str, SnapshotState] = {}
@@ -174,7 +198,7 @@ class JetStreamEventStore:
         await self._publish(stamped, {"Nats-Msg-Id": stamped.event_id})
 
     async def _append_one(
-        self, event: SandboxEvent | SnapshotEvent | AccountEvent, expected_seq: int
+        self, event: SandboxEvent | SnapshotEvent | AccountEvent | KeyEvent, expected_seq: int
     ) -> int:
         """Append one event of an aggregate, expecting ``expected_seq`` as its last sequence."""
         if isinstance(event, SNAPSHOT_EVENTS):
@@ -183,6 +207,9 @@ class JetStreamEventStore:
         elif isinstance(event, ACCOUNT_EVENTS):
             kind, aggregate_id = "account", event.project
             scope = subjects.account_events_filter(aggregate_id)
+        elif isinstance(event, KEY_EVENTS):
+            kind, aggregate_id = "key", event.key_id
+            scope = subjects.key_events_filter(aggregate_id)
         else:
             kind, aggregate_id = "sandbox", event.sandbox_id
             scope = subjects.sandbox_events_filter(aggregate_id)

@@ -10,16 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sandboxer.bus.event_store import Loaded, LoadedAccount, LoadedSnapshot, Record, stamp
+from sandboxer.bus.event_store import (
+    Loaded,
+    LoadedAccount,
+    LoadedKey,
+    LoadedSnapshot,
+    Record,
+    stamp,
+)
 from sandboxer.domain.account_state import AccountState, evolve_account
+from sandboxer.domain.key_state import KeyState, evolve_key
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import ConcurrencyConflict
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
+    KEY_EVENTS,
     SNAPSHOT_EVENTS,
     AccountEvent,
     Event,
+    KeyEvent,
     SandboxEvent,
     SandboxRequested,
     SnapshotEvent,
@@ -122,6 +132,34 @@ class MemoryEventStore:
             last_seq = len(self.log)
             state = evolve_account(state, stamped)
         return LoadedAccount(state, last_seq)
+
+    def _key_seqs(self, key_id: str) -> list[int]:
+        return [
+            seq
+            for seq, event in enumerate(self.log, start=1)
+            if isinstance(event, KEY_EVENTS) and event.key_id == key_id
+        ]
+
+    async def load_key(self, key_id: str) -> LoadedKey:
+        state = KeyState(key_id=key_id)
+        seqs = self._key_seqs(key_id)
+        for seq in seqs:
+            event = self.log[seq - 1]
+            assert isinstance(event, KEY_EVENTS)
+            state = evolve_key(state, event)
+        return LoadedKey(state, seqs[-1] if seqs else 0)
+
+    async def append_key(self, loaded: LoadedKey, events: Sequence[KeyEvent]) -> LoadedKey:
+        state, last_seq = loaded.state, loaded.last_seq
+        seqs = self._key_seqs(state.key_id)
+        if (seqs[-1] if seqs else 0) != last_seq:
+            raise ConcurrencyConflict(f"key {state.key_id} changed while deciding")
+        for event in events:
+            stamped = stamp(event, version=state.version)
+            self.log.append(stamped)
+            last_seq = len(self.log)
+            state = evolve_key(state, stamped)
+        return LoadedKey(state, last_seq)
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
         ids = {event.snapshot_id for event in self.log if isinstance(event, SNAPSHOT_EVENTS)}

@@ -26,6 +26,7 @@ from sandboxer.commands.types import (
 )
 from sandboxer.config.hosts import HOST_NAME
 from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
+from sandboxer.domain.key_decide import key_command_refusal
 from sandboxer.durations import parse_duration
 from sandboxer.errors import InvalidCommand, InvalidInput
 from sandboxer.events.types import Actor
@@ -152,6 +153,9 @@ def _check_fields(command: Command, invalid: Callable[[str, str], InvalidCommand
         raise invalid("invalid_field", f"reason is longer than {MAX_REASON} characters")
     _check_snapshot_fields(command, invalid)
     _check_account_fields(command, invalid)
+    refusal = key_command_refusal(command)  # create_key, revoke_key (domain/key_decide.py)
+    if refusal is not None:
+        raise invalid(*refusal)
 
 
 def _check_account_fields(command: Command, invalid: Callable[[str, str], InvalidCommand]) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "COMMAND_TYPES",
     "AddCredits",
     "Command",
+    "CreateKey",
     "CreateSandbox",
     "DeleteSnapshot",
     "DestroySandbox",
@@ -28,6 +29,7 @@ __all__ = [
     "RerouteSandbox",
     "RestoreSnapshot",
     "ResumeSandbox",
+    "RevokeKey",
     "SetBudget",
     "SetByok",
     "SnapshotSandbox",
@@ -167,6 +169,30 @@ class SetByok(_CommandBase, frozen=True, kw_only=True):
     key_ref: str | None
 
 
+class CreateKey(_CommandBase, frozen=True, kw_only=True):
+    """Record an API key of ``project`` (``sandboxer.cmd.create_key``): only its SHA-256
+    ``key_hash`` travels, never the key; its id is derived from the hash. Requests bearing
+    the key act as ``{"type": key_type, "id": key_id, "project": project}``. Only an ``adm``
+    actor may."""
+
+    project: str
+    key_type: Literal["adm", "agt", "atm"]
+    key_hash: str
+    name: str | None = None
+    max_live: int = 10
+    """Live sandboxes the project may have for a create with this key to be accepted."""
+    rate_per_second: int = 10
+    """Requests per second the key may make (per gateway process)."""
+
+
+class RevokeKey(_CommandBase, frozen=True, kw_only=True):
+    """Revoke an API key (``sandboxer.cmd.revoke_key``): it stops working at once. Only an
+    ``adm`` actor may."""
+
+    key_id: str
+    reason: str | None = None
+
+
 Command = (
     CreateSandbox
     | DestroySandbox
@@ -183,6 +209,8 @@ Command = (
     | SetBudget
     | SetByok
     | RerouteSandbox
+    | CreateKey
+    | RevokeKey
 )
 
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -201,6 +229,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {
     "set_budget": SetBudget,
     "set_byok": SetByok,
     "reroute": RerouteSandbox,
+    "create_key": CreateKey,
+    "revoke_key": RevokeKey,
 }
 """Verb (last subject token) -> command type."""
 

@@ -30,6 +30,7 @@ from sandboxer.events.actor import (
     SYSTEM_ACTOR,
     Actor,
 )
+from sandboxer.events.key_events import KEY_EVENTS, KeyCreated, KeyEvent, KeyRevoked
 from sandboxer.events.record_events import (
     CommandRejected,
     HostEvent,
@@ -72,6 +73,7 @@ from sandboxer.events.snapshot_events import (
 
 __all__ = [
     "ACCOUNT_EVENTS",
+    "KEY_EVENTS",
     "NOT_SANDBOX_EVENTS",
     "SNAPSHOT_EVENTS",
     "SYSTEM_ACTOR",
@@ -86,6 +88,9 @@ __all__ = [
     "HostEvent",
     "HostInspected",
     "HostReaped",
+    "KeyCreated",
+    "KeyEvent",
+    "KeyRevoked",
     "SandboxActive",
     "SandboxDestroyed",
     "SandboxDestroying",
@@ -118,8 +123,15 @@ __all__ = [
     "event_type",
 ]
 
-Event = SandboxEvent | CommandRejected | HostEvent | SnapshotEvent | AccountEvent
-NOT_SANDBOX_EVENTS = (CommandRejected, HostInspected, HostReaped, *SNAPSHOT_EVENTS, *ACCOUNT_EVENTS)
+Event = SandboxEvent | CommandRejected | HostEvent | SnapshotEvent | AccountEvent | KeyEvent
+NOT_SANDBOX_EVENTS = (
+    CommandRejected,
+    HostInspected,
+    HostReaped,
+    *SNAPSHOT_EVENTS,
+    *ACCOUNT_EVENTS,
+    *KEY_EVENTS,
+)
 """For ``isinstance``: events that do not belong to a sandbox aggregate."""
 
 

@@ -9,6 +9,7 @@ from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
+    KEY_EVENTS,
     SNAPSHOT_EVENTS,
     CommandRejected,
     HostEvent,
@@ -16,6 +17,7 @@ from sandboxer.events.types import (
     HostReaped,
 )
 from sandboxer.projections.account_rows import AccountRows
+from sandboxer.projections.key_rows import KeyRows
 from sandboxer.projections.route_rows import RouteSamples
 from sandboxer.projections.sandbox_view import SandboxView
 
@@ -46,6 +48,7 @@ class Batch:
         self._dirty_snapshots: dict[str, int] = {}
         self._routes = RouteSamples()
         self._accounts = AccountRows()
+        self._keys = KeyRows()
         self.position = 0
         self.size = 0
 
@@ -64,6 +67,8 @@ class Batch:
         elif isinstance(event, ACCOUNT_EVENTS):
             load = None if self._fresh else self._view.load_account
             await self._accounts.apply(event, seq, load)
+        elif isinstance(event, KEY_EVENTS):
+            await self._keys.apply(event, seq, None if self._fresh else self._view.load_key)
         elif isinstance(event, SNAPSHOT_EVENTS):
             snapshot_id = event.snapshot_id
             snapshot = self._snapshots.get(snapshot_id)
@@ -94,11 +99,13 @@ class Batch:
             [(self._snapshots[sid], seq) for sid, seq in self._dirty_snapshots.items()],
             self._routes,
             self._accounts,
+            self._keys,
         )
         self._routes.clear()
         self._accounts.clear(
             forget=not self._fresh and len(self._accounts.known) > LIVE_CACHE_LIMIT
         )
+        self._keys.clear(forget=not self._fresh and len(self._keys.known) > LIVE_CACHE_LIMIT)
         self._dirty_snapshots.clear()
         self._dirty.clear()
         self._rejections.clear()

@@ -21,6 +21,7 @@ from sandboxer.domain.timestamps import shift
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.projections.account_rows import answer_account_query
+from sandboxer.projections.key_rows import answer_key_query
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.sandbox_view import state_to_dict
 from sandboxer.projections.snapshot_rows import snapshot_to_dict
@@ -76,6 +77,8 @@ class QueryService:
                 subjects.QUERY_ROUTE_SIGNALS: self._route_signals,
                 subjects.QUERY_SNAPSHOT_GET: self._snapshot_get,
                 subjects.QUERY_SNAPSHOT_LIST: self._snapshot_list,
+                subjects.QUERY_KEY_GET: self._key_get,
+                subjects.QUERY_KEY_LIST: self._key_list,
                 subjects.ADMIN_REPLAY: self._replay,
             },
             queue=QUEUE,
@@ -188,6 +191,19 @@ class QueryService:
 
     async def _usage_list(self, request: dict[str, Any]) -> dict[str, Any]:
         return await self._account_query("usage.list", request)
+
+    async def _key_query(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+        """API keys (projections/key_rows.py): never a hash, never a key."""
+        await self._consistent(request)
+        assert self._projector.view is not None
+        reply = await answer_key_query(kind, self._projector.view.db, request)
+        return {**reply, "position": self._projector.position}
+
+    async def _key_get(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self._key_query("key.get", request)
+
+    async def _key_list(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self._key_query("key.list", request)
 
     async def _health(self, _request: dict[str, Any]) -> dict[str, Any]:
         return {**self._info, "position": self._projector.position}

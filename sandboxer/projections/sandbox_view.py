@@ -24,6 +24,7 @@ import msgspec
 
 from sandboxer.domain.account_state import AccountState
 from sandboxer.domain.deadlines import due
+from sandboxer.domain.key_state import KeyState
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_state import SnapshotState
@@ -34,6 +35,13 @@ from sandboxer.projections.account_rows import (
     AccountRows,
     load_account,
     save_account_rows,
+)
+from sandboxer.projections.key_rows import (
+    KEY_SCHEMA,
+    KEY_TABLES,
+    KeyRows,
+    load_key,
+    save_key_rows,
 )
 from sandboxer.projections.route_rows import (
     ROUTE_SCHEMA,
@@ -93,6 +101,7 @@ CREATE TABLE IF NOT EXISTS meta (
 SCHEMA += SNAPSHOTS_SCHEMA
 SCHEMA += ROUTE_SCHEMA
 SCHEMA += ACCOUNT_SCHEMA
+SCHEMA += KEY_SCHEMA
 
 VIEW_VERSION = 2
 """Bump when what the view derives from an event changes without its tables changing."""
@@ -102,6 +111,7 @@ FINGERPRINT = hashlib.sha256(
     + json.dumps(msgspec.json.schema(SandboxState), sort_keys=True).encode()
     + json.dumps(msgspec.json.schema(SnapshotState), sort_keys=True).encode()
     + json.dumps(msgspec.json.schema(AccountState), sort_keys=True).encode()
+    + json.dumps(msgspec.json.schema(KeyState), sort_keys=True).encode()
 ).hexdigest()[:16]
 """What the rows were written by: the view's version, its tables and the state's shape."""
 
@@ -172,10 +182,13 @@ class SandboxView:
         snapshots: Iterable[tuple[SnapshotState, int]] = (),
         routes: RouteSamples | None = None,
         accounts: AccountRows | None = None,
+        keys: KeyRows | None = None,
     ) -> None:
         """Write changed rows and the new position in one transaction."""
         if accounts:
             await save_account_rows(self._db, accounts)
+        if keys:
+            await save_key_rows(self._db, keys)
         if routes:
             await save_route_samples(self._db, routes)
         await save_snapshots(self._db, snapshots)
@@ -299,6 +312,9 @@ class SandboxView:
     async def load_account(self, project: str) -> AccountState | None:
         return await load_account(self._db, project)
 
+    async def load_key(self, key_id: str) -> KeyState | None:
+        return await load_key(self._db, key_id)
+
     async def rejection(self, key: str) -> dict[str, Any] | None:
         async with self._db.execute("SELECT event FROM rejections WHERE key = ?", (key,)) as c:
             row = await c.fetchone()
@@ -314,6 +330,7 @@ class SandboxView:
             ("snapshots", "snapshot_id"),
             *ROUTE_TABLES,
             *ACCOUNT_TABLES,
+            *KEY_TABLES,
             ("position", "projection"),
             ("meta", "key"),
         ):

@@ -28,6 +28,7 @@ from sandboxer.commands.parse import parse_command, verb_of
 from sandboxer.commands.types import (
     AddCredits,
     Command,
+    CreateKey,
     CreateSandbox,
     DeleteSnapshot,
     DestroySandbox,
@@ -38,6 +39,7 @@ from sandboxer.commands.types import (
     RerouteSandbox,
     RestoreSnapshot,
     ResumeSandbox,
+    RevokeKey,
     SetBudget,
     SetByok,
     SnapshotSandbox,
@@ -57,7 +59,7 @@ from sandboxer.workers.credit_reservation import (
     reserve_for_create,
     reserve_for_extend,
 )
-from sandboxer.workers.deciding import apply
+from sandboxer.workers.deciding import apply, apply_key
 from sandboxer.workers.fallback_routing import next_route
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.jobs import job_for
@@ -168,6 +170,9 @@ class ControlWorker:
             return None
         if isinstance(command, AddCredits | SetBudget | SetByok):
             await decide_account_command(self._store, command)  # docs/payments.md
+            return None
+        if isinstance(command, CreateKey | RevokeKey):
+            await apply_key(self._store, command)  # docs/http-api.md#keys
             return None
         if isinstance(command, PauseSandbox | ResumeSandbox):
             return await decide_pause_step(self._store, self._catalog, command)

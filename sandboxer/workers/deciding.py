@@ -3,7 +3,8 @@
 Optimistic concurrency means a decision can lose the race to another
 writer; the loop then reloads and decides again, a bounded number of times.
 Workers change sandboxes only through :func:`apply`, snapshots only through
-:func:`apply_snapshot` and project accounts only through :func:`apply_account`:
+:func:`apply_snapshot`, project accounts only through :func:`apply_account` and
+API keys only through :func:`apply_key`:
 all are this one loop, :func:`_decide_loop`.
 """
 
@@ -12,14 +13,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from sandboxer.bus.event_store import EventStore, Loaded, LoadedAccount, LoadedSnapshot
+from sandboxer.bus.event_store import (
+    EventStore,
+    Loaded,
+    LoadedAccount,
+    LoadedKey,
+    LoadedSnapshot,
+)
 from sandboxer.clock import utc_now
 from sandboxer.domain.account_decide import AccountCommand, decide_account
+from sandboxer.domain.key_decide import KeyCommand, decide_key, key_id_of
 from sandboxer.domain.sandbox_decide import DomainCommand, decide
 from sandboxer.domain.snapshot_decide import SnapshotCommand, decide_snapshot
 from sandboxer.errors import ConcurrencyConflict
 
-__all__ = ["DECIDE_ATTEMPTS", "apply", "apply_account", "apply_snapshot"]
+__all__ = ["DECIDE_ATTEMPTS", "apply", "apply_account", "apply_key", "apply_snapshot"]
 
 DECIDE_ATTEMPTS = 8
 """Reloads before giving up; each one means another writer changed the aggregate meanwhile."""
@@ -97,4 +105,15 @@ async def apply_account(
         lambda loaded: decide_account(loaded.state, command, utc_now()),
         store.append_account,
         known,
+    )
+
+
+async def apply_key(store: EventStore, command: KeyCommand) -> tuple[LoadedKey, bool]:
+    """The same loop on an API key's history. ``Rejected`` propagates to the caller."""
+    key_id = key_id_of(command)
+    return await _decide_loop(
+        f"key {key_id}",
+        lambda: store.load_key(key_id),
+        lambda loaded: decide_key(loaded.state, command, utc_now()),
+        store.append_key,
     )
