@@ -10,7 +10,8 @@ The tree::
     │   ├── InvalidCommand      a published command cannot be read or accepted as it is
     │   ├── ComposeFileError    a compose file input is unsafe or missing
     │   ├── InputOutsideRoots   a host path input is outside SANDBOXER_INPUT_ROOTS (or none is allowed)
-    │   └── WorkspaceRefused    a workspace upload is too large, tampered with, missing or unsafe
+    │   ├── WorkspaceRefused    a workspace upload is too large, tampered with, missing or unsafe
+    │   └── PathRefused         a file path leaves the sandbox's workspace (absolute, .., NUL, a symlink)
     ├── Rejected                a valid command the sandbox's state cannot accept
     ├── CommandFailed           (clients) a command was rejected, or its work ended in failed
     ├── BusError                NATS is unreachable or answered with an error
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidCommand",
     "InvalidInput",
     "NatsServerError",
+    "PathRefused",
     "ProviderAuth",
     "ProviderError",
     "ProviderQuota",
@@ -144,6 +146,13 @@ class WorkspaceRefused(InvalidInput):
     """A workspace archive was refused: over a limit, not the bytes its name promises, or unsafe."""
 
     code = "workspace_refused"
+
+
+class PathRefused(InvalidInput):
+    """A path of ``sandboxer cp`` (or the files endpoints) names something outside the
+    sandbox's workspace, or nothing a copy can take; the message says which rule it broke."""
+
+    code = "path_refused"
 
 
 class Rejected(SandboxerError):
