@@ -15,6 +15,7 @@ from sandboxer.cli import (
     catalog_commands,
     credit_commands,
     host_commands,
+    key_commands,
     lifetime_commands,
     route_commands,
     sandbox_commands,
@@ -70,6 +71,7 @@ app.command("expire", rich_help_panel=OPERATOR)(lifetime_commands.expire)
 app.command("hosts", rich_help_panel=OPERATOR)(host_commands.hosts_view)
 app.command("replay", rich_help_panel=OPERATOR)(service_commands.replay)
 app.add_typer(route_commands.route_app, name="route", rich_help_panel=OPERATOR)
+app.add_typer(key_commands.keys_app, name="keys", rich_help_panel=OPERATOR)
 
 
 def main() -> None:

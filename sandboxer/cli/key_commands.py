@@ -1,0 +1,193 @@
+"""CLI commands for API keys: ``keys create|list|revoke`` (docs/http-api.md#keys).
+
+``keys create`` draws the key here, on the operator's machine, prints it once,
+and publishes only its SHA-256: the service, the log and the view never see
+the key itself. Each command is an event (``key_created``, ``key_revoked``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import typer
+
+from sandboxer import subjects
+from sandboxer.cli.common import JsonOpt, run, with_client
+from sandboxer.cli.output import print_json, print_table, say
+from sandboxer.client import SandboxerClient
+from sandboxer.domain.key_state import (
+    DEFAULT_MAX_LIVE,
+    DEFAULT_RATE_PER_SECOND,
+    hash_key,
+    key_id_for,
+    new_key,
+)
+from sandboxer.ids import new_command_id
+
+__all__ = ["create_key", "keys_app", "list_keys", "revoke_key"]
+
+KeyType = Literal["adm", "agt", "atm"]
+
+keys_app = typer.Typer(
+    help="API keys for the HTTP gateway: create (shown once), list, revoke.",
+    no_args_is_help=True,
+)
+
+
+async def _key_command(
+    client: SandboxerClient, verb: str, key_id: str, success: str, fields: dict[str, Any]
+) -> dict[str, Any]:
+    command = {"command_id": new_command_id(), "actor": client.actor, **fields}
+    return await client.outcomes.run(
+        verb,
+        command,
+        key_id,
+        {success},
+        lambda: client.publish_command(verb, command),
+        None,
+        30.0,
+        scope=subjects.key_events_filter(key_id),
+    )
+
+
+async def create_key(
+    client: SandboxerClient,
+    *,
+    project: str,
+    key_type: KeyType,
+    name: str | None = None,
+    max_live: int = DEFAULT_MAX_LIVE,
+    rate_per_second: int = DEFAULT_RATE_PER_SECOND,
+) -> tuple[str, dict[str, Any]]:
+    """Draw a key, record its hash; returns the key (to show once) and its ``key_created``
+    event (raises CommandFailed with the reason when rejected)."""
+    key = new_key()
+    key_hash = hash_key(key)
+    fields: dict[str, Any] = {
+        "project": project,
+        "key_type": key_type,
+        "key_hash": key_hash,
+        "max_live": max_live,
+        "rate_per_second": rate_per_second,
+    }
+    if name is not None:
+        fields["name"] = name
+    event = await _key_command(client, "create_key", key_id_for(key_hash), "key_created", fields)
+    return key, event
+
+
+async def revoke_key(
+    client: SandboxerClient, key_id: str, reason: str | None = None
+) -> dict[str, Any]:
+    """Revoke a key; returns its ``key_revoked`` event."""
+    fields: dict[str, Any] = {"key_id": key_id}
+    if reason is not None:
+        fields["reason"] = reason
+    return await _key_command(client, "revoke_key", key_id, "key_revoked", fields)
+
+
+async def list_keys(
+    client: SandboxerClient, *, project: str | None = None, include_revoked: bool = False
+) -> list[dict[str, Any]]:
+    """The keys (never their hashes), oldest first."""
+    request: dict[str, Any] = {"include_revoked": include_revoked, "min_seq": client.seen_seq}
+    if project is not None:
+        request["project"] = project
+    reply = await client.query(subjects.QUERY_KEY_LIST, request)
+    return list(reply["keys"])
+
+
+@keys_app.command("create")
+def keys_create(
+    project: Annotated[str, typer.Option("--project", help="the project the key acts for")],
+    key_type: Annotated[
+        str, typer.Option("--type", help="adm (everything), agt or atm (its project only)")
+    ],
+    name: Annotated[str | None, typer.Option("--name", help="a label for people")] = None,
+    max_live: Annotated[
+        int, typer.Option("--max-live", help="live sandboxes the project may have")
+    ] = DEFAULT_MAX_LIVE,
+    rate: Annotated[
+        int, typer.Option("--rate", help="requests per second (per gateway process)")
+    ] = DEFAULT_RATE_PER_SECOND,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key and print it once: only its hash is kept, so it cannot be shown again."""
+    if key_type not in {"adm", "agt", "atm"}:
+        raise typer.BadParameter("--type is adm, agt or atm")
+    chosen: KeyType = "adm" if key_type == "adm" else "agt" if key_type == "agt" else "atm"
+    key, event = run(
+        with_client(
+            lambda c: create_key(
+                c,
+                project=project,
+                key_type=chosen,
+                name=name,
+                max_live=max_live,
+                rate_per_second=rate,
+            )
+        )
+    )
+    if as_json:
+        print_json(
+            {
+                "key": key,
+                "key_id": event["key_id"],
+                "project": event["project"],
+                "type": event["key_type"],
+                "name": event.get("name"),
+                "max_live": event["max_live"],
+                "rate_per_second": event["rate_per_second"],
+            }
+        )
+        return
+    typer.echo(key)
+    say(
+        f"key {event['key_id']} ({chosen}, project {project}) created; the line above is the key: "
+        "it is shown only now. Send it as 'Authorization: Bearer <key>'."
+    )
+
+
+@keys_app.command("list")
+def keys_list(
+    project: Annotated[str | None, typer.Option("--project", help="one project's keys")] = None,
+    include_revoked: Annotated[bool, typer.Option("--revoked", help="revoked keys too")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The API keys (ids, projects, types, limits; never the keys or their hashes)."""
+    keys = run(
+        with_client(lambda c: list_keys(c, project=project, include_revoked=include_revoked))
+    )
+    if as_json:
+        print_json(keys)
+        return
+    print_table(
+        [
+            [
+                k["key_id"],
+                k["type"],
+                k["project"],
+                k["name"] or "-",
+                k["max_live"],
+                k["rate_per_second"],
+                k["status"],
+                k["created_at"],
+            ]
+            for k in keys
+        ],
+        ["KEY ID", "TYPE", "PROJECT", "NAME", "MAX LIVE", "RATE/S", "STATUS", "CREATED"],
+    )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str,
+    reason: Annotated[str | None, typer.Option("--reason", help="why, for the log")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke an API key: requests bearing it are refused from the next one on."""
+    event = run(with_client(lambda c: revoke_key(c, key_id, reason)))
+    if as_json:
+        print_json(event)
+    else:
+        typer.echo(f"key {key_id} revoked")
