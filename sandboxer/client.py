@@ -22,6 +22,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence, read_events
+from sandboxer.bus.nats_auth import NatsCredentials
 from sandboxer.bus.publish import publish_durably
 from sandboxer.bus.streams import replicas_for
 from sandboxer.command_outcomes import CommandFailed, EventCallback, OutcomeWatcher, notify
@@ -66,8 +67,12 @@ class SandboxerClient:
         self.outcomes.seen_seq = value
 
     @classmethod
-    async def connect(cls, urls: list[str], **kwargs: Any) -> SandboxerClient:
-        return cls(await connect(urls, name="sandboxer-client", long_lived=False), **kwargs)
+    async def connect(
+        cls, urls: list[str], *, credentials: NatsCredentials | None = None, **kwargs: Any
+    ) -> SandboxerClient:
+        """Connect to ``urls``; ``credentials``: the client identity's (docs/security.md)."""
+        nc = await connect(urls, name="sandboxer-client", long_lived=False, credentials=credentials)
+        return cls(nc, **kwargs)
 
     async def close(self) -> None:
         await self.nc.drain()

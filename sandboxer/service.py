@@ -28,6 +28,8 @@ from nats.aio.client import Client
 from sandboxer import __version__
 from sandboxer.bus.connect import connect
 from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.nats_auth import credentials_for
+from sandboxer.bus.permissions import CLIENT, SERVICE
 from sandboxer.bus.streams import ensure_streams, replicas_for
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
@@ -64,12 +66,14 @@ async def embedded_nats(settings: Settings) -> AsyncIterator[list[str]]:
     if not settings.embedded:
         yield list(settings.nats_urls)
         return
+    from sandboxer.bus.nats_auth import ensure_embedded_auth
     from sandboxer.bus.nats_server import NatsServerProcess
 
     server = NatsServerProcess(
         settings.home / "nats",
         binary=settings.nats_server,
         log_file=settings.home / "nats-server.log",
+        config_file=ensure_embedded_auth(settings.home),  # users and permissions
         server_name="sandboxer-embedded",
     )
     await server.start()
@@ -88,9 +92,11 @@ async def run_roles(
     *,
     info: dict[str, Any],
     http_socket: socket.socket | None = None,
+    client_nc: Client | None = None,
 ) -> None:
     """Run ``roles`` on one connection until ``stop`` is set (``http_socket``: the gateway's,
-    bound beforehand; the gateway role binds ``settings.http_addr`` itself otherwise)."""
+    bound beforehand; the gateway role binds ``settings.http_addr`` itself otherwise;
+    ``client_nc``: the gateway's own connection as the client identity, docs/security.md)."""
     js = nc.jetstream()
     # nats-py exposes the INFO the server sent only as this attribute.
     await ensure_streams(js, replicas_for(nc._server_info))
@@ -121,7 +127,9 @@ async def run_roles(
                 elif role == "gateway":
                     from sandboxer.gateway.serve import run_gateway_role
 
-                    group.create_task(run_gateway_role(nc, settings, catalog, stop, http_socket))
+                    group.create_task(
+                        run_gateway_role(client_nc or nc, settings, catalog, stop, http_socket)
+                    )
                 elif role == "projector":
                     projector = Projector(nc, js, settings.db_path)
                     await projector.open()
@@ -202,7 +210,18 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
 
     listener = bind_gateway(settings, chosen, required=roles is not None)
     async with embedded_nats(settings) as urls:
-        nc = await connect(urls, name=f"sandboxer-{'+'.join(chosen)}")
+        nc = await connect(
+            urls,
+            name=f"sandboxer-{'+'.join(chosen)}",
+            credentials=credentials_for(settings, SERVICE),
+        )
+        # The gateway is a bus client: it connects as the client identity when there is one.
+        client_creds = credentials_for(settings, CLIENT) if "gateway" in chosen else None
+        client_nc = (
+            await connect(urls, name="sandboxer-gateway", credentials=client_creds)
+            if client_creds is not None
+            else None
+        )
         info = {
             "version": __version__,
             "pid": os.getpid(),
@@ -217,11 +236,23 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
         try:
             if record is not None:
                 record.write_text(json.dumps(info, indent=2))
-            await run_roles(nc, chosen, settings, catalog, stop, info=info, http_socket=listener)
+            await run_roles(
+                nc,
+                chosen,
+                settings,
+                catalog,
+                stop,
+                info=info,
+                http_socket=listener,
+                client_nc=client_nc,
+            )
         finally:
             if listener is not None:
                 listener.close()
             if record is not None:
                 record.unlink(missing_ok=True)
+            if client_nc is not None:
+                with contextlib.suppress(Exception):
+                    await client_nc.drain()
             with contextlib.suppress(Exception):
                 await nc.drain()

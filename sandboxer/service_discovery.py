@@ -3,6 +3,8 @@
 A running ``sandboxer up`` with its own NATS writes ``$SANDBOXER_HOME/service.json``
 (its pid and NATS URL); a client on the same machine reads it. With
 ``SANDBOXER_NATS_URL`` set, every process uses that NATS and no record is needed.
+A client authenticates as the ``client`` identity (:func:`client_credentials`): the
+embedded server's generated credentials, or those ``SANDBOXER_NATS_AUTH`` names.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import json
 import os
 from typing import Any
 
+from sandboxer.bus.nats_auth import NatsCredentials, credentials_for
+from sandboxer.bus.permissions import CLIENT
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ServiceNotRunning
 
-__all__ = ["find_service_urls", "read_service_file"]
+__all__ = ["client_credentials", "find_service_urls", "read_service_file"]
 
 
 def read_service_file(settings: Settings) -> dict[str, Any] | None:
@@ -38,3 +42,8 @@ def find_service_urls(settings: Settings) -> list[str]:
             "'sandboxer up' (or set SANDBOXER_NATS_URL to use an existing NATS)"
         )
     return [str(record["nats_url"])]
+
+
+def client_credentials(settings: Settings) -> NatsCredentials | None:
+    """What a client (the CLI, a bus client) authenticates with; None: no authentication."""
+    return credentials_for(settings, CLIENT)

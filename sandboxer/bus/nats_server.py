@@ -68,7 +68,9 @@ class NatsServerProcess:
     real ones are read from the log and, after a successful start, kept, so a
     stopped server restarts on the same addresses (cluster routes stay valid).
     ``monitor_port=None`` disables the HTTP monitor, ``cluster_port=None``
-    clustering. Use as ``async with NatsServerProcess(dir) as server:``.
+    clustering. ``config_file`` is a nats-server configuration read too (the embedded
+    server's users and permissions, :mod:`sandboxer.bus.nats_auth`). Use as
+    ``async with NatsServerProcess(dir) as server:``.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class NatsServerProcess:
         cluster_port: int | None = None,
         routes: Sequence[str] = (),
         log_file: str | os.PathLike[str] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         ready_timeout: float = 15.0,
         stop_timeout: float = 10.0,
@@ -100,6 +103,7 @@ class NatsServerProcess:
         self.server_name = server_name
         self.cluster_name = cluster_name
         self.routes = tuple(routes)
+        self.config_file = Path(config_file) if config_file else None
         self.extra_args = tuple(extra_args)
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
@@ -164,6 +168,8 @@ class NatsServerProcess:
             self.server_name,
         ]
         args += ["-js", "-sd", str(self.store_dir)]
+        if self.config_file is not None:
+            args += ["-c", str(self.config_file)]  # flags above win over the file's settings
         if want["monitor"] is not None:
             args += ["-m", _port_arg(want["monitor"])]
         if want["cluster"] is not None:

@@ -11,7 +11,11 @@ import time
 from sandboxer.client import SandboxerClient
 from sandboxer.config.settings import Settings
 from sandboxer.errors import SandboxerError, ServiceNotRunning
-from sandboxer.service_discovery import find_service_urls, read_service_file
+from sandboxer.service_discovery import (
+    client_credentials,
+    find_service_urls,
+    read_service_file,
+)
 
 __all__ = ["connect_client", "start_background_service"]
 
@@ -37,7 +41,9 @@ async def _wait_until_healthy(settings: Settings, pid: int) -> SandboxerClient:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if read_service_file(settings) is not None:
-            client = await SandboxerClient.connect(find_service_urls(settings))
+            client = await SandboxerClient.connect(
+                find_service_urls(settings), credentials=client_credentials(settings)
+            )
             try:
                 await client.health()
             except SandboxerError:
@@ -70,4 +76,4 @@ async def connect_client(
                 "stop it with: sandboxer down"
             )
         return await _wait_until_healthy(settings, pid)
-    return await SandboxerClient.connect(urls)
+    return await SandboxerClient.connect(urls, credentials=client_credentials(settings))

@@ -1,0 +1,159 @@
+"""Who may publish and subscribe to what on NATS: the one list of every identity's subjects.
+
+Two identities (docs/security.md#nats-permissions):
+
+``service``
+    The roles that own the streams: control, projector, meter, the extension
+    workers. They append events, dispatch jobs, answer requests, manage the
+    streams and their consumers. Of the commands they may publish only the
+    internal ones they send themselves: ``touch`` (an exec is activity),
+    ``expire`` (the expirer) and ``reroute`` (a job's fallback).
+``client``
+    The CLI, any bus client and the HTTP gateway (a bus client for HTTP
+    callers). Clients publish commands, make queries and exec/token/admin
+    requests, read the events stream (ordered consumers, direct get) and
+    upload to the workspaces Object Store. They may not publish to the events
+    or jobs streams, and the JetStream API subjects they get cannot delete,
+    purge or change a stream.
+
+The embedded server's configuration and the snippet docs/security.md gives for
+a shared NATS are both rendered from :data:`PERMISSIONS` by :func:`authorization_block`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sandboxer import subjects
+
+__all__ = [
+    "CLIENT",
+    "INTERNAL_COMMANDS",
+    "PERMISSIONS",
+    "ROLES",
+    "SERVICE",
+    "USERS",
+    "Permissions",
+    "authorization_block",
+    "shared_nats_config",
+]
+
+SERVICE = "service"
+CLIENT = "client"
+ROLES = (SERVICE, CLIENT)
+USERS = {SERVICE: "sandboxer-service", CLIENT: "sandboxer-client"}
+"""The NATS user of each identity (the embedded server's, and the documented shared ones)."""
+
+INTERNAL_COMMANDS = ("touch", "expire", "reroute")
+"""The only commands the service identity publishes (exec service, expirer, job fallback)."""
+
+_EVENTS = subjects.EVENTS_STREAM
+_WORKSPACES = f"OBJ_{subjects.WORKSPACES_BUCKET}"  # the Object Store bucket's stream
+_API = "$JS.API"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """One identity's nats-server ``permissions`` block (deny wins over allow)."""
+
+    publish_allow: tuple[str, ...]
+    publish_deny: tuple[str, ...]
+    subscribe_allow: tuple[str, ...]
+    subscribe_deny: tuple[str, ...] = ()
+
+
+_SERVICE = Permissions(
+    publish_allow=(
+        subjects.EVENTS,  # appends (the event store), rejections included
+        subjects.JOBS,  # the control worker dispatches jobs
+        *(subjects.command_subject(verb) for verb in INTERNAL_COMMANDS),
+        "sandboxer.query.>",  # the expirer, routing and inventory ask the view
+        f"{_API}.>",  # streams, durable consumers, fetches, direct gets, the bucket
+        "$JS.ACK.>",  # acknowledging commands and jobs
+        "$JS.FC.>",  # flow control of ordered consumers (replay, downloads)
+        f"$O.{subjects.WORKSPACES_BUCKET}.>",  # snapshots store their data in the bucket
+        "_INBOX.>",  # answers to requests (queries, exec output, tokens)
+    ),
+    publish_deny=(
+        f"{_API}.STREAM.DELETE.>",
+        f"{_API}.STREAM.PURGE.{_EVENTS}",
+        f"{_API}.STREAM.MSG.DELETE.{_EVENTS}",
+    ),
+    subscribe_allow=("sandboxer.>", "_INBOX.>"),
+)
+
+_CLIENT = Permissions(
+    publish_allow=(
+        "sandboxer.>",  # commands, queries, exec, tokens, admin requests ...
+        f"{_API}.INFO",
+        # Reading the events stream: its state, single messages, ordered consumers.
+        f"{_API}.STREAM.INFO.{_EVENTS}",
+        f"{_API}.STREAM.MSG.GET.{_EVENTS}",
+        f"{_API}.DIRECT.GET.{_EVENTS}",
+        f"{_API}.DIRECT.GET.{_EVENTS}.>",
+        f"{_API}.CONSUMER.CREATE.{_EVENTS}",
+        f"{_API}.CONSUMER.CREATE.{_EVENTS}.>",
+        f"{_API}.CONSUMER.INFO.{_EVENTS}.*",
+        f"{_API}.CONSUMER.DELETE.{_EVENTS}.*",
+        "$JS.FC.>",
+        # The workspaces bucket: created by the first upload, written and read by clients.
+        f"{_API}.STREAM.INFO.{_WORKSPACES}",
+        f"{_API}.STREAM.CREATE.{_WORKSPACES}",
+        f"{_API}.STREAM.MSG.GET.{_WORKSPACES}",
+        f"{_API}.DIRECT.GET.{_WORKSPACES}.>",
+        f"{_API}.CONSUMER.CREATE.{_WORKSPACES}",
+        f"{_API}.CONSUMER.CREATE.{_WORKSPACES}.>",
+        f"{_API}.CONSUMER.DELETE.{_WORKSPACES}.*",
+        f"$O.{subjects.WORKSPACES_BUCKET}.>",
+    ),
+    publish_deny=(subjects.EVENTS, subjects.JOBS),
+    subscribe_allow=("_INBOX.>", subjects.EVENTS),
+)
+
+PERMISSIONS: Mapping[str, Permissions] = {SERVICE: _SERVICE, CLIENT: _CLIENT}
+
+
+def _list(key: str, items: tuple[str, ...], indent: str) -> list[str]:
+    return [f"{indent}{key}: [", *(f"{indent}  {json.dumps(item)}" for item in items), f"{indent}]"]
+
+
+def _permissions_block(perms: Permissions, indent: str) -> list[str]:
+    inner = indent + "    "
+    lines = [f"{indent}permissions: {{", f"{indent}  publish: {{"]
+    lines += _list("allow", perms.publish_allow, inner)
+    if perms.publish_deny:
+        lines += _list("deny", perms.publish_deny, inner)
+    lines += [f"{indent}  }}", f"{indent}  subscribe: {{"]
+    lines += _list("allow", perms.subscribe_allow, inner)
+    if perms.subscribe_deny:
+        lines += _list("deny", perms.subscribe_deny, inner)
+    lines += [f"{indent}  }}", f"{indent}}}"]
+    return lines
+
+
+def authorization_block(passwords: Mapping[str, str]) -> str:
+    """nats-server's ``authorization`` block for both identities.
+
+    ``passwords`` maps each role to what follows ``password:`` verbatim: a quoted
+    string, or a ``$VARIABLE`` the server reads from its environment.
+    """
+    lines = ["authorization {", "  users: ["]
+    for role in ROLES:
+        lines += [
+            "    {",
+            f"      user: {json.dumps(USERS[role])}",
+            f"      password: {passwords[role]}",
+            *_permissions_block(PERMISSIONS[role], "      "),
+            "    }",
+        ]
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def shared_nats_config() -> str:
+    """The snippet docs/security.md gives for a shared NATS (passwords from the environment)."""
+    return authorization_block(
+        {SERVICE: "$SANDBOXER_SERVICE_PASSWORD", CLIENT: "$SANDBOXER_CLIENT_PASSWORD"}
+    )
