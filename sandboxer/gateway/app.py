@@ -20,12 +20,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxer import __version__, subjects
 from sandboxer.client import SandboxerClient
+from sandboxer.domain.key_access import event_owner, may_see, owner_of, scope_of
+from sandboxer.gateway.auth import (
+    admit_create,
+    event_visibility,
+    require_project,
+    require_sandbox,
+    require_snapshot,
+    visible_snapshots,
+)
 from sandboxer.gateway.context import (
     BusClient,
     CommandId,
     Gateway,
+    RequestKey,
+    ServiceClient,
     Wait,
     gateway,
+    request_actor,
 )
 from sandboxer.gateway.errors import (
     error_response,
@@ -69,6 +81,16 @@ SnapshotId = Annotated[
     str, Path(pattern=SANDBOX_ID, description="8-32 lowercase letters and digits")
 ]
 ProjectName = Annotated[str, Path(pattern=PROJECT)]
+
+
+async def _visible_sandbox_id(sandbox_id: SandboxId, client: BusClient) -> str:
+    """The path's sandbox, checked before a response starts (an event stream cannot answer
+    404 once it has begun)."""
+    await require_sandbox(client, sandbox_id)
+    return sandbox_id
+
+
+VisibleSandboxId = Annotated[str, Depends(_visible_sandbox_id)]
 CommandQuery = Annotated[
     str | None,
     Query(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="the command whose outcome to report"),
@@ -78,9 +100,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         400: "malformed request (bad JSON, a bad header)",
-        404: "no such sandbox, snapshot, profile or route",
+        401: "no API key, or not a valid one (Authorization: Bearer <key>)",
+        404: "no such sandbox, snapshot, profile or route (or one of another project)",
         409: "the sandbox's state does not allow it (the rejection's code and reason)",
         422: "a field, id or parameter is invalid (or the service rejected the command's content)",
+        429: "the key's rate or live-sandbox limit is reached (see Retry-After)",
         503: "the service cannot be reached, or nothing can serve the request now",
     }.items()
 }
@@ -143,7 +167,7 @@ async def _rejection(client: SandboxerClient, command_id: str | None) -> JSONRes
         subjects.QUERY_REJECTION, {"command_id": command_id, "min_seq": client.seen_seq}
     )
     event = reply.get("rejection")
-    if not isinstance(event, dict):
+    if not isinstance(event, dict) or not may_see(client.actor, event_owner(event)):
         return None
     code = str(event.get("code") or "rejected")
     return error_response(
@@ -151,16 +175,13 @@ async def _rejection(client: SandboxerClient, command_id: str | None) -> JSONRes
     )
 
 
-def _with_project(client: SandboxerClient, project: str | None) -> None:
-    if project is not None:  # as the CLI's --project; the service checks the name again
-        client.actor = {**client.actor, "project": project}
-
-
 def _not_found(kind: str, ident: str) -> JSONResponse:
     return error_response(404, f"unknown_{kind}", f"no {kind} {ident}")
 
 
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1", responses=ERRORS, dependencies=[Depends(request_actor)])
+"""Every route but health: each needs an API key (docs/http-api.md#keys)."""
+public = APIRouter(prefix="/v1", responses=ERRORS)
 
 # -- sandboxes ---------------------------------------------------------------------------------
 
@@ -176,10 +197,10 @@ router = APIRouter(prefix="/v1", responses=ERRORS)
     tags=["sandboxes"],
 )
 async def create_sandbox(
-    body: CreateSandbox, client: BusClient, command_id: CommandId, wait: Wait
+    body: CreateSandbox, client: BusClient, key: RequestKey, command_id: CommandId, wait: Wait
 ) -> Response:
     """Create a sandbox from a profile: 202 with its id and status URL, or wait until ready."""
-    _with_project(client, body.project)
+    await admit_create(client, key, body.project)
 
     async def create(waiting: bool) -> dict[str, Any]:
         return await client.create(
@@ -231,6 +252,7 @@ async def list_sandboxes(
         if (profile is None or s.get("profile") == profile)
         and (extension is None or s.get("extension") == extension)
         and (project is None or (s.get("actor") or {}).get("project") == project)
+        and may_see(client.actor, owner_of(s))
     ]
     return {"sandboxes": chosen}
 
@@ -252,7 +274,7 @@ async def get_sandbox(
     if rejected is not None:
         return rejected
     sandbox = await client.get(sandbox_id)
-    if sandbox is not None:
+    if sandbox is not None and may_see(client.actor, owner_of(sandbox)):
         return JSONResponse(sandbox)
     if command_id is not None:
         pending = Pending(command_id=command_id, sandbox_id=sandbox_id)
@@ -281,6 +303,7 @@ async def destroy_sandbox(
     sandbox_id: SandboxId, client: BusClient, command_id: CommandId, wait: Wait
 ) -> Response:
     """Destroy a sandbox (tear it down; its history stays)."""
+    await require_sandbox(client, sandbox_id)
     await client.destroy(sandbox_id, command_id=command_id, wait=False)
     finished = await _within(
         wait, lambda: client.destroy(sandbox_id, command_id=command_id, timeout=wait + 60)
@@ -299,6 +322,7 @@ async def recreate_sandbox(
     sandbox_id: SandboxId, client: BusClient, command_id: CommandId, wait: Wait
 ) -> Response:
     """Tear the sandbox down and provision it again, same id (``generation`` + 1)."""
+    await require_sandbox(client, sandbox_id)
     await client.recreate(sandbox_id, command_id=command_id, wait=False)
     finished = await _within(
         wait, lambda: client.recreate(sandbox_id, command_id=command_id, timeout=wait + 60)
@@ -311,12 +335,14 @@ async def extend_ttl(
     sandbox_id: SandboxId, body: ExtendTtl, client: BusClient, command_id: CommandId
 ) -> dict[str, Any]:
     """Push the expiry later; answers with the ``ttl_extended`` event (``expires_at``)."""
+    await require_sandbox(client, sandbox_id)
     return await client.extend_ttl(sandbox_id, body.duration, command_id=command_id)
 
 
 async def _pause_or_resume(
     verb: str, sandbox_id: str, client: SandboxerClient, command_id: str, wait: float
 ) -> Response:
+    await require_sandbox(client, sandbox_id)
     await client.publish_command(verb, _about(client, command_id, sandbox_id=sandbox_id))
     method = client.pause if verb == "pause" else client.resume
     finished = await _within(
@@ -371,6 +397,7 @@ async def take_snapshot(
     body: TakeSnapshot | None = None,
 ) -> Response:
     """Store a copy of the sandbox's workspace; its snapshot id is derived from the command id."""
+    await require_sandbox(client, sandbox_id)
     name = body.name if body is not None else None
     fields = {"sandbox_id": sandbox_id, **({} if name is None else {"name": name})}
     await client.publish_command("snapshot", _about(client, command_id, **fields))
@@ -395,7 +422,7 @@ async def list_snapshots(
     found = await client.snapshots(
         sandbox_id=sandbox_id, include_deleted=include_deleted, limit=limit
     )
-    return {"snapshots": found}
+    return {"snapshots": await visible_snapshots(client, found)}
 
 
 @router.get(
@@ -414,7 +441,7 @@ async def get_snapshot(
     if rejected is not None:
         return rejected
     snapshot = await client.snapshot_get(snapshot_id)
-    if snapshot is not None:
+    if snapshot is not None and (await visible_snapshots(client, [snapshot])):
         return JSONResponse(snapshot)
     if command_id is not None:
         pending = Pending(command_id=command_id, snapshot_id=snapshot_id)
@@ -433,6 +460,7 @@ async def delete_snapshot(
     snapshot_id: SnapshotId, client: BusClient, command_id: CommandId, wait: Wait
 ) -> Response:
     """Delete the snapshot's data (its history stays in the log)."""
+    await require_snapshot(client, snapshot_id)
     command = _about(client, command_id, snapshot_id=snapshot_id)
     await client.publish_command("delete_snapshot", command)
     finished = await _within(
@@ -456,13 +484,15 @@ async def delete_snapshot(
 async def restore_snapshot(
     snapshot_id: SnapshotId,
     client: BusClient,
+    key: RequestKey,
     command_id: CommandId,
     wait: Wait,
     body: RestoreSnapshot | None = None,
 ) -> Response:
     """Create a new sandbox from the snapshot, on its profile or another (any backend)."""
     body = body or RestoreSnapshot()
-    _with_project(client, body.project)
+    await require_snapshot(client, snapshot_id)
+    await admit_create(client, key, body.project)
     fields: dict[str, Any] = {"snapshot_id": snapshot_id}
     if body.profile is not None:
         fields["profile"] = body.profile
@@ -496,12 +526,14 @@ async def restore_snapshot(
 @router.get("/credits", response_model=CreditsList, tags=["credits"])
 async def list_credits(client: BusClient) -> dict[str, Any]:
     """Every project's account: balance, reserved, available, budget (1 credit = 1 micro-USD)."""
-    return {"accounts": await client.credits()}
+    accounts = await client.credits()
+    return {"accounts": [a for a in accounts if may_see(client.actor, a.get("project"))]}
 
 
 @router.get("/credits/{project}", tags=["credits"])
 async def get_credits(project: ProjectName, client: BusClient) -> Response:
     """One project's account."""
+    require_project(client, project)
     accounts = await client.credits(project)
     if not accounts:
         return error_response(404, "unknown_account", f"project {project} has no account yet")
@@ -516,7 +548,11 @@ async def usage(
     until: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> dict[str, Any]:
-    """Metered sandboxes and spend by project, profile and backend."""
+    """Metered sandboxes and spend by project, profile and backend (a key of agt or atm: of
+    its own project only)."""
+    if project is not None:
+        require_project(client, project, "usage")
+    project = project or scope_of(client.actor)
     reply = await client.usage(project=project, since=since, until=until, limit=limit)
     return {k: v for k, v in reply.items() if k not in {"ok", "position"}}
 
@@ -572,8 +608,8 @@ async def get_extension(
     return JSONResponse(found.model_dump(mode="json"))
 
 
-@router.get("/health", response_model=Health, tags=["service"])
-async def health(client: BusClient) -> dict[str, Any]:
+@public.get("/health", response_model=Health, tags=["service"])
+async def health(client: ServiceClient) -> dict[str, Any]:
     """The gateway answers, and so does the service behind it (503 otherwise)."""
     service = await client.health()
     service.pop("ok", None)
@@ -620,7 +656,8 @@ async def events(
     filtered by sandbox, project and type; resumes after ``Last-Event-ID`` or ``?after=``."""
     chosen = EventFilter(sandbox_id=sandbox_id, project=project, types=_types(types))
     start = start_after(last_event_id, after)
-    async for item in event_stream(client, chosen, start_seq=start, follow=follow):
+    visible = event_visibility(client)
+    async for item in event_stream(client, chosen, start_seq=start, follow=follow, visible=visible):
         yield item
 
 
@@ -631,7 +668,7 @@ async def events(
     tags=["events"],
 )
 async def sandbox_events(
-    sandbox_id: SandboxId,
+    sandbox_id: VisibleSandboxId,
     client: BusClient,
     last_event_id: LastEventId = None,
     after: After = None,
@@ -641,7 +678,8 @@ async def sandbox_events(
     """One sandbox's events as Server-Sent Events; resumes as /v1/events does."""
     chosen = EventFilter(sandbox_id=sandbox_id, types=_types(types))
     start = start_after(last_event_id, after)
-    async for item in event_stream(client, chosen, start_seq=start, follow=follow):
+    visible = event_visibility(client)
+    async for item in event_stream(client, chosen, start_seq=start, follow=follow, visible=visible):
         yield item
 
 
@@ -661,6 +699,7 @@ def create_app(gw: Gateway) -> FastAPI:
     )
     app.state.gateway = gw
     install_error_handlers(app)
+    app.include_router(public)
     app.include_router(router)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     generate = app.openapi

@@ -1,9 +1,12 @@
 """What a request depends on: the gateway's bus connection, the request's actor, a client,
 the command id (from ``Idempotency-Key``) and how long to wait.
 
-The actor comes from one dependency, :func:`request_actor`. Until API keys exist it is the
-gateway's own actor (an administrator, as the CLI is on its operator's machine: the
-gateway listens on loopback by default); with keys it will be stamped from the key.
+The actor comes from one dependency, :func:`request_actor`: it is stamped from the API key
+the request bears (``Authorization: Bearer <key>``), never chosen by the client. Every
+``/v1/`` route but health needs one (401 otherwise), and each key is held to its rate
+(429 with ``Retry-After``). What the actor may see is :mod:`sandboxer.domain.key_access`.
+A router of its own gets both by depending on :data:`RequestActor` (or :data:`BusClient`,
+a bus client acting as that actor).
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Query, Request
+from fastapi import Depends, Header, HTTPException, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nats.aio.client import Client as Nats
 
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
+from sandboxer.domain.key_state import KeyState
+from sandboxer.gateway.auth import KeyLookup, RateLimiter, bearer_key, retry_after
 from sandboxer.ids import COMMAND_ID_RULE, is_valid_command_id, new_command_id
 
 __all__ = [
@@ -28,9 +34,13 @@ __all__ = [
     "CommandId",
     "Gateway",
     "RequestActor",
+    "RequestKey",
+    "ServiceClient",
     "Wait",
     "default_actor",
     "parse_wait",
+    "request_actor",
+    "request_key",
 ]
 
 MAX_WAIT_SECONDS = 300.0
@@ -40,7 +50,7 @@ _WAIT = re.compile(r"^(\d{1,6})(s|m)?$")
 
 
 def default_actor() -> dict[str, Any]:
-    """The gateway's actor until keys exist: an administrator named after the gateway."""
+    """The gateway's own actor, for what no key asks (health): named after the gateway."""
     return {"type": "adm", "id": f"gateway@{socket.gethostname()}"[:128], "project": None}
 
 
@@ -58,6 +68,13 @@ class Gateway:
     actor: dict[str, Any] = field(default_factory=default_actor)
     project: str | None = field(default_factory=lambda: os.environ.get("SANDBOXER_PROJECT") or None)
     position: int = 0
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    """Each key's token bucket in this process (docs/http-api.md#limits)."""
+
+    def keys(self) -> KeyLookup:
+        if self.nc is None:
+            raise HTTPException(503, {"code": "bus", "message": "the gateway is not connected"})
+        return KeyLookup(self.nc)
 
     def client_for(self, actor: dict[str, Any]) -> SandboxerClient:
         if self.nc is None:
@@ -75,12 +92,84 @@ def gateway(request: Request) -> Gateway:
     return state
 
 
-def request_actor(gw: Annotated[Gateway, Depends(gateway)]) -> dict[str, Any]:
-    """Who the request acts as: the one place an actor comes from (keys will replace it)."""
-    return {**gw.actor, "project": gw.project}
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from 'sandboxer keys create': Authorization: Bearer sbx_...",
+)
+
+_CHALLENGE = 'Bearer realm="sandboxer"'
+
+
+def _unauthorized(message: str, *, invalid: bool) -> HTTPException:
+    challenge = f'{_CHALLENGE}, error="invalid_token"' if invalid else _CHALLENGE
+    return HTTPException(
+        401,
+        {"code": "unauthorized", "message": message},
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+async def request_key(
+    request: Request,
+    gw: Annotated[Gateway, Depends(gateway)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> KeyState:
+    """The request's API key (read from the log: a revoked key fails at once), within its rate."""
+    header = request.headers.get("authorization")
+    if header is None:
+        raise _unauthorized(
+            "this route needs an API key: send 'Authorization: Bearer <key>' (an administrator "
+            "makes one with 'sandboxer keys create')",
+            invalid=False,
+        )
+    key = bearer_key(header)
+    state = None if key is None else await gw.keys().active(key)
+    if state is None:
+        raise _unauthorized(
+            "the Authorization header holds no valid API key (expected 'Bearer sbx_...'; the "
+            "key may be unknown or revoked)",
+            invalid=True,
+        )
+    wait = gw.limiter.take(state.key_id, state.rate_per_second)
+    if wait is not None:
+        raise HTTPException(
+            429,
+            {
+                "code": "rate_limited",
+                "message": f"key {state.key_id} may make {state.rate_per_second} requests per "
+                "second (on this gateway); slow down",
+            },
+            headers={"Retry-After": retry_after(wait)},
+        )
+    return state
+
+
+RequestKey = Annotated[KeyState, Depends(request_key)]
+
+
+def request_actor(key: RequestKey) -> dict[str, Any]:
+    """Who the request acts as: the one place an actor comes from, stamped from its key."""
+    actor = key.actor
+    assert actor is not None  # request_key answers active keys only
+    return {"type": actor.type, "id": actor.id, "project": actor.project}
 
 
 RequestActor = Annotated[dict[str, Any], Depends(request_actor)]
+
+
+async def service_client(
+    gw: Annotated[Gateway, Depends(gateway)],
+) -> AsyncIterator[SandboxerClient]:
+    """A client acting as the gateway itself, for what needs no key (health)."""
+    client = gw.client_for(gw.actor)
+    try:
+        yield client
+    finally:
+        gw.note(client)
+
+
+ServiceClient = Annotated[SandboxerClient, Depends(service_client)]
 
 
 async def bus_client(

@@ -55,6 +55,7 @@ REJECTION_STATUS: dict[str, int] = {
     # it names nothing that exists
     "unknown_sandbox": 404,
     "unknown_snapshot": 404,
+    "unknown_key": 404,
     # the state of the sandbox or snapshot does not allow it
     "sandbox_exists": 409,
     "already_destroyed": 409,
@@ -74,6 +75,8 @@ REJECTION_STATUS: dict[str, int] = {
     "snapshot_exists": 409,
     "not_restorable": 409,
     "already_deleted": 409,
+    "key_exists": 409,
+    "already_revoked": 409,
     # money and permission
     "insufficient_credits": 402,
     "budget_exceeded": 402,

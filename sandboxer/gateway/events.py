@@ -11,7 +11,7 @@ reader), never from a live subscription that could have moved on.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +48,19 @@ def start_after(last_event_id: str | None, after: int | None) -> int:
 
 
 async def event_stream(
-    client: SandboxerClient, chosen: EventFilter, *, start_seq: int, follow: bool
+    client: SandboxerClient,
+    chosen: EventFilter,
+    *,
+    start_seq: int,
+    follow: bool,
+    visible: Callable[[Mapping[str, Any]], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
+    """``visible`` (gateway/auth.py's ``event_visibility``) hides what the request's key may
+    not see: events of other projects' sandboxes, snapshots and accounts."""
     async for seq, event in client.events(
         sandbox_id=chosen.sandbox_id, follow=follow, start_seq=start_seq
     ):
-        if chosen.matches(event):
+        if chosen.matches(event) and (visible is None or await visible(event)):
             yield ServerSentEvent(
                 id=str(seq),
                 event=str(event.get("type") or "event"),

@@ -19,6 +19,8 @@ import httpx
 import pytest
 
 from sandboxer.bus.connect import connect
+from sandboxer.cli.key_commands import create_key
+from sandboxer.client import SandboxerClient
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.config.catalog import Catalog
 from sandboxer.gateway import openapi
@@ -32,8 +34,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture
 async def api(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[httpx.AsyncClient]:
     """Every role of the service, and the gateway role beside them on its own connection
-    (as 'sandboxer worker gateway' runs it), serving on a free loopback port."""
+    (as 'sandboxer worker gateway' runs it), serving on a free loopback port; the client
+    bears an administrator's API key (tests/integration/test_gateway_keys.py tests keys)."""
     service = await start_service(home, nats_server.url)
+    admin = SandboxerClient(service.client.nc, actor={"type": "adm", "id": "pytest-admin"})
+    key, _ = await create_key(
+        admin, project="default", key_type="adm", max_live=100, rate_per_second=1000
+    )
     settings = dataclasses.replace(service.settings, http_addr=("127.0.0.1", 0))
     sock = listen(settings.http_addr or ("127.0.0.1", 0))
     nc = await connect([nats_server.url], name="test-gateway")
@@ -41,7 +48,8 @@ async def api(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[httpx
     task = asyncio.create_task(
         run_roles(nc, ["gateway"], settings, Catalog.load(home), stop, info={}, http_socket=sock)
     )
-    async with httpx.AsyncClient(base_url=http_url(sock), timeout=120) as client:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=http_url(sock), timeout=120, headers=headers) as client:
         try:
             for _ in range(200):
                 try:

@@ -1,0 +1,115 @@
+"""Who may see and act on what, by the actor a key stamps (pure; docs/http-api.md#scoping).
+
+An administrator (``adm``) sees everything. An agent (``agt``) or an
+automation (``atm``) sees its own project only: its sandboxes (those whose
+creating actor names the project), their snapshots, the project's account and
+usage, and the events of all of these. Anything else does not exist for it: a
+request for another project's sandbox is answered as for an unknown one, so
+its existence is not revealed.
+
+Every gateway route asks these functions; none decides on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sandboxer.domain.account_state import DEFAULT_PROJECT
+
+__all__ = [
+    "ACCOUNT_EVENT_TYPES",
+    "create_project",
+    "event_owner",
+    "is_admin",
+    "may_see",
+    "owned_through",
+    "owner_of",
+    "project_of_actor",
+    "scope_of",
+]
+
+
+def is_admin(actor: Mapping[str, Any]) -> bool:
+    return actor.get("type") == "adm"
+
+
+def scope_of(actor: Mapping[str, Any]) -> str | None:
+    """The one project ``actor`` is confined to; None for an administrator (no confinement)."""
+    if is_admin(actor):
+        return None
+    project = actor.get("project")
+    return project if isinstance(project, str) and project else DEFAULT_PROJECT
+
+
+def _project_of(who: object) -> str:
+    """The project an actor (as JSON) belongs to: its own, or ``default`` when it names none."""
+    project = who.get("project") if isinstance(who, Mapping) else None
+    return project if isinstance(project, str) and project else DEFAULT_PROJECT
+
+
+def project_of_actor(actor: Mapping[str, Any]) -> str:
+    """The project an actor's work belongs to (and is paid from): its own, or ``default``."""
+    return _project_of(actor)
+
+
+def owner_of(resource: Mapping[str, Any]) -> str:
+    """The project a sandbox or snapshot (as queries return them) belongs to: its creator's."""
+    return _project_of(resource.get("actor"))
+
+
+def may_see(actor: Mapping[str, Any], project: str | None) -> bool:
+    """Whether ``actor`` may see and act on what belongs to ``project`` (None: to no project,
+    such as a host or a key: administrators only)."""
+    scope = scope_of(actor)
+    return scope is None or (project is not None and project == scope)
+
+
+def create_project(actor: Mapping[str, Any], asked: str | None) -> tuple[str | None, str | None]:
+    """``(project, refusal)`` for a create or restore that asks for ``asked``: an administrator
+    may pay from any project; any other actor only from its own (asking for it is allowed)."""
+    if asked is None or is_admin(actor):
+        return asked, None
+    scope = scope_of(actor)
+    if asked != scope:
+        return None, (
+            f"a {actor.get('type')} key acts for project {scope} only; it cannot create in "
+            f"project {asked}"
+        )
+    return asked, None
+
+
+ACCOUNT_EVENT_TYPES = frozenset(
+    {"credits_added", "credits_reserved", "usage_metered", "budget_set", "byok_set"}
+)
+
+
+def owned_through(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``("sandbox", id)`` or ``("snapshot", id)`` when the event belongs to whoever owns that
+    sandbox or snapshot (the caller looks the owner up); None when the event says its owner
+    itself (see :func:`event_owner`)."""
+    kind = event.get("type")
+    if kind == "rejected" or kind in ACCOUNT_EVENT_TYPES:
+        return None
+    sandbox_id = event.get("sandbox_id")
+    if isinstance(sandbox_id, str):
+        return "sandbox", sandbox_id
+    snapshot_id = event.get("snapshot_id")
+    if isinstance(snapshot_id, str):
+        return "snapshot", snapshot_id
+    return None
+
+
+def event_owner(event: Mapping[str, Any], owner: str | None = None) -> str | None:
+    """The project an event of the log belongs to. ``owner`` is the project of the sandbox or
+    snapshot it is about (:func:`owned_through`), looked up by the caller. None: the event
+    belongs to no project (hosts, keys, an unknown owner), and only administrators see it."""
+    kind = event.get("type")
+    if kind == "rejected":
+        return _project_of(event.get("actor"))  # the rejected actor's own command
+    if kind in ACCOUNT_EVENT_TYPES:
+        project = event.get("project")
+        return project if isinstance(project, str) else None
+    if owned_through(event) is not None:
+        return owner
+    return None

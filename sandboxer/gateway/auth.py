@@ -1,0 +1,284 @@
+"""API keys at the gateway: who a request is, and how fast it may go (docs/http-api.md#keys).
+
+:class:`KeyLookup` turns a bearer key into the key's state by reading the key's
+own history from the log (``sandboxer.evt.key.<key_id>.>``, one batched direct
+get: the id is derived from the key's hash). Nothing is cached, so a revoked
+key is refused from the very next request, on every gateway.
+
+:class:`RateLimiter` is a token bucket per key in this gateway process: a key
+may make ``rate_per_second`` requests a second (bursts up to as many). With N
+gateways behind a balancer a key may reach N times its rate.
+
+:class:`Owners` finds which project a sandbox or snapshot belongs to, for the
+event streams of keys confined to one project.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from fastapi import HTTPException
+from nats.aio.client import Client as Nats
+
+from sandboxer import subjects
+from sandboxer.bus.direct_get import read_subject
+from sandboxer.client import SandboxerClient
+from sandboxer.domain.key_access import (
+    create_project,
+    event_owner,
+    may_see,
+    owned_through,
+    owner_of,
+    project_of_actor,
+    scope_of,
+)
+from sandboxer.domain.key_state import (
+    MAX_KEY_CHARS,
+    KeyState,
+    evolve_key,
+    hash_key,
+    key_id_for,
+    looks_like_key,
+)
+from sandboxer.events.codec import UnknownEventType, decode_event
+from sandboxer.events.key_events import KEY_EVENTS
+
+__all__ = [
+    "KeyLookup",
+    "Owners",
+    "RateLimiter",
+    "admit_create",
+    "bearer_key",
+    "event_visibility",
+    "live_sandboxes",
+    "require_project",
+    "require_sandbox",
+    "require_snapshot",
+    "retry_after",
+    "snapshot_owner",
+    "visible_sandbox",
+    "visible_snapshot",
+    "visible_snapshots",
+]
+
+MAX_BUCKETS = 100_000
+"""Keys whose buckets one gateway keeps (the least recently used go first)."""
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header; None for anything else (no
+    header, another scheme, a value that is not one of our keys)."""
+    if authorization is None or len(authorization) > MAX_KEY_CHARS + 16:
+        return None
+    scheme, _, key = authorization.strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not looks_like_key(key):
+        return None
+    return key
+
+
+class KeyLookup:
+    """A key's state from the log itself (never from a cache or the view, which may lag)."""
+
+    def __init__(self, nc: Nats) -> None:
+        self._nc = nc
+
+    async def active(self, key: str) -> KeyState | None:
+        """The key's state when it exists, matches and is not revoked; None otherwise."""
+        key_hash = hash_key(key)
+        state = KeyState(key_id=key_id_for(key_hash))
+        async for _seq, data in read_subject(self._nc, subjects.key_events_filter(state.key_id)):
+            try:
+                event = decode_event(data)
+            except UnknownEventType:
+                continue
+            if isinstance(event, KEY_EVENTS):
+                state = evolve_key(state, event)
+        if state.status != "active" or state.key_hash != key_hash:
+            return None
+        return state
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` tokens a second, holding at most ``rate``."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key_id: str, rate: int) -> float | None:
+        """Take one token: None when allowed, else the seconds until one is free."""
+        now = self._clock()
+        tokens, then = self._buckets.pop(key_id, (float(rate), now))
+        tokens = min(float(rate), tokens + (now - then) * rate)
+        if tokens >= 1:
+            self._remember(key_id, (tokens - 1, now))
+            return None
+        self._remember(key_id, (tokens, now))
+        return (1 - tokens) / rate
+
+    def _remember(self, key_id: str, bucket: tuple[float, float]) -> None:
+        self._buckets[key_id] = bucket
+        if len(self._buckets) > MAX_BUCKETS:
+            self._buckets.popitem(last=False)
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+class Owners:
+    """Which project each sandbox or snapshot of an event stream belongs to (looked up once
+    per stream through the view; learned from ``requested`` events as they pass)."""
+
+    def __init__(self, client: SandboxerClient) -> None:
+        self._client = client
+        self._known: dict[tuple[str, str], str | None] = {}
+
+    async def owner(self, event: Mapping[str, Any]) -> str | None:
+        """The project of the sandbox or snapshot ``event`` is about (None: not about one, or
+        one the view does not know)."""
+        about = owned_through(event)
+        if about is None:
+            return None
+        if about not in self._known:
+            if about[0] == "sandbox" and event.get("type") == "requested":
+                found: Mapping[str, Any] | None = event
+            elif about[0] == "sandbox":
+                found = await self._client.get(about[1])
+            else:
+                snapshot = await self._client.snapshot_get(about[1])
+                found = None
+                if snapshot is not None:
+                    self._known[about] = await snapshot_owner(self._client, snapshot)
+                    return self._known[about]
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[about] = None if found is None else owner_of(found)
+        return self._known[about]
+
+
+async def snapshot_owner(client: SandboxerClient, snapshot: Mapping[str, Any]) -> str:
+    """A snapshot belongs to the project of the sandbox it was taken of (whoever took it)."""
+    sandbox_id = snapshot.get("sandbox_id")
+    sandbox = await client.get(sandbox_id) if isinstance(sandbox_id, str) else None
+    return owner_of(sandbox if sandbox is not None else snapshot)
+
+
+async def visible_sandbox(client: SandboxerClient, sandbox_id: str) -> dict[str, Any] | None:
+    """The sandbox when the client's actor may see it (key_access.may_see); None otherwise,
+    whether it exists or not."""
+    sandbox = await client.get(sandbox_id)
+    if sandbox is None or not may_see(client.actor, owner_of(sandbox)):
+        return None
+    return sandbox
+
+
+async def visible_snapshot(client: SandboxerClient, snapshot_id: str) -> dict[str, Any] | None:
+    """The snapshot when the client's actor may see it; None otherwise."""
+    snapshot = await client.snapshot_get(snapshot_id)
+    if snapshot is None or not may_see(client.actor, await snapshot_owner(client, snapshot)):
+        return None
+    return snapshot
+
+
+LIVE_STATUSES_EXCLUDED = frozenset({"destroyed", "failed"})
+
+
+async def live_sandboxes(client: SandboxerClient, project: str) -> int:
+    """How many sandboxes of ``project`` are live (neither destroyed nor failed)."""
+    found = await client.list_sandboxes(limit=10_000)
+    return sum(
+        1 for s in found if owner_of(s) == project and s.get("status") not in LIVE_STATUSES_EXCLUDED
+    )
+
+
+# -- what the routes call (one rule: sandboxer.domain.key_access) -------------------------------
+
+
+def _hidden(kind: str, ident: str) -> HTTPException:
+    """What a confined key hears about something of another project: that it does not exist."""
+    return HTTPException(404, {"code": f"unknown_{kind}", "message": f"no {kind} {ident}"})
+
+
+async def require_sandbox(client: SandboxerClient, sandbox_id: str) -> None:
+    """404 (as for an unknown sandbox) unless the client's actor may act on ``sandbox_id``.
+    An administrator is never refused here: the service answers for unknown sandboxes."""
+    if scope_of(client.actor) is not None and await visible_sandbox(client, sandbox_id) is None:
+        raise _hidden("sandbox", sandbox_id)
+
+
+async def require_snapshot(client: SandboxerClient, snapshot_id: str) -> None:
+    """As :func:`require_sandbox`, for a snapshot (it belongs to its sandbox's project)."""
+    if scope_of(client.actor) is not None and await visible_snapshot(client, snapshot_id) is None:
+        raise _hidden("snapshot", snapshot_id)
+
+
+def require_project(client: SandboxerClient, project: str, kind: str = "account") -> None:
+    """404 unless the client's actor may see ``project``'s account, usage or events."""
+    if not may_see(client.actor, project):
+        raise HTTPException(
+            404, {"code": f"unknown_{kind}", "message": f"project {project} has no {kind}"}
+        )
+
+
+async def admit_create(client: SandboxerClient, key: KeyState, asked: str | None) -> None:
+    """Before a create or restore: the project it is paid from (a confined key's own only;
+    403 otherwise) becomes the client's actor's, and the project must be under the key's
+    ``max_live`` (429 with Retry-After otherwise). The count is the view's, so two creates
+    racing on two gateways may both pass: the limit is a guard, not an exact quota."""
+    project, refusal = create_project(client.actor, asked)
+    if refusal is not None:
+        raise HTTPException(403, {"code": "forbidden", "message": refusal})
+    if project is not None:
+        client.actor = {**client.actor, "project": project}
+    owner = project_of_actor(client.actor)
+    live = await live_sandboxes(client, owner)
+    if live >= key.max_live:
+        raise HTTPException(
+            429,
+            {
+                "code": "live_limit",
+                "message": f"project {owner} has {live} live sandboxes; key {key.key_id} "
+                f"allows {key.max_live}. Destroy one, or ask an administrator for a key "
+                "with a higher --max-live",
+            },
+            headers={"Retry-After": "30"},
+        )
+
+
+async def visible_snapshots(
+    client: SandboxerClient, snapshots: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The snapshots the client's actor may see (all of them for an administrator)."""
+    if scope_of(client.actor) is None:
+        return snapshots
+    owners: dict[str, bool] = {}
+    shown = []
+    for snapshot in snapshots:
+        sandbox_id = str(snapshot.get("sandbox_id"))
+        if sandbox_id not in owners:
+            owners[sandbox_id] = may_see(client.actor, await snapshot_owner(client, snapshot))
+        if owners[sandbox_id]:
+            shown.append(snapshot)
+    return shown
+
+
+def event_visibility(
+    client: SandboxerClient,
+) -> Callable[[Mapping[str, Any]], Awaitable[bool]] | None:
+    """For an event stream: whether the client's actor may see each event (None: all)."""
+    if scope_of(client.actor) is None:
+        return None
+    owners = Owners(client)
+
+    async def visible(event: Mapping[str, Any]) -> bool:
+        owner = await owners.owner(event) if owned_through(event) is not None else None
+        return may_see(client.actor, event_owner(event, owner))
+
+    return visible
