@@ -28,12 +28,15 @@ from sandboxer.bus.streams import replicas_for
 from sandboxer.command_outcomes import CommandFailed, EventCallback, OutcomeWatcher, notify
 from sandboxer.errors import BusError, InvalidInput, RequestError, ServiceNotRunning
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
+from sandboxer.transfer import Copied, StdinSource, copy_in, copy_out, feed_stdin, get_object
+from sandboxer.transfer import put_archive as _put_archive
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB, ArchiveLimits
 from sandboxer.workspaces.upload import Uploaded, UploadProgress, upload_directory
 
 __all__ = [
     "CommandFailed",
+    "Copied",
     "EventCallback",
     "OutputCallback",
     "SandboxerClient",
@@ -577,18 +580,29 @@ class SandboxerClient:
         *,
         service: str | None = None,
         timeout: float = 3600.0,
+        stdin: StdinSource | None = None,
+        command_timeout: float | None = None,
     ) -> int:
         """Run ``argv`` in the sandbox, streaming its output; return its exit code.
 
         ``service`` names the compose service whose container runs it (compose
-        sandboxes only; the first service by default).
+        sandboxes only; the first service by default). ``stdin`` (bytes, or an
+        async iterable of bytes) is streamed to the command's input; without it
+        the input is empty. ``command_timeout`` seconds: the worker kills the
+        command past it and this raises :class:`CommandFailed` whose ``event``
+        has ``timed_out``. ``timeout`` is how long this call waits at most.
         """
         _check_id(sandbox_id)
         request: dict[str, Any] = {"argv": argv}
-        if service is not None:  # only when asked: older workers do not know the field
+        if service is not None:  # only when asked: older workers do not know the fields
             request["service"] = service
+        if stdin is not None:
+            request["stdin"] = True
+        if command_timeout is not None:
+            request["timeout"] = command_timeout
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
+        feeder: asyncio.Task[None] | None = None
         try:
             await self.nc.publish(
                 subjects.exec_subject(sandbox_id), msgspec.json.encode(request), reply=inbox
@@ -604,16 +618,86 @@ class SandboxerClient:
             async with asyncio.timeout(timeout):
                 while True:
                     kind = (msg.headers or {}).get(EXEC_HEADER)
-                    if kind in {"stdout", "stderr"}:
+                    if kind == "started" and stdin is not None and msg.data:
+                        inbox_subject = str(msgspec.json.decode(msg.data)["stdin"])
+                        feeder = asyncio.create_task(feed_stdin(self.nc, inbox_subject, stdin))
+                    elif kind in {"stdout", "stderr"}:
                         await notify(on_output, kind, msg.data)
                     elif kind == "exit":
                         result = msgspec.json.decode(msg.data)
                         if "error" in result:
-                            raise CommandFailed(str(result["error"]), {"sandbox_id": sandbox_id})
+                            raise CommandFailed(
+                                str(result["error"]),
+                                {
+                                    "sandbox_id": sandbox_id,
+                                    "timed_out": bool(result.get("timed_out")),
+                                },
+                            )
                         return int(result["exit_code"])
                     msg = await sub.next_msg(timeout=None)
         finally:
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
             await sub.unsubscribe()
+
+    # -- files ---------------------------------------------------------------------------------
+
+    async def copy_in(
+        self,
+        sandbox_id: str,
+        source: str | os.PathLike[str],
+        path: str,
+        *,
+        service: str | None = None,
+        max_mb: int = DEFAULT_MAX_MB,
+    ) -> Copied:
+        """Copy a local file (written at ``path``) or directory (its contents into the
+        directory ``path``) into the sandbox's workspace; ``path`` is relative to it."""
+        _check_id(sandbox_id)
+        limits = ArchiveLimits.from_mb(max_mb)
+        return await copy_in(
+            self.nc, sandbox_id, Path(source), path, limits=limits, service=service
+        )
+
+    async def copy_out(
+        self,
+        sandbox_id: str,
+        path: str,
+        destination: str | os.PathLike[str],
+        *,
+        service: str | None = None,
+        max_mb: int = DEFAULT_MAX_MB,
+    ) -> Copied:
+        """Copy ``path`` of the sandbox's workspace (a file or a directory) to
+        ``destination``, into it when it is an existing directory (as ``cp -r``)."""
+        _check_id(sandbox_id)
+        limits = ArchiveLimits.from_mb(max_mb)
+        return await copy_out(
+            self.nc, sandbox_id, path, Path(destination), limits=limits, service=service
+        )
+
+    async def put_archive(
+        self, sandbox_id: str, archive: str | os.PathLike[str], path: str, kind: str
+    ) -> Copied:
+        """Unpack a tar already on disk at ``path`` (``kind`` dir), or write its one file
+        there (``kind`` file): what the HTTP gateway's upload uses."""
+        _check_id(sandbox_id)
+        return await _put_archive(self.nc, sandbox_id, Path(archive), path, kind)
+
+    async def get_files(
+        self,
+        sandbox_id: str,
+        path: str,
+        destination: str | os.PathLike[str],
+        *,
+        max_mb: int = DEFAULT_MAX_MB,
+    ) -> Copied:
+        """Write what ``path`` holds to the file ``destination``: the file's bytes, or a
+        tar of the directory (``kind`` says which): what the gateway's download uses."""
+        _check_id(sandbox_id)
+        limits = ArchiveLimits.from_mb(max_mb)
+        return await get_object(self.nc, sandbox_id, path, Path(destination), limits=limits)
 
     async def events(
         self, *, sandbox_id: str | None = None, follow: bool = False, start_seq: int = 1

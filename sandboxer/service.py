@@ -154,7 +154,7 @@ async def run_roles(
                             limits=ArchiveLimits.from_mb(settings.upload_max_mb),
                         ),
                     )
-                    executor = ExecService(nc, store, extension)
+                    executor = ExecService(nc, store, extension, settings=settings)
                     inventory = InventoryService(
                         nc,
                         store,

@@ -7,7 +7,7 @@ act on; the worker records it in a ``failed`` event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -20,11 +20,17 @@ __all__ = [
     "OutputSink",
     "ProvisionRequest",
     "Readiness",
+    "Stdin",
 ]
 
 
 OutputSink = Callable[[Literal["stdout", "stderr"], bytes], Awaitable[None]]
 """Receives the output of :meth:`Extension.exec` as it is produced."""
+
+Stdin = AsyncIterable[bytes]
+"""What :meth:`Extension.exec` feeds the command's standard input, chunk by chunk; the end
+of the iteration is the end of input. Iterating may raise (the client went away): the
+backend then stops the command and lets the error propagate."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,10 +91,18 @@ class Extension(Protocol):
         *,
         host: str | None = None,
         service: str | None = None,
+        stdin: Stdin | None = None,
     ) -> int:
         """Run ``argv`` inside the sandbox, stream its output to ``output``, return its exit code.
 
         ``service`` names the part of a multi-part sandbox that runs it (a compose
         service); a backend without such parts raises
         :class:`~sandboxer.errors.Unsupported` when one is given.
+
+        ``stdin``, when given, is streamed to the command's standard input (then closed);
+        without it the command reads an empty input. A backend whose provider cannot
+        stream input raises :class:`~sandboxer.errors.Unsupported` saying so. The
+        working directory is the sandbox's workspace where the backend has one (files
+        are copied relative to it, docs/protocol.md#files). A caller that gives up on
+        the command cancels this call; the backend then stops the command.
         """

@@ -19,7 +19,7 @@ from sandboxer.config.settings import Settings
 from sandboxer.domain.found import FoundSandbox
 from sandboxer.errors import SandboxNotFound, Unsupported
 from sandboxer.extensions import ssh_checks
-from sandboxer.extensions.base import OutputSink
+from sandboxer.extensions.base import OutputSink, Stdin
 from sandboxer.extensions.ssh_targets import Target, reachable_targets, session, target
 from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe, exists, probe
 from sandboxer.ssh import Connection, fetch_tree, stream
@@ -134,8 +134,10 @@ class SshBackend:
         *,
         host: str | None = None,
         service: str | None = None,
+        stdin: Stdin | None = None,
     ) -> int:
-        """Run ``argv`` on the host, in the sandbox's directory, streaming its output."""
+        """Run ``argv`` on the host, in the sandbox's directory, streaming its output
+        (and ``stdin`` to its input)."""
         ssh_checks.check_sandbox_id(sandbox_id, self.id)
         ssh_checks.check_argv(argv, sandbox_id, self.id)
         if service is not None:
@@ -148,4 +150,4 @@ class SshBackend:
         item = await self._exec_target(sandbox_id, host)
         async with session(item) as conn:
             directory = await self._existing_directory(conn, item, sandbox_id)
-            return await stream(conn, argv, output, env=item.config.env, cwd=directory)
+            return await stream(conn, argv, output, env=item.config.env, cwd=directory, stdin=stdin)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import asyncssh
@@ -43,8 +43,12 @@ async def stream(
     env: Mapping[str, str] = _NO_ENV,
     cwd: str | None = None,
     timeout: float | None = None,
+    stdin: AsyncIterable[bytes] | None = None,
 ) -> int:
     """Run ``argv`` on the host in ``cwd``, hand its output to ``output``, return its exit code.
+
+    ``stdin`` is streamed to the command's standard input, then closed (an empty
+    input without it); a failing ``stdin`` stops the command like a failing output.
 
     The exit code follows the shell: 128 + N for a command killed by signal N.
     With ``timeout`` the host stops the command and all it started after that
@@ -66,7 +70,7 @@ async def stream(
     limit = asyncio.timeout(None if timeout is None else deadline.client_wait(timeout))
     try:
         async with limit:
-            code = await _pump_until_exit(process, output)
+            code = await _pump_until_exit(process, output, stdin)
     except TimeoutError as exc:
         if timeout is None or not limit.expired():
             raise
@@ -88,7 +92,9 @@ async def stream(
 
 
 async def _pump_until_exit(
-    process: asyncssh.SSHClientProcess[bytes], output: ChunkSink
+    process: asyncssh.SSHClientProcess[bytes],
+    output: ChunkSink,
+    stdin: AsyncIterable[bytes] | None = None,
 ) -> int | None:
     """Hand output to ``output`` until the command exits, then what is left for a moment."""
 
@@ -103,10 +109,25 @@ async def _pump_until_exit(
         asyncio.ensure_future(pump(process.stdout, "stdout")),
         asyncio.ensure_future(pump(process.stderr, "stderr")),
     ]
+
+    async def feed(source: AsyncIterable[bytes]) -> None:
+        try:
+            async for chunk in source:
+                if chunk:
+                    process.stdin.write(chunk)
+                    await process.stdin.drain()  # the channel's window holds the feeding back
+            process.stdin.write_eof()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the command closed its input or exited: what it did not read is dropped
+
     waiter = asyncio.ensure_future(process.wait())
+    feeder = asyncio.ensure_future(feed(stdin)) if stdin is not None else None
     try:
-        process.stdin.write_eof()
+        if feeder is None:
+            process.stdin.write_eof()
         pending: set[asyncio.Future[Any]] = {waiter, *pumps}
+        if feeder is not None:
+            pending.add(feeder)
         while not waiter.done() and process.returncode is None:
             done, pending = await asyncio.wait(
                 pending, timeout=POLL, return_when=asyncio.FIRST_COMPLETED
@@ -119,6 +140,7 @@ async def _pump_until_exit(
                 task.result()
         return process.returncode
     finally:
-        for task in (*pumps, waiter):
+        tasks = [*pumps, waiter, *([feeder] if feeder is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*pumps, waiter, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

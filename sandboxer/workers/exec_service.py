@@ -18,14 +18,31 @@ nothing for it anyway.
 A paused sandbox (or one being paused or resumed) runs nothing: its processes are frozen,
 and a command entering it would freeze too. The worker that owns it answers at once with an
 error saying so, rather than staying silent as for a sandbox it cannot reach.
+
+Standard input (``"stdin": true``): the ``started`` message's body is then
+``{"stdin": INBOX}``, a subject the worker subscribes to for this exec only. The
+client sends each chunk there as a request (header ``Sandboxer-Exec-Stdin: data``)
+and the end of input as ``end``; the worker answers each once the chunk is queued
+for the command, so a command that reads slowly holds the client back instead of
+filling the worker's memory. Input that stops arriving for ``STDIN_IDLE`` seconds
+stops the command. A backend that cannot stream input answers an ``exit`` with an
+``error`` from :class:`~sandboxer.errors.Unsupported` saying why.
+
+``"timeout": SECONDS`` bounds the command: past it the backend's call is cancelled,
+which kills the command, and the ``exit`` carries ``{"error": ..., "timed_out": true}``.
+
+Files (``sandboxer.files.<sandbox_id>``, :mod:`sandboxer.workers.file_service`) are served
+by the same workers, through the same backend exec.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
-from typing import Literal
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 from nats.aio.client import Client
@@ -36,13 +53,17 @@ from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
 from sandboxer.domain.deadlines import touch_interval
 from sandboxer.domain.sandbox_state import SandboxState
-from sandboxer.errors import SandboxerError
+from sandboxer.errors import SandboxerError, Unsupported
 from sandboxer.events.types import Actor
-from sandboxer.extensions.base import Extension
+from sandboxer.extensions.base import Extension, OutputSink
 from sandboxer.ids import is_valid_sandbox_id, new_command_id
 from sandboxer.workers.backend_for import backend_for
 
-__all__ = ["ExecRequest", "ExecService"]
+if TYPE_CHECKING:
+    from sandboxer.config.settings import Settings
+    from sandboxer.workers.file_service import FileService
+
+__all__ = ["ExecRequest", "ExecService", "StdinInbox", "reachable", "takes_stdin"]
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +73,118 @@ EXEC_ACTOR = Actor(type="atm", id="sandboxer-exec")
 RUNNING = frozenset({"ready", "active"})
 FROZEN = frozenset({"pausing", "paused", "resuming"})
 MAX_REMEMBERED_TOUCHES = 10_000
+STDIN_HEADER = "Sandboxer-Exec-Stdin"
+STDIN_IDLE = 120.0
+"""Seconds without a chunk of input (or its end) after which the command is stopped."""
+STDIN_QUEUE = 8
+"""Chunks of input held for the command before the client's next chunk waits."""
+MAX_TIMEOUT = 7 * 24 * 3600.0
 
 
 class ExecRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     argv: list[str]
     service: str | None = None
     """Compose sandboxes: the service whose container runs ``argv`` (the first by default)."""
+    stdin: bool = False
+    """True: the client streams standard input to the inbox the ``started`` message names."""
+    timeout: float | None = None
+    """Seconds the command may run before it is killed (no limit when absent)."""
+
+
+def check_timeout(timeout: float | None) -> None:
+    """A timeout is a positive number of seconds, at most a week (and not NaN)."""
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+        raise SandboxerError(f"timeout must be seconds above 0 and at most {MAX_TIMEOUT:.0f}")
+
+
+def takes_stdin(backend: Extension) -> bool:
+    """Whether the backend's exec has the ``stdin`` parameter (older backends lack it)."""
+    try:
+        return "stdin" in inspect.signature(backend.exec).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+async def reachable(
+    store: EventStore, extension: Extension, sandbox_id: str
+) -> SandboxState | None:
+    """The sandbox's state when this worker (of ``extension``) should answer for it."""
+    state = (await store.load(sandbox_id)).state
+    if state.extension != extension.id or state.status not in RUNNING | FROZEN:
+        return None
+    if extension.host_local:
+        found = await extension.list_sandboxes()
+        if not any(s.sandbox_id == sandbox_id and s.alive for s in found):
+            return None
+    return state
+
+
+def frozen_reason(state: SandboxState) -> str:
+    return (
+        f"sandbox {state.sandbox_id} is {state.status}: its processes are frozen and run "
+        f"nothing; resume it first (sandboxer resume {state.sandbox_id})"
+    )
+
+
+class StdinInbox:
+    """One exec's input: chunks a client sends to ``subject``, handed on in order."""
+
+    def __init__(self, nc: Client, *, idle: float = STDIN_IDLE) -> None:
+        self._nc = nc
+        self._idle = idle
+        self.subject = nc.new_inbox()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=STDIN_QUEUE)
+        self._sub: Subscription | None = None
+
+    async def open(self) -> None:
+        self._sub = await self._nc.subscribe(self.subject, cb=self._on_chunk)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_chunk(self, msg: Msg) -> None:
+        end = (msg.headers or {}).get(STDIN_HEADER) == "end"
+        if msg.data:
+            await self._queue.put(msg.data)  # waits while the command is behind: backpressure
+        if end:
+            await self._queue.put(None)
+        if msg.reply:
+            await self._nc.publish(msg.reply, b"")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(self._queue.get(), self._idle)
+            except TimeoutError:
+                raise SandboxerError(
+                    f"standard input stopped arriving for {self._idle:.0f} s without its end; "
+                    "the command was stopped"
+                ) from None
+            if chunk is None:
+                return
+            yield chunk
 
 
 class ExecService:
-    def __init__(self, nc: Client, store: EventStore, extension: Extension) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        store: EventStore,
+        extension: Extension,
+        *,
+        settings: Settings | None = None,
+    ) -> None:
         self._nc = nc
         self._store = store
         self._extension = extension
         self._sub: Subscription | None = None
+        self._files: FileService | None = None
+        if settings is not None:  # files in and out ride on exec (docs/protocol.md#files)
+            from sandboxer.workers.file_service import FileService
+
+            self._files = FileService(nc, store, extension, settings, touch=self.touch)
         self._tasks: set[asyncio.Task[None]] = set()
         self._touched: dict[str, float] = {}
         """Sandbox -> monotonic time of the last touch sent (a cache: losing it costs a touch)."""
@@ -73,10 +192,14 @@ class ExecService:
     async def start(self) -> None:
         queue = "" if self._extension.host_local else f"exec-{self._extension.id}"
         self._sub = await self._nc.subscribe("sandboxer.exec.*", queue=queue, cb=self._on_request)
+        if self._files is not None:
+            await self._files.start()
 
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+        if self._files is not None:
+            await self._files.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -85,18 +208,7 @@ class ExecService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reachable(self, sandbox_id: str) -> SandboxState | None:
-        """The sandbox's state when this worker should answer for ``sandbox_id``."""
-        state = (await self._store.load(sandbox_id)).state
-        if state.extension != self._extension.id or state.status not in RUNNING | FROZEN:
-            return None
-        if self._extension.host_local:
-            found = await self._extension.list_sandboxes()
-            if not any(s.sandbox_id == sandbox_id and s.alive for s in found):
-                return None
-        return state
-
-    async def _touch(self, state: SandboxState) -> None:
+    async def touch(self, state: SandboxState) -> None:
         """Record the exec as activity (see the module docstring); never fails the exec."""
         now = time.monotonic()
         last = self._touched.get(state.sandbox_id)
@@ -126,40 +238,95 @@ class ExecService:
         sandbox_id = msg.subject.rsplit(".", 1)[-1]
         if not msg.reply or not is_valid_sandbox_id(sandbox_id):
             return
-        state = await self._reachable(sandbox_id)
+        state = await reachable(self._store, self._extension, sandbox_id)
         if state is None:
             return
-        host = state.host
+        reply = msg.reply
 
         async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:
-            await self._nc.publish(msg.reply, data, headers={HEADER: kind})
+            await self._nc.publish(reply, data, headers={HEADER: kind})
 
         try:
-            request = msgspec.json.decode(msg.data, type=ExecRequest)
-            if not request.argv or len(msg.data) > MAX_ARGV_BYTES:
-                raise SandboxerError("argv must be a non-empty list of strings (under 128 KiB)")
-            if any("\x00" in arg for arg in request.argv):
-                raise SandboxerError("argv must not contain NUL bytes")
-        except (msgspec.DecodeError, SandboxerError) as exc:
+            request = parse_request(msg.data)
+        except SandboxerError as exc:
             await send("exit", msgspec.json.encode({"error": f"invalid exec request: {exc}"}))
             return
         if state.status in FROZEN:
-            reason = f"sandbox {sandbox_id} is {state.status}: its processes are frozen and run "
-            reason += f"nothing; resume it first (sandboxer resume {sandbox_id})"
-            await send("exit", msgspec.json.encode({"error": reason}))
+            await send("exit", msgspec.json.encode({"error": frozen_reason(state)}))
             return
-        await send("started", b"")
-        await self._touch(state)
+        inbox: StdinInbox | None = None
         try:
             backend = await backend_for(self._store, self._extension, state)  # BYOK
-            code = await backend.exec(
-                sandbox_id, request.argv, send, host=host, service=request.service
-            )
-            result: dict[str, object] = {"exit_code": code}
+            if request.stdin:
+                inbox = await self._open_stdin(backend, sandbox_id)
+            body = msgspec.json.encode({"stdin": inbox.subject}) if inbox is not None else b""
+            await send("started", body)
+            await self.touch(state)
+            result = await self._run(backend, state, request, send, inbox)
         except SandboxerError as exc:
             result = {"error": exc.message}
         except Exception as exc:
             log.exception("exec in %s failed", sandbox_id)
             result = {"error": f"exec failed: {exc}"}
+        finally:
+            if inbox is not None:
+                await inbox.close()
         await self._nc.flush()
         await send("exit", msgspec.json.encode(result))
+
+    async def _open_stdin(self, backend: Extension, sandbox_id: str) -> StdinInbox:
+        if not takes_stdin(backend):
+            raise Unsupported(
+                f"{self._extension.id} cannot give a command standard input (its exec takes "
+                "none); run the command without stdin",
+                sandbox_id=sandbox_id,
+                extension=self._extension.id,
+            )
+        inbox = StdinInbox(self._nc)
+        await inbox.open()
+        return inbox
+
+    async def _run(
+        self,
+        backend: Extension,
+        state: SandboxState,
+        request: ExecRequest,
+        send: OutputSink,
+        inbox: StdinInbox | None,
+    ) -> dict[str, object]:
+        """The command's ``exit`` body: its code, or the timeout that killed it."""
+        stdin = {"stdin": inbox.chunks()} if inbox is not None else {}  # only to those taking it
+        limit = asyncio.timeout(request.timeout)
+        try:
+            async with limit:
+                code = await backend.exec(
+                    state.sandbox_id,
+                    request.argv,
+                    send,
+                    host=state.host,
+                    service=request.service,
+                    **stdin,
+                )
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            return {
+                "error": f"the command ran past its timeout of {request.timeout:g} s and was "
+                "killed",
+                "timed_out": True,
+            }
+        return {"exit_code": code}
+
+
+def parse_request(data: bytes) -> ExecRequest:
+    """The exec request in ``data``, checked; :class:`SandboxerError` says what is wrong."""
+    try:
+        request = msgspec.json.decode(data, type=ExecRequest)
+    except msgspec.DecodeError as exc:
+        raise SandboxerError(str(exc)) from None
+    if not request.argv or len(data) > MAX_ARGV_BYTES:
+        raise SandboxerError("argv must be a non-empty list of strings (under 128 KiB)")
+    if any("\x00" in arg for arg in request.argv):
+        raise SandboxerError("argv must not contain NUL bytes")
+    check_timeout(request.timeout)
+    return request

@@ -32,7 +32,7 @@ from sandboxer.errors import (
     SandboxerError,
 )
 from sandboxer.extensions import ssh_checks as checks
-from sandboxer.extensions.base import OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.base import OutputSink, ProvisionRequest, Readiness, Stdin
 from sandboxer.extensions.compose_ssh import containers, engine, listing, volumes
 from sandboxer.extensions.compose_ssh.compose_file import (
     ComposeFileError,
@@ -231,6 +231,7 @@ class ComposeSshExtension(SshBackend):
         *,
         host: str | None = None,
         service: str | None = None,
+        stdin: Stdin | None = None,
     ) -> int:
         """Run ``argv`` inside a service's container (the first service by default)."""
         checks.check_sandbox_id(sandbox_id, self.id)
@@ -238,7 +239,7 @@ class ComposeSshExtension(SshBackend):
         check_service(service, sandbox_id)
         item = await self._exec_target(sandbox_id, host)
         async with session(item) as conn:
-            return await exec_in_service(conn, item, sandbox_id, argv, output, service)
+            return await exec_in_service(conn, item, sandbox_id, argv, output, service, stdin=stdin)
 
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None

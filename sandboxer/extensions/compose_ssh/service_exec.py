@@ -10,7 +10,7 @@ the first one compose lists for the file is used.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 
 from sandboxer.errors import InvalidInput, SandboxNotFound
 from sandboxer.extensions.compose_ssh.stack import Stack
@@ -41,8 +41,11 @@ async def exec_in_service(
     argv: Sequence[str],
     output: ChunkSink,
     service: str | None,
+    *,
+    stdin: AsyncIterable[bytes] | None = None,
 ) -> int:
-    """Run ``argv`` in ``service``'s container (the first service when ``None``)."""
+    """Run ``argv`` in ``service``'s container (the first service when ``None``); ``stdin``
+    reaches the command through ``exec -T``, which keeps the container's input open."""
     stack = Stack.recorded(item, sandbox_id, await probe(conn, item, sandbox_id))
     if stack is None:
         raise SandboxNotFound(
@@ -66,4 +69,5 @@ async def exec_in_service(
         output,
         env=item.config.env,
         cwd=stack.directory,
+        stdin=stdin,
     )

@@ -30,7 +30,13 @@ from sandboxer.errors import (
     SandboxNotFound,
     Unsupported,
 )
-from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.base import (
+    FoundSandbox,
+    OutputSink,
+    ProvisionRequest,
+    Readiness,
+    Stdin,
+)
 from sandboxer.extensions.daytona import plan
 from sandboxer.extensions.daytona.api import DaytonaApi, ProviderSandbox
 from sandboxer.extensions.daytona.config import EXTENSION_ID, DaytonaConfig
@@ -187,12 +193,21 @@ class DaytonaExtension:
         *,
         host: str | None = None,
         service: str | None = None,
+        stdin: Stdin | None = None,
     ) -> int:
         check_sandbox_id(sandbox_id, self.id)
         check_argv(argv, sandbox_id, self.id)
         if service is not None:
             raise Unsupported(
                 f"{self.id} sandboxes have no services; run the command without --service",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
+        if stdin is not None:
+            raise Unsupported(
+                f"{self.id} cannot give a command standard input: Daytona's toolbox runs one "
+                "command string and returns its output, with no input stream; run the command "
+                "without stdin",
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )

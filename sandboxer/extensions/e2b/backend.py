@@ -31,7 +31,13 @@ from sandboxer.clock import utc_now
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, SandboxNotFound, Unsupported
-from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.base import (
+    FoundSandbox,
+    OutputSink,
+    ProvisionRequest,
+    Readiness,
+    Stdin,
+)
 from sandboxer.extensions.e2b.api import E2bApi
 from sandboxer.extensions.e2b.config import parse_settings, resolve_endpoint
 from sandboxer.extensions.e2b.wire import (
@@ -211,6 +217,7 @@ class E2bExtension:
         *,
         host: str | None = None,
         service: str | None = None,
+        stdin: Stdin | None = None,
     ) -> int:
         raise Unsupported(
             "ext.e2b does not run commands: E2B runs them through envd inside the sandbox, "

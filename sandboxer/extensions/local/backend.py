@@ -27,7 +27,13 @@ from typing import Any, Literal
 
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound, Unsupported
-from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.base import (
+    FoundSandbox,
+    OutputSink,
+    ProvisionRequest,
+    Readiness,
+    Stdin,
+)
 from sandboxer.extensions.local import cgroups, freezer, workspace
 from sandboxer.extensions.local.bwrap_command import (
     SANDBOX_GID,
@@ -228,6 +234,7 @@ class LocalExtension:
         *,
         host: str | None = None,
         service: str | None = None,
+        stdin: Stdin | None = None,
     ) -> int:
         del host  # always this machine
         if service is not None:
@@ -253,7 +260,7 @@ class LocalExtension:
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        return await self._run_inside(state, argv, output)
+        return await self._run_inside(state, argv, output, stdin=stdin)
 
     async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
         """Telemetry of this machine and what it holds for ext.local."""
@@ -317,15 +324,17 @@ class LocalExtension:
             )
         return state
 
-    async def _run_inside(self, state: State, argv: Sequence[str], output: OutputSink) -> int:
-        """Run ``argv`` in the sandbox, in its cgroups, streaming its output."""
+    async def _run_inside(
+        self, state: State, argv: Sequence[str], output: OutputSink, *, stdin: Stdin | None = None
+    ) -> int:
+        """Run ``argv`` in the sandbox, in its cgroups, streaming its output (and its input)."""
         assert state.holder_pid is not None
         nsenter = self._tool("nsenter", "util-linux")
         procs = [Path(path) / "cgroup.procs" for path in state.cgroups]
         procs = [path for path in procs if path.exists()]
         if self._as_root:
             inner = enter_argv(child_pid=state.holder_pid, argv=argv, nsenter=nsenter)
-            return await run_streaming(launcher_argv(procs, inner), output)
+            return await run_streaming(launcher_argv(procs, inner), output, stdin=stdin)
         user_ns = owning_user_namespace(state.holder_pid)
         try:
             inner = enter_argv(
@@ -334,7 +343,9 @@ class LocalExtension:
                 user_ns=f"/proc/self/fd/{user_ns}",
                 nsenter=nsenter,
             )
-            return await run_streaming(launcher_argv(procs, inner), output, pass_fds=[user_ns])
+            return await run_streaming(
+                launcher_argv(procs, inner), output, pass_fds=[user_ns], stdin=stdin
+            )
         finally:
             os.close(user_ns)
 

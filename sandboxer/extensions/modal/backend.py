@@ -33,7 +33,13 @@ from sandboxer.errors import (
     SandboxNotFound,
     Unsupported,
 )
-from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.base import (
+    FoundSandbox,
+    OutputSink,
+    ProvisionRequest,
+    Readiness,
+    Stdin,
+)
 from sandboxer.extensions.modal.boundary import ModalBoundary, import_modal
 from sandboxer.extensions.modal.config import DEFAULT_SERVER_URL, EXTENSION_ID, ModalConfig
 from sandboxer.extensions.modal.plan import (
@@ -254,6 +260,7 @@ class ModalExtension:
         *,
         host: str | None = None,
         service: str | None = None,
+        stdin: Stdin | None = None,
     ) -> int:
         del host
         sandbox_id = checked(sandbox_id)
@@ -265,6 +272,13 @@ class ModalExtension:
             )
         if not argv:
             raise InvalidInput("exec needs a command", sandbox_id=sandbox_id)
+        if stdin is not None:
+            raise Unsupported(
+                f"{self.id} does not stream standard input to a command yet (Modal's exec takes "
+                "it, this backend does not pass it on); run the command without stdin",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
         sandbox = await self._require(sandbox_id)
 
         async def run() -> int:

@@ -27,7 +27,13 @@ from sandboxer.errors import (
     SandboxNotFound,
     Unsupported,
 )
-from sandboxer.extensions.base import FoundSandbox, OutputSink, ProvisionRequest, Readiness
+from sandboxer.extensions.base import (
+    FoundSandbox,
+    OutputSink,
+    ProvisionRequest,
+    Readiness,
+    Stdin,
+)
 from sandboxer.extensions.saas_stub import rules
 from sandboxer.extensions.saas_stub.records import RecordStore
 from sandboxer.extensions.saas_stub.rules import Price, Record
@@ -195,6 +201,7 @@ class SaasStubExtension:
         *,
         host: str | None = None,
         service: str | None = None,
+        stdin: Stdin | None = None,
     ) -> int:
         raise Unsupported(
             f"{self.id} runs nothing: its sandboxes are records (its declaration says exec: "

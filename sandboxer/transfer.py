@@ -1,0 +1,312 @@
+"""A bus client's side of exec input and of copies (``sandboxer cp``), used by
+:class:`~sandboxer.client.SandboxerClient`.
+
+Input reaches a running exec chunk by chunk as requests to the inbox its
+``started`` message names (docs/protocol.md#exec). A copy in packs what is
+copied into a tar, stores it in the workspaces bucket by its SHA-256 (as a
+directory input is) and asks the sandbox's worker to unpack it at a path; a
+copy out asks the worker for a path and fetches the object it answers with
+(the file's bytes, or a tar of the directory), checked like any archive a
+worker unpacks (docs/protocol.md#files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as Nats
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import ObjectNotFoundError
+
+from sandboxer.bus.streams import replicas_for
+from sandboxer.errors import (
+    BusError,
+    ExtensionError,
+    InvalidInput,
+    PathRefused,
+    SandboxerError,
+    Unsupported,
+    WorkspaceRefused,
+)
+from sandboxer.workers.exec_service import STDIN_HEADER
+from sandboxer.workers.file_service import HEADER, check_path, files_subject
+from sandboxer.workspaces.bucket import open_or_create_bucket
+from sandboxer.workspaces.extract import extract_archive
+from sandboxer.workspaces.fetch import fetch_archive
+from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.pack import FIXED_MTIME, pack_directory
+from sandboxer.workspaces.refs import nats_digest, object_name, object_ref, parse_object_ref
+
+__all__ = [
+    "Copied",
+    "StdinSource",
+    "copy_in",
+    "copy_out",
+    "feed_stdin",
+    "get_object",
+    "put_archive",
+]
+
+StdinSource = bytes | AsyncIterable[bytes]
+STDIN_CHUNK = 64 * 1024
+STDIN_ACK_TIMEOUT = 150.0
+"""Seconds one chunk of input may wait for the command to take it (the worker stops an
+exec whose input stalls for two minutes)."""
+FILES_TIMEOUT = 3600.0
+STARTED_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Copied:
+    """What a copy moved: ``kind`` (file or dir), the sandbox path, bytes, local path."""
+
+    kind: str
+    path: str
+    size: int
+    local: Path | None = None
+
+
+# -- exec input --------------------------------------------------------------------------------
+
+
+async def _chunks(source: StdinSource) -> AsyncIterator[bytes]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        for start in range(0, len(data), STDIN_CHUNK):
+            yield data[start : start + STDIN_CHUNK]
+        return
+    async for block in source:
+        for start in range(0, len(block), STDIN_CHUNK):
+            yield bytes(block[start : start + STDIN_CHUNK])
+
+
+async def feed_stdin(nc: Nats, subject: str, source: StdinSource) -> None:
+    """Send ``source`` to an exec's input inbox, then its end. A command that exited
+    (the inbox has no responder any more) ends the feeding quietly."""
+    try:
+        async for chunk in _chunks(source):
+            await nc.request(
+                subject, chunk, timeout=STDIN_ACK_TIMEOUT, headers={STDIN_HEADER: "data"}
+            )
+        await nc.request(subject, b"", timeout=STDIN_ACK_TIMEOUT, headers={STDIN_HEADER: "end"})
+    except NoRespondersError:
+        return  # the command is over: what it did not read is dropped, as with a pipe
+
+
+# -- copies in ---------------------------------------------------------------------------------
+
+
+def _pack_file(source: Path, archive: Path, limits: ArchiveLimits) -> int:
+    """A one-entry tar of the regular file ``source`` (its mode kept, its mtime fixed)."""
+    found = source.stat()
+    if found.st_size > limits.max_bytes:
+        raise WorkspaceRefused(
+            f"{source} is larger than {limits.max_bytes // (1024 * 1024)} MiB, the most a copy "
+            "moves (SANDBOXER_UPLOAD_MAX_MB)"
+        )
+    info = tarfile.TarInfo("file")
+    info.size = found.st_size
+    info.mode = stat.S_IMODE(found.st_mode)
+    info.mtime = FIXED_MTIME
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar, source.open("rb") as data:
+        tar.addfile(info, data)
+    return found.st_size
+
+
+async def _store(nc: Nats, archive: Path) -> str:
+    """Put ``archive`` in the workspaces bucket under its SHA-256 (once); its reference."""
+
+    def digest() -> tuple[str, int]:
+        sha = hashlib.sha256()
+        with archive.open("rb") as handle:
+            while block := handle.read(1024 * 1024):
+                sha.update(block)
+        return sha.hexdigest(), archive.stat().st_size
+
+    sha, size = await asyncio.to_thread(digest)
+    bucket = await open_or_create_bucket(nc.jetstream(), replicas_for(nc._server_info))
+    name = object_name(sha)
+    try:
+        info = await bucket.get_info(name)
+        present = info.digest == nats_digest(sha) and info.size == size
+    except ObjectNotFoundError:
+        present = False
+    if not present:
+        with archive.open("rb") as handle:
+            await bucket.put(name, handle)
+    return object_ref(sha)
+
+
+async def _ask(
+    nc: Nats, sandbox_id: str, request: dict[str, Any], timeout: float = FILES_TIMEOUT
+) -> dict[str, Any]:
+    """Send a files request, wait for its ``done``; raise the error it carries."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(files_subject(sandbox_id), msgspec.json.encode(request), reply=inbox)
+        try:
+            msg = await sub.next_msg(timeout=STARTED_TIMEOUT)
+        except NatsTimeout:
+            raise BusError(
+                f"no worker holds sandbox {sandbox_id}: it may not be ready, its backend may not "
+                "copy files, or its extension worker is not running ('sandboxer get' shows it)"
+            ) from None
+        while (msg.headers or {}).get(HEADER) != "done":
+            msg = await sub.next_msg(timeout=timeout)
+    finally:
+        await sub.unsubscribe()
+    answer: dict[str, Any] = msgspec.json.decode(msg.data)
+    if not answer.get("ok"):
+        raise _error(str(answer.get("error")), str(answer.get("code")), sandbox_id)
+    return answer
+
+
+_ERRORS: dict[str, type[SandboxerError]] = {
+    "path_refused": PathRefused,
+    "workspace_refused": WorkspaceRefused,
+    "invalid_input": InvalidInput,
+    "unsupported": Unsupported,
+}
+
+
+def _error(message: str, code: str, sandbox_id: str) -> SandboxerError:
+    """The worker's refusal as the error of the tree its code names."""
+    cls = _ERRORS.get(code)
+    if cls is not None:
+        return cls(message, sandbox_id=sandbox_id)
+    return ExtensionError(message, sandbox_id=sandbox_id)
+
+
+async def put_archive(
+    nc: Nats,
+    sandbox_id: str,
+    archive: Path,
+    path: str,
+    kind: str,
+    *,
+    service: str | None = None,
+) -> Copied:
+    """Store the tar ``archive`` and have it unpacked at ``path`` (``kind``: file, dir)."""
+    check_path(path, root_allowed=kind == "dir")  # refused here already, before any upload
+    ref = await _store(nc, archive)
+    request: dict[str, Any] = {"op": "put", "path": path, "kind": kind, "ref": ref}
+    if service is not None:
+        request["service"] = service
+    answer = await _ask(nc, sandbox_id, request)
+    return Copied(kind=kind, path=str(answer.get("path")), size=int(answer.get("size", 0)))
+
+
+def _pack_source(source: Path, archive: Path, limits: ArchiveLimits) -> str:
+    """Pack ``source`` into ``archive``; its kind (file or dir)."""
+    if source.is_dir():
+        pack_directory(source, archive, limits=limits)
+        return "dir"
+    if source.is_file():
+        _pack_file(source, archive, limits)
+        return "file"
+    if not source.exists():
+        raise InvalidInput(f"{source} does not exist")
+    raise InvalidInput(f"{source} is neither a regular file nor a directory")
+
+
+async def copy_in(
+    nc: Nats,
+    sandbox_id: str,
+    source: Path,
+    path: str,
+    *,
+    limits: ArchiveLimits,
+    service: str | None = None,
+) -> Copied:
+    """Copy the local file or directory ``source`` to ``path`` in the sandbox's workspace
+    (a file is written at ``path``; a directory's contents go into the directory ``path``)."""
+    with tempfile.TemporaryDirectory(prefix="sandboxer-cp-") as scratch:
+        archive = Path(scratch) / "copy.tar"
+        kind = await asyncio.to_thread(_pack_source, source, archive, limits)
+        copied = await put_archive(nc, sandbox_id, archive, path, kind, service=service)
+    return Copied(kind=kind, path=copied.path, size=copied.size, local=source)
+
+
+# -- copies out --------------------------------------------------------------------------------
+
+
+async def get_object(
+    nc: Nats,
+    sandbox_id: str,
+    path: str,
+    destination: Path,
+    *,
+    limits: ArchiveLimits,
+    service: str | None = None,
+) -> Copied:
+    """Write what ``path`` holds to the local file ``destination``: the file's bytes
+    (``kind`` file), or a tar of the directory's contents (``kind`` dir)."""
+    check_path(path, root_allowed=True)
+    request: dict[str, Any] = {"op": "get", "path": path}
+    if service is not None:
+        request["service"] = service
+    answer = await _ask(nc, sandbox_id, request)
+    sha = parse_object_ref(str(answer.get("ref")))
+    size = await fetch_archive(nc.jetstream(), sha, destination, limits)
+    kind = str(answer.get("kind"))
+    if kind not in {"file", "dir"}:
+        raise BusError(f"the worker answered a copy of {path!r} with kind {kind!r}")
+    return Copied(kind=kind, path=str(answer.get("path")), size=size, local=destination)
+
+
+def _place(fetched: Path, kind: str, target: Path, limits: ArchiveLimits) -> None:
+    """Move what was fetched to ``target``: a file, or a directory's tree (merged into an
+    existing directory)."""
+    if kind == "file":
+        if target.is_dir():
+            raise InvalidInput(f"{target} is a directory, and what was copied is a file")
+        os.replace(fetched, target)
+        return
+    if target.exists() and not target.is_dir():
+        raise InvalidInput(f"{target} is a file, and what was copied is a directory")
+    tree = fetched.parent / "tree"
+    extract_archive(fetched, tree, limits)
+    if target.is_dir():
+        shutil.copytree(tree, target, symlinks=True, dirs_exist_ok=True)
+    else:
+        os.replace(tree, target)
+
+
+def _target(local: Path, name: str) -> Path:
+    """Where a copy out lands, as ``cp -r`` decides."""
+    return local / name if local.is_dir() and name not in ("", ".") else local
+
+
+async def copy_out(
+    nc: Nats,
+    sandbox_id: str,
+    path: str,
+    local: Path,
+    *,
+    limits: ArchiveLimits,
+    service: str | None = None,
+) -> Copied:
+    """Copy ``path`` of the sandbox's workspace to ``local``, as ``cp -r`` would: into the
+    directory ``local`` when it exists (under the path's own name), else as ``local``."""
+    name = posixpath.basename(check_path(path, root_allowed=True))
+    target = await asyncio.to_thread(_target, local, name)
+    # Scratch beside the target: the final move is a rename on the same filesystem.
+    with tempfile.TemporaryDirectory(prefix=".sandboxer-cp-", dir=target.parent) as scratch:
+        fetched = Path(scratch) / "fetched"
+        copied = await get_object(nc, sandbox_id, path, fetched, limits=limits, service=service)
+        await asyncio.to_thread(_place, fetched, copied.kind, target, limits)
+    return Copied(kind=copied.kind, path=copied.path, size=copied.size, local=target)

@@ -1,0 +1,445 @@
+"""Files in and out of sandboxes for bus clients (``sandboxer.files.<sandbox_id>``).
+
+A copy rides on the two things that already exist: the workspaces Object Store
+bucket moves the bytes (content-addressed, digest-checked, size-limited), and the
+backend's exec moves them into or out of the sandbox, with ``tar`` run *inside* it.
+The sandbox itself therefore bounds what a copy can touch: a symlink planted in it
+resolves in the sandbox's own view, never the worker's. On top of that, every path
+must stay in the workspace (the exec's working directory):
+
+- the path is checked as written: relative, no ``..``, no NUL (:func:`check_path`);
+- inside the sandbox, the path (or its deepest existing parent, for an upload) is
+  resolved with ``readlink -f`` and must lie in the workspace, so a symlink leading
+  out is refused with the reason, exit status 97 (``REFUSED``);
+- an upload's archive is unpacked on the worker first, with the checks of
+  :mod:`sandboxer.workspaces.extract` (no absolute names, ``..``, links out, devices;
+  size and entry limits), then packed again canonically before it enters the sandbox;
+  ``tar`` there replaces an existing file or symlink rather than writing through it;
+- a download's archive from the sandbox is held to the same checks and limits
+  before the client gets it.
+
+Requests: ``{"op": "put", "path": P, "kind": "file"|"dir", "ref": "object:sha256:.."}``
+(the ``ref`` an uploaded tar: for ``file``, one regular file, written at ``P``; for
+``dir``, a tree unpacked into the directory ``P``, made when missing), or
+``{"op": "get", "path": P}`` (answered with ``kind`` and the ``ref`` of the file's
+bytes, or of a tar of the directory). ``service`` picks a compose sandbox's container,
+as for exec. Answers go to the reply inbox like exec's: ``Sandboxer-Files: started``,
+then ``done`` with ``{"ok": true, ...}`` or ``{"ok": false, "error": ..., "code": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import posixpath
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.nuid import NUID
+
+from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.streams import replicas_for
+from sandboxer.config.settings import Settings
+from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.errors import (
+    ExtensionError,
+    InvalidInput,
+    PathRefused,
+    SandboxerError,
+    Unsupported,
+    WorkspaceRefused,
+)
+from sandboxer.extensions.base import Extension
+from sandboxer.ids import is_valid_sandbox_id
+from sandboxer.workers.backend_for import backend_for
+from sandboxer.workers.exec_service import FROZEN, frozen_reason, reachable, takes_stdin
+from sandboxer.workspaces.bucket import open_or_create_bucket
+from sandboxer.workspaces.extract import extract_archive
+from sandboxer.workspaces.fetch import fetch_archive
+from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.pack import pack_directory
+from sandboxer.workspaces.refs import nats_digest, object_name, object_ref, parse_object_ref
+
+__all__ = [
+    "FILES_PREFIX",
+    "HEADER",
+    "MAX_PATH_CHARS",
+    "FileRequest",
+    "FileService",
+    "check_path",
+    "files_subject",
+]
+
+log = logging.getLogger(__name__)
+
+FILES_PREFIX = "sandboxer.files"
+HEADER = "Sandboxer-Files"
+MAX_PATH_CHARS = 4096
+MAX_REQUEST_BYTES = 16 * 1024
+REFUSED = 97
+"""Exit status of the in-sandbox scripts when a path leaves the workspace (reason on stderr)."""
+FILE_TIMEOUT = 1800.0
+"""Seconds a copy may take inside the sandbox."""
+CHUNK = 64 * 1024
+STDERR_KEPT = 4096
+
+
+def files_subject(sandbox_id: str) -> str:
+    return f"{FILES_PREFIX}.{sandbox_id}"
+
+
+class FileRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    op: Literal["put", "get"]
+    path: str
+    kind: Literal["file", "dir"] | None = None
+    """put: what ``ref`` holds and ``path`` names (a file, or a directory to unpack into)."""
+    ref: str | None = None
+    """put: the uploaded tar, ``object:sha256:<hex>`` in the workspaces bucket."""
+    service: str | None = None
+    """Compose sandboxes: the service whose container holds the files (the first by default)."""
+
+
+def check_path(path: str, *, root_allowed: bool) -> str:
+    """``path`` as ``./a/b`` (or ``.``), when it stays in the workspace as written.
+
+    Raises :class:`PathRefused` for an absolute path, a ``..`` part, NUL, or an
+    empty one (the workspace itself, ``.``, is accepted only where ``root_allowed``).
+    """
+    shown = path[:200]
+    if not path or len(path) > MAX_PATH_CHARS or "\0" in path:
+        raise PathRefused(f"path {shown!r} is not a usable path (empty, too long or has NUL)")
+    if path.startswith("/"):
+        raise PathRefused(
+            f"path {shown!r} is absolute; paths are relative to the sandbox's workspace "
+            "(write it without the leading /)"
+        )
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise PathRefused(f"path {shown!r} climbs with '..'; it must stay in the workspace")
+    if not parts:
+        if not root_allowed:
+            raise PathRefused(f"path {shown!r} names the workspace itself; name a file in it")
+        return "."
+    return "./" + "/".join(parts)
+
+
+_PRELUDE = r"""
+set -u
+root=$(pwd -P) || exit 96
+refuse() { printf 'sandboxer-refused: %s\n' "$1" >&2; exit 97; }
+inside() {
+  r=$(readlink -f -- "$1") || return 1
+  case "$r" in "$root"|"$root"/*) return 0;; esac
+  return 1
+}
+"""
+
+GET_SCRIPT = (
+    _PRELUDE
+    + r"""
+p=$1
+if [ ! -e "$p" ]; then
+  if [ -L "$p" ]; then refuse "$p is a symlink to nothing"; fi
+  refuse "$p does not exist in the workspace"
+fi
+inside "$p" || refuse "$p leads out of the workspace (through a symlink)"
+r=$(readlink -f -- "$p")
+[ -f "$r" ] || [ -d "$r" ] || refuse "$p is not a regular file or a directory"
+cd -- "$(dirname -- "$r")" || exit 96
+exec tar -cf - -- "$(basename -- "$r")"
+"""
+)
+"""``sh -c GET_SCRIPT sh ./PATH``: a tar of the file or directory (one top entry) on stdout."""
+
+PUT_SCRIPT = (
+    _PRELUDE
+    + r"""
+d=$1
+f=${2-}
+e=$d
+while [ ! -e "$e" ] && [ ! -L "$e" ]; do e=$(dirname -- "$e"); done
+[ -e "$e" ] || refuse "$e is a symlink to nothing"
+inside "$e" || refuse "$e leads out of the workspace (through a symlink)"
+mkdir -p -- "$d" || exit 96
+inside "$d" || refuse "$d leads out of the workspace (through a symlink)"
+[ -d "$d" ] || refuse "$d is not a directory"
+cd -- "$d" || exit 96
+if [ -n "$f" ] && [ -d "$f" ] && [ ! -L "$f" ]; then
+  refuse "$d/$f is a directory; name the file to write, or copy a directory"
+fi
+exec tar -xof -
+"""
+)
+"""``sh -c PUT_SCRIPT sh ./DIR [NAME]``: unpack stdin's tar into DIR (NAME: the one file)."""
+
+
+class FileService:
+    """Answers ``sandboxer.files.*`` for the sandboxes of one backend (like exec)."""
+
+    def __init__(
+        self,
+        nc: Client,
+        store: EventStore,
+        extension: Extension,
+        settings: Settings,
+        *,
+        touch: Callable[[SandboxState], Awaitable[None]] | None = None,
+    ) -> None:
+        self._nc = nc
+        self._store = store
+        self._extension = extension
+        self._limits = ArchiveLimits.from_mb(settings.upload_max_mb)
+        self._staging = settings.staging_root / "files"
+        self._touch = touch
+        self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._nuid = NUID()
+
+    async def start(self) -> None:
+        queue = "" if self._extension.host_local else f"files-{self._extension.id}"
+        self._sub = await self._nc.subscribe(f"{FILES_PREFIX}.*", queue=queue, cb=self._on_request)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_request(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        sandbox_id = msg.subject.rsplit(".", 1)[-1]
+        if not msg.reply or not is_valid_sandbox_id(sandbox_id):
+            return
+        state = await reachable(self._store, self._extension, sandbox_id)
+        if state is None:
+            return
+        reply = msg.reply
+
+        async def send(kind: str, body: dict[str, Any] | None = None) -> None:
+            data = msgspec.json.encode(body) if body is not None else b""
+            await self._nc.publish(reply, data, headers={HEADER: kind})
+
+        await send("started")
+        if state.status in FROZEN:
+            await send("done", {"ok": False, "error": frozen_reason(state), "code": "frozen"})
+            return
+        staging = self._staging / self._nuid.next().decode()
+        try:
+            request = self._parse(msg.data)
+            if self._touch is not None:
+                await self._touch(state)
+            backend = await backend_for(self._store, self._extension, state)  # BYOK
+            await asyncio.to_thread(_fresh, staging)
+            if request.op == "put":
+                answer = await self._put(backend, state, request, staging)
+            else:
+                answer = await self._get(backend, state, request, staging)
+            answer["ok"] = True
+        except SandboxerError as exc:
+            answer = {"ok": False, "error": exc.message, "code": exc.code}
+        except Exception as exc:
+            log.exception("copy for %s failed", sandbox_id)
+            answer = {"ok": False, "error": f"the copy failed: {exc}", "code": "error"}
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        await self._nc.flush()
+        await send("done", answer)
+
+    def _parse(self, data: bytes) -> FileRequest:
+        if len(data) > MAX_REQUEST_BYTES:
+            raise InvalidInput("the files request is larger than 16 KiB")
+        try:
+            request = msgspec.json.decode(data, type=FileRequest)
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(f"invalid files request: {exc}") from None
+        if request.op == "put" and (request.kind is None or request.ref is None):
+            raise InvalidInput("a put names its kind (file or dir) and the ref of its upload")
+        if request.op == "get" and (request.kind is not None or request.ref is not None):
+            raise InvalidInput("a get takes only a path (and a service)")
+        return request
+
+    # -- put ----------------------------------------------------------------------------------
+
+    async def _put(
+        self, backend: Extension, state: SandboxState, request: FileRequest, staging: Path
+    ) -> dict[str, Any]:
+        path = check_path(request.path, root_allowed=request.kind == "dir")
+        sha = parse_object_ref(request.ref or "")
+        if not takes_stdin(backend):
+            raise Unsupported(
+                f"{self._extension.id} cannot take files in: its exec takes no standard input",
+                sandbox_id=state.sandbox_id,
+                extension=self._extension.id,
+            )
+        archive = staging / "upload.tar"
+        await fetch_archive(self._nc.jetstream(), sha, archive, self._limits)
+        tree = staging / "tree"
+        entries = await asyncio.to_thread(extract_archive, archive, tree, self._limits)
+        if request.kind == "file":
+            directory, name = posixpath.split(path)
+            source = await asyncio.to_thread(_single_file, tree, staging / "one", name)
+        else:
+            directory, name, source = path, "", tree
+        packed = await asyncio.to_thread(
+            pack_directory, source, staging / "in.tar", limits=self._limits
+        )
+        argv = ["sh", "-c", PUT_SCRIPT, "sh", directory or ".", name]
+        code, errors = await self._exec(backend, state, request, argv, _read_file(packed.path))
+        self._check_exit(code, errors, state, "writing the files into the sandbox")
+        return {
+            "kind": request.kind,
+            "path": path[2:] or ".",
+            "entries": entries,
+            "size": packed.size,
+        }
+
+    # -- get ----------------------------------------------------------------------------------
+
+    async def _get(
+        self, backend: Extension, state: SandboxState, request: FileRequest, staging: Path
+    ) -> dict[str, Any]:
+        path = check_path(request.path, root_allowed=True)
+        raw = staging / "out.tar"
+        limit = self._limits.max_bytes
+        with raw.open("wb") as out:
+            received = 0
+
+            async def collect(data: bytes) -> None:
+                nonlocal received
+                received += len(data)
+                if received > limit:
+                    raise WorkspaceRefused(
+                        f"{path} is larger than {limit // (1024 * 1024)} MiB, the most a copy "
+                        "moves (SANDBOXER_UPLOAD_MAX_MB)"
+                    )
+                out.write(data)
+
+            argv = ["sh", "-c", GET_SCRIPT, "sh", path]
+            code, errors = await self._exec(backend, state, request, argv, None, collect)
+        self._check_exit(code, errors, state, "reading the files from the sandbox")
+        tree = staging / "tree"
+        await asyncio.to_thread(extract_archive, raw, tree, self._limits)
+        kind, result = await asyncio.to_thread(_canonical, tree, staging, self._limits)
+        sha, size = await asyncio.to_thread(_sha256, result)
+        bucket = await open_or_create_bucket(
+            self._nc.jetstream(), replicas_for(self._nc._server_info)
+        )
+        name = object_name(sha)
+        try:
+            info = await bucket.get_info(name)
+            present = info.digest == nats_digest(sha) and info.size == size
+        except Exception:
+            present = False
+        if not present:
+            with result.open("rb") as handle:
+                await bucket.put(name, handle)
+        return {"kind": kind, "path": path[2:] or ".", "ref": object_ref(sha), "size": size}
+
+    # -- running the scripts ------------------------------------------------------------------
+
+    async def _exec(
+        self,
+        backend: Extension,
+        state: SandboxState,
+        request: FileRequest,
+        argv: list[str],
+        stdin: AsyncIterator[bytes] | None,
+        stdout: Callable[[bytes], Awaitable[None]] | None = None,
+    ) -> tuple[int, bytes]:
+        errors = bytearray()
+
+        async def output(stream: Literal["stdout", "stderr"], data: bytes) -> None:
+            if stream == "stderr":
+                errors.extend(data)
+                del errors[: max(0, len(errors) - STDERR_KEPT)]
+            elif stdout is not None:
+                await stdout(data)
+
+        async with asyncio.timeout(FILE_TIMEOUT):
+            if stdin is not None:
+                code = await backend.exec(
+                    state.sandbox_id,
+                    argv,
+                    output,
+                    host=state.host,
+                    service=request.service,
+                    stdin=stdin,
+                )
+            else:
+                code = await backend.exec(
+                    state.sandbox_id, argv, output, host=state.host, service=request.service
+                )
+        return code, bytes(errors)
+
+    def _check_exit(self, code: int, errors: bytes, state: SandboxState, what: str) -> None:
+        text = errors.decode(errors="replace")
+        for line in text.splitlines():
+            if code == REFUSED and line.startswith("sandboxer-refused: "):
+                raise PathRefused(
+                    line.removeprefix("sandboxer-refused: ").strip(), sandbox_id=state.sandbox_id
+                )
+        if code != 0:
+            raise ExtensionError(
+                f"{what} failed (exit {code}): {text.strip()[-1000:] or 'no output'}; the "
+                "sandbox needs sh, readlink and tar for copies",
+                sandbox_id=state.sandbox_id,
+                extension=self._extension.id,
+            )
+
+
+def _fresh(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging.mkdir(mode=0o700)
+
+
+def _single_file(tree: Path, destination: Path, name: str) -> Path:
+    """The directory ``destination`` holding the upload's one regular file as ``name``."""
+    found = list(tree.iterdir())
+    if len(found) != 1 or found[0].is_symlink() or not found[0].is_file():
+        raise WorkspaceRefused(
+            "a file upload's archive must hold exactly one regular file (send a directory "
+            "with kind dir)"
+        )
+    destination.mkdir()
+    found[0].rename(destination / name)
+    return destination
+
+
+def _canonical(tree: Path, staging: Path, limits: ArchiveLimits) -> tuple[str, Path]:
+    """What the client gets: the file's bytes, or a canonical tar of the directory."""
+    found = list(tree.iterdir())
+    if len(found) != 1:
+        raise WorkspaceRefused("the sandbox's tar held more than the one path asked for")
+    top = found[0]
+    if top.is_symlink():
+        raise PathRefused(f"{top.name} is a symlink; copy what it points to")
+    if top.is_file():
+        return "file", top
+    packed = pack_directory(top, staging / "dir.tar", limits=limits)
+    return "dir", packed.path
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest(), path.stat().st_size
+
+
+async def _read_file(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            yield chunk
