@@ -14,6 +14,7 @@ import typer
 from sandboxer.cli import (
     catalog_commands,
     credit_commands,
+    file_commands,
     host_commands,
     key_commands,
     lifetime_commands,
@@ -44,6 +45,7 @@ app.command("get", rich_help_panel=EVERYDAY)(sandbox_commands.get)
 app.command("exec", rich_help_panel=EVERYDAY, context_settings=sandbox_commands.EXEC_CONTEXT)(
     sandbox_commands.exec_command
 )
+app.command("cp", rich_help_panel=EVERYDAY)(file_commands.copy)
 app.command("destroy", rich_help_panel=EVERYDAY)(sandbox_commands.destroy)
 app.command("recreate", rich_help_panel=EVERYDAY)(sandbox_commands.recreate)
 app.command("events", rich_help_panel=EVERYDAY)(sandbox_commands.events)
