@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from sandboxer.bus.connect import connect
+from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import SandboxerClient
-from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.config.catalog import Catalog
 from sandboxer.gateway import openapi
 from sandboxer.gateway.serve import http_url, listen

@@ -1,0 +1,332 @@
+"""API keys and actors at the HTTP gateway, against the real service, the real gateway on
+uvicorn, nats-server and ext.local sandboxes; httpx is the plain HTTP client.
+
+Keys are made as an operator makes them (the real CLI, or the same bus helper), and every
+request bears one: no key is 401, a revoked key is 401 from the next request on, a key of
+one project cannot see or touch another's sandboxes, and a key's limits answer 429."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sandboxer.bus.connect import connect
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.cli.key_commands import create_key, list_keys, revoke_key
+from sandboxer.client import SandboxerClient
+from sandboxer.config.catalog import Catalog
+from sandboxer.domain.key_state import hash_key, key_id_for
+from sandboxer.gateway.serve import http_url, listen
+from sandboxer.service import run_roles
+from tests.integration.conftest import Cli, Service, reap_local, start_service
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@dataclass
+class Front:
+    """The service, its gateway's URL, and an administrator on the bus who makes keys."""
+
+    service: Service
+    url: str
+    admin: SandboxerClient
+
+    async def key(self, project: str, key_type: str = "agt", **limits: Any) -> str:
+        key, _ = await create_key(
+            self.admin,
+            project=project,
+            key_type=key_type,  # type: ignore[arg-type]
+            **({"rate_per_second": 1000} | limits),
+        )
+        return key
+
+    def http(self, key: str | None = None) -> httpx.AsyncClient:
+        headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+        return httpx.AsyncClient(base_url=self.url, timeout=120, headers=headers)
+
+
+@pytest.fixture
+async def front(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[Front]:
+    service = await start_service(home, nats_server.url)
+    settings = dataclasses.replace(service.settings, http_addr=("127.0.0.1", 0))
+    sock = listen(("127.0.0.1", 0))
+    nc = await connect([nats_server.url], name="test-gateway")
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_roles(nc, ["gateway"], settings, Catalog.load(home), stop, info={}, http_socket=sock)
+    )
+    admin = SandboxerClient(service.client.nc, actor={"type": "adm", "id": "pytest-admin"})
+    try:
+        async with httpx.AsyncClient(base_url=http_url(sock), timeout=30) as probe:
+            for _ in range(200):
+                try:
+                    if (await probe.get("/v1/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+        yield Front(service, http_url(sock), admin)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await nc.drain()
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return dict(error)
+
+
+async def test_keys_create_prints_the_key_once_and_only_its_hash_is_kept(
+    front: Front, cli_env: dict[str, str], home: Path
+) -> None:
+    cli = Cli(cli_env)
+    created = await cli("keys", "create", "--project", "alpha", "--type", "agt", "--json")
+    shown = json.loads(created.stdout)
+    key = shown["key"]
+    assert key.startswith("sbx_")
+    assert shown["key_id"] == key_id_for(hash_key(key))
+    assert (shown["type"], shown["project"]) == ("agt", "alpha")
+    plain = await cli("keys", "create", "--project", "beta", "--type", "atm", "--name", "ci")
+    assert plain.stdout.strip().startswith("sbx_")  # the key alone on stdout; the rest on stderr
+    assert "shown only now" in plain.stderr
+
+    listed = await cli("keys", "list", "--json")
+    keys = json.loads(listed.stdout)
+    assert {k["key_id"] for k in keys} == {
+        shown["key_id"],
+        key_id_for(hash_key(plain.stdout.strip())),
+    }
+    assert key not in listed.stdout
+    assert hash_key(key) not in listed.stdout  # no hash in answers either
+    table = await cli("keys", "list")
+    assert shown["key_id"] in table.stdout
+
+    async with front.http(key) as api:  # the key works
+        assert (await api.get("/v1/sandboxes")).status_code == 200
+
+    # The log holds the key's hash and never the key; the view neither.
+    log = [event async for _seq, event in front.admin.events()]
+    dumped = json.dumps(log)
+    assert key not in dumped
+    assert hash_key(key) in dumped
+    await front.service.client.health()
+    view = b"".join(p.read_bytes() for p in home.glob("projections.sqlite3*"))
+    assert key.encode() not in view
+    assert plain.stdout.strip().encode() not in view
+
+    revoked = await cli("keys", "revoke", shown["key_id"], "--reason", "rotated")
+    assert "revoked" in revoked.stdout
+    again = await cli("keys", "revoke", shown["key_id"], check=False)
+    assert again.returncode == 2
+    assert "revoked already" in again.stderr
+    after = json.loads((await cli("keys", "list", "--revoked", "--json")).stdout)
+    assert {k["key_id"]: k["status"] for k in after}[shown["key_id"]] == "revoked"
+
+    # Only an administrator makes keys.
+    agent = SandboxerClient(front.admin.nc, actor={"type": "agt", "id": "x", "project": "alpha"})
+    with pytest.raises(Exception, match="only an administrator"):
+        await create_key(agent, project="alpha", key_type="adm")
+
+
+async def test_no_key_is_401_and_health_needs_none(front: Front) -> None:
+    async with front.http() as anonymous:
+        assert (await anonymous.get("/v1/health")).status_code == 200
+        for method, path in (
+            ("GET", "/v1/sandboxes"),
+            ("POST", "/v1/sandboxes"),
+            ("GET", "/v1/sandboxes/abcdefgh12"),
+            ("DELETE", "/v1/sandboxes/abcdefgh12"),
+            ("GET", "/v1/events?follow=false"),
+            ("GET", "/v1/credits"),
+            ("GET", "/v1/usage"),
+            ("GET", "/v1/profiles"),
+            ("GET", "/v1/extensions"),
+            ("GET", "/v1/snapshots"),
+        ):
+            response = await anonymous.request(method, path, json={} if method == "POST" else None)
+            assert_error(response, 401, "unauthorized")
+            assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def raw_get(url: str, path: str, header: bytes) -> tuple[int, bytes]:
+    """A GET with one header line sent as raw bytes (HTTP clients refuse to send some of
+    them): the status and the body."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"GET "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+            + header
+            + b"\r\n\r\n"
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def test_hostile_authorization_headers_are_401_never_500(front: Front) -> None:
+    good = await front.key("alpha")
+    hostile: list[bytes] = [
+        b"",
+        b"Bearer",
+        b"Bearer ",
+        b"Basic dXNlcjpwYXNz",
+        b"bearer sbx_" + b"A" * 43,  # the right form, no such key
+        b"Bearer " + good.encode() + b" extra",
+        b"Bearer " + good.encode()[:-1],
+        b"Bearer " + good.encode() + b"x",
+        b"Token " + good.encode(),
+        b"Bearer \xff\xfe\x80binary",
+        b"Bearer sbx_\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3",
+        b"Bearer " + b"z" * 10_000,
+        b"Bearer ../../../etc/passwd",
+        b"Bearer sbx_%00%00%00%00%00%00%00%00%00%00%00",
+    ]
+    for value in hostile:
+        status, body = await raw_get(front.url, "/v1/sandboxes", b"Authorization: " + value)
+        assert status == 401, (value[:40], status, body[:300])
+        error = json.loads(body)["error"]
+        assert (error["code"], bool(error["message"])) == ("unauthorized", True)
+    async with httpx.AsyncClient(base_url=front.url, timeout=30) as api:
+        huge = await api.get("/v1/sandboxes", headers={"Authorization": "Bearer " + "y" * 20_000})
+        assert 400 <= huge.status_code < 500
+        twice = await api.get(
+            "/v1/sandboxes",
+            headers=[(b"Authorization", b"Bearer nope"), (b"Authorization", good.encode())],
+        )
+        assert 400 <= twice.status_code < 500
+        ok = await api.get("/v1/sandboxes", headers={"Authorization": f"Bearer {good}"})
+        assert ok.status_code == 200
+
+
+async def test_an_agent_key_cannot_see_or_touch_another_projects_sandbox(front: Front) -> None:
+    alpha, beta = await front.key("alpha"), await front.key("beta")
+    admin = await front.key("ops", "adm")
+    async with front.http(alpha) as a, front.http(beta) as b, front.http(admin) as adm:
+        created = await a.post("/v1/sandboxes?wait=60s", json={})
+        assert created.status_code == 201, created.text
+        sandbox = created.json()
+        sandbox_id = sandbox["sandbox_id"]
+        actor = sandbox["actor"]
+        assert (actor["type"], actor["id"], actor["project"]) == (
+            "agt",
+            key_id_for(hash_key(alpha)),
+            "alpha",
+        )  # stamped from the key
+        snap = await a.post(f"/v1/sandboxes/{sandbox_id}/snapshot?wait=60s", json={})
+        assert snap.status_code == 201, snap.text
+        snapshot_id = snap.json()["snapshot_id"]
+
+        # beta: as if none of it existed
+        assert_error(await b.get(f"/v1/sandboxes/{sandbox_id}"), 404, "unknown_sandbox")
+        assert (await b.get("/v1/sandboxes")).json() == {"sandboxes": []}
+        assert_error(await b.delete(f"/v1/sandboxes/{sandbox_id}?wait=5s"), 404, "unknown_sandbox")
+        assert_error(await b.post(f"/v1/sandboxes/{sandbox_id}/recreate"), 404)
+        assert_error(
+            await b.post(f"/v1/sandboxes/{sandbox_id}/extend-ttl", json={"duration": "1h"}), 404
+        )
+        assert_error(await b.post(f"/v1/sandboxes/{sandbox_id}/pause"), 404)
+        assert_error(await b.post(f"/v1/sandboxes/{sandbox_id}/snapshot", json={}), 404)
+        assert_error(await b.get(f"/v1/sandboxes/{sandbox_id}/events?follow=false"), 404)
+        assert_error(await b.get(f"/v1/snapshots/{snapshot_id}"), 404, "unknown_snapshot")
+        assert (await b.get("/v1/snapshots")).json() == {"snapshots": []}
+        assert_error(await b.delete(f"/v1/snapshots/{snapshot_id}"), 404)
+        assert_error(await b.post(f"/v1/snapshots/{snapshot_id}/restore", json={}), 404)
+        assert_error(await b.get("/v1/credits/alpha"), 404)
+        assert_error(await b.get("/v1/usage", params={"project": "alpha"}), 404)
+        everything = (await b.get("/v1/events", params={"follow": "false"})).text
+        assert sandbox_id not in everything
+        assert snapshot_id not in everything
+        assert "key_created" not in everything  # keys are administrators' business
+        # nor can it create in alpha's name
+        assert_error(await b.post("/v1/sandboxes", json={"project": "alpha"}), 403, "forbidden")
+
+        # alpha sees its own; the administrator sees everything
+        assert (await a.get(f"/v1/sandboxes/{sandbox_id}")).status_code == 200
+        own = (await a.get("/v1/events", params={"follow": "false"})).text
+        assert sandbox_id in own
+        assert snapshot_id in own
+        assert "key_created" not in own
+        assert (await a.get(f"/v1/snapshots/{snapshot_id}")).status_code == 200
+        assert [s["snapshot_id"] for s in (await a.get("/v1/snapshots")).json()["snapshots"]] == [
+            snapshot_id
+        ]
+        assert (await adm.get(f"/v1/sandboxes/{sandbox_id}")).status_code == 200
+        listed = (await adm.get("/v1/sandboxes")).json()["sandboxes"]
+        assert sandbox_id in {s["sandbox_id"] for s in listed}
+        assert "key_created" in (await adm.get("/v1/events", params={"follow": "false"})).text
+
+        # and the sandbox is untouched by beta's attempts
+        destroyed = await a.delete(f"/v1/sandboxes/{sandbox_id}?wait=60s")
+        assert destroyed.status_code == 200, destroyed.text
+        assert destroyed.json()["status"] == "destroyed"
+        usage = (await a.get("/v1/usage")).json()
+        assert {row["project"] for row in usage["usage"]} == {"alpha"}
+        assert [x["project"] for x in (await b.get("/v1/credits")).json()["accounts"]] in (
+            [],
+            ["beta"],
+        )
+
+
+async def test_a_revoked_key_stops_working_at_once(front: Front) -> None:
+    key = await front.key("alpha")
+    async with front.http(key) as api:
+        assert (await api.get("/v1/sandboxes")).status_code == 200
+        await revoke_key(front.admin, key_id_for(hash_key(key)))
+        assert_error(await api.get("/v1/sandboxes"), 401, "unauthorized")
+        assert_error(await api.get("/v1/profiles"), 401, "unauthorized")
+    listed = await list_keys(front.admin, include_revoked=True)
+    assert [k["status"] for k in listed] == ["revoked"]
+
+
+async def test_the_rate_limit_holds(front: Front) -> None:
+    key = await front.key("alpha", rate_per_second=3)
+    async with front.http(key) as api:
+        answers = await asyncio.gather(*(api.get("/v1/profiles") for _ in range(20)))
+        codes = [r.status_code for r in answers]
+        assert codes.count(200) >= 1
+        assert codes.count(200) <= 6, codes  # the burst is the rate, plus what refills meanwhile
+        limited = [r for r in answers if r.status_code == 429]
+        assert limited
+        for response in limited:
+            assert_error(response, 429, "rate_limited")
+            assert int(response.headers["retry-after"]) >= 1
+        await asyncio.sleep(1.1)
+        assert (await api.get("/v1/profiles")).status_code == 200  # refilled
+
+
+async def test_the_live_sandbox_limit_holds(front: Front) -> None:
+    key = await front.key("alpha", max_live=1)
+    async with front.http(key) as api:
+        first = await api.post("/v1/sandboxes?wait=60s", json={})
+        assert first.status_code == 201, first.text
+        second = await api.post("/v1/sandboxes", json={})
+        error = assert_error(second, 429, "live_limit")
+        assert "alpha" in error["message"]
+        assert int(second.headers["retry-after"]) >= 1
+        gone = await api.delete(f"/v1/sandboxes/{first.json()['sandbox_id']}?wait=60s")
+        assert gone.status_code == 200
+        third = await api.post("/v1/sandboxes?wait=60s", json={})
+        assert third.status_code == 201, third.text
+        await api.delete(f"/v1/sandboxes/{third.json()['sandbox_id']}?wait=60s")
