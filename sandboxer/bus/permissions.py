@@ -155,5 +155,5 @@ def authorization_block(passwords: Mapping[str, str]) -> str:
 def shared_nats_config() -> str:
     """The snippet docs/security.md gives for a shared NATS (passwords from the environment)."""
     return authorization_block(
-        {SERVICE: "$SANDBOXER_SERVICE_PASSWORD", CLIENT: "$SANDBOXER_CLIENT_PASSWORD"}
+        {SERVICE: "$NATS_SANDBOXER_SERVICE_PASSWORD", CLIENT: "$NATS_SANDBOXER_CLIENT_PASSWORD"}
     )

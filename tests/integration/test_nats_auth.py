@@ -265,8 +265,8 @@ async def test_the_roles_run_under_the_documented_shared_config(
     the service identity, its gateway as the client) and the CLI holding only the client's
     credentials run one lifecycle; the server logs no permission violation."""
     passwords = {"service": "service-pw-for-tests-0001", "client": "client-pw-for-tests-0002"}
-    monkeypatch.setenv("SANDBOXER_SERVICE_PASSWORD", passwords["service"])
-    monkeypatch.setenv("SANDBOXER_CLIENT_PASSWORD", passwords["client"])
+    monkeypatch.setenv("NATS_SANDBOXER_SERVICE_PASSWORD", passwords["service"])
+    monkeypatch.setenv("NATS_SANDBOXER_CLIENT_PASSWORD", passwords["client"])
     config = tmp_path / "shared-nats.conf"
     config.write_text(documented_shared_config())
     server = NatsServerProcess(tmp_path / "shared", config_file=config, server_name="shared")
