@@ -57,6 +57,7 @@ __all__ = [
     "copy_out",
     "feed_stdin",
     "get_object",
+    "pack_file",
     "put_archive",
 ]
 
@@ -109,7 +110,7 @@ async def feed_stdin(nc: Nats, subject: str, source: StdinSource) -> None:
 # -- copies in ---------------------------------------------------------------------------------
 
 
-def _pack_file(source: Path, archive: Path, limits: ArchiveLimits) -> int:
+def pack_file(source: Path, archive: Path, limits: ArchiveLimits) -> int:
     """A one-entry tar of the regular file ``source`` (its mode kept, its mtime fixed)."""
     found = source.stat()
     if found.st_size > limits.max_bytes:
@@ -216,7 +217,7 @@ def _pack_source(source: Path, archive: Path, limits: ArchiveLimits) -> str:
         pack_directory(source, archive, limits=limits)
         return "dir"
     if source.is_file():
-        _pack_file(source, archive, limits)
+        pack_file(source, archive, limits)
         return "file"
     if not source.exists():
         raise InvalidInput(f"{source} does not exist")

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sandboxer import __version__, subjects
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_access import event_owner, may_see, owner_of, scope_of
+from sandboxer.gateway import files
 from sandboxer.gateway.auth import (
     admit_create,
     event_visibility,
@@ -701,6 +702,7 @@ def create_app(gw: Gateway) -> FastAPI:
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(router)
+    app.include_router(files.router)  # exec and files (gateway/files.py)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     generate = app.openapi
 
@@ -745,11 +747,12 @@ class BodyLimit:
             message = f"the request's headers are larger than {MAX_HEADER_BYTES} bytes"
             await error_response(431, "headers_too_large", message)(scope, receive, send)
             return
+        limit = files.body_limit(scope, self.limit)  # uploads and execs may be larger
         length = Headers(scope=scope).get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             status, code = (413, "too_large") if length.isdigit() else (400, "bad_request")
             message = (
-                f"the body is larger than {self.limit} bytes"
+                f"the body is larger than {limit} bytes"
                 if length.isdigit()
                 else "Content-Length is not a number"
             )
@@ -762,12 +765,12 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 total += len(message.get("body", b""))
-                if total > self.limit:
+                if total > limit:
                     raise HTTPException(
                         413,
                         {
                             "code": "too_large",
-                            "message": f"the body is larger than {self.limit} bytes",
+                            "message": f"the body is larger than {limit} bytes",
                         },
                     )
             return message

@@ -1,0 +1,287 @@
+"""Exec and files over HTTP (docs/http-api.md#exec-and-files).
+
+- ``POST /v1/sandboxes/{id}/exec`` takes ``{"argv": [...], "stdin": BASE64?,
+  "timeout": SECONDS?, "service": NAME?}`` and answers once the command is over with
+  ``{"exit_code", "stdout", "stderr", "timed_out", ...}``, the output base64-encoded
+  (each stream kept up to ``MAX_OUTPUT_BYTES``; ``stdout_truncated`` says when more
+  was dropped). A command killed by its timeout answers 200 with ``timed_out: true``,
+  ``exit_code: null`` and the output it wrote until then.
+- ``PUT /v1/sandboxes/{id}/files?path=P``: the body is the file's bytes (written at
+  ``P``), or with ``Content-Type: application/x-tar`` a tar unpacked into the
+  directory ``P``; at most ``SANDBOXER_UPLOAD_MAX_MB`` (413 past it).
+- ``GET /v1/sandboxes/{id}/files?path=P``: the file's bytes, or for a directory a
+  tar of its contents (``Content-Type: application/x-tar``); ``X-Sandboxer-Kind``
+  says ``file`` or ``dir``.
+
+A path leaving the workspace (absolute, ``..``, NUL, a symlink leading out) is 400
+``path_refused`` with the reason; the routes act as the request's key like every
+other (a key of another project gets 404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+from starlette.types import Scope
+
+from sandboxer.client import CommandFailed
+from sandboxer.config.settings import Settings
+from sandboxer.errors import (
+    ExtensionError,
+    InvalidInput,
+    PathRefused,
+    SandboxerError,
+    Unsupported,
+    WorkspaceRefused,
+)
+from sandboxer.gateway.auth import require_sandbox
+from sandboxer.gateway.context import BusClient, request_actor
+from sandboxer.gateway.errors import error_response
+from sandboxer.gateway.models import SANDBOX_ID, ErrorBody
+from sandboxer.transfer import pack_file
+from sandboxer.workspaces.limits import ArchiveLimits
+
+__all__ = ["EXEC_BODY_BYTES", "MAX_OUTPUT_BYTES", "body_limit", "router"]
+
+EXEC_BODY_BYTES = 12 * 1024 * 1024
+"""The largest exec request (its stdin is base64 in the JSON: about 9 MiB of input)."""
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024
+"""Of each of stdout and stderr, what an exec's answer keeps."""
+EXEC_WAIT_SLACK = 30.0
+TAR = "application/x-tar"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "a path leaving the workspace (path_refused), or an unsafe archive",
+        401: "no API key, or not a valid one (Authorization: Bearer <key>)",
+        404: "no such sandbox (or one of another project)",
+        409: "the sandbox runs nothing now (paused), or the command could not run",
+        413: "the body, or the files, are larger than the limit",
+        422: "a field or parameter is invalid",
+        501: "the sandbox's backend cannot do this (no exec, no stdin)",
+        502: "the backend failed",
+        503: "no worker holds the sandbox, or the service cannot be reached",
+    }.items()
+}
+
+router = APIRouter(prefix="/v1", responses=_ERRORS, dependencies=[Depends(request_actor)])
+
+
+def body_limit(scope: Scope, default: int) -> int:
+    """The body limit of a request: uploads and execs may be larger than other bodies."""
+    path = str(scope.get("path", ""))
+    if not path.startswith("/v1/sandboxes/"):
+        return default
+    if scope.get("method") == "PUT" and path.endswith("/files"):
+        return Settings.from_env().upload_max_mb * 1024 * 1024
+    if scope.get("method") == "POST" and path.endswith("/exec"):
+        return EXEC_BODY_BYTES
+    return default
+
+
+async def _visible(
+    sandbox_id: Annotated[
+        str, PathParam(pattern=SANDBOX_ID, description="8-32 lowercase letters and digits")
+    ],
+    client: BusClient,
+) -> str:
+    await require_sandbox(client, sandbox_id)
+    return sandbox_id
+
+
+VisibleSandbox = Annotated[str, Depends(_visible)]
+FilePath = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=4096,
+        description="relative to the sandbox's workspace; '.' is the workspace itself",
+    ),
+]
+
+
+def _refusal(exc: SandboxerError) -> JSONResponse:
+    """What a copy's or an exec's failure answers."""
+    if isinstance(exc, PathRefused):
+        return error_response(400, exc.code, exc.message)
+    if isinstance(exc, WorkspaceRefused):
+        # Every size refusal names the setting that bounds it.
+        too_large = "SANDBOXER_UPLOAD_MAX_MB" in exc.message
+        return error_response(413 if too_large else 400, exc.code, exc.message)
+    if isinstance(exc, InvalidInput):
+        return error_response(422, exc.code, exc.message)
+    if isinstance(exc, Unsupported):
+        return error_response(501, exc.code, exc.message)
+    if isinstance(exc, ExtensionError):
+        return error_response(502, exc.code, exc.message)
+    if isinstance(exc, CommandFailed):
+        return error_response(409, "exec_failed", exc.message)
+    raise exc  # the app's handlers answer the rest (bus errors: 503)
+
+
+# -- exec --------------------------------------------------------------------------------------
+
+
+class ExecBody(BaseModel, extra="forbid"):
+    argv: list[Annotated[str, Field(max_length=65536)]] = Field(min_length=1, max_length=4096)
+    stdin: str | None = Field(default=None, description="standard input, base64")
+    timeout: float | None = Field(
+        default=None, gt=0, le=7 * 24 * 3600, description="seconds before the command is killed"
+    )
+    service: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class ExecResult(BaseModel):
+    exit_code: int | None
+    stdout: str = Field(description="base64")
+    stderr: str = Field(description="base64")
+    timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+@router.post("/sandboxes/{sandbox_id}/exec", response_model=ExecResult, tags=["exec and files"])
+async def exec_in_sandbox(sandbox_id: VisibleSandbox, body: ExecBody, client: BusClient) -> Any:
+    """Run a command in the sandbox (its standard input from ``stdin``), answer its exit
+    code and output once it is over."""
+    stdin: bytes | None = None
+    if body.stdin is not None:
+        try:
+            stdin = base64.b64decode(body.stdin, validate=True)
+        except (binascii.Error, ValueError):
+            return error_response(422, "invalid_request", "stdin is not valid base64")
+    kept = {"stdout": bytearray(), "stderr": bytearray()}
+    dropped = {"stdout": False, "stderr": False}
+
+    def output(stream: str, data: bytes) -> None:
+        room = MAX_OUTPUT_BYTES - len(kept[stream])
+        kept[stream].extend(data[: max(room, 0)])
+        dropped[stream] = dropped[stream] or len(data) > room
+
+    timed_out = False
+    code: int | None = None
+    wait = (body.timeout or 3600.0) + EXEC_WAIT_SLACK
+    try:
+        code = await client.exec(
+            sandbox_id,
+            body.argv,
+            output,
+            service=body.service,
+            stdin=stdin,
+            command_timeout=body.timeout,
+            timeout=wait,
+        )
+    except CommandFailed as exc:
+        if not exc.event.get("timed_out"):
+            return error_response(409, "exec_failed", exc.message)
+        timed_out = True
+    except SandboxerError as exc:
+        return _refusal(exc)
+    return ExecResult(
+        exit_code=code,
+        stdout=base64.b64encode(bytes(kept["stdout"])).decode(),
+        stderr=base64.b64encode(bytes(kept["stderr"])).decode(),
+        timed_out=timed_out,
+        stdout_truncated=dropped["stdout"],
+        stderr_truncated=dropped["stderr"],
+    )
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+async def _receive(request: Request, destination: Path, limit: int) -> None:
+    total = 0
+    with destination.open("wb") as out:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise WorkspaceRefused(
+                    f"the body is larger than {limit // (1024 * 1024)} MiB, the most a copy "
+                    "moves (SANDBOXER_UPLOAD_MAX_MB)"
+                )
+            out.write(chunk)  # chunks of the ASGI server's size: a page-cache write
+
+
+@router.put(
+    "/sandboxes/{sandbox_id}/files",
+    tags=["exec and files"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                TAR: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def put_files(
+    sandbox_id: VisibleSandbox, path: FilePath, request: Request, client: BusClient
+) -> Response:
+    """Write the body at ``path`` (a file), or unpack it into the directory ``path``
+    when it is a tar (``Content-Type: application/x-tar``)."""
+    limit = Settings.from_env().upload_max_mb * 1024 * 1024
+    as_tar = request.headers.get("content-type", "").split(";")[0].strip() == TAR
+    try:
+        with tempfile.TemporaryDirectory(prefix="sandboxer-put-") as scratch:
+            body = Path(scratch) / "body"
+            await _receive(request, body, limit)
+            if as_tar:
+                copied = await client.put_archive(sandbox_id, body, path, "dir")
+            else:
+                archive = Path(scratch) / "file.tar"
+                await asyncio.to_thread(pack_file, body, archive, ArchiveLimits(max_bytes=limit))
+                copied = await client.put_archive(sandbox_id, archive, path, "file")
+    except SandboxerError as exc:
+        return _refusal(exc)
+    return JSONResponse({"kind": copied.kind, "path": copied.path, "size": copied.size})
+
+
+@router.get(
+    "/sandboxes/{sandbox_id}/files",
+    tags=["exec and files"],
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the file's bytes, or a tar of the directory (X-Sandboxer-Kind)",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                TAR: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def get_files(sandbox_id: VisibleSandbox, path: FilePath, client: BusClient) -> Response:
+    """A file's bytes, or a tar of a directory's contents."""
+    scratch = await asyncio.to_thread(tempfile.mkdtemp, prefix="sandboxer-get-")
+    try:
+        fetched = Path(scratch) / "fetched"
+        copied = await client.get_files(
+            sandbox_id, path, fetched, max_mb=Settings.from_env().upload_max_mb
+        )
+    except SandboxerError as exc:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+        return _refusal(exc)
+    except BaseException:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+        raise
+    media = TAR if copied.kind == "dir" else "application/octet-stream"
+    return FileResponse(
+        fetched,
+        media_type=media,
+        headers={"X-Sandboxer-Kind": copied.kind},
+        background=BackgroundTask(shutil.rmtree, scratch, True),
+    )

@@ -1,0 +1,457 @@
+"""Exec with standard input and a timeout, and files in and out of sandboxes, against the
+real service and real ext.local sandboxes: over the bus (the Python client and the CLI)
+and over HTTP (the gateway, with httpx as a plain HTTP client).
+
+Traversal is tried every way a client can: ``..``, absolute paths, NUL, and symlinks
+planted inside the sandbox that lead out; each is refused with its reason, and the
+host's files are neither read nor written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from sandboxer.bus.connect import connect
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.cli.key_commands import create_key
+from sandboxer.client import CommandFailed, SandboxerClient
+from sandboxer.config.catalog import Catalog
+from sandboxer.errors import PathRefused, WorkspaceRefused
+from sandboxer.gateway.serve import http_url, listen
+from sandboxer.service import run_roles
+from sandboxer.workers.file_service import HEADER, files_subject
+from tests.integration.conftest import Cli, Service, reap_local, start_service
+
+pytestmark = [pytest.mark.integration]
+
+
+def binary(size: int, seed: int = 0) -> bytes:
+    """Bytes of every value, NULs and newlines included, not compressible to nothing."""
+    block = bytes(range(256)) + hashlib.sha256(str(seed).encode()).digest()
+    return (block * (size // len(block) + 1))[:size] + os.urandom(64)
+
+
+def nested_tree(root: Path) -> Path:
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "top.bin").write_bytes(binary(70_000, 1))
+    (root / "a" / "mid.txt").write_text("middle\n")
+    (root / "a" / "b" / "c" / "deep.bin").write_bytes(binary(5_000, 2))
+    (root / "a" / "run.sh").write_text("#!/bin/sh\necho ran\n")
+    (root / "a" / "run.sh").chmod(0o755)
+    (root / "a" / "link").symlink_to("mid.txt")
+    (root / "empty").mkdir()
+    return root
+
+
+def listing(root: Path) -> dict[str, Any]:
+    """Every entry below ``root``: a file's digest and executable bit, a link's target."""
+    found: dict[str, Any] = {}
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        if path.is_symlink():
+            found[name] = ("link", os.readlink(path))
+        elif path.is_dir():
+            found[name] = ("dir",)
+        else:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[name] = ("file", digest, os.access(path, os.X_OK))
+    return found
+
+
+async def run_in(client: SandboxerClient, sandbox_id: str, script: str) -> tuple[int, str]:
+    out: list[bytes] = []
+    code = await client.exec(sandbox_id, ["sh", "-c", script], lambda _s, d: out.append(d))
+    return code, b"".join(out).decode(errors="replace")
+
+
+@pytest.fixture
+async def sandbox(service: Service) -> str:
+    ready = await service.client.create("profile.local", {})
+    return str(ready["sandbox_id"])
+
+
+# -- exec: stdin and timeout -----------------------------------------------------------------
+
+
+async def test_cat_echoes_binary_stdin_byte_for_byte(service: Service, sandbox: str) -> None:
+    data = binary(1_500_000)  # many chunks: the acknowledged feeding keeps their order
+    out: list[bytes] = []
+    code = await service.client.exec(
+        sandbox, ["cat"], lambda s, d: out.append(d) if s == "stdout" else None, stdin=data
+    )
+    assert code == 0
+    assert b"".join(out) == data
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for index in range(5):
+            await asyncio.sleep(0.05)  # input that arrives over time, as from a pipe
+            yield bytes([index]) * 1000
+
+    out.clear()
+    code = await service.client.exec(
+        sandbox,
+        ["sh", "-c", "wc -c; exit 7"],
+        lambda s, d: out.append(d) if s == "stdout" else None,
+        stdin=pieces(),
+    )
+    assert code == 7
+    assert b"".join(out).strip() == b"5000"
+
+
+async def test_a_command_that_ignores_its_input_ends_and_without_stdin_input_is_empty(
+    service: Service, sandbox: str
+) -> None:
+    code = await service.client.exec(sandbox, ["true"], lambda _s, _d: None, stdin=binary(3 << 20))
+    assert code == 0
+    out: list[bytes] = []
+    code = await service.client.exec(sandbox, ["cat"], lambda _s, d: out.append(d))
+    assert (code, out) == (0, [])
+
+
+async def test_a_timeout_kills_the_command_and_says_so(service: Service, sandbox: str) -> None:
+    out: list[bytes] = []
+    began = time.monotonic()
+    with pytest.raises(CommandFailed) as failed:
+        await service.client.exec(
+            sandbox,
+            ["sh", "-c", "echo before; sleep 300; echo after"],
+            lambda _s, d: out.append(d),
+            command_timeout=1.5,
+        )
+    assert time.monotonic() - began < 10
+    assert failed.value.event["timed_out"] is True
+    assert "timeout of 1.5 s" in failed.value.message
+    assert "killed" in failed.value.message
+    assert b"".join(out) == b"before\n"
+    # Nothing of it is left running in the sandbox.
+    code, text = await run_in(
+        service.client, sandbox, "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"
+    )
+    assert code == 0
+    assert "sleep 300" not in text
+
+
+async def test_an_invalid_timeout_is_refused(service: Service, sandbox: str) -> None:
+    for bad in (0, -1, 10**9):
+        with pytest.raises(CommandFailed, match="timeout must be"):
+            await service.client.exec(sandbox, ["true"], lambda _s, _d: None, command_timeout=bad)
+
+
+# -- files over the bus ---------------------------------------------------------------------
+
+
+async def test_cp_round_trips_a_binary_file_and_a_nested_directory(
+    service: Service, sandbox: str, tmp_path: Path
+) -> None:
+    client = service.client
+    data = binary(2_000_000, 7)
+    local = tmp_path / "local.bin"
+    local.write_bytes(data)
+    copied = await client.copy_in(sandbox, local, "in/deeper/file.bin")
+    assert (copied.kind, copied.path) == ("file", "in/deeper/file.bin")
+    code, text = await run_in(client, sandbox, "sha256sum in/deeper/file.bin")
+    assert (code, text.split()[0]) == (0, hashlib.sha256(data).hexdigest())
+
+    back = await client.copy_out(sandbox, "in/deeper/file.bin", tmp_path / "back.bin")
+    assert back.kind == "file"
+    assert (tmp_path / "back.bin").read_bytes() == data
+    into = tmp_path / "existing"
+    into.mkdir()
+    await client.copy_out(sandbox, "./in/deeper/file.bin", into)  # into a directory, as cp
+    assert (into / "file.bin").read_bytes() == data
+
+    tree = nested_tree(tmp_path / "tree")
+    copied = await client.copy_in(sandbox, tree, "project")
+    assert copied.kind == "dir"
+    code, text = await run_in(client, sandbox, "cd project && ./a/run.sh && cat a/link")
+    assert (code, text) == (0, "ran\nmiddle\n")
+    await client.copy_out(sandbox, "project", tmp_path / "fetched")
+    assert listing(tmp_path / "fetched") == listing(tree)
+    # A file written over an existing one replaces it; the workspace root is a directory.
+    local.write_bytes(b"second")
+    await client.copy_in(sandbox, local, "in/deeper/file.bin")
+    await client.copy_out(sandbox, ".", tmp_path / "whole")
+    assert (tmp_path / "whole" / "in" / "deeper" / "file.bin").read_bytes() == b"second"
+    assert listing(tmp_path / "whole" / "project") == listing(tree)
+
+
+async def test_cp_on_the_command_line_both_ways(
+    service: Service, sandbox: str, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    cli = Cli(cli_env)
+    data = binary(300_000, 3)
+    (tmp_path / "one.bin").write_bytes(data)
+    tree = nested_tree(tmp_path / "tree")
+    await cli("cp", str(tmp_path / "one.bin"), f"{sandbox}:one.bin")
+    result = await cli("cp", str(tree), f"{sandbox}:dir", "--json")
+    assert json.loads(result.stdout)["kind"] == "dir"
+    await cli("cp", f"{sandbox}:one.bin", str(tmp_path / "one.back"))
+    await cli("cp", f"{sandbox}:dir", str(tmp_path / "dir.back"))
+    assert (tmp_path / "one.back").read_bytes() == data
+    assert listing(tmp_path / "dir.back") == listing(tree)
+    refused = await cli("cp", f"{sandbox}:../../etc/passwd", str(tmp_path / "x"), check=False)
+    assert refused.returncode == 1
+    assert "climbs with '..'" in refused.stderr
+    assert not (tmp_path / "x").exists()
+    both = await cli("cp", str(tmp_path / "one.bin"), str(tmp_path / "two"), check=False)
+    assert both.returncode == 1
+    assert "SANDBOX_ID:PATH" in both.stderr
+
+
+async def raw_files(client: SandboxerClient, sandbox_id: str, request: dict[str, Any]) -> Any:
+    """A files request straight on the bus, as a hostile client would send it (no checks)."""
+    inbox = client.nc.new_inbox()
+    sub = await client.nc.subscribe(inbox)
+    await client.nc.publish(files_subject(sandbox_id), msgspec.json.encode(request), reply=inbox)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=30)
+            if (msg.headers or {}).get(HEADER) == "done":
+                return msgspec.json.decode(msg.data)
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_traversal_is_refused_and_the_host_untouched(
+    service: Service, sandbox: str, tmp_path: Path
+) -> None:
+    client = service.client
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("host only\n")
+    victim = tmp_path / "host-victim"
+    victim.mkdir()
+    local = tmp_path / "payload"
+    local.write_bytes(b"payload")
+    # Symlinks planted in the sandbox: to the host's paths (which the sandbox does not see),
+    # and to its own /etc (outside the workspace).
+    code, _ = await run_in(
+        client,
+        sandbox,
+        f"ln -s {secret} secret && ln -s {victim} victim && ln -s /etc etcdir && "
+        "ln -s /etc/passwd pw && mkdir -p real && ln -s ../.. real/up",
+    )
+    assert code == 0
+    bad_reads = {
+        "../../etc/passwd": "climbs",
+        "/etc/passwd": "absolute",
+        "a\0b": "NUL",
+        "pw": "leads out of the workspace",
+        "etcdir/passwd": "leads out of the workspace",
+        "real/up/etc/hostname": "leads out of the workspace",
+        "secret": "symlink to nothing",
+    }
+    for path, reason in bad_reads.items():
+        with pytest.raises(PathRefused, match=reason):
+            await client.copy_out(sandbox, path, tmp_path / "out")
+        answer = await raw_files(client, sandbox, {"op": "get", "path": path})
+        assert (answer["ok"], answer["code"]) == (False, "path_refused"), (path, answer)
+        assert reason in answer["error"], (path, answer)
+    assert not (tmp_path / "out").exists()
+    bad_writes = {
+        "../escape": "climbs",
+        "/tmp/escape": "absolute",
+        "x\0y": "NUL",
+        "etcdir/evil": "leads out of the workspace",
+        "victim/evil": "symlink to nothing",
+        "real/up/evil": "leads out of the workspace",
+    }
+    for path, reason in bad_writes.items():
+        with pytest.raises(PathRefused, match=reason):
+            await client.copy_in(sandbox, local, path)
+    # Past the client's own checks: the worker refuses as well.
+    uploaded = await client.upload_directory(nested_tree(tmp_path / "tree"))
+    for path, reason in bad_writes.items():
+        request = {"op": "put", "path": path, "kind": "dir", "ref": uploaded.ref}
+        answer = await raw_files(client, sandbox, request)
+        assert (answer["ok"], answer["code"]) == (False, "path_refused"), (path, answer)
+        assert reason in answer["error"], (path, answer)
+    # Writing a file where a symlink leading out stands replaces the link, never its target.
+    await client.copy_in(sandbox, local, "pw")
+    code, text = await run_in(client, sandbox, "test -L pw || cat pw; head -c 4 /etc/passwd")
+    assert (code, text[:7]) == (0, "payload")
+    assert secret.read_text() == "host only\n"
+    assert list(victim.iterdir()) == []
+    # A hostile archive (a name that climbs) is refused before anything enters the sandbox.
+    hostile = io.BytesIO()
+    with tarfile.open(fileobj=hostile, mode="w") as tar:
+        info = tarfile.TarInfo("../../escaped")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    archive = tmp_path / "hostile.tar"
+    archive.write_bytes(hostile.getvalue())
+    with pytest.raises(WorkspaceRefused, match="unsafe name"):
+        await client.put_archive(sandbox, archive, "dir", "dir")
+
+
+async def test_an_oversized_upload_is_refused(
+    nats_server: NatsServerProcess, home: Path, tmp_path: Path
+) -> None:
+    service = await start_service(home, nats_server.url, upload_max_mb=1)
+    try:
+        ready = await service.client.create("profile.local", {})
+        sandbox_id = ready["sandbox_id"]
+        big = tmp_path / "big.bin"
+        big.write_bytes(binary(2 * 1024 * 1024))
+        with pytest.raises(WorkspaceRefused, match="SANDBOXER_UPLOAD_MAX_MB"):
+            await service.client.copy_in(sandbox_id, big, "big.bin", max_mb=1)
+        # A client that allows itself more meets the worker's limit.
+        with pytest.raises(WorkspaceRefused, match="SANDBOXER_UPLOAD_MAX_MB"):
+            await service.client.copy_in(sandbox_id, big, "big.bin", max_mb=10)
+        # And a download larger than the worker's limit is refused the same way.
+        code, _ = await run_in(
+            service.client, sandbox_id, "head -c 3000000 /dev/urandom > made.bin"
+        )
+        assert code == 0
+        with pytest.raises(WorkspaceRefused, match="SANDBOXER_UPLOAD_MAX_MB"):
+            await service.client.copy_out(sandbox_id, "made.bin", tmp_path / "made.bin")
+        code, text = await run_in(service.client, sandbox_id, "ls")
+        assert "big.bin" not in text.split()
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+# -- over HTTP ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def api(
+    nats_server: NatsServerProcess, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
+    """The service and its gateway (an administrator's key), uploads limited to 2 MiB."""
+    monkeypatch.setenv("SANDBOXER_UPLOAD_MAX_MB", "2")
+    service = await start_service(home, nats_server.url, upload_max_mb=2)
+    admin = SandboxerClient(service.client.nc, actor={"type": "adm", "id": "pytest-admin"})
+    key, _ = await create_key(
+        admin, project="default", key_type="adm", max_live=100, rate_per_second=1000
+    )
+    settings = dataclasses.replace(service.settings, http_addr=("127.0.0.1", 0))
+    sock = listen(("127.0.0.1", 0))
+    nc = await connect([nats_server.url], name="test-gateway")
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_roles(nc, ["gateway"], settings, Catalog.load(home), stop, info={}, http_socket=sock)
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=http_url(sock), timeout=120, headers=headers) as client:
+        try:
+            for _ in range(200):
+                try:
+                    if (await client.get("/v1/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the gateway never answered /v1/health", pytrace=False)
+            yield client, service
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            await nc.drain()
+            await service.client.close()
+            await service.shutdown()
+            await reap_local(home)
+
+
+def error_of(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert body["code"] == code, body
+    return str(body["message"])
+
+
+async def test_exec_and_files_over_http(
+    api: tuple[httpx.AsyncClient, Service], tmp_path: Path
+) -> None:
+    http, service = api
+    sandbox_id = (await service.client.create("profile.local", {}))["sandbox_id"]
+    base = f"/v1/sandboxes/{sandbox_id}"
+    data = binary(200_000, 9)
+
+    answer = await http.post(
+        f"{base}/exec", json={"argv": ["cat"], "stdin": base64.b64encode(data).decode()}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["exit_code"], body["timed_out"]) == (0, False)
+    assert base64.b64decode(body["stdout"]) == data
+    answer = await http.post(
+        f"{base}/exec", json={"argv": ["sh", "-c", "echo x >&2; sleep 60"], "timeout": 1}
+    )
+    body = answer.json()
+    assert (answer.status_code, body["timed_out"], body["exit_code"]) == (200, True, None)
+    assert base64.b64decode(body["stderr"]) == b"x\n"
+    error_of(await http.post(f"{base}/exec", json={"argv": []}), 422, "invalid_request")
+    error_of(
+        await http.post(f"{base}/exec", json={"argv": ["cat"], "stdin": "%%%"}),
+        422,
+        "invalid_request",
+    )
+
+    put = await http.put(f"{base}/files", params={"path": "up/file.bin"}, content=data)
+    assert put.status_code == 200, put.text
+    assert put.json()["kind"] == "file"
+    got = await http.get(f"{base}/files", params={"path": "up/file.bin"})
+    assert got.status_code == 200
+    assert got.headers["x-sandboxer-kind"] == "file"
+    assert got.content == data
+
+    tree = nested_tree(tmp_path / "tree")
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w") as tar:
+        for path in sorted(tree.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(tree)), recursive=False)
+    put = await http.put(
+        f"{base}/files",
+        params={"path": "project"},
+        content=packed.getvalue(),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    assert put.status_code == 200, put.text
+    got = await http.get(f"{base}/files", params={"path": "project"})
+    assert got.status_code == 200
+    assert got.headers["content-type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(got.content)) as tar:
+        tar.extractall(tmp_path / "fetched", filter="data")
+    assert listing(tmp_path / "fetched") == listing(tree)
+
+    await http.post(f"{base}/exec", json={"argv": ["ln", "-s", "/etc", "out"]})
+    for path in ("../../etc/passwd", "/etc/passwd", "out/passwd", "a\0b"):
+        reason = error_of(
+            await http.get(f"{base}/files", params={"path": path}), 400, "path_refused"
+        )
+        assert reason
+        error_of(
+            await http.put(f"{base}/files", params={"path": path}, content=b"x"),
+            400,
+            "path_refused",
+        )
+    too_big = binary(3 * 1024 * 1024)
+    error_of(
+        await http.put(f"{base}/files", params={"path": "big"}, content=too_big), 413, "too_large"
+    )
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for start in range(0, len(too_big), 1 << 20):
+            yield too_big[start : start + (1 << 20)]
+
+    answer = await http.put(f"{base}/files", params={"path": "big"}, content=chunked())
+    assert answer.status_code == 413, answer.text
+    error_of(await http.get("/v1/sandboxes/nosuchsandbox1/files", params={"path": "x"}), 503, "bus")
