@@ -137,6 +137,8 @@ async def test_keys_create_prints_the_key_once_and_only_its_hash_is_kept(
     assert "revoked already" in again.stderr
     after = json.loads((await cli("keys", "list", "--revoked", "--json")).stdout)
     assert {k["key_id"]: k["status"] for k in after}[shown["key_id"]] == "revoked"
+    report = await front.admin.replay(verify=True)  # the keys table rebuilds the same
+    assert report["verified"], report["differences"]
 
     # Only an administrator makes keys.
     agent = SandboxerClient(front.admin.nc, actor={"type": "agt", "id": "x", "project": "alpha"})
