@@ -88,6 +88,7 @@ _CLIENT = Permissions(
     publish_allow=(
         "sandboxer.>",  # commands, queries, exec, tokens, admin requests ...
         f"{_API}.INFO",
+        f"{_API}.STREAM.NAMES",  # nats-py's js.subscribe without a stream looks it up
         # Reading the events stream: its state, single messages, ordered consumers.
         f"{_API}.STREAM.INFO.{_EVENTS}",
         f"{_API}.STREAM.MSG.GET.{_EVENTS}",
