@@ -64,8 +64,7 @@ class HostConfig(BaseModel):
         default=None,
         ge=0,
         le=1_000_000,
-        description="sandboxes this host may hold at once, for routing's capacity (none: no "
-        "limit)",
+        description="sandboxes this host may hold at once, for routing's capacity (none: no limit)",
     )
 
     @field_validator("workspace_root")
