@@ -183,6 +183,23 @@ async def run_roles(
             await projector.close()
 
 
+def gateway_lacks_identity(settings: Settings, *, required: bool) -> bool:
+    """With NATS credentials, the gateway needs the client identity's (docs/security.md):
+    ``worker gateway`` stops, ``up`` goes on without the gateway and says why."""
+    if settings.embedded:
+        return False  # the embedded server's home holds both identities
+    if credentials_for(settings, SERVICE) is None or credentials_for(settings, CLIENT):
+        return False
+    problem = (
+        "the gateway connects as the NATS client identity: put client.json beside "
+        f"service.json in {settings.nats_auth_dir} (docs/security.md#a-shared-nats)"
+    )
+    if required:
+        raise ConfigError(problem)
+    log.warning("gateway is not running: %s", problem)
+    return True
+
+
 async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
     """Run until SIGINT/SIGTERM: the whole service (``up``) or chosen roles (``worker``)."""
     catalog = Catalog.load(settings.home)
@@ -209,6 +226,10 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
     from sandboxer.gateway.serve import bind_gateway, http_url
 
     listener = bind_gateway(settings, chosen, required=roles is not None)
+    if listener is not None and gateway_lacks_identity(settings, required=roles is not None):
+        chosen.remove("gateway")
+        listener.close()
+        listener = None
     async with embedded_nats(settings) as urls:
         nc = await connect(
             urls,

@@ -338,3 +338,23 @@ async def wait_healthy(client: SandboxerClient, process: subprocess.Popen[Any]) 
         else:
             return
     pytest.fail("'sandboxer up' never answered a health query", pytrace=False)
+
+
+def test_a_gateway_without_the_client_identity_is_refused(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only service.json, 'worker gateway' stops with the reason (its commands would be
+    refused by NATS), and 'up' leaves the gateway out."""
+    from sandboxer.config.settings import Settings
+    from sandboxer.service import gateway_lacks_identity
+
+    service_only = tmp_path / "service-only"
+    write_credentials(service_only, "service", "service-pw-for-tests-0001")
+    monkeypatch.setenv("SANDBOXER_NATS_URL", "nats://127.0.0.1:4222")
+    monkeypatch.setenv("SANDBOXER_NATS_AUTH", str(service_only))
+    settings = Settings.from_env()
+    with pytest.raises(ConfigError, match=r"client\.json"):
+        gateway_lacks_identity(settings, required=True)
+    assert gateway_lacks_identity(settings, required=False)
+    write_credentials(service_only, "client", "client-pw-for-tests-0002")
+    assert not gateway_lacks_identity(settings, required=True)
