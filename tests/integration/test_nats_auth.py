@@ -179,6 +179,18 @@ async def test_up_and_the_cli_use_the_generated_credentials(home: Path, tmp_path
         assert [s["sandbox_id"] for s in listed] == [sandbox_id]
         ran = await cli("exec", sandbox_id, "--", "cat", "/workspace/README")
         assert ran.stdout == "hello repo\n"
+        client = await SandboxerClient.connect(
+            [json.loads((home / "service.json").read_text())["nats_url"]],
+            credentials=creds(home / AUTH_DIR_NAME, "client"),
+        )
+        try:  # stdin travels to the inbox the worker names
+            output: list[bytes] = []
+            code = await client.exec(
+                sandbox_id, ["cat"], lambda _kind, data: output.append(data), stdin=b"in\n"
+            )
+        finally:
+            await client.close()
+        assert (code, b"".join(output)) == (0, b"in\n")
         events = (await cli("events", "--sandbox", sandbox_id, "--json")).stdout
         assert '"ready"' in events
         await cli("destroy", sandbox_id)
