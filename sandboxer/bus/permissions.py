@@ -108,9 +108,6 @@ _CLIENT = Permissions(
         f"{_API}.CONSUMER.CREATE.{_WORKSPACES}.>",
         f"{_API}.CONSUMER.DELETE.{_WORKSPACES}.*",
         f"$O.{subjects.WORKSPACES_BUCKET}.>",
-        # An exec's stdin goes to the inbox its worker names (docs/protocol.md#exec). This
-        # also lets a client publish into other inboxes: see docs/security.md#not-done.
-        "_INBOX.>",
     ),
     publish_deny=(subjects.EVENTS, subjects.JOBS),
     subscribe_allow=("_INBOX.>", subjects.EVENTS),

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal
@@ -132,7 +133,9 @@ class StdinInbox:
     def __init__(self, nc: Client, *, idle: float = STDIN_IDLE) -> None:
         self._nc = nc
         self._idle = idle
-        self.subject = nc.new_inbox()
+        # Under ``sandboxer.``, not ``_INBOX.``: clients may publish here, and never into
+        # other connections' inboxes (docs/security.md).
+        self.subject = f"sandboxer.stdin.{secrets.token_hex(16)}"
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=STDIN_QUEUE)
         self._sub: Subscription | None = None
 
