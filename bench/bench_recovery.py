@@ -23,6 +23,8 @@ from pathlib import Path
 
 from _harness import nats, summary, tempdir
 
+from sandboxer.bus.nats_auth import read_credentials
+from sandboxer.bus.permissions import CLIENT
 from sandboxer.client import SandboxerClient
 from sandboxer.errors import ServiceNotRunning
 from sandboxer.extensions.local.backend import LocalExtension
@@ -70,7 +72,11 @@ async def client_for(
             if process.poll() is not None:
                 raise RuntimeError(f"the service exited; see {home / 'service.log'}")
             await asyncio.sleep(0.05)
-        client = await SandboxerClient.connect([url], actor={"type": "atm", "id": "bench"})
+        # The embedded server refuses anonymous clients: use the credentials `up` generated.
+        credentials = read_credentials(home / "nats-auth", CLIENT)
+        client = await SandboxerClient.connect(
+            [url], actor={"type": "atm", "id": "bench"}, credentials=credentials
+        )
         while True:
             with contextlib.suppress(Exception):
                 await client.health()
