@@ -38,7 +38,6 @@ by the same workers, through the same backend exec.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import secrets
 import time
@@ -59,20 +58,19 @@ from sandboxer.events.types import Actor
 from sandboxer.extensions.base import Extension, OutputSink
 from sandboxer.ids import is_valid_sandbox_id, new_command_id
 from sandboxer.workers.backend_for import backend_for
+from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
 
 if TYPE_CHECKING:
     from sandboxer.config.settings import Settings
     from sandboxer.workers.file_service import FileService
 
-__all__ = ["ExecRequest", "ExecService", "StdinInbox", "reachable", "takes_stdin"]
+__all__ = ["ExecRequest", "ExecService", "StdinInbox"]
 
 log = logging.getLogger(__name__)
 
 HEADER = "Sandboxer-Exec"
 MAX_ARGV_BYTES = 128 * 1024
 EXEC_ACTOR = Actor(type="atm", id="sandboxer-exec")
-RUNNING = frozenset({"ready", "active"})
-FROZEN = frozenset({"pausing", "paused", "resuming"})
 MAX_REMEMBERED_TOUCHES = 10_000
 STDIN_HEADER = "Sandboxer-Exec-Stdin"
 STDIN_IDLE = 120.0
@@ -96,35 +94,6 @@ def check_timeout(timeout: float | None) -> None:
     """A timeout is a positive number of seconds, at most a week (and not NaN)."""
     if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
         raise SandboxerError(f"timeout must be seconds above 0 and at most {MAX_TIMEOUT:.0f}")
-
-
-def takes_stdin(backend: Extension) -> bool:
-    """Whether the backend's exec has the ``stdin`` parameter (older backends lack it)."""
-    try:
-        return "stdin" in inspect.signature(backend.exec).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-async def reachable(
-    store: EventStore, extension: Extension, sandbox_id: str
-) -> SandboxState | None:
-    """The sandbox's state when this worker (of ``extension``) should answer for it."""
-    state = (await store.load(sandbox_id)).state
-    if state.extension != extension.id or state.status not in RUNNING | FROZEN:
-        return None
-    if extension.host_local:
-        found = await extension.list_sandboxes()
-        if not any(s.sandbox_id == sandbox_id and s.alive for s in found):
-            return None
-    return state
-
-
-def frozen_reason(state: SandboxState) -> str:
-    return (
-        f"sandbox {state.sandbox_id} is {state.status}: its processes are frozen and run "
-        f"nothing; resume it first (sandboxer resume {state.sandbox_id})"
-    )
 
 
 class StdinInbox:

@@ -59,7 +59,7 @@ from sandboxer.errors import (
 from sandboxer.extensions.base import Extension
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.workers.backend_for import backend_for
-from sandboxer.workers.exec_service import FROZEN, frozen_reason, reachable, takes_stdin
+from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive
