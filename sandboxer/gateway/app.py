@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sandboxer import __version__, subjects
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_access import event_owner, may_see, owner_of, scope_of
+from sandboxer.errors import BusError
 from sandboxer.gateway import files
 from sandboxer.gateway.auth import (
     admit_create,
@@ -331,13 +332,26 @@ async def recreate_sandbox(
     return await _sandbox_or_accepted(client, sandbox_id, command_id, finished)
 
 
-@router.post("/sandboxes/{sandbox_id}/extend-ttl", tags=["sandboxes"])
+@router.post(
+    "/sandboxes/{sandbox_id}/extend-ttl", response_model=dict[str, Any], tags=["sandboxes"]
+)
 async def extend_ttl(
     sandbox_id: SandboxId, body: ExtendTtl, client: BusClient, command_id: CommandId
-) -> dict[str, Any]:
+) -> Any:
     """Push the expiry later; answers with the ``ttl_extended`` event (``expires_at``)."""
     await require_sandbox(client, sandbox_id)
-    return await client.extend_ttl(sandbox_id, body.duration, command_id=command_id)
+    # An Idempotency-Key of a command rejected before: the bus drops the copy, and its
+    # rejection is not among the sandbox's events, so answer it rather than wait in vain.
+    rejected = await _rejection(client, command_id)
+    if rejected is not None:
+        return rejected
+    try:
+        return await client.extend_ttl(sandbox_id, body.duration, command_id=command_id)
+    except BusError:
+        rejected = await _rejection(client, command_id)  # rejected while we watched
+        if rejected is not None:
+            return rejected
+        raise
 
 
 async def _pause_or_resume(
@@ -713,20 +727,32 @@ def create_app(gw: Gateway) -> FastAPI:
     return app
 
 
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": "One Server-Sent Event (before OpenAPI 3.2, an event stream's schema "
+    "describes each event): `id` is the stream sequence, `event` the event type and `data` "
+    "the event as JSON",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["data"],
+}
+
+
 def _as_openapi_31(document: dict[str, Any]) -> dict[str, Any]:
     """FastAPI describes an event stream's items with OpenAPI 3.2's ``itemSchema`` in a
-    document that says 3.1, which 3.1 validators refuse: say it in 3.1's words instead."""
+    document that says 3.1, which 3.1 validators refuse: say it in 3.1's words instead
+    (there a stream's ``schema`` is each event's, as schema-driven tools read it)."""
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
             for answer in operation.get("responses", {}).values():
                 stream = answer.get("content", {}).get("text/event-stream")
                 if isinstance(stream, dict) and "itemSchema" in stream:
                     del stream["itemSchema"]
-                    stream["schema"] = {
-                        "type": "string",
-                        "description": "Server-Sent Events: each has `id` (the stream "
-                        "sequence), `event` (the event type) and `data` (the event as JSON)",
-                    }
+                    stream["schema"] = SSE_EVENT
     return document
 
 

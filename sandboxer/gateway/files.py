@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
@@ -45,7 +45,7 @@ from sandboxer.errors import (
     Unsupported,
     WorkspaceRefused,
 )
-from sandboxer.gateway.auth import require_sandbox
+from sandboxer.gateway.auth import visible_sandbox
 from sandboxer.gateway.context import BusClient, request_actor
 from sandboxer.gateway.errors import error_response
 from sandboxer.gateway.models import SANDBOX_ID, ErrorBody
@@ -60,6 +60,8 @@ MAX_OUTPUT_BYTES = 16 * 1024 * 1024
 """Of each of stdout and stderr, what an exec's answer keeps."""
 EXEC_WAIT_SLACK = 30.0
 TAR = "application/x-tar"
+GONE = frozenset({"destroyed"})
+"""Statuses in which no worker holds the sandbox: exec and files answer 409 at once."""
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
@@ -97,7 +99,22 @@ async def _visible(
     ],
     client: BusClient,
 ) -> str:
-    await require_sandbox(client, sandbox_id)
+    """The sandbox must be one the view knows (404 otherwise, an administrator's request
+    too: no worker would answer for it, and the request would wait for one in vain) and
+    not torn down (409)."""
+    sandbox = await visible_sandbox(client, sandbox_id)
+    if sandbox is None:
+        raise HTTPException(404, {"code": "unknown_sandbox", "message": f"no sandbox {sandbox_id}"})
+    status = sandbox.get("status")
+    if status in GONE:
+        raise HTTPException(
+            409,
+            {
+                "code": "not_ready",
+                "message": f"sandbox {sandbox_id} is {status}: nothing runs in it any more "
+                "(recreate it, or restore a snapshot of it)",
+            },
+        )
     return sandbox_id
 
 
