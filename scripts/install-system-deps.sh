@@ -37,6 +37,8 @@ TEST_ONLY=(
   "podman:podman"
   "runc:runc"
   "catatonit:catatonit"   # podman's init for `init: true` services (only recommended by podman)
+  "curl:curl"             # tests/integration/test_http_api_docs.py runs docs/http-api.md's curl examples
+  "jq:jq"                 # ... which pick ids out of answers with jq
 )
 
 case "$profile" in
