@@ -26,8 +26,10 @@ from sandboxer.bus.nats_auth import NatsCredentials
 from sandboxer.bus.publish import publish_durably
 from sandboxer.bus.streams import replicas_for
 from sandboxer.command_outcomes import CommandFailed, EventCallback, OutcomeWatcher, notify
+from sandboxer.config.settings import Settings
 from sandboxer.errors import BusError, InvalidInput, RequestError, ServiceNotRunning
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
+from sandboxer.service_discovery import client_credentials, find_service_urls
 from sandboxer.transfer import Copied, StdinSource, copy_in, copy_out, feed_stdin, get_object
 from sandboxer.transfer import put_archive as _put_archive
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
@@ -53,6 +55,17 @@ DEFAULT_ACTOR = {"type": "adm", "id": os.environ.get("USER") or "cli"}
 
 
 class SandboxerClient:
+    """The public Python client of sandboxer (docs/python-client.md): async, over the bus.
+
+    Get one with :meth:`from_env` (found as the CLI finds the service) or :meth:`connect`
+    (given NATS URLs), and :meth:`close` it when done. Every command method publishes a
+    command as ``actor`` and, when it waits, returns the event that ended it (a ``dict``
+    as docs/protocol.md#events shows it); queries return the view's rows as ``dict``.
+    Every error is a :class:`sandboxer.errors.SandboxerError`: a refused or failed command
+    raises :class:`CommandFailed` (its ``event`` says why), a bad id :class:`InvalidInput`,
+    an unreachable service :class:`ServiceNotRunning` or another :class:`BusError`.
+    """
+
     def __init__(self, nc: Nats, *, actor: Mapping[str, Any] | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -77,7 +90,22 @@ class SandboxerClient:
         nc = await connect(urls, name="sandboxer-client", long_lived=False, credentials=credentials)
         return cls(nc, **kwargs)
 
+    @classmethod
+    async def from_env(
+        cls, *, actor: Mapping[str, Any] | None = None, settings: Settings | None = None
+    ) -> SandboxerClient:
+        """Connect as the CLI does: ``SANDBOXER_NATS_URL``, else the service that
+        ``sandboxer up`` runs for ``SANDBOXER_HOME`` (its ``service.json``), with the client
+        identity's NATS credentials when the server wants them (raises
+        :class:`ServiceNotRunning` when there is none). ``actor`` is who the commands are
+        from (``{"type": "agt", "id": ..., "project": ...}``; an ``adm`` named after
+        ``$USER`` by default)."""
+        settings = settings or Settings.from_env()
+        urls = find_service_urls(settings)
+        return await cls.connect(urls, credentials=client_credentials(settings), actor=actor)
+
     async def close(self) -> None:
+        """Finish what is in flight and disconnect."""
         await self.nc.drain()
 
     # -- queries -------------------------------------------------------------------------------
@@ -100,6 +128,9 @@ class SandboxerClient:
         return reply
 
     async def get(self, sandbox_id: str, min_seq: int | None = None) -> dict[str, Any] | None:
+        """The sandbox's row in the view (``status``, ``profile``, ``extension``,
+        ``expires_at``, ...: docs/protocol.md#queries), or None when there is no such
+        sandbox. It includes every command this client saw finish (read your writes)."""
         _check_id(sandbox_id)
         request: dict[str, Any] = {
             "sandbox_id": sandbox_id,
@@ -116,7 +147,8 @@ class SandboxerClient:
         due_before: str | None = None,
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
-        """Sandboxes of the view; ``due_before`` (a UTC time like events carry) keeps those
+        """Sandboxes of the view, oldest first (``status`` filters; destroyed ones only with
+        ``include_destroyed``); ``due_before`` (a UTC time like events carry) keeps those
         whose TTL or idle deadline is at or before it, earliest first."""
         request: dict[str, Any] = {
             "include_destroyed": include_destroyed,
@@ -140,6 +172,8 @@ class SandboxerClient:
         return reply
 
     async def health(self) -> dict[str, Any]:
+        """The service's answer (``position``: its view's place in the log); raises
+        :class:`ServiceNotRunning` when nothing answers within 2 s."""
         reply: dict[str, Any] = await self.query(subjects.QUERY_HEALTH, {}, timeout=2.0)
         return reply
 
@@ -287,7 +321,13 @@ class SandboxerClient:
         on_event: EventCallback | None = None,
         timeout: float = 300.0,
     ) -> dict[str, Any]:
-        """Create a sandbox; with ``wait``, return its ``ready`` event (raise on failure).
+        """Create a sandbox; with ``wait``, return its ``ready`` event (raise
+        :class:`CommandFailed` when it is rejected or fails); without, return
+        ``{"command_id", "sandbox_id"}`` once the command is published.
+
+        The same ``command_id`` twice is one command (and one sandbox, its id derived
+        from the command id unless ``sandbox_id`` names it). ``on_event`` is called with
+        each of the sandbox's events until the outcome.
 
         ``host`` overrides the profile's placement (for backends that place on hosts);
         ``ttl`` (``90s``, ``2h``) the profile's ``ttl.default``, within its ``ttl.max``.
@@ -319,6 +359,8 @@ class SandboxerClient:
         on_event: EventCallback | None = None,
         timeout: float = 120.0,
     ) -> dict[str, Any]:
+        """Tear the sandbox down (its history stays); with ``wait``, return its
+        ``destroyed`` event, else ``{"command_id", "sandbox_id"}`` once published."""
         _check_id(sandbox_id)
         command = {
             "command_id": command_id or new_command_id(),
@@ -338,6 +380,8 @@ class SandboxerClient:
         on_event: EventCallback | None = None,
         timeout: float = 300.0,
     ) -> dict[str, Any]:
+        """Tear the sandbox down and provision it again with the same id (``generation``
+        + 1); with ``wait``, return its new ``ready`` event."""
         _check_id(sandbox_id)
         command = {
             "command_id": command_id or new_command_id(),
@@ -477,6 +521,7 @@ class SandboxerClient:
         )
 
     async def snapshot_get(self, snapshot_id: str) -> dict[str, Any] | None:
+        """The snapshot's row (``status``: ``created``, ``failed``, ``deleted``, ...), or None."""
         _check_id(snapshot_id)
         request = {"snapshot_id": snapshot_id, "min_seq": self.seen_seq}
         snapshot: dict[str, Any] | None = (await self.query(subjects.QUERY_SNAPSHOT_GET, request))[
@@ -487,6 +532,7 @@ class SandboxerClient:
     async def snapshots(
         self, *, sandbox_id: str | None = None, include_deleted: bool = False, limit: int = 1000
     ) -> list[dict[str, Any]]:
+        """Snapshots in the order they were requested (of one sandbox with ``sandbox_id``)."""
         request: dict[str, Any] = {
             "include_deleted": include_deleted,
             "limit": limit,
@@ -702,6 +748,10 @@ class SandboxerClient:
     async def events(
         self, *, sandbox_id: str | None = None, follow: bool = False, start_seq: int = 1
     ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """The log's events (one sandbox's with ``sandbox_id``) as ``(sequence, event)``
+        from ``start_seq`` on. Without ``follow`` it ends at the end of the log; with it,
+        it waits for new events for ever (break out of the loop). A later call with
+        ``start_seq`` = the last sequence + 1 goes on where this one stopped."""
         filter_subject = (
             subjects.sandbox_events_filter(sandbox_id) if sandbox_id else subjects.EVENTS
         )
