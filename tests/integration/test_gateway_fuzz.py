@@ -23,29 +23,27 @@ from typing import Any
 
 import httpx
 import pytest
-
-schemathesis = pytest.importorskip("schemathesis", reason="pip install -e '.[dev]'")
-
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis  # a dev dependency: pip install -e '.[dev]'
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from sandboxer.bus.connect import connect  # noqa: E402
-from sandboxer.bus.nats_server import NatsServerProcess  # noqa: E402
-from sandboxer.cli.key_commands import create_key  # noqa: E402
-from sandboxer.client import SandboxerClient  # noqa: E402
-from sandboxer.config.catalog import Catalog  # noqa: E402
-from sandboxer.gateway import openapi  # noqa: E402
-from sandboxer.gateway.serve import http_url, listen  # noqa: E402
-from sandboxer.service import run_roles  # noqa: E402
-from tests.integration.conftest import reap_local, start_service  # noqa: E402
+from sandboxer.bus.connect import connect
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.cli.key_commands import create_key
+from sandboxer.client import SandboxerClient
+from sandboxer.config.catalog import Catalog
+from sandboxer.gateway import openapi
+from sandboxer.gateway.serve import http_url, listen
+from sandboxer.service import run_roles
+from tests.integration.conftest import reap_local, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
