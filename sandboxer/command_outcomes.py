@@ -164,8 +164,10 @@ class OutcomeWatcher:
     async def _catch_up(
         self, scope: str, command_id: str, outcome: asyncio.Queue[dict[str, Any]]
     ) -> None:
-        """Queue the logged events of ``command_id`` in ``scope``: a re-sent command may be done."""
-        async for _seq, data in read_subject(self.nc, scope):
-            event = msgspec.json.decode(data)
-            if event.get("command_id") == command_id:
-                await outcome.put(event)
+        """Queue the logged events of ``command_id`` in ``scope``, and its rejection: a re-sent
+        command may be done, or may have been refused before (the bus drops the copy)."""
+        for subject in (scope, subjects.rejection_subject(command_id)):
+            async for _seq, data in read_subject(self.nc, subject):
+                event = msgspec.json.decode(data)
+                if event.get("command_id") == command_id:
+                    await outcome.put(event)
