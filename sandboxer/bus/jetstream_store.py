@@ -12,7 +12,8 @@ last message and accepting it when it carries our id.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -73,6 +74,10 @@ def _subject(event: Event) -> str:
     return subjects.sandbox_event_subject(event.sandbox_id, event_type(event))
 
 
+S = TypeVar("S")
+"""The state of one aggregate (sandbox, snapshot, account, key)."""
+
+
 class JetStreamEventStore:
     """:class:`~sandboxer.bus.event_store.EventStore` on the events stream."""
 
@@ -102,70 +107,72 @@ class JetStreamEventStore:
         return Loaded(state, last_seq)
 
     async def append(self, loaded: Loaded, events: Sequence[SandboxEvent]) -> Loaded:
-        state, last_seq = loaded.state, loaded.last_seq
+        return Loaded(*await self._append_all(loaded.state, loaded.last_seq, events, evolve))
+
+    async def _fold(
+        self, filter_subject: str, state: S, kinds: tuple[type, ...], step: Callable[[S, Any], S]
+    ) -> tuple[S, int]:
+        """Fold the events of ``kinds`` on one aggregate's subjects (they hold nothing else)."""
+        last_seq = 0
+        async for seq, event in self._events(filter_subject):
+            last_seq = seq
+            if isinstance(event, kinds):
+                state = step(state, event)
+        return state, last_seq
+
+    async def _append_all(
+        self, state: S, last_seq: int, events: Sequence[Any], step: Callable[[S, Any], S]
+    ) -> tuple[S, int]:
+        """Append under the aggregate's expected sequence, folding as it goes."""
         for event in events:
-            stamped = stamp(event, version=state.version)
+            stamped = stamp(event, version=state.version)  # type: ignore[attr-defined]
             last_seq = await self._append_one(stamped, last_seq)
-            state = evolve(state, stamped)
-        return Loaded(state, last_seq)
+            state = step(state, stamped)
+        return state, last_seq
 
     async def load_snapshot(self, snapshot_id: str) -> LoadedSnapshot:
-        """Fold every event of one snapshot (its subjects hold nothing else)."""
-        state = SnapshotState(snapshot_id=snapshot_id)
-        last_seq = 0
-        async for seq, event in self._events(subjects.snapshot_events_filter(snapshot_id)):
-            last_seq = seq
-            if isinstance(event, SNAPSHOT_EVENTS):
-                state = evolve_snapshot(state, event)
-        return LoadedSnapshot(state, last_seq)
+        return LoadedSnapshot(
+            *await self._fold(
+                subjects.snapshot_events_filter(snapshot_id),
+                SnapshotState(snapshot_id=snapshot_id),
+                SNAPSHOT_EVENTS,
+                evolve_snapshot,
+            )
+        )
 
     async def append_snapshot(
         self, loaded: LoadedSnapshot, events: Sequence[SnapshotEvent]
     ) -> LoadedSnapshot:
-        state, last_seq = loaded.state, loaded.last_seq
-        for event in events:
-            stamped = stamp(event, version=state.version)
-            last_seq = await self._append_one(stamped, last_seq)
-            state = evolve_snapshot(state, stamped)
-        return LoadedSnapshot(state, last_seq)
+        return LoadedSnapshot(
+            *await self._append_all(loaded.state, loaded.last_seq, events, evolve_snapshot)
+        )
 
     async def load_account(self, project: str) -> LoadedAccount:
-        """Fold every event of one project's account (its subjects hold nothing else)."""
-        state = AccountState(project=project)
-        last_seq = 0
-        async for seq, event in self._events(subjects.account_events_filter(project)):
-            last_seq = seq
-            if isinstance(event, ACCOUNT_EVENTS):
-                state = evolve_account(state, event)
-        return LoadedAccount(state, last_seq)
+        return LoadedAccount(
+            *await self._fold(
+                subjects.account_events_filter(project),
+                AccountState(project=project),
+                ACCOUNT_EVENTS,
+                evolve_account,
+            )
+        )
 
     async def append_account(
         self, loaded: LoadedAccount, events: Sequence[AccountEvent]
     ) -> LoadedAccount:
-        state, last_seq = loaded.state, loaded.last_seq
-        for event in events:
-            stamped = stamp(event, version=state.version)
-            last_seq = await self._append_one(stamped, last_seq)
-            state = evolve_account(state, stamped)
-        return LoadedAccount(state, last_seq)
+        return LoadedAccount(
+            *await self._append_all(loaded.state, loaded.last_seq, events, evolve_account)
+        )
 
     async def load_key(self, key_id: str) -> LoadedKey:
-        """Fold every event of one API key (its subjects hold nothing else)."""
-        state = KeyState(key_id=key_id)
-        last_seq = 0
-        async for seq, event in self._events(subjects.key_events_filter(key_id)):
-            last_seq = seq
-            if isinstance(event, KEY_EVENTS):
-                state = evolve_key(state, event)
-        return LoadedKey(state, last_seq)
+        return LoadedKey(
+            *await self._fold(
+                subjects.key_events_filter(key_id), KeyState(key_id=key_id), KEY_EVENTS, evolve_key
+            )
+        )
 
     async def append_key(self, loaded: LoadedKey, events: Sequence[KeyEvent]) -> LoadedKey:
-        state, last_seq = loaded.state, loaded.last_seq
-        for event in events:
-            stamped = stamp(event, version=state.version)
-            last_seq = await self._append_one(stamped, last_seq)
-            state = evolve_key(state, stamped)
-        return LoadedKey(state, last_seq)
+        return LoadedKey(*await self._append_all(loaded.state, loaded.last_seq, events, evolve_key))
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
         """Read every snapshot event (a scan: deletes are rare, snapshots few per object)."""

@@ -8,7 +8,8 @@ it was loaded. No test that claims JetStream works uses it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from sandboxer.bus.event_store import (
     Loaded,
@@ -38,128 +39,139 @@ from sandboxer.events.types import (
 __all__ = ["MemoryEventStore"]
 
 
+S = TypeVar("S")
+"""The state of one aggregate (sandbox, snapshot, account, key)."""
+
+
 class MemoryEventStore:
     def __init__(self) -> None:
         self.log: list[Event] = []
         """Every event appended or recorded, in order; sequence ``n`` is ``log[n - 1]``."""
 
-    def _sandbox_seqs(self, sandbox_id: str) -> list[int]:
-        return [
-            seq
-            for seq, event in enumerate(self.log, start=1)
-            if getattr(event, "sandbox_id", None) == sandbox_id and isinstance(event, SandboxEvent)
-        ]
+    def _seqs(self, belongs: Callable[[Event], bool]) -> list[int]:
+        return [seq for seq, event in enumerate(self.log, start=1) if belongs(event)]
 
-    async def load(self, sandbox_id: str) -> Loaded:
-        state = SandboxState(sandbox_id=sandbox_id)
-        seqs = self._sandbox_seqs(sandbox_id)
+    def _fold(
+        self, belongs: Callable[[Event], bool], state: S, step: Callable[[S, Any], S]
+    ) -> tuple[S, int]:
+        seqs = self._seqs(belongs)
         for seq in seqs:
-            event = self.log[seq - 1]
-            assert isinstance(event, SandboxEvent)
-            state = evolve(state, event)
-        return Loaded(state, seqs[-1] if seqs else 0)
+            state = step(state, self.log[seq - 1])
+        return state, seqs[-1] if seqs else 0
 
-    async def append(self, loaded: Loaded, events: Sequence[SandboxEvent]) -> Loaded:
-        state, last_seq = loaded.state, loaded.last_seq
-        seqs = self._sandbox_seqs(state.sandbox_id)
+    def _append_all(
+        self,
+        belongs: Callable[[Event], bool],
+        state: S,
+        last_seq: int,
+        events: Sequence[Any],
+        step: Callable[[S, Any], S],
+        what: str,
+    ) -> tuple[S, int]:
+        """Append unless the aggregate moved on since ``last_seq`` (ConcurrencyConflict)."""
+        seqs = self._seqs(belongs)
         if (seqs[-1] if seqs else 0) != last_seq:
-            raise ConcurrencyConflict(
-                f"sandbox {state.sandbox_id} changed while deciding", sandbox_id=state.sandbox_id
-            )
+            raise ConcurrencyConflict(f"{what} changed while deciding")
         for event in events:
-            stamped = stamp(event, version=state.version)
+            stamped = stamp(event, version=state.version)  # type: ignore[attr-defined]
             self.log.append(stamped)
             last_seq = len(self.log)
-            state = evolve(state, stamped)
-        return Loaded(state, last_seq)
+            state = step(state, stamped)
+        return state, last_seq
 
-    def _snapshot_seqs(self, snapshot_id: str) -> list[int]:
-        return [
-            seq
-            for seq, event in enumerate(self.log, start=1)
-            if isinstance(event, SNAPSHOT_EVENTS) and event.snapshot_id == snapshot_id
-        ]
+    @staticmethod
+    def _of_sandbox(sandbox_id: str) -> Callable[[Event], bool]:
+        return lambda e: isinstance(e, SandboxEvent) and e.sandbox_id == sandbox_id
+
+    @staticmethod
+    def _of_snapshot(snapshot_id: str) -> Callable[[Event], bool]:
+        return lambda e: isinstance(e, SNAPSHOT_EVENTS) and e.snapshot_id == snapshot_id
+
+    @staticmethod
+    def _of_account(project: str) -> Callable[[Event], bool]:
+        return lambda e: isinstance(e, ACCOUNT_EVENTS) and e.project == project
+
+    @staticmethod
+    def _of_key(key_id: str) -> Callable[[Event], bool]:
+        return lambda e: isinstance(e, KEY_EVENTS) and e.key_id == key_id
+
+    async def load(self, sandbox_id: str) -> Loaded:
+        return Loaded(
+            *self._fold(self._of_sandbox(sandbox_id), SandboxState(sandbox_id=sandbox_id), evolve)
+        )
+
+    async def append(self, loaded: Loaded, events: Sequence[SandboxEvent]) -> Loaded:
+        sandbox_id = loaded.state.sandbox_id
+        try:
+            return Loaded(
+                *self._append_all(
+                    self._of_sandbox(sandbox_id),
+                    loaded.state,
+                    loaded.last_seq,
+                    events,
+                    evolve,
+                    f"sandbox {sandbox_id}",
+                )
+            )
+        except ConcurrencyConflict as conflict:
+            raise ConcurrencyConflict(conflict.message, sandbox_id=sandbox_id) from None
 
     async def load_snapshot(self, snapshot_id: str) -> LoadedSnapshot:
-        state = SnapshotState(snapshot_id=snapshot_id)
-        seqs = self._snapshot_seqs(snapshot_id)
-        for seq in seqs:
-            event = self.log[seq - 1]
-            assert isinstance(event, SNAPSHOT_EVENTS)
-            state = evolve_snapshot(state, event)
-        return LoadedSnapshot(state, seqs[-1] if seqs else 0)
+        belongs = self._of_snapshot(snapshot_id)
+        return LoadedSnapshot(
+            *self._fold(belongs, SnapshotState(snapshot_id=snapshot_id), evolve_snapshot)
+        )
 
     async def append_snapshot(
         self, loaded: LoadedSnapshot, events: Sequence[SnapshotEvent]
     ) -> LoadedSnapshot:
-        state, last_seq = loaded.state, loaded.last_seq
-        seqs = self._snapshot_seqs(state.snapshot_id)
-        if (seqs[-1] if seqs else 0) != last_seq:
-            raise ConcurrencyConflict(f"snapshot {state.snapshot_id} changed while deciding")
-        for event in events:
-            stamped = stamp(event, version=state.version)
-            self.log.append(stamped)
-            last_seq = len(self.log)
-            state = evolve_snapshot(state, stamped)
-        return LoadedSnapshot(state, last_seq)
-
-    def _account_seqs(self, project: str) -> list[int]:
-        return [
-            seq
-            for seq, event in enumerate(self.log, start=1)
-            if isinstance(event, ACCOUNT_EVENTS) and event.project == project
-        ]
+        snapshot_id = loaded.state.snapshot_id
+        return LoadedSnapshot(
+            *self._append_all(
+                self._of_snapshot(snapshot_id),
+                loaded.state,
+                loaded.last_seq,
+                events,
+                evolve_snapshot,
+                f"snapshot {snapshot_id}",
+            )
+        )
 
     async def load_account(self, project: str) -> LoadedAccount:
-        state = AccountState(project=project)
-        seqs = self._account_seqs(project)
-        for seq in seqs:
-            event = self.log[seq - 1]
-            assert isinstance(event, ACCOUNT_EVENTS)
-            state = evolve_account(state, event)
-        return LoadedAccount(state, seqs[-1] if seqs else 0)
+        return LoadedAccount(
+            *self._fold(self._of_account(project), AccountState(project=project), evolve_account)
+        )
 
     async def append_account(
         self, loaded: LoadedAccount, events: Sequence[AccountEvent]
     ) -> LoadedAccount:
-        state, last_seq = loaded.state, loaded.last_seq
-        seqs = self._account_seqs(state.project)
-        if (seqs[-1] if seqs else 0) != last_seq:
-            raise ConcurrencyConflict(f"account {state.project} changed while deciding")
-        for event in events:
-            stamped = stamp(event, version=state.version)
-            self.log.append(stamped)
-            last_seq = len(self.log)
-            state = evolve_account(state, stamped)
-        return LoadedAccount(state, last_seq)
-
-    def _key_seqs(self, key_id: str) -> list[int]:
-        return [
-            seq
-            for seq, event in enumerate(self.log, start=1)
-            if isinstance(event, KEY_EVENTS) and event.key_id == key_id
-        ]
+        project = loaded.state.project
+        return LoadedAccount(
+            *self._append_all(
+                self._of_account(project),
+                loaded.state,
+                loaded.last_seq,
+                events,
+                evolve_account,
+                f"account {project}",
+            )
+        )
 
     async def load_key(self, key_id: str) -> LoadedKey:
-        state = KeyState(key_id=key_id)
-        seqs = self._key_seqs(key_id)
-        for seq in seqs:
-            event = self.log[seq - 1]
-            assert isinstance(event, KEY_EVENTS)
-            state = evolve_key(state, event)
-        return LoadedKey(state, seqs[-1] if seqs else 0)
+        return LoadedKey(*self._fold(self._of_key(key_id), KeyState(key_id=key_id), evolve_key))
 
     async def append_key(self, loaded: LoadedKey, events: Sequence[KeyEvent]) -> LoadedKey:
-        state, last_seq = loaded.state, loaded.last_seq
-        seqs = self._key_seqs(state.key_id)
-        if (seqs[-1] if seqs else 0) != last_seq:
-            raise ConcurrencyConflict(f"key {state.key_id} changed while deciding")
-        for event in events:
-            stamped = stamp(event, version=state.version)
-            self.log.append(stamped)
-            last_seq = len(self.log)
-            state = evolve_key(state, stamped)
-        return LoadedKey(state, last_seq)
+        key_id = loaded.state.key_id
+        return LoadedKey(
+            *self._append_all(
+                self._of_key(key_id),
+                loaded.state,
+                loaded.last_seq,
+                events,
+                evolve_key,
+                f"key {key_id}",
+            )
+        )
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
         ids = {event.snapshot_id for event in self.log if isinstance(event, SNAPSHOT_EVENTS)}
