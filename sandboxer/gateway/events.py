@@ -13,13 +13,18 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi.sse import ServerSentEvent
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from sandboxer.client import SandboxerClient
+from sandboxer.gateway.auth import event_visibility, require_sandbox
+from sandboxer.gateway.common import ERRORS, SSE_ERRORS, SandboxId
+from sandboxer.gateway.context import BusClient, request_actor
+from sandboxer.gateway.models import PROJECT, SANDBOX_ID
 
-__all__ = ["EventFilter", "event_stream", "start_after"]
+__all__ = ["EventFilter", "event_stream", "router", "start_after"]
 
 MAX_SEQUENCE = 2**63 - 1
 
@@ -66,3 +71,84 @@ async def event_stream(
                 event=str(event.get("type") or "event"),
                 raw_data=json.dumps(event, separators=(",", ":"), ensure_ascii=False),
             )
+
+
+# -- the routes --------------------------------------------------------------------------------
+
+router = APIRouter(prefix="/v1", responses=ERRORS, dependencies=[Depends(request_actor)])
+"""Each route needs an API key (docs/http-api.md#keys)."""
+
+
+async def _visible_sandbox_id(sandbox_id: SandboxId, client: BusClient) -> str:
+    """The path's sandbox, checked before a response starts (an event stream cannot answer
+    404 once it has begun)."""
+    await require_sandbox(client, sandbox_id)
+    return sandbox_id
+
+
+VisibleSandboxId = Annotated[str, Depends(_visible_sandbox_id)]
+
+
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        pattern=r"^\d{1,19}$",
+        description="the last id received: the stream goes on after it",
+    ),
+]
+After = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_SEQUENCE, description="as Last-Event-ID: start after this sequence"),
+]
+Types = Annotated[
+    list[str] | None,
+    Query(alias="type", max_length=50, description="only these event types (repeat or comma list)"),
+]
+Follow = Annotated[bool, Query(description="false: send what the log holds, then end")]
+
+
+def _types(raw: list[str] | None) -> set[str]:
+    names = {part.strip() for item in raw or () for part in item.split(",") if part.strip()}
+    return {name[:64] for name in names}
+
+
+@router.get("/events", response_class=EventSourceResponse, responses=SSE_ERRORS, tags=["events"])
+async def events(
+    client: BusClient,
+    last_event_id: LastEventId = None,
+    after: After = None,
+    sandbox_id: Annotated[str | None, Query(alias="sandbox", pattern=SANDBOX_ID)] = None,
+    project: Annotated[str | None, Query(pattern=PROJECT)] = None,
+    types: Types = None,
+    follow: Follow = True,
+) -> AsyncIterator[ServerSentEvent]:
+    """Every event of the log as Server-Sent Events (``id:`` is the stream sequence),
+    filtered by sandbox, project and type; resumes after ``Last-Event-ID`` or ``?after=``."""
+    chosen = EventFilter(sandbox_id=sandbox_id, project=project, types=_types(types))
+    start = start_after(last_event_id, after)
+    visible = event_visibility(client)
+    async for item in event_stream(client, chosen, start_seq=start, follow=follow, visible=visible):
+        yield item
+
+
+@router.get(
+    "/sandboxes/{sandbox_id}/events",
+    response_class=EventSourceResponse,
+    responses=SSE_ERRORS,
+    tags=["events"],
+)
+async def sandbox_events(
+    sandbox_id: VisibleSandboxId,
+    client: BusClient,
+    last_event_id: LastEventId = None,
+    after: After = None,
+    types: Types = None,
+    follow: Follow = True,
+) -> AsyncIterator[ServerSentEvent]:
+    """One sandbox's events as Server-Sent Events; resumes as /v1/events does."""
+    chosen = EventFilter(sandbox_id=sandbox_id, types=_types(types))
+    start = start_after(last_event_id, after)
+    visible = event_visibility(client)
+    async for item in event_stream(client, chosen, start_seq=start, follow=follow, visible=visible):
+        yield item

@@ -1,0 +1,182 @@
+"""Snapshots: take one of a sandbox, list, get, delete, and restore into a new sandbox
+(docs/http-api.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
+
+from sandboxer.gateway.auth import (
+    admit_create,
+    require_sandbox,
+    require_snapshot,
+    visible_snapshots,
+)
+from sandboxer.gateway.common import (
+    ERRORS,
+    CommandQuery,
+    SandboxId,
+    SnapshotId,
+    about,
+    accepted,
+    not_found,
+    rejection,
+    within,
+)
+from sandboxer.gateway.context import BusClient, CommandId, RequestKey, Wait, request_actor
+from sandboxer.gateway.models import (
+    SANDBOX_ID,
+    Accepted,
+    Pending,
+    RestoreSnapshot,
+    Sandbox,
+    Snapshot,
+    SnapshotList,
+    TakeSnapshot,
+)
+from sandboxer.ids import derive_sandbox_id, derive_snapshot_id
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", responses=ERRORS, dependencies=[Depends(request_actor)])
+"""Each route needs an API key (docs/http-api.md#keys)."""
+
+
+@router.post(
+    "/sandboxes/{sandbox_id}/snapshot",
+    status_code=202,
+    response_model=Accepted,
+    responses={201: {"model": Snapshot, "description": "created (with ?wait=)"}},
+    tags=["snapshots"],
+)
+async def take_snapshot(
+    sandbox_id: SandboxId,
+    client: BusClient,
+    command_id: CommandId,
+    wait: Wait,
+    body: TakeSnapshot | None = None,
+) -> Response:
+    """Store a copy of the sandbox's workspace; its snapshot id is derived from the command id."""
+    await require_sandbox(client, sandbox_id)
+    name = body.name if body is not None else None
+    fields = {"sandbox_id": sandbox_id, **({} if name is None else {"name": name})}
+    await client.publish_command("snapshot", about(client, command_id, **fields))
+    snapshot_id = derive_snapshot_id(command_id)
+    snapshot = await within(
+        wait,
+        lambda: client.snapshot(sandbox_id, name=name, command_id=command_id, timeout=wait + 60),
+    )
+    if snapshot:
+        return JSONResponse(snapshot, 201, {"Location": f"/v1/snapshots/{snapshot_id}"})
+    return accepted(command_id, snapshot_id=snapshot_id)
+
+
+@router.get("/snapshots", response_model=SnapshotList, tags=["snapshots"])
+async def list_snapshots(
+    client: BusClient,
+    sandbox_id: Annotated[str | None, Query(pattern=SANDBOX_ID)] = None,
+    include_deleted: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> dict[str, Any]:
+    """Snapshots, in the order they were requested (of one sandbox with ``sandbox_id``)."""
+    found = await client.snapshots(
+        sandbox_id=sandbox_id, include_deleted=include_deleted, limit=limit
+    )
+    return {"snapshots": await visible_snapshots(client, found)}
+
+
+@router.get(
+    "/snapshots/{snapshot_id}",
+    response_model=Snapshot,
+    responses={
+        202: {"model": Pending, "description": "the command is accepted, its work not yet visible"}
+    },
+    tags=["snapshots"],
+)
+async def get_snapshot(
+    snapshot_id: SnapshotId, client: BusClient, command_id: CommandQuery = None
+) -> Response:
+    """One snapshot (with ``command_id``: as a status URL, see GET /v1/sandboxes/{id})."""
+    rejected = await rejection(client, command_id)
+    if rejected is not None:
+        return rejected
+    snapshot = await client.snapshot_get(snapshot_id)
+    if snapshot is not None and (await visible_snapshots(client, [snapshot])):
+        return JSONResponse(snapshot)
+    if command_id is not None:
+        pending = Pending(command_id=command_id, snapshot_id=snapshot_id)
+        return JSONResponse(pending.model_dump(exclude_none=True), 202, {"Retry-After": "1"})
+    return not_found("snapshot", snapshot_id)
+
+
+@router.delete(
+    "/snapshots/{snapshot_id}",
+    status_code=202,
+    response_model=Accepted,
+    responses={200: {"model": Snapshot, "description": "deleted (with ?wait=)"}},
+    tags=["snapshots"],
+)
+async def delete_snapshot(
+    snapshot_id: SnapshotId, client: BusClient, command_id: CommandId, wait: Wait
+) -> Response:
+    """Delete the snapshot's data (its history stays in the log)."""
+    await require_snapshot(client, snapshot_id)
+    command = about(client, command_id, snapshot_id=snapshot_id)
+    await client.publish_command("delete_snapshot", command)
+    finished = await within(
+        wait,
+        lambda: client.delete_snapshot(snapshot_id, command_id=command_id, timeout=wait + 60),
+    )
+    if finished:
+        snapshot = await client.snapshot_get(snapshot_id)
+        if snapshot is not None:
+            return JSONResponse(snapshot)
+    return accepted(command_id, snapshot_id=snapshot_id)
+
+
+@router.post(
+    "/snapshots/{snapshot_id}/restore",
+    status_code=202,
+    response_model=Accepted,
+    responses={201: {"model": Sandbox, "description": "the new sandbox is ready (with ?wait=)"}},
+    tags=["snapshots"],
+)
+async def restore_snapshot(
+    snapshot_id: SnapshotId,
+    client: BusClient,
+    key: RequestKey,
+    command_id: CommandId,
+    wait: Wait,
+    body: RestoreSnapshot | None = None,
+) -> Response:
+    """Create a new sandbox from the snapshot, on its profile or another (any backend)."""
+    body = body or RestoreSnapshot()
+    await require_snapshot(client, snapshot_id)
+    await admit_create(client, key, body.project)
+    fields: dict[str, Any] = {"snapshot_id": snapshot_id}
+    if body.profile is not None:
+        fields["profile"] = body.profile
+    if body.sandbox_id is not None:
+        fields["sandbox_id"] = body.sandbox_id
+    if body.inputs:
+        fields["inputs"] = body.inputs
+    await client.publish_command("restore", about(client, command_id, **fields))
+    sandbox_id = body.sandbox_id or derive_sandbox_id(command_id)
+    finished = await within(
+        wait,
+        lambda: client.restore(
+            snapshot_id,
+            profile=body.profile,
+            sandbox_id=body.sandbox_id,
+            inputs=body.inputs,
+            command_id=command_id,
+            timeout=wait + 60,
+        ),
+    )
+    if finished:
+        sandbox = await client.get(sandbox_id)
+        if sandbox is not None:
+            return JSONResponse(sandbox, 201, {"Location": f"/v1/sandboxes/{sandbox_id}"})
+    return accepted(command_id, sandbox_id=sandbox_id)
