@@ -16,14 +16,13 @@ import tomllib
 from collections import defaultdict
 from pathlib import Path
 
+# The modal SDK is a dev dependency: a missing one fails here, it is never skipped.
+import modal_version
 import pytest
+from modal_proto import api_pb2
+from modal_proto import task_command_router_pb2 as router_pb2
 
-modal_proto = pytest.importorskip("modal_proto")
-
-from modal_proto import api_pb2  # noqa: E402
-from modal_proto import task_command_router_pb2 as router_pb2  # noqa: E402
-
-from tests.doubles.modal_double import (  # noqa: E402
+from tests.doubles.modal_double import (
     API_SERVICE,
     FIELDS_READ,
     ROUTER_SERVICE,
@@ -142,7 +141,6 @@ def test_router_rpcs_follow_the_pinned_sdk() -> None:
 
 def test_the_installed_sdk_is_the_pinned_one() -> None:
     """The double and ext.modal are proven with the SDK whose api.proto is the spec."""
-    modal_version = pytest.importorskip("modal_version")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     [pin] = project["optional-dependencies"]["modal"]
     assert pin == f"modal=={modal_version.__version__}"
