@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sandboxer import subjects
@@ -186,3 +188,32 @@ def cli_env(home: Path, nats_server: NatsServerProcess) -> dict[str, str]:
     env["SANDBOXER_HOME"] = str(home)
     env["SANDBOXER_NATS_URL"] = nats_server.url
     return env
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(service: Service, home: Path) -> AsyncIterator[str]:
+    """The gateway role beside ``service`` on a free port of 127.0.0.1; yields its base URL
+    once it answers ``/v1/health``, stops it afterwards (the service is the caller's)."""
+    from sandboxer.gateway.serve import http_url, listen
+
+    settings = dataclasses.replace(service.settings, http_addr=("127.0.0.1", 0))
+    sock = listen(("127.0.0.1", 0))
+    nc = await connect(list(service.settings.nats_urls), name="test-gateway")
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_roles(nc, ["gateway"], settings, Catalog.load(home), stop, info={}, http_socket=sock)
+    )
+    try:
+        async with httpx.AsyncClient(base_url=http_url(sock), timeout=30) as probe:
+            for _ in range(200):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await probe.get("/v1/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the gateway never answered /v1/health", pytrace=False)
+        yield http_url(sock)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await nc.drain()

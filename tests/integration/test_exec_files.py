@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import hashlib
 import io
 import json
@@ -26,16 +25,12 @@ import httpx
 import msgspec
 import pytest
 
-from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import CommandFailed, SandboxerClient
-from sandboxer.config.catalog import Catalog
 from sandboxer.errors import PathRefused, WorkspaceRefused
-from sandboxer.gateway.serve import http_url, listen
-from sandboxer.service import run_roles
 from sandboxer.workers.file_service import HEADER, files_subject
-from tests.integration.conftest import Cli, Service, reap_local, start_service
+from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
 
 pytestmark = [pytest.mark.integration]
 
@@ -341,33 +336,17 @@ async def api(
     key, _ = await create_key(
         admin, project="default", key_type="adm", max_live=100, rate_per_second=1000
     )
-    settings = dataclasses.replace(service.settings, http_addr=("127.0.0.1", 0))
-    sock = listen(("127.0.0.1", 0))
-    nc = await connect([nats_server.url], name="test-gateway")
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_roles(nc, ["gateway"], settings, Catalog.load(home), stop, info={}, http_socket=sock)
-    )
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=http_url(sock), timeout=120, headers=headers) as client:
-        try:
-            for _ in range(200):
-                try:
-                    if (await client.get("/v1/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the gateway never answered /v1/health", pytrace=False)
+    try:
+        async with (
+            serve_gateway(service, home) as url,
+            httpx.AsyncClient(base_url=url, timeout=120, headers=headers) as client,
+        ):
             yield client, service
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
-            await nc.drain()
-            await service.client.close()
-            await service.shutdown()
-            await reap_local(home)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
 
 
 def error_of(response: httpx.Response, status: int, code: str) -> str:

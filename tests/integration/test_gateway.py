@@ -5,7 +5,6 @@ client side: what a consumer with curl sees)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import signal
@@ -18,15 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import SandboxerClient
-from sandboxer.config.catalog import Catalog
 from sandboxer.gateway import openapi
-from sandboxer.gateway.serve import http_url, listen
-from sandboxer.service import run_roles
-from tests.integration.conftest import reap_local, start_service
+from tests.integration.conftest import reap_local, serve_gateway, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,33 +36,17 @@ async def api(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[httpx
     key, _ = await create_key(
         admin, project="default", key_type="adm", max_live=100, rate_per_second=1000
     )
-    settings = dataclasses.replace(service.settings, http_addr=("127.0.0.1", 0))
-    sock = listen(settings.http_addr or ("127.0.0.1", 0))
-    nc = await connect([nats_server.url], name="test-gateway")
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_roles(nc, ["gateway"], settings, Catalog.load(home), stop, info={}, http_socket=sock)
-    )
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=http_url(sock), timeout=120, headers=headers) as client:
-        try:
-            for _ in range(200):
-                try:
-                    if (await client.get("/v1/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the gateway never answered /v1/health", pytrace=False)
+    try:
+        async with (
+            serve_gateway(service, home) as url,
+            httpx.AsyncClient(base_url=url, timeout=120, headers=headers) as client,
+        ):
             yield client
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
-            await nc.drain()
-            await service.client.close()
-            await service.shutdown()
-            await reap_local(home)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:

@@ -8,7 +8,6 @@ one project cannot see or touch another's sandboxes, and a key's limits answer 4
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,15 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key, list_keys, revoke_key
 from sandboxer.client import SandboxerClient
-from sandboxer.config.catalog import Catalog
 from sandboxer.domain.key_state import hash_key, key_id_for
-from sandboxer.gateway.serve import http_url, listen
-from sandboxer.service import run_roles
-from tests.integration.conftest import Cli, Service, reap_local, start_service
+from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -56,28 +51,11 @@ class Front:
 @pytest.fixture
 async def front(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[Front]:
     service = await start_service(home, nats_server.url)
-    settings = dataclasses.replace(service.settings, http_addr=("127.0.0.1", 0))
-    sock = listen(("127.0.0.1", 0))
-    nc = await connect([nats_server.url], name="test-gateway")
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_roles(nc, ["gateway"], settings, Catalog.load(home), stop, info={}, http_socket=sock)
-    )
     admin = SandboxerClient(service.client.nc, actor={"type": "adm", "id": "pytest-admin"})
     try:
-        async with httpx.AsyncClient(base_url=http_url(sock), timeout=30) as probe:
-            for _ in range(200):
-                try:
-                    if (await probe.get("/v1/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        yield Front(service, http_url(sock), admin)
+        async with serve_gateway(service, home) as url:
+            yield Front(service, url, admin)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        await nc.drain()
         await service.client.close()
         await service.shutdown()
         await reap_local(home)

@@ -13,7 +13,6 @@ Sent Events whose data are JSON, a tar, or a file written with ``-o``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import json
 import os
@@ -23,18 +22,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import SandboxerClient
-from sandboxer.config.catalog import Catalog
-from sandboxer.gateway.serve import http_url, listen
-from sandboxer.service import run_roles
 from tests.conftest import require_tool
-from tests.integration.conftest import reap_local, start_service
+from tests.integration.conftest import reap_local, serve_gateway, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -77,29 +71,10 @@ async def gateway(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[G
         admin, project="acme", key_type="adm", max_live=100, rate_per_second=1000
     )
     await service.fund("acme")
-    settings = dataclasses.replace(service.settings, http_addr=("127.0.0.1", 0))
-    sock = listen(("127.0.0.1", 0))
-    nc = await connect([nats_server.url], name="test-gateway")
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_roles(nc, ["gateway"], settings, Catalog.load(home), stop, info={}, http_socket=sock)
-    )
     try:
-        async with httpx.AsyncClient(base_url=http_url(sock), timeout=30) as probe:
-            for _ in range(200):
-                try:
-                    if (await probe.get("/v1/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the gateway never answered /v1/health", pytrace=False)
-        yield Gateway(http_url(sock), key)
+        async with serve_gateway(service, home) as url:
+            yield Gateway(url, key)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        await nc.drain()
         await service.client.close()
         await service.shutdown()
         await reap_local(home)
