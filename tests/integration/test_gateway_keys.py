@@ -261,7 +261,10 @@ async def test_an_agent_key_cannot_see_or_touch_another_projects_sandbox(front: 
         destroyed = await a.delete(f"/v1/sandboxes/{sandbox_id}?wait=60s")
         assert destroyed.status_code == 200, destroyed.text
         assert destroyed.json()["status"] == "destroyed"
-        usage = (await a.get("/v1/usage")).json()
+        # The meter role debits after `destroyed`, on its own time: wait for alpha's row.
+        async with asyncio.timeout(30):
+            while not (usage := (await a.get("/v1/usage")).json())["usage"]:
+                await asyncio.sleep(0.1)
         assert {row["project"] for row in usage["usage"]} == {"alpha"}
         assert [x["project"] for x in (await b.get("/v1/credits")).json()["accounts"]] in (
             [],
