@@ -14,6 +14,9 @@ The tree::
     │   └── PathRefused         a file path leaves the sandbox's workspace (absolute, .., NUL, a symlink)
     ├── Rejected                a valid command the sandbox's state cannot accept
     ├── CommandFailed           (clients) a command was rejected, or its work ended in failed
+    ├── NotFound                (clients) the sandbox or snapshot named does not exist (or the API key may not see it)
+    ├── AccessDenied            (clients) the HTTP API refused the API key (401) or what it asked (403)
+    ├── RateLimited             (clients) an API key's rate or live-sandbox limit (HTTP 429): retry_after
     ├── BusError                NATS is unreachable or answered with an error
     │   ├── ServiceNotRunning   no sandboxer service could be found
     │   ├── ConcurrencyConflict an append lost the optimistic-concurrency race
@@ -43,6 +46,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AccessDenied",
     "BusError",
     "CommandFailed",
     "ComposeFileError",
@@ -55,12 +59,14 @@ __all__ = [
     "InvalidCommand",
     "InvalidInput",
     "NatsServerError",
+    "NotFound",
     "PathRefused",
     "ProviderAuth",
     "ProviderError",
     "ProviderQuota",
     "ProviderUnavailable",
     "PublishConflict",
+    "RateLimited",
     "Rejected",
     "RemoteCommandFailed",
     "ReplayUnsupported",
@@ -170,6 +176,45 @@ class CommandFailed(SandboxerError):
     def __init__(self, message: str, event: dict[str, Any]) -> None:
         super().__init__(message, sandbox_id=event.get("sandbox_id"))
         self.event = event
+
+
+class NotFound(SandboxerError):
+    """What a client named does not exist, or is another project's (the HTTP API's 404, a
+    command rejected as ``unknown_sandbox``); ``code`` is the service's (``unknown_sandbox``,
+    ``unknown_snapshot``, ``unknown_account``, ...)."""
+
+    code = "not_found"
+
+    def __init__(
+        self, message: str, *, code: str = "not_found", sandbox_id: str | None = None
+    ) -> None:
+        super().__init__(message, sandbox_id=sandbox_id)
+        self.code = code
+
+
+class AccessDenied(SandboxerError):
+    """The HTTP API refused the request's key: none, invalid or revoked (``unauthorized``,
+    401), or one that may not do this (``forbidden``, 403)."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, code: str = "unauthorized") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RateLimited(SandboxerError):
+    """An API key's limit was reached (HTTP 429: ``rate_limited``, ``live_limit``);
+    ``retry_after`` is the seconds the service asks to wait, when it said."""
+
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, *, code: str = "rate_limited", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
 
 
 class BusError(SandboxerError):

@@ -1,5 +1,6 @@
 """A bus client's side of exec input and of copies (``sandboxer cp``), used by
-:class:`~sandboxer.client.SandboxerClient`.
+:class:`~sandboxer.client.SandboxerClient`
+(the HTTP transport's copies out place what they fetch with the same two helpers).
 
 Input reaches a running exec chunk by chunk as requests to the inbox its
 ``started`` message names (docs/protocol.md#exec). A copy in packs what is
@@ -55,9 +56,11 @@ __all__ = [
     "StdinSource",
     "copy_in",
     "copy_out",
+    "copy_target",
     "feed_stdin",
     "get_object",
     "pack_file",
+    "place_copy",
     "put_archive",
 ]
 
@@ -269,7 +272,7 @@ async def get_object(
     return Copied(kind=kind, path=str(answer.get("path")), size=size, local=destination)
 
 
-def _place(fetched: Path, kind: str, target: Path, limits: ArchiveLimits) -> None:
+def place_copy(fetched: Path, kind: str, target: Path, limits: ArchiveLimits) -> None:
     """Move what was fetched to ``target``: a file, or a directory's tree (merged into an
     existing directory)."""
     if kind == "file":
@@ -287,7 +290,7 @@ def _place(fetched: Path, kind: str, target: Path, limits: ArchiveLimits) -> Non
         os.replace(tree, target)
 
 
-def _target(local: Path, name: str) -> Path:
+def copy_target(local: Path, name: str) -> Path:
     """Where a copy out lands, as ``cp -r`` decides."""
     return local / name if local.is_dir() and name not in ("", ".") else local
 
@@ -304,10 +307,10 @@ async def copy_out(
     """Copy ``path`` of the sandbox's workspace to ``local``, as ``cp -r`` would: into the
     directory ``local`` when it exists (under the path's own name), else as ``local``."""
     name = posixpath.basename(check_path(path, root_allowed=True))
-    target = await asyncio.to_thread(_target, local, name)
+    target = await asyncio.to_thread(copy_target, local, name)
     # Scratch beside the target: the final move is a rename on the same filesystem.
     with tempfile.TemporaryDirectory(prefix=".sandboxer-cp-", dir=target.parent) as scratch:
         fetched = Path(scratch) / "fetched"
         copied = await get_object(nc, sandbox_id, path, fetched, limits=limits, service=service)
-        await asyncio.to_thread(_place, fetched, copied.kind, target, limits)
+        await asyncio.to_thread(place_copy, fetched, copied.kind, target, limits)
     return Copied(kind=copied.kind, path=copied.path, size=copied.size, local=target)

@@ -1,4 +1,5 @@
-"""A Python bus client: what the CLI (and any Python program) uses to talk to sandboxer.
+"""The low-level bus client: what the CLI, the HTTP gateway and :class:`~sandboxer.client.Sandboxer`
+over the bus use to talk to sandboxer (answers are the service's JSON as ``dict``).
 
 It only speaks the public contract of ``docs/protocol.md``: publish commands
 to the commands stream, watch events on core subjects, ask the projector over
@@ -55,7 +56,8 @@ DEFAULT_ACTOR = {"type": "adm", "id": os.environ.get("USER") or "cli"}
 
 
 class SandboxerClient:
-    """The public Python client of sandboxer (docs/python-client.md): async, over the bus.
+    """The low-level bus client of sandboxer: async, answering with ``dict``s (the public,
+    typed API over it is :class:`sandboxer.client.Sandboxer`, docs/python-client.md).
 
     Get one with :meth:`from_env` (found as the CLI finds the service) or :meth:`connect`
     (given NATS URLs), and :meth:`close` it when done. Every command method publishes a
