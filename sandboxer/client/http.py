@@ -456,8 +456,12 @@ class HttpTransport:
         after: int,
         types: Collection[str],
     ) -> AsyncIterator[tuple[int, Row]]:
-        url = f"/v1/sandboxes/{sandbox_id}/events" if sandbox_id else "/v1/events"
+        # /v1/events?sandbox= rather than /v1/sandboxes/{id}/events: the latter is 404 until
+        # the view knows the sandbox, and a client follows a create from its first event.
+        url = "/v1/events"
         params: dict[str, Any] = {"follow": follow}
+        if sandbox_id:
+            params["sandbox"] = sandbox_id
         if types:
             params["type"] = ",".join(sorted(types))
         last, failures = after, 0
