@@ -66,7 +66,7 @@ async def embedded_nats(settings: Settings) -> AsyncIterator[list[str]]:
     if not settings.embedded:
         yield list(settings.nats_urls)
         return
-    from sandboxer.bus.nats_auth import ensure_embedded_auth
+    from sandboxer.bus.nats_auth import EMBEDDED_SERVER_NAME, ensure_embedded_auth
     from sandboxer.bus.nats_server import NatsServerProcess
 
     server = NatsServerProcess(
@@ -74,13 +74,35 @@ async def embedded_nats(settings: Settings) -> AsyncIterator[list[str]]:
         binary=settings.nats_server,
         log_file=settings.home / "nats-server.log",
         config_file=ensure_embedded_auth(settings.home),  # users and permissions
-        server_name="sandboxer-embedded",
+        server_name=EMBEDDED_SERVER_NAME,
     )
     await server.start()
     try:
-        yield [server.url]
+        async with _key_users(server.url, server.pid, settings):
+            yield [server.url]
     finally:
         await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _key_users(url: str, pid: int, settings: Settings) -> AsyncIterator[None]:
+    """Keep the embedded server's users equal to the log's API keys (bus/key_users.py)."""
+    from sandboxer.bus.key_users import KeyUsersFollower, signal_reload
+
+    nc = await connect(
+        [url], name="sandboxer-key-users", credentials=credentials_for(settings, SERVICE)
+    )
+    js = nc.jetstream()
+    await ensure_streams(js, replicas_for(nc._server_info))
+    follower = asyncio.create_task(
+        KeyUsersFollower(js, settings.home, signal_reload(pid)).run(), name="key-users"
+    )
+    try:
+        yield
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await nc.close()
 
 
 async def run_roles(

@@ -49,6 +49,9 @@ QUERY_ROUTE_EXPLAIN = "sandboxer.query.route.explain"
 QUERY_CREDITS_GET = "sandboxer.query.credits.get"
 QUERY_CREDITS_LIST = "sandboxer.query.credits.list"
 QUERY_USAGE_LIST = "sandboxer.query.usage.list"
+QUERY_SANDBOX_EVENTS = "sandboxer.query.sandbox.events"
+"""One sandbox's events (or one command's rejection) from the log, a page at a time: how a key
+identity, which may not read the events stream, follows its own sandboxes."""
 QUERY_KEY_GET = "sandboxer.query.key.get"
 """An API key by its hash (never the key): its id, project, type, limits and status."""
 QUERY_KEY_LIST = "sandboxer.query.key.list"
@@ -107,6 +110,12 @@ def host_event_subject(host: str, event_type: str) -> str:
 def admin_subject(action: str, extension_id: str) -> str:
     """Core request subjects of the inventory service: inspect, stale and reap, per extension."""
     return f"sandboxer.admin.{action}.{extension_token(extension_id)}"
+
+
+def stamped(subject: str, key_id: str) -> str:
+    """A command, query, exec, token or files subject as a key identity publishes it: the
+    key id last, which the server's permissions let only that key publish."""
+    return f"{subject}.{key_id}"
 
 
 def rejection_subject(key: str) -> str:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from nats.aio.client import Client
 
 from sandboxer.bus.nats_auth import NatsCredentials
+from sandboxer.domain.key_state import is_valid_key_id
 from sandboxer.errors import BusError
 
 __all__ = ["connect", "redact_url"]
@@ -44,6 +45,8 @@ async def connect(
     auth: dict[str, Any] = {}
     if credentials is not None:
         auth = {"user": credentials.user, "password": credentials.password}
+        if is_valid_key_id(credentials.user):  # an API key's identity receives on its inbox only
+            auth["inbox_prefix"] = f"_INBOX.{credentials.user}"
     nc = Client()
 
     async def on_error(exc: Exception) -> None:
@@ -67,6 +70,16 @@ async def connect(
     except Exception as exc:  # nats-py raises several unrelated types for "cannot reach"
         await _discard(nc)
         shown = ", ".join(redact_url(url) for url in urls)
+        if (
+            "authorization violation" in str(exc).lower()
+            and credentials
+            and auth.get("inbox_prefix")
+        ):
+            raise BusError(
+                f"NATS at {shown} refused API key {credentials.user}: the key is revoked, was "
+                "created without a bus identity, or was created a moment ago (its NATS user is "
+                "loaded within a second; docs/security.md#keys-on-the-bus)"
+            ) from exc
         if "authorization violation" in str(exc).lower():
             who = f"user {credentials.user!r}" if credentials else "an anonymous connection"
             raise BusError(

@@ -22,10 +22,15 @@ BATCH = 512
 
 
 async def read_subject(
-    nc: Client, filter_subject: str, *, timeout: float = 5.0, stream: str = subjects.EVENTS_STREAM
+    nc: Client,
+    filter_subject: str,
+    *,
+    timeout: float = 5.0,
+    stream: str = subjects.EVENTS_STREAM,
+    start: int = 1,
 ) -> AsyncIterator[tuple[int, bytes]]:
-    """Yield ``(sequence, data)`` of every message on ``filter_subject``, in order."""
-    start = 1
+    """Yield ``(sequence, data)`` of every message on ``filter_subject`` from sequence
+    ``start`` on, in order."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     try:

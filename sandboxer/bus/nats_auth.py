@@ -21,23 +21,29 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandboxer.bus.permissions import ROLES, USERS, authorization_block
+from sandboxer.bus.permissions import ROLES, USERS, KeyUser, authorization_block
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ConfigError
 
 __all__ = [
     "AUTH_DIR_NAME",
+    "EMBEDDED_SERVER_NAME",
     "NatsCredentials",
     "auth_dir",
     "credentials_for",
     "ensure_embedded_auth",
     "read_credentials",
+    "write_server_config",
 ]
 
 AUTH_DIR_NAME = "nats-auth"
+EMBEDDED_SERVER_NAME = "sandboxer-embedded"
+"""The embedded server's name, in its config too: nats-server refuses a reload whose
+configuration names no server when the running one has a name."""
 SERVER_CONF = "nats-server.conf"
 _PASSWORD_BYTES = 32
 _MAX_FILE = 4096
@@ -134,12 +140,12 @@ def ensure_embedded_auth(home: Path) -> Path:
     """Generate the embedded server's credentials once; (re)write its config; return its path.
 
     The config is rewritten on every start so a new version's permissions apply;
-    the passwords in it are those of the files, which stay as they are.
+    the passwords in it are those of the files, which stay as they are. Key
+    identities are added once the log is read (:mod:`sandboxer.bus.key_users`).
     """
     directory = home / AUTH_DIR_NAME
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
-    passwords: dict[str, str] = {}
     for role in ROLES:
         found = read_credentials(directory, role)
         if found is None or found.user != USERS[role] or not _GENERATED.fullmatch(found.password):
@@ -148,12 +154,24 @@ def ensure_embedded_auth(home: Path) -> Path:
                 directory / f"{role}.json",
                 json.dumps({"user": found.user, "password": found.password}) + "\n",
             )
+    return write_server_config(home, ())
+
+
+def write_server_config(home: Path, keys: Sequence[KeyUser]) -> Path:
+    """(Re)write the embedded server's configuration: both identities and ``keys``' users."""
+    directory = home / AUTH_DIR_NAME
+    passwords: dict[str, str] = {}
+    for role in ROLES:
+        found = read_credentials(directory, role)
+        if found is None:
+            raise _refuse(directory / f"{role}.json", "is missing; restart 'sandboxer up'")
         passwords[role] = json.dumps(found.password)
     config = directory / SERVER_CONF
     _write_private(
         config,
-        "# Written by 'sandboxer up' on every start: users and permissions of the embedded\n"
-        "# NATS (docs/security.md). The passwords are those of service.json and client.json.\n"
-        + authorization_block(passwords),
+        "# Written by 'sandboxer up': users and permissions of the embedded NATS\n"
+        "# (docs/security.md). The passwords are those of service.json and client.json;\n"
+        "# each API key's user checks its key against the key's bcrypt hash.\n"
+        f"server_name: {json.dumps(EMBEDDED_SERVER_NAME)}\n" + authorization_block(passwords, keys),
     )
     return config

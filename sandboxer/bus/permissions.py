@@ -16,6 +16,14 @@ Two identities (docs/security.md#nats-permissions):
     or jobs streams, and the JetStream API subjects they get cannot delete,
     purge or change a stream.
 
+``key <id>`` (one per API key created with a bus identity)
+    A project identity: the NATS user is the key's id, its password the key
+    (checked against the bcrypt ``bus_hash`` of ``key_created``). It publishes
+    commands and queries only on subjects ending in its key id, which the
+    control worker and the projector resolve to the key's actor; it receives
+    only on its own inbox (``_INBOX.<key id>.>``): a sandbox's events come to it
+    as answers to a query that checks the sandbox is its project's. See :func:`key_permissions`.
+
 The embedded server's configuration and the snippet docs/security.md gives for
 a shared NATS are both rendered from :data:`PERMISSIONS` by :func:`authorization_block`.
 """
@@ -23,7 +31,7 @@ a shared NATS are both rendered from :data:`PERMISSIONS` by :func:`authorization
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sandboxer import subjects
@@ -35,8 +43,10 @@ __all__ = [
     "ROLES",
     "SERVICE",
     "USERS",
+    "KeyUser",
     "Permissions",
     "authorization_block",
+    "key_permissions",
     "shared_nats_config",
 ]
 
@@ -116,6 +126,57 @@ _CLIENT = Permissions(
 PERMISSIONS: Mapping[str, Permissions] = {SERVICE: _SERVICE, CLIENT: _CLIENT}
 
 
+@dataclass(frozen=True)
+class KeyUser:
+    """An API key's NATS identity: user ``key_id``, password checked against ``bus_hash``."""
+
+    key_id: str
+    key_type: str
+    project: str
+    bus_hash: str
+
+
+def key_permissions(user: KeyUser) -> Permissions:
+    """What an API key may reach on the bus: only subjects that name its key id (commands,
+    queries, exec, tokens, files), and its own inbox.
+
+    An ``adm`` key is an administrator: it reads as the client identity does, but its
+    commands too carry its key id, so that they are recorded as its own.
+    """
+    key = user.key_id
+    stamped = (
+        f"sandboxer.cmd.*.{key}",  # commands: the control worker stamps the key's actor
+        f"sandboxer.query.*.*.{key}",  # the projector answers for the key's project only
+        f"sandboxer.exec.*.{key}",
+        f"sandboxer.token.*.{key}",
+        f"sandboxer.files.*.{key}",
+        "sandboxer.stdin.>",  # an exec's input: its subject is a random capability
+        subjects.QUERY_HEALTH,
+    )
+    inbox = f"_INBOX.{key}.>"
+    bucket = (  # write a workspace; read an object only by its (content-derived) name
+        f"{_API}.INFO",
+        f"{_API}.STREAM.INFO.{_WORKSPACES}",
+        f"{_API}.STREAM.MSG.GET.{_WORKSPACES}",
+        f"{_API}.DIRECT.GET.{_WORKSPACES}.>",
+        f"{_API}.CONSUMER.CREATE.{_WORKSPACES}.*.$O.{subjects.WORKSPACES_BUCKET}.C.>",
+        f"{_API}.CONSUMER.DELETE.{_WORKSPACES}.*",
+        "$JS.FC.>",
+        f"$O.{subjects.WORKSPACES_BUCKET}.>",
+    )
+    if user.key_type == "adm":
+        return Permissions(
+            publish_allow=(*stamped, *_CLIENT.publish_allow),
+            publish_deny=(*_CLIENT.publish_deny, "sandboxer.cmd.*"),
+            subscribe_allow=(inbox, subjects.EVENTS),
+        )
+    return Permissions(
+        publish_allow=(*stamped, *bucket),
+        publish_deny=(subjects.EVENTS, subjects.JOBS, "sandboxer.cmd.*"),
+        subscribe_allow=(inbox,),
+    )
+
+
 def _list(key: str, items: tuple[str, ...], indent: str) -> list[str]:
     return [f"{indent}{key}: [", *(f"{indent}  {json.dumps(item)}" for item in items), f"{indent}]"]
 
@@ -134,13 +195,22 @@ def _permissions_block(perms: Permissions, indent: str) -> list[str]:
     return lines
 
 
-def authorization_block(passwords: Mapping[str, str]) -> str:
-    """nats-server's ``authorization`` block for both identities.
+def authorization_block(passwords: Mapping[str, str], keys: Sequence[KeyUser] = ()) -> str:
+    """nats-server's ``authorization`` block for both identities and each key's.
 
     ``passwords`` maps each role to what follows ``password:`` verbatim: a quoted
-    string, or a ``$VARIABLE`` the server reads from its environment.
+    string, or a ``$VARIABLE`` the server reads from its environment. A key's
+    password is its bcrypt hash (nats-server compares a bcrypt hash itself).
     """
     lines = ["authorization {", "  users: ["]
+    for key in keys:
+        lines += [
+            "    {",
+            f"      user: {json.dumps(key.key_id)}",
+            f"      password: {json.dumps(key.bus_hash)}",
+            *_permissions_block(key_permissions(key), "      "),
+            "    }",
+        ]
     for role in ROLES:
         lines += [
             "    {",

@@ -21,11 +21,15 @@ from nats.aio.subscription import Subscription
 
 from sandboxer.errors import RequestError
 
-__all__ = ["Handler", "RequestError", "Responder"]
+__all__ = ["Handler", "KeyResolver", "RequestError", "Responder", "ScopedHandler"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+ScopedHandler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
+"""A handler for a key identity's request: ``(request, actor)``, the actor being the key's."""
+KeyResolver = Callable[[str], Awaitable[dict[str, Any]]]
+"""The actor of a key id (raises RequestError when the key is unknown or revoked)."""
 
 
 class Responder:
@@ -37,9 +41,22 @@ class Responder:
 
     async def serve(self, routes: Mapping[str, Handler], *, queue: str = "") -> None:
         for subject, handler in routes.items():
-            self._subs.append(
-                await self._nc.subscribe(subject, queue=queue, cb=self._callback(handler))
-            )
+            await self._subscribe(subject, queue, _fixed(handler))
+
+    async def serve_scoped(
+        self, routes: Mapping[str, ScopedHandler], resolve: KeyResolver, *, queue: str = ""
+    ) -> None:
+        """Answer a key identity's requests on ``<subject>.<key id>`` (docs/security.md#keys-on-
+        the-bus): only that key may publish there, so the last token says who asks."""
+        for subject, handler in routes.items():
+            await self._subscribe(f"{subject}.*", queue, _as_key(handler, resolve))
+
+    async def _subscribe(
+        self, subject: str, queue: str, handler_for: Callable[[Msg], Awaitable[Handler]]
+    ) -> None:
+        self._subs.append(
+            await self._nc.subscribe(subject, queue=queue, cb=self._callback(handler_for))
+        )
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -49,12 +66,15 @@ class Responder:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _callback(self, handler: Handler) -> Callable[[Msg], Awaitable[None]]:
+    def _callback(
+        self, handler_for: Callable[[Msg], Awaitable[Handler]]
+    ) -> Callable[[Msg], Awaitable[None]]:
         async def respond(msg: Msg) -> None:
             try:
                 request = msgspec.json.decode(msg.data) if msg.data else {}
                 if not isinstance(request, dict):
                     raise RequestError("request must be a JSON object")
+                handler = await handler_for(msg)
                 reply = {"ok": True, **self._stamp, **await handler(request)}
             except (RequestError, msgspec.DecodeError) as exc:
                 reply = {"ok": False, **self._stamp, "error": str(exc)}
@@ -72,3 +92,24 @@ class Responder:
             task.add_done_callback(self._tasks.discard)
 
         return callback
+
+
+def _fixed(handler: Handler) -> Callable[[Msg], Awaitable[Handler]]:
+    async def handler_for(_msg: Msg) -> Handler:
+        return handler
+
+    return handler_for
+
+
+def _as_key(scoped: ScopedHandler, resolve: KeyResolver) -> Callable[[Msg], Awaitable[Handler]]:
+    """The handler for one key identity's request: ``scoped`` with the key's actor."""
+
+    async def handler_for(msg: Msg) -> Handler:
+        actor = await resolve(msg.subject.rpartition(".")[2])
+
+        async def handler(request: dict[str, Any]) -> dict[str, Any]:
+            return await scoped(request, actor)
+
+        return handler
+
+    return handler_for

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from sandboxer import subjects
+from sandboxer.bus.key_users import bus_hash_for
 from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.output import print_json, print_table, say
 from sandboxer.client import SandboxerClient
@@ -67,6 +68,7 @@ async def create_key(
         "project": project,
         "key_type": key_type,
         "key_hash": key_hash,
+        "bus_hash": bus_hash_for(key),  # the key also logs in to NATS (bus/key_users.py)
         "max_live": max_live,
         "rate_per_second": rate_per_second,
     }

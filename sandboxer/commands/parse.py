@@ -27,6 +27,7 @@ from sandboxer.commands.types import (
 from sandboxer.config.hosts import HOST_NAME
 from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
 from sandboxer.domain.key_decide import key_command_refusal
+from sandboxer.domain.key_state import is_valid_key_id
 from sandboxer.durations import parse_duration
 from sandboxer.errors import InvalidCommand, InvalidInput
 from sandboxer.events.types import Actor
@@ -37,7 +38,7 @@ from sandboxer.ids import (
     is_valid_sandbox_id,
 )
 
-__all__ = ["MAX_COMMAND_BYTES", "InvalidCommand", "parse_command", "verb_of"]
+__all__ = ["MAX_COMMAND_BYTES", "InvalidCommand", "key_of", "parse_command", "verb_of"]
 
 MAX_COMMAND_BYTES = 64 * 1024
 """Commands are small; a larger payload is a mistake or an attack."""
@@ -60,10 +61,26 @@ class _StrictActor(Actor, frozen=True, kw_only=True, forbid_unknown_fields=True)
     """Commands check the actor strictly (events tolerate fields a later version adds)."""
 
 
+def _command_parts(subject: str) -> tuple[str, str | None]:
+    """``(verb, key id)`` of ``sandboxer.cmd.<verb>`` or ``sandboxer.cmd.<verb>.<key id>`` (a key
+    identity's, docs/security.md#keys-on-the-bus); ``("", None)`` for any other subject."""
+    parts = subject.split(".")
+    if parts[:2] != ["sandboxer", "cmd"] or len(parts) not in {3, 4}:
+        return "", None
+    key = parts[3] if len(parts) == 4 else None
+    if key is not None and not is_valid_key_id(key):
+        return "", None
+    return parts[2], key
+
+
 def verb_of(subject: str) -> str:
-    """The verb of ``sandboxer.cmd.<verb>``; the empty string for any other subject."""
-    prefix, _, verb = subject.rpartition(".")
-    return verb if prefix == "sandboxer.cmd" else ""
+    """The verb of a command subject; the empty string for any other subject."""
+    return _command_parts(subject)[0]
+
+
+def key_of(subject: str) -> str | None:
+    """The key id a key identity's command subject ends in; None for any other subject."""
+    return _command_parts(subject)[1]
 
 
 def _peek(payload: object, key: str) -> object:

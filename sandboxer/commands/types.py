@@ -183,6 +183,9 @@ class CreateKey(_CommandBase, frozen=True, kw_only=True):
     """Live sandboxes the project may have for a create with this key to be accepted."""
     rate_per_second: int = 10
     """Requests per second the key may make (per gateway process)."""
+    bus_hash: str | None = None
+    """bcrypt of the key (never the key): the key then also logs in to NATS as a project
+    identity (docs/security.md#keys-on-the-bus)."""
 
 
 class RevokeKey(_CommandBase, frozen=True, kw_only=True):

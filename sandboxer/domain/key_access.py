@@ -7,7 +7,9 @@ usage, and the events of all of these. Anything else does not exist for it: a
 request for another project's sandbox is answered as for an unknown one, so
 its existence is not revealed.
 
-Every gateway route asks these functions; none decides on its own.
+Every gateway route asks these functions; none decides on its own. On the bus,
+the control worker asks :func:`identity_refusal` and :func:`owner_refusal` for
+each command a key identity publishes (docs/security.md#keys-on-the-bus).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ __all__ = [
     "ACCOUNT_EVENT_TYPES",
     "create_project",
     "event_owner",
+    "identity_refusal",
     "is_admin",
     "may_see",
     "owned_through",
     "owner_of",
+    "owner_refusal",
     "project_of_actor",
     "scope_of",
 ]
@@ -77,6 +81,38 @@ def create_project(actor: Mapping[str, Any], asked: str | None) -> tuple[str | N
             f"project {asked}"
         )
     return asked, None
+
+
+def identity_refusal(
+    key_id: str, key_actor: Mapping[str, Any] | None, actor: Mapping[str, Any]
+) -> tuple[str, str] | None:
+    """``(code, reason)`` when a command a key identity published claims another actor than
+    the key's (``key_actor``: None when the key is unknown or revoked); None when it matches."""
+    if key_actor is None:
+        return "key_revoked", (
+            f"key {key_id} is revoked or unknown: its commands are refused; ask an "
+            "administrator for a new key ('sandboxer keys create')"
+        )
+    fields = ("type", "id", "project")
+    if any(actor.get(name) != key_actor.get(name) for name in fields):
+        claimed = "/".join(str(actor.get(name)) for name in fields)
+        own = "/".join(str(key_actor.get(name)) for name in fields)
+        return "actor_mismatch", (
+            f"the command's actor {claimed} (type/id/project) is not key {key_id}'s own "
+            f"{own}: a key acts only as itself; leave the actor to the client library"
+        )
+    return None
+
+
+def owner_refusal(
+    actor: Mapping[str, Any], owner: str | None, what: str, ident: str
+) -> tuple[str, str] | None:
+    """``(code, reason)`` when ``actor`` may not act on the ``what`` (``sandbox``, ``snapshot``)
+    ``ident`` owned by project ``owner``: answered as for one that does not exist, so that
+    another project's sandboxes are not revealed."""
+    if owner is None or may_see(actor, owner):
+        return None
+    return f"unknown_{what}", f"no {what} {ident}; 'sandboxer list' shows the existing ones"
 
 
 ACCOUNT_EVENT_TYPES = frozenset(

@@ -13,7 +13,13 @@ from typing import Any
 
 from sandboxer.commands.types import Command, CreateKey, RevokeKey
 from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
-from sandboxer.domain.key_state import KeyState, is_valid_key_hash, is_valid_key_id, key_id_for
+from sandboxer.domain.key_state import (
+    KeyState,
+    is_valid_bus_hash,
+    is_valid_key_hash,
+    is_valid_key_id,
+    key_id_for,
+)
 from sandboxer.errors import Rejected
 from sandboxer.events.key_events import KeyCreated, KeyEvent, KeyRevoked
 
@@ -56,6 +62,10 @@ def key_command_refusal(command: Command) -> tuple[str, str] | None:
             return "invalid_field", (
                 "key_hash must be the SHA-256 of the key as 64 lowercase hex digits (never the "
                 "key itself)"
+            )
+        if command.bus_hash is not None and not is_valid_bus_hash(command.bus_hash):
+            return "invalid_field", (
+                "bus_hash must be a bcrypt hash of the key ($2b$, cost 04 to 14), never the key"
             )
         if not _label_ok(command.name, MAX_KEY_NAME):
             return "invalid_field", f"name must be 1 to {MAX_KEY_NAME} printable characters"
@@ -111,6 +121,7 @@ def decide_key(state: KeyState, command: KeyCommand, now: str) -> list[KeyEvent]
                     name=command.name,
                     max_live=command.max_live,
                     rate_per_second=command.rate_per_second,
+                    bus_hash=command.bus_hash,
                 )
             ]
         case RevokeKey():

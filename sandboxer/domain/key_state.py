@@ -28,6 +28,7 @@ __all__ = [
     "evolve_key",
     "fold_key",
     "hash_key",
+    "is_valid_bus_hash",
     "is_valid_key_hash",
     "is_valid_key_id",
     "key_id_for",
@@ -45,6 +46,7 @@ DEFAULT_RATE_PER_SECOND = 10
 _KEY = re.compile(r"^sbx_[A-Za-z0-9_-]{20,124}$")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _KEY_ID = re.compile(r"^key[a-z2-7]{17}$")
+_BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|1[0-4])\$[./A-Za-z0-9]{53}$")
 
 
 def new_key() -> str:
@@ -72,6 +74,11 @@ def is_valid_key_hash(value: object) -> bool:
     return isinstance(value, str) and _HASH.fullmatch(value) is not None
 
 
+def is_valid_bus_hash(value: object) -> bool:
+    """A bcrypt hash (cost 4 to 14) as nats-server checks passwords with."""
+    return isinstance(value, str) and _BCRYPT.fullmatch(value) is not None
+
+
 def is_valid_key_id(value: object) -> bool:
     return isinstance(value, str) and _KEY_ID.fullmatch(value) is not None
 
@@ -88,6 +95,7 @@ class KeyState(msgspec.Struct, frozen=True, kw_only=True):
     name: str | None = None
     max_live: int = DEFAULT_MAX_LIVE
     rate_per_second: int = DEFAULT_RATE_PER_SECOND
+    bus_hash: str | None = None
     created_at: str | None = None
     created_by: Actor | None = None
     revoked_at: str | None = None
@@ -126,6 +134,7 @@ def evolve_key(state: KeyState, event: KeyEvent) -> KeyState:
                 name=event.name,
                 max_live=event.max_live,
                 rate_per_second=event.rate_per_second,
+                bus_hash=event.bus_hash,
                 created_at=event.at,
                 created_by=event.actor,
             )

@@ -46,6 +46,9 @@ class KeyCreated(_KeyEventBase, frozen=True, kw_only=True, tag="key_created"):
     """Live sandboxes the key's project may have when the key creates one."""
     rate_per_second: int
     """Requests per second the key may make (per gateway process)."""
+    bus_hash: str | None = None
+    """bcrypt of the key, for its NATS identity (docs/security.md#keys-on-the-bus); None: the
+    key works over HTTP only (keys created before bus identities, or created without)."""
 
 
 class KeyRevoked(_KeyEventBase, frozen=True, kw_only=True, tag="key_revoked"):

@@ -15,12 +15,13 @@ from typing import Any
 from nats.aio.client import Client
 
 from sandboxer import subjects
-from sandboxer.bus.responder import Responder
+from sandboxer.bus.responder import Handler, Responder
 from sandboxer.clock import utc_now
 from sandboxer.domain.timestamps import shift
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.projections.account_rows import answer_account_query
+from sandboxer.projections.key_queries import KeyQueries
 from sandboxer.projections.key_rows import answer_key_query
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.sandbox_view import state_to_dict
@@ -64,25 +65,25 @@ class QueryService:
         self._responder = Responder(nc)
 
     async def start(self) -> None:
-        await self._responder.serve(
-            {
-                subjects.QUERY_GET: self._get,
-                subjects.QUERY_LIST: self._list,
-                subjects.QUERY_REJECTION: self._rejection,
-                subjects.QUERY_HEALTH: self._health,
-                subjects.QUERY_HOSTS: self._hosts,
-                subjects.QUERY_CREDITS_GET: self._credits_get,
-                subjects.QUERY_CREDITS_LIST: self._credits_list,
-                subjects.QUERY_USAGE_LIST: self._usage_list,
-                subjects.QUERY_ROUTE_SIGNALS: self._route_signals,
-                subjects.QUERY_SNAPSHOT_GET: self._snapshot_get,
-                subjects.QUERY_SNAPSHOT_LIST: self._snapshot_list,
-                subjects.QUERY_KEY_GET: self._key_get,
-                subjects.QUERY_KEY_LIST: self._key_list,
-                subjects.ADMIN_REPLAY: self._replay,
-            },
-            queue=QUEUE,
-        )
+        plain: dict[str, Handler] = {
+            subjects.QUERY_GET: self._get,
+            subjects.QUERY_LIST: self._list,
+            subjects.QUERY_REJECTION: self._rejection,
+            subjects.QUERY_HEALTH: self._health,
+            subjects.QUERY_HOSTS: self._hosts,
+            subjects.QUERY_CREDITS_GET: self._credits_get,
+            subjects.QUERY_CREDITS_LIST: self._credits_list,
+            subjects.QUERY_USAGE_LIST: self._usage_list,
+            subjects.QUERY_ROUTE_SIGNALS: self._route_signals,
+            subjects.QUERY_SNAPSHOT_GET: self._snapshot_get,
+            subjects.QUERY_SNAPSHOT_LIST: self._snapshot_list,
+            subjects.QUERY_KEY_GET: self._key_get,
+            subjects.QUERY_KEY_LIST: self._key_list,
+            subjects.ADMIN_REPLAY: self._replay,
+        }
+        await self._responder.serve(plain, queue=QUEUE)
+        # Key identities ask the same queries on subjects ending in their key id.
+        await KeyQueries(self._nc, self._projector, plain).start(self._responder, QUEUE)
 
     async def stop(self) -> None:
         await self._responder.stop()

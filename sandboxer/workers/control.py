@@ -54,6 +54,7 @@ from sandboxer.domain.fallback import without_candidates
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
 from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
 from sandboxer.events.types import Actor, CommandRejected
+from sandboxer.workers.bus_identity import bus_identity_refusal
 from sandboxer.workers.credit_reservation import (
     decide_account_command,
     reserve_for_create,
@@ -110,6 +111,11 @@ class ControlWorker:
             command = parse_command(msg.subject, msg.data)
         except InvalidCommand as invalid:
             await self._reject(msg, invalid.code, invalid.reason, invalid)
+            await msg.ack()
+            return
+        refused = await bus_identity_refusal(self._store, msg.subject, command)
+        if refused is not None:  # a key identity acting as another, or outside its project
+            await self._reject(msg, *refused, command)
             await msg.ack()
             return
         try:

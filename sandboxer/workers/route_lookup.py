@@ -85,6 +85,15 @@ class RouteLookup:
         await self._responder.serve(
             {subjects.QUERY_ROUTE_EXPLAIN: self._explain}, queue=CONTROL_QUEUE
         )
+        # A key identity may ask too: how a profile routes reveals nothing of any project.
+        await self._responder.serve_scoped(
+            {subjects.QUERY_ROUTE_EXPLAIN: self._explain_for_key}, _any_key, queue=CONTROL_QUEUE
+        )
+
+    async def _explain_for_key(
+        self, request: dict[str, Any], _actor: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self._explain(request)
 
     async def stop(self) -> None:
         await self._responder.stop()
@@ -211,3 +220,8 @@ class RouteLookup:
         now = utc_now()
         decision = rank(profile, enabled, ttl_seconds=ttl, signals=signals, now=now)
         return {"decision": decision.to_dict(), "signals": signals.to_dict(), "at": now}
+
+
+async def _any_key(key_id: str) -> dict[str, Any]:
+    """Route explain answers every key alike (nats-server already authenticated it)."""
+    return {"id": key_id}

@@ -1,0 +1,159 @@
+"""The projector's answers to key identities: the same queries, narrowed to the key's project.
+
+A key identity (docs/security.md#keys-on-the-bus) asks on ``<query subject>.<key
+id>``, which only it may publish. Each answer here is the plain query's, then
+narrowed by :mod:`sandboxer.domain.key_access` exactly as the HTTP gateway
+narrows it: another project's sandbox, snapshot, rejection or account is
+answered as for one that does not exist.
+
+A key identity may not read the events stream, so it follows its own sandboxes
+with ``sandbox.events``: a page of one sandbox's events (or of one command's
+rejection) after a stream sequence, read from the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+
+from sandboxer import subjects
+from sandboxer.bus.direct_get import read_subject
+from sandboxer.bus.responder import Handler, Responder, ScopedHandler
+from sandboxer.domain.key_access import event_owner, may_see, owner_of, scope_of
+from sandboxer.domain.key_state import is_valid_key_id
+from sandboxer.errors import RequestError
+from sandboxer.ids import is_valid_command_id, is_valid_sandbox_id
+from sandboxer.projections.key_rows import load_key
+from sandboxer.projections.projector import Projector
+
+__all__ = ["MAX_EVENTS_PAGE", "KeyQueries"]
+
+MAX_EVENTS_PAGE = 500
+MAX_LIST = 10_000
+
+
+class KeyQueries:
+    """Serves the scoped variant of each query a key identity may ask (see the module)."""
+
+    def __init__(
+        self,
+        nc: Client,
+        projector: Projector,
+        plain: dict[str, Handler],
+    ) -> None:
+        self._nc = nc
+        self._projector = projector
+        self._plain = plain
+
+    async def start(self, responder: Responder, queue: str) -> None:
+        routes: dict[str, ScopedHandler] = {
+            subjects.QUERY_GET: self._get,
+            subjects.QUERY_LIST: self._list,
+            subjects.QUERY_REJECTION: self._rejection,
+            subjects.QUERY_SNAPSHOT_GET: self._snapshot_get,
+            subjects.QUERY_SNAPSHOT_LIST: self._snapshot_list,
+            subjects.QUERY_CREDITS_GET: self._credits_get,
+            subjects.QUERY_USAGE_LIST: self._usage_list,
+            subjects.QUERY_SANDBOX_EVENTS: self._sandbox_events,
+        }
+        await responder.serve_scoped(routes, self.resolve, queue=queue)
+
+    async def resolve(self, key_id: str) -> dict[str, Any]:
+        """The actor of an active key; a revoked one is refused at once."""
+        assert self._projector.view is not None
+        state = await load_key(self._projector.view.db, key_id) if is_valid_key_id(key_id) else None
+        actor = state.actor if state is not None else None
+        if actor is None:
+            raise RequestError(f"key {key_id} is revoked or unknown")
+        plain: dict[str, Any] = msgspec.to_builtins(actor)
+        return plain
+
+    def _ask(self, subject: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+        return self._plain[subject]
+
+    async def _get(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
+        reply = await self._ask(subjects.QUERY_GET)(request)
+        found = reply.get("sandbox")
+        if found is not None and not may_see(actor, owner_of(found)):
+            reply["sandbox"] = None
+        return reply
+
+    async def _list(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
+        limit = request.get("limit", 1000)
+        if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
+            raise RequestError(f"limit must be between 1 and {MAX_LIST}")
+        reply = await self._ask(subjects.QUERY_LIST)({**request, "limit": MAX_LIST})
+        mine = [s for s in reply["sandboxes"] if may_see(actor, owner_of(s))]
+        return {**reply, "sandboxes": mine[:limit]}
+
+    async def _rejection(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
+        reply = await self._ask(subjects.QUERY_REJECTION)(request)
+        found = reply.get("rejection")
+        if isinstance(found, dict) and not may_see(
+            actor, event_owner({"type": "rejected", **found})
+        ):
+            reply["rejection"] = None
+        return reply
+
+    async def _snapshot_get(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
+        reply = await self._ask(subjects.QUERY_SNAPSHOT_GET)(request)
+        found = reply.get("snapshot")
+        if found is not None and not may_see(actor, owner_of(found)):
+            reply["snapshot"] = None
+        return reply
+
+    async def _snapshot_list(
+        self, request: dict[str, Any], actor: dict[str, Any]
+    ) -> dict[str, Any]:
+        limit = request.get("limit", 1000)
+        if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
+            raise RequestError(f"limit must be between 1 and {MAX_LIST}")
+        reply = await self._ask(subjects.QUERY_SNAPSHOT_LIST)({**request, "limit": MAX_LIST})
+        mine = [s for s in reply["snapshots"] if may_see(actor, owner_of(s))]
+        return {**reply, "snapshots": mine[:limit]}
+
+    async def _credits_get(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
+        project = request.get("project")
+        if not may_see(actor, project if isinstance(project, str) else None):
+            return {"account": None, "position": self._projector.position}
+        return await self._ask(subjects.QUERY_CREDITS_GET)(request)
+
+    async def _usage_list(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
+        scope = scope_of(actor)
+        asked = request.get("project")
+        if scope is not None and asked not in {None, scope}:
+            raise RequestError(f"a {actor['type']} key sees the usage of project {scope} only")
+        return await self._ask(subjects.QUERY_USAGE_LIST)({**request, "project": asked or scope})
+
+    async def _sandbox_events(
+        self, request: dict[str, Any], actor: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``{sandbox_id | command_id, after, limit}`` -> ``{events: [[seq, event], ...]}``:
+        one of the key's sandboxes' events, or its command's rejection, after ``after``."""
+        after, limit = request.get("after", 0), request.get("limit", MAX_EVENTS_PAGE)
+        if not isinstance(after, int) or after < 0:
+            raise RequestError("after must be a stream sequence (a whole number, 0 or more)")
+        if not isinstance(limit, int) or not 0 < limit <= MAX_EVENTS_PAGE:
+            raise RequestError(f"limit must be between 1 and {MAX_EVENTS_PAGE}")
+        sandbox_id, command_id = request.get("sandbox_id"), request.get("command_id")
+        if isinstance(sandbox_id, str) and is_valid_sandbox_id(sandbox_id):
+            found = (await self._ask(subjects.QUERY_GET)({"sandbox_id": sandbox_id}))["sandbox"]
+            if found is None or not may_see(actor, owner_of(found)):
+                return {"events": [], "position": self._projector.position}
+            filter_subject = subjects.sandbox_events_filter(sandbox_id)
+        elif isinstance(command_id, str) and is_valid_command_id(command_id):
+            filter_subject = subjects.rejection_subject(command_id)
+        else:
+            raise RequestError("give a valid sandbox_id or command_id")
+        page: list[list[Any]] = []
+        async for seq, data in read_subject(self._nc, filter_subject, start=after + 1):
+            event = msgspec.json.decode(data)
+            if filter_subject.endswith(".rejected") and not may_see(actor, event_owner(event)):
+                continue
+            page.append([seq, event])
+            if len(page) >= limit:
+                break
+        return {"events": page, "position": self._projector.position}

@@ -1,0 +1,223 @@
+"""API keys as NATS identities, against 'sandboxer up' with its embedded server (auth on).
+
+An agt key logs in to NATS with the key itself. It acts only as itself and only on its
+own project: another project's sandbox does not exist for it, a forged actor is rejected,
+subjects that are not its own are refused by the server, and a revoked key is cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
+
+from sandboxer import subjects
+from sandboxer.bus.connect import connect
+from sandboxer.bus.key_users import key_credentials
+from sandboxer.bus.nats_auth import AUTH_DIR_NAME, read_credentials
+from sandboxer.domain.key_state import hash_key, key_id_for
+from sandboxer.errors import BusError
+from sandboxer.ids import new_command_id
+from tests.integration.conftest import Cli, reap_local
+
+pytestmark = pytest.mark.integration
+
+
+class Key:
+    """One API key's NATS connection, speaking the public contract by hand."""
+
+    def __init__(self, key: str, nc: Client, seen: list[str]) -> None:
+        self.key = key
+        self.id = key_id_for(hash_key(key))
+        self.nc = nc
+        self.seen = seen
+
+    async def actor(self, project: str, kind: str = "agt") -> dict[str, Any]:
+        return {"type": kind, "id": self.id, "project": project}
+
+    async def command(self, verb: str, body: dict[str, Any], *, subject: str | None = None) -> str:
+        command_id = body.setdefault("command_id", new_command_id())
+        await self.nc.jetstream().publish(
+            subject or subjects.stamped(subjects.command_subject(verb), self.id),
+            msgspec.json.encode(body),
+            headers={"Nats-Msg-Id": command_id},
+        )
+        return str(command_id)
+
+    async def query(self, subject: str, request: dict[str, Any]) -> dict[str, Any]:
+        reply = await self.nc.request(
+            subjects.stamped(subject, self.id), msgspec.json.encode(request), timeout=5
+        )
+        answer: dict[str, Any] = msgspec.json.decode(reply.data)
+        return answer
+
+    async def events(self, **about: Any) -> list[dict[str, Any]]:
+        answer = await self.query(subjects.QUERY_SANDBOX_EVENTS, about)
+        assert answer["ok"], answer
+        return [event for _seq, event in answer["events"]]
+
+    async def wait_for(self, kind: str, **about: Any) -> dict[str, Any]:
+        for _ in range(600):
+            found = [e for e in await self.events(**about) if e["type"] == kind]
+            if found:
+                return found[-1]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {kind} event for {about}")
+
+    async def violations(self) -> list[str]:
+        await self.nc.flush()
+        await asyncio.sleep(0.2)
+        return list(self.seen)
+
+
+async def login(url: str, key: str) -> Key:
+    """Connect as the key: its NATS user appears once the service reloaded its users."""
+    seen: list[str] = []
+    last: Exception | None = None
+    for _ in range(100):
+        try:
+            nc = await connect([url], name="key", long_lived=False, credentials=key_credentials(key))
+        except BusError as exc:
+            last = exc
+            await asyncio.sleep(0.1)
+            continue
+
+        async def on_error(exc: Exception) -> None:
+            seen.append(str(exc))
+
+        nc._error_cb = on_error  # keep permission violations for the assertions
+        return Key(key, nc, seen)
+    raise AssertionError(f"key never accepted: {last}")
+
+
+START_UP = """
+import asyncio
+from sandboxer.cli.background import connect_client
+from sandboxer.config.settings import Settings
+async def main():
+    client = await connect_client(Settings.from_env(), autostart=True)
+    await client.close()
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+async def up(home: Path) -> AsyncIterator[tuple[Cli, str]]:
+    env = {k: v for k, v in os.environ.items() if k != "SANDBOXER_NATS_URL"}
+    env |= {"SANDBOXER_HOME": str(home), "SANDBOXER_HTTP_ADDR": "off"}
+    cli = Cli(env)
+    try:
+        started = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", START_UP], env=env, check=False, timeout=120
+        )
+        assert started.returncode == 0, started
+        yield cli, json.loads((home / "service.json").read_text())["nats_url"]
+    finally:
+        await cli("down", check=False)
+        await reap_local(home)
+
+
+async def make_key(cli: Cli, project: str, kind: str = "agt") -> str:
+    made = await cli("keys", "create", "--project", project, "--type", kind, "--json")
+    key: str = json.loads(made.stdout)["key"]
+    return key
+
+
+async def test_an_agt_key_on_the_bus_acts_only_as_itself_in_its_project(
+    up: tuple[Cli, str], home: Path
+) -> None:
+    cli, url = up
+    alpha = await login(url, await make_key(cli, "alpha"))
+    beta = await login(url, await make_key(cli, "beta"))
+    try:
+        # alpha creates a sandbox through its own command subject, as itself.
+        await alpha.command(
+            "create",
+            {"profile": "profile.local", "sandbox_id": "alphabox1", "actor": await alpha.actor("alpha")},
+        )
+        ready = await alpha.wait_for("ready", sandbox_id="alphabox1")
+        assert ready["sandbox_id"] == "alphabox1"
+        mine = await alpha.query(subjects.QUERY_GET, {"sandbox_id": "alphabox1"})
+        assert mine["sandbox"]["actor"]["project"] == "alpha"
+
+        # To beta, alpha's sandbox does not exist: get, list and its events.
+        assert (await beta.query(subjects.QUERY_GET, {"sandbox_id": "alphabox1"}))["sandbox"] is None
+        assert (await beta.query(subjects.QUERY_LIST, {}))["sandboxes"] == []
+        assert await beta.events(sandbox_id="alphabox1") == []
+
+        # beta's destroy, as itself, is refused as for an unknown sandbox ...
+        refused = await beta.command(
+            "destroy", {"sandbox_id": "alphabox1", "actor": await beta.actor("beta")}
+        )
+        rejection = await beta.wait_for("rejected", command_id=refused)
+        assert rejection["code"] == "unknown_sandbox", rejection
+        # ... and so is one that claims to be alpha's key.
+        forged = await beta.command(
+            "destroy", {"sandbox_id": "alphabox1", "actor": await alpha.actor("alpha")}
+        )
+        rejection = await alpha.wait_for("rejected", command_id=forged)
+        assert rejection["code"] == "actor_mismatch", rejection
+
+        # Subjects that are not beta's own are refused by the server itself.
+        destroy = {"command_id": new_command_id(), "sandbox_id": "alphabox1"}
+        await beta.nc.publish(subjects.command_subject("destroy"), msgspec.json.encode(destroy))
+        await beta.nc.publish(
+            subjects.stamped(subjects.command_subject("destroy"), alpha.id),
+            msgspec.json.encode(destroy),
+        )
+        await beta.nc.subscribe(subjects.EVENTS)
+        await beta.nc.subscribe("_INBOX.>")
+        with pytest.raises(NatsTimeout):
+            await beta.nc.request(subjects.QUERY_GET, b'{"sandbox_id": "alphabox1"}', timeout=0.5)
+        seen = " | ".join(await beta.violations())
+        for refused_subject in (
+            '"sandboxer.cmd.destroy"',
+            f'"sandboxer.cmd.destroy.{alpha.id}"',
+            '"sandboxer.evt.>"',
+            '"_inbox.>"',
+            f'"{subjects.QUERY_GET}"',
+        ):
+            assert refused_subject in seen.lower(), (refused_subject, seen)
+
+        # alpha's sandbox is untouched; alpha destroys it itself.
+        assert (await alpha.query(subjects.QUERY_GET, {"sandbox_id": "alphabox1"}))["sandbox"][
+            "status"
+        ] == "ready"
+        await alpha.command(
+            "destroy", {"sandbox_id": "alphabox1", "actor": await alpha.actor("alpha")}
+        )
+        await alpha.wait_for("destroyed", sandbox_id="alphabox1")
+    finally:
+        await alpha.nc.close()
+        await beta.nc.close()
+
+
+async def test_a_revoked_key_is_cut_off_the_bus_at_once(up: tuple[Cli, str], home: Path) -> None:
+    cli, url = up
+    key = await make_key(cli, "gamma")
+    gamma = await login(url, key)
+    closed = asyncio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    gamma.nc._closed_cb = on_closed
+    await cli("keys", "revoke", gamma.id)
+    await asyncio.wait_for(closed.wait(), 10)  # the server dropped its connection
+    with pytest.raises(BusError, match=f"refused API key {gamma.id}"):
+        await connect([url], name="key", long_lived=False, credentials=key_credentials(key))
+    # The service's own identities are unaffected, and no key is in the server's config.
+    config = (home / AUTH_DIR_NAME / "nats-server.conf").read_text()
+    assert key not in config
+    assert gamma.id not in config
+    assert read_credentials(home / AUTH_DIR_NAME, "client") is not None
