@@ -20,9 +20,10 @@ from sandboxer.domain.found import FoundSandbox
 from sandboxer.errors import SandboxNotFound, Unsupported
 from sandboxer.extensions import ssh_checks
 from sandboxer.extensions.base import OutputSink, Stdin
+from sandboxer.extensions.ssh_exec_stop import STOP_TIMEOUT, stoppable
 from sandboxer.extensions.ssh_targets import Target, reachable_targets, session, target
 from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe, exists, probe
-from sandboxer.ssh import Connection, fetch_tree, stream
+from sandboxer.ssh import Connection, fetch_tree, remote, stream
 from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.limits import ArchiveLimits
 
@@ -137,7 +138,8 @@ class SshBackend:
         stdin: Stdin | None = None,
     ) -> int:
         """Run ``argv`` on the host, in the sandbox's directory, streaming its output
-        (and ``stdin`` to its input)."""
+        (and ``stdin`` to its input). Cancelled, it kills what the command started
+        (:mod:`~sandboxer.extensions.ssh_exec_stop`)."""
         ssh_checks.check_sandbox_id(sandbox_id, self.id)
         ssh_checks.check_argv(argv, sandbox_id, self.id)
         if service is not None:
@@ -150,4 +152,13 @@ class SshBackend:
         item = await self._exec_target(sandbox_id, host)
         async with session(item) as conn:
             directory = await self._existing_directory(conn, item, sandbox_id)
-            return await stream(conn, argv, output, env=item.config.env, cwd=directory, stdin=stdin)
+
+            async def run(name: str, value: str) -> int:
+                env = {**item.config.env, name: value}
+                return await stream(conn, argv, output, env=env, cwd=directory, stdin=stdin)
+
+            async def stop(kill: list[str]) -> object:
+                return await remote.run(conn, kill, timeout=STOP_TIMEOUT, check=False)
+
+            # Given up (timeout, client gone): what it started is stopped on the host too.
+            return await stoppable(run, stop, what=f"exec in {sandbox_id}")

@@ -133,10 +133,11 @@ def check_path(path: str, *, root_allowed: bool) -> str:
 _PRELUDE = r"""
 set -u
 root=$(pwd -P) || exit 96
+# ${root%/}: a workspace of / (a container's default working directory) holds every path
 refuse() { printf 'sandboxer-refused: %s\n' "$1" >&2; exit 97; }
 inside() {
   r=$(readlink -f -- "$1") || return 1
-  case "$r" in "$root"|"$root"/*) return 0;; esac
+  case "$r" in "$root"|"${root%/}"/*) return 0;; esac
   return 1
 }
 """

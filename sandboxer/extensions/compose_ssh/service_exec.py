@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, Sequence
 
 from sandboxer.errors import InvalidInput, SandboxNotFound
 from sandboxer.extensions.compose_ssh.stack import Stack
+from sandboxer.extensions.ssh_exec_stop import STOP_TIMEOUT, stoppable
 from sandboxer.extensions.ssh_targets import Target
 from sandboxer.extensions.ssh_workspace import probe
 from sandboxer.ssh import ChunkSink, Connection, stream
@@ -45,7 +46,9 @@ async def exec_in_service(
     stdin: AsyncIterable[bytes] | None = None,
 ) -> int:
     """Run ``argv`` in ``service``'s container (the first service when ``None``); ``stdin``
-    reaches the command through ``exec -T``, which keeps the container's input open."""
+    reaches the command through ``exec -T``, which keeps the container's input open.
+    Cancelled, it kills what the command started in the container
+    (:mod:`~sandboxer.extensions.ssh_exec_stop`)."""
     stack = Stack.recorded(item, sandbox_id, await probe(conn, item, sandbox_id))
     if stack is None:
         raise SandboxNotFound(
@@ -63,11 +66,20 @@ async def exec_in_service(
             sandbox_id=sandbox_id,
             extension=EXTENSION,
         )
-    return await stream(
-        conn,
-        stack.argv("exec", "-T", chosen, *argv),
-        output,
-        env=item.config.env,
-        cwd=stack.directory,
-        stdin=stdin,
-    )
+
+    async def run(name: str, value: str) -> int:
+        return await stream(
+            conn,
+            stack.argv("exec", "-T", "-e", f"{name}={value}", chosen, *argv),
+            output,
+            env=item.config.env,
+            cwd=stack.directory,
+            stdin=stdin,
+        )
+
+    async def stop(kill: list[str]) -> object:
+        return await stack.run(conn, "exec", "-T", chosen, *kill, timeout=STOP_TIMEOUT, check=False)
+
+    # The engine leaves an exec's process running when its client dies: given up (timeout,
+    # client gone), what the command started in the container is killed there.
+    return await stoppable(run, stop, what=f"exec in {sandbox_id}")

@@ -1,0 +1,78 @@
+"""Stopping what an exec started on an SSH host (or in a compose container) when the exec is
+given up: its timeout passed, its client went away, its output could not be delivered.
+
+Closing the SSH channel does not stop a remote command (see :mod:`sandboxer.ssh.deadline`),
+and ``docker|podman exec`` does not stop the process it started in a container when its
+own client dies. So each exec carries a marker in its environment,
+``SANDBOXER_EXEC_ID=<random>``, which everything it starts inherits; giving the exec up
+runs :data:`KILL_SCRIPT` where the command ran, which sends SIGKILL to every process
+whose environment holds that marker, pass after pass until none is left (a process
+may fork while a pass runs). The script's own environment lacks the marker (it is an
+argument there), so it never kills itself. It needs ``sh``, ``tr``, ``grep`` and a
+Linux ``/proc`` where it runs; where they are missing, the command is left to end on
+its own and the failure is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+
+__all__ = ["KILL_SCRIPT", "MARKER_NAME", "STOP_TIMEOUT", "kill_argv", "new_marker", "stoppable"]
+
+log = logging.getLogger(__name__)
+
+MARKER_NAME = "SANDBOXER_EXEC_ID"
+STOP_TIMEOUT = 20.0
+"""Seconds the stopping command may take before the exec gives up on it."""
+
+# $1 is NAME=VALUE, the marker. /proc/PID/environ is NUL-separated.
+KILL_SCRIPT = r"""
+m=$1
+n=0
+while [ "$n" -lt 50 ]; do
+  n=$((n + 1))
+  found=
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" = "$$" ] && continue
+    if tr '\000' '\n' < "$d/environ" 2>/dev/null | grep -qxF -e "$m"; then
+      kill -KILL "$p" 2>/dev/null && found=1
+    fi
+  done
+  [ -n "$found" ] || exit 0
+done
+exit 1
+"""
+
+
+def new_marker() -> tuple[str, str]:
+    """A fresh marker as (name, value)."""
+    return MARKER_NAME, secrets.token_hex(16)
+
+
+def kill_argv(name: str, value: str) -> list[str]:
+    """The command that kills every process carrying the marker ``name=value``."""
+    return ["sh", "-c", KILL_SCRIPT, "sh", f"{name}={value}"]
+
+
+async def stoppable(
+    run: Callable[[str, str], Awaitable[int]],
+    stop: Callable[[list[str]], Awaitable[object]],
+    *,
+    what: str,
+) -> int:
+    """``run(name, value)`` with a fresh marker; when it ends by raising (cancelled
+    included), ``stop(kill_argv(...))`` first, bounded and never raising, then the error."""
+    name, value = new_marker()
+    try:  # awaiting in the handler works after a cancellation: a task is cancelled once
+        return await run(name, value)
+    except BaseException:
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await stop(kill_argv(name, value))
+        except Exception as exc:
+            log.warning("could not stop what %s started: %r", what, exc)
+        raise
