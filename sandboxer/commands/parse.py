@@ -23,8 +23,10 @@ from sandboxer.commands.types import (
     SetBudget,
     SetByok,
     SnapshotSandbox,
+    asked_policy,
 )
 from sandboxer.config.hosts import HOST_NAME
+from sandboxer.config.network_policy import PolicyError
 from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
 from sandboxer.domain.key_decide import key_command_refusal
 from sandboxer.domain.key_state import is_valid_key_id
@@ -160,6 +162,11 @@ def _check_fields(command: Command, invalid: Callable[[str, str], InvalidCommand
             )
         if command.ttl is not None:
             _check_duration("ttl", command.ttl, invalid)
+        if command.network is not None:
+            try:
+                asked_policy(command.network)
+            except PolicyError as exc:
+                raise invalid("invalid_network", exc.message) from None
     if isinstance(command, ExtendTtl):
         _check_duration("duration", command.duration, invalid)
     if (

@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from sandboxer.config.network_policy import NetworkPolicy, parse_policy
 from sandboxer.events.types import Actor
 from sandboxer.ids import derive_sandbox_id
 
@@ -22,8 +23,10 @@ __all__ = [
     "CreateSandbox",
     "DeleteSnapshot",
     "DestroySandbox",
+    "EgressObject",
     "ExpireSandbox",
     "ExtendTtl",
+    "NetworkAsk",
     "PauseSandbox",
     "RecreateSandbox",
     "RerouteSandbox",
@@ -34,6 +37,7 @@ __all__ = [
     "SetByok",
     "SnapshotSandbox",
     "TouchSandbox",
+    "asked_policy",
     "target_sandbox",
 ]
 
@@ -42,6 +46,31 @@ class _CommandBase(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     command_id: str
     """Idempotency key; also the ``Nats-Msg-Id`` header of the publish."""
     actor: Actor
+
+
+class EgressObject(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One egress entry in its object form (docs/network.md#entries)."""
+
+    to: str
+    """An address, a CIDR, a domain name or a wildcard name (``*.pypi.org``)."""
+    ports: list[int | str] | None = None
+    """Ports (``443``) and ranges (``"8000-8100"``); left out: every port."""
+    protocol: Literal["tcp", "udp"] | None = None
+    """Left out: TCP and UDP."""
+
+
+class NetworkAsk(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A network policy a create asks for (docs/network.md): it may narrow the profile's,
+    never widen it unless an ``adm`` actor asks."""
+
+    default: Literal["deny", "allow"] = "deny"
+    egress: list[str | EgressObject] = []
+    """Entries as compact strings (``pypi.org:443``, ``10.1.2.0/24``) or objects."""
+
+
+def asked_policy(ask: NetworkAsk) -> NetworkPolicy:
+    """The policy a create's ``network`` asks for; PolicyError names the entry at fault."""
+    return parse_policy(msgspec.to_builtins(ask), "network")
 
 
 class CreateSandbox(_CommandBase, frozen=True, kw_only=True):
@@ -56,6 +85,9 @@ class CreateSandbox(_CommandBase, frozen=True, kw_only=True):
     ttl: str | None = None
     """Lifetime (``90s``, ``2h``, ``1d``) instead of the profile's ``ttl.default``; at most
     its ``ttl.max``."""
+    network: NetworkAsk | None = None
+    """A narrower network policy than the profile's (docs/network.md#narrowing); left out:
+    the profile's."""
 
 
 class DestroySandbox(_CommandBase, frozen=True, kw_only=True):

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from sandboxer.config.network_policy import Enforcement
+
 __all__ = ["Capabilities", "Capacity", "ExtensionDecl", "Pricing"]
 
 
@@ -20,6 +22,13 @@ class Capabilities(_Strict):
     gpu: bool = False
     exec: bool = False
     regions: list[str] = Field(default_factory=list)
+    network: Enforcement = "none"
+    """What of a network policy this backend enforces (docs/network.md#enforcement), weakest
+    first: ``none`` (nothing: the sandbox has whatever network the backend gives),
+    ``all-or-nothing`` (no network at all, or all of it), ``cidr`` (also an allowlist of
+    addresses and CIDRs), ``domain`` (also of names and wildcard names). Routing sends a
+    profile only to a backend whose level covers what its policy needs; a declaration that
+    does not say is ``none``."""
 
 
 class Pricing(_Strict):

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sandboxer.config.network_policy import NetworkPolicy, PolicyError, parse_egress
 from sandboxer.durations import parse_duration
 from sandboxer.errors import InvalidInput
 
@@ -48,10 +49,32 @@ class Isolation(_Strict):
 
 
 class Network(_Strict):
-    """Network policy: ``deny`` gives only loopback; ``egress`` lists allowed ``host:port`` targets."""
+    """The network policy (docs/network.md): under ``deny`` only the ``egress`` entries are
+    reachable; under ``allow`` everything is.
+
+    Entries come as compact strings (``pypi.org:443``, ``10.1.2.0/24``, ``*.pypi.org``) or
+    objects (``{to, ports, protocol}``) and are kept in their canonical compact form, so an
+    older profile's ``host:port`` entries read as they always did.
+    """
 
     default: Literal["deny", "allow"] = "deny"
     egress: list[str] = Field(default_factory=list)
+
+    @field_validator("egress", mode="before")
+    @classmethod
+    def _canonical_entries(cls, raw: object) -> object:
+        try:
+            return [entry.compact() for entry in parse_egress(raw, "network.egress")]
+        except PolicyError as exc:  # pydantic only wraps ValueError into a field error
+            raise ValueError(exc.message) from None
+
+    def policy(self) -> NetworkPolicy:
+        """The parsed policy (entries are canonical already, so this cannot fail)."""
+        return NetworkPolicy(self.default, parse_egress(self.egress))
+
+    @classmethod
+    def of(cls, policy: NetworkPolicy) -> Network:
+        return cls(default=policy.default, egress=[e.compact() for e in policy.egress])
 
 
 class Workspace(_Strict):
@@ -182,6 +205,10 @@ class Profile(_Strict):
         if (self.extension is None) == (self.route is None):
             raise ValueError("set exactly one of 'extension' (a fixed backend) or 'route'")
         return self
+
+    def with_network(self, policy: NetworkPolicy) -> Profile:
+        """This profile with another network policy (the one in force for one sandbox)."""
+        return self.model_copy(update={"network": Network.of(policy)})
 
     def candidates(self) -> list[str]:
         """Extensions that may serve this profile, in the order routing considers them."""

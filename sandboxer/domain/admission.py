@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sandboxer.commands.types import CreateSandbox
+from sandboxer.commands.types import CreateSandbox, asked_policy
 from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.network_policy import NetworkPolicy, PolicyError, narrows
 from sandboxer.config.profile import Profile
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.routing import route
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.durations import format_duration, parse_duration
 from sandboxer.errors import Rejected
+from sandboxer.events.types import NetworkRecord
 from sandboxer.ids import derive_sandbox_id
 
-__all__ = ["admit_create"]
+__all__ = ["admit_create", "network_in_force"]
 
 
 def complete_inputs(profile: Profile, given: Mapping[str, str]) -> dict[str, str]:
@@ -51,6 +53,9 @@ def admit_create(
     """``signals`` None: routing knows no latency, live counts or circuits (and says so)."""
     inputs = complete_inputs(profile, command.inputs)
     ttl, ttl_max = _ttl(command, profile)
+    network = network_in_force(command, profile)
+    if network != profile.network.policy():
+        profile = profile.with_network(network)  # routing weighs the policy in force
     choice = route(
         profile,
         enabled,
@@ -71,7 +76,28 @@ def admit_create(
         ttl_max_seconds=ttl_max,
         idle_reap_seconds=parse_duration(profile.ttl.idle_reap) if profile.ttl.idle_reap else None,
         max_pause_seconds=parse_duration(profile.ttl.max_pause) if profile.ttl.max_pause else None,
+        network=NetworkRecord(**network.record()),
     )
+
+
+def network_in_force(command: CreateSandbox, profile: Profile) -> NetworkPolicy:
+    """The profile's network policy, or the one the create asks for when that narrows it
+    (an ``adm`` actor may also widen it); Rejected with the entry that widens it."""
+    own = profile.network.policy()
+    if command.network is None:
+        return own
+    try:
+        asked = asked_policy(command.network)
+    except PolicyError as exc:  # parse_command checked it; a caller that did not is told here
+        raise Rejected("invalid_network", exc.message) from None
+    refusal = narrows(own, asked)
+    if refusal is not None and command.actor.type != "adm":
+        raise Rejected(
+            "network_widened",
+            f"network: {refusal}; a create may narrow the profile's policy, and only an adm "
+            "actor may widen it",
+        )
+    return asked
 
 
 def _ttl(command: CreateSandbox, profile: Profile) -> tuple[float, float]:

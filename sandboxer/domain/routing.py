@@ -3,8 +3,9 @@ a decision out (docs/routing.md).
 
 Every candidate of the profile is looked at, in the profile's order:
 
-1. **eligibility**, first failing check wins: not installed or not enabled; the profile's
-   constraints (``require_isolation``, ``gpu``, ``snapshot``, ``pause``, ``region``,
+1. **eligibility**, first failing check wins: not installed or not enabled; the network
+   policy (the declaration's ``capabilities.network`` must cover what the policy needs,
+   docs/network.md#enforcement); the profile's constraints (``require_isolation``, ``gpu``, ``snapshot``, ``pause``, ``region``,
    ``max_cost_per_hour`` against the estimate for the requested TTL); an open circuit;
    no capacity left (live sandboxes >= declared ``max_sandboxes``);
 2. a **score** for the strategy, lower is better: ``explicit`` the profile's order,
@@ -23,6 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.network_policy import enforces
 from sandboxer.config.profile import Profile, RouteConstraints
 from sandboxer.domain.pricing import MICRO, estimate_microusd
 from sandboxer.domain.route_signals import RouteSignals
@@ -139,6 +141,24 @@ def _unmet(
     return None
 
 
+def _network_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:
+    """Why ``decl`` cannot enforce the profile's network policy, or None when it can."""
+    policy = profile.network.policy()
+    need = policy.needs()
+    level = decl.capabilities.network
+    if enforces(level, need):
+        return None
+    what = {
+        "all-or-nothing": "no network at all",
+        "cidr": "an address allowlist",
+        "domain": "a domain allowlist",
+    }.get(need, need)
+    return (
+        f"cannot enforce the network policy ({policy.describe()}): it needs {what} "
+        f"(network: {need}) and the backend enforces network: {level}"
+    )
+
+
 def _capacity(decl: ExtensionDecl, signals: RouteSignals) -> int | None:
     if decl.id in signals.capacity:
         return signals.capacity[decl.id]
@@ -188,7 +208,7 @@ def _assess(
         live=live,
         capacity=capacity,
     )
-    why_not = _unmet(decl, constraints, gpu, estimate, ttl)
+    why_not = _network_unmet(decl, profile) or _unmet(decl, constraints, gpu, estimate, ttl)
     if profile.extension is not None:  # fixed by the profile: not routed, nothing to weigh
         return seen if why_not is None else _ineligible(seen, why_not)
     circuit = signals.circuits.get(ext_id)

@@ -33,6 +33,7 @@ from sandboxer.domain.sandbox_snapshots import FinishSnapshot, StartSnapshot, de
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import Rejected
 from sandboxer.events.types import (
+    NetworkRecord,
     SandboxDestroyed,
     SandboxDestroying,
     SandboxEvent,
@@ -81,6 +82,8 @@ class AdmittedCreate:
     restored_from: str | None = None
     """For a restore: the snapshot whose object is the directory input."""
     max_pause_seconds: float | None = None
+    network: NetworkRecord | None = None
+    """The network policy in force: the profile's, or the narrower one the create asked for."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,6 +236,7 @@ def _decide_ready(state: SandboxState, command: MarkReady, now: str) -> list[San
             reachability=command.reachability,
             warnings=command.warnings,
             generation=state.generation,
+            network=state.network,
         )
     ]
 
@@ -344,6 +348,7 @@ def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> l
             idle_reap_seconds=admitted.idle_reap_seconds,
             restored_from=admitted.restored_from,
             max_pause_seconds=admitted.max_pause_seconds,
+            network=admitted.network,
         ),
         _routed(admitted, now),
     ]

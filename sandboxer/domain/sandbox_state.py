@@ -42,6 +42,7 @@ from sandboxer.domain.timestamps import shift
 from sandboxer.domain.usage import billing_step
 from sandboxer.events.types import (
     Actor,
+    NetworkRecord,
     SandboxActive,
     SandboxDestroyed,
     SandboxDestroying,
@@ -168,6 +169,9 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     A tuple in log order (not a set) so that the stored state is byte-for-byte reproducible."""
     created_at: str | None = None
     updated_at: str | None = None
+    network: NetworkRecord | None = None
+    """The network policy in force (docs/network.md), as ``requested`` recorded it; None for
+    a sandbox requested before policies were recorded (its profile's policy applies)."""
 
 
 def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
@@ -208,6 +212,7 @@ def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
                 created_at=event.at,
                 restored_from=event.restored_from,
                 max_pause_seconds=event.max_pause_seconds,
+                network=event.network,
             )
         case SandboxRouted():
             return replace(base, status="routed", extension=event.extension, host=event.host)

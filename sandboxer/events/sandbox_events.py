@@ -9,6 +9,7 @@ import msgspec
 from sandboxer.events.actor import Actor
 
 __all__ = [
+    "NetworkRecord",
     "SandboxActive",
     "SandboxDestroyed",
     "SandboxDestroying",
@@ -50,6 +51,14 @@ class _SandboxEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="ty
     """UTC time, ISO 8601 with milliseconds."""
 
 
+class NetworkRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The network policy in force for a sandbox (docs/network.md): ``default`` and each
+    egress entry in its canonical compact form (``pypi.org:443``, ``10.0.0.0/8/udp``)."""
+
+    default: Literal["deny", "allow"] = "deny"
+    egress: list[str] = []
+
+
 class SandboxRequested(_SandboxEventBase, frozen=True, kw_only=True, tag="requested"):
     """A create was accepted: the profile exists and the inputs satisfy it."""
 
@@ -69,6 +78,9 @@ class SandboxRequested(_SandboxEventBase, frozen=True, kw_only=True, tag="reques
     max_pause_seconds: float | None = None
     """The profile's ``ttl.max_pause`` at admission: a sandbox paused this long expires
     (``pause_limit_reached``). None: a pause may last as long as its TTL would have."""
+    network: NetworkRecord | None = None
+    """The network policy in force: the profile's, or the narrower one the create asked
+    for. None in events recorded before policies were (the profile's policy applies)."""
 
 
 class SandboxRouted(_SandboxEventBase, frozen=True, kw_only=True, tag="routed"):
@@ -98,6 +110,9 @@ class SandboxReady(_SandboxEventBase, frozen=True, kw_only=True, tag="ready"):
     reachability: dict[str, Any]
     warnings: list[str] = []
     generation: int = 1
+    network: NetworkRecord | None = None
+    """The network policy the sandbox runs under (that of ``requested``); None in events
+    recorded before policies were."""
 
 
 class SandboxFailed(_SandboxEventBase, frozen=True, kw_only=True, tag="failed"):

@@ -38,6 +38,7 @@ from sandboxer.events.record_events import (
     HostReaped,
 )
 from sandboxer.events.sandbox_events import (
+    NetworkRecord,
     SandboxActive,
     SandboxDestroyed,
     SandboxDestroying,
@@ -91,6 +92,7 @@ __all__ = [
     "KeyCreated",
     "KeyEvent",
     "KeyRevoked",
+    "NetworkRecord",
     "SandboxActive",
     "SandboxDestroyed",
     "SandboxDestroying",

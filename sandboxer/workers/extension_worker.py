@@ -30,6 +30,7 @@ from sandboxer.bus.event_store import EventStore, Loaded
 from sandboxer.bus.publish import is_unavailability
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
+from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.profile import Profile
 from sandboxer.domain.fallback import has_fallback
 from sandboxer.domain.sandbox_decide import (
@@ -230,6 +231,8 @@ class ExtensionWorker:
         try:
             backend = await backend_for(self._store, self.extension, state)  # BYOK: its key
             profile = self._catalog.profile(state.profile)
+            if state.network is not None:  # the policy in force, as `requested` recorded it
+                profile = profile.with_network(parse_policy(msgspec.to_builtins(state.network)))
             secrets = resolve_secrets(profile.setup.secret_refs)
             # Directory inputs are vetted here, before the backend sees any of them: an
             # upload is fetched and checked, a host path must lie under the input roots.

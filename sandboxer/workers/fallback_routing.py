@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from sandboxer.bus.event_store import EventStore
-from sandboxer.commands.types import CreateSandbox, RerouteSandbox
+from sandboxer.commands.types import CreateSandbox, NetworkAsk, RerouteSandbox
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.sandbox_decide import AdmittedCreate, Reroute
 from sandboxer.domain.sandbox_state import SandboxState
@@ -46,6 +46,10 @@ async def next_route(
         profile=state.profile,
         inputs=state.inputs,
         sandbox_id=state.sandbox_id,
+        # The policy in force goes along, so the next candidate must enforce it too.
+        network=NetworkAsk(default=state.network.default, egress=list(state.network.egress))
+        if state.network is not None
+        else None,
     )
     refusals = f"refused by {', '.join(state.refused_by)} ({state.failure})"
     try:

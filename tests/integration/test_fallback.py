@@ -24,12 +24,14 @@ id: profile.fallback
 route:
   strategy: explicit
   candidates: [ext.saas-stub, ext.local]
+network: {default: allow}
 """
 STUB_ONLY = """\
 id: profile.stub-only
 route:
   strategy: explicit
   candidates: [ext.saas-stub]
+network: {default: allow}
 """
 ROLES = ["control", "projector", "ext.saas-stub", "ext.local"]
 

@@ -60,6 +60,7 @@ inputs:
 id: profile.test-vm
 extension: ext.vm-packer
 isolation: {level: policy}
+network: {default: allow}
 placement: {host_input: vm}
 inputs:
   vm: {required: true}

@@ -31,6 +31,7 @@ PROFILES = {
     "profile.snap-vm": """\
 id: profile.snap-vm
 extension: ext.vm-packer
+network: {default: allow}
 isolation: {level: policy}
 placement: {host_input: vm}
 setup:

@@ -30,6 +30,7 @@ id: profile.stub-first
 route:
   strategy: explicit
   candidates: [ext.saas-stub, ext.local]
+network: {default: allow}
 ttl: {default: 10m, max: 1h}
 """
 

@@ -162,6 +162,7 @@ VM_PROFILE = """\
 id: profile.test-vm
 extension: ext.vm-packer
 isolation: {level: policy}
+network: {default: allow}
 placement: {host_input: vm}
 inputs:
   vm: {required: true}

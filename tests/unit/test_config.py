@@ -100,7 +100,11 @@ def _decl(ext_id: str, kind: str, per_second: float, snapshot: bool = False) -> 
             "id": ext_id,
             "kind": kind,
             "entry_point": "m:C",
-            "capabilities": {"isolation": ["container"], "snapshot": snapshot},
+            "capabilities": {
+                "isolation": ["container"],
+                "snapshot": snapshot,
+                "network": "all-or-nothing",
+            },
             "pricing": {"per_second": per_second},
         }
     )

@@ -245,7 +245,11 @@ def test_admission_records_the_profiles_pause_limit() -> None:
         {
             "id": "ext.local",
             "kind": "self-hosted",
-            "capabilities": {"isolation": ["namespace"], "pause": True},
+            "capabilities": {
+                "isolation": ["namespace"],
+                "pause": True,
+                "network": "all-or-nothing",
+            },
             "entry_point": "sandboxer.extensions.local.backend:LocalExtension",
         }
     )

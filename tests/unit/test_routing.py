@@ -38,6 +38,7 @@ def decl(
     per_create: float = 0.0,
     gpu_per_second: float = 0.0,
     capacity: int | None = None,
+    network: str = "all-or-nothing",
 ) -> ExtensionDecl:
     data: dict[str, Any] = {
         "id": ext_id,
@@ -49,6 +50,7 @@ def decl(
             "snapshot": snapshot,
             "pause": pause,
             "regions": list(regions),
+            "network": network,
         },
         "pricing": {
             "per_second": per_second,

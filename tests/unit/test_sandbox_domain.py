@@ -412,7 +412,7 @@ def test_admission_applies_the_profile_ttl_and_refuses_more_than_its_max() -> No
                 "id": "ext.local",
                 "kind": "self-hosted",
                 "entry_point": "x:y",
-                "capabilities": {"isolation": ["namespace"]},
+                "capabilities": {"isolation": ["namespace"], "network": "all-or-nothing"},
             }
         )
     }

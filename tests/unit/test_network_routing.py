@@ -1,0 +1,241 @@
+"""The network policy as a routing capability, and a create's narrowing of it (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from sandboxer.commands.parse import parse_command
+from sandboxer.commands.types import CreateSandbox, EgressObject, NetworkAsk
+from sandboxer.config.catalog import Catalog, packaged_dir
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.profile import Profile
+from sandboxer.domain.admission import admit_create
+from sandboxer.domain.routing import rank
+from sandboxer.domain.sandbox_decide import MarkReady, StartProvisioning, decide
+from sandboxer.domain.sandbox_state import SandboxState, evolve
+from sandboxer.errors import InvalidCommand, Rejected
+from sandboxer.events.types import Actor, NetworkRecord, SandboxRequested
+
+AGENT = Actor(type="agt", id="agent-1", project="acme")
+ADMIN = Actor(type="adm", id="ops")
+NOW = "2026-12-02T10:00:00.000Z"
+LEVELS = ("none", "all-or-nothing", "cidr", "domain")
+
+
+def decl(ext_id: str, network: str, kind: str = "saas") -> ExtensionDecl:
+    return ExtensionDecl.model_validate(
+        {
+            "id": ext_id,
+            "kind": kind,
+            "entry_point": "m:C",
+            "capabilities": {"isolation": ["container"], "network": network},
+        }
+    )
+
+
+ENABLED = {f"ext.{level}": decl(f"ext.{level}", level) for level in LEVELS}
+
+
+def routed_profile(network: dict[str, Any]) -> Profile:
+    return Profile.model_validate(
+        {
+            "id": "profile.net",
+            "route": {"strategy": "explicit", "candidates": [f"ext.{level}" for level in LEVELS]},
+            "network": network,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("network", "eligible"),
+    [
+        ({"default": "allow"}, ["ext.none", "ext.all-or-nothing", "ext.cidr", "ext.domain"]),
+        ({}, ["ext.all-or-nothing", "ext.cidr", "ext.domain"]),  # deny is the default
+        ({"egress": ["10.0.0.0/8:443"]}, ["ext.cidr", "ext.domain"]),
+        ({"egress": ["10.0.0.0/8", "*.pypi.org:443"]}, ["ext.domain"]),
+    ],
+)
+def test_a_backend_is_eligible_only_when_it_enforces_what_the_policy_needs(
+    network: dict[str, Any], eligible: list[str]
+) -> None:
+    decision = rank(routed_profile(network), ENABLED, ttl_seconds=60)
+    assert [c.extension for c in decision.candidates if c.eligible] == eligible
+    assert decision.chosen == eligible[0]
+
+
+def test_route_explain_says_why_a_backend_cannot_enforce_the_policy() -> None:
+    decision = rank(routed_profile({"egress": ["*.pypi.org:443"]}), ENABLED, ttl_seconds=60)
+    why = {c.extension: c.why_not for c in decision.candidates}
+    assert why["ext.cidr"] == (
+        "cannot enforce the network policy (deny; egress *.pypi.org:443): it needs a domain "
+        "allowlist (network: domain) and the backend enforces network: cidr"
+    )
+    assert "ext.cidr cannot enforce the network policy" in decision.reason
+    assert why["ext.domain"] is None
+
+
+def test_a_profile_fixed_to_a_backend_that_cannot_enforce_it_is_not_routed() -> None:
+    profile = Profile.model_validate(
+        {"id": "profile.vm", "extension": "ext.cidr", "network": {"egress": ["pypi.org"]}}
+    )
+    with pytest.raises(Rejected) as refused:
+        admit_create(
+            CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id), profile, ENABLED
+        )
+    assert refused.value.code == "no_route"
+    assert "needs a domain allowlist" in refused.value.reason
+
+
+def test_packaged_declarations_state_what_each_backend_enforces() -> None:
+    catalog = Catalog.load(packaged_dir("profiles").parent)
+    levels = {ext_id: d.capabilities.network for ext_id, d in catalog.extensions.items()}
+    assert levels == {
+        "ext.local": "all-or-nothing",  # the allowlist is being built (docs/network.md)
+        "ext.compose-ssh": "all-or-nothing",
+        "ext.vm-packer": "none",
+        "ext.e2b": "domain",
+        "ext.daytona": "cidr",
+        "ext.modal": "domain",
+        "ext.saas-stub": "none",
+    }
+
+
+def test_an_undeclared_level_is_none() -> None:
+    bare = ExtensionDecl.model_validate(
+        {
+            "id": "ext.x",
+            "kind": "saas",
+            "entry_point": "m:C",
+            "capabilities": {"isolation": ["container"]},
+        }
+    )
+    assert bare.capabilities.network == "none"
+
+
+# --- narrowing at admission ---------------------------------------------------------------
+
+PROFILE = Profile.model_validate(
+    {
+        "id": "profile.pypi",
+        "route": {"candidates": ["ext.cidr", "ext.domain"]},
+        "network": {"egress": ["*.pypi.org:443", "10.0.0.0/8"]},
+    }
+)
+
+
+def create(network: NetworkAsk | None, actor: Actor = AGENT) -> CreateSandbox:
+    return CreateSandbox(command_id="c1", actor=actor, profile=PROFILE.id, network=network)
+
+
+def test_without_a_network_the_profile_policy_is_in_force_and_recorded() -> None:
+    admitted = admit_create(create(None), PROFILE, ENABLED)
+    assert admitted.network == NetworkRecord(
+        default="deny", egress=["*.pypi.org:443", "10.0.0.0/8"]
+    )
+    requested, _routed = decide(SandboxState(sandbox_id=admitted.sandbox_id), admitted, NOW)
+    assert requested.network == admitted.network  # type: ignore[union-attr]
+
+
+def test_a_narrowing_is_in_force_and_routing_weighs_it() -> None:
+    """Narrowed to addresses only, the policy needs cidr: the first candidate serves it."""
+    asked = NetworkAsk(
+        egress=[EgressObject(to="10.1.0.0/16", ports=[22, "8000-8100"], protocol="tcp")]
+    )
+    admitted = admit_create(create(asked), PROFILE, ENABLED)
+    assert admitted.network == NetworkRecord(egress=["10.1.0.0/16:22,8000-8100/tcp"])
+    assert admitted.extension == "ext.cidr"
+    assert admit_create(create(None), PROFILE, ENABLED).extension == "ext.domain"
+
+
+def test_a_widening_is_rejected_with_the_entry_that_widens_it() -> None:
+    with pytest.raises(Rejected) as refused:
+        admit_create(create(NetworkAsk(egress=["pypi.org:443"])), PROFILE, ENABLED)
+    assert refused.value.code == "network_widened"
+    assert refused.value.reason == (
+        "network: egress pypi.org:443 is not within the profile's network policy (deny; egress "
+        "*.pypi.org:443, 10.0.0.0/8): no entry of the profile covers pypi.org; a create may "
+        "narrow the profile's policy, and only an adm actor may widen it"
+    )
+    with pytest.raises(Rejected, match="default: allow is wider"):
+        admit_create(create(NetworkAsk(default="allow")), PROFILE, ENABLED)
+
+
+def test_an_adm_actor_may_widen() -> None:
+    admitted = admit_create(create(NetworkAsk(default="allow"), ADMIN), PROFILE, ENABLED)
+    assert admitted.network == NetworkRecord(default="allow", egress=[])
+
+
+def test_ready_records_the_policy_in_force() -> None:
+    admitted = admit_create(create(NetworkAsk(egress=["files.pypi.org:443"])), PROFILE, ENABLED)
+    state = SandboxState(sandbox_id=admitted.sandbox_id)
+    for event in decide(state, admitted, NOW):
+        state = evolve(state, event)
+    for step in (
+        StartProvisioning(job_id="j1", worker="w"),
+        MarkReady(job_id="j1", reachability={}, warnings=[]),
+    ):
+        [event] = decide(state, step, NOW)
+        state = evolve(state, event)
+    assert event.network == NetworkRecord(egress=["files.pypi.org:443"])  # type: ignore[union-attr]
+    assert state.network == event.network  # type: ignore[union-attr]
+
+
+def test_an_older_requested_event_decodes_without_a_policy() -> None:
+    state = evolve(
+        SandboxState(sandbox_id="old1"),
+        msgspec.json.decode(
+            b'{"type":"requested","sandbox_id":"old1","command_id":"c","actor":{"type":"agt",'
+            b'"id":"a"},"at":"2026-12-01T00:00:00.000Z","profile":"profile.local","profile_version":1}',
+            type=SandboxRequested,
+        ),
+    )
+    assert state.network is None
+
+
+# --- the command on the bus ---------------------------------------------------------------
+
+
+def command_bytes(network: object) -> bytes:
+    return msgspec.json.encode(
+        {
+            "command_id": "cmd-net-1",
+            "actor": {"type": "agt", "id": "a"},
+            "profile": "profile.pypi",
+            "network": network,
+        }
+    )
+
+
+def test_a_create_carries_a_network_in_either_entry_form() -> None:
+    command = parse_command(
+        "sandboxer.cmd.create",
+        command_bytes({"egress": ["pypi.org:443", {"to": "10.0.0.0/8", "ports": [22, "80-81"]}]}),
+    )
+    assert isinstance(command, CreateSandbox) and command.network is not None
+
+
+@pytest.mark.parametrize(
+    ("network", "code", "says"),
+    [
+        ({"egress": ["10.1.1.1/8"]}, "invalid_network", "network.egress[0] ('10.1.1.1/8')"),
+        ({"egress": [{"to": "x.example", "ports": [70000]}]}, "invalid_network", "port 70000"),
+        ({"egress": ["*"]}, "invalid_network", "default: allow"),
+        ({"default": "open"}, "invalid_field", "default"),
+        ({"egress": [{"to": "x.example", "via": "y"}]}, "invalid_field", "via"),
+        ({"egress": ["a.example"] * 300}, "invalid_network", "at most 256"),
+    ],
+)
+def test_a_bad_network_is_rejected_with_a_reason(network: object, code: str, says: str) -> None:
+    with pytest.raises(InvalidCommand) as caught:
+        parse_command("sandboxer.cmd.create", command_bytes(network))
+    assert caught.value.code == code
+    assert says in caught.value.reason
+
+
+def test_packaged_profiles_still_load() -> None:
+    catalog = Catalog.load(packaged_dir("profiles").parent)
+    for profile_id in catalog.profiles:
+        catalog.profile(profile_id).network.policy()
