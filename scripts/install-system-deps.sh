@@ -39,6 +39,7 @@ TEST_ONLY=(
   "catatonit:catatonit"   # podman's init for `init: true` services (only recommended by podman)
   "curl:curl"             # tests/integration/test_http_api_docs.py runs docs/http-api.md's curl examples
   "jq:jq"                 # ... which pick ids out of answers with jq
+  "nft:nftables"          # ext.local egress allowlists (tests/integration/test_local_egress.py)
 )
 
 case "$profile" in

@@ -20,7 +20,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -34,19 +34,20 @@ from sandboxer.extensions.base import (
     Readiness,
     Stdin,
 )
-from sandboxer.extensions.local import cgroups, freezer, workspace
+from sandboxer.extensions.local import cgroups, egress, egress_slots, freezer, workspace
 from sandboxer.extensions.local.bwrap_command import (
     SANDBOX_GID,
     SANDBOX_UID,
     enter_argv,
     launcher_argv,
 )
+from sandboxer.extensions.local.egress_policy import DENY, LocalEgress
 from sandboxer.extensions.local.holder import spawn_holder, tail
 from sandboxer.extensions.local.inventory import machine_report, scan_sandboxes
 from sandboxer.extensions.local.procs import kill, owning_user_namespace
 from sandboxer.extensions.local.run import run_streaming
 from sandboxer.extensions.local.snapshot_copy import copy_workspace_out
-from sandboxer.extensions.local.steps import profile_warnings
+from sandboxer.extensions.local.steps import local_egress_for, profile_warnings
 from sandboxer.extensions.local.workspace import Layout, State
 from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
 from sandboxer.secrets import redact
@@ -67,9 +68,23 @@ class LocalExtension:
     directory_inputs = ("repo",)
     """Inputs read as a directory of the worker's machine: the worker vets them first."""
 
-    def __init__(self, root: Path, *, cgroup_base: Path = cgroups.CGROUP_BASE) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        cgroup_base: Path = cgroups.CGROUP_BASE,
+        egress_for: Callable[[ProvisionRequest], LocalEgress] = local_egress_for,
+        egress_hosts_file: Path | None = None,
+        egress_slots_dir: Path = egress_slots.SLOTS_DIR,
+    ) -> None:
+        """``egress_for`` says what a request's sandbox may reach (see :mod:`.steps`);
+        ``egress_hosts_file`` (``/etc/hosts`` lines) is what sandbox proxies resolve
+        names with before the system resolver; tests use it, there being no DNS."""
         self.root = Path(root)
         self._cgroup_base = cgroup_base
+        self._egress_for = egress_for
+        self._egress_hosts_file = egress_hosts_file
+        self._egress_slots_dir = egress_slots_dir
         self._as_root = os.geteuid() == 0
         # Cgroups are host-wide; tag them with the root so two roots never collide.
         self._root_tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
@@ -90,6 +105,7 @@ class LocalExtension:
         workspace.check_secret_names(request.secrets, request.sandbox_id)
         bwrap = self._tool("bwrap", "bubblewrap")
         self._tool("nsenter", "util-linux")
+        allowed, egress_warnings = self._egress_of(request)
 
         await self.teardown(request.sandbox_id)  # start clean after a partial earlier attempt
         layout.create()
@@ -97,9 +113,22 @@ class LocalExtension:
             sandbox_id=request.sandbox_id,
             created_at=datetime.now(UTC).isoformat(),
             workspace=str(layout.workspace),
-            warnings=profile_warnings(profile),
+            warnings=[*profile_warnings(profile, allowed), *egress_warnings],
         )
         workspace.write_state(layout, state)
+        network: egress.EgressState | None = None
+        if not allowed.denies_all:
+            # Built (and recorded) before the holder: nothing ever runs unfiltered.
+            network = await egress.setup(
+                name=self._group(request.sandbox_id),
+                sandbox_id=request.sandbox_id,
+                egress=allowed,
+                sandbox_dir=layout.dir,
+                hosts_file=self._egress_hosts_file,
+                slots_dir=self._egress_slots_dir,
+            )
+            state = dataclasses.replace(state, egress=network.to_dict())
+            workspace.write_state(layout, state)
         if source is not None:
             await asyncio.to_thread(workspace.copy_repo, source, layout.workspace)
         owner = (SANDBOX_UID, SANDBOX_GID) if self._as_root else None
@@ -131,6 +160,7 @@ class LocalExtension:
             log_file=layout.log_file,
             as_root=self._as_root,
             bwrap=bwrap,
+            netns=egress.namespace_path(network.namespace) if network else None,
         )
         state = dataclasses.replace(
             state,
@@ -170,7 +200,7 @@ class LocalExtension:
             "workspace": str(layout.workspace),
             "holder_pid": state.holder_pid,
             "exec": f"sandboxer exec {request.sandbox_id} -- CMD",
-            "network": "loopback only",
+            "network": _network_summary(egress.EgressState.from_dict(state.egress)),
             "node": socket.gethostname(),
         }
         return Readiness(descriptor=descriptor, warnings=list(state.warnings))
@@ -188,6 +218,11 @@ class LocalExtension:
         for ref in refs:
             kill(ref)  # the holder is the pid namespace's init: the kernel kills the rest
         await cgroups.destroy(dirs)
+        await egress.teardown(
+            group,
+            egress.EgressState.from_dict(state.egress) if state else None,
+            slots_dir=self._egress_slots_dir,
+        )
         deadline = time.monotonic() + 5.0
         while any(ref.alive() for ref in refs):
             if time.monotonic() > deadline:
@@ -286,6 +321,26 @@ class LocalExtension:
             )
         return Layout(self.root, sandbox_id)
 
+    def _egress_of(self, request: ProvisionRequest) -> tuple[LocalEgress, list[str]]:
+        """What the sandbox may reach, checked; loopback only (with a warning) without root."""
+        allowed = self._egress_for(request)
+        allowed.check()
+        if allowed.denies_all or self._as_root:
+            ipv6 = [rule for rule in allowed.addresses if rule.network.version == 6]
+            warnings = (
+                [
+                    "IPv6 egress not provided: ext.local sandboxes have IPv4 links only "
+                    f"({', '.join(str(rule.network) for rule in ipv6)} unreachable)"
+                ]
+                if ipv6
+                else []
+            )
+            return allowed, warnings
+        return DENY, [
+            "network egress not provided: ext.local builds a sandbox's network (namespace, "
+            "veth, nftables) only when it runs as root; the sandbox has loopback only"
+        ]
+
     def _group(self, sandbox_id: str) -> str:
         return f"{sandbox_id}-{self._root_tag}"
 
@@ -332,8 +387,14 @@ class LocalExtension:
         nsenter = self._tool("nsenter", "util-linux")
         procs = [Path(path) / "cgroup.procs" for path in state.cgroups]
         procs = [path for path in procs if path.exists()]
+        network = egress.EgressState.from_dict(state.egress)
         if self._as_root:
-            inner = enter_argv(child_pid=state.holder_pid, argv=argv, nsenter=nsenter)
+            inner = enter_argv(
+                child_pid=state.holder_pid,
+                argv=argv,
+                nsenter=nsenter,
+                env=network.env if network else None,
+            )
             return await run_streaming(launcher_argv(procs, inner), output, stdin=stdin)
         user_ns = owning_user_namespace(state.holder_pid)
         try:
@@ -368,6 +429,13 @@ class LocalExtension:
                 sandbox_id=request.sandbox_id,
                 extension=self.id,
             )
+
+
+def _network_summary(network: egress.EgressState | None) -> str:
+    if network is None:
+        return "loopback only"
+    via = f", names through the proxy at {network.gateway}" if network.env else ""
+    return f"egress allowlist (address {network.address}{via})"
 
 
 async def _discard(_stream: Literal["stdout", "stderr"], _data: bytes) -> None:

@@ -18,7 +18,7 @@ as separate positional parameters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -85,8 +85,13 @@ def holder_argv(
     info_fd: int,
     as_root: bool,
     bwrap: str = "bwrap",
+    share_net: bool = False,
 ) -> list[str]:
     """The bwrap command line of a sandbox's holder.
+
+    ``share_net`` keeps the network namespace bwrap is started in (one that
+    :mod:`.egress` built, with a link and nftables rules) instead of a new
+    one with loopback only; only a root-run holder can be given one.
 
     No ``--die-with-parent``: the holder must outlive the worker that started
     it so that a restarted worker can adopt it. ``--info-fd`` reports the pid
@@ -94,7 +99,11 @@ def holder_argv(
     When not root, ``--unshare-all`` is required: the user namespace is what
     lets an unprivileged user create the others.
     """
-    unshare = _ROOT_UNSHARE if as_root else ("--unshare-all",)
+    unshare: tuple[str, ...] = _ROOT_UNSHARE if as_root else ("--unshare-all",)
+    if share_net:
+        if not as_root:
+            raise ValueError("only a root-run holder can share a prepared network namespace")
+        unshare = tuple(flag for flag in unshare if flag != "--unshare-net")
     return [
         bwrap,
         *unshare,
@@ -119,6 +128,7 @@ def enter_argv(
     argv: Sequence[str],
     user_ns: str | None = None,
     nsenter: str = "/usr/bin/nsenter",
+    env: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Run ``argv`` inside the namespaces of ``child_pid`` with a clean environment in /workspace.
 
@@ -133,6 +143,8 @@ def enter_argv(
     mounts); entering that one, as ``-a`` would, leaves no right to enter the
     rest. The caller's own uid is kept (``--preserve-credentials``) and all
     capabilities are dropped.
+
+    ``env`` adds variables to the clean environment (the egress proxy's address).
     """
     if not argv:
         raise ValueError("argv must not be empty")
@@ -155,6 +167,7 @@ def enter_argv(
         "--no-new-privs",
         "--",
         "/usr/bin/env", "-i", f"PATH={SANDBOX_PATH}", f"HOME={WORKSPACE_MOUNT}",
+        *(f"{name}={value}" for name, value in sorted((env or {}).items())),
         "/bin/sh", "-c", f'cd {WORKSPACE_MOUNT} || exit 126; exec "$@"', "sandboxer-exec",
         *argv,
     ]  # fmt: skip

@@ -88,8 +88,14 @@ async def spawn_holder(
     as_root: bool,
     bwrap: str,
     timeout: float = 10.0,
+    netns: Path | None = None,
+    nsenter: str = "/usr/bin/nsenter",
 ) -> Holder:
-    """Start the holder detached from the caller and return its identity."""
+    """Start the holder detached from the caller and return its identity.
+
+    With ``netns`` (a ``/run/netns`` file) bwrap starts inside that network
+    namespace and keeps it: nsenter execs bwrap, so the pid stays the same.
+    """
     info_read, info_write = os.pipe()
     argv = holder_argv(
         sandbox_id=sandbox_id,
@@ -98,7 +104,10 @@ async def spawn_holder(
         info_fd=info_write,
         as_root=as_root,
         bwrap=bwrap,
+        share_net=netns is not None,
     )
+    if netns is not None:
+        argv = [nsenter, f"--net={netns}", "--", *argv]
     log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
         launcher = await asyncio.create_subprocess_exec(

@@ -86,6 +86,8 @@ class State:
     monitor_start_time: int | None = None
     cgroups: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    egress: dict[str, Any] | None = None
+    """The sandbox's own network when it may reach anything (``egress.EgressState``)."""
 
     @property
     def holder(self) -> ProcessRef | None:
