@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Collection
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.errors import BusError, CommandFailed
 
-__all__ = ["CommandFailed", "EventCallback", "OutcomeWatcher", "notify"]
+log = logging.getLogger(__name__)
+
+__all__ = ["CommandFailed", "EventCallback", "KeyOutcomeWatcher", "OutcomeWatcher", "notify"]
 
 EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -71,6 +75,28 @@ class OutcomeWatcher:
         command_id = command["command_id"]
         scope = scope or subjects.sandbox_events_filter(sandbox_id)
         outcome: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        try:
+            async with self._outcomes(scope, command_id, publish, outcome):
+                async with asyncio.timeout(timeout):
+                    return await self._first_outcome(
+                        verb, command_id, sandbox_id, success, outcome, on_event, scope
+                    )
+        except TimeoutError:
+            raise BusError(
+                f"no outcome for {verb} {command_id} after {timeout:.0f}s; the command is "
+                f"accepted and may still complete: 'sandboxer events --sandbox {sandbox_id}'"
+            ) from None
+
+    @contextlib.asynccontextmanager
+    async def _outcomes(
+        self,
+        scope: str,
+        command_id: str,
+        publish: Callable[[], Awaitable[object]],
+        outcome: asyncio.Queue[dict[str, Any]],
+    ) -> AsyncIterator[None]:
+        """Publish, and queue the command's events as they come (what the log already holds
+        first): subscribed before the publish, so none slips past."""
 
         async def on_msg(msg: Msg) -> None:
             await outcome.put(msgspec.json.decode(msg.data))
@@ -82,15 +108,7 @@ class OutcomeWatcher:
         try:
             await publish()
             await self._catch_up(scope, command_id, outcome)
-            async with asyncio.timeout(timeout):
-                return await self._first_outcome(
-                    verb, command_id, sandbox_id, success, outcome, on_event, scope
-                )
-        except TimeoutError:
-            raise BusError(
-                f"no outcome for {verb} {command_id} after {timeout:.0f}s; the command is "
-                f"accepted and may still complete: 'sandboxer events --sandbox {sandbox_id}'"
-            ) from None
+            yield
         finally:
             for sub in subs:
                 await sub.unsubscribe()
@@ -171,3 +189,64 @@ class OutcomeWatcher:
                 event = msgspec.json.decode(data)
                 if event.get("command_id") == command_id:
                     await outcome.put(event)
+
+
+class KeyOutcomeWatcher(OutcomeWatcher):
+    """The watcher of a key identity (docs/security.md#keys-on-the-bus), which may not read
+    the events stream: it asks the projector for the command's events a page at a time
+    (``sandbox.events`` on its own subject, narrowed to its project) until one ends it."""
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self, nc: Nats, js: JetStreamContext, key_id: str) -> None:
+        super().__init__(nc, js)
+        self.key_id = key_id
+
+    async def page(self, about: dict[str, Any], after: int) -> list[tuple[int, dict[str, Any]]]:
+        """The events of ``about`` (``sandbox_id``, ``snapshot_id`` or ``command_id``) after
+        stream sequence ``after``."""
+        request = msgspec.json.encode({**about, "after": after})
+        reply = await self.nc.request(
+            subjects.stamped(subjects.QUERY_SANDBOX_EVENTS, self.key_id), request, timeout=5.0
+        )
+        answer = msgspec.json.decode(reply.data)
+        if not answer.get("ok"):
+            raise BusError(f"reading events as key {self.key_id}: {answer.get('error')}")
+        return [(int(seq), event) for seq, event in answer["events"]]
+
+    @contextlib.asynccontextmanager
+    async def _outcomes(
+        self,
+        scope: str,
+        command_id: str,
+        publish: Callable[[], Awaitable[object]],
+        outcome: asyncio.Queue[dict[str, Any]],
+    ) -> AsyncIterator[None]:
+        kind, _, rest = scope.removeprefix("sandboxer.evt.").partition(".")
+        about = {f"{kind}_id": rest.partition(".")[0]}
+        await publish()
+
+        async def poll() -> None:
+            after = {"scope": 0, "rejection": 0}
+            while True:
+                for name, asked in (("scope", about), ("rejection", {"command_id": command_id})):
+                    try:
+                        found = await self.page(asked, after[name])
+                    except (BusError, NatsTimeout) as exc:  # a projector restarting: ask again
+                        log.debug("polling %s: %s", asked, exc)
+                        continue
+                    for seq, event in found:
+                        after[name] = seq
+                        self.seen_seq = max(self.seen_seq, seq)
+                        await outcome.put(event)
+                await asyncio.sleep(self.POLL_SECONDS)
+
+        poller = asyncio.create_task(poll())
+        try:
+            yield
+        finally:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+
+    async def _note_position(self, subject: str, event: dict[str, Any]) -> None:
+        """The poller already noted each event's sequence."""

@@ -50,8 +50,10 @@ QUERY_CREDITS_GET = "sandboxer.query.credits.get"
 QUERY_CREDITS_LIST = "sandboxer.query.credits.list"
 QUERY_USAGE_LIST = "sandboxer.query.usage.list"
 QUERY_SANDBOX_EVENTS = "sandboxer.query.sandbox.events"
-"""One sandbox's events (or one command's rejection) from the log, a page at a time: how a key
-identity, which may not read the events stream, follows its own sandboxes."""
+"""One sandbox's or snapshot's events (or one command's rejection) from the log, a page at a
+time: how a key identity, which may not read the events stream, follows its own sandboxes."""
+QUERY_KEY_WHOAMI = "sandboxer.query.key.whoami"
+"""Asked by a key identity (stamped): the actor its commands must carry."""
 QUERY_KEY_GET = "sandboxer.query.key.get"
 """An API key by its hash (never the key): its id, project, type, limits and status."""
 QUERY_KEY_LIST = "sandboxer.query.key.list"

@@ -47,6 +47,7 @@ __all__ = [
     "Permissions",
     "authorization_block",
     "key_permissions",
+    "key_user_entries",
     "shared_nats_config",
 ]
 
@@ -203,14 +204,7 @@ def authorization_block(passwords: Mapping[str, str], keys: Sequence[KeyUser] = 
     password is its bcrypt hash (nats-server compares a bcrypt hash itself).
     """
     lines = ["authorization {", "  users: ["]
-    for key in keys:
-        lines += [
-            "    {",
-            f"      user: {json.dumps(key.key_id)}",
-            f"      password: {json.dumps(key.bus_hash)}",
-            *_permissions_block(key_permissions(key), "      "),
-            "    }",
-        ]
+    lines += key_user_entries(keys)
     for role in ROLES:
         lines += [
             "    {",
@@ -221,6 +215,20 @@ def authorization_block(passwords: Mapping[str, str], keys: Sequence[KeyUser] = 
         ]
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
+
+
+def key_user_entries(keys: Sequence[KeyUser]) -> list[str]:
+    """The ``users`` entries of ``keys`` (what ``sandboxer keys nats-users`` prints)."""
+    lines: list[str] = []
+    for key in keys:
+        lines += [
+            "    {",
+            f"      user: {json.dumps(key.key_id)}",
+            f"      password: {json.dumps(key.bus_hash)}",
+            *_permissions_block(key_permissions(key), "      "),
+            "    }",
+        ]
+    return lines
 
 
 def shared_nats_config() -> str:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import msgspec
 import typer
 
 from sandboxer import subjects
-from sandboxer.bus.key_users import bus_hash_for
+from sandboxer.bus.event_reader import read_events
+from sandboxer.bus.key_users import KeyUsers, bus_hash_for
+from sandboxer.bus.permissions import KeyUser, key_user_entries
 from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.output import print_json, print_table, say
 from sandboxer.client import SandboxerClient
@@ -193,3 +196,27 @@ def keys_revoke(
         print_json(event)
     else:
         typer.echo(f"key {key_id} revoked")
+
+
+async def key_users(client: SandboxerClient) -> list[KeyUser]:
+    """Every active key's NATS user, folded from the log's key events."""
+    users = KeyUsers()
+    async for _seq, _subject, data, _pending in read_events(
+        client.js, filter_subject="sandboxer.evt.key.>", idle_timeout=0.3
+    ):
+        event = msgspec.json.decode(data)
+        if isinstance(event, dict):
+            users.apply(event)
+    return users.users()
+
+
+@keys_app.command("nats-users")
+def keys_nats_users() -> None:
+    """Print the NATS 'users' entries of every active key, for a shared NATS's authorization
+    block (docs/security.md#keys-on-the-bus); the embedded server keeps its own current."""
+    users = run(with_client(key_users))
+    typer.echo("\n".join(key_user_entries(users)))
+    say(
+        f"{len(users)} key users; merge them into the 'users' list of your server's "
+        "authorization block and reload it (nats-server --signal reload)"
+    )

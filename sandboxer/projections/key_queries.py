@@ -58,6 +58,7 @@ class KeyQueries:
             subjects.QUERY_CREDITS_GET: self._credits_get,
             subjects.QUERY_USAGE_LIST: self._usage_list,
             subjects.QUERY_SANDBOX_EVENTS: self._sandbox_events,
+            subjects.QUERY_KEY_WHOAMI: self._whoami,
         }
         await responder.serve_scoped(routes, self.resolve, queue=queue)
 
@@ -128,26 +129,37 @@ class KeyQueries:
             raise RequestError(f"a {actor['type']} key sees the usage of project {scope} only")
         return await self._ask(subjects.QUERY_USAGE_LIST)({**request, "project": asked or scope})
 
+    async def _whoami(self, _request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
+        return {"actor": actor}
+
     async def _sandbox_events(
         self, request: dict[str, Any], actor: dict[str, Any]
     ) -> dict[str, Any]:
-        """``{sandbox_id | command_id, after, limit}`` -> ``{events: [[seq, event], ...]}``:
-        one of the key's sandboxes' events, or its command's rejection, after ``after``."""
+        """``{sandbox_id | snapshot_id | command_id, after, limit}`` -> ``{events: [[seq,
+        event], ...]}``: one of the key's sandboxes' or snapshots' events, or its command's
+        rejection, after ``after``."""
         after, limit = request.get("after", 0), request.get("limit", MAX_EVENTS_PAGE)
         if not isinstance(after, int) or after < 0:
             raise RequestError("after must be a stream sequence (a whole number, 0 or more)")
         if not isinstance(limit, int) or not 0 < limit <= MAX_EVENTS_PAGE:
             raise RequestError(f"limit must be between 1 and {MAX_EVENTS_PAGE}")
         sandbox_id, command_id = request.get("sandbox_id"), request.get("command_id")
+        snapshot_id = request.get("snapshot_id")
         if isinstance(sandbox_id, str) and is_valid_sandbox_id(sandbox_id):
             found = (await self._ask(subjects.QUERY_GET)({"sandbox_id": sandbox_id}))["sandbox"]
             if found is None or not may_see(actor, owner_of(found)):
                 return {"events": [], "position": self._projector.position}
             filter_subject = subjects.sandbox_events_filter(sandbox_id)
+        elif isinstance(snapshot_id, str) and is_valid_sandbox_id(snapshot_id):
+            asked = {"snapshot_id": snapshot_id}
+            found = (await self._ask(subjects.QUERY_SNAPSHOT_GET)(asked))["snapshot"]
+            if found is None or not may_see(actor, owner_of(found)):
+                return {"events": [], "position": self._projector.position}
+            filter_subject = subjects.snapshot_events_filter(snapshot_id)
         elif isinstance(command_id, str) and is_valid_command_id(command_id):
             filter_subject = subjects.rejection_subject(command_id)
         else:
-            raise RequestError("give a valid sandbox_id or command_id")
+            raise RequestError("give a valid sandbox_id, snapshot_id or command_id")
         page: list[list[Any]] = []
         async for seq, data in read_subject(self._nc, filter_subject, start=after + 1):
             event = msgspec.json.decode(data)

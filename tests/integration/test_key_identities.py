@@ -25,6 +25,7 @@ from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.key_users import key_credentials
 from sandboxer.bus.nats_auth import AUTH_DIR_NAME, read_credentials
+from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.domain.key_state import hash_key, key_id_for
 from sandboxer.errors import BusError
 from sandboxer.ids import new_command_id
@@ -86,7 +87,9 @@ async def login(url: str, key: str) -> Key:
     last: Exception | None = None
     for _ in range(100):
         try:
-            nc = await connect([url], name="key", long_lived=False, credentials=key_credentials(key))
+            nc = await connect(
+                [url], name="key", long_lived=False, credentials=key_credentials(key)
+            )
         except BusError as exc:
             last = exc
             await asyncio.sleep(0.1)
@@ -143,7 +146,11 @@ async def test_an_agt_key_on_the_bus_acts_only_as_itself_in_its_project(
         # alpha creates a sandbox through its own command subject, as itself.
         await alpha.command(
             "create",
-            {"profile": "profile.local", "sandbox_id": "alphabox1", "actor": await alpha.actor("alpha")},
+            {
+                "profile": "profile.local",
+                "sandbox_id": "alphabox1",
+                "actor": await alpha.actor("alpha"),
+            },
         )
         ready = await alpha.wait_for("ready", sandbox_id="alphabox1")
         assert ready["sandbox_id"] == "alphabox1"
@@ -151,7 +158,9 @@ async def test_an_agt_key_on_the_bus_acts_only_as_itself_in_its_project(
         assert mine["sandbox"]["actor"]["project"] == "alpha"
 
         # To beta, alpha's sandbox does not exist: get, list and its events.
-        assert (await beta.query(subjects.QUERY_GET, {"sandbox_id": "alphabox1"}))["sandbox"] is None
+        assert (await beta.query(subjects.QUERY_GET, {"sandbox_id": "alphabox1"}))[
+            "sandbox"
+        ] is None
         assert (await beta.query(subjects.QUERY_LIST, {}))["sandboxes"] == []
         assert await beta.events(sandbox_id="alphabox1") == []
 
@@ -200,6 +209,30 @@ async def test_an_agt_key_on_the_bus_acts_only_as_itself_in_its_project(
     finally:
         await alpha.nc.close()
         await beta.nc.close()
+
+
+async def test_a_shared_nats_takes_the_printed_key_users(
+    up: tuple[Cli, str], tmp_path: Path
+) -> None:
+    """'keys nats-users' prints what a shared server needs: the key logs in there, with the
+    same permissions (a subject outside them is refused)."""
+    cli, _url = up
+    key = await make_key(cli, "delta")
+    printed = (await cli("keys", "nats-users")).stdout
+    config = tmp_path / "shared.conf"
+    config.write_text("authorization {\n  users: [\n" + printed + "\n  ]\n}\n")
+    async with NatsServerProcess(tmp_path / "shared", config_file=config) as shared:
+        delta = await login(shared.url, key)
+        try:
+            await delta.nc.publish(subjects.command_subject("create"), b"{}")
+            await delta.nc.publish(
+                subjects.stamped(subjects.command_subject("create"), delta.id), b"{}"
+            )
+            seen = " | ".join(await delta.violations())
+            assert '"sandboxer.cmd.create"' in seen, seen
+            assert delta.id not in seen, seen
+        finally:
+            await delta.nc.close()
 
 
 async def test_a_revoked_key_is_cut_off_the_bus_at_once(up: tuple[Cli, str], home: Path) -> None:
