@@ -45,6 +45,7 @@ from sandboxer.extensions.local.egress_policy import (
     host_table_for,
     namespace_for,
 )
+from sandboxer.extensions.local.egress_proxy import Proxy, load_allowlist
 from sandboxer.extensions.local.procs import ProcessRef, children_of
 from tests.conftest import require_tool
 
@@ -457,3 +458,112 @@ async def test_concurrent_creates_get_distinct_links(
             0,
             f"hello from {target.address}:8081:8081\n",
         )
+
+
+async def test_allow_all_reaches_other_hosts_but_never_this_one(
+    ext: LocalExtension, policies: Egress, target: Target
+) -> None:
+    # A listener of the test's on every host address: the host end of the target's link
+    # (198.18.x.1) reaches it, as would any service of this machine.
+    listener = await asyncio.start_server(lambda _r, w: w.close(), "0.0.0.0", 0)
+    port = listener.sockets[0].getsockname()[1]
+    host_end = str(ipaddress.ip_address(target.address) - 1)
+    try:
+        sandbox_id, _ = await create(ext, policies, target, LocalEgress(allow_all=True))
+        for url in (f"http://{target.address}:8081/", f"http://{target.other_address}:8080/"):
+            code, said = await curl(ext, sandbox_id, url)
+            assert code == 0, said
+            assert said.startswith("hello from")
+        code, said = await curl(ext, sandbox_id, f"http://{host_end}:{port}/")
+        assert code == CURL_CONNECT_REFUSED, said
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_a_worker_killed_with_sigkill_leaves_nothing_a_restart_cannot_remove(
+    tmp_path: Path, target: Target
+) -> None:
+    """The sandbox (holder and proxy) outlives its worker; the next worker adopts and removes it."""
+    root = tmp_path / "local"
+    script = f"""
+import asyncio, ipaddress, sys
+from pathlib import Path
+from sandboxer.config.profile import Profile
+from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.local import LocalExtension
+from sandboxer.extensions.local.egress_policy import AddressRule, DomainRule, LocalEgress
+
+egress = LocalEgress(
+    addresses=(AddressRule(ipaddress.ip_network("{target.address}/32")),),
+    domains=(DomainRule("pkg.allowed.test"),),
+)
+async def main():
+    ext = LocalExtension(Path({str(root)!r}), egress_for=lambda _r: egress,
+                         egress_hosts_file=Path({str(target.hosts_file)!r}))
+    profile = Profile.model_validate({{"id": "profile.test", "extension": "ext.local"}})
+    await ext.provision(ProvisionRequest(sandbox_id="ekilled0001", profile=profile, inputs={{}}))
+    print("provisioned", flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline() == "provisioned\n"
+        worker.kill()
+        worker.wait()
+    finally:
+        if worker.stdout is not None:
+            worker.stdout.close()
+    restarted = LocalExtension(root)
+    (found,) = await restarted.list_sandboxes()
+    assert (found.sandbox_id, found.alive) == ("ekilled0001", True)
+    assert await run(restarted, "ekilled0001", "sh", "-c", "curl -sS http://pkg.allowed.test/") == (
+        0,
+        "hello from pkg.allowed.test:80\n",
+        "",
+    )
+    assert leftovers(restarted, "ekilled0001")["proxies"]
+    await restarted.teardown("ekilled0001")
+    assert leftovers(restarted, "ekilled0001") == NOTHING
+
+
+async def test_the_proxy_refuses_hostile_input_and_names_that_point_into_the_host() -> None:
+    """The proxy itself, on loopback: every answer is a refusal, and it keeps serving."""
+    proxy = Proxy(
+        load_allowlist([{"pattern": "inside.test", "ports": []}, {"pattern": "*.ok.test"}]),
+        {"inside.test": ["127.0.0.1"], "a.ok.test": ["169.254.1.1"]},
+    )
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0, limit=16 * 1024)
+    port = server.sockets[0].getsockname()[1]
+
+    async def ask(data: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        if writer.can_write_eof():
+            writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return answer
+
+    try:
+        for data, expected in (
+            (
+                b"CONNECT inside.test:4222 HTTP/1.1\r\n\r\n",
+                b"resolves only to addresses of this host",
+            ),
+            (b"GET http://a.ok.test/ HTTP/1.1\r\n\r\n", b"resolves only to addresses of this host"),
+            (b"CONNECT other.test:443 HTTP/1.1\r\n\r\n", b"not on this sandbox's allowlist"),
+            (b"\x16\x03\x01\x02\x00\x01" + bytes(600) + b"\r\n\r\n", b"400 Bad Request"),
+            (b"GET / HTTP/1.1\r\nHost: " + b"a" * 20000 + b"\r\n\r\n", b""),
+            (b"", b""),
+        ):
+            answer = await ask(data)
+            assert expected in answer, (data[:40], answer)
+        assert b"not on this sandbox's allowlist" in await ask(
+            b"GET http://b.test/ HTTP/1.1\r\n\r\n"
+        )
+    finally:
+        server.close()
+        await server.wait_closed()

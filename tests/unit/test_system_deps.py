@@ -34,6 +34,7 @@ def test_tests_install_everything_including_both_compose_engines() -> None:
         "podman",
         "runc",
         "catatonit",
+        "nftables",
     ):
         assert package in packages
 

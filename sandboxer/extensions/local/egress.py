@@ -157,9 +157,13 @@ async def teardown(
     name: str, recorded: EgressState | None = None, *, slots_dir: Path = egress_slots.SLOTS_DIR
 ) -> None:
     """Remove everything :func:`setup` may have made for ``name``; quiet when nothing is left."""
+    namespace = namespace_for(name)
     refs = _proxies_named(name)
     if recorded is not None and recorded.proxy is not None:
         refs.append(recorded.proxy)
+    slots = egress_slots.owned_by(name, slots_dir)
+    if not (slots or refs or recorded or namespace_path(namespace).exists()):
+        return  # setup takes a slot first and frees it last: nothing was ever built
     for ref in refs:
         kill(ref)
     deadline = time.monotonic() + 5.0
@@ -171,8 +175,7 @@ async def teardown(
                 extension="ext.local",
             )
         await asyncio.sleep(0.01)
-    namespace = namespace_for(name)
-    for slot in egress_slots.owned_by(name, slots_dir):
+    for slot in slots:
         interface = network_for(name, slot).host_interface
         if _alias(interface) == namespace:  # ours: a slot reused by another sandbox is left alone
             await _tool(["ip", "link", "delete", interface], missing_ok=True)

@@ -92,12 +92,12 @@ class LocalEgress:
             if rule.protocol not in {"tcp", "udp", None}:
                 raise InvalidInput(f"egress protocol {rule.protocol!r}: expected tcp or udp")
             _check_ports(rule.ports, str(rule.network))
-            if rule.network.overlaps(_LINK_LOCAL) or rule.network.is_link_local:
+            if rule.network.is_link_local:
                 raise InvalidInput(
                     f"egress address {rule.network} is link-local: ext.local never lets a "
                     "sandbox reach 169.254.0.0/16 or fe80::/10 (other sandboxes' links, "
                     "cloud metadata services)"
-                )
+                )  # a wider network (0.0.0.0/0) is fine: its link-local part stays refused
         for domain in self.domains:
             if not isinstance(domain.pattern, str) or not valid_pattern(domain.pattern):
                 raise InvalidInput(
@@ -246,7 +246,8 @@ def host_ruleset(net: Network, *, proxy: bool) -> str:
     if proxy:
         lines.append(f"    {iface} ip daddr {net.gateway} tcp dport {PROXY_PORT} accept")
     lines += [
-        f"    {iface} drop",
+        f"    {iface} meta l4proto tcp reject with tcp reset",
+        f"    {iface} reject with icmpx admin-prohibited",
         "  }",
         "  chain forward {",
         "    type filter hook forward priority filter; policy accept;",

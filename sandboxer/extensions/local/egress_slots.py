@@ -50,10 +50,12 @@ def allocate(name: str, directory: Path = SLOTS_DIR) -> int:
 
 def owned_by(name: str, directory: Path = SLOTS_DIR) -> list[int]:
     """The slots whose file names ``name``."""
-    if not directory.is_dir():
+    try:
+        entries = list(directory.iterdir())
+    except OSError:  # none yet, or not ours to read (a worker without root never builds any)
         return []
     slots = []
-    for entry in directory.iterdir():
+    for entry in entries:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
