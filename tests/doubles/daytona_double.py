@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import pytest
 
+from tests.doubles.network_check import is_cidr
 from tests.doubles.spec_double import Answer, Call, Handler, Served, SpecDouble
 
 __all__ = ["ANSWERS", "DEVIATIONS", "DaytonaDouble", "DaytonaServed", "daytona_double"]
@@ -100,6 +101,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+NETWORK_FIELDS = ("networkBlockAll", "networkAllowList")
+"""CreateSandbox's network fields: block everything, or allow these CIDRs."""
+
+
 @dataclass
 class Record:
     """One sandbox the double holds."""
@@ -123,6 +128,8 @@ class Record:
     """The key of every call that reached it (its create, and each call naming it)."""
     auto_stop_sets: int = 0
     """How many times its auto-stop interval was set after its create."""
+    network_fields: dict[str, Any] = field(default_factory=dict)
+    """Exactly the network fields its create carried (``networkBlockAll``, ``networkAllowList``)."""
 
 
 class DaytonaDouble:
@@ -201,6 +208,7 @@ class DaytonaDouble:
             next_state=self.end_state,
             auto_stop=body.get("autoStopInterval", 15),
             auto_delete=body.get("autoDeleteInterval", -1),
+            network_fields={k: body[k] for k in NETWORK_FIELDS if k in body},
         )
         if self.end_state != "started":
             record.error_reason = self.error_reason
@@ -245,7 +253,7 @@ class DaytonaDouble:
             "env": dict(given.get("env") or {}),
             "labels": dict(record.labels),
             "public": False,
-            "networkBlockAll": False,
+            "networkBlockAll": bool(given.get("networkBlockAll", False)),
             "target": given.get("target", "us"),
             "cpu": given.get("cpu", 1),
             "gpu": given.get("gpu", 0),
@@ -259,6 +267,8 @@ class DaytonaDouble:
             "updatedAt": _now(),
             "toolboxProxyUrl": "https://proxy.double.invalid/toolbox",
         }
+        if given.get("networkAllowList"):
+            body["networkAllowList"] = given["networkAllowList"]
         if record.error_reason:
             body["errorReason"] = record.error_reason
         return body
@@ -278,6 +288,10 @@ class DaytonaDouble:
                     400, "Cannot specify Sandbox resources when using a snapshot", _path(call)
                 ),
             )
+        allow_list = body.get("networkAllowList")
+        if allow_list is not None and not all(is_cidr(c) for c in str(allow_list).split(",")):
+            message = f"networkAllowList {allow_list!r} must be a comma-separated list of CIDRs"
+            return Answer(400, _error_body(400, message, _path(call)))
         self.creates += 1
         record = self._new_record(body)
         record.owner = _bearer(call.headers)

@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from tests.doubles.network_check import is_address, is_cidr, is_domain
 from tests.doubles.spec_double import Answer, Call, Handler, Served, SpecDouble
 
 __all__ = ["STATUSES", "E2bDouble", "E2bRecord", "e2b_double"]
@@ -79,6 +80,8 @@ class E2bRecord:
     env_vars: dict[str, str] = field(default_factory=dict)
     allow_internet_access: bool | None = None
     network: dict[str, Any] | None = None
+    network_fields: dict[str, Any] = field(default_factory=dict)
+    """Exactly the network fields its create carried (``allow_internet_access``, ``network``)."""
     access_token: str = field(default_factory=lambda: "envd-" + secrets.token_hex(20))
     timeouts: list[int] = field(default_factory=list)
     """Every timeout (seconds) asked for it: at create, resume and /timeout, in order."""
@@ -209,6 +212,9 @@ class E2bDouble:
 
     async def _create(self, call: Call) -> Answer:
         body = call.body or {}
+        refused = _network_refusal(body)
+        if refused is not None:
+            return Answer(400, {"code": 400, "message": refused})
         template = str(body["templateID"])
         if template in TEMPLATES:
             alias: str | None = template
@@ -229,6 +235,7 @@ class E2bDouble:
             env_vars=dict(body.get("envVars") or {}),
             allow_internet_access=body.get("allow_internet_access"),
             network=body.get("network"),
+            network_fields={k: body[k] for k in ("allow_internet_access", "network") if k in body},
             timeouts=[timeout],
             owner=_key(call),
             keys=[_key(call)],
@@ -394,3 +401,16 @@ def e2b_double() -> Iterator[ServedE2b]:
     with Served(_WithHeaders(double.app)) as served:
         yield ServedE2b(double, served.url)
     assert double.violations == []
+
+
+def _network_refusal(body: dict[str, Any]) -> str | None:
+    """SandboxNetworkConfig's rules: allowOut takes CIDRs, bare addresses and (wildcard)
+    domain names; denyOut takes CIDRs and addresses only."""
+    network = body.get("network") or {}
+    for entry in network.get("allowOut") or []:
+        if not (is_cidr(entry) or is_address(entry) or is_domain(entry)):
+            return f"invalid allowOut entry {entry!r}: expected a CIDR, an IP address or a domain"
+    for entry in network.get("denyOut") or []:
+        if not (is_cidr(entry) or is_address(entry)):
+            return f"invalid denyOut entry {entry!r}: domain names are not supported for deny rules"
+    return None

@@ -59,6 +59,8 @@ from grpclib.server import Server, Stream
 from modal_proto import api_pb2
 from modal_proto import task_command_router_pb2 as router_pb2
 
+from tests.doubles.network_check import is_cidr, is_domain
+
 __all__ = [
     "API_SERVICE",
     "FIELDS_READ",
@@ -101,7 +103,7 @@ FIELDS_READ: dict[str, frozenset[str]] = {
     ),
     "Resources": frozenset({"milli_cpu", "memory_mb", "gpu_config"}),
     "GPUConfig": frozenset({"gpu_type", "count"}),
-    "NetworkAccess": frozenset({"network_access_type", "allowed_domains"}),
+    "NetworkAccess": frozenset({"network_access_type", "allowed_cidrs", "allowed_domains"}),
     "SandboxTag": frozenset({"tag_name", "tag_value"}),
     "SandboxWaitRequest": frozenset({"sandbox_id", "timeout"}),
     "SandboxTerminateRequest": frozenset({"sandbox_id"}),
@@ -188,6 +190,9 @@ class SandboxRecord:
     env: dict[str, str]
     network: str = "open"
     """``open``, ``blocked`` or the allowed domains joined by commas."""
+    network_access: dict[str, Any] = field(default_factory=dict)
+    """Exactly the ``NetworkAccess`` its create carried: ``type`` (OPEN, BLOCKED, ALLOWLIST)
+    and, for an allowlist, ``allowed_cidrs`` and ``allowed_domains``."""
     result: api_pb2.GenericResult | None = None
     execs: dict[str, _Exec] = field(default_factory=dict)
     owner: str = ""
@@ -407,6 +412,7 @@ class ModalDouble:
             network = "blocked"
         elif kind == api_pb2.NetworkAccess.NetworkAccessType.ALLOWLIST:
             network = ",".join(_read(access, "allowed_domains"))
+        network_access = _network_access(access)
         sandbox_id = self._new_id("sb")
         directory = self.root / sandbox_id
         directory.mkdir()
@@ -427,6 +433,7 @@ class ModalDouble:
             memory_mb=_read(resources, "memory_mb"),
             env=env,
             network=network,
+            network_access=network_access,
             owner=_caller.get(),
             keys=[_caller.get()],
         )
@@ -890,3 +897,22 @@ async def modal_extensions(modal_double: ModalDouble) -> AsyncIterator[Callable[
     yield make
     for extension in built:
         await extension.aclose()
+
+
+def _network_access(access: Any) -> dict[str, Any]:
+    """A create's NetworkAccess as its fields, refused as Modal's server would: an allowlist
+    names at least one CIDR or domain, each valid (domains may start with ``*.``)."""
+    kind = api_pb2.NetworkAccess.NetworkAccessType.Name(_read(access, "network_access_type"))
+    if kind != "ALLOWLIST":
+        return {"type": kind}
+    cidrs = list(_read(access, "allowed_cidrs"))
+    domains = list(_read(access, "allowed_domains"))
+    if not cidrs and not domains:
+        raise GRPCError(Status.INVALID_ARGUMENT, "an ALLOWLIST network access allows nothing")
+    for cidr in cidrs:
+        if not is_cidr(cidr):
+            raise GRPCError(Status.INVALID_ARGUMENT, f"invalid CIDR {cidr!r} in allowed_cidrs")
+    for domain in domains:
+        if not is_domain(domain):
+            raise GRPCError(Status.INVALID_ARGUMENT, f"invalid domain {domain!r}")
+    return {"type": kind, "allowed_cidrs": cidrs, "allowed_domains": domains}

@@ -113,8 +113,10 @@ class TestCreateBody:
             setup=Setup(instructions=["make"]),
             resources=Resources(memory_mb=4096),
         )
-        warnings = " | ".join(body_for(profile).warnings)
-        assert "network policy is not enforced" in warnings
+        made = body_for(profile)
+        warnings = " | ".join(made.warnings)
+        assert made.body["networkBlockAll"] is True  # deny is enforced now (docs/network.md)
+        assert "network" not in warnings
         assert "setup.instructions are not run" in warnings
         assert "fixes cpu, memory, disk and gpu" in warnings
         assert "memory" not in body_for(profile).body

@@ -14,6 +14,7 @@ from sandboxer.config.profile import Profile
 from sandboxer.durations import parse_duration
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.daytona.config import EXTENSION_ID
+from sandboxer.extensions.network_fields import daytona_fields, port_warnings
 from sandboxer.hosted.labels import labels_for
 
 __all__ = [
@@ -115,12 +116,9 @@ def plan_create(
     }
     if target:
         body["target"] = target
-    warnings = []
-    if profile.network.default == "deny" or profile.network.egress:
-        warnings.append(
-            "network: Daytona's default network settings apply; the profile's network policy "
-            "is not enforced by ext.daytona yet"
-        )
+    policy = profile.network.policy()
+    body.update(daytona_fields(policy, sandbox_id))  # docs/network.md
+    warnings = port_warnings("Daytona", policy)
     if profile.setup.instructions:
         warnings.append("setup.instructions are not run by ext.daytona")
     if image.startswith(IMAGE_PREFIX):

@@ -21,6 +21,7 @@ from sandboxer.durations import parse_duration
 from sandboxer.errors import ExtensionError
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.e2b.config import E2bSettings
+from sandboxer.extensions.network_fields import e2b_fields, port_warnings
 from sandboxer.hosted.labels import labels_for, our_sandbox_id
 
 __all__ = [
@@ -92,15 +93,9 @@ def create_body(
     warnings: list[str] = []
     if request.secrets:
         body["envVars"] = dict(request.secrets)  # delivered into the sandbox as variables
-    if profile.network.default == "deny":
-        body["allow_internet_access"] = False
-        hosts = [_egress_host(target) for target in profile.network.egress]
-        if hosts:
-            body["network"] = {"allowOut": sorted(set(hosts))}
-            warnings.append(
-                "E2B allows egress by destination, not by port: network.egress ports are "
-                "not enforced"
-            )
+    policy = profile.network.policy()
+    body.update(e2b_fields(policy))  # docs/network.md
+    warnings.extend(port_warnings("E2B", policy))
     if profile.resources.pids is not None:
         warnings.append("E2B has no process limit: resources.pids is not enforced")
     return body, warnings
@@ -124,11 +119,6 @@ def resource_warnings(profile: Profile, sandbox: Listed) -> list[str]:
         for name, want, got in pairs
         if want is not None and got is not None and float(want) != float(got)
     ]
-
-
-def _egress_host(target: str) -> str:
-    host, sep, port = target.rpartition(":")
-    return host.strip("[]") if sep and port.isdigit() else target
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from sandboxer.config.profile import Profile
 from sandboxer.durations import parse_duration
 from sandboxer.errors import ConfigError, InvalidInput
 from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.network_fields import modal_options, port_warnings
 from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
 
 __all__ = [
@@ -74,17 +75,9 @@ def image_of(profile: Profile) -> str:
 
 
 def network_options(profile: Profile) -> dict[str, Any]:
-    """Modal's network switches for the profile's policy (ports of egress entries are dropped)."""
-    network = profile.network
-    if network.default == "allow":
-        return {}
-    if not network.egress:
-        return {"block_network": True}
-    hosts = sorted({entry.rsplit(":", 1)[0] for entry in network.egress})
-    return {"outbound_domain_allowlist": hosts}
+    """Modal's network arguments for the profile's policy (docs/network.md)."""
+    return modal_options(profile.network.policy())
 
 
 def network_warnings(profile: Profile) -> list[str]:
-    if profile.network.default == "deny" and any(":" in e for e in profile.network.egress):
-        return ["Modal allows egress by domain, not by port: the egress ports are not enforced"]
-    return []
+    return port_warnings("Modal", profile.network.policy())

@@ -1,0 +1,187 @@
+"""One network policy, compiled for each hosted provider: the provider's double, which holds
+a create to its spec, saw exactly the compiled fields (docs/network.md)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.extension_decl import ExtensionDecl
+from sandboxer.config.network_policy import parse_policy
+from sandboxer.config.settings import Settings
+from sandboxer.errors import InvalidInput
+from sandboxer.extensions.base import ProvisionRequest, Readiness
+from sandboxer.extensions.daytona.backend import DaytonaExtension
+from sandboxer.extensions.e2b.backend import E2bExtension
+from sandboxer.extensions.modal.backend import ModalExtension
+from tests.doubles.daytona_double import DaytonaServed
+from tests.doubles.e2b_double import ServedE2b
+from tests.doubles.modal_double import ModalDouble
+
+pytestmark = pytest.mark.integration
+
+POLICIES: dict[str, dict[str, Any]] = {
+    "allow": {"default": "allow"},
+    "deny": {"default": "deny"},
+    "cidr": {"egress": ["10.1.2.0/24:443", "192.0.2.7", "[2001:db8::1]:53/udp"]},
+    "domain": {"egress": ["*.pypi.org:443", "10.0.0.0/8", {"to": "files.example.org"}]},
+}
+PORTS_DROPPED = {"cidr": "10.1.2.0/24:443, [2001:db8::1]:53/udp", "domain": "*.pypi.org:443"}
+
+
+def request(profile_id: str, sandbox_id: str, policy: str) -> ProvisionRequest:
+    profile = Catalog.load().profile(profile_id)
+    return ProvisionRequest(
+        sandbox_id=sandbox_id,
+        profile=profile.with_network(parse_policy(POLICIES[policy])),
+        inputs={},
+        project="proj1",
+    )
+
+
+def assert_port_warning(readiness: Readiness, provider: str, policy: str) -> None:
+    said = [w for w in readiness.warnings if w.startswith("network:")]
+    if policy in PORTS_DROPPED:
+        assert said == [
+            f"network: {provider} allows egress by destination, not by port or protocol: "
+            f"{PORTS_DROPPED[policy]} reach every port of their destination"
+        ]
+    else:
+        assert said == []
+
+
+# --- E2B ----------------------------------------------------------------------------------
+
+E2B_FIELDS: dict[str, dict[str, Any]] = {
+    "allow": {},
+    "deny": {"allow_internet_access": False},
+    "cidr": {
+        "allow_internet_access": False,
+        "network": {"allowOut": ["10.1.2.0/24", "192.0.2.7", "2001:db8::1"]},
+    },
+    "domain": {
+        "allow_internet_access": False,
+        "network": {"allowOut": ["*.pypi.org", "10.0.0.0/8", "files.example.org"]},
+    },
+}
+
+
+@pytest.fixture
+async def e2b(e2b_double: ServedE2b) -> AsyncIterator[E2bExtension]:
+    extension = E2bExtension(
+        {"api_url": e2b_double.url, "api_key": e2b_double.api_key, "retry_budget": 5}
+    )
+    yield extension
+    await extension.aclose()
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+async def test_e2b_gets_exactly_the_compiled_policy(
+    e2b: E2bExtension, e2b_double: ServedE2b, policy: str
+) -> None:
+    made = request("profile.e2b-burst", f"e2bnet{policy[:4]}1", policy)
+    await e2b.provision(made)
+    readiness = await e2b.wait_ready(made)
+    [record] = e2b_double.double.live()
+    assert record.network_fields == E2B_FIELDS[policy]
+    assert_port_warning(readiness, "E2B", policy)
+    await e2b.teardown(made.sandbox_id)
+
+
+# --- Daytona ------------------------------------------------------------------------------
+
+DAYTONA_FIELDS: dict[str, dict[str, Any]] = {
+    "allow": {},
+    "deny": {"networkBlockAll": True},
+    "cidr": {"networkAllowList": "10.1.2.0/24,192.0.2.7/32,2001:db8::1/128"},
+}
+
+
+@pytest.fixture
+async def daytona(daytona_double: DaytonaServed) -> AsyncIterator[DaytonaExtension]:
+    decl = Catalog.load().extensions_enabled()["ext.daytona"]
+    settings = {
+        "api_url": daytona_double.api_url,
+        "api_key": daytona_double.key,
+        "poll_interval": 0.02,
+        "ready_timeout": 5,
+        "request_timeout": 2,
+    }
+    decl = decl.model_copy(update={"settings": settings})
+    extension = DaytonaExtension.from_declaration(
+        decl, Settings(home=Path("/nonexistent"), nats_urls=(), nats_server=None, ack_wait=5.0)
+    )
+    yield extension
+    await extension.aclose()
+
+
+@pytest.mark.parametrize("policy", list(DAYTONA_FIELDS))
+async def test_daytona_gets_exactly_the_compiled_policy(
+    daytona: DaytonaExtension, daytona_double: DaytonaServed, policy: str
+) -> None:
+    made = request("profile.daytona", f"dtnet{policy[:4]}01", policy)
+    await daytona.provision(made)
+    readiness = await daytona.wait_ready(made)
+    [record] = daytona_double.double.live()
+    assert record.network_fields == DAYTONA_FIELDS[policy]
+    assert_port_warning(readiness, "Daytona", policy)
+    await daytona.teardown(made.sandbox_id)
+
+
+async def test_daytona_refuses_names_before_any_create(
+    daytona: DaytonaExtension, daytona_double: DaytonaServed
+) -> None:
+    """Routing never sends a name allowlist to ext.daytona (network: cidr); a caller that
+    skips routing is refused, never given a sandbox that lets more through."""
+    with pytest.raises(InvalidInput, match=r"cannot allow egress by name \(\*\.pypi\.org, "):
+        await daytona.provision(request("profile.daytona", "dtnetdomain1", "domain"))
+    assert daytona_double.double.creates == 0
+
+
+# --- Modal --------------------------------------------------------------------------------
+
+MODAL_FIELDS: dict[str, dict[str, Any]] = {
+    "allow": {"type": "OPEN"},
+    "deny": {"type": "BLOCKED"},
+    "cidr": {
+        "type": "ALLOWLIST",
+        "allowed_cidrs": ["10.1.2.0/24", "192.0.2.7/32", "2001:db8::1/128"],
+        "allowed_domains": [],
+    },
+    "domain": {
+        "type": "ALLOWLIST",
+        "allowed_cidrs": ["10.0.0.0/8"],
+        "allowed_domains": ["*.pypi.org", "files.example.org"],
+    },
+}
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+async def test_modal_gets_exactly_the_compiled_policy(
+    modal_double: ModalDouble, modal_extensions: Callable[..., ModalExtension], policy: str
+) -> None:
+    ext = modal_extensions()
+    sandbox_id = f"mdnet{policy[:4]}01"
+    made = request("profile.modal-gpu", sandbox_id, policy)
+    await ext.provision(made)
+    readiness = await ext.wait_ready(made)
+    [record] = modal_double.running_for(sandbox_id)
+    assert record.network_access == MODAL_FIELDS[policy]
+    assert_port_warning(readiness, "Modal", policy)
+    await ext.teardown(sandbox_id)
+
+
+def test_every_hosted_declaration_claims_what_its_compiler_holds() -> None:
+    """The table of docs/network.md, as declared: the compilers above hold exactly these."""
+    enabled: dict[str, ExtensionDecl] = Catalog.load().extensions
+    assert {
+        e: enabled[e].capabilities.network for e in ("ext.e2b", "ext.daytona", "ext.modal")
+    } == {
+        "ext.e2b": "domain",
+        "ext.daytona": "cidr",
+        "ext.modal": "domain",
+    }
