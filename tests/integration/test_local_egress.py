@@ -285,6 +285,8 @@ async def test_allowed_address_and_port_connect_and_others_are_refused_at_once(
     allowed = AddressRule(ipaddress.ip_network(f"{target.address}/32"), ((8080, 8080),), "tcp")
     sandbox_id, descriptor = await create(ext, policies, target, LocalEgress(addresses=(allowed,)))
     assert descriptor["network"].startswith("egress allowlist")
+    info = await ext.inspect_host()
+    assert info["egress_namespaces"] == [namespace_for(f"{sandbox_id}-{ext._root_tag}")]
     code, said = await curl(ext, sandbox_id, f"http://{target.address}:8080/")
     assert (code, said) == (0, f"hello from {target.address}:8080:8080\n")
     gateway = json.loads((ext.root / sandbox_id / "state.json").read_text())["egress"]["gateway"]
