@@ -17,6 +17,7 @@ from sandboxer.cli.common import JsonOpt, load_settings, run, with_client
 from sandboxer.cli.output import Progress, print_json, print_table, say
 from sandboxer.cli.uploads import plan_uploads, upload_directory_inputs
 from sandboxer.client import SandboxerClient
+from sandboxer.config.network_policy import PolicyError, parse_policy
 
 __all__ = [
     "create",
@@ -69,6 +70,8 @@ def _show_sandbox(sandbox: dict[str, Any]) -> None:
             typer.echo(f"{key:<12} {sandbox[key]}")
     if sandbox.get("paused_at"):  # its clocks stand still (docs/ttl.md, "Pause")
         typer.echo(f"{'ttl clock':<12} stopped; expires_at moves later by the pause at resume")
+    if sandbox.get("network"):  # the policy in force (docs/network.md)
+        typer.echo(f"{'network':<12} {_network_line(sandbox['network'])}")
     if sandbox.get("due"):  # the earlier of its TTL and idle deadlines (docs/ttl.md)
         typer.echo(f"{'due':<12} {sandbox['due']['at']} ({sandbox['due']['cause']})")
     for warning in sandbox.get("warnings") or []:
@@ -77,6 +80,13 @@ def _show_sandbox(sandbox: dict[str, Any]) -> None:
         typer.echo("reachability:")
         for key, value in sandbox["reachability"].items():
             typer.echo(f"  {key:<10} {value}")
+
+
+def _network_line(recorded: Any) -> str:
+    try:
+        return parse_policy(recorded).describe()
+    except PolicyError:  # written by a later version: show it as it is
+        return json.dumps(recorded)
 
 
 def create(

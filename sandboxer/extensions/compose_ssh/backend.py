@@ -42,7 +42,7 @@ from sandboxer.extensions.compose_ssh.compose_file import (
 from sandboxer.extensions.compose_ssh.pausing import set_paused
 from sandboxer.extensions.compose_ssh.readiness import await_running
 from sandboxer.extensions.compose_ssh.service_exec import check_service, exec_in_service
-from sandboxer.extensions.compose_ssh.stack import Plan, Stack
+from sandboxer.extensions.compose_ssh.stack import Plan, Stack, no_network_override
 from sandboxer.extensions.ssh_backend import SshBackend
 from sandboxer.extensions.ssh_targets import (
     Target,
@@ -97,6 +97,7 @@ class ComposeSshExtension(SshBackend):
                         "compose_project": stack.project,
                         "compose_file": stack.compose_file,
                         "created_at": datetime.now(UTC).isoformat(),
+                        **({"network": "none"} if stack.no_network else {}),
                     },
                 )
                 method = await sync.sync_dir(
@@ -106,6 +107,11 @@ class ComposeSshExtension(SshBackend):
                 if request.secrets:
                     text = checks.env_file_text(request.secrets, sandbox_id)
                     await remote.put_file(conn, stack.env_path, text.encode(), mode=0o600)
+                if stack.no_network:  # deny: every service gets network_mode none
+                    services = await self._services(conn, stack.without_override(), values)
+                    await remote.put_file(
+                        conn, stack.no_network_path, no_network_override(services).encode()
+                    )
                 if plan.volume_keys:  # a restored snapshot: fill the volumes before any start
                     await self._up(conn, stack, values, "--no-start")
                     await volumes.seed(
@@ -161,11 +167,6 @@ class ComposeSshExtension(SshBackend):
                 "(compose did not start them, e.g. an inactive profile)"
             )
         profile = request.profile
-        if profile.network.default == "deny" or profile.network.egress:
-            warnings.append(
-                "network policy not enforced by ext.compose-ssh: the compose file "
-                "decides the stack's networks (network_mode: none gives none)"
-            )
         if profile.resources.model_dump(exclude_none=True):
             warnings.append(
                 "resource limits of the profile not applied by ext.compose-ssh: set "
@@ -295,7 +296,13 @@ class ComposeSshExtension(SshBackend):
             raise InvalidInput(str(exc), sandbox_id=sandbox_id, extension=self.id) from None
         item = target(self.settings, request.host, sandbox_id=sandbox_id, extension=self.id)
         checks.check_secrets(request.secrets, item.config.env, sandbox_id, self.id)
-        stack = Stack(item, sandbox_id, compose_file, with_secrets=bool(request.secrets))
+        stack = Stack(
+            item,
+            sandbox_id,
+            compose_file,
+            with_secrets=bool(request.secrets),
+            no_network=_no_network(request, self.id),
+        )
         return Plan(stack, repo, volumes.seed_keys(repo, sandbox_id))
 
     async def _services(self, conn: Connection, stack: Stack, values: list[str]) -> list[str]:
@@ -328,7 +335,9 @@ class ComposeSshExtension(SshBackend):
         stack = Stack.recorded(item, sandbox_id, found)
         compose_down = False
         if stack is not None:
-            result = await stack.run(
+            # Without the deny override: `down` needs no network, and a create cut short may
+            # have recorded the override before writing it.
+            result = await stack.without_override().run(
                 conn,
                 "down",
                 "--volumes",
@@ -353,3 +362,20 @@ class ComposeSshExtension(SshBackend):
             conn, item, containers.project_name(sandbox_id), thorough=not compose_down
         )
         await remove(conn, item, sandbox_id, found)
+
+
+def _no_network(request: ProvisionRequest, extension: str) -> bool:
+    """Whether the policy is deny; an allowlist, which this backend cannot hold yet (routing
+    does not send one here: network: all-or-nothing), is refused rather than let through."""
+    policy = request.profile.network.policy()
+    if policy.default == "allow":
+        return False
+    if policy.egress:
+        raise InvalidInput(
+            f"ext.compose-ssh enforces no egress allowlist yet ({policy.describe()}): it can "
+            "cut a stack off the network (default: deny, no egress) or leave it as the compose "
+            "file says (default: allow); docs/network.md",
+            sandbox_id=request.sandbox_id,
+            extension=extension,
+        )
+    return True

@@ -3,11 +3,16 @@
 Secrets reach compose through the environment: each compose command runs as
 ``sh -c 'set -a; . ENV_FILE; set +a; exec compose ...'``, so a value is never
 on a command line.
+
+A sandbox whose network policy is deny gets a second compose file,
+:data:`NO_NETWORK_FILE`, giving every service ``network_mode: none``; every
+compose command of the stack names both files (docs/network.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sandboxer.extensions.compose_ssh import containers
@@ -16,7 +21,10 @@ from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT, Target
 from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe
 from sandboxer.ssh import Connection, remote
 
-__all__ = ["Plan", "Stack"]
+__all__ = ["NO_NETWORK_FILE", "Plan", "Stack", "no_network_override"]
+
+NO_NETWORK_FILE = ".sandboxer.no-network.yaml"
+"""Beside the secrets file in the sandbox's directory: the compose override of a deny policy."""
 
 # Exports every NAME='value' of the secrets file ($1) into the environment of
 # the command that follows: the values never appear on a command line.
@@ -32,6 +40,8 @@ class Stack:
     compose_file: str
     """Relative to :attr:`directory`."""
     with_secrets: bool
+    no_network: bool = False
+    """The policy is deny: :data:`NO_NETWORK_FILE` overrides every service's network."""
 
     @classmethod
     def recorded(cls, item: Target, sandbox_id: str, found: Probe) -> Stack | None:
@@ -44,7 +54,10 @@ class Stack:
             check_compose_file(compose_file)
         except ComposeFileError:
             return None
-        return cls(item, sandbox_id, compose_file, with_secrets=found.secrets_file)
+        no_network = (found.marker or {}).get("network") == "none"
+        return cls(
+            item, sandbox_id, compose_file, with_secrets=found.secrets_file, no_network=no_network
+        )
 
     @property
     def directory(self) -> str:
@@ -62,7 +75,18 @@ class Stack:
     def project(self) -> str:
         return containers.project_name(self.sandbox_id)
 
+    @property
+    def no_network_path(self) -> str:
+        return f"{self.directory}/{NO_NETWORK_FILE}"
+
+    def without_override(self) -> Stack:
+        """The stack as its own compose file alone describes it (to list its services before
+        the override that names them exists)."""
+        return replace(self, no_network=False)
+
     def argv(self, *args: str) -> list[str]:
+        if self.no_network:
+            args = ("-f", self.no_network_path, *args)
         argv = containers.compose_argv(self.target.config, self.project, self.compose_path, *args)
         if self.with_secrets:
             return ["sh", "-c", _WITH_SECRETS, "sh", self.env_path, *argv]
@@ -93,3 +117,10 @@ class Plan:
     repo: Path
     volume_keys: list[str] = field(default_factory=list)
     """Named volumes the repo holds contents for (``.sandboxer/volumes/<key>/``)."""
+
+
+def no_network_override(services: list[str]) -> str:
+    """A compose file (JSON is YAML) that cuts every service off the network: compose merges
+    it over the project's own file, so ``network_mode: none`` wins over what that says."""
+    document = {"services": {name: {"network_mode": "none"} for name in services}}
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
