@@ -348,8 +348,8 @@ def _proxies_named(name: str) -> list[ProcessRef]:
         except OSError:
             continue
         words = [arg.decode(errors="replace") for arg in args]
-        if str(PROXY_SCRIPT) not in words:
-            continue
+        if not any(word.endswith(f"/{PROXY_SCRIPT.name}") for word in words):
+            continue  # (any install's copy: the worker may have been upgraded since)
         at = words.index("--name") if "--name" in words else -1
         if at >= 0 and words[at : at + 2] == wanted:
             stat = stat_of(int(entry))
