@@ -47,6 +47,7 @@ from sandboxer.extensions.local.egress_policy import (
 )
 from sandboxer.extensions.local.egress_proxy import Proxy, load_allowlist
 from sandboxer.extensions.local.procs import ProcessRef, children_of
+from sandboxer.extensions.local.steps import compile_policy
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration
@@ -569,3 +570,47 @@ async def test_the_proxy_refuses_hostile_input_and_names_that_point_into_the_hos
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_profile_policy_compiled_by_compile_policy_is_enforced(
+    tmp_path: Path, target: Target
+) -> None:
+    """What switching ext.local on will be: the profile's policy in force, compiled."""
+
+    def from_profile(request: ProvisionRequest) -> LocalEgress:
+        return compile_policy(request.profile.network.policy())[0]
+
+    ext = LocalExtension(
+        tmp_path / "local", egress_for=from_profile, egress_hosts_file=target.hosts_file
+    )
+    prof = Profile.model_validate(
+        {
+            "id": "profile.test",
+            "extension": "ext.local",
+            "network": {
+                "default": "deny",
+                "egress": ["pkg.allowed.test:80", f"{target.address}:8080/tcp"],
+            },
+        }
+    )
+    sandbox_id = new_id()
+    req = ProvisionRequest(sandbox_id=sandbox_id, profile=prof, inputs={})
+    try:
+        await ext.provision(req)
+        ready = await ext.wait_ready(req)
+        assert ready.warnings == []
+        assert await curl(ext, sandbox_id, "http://pkg.allowed.test/") == (
+            0,
+            "hello from pkg.allowed.test:80\n",
+        )
+        assert await curl(ext, sandbox_id, f"http://{target.address}:8080/", "--noproxy", "*") == (
+            0,
+            f"hello from {target.address}:8080:8080\n",
+        )
+        code, said = await curl(ext, sandbox_id, f"http://{target.address}:80/", "--noproxy", "*")
+        assert code == CURL_CONNECT_REFUSED, said
+        code, said = await curl(ext, sandbox_id, "https://pkg.allowed.test/")
+        assert code == CURL_PROXY_REFUSED, said  # the name is allowed on port 80 only
+    finally:
+        await ext.teardown(sandbox_id)
+    assert leftovers(ext, sandbox_id) == NOTHING

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sandboxer.config.network_policy import parse_policy
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.local import egress_slots
 from sandboxer.extensions.local.egress_policy import (
@@ -36,6 +37,7 @@ from sandboxer.extensions.local.egress_proxy import (
     read_hosts_file,
     valid_pattern,
 )
+from sandboxer.extensions.local.steps import compile_policy
 
 NAME = "abcdef12-0badf00d"
 
@@ -279,3 +281,37 @@ def test_hosts_file(tmp_path: Path) -> None:
     hosts.write_text("# comment\n198.18.0.2 a.test B.test  # trailing\nnot-an-address x.test\n\n")
     assert read_hosts_file(hosts) == {"a.test": ["198.18.0.2"], "b.test": ["198.18.0.2"]}
     assert read_hosts_file(None) == {}
+
+
+def test_the_profile_policy_compiles_to_what_ext_local_enforces() -> None:
+    assert compile_policy(parse_policy({"default": "deny"})) == (DENY, [])
+    assert compile_policy(parse_policy({"default": "allow", "egress": ["10.0.0.1"]})) == (
+        LocalEgress(allow_all=True),
+        [],
+    )
+    egress, warnings = compile_policy(
+        parse_policy(
+            {
+                "default": "deny",
+                "egress": [
+                    "10.1.2.0/24:443,8000-8100/tcp",
+                    "10.0.0.53:53/udp",
+                    "[2001:db8::1]:80",
+                    "pypi.org:443",
+                    "*.files.test",
+                    "dns.test:53/udp",
+                    "169.254.169.254",
+                ],
+            }
+        )
+    )
+    assert egress.addresses == (
+        AddressRule(net4("10.1.2.0/24"), ((443, 443), (8000, 8100)), "tcp"),
+        AddressRule(net4("10.0.0.53/32"), ((53, 53),), "udp"),
+        AddressRule(ipaddress.IPv6Network("2001:db8::1/128"), ((80, 80),)),
+    )
+    assert egress.domains == (DomainRule("pypi.org", ((443, 443),)), DomainRule("*.files.test"))
+    egress.check()
+    assert len(warnings) == 2
+    assert "dns.test:53/udp" in warnings[0]
+    assert "169.254.169.254" in warnings[1]

@@ -6,23 +6,57 @@ so in ``Readiness.warnings`` instead of failing.
 
 from __future__ import annotations
 
+from sandboxer.config.network_policy import NetworkPolicy
 from sandboxer.config.profile import Profile
 from sandboxer.extensions.base import ProvisionRequest
-from sandboxer.extensions.local.egress_policy import DENY, LocalEgress
+from sandboxer.extensions.local.egress_policy import DENY, AddressRule, DomainRule, LocalEgress
 
-__all__ = ["local_egress_for", "profile_warnings"]
+__all__ = ["compile_policy", "local_egress_for", "profile_warnings"]
 
 
 def local_egress_for(request: ProvisionRequest) -> LocalEgress:
     """What the sandbox may reach besides its loopback: today always nothing.
 
     The enforcement (namespace, veth, nftables, name-filtering proxy) is in
-    :mod:`.egress`; this is where the profile's compiled network policy
-    plugs in. Until then a profile asking for egress gets loopback only and
-    the warning below.
+    :mod:`.egress`, and :func:`compile_policy` turns the policy in force
+    (``request.profile.network.policy()``) into its input. Switching it on is
+    this one line plus ext.local's declaration (``network: domain``); until
+    then a profile asking for egress gets loopback only and the warning below.
     """
     del request
     return DENY
+
+
+def compile_policy(policy: NetworkPolicy) -> tuple[LocalEgress, list[str]]:
+    """The profile's network policy as ext.local enforces it, and what it cannot enforce.
+
+    Address entries become nftables rules, name entries go through the
+    sandbox's proxy (TCP only: HTTP and TLS). What cannot be enforced is left
+    out, never widened, and named in the warnings.
+    """
+    if policy.default == "allow":
+        return LocalEgress(allow_all=True), []
+    addresses: list[AddressRule] = []
+    domains: list[DomainRule] = []
+    warnings: list[str] = []
+    for entry in policy.egress:
+        network = entry.network
+        if network is None:
+            if entry.protocol == "udp":
+                warnings.append(
+                    f"egress {entry.compact()} not provided: ext.local reaches names only "
+                    "through its HTTP/TLS proxy (TCP)"
+                )
+                continue
+            domains.append(DomainRule(entry.to, entry.port_pairs))
+        elif network.is_link_local:
+            warnings.append(
+                f"egress {entry.compact()} not provided: ext.local never lets a sandbox "
+                "reach link-local addresses (other sandboxes' links, cloud metadata)"
+            )
+        else:
+            addresses.append(AddressRule(network, entry.port_pairs, entry.protocol))
+    return LocalEgress(addresses=tuple(addresses), domains=tuple(domains)), warnings
 
 
 def profile_warnings(profile: Profile, egress: LocalEgress = DENY) -> list[str]:
