@@ -578,7 +578,7 @@ async def test_a_profile_policy_compiled_by_compile_policy_is_enforced(
     """What switching ext.local on will be: the profile's policy in force, compiled."""
 
     def from_profile(request: ProvisionRequest) -> LocalEgress:
-        return compile_policy(request.profile.network.policy())[0]
+        return compile_policy(request.profile.network.policy())
 
     ext = LocalExtension(
         tmp_path / "local", egress_for=from_profile, egress_hosts_file=target.hosts_file
@@ -589,7 +589,11 @@ async def test_a_profile_policy_compiled_by_compile_policy_is_enforced(
             "extension": "ext.local",
             "network": {
                 "default": "deny",
-                "egress": ["pkg.allowed.test:80", f"{target.address}:8080/tcp"],
+                "egress": [
+                    "pkg.allowed.test:80",
+                    f"{target.address}:8080/tcp",
+                    "dns.test:53/udp",  # not enforceable here: left out, and said so
+                ],
             },
         }
     )
@@ -598,7 +602,8 @@ async def test_a_profile_policy_compiled_by_compile_policy_is_enforced(
     try:
         await ext.provision(req)
         ready = await ext.wait_ready(req)
-        assert ready.warnings == []
+        assert len(ready.warnings) == 1
+        assert "dns.test:53/udp not provided" in ready.warnings[0]
         assert await curl(ext, sandbox_id, "http://pkg.allowed.test/") == (
             0,
             "hello from pkg.allowed.test:80\n",

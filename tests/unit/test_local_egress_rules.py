@@ -284,12 +284,11 @@ def test_hosts_file(tmp_path: Path) -> None:
 
 
 def test_the_profile_policy_compiles_to_what_ext_local_enforces() -> None:
-    assert compile_policy(parse_policy({"default": "deny"})) == (DENY, [])
+    assert compile_policy(parse_policy({"default": "deny"})) == DENY
     assert compile_policy(parse_policy({"default": "allow", "egress": ["10.0.0.1"]})) == (
-        LocalEgress(allow_all=True),
-        [],
+        LocalEgress(allow_all=True)
     )
-    egress, warnings = compile_policy(
+    egress = compile_policy(
         parse_policy(
             {
                 "default": "deny",
@@ -312,6 +311,9 @@ def test_the_profile_policy_compiles_to_what_ext_local_enforces() -> None:
     )
     assert egress.domains == (DomainRule("pypi.org", ((443, 443),)), DomainRule("*.files.test"))
     egress.check()
-    assert len(warnings) == 2
-    assert "dns.test:53/udp" in warnings[0]
-    assert "169.254.169.254" in warnings[1]
+    assert len(egress.warnings) == 2
+    assert "dns.test:53/udp" in egress.warnings[0]
+    assert "169.254.169.254" in egress.warnings[1]
+    only_unenforceable = compile_policy(parse_policy({"egress": ["dns.test:53/udp"]}))
+    assert only_unenforceable.denies_all
+    assert only_unenforceable.warnings

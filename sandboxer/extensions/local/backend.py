@@ -331,14 +331,12 @@ class LocalExtension:
         allowed.check()
         if allowed.denies_all or self._as_root:
             ipv6 = [rule for rule in allowed.addresses if rule.network.version == 6]
-            warnings = (
-                [
+            warnings = list(allowed.warnings)
+            if ipv6:
+                warnings.append(
                     "IPv6 egress not provided: ext.local sandboxes have IPv4 links only "
                     f"({', '.join(str(rule.network) for rule in ipv6)} unreachable)"
-                ]
-                if ipv6
-                else []
-            )
+                )
             return allowed, warnings
         return DENY, [
             "network egress not provided: ext.local builds a sandbox's network (namespace, "

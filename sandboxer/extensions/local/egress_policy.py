@@ -78,6 +78,8 @@ class LocalEgress:
     allow_all: bool = False
     addresses: tuple[AddressRule, ...] = ()
     domains: tuple[DomainRule, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
+    """What the policy asked that these rules leave out (reported in ``ready``, never widened)."""
 
     @property
     def denies_all(self) -> bool:

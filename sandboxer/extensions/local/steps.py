@@ -27,15 +27,15 @@ def local_egress_for(request: ProvisionRequest) -> LocalEgress:
     return DENY
 
 
-def compile_policy(policy: NetworkPolicy) -> tuple[LocalEgress, list[str]]:
+def compile_policy(policy: NetworkPolicy) -> LocalEgress:
     """The profile's network policy as ext.local enforces it, and what it cannot enforce.
 
     Address entries become nftables rules, name entries go through the
     sandbox's proxy (TCP only: HTTP and TLS). What cannot be enforced is left
-    out, never widened, and named in the warnings.
+    out, never widened, and named in ``warnings``.
     """
     if policy.default == "allow":
-        return LocalEgress(allow_all=True), []
+        return LocalEgress(allow_all=True)
     addresses: list[AddressRule] = []
     domains: list[DomainRule] = []
     warnings: list[str] = []
@@ -56,7 +56,7 @@ def compile_policy(policy: NetworkPolicy) -> tuple[LocalEgress, list[str]]:
             )
         else:
             addresses.append(AddressRule(network, entry.port_pairs, entry.protocol))
-    return LocalEgress(addresses=tuple(addresses), domains=tuple(domains)), warnings
+    return LocalEgress(addresses=tuple(addresses), domains=tuple(domains), warnings=tuple(warnings))
 
 
 def profile_warnings(profile: Profile, egress: LocalEgress = DENY) -> list[str]:
