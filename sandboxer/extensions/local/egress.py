@@ -217,14 +217,24 @@ async def _tool(
             env=HOST_ENV,
         )
     except FileNotFoundError:
-        package = "nftables" if argv[0] == "nft" else "iproute2"
+        package = {"nft": "nftables", "nsenter": "util-linux"}.get(argv[0], "iproute2")
         raise ExtensionError(
             f"{argv[0]} is not installed; sandboxes with network access need it "
             f"(apt install {package})",
             sandbox_id=sandbox_id,
             extension="ext.local",
         ) from None
-    _, err = await asyncio.wait_for(process.communicate(stdin), TOOL_TIMEOUT)
+    try:
+        _, err = await asyncio.wait_for(process.communicate(stdin), TOOL_TIMEOUT)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise ExtensionError(
+            f"{' '.join(argv[:4])} did not finish in {TOOL_TIMEOUT:.0f}s",
+            sandbox_id=sandbox_id,
+            extension="ext.local",
+        ) from None
     if process.returncode == 0:
         return
     text = err.decode(errors="replace").strip()
