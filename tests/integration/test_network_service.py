@@ -1,0 +1,157 @@
+"""The network policy through the real service (nats-server, control, projector, ext.local and
+the stub): routing by what a backend enforces, a create narrowing the policy, a widening
+rejected on record, an adm widening, the policy in requested, ready and get (docs/network.md).
+
+The stub's declaration is overridden to claim ``network: domain`` (it enforces nothing: this
+test is about routing and the record, not about packets; test_hosted_network and
+test_compose_network check what backends are sent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sandboxer.client import SandboxerClient
+from sandboxer.config.catalog import packaged_dir
+from sandboxer.errors import CommandFailed
+from tests.integration.conftest import reap_local, start_service
+
+pytestmark = pytest.mark.integration
+
+ROLES = ["control", "projector", "ext.local", "ext.saas-stub"]
+PROFILE = """\
+id: profile.pypi
+route:
+  strategy: explicit
+  candidates: [ext.local, ext.saas-stub]
+network:
+  default: deny
+  egress: ["*.pypi.org:443", "10.0.0.0/8"]
+ttl: {default: 10m, max: 1h}
+"""
+AGENT = {"type": "agt", "id": "agent-net"}
+ADMIN = {"type": "adm", "id": "ops"}
+
+
+def write_home(home: Path) -> None:
+    (home / "profiles").mkdir(parents=True, exist_ok=True)
+    (home / "profiles" / "profile.pypi.yaml").write_text(PROFILE)
+    decl = yaml.safe_load((packaged_dir("extensions") / "ext.saas-stub.yaml").read_text())
+    decl["capabilities"]["network"] = "domain"
+    decl["pricing"] = {"per_second": 0.0, "per_create": 0.0}
+    (home / "extensions").mkdir(parents=True, exist_ok=True)
+    (home / "extensions" / "ext.saas-stub.yaml").write_text(yaml.safe_dump(decl))
+
+
+async def create(
+    client: SandboxerClient,
+    sandbox_id: str,
+    actor: dict[str, Any],
+    network: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A create with its own ``network`` (the bus command's field), waited for."""
+    command: dict[str, Any] = {
+        "command_id": f"net-{sandbox_id}",
+        "actor": actor,
+        "profile": "profile.pypi",
+        "sandbox_id": sandbox_id,
+    }
+    if network is not None:
+        command["network"] = network
+    return await client.outcomes.run(
+        "create",
+        command,
+        sandbox_id,
+        {"ready"},
+        lambda: client.publish_command("create", command),
+        None,
+        60.0,
+    )
+
+
+async def events_of(client: SandboxerClient, sandbox_id: str) -> dict[str, dict[str, Any]]:
+    return {e["type"]: e async for _seq, e in client.events(sandbox_id=sandbox_id)}
+
+
+async def viewed(client: SandboxerClient, sandbox_id: str) -> dict[str, Any]:
+    """The sandbox as the view holds it once the view has its latest event."""
+    last = max([seq async for seq, _e in client.events(sandbox_id=sandbox_id)])
+    return await client.get(sandbox_id, min_seq=last) or {}
+
+
+async def test_the_policy_routes_narrows_and_is_on_record(nats_server: Any, home: Path) -> None:
+    write_home(home)
+    service = await start_service(home, nats_server.url, ROLES)
+    client = service.client
+    try:
+        # The profile's policy needs names: ext.local (all-or-nothing) is left out, and says why.
+        explained = await client.route_explain("profile.pypi")
+        why = {c["extension"]: c.get("why_not") for c in explained["decision"]["candidates"]}
+        assert why["ext.local"] == (
+            "cannot enforce the network policy (deny; egress *.pypi.org:443, 10.0.0.0/8): it "
+            "needs a domain allowlist (network: domain) and the backend enforces network: "
+            "all-or-nothing"
+        )
+        assert explained["decision"]["chosen"] == "ext.saas-stub"
+
+        await create(client, "netprofile01", AGENT)
+        events = await events_of(client, "netprofile01")
+        policy = {"default": "deny", "egress": ["*.pypi.org:443", "10.0.0.0/8"]}
+        assert events["requested"]["network"] == policy
+        assert events["ready"]["network"] == policy
+        assert events["routed"]["extension"] == "ext.saas-stub"
+        assert "ext.local cannot enforce the network policy" in events["routed"]["reason"]
+        assert (await viewed(client, "netprofile01"))["network"] == policy
+
+        # Narrowed to no network at all: ext.local can hold that, and is first.
+        await create(client, "netnarrow001", AGENT, {"default": "deny"})
+        events = await events_of(client, "netnarrow001")
+        assert events["requested"]["network"] == {"default": "deny", "egress": []}
+        assert events["routed"]["extension"] == "ext.local"
+        assert (await viewed(client, "netnarrow001"))["network"] == {
+            "default": "deny",
+            "egress": [],
+        }
+
+        # Narrowed within the names, in the object form: still names, still the stub.
+        asked = {"egress": [{"to": "files.pypi.org", "ports": [443], "protocol": "tcp"}]}
+        await create(client, "netnarrow002", AGENT, asked)
+        events = await events_of(client, "netnarrow002")
+        assert events["ready"]["network"] == {
+            "default": "deny",
+            "egress": ["files.pypi.org:443/tcp"],
+        }
+
+        # A widening by an agent is rejected, with the entry, on record; nothing is made.
+        with pytest.raises(CommandFailed) as refused:
+            await create(client, "netwiden0001", AGENT, {"egress": ["pypi.org:443"]})
+        assert refused.value.event["code"] == "network_widened"
+        assert (
+            "egress pypi.org:443 is not within the profile's network policy"
+            in (refused.value.event["reason"])
+        )
+        assert await client.get("netwiden0001") is None
+
+        # An adm actor may widen: default allow needs nothing, so ext.local takes it.
+        await create(client, "netadmin0001", ADMIN, {"default": "allow"})
+        events = await events_of(client, "netadmin0001")
+        assert events["requested"]["network"] == {"default": "allow", "egress": []}
+        assert events["routed"]["extension"] == "ext.local"
+
+        # A bad entry is refused with the entry and the fix.
+        with pytest.raises(CommandFailed) as bad:
+            await create(client, "netbadentry1", AGENT, {"egress": ["10.1.1.1/8"]})
+        assert bad.value.event["code"] == "invalid_network"
+        assert "the network is 10.0.0.0/8" in bad.value.event["reason"]
+
+        replay = await client.replay(verify=True)
+        assert replay["verified"], replay["differences"]
+        for sandbox_id in ("netprofile01", "netnarrow001", "netnarrow002", "netadmin0001"):
+            await client.destroy(sandbox_id)
+    finally:
+        await client.close()
+        await service.shutdown()
+        await reap_local(home)
