@@ -45,7 +45,11 @@ def test_a_sandbox_row_reads_its_known_fields() -> None:
     assert sandbox.sandbox_id == "mysandbox01"
     assert sandbox.status == "ready"
     assert sandbox.is_live
-    assert (sandbox.profile, sandbox.extension, sandbox.host) == ("profile.local", "ext.local", None)
+    assert (sandbox.profile, sandbox.extension, sandbox.host) == (
+        "profile.local",
+        "ext.local",
+        None,
+    )
     assert sandbox.project == "demo"
     assert sandbox.generation == 1
     assert sandbox.expires_at == "2026-11-23T12:19:04.120Z"
