@@ -48,6 +48,7 @@ from sandboxer.workers.inventory import InventoryService
 from sandboxer.workers.meter_export import run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
 from sandboxer.workers.token_service import TokenService
+from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.materialize import DirectoryInputs
 
@@ -122,6 +123,8 @@ async def run_roles(
     js = nc.jetstream()
     # nats-py exposes the INFO the server sent only as this attribute.
     await ensure_streams(js, replicas_for(nc._server_info))
+    # The bucket exists before any upload: an API key may write to it but not create it.
+    await open_or_create_bucket(js, replicas_for(nc._server_info))
     store = JetStreamEventStore(nc, js)
     services: list[QueryService | ExecService | InventoryService | TokenService] = []
     projectors: list[Projector] = []

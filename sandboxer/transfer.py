@@ -14,6 +14,7 @@ worker unpacks (docs/protocol.md#files).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -32,6 +33,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import ObjectNotFoundError
 
+from sandboxer import subjects
 from sandboxer.bus.streams import replicas_for
 from sandboxer.errors import (
     BusError,
@@ -155,13 +157,26 @@ async def _store(nc: Nats, archive: Path) -> str:
 
 
 async def _ask(
-    nc: Nats, sandbox_id: str, request: dict[str, Any], timeout: float = FILES_TIMEOUT
+    nc: Nats,
+    sandbox_id: str,
+    request: dict[str, Any],
+    timeout: float = FILES_TIMEOUT,
+    key_id: str | None = None,
+    upload: Path | None = None,
+    download: Path | None = None,
 ) -> dict[str, Any]:
-    """Send a files request, wait for its ``done``; raise the error it carries."""
+    """Send a files request, wait for its ``done``; raise the error it carries. ``key_id``:
+    asked as that API key (docs/security.md#keys-on-the-bus). An inline request sends
+    ``upload`` when the worker asks for it, or writes the ``data`` it sends to ``download``
+    (workers/inline_files.py)."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
+    feeder: asyncio.Task[None] | None = None
+    subject = files_subject(sandbox_id)
+    if key_id is not None:
+        subject = subjects.stamped(subject, key_id)
     try:
-        await nc.publish(files_subject(sandbox_id), msgspec.json.encode(request), reply=inbox)
+        await nc.publish(subject, msgspec.json.encode(request), reply=inbox)
         try:
             msg = await sub.next_msg(timeout=STARTED_TIMEOUT)
         except NatsTimeout:
@@ -169,9 +184,20 @@ async def _ask(
                 f"no worker holds sandbox {sandbox_id}: it may not be ready, its backend may not "
                 "copy files, or its extension worker is not running ('sandboxer get' shows it)"
             ) from None
-        while (msg.headers or {}).get(HEADER) != "done":
-            msg = await sub.next_msg(timeout=timeout)
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(download.open("wb")) if download is not None else None
+            while (kind := (msg.headers or {}).get(HEADER)) != "done":
+                if kind == "input" and upload is not None and feeder is None:
+                    into = str(msgspec.json.decode(msg.data)["stdin"])
+                    feeder = asyncio.create_task(feed_stdin(nc, into, _file_chunks(upload)))
+                elif kind == "data" and out is not None:
+                    await asyncio.to_thread(out.write, msg.data)
+                    await msg.respond(b"")  # the worker sends more as these arrive
+                msg = await sub.next_msg(timeout=timeout)
     finally:
+        if feeder is not None:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
         await sub.unsubscribe()
     answer: dict[str, Any] = msgspec.json.decode(msg.data)
     if not answer.get("ok"):
@@ -185,6 +211,12 @@ _ERRORS: dict[str, type[SandboxerError]] = {
     "invalid_input": InvalidInput,
     "unsupported": Unsupported,
 }
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, STDIN_CHUNK):
+            yield chunk
 
 
 def _error(message: str, code: str, sandbox_id: str) -> SandboxerError:
@@ -203,14 +235,20 @@ async def put_archive(
     kind: str,
     *,
     service: str | None = None,
+    key_id: str | None = None,
 ) -> Copied:
     """Store the tar ``archive`` and have it unpacked at ``path`` (``kind``: file, dir)."""
     check_path(path, root_allowed=kind == "dir")  # refused here already, before any upload
-    ref = await _store(nc, archive)
-    request: dict[str, Any] = {"op": "put", "path": path, "kind": kind, "ref": ref}
+    request: dict[str, Any] = {"op": "put", "path": path, "kind": kind}
+    if key_id is None:
+        request["ref"] = await _store(nc, archive)
+    else:  # a key may not write the bucket: the bytes ride on the request
+        request["inline"] = True
     if service is not None:
         request["service"] = service
-    answer = await _ask(nc, sandbox_id, request)
+    answer = await _ask(
+        nc, sandbox_id, request, key_id=key_id, upload=archive if key_id is not None else None
+    )
     return Copied(kind=kind, path=str(answer.get("path")), size=int(answer.get("size", 0)))
 
 
@@ -235,13 +273,16 @@ async def copy_in(
     *,
     limits: ArchiveLimits,
     service: str | None = None,
+    key_id: str | None = None,
 ) -> Copied:
     """Copy the local file or directory ``source`` to ``path`` in the sandbox's workspace
     (a file is written at ``path``; a directory's contents go into the directory ``path``)."""
     with tempfile.TemporaryDirectory(prefix="sandboxer-cp-") as scratch:
         archive = Path(scratch) / "copy.tar"
         kind = await asyncio.to_thread(_pack_source, source, archive, limits)
-        copied = await put_archive(nc, sandbox_id, archive, path, kind, service=service)
+        copied = await put_archive(
+            nc, sandbox_id, archive, path, kind, service=service, key_id=key_id
+        )
     return Copied(kind=kind, path=copied.path, size=copied.size, local=source)
 
 
@@ -256,6 +297,7 @@ async def get_object(
     *,
     limits: ArchiveLimits,
     service: str | None = None,
+    key_id: str | None = None,
 ) -> Copied:
     """Write what ``path`` holds to the local file ``destination``: the file's bytes
     (``kind`` file), or a tar of the directory's contents (``kind`` dir)."""
@@ -263,13 +305,32 @@ async def get_object(
     request: dict[str, Any] = {"op": "get", "path": path}
     if service is not None:
         request["service"] = service
-    answer = await _ask(nc, sandbox_id, request)
-    sha = parse_object_ref(str(answer.get("ref")))
-    size = await fetch_archive(nc.jetstream(), sha, destination, limits)
+    if key_id is None:
+        answer = await _ask(nc, sandbox_id, request, key_id=key_id)
+        sha = parse_object_ref(str(answer.get("ref")))
+        size = await fetch_archive(nc.jetstream(), sha, destination, limits)
+    else:  # a key may not read the bucket: the bytes come on the answer
+        request["inline"] = True
+        answer = await _ask(nc, sandbox_id, request, key_id=key_id, download=destination)
+        size = await asyncio.to_thread(_check_download, destination, answer, limits)
     kind = str(answer.get("kind"))
     if kind not in {"file", "dir"}:
         raise BusError(f"the worker answered a copy of {path!r} with kind {kind!r}")
     return Copied(kind=kind, path=str(answer.get("path")), size=size, local=destination)
+
+
+def _check_download(path: Path, answer: dict[str, Any], limits: ArchiveLimits) -> int:
+    """The size of an inline download, once it is the size and SHA-256 the worker sent."""
+    size = path.stat().st_size
+    if size > limits.max_bytes:
+        raise WorkspaceRefused(f"the download is larger than {limits.max_bytes} bytes")
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1024 * 1024):
+            sha.update(block)
+    if (size, sha.hexdigest()) != (answer.get("size"), answer.get("sha256")):
+        raise BusError("the download arrived incomplete or altered (size or SHA-256 differ)")
+    return size
 
 
 def place_copy(fetched: Path, kind: str, target: Path, limits: ArchiveLimits) -> None:
@@ -303,6 +364,7 @@ async def copy_out(
     *,
     limits: ArchiveLimits,
     service: str | None = None,
+    key_id: str | None = None,
 ) -> Copied:
     """Copy ``path`` of the sandbox's workspace to ``local``, as ``cp -r`` would: into the
     directory ``local`` when it exists (under the path's own name), else as ``local``."""
@@ -311,6 +373,8 @@ async def copy_out(
     # Scratch beside the target: the final move is a rename on the same filesystem.
     with tempfile.TemporaryDirectory(prefix=".sandboxer-cp-", dir=target.parent) as scratch:
         fetched = Path(scratch) / "fetched"
-        copied = await get_object(nc, sandbox_id, path, fetched, limits=limits, service=service)
+        copied = await get_object(
+            nc, sandbox_id, path, fetched, limits=limits, service=service, key_id=key_id
+        )
         await asyncio.to_thread(place_copy, fetched, copied.kind, target, limits)
     return Copied(kind=copied.kind, path=copied.path, size=copied.size, local=target)

@@ -139,7 +139,8 @@ class KeyUser:
 
 def key_permissions(user: KeyUser) -> Permissions:
     """What an API key may reach on the bus: only subjects that name its key id (commands,
-    queries, exec, tokens, files), and its own inbox.
+    queries, exec, tokens, files), and its own inbox. Not the workspaces bucket: its copies
+    carry their bytes on the files request itself (workers/inline_files.py).
 
     An ``adm`` key is an administrator: it reads as the client identity does, but its
     commands too carry its key id, so that they are recorded as its own.
@@ -155,16 +156,6 @@ def key_permissions(user: KeyUser) -> Permissions:
         subjects.QUERY_HEALTH,
     )
     inbox = f"_INBOX.{key}.>"
-    bucket = (  # write a workspace; read an object only by its (content-derived) name
-        f"{_API}.INFO",
-        f"{_API}.STREAM.INFO.{_WORKSPACES}",
-        f"{_API}.STREAM.MSG.GET.{_WORKSPACES}",
-        f"{_API}.DIRECT.GET.{_WORKSPACES}.>",
-        f"{_API}.CONSUMER.CREATE.{_WORKSPACES}.*.$O.{subjects.WORKSPACES_BUCKET}.C.>",
-        f"{_API}.CONSUMER.DELETE.{_WORKSPACES}.*",
-        "$JS.FC.>",
-        f"$O.{subjects.WORKSPACES_BUCKET}.>",
-    )
     if user.key_type == "adm":
         return Permissions(
             publish_allow=(*stamped, *_CLIENT.publish_allow),
@@ -172,7 +163,7 @@ def key_permissions(user: KeyUser) -> Permissions:
             subscribe_allow=(inbox, subjects.EVENTS),
         )
     return Permissions(
-        publish_allow=(*stamped, *bucket),
+        publish_allow=stamped,
         publish_deny=(subjects.EVENTS, subjects.JOBS, "sandboxer.cmd.*"),
         subscribe_allow=(inbox,),
     )

@@ -44,7 +44,7 @@ from sandboxer.command_outcomes import notify
 from sandboxer.config.settings import Settings
 from sandboxer.errors import BusError, InvalidInput, ServiceNotRunning
 from sandboxer.ids import is_valid_sandbox_id
-from sandboxer.service_discovery import read_service_file
+from sandboxer.service_discovery import find_service_urls, read_service_file
 from sandboxer.transfer import Copied, StdinSource
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB
 
@@ -83,12 +83,18 @@ class Sandboxer:
         actor: Mapping[str, Any] | None = None,
         credentials: NatsCredentials | None = None,
         settings: Settings | None = None,
+        api_key: str | None = None,
     ) -> Sandboxer:
         """Speak NATS: to ``urls`` (with ``credentials``, docs/security.md), or without them
         as the CLI finds the service (``SANDBOXER_NATS_URL``, else ``sandboxer up``'s record
         and its client credentials). ``actor`` is who the commands are from:
-        ``{"type": "agt" | "atm" | "adm", "id": ..., "project": ...}``."""
-        if urls is None:
+        ``{"type": "agt" | "atm" | "adm", "id": ..., "project": ...}``. With ``api_key``
+        the client logs in to NATS as that key, which decides the actor and confines it to
+        its project (docs/security.md#keys-on-the-bus)."""
+        if api_key is not None:
+            found = urls or find_service_urls(settings or Settings.from_env())
+            client = await SandboxerClient.connect(found, api_key=api_key)
+        elif urls is None:
             client = await SandboxerClient.from_env(actor=actor, settings=settings)
         else:
             client = await SandboxerClient.connect(urls, credentials=credentials, actor=actor)

@@ -23,10 +23,17 @@ from nats.errors import TimeoutError as NatsTimeout
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence, read_events
+from sandboxer.bus.key_users import key_credentials
 from sandboxer.bus.nats_auth import NatsCredentials
 from sandboxer.bus.publish import publish_durably
 from sandboxer.bus.streams import replicas_for
-from sandboxer.command_outcomes import CommandFailed, EventCallback, OutcomeWatcher, notify
+from sandboxer.command_outcomes import (
+    CommandFailed,
+    EventCallback,
+    KeyOutcomeWatcher,
+    OutcomeWatcher,
+    notify,
+)
 from sandboxer.config.settings import Settings
 from sandboxer.errors import BusError, InvalidInput, RequestError, ServiceNotRunning
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
@@ -68,11 +75,20 @@ class SandboxerClient:
     an unreachable service :class:`ServiceNotRunning` or another :class:`BusError`.
     """
 
-    def __init__(self, nc: Nats, *, actor: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, nc: Nats, *, actor: Mapping[str, Any] | None = None, key_id: str | None = None
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.actor = dict(actor or DEFAULT_ACTOR)
-        self.outcomes = OutcomeWatcher(nc, self.js)
+        self.key_id = key_id
+        """Set when connected as an API key (docs/security.md#keys-on-the-bus): every subject
+        this client publishes on then ends in it, and it reads events through queries."""
+        self.outcomes: OutcomeWatcher = (
+            OutcomeWatcher(nc, self.js)
+            if key_id is None
+            else KeyOutcomeWatcher(nc, self.js, key_id)
+        )
 
     @property
     def seen_seq(self) -> int:
@@ -86,11 +102,27 @@ class SandboxerClient:
 
     @classmethod
     async def connect(
-        cls, urls: list[str], *, credentials: NatsCredentials | None = None, **kwargs: Any
+        cls,
+        urls: list[str],
+        *,
+        credentials: NatsCredentials | None = None,
+        api_key: str | None = None,
+        **kwargs: Any,
     ) -> SandboxerClient:
-        """Connect to ``urls``; ``credentials``: the client identity's (docs/security.md)."""
+        """Connect to ``urls``; ``credentials``: the client identity's (docs/security.md); or
+        ``api_key``: log in as that key, which then decides the actor (keys on the bus)."""
+        if api_key is not None:
+            credentials = key_credentials(api_key)
         nc = await connect(urls, name="sandboxer-client", long_lived=False, credentials=credentials)
-        return cls(nc, **kwargs)
+        if api_key is None:
+            return cls(nc, **kwargs)
+        client = cls(nc, key_id=credentials.user if credentials else None)
+        try:
+            client.actor = dict((await client.query(subjects.QUERY_KEY_WHOAMI, {}))["actor"])
+        except BaseException:
+            await nc.close()
+            raise
+        return client
 
     @classmethod
     async def from_env(
@@ -112,7 +144,12 @@ class SandboxerClient:
 
     # -- queries -------------------------------------------------------------------------------
 
+    def _subject(self, subject: str) -> str:
+        """``subject`` as this client publishes it: a key's ends in its key id."""
+        return subject if self.key_id is None else subjects.stamped(subject, self.key_id)
+
     async def query(self, subject: str, request: Mapping[str, Any], timeout: float = 5.0) -> Any:
+        subject = self._subject(subject)
         try:
             msg = await self.nc.request(subject, msgspec.json.encode(request), timeout=timeout)
         except (NoRespondersError, NatsTimeout) as exc:
@@ -297,8 +334,15 @@ class SandboxerClient:
 
         Pass ``uploaded.ref`` (``object:sha256:<hex>``) as the value of a
         directory input: any worker, on any machine, fetches it from there.
-        ``exclude`` names files and directories left out at any depth.
+        ``exclude`` names files and directories left out at any depth. An API key may not
+        write the bucket (docs/security.md#keys-on-the-bus): create, then :meth:`copy_in`.
         """
+        if self.key_id is not None:
+            raise InvalidInput(
+                "an API key cannot upload a directory input over the bus (the workspaces bucket "
+                "is shared by every project); create the sandbox, then copy the directory in "
+                "with copy_in or 'sandboxer cp'"
+            )
         return await upload_directory(
             self.js,
             Path(directory),
@@ -565,7 +609,7 @@ class SandboxerClient:
         """
         published = await publish_durably(
             self.js,
-            subjects.command_subject(verb),
+            self._subject(subjects.command_subject(verb)),
             msgspec.json.encode(command),
             headers={"Nats-Msg-Id": str(command["command_id"])},
             budget_seconds=COMMAND_PUBLISH_BUDGET,
@@ -606,7 +650,7 @@ class SandboxerClient:
         _check_id(sandbox_id)
         try:
             reply = await self.nc.request(
-                subjects.token_subject(sandbox_id),
+                self._subject(subjects.token_subject(sandbox_id)),
                 msgspec.json.encode({"actor": self.actor}),
                 timeout=5.0,
             )
@@ -653,7 +697,9 @@ class SandboxerClient:
         feeder: asyncio.Task[None] | None = None
         try:
             await self.nc.publish(
-                subjects.exec_subject(sandbox_id), msgspec.json.encode(request), reply=inbox
+                self._subject(subjects.exec_subject(sandbox_id)),
+                msgspec.json.encode(request),
+                reply=inbox,
             )
             try:
                 first = await sub.next_msg(timeout=5.0)
@@ -705,7 +751,13 @@ class SandboxerClient:
         _check_id(sandbox_id)
         limits = ArchiveLimits.from_mb(max_mb)
         return await copy_in(
-            self.nc, sandbox_id, Path(source), path, limits=limits, service=service
+            self.nc,
+            sandbox_id,
+            Path(source),
+            path,
+            limits=limits,
+            service=service,
+            key_id=self.key_id,
         )
 
     async def copy_out(
@@ -722,7 +774,13 @@ class SandboxerClient:
         _check_id(sandbox_id)
         limits = ArchiveLimits.from_mb(max_mb)
         return await copy_out(
-            self.nc, sandbox_id, path, Path(destination), limits=limits, service=service
+            self.nc,
+            sandbox_id,
+            path,
+            Path(destination),
+            limits=limits,
+            service=service,
+            key_id=self.key_id,
         )
 
     async def put_archive(
@@ -731,7 +789,9 @@ class SandboxerClient:
         """Unpack a tar already on disk at ``path`` (``kind`` dir), or write its one file
         there (``kind`` file): what the HTTP gateway's upload uses."""
         _check_id(sandbox_id)
-        return await _put_archive(self.nc, sandbox_id, Path(archive), path, kind)
+        return await _put_archive(
+            self.nc, sandbox_id, Path(archive), path, kind, key_id=self.key_id
+        )
 
     async def get_files(
         self,
@@ -745,7 +805,9 @@ class SandboxerClient:
         tar of the directory (``kind`` says which): what the gateway's download uses."""
         _check_id(sandbox_id)
         limits = ArchiveLimits.from_mb(max_mb)
-        return await get_object(self.nc, sandbox_id, path, Path(destination), limits=limits)
+        return await get_object(
+            self.nc, sandbox_id, path, Path(destination), limits=limits, key_id=self.key_id
+        )
 
     async def events(
         self, *, sandbox_id: str | None = None, follow: bool = False, start_seq: int = 1
@@ -754,6 +816,10 @@ class SandboxerClient:
         from ``start_seq`` on. Without ``follow`` it ends at the end of the log; with it,
         it waits for new events for ever (break out of the loop). A later call with
         ``start_seq`` = the last sequence + 1 goes on where this one stopped."""
+        if isinstance(self.outcomes, KeyOutcomeWatcher):
+            async for found in self._key_events(self.outcomes, sandbox_id, follow, start_seq):
+                yield found
+            return
         filter_subject = (
             subjects.sandbox_events_filter(sandbox_id) if sandbox_id else subjects.EVENTS
         )
@@ -765,6 +831,28 @@ class SandboxerClient:
             idle_timeout=0.3,
         ):
             yield seq, msgspec.json.decode(data)
+
+    async def _key_events(
+        self, watcher: KeyOutcomeWatcher, sandbox_id: str | None, follow: bool, start_seq: int
+    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """A key identity reads one of its sandboxes' events a page at a time (it may not
+        read the events stream: docs/security.md#keys-on-the-bus)."""
+        if sandbox_id is None:
+            raise InvalidInput(
+                "an API key reads one sandbox's events over the bus (give sandbox_id); its "
+                "whole project's are on the gateway's GET /v1/events"
+            )
+        _check_id(sandbox_id)
+        after = start_seq - 1
+        while True:
+            page = await watcher.page({"sandbox_id": sandbox_id}, after)
+            for seq, event in page:
+                after = seq
+                yield seq, event
+            if not page:
+                if not follow:
+                    return
+                await asyncio.sleep(watcher.POLL_SECONDS * 4)
 
 
 def _check_id(sandbox_id: str) -> None:

@@ -56,8 +56,9 @@ from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import SandboxerError, Unsupported
 from sandboxer.events.types import Actor
 from sandboxer.extensions.base import Extension, OutputSink
-from sandboxer.ids import is_valid_sandbox_id, new_command_id
+from sandboxer.ids import new_command_id
 from sandboxer.workers.backend_for import backend_for
+from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ class ExecService:
         self._nc = nc
         self._store = store
         self._extension = extension
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
         self._files: FileService | None = None
         if settings is not None:  # files in and out ride on exec (docs/protocol.md#files)
             from sandboxer.workers.file_service import FileService
@@ -163,13 +164,14 @@ class ExecService:
 
     async def start(self) -> None:
         queue = "" if self._extension.host_local else f"exec-{self._extension.id}"
-        self._sub = await self._nc.subscribe("sandboxer.exec.*", queue=queue, cb=self._on_request)
+        for subject in subscriptions("exec"):  # the client identity's, and API keys'
+            self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=self._on_request))
         if self._files is not None:
             await self._files.start()
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        for sub in self._subs:
+            await sub.unsubscribe()
         if self._files is not None:
             await self._files.stop()
         if self._tasks:
@@ -207,12 +209,15 @@ class ExecService:
             log.warning("could not record activity on %s: %r", state.sandbox_id, exc)
 
     async def _serve(self, msg: Msg) -> None:
-        sandbox_id = msg.subject.rsplit(".", 1)[-1]
-        if not msg.reply or not is_valid_sandbox_id(sandbox_id):
+        target = reach_target(msg.subject)
+        if not msg.reply or target is None:
             return
+        sandbox_id, key_id = target
         state = await reachable(self._store, self._extension, sandbox_id)
         if state is None:
             return
+        if key_id is not None and await key_actor(self._store, key_id, state) is None:
+            return  # a key of another project: as for a sandbox that does not exist
         reply = msg.reply
 
         async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:

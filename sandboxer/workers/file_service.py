@@ -57,8 +57,9 @@ from sandboxer.errors import (
     WorkspaceRefused,
 )
 from sandboxer.extensions.base import Extension
-from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.workers.backend_for import backend_for
+from sandboxer.workers.inline_files import receive_inline, send_inline
+from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.extract import extract_archive
@@ -104,6 +105,9 @@ class FileRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """put: the uploaded tar, ``object:sha256:<hex>`` in the workspaces bucket."""
     service: str | None = None
     """Compose sandboxes: the service whose container holds the files (the first by default)."""
+    inline: bool = False
+    """The bytes ride on this request's messages, not the bucket (what API keys use:
+    :mod:`sandboxer.workers.inline_files`)."""
 
 
 def check_path(path: str, *, root_allowed: bool) -> str:
@@ -199,17 +203,18 @@ class FileService:
         self._limits = ArchiveLimits.from_mb(settings.upload_max_mb)
         self._staging = settings.staging_root / "files"
         self._touch = touch
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._nuid = NUID()
 
     async def start(self) -> None:
         queue = "" if self._extension.host_local else f"files-{self._extension.id}"
-        self._sub = await self._nc.subscribe(f"{FILES_PREFIX}.*", queue=queue, cb=self._on_request)
+        for subject in subscriptions("files"):  # the client identity's, and API keys'
+            self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=self._on_request))
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        for sub in self._subs:
+            await sub.unsubscribe()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -219,12 +224,15 @@ class FileService:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, msg: Msg) -> None:
-        sandbox_id = msg.subject.rsplit(".", 1)[-1]
-        if not msg.reply or not is_valid_sandbox_id(sandbox_id):
+        target = reach_target(msg.subject)
+        if not msg.reply or target is None:
             return
+        sandbox_id, key_id = target
         state = await reachable(self._store, self._extension, sandbox_id)
         if state is None:
             return
+        if key_id is not None and await key_actor(self._store, key_id, state) is None:
+            return  # a key of another project: as for a sandbox that does not exist
         reply = msg.reply
 
         async def send(kind: str, body: dict[str, Any] | None = None) -> None:
@@ -243,9 +251,9 @@ class FileService:
             backend = await backend_for(self._store, self._extension, state)  # BYOK
             await asyncio.to_thread(_fresh, staging)
             if request.op == "put":
-                answer = await self._put(backend, state, request, staging)
+                answer = await self._put(backend, state, request, staging, send)
             else:
-                answer = await self._get(backend, state, request, staging)
+                answer = await self._get(backend, state, request, staging, reply)
             answer["ok"] = True
         except SandboxerError as exc:
             answer = {"ok": False, "error": exc.message, "code": exc.code}
@@ -264,8 +272,12 @@ class FileService:
             request = msgspec.json.decode(data, type=FileRequest)
         except msgspec.DecodeError as exc:
             raise InvalidInput(f"invalid files request: {exc}") from None
-        if request.op == "put" and (request.kind is None or request.ref is None):
-            raise InvalidInput("a put names its kind (file or dir) and the ref of its upload")
+        if request.op == "put" and (
+            request.kind is None or (request.ref is None) != request.inline
+        ):
+            raise InvalidInput(
+                "a put names its kind (file or dir) and either the ref of its upload or inline"
+            )
         if request.op == "get" and (request.kind is not None or request.ref is not None):
             raise InvalidInput("a get takes only a path (and a service)")
         return request
@@ -273,10 +285,15 @@ class FileService:
     # -- put ----------------------------------------------------------------------------------
 
     async def _put(
-        self, backend: Extension, state: SandboxState, request: FileRequest, staging: Path
+        self,
+        backend: Extension,
+        state: SandboxState,
+        request: FileRequest,
+        staging: Path,
+        send: Callable[[str, dict[str, Any] | None], Awaitable[None]],
     ) -> dict[str, Any]:
         path = check_path(request.path, root_allowed=request.kind == "dir")
-        sha = parse_object_ref(request.ref or "")
+        sha = None if request.inline else parse_object_ref(request.ref or "")
         if not takes_stdin(backend):
             raise Unsupported(
                 f"{self._extension.id} cannot take files in: its exec takes no standard input",
@@ -284,7 +301,10 @@ class FileService:
                 extension=self._extension.id,
             )
         archive = staging / "upload.tar"
-        await fetch_archive(self._nc.jetstream(), sha, archive, self._limits)
+        if sha is None:
+            await receive_inline(self._nc, send, archive, self._limits.max_bytes)
+        else:
+            await fetch_archive(self._nc.jetstream(), sha, archive, self._limits)
         tree = staging / "tree"
         entries = await asyncio.to_thread(extract_archive, archive, tree, self._limits)
         if request.kind == "file":
@@ -308,7 +328,12 @@ class FileService:
     # -- get ----------------------------------------------------------------------------------
 
     async def _get(
-        self, backend: Extension, state: SandboxState, request: FileRequest, staging: Path
+        self,
+        backend: Extension,
+        state: SandboxState,
+        request: FileRequest,
+        staging: Path,
+        reply: str,
     ) -> dict[str, Any]:
         path = check_path(request.path, root_allowed=True)
         raw = staging / "out.tar"
@@ -333,6 +358,9 @@ class FileService:
         await asyncio.to_thread(extract_archive, raw, tree, self._limits)
         kind, result = await asyncio.to_thread(_canonical, tree, staging, self._limits)
         sha, size = await asyncio.to_thread(_sha256, result)
+        if request.inline:
+            await send_inline(self._nc, reply, result, HEADER)
+            return {"kind": kind, "path": path[2:] or ".", "sha256": sha, "size": size}
         bucket = await open_or_create_bucket(
             self._nc.jetstream(), replicas_for(self._nc._server_info)
         )

@@ -5,7 +5,9 @@ The request is ``{"actor": {...}}``; the answer ``{"ok": true, "tokens": {...}}`
 or ``{"ok": false, "error": "..."}``. Only workers of the sandbox's backend
 answer (a queue group per backend, so one of them), and only backends that
 hold such tokens (:class:`~sandboxer.extensions.capabilities.TokenHolder`)
-run this service. Nothing here is logged with a token in it.
+run this service. Nothing here is logged with a token in it. An API key asks on
+``sandboxer.token.<sandbox_id>.<key id>`` and is answered as itself
+(:mod:`sandboxer.workers.key_reach`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from sandboxer.domain.token_access import token_refusal
 from sandboxer.errors import SandboxerError
 from sandboxer.events.actor import Actor
 from sandboxer.extensions.capabilities import TokenHolder
-from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.workers.backend_for import backend_for
+from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
 
 __all__ = ["TokenService"]
 
@@ -45,27 +47,34 @@ class TokenService:
         self._store = store
         self._extension = extension
         self._id = extension_id
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(
-            "sandboxer.token.*", queue=f"token-{self._id}", cb=self._serve
-        )
+        for subject in subscriptions("token"):  # the client identity's, and API keys'
+            self._subs.append(
+                await self._nc.subscribe(subject, queue=f"token-{self._id}", cb=self._serve)
+            )
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        for sub in self._subs:
+            await sub.unsubscribe()
 
     async def _serve(self, msg: Msg) -> None:
-        sandbox_id = msg.subject.rsplit(".", 1)[-1]
-        if not msg.reply or not is_valid_sandbox_id(sandbox_id):
+        target = reach_target(msg.subject)
+        if not msg.reply or target is None:
             return
+        sandbox_id, key_id = target
         state = (await self._store.load(sandbox_id)).state
         if state.extension != self._id:
             return  # another backend's sandbox: its workers answer
+        key = await key_actor(self._store, key_id, state) if key_id is not None else None
+        if key_id is not None and key is None:
+            return  # a key of another project: as for a sandbox that does not exist
         answer: dict[str, Any]
         try:
             request = msgspec.json.decode(msg.data, type=TokenRequest)
+            if key is not None:  # a key asks as itself, whatever actor it wrote
+                request = TokenRequest(actor=msgspec.convert(key, Actor))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             answer = {"ok": False, "error": f"invalid token request: {exc}"}
         else:

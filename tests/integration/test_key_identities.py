@@ -26,8 +26,9 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.key_users import key_credentials
 from sandboxer.bus.nats_auth import AUTH_DIR_NAME, read_credentials
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.client import Sandboxer
 from sandboxer.domain.key_state import hash_key, key_id_for
-from sandboxer.errors import BusError
+from sandboxer.errors import BusError, SandboxerError
 from sandboxer.ids import new_command_id
 from tests.integration.conftest import Cli, reap_local
 
@@ -254,3 +255,45 @@ async def test_a_revoked_key_is_cut_off_the_bus_at_once(up: tuple[Cli, str], hom
     assert key not in config
     assert gamma.id not in config
     assert read_credentials(home / AUTH_DIR_NAME, "client") is not None
+
+
+async def test_the_python_client_over_the_bus_as_a_key(up: tuple[Cli, str], tmp_path: Path) -> None:
+    """Sandboxer.over_bus(api_key=...): the whole lifecycle as the key, and nothing of
+    another project's sandbox: not its row, not its exec, not its files."""
+    cli, url = up
+    alpha = await Sandboxer.over_bus([url], api_key=await make_key(cli, "alpha"))
+    beta = await Sandboxer.over_bus([url], api_key=await make_key(cli, "beta"))
+    try:
+        assert alpha.bus.actor["project"] == "alpha"
+        made = await alpha.create("profile.local", sandbox_id="alphabox2")
+        assert (made.status, made.actor and made.actor["project"]) == ("ready", "alpha")
+        ran = await alpha.exec("alphabox2", ["sh", "-c", "cat; echo done >&2"], stdin=b"in\n")
+        assert (ran.exit_code, ran.stdout, ran.stderr) == (0, b"in\n", b"done\n")
+        blob = tmp_path / "blob.bin"
+        blob.write_bytes(bytes(range(256)) * 64)
+        await alpha.copy_in("alphabox2", blob, "blob.bin")
+        back = tmp_path / "back.bin"
+        await alpha.copy_out("alphabox2", "blob.bin", back)
+        assert back.read_bytes() == blob.read_bytes()
+        kinds = [event.type async for event in alpha.events(sandbox_id="alphabox2")]
+        assert kinds[0] == "requested", kinds
+        assert "ready" in kinds, kinds
+
+        assert await beta.get("alphabox2") is None
+        assert await beta.list_sandboxes() == []
+        with pytest.raises(SandboxerError):
+            await beta.destroy("alphabox2")
+        for subject in (subjects.exec_subject("alphabox2"), "sandboxer.files.alphabox2"):
+            with pytest.raises(NatsTimeout):  # no worker answers another project's key
+                await beta.bus.nc.request(
+                    subjects.stamped(subject, beta.bus.key_id or ""),
+                    b'{"argv": ["true"]}',
+                    timeout=1,
+                )
+        assert (await alpha.get("alphabox2")) is not None
+
+        gone = await alpha.destroy("alphabox2")
+        assert gone.status == "destroyed"
+    finally:
+        await alpha.close()
+        await beta.close()
