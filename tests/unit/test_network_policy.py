@@ -143,8 +143,13 @@ def test_what_a_policy_needs() -> None:
 
 
 def test_the_enforcement_ladder() -> None:
-    assert enforces("domain", "cidr") and enforces("cidr", "all-or-nothing")
-    assert enforces("all-or-nothing", "none") and enforces("none", "none")
+    for level, need in [
+        ("domain", "cidr"),
+        ("cidr", "all-or-nothing"),
+        ("all-or-nothing", "none"),
+        ("none", "none"),
+    ]:
+        assert enforces(level, need)
     assert not enforces("cidr", "domain")
     assert not enforces("all-or-nothing", "cidr")
     assert not enforces("none", "all-or-nothing")
@@ -191,7 +196,8 @@ def test_a_wider_policy_is_refused_with_the_entry_that_widens_it(
     asked: NetworkPolicy, says: str
 ) -> None:
     refusal = narrows(PROFILE, asked)
-    assert refusal is not None and says in refusal
+    assert refusal is not None
+    assert says in refusal
 
 
 def test_names_and_addresses_never_cover_each_other() -> None:
@@ -292,6 +298,7 @@ def test_hostile_text_is_an_entry_or_a_policy_error_never_a_crash(text: str) -> 
     try:
         entry = parse_entry(text)
     except PolicyError as exc:
-        assert exc.message
-    else:
-        assert parse_entry(entry.compact()) == entry
+        message = exc.message
+        assert message.startswith("egress entry")
+        return
+    assert parse_entry(entry.compact()) == entry

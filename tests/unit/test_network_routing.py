@@ -214,7 +214,8 @@ def test_a_create_carries_a_network_in_either_entry_form() -> None:
         "sandboxer.cmd.create",
         command_bytes({"egress": ["pypi.org:443", {"to": "10.0.0.0/8", "ports": [22, "80-81"]}]}),
     )
-    assert isinstance(command, CreateSandbox) and command.network is not None
+    assert isinstance(command, CreateSandbox)
+    assert command.network is not None
 
 
 @pytest.mark.parametrize(
