@@ -63,7 +63,8 @@ TAR = "application/x-tar"
 LIVE = frozenset({"ready", "active"})
 
 
-def _quiet_url(url: str) -> str:
+def _base_url(url: str) -> str:
+    """Without a trailing slash: the paths joined to it start with one."""
     return url.rstrip("/")
 
 
@@ -87,7 +88,7 @@ class HttpTransport:
         """A client of the gateway at ``base_url`` (``http://127.0.0.1:8788``) bearing
         ``api_key``."""
         http = httpx.AsyncClient(
-            base_url=_quiet_url(base_url),
+            base_url=_base_url(base_url),
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=timeout,
             transport=transport,
