@@ -17,7 +17,7 @@ from typing import TypeVar
 from sandboxer.client.bus import SandboxerClient
 from sandboxer.client.http_errors import NOT_FOUND_CODES
 from sandboxer.client.transport import OutputCallback, Row
-from sandboxer.errors import BusError, CommandFailed, NotFound
+from sandboxer.errors import BusError, CommandFailed, InvalidInput, NotFound
 from sandboxer.ids import derive_sandbox_id, new_command_id
 from sandboxer.transfer import Copied, StdinSource
 
@@ -62,6 +62,11 @@ class BusTransport:
         ``create --project`` does: the service checks the name and who pays)."""
         if project is None or project == self.client.actor.get("project"):
             return self.client
+        if self.client.key_id is not None:
+            raise InvalidInput(
+                f"this API key acts for project {self.client.actor.get('project')} only; it "
+                f"cannot create for project {project}"
+            )
         sibling = SandboxerClient(self.client.nc, actor={**self.client.actor, "project": project})
         sibling.seen_seq = self.client.seen_seq
         return sibling
