@@ -79,6 +79,8 @@ STDIN_IDLE = 120.0
 STDIN_QUEUE = 8
 """Chunks of input held for the command before the client's next chunk waits."""
 MAX_TIMEOUT = 7 * 24 * 3600.0
+OUTPUT_CHUNK = 64 * 1024
+"""Most bytes of output in one message (NATS's default max payload is 1 MiB)."""
 
 
 class ExecRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -221,7 +223,13 @@ class ExecService:
         reply = msg.reply
 
         async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:
-            await self._nc.publish(reply, data, headers={HEADER: kind})
+            # A backend may hand output over whole (Daytona's arrives when the command
+            # ends): split, so no message passes the server's max payload.
+            step = OUTPUT_CHUNK if kind in ("stdout", "stderr") else len(data)
+            for start in range(0, len(data), step or 1):
+                await self._nc.publish(reply, data[start : start + step], headers={HEADER: kind})
+            if not data:
+                await self._nc.publish(reply, data, headers={HEADER: kind})
 
         try:
             request = parse_request(msg.data)

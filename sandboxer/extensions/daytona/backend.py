@@ -12,10 +12,11 @@ just past our TTL, so a sandbox sandboxer lost track of ends soon after.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.settings import Settings
 from sandboxer.errors import (
     ExtensionError,
+    InvalidInput,
     ProviderError,
     ProviderUnavailable,
     RemoteCommandFailed,
@@ -40,8 +42,16 @@ from sandboxer.extensions.base import (
 from sandboxer.extensions.daytona import plan
 from sandboxer.extensions.daytona.api import DaytonaApi, ProviderSandbox
 from sandboxer.extensions.daytona.config import EXTENSION_ID, DaytonaConfig
+from sandboxer.extensions.daytona.exec_wire import (
+    INPUT_CHUNK,
+    MAKE_INPUT,
+    append_command,
+    parse_output,
+    wrapped_command,
+)
 from sandboxer.extensions.daytona.workspace_copy import PACK_COMMAND, unpack_answer
 from sandboxer.extensions.ssh_checks import check_argv, check_sandbox_id
+from sandboxer.extensions.ssh_exec_stop import stoppable
 from sandboxer.hosted.create_once import create_once
 from sandboxer.hosted.http import ProviderHttp
 from sandboxer.hosted.keyed import KeyedCopies
@@ -203,26 +213,105 @@ class DaytonaExtension:
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        if stdin is not None:
-            raise Unsupported(
-                f"{self.id} cannot give a command standard input: Daytona's toolbox runs one "
-                "command string and returns its output, with no input stream; run the command "
-                "without stdin",
+        found = await self._started(sandbox_id, "run a command")
+        api = self._client()
+
+        async def execute(command: str) -> tuple[int, str]:
+            return await api.execute(
+                found.id,
+                command,
+                cwd=self._config.workdir,
+                timeout=self._config.exec_timeout,
+                sandbox_id=sandbox_id,
+            )
+
+        async def run(name: str, value: str) -> int:
+            input_file = await self._send_input(execute, sandbox_id, stdin)
+            # The toolbox takes one command string: each argument is quoted, never joined raw.
+            code, result = await execute(wrapped_command(argv, (name, value), input_file))
+            out, err = parse_output(result)
+            if out:
+                await output("stdout", out)
+            if err:
+                await output("stderr", err)
+            return code
+
+        async def stop(kill: list[str]) -> object:
+            return await execute(shlex.join(kill))
+
+        # Given up (timeout, client gone), the command would run on until the toolbox's
+        # exec_timeout: what it started is killed in the sandbox.
+        return await stoppable(run, stop, what=f"exec in {sandbox_id}")
+
+    async def _send_input(
+        self,
+        execute: Callable[[str], Awaitable[tuple[int, str]]],
+        sandbox_id: str,
+        stdin: Stdin | None,
+    ) -> str:
+        """Put ``stdin`` in a fresh file of the sandbox (:mod:`.exec_wire`); its path, or ""
+        without input."""
+        if stdin is None:
+            return ""
+        code, made = await execute(MAKE_INPUT)
+        input_file = made.strip()
+        if code != 0 or not input_file.startswith("/") or "\n" in input_file:
+            raise RemoteCommandFailed(
+                f"{self.id}: could not make a file for the command's input in {sandbox_id} "
+                f"(mktemp exit {code}): {made[-OUTPUT_TAIL:].strip()}",
+                exit_status=code,
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        found = await self._started(sandbox_id, "run a command")
-        # The toolbox takes one command string: each argument is quoted, never joined raw.
-        code, result = await self._client().execute(
-            found.id,
-            shlex.join(argv),
-            cwd=self._config.workdir,
-            timeout=self._config.exec_timeout,
-            sandbox_id=sandbox_id,
-        )
-        if result:
-            await output("stdout", result.encode())
-        return code
+        try:
+            await self._fill(execute, sandbox_id, input_file, stdin)
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the sandbox's /tmp otherwise
+                await execute(shlex.join(["rm", "-f", "--", input_file]))
+            raise
+        return input_file
+
+    async def _fill(
+        self,
+        execute: Callable[[str], Awaitable[tuple[int, str]]],
+        sandbox_id: str,
+        input_file: str,
+        stdin: Stdin,
+    ) -> None:
+        held = 0
+        pending = bytearray()
+        async for chunk in stdin:
+            held += len(chunk)
+            if held > self._limits.max_bytes:
+                raise InvalidInput(
+                    f"{self.id} holds a command's standard input whole before it runs, at most "
+                    f"{self._limits.max_bytes // (1024 * 1024)} MiB (SANDBOXER_UPLOAD_MAX_MB)",
+                    sandbox_id=sandbox_id,
+                    extension=self.id,
+                )
+            pending.extend(chunk)
+            while len(pending) >= INPUT_CHUNK:
+                await self._append(execute, sandbox_id, input_file, bytes(pending[:INPUT_CHUNK]))
+                del pending[:INPUT_CHUNK]
+        if pending:
+            await self._append(execute, sandbox_id, input_file, bytes(pending))
+
+    async def _append(
+        self,
+        execute: Callable[[str], Awaitable[tuple[int, str]]],
+        sandbox_id: str,
+        input_file: str,
+        chunk: bytes,
+    ) -> None:
+        code, result = await execute(append_command(input_file, chunk))
+        if code != 0:
+            raise RemoteCommandFailed(
+                f"{self.id}: writing the command's input in {sandbox_id} failed (exit {code}; "
+                f"the sandbox needs sh and base64): {result[-OUTPUT_TAIL:].strip()}",
+                exit_status=code,
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
 
     # -- Snapshotter -----------------------------------------------------------------------
 
