@@ -82,6 +82,19 @@ def _show_sandbox(sandbox: dict[str, Any]) -> None:
             typer.echo(f"  {key:<10} {value}")
 
 
+def _asked_network(default: str | None, egress: list[str]) -> dict[str, Any] | None:
+    """The create's own ``network``, checked here so a typo is told before anything is sent
+    (the service checks it again, and whether it narrows the profile's)."""
+    if default is None and not egress:
+        return None
+    asked = {"default": default or "deny", "egress": egress}
+    try:
+        parse_policy(asked, "network")
+    except PolicyError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--egress") from None
+    return asked
+
+
 def _network_line(recorded: Any) -> str:
     try:
         return parse_policy(recorded).describe()
@@ -126,6 +139,22 @@ def create(
             help="the project the sandbox is for, whose credits pay for it (docs/payments.md)",
         ),
     ] = None,
+    network: Annotated[
+        str | None,
+        typer.Option(
+            "--network",
+            help="deny or allow: narrow the profile's network policy (docs/network.md); "
+            "with --egress, deny is the default",
+        ),
+    ] = None,
+    egress: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--egress",
+            help="an allowed destination, e.g. pypi.org:443 or 10.1.2.0/24 (repeatable); "
+            "it must lie within the profile's policy",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a sandbox from a profile and wait until it is ready.
@@ -134,6 +163,7 @@ def create(
     directory is uploaded to the service's Object Store and passed by reference.
     """
     parsed = _parse_inputs(inputs or [])
+    asked = _asked_network(network, egress or [])
 
     async def work(client: SandboxerClient) -> dict[str, Any]:
         # Settings and the local catalog were read once already to connect: quick, and any
@@ -153,6 +183,7 @@ def create(
             command_id=command_id,
             host=host,
             ttl=ttl,
+            network=asked,
             wait=not no_wait,
             on_event=progress,
             timeout=timeout,

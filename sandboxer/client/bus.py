@@ -363,6 +363,7 @@ class SandboxerClient:
         command_id: str | None = None,
         host: str | None = None,
         ttl: str | None = None,
+        network: Mapping[str, Any] | None = None,
         wait: bool = True,
         on_event: EventCallback | None = None,
         timeout: float = 300.0,
@@ -377,6 +378,9 @@ class SandboxerClient:
 
         ``host`` overrides the profile's placement (for backends that place on hosts);
         ``ttl`` (``90s``, ``2h``) the profile's ``ttl.default``, within its ``ttl.max``.
+        ``network`` (``{"default": "deny", "egress": ["pypi.org:443"]}``) narrows the
+        profile's network policy; a widening is rejected unless the actor is ``adm``
+        (docs/network.md).
         """
         if sandbox_id is not None:
             _check_id(sandbox_id)
@@ -393,6 +397,8 @@ class SandboxerClient:
             command["host"] = host
         if ttl is not None:  # only when asked: older services do not know the field
             command["ttl"] = ttl
+        if network is not None:  # likewise
+            command["network"] = dict(network)
         target = sandbox_id or derive_sandbox_id(command_id)
         return await self._run("create", command, target, {"ready"}, wait, on_event, timeout)
 

@@ -50,6 +50,8 @@ REJECTION_STATUS: dict[str, int] = {
     "unknown_command": 400,
     "unknown_profile": 422,
     "ttl_max_exceeded": 422,
+    "invalid_network": 422,
+    "network_widened": 422,  # like ttl_max_exceeded: it asks more than the profile allows
     "invalid_project": 422,
     "invalid_amount": 422,
     # it names nothing that exists

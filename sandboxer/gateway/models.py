@@ -18,10 +18,12 @@ __all__ = [
     "Accepted",
     "CreateSandbox",
     "CreditsList",
+    "EgressEntry",
     "ErrorBody",
     "ErrorInfo",
     "ExtendTtl",
     "Health",
+    "NetworkPolicy",
     "Pending",
     "RestoreSnapshot",
     "Sandbox",
@@ -64,6 +66,30 @@ class ErrorBody(BaseModel):
     error: ErrorInfo
 
 
+class EgressEntry(_Strict):
+    """An egress entry in its object form (docs/network.md#entries)."""
+
+    to: str = Field(min_length=1, max_length=300, description="an address, CIDR, name or *.name")
+    ports: list[int | str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description='ports and ranges: [443, "8000-8100"]',
+    )
+    protocol: Literal["tcp", "udp"] | None = Field(default=None, description="default: both")
+
+
+class NetworkPolicy(_Strict):
+    """A network policy that narrows the profile's (docs/network.md)."""
+
+    default: Literal["deny", "allow"] = "deny"
+    egress: list[str | EgressEntry] = Field(
+        default_factory=list,
+        max_length=256,
+        description='entries: "pypi.org:443", "10.1.2.0/24", "*.pypi.org", or objects',
+    )
+
+
 class CreateSandbox(_Strict):
     profile: str = Field(
         default="profile.local", min_length=1, max_length=200, description="a profile id"
@@ -92,6 +118,11 @@ class CreateSandbox(_Strict):
         default=None,
         pattern=PROJECT,
         description="the project the sandbox is for, whose credits pay for it",
+    )
+    network: NetworkPolicy | None = Field(
+        default=None,
+        description="narrows the profile's network policy; a widening is refused "
+        "(network_widened) unless the key is adm; default: the profile's",
     )
 
 

@@ -63,6 +63,7 @@ async def create_sandbox(
             command_id=command_id,
             host=body.host,
             ttl=body.ttl,
+            network=None if body.network is None else body.network.model_dump(exclude_none=True),
             wait=waiting,
             timeout=wait + 60,
         )

@@ -11,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
+from sandboxer.cli.key_commands import create_key
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import packaged_dir
 from sandboxer.errors import CommandFailed
-from tests.integration.conftest import reap_local, start_service
+from tests.integration.conftest import Cli, reap_local, serve_gateway, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -153,5 +155,61 @@ async def test_the_policy_routes_narrows_and_is_on_record(nats_server: Any, home
             await client.destroy(sandbox_id)
     finally:
         await client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+async def test_the_cli_and_the_http_api_carry_a_narrowing(
+    nats_server: Any, home: Path, cli_env: dict[str, str]
+) -> None:
+    write_home(home)
+    service = await start_service(home, nats_server.url, ROLES)
+    admin = SandboxerClient(service.client.nc, actor={"type": "adm", "id": "pytest-admin"})
+    key, _ = await create_key(admin, project="default", key_type="agt", max_live=10)
+    cli = Cli(cli_env)
+    try:
+        # The CLI: --network deny narrows to no network at all; ext.local takes it.
+        made = await cli(
+            "create", "-p", "profile.pypi", "--id", "netcli000001", "--network", "deny"
+        )
+        assert "network      deny (no egress)" in made.stdout
+        assert "extension    ext.local" in made.stdout
+        shown = await cli("get", "netcli000001")
+        assert "network      deny (no egress)" in shown.stdout
+        # The CLI acts as an adm actor (docs/security.md): it may widen the profile's policy.
+        wider = await cli(
+            "create", "-p", "profile.pypi", "--id", "netcli000002", "--egress", "pypi.org:443"
+        )
+        assert "network      deny; egress pypi.org:443" in wider.stdout
+        assert "extension    ext.saas-stub" in wider.stdout
+        typo = await cli("create", "-p", "profile.pypi", "--egress", "10.1.1.1/8", check=False)
+        assert typo.returncode == 2  # told before anything is sent
+        assert "the network is 10.0.0.0/8" in typo.stderr
+
+        # HTTP: the body's network, in the object form; a widening is 422 network_widened.
+        headers = {"Authorization": f"Bearer {key}"}
+        async with (
+            serve_gateway(service, home) as url,
+            httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as api,
+        ):
+            body = {
+                "profile": "profile.pypi",
+                "sandbox_id": "nethttp00001",
+                "network": {"egress": [{"to": "files.pypi.org", "ports": [443]}]},
+            }
+            answer = await api.post("/v1/sandboxes?wait=30s", json=body)
+            assert answer.status_code == 201, answer.text
+            assert answer.json()["network"] == {
+                "default": "deny",
+                "egress": ["files.pypi.org:443"],
+            }
+            wider = {"profile": "profile.pypi", "network": {"default": "allow"}}
+            answer = await api.post("/v1/sandboxes?wait=30s", json=wider)
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["error"]["code"] == "network_widened"
+        for sandbox_id in ("netcli000001", "netcli000002", "nethttp00001"):
+            await service.client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
         await service.shutdown()
         await reap_local(home)
