@@ -13,7 +13,7 @@ Two services are served, as at Modal:
   and the command-router access a client needs to exec;
 - ``modal.task_command_router.TaskCommandRouter`` (what runs on a Modal worker
   next to each sandbox, reached at the URL the API hands out): exec start,
-  stdio read, poll and wait. Its proto is not in the shared spec; the pinned
+  stdio read, stdin write, poll and wait. Its proto is not in the shared spec; the pinned
   SDK's own descriptor is its reference (tests/unit/test_modal_double_conformance.py).
 
 Every RPC the double does not implement answers UNIMPLEMENTED (grpclib does so
@@ -119,6 +119,7 @@ FIELDS_READ: dict[str, frozenset[str]] = {
         {"task_id", "exec_id", "command_args", "workdir", "env", "timeout_secs"}
     ),
     "TaskExecStdioReadRequest": frozenset({"task_id", "exec_id", "offset", "file_descriptor"}),
+    "TaskExecStdinWriteRequest": frozenset({"task_id", "exec_id", "offset", "data", "eof"}),
     "TaskExecWaitRequest": frozenset({"task_id", "exec_id"}),
     "TaskExecPollRequest": frozenset({"task_id", "exec_id"}),
 }
@@ -167,6 +168,9 @@ class _Exec:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     code: int | None = None
     signal: int | None = None
+    stdin_offset: int = 0
+    """Bytes of input the command was given so far (a write names where its data starts)."""
+    stdin_closed: bool = False
 
 
 @dataclass
@@ -281,6 +285,7 @@ class ModalDouble:
         return {
             "TaskExecStart": self.TaskExecStart,
             "TaskExecStdioRead": self.TaskExecStdioRead,
+            "TaskExecStdinWrite": self.TaskExecStdinWrite,
             "TaskExecWait": self.TaskExecWait,
             "TaskExecPoll": self.TaskExecPoll,
         }
@@ -540,7 +545,7 @@ class ModalDouble:
                 *argv,
                 cwd=workdir,
                 env=env,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,  # open until the client writes its EOF
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
@@ -580,6 +585,35 @@ class ModalDouble:
             if running.done.is_set():
                 return
             await running.changed.wait()
+
+    async def TaskExecStdinWrite(
+        self, request: router_pb2.TaskExecStdinWriteRequest
+    ) -> router_pb2.TaskExecStdinWriteResponse:
+        """Input at ``offset``: a retried write (an offset already passed) gives only what is
+        new; one past the end is refused; after EOF, writes are ignored as the router does."""
+        running = self._exec(_read(request, "task_id"), _read(request, "exec_id"))
+        offset, data = _read(request, "offset"), bytes(_read(request, "data"))
+        if running.stdin_closed:
+            return router_pb2.TaskExecStdinWriteResponse()
+        if offset > running.stdin_offset:
+            raise GRPCError(
+                Status.OUT_OF_RANGE,
+                f"stdin offset {offset} is past the {running.stdin_offset} bytes written",
+            )
+        fresh = data[running.stdin_offset - offset :]
+        stdin = running.process.stdin
+        assert stdin is not None
+        try:
+            if fresh:
+                stdin.write(fresh)
+                await stdin.drain()  # a command that reads slowly holds the writer back
+            if _read(request, "eof"):
+                stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the command exited or closed its input: the rest is dropped, as a pipe does
+        running.stdin_offset += len(fresh)
+        running.stdin_closed = bool(_read(request, "eof"))
+        return router_pb2.TaskExecStdinWriteResponse()
 
     async def TaskExecWait(
         self, request: router_pb2.TaskExecWaitRequest

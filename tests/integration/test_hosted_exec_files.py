@@ -1,5 +1,5 @@
 """Exec with standard input and a timeout, and copies both ways, on the hosted backends that
-declare exec, through the real service over the bus against their provider doubles
+declare exec (ext.daytona, ext.modal), through the real service over the bus against their provider doubles
 (tests/doubles/), which enforce the providers' published specs.
 
 Daytona's toolbox answers a command's output as JSON text: a binary download through it
@@ -29,21 +29,31 @@ from tests.integration.test_remote_exec_files import every_byte, run_in, running
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+PROFILES = {"ext.daytona": "profile.daytona", "ext.modal": "profile.modal-gpu"}
+
+
+@pytest.fixture(params=sorted(PROFILES))
+def extension(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The hosted backend under test, its double served and the worker's env pointing at it."""
+    name = str(request.param)
+    if name == "ext.daytona":
+        served: DaytonaServed = request.getfixturevalue("daytona_double")
+        monkeypatch.setenv("DAYTONA_API_URL", served.api_url)
+        monkeypatch.setenv("DAYTONA_API_KEY", served.key)
+    else:
+        request.getfixturevalue("modal_double")  # points the SDK's URL and token at itself
+    return name
+
+
 @pytest.fixture
-async def daytona_sandbox(
-    nats_server: Any,
-    home: Path,
-    daytona_double: DaytonaServed,
-    monkeypatch: pytest.MonkeyPatch,
+async def hosted(
+    extension: str, nats_server: Any, home: Path
 ) -> AsyncIterator[tuple[Service, str]]:
-    monkeypatch.setenv("DAYTONA_API_URL", daytona_double.api_url)
-    monkeypatch.setenv("DAYTONA_API_KEY", daytona_double.key)
-    service = await start_service(
-        home, nats_server.url, roles=["control", "projector", "ext.daytona"]
-    )
+    """A running sandbox of the hosted backend, made through the bus, and the service."""
+    service = await start_service(home, nats_server.url, roles=["control", "projector", extension])
     try:
         await service.fund()
-        ready = await service.client.create("profile.daytona")
+        ready = await service.client.create(PROFILES[extension])
         yield service, str(ready["sandbox_id"])
         await service.client.destroy(str(ready["sandbox_id"]))
     finally:
@@ -51,10 +61,10 @@ async def daytona_sandbox(
         await service.shutdown()
 
 
-async def test_daytona_binary_output_stdin_and_copies_both_ways(
-    daytona_sandbox: tuple[Service, str], tmp_path: Path
+async def test_binary_output_stdin_and_copies_both_ways(
+    hosted: tuple[Service, str], tmp_path: Path
 ) -> None:
-    service, sandbox_id = daytona_sandbox
+    service, sandbox_id = hosted
     client = service.client
     # Output is bytes, stdout and stderr apart.
     out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
@@ -105,10 +115,8 @@ async def test_daytona_binary_output_stdin_and_copies_both_ways(
     assert listing(tmp_path / "fetched") == listing(tree)
 
 
-async def test_daytona_timeout_kills_what_the_command_started(
-    daytona_sandbox: tuple[Service, str],
-) -> None:
-    service, sandbox_id = daytona_sandbox
+async def test_a_timeout_kills_what_the_command_started(hosted: tuple[Service, str]) -> None:
+    service, sandbox_id = hosted
     with pytest.raises(CommandFailed) as failed:
         await service.client.exec(
             sandbox_id,
@@ -122,10 +130,10 @@ async def test_daytona_timeout_kills_what_the_command_started(
     assert await run_in(service.client, sandbox_id, "echo alive") == (0, b"alive\n")
 
 
-async def test_daytona_paths_out_of_the_workspace_are_refused_both_ways(
-    daytona_sandbox: tuple[Service, str], tmp_path: Path
+async def test_paths_out_of_the_workspace_are_refused_both_ways(
+    hosted: tuple[Service, str], tmp_path: Path
 ) -> None:
-    service, sandbox_id = daytona_sandbox
+    service, sandbox_id = hosted
     client = service.client
     code, _ = await run_in(
         client, sandbox_id, "ln -s /etc etc && ln -s /etc/passwd pw && ln -s .. up"

@@ -49,6 +49,7 @@ from sandboxer.extensions.modal.plan import (
     network_warnings,
     provider_timeout,
 )
+from sandboxer.extensions.ssh_exec_stop import stoppable
 from sandboxer.hosted.create_once import create_once
 from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL, labels_for, our_sandbox_id
@@ -272,29 +273,46 @@ class ModalExtension:
             )
         if not argv:
             raise InvalidInput("exec needs a command", sandbox_id=sandbox_id)
-        if stdin is not None:
-            raise Unsupported(
-                f"{self.id} does not stream standard input to a command yet (Modal's exec takes "
-                "it, this backend does not pass it on); run the command without stdin",
-                sandbox_id=sandbox_id,
-                extension=self.id,
-            )
         sandbox = await self._require(sandbox_id)
 
-        async def run() -> int:
-            process = await sandbox.exec.aio(*argv, text=False)
+        async def run(name: str, value: str) -> int:
+            # The marker in the environment: everything the command starts inherits it.
+            process = await sandbox.exec.aio(*argv, text=False, env={name: value})
 
             async def pump(stream: Any, name: Any) -> None:
                 async for chunk in stream:
                     if chunk:
                         await output(name, bytes(chunk))
 
-            await asyncio.gather(pump(process.stdout, "stdout"), pump(process.stderr, "stderr"))
+            async def feed() -> None:
+                """The input, then its end (an exec's input stays open until then)."""
+                try:
+                    if stdin is not None:
+                        async for chunk in stdin:
+                            if chunk:
+                                process.stdin.write(chunk)
+                                await process.stdin.drain.aio()  # holds a fast client back
+                    process.stdin.write_eof()
+                    await process.stdin.drain.aio()
+                except Exception:
+                    if await process.poll.aio() is None:
+                        raise
+                    # The command is over: what it did not read is dropped, as with a pipe.
+
+            await asyncio.gather(
+                feed(), pump(process.stdout, "stdout"), pump(process.stderr, "stderr")
+            )
             return int(await process.wait.aio())
 
+        async def stop(kill: list[str]) -> object:
+            process = await sandbox.exec.aio(*kill, text=False)
+            return await process.wait.aio()
+
         # An exec is not repeated (the command may have run) and takes as long as it takes.
+        # Given up (timeout, client gone), Modal would let the command run on: what it
+        # started is killed in the sandbox (ssh_exec_stop's marker and kill script).
         try:
-            return await run()
+            return await stoppable(run, stop, what=f"exec in {sandbox_id}")
         except ExtensionError:
             raise
         except Exception as exc:
