@@ -9,6 +9,7 @@ The tree::
     ├── InvalidInput            an id, input, path or field fails validation
     │   ├── InvalidCommand      a published command cannot be read or accepted as it is
     │   ├── ComposeFileError    a compose file input is unsafe or missing
+    │   ├── InvalidNetworkPolicy a network policy or one of its entries is invalid (the message names it)
     │   ├── InputOutsideRoots   a host path input is outside SANDBOXER_INPUT_ROOTS (or none is allowed)
     │   ├── WorkspaceRefused    a workspace upload is too large, tampered with, missing or unsafe
     │   └── PathRefused         a file path leaves the sandbox's workspace (absolute, .., NUL, a symlink)
@@ -58,6 +59,7 @@ __all__ = [
     "InputOutsideRoots",
     "InvalidCommand",
     "InvalidInput",
+    "InvalidNetworkPolicy",
     "NatsServerError",
     "NotFound",
     "PathRefused",
@@ -117,6 +119,13 @@ class SettingError(ConfigError):
 
 class InvalidInput(SandboxerError):
     code = "invalid_input"
+
+
+class InvalidNetworkPolicy(InvalidInput):
+    """A network policy, or one of its egress entries, is not valid (docs/network.md); the
+    message names the entry and the fix."""
+
+    code = "invalid_network"
 
 
 class InvalidCommand(InvalidInput):

@@ -17,7 +17,8 @@ from sandboxer.cli.common import JsonOpt, load_settings, run, with_client
 from sandboxer.cli.output import Progress, print_json, print_table, say
 from sandboxer.cli.uploads import plan_uploads, upload_directory_inputs
 from sandboxer.client import SandboxerClient
-from sandboxer.config.network_policy import PolicyError, parse_policy
+from sandboxer.config.network_policy import parse_policy
+from sandboxer.errors import InvalidNetworkPolicy
 
 __all__ = [
     "create",
@@ -90,7 +91,7 @@ def _asked_network(default: str | None, egress: list[str]) -> dict[str, Any] | N
     asked = {"default": default or "deny", "egress": egress}
     try:
         parse_policy(asked, "network")
-    except PolicyError as exc:
+    except InvalidNetworkPolicy as exc:
         raise typer.BadParameter(exc.message, param_hint="--egress") from None
     return asked
 
@@ -98,7 +99,7 @@ def _asked_network(default: str | None, egress: list[str]) -> dict[str, Any] | N
 def _network_line(recorded: Any) -> str:
     try:
         return parse_policy(recorded).describe()
-    except PolicyError:  # written by a later version: show it as it is
+    except InvalidNetworkPolicy:  # written by a later version: show it as it is
         return json.dumps(recorded)
 
 

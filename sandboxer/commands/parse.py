@@ -26,12 +26,11 @@ from sandboxer.commands.types import (
     asked_policy,
 )
 from sandboxer.config.hosts import HOST_NAME
-from sandboxer.config.network_policy import PolicyError
 from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
 from sandboxer.domain.key_decide import key_command_refusal
 from sandboxer.domain.key_state import is_valid_key_id
 from sandboxer.durations import parse_duration
-from sandboxer.errors import InvalidCommand, InvalidInput
+from sandboxer.errors import InvalidCommand, InvalidInput, InvalidNetworkPolicy
 from sandboxer.events.types import Actor
 from sandboxer.ids import (
     COMMAND_ID_RULE,
@@ -165,7 +164,7 @@ def _check_fields(command: Command, invalid: Callable[[str, str], InvalidCommand
         if command.network is not None:
             try:
                 asked_policy(command.network)
-            except PolicyError as exc:
+            except InvalidNetworkPolicy as exc:
                 raise invalid("invalid_network", exc.message) from None
     if isinstance(command, ExtendTtl):
         _check_duration("duration", command.duration, invalid)

@@ -69,7 +69,7 @@ class NetworkAsk(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 def asked_policy(ask: NetworkAsk) -> NetworkPolicy:
-    """The policy a create's ``network`` asks for; PolicyError names the entry at fault."""
+    """The policy a create's ``network`` asks for; InvalidNetworkPolicy names the entry at fault."""
     return parse_policy(msgspec.to_builtins(ask), "network")
 
 

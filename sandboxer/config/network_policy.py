@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+from sandboxer.errors import InvalidNetworkPolicy
+
 __all__ = [
     "DENY_ALL",
     "ENFORCEMENT_LEVELS",
@@ -35,7 +37,6 @@ __all__ = [
     "Egress",
     "Enforcement",
     "NetworkPolicy",
-    "PolicyError",
     "PortRange",
     "Protocol",
     "enforces",
@@ -61,14 +62,6 @@ _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _PORTS = re.compile(r"^\d{1,5}(?:-\d{1,5})?$")
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class PolicyError(ValueError):
-    """An entry or policy that is not valid; the message names it and the fix."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True, order=True)
@@ -202,23 +195,23 @@ def enforces(level: Enforcement, need: Enforcement) -> bool:
 
 
 def parse_policy(raw: object, where: str = "network") -> NetworkPolicy:
-    """A policy from its mapping form (``default``, ``egress``); PolicyError names the fault."""
+    """A policy from its mapping form (``default``, ``egress``); InvalidNetworkPolicy names the fault."""
     if isinstance(raw, NetworkPolicy):
         return raw
     if not isinstance(raw, Mapping):
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{where} must be a mapping like {{default: deny, egress: [pypi.org:443]}}, "
             f"not {_show(raw)}"
         )
     unknown = sorted(str(k) for k in raw if k not in {"default", "egress"})
     if unknown:
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{where} has unknown field(s) {', '.join(unknown)}: a policy has only "
             "'default' (deny or allow) and 'egress' (a list of entries)"
         )
     default = raw.get("default", "deny")
     if default not in ("deny", "allow"):
-        raise PolicyError(f"{where}.default is {_show(default)}: use deny or allow")
+        raise InvalidNetworkPolicy(f"{where}.default is {_show(default)}: use deny or allow")
     entries = raw.get("egress") or []
     return NetworkPolicy(
         default=cast(Literal["deny", "allow"], default),
@@ -229,11 +222,11 @@ def parse_policy(raw: object, where: str = "network") -> NetworkPolicy:
 def parse_egress(raw: object, where: str = "network.egress") -> tuple[Egress, ...]:
     """A list of entries, each in either form; duplicates are dropped, order is kept."""
     if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{where} must be a list of entries (e.g. [pypi.org:443]), not {_show(raw)}"
         )
     if len(raw) > MAX_EGRESS:
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{where} has {len(raw)} entries; at most {MAX_EGRESS} are allowed (use CIDRs or "
             "wildcard names to cover many destinations)"
         )
@@ -251,7 +244,7 @@ def parse_entry(raw: object, where: str = "egress entry") -> Egress:
         return _parse_compact(raw, where)
     if isinstance(raw, Mapping):
         return _parse_object(raw, where)
-    raise PolicyError(
+    raise InvalidNetworkPolicy(
         f'{where} is {_show(raw)}: an entry is a string like "pypi.org:443" or an object '
         "like {to: pypi.org, ports: [443], protocol: tcp}"
     )
@@ -260,22 +253,24 @@ def parse_entry(raw: object, where: str = "egress entry") -> Egress:
 def _parse_object(raw: Mapping[Any, Any], where: str) -> Egress:
     unknown = sorted(str(k) for k in raw if k not in {"to", "ports", "protocol"})
     if unknown:
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{where} has unknown field(s) {', '.join(unknown)}: an entry object has 'to', "
             "'ports' and 'protocol'"
         )
     to = raw.get("to")
     if not isinstance(to, str):
-        raise PolicyError(f"{where} needs 'to': an address, CIDR or domain (e.g. to: pypi.org)")
+        raise InvalidNetworkPolicy(
+            f"{where} needs 'to': an address, CIDR or domain (e.g. to: pypi.org)"
+        )
     label = f"{where} ({_show(to)})"
     if len(to) > MAX_ENTRY_CHARS:
-        raise PolicyError(f"{where}: 'to' is longer than {MAX_ENTRY_CHARS} characters")
+        raise InvalidNetworkPolicy(f"{where}: 'to' is longer than {MAX_ENTRY_CHARS} characters")
     if _is_bare_network(to.strip()):
         destination = _destination(to.strip(), label)
     else:
         head, ports_text, protocol_text = _split(to.strip(), label)
         if ports_text is not None or protocol_text is not None:
-            raise PolicyError(
+            raise InvalidNetworkPolicy(
                 f"{label}: 'to' names the destination only; give its ports in 'ports' and its "
                 "protocol in 'protocol'"
             )
@@ -288,10 +283,10 @@ def _parse_object(raw: Mapping[Any, Any], where: str) -> Egress:
 def _parse_compact(text: str, where: str) -> Egress:
     label = f"{where} ({_show(text)})"
     if len(text) > MAX_ENTRY_CHARS:
-        raise PolicyError(f"{where} is longer than {MAX_ENTRY_CHARS} characters")
+        raise InvalidNetworkPolicy(f"{where} is longer than {MAX_ENTRY_CHARS} characters")
     text = text.strip()
     if not text:
-        raise PolicyError(f"{where} is empty: write a destination like pypi.org:443")
+        raise InvalidNetworkPolicy(f"{where} is empty: write a destination like pypi.org:443")
     protocol: Protocol | None = None
     lowered = text.lower()
     for name in PROTOCOLS:
@@ -302,7 +297,7 @@ def _parse_compact(text: str, where: str) -> Egress:
         return Egress(_destination(text, label), (), protocol)
     head, ports_text, extra_protocol = _split(text, label)
     if extra_protocol is not None:
-        raise PolicyError(f"{label}: write the protocol once, at the end (/tcp or /udp)")
+        raise InvalidNetworkPolicy(f"{label}: write the protocol once, at the end (/tcp or /udp)")
     ports = _ports_of_text(ports_text, label) if ports_text is not None else ()
     return Egress(_destination(head, label), ports, protocol)
 
@@ -318,12 +313,12 @@ def _split(text: str, label: str) -> tuple[str, str | None, str | None]:
     if text.startswith("["):
         close = text.find("]")
         if close < 0:
-            raise PolicyError(
+            raise InvalidNetworkPolicy(
                 f"{label}: an opening '[' has no closing ']' (write [2001:db8::1]:443)"
             )
         head, rest = text[1:close], text[close + 1 :]
         if rest and not rest.startswith(":"):
-            raise PolicyError(
+            raise InvalidNetworkPolicy(
                 f"{label}: after ']' comes ':' and the ports (write [2001:db8::1]:443)"
             )
         return head, (rest[1:] if rest else None), protocol
@@ -331,7 +326,7 @@ def _split(text: str, label: str) -> tuple[str, str | None, str | None]:
     if not sep:
         return text, None, protocol
     if ":" in head:
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{label}: an IPv6 destination with ports goes in brackets: [2001:db8::1]:443"
         )
     return head, ports, protocol
@@ -347,9 +342,13 @@ def _is_bare_network(text: str) -> bool:
 
 def _destination(text: str, label: str) -> str:
     if not text:
-        raise PolicyError(f"{label}: the destination is missing (write pypi.org:443 or 10.0.0.0/8)")
+        raise InvalidNetworkPolicy(
+            f"{label}: the destination is missing (write pypi.org:443 or 10.0.0.0/8)"
+        )
     if "%" in text:
-        raise PolicyError(f"{label}: scoped IPv6 addresses (with %zone) are not destinations")
+        raise InvalidNetworkPolicy(
+            f"{label}: scoped IPv6 addresses (with %zone) are not destinations"
+        )
     if "/" in text or _looks_numeric(text):
         try:
             network = ipaddress.ip_network(text, strict=True)
@@ -357,10 +356,10 @@ def _destination(text: str, label: str) -> str:
             try:
                 loose = ipaddress.ip_network(text, strict=False)
             except ValueError:
-                raise PolicyError(
+                raise InvalidNetworkPolicy(
                     f"{label}: {text!r} is not an address or CIDR (write 10.1.2.0/24 or 10.1.2.3)"
                 ) from None
-            raise PolicyError(
+            raise InvalidNetworkPolicy(
                 f"{label}: {text!r} has host bits set; the network is {loose.with_prefixlen}"
             ) from None
         return _canonical(network)
@@ -391,31 +390,33 @@ def _domain(text: str, label: str) -> str:
     wildcard = name.startswith("*.")
     base = name[2:] if wildcard else name
     if name in {"*", "*."}:
-        raise PolicyError(f"{label}: '*' would allow every name; use default: allow instead")
+        raise InvalidNetworkPolicy(
+            f"{label}: '*' would allow every name; use default: allow instead"
+        )
     if not name.isascii():
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{label}: write an international name in its ASCII (punycode) form, xn--..."
         )
     if len(base) > 253:
-        raise PolicyError(f"{label}: a domain name is at most 253 characters")
+        raise InvalidNetworkPolicy(f"{label}: a domain name is at most 253 characters")
     labels = base.split(".")
     if "*" in base:
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{label}: a wildcard is '*.' at the start only (write *.pypi.org, not {text})"
         )
     bad = [part for part in labels if not _LABEL.match(part)]
     if bad:
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{label}: {text!r} is not a domain name, address or CIDR (labels are letters, "
             f"digits and inner '-', 1 to 63 characters; {bad[0]!r} is not)"
         )
     if wildcard and len(labels) < 2:
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{label}: a wildcard covers the names under a domain of two or more labels, "
             "like *.pypi.org (a whole top-level domain is too wide)"
         )
     if len(labels) < 2:
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{label}: {text!r} is a single label; write a full name (pypi.org), an address or a CIDR"
         )
     return name
@@ -423,7 +424,7 @@ def _domain(text: str, label: str) -> str:
 
 def _ports_of_text(text: str, label: str) -> tuple[PortRange, ...]:
     if not text:
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{label}: ':' is followed by no port (write :443, :80,443 or :8000-8100)"
         )
     return _merged((_port_range(part.strip(), label) for part in text.split(",")), label)
@@ -435,13 +436,15 @@ def _ports_of_list(raw: object, label: str) -> tuple[PortRange, ...]:
     if isinstance(raw, int | str) and not isinstance(raw, bool):
         raw = [raw]
     if not isinstance(raw, list | tuple):
-        raise PolicyError(f'{label}: ports is a list like [443, "8000-8100"], not {_show(raw)}')
+        raise InvalidNetworkPolicy(
+            f'{label}: ports is a list like [443, "8000-8100"], not {_show(raw)}'
+        )
     if not raw:
-        raise PolicyError(f"{label}: ports is empty; leave it out to allow every port")
+        raise InvalidNetworkPolicy(f"{label}: ports is empty; leave it out to allow every port")
     ranges = []
     for item in raw:
         if isinstance(item, bool) or not isinstance(item, int | str):
-            raise PolicyError(
+            raise InvalidNetworkPolicy(
                 f"{label}: port {_show(item)} is not a port or a range like 8000-8100"
             )
         ranges.append(_port_range(str(item).strip(), label))
@@ -450,21 +453,25 @@ def _ports_of_list(raw: object, label: str) -> tuple[PortRange, ...]:
 
 def _port_range(text: str, label: str) -> PortRange:
     if not _PORTS.match(text):
-        raise PolicyError(f"{label}: {text!r} is not a port or a range (write 443 or 8000-8100)")
+        raise InvalidNetworkPolicy(
+            f"{label}: {text!r} is not a port or a range (write 443 or 8000-8100)"
+        )
     low_text, _, high_text = text.partition("-")
     low, high = int(low_text), int(high_text or low_text)
     for port in (low, high):
         if not 1 <= port <= 65535:
-            raise PolicyError(f"{label}: port {port} is out of range; ports are 1 to 65535")
+            raise InvalidNetworkPolicy(
+                f"{label}: port {port} is out of range; ports are 1 to 65535"
+            )
     if low > high:
-        raise PolicyError(f"{label}: the range {text} runs backwards; write {high}-{low}")
+        raise InvalidNetworkPolicy(f"{label}: the range {text} runs backwards; write {high}-{low}")
     return PortRange(low, high)
 
 
 def _merged(ranges: Iterable[PortRange], label: str) -> tuple[PortRange, ...]:
     ordered = sorted(ranges)
     if len(ordered) > MAX_PORT_RANGES:
-        raise PolicyError(f"{label}: at most {MAX_PORT_RANGES} ports or ranges per entry")
+        raise InvalidNetworkPolicy(f"{label}: at most {MAX_PORT_RANGES} ports or ranges per entry")
     out: list[PortRange] = []
     for item in ordered:
         if out and item.low <= out[-1].high + 1:
@@ -480,7 +487,7 @@ def _protocol(raw: object, label: str) -> Protocol | None:
     if raw is None:
         return None
     if raw not in PROTOCOLS:
-        raise PolicyError(
+        raise InvalidNetworkPolicy(
             f"{label}: protocol {_show(raw)} is not tcp or udp (leave it out for both)"
         )
     return raw

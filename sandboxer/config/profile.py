@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sandboxer.config.network_policy import NetworkPolicy, PolicyError, parse_egress
+from sandboxer.config.network_policy import NetworkPolicy, parse_egress
 from sandboxer.durations import parse_duration
-from sandboxer.errors import InvalidInput
+from sandboxer.errors import InvalidInput, InvalidNetworkPolicy
 
 __all__ = [
     "InputSpec",
@@ -65,7 +65,7 @@ class Network(_Strict):
     def _canonical_entries(cls, raw: object) -> object:
         try:
             return [entry.compact() for entry in parse_egress(raw, "network.egress")]
-        except PolicyError as exc:  # pydantic only wraps ValueError into a field error
+        except InvalidNetworkPolicy as exc:  # pydantic only wraps ValueError into a field error
             raise ValueError(exc.message) from None
 
     def policy(self) -> NetworkPolicy:

@@ -6,13 +6,13 @@ from collections.abc import Mapping
 
 from sandboxer.commands.types import CreateSandbox, asked_policy
 from sandboxer.config.extension_decl import ExtensionDecl
-from sandboxer.config.network_policy import NetworkPolicy, PolicyError, narrows
+from sandboxer.config.network_policy import NetworkPolicy, narrows
 from sandboxer.config.profile import Profile
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.routing import route
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.durations import format_duration, parse_duration
-from sandboxer.errors import Rejected
+from sandboxer.errors import InvalidNetworkPolicy, Rejected
 from sandboxer.events.types import NetworkRecord
 from sandboxer.ids import derive_sandbox_id
 
@@ -88,7 +88,9 @@ def network_in_force(command: CreateSandbox, profile: Profile) -> NetworkPolicy:
         return own
     try:
         asked = asked_policy(command.network)
-    except PolicyError as exc:  # parse_command checked it; a caller that did not is told here
+    except (
+        InvalidNetworkPolicy
+    ) as exc:  # parse_command checked it; a caller that did not is told here
         raise Rejected("invalid_network", exc.message) from None
     refusal = narrows(own, asked)
     if refusal is not None and command.actor.type != "adm":

@@ -13,7 +13,6 @@ from sandboxer.config.network_policy import (
     MAX_EGRESS,
     Egress,
     NetworkPolicy,
-    PolicyError,
     PortRange,
     enforces,
     narrows,
@@ -21,6 +20,7 @@ from sandboxer.config.network_policy import (
     parse_policy,
 )
 from sandboxer.config.profile import Profile
+from sandboxer.errors import InvalidNetworkPolicy
 
 
 def policy(*entries: str | dict[str, object], default: str = "deny") -> NetworkPolicy:
@@ -106,20 +106,20 @@ def test_older_profiles_keep_their_meaning() -> None:
     ],
 )
 def test_errors_name_the_entry_and_the_fix(raw: object, says: str) -> None:
-    with pytest.raises(PolicyError) as caught:
+    with pytest.raises(InvalidNetworkPolicy) as caught:
         parse_entry(raw, "network.egress[3]")
     assert caught.value.message.startswith("network.egress[3]")
     assert says in caught.value.message
 
 
 def test_policy_errors() -> None:
-    with pytest.raises(PolicyError, match="default is 'block': use deny or allow"):
+    with pytest.raises(InvalidNetworkPolicy, match="default is 'block': use deny or allow"):
         parse_policy({"default": "block"})
-    with pytest.raises(PolicyError, match="unknown field"):
+    with pytest.raises(InvalidNetworkPolicy, match="unknown field"):
         parse_policy({"ingress": []})
-    with pytest.raises(PolicyError, match=f"at most {MAX_EGRESS}"):
+    with pytest.raises(InvalidNetworkPolicy, match=f"at most {MAX_EGRESS}"):
         parse_policy({"egress": [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(MAX_EGRESS + 1)]})
-    with pytest.raises(PolicyError, match="must be a list"):
+    with pytest.raises(InvalidNetworkPolicy, match="must be a list"):
         parse_policy({"egress": "pypi.org"})
 
 
@@ -297,7 +297,7 @@ def test_narrowing_is_transitive(a: NetworkPolicy, b: NetworkPolicy, c: NetworkP
 def test_hostile_text_is_an_entry_or_a_policy_error_never_a_crash(text: str) -> None:
     try:
         entry = parse_entry(text)
-    except PolicyError as exc:
+    except InvalidNetworkPolicy as exc:
         message = exc.message
         assert message.startswith("egress entry")
         return
