@@ -176,6 +176,7 @@ class Sandboxer:
         command_id: str | None = ...,
         host: str | None = ...,
         project: str | None = ...,
+        network: Mapping[str, Any] | None = ...,
         wait: Literal[True] = ...,
         timeout: float = ...,
     ) -> Sandbox: ...
@@ -191,6 +192,7 @@ class Sandboxer:
         command_id: str | None = ...,
         host: str | None = ...,
         project: str | None = ...,
+        network: Mapping[str, Any] | None = ...,
         wait: Literal[False],
         timeout: float = ...,
     ) -> Accepted: ...
@@ -205,6 +207,7 @@ class Sandboxer:
         command_id: str | None = None,
         host: str | None = None,
         project: str | None = None,
+        network: Mapping[str, Any] | None = None,
         wait: bool = True,
         timeout: float = 300.0,
     ) -> Sandbox | Accepted:
@@ -214,6 +217,9 @@ class Sandboxer:
 
         ``ttl`` (``90s``, ``2h``) within the profile's limit; ``project`` pays (else the
         actor's or the key's); the same ``command_id`` twice is one command and one sandbox.
+        ``network`` (``{"default": "deny", "egress": ["pypi.org:443"]}``) narrows the
+        profile's network policy; a widening is rejected unless the actor is ``adm``
+        (docs/network.md).
         """
         if sandbox_id is not None:
             _check_id(sandbox_id)
@@ -227,6 +233,7 @@ class Sandboxer:
             project=project,
             wait=wait,
             timeout=timeout,
+            network=network,
         )
         return Sandbox.from_row(row) if wait else Accepted.from_row(row)
 

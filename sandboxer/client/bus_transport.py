@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sandboxer.client.bus import SandboxerClient
 from sandboxer.client.http_errors import NOT_FOUND_CODES
@@ -107,6 +107,7 @@ class BusTransport:
         project: str | None,
         wait: bool,
         timeout: float,
+        network: Mapping[str, Any] | None = None,
     ) -> Row:
         client = self._for_project(project)
         command_id = command_id or new_command_id()
@@ -118,6 +119,7 @@ class BusTransport:
                 command_id=command_id,
                 host=host,
                 ttl=ttl,
+                network=network,
                 wait=wait,
                 timeout=timeout,
             )

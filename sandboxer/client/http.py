@@ -203,9 +203,16 @@ class HttpTransport:
         project: str | None,
         wait: bool,
         timeout: float,
+        network: Mapping[str, Any] | None = None,
     ) -> Row:
         body: dict[str, Any] = {"profile": profile, "inputs": dict(inputs)}
-        optional = {"sandbox_id": sandbox_id, "host": host, "ttl": ttl, "project": project}
+        optional = {
+            "sandbox_id": sandbox_id,
+            "host": host,
+            "ttl": ttl,
+            "project": project,
+            "network": None if network is None else dict(network),
+        }
         body |= {k: v for k, v in optional.items() if v is not None}
         response, command_id, deadline = await self._command(
             "POST", "/v1/sandboxes", command_id, wait=wait, timeout=timeout, json=body

@@ -80,6 +80,8 @@ class Sandbox(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: str | None = None
     reachability: dict[str, Any] | None = None
     restored_from: str | None = None
+    network: dict[str, Any] | None = None
+    """The network policy in force, ``{"default", "egress"}`` (docs/network.md)."""
     raw: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @property
@@ -109,6 +111,7 @@ class Sandbox(msgspec.Struct, frozen=True, kw_only=True):
             updated_at=_str(row, "updated_at"),
             reachability=_dict(row, "reachability"),
             restored_from=_str(row, "restored_from"),
+            network=_dict(row, "network"),
             raw=dict(row),
         )
 

@@ -47,6 +47,7 @@ class Transport(Protocol):
         project: str | None,
         wait: bool,
         timeout: float,
+        network: Mapping[str, Any] | None = None,
     ) -> Row:
         """The sandbox's row once ready (with ``wait``), else the accepted ids."""
         ...

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from sandboxer.cli.key_commands import create_key
-from sandboxer.client import SandboxerClient
+from sandboxer.client import Sandboxer, SandboxerClient
 from sandboxer.config.catalog import packaged_dir
 from sandboxer.errors import CommandFailed
 from tests.integration.conftest import Cli, reap_local, serve_gateway, start_service
@@ -207,7 +207,31 @@ async def test_the_cli_and_the_http_api_carry_a_narrowing(
             answer = await api.post("/v1/sandboxes?wait=30s", json=wider)
             assert answer.status_code == 422, answer.text
             assert answer.json()["error"]["code"] == "network_widened"
-        for sandbox_id in ("netcli000001", "netcli000002", "nethttp00001"):
+
+            # The Python client carries it over HTTP and over the bus alike.
+            narrow = {"default": "deny", "egress": ["10.1.0.0/16:22"]}
+            async with Sandboxer.over_http(url, key) as over_http:
+                made_http = await over_http.create(
+                    "profile.pypi", sandbox_id="netpyhttp001", network=narrow
+                )
+            assert made_http.network == {"default": "deny", "egress": ["10.1.0.0/16:22"]}
+        async with await Sandboxer.over_bus([nats_server.url], actor=AGENT) as over_bus:
+            made_bus = await over_bus.create(
+                "profile.pypi", sandbox_id="netpybus0001", network={"default": "deny"}
+            )
+            assert (made_bus.network, made_bus.extension) == (
+                {"default": "deny", "egress": []},
+                "ext.local",
+            )
+            with pytest.raises(CommandFailed, match="default: allow is wider"):
+                await over_bus.create("profile.pypi", network={"default": "allow"})
+        for sandbox_id in (
+            "netcli000001",
+            "netcli000002",
+            "nethttp00001",
+            "netpyhttp001",
+            "netpybus0001",
+        ):
             await service.client.destroy(sandbox_id)
     finally:
         await service.client.close()
