@@ -36,6 +36,8 @@ The tree::
     │       ├── ProviderQuota       it refused for quota or rate (HTTP 429): retryable, routing avoids it
     │       ├── ProviderAuth        it refused our key (HTTP 401/403): the message names the key's reference
     │       └── ProviderUnavailable it kept failing (5xx, timeouts) after retries with backoff
+    ├── DeliveryFailed          an endpoint events are POSTed to (meter export, State Hub) failed; retried
+    │   └── DeliveryRefused     it refused one delivery for good (a 4xx the body itself caused)
     └── NatsServerError         the embedded nats-server is missing, too old or failed to start
 
 Messages say what happened and how to fix it; structured fields (``code``,
@@ -53,6 +55,8 @@ __all__ = [
     "ComposeFileError",
     "ConcurrencyConflict",
     "ConfigError",
+    "DeliveryFailed",
+    "DeliveryRefused",
     "ExtensionError",
     "HostKeyRejected",
     "HostUnreachable",
@@ -356,3 +360,20 @@ class ProviderUnavailable(ProviderError):
 
 class NatsServerError(SandboxerError):
     code = "nats_server"
+
+
+class DeliveryFailed(SandboxerError):
+    """An HTTP endpoint sandboxer delivers events to did not take one (unreachable, timed out,
+    answered an error): delivery is retried. ``status`` is the HTTP status when there was one."""
+
+    code = "delivery_failed"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DeliveryRefused(DeliveryFailed):
+    """The endpoint refused one delivery for good: trying the same body again cannot succeed."""
+
+    code = "delivery_refused"

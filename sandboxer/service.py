@@ -3,7 +3,9 @@
 Roles: ``control`` (admission and routing), ``projector`` (views and
 queries), ``meter`` (metering and its export, docs/payments.md), ``gateway``
 (the HTTP API, docs/http-api.md; ``up`` runs it unless ``SANDBOXER_HTTP_ADDR``
-is ``off``), and one per enabled extension (``ext.local`` ...). ``up`` runs
+is ``off``), ``statehub`` (lifecycle events to the State Hub,
+docs/integrations/state-hub.md; ``up`` runs it when ``SANDBOXER_STATE_HUB_URL``
+is set), and one per enabled extension (``ext.local`` ...). ``up`` runs
 them all in one process and, unless ``SANDBOXER_NATS_URL`` is set, starts its
 own ``nats-server`` first. On a
 signal every role stops fetching, finishes what it holds, and the connection
@@ -106,7 +108,7 @@ async def _key_users(url: str, pid: int, settings: Settings) -> AsyncIterator[No
         await nc.close()
 
 
-async def run_roles(
+async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per role reads best)
     nc: Client,
     roles: Sequence[str],
     settings: Settings,
@@ -149,6 +151,10 @@ async def run_roles(
                             home=settings.home,
                         )
                     )
+                elif role == "statehub":
+                    from sandboxer.statehub.follower import run_state_hub
+
+                    group.create_task(run_state_hub(nc, js, settings, stop))
                 elif role == "gateway":
                     from sandboxer.gateway.serve import run_gateway_role
 
@@ -225,12 +231,17 @@ def gateway_lacks_identity(settings: Settings, *, required: bool) -> bool:
     return True
 
 
-async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
-    """Run until SIGINT/SIGTERM: the whole service (``up``) or chosen roles (``worker``)."""
-    catalog = Catalog.load(settings.home)
+def _runnable_roles(settings: Settings, catalog: Catalog, roles: Sequence[str] | None) -> list[str]:
+    """The roles to run: those asked for (each checked, failing fast), or all of ``up``'s."""
     chosen = list(roles) if roles else [*all_roles(catalog), "gateway"]
+    if not roles and settings.state_hub_url is not None:
+        chosen.append("statehub")
     for role in list(chosen):
-        if role in {"control", "projector", "meter", "gateway"}:
+        if role == "statehub":
+            from sandboxer.statehub.follower import check_state_hub_settings
+
+            check_state_hub_settings(settings)  # fail fast: no URL, or an unreadable token
+        if role in {"control", "projector", "meter", "gateway", "statehub"}:
             continue
         try:
             build_extension(role, catalog, settings)  # fail fast on a bad role
@@ -241,6 +252,13 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
             # optional SDK is not installed) is left out and says why; the rest run.
             log.warning("%s is not running: %s", role, exc.message)
             chosen.remove(role)
+    return chosen
+
+
+async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
+    """Run until SIGINT/SIGTERM: the whole service (``up``) or chosen roles (``worker``)."""
+    catalog = Catalog.load(settings.home)
+    chosen = _runnable_roles(settings, catalog, roles)
     settings.home.mkdir(parents=True, exist_ok=True)
     # stamina's own retry lines carry no detail in our log format: the bus logs its retries.
     stamina.instrumentation.set_on_retry_hooks([])

@@ -22,6 +22,7 @@ from sandboxer.cli import (
     sandbox_commands,
     service_commands,
     snapshot_commands,
+    statehub_commands,
 )
 from sandboxer.cli.common import exit_code
 from sandboxer.cli.output import say
@@ -74,6 +75,7 @@ app.command("hosts", rich_help_panel=OPERATOR)(host_commands.hosts_view)
 app.command("replay", rich_help_panel=OPERATOR)(service_commands.replay)
 app.add_typer(route_commands.route_app, name="route", rich_help_panel=OPERATOR)
 app.add_typer(key_commands.keys_app, name="keys", rich_help_panel=OPERATOR)
+app.add_typer(statehub_commands.statehub_app, name="statehub", rich_help_panel=OPERATOR)
 
 
 def main() -> None:

@@ -100,17 +100,36 @@ def _export_file_env() -> Path | None:
     return path
 
 
-def _export_url_env() -> str | None:
-    raw = os.environ.get("SANDBOXER_METER_EXPORT_URL")
+def _http_url_env(name: str, purpose: str) -> str | None:
+    raw = os.environ.get(name)
     if not raw:
         return None
     parts = urlsplit(raw)
     if parts.scheme not in {"http", "https"} or not parts.hostname or " " in raw:
+        raise SettingError(name, raw, f"an http:// or https:// URL that {purpose}")
+    return raw
+
+
+def _export_url_env() -> str | None:
+    return _http_url_env("SANDBOXER_METER_EXPORT_URL", "usage events are POSTed to")
+
+
+def _secret_ref_env(name: str) -> str | None:
+    """A secret reference (``env:NAME`` or ``file:/path``, resolved by sandboxer/secrets.py
+    where it is used), never the secret itself."""
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    scheme, _, target = raw.partition(":")
+    if scheme not in {"env", "file"} or not target.strip():
+        # The value may be the secret itself: it is not echoed back.
         raise SettingError(
-            "SANDBOXER_METER_EXPORT_URL",
-            raw,
-            "an http:// or https:// URL that usage events are POSTed to",
+            name,
+            "<not shown>",
+            "a secret reference, env:VARIABLE or file:/path, not the secret itself",
         )
+    if scheme == "file" and not Path(target).expanduser().is_absolute():
+        raise SettingError(name, raw, "file: needs an absolute path, e.g. file:/run/secrets/hub")
     return raw
 
 
@@ -179,6 +198,8 @@ class Settings:
     ``SANDBOXER_METER_EXPORT_FILE``, ``SANDBOXER_METER_EXPORT_URL``: where the control role
     exports every metered usage (docs/payments.md).
     ``SANDBOXER_HTTP_ADDR``: where the HTTP gateway listens (``host:port``, or ``off``).
+    ``SANDBOXER_STATE_HUB_URL``, ``SANDBOXER_STATE_HUB_TOKEN``: where the ``statehub`` role
+    POSTs lifecycle events, and the reference of its bearer token (docs/integrations/state-hub.md).
     ``SANDBOXER_NATS_AUTH``: directory of the NATS credentials for ``SANDBOXER_NATS_URL``
     (the embedded server's are generated into ``$SANDBOXER_HOME/nats-auth``).
     """
@@ -198,6 +219,10 @@ class Settings:
     to 127.0.0.1:8788; Settings made in code (tests) run no gateway unless they say so."""
     nats_auth_dir: Path | None = None
     """Credentials for a shared NATS (sandboxer/bus/nats_auth.py); None: connect without."""
+    state_hub_url: str | None = None
+    """The State Hub's endpoint; set, ``up`` runs the ``statehub`` role."""
+    state_hub_token: str | None = None
+    """A secret reference (``env:NAME``, ``file:/path``) to the hub's bearer token."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -213,6 +238,10 @@ class Settings:
             meter_export_file=_export_file_env(),
             meter_export_url=_export_url_env(),
             nats_auth_dir=_nats_auth_env(),
+            state_hub_url=_http_url_env(
+                "SANDBOXER_STATE_HUB_URL", "lifecycle events are POSTed to"
+            ),
+            state_hub_token=_secret_ref_env("SANDBOXER_STATE_HUB_TOKEN"),
             http_addr=parse_http_addr(
                 os.environ.get("SANDBOXER_HTTP_ADDR") or "{}:{}".format(*DEFAULT_HTTP_ADDR)
             ),

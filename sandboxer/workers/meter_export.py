@@ -11,7 +11,8 @@ ordered consumer filtered on ``sandboxer.evt.account.*.usage_metered``:
   synced before the next event is read.
 - **the endpoint** gets one POST per event, in order, with the event id as its
   ``Idempotency-Key``; while it is down (connection errors, timeouts, any
-  answer but 2xx) the POST is retried with exponential backoff (stamina), and
+  answer but 2xx) the POST is retried with exponential backoff
+  (``workers/http_delivery.py``, shared with the State Hub projection), and
   only after a 2xx does the position (``$SANDBOXER_HOME/meter-export/http.position``)
   move on. A crash between the answer and the position repeats that one POST
   with the same key, which the endpoint deduplicates.
@@ -31,18 +32,15 @@ from typing import Any
 
 import httpx
 import msgspec
-import stamina
 from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.event_reader import read_events
+from sandboxer.workers.http_delivery import RETRY_WAIT_MAX, HttpDelivery, public_url
 
 __all__ = ["FileExport", "HttpExport", "export_line", "run_meter_export"]
 
 log = logging.getLogger(__name__)
-
-RETRY_WAIT_MAX = 30.0
-"""Longest pause between two POSTs to an endpoint that is down."""
 
 
 def export_line(seq: int, data: bytes) -> bytes:
@@ -132,51 +130,26 @@ class HttpExport:
     async def run(self) -> None:
         self.position_file.parent.mkdir(parents=True, exist_ok=True)
         position = self._position()
-        log.info("meter export to %s resumes after event %d", self.url, position)
-        async with contextlib.AsyncExitStack() as stack:
-            client = self._client
-            if client is None:
-                client = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
+        log.info("meter export to %s resumes after event %d", public_url(self.url), position)
+        delivery = HttpDelivery(
+            self.url, label="meter export", client=self._client, wait_max=self._wait_max
+        )
+        try:
             async for seq, _subject, data, _pending in read_events(
                 self._js, start_seq=position + 1, filter_subject=subjects.USAGE_METERED, follow=True
             ):
                 if seq <= position:
                     continue
-                await self._deliver(client, seq, data)
+                event_id = str(msgspec.json.decode(data).get("event_id", seq))
+                await delivery.post(
+                    export_line(seq, data).rstrip(b"\n"),
+                    {"Idempotency-Key": event_id},  # the endpoint deduplicates on it
+                    what=f"event {event_id}",
+                )
                 self._save_position(seq)
                 position = seq
-
-    async def _deliver(self, client: httpx.AsyncClient, seq: int, data: bytes) -> None:
-        line = export_line(seq, data)
-        event_id = str(msgspec.json.decode(data).get("event_id", seq))
-        headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
-        async for attempt in stamina.retry_context(
-            on=httpx.HTTPError,  # HTTPStatusError too: any answer but 2xx
-            attempts=None,
-            timeout=None,
-            wait_initial=0.2,
-            wait_max=self._wait_max,
-        ):
-            with attempt:
-                try:
-                    answer = await client.post(
-                        self.url, content=line.rstrip(b"\n"), headers=headers
-                    )
-                except httpx.HTTPError as down:
-                    log.warning("meter export: %s is unreachable (%r); retrying", self.url, down)
-                    raise
-                if not answer.is_success:
-                    log.warning(
-                        "meter export: %s answered %d to event %s; retrying",
-                        self.url,
-                        answer.status_code,
-                        event_id,
-                    )
-                    raise httpx.HTTPStatusError(
-                        f"{answer.status_code} from {self.url}",
-                        request=answer.request,
-                        response=answer,
-                    )
+        finally:
+            await delivery.aclose()
 
 
 async def run_meter_export(

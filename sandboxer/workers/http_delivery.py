@@ -1,0 +1,125 @@
+"""POSTing events to an HTTP endpoint until it takes them: the one boundary that the meter
+export (docs/payments.md#export) and the State Hub projection (docs/integrations/state-hub.md)
+share.
+
+One POST per event, retried with exponential backoff (stamina, no limit of attempts or time)
+while the endpoint is unreachable, times out or answers an error; a 2xx is delivered. The
+caller says which answers are final (``refuses``): those raise :class:`DeliveryRefused` at
+once, because sending the same body again cannot succeed. Every other failure is a
+:class:`DeliveryFailed` handed to ``on_failure`` (the State Hub's status shows the last one)
+before the next attempt. Nothing here logs a header: a bearer token stays out of the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import stamina
+
+from sandboxer.errors import DeliveryFailed, DeliveryRefused, SandboxerError
+
+__all__ = ["HttpDelivery", "never_refused", "public_url"]
+
+log = logging.getLogger(__name__)
+
+RETRY_WAIT_MAX = 30.0
+"""Longest pause between two POSTs to an endpoint that is down."""
+
+MAX_REASON_CHARS = 300
+
+
+def never_refused(_status: int) -> bool:
+    """Every error answer is retried (the meter export: usage is never dropped)."""
+    return False
+
+
+def public_url(url: str) -> str:
+    """``url`` as it may be shown or logged: without user info or query (either may hold a
+    credential)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _answer_reason(answer: httpx.Response) -> str:
+    text = answer.text.strip().replace("\n", " ")[:MAX_REASON_CHARS]
+    return f"{answer.status_code} {answer.reason_phrase}" + (f": {text}" if text else "")
+
+
+class HttpDelivery:
+    """POSTs bodies to one endpoint, each until it is taken or refused for good."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        label: str,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 10.0,
+        wait_max: float = RETRY_WAIT_MAX,
+        refuses: Callable[[int], bool] = never_refused,
+        on_failure: Callable[[DeliveryFailed], None] | None = None,
+        auth: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
+        self.url = url
+        self.shown_url = public_url(url)
+        self._label = label
+        self._own_client = client is None
+        self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
+        self._wait_max = wait_max
+        self._refuses = refuses
+        self._on_failure = on_failure
+        self._auth = auth
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self._client.aclose()
+
+    async def post(self, body: bytes, headers: Mapping[str, str], *, what: str) -> int:
+        """POST ``body`` until a 2xx (its status is returned); raise :class:`DeliveryRefused`
+        for an answer ``refuses``. ``auth`` is called for each attempt (a token read from a
+        file may change meanwhile); ``what`` names the delivery in log lines."""
+        async for attempt in stamina.retry_context(
+            on=lambda exc: isinstance(exc, DeliveryFailed) and not isinstance(exc, DeliveryRefused),
+            attempts=None,
+            timeout=None,
+            wait_initial=0.2,
+            wait_max=self._wait_max,
+        ):
+            with attempt:
+                try:
+                    return await self._attempt(body, headers)
+                except DeliveryRefused:
+                    raise
+                except DeliveryFailed as failed:
+                    log.warning("%s: %s; retrying %s", self._label, failed.message, what)
+                    if self._on_failure is not None:
+                        self._on_failure(failed)
+                    raise
+        raise AssertionError("unreachable: retries have no limit")  # pragma: no cover
+
+    async def _attempt(self, body: bytes, headers: Mapping[str, str]) -> int:
+        try:
+            auth = self._auth() if self._auth is not None else {}
+            sent_headers = {"Content-Type": "application/json", **headers, **auth}
+        except SandboxerError as exc:  # a token reference that cannot be read (now)
+            raise DeliveryFailed(f"no credentials for {self.shown_url}: {exc.message}") from None
+        try:
+            answer = await self._client.post(self.url, content=body, headers=sent_headers)
+        except httpx.HTTPError as down:
+            # The exception's text names the URL at most, never a header.
+            raise DeliveryFailed(
+                f"{self.shown_url} is unreachable ({type(down).__name__}: {down})"
+            ) from None
+        if answer.is_success:
+            return answer.status_code
+        reason = f"{self.shown_url} answered {_answer_reason(answer)}"
+        if self._refuses(answer.status_code):
+            raise DeliveryRefused(reason, status=answer.status_code)
+        raise DeliveryFailed(reason, status=answer.status_code)

@@ -1,0 +1,102 @@
+"""The State Hub's delivery rules without a hub: which answers are refused for good, what the
+status keeps, URLs without credentials, and the settings' checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandboxer.config.settings import Settings
+from sandboxer.errors import ConfigError, SettingError
+from sandboxer.statehub.follower import bearer_auth, check_state_hub_settings, refused_for_good
+from sandboxer.statehub.status import KEEP_REFUSED, DeliveryStatus
+from sandboxer.workers.http_delivery import public_url
+
+
+@pytest.mark.parametrize("status", [400, 409, 413, 415, 422])
+def test_a_4xx_the_body_caused_is_refused_for_good(status: int) -> None:
+    assert refused_for_good(status)
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 408, 429, 500, 502, 503, 504])
+def test_a_hub_that_is_down_busy_or_misconfigured_is_retried(status: int) -> None:
+    assert not refused_for_good(status)
+
+
+def test_urls_are_shown_without_credentials() -> None:
+    assert public_url("https://user:s3cret@hub.example:8443/v1/events?key=s3cret") == (
+        "https://hub.example:8443/v1/events"
+    )
+    assert public_url("http://[::1]:9000/e") == "http://[::1]:9000/e"
+
+
+def test_the_status_keeps_the_last_refusals_and_survives_a_restart(tmp_path: Path) -> None:
+    status = DeliveryStatus()
+    body = {"event_id": "e1", "type": "ready", "sandbox_id": "s", "stream_seq": 3, "at": "t"}
+    status.on_failure(body, "hub.example is unreachable", None)
+    assert status.retrying == {"event_id": "e1", "type": "ready", "sandbox_id": "s",
+                               "stream_seq": 3, "at": "t"}  # fmt: skip
+    status.on_delivered(body)
+    assert status.retrying is None
+    assert status.delivered == 1
+    for n in range(KEEP_REFUSED + 5):
+        status.on_refused({**body, "event_id": f"r{n}"}, "400 Bad Request", 400)
+    assert status.refused_count == KEEP_REFUSED + 5
+    assert [r["event_id"] for r in status.refused][-1] == f"r{KEEP_REFUSED + 4}"
+    assert len(status.refused) == KEEP_REFUSED
+    path = tmp_path / "statehub" / "status.json"
+    status.save(path)
+    again = DeliveryStatus.load(path)
+    assert again.as_dict() == {**status.as_dict(), "retrying": None}
+    path.write_text("{not json")
+    assert DeliveryStatus.load(path).delivered == 0
+
+
+def test_the_token_setting_takes_a_reference_never_the_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SANDBOXER_STATE_HUB_URL", "https://hub.example/events")
+    monkeypatch.setenv("SANDBOXER_STATE_HUB_TOKEN", "hunter2-the-token")
+    with pytest.raises(SettingError) as refused:
+        Settings.from_env()
+    assert "hunter2" not in refused.value.message
+    monkeypatch.setenv("SANDBOXER_STATE_HUB_TOKEN", "file:relative/path")
+    with pytest.raises(SettingError):
+        Settings.from_env()
+    monkeypatch.setenv("SANDBOXER_STATE_HUB_TOKEN", "env:HUB_TOKEN")
+    monkeypatch.setenv("SANDBOXER_STATE_HUB_URL", "ftp://hub.example/")
+    with pytest.raises(SettingError):
+        Settings.from_env()
+    monkeypatch.setenv("SANDBOXER_STATE_HUB_URL", "https://hub.example/events")
+    settings = Settings.from_env()
+    assert (settings.state_hub_url, settings.state_hub_token) == (
+        "https://hub.example/events",
+        "env:HUB_TOKEN",
+    )
+
+
+def test_the_role_needs_a_url_and_a_readable_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = Settings(home=tmp_path, nats_urls=(), nats_server=None, ack_wait=5.0)
+    with pytest.raises(ConfigError, match="SANDBOXER_STATE_HUB_URL"):
+        check_state_hub_settings(base)
+    monkeypatch.delenv("HUB_TOKEN", raising=False)
+    missing = Settings(
+        home=tmp_path,
+        nats_urls=(),
+        nats_server=None,
+        ack_wait=5.0,
+        state_hub_url="http://hub.example/e",
+        state_hub_token="env:HUB_TOKEN",
+    )
+    with pytest.raises(ConfigError, match="HUB_TOKEN"):
+        check_state_hub_settings(missing)
+    token_file = tmp_path / "token"
+    token_file.write_text("abc123\n")
+    auth = bearer_auth(f"file:{token_file}")
+    assert auth is not None
+    assert auth() == {"Authorization": "Bearer abc123"}
+    token_file.write_text("rotated\n")  # read again for every attempt
+    assert auth() == {"Authorization": "Bearer rotated"}
