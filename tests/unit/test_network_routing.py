@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sandboxer.commands.parse import parse_command
 from sandboxer.commands.types import CreateSandbox, EgressObject, NetworkAsk
@@ -240,3 +242,49 @@ def test_packaged_profiles_still_load() -> None:
     catalog = Catalog.load(packaged_dir("profiles").parent)
     for profile_id in catalog.profiles:
         catalog.profile(profile_id).network.policy()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+ENTRY_LIKE = st.one_of(
+    st.text(max_size=40),
+    st.fixed_dictionaries(
+        {"to": st.text(max_size=30)},
+        optional={"ports": JSON, "protocol": JSON, "via": JSON},
+    ),
+    JSON,
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(
+        JSON,
+        st.fixed_dictionaries(
+            {}, optional={"default": JSON, "egress": st.lists(ENTRY_LIKE, max_size=5)}
+        ),
+    )
+)
+def test_any_network_is_a_create_or_a_reasoned_rejection(network: object) -> None:
+    """Whatever a client sends as network, parsing answers a command or InvalidCommand,
+    and admission a decision or Rejected: never another exception."""
+    refusal: tuple[str, str] | None = None
+    try:
+        command = parse_command("sandboxer.cmd.create", command_bytes(network))
+    except InvalidCommand as refused:
+        refusal = (refused.code, refused.reason)
+    if refusal is not None:
+        assert refusal[0] in {"invalid_field", "invalid_network"}
+        assert refusal[1]
+        return
+    assert isinstance(command, CreateSandbox)
+    try:
+        admit_create(msgspec.structs.replace(command, profile=PROFILE.id), PROFILE, ENABLED)
+    except Rejected as rejected:
+        refusal = (rejected.code, rejected.reason)
+    assert refusal is None or refusal[0] in {"network_widened", "no_route"}
