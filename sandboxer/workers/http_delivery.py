@@ -112,6 +112,10 @@ class HttpDelivery:
             raise DeliveryFailed(f"no credentials for {self.shown_url}: {exc.message}") from None
         try:
             answer = await self._client.post(self.url, content=body, headers=sent_headers)
+        except httpx.TimeoutException as slow:
+            raise DeliveryFailed(
+                f"{self.shown_url} did not answer in time ({type(slow).__name__})"
+            ) from None
         except httpx.HTTPError as down:
             # The exception's text names the URL at most, never a header.
             raise DeliveryFailed(

@@ -100,3 +100,23 @@ def test_the_role_needs_a_url_and_a_readable_token(
     assert auth() == {"Authorization": "Bearer abc123"}
     token_file.write_text("rotated\n")  # read again for every attempt
     assert auth() == {"Authorization": "Bearer rotated"}
+
+
+def test_up_runs_the_statehub_role_only_when_the_hub_is_configured(tmp_path: Path) -> None:
+    from sandboxer.config.catalog import Catalog
+    from sandboxer.service import _runnable_roles
+
+    catalog = Catalog.load(tmp_path)
+    base = Settings(home=tmp_path, nats_urls=(), nats_server=None, ack_wait=5.0)
+    assert "statehub" not in _runnable_roles(base, catalog, None)
+    with_hub = Settings(
+        home=tmp_path,
+        nats_urls=(),
+        nats_server=None,
+        ack_wait=5.0,
+        state_hub_url="http://hub.example/e",
+    )
+    assert "statehub" in _runnable_roles(with_hub, catalog, None)
+    assert _runnable_roles(with_hub, catalog, ["statehub"]) == ["statehub"]
+    with pytest.raises(ConfigError, match="SANDBOXER_STATE_HUB_URL"):
+        _runnable_roles(base, catalog, ["statehub"])
