@@ -47,8 +47,14 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _without_user_info(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def _answer_reason(answer: httpx.Response) -> str:
-    text = answer.text.strip().replace("\n", " ")[:MAX_REASON_CHARS]
+    # The endpoint's words go into a log line and the status: one line, printable, short.
+    text = "".join(c if c.isprintable() else " " for c in answer.text[:MAX_REASON_CHARS]).strip()
     return f"{answer.status_code} {answer.reason_phrase}" + (f": {text}" if text else "")
 
 
@@ -110,8 +116,10 @@ class HttpDelivery:
             sent_headers = {"Content-Type": "application/json", **headers, **auth}
         except SandboxerError as exc:  # a token reference that cannot be read (now)
             raise DeliveryFailed(f"no credentials for {self.shown_url}: {exc.message}") from None
+        # User info in the URL is sent as Basic auth, unless ``auth`` gives its own header.
+        url = _without_user_info(self.url) if "Authorization" in auth else self.url
         try:
-            answer = await self._client.post(self.url, content=body, headers=sent_headers)
+            answer = await self._client.post(url, content=body, headers=sent_headers)
         except httpx.TimeoutException as slow:
             raise DeliveryFailed(
                 f"{self.shown_url} did not answer in time ({type(slow).__name__})"

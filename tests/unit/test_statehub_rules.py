@@ -120,3 +120,38 @@ def test_up_runs_the_statehub_role_only_when_the_hub_is_configured(tmp_path: Pat
     assert _runnable_roles(with_hub, catalog, ["statehub"]) == ["statehub"]
     with pytest.raises(ConfigError, match="SANDBOXER_STATE_HUB_URL"):
         _runnable_roles(base, catalog, ["statehub"])
+
+
+async def test_the_delivery_retries_until_taken_and_stops_at_a_refusal() -> None:
+    import httpx
+
+    from sandboxer.errors import DeliveryFailed, DeliveryRefused
+    from sandboxer.workers.http_delivery import HttpDelivery
+
+    answers = [500, 429, 202, 422]
+    seen: list[httpx.Request] = []
+
+    def hub(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(answers.pop(0), text="no\r\nsuch\x1b[31m thing")
+
+    failures: list[DeliveryFailed] = []
+    delivery = HttpDelivery(
+        "http://u:p@hub.test/e?k=v",
+        label="test",
+        client=httpx.AsyncClient(transport=httpx.MockTransport(hub)),
+        wait_max=0.01,
+        refuses=refused_for_good,
+        on_failure=failures.append,
+        auth=lambda: {"Authorization": "Bearer t"},
+    )
+    assert await delivery.post(b"{}", {"Idempotency-Key": "e1"}, what="e1") == 202
+    assert [f.status for f in failures] == [500, 429]
+    assert "\r" not in failures[0].message
+    assert "\x1b" not in failures[0].message
+    assert "u:p" not in failures[0].message
+    assert {r.headers["authorization"] for r in seen} == {"Bearer t"}
+    with pytest.raises(DeliveryRefused) as refused:
+        await delivery.post(b"{}", {"Idempotency-Key": "e2"}, what="e2")
+    assert refused.value.status == 422
+    assert len(failures) == 2  # a refusal is not retried
