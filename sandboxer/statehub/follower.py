@@ -65,6 +65,7 @@ from sandboxer.statehub.body import (
 )
 from sandboxer.statehub.status import DeliveryStatus
 from sandboxer.workers.http_delivery import RETRY_WAIT_MAX, HttpDelivery
+from sandboxer.workers.restarting import keep_running
 
 __all__ = [
     "DURABLE",
@@ -376,16 +377,7 @@ async def run_state_hub(
 
     await responder.serve({STATUS_SUBJECT: status})
     try:
-        while not stop.is_set():
-            try:
-                await follower.run(stop)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the bus went away, a disk error: start again
-                if stop.is_set():
-                    return
-                log.error("state hub projection failed: %r; restarting it in 1 s", exc)
-                await asyncio.sleep(1.0)
+        await keep_running("state hub projection", lambda: follower.run(stop), stop)
     finally:
         await responder.stop()
         await follower.aclose()

@@ -37,6 +37,7 @@ from nats.js import JetStreamContext
 from sandboxer import subjects
 from sandboxer.bus.event_reader import read_events
 from sandboxer.workers.http_delivery import RETRY_WAIT_MAX, HttpDelivery, public_url
+from sandboxer.workers.restarting import keep_running
 
 __all__ = ["FileExport", "HttpExport", "export_line", "run_meter_export"]
 
@@ -169,19 +170,9 @@ async def run_meter_export(
     if not exports:
         return
 
-    async def keep_running(export: FileExport | HttpExport) -> None:
-        while True:
-            try:
-                await export.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the bus went away, a disk error: start again
-                if stop.is_set():
-                    return  # the connection drains at shutdown: nothing to report
-                log.error("meter export failed: %r; restarting it in 1 s", exc)
-                await asyncio.sleep(1.0)
-
-    tasks = [asyncio.create_task(keep_running(export)) for export in exports]
+    tasks = [
+        asyncio.create_task(keep_running("meter export", export.run, stop)) for export in exports
+    ]
     try:
         await stop.wait()
     finally:
