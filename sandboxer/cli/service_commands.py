@@ -39,7 +39,8 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
 
 def worker(
     roles: Annotated[
-        list[str], typer.Argument(help="control, projector, meter, gateway or an extension id")
+        list[str],
+        typer.Argument(help="control, projector, meter, gateway, statehub or an extension id"),
     ],
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
