@@ -166,6 +166,9 @@ exec tar -cf - -- "$(basename -- "$r")"
 PUT_SCRIPT = (
     _PRELUDE
     + r"""
+# Refused, the input is read to its end first: podman drops the output of an exec that
+# exits while its input is still arriving, the reason included.
+refuse() { cat >/dev/null 2>&1; printf 'sandboxer-refused: %s\n' "$1" >&2; exit 97; }
 d=$1
 f=${2-}
 e=$d

@@ -75,6 +75,7 @@ id: profile.rx-vm
 extension: ext.vm-packer
 isolation: {level: policy}
 placement: {host_input: vm}
+network: {default: allow}
 inputs:
   vm: {required: true}
 """,

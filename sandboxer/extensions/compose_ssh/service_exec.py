@@ -17,7 +17,7 @@ from sandboxer.extensions.compose_ssh.stack import Stack
 from sandboxer.extensions.ssh_exec_stop import STOP_TIMEOUT, stoppable
 from sandboxer.extensions.ssh_targets import Target
 from sandboxer.extensions.ssh_workspace import probe
-from sandboxer.ssh import ChunkSink, Connection, stream
+from sandboxer.ssh import ChunkSink, Connection, remote, stream
 
 __all__ = ["check_service", "exec_in_service"]
 
@@ -68,18 +68,21 @@ async def exec_in_service(
         )
 
     async def run(name: str, value: str) -> int:
+        # The marker twice: in the container (-e) and on the host, for the engine's client.
         return await stream(
             conn,
             stack.argv("exec", "-T", "-e", f"{name}={value}", chosen, *argv),
             output,
-            env=item.config.env,
+            env={**item.config.env, name: value},
             cwd=stack.directory,
             stdin=stdin,
         )
 
     async def stop(kill: list[str]) -> object:
-        return await stack.run(conn, "exec", "-T", chosen, *kill, timeout=STOP_TIMEOUT, check=False)
+        await stack.run(conn, "exec", "-T", chosen, *kill, timeout=STOP_TIMEOUT, check=False)
+        return await remote.run(conn, kill, timeout=STOP_TIMEOUT, check=False)
 
     # The engine leaves an exec's process running when its client dies: given up (timeout,
-    # client gone), what the command started in the container is killed there.
+    # client gone), what the command started in the container is killed there, then the
+    # engine's client on the host (podman's lingers a moment otherwise).
     return await stoppable(run, stop, what=f"exec in {sandbox_id}")

@@ -1,0 +1,84 @@
+"""sandboxer/extensions/ssh_exec_stop.py: a given-up exec runs its stop, and only then; the
+stop never hides why the exec ended. No host: ``run`` and ``stop`` are plain coroutines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sandboxer.extensions.ssh_exec_stop import MARKER_NAME, kill_argv, new_marker, stoppable
+
+
+class Recorder:
+    def __init__(self, *, stop_fails: bool = False) -> None:
+        self.markers: list[tuple[str, str]] = []
+        self.stops: list[list[str]] = []
+        self.stop_fails = stop_fails
+
+    async def stop(self, kill: list[str]) -> object:
+        self.stops.append(kill)
+        if self.stop_fails:
+            raise OSError("host gone")
+        return None
+
+
+async def test_a_command_that_ends_is_not_stopped() -> None:
+    seen = Recorder()
+
+    async def run(name: str, value: str) -> int:
+        seen.markers.append((name, value))
+        return 3
+
+    assert await stoppable(run, seen.stop, what="t") == 3
+    assert seen.stops == []
+    [(name, value)] = seen.markers
+    assert name == MARKER_NAME
+    assert len(value) == 32
+
+
+async def test_a_cancelled_command_is_stopped_by_its_own_marker() -> None:
+    seen = Recorder()
+    began = asyncio.Event()
+
+    async def run(name: str, value: str) -> int:
+        seen.markers.append((name, value))
+        began.set()
+        await asyncio.Event().wait()
+        return 0
+
+    task = asyncio.create_task(stoppable(run, seen.stop, what="t"))
+    await began.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen.stops == [kill_argv(*seen.markers[0])]
+    assert seen.stops[0][-1] == "=".join(seen.markers[0])
+
+
+async def test_a_timeout_around_it_still_reads_as_a_timeout() -> None:
+    seen = Recorder()
+
+    async def run(_name: str, _value: str) -> int:
+        await asyncio.sleep(60)
+        return 0
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await stoppable(run, seen.stop, what="t")
+    assert len(seen.stops) == 1
+
+
+async def test_a_failing_stop_does_not_hide_the_error() -> None:
+    seen = Recorder(stop_fails=True)
+
+    async def run(_name: str, _value: str) -> int:
+        raise ValueError("output sink failed")
+
+    with pytest.raises(ValueError, match="output sink failed"):
+        await stoppable(run, seen.stop, what="t")
+    assert len(seen.stops) == 1
+
+
+def test_two_execs_get_different_markers() -> None:
+    assert new_marker() != new_marker()
