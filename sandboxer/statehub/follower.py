@@ -290,9 +290,12 @@ class StateHubFollower:
             self._contexts.pop(event.sandbox_id, None)
 
     async def _read(self, filter_subject: str, before_seq: int) -> AsyncIterator[Any]:
+        """The readable events on ``filter_subject`` stored before ``before_seq``."""
+        # Read to the end (one aggregate: a handful of events), so the direct get's own
+        # subscription always ends with it.
         async for seq, data in read_subject(self._nc, filter_subject):
             if seq >= before_seq:
-                return
+                continue
             try:
                 yield decode_event(data)
             except (SandboxerError, msgspec.DecodeError, msgspec.ValidationError):
@@ -313,10 +316,11 @@ class StateHubFollower:
 
     async def _snapshot_source(self, snapshot_id: str) -> str | None:
         filter_subject = subjects.snapshot_events_filter(snapshot_id)
+        source = None
         async for event in self._read(filter_subject, before_seq=2**63):
             if isinstance(event, SnapshotRequested):
-                return event.sandbox_id
-        return None
+                source = event.sandbox_id
+        return source
 
     async def _deliver(self, body: dict[str, Any]) -> None:
         self._in_hand = body

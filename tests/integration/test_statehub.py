@@ -298,13 +298,15 @@ async def test_a_role_killed_mid_delivery_resumes_from_its_position_without_loss
     role = start_role(home, nats_server.url, hub, token_file)
     try:
         await hub_has(hub, client)
-        # The next POST is held by the hub; the role is killed while it waits for the answer.
+        # The next POST (a snapshot's created) is held by the hub; the role is killed while it
+        # waits for the answer, and what it remembered of the sandbox goes with it.
         hub.hold()
-        await client.destroy(first)
+        snapshot = await client.snapshot(first)
         assert await asyncio.to_thread(hub.arrived.wait, 30)
         role.send_signal(signal.SIGKILL)
         await asyncio.to_thread(role.wait, 10)
         hub.release()
+        await client.destroy(first)
         second = (await client.create())["sandbox_id"]
         await client.destroy(second)
 
@@ -333,6 +335,12 @@ async def test_a_role_killed_mid_delivery_resumes_from_its_position_without_loss
         await asyncio.to_thread(role.wait, 20)
     logged = await lifecycle_in_log(client)
     assert_in_order_at_least_once(hub, logged)
-    # The event in hand at the kill reached the hub twice, with the same id.
-    assert len(hub.ids()) > len(set(hub.ids()))
+    # The event in hand at the kill reached the hub twice, with the same id, and the restarted
+    # role read its sandbox's context back from the log.
+    repeated = [b for b in hub.stored if b["type"] == "snapshot_created"]
+    assert [b["event_id"] for b in repeated] == [repeated[0]["event_id"]] * 2
+    assert repeated[-1]["snapshot_id"] == snapshot["snapshot_id"]
+    assert (repeated[-1]["sandbox_id"], repeated[-1]["profile_id"]) == (first, "profile.local")
+    assert repeated[-1]["extension_id"] == "ext.local"
+    assert all(b["profile_id"] == "profile.local" for b in hub.stored)
     assert TOKEN not in (home / "statehub.log").read_text()
