@@ -14,6 +14,8 @@ def package_exceptions() -> set[type[BaseException]]:
     found: set[type[BaseException]] = set()
     for module_info in pkgutil.walk_packages(sandboxer.__path__, "sandboxer."):
         module = importlib.import_module(module_info.name)
+        if getattr(module, "STANDALONE_SCRIPT", False):
+            continue  # run as a script with the standard library alone: it cannot import errors
         for _name, value in inspect.getmembers(module, inspect.isclass):
             if issubclass(value, BaseException) and value.__module__.startswith("sandboxer"):
                 found.add(value)

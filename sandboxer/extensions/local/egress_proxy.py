@@ -185,6 +185,10 @@ async def read_client_hello(reader: asyncio.StreamReader) -> tuple[bytes, bytes]
 # -- HTTP ----------------------------------------------------------------------------------
 
 
+STANDALONE_SCRIPT = True
+"""Run by ``python -I`` outside the package: its exceptions stay out of sandboxer.errors."""
+
+
 class Refused(Exception):
     """A request the proxy answers with an error status, and why."""
 
