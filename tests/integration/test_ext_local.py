@@ -356,12 +356,19 @@ async def test_limits_become_warnings_when_cgroups_are_unavailable(
 
 
 async def test_unenforceable_profile_settings_are_reported(ext: LocalExtension) -> None:
-    prof = profile(network={"default": "allow"}, resources={"disk_mb": 100})
+    # The network policy is enforced (test_local_egress*.py): only what it leaves out is said,
+    # here a UDP name (the proxy carries HTTP and TLS) and a link-local address.
+    prof = profile(
+        network={"default": "deny", "egress": ["dns.example.org:53/udp", "169.254.169.254"]},
+        resources={"disk_mb": 100},
+    )
     ready = await up(ext, request(new_id(), prof))
-    assert [warning.split(":")[0] for warning in ready["warnings"]] == [
-        "network egress not provided",
+    assert [warning.split(": ")[0] for warning in ready["warnings"]] == [
         "disk limit not enforced",
+        "egress dns.example.org:53/udp not provided",
+        "egress 169.254.169.254 not provided",
     ]
+    assert ready["descriptor"]["network"] == "loopback only"  # nothing else was left
 
 
 async def test_setup_instructions_run_in_order_and_failures_name_the_step(

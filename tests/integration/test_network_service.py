@@ -2,9 +2,11 @@
 the stub): routing by what a backend enforces, a create narrowing the policy, a widening
 rejected on record, an adm widening, the policy in requested, ready and get (docs/network.md).
 
-The stub's declaration is overridden to claim ``network: domain`` (it enforces nothing: this
-test is about routing and the record, not about packets; test_hosted_network and
-test_compose_network check what backends are sent)."""
+The stub's declaration is overridden to claim ``network: cidr`` (it enforces nothing: this
+test is about routing and the record, not about packets): a backend that lacks ``domain``,
+first in the route, so a policy with names passes it over for ext.local and one without
+lands on it. test_local_egress_service, test_hosted_network and test_compose_network check
+what is enforced and what backends are sent."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ PROFILE = """\
 id: profile.pypi
 route:
   strategy: explicit
-  candidates: [ext.local, ext.saas-stub]
+  candidates: [ext.saas-stub, ext.local]
 network:
   default: deny
   egress: ["*.pypi.org:443", "10.0.0.0/8"]
@@ -42,7 +44,7 @@ def write_home(home: Path) -> None:
     (home / "profiles").mkdir(parents=True, exist_ok=True)
     (home / "profiles" / "profile.pypi.yaml").write_text(PROFILE)
     decl = yaml.safe_load((packaged_dir("extensions") / "ext.saas-stub.yaml").read_text())
-    decl["capabilities"]["network"] = "domain"
+    decl["capabilities"]["network"] = "cidr"
     decl["pricing"] = {"per_second": 0.0, "per_create": 0.0}
     (home / "extensions").mkdir(parents=True, exist_ok=True)
     (home / "extensions" / "ext.saas-stub.yaml").write_text(yaml.safe_dump(decl))
@@ -89,39 +91,40 @@ async def test_the_policy_routes_narrows_and_is_on_record(nats_server: Any, home
     service = await start_service(home, nats_server.url, ROLES)
     client = service.client
     try:
-        # The profile's policy needs names: ext.local (all-or-nothing) is left out, and says why.
+        # The profile's policy needs names: the stub (cidr) is left out, and says why.
         explained = await client.route_explain("profile.pypi")
         why = {c["extension"]: c.get("why_not") for c in explained["decision"]["candidates"]}
-        assert why["ext.local"] == (
+        assert why["ext.saas-stub"] == (
             "cannot enforce the network policy (deny; egress *.pypi.org:443, 10.0.0.0/8): it "
-            "needs a domain allowlist (network: domain) and the backend enforces network: "
-            "all-or-nothing"
+            "needs a domain allowlist (network: domain) and the backend enforces network: cidr"
         )
-        assert explained["decision"]["chosen"] == "ext.saas-stub"
+        assert why["ext.local"] is None
+        assert explained["decision"]["chosen"] == "ext.local"
 
         await create(client, "netprofile01", AGENT)
         events = await events_of(client, "netprofile01")
         policy = {"default": "deny", "egress": ["*.pypi.org:443", "10.0.0.0/8"]}
         assert events["requested"]["network"] == policy
         assert events["ready"]["network"] == policy
-        assert events["routed"]["extension"] == "ext.saas-stub"
-        assert "ext.local cannot enforce the network policy" in events["routed"]["reason"]
+        assert events["routed"]["extension"] == "ext.local"
+        assert "ext.saas-stub cannot enforce the network policy" in events["routed"]["reason"]
         assert (await viewed(client, "netprofile01"))["network"] == policy
 
-        # Narrowed to no network at all: ext.local can hold that, and is first.
+        # Narrowed to no network at all: the stub can hold that, and is first.
         await create(client, "netnarrow001", AGENT, {"default": "deny"})
         events = await events_of(client, "netnarrow001")
         assert events["requested"]["network"] == {"default": "deny", "egress": []}
-        assert events["routed"]["extension"] == "ext.local"
+        assert events["routed"]["extension"] == "ext.saas-stub"
         assert (await viewed(client, "netnarrow001"))["network"] == {
             "default": "deny",
             "egress": [],
         }
 
-        # Narrowed within the names, in the object form: still names, still the stub.
+        # Narrowed within the names, in the object form: still names, still ext.local.
         asked = {"egress": [{"to": "files.pypi.org", "ports": [443], "protocol": "tcp"}]}
         await create(client, "netnarrow002", AGENT, asked)
         events = await events_of(client, "netnarrow002")
+        assert events["routed"]["extension"] == "ext.local"
         assert events["ready"]["network"] == {
             "default": "deny",
             "egress": ["files.pypi.org:443/tcp"],
@@ -137,11 +140,11 @@ async def test_the_policy_routes_narrows_and_is_on_record(nats_server: Any, home
         )
         assert await client.get("netwiden0001") is None
 
-        # An adm actor may widen: default allow needs nothing, so ext.local takes it.
+        # An adm actor may widen: default allow needs nothing, so the stub takes it.
         await create(client, "netadmin0001", ADMIN, {"default": "allow"})
         events = await events_of(client, "netadmin0001")
         assert events["requested"]["network"] == {"default": "allow", "egress": []}
-        assert events["routed"]["extension"] == "ext.local"
+        assert events["routed"]["extension"] == "ext.saas-stub"
 
         # A bad entry is refused with the entry and the fix.
         with pytest.raises(CommandFailed) as bad:
@@ -168,12 +171,12 @@ async def test_the_cli_and_the_http_api_carry_a_narrowing(
     key, _ = await create_key(admin, project="default", key_type="agt", max_live=10)
     cli = Cli(cli_env)
     try:
-        # The CLI: --network deny narrows to no network at all; ext.local takes it.
+        # The CLI: --network deny narrows to no network at all; the stub takes it.
         made = await cli(
             "create", "-p", "profile.pypi", "--id", "netcli000001", "--network", "deny"
         )
         assert "network      deny (no egress)" in made.stdout
-        assert "extension    ext.local" in made.stdout
+        assert "extension    ext.saas-stub" in made.stdout
         shown = await cli("get", "netcli000001")
         assert "network      deny (no egress)" in shown.stdout
         # The CLI acts as an adm actor (docs/security.md): it may widen the profile's policy.
@@ -181,7 +184,7 @@ async def test_the_cli_and_the_http_api_carry_a_narrowing(
             "create", "-p", "profile.pypi", "--id", "netcli000002", "--egress", "pypi.org:443"
         )
         assert "network      deny; egress pypi.org:443" in wider.stdout
-        assert "extension    ext.saas-stub" in wider.stdout
+        assert "extension    ext.local" in wider.stdout
         typo = await cli("create", "-p", "profile.pypi", "--egress", "10.1.1.1/8", check=False)
         assert typo.returncode == 2  # told before anything is sent
         assert "the network is 10.0.0.0/8" in typo.stderr
@@ -221,7 +224,7 @@ async def test_the_cli_and_the_http_api_carry_a_narrowing(
             )
             assert (made_bus.network, made_bus.extension) == (
                 {"default": "deny", "egress": []},
-                "ext.local",
+                "ext.saas-stub",
             )
             with pytest.raises(CommandFailed, match="default: allow is wider"):
                 await over_bus.create("profile.pypi", network={"default": "allow"})

@@ -25,6 +25,16 @@ from tests.integration.test_pause import events_of
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROLES = ["control", "projector", "ext.local", "ext.saas-stub"]
+# profile.burst-sandbox's route with a policy the stub may take: the packaged profile denies
+# egress, so routing never spills it to the stub (which enforces nothing, docs/network.md).
+BURST = """\
+id: profile.burst-stub
+route:
+  strategy: prefer-self-hosted
+  candidates: [ext.local, ext.saas-stub, ext.e2b]
+network: {default: allow}
+ttl: {default: 30m, max: 4h}
+"""
 STUB_FIRST = """\
 id: profile.stub-first
 route:
@@ -72,11 +82,13 @@ async def test_a_burst_fills_local_capacity_spills_to_hosted_and_comes_back(
 ) -> None:
     lower_local_capacity(home, 2)
     free_stub(home, max_live=10)
+    (home / "profiles").mkdir(parents=True, exist_ok=True)
+    (home / "profiles" / "profile.burst-stub.yaml").write_text(BURST)
     service = await start_service(home, nats_server.url, ROLES)
     try:
         client = service.client
         burst = await asyncio.gather(
-            *(client.create("profile.burst-sandbox", ttl="10m") for _ in range(5))
+            *(client.create("profile.burst-stub", ttl="10m") for _ in range(5))
         )
         ids = [ready["sandbox_id"] for ready in burst]
         where = {sid: (await client.get(sid) or {})["extension"] for sid in ids}
@@ -95,7 +107,7 @@ async def test_a_burst_fills_local_capacity_spills_to_hosted_and_comes_back(
 
         await client.destroy(on_local[0])  # room for one again
         await signals_until(client, lambda s: s["live"].get("ext.local") == 1)
-        back = await client.create("profile.burst-sandbox", ttl="10m")
+        back = await client.create("profile.burst-stub", ttl="10m")
         assert (await client.get(back["sandbox_id"]) or {})["extension"] == "ext.local"
 
         signals = await signals_until(client, lambda s: "ext.saas-stub" in s["latency_p50"])

@@ -95,7 +95,7 @@ def test_packaged_declarations_state_what_each_backend_enforces() -> None:
     catalog = Catalog.load(packaged_dir("profiles").parent)
     levels = {ext_id: d.capabilities.network for ext_id, d in catalog.extensions.items()}
     assert levels == {
-        "ext.local": "all-or-nothing",  # the allowlist is being built (docs/network.md)
+        "ext.local": "domain",
         "ext.compose-ssh": "all-or-nothing",
         "ext.vm-packer": "none",
         "ext.e2b": "domain",

@@ -57,6 +57,8 @@ __all__ = ["LocalExtension"]
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 10.0
+EGRESS_HOSTS_FILE = "egress-hosts"
+"""``/etc/hosts`` lines under ``$SANDBOXER_HOME``: names the proxies resolve before DNS."""
 SETUP_OUTPUT_LINES = 20
 
 
@@ -91,8 +93,10 @@ class LocalExtension:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalExtension:
-        """How the worker builds it: sandboxes live under ``$SANDBOXER_HOME/local``."""
-        return cls(settings.local_root)
+        """How the worker builds it: sandboxes live under ``$SANDBOXER_HOME/local``; the
+        proxies resolve names in ``$SANDBOXER_HOME/egress-hosts`` first when it exists."""
+        hosts = settings.home / EGRESS_HOSTS_FILE
+        return cls(settings.local_root, egress_hosts_file=hosts if hosts.is_file() else None)
 
     # -- the Extension protocol ------------------------------------------------------------
 
@@ -113,7 +117,7 @@ class LocalExtension:
             sandbox_id=request.sandbox_id,
             created_at=datetime.now(UTC).isoformat(),
             workspace=str(layout.workspace),
-            warnings=[*profile_warnings(profile, allowed), *egress_warnings],
+            warnings=[*profile_warnings(profile), *egress_warnings],
         )
         workspace.write_state(layout, state)
         network: egress.EgressState | None = None
@@ -436,6 +440,8 @@ class LocalExtension:
 def _network_summary(network: egress.EgressState | None) -> str:
     if network is None:
         return "loopback only"
+    if network.allow_all:
+        return f"everything but this host (address {network.address})"
     via = f", names through the proxy at {network.gateway}" if network.env else ""
     return f"egress allowlist (address {network.address}{via})"
 

@@ -69,6 +69,8 @@ class EgressState:
     proxy_start_time: int | None = None
     env: dict[str, str] | None = None
     """Variables every command in the sandbox gets (the proxy's address)."""
+    allow_all: bool = False
+    """The policy is ``default: allow``: everything but this host is reachable."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> EgressState | None:
@@ -141,6 +143,7 @@ async def setup(
             host_interface=net.host_interface,
             gateway=str(net.gateway),
             address=str(net.address),
+            allow_all=egress.allow_all,
         )
         if not proxy:
             return state

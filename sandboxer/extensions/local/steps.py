@@ -9,22 +9,19 @@ from __future__ import annotations
 from sandboxer.config.network_policy import NetworkPolicy
 from sandboxer.config.profile import Profile
 from sandboxer.extensions.base import ProvisionRequest
-from sandboxer.extensions.local.egress_policy import DENY, AddressRule, DomainRule, LocalEgress
+from sandboxer.extensions.local.egress_policy import AddressRule, DomainRule, LocalEgress
 
 __all__ = ["compile_policy", "local_egress_for", "profile_warnings"]
 
 
 def local_egress_for(request: ProvisionRequest) -> LocalEgress:
-    """What the sandbox may reach besides its loopback: today always nothing.
+    """What the sandbox may reach besides its loopback: the policy in force, compiled.
 
-    The enforcement (namespace, veth, nftables, name-filtering proxy) is in
-    :mod:`.egress`, and :func:`compile_policy` turns the policy in force
-    (``request.profile.network.policy()``) into its input. Switching it on is
-    this one line plus ext.local's declaration (``network: domain``); until
-    then a profile asking for egress gets loopback only and the warning below.
+    The extension worker hands over the profile with the policy ``requested``
+    recorded (a create's narrowing included), so ``request.profile.network``
+    is the policy in force, never a later edit of the profile.
     """
-    del request
-    return DENY
+    return compile_policy(request.profile.network.policy())
 
 
 def compile_policy(policy: NetworkPolicy) -> LocalEgress:
@@ -59,14 +56,13 @@ def compile_policy(policy: NetworkPolicy) -> LocalEgress:
     return LocalEgress(addresses=tuple(addresses), domains=tuple(domains), warnings=tuple(warnings))
 
 
-def profile_warnings(profile: Profile, egress: LocalEgress = DENY) -> list[str]:
-    """Settings ext.local cannot honour: it always errs on the restrictive side."""
+def profile_warnings(profile: Profile) -> list[str]:
+    """Settings ext.local cannot honour: it always errs on the restrictive side.
+
+    What the network policy asks and ext.local leaves out is said by
+    :func:`compile_policy` (and, without root, by the backend).
+    """
     warnings = []
-    if egress.denies_all and (profile.network.default == "allow" or profile.network.egress):
-        warnings.append(
-            "network egress not provided: ext.local sandboxes have loopback only; "
-            "use a backend with an egress allowlist for network access"
-        )
     if profile.resources.disk_mb is not None:
         warnings.append(
             "disk limit not enforced: ext.local does not cap the workspace size "
