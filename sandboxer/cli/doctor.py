@@ -11,9 +11,10 @@ from pathlib import Path
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.errors import SandboxerError
-from sandboxer.extensions.local import cgroups
+from sandboxer.extensions.local import cgroups, egress_slots
+from sandboxer.extensions.local.holder import HOST_ENV
 
-__all__ = ["Check", "cgroups_check", "run_checks"]
+__all__ = ["Check", "cgroups_check", "egress_checks", "run_checks"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,78 @@ def cgroups_check(base: Path = cgroups.CGROUP_BASE) -> Check:
     return Check("cgroups", True, "memory, pids and cpu controllers are writable (v1)")
 
 
+def egress_checks(
+    *,
+    euid: int | None = None,
+    run_dir: Path = egress_slots.SLOTS_DIR.parent,
+    search_path: str = HOST_ENV["PATH"],
+) -> list[Check]:
+    """What ext.local needs to enforce an egress allowlist (docs/ext-local.md#network).
+
+    Without any of it a sandbox whose policy allows something gets loopback
+    only (and a warning in its ready event): safe, but not what was asked.
+    """
+    euid = os.geteuid() if euid is None else euid
+    lost = "sandboxes whose policy allows egress get loopback only"
+    checks = []
+    for name, package in (("nft", "nftables"), ("ip", "iproute2")):
+        # Looked up where ext.local runs them (its tools' PATH includes /usr/sbin).
+        path = shutil.which(name, path=search_path)
+        checks.append(
+            Check(f"egress: {name}", True, path)
+            if path
+            else Check(
+                f"egress: {name}", False, f"not found: {lost}", f"apt-get install -y {package}"
+            )
+        )
+    if euid == 0:
+        checks.append(Check("egress: root", True, "running as root"))
+    else:
+        checks.append(
+            Check(
+                "egress: root",
+                False,
+                f"running as uid {euid}: {lost}",
+                "run the ext.local worker as root (sudo sandboxer worker ext.local, or sudo "
+                "sandboxer up)",
+            )
+        )
+    nft = shutil.which("nft", path=search_path)
+    if euid == 0 and nft:
+        checks.append(_nft_works(nft, lost))
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        checks.append(Check("egress: run directory", True, f"{run_dir} is writable"))
+    else:
+        checks.append(
+            Check(
+                "egress: run directory",
+                False,
+                f"{existing} is not writable (link slots go to {egress_slots.SLOTS_DIR}): {lost}",
+                f"run as root, or create {run_dir} writable by the worker's user",
+            )
+        )
+    return checks
+
+
+def _nft_works(nft: str, lost: str) -> Check:
+    """``nft list tables`` only reads: it fails where the kernel has no nf_tables."""
+    try:
+        result = subprocess.run(
+            [nft, "list", "tables"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("egress: nftables", False, f"{nft} list tables: {exc}: {lost}")
+    if result.returncode == 0:
+        return Check("egress: nftables", True, "the kernel's nf_tables answers")
+    return Check(
+        "egress: nftables",
+        False,
+        f"{nft} list tables failed: {result.stderr.strip()[-300:]}: {lost}",
+        "modprobe nf_tables (the kernel needs nftables support)",
+    )
+
+
 def _data_dir(settings: Settings) -> Check:
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
@@ -165,6 +238,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _tool("nsenter", "util-linux"),
         _bwrap_works(),
         cgroups_check(),
+        *egress_checks(),
         _data_dir(settings),
         _catalog(settings),
         _hosts(settings),
