@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 import typer
 
 from sandboxer.cli.common import JsonOpt, run, with_client
-from sandboxer.cli.output import print_json, print_table
+from sandboxer.cli.consumer_options import CONSUMER_PARTS
+from sandboxer.cli.output import print_json, print_table, say
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.account_decide import format_credits
 
@@ -129,24 +130,47 @@ def usage(
     until: Annotated[
         str | None, typer.Option("--until", help="before this UTC date or time")
     ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by", help="group by a part of the sandboxes' consumer: harness, session, run, job"
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Spend by project, profile and backend over a period, from the metered sandboxes."""
+    """Spend by project, profile and backend over a period, from the metered sandboxes (with
+    --by, by the sandboxes' consumer instead)."""
+    group = None if by is None else CONSUMER_PARTS.get(by, by)
+    if group is not None and group not in CONSUMER_PARTS.values():
+        say(f"error: --by {by}: use one of {', '.join(CONSUMER_PARTS)}")
+        raise typer.Exit(2)
 
     async def work(client: SandboxerClient) -> dict[str, Any]:
-        return await client.usage(project=project, since=since, until=until)
+        return await client.usage(project=project, since=since, until=until, by=group)
 
     report = run(with_client(work))
     if as_json:
         print_json(report)
         return
-    print_table(
-        [
-            [r["project"], r["profile"], r["extension"], r["sandboxes"], r["seconds"], r["amount"]]
-            for r in report["summary"]
-        ],
-        ["PROJECT", "PROFILE", "BACKEND", "SANDBOXES", "SECONDS", "CREDITS"],
-    )
+    if group is not None:
+        print_table(
+            [
+                [r[group] or "-", r["sandboxes"], r["seconds"], r["amount"]]
+                for r in report["summary"]
+            ],
+            [group.upper(), "SANDBOXES", "SECONDS", "CREDITS"],
+        )
+    else:
+        print_table(
+            [
+                [
+                    r[k]
+                    for k in ("project", "profile", "extension", "sandboxes", "seconds", "amount")
+                ]
+                for r in report["summary"]
+            ],
+            ["PROJECT", "PROFILE", "BACKEND", "SANDBOXES", "SECONDS", "CREDITS"],
+        )
     total = report["total"]
     typer.echo(
         f"total: {total['sandboxes']} sandboxes, {total['seconds']} s, "

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from sandboxer.cli.common import JsonOpt, load_settings, run, with_client
+from sandboxer.cli.consumer_options import consumer_filter
 from sandboxer.cli.output import Progress, print_json, print_table, say
 from sandboxer.cli.uploads import plan_uploads, upload_directory_inputs
 from sandboxer.client import SandboxerClient
@@ -218,10 +219,28 @@ def get(sandbox_id: str, as_json: JsonOpt = False) -> None:
 def list_sandboxes(
     status: Annotated[str | None, typer.Option(help="only this status")] = None,
     all_: Annotated[bool, typer.Option("--all", help="include destroyed sandboxes")] = False,
+    harness: Annotated[str | None, typer.Option(help="only this consumer harness")] = None,
+    session: Annotated[str | None, typer.Option(help="only this consumer session id")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="only this consumer run id")] = None,
+    job: Annotated[str | None, typer.Option(help="only this consumer job id")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="only sandboxes with this consumer label (k=v)")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List sandboxes (destroyed ones only with --all)."""
-    sandboxes = run(with_client(lambda c: c.list_sandboxes(status=status, include_destroyed=all_)))
+    """List sandboxes (destroyed ones only with --all), filtered by status and consumer."""
+    try:
+        consumer = consumer_filter(
+            harness=harness, session=session, run=run_id, job=job, labels=label or []
+        )
+    except ValueError as exc:
+        say(f"error: {exc}")
+        raise typer.Exit(2) from None
+    sandboxes = run(
+        with_client(
+            lambda c: c.list_sandboxes(status=status, include_destroyed=all_, consumer=consumer)
+        )
+    )
     if as_json:
         print_json(sandboxes)
         return

@@ -177,6 +177,7 @@ class Sandboxer:
         host: str | None = ...,
         project: str | None = ...,
         network: Mapping[str, Any] | None = ...,
+        consumer: Mapping[str, Any] | None = ...,
         wait: Literal[True] = ...,
         timeout: float = ...,
     ) -> Sandbox: ...
@@ -193,6 +194,7 @@ class Sandboxer:
         host: str | None = ...,
         project: str | None = ...,
         network: Mapping[str, Any] | None = ...,
+        consumer: Mapping[str, Any] | None = ...,
         wait: Literal[False],
         timeout: float = ...,
     ) -> Accepted: ...
@@ -208,6 +210,7 @@ class Sandboxer:
         host: str | None = None,
         project: str | None = None,
         network: Mapping[str, Any] | None = None,
+        consumer: Mapping[str, Any] | None = None,
         wait: bool = True,
         timeout: float = 300.0,
     ) -> Sandbox | Accepted:
@@ -219,7 +222,9 @@ class Sandboxer:
         actor's or the key's); the same ``command_id`` twice is one command and one sandbox.
         ``network`` (``{"default": "deny", "egress": ["pypi.org:443"]}``) narrows the
         profile's network policy; a widening is rejected unless the actor is ``adm``
-        (docs/network.md).
+        (docs/network.md). ``consumer`` (``{"harness", "session_id", "run_id", "job_id",
+        "labels"}``, each optional) says who the sandbox is for; ``list_sandboxes`` and
+        ``usage`` filter and group by it (docs/protocol.md#consumer-attribution).
         """
         if sandbox_id is not None:
             _check_id(sandbox_id)
@@ -234,6 +239,7 @@ class Sandboxer:
             wait=wait,
             timeout=timeout,
             network=network,
+            consumer=consumer,
         )
         return Sandbox.from_row(row) if wait else Accepted.from_row(row)
 
@@ -245,11 +251,21 @@ class Sandboxer:
         return None if row is None else Sandbox.from_row(row)
 
     async def list_sandboxes(
-        self, *, status: str | None = None, include_destroyed: bool = False, limit: int = 1000
+        self,
+        *,
+        status: str | None = None,
+        include_destroyed: bool = False,
+        limit: int = 1000,
+        consumer: Mapping[str, Any] | None = None,
     ) -> list[Sandbox]:
-        """Sandboxes, oldest first (destroyed ones with ``include_destroyed``)."""
+        """Sandboxes, oldest first (destroyed ones with ``include_destroyed``); ``consumer``
+        (``{"harness": "agents", "labels": {"team": "core"}}``) keeps those whose consumer has
+        every part it names."""
         rows = await self._transport.list_sandboxes(
-            status=status, include_destroyed=include_destroyed, limit=limit
+            status=status,
+            include_destroyed=include_destroyed,
+            limit=limit,
+            consumer=dict(consumer or {}),
         )
         return [Sandbox.from_row(row) for row in rows]
 
@@ -511,10 +527,14 @@ class Sandboxer:
         since: str | None = None,
         until: str | None = None,
         limit: int = 1000,
+        by: str | None = None,
     ) -> Usage:
         """Metered sandboxes and spend by project, profile and backend (``since`` and
-        ``until``: a date or a UTC time)."""
-        reply = await self._transport.usage(project=project, since=since, until=until, limit=limit)
+        ``until``: a date or a UTC time); with ``by`` (``harness``, ``session_id``, ``run_id``,
+        ``job_id``) the summary is spend by that part of the sandboxes' consumer."""
+        reply = await self._transport.usage(
+            project=project, since=since, until=until, limit=limit, by=by
+        )
         return Usage.from_reply(reply)
 
     async def route_explain(self, profile: str, ttl: str | None = None) -> RouteExplanation:

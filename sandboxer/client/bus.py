@@ -185,6 +185,7 @@ class SandboxerClient:
         include_destroyed: bool = False,
         due_before: str | None = None,
         limit: int = 1000,
+        consumer: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Sandboxes of the view, oldest first (``status`` filters; destroyed ones only with
         ``include_destroyed``); ``due_before`` (a UTC time like events carry) keeps those
@@ -198,6 +199,8 @@ class SandboxerClient:
             request["status"] = status
         if due_before is not None:
             request["due_before"] = due_before
+        # harness, session_id, run_id, job_id, labels (docs/protocol.md#consumer-attribution)
+        request |= {k: v for k, v in (consumer or {}).items() if v}
         sandboxes: list[dict[str, Any]] = (await self.query(subjects.QUERY_LIST, request))[
             "sandboxes"
         ]
@@ -364,6 +367,7 @@ class SandboxerClient:
         host: str | None = None,
         ttl: str | None = None,
         network: Mapping[str, Any] | None = None,
+        consumer: Mapping[str, Any] | None = None,
         wait: bool = True,
         on_event: EventCallback | None = None,
         timeout: float = 300.0,
@@ -399,6 +403,8 @@ class SandboxerClient:
             command["ttl"] = ttl
         if network is not None:  # likewise
             command["network"] = dict(network)
+        if consumer is not None:  # likewise (docs/protocol.md#consumer-attribution)
+            command["consumer"] = dict(consumer)
         target = sandbox_id or derive_sandbox_id(command_id)
         return await self._run("create", command, target, {"ready"}, wait, on_event, timeout)
 

@@ -108,6 +108,7 @@ class BusTransport:
         wait: bool,
         timeout: float,
         network: Mapping[str, Any] | None = None,
+        consumer: Mapping[str, Any] | None = None,
     ) -> Row:
         client = self._for_project(project)
         command_id = command_id or new_command_id()
@@ -120,6 +121,7 @@ class BusTransport:
                 host=host,
                 ttl=ttl,
                 network=network,
+                consumer=consumer,
                 wait=wait,
                 timeout=timeout,
             )
@@ -133,10 +135,15 @@ class BusTransport:
         return await self.client.get(sandbox_id)
 
     async def list_sandboxes(
-        self, *, status: str | None, include_destroyed: bool, limit: int
+        self,
+        *,
+        status: str | None,
+        include_destroyed: bool,
+        limit: int,
+        consumer: Mapping[str, Any] | None = None,
     ) -> list[Row]:
         return await self.client.list_sandboxes(
-            status=status, include_destroyed=include_destroyed, limit=limit
+            status=status, include_destroyed=include_destroyed, limit=limit, consumer=consumer
         )
 
     async def destroy(
@@ -284,9 +291,17 @@ class BusTransport:
         return await self.client.credits(project)
 
     async def usage(
-        self, *, project: str | None, since: str | None, until: str | None, limit: int
+        self,
+        *,
+        project: str | None,
+        since: str | None,
+        until: str | None,
+        limit: int,
+        by: str | None = None,
     ) -> Row:
-        return await self.client.usage(project=project, since=since, until=until, limit=limit)
+        return await self.client.usage(
+            project=project, since=since, until=until, limit=limit, by=by
+        )
 
     async def route_explain(self, profile: str, ttl: str | None) -> Row:
         return await self.client.route_explain(profile, ttl)

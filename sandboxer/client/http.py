@@ -204,6 +204,7 @@ class HttpTransport:
         wait: bool,
         timeout: float,
         network: Mapping[str, Any] | None = None,
+        consumer: Mapping[str, Any] | None = None,
     ) -> Row:
         body: dict[str, Any] = {"profile": profile, "inputs": dict(inputs)}
         optional = {
@@ -212,6 +213,7 @@ class HttpTransport:
             "ttl": ttl,
             "project": project,
             "network": None if network is None else dict(network),
+            "consumer": None if consumer is None else dict(consumer),
         }
         body |= {k: v for k, v in optional.items() if v is not None}
         response, command_id, deadline = await self._command(
@@ -229,11 +231,21 @@ class HttpTransport:
         return row if isinstance(row, dict) else None
 
     async def list_sandboxes(
-        self, *, status: str | None, include_destroyed: bool, limit: int
+        self,
+        *,
+        status: str | None,
+        include_destroyed: bool,
+        limit: int,
+        consumer: Mapping[str, Any] | None = None,
     ) -> list[Row]:
         params: dict[str, Any] = {"include_destroyed": include_destroyed, "limit": limit}
         if status is not None:
             params["status"] = status
+        wanted = dict(consumer or {})
+        params |= {k: v for k, v in wanted.items() if k != "labels" and v is not None}
+        labels = wanted.get("labels") or {}
+        if labels:  # repeated: ?label=team=core&label=tier=gold
+            params["label"] = [f"{key}={value}" for key, value in labels.items()]
         return _list(await self._call("GET", "/v1/sandboxes", params=params), "sandboxes")
 
     async def destroy(
@@ -519,9 +531,15 @@ class HttpTransport:
             return []
 
     async def usage(
-        self, *, project: str | None, since: str | None, until: str | None, limit: int
+        self,
+        *,
+        project: str | None,
+        since: str | None,
+        until: str | None,
+        limit: int,
+        by: str | None = None,
     ) -> Row:
-        window = {"project": project, "since": since, "until": until, "limit": limit}
+        window = {"project": project, "since": since, "until": until, "limit": limit, "by": by}
         params = {k: v for k, v in window.items() if v is not None}
         return _dict(await self._call("GET", "/v1/usage", params=params))
 

@@ -82,6 +82,9 @@ class Sandbox(msgspec.Struct, frozen=True, kw_only=True):
     restored_from: str | None = None
     network: dict[str, Any] | None = None
     """The network policy in force, ``{"default", "egress"}`` (docs/network.md)."""
+    consumer: dict[str, Any] | None = None
+    """Who the sandbox is for: ``harness``, ``session_id``, ``run_id``, ``job_id``, ``labels``
+    (docs/protocol.md#consumer-attribution); None when its create named none."""
     raw: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @property
@@ -112,6 +115,7 @@ class Sandbox(msgspec.Struct, frozen=True, kw_only=True):
             reachability=_dict(row, "reachability"),
             restored_from=_str(row, "restored_from"),
             network=_dict(row, "network"),
+            consumer=_dict(row, "consumer"),
             raw=dict(row),
         )
 

@@ -48,6 +48,7 @@ class Transport(Protocol):
         wait: bool,
         timeout: float,
         network: Mapping[str, Any] | None = None,
+        consumer: Mapping[str, Any] | None = None,
     ) -> Row:
         """The sandbox's row once ready (with ``wait``), else the accepted ids."""
         ...
@@ -55,8 +56,15 @@ class Transport(Protocol):
     async def get(self, sandbox_id: str) -> Row | None: ...
 
     async def list_sandboxes(
-        self, *, status: str | None, include_destroyed: bool, limit: int
-    ) -> list[Row]: ...
+        self,
+        *,
+        status: str | None,
+        include_destroyed: bool,
+        limit: int,
+        consumer: Mapping[str, Any] | None = None,
+    ) -> list[Row]:
+        """``consumer``: harness, session_id, run_id, job_id and labels to filter by."""
+        ...
 
     async def destroy(
         self, sandbox_id: str, *, command_id: str | None, wait: bool, timeout: float
@@ -131,7 +139,13 @@ class Transport(Protocol):
     async def credits(self, project: str | None) -> list[Row]: ...
 
     async def usage(
-        self, *, project: str | None, since: str | None, until: str | None, limit: int
+        self,
+        *,
+        project: str | None,
+        since: str | None,
+        until: str | None,
+        limit: int,
+        by: str | None = None,
     ) -> Row: ...
 
     async def route_explain(self, profile: str, ttl: str | None) -> Row: ...

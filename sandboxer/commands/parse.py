@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from sandboxer.commands.consumer_rules import consumer_refusal
 from sandboxer.commands.types import (
     COMMAND_TYPES,
     AddCredits,
@@ -150,6 +151,10 @@ def parse_command(subject: str, data: bytes) -> Command:
 
 def _check_fields(command: Command, invalid: Callable[[str, str], InvalidCommand]) -> None:
     """Checks a field's type cannot express: names, lengths, durations."""
+    if isinstance(command, RestoreSnapshot | CreateSandbox) and command.consumer is not None:
+        unfit = consumer_refusal(command.consumer)
+        if unfit is not None:
+            raise invalid("invalid_consumer", unfit)
     if isinstance(command, RestoreSnapshot):
         _check_inputs(command, invalid)
     if isinstance(command, CreateSandbox):

@@ -12,13 +12,14 @@ from typing import Literal
 import msgspec
 
 from sandboxer.config.network_policy import NetworkPolicy, parse_policy
-from sandboxer.events.types import Actor
+from sandboxer.events.types import Actor, ConsumerRecord
 from sandboxer.ids import derive_sandbox_id
 
 __all__ = [
     "COMMAND_TYPES",
     "AddCredits",
     "Command",
+    "ConsumerAsk",
     "CreateKey",
     "CreateSandbox",
     "DeleteSnapshot",
@@ -38,6 +39,7 @@ __all__ = [
     "SnapshotSandbox",
     "TouchSandbox",
     "asked_policy",
+    "consumer_record",
     "target_sandbox",
 ]
 
@@ -68,6 +70,16 @@ class NetworkAsk(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Entries as compact strings (``pypi.org:443``, ``10.1.2.0/24``) or objects."""
 
 
+class ConsumerAsk(ConsumerRecord, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Who a create or restore is for (docs/protocol.md#consumer-attribution): checked strictly
+    here, recorded as a :class:`~sandboxer.events.types.ConsumerRecord` in ``requested``."""
+
+
+def consumer_record(ask: ConsumerRecord | None) -> ConsumerRecord | None:
+    """The record a command's consumer becomes (an event's type, not the strict command's)."""
+    return None if ask is None else msgspec.convert(msgspec.to_builtins(ask), ConsumerRecord)
+
+
 def asked_policy(ask: NetworkAsk) -> NetworkPolicy:
     """The policy a create's ``network`` asks for; InvalidNetworkPolicy names the entry at fault."""
     return parse_policy(msgspec.to_builtins(ask), "network")
@@ -88,6 +100,9 @@ class CreateSandbox(_CommandBase, frozen=True, kw_only=True):
     network: NetworkAsk | None = None
     """A narrower network policy than the profile's (docs/network.md#narrowing); left out:
     the profile's."""
+    consumer: ConsumerAsk | None = None
+    """Who the sandbox is for: harness, session, run, job and labels
+    (docs/protocol.md#consumer-attribution)."""
 
 
 class DestroySandbox(_CommandBase, frozen=True, kw_only=True):
@@ -164,6 +179,8 @@ class RestoreSnapshot(_CommandBase, frozen=True, kw_only=True):
     inputs: dict[str, str] = {}
     """The profile's other inputs (e.g. the VM a vm-packer profile attaches to); its directory
     input is the snapshot's and may not be given here."""
+    consumer: ConsumerAsk | None = None
+    """As in a create: who the restored sandbox is for."""
 
 
 class RerouteSandbox(_CommandBase, frozen=True, kw_only=True):

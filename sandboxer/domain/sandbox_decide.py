@@ -21,6 +21,7 @@ from sandboxer.commands.types import (
     RecreateSandbox,
     ResumeSandbox,
     TouchSandbox,
+    consumer_record,
 )
 from sandboxer.domain.sandbox_lifetime import decide_expire, decide_extend, decide_touch
 from sandboxer.domain.sandbox_pause import (
@@ -45,6 +46,7 @@ from sandboxer.events.types import (
     SandboxRerouting,
     SandboxRouted,
     SandboxTeardownFailed,
+    SetupRecord,
 )
 
 __all__ = [
@@ -99,6 +101,8 @@ class MarkReady:
     job_id: str
     reachability: dict[str, Any]
     warnings: list[str]
+    setup: list[SetupRecord] = field(default_factory=list)
+    """The profile's setup commands as they ran (redacted output tails)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,6 +241,7 @@ def _decide_ready(state: SandboxState, command: MarkReady, now: str) -> list[San
             warnings=command.warnings,
             generation=state.generation,
             network=state.network,
+            setup=command.setup,
         )
     ]
 
@@ -349,6 +354,7 @@ def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> l
             restored_from=admitted.restored_from,
             max_pause_seconds=admitted.max_pause_seconds,
             network=admitted.network,
+            consumer=consumer_record(command.consumer),
         ),
         _routed(admitted, now),
     ]

@@ -42,6 +42,7 @@ from sandboxer.domain.timestamps import shift
 from sandboxer.domain.usage import billing_step
 from sandboxer.events.types import (
     Actor,
+    ConsumerRecord,
     NetworkRecord,
     SandboxActive,
     SandboxDestroyed,
@@ -172,6 +173,8 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     network: NetworkRecord | None = None
     """The network policy in force (docs/network.md), as ``requested`` recorded it; None for
     a sandbox requested before policies were recorded (its profile's policy applies)."""
+    consumer: ConsumerRecord | None = None
+    """Who the sandbox is for, as ``requested`` recorded it (docs/protocol.md#consumer-attribution)."""
 
 
 def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
@@ -213,6 +216,7 @@ def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
                 restored_from=event.restored_from,
                 max_pause_seconds=event.max_pause_seconds,
                 network=event.network,
+                consumer=event.consumer,
             )
         case SandboxRouted():
             return replace(base, status="routed", extension=event.extension, host=event.host)

@@ -7,8 +7,10 @@ from typing import Any, Literal
 import msgspec
 
 from sandboxer.events.actor import Actor
+from sandboxer.events.consumer import ConsumerRecord, SetupRecord
 
 __all__ = [
+    "ConsumerRecord",
     "NetworkRecord",
     "SandboxActive",
     "SandboxDestroyed",
@@ -33,6 +35,7 @@ __all__ = [
     "SandboxTeardownFailed",
     "SandboxTouched",
     "SandboxTtlExtended",
+    "SetupRecord",
 ]
 
 
@@ -81,6 +84,9 @@ class SandboxRequested(_SandboxEventBase, frozen=True, kw_only=True, tag="reques
     network: NetworkRecord | None = None
     """The network policy in force: the profile's, or the narrower one the create asked
     for. None in events recorded before policies were (the profile's policy applies)."""
+    consumer: ConsumerRecord | None = None
+    """Who the sandbox is for (the create's or restore's ``consumer``); None when it named
+    none, and in events recorded before consumers were."""
 
 
 class SandboxRouted(_SandboxEventBase, frozen=True, kw_only=True, tag="routed"):
@@ -113,6 +119,9 @@ class SandboxReady(_SandboxEventBase, frozen=True, kw_only=True, tag="ready"):
     network: NetworkRecord | None = None
     """The network policy the sandbox runs under (that of ``requested``); None in events
     recorded before policies were."""
+    setup: list[SetupRecord] = []
+    """The profile's ``setup.commands`` as they ran before this ``ready``: exit codes and
+    redacted output tails (docs/profiles.md#setup-commands)."""
 
 
 class SandboxFailed(_SandboxEventBase, frozen=True, kw_only=True, tag="failed"):

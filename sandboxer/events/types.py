@@ -30,6 +30,7 @@ from sandboxer.events.actor import (
     SYSTEM_ACTOR,
     Actor,
 )
+from sandboxer.events.consumer import ConsumerRecord, SetupRecord
 from sandboxer.events.key_events import KEY_EVENTS, KeyCreated, KeyEvent, KeyRevoked
 from sandboxer.events.record_events import (
     CommandRejected,
@@ -83,6 +84,7 @@ __all__ = [
     "BudgetSet",
     "ByokSet",
     "CommandRejected",
+    "ConsumerRecord",
     "CreditsAdded",
     "CreditsReserved",
     "Event",
@@ -116,6 +118,7 @@ __all__ = [
     "SandboxTeardownFailed",
     "SandboxTouched",
     "SandboxTtlExtended",
+    "SetupRecord",
     "SnapshotCreated",
     "SnapshotDeleted",
     "SnapshotEvent",

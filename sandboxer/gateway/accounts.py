@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
@@ -46,13 +46,17 @@ async def usage(
     since: Annotated[str | None, Query(max_length=40, description="a date or a UTC time")] = None,
     until: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    by: Annotated[
+        Literal["harness", "session_id", "run_id", "job_id"] | None,
+        Query(description="group the summary by this part of the sandboxes' consumer"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Metered sandboxes and spend by project, profile and backend (a key of agt or atm: of
-    its own project only)."""
+    """Metered sandboxes and spend by project, profile and backend, or with ``by`` by a part
+    of the sandboxes' consumer (a key of agt or atm: of its own project only)."""
     if project is not None:
         require_project(client, project, "usage")
     project = project or scope_of(client.actor)
-    reply = await client.usage(project=project, since=since, until=until, limit=limit)
+    reply = await client.usage(project=project, since=since, until=until, limit=limit, by=by)
     return {k: v for k, v in reply.items() if k not in {"ok", "position"}}
 
 

@@ -90,6 +90,25 @@ class NetworkPolicy(_Strict):
     )
 
 
+HARNESS = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+CONSUMER_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,127}$"
+
+
+class Consumer(_Strict):
+    """Who the sandbox is for (docs/protocol.md#consumer-attribution); every part optional."""
+
+    harness: str | None = Field(default=None, pattern=HARNESS, description="the calling service")
+    session_id: str | None = Field(default=None, pattern=CONSUMER_ID)
+    run_id: str | None = Field(default=None, pattern=CONSUMER_ID)
+    job_id: str | None = Field(default=None, pattern=CONSUMER_ID)
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="free labels: keys of lowercase letters, digits and ._/-, values of at "
+        "most 256 printable characters",
+    )
+
+
 class CreateSandbox(_Strict):
     profile: str = Field(
         default="profile.local", min_length=1, max_length=200, description="a profile id"
@@ -123,6 +142,9 @@ class CreateSandbox(_Strict):
         default=None,
         description="narrows the profile's network policy; a widening is refused "
         "(network_widened) unless the key is adm; default: the profile's",
+    )
+    consumer: Consumer | None = Field(
+        default=None, description="who the sandbox is for: list and usage filter by it"
     )
 
 
@@ -181,6 +203,7 @@ class Sandbox(_Open):
     expires_at: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    consumer: dict[str, Any] | None = None
 
 
 class SandboxList(BaseModel):

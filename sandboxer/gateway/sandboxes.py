@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_access import may_see, owner_of
-from sandboxer.errors import BusError
+from sandboxer.errors import BusError, RequestError
 from sandboxer.gateway.auth import admit_create, require_sandbox
 from sandboxer.gateway.common import (
     ERRORS,
@@ -24,6 +24,8 @@ from sandboxer.gateway.common import (
 )
 from sandboxer.gateway.context import BusClient, CommandId, RequestKey, Wait, request_actor
 from sandboxer.gateway.models import (
+    CONSUMER_ID,
+    HARNESS,
     PROJECT,
     Accepted,
     CreateSandbox,
@@ -64,6 +66,7 @@ async def create_sandbox(
             host=body.host,
             ttl=body.ttl,
             network=None if body.network is None else body.network.model_dump(exclude_none=True),
+            consumer=None if body.consumer is None else body.consumer.model_dump(exclude_none=True),
             wait=waiting,
             timeout=wait + 60,
         )
@@ -92,13 +95,26 @@ async def list_sandboxes(
     project: Annotated[str | None, Query(pattern=PROJECT)] = None,
     include_destroyed: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    harness: Annotated[str | None, Query(pattern=HARNESS)] = None,
+    session_id: Annotated[str | None, Query(pattern=CONSUMER_ID)] = None,
+    run_id: Annotated[str | None, Query(pattern=CONSUMER_ID)] = None,
+    job_id: Annotated[str | None, Query(pattern=CONSUMER_ID)] = None,
+    label: Annotated[
+        list[str] | None,
+        Query(max_length=16, description="KEY=VALUE of the consumer's labels, repeatable"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Sandboxes of the view, newest last; filters by status, profile, extension, project.
+    """Sandboxes of the view, newest last; filters by status, profile, extension, project,
+    and the consumer (harness, session_id, run_id, job_id, label).
 
-    The service filters by status; the gateway applies the other filters to what it
-    returns, so ``limit`` bounds the sandboxes looked at."""
+    The service filters by status and consumer; the gateway applies the other filters to
+    what it returns, so ``limit`` bounds the sandboxes looked at."""
+    parts = {"harness": harness, "session_id": session_id, "run_id": run_id, "job_id": job_id}
+    consumer: dict[str, Any] = {k: v for k, v in parts.items() if v is not None}
+    if label:
+        consumer["labels"] = dict(_label(item) for item in label)
     found = await client.list_sandboxes(
-        status=status, include_destroyed=include_destroyed, limit=limit
+        status=status, include_destroyed=include_destroyed, limit=limit, consumer=consumer
     )
     chosen = [
         s
@@ -109,6 +125,14 @@ async def list_sandboxes(
         and may_see(client.actor, owner_of(s))
     ]
     return {"sandboxes": chosen}
+
+
+def _label(item: str) -> tuple[str, str]:
+    """``KEY=VALUE`` as a pair; the service checks both (a bad one is a 400 saying why)."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise RequestError(f"label {item[:100]!r} must be KEY=VALUE")
+    return key, value
 
 
 @router.get(

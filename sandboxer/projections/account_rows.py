@@ -32,6 +32,7 @@ from sandboxer.events.account_events import AccountEvent, UsageMetered
 __all__ = [
     "ACCOUNT_SCHEMA",
     "ACCOUNT_TABLES",
+    "CONSUMER_GROUPS",
     "AccountRows",
     "account_to_dict",
     "answer_account_query",
@@ -39,6 +40,7 @@ __all__ = [
     "list_usage",
     "load_account",
     "save_account_rows",
+    "usage_by_consumer",
     "usage_summary",
 ]
 
@@ -74,6 +76,9 @@ ACCOUNT_TABLES = (("credits", "project"), ("usage", "sandbox_id"))
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(AccountState).decode
+
+CONSUMER_GROUPS = ("harness", "session_id", "run_id", "job_id")
+"""What ``usage.list``'s ``by`` may group by: a consumer part (docs/protocol.md#consumer-attribution)."""
 
 LoadAccount = Callable[[str], Awaitable[AccountState | None]]
 
@@ -194,13 +199,13 @@ def _usage_where(
     clauses: list[str] = []
     params: list[Any] = []
     if project is not None:
-        clauses.append("project = ?")
+        clauses.append("u.project = ?")
         params.append(project)
     if since is not None:
-        clauses.append("at >= ?")
+        clauses.append("u.at >= ?")
         params.append(since)
     if until is not None:
-        clauses.append("at < ?")
+        clauses.append("u.at < ?")
         params.append(until)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -217,7 +222,7 @@ async def list_usage(
     where, params = _usage_where(project, since, until)
     query = (
         "SELECT sandbox_id, project, profile, extension, seconds, amount, byok, price, at "
-        f"FROM usage{where} ORDER BY seq LIMIT ?"
+        f"FROM usage AS u{where} ORDER BY seq LIMIT ?"
     )
     async with db.execute(query, [*params, limit]) as cursor:
         rows = await cursor.fetchall()
@@ -233,6 +238,38 @@ async def list_usage(
     ]
 
 
+async def usage_by_consumer(
+    db: aiosqlite.Connection,
+    by: str,
+    *,
+    project: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> list[dict[str, Any]]:
+    """Spend by one part of the sandboxes' consumer (``harness``, ``session_id``, ``run_id``,
+    ``job_id``; None for sandboxes that named none), from the sandbox rows' consumer columns."""
+    if by not in CONSUMER_GROUPS:  # a column name: only ever one of these
+        raise RequestError(f"usage can be grouped by {', '.join(CONSUMER_GROUPS)}, not {by!r}")
+    where, params = _usage_where(project, since, until)
+    query = (
+        f"SELECT s.{by}, COUNT(*), SUM(u.seconds), SUM(u.amount), SUM(u.byok) "
+        f"FROM usage AS u LEFT JOIN sandboxes AS s ON s.sandbox_id = u.sandbox_id{where} "
+        f"GROUP BY s.{by} ORDER BY s.{by}"
+    )
+    async with db.execute(query, params) as cursor:
+        rows = await cursor.fetchall()
+    return [
+        {
+            by: group,
+            "sandboxes": int(count),
+            "seconds": int(seconds or 0),
+            "amount": int(amount or 0),
+            "byok_sandboxes": int(byok or 0),
+        }
+        for group, count, seconds, amount, byok in rows
+    ]
+
+
 async def usage_summary(
     db: aiosqlite.Connection,
     *,
@@ -244,7 +281,7 @@ async def usage_summary(
     where, params = _usage_where(project, since, until)
     query = (
         "SELECT project, profile, extension, COUNT(*), SUM(seconds), SUM(amount), SUM(byok) "
-        f"FROM usage{where} GROUP BY project, profile, extension "
+        f"FROM usage AS u{where} GROUP BY project, profile, extension "
         "ORDER BY project, profile, extension"
     )
     async with db.execute(query, params) as cursor:
@@ -317,7 +354,12 @@ async def answer_account_query(
         "since": _utc(request, "since"),
         "until": _utc(request, "until"),
     }
-    summary = await usage_summary(db, **window)
+    by = _text(request, "by")
+    summary = (
+        await usage_summary(db, **window)
+        if by is None
+        else await usage_by_consumer(db, by, **window)
+    )
     return {
         "usage": await list_usage(db, **window, limit=limit),
         "summary": summary,
@@ -326,5 +368,6 @@ async def answer_account_query(
             "seconds": sum(row["seconds"] for row in summary),
             "amount": sum(row["amount"] for row in summary),
         },
+        "by": by,
         "unit": "credit = 1 micro-USD",
     }

@@ -21,6 +21,7 @@ from sandboxer.domain.timestamps import shift
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.projections.account_rows import answer_account_query
+from sandboxer.projections.consumer_filter import consumer_filter
 from sandboxer.projections.key_queries import KeyQueries
 from sandboxer.projections.key_rows import answer_key_query
 from sandboxer.projections.projector import Projector
@@ -115,6 +116,7 @@ class QueryService:
             status=_field(request, "status", str),
             include_destroyed=bool(_field(request, "include_destroyed", bool, False)),
             due_before=_timestamp(request, "due_before"),
+            consumer=consumer_filter(request),
             limit=limit,
         )
         return {

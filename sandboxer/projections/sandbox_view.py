@@ -36,6 +36,7 @@ from sandboxer.projections.account_rows import (
     load_account,
     save_account_rows,
 )
+from sandboxer.projections.consumer_filter import ConsumerFilter
 from sandboxer.projections.key_rows import (
     KEY_SCHEMA,
     KEY_TABLES,
@@ -69,9 +70,15 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     updated_at TEXT,
     last_seq INTEGER NOT NULL,
     state BLOB NOT NULL,
-    due_at TEXT
+    due_at TEXT,
+    harness TEXT,
+    session_id TEXT,
+    run_id TEXT,
+    job_id TEXT,
+    labels TEXT
 );
 CREATE INDEX IF NOT EXISTS sandboxes_status ON sandboxes(status);
+CREATE INDEX IF NOT EXISTS sandboxes_harness ON sandboxes(harness) WHERE harness IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sandboxes_due ON sandboxes(due_at) WHERE due_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS rejections (
     key TEXT PRIMARY KEY,
@@ -103,7 +110,7 @@ SCHEMA += ROUTE_SCHEMA
 SCHEMA += ACCOUNT_SCHEMA
 SCHEMA += KEY_SCHEMA
 
-VIEW_VERSION = 2
+VIEW_VERSION = 3
 """Bump when what the view derives from an event changes without its tables changing."""
 
 FINGERPRINT = hashlib.sha256(
@@ -132,6 +139,15 @@ def state_to_dict(state: SandboxState) -> dict[str, Any]:
 def _due_at(state: SandboxState) -> str | None:
     deadline = due(state)
     return None if deadline is None else deadline.at
+
+
+def _consumer_columns(state: SandboxState) -> tuple[str | None, ...]:
+    """The consumer's parts as columns, for ``list``'s filters and usage grouping."""
+    consumer = state.consumer
+    if consumer is None:
+        return (None, None, None, None, None)
+    labels = json.dumps(consumer.labels, sort_keys=True) if consumer.labels else None
+    return (consumer.harness, consumer.session_id, consumer.run_id, consumer.job_id, labels)
 
 
 class SandboxView:
@@ -195,7 +211,7 @@ class SandboxView:
         for event, seq in host_events:
             await self._apply_host_event(event, seq)
         await self._db.executemany(
-            "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     s.sandbox_id,
@@ -207,6 +223,7 @@ class SandboxView:
                     seq,
                     _encode(s),
                     _due_at(s),
+                    *_consumer_columns(s),
                 )
                 for s, seq in states
             ],
@@ -266,13 +283,17 @@ class SandboxView:
         status: str | None = None,
         include_destroyed: bool = False,
         due_before: str | None = None,
+        consumer: ConsumerFilter | None = None,
         limit: int = 1000,
     ) -> list[SandboxState]:
         """Sandboxes in creation order; with ``due_before``, only those whose TTL or idle
-        deadline is at or before that time, earliest first (what the expirer sweeps)."""
+        deadline is at or before that time, earliest first (what the expirer sweeps); with
+        ``consumer``, only those whose consumer has every part it names."""
         query = "SELECT state FROM sandboxes"
         clauses: list[str] = []
         params: list[Any] = []
+        if consumer is not None:
+            clauses, params = consumer.where()
         if due_before is not None:
             clauses.append("due_at IS NOT NULL AND due_at <= ?")
             params.append(due_before)

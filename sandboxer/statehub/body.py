@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from sandboxer.events.types import (
     Event,
     SandboxEvent,
@@ -67,8 +69,8 @@ class SandboxContext:
     extension_id: str | None = None
     host: str | None = None
     consumer: dict[str, Any] | None = None
-    """Who asked for the sandbox (the ``requested`` actor); issue 12's consumer attribution
-    adds ``harness``, ``session_id``, ``run_id``, ``job_id`` and ``labels`` to it."""
+    """Who asked for the sandbox (the ``requested`` actor) and, when the create named one, its
+    consumer's ``harness``, ``session_id``, ``run_id``, ``job_id`` and ``labels``."""
     requested_at: str | None = None
 
 
@@ -80,7 +82,13 @@ def fold_context(context: SandboxContext, event: Event) -> SandboxContext:
         return dataclasses.replace(
             context,
             profile_id=event.profile,
-            consumer={"actor_id": actor.id, "actor_type": actor.type, "project": actor.project},
+            consumer={
+                "actor_id": actor.id,
+                "actor_type": actor.type,
+                "project": actor.project,
+                # The create's consumer (docs/protocol.md#consumer-attribution), when it named one.
+                **(msgspec.to_builtins(event.consumer) if event.consumer is not None else {}),
+            },
             requested_at=event.at,
         )
     if isinstance(event, SandboxRouted):

@@ -127,6 +127,7 @@ class SnapshotCommands:
                 profile=decided.profile,
                 inputs=decided.inputs,
                 sandbox_id=target,
+                consumer=command.consumer,
             )
         snapshot = (await self._store.load_snapshot(command.snapshot_id)).state
         if snapshot.status != "created" or snapshot.sha256 is None:
@@ -169,4 +170,5 @@ class SnapshotCommands:
             profile=profile_id,
             inputs={**command.inputs, target: object_ref(snapshot.sha256)},
             sandbox_id=command.sandbox_id,
+            consumer=command.consumer,
         )
