@@ -13,6 +13,8 @@
         env: {DOCKER_HOST: "unix:///run/docker.sock"}
         workspace_root: /var/tmp/sandboxer
         labels: {region: eu}
+        tunnel_ref: tunnels/coulombcore     # optional, told to clients in ready's access
+        ssh_principal: sandbox-users         # optional, likewise
 
 Every value that reaches a remote shell is validated here, so a hosts file
 cannot smuggle shell syntax into a command.
@@ -65,6 +67,19 @@ class HostConfig(BaseModel):
         ge=0,
         le=1_000_000,
         description="sandboxes this host may hold at once, for routing's capacity (none: no limit)",
+    )
+
+    tunnel_ref: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$",
+        description="how an SSH tunnel service names this host; passed on to clients in the "
+        "ready event's reachability.access, never used by sandboxer itself",
+    )
+    ssh_principal: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$",
+        description="the principal an SSH CA issues user certificates for on this host; passed "
+        "on to clients in reachability.access, never used by sandboxer itself",
     )
 
     @field_validator("workspace_root")

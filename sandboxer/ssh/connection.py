@@ -27,7 +27,14 @@ import asyncssh
 from sandboxer.config.hosts import HostConfig
 from sandboxer.errors import HostKeyRejected, HostUnreachable
 
-__all__ = ["Connection", "connect", "host_key_line", "known_hosts_text", "session"]
+__all__ = [
+    "Connection",
+    "connect",
+    "host_key_line",
+    "known_hosts_text",
+    "presented_host_key",
+    "session",
+]
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +208,15 @@ async def connect(name: str, host: HostConfig, *, timeout: float = 10.0) -> Conn
         ) from exc
     except (TimeoutError, OSError, asyncssh.Error) as exc:
         raise _unreachable(name, host, exc, timeout, host.key_path()) from exc
+
+
+def presented_host_key(conn: Connection) -> str | None:
+    """The host key ``conn``'s server presented, as an OpenSSH public key line (checked
+    against the hosts file unless it turns checking off); None when asyncssh has none."""
+    key = conn.get_server_host_key()
+    if key is None:
+        return None
+    return key.export_public_key("openssh").decode().strip()
 
 
 @asynccontextmanager

@@ -98,6 +98,12 @@ class TestLifecycle:
             "name": "sandboxer-dtlife0001",
             "state": "started",
             "target": "us",
+            "access": {
+                "kind": "provider",
+                "provider": "daytona",
+                "provider_sandbox_id": record.id,
+                "exec": "sandboxer exec dtlife0001 -- CMD",
+            },
         }
         assert record.labels == our_labels("dtlife0001", "acme")
         assert record.body["snapshot"] == "daytonaio/sandbox:0.4.3"

@@ -84,6 +84,12 @@ async def test_lifecycle_with_repo_sync_setup_secrets_and_exec(
     ready = time.monotonic()
 
     workspace = Path(vm.host.workspace_root) / "sbx-vmlife0001"
+    access = readiness.descriptor.pop("access")  # test_reachability_ssh.py logs in with it
+    assert (access["kind"], access["host_name"], access["workdir"]) == (
+        "ssh",
+        "host1",
+        str(workspace),
+    )
     assert readiness.descriptor == {
         "kind": "vm-packer",
         "host": "host1",

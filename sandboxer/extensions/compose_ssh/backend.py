@@ -34,6 +34,7 @@ from sandboxer.errors import (
 from sandboxer.extensions import ssh_checks as checks
 from sandboxer.extensions.base import OutputSink, ProvisionRequest, Readiness, Stdin
 from sandboxer.extensions.compose_ssh import containers, engine, listing, volumes
+from sandboxer.extensions.compose_ssh.access import enter
 from sandboxer.extensions.compose_ssh.compose_file import (
     ComposeFileError,
     check_compose_file,
@@ -43,6 +44,7 @@ from sandboxer.extensions.compose_ssh.pausing import set_paused
 from sandboxer.extensions.compose_ssh.readiness import await_running
 from sandboxer.extensions.compose_ssh.service_exec import check_service, exec_in_service
 from sandboxer.extensions.compose_ssh.stack import Plan, Stack, no_network_override
+from sandboxer.extensions.ssh_access import ssh_access
 from sandboxer.extensions.ssh_backend import SshBackend
 from sandboxer.extensions.ssh_targets import (
     Target,
@@ -158,6 +160,7 @@ class ComposeSshExtension(SshBackend):
                     await_running(conn, stack, self.ready_timeout),
                 )
                 found = containers.assess(running, services)
+                reach = ssh_access(stack.target, conn, workdir=stack.directory, enter=enter(stack))
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         warnings = []
@@ -187,6 +190,7 @@ class ComposeSshExtension(SshBackend):
             "services": found.services,
             "exec": f"sandboxer exec {sandbox_id} [--service NAME] -- CMD (runs in the "
             "service's container; the first service by default)",
+            **reach,
         }
         if request.secrets:
             descriptor["secrets_file"] = stack.env_path

@@ -32,6 +32,7 @@ from sandboxer.errors import (
     SandboxNotFound,
     Unsupported,
 )
+from sandboxer.events.reachability import provider_access
 from sandboxer.extensions.base import (
     FoundSandbox,
     OutputSink,
@@ -170,6 +171,7 @@ class DaytonaExtension:
             "sandbox_id": ready.id,
             "name": ready.name,
             "state": ready.state,
+            **provider_access("daytona", sandbox_id, ready.id),
         }
         if ready.target:
             descriptor["target"] = ready.target

@@ -31,6 +31,7 @@ from sandboxer.clock import utc_now
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, SandboxNotFound, Unsupported
+from sandboxer.events.reachability import provider_access
 from sandboxer.extensions.base import (
     FoundSandbox,
     OutputSink,
@@ -184,7 +185,11 @@ class E2bExtension:
         )
         if timeout.warning:
             warnings.append(timeout.warning)
-        return Readiness(descriptor=descriptor(sandbox, api.endpoint.domain), warnings=warnings)
+        found = descriptor(sandbox, api.endpoint.domain)
+        found.update(
+            provider_access("e2b", sandbox_id, sandbox.provider_id, url=found.get("port_url"))
+        )
+        return Readiness(descriptor=found, warnings=warnings)
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
         """Kill every E2B sandbox labelled with our id (and the cached one); gone is done."""

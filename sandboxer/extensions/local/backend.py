@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound, Unsupported
+from sandboxer.events.reachability import ACCESS_KEY, LocalExecAccess, exec_hint
 from sandboxer.extensions.base import (
     FoundSandbox,
     OutputSink,
@@ -206,6 +207,11 @@ class LocalExtension:
             "exec": f"sandboxer exec {request.sandbox_id} -- CMD",
             "network": _network_summary(egress.EgressState.from_dict(state.egress)),
             "node": socket.gethostname(),
+            ACCESS_KEY: LocalExecAccess(
+                node=socket.gethostname(),
+                workdir=str(layout.workspace),
+                exec=exec_hint(request.sandbox_id),
+            ).as_dict(),
         }
         return Readiness(descriptor=descriptor, warnings=list(state.warnings))
 

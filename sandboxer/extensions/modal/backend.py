@@ -33,6 +33,7 @@ from sandboxer.errors import (
     SandboxNotFound,
     Unsupported,
 )
+from sandboxer.events.reachability import provider_access
 from sandboxer.extensions.base import (
     FoundSandbox,
     OutputSink,
@@ -212,6 +213,7 @@ class ModalExtension:
             "gpu": profile.resources.gpu,
             "provider_timeout_seconds": timeout,
             "exec": f"sandboxer exec {sandbox_id} -- CMD",
+            **provider_access("modal", sandbox_id, sandbox.object_id),
         }
         return Readiness(descriptor=descriptor, warnings=warnings + network_warnings(profile))
 

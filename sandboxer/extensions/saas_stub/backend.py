@@ -27,6 +27,7 @@ from sandboxer.errors import (
     SandboxNotFound,
     Unsupported,
 )
+from sandboxer.events.reachability import provider_access
 from sandboxer.extensions.base import (
     FoundSandbox,
     OutputSink,
@@ -149,6 +150,7 @@ class SaasStubExtension:
         return Readiness(
             descriptor={
                 "kind": "saas-stub",
+                **provider_access("saas-stub", request.sandbox_id, None),
                 "extension": self.id,
                 "node": socket.gethostname(),
                 "created_at": record.created_at,

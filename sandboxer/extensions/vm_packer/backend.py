@@ -27,6 +27,7 @@ from sandboxer.domain.found import FoundSandbox
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxerError, SandboxNotFound
 from sandboxer.extensions import ssh_checks as checks
 from sandboxer.extensions.base import ProvisionRequest, Readiness
+from sandboxer.extensions.ssh_access import ssh_access
 from sandboxer.extensions.ssh_backend import SshBackend
 from sandboxer.extensions.ssh_targets import (
     SHORT_TIMEOUT,
@@ -108,6 +109,7 @@ class VmPackerExtension(SshBackend):
         try:
             async with session(item) as conn:
                 present = await exists(conn, workspace, "d")
+                reach = ssh_access(item, conn, workdir=workspace)
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(
                 exc, request.secrets.values(), sandbox_id=sandbox_id, extension=self.id
@@ -125,6 +127,7 @@ class VmPackerExtension(SshBackend):
             **item.describe(),
             "workspace": workspace,
             "exec": f"sandboxer exec {sandbox_id} -- CMD (runs on the VM in workspace)",
+            **reach,
         }
         if request.secrets:
             descriptor["secrets_file"] = f"{workspace}/{ENV_FILE}"
