@@ -1,23 +1,37 @@
-"""ext.compose-ssh under a deny policy: every service is cut off the network, whatever the
-compose file says (docs/network.md), against a real sshd host and a real engine."""
+"""ext.compose-ssh's network policy against a real sshd host and a real engine (docs/network.md):
+under deny every service is cut off the network, whatever the compose file says; under an
+allowlist of names the only way out is the egress proxy, which lets through those names
+only; after destroy nothing of either is left."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sandboxer.config.network_policy import DENY_ALL, parse_policy
+from sandboxer.config.network_policy import DENY_ALL, NetworkPolicy, parse_policy
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.compose_ssh.egress import HOSTS_FILE
+from sandboxer.extensions.compose_ssh.egress_plan import bridge_of
 from sandboxer.extensions.compose_ssh.stack import NO_NETWORK_FILE
+from tests.conftest import require_tool
 from tests.integration.remote_fixtures import ENGINES
 from tests.integration.test_ext_compose_ssh import Env, env, make_repo
 
 __all__ = ["env"]  # a fixture, used by name
 
 pytestmark = pytest.mark.integration
+
+UPSTREAM_PORT = 8080
 
 # No network_mode: left alone, compose would put both services on the project's network.
 NETWORKED = """\
@@ -70,27 +84,176 @@ async def test_deny_gives_every_service_no_network(env: Env, tmp_path: Path) -> 
     assert not directory.exists()
 
 
-async def test_an_allowlist_is_refused_before_anything_is_made(env: Env, tmp_path: Path) -> None:
-    """Routing never sends one here (network: all-or-nothing); a direct caller is refused."""
-    repo = make_repo(tmp_path / "repo", NETWORKED)
-    base = env.request("composeallow1", repo)
-    request = ProvisionRequest(
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[str]:
+    """An HTTP server in a network namespace this test makes (nothing else is a target),
+    reached from the host through a veth pair; yields the server's address."""
+    require_tool("ip", "iproute2")
+    tag = secrets.token_hex(3)
+    netns, host_end = f"sbxt-{tag}", f"sbxu{tag}"
+    octet = 16 + int(tag[:2], 16) % 200
+    host_ip, server_ip = f"198.18.{octet}.1", f"198.18.{octet}.2"
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("hello from upstream\n")
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    ip("netns", "add", netns)
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        ip("addr", "add", f"{host_ip}/30", "dev", host_end)
+        ip("link", "set", host_end, "up")
+        ip("-n", netns, "addr", "add", f"{server_ip}/30", "dev", "eth0")
+        ip("-n", netns, "link", "set", "eth0", "up")
+        ip("-n", netns, "link", "set", "lo", "up")
+        server = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                server_ip,
+                "--directory",
+                str(tmp_path / "www"),
+                str(UPSTREAM_PORT),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):  # listening: a connection from the host succeeds
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((server_ip, UPSTREAM_PORT), 1),
+            ):
+                break
+            time.sleep(0.05)
+        yield server_ip
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        subprocess.run(["ip", "link", "del", host_end], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
+
+
+def with_policy(env: Env, sandbox_id: str, repo: Path, policy: NetworkPolicy) -> ProvisionRequest:
+    base = env.request(sandbox_id, repo)
+    return ProvisionRequest(
         sandbox_id=base.sandbox_id,
-        profile=env.profile.with_network(parse_policy({"egress": ["pypi.org:443"]})),
+        profile=env.profile.with_network(policy),
         inputs=base.inputs,
         host=base.host,
     )
-    with pytest.raises(InvalidInput, match="enforces no egress allowlist yet"):
-        await env.extension.provision(request)
+
+
+@pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
+async def test_an_allowlist_lets_through_only_its_names(
+    env: Env, tmp_path: Path, upstream: str
+) -> None:
+    # Both names lead to the test's own server; only one is on the allowlist.
+    env.root.mkdir(parents=True, exist_ok=True)
+    (env.root / HOSTS_FILE).write_text(f"{upstream} allowed.test other.test\n")
+    repo = make_repo(tmp_path / "repo", NETWORKED)
+    policy = parse_policy({"egress": [f"allowed.test:{UPSTREAM_PORT}"]})
+    request = with_policy(env, "composegate1", repo, policy)
+    await env.extension.provision(request)
+    await env.extension.provision(request)  # a redelivered create starts clean
+    await env.extension.wait_ready(request)
+    network = "sbx-composegate1-egress"
+    assert env.engine.cli("network", "inspect", network).returncode == 0
+    for service in ("web", "worker"):
+        code, out = await _exec(
+            env,
+            "composegate1",
+            ["wget", "-q", "-O", "-", f"http://allowed.test:{UPSTREAM_PORT}/"],
+            service=service,
+        )
+        assert (code, out) == (0, b"hello from upstream\n"), service
+    # Another name, another port of the allowed name: the proxy answers 403.
+    for url in (f"http://other.test:{UPSTREAM_PORT}/", "http://allowed.test:80/"):
+        code, out = await _exec(env, "composegate1", ["wget", "-q", "-O", "-", url])
+        assert code != 0, url
+        assert out == b""
+    # Without the proxy: the server's address directly, and the host's other ports.
+    gateway = _gateway(env, network)
+    for url in (f"http://{upstream}:{UPSTREAM_PORT}/", f"http://{gateway}:{env.host.port}/"):
+        code, out = await _exec(
+            env,
+            "composegate1",
+            [
+                "env",
+                "-u",
+                "http_proxy",
+                "-u",
+                "HTTP_PROXY",
+                "timeout",
+                "3",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                url,
+            ],
+        )
+        assert code != 0, url
+        assert out == b""
+    pid = int((env.root / "sbx-composegate1" / ".sandboxer.egress.pid").read_text())
+    assert Path(f"/proc/{pid}").exists()
+    await env.extension.teardown("composegate1", host="host1")
+    assert env.containers("composegate1") == []
+    assert env.engine.cli("network", "inspect", network, check=False).returncode != 0
+    assert (
+        not Path(f"/proc/{pid}").exists()
+        or b"composegate1" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
+    tables = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True)
+    assert "sbx_compose_composegate1" not in tables.stdout
+    assert not (env.root / "sbx-composegate1").exists()
+
+
+async def test_address_entries_are_refused_before_anything_is_made(
+    env: Env, tmp_path: Path
+) -> None:
+    """The gate lets names through, never addresses: refused, not silently unreachable."""
+    repo = make_repo(tmp_path / "repo", NETWORKED)
+    policy = parse_policy({"egress": ["pypi.org:443", "10.1.2.0/24:5432"]})
+    with pytest.raises(InvalidInput, match=r"10\.1\.2\.0/24:5432"):
+        await env.extension.provision(with_policy(env, "composeallow1", repo, policy))
     assert not (env.root / "sbx-composeallow1").exists()
 
 
-async def _exec(env: Env, sandbox_id: str, argv: list[str]) -> tuple[int, bytes]:
+async def test_a_service_with_its_own_network_is_refused(env: Env, tmp_path: Path) -> None:
+    own = NETWORKED.replace(
+        "    init: true\n  worker:", "    init: true\n    network_mode: host\n  worker:"
+    )
+    repo = make_repo(tmp_path / "repo", own)
+    policy = parse_policy({"egress": ["pypi.org:443"]})
+    with pytest.raises(InvalidInput, match=r"services web .* choose their own networks"):
+        await env.extension.provision(with_policy(env, "composeallow2", repo, policy))
+    assert not (env.root / "sbx-composeallow2").exists()
+
+
+def _gateway(env: Env, network: str) -> str:
+    out = env.engine.cli("network", "inspect", network).stdout
+    bridge = bridge_of(env.engine.name, out)
+    assert bridge is not None
+    return bridge.gateway
+
+
+async def _exec(
+    env: Env, sandbox_id: str, argv: list[str], service: str | None = None
+) -> tuple[int, bytes]:
     out = bytearray()
 
     async def sink(stream: str, data: bytes) -> None:
         if stream == "stdout":
             out.extend(data)
 
-    code = await env.extension.exec(sandbox_id, argv, sink, host="host1")
+    code = await env.extension.exec(sandbox_id, argv, sink, host="host1", service=service)
     return code, bytes(out)

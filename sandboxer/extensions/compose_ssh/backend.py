@@ -22,7 +22,9 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import yaml
 
 from sandboxer.config.settings import Settings
 from sandboxer.domain.found import FoundSandbox
@@ -33,12 +35,17 @@ from sandboxer.errors import (
 )
 from sandboxer.extensions import ssh_checks as checks
 from sandboxer.extensions.base import OutputSink, ProvisionRequest, Readiness, Stdin
-from sandboxer.extensions.compose_ssh import containers, engine, listing, volumes
+from sandboxer.extensions.compose_ssh import containers, egress, engine, listing, volumes
 from sandboxer.extensions.compose_ssh.access import enter
 from sandboxer.extensions.compose_ssh.compose_file import (
     ComposeFileError,
     check_compose_file,
     resolve_compose_file,
+)
+from sandboxer.extensions.compose_ssh.egress_plan import (
+    allowlist_override,
+    unsafe_services,
+    unsupported_entries,
 )
 from sandboxer.extensions.compose_ssh.pausing import set_paused
 from sandboxer.extensions.compose_ssh.readiness import await_running
@@ -100,6 +107,7 @@ class ComposeSshExtension(SshBackend):
                         "compose_file": stack.compose_file,
                         "created_at": datetime.now(UTC).isoformat(),
                         **({"network": "none"} if stack.no_network else {}),
+                        **({"network": "allowlist"} if stack.egress else {}),
                     },
                 )
                 method = await sync.sync_dir(
@@ -114,6 +122,20 @@ class ComposeSshExtension(SshBackend):
                     await remote.put_file(
                         conn, stack.no_network_path, no_network_override(services).encode()
                     )
+                if stack.egress:  # an allowlist: the internal network, rules and proxy
+                    services = await self._services(conn, stack.without_override(), values)
+                    bridge = await egress.prepare(
+                        conn,
+                        stack.target,
+                        sandbox_id,
+                        stack.directory,
+                        request.profile.network.policy(),
+                    )
+                    await remote.put_file(
+                        conn,
+                        stack.egress_path,
+                        allowlist_override(services, stack.project, bridge.gateway).encode(),
+                    )
                 if plan.volume_keys:  # a restored snapshot: fill the volumes before any start
                     await self._up(conn, stack, values, "--no-start")
                     await volumes.seed(
@@ -121,6 +143,8 @@ class ComposeSshExtension(SshBackend):
                     )
                     await volumes.remove_seed(conn, stack.target, stack.directory)
                 await self._up(conn, stack, values, "-d")
+                if stack.egress:  # after up: podman makes the bridge when a container joins
+                    await egress.start_proxy(conn, stack.target, sandbox_id, stack.directory)
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         log.info(
@@ -300,12 +324,14 @@ class ComposeSshExtension(SshBackend):
             raise InvalidInput(str(exc), sandbox_id=sandbox_id, extension=self.id) from None
         item = target(self.settings, request.host, sandbox_id=sandbox_id, extension=self.id)
         checks.check_secrets(request.secrets, item.config.env, sandbox_id, self.id)
+        network = _network_mode(request, repo / compose_file, self.id)
         stack = Stack(
             item,
             sandbox_id,
             compose_file,
             with_secrets=bool(request.secrets),
-            no_network=_no_network(request, self.id),
+            no_network=network == "none",
+            egress=network == "allowlist",
         )
         return Plan(stack, repo, volumes.seed_keys(repo, sandbox_id))
 
@@ -365,21 +391,43 @@ class ComposeSshExtension(SshBackend):
         await engine.sweep(
             conn, item, containers.project_name(sandbox_id), thorough=not compose_down
         )
+        if (found.marker or {}).get("network") == "allowlist":
+            await egress.close(conn, item, sandbox_id)  # after down: the network is unused
         await remove(conn, item, sandbox_id, found)
 
 
-def _no_network(request: ProvisionRequest, extension: str) -> bool:
-    """Whether the policy is deny; an allowlist, which this backend cannot hold yet (routing
-    does not send one here: network: all-or-nothing), is refused rather than let through."""
+def _network_mode(
+    request: ProvisionRequest, compose_path: Path, extension: str
+) -> Literal["all", "none", "allowlist"]:
+    """How the stack is networked under the policy in force: as its compose file says
+    (allow), not at all (deny), or through the egress gate (an allowlist of names). What
+    the gate cannot hold is refused before anything is made, rather than let through."""
     policy = request.profile.network.policy()
     if policy.default == "allow":
-        return False
-    if policy.egress:
+        return "all"
+    if not policy.egress:
+        return "none"
+    unsupported = unsupported_entries(policy)
+    if unsupported:
         raise InvalidInput(
-            f"ext.compose-ssh enforces no egress allowlist yet ({policy.describe()}): it can "
-            "cut a stack off the network (default: deny, no egress) or leave it as the compose "
-            "file says (default: allow); docs/network.md",
+            f"ext.compose-ssh cannot allow {', '.join(unsupported)} ({policy.describe()}): its "
+            "egress gate lets through names over TCP only, never addresses or UDP; list names, "
+            "or route the profile to a backend that enforces address entries "
+            "(docs/network.md)",
             sandbox_id=request.sandbox_id,
             extension=extension,
         )
-    return True
+    try:
+        parsed = yaml.safe_load(compose_path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        parsed = None  # compose itself will say what is wrong with it
+    own = unsafe_services(parsed)
+    if own:
+        raise InvalidInput(
+            f"services {', '.join(own)} of {compose_path.name} choose their own networks "
+            "(networks: or network_mode:), which would bypass the egress allowlist; remove "
+            "those keys (every service is put on the allowlist's network)",
+            sandbox_id=request.sandbox_id,
+            extension=extension,
+        )
+    return "allowlist"

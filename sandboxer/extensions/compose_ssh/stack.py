@@ -6,7 +6,9 @@ on a command line.
 
 A sandbox whose network policy is deny gets a second compose file,
 :data:`NO_NETWORK_FILE`, giving every service ``network_mode: none``; every
-compose command of the stack names both files (docs/network.md).
+compose command of the stack names both files (docs/network.md). One whose
+policy is an allowlist gets :data:`~.egress_plan.EGRESS_OVERRIDE_FILE` instead,
+putting every service on the egress network (:mod:`.egress_plan`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from sandboxer.extensions.compose_ssh import containers
 from sandboxer.extensions.compose_ssh.compose_file import ComposeFileError, check_compose_file
+from sandboxer.extensions.compose_ssh.egress_plan import EGRESS_OVERRIDE_FILE
 from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT, Target
 from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe
 from sandboxer.ssh import Connection, remote
@@ -42,6 +45,9 @@ class Stack:
     with_secrets: bool
     no_network: bool = False
     """The policy is deny: :data:`NO_NETWORK_FILE` overrides every service's network."""
+    egress: bool = False
+    """The policy is an allowlist: :data:`EGRESS_OVERRIDE_FILE` puts every service on the
+    egress network."""
 
     @classmethod
     def recorded(cls, item: Target, sandbox_id: str, found: Probe) -> Stack | None:
@@ -54,9 +60,14 @@ class Stack:
             check_compose_file(compose_file)
         except ComposeFileError:
             return None
-        no_network = (found.marker or {}).get("network") == "none"
+        network = (found.marker or {}).get("network")
         return cls(
-            item, sandbox_id, compose_file, with_secrets=found.secrets_file, no_network=no_network
+            item,
+            sandbox_id,
+            compose_file,
+            with_secrets=found.secrets_file,
+            no_network=network == "none",
+            egress=network == "allowlist",
         )
 
     @property
@@ -79,14 +90,20 @@ class Stack:
     def no_network_path(self) -> str:
         return f"{self.directory}/{NO_NETWORK_FILE}"
 
+    @property
+    def egress_path(self) -> str:
+        return f"{self.directory}/{EGRESS_OVERRIDE_FILE}"
+
     def without_override(self) -> Stack:
         """The stack as its own compose file alone describes it (to list its services before
         the override that names them exists)."""
-        return replace(self, no_network=False)
+        return replace(self, no_network=False, egress=False)
 
     def argv(self, *args: str) -> list[str]:
         if self.no_network:
             args = ("-f", self.no_network_path, *args)
+        elif self.egress:
+            args = ("-f", self.egress_path, *args)
         argv = containers.compose_argv(self.target.config, self.project, self.compose_path, *args)
         if self.with_secrets:
             return ["sh", "-c", _WITH_SECRETS, "sh", self.env_path, *argv]

@@ -1,0 +1,181 @@
+"""A compose sandbox's egress allowlist, compiled (pure: text in, text out).
+
+Under ``default: deny`` with name entries, the stack's services sit on one
+network of our own, created ``--internal`` (no route out), and the only way out
+is a forward proxy (``sandboxer/extensions/local/egress_proxy.py``, run by the
+host's ``python3``) listening on that network's gateway address, which is the
+host's end of its bridge. An nftables table of the sandbox's own, in the
+host's ruleset, drops everything the bridge would forward and everything it
+would deliver to the host except the proxy's port and DNS (the engine's
+resolver for service names): the stack cannot reach another of the host's
+services, and a host that forwards packets does not make the network less
+internal.
+
+Only names are let through (the proxy allows names, never address literals):
+an address entry is refused at create, so the declaration stays honest
+(docs/network.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sandboxer.config.network_policy import NetworkPolicy
+
+__all__ = [
+    "EGRESS_OVERRIDE_FILE",
+    "PROXY_PORT",
+    "Bridge",
+    "allowlist_override",
+    "bridge_of",
+    "network_name",
+    "nft_ruleset",
+    "nft_table",
+    "proxy_config",
+    "proxy_env",
+    "unsafe_services",
+    "unsupported_entries",
+]
+
+EGRESS_OVERRIDE_FILE = ".sandboxer.egress.yaml"
+"""Beside the secrets file: the compose override that puts every service on the egress network."""
+PROXY_PORT = 3128
+NETWORK_KEY = "sandboxer_egress"
+"""The egress network's key in the override (its engine name is :func:`network_name`)."""
+NO_PROXY = "localhost,127.0.0.1,::1"
+
+
+def network_name(project: str) -> str:
+    return f"{project}-egress"
+
+
+def nft_table(sandbox_id: str) -> str:
+    """The host's nftables table of one sandbox (ids are lowercase letters and digits)."""
+    return f"sbx_compose_{sandbox_id}"
+
+
+def unsupported_entries(policy: NetworkPolicy) -> list[str]:
+    """Entries the proxy cannot let through: addresses and CIDRs (it allows names only, so
+    they would be silently unreachable), and UDP-only names (it relays TCP)."""
+    return [
+        entry.compact()
+        for entry in policy.egress
+        if not entry.is_domain or entry.protocols == ("udp",)
+    ]
+
+
+def proxy_config(policy: NetworkPolicy, listen: str, hosts_file: str | None) -> dict[str, Any]:
+    """The proxy's config file (the format egress_proxy.py reads)."""
+    domains = [
+        {"pattern": entry.to, "ports": [list(pair) for pair in entry.port_pairs]}
+        for entry in policy.domains
+        if "tcp" in entry.protocols
+    ]
+    return {"listen": listen, "port": PROXY_PORT, "hosts_file": hosts_file, "domains": domains}
+
+
+def proxy_env(gateway: str) -> dict[str, str]:
+    """What each service's environment gets: tools read either spelling."""
+    url = f"http://{gateway}:{PROXY_PORT}"
+    env = {}
+    for name in ("http_proxy", "https_proxy"):
+        env[name] = env[name.upper()] = url
+    env["no_proxy"] = env["NO_PROXY"] = NO_PROXY
+    return env
+
+
+def allowlist_override(services: list[str], project: str, gateway: str) -> str:
+    """A compose file (JSON is YAML) merged over the project's: every service on the
+    egress network only, with the proxy in its environment."""
+    env = proxy_env(gateway)
+    document = {
+        "services": {name: {"networks": [NETWORK_KEY], "environment": env} for name in services},
+        "networks": {NETWORK_KEY: {"external": True, "name": network_name(project)}},
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def unsafe_services(compose: object) -> list[str]:
+    """Services of a parsed compose file that choose their own network (``networks:`` or
+    ``network_mode:``): merged with the override they would keep a way out."""
+    if not isinstance(compose, dict):
+        return []
+    services = compose.get("services")
+    if not isinstance(services, dict):
+        return []
+    return sorted(
+        str(name)
+        for name, body in services.items()
+        if isinstance(body, dict) and ("networks" in body or "network_mode" in body)
+    )
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """The host's side of the egress network."""
+
+    interface: str
+    gateway: str
+
+
+def bridge_of(engine: str, inspect_json: str) -> Bridge | None:
+    """The bridge and gateway from ``docker|podman network inspect`` output, or None."""
+    try:
+        data = json.loads(inspect_json)
+    except ValueError:
+        return None
+    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+        return None
+    item = data[0]
+    if engine == "podman":
+        interface = item.get("network_interface")
+        subnets = item.get("subnets") or []
+        gateways = [s.get("gateway") for s in subnets if isinstance(s, dict)]
+    else:
+        options = item.get("Options") or {}
+        interface = options.get("com.docker.network.bridge.name") or (
+            f"br-{str(item.get('Id', ''))[:12]}" if item.get("Id") else None
+        )
+        configs = (item.get("IPAM") or {}).get("Config") or []
+        gateways = [c.get("Gateway") for c in configs if isinstance(c, dict)]
+    v4 = [g for g in gateways if isinstance(g, str) and _is_ipv4(g)]
+    if not isinstance(interface, str) or not _safe_interface(interface) or not v4:
+        return None
+    return Bridge(interface, v4[0])
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 4
+    except ValueError:
+        return False
+
+
+def _safe_interface(name: str) -> bool:
+    return 0 < len(name) <= 15 and all(c.isalnum() or c in "-_." for c in name)
+
+
+def nft_ruleset(table: str, bridge: Bridge) -> str:
+    """The sandbox's table: nothing from the bridge is forwarded elsewhere (services on it
+    still reach each other, also where br_netfilter shows bridged packets to these hooks),
+    and the host takes from it only the proxy's port on the gateway and DNS (the engine's
+    resolver)."""
+    iface, gateway = json.dumps(bridge.interface), bridge.gateway
+    return f"""table inet {table} {{
+  chain forward {{
+    type filter hook forward priority -10; policy accept;
+    iifname {iface} oifname {iface} accept
+    iifname {iface} drop
+  }}
+  chain input {{
+    type filter hook input priority -10; policy accept;
+    iifname {iface} ip daddr {gateway} tcp dport {PROXY_PORT} accept
+    iifname {iface} ip daddr {gateway} udp dport 53 accept
+    iifname {iface} ip daddr {gateway} tcp dport 53 accept
+    iifname {iface} drop
+  }}
+}}
+"""
