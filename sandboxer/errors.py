@@ -32,6 +32,7 @@ The tree::
     │   ├── HostUnreachable     an SSH host did not answer (or refused our key)
     │   ├── HostKeyRejected     an SSH host's key does not match what we know of it
     │   ├── RemoteCommandFailed a command on a host exited non-zero or timed out
+    │   ├── SetupFailed         a profile's setup command exited non-zero inside the sandbox
     │   └── ProviderError       a hosted provider's API refused or failed a request
     │       ├── ProviderQuota       it refused for quota or rate (HTTP 429): retryable, routing avoids it
     │       ├── ProviderAuth        it refused our key (HTTP 401/403): the message names the key's reference
@@ -81,6 +82,7 @@ __all__ = [
     "SandboxerError",
     "ServiceNotRunning",
     "SettingError",
+    "SetupFailed",
     "StreamUnavailable",
     "UnknownEventType",
     "UnknownProfile",
@@ -288,6 +290,13 @@ class ExtensionError(SandboxerError):
 
 class SandboxNotFound(ExtensionError):
     code = "sandbox_not_found"
+
+
+class SetupFailed(ExtensionError):
+    """One of a profile's ``setup.commands`` exited non-zero: the sandbox fails before
+    ``ready`` (the message holds its redacted output tail)."""
+
+    code = "setup_failed"
 
 
 class Unsupported(ExtensionError):

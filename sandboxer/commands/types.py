@@ -39,6 +39,7 @@ __all__ = [
     "SnapshotSandbox",
     "TouchSandbox",
     "asked_policy",
+    "consumer_ask",
     "consumer_record",
     "target_sandbox",
 ]
@@ -78,6 +79,11 @@ class ConsumerAsk(ConsumerRecord, frozen=True, kw_only=True, forbid_unknown_fiel
 def consumer_record(ask: ConsumerRecord | None) -> ConsumerRecord | None:
     """The record a command's consumer becomes (an event's type, not the strict command's)."""
     return None if ask is None else msgspec.convert(msgspec.to_builtins(ask), ConsumerRecord)
+
+
+def consumer_ask(record: ConsumerRecord | None) -> ConsumerAsk | None:
+    """A recorded consumer as a command's again (a reroute admits the create once more)."""
+    return None if record is None else msgspec.convert(msgspec.to_builtins(record), ConsumerAsk)
 
 
 def asked_policy(ask: NetworkAsk) -> NetworkPolicy:

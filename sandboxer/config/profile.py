@@ -78,10 +78,18 @@ class Network(_Strict):
 
 
 class Workspace(_Strict):
-    """Where the sandbox's files live and whether the sandbox may write them."""
+    """Where the sandbox's files live and whether the sandbox may write them.
 
-    mode: Literal["ephemeral", "persistent"] = "ephemeral"
-    access: Literal["rw", "ro"] = "rw"
+    ``mode`` ``mirror`` (an agent harness's checkout copied in, the copy the agent works
+    on; nothing flows back) and ``remote`` (the files live in the sandbox only, read and
+    written through exec and files) describe an agent's workspace (docs/profiles.md#workspace).
+    ``access`` is enforced by the backends that can (ext.local: ``ro`` binds the workspace
+    read-only, ``none`` binds none); on another backend anything but ``rw`` is a warning in
+    ``ready`` saying it is not enforced.
+    """
+
+    mode: Literal["ephemeral", "persistent", "mirror", "remote"] = "ephemeral"
+    access: Literal["rw", "ro", "none"] = "rw"
 
 
 class Ttl(_Strict):
@@ -107,10 +115,33 @@ class Resources(_Strict):
     gpu: str | None = None
 
 
+MAX_SETUP_COMMANDS = 32
+MAX_SETUP_COMMAND = 4096
+
+
 class Setup(_Strict):
     """Commands run inside the sandbox after it starts, and secrets to deliver to it."""
 
-    instructions: list[str] = Field(default_factory=list)
+    instructions: list[str] = Field(
+        default_factory=list,
+        description="shell steps the backend itself runs while provisioning (ext.local, "
+        "ext.vm-packer); their output is not recorded. Prefer 'commands'",
+    )
+    instructions_ref: str | None = Field(
+        default=None,
+        max_length=500,
+        pattern=r"^(https://|file:/|repo:)[^\x00-\x1f]+$",
+        description="where the consumer finds how to work in the sandbox (build steps, "
+        "conventions): https://..., file:/PATH on the worker, or repo:PATH in the workspace. "
+        "Metadata for the consumer: sandboxer shows it, never runs or fetches it",
+    )
+    commands: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_SETUP_COMMANDS,
+        description="shell commands the extension worker runs inside the sandbox through the "
+        "backend's exec, in order, before 'ready'; each one's exit code and redacted output "
+        "tail are in the ready event, and a non-zero exit fails the sandbox (setup_failed)",
+    )
     secret_refs: dict[str, str] = Field(
         default_factory=dict,
         description="NAME -> reference (env:VAR or file:PATH), resolved only inside the worker",
@@ -121,6 +152,17 @@ class Setup(_Strict):
         description="record the host's telemetry (a host 'inspected' event) before "
         "provisioning and once the sandbox is ready, e.g. for a canary",
     )
+
+    @field_validator("commands")
+    @classmethod
+    def _commands_are_short_text(cls, commands: list[str]) -> list[str]:
+        for index, command in enumerate(commands):
+            if not command.strip() or len(command) > MAX_SETUP_COMMAND or "\x00" in command:
+                raise ValueError(
+                    f"commands[{index}] must be a non-empty shell command of at most "
+                    f"{MAX_SETUP_COMMAND} characters without NUL bytes"
+                )
+        return commands
 
     @field_validator("secret_refs")
     @classmethod
@@ -192,6 +234,12 @@ class Profile(_Strict):
     network: Network = Field(default_factory=Network)
     workspace: Workspace = Field(default_factory=Workspace)
     scope_default: Literal["sandbox", "project", "actor"] = "sandbox"
+    scope: Literal["session", "agent", "shared"] | None = Field(
+        default=None,
+        description="for an agent harness: a sandbox per harness session, per agent, or one "
+        "shared by agents. 'session' and 'agent' require the create's consumer to name the "
+        "session (consumer.session_id) or the harness (consumer.harness)",
+    )
     ttl: Ttl = Field(default_factory=Ttl)
     resources: Resources = Field(default_factory=Resources)
     setup: Setup = Field(default_factory=Setup)

@@ -52,6 +52,7 @@ def admit_create(
 ) -> AdmittedCreate:
     """``signals`` None: routing knows no latency, live counts or circuits (and says so)."""
     inputs = complete_inputs(profile, command.inputs)
+    _check_scope(command, profile)
     ttl, ttl_max = _ttl(command, profile)
     network = network_in_force(command, profile)
     if network != profile.network.policy():
@@ -100,6 +101,25 @@ def network_in_force(command: CreateSandbox, profile: Profile) -> NetworkPolicy:
             "actor may widen it",
         )
     return asked
+
+
+_SCOPE_NEEDS = {"session": "session_id", "agent": "harness"}
+"""What a scoped profile's sandbox is keyed by: the consumer part a create must name."""
+
+
+def _check_scope(command: CreateSandbox, profile: Profile) -> None:
+    """A ``scope: session`` profile is for one harness session, an ``agent`` one for one
+    harness: the create must say which (docs/profiles.md#scope)."""
+    part = _SCOPE_NEEDS.get(profile.scope or "")
+    if part is None:
+        return
+    if command.consumer is None or getattr(command.consumer, part) is None:
+        raise Rejected(
+            "missing_consumer",
+            f"{profile.id} has scope {profile.scope}: its sandboxes belong to one "
+            f"{'harness session' if profile.scope == 'session' else 'agent harness'}; name it "
+            f"in the create's consumer.{part}",
+        )
 
 
 def _ttl(command: CreateSandbox, profile: Profile) -> tuple[float, float]:

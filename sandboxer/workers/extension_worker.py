@@ -60,6 +60,7 @@ from sandboxer.workers.job_dispatch import request_reroute
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
+from sandboxer.workers.setup_step import run_setup_commands, workspace_access_warning
 from sandboxer.workers.snapshot_job import SnapshotJob
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.materialize import DirectoryInputs, directory_input_names
@@ -252,6 +253,12 @@ class ExtensionWorker:
                 await backend.provision(request)
                 stage = "wait_ready"
                 readiness = await backend.wait_ready(request)
+                # Inside the sandbox, before `ready`: a failing command fails the sandbox
+                # (stage provision, code setup_failed).
+                stage = "provision"
+                setup = await run_setup_commands(
+                    backend, job.sandbox_id, profile.setup.commands, secrets, host=state.host
+                )
             if profile.setup.record_telemetry:  # after readiness, before `ready` is announced
                 await inspect_and_record(self._store, self.extension, state.host)
         except Exception as exc:
@@ -296,7 +303,8 @@ class ExtensionWorker:
             MarkReady(
                 job_id=job.job_id,
                 reachability=readiness.descriptor,
-                warnings=readiness.warnings,
+                warnings=[*readiness.warnings, *_access_warnings(backend, profile)],
+                setup=setup,
             ),
             loaded,
         )
@@ -379,6 +387,13 @@ class ExtensionWorker:
                 at=utc_now(),
             )
         )
+
+
+def _access_warnings(backend: Extension, profile: Profile | None) -> list[str]:
+    warning = (
+        None if profile is None else workspace_access_warning(backend, profile.workspace.access)
+    )
+    return [] if warning is None else [warning]
 
 
 def _reason(exc: BaseException, secrets: dict[str, str]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from sandboxer.bus.event_store import EventStore
-from sandboxer.commands.types import CreateSandbox, NetworkAsk, RerouteSandbox
+from sandboxer.commands.types import CreateSandbox, NetworkAsk, RerouteSandbox, consumer_ask
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.sandbox_decide import AdmittedCreate, Reroute
 from sandboxer.domain.sandbox_state import SandboxState
@@ -50,6 +50,7 @@ async def next_route(
         network=NetworkAsk(default=state.network.default, egress=list(state.network.egress))
         if state.network is not None
         else None,
+        consumer=consumer_ask(state.consumer),  # a scoped profile's admission asks for it
     )
     refusals = f"refused by {', '.join(state.refused_by)} ({state.failure})"
     try:

@@ -68,6 +68,9 @@ class LocalExtension:
 
     id = "ext.local"
     host_local = True
+    enforces_workspace_access = True
+    """``workspace.access`` ro binds the workspace read-only, none binds none (a scratch
+    tmpfs instead); the extension worker warns for backends without this mark."""
     directory_inputs = ("repo",)
     """Inputs read as a directory of the worker's machine: the worker vets them first."""
 
@@ -161,6 +164,7 @@ class LocalExtension:
             sandbox_id=request.sandbox_id,
             workspace=layout.workspace,
             read_only=profile.workspace.access == "ro",
+            bind_workspace=profile.workspace.access != "none",
             procs_files=groups.procs_files,
             log_file=layout.log_file,
             as_root=self._as_root,

@@ -86,12 +86,16 @@ def holder_argv(
     as_root: bool,
     bwrap: str = "bwrap",
     share_net: bool = False,
+    bind_workspace: bool = True,
 ) -> list[str]:
     """The bwrap command line of a sandbox's holder.
 
     ``share_net`` keeps the network namespace bwrap is started in (one that
     :mod:`.egress` built, with a link and nftables rules) instead of a new
     one with loopback only; only a root-run holder can be given one.
+
+    ``bind_workspace`` False (a profile's ``workspace.access: none``) gives the sandbox
+    an empty scratch ``/workspace`` (a tmpfs) instead of the workspace directory.
 
     No ``--die-with-parent``: the holder must outlive the worker that started
     it so that a restarted worker can adopt it. ``--info-fd`` reports the pid
@@ -110,7 +114,11 @@ def holder_argv(
         "--new-session",
         "--cap-drop", "ALL",
         *_SYSTEM_MOUNTS,
-        "--ro-bind" if read_only else "--bind", str(workspace), WORKSPACE_MOUNT,
+        *(
+            ("--ro-bind" if read_only else "--bind", str(workspace), WORKSPACE_MOUNT)
+            if bind_workspace
+            else ("--perms", "1777", "--tmpfs", WORKSPACE_MOUNT)
+        ),
         "--chdir", WORKSPACE_MOUNT,
         "--hostname", hostname_for(sandbox_id),
         "--clearenv",

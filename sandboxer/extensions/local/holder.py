@@ -90,6 +90,7 @@ async def spawn_holder(
     timeout: float = 10.0,
     netns: Path | None = None,
     nsenter: str = "/usr/bin/nsenter",
+    bind_workspace: bool = True,
 ) -> Holder:
     """Start the holder detached from the caller and return its identity.
 
@@ -105,6 +106,7 @@ async def spawn_holder(
         as_root=as_root,
         bwrap=bwrap,
         share_net=netns is not None,
+        bind_workspace=bind_workspace,
     )
     if netns is not None:
         argv = [nsenter, f"--net={netns}", "--", *argv]
