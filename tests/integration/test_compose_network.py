@@ -11,6 +11,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from sandboxer.config.network_policy import DENY_ALL, NetworkPolicy, parse_policy
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.base import ProvisionRequest
-from sandboxer.extensions.compose_ssh.egress import HOSTS_FILE
+from sandboxer.extensions.compose_ssh.egress import HOSTS_FILE, gate_directory
 from sandboxer.extensions.compose_ssh.egress_plan import bridge_of
 from sandboxer.extensions.compose_ssh.stack import NO_NETWORK_FILE
 from tests.conftest import require_tool
@@ -142,6 +143,32 @@ def upstream(tmp_path: Path) -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
 
 
+@contextlib.contextmanager
+def greeter() -> Iterator[int]:
+    """A service of the host on every address that says hello to whoever connects."""
+    listener = socket.create_server(("0.0.0.0", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"hello\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+        listener.close()
+
+
 def with_policy(env: Env, sandbox_id: str, repo: Path, policy: NetworkPolicy) -> ProvisionRequest:
     base = env.request(sandbox_id, repo)
     return ProvisionRequest(
@@ -159,6 +186,8 @@ async def test_an_allowlist_lets_through_only_its_names(
     # Both names lead to the test's own server; only one is on the allowlist.
     env.root.mkdir(parents=True, exist_ok=True)
     (env.root / HOSTS_FILE).write_text(f"{upstream} allowed.test other.test\n")
+    support = (await env.extension.inspect_host("host1"))["egress_allowlist"]
+    assert support["ready"] is True, support
     repo = make_repo(tmp_path / "repo", NETWORKED)
     policy = parse_policy({"egress": [f"allowed.test:{UPSTREAM_PORT}"]})
     request = with_policy(env, "composegate1", repo, policy)
@@ -180,30 +209,19 @@ async def test_an_allowlist_lets_through_only_its_names(
         code, out = await _exec(env, "composegate1", ["wget", "-q", "-O", "-", url])
         assert code != 0, url
         assert out == b""
-    # Without the proxy: the server's address directly, and the host's other ports.
+    # Without the proxy: the server's address directly, and a service of the host listening
+    # on every address (reachable through the bridge's gateway but for the sandbox's rules).
     gateway = _gateway(env, network)
-    for url in (f"http://{upstream}:{UPSTREAM_PORT}/", f"http://{gateway}:{env.host.port}/"):
-        code, out = await _exec(
-            env,
-            "composegate1",
-            [
-                "env",
-                "-u",
-                "http_proxy",
-                "-u",
-                "HTTP_PROXY",
-                "timeout",
-                "3",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                url,
-            ],
-        )
-        assert code != 0, url
-        assert out == b""
-    pid = int((env.root / "sbx-composegate1" / ".sandboxer.egress.pid").read_text())
+    direct = ["env", "-u", "http_proxy", "-u", "HTTP_PROXY", "timeout", "3"]
+    url = f"http://{upstream}:{UPSTREAM_PORT}/"
+    code, out = await _exec(env, "composegate1", [*direct, "wget", "-q", "-O", "-", url])
+    assert code != 0
+    assert out == b""
+    with greeter() as port:
+        code, out = await _exec(env, "composegate1", [*direct, "nc", gateway, str(port)])
+    assert out == b""
+    gate = Path(gate_directory("composegate1"))
+    pid = int((gate / "pid").read_text())
     assert Path(f"/proc/{pid}").exists()
     await env.extension.teardown("composegate1", host="host1")
     assert env.containers("composegate1") == []
@@ -215,6 +233,7 @@ async def test_an_allowlist_lets_through_only_its_names(
     tables = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True)
     assert "sbx_compose_composegate1" not in tables.stdout
     assert not (env.root / "sbx-composegate1").exists()
+    assert not gate.exists()
 
 
 async def test_address_entries_are_refused_before_anything_is_made(

@@ -128,7 +128,6 @@ class ComposeSshExtension(SshBackend):
                         conn,
                         stack.target,
                         sandbox_id,
-                        stack.directory,
                         request.profile.network.policy(),
                     )
                     await remote.put_file(
@@ -144,7 +143,7 @@ class ComposeSshExtension(SshBackend):
                     await volumes.remove_seed(conn, stack.target, stack.directory)
                 await self._up(conn, stack, values, "-d")
                 if stack.egress:  # after up: podman makes the bridge when a container joins
-                    await egress.start_proxy(conn, stack.target, sandbox_id, stack.directory)
+                    await egress.start_proxy(conn, stack.target, sandbox_id)
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         log.info(
@@ -232,6 +231,7 @@ class ComposeSshExtension(SshBackend):
             report["compose_cmd"] = item.config.compose_cmd
             report["workspaces"] = sorted(held.directories)
             report["sandboxes"] = held.owned_by(self.id)
+            report["egress_allowlist"] = await egress.host_support(conn, item)
             try:
                 owned = await engine.owned_containers(conn, item)
             except RemoteCommandFailed as exc:

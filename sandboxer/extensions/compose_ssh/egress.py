@@ -3,10 +3,13 @@
 The gate is three things on the host, all named from the sandbox id so that
 teardown finds them again after any crash: the engine network
 ``sbx-<id>-egress`` (``--internal``, labelled with the compose project), the
-nftables table ``sbx_compose_<id>``, and the proxy process, whose pid is in
-``<dir>/.sandboxer.egress.pid`` and whose command line names ``sbx-<id>``
-(checked before it is killed, so a reused pid is never hit). Each step first
-removes what an earlier attempt left, so a redelivered create starts clean.
+nftables table ``sbx_compose_<id>``, and the proxy process, whose script,
+config, log and pid are in ``/run/sandboxer-compose/sbx-<id>/`` and whose
+command line names ``sbx-<id>`` (checked before it is killed, so a reused pid
+is never hit). That directory is root's, outside the sandbox's directory:
+a service that mounts its repo could otherwise plant a symlink where root
+writes the proxy's log. Each step first removes what an earlier attempt left,
+so a redelivered create starts clean.
 
 Failures are :class:`~sandboxer.errors.RemoteCommandFailed` with the tool's
 own last lines (nothing here holds a secret).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from sandboxer.config.network_policy import NetworkPolicy
 from sandboxer.errors import RemoteCommandFailed
@@ -23,6 +27,7 @@ from sandboxer.extensions.compose_ssh import containers
 from sandboxer.extensions.compose_ssh.egress_plan import (
     Bridge,
     bridge_of,
+    egress_support,
     network_name,
     nft_ruleset,
     nft_table,
@@ -32,24 +37,33 @@ from sandboxer.extensions.local import egress_proxy
 from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT, Target
 from sandboxer.ssh import Connection, remote
 
-__all__ = ["HOSTS_FILE", "HOST_TOOLS_SCRIPT", "close", "prepare", "start_proxy"]
+__all__ = [
+    "GATE_ROOT",
+    "HOSTS_FILE",
+    "close",
+    "gate_directory",
+    "host_support",
+    "prepare",
+    "start_proxy",
+]
 
 EXTENSION = "ext.compose-ssh"
 PROXY_SOURCE = Path(egress_proxy.__file__).read_bytes()
 """The proxy as it is, shipped to the host and run by its ``python3 -I``."""
-SCRIPT_FILE = ".sandboxer.egress-proxy.py"
-CONFIG_FILE = ".sandboxer.egress.json"
-PID_FILE = ".sandboxer.egress.pid"
-LOG_FILE = ".sandboxer.egress.log"
-READY_FILE = ".sandboxer.egress.ready"
+GATE_ROOT = "/run/sandboxer-compose"
+"""Where the proxies' files live on a host (a tmpfs: a reboot ends the proxies too)."""
+SCRIPT_FILE = "egress_proxy.py"
+CONFIG_FILE = "config.json"
 HOSTS_FILE = "egress-hosts"
 """In the host's workspace root: ``/etc/hosts`` lines the proxies consult before DNS."""
 GATE_TIMEOUT = 60.0
 
-# Creates the internal network $2 labelled $3 with engine $1 (removing a leftover
-# first), prints its inspect JSON, then "hosts" if the hosts file $4 exists.
+# Makes the gate's directory $5 afresh (root's alone), creates the internal
+# network $2 labelled $3 with engine $1 (removing a leftover first), prints its
+# inspect JSON, then "hosts" if the hosts file $4 exists.
 _NETWORK_SCRIPT = r"""
-engine=$1 net=$2 label=$3 hosts=$4
+engine=$1 net=$2 label=$3 hosts=$4 gate=$5
+rm -rf "$gate" && mkdir -p -m 700 "$gate" || exit $?
 "$engine" network rm "$net" >/dev/null 2>&1
 "$engine" network create --internal --label "$label" "$net" >/dev/null || exit $?
 "$engine" network inspect "$net" || exit $?
@@ -64,39 +78,40 @@ nft delete table inet "$table" 2>/dev/null
 printf '%s' "$ruleset" | nft -f -
 """
 
-# Starts the proxy (python3 -I) named $2 in directory $1 in a session of its own
-# (replacing a leftover one), and waits up to 5 s for it to say it listens.
+# Starts the proxy (python3 -I) named $2 in the gate's directory $1 in a session
+# of its own (replacing a leftover one), and waits up to 5 s for it to say it
+# listens.
 _START_SCRIPT = r"""
 dir=$1 name=$2
 cd "$dir" || exit 1
-old=$(cat .sandboxer.egress.pid 2>/dev/null)
+old=$(cat pid 2>/dev/null)
 case "$old" in
   ''|*[!0-9]*) ;;
   *) tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null | grep -q -- "--name $name " && kill "$old" ;;
 esac
-rm -f .sandboxer.egress.ready
-setsid python3 -I .sandboxer.egress-proxy.py --name "$name" --config .sandboxer.egress.json \
-  --ready-fd 3 3>.sandboxer.egress.ready >.sandboxer.egress.log 2>&1 </dev/null &
+rm -f ready
+setsid python3 -I egress_proxy.py --name "$name" --config config.json \
+  --ready-fd 3 3>ready >log 2>&1 </dev/null &
 pid=$!
-echo "$pid" >.sandboxer.egress.pid
+echo "$pid" >pid
 i=0
 while [ "$i" -lt 50 ]; do
-  if grep -q ready .sandboxer.egress.ready 2>/dev/null; then exit 0; fi
+  if grep -q ready ready 2>/dev/null; then exit 0; fi
   kill -0 "$pid" 2>/dev/null || break
   sleep 0.1
   i=$((i + 1))
 done
 kill "$pid" 2>/dev/null
-tail -n 20 .sandboxer.egress.log >&2
+tail -n 20 log >&2
 exit 1
 """
 
-# Stops the proxy whose pid is in $1/.sandboxer.egress.pid if its command line
-# names $2, deletes nft table $3, removes network $5 of engine $4. Each part is
-# absent-is-fine; exits 1 naming what is left.
+# Stops the proxy whose pid is in $1/pid if its command line names $2, removes
+# the gate's directory $1, deletes nft table $3, removes network $5 of engine
+# $4. Each part is absent-is-fine; exits 1 naming what is left.
 _CLOSE_SCRIPT = r"""
 dir=$1 name=$2 table=$3 engine=$4 net=$5
-pid=$(cat "$dir/.sandboxer.egress.pid" 2>/dev/null)
+pid=$(cat "$dir/pid" 2>/dev/null)
 case "$pid" in
   ''|*[!0-9]*) ;;
   *)
@@ -108,6 +123,7 @@ case "$pid" in
     fi
     ;;
 esac
+rm -rf "$dir"
 left=""
 if command -v nft >/dev/null 2>&1; then
   nft delete table inet "$table" 2>/dev/null
@@ -121,20 +137,34 @@ if [ -n "$left" ]; then echo "left on the host:$left" >&2; exit 1; fi
 exit 0
 """
 
-HOST_TOOLS_SCRIPT = r"""
+_HOST_TOOLS_SCRIPT = r"""
 for tool in python3 nft setsid; do
   if command -v "$tool" >/dev/null 2>&1; then echo "$tool yes"; else echo "$tool no"; fi
 done
 python3 -c 'import sys; print("python3_version", "%d.%d" % sys.version_info[:2])' 2>/dev/null
 """
-"""What ``inspect host`` reports about the tools an egress allowlist needs."""
 
 
-async def prepare(
-    conn: Connection, item: Target, sandbox_id: str, directory: str, policy: NetworkPolicy
-) -> Bridge:
+async def host_support(conn: Connection, item: Target) -> dict[str, Any]:
+    """What ``inspect host`` reports about an egress allowlist here: the tools it needs,
+    whether they are all there, and what is missing."""
+    result = await remote.run(
+        conn,
+        ["sh", "-c", _HOST_TOOLS_SCRIPT],
+        env=item.config.env,
+        timeout=SHORT_TIMEOUT,
+        check=False,
+    )
+    return egress_support(result.stdout)
+
+
+def gate_directory(sandbox_id: str) -> str:
+    return f"{GATE_ROOT}/{containers.project_name(sandbox_id)}"
+
+
+async def prepare(conn: Connection, item: Target, sandbox_id: str, policy: NetworkPolicy) -> Bridge:
     """Make the network and the host's rules, and put the proxy and its config in the
-    sandbox's directory; the bridge's gateway is where the services find the proxy.
+    gate's directory; the bridge's gateway is where the services find the proxy.
 
     The proxy starts after the stack (:func:`start_proxy`): podman makes the bridge, and
     so the gateway address the proxy listens on, only when a container joins it."""
@@ -153,6 +183,7 @@ async def prepare(
             net,
             f"{containers.PROJECT_LABEL}={project}",
             hosts,
+            gate_directory(sandbox_id),
         ],
         env=item.config.env,
         timeout=GATE_TIMEOUT,
@@ -165,6 +196,7 @@ async def prepare(
     if bridge is None:
         raise _failed(item, f"reading the gateway of {net} from '{engine} network inspect'", made)
     config = proxy_config(policy, bridge.gateway, hosts if flag.strip() == "hosts" else None)
+    directory = gate_directory(sandbox_id)
     await remote.put_file(conn, f"{directory}/{SCRIPT_FILE}", PROXY_SOURCE, mode=0o600)
     await remote.put_file(
         conn, f"{directory}/{CONFIG_FILE}", json.dumps(config).encode(), mode=0o600
@@ -182,12 +214,12 @@ async def prepare(
     return bridge
 
 
-async def start_proxy(conn: Connection, item: Target, sandbox_id: str, directory: str) -> None:
+async def start_proxy(conn: Connection, item: Target, sandbox_id: str) -> None:
     """Start the proxy :func:`prepare` put in place, once the stack runs."""
     project = containers.project_name(sandbox_id)
     started = await remote.run(
         conn,
-        ["sh", "-c", _START_SCRIPT, "sh", directory, project],
+        ["sh", "-c", _START_SCRIPT, "sh", gate_directory(sandbox_id), project],
         env=item.config.env,
         timeout=GATE_TIMEOUT,
         check=False,
@@ -207,7 +239,7 @@ async def close(conn: Connection, item: Target, sandbox_id: str) -> None:
             "-c",
             _CLOSE_SCRIPT,
             "sh",
-            item.workspace(sandbox_id),
+            gate_directory(sandbox_id),
             project,
             nft_table(sandbox_id),
             engine,

@@ -31,6 +31,7 @@ __all__ = [
     "Bridge",
     "allowlist_override",
     "bridge_of",
+    "egress_support",
     "network_name",
     "nft_ruleset",
     "nft_table",
@@ -179,3 +180,33 @@ def nft_ruleset(table: str, bridge: Bridge) -> str:
   }}
 }}
 """
+
+
+MIN_PYTHON = (3, 9)
+"""The proxy script's oldest Python (``str.removesuffix``)."""
+
+
+def egress_support(tools_output: str) -> dict[str, Any]:
+    """``inspect host``'s ``egress_allowlist`` entry, from lines ``TOOL yes|no`` and
+    ``python3_version X.Y``: ``ready``, and ``missing`` with what to install."""
+    found: dict[str, str] = {}
+    for line in tools_output.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            found[key] = value.strip()
+    missing = []
+    if found.get("python3") != "yes":
+        missing.append("python3 (apt python3-minimal)")
+    else:
+        version = found.get("python3_version", "")
+        major, _, minor = version.partition(".")
+        if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < MIN_PYTHON:
+            missing.append(f"python3 >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]} (found {version or '?'})")
+    if found.get("nft") != "yes":
+        missing.append("nft (apt nftables)")
+    if found.get("setsid") != "yes":
+        missing.append("setsid (apt util-linux)")
+    report: dict[str, Any] = {"ready": not missing, "python3": found.get("python3_version")}
+    if missing:
+        report["missing"] = missing
+    return report
