@@ -85,6 +85,9 @@ class Sandbox(msgspec.Struct, frozen=True, kw_only=True):
     consumer: dict[str, Any] | None = None
     """Who the sandbox is for: ``harness``, ``session_id``, ``run_id``, ``job_id``, ``labels``
     (docs/protocol.md#consumer-attribution); None when its create named none."""
+    setup: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    """Its profile's setup commands as they ran before ready: ``index``, ``exit_code``,
+    ``output_tail`` (secrets redacted; docs/profiles.md#setup-commands)."""
     raw: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @property
@@ -116,6 +119,7 @@ class Sandbox(msgspec.Struct, frozen=True, kw_only=True):
             restored_from=_str(row, "restored_from"),
             network=_dict(row, "network"),
             consumer=_dict(row, "consumer"),
+            setup=_rows(row.get("setup")),
             raw=dict(row),
         )
 

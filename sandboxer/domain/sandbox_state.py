@@ -61,6 +61,7 @@ from sandboxer.events.types import (
     SandboxTeardownFailed,
     SandboxTouched,
     SandboxTtlExtended,
+    SetupRecord,
     event_type,
 )
 
@@ -173,6 +174,9 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     network: NetworkRecord | None = None
     """The network policy in force (docs/network.md), as ``requested`` recorded it; None for
     a sandbox requested before policies were recorded (its profile's policy applies)."""
+    setup: list[SetupRecord] = []
+    """The profile's setup commands as the latest ``ready`` recorded them (exit codes and
+    redacted output tails; docs/profiles.md#setup-commands)."""
     consumer: ConsumerRecord | None = None
     """Who the sandbox is for, as ``requested`` recorded it (docs/protocol.md#consumer-attribution)."""
 
@@ -244,6 +248,7 @@ def evolve(  # noqa: PLR0912 (a flat dispatch: one case per event reads best)
                 reachability=event.reachability,
                 warnings=event.warnings,
                 last_activity_at=event.at,
+                setup=event.setup,
             )
         case SandboxActive() | SandboxTouched() | SandboxTtlExtended() | SandboxExpired():
             return _evolve_lifetime(base, event)
