@@ -165,6 +165,13 @@ async def test_the_validator_page_runs_as_written(
             assert field in descriptor, f"the page promises {field!r} in the descriptor"
         assert sorted(descriptor["services"]) == ["web", "worker"]
         assert descriptor["host"] == "sandboxer01"
+        access = descriptor["access"]
+        assert access["kind"] == "ssh"
+        assert access["host_name"] == "sandboxer01"
+        assert access["workdir"] == descriptor["directory"]
+        assert access["host_key_fingerprint"].startswith("SHA256:")
+        assert access["host_key_verified"] is True
+        assert access["enter"].endswith("exec -T SERVICE CMD")
         assert got["inputs"]["repo"].startswith("object:sha256:")
 
         assert exec_.out == "reachable\n"
