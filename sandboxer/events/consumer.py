@@ -13,10 +13,11 @@ import msgspec
 __all__ = ["ConsumerRecord", "SetupRecord"]
 
 
-class ConsumerRecord(msgspec.Struct, frozen=True, kw_only=True):
+class ConsumerRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The calling service (``harness``), its ``session_id``, ``run_id`` and ``job_id``, and
     free ``labels``. Every part is optional. Inside events it tolerates fields it does not
-    know (a later version may add some); commands check it strictly."""
+    know (a later version may add some); commands check it strictly. Parts left out are
+    left out of the encoding too."""
 
     harness: str | None = None
     session_id: str | None = None
