@@ -1,6 +1,7 @@
 """The CLI's words for a consumer's parts (docs/protocol.md#consumer-attribution).
 
-``list --harness/--session/--run/--job/--label k=v`` filters by them and
+``create --harness/--session/--run/--job/--label k=v`` names them,
+``list`` with the same options filters by them, and
 ``usage --by harness|session|run|job`` groups by one; the service checks
 every value and says why it refuses one.
 """
@@ -23,7 +24,8 @@ def consumer_filter(
     job: str | None,
     labels: list[str],
 ) -> dict[str, Any]:
-    """The consumer filter the options ask for; ValueError names a label that is not k=v."""
+    """The consumer (or consumer filter) the options give; ValueError names a label that is
+    not k=v."""
     given = {"harness": harness, "session_id": session, "run_id": run, "job_id": job}
     wanted: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     pairs: dict[str, str] = {}

@@ -157,6 +157,15 @@ def create(
             "it must lie within the profile's policy",
         ),
     ] = None,
+    harness: Annotated[
+        str | None, typer.Option(help="consumer: the calling service (docs/protocol.md)")
+    ] = None,
+    session: Annotated[str | None, typer.Option(help="consumer: its session id")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="consumer: its run id")] = None,
+    job: Annotated[str | None, typer.Option(help="consumer: its job id")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="consumer: a label k=v (repeatable)")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a sandbox from a profile and wait until it is ready.
@@ -166,6 +175,13 @@ def create(
     """
     parsed = _parse_inputs(inputs or [])
     asked = _asked_network(network, egress or [])
+    try:
+        consumer = consumer_filter(
+            harness=harness, session=session, run=run_id, job=job, labels=label or []
+        )
+    except ValueError as exc:
+        say(f"error: {exc}")
+        raise typer.Exit(2) from None
 
     async def work(client: SandboxerClient) -> dict[str, Any]:
         # Settings and the local catalog were read once already to connect: quick, and any
@@ -186,6 +202,7 @@ def create(
             host=host,
             ttl=ttl,
             network=asked,
+            consumer=consumer or None,  # the service checks each part and says why not
             wait=not no_wait,
             on_event=progress,
             timeout=timeout,

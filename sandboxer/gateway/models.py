@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sandboxer.commands.consumer_rules import label_refusal
 
 __all__ = [
     "Accepted",
@@ -107,6 +109,17 @@ class Consumer(_Strict):
         description="free labels: keys of lowercase letters, digits and ._/-, values of at "
         "most 256 printable characters",
     )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_valid(cls, labels: dict[str, str]) -> dict[str, str]:
+        """The service's own rule, here too, so a bad label is a 422 rather than a 202
+        whose command is then rejected."""
+        for key, value in labels.items():
+            refusal = label_refusal(key, value)
+            if refusal is not None:
+                raise ValueError(refusal)
+        return labels
 
 
 class CreateSandbox(_Strict):

@@ -217,6 +217,13 @@ async def test_list_filters_and_usage_groups_by_consumer(
     assert [s["sandbox_id"] for s in listed] == [other["sandbox_id"]]
     listed = json.loads((await cli("list", "--label", "team=core", "--json")).stdout)
     assert [s["sandbox_id"] for s in listed] == [mine["sandbox_id"]]
+    from_cli = json.loads(
+        (await cli("create", "--harness", "cli-harness", "--label", "via=cli", "--json")).stdout
+    )
+    assert from_cli["consumer"] == {"harness": "cli-harness", "labels": {"via": "cli"}}
+    listed = json.loads((await cli("list", "--label", "via=cli", "--json")).stdout)
+    assert [s["sandbox_id"] for s in listed] == [from_cli["sandbox_id"]]
+    await client.destroy(from_cli["sandbox_id"])
     refused = await cli("list", "--harness", "Not A Name", check=False)
     assert refused.returncode != 0
     assert "consumer.harness" in refused.stderr + refused.stdout
@@ -233,14 +240,32 @@ async def test_list_filters_and_usage_groups_by_consumer(
             assert [s["sandbox_id"] for s in answer.json()["sandboxes"]] == [mine["sandbox_id"]]
             bad = await http.get("/v1/sandboxes", params={"label": "no-equals-sign"})
             assert bad.status_code == 400
+            body = {"profile": "profile.local", "consumer": {"harness": "http-harness"}}
+            made = await http.post("/v1/sandboxes", json=body, params={"wait": 60})
+            assert made.status_code == 201, made.text
+            assert made.json()["consumer"] == {"harness": "http-harness"}
+            answer = await http.get("/v1/sandboxes", params={"harness": "http-harness"})
+            assert [s["sandbox_id"] for s in answer.json()["sandboxes"]] == [
+                made.json()["sandbox_id"]
+            ]
+            hostile = {"consumer": {"harness": "http-harness", "labels": {"k": "\u0007"}}}
+            refused = await http.post("/v1/sandboxes", json=hostile)
+            assert refused.status_code in {400, 422}, refused.text
+            await http.delete(f"/v1/sandboxes/{made.json()['sandbox_id']}")
 
     for sandbox in (mine, other, plain):
         await client.destroy(sandbox["sandbox_id"])
     async with asyncio.timeout(30):  # the meter records each destroyed sandbox after it
-        while (usage := await client.usage(by="harness"))["total"]["sandboxes"] < 3:
+        while (usage := await client.usage(by="harness"))["total"]["sandboxes"] < 5:
             await asyncio.sleep(0.1)
     groups = {row["harness"]: row["sandboxes"] for row in usage["summary"]}
-    assert groups == {None: 1, "agent-harness": 1, "code-gen": 1}
+    assert groups == {
+        None: 1,
+        "agent-harness": 1,
+        "code-gen": 1,
+        "cli-harness": 1,
+        "http-harness": 1,
+    }
     shown = (await cli("usage", "--by", "harness")).stdout
     assert "agent-harness" in shown
     assert "code-gen" in shown
