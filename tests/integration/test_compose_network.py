@@ -22,7 +22,7 @@ from sandboxer.config.network_policy import DENY_ALL, NetworkPolicy, parse_polic
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.compose_ssh.egress import HOSTS_FILE, gate_directory
-from sandboxer.extensions.compose_ssh.egress_plan import bridge_of
+from sandboxer.extensions.compose_ssh.egress_plan import PROXY_PORT, bridge_of
 from sandboxer.extensions.compose_ssh.stack import NO_NETWORK_FILE
 from tests.conftest import require_tool
 from tests.integration.remote_fixtures import ENGINES
@@ -189,7 +189,9 @@ async def test_an_allowlist_lets_through_only_its_names(
     support = (await env.extension.inspect_host("host1"))["egress_allowlist"]
     assert support["ready"] is True, support
     repo = make_repo(tmp_path / "repo", NETWORKED)
-    policy = parse_policy({"egress": [f"allowed.test:{UPSTREAM_PORT}"]})
+    policy = parse_policy(
+        {"egress": [f"allowed.test:{UPSTREAM_PORT}", f"{upstream}:{UPSTREAM_PORT}/tcp"]}
+    )
     request = with_policy(env, "composegate1", repo, policy)
     await env.extension.provision(request)
     await env.extension.provision(request)  # a redelivered create starts clean
@@ -209,10 +211,31 @@ async def test_an_allowlist_lets_through_only_its_names(
         code, out = await _exec(env, "composegate1", ["wget", "-q", "-O", "-", url])
         assert code != 0, url
         assert out == b""
+    # TLS: the proxy lets a tunnel to the allowed name through only when the ClientHello
+    # names it too (the test's server then answers the TLS bytes with an HTTP 400).
+    gateway = _gateway(env, network)
+    for server_name, through in (("allowed.test", True), ("other.test", False)):
+        connect = f"CONNECT allowed.test:{UPSTREAM_PORT} HTTP/1.1\r\n\r\n".encode()
+        script = f"printf '{_octal(connect + client_hello(server_name))}' | timeout 5 nc {gateway} {PROXY_PORT}"
+        _, out = await _exec(env, "composegate1", ["sh", "-c", script])
+        assert out.startswith(b"HTTP/1.1 200 Connection established\r\n\r\n"), out
+        assert (b"400" in out) == through, (server_name, out)
+    log = (Path(gate_directory("composegate1")) / "log").read_text()
+    assert f"allowed: CONNECT allowed.test:{UPSTREAM_PORT}\n" in log, log
+    assert "with TLS server name 'other.test'" in log, log
+    # An address entry: a CONNECT to it is let through, to another port of it refused.
+    for port, answer in (
+        (UPSTREAM_PORT, b"200 Connection established"),
+        (UPSTREAM_PORT + 1, b"403"),
+    ):
+        connect = f"CONNECT {upstream}:{port} HTTP/1.1\\r\\n\\r\\nGET / HTTP/1.0\\r\\n\\r\\n"
+        script = f"printf '{connect}' | timeout 5 nc {gateway} {PROXY_PORT}"
+        _, out = await _exec(env, "composegate1", ["sh", "-c", script])
+        assert answer in out.split(b"\r\n", 1)[0], out
+        assert (b"hello from upstream" in out) == (port == UPSTREAM_PORT), out
     # Without the proxy: the server's address directly, and a service of the host listening
     # on every address (reachable through the bridge's gateway but for the sandbox's rules).
-    gateway = _gateway(env, network)
-    direct = ["env", "-u", "http_proxy", "-u", "HTTP_PROXY", "timeout", "3"]
+    direct = ["env", "-u", "http_proxy", "-u", "HTTP_PROXY", "timeout", "2"]
     url = f"http://{upstream}:{UPSTREAM_PORT}/"
     code, out = await _exec(env, "composegate1", [*direct, "wget", "-q", "-O", "-", url])
     assert code != 0
@@ -236,17 +259,6 @@ async def test_an_allowlist_lets_through_only_its_names(
     assert not gate.exists()
 
 
-async def test_address_entries_are_refused_before_anything_is_made(
-    env: Env, tmp_path: Path
-) -> None:
-    """The gate lets names through, never addresses: refused, not silently unreachable."""
-    repo = make_repo(tmp_path / "repo", NETWORKED)
-    policy = parse_policy({"egress": ["pypi.org:443", "10.1.2.0/24:5432"]})
-    with pytest.raises(InvalidInput, match=r"10\.1\.2\.0/24:5432"):
-        await env.extension.provision(with_policy(env, "composeallow1", repo, policy))
-    assert not (env.root / "sbx-composeallow1").exists()
-
-
 async def test_a_service_with_its_own_network_is_refused(env: Env, tmp_path: Path) -> None:
     own = NETWORKED.replace(
         "    init: true\n  worker:", "    init: true\n    network_mode: host\n  worker:"
@@ -256,6 +268,30 @@ async def test_a_service_with_its_own_network_is_refused(env: Env, tmp_path: Pat
     with pytest.raises(InvalidInput, match=r"services web .* choose their own networks"):
         await env.extension.provision(with_policy(env, "composeallow2", repo, policy))
     assert not (env.root / "sbx-composeallow2").exists()
+
+
+def client_hello(server_name: str) -> bytes:
+    """A TLS record holding a minimal ClientHello that names ``server_name`` (SNI)."""
+    name = server_name.encode()
+    entry = b"\x00" + len(name).to_bytes(2, "big") + name
+    sni = len(entry).to_bytes(2, "big") + entry
+    extension = b"\x00\x00" + len(sni).to_bytes(2, "big") + sni
+    body = (
+        b"\x03\x03"
+        + bytes(32)
+        + b"\x00"
+        + b"\x00\x02\x13\x01"
+        + b"\x01\x00"
+        + len(extension).to_bytes(2, "big")
+        + extension
+    )
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake
+
+
+def _octal(data: bytes) -> str:
+    """``data`` as a printf format of octal escapes (busybox printf has no \\x)."""
+    return "".join(f"\\{byte:03o}" for byte in data)
 
 
 def _gateway(env: Env, network: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import yaml
@@ -16,9 +17,10 @@ from sandboxer.extensions.compose_ssh.egress_plan import (
     network_name,
     nft_ruleset,
     proxy_config,
+    uncarried_entries,
     unsafe_services,
-    unsupported_entries,
 )
+from sandboxer.extensions.compose_ssh.gate_proxy import address_target, load_addresses
 from sandboxer.extensions.local.egress_proxy import load_allowlist
 
 
@@ -42,6 +44,7 @@ def test_names_go_to_the_proxy_with_their_ports() -> None:
             {"pattern": "*.pythonhosted.org", "ports": []},
             {"pattern": "a.test", "ports": [[80, 80], [8000, 8100]]},
         ],
+        "addresses": [],
     }
     allowlist = load_allowlist(config["domains"])  # the proxy reads it as it is
     assert allowlist.allows("pypi.org", 443)
@@ -50,7 +53,7 @@ def test_names_go_to_the_proxy_with_their_ports() -> None:
     assert not allowlist.allows("pythonhosted.org", 443)
 
 
-def test_what_the_proxy_cannot_carry_is_named() -> None:
+def test_addresses_go_to_the_proxy_too_and_udp_only_entries_are_named() -> None:
     policy = parse_policy(
         {
             "egress": [
@@ -62,7 +65,32 @@ def test_what_the_proxy_cannot_carry_is_named() -> None:
             ]
         }
     )
-    assert unsupported_entries(policy) == ["10.0.0.0/8", "192.0.2.7:53/udp", "dns.test:53/udp"]
+    assert uncarried_entries(policy) == ["192.0.2.7:53/udp", "dns.test:53/udp"]
+    config = proxy_config(policy, "10.89.0.1", "/srv/hosts")
+    assert config["addresses"] == [{"network": "10.0.0.0/8", "ports": []}]
+    assert [d["pattern"] for d in config["domains"]] == ["pypi.org", "b.test"]
+    rules = load_addresses(config["addresses"])
+    assert any(rule.allows(ipaddress.ip_address("10.9.9.9"), 5432) for rule in rules)
+    assert not any(rule.allows(ipaddress.ip_address("192.0.2.7"), 53) for rule in rules)
+
+
+def test_only_a_connect_to_an_address_literal_is_the_gates_to_decide() -> None:
+    assert address_target(b"CONNECT 10.1.2.3:5432 HTTP/1.1\r\n\r\n") == ("10.1.2.3", 5432)
+    assert address_target(b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\nHost: x\r\n\r\n") == (
+        "2001:db8::1",
+        443,
+    )
+    for head in (
+        b"CONNECT pypi.org:443 HTTP/1.1\r\n\r\n",  # a name: egress_proxy's
+        b"GET http://10.1.2.3/ HTTP/1.1\r\n\r\n",  # plain HTTP: egress_proxy refuses it
+        b"CONNECT 10.1.2.3 HTTP/1.1\r\n\r\n",
+        b"CONNECT 10.1.2.3:0 HTTP/1.1\r\n\r\n",
+        b"CONNECT 10.1.2.3:99999 HTTP/1.1\r\n\r\n",
+        b"CONNECT 2001:db8::1:443 HTTP/1.1\r\n\r\n",
+        b"CONNECT \xff:1 HTTP/1.1\r\n\r\n",
+        b"CONNECT 10.1.2.3:443 SPDY/3\r\n\r\n",
+    ):
+        assert address_target(head) is None, head
 
 
 def test_the_override_puts_every_service_on_the_egress_network_only() -> None:

@@ -44,8 +44,8 @@ from sandboxer.extensions.compose_ssh.compose_file import (
 )
 from sandboxer.extensions.compose_ssh.egress_plan import (
     allowlist_override,
+    uncarried_entries,
     unsafe_services,
-    unsupported_entries,
 )
 from sandboxer.extensions.compose_ssh.pausing import set_paused
 from sandboxer.extensions.compose_ssh.readiness import await_running
@@ -197,6 +197,12 @@ class ComposeSshExtension(SshBackend):
             warnings.append(
                 "resource limits of the profile not applied by ext.compose-ssh: set "
                 "them per service in the compose file"
+            )
+        uncarried = uncarried_entries(profile.network.policy()) if stack.egress else []
+        if uncarried:
+            warnings.append(
+                f"network: the egress proxy relays TCP only: {', '.join(uncarried)} "
+                "(UDP) cannot be reached"
             )
         if profile.setup.instructions:
             warnings.append(
@@ -400,23 +406,13 @@ def _network_mode(
     request: ProvisionRequest, compose_path: Path, extension: str
 ) -> Literal["all", "none", "allowlist"]:
     """How the stack is networked under the policy in force: as its compose file says
-    (allow), not at all (deny), or through the egress gate (an allowlist of names). What
-    the gate cannot hold is refused before anything is made, rather than let through."""
+    (allow), not at all (deny), or through the egress gate (an allowlist). A compose file
+    whose services would keep a way around the gate is refused before anything is made."""
     policy = request.profile.network.policy()
     if policy.default == "allow":
         return "all"
     if not policy.egress:
         return "none"
-    unsupported = unsupported_entries(policy)
-    if unsupported:
-        raise InvalidInput(
-            f"ext.compose-ssh cannot allow {', '.join(unsupported)} ({policy.describe()}): its "
-            "egress gate lets through names over TCP only, never addresses or UDP; list names, "
-            "or route the profile to a backend that enforces address entries "
-            "(docs/network.md)",
-            sandbox_id=request.sandbox_id,
-            extension=extension,
-        )
     try:
         parsed = yaml.safe_load(compose_path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):

@@ -23,7 +23,7 @@ from typing import Any
 
 from sandboxer.config.network_policy import NetworkPolicy
 from sandboxer.errors import RemoteCommandFailed
-from sandboxer.extensions.compose_ssh import containers
+from sandboxer.extensions.compose_ssh import containers, gate_proxy
 from sandboxer.extensions.compose_ssh.egress_plan import (
     Bridge,
     bridge_of,
@@ -48,11 +48,14 @@ __all__ = [
 ]
 
 EXTENSION = "ext.compose-ssh"
-PROXY_SOURCE = Path(egress_proxy.__file__).read_bytes()
-"""The proxy as it is, shipped to the host and run by its ``python3 -I``."""
+PROXY_FILES = {
+    "egress_proxy.py": Path(egress_proxy.__file__).read_bytes(),
+    "gate_proxy.py": Path(gate_proxy.__file__).read_bytes(),
+}
+"""Shipped to the host as they are; its ``python3 -I`` runs gate_proxy.py, which loads
+egress_proxy.py from beside it."""
 GATE_ROOT = "/run/sandboxer-compose"
 """Where the proxies' files live on a host (a tmpfs: a reboot ends the proxies too)."""
-SCRIPT_FILE = "egress_proxy.py"
 CONFIG_FILE = "config.json"
 HOSTS_FILE = "egress-hosts"
 """In the host's workspace root: ``/etc/hosts`` lines the proxies consult before DNS."""
@@ -90,7 +93,7 @@ case "$old" in
   *) tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null | grep -q -- "--name $name " && kill "$old" ;;
 esac
 rm -f ready
-setsid python3 -I egress_proxy.py --name "$name" --config config.json \
+setsid python3 -I gate_proxy.py --name "$name" --config config.json \
   --ready-fd 3 3>ready >log 2>&1 </dev/null &
 pid=$!
 echo "$pid" >pid
@@ -197,7 +200,8 @@ async def prepare(conn: Connection, item: Target, sandbox_id: str, policy: Netwo
         raise _failed(item, f"reading the gateway of {net} from '{engine} network inspect'", made)
     config = proxy_config(policy, bridge.gateway, hosts if flag.strip() == "hosts" else None)
     directory = gate_directory(sandbox_id)
-    await remote.put_file(conn, f"{directory}/{SCRIPT_FILE}", PROXY_SOURCE, mode=0o600)
+    for file_name, source in PROXY_FILES.items():
+        await remote.put_file(conn, f"{directory}/{file_name}", source, mode=0o600)
     await remote.put_file(
         conn, f"{directory}/{CONFIG_FILE}", json.dumps(config).encode(), mode=0o600
     )

@@ -2,18 +2,19 @@
 
 Under ``default: deny`` with name entries, the stack's services sit on one
 network of our own, created ``--internal`` (no route out), and the only way out
-is a forward proxy (``sandboxer/extensions/local/egress_proxy.py``, run by the
-host's ``python3``) listening on that network's gateway address, which is the
-host's end of its bridge. An nftables table of the sandbox's own, in the
+is a forward proxy (:mod:`.gate_proxy`: ext.local's ``egress_proxy.py``
+unchanged for names, plus ``CONNECT`` to listed addresses; run by the host's
+``python3``) listening on that network's gateway address, which is the host's
+end of its bridge. An nftables table of the sandbox's own, in the
 host's ruleset, drops everything the bridge would forward and everything it
 would deliver to the host except the proxy's port and DNS (the engine's
 resolver for service names): the stack cannot reach another of the host's
 services, and a host that forwards packets does not make the network less
 internal.
 
-Only names are let through (the proxy allows names, never address literals):
-an address entry is refused at create, so the declaration stays honest
-(docs/network.md).
+The proxy relays TCP: what a policy allows over UDP only is not carried (a
+``ready`` warning names it), so the gate lets through less than such a policy,
+never more (docs/network.md).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ __all__ = [
     "nft_table",
     "proxy_config",
     "proxy_env",
+    "uncarried_entries",
     "unsafe_services",
-    "unsupported_entries",
 ]
 
 EGRESS_OVERRIDE_FILE = ".sandboxer.egress.yaml"
@@ -58,24 +59,30 @@ def nft_table(sandbox_id: str) -> str:
     return f"sbx_compose_{sandbox_id}"
 
 
-def unsupported_entries(policy: NetworkPolicy) -> list[str]:
-    """Entries the proxy cannot let through: addresses and CIDRs (it allows names only, so
-    they would be silently unreachable), and UDP-only names (it relays TCP)."""
-    return [
-        entry.compact()
-        for entry in policy.egress
-        if not entry.is_domain or entry.protocols == ("udp",)
-    ]
+def uncarried_entries(policy: NetworkPolicy) -> list[str]:
+    """Entries the proxy does not let through at all: UDP-only ones (it relays TCP)."""
+    return [entry.compact() for entry in policy.egress if entry.protocols == ("udp",)]
 
 
 def proxy_config(policy: NetworkPolicy, listen: str, hosts_file: str | None) -> dict[str, Any]:
-    """The proxy's config file (the format egress_proxy.py reads)."""
+    """The proxy's config file (egress_proxy.py's format, plus gate_proxy.py's addresses)."""
     domains = [
         {"pattern": entry.to, "ports": [list(pair) for pair in entry.port_pairs]}
         for entry in policy.domains
         if "tcp" in entry.protocols
     ]
-    return {"listen": listen, "port": PROXY_PORT, "hosts_file": hosts_file, "domains": domains}
+    addresses = [
+        {"network": str(entry.network), "ports": [list(pair) for pair in entry.port_pairs]}
+        for entry in policy.addresses
+        if "tcp" in entry.protocols
+    ]
+    return {
+        "listen": listen,
+        "port": PROXY_PORT,
+        "hosts_file": hosts_file,
+        "domains": domains,
+        "addresses": addresses,
+    }
 
 
 def proxy_env(gateway: str) -> dict[str, str]:
