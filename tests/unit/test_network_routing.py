@@ -96,7 +96,7 @@ def test_packaged_declarations_state_what_each_backend_enforces() -> None:
     levels = {ext_id: d.capabilities.network for ext_id, d in catalog.extensions.items()}
     assert levels == {
         "ext.local": "domain",
-        "ext.compose-ssh": "all-or-nothing",
+        "ext.compose-ssh": "domain",
         "ext.vm-packer": "none",
         "ext.e2b": "domain",
         "ext.daytona": "cidr",
