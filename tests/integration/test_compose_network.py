@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sandboxer.config.network_policy import DENY_ALL, NetworkPolicy, parse_policy
-from sandboxer.errors import InvalidInput
+from sandboxer.errors import InvalidInput, RemoteCommandFailed
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.compose_ssh.egress import HOSTS_FILE, gate_directory
 from sandboxer.extensions.compose_ssh.egress_plan import PROXY_PORT, bridge_of
@@ -257,6 +257,25 @@ async def test_an_allowlist_lets_through_only_its_names(
     assert "sbx_compose_composegate1" not in tables.stdout
     assert not (env.root / "sbx-composegate1").exists()
     assert not gate.exists()
+
+
+@pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
+async def test_a_failed_create_under_an_allowlist_leaves_nothing(env: Env, tmp_path: Path) -> None:
+    """compose up fails after the network and rules are made; the teardown the worker then
+    runs removes them."""
+    repo = make_repo(tmp_path / "repo", NETWORKED.replace("localhost/mini", "localhost/nope"))
+    policy = parse_policy({"egress": ["pypi.org:443"]})
+    request = with_policy(env, "composegate2", repo, policy)
+    with pytest.raises(RemoteCommandFailed):
+        await env.extension.provision(request)
+    network = "sbx-composegate2-egress"
+    assert env.engine.cli("network", "inspect", network, check=False).returncode == 0
+    await env.extension.teardown("composegate2", host="host1")
+    assert env.engine.cli("network", "inspect", network, check=False).returncode != 0
+    tables = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True)
+    assert "sbx_compose_composegate2" not in tables.stdout
+    assert not Path(gate_directory("composegate2")).exists()
+    assert not (env.root / "sbx-composegate2").exists()
 
 
 async def test_a_service_with_its_own_network_is_refused(env: Env, tmp_path: Path) -> None:
