@@ -368,9 +368,10 @@ class Sandboxer:
         project: str | None = None,
         command_id: str | None = None,
         timeout: float = 300.0,
+        consumer: Mapping[str, Any] | None = None,
     ) -> Sandbox:
         """A new sandbox from the snapshot (on its profile, or ``profile``: any backend);
-        returns it once ready."""
+        returns it once ready. ``consumer`` as in :meth:`create`."""
         _check_id(snapshot_id, "snapshot")
         if sandbox_id is not None:
             _check_id(sandbox_id)
@@ -382,6 +383,7 @@ class Sandboxer:
             project=project,
             command_id=command_id,
             timeout=timeout,
+            consumer=consumer,
         )
         return Sandbox.from_row(row)
 

@@ -536,9 +536,11 @@ class SandboxerClient:
         command_id: str | None = None,
         on_event: EventCallback | None = None,
         timeout: float = 300.0,
+        consumer: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create a new sandbox from the snapshot (its profile, or ``profile``: any backend);
-        ``inputs`` are the profile's other inputs. Returns the new sandbox's ``ready`` event."""
+        ``inputs`` are the profile's other inputs, ``consumer`` as in :meth:`create`. Returns
+        the new sandbox's ``ready`` event."""
         _check_id(snapshot_id)
         if sandbox_id is not None:
             _check_id(sandbox_id)
@@ -554,6 +556,8 @@ class SandboxerClient:
             command["sandbox_id"] = sandbox_id
         if inputs:
             command["inputs"] = dict(inputs)
+        if consumer is not None:  # only when asked: older services do not know the field
+            command["consumer"] = dict(consumer)
         target = sandbox_id or derive_sandbox_id(command_id)
         return await self._run("restore", command, target, {"ready"}, True, on_event, timeout)
 

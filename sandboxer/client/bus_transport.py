@@ -189,6 +189,7 @@ class BusTransport:
         project: str | None,
         command_id: str | None,
         timeout: float,
+        consumer: Mapping[str, Any] | None = None,
     ) -> Row:
         client = self._for_project(project)
         command_id = command_id or new_command_id()
@@ -196,6 +197,7 @@ class BusTransport:
             await _found(
                 lambda: client.restore(
                     snapshot_id,
+                    consumer=consumer,
                     profile=profile,
                     sandbox_id=sandbox_id,
                     inputs=inputs,

@@ -314,11 +314,14 @@ class HttpTransport:
         project: str | None,
         command_id: str | None,
         timeout: float,
+        consumer: Mapping[str, Any] | None = None,
     ) -> Row:
         optional = {"profile": profile, "sandbox_id": sandbox_id, "project": project}
         body: dict[str, Any] = {k: v for k, v in optional.items() if v is not None}
         if inputs:
             body["inputs"] = dict(inputs)
+        if consumer is not None:
+            body["consumer"] = dict(consumer)
         response, _, deadline = await self._command(
             "POST",
             f"/v1/snapshots/{snapshot_id}/restore",

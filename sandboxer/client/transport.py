@@ -92,6 +92,7 @@ class Transport(Protocol):
         project: str | None,
         command_id: str | None,
         timeout: float,
+        consumer: Mapping[str, Any] | None = None,
     ) -> Row: ...
 
     async def snapshot_get(self, snapshot_id: str) -> Row | None: ...

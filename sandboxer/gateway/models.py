@@ -178,6 +178,7 @@ class RestoreSnapshot(_Strict):
     sandbox_id: str | None = Field(default=None, pattern=SANDBOX_ID)
     inputs: dict[str, str] = Field(default_factory=dict, max_length=64)
     project: str | None = Field(default=None, pattern=PROJECT)
+    consumer: Consumer | None = Field(default=None, description="as in a create")
 
 
 class Accepted(BaseModel):

@@ -162,6 +162,9 @@ async def restore_snapshot(
         fields["sandbox_id"] = body.sandbox_id
     if body.inputs:
         fields["inputs"] = body.inputs
+    consumer = None if body.consumer is None else body.consumer.model_dump(exclude_none=True)
+    if consumer is not None:
+        fields["consumer"] = consumer
     await client.publish_command("restore", about(client, command_id, **fields))
     sandbox_id = body.sandbox_id or derive_sandbox_id(command_id)
     finished = await within(
@@ -173,6 +176,7 @@ async def restore_snapshot(
             inputs=body.inputs,
             command_id=command_id,
             timeout=wait + 60,
+            consumer=consumer,
         ),
     )
     if finished:

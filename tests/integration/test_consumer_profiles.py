@@ -269,3 +269,23 @@ async def test_list_filters_and_usage_groups_by_consumer(
     shown = (await cli("usage", "--by", "harness")).stdout
     assert "agent-harness" in shown
     assert "code-gen" in shown
+
+
+async def test_a_restore_carries_its_consumer(service: Service, tmp_path: Path) -> None:
+    client = service.client
+    checkout = tmp_path / "repo"
+    checkout.mkdir()
+    (checkout / "f.txt").write_text("kept\n")
+    source = await client.create(inputs={"repo": str(checkout)}, consumer={"harness": "first"})
+    snapshot = await client.snapshot(source["sandbox_id"])
+    ready = await client.restore(
+        snapshot["snapshot_id"], consumer={"harness": "restorer", "run_id": "run-2"}
+    )
+    requested = (await events_of(client, ready["sandbox_id"]))[0]
+    assert requested["restored_from"] == snapshot["snapshot_id"]
+    assert requested["consumer"] == {"harness": "restorer", "run_id": "run-2"}
+    listed = await client.list_sandboxes(consumer={"harness": "restorer"})
+    assert [s["sandbox_id"] for s in listed] == [ready["sandbox_id"]]
+    with pytest.raises(CommandFailed) as caught:
+        await client.restore(snapshot["snapshot_id"], consumer={"labels": {"Bad Key": "v"}})
+    assert caught.value.event["code"] == "invalid_consumer"
