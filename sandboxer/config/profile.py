@@ -142,6 +142,13 @@ class Setup(_Strict):
         "backend's exec, in order, before 'ready'; each one's exit code and redacted output "
         "tail are in the ready event, and a non-zero exit fails the sandbox (setup_failed)",
     )
+    command_timeout: str = Field(
+        default="10m",
+        description="how long each of 'commands' may run (90s, 10m, 1h); past it, it is "
+        "stopped and the sandbox fails (setup_failed)",
+    )
+
+    _timeout = field_validator("command_timeout")(_check_duration)
     secret_refs: dict[str, str] = Field(
         default_factory=dict,
         description="NAME -> reference (env:VAR or file:PATH), resolved only inside the worker",

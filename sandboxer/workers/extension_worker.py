@@ -42,6 +42,7 @@ from sandboxer.domain.sandbox_decide import (
     MarkTeardownFailed,
     StartProvisioning,
 )
+from sandboxer.durations import parse_duration
 from sandboxer.errors import (
     ConfigError,
     ExtensionError,
@@ -257,7 +258,12 @@ class ExtensionWorker:
                 # (stage provision, code setup_failed).
                 stage = "provision"
                 setup = await run_setup_commands(
-                    backend, job.sandbox_id, profile.setup.commands, secrets, host=state.host
+                    backend,
+                    job.sandbox_id,
+                    profile.setup.commands,
+                    secrets,
+                    host=state.host,
+                    timeout=parse_duration(profile.setup.command_timeout),
                 )
             if profile.setup.record_telemetry:  # after readiness, before `ready` is announced
                 await inspect_and_record(self._store, self.extension, state.host)

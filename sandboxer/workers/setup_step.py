@@ -11,6 +11,7 @@ logged. docs/profiles.md#setup-commands.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -70,18 +71,27 @@ async def run_setup_commands(
     secrets: Mapping[str, str],
     *,
     host: str | None,
+    timeout: float = 600.0,
 ) -> list[SetupRecord]:
-    """Run ``commands`` in order; SetupFailed (redacted tail in its message) on the first
-    that exits non-zero."""
+    """Run ``commands`` in order, each for at most ``timeout`` seconds (the backend stops a
+    command whose exec is cancelled); SetupFailed (redacted tail in its message) on the first
+    that exits non-zero or runs too long."""
     records: list[SetupRecord] = []
     for index, command in enumerate(commands):
         capture = _Capture()
-        code = await backend.exec(sandbox_id, ["/bin/sh", "-c", command], capture.keep, host=host)
+        argv = ["/bin/sh", "-c", command]
+        code: int | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                code = await backend.exec(sandbox_id, argv, capture.keep, host=host)
+        except TimeoutError:
+            code = None
         tail = output_tail(bytes(capture.kept), secrets, cut=capture.dropped)
         if code != 0:
+            ended = f"ran past {timeout:g}s" if code is None else f"exited with code {code}"
             raise SetupFailed(
-                f"setup.commands[{index}] ({redact(command, secrets.values())[:200]!r}) exited "
-                f"with code {code}; last output:\n{tail or '(no output)'}",
+                f"setup.commands[{index}] ({redact(command, secrets.values())[:200]!r}) {ended}; "
+                f"last output:\n{tail or '(no output)'}",
                 sandbox_id=sandbox_id,
                 extension=backend.id,
             )

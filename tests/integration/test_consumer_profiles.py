@@ -289,3 +289,27 @@ async def test_a_restore_carries_its_consumer(service: Service, tmp_path: Path) 
     with pytest.raises(CommandFailed) as caught:
         await client.restore(snapshot["snapshot_id"], consumer={"labels": {"Bad Key": "v"}})
     assert caught.value.event["code"] == "invalid_consumer"
+
+
+async def test_a_setup_command_that_runs_too_long_is_stopped_and_fails_the_sandbox(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    profiles = home / "profiles"
+    profiles.mkdir(exist_ok=True)
+    (profiles / "profile.slow-setup.yaml").write_text(
+        "id: profile.slow-setup\nextension: ext.local\nnetwork: {default: deny}\n"
+        "setup:\n  command_timeout: 2s\n  commands:\n    - 'echo started; sleep 600'\n"
+    )
+    service = await start_service(home, nats_server.url)
+    try:
+        with pytest.raises(CommandFailed) as caught:
+            await service.client.create("profile.slow-setup")
+        failed = caught.value.event
+        assert failed["code"] == "setup_failed"
+        assert "ran past 2s" in failed["reason"]
+        assert "started" in failed["reason"]
+        assert not (service.settings.local_root / failed["sandbox_id"]).exists()
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
