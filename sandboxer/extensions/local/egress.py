@@ -34,7 +34,6 @@ from typing import Any
 
 from sandboxer.errors import ExtensionError
 from sandboxer.extensions.local import egress_proxy, egress_slots
-from sandboxer.extensions.local.bwrap_command import launcher_argv
 from sandboxer.extensions.local.egress_policy import (
     PROXY_PORT,
     LocalEgress,
@@ -46,7 +45,7 @@ from sandboxer.extensions.local.egress_policy import (
     proxy_env,
     sandbox_ruleset,
 )
-from sandboxer.extensions.local.holder import HOST_ENV, read_pipe, tail
+from sandboxer.extensions.local.holder import HOST_ENV, launch_detached, tail
 from sandboxer.extensions.local.procs import ProcessRef, kill, stat_of
 
 __all__ = ["NETNS_DIR", "EgressState", "leftover_namespaces", "namespace_path", "setup", "teardown"]
@@ -312,32 +311,7 @@ async def _start_proxy(
         sys.executable, "-I", str(PROXY_SCRIPT),
         "--name", f"sbx-{name}", "--config", str(config), "--ready-fd", str(ready_write),
     ]  # fmt: skip
-    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-    try:
-        launcher = await asyncio.create_subprocess_exec(
-            *launcher_argv([], argv, background=True),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-            pass_fds=(ready_write,),
-            start_new_session=True,
-            env=HOST_ENV,
-        )
-    except BaseException:
-        os.close(ready_read)
-        raise
-    finally:
-        os.close(ready_write)
-        os.close(log)
-    ready = asyncio.ensure_future(read_pipe(ready_read))
-    try:
-        out, _ = await asyncio.wait_for(launcher.communicate(), TOOL_TIMEOUT)
-        said = await asyncio.wait_for(ready, TOOL_TIMEOUT)
-    except BaseException:
-        ready.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ready
-        raise
+    _, out, said = await launch_detached(argv, ready_read, ready_write, [], log_file, TOOL_TIMEOUT)
     ref = ProcessRef.of(int(out.strip() or b"0"))
     if said != b"ready\n" or ref is None:
         raise ExtensionError(

@@ -78,6 +78,52 @@ async def read_pipe(fd: int) -> bytes:
     return b"".join([chunk async for chunk in pipe_chunks(fd)])
 
 
+async def launch_detached(
+    argv: list[str],
+    said_read: int,
+    said_write: int,
+    procs_files: Sequence[Path],
+    log_file: Path,
+    timeout: float,
+) -> tuple[int | None, bytes, bytes]:
+    """Start ``argv`` detached from the caller (its own session, past a worker restart) through
+    the launcher, which prints the pid; ``said_write`` is passed on for the process to report
+    on. Returns the launcher's exit status, what it printed, and what was written to
+    ``said_read`` until EOF. Closes both ends of the pipe; a launcher that overruns is killed.
+    """
+    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        launcher = await asyncio.create_subprocess_exec(
+            *launcher_argv(procs_files, argv, background=True),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            pass_fds=(said_write,),
+            start_new_session=True,
+            env=HOST_ENV,
+        )
+    except BaseException:
+        os.close(said_read)
+        raise
+    finally:
+        os.close(said_write)
+        os.close(log)
+    said_task = asyncio.ensure_future(read_pipe(said_read))
+    try:
+        out, _ = await asyncio.wait_for(launcher.communicate(), timeout)
+        said = await asyncio.wait_for(said_task, timeout)
+    except BaseException:
+        said_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await said_task
+        if launcher.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(launcher.pid, signal.SIGKILL)
+            await launcher.wait()
+        raise
+    return launcher.returncode, out, said
+
+
 async def spawn_holder(
     *,
     sandbox_id: str,
@@ -110,37 +156,10 @@ async def spawn_holder(
     )
     if netns is not None:
         argv = [nsenter, f"--net={netns}", "--", *argv]
-    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-    try:
-        launcher = await asyncio.create_subprocess_exec(
-            *launcher_argv(procs_files, argv, background=True),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-            pass_fds=(info_write,),
-            start_new_session=True,
-            env=HOST_ENV,
-        )
-    except BaseException:
-        os.close(info_read)
-        raise
-    finally:
-        os.close(info_write)
-        os.close(log)
-    info_task = asyncio.ensure_future(read_pipe(info_read))
-    try:
-        out, _ = await asyncio.wait_for(launcher.communicate(), timeout)
-        info = await asyncio.wait_for(info_task, timeout)
-    except BaseException:
-        info_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await info_task
-        if launcher.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(launcher.pid, signal.SIGKILL)
-            await launcher.wait()
-        raise
-    spawned = _identify(sandbox_id, launcher.returncode, out, info, log_file)
+    returncode, out, info = await launch_detached(
+        argv, info_read, info_write, procs_files, log_file, timeout
+    )
+    spawned = _identify(sandbox_id, returncode, out, info, log_file)
     await _until_set_up(spawned.holder, sandbox_id, log_file, timeout)
     return spawned
 
