@@ -11,8 +11,10 @@ Two identities (docs/security.md#nats-permissions):
 ``client``
     The CLI, any bus client and the HTTP gateway (a bus client for HTTP
     callers). Clients publish commands, make queries and exec/token/admin
-    requests, read the events stream (ordered consumers, direct get) and
-    upload to the workspaces Object Store. They may not publish to the events
+    requests, read the events stream (ordered consumers, direct get, and
+    durable pull consumers of their own that a subscriber such as a scheduler
+    resumes from: see :data:`SERVICE_EVENT_CONSUMERS`) and upload to the
+    workspaces Object Store. They may not publish to the events
     or jobs streams, and the JetStream API subjects they get cannot delete,
     purge or change a stream.
 
@@ -42,6 +44,7 @@ __all__ = [
     "PERMISSIONS",
     "ROLES",
     "SERVICE",
+    "SERVICE_EVENT_CONSUMERS",
     "USERS",
     "KeyUser",
     "Permissions",
@@ -59,6 +62,13 @@ USERS = {SERVICE: "sandboxer-service", CLIENT: "sandboxer-client"}
 
 INTERNAL_COMMANDS = ("touch", "expire", "reroute")
 """The only commands the service identity publishes (exec service, expirer, job fallback)."""
+
+SERVICE_EVENT_CONSUMERS = ("meter", "statehub")
+"""The service's own durable consumers on the events stream. A client may create, pull from
+and acknowledge durable consumers there (a scheduler follows lifecycles with one,
+docs/integrations/scheduler.md), but never these: pulling or acking from the meter's would
+take events away from billing. NATS permissions match whole subject tokens, so a name prefix
+for clients' consumers cannot be expressed; the service's few names are denied instead."""
 
 _EVENTS = subjects.EVENTS_STREAM
 _WORKSPACES = f"OBJ_{subjects.WORKSPACES_BUCKET}"  # the Object Store bucket's stream
@@ -109,6 +119,9 @@ _CLIENT = Permissions(
         f"{_API}.CONSUMER.CREATE.{_EVENTS}.>",
         f"{_API}.CONSUMER.INFO.{_EVENTS}.*",
         f"{_API}.CONSUMER.DELETE.{_EVENTS}.*",
+        # A durable pull consumer of its own: fetch, and acknowledge what it handled.
+        f"{_API}.CONSUMER.MSG.NEXT.{_EVENTS}.*",
+        f"$JS.ACK.{_EVENTS}.>",
         "$JS.FC.>",
         # The workspaces bucket: created by the first upload, written and read by clients.
         f"{_API}.STREAM.INFO.{_WORKSPACES}",
@@ -120,7 +133,21 @@ _CLIENT = Permissions(
         f"{_API}.CONSUMER.DELETE.{_WORKSPACES}.*",
         f"$O.{subjects.WORKSPACES_BUCKET}.>",
     ),
-    publish_deny=(subjects.EVENTS, subjects.JOBS),
+    publish_deny=(
+        subjects.EVENTS,
+        subjects.JOBS,
+        *(
+            denied
+            for name in SERVICE_EVENT_CONSUMERS
+            for denied in (
+                f"{_API}.CONSUMER.CREATE.{_EVENTS}.{name}",
+                f"{_API}.CONSUMER.CREATE.{_EVENTS}.{name}.>",
+                f"{_API}.CONSUMER.DELETE.{_EVENTS}.{name}",
+                f"{_API}.CONSUMER.MSG.NEXT.{_EVENTS}.{name}",
+                f"$JS.ACK.{_EVENTS}.{name}.>",
+            )
+        ),
+    ),
     subscribe_allow=("_INBOX.>", subjects.EVENTS),
 )
 
