@@ -21,13 +21,12 @@ def ssh_access(
     item: Target, conn: Connection, *, workdir: str, enter: str | None = None
 ) -> dict[str, Any]:
     """``{"access": {...}}`` to merge into a ready descriptor: how to log in to ``item``."""
-    presented = presented_host_key(conn)
     config = item.config
     access = SshAccess(
         host=config.address,
         port=config.port,
         user=config.user,
-        host_key_fingerprint=fingerprint_of_public_key(presented) if presented else None,
+        host_key_fingerprint=_fingerprint(conn),
         host_key_verified=not config.insecure_accept_any_host_key,
         host_name=item.name,
         workdir=workdir,
@@ -36,3 +35,15 @@ def ssh_access(
         ssh_principal=config.ssh_principal,
     )
     return {ACCESS_KEY: access.as_dict()}
+
+
+def _fingerprint(conn: Connection) -> str | None:
+    """The presented key's fingerprint; None (documented: "could not be read") rather than a
+    failed ready when asyncssh has no key or exports one that does not parse."""
+    presented = presented_host_key(conn)
+    if presented is None:
+        return None
+    try:
+        return fingerprint_of_public_key(presented)
+    except ValueError:
+        return None
