@@ -38,9 +38,7 @@ def reach_target(subject: str) -> tuple[str, str | None] | None:
     return parts[2], key_id
 
 
-async def key_actor(
-    store: EventStore, key_id: str, state: SandboxState
-) -> dict[str, Any] | None:
+async def key_actor(store: EventStore, key_id: str, state: SandboxState) -> dict[str, Any] | None:
     """The actor of key ``key_id`` when it is active and may reach the sandbox ``state``;
     None otherwise (a revoked key, another project's sandbox)."""
     actor = (await store.load_key(key_id)).state.actor
