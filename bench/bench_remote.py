@@ -41,7 +41,8 @@ PROFILES = {
     "profile.bench-compose": "id: profile.bench-compose\nextension: ext.compose-ssh\n"
     "isolation: {level: container}\ninputs:\n  repo: {required: true}\n",
     "profile.bench-vm": "id: profile.bench-vm\nextension: ext.vm-packer\n"
-    "isolation: {level: policy}\ninputs:\n  repo: {required: true}\n",
+    "isolation: {level: policy}\nnetwork: {default: allow}\n"  # vm-packer enforces no policy
+    "inputs:\n  repo: {required: true}\n",
 }
 
 
