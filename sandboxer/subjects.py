@@ -57,7 +57,6 @@ QUERY_KEY_WHOAMI = "sandboxer.query.key.whoami"
 QUERY_KEY_GET = "sandboxer.query.key.get"
 """An API key by its hash (never the key): its id, project, type, limits and status."""
 QUERY_KEY_LIST = "sandboxer.query.key.list"
-KEY_REVOKED = "sandboxer.evt.key.*.revoked"
 ADMIN_REPLAY = "sandboxer.admin.replay"
 
 

@@ -15,7 +15,7 @@ from sandboxer import subjects
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_access import event_owner, may_see
 from sandboxer.gateway.errors import error_response, status_for_rejection
-from sandboxer.gateway.models import SANDBOX_ID, Accepted, ErrorBody
+from sandboxer.gateway.models import SANDBOX_ID, Accepted, ErrorBody, Pending
 
 __all__ = [
     "ERRORS",
@@ -124,3 +124,16 @@ async def rejection(client: SandboxerClient, command_id: str | None) -> JSONResp
 
 def not_found(kind: str, ident: str) -> JSONResponse:
     return error_response(404, f"unknown_{kind}", f"no {kind} {ident}")
+
+
+def pending_or_not_found(kind: str, ident: str, command_id: str | None) -> JSONResponse:
+    """What a GET answers for a sandbox or snapshot the view does not show: 202 while the
+    status URL's command is still on its way (``command_id``), 404 otherwise."""
+    if command_id is None:
+        return not_found(kind, ident)
+    pending = (
+        Pending(command_id=command_id, sandbox_id=ident)
+        if kind == "sandbox"
+        else Pending(command_id=command_id, snapshot_id=ident)
+    )
+    return JSONResponse(pending.model_dump(exclude_none=True), 202, {"Retry-After": "1"})

@@ -18,7 +18,7 @@ from sandboxer.gateway.common import (
     SandboxId,
     about,
     accepted,
-    not_found,
+    pending_or_not_found,
     rejection,
     within,
 )
@@ -154,10 +154,7 @@ async def get_sandbox(
     sandbox = await client.get(sandbox_id)
     if sandbox is not None and may_see(client.actor, owner_of(sandbox)):
         return JSONResponse(sandbox)
-    if command_id is not None:
-        pending = Pending(command_id=command_id, sandbox_id=sandbox_id)
-        return JSONResponse(pending.model_dump(exclude_none=True), 202, {"Retry-After": "1"})
-    return not_found("sandbox", sandbox_id)
+    return pending_or_not_found("sandbox", sandbox_id, command_id)
 
 
 async def _sandbox_or_accepted(

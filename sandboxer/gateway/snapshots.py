@@ -21,7 +21,7 @@ from sandboxer.gateway.common import (
     SnapshotId,
     about,
     accepted,
-    not_found,
+    pending_or_not_found,
     rejection,
     within,
 )
@@ -105,10 +105,7 @@ async def get_snapshot(
     snapshot = await client.snapshot_get(snapshot_id)
     if snapshot is not None and (await visible_snapshots(client, [snapshot])):
         return JSONResponse(snapshot)
-    if command_id is not None:
-        pending = Pending(command_id=command_id, snapshot_id=snapshot_id)
-        return JSONResponse(pending.model_dump(exclude_none=True), 202, {"Retry-After": "1"})
-    return not_found("snapshot", snapshot_id)
+    return pending_or_not_found("snapshot", snapshot_id, command_id)
 
 
 @router.delete(
@@ -129,7 +126,7 @@ async def delete_snapshot(
         wait,
         lambda: client.delete_snapshot(snapshot_id, command_id=command_id, timeout=wait + 60),
     )
-    if finished:
+    if finished is not None:
         snapshot = await client.snapshot_get(snapshot_id)
         if snapshot is not None:
             return JSONResponse(snapshot)
@@ -179,7 +176,7 @@ async def restore_snapshot(
             consumer=consumer,
         ),
     )
-    if finished:
+    if finished is not None:
         sandbox = await client.get(sandbox_id)
         if sandbox is not None:
             return JSONResponse(sandbox, 201, {"Location": f"/v1/sandboxes/{sandbox_id}"})

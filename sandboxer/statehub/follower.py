@@ -62,6 +62,7 @@ from sandboxer.statehub.body import (
     SandboxContext,
     fold_context,
     hub_body,
+    snapshot_source,
 )
 from sandboxer.statehub.status import DeliveryStatus
 from sandboxer.workers.http_delivery import RETRY_WAIT_MAX, HttpDelivery
@@ -318,8 +319,7 @@ class StateHubFollower:
         filter_subject = subjects.snapshot_events_filter(snapshot_id)
         source = None
         async for event in self._read(filter_subject, before_seq=2**63):
-            if isinstance(event, SnapshotRequested):
-                source = event.sandbox_id
+            source = snapshot_source(event) or source
         return source
 
     async def _deliver(self, body: dict[str, Any]) -> None:
