@@ -7,7 +7,7 @@ STAMP  := .stamp-venv
 RUN_STAMP := .stamp-venv-run
 
 .DEFAULT_GOAL := help
-.PHONY: help venv system-deps demo-deps demo test lint bench clean
+.PHONY: help venv system-deps demo-deps demo test lint bench chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -50,6 +50,9 @@ bench: venv system-deps ## run every bench/*.py (helpers named _*.py are skipped
 		case "$$(basename $$f)" in _*) continue;; esac; \
 		echo "== $$f"; $(PY) $$f; \
 	done
+
+chaos: venv system-deps ## the fault suite: kills, freezes and hostile input against real processes (docs/reliability.md)
+	$(PY) -m chaos
 
 clean: ## remove caches, build output and the venv stamp (keeps .venv)
 	rm -rf $(STAMP) $(RUN_STAMP) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,411 @@
+"""The invariants checked after every scenario, against any running service.
+
+Each check is an async function returning a list of problems, one sentence each (empty when
+the invariant holds). They read the log itself (the events stream, raw), the machine (ext.local's
+directories and holder processes under ``$SANDBOXER_HOME/local``) and the service's answers;
+none trusts a view where the log can be read instead. ``urls`` is a list of NATS URLs or the
+comma string ``SANDBOXER_NATS_URL`` takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from nats.aio.client import Client as Nats
+
+from chaos.harness import ADMIN, bwrap_pids_under
+from sandboxer import subjects
+from sandboxer.bus.connect import connect
+from sandboxer.bus.event_reader import read_events
+from sandboxer.client import SandboxerClient
+from sandboxer.domain.sandbox_state import SandboxState, fold
+from sandboxer.errors import SandboxerError
+from sandboxer.events.codec import decode_event
+from sandboxer.events.sandbox_events import SandboxEvent
+from sandboxer.extensions.local.inventory import scan_sandboxes
+
+__all__ = [
+    "TERMINAL_EVENTS",
+    "LogView",
+    "Sent",
+    "check_all",
+    "every_command_terminal",
+    "no_double_debit",
+    "no_leaks",
+    "no_secret_bytes",
+    "read_log",
+    "replay_equals_live",
+    "still_serves",
+]
+
+Urls = str | Sequence[str]
+
+TERMINAL_EVENTS: dict[str, frozenset[str]] = {
+    "create": frozenset({"ready", "failed"}),
+    "recreate": frozenset({"ready", "failed"}),
+    "restore": frozenset({"ready", "failed"}),
+    "destroy": frozenset({"destroyed"}),
+    "expire": frozenset({"destroyed"}),
+    "extend_ttl": frozenset({"ttl_extended"}),
+    "touch": frozenset({"active", "touched"}),
+    "pause": frozenset({"paused", "pause_failed"}),
+    "resume": frozenset({"resumed", "pause_failed"}),
+    "snapshot": frozenset({"snapshot_finished"}),
+}
+"""Per verb, the events carrying a command's id that end it (a ``rejected`` ends any)."""
+
+ENDED = frozenset({"destroyed", "failed"})
+"""Statuses after which nothing more happens to a sandbox (and nothing of it may remain)."""
+
+LIVE = frozenset({"ready", "active", "paused", "pausing", "resuming", "expired"})
+"""Statuses in which the backend holds the sandbox: one holder, exactly."""
+
+
+class Sent(NamedTuple):
+    """A command a scenario published: its verb and, when it names one, its sandbox."""
+
+    verb: str
+    sandbox_id: str | None = None
+
+
+def _url_list(urls: Urls) -> list[str]:
+    return [u for u in urls.split(",") if u] if isinstance(urls, str) else list(urls)
+
+
+@asynccontextmanager
+async def _bus(urls: Urls) -> AsyncIterator[Nats]:
+    nc = await connect(_url_list(urls), name="chaos-check", long_lived=False)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+@asynccontextmanager
+async def _client(urls: Urls) -> AsyncIterator[SandboxerClient]:
+    client = await SandboxerClient.connect(_url_list(urls), actor=ADMIN)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+class LogView:
+    """The events stream read from the start, raw, and what the checks need of it;
+    :meth:`catch_up` reads only what was appended since."""
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.by_command: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
+        """command id -> ``(event type, sandbox id)`` of every event carrying it."""
+        self.sandbox_events: dict[str, list[SandboxEvent]] = defaultdict(list)
+        self.account_events: list[dict[str, Any]] = []
+        self.raw: list[tuple[int, str, bytes]] = []
+        self.undecodable: list[str] = []
+
+    async def catch_up(self, nc: Nats) -> None:
+        js = nc.jetstream()
+        async for seq, subject, data, _pending in read_events(js, start_seq=self.last_seq + 1):
+            self.last_seq = seq
+            self._take(seq, subject, data)
+
+    def _take(self, seq: int, subject: str, data: bytes) -> None:
+        self.raw.append((seq, subject, data))
+        try:
+            body = json.loads(data)
+        except ValueError:
+            self.undecodable.append(f"event #{seq} on {subject} is not JSON")
+            return
+        kind = body.get("type")
+        if body.get("command_id"):
+            self.by_command[str(body["command_id"])].append((kind, body.get("sandbox_id")))
+        if subject.startswith("sandboxer.evt.sandbox."):
+            try:
+                event = decode_event(data)
+            except Exception as exc:  # any decoding failure is a finding, not a crash
+                self.undecodable.append(f"event #{seq} on {subject}: {exc}")
+                return
+            self.sandbox_events[subject.split(".")[3]].append(event)  # type: ignore[arg-type]
+        elif subject.startswith("sandboxer.evt.account."):
+            self.account_events.append(body)
+
+    def states(self) -> dict[str, SandboxState]:
+        return {sid: fold(sid, events) for sid, events in self.sandbox_events.items()}
+
+
+async def read_log(urls: Urls) -> LogView:
+    """The whole events stream as it is now."""
+    view = LogView()
+    async with _bus(urls) as nc:
+        await view.catch_up(nc)
+    return view
+
+
+# -- every command terminal ----------------------------------------------------------------------
+
+
+def _unfinished(
+    sent: Mapping[str, Sent], view: LogView, states: Mapping[str, SandboxState], drained: bool
+) -> dict[str, str]:
+    """command id -> why it has not ended yet."""
+    open_: dict[str, str] = {}
+    for command_id, (verb, sandbox_id) in sent.items():
+        seen = view.by_command.get(command_id, [])
+        kinds = {kind for kind, _ in seen}
+        if "rejected" in kinds or kinds & TERMINAL_EVENTS.get(verb, frozenset()):
+            continue
+        sandboxes = {sid for _, sid in seen if sid} | ({sandbox_id} if sandbox_id else set())
+        # Whatever the command asked, a sandbox that ended has nothing left to do.
+        if any(s in states and states[s].status in ENDED for s in sandboxes):
+            continue
+        # A touch soon after another records nothing by design (sandbox_lifetime.decide_touch):
+        # once the control worker has handled every command, a silent touch is an outcome.
+        if verb == "touch" and drained and not kinds:
+            continue
+        status = ", ".join(f"{s} is {states[s].status}" for s in sandboxes if s in states)
+        open_[command_id] = f"{verb} {command_id}: events {sorted(kinds) or 'none'}" + (
+            f" ({status})" if status else ""
+        )
+    return open_
+
+
+async def _control_drained(nc: Nats) -> bool:
+    try:
+        info = await nc.jetstream().consumer_info(subjects.COMMANDS_STREAM, "control")
+    except Exception:  # no consumer yet, or no leader now: not drained as far as we know
+        return False
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def every_command_terminal(
+    urls: Urls, sent: Mapping[str, Sent], *, timeout: float = 120.0
+) -> list[str]:
+    """Every command in ``sent`` reached its end within ``timeout`` (waited for): a
+    ``rejected`` event, an event ending its verb (TERMINAL_EVENTS), or its sandbox destroyed
+    or failed."""
+    view = LogView()
+    deadline = time.monotonic() + timeout
+    open_: dict[str, str] = dict.fromkeys(sent, "not read yet")
+    async with _bus(urls) as nc:
+        while True:
+            await view.catch_up(nc)
+            open_ = _unfinished(sent, view, view.states(), await _control_drained(nc))
+            if not open_ or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
+    if not open_:
+        return []
+    shown = list(open_.values())[:5]
+    more = f" (and {len(open_) - 5} more)" if len(open_) > 5 else ""
+    return [
+        f"{len(open_)} of {len(sent)} commands reached no terminal event in "
+        f"{timeout:g} s: {'; '.join(shown)}{more}"
+    ]
+
+
+# -- no leaks ------------------------------------------------------------------------------------
+
+
+def _holders(root: Path) -> dict[str, list[int]]:
+    """sandbox id -> pids of its outermost bwrap processes (bwrap forks once inside its pid
+    namespace: a sandbox shows two, of which the outer one is its holder here)."""
+    pids = bwrap_pids_under(root)
+    pattern = re.compile(re.escape(str(root)).encode() + rb"/([a-z0-9]+)/")
+    found: dict[str, list[int]] = defaultdict(list)
+    for pid, parent in pids.items():
+        if parent in pids:
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ids = {m.decode() for m in pattern.findall(cmdline)}
+        for sandbox_id in ids:
+            found[sandbox_id].append(pid)
+    return found
+
+
+async def no_leaks(urls: Urls, home: Path) -> list[str]:
+    """ext.local holds exactly what the log says is live: no directory or holder of a sandbox
+    the log calls destroyed or failed (or never heard of), one holder per live sandbox."""
+    view = await read_log(urls)
+    states = view.states()
+    root = home / "local"
+    on_disk = {f.sandbox_id: f for f in await asyncio.to_thread(scan_sandboxes, root)}
+    holders = await asyncio.to_thread(_holders, root)
+    problems: list[str] = []
+    for sandbox_id, found in sorted(on_disk.items()):
+        state = states.get(sandbox_id)
+        if state is None:
+            problems.append(f"{sandbox_id}: a directory under {root} the log never mentions")
+        elif state.status in ENDED:
+            problems.append(f"{sandbox_id}: {state.status} in the log, its directory remains")
+        elif state.status in LIVE and not found.alive:
+            problems.append(f"{sandbox_id}: {state.status} in the log, its holder is dead")
+    for sandbox_id, pids in sorted(holders.items()):
+        state = states.get(sandbox_id)
+        status = "unknown to the log" if state is None else state.status
+        if state is None or state.status in ENDED:
+            problems.append(f"{sandbox_id}: {status}, yet holder pids {pids} run")
+        elif len(pids) > 1:
+            problems.append(f"{sandbox_id}: duplicated, {len(pids)} holders {pids}")
+    for sandbox_id, state in sorted(states.items()):
+        if state.status in LIVE and state.extension == "ext.local" and sandbox_id not in on_disk:
+            problems.append(f"{sandbox_id}: {state.status} in the log, nothing on disk")
+    return problems
+
+
+# -- no double debit -----------------------------------------------------------------------------
+
+_MONEY = ("credits_added", "credits_reserved", "usage_metered")
+
+
+async def no_double_debit(urls: Urls) -> list[str]:
+    """Per project, no credit movement recorded twice for one thing: one event per command id
+    (client ids and the derived ``reserve-``/``extend-``/``meter-`` ids,
+    domain/account_decide.py), one metering and one create reservation per sandbox."""
+    view = await read_log(urls)
+    by_command: Counter[tuple[str, str, str]] = Counter()
+    metered: Counter[tuple[str, str]] = Counter()
+    reserved: Counter[tuple[str, str]] = Counter()
+    for event in view.account_events:
+        kind, project = str(event.get("type")), str(event.get("project"))
+        if kind not in _MONEY:
+            continue
+        by_command[(project, kind, str(event.get("command_id")))] += 1
+        if kind == "usage_metered":
+            metered[(project, str(event.get("sandbox_id")))] += 1
+        if kind == "credits_reserved" and event.get("reason", "create") == "create":
+            reserved[(project, str(event.get("sandbox_id")))] += 1
+    problems = [
+        f"project {p}: {kind} recorded {n} times for command {c}"
+        for (p, kind, c), n in by_command.items()
+        if n > 1
+    ]
+    problems += [
+        f"project {p}: sandbox {s} metered {n} times" for (p, s), n in metered.items() if n > 1
+    ]
+    problems += [
+        f"project {p}: sandbox {s} reserved {n} times at create"
+        for (p, s), n in reserved.items()
+        if n > 1
+    ]
+    return problems
+
+
+# -- no secret bytes -----------------------------------------------------------------------------
+
+
+def _forms(value: str | bytes) -> set[bytes]:
+    """The value's raw bytes and its JSON-escaped form (events are JSON)."""
+    raw = value if isinstance(value, bytes) else value.encode()
+    text = raw.decode(errors="replace")
+    return {
+        raw,
+        json.dumps(text)[1:-1].encode(),
+        json.dumps(text, ensure_ascii=False)[1:-1].encode(),
+    }
+
+
+def _files_holding(files: Iterable[Path], needles: set[bytes]) -> list[str]:
+    found = []
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if any(n in data for n in needles):
+            found.append(str(path))
+    return found
+
+
+async def no_secret_bytes(
+    values: Sequence[str | bytes], urls: Urls, *, files: Sequence[Path] = ()
+) -> list[str]:
+    """None of ``values`` appears in any message (subject or body) of the events stream, read
+    raw, nor in any of ``files`` (the projector's database, logs...)."""
+    view = await read_log(urls)
+    problems = []
+    for value in values:
+        needles = {n for n in _forms(value) if n}
+        shown = repr(value)[:12] + "..."
+        hits = [
+            seq
+            for seq, subject, data in view.raw
+            if any(n in data or n in subject.encode() for n in needles)
+        ]
+        if hits:
+            problems.append(f"secret {shown} in {len(hits)} events (first #{hits[0]})")
+        in_files = await asyncio.to_thread(_files_holding, files, needles)
+        if in_files:
+            problems.append(f"secret {shown} in {', '.join(in_files)}")
+    return problems
+
+
+# -- replay equals live, still serves ------------------------------------------------------------
+
+
+async def replay_equals_live(urls: Urls) -> list[str]:
+    """The projector's rebuild from the whole log equals its live view (``replay --verify``)."""
+    try:
+        async with _client(urls) as client:
+            report = await client.replay(verify=True)
+    except SandboxerError as exc:
+        return [f"replay --verify failed: {exc}"]
+    if report.get("verified"):
+        return []
+    differences = [str(d) for d in report.get("differences", [])]
+    return [f"replay differs from live ({len(differences)}): {'; '.join(differences[:5])}"]
+
+
+async def still_serves(urls: Urls, *, profile: str = "profile.local") -> list[str]:
+    """A fresh client's create -> ready -> destroy works."""
+    try:
+        async with _client(urls) as client:
+            ready = await client.create(profile, timeout=90)
+            await client.destroy(ready["sandbox_id"], timeout=60)
+    except SandboxerError as exc:
+        return [f"a fresh create -> ready -> destroy failed: {exc}"]
+    return []
+
+
+# -- all of them ---------------------------------------------------------------------------------
+
+
+async def check_all(
+    urls: Urls,
+    home: Path,
+    *,
+    sent: Mapping[str, Sent] | None = None,
+    secrets: Sequence[str | bytes] = (),
+    secret_files: Sequence[Path] = (),
+    terminal_timeout: float = 120.0,
+) -> list[str]:
+    """Every check, in an order where each can rely on the ones before: commands settle
+    first, the service serving is proven last (after the leak check, so its own sandbox is
+    not counted while it is being made). Each problem is prefixed with its check's name."""
+    problems: list[str] = []
+
+    def note(check: str, found: list[str]) -> None:
+        problems.extend(f"{check}: {p}" for p in found)
+
+    note(
+        "every_command_terminal",
+        await every_command_terminal(urls, sent or {}, timeout=terminal_timeout),
+    )
+    note("no_leaks", await no_leaks(urls, home))
+    note("no_double_debit", await no_double_debit(urls))
+    note("no_secret_bytes", await no_secret_bytes(secrets, urls, files=secret_files))
+    note("replay_equals_live", await replay_equals_live(urls))
+    note("still_serves", await still_serves(urls))
+    view = await read_log(urls)
+    note("log", view.undecodable)
+    return problems
