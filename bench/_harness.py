@@ -1,17 +1,24 @@
-"""Shared set-up for benchmarks: a private nats-server and the service's roles in-process."""
+"""Shared set-up for benchmarks: a private nats-server, the service in its own process,
+tools checked with their install command, RSS, and the entry point every module shares
+(``python bench/bench_x.py`` prints its rows as a table; ``--json`` prints them for
+``bench/run.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from _table import Row, render, rows_to_json
 
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
@@ -27,43 +34,112 @@ async def nats(tmp: Path) -> AsyncIterator[NatsServerProcess]:
         await server.stop()
 
 
-@contextlib.asynccontextmanager
-async def service(tmp: Path, url: str) -> AsyncIterator[SandboxerClient]:
-    """``sandboxer up`` in its own process against ``url``, and a client in this one.
+class Unmeasurable(Exception):
+    """A figure cannot be measured here; the message says what to install or fix."""
 
-    Separate processes, as in real use: the service's event loop and the
-    client's do not compete for one core.
-    """
-    home = tmp / "home"
-    home.mkdir(exist_ok=True)
+
+def require_tool(name: str, apt_package: str) -> str:
+    """Path of the command ``name``, or Unmeasurable with the command that installs it."""
+    path = shutil.which(name)
+    if path is None:
+        raise Unmeasurable(
+            f"{name!r} is missing: apt-get install -y {apt_package} (or make system-deps)"
+        )
+    return path
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (stdout carries the rows)."""
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process, in MB (VmRSS of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise Unmeasurable(f"/proc/{pid}/status has no VmRSS (a kernel thread or a zombie?)")
+
+
+def start_sandboxer(
+    home: Path, url: str, args: Sequence[str], log_name: str = "service.log"
+) -> subprocess.Popen[bytes]:
+    """``python -m sandboxer.cli.app ARGS`` (``up``, ``worker control`` ...) against ``url``."""
     env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
-    with (tmp / "service.log").open("ab") as log:
-        process = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is timed
-            [sys.executable, "-m", "sandboxer.cli.app", "up"],
+    with (home / log_name).open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sandboxer.cli.app", *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
         )
+
+
+async def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(process.wait, 60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        await asyncio.to_thread(process.wait)
+
+
+async def until_healthy(
+    client: SandboxerClient, processes: Sequence[subprocess.Popen[bytes]], log: Path
+) -> None:
+    for _ in range(600):
+        with contextlib.suppress(Exception):
+            await client.health()
+            return
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError(f"the service exited; see {log}")
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"the service did not answer within 30 s; see {log}")
+
+
+@dataclass
+class Running:
+    client: SandboxerClient
+    process: subprocess.Popen[bytes]
+    home: Path
+
+
+@contextlib.asynccontextmanager
+async def running_service(tmp: Path, url: str) -> AsyncIterator[Running]:
+    """``sandboxer up`` in its own process against ``url``, and a client in this one.
+
+    Separate processes, as in real use: the service's event loop and the
+    client's do not compete for one core. Whatever sandboxes are left when it
+    stops are torn down.
+    """
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    process = start_sandboxer(home, url, ["up"])
     client = await SandboxerClient.connect([url], actor={"type": "atm", "id": "bench"})
     try:
-        for _ in range(400):
-            with contextlib.suppress(Exception):
-                await client.health()
-                break
-            if process.poll() is not None:
-                raise RuntimeError(f"the service exited; see {tmp / 'service.log'}")
-            await asyncio.sleep(0.05)
-        yield client
+        await until_healthy(client, [process], home / "service.log")
+        yield Running(client, process, home)
     finally:
         await client.close()
-        process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(process.wait, 60)
-        from sandboxer.extensions.local.backend import LocalExtension
+        await stop_process(process)
+        await teardown_local(home)
 
-        local = LocalExtension(home / "local")
-        for found in await local.list_sandboxes():
-            await local.teardown(found.sandbox_id)
+
+async def teardown_local(home: Path) -> None:
+    from sandboxer.extensions.local.backend import LocalExtension
+
+    local = LocalExtension(home / "local")
+    for found in await local.list_sandboxes():
+        await local.teardown(found.sandbox_id)
+
+
+@contextlib.asynccontextmanager
+async def service(tmp: Path, url: str) -> AsyncIterator[SandboxerClient]:
+    """:func:`running_service`'s client alone."""
+    async with running_service(tmp, url) as running:
+        yield running.client
 
 
 def tempdir() -> contextlib.AbstractContextManager[str]:
@@ -80,3 +156,19 @@ def summary(values_ms: list[float]) -> str:
         f"p50 {percentile(values_ms, 50):7.2f} ms  p95 {percentile(values_ms, 95):7.2f} ms  "
         f"mean {statistics.fmean(values_ms):7.2f} ms  (n={len(values_ms)})"
     )
+
+
+def main(rows: Callable[[], Awaitable[list[Row]]]) -> None:
+    """Run one module's rows: a table on stdout, or JSON with ``--json`` (for bench/run.py).
+
+    A module that dies past its rows is a failure row, so the runner always gets JSON.
+    """
+    as_json = "--json" in sys.argv[1:]
+    try:
+        result = asyncio.run(rows())
+    except Unmeasurable as exc:
+        result = [Row(Path(sys.argv[0]).stem, "", failure=str(exc))]
+    if as_json:
+        print(rows_to_json(result))
+    else:
+        print(render(result))

@@ -1,7 +1,16 @@
-"""create -> ready through the bus: 50 sequential creates and 100 concurrent ones.
+"""create -> ready through the bus, cold and from a warm pool, sequential and 100 at once.
 
-Baseline measured in the same run: the raw spawn of a bubblewrap sandbox
-running ``true`` with the same isolation flags, no bus and no bookkeeping.
+Baselines, measured in the same run and interleaved with the creates (so a
+noisy neighbour slows both alike): the raw spawn of a bubblewrap sandbox
+running ``true`` with the same isolation flags, no bus and no bookkeeping;
+and ``docker run --rm --network none`` of a minimal busybox image on a private
+dockerd, the tool most users would otherwise reach for. The 100 concurrent
+creates are compared with 100 concurrent raw spawns.
+
+Cold creates use profile.local. Warm ones use a user profile whose pool keeps
+100 sandboxes ready, on a fresh service (so the pool's filling never overlaps
+the cold figures); the pool is full before any timing and refills between
+sequential creates.
 """
 
 from __future__ import annotations
@@ -10,10 +19,25 @@ import asyncio
 import time
 from pathlib import Path
 
-from _harness import nats, service, summary, tempdir
+from _docker import docker_engine_or_reason, docker_run_true
+from _harness import (
+    Unmeasurable,
+    main,
+    nats,
+    percentile,
+    progress,
+    require_tool,
+    running_service,
+    tempdir,
+)
+from _pools import pool_profile, pools_built, wait_pool_full
+from _table import Row, Target, failed
 
 SEQUENTIAL = 50
+DOCKER_RUNS = 20  # ~0.3 s each
 CONCURRENT = 100
+POOL_PROFILE = "profile.bench-pool"
+POOLS_NOT_BUILT = "pools not built yet"
 
 BWRAP_TRUE = [
     "bwrap",
@@ -46,39 +70,188 @@ BWRAP_TRUE = [
 ]
 
 
-async def raw_bwrap(n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        process = await asyncio.create_subprocess_exec(*BWRAP_TRUE)
-        await process.wait()
-        times.append((time.perf_counter() - started) * 1000)
-    return times
+async def bwrap_once() -> float:
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(*BWRAP_TRUE)
+    await process.wait()
+    if process.returncode != 0:
+        raise Unmeasurable(
+            f"bwrap exited {process.returncode}: does this kernel allow user namespaces?"
+        )
+    return (time.perf_counter() - started) * 1000
 
 
-async def main() -> None:
-    with tempdir() as raw_tmp:
-        tmp = Path(raw_tmp)
-        async with nats(tmp) as server, service(tmp, server.url) as client:
-            await client.create()  # warm-up: streams, consumers, imports
-            baseline = await raw_bwrap(SEQUENTIAL)
+async def bwrap_concurrent(n: int) -> float:
+    started = time.perf_counter()
+    await asyncio.gather(*(bwrap_once() for _ in range(n)))
+    return time.perf_counter() - started
 
-            latencies = []
-            for _ in range(SEQUENTIAL):
-                started = time.perf_counter()
-                ready = await client.create()
-                latencies.append((time.perf_counter() - started) * 1000)
-                await client.destroy(ready["sandbox_id"])
 
+def pair(
+    figure: str, unit: str, values: list[float], base: list[float], name: str, target: Target | None
+) -> list[Row]:
+    """p50 and p95 rows of ``values`` against the same percentiles of ``base``."""
+    return [
+        Row(
+            f"{figure} p{pct}",
+            unit,
+            percentile(values, pct),
+            percentile(base, pct),
+            f"{name} p{pct}",
+            target if pct == 50 or (target and target.kind == "ratio") else None,
+        )
+        for pct in (50, 95)
+    ]
+
+
+async def cold(tmp: Path) -> tuple[list[Row], list[float]]:
+    """Cold rows, and the docker run samples (reused as the warm rows' second baseline)."""
+    rows: list[Row] = []
+    docker_ms: list[float] = []
+    async with (
+        docker_engine_or_reason() as engine,
+        nats(tmp) as server,
+        running_service(tmp, server.url) as svc,
+    ):
+        docker_problem = engine if isinstance(engine, str) else None
+        client = svc.client
+        warm_up = await client.create()  # streams, consumers, imports
+        await client.destroy(warm_up["sandbox_id"])
+        progress(f"cold: {SEQUENTIAL} sequential creates, each after a raw spawn (and docker run)")
+        spawn_ms, create_ms = [], []
+        for i in range(SEQUENTIAL):
+            spawn_ms.append(await bwrap_once())
+            if docker_problem is None and not isinstance(engine, str) and i < DOCKER_RUNS:
+                try:
+                    docker_ms.append(await docker_run_true(engine))
+                except Unmeasurable as exc:
+                    docker_problem, docker_ms = str(exc), []
             started = time.perf_counter()
-            readies = await asyncio.gather(*(client.create() for _ in range(CONCURRENT)))
-            concurrent_seconds = time.perf_counter() - started
-            await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
+            ready = await client.create()
+            create_ms.append((time.perf_counter() - started) * 1000)
+            await client.destroy(ready["sandbox_id"])
+        rows += pair(
+            "create→ready cold",
+            "ms",
+            create_ms,
+            spawn_ms,
+            "raw bwrap `true`",
+            Target("<=", 3, "ratio"),
+        )
+        if docker_problem is None:
+            rows += pair(
+                "create→ready cold", "ms", create_ms, docker_ms, "docker run busybox", None
+            )
+        else:
+            rows.append(failed("create→ready cold vs docker run", "ms", docker_problem))
+        progress(f"cold: {CONCURRENT} concurrent raw spawns, then {CONCURRENT} concurrent creates")
+        spawn_s = await bwrap_concurrent(CONCURRENT)
+        started = time.perf_counter()
+        readies = await asyncio.gather(*(client.create() for _ in range(CONCURRENT)))
+        all_ready_s = time.perf_counter() - started
+        await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
+        rows.append(
+            Row(
+                f"{CONCURRENT} concurrent creates→all ready, cold",
+                "s",
+                all_ready_s,
+                spawn_s,
+                f"{CONCURRENT} concurrent raw bwrap",
+                Target("<=", 1.0),
+            )
+        )
+    return rows, docker_ms
 
-    print(f"raw bwrap spawn of `true`      : {summary(baseline)}")
-    print(f"create -> ready via the bus    : {summary(latencies)}")
-    print(f"{CONCURRENT} concurrent creates -> all ready: {concurrent_seconds:.3f} s")
+
+def warm_not_built() -> list[Row]:
+    def na(figure: str, unit: str, target: Target | None) -> Row:
+        return Row(figure, unit, target=target, failure=POOLS_NOT_BUILT, not_applicable=True)
+
+    return [
+        na("create→ready warm (pool) p50", "ms", Target("<=", 5.0)),
+        na("create→ready warm (pool) p95", "ms", None),
+        na(f"{CONCURRENT} concurrent creates→all ready, pool", "s", Target("<=", 0.3)),
+    ]
+
+
+async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
+    if not pools_built():
+        progress("warm: `sandboxer pools` does not exist in this checkout: rows n/a")
+        return warm_not_built()
+    home = tmp / "home"
+    (home / "profiles").mkdir(parents=True)
+    (home / "profiles" / f"{POOL_PROFILE}.yaml").write_text(pool_profile(POOL_PROFILE, CONCURRENT))
+    rows: list[Row] = []
+    async with nats(tmp) as server, running_service(tmp, server.url) as svc:
+        client, url = svc.client, server.url
+        progress(f"warm: waiting for the pool of {POOL_PROFILE} to hold {CONCURRENT} ready")
+        await wait_pool_full(home, url, POOL_PROFILE, CONCURRENT, within=180)
+        progress(f"warm: {SEQUENTIAL} sequential creates from the pool, refilled between them")
+        spawn_ms, create_ms = [], []
+        for _ in range(SEQUENTIAL):
+            await wait_pool_full(home, url, POOL_PROFILE, CONCURRENT, within=60)
+            spawn_ms.append(await bwrap_once())
+            started = time.perf_counter()
+            ready = await client.create(POOL_PROFILE)
+            create_ms.append((time.perf_counter() - started) * 1000)
+            await client.destroy(ready["sandbox_id"])
+        rows += pair(
+            "create→ready warm (pool)",
+            "ms",
+            create_ms,
+            spawn_ms,
+            "raw bwrap `true`",
+            Target("<=", 5.0),
+        )
+        if docker_ms:
+            rows.append(
+                Row(
+                    "create→ready warm (pool) p50",
+                    "ms",
+                    percentile(create_ms, 50),
+                    percentile(docker_ms, 50),
+                    "docker run busybox p50",
+                )
+            )
+        await wait_pool_full(home, url, POOL_PROFILE, CONCURRENT, within=120)
+        progress(
+            f"warm: {CONCURRENT} concurrent raw spawns, then {CONCURRENT} concurrent creates from a full pool"
+        )
+        spawn_s = await bwrap_concurrent(CONCURRENT)
+        started = time.perf_counter()
+        readies = await asyncio.gather(*(client.create(POOL_PROFILE) for _ in range(CONCURRENT)))
+        all_ready_s = time.perf_counter() - started
+        await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
+        rows.append(
+            Row(
+                f"{CONCURRENT} concurrent creates→all ready, pool",
+                "s",
+                all_ready_s,
+                spawn_s,
+                f"{CONCURRENT} concurrent raw bwrap",
+                Target("<=", 0.3),
+            )
+        )
+    return rows
+
+
+async def rows() -> list[Row]:
+    require_tool("bwrap", "bubblewrap")
+    with tempdir() as cold_tmp, tempdir() as warm_tmp:
+        cold_rows, docker_ms = await cold(Path(cold_tmp))
+        try:
+            warm_rows = await warm(Path(warm_tmp), docker_ms)
+        except (RuntimeError, TimeoutError) as exc:
+            warm_rows = [
+                failed(
+                    "create→ready warm (pool)",
+                    "ms",
+                    f"{type(exc).__name__}: {exc}",
+                    Target("<=", 5.0),
+                )
+            ]
+    return cold_rows + warm_rows
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main(rows)
