@@ -33,6 +33,7 @@ ORDER = (
 
 DEFAULT_DEADLINE = 180.0
 SUITE_DEADLINE = 15 * 60.0
+SHOWN_PROBLEMS = 10
 
 
 def discover() -> list[ModuleType]:
@@ -84,8 +85,10 @@ async def main(argv: list[str]) -> int:
             result = await run_one(module, workdir, remaining)
         failed += not result.passed
         print(format_line(result), flush=True)
-        for problem in result.problems:
+        for problem in result.problems[:SHOWN_PROBLEMS]:
             print(f"      - {problem}", flush=True)
+        if len(result.problems) > SHOWN_PROBLEMS:
+            print(f"      - ... and {len(result.problems) - SHOWN_PROBLEMS} more", flush=True)
     verdict = "all passed" if not failed else f"{failed} failed"
     print(f"chaos: {len(modules)} scenarios, {verdict}, {time.monotonic() - total:.1f} s")
     if not args.keep and not failed:

@@ -13,15 +13,17 @@ class ScenarioResult:
     passed: bool
     seconds: float
     figures: dict[str, object] = field(default_factory=dict)
-    """What the scenario did and saw, in the order it prints them (``cycles``, ``kills``...)."""
+    """What the scenario did and saw, in the order it prints them: ``{"cycles": 212}`` prints
+    ``212 cycles``, ``{"seed {}": 7}`` prints ``seed 7``."""
     problems: list[str] = field(default_factory=list)
     """Every invariant broken, one sentence each; empty when ``passed``."""
 
 
 def _figure(key: str, value: object) -> str:
-    """``("cycles", 212)`` -> ``212 cycles``; a float keeps one decimal."""
+    """``("cycles", 212)`` -> ``212 cycles``; a key with ``{}`` places the value itself
+    (``("seed {}", 7)`` -> ``seed 7``); a float keeps one decimal."""
     shown = f"{value:.1f}" if isinstance(value, float) else str(value)
-    return f"{shown} {key.replace('_', ' ')}"
+    return key.replace("{}", shown) if "{}" in key else f"{shown} {key}"
 
 
 def format_line(result: ScenarioResult) -> str:

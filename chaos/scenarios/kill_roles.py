@@ -1,0 +1,171 @@
+"""kill -9 of each role (control, projector, meter, ext.local, gateway) at random points
+during at least 200 create/destroy cycles, each killed role restarted after a random pause.
+
+Cycles run through the bus (three loops) and through the HTTP gateway (one loop, with an
+``Idempotency-Key`` so a request cut by the gateway's death is sent again as the same
+command). A cycle retries its own command id when its wait runs out: publishing an id again
+is safe by contract, so nothing a client does here can duplicate a sandbox. The seed is in
+the figures; ``CHAOS_SEED`` replays a run's schedule of kills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from pathlib import Path
+
+import httpx
+
+from chaos.checks import Sent, check_all
+from chaos.harness import DEFAULT_ROLES, ChaosService, Stopwatch, finish
+from chaos.result import ScenarioResult
+from sandboxer.cli.key_commands import create_key
+from sandboxer.client import CommandFailed
+from sandboxer.errors import SandboxerError
+from sandboxer.ids import derive_sandbox_id, new_command_id
+
+NAME = "kill-roles"
+DEADLINE = 300.0
+CYCLES = 200
+MIN_KILLS = 10
+BUS_LOOPS = 3
+ATTEMPTS = 4
+"""Sends of one command id before the cycle counts as lost."""
+WAIT = 45.0
+"""Seconds one send waits for its outcome (several ack waits: a kill costs about one)."""
+
+
+class Run:
+    """What the loops share: the commands sent, the counts, the problems."""
+
+    def __init__(self, svc: ChaosService, seed: int) -> None:
+        self.svc = svc
+        self.rng = random.Random(seed)
+        self.sent: dict[str, Sent] = {}
+        self.cycles = 0
+        self.http_cycles = 0
+        self.kills: dict[str, int] = dict.fromkeys(DEFAULT_ROLES, 0)
+        self.resends = 0
+        self.slowest = 0.0
+        self.problems: list[str] = []
+
+    @property
+    def done(self) -> bool:
+        return self.cycles >= CYCLES and sum(self.kills.values()) >= MIN_KILLS
+
+    async def bus_command(self, verb: str, sandbox_id: str, command_id: str) -> bool:
+        """Send one create or destroy until it ends (same id each time); whether it succeeded."""
+        self.sent[command_id] = Sent(verb, sandbox_id)
+        client = self.svc.client
+        started = time.monotonic()
+        for attempt in range(ATTEMPTS):
+            self.resends += attempt > 0
+            try:
+                if verb == "create":
+                    await client.create(command_id=command_id, timeout=WAIT)
+                else:
+                    await client.destroy(sandbox_id, command_id=command_id, timeout=WAIT)
+            except CommandFailed as exc:
+                self.problems.append(f"{verb} {command_id} of {sandbox_id}: {exc.message}")
+                return False
+            except (SandboxerError, TimeoutError):
+                continue  # no outcome yet: send the same command again
+            self.slowest = max(self.slowest, time.monotonic() - started)
+            return True
+        self.problems.append(f"{verb} {command_id} of {sandbox_id}: no outcome in {ATTEMPTS} sends")
+        return False
+
+    async def bus_loop(self) -> None:
+        while not self.done:
+            create_id = new_command_id()
+            sandbox_id = derive_sandbox_id(create_id)
+            if await self.bus_command("create", sandbox_id, create_id):
+                await self.bus_command("destroy", sandbox_id, new_command_id())
+            self.cycles += 1
+
+    async def http_send(
+        self, http: httpx.AsyncClient, method: str, path: str
+    ) -> tuple[int | None, str]:
+        """One HTTP command, sent again (same key) while the gateway is down or the wait runs
+        out; its final status (None when it never got one) and its sandbox."""
+        key = new_command_id()
+        verb = "create" if method == "POST" else "destroy"
+        sandbox_id = derive_sandbox_id(key) if verb == "create" else path.rsplit("/", 1)[1]
+        self.sent[key] = Sent(verb, sandbox_id)
+        body = {"profile": "profile.local"} if verb == "create" else None
+        for _ in range(ATTEMPTS * 3):
+            try:
+                answer = await http.request(
+                    method, f"{path}?wait=30s", json=body, headers={"Idempotency-Key": key}
+                )
+            except httpx.TransportError:
+                await asyncio.sleep(0.5)  # the gateway is being restarted
+                continue
+            if answer.status_code in {202, 503}:
+                self.resends += 1
+                await asyncio.sleep(0.5)
+                continue
+            return answer.status_code, sandbox_id
+        self.problems.append(f"HTTP {method} {path} (key {key}): no answer but 202/503")
+        return None, sandbox_id
+
+    async def http_loop(self, key: str) -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(
+            base_url=self.svc.http_url, headers=headers, timeout=60
+        ) as http:
+            while not self.done:
+                status, sandbox_id = await self.http_send(http, "POST", "/v1/sandboxes")
+                if status not in {200, 201}:
+                    if status is not None:
+                        self.problems.append(f"HTTP create of {sandbox_id}: {status}")
+                    self.cycles += 1
+                    continue
+                status, _ = await self.http_send(http, "DELETE", f"/v1/sandboxes/{sandbox_id}")
+                if status not in {200, 204, None}:
+                    self.problems.append(f"HTTP destroy of {sandbox_id}: {status}")
+                self.cycles += 1
+                self.http_cycles += 1
+
+    async def killer(self) -> None:
+        """Every role once (in a random order), then random roles, at random moments."""
+        order = list(DEFAULT_ROLES)
+        self.rng.shuffle(order)
+        while not self.done:
+            await asyncio.sleep(self.rng.uniform(0.3, 2.5))
+            role = order.pop() if order else self.rng.choice(DEFAULT_ROLES)
+            await self.svc.kill(role)
+            self.kills[role] += 1
+            await asyncio.sleep(self.rng.uniform(0.0, 1.5))
+            await self.svc.restart(role)
+
+
+async def run(workdir: Path) -> ScenarioResult:
+    watch = Stopwatch()
+    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    async with ChaosService(workdir) as svc:
+        key, _ = await create_key(
+            svc.client,
+            project="chaos",
+            key_type="adm",
+            name="chaos",
+            max_live=100,
+            rate_per_second=1000,
+        )
+        state = Run(svc, seed)
+        loops = [state.bus_loop() for _ in range(BUS_LOOPS)]
+        await asyncio.gather(state.killer(), state.http_loop(key), *loops)
+        problems = state.problems + await check_all(svc.nats_urls, svc.home, sent=state.sent)
+        problems += svc.crashed()
+        figures: dict[str, object] = {
+            "seed {}": seed,
+            "cycles": state.cycles,
+            "over HTTP": state.http_cycles,
+            "kills": sum(state.kills.values()),
+            "resends": state.resends,
+            "commands": len(state.sent),
+            "slowest command {} s": state.slowest,
+        }
+    return finish(NAME, watch, figures, problems)
