@@ -1,0 +1,108 @@
+"""Memory: the RSS of ``sandboxer up`` and of its nats-server, idle and with 1,000 live sandboxes.
+
+``sandboxer up`` runs in its own process against a private nats-server (so the
+two are measured apart). Idle is after one create and destroy (every role has
+run once, its imports loaded) and a few seconds' settling. Then LIVE local
+sandboxes are created, BATCH at a time, and measured while all are ready; the
+sandboxes' own processes (bubblewrap and its holder) are not the service's
+and are not counted. Baseline, in the same run: a bare Python process that
+imports nats-py and connects to the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from _harness import main, nats, progress, rss_mb, running_service, tempdir
+from _table import Row, Target
+
+LIVE = 1000
+BATCH = 100
+SETTLE_SECONDS = 3
+
+BARE = """\
+import asyncio, sys
+import nats
+
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    print("connected", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def bare_python_mb(url: str) -> float:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BARE, url, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(30):
+            line = await process.stdout.readline()
+        if line.strip() != b"connected":
+            raise RuntimeError(f"the bare python process did not connect: {line!r}")
+        await asyncio.sleep(SETTLE_SECONDS)
+        return rss_mb(process.pid)
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def rows() -> list[Row]:
+    with tempdir() as raw_tmp:
+        tmp = Path(raw_tmp)
+        async with nats(tmp) as server, running_service(tmp, server.url) as svc:
+            client = svc.client
+            bare = await bare_python_mb(server.url)
+            first = await client.create()
+            await client.destroy(first["sandbox_id"])
+            await asyncio.sleep(SETTLE_SECONDS)
+            service_idle, nats_idle = rss_mb(svc.process.pid), rss_mb(server.pid)
+
+            progress(f"memory: creating {LIVE} local sandboxes, {BATCH} at a time")
+            live: list[str] = []
+            began = time.monotonic()
+            try:
+                for _ in range(LIVE // BATCH):
+                    readies = await asyncio.gather(*(client.create() for _ in range(BATCH)))
+                    live += [ready["sandbox_id"] for ready in readies]
+                progress(f"memory: {LIVE} ready after {time.monotonic() - began:.1f} s")
+                await asyncio.sleep(SETTLE_SECONDS)
+                service_live, nats_live = rss_mb(svc.process.pid), rss_mb(server.pid)
+            finally:
+                progress(f"memory: destroying {len(live)} sandboxes")
+                began = time.monotonic()
+                for start in range(0, len(live), BATCH):
+                    batch = live[start : start + BATCH]
+                    await asyncio.gather(*(client.destroy(sid) for sid in batch))
+                progress(f"memory: destroyed after {time.monotonic() - began:.1f} s")
+
+    bare_name = "bare python: import nats, connect"
+    return [
+        Row(
+            "service RSS (sandboxer up), idle",
+            "MB",
+            service_idle,
+            bare,
+            bare_name,
+            Target("<=", 80),
+        ),
+        Row(
+            f"service RSS (sandboxer up), {LIVE} live sandboxes",
+            "MB",
+            service_live,
+            bare,
+            bare_name,
+        ),
+        Row("nats-server RSS, idle", "MB", nats_idle),
+        Row(f"nats-server RSS, {LIVE} live sandboxes", "MB", nats_live),
+    ]
+
+
+if __name__ == "__main__":
+    main(rows)
