@@ -49,6 +49,7 @@ from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.inventory import InventoryService
 from sandboxer.workers.meter_export import run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
+from sandboxer.workers.pool_keeper import pool_keeper_for
 from sandboxer.workers.token_service import TokenService
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -172,6 +173,7 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                 else:
                     extension = build_extension(role, catalog, settings)
                     extensions.append(extension)
+                    keeper = pool_keeper_for(nc, store, catalog, extension)
                     worker = ExtensionWorker(
                         js,
                         store,
@@ -184,6 +186,7 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                             staging_root=settings.staging_root,
                             limits=ArchiveLimits.from_mb(settings.upload_max_mb),
                         ),
+                        pools=keeper,
                     )
                     executor = ExecService(nc, store, extension, settings=settings)
                     inventory = InventoryService(
@@ -203,6 +206,8 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                         services.append(tokens)
                     await worker.reconcile()
                     group.create_task(worker.run(stop))
+                    if keeper is not None:
+                        group.create_task(keeper.run(stop))
             log.info("running roles: %s", ", ".join(roles))
     finally:
         for service in services:

@@ -57,6 +57,10 @@ QUERY_KEY_WHOAMI = "sandboxer.query.key.whoami"
 QUERY_KEY_GET = "sandboxer.query.key.get"
 """An API key by its hash (never the key): its id, project, type, limits and status."""
 QUERY_KEY_LIST = "sandboxer.query.key.list"
+QUERY_POOL_LIST = "sandboxer.query.pool.list"
+"""Answered by the pool keepers (extension workers that pool): each pool's members."""
+POOL_EVENTS = "sandboxer.evt.pool.>"
+"""Every warm pool member's events: what a pool keeper folds into its index."""
 ADMIN_REPLAY = "sandboxer.admin.replay"
 
 
@@ -117,6 +121,16 @@ def stamped(subject: str, key_id: str) -> str:
     """A command, query, exec, token or files subject as a key identity publishes it: the
     key id last, which the server's permissions let only that key publish."""
     return f"{subject}.{key_id}"
+
+
+def pool_event_subject(member_id: str, event_type: str) -> str:
+    """``pool_member_claimed`` -> ``sandboxer.evt.pool.<member_id>.claimed`` (docs/pools.md)."""
+    return f"sandboxer.evt.pool.{member_id}.{event_type.removeprefix('pool_member_')}"
+
+
+def pool_events_filter(member_id: str) -> str:
+    """Every event of one pool member: the expected-sequence scope of its appends."""
+    return f"sandboxer.evt.pool.{member_id}.>"
 
 
 def rejection_subject(key: str) -> str:

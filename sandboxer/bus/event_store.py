@@ -25,18 +25,21 @@ import msgspec
 
 from sandboxer.domain.account_state import AccountState
 from sandboxer.domain.key_state import KeyState
+from sandboxer.domain.pool_state import MemberState
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_state import SnapshotState
 from sandboxer.events.codec import encode_event
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
     KEY_EVENTS,
+    POOL_EVENTS,
     SNAPSHOT_EVENTS,
     AccountEvent,
     CommandRejected,
     Event,
     HostEvent,
     KeyEvent,
+    PoolEvent,
     SandboxEvent,
     SnapshotEvent,
 )
@@ -46,6 +49,7 @@ __all__ = [
     "Loaded",
     "LoadedAccount",
     "LoadedKey",
+    "LoadedMember",
     "LoadedSnapshot",
     "Record",
     "event_id",
@@ -91,6 +95,14 @@ class LoadedKey:
     last_seq: int
 
 
+@dataclass(frozen=True)
+class LoadedMember:
+    """A warm pool member's state and the stream sequence of its last event (0: none yet)."""
+
+    state: MemberState
+    last_seq: int
+
+
 class EventStore(Protocol):
     async def load(self, sandbox_id: str) -> Loaded:
         """Fold every event of one sandbox."""
@@ -119,6 +131,14 @@ class EventStore(Protocol):
 
     async def append_key(self, loaded: LoadedKey, events: Sequence[KeyEvent]) -> LoadedKey:
         """Append key ``events`` after ``loaded``, under the same concurrency rule."""
+
+    async def load_member(self, member_id: str) -> LoadedMember:
+        """Fold every event of one warm pool member."""
+
+    async def append_member(
+        self, loaded: LoadedMember, events: Sequence[PoolEvent]
+    ) -> LoadedMember:
+        """Append pool member ``events`` after ``loaded``, under the same concurrency rule."""
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
         """Ids of the snapshots whose data is ``object_name`` and that are not deleted
@@ -156,6 +176,8 @@ def event_id(event: Event, *, version: int = 0) -> str:
         identity = f"account:{event.project}:{version}:".encode() + encode_event(event)
     elif isinstance(event, KEY_EVENTS):
         identity = f"key:{event.key_id}:{version}:".encode() + encode_event(event)
+    elif isinstance(event, POOL_EVENTS):
+        identity = f"pool:{event.member_id}:{version}:".encode() + encode_event(event)
     else:
         identity = f"{event.sandbox_id}:{version}:".encode() + encode_event(event)
     return hashlib.sha256(identity).hexdigest()[:32]

@@ -25,6 +25,7 @@ from sandboxer.bus.event_store import (
     Loaded,
     LoadedAccount,
     LoadedKey,
+    LoadedMember,
     LoadedSnapshot,
     Record,
     rejection_key,
@@ -33,6 +34,7 @@ from sandboxer.bus.event_store import (
 from sandboxer.bus.publish import PublishConflict, publish_durably
 from sandboxer.domain.account_state import AccountState, evolve_account
 from sandboxer.domain.key_state import KeyState, evolve_key
+from sandboxer.domain.pool_state import MemberState, evolve_member
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import ConcurrencyConflict
@@ -41,11 +43,13 @@ from sandboxer.events.types import (
     ACCOUNT_EVENTS,
     KEY_EVENTS,
     NOT_SANDBOX_EVENTS,
+    POOL_EVENTS,
     SNAPSHOT_EVENTS,
     AccountEvent,
     CommandRejected,
     Event,
     KeyEvent,
+    PoolEvent,
     SandboxEvent,
     SandboxRequested,
     SnapshotEvent,
@@ -69,6 +73,8 @@ def _subject(event: Event) -> str:
         return subjects.account_event_subject(event.project, event_type(event))
     if isinstance(event, KEY_EVENTS):
         return subjects.key_event_subject(event.key_id, event_type(event))
+    if isinstance(event, POOL_EVENTS):
+        return subjects.pool_event_subject(event.member_id, event_type(event))
     if isinstance(event, NOT_SANDBOX_EVENTS):
         return subjects.host_event_subject(event.host, event_type(event))
     return subjects.sandbox_event_subject(event.sandbox_id, event_type(event))
@@ -174,6 +180,23 @@ class JetStreamEventStore:
     async def append_key(self, loaded: LoadedKey, events: Sequence[KeyEvent]) -> LoadedKey:
         return LoadedKey(*await self._append_all(loaded.state, loaded.last_seq, events, evolve_key))
 
+    async def load_member(self, member_id: str) -> LoadedMember:
+        return LoadedMember(
+            *await self._fold(
+                subjects.pool_events_filter(member_id),
+                MemberState(member_id=member_id),
+                POOL_EVENTS,
+                evolve_member,
+            )
+        )
+
+    async def append_member(
+        self, loaded: LoadedMember, events: Sequence[PoolEvent]
+    ) -> LoadedMember:
+        return LoadedMember(
+            *await self._append_all(loaded.state, loaded.last_seq, events, evolve_member)
+        )
+
     async def snapshots_holding(self, object_name: str) -> list[str]:
         """Read every snapshot event (a scan: deletes are rare, snapshots few per object)."""
         states: dict[str, SnapshotState] = {}
@@ -205,7 +228,9 @@ class JetStreamEventStore:
         await self._publish(stamped, {"Nats-Msg-Id": stamped.event_id})
 
     async def _append_one(
-        self, event: SandboxEvent | SnapshotEvent | AccountEvent | KeyEvent, expected_seq: int
+        self,
+        event: SandboxEvent | SnapshotEvent | AccountEvent | KeyEvent | PoolEvent,
+        expected_seq: int,
     ) -> int:
         """Append one event of an aggregate, expecting ``expected_seq`` as its last sequence."""
         if isinstance(event, SNAPSHOT_EVENTS):
@@ -217,6 +242,9 @@ class JetStreamEventStore:
         elif isinstance(event, KEY_EVENTS):
             kind, aggregate_id = "key", event.key_id
             scope = subjects.key_events_filter(aggregate_id)
+        elif isinstance(event, POOL_EVENTS):
+            kind, aggregate_id = "pool member", event.member_id
+            scope = subjects.pool_events_filter(aggregate_id)
         else:
             kind, aggregate_id = "sandbox", event.sandbox_id
             scope = subjects.sandbox_events_filter(aggregate_id)

@@ -15,22 +15,26 @@ from sandboxer.bus.event_store import (
     Loaded,
     LoadedAccount,
     LoadedKey,
+    LoadedMember,
     LoadedSnapshot,
     Record,
     stamp,
 )
 from sandboxer.domain.account_state import AccountState, evolve_account
 from sandboxer.domain.key_state import KeyState, evolve_key
+from sandboxer.domain.pool_state import MemberState, evolve_member
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import ConcurrencyConflict
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
     KEY_EVENTS,
+    POOL_EVENTS,
     SNAPSHOT_EVENTS,
     AccountEvent,
     Event,
     KeyEvent,
+    PoolEvent,
     SandboxEvent,
     SandboxRequested,
     SnapshotEvent,
@@ -94,6 +98,10 @@ class MemoryEventStore:
     @staticmethod
     def _of_key(key_id: str) -> Callable[[Event], bool]:
         return lambda e: isinstance(e, KEY_EVENTS) and e.key_id == key_id
+
+    @staticmethod
+    def _of_member(member_id: str) -> Callable[[Event], bool]:
+        return lambda e: isinstance(e, POOL_EVENTS) and e.member_id == member_id
 
     async def load(self, sandbox_id: str) -> Loaded:
         return Loaded(
@@ -170,6 +178,26 @@ class MemoryEventStore:
                 events,
                 evolve_key,
                 f"key {key_id}",
+            )
+        )
+
+    async def load_member(self, member_id: str) -> LoadedMember:
+        return LoadedMember(
+            *self._fold(self._of_member(member_id), MemberState(member_id=member_id), evolve_member)
+        )
+
+    async def append_member(
+        self, loaded: LoadedMember, events: Sequence[PoolEvent]
+    ) -> LoadedMember:
+        member_id = loaded.state.member_id
+        return LoadedMember(
+            *self._append_all(
+                self._of_member(member_id),
+                loaded.state,
+                loaded.last_seq,
+                events,
+                evolve_member,
+                f"pool member {member_id}",
             )
         )
 

@@ -72,6 +72,7 @@ app.add_typer(host_commands.inspect_app, name="inspect", rich_help_panel=OPERATO
 app.command("reap-stale", rich_help_panel=OPERATOR)(host_commands.reap_stale)
 app.command("expire", rich_help_panel=OPERATOR)(lifetime_commands.expire)
 app.command("hosts", rich_help_panel=OPERATOR)(host_commands.hosts_view)
+app.command("pools", rich_help_panel=OPERATOR)(host_commands.pools_view)
 app.command("replay", rich_help_panel=OPERATOR)(service_commands.replay)
 app.add_typer(route_commands.route_app, name="route", rich_help_panel=OPERATOR)
 app.add_typer(key_commands.keys_app, name="keys", rich_help_panel=OPERATOR)

@@ -168,3 +168,29 @@ def hosts_view(as_json: JsonOpt = False) -> None:
         [(h["host"], h["extension"], h["inspected_at"], h["reaped_at"]) for h in hosts],
         ["host", "extension", "inspected", "reaped"],
     )
+
+
+def pools_view(as_json: JsonOpt = False) -> None:
+    """Warm pools: for each pooled profile, its members ready and being made (docs/pools.md)."""
+    pools = run(with_client(lambda c: c.pools()))
+    if as_json:
+        print_json(pools)
+        return
+    if not pools:
+        say("no warm pools: no running worker keeps one (a profile asks with 'pool:')")
+        return
+    print_table(
+        [
+            (
+                p["profile"],
+                p["extension"],
+                p["node"],
+                p["ready"],
+                p["provisioning"],
+                p["min_ready"],
+                p["max"],
+            )
+            for p in pools
+        ],
+        ["profile", "extension", "node", "ready", "making", "min_ready", "max"],
+    )

@@ -232,6 +232,19 @@ class SandboxerClient:
         )["hosts"]
         return hosts
 
+    async def pools(self) -> list[dict[str, Any]]:
+        """Every warm pool, as its keepers see it (docs/pools.md): ``pool``, ``profile``,
+        ``extension``, ``node``, ``min_ready``, ``max``, ``ready``, ``provisioning``. Empty
+        when no worker keeps a pool."""
+        replies = await self.gather(subjects.QUERY_POOL_LIST, {}, timeout=2.0, settle=0.2)
+        pools = {
+            pool["pool"]: pool
+            for reply in replies
+            if reply.get("ok")
+            for pool in reply.get("pools", [])
+        }
+        return sorted(pools.values(), key=lambda pool: str(pool["pool"]))
+
     async def gather(
         self,
         subject: str,

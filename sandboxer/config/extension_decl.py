@@ -22,6 +22,8 @@ class Capabilities(_Strict):
     gpu: bool = False
     exec: bool = False
     regions: list[str] = Field(default_factory=list)
+    pool: bool = False
+    """The backend keeps warm pools for profiles that ask (docs/pools.md)."""
     network: Enforcement = "none"
     """What of a network policy this backend enforces (docs/network.md#enforcement), weakest
     first: ``none`` (nothing: the sandbox has whatever network the backend gives),

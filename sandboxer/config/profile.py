@@ -211,6 +211,21 @@ class Route(_Strict):
     constraints: RouteConstraints = Field(default_factory=RouteConstraints)
 
 
+class Pool(_Strict):
+    """Sandboxes kept made and unclaimed for this profile, so a create claims one instead of
+    waiting for a spawn (docs/pools.md). Only on a backend whose declaration says
+    ``capabilities.pool: true``; a profile that routes pools on none."""
+
+    min_ready: int = Field(ge=0, le=1000, description="members kept ready")
+    max: int = Field(ge=1, le=1000, description="most unclaimed members (ready or being made)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Pool:
+        if self.max < self.min_ready:
+            raise ValueError(f"pool.max ({self.max}) is below pool.min_ready ({self.min_ready})")
+        return self
+
+
 class InputSpec(_Strict):
     """One ``--input k=v`` a create must or may pass."""
 
@@ -254,11 +269,14 @@ class Profile(_Strict):
     reachability: dict[str, str] = Field(default_factory=dict)
     metadata: dict[str, str] = Field(default_factory=dict)
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    pool: Pool | None = None
 
     @model_validator(mode="after")
     def _extension_or_route(self) -> Profile:
         if (self.extension is None) == (self.route is None):
             raise ValueError("set exactly one of 'extension' (a fixed backend) or 'route'")
+        if self.pool is not None and self.extension is None:
+            raise ValueError("'pool' needs a fixed 'extension': members are made ahead of routing")
         return self
 
     def with_network(self, policy: NetworkPolicy) -> Profile:

@@ -103,6 +103,8 @@ class MarkReady:
     warnings: list[str]
     setup: list[SetupRecord] = field(default_factory=list)
     """The profile's setup commands as they ran (redacted output tails)."""
+    pool_member: str | None = None
+    """The warm pool member the sandbox was claimed from, if it was."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,6 +244,7 @@ def _decide_ready(state: SandboxState, command: MarkReady, now: str) -> list[San
             generation=state.generation,
             network=state.network,
             setup=command.setup,
+            pool_member=command.pool_member,
         )
     ]
 

@@ -122,6 +122,9 @@ class SandboxReady(_SandboxEventBase, frozen=True, kw_only=True, tag="ready"):
     setup: list[SetupRecord] = []
     """The profile's ``setup.commands`` as they ran before this ``ready``: exit codes and
     redacted output tails (docs/profiles.md#setup-commands)."""
+    pool_member: str | None = None
+    """The warm pool member this sandbox was claimed from (docs/pools.md); None when it was
+    made for this create, and in events recorded before pools were."""
 
 
 class SandboxFailed(_SandboxEventBase, frozen=True, kw_only=True, tag="failed"):

@@ -32,6 +32,14 @@ from sandboxer.events.actor import (
 )
 from sandboxer.events.consumer import ConsumerRecord, SetupRecord
 from sandboxer.events.key_events import KEY_EVENTS, KeyCreated, KeyEvent, KeyRevoked
+from sandboxer.events.pool_events import (
+    POOL_EVENTS,
+    PoolEvent,
+    PoolMemberAdded,
+    PoolMemberClaimed,
+    PoolMemberReady,
+    PoolMemberRemoved,
+)
 from sandboxer.events.record_events import (
     CommandRejected,
     HostEvent,
@@ -77,6 +85,7 @@ __all__ = [
     "ACCOUNT_EVENTS",
     "KEY_EVENTS",
     "NOT_SANDBOX_EVENTS",
+    "POOL_EVENTS",
     "SNAPSHOT_EVENTS",
     "SYSTEM_ACTOR",
     "AccountEvent",
@@ -95,6 +104,11 @@ __all__ = [
     "KeyEvent",
     "KeyRevoked",
     "NetworkRecord",
+    "PoolEvent",
+    "PoolMemberAdded",
+    "PoolMemberClaimed",
+    "PoolMemberReady",
+    "PoolMemberRemoved",
     "SandboxActive",
     "SandboxDestroyed",
     "SandboxDestroying",
@@ -128,7 +142,15 @@ __all__ = [
     "event_type",
 ]
 
-Event = SandboxEvent | CommandRejected | HostEvent | SnapshotEvent | AccountEvent | KeyEvent
+Event = (
+    SandboxEvent
+    | CommandRejected
+    | HostEvent
+    | SnapshotEvent
+    | AccountEvent
+    | KeyEvent
+    | PoolEvent
+)
 NOT_SANDBOX_EVENTS = (
     CommandRejected,
     HostInspected,
@@ -136,6 +158,7 @@ NOT_SANDBOX_EVENTS = (
     *SNAPSHOT_EVENTS,
     *ACCOUNT_EVENTS,
     *KEY_EVENTS,
+    *POOL_EVENTS,
 )
 """For ``isinstance``: events that do not belong to a sandbox aggregate."""
 

@@ -10,6 +10,7 @@ from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
     KEY_EVENTS,
+    POOL_EVENTS,
     SNAPSHOT_EVENTS,
     CommandRejected,
     HostEvent,
@@ -69,6 +70,8 @@ class Batch:
             await self._accounts.apply(event, seq, load)
         elif isinstance(event, KEY_EVENTS):
             await self._keys.apply(event, seq, None if self._fresh else self._view.load_key)
+        elif isinstance(event, POOL_EVENTS):
+            pass  # pool members are no one's sandboxes: the pool keepers index them
         elif isinstance(event, SNAPSHOT_EVENTS):
             snapshot_id = event.snapshot_id
             snapshot = self._snapshots.get(snapshot_id)

@@ -51,7 +51,7 @@ from sandboxer.errors import (
     StreamUnavailable,
 )
 from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
-from sandboxer.extensions.base import Extension, ProvisionRequest
+from sandboxer.extensions.base import Extension, ProvisionRequest, Readiness
 from sandboxer.extensions.capabilities import TimeoutKeeper
 from sandboxer.secrets import redact, resolve_secrets
 from sandboxer.workers import deciding
@@ -60,6 +60,7 @@ from sandboxer.workers.host_events import inspect_and_record
 from sandboxer.workers.job_dispatch import request_reroute
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
+from sandboxer.workers.pool_keeper import PoolKeeper
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from sandboxer.workers.setup_step import run_setup_commands, workspace_access_warning
 from sandboxer.workers.snapshot_job import SnapshotJob
@@ -83,8 +84,10 @@ class ExtensionWorker:
         *,
         ack_wait: float = 5.0,
         directories: DirectoryInputs | None = None,
+        pools: PoolKeeper | None = None,
     ) -> None:
         self._js = js
+        self._pools = pools
         # Without settings (tests, embedders): no host path is accepted, uploads still work.
         self._directories = directories or DirectoryInputs(
             js,
@@ -251,9 +254,11 @@ class ExtensionWorker:
                 )
                 if profile.setup.record_telemetry:
                     await inspect_and_record(self._store, self.extension, state.host)
-                await backend.provision(request)
-                stage = "wait_ready"
-                readiness = await backend.wait_ready(request)
+                pool_member = await self._claim(profile, job, retry=state.attempt > 1)
+                if pool_member is None:
+                    await backend.provision(request)
+                    stage = "wait_ready"
+                readiness, pool_member = await self._ready(backend, request, pool_member)
                 # Inside the sandbox, before `ready`: a failing command fails the sandbox
                 # (stage provision, code setup_failed).
                 stage = "provision"
@@ -311,6 +316,7 @@ class ExtensionWorker:
                 reachability=readiness.descriptor,
                 warnings=[*readiness.warnings, *_access_warnings(backend, profile)],
                 setup=setup,
+                pool_member=pool_member,
             ),
             loaded,
         )
@@ -322,6 +328,34 @@ class ExtensionWorker:
                 loaded.state.status,
             )
             await backend.teardown(job.sandbox_id, host=state.host)
+
+    async def _claim(self, profile: Profile, job: Job, *, retry: bool) -> str | None:
+        """A warm pool member for this create, claimed on record (docs/pools.md), or None."""
+        if self._pools is None or profile.pool is None:
+            return None
+        return await self._pools.claim(profile, job.sandbox_id, job.job_id, retry=retry)
+
+    async def _ready(
+        self, backend: Extension, request: ProvisionRequest, member_id: str | None
+    ) -> tuple[Readiness, str | None]:
+        """Wait for a provisioned sandbox, or make the claimed pool member the create's
+        sandbox; a member found dead is replaced by a cold provision (the keeper tears
+        down what is left of it). Also says which member the sandbox is, if one."""
+        claim = getattr(backend, "claim", None)
+        if member_id is None or claim is None:
+            return await backend.wait_ready(request), None
+        try:
+            readiness: Readiness = await claim(member_id, request)
+        except ExtensionError as exc:
+            log.warning(
+                "sandbox %s: pool member %s unusable (%s); made cold",
+                request.sandbox_id,
+                member_id,
+                exc,
+            )
+            await backend.provision(request)
+            return await backend.wait_ready(request), None
+        return readiness, member_id
 
     async def _retime(self, job: Job, loaded: Loaded) -> None:
         """Move the provider's own timeout to the sandbox's new expiry (a no-op elsewhere)."""

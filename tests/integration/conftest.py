@@ -135,10 +135,12 @@ async def start_service(
 
 
 async def reap_local(home: Path) -> None:
-    """Tear down every ext.local sandbox under ``home``: holders outlive the test otherwise."""
+    """Tear down every ext.local sandbox (and pool member) under ``home``: holders outlive the
+    test otherwise."""
     extension = LocalExtension(home / "local")
-    for found in await extension.list_sandboxes():
-        await extension.teardown(found.sandbox_id)
+    for backend in (extension, extension.pool_members()):
+        for found in await backend.list_sandboxes():
+            await backend.teardown(found.sandbox_id)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound, Unsupported
 from sandboxer.events.reachability import ACCESS_KEY, LocalExecAccess, exec_hint
@@ -58,6 +59,9 @@ __all__ = ["LocalExtension"]
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 10.0
+POOL_DIR = ".pool"
+"""Under the root: warm pool members (docs/pools.md). Not a valid sandbox id, so the
+inventory, stale detection and reaping never see them; the pool keeper owns them."""
 EGRESS_HOSTS_FILE = "egress-hosts"
 """``/etc/hosts`` lines under ``$SANDBOXER_HOME``: names the proxies resolve before DNS."""
 SETUP_OUTPUT_LINES = 20
@@ -82,6 +86,7 @@ class LocalExtension:
         egress_for: Callable[[ProvisionRequest], LocalEgress] = local_egress_for,
         egress_hosts_file: Path | None = None,
         egress_slots_dir: Path = egress_slots.SLOTS_DIR,
+        root_tag: str | None = None,
     ) -> None:
         """``egress_for`` says what a request's sandbox may reach (see :mod:`.steps`);
         ``egress_hosts_file`` (``/etc/hosts`` lines) is what sandbox proxies resolve
@@ -93,7 +98,9 @@ class LocalExtension:
         self._egress_slots_dir = egress_slots_dir
         self._as_root = os.geteuid() == 0
         # Cgroups are host-wide; tag them with the root so two roots never collide.
-        self._root_tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+        self._root_tag = (
+            root_tag or hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalExtension:
@@ -224,7 +231,7 @@ class LocalExtension:
         layout = self._layout(sandbox_id)
         state = workspace.read_state(layout)
         refs = [] if state is None else [ref for ref in (state.holder, state.monitor) if ref]
-        group = self._group(sandbox_id)
+        group = self._group_of(sandbox_id, state)
         recorded = [Path(path) for path in state.cgroups] if state else []
         dirs = [path for path in recorded if path.name == group]  # only this sandbox's groups
         dirs += cgroups.sandbox_dirs(group, self._cgroup_base)
@@ -328,6 +335,74 @@ class LocalExtension:
             "nft": shutil.which("nft", path="/usr/sbin:/sbin:" + os.environ.get("PATH", "")),
         }
 
+    # -- warm pools (docs/pools.md) --------------------------------------------------------
+
+    @property
+    def pool_node(self) -> str:
+        """Where this backend's members live: this machine, and this root on it."""
+        return f"{socket.gethostname()}-{self._root_tag}"
+
+    def pool_members(self) -> LocalExtension:
+        """The same backend over ``<root>/.pool``: members are made, listed and torn down
+        there like sandboxes (same cgroup tag), until a claim moves one out."""
+        return LocalExtension(
+            self.root / POOL_DIR,
+            cgroup_base=self._cgroup_base,
+            egress_for=self._egress_for,
+            egress_hosts_file=self._egress_hosts_file,
+            egress_slots_dir=self._egress_slots_dir,
+            root_tag=self._root_tag,
+        )
+
+    @staticmethod
+    def member_profile(profile: Profile) -> Profile:
+        """What a member is made from: the profile without its setup instructions, which
+        run at the claim, with the create's inputs and secrets in place."""
+        return profile.model_copy(
+            update={"setup": profile.setup.model_copy(update={"instructions": []})}
+        )
+
+    async def claim(self, member_id: str, request: ProvisionRequest) -> Readiness:
+        """Make pool member ``member_id`` the sandbox ``request.sandbox_id``: move its directory
+        (the holder keeps its mounts; the workspace is the same directory), then apply what
+        belongs to this create: the ``repo`` input, the secrets and the setup instructions.
+        Idempotent: a retried claim finds the member already moved."""
+        target = self._layout(request.sandbox_id)
+        member = Layout(self.root / POOL_DIR, member_id)
+        if not is_valid_sandbox_id(member_id):
+            raise InvalidInput(f"invalid pool member id {member_id!r}", extension=self.id)
+        state = workspace.read_state(target)
+        if state is None or state.pool_member != member_id:
+            found = workspace.read_state(member)
+            if found is None or not found.holder_alive():
+                raise ExtensionError(
+                    f"pool member {member_id} is gone or dead; the create is made afresh",
+                    sandbox_id=request.sandbox_id,
+                    extension=self.id,
+                )
+            await self.teardown(request.sandbox_id)  # what an earlier attempt left
+            os.rename(member.dir, target.dir)
+            state = dataclasses.replace(
+                found,
+                sandbox_id=request.sandbox_id,
+                workspace=str(target.workspace),
+                pool_member=member_id,
+            )
+            workspace.write_state(target, state)
+        repo = request.inputs.get("repo")
+        if repo is not None:
+            source = workspace.repo_source(repo, request.sandbox_id)
+            await asyncio.to_thread(workspace.copy_repo, source, target.workspace)
+        workspace.check_secret_names(request.secrets, request.sandbox_id)
+        owner = (SANDBOX_UID, SANDBOX_GID) if self._as_root else None
+        if request.secrets:
+            workspace.write_secrets(target.workspace, request.secrets, owner)
+        if owner is not None and (repo is not None or request.secrets):
+            await asyncio.to_thread(workspace.chown_tree, target.workspace, *owner)
+        for index, instruction in enumerate(request.profile.setup.instructions):
+            await self._run_setup(request, state, index, instruction)
+        return await self.wait_ready(request)
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _layout(self, sandbox_id: str) -> Layout:
@@ -359,6 +434,11 @@ class LocalExtension:
 
     def _group(self, sandbox_id: str) -> str:
         return f"{sandbox_id}-{self._root_tag}"
+
+    def _group_of(self, sandbox_id: str, state: State | None) -> str:
+        """The name of its cgroups and network: its pool member's when it was claimed."""
+        member = state.pool_member if state is not None else None
+        return self._group(member if member and is_valid_sandbox_id(member) else sandbox_id)
 
     def _freezer_of(self, state: State) -> Path:
         control = freezer.find_control(Path(path) for path in state.cgroups)

@@ -88,6 +88,9 @@ class State:
     warnings: list[str] = field(default_factory=list)
     egress: dict[str, Any] | None = None
     """The sandbox's own network when it may reach anything (``egress.EgressState``)."""
+    pool_member: str | None = None
+    """The warm pool member this sandbox was claimed from: its cgroups and network namespace
+    keep the member's name (docs/pools.md)."""
 
     @property
     def holder(self) -> ProcessRef | None:

@@ -1,0 +1,405 @@
+"""The pool keeper: keeps each pooled profile's warm members made, and hands them to creates.
+
+It runs beside an extension worker whose backend can pool (``capabilities.pool``,
+docs/pools.md). Three rules keep a pool honest:
+
+- **The log says who has what.** Every member is its own aggregate. ``added`` is
+  appended before anything is made, ``ready`` once it answers, and a create's
+  ``claimed`` expects ``ready`` as the member's last event: of any number of
+  claimers, across processes, exactly one gets a member. What the keeper holds
+  in memory (:class:`~sandboxer.domain.pool_state.PoolIndex`) is a cache of the
+  log, caught up a page at a time; a stale cache costs a conflict, not a
+  double claim.
+- **Nothing is left behind.** Members the log calls removed, claimed by a create
+  that has moved on, or made by a keeper that died, are torn down by
+  :meth:`PoolKeeper.reconcile` (at start and every few seconds). A worker that
+  stops (``sandboxer down``) drains its node's unclaimed members. A kill -9
+  leaves them, and the next keeper adopts them from the log.
+- **Members are no one's sandboxes.** They live under the backend's pool
+  directory, are in no listing, have no TTL and cost nothing, until claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from typing import Any
+
+from nats.aio.client import Client
+
+from sandboxer import subjects
+from sandboxer.bus.direct_get import read_subject
+from sandboxer.bus.event_store import EventStore, LoadedMember
+from sandboxer.bus.publish import is_unavailability
+from sandboxer.bus.responder import Responder
+from sandboxer.clock import utc_now
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.profile import Profile
+from sandboxer.domain.pool_state import (
+    AddMember,
+    ClaimMember,
+    MarkMemberReady,
+    MemberCommand,
+    MemberState,
+    PoolIndex,
+    RemoveMember,
+    decide_member,
+    is_member_id,
+    new_member_id,
+    plan_pool,
+    pool_key,
+    profile_digest,
+)
+from sandboxer.errors import ConcurrencyConflict, Rejected, UnknownEventType
+from sandboxer.events.codec import decode_event
+from sandboxer.events.pool_events import POOL_EVENTS
+from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.ids import new_command_id
+
+__all__ = ["PoolKeeper", "digest_of", "pool_keeper_for"]
+
+log = logging.getLogger(__name__)
+
+TICK = 0.2
+"""Seconds between looks at the pools when nothing wakes the keeper."""
+RECONCILE_EVERY = 5.0
+MAKING_AT_ONCE = 8
+"""Members made concurrently: a refill after a burst must not starve the creates."""
+
+
+def digest_of(profile: Profile) -> str:
+    """What a member must have been made for to serve a create of ``profile`` as in force
+    (the network policy in its canonical form: a create may have narrowed it)."""
+    canonical = profile.with_network(profile.network.policy())
+    return profile_digest(canonical.model_dump_json(exclude={"pool"}).encode())
+
+
+def pool_keeper_for(
+    nc: Client, store: EventStore, catalog: Catalog, extension: Any
+) -> PoolKeeper | None:
+    """A keeper for ``extension`` when its declaration pools and some profile asks for a pool."""
+    decl = catalog.extensions_enabled().get(extension.id)
+    if decl is None or not decl.capabilities.pool or not hasattr(extension, "pool_members"):
+        return None
+    keeper = PoolKeeper(nc, store, catalog, extension)
+    return keeper if keeper.pools_anything else None
+
+
+class PoolKeeper:
+    def __init__(
+        self,
+        nc: Client,
+        store: EventStore,
+        catalog: Catalog,
+        extension: Any,
+        *,
+        worker: str | None = None,
+    ) -> None:
+        """``extension`` is a backend that pools (``pool_node``, ``pool_members()``,
+        ``member_profile()``, ``claim()``)."""
+        self._nc = nc
+        self._store = store
+        self._extension = extension
+        self._members = extension.pool_members()
+        self.node: str = extension.pool_node
+        # The nonce tells two keepers of one process apart (services started in tests).
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._profiles = {
+            profile.id: profile
+            for profile in catalog.profiles.values()
+            if profile.pool is not None and profile.extension == extension.id
+        }
+        self.index = PoolIndex()
+        self._last_seq: dict[str, int] = {}
+        self._making: set[str] = set()
+        self._taken: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._limit = asyncio.Semaphore(MAKING_AT_ONCE)
+        self._responder = Responder(nc)
+
+    @property
+    def pools_anything(self) -> bool:
+        return bool(self._profiles)
+
+    def pool_of(self, profile_id: str) -> str:
+        return pool_key(self._extension.id, self.node, profile_id)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._responder.serve({subjects.QUERY_POOL_LIST: self._answer_list})
+        try:
+            await self.catch_up()
+            await self.reconcile()
+            since_reconcile = 0.0
+            while not stop.is_set():
+                try:
+                    await self.catch_up()
+                    if since_reconcile >= RECONCILE_EVERY:
+                        await self.reconcile()
+                        since_reconcile = 0.0
+                    await self._refill()
+                except Exception as exc:
+                    # The bus away, a backend failing: the pool waits, creates go cold meanwhile.
+                    level = logging.INFO if is_unavailability(exc) else logging.WARNING
+                    log.log(level, "pool keeper: %s; trying again", exc)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK)
+                since_reconcile += TICK
+        finally:
+            await self._responder.stop()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.drain("drained: its worker stopped")
+
+    async def catch_up(self) -> None:
+        """Fold the pool events the index has not seen yet (one batched read)."""
+        start = self.index.position + 1
+        async for seq, data in read_subject(self._nc, subjects.POOL_EVENTS, start=start):
+            try:
+                event = decode_event(data)
+            except UnknownEventType:
+                continue
+            if isinstance(event, POOL_EVENTS):
+                self.index.apply(seq, event)
+                self._last_seq[event.member_id] = seq
+            self.index.position = max(self.index.position, seq)
+
+    async def _refill(self) -> None:
+        for profile in self._profiles.values():
+            assert profile.pool is not None
+            pool = self.pool_of(profile.id)
+            plan = plan_pool(
+                self.index.of_pool(pool),
+                digest=digest_of(profile),
+                min_ready=profile.pool.min_ready,
+                max_members=profile.pool.max,
+            )
+            for member_id in plan.drain:
+                if member_id not in self._taken:
+                    await self._remove(
+                        member_id, "drained: made for another version of the profile"
+                    )
+            room = MAKING_AT_ONCE - len(self._making)
+            for _ in range(min(plan.add, max(0, room))):
+                member_id = new_member_id()
+                self._making.add(member_id)
+                task = asyncio.create_task(self._make(profile, pool, member_id))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _make(self, profile: Profile, pool: str, member_id: str) -> None:
+        """Add one member: on record first, then made, then ready (or removed, why)."""
+        round_id = new_command_id()
+        try:
+            async with self._limit:
+                await self._decide(
+                    member_id,
+                    AddMember(
+                        member_id=member_id,
+                        pool=pool,
+                        profile=profile.id,
+                        profile_version=profile.version,
+                        digest=digest_of(profile),
+                        extension=self._extension.id,
+                        node=self.node,
+                        worker=self.worker,
+                        round_id=round_id,
+                    ),
+                    MemberState(member_id=member_id),
+                )
+                request = ProvisionRequest(
+                    sandbox_id=member_id,
+                    profile=self._extension.member_profile(profile),
+                    inputs={},
+                )
+                try:
+                    await self._members.provision(request)
+                    await self._members.wait_ready(request)
+                except asyncio.CancelledError:
+                    await self._remove(member_id, "drained: its worker stopped while making it")
+                    raise
+                except Exception as exc:
+                    log.warning("pool %s: making member %s failed: %s", pool, member_id, exc)
+                    await self._remove(member_id, f"making it failed: {exc}"[:2000])
+                    return
+                await self._decide(member_id, MarkMemberReady(round_id=round_id))
+        finally:
+            self._making.discard(member_id)
+            self._wake.set()
+
+    # -- claims -----------------------------------------------------------------------------
+
+    async def claim(
+        self, profile: Profile, sandbox_id: str, job_id: str, *, retry: bool
+    ) -> str | None:
+        """A ready member of ``profile``'s pool, now claimed for ``sandbox_id`` on record; None
+        when the pool has none (the create is made cold). ``retry``: the job was delivered
+        before, so a claim of it may already be on record."""
+        if profile.pool is None:
+            return None
+        if retry:
+            await self.catch_up()
+            known = self.index.claimed_by.get(sandbox_id)
+            if known is not None:
+                return known
+        pool = self.pool_of(profile.id)
+        digest = digest_of(profile)
+        while True:
+            candidates = [
+                member
+                for member in self.index.of_pool(pool)
+                if member.status == "ready"
+                and member.digest == digest
+                and member.member_id not in self._taken
+            ]
+            if not candidates:
+                self._wake.set()
+                return None
+            member = candidates[0]
+            self._taken.add(member.member_id)
+            try:
+                await self._decide(
+                    member.member_id, ClaimMember(sandbox_id=sandbox_id, job_id=job_id), member
+                )
+            except (Rejected, ConcurrencyConflict):
+                continue  # another worker had it: the index now knows; try the next
+            finally:
+                self._taken.discard(member.member_id)
+            self._wake.set()  # refill
+            return member.member_id
+
+    # -- upkeep -----------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Square this node's member directories with the log: tear down what no one will
+        use, record as removed what is gone."""
+        found = {item.sandbox_id: item for item in await self._members.list_sandboxes()}
+        for member_id, item in found.items():
+            member = self.index.members.get(member_id)
+            if member is None or member.status == "removed":
+                await self._teardown(member_id)
+            elif member.status == "claimed":
+                if await self._claim_is_over(member):
+                    await self._teardown(member_id)
+            elif member.status == "adding":
+                if self._abandoned(member):
+                    await self._remove(member_id, "its keeper died while making it")
+            elif not item.alive:
+                await self._remove(member_id, "its processes died")
+        for member in list(self.index.members.values()):
+            if member.node != self.node or member.member_id in found:
+                if member.status in {"removed", "claimed"} and member.member_id not in found:
+                    self.index.forget(member.member_id)
+                continue
+            if member.status == "ready" or (member.status == "adding" and self._abandoned(member)):
+                await self._remove(member.member_id, "it is gone from its node")
+
+    def _abandoned(self, member: MemberState) -> bool:
+        """Being made, by no one: not by this keeper, and its maker's process is gone."""
+        if member.member_id in self._making:
+            return False
+        return member.worker == self.worker or not _process_alive(member.worker)
+
+    async def drain(self, reason: str) -> None:
+        """Tear down every unclaimed member of this node (``sandboxer down``)."""
+        with contextlib.suppress(Exception):
+            await self.catch_up()
+        for member in list(self.index.members.values()):
+            if member.node == self.node and member.status in {"ready", "adding"}:
+                if member.member_id in self._taken:
+                    continue
+                try:
+                    await self._remove(member.member_id, reason)
+                except Exception as exc:
+                    log.warning("pool: draining member %s failed: %s", member.member_id, exc)
+
+    async def _claim_is_over(self, member: MemberState) -> bool:
+        """A claimed member still in the pool directory: its create moved it, or gave up."""
+        if member.claimed_by is None:
+            return True
+        state = (await self._store.load(member.claimed_by)).state
+        return state.status not in {"requested", "routed", "provisioning", "recreating"}
+
+    async def _remove(self, member_id: str, reason: str) -> None:
+        await self._teardown(member_id)
+        await self._decide(member_id, RemoveMember(reason=reason, round_id=new_command_id()))
+
+    async def _teardown(self, member_id: str) -> None:
+        if is_member_id(member_id):
+            await self._members.teardown(member_id)
+
+    async def _decide(
+        self, member_id: str, command: MemberCommand, known: MemberState | None = None
+    ) -> None:
+        """Decide and append on the member (from ``known``, the index's view, when given);
+        on a conflict load it from the log and decide again, twice at most."""
+        loaded = (
+            LoadedMember(known, self._last_seq.get(member_id, 0))
+            if known is not None
+            else await self._store.load_member(member_id)
+        )
+        for attempt in range(3):
+            try:
+                events = decide_member(loaded.state, command, utc_now())
+                if events:
+                    loaded = await self._store.append_member(loaded, events)
+                return
+            except ConcurrencyConflict:
+                if attempt == 2:
+                    raise
+                loaded = await self._store.load_member(member_id)
+            finally:
+                self._note(loaded)
+
+    def _note(self, loaded: LoadedMember) -> None:
+        """What this keeper just read or wrote of a member, until the catch-up reads it."""
+        state = loaded.state
+        self.index.members[state.member_id] = state
+        if state.claimed_by is not None:
+            self.index.claimed_by[state.claimed_by] = state.member_id
+        self._last_seq[state.member_id] = loaded.last_seq
+
+    # -- the query --------------------------------------------------------------------------
+
+    async def _answer_list(self, _request: dict[str, Any]) -> dict[str, Any]:
+        counts = {str(entry["pool"]): entry for entry in self.index.summary()}
+        pools = []
+        for profile in self._profiles.values():
+            assert profile.pool is not None
+            pool = self.pool_of(profile.id)
+            entry = counts.pop(pool, {"ready": 0, "provisioning": 0})
+            pools.append(
+                {
+                    "pool": pool,
+                    "profile": profile.id,
+                    "extension": self._extension.id,
+                    "node": self.node,
+                    "min_ready": profile.pool.min_ready,
+                    "max": profile.pool.max,
+                    "ready": entry["ready"],
+                    "provisioning": entry["provisioning"],
+                }
+            )
+        return {"pools": pools}
+
+
+def _process_alive(worker: str) -> bool:
+    """Whether the keeper ``host:pid:nonce`` that made a member still runs (this machine's)."""
+    host, pid, _nonce = [*worker.split(":"), "", "", ""][:3]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,210 @@
+"""Warm pools on ext.local, for real: bubblewrap members, claims through the bus, a worker
+killed with -9 and restarted, a graceful stop, a profile that changes (docs/pools.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.client import SandboxerClient
+from tests.integration.conftest import Service, reap_local, start_service
+
+pytestmark = pytest.mark.integration
+
+WARM = """\
+id: profile.warm
+version: {version}
+extension: ext.local
+pool: {{min_ready: {min_ready}, max: {max}}}
+setup:
+  instructions: ["echo set-up > /workspace/hello"]
+  secret_refs: {{POOL_TOKEN: "env:POOL_TEST_TOKEN"}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def pool_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secret the profile's members are given at their claim (workers read it)."""
+    monkeypatch.setenv("POOL_TEST_TOKEN", "s3cret-pool-value")
+
+
+def write_profile(home: Path, *, min_ready: int = 2, max_: int = 3, version: int = 1) -> None:
+    (home / "profiles").mkdir(exist_ok=True)
+    (home / "profiles" / "profile.warm.yaml").write_text(
+        WARM.format(min_ready=min_ready, max=max_, version=version)
+    )
+
+
+def member_dirs(home: Path) -> set[str]:
+    pool = home / "local" / ".pool"
+    return {entry.name for entry in pool.iterdir()} if pool.is_dir() else set()
+
+
+async def wait_pool(client: SandboxerClient, ready: int, timeout: float = 30) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            pools = await client.pools()
+            if pools and pools[0]["ready"] >= ready and pools[0]["provisioning"] == 0:
+                return pools[0]
+            await asyncio.sleep(0.05)
+
+
+async def pool_events(client: SandboxerClient) -> list[dict[str, Any]]:
+    return [e async for _seq, e in client.events() if e["type"].startswith("pool_member_")]
+
+
+async def test_a_create_claims_a_warm_member_with_its_inputs(
+    nats_server: Any, home: Path
+) -> None:
+    write_profile(home)
+    svc = await start_service(home, nats_server.url)
+    client = svc.client
+    try:
+        pool = await wait_pool(client, 2)
+        assert (pool["profile"], pool["min_ready"], pool["max"]) == ("profile.warm", 2, 3)
+        assert await client.list_sandboxes() == []  # members are no one's sandboxes
+        before = member_dirs(home)
+
+        ready = await client.create("profile.warm")
+        sandbox_id = ready["sandbox_id"]
+        events = [e async for _seq, e in client.events(sandbox_id=sandbox_id)]
+        (ready_event,) = [e for e in events if e["type"] == "ready"]
+        member = ready_event["pool_member"]
+        assert member in before and member not in member_dirs(home)
+        assert (home / "local" / sandbox_id / "state.json").is_file()
+
+        out = bytearray()
+
+        async def keep(_stream: str, data: bytes) -> None:
+            out.extend(data)
+
+        code = await client.exec(
+            sandbox_id, ["/bin/sh", "-c", "cat hello .sandboxer/secrets.env; id -u"], keep
+        )
+        assert code == 0
+        assert b"set-up" in out and b"POOL_TOKEN" in out  # instructions and secrets at claim
+
+        await wait_pool(client, 2)  # refilled
+        claims = [e for e in await pool_events(client) if e["type"] == "pool_member_claimed"]
+        assert [(c["member_id"], c["sandbox_id"]) for c in claims] == [(member, sandbox_id)]
+        assert [s["sandbox_id"] for s in await client.list_sandboxes()] == [sandbox_id]
+
+        await client.destroy(sandbox_id)
+        assert not (home / "local" / sandbox_id).exists()
+        assert not any(
+            path.name.startswith(member)
+            for ctl in Path("/sys/fs/cgroup").iterdir()
+            if ctl.is_dir()
+            for path in ctl.iterdir()
+        )
+    finally:
+        await client.close()
+        await svc.shutdown()
+        await reap_local(home)
+    assert member_dirs(home) == set()  # a graceful stop drains the pool
+    removed = [e for e in await _events_of(nats_server.url) if e["type"] == "pool_member_removed"]
+    assert removed and all("drained" in e["reason"] for e in removed)
+
+
+async def _events_of(url: str) -> list[dict[str, Any]]:
+    client = await SandboxerClient.connect([url], actor={"type": "atm", "id": "pytest"})
+    try:
+        return await pool_events(client)
+    finally:
+        await client.close()
+
+
+async def test_concurrent_creates_claim_each_member_once(nats_server: Any, home: Path) -> None:
+    write_profile(home, min_ready=4, max_=4)
+    svc = await start_service(home, nats_server.url)
+    client = svc.client
+    try:
+        await wait_pool(client, 4)
+        readies = await asyncio.gather(*(client.create("profile.warm") for _ in range(10)))
+        members = []
+        for ready in readies:
+            events = [e async for _s, e in client.events(sandbox_id=ready["sandbox_id"])]
+            (ready_event,) = [e for e in events if e["type"] == "ready"]
+            if ready_event["pool_member"]:
+                members.append(ready_event["pool_member"])
+        assert members, "no create was served from the pool"
+        assert len(set(members)) == len(members)  # no member went to two creates
+        claims = Counter(
+            e["member_id"] for e in await pool_events(client) if e["type"] == "pool_member_claimed"
+        )
+        assert set(claims) == set(members) and set(claims.values()) == {1}
+        await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
+        assert {p.name for p in (home / "local").iterdir()} == {".pool"}
+    finally:
+        await client.close()
+        await svc.shutdown()
+        await reap_local(home)
+
+
+def start_worker(home: Path, url: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
+    with (home / "worker.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sandboxer.cli.app", "worker", "ext.local"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+async def test_the_pool_survives_kill_9_and_follows_its_profile(
+    nats_server: Any, home: Path
+) -> None:
+    write_profile(home)
+    svc: Service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    client = svc.client
+    worker = start_worker(home, nats_server.url)
+    try:
+        await wait_pool(client, 2)
+        kept = member_dirs(home)
+        assert len(kept) == 2
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        assert member_dirs(home) == kept  # a crash leaves the members ...
+
+        worker = start_worker(home, nats_server.url)
+        await wait_pool(client, 2)
+        assert member_dirs(home) == kept  # ... and the next worker adopts them from the log
+        ready = await client.create("profile.warm")
+        events = [e async for _s, e in client.events(sandbox_id=ready["sandbox_id"])]
+        assert [e["pool_member"] for e in events if e["type"] == "ready"][0] in kept
+        await client.destroy(ready["sandbox_id"])
+
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        old = member_dirs(home)
+        write_profile(home, version=2)  # the profile changed while no worker ran
+        worker = start_worker(home, nats_server.url)
+        async with asyncio.timeout(30):
+            while member_dirs(home) & old or len(member_dirs(home)) < 2:
+                await asyncio.sleep(0.05)
+        removed = {
+            e["member_id"]: e["reason"]
+            for e in await pool_events(client)
+            if e["type"] == "pool_member_removed"
+        }
+        assert old <= set(removed) and all("version" in removed[m] for m in old)
+
+        worker.send_signal(signal.SIGTERM)  # what `sandboxer down` sends
+        assert worker.wait(timeout=30) == 0
+        assert member_dirs(home) == set()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        await client.close()
+        await svc.shutdown()
+        await reap_local(home)
