@@ -38,6 +38,7 @@ __all__ = [
     "RoleProcess",
     "Stopwatch",
     "bwrap_pids_under",
+    "child_pids",
     "finish",
 ]
 
@@ -100,6 +101,21 @@ def bwrap_pids_under(root: Path) -> dict[int, int]:
     return found
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a worker's setup or nsenter runs, say)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 @dataclass
 class RoleProcess:
     """One ``sandboxer worker <role>`` process (one incarnation of a role)."""
@@ -139,6 +155,8 @@ class ChaosService:
     ``cluster_size`` 1 runs one nats-server; 3 runs :class:`NatsCluster` (``cluster``).
     ``nats_store`` puts the (single) server's store elsewhere (a small filesystem, say).
     ``env`` is added to every role's environment (``SANDBOXER_*`` settings).
+    A role named ``ext.local#2`` is a second process of ``ext.local`` (scale-out: both pull
+    from the same consumer), handled by that name everywhere here.
     """
 
     def __init__(
@@ -265,7 +283,7 @@ class ChaosService:
                 "-m",
                 "sandboxer.cli.app",
                 "worker",
-                role,
+                role.partition("#")[0],
                 env=self.role_env(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
