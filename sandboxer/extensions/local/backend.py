@@ -43,8 +43,8 @@ from sandboxer.extensions.local.bwrap_command import (
     enter_argv,
     launcher_argv,
 )
-from sandboxer.extensions.local.egress_policy import DENY, LocalEgress
-from sandboxer.extensions.local.holder import spawn_holder, tail
+from sandboxer.extensions.local.egress_policy import DENY, LocalEgress, namespace_for
+from sandboxer.extensions.local.holder import spawn_holder
 from sandboxer.extensions.local.inventory import machine_report, scan_sandboxes
 from sandboxer.extensions.local.procs import kill, owning_user_namespace
 from sandboxer.extensions.local.run import run_streaming
@@ -58,7 +58,6 @@ __all__ = ["LocalExtension"]
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT = 10.0
 POOL_DIR = ".pool"
 """Under the root: warm pool members (docs/pools.md). Not a valid sandbox id, so the
 inventory, stale detection and reaping never see them; the pool keeper owns them."""
@@ -122,7 +121,8 @@ class LocalExtension:
         self._tool("nsenter", "util-linux")
         allowed, egress_warnings = self._egress_of(request)
 
-        await self.teardown(request.sandbox_id)  # start clean after a partial earlier attempt
+        if self._left_behind(layout):
+            await self.teardown(request.sandbox_id)  # start clean after a partial earlier attempt
         layout.create()
         state = State(
             sandbox_id=request.sandbox_id,
@@ -196,21 +196,13 @@ class LocalExtension:
             await self._run_setup(request, state, index, instruction)
 
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
+        """Ready once the holder is alive: :func:`spawn_holder` returned only after bwrap
+        had built the whole sandbox and started its idle command inside it (the holder's
+        own proof), so entering it once more with nsenter would prove nothing new and
+        cost a process and a cgroup join on every create."""
         layout = self._layout(request.sandbox_id)
-        state = self._running_state(layout)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            code = await self._run_inside(state, ["true"], _discard)
-            if code == 0:
-                break
-            if time.monotonic() > deadline or not state.holder_alive():
-                raise ExtensionError(
-                    f"local sandbox {request.sandbox_id} does not answer: entering it with "
-                    f"nsenter exited with code {code}. Holder log:\n{tail(layout.log_file)}",
-                    sandbox_id=request.sandbox_id,
-                    extension=self.id,
-                )
-            await asyncio.sleep(0.1)
+        state = self._running_state(layout)  # SandboxNotFound once the holder is gone
+        self._tool("setpriv", "util-linux")  # what every exec runs inside, after nsenter
         descriptor: dict[str, Any] = {
             "kind": "local",
             "workspace": str(layout.workspace),
@@ -432,6 +424,23 @@ class LocalExtension:
             "veth, nftables) only when it runs as root; the sandbox has loopback only"
         ]
 
+    def _left_behind(self, layout: Layout) -> bool:
+        """Whether an earlier attempt at this sandbox left anything to tear down.
+
+        Teardown looks for stray proxies by scanning every process's command line,
+        milliseconds on a busy host, so a first attempt skips it: every attempt makes
+        the sandbox directory before anything else, except the cgroups and the network
+        (its slot and namespace), which outlive a lost directory and are checked too.
+        """
+        group = self._group(layout.sandbox_id)
+        return (
+            layout.dir.exists()
+            or layout.dir.is_symlink()
+            or bool(cgroups.sandbox_dirs(group, self._cgroup_base))
+            or bool(egress_slots.owned_by(group, self._egress_slots_dir))
+            or egress.namespace_path(namespace_for(group)).exists()
+        )
+
     def _group(self, sandbox_id: str) -> str:
         return f"{sandbox_id}-{self._root_tag}"
 
@@ -534,7 +543,3 @@ def _network_summary(network: egress.EgressState | None) -> str:
         return f"everything but this host (address {network.address})"
     via = f", names through the proxy at {network.gateway}" if network.env else ""
     return f"egress allowlist (address {network.address}{via})"
-
-
-async def _discard(_stream: Literal["stdout", "stderr"], _data: bytes) -> None:
-    return None

@@ -176,6 +176,7 @@ async def _until_set_up(
     holder that has become ``sleep`` means the sandbox is ready.
     """
     deadline = time.monotonic() + timeout
+    pause = 0.0005  # set-up takes a few ms: look often at first, then back off
     while not any(command_name(child) == "sleep" for child in children_of(holder.pid)):
         if not holder.alive() or time.monotonic() > deadline:
             raise ExtensionError(
@@ -184,7 +185,8 @@ async def _until_set_up(
                 sandbox_id=sandbox_id,
                 extension="ext.local",
             )
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, 0.01)
 
 
 def _identify(
