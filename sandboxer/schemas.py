@@ -19,6 +19,7 @@ from sandboxer.events.types import (
     CommandRejected,
     HostEvent,
     KeyEvent,
+    PoolEvent,
     SandboxEvent,
     SnapshotEvent,
 )
@@ -50,6 +51,9 @@ def generate() -> dict[str, Any]:
     keys = msgspec.json.schema(KeyEvent)
     keys["title"] = "sandboxer.evt.key.<key_id>.<type without key_>"
     schemas["event.key.json"] = keys
+    pools = msgspec.json.schema(PoolEvent)
+    pools["title"] = "sandboxer.evt.pool.<member_id>.<type without pool_member_>"
+    schemas["event.pool.json"] = pools
     hosts = msgspec.json.schema(HostEvent)
     hosts["title"] = "sandboxer.evt.host.<host>.<type>"
     schemas["event.host.json"] = hosts

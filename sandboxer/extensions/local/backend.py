@@ -372,7 +372,8 @@ class LocalExtension:
                     sandbox_id=request.sandbox_id,
                     extension=self.id,
                 )
-            await self.teardown(request.sandbox_id)  # what an earlier attempt left
+            if target.dir.exists() or target.dir.is_symlink():
+                await self.teardown(request.sandbox_id)  # what an earlier attempt left
             os.rename(member.dir, target.dir)
             state = dataclasses.replace(
                 found,
