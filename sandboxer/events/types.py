@@ -143,13 +143,7 @@ __all__ = [
 ]
 
 Event = (
-    SandboxEvent
-    | CommandRejected
-    | HostEvent
-    | SnapshotEvent
-    | AccountEvent
-    | KeyEvent
-    | PoolEvent
+    SandboxEvent | CommandRejected | HostEvent | SnapshotEvent | AccountEvent | KeyEvent | PoolEvent
 )
 NOT_SANDBOX_EVENTS = (
     CommandRejected,
