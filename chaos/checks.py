@@ -163,12 +163,13 @@ def _unfinished(
         if "rejected" in kinds or kinds & TERMINAL_EVENTS.get(verb, frozenset()):
             continue
         sandboxes = {sid for _, sid in seen if sid} | ({sandbox_id} if sandbox_id else set())
-        # Whatever the command asked, a sandbox that ended has nothing left to do.
-        if any(s in states and states[s].status in ENDED for s in sandboxes):
-            continue
-        # A touch soon after another records nothing by design (sandbox_lifetime.decide_touch):
-        # once the control worker has handled every command, a silent touch is an outcome.
-        if verb == "touch" and drained and not kinds:
+        # Once the control worker has handled every command: work a sandbox's end cut short
+        # is over, and two silences are outcomes by design: a destroy while another tears
+        # the sandbox down (the first's outcome is both's), and a touch soon after another
+        # (sandbox_lifetime.decide_touch). Any other command recording nothing is lost.
+        ended = any(s in states and states[s].status in ENDED for s in sandboxes)
+        cut_short = ended and (kinds or verb in {"destroy", "expire"})
+        if drained and (cut_short or (verb == "touch" and not kinds)):
             continue
         status = ", ".join(f"{s} is {states[s].status}" for s in sandboxes if s in states)
         open_[command_id] = f"{verb} {command_id}: events {sorted(kinds) or 'none'}" + (
@@ -189,15 +190,17 @@ async def every_command_terminal(
     urls: Urls, sent: Mapping[str, Sent], *, timeout: float = 120.0
 ) -> list[str]:
     """Every command in ``sent`` reached its end within ``timeout`` (waited for): a
-    ``rejected`` event, an event ending its verb (TERMINAL_EVENTS), or its sandbox destroyed
-    or failed."""
+    ``rejected`` event, an event ending its verb (TERMINAL_EVENTS), or, once the control
+    worker's consumer holds nothing (none pending, none unacknowledged), its sandbox
+    destroyed or failed, or (a touch) nothing recorded."""
     view = LogView()
     deadline = time.monotonic() + timeout
     open_: dict[str, str] = dict.fromkeys(sent, "not read yet")
     async with _bus(urls) as nc:
         while True:
+            drained = await _control_drained(nc)  # first: what it handled is in the log read next
             await view.catch_up(nc)
-            open_ = _unfinished(sent, view, view.states(), await _control_drained(nc))
+            open_ = _unfinished(sent, view, view.states(), drained)
             if not open_ or time.monotonic() > deadline:
                 break
             await asyncio.sleep(1.0)
