@@ -61,9 +61,7 @@ async def pool_events(client: SandboxerClient) -> list[dict[str, Any]]:
     return [e async for _seq, e in client.events() if e["type"].startswith("pool_member_")]
 
 
-async def test_a_create_claims_a_warm_member_with_its_inputs(
-    nats_server: Any, home: Path
-) -> None:
+async def test_a_create_claims_a_warm_member_with_its_inputs(nats_server: Any, home: Path) -> None:
     write_profile(home)
     svc = await start_service(home, nats_server.url)
     client = svc.client
@@ -78,7 +76,8 @@ async def test_a_create_claims_a_warm_member_with_its_inputs(
         events = [e async for _seq, e in client.events(sandbox_id=sandbox_id)]
         (ready_event,) = [e for e in events if e["type"] == "ready"]
         member = ready_event["pool_member"]
-        assert member in before and member not in member_dirs(home)
+        assert member in before
+        assert member not in member_dirs(home)
         assert (home / "local" / sandbox_id / "state.json").is_file()
 
         out = bytearray()
@@ -90,7 +89,8 @@ async def test_a_create_claims_a_warm_member_with_its_inputs(
             sandbox_id, ["/bin/sh", "-c", "cat hello .sandboxer/secrets.env; id -u"], keep
         )
         assert code == 0
-        assert b"set-up" in out and b"POOL_TOKEN" in out  # instructions and secrets at claim
+        assert b"set-up" in out
+        assert b"POOL_TOKEN" in out
 
         await wait_pool(client, 2)  # refilled
         claims = [e for e in await pool_events(client) if e["type"] == "pool_member_claimed"]
@@ -111,7 +111,8 @@ async def test_a_create_claims_a_warm_member_with_its_inputs(
         await reap_local(home)
     assert member_dirs(home) == set()  # a graceful stop drains the pool
     removed = [e for e in await _events_of(nats_server.url) if e["type"] == "pool_member_removed"]
-    assert removed and all("drained" in e["reason"] for e in removed)
+    assert removed
+    assert all("drained" in e["reason"] for e in removed)
 
 
 async def _events_of(url: str) -> list[dict[str, Any]]:
@@ -140,7 +141,8 @@ async def test_concurrent_creates_claim_each_member_once(nats_server: Any, home:
         claims = Counter(
             e["member_id"] for e in await pool_events(client) if e["type"] == "pool_member_claimed"
         )
-        assert set(claims) == set(members) and set(claims.values()) == {1}
+        assert set(claims) == set(members)
+        assert set(claims.values()) == {1}
         await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
         assert {p.name for p in (home / "local").iterdir()} == {".pool"}
     finally:
@@ -180,7 +182,7 @@ async def test_the_pool_survives_kill_9_and_follows_its_profile(
         assert member_dirs(home) == kept  # ... and the next worker adopts them from the log
         ready = await client.create("profile.warm")
         events = [e async for _s, e in client.events(sandbox_id=ready["sandbox_id"])]
-        assert [e["pool_member"] for e in events if e["type"] == "ready"][0] in kept
+        assert next(e["pool_member"] for e in events if e["type"] == "ready") in kept
         await client.destroy(ready["sandbox_id"])
 
         worker.send_signal(signal.SIGKILL)
@@ -196,7 +198,8 @@ async def test_the_pool_survives_kill_9_and_follows_its_profile(
             for e in await pool_events(client)
             if e["type"] == "pool_member_removed"
         }
-        assert old <= set(removed) and all("version" in removed[m] for m in old)
+        assert old <= set(removed)
+        assert all("version" in removed[m] for m in old)
 
         worker.send_signal(signal.SIGTERM)  # what `sandboxer down` sends
         assert worker.wait(timeout=30) == 0

@@ -52,8 +52,10 @@ def ready_member(member_id: str = "pool00000000000000aa", digest: str = "d1") ->
 
 def test_member_ids_are_sandbox_ids_and_subject_tokens() -> None:
     member = new_member_id()
-    assert is_member_id(member) and "." not in member
-    assert not is_member_id("pool../etc") and not is_member_id(None)
+    assert is_member_id(member)
+    assert "." not in member
+    assert not is_member_id("pool../etc")
+    assert not is_member_id(None)
 
 
 def test_a_ready_member_is_claimed_once_and_a_retry_is_no_op() -> None:
@@ -148,7 +150,8 @@ def test_a_plan_keeps_the_pool_within_its_bounds(
     stale_ids = {m.member_id for m in members if m.digest == "old"}
     assert stale_ids <= set(plan.drain)  # an older profile's members always go
     kept = ready + making - len(set(plan.drain) - stale_ids)
-    assert plan.add >= 0 and kept + plan.add <= max(max_members, kept)
+    assert plan.add >= 0
+    assert kept + plan.add <= max(max_members, kept)
     if ready + making < min_ready and ready + making < max_members:
         assert plan.add > 0  # short of the target, and room to grow: it refills
 
