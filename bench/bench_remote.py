@@ -1,10 +1,10 @@
 """create -> ready for ext.compose-ssh and ext.vm-packer against a loopback SSH host.
 
-Baseline, measured in the same run: the same steps done by hand over one
-SSH connection (connect, make the directory, rsync the repo, write the env
-file, ``docker-compose up -d``, list the containers; for the VM: connect,
-make the workspace, rsync), so the difference is sandboxer's overhead
-(bus, placement probe, events, checks).
+Baseline, measured in the same run and alternating with the creates: the
+same steps done by hand over one SSH connection (connect, make the
+directory, rsync the repo, write the env file, ``docker-compose up -d``, list
+the containers; for the VM: connect, make the workspace, rsync), so the
+difference is sandboxer's overhead (bus, placement probe, events, checks).
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _harness import nats, service, summary
+from _docker import start_docker_engine
+from _harness import main, nats, percentile_rows, progress, require_tool, service
+from _table import Row, Target
 
 from sandboxer.ssh import remote, session, sync
-from tests.integration.remote_fixtures import (
-    DockerEngine,
-    SshHosts,
-    write_hosts_file,
-)
+from tests.integration.remote_fixtures import SshHosts, write_hosts_file
 
 RUNS = 10
 COMPOSE = """\
@@ -46,51 +44,57 @@ PROFILES = {
 }
 
 
-async def by_hand(host, repo: Path, n: int, *, compose: bool) -> list[float]:  # type: ignore[no-untyped-def]
-    times = []
-    for i in range(n):
-        directory = f"{host.host.workspace_root}/byhand{i}"
-        started = time.perf_counter()
-        async with session(host.name, host.host) as conn:
-            await remote.run(conn, ["mkdir", "-p", directory], env=host.host.env)
-            await sync.sync_dir(host.name, host.host, conn, repo, directory)
-            if compose:
-                await remote.put_file(conn, f"{directory}/.env", b"TOKEN=x\n")
-                base = [
-                    "docker-compose",
-                    "-p",
-                    f"byhand{i}",
-                    "-f",
-                    f"{directory}/docker-compose.yml",
-                ]
-                await remote.run(conn, [*base, "up", "-d"], env=host.host.env, cwd=directory)
-                await remote.run(conn, [*base, "ps", "-q"], env=host.host.env, cwd=directory)
-        times.append((time.perf_counter() - started) * 1000)
-        async with session(host.name, host.host) as conn:
-            if compose:
-                await remote.run(
-                    conn, [*base, "down", "-t", "1", "-v"], env=host.host.env, cwd=directory
-                )
-            await remote.run(conn, ["rm", "-rf", directory])
-    return times
+async def by_hand(host, repo: Path, i: int, *, compose: bool) -> float:  # type: ignore[no-untyped-def]
+    """One create by hand, in ms (the teardown after it is not timed)."""
+    directory = f"{host.host.workspace_root}/byhand{i}"
+    base = ["docker-compose", "-p", f"byhand{i}", "-f", f"{directory}/docker-compose.yml"]
+    started = time.perf_counter()
+    async with session(host.name, host.host) as conn:
+        await remote.run(conn, ["mkdir", "-p", directory], env=host.host.env)
+        await sync.sync_dir(host.name, host.host, conn, repo, directory)
+        if compose:
+            await remote.put_file(conn, f"{directory}/.env", b"TOKEN=x\n")
+            await remote.run(conn, [*base, "up", "-d"], env=host.host.env, cwd=directory)
+            await remote.run(conn, [*base, "ps", "-q"], env=host.host.env, cwd=directory)
+    elapsed = (time.perf_counter() - started) * 1000
+    async with session(host.name, host.host) as conn:
+        if compose:
+            await remote.run(
+                conn, [*base, "down", "-t", "1", "-v"], env=host.host.env, cwd=directory
+            )
+        await remote.run(conn, ["rm", "-rf", directory])
+    return elapsed
 
 
-async def through_sandboxer(client, profile: str, repo: Path, n: int) -> list[float]:  # type: ignore[no-untyped-def]
-    """Create -> ready as a client on another machine does it: the repo goes as an upload
-    (stored once; the worker fetches, checks and unpacks it, then syncs it to the host)."""
-    uploaded = await client.upload_directory(repo)
-    times = []
-    for _ in range(n):
-        started = time.perf_counter()
-        ready = await client.create(profile, {"repo": uploaded.ref})
-        times.append((time.perf_counter() - started) * 1000)
-        await client.destroy(ready["sandbox_id"])
-    return times
+async def through_sandboxer(client, profile: str, ref: str) -> float:  # type: ignore[no-untyped-def]
+    """One create -> ready as a client on another machine does it, in ms: the repo goes as
+    an upload (``ref``, stored once; the worker fetches, checks and unpacks it, then syncs
+    it to the host). The destroy after it is not timed."""
+    started = time.perf_counter()
+    ready = await client.create(profile, {"repo": ref})
+    elapsed = (time.perf_counter() - started) * 1000
+    await client.destroy(ready["sandbox_id"])
+    return elapsed
 
 
-async def main() -> None:
+async def interleaved(
+    host, client, repo: Path, profile: str, *, compose: bool
+) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    """RUNS creates each way, alternating (a noisy neighbour slows both alike): (by hand, ours)."""
+    ref = (await client.upload_directory(repo)).ref
+    await through_sandboxer(client, profile, ref)  # warm-up: imports, consumers, the host probe
+    raw, ours = [], []
+    for i in range(RUNS):
+        raw.append(await by_hand(host, repo, i, compose=compose))
+        ours.append(await through_sandboxer(client, profile, ref))
+    return raw, ours
+
+
+async def rows() -> list[Row]:
+    require_tool("sshd", "openssh-server")
+    require_tool("rsync", "rsync")
     tmp = Path(tempfile.mkdtemp(prefix="sandboxer-bench-remote-"))
-    engine = DockerEngine.start()
+    engine = await start_docker_engine()
     hosts = SshHosts(tmp / "ssh", shutil.which("sshd") or "/usr/sbin/sshd")
     try:
         [host] = await hosts(1, env=engine.env)
@@ -106,20 +110,28 @@ async def main() -> None:
         write_hosts_file(home / "hosts.yaml", [host])
         os.environ["SANDBOXER_HOME"] = str(home)
         async with nats(tmp) as server, service(tmp, server.url) as client:
-            await through_sandboxer(client, "profile.bench-compose", repo, 1)  # warm-up
-            compose_raw = await by_hand(host, repo, RUNS, compose=True)
-            compose_bus = await through_sandboxer(client, "profile.bench-compose", repo, RUNS)
-            vm_raw = await by_hand(host, repo, RUNS, compose=False)
-            vm_bus = await through_sandboxer(client, "profile.bench-vm", repo, RUNS)
+            progress(f"remote: {RUNS} compose stacks by hand and through ext.compose-ssh")
+            compose_raw, compose_bus = await interleaved(
+                host, client, repo, "profile.bench-compose", compose=True
+            )
+            progress(f"remote: {RUNS} VM workspaces by hand and through ext.vm-packer")
+            vm_raw, vm_bus = await interleaved(
+                host, client, repo, "profile.bench-vm", compose=False
+            )
     finally:
         await hosts.close()
-        engine.stop()
+        await asyncio.to_thread(engine.stop)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"compose by hand over SSH        : {summary(compose_raw)}")
-    print(f"compose-ssh create -> ready     : {summary(compose_bus)}")
-    print(f"vm workspace by hand over SSH   : {summary(vm_raw)}")
-    print(f"vm-packer create -> ready       : {summary(vm_bus)}")
+    target = Target("<=", 1.2, "ratio")
+    return [
+        *percentile_rows(
+            "compose-ssh create→ready", "ms", compose_bus, compose_raw, "by hand over SSH", target
+        ),
+        *percentile_rows(
+            "vm-packer create→ready", "ms", vm_bus, vm_raw, "by hand over SSH", target
+        ),
+    ]
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main(rows)
