@@ -131,6 +131,31 @@ class KeyedBackend(Protocol):
 
 
 @runtime_checkable
+class Pooling(Protocol):
+    """Keeps warm pools (its declaration says ``capabilities.pool: true``; docs/pools.md).
+    The pool keeper makes members through :meth:`pool_members` (the same backend, in a
+    place no listing of its sandboxes sees) and a create claims one with :meth:`claim`."""
+
+    id: str
+
+    @property
+    def pool_node(self) -> str:
+        """Where members live: a claim only takes members of this node."""
+
+    def pool_members(self) -> Any:
+        """This backend over its members: provision, wait_ready, list and teardown them
+        there as sandboxes (their ids are member ids)."""
+
+    def member_profile(self, profile: Any) -> Any:
+        """What a member of ``profile`` is made from (what waits for the claim left out)."""
+
+    async def claim(self, member_id: str, request: Any) -> Any:
+        """Make member ``member_id`` the sandbox ``request.sandbox_id`` with this create's
+        inputs and secrets; return its Readiness. Idempotent; ExtensionError when the
+        member is gone or dead (the create is then made cold)."""
+
+
+@runtime_checkable
 class Metered(Protocol):
     """Knows what a sandbox costs before (estimate) and after (actual use)."""
 
@@ -139,7 +164,7 @@ class Metered(Protocol):
     async def meter_actual(self, sandbox_id: str, *, host: str | None = None) -> dict[str, Any]: ...
 
 
-_CLAIMS: dict[str, type[Any]] = {"snapshot": Snapshotter, "pause": Pausable}
+_CLAIMS: dict[str, type[Any]] = {"snapshot": Snapshotter, "pause": Pausable, "pool": Pooling}
 """Declaration capability -> the Protocol a backend claiming it must implement."""
 
 

@@ -52,7 +52,7 @@ from sandboxer.errors import (
 )
 from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
 from sandboxer.extensions.base import Extension, ProvisionRequest, Readiness
-from sandboxer.extensions.capabilities import TimeoutKeeper
+from sandboxer.extensions.capabilities import Pooling, TimeoutKeeper
 from sandboxer.secrets import redact, resolve_secrets
 from sandboxer.workers import deciding
 from sandboxer.workers.backend_for import backend_for, backend_for_id
@@ -341,11 +341,10 @@ class ExtensionWorker:
         """Wait for a provisioned sandbox, or make the claimed pool member the create's
         sandbox; a member found dead is replaced by a cold provision (the keeper tears
         down what is left of it). Also says which member the sandbox is, if one."""
-        claim = getattr(backend, "claim", None)
-        if member_id is None or claim is None:
+        if member_id is None or not isinstance(backend, Pooling):
             return await backend.wait_ready(request), None
         try:
-            readiness: Readiness = await claim(member_id, request)
+            readiness: Readiness = await backend.claim(member_id, request)
         except ExtensionError as exc:
             log.warning(
                 "sandbox %s: pool member %s unusable (%s); made cold",

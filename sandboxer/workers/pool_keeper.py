@@ -58,6 +58,7 @@ from sandboxer.errors import ConcurrencyConflict, Rejected, UnknownEventType
 from sandboxer.events.codec import decode_event
 from sandboxer.events.pool_events import POOL_EVENTS
 from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.capabilities import Pooling
 from sandboxer.ids import new_command_id
 
 __all__ = ["PoolKeeper", "digest_of", "pool_keeper_for"]
@@ -83,7 +84,7 @@ def pool_keeper_for(
 ) -> PoolKeeper | None:
     """A keeper for ``extension`` when its declaration pools and some profile asks for a pool."""
     decl = catalog.extensions_enabled().get(extension.id)
-    if decl is None or not decl.capabilities.pool or not hasattr(extension, "pool_members"):
+    if decl is None or not decl.capabilities.pool or not isinstance(extension, Pooling):
         return None
     keeper = PoolKeeper(nc, store, catalog, extension)
     return keeper if keeper.pools_anything else None
@@ -95,17 +96,15 @@ class PoolKeeper:
         nc: Client,
         store: EventStore,
         catalog: Catalog,
-        extension: Any,
+        extension: Pooling,
         *,
         worker: str | None = None,
     ) -> None:
-        """``extension`` is a backend that pools (``pool_node``, ``pool_members()``,
-        ``member_profile()``, ``claim()``)."""
         self._nc = nc
         self._store = store
         self._extension = extension
         self._members = extension.pool_members()
-        self.node: str = extension.pool_node
+        self.node = extension.pool_node
         # The nonce tells two keepers of one process apart (services started in tests).
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._profiles = {

@@ -22,8 +22,9 @@ import pytest
 
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
-from sandboxer.errors import InvalidInput, Unsupported
+from sandboxer.errors import ExtensionError, InvalidInput, Unsupported
 from sandboxer.extensions.base import Extension, ProvisionRequest
+from sandboxer.extensions.capabilities import Pooling
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
 from sandboxer.extensions.daytona.backend import DaytonaExtension
 from sandboxer.extensions.e2b.backend import E2bExtension
@@ -223,6 +224,62 @@ class TestExtensionContract:
 
         assert await extension.exec("contract0004", ["sh", "-c", "echo hi; exit 9"], sink) == 9
         assert b"".join(output) == b"hi\n"
+
+
+POOLING = sorted(
+    name for name in EXTENSIONS if Catalog.load().extensions[name.split("+")[0]].capabilities.pool
+)
+"""The backends whose declaration says they keep warm pools (docs/pools.md)."""
+
+
+@pytest.fixture(params=POOLING)
+async def pooler(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
+    chosen = EXTENSIONS[request.param]
+    made = await chosen.factory(
+        tmp_path, {name: request.getfixturevalue(name) for name in chosen.fixtures}
+    )
+    yield made
+    assert isinstance(made.extension, Pooling)
+    for backend in (made.extension, made.extension.pool_members()):
+        for found in await backend.list_sandboxes():
+            await backend.teardown(found.sandbox_id, host=found.host)
+
+
+class TestPoolingContract:
+    """What the pool keeper relies on, for every backend that declares it pools."""
+
+    async def test_a_claimed_member_is_the_sandbox(self, pooler: Subject) -> None:
+        extension = pooler.extension
+        assert isinstance(extension, Pooling)
+        members = extension.pool_members()
+        profile = Catalog.load().profile(pooler.profile)
+        member = ProvisionRequest(
+            sandbox_id="pool00000000000000c1",
+            profile=extension.member_profile(profile),
+            inputs={},
+            host=pooler.host,
+        )
+        await members.provision(member)
+        await members.wait_ready(member)
+        assert list(await extension.list_sandboxes()) == []  # a member is no one's sandbox
+
+        request = request_for("contract0005", pooler)
+        readiness = await extension.claim(member.sandbox_id, request)
+        assert readiness.descriptor.get("kind")
+        assert await extension.claim(member.sandbox_id, request)  # a retry finds it claimed
+        assert [f.sandbox_id for f in await extension.list_sandboxes()] == ["contract0005"]
+        assert list(await members.list_sandboxes()) == []
+        assert await extension.exec("contract0005", ["true"], _discard) == 0
+
+        await extension.teardown("contract0005")
+        assert list(await extension.list_sandboxes()) == []
+
+    async def test_a_gone_member_cannot_be_claimed(self, pooler: Subject) -> None:
+        extension = pooler.extension
+        assert isinstance(extension, Pooling)
+        with pytest.raises(ExtensionError):
+            await extension.claim("pool00000000000000c2", request_for("contract0006", pooler))
+        assert list(await extension.list_sandboxes()) == []
 
 
 async def _discard(_stream: str, _data: bytes) -> None:
