@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from sandboxer.config.network_policy import Enforcement
+from sandboxer.config.profile import Pool
 
 __all__ = ["Capabilities", "Capacity", "ExtensionDecl", "Pricing"]
 
@@ -63,6 +64,9 @@ class ExtensionDecl(_Strict):
     capabilities: Capabilities
     pricing: Pricing = Field(default_factory=Pricing)
     capacity: Capacity | None = None
+    pool: Pool | None = None
+    """A warm pool for every profile fixed to this backend that does not set its own (needs
+    ``capabilities.pool``; docs/pools.md)."""
     """None: routing puts no limit on live sandboxes (a provider's quota still refuses)."""
     entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     settings: dict[str, Any] = Field(default_factory=dict)

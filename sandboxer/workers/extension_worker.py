@@ -331,7 +331,7 @@ class ExtensionWorker:
 
     async def _claim(self, profile: Profile, job: Job, *, retry: bool) -> str | None:
         """A warm pool member for this create, claimed on record (docs/pools.md), or None."""
-        if self._pools is None or profile.pool is None:
+        if self._pools is None:
             return None
         return await self._pools.claim(profile, job.sandbox_id, job.job_id, retry=retry)
 

@@ -107,10 +107,13 @@ class PoolKeeper:
         self.node = extension.pool_node
         # The nonce tells two keepers of one process apart (services started in tests).
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        decl = catalog.extensions.get(extension.id)
+        fallback = decl.pool if decl is not None else None
+        # Each pooled profile, its pool in force: its own, or else its backend declaration's.
         self._profiles = {
-            profile.id: profile
+            profile.id: profile.model_copy(update={"pool": profile.pool or fallback})
             for profile in catalog.profiles.values()
-            if profile.pool is not None and profile.extension == extension.id
+            if profile.extension == extension.id and (profile.pool or fallback) is not None
         }
         self.index = PoolIndex()
         self._last_seq: dict[str, int] = {}
@@ -242,7 +245,7 @@ class PoolKeeper:
         """A ready member of ``profile``'s pool, now claimed for ``sandbox_id`` on record; None
         when the pool has none (the create is made cold). ``retry``: the job was delivered
         before, so a claim of it may already be on record."""
-        if profile.pool is None:
+        if profile.id not in self._profiles:
             return None
         if retry:
             await self.catch_up()

@@ -211,3 +211,31 @@ async def test_the_pool_survives_kill_9_and_follows_its_profile(
         await client.close()
         await svc.shutdown()
         await reap_local(home)
+
+
+async def test_a_backend_declaration_can_pool_its_profiles(nats_server: Any, home: Path) -> None:
+    packaged = Path(__file__).parents[2] / "extensions" / "ext.local.yaml"
+    (home / "extensions").mkdir()
+    (home / "extensions" / "ext.local.yaml").write_text(
+        packaged.read_text() + "pool: {min_ready: 1, max: 1}\n"
+    )
+    write_profile(home, min_ready=2, max_=2)  # a profile's own pool wins over the backend's
+    svc = await start_service(home, nats_server.url)
+    client = svc.client
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                pools = {p["profile"]: p for p in await client.pools()}
+                if pools.get("profile.local", {}).get("ready") == 1:
+                    break
+                await asyncio.sleep(0.05)
+        assert (pools["profile.warm"]["min_ready"], pools["profile.warm"]["max"]) == (2, 2)
+        ready = await client.create("profile.local")
+        events = [e async for _s, e in client.events(sandbox_id=ready["sandbox_id"])]
+        assert next(e["pool_member"] for e in events if e["type"] == "ready")
+        await client.destroy(ready["sandbox_id"])
+    finally:
+        await client.close()
+        await svc.shutdown()
+        await reap_local(home)
+    assert member_dirs(home) == set()
