@@ -6,11 +6,20 @@ Workers change sandboxes only through :func:`apply`, snapshots only through
 :func:`apply_snapshot`, project accounts only through :func:`apply_account` and
 API keys only through :func:`apply_key`:
 all are this one loop, :func:`_decide_loop`.
+
+Within one process the loop takes turns per aggregate: writers of one
+aggregate in the same worker (its handlers run concurrently) would otherwise
+only race each other, every loser reloading the whole history again. After a
+leader election released a backlog of 64 ``add_credits`` on one account at
+once, most of them lost eight races in a row. Other processes still race,
+and the reload handles them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from sandboxer.bus.event_store import (
@@ -36,6 +45,30 @@ L = TypeVar("L")
 E = TypeVar("E")
 
 
+class _Turns:
+    """One writer at a time per aggregate in this process; a lock lives while it is wanted."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, aggregate: str) -> AsyncIterator[None]:
+        lock, wanted = self._locks.get(aggregate, (asyncio.Lock(), 0))
+        self._locks[aggregate] = (lock, wanted + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, wanted = self._locks[aggregate]
+            if wanted == 1:
+                del self._locks[aggregate]
+            else:
+                self._locks[aggregate] = (lock, wanted - 1)
+
+
+_TURNS = _Turns()
+
+
 async def _decide_loop(
     what: str,
     load: Callable[[], Awaitable[L]],
@@ -44,6 +77,19 @@ async def _decide_loop(
     known: L | None = None,
     *,
     sandbox_id: str | None = None,
+) -> tuple[L, bool]:
+    async with _TURNS.turn(what):
+        return await _attempts(what, load, decide_on, append, known, sandbox_id=sandbox_id)
+
+
+async def _attempts(
+    what: str,
+    load: Callable[[], Awaitable[L]],
+    decide_on: Callable[[L], Sequence[E]],
+    append: Callable[[L, Sequence[E]], Awaitable[L]],
+    known: L | None,
+    *,
+    sandbox_id: str | None,
 ) -> tuple[L, bool]:
     for _ in range(DECIDE_ATTEMPTS):
         trusted = known is None

@@ -11,6 +11,10 @@ Three rules keep every message's outcome on record, exactly once:
   :func:`~sandboxer.bus.publish.is_unavailability`) gets its message back
   after a growing delay, for as long as it takes: the consumer's
   ``max_deliver`` is unlimited, and such failures never count against it.
+  Nor does losing the optimistic-concurrency race on a busy aggregate
+  (:class:`~sandboxer.errors.ConcurrencyConflict`): the others' writes are no
+  fault of the message, which comes back after a jittered delay (so the
+  losers do not collide again) and meets a less busy aggregate.
 - **A message is terminated only once its outcome is recorded.** Only after
   ``max_failures`` failures of the handler itself (counted in this process)
   does ``on_poison`` record the failure as an event; the message is then
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -37,6 +42,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import ServiceUnavailableError
 
 from sandboxer.bus.publish import is_transient, is_unavailability
+from sandboxer.errors import ConcurrencyConflict
 
 __all__ = ["ConsumerSpec", "run_pull_consumer"]
 
@@ -174,6 +180,15 @@ class _Outcomes:
                 retry_delay(msg),
             )
             await _settle(lambda: msg.nak(delay=retry_delay(msg)), msg)
+            return
+        if isinstance(exc, ConcurrencyConflict):
+            # Other processes' writers (deciding.py takes turns within one), or reads from a
+            # replica still catching up: valid commands were rejected internal_error for it.
+            delay = retry_delay(msg) * random.uniform(0.5, 1.5)
+            log.info(
+                "%s: %s lost to other writers (%s); again in %.2f s", name, msg.subject, exc, delay
+            )
+            await _settle(lambda: msg.nak(delay=delay), msg)
             return
         if len(self.failures) >= MAX_TRACKED and seq not in self.failures:
             # Entries of messages another worker finished are never popped here: cap them.
