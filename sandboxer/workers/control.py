@@ -149,13 +149,12 @@ class ControlWorker:
         profile = without_candidates(self._catalog.profile(command.profile), refused_by)
         enabled = self._catalog.extensions_enabled()
         # A profile that names its backend is not routed (docs/routing.md): nothing weighs
-        # the view's signals, so the create does not wait for them. Nor is it held: it skips
-        # the capacity check itself, and the held routes are pruned only when signals come.
-        routing = self._routing if profile.extension is None else None
-        signals = await routing.signals(enabled) if routing else None
+        # the view's signals, so the create does not wait for them.
+        routed = profile.extension is None
+        signals = await self._routing.signals(enabled) if self._routing and routed else None
         admitted = admit_create(command, profile, enabled, signals, utc_now())
-        if routing is not None:
-            routing.hold(admitted)  # counted as live until the view shows it
+        if self._routing is not None:
+            self._routing.hold(admitted)  # counted as live until the view shows it
         if not enabled[admitted.extension].uses_hosts:
             return admitted
         requested = command.host

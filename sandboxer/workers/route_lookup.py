@@ -124,12 +124,17 @@ class RouteLookup:
             )
         return self._with_capacity(self._with_held(viewed, position), enabled)
 
-    def _with_held(self, signals: RouteSignals, position: int) -> RouteSignals:
+    def _forget(self, position: int | None = None) -> None:
+        """Stop holding the routes the view shows (at ``position``) or held past their time."""
         now = time.monotonic()
         for sandbox_id, held in list(self._held.items()):
             limit = HOLD_SECONDS if held.seq is not None else UNAPPENDED_SECONDS
-            if (held.seq is not None and held.seq <= position) or now - held.since > limit:
+            shown = position is not None and held.seq is not None and held.seq <= position
+            if shown or now - held.since > limit:
                 del self._held[sandbox_id]
+
+    def _with_held(self, signals: RouteSignals, position: int) -> RouteSignals:
+        self._forget(position)
         live = dict(signals.live)
         by_host = {ext: dict(hosts) for ext, hosts in signals.live_by_host.items()}
         for held in self._held.values():
@@ -176,6 +181,7 @@ class RouteLookup:
 
     def hold(self, admitted: AdmittedCreate) -> None:
         """Count a route this worker just made until the view shows it."""
+        self._forget()  # creates that ask for no signals (a fixed backend) come here too
         self._held[admitted.sandbox_id] = _Held(
             admitted.extension, admitted.host, None, time.monotonic()
         )
