@@ -520,15 +520,27 @@ class LocalExtension:
         self, request: ProvisionRequest, state: State, index: int, instruction: str
     ) -> None:
         captured = bytearray()
+        dropped = False
 
         async def keep(_stream: Literal["stdout", "stderr"], data: bytes) -> None:
+            nonlocal dropped
             captured.extend(data)
-            del captured[: max(0, len(captured) - 64 * 1024)]
+            excess = len(captured) - 64 * 1024
+            if excess > 0:
+                del captured[:excess]
+                dropped = True
 
         code = await self._run_inside(state, ["/bin/sh", "-c", instruction], keep)
         if code != 0:
-            lines = captured.decode(errors="replace").splitlines()[-SETUP_OUTPUT_LINES:]
-            output = redact("\n".join(lines), request.secrets.values()) or "(no output)"
+            lines = captured.decode(errors="replace").splitlines()
+            if dropped:
+                # The first kept line may be the end of a secret, which redaction cannot
+                # recognise any more (the planted-secrets chaos scenario found it in reasons).
+                lines = lines[1:]
+            output = (
+                redact("\n".join(lines[-SETUP_OUTPUT_LINES:]), request.secrets.values())
+                or "(no output)"
+            )
             raise ExtensionError(
                 f"setup.instructions[{index}] ({instruction!r}) exited with code {code}; "
                 f"last output:\n{output}",

@@ -193,10 +193,15 @@ class VmPackerExtension(SshBackend):
         instruction: str,
     ) -> None:
         captured = bytearray()
+        dropped = False
 
         async def keep(_stream: Literal["stdout", "stderr"], data: bytes) -> None:
+            nonlocal dropped
             captured.extend(data)
-            del captured[: max(0, len(captured) - SETUP_OUTPUT_BYTES)]
+            excess = len(captured) - SETUP_OUTPUT_BYTES
+            if excess > 0:
+                del captured[:excess]
+                dropped = True
 
         code = await stream(
             conn,
@@ -207,7 +212,10 @@ class VmPackerExtension(SshBackend):
             timeout=SETUP_TIMEOUT,
         )
         if code != 0:
-            lines = captured.decode(errors="replace").splitlines()[-SETUP_OUTPUT_LINES:]
+            lines = captured.decode(errors="replace").splitlines()
+            # The first kept line may be the end of a secret that the worker's redaction of
+            # this message cannot recognise any more: leave it out (as ext.local does).
+            lines = lines[1 if dropped else 0 :][-SETUP_OUTPUT_LINES:]
             raise ExtensionError(
                 f"setup.instructions[{index}] ({instruction!r}) exited with code {code} on VM "
                 f"{item.name}; fix the instruction or the VM image. Last output:\n"
