@@ -1,7 +1,7 @@
 """Where the time of one local create goes, step by step, on an idle service.
 
     python bench/bench_steps.py                      # the steps of this checkout
-    python bench/bench_steps.py --against HEAD~3     # and the same run of another revision
+    python bench/bench_steps.py --against HEAD~3     # and other revisions (repeatable), same run
 
 The service runs in its own process (as ``sandboxer up`` does, against a private
 nats-server) with timing hooks wrapped around the functions each step runs; the
@@ -10,7 +10,7 @@ monotonic clock, so they line up. Each create is timed from the client's call
 to its ``ready`` event; a pause between creates keeps the service idle, and a
 step belongs to the create whose window it starts in.
 
-``--against REV`` extracts REV's ``sandboxer`` package (``git archive``) and
+``--against REV`` (repeatable) extracts REV's tree (``git archive``) and
 measures it in the same run, alternating rounds with this checkout so that the
 load of other users on the machine falls on both alike. The hooks skip what a
 revision does not have. The figures are for comparison in one run only.
@@ -338,6 +338,7 @@ def extract(rev: str, into: Path) -> Path:
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True
     ).stdout
+    into.mkdir()
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
 
@@ -354,7 +355,9 @@ def run_measure(package_root: Path, creates: int, out: Path, warm: bool) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--against", help="a git revision measured in the same run")
+    parser.add_argument(
+        "--against", action="append", default=[], help="a git revision measured in the same run"
+    )
     parser.add_argument("--creates", type=int, default=30, help="creates per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -375,8 +378,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sandboxer-steps-run-") as raw:
         work = Path(raw)
         trees = {"this checkout": REPO}
-        if args.against:
-            trees[args.against] = extract(args.against, work)
+        for number, rev in enumerate(args.against):
+            trees[rev] = extract(rev, work / str(number))
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
         for round_no in range(args.rounds):
             for label, root in trees.items():

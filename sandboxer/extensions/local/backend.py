@@ -149,7 +149,9 @@ class LocalExtension:
         owner = (SANDBOX_UID, SANDBOX_GID) if self._as_root else None
         if request.secrets:
             workspace.write_secrets(layout.workspace, request.secrets, owner)
-        if owner is not None:
+        if owner is not None and source is None and not request.secrets:
+            workspace.chown_tree(layout.workspace, *owner)  # still empty: one lchown, no thread
+        elif owner is not None:
             await asyncio.to_thread(workspace.chown_tree, layout.workspace, *owner)
 
         groups = cgroups.setup(
