@@ -45,11 +45,8 @@ lint: venv ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: venv system-deps ## run every bench/*.py (helpers named _*.py are skipped)
-	@set -e; for f in bench/*.py; do \
-		case "$$(basename $$f)" in _*) continue;; esac; \
-		echo "== $$f"; $(PY) $$f; \
-	done
+bench: venv system-deps ## run the benchmarks and print one table, each figure beside its baseline (docs/performance.md)
+	$(PY) bench/run.py
 
 chaos: venv system-deps ## the fault suite: kills, freezes and hostile input against real processes (docs/reliability.md)
 	$(PY) -m chaos

@@ -25,6 +25,7 @@ from _harness import (
     main,
     nats,
     percentile,
+    percentile_rows,
     progress,
     require_tool,
     running_service,
@@ -87,23 +88,6 @@ async def bwrap_concurrent(n: int) -> float:
     return time.perf_counter() - started
 
 
-def pair(
-    figure: str, unit: str, values: list[float], base: list[float], name: str, target: Target | None
-) -> list[Row]:
-    """p50 and p95 rows of ``values`` against the same percentiles of ``base``."""
-    return [
-        Row(
-            f"{figure} p{pct}",
-            unit,
-            percentile(values, pct),
-            percentile(base, pct),
-            f"{name} p{pct}",
-            target if pct == 50 or (target and target.kind == "ratio") else None,
-        )
-        for pct in (50, 95)
-    ]
-
-
 async def cold(tmp: Path) -> tuple[list[Row], list[float]]:
     """Cold rows, and the docker run samples (reused as the warm rows' second baseline)."""
     rows: list[Row] = []
@@ -130,7 +114,7 @@ async def cold(tmp: Path) -> tuple[list[Row], list[float]]:
             ready = await client.create()
             create_ms.append((time.perf_counter() - started) * 1000)
             await client.destroy(ready["sandbox_id"])
-        rows += pair(
+        rows += percentile_rows(
             "create→ready cold",
             "ms",
             create_ms,
@@ -139,7 +123,7 @@ async def cold(tmp: Path) -> tuple[list[Row], list[float]]:
             Target("<=", 3, "ratio"),
         )
         if docker_problem is None:
-            rows += pair(
+            rows += percentile_rows(
                 "create→ready cold", "ms", create_ms, docker_ms, "docker run busybox", None
             )
         else:
@@ -183,20 +167,21 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
     (home / "profiles" / f"{POOL_PROFILE}.yaml").write_text(pool_profile(POOL_PROFILE, CONCURRENT))
     rows: list[Row] = []
     async with nats(tmp) as server, running_service(tmp, server.url) as svc:
-        client, url = svc.client, server.url
+        client = svc.client
         progress(f"warm: waiting for the pool of {POOL_PROFILE} to hold {CONCURRENT} ready")
-        await wait_pool_full(home, url, POOL_PROFILE, CONCURRENT, within=180)
+        await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=180)
         progress(f"warm: {SEQUENTIAL} sequential creates from the pool, refilled between them")
-        spawn_ms, create_ms = [], []
+        spawn_ms, create_ms, claimed = [], [], 0
         for _ in range(SEQUENTIAL):
-            await wait_pool_full(home, url, POOL_PROFILE, CONCURRENT, within=60)
+            await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=60)
             spawn_ms.append(await bwrap_once())
             started = time.perf_counter()
             ready = await client.create(POOL_PROFILE)
             create_ms.append((time.perf_counter() - started) * 1000)
+            claimed += bool(ready.get("pool_member"))  # the ready event names its member
             await client.destroy(ready["sandbox_id"])
-        rows += pair(
-            "create→ready warm (pool)",
+        rows += percentile_rows(
+            f"create→ready warm ({claimed}/{SEQUENTIAL} from the pool)",
             "ms",
             create_ms,
             spawn_ms,
@@ -206,14 +191,14 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
         if docker_ms:
             rows.append(
                 Row(
-                    "create→ready warm (pool) p50",
+                    f"create→ready warm ({claimed}/{SEQUENTIAL} from the pool) p50",
                     "ms",
                     percentile(create_ms, 50),
                     percentile(docker_ms, 50),
                     "docker run busybox p50",
                 )
             )
-        await wait_pool_full(home, url, POOL_PROFILE, CONCURRENT, within=120)
+        await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=120)
         progress(
             f"warm: {CONCURRENT} concurrent raw spawns, then {CONCURRENT} concurrent creates from a full pool"
         )
@@ -221,10 +206,11 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
         started = time.perf_counter()
         readies = await asyncio.gather(*(client.create(POOL_PROFILE) for _ in range(CONCURRENT)))
         all_ready_s = time.perf_counter() - started
+        claimed = sum(bool(ready.get("pool_member")) for ready in readies)
         await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
         rows.append(
             Row(
-                f"{CONCURRENT} concurrent creates→all ready, pool",
+                f"{CONCURRENT} concurrent creates→all ready, pool ({claimed} from it)",
                 "s",
                 all_ready_s,
                 spawn_s,

@@ -5,8 +5,8 @@ are provisioning, the service is killed with SIGKILL and started again at
 once. The figure is the time from the kill to the last of them being ready,
 with the ack wait this version uses by default, with the old default (30 s),
 and with the embedded nats-server (which dies with the service and restarts
-on a new port). Baseline, measured in the same run: such creates on an idle
-service, so the difference is what the crash cost.
+on a new port). Baseline, measured in the same run: one such create on an
+idle service, so the difference is what the crash cost.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from _harness import nats, summary, tempdir
+from _harness import main, nats, percentile, progress, tempdir
+from _table import Row
 
 from sandboxer.bus.nats_auth import read_credentials
 from sandboxer.bus.permissions import CLIENT
@@ -140,23 +141,45 @@ async def crash_round(
             await local.teardown(found.sandbox_id)
 
 
-async def main() -> None:
+async def rows() -> list[Row]:
     with tempdir() as raw_tmp:
         tmp = Path(raw_tmp)
         async with nats(tmp) as server:
+            progress(f"recovery: kill -9 during {BURST} creates, ack wait 5 s (the default)")
             idle, recovered = await crash_round(tmp / "default", server.url, None)
-            _, old_recovered = await crash_round(tmp / "old", server.url, "30")
+            progress("recovery: the same with the old default ack wait of 30 s")
+            old_idle, old_recovered = await crash_round(tmp / "old", server.url, "30")
+        progress("recovery: the same with the embedded nats-server (it dies with the service)")
         embedded_idle, embedded = await crash_round(tmp / "embedded", None, None)
 
-    print(f"create with a {SETUP_SECONDS} s setup on an idle service : {summary(idle)}")
-    print(
-        f"kill -9 during {BURST} such creates -> all ready, ack wait 5 s (default): "
-        f"{recovered:.2f} s"
-    )
-    print(f"the same with the old default ack wait of 30 s        : {old_recovered:.2f} s")
-    print(f"embedded nats-server (it dies with the service), idle : {summary(embedded_idle)}")
-    print(f"embedded: kill -9 during {BURST} creates -> all ready  : {embedded:.2f} s")
+    def idle_s(samples: list[float]) -> float:
+        return percentile(samples, 50) / 1000
+
+    name = f"one such create, idle service, p50 of {IDLE_RUNS}"
+    return [
+        Row(
+            f"kill -9 during {BURST} creates ({SETUP_SECONDS} s setup) → all ready, ack wait 5 s",
+            "s",
+            recovered,
+            idle_s(idle),
+            name,
+        ),
+        Row(
+            "  the same, ack wait 30 s (the old default)",
+            "s",
+            old_recovered,
+            idle_s(old_idle),
+            name,
+        ),
+        Row(
+            "  the same, embedded nats-server (dies with the service)",
+            "s",
+            embedded,
+            idle_s(embedded_idle),
+            name,
+        ),
+    ]
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main(rows)
