@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _table import Row, render, rows_to_json
+from _table import Row, Target, render, rows_to_json
 
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
@@ -151,6 +152,24 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
+def percentile_rows(
+    figure: str, unit: str, values: list[float], base: list[float], name: str, target: Target | None
+) -> list[Row]:
+    """p50 and p95 rows of ``values`` against the same percentiles of ``base``; the target
+    is the p50's (the targets name typical figures; p95 shows the spread)."""
+    return [
+        Row(
+            f"{figure} p{pct}",
+            unit,
+            percentile(values, pct),
+            percentile(base, pct),
+            f"{name} p{pct}",
+            target if pct == 50 else None,
+        )
+        for pct in (50, 95)
+    ]
+
+
 def summary(values_ms: list[float]) -> str:
     return (
         f"p50 {percentile(values_ms, 50):7.2f} ms  p95 {percentile(values_ms, 95):7.2f} ms  "
@@ -158,16 +177,20 @@ def summary(values_ms: list[float]) -> str:
     )
 
 
-def main(rows: Callable[[], Awaitable[list[Row]]]) -> None:
+def main(rows: Callable[[], Awaitable[list[Row]]], targeted: Sequence[Row] = ()) -> None:
     """Run one module's rows: a table on stdout, or JSON with ``--json`` (for bench/run.py).
 
-    A module that dies past its rows is a failure row, so the runner always gets JSON.
+    When a figure cannot be measured (:class:`Unmeasurable`), each of ``targeted`` (the
+    module's rows that carry a target, without values) becomes a FAILED row with the
+    reason, so a missing tool shows against the targets it leaves unjudged.
     """
     as_json = "--json" in sys.argv[1:]
     try:
         result = asyncio.run(rows())
     except Unmeasurable as exc:
-        result = [Row(Path(sys.argv[0]).stem, "", failure=str(exc))]
+        result = [dataclasses.replace(row, failure=str(exc)) for row in targeted] or [
+            Row(Path(sys.argv[0]).stem, "", failure=str(exc))
+        ]
     if as_json:
         print(rows_to_json(result))
     else:

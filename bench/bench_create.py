@@ -240,4 +240,12 @@ async def rows() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(rows)
+    main(
+        rows,
+        [
+            Row("create→ready cold p50", "ms", target=Target("<=", 3, "ratio")),
+            Row(f"{CONCURRENT} concurrent creates→all ready, cold", "s", target=Target("<=", 1.0)),
+            Row("create→ready warm p50", "ms", target=Target("<=", 5.0)),
+            Row(f"{CONCURRENT} concurrent creates→all ready, pool", "s", target=Target("<=", 0.3)),
+        ],
+    )

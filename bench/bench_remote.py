@@ -134,4 +134,10 @@ async def rows() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(rows)
+    main(
+        rows,
+        [
+            Row("compose-ssh create→ready p50", "ms", target=Target("<=", 1.2, "ratio")),
+            Row("vm-packer create→ready p50", "ms", target=Target("<=", 1.2, "ratio")),
+        ],
+    )
