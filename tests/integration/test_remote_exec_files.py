@@ -224,7 +224,8 @@ async def test_a_timeout_kills_the_command_and_all_it_started(remote: Remote, ba
     script = f"echo before; sleep {seconds} & sleep {seconds + 100}; echo after"
     with pytest.raises(CommandFailed) as failed:
         await client.exec(
-            sandbox_id, ["sh", "-c", script], lambda _s, d: out.append(d), command_timeout=2
+            # Long enough for a loaded machine to start the exec and print "before".
+            sandbox_id, ["sh", "-c", script], lambda _s, d: out.append(d), command_timeout=4
         )
     assert failed.value.event["timed_out"] is True
     assert "killed" in failed.value.message
