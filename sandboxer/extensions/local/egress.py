@@ -160,12 +160,15 @@ async def teardown(
 ) -> None:
     """Remove everything :func:`setup` may have made for ``name``; quiet when nothing is left."""
     namespace = namespace_for(name)
+    slots = egress_slots.owned_by(name, slots_dir)
+    if not (slots or recorded or namespace_path(namespace).exists()):
+        # setup takes a slot first and frees it last, and starts a proxy only in between:
+        # nothing was ever built. (Checked before the scan of /proc for proxies, which costs
+        # a read per process of the machine: with a thousand sandboxes, most of a teardown.)
+        return
     refs = _proxies_named(name)
     if recorded is not None and recorded.proxy is not None:
         refs.append(recorded.proxy)
-    slots = egress_slots.owned_by(name, slots_dir)
-    if not (slots or refs or recorded or namespace_path(namespace).exists()):
-        return  # setup takes a slot first and frees it last: nothing was ever built
     for ref in refs:
         kill(ref)
     deadline = time.monotonic() + 5.0
