@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import pkgutil
 import sys
 import tempfile
@@ -72,6 +73,13 @@ async def main(argv: list[str]) -> int:
         modules = [m for m in modules if m.NAME in wanted]
     suite_end = time.monotonic() + SUITE_DEADLINE
     base = Path(tempfile.mkdtemp(prefix="sandboxer-chaos-"))
+    # The harness's own clients log their retries (a lost leader...): to a file, so the
+    # suite prints one line per scenario and nothing between them.
+    logging.basicConfig(
+        filename=base / "runner.log",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     print(f"chaos: {len(modules)} scenarios, work directory {base}", flush=True)
     failed = 0
     total = time.monotonic()

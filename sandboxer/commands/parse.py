@@ -55,6 +55,8 @@ MAX_CREDITS = 10**12
 """The most credits one ``add_credits`` adds (a million USD): more is a typo."""
 MAX_BUDGET = 10**15
 MAX_KEY_REF = 500
+MAX_ACTOR_ID = 128
+"""An actor's id names who asked in every event it causes: a name, not a payload."""
 _EXTENSION_ID = re.compile(r"^ext\.[a-z0-9][a-z0-9-]{0,62}$")
 _KEY_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:/[^\x00-\x1f]{1,498})$")
 
@@ -256,6 +258,11 @@ def _check_actor(raw: object, invalid: Callable[[str, str], InvalidCommand]) -> 
             f"invalid actor: {exc} (an actor is "
             '{"type": "adm"|"agt"|"atm", "id": "...", "project": ...})',
         ) from None
+    if not 0 < len(actor.id) <= MAX_ACTOR_ID or not actor.id.isprintable():
+        raise invalid(
+            "invalid_field",
+            f"actor.id {actor.id[:100]!r} is invalid: use 1 to {MAX_ACTOR_ID} printable characters",
+        )
     if actor.project is not None and not is_valid_project(actor.project):
         # The project names the account its sandboxes are paid from: a subject token.
         raise invalid(

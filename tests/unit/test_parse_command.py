@@ -188,3 +188,14 @@ def test_any_bytes_become_a_command_or_a_reason(subject: str, data: bytes) -> No
         outcome = invalid
     assert isinstance(outcome, CreateSandbox | DestroySandbox | RecreateSandbox | InvalidCommand)
     assert not isinstance(outcome, InvalidCommand) or outcome.reason
+
+
+@pytest.mark.parametrize("actor_id", ["", "x" * 129, "agent\n7", "a\x00b"])
+def test_an_actor_id_that_names_no_one_is_refused(actor_id: str) -> None:
+    """Found by the fault suite (chaos/scenarios/malformed.py): an empty or 5,000-character
+    actor id made a sandbox, and would have named who asked in every event it caused."""
+    data = raw(command_id="c", profile="p", actor={**ACTOR, "id": actor_id})
+    with pytest.raises(InvalidCommand) as caught:
+        parse_command("sandboxer.cmd.create", data)
+    assert caught.value.code == "invalid_field"
+    assert "actor.id" in caught.value.reason
