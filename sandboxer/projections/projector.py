@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1000
 REBUILD_FLUSH_EVERY = 50_000
+MAX_RESTART_DELAY = 5.0
+"""Longest wait before a failed reader starts again (a full disk may take minutes to clear)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class Projector:
         """Follow the log until ``stop``; restarts its reader after a rebuild swapped the view."""
         if self.view is None:
             await self.open()
+        failures = 0
         while not stop.is_set():
             self._restart.clear()
             follow = asyncio.create_task(self._follow())
@@ -94,11 +97,19 @@ class Projector:
             )
             for task in (follow, stopped, restarted):
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if follow in done and follow.exception() is not None:
-                log.error("projector reader failed: %s; restarting", follow.exception())
-                await asyncio.sleep(0.5)
+            # Collected, not awaited: awaiting a reader that failed would raise its error here
+            # and end the role (a full disk did, in the disk-full chaos scenario).
+            await asyncio.gather(follow, stopped, restarted, return_exceptions=True)
+            failure = follow.exception() if follow in done else None
+            if failure is None:
+                failures = 0
+                continue
+            failures += 1
+            delay = min(0.5 * 2 ** (failures - 1), MAX_RESTART_DELAY)
+            # The view holds what it committed and its position: the reader resumes after it.
+            log.error("projector reader failed: %r; restarting in %.1f s", failure, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
 
     async def _follow(self) -> None:
         assert self.view is not None

@@ -13,6 +13,7 @@ projector notices at start-up and rebuilds it from the log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterable
@@ -200,43 +201,51 @@ class SandboxView:
         accounts: AccountRows | None = None,
         keys: KeyRows | None = None,
     ) -> None:
-        """Write changed rows and the new position in one transaction."""
-        if accounts:
-            await save_account_rows(self._db, accounts)
-        if keys:
-            await save_key_rows(self._db, keys)
-        if routes:
-            await save_route_samples(self._db, routes)
-        await save_snapshots(self._db, snapshots)
-        for event, seq in host_events:
-            await self._apply_host_event(event, seq)
-        await self._db.executemany(
-            "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    s.sandbox_id,
-                    s.status,
-                    s.profile,
-                    s.extension,
-                    s.created_at,
-                    s.updated_at,
-                    seq,
-                    _encode(s),
-                    _due_at(s),
-                    *_consumer_columns(s),
-                )
-                for s, seq in states
-            ],
-        )
-        await self._db.executemany(
-            "INSERT OR REPLACE INTO rejections VALUES (?, ?, ?, ?)",
-            [
-                (r.command_id or f"seq-{r.stream_seq}", r.command_id, seq, _encode(r))
-                for r, seq in rejections
-            ],
-        )
-        await self._db.execute("INSERT OR REPLACE INTO position VALUES (?, ?)", (NAME, position))
-        await self._db.commit()
+        """Write changed rows and the new position in one transaction, rolled back when any
+        write fails (a full disk, say): the view keeps what it had, and its position."""
+        try:
+            if accounts:
+                await save_account_rows(self._db, accounts)
+            if keys:
+                await save_key_rows(self._db, keys)
+            if routes:
+                await save_route_samples(self._db, routes)
+            await save_snapshots(self._db, snapshots)
+            for event, seq in host_events:
+                await self._apply_host_event(event, seq)
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        s.sandbox_id,
+                        s.status,
+                        s.profile,
+                        s.extension,
+                        s.created_at,
+                        s.updated_at,
+                        seq,
+                        _encode(s),
+                        _due_at(s),
+                        *_consumer_columns(s),
+                    )
+                    for s, seq in states
+                ],
+            )
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO rejections VALUES (?, ?, ?, ?)",
+                [
+                    (r.command_id or f"seq-{r.stream_seq}", r.command_id, seq, _encode(r))
+                    for r, seq in rejections
+                ],
+            )
+            await self._db.execute(
+                "INSERT OR REPLACE INTO position VALUES (?, ?)", (NAME, position)
+            )
+            await self._db.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._db.rollback()
+            raise
 
     async def _apply_host_event(self, event: HostEvent, seq: int) -> None:
         await self._db.execute(

@@ -1,0 +1,203 @@
+"""The store's disk filled while commands flow, then freed.
+
+nats-server's store and ``$SANDBOXER_HOME`` (the views' SQLite, ext.local's sandboxes) live on
+a 64 MiB tmpfs. Commands (creates, extend_ttl, touch, destroys) are sent steadily; after a few
+seconds a filler takes every free byte, the commands keep coming for FULL_FOR seconds, then the
+filler is removed. Once the space is back the scenario gives the service FREED_WAIT seconds to
+decide a command by itself, records whether it did, and otherwise restarts nats-server on the
+same store and port, as an operator would. What nats-server does meanwhile is written down in
+docs/reliability.md.
+
+sandboxer must wait rather than corrupt: no role crashes (its appends are retried, its messages
+come back), every command whose publish was acknowledged ends exactly once, a command the client
+was told failed either never landed or ended too, nothing half-made is left on disk, the log
+replays to the live views, and a fresh create works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from chaos.checks import Sent, check_all, every_command_terminal, read_log
+from chaos.disk import fill, free, free_bytes, small_filesystem
+from chaos.harness import ADMIN, ChaosService, Stopwatch, finish
+from chaos.outcomes import account_unfinished, duplicated, failed_internally
+from chaos.result import ScenarioResult
+from sandboxer.bus.connect import connect
+from sandboxer.client import SandboxerClient
+from sandboxer.ids import derive_sandbox_id, new_command_id
+
+NAME = "disk-full"
+DEADLINE = 300.0
+SIZE_MB = 64
+ROLES = ("control", "projector", "meter", "ext.local")
+SEND_EVERY = 0.05
+BEFORE = 3.0
+"""Seconds of commands before the disk is filled."""
+FULL_FOR = 10.0
+FREED_WAIT = 10.0
+"""Seconds the service gets to decide a command by itself once the space is back."""
+PROBE_TIMEOUT = 3.0
+AFTER = 3.0
+"""Seconds of commands after the service answers again."""
+
+
+class Sender:
+    """Sends a steady mix of commands until stopped, each publish in its own task."""
+
+    def __init__(self, client: SandboxerClient) -> None:
+        self.client = client
+        self.sent: dict[str, Sent] = {}
+        self.refused: dict[str, Sent] = {}
+        self.reasons: Counter[str] = Counter()
+        self.live: list[str] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.count = 0
+
+    def _next(self) -> tuple[str, dict[str, Any]]:
+        command_id = new_command_id()
+        body: dict[str, Any] = {"command_id": command_id, "actor": ADMIN}
+        turn = self.count % 6
+        self.count += 1
+        if turn == 0 or not self.live:
+            self.live.append(derive_sandbox_id(command_id))
+            return "create", body | {"profile": "profile.local", "inputs": {}}
+        if turn == 5 and len(self.live) > 3:
+            return "destroy", body | {"sandbox_id": self.live.pop(0)}
+        sandbox_id = self.live[self.count % len(self.live)]
+        if turn % 2:
+            return "extend_ttl", body | {"sandbox_id": sandbox_id, "duration": "1m"}
+        return "touch", body | {"sandbox_id": sandbox_id}
+
+    async def _one(self, verb: str, body: dict[str, Any]) -> None:
+        about = Sent(verb, body.get("sandbox_id") or derive_sandbox_id(body["command_id"]))
+        try:
+            await self.client.publish_command(verb, body)
+        except Exception as exc:  # the client was told: not accepted
+            self.refused[body["command_id"]] = about
+            self.reasons[type(exc).__name__] += 1
+        else:
+            self.sent[body["command_id"]] = about
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            verb, body = self._next()
+            task = asyncio.create_task(self._one(verb, body))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SEND_EVERY)
+        await asyncio.gather(*self.tasks)
+
+    async def destroy_rest(self) -> None:
+        while self.live:
+            body = {"command_id": new_command_id(), "actor": ADMIN, "sandbox_id": self.live.pop()}
+            await self._one("destroy", body)
+
+
+async def _lasting_client(svc: ChaosService) -> SandboxerClient:
+    nc = await connect(svc.nats_urls, name="chaos-disk-full", long_lived=True)
+    return SandboxerClient(nc, actor=ADMIN)
+
+
+async def _decides(client: SandboxerClient, probes: dict[str, Sent]) -> bool:
+    """Whether the service decides a command now, end to end (commands stream, control
+    worker, events stream): an ``add_credits`` of one credit to the account ``probe``."""
+    command_id = new_command_id()
+    probes[command_id] = Sent("add_credits")
+    try:
+        await client.account_command(
+            "add_credits", "probe", amount=1, command_id=command_id, timeout=PROBE_TIMEOUT
+        )
+    except Exception:
+        return False
+    return True
+
+
+def _errors_logged(log: Path) -> int:
+    """``[ERR]`` lines nats-server logged (over all its starts)."""
+    with contextlib.suppress(OSError):
+        return sum(b"[ERR]" in line for line in log.read_bytes().splitlines())
+    return 0
+
+
+async def run(workdir: Path) -> ScenarioResult:
+    watch = Stopwatch()
+    problems: list[str] = []
+    figures: dict[str, object] = {}
+    async with small_filesystem(workdir / "disk", SIZE_MB) as disk:
+        svc = ChaosService(workdir, roles=ROLES, nats_store=disk / "nats")
+        svc.home = disk / "home"  # the views and the sandboxes on the small disk too
+        svc.home.mkdir()
+        probes: dict[str, Sent] = {}
+        async with svc:
+            assert svc.nats is not None
+            # Clients that reconnect (the harness's does not): nats-server may be restarted.
+            sender = Sender(await _lasting_client(svc))
+            prober = await _lasting_client(svc)
+            stop = asyncio.Event()
+            load = asyncio.create_task(sender.run(stop))
+            await asyncio.sleep(BEFORE)
+            taken = await fill(disk)
+            filled_at = time.monotonic()
+            await asyncio.sleep(FULL_FOR)
+            decided_full = await _decides(prober, probes)
+            free(disk)
+            freed_at = time.monotonic()
+            recovered_alone = False
+            while time.monotonic() - freed_at < FREED_WAIT:
+                if await _decides(prober, probes):
+                    recovered_alone = True
+                    break
+                await asyncio.sleep(1)
+            if not recovered_alone:
+                await svc.nats.stop()
+                await svc.nats.start()
+            while not await _decides(prober, probes):
+                if time.monotonic() - freed_at > 120:
+                    problems.append("no command decided within 120 s of the space coming back")
+                    break
+            serving_again = time.monotonic() - freed_at
+            await asyncio.sleep(AFTER)
+            stop.set()
+            await load
+            await sender.destroy_rest()
+            await sender.client.close()
+            await prober.close()
+
+            problems += await check_all(
+                svc.nats_urls, svc.home, sent=sender.sent, terminal_timeout=180
+            )
+            view = await read_log(svc.nats_urls)
+            landed = {c: s for c, s in sender.refused.items() if c in view.by_command}
+            problems += [
+                f"refused yet landed: {p}"
+                for p in await every_command_terminal(svc.nats_urls, landed, timeout=30)
+            ]
+            problems += account_unfinished(
+                view, {c: s for c, s in probes.items() if c in view.by_command}
+            )
+            problems += duplicated(view, sender.sent | landed)
+            problems += failed_internally(view, sender.sent | landed)
+            problems += [f"crashed: {c}" for c in svc.crashed()]
+            figures = {
+                "MiB disk": SIZE_MB,
+                "MiB filled": round(taken / (1 << 20), 1),
+                "s full": round(freed_at - filled_at, 1),
+                "commands": len(sender.sent) + len(sender.refused),
+                "acked": len(sender.sent),
+                "refused": len(sender.refused),
+                **{f"refused {r}": n for r, n in sender.reasons.items()},
+                "refused yet landed": len(landed),
+                "decided when full {}": "yes" if decided_full else "no",
+                "recovered without a restart {}": "yes" if recovered_alone else "no",
+                "s to decide again": round(serving_again, 1),
+                "nats-server errors logged": _errors_logged(svc.logs / "nats-server.log"),
+                "MiB free at the end": round(free_bytes(disk) / (1 << 20), 1),
+            }
+    return finish(NAME, watch, figures, problems)
