@@ -20,12 +20,15 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeAlias
-
-import asyncssh
+from typing import TYPE_CHECKING, TypeAlias
 
 from sandboxer.config.hosts import HostConfig
 from sandboxer.errors import HostKeyRejected, HostUnreachable
+
+if TYPE_CHECKING:
+    # asyncssh (and the cryptography it loads, ~15 MB) is imported by the functions that
+    # talk SSH, on first use: `up` runs the SSH backends with no hosts, which never do.
+    import asyncssh
 
 __all__ = [
     "Connection",
@@ -38,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Connection: TypeAlias = asyncssh.SSHClientConnection
+Connection: TypeAlias = "asyncssh.SSHClientConnection"
 """An open, authenticated connection to a host. Outside this package it is only passed
 back to the functions here: nothing else in sandboxer calls asyncssh."""
 
@@ -67,6 +70,8 @@ async def known_hosts_text(name: str, host: HostConfig) -> str | None:
     and a line made from ``host_key``. ``insecure_accept_any_host_key`` turns
     checking off even when either is set, because it is the explicit choice.
     """
+    import asyncssh
+
     if host.insecure_accept_any_host_key:
         return None
     parts: list[str] = []
@@ -98,6 +103,8 @@ async def known_hosts_text(name: str, host: HostConfig) -> str | None:
 
 
 def _trusted(name: str, host: HostConfig, text: str | None) -> asyncssh.SSHKnownHosts | None:
+    import asyncssh
+
     if text is None:
         return None
     try:
@@ -110,6 +117,8 @@ def _trusted(name: str, host: HostConfig, text: str | None) -> asyncssh.SSHKnown
 
 
 async def _client_key(name: str, host: HostConfig) -> asyncssh.SSHKey:
+    import asyncssh
+
     path = host.key_path()
     if path is None:
         raise HostUnreachable(
@@ -130,6 +139,8 @@ async def _client_key(name: str, host: HostConfig) -> asyncssh.SSHKey:
 def _unreachable(
     name: str, host: HostConfig, exc: BaseException, timeout: float, key: Path | None
 ) -> HostUnreachable:
+    import asyncssh
+
     where = _where(name, host)
     if isinstance(exc, TimeoutError):
         cause = (
@@ -165,6 +176,8 @@ async def connect(name: str, host: HostConfig, *, timeout: float = 10.0) -> Conn
     not match, :class:`HostUnreachable` for everything else that stops the
     connection (refused, timed out, unresolvable, our key refused).
     """
+    import asyncssh
+
     trusted = _trusted(name, host, await known_hosts_text(name, host))
     if trusted is None:
         log.warning(

@@ -22,8 +22,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import asyncssh
-
 from sandboxer.errors import HostUnreachable, InvalidInput, RemoteCommandFailed
 from sandboxer.ssh import deadline
 from sandboxer.ssh.connection import Connection
@@ -132,6 +130,8 @@ async def run(
     process it started (:mod:`.deadline`); that is reported as
     :class:`RemoteCommandFailed` with ``exit_status=-1``.
     """
+    import asyncssh
+
     line = deadline.with_deadline(command_line(argv, env=env, cwd=cwd), timeout)
     program = argv[0]
     began = time.monotonic()
@@ -211,6 +211,8 @@ async def put_file(conn: Connection, remote_path: str, data: bytes, *, mode: int
     an existing file's looser permissions are never inherited, and the
     content is never readable by others, not even while it is written.
     """
+    import asyncssh
+
     if not posixpath.isabs(remote_path):
         raise InvalidInput(f"remote path {remote_path!r} must be absolute")
     staging = f"{remote_path}.sbx-{secrets.token_hex(6)}"

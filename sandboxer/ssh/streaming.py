@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal
-
-import asyncssh
+from typing import TYPE_CHECKING, Any, Literal
 
 from sandboxer.errors import HostUnreachable
 from sandboxer.ssh import deadline
 from sandboxer.ssh.connection import Connection
 from sandboxer.ssh.remote import command_line, timed_out_error
+
+if TYPE_CHECKING:
+    import asyncssh  # imported where used: see connection.py
 
 __all__ = ["CHUNK", "DRAIN_GRACE", "ChunkSink", "stream"]
 
@@ -55,6 +56,8 @@ async def stream(
     many seconds (:mod:`.deadline`), reported as :class:`RemoteCommandFailed`.
     A failing ``output`` stops the command and its error propagates.
     """
+    import asyncssh
+
     line = command_line(argv, env=env, cwd=cwd)
     if timeout is not None:
         line = deadline.with_deadline(line, timeout)

@@ -23,14 +23,15 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import asyncssh
+from typing import TYPE_CHECKING, Literal
 
 from sandboxer.config.hosts import HostConfig
 from sandboxer.errors import HostKeyRejected, HostUnreachable, InvalidInput, RemoteCommandFailed
 from sandboxer.ssh.connection import Connection, known_hosts_text
 from sandboxer.ssh.remote import run
+
+if TYPE_CHECKING:
+    import asyncssh  # imported where used: see connection.py
 
 __all__ = ["rsync_argv", "sync_dir"]
 
@@ -202,6 +203,8 @@ def _walk(local: Path) -> list[_Entry]:
 
 
 def _attrs(path: Path) -> asyncssh.SFTPAttrs:
+    import asyncssh
+
     found = path.lstat()
     return asyncssh.SFTPAttrs(
         permissions=stat.S_IMODE(found.st_mode),
@@ -241,6 +244,8 @@ async def _upload(sftp: asyncssh.SFTPClient, local: Path, staging: str) -> None:
 
 
 async def _sftp(conn: Connection, local: Path, remote: str, timeout: float) -> None:
+    import asyncssh
+
     token = secrets.token_hex(6)
     staging, old = f"{remote}.sbx-sync-{token}", f"{remote}.sbx-old-{token}"
     await run(conn, ["mkdir", "-p", "--", posixpath.dirname(remote)])
