@@ -52,6 +52,7 @@ from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.fallback import without_candidates
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
 from sandboxer.events.types import Actor, CommandRejected
 from sandboxer.workers.bus_identity import bus_identity_refusal
@@ -200,7 +201,15 @@ class ControlWorker:
             await reserve_for_create(self._store, self._catalog, domain_command)
         elif isinstance(domain_command, ExtendTtl):
             await reserve_for_extend(self._store, self._catalog, domain_command)
-        loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command)
+        # A create's sandbox almost never has a history yet: decide on an empty one first and
+        # save the load. When it has one (a re-sent command), the append's expected sequence
+        # (none) conflicts, and apply reloads and decides again on the real history.
+        guess = (
+            Loaded(SandboxState(sandbox_id=domain_command.sandbox_id), 0)
+            if isinstance(domain_command, AdmittedCreate)
+            else None
+        )
+        loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command, guess)
         if self._routing is not None and isinstance(domain_command, AdmittedCreate):
             self._routing.appended(domain_command.sandbox_id, loaded.last_seq)
         if loaded.state.status == "destroying" and loaded.state.extension is None:
