@@ -27,6 +27,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from typing import Any
 
 from nats.aio.client import Client
@@ -67,6 +68,9 @@ log = logging.getLogger(__name__)
 
 TICK = 0.2
 """Seconds between looks at the pools when nothing wakes the keeper."""
+QUIET_AFTER_CLAIM = 0.1
+"""Seconds a refill waits after the last claim: a burst of creates is served first, and the
+pool is made again once it is over, rather than competing with it for the machine."""
 RECONCILE_EVERY = 5.0
 MAKING_AT_ONCE = 8
 """Members made concurrently: a refill after a burst must not starve the creates."""
@@ -121,6 +125,7 @@ class PoolKeeper:
         self._taken: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._last_claim = 0.0
         self._limit = asyncio.Semaphore(MAKING_AT_ONCE)
         self._responder = Responder(nc)
 
@@ -138,13 +143,17 @@ class PoolKeeper:
         try:
             await self.catch_up()
             await self.reconcile()
-            since_reconcile = 0.0
+            reconciled = time.monotonic()
             while not stop.is_set():
+                quiet_for = time.monotonic() - self._last_claim
+                if quiet_for < QUIET_AFTER_CLAIM:
+                    await asyncio.sleep(QUIET_AFTER_CLAIM - quiet_for)
+                    continue
                 try:
                     await self.catch_up()
-                    if since_reconcile >= RECONCILE_EVERY:
+                    if time.monotonic() - reconciled >= RECONCILE_EVERY:
                         await self.reconcile()
-                        since_reconcile = 0.0
+                        reconciled = time.monotonic()
                     await self._refill()
                 except Exception as exc:
                     # The bus away, a backend failing: the pool waits, creates go cold meanwhile.
@@ -153,7 +162,6 @@ class PoolKeeper:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), TICK)
-                since_reconcile += TICK
         finally:
             await self._responder.stop()
             for task in list(self._tasks):
@@ -275,7 +283,8 @@ class PoolKeeper:
                 continue  # another worker had it: the index now knows; try the next
             finally:
                 self._taken.discard(member.member_id)
-            self._wake.set()  # refill
+            self._last_claim = time.monotonic()
+            self._wake.set()  # refill, once the burst is over
             return member.member_id
 
     # -- upkeep -----------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def write_state(layout: Layout, state: State) -> None:
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(asdict(state), handle, indent=2)
+        handle.write(json.dumps(asdict(state), indent=2))  # one write: json.dump makes hundreds
     os.replace(tmp, layout.state_file)
 
 
