@@ -361,6 +361,11 @@ def main() -> None:
     parser.add_argument(
         "--against", action="append", default=[], help="a git revision measured in the same run"
     )
+    parser.add_argument(
+        "--revisions-only",
+        action="store_true",
+        help="measure only the --against revisions, not the working tree (which others may be editing)",
+    )
     parser.add_argument("--creates", type=int, default=30, help="creates per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -380,7 +385,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="sandboxer-steps-run-") as raw:
         work = Path(raw)
-        trees = {"this checkout": REPO}
+        trees = {} if args.revisions_only else {"this checkout": REPO}
         for number, rev in enumerate(args.against):
             trees[rev] = extract(rev, work / str(number))
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
