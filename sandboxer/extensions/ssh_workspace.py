@@ -6,13 +6,15 @@ next to an ownership MARKER ``<workspace_root>/sbx-<id>.json``
 directory and removed after it, and it lives outside the directory so
 syncing a repository (which mirrors deletions) never removes it. It tells
 the two backends' sandboxes apart on a shared host: each lists and tears
-down only what its marker names. Every step is one round trip.
+down only what its marker names. Every step is one round trip, and a fresh
+create's set-up (:func:`claim`) is one round trip for all of it: on a host
+whose login shell reads a profile, each remote command costs that shell.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +22,18 @@ from sandboxer.extensions.ssh_targets import DIR_PREFIX, SHORT_TIMEOUT, Target
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.ssh import Connection, remote
 
-__all__ = ["ENV_FILE", "Probe", "Scan", "exists", "probe", "remove", "scan", "write_marker"]
+__all__ = [
+    "ENV_FILE",
+    "Claim",
+    "Probe",
+    "Scan",
+    "claim",
+    "exists",
+    "probe",
+    "remove",
+    "scan",
+    "write_marker",
+]
 
 ENV_FILE = ".sandboxer.env"
 """The secrets file inside a sandbox's directory: mode 0600, ``NAME='value'`` lines."""
@@ -51,6 +64,72 @@ if [ -d "$2" ] && [ ! -L "$2" ]; then echo D; fi
 if [ -f "$2/.sandboxer.env" ]; then echo E; fi
 exit 0
 """
+
+
+# A fresh create's set-up in one round trip (every remote command costs the host a
+# login shell). Only when nothing of the sandbox is there (no marker $1, nothing at its
+# directory path $2): run the command given after the first three arguments, if any (a
+# backend's sweep of what could outlive a marker), make the root $3, write the marker
+# from stdin (mode 0600, renamed into place), then make the directory: marker first, as
+# write_marker does. Prints BUSY and changes nothing when something is there, or
+# FIRST-FAILED when that command failed (either way the caller takes the long way:
+# probe, teardown, write_marker), else CLAIMED, and RSYNC when the host has rsync.
+_CLAIM_SCRIPT = r"""
+marker=$1 dir=$2 root=$3
+shift 3
+if [ -e "$marker" ] || [ -L "$marker" ] || [ -e "$dir" ] || [ -L "$dir" ]; then
+  echo BUSY; exit 0
+fi
+if [ "$#" -gt 0 ]; then "$@" || { echo FIRST-FAILED; exit 0; }; fi
+mkdir -p -- "$root" || exit 1
+staging="$marker.sbx-$$"
+(umask 077 && cat > "$staging") && mv -f -- "$staging" "$marker" || {
+  rm -f -- "$staging"; exit 1
+}
+mkdir -- "$dir" || exit 1
+if command -v rsync >/dev/null 2>&1; then echo RSYNC; fi
+echo CLAIMED
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :func:`claim` did: ``claimed`` False means nothing was made (something of the
+    sandbox was there, or the ``first`` command failed)."""
+
+    claimed: bool
+    host_has_rsync: bool = False
+
+
+async def claim(
+    conn: Connection,
+    item: Target,
+    sandbox_id: str,
+    fields: Mapping[str, Any],
+    *,
+    first: Sequence[str] = (),
+) -> Claim:
+    """Write the marker and make the (empty) directory of a sandbox the host holds nothing
+    of, running ``first`` before (with the host's env), all in one remote command."""
+    body = json.dumps({"sandbox_id": sandbox_id, **fields}, separators=(",", ":"), sort_keys=True)
+    result = await remote.run(
+        conn,
+        [
+            "sh",
+            "-c",
+            _CLAIM_SCRIPT,
+            "sh",
+            item.marker(sandbox_id),
+            item.workspace(sandbox_id),
+            item.config.workspace_root,
+            *first,
+        ],
+        env=item.config.env,
+        input=body + "\n",
+        timeout=SHORT_TIMEOUT,
+    )
+    lines = result.stdout.splitlines()
+    return Claim(claimed="CLAIMED" in lines, host_has_rsync="RSYNC" in lines)
 
 
 async def write_marker(

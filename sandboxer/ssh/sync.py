@@ -118,9 +118,25 @@ def _check_paths(local: Path, remote: str) -> str:
     return "/" + posixpath.normpath(remote).lstrip("/")
 
 
-async def _remote_has_rsync(conn: Connection) -> bool:
-    result = await run(conn, ["sh", "-c", "command -v rsync"], check=False, timeout=30)
-    return result.exit_status == 0
+# Makes the target directory ($1) and says whether the host has rsync, in one round
+# trip: exit 0 with it, 3 without it (any other status: mkdir failed).
+_PREPARE_SCRIPT = r"""
+mkdir -p -- "$1" || exit 1
+command -v rsync >/dev/null 2>&1 || exit 3
+"""
+
+
+async def _prepare_for_rsync(conn: Connection, target: str) -> bool:
+    """Make ``target`` and say whether the host has rsync (one remote command)."""
+    result = await run(conn, ["sh", "-c", _PREPARE_SCRIPT, "sh", target], check=False, timeout=30)
+    if result.exit_status in (0, 3):
+        return result.exit_status == 0
+    raise RemoteCommandFailed(
+        f"cannot make {target} on the host (mkdir exited {result.exit_status}); check that "
+        "the SSH user can write there",
+        exit_status=result.exit_status,
+        output_tail="\n".join((result.stdout + result.stderr).splitlines()[-TAIL_LINES:]),
+    )
 
 
 async def _run_rsync(name: str, host: HostConfig, argv: list[str], timeout: float) -> None:
@@ -299,17 +315,25 @@ async def sync_dir(
     *,
     prefer: Literal["auto", "sftp"] = "auto",
     timeout: float = 600,
+    host_has_rsync: bool | None = None,
 ) -> Literal["rsync", "sftp"]:
     """Make ``remote`` on the host a copy of the local directory ``local``.
 
     Files, permissions, times and symlinks (as links) are copied; files
     that exist only remotely are deleted. Uses rsync when both ends have it
     and ``prefer`` is ``"auto"``, else SFTP over ``conn``; returns which.
+
+    ``host_has_rsync`` is for a caller that has already made ``remote`` and
+    asked the host about rsync in a round trip of its own (every remote
+    command costs a login shell on the host); left ``None``, one command here
+    makes the directory and asks.
     """
     target = _check_paths(local, remote)
-    if prefer == "auto" and shutil.which("rsync") and await _remote_has_rsync(conn):
-        await run(conn, ["mkdir", "-p", "--", target])
-        await _rsync(name, host, local, target, timeout)
+    if prefer == "auto" and shutil.which("rsync"):
+        if host_has_rsync is None:
+            host_has_rsync = await _prepare_for_rsync(conn, target)
+        if host_has_rsync:
+            await _rsync(name, host, local, target, timeout)
         log.debug("synced %s to %s:%s with rsync", local, name, target)
         return "rsync"
     await _sftp(conn, local, target, timeout)

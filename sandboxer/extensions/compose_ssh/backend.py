@@ -59,7 +59,7 @@ from sandboxer.extensions.ssh_targets import (
     session,
     target,
 )
-from sandboxer.extensions.ssh_workspace import Probe, remove, scan, write_marker
+from sandboxer.extensions.ssh_workspace import Probe, claim, remove, scan, write_marker
 from sandboxer.ssh import Connection, remote, sync
 from sandboxer.workspaces.limits import ArchiveLimits
 
@@ -71,6 +71,8 @@ READY_TIMEOUT = 60.0
 """Seconds ``wait_ready`` waits for every container to be running."""
 UP_TIMEOUT = 1800.0
 """``up -d`` may pull or build images."""
+REMEMBERED_SERVICES = 1024
+"""At most this many provisions' service lists are kept for their wait_ready."""
 
 
 class ComposeSshExtension(SshBackend):
@@ -81,6 +83,11 @@ class ComposeSshExtension(SshBackend):
     def __init__(self, settings: Settings, *, ready_timeout: float = READY_TIMEOUT) -> None:
         super().__init__(settings)
         self.ready_timeout = ready_timeout
+        self._services_listed: dict[str, list[str]] = {}
+        """Services a provision asked compose for (deny and allowlist policies need them),
+        by sandbox id, kept for its wait_ready: compose is slow to start (docker-compose 1.x
+        and podman-compose are Python programs), so it is asked once per create. A
+        wait_ready that finds none here (another process provisioned) asks compose."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ComposeSshExtension:
@@ -92,26 +99,39 @@ class ComposeSshExtension(SshBackend):
         plan = self._plan(request)  # every check before any connection
         stack, sandbox_id = plan.stack, request.sandbox_id
         values = list(request.secrets.values())
+        self._services_listed.pop(sandbox_id, None)  # a retry asks compose again
         started = time.monotonic()
         try:
             async with session(stack.target) as conn:
-                await self._teardown_owned(conn, stack.target, sandbox_id)  # start clean
-                cleaned = time.monotonic()
-                await write_marker(
+                marker = {
+                    "extension": self.id,
+                    "compose_project": stack.project,
+                    "compose_file": stack.compose_file,
+                    "created_at": datetime.now(UTC).isoformat(),
+                    **({"network": "none"} if stack.no_network else {}),
+                    **({"network": "allowlist"} if stack.egress else {}),
+                }
+                # Nothing of the sandbox on the host (the usual create): one round trip
+                # sweeps what a lost marker could have left, writes the marker and makes
+                # the directory. Otherwise the long way: tear down what is there first.
+                fresh = await claim(
                     conn,
                     stack.target,
                     sandbox_id,
-                    {
-                        "extension": self.id,
-                        "compose_project": stack.project,
-                        "compose_file": stack.compose_file,
-                        "created_at": datetime.now(UTC).isoformat(),
-                        **({"network": "none"} if stack.no_network else {}),
-                        **({"network": "allowlist"} if stack.egress else {}),
-                    },
+                    marker,
+                    first=engine.sweep_argv(stack.target, stack.project, thorough=True),
                 )
+                if not fresh.claimed:
+                    await self._teardown_owned(conn, stack.target, sandbox_id)  # start clean
+                    await write_marker(conn, stack.target, sandbox_id, marker)
+                cleaned = time.monotonic()
                 method = await sync.sync_dir(
-                    stack.target.name, stack.target.config, conn, plan.repo, stack.directory
+                    stack.target.name,
+                    stack.target.config,
+                    conn,
+                    plan.repo,
+                    stack.directory,
+                    host_has_rsync=fresh.host_has_rsync if fresh.claimed else None,
                 )
                 synced = time.monotonic()
                 if request.secrets:
@@ -119,11 +139,13 @@ class ComposeSshExtension(SshBackend):
                     await remote.put_file(conn, stack.env_path, text.encode(), mode=0o600)
                 if stack.no_network:  # deny: every service gets network_mode none
                     services = await self._services(conn, stack.without_override(), values)
+                    self._remember_services(sandbox_id, services)
                     await remote.put_file(
                         conn, stack.no_network_path, no_network_override(services).encode()
                     )
                 if stack.egress:  # an allowlist: the internal network, rules and proxy
                     services = await self._services(conn, stack.without_override(), values)
+                    self._remember_services(sandbox_id, services)
                     bridge = await egress.prepare(
                         conn,
                         stack.target,
@@ -178,10 +200,14 @@ class ComposeSshExtension(SshBackend):
         values = list(request.secrets.values())
         try:
             async with session(stack.target) as conn:
-                services, running = await asyncio.gather(
-                    self._services(conn, stack, values),
-                    await_running(conn, stack, self.ready_timeout),
-                )
+                listed = self._services_listed.pop(sandbox_id, None)
+                if listed is not None:
+                    services, running = listed, await await_running(conn, stack, self.ready_timeout)
+                else:
+                    services, running = await asyncio.gather(
+                        self._services(conn, stack, values),
+                        await_running(conn, stack, self.ready_timeout),
+                    )
                 found = containers.assess(running, services)
                 reach = ssh_access(stack.target, conn, workdir=stack.directory, enter=enter(stack))
         except (SandboxerError, OSError) as exc:
@@ -340,6 +366,12 @@ class ComposeSshExtension(SshBackend):
             egress=network == "allowlist",
         )
         return Plan(stack, repo, volumes.seed_keys(repo, sandbox_id))
+
+    def _remember_services(self, sandbox_id: str, services: list[str]) -> None:
+        # Bounded: a provision whose wait_ready never comes (it failed) must not pile up.
+        while len(self._services_listed) >= REMEMBERED_SERVICES:
+            self._services_listed.pop(next(iter(self._services_listed)))
+        self._services_listed[sandbox_id] = services
 
     async def _services(self, conn: Connection, stack: Stack, values: list[str]) -> list[str]:
         try:

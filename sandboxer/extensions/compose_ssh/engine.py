@@ -11,9 +11,17 @@ from __future__ import annotations
 from sandboxer.errors import RemoteCommandFailed
 from sandboxer.extensions.compose_ssh import containers
 from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT, Target
-from sandboxer.ssh import Connection, remote
+from sandboxer.ssh import Connection, deadline, remote
 
-__all__ = ["DOWN_TIMEOUT", "ENGINE_MISSING", "list_containers", "owned_containers", "sweep"]
+__all__ = [
+    "DOWN_TIMEOUT",
+    "ENGINE_MISSING",
+    "list_containers",
+    "list_containers_twice",
+    "owned_containers",
+    "sweep",
+    "sweep_argv",
+]
 
 EXTENSION = "ext.compose-ssh"
 DOWN_TIMEOUT = 300.0
@@ -45,19 +53,70 @@ exit 0
 """
 
 
-async def list_containers(
-    conn: Connection, item: Target, *filters: str
-) -> list[containers.Container]:
-    """Containers matching ``--filter`` values (none when the host has no engine)."""
-    argv = ["sh", "-c", _CONTAINERS_SCRIPT, "sh", containers.engine(item.config)]
-    for value in filters:
-        argv += ["--filter", value]
-    result = await remote.run(conn, argv, env=item.config.env, timeout=SHORT_TIMEOUT, check=False)
+# The same listing twice, $2 seconds apart on the host, in one round trip (readiness
+# needs two sightings; each remote command costs the host a login shell). Each listing
+# is followed by a line "@@sbx-status N" with its exit status.
+_TWICE_SCRIPT = r"""
+engine=$1 pause=$2
+shift 2
+list() {
+  ids=$("$engine" ps -aq "$@") || return $?
+  if [ -z "$ids" ]; then echo '[]'; return 0; fi
+  "$engine" inspect $ids
+}
+list "$@"; echo "@@sbx-status $?"
+sleep "$pause"
+list "$@"; echo "@@sbx-status $?"
+"""
+_STATUS_LINE = "@@sbx-status "
+
+
+def _filter_args(filters: tuple[str, ...]) -> list[str]:
+    return [word for value in filters for word in ("--filter", value)]
+
+
+def _listed(item: Target, result: remote.RemoteResult) -> list[containers.Container]:
     if result.exit_status == 0 or result.stdout.lstrip().startswith("["):
         return containers.parse_inspect(result.stdout)
     if result.exit_status == ENGINE_MISSING:
         return []
     raise engine_failed(item, "ps", result)
+
+
+async def list_containers(
+    conn: Connection, item: Target, *filters: str
+) -> list[containers.Container]:
+    """Containers matching ``--filter`` values (none when the host has no engine)."""
+    argv = ["sh", "-c", _CONTAINERS_SCRIPT, "sh", containers.engine(item.config)]
+    argv += _filter_args(filters)
+    result = await remote.run(conn, argv, env=item.config.env, timeout=SHORT_TIMEOUT, check=False)
+    return _listed(item, result)
+
+
+async def list_containers_twice(
+    conn: Connection, item: Target, pause: float, *filters: str
+) -> tuple[list[containers.Container], list[containers.Container]]:
+    """:func:`list_containers` twice, ``pause`` seconds apart on the host, in one command."""
+    argv = ["sh", "-c", _TWICE_SCRIPT, "sh", containers.engine(item.config)]
+    argv += [deadline.seconds_text(pause), *_filter_args(filters)]
+    result = await remote.run(
+        conn, argv, env=item.config.env, timeout=SHORT_TIMEOUT + pause, check=False
+    )
+    if result.exit_status != 0:  # the script itself failed (its listings' statuses are lines)
+        raise engine_failed(item, "ps", result)
+    listings: list[list[containers.Container]] = []
+    chunk: list[str] = []
+    for line in result.stdout.splitlines():
+        if not line.startswith(_STATUS_LINE):
+            chunk.append(line)
+            continue
+        status = int(line.removeprefix(_STATUS_LINE).strip() or "1")
+        text = "\n".join(chunk)
+        listings.append(_listed(item, remote.RemoteResult(status, text, result.stderr)))
+        chunk = []
+    if len(listings) != 2:
+        raise engine_failed(item, "ps", result)
+    return listings[0], listings[1]
 
 
 async def owned_containers(conn: Connection, item: Target) -> list[containers.Container]:
@@ -80,21 +139,26 @@ async def owned_containers(conn: Connection, item: Target) -> list[containers.Co
     return owned
 
 
+def sweep_argv(item: Target, project: str, *, thorough: bool) -> list[str]:
+    """The command of :func:`sweep` (also run first by a create's one-round-trip claim)."""
+    return [
+        "sh",
+        "-c",
+        _SWEEP_SCRIPT,
+        "sh",
+        containers.engine(item.config),
+        f"label={containers.PROJECT_LABEL}={project}",
+        "1" if thorough else "0",
+        f"pod_{project}",
+    ]
+
+
 async def sweep(conn: Connection, item: Target, project: str, *, thorough: bool) -> None:
     """Remove what is labelled with ``project``: containers always (a check after compose
     down); networks, volumes and podman's pod too when compose down did not run."""
     result = await remote.run(
         conn,
-        [
-            "sh",
-            "-c",
-            _SWEEP_SCRIPT,
-            "sh",
-            containers.engine(item.config),
-            f"label={containers.PROJECT_LABEL}={project}",
-            "1" if thorough else "0",
-            f"pod_{project}",
-        ],
+        sweep_argv(item, project, thorough=thorough),
         env=item.config.env,
         timeout=DOWN_TIMEOUT,
         check=False,

@@ -2,7 +2,9 @@
 
 "Ready" means every container of the project is ``running``, seen twice
 :data:`STABLE_AFTER` seconds apart without a restart: a container that
-crashes right after starting must not pass. A container that stopped fails
+crashes right after starting must not pass. The first two sightings are one
+remote command (the host sleeps between them), so a stack that is up costs
+one round trip. A container that stopped fails
 the wait at once, with its last log lines; no health checks are run.
 """
 
@@ -32,11 +34,22 @@ async def await_running(
     """The project's containers once all run, seen twice unchanged; fails fast on one
     that stopped, and after ``ready_timeout`` seconds on one still starting."""
     deadline = time.monotonic() + ready_timeout
+    label = f"label={containers.PROJECT_LABEL}={stack.project}"
+    # The usual case in one remote command: both sightings, STABLE_AFTER apart on the host.
+    first, second = await engine.list_containers_twice(conn, stack.target, STABLE_AFTER, label)
+    for found in (first, second):
+        state = containers.assess(found, [])
+        if state.failed:
+            raise await _stopped(conn, stack, state.failed)
     confirmed: list[tuple[str, str, int]] | None = None
+    if containers.assess(second, []).ready:
+        confirmed = containers.fingerprint(second)
+        if containers.assess(first, []).ready and containers.fingerprint(first) == confirmed:
+            return second
+    # Still starting, or changed between the sightings: poll as before.
+    await asyncio.sleep(STABLE_AFTER if confirmed is not None else READY_POLL)
     while True:
-        found = await engine.list_containers(
-            conn, stack.target, f"label={containers.PROJECT_LABEL}={stack.project}"
-        )
+        found = await engine.list_containers(conn, stack.target, label)
         state = containers.assess(found, [])
         if state.failed:
             raise await _stopped(conn, stack, state.failed)

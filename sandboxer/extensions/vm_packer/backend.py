@@ -37,7 +37,15 @@ from sandboxer.extensions.ssh_targets import (
     session,
     target,
 )
-from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe, exists, remove, scan, write_marker
+from sandboxer.extensions.ssh_workspace import (
+    ENV_FILE,
+    Probe,
+    claim,
+    exists,
+    remove,
+    scan,
+    write_marker,
+)
 from sandboxer.ssh import Connection, remote, stream, sync
 
 __all__ = ["VmPackerExtension"]
@@ -69,21 +77,28 @@ class VmPackerExtension(SshBackend):
         started = time.monotonic()
         try:
             async with session(item) as conn:
-                await self._teardown_owned(conn, item, sandbox_id)  # start clean
-                await write_marker(
-                    conn,
-                    item,
-                    sandbox_id,
-                    {
-                        "extension": self.id,
-                        "created_at": datetime.now(UTC).isoformat(),
-                        "placement_host": request.host,
-                    },
-                )
+                marker = {
+                    "extension": self.id,
+                    "created_at": datetime.now(UTC).isoformat(),
+                    "placement_host": request.host,
+                }
+                # Nothing of the sandbox on the VM (the usual create): one round trip writes
+                # the marker and makes the workspace. Otherwise tear down what is there first.
+                fresh = await claim(conn, item, sandbox_id, marker)
+                if not fresh.claimed:
+                    await self._teardown_owned(conn, item, sandbox_id)  # start clean
+                    await write_marker(conn, item, sandbox_id, marker)
                 method = "none"
                 if repo is not None:
-                    method = await sync.sync_dir(item.name, item.config, conn, repo, workspace)
-                else:
+                    method = await sync.sync_dir(
+                        item.name,
+                        item.config,
+                        conn,
+                        repo,
+                        workspace,
+                        host_has_rsync=fresh.host_has_rsync if fresh.claimed else None,
+                    )
+                elif not fresh.claimed:
                     await remote.run(conn, ["mkdir", "-p", "--", workspace], timeout=SHORT_TIMEOUT)
                 if request.secrets:
                     text = checks.env_file_text(request.secrets, sandbox_id)
