@@ -6,9 +6,10 @@ running sandbox of that name in the app) and carries our tags
 (``sandboxer_id``, ``sandboxer_project``), by which we find it again: a create
 whose answer was lost, a redelivered job after a crash, and leaks.
 
-The SDK is imported when the backend is built (``from_declaration``), so a worker
-without the ``modal`` extra stops at start with the install command; the token
-is resolved at the first call, so ``sandboxer up`` starts without one.
+A worker without the ``modal`` extra stops at start with the install command (the
+backend looks for the SDK when it is built); the SDK itself, about 15 MB of memory,
+is imported at the first call that needs it, and the token is resolved then too, so
+``sandboxer up`` starts without one and, with no token anywhere, never loads the SDK.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ from sandboxer.extensions.base import (
     Readiness,
     Stdin,
 )
-from sandboxer.extensions.modal.boundary import ModalBoundary, import_modal
+from sandboxer.extensions.modal.boundary import (
+    ModalBoundary,
+    import_modal,
+    require_modal,
+    sdk_config_file,
+)
 from sandboxer.extensions.modal.config import DEFAULT_SERVER_URL, EXTENSION_ID, ModalConfig
 from sandboxer.extensions.modal.plan import (
     checked,
@@ -87,7 +93,9 @@ class ModalExtension:
         token: tuple[ProviderValue, ProviderValue] | None = None,
     ) -> None:
         self.config = config or ModalConfig()
-        self._modal = sdk if sdk is not None else import_modal()
+        if sdk is None:
+            require_modal()
+        self._sdk = sdk
         self._boundary = ModalBoundary(provider=self.id, policy=self.config.policy)
         self._connection: _Connection | None = None
         self._lock = asyncio.Lock()
@@ -118,7 +126,7 @@ class ModalExtension:
             )
         copy = ModalExtension(
             self.config,
-            sdk=self._modal,
+            sdk=self._sdk,
             token=(ProviderValue(token_id, source), ProviderValue(token_secret, source)),
         )
         copy.limits = self.limits
@@ -334,10 +342,14 @@ class ModalExtension:
                 self._connection = await self._open()
             return self._connection
 
-    async def _open(self) -> _Connection:
-        modal = self._modal
-        api_pb2 = importlib.import_module("modal_proto.api_pb2")  # installed with modal
+    @property
+    def _modal(self) -> Any:
+        """The SDK, imported at the first use."""
+        if self._sdk is None:
+            self._sdk = import_modal()
+        return self._sdk
 
+    async def _open(self) -> _Connection:
         server_url = self._value("server_url", "MODAL_SERVER_URL", secret=False)
         if self._token is not None:
             token_id, token_secret = self._token
@@ -347,6 +359,8 @@ class ModalExtension:
             token_secret = self._value("token_secret", "MODAL_TOKEN_SECRET", secret=True)
             where = f"{token_id.source} and {token_secret.source}"
         self._boundary.know_secrets([token_id.value, token_secret.value], where)
+        modal = self._modal
+        api_pb2 = importlib.import_module("modal_proto.api_pb2")  # installed with modal
         client = modal.Client(
             server_url.value, api_pb2.CLIENT_TYPE_CLIENT, (token_id.value, token_secret.value)
         )
@@ -373,7 +387,9 @@ class ModalExtension:
         found = provider_value(self.config.settings, key, (env,), extension=self.id, required=False)
         if found is not None:
             return found
-        from_file = self._modal.config.config.get(key)
+        # No config file and the SDK not loaded yet: it would find nothing there either.
+        sdk_may_know = self._sdk is not None or sdk_config_file().exists()
+        from_file = self._modal.config.config.get(key) if sdk_may_know else None
         if from_file:
             return ProviderValue(str(from_file), "the modal config file (~/.modal.toml)")
         if key == "server_url":

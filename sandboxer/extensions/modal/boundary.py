@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
+import os
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import stamina
@@ -39,7 +42,14 @@ from sandboxer.errors import (
 )
 from sandboxer.secrets import redact
 
-__all__ = ["INSTALL_HINT", "ModalBoundary", "RetryPolicy", "import_modal"]
+__all__ = [
+    "INSTALL_HINT",
+    "ModalBoundary",
+    "RetryPolicy",
+    "import_modal",
+    "require_modal",
+    "sdk_config_file",
+]
 
 INSTALL_HINT = "pip install 'sandboxer[modal]'"
 MAX_MESSAGE_CHARS = 500
@@ -66,16 +76,42 @@ _TRANSIENT = frozenset(
 )
 
 
+def _not_installed(reason: str) -> ConfigError:
+    return ConfigError(
+        f"ext.modal needs the modal SDK, which is not installed ({reason}); install it with: "
+        f"{INSTALL_HINT}",
+        extension="ext.modal",
+    )
+
+
+def require_modal() -> None:
+    """A ConfigError that names the install command unless the ``modal`` SDK is installed.
+
+    Only looks for it: importing the SDK costs about 15 MB of memory, which a service
+    that never reaches Modal (no token anywhere) should not pay (:func:`import_modal`
+    loads it at the first use)."""
+    try:
+        found = importlib.util.find_spec("modal")
+    except ImportError as exc:
+        raise _not_installed(exc.msg) from None
+    if found is None:
+        raise _not_installed("No module named 'modal'")
+
+
 def import_modal() -> Any:
     """The ``modal`` SDK module, or a ConfigError that names the install command."""
     try:
         return importlib.import_module("modal")
     except ImportError as exc:
-        raise ConfigError(
-            f"ext.modal needs the modal SDK, which is not installed ({exc.msg}); install it with: "
-            f"{INSTALL_HINT}",
-            extension="ext.modal",
-        ) from None
+        raise _not_installed(exc.msg) from None
+
+
+def sdk_config_file() -> Path:
+    """Where the SDK reads its config file (``modal token new`` writes the token there):
+    ``MODAL_CONFIG_PATH``, else ``~/.modal.toml``, as modal.config documents. Knowing that
+    it does not exist spares importing the SDK just to learn it holds no token; a unit test
+    holds this equal to the SDK's own ``modal.config.user_config_path``."""
+    return Path(os.environ.get("MODAL_CONFIG_PATH") or os.path.expanduser("~/.modal.toml"))
 
 
 @dataclass(frozen=True)
