@@ -55,7 +55,7 @@ SERVICE_HOOKS = [
     ("sandboxer.workers.control", "bus_identity_refusal", "control: identity check"),
     ("sandboxer.workers.control", "ControlWorker._to_domain", "control: admission + routing"),
     ("sandboxer.workers.control", "reserve_for_create", "control: credits"),
-    ("sandboxer.workers.control", "apply", "control: load+decide+append requested/routed"),
+    ("sandboxer.workers.control", "apply", "control: decide+append requested/routed"),
     ("sandboxer.workers.control", "ControlWorker._dispatch", "control: publish job"),
     ("sandboxer.bus.jetstream_store", "JetStreamEventStore.load", "store: load (direct get)"),
     ("sandboxer.bus.jetstream_store", "JetStreamEventStore.append", "store: append"),
