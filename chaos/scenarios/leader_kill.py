@@ -23,6 +23,7 @@ from chaos.harness import ADMIN, ChaosService, Stopwatch, finish
 from chaos.outcomes import ACCOUNT_VERBS, account_unfinished, duplicated, failed_internally
 from chaos.result import ScenarioResult
 from sandboxer import subjects
+from sandboxer.bus.connect import connect
 from sandboxer.client import SandboxerClient
 from sandboxer.ids import derive_sandbox_id, new_command_id
 
@@ -124,13 +125,19 @@ async def run(workdir: Path) -> ScenarioResult:
     async with svc:
         cluster = svc.cluster
         assert cluster is not None
-        js = svc.client.js
+        # The harness's client does not reconnect: its node may be the one killed.
+        watcher = await connect(cluster.urls, name="chaos-leader-watch", long_lived=True)
+        js = watcher.jetstream()
         leader_watch = LeaderWatch(js, subjects.EVENTS_STREAM)
         leader_watch.start()
         victim = await stream_leader(js, cluster, subjects.EVENTS_STREAM)
         # The commands go through a node that stays up, so every one reaches the cluster
         # while the stream elects (the roles, given every URL, reconnect by themselves).
-        sender = await SandboxerClient.connect([cluster.urls[(victim + 1) % 3]], actor=ADMIN)
+        # (Long-lived all the same, given every URL: the leader may move before the kill.)
+        others = [cluster.urls[(victim + i) % 3] for i in (1, 2, 0)]
+        sender = SandboxerClient(
+            await connect(others, name="chaos-sender", long_lived=True), actor=ADMIN
+        )
         kill_now = asyncio.Event()
         plan = _plan(random.Random(SEED))
         load = asyncio.create_task(_send(sender, plan, kill_now, sent, refused, reasons))
@@ -144,6 +151,7 @@ async def run(workdir: Path) -> ScenarioResult:
         await sender.close()
         await stream_leader(js, cluster, subjects.EVENTS_STREAM, timeout=120)
         await leader_watch.stop()
+        await watcher.close()
 
         on_sandboxes = {c: s for c, s in sent.items() if s.verb not in ACCOUNT_VERBS}
         problems += await check_all(

@@ -185,8 +185,15 @@ class _Outcomes:
             # Other processes' writers (deciding.py takes turns within one), or reads from a
             # replica still catching up: valid commands were rejected internal_error for it.
             delay = retry_delay(msg) * random.uniform(0.5, 1.5)
-            log.info(
-                "%s: %s lost to other writers (%s); again in %.2f s", name, msg.subject, exc, delay
+            # Quiet while it is ordinary contention; loud once it keeps happening.
+            level = logging.WARNING if msg.metadata.num_delivered > 5 else logging.INFO
+            log.log(
+                level,
+                "%s: %s lost to other writers (%s); again in %.2f s",
+                name,
+                msg.subject,
+                exc,
+                delay,
             )
             await _settle(lambda: msg.nak(delay=delay), msg)
             return
