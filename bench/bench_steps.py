@@ -202,6 +202,17 @@ def attach_lock_kept_warm() -> Iterator[bool]:
     except OSError:
         yield False
         return
+    try:
+        with _churning() as kept:
+            yield kept
+    finally:
+        for group in PRIMER_GROUPS:
+            with contextlib.suppress(OSError):  # the throw-away has been reaped: they are empty
+                group.rmdir()
+
+
+@contextlib.contextmanager
+def _churning() -> Iterator[bool]:
     done = threading.Event()
     with subprocess.Popen(["sleep", "60"]) as throwaway:
 
