@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from chaos.checks import Sent, check_all, every_command_terminal, read_log
+from chaos.checks import LogView, Sent, check_all, every_command_terminal, read_log
 from chaos.disk import fill, free, free_bytes, small_filesystem
 from chaos.harness import ADMIN, ChaosService, Stopwatch, finish
 from chaos.outcomes import account_unfinished, duplicated, failed_internally
@@ -119,11 +119,86 @@ async def _decides(client: SandboxerClient, probes: dict[str, Sent]) -> bool:
     return True
 
 
+def _create_outcome(view: LogView, command_id: str, sent: Sent) -> str:
+    """What became of an acknowledged create: rejected, made (ready once), or failed."""
+    if "rejected" in {kind for kind, _ in view.by_command.get(command_id, [])}:
+        return "rejected"
+    kinds = {type(e).__name__ for e in view.sandbox_events.get(sent.sandbox_id or "", [])}
+    if "SandboxReady" in kinds:
+        return "made"
+    return "failed" if "SandboxFailed" in kinds else "nothing"
+
+
 def _errors_logged(log: Path) -> int:
     """``[ERR]`` lines nats-server logged (over all its starts)."""
     with contextlib.suppress(OSError):
         return sum(b"[ERR]" in line for line in log.read_bytes().splitlines())
     return 0
+
+
+async def _fill_and_free(
+    svc: ChaosService, disk: Path, prober: SandboxerClient, probes: dict[str, Sent]
+) -> tuple[dict[str, object], list[str]]:
+    """Fill the disk, wait, free it, restart nats-server if the streams stay silent; the
+    figures of what happened, and a problem when the service never decides again."""
+    assert svc.nats is not None
+    taken = await fill(disk)
+    filled_at = time.monotonic()
+    await asyncio.sleep(FULL_FOR)
+    decided_full = await _decides(prober, probes)
+    free(disk)
+    freed_at = time.monotonic()
+    recovered_alone = False
+    while time.monotonic() - freed_at < FREED_WAIT:
+        if await _decides(prober, probes):
+            recovered_alone = True
+            break
+        await asyncio.sleep(1)
+    if not recovered_alone:
+        await svc.nats.stop()
+        await svc.nats.start()
+    problems = []
+    while not await _decides(prober, probes):
+        if time.monotonic() - freed_at > 120:
+            problems.append("no command decided within 120 s of the space coming back")
+            break
+    figures: dict[str, object] = {
+        "MiB disk": SIZE_MB,
+        "MiB filled": round(taken / (1 << 20), 1),
+        "s full": round(freed_at - filled_at, 1),
+        "decided when full {}": "yes" if decided_full else "no",
+        "recovered without a restart {}": "yes" if recovered_alone else "no",
+        "s to decide again": round(time.monotonic() - freed_at, 1),
+    }
+    return figures, problems
+
+
+async def _verify(
+    svc: ChaosService, sender: Sender, probes: dict[str, Sent]
+) -> tuple[dict[str, object], list[str]]:
+    problems = await check_all(svc.nats_urls, svc.home, sent=sender.sent, terminal_timeout=180)
+    view = await read_log(svc.nats_urls)
+    landed = {c: s for c, s in sender.refused.items() if c in view.by_command}
+    problems += [
+        f"refused yet landed: {p}"
+        for p in await every_command_terminal(svc.nats_urls, landed, timeout=30)
+    ]
+    problems += account_unfinished(view, {c: s for c, s in probes.items() if c in view.by_command})
+    problems += duplicated(view, sender.sent | landed)
+    problems += failed_internally(view, sender.sent | landed)
+    problems += [f"crashed: {c}" for c in svc.crashed()]
+    creates = Counter(
+        _create_outcome(view, c, s) for c, s in sender.sent.items() if s.verb == "create"
+    )
+    figures: dict[str, object] = {
+        "commands": len(sender.sent) + len(sender.refused),
+        "acked": len(sender.sent),
+        "refused": len(sender.refused),
+        **{f"refused {r}": n for r, n in sender.reasons.items()},
+        "refused yet landed": len(landed),
+        **{f"creates {k}": n for k, n in sorted(creates.items())},
+    }
+    return figures, problems
 
 
 async def run(workdir: Path) -> ScenarioResult:
@@ -136,67 +211,24 @@ async def run(workdir: Path) -> ScenarioResult:
         svc.home.mkdir()
         probes: dict[str, Sent] = {}
         async with svc:
-            assert svc.nats is not None
-            # Clients that reconnect (the harness's does not): nats-server may be restarted.
+            # Clients that reconnect (the harness's does not): nats-server is restarted.
             sender = Sender(await _lasting_client(svc))
             prober = await _lasting_client(svc)
             stop = asyncio.Event()
             load = asyncio.create_task(sender.run(stop))
             await asyncio.sleep(BEFORE)
-            taken = await fill(disk)
-            filled_at = time.monotonic()
-            await asyncio.sleep(FULL_FOR)
-            decided_full = await _decides(prober, probes)
-            free(disk)
-            freed_at = time.monotonic()
-            recovered_alone = False
-            while time.monotonic() - freed_at < FREED_WAIT:
-                if await _decides(prober, probes):
-                    recovered_alone = True
-                    break
-                await asyncio.sleep(1)
-            if not recovered_alone:
-                await svc.nats.stop()
-                await svc.nats.start()
-            while not await _decides(prober, probes):
-                if time.monotonic() - freed_at > 120:
-                    problems.append("no command decided within 120 s of the space coming back")
-                    break
-            serving_again = time.monotonic() - freed_at
+            fault, problems = await _fill_and_free(svc, disk, prober, probes)
             await asyncio.sleep(AFTER)
             stop.set()
             await load
             await sender.destroy_rest()
             await sender.client.close()
             await prober.close()
-
-            problems += await check_all(
-                svc.nats_urls, svc.home, sent=sender.sent, terminal_timeout=180
-            )
-            view = await read_log(svc.nats_urls)
-            landed = {c: s for c, s in sender.refused.items() if c in view.by_command}
-            problems += [
-                f"refused yet landed: {p}"
-                for p in await every_command_terminal(svc.nats_urls, landed, timeout=30)
-            ]
-            problems += account_unfinished(
-                view, {c: s for c, s in probes.items() if c in view.by_command}
-            )
-            problems += duplicated(view, sender.sent | landed)
-            problems += failed_internally(view, sender.sent | landed)
-            problems += [f"crashed: {c}" for c in svc.crashed()]
+            outcome, found = await _verify(svc, sender, probes)
+            problems += found
             figures = {
-                "MiB disk": SIZE_MB,
-                "MiB filled": round(taken / (1 << 20), 1),
-                "s full": round(freed_at - filled_at, 1),
-                "commands": len(sender.sent) + len(sender.refused),
-                "acked": len(sender.sent),
-                "refused": len(sender.refused),
-                **{f"refused {r}": n for r, n in sender.reasons.items()},
-                "refused yet landed": len(landed),
-                "decided when full {}": "yes" if decided_full else "no",
-                "recovered without a restart {}": "yes" if recovered_alone else "no",
-                "s to decide again": round(serving_again, 1),
+                **fault,
+                **outcome,
                 "nats-server errors logged": _errors_logged(svc.logs / "nats-server.log"),
                 "MiB free at the end": round(free_bytes(disk) / (1 << 20), 1),
             }
