@@ -107,6 +107,15 @@ class AccountRows:
         if isinstance(event, UsageMetered):
             self.usage.append((project, event, seq))
 
+    def take(self) -> AccountRows:
+        """The rows changed since the last take, handed over to be written (the known states
+        stay; the changes start again empty)."""
+        taken = AccountRows()
+        taken.dirty, self.dirty = self.dirty, {}
+        taken.usage, self.usage = self.usage, []
+        taken.known = {k: self.known[k] for k in taken.dirty}
+        return taken
+
     def clear(self, *, forget: bool = False) -> None:
         self.dirty.clear()
         self.usage.clear()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
@@ -10,16 +13,18 @@ from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
     KEY_EVENTS,
-    POOL_EVENTS,
+    NOT_SANDBOX_EVENTS,
     SNAPSHOT_EVENTS,
     CommandRejected,
+    Event,
     HostEvent,
     HostInspected,
     HostReaped,
+    SandboxEvent,
 )
 from sandboxer.projections.account_rows import AccountRows
 from sandboxer.projections.key_rows import KeyRows
-from sandboxer.projections.route_rows import RouteSamples
+from sandboxer.projections.route_rows import SAMPLED_EVENTS, RouteSamples
 from sandboxer.projections.sandbox_view import SandboxView
 
 __all__ = ["Batch"]
@@ -27,6 +32,18 @@ __all__ = ["Batch"]
 log = logging.getLogger(__name__)
 
 LIVE_CACHE_LIMIT = 10_000
+
+_SANDBOX = "sandbox"
+_OTHER = "other"
+_KINDS: dict[type[Any], str] = {}
+"""Event class -> which fold it goes to, so most events cost one dict look-up, not a chain of
+``isinstance`` checks (replay folds hundreds of thousands of them)."""
+
+
+def _classify(cls: type[Any]) -> str:
+    kind = _OTHER if issubclass(cls, NOT_SANDBOX_EVENTS) else _SANDBOX
+    _KINDS[cls] = kind
+    return kind
 
 
 class Batch:
@@ -50,17 +67,45 @@ class Batch:
         self._routes = RouteSamples()
         self._accounts = AccountRows()
         self._keys = KeyRows()
+        self._writing: asyncio.Future[None] | None = None
         self.position = 0
         self.size = 0
 
     async def apply(self, seq: int, data: bytes) -> None:
-        self.position = seq
-        self.size += 1
-        try:
-            event = decode_event(data)
-        except UnknownEventType as unknown:
-            log.warning("event %d skipped: %s", seq, unknown)
-            return
+        await self.apply_many(((seq, data),))
+
+    async def apply_many(self, items: Iterable[tuple[int, bytes]]) -> None:
+        """Fold events in log order. The loop awaits only to read a state back from the view
+        (live) or for the rarer aggregates, so a rebuild folds a whole chunk of the log
+        without giving up control per event."""
+        known = self._known
+        dirty = self._dirty
+        fresh = self._fresh
+        for seq, data in items:
+            self.position = seq
+            self.size += 1
+            try:
+                event = decode_event(data)
+            except UnknownEventType as unknown:
+                log.warning("event %d skipped: %s", seq, unknown)
+                continue
+            cls = type(event)
+            kind = _KINDS.get(cls) or _classify(cls)
+            if kind is not _SANDBOX:
+                await self._apply_other(event, seq)
+                continue
+            sandbox_event: SandboxEvent = event  # type: ignore[assignment]  # (its kind says so)
+            sandbox_id = sandbox_event.sandbox_id
+            state = known.get(sandbox_id)
+            if state is None:
+                stored = None if fresh else await self._view.load_state(sandbox_id)
+                state = stored or SandboxState(sandbox_id=sandbox_id)
+            known[sandbox_id] = evolved = evolve(state, sandbox_event)
+            if cls in SAMPLED_EVENTS:
+                self._routes.observe(state, evolved, sandbox_event, seq)
+            dirty[sandbox_id] = seq
+
+    async def _apply_other(self, event: Event, seq: int) -> None:
         if isinstance(event, CommandRejected):
             self._rejections.append((event, seq))
         elif isinstance(event, HostInspected | HostReaped):
@@ -70,8 +115,6 @@ class Batch:
             await self._accounts.apply(event, seq, load)
         elif isinstance(event, KEY_EVENTS):
             await self._keys.apply(event, seq, None if self._fresh else self._view.load_key)
-        elif isinstance(event, POOL_EVENTS):
-            pass  # pool members are no one's sandboxes: the pool keepers index them
         elif isinstance(event, SNAPSHOT_EVENTS):
             snapshot_id = event.snapshot_id
             snapshot = self._snapshots.get(snapshot_id)
@@ -80,41 +123,51 @@ class Batch:
                 snapshot = saved or SnapshotState(snapshot_id=snapshot_id)
             self._snapshots[snapshot_id] = evolve_snapshot(snapshot, event)
             self._dirty_snapshots[snapshot_id] = seq
-        else:
-            sandbox_id = event.sandbox_id
-            state = self._known.get(sandbox_id)
-            if state is None:
-                stored = None if self._fresh else await self._view.load_state(sandbox_id)
-                state = stored or SandboxState(sandbox_id=sandbox_id)
-            self._known[sandbox_id] = evolved = evolve(state, event)
-            self._routes.observe(state, evolved, event, seq)
-            self._dirty[sandbox_id] = seq
+        # else a pool event: pool members are no one's sandboxes, the pool keepers index them
 
-    async def flush(self) -> None:
+    async def flush(self, *, behind: bool = False) -> None:
+        """Write what was folded since the last flush, and the position, in one transaction.
+
+        ``behind`` starts the write and returns at once, so a rebuild folds the next events
+        while SQLite writes these in its own thread. The write takes the rows with it (the
+        batch starts new buffers), and the next ``flush`` or ``settle`` waits for it first:
+        transactions still commit in log order, and a failed write raises there."""
+        await self.settle()
         if not self.size:
             return
         known = self._known
-        await self._view.save(
+        save = self._view.save(
             [(known[sandbox_id], seq) for sandbox_id, seq in self._dirty.items()],
             self._rejections,
             self.position,
             self._host_events,
             [(self._snapshots[sid], seq) for sid, seq in self._dirty_snapshots.items()],
             self._routes,
-            self._accounts,
-            self._keys,
+            self._accounts.take(),
+            self._keys.take(),
         )
-        self._routes.clear()
-        self._accounts.clear(
-            forget=not self._fresh and len(self._accounts.known) > LIVE_CACHE_LIMIT
-        )
-        self._keys.clear(forget=not self._fresh and len(self._keys.known) > LIVE_CACHE_LIMIT)
-        self._dirty_snapshots.clear()
-        self._dirty.clear()
-        self._rejections.clear()
-        self._host_events.clear()
+        self._routes = RouteSamples()
+        self._dirty = {}
+        self._dirty_snapshots = {}
+        self._rejections = []
+        self._host_events = []
         self.size = 0
-        if not self._fresh and len(known) > LIVE_CACHE_LIMIT:
-            known.clear()
-        if not self._fresh and len(self._snapshots) > LIVE_CACHE_LIMIT:
-            self._snapshots.clear()
+        if not self._fresh:
+            if len(self._accounts.known) > LIVE_CACHE_LIMIT:
+                self._accounts.known.clear()
+            if len(self._keys.known) > LIVE_CACHE_LIMIT:
+                self._keys.known.clear()
+            if len(known) > LIVE_CACHE_LIMIT:
+                known.clear()
+            if len(self._snapshots) > LIVE_CACHE_LIMIT:
+                self._snapshots.clear()
+        if behind:
+            self._writing = asyncio.ensure_future(save)
+        else:
+            await save
+
+    async def settle(self) -> None:
+        """Wait for the write ``flush(behind=True)`` started, if any (raising its error)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing

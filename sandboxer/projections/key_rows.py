@@ -72,6 +72,14 @@ class KeyRows:
         self.known[event.key_id] = evolve_key(state, event)
         self.dirty[event.key_id] = seq
 
+    def take(self) -> KeyRows:
+        """The rows changed since the last take, handed over to be written (the known states
+        stay; the changes start again empty)."""
+        taken = KeyRows()
+        taken.dirty, self.dirty = self.dirty, {}
+        taken.known = {k: self.known[k] for k in taken.dirty}
+        return taken
+
     def clear(self, *, forget: bool = False) -> None:
         self.dirty.clear()
         if forget:

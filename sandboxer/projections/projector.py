@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from sandboxer.bus.event_reader import last_sequence, read_events
-from sandboxer.bus.replay_reader import replay_events
+from sandboxer.bus.replay_reader import replay_batches
 from sandboxer.errors import ReplayUnsupported
+from sandboxer.projections.fewer_collections import fewer_collections
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.sandbox_view import FINGERPRINT, SandboxView
 
@@ -142,33 +144,43 @@ class Projector:
 
     async def _build(self, path: Path, stop_seq: int | None) -> ReplayReport:
         await asyncio.to_thread(path.unlink, missing_ok=True)
-        view = await SandboxView.open(path)
+        view = await SandboxView.open(path, scratch=True)
         started = time.perf_counter()
         count = 0
+        batch = Batch(view, fresh=True)
         try:
-            batch = Batch(view, fresh=True)
-            async for seq, data in self._whole_log(stop_seq):
-                await batch.apply(seq, data)
-                count += 1
-                if batch.size >= REBUILD_FLUSH_EVERY:
-                    await batch.flush()
-            await batch.flush()
+            with fewer_collections():
+                async for events in self._whole_log(stop_seq):
+                    await batch.apply_many(events)
+                    count += len(events)
+                    if batch.size >= REBUILD_FLUSH_EVERY:
+                        await batch.flush(behind=True)  # written while the next ones fold
+                await batch.flush()
             position = await view.position()
         finally:
+            with contextlib.suppress(Exception):  # the build failed: its error is the one to see
+                await batch.settle()
             await view.close()
         return ReplayReport(count, position, time.perf_counter() - started)
 
-    async def _whole_log(self, stop_seq: int | None) -> AsyncIterator[tuple[int, bytes]]:
-        """The log from sequence 1: the raw bulk reader when it can, nats-py otherwise."""
+    async def _whole_log(self, stop_seq: int | None) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """The log from sequence 1 in chunks: the raw bulk reader when it can, nats-py
+        otherwise."""
         end = await last_sequence(self._js) if stop_seq is None else stop_seq
         try:
-            async for seq, data in replay_events(self._nc, self._js, start_seq=1, stop_seq=end):
-                yield seq, data
+            async for events in replay_batches(self._nc, self._js, start_seq=1, stop_seq=end):
+                yield events
             return
         except ReplayUnsupported as why:
             log.info("replaying through nats-py: %s", why)
-        async for seq, _subject, data, _pending in read_events(self._js, start_seq=1, stop_seq=end):
-            yield seq, data
+        chunk: list[tuple[int, bytes]] = []
+        async for seq, _subject, data, pending in read_events(self._js, start_seq=1, stop_seq=end):
+            chunk.append((seq, data))
+            if pending == 0 or len(chunk) >= FLUSH_EVERY:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     async def rebuild(self) -> ReplayReport:
         """Replay the whole log into a new database and swap it in for the live one."""
@@ -203,6 +215,13 @@ class Projector:
 
 def _swap(fresh: Path, live: Path) -> None:
     """Put the rebuilt database in place of the live one (whose journal files are stale)."""
+    # The rebuild wrote without syncs (a scratch file): it is made durable once, here,
+    # before it becomes the view a crash would leave behind.
+    fd = os.open(fresh, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     fresh.replace(live)
     for suffix in ("-wal", "-shm"):
         Path(str(live) + suffix).unlink(missing_ok=True)

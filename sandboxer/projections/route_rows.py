@@ -30,12 +30,13 @@ from sandboxer.domain.route_signals import (
     signals_from_rows,
 )
 from sandboxer.domain.sandbox_state import SandboxState
-from sandboxer.events.types import SandboxEvent
+from sandboxer.events.types import SandboxEvent, SandboxFailed, SandboxReady, SandboxRerouting
 
 __all__ = [
     "KEEP",
     "ROUTE_SCHEMA",
     "ROUTE_TABLES",
+    "SAMPLED_EVENTS",
     "RouteSamples",
     "load_signals",
     "save_route_samples",
@@ -73,6 +74,10 @@ class _Where(msgspec.Struct):
 
 
 _decode_where = msgspec.json.Decoder(_Where).decode
+
+SAMPLED_EVENTS: frozenset[type[Any]] = frozenset({SandboxReady, SandboxFailed, SandboxRerouting})
+"""The only event classes :meth:`RouteSamples.observe` takes a sample from (a ``ready``'s
+latency, a retryable failure or a refusal): replay skips the call for every other event."""
 
 ROUTE_TABLES = (("route_latency", "key"), ("route_failures", "seq"))
 """(table, key) pairs, for the view's dump."""

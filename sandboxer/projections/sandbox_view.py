@@ -156,10 +156,18 @@ class SandboxView:
         self._db = db
 
     @classmethod
-    async def open(cls, path: Path) -> SandboxView:
+    async def open(cls, path: Path, *, scratch: bool = False) -> SandboxView:
+        """Open (or create) the view at ``path``. ``scratch``: a fresh file a rebuild fills
+        and that is swapped in only once complete, so it needs no crash safety: no journal
+        on disk and no syncs (a torn scratch file is thrown away and rebuilt again)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path)
-        await db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + SCHEMA)
+        pragmas = (
+            "PRAGMA journal_mode=MEMORY; PRAGMA synchronous=OFF;"
+            if scratch
+            else "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+        )
+        await db.executescript(pragmas + SCHEMA)
         view = cls(db)
         if await view.fingerprint() is None and await view.position() == 0:
             await db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (FINGERPRINT,))
