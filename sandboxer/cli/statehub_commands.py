@@ -15,9 +15,6 @@ from sandboxer.cli.common import JsonOpt, load_settings, run, with_client
 from sandboxer.cli.output import print_json
 from sandboxer.client import SandboxerClient
 from sandboxer.errors import BusError
-from sandboxer.statehub.follower import STATUS_SUBJECT, consumer_lag, status_file
-from sandboxer.statehub.status import DeliveryStatus
-from sandboxer.workers.http_delivery import public_url
 
 __all__ = ["statehub_app"]
 
@@ -28,6 +25,12 @@ statehub_app = typer.Typer(
 
 async def _status(client: SandboxerClient) -> dict[str, Any]:
     """The running role's answer; without one, what the server and this machine know."""
+    # Here, not at the top: every command (`up` too) loads this module, and the follower's
+    # HTTP client (httpx) is for the statehub role and this command alone.
+    from sandboxer.statehub.follower import STATUS_SUBJECT, consumer_lag, status_file
+    from sandboxer.statehub.status import DeliveryStatus
+    from sandboxer.workers.http_delivery import public_url
+
     try:
         msg = await client.nc.request(STATUS_SUBJECT, b"{}", timeout=5.0)
     except (NoRespondersError, NatsTimeout):

@@ -21,14 +21,11 @@ import os
 from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, overload
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from sandboxer.bus.nats_auth import NatsCredentials
 from sandboxer.client.bus import SandboxerClient
 from sandboxer.client.bus_transport import BusTransport
-from sandboxer.client.http import HttpTransport
 from sandboxer.client.results import (
     Accepted,
     Account,
@@ -47,6 +44,11 @@ from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.service_discovery import find_service_urls, read_service_file
 from sandboxer.transfer import Copied, StdinSource
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB
+
+if TYPE_CHECKING:
+    # httpx (with the CLI helpers it loads) only for a client of the HTTP API: the bus
+    # client, which the CLI and `sandboxer up` import, does without it.
+    import httpx
 
 __all__ = ["API_KEY_VARIABLE", "HTTP_URL_VARIABLE", "Sandboxer"]
 
@@ -112,6 +114,8 @@ class Sandboxer:
         """Speak the HTTP API at ``base_url`` bearing ``api_key`` (the key decides the
         actor and what it may see: docs/http-api.md#keys). ``timeout`` bounds a request
         that waits for nothing; ``transport`` is httpx's (a proxy, a test's)."""
+        from sandboxer.client.http import HttpTransport
+
         return cls(HttpTransport.open(base_url, api_key, timeout=timeout, transport=transport))
 
     @classmethod

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import stamina
 
 from sandboxer.errors import ProviderAuth, ProviderError, ProviderQuota, ProviderUnavailable
 from sandboxer.secrets import redact
+
+if TYPE_CHECKING:
+    # httpx is imported when a backend first reaches its provider (it has a key): `sandboxer
+    # up` runs the hosted backends whether or not they have one.
+    import httpx
 
 __all__ = ["ProviderHttp", "provider_message"]
 
@@ -61,6 +65,8 @@ class ProviderHttp:
         self._budget = retry_budget
         self._attempts = attempts
         self._wait_initial = wait_initial
+        import httpx
+
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), headers=dict(auth_headers), timeout=timeout
         )
@@ -80,6 +86,8 @@ class ProviderHttp:
         sandbox_id: str | None = None,
     ) -> httpx.Response:
         """The 2xx answer (or one whose status is in ``accept``, such as a 404 on delete)."""
+        import httpx
+
         is_transient: Callable[[Exception], bool] = lambda exc: isinstance(  # noqa: E731
             exc, ProviderUnavailable | httpx.TransportError
         )

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import stamina
 
 from sandboxer.errors import DeliveryFailed, DeliveryRefused, SandboxerError
+
+if TYPE_CHECKING:
+    # httpx is imported where a delivery is made: `sandboxer up` loads this module for
+    # public_url, and its meter export and State Hub run only when configured.
+    import httpx
 
 __all__ = ["HttpDelivery", "never_refused", "public_url"]
 
@@ -73,6 +78,8 @@ class HttpDelivery:
         on_failure: Callable[[DeliveryFailed], None] | None = None,
         auth: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
+        import httpx
+
         self.url = url
         self.shown_url = public_url(url)
         self._label = label
@@ -111,6 +118,8 @@ class HttpDelivery:
         raise AssertionError("unreachable: retries have no limit")  # pragma: no cover
 
     async def _attempt(self, body: bytes, headers: Mapping[str, str]) -> int:
+        import httpx
+
         try:
             auth = self._auth() if self._auth is not None else {}
             sent_headers = {"Content-Type": "application/json", **headers, **auth}

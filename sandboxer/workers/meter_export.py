@@ -28,9 +28,8 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 from nats.js import JetStreamContext
 
@@ -38,6 +37,9 @@ from sandboxer import subjects
 from sandboxer.bus.event_reader import read_events
 from sandboxer.workers.http_delivery import RETRY_WAIT_MAX, HttpDelivery, public_url
 from sandboxer.workers.restarting import keep_running
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["FileExport", "HttpExport", "export_line", "run_meter_export"]
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from sandboxer.errors import ProviderError
 from sandboxer.hosted.http import ProviderHttp
+
+if TYPE_CHECKING:
+    import httpx  # imported where used, as in ProviderHttp
 
 __all__ = ["DaytonaApi", "ProviderSandbox"]
 
@@ -87,6 +88,8 @@ class DaytonaApi:
 
     async def list(self, labels: Mapping[str, str]) -> list[ProviderSandbox]:
         """``GET /sandbox`` with the JSON-encoded label filter, every page, errored ones too."""
+        import httpx
+
         found: list[ProviderSandbox] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
-
 from sandboxer.errors import ProviderError
 from sandboxer.extensions.e2b.config import E2bEndpoint, E2bSettings
 from sandboxer.extensions.e2b.wire import (
@@ -113,6 +111,8 @@ class E2bApi:
 
     async def list_live(self, metadata: Mapping[str, str] | None = None) -> list[Listed]:
         """Every running or paused sandbox of the team, or those whose metadata match."""
+        import httpx
+
         found: list[Listed] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
