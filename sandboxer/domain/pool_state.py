@@ -46,6 +46,8 @@ __all__ = [
 MemberStatus = Literal["new", "adding", "ready", "claimed", "removed"]
 
 _MEMBER_ID = re.compile(r"^pool[0-9a-f]{16}$")
+CLAIMS_REMEMBERED = 10_000
+"""Claims an index keeps (sandbox -> member): a retried job asks within minutes, not days."""
 
 
 def new_member_id() -> str:
@@ -217,8 +219,14 @@ class PoolIndex:
         known = self.members.get(event.member_id) or MemberState(member_id=event.member_id)
         state = evolve_member(known, event)
         if state.status == "claimed" and state.claimed_by is not None:
-            self.claimed_by[state.claimed_by] = state.member_id
+            self.note_claim(state.claimed_by, state.member_id)
         self.members[event.member_id] = state
+
+    def note_claim(self, sandbox_id: str, member_id: str) -> None:
+        """Remember who claimed what, for the retries of recent claims only."""
+        self.claimed_by[sandbox_id] = member_id
+        if len(self.claimed_by) > CLAIMS_REMEMBERED:
+            del self.claimed_by[next(iter(self.claimed_by))]  # the oldest
 
     def of_pool(self, pool: str) -> list[MemberState]:
         return [member for member in self.members.values() if member.pool == pool]

@@ -28,6 +28,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from nats.aio.client import Client
@@ -306,12 +307,18 @@ class PoolKeeper:
             elif not item.alive:
                 await self._remove(member_id, "its processes died")
         for member in list(self.index.members.values()):
-            if member.node != self.node or member.member_id in found:
-                if member.status in {"removed", "claimed"} and member.member_id not in found:
-                    self.index.forget(member.member_id)
-                continue
-            if member.status == "ready" or (member.status == "adding" and self._abandoned(member)):
+            if member.status in {"removed", "claimed"} and member.member_id not in found:
+                # Its story is over (a claimed one is its sandbox now): the index lets it go.
+                self.index.forget(member.member_id)
+                self._last_seq.pop(member.member_id, None)
+            elif self._lost(member, found):
                 await self._remove(member.member_id, "it is gone from its node")
+
+    def _lost(self, member: MemberState, found: Mapping[str, object]) -> bool:
+        """One of this node's members the log counts on that the node no longer holds."""
+        if member.node != self.node or member.member_id in found:
+            return False
+        return member.status == "ready" or (member.status == "adding" and self._abandoned(member))
 
     def _abandoned(self, member: MemberState) -> bool:
         """Being made, by no one: not by this keeper, and its maker's process is gone."""
@@ -375,7 +382,7 @@ class PoolKeeper:
         state = loaded.state
         self.index.members[state.member_id] = state
         if state.claimed_by is not None:
-            self.index.claimed_by[state.claimed_by] = state.member_id
+            self.index.note_claim(state.claimed_by, state.member_id)
         self._last_seq[state.member_id] = loaded.last_seq
 
     # -- the query --------------------------------------------------------------------------
