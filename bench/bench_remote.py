@@ -5,11 +5,21 @@ same steps done by hand over one SSH connection (connect, make the
 directory, rsync the repo, write the env file, ``docker-compose up -d``, list
 the containers; for the VM: connect, make the workspace, rsync), so the
 difference is sandboxer's overhead (bus, placement probe, events, checks).
+
+For compose the hand also does the two things a create must do that the
+steps above leave out (docs/performance.md, "SSH backends"): the profile's
+network policy is deny, which sandboxer enforces whatever the compose file
+says, so the hand asks compose for the services and starts them with an
+override giving each ``network_mode: none``; and "ready" means every
+container seen running twice, ``STABLE_AFTER`` apart (a container that
+crashes at once must not pass), so the hand lists them twice that far apart
+in one command. Without these the baseline measured a different job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -23,6 +33,7 @@ from _docker import start_docker_engine
 from _harness import main, nats, percentile_rows, progress, require_tool, service
 from _table import Row, Target
 
+from sandboxer.extensions.compose_ssh.readiness import STABLE_AFTER
 from sandboxer.ssh import remote, session, sync
 from tests.integration.remote_fixtures import SshHosts, write_hosts_file
 
@@ -54,8 +65,19 @@ async def by_hand(host, repo: Path, i: int, *, compose: bool) -> float:  # type:
         await sync.sync_dir(host.name, host.host, conn, repo, directory)
         if compose:
             await remote.put_file(conn, f"{directory}/.env", b"TOKEN=x\n")
-            await remote.run(conn, [*base, "up", "-d"], env=host.host.env, cwd=directory)
-            await remote.run(conn, [*base, "ps", "-q"], env=host.host.env, cwd=directory)
+            listed = await remote.run(
+                conn, [*base, "config", "--services"], env=host.host.env, cwd=directory
+            )
+            services = {name: {"network_mode": "none"} for name in listed.stdout.split()}
+            override = f"{directory}/no-network.json"
+            await remote.put_file(conn, override, json.dumps({"services": services}).encode())
+            up = [*base, "-f", override, "up", "-d"]
+            await remote.run(conn, up, env=host.host.env, cwd=directory)
+            twice = 'docker ps -q --filter "$1"; sleep "$2"; docker ps -q --filter "$1"'
+            label = f"label=com.docker.compose.project=byhand{i}"
+            await remote.run(
+                conn, ["sh", "-c", twice, "sh", label, str(STABLE_AFTER)], env=host.host.env
+            )
     elapsed = (time.perf_counter() - started) * 1000
     async with session(host.name, host.host) as conn:
         if compose:

@@ -53,6 +53,7 @@ from sandboxer.extensions.compose_ssh.service_exec import check_service, exec_in
 from sandboxer.extensions.compose_ssh.stack import Plan, Stack, no_network_override
 from sandboxer.extensions.ssh_access import ssh_access
 from sandboxer.extensions.ssh_backend import SshBackend
+from sandboxer.extensions.ssh_handover import Handover
 from sandboxer.extensions.ssh_targets import (
     Target,
     host_telemetry,
@@ -71,8 +72,6 @@ READY_TIMEOUT = 60.0
 """Seconds ``wait_ready`` waits for every container to be running."""
 UP_TIMEOUT = 1800.0
 """``up -d`` may pull or build images."""
-REMEMBERED_SERVICES = 1024
-"""At most this many provisions' service lists are kept for their wait_ready."""
 
 
 class ComposeSshExtension(SshBackend):
@@ -83,11 +82,10 @@ class ComposeSshExtension(SshBackend):
     def __init__(self, settings: Settings, *, ready_timeout: float = READY_TIMEOUT) -> None:
         super().__init__(settings)
         self.ready_timeout = ready_timeout
-        self._services_listed: dict[str, list[str]] = {}
+        self._services_listed: Handover[list[str]] = Handover()
         """Services a provision asked compose for (deny and allowlist policies need them),
-        by sandbox id, kept for its wait_ready: compose is slow to start (docker-compose 1.x
-        and podman-compose are Python programs), so it is asked once per create. A
-        wait_ready that finds none here (another process provisioned) asks compose."""
+        for its wait_ready: compose is slow to start (docker-compose 1.x and podman-compose
+        are Python programs), so it is asked once per create (:mod:`..ssh_handover`)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ComposeSshExtension:
@@ -99,7 +97,7 @@ class ComposeSshExtension(SshBackend):
         plan = self._plan(request)  # every check before any connection
         stack, sandbox_id = plan.stack, request.sandbox_id
         values = list(request.secrets.values())
-        self._services_listed.pop(sandbox_id, None)  # a retry asks compose again
+        self._services_listed.drop(sandbox_id)  # a retry asks compose again
         started = time.monotonic()
         try:
             async with session(stack.target) as conn:
@@ -139,13 +137,13 @@ class ComposeSshExtension(SshBackend):
                     await remote.put_file(conn, stack.env_path, text.encode(), mode=0o600)
                 if stack.no_network:  # deny: every service gets network_mode none
                     services = await self._services(conn, stack.without_override(), values)
-                    self._remember_services(sandbox_id, services)
+                    self._services_listed.give(sandbox_id, services)
                     await remote.put_file(
                         conn, stack.no_network_path, no_network_override(services).encode()
                     )
                 if stack.egress:  # an allowlist: the internal network, rules and proxy
                     services = await self._services(conn, stack.without_override(), values)
-                    self._remember_services(sandbox_id, services)
+                    self._services_listed.give(sandbox_id, services)
                     bridge = await egress.prepare(
                         conn,
                         stack.target,
@@ -200,7 +198,7 @@ class ComposeSshExtension(SshBackend):
         values = list(request.secrets.values())
         try:
             async with session(stack.target) as conn:
-                listed = self._services_listed.pop(sandbox_id, None)
+                listed = self._services_listed.take(sandbox_id)
                 if listed is not None:
                     services, running = listed, await await_running(conn, stack, self.ready_timeout)
                 else:
@@ -366,12 +364,6 @@ class ComposeSshExtension(SshBackend):
             egress=network == "allowlist",
         )
         return Plan(stack, repo, volumes.seed_keys(repo, sandbox_id))
-
-    def _remember_services(self, sandbox_id: str, services: list[str]) -> None:
-        # Bounded: a provision whose wait_ready never comes (it failed) must not pile up.
-        while len(self._services_listed) >= REMEMBERED_SERVICES:
-            self._services_listed.pop(next(iter(self._services_listed)))
-        self._services_listed[sandbox_id] = services
 
     async def _services(self, conn: Connection, stack: Stack, values: list[str]) -> list[str]:
         try:

@@ -29,6 +29,7 @@ from sandboxer.extensions import ssh_checks as checks
 from sandboxer.extensions.base import ProvisionRequest, Readiness
 from sandboxer.extensions.ssh_access import ssh_access
 from sandboxer.extensions.ssh_backend import SshBackend
+from sandboxer.extensions.ssh_handover import Handover
 from sandboxer.extensions.ssh_targets import (
     SHORT_TIMEOUT,
     Target,
@@ -63,6 +64,12 @@ class VmPackerExtension(SshBackend):
 
     id = "ext.vm-packer"
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._filled: Handover[dict[str, Any]] = Handover()
+        """For wait_ready: the access of a workspace its provision has just made and filled,
+        over a connection verified against the hosts file (:mod:`..ssh_handover`)."""
+
     @classmethod
     def from_settings(cls, settings: Settings) -> VmPackerExtension:
         return cls(settings)
@@ -74,6 +81,7 @@ class VmPackerExtension(SshBackend):
         sandbox_id = request.sandbox_id
         values = list(request.secrets.values())
         workspace = item.workspace(sandbox_id)
+        self._filled.drop(sandbox_id)
         started = time.monotonic()
         try:
             async with session(item) as conn:
@@ -107,6 +115,8 @@ class VmPackerExtension(SshBackend):
                     )
                 for index, instruction in enumerate(request.profile.setup.instructions):
                     await self._setup(conn, item, request, index, instruction)
+                # Everything above ran in or into the workspace, so it is there now.
+                self._filled.give(sandbox_id, ssh_access(item, conn, workdir=workspace))
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         log.info(
@@ -121,10 +131,13 @@ class VmPackerExtension(SshBackend):
         item, _ = self._plan(request)
         sandbox_id = request.sandbox_id
         workspace = item.workspace(sandbox_id)
+        reach = self._filled.take(sandbox_id)
+        present = reach is not None  # this worker's provision has just filled it
         try:
-            async with session(item) as conn:
-                present = await exists(conn, workspace, "d")
-                reach = ssh_access(item, conn, workdir=workspace)
+            if reach is None:
+                async with session(item) as conn:
+                    present = await exists(conn, workspace, "d")
+                    reach = ssh_access(item, conn, workdir=workspace)
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(
                 exc, request.secrets.values(), sandbox_id=sandbox_id, extension=self.id
