@@ -1,0 +1,86 @@
+"""Replay's fast paths fold the same rows as the plain ones.
+
+The rebuild folds the log in chunks, writes each batch while the next one
+folds (``flush(behind=True)``), skips route sampling for events that give no
+sample and collects garbage less often. These check each against the
+straightforward way, on the golden events of every kind stored so far.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+from typing import Any
+
+from sandboxer.domain.route_signals import failure_sample, latency_sample
+from sandboxer.domain.sandbox_state import SandboxState, evolve
+from sandboxer.events.codec import decode_event
+from sandboxer.events.types import NOT_SANDBOX_EVENTS
+from sandboxer.projections.fewer_collections import REPLAY_THRESHOLD, fewer_collections
+from sandboxer.projections.folding import Batch
+from sandboxer.projections.route_rows import SAMPLED_EVENTS
+from sandboxer.projections.sandbox_view import SandboxView
+from tests.unit.test_golden_events import GOLDEN
+
+
+def golden_log() -> list[tuple[int, bytes]]:
+    """Every golden event file's events, one after another, numbered as one log."""
+    bodies = [
+        json.loads(line)["body"].encode()
+        for path in sorted(GOLDEN.glob("*events-*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+    return list(enumerate(bodies, start=1))
+
+
+async def fold_into(path: Path, log: list[tuple[int, bytes]], every: int, chunk: int) -> Any:
+    view = await SandboxView.open(path, scratch=True)
+    try:
+        batch = Batch(view, fresh=True)
+        for start in range(0, len(log), chunk):
+            await batch.apply_many(log[start : start + chunk])
+            if batch.size >= every:
+                await batch.flush(behind=True)
+        await batch.flush()
+        return await view.dump(), await view.position()
+    finally:
+        await view.close()
+
+
+async def test_chunked_folds_and_writes_behind_give_the_rows_of_one_event_at_a_time(
+    tmp_path: Path,
+) -> None:
+    log = golden_log()
+    one_by_one = await fold_into(tmp_path / "one.sqlite3", log, every=1, chunk=1)
+    for every, chunk in ((5, 3), (20, 7), (10_000, 10_000)):
+        assert await fold_into(tmp_path / f"{every}.sqlite3", log, every, chunk) == one_by_one
+    assert one_by_one[1] == len(log)
+    assert one_by_one[0]["sandboxes"]
+
+
+def test_only_the_sampled_event_classes_give_route_samples() -> None:
+    states: dict[str, SandboxState] = {}
+    sampled = 0
+    for _seq, data in golden_log():
+        event = decode_event(data)
+        if isinstance(event, NOT_SANDBOX_EVENTS):
+            continue
+        before = states.get(event.sandbox_id) or SandboxState(sandbox_id=event.sandbox_id)
+        after = states[event.sandbox_id] = evolve(before, event)
+        gives = latency_sample(before, after, event) or failure_sample(before, event)
+        if type(event) not in SAMPLED_EVENTS:
+            assert gives is None, event
+        sampled += gives is not None
+    assert sampled  # the golden events do have ready latencies in them
+
+
+def test_fewer_collections_nests_and_puts_the_thresholds_back() -> None:
+    before = gc.get_threshold()
+    with fewer_collections():
+        assert gc.get_threshold()[0] >= REPLAY_THRESHOLD
+        with fewer_collections():
+            assert gc.get_threshold()[0] >= REPLAY_THRESHOLD
+        assert gc.get_threshold()[0] >= REPLAY_THRESHOLD
+    assert gc.get_threshold() == before
