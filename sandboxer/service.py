@@ -219,6 +219,12 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
             await projector.close()
 
 
+def _http_url(listener: socket.socket) -> str:
+    from sandboxer.gateway.serve import http_url
+
+    return http_url(listener)
+
+
 def gateway_lacks_identity(settings: Settings, *, required: bool) -> bool:
     """With NATS credentials, the gateway needs the client identity's (docs/security.md):
     ``worker gateway`` stops, ``up`` goes on without the gateway and says why."""
@@ -271,9 +277,12 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    from sandboxer.gateway.serve import bind_gateway, http_url
+    listener = None
+    if "gateway" in chosen:
+        # The gateway's modules (FastAPI, uvicorn: about 20 MB) only in a process that runs it.
+        from sandboxer.gateway.serve import bind_gateway
 
-    listener = bind_gateway(settings, chosen, required=roles is not None)
+        listener = bind_gateway(settings, chosen, required=roles is not None)
     if listener is not None and gateway_lacks_identity(settings, required=roles is not None):
         chosen.remove("gateway")
         listener.close()
@@ -299,7 +308,7 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
             "home": str(settings.home),
             "started_at": utc_now(),
             "embedded": settings.embedded,
-            **({"http_url": http_url(listener)} if listener is not None else {}),
+            **({"http_url": _http_url(listener)} if listener is not None else {}),
         }
         record = settings.service_file if settings.embedded and roles is None else None
         try:
