@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +49,7 @@ from sandboxer.extensions.compose_ssh.egress_plan import (
     unsafe_services,
 )
 from sandboxer.extensions.compose_ssh.pausing import set_paused
-from sandboxer.extensions.compose_ssh.readiness import await_running
+from sandboxer.extensions.compose_ssh.readiness import await_running, settled, up_and_look
 from sandboxer.extensions.compose_ssh.service_exec import check_service, exec_in_service
 from sandboxer.extensions.compose_ssh.stack import Plan, Stack, no_network_override
 from sandboxer.extensions.ssh_access import ssh_access
@@ -74,6 +75,18 @@ UP_TIMEOUT = 1800.0
 """``up -d`` may pull or build images."""
 
 
+@dataclass(frozen=True)
+class _Provisioned:
+    """What a provision saw, handed to its wait_ready so it need not ask the host again."""
+
+    services: list[str] | None
+    """The compose file's services, when the policy made provision list them."""
+    sightings: engine.Sightings | None
+    """Readiness's two sightings, taken in the same command as ``up -d``."""
+    access: dict[str, Any] | None
+    """The ssh access shape, from the connection verified against the hosts file."""
+
+
 class ComposeSshExtension(SshBackend):
     """Compose stacks on SSH hosts; hosts come from the hosts file, read at every call."""
 
@@ -82,10 +95,8 @@ class ComposeSshExtension(SshBackend):
     def __init__(self, settings: Settings, *, ready_timeout: float = READY_TIMEOUT) -> None:
         super().__init__(settings)
         self.ready_timeout = ready_timeout
-        self._services_listed: Handover[list[str]] = Handover()
-        """Services a provision asked compose for (deny and allowlist policies need them),
-        for its wait_ready: compose is slow to start (docker-compose 1.x and podman-compose
-        are Python programs), so it is asked once per create (:mod:`..ssh_handover`)."""
+        self._provisioned: Handover[_Provisioned] = Handover()
+        """What a provision saw, for its wait_ready (:mod:`..ssh_handover`)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ComposeSshExtension:
@@ -97,7 +108,9 @@ class ComposeSshExtension(SshBackend):
         plan = self._plan(request)  # every check before any connection
         stack, sandbox_id = plan.stack, request.sandbox_id
         values = list(request.secrets.values())
-        self._services_listed.drop(sandbox_id)  # a retry asks compose again
+        self._provisioned.drop(sandbox_id)  # a retry starts over
+        listed: list[str] | None = None
+        sightings: engine.Sightings | None = None
         started = time.monotonic()
         try:
             async with session(stack.target) as conn:
@@ -137,13 +150,13 @@ class ComposeSshExtension(SshBackend):
                     await remote.put_file(conn, stack.env_path, text.encode(), mode=0o600)
                 if stack.no_network:  # deny: every service gets network_mode none
                     services = await self._services(conn, stack.without_override(), values)
-                    self._services_listed.give(sandbox_id, services)
+                    listed = services
                     await remote.put_file(
                         conn, stack.no_network_path, no_network_override(services).encode()
                     )
                 if stack.egress:  # an allowlist: the internal network, rules and proxy
                     services = await self._services(conn, stack.without_override(), values)
-                    self._services_listed.give(sandbox_id, services)
+                    listed = services
                     bridge = await egress.prepare(
                         conn,
                         stack.target,
@@ -161,9 +174,13 @@ class ComposeSshExtension(SshBackend):
                         conn, stack.target, stack.project, stack.directory, plan.volume_keys
                     )
                     await volumes.remove_seed(conn, stack.target, stack.directory)
-                await self._up(conn, stack, values, "-d")
                 if stack.egress:  # after up: podman makes the bridge when a container joins
+                    await self._up(conn, stack, values, "-d")
                     await egress.start_proxy(conn, stack.target, sandbox_id)
+                else:  # readiness's two sightings in the same remote command as `up -d`
+                    sightings = await self._up(conn, stack, values, "-d", look=True)
+                access = ssh_access(stack.target, conn, workdir=stack.directory, enter=enter(stack))
+                self._provisioned.give(sandbox_id, _Provisioned(listed, sightings, access))
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         log.info(
@@ -177,9 +194,15 @@ class ComposeSshExtension(SshBackend):
             (time.monotonic() - synced) * 1000,
         )
 
-    async def _up(self, conn: Connection, stack: Stack, values: list[str], flag: str) -> None:
+    async def _up(
+        self, conn: Connection, stack: Stack, values: list[str], flag: str, *, look: bool = False
+    ) -> engine.Sightings | None:
+        """``up FLAG``; with ``look``, readiness's two sightings right after, same command."""
         try:
+            if look:
+                return await up_and_look(conn, stack, stack.argv("up", flag), UP_TIMEOUT)
             await stack.run(conn, "up", flag, timeout=UP_TIMEOUT)
+            return None
         except RemoteCommandFailed as exc:
             raise checks.with_output(
                 exc,
@@ -196,18 +219,27 @@ class ComposeSshExtension(SshBackend):
         plan = self._plan(request)
         stack, sandbox_id = plan.stack, request.sandbox_id
         values = list(request.secrets.values())
+        # What this worker's provision saw: with the services known and both sightings
+        # settled, the stack is confirmed without another round trip.
+        seen = self._provisioned.take(sandbox_id) or _Provisioned(None, None, None)
+        running = settled(seen.sightings) if seen.sightings is not None else None
         try:
-            async with session(stack.target) as conn:
-                listed = self._services_listed.take(sandbox_id)
-                if listed is not None:
-                    services, running = listed, await await_running(conn, stack, self.ready_timeout)
-                else:
-                    services, running = await asyncio.gather(
-                        self._services(conn, stack, values),
-                        await_running(conn, stack, self.ready_timeout),
+            if seen.services is not None and running is not None and seen.access is not None:
+                services, reach = seen.services, seen.access
+            else:
+                async with session(stack.target) as conn:
+                    waiting = await_running(conn, stack, self.ready_timeout, seen.sightings)
+                    if seen.services is not None:
+                        services, running = seen.services, await waiting
+                    else:
+                        services, running = await asyncio.gather(
+                            self._services(conn, stack, values), waiting
+                        )
+                    reach = ssh_access(
+                        stack.target, conn, workdir=stack.directory, enter=enter(stack)
                     )
-                found = containers.assess(running, services)
-                reach = ssh_access(stack.target, conn, workdir=stack.directory, enter=enter(stack))
+            assert running is not None  # settled, or waited for
+            found = containers.assess(running, services)
         except (SandboxerError, OSError) as exc:
             raise checks.scrubbed(exc, values, sandbox_id=sandbox_id, extension=self.id) from None
         warnings = []

@@ -8,6 +8,8 @@ ours, so "command not found" reads as no containers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sandboxer.errors import RemoteCommandFailed
 from sandboxer.extensions.compose_ssh import containers
 from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT, Target
@@ -16,6 +18,7 @@ from sandboxer.ssh import Connection, deadline, remote
 __all__ = [
     "DOWN_TIMEOUT",
     "ENGINE_MISSING",
+    "Sightings",
     "list_containers",
     "list_containers_twice",
     "owned_containers",
@@ -54,19 +57,22 @@ exit 0
 
 
 # The same listing twice, $2 seconds apart on the host, in one round trip (readiness
-# needs two sightings; each remote command costs the host a login shell). Each listing
-# is followed by a line "@@sbx-status N" with its exit status.
+# needs two sightings; each remote command costs the host a login shell). With more
+# arguments after the label $3, that command runs first (compose's `up -d`, its output
+# sent to stderr), and its failure is the script's exit status. Each listing is followed
+# by a line "@@sbx-status N" with its exit status.
 _TWICE_SCRIPT = r"""
-engine=$1 pause=$2
-shift 2
+engine=$1 pause=$2 label=$3
+shift 3
+if [ "$#" -gt 0 ]; then "$@" >&2 || exit $?; fi
 list() {
-  ids=$("$engine" ps -aq "$@") || return $?
+  ids=$("$engine" ps -aq --filter "$label") || return $?
   if [ -z "$ids" ]; then echo '[]'; return 0; fi
   "$engine" inspect $ids
 }
-list "$@"; echo "@@sbx-status $?"
+list; echo "@@sbx-status $?"
 sleep "$pause"
-list "$@"; echo "@@sbx-status $?"
+list; echo "@@sbx-status $?"
 """
 _STATUS_LINE = "@@sbx-status "
 
@@ -93,15 +99,35 @@ async def list_containers(
     return _listed(item, result)
 
 
+Sightings = tuple[list[containers.Container], list[containers.Container]]
+"""Two listings of the same containers, taken some time apart on the host."""
+
+
 async def list_containers_twice(
-    conn: Connection, item: Target, pause: float, *filters: str
-) -> tuple[list[containers.Container], list[containers.Container]]:
-    """:func:`list_containers` twice, ``pause`` seconds apart on the host, in one command."""
+    conn: Connection,
+    item: Target,
+    pause: float,
+    label: str,
+    *,
+    first: Sequence[str] = (),
+    cwd: str | None = None,
+    timeout: float = SHORT_TIMEOUT,
+) -> Sightings:
+    """Containers with ``label``, listed twice ``pause`` seconds apart on the host, in one
+    command; after the command ``first`` when given (run in ``cwd``), whose non-zero exit
+    is :class:`RemoteCommandFailed` with its status and last output lines."""
     argv = ["sh", "-c", _TWICE_SCRIPT, "sh", containers.engine(item.config)]
-    argv += [deadline.seconds_text(pause), *_filter_args(filters)]
+    argv += [deadline.seconds_text(pause), label, *first]
     result = await remote.run(
-        conn, argv, env=item.config.env, timeout=SHORT_TIMEOUT + pause, check=False
+        conn, argv, env=item.config.env, cwd=cwd, timeout=timeout + pause, check=False
     )
+    if result.exit_status != 0 and first:
+        raise RemoteCommandFailed(
+            f"{first[0]!r} on host {item.name} exited with status {result.exit_status}",
+            exit_status=result.exit_status,
+            output_tail="\n".join((result.stdout + result.stderr).splitlines()[-40:]),
+            extension=EXTENSION,
+        )
     if result.exit_status != 0:  # the script itself failed (its listings' statuses are lines)
         raise engine_failed(item, "ps", result)
     listings: list[list[containers.Container]] = []
