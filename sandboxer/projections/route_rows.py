@@ -39,6 +39,7 @@ __all__ = [
     "SAMPLED_EVENTS",
     "RouteSamples",
     "load_signals",
+    "newest_latencies",
     "save_route_samples",
 ]
 
@@ -108,14 +109,40 @@ class RouteSamples:
         return bool(self.latencies or self.failures)
 
 
+def newest_latencies(
+    latencies: list[tuple[LatencySample, int]],
+) -> tuple[list[tuple[LatencySample, int]], list[str]]:
+    """The samples of a batch that can be among their extension's :data:`KEEP` newest once
+    written (the last per key, as ``INSERT OR REPLACE`` leaves it), and the keys of the
+    others. A rebuild's batch holds thousands of samples per extension, of which the prune
+    would keep fifty: writing only those, and deleting the keys of the rest (which their
+    insert would have replaced), leaves the same rows."""
+    last: dict[str, tuple[LatencySample, int]] = {}
+    for sample, seq in latencies:
+        last[sample.key] = (sample, seq)
+    by_extension: dict[str, list[tuple[LatencySample, int]]] = {}
+    for item in last.values():
+        by_extension.setdefault(item[0].extension, []).append(item)
+    kept: list[tuple[LatencySample, int]] = []
+    dropped: list[str] = []
+    for items in by_extension.values():
+        if len(items) <= KEEP:
+            kept.extend(items)
+            continue
+        items.sort(key=lambda item: item[1], reverse=True)
+        kept.extend(items[:KEEP])
+        dropped.extend(sample.key for sample, _ in items[KEEP:])
+    return kept, dropped
+
+
 async def save_route_samples(db: aiosqlite.Connection, samples: RouteSamples) -> None:
     """Write the samples and prune each touched extension (the caller commits)."""
+    kept, dropped = newest_latencies(samples.latencies)
+    if dropped:  # what their own insert would have replaced, before the prune removed them
+        await db.executemany("DELETE FROM route_latency WHERE key = ?", [(k,) for k in dropped])
     await db.executemany(
         "INSERT OR REPLACE INTO route_latency VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (s.key, s.extension, s.host, s.started_at, s.ready_at, s.seconds, seq)
-            for s, seq in samples.latencies
-        ],
+        [(s.key, s.extension, s.host, s.started_at, s.ready_at, s.seconds, seq) for s, seq in kept],
     )
     await db.executemany(
         "INSERT OR REPLACE INTO route_failures VALUES (?, ?, ?, ?)",

@@ -2,7 +2,8 @@
 
 The rebuild folds the log in chunks, writes each batch while the next one
 folds (``flush(behind=True)``), skips route sampling for events that give no
-sample and collects garbage less often. These check each against the
+sample, writes only the latency samples the prune would keep and collects
+garbage less often. These check each against the
 straightforward way, on the golden events of every kind stored so far.
 """
 
@@ -10,16 +11,25 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 from pathlib import Path
 from typing import Any
 
-from sandboxer.domain.route_signals import failure_sample, latency_sample
+import aiosqlite
+
+from sandboxer.domain.route_signals import LatencySample, failure_sample, latency_sample
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.events.codec import decode_event
 from sandboxer.events.types import NOT_SANDBOX_EVENTS
 from sandboxer.projections.fewer_collections import REPLAY_THRESHOLD, fewer_collections
 from sandboxer.projections.folding import Batch
-from sandboxer.projections.route_rows import SAMPLED_EVENTS
+from sandboxer.projections.route_rows import (
+    KEEP,
+    ROUTE_SCHEMA,
+    SAMPLED_EVENTS,
+    RouteSamples,
+    save_route_samples,
+)
 from sandboxer.projections.sandbox_view import SandboxView
 from tests.unit.test_golden_events import GOLDEN
 
@@ -74,6 +84,51 @@ def test_only_the_sampled_event_classes_give_route_samples() -> None:
             assert gives is None, event
         sampled += gives is not None
     assert sampled  # the golden events do have ready latencies in them
+
+
+async def route_rows_after(batches: list[list[tuple[LatencySample, int]]], plain: bool) -> Any:
+    async with aiosqlite.connect(":memory:") as db:
+        await db.executescript(ROUTE_SCHEMA)
+        for latencies in batches:
+            if not plain:
+                await save_route_samples(db, RouteSamples(latencies=latencies))
+                continue
+            # What the rows were before samples were pruned in memory: every one written.
+            for s, seq in latencies:
+                await db.execute(
+                    "INSERT OR REPLACE INTO route_latency VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (s.key, s.extension, s.host, s.started_at, s.ready_at, s.seconds, seq),
+                )
+            for extension in sorted({s.extension for s, _ in latencies}):
+                await db.execute(
+                    "DELETE FROM route_latency WHERE extension = ? AND seq NOT IN (SELECT seq "
+                    "FROM route_latency WHERE extension = ? ORDER BY seq DESC LIMIT ?)",
+                    (extension, extension, KEEP),
+                )
+        async with db.execute("SELECT * FROM route_latency ORDER BY key") as cursor:
+            return await cursor.fetchall()
+
+
+async def test_latency_samples_pruned_before_writing_leave_the_rows_of_writing_them_all() -> None:
+    rng = random.Random(13)
+    seq = 0
+    for _ in range(20):
+        batches = []
+        for _ in range(rng.randint(1, 5)):
+            batch = []
+            # One extension crowds each batch, so the others' rows outlive it.
+            weights = [rng.random() ** 4 for _ in range(3)]
+            for _ in range(rng.randint(0, 4 * KEEP)):
+                seq += 1
+                # Few keys, so keys repeat within and across batches and across extensions.
+                key = f"sbx{rng.randint(0, 3 * KEEP)}:1"
+                (extension,) = rng.choices(("ext.a", "ext.b", "ext.c"), weights)
+                sample = LatencySample(key, extension, None, "t0", f"t{seq}", seq / 10)
+                batch.append((sample, seq))
+            batches.append(batch)
+        pruned = await route_rows_after(batches, plain=False)
+        assert pruned == await route_rows_after(batches, plain=True)
+        assert pruned
 
 
 def test_fewer_collections_nests_and_puts_the_thresholds_back() -> None:
