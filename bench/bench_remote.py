@@ -2,9 +2,9 @@
 
 Baseline, measured in the same run and alternating with the creates: the
 same steps done by hand over one SSH connection (connect, make the
-directory, rsync the repo, write the env file, ``docker-compose up -d``, list
-the containers; for the VM: connect, make the workspace, rsync), so the
-difference is sandboxer's overhead (bus, placement probe, events, checks).
+directory and rsync the repo, write the env file, ``docker-compose up -d``,
+list the containers; for the VM: connect, make the workspace and rsync), so
+the difference is sandboxer's overhead (bus, placement probe, events, checks).
 
 For compose the hand also does the two things a create must do that the
 steps above leave out (docs/performance.md, "SSH backends"): the profile's
@@ -61,7 +61,7 @@ async def by_hand(host, repo: Path, i: int, *, compose: bool) -> float:  # type:
     base = ["docker-compose", "-p", f"byhand{i}", "-f", f"{directory}/docker-compose.yml"]
     started = time.perf_counter()
     async with session(host.name, host.host) as conn:
-        await remote.run(conn, ["mkdir", "-p", directory], env=host.host.env)
+        # sync_dir makes the directory (in the same command that asks for rsync).
         await sync.sync_dir(host.name, host.host, conn, repo, directory)
         if compose:
             await remote.put_file(conn, f"{directory}/.env", b"TOKEN=x\n")
