@@ -14,6 +14,7 @@ import asyncio
 import os
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -33,8 +34,18 @@ MIN_KILLS = 10
 BUS_LOOPS = 3
 ATTEMPTS = 4
 """Sends of one command id before the cycle counts as lost."""
+HTTP_BUDGET = 120.0
+"""Seconds one HTTP command is sent again while it gets 503s, 202s or no connection."""
 WAIT = 45.0
 """Seconds one send waits for its outcome (several ack waits: a kill costs about one)."""
+
+
+def _error_code(answer: httpx.Response) -> str:
+    """The error shape's ``code`` (docs/http-api.md#errors), or nothing (a 202)."""
+    try:
+        return str(answer.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 class Run:
@@ -88,27 +99,35 @@ class Run:
     async def http_send(
         self, http: httpx.AsyncClient, method: str, path: str
     ) -> tuple[int | None, str]:
-        """One HTTP command, sent again (same key) while the gateway is down or the wait runs
-        out; its final status (None when it never got one) and its sandbox."""
+        """One HTTP command, sent again (same key) while the gateway is down, answers 503 or its
+        wait runs out (202), for HTTP_BUDGET seconds; its final status (None when it never got
+        one) and its sandbox."""
         key = new_command_id()
         verb = "create" if method == "POST" else "destroy"
         sandbox_id = derive_sandbox_id(key) if verb == "create" else path.rsplit("/", 1)[1]
         self.sent[key] = Sent(verb, sandbox_id)
         body = {"profile": "profile.local"} if verb == "create" else None
-        for _ in range(ATTEMPTS * 3):
+        seen: list[str] = []  # what each send got, for the report
+        end = time.monotonic() + HTTP_BUDGET
+        while time.monotonic() < end:
             try:
                 answer = await http.request(
                     method, f"{path}?wait=30s", json=body, headers={"Idempotency-Key": key}
                 )
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                seen.append(type(exc).__name__)
                 await asyncio.sleep(0.5)  # the gateway is being restarted
                 continue
             if answer.status_code in {202, 503}:
+                seen.append(f"{answer.status_code} {_error_code(answer)}".strip())
                 self.resends += 1
                 await asyncio.sleep(0.5)
                 continue
             return answer.status_code, sandbox_id
-        self.problems.append(f"HTTP {method} {path} (key {key}): no answer but 202/503")
+        answers = ", ".join(f"{a} x{n}" for a, n in Counter(seen).items())
+        self.problems.append(
+            f"HTTP {method} {path} (key {key}): no outcome in {HTTP_BUDGET:g} s ({answers})"
+        )
         return None, sandbox_id
 
     async def http_loop(self, key: str) -> None:
