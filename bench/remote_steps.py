@@ -69,6 +69,11 @@ def _label(argv: Any) -> str:
     return " ".join(words[:2])[:40]
 
 
+def _file_label(path: str) -> str:
+    name = Path(path).name
+    return "marker" if name.startswith("sbx-") and name.endswith(".json") else name[:30]
+
+
 def _timed(name: Callable[..., str], func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -96,7 +101,7 @@ def hooks() -> Iterator[None]:
     wrap(connection, "connect", lambda *a, **k: "ssh connect")
     wrap(remote, "run", lambda conn, argv, **k: "run " + _label(argv))
     wrap(sync, "run", lambda conn, argv, **k: "run " + _label(argv))
-    wrap(remote, "put_file", lambda conn, path, data, **k: "sftp put " + Path(path).name[:30])
+    wrap(remote, "put_file", lambda conn, path, data, **k: "sftp put " + _file_label(path))
     wrap(sync, "_run_rsync", lambda *a, **k: "rsync (own ssh connection)")
     try:
         yield
