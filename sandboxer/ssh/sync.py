@@ -7,6 +7,9 @@ the same key and the same host-key trust as the asyncssh connection, with
 stops to ask a question. Hosts without rsync (or callers that ask for it)
 get an SFTP upload over the existing connection: the tree is uploaded next
 to the target and swapped in, so the result mirrors the local tree too.
+Into a directory the caller has just made, the tree goes as one tar stream
+over the existing connection instead: one remote command, no second SSH
+connection, and into an empty directory the same mirror.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import secrets
 import shlex
 import shutil
 import stat
+import tarfile
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -29,6 +34,7 @@ from sandboxer.config.hosts import HostConfig
 from sandboxer.errors import HostKeyRejected, HostUnreachable, InvalidInput, RemoteCommandFailed
 from sandboxer.ssh.connection import Connection, known_hosts_text
 from sandboxer.ssh.remote import run
+from sandboxer.ssh.streaming import CHUNK, stream
 
 if TYPE_CHECKING:
     import asyncssh  # imported where used: see connection.py
@@ -116,6 +122,68 @@ def _check_paths(local: Path, remote: str) -> str:
             f"remote directory {remote!r} must be an absolute path without '..', not '/'"
         )
     return "/" + posixpath.normpath(remote).lstrip("/")
+
+
+# Unpacks a tar stream from stdin into the directory $1 (just made, empty), with the
+# archive's modes and times: umask 0 because tar (GNU or busybox) masks modes with it
+# when not root, and -p is not universal. Exit 3: the host has no tar.
+_UNPACK_SCRIPT = r"""
+command -v tar >/dev/null 2>&1 || exit 3
+umask 0
+exec tar -x -f - -C "$1"
+"""
+NO_TAR = 3
+UNPACK_OUTPUT_BYTES = 8 * 1024
+
+
+def _pack(local: Path, archive: Path) -> None:
+    """``local`` as a tar file, its root as ``.``: directories, files and symlinks (as
+    links) with their modes and times; other kinds are left out, as the SFTP copy does."""
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if not (info.isdir() or info.isreg() or info.issym() or info.islnk()):
+            return None
+        return info
+
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(local, arcname=".", recursive=True, filter=keep)
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            yield chunk
+
+
+async def _unpack_into_empty(conn: Connection, local: Path, target: str, timeout: float) -> bool:
+    """Copy ``local`` into the empty directory ``target`` as one tar stream over ``conn``:
+    one remote command and no second connection. False when the host has no tar."""
+    with tempfile.TemporaryDirectory(prefix="sbx-pack-") as tmp:
+        archive = Path(tmp) / "tree.tar"
+        await asyncio.to_thread(_pack, local, archive)
+        said = bytearray()
+
+        async def keep(_stream: str, data: bytes) -> None:
+            said.extend(data)
+            del said[:-UNPACK_OUTPUT_BYTES]
+
+        code = await stream(
+            conn,
+            ["sh", "-c", _UNPACK_SCRIPT, "sh", target],
+            keep,
+            timeout=timeout,
+            stdin=_file_chunks(archive),
+        )
+    if code == NO_TAR:
+        return False
+    if code != 0:
+        raise RemoteCommandFailed(
+            f"unpacking {local} into {target} on the host (tar) exited with status {code}; "
+            "check the disk and that the SSH user can write there",
+            exit_status=code,
+            output_tail="\n".join(said.decode(errors="replace").splitlines()[-TAIL_LINES:]),
+        )
+    return True
 
 
 # Makes the target directory ($1) and says whether the host has rsync, in one round
@@ -316,7 +384,8 @@ async def sync_dir(
     prefer: Literal["auto", "sftp"] = "auto",
     timeout: float = 600,
     host_has_rsync: bool | None = None,
-) -> Literal["rsync", "sftp"]:
+    empty: bool = False,
+) -> Literal["rsync", "sftp", "tar"]:
     """Make ``remote`` on the host a copy of the local directory ``local``.
 
     Files, permissions, times and symlinks (as links) are copied; files
@@ -326,9 +395,16 @@ async def sync_dir(
     ``host_has_rsync`` is for a caller that has already made ``remote`` and
     asked the host about rsync in a round trip of its own (every remote
     command costs a login shell on the host); left ``None``, one command here
-    makes the directory and asks.
+    makes the directory and asks. ``empty`` says the caller has just made
+    ``remote`` and nothing is in it: then the tree goes as one tar stream over
+    ``conn`` (one remote command, where rsync opens a connection of its own
+    and runs a login shell there too); into an empty directory that is the
+    same mirror. A host without tar gets rsync or SFTP as above.
     """
     target = _check_paths(local, remote)
+    if empty and await _unpack_into_empty(conn, local, target, timeout):
+        log.debug("unpacked %s into %s:%s as a tar stream", local, name, target)
+        return "tar"
     if prefer == "auto" and shutil.which("rsync"):
         if host_has_rsync is None:
             host_has_rsync = await _prepare_for_rsync(conn, target)

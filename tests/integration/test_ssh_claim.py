@@ -1,8 +1,10 @@
-"""A fresh create's one-command claim (ssh_workspace.claim) against a real sshd on loopback."""
+"""A fresh create's one-command claim (ssh_workspace.claim) and the tar stream that fills
+the directory it made (sync_dir(empty=True)), against a real sshd on loopback."""
 
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 from sandboxer.extensions.ssh_targets import Target
 from sandboxer.extensions.ssh_workspace import claim, probe
-from sandboxer.ssh import session
+from sandboxer.ssh import session, sync_dir
 from tests.integration.remote_fixtures import SshHosts
 
 pytestmark = pytest.mark.integration
@@ -71,3 +73,33 @@ async def test_a_failing_first_command_claims_nothing(ssh_hosts: SshHosts) -> No
     assert not done.claimed
     assert not found.marker_exists
     assert not found.path_exists
+
+
+async def test_an_empty_directory_is_filled_by_one_tar_stream(
+    ssh_hosts: SshHosts, tmp_path: Path
+) -> None:
+    [info] = await ssh_hosts(1)
+    local, remote = tmp_path / "local", tmp_path / "remote" / "sbx-x"
+    (local / "sub" / "deeper").mkdir(parents=True)
+    (local / "file.txt").write_text("hello\n")
+    (local / "sub" / "deeper" / "data.bin").write_bytes(bytes(range(256)) * 64)
+    (local / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (local / "run.sh").chmod(0o755)
+    (local / "private").write_text("mine\n")
+    (local / "private").chmod(0o600)
+    os.utime(local / "file.txt", (1_600_000_000, 1_600_000_000))
+    (local / "link").symlink_to("sub/deeper/data.bin")
+    os.mkfifo(local / "fifo")  # left out, as the SFTP copy leaves it out
+    remote.mkdir(parents=True)
+    async with session(info.name, info.host) as conn:
+        used = await sync_dir(info.name, info.host, conn, local, str(remote), empty=True)
+    assert used == "tar"
+    assert (remote / "file.txt").read_text() == "hello\n"
+    assert (remote / "file.txt").stat().st_mtime == 1_600_000_000
+    assert (remote / "sub" / "deeper" / "data.bin").read_bytes() == bytes(range(256)) * 64
+    assert stat.S_IMODE((remote / "run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((remote / "private").stat().st_mode) == 0o600
+    assert os.readlink(remote / "link") == "sub/deeper/data.bin"
+    assert not (remote / "fifo").exists()
+    assert stat.S_IMODE(remote.stat().st_mode) == stat.S_IMODE(local.stat().st_mode)
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["sbx-x"]

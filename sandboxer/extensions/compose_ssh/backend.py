@@ -143,6 +143,7 @@ class ComposeSshExtension(SshBackend):
                     plan.repo,
                     stack.directory,
                     host_has_rsync=fresh.host_has_rsync if fresh.claimed else None,
+                    empty=fresh.claimed,  # claim made the directory just now
                 )
                 synced = time.monotonic()
                 if request.secrets:

@@ -105,6 +105,7 @@ class VmPackerExtension(SshBackend):
                         repo,
                         workspace,
                         host_has_rsync=fresh.host_has_rsync if fresh.claimed else None,
+                        empty=fresh.claimed,  # claim made the workspace just now
                     )
                 elif not fresh.claimed:
                     await remote.run(conn, ["mkdir", "-p", "--", workspace], timeout=SHORT_TIMEOUT)
