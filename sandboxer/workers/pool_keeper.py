@@ -142,9 +142,7 @@ class PoolKeeper:
     async def run(self, stop: asyncio.Event) -> None:
         await self._responder.serve({subjects.QUERY_POOL_LIST: self._answer_list})
         try:
-            await self.catch_up()
-            await self.reconcile()
-            reconciled = time.monotonic()
+            reconciled = time.monotonic() - RECONCILE_EVERY  # at the first look: start clean
             while not stop.is_set():
                 quiet_for = time.monotonic() - self._last_claim
                 if quiet_for < QUIET_AFTER_CLAIM:

@@ -34,6 +34,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import stamina
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
@@ -78,7 +79,20 @@ class ConsumerSpec:
 
 
 async def _ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
-    # Create-or-update: a restarted worker with new settings updates its durable.
+    """Create-or-update the durable (a restarted worker with new settings updates it).
+
+    A bus that cannot answer yet (a stream leader being elected, a cluster still
+    placing, a reconnect) is waited out, for as long as it takes: a worker that
+    gave up here would end its process, and its work would wait for a person.
+    """
+    async for attempt in stamina.retry_context(
+        on=is_transient, attempts=None, timeout=None, wait_initial=0.25, wait_max=MAX_RETRY_DELAY
+    ):
+        with attempt:
+            await _add_consumer(js, spec)
+
+
+async def _add_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
     await js.add_consumer(
         spec.stream,
         ConsumerConfig(
