@@ -8,7 +8,7 @@ a diagnostic. It starts the same loopback sshd and private dockerd as
 bench_remote, then calls the placement probe, ``provision`` and ``wait_ready``
 directly (no bus), with timing wrappers around every call that crosses the SSH
 boundary: connecting, each remote command (named by its program or script),
-SFTP writes, rsync. It prints, per step, how often it ran per create and its
+SFTP writes, rsync, the tar stream. It prints, per step, how often it ran per create and its
 median time, and the median create. Run alone: other load on the machine
 shows up in every figure.
 """
@@ -103,6 +103,7 @@ def hooks() -> Iterator[None]:
     wrap(sync, "run", lambda conn, argv, **k: "run " + _label(argv))
     wrap(remote, "put_file", lambda conn, path, data, **k: "sftp put " + _file_label(path))
     wrap(sync, "_run_rsync", lambda *a, **k: "rsync (own ssh connection)")
+    wrap(sync, "stream", lambda conn, argv, output, **k: "stream " + _label(argv))
     try:
         yield
     finally:

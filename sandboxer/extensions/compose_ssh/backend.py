@@ -1,8 +1,9 @@
 """``ext.compose-ssh``: a compose stack per sandbox on an SSH host from the hosts file.
 
 A sandbox is a directory ``<workspace_root>/sbx-<id>/`` on its placement
-host holding a copy of the ``repo`` input (rsync, or SFTP where rsync is
-missing), and the compose project ``sbx-<id>`` started from a compose file
+host holding a copy of the ``repo`` input (a tar stream into the directory a
+fresh create has just made, else rsync, or SFTP where rsync is missing), and
+the compose project ``sbx-<id>`` started from a compose file
 inside it with the host's ``compose_cmd`` (``docker compose``,
 ``docker-compose`` or ``podman-compose``). Secrets go to
 ``<dir>/.sandboxer.env`` (mode 0600) and into the environment of every
