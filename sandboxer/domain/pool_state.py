@@ -13,7 +13,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from sandboxer.errors import Rejected
 from sandboxer.events.actor import SYSTEM_ACTOR
@@ -143,17 +143,16 @@ def decide_member(state: MemberState, command: MemberCommand, now: str) -> list[
     Raises :class:`~sandboxer.errors.Rejected` when a claim reaches a member that is not
     ready or that another sandbox has: the claimer picks another member.
     """
-    member_id, pool = state.member_id, state.pool
     if isinstance(command, AddMember):
         if state.status != "new":
             return []
+        added = MemberState(member_id=command.member_id, pool=command.pool)
         return [
-            PoolMemberAdded(
-                member_id=command.member_id,
-                pool=command.pool,
-                command_id=command.round_id,
-                actor=SYSTEM_ACTOR,
-                at=now,
+            _event(
+                PoolMemberAdded,
+                added,
+                now,
+                command.round_id,
                 profile=command.profile,
                 profile_version=command.profile_version,
                 profile_digest=command.digest,
@@ -165,42 +164,33 @@ def decide_member(state: MemberState, command: MemberCommand, now: str) -> list[
     if isinstance(command, MarkMemberReady):
         if state.status != "adding":
             return []
-        return [
-            PoolMemberReady(
-                member_id=member_id,
-                pool=pool,
-                actor=SYSTEM_ACTOR,
-                at=now,
-                command_id=command.round_id,
-            )
-        ]
+        return [_event(PoolMemberReady, state, now, command.round_id)]
     if isinstance(command, ClaimMember):
         if state.status == "claimed" and state.claimed_by == command.sandbox_id:
             return []
         if state.status != "ready":
             raise Rejected("pool_member_taken", f"pool member {state.member_id} is {state.status}")
         return [
-            PoolMemberClaimed(
-                member_id=member_id,
-                pool=pool,
-                actor=SYSTEM_ACTOR,
-                at=now,
-                command_id=command.job_id,
-                sandbox_id=command.sandbox_id,
-            )
+            _event(PoolMemberClaimed, state, now, command.job_id, sandbox_id=command.sandbox_id)
         ]
     if state.status in {"new", "claimed", "removed"}:
         return []  # a claimed member is a sandbox now: its own teardown removes it
-    return [
-        PoolMemberRemoved(
-            member_id=member_id,
-            pool=pool,
-            actor=SYSTEM_ACTOR,
-            at=now,
-            command_id=command.round_id,
-            reason=command.reason,
-        )
-    ]
+    return [_event(PoolMemberRemoved, state, now, command.round_id, reason=command.reason)]
+
+
+E = TypeVar("E", PoolMemberAdded, PoolMemberReady, PoolMemberClaimed, PoolMemberRemoved)
+
+
+def _event(kind: type[E], state: MemberState, now: str, command_id: str, **fields: Any) -> E:
+    """One of the member's events, with what every one of them carries."""
+    return kind(
+        member_id=state.member_id,
+        pool=state.pool,
+        actor=SYSTEM_ACTOR,
+        at=now,
+        command_id=command_id,
+        **fields,
+    )
 
 
 @dataclass
