@@ -223,8 +223,8 @@ async def test_a_timeout_kills_the_command_and_all_it_started(remote: Remote, ba
     out: list[bytes] = []
     script = f"echo before; sleep {seconds} & sleep {seconds + 100}; echo after"
     with pytest.raises(CommandFailed) as failed:
+        # command_timeout: long enough for a loaded machine to start the exec and print "before".
         await client.exec(
-            # Long enough for a loaded machine to start the exec and print "before".
             sandbox_id, ["sh", "-c", script], lambda _s, d: out.append(d), command_timeout=4
         )
     assert failed.value.event["timed_out"] is True
