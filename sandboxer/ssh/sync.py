@@ -410,8 +410,8 @@ async def sync_dir(
             host_has_rsync = await _prepare_for_rsync(conn, target)
         if host_has_rsync:
             await _rsync(name, host, local, target, timeout)
-        log.debug("synced %s to %s:%s with rsync", local, name, target)
-        return "rsync"
+            log.debug("synced %s to %s:%s with rsync", local, name, target)
+            return "rsync"
     await _sftp(conn, local, target, timeout)
     log.debug("synced %s to %s:%s over SFTP", local, name, target)
     return "sftp"

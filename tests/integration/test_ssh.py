@@ -329,6 +329,22 @@ async def test_sync_dir_mirrors_files_and_symlinks(
         assert sorted(p.name for p in (tmp_path / "remote" / "ws").iterdir()) == ["repo"]
 
 
+async def test_a_host_without_rsync_gets_the_tree_over_sftp(
+    ssh_hosts: SshHosts, tmp_path: Path
+) -> None:
+    # A caller that already asked the host (ssh_workspace.claim) says it has no rsync:
+    # the tree must still arrive, over SFTP, even though this machine has rsync.
+    [info] = await ssh_hosts(1)
+    local, remote = tmp_path / "local", tmp_path / "remote" / "ws" / "repo"
+    make_tree(local)
+    remote.mkdir(parents=True)
+    (remote / "stale.txt").write_text("old")
+    async with session(info.name, info.host) as conn:
+        used = await sync_dir(info.name, info.host, conn, local, str(remote), host_has_rsync=False)
+    assert used == "sftp"
+    assert_mirrored(local, remote)
+
+
 @pytest.mark.parametrize("mode", ["host_key", "insecure"])
 async def test_rsync_trusts_the_host_like_the_connection(
     ssh_hosts: SshHosts, tmp_path: Path, mode: str
