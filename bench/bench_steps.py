@@ -387,6 +387,8 @@ def main() -> None:
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.revisions_only and not args.against:
+        parser.error("--revisions-only measures the --against revisions: name at least one")
     if args.serve:
         serve(args.serve)
         return

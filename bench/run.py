@@ -83,6 +83,10 @@ def run_module(name: str, limit: float) -> list[Row]:
 
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__.strip())
+        print(f"\nbenchmarks: {', '.join(MODULES)}")
+        return 0
     chosen = sys.argv[1:] or list(MODULES)
     unknown = [name for name in chosen if name not in MODULES]
     if unknown:
