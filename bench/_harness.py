@@ -118,12 +118,14 @@ async def running_service(tmp: Path, url: str) -> AsyncIterator[Running]:
     home = tmp / "home"
     home.mkdir(exist_ok=True)
     process = start_sandboxer(home, url, ["up"])
-    client = await SandboxerClient.connect([url], actor={"type": "atm", "id": "bench"})
-    try:
+    client: SandboxerClient | None = None
+    try:  # a client that cannot connect must not leave the service running
+        client = await SandboxerClient.connect([url], actor={"type": "atm", "id": "bench"})
         await until_healthy(client, [process], home / "service.log")
         yield Running(client, process, home)
     finally:
-        await client.close()
+        if client is not None:
+            await client.close()
         await stop_process(process)
         await teardown_local(home)
 
