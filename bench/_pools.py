@@ -4,8 +4,7 @@ Each entry has at least ``profile``, ``extension``, ``ready`` and
 ``provisioning``. The benchmarks wait for a pool to be full before timing and
 let it refill between sequential creates. The client's ``pools()`` is asked
 in-process rather than through the CLI: a CLI process per poll would cost
-half a second of a core while the pool refills. A checkout without pools
-makes the warm rows ``n/a``.
+half a second of a core while the pool refills.
 """
 
 from __future__ import annotations
@@ -16,12 +15,7 @@ from typing import Any
 
 from sandboxer.client import SandboxerClient
 
-__all__ = ["pool_profile", "pools_built", "wait_pool_full"]
-
-
-def pools_built() -> bool:
-    """Whether this checkout has warm pools (``sandboxer pools``)."""
-    return hasattr(SandboxerClient, "pools")
+__all__ = ["pool_profile", "wait_pool_full"]
 
 
 def pool_profile(profile_id: str, size: int) -> str:

@@ -31,14 +31,13 @@ from _harness import (
     running_service,
     tempdir,
 )
-from _pools import pool_profile, pools_built, wait_pool_full
+from _pools import pool_profile, wait_pool_full
 from _table import Row, Target, failed
 
 SEQUENTIAL = 50
 DOCKER_RUNS = 20  # ~0.3 s each
 CONCURRENT = 100
 POOL_PROFILE = "profile.bench-pool"
-POOLS_NOT_BUILT = "pools not built yet"
 
 BWRAP_TRUE = [
     "bwrap",
@@ -147,21 +146,7 @@ async def cold(tmp: Path) -> tuple[list[Row], list[float]]:
     return rows, docker_ms
 
 
-def warm_not_built() -> list[Row]:
-    def na(figure: str, unit: str, target: Target | None) -> Row:
-        return Row(figure, unit, target=target, failure=POOLS_NOT_BUILT, not_applicable=True)
-
-    return [
-        na("create→ready warm (pool) p50", "ms", Target("<=", 5.0)),
-        na("create→ready warm (pool) p95", "ms", None),
-        na(f"{CONCURRENT} concurrent creates→all ready, pool", "s", Target("<=", 0.3)),
-    ]
-
-
 async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
-    if not pools_built():
-        progress("warm: `sandboxer pools` does not exist in this checkout: rows n/a")
-        return warm_not_built()
     home = tmp / "home"
     (home / "profiles").mkdir(parents=True)
     (home / "profiles" / f"{POOL_PROFILE}.yaml").write_text(pool_profile(POOL_PROFILE, CONCURRENT))
