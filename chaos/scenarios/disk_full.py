@@ -162,6 +162,7 @@ async def _fill_and_free(
         if time.monotonic() - freed_at > 120:
             problems.append("no command decided within 120 s of the space coming back")
             break
+        await asyncio.sleep(1)  # a probe refused at once must not become a flood of them
     figures: dict[str, object] = {
         "MiB disk": SIZE_MB,
         "MiB filled": round(taken / (1 << 20), 1),
