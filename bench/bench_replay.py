@@ -1,7 +1,7 @@
 """Replay throughput over 200k events, against raw reads of the same stream.
 
 The log is filled with valid lifecycle events for 33k sandboxes (pipelined
-publishes, not timed); then the same stream is read three times in this run:
+publishes, not timed); then the same stream is read four times in this run:
 raw with an ordered consumer and raw with the bulk protocol the replay uses
 (both only counting messages), then read in the replay's chunks and folded in
 memory alone (decode and evolve, nothing written: the floor any rebuild in
