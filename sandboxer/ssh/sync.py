@@ -146,7 +146,9 @@ def _pack(local: Path, archive: Path) -> None:
         return info
 
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
-        tar.add(local, arcname=".", recursive=True, filter=keep)
+        # Resolved: a root given as a symlink is the directory it names (as rsync's
+        # ``local/`` and the SFTP walk read it), not a link to unpack over the target.
+        tar.add(local.resolve(), arcname=".", recursive=True, filter=keep)
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:

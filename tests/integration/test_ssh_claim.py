@@ -103,3 +103,20 @@ async def test_an_empty_directory_is_filled_by_one_tar_stream(
     assert not (remote / "fifo").exists()
     assert stat.S_IMODE(remote.stat().st_mode) == stat.S_IMODE(local.stat().st_mode)
     assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["sbx-x"]
+
+
+async def test_a_local_root_given_as_a_symlink_is_the_directory_it_names(
+    ssh_hosts: SshHosts, tmp_path: Path
+) -> None:
+    [info] = await ssh_hosts(1)
+    local, remote = tmp_path / "local", tmp_path / "remote" / "sbx-y"
+    local.mkdir()
+    (local / "file.txt").write_text("hello\n")
+    alias = tmp_path / "alias"
+    alias.symlink_to(local)
+    remote.mkdir(parents=True)
+    async with session(info.name, info.host) as conn:
+        used = await sync_dir(info.name, info.host, conn, alias, str(remote), empty=True)
+    assert used == "tar"
+    assert not remote.is_symlink()
+    assert (remote / "file.txt").read_text() == "hello\n"
