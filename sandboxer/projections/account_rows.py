@@ -116,12 +116,6 @@ class AccountRows:
         taken.known = {k: self.known[k] for k in taken.dirty}
         return taken
 
-    def clear(self, *, forget: bool = False) -> None:
-        self.dirty.clear()
-        self.usage.clear()
-        if forget:
-            self.known.clear()
-
 
 async def save_account_rows(db: aiosqlite.Connection, rows: AccountRows) -> None:
     """Write the changed rows (the caller commits, with the position)."""

@@ -80,11 +80,6 @@ class KeyRows:
         taken.known = {k: self.known[k] for k in taken.dirty}
         return taken
 
-    def clear(self, *, forget: bool = False) -> None:
-        self.dirty.clear()
-        if forget:
-            self.known.clear()
-
 
 async def save_key_rows(db: aiosqlite.Connection, rows: KeyRows) -> None:
     """Write the changed rows (the caller commits, with the position)."""

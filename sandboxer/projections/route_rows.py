@@ -101,10 +101,6 @@ class RouteSamples:
         if failure is not None:
             self.failures.append((failure, seq))
 
-    def clear(self) -> None:
-        self.latencies.clear()
-        self.failures.clear()
-
     def __bool__(self) -> bool:
         return bool(self.latencies or self.failures)
 
