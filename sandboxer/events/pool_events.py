@@ -70,7 +70,8 @@ class PoolMemberClaimed(_PoolEventBase, frozen=True, kw_only=True, tag="pool_mem
 
 
 class PoolMemberRemoved(_PoolEventBase, frozen=True, kw_only=True, tag="pool_member_removed"):
-    """The member is gone (torn down): drained, made for an older profile, or dead."""
+    """The member is given up unclaimed (drained, made for an older profile, or dead); it is
+    torn down after this event, so a claim that lands first keeps it."""
 
     reason: str
 

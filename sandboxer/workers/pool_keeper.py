@@ -292,6 +292,10 @@ class PoolKeeper:
         """Square this node's member directories with the log: tear down what no one will
         use, record as removed what is gone."""
         found = {item.sandbox_id: item for item in await self._members.list_sandboxes()}
+        # Read the log after the directories: a member another process added (its record
+        # comes before its directory) or claimed and moved (its record comes before the
+        # move) since the last catch-up is then known, not taken for a stray or a loss.
+        await self.catch_up()
         for member_id, item in found.items():
             member = self.index.members.get(member_id)
             if member is None or member.status == "removed":
@@ -345,8 +349,14 @@ class PoolKeeper:
         return state.status not in {"requested", "routed", "provisioning", "recreating"}
 
     async def _remove(self, member_id: str, reason: str) -> None:
-        await self._teardown(member_id)
+        """On record first, then torn down: the removal's append expects the member's last
+        event as the index saw it, so a create of another process that claimed it meanwhile
+        keeps it (torn down first, its sandbox would lose its processes and network). A
+        crash between the two leaves a removed member in the pool directory: reconcile's."""
         await self._decide(member_id, RemoveMember(reason=reason, round_id=new_command_id()))
+        member = self.index.members.get(member_id)
+        if member is None or member.status != "claimed":
+            await self._teardown(member_id)
 
     async def _teardown(self, member_id: str) -> None:
         if is_member_id(member_id):

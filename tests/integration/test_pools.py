@@ -12,9 +12,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
+from sandboxer.config.catalog import Catalog
+from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.workers.pool_keeper import PoolKeeper
 from tests.integration.conftest import Service, reap_local, start_service
 
 pytestmark = pytest.mark.integration
@@ -239,3 +245,57 @@ async def test_a_backend_declaration_can_pool_its_profiles(nats_server: Any, hom
         await svc.shutdown()
         await reap_local(home)
     assert member_dirs(home) == set()
+
+
+async def test_a_removal_leaves_a_member_another_process_claimed(
+    nats_server: Any, home: Path
+) -> None:
+    write_profile(home, min_ready=1, max_=1)
+    catalog = Catalog.load(home)
+    profile = catalog.profile("profile.warm")
+    nc = await nats.connect(nats_server.url)
+    try:
+        await ensure_streams(nc.jetstream())
+        store = JetStreamEventStore(nc, nc.jetstream())
+        keeper = PoolKeeper(nc, store, catalog, LocalExtension(home / "local"), worker="a")
+        await keeper._refill()  # makes one member
+        await asyncio.gather(*keeper._tasks)
+        (member_id,) = member_dirs(home)
+        other = PoolKeeper(nc, store, catalog, LocalExtension(home / "local"), worker="b")
+        await other.catch_up()
+        assert await other.claim(profile, "sbxclaimed01", "job-1", retry=False) == member_id
+
+        # The first keeper's index still says ready: its removal must not tear the member down.
+        assert keeper.index.members[member_id].status == "ready"
+        await keeper._remove(member_id, "drained: beyond max")
+        assert member_dirs(home) == {member_id}
+        found = await keeper._members.list_sandboxes()
+        assert [(f.sandbox_id, f.alive) for f in found] == [(member_id, True)]
+        assert keeper.index.members[member_id].status == "claimed"
+    finally:
+        await nc.close()
+        await reap_local(home)
+
+
+async def test_reconcile_knows_members_another_process_made_since_its_catch_up(
+    nats_server: Any, home: Path
+) -> None:
+    write_profile(home, min_ready=1, max_=1)
+    catalog = Catalog.load(home)
+    nc = await nats.connect(nats_server.url)
+    try:
+        await ensure_streams(nc.jetstream())
+        store = JetStreamEventStore(nc, nc.jetstream())
+        keeper = PoolKeeper(nc, store, catalog, LocalExtension(home / "local"), worker="a")
+        await keeper.catch_up()  # before the other keeper's member existed
+        other = PoolKeeper(nc, store, catalog, LocalExtension(home / "local"), worker="b")
+        await other._refill()
+        await asyncio.gather(*other._tasks)
+        (member_id,) = member_dirs(home)
+
+        await keeper.reconcile()
+        assert member_dirs(home) == {member_id}  # not taken for a stray
+        assert keeper.index.members[member_id].status == "ready"
+    finally:
+        await nc.close()
+        await reap_local(home)
