@@ -151,8 +151,9 @@ class Pooling(Protocol):
 
     async def claim(self, member_id: str, request: Any) -> Any:
         """Make member ``member_id`` the sandbox ``request.sandbox_id`` with this create's
-        inputs and secrets; return its Readiness. Idempotent; ExtensionError when the
-        member is gone or dead (the create is then made cold)."""
+        inputs and secrets; return its Readiness. Idempotent; SandboxNotFound when the
+        member is gone or dead (the create is then made cold); any other error fails the
+        create as on a cold create."""
 
 
 @runtime_checkable

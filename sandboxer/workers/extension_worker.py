@@ -48,6 +48,7 @@ from sandboxer.errors import (
     ExtensionError,
     ProviderError,
     SandboxerError,
+    SandboxNotFound,
     StreamUnavailable,
 )
 from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
@@ -345,7 +346,7 @@ class ExtensionWorker:
             return await backend.wait_ready(request), None
         try:
             readiness: Readiness = await backend.claim(member_id, request)
-        except ExtensionError as exc:
+        except SandboxNotFound as exc:  # only a dead member: a failing setup fails the create
             log.warning(
                 "sandbox %s: pool member %s unusable (%s); made cold",
                 request.sandbox_id,

@@ -19,6 +19,9 @@ from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
+from sandboxer.errors import CommandFailed
+from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.local import cgroups
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.pool_keeper import PoolKeeper
 from tests.integration.conftest import Service, reap_local, start_service
@@ -247,6 +250,60 @@ async def test_a_backend_declaration_can_pool_its_profiles(nats_server: Any, hom
     assert member_dirs(home) == set()
 
 
+async def test_a_setup_instruction_failing_at_the_claim_fails_the_create(
+    nats_server: Any, home: Path
+) -> None:
+    (home / "profiles").mkdir()
+    (home / "profiles" / "profile.warm.yaml").write_text(
+        "id: profile.warm\nextension: ext.local\npool: {min_ready: 1, max: 1}\n"
+        'setup:\n  instructions: ["uname -n; exit 3"]\n'
+    )
+    svc = await start_service(home, nats_server.url)
+    client = svc.client
+    try:
+        await wait_pool(client, 1)
+        with pytest.raises(CommandFailed) as caught:
+            await client.create("profile.warm")
+        failed = caught.value.event
+        assert "exited with code 3" in failed["reason"]
+        # It ran in the claimed member (its hostname), and was not run again in a cold sandbox.
+        assert "sbx-pool" in failed["reason"]
+        assert not (home / "local" / failed["sandbox_id"]).exists()
+    finally:
+        await client.close()
+        await svc.shutdown()
+        await reap_local(home)
+
+
+async def test_a_claim_cut_short_after_the_move_is_finished_by_its_retry(home: Path) -> None:
+    extension = LocalExtension(home / "local")
+    members = extension.pool_members()
+    profile = Catalog.load().profile("profile.local")
+    member = ProvisionRequest(
+        sandbox_id="pool00000000000000a1", profile=extension.member_profile(profile), inputs={}
+    )
+    request = ProvisionRequest(sandbox_id="sbxclaimcut01", profile=profile, inputs={})
+    try:
+        await members.provision(member)
+        real_rename = os.rename
+
+        def rename_then_crash(source: Any, target: Any) -> None:
+            real_rename(source, target)
+            raise KeyboardInterrupt  # the worker dies right after the move
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "rename", rename_then_crash)
+            with pytest.raises(KeyboardInterrupt):
+                await extension.claim(member.sandbox_id, request)
+        await extension.claim(member.sandbox_id, request)  # the redelivered job's
+        assert await extension.exec(request.sandbox_id, ["true"], _discard) == 0
+        await extension.teardown(request.sandbox_id)
+        # The member's cgroups went with it: the sandbox's state named them.
+        assert cgroups.sandbox_dirs(f"{member.sandbox_id}-{extension._root_tag}") == []
+    finally:
+        await reap_local(home)
+
+
 async def test_a_removal_leaves_a_member_another_process_claimed(
     nats_server: Any, home: Path
 ) -> None:
@@ -299,3 +356,7 @@ async def test_reconcile_knows_members_another_process_made_since_its_catch_up(
     finally:
         await nc.close()
         await reap_local(home)
+
+
+async def _discard(_stream: str, _data: bytes) -> None:
+    return None

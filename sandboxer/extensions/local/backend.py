@@ -360,7 +360,9 @@ class LocalExtension:
         """Make pool member ``member_id`` the sandbox ``request.sandbox_id``: move its directory
         (the holder keeps its mounts; the workspace is the same directory), then apply what
         belongs to this create: the ``repo`` input, the secrets and the setup instructions.
-        Idempotent: a retried claim finds the member already moved."""
+        Idempotent: a retried claim finds the member already moved. SandboxNotFound when the
+        member is gone or dead (the create is then made cold); any other error is this
+        create's own (a failing setup instruction fails it, as on a cold create)."""
         target = self._layout(request.sandbox_id)
         member = Layout(self.root / POOL_DIR, member_id)
         if not is_valid_sandbox_id(member_id):
@@ -368,22 +370,28 @@ class LocalExtension:
         state = workspace.read_state(target)
         if state is None or state.pool_member != member_id:
             found = workspace.read_state(member)
+            gone = SandboxNotFound(
+                f"pool member {member_id} is gone or dead; the create is made afresh",
+                sandbox_id=request.sandbox_id,
+                extension=self.id,
+            )
             if found is None or not found.holder_alive():
-                raise ExtensionError(
-                    f"pool member {member_id} is gone or dead; the create is made afresh",
-                    sandbox_id=request.sandbox_id,
-                    extension=self.id,
-                )
+                raise gone
             if target.dir.exists() or target.dir.is_symlink():
                 await self.teardown(request.sandbox_id)  # what an earlier attempt left
-            os.rename(member.dir, target.dir)
             state = dataclasses.replace(
                 found,
                 sandbox_id=request.sandbox_id,
                 workspace=str(target.workspace),
                 pool_member=member_id,
             )
-            workspace.write_state(target, state)
+            # Recorded before the move, so that on either side of a crash the directory's
+            # state names the member's cgroups and network (its teardown finds them).
+            try:
+                workspace.write_state(member, state)
+                os.rename(member.dir, target.dir)
+            except FileNotFoundError:
+                raise gone from None  # torn down meanwhile
         repo = request.inputs.get("repo")
         if repo is not None:
             source = workspace.repo_source(repo, request.sandbox_id)
