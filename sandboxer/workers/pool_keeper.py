@@ -28,7 +28,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from nats.aio.client import Client
@@ -151,8 +151,8 @@ class PoolKeeper:
                 try:
                     await self.catch_up()
                     if time.monotonic() - reconciled >= RECONCILE_EVERY:
+                        reconciled = time.monotonic()  # a failed round waits for the next
                         await self.reconcile()
-                        reconciled = time.monotonic()
                     await self._refill()
                 except Exception as exc:
                     # The bus away, a backend failing: the pool waits, creates go cold meanwhile.
@@ -297,30 +297,56 @@ class PoolKeeper:
         # move) since the last catch-up is then known, not taken for a stray or a loss.
         await self.catch_up()
         for member_id, item in found.items():
-            member = self.index.members.get(member_id)
-            if member is None or member.status == "removed":
-                await self._teardown(member_id)
-            elif member.status == "claimed":
-                if await self._claim_is_over(member):
-                    await self._teardown(member_id)
-            elif member.status == "adding":
-                if self._abandoned(member):
-                    await self._remove(member_id, "its keeper died while making it")
-            elif not item.alive:
-                await self._remove(member_id, "its processes died")
+            with self._on_its_own(member_id):
+                await self._square(member_id, item.alive)
         for member in list(self.index.members.values()):
             if member.status in {"removed", "claimed"} and member.member_id not in found:
                 # Its story is over (a claimed one is its sandbox now): the index lets it go.
                 self.index.forget(member.member_id)
                 self._last_seq.pop(member.member_id, None)
             elif self._lost(member, found):
-                await self._remove(member.member_id, "it is gone from its node")
+                with self._on_its_own(member.member_id):
+                    await self._remove(member.member_id, "it is gone from its node")
+
+    async def _square(self, member_id: str, alive: bool) -> None:
+        """One member directory against the log."""
+        member = self.index.members.get(member_id)
+        if member is None or member.status == "removed":
+            await self._teardown(member_id)
+        elif member.status == "claimed":
+            if await self._claim_is_over(member):
+                await self._teardown(member_id)
+        elif member.status == "adding":
+            if self._abandoned(member):
+                await self._remove(member_id, "its keeper died while making it")
+        elif not alive:
+            await self._remove(member_id, "its processes died")
+
+    @contextlib.contextmanager
+    def _on_its_own(self, member_id: str) -> Iterator[None]:
+        """A member whose teardown keeps failing must not stop the upkeep of the others
+        (nor the refill): say why, and try it again at the next reconcile. The bus away
+        is not one member's trouble: that still ends the round."""
+        try:
+            yield
+        except Exception as exc:
+            if is_unavailability(exc):
+                raise
+            log.warning("pool: member %s: %s; trying again later", member_id, exc)
 
     def _lost(self, member: MemberState, found: Mapping[str, object]) -> bool:
         """One of this node's members the log counts on that the node no longer holds."""
         if member.node != self.node or member.member_id in found:
             return False
         return member.status == "ready" or (member.status == "adding" and self._abandoned(member))
+
+    def _made_elsewhere(self, member: MemberState) -> bool:
+        """Being made by another keeper of this node that still runs (it finishes it)."""
+        return (
+            member.status == "adding"
+            and member.worker != self.worker
+            and _process_alive(member.worker)
+        )
 
     def _abandoned(self, member: MemberState) -> bool:
         """Being made, by no one: not by this keeper, and its maker's process is gone."""
@@ -334,7 +360,7 @@ class PoolKeeper:
             await self.catch_up()
         for member in list(self.index.members.values()):
             if member.node == self.node and member.status in {"ready", "adding"}:
-                if member.member_id in self._taken:
+                if member.member_id in self._taken or self._made_elsewhere(member):
                     continue
                 try:
                     await self._remove(member.member_id, reason)

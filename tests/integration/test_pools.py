@@ -4,6 +4,7 @@ killed with -9 and restarted, a graceful stop, a profile that changes (docs/pool
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
-from sandboxer.errors import CommandFailed
+from sandboxer.errors import CommandFailed, ExtensionError
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.local import cgroups
 from sandboxer.extensions.local.backend import LocalExtension
@@ -360,3 +361,35 @@ async def test_reconcile_knows_members_another_process_made_since_its_catch_up(
 
 async def _discard(_stream: str, _data: bytes) -> None:
     return None
+
+
+async def test_a_member_that_cannot_be_torn_down_holds_up_no_other(
+    nats_server: Any, home: Path
+) -> None:
+    write_profile(home, min_ready=2, max_=2)
+    catalog = Catalog.load(home)
+    nc = await nats.connect(nats_server.url)
+    try:
+        await ensure_streams(nc.jetstream())
+        store = JetStreamEventStore(nc, nc.jetstream())
+        keeper = PoolKeeper(nc, store, catalog, LocalExtension(home / "local"), worker="a")
+        await keeper._refill()
+        await asyncio.gather(*keeper._tasks)
+        stuck, dying = sorted(member_dirs(home))
+        for member_id in (stuck, dying):  # both die; one's teardown will keep failing
+            state = json.loads((home / "local" / ".pool" / member_id / "state.json").read_text())
+            os.kill(state["holder_pid"], signal.SIGKILL)
+        teardown = keeper._members.teardown
+
+        async def failing(sandbox_id: str, *, host: str | None = None) -> None:
+            if sandbox_id == stuck:  # a fault injected into the backend, as a host may fail
+                raise ExtensionError("survived SIGKILL for 5s", sandbox_id=sandbox_id)
+            await teardown(sandbox_id, host=host)
+
+        keeper._members.teardown = failing  # type: ignore[method-assign]
+        await keeper.reconcile()
+        assert member_dirs(home) == {stuck}  # the other was torn down all the same
+        assert keeper.index.members[dying].status == "removed"
+    finally:
+        await nc.close()
+        await reap_local(home)
