@@ -323,8 +323,8 @@ class LocalExtension:
             "sandboxes": len(found),
             "alive": sum(1 for item in found if item.alive),
             "as_root": self._as_root,
-            # Sandboxes with network access of this root, by namespace: a name whose
-            # sandbox directory is gone is a leftover (teardown of its id removes it).
+            # Sandboxes with network access of this root, by namespace. A sandbox claimed
+            # from a warm pool keeps its member's name (its state.json's pool_member).
             "egress_namespaces": egress.leftover_namespaces(self._root_tag),
             "nft": shutil.which("nft", path="/usr/sbin:/sbin:" + os.environ.get("PATH", "")),
         }
