@@ -379,6 +379,9 @@ async def test_a_member_that_cannot_be_torn_down_holds_up_no_other(
         for member_id in (stuck, dying):  # both die; one's teardown will keep failing
             state = json.loads((home / "local" / ".pool" / member_id / "state.json").read_text())
             os.kill(state["holder_pid"], signal.SIGKILL)
+        async with asyncio.timeout(10):  # a signal is delivered, not yet acted on, at kill()
+            while any(f.alive for f in await keeper._members.list_sandboxes()):
+                await asyncio.sleep(0.02)
         teardown = keeper._members.teardown
 
         async def failing(sandbox_id: str, *, host: str | None = None) -> None:
