@@ -4,12 +4,14 @@ killed with -9 and restarted, a graceful stop, a profile that changes (docs/pool
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -305,22 +307,37 @@ async def test_a_claim_cut_short_after_the_move_is_finished_by_its_retry(home: P
         await reap_local(home)
 
 
-async def test_a_removal_leaves_a_member_another_process_claimed(
-    nats_server: Any, home: Path
-) -> None:
-    write_profile(home, min_ready=1, max_=1)
+@contextlib.asynccontextmanager
+async def keepers(
+    url: str, home: Path, *, min_ready: int, max_: int
+) -> AsyncIterator[Callable[[str], PoolKeeper]]:
+    """Pool keepers of profile.warm on one real bus, as separate workers would run them (each
+    test drives their steps itself, to set up a race deterministically)."""
+    write_profile(home, min_ready=min_ready, max_=max_)
     catalog = Catalog.load(home)
-    profile = catalog.profile("profile.warm")
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(url)
     try:
         await ensure_streams(nc.jetstream())
         store = JetStreamEventStore(nc, nc.jetstream())
-        keeper = PoolKeeper(nc, store, catalog, LocalExtension(home / "local"), worker="a")
+        yield lambda worker: PoolKeeper(
+            nc, store, catalog, LocalExtension(home / "local"), worker=worker
+        )
+    finally:
+        await nc.close()
+        await reap_local(home)
+
+
+async def test_a_removal_leaves_a_member_another_process_claimed(
+    nats_server: Any, home: Path
+) -> None:
+    async with keepers(nats_server.url, home, min_ready=1, max_=1) as keeper_for:
+        keeper = keeper_for("a")
         await keeper._refill()  # makes one member
         await asyncio.gather(*keeper._tasks)
         (member_id,) = member_dirs(home)
-        other = PoolKeeper(nc, store, catalog, LocalExtension(home / "local"), worker="b")
+        other = keeper_for("b")
         await other.catch_up()
+        profile = Catalog.load(home).profile("profile.warm")
         assert await other.claim(profile, "sbxclaimed01", "job-1", retry=False) == member_id
 
         # The first keeper's index still says ready: its removal must not tear the member down.
@@ -330,23 +347,15 @@ async def test_a_removal_leaves_a_member_another_process_claimed(
         found = await keeper._members.list_sandboxes()
         assert [(f.sandbox_id, f.alive) for f in found] == [(member_id, True)]
         assert keeper.index.members[member_id].status == "claimed"
-    finally:
-        await nc.close()
-        await reap_local(home)
 
 
 async def test_reconcile_knows_members_another_process_made_since_its_catch_up(
     nats_server: Any, home: Path
 ) -> None:
-    write_profile(home, min_ready=1, max_=1)
-    catalog = Catalog.load(home)
-    nc = await nats.connect(nats_server.url)
-    try:
-        await ensure_streams(nc.jetstream())
-        store = JetStreamEventStore(nc, nc.jetstream())
-        keeper = PoolKeeper(nc, store, catalog, LocalExtension(home / "local"), worker="a")
+    async with keepers(nats_server.url, home, min_ready=1, max_=1) as keeper_for:
+        keeper = keeper_for("a")
         await keeper.catch_up()  # before the other keeper's member existed
-        other = PoolKeeper(nc, store, catalog, LocalExtension(home / "local"), worker="b")
+        other = keeper_for("b")
         await other._refill()
         await asyncio.gather(*other._tasks)
         (member_id,) = member_dirs(home)
@@ -354,9 +363,6 @@ async def test_reconcile_knows_members_another_process_made_since_its_catch_up(
         await keeper.reconcile()
         assert member_dirs(home) == {member_id}  # not taken for a stray
         assert keeper.index.members[member_id].status == "ready"
-    finally:
-        await nc.close()
-        await reap_local(home)
 
 
 async def _discard(_stream: str, _data: bytes) -> None:
@@ -366,13 +372,8 @@ async def _discard(_stream: str, _data: bytes) -> None:
 async def test_a_member_that_cannot_be_torn_down_holds_up_no_other(
     nats_server: Any, home: Path
 ) -> None:
-    write_profile(home, min_ready=2, max_=2)
-    catalog = Catalog.load(home)
-    nc = await nats.connect(nats_server.url)
-    try:
-        await ensure_streams(nc.jetstream())
-        store = JetStreamEventStore(nc, nc.jetstream())
-        keeper = PoolKeeper(nc, store, catalog, LocalExtension(home / "local"), worker="a")
+    async with keepers(nats_server.url, home, min_ready=2, max_=2) as keeper_for:
+        keeper = keeper_for("a")
         await keeper._refill()
         await asyncio.gather(*keeper._tasks)
         stuck, dying = sorted(member_dirs(home))
@@ -393,6 +394,3 @@ async def test_a_member_that_cannot_be_torn_down_holds_up_no_other(
         await keeper.reconcile()
         assert member_dirs(home) == {stuck}  # the other was torn down all the same
         assert keeper.index.members[dying].status == "removed"
-    finally:
-        await nc.close()
-        await reap_local(home)
