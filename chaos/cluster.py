@@ -47,22 +47,9 @@ async def stream_leader(
 
 
 async def restart_node(cluster: NatsCluster, index: int) -> NatsServerProcess:
-    """Start node ``index`` again on its store, client port and route port, as after a crash,
-    and wait until it reports healthy (caught up with the meta leader)."""
-    old = cluster.servers[index]
-    node = NatsServerProcess(
-        old.store_dir,
-        binary=cluster.binary,
-        host=old.host,
-        port=old.port,
-        monitor_port=0,
-        server_name=old.server_name,
-        cluster_name=cluster.name,
-        cluster_port=int(old.routes[index].rsplit(":", 1)[1]),
-        routes=old.routes,
-        ready_timeout=cluster.ready_timeout,
-    )
-    cluster.servers[index] = await node.start()
+    """Start node ``index`` again, as after a crash, and wait until it reports healthy
+    (caught up with the meta leader)."""
+    node = await cluster.restart(index)
     await node.wait_healthy(cluster.ready_timeout)
     return node
 

@@ -100,6 +100,26 @@ class NatsCluster:
             raise
         return self
 
+    async def restart(self, index: int) -> NatsServerProcess:
+        """Start node ``index`` (0-based) again on its store, client port and route port, as
+        after a crash, and return it once it listens (``wait_healthy`` to wait for it to
+        catch up with the meta leader)."""
+        old = self.servers[index]
+        node = NatsServerProcess(
+            old.store_dir,
+            binary=self.binary,
+            host=old.host,
+            port=old.port,
+            monitor_port=0,
+            server_name=old.server_name,
+            cluster_name=self.name,
+            cluster_port=int(old.routes[index].rsplit(":", 1)[1]),
+            routes=old.routes,
+            ready_timeout=self.ready_timeout,
+        )
+        self.servers[index] = await node.start()
+        return node
+
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.servers), return_exceptions=True)
 

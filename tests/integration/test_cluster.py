@@ -146,25 +146,6 @@ stream's leader on the service's own node (its connection drops as the log elect
 UNSETTLED = {"requested", "routed", "provisioning"}
 
 
-async def restart_node(cluster: NatsCluster, index: int) -> NatsServerProcess:
-    """Start node ``index`` again on its store, client port and route port, as after a crash."""
-    old = cluster.servers[index]
-    node = NatsServerProcess(
-        old.store_dir,
-        binary=cluster.binary,
-        host=old.host,
-        port=old.port,
-        monitor_port=0,
-        server_name=old.server_name,
-        cluster_name=cluster.name,
-        cluster_port=int(old.routes[index].rsplit(":", 1)[1]),
-        routes=old.routes,
-        ready_timeout=cluster.ready_timeout,
-    )
-    cluster.servers[index] = await node.start()
-    return node
-
-
 async def leaders(js: Any, cluster: NatsCluster) -> dict[str, int]:
     """Index of the node leading each stream, once every replica is current (a kill keeps quorum)."""
     names = [s.server_name for s in cluster.servers]
@@ -426,7 +407,7 @@ async def test_killing_each_stream_leader_under_load_loses_no_acknowledged_creat
             await cluster.servers[victim].kill()
             await load
             await sender.close()
-            await restart_node(cluster, victim)
+            await cluster.restart(victim)
             async with asyncio.timeout(90):
                 while True:
                     await ledger.read_log(nc)
