@@ -43,10 +43,8 @@ class Row:
     baseline: float | None = None
     baseline_name: str = ""
     target: Target | None = None
-    # Why there is no value: a tool missing (with its install command), a crash, n/a.
+    # Why there is no value: a tool missing (with its install command), a crash.
     failure: str | None = None
-    # An unmeasurable row that is not an error (e.g. a feature not built yet).
-    not_applicable: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -83,8 +81,7 @@ def _number(value: float, unit: str) -> str:
 
 def _cells(row: Row) -> list[str]:
     if row.value is None:
-        status = "n/a" if row.not_applicable else "FAILED"
-        value = f"{status}: {row.failure}" if row.failure else status
+        value = f"FAILED: {row.failure}" if row.failure else "FAILED"
     else:
         value = _number(row.value, row.unit)
     baseline = ""
@@ -96,7 +93,7 @@ def _cells(row: Row) -> list[str]:
     target = row.target.text(row.unit) if row.target else ""
     met = {True: "yes", False: "NO", None: ""}[row.met]
     if row.value is None and row.target is not None:
-        met = "n/a" if row.not_applicable else "NO"
+        met = "NO"
     return [row.figure, value, baseline, ratio, target, met]
 
 

@@ -42,7 +42,6 @@ def test_a_failure_shows_in_the_table_with_its_reason_and_a_missed_target_says_n
                 "'sshd' is missing: apt-get install -y openssh-server (or make system-deps)",
                 Target("<=", 1.2, "ratio"),
             ),
-            Row("warm p50", "ms", target=Target("<=", 5), failure="pools", not_applicable=True),
         ]
     )
     lines = text.splitlines()
@@ -52,9 +51,6 @@ def test_a_failure_shows_in_the_table_with_its_reason_and_a_missed_target_says_n
     assert "3.75x" in cold
     assert any("FAILED" in line and line.startswith("compose-ssh") for line in lines)
     assert any("apt-get install -y openssh-server" in line for line in lines)
-    warm = next(line for line in lines if line.startswith("warm p50"))
-    assert "n/a" in warm
-    assert "FAILED" not in warm
 
 
 def test_rows_survive_the_json_between_a_module_and_the_runner() -> None:
