@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 from sandboxer.errors import SetupFailed
 from sandboxer.events.types import SetupRecord
 from sandboxer.extensions.base import Extension
+from sandboxer.extensions.output_capture import (
+    KEPT_BYTES,
+    TAIL_CHARS,
+    TAIL_LINES,
+    OutputCapture,
+    output_tail,
+)
 from sandboxer.secrets import redact
 
 __all__ = [
@@ -28,40 +34,6 @@ __all__ = [
     "run_setup_commands",
     "workspace_access_warning",
 ]
-
-KEPT_BYTES = 64 * 1024
-"""The most output kept of one command while it runs (the rest, older, is dropped)."""
-TAIL_LINES = 20
-TAIL_CHARS = 2000
-"""A recorded tail is at most this many lines and characters: events stay small."""
-
-
-def output_tail(captured: bytes, secrets: Mapping[str, str], *, cut: bool) -> str:
-    """The last lines of ``captured``, redacted. ``cut``: older output was dropped, so the
-    first kept line may be the end of a longer one, perhaps the end of a secret that
-    redaction cannot recognise any more; that line is left out."""
-    text = captured.decode(errors="replace")
-    lines = text.splitlines()
-    if cut and lines:
-        lines = lines[1:]
-    # Redacted before trimming to size, so a secret is never cut in half by the trimming.
-    tail = redact("\n".join(lines[-TAIL_LINES:]), secrets.values())
-    return tail[-TAIL_CHARS:]
-
-
-class _Capture:
-    """The newest :data:`KEPT_BYTES` of a command's output (stdout and stderr interleaved)."""
-
-    def __init__(self) -> None:
-        self.kept = bytearray()
-        self.dropped = False
-
-    async def keep(self, _stream: Literal["stdout", "stderr"], data: bytes) -> None:
-        self.kept.extend(data)
-        excess = len(self.kept) - KEPT_BYTES
-        if excess > 0:
-            del self.kept[:excess]
-            self.dropped = True
 
 
 async def run_setup_commands(
@@ -78,7 +50,7 @@ async def run_setup_commands(
     that exits non-zero or runs too long."""
     records: list[SetupRecord] = []
     for index, command in enumerate(commands):
-        capture = _Capture()
+        capture = OutputCapture()
         argv = ["/bin/sh", "-c", command]
         code: int | None = None
         try:
@@ -86,7 +58,7 @@ async def run_setup_commands(
                 code = await backend.exec(sandbox_id, argv, capture.keep, host=host)
         except TimeoutError:
             code = None
-        tail = output_tail(bytes(capture.kept), secrets, cut=capture.dropped)
+        tail = capture.tail(secrets)
         if code != 0:
             ended = f"ran past {timeout:g}s" if code is None else f"exited with code {code}"
             raise SetupFailed(

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
@@ -51,8 +51,8 @@ from sandboxer.extensions.local.run import run_streaming
 from sandboxer.extensions.local.snapshot_copy import copy_workspace_out
 from sandboxer.extensions.local.steps import local_egress_for, profile_warnings
 from sandboxer.extensions.local.workspace import Layout, State
+from sandboxer.extensions.output_capture import OutputCapture
 from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
-from sandboxer.secrets import redact
 
 __all__ = ["LocalExtension"]
 
@@ -63,7 +63,6 @@ POOL_DIR = ".pool"
 inventory, stale detection and reaping never see them; the pool keeper owns them."""
 EGRESS_HOSTS_FILE = "egress-hosts"
 """``/etc/hosts`` lines under ``$SANDBOXER_HOME``: names the proxies resolve before DNS."""
-SETUP_OUTPUT_LINES = 20
 
 
 class LocalExtension:
@@ -529,28 +528,10 @@ class LocalExtension:
     async def _run_setup(
         self, request: ProvisionRequest, state: State, index: int, instruction: str
     ) -> None:
-        captured = bytearray()
-        dropped = False
-
-        async def keep(_stream: Literal["stdout", "stderr"], data: bytes) -> None:
-            nonlocal dropped
-            captured.extend(data)
-            excess = len(captured) - 64 * 1024
-            if excess > 0:
-                del captured[:excess]
-                dropped = True
-
-        code = await self._run_inside(state, ["/bin/sh", "-c", instruction], keep)
+        capture = OutputCapture()
+        code = await self._run_inside(state, ["/bin/sh", "-c", instruction], capture.keep)
         if code != 0:
-            lines = captured.decode(errors="replace").splitlines()
-            if dropped:
-                # The first kept line may be the end of a secret, which redaction cannot
-                # recognise any more (the planted-secrets chaos scenario found it in reasons).
-                lines = lines[1:]
-            output = (
-                redact("\n".join(lines[-SETUP_OUTPUT_LINES:]), request.secrets.values())
-                or "(no output)"
-            )
+            output = capture.tail(request.secrets) or "(no output)"
             raise ExtensionError(
                 f"setup.instructions[{index}] ({instruction!r}) exited with code {code}; "
                 f"last output:\n{output}",

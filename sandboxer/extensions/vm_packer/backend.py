@@ -20,13 +20,14 @@ import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sandboxer.config.settings import Settings
 from sandboxer.domain.found import FoundSandbox
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxerError, SandboxNotFound
 from sandboxer.extensions import ssh_checks as checks
 from sandboxer.extensions.base import ProvisionRequest, Readiness
+from sandboxer.extensions.output_capture import OutputCapture
 from sandboxer.extensions.ssh_access import ssh_access
 from sandboxer.extensions.ssh_backend import SshBackend
 from sandboxer.extensions.ssh_handover import Handover
@@ -53,8 +54,6 @@ __all__ = ["VmPackerExtension"]
 
 log = logging.getLogger(__name__)
 
-SETUP_OUTPUT_LINES = 20
-SETUP_OUTPUT_BYTES = 64 * 1024
 SETUP_TIMEOUT = 1800.0
 """Seconds one setup instruction may run; the VM then stops it and all it started."""
 
@@ -221,34 +220,20 @@ class VmPackerExtension(SshBackend):
         index: int,
         instruction: str,
     ) -> None:
-        captured = bytearray()
-        dropped = False
-
-        async def keep(_stream: Literal["stdout", "stderr"], data: bytes) -> None:
-            nonlocal dropped
-            captured.extend(data)
-            excess = len(captured) - SETUP_OUTPUT_BYTES
-            if excess > 0:
-                del captured[:excess]
-                dropped = True
-
+        capture = OutputCapture()
         code = await stream(
             conn,
             ["sh", "-c", instruction],
-            keep,
+            capture.keep,
             env=item.config.env,
             cwd=item.workspace(request.sandbox_id),
             timeout=SETUP_TIMEOUT,
         )
         if code != 0:
-            lines = captured.decode(errors="replace").splitlines()
-            # The first kept line may be the end of a secret that the worker's redaction of
-            # this message cannot recognise any more: leave it out (as ext.local does).
-            lines = lines[1 if dropped else 0 :][-SETUP_OUTPUT_LINES:]
             raise ExtensionError(
                 f"setup.instructions[{index}] ({instruction!r}) exited with code {code} on VM "
                 f"{item.name}; fix the instruction or the VM image. Last output:\n"
-                + ("\n".join(lines) or "(no output)"),
+                + (capture.tail(request.secrets) or "(no output)"),
                 sandbox_id=request.sandbox_id,
                 extension=self.id,
             )
