@@ -96,10 +96,10 @@ def test_launcher_joins_every_group_then_execs(tmp_path: Path) -> None:
     procs = [tmp_path / "a.procs", tmp_path / "b.procs"]
     argv = launcher_argv(procs, ["sh", "-c", 'echo "$$"; printf %s "$1"', "x", "$HOME;"])
     result = subprocess.run(argv, capture_output=True, text=True, check=True)
-    pid, echoed = result.stdout.split("\n", 1)
+    _, echoed = result.stdout.split("\n", 1)
     assert echoed == "$HOME;"
-    for path in procs:  # exec keeps the pid: the command itself is in the groups
-        assert path.read_text().strip() == pid
+    for path in procs:  # "0" names the writer; exec keeps it, so the command is in the groups
+        assert path.read_text().strip() == "0"
 
 
 def test_launcher_in_background_prints_the_pid_and_returns(tmp_path: Path) -> None:
@@ -180,3 +180,12 @@ def test_v2_setup_enables_controllers_and_writes_limits(tmp_path: Path) -> None:
     assert (group / "pids.max").read_text() == "9"
     assert (group / "cpu.max").read_text() == "200000 100000"
     assert not (group / "memory.swap.max").exists()  # optional: skipped when the kernel lacks it
+
+
+def test_join_files_prefer_v1_tasks_and_skip_missing_groups(tmp_path: Path) -> None:
+    v1, v2, gone = tmp_path / "v1", tmp_path / "v2", tmp_path / "gone"
+    for directory, names in ((v1, ("tasks", "cgroup.procs")), (v2, ("cgroup.procs",))):
+        directory.mkdir()
+        for name in names:
+            (directory / name).touch()
+    assert cgroups.join_files([v1, str(v2), gone]) == [v1 / "tasks", v2 / "cgroup.procs"]

@@ -173,7 +173,7 @@ class LocalExtension:
             workspace=layout.workspace,
             read_only=profile.workspace.access == "ro",
             bind_workspace=profile.workspace.access != "none",
-            procs_files=groups.procs_files,
+            join_files=groups.join_files,
             log_file=layout.log_file,
             as_root=self._as_root,
             bwrap=bwrap,
@@ -500,8 +500,7 @@ class LocalExtension:
         """Run ``argv`` in the sandbox, in its cgroups, streaming its output (and its input)."""
         assert state.holder_pid is not None
         nsenter = self._tool("nsenter", "util-linux")
-        procs = [Path(path) / "cgroup.procs" for path in state.cgroups]
-        procs = [path for path in procs if path.exists()]
+        procs = cgroups.join_files(state.cgroups)
         network = egress.EgressState.from_dict(state.egress)
         if self._as_root:
             inner = enter_argv(

@@ -7,8 +7,8 @@ Three command lines make a local sandbox:
 * the ENTER command: ``nsenter -t CHILD -a -- setpriv ... -- env -i ... sh -c
   'cd /workspace && exec "$@"' ARGV``, which runs one command inside those
   namespaces as an unprivileged user with no capabilities;
-* the CGROUP LAUNCHER: a two-line ``/bin/sh`` wrapper that writes its own pid
-  into the sandbox's ``cgroup.procs`` files and then runs the real command,
+* the CGROUP LAUNCHER: a two-line ``/bin/sh`` wrapper that writes ``0`` (itself)
+  into the sandbox's cgroup join files and then runs the real command,
   so the command and everything it forks are charged to the sandbox from its
   first instruction (no ``preexec_fn``, which is unsafe once threads exist).
 
@@ -67,7 +67,7 @@ _SYSTEM_MOUNTS = (
 
 _LAUNCHER_SCRIPT = (
     "mode=$1; shift\n"
-    'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift\n'
+    'while [ "$1" != -- ]; do echo 0 > "$1" || exit 125; shift; done; shift\n'
     'if [ "$mode" = spawn ]; then "$@" >&2 & echo $!; else exec "$@"; fi'
 )
 
@@ -182,9 +182,12 @@ def enter_argv(
 
 
 def launcher_argv(
-    procs_files: Sequence[Path], argv: Sequence[str], *, background: bool = False
+    join_files: Sequence[Path], argv: Sequence[str], *, background: bool = False
 ) -> list[str]:
-    """Wrap ``argv`` so it starts inside the cgroups whose ``cgroup.procs`` files are given.
+    """Wrap ``argv`` so it starts inside the cgroups whose join files are given.
+
+    The wrapper writes ``0``, which names the writer itself, to each file: a
+    v1 ``tasks`` file or a ``cgroup.procs`` (see :func:`.cgroups.join_files`).
 
     With ``background`` the wrapper instead starts ``argv`` in the background
     (stdout sent to the wrapper's stderr), prints its pid and exits: the
@@ -193,9 +196,9 @@ def launcher_argv(
     """
     if not argv:
         raise ValueError("argv must not be empty")
-    for path in procs_files:
+    for path in join_files:
         if str(path) == "--":
-            raise ValueError("a cgroup.procs path cannot be '--'")
+            raise ValueError("a cgroup join file cannot be '--'")
     mode = "spawn" if background else "exec"
-    files = [str(path) for path in procs_files]
+    files = [str(path) for path in join_files]
     return ["/bin/sh", "-c", _LAUNCHER_SCRIPT, "sandboxer-launch", mode, *files, "--", *argv]

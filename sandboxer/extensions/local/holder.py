@@ -82,7 +82,7 @@ async def launch_detached(
     argv: list[str],
     said_read: int,
     said_write: int,
-    procs_files: Sequence[Path],
+    join_files: Sequence[Path],
     log_file: Path,
     timeout: float,
 ) -> tuple[int | None, bytes, bytes]:
@@ -94,7 +94,7 @@ async def launch_detached(
     log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
         launcher = await asyncio.create_subprocess_exec(
-            *launcher_argv(procs_files, argv, background=True),
+            *launcher_argv(join_files, argv, background=True),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
@@ -129,7 +129,7 @@ async def spawn_holder(
     sandbox_id: str,
     workspace: Path,
     read_only: bool,
-    procs_files: Sequence[Path],
+    join_files: Sequence[Path],
     log_file: Path,
     as_root: bool,
     bwrap: str,
@@ -157,7 +157,7 @@ async def spawn_holder(
     if netns is not None:
         argv = [nsenter, f"--net={netns}", "--", *argv]
     returncode, out, info = await launch_detached(
-        argv, info_read, info_write, procs_files, log_file, timeout
+        argv, info_read, info_write, join_files, log_file, timeout
     )
     spawned = _identify(sandbox_id, returncode, out, info, log_file)
     await _until_set_up(spawned.holder, sandbox_id, log_file, timeout)
