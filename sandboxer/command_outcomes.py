@@ -48,12 +48,21 @@ class OutcomeWatcher:
 
     ``seen_seq`` is the log position of the last outcome seen: queries made
     after it wait until the view includes it, so a client reads its own writes.
+    An outcome is returned as soon as it arrives; its position is looked up
+    meanwhile, and :meth:`position` waits for that lookup.
     """
 
     def __init__(self, nc: Nats, js: JetStreamContext) -> None:
         self.nc = nc
         self.js = js
         self.seen_seq = 0
+        self._noting: set[asyncio.Task[None]] = set()
+
+    async def position(self) -> int:
+        """``seen_seq`` once the positions of the outcomes seen so far are known."""
+        while self._noting:
+            await asyncio.gather(*self._noting, return_exceptions=True)
+        return self.seen_seq
 
     async def run(
         self,
@@ -66,17 +75,20 @@ class OutcomeWatcher:
         timeout: float,
         *,
         scope: str | None = None,
+        fresh: bool = False,
     ) -> dict[str, Any]:
         """``publish()`` the command, then return its success event or raise ``CommandFailed``.
 
         ``scope`` is the subject filter the outcome arrives on: the sandbox's events unless
         the command is about another aggregate (a snapshot delete: the snapshot's events).
+        ``fresh``: the command id was just made here, so the log cannot hold anything of it
+        yet and it is not read back (a re-sent command's outcome may already be there).
         """
         command_id = command["command_id"]
         scope = scope or subjects.sandbox_events_filter(sandbox_id)
         outcome: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         try:
-            async with self._outcomes(scope, command_id, publish, outcome):
+            async with self._outcomes(scope, command_id, publish, outcome, fresh):
                 async with asyncio.timeout(timeout):
                     return await self._first_outcome(
                         verb, command_id, sandbox_id, success, outcome, on_event, scope
@@ -94,9 +106,10 @@ class OutcomeWatcher:
         command_id: str,
         publish: Callable[[], Awaitable[object]],
         outcome: asyncio.Queue[dict[str, Any]],
+        fresh: bool,
     ) -> AsyncIterator[None]:
         """Publish, and queue the command's events as they come (what the log already holds
-        first): subscribed before the publish, so none slips past."""
+        first, unless ``fresh``): subscribed before the publish, so none slips past."""
 
         async def on_msg(msg: Msg) -> None:
             await outcome.put(msgspec.json.decode(msg.data))
@@ -107,7 +120,8 @@ class OutcomeWatcher:
         ]
         try:
             await publish()
-            await self._catch_up(scope, command_id, outcome)
+            if not fresh:
+                await self._catch_up(scope, command_id, outcome)
             yield
         finally:
             for sub in subs:
@@ -139,11 +153,11 @@ class OutcomeWatcher:
             await notify(on_event, event)
             kind = event.get("type")
             if kind in {*success, "failed", "destroyed"}:
-                await self._note_position(scope, event)
+                self._note_later(scope, event)
             if kind in success:
                 return event
             if kind == "rejected":
-                await self._note_position(subjects.rejection_subject(command_id), event)
+                self._note_later(subjects.rejection_subject(command_id), event)
                 raise CommandFailed(f"{verb} rejected: {event.get('reason')}", event)
             if kind == "failed":
                 raise CommandFailed(f"sandbox {sandbox_id} failed: {event.get('reason')}", event)
@@ -159,6 +173,12 @@ class OutcomeWatcher:
                     "finished; a longer --ttl or extend-ttl keeps it",
                     event,
                 )
+
+    def _note_later(self, subject: str, event: dict[str, Any]) -> None:
+        """Look the outcome's position up without holding up its caller (see :meth:`position`)."""
+        task = asyncio.create_task(self._note_position(subject, event))
+        self._noting.add(task)
+        task.add_done_callback(self._noting.discard)
 
     async def _note_position(self, subject: str, event: dict[str, Any]) -> None:
         """Remember the stream sequence of an outcome just seen (for read-your-writes queries).
@@ -221,7 +241,9 @@ class KeyOutcomeWatcher(OutcomeWatcher):
         command_id: str,
         publish: Callable[[], Awaitable[object]],
         outcome: asyncio.Queue[dict[str, Any]],
+        fresh: bool,
     ) -> AsyncIterator[None]:
+        del fresh  # the poll reads the log from its start either way
         kind, _, rest = scope.removeprefix("sandboxer.evt.").partition(".")
         about = {f"{kind}_id": rest.partition(".")[0]}
         await publish()

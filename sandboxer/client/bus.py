@@ -140,6 +140,7 @@ class SandboxerClient:
 
     async def close(self) -> None:
         """Finish what is in flight and disconnect."""
+        await self.outcomes.position()
         await self.nc.drain()
 
     # -- queries -------------------------------------------------------------------------------
@@ -149,6 +150,9 @@ class SandboxerClient:
         return subject if self.key_id is None else subjects.stamped(subject, self.key_id)
 
     async def query(self, subject: str, request: Mapping[str, Any], timeout: float = 5.0) -> Any:
+        if "min_seq" in request:  # read your writes: include the outcomes just returned
+            position = await self.outcomes.position()
+            request = {**request, "min_seq": max(int(request["min_seq"] or 0), position)}
         subject = self._subject(subject)
         try:
             msg = await self.nc.request(subject, msgspec.json.encode(request), timeout=timeout)
@@ -401,6 +405,7 @@ class SandboxerClient:
         """
         if sandbox_id is not None:
             _check_id(sandbox_id)
+        fresh = command_id is None  # made here: the log holds nothing of it to read back
         command_id = command_id or new_command_id()
         command: dict[str, Any] = {
             "command_id": command_id,
@@ -419,7 +424,9 @@ class SandboxerClient:
         if consumer is not None:  # likewise (docs/protocol.md#consumer-attribution)
             command["consumer"] = dict(consumer)
         target = sandbox_id or derive_sandbox_id(command_id)
-        return await self._run("create", command, target, {"ready"}, wait, on_event, timeout)
+        return await self._run(
+            "create", command, target, {"ready"}, wait, on_event, timeout, fresh=fresh
+        )
 
     async def destroy(
         self,
@@ -654,6 +661,8 @@ class SandboxerClient:
         wait: bool,
         on_event: EventCallback | None,
         timeout: float,
+        *,
+        fresh: bool = False,
     ) -> dict[str, Any]:
         if not wait:
             await self.publish_command(verb, command)
@@ -666,6 +675,7 @@ class SandboxerClient:
             lambda: self.publish_command(verb, command),
             on_event,
             timeout,
+            fresh=fresh,
         )
 
     # -- exec and events -----------------------------------------------------------------------

@@ -71,8 +71,8 @@ class BusTransport:
         sibling.seen_seq = self.client.seen_seq
         return sibling
 
-    def _learn(self, other: SandboxerClient) -> None:
-        self.client.seen_seq = max(self.client.seen_seq, other.seen_seq)
+    async def _learn(self, other: SandboxerClient) -> None:
+        self.client.seen_seq = max(self.client.seen_seq, await other.outcomes.position())
 
     async def _row(self, sandbox_id: str) -> Row:
         row = await self.client.get(sandbox_id)
@@ -111,8 +111,7 @@ class BusTransport:
         consumer: Mapping[str, Any] | None = None,
     ) -> Row:
         client = self._for_project(project)
-        command_id = command_id or new_command_id()
-        try:
+        try:  # a command id made by the client itself is known to be fresh (no read-back)
             answer = await client.create(
                 profile,
                 inputs,
@@ -126,10 +125,10 @@ class BusTransport:
                 timeout=timeout,
             )
         finally:
-            self._learn(client)
+            await self._learn(client)
         if not wait:
             return answer
-        return await self._row(sandbox_id or derive_sandbox_id(command_id))
+        return await self._row(str(answer["sandbox_id"]))
 
     async def get(self, sandbox_id: str) -> Row | None:
         return await self.client.get(sandbox_id)
@@ -206,7 +205,7 @@ class BusTransport:
                 )
             )
         finally:
-            self._learn(client)
+            await self._learn(client)
         return await self._row(sandbox_id or derive_sandbox_id(command_id))
 
     async def snapshot_get(self, snapshot_id: str) -> Row | None:

@@ -83,8 +83,8 @@ class Gateway:
         client.seen_seq = self.position
         return client
 
-    def note(self, client: SandboxerClient) -> None:
-        self.position = max(self.position, client.seen_seq)
+    async def note(self, client: SandboxerClient) -> None:
+        self.position = max(self.position, await client.outcomes.position())
 
 
 def gateway(request: Request) -> Gateway:
@@ -166,7 +166,7 @@ async def service_client(
     try:
         yield client
     finally:
-        gw.note(client)
+        await gw.note(client)
 
 
 ServiceClient = Annotated[SandboxerClient, Depends(service_client)]
@@ -179,7 +179,7 @@ async def bus_client(
     try:
         yield client
     finally:
-        gw.note(client)
+        await gw.note(client)
 
 
 BusClient = Annotated[SandboxerClient, Depends(bus_client)]

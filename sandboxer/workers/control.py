@@ -15,14 +15,12 @@ import asyncio
 import dataclasses
 import logging
 
-import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore, Loaded
-from sandboxer.bus.publish import publish_durably
 from sandboxer.clock import utc_now
 from sandboxer.commands.parse import parse_command, verb_of
 from sandboxer.commands.types import (
@@ -64,7 +62,7 @@ from sandboxer.workers.credit_reservation import (
 from sandboxer.workers.deciding import apply, apply_key
 from sandboxer.workers.fallback_routing import next_route
 from sandboxer.workers.host_choice import choose_host
-from sandboxer.workers.jobs import job_for
+from sandboxer.workers.job_dispatch import dispatch_job
 from sandboxer.workers.pause_commands import decide_pause_step
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from sandboxer.workers.route_lookup import RouteLookup
@@ -237,18 +235,8 @@ class ControlWorker:
 
     async def _dispatch(self, loaded: Loaded | None) -> None:
         """Publish the job the sandbox now waits for (deduplicated by its deterministic id)."""
-        if loaded is None:
-            return
-        job = job_for(loaded.state)
-        if job is None or loaded.state.extension is None:
-            return
-        # Durable: a jobs stream mid-election is waited out, so a decided command keeps its job.
-        await publish_durably(
-            self._js,
-            subjects.job_subject(loaded.state.extension, job.sandbox_id),
-            msgspec.json.encode(job),
-            headers={"Nats-Msg-Id": job.job_id},
-        )
+        if loaded is not None:
+            await dispatch_job(self._js, loaded)
 
     async def _reject(
         self, msg: Msg, code: str, reason: str, about: InvalidCommand | Command

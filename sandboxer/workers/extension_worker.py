@@ -186,7 +186,9 @@ class ExtensionWorker:
             await msg.ack()
             return
         async with self._lock(job.sandbox_id):
-            loaded = await self._store.load(job.sandbox_id)
+            # A provision carries the state it was made from (a guess its appends check).
+            known = job.known_loaded() if job.action == "provision" else None
+            loaded = known or await self._store.load(job.sandbox_id)
             if loaded.state.version < job.version:
                 # The log holds what made this job; a replica still catching up answered the
                 # read. Acking now would lose the job: wait for a current read instead.

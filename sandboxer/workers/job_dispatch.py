@@ -12,19 +12,23 @@ import msgspec
 from nats.js import JetStreamContext
 
 from sandboxer import subjects
+from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.publish import publish_durably
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.events.types import SYSTEM_ACTOR
-from sandboxer.workers.jobs import job_for
+from sandboxer.workers.jobs import job_for, with_known
 
 __all__ = ["dispatch_job", "request_reroute"]
 
 
-async def dispatch_job(js: JetStreamContext, state: SandboxState) -> None:
-    """Publish the job ``state`` waits for, if any (durably: a stream mid-election is waited out)."""
+async def dispatch_job(js: JetStreamContext, loaded: Loaded) -> None:
+    """Publish the job the sandbox waits for, if any (durably: a stream mid-election is waited
+    out, so a decided command keeps its job). A provision carries the state it was made from."""
+    state = loaded.state
     job = job_for(state)
     if job is None or state.extension is None:
         return
+    job = with_known(job, loaded)
     await publish_durably(
         js,
         subjects.job_subject(state.extension, job.sandbox_id),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 import msgspec
 
+from sandboxer.bus.event_store import Loaded
 from sandboxer.domain.sandbox_state import SandboxState
 
-__all__ = ["Job", "job_for"]
+__all__ = ["Job", "job_for", "with_known"]
 
 Action = Literal["provision", "recreate", "teardown", "snapshot", "pause", "resume", "retime"]
 
@@ -22,6 +24,41 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     """The sandbox's version when the job was made: a load that finds less read a lagging replica."""
     snapshot_id: str | None = None
     """For ``snapshot`` jobs: the snapshot to take."""
+    known: msgspec.Raw = msgspec.Raw(b"null")
+    """For ``provision`` jobs: the sandbox as the job's maker left it (:class:`Known`), which
+    saves the extension worker a read of the log on the create path. Raw, so that a job whose
+    ``known`` this version cannot use is still a job: the worker then loads the log."""
+
+    def known_loaded(self) -> Loaded | None:
+        """The carried state, or None when there is none or it was written by code whose
+        :class:`SandboxState` has another shape (a rolling upgrade): then load the log."""
+        try:
+            known = msgspec.json.decode(self.known, type=Known | None)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+        if known is None or known.shape != STATE_SHAPE or known.state.sandbox_id != self.sandbox_id:
+            return None
+        return Loaded(known.state, known.last_seq)
+
+
+class Known(msgspec.Struct, frozen=True, kw_only=True):
+    """A sandbox's state at the log position ``last_seq``, as a job carries it.
+
+    Trusted as a guess only: the worker appends under ``last_seq`` as the expected
+    sequence, so a state the log has moved past conflicts, and the worker reloads
+    (workers/deciding.py). Only the service identity may publish jobs (docs/security.md).
+    """
+
+    shape: str
+    last_seq: int
+    state: SandboxState
+
+
+STATE_SHAPE = hashlib.sha256(repr(msgspec.inspect.type_info(SandboxState)).encode()).hexdigest()[
+    :16
+]
+"""A fingerprint of :class:`SandboxState`'s fields and types: a state written by code with
+another shape is never decoded into this one (a renamed field would silently default)."""
 
 
 _ACTIONS: dict[str, Action] = {
@@ -31,6 +68,14 @@ _ACTIONS: dict[str, Action] = {
     "pausing": "pause",
     "resuming": "resume",
 }
+
+
+def with_known(job: Job, loaded: Loaded) -> Job:
+    """``job``, carrying ``loaded`` when it is a ``provision`` (the create path)."""
+    if job.action != "provision":
+        return job
+    known = Known(shape=STATE_SHAPE, last_seq=loaded.last_seq, state=loaded.state)
+    return msgspec.structs.replace(job, known=msgspec.Raw(msgspec.json.encode(known)))
 
 
 def job_for(state: SandboxState) -> Job | None:

@@ -98,7 +98,7 @@ class SnapshotJob:
                 outcome="failed" if outcome == "failed" else "created",
             ),
         )
-        await dispatch_job(self._js, loaded.state)
+        await dispatch_job(self._js, loaded)
 
     async def _take(
         self, job: Job, sandbox: SandboxState
