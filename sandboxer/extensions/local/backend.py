@@ -85,11 +85,14 @@ class LocalExtension:
         egress_hosts_file: Path | None = None,
         egress_slots_dir: Path = egress_slots.SLOTS_DIR,
         root_tag: str | None = None,
+        pool: bool = False,
     ) -> None:
         """``egress_for`` says what a request's sandbox may reach (see :mod:`.steps`);
         ``egress_hosts_file`` (``/etc/hosts`` lines) is what sandbox proxies resolve
-        names with before the system resolver; tests use it, there being no DNS."""
+        names with before the system resolver; tests use it, there being no DNS.
+        ``pool``: this root holds warm pool members (:meth:`pool_members`)."""
         self.root = Path(root)
+        self._pool = pool
         self._cgroup_base = cgroup_base
         self._egress_for = egress_for
         self._egress_hosts_file = egress_hosts_file
@@ -128,6 +131,9 @@ class LocalExtension:
             created_at=datetime.now(UTC).isoformat(),
             workspace=str(layout.workspace),
             warnings=[*profile_warnings(profile), *egress_warnings],
+            # A member names its own groups and network: once a claim moves its directory
+            # to a sandbox's, its teardown still finds them, with nothing to write first.
+            pool_member=request.sandbox_id if self._pool else None,
         )
         workspace.write_state(layout, state)
         network: egress.EgressState | None = None
@@ -345,6 +351,7 @@ class LocalExtension:
             egress_hosts_file=self._egress_hosts_file,
             egress_slots_dir=self._egress_slots_dir,
             root_tag=self._root_tag,
+            pool=True,
         )
 
     @staticmethod
@@ -378,19 +385,18 @@ class LocalExtension:
                 raise gone
             if target.dir.exists() or target.dir.is_symlink():
                 await self.teardown(request.sandbox_id)  # what an earlier attempt left
-            state = dataclasses.replace(
-                found,
-                sandbox_id=request.sandbox_id,
-                workspace=str(target.workspace),
-                pool_member=member_id,
-            )
-            # Recorded before the move, so that on either side of a crash the directory's
-            # state names the member's cgroups and network (its teardown finds them).
+            if found.pool_member != member_id:
+                # A member made before members named themselves: recorded before the move,
+                # so that on either side of a crash its teardown finds its groups and network.
+                found = dataclasses.replace(found, pool_member=member_id)
+                workspace.write_state(member, found)
             try:
-                workspace.write_state(member, state)
                 os.rename(member.dir, target.dir)
             except FileNotFoundError:
                 raise gone from None  # torn down meanwhile
+            # Its state.json keeps the member's id and path: the directory's name is the
+            # sandbox's, and nothing reads those two fields for anything but messages.
+            state = found
         repo = request.inputs.get("repo")
         if repo is not None:
             source = workspace.repo_source(repo, request.sandbox_id)

@@ -36,7 +36,8 @@ def scan_sandboxes(root: Path) -> list[FoundSandbox]:
             continue
         detail: dict[str, Any] = {
             "holder_pid": state.holder_pid,
-            "workspace": state.workspace,
+            # Not state.workspace: a claimed pool member's records its member's path.
+            "workspace": str(Layout(root, entry.name).workspace),
             "created_at": state.created_at,
             "cgroups": state.cgroups,
         }
