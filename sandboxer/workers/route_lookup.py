@@ -55,6 +55,8 @@ UNAPPENDED_SECONDS = 5.0
 stops counting after this long."""
 CONTROL_QUEUE = "sandboxer-control"
 _PROFILE_ID = re.compile(r"^profile\.[a-z0-9][a-z0-9-]{0,62}$")
+SWEEP_EVERY = 1.0
+"""Seconds between sweeps of expired holds when creates come without a signals query."""
 
 
 @dataclass
@@ -79,6 +81,7 @@ class RouteLookup:
         self._settings = settings
         self._timeout = timeout
         self._held: dict[str, _Held] = {}
+        self._swept = 0.0
         self._responder = Responder(nc)
 
     async def start(self) -> None:
@@ -181,7 +184,12 @@ class RouteLookup:
 
     def hold(self, admitted: AdmittedCreate) -> None:
         """Count a route this worker just made until the view shows it."""
-        self._forget()  # creates that ask for no signals (a fixed backend) come here too
+        now = time.monotonic()
+        if now - self._swept > SWEEP_EVERY:
+            # Creates that ask for no signals (a fixed backend) come here too: swept now and
+            # then, not per create, which made a burst of N creates cost N * N steps.
+            self._swept = now
+            self._forget()
         self._held[admitted.sandbox_id] = _Held(
             admitted.extension, admitted.host, None, time.monotonic()
         )

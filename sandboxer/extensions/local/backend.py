@@ -93,6 +93,7 @@ class LocalExtension:
         ``pool``: this root holds warm pool members (:meth:`pool_members`)."""
         self.root = Path(root)
         self._pool = pool
+        self._tools: dict[str, str] = {}
         self._cgroup_base = cgroup_base
         self._egress_for = egress_for
         self._egress_hosts_file = egress_hosts_file
@@ -208,19 +209,23 @@ class LocalExtension:
         own proof), so entering it once more with nsenter would prove nothing new and
         cost a process and a cgroup join on every create."""
         layout = self._layout(request.sandbox_id)
-        state = self._running_state(layout)  # SandboxNotFound once the holder is gone
+        return self._readiness(layout, self._running_state(layout))
+
+    def _readiness(self, layout: Layout, state: State) -> Readiness:
+        """How a running sandbox is reached (``state``: its record, holder alive)."""
         self._tool("setpriv", "util-linux")  # what every exec runs inside, after nsenter
+        node = socket.gethostname()
         descriptor: dict[str, Any] = {
             "kind": "local",
             "workspace": str(layout.workspace),
             "holder_pid": state.holder_pid,
-            "exec": f"sandboxer exec {request.sandbox_id} -- CMD",
+            "exec": f"sandboxer exec {layout.sandbox_id} -- CMD",
             "network": _network_summary(egress.EgressState.from_dict(state.egress)),
-            "node": socket.gethostname(),
+            "node": node,
             ACCESS_KEY: LocalExecAccess(
-                node=socket.gethostname(),
+                node=node,
                 workdir=str(layout.workspace),
-                exec=exec_hint(request.sandbox_id),
+                exec=exec_hint(layout.sandbox_id),
             ).as_dict(),
         }
         return Readiness(descriptor=descriptor, warnings=list(state.warnings))
@@ -409,7 +414,9 @@ class LocalExtension:
             await asyncio.to_thread(workspace.chown_tree, target.workspace, *owner)
         for index, instruction in enumerate(request.profile.setup.instructions):
             await self._run_setup(request, state, index, instruction)
-        return await self.wait_ready(request)
+        if not state.holder_alive():
+            return await self.wait_ready(request)  # which says it is gone
+        return self._readiness(target, state)  # the record in hand: no read of it again
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -478,10 +485,14 @@ class LocalExtension:
         return control
 
     def _tool(self, name: str, package: str) -> str:
-        path = shutil.which(
+        """The tool's path, looked up once it is found (a missing one is looked for again
+        next time, so installing it needs no restart)."""
+        path = self._tools.get(name) or shutil.which(
             name, path="/usr/bin:/bin:/usr/sbin:/sbin:" + os.environ.get("PATH", "")
         )
-        if path is None:
+        if path is not None:
+            self._tools[name] = path
+        else:
             raise ExtensionError(
                 f"{name} is not installed; install the {package} package (apt install {package})",
                 extension=self.id,
