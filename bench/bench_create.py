@@ -11,6 +11,12 @@ Cold creates use profile.local. Warm ones use a user profile whose pool keeps
 100 sandboxes ready, on a fresh service (so the pool's filling never overlaps
 the cold figures); the pool is full before any timing and refills between
 sequential creates.
+
+What bounds a warm create from below is the bus: it is a chain of JetStream
+round trips, each started by a process that was idle a moment before. So the
+warm run also times one raw JetStream publish (to a scratch stream, awaiting
+its ack) before each create, when the machine has been idle as long as the
+create's own first step, beside the same publish made back to back.
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ from _harness import (
 )
 from _pools import pool_profile, wait_pool_full
 from _table import Row, Target, failed
+from nats.js import JetStreamContext
 
 SEQUENTIAL = 50
 DOCKER_RUNS = 20  # ~0.3 s each
 CONCURRENT = 100
 POOL_PROFILE = "profile.bench-pool"
+RTT_STREAM = "BENCH_RTT"
+BACK_TO_BACK = 200
 
 BWRAP_TRUE = [
     "bwrap",
@@ -156,9 +165,12 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
         progress(f"warm: waiting for the pool of {POOL_PROFILE} to hold {CONCURRENT} ready")
         await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=180)
         progress(f"warm: {SEQUENTIAL} sequential creates from the pool, refilled between them")
-        spawn_ms, create_ms, claimed = [], [], 0
+        await client.js.add_stream(name=RTT_STREAM, subjects=["bench.rtt"])
+        spawn_ms, create_ms, idle_rtt_ms, claimed = [], [], [], 0
         for _ in range(SEQUENTIAL):
             await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=60)
+            await asyncio.sleep(0.05)  # idle as long as the pool's own poll leaves the create
+            idle_rtt_ms.append(await publish_rtt(client.js))
             spawn_ms.append(await bwrap_once())
             started = time.perf_counter()
             ready = await client.create(POOL_PROFILE)
@@ -172,6 +184,16 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
             spawn_ms,
             "raw bwrap `true`",
             Target("<=", 5.0),
+        )
+        back_to_back_ms = [await publish_rtt(client.js) for _ in range(BACK_TO_BACK)]
+        rows.append(
+            Row(
+                "JetStream publish→ack after 50 ms idle p50",
+                "ms",
+                percentile(idle_rtt_ms, 50),
+                percentile(back_to_back_ms, 50),
+                "the same publish back to back p50",
+            )
         )
         if docker_ms:
             rows.append(
@@ -204,6 +226,13 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
             )
         )
     return rows
+
+
+async def publish_rtt(js: JetStreamContext) -> float:
+    """One publish to the scratch stream until its ack, in ms: a warm create's unit of work."""
+    started = time.perf_counter()
+    await js.publish("bench.rtt", b"x" * 400)
+    return (time.perf_counter() - started) * 1000
 
 
 async def rows() -> list[Row]:
