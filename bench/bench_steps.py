@@ -15,8 +15,8 @@ measures it in the same run, alternating rounds with this checkout so that the
 load of other users on the machine falls on both alike. The hooks skip what a
 revision does not have. The figures are for comparison in one run only.
 
-``--warm-lock`` runs every other create with the kernel's cgroup attach lock kept
-warm (see :func:`attach_lock_kept_warm`): the difference is what that wait costs.
+``--pool`` measures creates served by a warm pool instead (a profile whose pool
+keeps a few members ready, full again before each create).
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +77,8 @@ SERVICE_HOOKS = [
     ("sandboxer.extensions.local.holder", "_until_set_up", "local: wait for bwrap set-up"),
     ("asyncio", "create_subprocess_exec", "fork+exec a process"),
     ("sandboxer.extensions.local.backend", "LocalExtension.wait_ready", "local: wait_ready"),
+    ("sandboxer.workers.pool_keeper", "PoolKeeper.claim", "ext: claim a pool member on record"),
+    ("sandboxer.extensions.local.backend", "LocalExtension.claim", "local: claim (move, inputs)"),
     ("sandboxer.extensions.local.backend", "LocalExtension._run_inside", "local: nsenter run"),
     ("nats.aio.msg", "Msg.ack", "ack"),
 ]
@@ -182,63 +183,14 @@ async def raw_bwrap(n: int) -> list[float]:
     return times
 
 
-PRIMER_GROUPS = [Path(f"/sys/fs/cgroup/pids/sandboxer-bench-primer-{n}") for n in (0, 1)]
+POOL_PROFILE = "profile.steps-pool"
+POOL_SIZE = 4
 
 
-@contextlib.contextmanager
-def attach_lock_kept_warm() -> Iterator[bool]:
-    """Keep the kernel's cgroup attach lock cheap while the block runs (False: cannot).
-
-    On cgroup v1 without the ``favordynmods`` mount option, a write to a
-    ``cgroup.procs`` file after an idle spell waits for an RCU grace period (about
-    10 ms here); writes within the next grace period do not. A thread moving a
-    throw-away ``sleep`` between two groups of the bench's own every 2 ms keeps every
-    later write cheap, which is what ``favordynmods`` does for good: a create inside
-    the block shows what it costs without that wait. Pays the first wait before it yields.
-    """
-    try:
-        for group in PRIMER_GROUPS:
-            group.mkdir(exist_ok=True)
-    except OSError:
-        yield False
-        return
-    try:
-        with _churning() as kept:
-            yield kept
-    finally:
-        for group in PRIMER_GROUPS:
-            with contextlib.suppress(OSError):  # the throw-away has been reaped: they are empty
-                group.rmdir()
-
-
-@contextlib.contextmanager
-def _churning() -> Iterator[bool]:
-    done = threading.Event()
-    with subprocess.Popen(["sleep", "60"]) as throwaway:
-
-        def move(to: Path) -> None:
-            with contextlib.suppress(OSError):
-                (to / "cgroup.procs").write_text(str(throwaway.pid))
-
-        def churn() -> None:
-            turn = 0
-            while not done.wait(0.002):
-                turn ^= 1
-                move(PRIMER_GROUPS[turn])
-
-        move(PRIMER_GROUPS[0])  # the grace period is waited out here, before the create
-        churner = threading.Thread(target=churn, daemon=True)
-        churner.start()
-        try:
-            yield True
-        finally:
-            done.set()
-            churner.join()
-            throwaway.kill()
-
-
-async def measure(creates: int, warm_every_other: bool) -> dict[str, Any]:
+async def measure(creates: int, pool: bool) -> dict[str, Any]:
     install(CLIENT_HOOKS)
+    from _pools import pool_profile, wait_pool_full
+
     from sandboxer.bus.nats_server import NatsServerProcess
     from sandboxer.client import SandboxerClient
 
@@ -255,7 +207,12 @@ async def measure(creates: int, warm_every_other: bool) -> dict[str, Any]:
         tmp = Path(raw_tmp)
         async with nats(tmp) as server:
             home = tmp / "home"
-            home.mkdir()
+            (home / "profiles").mkdir(parents=True)
+            profile = POOL_PROFILE if pool else "profile.local"
+            if pool:
+                (home / "profiles" / f"{POOL_PROFILE}.yaml").write_text(
+                    pool_profile(POOL_PROFILE, POOL_SIZE)
+                )
             spans_file = tmp / "service-spans.json"
             env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=server.url)
             env["SANDBOXER_HTTP_ADDR"] = "off"  # not on a create's path
@@ -268,7 +225,7 @@ async def measure(creates: int, warm_every_other: bool) -> dict[str, Any]:
                     stderr=log,
                 )
             client = await SandboxerClient.connect([server.url], actor={"type": "atm", "id": "b"})
-            windows: list[tuple[int, int, bool]] = []  # start, end, attach lock warmed
+            windows: list[tuple[int, int]] = []  # start, end
             try:
                 for _ in range(400):
                     with contextlib.suppress(Exception):
@@ -279,7 +236,9 @@ async def measure(creates: int, warm_every_other: bool) -> dict[str, Any]:
                         raise RuntimeError(f"the service exited:\n{tail}")
                     await asyncio.sleep(0.05)
                 for _ in range(3):  # warm-up: consumers, imports, caches
-                    ready = await client.create()
+                    if pool:
+                        await wait_pool_full(client, POOL_PROFILE, POOL_SIZE, within=120)
+                    ready = await client.create(profile)
                     await client.destroy(ready["sandbox_id"])
                 await asyncio.sleep(0.2)
                 baseline = await raw_bwrap(creates)
@@ -289,12 +248,15 @@ async def measure(creates: int, warm_every_other: bool) -> dict[str, Any]:
                     now = time.monotonic_ns()
                     SPANS.append((f"client: sees {event.get('type')}", now, now))
 
-                for number in range(creates):
-                    warm = warm_every_other and number % 2 == 1
-                    with attach_lock_kept_warm() if warm else contextlib.nullcontext(False) as kept:
-                        start = time.monotonic_ns()
-                        ready = await client.create(on_event=saw)
-                        windows.append((start, time.monotonic_ns(), bool(kept)))
+                for _ in range(creates):
+                    if pool:  # full again, and then as idle as a sequential create finds it
+                        await wait_pool_full(client, POOL_PROFILE, POOL_SIZE, within=60)
+                        await asyncio.sleep(PAUSE_BETWEEN)
+                    start = time.monotonic_ns()
+                    ready = await client.create(profile, on_event=saw)
+                    windows.append((start, time.monotonic_ns()))
+                    if pool and not ready.get("pool_member"):
+                        raise RuntimeError(f"a create was not served by the pool: {ready}")
                     await asyncio.sleep(PAUSE_BETWEEN)
                     await client.destroy(ready["sandbox_id"])
                     await asyncio.sleep(PAUSE_BETWEEN)
@@ -343,8 +305,8 @@ def steps_table(windows: list[list[Any]], spans: list[list[Any]]) -> list[str]:
     return lines
 
 
-def totals(result: dict[str, Any], *, warmed: bool = False) -> list[float]:
-    return [(end - start) / 1e6 for start, end, warm in result["windows"] if warm == warmed]
+def totals(result: dict[str, Any]) -> list[float]:
+    return [(end - start) / 1e6 for start, end in result["windows"]]
 
 
 def extract(rev: str, into: Path) -> Path:
@@ -357,10 +319,10 @@ def extract(rev: str, into: Path) -> Path:
     return into
 
 
-def run_measure(package_root: Path, creates: int, out: Path, warm: bool) -> dict[str, Any]:
+def run_measure(package_root: Path, creates: int, out: Path, pool: bool) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(package_root))
     command = [sys.executable, __file__, "--measure", str(out), "--creates", str(creates)]
-    subprocess.run([*command, *(["--warm-lock"] if warm else [])], env=env, check=True)
+    subprocess.run([*command, *(["--pool"] if pool else [])], env=env, check=True)
     result: dict[str, Any] = json.loads(out.read_text())
     if Path(result["package"]).parent.resolve() != package_root.resolve():
         raise RuntimeError(f"measured {result['package']}, not the tree under {package_root}")
@@ -380,9 +342,7 @@ def main() -> None:
     parser.add_argument("--creates", type=int, default=30, help="creates per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--warm-lock",
-        action="store_true",
-        help="every other create runs with the cgroup attach lock kept warm (a limit's size)",
+        "--pool", action="store_true", help="creates served by a warm pool (docs/pools.md)"
     )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
@@ -393,7 +353,7 @@ def main() -> None:
         serve(args.serve)
         return
     if args.measure:
-        args.measure.write_text(json.dumps(asyncio.run(measure(args.creates, args.warm_lock))))
+        args.measure.write_text(json.dumps(asyncio.run(measure(args.creates, args.pool))))
         return
 
     with tempfile.TemporaryDirectory(prefix="sandboxer-steps-run-") as raw:
@@ -405,10 +365,10 @@ def main() -> None:
         for round_no in range(args.rounds):
             for label, root in trees.items():
                 out = work / f"{round_no}-{len(results[label])}-{abs(hash(label))}.json"
-                results[label].append(run_measure(root, args.creates, out, args.warm_lock))
+                results[label].append(run_measure(root, args.creates, out, args.pool))
 
     for label, rounds in results.items():
-        windows = [w for r in rounds for w in r["windows"] if not w[2]]
+        windows = [w for r in rounds for w in r["windows"]]
         spans = [s for r in rounds for s in r["spans"]]
         print(f"\n== {label}: steps of one create (median over {len(windows)} creates)")
         print("\n".join(steps_table(windows, spans)))
@@ -423,13 +383,6 @@ def main() -> None:
             f"{label:24} create -> ready p50 {statistics.median(ready):6.2f} ms "
             f"p95 {_pct(ready, 95):6.2f} ms | {ratio:4.1f}x the raw spawn"
         )
-        warmed = [t for r in rounds for t in totals(r, warmed=True)]
-        if warmed:
-            print(
-                f"{'':24} ... cgroup attach lock kept warm: p50 {statistics.median(warmed):6.2f} ms "
-                f"p95 {_pct(warmed, 95):6.2f} ms "
-                f"| {statistics.median(warmed) / statistics.median(bwrap):4.1f}x"
-            )
 
 
 if __name__ == "__main__":
