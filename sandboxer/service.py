@@ -244,7 +244,10 @@ def gateway_lacks_identity(settings: Settings, *, required: bool) -> bool:
 
 def _runnable_roles(settings: Settings, catalog: Catalog, roles: Sequence[str] | None) -> list[str]:
     """The roles to run: those asked for (each checked, failing fast), or all of ``up``'s."""
-    chosen = list(roles) if roles else [*all_roles(catalog), "gateway"]
+    # `up` with SANDBOXER_HTTP_ADDR=off runs no gateway: decided here, so that its modules
+    # (FastAPI, uvicorn: about 14 MB) are never imported.
+    gateway = [] if settings.http_addr is None else ["gateway"]
+    chosen = list(roles) if roles else [*all_roles(catalog), *gateway]
     if not roles and settings.state_hub_url is not None:
         chosen.append("statehub")
     for role in list(chosen):

@@ -155,3 +155,17 @@ async def test_the_delivery_retries_until_taken_and_stops_at_a_refusal() -> None
         await delivery.post(b"{}", {"Idempotency-Key": "e2"}, what="e2")
     assert refused.value.status == 422
     assert len(failures) == 2  # a refusal is not retried
+
+
+def test_up_runs_the_gateway_only_with_an_http_address(tmp_path: Path) -> None:
+    """SANDBOXER_HTTP_ADDR=off: `up` leaves the gateway out before importing its modules."""
+    from sandboxer.config.catalog import Catalog
+    from sandboxer.service import _runnable_roles
+
+    catalog = Catalog.load(tmp_path)
+    off = Settings(home=tmp_path, nats_urls=(), nats_server=None, ack_wait=5.0)
+    assert "gateway" not in _runnable_roles(off, catalog, None)
+    on = Settings(
+        home=tmp_path, nats_urls=(), nats_server=None, ack_wait=5.0, http_addr=("127.0.0.1", 0)
+    )
+    assert "gateway" in _runnable_roles(on, catalog, None)
