@@ -26,10 +26,14 @@ from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import read_events
 from sandboxer.client import SandboxerClient
+from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.pool_state import MemberState, evolve_member
 from sandboxer.domain.sandbox_state import SandboxState, fold
 from sandboxer.errors import SandboxerError
 from sandboxer.events.codec import decode_event
-from sandboxer.events.sandbox_events import SandboxEvent
+from sandboxer.events.pool_events import POOL_EVENTS, PoolEvent, PoolMemberClaimed
+from sandboxer.events.sandbox_events import SandboxEvent, SandboxReady
+from sandboxer.extensions.local.backend import POOL_DIR
 from sandboxer.extensions.local.inventory import scan_sandboxes
 
 __all__ = [
@@ -41,6 +45,7 @@ __all__ = [
     "no_double_debit",
     "no_leaks",
     "no_secret_bytes",
+    "pool_claims_once",
     "read_log",
     "replay_equals_live",
     "still_serves",
@@ -108,6 +113,8 @@ class LogView:
         """command id -> ``(event type, sandbox id)`` of every event carrying it."""
         self.sandbox_events: dict[str, list[SandboxEvent]] = defaultdict(list)
         self.account_events: list[dict[str, Any]] = []
+        self.pool_events: dict[str, list[PoolEvent]] = defaultdict(list)
+        """member id -> its events (``sandboxer.evt.pool.<member>.*``), in log order."""
         self.raw: list[tuple[int, str, bytes]] = []
         self.undecodable: list[str] = []
 
@@ -136,9 +143,35 @@ class LogView:
             self.sandbox_events[subject.split(".")[3]].append(event)  # type: ignore[arg-type]
         elif subject.startswith("sandboxer.evt.account."):
             self.account_events.append(body)
+        elif subject.startswith("sandboxer.evt.pool."):
+            try:
+                pool_event = decode_event(data)
+            except Exception as exc:
+                self.undecodable.append(f"event #{seq} on {subject}: {exc}")
+                return
+            if isinstance(pool_event, POOL_EVENTS):
+                self.pool_events[pool_event.member_id].append(pool_event)
 
     def states(self) -> dict[str, SandboxState]:
         return {sid: fold(sid, events) for sid, events in self.sandbox_events.items()}
+
+    def member_states(self) -> dict[str, MemberState]:
+        """Every pool member folded with the domain's own ``evolve_member``."""
+        folded = {}
+        for member_id, events in self.pool_events.items():
+            state = MemberState(member_id=member_id)
+            for event in events:
+                state = evolve_member(state, event)
+            folded[member_id] = state
+        return folded
+
+    def claimants(self) -> dict[str, str]:
+        """member id -> the sandbox that claimed it (pool members become sandboxes)."""
+        return {
+            member_id: state.claimed_by
+            for member_id, state in self.member_states().items()
+            if state.claimed_by is not None
+        }
 
 
 async def read_log(urls: Urls) -> LogView:
@@ -217,12 +250,22 @@ async def every_command_terminal(
 # -- no leaks ------------------------------------------------------------------------------------
 
 
-def _holders(root: Path) -> dict[str, list[int]]:
-    """sandbox id -> pids of its outermost bwrap processes (bwrap forks once inside its pid
-    namespace: a sandbox shows two, of which the outer one is its holder here)."""
+class Holders(NamedTuple):
+    """The outermost bubblewrap processes under ext.local's root (bwrap forks once inside
+    its pid namespace: a sandbox shows two, of which the outer one is its holder here)."""
+
+    sandboxes: dict[str, list[int]]
+    """sandbox id -> pids, for holders made cold (their command line names the sandbox)."""
+    members: dict[str, list[int]]
+    """pool member id -> pids: a warm member's holder names ``.pool/<member>`` for good, also
+    once a claim moved its directory and it became a sandbox (bwrap's arguments stay)."""
+
+
+def _holders(root: Path) -> Holders:
     pids = bwrap_pids_under(root)
-    pattern = re.compile(re.escape(str(root)).encode() + rb"/([a-z0-9]+)/")
-    found: dict[str, list[int]] = defaultdict(list)
+    in_root = re.compile(re.escape(str(root)).encode() + rb"/([a-z0-9]+)/")
+    in_pool = re.compile(re.escape(str(root / POOL_DIR)).encode() + rb"/([a-z0-9]+)/")
+    found = Holders(defaultdict(list), defaultdict(list))
     for pid, parent in pids.items():
         if parent in pids:
             continue
@@ -230,30 +273,37 @@ def _holders(root: Path) -> dict[str, list[int]]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        ids = {m.decode() for m in pattern.findall(cmdline)}
-        for sandbox_id in ids:
-            found[sandbox_id].append(pid)
+        for ids, into in ((in_root, found.sandboxes), (in_pool, found.members)):
+            for name in {m.decode() for m in ids.findall(cmdline)}:
+                into[name].append(pid)
     return found
 
 
 async def no_leaks(urls: Urls, home: Path) -> list[str]:
     """ext.local holds exactly what the log says is live: no directory or holder of a sandbox
-    the log calls destroyed or failed (or never heard of), one holder per live sandbox."""
+    the log calls destroyed or failed (or never heard of), one holder per live sandbox. A
+    claimed pool member's holder counts as its sandbox's; unclaimed members are the pool's
+    (:func:`pool_claims_once`)."""
     view = await read_log(urls)
     states = view.states()
     root = home / "local"
     on_disk = {f.sandbox_id: f for f in await asyncio.to_thread(scan_sandboxes, root)}
-    holders = await asyncio.to_thread(_holders, root)
+    found = await asyncio.to_thread(_holders, root)
+    holders = defaultdict(list, found.sandboxes)
+    for member_id, sandbox_id in view.claimants().items():
+        holders[sandbox_id] += found.members.get(member_id, [])
     problems: list[str] = []
-    for sandbox_id, found in sorted(on_disk.items()):
+    for sandbox_id, item in sorted(on_disk.items()):
         state = states.get(sandbox_id)
         if state is None:
             problems.append(f"{sandbox_id}: a directory under {root} the log never mentions")
         elif state.status in ENDED:
             problems.append(f"{sandbox_id}: {state.status} in the log, its directory remains")
-        elif state.status in LIVE and not found.alive:
+        elif state.status in LIVE and not item.alive:
             problems.append(f"{sandbox_id}: {state.status} in the log, its holder is dead")
     for sandbox_id, pids in sorted(holders.items()):
+        if not pids:
+            continue
         state = states.get(sandbox_id)
         status = "unknown to the log" if state is None else state.status
         if state is None or state.status in ENDED:
@@ -264,6 +314,141 @@ async def no_leaks(urls: Urls, home: Path) -> list[str]:
         if state.status in LIVE and state.extension == "ext.local" and sandbox_id not in on_disk:
             problems.append(f"{sandbox_id}: {state.status} in the log, nothing on disk")
     return problems
+
+
+# -- warm pools ----------------------------------------------------------------------------------
+
+
+def _served(view: LogView) -> dict[str, set[str]]:
+    """member id -> the sandboxes whose ``ready`` names it as their ``pool_member``."""
+    served: dict[str, set[str]] = defaultdict(set)
+    for sandbox_id, events in view.sandbox_events.items():
+        for event in events:
+            if isinstance(event, SandboxReady) and event.pool_member:
+                served[event.pool_member].add(sandbox_id)
+    return served
+
+
+def _claims_in_log(view: LogView, *, members_may_die: bool) -> list[str]:
+    """Each member claimed at most once, by one sandbox, whose ``ready`` names it; no
+    ``ready`` naming a member the log does not say it claimed."""
+    problems: list[str] = []
+    served = _served(view)
+    members = view.member_states()
+    states = view.states()
+    for member_id, sandboxes in sorted(served.items()):
+        if len(sandboxes) > 1:
+            problems.append(
+                f"member {member_id} served {len(sandboxes)} sandboxes {sorted(sandboxes)}"
+            )
+        member = members.get(member_id)
+        for sandbox_id in sorted(sandboxes):
+            if member is None or member.claimed_by != sandbox_id:
+                said = (
+                    "unknown"
+                    if member is None
+                    else f"{member.status}, claimed by {member.claimed_by}"
+                )
+                problems.append(
+                    f"{sandbox_id}: its ready names member {member_id}, which the log calls {said}"
+                )
+    for member_id, events in sorted(view.pool_events.items()):
+        claims = [e.sandbox_id for e in events if isinstance(e, PoolMemberClaimed)]
+        if len(claims) > 1:
+            problems.append(f"member {member_id} claimed {len(claims)} times, by {claims}")
+    for member_id, member in sorted(members.items()):
+        if member.claimed_by is None:
+            continue
+        claimant = member.claimed_by
+        named = {m for m, sandboxes in served.items() if claimant in sandboxes}
+        sandbox = states.get(claimant)
+        readied = any(isinstance(e, SandboxReady) for e in view.sandbox_events.get(claimant, []))
+        if named - {member_id}:
+            problems.append(
+                f"{claimant} claimed member {member_id} but its ready names {sorted(named)}"
+            )
+        elif readied and not named and not members_may_die:
+            problems.append(
+                f"{claimant} claimed member {member_id}, then was made cold "
+                "(its member was found dead or gone at the claim)"
+            )
+        elif not readied and (sandbox is None or sandbox.status not in ENDED):
+            status = "unknown to the log" if sandbox is None else sandbox.status
+            problems.append(f"{claimant} claimed member {member_id} and is {status}, never ready")
+    return problems
+
+
+def _member_dir_problem(member: MemberState | None, item: FoundSandbox) -> str | None:
+    """What is wrong with a directory under ``.pool`` that the log calls ``member``."""
+    if member is None:
+        return "a directory under .pool the log never mentions"
+    if member.status in {"removed", "claimed"}:
+        by = f" by {member.claimed_by}" if member.claimed_by else ""
+        return f"{member.status}{by} in the log, its directory remains in .pool"
+    if member.status == "adding":
+        return "still being made (adding)"
+    if not item.alive:
+        return "ready in the log, its holder is dead"
+    return None
+
+
+def _pool_against_machine(
+    view: LogView, root: Path, bounds: Mapping[str, tuple[int, int]]
+) -> list[str]:
+    """What lies under ``<root>/.pool`` and runs from there against the log (blocking)."""
+    members = view.member_states()
+    on_disk = {f.sandbox_id: f for f in scan_sandboxes(root / POOL_DIR)}
+    holders = _holders(root).members
+    problems: list[str] = []
+    for member_id, item in sorted(on_disk.items()):
+        problem = _member_dir_problem(members.get(member_id), item)
+        if problem:
+            problems.append(f"member {member_id}: {problem}")
+    for member_id, pids in sorted(holders.items()):
+        member = members.get(member_id)
+        if member is None or member.status == "removed":
+            status = "unknown to the log" if member is None else "removed"
+            problems.append(f"member {member_id}: {status}, yet holder pids {pids} run")
+        elif len(pids) > 1:
+            problems.append(f"member {member_id}: {len(pids)} holders {pids}")
+    ready: Counter[str] = Counter()
+    for member_id, member in sorted(members.items()):
+        if member.status in {"adding", "ready"} and member_id not in on_disk:
+            problems.append(f"member {member_id}: {member.status} in the log, nothing in .pool")
+        if member.status == "ready":
+            ready[member.profile] += 1
+    for profile, (min_ready, max_members) in sorted(bounds.items()):
+        if not min_ready <= ready[profile] <= max_members:
+            problems.append(
+                f"pool of {profile}: {ready[profile]} ready members in the log, "
+                f"not within min_ready {min_ready} and max {max_members}"
+            )
+    return problems
+
+
+async def pool_claims_once(
+    urls: Urls,
+    home: Path,
+    *,
+    bounds: Mapping[str, tuple[int, int]],
+    settle: float = 20.0,
+    members_may_die: bool = False,
+) -> list[str]:
+    """Warm pools (docs/pools.md) kept their word: no member served two sandboxes, each
+    claimed member is one sandbox's (its ``ready`` names it, unless it never became ready),
+    and, once the keepers have settled (waited up to ``settle`` s: they reconcile every 5 s),
+    ``$SANDBOXER_HOME/local/.pool`` holds exactly the members the log calls adding or
+    ready, alive, no holder runs for a removed member, and each pool in ``bounds``
+    (profile -> ``(min_ready, max)``) holds between its bounds of ready members.
+    ``members_may_die``: the scenario kills members, so a claim may be made cold."""
+    deadline = time.monotonic() + settle
+    while True:
+        view = await read_log(urls)
+        problems = _claims_in_log(view, members_may_die=members_may_die)
+        problems += await asyncio.to_thread(_pool_against_machine, view, home / "local", bounds)
+        if not problems or time.monotonic() > deadline:
+            return problems
+        await asyncio.sleep(1.0)
 
 
 # -- no double debit -----------------------------------------------------------------------------

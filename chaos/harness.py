@@ -392,12 +392,14 @@ class ChaosService:
             await target.process.wait()
 
     async def _reap_sandboxes(self) -> None:
-        """Tear down every ext.local sandbox of this home, then kill any holder still left."""
+        """Tear down every ext.local sandbox and warm pool member of this home (the keeper
+        drains its members when stopped, not when killed), then kill any holder still left."""
         local = LocalExtension(self.home / "local")
-        with contextlib.suppress(Exception):
-            for found in await local.list_sandboxes():
-                with contextlib.suppress(Exception):
-                    await local.teardown(found.sandbox_id)
+        for backend in (local, local.pool_members()):
+            with contextlib.suppress(Exception):
+                for found in await backend.list_sandboxes():
+                    with contextlib.suppress(Exception):
+                        await backend.teardown(found.sandbox_id)
         for pid in bwrap_pids_under(self.home):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -20,11 +20,10 @@ from pathlib import Path
 import httpx
 
 from chaos.checks import Sent, check_all
+from chaos.cycles import Cycles
 from chaos.harness import DEFAULT_ROLES, ChaosService, Stopwatch, finish
 from chaos.result import ScenarioResult
 from sandboxer.cli.key_commands import create_key
-from sandboxer.client import CommandFailed
-from sandboxer.errors import SandboxerError
 from sandboxer.ids import derive_sandbox_id, new_command_id
 
 NAME = "kill-roles"
@@ -48,45 +47,20 @@ def _error_code(answer: httpx.Response) -> str:
         return ""
 
 
-class Run:
-    """What the loops share: the commands sent, the counts, the problems."""
+class Run(Cycles):
+    """What the loops share (chaos/cycles.py), and the kills of each role."""
+
+    attempts = ATTEMPTS
+    wait = WAIT
 
     def __init__(self, svc: ChaosService, seed: int) -> None:
-        self.svc = svc
-        self.rng = random.Random(seed)
-        self.sent: dict[str, Sent] = {}
-        self.cycles = 0
+        super().__init__(svc, seed)
         self.http_cycles = 0
         self.kills: dict[str, int] = dict.fromkeys(DEFAULT_ROLES, 0)
-        self.resends = 0
-        self.slowest = 0.0
-        self.problems: list[str] = []
 
     @property
     def done(self) -> bool:
         return self.cycles >= CYCLES and sum(self.kills.values()) >= MIN_KILLS
-
-    async def bus_command(self, verb: str, sandbox_id: str, command_id: str) -> bool:
-        """Send one create or destroy until it ends (same id each time); whether it succeeded."""
-        self.sent[command_id] = Sent(verb, sandbox_id)
-        client = self.svc.client
-        started = time.monotonic()
-        for attempt in range(ATTEMPTS):
-            self.resends += attempt > 0
-            try:
-                if verb == "create":
-                    await client.create(command_id=command_id, timeout=WAIT)
-                else:
-                    await client.destroy(sandbox_id, command_id=command_id, timeout=WAIT)
-            except CommandFailed as exc:
-                self.problems.append(f"{verb} {command_id} of {sandbox_id}: {exc.message}")
-                return False
-            except (SandboxerError, TimeoutError):
-                continue  # no outcome yet: send the same command again
-            self.slowest = max(self.slowest, time.monotonic() - started)
-            return True
-        self.problems.append(f"{verb} {command_id} of {sandbox_id}: no outcome in {ATTEMPTS} sends")
-        return False
 
     async def bus_loop(self) -> None:
         while not self.done:
@@ -155,10 +129,8 @@ class Run:
         while not self.done:
             await asyncio.sleep(self.rng.uniform(0.3, 2.5))
             role = order.pop() if order else self.rng.choice(DEFAULT_ROLES)
-            await self.svc.kill(role)
             self.kills[role] += 1
-            await asyncio.sleep(self.rng.uniform(0.0, 1.5))
-            await self.svc.restart(role)
+            await self.kill_and_restart(role)
 
 
 async def run(workdir: Path) -> ScenarioResult:

@@ -1,0 +1,152 @@
+"""Warm pool claims under kill -9: at least 150 create/destroy cycles of a pooled profile from
+four loops, some creates at once so that claims race, while the ext.local worker (which runs
+the pool keeper and makes the claims) is killed -9 at random points, and the control worker
+at least once, each restarted after a random pause.
+
+A member must go to exactly one create, whatever dies when; a create cut short by a kill is
+sent again with its own command id; after the run the keeper (restarted) must square the pool
+directory with the log and refill it (docs/pools.md). The seed is in the figures;
+``CHAOS_SEED`` replays a run's schedule of kills and bursts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+from chaos.checks import check_all, pool_claims_once, read_log
+from chaos.cycles import Cycles
+from chaos.harness import ChaosService, HarnessError, Stopwatch, finish
+from chaos.outcomes import duplicated, failed_internally
+from chaos.result import ScenarioResult
+from sandboxer.errors import SandboxerError
+from sandboxer.ids import derive_sandbox_id, new_command_id
+
+NAME = "pool-claims"
+DEADLINE = 150.0
+CYCLES = 150
+LOOPS = 4
+BURSTS = (1, 1, 2, 3)
+"""How many creates one loop sends at once, picked at random per round: up to 12 in flight
+against a pool of 6, so claims race and the pool runs dry at times (those creates go cold)."""
+MIN_KILLS = 8
+KILLED = ("ext.local", "ext.local", "ext.local", "control")
+"""Roles the killer picks from: mostly the keeper's worker, the control worker too."""
+PROFILE = "profile.chaos-warm"
+MIN_READY = MAX = 6
+WARM_PROFILE = f"""\
+id: {PROFILE}
+extension: ext.local
+pool: {{min_ready: {MIN_READY}, max: {MAX}}}
+setup:
+  instructions: ["echo claimed > /workspace/hello"]
+"""
+FILL_TIMEOUT = 60.0
+
+
+class Run(Cycles):
+    """The loops' shared state (chaos/cycles.py), the creates by origin, the kills."""
+
+    wait = 20.0
+    """A kill costs a job about one ack wait (5 s) and a restart: 20 s is several of those."""
+
+    def __init__(self, svc: ChaosService, seed: int) -> None:
+        super().__init__(svc, seed)
+        self.from_pool = 0
+        self.cold = 0
+        self.kills: Counter[str] = Counter()
+
+    @property
+    def done(self) -> bool:
+        return (
+            self.cycles >= CYCLES
+            and sum(self.kills.values()) >= MIN_KILLS
+            and self.kills["control"] >= 1
+        )
+
+    async def create(self) -> str | None:
+        """One create of the pooled profile until it ends: its sandbox when ready."""
+        command_id = new_command_id()
+        sandbox_id = derive_sandbox_id(command_id)
+        ready = await self.bus_command("create", sandbox_id, command_id, profile=PROFILE)
+        if ready is None:
+            return None
+        if ready.get("pool_member"):
+            self.from_pool += 1
+        else:
+            self.cold += 1
+        return sandbox_id
+
+    async def loop(self) -> None:
+        while not self.done:
+            burst = self.rng.choice(BURSTS)
+            made = await asyncio.gather(*(self.create() for _ in range(burst)))
+            await asyncio.gather(
+                *(self.bus_command("destroy", s, new_command_id()) for s in made if s)
+            )
+            self.cycles += burst
+
+    async def killer(self) -> None:
+        """The control worker once among the first three kills, else mostly ext.local."""
+        control_at = self.rng.randrange(3)
+        while not self.done:
+            await asyncio.sleep(self.rng.uniform(0.5, 2.5))
+            kills = sum(self.kills.values())
+            role = "control" if kills == control_at else self.rng.choice(KILLED)
+            self.kills[role] += 1
+            await self.kill_and_restart(role)
+
+
+async def wait_pool_full(svc: ChaosService) -> None:
+    """Until the keeper reports the pool made (every member ready, none being made)."""
+    deadline = time.monotonic() + FILL_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            pools = {p["profile"]: p for p in await svc.client.pools()}
+        except SandboxerError:
+            pools = {}
+        pool = pools.get(PROFILE)
+        if pool and pool["ready"] >= MIN_READY and pool["provisioning"] == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise HarnessError(f"the pool of {PROFILE} was not made within {FILL_TIMEOUT:g} s")
+
+
+async def run(workdir: Path) -> ScenarioResult:
+    watch = Stopwatch()
+    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    svc = ChaosService(workdir)
+    (svc.home / "profiles").mkdir()
+    (svc.home / "profiles" / f"{PROFILE}.yaml").write_text(WARM_PROFILE)
+    async with svc:
+        await wait_pool_full(svc)
+        state = Run(svc, seed)
+        await asyncio.gather(state.killer(), *(state.loop() for _ in range(LOOPS)))
+        problems = list(state.problems)
+        if not state.from_pool:
+            problems.append("no create was served from the pool: the scenario proved nothing")
+        problems += await check_all(svc.nats_urls, svc.home, sent=state.sent)
+        problems += [
+            f"pool_claims_once: {p}"
+            for p in await pool_claims_once(
+                svc.nats_urls, svc.home, bounds={PROFILE: (MIN_READY, MAX)}
+            )
+        ]
+        view = await read_log(svc.nats_urls)
+        problems += duplicated(view, state.sent) + failed_internally(view, state.sent)
+        problems += svc.crashed()
+        figures: dict[str, object] = {
+            "seed {}": seed,
+            "cycles": state.cycles,
+            "creates from the pool": state.from_pool,
+            "cold": state.cold,
+            "kills of ext.local": state.kills["ext.local"],
+            "of control": state.kills["control"],
+            "resends": state.resends,
+            "slowest command {} s": state.slowest,
+        }
+    return finish(NAME, watch, figures, problems)
