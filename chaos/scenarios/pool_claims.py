@@ -18,12 +18,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from chaos.checks import check_all, pool_claims_once, read_log
+from chaos.checks import LogView, check_all, pool_claims_once, read_log
 from chaos.cycles import Cycles
 from chaos.harness import ChaosService, HarnessError, Stopwatch, finish
 from chaos.outcomes import duplicated, failed_internally
 from chaos.result import ScenarioResult
 from sandboxer.errors import SandboxerError
+from sandboxer.events.sandbox_events import SandboxProvisioning, SandboxReady
 from sandboxer.ids import derive_sandbox_id, new_command_id
 
 NAME = "pool-claims"
@@ -116,6 +117,17 @@ async def wait_pool_full(svc: ChaosService) -> None:
     raise HarnessError(f"the pool of {PROFILE} was not made within {FILL_TIMEOUT:g} s")
 
 
+def claims_redelivered(view: LogView) -> int:
+    """Creates served by the pool whose job was delivered more than once (a kill cut the
+    first attempt short): the path where a retried claim must find its earlier one."""
+    found = 0
+    for events in view.sandbox_events.values():
+        pooled = any(isinstance(e, SandboxReady) and e.pool_member for e in events)
+        retried = any(isinstance(e, SandboxProvisioning) and e.attempt > 1 for e in events)
+        found += pooled and retried
+    return found
+
+
 async def run(workdir: Path) -> ScenarioResult:
     watch = Stopwatch()
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
@@ -144,6 +156,7 @@ async def run(workdir: Path) -> ScenarioResult:
             "cycles": state.cycles,
             "creates from the pool": state.from_pool,
             "cold": state.cold,
+            "pooled creates redelivered": claims_redelivered(view),
             "kills of ext.local": state.kills["ext.local"],
             "of control": state.kills["control"],
             "resends": state.resends,
