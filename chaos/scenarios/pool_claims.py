@@ -1,7 +1,12 @@
 """Warm pool claims under kill -9: at least 150 create/destroy cycles of a pooled profile from
-four loops, some creates at once so that claims race, while the ext.local worker (which runs
-the pool keeper and makes the claims) is killed -9 at random points, and the control worker
+four loops, some creates at once so that claims race, while the ext.local workers (which run
+the pool keepers and make the claims) are killed -9 at random points, and the control worker
 at least once, each restarted after a random pause.
+
+Two ext.local processes share the node's pool: within one process the keeper never hands a
+member to two of its creates, so only claims across processes meet the log's check (the
+claim's append expects the member's ``ready`` as its last event), which is the one that
+must let exactly one through.
 
 A member must go to exactly one create, whatever dies when; a create cut short by a kill is
 sent again with its own command id; after the run the keeper (restarted) must square the pool
@@ -20,7 +25,7 @@ from pathlib import Path
 
 from chaos.checks import LogView, check_all, pool_claims_once, read_log
 from chaos.cycles import Cycles
-from chaos.harness import ChaosService, HarnessError, Stopwatch, finish
+from chaos.harness import DEFAULT_ROLES, ChaosService, HarnessError, Stopwatch, finish
 from chaos.outcomes import duplicated, failed_internally
 from chaos.result import ScenarioResult
 from sandboxer.errors import SandboxerError
@@ -35,8 +40,9 @@ BURSTS = (1, 1, 2, 3)
 """How many creates one loop sends at once, picked at random per round: up to 12 in flight
 against a pool of 6, so claims race and the pool runs dry at times (those creates go cold)."""
 MIN_KILLS = 8
-KILLED = ("ext.local", "ext.local", "ext.local", "control")
-"""Roles the killer picks from: mostly the keeper's worker, the control worker too."""
+ROLES = (*DEFAULT_ROLES, "ext.local#2")
+KILLED = ("ext.local", "ext.local#2", "ext.local", "ext.local#2", "control")
+"""Roles the killer picks from: mostly the keepers' workers, the control worker too."""
 PROFILE = "profile.chaos-warm"
 MIN_READY = MAX = 6
 WARM_PROFILE = f"""\
@@ -92,7 +98,7 @@ class Run(Cycles):
             self.cycles += burst
 
     async def killer(self) -> None:
-        """The control worker once among the first three kills, else mostly ext.local."""
+        """The control worker once among the first three kills, else mostly an ext.local."""
         control_at = self.rng.randrange(3)
         while not self.done:
             await asyncio.sleep(self.rng.uniform(0.5, 2.5))
@@ -131,7 +137,7 @@ def claims_redelivered(view: LogView) -> int:
 async def run(workdir: Path) -> ScenarioResult:
     watch = Stopwatch()
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
-    svc = ChaosService(workdir)
+    svc = ChaosService(workdir, roles=ROLES)
     (svc.home / "profiles").mkdir()
     (svc.home / "profiles" / f"{PROFILE}.yaml").write_text(WARM_PROFILE)
     async with svc:
@@ -157,7 +163,7 @@ async def run(workdir: Path) -> ScenarioResult:
             "creates from the pool": state.from_pool,
             "cold": state.cold,
             "pooled creates redelivered": claims_redelivered(view),
-            "kills of ext.local": state.kills["ext.local"],
+            "kills of ext.local": state.kills["ext.local"] + state.kills["ext.local#2"],
             "of control": state.kills["control"],
             "resends": state.resends,
             "slowest command {} s": state.slowest,
