@@ -221,8 +221,18 @@ def write_secrets(
 
 
 def remove(layout: Layout) -> None:
-    """Delete the sandbox directory; a symlink in its place is unlinked, never followed."""
-    if layout.dir.is_symlink():
-        layout.dir.unlink()
-    elif layout.dir.exists():
-        shutil.rmtree(layout.dir)
+    """Delete the sandbox directory; a symlink in its place is unlinked, never followed.
+
+    Another worker may be removing it at the same moment (a restarted worker's reconcile
+    and a destroy's job): what it removed first is not a failure, what is left is removed.
+    """
+    for attempt in range(3):
+        try:
+            if layout.dir.is_symlink():
+                layout.dir.unlink()
+            elif layout.dir.exists():
+                shutil.rmtree(layout.dir)
+            return
+        except FileNotFoundError:
+            if attempt == 2 and (layout.dir.exists() or layout.dir.is_symlink()):
+                raise
