@@ -49,6 +49,10 @@ class ProvisionRequest:
     its own timeout; sandboxer expires it itself, the provider's timeout is a backstop."""
     project: str | None = None
     """The project of the actor who asked, for backends that label what they make."""
+    attempt: int = 1
+    """This provisioning's attempt at the sandbox (its ``provisioning`` event's): only above
+    1 can an earlier attempt have made something (a redelivered job, a worker's crash), so
+    only then need a backend look for leftovers before it creates."""
 
 
 @dataclass(frozen=True, kw_only=True)

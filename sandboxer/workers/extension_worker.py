@@ -254,6 +254,7 @@ class ExtensionWorker:
                     host=state.host,
                     expires_at=state.expires_at,
                     project=state.actor.project if state.actor else None,
+                    attempt=max(state.attempt, 1),
                 )
                 if profile.setup.record_telemetry:
                     await inspect_and_record(self._store, self.extension, state.host)

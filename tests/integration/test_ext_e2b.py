@@ -6,6 +6,7 @@ double's fixture fails the test if a request or an answer broke the spec.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -261,11 +262,12 @@ async def test_server_errors_are_retried_and_the_create_made_once(
     faults = e2b_double.double.app.faults
     faults.add("status", method="POST", pattern="/sandboxes", status=500, times=2)
     faults.add("status", method="GET", pattern="/v2/sandboxes", status=503, times=2)
-    made = request("e2bretry001")
+    made = dataclasses.replace(request("e2bretry001"), attempt=2)  # it lists leftovers first
     await e2b.provision(made)
     await e2b.wait_ready(made)
     assert len(e2b_double.double.live()) == 1
     assert e2b_double.double.calls.count(("POST", "/sandboxes")) == 3
+    assert e2b_double.double.calls.count(("GET", "/v2/sandboxes")) >= 3  # 2 refused, then read
 
 
 async def test_a_lost_create_answer_leaves_exactly_one_sandbox(e2b_double: ServedE2b) -> None:
@@ -282,12 +284,22 @@ async def test_a_lost_create_answer_leaves_exactly_one_sandbox(e2b_double: Serve
     assert e2b_double.double.calls.count(("POST", "/sandboxes")) == 1
 
 
+async def test_a_first_attempt_creates_without_listing_first(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    """Only a redelivered job (attempt 2 on) can find an earlier attempt's sandbox."""
+    await e2b.provision(request("e2bfirst001"))
+    assert ("GET", "/v2/sandboxes") not in e2b_double.double.calls
+    assert e2b_double.double.calls.count(("POST", "/sandboxes")) == 1
+
+
 async def test_provisioning_twice_leaves_exactly_one(
     e2b: E2bExtension, e2b_double: ServedE2b
 ) -> None:
     made = request("e2btwice001")
     await e2b.provision(made)
-    await e2b.provision(made)  # a redelivered job: the first attempt's sandbox is killed
+    again = dataclasses.replace(made, attempt=2)  # a redelivered job: the first one's is killed
+    await e2b.provision(again)
     readiness = await e2b.wait_ready(made)
     [record] = e2b_double.double.live()
     assert readiness.descriptor["sandbox_id"] == record.sandbox_id

@@ -7,6 +7,7 @@ never in our client.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -150,10 +151,11 @@ async def test_quota_is_provider_quota(
 async def test_unavailable_is_retried_then_succeeds(
     modal_double: ModalDouble, extension: Callable[..., ModalExtension]
 ) -> None:
-    # More failures than the SDK's own retries (3): ours carry it through.
+    # More failures than the SDK's own retries (3): ours carry it through. (A redelivered
+    # job's provision lists what an earlier attempt made: its first call.)
     modal_double.inject(Fault("SandboxList", "status", Status.UNAVAILABLE, times=5))
     ext = extension()
-    await ext.provision(request("modal00005"))
+    await ext.provision(request("modal00005", attempt=2))
     assert len(modal_double.running_for("modal00005")) == 1
     assert modal_double.calls.count("SandboxList") > 5
 
@@ -163,7 +165,7 @@ async def test_unavailable_for_ever_is_provider_unavailable(
 ) -> None:
     modal_double.inject(Fault("SandboxList", "status", Status.UNAVAILABLE, times=1000))
     with pytest.raises(ProviderUnavailable, match="after retries"):
-        await extension(retry_attempts=2).provision(request("modal00006"))
+        await extension(retry_attempts=2).provision(request("modal00006", attempt=2))
 
 
 async def test_a_hang_is_a_timeout_then_retried(
@@ -171,7 +173,7 @@ async def test_a_hang_is_a_timeout_then_retried(
 ) -> None:
     modal_double.inject(Fault("SandboxList", "hang", times=1))
     ext = extension(call_timeout=0.5)
-    await ext.provision(request("modal00007"))
+    await ext.provision(request("modal00007", attempt=2))
     assert len(modal_double.running_for("modal00007")) == 1
 
 
@@ -195,7 +197,7 @@ async def test_second_provision_of_one_id_leaves_exactly_one(
     req = request("modal00009")
     await ext.provision(req)
     first = modal_double.running_for("modal00009")[0].sandbox_id
-    await ext.provision(req)
+    await ext.provision(dataclasses.replace(req, attempt=2))  # its job, delivered again
     [second] = modal_double.running_for("modal00009")
     assert second.sandbox_id != first  # started clean
     await ext.wait_ready(req)

@@ -120,8 +120,10 @@ class E2bExtension:
         check_sandbox_id(sandbox_id, self.id)
         template = template_of(request.profile)
         api = self._client()
-        # A redelivered job: what an earlier attempt made is removed, and we start clean.
-        for leftover in await self._labelled(sandbox_id):
+        # A redelivered job: what an earlier attempt made is removed, and we start clean. (A
+        # first attempt had none before it: the listing would cost every create a request.)
+        leftovers = await self._labelled(sandbox_id) if request.attempt > 1 else []
+        for leftover in leftovers:
             log.info("%s: killing %s left by an earlier attempt", sandbox_id, leftover.provider_id)
             await api.kill(leftover.provider_id, sandbox_id=sandbox_id)
         self._known.pop(sandbox_id, None)

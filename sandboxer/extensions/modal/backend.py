@@ -178,9 +178,11 @@ class ModalExtension:
     async def provision(self, request: ProvisionRequest) -> None:
         sandbox_id = checked(request.sandbox_id)
         image = image_of(request.profile)
-        # A redelivered job (a crash after the create) or a create whose answer was lost may
-        # have left one: start clean, so that exactly one exists afterwards.
-        for earlier in await self._find(sandbox_id):
+        # A redelivered job (a crash after the create, a create whose answer was lost) may
+        # have left one: start clean, so that exactly one exists afterwards. A first attempt
+        # had none before it (the listing would cost every create a call).
+        earlier_ones = await self._find(sandbox_id) if request.attempt > 1 else []
+        for earlier in earlier_ones:
             log.info("sandbox %s: removing what an earlier attempt made", sandbox_id)
             await self._terminate(earlier, sandbox_id)
         await create_once(
