@@ -137,6 +137,10 @@ class PoolKeeper:
     def pools_anything(self) -> bool:
         return bool(self._profiles)
 
+    def serves(self, profile_id: str) -> bool:
+        """Whether creates of ``profile_id`` may be served from a pool here."""
+        return profile_id in self._profiles
+
     def pool_of(self, profile_id: str) -> str:
         return pool_key(self._extension.id, self.node, profile_id)
 
