@@ -15,17 +15,23 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 
+from sandboxer import subjects
+from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
+from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.errors import CommandFailed, ExtensionError
+from sandboxer.events.codec import decode_event
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.local import cgroups
 from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.workers.jobs import job_for, with_known
 from sandboxer.workers.pool_keeper import PoolKeeper
 from tests.integration.conftest import Service, reap_local, start_service
 
@@ -394,3 +400,48 @@ async def test_a_member_that_cannot_be_torn_down_holds_up_no_other(
         await keeper.reconcile()
         assert member_dirs(home) == {stuck}  # the other was torn down all the same
         assert keeper.index.members[dying].status == "removed"
+
+
+async def test_a_duplicate_provision_job_claims_beside_and_gives_the_member_back(
+    nats_server: Any, home: Path
+) -> None:
+    """The claim goes out beside `provisioning` (extension_worker.py). A provision job sent
+    again once its sandbox is ready claims a member for nothing: the sandbox is left as it
+    is, and the keeper's reconcile tears that member down and refills the pool."""
+    write_profile(home)
+    svc = await start_service(home, nats_server.url)
+    client = svc.client
+    try:
+        await wait_pool(client, 2)
+        ready = await client.create("profile.warm")
+        sandbox_id = ready["sandbox_id"]
+        await wait_pool(client, 2)
+        state, routed_seq = SandboxState(sandbox_id=sandbox_id), 0
+        async for seq, event in client.events(sandbox_id=sandbox_id):
+            decoded = decode_event(json.dumps(event).encode())
+            state, routed_seq = evolve(state, decoded), seq  # type: ignore[arg-type]
+            if event["type"] == "routed":
+                break
+        job = job_for(state)
+        assert job is not None
+        await client.js.publish(  # a new message id: not deduplicated, as past the window
+            subjects.job_subject("ext.local", sandbox_id),
+            msgspec.json.encode(with_known(job, Loaded(state, routed_seq))),
+        )
+
+        async with asyncio.timeout(30):  # claimed for nothing, then torn down by reconcile
+            while True:
+                events = await pool_events(client)
+                claims = [e for e in events if e["type"] == "pool_member_claimed"]
+                spare = [c["member_id"] for c in claims if c["sandbox_id"] == sandbox_id]
+                if len(spare) == 2 and spare[1] not in member_dirs(home):
+                    break
+                await asyncio.sleep(0.1)
+        types = [e["type"] async for _s, e in client.events(sandbox_id=sandbox_id)]
+        assert types == ["requested", "routed", "provisioning", "ready"]
+        assert await client.exec(sandbox_id, ["true"], _discard) == 0
+        await wait_pool(client, 2)  # refilled
+    finally:
+        await client.close()
+        await svc.shutdown()
+        await reap_local(home)
