@@ -13,6 +13,7 @@ Unsupported.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +198,8 @@ class TestExtensionContract:
         extension = subject.extension
         request = request_for("contract0003", subject)
         await extension.provision(request)
-        await extension.provision(request)
+        # The job delivered again: the worker's next attempt (ProvisionRequest.attempt).
+        await extension.provision(dataclasses.replace(request, attempt=2))
         await extension.wait_ready(request)
         assert [f.sandbox_id for f in await extension.list_sandboxes()] == ["contract0003"]
 
