@@ -31,6 +31,7 @@ from sandboxer.domain.route_signals import (
 )
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.events.types import SandboxEvent, SandboxFailed, SandboxReady, SandboxRerouting
+from sandboxer.projections.rows import write_rows
 
 __all__ = [
     "KEEP",
@@ -136,20 +137,16 @@ async def save_route_samples(db: aiosqlite.Connection, samples: RouteSamples) ->
     kept, dropped = newest_latencies(samples.latencies)
     if dropped:  # what their own insert would have replaced, before the prune removed them
         await db.executemany("DELETE FROM route_latency WHERE key = ?", [(k,) for k in dropped])
-    # Each statement is a hop to SQLite's thread and back: none for nothing to write.
-    if kept:
-        await db.executemany(
-            "INSERT OR REPLACE INTO route_latency VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (s.key, s.extension, s.host, s.started_at, s.ready_at, s.seconds, seq)
-                for s, seq in kept
-            ],
-        )
-    if samples.failures:
-        await db.executemany(
-            "INSERT OR REPLACE INTO route_failures VALUES (?, ?, ?, ?)",
-            [(seq, f.extension, f.at, f.code) for f, seq in samples.failures],
-        )
+    await write_rows(
+        db,
+        "INSERT OR REPLACE INTO route_latency VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(s.key, s.extension, s.host, s.started_at, s.ready_at, s.seconds, seq) for s, seq in kept],
+    )
+    await write_rows(
+        db,
+        "INSERT OR REPLACE INTO route_failures VALUES (?, ?, ?, ?)",
+        [(seq, f.extension, f.at, f.code) for f, seq in samples.failures],
+    )
     for table, touched in (
         ("route_latency", {s.extension for s, _ in samples.latencies}),
         ("route_failures", {f.extension for f, _ in samples.failures}),

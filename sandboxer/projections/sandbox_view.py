@@ -52,6 +52,7 @@ from sandboxer.projections.route_rows import (
     load_signals,
     save_route_samples,
 )
+from sandboxer.projections.rows import write_rows
 from sandboxer.projections.snapshot_rows import (
     SNAPSHOTS_SCHEMA,
     list_snapshots,
@@ -221,36 +222,33 @@ class SandboxView:
             await save_snapshots(self._db, snapshots)
             for event, seq in host_events:
                 await self._apply_host_event(event, seq)
-            # Each statement is a hop to SQLite's thread and back: none for nothing to write.
-            rows = [
-                (
-                    s.sandbox_id,
-                    s.status,
-                    s.profile,
-                    s.extension,
-                    s.created_at,
-                    s.updated_at,
-                    seq,
-                    _encode(s),
-                    _due_at(s),
-                    *_consumer_columns(s),
-                )
-                for s, seq in states
-            ]
-            if rows:
-                await self._db.executemany(
-                    "INSERT OR REPLACE INTO sandboxes VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-            refused = [
-                (r.command_id or f"seq-{r.stream_seq}", r.command_id, seq, _encode(r))
-                for r, seq in rejections
-            ]
-            if refused:
-                await self._db.executemany(
-                    "INSERT OR REPLACE INTO rejections VALUES (?, ?, ?, ?)", refused
-                )
+            await write_rows(
+                self._db,
+                "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        s.sandbox_id,
+                        s.status,
+                        s.profile,
+                        s.extension,
+                        s.created_at,
+                        s.updated_at,
+                        seq,
+                        _encode(s),
+                        _due_at(s),
+                        *_consumer_columns(s),
+                    )
+                    for s, seq in states
+                ],
+            )
+            await write_rows(
+                self._db,
+                "INSERT OR REPLACE INTO rejections VALUES (?, ?, ?, ?)",
+                [
+                    (r.command_id or f"seq-{r.stream_seq}", r.command_id, seq, _encode(r))
+                    for r, seq in rejections
+                ],
+            )
             await self._db.execute(
                 "INSERT OR REPLACE INTO position VALUES (?, ?)", (NAME, position)
             )

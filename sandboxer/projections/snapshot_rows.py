@@ -14,6 +14,7 @@ import aiosqlite
 import msgspec
 
 from sandboxer.domain.snapshot_state import SnapshotState
+from sandboxer.projections.rows import write_rows
 
 __all__ = [
     "SNAPSHOTS_SCHEMA",
@@ -50,12 +51,14 @@ async def save_snapshots(
     db: aiosqlite.Connection, states: Iterable[tuple[SnapshotState, int]]
 ) -> None:
     """Write changed rows (the caller commits, with the position)."""
-    rows = [
-        (s.snapshot_id, s.status, s.sandbox_id, s.object, s.requested_at, seq, _encode(s))
-        for s, seq in states
-    ]
-    if rows:  # a statement is a hop to SQLite's thread: none for nothing
-        await db.executemany("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    await write_rows(
+        db,
+        "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (s.snapshot_id, s.status, s.sandbox_id, s.object, s.requested_at, seq, _encode(s))
+            for s, seq in states
+        ],
+    )
 
 
 async def load_snapshot(db: aiosqlite.Connection, snapshot_id: str) -> SnapshotState | None:
