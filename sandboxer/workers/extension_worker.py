@@ -286,11 +286,7 @@ class ExtensionWorker:
                 )
                 if profile.setup.record_telemetry:
                     await inspect_and_record(self._store, self.extension, state.host)
-                pool_member = (
-                    await claiming
-                    if claiming is not None
-                    else await self._claim(profile, job, retry=state.attempt > 1)
-                )
+                pool_member = await claiming if claiming is not None else None
                 if pool_member is None:
                     await backend.provision(request)
                     stage = "wait_ready"
@@ -384,13 +380,8 @@ class ExtensionWorker:
             profile = self._profile_of(state)
         except SandboxerError:
             return None
-        return asyncio.create_task(self._claim(profile, job, retry=retry))
-
-    async def _claim(self, profile: Profile, job: Job, *, retry: bool) -> str | None:
-        """A warm pool member for this create, claimed on record (docs/pools.md), or None."""
-        if self._pools is None:
-            return None
-        return await self._pools.claim(profile, job.sandbox_id, job.job_id, retry=retry)
+        claim = self._pools.claim(profile, job.sandbox_id, job.job_id, retry=retry)
+        return asyncio.create_task(claim)
 
     async def _ready(
         self, backend: Extension, request: ProvisionRequest, member_id: str | None

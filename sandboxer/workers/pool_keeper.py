@@ -74,9 +74,9 @@ QUIET_AFTER_CLAIM = 0.1
 pool is made again once it is over, rather than competing with it for the machine."""
 RECONCILE_EVERY = 5.0
 MAKING_AT_ONCE = 8
+"""Members made concurrently: a refill after a burst must not starve the creates."""
 DIGEST_CACHE = 256
 """Profile objects whose digest a keeper remembers (see ``PoolKeeper._digest``)."""
-"""Members made concurrently: a refill after a burst must not starve the creates."""
 
 
 def digest_of(profile: Profile) -> str:
