@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -13,17 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
+from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
+from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.errors import SandboxerError
+from sandboxer.events.codec import decode_event
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.service import all_roles, run_roles
+from sandboxer.workers.jobs import Job, job_for, with_known
 from tests.conftest import require_tool
 
 
@@ -132,6 +138,26 @@ async def start_service(
     await client.close()
     task.result()  # the roles ended before answering: raise what stopped them
     pytest.fail(f"the service (roles {', '.join(roles)}) stopped before it answered", pytrace=False)
+
+
+async def resend_provision_job(client: SandboxerClient, sandbox_id: str) -> Job:
+    """Publish the sandbox's provision job again, carrying its state as of `routed` (as the
+    control worker made it), with a new message id: a redelivery JetStream does not drop."""
+    state, routed_seq = SandboxState(sandbox_id=sandbox_id), 0
+    async for seq, event in client.events(sandbox_id=sandbox_id):
+        decoded = decode_event(json.dumps(event).encode())
+        state, routed_seq = evolve(state, decoded), seq  # type: ignore[arg-type]
+        if event["type"] == "routed":
+            break
+    job = job_for(state)
+    assert job is not None
+    assert job.action == "provision"
+    stale = with_known(job, Loaded(state, routed_seq))
+    assert stale.known_loaded() == Loaded(state, routed_seq)
+    await client.js.publish(
+        subjects.job_subject("ext.local", sandbox_id), msgspec.json.encode(stale)
+    )
+    return stale
 
 
 async def reap_local(home: Path) -> None:

@@ -7,17 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from sandboxer import subjects
-from sandboxer.bus.event_store import Loaded
 from sandboxer.client import CommandFailed, SandboxerClient
-from sandboxer.domain.sandbox_state import SandboxState, evolve
-from sandboxer.events.codec import decode_event
 from sandboxer.ids import derive_sandbox_id, new_command_id
-from sandboxer.workers.jobs import job_for, with_known
-from tests.integration.conftest import Service, reap_local, start_service
+from tests.integration.conftest import Service, reap_local, resend_provision_job, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -350,21 +345,7 @@ async def test_a_provision_job_carrying_a_stale_state_reloads_and_provisions_not
     client = service.client
     ready = await client.create()
     sandbox_id = ready["sandbox_id"]
-    state, routed_seq = SandboxState(sandbox_id=sandbox_id), 0
-    async for seq, event in client.events(sandbox_id=sandbox_id):
-        decoded = decode_event(json.dumps(event).encode())
-        state, routed_seq = evolve(state, decoded), seq  # type: ignore[arg-type]
-        if event["type"] == "routed":
-            break
-    job = job_for(state)
-    assert job is not None
-    assert job.action == "provision"
-    stale = with_known(job, Loaded(state, routed_seq))
-    assert stale.known_loaded() == Loaded(state, routed_seq)
-    # Not deduplicated: a new message id, as a redelivery past the window would be.
-    await client.js.publish(
-        subjects.job_subject("ext.local", sandbox_id), msgspec.json.encode(stale)
-    )
+    await resend_provision_job(client, sandbox_id)
     async with asyncio.timeout(30):  # until the worker has handled (acked) it
         while True:
             info = await client.js.consumer_info(subjects.JOBS_STREAM, "ext-local")

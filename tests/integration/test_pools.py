@@ -15,25 +15,19 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import nats
 import pytest
 
-from sandboxer import subjects
-from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
-from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.errors import CommandFailed, ExtensionError
-from sandboxer.events.codec import decode_event
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.local import cgroups
 from sandboxer.extensions.local.backend import LocalExtension
-from sandboxer.workers.jobs import job_for, with_known
 from sandboxer.workers.pool_keeper import PoolKeeper
-from tests.integration.conftest import Service, reap_local, start_service
+from tests.integration.conftest import Service, reap_local, resend_provision_job, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -416,18 +410,7 @@ async def test_a_duplicate_provision_job_claims_beside_and_gives_the_member_back
         ready = await client.create("profile.warm")
         sandbox_id = ready["sandbox_id"]
         await wait_pool(client, 2)
-        state, routed_seq = SandboxState(sandbox_id=sandbox_id), 0
-        async for seq, event in client.events(sandbox_id=sandbox_id):
-            decoded = decode_event(json.dumps(event).encode())
-            state, routed_seq = evolve(state, decoded), seq  # type: ignore[arg-type]
-            if event["type"] == "routed":
-                break
-        job = job_for(state)
-        assert job is not None
-        await client.js.publish(  # a new message id: not deduplicated, as past the window
-            subjects.job_subject("ext.local", sandbox_id),
-            msgspec.json.encode(with_known(job, Loaded(state, routed_seq))),
-        )
+        await resend_provision_job(client, sandbox_id)
 
         async with asyncio.timeout(30):  # claimed for nothing, then torn down by reconcile
             while True:

@@ -297,6 +297,15 @@ def make_tree(local: Path) -> None:
     (local / "link").symlink_to("sub/deeper/data.bin")
 
 
+def trees_to_mirror(tmp_path: Path) -> tuple[Path, Path]:
+    """A local tree, and a remote directory holding a file the mirror must delete."""
+    local, remote = tmp_path / "local", tmp_path / "remote" / "ws" / "repo"
+    make_tree(local)
+    remote.mkdir(parents=True)
+    (remote / "stale.txt").write_text("old")
+    return local, remote
+
+
 def assert_mirrored(local: Path, remote: Path) -> None:
     assert (remote / "file.txt").read_text() == "hello\n"
     assert (remote / "sub" / "deeper" / "data.bin").read_bytes() == bytes(range(256)) * 64
@@ -312,10 +321,7 @@ async def test_sync_dir_mirrors_files_and_symlinks(
     ssh_hosts: SshHosts, tmp_path: Path, prefer: Literal["auto", "sftp"]
 ) -> None:
     [info] = await ssh_hosts(1)
-    local, remote = tmp_path / "local", tmp_path / "remote" / "ws" / "repo"
-    make_tree(local)
-    remote.mkdir(parents=True)
-    (remote / "stale.txt").write_text("old")
+    local, remote = trees_to_mirror(tmp_path)
     async with session(info.name, info.host) as conn:
         used = await sync_dir(info.name, info.host, conn, local, str(remote), prefer=prefer)
         assert used == ("rsync" if prefer == "auto" else "sftp")
@@ -335,10 +341,7 @@ async def test_a_host_without_rsync_gets_the_tree_over_sftp(
     # A caller that already asked the host (ssh_workspace.claim) says it has no rsync:
     # the tree must still arrive, over SFTP, even though this machine has rsync.
     [info] = await ssh_hosts(1)
-    local, remote = tmp_path / "local", tmp_path / "remote" / "ws" / "repo"
-    make_tree(local)
-    remote.mkdir(parents=True)
-    (remote / "stale.txt").write_text("old")
+    local, remote = trees_to_mirror(tmp_path)
     async with session(info.name, info.host) as conn:
         used = await sync_dir(info.name, info.host, conn, local, str(remote), host_has_rsync=False)
     assert used == "sftp"
