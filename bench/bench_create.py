@@ -17,6 +17,14 @@ round trips, each started by a process that was idle a moment before. So the
 warm run also times one raw JetStream publish (to a scratch stream, awaiting
 its ack) before each create, when the machine has been idle as long as the
 create's own first step, beside the same publish made back to back.
+
+And before each warm create, after the same 50 ms idle, it times the chain
+itself with no work in it (``_chain.py``): a command published, ``requested``
+and ``routed`` appended, a job published, ``provisioning`` appended beside a
+member's ``claimed``, then ``ready``, each awaiting its ack, with the same
+headers, consumers and processes as the real path, but no sandboxer code.
+The row "create→ready warm p50 vs the same chain" divides the warm create by
+that skeleton: what the service's own work adds to the bus's floor.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import asyncio
 import time
 from pathlib import Path
 
+from _chain import chain_once, chain_service
 from _docker import docker_engine_or_reason, docker_run_true
 from _harness import (
     Unmeasurable,
@@ -166,17 +175,20 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
         await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=180)
         progress(f"warm: {SEQUENTIAL} sequential creates from the pool, refilled between them")
         await client.js.add_stream(name=RTT_STREAM, subjects=["bench.rtt"])
-        spawn_ms, create_ms, idle_rtt_ms, claimed = [], [], [], 0
-        for _ in range(SEQUENTIAL):
-            await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=60)
-            await asyncio.sleep(0.05)  # idle as long as the pool's own poll leaves the create
-            idle_rtt_ms.append(await publish_rtt(client.js))
-            spawn_ms.append(await bwrap_once())
-            started = time.perf_counter()
-            ready = await client.create(POOL_PROFILE)
-            create_ms.append((time.perf_counter() - started) * 1000)
-            claimed += bool(ready.get("pool_member"))  # the ready event names its member
-            await client.destroy(ready["sandbox_id"])
+        spawn_ms, create_ms, idle_rtt_ms, chain_ms, claimed = [], [], [], [], 0
+        async with chain_service(server.url, client.nc, tmp / "chain.log"):
+            for _ in range(SEQUENTIAL):
+                await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=60)
+                await asyncio.sleep(0.05)  # idle as long as the pool's own poll leaves the create
+                chain_ms.append(await chain_once(client.nc, client.js))
+                await asyncio.sleep(0.05)  # and the create meets the same idle as the chain did
+                idle_rtt_ms.append(await publish_rtt(client.js))
+                spawn_ms.append(await bwrap_once())
+                started = time.perf_counter()
+                ready = await client.create(POOL_PROFILE)
+                create_ms.append((time.perf_counter() - started) * 1000)
+                claimed += bool(ready.get("pool_member"))  # the ready event names its member
+                await client.destroy(ready["sandbox_id"])
         rows += percentile_rows(
             f"create→ready warm ({claimed}/{SEQUENTIAL} from the pool)",
             "ms",
@@ -184,6 +196,15 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
             spawn_ms,
             "raw bwrap `true`",
             Target("<=", 5.0),
+        )
+        rows.append(
+            Row(
+                "create→ready warm p50 vs the same chain of JetStream steps, no work",
+                "ms",
+                percentile(create_ms, 50),
+                percentile(chain_ms, 50),
+                "the chain alone p50",
+            )
         )
         back_to_back_ms = [await publish_rtt(client.js) for _ in range(BACK_TO_BACK)]
         rows.append(

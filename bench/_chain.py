@@ -1,0 +1,280 @@
+"""A warm create's chain of JetStream steps with no work around them: the skeleton.
+
+By the contract (a durable command, one event per transition, every append
+carrying its aggregate's expected last sequence) a create served by a warm
+pool is six JetStream round trips in a row (docs/performance.md, "The warm
+path"). This module runs that chain and nothing else, with nats-py alone: no
+sandboxer code, no decoding beyond finding an id, no decisions.
+
+- the client subscribes to the sandbox's events, then publishes the command
+  (awaiting its ack);
+- the "control" consumer fetches it, appends ``requested`` (expecting
+  nothing before it), then ``routed`` (expecting ``requested``'s sequence),
+  then publishes the job, then acks the command;
+- the "worker" consumer fetches the job, appends ``provisioning`` and, beside
+  it, the pool member's ``claimed`` on the member's aggregate, then
+  ``ready``, then acks the job;
+- the client sees ``ready``.
+
+Both consumers run in one process (``python bench/_chain.py --serve URL``), as
+control and the extension worker do under ``sandboxer up``, with the real
+pull loop's mechanics: a durable pull consumer with explicit ack, fetching one
+message at a time and handling it in a task of its own. The streams are
+scratch ones of this module (``BENCH_CHAIN_*``), so a service running beside it
+on the same server is untouched.
+
+``python bench/_chain.py --alone [RUNS]`` times the chain by itself against a
+private nats-server: each run after 50 ms idle (as bench_create times it),
+then as many back to back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+
+CMD_STREAM, CMD_SUBJECT = "BENCH_CHAIN_CMD", "bench.chain.cmd"
+EVT_STREAM, EVT_PREFIX = "BENCH_CHAIN_EVT", "bench.chain.evt"
+JOB_STREAM, JOB_SUBJECT = "BENCH_CHAIN_JOB", "bench.chain.job"
+IDLE_POLL = 0.5  # as sandboxer/workers/pull_loop.py: how long one fetch waits for work
+PAYLOAD = b"x" * 350  # a command, job or event is about this size
+RUNNING: set[asyncio.Task[None]] = set()  # the service's handlers in flight
+READY_WITHIN = 10.0  # seconds: far beyond any chain, short enough to tell a dead service
+
+
+def _streams() -> list[StreamConfig]:
+    """The real streams' settings that bear on a publish: file storage, a duplicate window."""
+    return [
+        StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=retention,
+            storage=StorageType.FILE,
+            num_replicas=1,
+            duplicate_window=120,
+        )
+        for name, subject, retention in (
+            (CMD_STREAM, CMD_SUBJECT, RetentionPolicy.WORK_QUEUE),
+            (EVT_STREAM, f"{EVT_PREFIX}.>", RetentionPolicy.LIMITS),
+            (JOB_STREAM, JOB_SUBJECT, RetentionPolicy.WORK_QUEUE),
+        )
+    ]
+
+
+def _scope(aggregate: str) -> str:
+    return f"{EVT_PREFIX}.{aggregate}.>"
+
+
+async def _append(js: JetStreamContext, aggregate: str, kind: str, expected: int) -> int:
+    """One event of ``aggregate``, expecting ``expected`` as its last sequence; its sequence."""
+    ack = await js.publish(
+        f"{EVT_PREFIX}.{aggregate}.{kind}",
+        PAYLOAD,
+        headers={
+            "Nats-Msg-Id": f"{aggregate}-{kind}",
+            "Nats-Expected-Last-Subject-Sequence": str(expected),
+            "Nats-Expected-Last-Subject-Sequence-Subject": _scope(aggregate),
+        },
+    )
+    return ack.seq
+
+
+# -- the service side ---------------------------------------------------------------------------
+
+
+async def _control(js: JetStreamContext, msg: Msg) -> None:
+    sandbox = (msg.headers or {})["Nats-Msg-Id"]  # the command id names the sandbox
+    requested = await _append(js, sandbox, "requested", 0)  # decided on an empty history
+    routed = await _append(js, sandbox, "routed", requested)
+    # The job carries the sandbox id and its log position, as a real provision job does.
+    job = f"{sandbox} {routed}\n".encode() + PAYLOAD
+    await js.publish(JOB_SUBJECT, job, headers={"Nats-Msg-Id": f"{sandbox}-job"})
+    await msg.ack()
+
+
+async def _worker(js: JetStreamContext, msg: Msg) -> None:
+    sandbox, routed = msg.data.split(b"\n", 1)[0].decode().split()
+    # A fresh member per chain: its aggregate is empty, so the claim expects nothing before it.
+    provisioning, _claimed = await asyncio.gather(
+        _append(js, sandbox, "provisioning", int(routed)),
+        _append(js, f"m{sandbox}", "claimed", 0),
+    )
+    await _append(js, sandbox, "ready", provisioning)
+    await msg.ack()
+
+
+async def _pull_loop(js: JetStreamContext, stream: str, durable: str, role: str) -> None:
+    """Fetch one message at a time (as pull_loop's ``_fetch_one``), each handled in its own task."""
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            durable_name=durable, name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=5.0
+        ),
+    )
+    psub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    handle = _control if role == "control" else _worker
+    while True:
+        try:
+            msgs = await psub.fetch(batch=1, timeout=IDLE_POLL)
+        except (TimeoutError, NatsTimeout):
+            continue
+        except NatsError as exc:  # no consumer leader yet, or reconnecting: wait, as pull_loop does
+            print(f"{durable}: fetching failed: {exc!r}", file=sys.stderr, flush=True)
+            await asyncio.sleep(IDLE_POLL)
+            continue
+        for msg in msgs:
+            task = asyncio.create_task(handle(js, msg))
+            RUNNING.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(_done)
+
+
+def _done(task: asyncio.Task[None]) -> None:
+    """A failed chain shows in the log (its client times out and says where the log is)."""
+    RUNNING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        print(f"a handler failed: {task.exception()!r}", file=sys.stderr, flush=True)
+
+
+async def serve(url: str) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    loops = [
+        asyncio.create_task(_pull_loop(js, CMD_STREAM, "bench-chain-control", "control")),
+        asyncio.create_task(_pull_loop(js, JOB_STREAM, "bench-chain-worker", "worker")),
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([*loops, stopping], return_when=asyncio.FIRST_COMPLETED)
+    for task in [*loops, stopping]:
+        task.cancel()
+    ended = await asyncio.gather(*loops, return_exceptions=True)
+    await nc.close()
+    for outcome in ended:  # a loop that ended on its own ended on an error: show it
+        if isinstance(outcome, Exception):
+            raise outcome
+
+
+# -- the client side ----------------------------------------------------------------------------
+
+
+async def chain_once(nc: NATS, js: JetStreamContext) -> float:
+    """One chain, in ms: from subscribing to the sandbox's events to seeing its ``ready``."""
+    sandbox = f"c{uuid.uuid4().hex[:16]}"
+    started = time.perf_counter()
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def on_event(msg: Msg) -> None:
+        if msg.subject.endswith(".ready") and not ready.done():
+            ready.set_result(None)
+
+    sub = await nc.subscribe(_scope(sandbox), cb=on_event)
+    try:
+        await js.publish(CMD_SUBJECT, PAYLOAD, headers={"Nats-Msg-Id": sandbox})
+        await asyncio.wait_for(ready, READY_WITHIN)
+    except TimeoutError:
+        raise RuntimeError(
+            f"the chain's service did not answer within {READY_WITHIN:g} s"
+        ) from None
+    finally:
+        await sub.unsubscribe()
+    return (time.perf_counter() - started) * 1000
+
+
+@contextlib.asynccontextmanager
+async def chain_service(url: str, nc: NATS, log: Path) -> AsyncIterator[None]:
+    """The scratch streams and the chain's service process (output in ``log``), answering
+    chains when this yields; stopped, and the streams gone, after."""
+    js = nc.jetstream()
+    for config in _streams():
+        await js.add_stream(config)
+    with log.open("ab") as out:
+        process = subprocess.Popen(  # noqa: ASYNC220 - before anything is timed
+            [sys.executable, __file__, "--serve", url],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        await _until_answering(nc, js, process, log)
+        yield
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+        for config in _streams():
+            with contextlib.suppress(NatsError):
+                await js.delete_stream(config.name or "")
+
+
+async def _until_answering(
+    nc: NATS, js: JetStreamContext, process: subprocess.Popen[bytes], log: Path
+) -> None:
+    """A few chains through, once its consumers exist: the imports and first fetches warmed."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the chain's service exited; see {log}")
+        with contextlib.suppress(Exception):
+            await js.consumer_info(JOB_STREAM, "bench-chain-worker")
+            await js.consumer_info(CMD_STREAM, "bench-chain-control")
+            for _ in range(5):
+                await chain_once(nc, js)
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"the chain's service did not answer within 30 s; see {log}")
+
+
+async def alone(runs: int) -> None:
+    """``runs`` chains after 50 ms idle each, then ``runs`` back to back, on a private server."""
+    import tempfile
+
+    from _harness import nats as private_nats
+    from _harness import summary
+
+    with tempfile.TemporaryDirectory(prefix="sandboxer-chain-") as raw:
+        tmp = Path(raw)
+        async with private_nats(tmp) as server:
+            nc = await nats.connect(server.url)
+            try:
+                async with chain_service(server.url, nc, tmp / "chain.log"):
+                    js = nc.jetstream()
+                    idle = []
+                    for _ in range(runs):
+                        await asyncio.sleep(0.05)
+                        idle.append(await chain_once(nc, js))
+                    back_to_back = [await chain_once(nc, js) for _ in range(runs)]
+            finally:
+                await nc.close()
+    print(f"the chain alone, after 50 ms idle: {summary(idle)}")
+    print(f"the chain alone, back to back:     {summary(back_to_back)}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"] and len(sys.argv) == 3:
+        asyncio.run(serve(sys.argv[2]))
+    elif sys.argv[1:2] == ["--alone"]:
+        asyncio.run(alone(int(sys.argv[2]) if len(sys.argv) > 2 else 100))
+    else:
+        sys.exit("usage: python bench/_chain.py --alone [RUNS] | --serve NATS_URL")
