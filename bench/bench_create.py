@@ -5,7 +5,9 @@ noisy neighbour slows both alike): the raw spawn of a bubblewrap sandbox
 running ``true`` with the same isolation flags, no bus and no bookkeeping;
 and ``docker run --rm --network none`` of a minimal busybox image on a private
 dockerd, the tool most users would otherwise reach for. The 100 concurrent
-creates are compared with 100 concurrent raw spawns.
+creates are compared with 100 concurrent raw spawns. From a pool, that burst
+is made five times (the pool refilled between): one burst is one sample, so
+the row with the target is their p50, and another shows the slowest.
 
 Cold creates use profile.local. Warm ones use a user profile whose pool keeps
 100 sandboxes ready, on a fresh service (so the pool's filling never overlaps
@@ -53,6 +55,7 @@ from nats.js import JetStreamContext
 SEQUENTIAL = 50
 DOCKER_RUNS = 20  # ~0.3 s each
 CONCURRENT = 100
+BURSTS = 5  # one burst is a single sample: the pool's target row is the p50 of several
 POOL_PROFILE = "profile.bench-pool"
 RTT_STREAM = "BENCH_RTT"
 BACK_TO_BACK = 200
@@ -226,26 +229,40 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
                     "docker run busybox p50",
                 )
             )
-        await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=120)
-        progress(
-            f"warm: {CONCURRENT} concurrent raw spawns, then {CONCURRENT} concurrent creates from a full pool"
-        )
-        spawn_s = await bwrap_concurrent(CONCURRENT)
-        started = time.perf_counter()
-        readies = await asyncio.gather(*(client.create(POOL_PROFILE) for _ in range(CONCURRENT)))
-        all_ready_s = time.perf_counter() - started
-        claimed = sum(bool(ready.get("pool_member")) for ready in readies)
-        await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
-        rows.append(
-            Row(
-                f"{CONCURRENT} concurrent creates→all ready, pool ({claimed} from it)",
-                "s",
-                all_ready_s,
-                spawn_s,
-                f"{CONCURRENT} concurrent raw bwrap",
-                Target("<=", 0.3),
+        burst_s, spawn_s, claimed = [], [], 0
+        for burst in range(BURSTS):
+            await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=120)
+            await asyncio.sleep(0.3)  # the last refill's and teardowns' tails settle first
+            progress(
+                f"warm: burst {burst + 1} of {BURSTS}: {CONCURRENT} concurrent raw spawns, "
+                f"then {CONCURRENT} concurrent creates from a full pool"
             )
-        )
+            spawn_s.append(await bwrap_concurrent(CONCURRENT))
+            started = time.perf_counter()
+            readies = await asyncio.gather(
+                *(client.create(POOL_PROFILE) for _ in range(CONCURRENT))
+            )
+            burst_s.append(time.perf_counter() - started)
+            claimed += sum(bool(ready.get("pool_member")) for ready in readies)
+            await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
+        served = f"{claimed}/{CONCURRENT * BURSTS} from it"
+        rows += [
+            Row(
+                f"{CONCURRENT} concurrent creates→all ready, pool, p50 of {BURSTS} bursts ({served})",
+                "s",
+                percentile(burst_s, 50),
+                percentile(spawn_s, 50),
+                f"{CONCURRENT} concurrent raw bwrap, p50",
+                Target("<=", 0.3),
+            ),
+            Row(
+                f"{CONCURRENT} concurrent creates→all ready, pool, slowest of {BURSTS} bursts",
+                "s",
+                max(burst_s),
+                max(spawn_s),
+                f"{CONCURRENT} concurrent raw bwrap, slowest",
+            ),
+        ]
     return rows
 
 
@@ -281,6 +298,10 @@ if __name__ == "__main__":
             Row("create→ready cold p50", "ms", target=Target("<=", 3, "ratio")),
             Row(f"{CONCURRENT} concurrent creates→all ready, cold", "s", target=Target("<=", 1.0)),
             Row("create→ready warm p50", "ms", target=Target("<=", 5.0)),
-            Row(f"{CONCURRENT} concurrent creates→all ready, pool", "s", target=Target("<=", 0.3)),
+            Row(
+                f"{CONCURRENT} concurrent creates→all ready, pool, p50 of {BURSTS} bursts",
+                "s",
+                target=Target("<=", 0.3),
+            ),
         ],
     )
