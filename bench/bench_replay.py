@@ -8,6 +8,9 @@ decoded (the least any replay does with an event), then read and folded in
 memory alone (decode and evolve, nothing written: the floor any rebuild in
 this process pays), then by the projector's rebuild (decode, evolve, write
 SQLite).
+The server runs with the embedded configuration (generated users and
+passwords), as under ``sandboxer up``, and every reader connects as the
+service identity.
 The target compares the rebuild with the raw bulk read; the two floors show
 how the time beyond the read divides between decoding, folding and writing.
 """
@@ -18,7 +21,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from _harness import main, nats, progress, tempdir
+from _harness import main, progress, tempdir
 from _table import Row, Target
 
 from sandboxer import subjects
@@ -26,6 +29,8 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import read_events
 from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.nats_auth import AUTH_DIR_NAME, ensure_embedded_auth, read_credentials
+from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.replay_reader import replay_batches, replay_events
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.domain.sandbox_state import SandboxState, evolve
@@ -92,8 +97,14 @@ async def fill(nc, js) -> None:  # type: ignore[no-untyped-def]
 async def rows() -> list[Row]:
     with tempdir() as raw_tmp:
         tmp = Path(raw_tmp)
-        async with nats(tmp) as server:
-            nc = await connect([server.url], name="bench-replay")
+        # The embedded server's configuration (users and passwords), as `sandboxer up` runs it.
+        server = NatsServerProcess(
+            tmp / "nats", config_file=ensure_embedded_auth(tmp), server_name="bench"
+        )
+        await server.start()
+        try:
+            service = read_credentials(tmp / AUTH_DIR_NAME, "service")
+            nc = await connect([server.url], name="bench-replay", credentials=service)
             js = nc.jetstream(publish_async_max_pending=4000)
             await ensure_streams(js)
             progress(f"replay: filling the log with about {EVENTS:,} events")
@@ -130,6 +141,8 @@ async def rows() -> list[Row]:
             report = await projector.rebuild()
             await projector.close()
             await nc.drain()
+        finally:
+            await server.stop()
 
     replayed = report.events_per_second
     return [

@@ -7,8 +7,10 @@ opens a plain TCP connection, subscribes an inbox, creates a push consumer
 (ack none, flow control on) delivering to it, and parses ``HMSG`` frames
 with bytes operations; the stream sequence and the pending count come from
 the ``$JS.ACK`` reply subject. It answers flow-control requests and server
-pings itself, and gives up (so callers fall back to ``read_events``) when
-the server requires authentication or TLS.
+pings itself. It connects as the same identity as the nats-py client it is
+given (a user and password, or a token, as the embedded server's generated
+credentials are), and gives up (so callers fall back to ``read_events``) on
+TLS, on other kinds of credentials, and when the server refuses it.
 """
 
 from __future__ import annotations
@@ -71,23 +73,37 @@ async def replay_batches(
     if stop_seq < start_seq:
         return
     url = nc.connected_url
-    if url is None or url.username or url.password or url.scheme == "tls":
-        raise ReplayUnsupported("authenticated or TLS connection")
+    if url is None or url.scheme == "tls":
+        raise ReplayUnsupported("a TLS connection")
+    identity = _identity(nc)
     reader, writer = await asyncio.open_connection(url.hostname, url.port, limit=READ_CHUNK * 4)
     inbox = f"_INBOX.sandboxer-replay.{uuid.uuid4().hex}"
     consumer: str | None = None
     try:
         info = json.loads((await reader.readline())[5:])
-        if info.get("auth_required") or info.get("tls_required"):
-            raise ReplayUnsupported("the server requires authentication or TLS")
+        if info.get("tls_required"):
+            raise ReplayUnsupported("the server requires TLS")
+        if info.get("auth_required") and not identity:
+            raise ReplayUnsupported("the server requires credentials of a kind it cannot send")
+        options = {
+            "verbose": False,
+            "pedantic": False,
+            "headers": True,
+            "protocol": 1,
+            "name": "sandboxer-replay",
+            **identity,
+        }
         writer.write(
-            b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1,'
-            b'"name":"sandboxer-replay"}\r\n' + f"SUB {inbox} 1\r\nPING\r\n".encode()
+            b"CONNECT "
+            + json.dumps(options).encode()
+            + CRLF
+            + f"SUB {inbox} 1\r\nPING\r\n".encode()
         )
         await writer.drain()
         while (line := await reader.readline()) != b"PONG\r\n":
-            if line.startswith(b"-ERR"):
-                raise BusError(f"replay connection refused: {line.decode().strip()}")
+            if not line or line.startswith(b"-ERR"):
+                # nats-py's own connection was let in: fall back to it rather than fail
+                raise ReplayUnsupported(f"the server refused it: {line.decode().strip()!r}")
         created = await js.add_consumer(
             subjects.EVENTS_STREAM,
             ConsumerConfig(
@@ -113,6 +129,19 @@ async def replay_batches(
         if consumer is not None:
             with contextlib.suppress(Exception):
                 await js.delete_consumer(subjects.EVENTS_STREAM, consumer)
+
+
+def _identity(nc: Client) -> dict[str, str]:
+    """The CONNECT fields that authenticate as ``nc`` does: its user and password (from its
+    options, or its server URL) or its token; empty when it has none of those."""
+    options = nc.options
+    url = nc.connected_url
+    user = options.get("user") or (url.username if url is not None else None)
+    password = options.get("password") or (url.password if url is not None else None)
+    if user and password:
+        return {"user": str(user), "pass": str(password)}
+    token = options.get("token")
+    return {"auth_token": str(token)} if token else {}
 
 
 async def _frames(

@@ -1,0 +1,112 @@
+"""The raw bulk reader a rebuild reads the log with (bus/replay_reader.py), against a real
+nats-server: every event once and in order, with and without the embedded server's
+credentials (the default deployment requires them), and a fallback, not a failure, where it
+cannot connect as its client does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from sandboxer.bus.connect import connect
+from sandboxer.bus.event_reader import last_sequence
+from sandboxer.bus.event_store import Loaded
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.nats_auth import AUTH_DIR_NAME, ensure_embedded_auth, read_credentials
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.replay_reader import replay_batches
+from sandboxer.bus.streams import ensure_streams
+from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.errors import ReplayUnsupported
+from sandboxer.events.types import Actor, SandboxRequested, SandboxRouted
+
+pytestmark = pytest.mark.integration
+
+SANDBOXES = 40
+AT = "2026-12-02T00:00:00.000Z"
+
+
+@pytest.fixture
+async def authed(tmp_path: Path) -> AsyncIterator[NatsServerProcess]:
+    """A server with the embedded configuration: users and passwords, as `sandboxer up` runs."""
+    home = tmp_path / "home"
+    server = NatsServerProcess(
+        home / "nats", config_file=ensure_embedded_auth(home), server_name="auth"
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def fill(nc: Client) -> int:
+    """Two events for each of SANDBOXES sandboxes, through the real store; the last sequence."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = JetStreamEventStore(nc, js)
+    actor = Actor(type="atm", id="test")
+    for n in range(SANDBOXES):
+        sandbox_id = f"sbxreplay{n:06d}"
+        head = {"sandbox_id": sandbox_id, "command_id": f"c{n}", "actor": actor, "at": AT}
+        await store.append(
+            Loaded(SandboxState(sandbox_id=sandbox_id), 0),
+            [
+                SandboxRequested(**head, profile="profile.local", profile_version=1),
+                SandboxRouted(**head, extension="ext.local", reason="test"),
+            ],
+        )
+    return await last_sequence(js)
+
+
+async def read_all(nc: Client, start: int, stop: int) -> list[int]:
+    seqs: list[int] = []
+    async for batch in replay_batches(nc, nc.jetstream(), start_seq=start, stop_seq=stop):
+        seqs += [seq for seq, _data in batch]
+    return seqs
+
+
+async def test_every_event_once_and_in_order(nats_server: NatsServerProcess) -> None:
+    nc = await connect([nats_server.url], name="replay", long_lived=False)
+    try:
+        last = await fill(nc)
+        assert await read_all(nc, 1, last) == list(range(1, last + 1))
+        assert await read_all(nc, 7, 20) == list(range(7, 21))
+        assert await read_all(nc, 5, 4) == []
+    finally:
+        await nc.close()
+
+
+async def test_it_reads_as_the_service_identity_of_the_embedded_server(
+    authed: NatsServerProcess, tmp_path: Path
+) -> None:
+    service = read_credentials(tmp_path / "home" / AUTH_DIR_NAME, "service")
+    assert service is not None
+    nc = await connect([authed.url], name="replay", long_lived=False, credentials=service)
+    try:
+        last = await fill(nc)
+        # The raw reader itself, not the fallback: it would raise ReplayUnsupported here.
+        assert await read_all(nc, 1, last) == list(range(1, last + 1))
+    finally:
+        await nc.close()
+
+
+async def test_credentials_it_cannot_send_mean_fall_back(
+    authed: NatsServerProcess, tmp_path: Path
+) -> None:
+    service = read_credentials(tmp_path / "home" / AUTH_DIR_NAME, "service")
+    assert service is not None
+    nc = await connect([authed.url], name="replay", long_lived=False, credentials=service)
+    try:
+        last = await fill(nc)
+        nc.options["user"] = nc.options["password"] = None  # as a client with nkeys would be
+        with pytest.raises(ReplayUnsupported, match="credentials"):
+            await read_all(nc, 1, last)
+        nc.options["user"], nc.options["password"] = service.user, "not-the-password"
+        with pytest.raises(ReplayUnsupported, match="refused"):
+            await read_all(nc, 1, last)
+    finally:
+        await nc.close()
