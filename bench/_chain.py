@@ -212,17 +212,13 @@ async def chain_service(url: str, nc: NATS, log: Path) -> AsyncIterator[None]:
             stdout=out,
             stderr=out,
         )
+    from _harness import stop_process  # here: the --serve process imports nats-py alone
+
     try:
         await _until_answering(nc, js, process, log)
         yield
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, 10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            await asyncio.to_thread(process.wait)
+        await stop_process(process)
         for config in _streams():
             with contextlib.suppress(NatsError):
                 await js.delete_stream(config.name or "")

@@ -15,7 +15,12 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence
 from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
-from sandboxer.bus.nats_auth import AUTH_DIR_NAME, ensure_embedded_auth, read_credentials
+from sandboxer.bus.nats_auth import (
+    AUTH_DIR_NAME,
+    NatsCredentials,
+    ensure_embedded_auth,
+    read_credentials,
+)
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.replay_reader import replay_batches
 from sandboxer.bus.streams import ensure_streams
@@ -41,6 +46,20 @@ async def authed(tmp_path: Path) -> AsyncIterator[NatsServerProcess]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def as_service(
+    authed: NatsServerProcess, tmp_path: Path
+) -> AsyncIterator[tuple[Client, NatsCredentials]]:
+    """A connection to ``authed`` as the service identity, and that identity."""
+    service = read_credentials(tmp_path / "home" / AUTH_DIR_NAME, "service")
+    assert service is not None
+    nc = await connect([authed.url], name="replay", long_lived=False, credentials=service)
+    try:
+        yield nc, service
+    finally:
+        await nc.close()
 
 
 async def fill(nc: Client) -> int:
@@ -81,32 +100,22 @@ async def test_every_event_once_and_in_order(nats_server: NatsServerProcess) -> 
 
 
 async def test_it_reads_as_the_service_identity_of_the_embedded_server(
-    authed: NatsServerProcess, tmp_path: Path
+    as_service: tuple[Client, NatsCredentials],
 ) -> None:
-    service = read_credentials(tmp_path / "home" / AUTH_DIR_NAME, "service")
-    assert service is not None
-    nc = await connect([authed.url], name="replay", long_lived=False, credentials=service)
-    try:
-        last = await fill(nc)
-        # The raw reader itself, not the fallback: it would raise ReplayUnsupported here.
-        assert await read_all(nc, 1, last) == list(range(1, last + 1))
-    finally:
-        await nc.close()
+    nc, _ = as_service
+    last = await fill(nc)
+    # The raw reader itself, not the fallback: it would raise ReplayUnsupported here.
+    assert await read_all(nc, 1, last) == list(range(1, last + 1))
 
 
 async def test_credentials_it_cannot_send_mean_fall_back(
-    authed: NatsServerProcess, tmp_path: Path
+    as_service: tuple[Client, NatsCredentials],
 ) -> None:
-    service = read_credentials(tmp_path / "home" / AUTH_DIR_NAME, "service")
-    assert service is not None
-    nc = await connect([authed.url], name="replay", long_lived=False, credentials=service)
-    try:
-        last = await fill(nc)
-        nc.options["user"] = nc.options["password"] = None  # as a client with nkeys would be
-        with pytest.raises(ReplayUnsupported, match="credentials"):
-            await read_all(nc, 1, last)
-        nc.options["user"], nc.options["password"] = service.user, "not-the-password"
-        with pytest.raises(ReplayUnsupported, match="refused"):
-            await read_all(nc, 1, last)
-    finally:
-        await nc.close()
+    nc, service = as_service
+    last = await fill(nc)
+    nc.options["user"] = nc.options["password"] = None  # as a client with nkeys would be
+    with pytest.raises(ReplayUnsupported, match="credentials"):
+        await read_all(nc, 1, last)
+    nc.options["user"], nc.options["password"] = service.user, "not-the-password"
+    with pytest.raises(ReplayUnsupported, match="refused"):
+        await read_all(nc, 1, last)
