@@ -130,7 +130,8 @@ class SshServer:
         self.host_key = directory / "host_key"
         self.config = directory / "sshd_config"
         self.log = directory / "sshd.log"
-        directory.mkdir(parents=True)
+        self.session_home = directory / "home"
+        self.session_home.mkdir(parents=True)
         self.host_public_key = _keygen(self.host_key)
         self.port = 0
         self._choose_port()
@@ -152,6 +153,11 @@ class SshServer:
             "StrictModes no\n"
             "PrintMotd no\n"
             "Subsystem sftp internal-sftp\n"
+            # A home of its own, empty: a session's bash does not source root's ~/.bashrc.
+            # This machine's runs `pyenv init`, whose rehash takes a lock file that a session
+            # killed mid-rehash (sshd stopped mid-provisioning) leaves behind, and every later
+            # session then waited 60 s for it.
+            f"SetEnv HOME={self.session_home}\n"
         )
 
     @property
