@@ -280,7 +280,11 @@ class Profile(_Strict):
         return self
 
     def with_network(self, policy: NetworkPolicy) -> Profile:
-        """This profile with another network policy (the one in force for one sandbox)."""
+        """This profile with the network policy in force for one sandbox: the profile itself
+        when that is its own policy (as for most creates), so callers that remember a profile
+        by identity (the pool keeper's digests) see the catalog's one object."""
+        if policy == self.network.policy():
+            return self
         return self.model_copy(update={"network": Network.of(policy)})
 
     def candidates(self) -> list[str]:

@@ -55,8 +55,7 @@ def admit_create(
     _check_scope(command, profile)
     ttl, ttl_max = _ttl(command, profile)
     network = network_in_force(command, profile)
-    if network != profile.network.policy():
-        profile = profile.with_network(network)  # routing weighs the policy in force
+    profile = profile.with_network(network)  # routing weighs the policy in force
     choice = route(
         profile,
         enabled,

@@ -81,9 +81,9 @@ DIGEST_CACHE = 256
 
 def digest_of(profile: Profile) -> str:
     """What a member must have been made for to serve a create of ``profile`` as in force
-    (the network policy in its canonical form: a create may have narrowed it)."""
-    canonical = profile.with_network(profile.network.policy())
-    return profile_digest(canonical.model_dump_json(exclude={"pool"}).encode())
+    (a create may have narrowed its network policy; the entries are canonical whatever the
+    profile's file said, so equal policies digest alike)."""
+    return profile_digest(profile.model_dump_json(exclude={"pool"}).encode())
 
 
 def pool_keeper_for(

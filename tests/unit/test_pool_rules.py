@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sandboxer.bus.memory_store import MemoryEventStore
+from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.profile import Profile
 from sandboxer.domain.pool_state import (
     AddMember,
@@ -162,3 +163,19 @@ def test_the_digest_ignores_the_pool_and_follows_the_profile() -> None:
     assert digest_of(base) == digest_of(pooled)
     changed = base.model_copy(update={"version": 2})
     assert digest_of(changed) != digest_of(base)
+
+
+def test_a_create_that_keeps_the_profiles_policy_claims_with_the_catalogs_own_profile() -> None:
+    """The keeper remembers digests by profile object: a create whose policy in force is the
+    profile's own must hand it the catalog's object, not an equal copy made per create."""
+    base = Profile(
+        id="profile.warm",
+        extension="ext.local",
+        network={"default": "deny", "egress": ["pypi.org:443"]},
+    )
+    assert base.with_network(base.network.policy()) is base
+    narrowed = base.with_network(parse_policy({"default": "deny"}))
+    assert narrowed is not base
+    assert narrowed.network.egress == []
+    assert digest_of(narrowed) != digest_of(base)
+    assert digest_of(base.with_network(parse_policy(base.network.model_dump()))) == digest_of(base)
