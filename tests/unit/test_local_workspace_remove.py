@@ -1,54 +1,58 @@
-"""Removing a local sandbox's directory while another worker removes it too."""
+"""Removing a local sandbox's directory while other workers remove it too, on the real file
+system: threads racing through the same tree see entries vanish under their walk."""
 
 from __future__ import annotations
 
-import shutil
+import threading
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from sandboxer.extensions.local import workspace
 from sandboxer.extensions.local.workspace import Layout
 
 
-def _made(tmp_path: Path) -> Layout:
-    layout = Layout(tmp_path, "sbxremove01")
-    (layout.dir / "workspace" / "deep").mkdir(parents=True)
-    (layout.dir / "workspace" / "deep" / "file").write_text("x")
+def _made(root: Path) -> Layout:
+    layout = Layout(root, "sbxremove01")
+    for branch in range(30):
+        directory = layout.dir / "workspace" / f"d{branch}"
+        directory.mkdir(parents=True)
+        for leaf in range(60):
+            (directory / f"f{leaf}").write_text("x")
     return layout
 
 
-def test_a_directory_the_other_worker_removed_first_is_not_a_failure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    layout = _made(tmp_path)
-    real_rmtree = shutil.rmtree
+def _race(layout: Layout, workers: int = 4) -> list[BaseException]:
+    """``workspace.remove(layout)`` in ``workers`` threads at once; what they raised."""
+    errors: list[BaseException] = []
 
-    def raced(path: Any, *args: Any, **kwargs: Any) -> None:
-        real_rmtree(path)  # the other worker got there first...
-        raise FileNotFoundError(2, "No such file or directory", str(path))  # ...mid-walk
+    def remove() -> None:
+        try:
+            workspace.remove(layout)
+        except BaseException as exc:
+            errors.append(exc)
 
-    monkeypatch.setattr(shutil, "rmtree", raced)
+    threads = [threading.Thread(target=remove) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_workers_removing_one_directory_at_once_all_succeed(tmp_path: Path) -> None:
+    # Four plain rmtree calls racing like this failed with FileNotFoundError in every round.
+    for round_ in range(5):
+        layout = _made(tmp_path / f"round{round_}")
+        assert _race(layout) == []
+        assert not layout.dir.exists()
+
+
+def test_nothing_there_and_a_planted_link_are_handled(tmp_path: Path) -> None:
+    layout = Layout(tmp_path, "sbxremove02")
+    workspace.remove(layout)  # never made: nothing to do
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("host file")
+    layout.dir.symlink_to(outside)
     workspace.remove(layout)
-    assert not layout.dir.exists()
-
-
-def test_what_the_other_worker_left_is_removed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    layout = _made(tmp_path)
-    real_rmtree = shutil.rmtree
-    calls = []
-
-    def half_raced(path: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(path)
-        if len(calls) == 1:  # an entry vanished under the first walk; the rest is still there
-            real_rmtree(Path(path) / "workspace" / "deep")
-            raise FileNotFoundError(2, "No such file or directory", str(path))
-        real_rmtree(path, *args, **kwargs)
-
-    monkeypatch.setattr(shutil, "rmtree", half_raced)
-    workspace.remove(layout)
-    assert not layout.dir.exists()
-    assert len(calls) == 2
+    assert not layout.dir.is_symlink()
+    assert (outside / "keep").read_text() == "host file"  # the link was not followed

@@ -226,13 +226,14 @@ def remove(layout: Layout) -> None:
     Another worker may be removing it at the same moment (a restarted worker's reconcile
     and a destroy's job): what it removed first is not a failure, what is left is removed.
     """
-    for attempt in range(3):
-        try:
-            if layout.dir.is_symlink():
-                layout.dir.unlink()
-            elif layout.dir.exists():
-                shutil.rmtree(layout.dir)
-            return
-        except FileNotFoundError:
-            if attempt == 2 and (layout.dir.exists() or layout.dir.is_symlink()):
-                raise
+    if layout.dir.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            layout.dir.unlink()
+        return
+    shutil.rmtree(layout.dir, onerror=_unless_gone)
+
+
+def _unless_gone(function: Any, path: str, exc_info: Any) -> None:
+    """rmtree's error hook: an entry already removed by someone else is skipped."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
