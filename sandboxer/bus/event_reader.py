@@ -1,9 +1,16 @@
 """Reading the event log in order: an ordered push consumer, the fast path for replay.
 
 ``read_events`` yields ``(seq, subject, data, pending)`` from ``start_seq``,
-``pending`` being how many matching events the server still holds after this
-one. With ``follow=False`` it stops once it has caught up with the stream (or
-reached ``stop_seq``); with ``follow=True`` it waits for new events forever.
+``pending`` being how many matching events are known to follow this one: those
+the server still holds, and those already received behind it. With
+``follow=False`` it stops once it has caught up with the stream (or reached
+``stop_seq``); with ``follow=True`` it waits for new events forever.
+
+``settle`` (follow only) lets a flow of events that starts after a quiet spell
+run on until it pauses for that long (at most ``SETTLE_LIMIT``) before any of it
+is yielded. A reader in the same process as the workers uses it to stay behind
+a command's chain of appends: those are made one after another, each awaited,
+and folding one while the next is on its way held the next up.
 
 Messages are collected by a subscription callback into a list that the
 generator drains in bursts: awaiting ``next_msg`` per message (a timer each)
@@ -24,6 +31,8 @@ from sandboxer import subjects
 __all__ = ["last_sequence", "read_events"]
 
 PENDING_LIMIT = 1_000_000
+SETTLE_LIMIT = 0.01
+"""Longest a settling reader holds back events while more keep coming (a steady flow)."""
 
 
 async def last_sequence(js: JetStreamContext) -> int:
@@ -39,6 +48,7 @@ async def read_events(
     stop_seq: int | None = None,
     follow: bool = False,
     idle_timeout: float = 1.0,
+    settle: float = 0.0,
 ) -> AsyncIterator[tuple[int, str, bytes, int]]:
     if not follow:
         end = await last_sequence(js) if stop_seq is None else stop_seq
@@ -76,15 +86,31 @@ async def read_events(
                     if follow:
                         continue
                     return  # nothing more matches the filter
+                if follow and settle:
+                    await _until_paused(arrived, settle)
             burst = arrived[:]
             arrived.clear()
+            behind = len(burst)
             for msg in burst:
                 meta = msg.metadata
                 seq = meta.sequence.stream
                 if stop_seq is not None and seq > stop_seq:
                     return
-                yield seq, msg.subject, msg.data, meta.num_pending
+                behind -= 1
+                # the server's count includes those behind it that were stored before it was sent
+                yield seq, msg.subject, msg.data, max(meta.num_pending, behind)
                 if not follow and (seq == stop_seq or meta.num_pending == 0):
                     return
     finally:
         await sub.unsubscribe()
+
+
+async def _until_paused(arrived: list[Msg], settle: float) -> None:
+    """Return once ``arrived`` has not grown for ``settle`` seconds, or after ``SETTLE_LIMIT``."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + SETTLE_LIMIT
+    while True:
+        seen = len(arrived)
+        await asyncio.sleep(settle)
+        if len(arrived) == seen or loop.time() >= give_up:
+            return

@@ -33,6 +33,9 @@ __all__ = ["Projector", "ReplayReport"]
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1000
+LIVE_SETTLE = 0.002
+"""How long the live reader lets a flow of events run on before folding it: longer than the
+gaps between the appends of one command's chain (docs/performance.md, "The warm path")."""
 REBUILD_FLUSH_EVERY = 50_000
 MAX_RESTART_DELAY = 5.0
 """Longest wait before a failed reader starts again (a full disk may take minutes to clear)."""
@@ -117,7 +120,7 @@ class Projector:
         assert self.view is not None
         batch = Batch(self.view)
         async for seq, _subject, data, pending in read_events(
-            self._js, start_seq=self.position + 1, follow=True
+            self._js, start_seq=self.position + 1, follow=True, settle=LIVE_SETTLE
         ):
             async with self._lock:
                 if seq <= self.position:
