@@ -1,10 +1,14 @@
 """The projector: keeps the sandbox view up to date with the log, and rebuilds it on demand.
 
 Live, it follows the events stream from the position stored in the view,
-committing after every burst (when the server has nothing pending) or every
-``FLUSH_EVERY`` events. ``rebuild`` replays the log from sequence 1 into a
-fresh database; ``verify`` rebuilds up to the live position and compares the
-two row by row.
+committing after every burst (when no more events are known to follow) or every
+``FLUSH_EVERY`` events. It lets a flow of events run on until it pauses
+(``LIVE_SETTLE``) before folding it: the workers in the same process make a
+command's appends one after another, and folding each as it lands held up the
+next (docs/performance.md, "The warm path").
+
+``rebuild`` replays the log from sequence 1 into a fresh database; ``verify``
+rebuilds up to the live position and compares the two row by row.
 """
 
 from __future__ import annotations
