@@ -362,12 +362,23 @@ def _claims_in_log(view: LogView, *, members_may_die: bool) -> list[str]:
         claimant = member.claimed_by
         named = {m for m, sandboxes in served.items() if claimant in sandboxes}
         sandbox = states.get(claimant)
-        readied = any(isinstance(e, SandboxReady) for e in view.sandbox_events.get(claimant, []))
+        readied_at = [
+            e.at for e in view.sandbox_events.get(claimant, []) if isinstance(e, SandboxReady)
+        ]
+        readied = bool(readied_at)
+        claimed_at = [
+            e.at
+            for e in view.pool_events.get(member_id, [])
+            if isinstance(e, PoolMemberClaimed) and e.sandbox_id == claimant
+        ]
+        # A job delivered again after its sandbox was made claims beside a `provisioning`
+        # that conflicts: that member serves no one and the keeper tears it down.
+        late_claim = readied and bool(claimed_at) and min(claimed_at) > min(readied_at)
         if named - {member_id}:
             problems.append(
                 f"{claimant} claimed member {member_id} but its ready names {sorted(named)}"
             )
-        elif readied and not named and not members_may_die:
+        elif readied and not named and not members_may_die and not late_claim:
             problems.append(
                 f"{claimant} claimed member {member_id}, then was made cold "
                 "(its member was found dead or gone at the claim)"

@@ -32,7 +32,9 @@ class Log:
         self.seq += 1
         self.view._take(self.seq, subject, encode_event(event))
 
-    def member(self, member_id: str, *, claimed_by: tuple[str, ...] = ()) -> None:
+    def member(
+        self, member_id: str, *, claimed_by: tuple[str, ...] = (), claimed_at: str = AT
+    ) -> None:
         common = {"member_id": member_id, "pool": "p", "command_id": "c", "actor": SYSTEM_ACTOR}
         subject = f"sandboxer.evt.pool.{member_id}"
         self.add(
@@ -51,7 +53,8 @@ class Log:
         self.add(PoolMemberReady(**common, at=AT), f"{subject}.ready")
         for sandbox_id in claimed_by:
             self.add(
-                PoolMemberClaimed(**common, at=AT, sandbox_id=sandbox_id), f"{subject}.claimed"
+                PoolMemberClaimed(**common, at=claimed_at, sandbox_id=sandbox_id),
+                f"{subject}.claimed",
             )
 
     def removed(self, member_id: str) -> None:
@@ -136,3 +139,12 @@ def test_the_pool_directory_is_held_against_the_log(tmp_path: Path) -> None:
     assert f"member {M1}: removed in the log, its directory remains in .pool" in problems
     assert f"member {M2}: ready in the log, nothing in .pool" in problems
     assert any("1 ready members in the log, not within min_ready 2" in p for p in problems)
+
+
+def test_a_claim_by_a_job_delivered_again_after_its_sandbox_was_ready_is_not_made_cold() -> None:
+    """The claim goes beside `provisioning`; a second delivery's `provisioning` conflicts with
+    a sandbox already made, so its claimed member serves no one (the keeper tears it down)."""
+    log = Log()
+    log.ready("sbxone", None)
+    log.member(M1, claimed_by=("sbxone",), claimed_at="2026-12-02T00:00:05.000Z")
+    assert _claims_in_log(log.view, members_may_die=False) == []
