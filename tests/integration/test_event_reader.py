@@ -46,8 +46,8 @@ async def test_pending_counts_what_was_received_behind_each_event(js: JetStreamC
 async def test_a_settling_reader_yields_a_chain_of_appends_once_it_pauses(
     js: JetStreamContext,
 ) -> None:
-    """Appends 1 ms apart, as a command's chain makes them, come out together after the last;
-    each one then says how many follow it, so the projector commits once, at the end."""
+    """Appends 1 ms apart, as a command's chain makes them, are held back until the flow
+    pauses, in order, the last saying none follows."""
     seen: list[tuple[int, int, float]] = []
     loop = asyncio.get_running_loop()
 
@@ -61,10 +61,13 @@ async def test_a_settling_reader_yields_a_chain_of_appends_once_it_pauses(
 
     reader = asyncio.create_task(follow())
     await asyncio.sleep(0.2)  # the reader is subscribed and idle
+    first_append = loop.time()
     for n in range(4):
         await append(js, n)
         await asyncio.sleep(0.001)
-    last_append = loop.time()
     await asyncio.wait_for(reader, 5)
-    assert [(seq, pending) for seq, pending, _ in seen] == [(1, 3), (2, 2), (3, 1), (4, 0)]
-    assert seen[0][2] >= last_append  # none was yielded while the flow went on
+    assert [seq for seq, _, _ in seen] == [1, 2, 3, 4]
+    assert seen[-1][1] == 0
+    # held back for the settle at least (on a loaded machine the flow may pause mid-way,
+    # so how it splits is not asserted; the burst test above pins `pending`)
+    assert seen[0][2] >= first_append + 0.05
