@@ -106,7 +106,8 @@ async def read_events(
 
 
 async def _until_paused(arrived: list[Msg], settle: float) -> None:
-    """Return once ``arrived`` has not grown for ``settle`` seconds, or after ``SETTLE_LIMIT``."""
+    """Return once ``arrived`` has not grown for ``settle`` seconds, or once ``SETTLE_LIMIT``
+    has passed (after one wait, if ``settle`` is the longer)."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + SETTLE_LIMIT
     while True:
