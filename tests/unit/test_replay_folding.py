@@ -21,6 +21,7 @@ from sandboxer.domain.route_signals import LatencySample, failure_sample, latenc
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.events.codec import decode_event
 from sandboxer.events.types import NOT_SANDBOX_EVENTS
+from sandboxer.projections import rows
 from sandboxer.projections.fewer_collections import REPLAY_THRESHOLD, fewer_collections
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.route_rows import (
@@ -139,3 +140,23 @@ def test_fewer_collections_nests_and_puts_the_thresholds_back() -> None:
             assert gc.get_threshold()[0] >= REPLAY_THRESHOLD
         assert gc.get_threshold()[0] >= REPLAY_THRESHOLD
     assert gc.get_threshold() == before
+
+
+async def test_rows_written_in_statements_of_many_rows_are_the_rows_of_executemany(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # A small parameter limit, so the rows span several statements and the last is short.
+    monkeypatch.setattr(rows, "MAX_VARIABLES", 10)  # 3 rows of 3 values per statement
+    table = "CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER, blob BLOB)"
+    data = [(f"k{i % 5}", i, bytes([i])) for i in range(11)]  # keys repeat: the last one wins
+    async with aiosqlite.connect(tmp_path / "multi.db") as multi:
+        await multi.execute(table)
+        await rows.write_rows(multi, "INSERT OR REPLACE INTO t VALUES (?, ?, ?)", data)
+        await rows.write_rows(multi, "INSERT OR REPLACE INTO t VALUES (?, ?, ?)", [])
+        written = await (await multi.execute("SELECT * FROM t ORDER BY k")).fetchall()
+    async with aiosqlite.connect(tmp_path / "plain.db") as plain:
+        await plain.execute(table)
+        await plain.executemany("INSERT OR REPLACE INTO t VALUES (?, ?, ?)", data)
+        expected = await (await plain.execute("SELECT * FROM t ORDER BY k")).fetchall()
+    assert written == expected
+    assert [row[1] for row in written] == [10, 6, 7, 8, 9]
