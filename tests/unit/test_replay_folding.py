@@ -142,21 +142,49 @@ def test_fewer_collections_nests_and_puts_the_thresholds_back() -> None:
     assert gc.get_threshold() == before
 
 
+async def rows_in(path: Path, batch: list[tuple[Any, ...]], *, plain: bool) -> list[Any]:
+    async with aiosqlite.connect(path) as db:
+        await db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER, blob BLOB)")
+        sql = "INSERT OR REPLACE INTO t VALUES (?, ?, ?)"
+        if plain:
+            await db.executemany(sql, batch)
+        else:
+            await rows.write_rows(db, sql, batch)
+        return list(await (await db.execute("SELECT * FROM t ORDER BY k")).fetchall())
+
+
 async def test_rows_written_in_statements_of_many_rows_are_the_rows_of_executemany(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    # A small parameter limit, so the rows span several statements and the last is short.
-    monkeypatch.setattr(rows, "MAX_VARIABLES", 10)  # 3 rows of 3 values per statement
-    table = "CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER, blob BLOB)"
+    # Chunks of 3 rows: 11 rows make four statements, the last filled up with its last row.
+    monkeypatch.setattr(rows, "CHUNK", 3)
     data = [(f"k{i % 5}", i, bytes([i])) for i in range(11)]  # keys repeat: the last one wins
-    async with aiosqlite.connect(tmp_path / "multi.db") as multi:
-        await multi.execute(table)
-        await rows.write_rows(multi, "INSERT OR REPLACE INTO t VALUES (?, ?, ?)", data)
-        await rows.write_rows(multi, "INSERT OR REPLACE INTO t VALUES (?, ?, ?)", [])
-        written = await (await multi.execute("SELECT * FROM t ORDER BY k")).fetchall()
-    async with aiosqlite.connect(tmp_path / "plain.db") as plain:
-        await plain.execute(table)
-        await plain.executemany("INSERT OR REPLACE INTO t VALUES (?, ?, ?)", data)
-        expected = await (await plain.execute("SELECT * FROM t ORDER BY k")).fetchall()
-    assert written == expected
-    assert [row[1] for row in written] == [10, 6, 7, 8, 9]
+    for n, batch in enumerate((data, data[:6], data[:2], [])):  # chunks; one short; none
+        written = await rows_in(tmp_path / f"multi{n}.db", batch, plain=False)
+        assert written == await rows_in(tmp_path / f"plain{n}.db", batch, plain=True)
+    assert [row[1] for row in await rows_in(tmp_path / "last.db", data, plain=False)] == [
+        10,
+        6,
+        7,
+        8,
+        9,
+    ]
+
+
+async def test_a_large_batch_prepares_one_statement_however_many_rows(tmp_path: Path) -> None:
+    # The statement cache keeps what it prepared: batches of many sizes must not each add
+    # a statement of their own size (the first version of write_rows did, hundreds of MB).
+    seen: set[str] = set()
+    async with aiosqlite.connect(tmp_path / "cache.db") as db:
+        await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        await db.set_trace_callback(seen.add)
+        sizes = range(rows.CHUNK, 3 * rows.CHUNK + 7, 97)
+        for size in sizes:
+            await rows.write_rows(
+                db, "INSERT OR REPLACE INTO t VALUES (?, ?)", [(i, "x") for i in range(size)]
+            )
+        (count,) = await (await db.execute("SELECT count(*) FROM t")).fetchone()
+    # The trace shows each statement with its values in place: count its rows.
+    statements = {text.split(" VALUES ")[1].count("(") for text in seen if "VALUES" in text}
+    assert statements == {rows.CHUNK}
+    assert count == max(sizes)
