@@ -12,11 +12,12 @@ crawled at about 1 ms a row. One statement binds its rows at once and steps them
 the GIL, so the write runs on the other core while the fold goes on (docs/performance.md,
 "Replay").
 
-Every statement of one size is the same SQL text, so SQLite's statement cache holds one
-per table: the last chunk is filled up by repeating its last row, which ``OR REPLACE``
-writes again to the same effect. (Statements of every size up to a thousand rows, as a
-first version made, filled the cache with up to 128 of them: hundreds of MB.) A small
-batch, as every live flush is, goes through ``executemany``: nothing is folding beside it.
+All those statements have the same size, so the same SQL text, and SQLite's statement
+cache holds one per table: the last chunk is filled up by repeating its last row, which
+``OR REPLACE`` writes again to the same effect. (A first version sent each batch as one
+statement of its own size, and the cache kept up to 128 of them: hundreds of MB.) A
+smaller batch, as most live flushes are, goes through ``executemany``: the live projector
+waits for its writes, so nothing folds beside them.
 """
 
 from __future__ import annotations
