@@ -12,6 +12,7 @@ last message and accepting it when it carries our id.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -63,6 +64,12 @@ log = logging.getLogger(__name__)
 CONFLICT_CODES = frozenset({10071, 10164})
 """JetStream's "wrong last sequence" errors (per subject, and per wildcard subject)."""
 
+KNOWN_ACCOUNTS = 32
+"""Accounts whose last folded state a store keeps, to read only what came after it. An
+account gains an event for every sandbox metered, forever: folded from sequence 1 on every
+load, the meter's cost grew with every sandbox the project ever had (docs/performance.md,
+"Accounts")."""
+
 
 def _subject(event: Event) -> str:
     if isinstance(event, CommandRejected):
@@ -91,11 +98,17 @@ class JetStreamEventStore:
         self._nc = nc
         self._js = js
         self._timeout = timeout
+        self._accounts: OrderedDict[str, LoadedAccount] = OrderedDict()
 
-    async def _events(self, filter_subject: str) -> AsyncIterator[tuple[int, Event | None]]:
-        """``(seq, event)`` on ``filter_subject`` (a batched direct get: one round trip for
-        most); ``None`` for an event of a type this version does not know (it is skipped)."""
-        async for seq, data in read_subject(self._nc, filter_subject, timeout=self._timeout):
+    async def _events(
+        self, filter_subject: str, after: int = 0
+    ) -> AsyncIterator[tuple[int, Event | None]]:
+        """``(seq, event)`` on ``filter_subject`` past sequence ``after`` (a batched direct
+        get: one round trip for most); ``None`` for an event of a type this version does not
+        know (it is skipped)."""
+        async for seq, data in read_subject(
+            self._nc, filter_subject, timeout=self._timeout, start=after + 1
+        ):
             try:
                 yield seq, decode_event(data)
             except UnknownEventType as unknown:
@@ -116,11 +129,17 @@ class JetStreamEventStore:
         return Loaded(*await self._append_all(loaded.state, loaded.last_seq, events, evolve))
 
     async def _fold(
-        self, filter_subject: str, state: S, kinds: tuple[type, ...], step: Callable[[S, Any], S]
+        self,
+        filter_subject: str,
+        state: S,
+        kinds: tuple[type, ...],
+        step: Callable[[S, Any], S],
+        after: int = 0,
     ) -> tuple[S, int]:
-        """Fold the events of ``kinds`` on one aggregate's subjects (they hold nothing else)."""
-        last_seq = 0
-        async for seq, event in self._events(filter_subject):
+        """Fold the events of ``kinds`` on one aggregate's subjects (they hold nothing else)
+        into ``state``, which has every event up to sequence ``after`` folded already."""
+        last_seq = after
+        async for seq, event in self._events(filter_subject, after):
             last_seq = seq
             if isinstance(event, kinds):
                 state = step(state, event)
@@ -154,21 +173,36 @@ class JetStreamEventStore:
         )
 
     async def load_account(self, project: str) -> LoadedAccount:
-        return LoadedAccount(
+        """The account folded from the state this store last saw of it, if it kept one:
+        the log only grows, so the events past that state's sequence are all it lacks."""
+        known = self._accounts.get(project) or LoadedAccount(AccountState(project=project), 0)
+        loaded = LoadedAccount(
             *await self._fold(
                 subjects.account_events_filter(project),
-                AccountState(project=project),
+                known.state,
                 ACCOUNT_EVENTS,
                 evolve_account,
+                after=known.last_seq,
             )
         )
+        self._keep_account(loaded)
+        return loaded
 
     async def append_account(
         self, loaded: LoadedAccount, events: Sequence[AccountEvent]
     ) -> LoadedAccount:
-        return LoadedAccount(
+        appended = LoadedAccount(
             *await self._append_all(loaded.state, loaded.last_seq, events, evolve_account)
         )
+        self._keep_account(appended)
+        return appended
+
+    def _keep_account(self, loaded: LoadedAccount) -> None:
+        project = loaded.state.project
+        self._accounts[project] = loaded
+        self._accounts.move_to_end(project)
+        while len(self._accounts) > KNOWN_ACCOUNTS:
+            self._accounts.popitem(last=False)
 
     async def load_key(self, key_id: str) -> LoadedKey:
         return LoadedKey(
