@@ -88,6 +88,22 @@ class LeaderWatch:
                     self.leaders.append(leader)
             await asyncio.sleep(self.interval)
 
+    async def elected(self, instead_of: str, timeout: float) -> bool:
+        """Wait until the stream names a leader other than ``instead_of`` (the node just
+        killed), and count it: the poll alone missed the election in some runs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = None
+            with contextlib.suppress(Exception):
+                info = (await asyncio.wait_for(self.js.stream_info(self.stream), 2)).cluster
+                leader = info.leader if info is not None else None
+            if leader is not None and leader != instead_of:
+                if self.leaders[-1:] != [leader]:
+                    self.leaders.append(leader)
+                return True
+            await asyncio.sleep(self.interval)
+        return False
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._poll(), name=f"leader-watch-{self.stream}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,10 @@ CREATES = 60
 IN_FLIGHT = 16
 KILL_AT = COMMANDS // 3
 DOWN_FOR = 5.0
-"""Seconds the killed node stays down before it is started again on its store."""
+"""Seconds the killed node stays down before it is started again on its store (longer when
+the other two take longer to elect a leader)."""
+ELECTION_WITHIN = 30.0
+"""Seconds the other two nodes have to elect a leader; the scenario fails if they do not."""
 ROLES = ("control", "projector", "meter", "ext.local")
 PROJECT = "chaos"
 SEED = 13
@@ -149,8 +153,11 @@ async def run(workdir: Path) -> ScenarioResult:
             await kill_now.wait()
             victim = await stream_leader(js, cluster, subjects.EVENTS_STREAM)  # it may have moved
             killed = cluster.servers[victim].server_name
+            killed_at = time.monotonic()
             await cluster.servers[victim].kill()
-            await asyncio.sleep(DOWN_FOR)
+            if not await leader_watch.elected(killed, timeout=ELECTION_WITHIN):
+                problems.append(f"no leader other than {killed} within {ELECTION_WITHIN:g} s")
+            await asyncio.sleep(max(0.0, DOWN_FOR - (time.monotonic() - killed_at)))
             await restart_node(cluster, victim)
             await load
         finally:
