@@ -69,17 +69,23 @@ async def test_create_watch_exec_destroy_by_the_book(service: Any, nats_server: 
     ready = await next_event(events, "ready")
     assert ready["reachability"]
 
+    # The view is eventually consistent: to read what it saw, a client passes the event's
+    # sequence as min_seq (docs/protocol.md#queries), here read from the log itself.
+    ready_seq = (
+        await js.get_last_msg("SANDBOXER_EVENTS", f"sandboxer.evt.sandbox.{sandbox_id}.ready")
+    ).seq
     reply = json.loads(
         (
             await nc.request(
                 "sandboxer.query.sandbox.get",
-                json.dumps({"sandbox_id": sandbox_id, "min_seq": 0}).encode(),
+                json.dumps({"sandbox_id": sandbox_id, "min_seq": ready_seq}).encode(),
                 timeout=5,
             )
         ).data
     )
     assert reply["ok"]
-    assert reply["sandbox"]["status"] in {"ready", "provisioning"}
+    assert reply["position"] >= ready_seq
+    assert reply["sandbox"]["status"] == "ready"
 
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)

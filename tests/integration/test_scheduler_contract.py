@@ -193,11 +193,13 @@ class Example:
             self.lines.append(json.loads(raw))
 
     async def wait_for(self, wanted: Any) -> None:
-        async with asyncio.timeout(WAIT):
-            while not any(wanted(line) for line in self.lines):
-                if self._process is not None and self._process.returncode is not None:
-                    break
-                await asyncio.sleep(0.05)
+        # Past the wait, fail below with what it printed and its stderr, not a bare timeout.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WAIT):
+                while not any(wanted(line) for line in self.lines):
+                    if self._process is not None and self._process.returncode is not None:
+                        break
+                    await asyncio.sleep(0.05)
         if not any(wanted(line) for line in self.lines):
             await self.kill()
             pytest.fail(f"the example never printed it; it printed {self.lines}\n{self.why()}")
