@@ -12,7 +12,6 @@ last message and accepting it when it carries our id.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -56,6 +55,7 @@ from sandboxer.events.types import (
     SnapshotEvent,
     event_type,
 )
+from sandboxer.recent import Recent
 
 __all__ = ["JetStreamEventStore"]
 
@@ -98,7 +98,7 @@ class JetStreamEventStore:
         self._nc = nc
         self._js = js
         self._timeout = timeout
-        self._accounts: OrderedDict[str, LoadedAccount] = OrderedDict()
+        self._accounts: Recent[str, LoadedAccount] = Recent(KNOWN_ACCOUNTS)
 
     async def _events(
         self, filter_subject: str, after: int = 0
@@ -185,7 +185,7 @@ class JetStreamEventStore:
                 after=known.last_seq,
             )
         )
-        self._keep_account(loaded)
+        self._accounts.put(project, loaded)
         return loaded
 
     async def append_account(
@@ -194,15 +194,8 @@ class JetStreamEventStore:
         appended = LoadedAccount(
             *await self._append_all(loaded.state, loaded.last_seq, events, evolve_account)
         )
-        self._keep_account(appended)
+        self._accounts.put(appended.state.project, appended)
         return appended
-
-    def _keep_account(self, loaded: LoadedAccount) -> None:
-        project = loaded.state.project
-        self._accounts[project] = loaded
-        self._accounts.move_to_end(project)
-        while len(self._accounts) > KNOWN_ACCOUNTS:
-            self._accounts.popitem(last=False)
 
     async def load_key(self, key_id: str) -> LoadedKey:
         return LoadedKey(

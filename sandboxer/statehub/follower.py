@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from sandboxer.events.types import (
     SnapshotRequested,
     event_type,
 )
+from sandboxer.recent import Recent
 from sandboxer.secrets import resolve_secrets
 from sandboxer.statehub.body import (
     CONTEXT_TYPES,
@@ -142,16 +142,6 @@ async def consumer_lag(js: JetStreamContext) -> dict[str, Any]:
     }
 
 
-class _Remembered(OrderedDict[str, Any]):
-    """At most :data:`MAX_REMEMBERED` entries; the oldest goes first."""
-
-    def put(self, key: str, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > MAX_REMEMBERED:
-            self.popitem(last=False)
-
-
 class StateHubFollower:
     """Follows the durable consumer and delivers each lifecycle event to the hub."""
 
@@ -172,8 +162,10 @@ class StateHubFollower:
         self._ack_wait = ack_wait
         self._status_path = status_path
         self.status = DeliveryStatus.load(status_path)
-        self._contexts = _Remembered()
-        self._snapshots = _Remembered()  # snapshot id -> the sandbox it was taken of
+        self._contexts: Recent[str, Any] = Recent(MAX_REMEMBERED)
+        self._snapshots: Recent[str, Any] = Recent(
+            MAX_REMEMBERED
+        )  # snapshot id -> the sandbox it was taken of
         self._in_hand: dict[str, Any] = {}
         self.delivery = HttpDelivery(
             url,

@@ -81,15 +81,13 @@ async def test_an_account_loads_from_the_state_the_store_kept_and_equals_a_full_
         await nc.close()
 
 
-async def test_a_store_keeps_a_bounded_number_of_accounts(
-    nats_server: NatsServerProcess, monkeypatch: Any
-) -> None:
-    monkeypatch.setattr(jetstream_store, "KNOWN_ACCOUNTS", 2)
+async def test_a_store_keeps_a_bounded_number_of_accounts(nats_server: NatsServerProcess) -> None:
     nc = await connect([nats_server.url], name="test-account-store", long_lived=False)
     try:
         js = nc.jetstream()
         await ensure_streams(js)
         store = JetStreamEventStore(nc, js)
+        store._accounts.limit = 2
         for project in ("a1", "a2", "a3", "a2"):
             await store.load_account(project)
         assert list(store._accounts) == ["a3", "a2"]  # the least recently used went first

@@ -159,7 +159,7 @@ async def test_rows_written_in_statements_of_many_rows_are_the_rows_of_executema
     # Chunks of 3 rows: 11 rows make four statements, the last filled up with its last row.
     monkeypatch.setattr(rows, "CHUNK", 3)
     data = [(f"k{i % 5}", i, bytes([i])) for i in range(11)]  # keys repeat: the last one wins
-    for n, batch in enumerate((data, data[:6], data[:2], [])):  # chunks; one short; none
+    for n, batch in enumerate((data, data[:6], data[:2], [])):  # padded; whole; executemany; none
         written = await rows_in(tmp_path / f"multi{n}.db", batch, plain=False)
         assert written == await rows_in(tmp_path / f"plain{n}.db", batch, plain=True)
     assert [row[1] for row in await rows_in(tmp_path / "last.db", data, plain=False)] == [
