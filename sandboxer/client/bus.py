@@ -854,7 +854,12 @@ class SandboxerClient:
         """The log's events (one sandbox's with ``sandbox_id``) as ``(sequence, event)``
         from ``start_seq`` on. Without ``follow`` it ends at the end of the log; with it,
         it waits for new events for ever (break out of the loop). A later call with
-        ``start_seq`` = the last sequence + 1 goes on where this one stopped."""
+        ``start_seq`` = the last sequence + 1 goes on where this one stopped.
+
+        The outcomes this client has seen are in what it reads: a ``ready`` can reach its
+        subscription before the stream has stored it, and the log's end is taken only once
+        the stream holds them (read your writes, as for queries)."""
+        await self.outcomes.position()
         if isinstance(self.outcomes, KeyOutcomeWatcher):
             async for found in self._key_events(self.outcomes, sandbox_id, follow, start_seq):
                 yield found
