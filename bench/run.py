@@ -33,6 +33,7 @@ MODULES = {
     "create": 180,
     "commands": 120,
     "replay": 180,
+    "accounts": 120,
     "memory": 420,
     "remote": 360,
     "hosted": 120,

@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
-from sandboxer.domain.account_state import AccountState
+from sandboxer.domain.account_state import AccountBook, AccountState
 from sandboxer.domain.key_state import KeyState
 from sandboxer.domain.pool_state import MemberState
 from sandboxer.domain.sandbox_state import SandboxState
@@ -81,10 +81,14 @@ class LoadedSnapshot:
 
 @dataclass(frozen=True)
 class LoadedAccount:
-    """A project's account state and the stream sequence of its last event (0: none yet)."""
+    """A project's account book and the stream sequence of its last event (0: none yet)."""
 
-    state: AccountState
+    book: AccountBook
     last_seq: int
+
+    @property
+    def state(self) -> AccountState:
+        return self.book.state
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from sandboxer.bus.event_store import (
     stamp,
 )
 from sandboxer.bus.publish import PublishConflict, publish_durably
-from sandboxer.domain.account_state import AccountState, evolve_account
+from sandboxer.domain.account_state import AccountBook, evolve_book
 from sandboxer.domain.key_state import KeyState, evolve_key
 from sandboxer.domain.pool_state import MemberState, evolve_member
 from sandboxer.domain.sandbox_state import SandboxState, evolve
@@ -175,13 +175,13 @@ class JetStreamEventStore:
     async def load_account(self, project: str) -> LoadedAccount:
         """The account folded from the state this store last saw of it, if it kept one:
         the log only grows, so the events past that state's sequence are all it lacks."""
-        known = self._accounts.get(project) or LoadedAccount(AccountState(project=project), 0)
+        known = self._accounts.get(project) or LoadedAccount(AccountBook.empty(project), 0)
         loaded = LoadedAccount(
             *await self._fold(
                 subjects.account_events_filter(project),
-                known.state,
+                known.book,
                 ACCOUNT_EVENTS,
-                evolve_account,
+                evolve_book,
                 after=known.last_seq,
             )
         )
@@ -192,7 +192,7 @@ class JetStreamEventStore:
         self, loaded: LoadedAccount, events: Sequence[AccountEvent]
     ) -> LoadedAccount:
         appended = LoadedAccount(
-            *await self._append_all(loaded.state, loaded.last_seq, events, evolve_account)
+            *await self._append_all(loaded.book, loaded.last_seq, events, evolve_book)
         )
         self._accounts.put(appended.state.project, appended)
         return appended

@@ -20,7 +20,7 @@ from sandboxer.bus.event_store import (
     Record,
     stamp,
 )
-from sandboxer.domain.account_state import AccountState, evolve_account
+from sandboxer.domain.account_state import AccountBook, evolve_book
 from sandboxer.domain.key_state import KeyState, evolve_key
 from sandboxer.domain.pool_state import MemberState, evolve_member
 from sandboxer.domain.sandbox_state import SandboxState, evolve
@@ -147,7 +147,7 @@ class MemoryEventStore:
 
     async def load_account(self, project: str) -> LoadedAccount:
         return LoadedAccount(
-            *self._fold(self._of_account(project), AccountState(project=project), evolve_account)
+            *self._fold(self._of_account(project), AccountBook.empty(project), evolve_book)
         )
 
     async def append_account(
@@ -157,10 +157,10 @@ class MemoryEventStore:
         return LoadedAccount(
             *self._append_all(
                 self._of_account(project),
-                loaded.state,
+                loaded.book,
                 loaded.last_seq,
                 events,
-                evolve_account,
+                evolve_book,
                 f"account {project}",
             )
         )

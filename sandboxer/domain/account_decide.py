@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from sandboxer.commands.types import AddCredits, SetBudget, SetByok
-from sandboxer.domain.account_state import AccountState, period_key
+from sandboxer.domain.account_state import AccountBook, AccountState, period_key
 from sandboxer.domain.pricing import ceil_microusd
 from sandboxer.errors import Rejected
 from sandboxer.events.account_events import (
@@ -104,10 +104,12 @@ class MeterUsage:
 AccountCommand = AddCredits | SetBudget | SetByok | ReserveCredits | MeterUsage
 
 
-def decide_account(state: AccountState, command: AccountCommand, now: str) -> list[AccountEvent]:
-    """The events ``command`` produces in ``state``; raises Rejected when it is not acceptable."""
-    if command.command_id in state.handled:
+def decide_account(book: AccountBook, command: AccountCommand, now: str) -> list[AccountEvent]:
+    """The events ``command`` produces on the account; raises Rejected when it is not
+    acceptable."""
+    if command.command_id in book.handled:
         return []
+    state = book.state
     head: dict[str, Any] = {
         "project": state.project,
         "command_id": command.command_id,

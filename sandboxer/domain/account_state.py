@@ -11,13 +11,24 @@ One account per project (``sandboxer.evt.account.<project>.>``). Money is an
 
 A reservation is released whole when its sandbox is metered; what the
 sandbox used is debited instead.
+
+Deciding also needs the id of every command the account has decided, so
+that none is decided twice: ``AccountBook`` is the state with those ids.
+They are kept apart from the state because they grow by one for every
+sandbox a project ever has (``reserve-…``, ``meter-…``), forever: the view's
+row, which is written again at every change, carries only the figures, and
+the ids are a persistent map, so adding one shares the rest instead of
+copying it (a tuple copied per event made every fold quadratic: 20,000
+events took 2.7 s).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Literal
 
+import immutables
 import msgspec
 
 from sandboxer.events.account_events import (
@@ -33,10 +44,12 @@ from sandboxer.events.actor import Actor
 __all__ = [
     "DEFAULT_PROJECT",
     "PROJECT_RULE",
+    "AccountBook",
     "AccountState",
     "Reservation",
     "day_key",
     "evolve_account",
+    "evolve_book",
     "fold_account",
     "is_valid_project",
     "month_key",
@@ -79,9 +92,6 @@ class AccountState(msgspec.Struct, frozen=True, kw_only=True):
     """Extension -> the secret reference of the project's own key there (never a value)."""
     metered: int = 0
     """Sandboxes metered."""
-    handled: tuple[str, ...] = ()
-    """Ids of the commands already decided (client commands and the derived
-    ``reserve-…``, ``extend-…`` and ``meter-…``), in log order, so none is decided twice."""
     updated_at: str | None = None
 
     @property
@@ -105,14 +115,7 @@ def period_key(at: str, period: Literal["day", "month"]) -> str:
 def evolve_account(state: AccountState, event: AccountEvent) -> AccountState:
     """The state after ``event``. Total: an event that does not apply leaves it as it is."""
     replace = msgspec.structs.replace
-    base = replace(
-        state,
-        version=state.version + 1,
-        handled=state.handled
-        if event.command_id in state.handled
-        else (*state.handled, event.command_id),
-        updated_at=event.at,
-    )
+    base = replace(state, version=state.version + 1, updated_at=event.at)
     match event:
         case CreditsAdded():
             return replace(
@@ -172,6 +175,31 @@ def fold_account(project: str, events: list[AccountEvent]) -> AccountState:
     for event in events:
         state = evolve_account(state, event)
     return state
+
+
+_NONE_HANDLED: immutables.Map[str, None] = immutables.Map()
+
+
+@dataclass(frozen=True, slots=True)
+class AccountBook:
+    """An account as deciding sees it: its state, and the ids of the commands already
+    decided (client commands and the derived ``reserve-…``, ``extend-…`` and ``meter-…``)."""
+
+    state: AccountState
+    handled: immutables.Map[str, None] = field(default=_NONE_HANDLED)
+
+    @classmethod
+    def empty(cls, project: str) -> AccountBook:
+        return cls(AccountState(project=project))
+
+    @property
+    def version(self) -> int:
+        return self.state.version
+
+
+def evolve_book(book: AccountBook, event: AccountEvent) -> AccountBook:
+    """The book after ``event``: its state evolved, and its command id remembered."""
+    return AccountBook(evolve_account(book.state, event), book.handled.set(event.command_id, None))
 
 
 PROJECT_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, 1 to 63"

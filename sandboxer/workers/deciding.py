@@ -148,7 +148,7 @@ async def apply_account(
     return await _decide_loop(
         f"account {project}",
         lambda: store.load_account(project),
-        lambda loaded: decide_account(loaded.state, command, utc_now()),
+        lambda loaded: decide_account(loaded.book, command, utc_now()),
         store.append_account,
         known,
     )

@@ -20,7 +20,7 @@ from sandboxer.domain.account_decide import (
     meter_command_id,
     reserve_command_id,
 )
-from sandboxer.domain.account_state import AccountState, evolve_account, project_of
+from sandboxer.domain.account_state import AccountBook, evolve_book, project_of
 from sandboxer.errors import InvalidCommand, Rejected
 from sandboxer.events.account_events import UsageMetered
 from sandboxer.events.codec import decode_event, encode_event
@@ -31,12 +31,12 @@ AGENT = Actor(type="agt", id="agent-7", project="acme")
 NOW = "2026-12-02T10:00:00.000Z"
 
 
-def run(state: AccountState, command: AccountCommand, now: str = NOW) -> AccountState:
-    for event in decide_account(state, command, now):
+def run(book: AccountBook, command: AccountCommand, now: str = NOW) -> AccountBook:
+    for event in decide_account(book, command, now):
         # Every event survives the wire as it is.
         assert decode_event(encode_event(event)) == event
-        state = evolve_account(state, event)
-    return state
+        book = evolve_book(book, event)
+    return book
 
 
 def add(amount: int, command_id: str = "add-1") -> AddCredits:
@@ -75,104 +75,112 @@ def meter(sandbox_id: str, seconds: int, extension: str = "ext.saas-stub") -> Me
     )
 
 
-def funded(amount: int = 1_000_000) -> AccountState:
-    return run(AccountState(project="acme"), add(amount))
+def funded(amount: int = 1_000_000) -> AccountBook:
+    return run(AccountBook.empty("acme"), add(amount))
 
 
 def test_credits_are_added_once_per_command() -> None:
-    state = funded(500)
-    assert state.balance == 500
-    assert run(state, add(500)) == state  # the same command again: nothing
+    book = funded(500)
+    assert book.state.balance == 500
+    assert run(book, add(500)) == book  # the same command again: nothing
 
 
 def test_a_reservation_holds_credits_and_the_meter_debits_and_releases() -> None:
-    state = run(funded(), reserve("sbx00000001", 181_000))
-    assert (state.balance, state.reserved, state.available) == (1_000_000, 181_000, 819_000)
-    state = run(state, meter("sbx00000001", 600))
+    book = run(funded(), reserve("sbx00000001", 181_000))
+    assert (book.state.balance, book.state.reserved, book.state.available) == (
+        1_000_000,
+        181_000,
+        819_000,
+    )
+    book = run(book, meter("sbx00000001", 600))
     # 1000 for the create plus 100 per second for 600 seconds
-    assert (state.balance, state.reserved, state.debited) == (1_000_000 - 61_000, 0, 61_000)
-    assert state.spent == {"2026-12": 61_000, "2026-12-02": 61_000}
-    assert state.reservations == {}
+    assert (book.state.balance, book.state.reserved, book.state.debited) == (
+        1_000_000 - 61_000,
+        0,
+        61_000,
+    )
+    assert book.state.spent == {"2026-12": 61_000, "2026-12-02": 61_000}
+    assert book.state.reservations == {}
 
 
 def test_metering_twice_debits_once() -> None:
-    state = run(run(funded(), reserve("sbx00000001", 181_000)), meter("sbx00000001", 10))
-    assert decide_account(state, meter("sbx00000001", 10), NOW) == []
-    assert decide_account(state, meter("sbx00000001", 99), NOW) == []  # same sandbox, same id
+    book = run(run(funded(), reserve("sbx00000001", 181_000)), meter("sbx00000001", 10))
+    assert decide_account(book, meter("sbx00000001", 10), NOW) == []
+    assert decide_account(book, meter("sbx00000001", 99), NOW) == []  # same sandbox, same id
 
 
 def test_insufficient_credits_say_need_and_have() -> None:
-    state = run(funded(200_000), reserve("sbx00000001", 150_000))
+    book = run(funded(200_000), reserve("sbx00000001", 150_000))
     with pytest.raises(Rejected) as refused:
-        run(state, reserve("sbx00000002", 60_000))
+        run(book, reserve("sbx00000002", 60_000))
     assert refused.value.code == "insufficient_credits"
     assert "need 60000, have 50000 (150000 reserved" in refused.value.reason
 
 
 def test_an_extension_adds_to_the_reservation() -> None:
-    state = run(funded(), reserve("sbx00000001", 100_000))
-    state = run(state, reserve("sbx00000001", 50_000, reason="extend", command_id="extend-e1"))
-    assert state.reservations["sbx00000001"].amount == 150_000
-    assert state.reserved == 150_000
+    book = run(funded(), reserve("sbx00000001", 100_000))
+    book = run(book, reserve("sbx00000001", 50_000, reason="extend", command_id="extend-e1"))
+    assert book.state.reservations["sbx00000001"].amount == 150_000
+    assert book.state.reserved == 150_000
     with pytest.raises(Rejected, match="need 900000"):
-        run(state, reserve("sbx00000001", 900_000, reason="extend", command_id="extend-e2"))
+        run(book, reserve("sbx00000001", 900_000, reason="extend", command_id="extend-e2"))
 
 
 def test_a_reroute_replaces_the_reservation_and_its_price() -> None:
-    state = run(funded(300_000), reserve("sbx00000001", 200_000))
+    book = run(funded(300_000), reserve("sbx00000001", 200_000))
     # The freed 200000 counts toward the new backend's reservation.
-    state = run(
-        state,
+    book = run(
+        book,
         reserve("sbx00000001", 250_000, price="120", reason="reroute", command_id="reroute-r1"),
     )
-    held = state.reservations["sbx00000001"]
-    assert (held.amount, held.price, state.reserved) == (250_000, "120", 250_000)
+    held = book.state.reservations["sbx00000001"]
+    assert (held.amount, held.price, book.state.reserved) == (250_000, "120", 250_000)
 
 
 def test_a_budget_refuses_what_would_pass_it_and_names_it() -> None:
-    state = run(
+    book = run(
         funded(),
         SetBudget(command_id="b1", actor=ADM, project="acme", limit=100_000, period="day"),
     )
-    state = run(state, reserve("sbx00000001", 60_000))
-    state = run(state, meter("sbx00000001", 100))  # debits 11000, releases 60000
+    book = run(book, reserve("sbx00000001", 60_000))
+    book = run(book, meter("sbx00000001", 100))  # debits 11000, releases 60000
     with pytest.raises(Rejected) as refused:
-        run(state, reserve("sbx00000002", 90_000))
+        run(book, reserve("sbx00000002", 90_000))
     assert refused.value.code == "budget_exceeded"
     assert "daily budget" in refused.value.reason
     assert "2026-12-02 spent 11000" in refused.value.reason
     # A new day starts with nothing spent.
-    assert run(state, reserve("sbx00000002", 89_000), now="2026-12-03T00:00:00.000Z")
+    assert run(book, reserve("sbx00000002", 89_000), now="2026-12-03T00:00:00.000Z")
 
 
 def test_byok_meters_usage_but_debits_nothing() -> None:
-    state = run(
+    book = run(
         funded(),
         SetByok(
             command_id="k1", actor=AGENT, project="acme", extension="ext.e2b", key_ref="env:MY_KEY"
         ),
     )
-    assert state.byok == {"ext.e2b": "env:MY_KEY"}
-    (metered,) = decide_account(state, meter("sbx00000001", 500, "ext.e2b"), NOW)
+    assert book.state.byok == {"ext.e2b": "env:MY_KEY"}
+    (metered,) = decide_account(book, meter("sbx00000001", 500, "ext.e2b"), NOW)
     assert isinstance(metered, UsageMetered)
     assert (metered.byok, metered.amount, metered.seconds) == (True, 0, 500)
 
 
 def test_a_sandbox_never_ready_costs_nothing_and_releases_its_reservation() -> None:
-    state = run(run(funded(), reserve("sbx00000001", 181_000)), meter("sbx00000001", 0))
-    assert (state.balance, state.reserved, state.metered) == (1_000_000, 0, 1)
+    book = run(run(funded(), reserve("sbx00000001", 181_000)), meter("sbx00000001", 0))
+    assert (book.state.balance, book.state.reserved, book.state.metered) == (1_000_000, 0, 1)
 
 
 def test_money_is_an_administrators_business() -> None:
     with pytest.raises(Rejected, match="administrator"):
         run(
-            AccountState(project="acme"),
+            AccountBook.empty("acme"),
             AddCredits(command_id="x", actor=AGENT, project="acme", amount=5),
         )
     other = Actor(type="agt", id="a", project="other")
     with pytest.raises(Rejected, match="administrator or an actor of project acme"):
         run(
-            AccountState(project="acme"),
+            AccountBook.empty("acme"),
             SetByok(command_id="k", actor=other, project="acme", extension="ext.e2b", key_ref=None),
         )
 
@@ -262,15 +270,15 @@ def commands_of(ops: list[tuple[str, int, int]]) -> list[AccountCommand]:
     return commands
 
 
-def replay(commands: list[AccountCommand], *, never_short: bool = False) -> AccountState:
-    state = AccountState(project="acme")
+def replay(commands: list[AccountCommand], *, never_short: bool = False) -> AccountBook:
+    book = AccountBook.empty("acme")
     for command in commands:
         with contextlib.suppress(Rejected):
-            state = run(state, command)
-        assert state.reserved == sum(r.amount for r in state.reservations.values())
+            book = run(book, command)
+        assert book.state.reserved == sum(r.amount for r in book.state.reservations.values())
         if never_short:  # reservations never take more than there is
-            assert 0 <= state.reserved <= state.balance
-    return state
+            assert 0 <= book.state.reserved <= book.state.balance
+    return book
 
 
 @settings(max_examples=200, deadline=None)
@@ -290,3 +298,16 @@ def test_every_command_delivered_twice_changes_nothing(ops: list[tuple[str, int,
     assert doubled == once
     decided = [c for c in commands if c.command_id in once.handled]
     assert replay(commands + decided) == once
+
+
+def test_a_book_is_never_changed_by_what_is_folded_after_it() -> None:
+    """The store decides again from an earlier book when an append conflicts: folding on
+    from a book must leave it, and every other branch from it, as it was."""
+    book = run(funded(), reserve("sbx00000001", 100))
+    one = run(book, meter("sbx00000001", 1))
+    other = run(book, reserve("sbx00000002", 100))
+    assert reserve_command_id("sbx00000001") in book.handled
+    assert meter_command_id("sbx00000001") not in book.handled
+    assert meter_command_id("sbx00000001") not in other.handled
+    assert reserve_command_id("sbx00000002") not in one.handled
+    assert run(book, meter("sbx00000001", 1)) == one

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from sandboxer.bus.event_store import LoadedAccount
 from sandboxer.bus.memory_store import MemoryEventStore
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import ConfigError
@@ -88,7 +87,7 @@ async def byok_store(project: str, ref: str | None) -> MemoryEventStore:
         extension="ext.keyed",
         key_ref=ref,
     )
-    await store.append_account(LoadedAccount(loaded.state, loaded.last_seq), [event])
+    await store.append_account(loaded, [event])
     return store
 
 
