@@ -12,9 +12,9 @@ is yielded. A reader in the same process as the workers uses it to stay behind
 a command's chain of appends: those are made one after another, each awaited,
 and folding one while the next is on its way held the next up.
 
-Messages are collected by a subscription callback into a list that the
-generator drains in bursts: awaiting ``next_msg`` per message (a timer each)
-costs more than everything else in a replay.
+Messages are collected by a subscription callback and drained in bursts
+(``arrivals``): awaiting ``next_msg`` per message (a timer each) costs more
+than everything else in a replay.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from sandboxer import subjects
+from sandboxer.bus.arrivals import Arrivals
 
 __all__ = ["last_sequence", "read_events"]
 
@@ -55,17 +56,11 @@ async def read_events(
         if end < start_seq:
             return
         stop_seq = end
-    arrived: list[Msg] = []
-    wake = asyncio.Event()
-
-    async def collect(msg: Msg) -> None:
-        arrived.append(msg)
-        wake.set()
-
+    arrivals = Arrivals()
     sub = await js.subscribe(
         filter_subject,
         stream=subjects.EVENTS_STREAM,
-        cb=collect,
+        cb=arrivals.collect,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         config=ConsumerConfig(opt_start_seq=max(start_seq, 1)),
@@ -74,22 +69,16 @@ async def read_events(
     )
     try:
         while True:
-            if not arrived:
-                wake.clear()
-                # asyncio.timeout, not wait_for: on 3.11 a cancellation that lands as
-                # wait_for times out comes back as TimeoutError and would be swallowed
-                # here, leaving a follower that can never be stopped.
+            if not arrivals.pending:
                 try:
-                    async with asyncio.timeout(idle_timeout):
-                        await wake.wait()
+                    await arrivals.wait(idle_timeout)
                 except TimeoutError:
                     if follow:
                         continue
                     return  # nothing more matches the filter
                 if follow and settle:
-                    await _until_paused(arrived, settle)
-            burst = arrived[:]
-            arrived.clear()
+                    await _until_paused(arrivals.pending, settle)
+            burst = arrivals.take()
             behind = len(burst)
             for msg in burst:
                 meta = msg.metadata
