@@ -37,6 +37,10 @@ TEST_ONLY=(
   "podman:podman"
   "runc:runc"
   "catatonit:catatonit"   # podman's init for `init: true` services (only recommended by podman)
+  # podman's network backend for compose egress allowlists (with CNI an internal network has
+  # no gateway); the tests' containers.conf names it. Only recommended by podman.
+  "/usr/lib/podman/netavark:netavark"
+  "/usr/lib/podman/aardvark-dns:aardvark-dns"
   "curl:curl"             # tests/integration/test_http_api_docs.py runs docs/http-api.md's curl examples
   "jq:jq"                 # ... which pick ids out of answers with jq
   "nft:nftables"          # ext.local egress allowlists (tests/integration/test_local_egress.py)
@@ -59,8 +63,13 @@ missing=()
 for pair in "${REQUIRED[@]}"; do
   cmd="${pair%%:*}"
   pkg="${pair#*:}"
-  # sbin directories are not always on a non-root PATH.
-  if ! PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1; then
+  # sbin directories are not always on a non-root PATH; a path names a helper off PATH.
+  if [[ "$cmd" == /* ]]; then
+    present() { [ -x "$cmd" ]; }
+  else
+    present() { PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1; }
+  fi
+  if ! present; then
     case " ${missing[*]-} " in
       *" $pkg "*) ;;
       *) missing+=("$pkg") ;;

@@ -556,6 +556,7 @@ tmp_dir = "{d}/tmp"
 static_dir = "{d}/libpod"
 volume_path = "{d}/volumes"
 [network]
+network_backend = "netavark"
 network_config_dir = "{d}/networks"
 """
 

@@ -189,3 +189,8 @@ def test_host_support_names_what_is_missing() -> None:
     assert report["ready"] is False
     assert report["missing"] == ["python3 >= 3.9 (found 3.7)", "nft (apt nftables)"]
     assert egress_support("")["missing"][0].startswith("python3 ")
+    tools = "python3 yes\nnft yes\nsetsid yes\npython3_version 3.11\n"
+    assert egress_support(tools + "podman_network_backend netavark\n")["ready"] is True
+    cni = egress_support(tools + "podman_network_backend cni\n")
+    assert cni["ready"] is False
+    assert "netavark" in cni["missing"][0]

@@ -140,11 +140,16 @@ if [ -n "$left" ]; then echo "left on the host:$left" >&2; exit 1; fi
 exit 0
 """
 
+# $1: the host's engine. podman's network backend matters: with CNI an internal
+# network has no gateway address, so there is nowhere for the proxy to listen.
 _HOST_TOOLS_SCRIPT = r"""
 for tool in python3 nft setsid; do
   if command -v "$tool" >/dev/null 2>&1; then echo "$tool yes"; else echo "$tool no"; fi
 done
 python3 -c 'import sys; print("python3_version", "%d.%d" % sys.version_info[:2])' 2>/dev/null
+if [ "$1" = podman ]; then
+  echo "podman_network_backend $(podman info --format '{{.Host.NetworkBackend}}' 2>/dev/null)"
+fi
 """
 
 
@@ -153,7 +158,7 @@ async def host_support(conn: Connection, item: Target) -> dict[str, Any]:
     whether they are all there, and what is missing."""
     result = await remote.run(
         conn,
-        ["sh", "-c", _HOST_TOOLS_SCRIPT],
+        ["sh", "-c", _HOST_TOOLS_SCRIPT, "sh", containers.engine(item.config)],
         env=item.config.env,
         timeout=SHORT_TIMEOUT,
         check=False,
@@ -197,7 +202,13 @@ async def prepare(conn: Connection, item: Target, sandbox_id: str, policy: Netwo
     inspect_json, _, flag = made.stdout.rpartition("]")
     bridge = bridge_of(engine, inspect_json + "]")
     if bridge is None:
-        raise _failed(item, f"reading the gateway of {net} from '{engine} network inspect'", made)
+        hint = " (podman's CNI network backend gives an internal network none)"
+        raise _failed(
+            item,
+            f"reading the gateway of {net} from '{engine} network inspect'"
+            + (hint if engine == "podman" else ""),
+            made,
+        )
     config = proxy_config(policy, bridge.gateway, hosts if flag.strip() == "hosts" else None)
     directory = gate_directory(sandbox_id)
     for file_name, source in PROXY_FILES.items():

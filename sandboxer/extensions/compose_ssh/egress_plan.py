@@ -28,6 +28,7 @@ from sandboxer.config.network_policy import NetworkPolicy
 
 __all__ = [
     "EGRESS_OVERRIDE_FILE",
+    "PODMAN_NETAVARK",
     "PROXY_PORT",
     "Bridge",
     "allowlist_override",
@@ -193,9 +194,16 @@ MIN_PYTHON = (3, 9)
 """The proxy script's oldest Python (``str.removesuffix``)."""
 
 
+PODMAN_NETAVARK = (
+    "podman's netavark network backend (apt netavark aardvark-dns, and network_backend = "
+    '"netavark" in containers.conf; with CNI an internal network has no gateway for the proxy)'
+)
+
+
 def egress_support(tools_output: str) -> dict[str, Any]:
-    """``inspect host``'s ``egress_allowlist`` entry, from lines ``TOOL yes|no`` and
-    ``python3_version X.Y``: ``ready``, and ``missing`` with what to install."""
+    """``inspect host``'s ``egress_allowlist`` entry, from lines ``TOOL yes|no``,
+    ``python3_version X.Y`` and, for podman, ``podman_network_backend NAME``: ``ready``, and
+    ``missing`` with what to install."""
     found: dict[str, str] = {}
     for line in tools_output.splitlines():
         key, _, value = line.strip().partition(" ")
@@ -213,6 +221,8 @@ def egress_support(tools_output: str) -> dict[str, Any]:
         missing.append("nft (apt nftables)")
     if found.get("setsid") != "yes":
         missing.append("setsid (apt util-linux)")
+    if found.get("podman_network_backend") == "cni":  # its internal networks have no gateway
+        missing.append(PODMAN_NETAVARK)
     report: dict[str, Any] = {"ready": not missing, "python3": found.get("python3_version")}
     if missing:
         report["missing"] = missing
