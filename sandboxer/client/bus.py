@@ -143,6 +143,18 @@ class SandboxerClient:
         await self.outcomes.position()
         await self.nc.drain()
 
+    async def _stored(self) -> None:
+        """Wait until the stream holds every outcome this client has seen (read your writes).
+
+        An outcome can reach this client's subscription before the stream has stored it (in
+        a cluster, before a quorum of nodes has). The log read by :meth:`events`, and the
+        sandbox state a worker loads to answer an exec, a file copy or a token request, are
+        the stream's: a request sent as soon as a ``ready`` came could find the sandbox still
+        provisioning (on a 3-node cluster, 8 of 540 execs sent right after their create's
+        ``ready`` had no answer; ``test_cluster.py``).
+        """
+        await self.outcomes.position()
+
     # -- queries -------------------------------------------------------------------------------
 
     def _subject(self, subject: str) -> str:
@@ -687,6 +699,7 @@ class SandboxerClient:
         gets them; they never appear in an event or a ``get``.
         """
         _check_id(sandbox_id)
+        await self._stored()
         try:
             reply = await self.nc.request(
                 self._subject(subjects.token_subject(sandbox_id)),
@@ -724,6 +737,7 @@ class SandboxerClient:
         has ``timed_out``. ``timeout`` is how long this call waits at most.
         """
         _check_id(sandbox_id)
+        await self._stored()
         request: dict[str, Any] = {"argv": argv}
         if service is not None:  # only when asked: older workers do not know the fields
             request["service"] = service
@@ -788,6 +802,7 @@ class SandboxerClient:
         """Copy a local file (written at ``path``) or directory (its contents into the
         directory ``path``) into the sandbox's workspace; ``path`` is relative to it."""
         _check_id(sandbox_id)
+        await self._stored()
         limits = ArchiveLimits.from_mb(max_mb)
         return await copy_in(
             self.nc,
@@ -811,6 +826,7 @@ class SandboxerClient:
         """Copy ``path`` of the sandbox's workspace (a file or a directory) to
         ``destination``, into it when it is an existing directory (as ``cp -r``)."""
         _check_id(sandbox_id)
+        await self._stored()
         limits = ArchiveLimits.from_mb(max_mb)
         return await copy_out(
             self.nc,
@@ -828,6 +844,7 @@ class SandboxerClient:
         """Unpack a tar already on disk at ``path`` (``kind`` dir), or write its one file
         there (``kind`` file): what the HTTP gateway's upload uses."""
         _check_id(sandbox_id)
+        await self._stored()
         return await _put_archive(
             self.nc, sandbox_id, Path(archive), path, kind, key_id=self.key_id
         )
@@ -843,6 +860,7 @@ class SandboxerClient:
         """Write what ``path`` holds to the file ``destination``: the file's bytes, or a
         tar of the directory (``kind`` says which): what the gateway's download uses."""
         _check_id(sandbox_id)
+        await self._stored()
         limits = ArchiveLimits.from_mb(max_mb)
         return await get_object(
             self.nc, sandbox_id, path, Path(destination), limits=limits, key_id=self.key_id
@@ -856,10 +874,8 @@ class SandboxerClient:
         it waits for new events for ever (break out of the loop). A later call with
         ``start_seq`` = the last sequence + 1 goes on where this one stopped.
 
-        The outcomes this client has seen are in what it reads: a ``ready`` can reach its
-        subscription before the stream has stored it, and the log's end is taken only once
-        the stream holds them (read your writes, as for queries)."""
-        await self.outcomes.position()
+        The outcomes this client has seen are in what it reads (:meth:`_stored`)."""
+        await self._stored()
         if isinstance(self.outcomes, KeyOutcomeWatcher):
             async for found in self._key_events(self.outcomes, sandbox_id, follow, start_seq):
                 yield found

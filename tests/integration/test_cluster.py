@@ -32,6 +32,7 @@ from sandboxer.bus.streams import ensure_streams, replicas_for
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
+from sandboxer.errors import BusError
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.service import all_roles, run_roles
 from tests.integration.conftest import reap_local
@@ -113,6 +114,41 @@ async def test_roles_on_three_nodes_serve_one_sandbox(cluster: NatsCluster, home
         stop.set()
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
         await reap_local(home)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+
+
+async def test_a_request_right_after_a_create_finds_its_sandbox_ready(
+    cluster: NatsCluster, home: Path
+) -> None:
+    """The client sees ``ready`` before the stream has it on a quorum; the worker answering
+    an exec loads the sandbox from the stream. Without the client waiting for its outcomes
+    to be stored (``SandboxerClient._stored``), 1 to 3 of these 60 execs had no answer in 4
+    of 9 runs (8 of 540); with it, none in 9 runs."""
+    node1, node2, node3 = cluster.urls
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    client: SandboxerClient | None = None
+    unanswered: list[str] = []
+    try:
+        tasks.append(await start_role(home, node2, "projector", stop))
+        client = await SandboxerClient.connect([node1], actor={"type": "atm", "id": "pytest"})
+        await wait_healthy(client, tasks)
+        tasks.append(await start_role(home, node1, "control", stop))
+        tasks.append(await start_role(home, node3, "ext.local", stop))
+        for _ in range(60):
+            ready = await client.create(timeout=60)
+            try:
+                await client.exec(ready["sandbox_id"], ["true"], lambda s, d: None)
+            except BusError as exc:
+                unanswered.append(str(exc))
+            await client.destroy(ready["sandbox_id"])
+    finally:
+        if client is not None:
+            await client.close()
+        stop.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        await reap_local(home)
+    assert unanswered == []
     assert [r for r in results if isinstance(r, BaseException)] == []
 
 
