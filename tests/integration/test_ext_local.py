@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -26,6 +27,7 @@ from sandboxer.config.profile import Profile
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.extensions.local import LocalExtension
+from sandboxer.extensions.local import backend as backend_module
 from sandboxer.extensions.local.procs import ProcessRef, command_name
 
 pytestmark = pytest.mark.integration
@@ -406,6 +408,30 @@ async def test_teardown_is_idempotent(ext: LocalExtension, root: Path) -> None:
     await ext.teardown(sid)
     await ext.teardown(new_id())  # never existed
     assert not (root / sid).exists()
+
+
+async def test_a_provision_whose_directory_is_removed_under_it_leaves_no_holder(
+    ext: LocalExtension, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on one machine may act on one sandbox at once (chaos ``conflicting``): a
+    teardown may remove the directory while a provision's holder starts, before state.json
+    names it. The provision then fails, and ends the holder and groups it made itself."""
+    sid = new_id()
+    started: list[ProcessRef] = []
+
+    async def spawn_then_removed(**kwargs: Any) -> Any:
+        spawned = await real_spawn(**kwargs)
+        started.extend(ref for ref in (spawned.holder, spawned.monitor) if ref)
+        shutil.rmtree(root / sid)  # what the other worker's teardown does last
+        return spawned
+
+    real_spawn = backend_module.spawn_holder
+    monkeypatch.setattr(backend_module, "spawn_holder", spawn_then_removed)
+    with pytest.raises(FileNotFoundError):
+        await ext.provision(request(sid))
+    assert started
+    assert not any(ref.alive() for ref in started)
+    assert cgroups_of(sid) == []
 
 
 _PROVISION_AND_DIE = """

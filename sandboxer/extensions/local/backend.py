@@ -193,7 +193,19 @@ class LocalExtension:
             monitor_pid=spawned.monitor.pid if spawned.monitor else None,
             monitor_start_time=spawned.monitor.start_time if spawned.monitor else None,
         )
-        workspace.write_state(layout, state)
+        try:
+            workspace.write_state(layout, state)
+        except BaseException:
+            # Until state.json names the holder only this call knows it: a teardown by
+            # another worker meanwhile (its directory gone) would leave it running.
+            for ref in (spawned.holder, spawned.monitor):
+                if ref is not None:
+                    kill(ref)
+            await cgroups.destroy(groups.dirs)
+            await egress.teardown(
+                self._group(request.sandbox_id), network, slots_dir=self._egress_slots_dir
+            )
+            raise
         log.info(
             "local sandbox %s: holder pid %d started in %.0f ms",
             request.sandbox_id,
