@@ -76,9 +76,11 @@ async def wait_healthy(client: SandboxerClient, tasks: list[asyncio.Task[None]])
             await asyncio.sleep(0.1)
 
 
-async def test_roles_on_three_nodes_serve_one_sandbox(cluster: NatsCluster, home: Path) -> None:
+@contextlib.asynccontextmanager
+async def roles_on_three_nodes(cluster: NatsCluster, home: Path) -> AsyncIterator[SandboxerClient]:
+    """The projector on node 2, control on node 1, ext.local on node 3, and a client on node
+    1; on the way out every role is stopped, and none may have crashed."""
     node1, node2, node3 = cluster.urls
-    assert "ext.local" in all_roles(Catalog.load(home))
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     client: SandboxerClient | None = None
@@ -90,7 +92,19 @@ async def test_roles_on_three_nodes_serve_one_sandbox(cluster: NatsCluster, home
         await wait_healthy(client, tasks)
         tasks.append(await start_role(home, node1, "control", stop))
         tasks.append(await start_role(home, node3, "ext.local", stop))
+        yield client
+    finally:
+        if client is not None:
+            await client.close()
+        stop.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        await reap_local(home)
+    assert [r for r in results if isinstance(r, BaseException)] == []
 
+
+async def test_roles_on_three_nodes_serve_one_sandbox(cluster: NatsCluster, home: Path) -> None:
+    assert "ext.local" in all_roles(Catalog.load(home))
+    async with roles_on_three_nodes(cluster, home) as client:
         ready = await client.create(timeout=60)
         assert ready["type"] == "ready"
         sandbox_id = ready["sandbox_id"]
@@ -108,13 +122,6 @@ async def test_roles_on_three_nodes_serve_one_sandbox(cluster: NatsCluster, home
         assert info.config.num_replicas == 3
         assert info.cluster is not None
         assert len(info.cluster.replicas or []) == 2
-    finally:
-        if client is not None:
-            await client.close()
-        stop.set()
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-        await reap_local(home)
-    assert [r for r in results if isinstance(r, BaseException)] == []
 
 
 async def test_a_request_right_after_a_create_finds_its_sandbox_ready(
@@ -124,17 +131,8 @@ async def test_a_request_right_after_a_create_finds_its_sandbox_ready(
     an exec loads the sandbox from the stream. Without the client waiting for its outcomes
     to be stored (``SandboxerClient._stored``), 1 to 3 of these 60 execs had no answer in 4
     of 9 runs (8 of 540); with it, none in 9 runs."""
-    node1, node2, node3 = cluster.urls
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-    client: SandboxerClient | None = None
     unanswered: list[str] = []
-    try:
-        tasks.append(await start_role(home, node2, "projector", stop))
-        client = await SandboxerClient.connect([node1], actor={"type": "atm", "id": "pytest"})
-        await wait_healthy(client, tasks)
-        tasks.append(await start_role(home, node1, "control", stop))
-        tasks.append(await start_role(home, node3, "ext.local", stop))
+    async with roles_on_three_nodes(cluster, home) as client:
         for _ in range(60):
             ready = await client.create(timeout=60)
             try:
@@ -142,14 +140,7 @@ async def test_a_request_right_after_a_create_finds_its_sandbox_ready(
             except BusError as exc:
                 unanswered.append(str(exc))
             await client.destroy(ready["sandbox_id"])
-    finally:
-        if client is not None:
-            await client.close()
-        stop.set()
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-        await reap_local(home)
     assert unanswered == []
-    assert [r for r in results if isinstance(r, BaseException)] == []
 
 
 async def test_roles_create_the_streams_together(cluster: NatsCluster) -> None:
