@@ -25,7 +25,7 @@ events took 2.7 s).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import immutables
@@ -50,7 +50,6 @@ __all__ = [
     "day_key",
     "evolve_account",
     "evolve_book",
-    "fold_account",
     "is_valid_project",
     "month_key",
     "period_key",
@@ -170,14 +169,8 @@ def _meter(base: AccountState, event: UsageMetered) -> AccountState:
     )
 
 
-def fold_account(project: str, events: list[AccountEvent]) -> AccountState:
-    state = AccountState(project=project)
-    for event in events:
-        state = evolve_account(state, event)
-    return state
-
-
 _NONE_HANDLED: immutables.Map[str, None] = immutables.Map()
+"""Shared by every new book: a map never changes, ``set`` makes another."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +179,7 @@ class AccountBook:
     decided (client commands and the derived ``reserve-…``, ``extend-…`` and ``meter-…``)."""
 
     state: AccountState
-    handled: immutables.Map[str, None] = field(default=_NONE_HANDLED)
+    handled: immutables.Map[str, None] = _NONE_HANDLED
 
     @classmethod
     def empty(cls, project: str) -> AccountBook:

@@ -28,7 +28,6 @@ from sandboxer.config.network_policy import NetworkPolicy
 
 __all__ = [
     "EGRESS_OVERRIDE_FILE",
-    "PODMAN_NETAVARK",
     "PROXY_PORT",
     "Bridge",
     "allowlist_override",
@@ -194,7 +193,7 @@ MIN_PYTHON = (3, 9)
 """The proxy script's oldest Python (``str.removesuffix``)."""
 
 
-PODMAN_NETAVARK = (
+_PODMAN_NETAVARK = (
     "podman's netavark network backend (apt netavark aardvark-dns, and network_backend = "
     '"netavark" in containers.conf; with CNI an internal network has no gateway for the proxy)'
 )
@@ -222,7 +221,7 @@ def egress_support(tools_output: str) -> dict[str, Any]:
     if found.get("setsid") != "yes":
         missing.append("setsid (apt util-linux)")
     if found.get("podman_network_backend") == "cni":  # its internal networks have no gateway
-        missing.append(PODMAN_NETAVARK)
+        missing.append(_PODMAN_NETAVARK)
     report: dict[str, Any] = {"ready": not missing, "python3": found.get("python3_version")}
     if missing:
         report["missing"] = missing
