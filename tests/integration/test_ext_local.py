@@ -7,8 +7,10 @@ and tears down whatever it created even when it fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -432,6 +434,47 @@ async def test_a_provision_whose_directory_is_removed_under_it_leaves_no_holder(
     assert started
     assert not any(ref.alive() for ref in started)
     assert cgroups_of(sid) == []
+
+
+def processes_of(root: Path, sandbox_id: str) -> list[int]:
+    """Live processes whose command line names the sandbox's directory (its holder)."""
+    mark = str(root / sandbox_id).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if mark in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+async def test_two_workers_provisioning_and_tearing_down_one_sandbox_leave_it_whole_or_gone(
+    root: Path,
+) -> None:
+    """Two ext.local workers on one root (chaos ``conflicting``): a provision and a teardown
+    of the same sandbox, started a few ms apart in either order. The sandbox's lock makes one
+    wait for the other, so the sandbox is either whole (the teardown came first; the
+    provisioning worker's own teardown follows, as its `ready` no longer applies) or gone
+    with nothing of it left: no holder, no group."""
+    first, second = LocalExtension(root), LocalExtension(root)
+    rng = random.Random(7)
+    for _ in range(12):
+        sid = new_id()
+
+        async def teardown_soon(sid: str = sid) -> None:
+            await asyncio.sleep(rng.uniform(0, 0.012))
+            await second.teardown(sid)
+
+        results = await asyncio.gather(
+            first.provision(request(sid)), teardown_soon(), return_exceptions=True
+        )
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        if (root / sid).exists():
+            await first.wait_ready(request(sid))  # whole: its holder runs
+            await first.teardown(sid)
+        await asyncio.sleep(0.05)  # killed processes leave /proc
+        assert processes_of(root, sid) == []
+        assert cgroups_of(sid) == []
 
 
 _PROVISION_AND_DIE = """

@@ -48,6 +48,7 @@ from sandboxer.extensions.local.holder import spawn_holder
 from sandboxer.extensions.local.inventory import machine_report, scan_sandboxes
 from sandboxer.extensions.local.procs import kill, owning_user_namespace
 from sandboxer.extensions.local.run import run_streaming
+from sandboxer.extensions.local.sandbox_lock import sandbox_lock
 from sandboxer.extensions.local.snapshot_copy import copy_workspace_out
 from sandboxer.extensions.local.steps import local_egress_for, profile_warnings
 from sandboxer.extensions.local.workspace import Layout, State
@@ -116,16 +117,41 @@ class LocalExtension:
     async def provision(self, request: ProvisionRequest) -> None:
         started = time.monotonic()
         layout = self._layout(request.sandbox_id)
-        profile = request.profile
+        # Inputs and tools vetted before anything is made, the lock's file included.
         repo = request.inputs.get("repo")
         source = workspace.repo_source(repo, request.sandbox_id) if repo is not None else None
         workspace.check_secret_names(request.secrets, request.sandbox_id)
         bwrap = self._tool("bwrap", "bubblewrap")
         self._tool("nsenter", "util-linux")
-        allowed, egress_warnings = self._egress_of(request)
+        egress_of = self._egress_of(request)
+        # Another worker's teardown of the same sandbox waits, and this waits for it: the
+        # sandbox is made whole or not at all, never half under a teardown.
+        async with sandbox_lock(self.root, request.sandbox_id):
+            state = await self._make(request, layout, source, bwrap, egress_of)
+        log.info(
+            "local sandbox %s: holder pid %d started in %.0f ms",
+            request.sandbox_id,
+            state.holder_pid,
+            (time.monotonic() - started) * 1000,
+        )
+        for index, instruction in enumerate(request.profile.setup.instructions):
+            await self._run_setup(request, state, index, instruction)
+
+    async def _make(
+        self,
+        request: ProvisionRequest,
+        layout: Layout,
+        source: Path | None,
+        bwrap: str,
+        egress_of: tuple[LocalEgress, list[str]],
+    ) -> State:
+        """Directories, network, workspace inputs, groups and the holder, each recorded in
+        ``state.json`` before the next is made (the lock held)."""
+        profile = request.profile
+        allowed, egress_warnings = egress_of
 
         if self._left_behind(layout):
-            await self.teardown(request.sandbox_id)  # start clean after a partial earlier attempt
+            await self._unmake(request.sandbox_id)  # start clean after a partial earlier attempt
         layout.create()
         state = State(
             sandbox_id=request.sandbox_id,
@@ -206,14 +232,7 @@ class LocalExtension:
                 self._group(request.sandbox_id), network, slots_dir=self._egress_slots_dir
             )
             raise
-        log.info(
-            "local sandbox %s: holder pid %d started in %.0f ms",
-            request.sandbox_id,
-            spawned.holder.pid,
-            (time.monotonic() - started) * 1000,
-        )
-        for index, instruction in enumerate(profile.setup.instructions):
-            await self._run_setup(request, state, index, instruction)
+        return state
 
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
         """Ready once the holder is alive: :func:`spawn_holder` returned only after bwrap
@@ -244,8 +263,19 @@ class LocalExtension:
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
         del host  # always this machine
+        self._layout(sandbox_id)  # the id checked before it names a lock file
+        async with sandbox_lock(self.root, sandbox_id, remove=True):
+            await self._unmake(sandbox_id)
+
+    async def _unmake(self, sandbox_id: str) -> None:
+        """Kill the holder, remove the groups, the network and the directory (the lock held)."""
         layout = self._layout(sandbox_id)
         state = workspace.read_state(layout)
+        if state is None and self._pool and not layout.dir.exists():
+            # A member with no directory was claimed (its groups and network, named after
+            # it, are its sandbox's now) or is torn down already: nothing here is its own.
+            # A member's groups come after its state.json, so none was made without one.
+            return
         refs = [] if state is None else [ref for ref in (state.holder, state.monitor) if ref]
         group = self._group_of(sandbox_id, state)
         recorded = [Path(path) for path in state.cgroups] if state else []
@@ -390,6 +420,29 @@ class LocalExtension:
         member = Layout(self.root / POOL_DIR, member_id)
         if not is_valid_sandbox_id(member_id):
             raise InvalidInput(f"invalid pool member id {member_id!r}", extension=self.id)
+        repo = request.inputs.get("repo")
+        source = workspace.repo_source(repo, request.sandbox_id) if repo is not None else None
+        workspace.check_secret_names(request.secrets, request.sandbox_id)
+        # The member's lock keeps the keeper's teardown of it off; the sandbox's, another
+        # worker's teardown of the sandbox (the move is the sandbox's making).
+        async with (
+            sandbox_lock(member.root, member_id, remove=True),
+            sandbox_lock(self.root, request.sandbox_id),
+        ):
+            state = await self._take(member, target, request, source)
+        for index, instruction in enumerate(request.profile.setup.instructions):
+            await self._run_setup(request, state, index, instruction)
+        if not state.holder_alive():
+            return await self.wait_ready(request)  # which says it is gone
+        return self._readiness(target, state)  # the record in hand: no read of it again
+
+    async def _take(
+        self, member: Layout, target: Layout, request: ProvisionRequest, source: Path | None
+    ) -> State:
+        """Move the member's directory to the sandbox's and put this create's inputs (the
+        ``repo`` copied from ``source``, the secrets) in its workspace (both locks held); the
+        member's record."""
+        member_id = member.sandbox_id
         state = workspace.read_state(target)
         if state is None or state.pool_member != member_id:
             found = workspace.read_state(member)
@@ -401,7 +454,7 @@ class LocalExtension:
             if found is None or not found.holder_alive():
                 raise gone
             if target.dir.exists() or target.dir.is_symlink():
-                await self.teardown(request.sandbox_id)  # what an earlier attempt left
+                await self._unmake(request.sandbox_id)  # what an earlier attempt left
             if found.pool_member != member_id:
                 # A member made before members named themselves: recorded before the move,
                 # so that on either side of a crash its teardown finds its groups and network.
@@ -414,21 +467,14 @@ class LocalExtension:
             # Its state.json keeps the member's id and path: the directory's name is the
             # sandbox's, and nothing reads those two fields for anything but messages.
             state = found
-        repo = request.inputs.get("repo")
-        if repo is not None:
-            source = workspace.repo_source(repo, request.sandbox_id)
+        if source is not None:
             await asyncio.to_thread(workspace.copy_repo, source, target.workspace)
-        workspace.check_secret_names(request.secrets, request.sandbox_id)
         owner = (SANDBOX_UID, SANDBOX_GID) if self._as_root else None
         if request.secrets:
             workspace.write_secrets(target.workspace, request.secrets, owner)
-        if owner is not None and (repo is not None or request.secrets):
+        if owner is not None and (source is not None or request.secrets):
             await asyncio.to_thread(workspace.chown_tree, target.workspace, *owner)
-        for index, instruction in enumerate(request.profile.setup.instructions):
-            await self._run_setup(request, state, index, instruction)
-        if not state.holder_alive():
-            return await self.wait_ready(request)  # which says it is gone
-        return self._readiness(target, state)  # the record in hand: no read of it again
+        return state
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""One sandbox's lock, across every ext.local worker process on this machine.
+
+Any number of ext.local workers may share one root (docs/pools.md, "make chaos"'s
+``conflicting`` scenario runs two), and a redelivered provision job can reach one
+worker while another tears the same sandbox down. Without a lock their steps
+interleave: a provision that makes a cgroup after the teardown removed the
+sandbox's leaves it behind, one that records its holder after the teardown read
+``state.json`` leaves the holder running. The steps that make or unmake a
+sandbox's processes and groups therefore hold this lock, one caller at a time.
+
+It is an ``flock`` on ``<root>/.locks/<id>``: the kernel releases it with the
+process, even after ``kill -9``, so a dead worker never holds a sandbox. The
+teardown removes the file while it holds the lock; whoever was waiting on the
+removed file sees that its inode is no longer the path's and locks afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from sandboxer.errors import ExtensionError
+
+__all__ = ["LOCK_DIR", "LOCK_WAIT", "sandbox_lock"]
+
+LOCK_DIR = ".locks"
+"""Under a root: not a valid sandbox id, so the inventory never takes it for a sandbox."""
+LOCK_WAIT = 60.0
+"""Seconds to wait for another worker's step on the same sandbox. A step holds the lock
+while it makes or unmakes processes and groups, and while it copies the ``repo`` input,
+which is the only long part; setup instructions run after it is released."""
+_POLL = 0.005
+
+
+@contextlib.asynccontextmanager
+async def sandbox_lock(
+    root: Path, sandbox_id: str, *, remove: bool = False, wait: float = LOCK_WAIT
+) -> AsyncIterator[None]:
+    """Hold ``sandbox_id``'s lock under ``root`` (an id already validated: it names a file).
+
+    ``remove``: the caller unmakes the sandbox, so its lock file goes too (the next
+    caller makes a new one). ExtensionError, naming the file, when another worker
+    holds it for longer than ``wait`` seconds."""
+    path = root / LOCK_DIR / sandbox_id
+    fd = await _acquire(path, sandbox_id, wait)
+    try:
+        yield
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # still held: a waiter then finds a new file, not this one
+    finally:
+        os.close(fd)  # releases the lock
+
+
+async def _acquire(path: Path, sandbox_id: str, wait: float) -> int:
+    deadline = time.monotonic() + wait
+    while True:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while not _try_lock(fd):
+                if time.monotonic() > deadline:
+                    raise ExtensionError(
+                        f"local sandbox {sandbox_id}: another ext.local worker has held its "
+                        f"lock ({path}) for over {wait:.0f}s; it may be copying a large repo "
+                        "input. Run the command again once that step is done",
+                        sandbox_id=sandbox_id,
+                        extension="ext.local",
+                    )
+                await asyncio.sleep(_POLL)
+            if _still_the_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # locked a file a teardown removed meanwhile: lock the new one
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _still_the_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
