@@ -60,8 +60,7 @@ async def sandbox_lock(
 async def _acquire(path: Path, sandbox_id: str, wait: float) -> int:
     deadline = time.monotonic() + wait
     while True:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open(path)
         try:
             while not _try_lock(fd):
                 if time.monotonic() > deadline:
@@ -79,6 +78,15 @@ async def _acquire(path: Path, sandbox_id: str, wait: float) -> int:
             os.close(fd)
             raise
         os.close(fd)  # locked a file a teardown removed meanwhile: lock the new one
+
+
+def _open(path: Path) -> int:
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:  # the root's first lock: no directory yet
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return os.open(path, flags, 0o600)
 
 
 def _try_lock(fd: int) -> bool:
