@@ -7,11 +7,22 @@ have landed, so it is retried with the same ``Nats-Msg-Id``; with one replica
 the server answers such a retry with a wrong-sequence error rather than
 "duplicate", so a conflict after a retry is settled by reading the sandbox's
 last message and accepting it when it carries our id.
+
+Reads are monotonic per store. Any replica of a clustered stream answers a direct
+get, and one that has not applied the latest writes yet answers without them: on
+a 3-node cluster, about one read in sixty right after an acknowledged append
+(docs/reliability.md). A store remembers the last sequence it has seen on each
+aggregate, from its own appends and loads, and reads on until it has it again.
+So the worker that appended a sandbox's ``ready`` finds the sandbox ready when an
+exec for it comes next. (nats-server's ``min_last_seq`` for reads, which would ask
+the server for this, is not in 2.15.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -37,7 +48,7 @@ from sandboxer.domain.key_state import KeyState, evolve_key
 from sandboxer.domain.pool_state import MemberState, evolve_member
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
-from sandboxer.errors import ConcurrencyConflict
+from sandboxer.errors import ConcurrencyConflict, StreamUnavailable
 from sandboxer.events.codec import UnknownEventType, decode_event, encode_event
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
@@ -69,6 +80,10 @@ KNOWN_ACCOUNTS = 32
 account gains an event for every sandbox metered, forever: folded from sequence 1 on every
 load, the meter's cost grew with every sandbox the project ever had (docs/performance.md,
 "Accounts")."""
+KNOWN_FLOORS = 10_000
+"""Aggregates whose last seen sequence a store keeps (about 100 bytes each)."""
+CATCH_UP_PAUSE = 0.002
+"""Seconds between reads of an aggregate that a replica behind answered (it lags by ms)."""
 
 
 def _subject(event: Event) -> str:
@@ -99,21 +114,42 @@ class JetStreamEventStore:
         self._js = js
         self._timeout = timeout
         self._accounts: Recent[str, LoadedAccount] = Recent(KNOWN_ACCOUNTS)
+        self._floors: Recent[str, int] = Recent(KNOWN_FLOORS)
 
     async def _events(
         self, filter_subject: str, after: int = 0
     ) -> AsyncIterator[tuple[int, Event | None]]:
         """``(seq, event)`` on ``filter_subject`` past sequence ``after`` (a batched direct
         get: one round trip for most); ``None`` for an event of a type this version does not
-        know (it is skipped)."""
-        async for seq, data in read_subject(
-            self._nc, filter_subject, timeout=self._timeout, start=after + 1
-        ):
-            try:
-                yield seq, decode_event(data)
-            except UnknownEventType as unknown:
-                log.warning("%s: skipping event %d: %s", filter_subject, seq, unknown)
-                yield seq, None
+        know (it is skipped). Never short of what this store has seen there (its floor)."""
+        floor = self._floors.get(filter_subject, 0)
+        last = after
+        deadline: float | None = None
+        while True:
+            async for seq, data in read_subject(
+                self._nc, filter_subject, timeout=self._timeout, start=last + 1
+            ):
+                last = seq
+                try:
+                    yield seq, decode_event(data)
+                except UnknownEventType as unknown:
+                    log.warning("%s: skipping event %d: %s", filter_subject, seq, unknown)
+                    yield seq, None
+            if last >= floor:
+                break
+            # A replica that has not applied what this store saw there answered: read on.
+            deadline = deadline or time.monotonic() + self._timeout
+            if time.monotonic() > deadline:
+                raise StreamUnavailable(
+                    f"reading {filter_subject}: the stream's replicas answer without sequence "
+                    f"{floor}, which this worker saw there; is the stream healthy?"
+                )
+            await asyncio.sleep(CATCH_UP_PAUSE)
+        self._saw(filter_subject, last)
+
+    def _saw(self, scope: str, seq: int) -> None:
+        if seq > self._floors.get(scope, 0):
+            self._floors.put(scope, seq)
 
     async def load(self, sandbox_id: str) -> Loaded:
         """Fold every event of one sandbox."""
@@ -281,16 +317,19 @@ class JetStreamEventStore:
             "Nats-Expected-Last-Subject-Sequence-Subject": scope,
         }
         try:
-            return await self._publish(event, headers)
+            seq = await self._publish(event, headers)
         except PublishConflict as conflict:
             if conflict.retried:
                 landed = await self._landed_seq(scope, event.event_id)
                 if landed is not None:
+                    self._saw(scope, landed)
                     return landed
             raise ConcurrencyConflict(
                 f"{kind} {aggregate_id} changed while deciding; reload and decide again",
                 sandbox_id=aggregate_id if kind == "sandbox" else None,
             ) from conflict
+        self._saw(scope, seq)
+        return seq
 
     async def _publish(self, event: Event, headers: dict[str, str]) -> int:
         """The one publish of every append: retried through elections, same id every time.
