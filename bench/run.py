@@ -34,6 +34,7 @@ MODULES = {
     "commands": 120,
     "replay": 180,
     "accounts": 120,
+    "sandboxes": 60,
     "memory": 420,
     "remote": 360,
     "hosted": 120,

@@ -33,7 +33,7 @@ computed from them in :mod:`sandboxer.domain.deadlines`. Both clocks stand still
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -66,7 +66,7 @@ from sandboxer.events.types import (
     event_type,
 )
 
-__all__ = ["LIVE", "SandboxState", "Status", "evolve", "fold"]
+__all__ = ["LIVE", "SandboxState", "Status", "evolve", "fold", "fold_on"]
 
 Status = Literal[
     "new",
@@ -184,14 +184,46 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
 
 def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
     """The state after ``event``. Total: an event that does not apply leaves the state as it is."""
+    handled = state.handled
+    command_id = event.command_id
+    return _advance(state, event, handled if command_id in handled else (*handled, command_id))
+
+
+def fold_on(state: SandboxState, events: Sequence[SandboxEvent]) -> SandboxState:
+    """The state after ``events``, in order: what folding :func:`evolve` gives.
+
+    In time linear in the decided command ids, where each ``evolve`` scans and copies them
+    all: an active sandbox gains a ``touched`` (a new id) a minute, and one touched for a
+    week (10,000 ids) took 0.7 s to fold event by event. No step reads ``handled``, so the
+    states in between keep the old one and the last gets them all. A few events are folded
+    one by one: indexing the ids costs more than scanning them that often."""
+    if len(events) <= _FEW:
+        for event in events:
+            state = evolve(state, event)
+        return state
+    handled = list(state.handled)
+    seen = set(handled)
+    for event in events:
+        command_id = event.command_id
+        if command_id not in seen:
+            seen.add(command_id)
+            handled.append(command_id)
+        state = _advance(state, event, state.handled)
+    return state if len(handled) == len(state.handled) else _replace(state, handled=(*handled,))
+
+
+_FEW = 4
+
+
+def _advance(state: SandboxState, event: SandboxEvent, handled: tuple[str, ...]) -> SandboxState:
+    """``evolve`` with the decided ids after ``event`` given."""
     billable, since = billing_step(
         state.billable_seconds, state.billing_since, event_type(event), event.at
     )
-    handled = state.handled
     base = _replace(
         state,
         version=state.version + 1,
-        handled=handled if event.command_id in handled else (*handled, event.command_id),
+        handled=handled,
         updated_at=event.at,
         billable_seconds=billable,
         billing_since=since,
@@ -358,8 +390,5 @@ _STEPS: dict[type[Any], Callable[[SandboxState, Any], SandboxState]] = {
 event (one this version does not fold) only moves the common fields."""
 
 
-def fold(sandbox_id: str, events: list[SandboxEvent]) -> SandboxState:
-    state = SandboxState(sandbox_id=sandbox_id)
-    for event in events:
-        state = evolve(state, event)
-    return state
+def fold(sandbox_id: str, events: Sequence[SandboxEvent]) -> SandboxState:
+    return fold_on(SandboxState(sandbox_id=sandbox_id), events)
