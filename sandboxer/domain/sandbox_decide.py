@@ -51,6 +51,7 @@ from sandboxer.events.types import (
 
 __all__ = [
     "AdmittedCreate",
+    "Attempt",
     "DomainCommand",
     "FinishTeardown",
     "MarkFailed",
@@ -60,6 +61,7 @@ __all__ = [
     "Reroute",
     "StartProvisioning",
     "decide",
+    "superseded",
 ]
 
 
@@ -88,6 +90,28 @@ class AdmittedCreate:
     """The network policy in force: the profile's, or the narrower one the create asked for."""
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """Which provisioning a worker runs: the sandbox's backend, generation and attempt when
+    its ``provisioning`` was appended. A later one (the job redelivered to another worker
+    while this one was frozen or slow, a reroute, a recreate) takes the sandbox from it: the
+    outcome this one reports then decides nothing, and it leaves alone what the later one
+    makes (``superseded``)."""
+
+    extension: str | None
+    generation: int
+    attempt: int
+
+    @classmethod
+    def of(cls, state: SandboxState) -> Attempt:
+        return cls(state.extension, state.generation, state.attempt)
+
+
+def superseded(state: SandboxState, attempt: Attempt | None) -> bool:
+    """Whether a later provisioning than ``attempt`` has the sandbox (None: no attempt)."""
+    return attempt is not None and Attempt.of(state) != attempt
+
+
 @dataclass(frozen=True, kw_only=True)
 class StartProvisioning:
     """An extension worker picked up the provision (or recreate) job."""
@@ -105,6 +129,8 @@ class MarkReady:
     """The profile's setup commands as they ran (redacted output tails)."""
     pool_member: str | None = None
     """The warm pool member the sandbox was claimed from, if it was."""
+    attempt: Attempt | None = None
+    """The provisioning that made it: a later one's sandbox is not this outcome's."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +140,8 @@ class MarkFailed:
     stage: Literal["provision", "wait_ready", "teardown", "job"]
     retryable: bool = False
     code: str | None = None
+    attempt: Attempt | None = None
+    """The provisioning that failed, when a provisioning did: a later one may yet succeed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +153,8 @@ class MarkRerouting:
     extension: str
     reason: str
     code: str | None = None
+    attempt: Attempt | None = None
+    """The provisioning the backend refused."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,6 +231,8 @@ def decide(  # noqa: PLR0912 (a flat dispatch: one case per command reads best)
         case MarkRerouting() | Reroute():
             return _decide_fallback(state, command, now)
         case MarkFailed():
+            if superseded(state, command.attempt):
+                return []  # a later provisioning has the sandbox
             if state.status not in {
                 "routed",
                 "provisioning",
@@ -234,7 +266,7 @@ def decide(  # noqa: PLR0912 (a flat dispatch: one case per command reads best)
 
 
 def _decide_ready(state: SandboxState, command: MarkReady, now: str) -> list[SandboxEvent]:
-    if state.status != "provisioning":
+    if state.status != "provisioning" or superseded(state, command.attempt):
         return []
     return [
         SandboxReady(
@@ -255,7 +287,11 @@ def _decide_fallback(
     """A refused provision goes to the next candidate; never to two backends at once."""
     match command:
         case MarkRerouting():
-            if state.status != "provisioning" or state.extension != command.extension:
+            if (
+                state.status != "provisioning"
+                or state.extension != command.extension
+                or superseded(state, command.attempt)
+            ):
                 return []  # a destroy overtook it, or this job's outcome is already recorded
             return [
                 SandboxRerouting(

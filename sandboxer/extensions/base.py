@@ -53,6 +53,10 @@ class ProvisionRequest:
     """This provisioning's attempt at the sandbox (its ``provisioning`` event's): only above
     1 can an earlier attempt have made something (a redelivered job, a worker's crash), so
     only then need a backend look for leftovers before it creates."""
+    generation: int = 1
+    """The sandbox's generation (a recreate makes the next). With ``attempt`` it orders
+    provisionings: a backend that records them can refuse to unmake a later one's sandbox
+    for an earlier one that was frozen meanwhile (ext.local does)."""
 
 
 @dataclass(frozen=True, kw_only=True)

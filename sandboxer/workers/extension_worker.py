@@ -34,6 +34,7 @@ from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.profile import Profile
 from sandboxer.domain.fallback import has_fallback
 from sandboxer.domain.sandbox_decide import (
+    Attempt,
     DomainCommand,
     FinishTeardown,
     MarkFailed,
@@ -41,6 +42,7 @@ from sandboxer.domain.sandbox_decide import (
     MarkRerouting,
     MarkTeardownFailed,
     StartProvisioning,
+    superseded,
 )
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import parse_duration
@@ -262,6 +264,7 @@ class ExtensionWorker:
         loaded, claiming = started
         state = loaded.state
         assert state.profile is not None
+        mine = Attempt.of(state)  # a later attempt (this job redelivered elsewhere) fences it
         secrets: dict[str, str] = {}
         stage: Literal["provision", "wait_ready"] = "provision"
         profile: Profile | None = None
@@ -283,6 +286,7 @@ class ExtensionWorker:
                     expires_at=state.expires_at,
                     project=state.actor.project if state.actor else None,
                     attempt=max(state.attempt, 1),
+                    generation=state.generation,
                 )
                 if profile.setup.record_telemetry:
                     await inspect_and_record(self._store, self.extension, state.host)
@@ -309,6 +313,8 @@ class ExtensionWorker:
                 raise  # the log, not the sandbox, failed: the job is retried once it is back
             reason = _reason(exc, secrets)
             log.warning("sandbox %s failed at %s: %s", job.sandbox_id, stage, reason)
+            if await self._taken_over(job.sandbox_id, mine):
+                return  # what is there now is the later attempt's: not ours to tear down
             await self._safe_teardown(job.sandbox_id, state.host)
             refusers = (*state.refused_by, self.extension.id)
             if (
@@ -325,6 +331,7 @@ class ExtensionWorker:
                         extension=self.extension.id,
                         reason=reason,
                         code=exc.code,
+                        attempt=mine,
                     ),
                 )
                 if refused:
@@ -338,6 +345,7 @@ class ExtensionWorker:
                     stage=stage,
                     retryable=isinstance(exc, ProviderError) and exc.retryable,
                     code=exc.code if isinstance(exc, SandboxerError) else None,
+                    attempt=mine,
                 ),
             )
             return
@@ -349,10 +357,17 @@ class ExtensionWorker:
                 warnings=[*readiness.warnings, *_access_warnings(backend, profile)],
                 setup=setup,
                 pool_member=pool_member,
+                attempt=mine,
             ),
             loaded,
         )
-        if not marked and loaded.state.status not in {"ready", "active"}:
+        if superseded(loaded.state, mine):
+            log.info(
+                "sandbox %s: attempt %d was taken over by a later one; leaving it to that one",
+                job.sandbox_id,
+                mine.attempt,
+            )
+        elif not marked and loaded.state.status not in {"ready", "active"}:
             # Destroyed (or recreated) while we worked: do not leave what we made behind.
             log.info(
                 "sandbox %s became %s during provisioning; tearing down",
@@ -360,6 +375,23 @@ class ExtensionWorker:
                 loaded.state.status,
             )
             await backend.teardown(job.sandbox_id, host=state.host)
+
+    async def _taken_over(self, sandbox_id: str, mine: Attempt) -> bool:
+        """Whether a later provisioning than ``mine`` has the sandbox (logged when so)."""
+        current = (await self._store.load(sandbox_id)).state
+        if not superseded(current, mine):
+            return False
+        log.info(
+            "sandbox %s: attempt %d (generation %d) was taken over by attempt %d (generation "
+            "%d) on %s; leaving the sandbox to it",
+            sandbox_id,
+            mine.attempt,
+            mine.generation,
+            current.attempt,
+            current.generation,
+            current.extension,
+        )
+        return True
 
     def _profile_of(self, state: SandboxState) -> Profile:
         """The sandbox's profile with the network policy in force, as `requested` recorded it."""

@@ -477,6 +477,23 @@ async def test_two_workers_provisioning_and_tearing_down_one_sandbox_leave_it_wh
         assert cgroups_of(sid) == []
 
 
+async def test_an_earlier_attempt_resumed_late_leaves_the_later_ones_sandbox_alone(
+    ext: LocalExtension, root: Path
+) -> None:
+    """A worker frozen before it provisioned (SIGSTOP past the ack wait) resumes after its
+    job went to another worker, which made the sandbox: it must not start clean over it."""
+    sid = new_id()
+    await up(ext, request(sid, attempt=2))
+    later = holder_refs(root, sid)
+    with pytest.raises(ExtensionError, match="a later provisioning"):
+        await ext.provision(request(sid, attempt=1))
+    assert all(ref.alive() for ref in later)
+    assert (await run(ext, sid, "true"))[0] == 0
+    # A recreate (the next generation) does start clean over it.
+    await up(ext, request(sid, attempt=1, generation=2))
+    assert not any(ref.alive() for ref in later)
+
+
 _PROVISION_AND_DIE = """
 import asyncio, os, sys
 from pathlib import Path

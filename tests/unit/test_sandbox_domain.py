@@ -21,12 +21,15 @@ from sandboxer.domain.admission import admit_create
 from sandboxer.domain.deadlines import Due, due
 from sandboxer.domain.sandbox_decide import (
     AdmittedCreate,
+    Attempt,
     FinishTeardown,
     MarkFailed,
     MarkReady,
+    MarkRerouting,
     MarkTeardownFailed,
     StartProvisioning,
     decide,
+    superseded,
 )
 from sandboxer.domain.sandbox_state import SandboxState, evolve, fold
 from sandboxer.domain.timestamps import shift
@@ -115,6 +118,33 @@ def test_redelivered_provision_counts_attempts() -> None:
         StartProvisioning(job_id="j1", worker="b"),
     )
     assert (state.status, state.attempt, state.generation) == ("provisioning", 2, 1)
+
+
+def test_an_attempt_taken_over_by_a_later_one_decides_nothing() -> None:
+    """Worker a froze past the ack wait; the job went to worker b (attempt 2). Whatever a
+    reports when it resumes is not the sandbox's outcome; b's is."""
+    first, _ = run(
+        SandboxState(sandbox_id=SID), admitted(), StartProvisioning(job_id="j1", worker="a")
+    )
+    mine = Attempt.of(first)
+    state, _ = run(first, StartProvisioning(job_id="j1", worker="b"))
+    assert superseded(state, mine)
+    late = [
+        MarkReady(job_id="j1", reachability={"kind": "local"}, warnings=[], attempt=mine),
+        MarkFailed(job_id="j1", reason="its holder was killed", stage="provision", attempt=mine),
+        MarkRerouting(job_id="j1", extension="ext.local", reason="quota", attempt=mine),
+    ]
+    assert [decide(state, command, NOW) for command in late] == [[], [], []]
+    state, events = run(
+        state,
+        MarkReady(
+            job_id="j1", reachability={"kind": "local"}, warnings=[], attempt=Attempt.of(state)
+        ),
+    )
+    assert [type(e).__name__ for e in events] == ["SandboxReady"]
+    # Once ready, the frozen attempt's failure does not fail it either.
+    assert decide(state, late[1], NOW) == []
+    assert not superseded(state, None)
 
 
 def test_job_for_a_ready_sandbox_does_nothing() -> None:

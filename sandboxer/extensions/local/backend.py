@@ -151,6 +151,7 @@ class LocalExtension:
         allowed, egress_warnings = egress_of
 
         if self._left_behind(layout):
+            self._refuse_if_made_later(layout, request)
             await self._unmake(request.sandbox_id)  # start clean after a partial earlier attempt
         layout.create()
         state = State(
@@ -161,6 +162,7 @@ class LocalExtension:
             # A member names its own groups and network: once a claim moves its directory
             # to a sandbox's, its teardown still finds them, with nothing to write first.
             pool_member=request.sandbox_id if self._pool else None,
+            made_by=[request.generation, request.attempt],
         )
         workspace.write_state(layout, state)
         network: egress.EgressState | None = None
@@ -454,11 +456,18 @@ class LocalExtension:
             if found is None or not found.holder_alive():
                 raise gone
             if target.dir.exists() or target.dir.is_symlink():
+                self._refuse_if_made_later(target, request)
                 await self._unmake(request.sandbox_id)  # what an earlier attempt left
-            if found.pool_member != member_id:
+            if found.pool_member != member_id or request.attempt > 1:
                 # A member made before members named themselves: recorded before the move,
                 # so that on either side of a crash its teardown finds its groups and network.
-                found = dataclasses.replace(found, pool_member=member_id)
+                # A claim after a redelivery records itself, so that the earlier attempt,
+                # should it resume, leaves its sandbox alone (a first claim writes nothing).
+                found = dataclasses.replace(
+                    found,
+                    pool_member=member_id,
+                    made_by=[request.generation, request.attempt],
+                )
                 workspace.write_state(member, found)
             try:
                 os.rename(member.dir, target.dir)
@@ -504,6 +513,22 @@ class LocalExtension:
             "network egress not provided: ext.local builds a sandbox's network (namespace, "
             "veth, nftables) only when it runs as root; the sandbox has loopback only"
         ]
+
+    def _refuse_if_made_later(self, layout: Layout, request: ProvisionRequest) -> None:
+        """ExtensionError when a later provisioning made what is there: this one was frozen
+        or slow while its job went to another worker, which made the sandbox since."""
+        found = workspace.read_state(layout)
+        if found is None or found.made_by is None:
+            return
+        made = (found.made_by[0], found.made_by[1])
+        if made > (request.generation, request.attempt):
+            raise ExtensionError(
+                f"local sandbox {request.sandbox_id}: a later provisioning (generation "
+                f"{made[0]}, attempt {made[1]}) made it while this one (generation "
+                f"{request.generation}, attempt {request.attempt}) was held up; this one stops",
+                sandbox_id=request.sandbox_id,
+                extension=self.id,
+            )
 
     def _left_behind(self, layout: Layout) -> bool:
         """Whether an earlier attempt at this sandbox left anything to tear down.

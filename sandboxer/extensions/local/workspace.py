@@ -91,6 +91,10 @@ class State:
     pool_member: str | None = None
     """The warm pool member this sandbox was claimed from: its cgroups and network namespace
     keep the member's name (docs/pools.md)."""
+    made_by: list[int] | None = None
+    """``[generation, attempt]`` of the provisioning that made it (a first claim of a pool
+    member records none): an earlier one, resumed after its job went to another worker,
+    must not unmake it."""
 
     @property
     def holder(self) -> ProcessRef | None:
