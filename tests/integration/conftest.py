@@ -9,18 +9,22 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
 from sandboxer import subjects
+from sandboxer.bus import jetstream_store
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_store import Loaded
+from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
@@ -45,6 +49,35 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("SANDBOXER_HOME", str(path))
     return path
+
+
+@pytest.fixture
+def read_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The start sequence of every batched direct get the event store makes from now on."""
+    starts: list[int] = []
+    read_subject = jetstream_store.read_subject
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        starts.append(kwargs["start"])
+        return read_subject(*args, **kwargs)
+
+    monkeypatch.setattr(jetstream_store, "read_subject", recording)
+    return starts
+
+
+@pytest.fixture
+async def new_store(
+    nats_server: NatsServerProcess,
+) -> AsyncIterator[Callable[[], JetStreamEventStore]]:
+    """Makes event stores on one connection, the streams in place: each keeps what it saw
+    apart, as another process's store would."""
+    nc = await connect([nats_server.url], name="test-event-store", long_lived=False)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        yield lambda: JetStreamEventStore(nc, js)
+    finally:
+        await nc.close()
 
 
 def settings_for(

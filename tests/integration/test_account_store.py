@@ -7,15 +7,11 @@ gives, whoever appended meanwhile (docs/performance.md, "Accounts").
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
-from sandboxer.bus import jetstream_store
-from sandboxer.bus.connect import connect
 from sandboxer.bus.jetstream_store import JetStreamEventStore
-from sandboxer.bus.nats_server import NatsServerProcess
-from sandboxer.bus.streams import ensure_streams
 from sandboxer.commands.types import AddCredits
 from sandboxer.domain.account_decide import MeterUsage
 from sandboxer.events.types import Actor
@@ -42,54 +38,36 @@ def metered(n: int) -> MeterUsage:
 
 
 async def test_an_account_loads_from_the_state_the_store_kept_and_equals_a_full_fold(
-    nats_server: NatsServerProcess, monkeypatch: Any
+    new_store: Callable[[], JetStreamEventStore], read_starts: list[int]
 ) -> None:
-    starts: list[int] = []
-    read_subject = jetstream_store.read_subject
+    meter, other = new_store(), new_store()
+    for n in range(5):
+        await apply_account(meter, "acme", metered(n))
+    kept = await meter.load_account("acme")
+    assert (kept.state.metered, kept.state.version) == (5, 5)
 
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        starts.append(kwargs["start"])
-        return read_subject(*args, **kwargs)
+    # Another writer (another process's store) appends; the meter's store reads on from
+    # the state it kept, and sees both.
+    await apply_account(
+        other, "acme", AddCredits(command_id="top-up", actor=ADMIN, project="acme", amount=7)
+    )
+    read_starts.clear()
+    await apply_account(meter, "acme", metered(5))
+    assert read_starts[0] == kept.last_seq + 1  # not sequence 1
+    again, changed = await apply_account(meter, "acme", metered(5))  # a redelivery
+    assert not changed
 
-    monkeypatch.setattr(jetstream_store, "read_subject", recording)
-    nc = await connect([nats_server.url], name="test-account-store", long_lived=False)
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js)
-        meter, other = JetStreamEventStore(nc, js), JetStreamEventStore(nc, js)
-        for n in range(5):
-            await apply_account(meter, "acme", metered(n))
-        kept = await meter.load_account("acme")
-        assert (kept.state.metered, kept.state.version) == (5, 5)
-
-        # Another writer (another process's store) appends; the meter's store reads on from
-        # the state it kept, and sees both.
-        await apply_account(
-            other, "acme", AddCredits(command_id="top-up", actor=ADMIN, project="acme", amount=7)
-        )
-        starts.clear()
-        await apply_account(meter, "acme", metered(5))
-        assert starts[0] == kept.last_seq + 1  # not sequence 1
-        again, changed = await apply_account(meter, "acme", metered(5))  # a redelivery
-        assert not changed
-
-        fresh = await JetStreamEventStore(nc, js).load_account("acme")
-        assert fresh == await meter.load_account("acme")
-        assert (fresh.state.metered, fresh.state.balance, fresh.state.version) == (6, 7, 7)
-        assert again == fresh
-    finally:
-        await nc.close()
+    fresh = await new_store().load_account("acme")
+    assert fresh == await meter.load_account("acme")
+    assert (fresh.state.metered, fresh.state.balance, fresh.state.version) == (6, 7, 7)
+    assert again == fresh
 
 
-async def test_a_store_keeps_a_bounded_number_of_accounts(nats_server: NatsServerProcess) -> None:
-    nc = await connect([nats_server.url], name="test-account-store", long_lived=False)
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js)
-        store = JetStreamEventStore(nc, js)
-        store._accounts.limit = 2
-        for project in ("a1", "a2", "a3", "a2"):
-            await store.load_account(project)
-        assert list(store._accounts) == ["a3", "a2"]  # the least recently used went first
-    finally:
-        await nc.close()
+async def test_a_store_keeps_a_bounded_number_of_accounts(
+    new_store: Callable[[], JetStreamEventStore],
+) -> None:
+    store = new_store()
+    store._accounts.limit = 2
+    for project in ("a1", "a2", "a3", "a2"):
+        await store.load_account(project)
+    assert list(store._accounts) == ["a3", "a2"]  # the least recently used went first
