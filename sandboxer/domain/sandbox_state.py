@@ -66,7 +66,7 @@ from sandboxer.events.types import (
     event_type,
 )
 
-__all__ = ["LIVE", "SandboxState", "Status", "evolve", "fold", "fold_on"]
+__all__ = ["LIVE", "SandboxState", "Status", "evolve", "evolve_keeping_ids", "fold", "fold_on"]
 
 Status = Literal[
     "new",
@@ -208,8 +208,14 @@ def fold_on(state: SandboxState, events: Sequence[SandboxEvent]) -> SandboxState
         if command_id not in seen:
             seen.add(command_id)
             handled.append(command_id)
-        state = _advance(state, event, state.handled)
+        state = evolve_keeping_ids(state, event)
     return state if len(handled) == len(state.handled) else _replace(state, handled=(*handled,))
+
+
+def evolve_keeping_ids(state: SandboxState, event: SandboxEvent) -> SandboxState:
+    """:func:`evolve` but for ``handled``, left as it is: for a fold that keeps the decided
+    ids itself, indexed, and sets them once (``fold_on``; a rebuild's long histories)."""
+    return _advance(state, event, state.handled)
 
 
 _FEW = 4

@@ -19,11 +19,11 @@ import aiosqlite
 
 from sandboxer.domain.route_signals import LatencySample, failure_sample, latency_sample
 from sandboxer.domain.sandbox_state import SandboxState, evolve
-from sandboxer.events.codec import decode_event
-from sandboxer.events.types import NOT_SANDBOX_EVENTS
+from sandboxer.events.codec import decode_event, encode_event
+from sandboxer.events.types import NOT_SANDBOX_EVENTS, Actor, SandboxTouched
 from sandboxer.projections import rows
 from sandboxer.projections.fewer_collections import REPLAY_THRESHOLD, fewer_collections
-from sandboxer.projections.folding import Batch
+from sandboxer.projections.folding import LONG_HISTORY, Batch
 from sandboxer.projections.route_rows import (
     KEEP,
     ROUTE_SCHEMA,
@@ -46,10 +46,12 @@ def golden_log() -> list[tuple[int, bytes]]:
     return list(enumerate(bodies, start=1))
 
 
-async def fold_into(path: Path, log: list[tuple[int, bytes]], every: int, chunk: int) -> Any:
+async def fold_into(
+    path: Path, log: list[tuple[int, bytes]], every: int, chunk: int, *, fresh: bool = True
+) -> Any:
     view = await SandboxView.open(path, scratch=True)
     try:
-        batch = Batch(view, fresh=True)
+        batch = Batch(view, fresh=fresh)
         for start in range(0, len(log), chunk):
             await batch.apply_many(log[start : start + chunk])
             if batch.size >= every:
@@ -69,6 +71,42 @@ async def test_chunked_folds_and_writes_behind_give_the_rows_of_one_event_at_a_t
         assert await fold_into(tmp_path / f"{every}.sqlite3", log, every, chunk) == one_by_one
     assert one_by_one[1] == len(log)
     assert one_by_one[0]["sandboxes"]
+
+
+def with_long_histories(log: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The log with two sandboxes touched past ``LONG_HISTORY`` decided ids, their touches
+    interleaved with each other and with the log's own events, one command id repeated."""
+    actor = Actor(type="agt", id="a")
+    touches = [
+        encode_event(
+            SandboxTouched(
+                sandbox_id=f"long000000{n % 2}",
+                command_id=f"touch-{n // 2 if n % 7 else 0}",
+                actor=actor,
+                at=f"2026-12-03T08:{n // 60 % 60:02d}:{n % 60:02d}.000Z",
+            )
+        )
+        for n in range(3 * LONG_HISTORY)
+    ]
+    bodies = [data for _seq, data in log]
+    mixed = [*touches[: LONG_HISTORY * 2], *bodies, *touches[LONG_HISTORY * 2 :]]
+    return list(enumerate(mixed, start=1))
+
+
+async def test_a_rebuild_folds_long_histories_to_the_rows_of_evolve(tmp_path: Path) -> None:
+    """A rebuild indexes a long history's decided ids and sets them at each flush; the live
+    fold (not fresh) scans them with ``evolve``: the rows must be the same."""
+    log = with_long_histories(golden_log())
+    live = await fold_into(tmp_path / "live.sqlite3", log, every=1, chunk=1, fresh=False)
+    for every, chunk in ((1, 1), (50, 17), (10_000, 10_000)):
+        assert await fold_into(tmp_path / f"r{every}.sqlite3", log, every, chunk) == live
+    handled = {
+        row[0]: json.loads(row[7])["handled"]
+        for row in live[0]["sandboxes"]
+        if row[0][:4] == "long"
+    }
+    assert len(handled) == 2
+    assert all(len(ids) == len(set(ids)) > LONG_HISTORY for ids in handled.values())
 
 
 def test_only_the_sampled_event_classes_give_route_samples() -> None:
