@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -46,6 +45,7 @@ from sandboxer.domain.key_state import (
 )
 from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.key_events import KEY_EVENTS
+from sandboxer.recent import Recent
 
 __all__ = [
     "KeyLookup",
@@ -108,7 +108,7 @@ class RateLimiter:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets: Recent[str, tuple[float, float]] = Recent(MAX_BUCKETS)
 
     def take(self, key_id: str, rate: int) -> float | None:
         """Take one token: None when allowed, else the seconds until one is free."""
@@ -116,15 +116,10 @@ class RateLimiter:
         tokens, then = self._buckets.pop(key_id, (float(rate), now))
         tokens = min(float(rate), tokens + (now - then) * rate)
         if tokens >= 1:
-            self._remember(key_id, (tokens - 1, now))
+            self._buckets.put(key_id, (tokens - 1, now))
             return None
-        self._remember(key_id, (tokens, now))
+        self._buckets.put(key_id, (tokens, now))
         return (1 - tokens) / rate
-
-    def _remember(self, key_id: str, bucket: tuple[float, float]) -> None:
-        self._buckets[key_id] = bucket
-        if len(self._buckets) > MAX_BUCKETS:
-            self._buckets.popitem(last=False)
 
 
 def retry_after(seconds: float) -> str:
