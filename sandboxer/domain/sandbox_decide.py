@@ -62,6 +62,7 @@ __all__ = [
     "StartProvisioning",
     "decide",
     "superseded",
+    "taken_over",
 ]
 
 
@@ -110,6 +111,18 @@ class Attempt:
 def superseded(state: SandboxState, attempt: Attempt | None) -> bool:
     """Whether a later provisioning than ``attempt`` has the sandbox (None: no attempt)."""
     return attempt is not None and Attempt.of(state) != attempt
+
+
+def taken_over(state: SandboxState, attempt: Attempt) -> bool:
+    """Whether a later attempt on the same backend and generation has the sandbox. That one
+    started clean over what ``attempt`` made, so what is there is its own: not ``attempt``'s
+    to tear down. A reroute (another backend) or a recreate (the next generation) supersedes
+    an attempt too, but leaves what the attempt made in its backend to it."""
+    return (
+        state.extension == attempt.extension
+        and state.generation == attempt.generation
+        and state.attempt > attempt.attempt
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

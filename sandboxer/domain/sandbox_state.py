@@ -189,6 +189,11 @@ def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
     return _advance(state, event, handled if command_id in handled else (*handled, command_id))
 
 
+_FEW = 4
+"""Events ``fold_on`` folds one by one: indexing the ids costs more than scanning them this
+often (a kept sandbox's load reads one or two new events)."""
+
+
 def fold_on(state: SandboxState, events: Sequence[SandboxEvent]) -> SandboxState:
     """The state after ``events``, in order: what folding :func:`evolve` gives.
 
@@ -216,9 +221,6 @@ def evolve_keeping_ids(state: SandboxState, event: SandboxEvent) -> SandboxState
     """:func:`evolve` but for ``handled``, left as it is: for a fold that keeps the decided
     ids itself, indexed, and sets them once (``fold_on``; a rebuild's long histories)."""
     return _advance(state, event, state.handled)
-
-
-_FEW = 4
 
 
 def _advance(state: SandboxState, event: SandboxEvent, handled: tuple[str, ...]) -> SandboxState:

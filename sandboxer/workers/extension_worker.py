@@ -42,7 +42,7 @@ from sandboxer.domain.sandbox_decide import (
     MarkRerouting,
     MarkTeardownFailed,
     StartProvisioning,
-    superseded,
+    taken_over,
 )
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import parse_duration
@@ -361,7 +361,7 @@ class ExtensionWorker:
             ),
             loaded,
         )
-        if superseded(loaded.state, mine):
+        if taken_over(loaded.state, mine):
             log.info(
                 "sandbox %s: attempt %d was taken over by a later one; leaving it to that one",
                 job.sandbox_id,
@@ -377,19 +377,15 @@ class ExtensionWorker:
             await backend.teardown(job.sandbox_id, host=state.host)
 
     async def _taken_over(self, sandbox_id: str, mine: Attempt) -> bool:
-        """Whether a later provisioning than ``mine`` has the sandbox (logged when so)."""
+        """Whether a later attempt has the sandbox and what ``mine`` made (logged when so)."""
         current = (await self._store.load(sandbox_id)).state
-        if not superseded(current, mine):
+        if not taken_over(current, mine):
             return False
         log.info(
-            "sandbox %s: attempt %d (generation %d) was taken over by attempt %d (generation "
-            "%d) on %s; leaving the sandbox to it",
+            "sandbox %s: attempt %d was taken over by attempt %d; leaving the sandbox to it",
             sandbox_id,
             mine.attempt,
-            mine.generation,
             current.attempt,
-            current.generation,
-            current.extension,
         )
         return True
 

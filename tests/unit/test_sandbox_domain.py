@@ -30,6 +30,7 @@ from sandboxer.domain.sandbox_decide import (
     StartProvisioning,
     decide,
     superseded,
+    taken_over,
 )
 from sandboxer.domain.sandbox_state import SandboxState, evolve, fold
 from sandboxer.domain.timestamps import shift
@@ -145,6 +146,13 @@ def test_an_attempt_taken_over_by_a_later_one_decides_nothing() -> None:
     # Once ready, the frozen attempt's failure does not fail it either.
     assert decide(state, late[1], NOW) == []
     assert not superseded(state, None)
+    # The later attempt started clean over what the frozen one made: not the frozen one's to
+    # tear down. A recreate supersedes it too, but leaves what it made in its backend to it.
+    assert taken_over(state, mine)
+    assert not taken_over(state, Attempt.of(state))
+    recreated = msgspec.structs.replace(state, generation=2, attempt=1)
+    assert superseded(recreated, mine)
+    assert not taken_over(recreated, mine)
 
 
 def test_job_for_a_ready_sandbox_does_nothing() -> None:

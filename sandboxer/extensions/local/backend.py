@@ -224,8 +224,8 @@ class LocalExtension:
         try:
             workspace.write_state(layout, state)
         except BaseException:
-            # Until state.json names the holder only this call knows it: a teardown by
-            # another worker meanwhile (its directory gone) would leave it running.
+            # Until state.json names the holder only this call knows it: a failed write (a
+            # full disk; a directory removed by hand) would leave it running unrecorded.
             for ref in (spawned.holder, spawned.monitor):
                 if ref is not None:
                     kill(ref)
@@ -518,10 +518,8 @@ class LocalExtension:
         """ExtensionError when a later provisioning made what is there: this one was frozen
         or slow while its job went to another worker, which made the sandbox since."""
         found = workspace.read_state(layout)
-        if found is None or found.made_by is None:
-            return
-        made = (found.made_by[0], found.made_by[1])
-        if made > (request.generation, request.attempt):
+        made = tuple(found.made_by) if found is not None and found.made_by else ()
+        if len(made) == 2 and made > (request.generation, request.attempt):
             raise ExtensionError(
                 f"local sandbox {request.sandbox_id}: a later provisioning (generation "
                 f"{made[0]}, attempt {made[1]}) made it while this one (generation "
