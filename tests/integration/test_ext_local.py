@@ -415,9 +415,9 @@ async def test_teardown_is_idempotent(ext: LocalExtension, root: Path) -> None:
 async def test_a_provision_whose_directory_is_removed_under_it_leaves_no_holder(
     ext: LocalExtension, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two workers on one machine may act on one sandbox at once (chaos ``conflicting``): a
-    teardown may remove the directory while a provision's holder starts, before state.json
-    names it. The provision then fails, and ends the holder and groups it made itself."""
+    """A provision that cannot record its holder (here its directory is removed by hand just
+    after the holder starts; before the sandbox lock, another worker's teardown did it, as
+    chaos ``conflicting`` found) fails, and ends the holder and groups it made itself."""
     sid = new_id()
     started: list[ProcessRef] = []
 
