@@ -614,10 +614,13 @@ class SandboxerClient:
             scope=subjects.snapshot_events_filter(snapshot_id),
         )
 
-    async def snapshot_get(self, snapshot_id: str) -> dict[str, Any] | None:
-        """The snapshot's row (``status``: ``created``, ``failed``, ``deleted``, ...), or None."""
+    async def snapshot_get(
+        self, snapshot_id: str, min_seq: int | None = None
+    ) -> dict[str, Any] | None:
+        """The snapshot's row (``status``: ``created``, ``failed``, ``deleted``, ...), or None.
+        It includes every command this client saw finish, and the log up to ``min_seq``."""
         _check_id(snapshot_id)
-        request = {"snapshot_id": snapshot_id, "min_seq": self.seen_seq}
+        request = {"snapshot_id": snapshot_id, "min_seq": max(min_seq or 0, self.seen_seq)}
         snapshot: dict[str, Any] | None = (await self.query(subjects.QUERY_SNAPSHOT_GET, request))[
             "snapshot"
         ]

@@ -135,9 +135,11 @@ class Owners:
         self._client = client
         self._known: dict[tuple[str, str], str | None] = {}
 
-    async def owner(self, event: Mapping[str, Any]) -> str | None:
-        """The project of the sandbox or snapshot ``event`` is about (None: not about one, or
-        one the view does not know)."""
+    async def owner(self, event: Mapping[str, Any], seq: int) -> str | None:
+        """The project of the sandbox or snapshot ``event`` (at sequence ``seq`` of the log) is
+        about (None: not about one, or one the view does not know once it has folded ``seq``:
+        read from the stream, an event can come before the projector has folded its sandbox,
+        and an owner not yet known would hide the sandbox's events for the stream's life)."""
         about = owned_through(event)
         if about is None:
             return None
@@ -145,9 +147,9 @@ class Owners:
             if about[0] == "sandbox" and event.get("type") == "requested":
                 found: Mapping[str, Any] | None = event
             elif about[0] == "sandbox":
-                found = await self._client.get(about[1])
+                found = await self._client.get(about[1], min_seq=seq)
             else:
-                snapshot = await self._client.snapshot_get(about[1])
+                snapshot = await self._client.snapshot_get(about[1], min_seq=seq)
                 found = None
                 if snapshot is not None:
                     self._known[about] = await snapshot_owner(self._client, snapshot)
@@ -266,14 +268,15 @@ async def visible_snapshots(
 
 def event_visibility(
     client: SandboxerClient,
-) -> Callable[[Mapping[str, Any]], Awaitable[bool]] | None:
-    """For an event stream: whether the client's actor may see each event (None: all)."""
+) -> Callable[[Mapping[str, Any], int], Awaitable[bool]] | None:
+    """For an event stream: whether the client's actor may see each event, given with its
+    sequence in the log (None: all)."""
     if scope_of(client.actor) is None:
         return None
     owners = Owners(client)
 
-    async def visible(event: Mapping[str, Any]) -> bool:
-        owner = await owners.owner(event) if owned_through(event) is not None else None
+    async def visible(event: Mapping[str, Any], seq: int) -> bool:
+        owner = await owners.owner(event, seq) if owned_through(event) is not None else None
         return may_see(client.actor, event_owner(event, owner))
 
     return visible

@@ -58,14 +58,14 @@ async def event_stream(
     *,
     start_seq: int,
     follow: bool,
-    visible: Callable[[Mapping[str, Any]], Awaitable[bool]] | None = None,
+    visible: Callable[[Mapping[str, Any], int], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """``visible`` (gateway/auth.py's ``event_visibility``) hides what the request's key may
     not see: events of other projects' sandboxes, snapshots and accounts."""
     async for seq, event in client.events(
         sandbox_id=chosen.sandbox_id, follow=follow, start_seq=start_seq
     ):
-        if chosen.matches(event) and (visible is None or await visible(event)):
+        if chosen.matches(event) and (visible is None or await visible(event, seq)):
             yield ServerSentEvent(
                 id=str(seq),
                 event=str(event.get("type") or "event"),

@@ -21,6 +21,7 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key, list_keys, revoke_key
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_state import hash_key, key_id_for
+from sandboxer.projections.sandbox_view import SandboxView
 from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -313,3 +314,43 @@ async def test_the_live_sandbox_limit_holds(front: Front) -> None:
         third = await api.post("/v1/sandboxes?wait=60s", json={})
         assert third.status_code == 201, third.text
         await api.delete(f"/v1/sandboxes/{third.json()['sandbox_id']}?wait=60s")
+
+
+async def test_a_keys_event_stream_waits_for_the_view_to_know_an_events_sandbox(
+    front: Front, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream reads the log; whose sandbox an event is about, the view says. A `ready`
+    read before the projector has folded its sandbox must wait for the view: taken as no
+    one's, it was hidden, and with it every later event of that sandbox for the stream's
+    life (a scheduler contract test's example waited 60 s for a `ready` it never saw)."""
+    folding = asyncio.Event()
+    folding.set()
+    save = SandboxView.save
+
+    async def held(self: SandboxView, *args: Any, **kwargs: Any) -> Any:
+        await folding.wait()  # the projector falls behind the log while this is clear
+        return await save(self, *args, **kwargs)
+
+    monkeypatch.setattr(SandboxView, "save", held)
+    key = await front.key("alpha")
+    alpha = SandboxerClient(
+        front.service.client.nc, actor={"type": "agt", "id": "pytest", "project": "alpha"}
+    )
+    folding.clear()
+    sandbox_id = (await alpha.create("profile.local"))["sandbox_id"]
+    async with front.http(key) as api:
+
+        async def first_ready() -> str:
+            params = {"type": "ready", "sandbox": sandbox_id}
+            async with api.stream("GET", "/v1/events", params=params) as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:"):
+                        return line
+            return ""
+
+        reading = asyncio.create_task(first_ready())
+        await asyncio.sleep(0.5)  # the stream has read the `ready`, the view has not folded it
+        folding.set()
+        async with asyncio.timeout(30):
+            assert sandbox_id in await reading
+    await alpha.destroy(sandbox_id)
