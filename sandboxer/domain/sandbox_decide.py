@@ -114,14 +114,19 @@ def superseded(state: SandboxState, attempt: Attempt | None) -> bool:
 
 
 def taken_over(state: SandboxState, attempt: Attempt) -> bool:
-    """Whether a later attempt on the same backend and generation has the sandbox. That one
-    started clean over what ``attempt`` made, so what is there is its own: not ``attempt``'s
-    to tear down. A reroute (another backend) or a recreate (the next generation) supersedes
-    an attempt too, but leaves what the attempt made in its backend to it."""
-    return (
-        state.extension == attempt.extension
-        and state.generation == attempt.generation
-        and state.attempt > attempt.attempt
+    """Whether a later provisioning on the same backend has the sandbox, so that what is
+    there is its own, not ``attempt``'s to tear down: a later attempt of the generation
+    started clean over what ``attempt`` made, and a later generation's job (a recreate) tore
+    the sandbox down before it provisioned it again. A reroute (another backend) supersedes
+    an attempt too, but leaves what the attempt made in its backend to it.
+
+    A recreate keeps the backend and the host, so the same backend means the same place.
+    What a frozen attempt makes after the recreate's teardown is cleaned by a backend that
+    starts clean over an earlier generation (ext.local) and otherwise stays until the
+    sandbox's teardown, which removes everything under its id."""
+    return state.extension == attempt.extension and (state.generation, state.attempt) > (
+        attempt.generation,
+        attempt.attempt,
     )
 
 

@@ -362,11 +362,7 @@ class ExtensionWorker:
             loaded,
         )
         if taken_over(loaded.state, mine):
-            log.info(
-                "sandbox %s: attempt %d was taken over by a later one; leaving it to that one",
-                job.sandbox_id,
-                mine.attempt,
-            )
+            _log_taken_over(job.sandbox_id, mine, loaded.state)
         elif not marked and loaded.state.status not in {"ready", "active"}:
             # Destroyed (or recreated) while we worked: do not leave what we made behind.
             log.info(
@@ -381,12 +377,7 @@ class ExtensionWorker:
         current = (await self._store.load(sandbox_id)).state
         if not taken_over(current, mine):
             return False
-        log.info(
-            "sandbox %s: attempt %d was taken over by attempt %d; leaving the sandbox to it",
-            sandbox_id,
-            mine.attempt,
-            current.attempt,
-        )
+        _log_taken_over(sandbox_id, mine, current)
         return True
 
     def _profile_of(self, state: SandboxState) -> Profile:
@@ -509,6 +500,18 @@ def _access_warnings(backend: Extension, profile: Profile | None) -> list[str]:
         None if profile is None else workspace_access_warning(backend, profile.workspace.access)
     )
     return [] if warning is None else [warning]
+
+
+def _log_taken_over(sandbox_id: str, mine: Attempt, now: SandboxState) -> None:
+    log.info(
+        "sandbox %s: generation %d attempt %d was taken over by generation %d attempt %d; "
+        "leaving the sandbox to it",
+        sandbox_id,
+        mine.generation,
+        mine.attempt,
+        now.generation,
+        now.attempt,
+    )
 
 
 def _reason(exc: BaseException, secrets: dict[str, str]) -> str:

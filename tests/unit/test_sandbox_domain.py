@@ -147,12 +147,17 @@ def test_an_attempt_taken_over_by_a_later_one_decides_nothing() -> None:
     assert decide(state, late[1], NOW) == []
     assert not superseded(state, None)
     # The later attempt started clean over what the frozen one made: not the frozen one's to
-    # tear down. A recreate supersedes it too, but leaves what it made in its backend to it.
+    # tear down. Nor after a recreate: its job tore the sandbox down and made it again, in
+    # the same backend, under the same id. A reroute leaves what it made in its backend to it.
     assert taken_over(state, mine)
     assert not taken_over(state, Attempt.of(state))
     recreated = msgspec.structs.replace(state, generation=2, attempt=1)
     assert superseded(recreated, mine)
-    assert not taken_over(recreated, mine)
+    assert taken_over(recreated, mine)
+    assert taken_over(recreated, Attempt.of(state))
+    rerouted = msgspec.structs.replace(state, extension="ext.e2b", attempt=1)
+    assert superseded(rerouted, mine)
+    assert not taken_over(rerouted, mine)
 
 
 def test_job_for_a_ready_sandbox_does_nothing() -> None:
