@@ -87,7 +87,8 @@ async def test_a_frozen_attempt_resumed_after_a_recreate_leaves_the_new_generati
         found = await LocalExtension(home / "local").list_sandboxes()
         assert [(item.sandbox_id, item.alive) for item in found] == [(sandbox_id, True)]
         types = await event_types(client, sandbox_id)
-        assert types[-1] == "ready" and types.count("ready") == 2
+        assert types[-1] == "ready"
+        assert types.count("ready") == 2
         assert "failed" not in types
     finally:
         held.go.set()
