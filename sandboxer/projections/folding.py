@@ -12,6 +12,7 @@ import msgspec
 from sandboxer.domain.sandbox_state import SandboxState, evolve, evolve_keeping_ids
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.events.codec import UnknownEventType, decode_event
+from sandboxer.events.pool_events import POOL_EVENTS
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
     KEY_EVENTS,
@@ -40,13 +41,19 @@ and copy them per event (quadratic: 0.7 s for a sandbox touched for a week)."""
 
 _SANDBOX = "sandbox"
 _OTHER = "other"
+_NONE = "none"  # pool events: members are no one's sandboxes, the pool keepers index them
 _KINDS: dict[type[Any], str] = {}
 """Event class -> which fold it goes to, so most events cost one dict look-up, not a chain of
 ``isinstance`` checks (replay folds hundreds of thousands of them)."""
 
 
 def _classify(cls: type[Any]) -> str:
-    kind = _OTHER if issubclass(cls, NOT_SANDBOX_EVENTS) else _SANDBOX
+    if issubclass(cls, POOL_EVENTS):
+        kind = _NONE
+    elif issubclass(cls, NOT_SANDBOX_EVENTS):
+        kind = _OTHER
+    else:
+        kind = _SANDBOX
     _KINDS[cls] = kind
     return kind
 
@@ -100,7 +107,8 @@ class Batch:
             cls = type(event)
             kind = _KINDS.get(cls) or _classify(cls)
             if kind is not _SANDBOX:
-                await self._apply_other(event, seq)
+                if kind is _OTHER:
+                    await self._apply_other(event, seq)
                 continue
             sandbox_event: SandboxEvent = event  # type: ignore[assignment]  # (its kind says so)
             sandbox_id = sandbox_event.sandbox_id
@@ -146,7 +154,6 @@ class Batch:
                 snapshot = saved or SnapshotState(snapshot_id=snapshot_id)
             self._snapshots[snapshot_id] = evolve_snapshot(snapshot, event)
             self._dirty_snapshots[snapshot_id] = seq
-        # else a pool event: pool members are no one's sandboxes, the pool keepers index them
 
     async def flush(self, *, behind: bool = False) -> None:
         """Write what was folded since the last flush, and the position, in one transaction.
