@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import shutil
-import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from sandboxer.errors import ExtensionError, InvalidInput
 from sandboxer.extensions.local.procs import ProcessRef
+from sandboxer.extensions.local.tree_copy import copy_tree
 
 __all__ = [
     "Layout",
@@ -153,16 +153,6 @@ def repo_source(value: str, sandbox_id: str) -> Path:
     return source.resolve()
 
 
-def _skip_special(directory: str, names: list[str]) -> set[str]:
-    """Copy only directories, regular files and symlinks: reading a FIFO would block forever."""
-    skipped = set()
-    for name in names:
-        mode = os.lstat(os.path.join(directory, name)).st_mode
-        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-            skipped.add(name)
-    return skipped
-
-
 def copy_repo(source: Path, workspace: Path) -> None:
     """Copy ``source``'s contents into ``workspace``; symlinks are copied as links, never followed."""
     if workspace.resolve().is_relative_to(source):
@@ -172,8 +162,8 @@ def copy_repo(source: Path, workspace: Path) -> None:
             extension="ext.local",
         )
     try:
-        shutil.copytree(source, workspace, symlinks=True, ignore=_skip_special, dirs_exist_ok=True)
-    except (shutil.Error, OSError) as exc:
+        copy_tree(source, workspace)  # opened by descriptor: a link swapped in is never followed
+    except OSError as exc:
         raise ExtensionError(
             f"copying repo {source} into {workspace} failed: {exc}; check that the files are "
             "readable by the sandboxer worker",

@@ -1,0 +1,106 @@
+"""copy_tree: what a sandbox swaps in while its workspace is copied is never followed."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sandboxer.extensions.local.tree_copy import copy_tree
+
+SECRET = b"host-secret-bytes-9f2c"
+
+
+def test_copies_files_directories_and_links_as_they_are(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "run.sh").write_text("echo hi\n")
+    (source / "sub" / "run.sh").chmod(0o750)
+    (source / "notes").write_text("n")
+    (source / "link").symlink_to("/etc/hostname")
+    (source / "relative").symlink_to("sub/run.sh")
+    os.mkfifo(source / "fifo")
+    (source / ".sandboxer").mkdir()
+    (source / ".sandboxer" / "secrets.env").write_text("TOKEN=x\n")
+    destination = tmp_path / "destination"
+
+    copy_tree(source, destination, leave_out={".sandboxer/secrets.env"})
+
+    assert (destination / "sub" / "run.sh").read_text() == "echo hi\n"
+    assert stat.S_IMODE((destination / "sub" / "run.sh").stat().st_mode) == 0o750
+    assert os.readlink(destination / "link") == "/etc/hostname"
+    assert os.readlink(destination / "relative") == "sub/run.sh"
+    assert not (destination / "fifo").exists()  # reading a FIFO would block forever
+    assert sorted(os.listdir(destination / ".sandboxer")) == []
+
+
+def test_a_source_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with pytest.raises(OSError, match="Too many levels of symbolic links|Not a directory"):
+        copy_tree(tmp_path / "alias", tmp_path / "out")
+
+
+def _swapping(workspace: Path, outside: Path) -> Callable[[], Iterator[None]]:
+    """A thread that keeps renaming a link to ``outside`` over a file and a directory of
+    ``workspace``, and back, as a sandbox's process could while its workspace is copied."""
+    stop = threading.Event()
+
+    def swap() -> None:
+        link = workspace / ".link"
+        while not stop.is_set():
+            # The file: a link renamed over it, then a file renamed over the link.
+            link.symlink_to(outside / "secret")
+            os.replace(link, workspace / "file")
+            (workspace / ".file").write_bytes(b"mine")
+            os.replace(workspace / ".file", workspace / "file")
+            # The directory: moved aside and a link put in its place, then back.
+            os.rename(workspace / "dir", workspace / ".dir")
+            link.symlink_to(outside)
+            os.replace(link, workspace / "dir")
+            (workspace / "dir").unlink()
+            os.rename(workspace / ".dir", workspace / "dir")
+
+    def running() -> Iterator[None]:
+        thread = threading.Thread(target=swap, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    return running
+
+
+def _regular_files(top: Path) -> Iterator[Path]:
+    for directory, _dirs, files in os.walk(top):
+        for name in files:
+            path = Path(directory) / name
+            if not path.is_symlink():
+                yield path
+
+
+def test_a_link_swapped_in_during_the_copy_is_never_followed(tmp_path: Path) -> None:
+    """The swap lands between the listing and the open at some point in 300 copies; a
+    copier that decides from the listing and then opens the path copies the host's file."""
+    outside = tmp_path / "host"
+    outside.mkdir()
+    (outside / "secret").write_bytes(SECRET)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "file").write_bytes(b"mine")
+    (workspace / "dir").mkdir()
+    (workspace / "dir" / "secret").write_bytes(b"mine")
+    leaked = []
+    swaps = _swapping(workspace, outside)
+    for _ in swaps():
+        for round_no in range(300):
+            destination = tmp_path / "copies" / str(round_no)
+            copy_tree(workspace, destination)
+            leaked += [p for p in _regular_files(destination) if p.read_bytes() == SECRET]
+    assert leaked == []
