@@ -20,6 +20,7 @@ __all__ = [
     "is_valid_command_id",
     "is_valid_sandbox_id",
     "new_command_id",
+    "system_id_refusal",
 ]
 
 SANDBOX_ID_RULE = "lowercase letters and digits, 8 to 32 characters"
@@ -35,6 +36,34 @@ def is_valid_sandbox_id(value: object) -> bool:
 
 def is_valid_command_id(value: object) -> bool:
     return isinstance(value, str) and _COMMAND_ID.fullmatch(value) is not None
+
+
+SYSTEM_ID_PREFIXES: dict[str, str | None] = {
+    "reserve-": None,  # a create's credit reservation (domain/account_decide.py)
+    "meter-": None,  # a sandbox's metering (the same)
+    "extend-": None,  # an extension's reservation (workers/credit_reservation.py)
+    "expire-": "expire",  # the expirer's expiry of a sandbox at a version (workers/expirer.py)
+    "reroute-": "reroute",  # a refused provision's reroute (workers/job_dispatch.py)
+}
+"""Command ids the service derives for its own commands, and the one verb each is sent on.
+
+An aggregate records the ids it has handled, and a handled id decides nothing again; the
+commands stream drops a second message with the same id for two minutes. A client id of
+one of these forms would be taken for the service's own: ``reserve-<sandbox>`` sent as a
+``set_byok`` on the project's account, before the create, and the create reserved nothing
+and was never metered; ``expire-<sandbox>-<version>`` sent first, and that expiry was
+dropped."""
+
+
+def system_id_refusal(command_id: str, verb: str) -> str | None:
+    """Why a client may not send ``command_id`` on ``verb`` (None: it may)."""
+    for prefix, own_verb in SYSTEM_ID_PREFIXES.items():
+        if command_id.startswith(prefix) and verb != own_verb:
+            return (
+                f"command ids that start with {prefix!r} are the service's own; "
+                "choose another (a fresh UUID, say)"
+            )
+    return None
 
 
 def derive_sandbox_id(command_id: str) -> str:

@@ -38,6 +38,7 @@ from sandboxer.ids import (
     SANDBOX_ID_RULE,
     is_valid_command_id,
     is_valid_sandbox_id,
+    system_id_refusal,
 )
 
 __all__ = ["MAX_COMMAND_BYTES", "InvalidCommand", "key_of", "parse_command", "verb_of"]
@@ -139,6 +140,9 @@ def parse_command(subject: str, data: bytes) -> Command:
         raise invalid("invalid_field", "missing field 'command_id'")
     if command_id is None:
         raise invalid("invalid_field", f"command_id {raw_id!r} is invalid: use {COMMAND_ID_RULE}")
+    reserved = system_id_refusal(command_id, verb)
+    if reserved is not None:
+        raise invalid("reserved_id", reserved)
     if raw_sandbox is not None and sandbox_id is None:
         raise invalid("invalid_id", f"sandbox_id {raw_sandbox!r} is invalid: use {SANDBOX_ID_RULE}")
     if "actor" in payload:

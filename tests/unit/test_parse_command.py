@@ -199,3 +199,37 @@ def test_an_actor_id_that_names_no_one_is_refused(actor_id: str) -> None:
         parse_command("sandboxer.cmd.create", data)
     assert caught.value.code == "invalid_field"
     assert "actor.id" in caught.value.reason
+
+
+def test_the_services_own_command_ids_are_refused_from_clients() -> None:
+    """``reserve-<sandbox>`` sent as a ``set_byok`` would mark the create's reservation done
+    on the account before the create: it would reserve nothing and never be metered."""
+    from sandboxer.domain.account_decide import meter_command_id, reserve_command_id
+    from sandboxer.workers.credit_reservation import extend_command_id
+    from sandboxer.workers.expirer import expire_command
+
+    derived = [
+        reserve_command_id("sbxvictim01"),
+        meter_command_id("sbxvictim01"),
+        extend_command_id("e1"),
+        expire_command({"sandbox_id": "sbxvictim01", "version": 7})["command_id"],
+        "reroute-sbxvictim01-4",
+    ]
+    byok = {"project": "p", "extension": "ext.e2b", "key_ref": None, "actor": ACTOR}
+    for command_id in derived:
+        with pytest.raises(InvalidCommand) as refused:
+            parse_command("sandboxer.cmd.set_byok", raw(command_id=command_id, **byok))
+        assert refused.value.code == "reserved_id"
+        assert "the service's own" in refused.value.reason
+        with pytest.raises(InvalidCommand, match="the service's own"):
+            parse_command(
+                "sandboxer.cmd.touch",
+                raw(command_id=command_id, sandbox_id="sbxvictim01", actor=ACTOR),
+            )
+    # Each is still the command id of the service's own command on its own verb.
+    expire = expire_command({"sandbox_id": "sbxvictim01", "version": 7})
+    assert parse_command("sandboxer.cmd.expire", json.dumps(expire).encode()).command_id
+    # An id that merely contains a prefix is a client's to use.
+    assert parse_command(
+        "sandboxer.cmd.destroy", raw(command_id="my-reserve-1", sandbox_id="abcdefgh", actor=ACTOR)
+    )
