@@ -34,7 +34,7 @@ from sandboxer.domain.account_decide import AccountCommand, decide_account
 from sandboxer.domain.key_decide import KeyCommand, decide_key, key_id_of
 from sandboxer.domain.sandbox_decide import DomainCommand, decide
 from sandboxer.domain.snapshot_decide import SnapshotCommand, decide_snapshot
-from sandboxer.errors import ConcurrencyConflict
+from sandboxer.errors import ConcurrencyConflict, Rejected
 
 __all__ = ["DECIDE_ATTEMPTS", "apply", "apply_account", "apply_key", "apply_snapshot"]
 
@@ -95,7 +95,12 @@ async def _attempts(
         trusted = known is None
         loaded = known if known is not None else await load()
         known = None
-        events = decide_on(loaded)
+        try:
+            events = decide_on(loaded)
+        except Rejected:
+            if trusted:
+                raise
+            continue  # refused on a state that may be stale: check the log itself
         if not events and not trusted:
             continue  # "nothing to do" from a state that may be stale: check the log itself
         if not events:
@@ -116,8 +121,9 @@ async def apply(
 
     ``known`` is a state the caller just loaded or appended: it is tried first,
     which saves a round trip; a conflict means it was stale, and the loop
-    reloads (as it does when the known state decides nothing, which a stale
-    state could). ``Rejected`` from ``decide`` propagates to the caller.
+    reloads (as it does when the known state decides nothing or is refused,
+    which a stale state could be). ``Rejected`` from ``decide`` on a state
+    read from the log propagates to the caller.
     """
     return await _decide_loop(
         f"sandbox {sandbox_id}",

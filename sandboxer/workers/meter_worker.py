@@ -36,6 +36,7 @@ from sandboxer.domain.account_decide import MeterUsage, meter_command_id
 from sandboxer.domain.account_state import project_of
 from sandboxer.domain.pricing import per_create_microusd, per_second_microusd
 from sandboxer.domain.usage import billable_seconds, billed_seconds
+from sandboxer.errors import StreamUnavailable
 from sandboxer.events.codec import decode_event
 from sandboxer.events.types import Actor, CommandRejected, SandboxDestroyed
 from sandboxer.workers.credit_reservation import decimal_text, wants_gpu
@@ -70,12 +71,27 @@ class MeterWorker:
     async def handle(self, msg: Msg) -> None:
         event = decode_event(msg.data)
         if isinstance(event, SandboxDestroyed):
-            await self.meter(event.sandbox_id, causation_id=event.event_id or None)
+            await self.meter(
+                event.sandbox_id,
+                causation_id=event.event_id or None,
+                seen_at=msg.metadata.sequence.stream,
+            )
         await msg.ack()
 
-    async def meter(self, sandbox_id: str, *, causation_id: str | None = None) -> None:
-        """Append ``usage_metered`` for a destroyed sandbox (nothing when already metered)."""
-        state = (await self._store.load(sandbox_id)).state
+    async def meter(
+        self, sandbox_id: str, *, causation_id: str | None = None, seen_at: int = 0
+    ) -> None:
+        """Append ``usage_metered`` for a destroyed sandbox (nothing when already metered).
+        ``seen_at``: where its ``destroyed`` is in the log, which the read must reach."""
+        read = await self._store.load(sandbox_id)
+        if read.last_seq < seen_at:
+            # A replica still catching up answered (on a cluster any replica answers a direct
+            # get). Acked now, the sandbox would never be metered: wait for a current read.
+            raise StreamUnavailable(
+                f"sandbox {sandbox_id}: the log read ends at {read.last_seq}, before its "
+                f"destroyed event at {seen_at}; metering it once the replicas catch up"
+            )
+        state = read.state
         if state.status != "destroyed":
             return  # (a destroyed event always folds to destroyed; nothing else is metered)
         decl = self._catalog.extensions_enabled().get(state.extension or "")

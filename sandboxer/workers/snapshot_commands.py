@@ -67,7 +67,15 @@ class SnapshotCommands:
         )
         loaded, _ = await apply_snapshot(self._store, snapshot_id, decision)
         state = loaded.state
-        if state.status == "deleted" and state.object_removed and state.object is not None:
+        # ``object_removed`` was decided when the delete was first handled. A delete handled
+        # again (redelivered after a crash, re-sent later) may find a snapshot taken since
+        # that holds the same object: it is theirs now, whatever was decided then.
+        if (
+            state.status == "deleted"
+            and state.object_removed
+            and state.object is not None
+            and not holders
+        ):
             try:
                 await (await open_bucket(self._js)).delete(state.object)
             except NotFoundError:

@@ -22,7 +22,7 @@ from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
-from sandboxer.errors import CommandFailed
+from sandboxer.errors import CommandFailed, StreamUnavailable
 from sandboxer.workers.meter_export import HttpExport, run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
 from tests.integration.conftest import Service, start_service
@@ -120,6 +120,10 @@ async def test_a_paid_sandbox_is_reserved_metered_and_debited_once(
     meter = MeterWorker(acme.js, store, Catalog.load(service.settings.home), service.settings)
     await meter.meter(sandbox_id)
     assert len(await account_events(acme, "acme", "usage_metered")) == 1
+    # A read that ends before the destroyed event (a replica behind) is not taken for "not
+    # destroyed yet, nothing to meter": the message waits for a read that reaches it.
+    with pytest.raises(StreamUnavailable, match="before its destroyed event"):
+        await meter.meter(sandbox_id, seen_at=(await store.load(sandbox_id)).last_seq + 1)
     assert (await account(acme, "acme", metered=1))["balance"] == settled["balance"]
 
     summary = (await acme.usage())["summary"]

@@ -18,7 +18,7 @@ from sandboxer.domain.sandbox_decide import (
     StartProvisioning,
     decide,
 )
-from sandboxer.errors import ConcurrencyConflict
+from sandboxer.errors import ConcurrencyConflict, Rejected
 from sandboxer.events.account_events import AccountEvent
 from sandboxer.events.actor import Actor
 from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
@@ -60,6 +60,20 @@ async def test_a_stale_known_state_is_reloaded_not_trusted() -> None:
         "SandboxRouted",
         "SandboxProvisioning",
     ]
+
+
+async def test_a_refusal_on_a_stale_known_state_is_checked_against_the_log() -> None:
+    """A caller's known state can be behind the log (another writer of the same process
+    appended while it waited its turn): what it refuses, the log's state may accept."""
+    store = MemoryEventStore()
+    stale = await store.load(SID)  # no sandbox yet: a destroy of it is refused
+    await apply(store, SID, create())
+    destroy = DestroySandbox(command_id="c-destroy", actor=SYSTEM_ACTOR, sandbox_id=SID)
+    loaded, changed = await apply(store, SID, destroy, stale)
+    assert changed
+    assert loaded.state.status == "destroying"
+    with pytest.raises(Rejected):  # refused on the log's own state: the caller hears it
+        await apply(store, "sandbox0002", destroy)
 
 
 class RacingStore(MemoryEventStore):

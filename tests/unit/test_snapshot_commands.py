@@ -149,3 +149,26 @@ async def test_deleting_a_snapshot_keeps_data_a_live_sandbox_still_names(tmp_pat
     assert deleted.status == "deleted"
     assert not deleted.object_removed  # the bucket was never touched (NO_BUS has none)
     assert await store.sandboxes_using("object:sha256:" + "c" * 64) == ["restored02"]
+
+
+async def test_a_delete_handled_again_leaves_an_object_a_later_snapshot_holds(
+    tmp_path: Path,
+) -> None:
+    """The first handling decided the object's removal and the worker died before the
+    bucket's delete; a snapshot of the same tree stored the same object since. Redelivered,
+    the delete decides nothing new, and the object is the later snapshot's now."""
+    from tests.unit.test_snapshot_domain import request, stored
+
+    store = MemoryEventStore()
+    first, later = "snp0000000000000001", "snp0000000000000002"
+    await apply_snapshot(store, first, request("c-1"))
+    await apply_snapshot(store, first, stored("j-1"))
+    decided = DeleteSnapshotDecision(command_id="c-del", actor=SYSTEM_ACTOR, object_shared=False)
+    await apply_snapshot(store, first, decided)
+    await apply_snapshot(store, later, request("c-2"))
+    await apply_snapshot(store, later, stored("j-2"))
+    commands = SnapshotCommands(NO_BUS, store, Catalog.load(tmp_path))
+    # NO_BUS has no bucket: a removal would raise here.
+    await commands.delete(DeleteSnapshot(command_id="c-del", actor=SYSTEM_ACTOR, snapshot_id=first))
+    assert (await store.load_snapshot(first)).state.object_removed
+    assert (await store.load_snapshot(later)).state.object == "sha256-ab"
