@@ -5,7 +5,10 @@ asks the backend (:class:`~sandboxer.extensions.capabilities.Pausable`) and
 records ``paused``/``resumed``, or ``pause_failed`` with the backend's reason.
 A job that finds the sandbox no longer pausing or resuming (a destroy or an
 expiry overtook it, or the job was redelivered after its outcome was
-recorded) does nothing: a teardown thaws whatever is frozen.
+recorded) does nothing: a teardown thaws whatever is frozen. A job whose
+freeze or thaw lands after the log moved on (it was held up past the ack wait
+while another worker did its work, and the next pause or resume came) undoes
+it, so the sandbox stays as its log says.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = ["PauseJob"]
 log = logging.getLogger(__name__)
 
 _EXPECTED = {"pause": "pausing", "resume": "resuming"}
+ENDED_OR_ENDING = {"destroying", "destroyed", "expired", "failed"}
 
 
 class PauseJob:
@@ -73,7 +77,10 @@ class PauseJob:
             if operation == "pause"
             else MarkResumed(job_id=job.job_id)
         )
-        loaded, _ = await apply(self._store, job.sandbox_id, done)
+        loaded, marked = await apply(self._store, job.sandbox_id, done)
+        if not marked:
+            await self._undo_if_overtaken(keyed, operation, job, loaded.state)
+            return
         resumed = loaded.state
         if operation == "resume" and isinstance(keyed, TimeoutKeeper) and resumed.expires_at:
             # ``resumed`` moved the expiry by the pause's length; the provider's timeout follows.
@@ -87,6 +94,32 @@ class PauseJob:
                     job.sandbox_id,
                     self._explain(exc),
                 )
+
+    async def _undo_if_overtaken(
+        self, backend: Pausable, operation: Literal["pause", "resume"], job: Job, now: SandboxState
+    ) -> None:
+        """This job's freeze (or thaw) came after the log moved on: the job was held up past
+        the ack wait (a frozen worker), another worker paused the sandbox, and a resume came
+        since. Left alone, the sandbox would stay frozen while the log says it runs, or run
+        while the log says it is paused: undo it unless the log wants it so now."""
+        wanted_frozen = now.status in {"pausing", "paused"}
+        if (operation == "pause") == wanted_frozen or now.status in ENDED_OR_ENDING:
+            return  # as the log wants it, or a teardown (which thaws first) has it
+        log.warning(
+            "job %s: the sandbox became %s while this %s ran; undoing it",
+            job.job_id,
+            now.status,
+            operation,
+        )
+        try:
+            if operation == "pause":
+                await backend.resume(job.sandbox_id, host=now.host)
+            else:
+                await backend.pause(job.sandbox_id, host=now.host)
+        except Exception as exc:
+            if is_unavailability(exc):
+                raise
+            log.warning("job %s: undoing the %s failed: %s", job.job_id, operation, exc)
 
     async def give_up(self, job: Job, reason: str) -> None:
         """Record that the pause or resume failed (the sandbox stays as it was)."""

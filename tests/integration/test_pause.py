@@ -15,14 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.config.settings import Settings
 from sandboxer.domain.timestamps import seconds_between
 from sandboxer.errors import CommandFailed
 from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.workers.jobs import Job
+from sandboxer.workers.pause_job import PauseJob
 from tests.integration import conftest
 from tests.integration.conftest import Cli, Service, reap_local, start_service
 from tests.integration.test_lifecycle import wait_status
@@ -106,6 +110,29 @@ async def test_pause_freezes_every_process_and_resume_carries_on(service: Servic
     await client.pause(sandbox_id)
     await client.destroy(sandbox_id, timeout=30)
     assert not (service.settings.local_root / sandbox_id).exists()
+
+
+async def test_a_pause_job_held_up_past_a_resume_undoes_its_freeze(service: Service) -> None:
+    """A worker held a pause job past the ack wait while another paused the sandbox, and a
+    resume thawed it since. The held job's freeze lands now: the sandbox must not be left
+    frozen while its log says it runs."""
+    client = service.client
+    sandbox_id = (await client.create())["sandbox_id"]
+    await start_counter(service, sandbox_id)
+    await client.pause(sandbox_id)
+    store = JetStreamEventStore(client.nc, client.js)
+    as_held = (await store.load(sandbox_id)).state  # paused; the held job saw it pausing
+    await client.resume(sandbox_id)
+    held = Job(job_id="held-pause", sandbox_id=sandbox_id, action="pause", version=1)
+    late = PauseJob(store, LocalExtension(service.settings.local_root), explain=str)
+    await late.run(held, msgspec.structs.replace(as_held, status="pausing"))
+    assert (await client.get(sandbox_id) or {})["status"] in {"ready", "active"}
+    before = count(service, sandbox_id)
+    async with asyncio.timeout(5):  # its processes run on
+        while count(service, sandbox_id) <= before:
+            await asyncio.sleep(0.05)
+    assert await client.exec(sandbox_id, ["true"], lambda _s, _d: None) == 0
+    await client.destroy(sandbox_id, timeout=30)
 
 
 async def test_a_short_ttl_stands_still_while_paused_and_runs_on_after(service: Service) -> None:
