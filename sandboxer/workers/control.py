@@ -127,7 +127,12 @@ class ControlWorker:
             await self._reject(msg, code, reason, command)
             await msg.ack()
             return
-        await self._dispatch(loaded)
+        if not isinstance(command, TouchSandbox):
+            # A touch never makes a job (every exec sends one). Sent again, the job the sandbox
+            # waits for would pass the jobs stream's two-minute window as a new message: a
+            # second worker process would run it beside the first (a long snapshot copied
+            # twice). The command that made a job sends it again if it is redelivered.
+            await self._dispatch(loaded)
         await msg.ack()
 
     async def _to_domain(

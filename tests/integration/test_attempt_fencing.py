@@ -1,8 +1,9 @@
-"""A provisioning held up past the ack wait, resumed after others took the sandbox on.
+"""Work held up in an extension worker, and what else happens meanwhile.
 
-Real ext.local, real nats-server, two extension workers on one job queue. The first
-worker is held (as SIGSTOP holds a process) after it recorded `provisioning` and before
-it made anything, and sends no heartbeat: JetStream gives the job to the second worker.
+Real ext.local, real nats-server, extension workers on one job queue. A provisioning held
+(as SIGSTOP holds a process) after it recorded `provisioning`, with no heartbeat: JetStream
+gives the job to a second worker, and the first resumes after a recreate. A snapshot held
+while the sandbox is touched: the touches must not send its job again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from nats.aio.msg import Msg
 
+from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
@@ -28,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 
 class HeldProvision(LocalExtension):
-    """Real ext.local whose provisions wait at their start until ``go`` is set."""
+    """Real ext.local whose provisions (and snapshots) wait at their start until ``go``."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -39,6 +42,13 @@ class HeldProvision(LocalExtension):
         self.held.set()
         await self.go.wait()
         await super().provision(request)
+
+    async def snapshot_workspace(
+        self, sandbox_id: str, destination: Path, *, host: str | None = None
+    ) -> None:
+        self.held.set()
+        await self.go.wait()
+        await super().snapshot_workspace(sandbox_id, destination, host=host)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +105,59 @@ async def test_a_frozen_attempt_resumed_after_a_recreate_leaves_the_new_generati
         for stop in stops:
             stop.set()
         await asyncio.gather(*workers, return_exceptions=True)
+        await nc.drain()
+        await client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+async def test_touches_during_a_long_snapshot_do_not_send_its_job_again(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    """Every exec sends a touch. Had each touch sent the job the sandbox waits for again (a
+    snapshot's, here), one sent after the jobs stream's two-minute window would be a new
+    message, and a second worker would copy the snapshot beside the first."""
+    service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    nc = await connect([nats_server.url], name="test-touch-jobs")
+    js = nc.jetstream()
+    store = JetStreamEventStore(nc, js)
+    local = HeldProvision(home / "local")
+    local.go.set()  # the provision runs at once; the snapshot is held
+    worker = ExtensionWorker(js, store, Catalog.load(home), local)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    client = service.client
+    sent: list[str] = []
+    try:
+        sandbox_id = (await client.create())["sandbox_id"]
+        local.go.clear()
+        local.held.clear()
+        snapshot = asyncio.create_task(client.snapshot(sandbox_id, timeout=60))
+        async with asyncio.timeout(30):
+            await local.held.wait()
+
+        # Any job published from now on, stored or dropped as a copy, reaches this.
+        async def seen(msg: Msg) -> None:
+            sent.append(msg.subject)
+
+        jobs = await nc.subscribe("sandboxer.job.>", cb=seen)
+        for _ in range(3):
+            await client.touch(sandbox_id)
+        async with asyncio.timeout(30):  # until the control worker has handled all three
+            while True:
+                info = await js.consumer_info(subjects.COMMANDS_STREAM, "control")
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    break
+                await asyncio.sleep(0.05)
+        await nc.flush()
+        await jobs.unsubscribe()
+        assert sent == []
+        local.go.set()
+        assert (await snapshot)["status"] == "created"
+    finally:
+        local.go.set()
+        stop.set()
+        await asyncio.gather(running, return_exceptions=True)
         await nc.drain()
         await client.close()
         await service.shutdown()
