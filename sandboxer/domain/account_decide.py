@@ -131,6 +131,14 @@ def decide_account(book: AccountBook, command: AccountCommand, now: str) -> list
         case SetByok():
             return [ByokSet(**head, extension=command.extension, key_ref=command.key_ref)]
         case ReserveCredits():
+            if meter_command_id(command.sandbox_id) in book.handled:
+                # An extension or a reroute decided before the destroy, appended after its
+                # metering: held now, it would never be released.
+                raise Rejected(
+                    "already_destroyed",
+                    f"sandbox {command.sandbox_id} was destroyed and its use metered; "
+                    "nothing more is reserved for it",
+                )
             _check_reservation(state, command, now)
             return [
                 CreditsReserved(

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +43,34 @@ log = logging.getLogger(__name__)
 
 Explain = Callable[[BaseException], str]
 """Turns an exception into the reason recorded (the worker's redacting formatter)."""
+
+
+def scratch_for(staging_root: Path, snapshot_id: str) -> Path:
+    """A fresh scratch directory for this process's copy of a snapshot, named with its pid.
+
+    A worker killed mid-snapshot (kill -9, a reboot) never runs its clean-up, and a copy
+    of a workspace can be a gigabyte: what processes that are no longer running left here,
+    for any snapshot, is removed first. A frozen worker's copy is left alone: it may wake
+    up and finish it."""
+    staging_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for leftover in staging_root.glob("snapshot-*-*"):
+        pid = leftover.name.rsplit("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+    scratch = staging_root / f"snapshot-{snapshot_id}-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o700)
+    return scratch
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 class SnapshotJob:
@@ -111,16 +139,16 @@ class SnapshotJob:
             )
         scratch: Path | None = None
         try:
-            self._staging_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            scratch = Path(
-                tempfile.mkdtemp(prefix=f"snapshot-{job.snapshot_id}-", dir=self._staging_root)
+            made = await asyncio.to_thread(
+                scratch_for, self._staging_root, job.snapshot_id or job.job_id
             )
-            tree = scratch / "tree"
+            scratch, tree = made, made / "tree"
             tree.mkdir()
             backend = await backend_for(self._store, self._extension, sandbox)  # BYOK
             await backend.snapshot_workspace(job.sandbox_id, tree, host=sandbox.host)
-            # No excludes: a snapshot is the whole workspace (secrets never enter it).
-            uploaded = await upload_directory(self._js, tree, limits=self._limits)
+            # No excludes: a snapshot is the whole workspace (secrets never enter it). The
+            # archive is packed under the scratch directory too, so one removal takes both.
+            uploaded = await upload_directory(self._js, tree, limits=self._limits, workdir=scratch)
         except Exception as exc:
             if is_unavailability(exc):
                 raise  # the bus failed, not the snapshot: the job is retried

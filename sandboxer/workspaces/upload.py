@@ -56,11 +56,14 @@ async def upload_directory(
     exclude: Collection[str] = (),
     limits: ArchiveLimits | None = None,
     progress: UploadProgress | None = None,
+    workdir: Path | None = None,
 ) -> Uploaded:
-    """Pack ``source``, put it in the workspaces bucket unless there already, return its reference."""
+    """Pack ``source``, put it in the workspaces bucket unless there already, return its
+    reference. The archive is written under ``workdir`` (the system's temporary directory
+    by default)."""
     limits = limits or ArchiveLimits()
     report = progress or (lambda _phase, _done, _total: None)
-    with tempfile.TemporaryDirectory(prefix="sandboxer-upload-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="sandboxer-upload-", dir=workdir) as scratch:
         packed = await asyncio.to_thread(
             pack_directory,
             source,

@@ -311,3 +311,13 @@ def test_a_book_is_never_changed_by_what_is_folded_after_it() -> None:
     assert meter_command_id("sbx00000001") not in other.handled
     assert reserve_command_id("sbx00000002") not in one.handled
     assert run(book, meter("sbx00000001", 1)) == one
+
+
+def test_nothing_is_reserved_for_a_sandbox_already_metered() -> None:
+    """An extension (or a reroute) decided before the destroy, whose reservation comes after
+    the metering (its worker held up past the ack wait): held, it would never be released."""
+    book = run(run(funded(), reserve("sbx00000001", 181_000)), meter("sbx00000001", 5))
+    with pytest.raises(Rejected) as refused:
+        run(book, reserve("sbx00000001", 5_000, reason="extend", command_id="extend-e1"))
+    assert refused.value.code == "already_destroyed"
+    assert book.state.reserved == 0
