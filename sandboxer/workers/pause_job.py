@@ -56,10 +56,7 @@ class PauseJob:
         started = time.monotonic()
         try:
             keyed = await backend_for(self._store, backend, state)  # BYOK: the project's key
-            if operation == "pause":
-                await keyed.pause(job.sandbox_id, host=state.host)
-            else:
-                await keyed.resume(job.sandbox_id, host=state.host)
+            await _carry_out(keyed, operation, job.sandbox_id, state.host)
         except Exception as exc:
             if is_unavailability(exc):
                 raise  # the log, not the sandbox, failed: the job is retried
@@ -111,11 +108,9 @@ class PauseJob:
             now.status,
             operation,
         )
+        undo: Literal["pause", "resume"] = "resume" if operation == "pause" else "pause"
         try:
-            if operation == "pause":
-                await backend.resume(job.sandbox_id, host=now.host)
-            else:
-                await backend.pause(job.sandbox_id, host=now.host)
+            await _carry_out(backend, undo, job.sandbox_id, now.host)
         except Exception as exc:
             if is_unavailability(exc):
                 raise
@@ -129,3 +124,16 @@ class PauseJob:
             job.sandbox_id,
             MarkPauseFailed(job_id=job.job_id, operation=operation, reason=reason),
         )
+
+
+async def _carry_out(
+    backend: Extension | Pausable,
+    operation: Literal["pause", "resume"],
+    sandbox_id: str,
+    host: str | None,
+) -> None:
+    assert isinstance(backend, Pausable)  # checked by the job before any work
+    if operation == "pause":
+        await backend.pause(sandbox_id, host=host)
+    else:
+        await backend.resume(sandbox_id, host=host)
