@@ -65,6 +65,7 @@ from sandboxer.workers.job_dispatch import request_reroute
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
 from sandboxer.workers.pool_keeper import PoolKeeper
+from sandboxer.workers.provider_expiry import follow_expiry
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from sandboxer.workers.setup_step import run_setup_commands, workspace_access_warning
 from sandboxer.workers.snapshot_job import SnapshotJob
@@ -361,6 +362,9 @@ class ExtensionWorker:
             ),
             loaded,
         )
+        if marked and loaded.state.expires_at != request.expires_at:
+            # Extended while it was provisioning: the provider was given the old expiry.
+            await follow_expiry(backend, loaded.state, lambda exc: _reason(exc, secrets))
         if taken_over(loaded.state, mine):
             _log_taken_over(job.sandbox_id, mine, loaded.state)
         elif not marked and loaded.state.status not in {"ready", "active"}:

@@ -27,6 +27,7 @@ from sandboxer.extensions.capabilities import Pausable, TimeoutKeeper
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.jobs import Job
+from sandboxer.workers.provider_expiry import follow_expiry
 
 __all__ = ["PauseJob"]
 
@@ -119,11 +120,14 @@ class PauseJob:
     async def give_up(self, job: Job, reason: str) -> None:
         """Record that the pause or resume failed (the sandbox stays as it was)."""
         operation: Literal["pause", "resume"] = "pause" if job.action == "pause" else "resume"
-        await apply(
+        loaded, _ = await apply(
             self._store,
             job.sandbox_id,
             MarkPauseFailed(job_id=job.job_id, operation=operation, reason=reason),
         )
+        if isinstance(self._extension, TimeoutKeeper):  # an extension while it was pausing
+            keyed = await backend_for(self._store, self._extension, loaded.state)
+            await follow_expiry(keyed, loaded.state, self._explain)
 
 
 async def _carry_out(

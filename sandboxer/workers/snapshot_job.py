@@ -27,12 +27,13 @@ from sandboxer.domain.snapshot_decide import RecordSnapshotFailed, RecordSnapsho
 from sandboxer.errors import BusError
 from sandboxer.events.types import SYSTEM_ACTOR
 from sandboxer.extensions.base import Extension
-from sandboxer.extensions.capabilities import Snapshotter
+from sandboxer.extensions.capabilities import Snapshotter, TimeoutKeeper
 from sandboxer.workers import deciding
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.deciding import apply_snapshot
 from sandboxer.workers.job_dispatch import dispatch_job
 from sandboxer.workers.jobs import Job
+from sandboxer.workers.provider_expiry import follow_expiry
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.refs import object_name
 from sandboxer.workspaces.upload import upload_directory
@@ -127,6 +128,9 @@ class SnapshotJob:
             ),
         )
         await dispatch_job(self._js, loaded)
+        if isinstance(self._extension, TimeoutKeeper):  # an extension during the snapshot
+            keyed = await backend_for(self._store, self._extension, loaded.state)
+            await follow_expiry(keyed, loaded.state, self._explain)
 
     async def _take(
         self, job: Job, sandbox: SandboxState

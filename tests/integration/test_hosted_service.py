@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,37 @@ async def test_create_extend_destroy_through_the_bus(
         await client.destroy(sandbox_id)
         assert provider.ours() == []
         await no_secret_in_the_log(service, provider, home)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_an_extension_while_provisioning_reaches_the_providers_timeout(
+    nats_server: Any, home: Path, e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider is given the expiry the sandbox had when its provisioning started. An
+    extension decided while it provisions sends no retime (it is not ready yet): the worker
+    that records ``ready`` moves the provider's timeout, or E2B ends the sandbox early."""
+    provider = e2b(e2b_double)
+    for name, value in provider.env.items():
+        monkeypatch.setenv(name, value)
+    provider.fault("latency", method="POST", pattern=provider.create_path, seconds=2)
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", provider.extension]
+    )
+    try:
+        await service.fund()
+        client = service.client
+        created = await client.create(provider.profile, ttl="10m", wait=False)
+        sandbox_id = created["sandbox_id"]
+        await wait_status(client, sandbox_id, {"provisioning"}, timeout=30)
+        extended = await client.extend_ttl(sandbox_id, "30m")
+        await wait_status(client, sandbox_id, {"ready"}, timeout=30)
+        wanted = datetime.fromisoformat(extended["expires_at"]).timestamp()
+        async with asyncio.timeout(20):
+            while (provider.timeout_end(sandbox_id) or 0) < wanted:
+                await asyncio.sleep(0.1)
+        await client.destroy(sandbox_id)
     finally:
         await service.client.close()
         await service.shutdown()
