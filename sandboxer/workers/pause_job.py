@@ -79,19 +79,8 @@ class PauseJob:
         if not marked:
             await self._undo_if_overtaken(keyed, operation, job, loaded.state)
             return
-        resumed = loaded.state
-        if operation == "resume" and isinstance(keyed, TimeoutKeeper) and resumed.expires_at:
-            # ``resumed`` moved the expiry by the pause's length; the provider's timeout follows.
-            try:
-                await keyed.set_timeout(job.sandbox_id, resumed.expires_at, host=state.host)
-            except Exception as exc:
-                if is_unavailability(exc):
-                    raise
-                log.warning(
-                    "sandbox %s: moving the provider's timeout failed: %s",
-                    job.sandbox_id,
-                    self._explain(exc),
-                )
+        if operation == "resume":  # ``resumed`` moved the expiry by the pause's length
+            await follow_expiry(keyed, loaded.state, self._explain)
 
     async def _undo_if_overtaken(
         self, backend: Pausable, operation: Literal["pause", "resume"], job: Job, now: SandboxState
