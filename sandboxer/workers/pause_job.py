@@ -49,6 +49,11 @@ class PauseJob:
         operation: Literal["pause", "resume"] = "pause" if job.action == "pause" else "resume"
         if state.status != _EXPECTED[operation]:
             log.info("job %s: nothing to do, sandbox is %s", job.job_id, state.status)
+            if operation == "resume" and isinstance(self._extension, TimeoutKeeper):
+                # Delivered again after its `resumed` (a crash before its ack): the provider's
+                # timeout may not have followed yet. Setting it again changes nothing else.
+                again = await backend_for(self._store, self._extension, state)
+                await follow_expiry(again, state, self._explain)
             return
         backend = self._extension
         if not isinstance(backend, Pausable):  # its declaration was checked at load; belt

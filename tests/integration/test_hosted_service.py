@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,14 @@ import pytest
 from grpclib import Status
 
 from sandboxer.bus.event_reader import read_events
+from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.config.catalog import Catalog
 from sandboxer.errors import CommandFailed
 from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.loading import build_extension
 from sandboxer.extensions.modal.backend import ModalExtension
+from sandboxer.workers.jobs import Job
+from sandboxer.workers.pause_job import PauseJob
 from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
 from tests.doubles.modal_double import Fault as ModalFault
@@ -233,6 +237,48 @@ async def test_an_extension_while_provisioning_reaches_the_providers_timeout(
         async with asyncio.timeout(20):
             while (provider.timeout_end(sandbox_id) or 0) < wanted:
                 await asyncio.sleep(0.1)
+        await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_a_resume_job_delivered_again_moves_the_providers_timeout(
+    nats_server: Any, home: Path, e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker died after recording ``resumed`` and before moving E2B's timeout (which
+    E2B's resume set to an hour). The job delivered again finds the sandbox running: it
+    still moves the timeout to the sandbox's expiry."""
+    provider = e2b(e2b_double)
+    for name, value in provider.env.items():
+        monkeypatch.setenv(name, value)
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", provider.extension]
+    )
+    try:
+        await service.fund()
+        client = service.client
+        sandbox_id = (await client.create(provider.profile, ttl="3h"))["sandbox_id"]
+        await client.pause(sandbox_id)
+        await client.resume(sandbox_id)
+        (record,) = [
+            r for r in e2b_double.double.live() if r.metadata.get("sandboxer_id") == sandbox_id
+        ]
+        store = JetStreamEventStore(client.nc, client.js)
+        state = (await store.load(sandbox_id)).state
+        assert state.expires_at is not None
+        expires_at = datetime.fromisoformat(state.expires_at)
+        async with asyncio.timeout(20):  # the first delivery's worker moves it after `resumed`
+            while record.end_at < expires_at:
+                await asyncio.sleep(0.05)
+        record.end_at = datetime.now(UTC) + timedelta(minutes=60)  # as E2B's resume left it
+        redelivered = Job(job_id="again", sandbox_id=sandbox_id, action="resume", version=1)
+        worker_side = build_extension(provider.extension, Catalog.load(home), service.settings)
+        try:
+            await PauseJob(store, worker_side, explain=str).run(redelivered, state)
+        finally:
+            await worker_side.aclose()  # type: ignore[attr-defined]
+        assert record.end_at >= expires_at
         await client.destroy(sandbox_id)
     finally:
         await service.client.close()
