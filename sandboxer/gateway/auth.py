@@ -203,6 +203,34 @@ def _hidden(kind: str, ident: str) -> HTTPException:
     return HTTPException(404, {"code": f"unknown_{kind}", "message": f"no {kind} {ident}"})
 
 
+def _taken() -> HTTPException:
+    return HTTPException(
+        409,
+        {
+            "code": "idempotency_key_taken",
+            "message": "this Idempotency-Key already names another caller's command; "
+            "choose another (a fresh UUID, say)",
+        },
+    )
+
+
+async def own_sandbox(client: SandboxerClient, sandbox_id: str) -> dict[str, Any] | None:
+    """The sandbox a create or a restore of this caller made (None until it exists). A
+    sandbox's id comes from its command id, which is global: an Idempotency-Key another
+    project used names that project's sandbox, and its create's outcome. 409 then, with
+    nothing of it shown."""
+    sandbox = await client.get(sandbox_id)
+    if sandbox is not None and not may_see(client.actor, owner_of(sandbox)):
+        raise _taken()
+    return sandbox
+
+
+async def own_snapshot(client: SandboxerClient, snapshot: Mapping[str, Any]) -> None:
+    """As :func:`own_sandbox`, for the snapshot a snapshot command of this caller made."""
+    if not may_see(client.actor, await snapshot_owner(client, snapshot)):
+        raise _taken()
+
+
 async def require_sandbox(client: SandboxerClient, sandbox_id: str) -> None:
     """404 (as for an unknown sandbox) unless the client's actor may act on ``sandbox_id``.
     An administrator is never refused here: the service answers for unknown sandboxes."""

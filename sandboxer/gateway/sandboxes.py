@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_access import may_see, owner_of
 from sandboxer.errors import BusError, RequestError
-from sandboxer.gateway.auth import admit_create, require_sandbox
+from sandboxer.gateway.auth import admit_create, own_sandbox, require_sandbox
 from sandboxer.gateway.common import (
     ERRORS,
     CommandQuery,
@@ -73,8 +73,9 @@ async def create_sandbox(
 
     reply = await create(False)
     sandbox_id = str(reply["sandbox_id"])
+    await own_sandbox(client, sandbox_id)  # 409 when the key names another project's create
     if await within(wait, lambda: create(True)) is not None:
-        sandbox = await client.get(sandbox_id)
+        sandbox = await own_sandbox(client, sandbox_id)
         if sandbox is not None:
             return JSONResponse(
                 sandbox, status_code=201, headers={"Location": f"/v1/sandboxes/{sandbox_id}"}

@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 
 from sandboxer.gateway.auth import (
     admit_create,
+    own_sandbox,
+    own_snapshot,
     require_sandbox,
     require_snapshot,
     visible_snapshots,
@@ -69,6 +71,7 @@ async def take_snapshot(
         lambda: client.snapshot(sandbox_id, name=name, command_id=command_id, timeout=wait + 60),
     )
     if snapshot:
+        await own_snapshot(client, snapshot)  # 409 when the key names another's snapshot
         return JSONResponse(snapshot, 201, {"Location": f"/v1/snapshots/{snapshot_id}"})
     return accepted(command_id, snapshot_id=snapshot_id)
 
@@ -177,7 +180,9 @@ async def restore_snapshot(
         ),
     )
     if finished is not None:
-        sandbox = await client.get(sandbox_id)
+        sandbox = await own_sandbox(client, sandbox_id)
         if sandbox is not None:
             return JSONResponse(sandbox, 201, {"Location": f"/v1/sandboxes/{sandbox_id}"})
+    else:
+        await own_sandbox(client, sandbox_id)
     return accepted(command_id, sandbox_id=sandbox_id)

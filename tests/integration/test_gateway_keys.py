@@ -273,6 +273,27 @@ async def test_an_agent_key_cannot_see_or_touch_another_projects_sandbox(front: 
         )
 
 
+async def test_another_projects_idempotency_key_shows_nothing_of_its_sandbox(
+    front: Front,
+) -> None:
+    """A sandbox's id comes from its command id, and command ids are global: a key of beta
+    that reuses alpha's Idempotency-Key names alpha's create. It must not get its outcome."""
+    alpha, beta = await front.key("alpha"), await front.key("beta")
+    idempotent = {"Idempotency-Key": "build-4711"}
+    async with front.http(alpha) as a, front.http(beta) as b:
+        made = await a.post("/v1/sandboxes?wait=60s", json={}, headers=idempotent)
+        assert made.status_code == 201, made.text
+        sandbox_id = made.json()["sandbox_id"]
+        taken = await b.post("/v1/sandboxes?wait=30s", json={}, headers=idempotent)
+        assert_error(taken, 409, "idempotency_key_taken")
+        assert sandbox_id not in taken.text
+        # The owner's own retry is still the same command, answered with its sandbox.
+        again = await a.post("/v1/sandboxes?wait=30s", json={}, headers=idempotent)
+        assert again.status_code == 201, again.text
+        assert again.json()["sandbox_id"] == sandbox_id
+        await a.delete(f"/v1/sandboxes/{sandbox_id}?wait=30s")
+
+
 async def test_a_revoked_key_stops_working_at_once(front: Front) -> None:
     key = await front.key("alpha")
     async with front.http(key) as api:
