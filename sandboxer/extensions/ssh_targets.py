@@ -76,6 +76,12 @@ class Target:
         """The sandbox's ownership marker, beside (not inside) its directory."""
         return f"{self.config.workspace_root}/{DIR_PREFIX}{sandbox_id}.json"
 
+    def secrets(self, sandbox_id: str) -> str:
+        """The file of a stack's secrets, beside its directory: a service that mounts the
+        directory could write a file inside it, and this one is sourced by the shell that
+        runs every compose command on the host."""
+        return f"{self.config.workspace_root}/{DIR_PREFIX}{sandbox_id}.env"
+
     def describe(self) -> dict[str, Any]:
         return {
             "host": self.name,

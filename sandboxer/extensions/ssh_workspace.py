@@ -56,12 +56,12 @@ done
 
 # What is left of one sandbox, in one round trip: its marker ($1) as "M <json>",
 # "X" when anything is at its directory path ($2), "D" when that is a real
-# directory, "E" when it holds a secrets file.
+# directory, "E" when its secrets file ($3, beside the directory) is there.
 _PROBE_SCRIPT = r"""
 if [ -f "$1" ] && [ ! -L "$1" ]; then printf 'M '; tr -d '\n' < "$1"; printf '\n'; fi
 if [ -e "$2" ] || [ -L "$2" ]; then echo X; fi
 if [ -d "$2" ] && [ ! -L "$2" ]; then echo D; fi
-if [ -f "$2/.sandboxer.env" ]; then echo E; fi
+if [ -f "$3" ] && [ ! -L "$3" ]; then echo E; fi
 exit 0
 """
 
@@ -168,7 +168,15 @@ class Probe:
 async def probe(conn: Connection, item: Target, sandbox_id: str) -> Probe:
     result = await remote.run(
         conn,
-        ["sh", "-c", _PROBE_SCRIPT, "sh", item.marker(sandbox_id), item.workspace(sandbox_id)],
+        [
+            "sh",
+            "-c",
+            _PROBE_SCRIPT,
+            "sh",
+            item.marker(sandbox_id),
+            item.workspace(sandbox_id),
+            item.secrets(sandbox_id),
+        ],
         timeout=SHORT_TIMEOUT,
     )
     lines = result.stdout.splitlines()
@@ -183,10 +191,13 @@ async def probe(conn: Connection, item: Target, sandbox_id: str) -> Probe:
 
 
 async def remove(conn: Connection, item: Target, sandbox_id: str, found: Probe) -> None:
-    """Delete the sandbox's directory, then its marker (whichever :func:`probe` found)."""
+    """Delete the sandbox's directory and secrets file, then its marker (whichever
+    :func:`probe` found)."""
     root = item.config.workspace_root
     if found.path_exists:
         await remote.remove_tree(conn, item.workspace(sandbox_id), root=root)
+    if found.secrets_file:
+        await remote.remove_tree(conn, item.secrets(sandbox_id), root=root)
     if found.marker_exists:
         await remote.remove_tree(conn, item.marker(sandbox_id), root=root)
 

@@ -198,8 +198,14 @@ async def test_full_lifecycle(env: Env, tmp_path: Path) -> None:
     assert len(env.containers("composelife01")) == 2
     assert (directory / "README").read_text() == "the repo\n"
 
-    secrets_file = directory / ".sandboxer.env"
+    # Beside the directory, not in it: a service that mounts the directory (`.:/app` is
+    # common) could write into it, and the host's shell sources the file.
+    secrets_file = env.root / "sbx-composelife01.env"
     assert secrets_file.stat().st_mode & 0o777 == 0o600
+    assert descriptor["secrets_file"] == str(secrets_file)
+    assert not (directory / ".sandboxer.env").exists()
+    pwned = tmp_path / "pwned"
+    (directory / ".sandboxer.env").write_text(f"touch {pwned}\n")  # as such a service could
     worker = next(n for n in env.containers("composelife01") if "worker" in n)
     delivered = env.engine.cli("exec", worker, "/bin/sh", "-c", "echo $API_TOKEN").stdout.strip()
     assert delivered == SECRET  # interpolated from the secrets, never on a command line
@@ -225,6 +231,7 @@ async def test_full_lifecycle(env: Env, tmp_path: Path) -> None:
         await collect_exec(env.extension, "composelife01", ["true"], service="nope")
     with pytest.raises(InvalidInput, match="not a compose service name"):
         await collect_exec(env.extension, "composelife01", ["true"], service="$(reboot)")
+    assert not pwned.exists()  # the compose commands on the host never read the planted file
 
     report = await env.extension.inspect_host("host1")
     assert report["reachable"] is True
@@ -250,6 +257,8 @@ async def test_full_lifecycle(env: Env, tmp_path: Path) -> None:
     assert env.containers("composelife01") == []
     assert not directory.exists()
     assert not (env.root / "sbx-composelife01.json").exists()
+    assert not secrets_file.exists()
+    assert not pwned.exists()
     assert await env.extension.list_sandboxes() == []
     await env.extension.teardown("composelife01", host="host1")  # twice is fine
     await env.extension.teardown("composelife01")  # and without a host
@@ -306,7 +315,7 @@ async def test_provision_again_starts_clean_and_compose_file_input(
     readiness = await env.extension.wait_ready(request)
     assert readiness.descriptor["compose_file"].endswith("/stacks/e2e.yml")
     assert not (env.root / "sbx-composeagain1" / "leftover").exists()
-    assert not (env.root / "sbx-composeagain1" / ".sandboxer.env").exists()  # no secrets
+    assert not (env.root / "sbx-composeagain1.env").exists()  # no secrets
     assert len(env.containers("composeagain1")) == 2
     assert [f.sandbox_id for f in await env.extension.list_sandboxes()] == ["composeagain1"]
 

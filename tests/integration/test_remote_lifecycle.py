@@ -139,7 +139,8 @@ async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
         assert len(containers(compose_engine, project)) == 2
         directory = Path(descriptor["directory"])
         assert (directory / "README").read_text() == "the repo\n"
-        secrets_file = directory / ".sandboxer.env"
+        secrets_file = Path(descriptor["secrets_file"])  # beside the directory, not in it
+        assert secrets_file == directory.parent / f"{directory.name}.env"
         assert secrets_file.stat().st_mode & 0o777 == 0o600
 
         out: list[bytes] = []
@@ -366,7 +367,7 @@ async def test_planted_orphans_are_found_and_reaped(
             assert reply["hosts"][0]["removed"] == found[ext_id]
         workspaces = Path(compose_hosts[0].host.workspace_root)
         left = sorted(p.name for p in workspaces.iterdir())
-        assert left == [f"sbx-{healthy}", f"sbx-{healthy}.json"]
+        assert left == [f"sbx-{healthy}", f"sbx-{healthy}.env", f"sbx-{healthy}.json"]
         assert containers(compose_engine, "sbx-plantedcompose1") == []
         assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]
         await client.destroy(healthy)
@@ -427,6 +428,7 @@ async def test_dead_stacks_and_deleted_workspaces_are_corpses_that_reap_clears(
         workspaces = Path(compose_hosts[0].host.workspace_root)
         assert sorted(p.name for p in workspaces.iterdir()) == [
             f"sbx-{healthy}",
+            f"sbx-{healthy}.env",
             f"sbx-{healthy}.json",
         ]
         assert containers(compose_engine, f"sbx-{exited}") == []

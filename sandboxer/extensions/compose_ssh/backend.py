@@ -6,7 +6,8 @@ fresh create has just made, else rsync, or SFTP where rsync is missing), and
 the compose project ``sbx-<id>`` started from a compose file
 inside it with the host's ``compose_cmd`` (``docker compose``,
 ``docker-compose`` or ``podman-compose``). Secrets go to
-``<dir>/.sandboxer.env`` (mode 0600) and into the environment of every
+``<workspace_root>/sbx-<id>.env`` (mode 0600, beside the directory: a service
+may mount the directory) and into the environment of every
 compose command by sourcing that file on the host, so they are never on a
 command line, in a descriptor or in an error message. The marker
 ``<workspace_root>/sbx-<id>.json`` records the compose file for teardown.

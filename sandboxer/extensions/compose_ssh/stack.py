@@ -1,8 +1,10 @@
 """Where one sandbox's compose project lives on its host, and how its commands are run.
 
 Secrets reach compose through the environment: each compose command runs as
-``sh -c 'set -a; . ENV_FILE; set +a; exec compose ...'``, so a value is never
-on a command line.
+``sh -c 'set -a; . <workspace_root>/sbx-<id>.env; set +a; exec compose ...'``, so a
+value is never on a command line. The file sits beside the sandbox's directory, not
+in it: a service that mounts the directory could write into it, and the shell on the
+host would run what it wrote.
 
 A sandbox whose network policy is deny gets a second compose file,
 :data:`NO_NETWORK_FILE`, giving every service ``network_mode: none``; every
@@ -21,7 +23,7 @@ from sandboxer.extensions.compose_ssh import containers
 from sandboxer.extensions.compose_ssh.compose_file import ComposeFileError, check_compose_file
 from sandboxer.extensions.compose_ssh.egress_plan import EGRESS_OVERRIDE_FILE
 from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT, Target
-from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe
+from sandboxer.extensions.ssh_workspace import Probe
 from sandboxer.ssh import Connection, remote
 
 __all__ = ["NO_NETWORK_FILE", "Plan", "Stack", "no_network_override"]
@@ -80,7 +82,8 @@ class Stack:
 
     @property
     def env_path(self) -> str:
-        return f"{self.directory}/{ENV_FILE}"
+        """Beside the directory, never in it (``Target.secrets``)."""
+        return self.target.secrets(self.sandbox_id)
 
     @property
     def project(self) -> str:
