@@ -464,6 +464,39 @@ async def test_hostile_ids_are_refused_by_teardown_and_exec(unreachable: Env) ->
     assert await extension.list_sandboxes() == []  # the unreachable host is skipped
 
 
+async def test_a_host_whose_engine_does_not_answer_keeps_its_stacks_alive(
+    ssh_hosts: SshHosts,
+    docker_engine: DockerEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine restarting or overloaded says nothing of the stacks: a listing that took
+    them for dead had every worker's reconcile (and reap-stale) tear them down."""
+    monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
+    [host] = await ssh_hosts(1, env=docker_engine.env)
+    write_hosts_file(tmp_path / "home" / "hosts.yaml", [host])
+    extension = ComposeSshExtension(settings_for(tmp_path / "home"))
+    # The same host, seen through an engine that does not answer.
+    blind_engine = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    write_hosts_file(tmp_path / "blind" / "hosts.yaml", [host], env=blind_engine)
+    blind = ComposeSshExtension(settings_for(tmp_path / "blind"))
+    request = ProvisionRequest(
+        sandbox_id="composeblind1",
+        profile=Catalog.load().profile("profile.compose-e2e"),
+        inputs={"repo": str(make_repo(tmp_path / "repo"))},
+        host="host1",
+    )
+    try:
+        await extension.provision(request)
+        await extension.wait_ready(request)
+        [found] = await blind.list_sandboxes()
+        assert (found.sandbox_id, found.alive) == ("composeblind1", True)
+        assert "engine_error" in found.detail
+        assert "dead" not in found.detail
+    finally:
+        await extension.teardown("composeblind1", host="host1")
+
+
 async def test_unreachable_hosts_are_skipped_when_listing(
     ssh_hosts: SshHosts,
     docker_engine: DockerEngine,

@@ -419,8 +419,10 @@ class ComposeSshExtension(SshBackend):
         try:
             owned = await engine.owned_containers(conn, item)
         except RemoteCommandFailed as exc:
+            # The engine did not answer (restarting, overloaded): that says nothing of the
+            # stacks, and a stack taken for dead is torn down by reconcile and reap.
             log.warning("%s: host %s: cannot list containers: %s", self.id, item.name, exc.message)
-            owned = []
+            return listing.found_on_host(item, held, [], self.id, engine_error=exc.message)
         return listing.found_on_host(item, held, owned, self.id)
 
     async def _teardown_on(

@@ -35,9 +35,17 @@ def why_dead(
 
 
 def found_on_host(
-    item: Target, scan: Scan, owned: Sequence[containers.Container], extension: str
+    item: Target,
+    scan: Scan,
+    owned: Sequence[containers.Container],
+    extension: str,
+    *,
+    engine_error: str | None = None,
 ) -> list[FoundSandbox]:
-    """Every compose sandbox on the host: those a marker names and those with containers."""
+    """Every compose sandbox on the host: those a marker names and those with containers.
+    ``engine_error``: the engine could not list containers, so whether a stack runs is
+    unknown; a sandbox with its directory is then taken as alive (``engine_error`` in its
+    detail), never as dead."""
     by_sandbox: dict[str, list[containers.Container]] = {}
     for container in owned:
         sandbox_id = containers.sandbox_of_project(container.project)
@@ -49,8 +57,11 @@ def found_on_host(
         marker = scan.markers.get(sandbox_id, {})
         has_directory = sandbox_id in scan.directories
         project = containers.project_name(sandbox_id)
-        dead = why_dead(project, has_directory, items)
-        detail = {
+        if engine_error is not None:
+            dead = None if has_directory else why_dead(project, has_directory, items)
+        else:
+            dead = why_dead(project, has_directory, items)
+        detail: dict[str, object] = {
             "directory": item.workspace(sandbox_id) if has_directory else None,
             "compose_project": project,
             "compose_file": marker.get("compose_file"),
@@ -61,6 +72,8 @@ def found_on_host(
         }
         if dead is not None:
             detail["dead"] = dead
+        if engine_error is not None:
+            detail["engine_error"] = engine_error[:500]
         found.append(
             FoundSandbox(sandbox_id=sandbox_id, alive=dead is None, host=item.name, detail=detail)
         )
