@@ -85,6 +85,16 @@ def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
         return
     rows = []
     for host in hosts:
+        if host.get("unreachable"):
+            rows.append(
+                (
+                    host["host"],
+                    host["extension"],
+                    "unreachable",
+                    "-",
+                    f"not judged (it did not answer: {host['unreachable']}); try again later",
+                )
+            )
         for orphan in host.get("orphans", []):
             rows.append(
                 (

@@ -14,12 +14,13 @@ declares them the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.settings import Settings
+from sandboxer.domain.found import FoundSandbox
 from sandboxer.errors import ConfigError
 
 __all__ = [
@@ -65,6 +66,15 @@ class HostInspector(Protocol):
 
     async def inspect_host(self, host: str | None = None) -> dict[str, Any]:
         """A JSON-able report; ``host`` is a hosts-file name, None for the worker's machine."""
+
+
+@runtime_checkable
+class HostLister(Protocol):
+    """Lists what one host holds, and fails when the host does not answer (where
+    ``list_sandboxes`` skips it): whoever judges a host's sandboxes by what it holds must
+    not take a host that is down for an empty one."""
+
+    async def list_host(self, host: str) -> Sequence[FoundSandbox]: ...
 
 
 @runtime_checkable

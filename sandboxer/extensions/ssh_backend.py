@@ -21,7 +21,13 @@ from sandboxer.errors import SandboxNotFound, Unsupported
 from sandboxer.extensions import ssh_checks
 from sandboxer.extensions.base import OutputSink, Stdin
 from sandboxer.extensions.ssh_exec_stop import STOP_TIMEOUT, stoppable
-from sandboxer.extensions.ssh_targets import Target, reachable_targets, session, target
+from sandboxer.extensions.ssh_targets import (
+    LIST_CONNECT_TIMEOUT,
+    Target,
+    reachable_targets,
+    session,
+    target,
+)
 from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe, exists, probe
 from sandboxer.ssh import Connection, fetch_tree, remote, stream
 from sandboxer.workspaces.extract import extract_archive
@@ -87,6 +93,12 @@ class SshBackend:
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         found = await reachable_targets(self.settings, self.id, self._found_on)
         return [sandbox for _, items in found for sandbox in items]
+
+    async def list_host(self, host: str) -> Sequence[FoundSandbox]:
+        """What ``host`` holds; HostUnreachable (or HostKeyRejected) when it does not answer."""
+        item = target(self.settings, host, sandbox_id=None, extension=self.id)
+        async with session(item, timeout=LIST_CONNECT_TIMEOUT) as conn:
+            return await self._found_on(item, conn)
 
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None

@@ -36,9 +36,16 @@ from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.drift import Drift, corpse_reason, find_drift
 from sandboxer.domain.sandbox_decide import FinishTeardown, MarkFailed, MarkTeardownFailed
-from sandboxer.errors import BusError, RequestError, SandboxerError
+from sandboxer.errors import (
+    BusError,
+    HostKeyRejected,
+    HostUnreachable,
+    RequestError,
+    SandboxerError,
+)
 from sandboxer.events.types import SYSTEM_ACTOR, HostReaped
 from sandboxer.extensions.base import Extension
+from sandboxer.extensions.capabilities import HostLister
 from sandboxer.workers.backend_for import backend_for_id, on_project_keys
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_events import event_host, inspect_and_record
@@ -117,7 +124,12 @@ class InventoryService:
     # -- stale and reap ------------------------------------------------------------------------
 
     async def _drift(self, host: str | None) -> Drift:
-        found = [f for f in await self._extension.list_sandboxes() if f.host == host]
+        if host is not None and isinstance(self._extension, HostLister):
+            # Not list_sandboxes, which skips a host that does not answer: every sandbox the
+            # log places there would be a ghost, marked failed, and torn down once it is back.
+            found = list(await self._extension.list_host(host))
+        else:
+            found = [f for f in await self._extension.list_sandboxes() if f.host == host]
         statuses: dict[str, str] = {}
         for item in found:
             state = (await self._store.load(item.sandbox_id)).state
@@ -176,9 +188,13 @@ class InventoryService:
         return mine
 
     async def _stale(self, request: dict[str, Any]) -> dict[str, Any]:
-        hosts = []
+        hosts: list[dict[str, Any]] = []
         for host in self._hosts(request):
-            drift = await self._drift(host)
+            try:
+                drift = await self._drift(host)
+            except (HostUnreachable, HostKeyRejected) as exc:
+                hosts.append({"host": event_host(host), "unreachable": exc.message})
+                continue
             hosts.append(
                 {
                     "host": event_host(host),
@@ -191,9 +207,13 @@ class InventoryService:
     async def _reap(self, request: dict[str, Any]) -> dict[str, Any]:
         if not request.get("apply"):
             return {**await self._stale(request), "applied": False}
-        hosts = []
+        hosts: list[dict[str, Any]] = []
         for host in self._hosts(request):
-            drift = await self._drift(host)
+            try:
+                drift = await self._drift(host)
+            except (HostUnreachable, HostKeyRejected) as exc:  # judged once it answers
+                hosts.append({"host": event_host(host), "unreachable": exc.message})
+                continue
             removed = []
             for orphan in drift.orphans:
                 await self._extension.teardown(orphan.sandbox_id, host=host)

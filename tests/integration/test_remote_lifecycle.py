@@ -234,6 +234,39 @@ async def test_sshd_killed_mid_provisioning_then_reap_cleans_the_host(
         await service.shutdown()
 
 
+async def test_reap_judges_nothing_on_a_host_that_does_not_answer(
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    compose_hosts: list[SshHostInfo],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host down for a moment is not an empty host: reap-stale took every sandbox the log
+    placed there for a ghost, marked it failed, and tore it down once the host was back."""
+    host1 = compose_hosts[0]
+    service = await remote_service(home, nats_server.url, compose_hosts, monkeypatch)
+    try:
+        client = service.client
+        ready = await client.create(
+            "profile.test-compose", {"repo": str(make_repo(tmp_path / "repo"))}, host="host1"
+        )
+        sandbox_id = ready["sandbox_id"]
+        await host1.server.stop()
+        [reply] = await client.inventory("reap", "ext.compose-ssh", {"apply": True})
+        assert reply["ok"], reply
+        by_host = {h["host"]: h for h in reply["hosts"]}
+        assert "unreachable" in by_host["host1"]
+        assert by_host["host1"].get("marked_failed", []) == []
+        await host1.server.start()
+        assert (await client.get(sandbox_id) or {})["status"] == "ready"
+        [stale] = await client.inventory("stale", "ext.compose-ssh", {"host": "host1"})
+        assert stale["hosts"][0]["ghosts"] == []
+        await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
 async def test_wrong_host_key_is_refused(
     nats_server: Any,
     home: Path,
