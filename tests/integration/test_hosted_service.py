@@ -212,21 +212,29 @@ async def test_create_extend_destroy_through_the_bus(
         await service.shutdown()
 
 
+async def served_e2b(
+    nats_server: Any, home: Path, e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Provider, Service]:
+    """The service, with its E2B worker against the double, and a funded account."""
+    provider = e2b(e2b_double)
+    for name, value in provider.env.items():
+        monkeypatch.setenv(name, value)
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", provider.extension]
+    )
+    await service.fund()
+    return provider, service
+
+
 async def test_an_extension_while_provisioning_reaches_the_providers_timeout(
     nats_server: Any, home: Path, e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The provider is given the expiry the sandbox had when its provisioning started. An
     extension decided while it provisions sends no retime (it is not ready yet): the worker
     that records ``ready`` moves the provider's timeout, or E2B ends the sandbox early."""
-    provider = e2b(e2b_double)
-    for name, value in provider.env.items():
-        monkeypatch.setenv(name, value)
+    provider, service = await served_e2b(nats_server, home, e2b_double, monkeypatch)
     provider.fault("latency", method="POST", pattern=provider.create_path, seconds=2)
-    service = await start_service(
-        home, nats_server.url, roles=["control", "projector", provider.extension]
-    )
     try:
-        await service.fund()
         client = service.client
         created = await client.create(provider.profile, ttl="10m", wait=False)
         sandbox_id = created["sandbox_id"]
@@ -249,14 +257,8 @@ async def test_a_resume_job_delivered_again_moves_the_providers_timeout(
     """The worker died after recording ``resumed`` and before moving E2B's timeout (which
     E2B's resume set to an hour). The job delivered again finds the sandbox running: it
     still moves the timeout to the sandbox's expiry."""
-    provider = e2b(e2b_double)
-    for name, value in provider.env.items():
-        monkeypatch.setenv(name, value)
-    service = await start_service(
-        home, nats_server.url, roles=["control", "projector", provider.extension]
-    )
+    provider, service = await served_e2b(nats_server, home, e2b_double, monkeypatch)
     try:
-        await service.fund()
         client = service.client
         sandbox_id = (await client.create(provider.profile, ttl="3h"))["sandbox_id"]
         await client.pause(sandbox_id)
