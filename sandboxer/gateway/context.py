@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "BusClient",
     "CommandId",
     "Gateway",
+    "KeyStanding",
     "RequestActor",
     "RequestKey",
     "ServiceClient",
@@ -146,6 +148,31 @@ async def request_key(
 
 
 RequestKey = Annotated[KeyState, Depends(request_key)]
+
+
+KEY_RECHECK_SECONDS = 1.0
+"""How often a long response (an event stream) asks the log again whether its key still
+stands: a revoked key's stream ends at the first event after that."""
+
+
+async def key_standing(
+    request: Request, gw: Annotated[Gateway, Depends(gateway)], _key: RequestKey
+) -> Callable[[], Awaitable[bool]]:
+    """For a response that outlives its request's check: whether the key is still active,
+    read from the log at most every :data:`KEY_RECHECK_SECONDS`."""
+    key = bearer_key(request.headers.get("authorization")) or ""
+    checked = {"at": time.monotonic(), "active": True}
+
+    async def standing() -> bool:
+        if time.monotonic() - checked["at"] >= KEY_RECHECK_SECONDS:
+            checked["at"] = time.monotonic()
+            checked["active"] = await gw.keys().active(key) is not None
+        return bool(checked["active"])
+
+    return standing
+
+
+KeyStanding = Annotated[Callable[[], Awaitable[bool]], Depends(key_standing)]
 
 
 def request_actor(key: RequestKey) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sandboxer.client import SandboxerClient
 from sandboxer.gateway.auth import event_visibility, require_sandbox
 from sandboxer.gateway.common import ERRORS, SSE_ERRORS, SandboxId
-from sandboxer.gateway.context import BusClient, request_actor
+from sandboxer.gateway.context import BusClient, KeyStanding, request_actor
 from sandboxer.gateway.models import PROJECT, SANDBOX_ID
 
 __all__ = ["EventFilter", "event_stream", "router", "start_after"]
@@ -59,12 +59,16 @@ async def event_stream(
     start_seq: int,
     follow: bool,
     visible: Callable[[Mapping[str, Any], int], Awaitable[bool]] | None = None,
+    standing: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """``visible`` (gateway/auth.py's ``event_visibility``) hides what the request's key may
-    not see: events of other projects' sandboxes, snapshots and accounts."""
+    not see: events of other projects' sandboxes, snapshots and accounts. ``standing``
+    (context.py's ``key_standing``) ends the stream once the key is revoked."""
     async for seq, event in client.events(
         sandbox_id=chosen.sandbox_id, follow=follow, start_seq=start_seq
     ):
+        if standing is not None and not await standing():
+            return  # revoked since the stream began: it hears nothing more
         if chosen.matches(event) and (visible is None or await visible(event, seq)):
             yield ServerSentEvent(
                 id=str(seq),
@@ -116,6 +120,7 @@ def _types(raw: list[str] | None) -> set[str]:
 @router.get("/events", response_class=EventSourceResponse, responses=SSE_ERRORS, tags=["events"])
 async def events(
     client: BusClient,
+    standing: KeyStanding,
     last_event_id: LastEventId = None,
     after: After = None,
     sandbox_id: Annotated[str | None, Query(alias="sandbox", pattern=SANDBOX_ID)] = None,
@@ -128,7 +133,9 @@ async def events(
     chosen = EventFilter(sandbox_id=sandbox_id, project=project, types=_types(types))
     start = start_after(last_event_id, after)
     visible = event_visibility(client)
-    async for item in event_stream(client, chosen, start_seq=start, follow=follow, visible=visible):
+    async for item in event_stream(
+        client, chosen, start_seq=start, follow=follow, visible=visible, standing=standing
+    ):
         yield item
 
 
@@ -141,6 +148,7 @@ async def events(
 async def sandbox_events(
     sandbox_id: VisibleSandboxId,
     client: BusClient,
+    standing: KeyStanding,
     last_event_id: LastEventId = None,
     after: After = None,
     types: Types = None,
@@ -150,5 +158,7 @@ async def sandbox_events(
     chosen = EventFilter(sandbox_id=sandbox_id, types=_types(types))
     start = start_after(last_event_id, after)
     visible = event_visibility(client)
-    async for item in event_stream(client, chosen, start_seq=start, follow=follow, visible=visible):
+    async for item in event_stream(
+        client, chosen, start_seq=start, follow=follow, visible=visible, standing=standing
+    ):
         yield item

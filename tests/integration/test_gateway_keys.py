@@ -21,6 +21,7 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key, list_keys, revoke_key
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_state import hash_key, key_id_for
+from sandboxer.gateway import context
 from sandboxer.projections.sandbox_view import SandboxView
 from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
 
@@ -375,3 +376,35 @@ async def test_a_keys_event_stream_waits_for_the_view_to_know_an_events_sandbox(
         async with asyncio.timeout(30):
             assert sandbox_id in await reading
     await alpha.destroy(sandbox_id)
+
+
+async def test_a_revoked_keys_event_stream_ends(front: Front) -> None:
+    """A stream is checked when it opens; it may stay open for days. Revoked, its key hears
+    nothing more: the stream ends at the first event after the next look at the log."""
+    key = await front.key("alpha")
+    alpha = SandboxerClient(
+        front.service.client.nc, actor={"type": "agt", "id": "pytest", "project": "alpha"}
+    )
+    heard: list[str] = []
+    async with front.http(key) as api:
+
+        async def listen() -> None:
+            params = {"type": "ready"}
+            async with api.stream("GET", "/v1/events", params=params) as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:"):
+                        heard.append(line)
+
+        listening = asyncio.create_task(listen())
+        before = (await alpha.create("profile.local"))["sandbox_id"]
+        async with asyncio.timeout(30):
+            while not any(before in line for line in heard):
+                await asyncio.sleep(0.05)
+        await revoke_key(front.admin, key_id_for(hash_key(key)))
+        await asyncio.sleep(context.KEY_RECHECK_SECONDS + 0.2)
+        after = (await alpha.create("profile.local"))["sandbox_id"]
+        async with asyncio.timeout(30):
+            await listening  # the stream ended
+        assert not any(after in line for line in heard)
+    for sandbox_id in (before, after):
+        await alpha.destroy(sandbox_id)
