@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandboxer import __version__
 from sandboxer.gateway import accounts, catalog, events, files, health, sandboxes, snapshots
-from sandboxer.gateway.context import Gateway
+from sandboxer.gateway.context import CHECKED_KEY, Gateway, key_of
 from sandboxer.gateway.errors import error_response, install_error_handlers
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -58,7 +58,7 @@ def create_app(gw: Gateway) -> FastAPI:
     app.include_router(catalog.router)
     app.include_router(events.router)
     app.include_router(files.router)  # exec and files
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, gw=gw)
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -100,11 +100,17 @@ def _as_openapi_31(document: dict[str, Any]) -> dict[str, Any]:
 class BodyLimit:
     """Refuse a request body over ``limit`` bytes with 413 in the error shape: at once when
     its Content-Length says so, else as soon as the bytes read pass it; and headers over
-    MAX_HEADER_BYTES with 431."""
+    MAX_HEADER_BYTES with 431.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    A request allowed a larger body (an exec, an upload) shows a valid key before any of
+    its body is read: the routes' own key check runs only once the body has been read and
+    parsed, and a caller with no key could otherwise have the gateway take in megabytes
+    of JSON for each request it sends."""
+
+    def __init__(self, app: ASGIApp, limit: int, gw: Gateway) -> None:
         self.app = app
         self.limit = limit
+        self.gw = gw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,6 +131,20 @@ class BodyLimit:
             )
             await error_response(status, code, message)(scope, receive, send)
             return
+        if limit > self.limit:
+            try:
+                key = await key_of(self.gw, Headers(scope=scope).get("authorization"))
+            except HTTPException as exc:  # 401, or 503 with no bus
+                detail: dict[str, Any] = exc.detail if isinstance(exc.detail, dict) else {}
+                answer = error_response(
+                    exc.status_code,
+                    str(detail.get("code", "unauthorized")),
+                    str(detail.get("message", exc.detail)),
+                    headers=dict(exc.headers or {}),
+                )
+                await answer(scope, receive, send)
+                return
+            scope.setdefault("state", {})[CHECKED_KEY] = key
         total = 0
 
         async def limited() -> Message:

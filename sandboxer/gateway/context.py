@@ -30,6 +30,7 @@ from sandboxer.gateway.auth import KeyLookup, RateLimiter, bearer_key, retry_aft
 from sandboxer.ids import COMMAND_ID_RULE, is_valid_command_id, new_command_id
 
 __all__ = [
+    "CHECKED_KEY",
     "MAX_WAIT_SECONDS",
     "BusClient",
     "CommandId",
@@ -40,6 +41,7 @@ __all__ = [
     "ServiceClient",
     "Wait",
     "default_actor",
+    "key_of",
     "parse_wait",
     "request_actor",
     "request_key",
@@ -112,13 +114,9 @@ def _unauthorized(message: str, *, invalid: bool) -> HTTPException:
     )
 
 
-async def request_key(
-    request: Request,
-    gw: Annotated[Gateway, Depends(gateway)],
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> KeyState:
-    """The request's API key (read from the log: a revoked key fails at once), within its rate."""
-    header = request.headers.get("authorization")
+async def key_of(gw: Gateway, header: str | None) -> KeyState:
+    """The active key an ``Authorization`` header bears, read from the log (a revoked key
+    fails at once); 401 otherwise."""
     if header is None:
         raise _unauthorized(
             "this route needs an API key: send 'Authorization: Bearer <key>' (an administrator "
@@ -133,6 +131,26 @@ async def request_key(
             "key may be unknown or revoked)",
             invalid=True,
         )
+    return state
+
+
+CHECKED_KEY = "sandboxer.key"
+"""Where in a request's scope state the key already checked before its body was read
+(``app.BodyLimit``) is kept, so it is read from the log once."""
+
+
+async def request_key(
+    request: Request,
+    gw: Annotated[Gateway, Depends(gateway)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> KeyState:
+    """The request's API key (read from the log: a revoked key fails at once), within its rate."""
+    checked = request.scope.get("state", {}).get(CHECKED_KEY)
+    state = (
+        checked
+        if isinstance(checked, KeyState)
+        else await key_of(gw, request.headers.get("authorization"))
+    )
     wait = gw.limiter.take(state.key_id, state.rate_per_second)
     if wait is not None:
         raise HTTPException(

@@ -146,6 +146,36 @@ async def test_no_key_is_401_and_health_needs_none(front: Front) -> None:
             assert response.headers["www-authenticate"].startswith("Bearer")
 
 
+async def test_a_large_body_needs_a_key_before_it_is_read(front: Front) -> None:
+    """An exec or an upload may carry megabytes: without a valid key it is refused before
+    any of its body is read (the headers promise 8 MB, and none of it ever comes)."""
+    good = await front.key("alpha")
+    host, port = front.url.removeprefix("http://").rsplit(":", 1)
+    for method, path in (
+        (b"POST", b"/v1/sandboxes/abcdefgh12/exec"),
+        (b"PUT", b"/v1/sandboxes/abcdefgh12/files?path=x"),
+    ):
+        for authorization in (b"", b"Authorization: Bearer sbx_" + b"A" * 43 + b"\r\n"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(
+                    method
+                    + b" "
+                    + path
+                    + b" HTTP/1.1\r\nHost: test\r\n"
+                    + authorization
+                    + b"Content-Type: application/json\r\nContent-Length: 8000000\r\n\r\n{"
+                )
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            finally:
+                writer.close()
+            assert head.split(b" ", 2)[1] == b"401", (method, path, head)
+    async with front.http(good) as api:  # with the key the route itself answers
+        answer = await api.post("/v1/sandboxes/abcdefgh12/exec", json={"argv": ["true"]})
+        assert_error(answer, 404, "unknown_sandbox")
+
+
 async def raw_get(url: str, path: str, header: bytes) -> tuple[int, bytes]:
     """A GET with one header line sent as raw bytes (HTTP clients refuse to send some of
     them): the status and the body."""
