@@ -130,6 +130,9 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_id: str
     status: str
     sandbox_id: str | None = None
+    project: str | None = None
+    """The project it belongs to: its sandbox's, whoever took it (None if taken before
+    snapshots recorded it)."""
     name: str | None = None
     profile: str | None = None
     extension: str | None = None
@@ -147,6 +150,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
             snapshot_id=str(row.get("snapshot_id") or ""),
             status=str(row.get("status") or "unknown"),
             sandbox_id=_str(row, "sandbox_id"),
+            project=_str(row, "project"),
             name=_str(row, "name"),
             profile=_str(row, "profile"),
             extension=_str(row, "extension"),

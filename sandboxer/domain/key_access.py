@@ -31,6 +31,7 @@ __all__ = [
     "owner_refusal",
     "project_of_actor",
     "scope_of",
+    "snapshot_owner",
 ]
 
 
@@ -58,8 +59,20 @@ def project_of_actor(actor: Mapping[str, Any]) -> str:
 
 
 def owner_of(resource: Mapping[str, Any]) -> str:
-    """The project a sandbox or snapshot (as queries return them) belongs to: its creator's."""
+    """The project a sandbox (as queries return it) belongs to: its creator's. A snapshot's
+    is :func:`snapshot_owner`."""
     return _project_of(resource.get("actor"))
+
+
+def snapshot_owner(snapshot: Mapping[str, Any], sandbox: Mapping[str, Any] | None) -> str:
+    """The project a snapshot (as queries return it) belongs to: its sandbox's, whoever took
+    it (an administrator may snapshot any project's sandbox, and the snapshot stays that
+    project's). As ``snapshot_requested`` recorded it; for a snapshot recorded before that,
+    as ``sandbox`` (its sandbox, when known) says; the taker's only when neither is known."""
+    project = snapshot.get("project")
+    if isinstance(project, str) and project:
+        return project
+    return owner_of(sandbox if sandbox is not None else snapshot)
 
 
 def may_see(actor: Mapping[str, Any], project: str | None) -> bool:

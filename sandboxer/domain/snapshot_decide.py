@@ -44,6 +44,8 @@ class RequestSnapshot:
     host: str | None = None
     profile: str | None = None
     name: str | None = None
+    project: str | None = None
+    """The sandbox's project: the snapshot's owner."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +103,7 @@ def decide_snapshot(
                     host=command.host,
                     profile=command.profile,
                     name=command.name,
+                    project=command.project,
                 )
             ]
         case RecordSnapshotStored():

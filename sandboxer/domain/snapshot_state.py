@@ -46,6 +46,10 @@ class SnapshotState(msgspec.Struct, frozen=True, kw_only=True):
     profile: str | None = None
     name: str | None = None
     actor: Actor | None = None
+    """Who took the snapshot (which need not be its owner: see ``project``)."""
+    project: str | None = None
+    """The project it belongs to, its sandbox's, as ``snapshot_requested`` recorded it (None
+    before it was recorded)."""
     created_by: str | None = None
     """The snapshot command's id: the correlation of every event the snapshot's job writes."""
     bucket: str | None = None
@@ -85,6 +89,7 @@ def evolve_snapshot(state: SnapshotState, event: SnapshotEvent) -> SnapshotState
                 profile=event.profile,
                 name=event.name,
                 actor=event.actor,
+                project=event.project,
                 created_by=event.command_id,
                 requested_at=event.at,
             )

@@ -39,6 +39,10 @@ class SnapshotRequested(_SnapshotEventBase, frozen=True, kw_only=True, tag="snap
     name: str | None = None
     profile: str | None = None
     """The source sandbox's profile: what a restore uses unless it names another."""
+    project: str | None = None
+    """The project the snapshot belongs to: its sandbox's, whoever took it (an administrator
+    may snapshot any project's sandbox). None in events stored before it was recorded, whose
+    sandbox tells (``domain/key_access.snapshot_owner``)."""
 
 
 class SnapshotCreated(_SnapshotEventBase, frozen=True, kw_only=True, tag="snapshot_created"):

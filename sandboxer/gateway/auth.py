@@ -35,6 +35,7 @@ from sandboxer.domain.key_access import (
     project_of_actor,
     scope_of,
 )
+from sandboxer.domain.key_access import snapshot_owner as owner_of_snapshot
 from sandboxer.domain.key_state import (
     MAX_KEY_CHARS,
     KeyState,
@@ -161,10 +162,13 @@ class Owners:
 
 
 async def snapshot_owner(client: SandboxerClient, snapshot: Mapping[str, Any]) -> str:
-    """A snapshot belongs to the project of the sandbox it was taken of (whoever took it)."""
+    """A snapshot belongs to the project of the sandbox it was taken of, whoever took it
+    (key_access.snapshot_owner); its sandbox is read only for a snapshot that does not say."""
     sandbox_id = snapshot.get("sandbox_id")
-    sandbox = await client.get(sandbox_id) if isinstance(sandbox_id, str) else None
-    return owner_of(sandbox if sandbox is not None else snapshot)
+    sandbox = None
+    if not snapshot.get("project") and isinstance(sandbox_id, str):
+        sandbox = await client.get(sandbox_id)
+    return owner_of_snapshot(snapshot, sandbox)
 
 
 async def visible_sandbox(client: SandboxerClient, sandbox_id: str) -> dict[str, Any] | None:

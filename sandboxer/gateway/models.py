@@ -228,6 +228,9 @@ class Snapshot(_Open):
     snapshot_id: str
     status: str
     sandbox_id: str | None = None
+    project: str | None = Field(
+        None, description="the project it belongs to: its sandbox's, whoever took it"
+    )
     name: str | None = None
     size: int | None = None
     sha256: str | None = None

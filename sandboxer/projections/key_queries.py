@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.responder import Handler, Responder, ScopedHandler
-from sandboxer.domain.key_access import event_owner, may_see, owner_of, scope_of
+from sandboxer.domain.key_access import event_owner, may_see, owner_of, scope_of, snapshot_owner
 from sandboxer.domain.key_state import is_valid_key_id
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_command_id, is_valid_sandbox_id
@@ -102,9 +102,18 @@ class KeyQueries:
     async def _snapshot_get(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
         reply = await self._ask(subjects.QUERY_SNAPSHOT_GET)(request)
         found = reply.get("snapshot")
-        if found is not None and not may_see(actor, owner_of(found)):
+        if found is not None and not may_see(actor, await self._snapshot_owner(found)):
             reply["snapshot"] = None
         return reply
+
+    async def _snapshot_owner(self, snapshot: dict[str, Any]) -> str:
+        """Its project (key_access.snapshot_owner): its sandbox is read only for a snapshot
+        recorded before the project was."""
+        sandbox_id = snapshot.get("sandbox_id")
+        sandbox = None
+        if not snapshot.get("project") and isinstance(sandbox_id, str):
+            sandbox = (await self._ask(subjects.QUERY_GET)({"sandbox_id": sandbox_id}))["sandbox"]
+        return snapshot_owner(snapshot, sandbox)
 
     async def _snapshot_list(
         self, request: dict[str, Any], actor: dict[str, Any]
@@ -113,7 +122,7 @@ class KeyQueries:
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
             raise RequestError(f"limit must be between 1 and {MAX_LIST}")
         reply = await self._ask(subjects.QUERY_SNAPSHOT_LIST)({**request, "limit": MAX_LIST})
-        mine = [s for s in reply["snapshots"] if may_see(actor, owner_of(s))]
+        mine = [s for s in reply["snapshots"] if may_see(actor, await self._snapshot_owner(s))]
         return {**reply, "snapshots": mine[:limit]}
 
     async def _credits_get(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +162,7 @@ class KeyQueries:
         elif isinstance(snapshot_id, str) and is_valid_sandbox_id(snapshot_id):
             asked = {"snapshot_id": snapshot_id}
             found = (await self._ask(subjects.QUERY_SNAPSHOT_GET)(asked))["snapshot"]
-            if found is None or not may_see(actor, owner_of(found)):
+            if found is None or not may_see(actor, await self._snapshot_owner(found)):
                 return {"events": [], "position": self._projector.position}
             filter_subject = subjects.snapshot_events_filter(snapshot_id)
         elif isinstance(command_id, str) and is_valid_command_id(command_id):

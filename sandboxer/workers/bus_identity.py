@@ -25,14 +25,15 @@ from sandboxer.domain.key_access import (
     owner_refusal,
     project_of_actor,
     scope_of,
+    snapshot_owner,
 )
-from sandboxer.events.actor import Actor
 
 __all__ = ["bus_identity_refusal"]
 
 
-def _plain(actor: Actor) -> dict[str, Any]:
-    plain: dict[str, Any] = msgspec.to_builtins(actor)
+def _plain(value: msgspec.Struct) -> dict[str, Any]:
+    """An actor or a state as JSON, as the rules of ``domain/key_access`` take them."""
+    plain: dict[str, Any] = msgspec.to_builtins(value)
     return plain
 
 
@@ -50,8 +51,13 @@ async def bus_identity_refusal(
     if refusal is not None or is_admin(actor):
         return refusal
     if isinstance(command, DeleteSnapshot | RestoreSnapshot):
-        taken_by = (await store.load_snapshot(command.snapshot_id)).state.actor
-        owner = project_of_actor(_plain(taken_by)) if taken_by else None
+        snapshot = (await store.load_snapshot(command.snapshot_id)).state
+        owner = None
+        if snapshot.status != "new":
+            source = None
+            if snapshot.project is None and snapshot.sandbox_id is not None:
+                source = _plain((await store.load(snapshot.sandbox_id)).state)
+            owner = snapshot_owner(_plain(snapshot), source)
         return owner_refusal(actor, owner, "snapshot", command.snapshot_id)
     project = getattr(command, "project", None)
     if isinstance(project, str) and not may_see(actor, project):

@@ -27,6 +27,7 @@ from sandboxer.commands.types import (
     SnapshotSandbox,
 )
 from sandboxer.config.catalog import Catalog
+from sandboxer.domain.account_state import DEFAULT_PROJECT
 from sandboxer.domain.sandbox_snapshots import StartSnapshot
 from sandboxer.domain.snapshot_decide import DeleteSnapshotDecision, RequestSnapshot
 from sandboxer.errors import Rejected
@@ -108,6 +109,7 @@ class SnapshotCommands:
                 host=state.host,
                 profile=state.profile,
                 name=command.name,
+                project=None if state.actor is None else state.actor.project or DEFAULT_PROJECT,
             ),
         )
         return loaded

@@ -297,3 +297,39 @@ async def test_the_python_client_over_the_bus_as_a_key(up: tuple[Cli, str], tmp_
     finally:
         await alpha.close()
         await beta.close()
+
+
+async def test_an_administrators_snapshot_stays_its_sandboxs_projects(up: tuple[Cli, str]) -> None:
+    """An administrator of project ops snapshots alpha's sandbox: the snapshot is alpha's.
+    On the bus an agt key of ops neither sees, restores nor deletes it (the bus used to
+    judge a snapshot by who took it, the gateway by its sandbox); alpha's key sees it."""
+    cli, url = up
+    alpha = await Sandboxer.over_bus([url], api_key=await make_key(cli, "alpha"))
+    admin = await Sandboxer.over_bus([url], api_key=await make_key(cli, "ops", "adm"))
+    ops = await login(url, await make_key(cli, "ops"))
+    try:
+        await alpha.create("profile.local", sandbox_id="alphabox3")
+        taken = await admin.snapshot("alphabox3")
+        assert taken.project == "alpha", taken
+        snapshot_id = taken.snapshot_id
+
+        assert (await alpha.snapshot_get(snapshot_id)) is not None
+        assert [s.snapshot_id for s in await alpha.snapshots()] == [snapshot_id]
+        asked = {"snapshot_id": snapshot_id}
+        assert (await ops.query(subjects.QUERY_SNAPSHOT_GET, asked))["snapshot"] is None
+        assert (await ops.query(subjects.QUERY_SNAPSHOT_LIST, {}))["snapshots"] == []
+        assert await ops.events(snapshot_id=snapshot_id) == []
+        for verb, body in (
+            ("restore", {"snapshot_id": snapshot_id}),
+            ("delete_snapshot", {"snapshot_id": snapshot_id}),
+        ):
+            refused = await ops.command(verb, {**body, "actor": await ops.actor("ops")})
+            rejection = await ops.wait_for("rejected", command_id=refused)
+            assert rejection["code"] == "unknown_snapshot", (verb, rejection)
+        assert (await alpha.snapshot_get(snapshot_id)).status == "created"  # type: ignore[union-attr]
+        await alpha.delete_snapshot(snapshot_id)
+        await alpha.destroy("alphabox3")
+    finally:
+        await alpha.close()
+        await admin.close()
+        await ops.nc.close()
