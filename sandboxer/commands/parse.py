@@ -262,17 +262,25 @@ def _check_actor(raw: object, invalid: Callable[[str, str], InvalidCommand]) -> 
             f"invalid actor: {exc} (an actor is "
             '{"type": "adm"|"agt"|"atm", "id": "...", "project": ...})',
         ) from None
+    refusal = _actor_refusal(actor)
+    if refusal is not None:
+        raise invalid(*refusal)
+
+
+def _actor_refusal(actor: Actor) -> tuple[str, str] | None:
+    """``(code, reason)`` when an actor's id or project is not one the log may record."""
     if not 0 < len(actor.id) <= MAX_ACTOR_ID or not actor.id.isprintable():
-        raise invalid(
+        return (
             "invalid_field",
             f"actor.id {actor.id[:100]!r} is invalid: use 1 to {MAX_ACTOR_ID} printable characters",
         )
     if actor.project is not None and not is_valid_project(actor.project):
         # The project names the account its sandboxes are paid from: a subject token.
-        raise invalid(
+        return (
             "invalid_project",
             f"actor.project {actor.project[:100]!r} is invalid: use {PROJECT_RULE}",
         )
+    return None
 
 
 def _check_inputs(
@@ -295,7 +303,11 @@ def _check_inputs(
 
 
 def _readable_actor(raw: object) -> Actor | None:
+    """The actor a rejection records: only one that passes the checks a command's actor
+    does. An actor id of any length (up to the whole 1 MiB command) made a rejection too
+    large to append, and its command was handed back for ever."""
     try:
-        return msgspec.convert(raw, Actor)
+        actor = msgspec.convert(raw, Actor)
     except msgspec.ValidationError:
         return None
+    return actor if _actor_refusal(actor) is None else None

@@ -105,6 +105,29 @@ async def test_every_hostile_command_is_rejected_and_nothing_is_made(service: Se
     assert (await client.create())["type"] == "ready"  # and the service still serves
 
 
+async def test_an_oversized_command_with_a_huge_actor_is_rejected(service: Service) -> None:
+    """Just under the stream's 1 MiB, most of it the actor's id: rejected once, not handed
+    back for ever because its rejection was too large to append."""
+    client = service.client
+    rejected: list[dict[str, Any]] = []
+
+    async def on_rejection(msg: Any) -> None:
+        rejected.append(json.loads(msg.data))
+
+    sub = await client.nc.subscribe("sandboxer.evt.command.*.rejected", cb=on_rejection)
+    actor = {"type": "agt", "id": "x" * 1_000_000, "project": "p"}
+    huge = {"command_id": "hugeactor1", "profile": "profile.local", "actor": actor}
+    try:
+        await client.js.publish("sandboxer.cmd.create", json.dumps(huge).encode())
+        async with asyncio.timeout(30):
+            while not rejected:
+                await asyncio.sleep(0.1)
+    finally:
+        await sub.unsubscribe()
+    assert [(r["command_id"], r["code"]) for r in rejected] == [("hugeactor1", "too_large")]
+    assert rejected[0].get("actor") is None
+
+
 async def test_a_deeply_nested_query_is_a_bad_request(service: Service) -> None:
     """Queries read free-form JSON: nesting past the decoder's limit is a bad request, answered.
     (Exec requests are decoded into their type, which stops at the first wrong element.)"""

@@ -134,6 +134,23 @@ def test_huge_payload_is_refused_before_decoding() -> None:
     assert caught.value.code == "too_large"
 
 
+def test_a_rejection_records_only_an_actor_the_log_may_hold() -> None:
+    """An oversized command whose actor id is most of its megabyte: its rejection must not
+    carry that id (it would be too large to append, and the command handed back for ever)."""
+    huge = {"type": "agt", "id": "x" * MAX_COMMAND_BYTES, "project": "p"}
+    data = raw(command_id="c", profile="p", actor=huge)
+    with pytest.raises(InvalidCommand) as caught:
+        parse_command("sandboxer.cmd.create", data)
+    assert (caught.value.code, caught.value.actor) == ("too_large", None)
+    for bad in ({**ACTOR, "id": "a\x1b[2Jb"}, {**ACTOR, "project": "no such.project"}):
+        with pytest.raises(InvalidCommand) as caught:
+            parse_command("sandboxer.cmd.create", raw(command_id="c", actor=bad))
+        assert caught.value.actor is None
+    with pytest.raises(InvalidCommand) as caught:
+        parse_command("sandboxer.cmd.create", raw(command_id="c", actor=ACTOR))
+    assert caught.value.actor is not None  # a good actor is kept
+
+
 @pytest.mark.parametrize(
     "subject",
     [
