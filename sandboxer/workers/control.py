@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore, Loaded
 from sandboxer.clock import utc_now
-from sandboxer.commands.parse import parse_command, verb_of
+from sandboxer.commands.parse import key_of, parse_command, verb_of
 from sandboxer.commands.types import (
     AddCredits,
     Command,
@@ -247,6 +247,13 @@ class ControlWorker:
         self, msg: Msg, code: str, reason: str, about: InvalidCommand | Command
     ) -> None:
         sandbox_id = about.sandbox_id if hasattr(about, "sandbox_id") else None
+        actor = about.actor if isinstance(about.actor, Actor) else None
+        key_id = key_of(msg.subject)
+        if key_id is not None:
+            # A key acts only as itself, whatever its command claims: its rejection is filed
+            # under the key's own actor (None when revoked), so the key can read why, and a
+            # forged actor does not put it in another project's history.
+            actor = (await self._store.load_key(key_id)).state.actor
         rejection = CommandRejected(
             command_id=about.command_id,
             command=verb_of(msg.subject)[:64],
@@ -254,7 +261,7 @@ class ControlWorker:
             reason=reason,
             sandbox_id=sandbox_id,
             stream_seq=msg.metadata.sequence.stream,
-            actor=about.actor if isinstance(about.actor, Actor) else None,
+            actor=actor,
             at=utc_now(),
         )
         log.info("rejected %s %s: %s", rejection.command, rejection.command_id, reason)

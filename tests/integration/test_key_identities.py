@@ -171,12 +171,15 @@ async def test_an_agt_key_on_the_bus_acts_only_as_itself_in_its_project(
         )
         rejection = await beta.wait_for("rejected", command_id=refused)
         assert rejection["code"] == "unknown_sandbox", rejection
-        # ... and so is one that claims to be alpha's key.
+        # ... and so is one that claims to be alpha's key. The rejection is beta's own (its
+        # key's actor, whatever it claimed): beta reads why, alpha never sees it.
         forged = await beta.command(
             "destroy", {"sandbox_id": "alphabox1", "actor": await alpha.actor("alpha")}
         )
-        rejection = await alpha.wait_for("rejected", command_id=forged)
+        rejection = await beta.wait_for("rejected", command_id=forged)
         assert rejection["code"] == "actor_mismatch", rejection
+        assert rejection["actor"] == await beta.actor("beta"), rejection
+        assert await alpha.events(command_id=forged) == []
 
         # Subjects that are not beta's own are refused by the server itself.
         destroy = {"command_id": new_command_id(), "sandbox_id": "alphabox1"}
