@@ -46,6 +46,7 @@ __all__ = [
     "decide_account_command",
     "decimal_text",
     "extend_command_id",
+    "reroute_reservation_id",
     "reserve_for_create",
     "reserve_for_extend",
     "reserve_for_reroute",
@@ -58,11 +59,24 @@ def decimal_text(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def extend_command_id(command_id: str) -> str:
-    """The id of an extension's reservation (hashed when the extend's own id is long)."""
-    if len(command_id) <= 120:
-        return f"extend-{command_id}"
-    return "extend-" + hashlib.sha256(command_id.encode()).hexdigest()[:32]
+def extend_command_id(sandbox_id: str, command_id: str) -> str:
+    """The id of an extension's reservation on the account: of this command on this sandbox."""
+    return _of_command_on("extend", sandbox_id, command_id)
+
+
+def reroute_reservation_id(sandbox_id: str, command_id: str) -> str:
+    """The id of a reroute's reservation (never a sandbox's ``reserve-<id>``: ids hold no ``-``)."""
+    return _of_command_on("reserve-reroute", sandbox_id, command_id)
+
+
+def _of_command_on(prefix: str, sandbox_id: str, command_id: str) -> str:
+    """A derived id naming one command on one sandbox. A command id alone is unique on its
+    sandbox only: a client may send an id again on another sandbox once the bus forgets it
+    (two minutes later), and the account, which had decided that id, took the second
+    extension's reservation for done and held nothing for it. A reroute's id was also free
+    to be a future sandbox's, whose create's ``reserve-<sandbox>`` it then pre-empted."""
+    digest = hashlib.sha256(f"{sandbox_id}:{command_id}".encode()).hexdigest()[:32]
+    return f"{prefix}-{digest}"
 
 
 def wants_gpu(catalog: Catalog, profile_id: str | None) -> bool:
@@ -146,7 +160,7 @@ async def reserve_for_extend(store: EventStore, catalog: Catalog, command: Exten
     if per_second == 0:
         return
     reservation = ReserveCredits(
-        command_id=extend_command_id(command.command_id),
+        command_id=extend_command_id(state.sandbox_id, command.command_id),
         causation_id=command.command_id,
         actor=command.actor,
         sandbox_id=state.sandbox_id,
@@ -183,7 +197,7 @@ async def reserve_for_reroute(
         else estimate_microusd(decl.pricing, state.ttl_seconds or 0.0, gpu)
     )
     reservation = ReserveCredits(
-        command_id=f"reserve-{command_id}",
+        command_id=reroute_reservation_id(state.sandbox_id, command_id),
         causation_id=command_id,
         actor=state.actor,
         sandbox_id=state.sandbox_id,

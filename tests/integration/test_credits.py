@@ -170,6 +170,42 @@ async def test_an_extension_reserves_more_or_is_refused(
     assert (await account(acme, "acme", metered=1))["reserved"] == 0
 
 
+async def test_an_extend_id_sent_again_on_another_sandbox_still_reserves(
+    service: Service, acme: SandboxerClient
+) -> None:
+    """A client may send a command id again once the bus forgets it (two minutes; here with
+    another Nats-Msg-Id). On another sandbox it is a new extension, and the account must
+    hold credits for it: it once took the reservation for one it had already made."""
+    await acme.account_command(
+        "add_credits", "acme", amount=2 * (PER_CREATE + 600 * PER_SECOND) + 3600 * PER_SECOND
+    )
+    first = (await acme.create("profile.saas-stub", ttl="10m"))["sandbox_id"]
+    second = (await acme.create("profile.saas-stub", ttl="10m"))["sandbox_id"]
+    await acme.extend_ttl(first, "1h", command_id="sendagain1")
+    assert (await account(acme, "acme"))["available"] == 0
+    again = {"command_id": "sendagain1", "sandbox_id": second, "duration": "1h"}
+    await acme.js.publish(
+        subjects.command_subject("extend_ttl"),
+        msgspec.json.encode({**again, "actor": acme.actor}),
+        headers={"Nats-Msg-Id": "a-new-message-id"},
+    )
+    async with asyncio.timeout(30):
+        while True:
+            outcome = [
+                event
+                async for _seq, event in acme.events()
+                if event.get("command_id") == "sendagain1"
+                and event.get("sandbox_id") == second
+                and event.get("type") in {"rejected", "ttl_extended"}
+            ]
+            if outcome:
+                break
+            await asyncio.sleep(0.1)
+    assert [(e["type"], e.get("code")) for e in outcome] == [("rejected", "insufficient_credits")]
+    for sandbox_id in (first, second):
+        await acme.destroy(sandbox_id)
+
+
 async def test_a_budget_refuses_a_create_and_names_itself(
     service: Service, acme: SandboxerClient
 ) -> None:

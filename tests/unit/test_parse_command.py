@@ -228,7 +228,7 @@ def test_the_services_own_command_ids_are_refused_from_clients() -> None:
     derived = [
         reserve_command_id("sbxvictim01"),
         meter_command_id("sbxvictim01"),
-        extend_command_id("e1"),
+        extend_command_id("sbxvictim01", "e1"),
         expire_command({"sandbox_id": "sbxvictim01", "version": 7})["command_id"],
         "reroute-sbxvictim01-4",
     ]
