@@ -182,7 +182,7 @@ class ControlWorker:
             await self._snapshots.delete(command)
             return None
         if isinstance(command, AddCredits | SetBudget | SetByok):
-            await decide_account_command(self._store, command)  # docs/payments.md
+            await decide_account_command(self._store, self._catalog, command)  # docs/payments.md
             return None
         if isinstance(command, CreateKey | RevokeKey):
             await apply_key(self._store, command)  # docs/http-api.md#keys

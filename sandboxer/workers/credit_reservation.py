@@ -23,7 +23,7 @@ from decimal import Decimal
 from sandboxer.bus.event_store import EventStore, LoadedAccount
 from sandboxer.clock import utc_now
 from sandboxer.commands.types import AddCredits, ExtendTtl, SetBudget, SetByok
-from sandboxer.config.catalog import Catalog
+from sandboxer.config.catalog import Catalog, load_extension_class
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.account_decide import (
     ReserveCredits,
@@ -39,7 +39,7 @@ from sandboxer.domain.pricing import (
 from sandboxer.domain.sandbox_decide import AdmittedCreate, decide
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import parse_duration
-from sandboxer.errors import SandboxerError
+from sandboxer.errors import ConfigError, Rejected, SandboxerError
 from sandboxer.workers.deciding import apply_account
 
 __all__ = [
@@ -92,10 +92,34 @@ def wants_gpu(catalog: Catalog, profile_id: str | None) -> bool:
 
 
 async def decide_account_command(
-    store: EventStore, command: AddCredits | SetBudget | SetByok
+    store: EventStore, catalog: Catalog, command: AddCredits | SetBudget | SetByok
 ) -> LoadedAccount:
+    if isinstance(command, SetByok):
+        _check_byok(catalog, command)
     loaded, _ = await apply_account(store, command.project, command)
     return loaded
+
+
+def _check_byok(catalog: Catalog, command: SetByok) -> None:
+    """A project may bring its own key only to a backend that calls a provider with one. On
+    any other (the stub, a self-hosted backend with a price) the project's key pays nothing,
+    and BYOK only waives the price: that is an administrator's to grant."""
+    if command.key_ref is None or command.actor.type == "adm":
+        return
+    decl = catalog.extensions_enabled().get(command.extension)
+    keyed = False
+    if decl is not None:
+        try:
+            keyed = callable(getattr(load_extension_class(decl), "with_key", None))
+        except ConfigError:
+            keyed = False
+    if not keyed:
+        raise Rejected(
+            "forbidden",
+            f"{command.extension} takes no provider key of a project's (it is not an enabled "
+            "hosted backend such as ext.e2b, ext.daytona or ext.modal): its own key there would "
+            "only waive the price, which an administrator may do",
+        )
 
 
 def _priced(decl: ExtensionDecl | None, gpu: bool) -> tuple[Decimal, Decimal]:

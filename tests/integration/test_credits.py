@@ -217,7 +217,22 @@ async def test_a_budget_refuses_a_create_and_names_itself(
     assert "daily budget of 100000 credits" in refused.value.event["reason"]
 
 
-async def test_byok_meters_usage_and_never_debits(service: Service, acme: SandboxerClient) -> None:
+async def test_byok_meters_usage_and_never_debits(
+    service: Service, acme: SandboxerClient, nats_server: NatsServerProcess
+) -> None:
+    # The stub takes no provider key: a project's own "key" there would only waive its
+    # price, so an agent of the project may not set one; an administrator may.
+    agent = await SandboxerClient.connect(
+        [nats_server.url], actor={"type": "agt", "id": "agent", "project": "acme"}
+    )
+    try:
+        with pytest.raises(CommandFailed, match="takes no provider key") as refused:
+            await agent.account_command(
+                "set_byok", "acme", extension="ext.saas-stub", key_ref="env:ACME_STUB_KEY"
+            )
+        assert refused.value.event["code"] == "forbidden"
+    finally:
+        await agent.close()
     event = await acme.account_command(
         "set_byok", "acme", extension="ext.saas-stub", key_ref="env:ACME_STUB_KEY"
     )
