@@ -8,12 +8,19 @@ its last lines with every resolved secret replaced by ``[redacted]``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from sandboxer.secrets import redact
 
-__all__ = ["KEPT_BYTES", "TAIL_CHARS", "TAIL_LINES", "OutputCapture", "output_tail"]
+__all__ = [
+    "KEPT_BYTES",
+    "TAIL_CHARS",
+    "TAIL_LINES",
+    "OutputCapture",
+    "output_tail",
+    "redacted_tail",
+]
 
 KEPT_BYTES = 64 * 1024
 """The most output kept of one command while it runs (the rest, older, is dropped)."""
@@ -46,10 +53,26 @@ def output_tail(captured: bytes, secrets: Mapping[str, str], *, cut: bool) -> st
     """The last lines of ``captured``, redacted. ``cut``: older output was dropped, so the
     first kept line may be the end of a longer one, perhaps the end of a secret that
     redaction cannot recognise any more; that line is left out."""
-    text = captured.decode(errors="replace")
-    lines = text.splitlines()
-    if cut and lines:
-        lines = lines[1:]
-    # Redacted before trimming to size, so a secret is never cut in half by the trimming.
-    tail = redact("\n".join(lines[-TAIL_LINES:]), secrets.values())
-    return tail[-TAIL_CHARS:]
+    return redacted_tail(captured.decode(errors="replace"), secrets.values(), cut=cut)
+
+
+def redacted_tail(
+    text: str,
+    secrets: Iterable[str],
+    *,
+    lines: int = TAIL_LINES,
+    chars: int | None = TAIL_CHARS,
+    cut: bool = False,
+) -> str:
+    """The last ``lines`` lines of ``text`` (and at most ``chars`` characters), every secret
+    value redacted; ``cut``: the first line is left out (see :func:`output_tail`).
+
+    All of ``text`` is redacted before anything is cut: a secret printed over more lines
+    than are kept (a private key) would otherwise be only partly in the tail, where its
+    whole value no longer matches, and a tail trimmed to size could begin mid-secret.
+    """
+    kept = redact(text, secrets).splitlines()
+    if cut and kept:
+        kept = kept[1:]
+    tail = "\n".join(kept[-lines:])
+    return tail if chars is None else tail[-chars:]

@@ -18,6 +18,7 @@ from sandboxer.errors import (
     RemoteCommandFailed,
     SandboxerError,
 )
+from sandboxer.extensions.output_capture import redacted_tail
 from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
 from sandboxer.secrets import redact
 
@@ -27,10 +28,13 @@ __all__ = [
     "check_secrets",
     "env_file_text",
     "local_repo",
+    "recorded_tail",
     "scrubbed",
     "with_output",
 ]
 
+TAIL_LINES = 40
+"""The lines of a failed remote command's output an error keeps."""
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_NAMES = {
     "PATH",
@@ -157,7 +161,7 @@ def scrubbed(
             return RemoteCommandFailed(
                 message,
                 exit_status=exc.exit_status,
-                output_tail=redact(exc.output_tail, values),
+                output_tail=recorded_tail(exc.output_tail, values),
                 **ids,
             )
         try:
@@ -177,6 +181,13 @@ def scrubbed(
     )
 
 
+def recorded_tail(output: str, secrets: Iterable[str]) -> str:
+    """The last :data:`TAIL_LINES` lines of a remote command's ``output`` (the window
+    :func:`sandboxer.ssh.remote.output_window` kept), cut only after all of it is redacted:
+    a secret printed over more lines than are kept is then still matched whole."""
+    return redacted_tail(output, secrets, lines=TAIL_LINES, chars=None)
+
+
 def with_output(
     exc: RemoteCommandFailed,
     what: str,
@@ -188,7 +199,7 @@ def with_output(
 ) -> RemoteCommandFailed:
     """A failed remote step as an error whose message ends with the command's last output."""
     values = [value for value in secrets if value]
-    tail = redact(exc.output_tail, values).strip() or "(no output)"
+    tail = recorded_tail(exc.output_tail, values).strip() or "(no output)"
     return RemoteCommandFailed(
         f"{what} failed (exit status {exc.exit_status}); {fix}. Last output:\n{tail}",
         exit_status=exc.exit_status,

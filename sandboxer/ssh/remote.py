@@ -30,6 +30,7 @@ __all__ = [
     "RemoteResult",
     "command_line",
     "inside_root",
+    "output_window",
     "put_file",
     "remove_tree",
     "run",
@@ -38,7 +39,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TAIL_LINES = 40
+WINDOW_CHARS = 8 * 1024
+"""The most output an error keeps of a command: room for a private key and the lines
+around it, so that redaction sees a printed secret whole (see :func:`output_window`)."""
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NO_ENV: Mapping[str, str] = {}
 
@@ -93,9 +96,21 @@ def command_line(
     return line
 
 
-def _tail(*texts: str, lines: int = TAIL_LINES) -> str:
+def output_window(*texts: str) -> str:
+    """The newest output of a command (``texts``: its stdout, its stderr), whole lines, at
+    most :data:`WINDOW_CHARS` characters, for a :class:`RemoteCommandFailed`'s
+    ``output_tail``.
+
+    Not redacted: this module does not know the secrets. Whoever records it redacts it
+    whole and only then cuts it to its last lines (``ssh_checks``), so a secret printed
+    over many lines is matched whole, not as a fragment the cut left behind.
+    """
     joined = "\n".join(text.rstrip("\n") for text in texts if text)
-    return "\n".join(joined.splitlines()[-lines:])
+    if len(joined) <= WINDOW_CHARS:
+        return joined
+    # The first line kept is likely the end of a longer one, perhaps of a secret that
+    # redaction could not recognise any more: it is left out.
+    return joined[-WINDOW_CHARS:].partition("\n")[2]
 
 
 def _peer(conn: Connection) -> str:
@@ -125,10 +140,10 @@ async def run(
     """Run ``argv`` on the host and collect its output.
 
     With ``check`` a non-zero exit raises :class:`RemoteCommandFailed`
-    carrying the exit status and the last lines of output. The host itself
-    stops a command still running after ``timeout`` seconds, with every
-    process it started (:mod:`.deadline`); that is reported as
-    :class:`RemoteCommandFailed` with ``exit_status=-1``.
+    carrying the exit status and the newest output (:func:`output_window`,
+    not redacted). The host itself stops a command still running after
+    ``timeout`` seconds, with every process it started (:mod:`.deadline`);
+    that is reported as :class:`RemoteCommandFailed` with ``exit_status=-1``.
     """
     import asyncssh
 
@@ -168,14 +183,14 @@ async def run(
             f"{_peer(conn)} has no 'timeout' command, which sandboxer needs to stop commands "
             "that run out of time; install coreutils there (see docs/hosts.md)",
             exit_status=status,
-            output_tail=_tail(stdout, stderr),
+            output_tail=output_window(stdout, stderr),
         )
     log.debug("remote %r on %s exited %d", program, _peer(conn), status)
     if check and status != 0:
         raise RemoteCommandFailed(
             f"{program!r} on {_peer(conn)} exited with status {status}",
             exit_status=status,
-            output_tail=_tail(stdout, stderr),
+            output_tail=output_window(stdout, stderr),
         )
     return RemoteResult(status, stdout, stderr)
 
@@ -199,7 +214,7 @@ def timed_out_error(
         f"{program!r} on {_peer(conn)} did not finish within {timeout:g}s; {stopped}. Raise "
         "the timeout if the command legitimately takes longer",
         exit_status=-1,
-        output_tail=_tail(stdout, stderr),
+        output_tail=output_window(stdout, stderr),
     )
 
 

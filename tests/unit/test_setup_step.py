@@ -4,6 +4,8 @@ a workspace access, the profile schema's new fields and a scoped profile's admis
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -14,6 +16,7 @@ from sandboxer.config.profile import Profile, Setup
 from sandboxer.domain.admission import admit_create
 from sandboxer.errors import Rejected
 from sandboxer.events.types import Actor
+from sandboxer.secrets import REDACTED, redact
 from sandboxer.workers.setup_step import (
     TAIL_CHARS,
     TAIL_LINES,
@@ -40,6 +43,60 @@ def test_a_cut_first_line_is_left_out_so_no_half_secret_survives() -> None:
 def test_the_tail_is_bounded_in_characters() -> None:
     tail = output_tail(b"x" * 100_000, {}, cut=False)
     assert len(tail) == TAIL_CHARS
+
+
+# A private key as a setup command might print it: longer than a tail, and its last body
+# line shorter than the lines redact hides on their own.
+KEY_LINES = [
+    "-----BEGIN OPENSSH PRIVATE KEY-----",
+    *(f"b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ{i:02d}keybody{i:02d}" for i in range(26)),
+    "Zm9v",
+    "-----END OPENSSH PRIVATE KEY-----",
+]
+KEY = "\n".join(KEY_LINES)
+
+
+def _leaked(tail: str) -> list[str]:
+    return [line for line in KEY_LINES if line in tail]
+
+
+def test_a_secret_longer_than_the_tail_leaves_no_line_of_it() -> None:
+    captured = f"setting up the deploy key\n{KEY}\nchmod: cannot access 'x'\n".encode()
+    tail = output_tail(captured, {"DEPLOY_KEY": KEY}, cut=False)
+    assert tail == "setting up the deploy key\n[redacted]\nchmod: cannot access 'x'"
+    assert _leaked(tail) == []
+
+
+def test_what_is_left_of_a_multi_line_secret_whose_start_was_dropped_is_hidden() -> None:
+    # The ring dropped the key's first lines: its whole value is no longer there.
+    captured = ("\n".join(KEY_LINES[5:]) + "\nerror: deploy failed\n").encode()
+    tail = output_tail(captured, {"DEPLOY_KEY": KEY}, cut=True)
+    # Every long line is hidden on its own; a line this short ("Zm9v") would hide
+    # ordinary output too, so only a whole key's match covers it.
+    assert [line for line in _leaked(tail) if len(line) >= 8] == []
+    assert tail.endswith("error: deploy failed")
+
+
+def test_a_crlf_secret_is_found_in_output_whose_line_ends_were_normalised() -> None:
+    secret = "tok-ABCDEF123456\r\nline2-XYZ987654"
+    for printed in (secret, secret.replace("\r\n", "\n")):
+        tail = output_tail(f"echo\n{printed}\n".encode(), {"T": secret}, cut=False)
+        assert tail == "echo\n[redacted]"
+
+
+def test_json_escaped_and_repr_copies_of_a_secret_are_hidden() -> None:
+    secret = 'pa"ss\\word\nsecond-line'
+    printed = f"body: {json.dumps({'k': secret})}\nKeyError: {secret!r}\n"
+    tail = output_tail(printed.encode(), {"S": secret}, cut=False)
+    assert tail == 'body: {"k": "[redacted]"}\nKeyError: \'[redacted]\''
+
+
+def test_short_secrets_are_still_redacted_whole() -> None:
+    assert redact("pin is 4711.", ["4711"]) == "pin is [redacted]."
+    # A short line of a multi-line secret is not looked for on its own...
+    assert redact("x = 42", ["42\nlong-enough-line"]) == "x = 42"
+    # ...but the whole value is.
+    assert redact("42\nlong-enough-line", ["42\nlong-enough-line"]) == REDACTED
 
 
 class _Backend:

@@ -115,7 +115,7 @@ async def list_containers_twice(
 ) -> Sightings:
     """Containers with ``label``, listed twice ``pause`` seconds apart on the host, in one
     command; after the command ``first`` when given (run in ``cwd``), whose non-zero exit
-    is :class:`RemoteCommandFailed` with its status and last output lines."""
+    is :class:`RemoteCommandFailed` with its status and newest output."""
     argv = ["sh", "-c", _TWICE_SCRIPT, "sh", containers.engine(item.config)]
     argv += [deadline.seconds_text(pause), label, *first]
     result = await remote.run(
@@ -125,7 +125,8 @@ async def list_containers_twice(
         raise RemoteCommandFailed(
             f"{first[0]!r} on host {item.name} exited with status {result.exit_status}",
             exit_status=result.exit_status,
-            output_tail="\n".join((result.stdout + result.stderr).splitlines()[-40:]),
+            # Not cut to lines here: compose may print secrets, and ssh_checks must redact first.
+            output_tail=remote.output_window(result.stdout, result.stderr),
             extension=EXTENSION,
         )
     if result.exit_status != 0:  # the script itself failed (its listings' statuses are lines)
@@ -199,6 +200,7 @@ def engine_failed(item: Target, what: str, result: remote.RemoteResult) -> Remot
         f"{result.exit_status}; check that the container engine runs and that the host's "
         "env in the hosts file (e.g. DOCKER_HOST) points at it",
         exit_status=result.exit_status,
-        output_tail="\n".join((result.stdout + result.stderr).splitlines()[-20:]),
+        # Cut to lines only once redacted (ssh_checks): stderr may hold compose's output.
+        output_tail=remote.output_window(result.stdout, result.stderr),
         extension=EXTENSION,
     )
