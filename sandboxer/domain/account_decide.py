@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from sandboxer.commands.types import AddCredits, SetBudget, SetByok
-from sandboxer.domain.account_state import AccountBook, AccountState, period_key
+from sandboxer.domain.account_state import AccountBook, AccountState, own_key_pays, period_key
 from sandboxer.domain.pricing import ceil_microusd
 from sandboxer.errors import Rejected
 from sandboxer.events.account_events import (
@@ -99,6 +99,8 @@ class MeterUsage:
     seconds: int
     price: str = "0"
     create_price: str = "0"
+    provider_key: str | None = None
+    """The sandbox's ``provider_key`` (None when not recorded): whose key paid the provider."""
 
 
 AccountCommand = AddCredits | SetBudget | SetByok | ReserveCredits | MeterUsage
@@ -206,7 +208,7 @@ def _check_reservation(state: AccountState, command: ReserveCredits, now: str) -
 
 def _metered(state: AccountState, command: MeterUsage, head: dict[str, Any]) -> UsageMetered:
     held = state.reservations.get(command.sandbox_id)
-    byok = held is None and command.extension is not None and command.extension in state.byok
+    byok = held is None and own_key_pays(command.provider_key, state.byok, command.extension)
     price = held.price if held is not None else command.price
     create_price = held.create_price if held is not None else command.create_price
     # Never usable (it failed before ready): nothing to pay, not even the create.

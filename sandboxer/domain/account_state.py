@@ -43,6 +43,7 @@ from sandboxer.events.actor import Actor
 
 __all__ = [
     "DEFAULT_PROJECT",
+    "OPERATOR_KEY",
     "PROJECT_RULE",
     "AccountBook",
     "AccountState",
@@ -52,6 +53,7 @@ __all__ = [
     "evolve_book",
     "is_valid_project",
     "month_key",
+    "own_key_pays",
     "period_key",
     "project_of",
 ]
@@ -209,3 +211,16 @@ def is_valid_project(value: object) -> bool:
 def project_of(actor: Actor | None) -> str:
     """The account an actor's work is paid from: its project, or ``default``."""
     return actor.project if actor is not None and actor.project else DEFAULT_PROJECT
+
+
+OPERATOR_KEY = "operator"
+"""A sandbox's ``provider_key`` when the backend's own key is used, and credits pay."""
+
+
+def own_key_pays(provider_key: str | None, byok: dict[str, str], extension: str | None) -> bool:
+    """Whether the project's own key pays for a sandbox on ``extension``: as its ``routed``
+    recorded it, for the sandbox's whole life (a key set or removed since changes nothing);
+    for a sandbox routed before that was recorded, as the account says now (``byok``)."""
+    if provider_key is not None:
+        return provider_key != OPERATOR_KEY
+    return extension is not None and extension in byok

@@ -89,6 +89,8 @@ class AdmittedCreate:
     max_pause_seconds: float | None = None
     network: NetworkRecord | None = None
     """The network policy in force: the profile's, or the narrower one the create asked for."""
+    provider_key: str | None = None
+    """Whose key the provider is called with, chosen with the create's credits (``routed``)."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,8 @@ class Reroute:
     host: str | None = None
     candidates: list[str] = field(default_factory=list)
     scores: list[dict[str, Any]] = field(default_factory=list)
+    provider_key: str | None = None
+    """Whose key the next backend is called with, chosen with its reservation (``routed``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -353,6 +357,7 @@ def _decide_fallback(
                     candidates=command.candidates,
                     scores=command.scores,
                     host=command.host,
+                    provider_key=command.provider_key,
                 )
             ]
 
@@ -428,6 +433,7 @@ def _routed(admitted: AdmittedCreate, now: str) -> SandboxRouted:
         candidates=admitted.candidates,
         host=admitted.host,
         scores=admitted.route_scores,
+        provider_key=admitted.provider_key,
     )
 
 

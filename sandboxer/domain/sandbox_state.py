@@ -180,6 +180,8 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     redacted output tails; docs/profiles.md#setup-commands)."""
     consumer: ConsumerRecord | None = None
     """Who the sandbox is for, as ``requested`` recorded it (docs/protocol.md#consumer-attribution)."""
+    provider_key: str | None = None
+    """The provider key the latest ``routed`` chose (see ``SandboxRouted.provider_key``)."""
 
 
 def evolve(state: SandboxState, event: SandboxEvent) -> SandboxState:
@@ -274,7 +276,13 @@ def _requested(base: SandboxState, event: SandboxRequested) -> SandboxState:
 
 
 def _routed(base: SandboxState, event: SandboxRouted) -> SandboxState:
-    return _replace(base, status="routed", extension=event.extension, host=event.host)
+    return _replace(
+        base,
+        status="routed",
+        extension=event.extension,
+        host=event.host,
+        provider_key=event.provider_key,
+    )
 
 
 def _provisioning(base: SandboxState, event: SandboxProvisioning) -> SandboxState:

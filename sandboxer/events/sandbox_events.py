@@ -99,6 +99,11 @@ class SandboxRouted(_SandboxEventBase, frozen=True, kw_only=True, tag="routed"):
     scores: list[dict[str, Any]] = []
     """Every candidate routing weighed: ``extension``, ``eligible``, ``why_not``, ``score``
     (lower is better) and what it came from (docs/routing.md#the-routed-event)."""
+    provider_key: str | None = None
+    """The key every provider call for this sandbox uses, chosen once with its credits:
+    ``operator`` (the backend's own key; the sandbox is paid from credits) or the project's
+    own key's reference (``env:``/``file:``; BYOK). None on a backend that takes no key, and
+    in events stored before it was recorded (the account's current key is used then)."""
 
 
 class SandboxProvisioning(_SandboxEventBase, frozen=True, kw_only=True, tag="provisioning"):

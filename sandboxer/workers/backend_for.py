@@ -9,8 +9,10 @@ backend's copy speaking with that key (:class:`KeyedBackend`). Listing what a
 provider holds (reconcile, ``inspect stale``, ``reap-stale``) stays on the
 operator's key: a BYOK sandbox lives in the project's own provider account.
 
-The key is the project's account's current reference, read at each call; the
-value is read in the worker, never recorded, and no message carries it.
+The key is the one the sandbox's ``routed`` chose with its credits
+(``provider_key``: the project's reference, or the operator's), kept for the
+sandbox's whole life; the reference is resolved at each call, and the value is
+read in the worker, never recorded, and no message carries it.
 
 **Which references a project may name.** A project sets its reference itself,
 so the worker resolves only references the operator put there for that project:
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 from sandboxer.bus.event_store import EventStore
-from sandboxer.domain.account_state import is_valid_project, project_of
+from sandboxer.domain.account_state import OPERATOR_KEY, is_valid_project, project_of
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import ConfigError
 from sandboxer.extensions.capabilities import KeyedBackend
@@ -90,9 +92,13 @@ async def backend_for(
     project = project_of(state.actor)
     if not is_valid_project(project):
         return extension
-    account = (await store.load_account(project)).state
-    ref = account.byok.get(extension.id)
-    if ref is None:
+    # The key chosen when the sandbox was routed, for its whole life: a sandbox lives in
+    # the provider account that made it, and a key set or removed since would look for it
+    # in the other one (its teardown finding nothing, the sandbox left running).
+    ref = state.provider_key
+    if ref is None:  # routed before the key was recorded: the account's key now, as then
+        ref = (await store.load_account(project)).state.byok.get(extension.id)
+    if ref is None or ref == OPERATOR_KEY:
         return extension
     where = f"project {project}'s own key ({ref})"
     problem = byok_ref_problem(project, ref, home or default_home())

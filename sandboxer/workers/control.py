@@ -73,6 +73,12 @@ __all__ = ["ControlWorker"]
 log = logging.getLogger(__name__)
 
 
+DomainCommand = (
+    AdmittedCreate | DestroySandbox | RecreateSandbox | ExtendTtl | TouchSandbox | ExpireSandbox
+)
+"""A command about one sandbox as the sandbox's decide takes it (a create admitted)."""
+
+
 class ControlWorker:
     def __init__(
         self,
@@ -145,9 +151,7 @@ class ControlWorker:
         | ExpireSandbox,
         *,
         refused_by: tuple[str, ...] = (),
-    ) -> (
-        AdmittedCreate | DestroySandbox | RecreateSandbox | ExtendTtl | TouchSandbox | ExpireSandbox
-    ):
+    ) -> DomainCommand:
         if not isinstance(command, CreateSandbox):
             return command
         profile = without_candidates(self._catalog.profile(command.profile), refused_by)
@@ -198,12 +202,7 @@ class ControlWorker:
         domain_command = await self._to_domain(command)
         if restored_from is not None and isinstance(domain_command, AdmittedCreate):
             domain_command = dataclasses.replace(domain_command, restored_from=restored_from)
-        # Credits first: a metered create or extension the account cannot pay for is rejected
-        # before anything of it is appended (docs/payments.md).
-        if isinstance(domain_command, AdmittedCreate):
-            await reserve_for_create(self._store, self._catalog, domain_command)
-        elif isinstance(domain_command, ExtendTtl):
-            await reserve_for_extend(self._store, self._catalog, domain_command)
+        domain_command = await self._reserve(domain_command)
         # A create's sandbox almost never has a history yet: decide on an empty one first and
         # save the load. When it has one (a re-sent command), the append's expected sequence
         # (none) conflicts, and apply reloads and decides again on the real history.
@@ -221,6 +220,18 @@ class ControlWorker:
                 self._store, loaded.state.sandbox_id, FinishTeardown(job_id="control"), loaded
             )
         return loaded
+
+    async def _reserve(self, command: DomainCommand) -> DomainCommand:
+        """Credits first: a metered create or extension the account cannot pay for is rejected
+        before anything of it is appended (docs/payments.md). A create takes with it whose
+        key its provider is to be called with (its ``routed``'s ``provider_key``)."""
+        if isinstance(command, AdmittedCreate):
+            key = await reserve_for_create(self._store, self._catalog, command)
+            if key is not None:
+                return dataclasses.replace(command, provider_key=key)
+        elif isinstance(command, ExtendTtl):
+            await reserve_for_extend(self._store, self._catalog, command)
+        return command
 
     async def _reroute(self, command: RerouteSandbox) -> Loaded:
         """Fallback: route a sandbox its backend refused to the next candidate of its profile,

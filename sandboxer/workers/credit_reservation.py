@@ -29,7 +29,7 @@ from sandboxer.domain.account_decide import (
     ReserveCredits,
     reserve_command_id,
 )
-from sandboxer.domain.account_state import project_of
+from sandboxer.domain.account_state import OPERATOR_KEY, own_key_pays, project_of
 from sandboxer.domain.pricing import (
     ceil_microusd,
     estimate_microusd,
@@ -50,6 +50,7 @@ __all__ = [
     "reserve_for_create",
     "reserve_for_extend",
     "reserve_for_reroute",
+    "takes_key",
     "wants_gpu",
 ]
 
@@ -100,6 +101,23 @@ async def decide_account_command(
     return loaded
 
 
+_KEYED: dict[tuple[str, str], bool] = {}
+
+
+def takes_key(decl: ExtensionDecl) -> bool:
+    """Whether the backend calls a provider with a key a project may bring
+    (:class:`~sandboxer.extensions.capabilities.KeyedBackend`). Remembered per declaration:
+    finding the class reads the installed packages' entry points."""
+    found = _KEYED.get((decl.id, decl.entry_point))
+    if found is None:
+        try:
+            found = callable(getattr(load_extension_class(decl), "with_key", None))
+        except ConfigError:
+            found = False
+        _KEYED[(decl.id, decl.entry_point)] = found
+    return found
+
+
 def _check_byok(catalog: Catalog, command: SetByok) -> None:
     """A project may bring its own key only to a backend that calls a provider with one. On
     any other (the stub, a self-hosted backend with a price) the project's key pays nothing,
@@ -107,13 +125,7 @@ def _check_byok(catalog: Catalog, command: SetByok) -> None:
     if command.key_ref is None or command.actor.type == "adm":
         return
     decl = catalog.extensions_enabled().get(command.extension)
-    keyed = False
-    if decl is not None:
-        try:
-            keyed = callable(getattr(load_extension_class(decl), "with_key", None))
-        except ConfigError:
-            keyed = False
-    if not keyed:
+    if decl is None or not takes_key(decl):
         raise Rejected(
             "forbidden",
             f"{command.extension} takes no provider key of a project's (it is not an enabled "
@@ -129,22 +141,32 @@ def _priced(decl: ExtensionDecl | None, gpu: bool) -> tuple[Decimal, Decimal]:
     return per_second_microusd(decl.pricing, gpu), per_create_microusd(decl.pricing)
 
 
-async def reserve_for_create(store: EventStore, catalog: Catalog, admitted: AdmittedCreate) -> None:
+async def reserve_for_create(
+    store: EventStore, catalog: Catalog, admitted: AdmittedCreate
+) -> str | None:
     """Reserve a metered create's estimate on its project's account, or raise Rejected
-    (``insufficient_credits``, ``budget_exceeded``) before anything of the sandbox exists."""
+    (``insufficient_credits``, ``budget_exceeded``) before anything of the sandbox exists.
+
+    Returns the sandbox's ``provider_key`` for its ``routed``, chosen from the same account:
+    the project's own key's reference, or :data:`OPERATOR_KEY` (None on a backend that takes
+    no key). Every later call for the sandbox uses that key, whatever the account says then:
+    a sandbox made in one provider account is found, paused and torn down only in that one."""
     command = admitted.command
     decl = catalog.extensions_enabled().get(admitted.extension)
     gpu = wants_gpu(catalog, command.profile)
     per_second, per_create = _priced(decl, gpu)
-    if decl is None or (per_second == 0 and per_create == 0):
-        return  # free: metered at zero when it ends
+    keyed = decl is not None and takes_key(decl)
+    if decl is None or (per_second == 0 and per_create == 0 and not keyed):
+        return None  # free: metered at zero when it ends
     sandbox = (await store.load(admitted.sandbox_id)).state
     if sandbox.status != "new":
-        return  # decided before (its reservation with it), or taken: decide says which
+        return None  # decided before (its reservation with it), or taken: decide says which
     project = project_of(command.actor)
     account = await store.load_account(project)
-    if decl.id in account.state.byok:
-        return  # the project's own key pays: nothing to reserve
+    own = account.state.byok.get(decl.id)
+    key = (own or OPERATOR_KEY) if keyed else None
+    if own is not None or (per_second == 0 and per_create == 0):
+        return key  # the project's own key pays (or the backend is free): nothing to reserve
     amount = estimate_microusd(decl.pricing, admitted.ttl_seconds or 0.0, gpu)
     reservation = ReserveCredits(
         command_id=reserve_command_id(admitted.sandbox_id),
@@ -159,6 +181,7 @@ async def reserve_for_create(store: EventStore, catalog: Catalog, admitted: Admi
         reason="create",
     )
     await apply_account(store, project, reservation, account)
+    return key
 
 
 async def reserve_for_extend(store: EventStore, catalog: Catalog, command: ExtendTtl) -> None:
@@ -174,7 +197,7 @@ async def reserve_for_extend(store: EventStore, catalog: Catalog, command: Exten
     project = project_of(state.actor)
     account = await store.load_account(project)
     held = account.state.reservations.get(state.sandbox_id)
-    if held is None and state.extension in account.state.byok:
+    if held is None and own_key_pays(state.provider_key, account.state.byok, state.extension):
         return
     if held is not None:
         per_second, per_create = Decimal(held.price), Decimal(held.create_price)
@@ -200,21 +223,24 @@ async def reserve_for_extend(store: EventStore, catalog: Catalog, command: Exten
 
 async def reserve_for_reroute(
     store: EventStore, catalog: Catalog, state: SandboxState, extension: str, command_id: str
-) -> None:
+) -> str | None:
     """Move a rerouted sandbox's reservation to its new backend and that backend's prices
     (a ``reroute`` reservation replaces the old one), or raise Rejected when the project
-    cannot pay for the new backend. Nothing is held on a free backend or under BYOK."""
+    cannot pay for the new backend. Nothing is held on a free backend or under BYOK.
+    Returns the ``provider_key`` for the new backend, as :func:`reserve_for_create` does."""
     if state.actor is None:
-        return
+        return None
     project = project_of(state.actor)
     account = await store.load_account(project)
     held = account.state.reservations.get(state.sandbox_id)
     decl = catalog.extensions_enabled().get(extension)
+    own = account.state.byok.get(extension)
+    key = (own or OPERATOR_KEY) if decl is not None and takes_key(decl) else None
     gpu = wants_gpu(catalog, state.profile)
     per_second, per_create = _priced(decl, gpu)
-    free = decl is None or extension in account.state.byok or (per_second == 0 and per_create == 0)
+    free = decl is None or own is not None or (per_second == 0 and per_create == 0)
     if free and held is None:
-        return
+        return key
     amount = (
         0
         if free or decl is None
@@ -233,3 +259,4 @@ async def reserve_for_reroute(
         reason="reroute",
     )
     await apply_account(store, project, reservation, account)
+    return key

@@ -63,7 +63,9 @@ async def next_route(
             reason=f"no candidate is left: {refusals}; {why}",
         )
     try:
-        await reserve_for_reroute(store, catalog, state, admitted.extension, command.command_id)
+        key = await reserve_for_reroute(
+            store, catalog, state, admitted.extension, command.command_id
+        )
     except Rejected as unpaid:
         return Reroute(
             command_id=command.command_id,
@@ -78,4 +80,5 @@ async def next_route(
         host=admitted.host,
         candidates=admitted.candidates,
         scores=admitted.route_scores,
+        provider_key=key,
     )

@@ -110,6 +110,7 @@ class MeterWorker:
             seconds=seconds,
             price="0" if per_second is None else decimal_text(per_second),
             create_price="0" if per_create is None else decimal_text(per_create),
+            provider_key=state.provider_key,
         )
         loaded, changed = await apply_account(self._store, project, usage)
         if changed:

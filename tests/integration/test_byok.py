@@ -226,6 +226,43 @@ async def test_every_call_for_a_byok_sandbox_uses_the_projects_key(
         await service.shutdown()
 
 
+async def test_a_key_set_or_removed_under_a_live_sandbox_keeps_the_one_it_was_made_with(
+    nats_server: NatsServerProcess,
+    home: Path,
+    keyed: Keyed,
+    team: SandboxerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sandbox lives in the provider account that made it: its teardown must use the key
+    it was made with. Made on the operator's key and destroyed after the project set its
+    own (or the reverse), it was looked for in the other account, found gone, and left
+    running there; its metering followed the account's key of the moment too."""
+    monkeypatch.setenv(KEY_VARIABLE, keyed.project_key)
+    service = await running(home, nats_server.url, keyed)
+    try:
+        await service.fund(PROJECT)
+        paid = (await team.create(keyed.profile, ttl="10m"))["sandbox_id"]
+        byok = {"extension": keyed.extension, "key_ref": f"env:{KEY_VARIABLE}"}
+        await team.account_command("set_byok", PROJECT, **byok)
+        own = (await team.create(keyed.profile, ttl="10m"))["sandbox_id"]
+        assert sorted(keyed.live()) == sorted([paid, own])
+
+        await team.destroy(paid)  # the project's key is set now
+        await team.account_command("set_byok", PROJECT, extension=keyed.extension, key_ref=None)
+        await team.destroy(own)  # and removed now
+        assert keyed.live() == []
+        assert keyed.keys_of(paid) == {keyed.operator_key}
+        assert keyed.keys_of(own) == {keyed.project_key}
+
+        await metered(team, PROJECT, 2)
+        usage = {u["sandbox_id"]: u for u in (await team.usage(project=PROJECT))["usage"]}
+        assert usage[paid]["byok"] is False
+        assert (usage[own]["byok"], usage[own]["amount"]) == (True, 0)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
 async def test_a_reference_the_project_may_not_use_fails_before_the_provider_is_called(
     nats_server: NatsServerProcess, home: Path, keyed: Keyed, team: SandboxerClient
 ) -> None:
