@@ -258,6 +258,62 @@ class ExtensionWorker:
             await request_reroute(self._js, state)
         return None
 
+    async def _provision_failed(
+        self,
+        job: Job,
+        state: SandboxState,
+        profile: Profile | None,
+        stage: Literal["provision", "wait_ready"],
+        mine: Attempt,
+        exc: Exception,
+        secrets: dict[str, str],
+    ) -> None:
+        """Clean up what a failed provisioning made, then reroute the sandbox to another
+        candidate (a provider's refusal) or fail it."""
+        reason = _reason(exc, secrets)
+        log.warning("sandbox %s failed at %s: %s", job.sandbox_id, stage, reason)
+        if await self._taken_over(job.sandbox_id, mine):
+            return  # what is there now is the later attempt's: not ours to tear down
+        cleanup = await self._safe_teardown(job.sandbox_id, state.host)
+        if cleanup is not None:
+            # What the backend made is still there: the sandbox stays this backend's
+            # (failed, so its expiry or a destroy tears it down here), never rerouted to
+            # another that would leave this one's copy where no teardown looks.
+            reason = f"{reason}; and its cleanup failed: {cleanup}"
+        refusers = (*state.refused_by, self.extension.id)
+        if (
+            cleanup is None
+            and isinstance(exc, ProviderError)
+            and exc.retryable
+            and profile is not None
+            and has_fallback(profile, refusers)
+        ):
+            # Another candidate may take it: record the refusal, then ask for a reroute.
+            loaded, refused = await self.apply(
+                job.sandbox_id,
+                MarkRerouting(
+                    job_id=job.job_id,
+                    extension=self.extension.id,
+                    reason=reason,
+                    code=exc.code,
+                    attempt=mine,
+                ),
+            )
+            if refused:
+                await request_reroute(self._js, loaded.state)
+            return
+        await self.apply(
+            job.sandbox_id,
+            MarkFailed(
+                job_id=job.job_id,
+                reason=reason,
+                stage=stage,
+                retryable=isinstance(exc, ProviderError) and exc.retryable,
+                code=exc.code if isinstance(exc, SandboxerError) else None,
+                attempt=mine,
+            ),
+        )
+
     async def _provision(self, job: Job, msg: Msg, known: Loaded) -> None:
         started = await self._start(job, msg, known)
         if started is None:
@@ -312,43 +368,7 @@ class ExtensionWorker:
         except Exception as exc:
             if is_unavailability(exc):
                 raise  # the log, not the sandbox, failed: the job is retried once it is back
-            reason = _reason(exc, secrets)
-            log.warning("sandbox %s failed at %s: %s", job.sandbox_id, stage, reason)
-            if await self._taken_over(job.sandbox_id, mine):
-                return  # what is there now is the later attempt's: not ours to tear down
-            await self._safe_teardown(job.sandbox_id, state.host)
-            refusers = (*state.refused_by, self.extension.id)
-            if (
-                isinstance(exc, ProviderError)
-                and exc.retryable
-                and profile is not None
-                and has_fallback(profile, refusers)
-            ):
-                # Another candidate may take it: record the refusal, then ask for a reroute.
-                loaded, refused = await self.apply(
-                    job.sandbox_id,
-                    MarkRerouting(
-                        job_id=job.job_id,
-                        extension=self.extension.id,
-                        reason=reason,
-                        code=exc.code,
-                        attempt=mine,
-                    ),
-                )
-                if refused:
-                    await request_reroute(self._js, loaded.state)
-                return
-            await self.apply(
-                job.sandbox_id,
-                MarkFailed(
-                    job_id=job.job_id,
-                    reason=reason,
-                    stage=stage,
-                    retryable=isinstance(exc, ProviderError) and exc.retryable,
-                    code=exc.code if isinstance(exc, SandboxerError) else None,
-                    attempt=mine,
-                ),
-            )
+            await self._provision_failed(job, state, profile, stage, mine, exc, secrets)
             return
         loaded, marked = await self.apply(
             job.sandbox_id,

@@ -106,6 +106,38 @@ async def test_no_candidate_left_fails_with_every_refusal(nats_server: Any, home
         await service.shutdown()
 
 
+async def test_a_refusal_whose_cleanup_failed_stays_on_its_backend(
+    nats_server: Any, home: Path
+) -> None:
+    """The stub makes the sandbox, then goes down: readiness and the cleanup both fail.
+    Rerouted, the sandbox would be ext.local's, and the stub's copy would be where no
+    teardown looks; it fails on the stub instead, and the stub's worker removes the copy
+    once the stub is back (at its next start)."""
+    write_profiles(home)
+    write_override(home, latency_ms=1, per_second=0, per_create=0, down_after_create=True)
+    service = await start_service(home, nats_server.url, ROLES)
+    try:
+        with pytest.raises(CommandFailed) as failed:
+            await service.client.create("profile.fallback")
+        event = failed.value.event
+        assert (event["type"], event["code"]) == ("failed", "provider_unavailable"), event
+        assert "cleanup failed" in event["reason"]
+        sandbox = await service.client.get(event["sandbox_id"])
+        assert sandbox is not None
+        assert (sandbox["status"], sandbox["extension"]) == ("failed", "ext.saas-stub")
+        assert len(stub_records(home)) == 1  # the copy the stub still holds
+    finally:
+        await service.client.close()
+        await service.shutdown()
+    write_override(home, latency_ms=1, per_second=0, per_create=0)  # the stub is back
+    service = await start_service(home, nats_server.url, ROLES)
+    try:
+        assert stub_records(home) == []  # reconcile tore the failed sandbox's copy down
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
 async def test_a_reroute_moves_the_reservation_to_the_new_backends_prices(
     nats_server: Any, home: Path
 ) -> None:

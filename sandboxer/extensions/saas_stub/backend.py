@@ -146,6 +146,7 @@ class SaasStubExtension:
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
         check_sandbox_id(request.sandbox_id, self.id)
         await self._latency()
+        self._check_up(request.sandbox_id)
         record = await self._alive(request.sandbox_id)
         return Readiness(
             descriptor={
@@ -169,9 +170,19 @@ class SaasStubExtension:
         del host  # no hosts: the records are this worker's
         check_sandbox_id(sandbox_id, self.id)
         await self._latency()
+        self._check_up(sandbox_id)
         async with self._lock:
             await self._store.delete(sandbox_id)
         self._attempts.pop(sandbox_id, None)
+
+    def _check_up(self, sandbox_id: str) -> None:
+        if self.settings.down_after_create:
+            raise ProviderUnavailable(
+                f"{self.id} is down (settings.down_after_create is set); set it to false",
+                provider=self.id,
+                status=503,
+                sandbox_id=sandbox_id,
+            )
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         await self._latency()

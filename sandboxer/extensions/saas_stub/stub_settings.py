@@ -22,6 +22,9 @@ class StubSettings(BaseModel):
     """The share of creates that fail (ProviderUnavailable) after the latency."""
     max_live: int = Field(default=10, ge=0)
     """At most this many live sandboxes (paused ones count); the next create gets ProviderQuota."""
+    down_after_create: bool = False
+    """An outage that starts once a create is made: readiness and teardown fail with
+    ProviderUnavailable (what is made stays), as a provider that went down mid-create."""
     seed: int | None = None
     """Makes the failure draw a function of (seed, sandbox id, attempt): repeatable runs."""
     timeout_margin_s: float = Field(default=60, ge=0)
