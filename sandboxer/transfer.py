@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 import tempfile
@@ -335,7 +334,7 @@ def _check_download(path: Path, answer: dict[str, Any], limits: ArchiveLimits) -
 
 def place_copy(fetched: Path, kind: str, target: Path, limits: ArchiveLimits) -> None:
     """Move what was fetched to ``target``: a file, or a directory's tree (merged into an
-    existing directory)."""
+    existing directory, never through a symlink in it)."""
     if kind == "file":
         if target.is_dir():
             raise InvalidInput(f"{target} is a directory, and what was copied is a file")
@@ -346,9 +345,54 @@ def place_copy(fetched: Path, kind: str, target: Path, limits: ArchiveLimits) ->
     tree = fetched.parent / "tree"
     extract_archive(fetched, tree, limits)
     if target.is_dir():
-        shutil.copytree(tree, target, symlinks=True, dirs_exist_ok=True)
+        clash = _merge_clash(tree, target)
+        if clash is not None:
+            raise InvalidInput(
+                f"{clash}; nothing was copied. Remove it, or copy into a new directory"
+            )
+        _merge(tree, target)
     else:
         os.replace(tree, target)
+
+
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _merge_clash(tree: Path, target: Path) -> str | None:
+    """Why ``tree`` cannot merge into ``target``, checked before anything moves.
+
+    A symlink already in ``target`` (left by an earlier copy of the same sandbox, say) is
+    never written through: the links of each archive are checked from where they stand in
+    it, and one placed through another link would stand elsewhere (``a -> .`` makes
+    ``a/a/b/l -> ../../x`` climb out). A link or file lands in place of such a link; a
+    directory cannot, and a directory is not replaced by a file.
+    """
+    for entry in sorted(tree.iterdir()):
+        existing = target / entry.name
+        if _real_dir(entry):
+            if existing.is_symlink():
+                return f"{existing} is a symlink, and the copy brings a directory there"
+            if existing.is_dir():
+                found = _merge_clash(entry, existing)
+                if found is not None:
+                    return found
+            elif existing.exists():
+                return f"{existing} is a file, and the copy brings a directory there"
+        elif _real_dir(existing):
+            return f"{existing} is a directory, and the copy brings a file or symlink there"
+    return None
+
+
+def _merge(tree: Path, target: Path) -> None:
+    """Move ``tree``'s entries into ``target`` (``_merge_clash`` found none): renames, which
+    replace a file or symlink that stands there rather than write through it."""
+    for entry in sorted(tree.iterdir()):
+        existing = target / entry.name
+        if _real_dir(entry) and _real_dir(existing):
+            _merge(entry, existing)
+        else:
+            os.replace(entry, existing)
 
 
 def copy_target(local: Path, name: str) -> Path:

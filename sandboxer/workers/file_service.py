@@ -18,6 +18,11 @@ must stay in the workspace (the exec's working directory):
 - a download's archive from the sandbox is held to the same checks and limits
   before the client gets it.
 
+A copy is staged on the worker under ``staging/files/<nuid>-<pid>``; each step
+removes what the next no longer needs (an upload and its tree together can be
+twice ``SANDBOXER_UPLOAD_MAX_MB``), and a starting service removes what
+workers no longer running left there (:mod:`sandboxer.workers.scratch`).
+
 Requests: ``{"op": "put", "path": P, "kind": "file"|"dir", "ref": "object:sha256:.."}``
 (the ``ref`` an uploaded tar: for ``file``, one regular file, written at ``P``; for
 ``dir``, a tree unpacked into the directory ``P``, made when missing), or
@@ -61,6 +66,7 @@ from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.inline_files import receive_inline, send_inline
 from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
+from sandboxer.workers.scratch import pid_scratch, sweep_dead
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive
@@ -211,6 +217,9 @@ class FileService:
         self._nuid = NUID()
 
     async def start(self) -> None:
+        # A worker killed mid-copy (kill -9, a reboot) never ran its clean-up: its staging
+        # can be gigabytes, and nothing else would ever remove it.
+        await asyncio.to_thread(sweep_dead, self._staging)
         queue = "" if self._extension.host_local else f"files-{self._extension.id}"
         for subject in subscriptions("files"):  # the client identity's, and API keys'
             self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=self._on_request))
@@ -246,13 +255,15 @@ class FileService:
         if state.status in FROZEN:
             await send("done", {"ok": False, "error": frozen_reason(state), "code": "frozen"})
             return
-        staging = self._staging / self._nuid.next().decode()
+        staging: Path | None = None
         try:
             request = self._parse(msg.data)
             if self._touch is not None:
                 await self._touch(state)
             backend = await backend_for(self._store, self._extension, state)  # BYOK
-            await asyncio.to_thread(_fresh, staging)
+            staging = await asyncio.to_thread(
+                pid_scratch, self._staging, self._nuid.next().decode()
+            )
             if request.op == "put":
                 answer = await self._put(backend, state, request, staging, send)
             else:
@@ -264,7 +275,8 @@ class FileService:
             log.exception("copy for %s failed", sandbox_id)
             answer = {"ok": False, "error": f"the copy failed: {exc}", "code": "error"}
         finally:
-            await asyncio.to_thread(shutil.rmtree, staging, True)
+            if staging is not None:
+                await asyncio.to_thread(shutil.rmtree, staging, True)
         await self._nc.flush()
         await send("done", answer)
 
@@ -310,6 +322,7 @@ class FileService:
             await fetch_archive(self._nc.jetstream(), sha, archive, self._limits)
         tree = staging / "tree"
         entries = await asyncio.to_thread(extract_archive, archive, tree, self._limits)
+        archive.unlink()  # unpacked: its bytes are in the tree now
         if request.kind == "file":
             directory, name = posixpath.split(path)
             source = await asyncio.to_thread(_single_file, tree, staging / "one", name)
@@ -318,6 +331,8 @@ class FileService:
         packed = await asyncio.to_thread(
             pack_directory, source, staging / "in.tar", limits=self._limits
         )
+        # Only in.tar is sent from here on, and the copy into the sandbox can take minutes.
+        await asyncio.to_thread(shutil.rmtree, source)
         argv = ["sh", "-c", PUT_SCRIPT, "sh", directory or ".", name]
         code, errors = await self._exec(backend, state, request, argv, _read_file(packed.path))
         self._check_exit(code, errors, state, "writing the files into the sandbox")
@@ -359,6 +374,7 @@ class FileService:
         self._check_exit(code, errors, state, "reading the files from the sandbox")
         tree = staging / "tree"
         await asyncio.to_thread(extract_archive, raw, tree, self._limits)
+        raw.unlink()  # unpacked: its bytes are in the tree now
         kind, result = await asyncio.to_thread(_canonical, tree, staging, self._limits)
         sha, size = await asyncio.to_thread(_sha256, result)
         if request.inline:
@@ -428,12 +444,6 @@ class FileService:
                 sandbox_id=state.sandbox_id,
                 extension=self._extension.id,
             )
-
-
-def _fresh(staging: Path) -> None:
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    staging.mkdir(mode=0o700)
 
 
 def _single_file(tree: Path, destination: Path, name: str) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from sandboxer.workers.deciding import apply_snapshot
 from sandboxer.workers.job_dispatch import dispatch_job
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.provider_expiry import follow_expiry
+from sandboxer.workers.scratch import pid_scratch, sweep_dead
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.refs import object_name
 from sandboxer.workspaces.upload import upload_directory
@@ -53,25 +53,8 @@ def scratch_for(staging_root: Path, snapshot_id: str) -> Path:
     of a workspace can be a gigabyte: what processes that are no longer running left here,
     for any snapshot, is removed first. A frozen worker's copy is left alone: it may wake
     up and finish it."""
-    staging_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for leftover in staging_root.glob("snapshot-*-*"):
-        pid = leftover.name.rsplit("-", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
-    scratch = staging_root / f"snapshot-{snapshot_id}-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(mode=0o700)
-    return scratch
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
+    sweep_dead(staging_root, "snapshot-*-*")
+    return pid_scratch(staging_root, f"snapshot-{snapshot_id}")
 
 
 class SnapshotJob:

@@ -2,11 +2,12 @@
 
 The archive came from any bus client, so it is treated as hostile: only
 directories, regular files and symlinks are accepted (no hard links,
-devices or FIFOs), no name may be absolute or climb with ``..``, and the
-entry count and total size are checked against the limits before a byte is
-written. The extraction itself runs under tarfile's ``data`` filter, which
-also refuses links whose targets leave the destination and drops set-uid
-and other special mode bits.
+devices or FIFOs), no name may be absolute, climb with ``..`` or come twice,
+nothing is written below a symlink, a symlink's target must stay inside by
+the rule of :func:`link_stays_inside`, and the entry count and total size
+are checked against the limits before a byte is written. The extraction
+itself runs under tarfile's ``data`` filter as a second line, which also
+drops set-uid and other special mode bits.
 """
 
 from __future__ import annotations
@@ -18,12 +19,38 @@ from pathlib import Path
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.limits import ArchiveLimits
 
-__all__ = ["extract_archive"]
+__all__ = ["extract_archive", "link_stays_inside"]
 
 _ACCEPTED = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE})
 
 
-def _check_member(member: tarfile.TarInfo, links: set[str]) -> None:
+def link_stays_inside(name: str, target: str) -> bool:
+    """Whether a symlink at ``name`` (a relative path in a tree) pointing at ``target`` stays in
+    the tree, whatever the tree's other symlinks are.
+
+    The target must be relative, its ``..`` parts must all come first, and there may be no
+    more of them than directories above the link. Collapsing ``x/..`` as text (normpath) is
+    only true when ``x`` is a real directory; in an archive ``x`` may be, or become once a
+    later entry is unpacked, a symlink: with ``z -> .``, ``z/z/q/../../..`` climbs out. This
+    one rule serves both the worker's unpacking and the client's packing, so that packing
+    never produces what a worker refuses.
+    """
+    if not target or posixpath.isabs(target):
+        return False
+    parts = [part for part in target.split("/") if part not in ("", ".")]
+    climbs = 0
+    while climbs < len(parts) and parts[climbs] == "..":
+        climbs += 1
+    if ".." in parts[climbs:]:
+        return False
+    return climbs <= posixpath.normpath(name).count("/")
+
+
+def _check_member(
+    member: tarfile.TarInfo, seen: set[str], links: set[str], parents: set[str]
+) -> None:
+    """Refuse ``member`` unless it is safe given the entries before it: ``seen`` holds their
+    names, ``links`` their symlinks, ``parents`` every directory something is written below."""
     name = member.name
     parts = name.split("/")
     if member.type not in _ACCEPTED:
@@ -31,26 +58,42 @@ def _check_member(member: tarfile.TarInfo, links: set[str]) -> None:
             f"the workspace archive holds {name!r} of a kind a workspace may not hold "
             "(only directories, regular files and symlinks are accepted)"
         )
-    if not name or posixpath.isabs(name) or ".." in parts or "\0" in name:
-        raise WorkspaceRefused(f"the workspace archive holds an unsafe name {name[:200]!r}")
-    # Nothing is written through a symlink of the archive: a packed tree never holds an entry
-    # below a link, and a chain of links (``p -> .``, ``q -> p/p/../..``) defeats the lexical
-    # check below and, on Pythons before 3.11.13/3.12.11, the data filter's (CVE-2025-4517).
     path = posixpath.normpath(name)
+    if (
+        not name
+        or posixpath.isabs(name)
+        or ".." in parts
+        or "\0" in name
+        or (path == "." and not member.isdir())
+    ):
+        raise WorkspaceRefused(f"the workspace archive holds an unsafe name {name[:200]!r}")
+    # A name that comes twice could turn a checked directory into a link, or the reverse.
+    if path in seen:
+        raise WorkspaceRefused(f"the workspace archive holds {name[:200]!r} twice")
+    seen.add(path)
+    # Nothing is written through a symlink of the archive, whichever comes first: a packed
+    # tree never holds an entry below a link, and every directory above a link being a real
+    # one is what makes link_stays_inside's count of ``..`` hold.
     parent = posixpath.dirname(path)
     while parent:
         if parent in links:
             raise WorkspaceRefused(
                 f"the workspace archive writes {name[:200]!r} through its symlink {parent!r}"
             )
+        parents.add(parent)
         parent = posixpath.dirname(parent)
     if member.issym():
-        links.add(path)
-        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
-        if posixpath.isabs(member.linkname) or target == ".." or target.startswith("../"):
+        if path in parents:
             raise WorkspaceRefused(
-                f"the workspace archive holds a symlink {name!r} -> {member.linkname[:200]!r} "
-                "that leaves the workspace"
+                f"the workspace archive makes {name[:200]!r} a symlink after writing below it"
+            )
+        links.add(path)
+        if not link_stays_inside(path, member.linkname):
+            raise WorkspaceRefused(
+                f"the workspace archive holds a symlink {name[:200]!r} -> "
+                f"{member.linkname[:200]!r} that leaves the workspace, or could once other links "
+                "are unpacked: a target must be relative, with its '..' parts only at its start "
+                "(../x, not sub/../x) and no more of them than the directories above the link"
             )
 
 
@@ -63,7 +106,9 @@ def extract_archive(archive: Path, destination: Path, limits: ArchiveLimits) -> 
     try:
         with tarfile.open(archive, "r:") as tar:
             members = []
+            seen: set[str] = set()
             links: set[str] = set()
+            parents: set[str] = set()
             total = 0
             for member in tar:
                 members.append(member)
@@ -71,7 +116,7 @@ def extract_archive(archive: Path, destination: Path, limits: ArchiveLimits) -> 
                     raise WorkspaceRefused(
                         f"the workspace archive has more than {limits.max_entries} entries"
                     )
-                _check_member(member, links)
+                _check_member(member, seen, links, parents)
                 total += member.size
                 if total > limits.max_bytes:
                     raise WorkspaceRefused(

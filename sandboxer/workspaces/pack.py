@@ -4,9 +4,11 @@ Entries are sorted, owners are 0/0 without names, every mtime is the same
 fixed instant and modes keep only their permission bits, so the archive's
 hash depends on names, contents, permissions and link targets alone (and a
 re-checkout of the same commit is uploaded once). Symlinks are stored as
-links; one whose target leaves the tree is refused, because no worker would
-unpack it. Sockets, FIFOs and devices are left out: a workspace has no use
-for them. Names in ``exclude`` are left out at any depth.
+links; one whose target is absolute, leaves the tree or climbs with ``..``
+after a name is refused, because no worker would unpack it (the one rule,
+:func:`~sandboxer.workspaces.extract.link_stays_inside`). Sockets, FIFOs and
+devices are left out: a workspace has no use for them. Names in ``exclude``
+are left out at any depth.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxer.errors import WorkspaceRefused
+from sandboxer.workspaces.extract import link_stays_inside
 from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = ["FIXED_MTIME", "Packed", "pack_directory"]
@@ -37,13 +40,6 @@ class Packed:
     sha256: str
     size: int
     entries: int
-
-
-def _link_escapes(relative: str, target: str) -> bool:
-    if posixpath.isabs(target):
-        return True
-    joined = posixpath.normpath(posixpath.join(posixpath.dirname(relative), target))
-    return joined == ".." or joined.startswith("../")
 
 
 def _info(relative: str, found: os.stat_result) -> tarfile.TarInfo:
@@ -98,10 +94,12 @@ def pack_directory(
             info = _info(relative, found)
             if stat.S_ISLNK(found.st_mode):
                 target = os.readlink(path)
-                if _link_escapes(relative, target):
+                if not link_stays_inside(relative, target):
                     raise WorkspaceRefused(
-                        f"{path} is a symlink to {target!r}, outside the directory; no worker "
-                        "unpacks such a link. Remove it or leave it out with --exclude"
+                        f"{path} is a symlink to {target!r}, outside the directory or climbing "
+                        "with '..' after a name; no worker unpacks such a link. Remove it, "
+                        "point it with '..' only at its start (../x, not sub/../x), or leave "
+                        "it out with --exclude"
                     )
                 info.type, info.linkname = tarfile.SYMTYPE, target
                 tar.addfile(info)

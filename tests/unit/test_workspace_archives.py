@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sandboxer.errors import WorkspaceRefused
-from sandboxer.workspaces.extract import extract_archive
+from sandboxer.errors import InvalidInput, WorkspaceRefused
+from sandboxer.transfer import place_copy
+from sandboxer.workspaces.extract import extract_archive, link_stays_inside
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.pack import pack_directory
 from sandboxer.workspaces.refs import object_ref, parse_object_ref
@@ -67,62 +69,83 @@ def test_packing_refuses_links_out_and_trees_over_the_limits(tmp_path: Path) -> 
     (tree / "out").symlink_to("../../etc/passwd")
     with pytest.raises(WorkspaceRefused, match="outside the directory"):
         pack_directory(tree, tmp_path / "a.tar")
+    (tree / "out").unlink()
+    (tree / "sub").mkdir()
+    (tree / "back").symlink_to("sub/../big")  # inside as text, but a worker refuses it
+    with pytest.raises(WorkspaceRefused, match=r"not sub/\.\./x"):
+        pack_directory(tree, tmp_path / "a.tar")
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "inside"),
+    [
+        ("l", "x", True),
+        ("l", "./x/", True),
+        ("l", ".", True),
+        ("a/l", "../b", True),
+        ("a/b/l", "../../c/d", True),
+        ("./a/l", "../b", True),
+        ("l", "..", False),
+        ("l", "/etc", False),
+        ("l", "", False),
+        ("a/up", "../../outside", False),
+        ("l", "sub/../x", False),  # true as text only while sub is a real directory
+        ("a", "z/z/q/../../..", False),
+        ("q", "p/p/../..", False),
+        ("a/l", "../x/..", False),
+    ],
+)
+def test_a_link_stays_inside_only_climbing_first_and_no_higher_than_it_stands(
+    name: str, target: str, inside: bool
+) -> None:
+    assert link_stays_inside(name, target) is inside
+
+
+SYM, DIR = {"type": tarfile.SYMTYPE}, {"type": tarfile.DIRTYPE, "mode": 0o755}
+
+HOSTILE: dict[str, list[tuple[str, dict[str, object]]]] = {
+    "dotdot": [("../evil", {})],
+    "absolute": [("/tmp/sandboxer-absolute-evil", {})],
+    "link-then-write": [("link", {**SYM, "linkname": "/etc"}), ("link/evil", {})],
+    "chained-links-then-write": [
+        ("p", {**SYM, "linkname": "."}),
+        ("q", {**SYM, "linkname": "p/p/../.."}),
+        ("q/evil", {}),
+    ],
+    # Checked as text while z is missing, "a" is inside (normpath: "evil"); once z -> . is
+    # unpacked, z/z/q is q and the three '..' climb out of deep/out.
+    "forward-link": [
+        ("a", {**SYM, "linkname": "z/z/q/../../../evil"}),
+        ("q", DIR),
+        ("z", {**SYM, "linkname": "."}),
+    ],
+    "name-twice": [("f", {}), ("f", {"data": b"evil2"})],
+    "written-below-then-link": [("x/evil", {}), ("x", {**SYM, "linkname": "."})],
+    "relative-link-out": [("a", DIR), ("a/up", {**SYM, "linkname": "../../outside"})],
+    "device": [("null", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3})],
+    "fifo": [("pipe", {"type": tarfile.FIFOTYPE})],
+    "hardlink": [("passwd", {"type": tarfile.LNKTYPE, "linkname": "/etc/passwd"})],
+    "many": [(f"f{index}", {}) for index in range(20)],
+    "bomb": [("big", {"data": b"y" * 4096})],
+}
 
 
 def hostile(kind: str) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-
-        def add(name: str, data: bytes = b"evil", **fields: object) -> None:
+        for name, given in HOSTILE[kind]:
+            fields = dict(given)
+            data = fields.pop("data", b"evil")
+            assert isinstance(data, bytes)
             info = tarfile.TarInfo(name)
             info.size = len(data) if fields.get("type", tarfile.REGTYPE) == tarfile.REGTYPE else 0
             for key, value in fields.items():
                 setattr(info, key, value)
             tar.addfile(info, io.BytesIO(data) if info.size else None)
-
-        if kind == "dotdot":
-            add("../evil")
-        elif kind == "absolute":
-            add("/tmp/sandboxer-absolute-evil")
-        elif kind == "link-then-write":
-            add("link", type=tarfile.SYMTYPE, linkname="/etc")
-            add("link/evil")
-        elif kind == "chained-links-then-write":
-            add("p", type=tarfile.SYMTYPE, linkname=".")
-            add("q", type=tarfile.SYMTYPE, linkname="p/p/../..")
-            add("q/evil")
-        elif kind == "relative-link-out":
-            add("a", type=tarfile.DIRTYPE, mode=0o755)
-            add("a/up", type=tarfile.SYMTYPE, linkname="../../outside")
-        elif kind == "device":
-            add("null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
-        elif kind == "fifo":
-            add("pipe", type=tarfile.FIFOTYPE)
-        elif kind == "hardlink":
-            add("passwd", type=tarfile.LNKTYPE, linkname="/etc/passwd")
-        elif kind == "many":
-            for index in range(20):
-                add(f"f{index}")
-        elif kind == "bomb":
-            add("big", b"y" * 4096)
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "dotdot",
-        "absolute",
-        "link-then-write",
-        "chained-links-then-write",
-        "relative-link-out",
-        "device",
-        "fifo",
-        "hardlink",
-        "many",
-        "bomb",
-    ],
-)
+@pytest.mark.parametrize("kind", list(HOSTILE))
 def test_hostile_archives_are_refused_before_anything_is_written(kind: str, tmp_path: Path) -> None:
     archive = tmp_path / "evil.tar"
     archive.write_bytes(hostile(kind))
@@ -133,6 +156,97 @@ def test_hostile_archives_are_refused_before_anything_is_written(kind: str, tmp_
     assert list(out.iterdir()) == []
     assert not (tmp_path / "deep" / "evil").exists()
     assert not Path("/tmp/sandboxer-absolute-evil").exists()
+
+
+def tar_of(entries: list[tuple[str, str]]) -> bytes:
+    """A tar of ``(name, what)``: ``dir``, ``file:<content>`` or ``link:<target>``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, what in entries:
+            info = tarfile.TarInfo(name)
+            kind, _, value = what.partition(":")
+            data = None
+            if kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            elif kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, value
+            else:
+                info.size, info.mode, data = len(value), 0o644, io.BytesIO(value.encode())
+            tar.addfile(info, data)
+    return buffer.getvalue()
+
+
+def fetched(scratch: Path, entries: list[tuple[str, str]]) -> Path:
+    """A copy out as the client has fetched it, in its own scratch directory."""
+    scratch.mkdir()
+    (scratch / "fetched").write_bytes(tar_of(entries))
+    return scratch / "fetched"
+
+
+# Each copy out as the worker answers it (a tar of the directory's contents), made by a
+# hostile sandbox to plant a link in the first copies that a later copy writes through.
+PLANTED = {
+    # The reviewer's case: "a" is checked while "z" is missing, so it looks inside.
+    "forward-link": [
+        [("a", "link:z/z/q/../../../victim"), ("q", "dir"), ("z", "link:.")],
+        [("a", "dir"), ("a/authorized_keys", "file:ATTACKER")],
+    ],
+    # Every link is inside where its archive puts it, but the merge would place the second
+    # copy's link through the first's: a/a/a is the target itself, so l stands in b and
+    # its three '..' reach the victim.
+    "link-placed-through-a-link": [
+        [("a", "link:.")],
+        [
+            ("a", "dir"),
+            ("a/a", "dir"),
+            ("a/a/a", "dir"),
+            ("a/a/a/b", "dir"),
+            ("a/a/a/b/l", "link:../../../victim"),
+        ],
+        [("b", "dir"), ("b/l", "dir"), ("b/l/authorized_keys", "file:ATTACKER")],
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLANTED))
+def test_copies_out_into_the_same_directory_never_write_outside_it(
+    case: str, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"  # as if ~/.ssh
+    victim.mkdir()
+    target = tmp_path / "user" / "results"  # sandboxer cp sb:out ./results, again and again
+    target.parent.mkdir()
+    for index, entries in enumerate(PLANTED[case]):
+        archive = fetched(tmp_path / "user" / f".sandboxer-cp-{index}", entries)
+        # Refusing a copy is one way to stay inside; the checks below are the test.
+        with contextlib.suppress(WorkspaceRefused, InvalidInput):
+            place_copy(archive, "dir", target, ArchiveLimits())
+    assert list(victim.iterdir()) == []
+    for path in target.rglob("*"):
+        assert Path(os.path.realpath(path)).is_relative_to(target), path
+
+
+def test_a_copy_out_replaces_a_link_in_the_target_and_refuses_a_directory_there(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "results"
+    (target / "real").mkdir(parents=True)
+    (target / "real" / "keep").write_text("kept\n")
+    (target / "file").symlink_to("real/keep")
+    (target / "dir").symlink_to("real")
+    first = fetched(
+        tmp_path / "cp-1", [("file", "file:new"), ("real", "dir"), ("real/add", "file:x")]
+    )
+    place_copy(first, "dir", target, ArchiveLimits())
+    assert not (target / "file").is_symlink()  # replaced, not written through
+    assert (target / "file").read_text() == "new"
+    assert (target / "real" / "keep").read_text() == "kept\n"
+    assert (target / "real" / "add").read_text() == "x"
+    second = fetched(tmp_path / "cp-2", [("new", "file:n"), ("dir", "dir"), ("dir/evil", "file:e")])
+    with pytest.raises(InvalidInput, match="dir is a symlink, and the copy brings a directory"):
+        place_copy(second, "dir", target, ArchiveLimits())
+    assert not (target / "new").exists()  # refused before anything moved
+    assert not (target / "real" / "evil").exists()
 
 
 def test_not_a_tar_is_refused(tmp_path: Path) -> None:
