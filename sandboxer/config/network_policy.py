@@ -58,8 +58,10 @@ MAX_PORT_RANGES = 64
 DESCRIBED = 6
 """Entries a one-line description shows before it says how many more there are."""
 MAX_ENTRY_CHARS = 300
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_PORTS = re.compile(r"^\d{1,5}(?:-\d{1,5})?$")
+# Used with fullmatch: with match, '$' also matches before a final newline, and
+# 'evil\n.pypi.org' would pass as a name.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_PORTS = re.compile(r"\d{1,5}(?:-\d{1,5})?")
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -404,7 +406,7 @@ def _domain(text: str, label: str) -> str:
         raise InvalidNetworkPolicy(
             f"{label}: a wildcard is '*.' at the start only (write *.pypi.org, not {text})"
         )
-    bad = [part for part in labels if not _LABEL.match(part)]
+    bad = [part for part in labels if not _LABEL.fullmatch(part)]
     if bad:
         raise InvalidNetworkPolicy(
             f"{label}: {text!r} is not a domain name, address or CIDR (labels are letters, "
@@ -452,7 +454,7 @@ def _ports_of_list(raw: object, label: str) -> tuple[PortRange, ...]:
 
 
 def _port_range(text: str, label: str) -> PortRange:
-    if not _PORTS.match(text):
+    if not _PORTS.fullmatch(text):
         raise InvalidNetworkPolicy(
             f"{label}: {text!r} is not a port or a range (write 443 or 8000-8100)"
         )

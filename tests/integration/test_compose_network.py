@@ -21,6 +21,7 @@ import pytest
 from sandboxer.config.network_policy import DENY_ALL, NetworkPolicy, parse_policy
 from sandboxer.errors import InvalidInput, RemoteCommandFailed
 from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.compose_ssh import backend as compose_backend
 from sandboxer.extensions.compose_ssh.egress import HOSTS_FILE, gate_directory
 from sandboxer.extensions.compose_ssh.egress_plan import PROXY_PORT, bridge_of
 from sandboxer.extensions.compose_ssh.stack import NO_NETWORK_FILE
@@ -295,6 +296,26 @@ async def test_a_service_with_its_own_network_is_refused(env: Env, tmp_path: Pat
     with pytest.raises(InvalidInput, match=r"services web .* choose their own networks"):
         await env.extension.provision(with_policy(env, "composeallow2", repo, policy))
     assert not (env.root / "sbx-composeallow2").exists()
+
+
+@pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
+async def test_compose_s_own_merged_model_is_checked_before_anything_starts(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file check reads one file and compose merges more (extends, include, tags): with
+    that check out of the way, compose's own model of the stack (config, the override
+    included) still refuses a service with a network of its own, before any container."""
+    monkeypatch.setattr(compose_backend, "gate_bypasses", lambda compose, name: [])
+    own = NETWORKED + "    networks: [outside]\nnetworks:\n  outside: {}\n"
+    repo = make_repo(tmp_path / "repo", own)
+    policy = parse_policy({"egress": ["pypi.org:443"]})
+    with pytest.raises(InvalidInput, match="services worker would not be on the egress network"):
+        await env.extension.provision(with_policy(env, "composeleak1", repo, policy))
+    assert env.containers("composeleak1") == []
+    await env.extension.teardown("composeleak1", host="host1")  # as the worker does
+    network = "sbx-composeleak1-egress"
+    assert env.engine.cli("network", "inspect", network, check=False).returncode != 0
+    assert not (env.root / "sbx-composeleak1").exists()
 
 
 def client_hello(server_name: str) -> bytes:

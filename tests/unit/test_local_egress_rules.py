@@ -31,7 +31,9 @@ from sandboxer.extensions.local.egress_proxy import (
     Allowlist,
     NotClientHello,
     Refused,
+    _is_forbidden_target,
     client_hello_server_name,
+    embedded_ipv4,
     normalize_name,
     parse_request,
     read_hosts_file,
@@ -179,6 +181,48 @@ def test_names_and_patterns() -> None:
     assert not rules.allows("files.test", 443)  # a wildcard does not allow the name itself
     assert not rules.allows("evilfiles.test", 443)
     assert not rules.allows("a.files.test", 80)
+
+
+def test_a_name_with_a_newline_in_it_is_no_name() -> None:
+    # '$' with match() also matches before a final newline: each label must match whole.
+    for bad in ("evil\n.pypi.org", "pypi\n.org", "pypi.org\n.x"):
+        assert normalize_name(bad) is None, bad
+        assert not valid_pattern("*." + bad), bad
+    with pytest.raises(Refused):
+        parse_request(b"GET\n / HTTP/1.1\r\nHost: pypi.org\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "169.254.169.254",
+        "::ffff:169.254.169.254",  # IPv4-mapped: a dual-stack socket connects to the IPv4 one
+        "::ffff:a9fe:a9fe",
+        "::ffff:127.0.0.1",
+        "::169.254.169.254",  # IPv4-compatible
+        "64:ff9b::169.254.169.254",  # NAT64
+        "2002:a9fe:a9fe::1",  # 6to4
+        "2002:7f00:1::1",
+        "::1",
+        "fe80::1",
+    ],
+)
+def test_addresses_of_the_host_and_local_links_are_forbidden_in_any_spelling(
+    address: str,
+) -> None:
+    assert _is_forbidden_target(address)
+
+
+def test_ipv6_addresses_are_judged_by_the_ipv4_address_they_carry() -> None:
+    v4 = ipaddress.IPv4Address("198.51.100.7")
+    for spelling in ("::ffff:198.51.100.7", "::198.51.100.7", "64:ff9b::c633:6407"):
+        assert embedded_ipv4(ipaddress.ip_address(spelling)) == v4, spelling
+    assert embedded_ipv4(ipaddress.ip_address("2002:c633:6407::1")) == v4
+    assert embedded_ipv4(ipaddress.ip_address("2001:db8::1")) is None
+    assert embedded_ipv4(v4) is None
+    # An ordinary outside address stays allowed in each spelling (nothing here binds it).
+    for spelling in ("198.51.100.7", "::ffff:198.51.100.7", "64:ff9b::c633:6407"):
+        assert not _is_forbidden_target(spelling), spelling
 
 
 def test_requests_are_routed_by_their_target_and_checked() -> None:

@@ -14,6 +14,7 @@ from sandboxer.config.network_policy import (
     Egress,
     NetworkPolicy,
     PortRange,
+    _port_range,
     enforces,
     narrows,
     parse_entry,
@@ -110,6 +111,22 @@ def test_errors_name_the_entry_and_the_fix(raw: object, says: str) -> None:
         parse_entry(raw, "network.egress[3]")
     assert caught.value.message.startswith("network.egress[3]")
     assert says in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["evil\n.pypi.org:443", "*.evil\n.pypi.org", "pypi\n.org", {"to": "evil\n.pypi.org"}],
+)
+def test_a_name_with_a_newline_inside_is_refused(raw: object) -> None:
+    # '$' with match() also matches before a final newline: each label must match whole.
+    with pytest.raises(InvalidNetworkPolicy, match="is not a domain name"):
+        parse_entry(raw, "network.egress[0]")
+
+
+def test_a_port_with_a_newline_is_no_port() -> None:
+    # Entries reach _port_range stripped; the range itself must match whole all the same.
+    with pytest.raises(InvalidNetworkPolicy, match="not a port or a range"):
+        _port_range("443\n", "network.egress[0]")
 
 
 def test_policy_errors() -> None:

@@ -47,17 +47,20 @@ from sandboxer.extensions.compose_ssh.compose_file import (
 )
 from sandboxer.extensions.compose_ssh.egress_plan import (
     allowlist_override,
+    gate_bypasses,
+    gate_leaks,
     uncarried_entries,
-    unsafe_services,
 )
 from sandboxer.extensions.compose_ssh.pausing import set_paused
 from sandboxer.extensions.compose_ssh.readiness import await_running, settled, up_and_look
 from sandboxer.extensions.compose_ssh.service_exec import check_service, exec_in_service
 from sandboxer.extensions.compose_ssh.stack import Plan, Stack, no_network_override
+from sandboxer.extensions.output_capture import redacted_tail
 from sandboxer.extensions.ssh_access import ssh_access
 from sandboxer.extensions.ssh_backend import SshBackend
 from sandboxer.extensions.ssh_handover import Handover
 from sandboxer.extensions.ssh_targets import (
+    SHORT_TIMEOUT,
     Target,
     host_telemetry,
     session,
@@ -171,6 +174,7 @@ class ComposeSshExtension(SshBackend):
                         stack.egress_path,
                         allowlist_override(services, stack.project, bridge.gateway).encode(),
                     )
+                    await self._check_merged(conn, stack, values)
                 if plan.volume_keys:  # a restored snapshot: fill the volumes before any start
                     await self._up(conn, stack, values, "--no-start")
                     await volumes.seed(
@@ -300,7 +304,10 @@ class ComposeSshExtension(SshBackend):
             try:
                 owned = await engine.owned_containers(conn, item)
             except RemoteCommandFailed as exc:
-                report["engine_error"] = f"{exc.message}: {exc.output_tail}"
+                # The newest lines of the engine's answer, not its whole 8 KiB window: the
+                # report is an event, and readers keep its first 500 characters.
+                tail = redacted_tail(exc.output_tail, (), lines=5)
+                report["engine_error"] = f"{exc.message}: {tail}"
                 owned = []
         projects: dict[str, list[containers.Container]] = {}
         for container in owned:
@@ -414,6 +421,38 @@ class ComposeSshExtension(SshBackend):
                 fix="check the compose file and the compose command of the host",
             ) from None
 
+    async def _check_merged(self, conn: Connection, stack: Stack, values: list[str]) -> None:
+        """Refuse the stack unless compose's own merged model (``config``, the override
+        included) puts every service on the egress network alone. :func:`_network_mode`
+        read one file; compose merges more (extends, include, tags PyYAML does not know),
+        and this is what ``up`` will make. Runs before anything starts; the teardown that
+        follows a failed create removes the gate made so far."""
+        try:
+            result = await stack.run(conn, "config", timeout=SHORT_TIMEOUT)
+        except RemoteCommandFailed as exc:
+            raise checks.with_output(
+                exc,
+                f"'{stack.target.config.compose_cmd} config' of {stack.compose_file} with "
+                f"the egress override on host {stack.target.name}",
+                values,
+                sandbox_id=stack.sandbox_id,
+                extension=self.id,
+                fix="fix the compose file (the command prints what it rejects)",
+            ) from None
+        try:  # Docker Compose prints YAML or JSON, the others YAML; JSON is YAML
+            resolved = yaml.safe_load(result.stdout)
+        except yaml.YAMLError:
+            resolved = None  # gate_leaks refuses what it cannot read
+        leaks = gate_leaks(resolved, stack.project)
+        if leaks:
+            raise InvalidInput(
+                f"{stack.compose_file} as compose merges it would bypass the egress allowlist: "
+                f"{'; '.join(leaks)}; remove networks:, network_mode:, extends: and include: "
+                "from the compose file (every service is put on the allowlist's network)",
+                sandbox_id=stack.sandbox_id,
+                extension=self.id,
+            )
+
     async def _found_on(self, item: Target, conn: Connection) -> list[FoundSandbox]:
         held = await scan(conn, item)
         try:
@@ -474,17 +513,27 @@ def _network_mode(
         return "all"
     if not policy.egress:
         return "none"
+    # A file we cannot read is refused, not waved through: compose may read it (it knows
+    # tags such as !reset that PyYAML does not), and then its networks would go unchecked.
     try:
         parsed = yaml.safe_load(compose_path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        parsed = None  # compose itself will say what is wrong with it
-    own = unsafe_services(parsed)
-    if own:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InvalidInput(
-            f"services {', '.join(own)} of {compose_path.name} choose their own networks "
-            "(networks: or network_mode:), which would bypass the egress allowlist; remove "
-            "those keys (every service is put on the allowlist's network)",
+            f"{compose_path.name} cannot be checked for networks of its own, which the egress "
+            f"allowlist needs: {_why_unreadable(exc)}; write it as plain YAML (no tags such as "
+            "!reset or !override)",
             sandbox_id=request.sandbox_id,
             extension=extension,
-        )
+        ) from None
+    reasons = gate_bypasses(parsed, compose_path.name)
+    if reasons:
+        raise InvalidInput("; ".join(reasons), sandbox_id=request.sandbox_id, extension=extension)
     return "allowlist"
+
+
+def _why_unreadable(exc: Exception) -> str:
+    """A YAML error in one line (its text quotes the file over several), else the error."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1})" if mark else exc.problem
+    return f"{type(exc).__name__}: {exc}"

@@ -33,6 +33,8 @@ __all__ = [
     "allowlist_override",
     "bridge_of",
     "egress_support",
+    "gate_bypasses",
+    "gate_leaks",
     "network_name",
     "nft_ruleset",
     "nft_table",
@@ -109,6 +111,88 @@ def allowlist_override(services: list[str], project: str, gateway: str) -> str:
 def unsafe_services(compose: object) -> list[str]:
     """Services of a parsed compose file that choose their own network (``networks:`` or
     ``network_mode:``): merged with the override they would keep a way out."""
+    return _services_with(compose, "networks", "network_mode")
+
+
+def gate_bypasses(compose: object, name: str) -> list[str]:
+    """Why the parsed compose file ``name`` would give its services a way around the egress
+    gate, one reason each, naming its fix; empty when it gives none.
+
+    Only this file is read, so what compose would merge into it from elsewhere is refused
+    as well: ``extends:`` (the extended service's networks are merged with the override's,
+    and keep their way out) and ``include:``. :func:`gate_leaks` then checks compose's
+    own merged model before anything starts."""
+    if not isinstance(compose, dict):
+        return [f"{name} is not a mapping of top-level keys (services:, ...); fix the compose file"]
+    reasons = []
+    own = unsafe_services(compose)
+    if own:
+        reasons.append(
+            f"services {', '.join(own)} of {name} choose their own networks (networks: or "
+            "network_mode:), which would bypass the egress allowlist; remove those keys "
+            "(every service is put on the allowlist's network)"
+        )
+    extending = _services_with(compose, "extends")
+    if extending:
+        reasons.append(
+            f"services {', '.join(extending)} of {name} extend other services (extends:), "
+            "whose networks would be merged in and bypass the egress allowlist; write out "
+            "what they take from there in the services themselves"
+        )
+    if "include" in compose:
+        reasons.append(
+            f"{name} includes other compose files (include:), whose services would not "
+            f"be checked for networks of their own; move those services into {name}"
+        )
+    return reasons
+
+
+def gate_leaks(resolved: object, project: str) -> list[str]:
+    """Services of compose's merged model (``config`` with the override) that would not
+    be on the egress network alone, and what else in it points past the gate; empty
+    when nothing does.
+
+    The model is what ``up`` will make, whatever merged into it (extends, include, tags
+    that :func:`gate_bypasses` cannot see): each service on :data:`NETWORK_KEY` only, no
+    ``network_mode``, and that network the sandbox's own, external one. An ``extends:``
+    still in the model (podman-compose prints it unresolved) is a leak: its networks are
+    not shown. A model that cannot be read is a leak too: nothing unseen is started."""
+    if not isinstance(resolved, dict) or not isinstance(resolved.get("services"), dict):
+        return ["compose printed no model of the stack's services"]
+    leaks = []
+    networks = resolved.get("networks")
+    ours = networks.get(NETWORK_KEY) if isinstance(networks, dict) else None
+    if not (
+        isinstance(ours, dict)
+        and ours.get("external") is True
+        and ours.get("name") == network_name(project)
+    ):
+        leaks.append(
+            f"the network {NETWORK_KEY} is not the sandbox's egress network "
+            f"{network_name(project)} (the compose file must not define {NETWORK_KEY})"
+        )
+    stray = []
+    for service, body in resolved["services"].items():
+        joined = body.get("networks") if isinstance(body, dict) else None
+        # Docker Compose prints a service's networks as a mapping, podman-compose as a list.
+        on = sorted(str(key) for key in joined) if isinstance(joined, dict | list) else None
+        if (
+            on != [NETWORK_KEY]
+            or not isinstance(body, dict)
+            or "network_mode" in body
+            or "extends" in body
+        ):
+            stray.append(str(service))
+    if stray:
+        leaks.append(
+            f"services {', '.join(sorted(stray))} would not be on the egress network alone "
+            "(compose merged in other networks, a network_mode or an extends:)"
+        )
+    return leaks
+
+
+def _services_with(compose: object, *keys: str) -> list[str]:
+    """Services of a parsed compose file that have any of ``keys``."""
     if not isinstance(compose, dict):
         return []
     services = compose.get("services")
@@ -117,7 +201,7 @@ def unsafe_services(compose: object) -> list[str]:
     return sorted(
         str(name)
         for name, body in services.items()
-        if isinstance(body, dict) and ("networks" in body or "network_mode" in body)
+        if isinstance(body, dict) and any(key in body for key in keys)
     )
 
 

@@ -11,7 +11,9 @@ What it refuses by design, a ``CONNECT`` to an address literal
 (``CONNECT 10.1.2.3:5432``), is decided here instead: let through when
 the address and port lie in one of the policy's address entries and the
 address is not one of the host's own, loopback, link-local or multicast
-(egress_proxy's own test). No TLS check there: an address entry allows the
+(egress_proxy's own test, which also judges an IPv6 address by the IPv4 address it
+carries; an IPv4-mapped literal such as ``[::ffff:10.1.2.3]`` is matched as the IPv4
+address it is). No TLS check there: an address entry allows the
 destination, whatever is spoken to it. Plain-HTTP requests to an address
 literal stay refused (use CONNECT).
 
@@ -109,7 +111,9 @@ def address_target(head: bytes) -> tuple[str, int] | None:
         address = ipaddress.ip_address(host)
     except ValueError:
         return None
-    return str(address), int(port_text)
+    # [::ffff:169.254.169.254] is an IPv4 connection to 169.254.169.254: judged as that,
+    # or an IPv6 entry such as ::/0 would let it through.
+    return str(egress_proxy.unmapped(address)), int(port_text)
 
 
 class _Replayed(asyncio.StreamReader):

@@ -18,8 +18,9 @@ sandbox can reach) and accepts:
 Every upstream connection goes to the address the ALLOWED name resolves to
 (the configured hosts file first, then the system resolver), so later bytes
 on the same connection can only reach that host. Names resolving to this
-host's own addresses, loopback, link-local or multicast are refused: an
-allowed name must not become a way into the host. Refusals are answered at
+host's own addresses, loopback, link-local or multicast are refused (an IPv6
+address carrying an IPv4 one, such as ``::ffff:169.254.169.254``, is judged by that
+one too): an allowed name must not become a way into the host. Refusals are answered at
 once (403, or a closed tunnel) and logged.
 
 The config file (JSON, written by :mod:`.egress`)::
@@ -45,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["Allowlist", "client_hello_server_name", "normalize_name", "valid_pattern"]
+__all__ = [
+    "Allowlist",
+    "client_hello_server_name",
+    "embedded_ipv4",
+    "normalize_name",
+    "unmapped",
+    "valid_pattern",
+]
 
 MAX_HEAD = 16 * 1024
 MAX_HELLO = 64 * 1024
@@ -54,8 +62,10 @@ CONNECT_TIMEOUT = 10.0
 MAX_CLIENTS = 256
 MAX_LOG_LINES = 2000
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_METHOD = re.compile(r"^[A-Z]{1,16}$")
+# Used with fullmatch: with match, '$' also matches before a final newline, and
+# 'evil\n.pypi.org' would pass as a name.
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_METHOD = re.compile(r"[A-Z]{1,16}")
 _DROPPED_HEADERS = {"proxy-connection", "proxy-authorization", "proxy-authenticate"}
 
 
@@ -67,7 +77,7 @@ def normalize_name(name: str) -> str | None:
     name = name.lower().removesuffix(".")
     if not name or len(name) > 253 or not name.isascii():
         return None
-    if not all(_LABEL.match(label) for label in name.split(".")):
+    if not all(_LABEL.fullmatch(label) for label in name.split(".")):
         return None
     with contextlib.suppress(ValueError):
         ipaddress.ip_address(name)
@@ -250,7 +260,11 @@ def parse_request(head: bytes) -> Request:
         raise Refused(400, "request head is not ASCII") from None
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not _METHOD.match(parts[0]) or parts[2] not in {"HTTP/1.0", "HTTP/1.1"}:
+    if (
+        len(parts) != 3
+        or not _METHOD.fullmatch(parts[0])
+        or parts[2] not in {"HTTP/1.0", "HTTP/1.1"}
+    ):
         raise Refused(400, "malformed request line")
     method, target, version = parts
     headers: list[tuple[str, str]] = []
@@ -304,8 +318,48 @@ def read_hosts_file(path: Path | None) -> dict[str, list[str]]:
     return mapping
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv6 address of a form whose connections may end at it:
+    IPv4-mapped (``::ffff:a.b.c.d``: a dual-stack socket connects to a.b.c.d itself),
+    IPv4-compatible (``::a.b.c.d``), NAT64 (``64:ff9b::a.b.c.d``, which a NAT64 gateway
+    forwards to a.b.c.d) and 6to4 (``2002:AABB:CCDD::/48``). None for any other address.
+
+    Python before 3.13 does not look inside (``ipaddress.ip_address("::ffff:127.0.0.1")
+    .is_loopback`` is False), so every check of an address also checks this one."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or ip in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def unmapped(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``ip``, or the IPv4 address it maps (``::ffff:a.b.c.d``): a connection to a mapped
+    address IS an IPv4 connection, so rules for IPv4 destinations must judge it."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def _is_forbidden_target(address: str) -> bool:
     ip = ipaddress.ip_address(address)
+    # ::ffff:169.254.169.254 reaches the metadata service as 169.254.169.254 does: an
+    # address carrying an IPv4 one is forbidden when that one is.
+    inner = embedded_ipv4(ip)
+    if inner is not None and _is_forbidden_target(str(inner)):
+        return True
     if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
         return True
     # One of this host's own addresses: binding to it succeeds only then.

@@ -190,6 +190,18 @@ class VmPackerExtension(SshBackend):
     def _plan(self, request: ProvisionRequest) -> tuple[Target, Path | None]:
         sandbox_id = request.sandbox_id
         checks.check_sandbox_id(sandbox_id, self.id)
+        # Routing trusts the declaration's capabilities.network; one edited to claim more
+        # than none would send deny profiles here, and the VM would run them unfiltered.
+        policy = request.profile.network.policy()
+        if policy.needs() != "none":
+            raise InvalidInput(
+                f"{self.id} cannot enforce the network policy ({policy.describe()}): a shared "
+                "VM keeps its own network (network: none). Give the profile network: "
+                "{default: allow} or route it to a backend that enforces the policy, and "
+                f"leave {self.id}'s declaration at capabilities.network: none",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
         repo = checks.local_repo(
             request.inputs.get("repo"), required=False, sandbox_id=sandbox_id, extension=self.id
         )
