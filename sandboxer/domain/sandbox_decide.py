@@ -395,7 +395,8 @@ def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> l
     if state.status != "new":
         raise Rejected(
             "sandbox_exists",
-            f"sandbox {admitted.sandbox_id} already exists ({state.status}); "
+            # Nothing of the sandbox is told (not its status): it may be another project's.
+            f"sandbox id {admitted.sandbox_id} is taken; "
             "choose another sandbox_id or omit it to have one assigned",
         )
     head: dict[str, Any] = {

@@ -90,7 +90,7 @@ def decide_snapshot(
             if state.status != "new":
                 raise Rejected(
                     "snapshot_exists",
-                    f"snapshot {state.snapshot_id} already exists ({state.status})",
+                    f"snapshot {state.snapshot_id} already exists",
                 )
             return [
                 SnapshotRequested(

@@ -96,7 +96,7 @@ async def test_same_command_id_twice_gives_one_sandbox(service: Service) -> None
 
 async def test_chosen_sandbox_id_and_a_second_create_for_it(service: Service) -> None:
     await service.client.create(sandbox_id="chosen0001")
-    with pytest.raises(CommandFailed, match="already exists"):
+    with pytest.raises(CommandFailed, match="is taken"):
         await service.client.create(sandbox_id="chosen0001")
 
 

@@ -134,6 +134,14 @@ def test_huge_payload_is_refused_before_decoding() -> None:
     assert caught.value.code == "too_large"
 
 
+@pytest.mark.parametrize("reason", ["\x1b]0;owned\x07", "line one\nforged: line", "x" * 2000])
+def test_an_expiry_reason_is_printable_and_short(reason: str) -> None:
+    data = raw(command_id="c", sandbox_id="abcdefgh", reason=reason, actor=ACTOR)
+    with pytest.raises(InvalidCommand, match="printable") as caught:
+        parse_command("sandboxer.cmd.expire", data)
+    assert caught.value.code == "invalid_field"
+
+
 def test_a_rejection_records_only_an_actor_the_log_may_hold() -> None:
     """An oversized command whose actor id is most of its megabyte: its rejection must not
     carry that id (it would be too large to append, and the command handed back for ever)."""
