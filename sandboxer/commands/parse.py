@@ -179,13 +179,14 @@ def _check_fields(command: Command, invalid: Callable[[str, str], InvalidCommand
                 raise invalid("invalid_network", exc.message) from None
     if isinstance(command, ExtendTtl):
         _check_duration("duration", command.duration, invalid)
-    if isinstance(command, ExpireSandbox) and command.reason is not None:
-        # Recorded in the expiry's note and shown by 'get' and 'describe': no control
-        # characters (terminal escapes, line breaks that forge lines).
-        if len(command.reason) > MAX_REASON or not command.reason.isprintable():
-            raise invalid(
-                "invalid_field", f"reason must be at most {MAX_REASON} printable characters"
-            )
+    # An expiry's reason is recorded in its note and shown by 'get' and 'describe': no
+    # control characters (terminal escapes, line breaks that forge lines).
+    if (
+        isinstance(command, ExpireSandbox)
+        and command.reason is not None
+        and (len(command.reason) > MAX_REASON or not command.reason.isprintable())
+    ):
+        raise invalid("invalid_field", f"reason must be at most {MAX_REASON} printable characters")
     _check_snapshot_fields(command, invalid)
     _check_account_fields(command, invalid)
     refusal = key_command_refusal(command)  # create_key, revoke_key (domain/key_decide.py)
