@@ -8,6 +8,14 @@ connections are retried with backoff by ``stamina`` before they become
 :class:`ProviderUnavailable`. A request that is not safe to repeat (a create)
 is sent once with ``retry=False``: its caller looks for what it may have made
 before trying again (:mod:`sandboxer.hosted.create_once`).
+
+An answer that carries what a sandbox printed (Daytona's toolbox) is read with
+``max_bytes``: it is read as it arrives and the read stopped past that size, so
+a tenant's output is never held whole. A 2xx answer that is not the JSON the
+spec describes (a wrong ``api_url`` answering a web page, a broken item) is a
+:class:`ProviderError` too (:meth:`ProviderHttp.read_json`,
+:meth:`ProviderHttp.unreadable`), never a decoding exception that would escape
+the callers that catch our errors (the worker's reconcile at start).
 """
 
 from __future__ import annotations
@@ -84,8 +92,12 @@ class ProviderHttp:
         retry: bool = True,
         accept: Collection[int] = (),
         sandbox_id: str | None = None,
+        max_bytes: int | None = None,
     ) -> httpx.Response:
-        """The 2xx answer (or one whose status is in ``accept``, such as a 404 on delete)."""
+        """The 2xx answer (or one whose status is in ``accept``, such as a 404 on delete).
+
+        With ``max_bytes``, an answer longer than that is a :class:`ProviderError` as soon
+        as the excess arrives: the rest is never read."""
         import httpx
 
         is_transient: Callable[[Exception], bool] = lambda exc: isinstance(  # noqa: E731
@@ -100,8 +112,8 @@ class ProviderHttp:
                 wait_max=5.0,
             ):
                 with attempt:
-                    response = await self._client.request(
-                        method, path, json=json_body, params=params
+                    response = await self._send(
+                        method, path, json_body, params, max_bytes, sandbox_id
                     )
                     if response.status_code >= 500 and response.status_code not in accept:
                         raise self._error(
@@ -117,6 +129,13 @@ class ProviderHttp:
                 ProviderUnavailable,
                 f"{method} {path} {what}{' after retries' if retry else ''}: "
                 f"{type(exc).__name__} {exc}".rstrip(),
+                None,
+                sandbox_id,
+            ) from None
+        except httpx.DecodingError as exc:  # a compressed body that does not decompress
+            raise self._error(
+                ProviderError,
+                f"{method} {path} answered a body that does not decode: {exc}",
                 None,
                 sandbox_id,
             ) from None
@@ -141,6 +160,74 @@ class ProviderHttp:
             )
         raise self._error(
             ProviderError, f"{method} {path} failed ({status}): {message}", status, sandbox_id
+        )
+
+    def read_json(self, response: httpx.Response, *, sandbox_id: str | None = None) -> Any:
+        """The answer's JSON; a body that is not JSON is a :class:`ProviderError` naming the
+        request and what came instead."""
+        try:
+            return response.json()
+        except (ValueError, UnicodeDecodeError):  # json's JSONDecodeError is a ValueError
+            kind = response.headers.get("content-type", "no content type")
+            raise self._unreadable(response, f"not JSON ({kind})", sandbox_id) from None
+
+    def unreadable(
+        self, response: httpx.Response, *, sandbox_id: str | None = None
+    ) -> ProviderError:
+        """The error for an answer that is JSON but not what the provider's spec describes."""
+        return self._unreadable(response, "not what its API spec describes", sandbox_id)
+
+    def _unreadable(
+        self, response: httpx.Response, what: str, sandbox_id: str | None
+    ) -> ProviderError:
+        request = response.request
+        return self._error(
+            ProviderError,
+            f"{request.method} {request.url.path} answered {response.status_code} with "
+            f"something {what}; is api_url this provider's API?",
+            response.status_code,
+            sandbox_id,
+        )
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        json_body: Any,
+        params: httpx.QueryParams | None,
+        max_bytes: int | None,
+        sandbox_id: str | None,
+    ) -> httpx.Response:
+        """One request; with ``max_bytes``, its answer read piece by piece up to that size."""
+        if max_bytes is None:
+            return await self._client.request(method, path, json=json_body, params=params)
+        import httpx
+
+        request = self._client.build_request(method, path, json=json_body, params=params)
+        response = await self._client.send(request, stream=True)
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():  # decoded: the cap holds after gzip too
+                body.extend(chunk)
+                if len(body) > max_bytes:
+                    raise self._error(
+                        ProviderError,
+                        f"{method} {path} answered more than {max_bytes} bytes; sandboxer "
+                        "stopped reading it there",
+                        response.status_code,
+                        sandbox_id,
+                    )
+        finally:
+            await response.aclose()  # unread, the connection is dropped, not reused
+        # The bytes read, as an ordinary answer; they are decoded already, so the headers
+        # that described their transfer go.
+        headers = [
+            (name, value)
+            for name, value in response.headers.multi_items()
+            if name.lower() not in {"content-encoding", "content-length", "transfer-encoding"}
+        ]
+        return httpx.Response(
+            response.status_code, headers=headers, content=bytes(body), request=request
         )
 
     def _error(

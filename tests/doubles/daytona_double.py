@@ -6,7 +6,9 @@ state with an ``errorReason``), get by id or name, list with the JSON-encoded
 ``labels`` filter and cursor pages, delete (``destroying`` for a poll, then
 gone), stop/start, the auto-stop and auto-delete intervals, and the toolbox's
 synchronous execute, which runs the command for real as a local subprocess in
-a directory of its own per sandbox.
+a directory of its own per sandbox. A sandbox's programs are its tenant's (it
+has root there): its own ``usr/local/bin`` comes first on the command's PATH,
+so a test can replace one, as a hostile tenant would.
 
 Where the real API differs from its spec, the difference is data
 (:data:`DEVIATIONS`, each with its reason) and the conformance test holds it;
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -389,19 +392,22 @@ class DaytonaDouble:
         cwd = (record.root / str(body["cwd"]).lstrip("/")).resolve() if body.get("cwd") else home
         if not cwd.is_relative_to(record.root) or not cwd.is_dir():
             return Answer(400, _error_body(400, f"no directory {body['cwd']}", _path(call)))
+        own = record.root / "usr" / "local" / "bin"  # the tenant's programs go first
+        path = f"{own}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
         exit_code, output = await asyncio.to_thread(
-            _run, str(body["command"]), cwd, float(body.get("timeout") or 10)
+            _run, str(body["command"]), cwd, float(body.get("timeout") or 10), path
         )
         return Answer(200, {"exitCode": exit_code, "result": output})
 
 
-def _run(command: str, cwd: Path, timeout: float) -> tuple[int, str]:
+def _run(command: str, cwd: Path, timeout: float, path: str) -> tuple[int, str]:
     """The daemon splits the command into words (it is not given to a shell) and answers
     the combined output as text."""
     try:
         done = subprocess.run(
             shlex.split(command),
             cwd=cwd,
+            env={**os.environ, "PATH": path},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             timeout=timeout,

@@ -10,7 +10,10 @@ The spec files do not declare every error a provider really sends (Daytona's
 declare none; E2B's create declares no 429), so error statuses outside the
 spec are sent only when a test injects them as faults (``faults``), always in
 the provider's documented error shape. A provider's documented deviations
-(Daytona answers 201 where its spec says 200) are listed per double.
+(Daytona answers 201 where its spec says 200) are listed per double. The one
+fault that breaks the spec on purpose is ``answer``: a test gives the exact
+body (a login page where the API should be, a list item without its id), to
+show that our client refuses what the provider's spec does not describe.
 
 The double runs uvicorn in a thread of its own, so it serves workers in
 other processes and tests whose event loop is busy alike.
@@ -63,19 +66,23 @@ class Answer:
 Handler = Callable[[Call], Awaitable[Answer]]
 
 
-FaultKind = Literal["latency", "status", "hang", "lost"]
+FaultKind = Literal["latency", "status", "hang", "lost", "answer"]
 
 
 @dataclass
 class Fault:
     kind: FaultKind
     """latency: answer late; status: answer ``status`` without acting; hang: never act, answer
-    after ``seconds`` (the client has timed out); lost: act, then answer after ``seconds``."""
+    after ``seconds`` (the client has timed out); lost: act, then answer after ``seconds``;
+    answer: answer ``status`` with ``body`` as given, without acting (not the spec's)."""
     method: str | None = None
     pattern: str | None = None
     status: int = 500
     seconds: float = 0.0
     times: int = 1
+    body: Any = None
+    """For ``answer``: bytes or text sent as they are (as ``content_type``), else JSON."""
+    content_type: str = "application/json"
 
 
 @dataclass
@@ -162,6 +169,9 @@ class SpecDouble:
             await self._send(send, 400, self._error_body(400, why, path))
             return
         fault = self.faults.take(method, pattern)
+        if fault is not None and fault.kind == "answer":
+            await self._send_raw(send, fault.status, fault.body, fault.content_type)
+            return
         if fault is not None and fault.kind == "status":
             body = self._error_body(fault.status, "injected fault", path)
             await self._send(send, fault.status, body)
@@ -221,7 +231,14 @@ class SpecDouble:
     @staticmethod
     async def _send(send: Send, status: int, body: Any) -> None:
         data = b"" if body is None or status == 204 else json.dumps(body).encode()
-        headers = [(b"content-type", b"application/json")] if data else []
+        await SpecDouble._send_raw(send, status, data, "application/json")
+
+    @staticmethod
+    async def _send_raw(send: Send, status: int, body: Any, content_type: str) -> None:
+        if isinstance(body, str):
+            body = body.encode()
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = [(b"content-type", content_type.encode())] if data else []
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})

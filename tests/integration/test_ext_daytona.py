@@ -8,6 +8,7 @@ fails the test on any violation.
 from __future__ import annotations
 
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,18 @@ pytestmark = pytest.mark.integration
 FAST = {"poll_interval": 0.02, "ready_timeout": 5, "request_timeout": 2}
 
 
-def build(served: DaytonaServed, **settings: Any) -> DaytonaExtension:
+def build(served: DaytonaServed, *, upload_max_mb: int = 1024, **settings: Any) -> DaytonaExtension:
     """The backend as the worker builds it: from the packaged declaration, settings overridden."""
     decl = Catalog.load().extensions_enabled()["ext.daytona"]
     given = {"api_url": served.api_url, "api_key": served.key, **FAST, **settings}
     decl = decl.model_copy(update={"settings": {k: v for k, v in given.items() if v is not None}})
-    settings_ = Settings(home=Path("/nonexistent"), nats_urls=(), nats_server=None, ack_wait=5.0)
+    settings_ = Settings(
+        home=Path("/nonexistent"),
+        nats_urls=(),
+        nats_server=None,
+        ack_wait=5.0,
+        upload_max_mb=upload_max_mb,
+    )
     extension = DaytonaExtension.from_declaration(decl, settings_)
     check_claims(decl, extension)
     return extension
@@ -418,6 +425,131 @@ class TestSnapshot:
         assert await daytona.exec("dtsnap0002", ["ln", "-s", "/etc/passwd", "pw"], Collected()) == 0
         destination = tmp_path / "tree"
         destination.mkdir()
-        with pytest.raises(WorkspaceRefused, match="leaves the workspace"):
+        with pytest.raises(WorkspaceRefused, match=r"leaves? the workspace"):
             await daytona.snapshot_workspace("dtsnap0002", destination)
         assert list(destination.iterdir()) == []
+
+
+MIB = 1024 * 1024
+BIG = 40 * MIB
+"""A file far over the 1 MiB copy limit these tests set."""
+HOSTILE_TOOLS = (
+    # A tenant has root in its sandbox: it replaces head with one that cuts nothing and
+    # wc with one that says every file is empty, so no check inside the sandbox holds.
+    "mkdir -p ../../usr/local/bin && cd ../../usr/local/bin && "
+    "printf '#!/bin/sh\\nshift 2\\nexec cat \"$@\"\\n' >head && "
+    "printf '#!/bin/sh\\necho 0\\n' >wc && chmod +x head wc"
+)
+
+
+class TestLargeAnswers:
+    """The toolbox answers a command's output whole; the worker holds it. Neither a large
+    workspace nor a large output may make the worker hold more than the copy limit."""
+
+    async def _with_big_file(self, served: DaytonaServed, sandbox_id: str) -> DaytonaExtension:
+        extension = build(served, upload_max_mb=1, request_timeout=60)
+        await up(extension, sandbox_id)
+        write = ["sh", "-c", f"head -c {BIG} /dev/urandom >big"]
+        assert await extension.exec(sandbox_id, write, Collected()) == 0
+        return extension
+
+    async def test_a_workspace_over_the_limit_is_refused_in_the_sandbox(
+        self, daytona_double: DaytonaServed, tmp_path: Path
+    ) -> None:
+        extension = await self._with_big_file(daytona_double, "dtbig00001")
+        destination = tmp_path / "tree"
+        destination.mkdir()
+        tracemalloc.start()
+        try:
+            with pytest.raises(WorkspaceRefused, match="larger than 1 MiB"):
+                await extension.snapshot_workspace("dtbig00001", destination)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            await extension.aclose()
+        # Read whole, the 40 MiB would be held several times over (base64, JSON, bytes).
+        assert peak < 8 * MIB, f"{peak / MIB:.0f} MiB held for a refused snapshot"
+        assert list(destination.iterdir()) == []
+
+    async def test_output_over_the_cap_is_cut_and_said(self, daytona_double: DaytonaServed) -> None:
+        extension = await self._with_big_file(daytona_double, "dtbig00002")
+        [record] = daytona_double.double.live()
+        out = Collected()
+        tracemalloc.start()
+        try:
+            assert await extension.exec("dtbig00002", ["cat", "big"], out) == 0
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            await extension.aclose()
+        assert peak < 16 * MIB, f"{peak / MIB:.0f} MiB held for a 1 MiB output"
+        stdout = b"".join(data for stream, data in out.chunks if stream == "stdout")
+        stderr = b"".join(data for stream, data in out.chunks if stream == "stderr")
+        assert stdout == (record.root / "home" / "daytona" / "big").read_bytes()[:MIB]
+        assert b"at most 1048576 bytes of each stream" in stderr
+        assert b"the rest of stdout was dropped" in stderr
+
+    async def test_a_sandbox_that_does_not_cut_is_not_read_past_the_cap(
+        self, daytona_double: DaytonaServed, tmp_path: Path
+    ) -> None:
+        extension = await self._with_big_file(daytona_double, "dtbig00003")
+        try:
+            assert await extension.exec("dtbig00003", ["sh", "-c", HOSTILE_TOOLS], Collected()) == 0
+            with pytest.raises(ProviderError, match=r"answered more than \d+ bytes"):
+                await extension.exec("dtbig00003", ["cat", "big"], Collected())
+            destination = tmp_path / "tree"
+            destination.mkdir()
+            with pytest.raises(ProviderError, match=r"answered more than \d+ bytes"):
+                await extension.snapshot_workspace("dtbig00003", destination)
+        finally:
+            await extension.aclose()
+
+
+class TestMalformedAnswers:
+    """What is not Daytona's spec (a wrong api_url, a broken item) is a ProviderError, which
+    the worker's reconcile at start reports and goes on from; any other exception stops it."""
+
+    async def test_a_web_page_where_the_api_should_be(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        page = "<html><body>Sign in</body></html>"
+        daytona_double.app.faults.add(
+            "answer",
+            method="GET",
+            pattern="/sandbox",
+            status=200,
+            body=page,
+            content_type="text/html",
+        )
+        with pytest.raises(ProviderError, match=r"GET /api/sandbox answered 200 .*not JSON"):
+            await daytona.list_sandboxes()
+
+    @pytest.mark.parametrize("item", [{"name": "no-id"}, {"id": 7}, "a string"])
+    async def test_a_listed_item_that_is_not_a_sandbox(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed, item: Any
+    ) -> None:
+        body = {"items": [item], "nextCursor": None}
+        daytona_double.app.faults.add(
+            "answer", method="GET", pattern="/sandbox", status=200, body=body
+        )
+        with pytest.raises(ProviderError, match="not what its API spec describes"):
+            await daytona.list_sandboxes()
+
+    async def test_fields_of_the_wrong_type_are_read_as_absent(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        item = {
+            "id": "d0d0",
+            "state": ["started"],  # a list: it cannot be looked up among the states
+            "errorReason": {"why": 1},
+            "labels": our_labels("dtodd00001", None),
+        }
+        body = {"items": [item], "nextCursor": None}
+        daytona_double.app.faults.add(
+            "answer", method="GET", pattern="/sandbox", status=200, body=body
+        )
+        [found] = await daytona.list_sandboxes()
+        assert (found.sandbox_id, found.detail) == (
+            "dtodd00001",
+            {"provider_id": "d0d0", "state": None},
+        )

@@ -6,9 +6,10 @@ double's fixture fails the test if a request or an answer broke the spec.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from sandboxer.errors import (
     ExtensionError,
     InvalidInput,
     ProviderAuth,
+    ProviderError,
     ProviderQuota,
     SandboxNotFound,
     Unsupported,
@@ -401,3 +403,97 @@ async def test_a_create_adopted_after_a_lost_answer_still_has_its_token(
         await extension.aclose()
     [record] = e2b_double.double.live()
     assert store.read("e2btoken002") == {"envd_access_token": record.access_token}
+
+
+async def test_a_web_page_where_the_api_should_be_is_a_provider_error(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    """A wrong api_url (a login page, a proxy) answers 200 with HTML: the worker's reconcile
+    at start catches our errors only, so it must be one (it reports it and goes on)."""
+    page = "<html><body>Sign in</body></html>"
+    faults = e2b_double.double.app.faults
+    for pattern in ("/v2/sandboxes", "/sandboxes"):
+        method = "GET" if pattern == "/v2/sandboxes" else "POST"
+        faults.add(
+            "answer",
+            method=method,
+            pattern=pattern,
+            status=200,
+            body=page,
+            content_type="text/html",
+        )
+    with pytest.raises(ProviderError, match=r"GET /v2/sandboxes answered 200 .*not JSON"):
+        await e2b.list_sandboxes()
+    with pytest.raises(ProviderError, match=r"POST /sandboxes answered 200 .*not JSON"):
+        await e2b.provision(request("e2bhtml0001"))
+
+
+@pytest.mark.parametrize("item", [{"state": "running"}, {"sandboxID": 7}, "a string"])
+async def test_a_listed_item_that_is_not_a_sandbox_is_a_provider_error(
+    e2b: E2bExtension, e2b_double: ServedE2b, item: Any
+) -> None:
+    e2b_double.double.app.faults.add(
+        "answer", method="GET", pattern="/v2/sandboxes", status=200, body=[item]
+    )
+    with pytest.raises(ProviderError, match="not what its API spec describes"):
+        await e2b.list_sandboxes()
+
+
+def _later() -> str:
+    return (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize("operation", ["wait_ready", "pause", "resume", "set_timeout", "tokens"])
+async def test_an_id_cached_before_another_worker_recreated_the_sandbox(
+    e2b_double: ServedE2b, operation: str
+) -> None:
+    """Worker processes each cache E2B's id: one whose cache predates another's recreate
+    looks the sandbox up again by its label instead of calling it gone."""
+    made = request("e2bstale001")
+    stale = E2bExtension(settings_for(e2b_double, retry_budget=5))
+    other = E2bExtension(settings_for(e2b_double, retry_budget=5))
+    try:
+        await stale.provision(made)  # caches the first E2B id
+        await other.teardown("e2bstale001")
+        await other.provision(made)
+        [record] = e2b_double.double.live()
+        if operation == "resume":
+            await other.pause("e2bstale001")
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "wait_ready": lambda: stale.wait_ready(made),
+            "pause": lambda: stale.pause("e2bstale001"),
+            "resume": lambda: stale.resume("e2bstale001"),
+            "set_timeout": lambda: stale.set_timeout("e2bstale001", _later()),
+            "tokens": lambda: stale.sandbox_tokens("e2bstale001"),
+        }
+        await calls[operation]()
+    finally:
+        await stale.aclose()
+        await other.aclose()
+    expected = {"pause": "paused"}.get(operation, "running")
+    assert [(r.sandbox_id, r.state) for r in e2b_double.double.live()] == [
+        (record.sandbox_id, expected)
+    ]
+
+
+async def test_a_create_that_finishes_after_its_retry_leaves_exactly_one(
+    e2b_double: ServedE2b,
+) -> None:
+    """E2B answers a create once the microVM runs and lists only running and paused
+    sandboxes: a create slower than request_timeout is invisible while it boots, so the
+    retry makes a second one. The first is killed once ours is ready."""
+    e2b_double.double.app.faults.add("latency", method="POST", pattern="/sandboxes", seconds=1.5)
+    extension = E2bExtension(settings_for(e2b_double, request_timeout=0.5))
+    try:
+        made = request("e2bslow0001")
+        await extension.provision(made)
+        for _ in range(100):  # the slow first create finishes while ours is starting
+            if len(e2b_double.double.made) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(e2b_double.double.live()) == 2
+        readiness = await extension.wait_ready(made)
+    finally:
+        await extension.aclose()
+    [record] = e2b_double.double.live()
+    assert readiness.descriptor["sandbox_id"] == record.sandbox_id

@@ -299,3 +299,17 @@ async def test_snapshot_copies_the_working_directory_out(
     with pytest.raises(WorkspaceRefused):
         await ext.snapshot_workspace("modal00009", refused)
     await ext.teardown("modal00009")
+
+
+@pytest.mark.parametrize("tag", ["x.>", "*", "../x", "UPPER1234"])
+async def test_a_tag_that_is_no_id_of_ours_is_not_listed(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension], tag: str
+) -> None:
+    """Anyone with the workspace's token can tag a sandbox in our app (SandboxTagsSet): a
+    ``sandboxer_id`` that is no id of ours is not ours, and never reaches reap-stale."""
+    ext = extension()
+    await ext.provision(request("modaltag01"))
+    await ext.provision(request("modaltag02"))
+    [retagged] = modal_double.running_for("modaltag02")
+    retagged.tags["sandboxer_id"] = tag  # behind our back
+    assert [f.sandbox_id for f in await ext.list_sandboxes()] == ["modaltag01"]

@@ -39,17 +39,23 @@ class ProviderSandbox:
 
     @classmethod
     def from_body(cls, body: Any) -> ProviderSandbox:
+        """ValueError when ``body`` is not a Sandbox; a field of the wrong type is read as
+        absent, so that nothing later compares or hashes a value it cannot (a list state)."""
         if not isinstance(body, dict) or not isinstance(body.get("id"), str):
             raise ValueError("not a Sandbox")
         labels = body.get("labels") or {}
         return cls(
             id=body["id"],
-            name=str(body.get("name") or body["id"]),
-            state=body.get("state"),
+            name=_text(body.get("name")) or body["id"],
+            state=_text(body.get("state")),
             labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
-            error_reason=body.get("errorReason") or None,
-            target=body.get("target"),
+            error_reason=_text(body.get("errorReason")),
+            target=_text(body.get("target")),
         )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _segment(value: str) -> str:
@@ -77,14 +83,14 @@ class DaytonaApi:
         response = await self._api.call(
             "POST", "/sandbox", json_body=dict(body), retry=False, sandbox_id=sandbox_id
         )
-        return self._sandbox(response, sandbox_id)
+        return self._one(response, sandbox_id)
 
     async def get(self, id_or_name: str, sandbox_id: str) -> ProviderSandbox | None:
         """``GET /sandbox/{sandboxIdOrName}``; None when Daytona has no such sandbox."""
         response = await self._api.call(
             "GET", f"/sandbox/{_segment(id_or_name)}", accept=(404,), sandbox_id=sandbox_id
         )
-        return None if response.status_code == 404 else self._sandbox(response, sandbox_id)
+        return None if response.status_code == 404 else self._one(response, sandbox_id)
 
     async def list(self, labels: Mapping[str, str]) -> list[ProviderSandbox]:
         """``GET /sandbox`` with the JSON-encoded label filter, every page, errored ones too."""
@@ -101,12 +107,14 @@ class DaytonaApi:
             if cursor:
                 params["cursor"] = cursor
             response = await self._api.call("GET", "/sandbox", params=httpx.QueryParams(params))
-            body = self._json(response, None)
+            body = self._api.read_json(response)
             items = body.get("items") if isinstance(body, dict) else None
             if not isinstance(items, list):
-                raise self._unreadable("GET /sandbox", None)
-            found.extend(ProviderSandbox.from_body(item) for item in items)
+                raise self._api.unreadable(response)
+            found.extend(self._sandbox(response, item, None) for item in items)
             cursor = body.get("nextCursor")
+            if not isinstance(cursor, str | None):
+                raise self._api.unreadable(response)
             if not cursor:
                 return found
         raise ProviderError(
@@ -135,52 +143,51 @@ class DaytonaApi:
         await self._post_sandbox(path, sandbox_id)
 
     async def execute(
-        self, provider_id: str, command: str, *, cwd: str | None, timeout: float, sandbox_id: str
+        self,
+        provider_id: str,
+        command: str,
+        *,
+        cwd: str | None,
+        timeout: float,
+        sandbox_id: str,
+        max_bytes: int,
     ) -> tuple[int, str]:
         """The toolbox's synchronous execute: (exit code, combined output). Sent once: a
-        command is not safe to repeat."""
+        command is not safe to repeat. The answer carries whatever the sandbox printed, so
+        at most ``max_bytes`` of it is read (a longer one is a ProviderError)."""
         body: dict[str, Any] = {"command": command, "timeout": timeout}
         if cwd:
             body["cwd"] = cwd
         path = f"/toolbox/{_segment(provider_id)}/toolbox/process/execute"
         response = await self._toolbox.call(
-            "POST", path, json_body=body, retry=False, sandbox_id=sandbox_id
+            "POST", path, json_body=body, retry=False, sandbox_id=sandbox_id, max_bytes=max_bytes
         )
-        answer = self._json(response, sandbox_id)
+        answer = self._toolbox.read_json(response, sandbox_id=sandbox_id)
         if (
             not isinstance(answer, dict)
             or not isinstance(answer.get("exitCode"), int | float)
             or not isinstance(answer.get("result"), str)
         ):
-            raise self._unreadable(f"POST {path}", sandbox_id)
+            raise self._toolbox.unreadable(response, sandbox_id=sandbox_id)
         return int(answer["exitCode"]), answer["result"]
 
     # -- answers ----------------------------------------------------------------------------
 
     async def _post_sandbox(self, path: str, sandbox_id: str) -> ProviderSandbox:
         response = await self._api.call("POST", path, sandbox_id=sandbox_id)
-        return self._sandbox(response, sandbox_id)
+        return self._one(response, sandbox_id)
 
-    def _sandbox(self, response: httpx.Response, sandbox_id: str) -> ProviderSandbox:
-        try:
-            return ProviderSandbox.from_body(self._json(response, sandbox_id))
-        except ValueError:
-            raise self._unreadable(
-                f"{response.request.method} {response.request.url.path}", sandbox_id
-            ) from None
-
-    def _json(self, response: httpx.Response, sandbox_id: str | None) -> Any:
-        try:
-            return response.json()
-        except ValueError:
-            raise self._unreadable(
-                f"{response.request.method} {response.request.url.path}", sandbox_id
-            ) from None
-
-    def _unreadable(self, what: str, sandbox_id: str | None) -> ProviderError:
-        return ProviderError(
-            f"{self.provider}: {what} answered something that is not what its API spec "
-            "describes; is api_url a Daytona API (…/api)?",
-            provider=self.provider,
-            sandbox_id=sandbox_id,
+    def _one(self, response: httpx.Response, sandbox_id: str) -> ProviderSandbox:
+        """The Sandbox an answer is."""
+        return self._sandbox(
+            response, self._api.read_json(response, sandbox_id=sandbox_id), sandbox_id
         )
+
+    def _sandbox(
+        self, response: httpx.Response, body: Any, sandbox_id: str | None
+    ) -> ProviderSandbox:
+        """``body`` (the answer, or an item of a list) as a Sandbox; ProviderError if it is not."""
+        try:
+            return ProviderSandbox.from_body(body)
+        except ValueError:
+            raise self._api.unreadable(response, sandbox_id=sandbox_id) from None

@@ -44,13 +44,22 @@ from sandboxer.extensions.daytona import plan
 from sandboxer.extensions.daytona.api import DaytonaApi, ProviderSandbox
 from sandboxer.extensions.daytona.config import EXTENSION_ID, DaytonaConfig
 from sandboxer.extensions.daytona.exec_wire import (
+    CONTROL_ANSWER_BYTES,
     INPUT_CHUNK,
     MAKE_INPUT,
+    MAX_OUTPUT,
+    answer_bytes,
     append_command,
     parse_output,
     wrapped_command,
 )
-from sandboxer.extensions.daytona.workspace_copy import PACK_COMMAND, unpack_answer
+from sandboxer.extensions.daytona.workspace_copy import (
+    TOO_LARGE,
+    TOO_LARGE_EXIT,
+    answer_limit,
+    pack_command,
+    unpack_answer,
+)
 from sandboxer.extensions.ssh_checks import check_argv, check_sandbox_id
 from sandboxer.extensions.ssh_exec_stop import stoppable
 from sandboxer.hosted.create_once import create_once
@@ -58,6 +67,7 @@ from sandboxer.hosted.http import ProviderHttp
 from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL, our_sandbox_id
 from sandboxer.hosted.provider_settings import ProviderValue
+from sandboxer.hosted.workspace_copy import too_large
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.workspaces.limits import ArchiveLimits
 
@@ -217,25 +227,38 @@ class DaytonaExtension:
             )
         found = await self._started(sandbox_id, "run a command")
         api = self._client()
+        # The toolbox answers the whole output at once and we hold it: each stream is cut
+        # at the cap, never above the copy limit the operator set for what we hold.
+        cap = min(MAX_OUTPUT, self._limits.max_bytes)
 
-        async def execute(command: str) -> tuple[int, str]:
+        async def execute(command: str, max_bytes: int = CONTROL_ANSWER_BYTES) -> tuple[int, str]:
             return await api.execute(
                 found.id,
                 command,
                 cwd=self._config.workdir,
                 timeout=self._config.exec_timeout,
                 sandbox_id=sandbox_id,
+                max_bytes=max_bytes,
             )
 
         async def run(name: str, value: str) -> int:
             input_file = await self._send_input(execute, sandbox_id, stdin)
             # The toolbox takes one command string: each argument is quoted, never joined raw.
-            code, result = await execute(wrapped_command(argv, (name, value), input_file))
+            command = wrapped_command(argv, (name, value), input_file, max_output=cap)
+            code, result = await execute(command, answer_bytes(cap + 1, cap + 1))
             out, err = parse_output(result)
+            cut = [stream for stream, data in (("stdout", out), ("stderr", err)) if len(data) > cap]
             if out:
-                await output("stdout", out)
+                await output("stdout", out[:cap])
             if err:
-                await output("stderr", err)
+                await output("stderr", err[:cap])
+            if cut:
+                note = (
+                    f"\nsandboxer: {self.id} delivers at most {cap} bytes of each stream (the "
+                    f"toolbox answers output whole); the rest of {' and '.join(cut)} was "
+                    "dropped: write large output to a file instead\n"
+                )
+                await output("stderr", note.encode())
             return code
 
         async def stop(kill: list[str]) -> object:
@@ -325,11 +348,14 @@ class DaytonaExtension:
         found = await self._started(sandbox_id, "copy its workspace")
         code, result = await self._client().execute(
             found.id,
-            PACK_COMMAND,
+            pack_command(self._limits),
             cwd=self._config.workdir,
             timeout=self._config.exec_timeout,
             sandbox_id=sandbox_id,
+            max_bytes=answer_limit(self._limits),
         )
+        if code == TOO_LARGE_EXIT and result.strip() == TOO_LARGE:
+            raise too_large(self._limits)  # the sandbox cut it: nothing crossed the network
         if code != 0:
             raise RemoteCommandFailed(
                 f"{self.id}: packing the workspace of {sandbox_id} failed (exit {code}): "

@@ -9,8 +9,8 @@ has something to decide, never an exception to catch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
 from sandboxer.errors import ProviderError
@@ -24,7 +24,12 @@ from sandboxer.extensions.e2b.wire import (
 )
 from sandboxer.hosted.http import ProviderHttp
 
+if TYPE_CHECKING:
+    import httpx  # imported where used, as in ProviderHttp
+
 __all__ = ["E2bApi"]
+
+T = TypeVar("T")
 
 LIVE_STATES = "running,paused"
 MAX_PAGES = 1000
@@ -53,21 +58,26 @@ class E2bApi:
         response = await self._http.call(
             "POST", "/sandboxes", json_body=dict(body), retry=False, sandbox_id=sandbox_id
         )
-        answer = response.json()
-        return read_created(answer), read_tokens(answer)
+        answer = self._http.read_json(response, sandbox_id=sandbox_id)
+        return self._read(read_created, response, answer, sandbox_id), read_tokens(answer)
 
     async def get(self, provider_id: str, *, sandbox_id: str | None = None) -> Listed | None:
         response = await self._http.call(
             "GET", f"/sandboxes/{provider_id}", accept={404}, sandbox_id=sandbox_id
         )
-        return None if response.status_code == 404 else read_listed(response.json())
+        if response.status_code == 404:
+            return None
+        answer = self._http.read_json(response, sandbox_id=sandbox_id)
+        return self._read(read_listed, response, answer, sandbox_id)
 
     async def tokens(self, provider_id: str, *, sandbox_id: str) -> dict[str, str] | None:
         """The sandbox's current tokens (its envd access token), None when it is gone."""
         response = await self._http.call(
             "GET", f"/sandboxes/{provider_id}", accept={404}, sandbox_id=sandbox_id
         )
-        return None if response.status_code == 404 else read_tokens(response.json())
+        if response.status_code == 404:
+            return None
+        return read_tokens(self._http.read_json(response, sandbox_id=sandbox_id))
 
     async def kill(self, provider_id: str, *, sandbox_id: str | None = None) -> bool:
         """True when it was killed now, False when it was already gone."""
@@ -106,7 +116,7 @@ class E2bApi:
             sandbox_id=sandbox_id,
         )
         if response.status_code == 201:
-            return 201, read_tokens(response.json())
+            return 201, read_tokens(self._http.read_json(response, sandbox_id=sandbox_id))
         return response.status_code, {}
 
     async def list_live(self, metadata: Mapping[str, str] | None = None) -> list[Listed]:
@@ -124,15 +134,10 @@ class E2bApi:
             response = await self._http.call(
                 "GET", "/v2/sandboxes", params=httpx.QueryParams(params)
             )
-            page = response.json()
+            page = self._http.read_json(response)
             if not isinstance(page, list):
-                raise ProviderError(
-                    f"{self._http.provider}: GET /v2/sandboxes answered {type(page).__name__}, "
-                    "not a list; the API at this URL does not follow E2B's spec",
-                    provider=self._http.provider,
-                    status=response.status_code,
-                )
-            found.extend(read_listed(item) for item in page)
+                raise self._http.unreadable(response)
+            found.extend(self._read(read_listed, response, item, None) for item in page)
             cursor = response.headers.get("x-next-token") or None
             if cursor is None:
                 return found
@@ -141,3 +146,16 @@ class E2bApi:
             f"{MAX_PAGES} pages; stopped",
             provider=self._http.provider,
         )
+
+    def _read(
+        self,
+        reader: Callable[[Any], T],
+        response: httpx.Response,
+        body: Any,
+        sandbox_id: str | None,
+    ) -> T:
+        """``reader(body)``; what is not the spec's is a ProviderError naming the request."""
+        try:
+            return reader(body)
+        except ValueError:
+            raise self._http.unreadable(response, sandbox_id=sandbox_id) from None

@@ -2,10 +2,14 @@
 
 The label is the source of truth for which E2B sandbox is ours: the in-memory
 map from our id to E2B's is only a cache, and a restarted worker finds every
-sandbox again by its ``sandboxer_id`` metadata. A redelivered provision kills
-what an earlier attempt made before creating, and a create whose answer was
-lost is looked for by label before it is sent again, so one of ours is never
-two at E2B (:mod:`sandboxer.hosted.create_once`).
+sandbox again by its ``sandboxer_id`` metadata; a cached id E2B no longer knows
+(another worker process made the sandbox again) is looked up again by label.
+A redelivered provision kills what an earlier attempt made before creating, and
+a create whose answer was lost is looked for by label before it is sent again
+(:mod:`sandboxer.hosted.create_once`). E2B lists only running and paused
+sandboxes, so a lost create still booting is not found then and the retry makes
+a second: ``wait_ready`` kills every labelled sandbox but ours, so one of ours
+is never two at E2B for longer than its start.
 
 Our TTL ends the sandbox; E2B's own timeout is set a margin past it as a
 backstop and moved whenever the TTL moves (:class:`TimeoutKeeper`). Commands
@@ -24,8 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sandboxer.clock import utc_now
 from sandboxer.config.extension_decl import ExtensionDecl
@@ -64,6 +68,8 @@ __all__ = ["E2bExtension"]
 log = logging.getLogger(__name__)
 
 EXTENSION_ID = "ext.e2b"
+
+R = TypeVar("R")
 
 
 class E2bExtension:
@@ -159,9 +165,12 @@ class E2bExtension:
         """E2B answers a create once the microVM runs: confirm it, and say how to reach it."""
         sandbox_id = request.sandbox_id
         check_sandbox_id(sandbox_id, self.id)
-        provider_id = await self._provider_id(sandbox_id)
         api = self._client()
-        sandbox = await api.get(provider_id, sandbox_id=sandbox_id)
+        provider_id, sandbox = await self._on_sandbox(
+            sandbox_id,
+            lambda provider_id: api.get(provider_id, sandbox_id=sandbox_id),
+            gone=lambda found: found is None,
+        )
         if sandbox is None:
             self._known.pop(sandbox_id, None)
             raise ExtensionError(
@@ -170,6 +179,7 @@ class E2bExtension:
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
+        await self._kill_others(sandbox_id, provider_id)
         if sandbox.state != "running":
             raise ExtensionError(
                 f"E2B sandbox {provider_id} (ours: {sandbox_id}) is {sandbox.state!r}, not "
@@ -241,8 +251,12 @@ class E2bExtension:
         """Pause the microVM (E2B keeps its memory and disk, and stops billing it)."""
         del host
         check_sandbox_id(sandbox_id, self.id)
-        provider_id = await self._provider_id(sandbox_id)
-        status = await self._client().pause(provider_id, sandbox_id=sandbox_id)
+        api = self._client()
+        provider_id, status = await self._on_sandbox(
+            sandbox_id,
+            lambda provider_id: api.pause(provider_id, sandbox_id=sandbox_id),
+            gone=lambda status: status == 404,
+        )
         if status == 409:
             await self._expect_state(sandbox_id, provider_id, "paused", "pause")
         elif status == 404:
@@ -253,9 +267,12 @@ class E2bExtension:
         the new TTL (``set_timeout``)."""
         del host
         check_sandbox_id(sandbox_id, self.id)
-        provider_id = await self._provider_id(sandbox_id)
-        status, tokens = await self._client().resume(
-            provider_id, self._settings.resume_timeout, sandbox_id=sandbox_id
+        api = self._client()
+        seconds = self._settings.resume_timeout
+        provider_id, (status, tokens) = await self._on_sandbox(
+            sandbox_id,
+            lambda provider_id: api.resume(provider_id, seconds, sandbox_id=sandbox_id),
+            gone=lambda answer: answer[0] == 404,
         )
         if tokens:
             await self._keep_tokens(sandbox_id, tokens)
@@ -270,13 +287,18 @@ class E2bExtension:
         """Move E2B's timeout to ``timeout_margin`` past our new expiry."""
         del host
         check_sandbox_id(sandbox_id, self.id)
-        provider_id = await self._provider_id(sandbox_id)
         timeout = timeout_for(expires_at, utc_now(), self._settings, ttl_fallback=0)
         if timeout.warning:
             log.warning("%s: %s", sandbox_id, timeout.warning)
-        if not await self._client().set_timeout(
-            provider_id, timeout.seconds, sandbox_id=sandbox_id
-        ):
+        api = self._client()
+        provider_id, moved = await self._on_sandbox(
+            sandbox_id,
+            lambda provider_id: api.set_timeout(
+                provider_id, timeout.seconds, sandbox_id=sandbox_id
+            ),
+            gone=lambda moved: not moved,
+        )
+        if not moved:
             raise self._gone(sandbox_id, provider_id)
 
     async def sandbox_tokens(self, sandbox_id: str) -> dict[str, str]:
@@ -288,8 +310,12 @@ class E2bExtension:
             kept = await asyncio.to_thread(self._tokens.read, sandbox_id)
             if kept:
                 return kept
-        provider_id = await self._provider_id(sandbox_id)
-        tokens = await self._client().tokens(provider_id, sandbox_id=sandbox_id)
+        api = self._client()
+        provider_id, tokens = await self._on_sandbox(
+            sandbox_id,
+            lambda provider_id: api.tokens(provider_id, sandbox_id=sandbox_id),
+            gone=lambda tokens: tokens is None,
+        )
         if tokens is None:
             raise self._gone(sandbox_id, provider_id)
         await self._keep_tokens(sandbox_id, tokens)
@@ -347,6 +373,42 @@ class E2bExtension:
             )
         self._known[sandbox_id] = found[0].provider_id
         return found[0].provider_id
+
+    async def _on_sandbox(
+        self,
+        sandbox_id: str,
+        act: Callable[[str], Awaitable[R]],
+        *,
+        gone: Callable[[R], bool],
+    ) -> tuple[str, R]:
+        """``act`` on E2B's sandbox for ours: (its E2B id, what ``act`` answered).
+
+        The cached id may be stale: another worker process may have made the sandbox again
+        since (a recreate, a redelivered provision). When E2B no longer knows a cached id,
+        the cache is dropped and the sandbox looked up by its label, once; an id just read
+        from the label is the truth, and its answer stands."""
+        cached = sandbox_id in self._known
+        provider_id = await self._provider_id(sandbox_id)
+        answer = await act(provider_id)
+        if cached and gone(answer):
+            log.info("%s: E2B no longer knows %s; looking it up by label", sandbox_id, provider_id)
+            self._known.pop(sandbox_id, None)
+            provider_id = await self._provider_id(sandbox_id)
+            answer = await act(provider_id)
+        return provider_id, answer
+
+    async def _kill_others(self, sandbox_id: str, keep: str) -> None:
+        """Kill every E2B sandbox labelled with our id but ``keep``.
+
+        A create that outlived its request timeout may finish after our retry made
+        another: E2B's list shows only running and paused sandboxes, so while it booted
+        the retry could not see it. Once ours is ready, any other is such a one."""
+        for other in await self._labelled(sandbox_id):
+            if other.provider_id != keep:
+                log.info(
+                    "%s: killing %s, a second E2B sandbox of it", sandbox_id, other.provider_id
+                )
+                await self._client().kill(other.provider_id, sandbox_id=sandbox_id)
 
     async def _expect_state(
         self, sandbox_id: str, provider_id: str, wanted: str, operation: str

@@ -1,7 +1,8 @@
 """Pure translation between our requests and E2B's bodies (``../shared/specs/e2b-openapi.json``).
 
 Nothing here does I/O or reads the clock: the time comes in as a value, so the
-timeout arithmetic is tested on its own. What E2B answers is read field by
+timeout arithmetic is tested on its own. A reader given what is not the spec's
+raises ValueError, which :mod:`.api` turns into a ProviderError naming the request. What E2B answers is read field by
 field into small values that never hold ``envdAccessToken`` or
 ``trafficAccessToken``: the per-sandbox tokens are read apart, by
 :func:`read_tokens`, only to go straight into the token store, so no value
@@ -133,12 +134,9 @@ class Created:
 
 
 def read_created(body: Any) -> Created:
+    """ValueError when ``body`` is not a ``Sandbox`` (the caller says which answer it was)."""
     if not isinstance(body, Mapping) or not isinstance(body.get("sandboxID"), str):
-        raise ExtensionError(
-            "E2B answered a create without a sandboxID; the API at this URL does not follow "
-            "E2B's spec",
-            extension="ext.e2b",
-        )
+        raise ValueError("not a Sandbox: no sandboxID")
     return Created(
         provider_id=body["sandboxID"],
         template=str(body.get("templateID", "")),
@@ -192,13 +190,9 @@ class Listed:
 
 
 def read_listed(body: Any) -> Listed:
-    """A ``ListedSandbox`` or ``SandboxDetail``."""
+    """A ``ListedSandbox`` or ``SandboxDetail``; ValueError when ``body`` is neither."""
     if not isinstance(body, Mapping) or not isinstance(body.get("sandboxID"), str):
-        raise ExtensionError(
-            "E2B listed a sandbox without a sandboxID; the API at this URL does not follow "
-            "E2B's spec",
-            extension="ext.e2b",
-        )
+        raise ValueError("not a ListedSandbox: no sandboxID")
     metadata = body.get("metadata") or {}
     return Listed(
         provider_id=body["sandboxID"],

@@ -62,6 +62,7 @@ from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL, labels_for, our_sandbox_id
 from sandboxer.hosted.provider_settings import ProviderValue, provider_value
 from sandboxer.hosted.workspace_copy import too_large, unpack_tar_bytes
+from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = ["ModalExtension"]
@@ -254,8 +255,10 @@ class ModalExtension:
                     continue  # gone between the list and the look
                 raise
             ours = our_sandbox_id(tags)
-            if ours is None:
-                continue  # in our app but not made by us
+            if ours is None or not is_valid_sandbox_id(ours):
+                # In our app but not made by us: anyone with the workspace's token can tag a
+                # sandbox, and a tag that is no id of ours (`x.>`) must not reach the reaper.
+                continue
             found.append(
                 FoundSandbox(
                     sandbox_id=ours,
