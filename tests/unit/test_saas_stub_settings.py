@@ -34,4 +34,7 @@ def test_a_bad_setting_is_named_with_the_known_ones(raw: dict[str, object], name
     with pytest.raises(ConfigError) as caught:
         parse_stub_settings(raw, "ext.saas-stub")
     assert named in caught.value.message
-    assert "latency_ms, failure_rate, max_live, down_after_create, seed, timeout_margin_s" in caught.value.message
+    assert (
+        "latency_ms, failure_rate, max_live, down_after_create, seed, timeout_margin_s"
+        in caught.value.message
+    )
