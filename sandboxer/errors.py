@@ -26,6 +26,8 @@ The tree::
     │   ├── RequestError        a query or admin request was malformed or named nothing
     │   ├── ReplayUnsupported   the raw replay reader cannot serve this connection
     │   └── UnknownEventType    a stored event of a type this version does not know
+    │       └── UnreadableEvent a stored event this version cannot read (malformed, or a
+    │                           newer version of its type whose shape changed)
     ├── ExtensionError          a backend failed to provision, reach or tear down
     │   ├── SandboxNotFound     the backend has no sandbox with that id
     │   ├── Unsupported         the backend does not offer this capability
@@ -86,6 +88,7 @@ __all__ = [
     "StreamUnavailable",
     "UnknownEventType",
     "UnknownProfile",
+    "UnreadableEvent",
     "Unsupported",
     "WorkspaceRefused",
 ]
@@ -282,6 +285,14 @@ class UnknownEventType(BusError):
     """A stored event of a type this version of sandboxer does not know (a newer writer's)."""
 
     code = "unknown_event_type"
+
+
+class UnreadableEvent(UnknownEventType):
+    """A stored event this version cannot read: malformed bytes, or a newer version of its
+    type whose fields changed shape. Readers skip it as they skip an unknown type: the log
+    is kept forever, and one event must not stop every reader of it for good."""
+
+    code = "unreadable_event"
 
 
 class ExtensionError(SandboxerError):

@@ -9,7 +9,10 @@ see an old version.
 
 A reader meets event types it does not know when a newer writer added them:
 :func:`decode_event` raises :class:`UnknownEventType` and readers skip such
-events (the projector still advances past them).
+events (the projector still advances past them). An event it cannot read at
+all (malformed bytes; a newer version whose fields changed shape, which a
+reader cannot read "as far as it understands") raises :class:`UnreadableEvent`,
+an UnknownEventType, and is skipped the same way.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from typing import Any
 
 import msgspec
 
-from sandboxer.errors import BusError, UnknownEventType
+from sandboxer.errors import BusError, UnknownEventType, UnreadableEvent
 from sandboxer.events.types import Event, event_type
 
 __all__ = [
     "UPCASTERS",
     "Codec",
     "UnknownEventType",
+    "UnreadableEvent",
     "current_versions",
     "decode_event",
     "encode_event",
@@ -80,12 +84,17 @@ class Codec:
             event = self._typed.decode(data)
         except msgspec.ValidationError:
             event = None  # an older shape, or a type we do not know
+        except msgspec.DecodeError as exc:
+            raise UnreadableEvent(f"stored event is not readable JSON: {exc}") from None
         if event is not None and event.v >= self._versions[event_type(event)]:
             return event
         return self._upcast(data)
 
     def _upcast(self, data: bytes) -> Event:
-        envelope = self._envelope.decode(data)
+        try:
+            envelope = self._envelope.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UnreadableEvent(f"stored event is not a readable event: {exc}") from None
         current = self._versions.get(envelope.type)
         if current is None:
             raise UnknownEventType(
@@ -102,7 +111,13 @@ class Codec:
                 )
             body = {**step(body), "v": version + 1}
             version += 1
-        event: Event = msgspec.convert(body, Event)
+        try:
+            event: Event = msgspec.convert(body, Event)
+        except msgspec.ValidationError as exc:
+            raise UnreadableEvent(
+                f"stored {envelope.type} v{envelope.v} is not readable by this version of "
+                f"sandboxer (v{current} here; written by a newer one?): {exc}"
+            ) from None
         return event
 
 
@@ -114,5 +129,6 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes) -> Event:
-    """The current-version event stored as ``data``; UnknownEventType for a type we do not know."""
+    """The current-version event stored as ``data``; UnknownEventType for a type we do not
+    know, or an event we cannot read (UnreadableEvent)."""
     return _codec.decode(data)

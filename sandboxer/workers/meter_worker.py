@@ -36,7 +36,7 @@ from sandboxer.domain.account_decide import MeterUsage, meter_command_id
 from sandboxer.domain.account_state import project_of
 from sandboxer.domain.pricing import per_create_microusd, per_second_microusd
 from sandboxer.domain.usage import billable_seconds, billed_seconds
-from sandboxer.errors import StreamUnavailable
+from sandboxer.errors import StreamUnavailable, UnknownEventType
 from sandboxer.events.codec import decode_event
 from sandboxer.events.types import Actor, CommandRejected, SandboxDestroyed
 from sandboxer.workers.credit_reservation import decimal_text, wants_gpu
@@ -69,7 +69,12 @@ class MeterWorker:
         await run_pull_consumer(self._js, self.spec, self.handle, self._on_poison, stop)
 
     async def handle(self, msg: Msg) -> None:
-        event = decode_event(msg.data)
+        try:
+            event = decode_event(msg.data)
+        except UnknownEventType as unknown:  # a newer writer's: nothing this meter can read
+            log.warning("event %d skipped: %s", msg.metadata.sequence.stream, unknown)
+            await msg.ack()
+            return
         if isinstance(event, SandboxDestroyed):
             await self.meter(
                 event.sandbox_id,

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import pytest
 
 from sandboxer.domain.route_signals import LatencySample, failure_sample, latency_sample
 from sandboxer.domain.sandbox_state import SandboxState, evolve
-from sandboxer.events.codec import decode_event, encode_event
+from sandboxer.events.codec import UnreadableEvent, decode_event, encode_event
 from sandboxer.events.types import NOT_SANDBOX_EVENTS, Actor, SandboxTouched
 from sandboxer.projections import rows
 from sandboxer.projections.fewer_collections import REPLAY_THRESHOLD, fewer_collections
@@ -226,3 +227,43 @@ async def test_a_large_batch_prepares_one_statement_however_many_rows(tmp_path: 
     statements = {text.split(" VALUES ")[1].count("(") for text in seen if "VALUES" in text}
     assert statements == {rows.CHUNK}
     assert count == max(sizes)
+
+
+UNREADABLE = [
+    # a newer version of a known type whose field changed its JSON type
+    b'{"type": "ttl_extended", "v": 2, "event_id": "e1", "sandbox_id": "poison0001",'
+    b' "command_id": "c2", "actor": {"type": "agt", "id": "a"}, "at": "2026-12-03T08:00:01.000Z",'
+    b' "expires_at": 7}',
+    # a value this version does not know in a field of a known version
+    b'{"type": "expired", "v": 1, "event_id": "e2", "sandbox_id": "poison0001",'
+    b' "command_id": "c3", "actor": {"type": "svc", "id": "a"}, "at": "2026-12-03T08:00:02.000Z",'
+    b' "cause": "budget"}',
+    b"not json at all",
+    b"[1, 2, 3]",
+]
+
+
+async def test_an_event_this_version_cannot_read_is_skipped_and_the_fold_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The log is forever: one stored event this version cannot read (a newer writer's, or
+    malformed) once stopped the projector for good, live and in every rebuild."""
+    actor = Actor(type="agt", id="a")
+    touched = SandboxTouched(
+        sandbox_id="poison0001", command_id="c9", actor=actor, at="2026-12-03T08:00:09.000Z"
+    )
+    log = golden_log()
+    log = [*log, *((len(log) + 1 + i, data) for i, data in enumerate(UNREADABLE))]
+    log.append((len(log) + 1, encode_event(touched)))
+    for fresh in (True, False):
+        dump, position = await fold_into(
+            tmp_path / f"poison-{fresh}.sqlite3", log, every=1, chunk=3, fresh=fresh
+        )
+        assert position == len(log)
+        assert "poison0001" in {row[0] for row in dump["sandboxes"]}
+
+
+def test_the_codec_calls_each_of_them_unreadable() -> None:
+    for data in UNREADABLE:
+        with pytest.raises(UnreadableEvent):
+            decode_event(data)
