@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from sandboxer.bus.replies import answer_subject
 from sandboxer.errors import RequestError
 
 __all__ = ["Handler", "KeyResolver", "RequestError", "Responder", "ScopedHandler"]
@@ -41,7 +42,7 @@ class Responder:
 
     async def serve(self, routes: Mapping[str, Handler], *, queue: str = "") -> None:
         for subject, handler in routes.items():
-            await self._subscribe(subject, queue, _fixed(handler))
+            await self._subscribe(subject, queue, _fixed(handler), keyed=False)
 
     async def serve_scoped(
         self, routes: Mapping[str, ScopedHandler], resolve: KeyResolver, *, queue: str = ""
@@ -49,13 +50,20 @@ class Responder:
         """Answer a key identity's requests on ``<subject>.<key id>`` (docs/security.md#keys-on-
         the-bus): only that key may publish there, so the last token says who asks."""
         for subject, handler in routes.items():
-            await self._subscribe(f"{subject}.*", queue, _as_key(handler, resolve))
+            await self._subscribe(f"{subject}.*", queue, _as_key(handler, resolve), keyed=True)
 
     async def _subscribe(
-        self, subject: str, queue: str, handler_for: Callable[[Msg], Awaitable[Handler]]
+        self,
+        subject: str,
+        queue: str,
+        handler_for: Callable[[Msg], Awaitable[Handler]],
+        *,
+        keyed: bool,
     ) -> None:
         self._subs.append(
-            await self._nc.subscribe(subject, queue=queue, cb=self._callback(handler_for))
+            await self._nc.subscribe(
+                subject, queue=queue, cb=self._callback(handler_for, keyed=keyed)
+            )
         )
 
     async def stop(self) -> None:
@@ -67,7 +75,7 @@ class Responder:
             await asyncio.gather(*pending, return_exceptions=True)
 
     def _callback(
-        self, handler_for: Callable[[Msg], Awaitable[Handler]]
+        self, handler_for: Callable[[Msg], Awaitable[Handler]], *, keyed: bool
     ) -> Callable[[Msg], Awaitable[None]]:
         async def respond(msg: Msg) -> None:
             try:
@@ -83,8 +91,10 @@ class Responder:
             except Exception as exc:
                 log.exception("request on %s failed", msg.subject)
                 reply = {"ok": False, **self._stamp, "error": f"internal error: {exc}"}
-            if msg.reply:
-                await msg.respond(msgspec.json.encode(reply))
+            # Only to an inbox, and a key identity's request only to its own (bus/replies.py).
+            to = answer_subject(msg.reply, msg.subject.rpartition(".")[2] if keyed else None)
+            if to is not None:
+                await self._nc.publish(to, msgspec.json.encode(reply))
 
         async def callback(msg: Msg) -> None:
             task = asyncio.create_task(respond(msg))

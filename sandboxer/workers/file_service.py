@@ -50,6 +50,7 @@ from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
 from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.replies import answer_subject
 from sandboxer.bus.streams import replicas_for
 from sandboxer.config.settings import Settings
 from sandboxer.domain.sandbox_state import SandboxState
@@ -237,15 +238,18 @@ class FileService:
 
     async def _serve(self, msg: Msg) -> None:
         target = reach_target(msg.subject)
-        if not msg.reply or target is None:
+        if target is None:
             return
         sandbox_id, key_id = target
+        answer_to = answer_subject(msg.reply, key_id)  # an inbox, the key's own (bus/replies.py)
+        if answer_to is None:
+            return
         state = await reachable(self._store, self._extension, sandbox_id)
         if state is None:
             return
         if key_id is not None and await key_actor(self._store, key_id, state) is None:
             return  # a key of another project: as for a sandbox that does not exist
-        reply = msg.reply
+        reply = answer_to
 
         async def send(kind: str, body: dict[str, Any] | None = None) -> None:
             data = msgspec.json.encode(body) if body is not None else b""

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.replies import answer_subject
 from sandboxer.domain.token_access import token_refusal
 from sandboxer.errors import SandboxerError
 from sandboxer.events.actor import Actor
@@ -61,9 +62,12 @@ class TokenService:
 
     async def _serve(self, msg: Msg) -> None:
         target = reach_target(msg.subject)
-        if not msg.reply or target is None:
+        if target is None:
             return
         sandbox_id, key_id = target
+        reply = answer_subject(msg.reply, key_id)  # an inbox, the key's own (bus/replies.py)
+        if reply is None:
+            return
         state = (await self._store.load(sandbox_id)).state
         if state.extension != self._id:
             return  # another backend's sandbox: its workers answer
@@ -99,4 +103,4 @@ class TokenService:
                     }
                 except SandboxerError as exc:
                     answer = {"ok": False, "error": exc.message}
-        await self._nc.publish(msg.reply, msgspec.json.encode(answer))
+        await self._nc.publish(reply, msgspec.json.encode(answer))

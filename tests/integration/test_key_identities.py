@@ -336,3 +336,52 @@ async def test_an_administrators_snapshot_stays_its_sandboxs_projects(up: tuple[
         await alpha.close()
         await admin.close()
         await ops.nc.close()
+
+
+async def test_a_request_cannot_make_the_service_publish_outside_an_inbox(
+    up: tuple[Cli, str], home: Path
+) -> None:
+    """nats-server checks who publishes a request, never the reply subject it names. Every
+    answer the service sends goes to an inbox (a key's request: that key's own inbox): an
+    answer sent where a request asked once stored a key's chosen bytes in the log as the
+    service, and reached the JetStream API with the service's rights."""
+    cli, url = up
+    alpha = await login(url, await make_key(cli, "alpha"))
+    beta = await login(url, await make_key(cli, "beta"))
+    creds = read_credentials(home / AUTH_DIR_NAME, "client")
+    assert creds is not None
+    admin = await connect([url], name="admin", long_lived=False, credentials=creds)
+    try:
+        await alpha.command(
+            "create",
+            {
+                "profile": "profile.local",
+                "sandbox_id": "alphabox4",
+                "actor": await alpha.actor("alpha"),
+            },
+        )
+        await alpha.wait_for("ready", sandbox_id="alphabox4")
+        events = await admin.jetstream().stream_info(subjects.EVENTS_STREAM)
+        before = events.state.last_seq
+        replies = [
+            "sandboxer.evt.sandbox.alphabox4.destroyed",
+            "sandboxer.job.ext.local.alphabox4",
+            f"$JS.API.STREAM.PURGE.{subjects.COMMANDS_STREAM}",
+            f"_INBOX.{beta.id}.stolen",  # another key's inbox
+        ]
+        for reply in replies:
+            for subject, body in (
+                (subjects.QUERY_KEY_WHOAMI, b"{}"),
+                (subjects.token_subject("alphabox4"), b"{}"),
+                ("sandboxer.files.alphabox4", b'{"op": "stat", "path": "."}'),
+            ):
+                await alpha.nc.publish(subjects.stamped(subject, alpha.id), body, reply=reply)
+        await alpha.nc.flush()
+        await asyncio.sleep(2)
+        after = await admin.jetstream().stream_info(subjects.EVENTS_STREAM)
+        assert after.state.last_seq == before, "a reply subject made the service append"
+        assert (await alpha.query(subjects.QUERY_KEY_WHOAMI, {}))["ok"]  # still answered
+    finally:
+        await admin.close()
+        await alpha.nc.close()
+        await beta.nc.close()
