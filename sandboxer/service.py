@@ -28,7 +28,7 @@ import stamina
 from nats.aio.client import Client
 
 from sandboxer import __version__
-from sandboxer.bus.connect import connect
+from sandboxer.bus.connect import connect, redact_url
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_auth import credentials_for
 from sandboxer.bus.permissions import CLIENT, SERVICE
@@ -323,7 +323,9 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
                 settings,
                 catalog,
                 stop,
-                info=info,
+                # The health answer (any key, and /v1/health with none, may read it) shows
+                # the URL without the password a nats://user:password@host URL carries.
+                info={**info, "nats_url": redact_url(urls[0])},
                 http_socket=listener,
                 client_nc=client_nc,
             )

@@ -358,3 +358,34 @@ async def test_a_client_may_not_touch_the_services_own_consumers(
         await js.delete_consumer(subjects.EVENTS_STREAM, "mine")
     finally:
         await nc.close()
+
+
+async def test_the_health_answer_never_shows_the_password_of_the_services_url(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """A worker given nats://user:password@host answers health (which any key, and
+    /v1/health with none, may read) with the URL, not with the password in it."""
+    env = {
+        **os.environ,
+        "SANDBOXER_HOME": str(tmp_path / "worker-home"),
+        "SANDBOXER_NATS_URL": bus.service_url,
+    }
+    worker = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "sandboxer"), "worker", "projector", env=env
+    )
+    client = await SandboxerClient.connect([bus.client_url], actor={"type": "atm", "id": "t"})
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    health = await client.health()
+                    break
+                except Exception:
+                    await asyncio.sleep(0.2)
+        password = bus.service_url.split("@")[0].rsplit(":", 1)[1]
+        assert "nats_url" in json.dumps(health)
+        assert password not in json.dumps(health)
+    finally:
+        await client.close()
+        worker.terminate()
+        await worker.wait()
