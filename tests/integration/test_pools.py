@@ -22,7 +22,7 @@ from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
-from sandboxer.errors import CommandFailed, ExtensionError
+from sandboxer.errors import CommandFailed, ExtensionError, SandboxNotFound
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.local import cgroups
 from sandboxer.extensions.local.backend import LocalExtension
@@ -310,11 +310,50 @@ async def test_a_claim_cut_short_after_the_move_is_finished_by_its_retry(home: P
             patch.setattr(os, "rename", rename_then_crash)
             with pytest.raises(KeyboardInterrupt):
                 await extension.claim(member.sandbox_id, request)
-        await extension.claim(member.sandbox_id, request)  # the redelivered job's
-        assert await extension.exec(request.sandbox_id, ["true"], _discard) == 0
-        await extension.teardown(request.sandbox_id)
+        # The redelivered job's claim finds the member moved, by an attempt that may have
+        # run more since: it is torn down, and the create is made afresh (a cold one).
+        with pytest.raises(SandboxNotFound):
+            await extension.claim(member.sandbox_id, request)
         # The member's cgroups went with it: the sandbox's state named them.
         assert cgroups.sandbox_dirs(f"{member.sandbox_id}-{extension._root_tag}") == []
+        assert not (home / "local" / request.sandbox_id).exists()
+    finally:
+        await reap_local(home)
+
+
+async def test_a_retried_claim_never_copies_into_what_the_sandbox_ran_in(
+    home: Path, tmp_path: Path
+) -> None:
+    """A claim's job redelivered after its setup ran the sandbox's code: that code replaced
+    a directory of the repo with a link out. The retry copied the repo through it as root
+    (a file in any host directory, its mode changed); it makes the create afresh instead."""
+    extension = LocalExtension(home / "local")
+    members = extension.pool_members()
+    profile = Catalog.load().profile("profile.local")
+    repo = tmp_path / "repo"
+    (repo / "x").mkdir(parents=True)
+    (repo / "x" / "payload").write_text("copied")
+    outside = tmp_path / "host-dir"
+    outside.mkdir(mode=0o755)
+    outside.chmod(0o755)
+    member = ProvisionRequest(
+        sandbox_id="pool00000000000000a2", profile=extension.member_profile(profile), inputs={}
+    )
+    first = ProvisionRequest(
+        sandbox_id="sbxclaimlink1", profile=profile, inputs={"repo": str(repo)}
+    )
+    try:
+        await members.provision(member)
+        await extension.claim(member.sandbox_id, first)
+        planted = f"rm -rf /workspace/x && ln -s {outside} /workspace/x"
+        assert await extension.exec(first.sandbox_id, ["sh", "-c", planted], _discard) == 0
+        again = ProvisionRequest(
+            sandbox_id=first.sandbox_id, profile=profile, inputs=first.inputs, attempt=2
+        )
+        with pytest.raises(SandboxNotFound):
+            await extension.claim(member.sandbox_id, again)
+        assert list(outside.iterdir()) == []
+        assert outside.stat().st_mode & 0o777 == 0o755
     finally:
         await reap_local(home)
 

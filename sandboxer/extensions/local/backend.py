@@ -445,37 +445,42 @@ class LocalExtension:
         ``repo`` copied from ``source``, the secrets) in its workspace (both locks held); the
         member's record."""
         member_id = member.sandbox_id
-        state = workspace.read_state(target)
-        if state is None or state.pool_member != member_id:
-            found = workspace.read_state(member)
-            gone = SandboxNotFound(
-                f"pool member {member_id} is gone or dead; the create is made afresh",
-                sandbox_id=request.sandbox_id,
-                extension=self.id,
-            )
-            if found is None or not found.holder_alive():
+        gone = SandboxNotFound(
+            f"pool member {member_id} is gone or dead; the create is made afresh",
+            sandbox_id=request.sandbox_id,
+            extension=self.id,
+        )
+        found = workspace.read_state(member)
+        if target.dir.exists() or target.dir.is_symlink():
+            # What an earlier attempt left, this member moved here included: its setup may
+            # have run the sandbox's own code in the workspace since (a link planted where
+            # the repo goes), and copying this create's inputs into it would write through
+            # it as root. So it goes, and a member moved here already makes the create afresh.
+            self._refuse_if_made_later(target, request)
+            moved = workspace.read_state(target)
+            await self._unmake(request.sandbox_id)
+            if moved is not None and moved.pool_member == member_id:
                 raise gone
-            if target.dir.exists() or target.dir.is_symlink():
-                self._refuse_if_made_later(target, request)
-                await self._unmake(request.sandbox_id)  # what an earlier attempt left
-            if found.pool_member != member_id or request.attempt > 1:
-                # A member made before members named themselves: recorded before the move,
-                # so that on either side of a crash its teardown finds its groups and network.
-                # A claim after a redelivery records itself, so that the earlier attempt,
-                # should it resume, leaves its sandbox alone (a first claim writes nothing).
-                found = dataclasses.replace(
-                    found,
-                    pool_member=member_id,
-                    made_by=[request.generation, request.attempt],
-                )
-                workspace.write_state(member, found)
-            try:
-                os.rename(member.dir, target.dir)
-            except FileNotFoundError:
-                raise gone from None  # torn down meanwhile
-            # Its state.json keeps the member's id and path: the directory's name is the
-            # sandbox's, and nothing reads those two fields for anything but messages.
-            state = found
+        if found is None or not found.holder_alive():
+            raise gone
+        if found.pool_member != member_id or request.attempt > 1:
+            # A member made before members named themselves: recorded before the move,
+            # so that on either side of a crash its teardown finds its groups and network.
+            # A claim after a redelivery records itself, so that the earlier attempt,
+            # should it resume, leaves its sandbox alone (a first claim writes nothing).
+            found = dataclasses.replace(
+                found,
+                pool_member=member_id,
+                made_by=[request.generation, request.attempt],
+            )
+            workspace.write_state(member, found)
+        try:
+            os.rename(member.dir, target.dir)
+        except FileNotFoundError:
+            raise gone from None  # torn down meanwhile
+        # Its state.json keeps the member's id and path: the directory's name is the
+        # sandbox's, and nothing reads those two fields for anything but messages.
+        state = found
         if source is not None:
             await asyncio.to_thread(workspace.copy_repo, source, target.workspace)
         owner = (SANDBOX_UID, SANDBOX_GID) if self._as_root else None
