@@ -202,15 +202,19 @@ class SandboxerClient:
         due_before: str | None = None,
         limit: int = 1000,
         consumer: Mapping[str, Any] | None = None,
+        project: str | None = None,
     ) -> list[dict[str, Any]]:
         """Sandboxes of the view, oldest first (``status`` filters; destroyed ones only with
         ``include_destroyed``); ``due_before`` (a UTC time like events carry) keeps those
-        whose TTL or idle deadline is at or before it, earliest first."""
+        whose TTL or idle deadline is at or before it, earliest first; ``project``, that
+        project's only."""
         request: dict[str, Any] = {
             "include_destroyed": include_destroyed,
             "limit": limit,
             "min_seq": self.seen_seq,
         }
+        if project is not None:
+            request["project"] = project
         if status:
             request["status"] = status
         if due_before is not None:
@@ -627,14 +631,22 @@ class SandboxerClient:
         return snapshot
 
     async def snapshots(
-        self, *, sandbox_id: str | None = None, include_deleted: bool = False, limit: int = 1000
+        self,
+        *,
+        sandbox_id: str | None = None,
+        include_deleted: bool = False,
+        limit: int = 1000,
+        project: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Snapshots in the order they were requested (of one sandbox with ``sandbox_id``)."""
+        """Snapshots in the order they were requested (of one sandbox with ``sandbox_id``;
+        with ``project``, that project's and those taken before snapshots named theirs)."""
         request: dict[str, Any] = {
             "include_deleted": include_deleted,
             "limit": limit,
             "min_seq": self.seen_seq,
         }
+        if project is not None:
+            request["project"] = project
         if sandbox_id is not None:
             request["sandbox_id"] = sandbox_id
         found: list[dict[str, Any]] = (await self.query(subjects.QUERY_SNAPSHOT_LIST, request))[

@@ -193,7 +193,7 @@ LIVE_STATUSES_EXCLUDED = frozenset({"destroyed", "failed"})
 
 async def live_sandboxes(client: SandboxerClient, project: str) -> int:
     """How many sandboxes of ``project`` are live (neither destroyed nor failed)."""
-    found = await client.list_sandboxes(limit=10_000)
+    found = await client.list_sandboxes(project=project, limit=10_000)
     return sum(
         1 for s in found if owner_of(s) == project and s.get("status") not in LIVE_STATUSES_EXCLUDED
     )

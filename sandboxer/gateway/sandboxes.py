@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from sandboxer.client import SandboxerClient
-from sandboxer.domain.key_access import may_see, owner_of
+from sandboxer.domain.key_access import may_see, owner_of, scope_of
 from sandboxer.errors import BusError, RequestError
 from sandboxer.gateway.auth import admit_create, own_sandbox, require_sandbox
 from sandboxer.gateway.common import (
@@ -108,21 +108,29 @@ async def list_sandboxes(
     """Sandboxes of the view, newest last; filters by status, profile, extension, project,
     and the consumer (harness, session_id, run_id, job_id, label).
 
-    The service filters by status and consumer; the gateway applies the other filters to
-    what it returns, so ``limit`` bounds the sandboxes looked at."""
+    The service filters by status, consumer and project (a confined key's own, always);
+    the gateway applies the other filters to what it returns, so ``limit`` bounds the
+    sandboxes looked at."""
     parts = {"harness": harness, "session_id": session_id, "run_id": run_id, "job_id": job_id}
     consumer: dict[str, Any] = {k: v for k, v in parts.items() if v is not None}
     if label:
         consumer["labels"] = dict(_label(item) for item in label)
+    scope = scope_of(client.actor)
+    if scope is not None and project not in (None, scope):
+        return {"sandboxes": []}  # another project's: none that this key may see
+    # The view narrows to the project, so the limit counts its sandboxes only.
     found = await client.list_sandboxes(
-        status=status, include_destroyed=include_destroyed, limit=limit, consumer=consumer
+        status=status,
+        include_destroyed=include_destroyed,
+        limit=limit,
+        consumer=consumer,
+        project=scope or project,
     )
     chosen = [
         s
         for s in found
         if (profile is None or s.get("profile") == profile)
         and (extension is None or s.get("extension") == extension)
-        and (project is None or (s.get("actor") or {}).get("project") == project)
         and may_see(client.actor, owner_of(s))
     ]
     return {"sandboxes": chosen}

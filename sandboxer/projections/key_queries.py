@@ -86,9 +86,18 @@ class KeyQueries:
         limit = request.get("limit", 1000)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
             raise RequestError(f"limit must be between 1 and {MAX_LIST}")
-        reply = await self._ask(subjects.QUERY_LIST)({**request, "limit": MAX_LIST})
+        reply = await self._ask(subjects.QUERY_LIST)(self._narrowed(request, actor, limit))
         mine = [s for s in reply["sandboxes"] if may_see(actor, owner_of(s))]
         return {**reply, "sandboxes": mine[:limit]}
+
+    @staticmethod
+    def _narrowed(request: dict[str, Any], actor: dict[str, Any], limit: int) -> dict[str, Any]:
+        """A list request narrowed to the key's project in the view itself, so the limit
+        counts its rows only (an administrator's key: as asked)."""
+        scope = scope_of(actor)
+        if scope is None:
+            return {**request, "limit": limit}
+        return {**request, "project": scope, "limit": limit}
 
     async def _rejection(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
         reply = await self._ask(subjects.QUERY_REJECTION)(request)
@@ -121,7 +130,8 @@ class KeyQueries:
         limit = request.get("limit", 1000)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
             raise RequestError(f"limit must be between 1 and {MAX_LIST}")
-        reply = await self._ask(subjects.QUERY_SNAPSHOT_LIST)({**request, "limit": MAX_LIST})
+        asked = self._narrowed(request, actor, MAX_LIST if scope_of(actor) else limit)
+        reply = await self._ask(subjects.QUERY_SNAPSHOT_LIST)(asked)
         mine = [s for s in reply["snapshots"] if may_see(actor, await self._snapshot_owner(s))]
         return {**reply, "snapshots": mine[:limit]}
 

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from sandboxer import subjects
 from sandboxer.bus.responder import Handler, Responder
 from sandboxer.clock import utc_now
+from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
 from sandboxer.domain.timestamps import shift
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_sandbox_id
@@ -41,6 +42,15 @@ def _field(request: dict[str, Any], name: str, kind: type, default: Any = None) 
     if value is not None and not isinstance(value, kind):
         raise RequestError(f"field {name!r} must be a {kind.__name__}")
     return value
+
+
+def _project(request: dict[str, Any]) -> str | None:
+    """The ``project`` a list is narrowed to (a key's own: its rows are found before the
+    limit is applied, not picked out of every project's first thousand)."""
+    project: str | None = _field(request, "project", str)
+    if project is not None and not is_valid_project(project):
+        raise RequestError(f"invalid project {project[:100]!r}: use {PROJECT_RULE}")
+    return project
 
 
 def _timestamp(request: dict[str, Any], name: str) -> str | None:
@@ -117,6 +127,7 @@ class QueryService:
             include_destroyed=bool(_field(request, "include_destroyed", bool, False)),
             due_before=_timestamp(request, "due_before"),
             consumer=consumer_filter(request),
+            project=_project(request),
             limit=limit,
         )
         return {
@@ -172,6 +183,7 @@ class QueryService:
         states = await self._projector.view.list_snapshots(
             sandbox_id=sandbox_id,
             include_deleted=bool(_field(request, "include_deleted", bool, False)),
+            project=_project(request),
             limit=limit,
         )
         return {

@@ -23,7 +23,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from sandboxer.domain.account_state import AccountState
+from sandboxer.domain.account_state import AccountState, project_of
 from sandboxer.domain.deadlines import due
 from sandboxer.domain.key_state import KeyState
 from sandboxer.domain.route_signals import RouteSignals
@@ -77,9 +77,11 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     session_id TEXT,
     run_id TEXT,
     job_id TEXT,
-    labels TEXT
+    labels TEXT,
+    project TEXT
 );
 CREATE INDEX IF NOT EXISTS sandboxes_status ON sandboxes(status);
+CREATE INDEX IF NOT EXISTS sandboxes_project ON sandboxes(project, created_at);
 CREATE INDEX IF NOT EXISTS sandboxes_harness ON sandboxes(harness) WHERE harness IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sandboxes_due ON sandboxes(due_at) WHERE due_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS rejections (
@@ -121,6 +123,8 @@ FINGERPRINT = hashlib.sha256(
     + json.dumps(msgspec.json.schema(SnapshotState), sort_keys=True).encode()
     + json.dumps(msgspec.json.schema(AccountState), sort_keys=True).encode()
     + json.dumps(msgspec.json.schema(KeyState), sort_keys=True).encode()
+    # Rejections are stored as this version encodes them (fields it does not know dropped).
+    + json.dumps(msgspec.json.schema(CommandRejected), sort_keys=True).encode()
 ).hexdigest()[:16]
 """What the rows were written by: the view's version, its tables and the state's shape."""
 
@@ -224,7 +228,8 @@ class SandboxView:
                 await self._apply_host_event(event, seq)
             await write_rows(
                 self._db,
-                "INSERT OR REPLACE INTO sandboxes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO sandboxes VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         s.sandbox_id,
@@ -237,6 +242,7 @@ class SandboxView:
                         _encode(s),
                         _due_at(s),
                         *_consumer_columns(s),
+                        project_of(s.actor),
                     )
                     for s, seq in states
                 ],
@@ -304,16 +310,21 @@ class SandboxView:
         include_destroyed: bool = False,
         due_before: str | None = None,
         consumer: ConsumerFilter | None = None,
+        project: str | None = None,
         limit: int = 1000,
     ) -> list[SandboxState]:
         """Sandboxes in creation order; with ``due_before``, only those whose TTL or idle
         deadline is at or before that time, earliest first (what the expirer sweeps); with
-        ``consumer``, only those whose consumer has every part it names."""
+        ``consumer``, only those whose consumer has every part it names; with ``project``,
+        only that project's (its creator's: what a key of the project may see)."""
         query = "SELECT state FROM sandboxes"
         clauses: list[str] = []
         params: list[Any] = []
         if consumer is not None:
             clauses, params = consumer.where()
+        if project is not None:
+            clauses.append("project = ?")
+            params.append(project)
         if due_before is not None:
             clauses.append("due_at IS NOT NULL AND due_at <= ?")
             params.append(due_before)
@@ -335,10 +346,19 @@ class SandboxView:
         return await load_snapshot(self._db, snapshot_id)
 
     async def list_snapshots(
-        self, *, sandbox_id: str | None = None, include_deleted: bool = False, limit: int = 1000
+        self,
+        *,
+        sandbox_id: str | None = None,
+        include_deleted: bool = False,
+        project: str | None = None,
+        limit: int = 1000,
     ) -> list[SnapshotState]:
         return await list_snapshots(
-            self._db, sandbox_id=sandbox_id, include_deleted=include_deleted, limit=limit
+            self._db,
+            sandbox_id=sandbox_id,
+            include_deleted=include_deleted,
+            project=project,
+            limit=limit,
         )
 
     async def route_signals(self, now: str) -> tuple[RouteSignals, dict[str, Any]]:

@@ -32,9 +32,11 @@ CREATE TABLE IF NOT EXISTS snapshots (
     object TEXT,
     requested_at TEXT,
     last_seq INTEGER NOT NULL,
-    state BLOB NOT NULL
+    state BLOB NOT NULL,
+    project TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshots_sandbox ON snapshots(sandbox_id);
+CREATE INDEX IF NOT EXISTS snapshots_project ON snapshots(project, requested_at);
 """
 
 _encode = msgspec.json.Encoder().encode
@@ -53,9 +55,18 @@ async def save_snapshots(
     """Write changed rows (the caller commits, with the position)."""
     await write_rows(
         db,
-        "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (s.snapshot_id, s.status, s.sandbox_id, s.object, s.requested_at, seq, _encode(s))
+            (
+                s.snapshot_id,
+                s.status,
+                s.sandbox_id,
+                s.object,
+                s.requested_at,
+                seq,
+                _encode(s),
+                s.project,
+            )
             for s, seq in states
         ],
     )
@@ -72,11 +83,17 @@ async def list_snapshots(
     *,
     sandbox_id: str | None = None,
     include_deleted: bool = False,
+    project: str | None = None,
     limit: int = 1000,
 ) -> list[SnapshotState]:
-    """Snapshots in the order they were requested; deleted ones only when asked for."""
+    """Snapshots in the order they were requested; deleted ones only when asked for. With
+    ``project``: that project's, and those whose project was not recorded (taken before it
+    was: the caller judges them by their sandbox, ``key_access.snapshot_owner``)."""
     clauses: list[str] = []
     params: list[Any] = []
+    if project is not None:
+        clauses.append("(project = ? OR project IS NULL)")
+        params.append(project)
     if sandbox_id is not None:
         clauses.append("sandbox_id = ?")
         params.append(sandbox_id)

@@ -267,3 +267,40 @@ def test_the_codec_calls_each_of_them_unreadable() -> None:
     for data in UNREADABLE:
         with pytest.raises(UnreadableEvent):
             decode_event(data)
+
+
+async def test_a_projects_list_finds_its_sandboxes_past_other_projects_thousands(
+    tmp_path: Path,
+) -> None:
+    """A key's list is narrowed to its project in the view: it took every project's first
+    rows up to the limit and picked its own out of them, so a project whose sandboxes came
+    after a thousand of another's saw none of them."""
+    from sandboxer.events.types import SandboxRequested
+    from sandboxer.projections.key_queries import KeyQueries
+
+    def requested(n: int, project: str) -> bytes:
+        return encode_event(
+            SandboxRequested(
+                sandbox_id=f"sbx{project}{n:06d}",
+                command_id=f"c-{project}-{n}",
+                actor=Actor(type="agt", id="a", project=project),
+                at=f"2026-12-03T08:{n // 60 % 60:02d}:{n % 60:02d}.000Z",
+                profile="profile.local",
+                profile_version=1,
+            )
+        )
+
+    log = [requested(n, "other") for n in range(1200)] + [requested(9999, "mine")]
+    view = await SandboxView.open(tmp_path / "projects.sqlite3", scratch=True)
+    try:
+        batch = Batch(view, fresh=True)
+        await batch.apply_many(list(enumerate(log, start=1)))
+        await batch.flush()
+        mine = await view.list_states(project="mine", limit=1000)
+        assert [s.sandbox_id for s in mine] == ["sbxmine009999"]
+        assert len(await view.list_states(project="other", limit=2000)) == 1200
+    finally:
+        await view.close()
+    agent = {"type": "agt", "id": "a", "project": "mine"}
+    narrowed = KeyQueries._narrowed({"project": "other", "limit": 5}, agent, 5)
+    assert (narrowed["project"], narrowed["limit"]) == ("mine", 5)
