@@ -42,6 +42,7 @@ from sandboxer.extensions.capabilities import Closable, TokenHolder
 from sandboxer.extensions.loading import build_extension
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.queries import QueryService
+from sandboxer.service_discovery import own_start_time
 from sandboxer.workers.control import ControlWorker
 from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.expirer import Expirer
@@ -306,6 +307,7 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
         info = {
             "version": __version__,
             "pid": os.getpid(),
+            "pid_start": own_start_time(),  # with the pid: this process, not a later one
             "roles": chosen,
             "nats_url": urls[0],
             "home": str(settings.home),

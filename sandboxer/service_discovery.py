@@ -17,18 +17,32 @@ from sandboxer.bus.nats_auth import NatsCredentials, credentials_for
 from sandboxer.bus.permissions import CLIENT
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ServiceNotRunning
+from sandboxer.extensions.local.procs import stat_of
 
-__all__ = ["client_credentials", "find_service_urls", "read_service_file"]
+__all__ = ["client_credentials", "find_service_urls", "own_start_time", "read_service_file"]
 
 
 def read_service_file(settings: Settings) -> dict[str, Any] | None:
-    """The running embedded service's record, if its process is still alive."""
+    """The running embedded service's record, if its process is still alive: the same
+    process, by its start time too. A service killed with -9 leaves its record, and its pid
+    may be another process's by now, which ``down`` would then have stopped."""
     try:
         record: dict[str, Any] = json.loads(settings.service_file.read_text())
-        os.kill(int(record["pid"]), 0)
+        pid = int(record["pid"])
+        os.kill(pid, 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no record, a torn one, or a service that died without removing it
+    started = record.get("pid_start")
+    now = stat_of(pid)
+    if started is not None and (now is None or now.start_time != started):
+        return None  # the pid is another process's now
     return record
+
+
+def own_start_time() -> int | None:
+    """This process's start time (in clock ticks since boot), for its record."""
+    found = stat_of(os.getpid())
+    return None if found is None else found.start_time
 
 
 def find_service_urls(settings: Settings) -> list[str]:

@@ -204,3 +204,21 @@ async def test_missing_setup_says_how_to_make_it(home: Path) -> None:
     no_nats = await Cli(env)("worker", "control", check=False, timeout=60)
     assert no_nats.returncode == 1
     assert "SANDBOXER_NATS_URL=nats://" in no_nats.stderr
+
+
+async def test_down_leaves_alone_a_process_that_took_a_dead_services_pid(home: Path) -> None:
+    """A service killed with -9 leaves its record; once its pid is another process's,
+    'down' must not stop that process (its start time is not the record's)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    env["SANDBOXER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        record = {"pid": stranger.pid, "pid_start": 1, "nats_url": "nats://127.0.0.1:1"}
+        (home / "service.json").write_text(json.dumps(record))
+        result = await Cli(env)("down", check=False, timeout=60)
+        assert "not running" in result.stderr, result
+        assert stranger.poll() is None  # still running
+    finally:
+        stranger.kill()
+        stranger.wait()
