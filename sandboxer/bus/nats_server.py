@@ -224,6 +224,8 @@ class NatsServerProcess:
                     stderr=log,
                     start_new_session=True,  # Ctrl-C reaches us, we stop the server in order
                     preexec_fn=_die_with_parent_hook(),
+                    # The store's lock goes with the server: it holds the locked file too.
+                    pass_fds=() if self._store_lock.fd is None else (self._store_lock.fd,),
                 )
             except OSError as exc:
                 raise NatsServerError(f"cannot start {binary}: {exc}") from exc

@@ -3,7 +3,10 @@
 nats-server itself does not lock its store directory: a second server on the
 same directory starts happily and the two corrupt each other's streams.
 The lock is an ``flock`` on a file inside the directory, so it goes away with
-the process that holds it, even after ``kill -9``.
+the process that holds it, even after ``kill -9``. The server inherits the
+locked file (``fd``), so the lock lasts as long as the server does: a parent
+killed with -9 while its server still shuts down leaves the store locked
+until the server is gone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ class StoreLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+    @property
+    def fd(self) -> int | None:
+        """The locked file's descriptor, for the server process to inherit."""
+        return self._fd
 
     def acquire(self) -> None:
         if self._fd is not None:

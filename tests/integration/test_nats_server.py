@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import stat
+import sys
 from pathlib import Path
 
 import nats
@@ -20,6 +22,7 @@ from sandboxer.bus.nats_binary import (
 )
 from sandboxer.bus.nats_cluster import NatsCluster
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.store_lock import StoreLock
 from sandboxer.errors import NatsServerError
 from tests.conftest import fail_on_logged_errors
 
@@ -221,3 +224,44 @@ async def test_logged_errors_fail_the_fixture_check(tmp_path: Path) -> None:
 @pytest.mark.nats_errors_expected
 async def test_fixture_accepts_errors_a_test_expects(nats_server: NatsServerProcess) -> None:
     await _break_the_protocol(nats_server)
+
+
+HOLD_A_SERVER = """
+import asyncio, sys
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.store_lock import StoreLock
+async def main():
+    server = await NatsServerProcess(sys.argv[1]).start()
+    print(server.pid, flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+
+
+async def test_the_store_stays_locked_while_its_server_outlives_its_parent(
+    tmp_path: Path,
+) -> None:
+    """The parent killed with -9 while its server is still shutting down (here: stopped):
+    the lock went with the parent, and a second server could open the same store."""
+    store = tmp_path / "store"
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLD_A_SERVER, str(store), stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    server_pid = int((await asyncio.wait_for(parent.stdout.readline(), 60)).decode())
+    try:
+        os.kill(server_pid, signal.SIGSTOP)
+        parent.kill()
+        await parent.wait()
+        with pytest.raises(NatsServerError, match="in use"):
+            StoreLock(store).acquire()
+    finally:
+        os.kill(server_pid, signal.SIGKILL)
+        os.kill(server_pid, signal.SIGCONT)
+    for _ in range(100):
+        if not _alive(server_pid):
+            break
+        await asyncio.sleep(0.05)
+    lock = StoreLock(store)
+    lock.acquire()  # free once the server is gone
+    lock.release()
