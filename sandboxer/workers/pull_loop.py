@@ -40,7 +40,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from sandboxer.bus.publish import is_transient, is_unavailability
 from sandboxer.errors import ConcurrencyConflict
@@ -114,8 +114,16 @@ def retry_delay(msg: Msg) -> float:
     return float(min(0.25 * 2 ** min(delivered - 1, 8), MAX_RETRY_DELAY))
 
 
-async def _fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> Msg | None:
-    """The next message, as soon as there is one (or None after ``IDLE_POLL``).
+_FAILED = object()
+"""What ``_fetch_one`` gives when the fetch itself failed (not: nothing to fetch)."""
+
+CHECK_AFTER_FAILURES = 5
+"""Fetches failed in a row after which the loop asks whether its consumer still exists."""
+
+
+async def _fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> Msg | object | None:
+    """The next message, as soon as there is one (or None after ``IDLE_POLL``; ``_FAILED``
+    when the fetch failed).
 
     One at a time on purpose: nats-py's ``fetch(batch=n)`` waits out its whole
     timeout for the n-th message once the first has arrived, which would add
@@ -131,8 +139,27 @@ async def _fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> M
         if not is_transient(exc):
             log.warning("%s: fetching failed: %r; trying again", durable, exc)
         await asyncio.sleep(IDLE_POLL)
-        return None
+        return _FAILED
     return msgs[0] if msgs else None
+
+
+async def _rebind_if_gone(
+    js: JetStreamContext, spec: ConsumerSpec, psub: JetStreamContext.PullSubscription
+) -> JetStreamContext.PullSubscription:
+    """``psub``, or, when its consumer no longer exists (deleted by hand, or lost with a
+    stream's state), a subscription to the consumer made again: fetching from a consumer
+    that is gone fails for ever, and the worker would look alive doing nothing."""
+    try:
+        await js.consumer_info(spec.stream, spec.durable)
+        return psub
+    except NotFoundError:
+        log.warning("%s: its consumer is gone; making it again", spec.durable)
+    except NatsError:
+        return psub  # the bus is not answering: the fetches go on waiting for it
+    await _ensure_consumer(js, spec)
+    with contextlib.suppress(NatsError):
+        await psub.unsubscribe()
+    return await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
 
 
 @contextlib.asynccontextmanager
@@ -256,11 +283,16 @@ async def run_pull_consumer(
         finally:
             slots.release()
 
+    failures = 0
     try:
         while not stop.is_set():
             await slots.acquire()
             msg = await _fetch_one(psub, spec.durable)
-            if msg is None:
+            failures = failures + 1 if msg is _FAILED else 0
+            if failures >= CHECK_AFTER_FAILURES:
+                failures = 0
+                psub = await _rebind_if_gone(js, spec, psub)
+            if not isinstance(msg, Msg):
                 slots.release()
                 continue
             task = asyncio.create_task(handle(msg))

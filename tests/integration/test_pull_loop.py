@@ -168,3 +168,18 @@ async def test_a_held_message_is_heartbeaten_past_a_short_ack_wait(js: JetStream
     await running(js, spec, recorder, body)
     assert recorder.deliveries == {b"slow": 1}
     assert await settled(js, spec)
+
+
+async def test_a_consumer_deleted_under_the_loop_is_made_again(js: JetStreamContext) -> None:
+    """Fetching from a consumer that is gone failed for ever, the worker looking alive."""
+    spec = spec_for("deleted")
+    recorder = Recorder()
+
+    async def body() -> None:
+        await js.publish("sandboxer.job.deleted.a", b"before")
+        await until(lambda: b"before" in recorder.handled, 10)
+        await js.delete_consumer(spec.stream, spec.durable)
+        await js.publish("sandboxer.job.deleted.b", b"after")
+        await until(lambda: b"after" in recorder.handled, 30)
+
+    await running(js, spec, recorder, body)
