@@ -32,6 +32,10 @@ __all__ = ["replay_batches", "replay_events"]
 
 READ_CHUNK = 1 << 20
 CRLF = b"\r\n"
+HEARTBEAT_SECONDS = 5.0
+"""How often the server says it is there when it has nothing to deliver."""
+STALL_SECONDS = 3 * HEARTBEAT_SECONDS
+"""Silence after which the delivery is taken for stopped (its consumer gone)."""
 
 
 def _ack_position(reply: bytes) -> tuple[int, int]:
@@ -113,7 +117,7 @@ async def replay_batches(
                 opt_start_seq=start_seq,
                 filter_subject=filter_subject,
                 flow_control=True,
-                idle_heartbeat=5.0,
+                idle_heartbeat=HEARTBEAT_SECONDS,
                 inactive_threshold=60.0,
                 mem_storage=True,
                 num_replicas=1,
@@ -144,14 +148,25 @@ def _identity(nc: Client) -> dict[str, str]:
     return {"auth_token": str(token)} if token else {}
 
 
+async def _read_some(reader: asyncio.StreamReader) -> bytes:
+    """The next bytes the server sent; BusError when it stopped sending. When it has nothing
+    to deliver it sends a heartbeat every :data:`HEARTBEAT_SECONDS`: silence for longer means
+    the consumer is gone (deleted, or lost with the node that held it)."""
+    try:
+        chunk = await asyncio.wait_for(reader.read(READ_CHUNK), STALL_SECONDS)
+    except TimeoutError:
+        raise BusError(f"the replay's delivery stopped: nothing for {STALL_SECONDS:g} s") from None
+    if not chunk:
+        raise BusError("the NATS connection closed during replay")
+    return chunk
+
+
 async def _frames(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stop_seq: int
 ) -> AsyncIterator[list[tuple[int, bytes]]]:
     buf = b""
     while True:
-        chunk = await reader.read(READ_CHUNK)
-        if not chunk:
-            raise BusError("the NATS connection closed during replay")
+        chunk = await _read_some(reader)
         buf = buf + chunk if buf else chunk
         pos = 0
         batch: list[tuple[int, bytes]] = []

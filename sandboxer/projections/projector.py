@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 
 from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.replay_reader import replay_batches
-from sandboxer.errors import ReplayUnsupported
+from sandboxer.errors import BusError, ReplayUnsupported
 from sandboxer.projections.fewer_collections import fewer_collections
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.sandbox_view import FINGERPRINT, SandboxView
@@ -174,14 +174,22 @@ class Projector:
         """The log from sequence 1 in chunks: the raw bulk reader when it can, nats-py
         otherwise."""
         end = await last_sequence(self._js) if stop_seq is None else stop_seq
+        last = 0
         try:
             async for events in replay_batches(self._nc, self._js, start_seq=1, stop_seq=end):
+                last = events[-1][0] if events else last
                 yield events
             return
         except ReplayUnsupported as why:
             log.info("replaying through nats-py: %s", why)
+        except BusError as why:
+            # Cut off mid-read (its consumer lost, the connection dropped, delivery stalled):
+            # what was read stands, and nats-py's ordered consumer reads the rest.
+            log.warning("the bulk replay stopped after event %d (%s); reading on", last, why)
         chunk: list[tuple[int, bytes]] = []
-        async for seq, _subject, data, pending in read_events(self._js, start_seq=1, stop_seq=end):
+        async for seq, _subject, data, pending in read_events(
+            self._js, start_seq=last + 1, stop_seq=end
+        ):
             chunk.append((seq, data))
             if pending == 0 or len(chunk) >= FLUSH_EVERY:
                 yield chunk

@@ -5,12 +5,16 @@ cannot connect as its client does."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
 
+from sandboxer import subjects
+from sandboxer.bus import replay_reader
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence
 from sandboxer.bus.event_store import Loaded
@@ -25,8 +29,10 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.replay_reader import replay_batches
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.domain.sandbox_state import SandboxState
-from sandboxer.errors import ReplayUnsupported
+from sandboxer.errors import BusError, ReplayUnsupported
 from sandboxer.events.types import Actor, SandboxRequested, SandboxRouted
+from sandboxer.projections import projector as projector_module
+from sandboxer.projections.projector import Projector
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +125,60 @@ async def test_credentials_it_cannot_send_mean_fall_back(
     nc.options["user"], nc.options["password"] = service.user, "not-the-password"
     with pytest.raises(ReplayUnsupported, match="refused"):
         await read_all(nc, 1, last)
+
+
+async def test_a_delivery_that_stops_is_an_error_not_a_wait_for_ever(
+    nats_server: NatsServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its consumer deleted mid-read (or lost with the node that held it), the reader waited
+    for the next frame for ever, and a rebuild, and 'up' with it, never ended."""
+    monkeypatch.setattr(replay_reader, "HEARTBEAT_SECONDS", 0.5)
+    monkeypatch.setattr(replay_reader, "STALL_SECONDS", 3.0)
+    nc = await connect([nats_server.url], name="replay", long_lived=False)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        big = b"x" * 60_000  # more than the socket holds: the server is still sending
+        for n in range(400):
+            await js.publish(f"sandboxer.evt.sandbox.sbxbig{n:06d}.touched", big)
+        last = await last_sequence(js)
+        reading = replay_batches(nc, js, start_seq=1, stop_seq=last)
+        first = await anext(reading)
+        assert first[0][0] == 1
+        for consumer in await js.consumers_info(subjects.EVENTS_STREAM):
+            await js.delete_consumer(subjects.EVENTS_STREAM, consumer.name)
+
+        async def drain() -> None:
+            async with asyncio.timeout(30):
+                async for _batch in reading:
+                    pass
+
+        with pytest.raises(BusError, match="delivery stopped"):
+            await drain()
+    finally:
+        await nc.close()
+
+
+async def test_a_rebuild_cut_off_mid_read_reads_the_rest_through_nats_py(
+    nats_server: NatsServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nc = await connect([nats_server.url], name="replay", long_lived=False)
+    try:
+        last = await fill(nc)
+
+        async def cut_off(*args: Any, **kwargs: Any) -> AsyncIterator[list[tuple[int, bytes]]]:
+            async for batch in replay_batches(*args, **kwargs):
+                yield batch[:10]  # what was read before the cut
+                raise BusError("the NATS connection closed during replay")
+
+        monkeypatch.setattr(projector_module, "replay_batches", cut_off)
+        projector = Projector(nc, nc.jetstream(), tmp_path / "view.sqlite3")
+        await projector.open()
+        try:
+            report = await projector.rebuild()
+            assert report.position == last
+            assert report.events == last
+        finally:
+            await projector.close()
+    finally:
+        await nc.close()
