@@ -796,6 +796,8 @@ class SandboxerClient:
                                 },
                             )
                         return int(result["exit_code"])
+                    # Other kinds are ignored: ``alive`` is the worker checking that this
+                    # inbox is still subscribed, and needs no answer (docs/protocol.md#exec).
                     msg = await sub.next_msg(timeout=None)
         finally:
             if feeder is not None:

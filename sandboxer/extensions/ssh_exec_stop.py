@@ -1,5 +1,7 @@
 """Stopping what an exec started on an SSH host (or in a compose container) when the exec is
-given up: its timeout passed, its client went away, its output could not be delivered.
+given up: its timeout passed, its client went away (the exec service checks that its reply
+inbox is still subscribed: :mod:`sandboxer.workers.exec_service`), its output could not be
+delivered.
 
 Closing the SSH channel does not stop a remote command (see :mod:`sandboxer.ssh.deadline`),
 and ``docker|podman exec`` does not stop the process it started in a container when its

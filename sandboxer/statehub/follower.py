@@ -10,6 +10,14 @@ down. ``max_ack_pending`` is 1: one event is out at a time, so events reach the
 hub in log order (in order per sandbox, and across sandboxes too), even with
 two statehub processes on one durable.
 
+**Context kept in memory, and forgotten when another process took events.** A body's
+context (:mod:`sandboxer.statehub.body`) is folded from earlier events and remembered
+per sandbox. With two processes on the durable, the other one may have taken a
+sandbox's ``routed`` in between, and what this one remembers lacks it. Deliveries are
+numbered by the consumer (one after the other, redeliveries included), so a gap in the
+numbers this process sees means another took deliveries meanwhile: it then forgets every
+context and reads them back from the log.
+
 **One event at a time.** Each fetched event is POSTed (``workers/http_delivery.py``:
 retried with backoff while the hub is unreachable, slow or answers 5xx, 408,
 429, 401, 403 or 404) and acknowledged only after a 2xx: a crash before the
@@ -167,6 +175,8 @@ class StateHubFollower:
             MAX_REMEMBERED
         )  # snapshot id -> the sandbox it was taken of
         self._in_hand: dict[str, Any] = {}
+        self._last_delivery: int | None = None
+        """The consumer's sequence of the last delivery this process took."""
         self.delivery = HttpDelivery(
             url,
             label="state hub",
@@ -256,7 +266,16 @@ class StateHubFollower:
                 with contextlib.suppress(asyncio.CancelledError):
                     await handling
 
+    def _check_delivery(self, msg: Msg) -> None:
+        """Forget the remembered contexts when another process took deliveries since the
+        last one here (see the module docstring); they are read back from the log."""
+        delivery = msg.metadata.sequence.consumer
+        if self._last_delivery is not None and delivery != self._last_delivery + 1:
+            self._contexts.clear()  # not _snapshots: the sandbox a snapshot is of never changes
+        self._last_delivery = delivery
+
     async def _handle(self, msg: Msg) -> None:
+        self._check_delivery(msg)
         seq = msg.metadata.sequence.stream
         try:
             event = decode_event(msg.data)

@@ -24,12 +24,24 @@ Standard input (``"stdin": true``): the ``started`` message's body is then
 client sends each chunk there as a request (header ``Sandboxer-Exec-Stdin: data``)
 and the end of input as ``end``; the worker answers each once the chunk is queued
 for the command, so a command that reads slowly holds the client back instead of
-filling the worker's memory. Input that stops arriving for ``STDIN_IDLE`` seconds
-stops the command. A backend that cannot stream input answers an ``exit`` with an
-``error`` from :class:`~sandboxer.errors.Unsupported` saying why.
+filling the worker's memory. A client that sends chunks without waiting for those
+answers breaks that: past :data:`STDIN_UNANSWERED` unanswered chunks (or one the
+subscription's small buffer had to drop) the command is stopped and the ``exit`` says
+why, so the worker never holds more than a few chunks per exec. Input that stops
+arriving for ``STDIN_IDLE`` seconds stops the command. A backend that cannot stream
+input answers an ``exit`` with an ``error`` from :class:`~sandboxer.errors.Unsupported`
+saying why.
 
 ``"timeout": SECONDS`` bounds the command: past it the backend's call is cancelled,
 which kills the command, and the ``exit`` carries ``{"error": ..., "timed_out": true}``.
+
+A client that goes away (Ctrl-C, a dropped connection, a caller that gave up waiting)
+stops its command too. Core NATS never tells a publisher that nobody listens, so every
+:data:`CLIENT_CHECK_INTERVAL` seconds the worker sends a request with the kind ``alive``
+to the reply inbox: the server answers "no responders" only when nothing subscribes to
+it any more, and then the backend's call is cancelled. Clients ignore ``alive`` (they
+may not publish into the worker's inbox anyway): the request times out, which means the
+client is still there, so clients that predate ``alive`` are never taken for gone.
 
 Files (``sandboxer.files.<sandbox_id>``, :mod:`sandboxer.workers.file_service`) are served
 by the same workers, through the same backend exec.
@@ -38,19 +50,24 @@ by the same workers, through the same backend exec.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.replies import answer_subject
 from sandboxer.domain.deadlines import touch_interval
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import SandboxerError, Unsupported
@@ -78,6 +95,16 @@ STDIN_IDLE = 120.0
 """Seconds without a chunk of input (or its end) after which the command is stopped."""
 STDIN_QUEUE = 8
 """Chunks of input held for the command before the client's next chunk waits."""
+STDIN_UNANSWERED = 2
+"""Chunks held unanswered beyond the queue; a client following the protocol has one at most."""
+STDIN_PENDING = STDIN_QUEUE + STDIN_UNANSWERED
+"""Messages nats-py may buffer for an input subscription (its default is 512k, 128 MiB)."""
+CLIENT_CHECK_INTERVAL = 10.0
+"""Seconds between checks that an exec's client still listens on its reply inbox."""
+CLIENT_CHECK_TIMEOUT = 1.0
+"""Seconds an ``alive`` request waits: a timeout means the client is there (it never answers)."""
+STOP_GRACE = 5.0
+"""Seconds running execs get to end when the worker stops, before they are cancelled."""
 MAX_TIMEOUT = 7 * 24 * 3600.0
 OUTPUT_CHUNK = 64 * 1024
 """Most bytes of output in one message (NATS's default max payload is 1 MiB)."""
@@ -100,19 +127,40 @@ def check_timeout(timeout: float | None) -> None:
 
 
 class StdinInbox:
-    """One exec's input: chunks a client sends to ``subject``, handed on in order."""
+    """One exec's input: chunks a client sends to ``subject``, handed on in order.
 
-    def __init__(self, nc: Client, *, idle: float = STDIN_IDLE) -> None:
+    Each chunk is answered once it is queued for the command, and the queue holds
+    :data:`STDIN_QUEUE` chunks: when it is full, the answer waits, and so does a client
+    that waits for answers. The callback itself never waits, so every message is looked
+    at as it arrives and a client that does not wait for answers is caught at once
+    (:attr:`broken`) instead of being buffered.
+    """
+
+    def __init__(self, nc: Client, *, idle: float = STDIN_IDLE, key_id: str | None = None) -> None:
         self._nc = nc
         self._idle = idle
+        self._key_id = key_id
+        """A key identity's exec: its chunks are answered in that key's inbox only."""
         # Under ``sandboxer.``, not ``_INBOX.``: clients may publish here, and never into
         # other connections' inboxes (docs/security.md).
         self.subject = f"sandboxer.stdin.{secrets.token_hex(16)}"
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=STDIN_QUEUE)
+        # Bounded by _answer to STDIN_QUEUE (an item more for an ``end`` with data).
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._unanswered: collections.deque[Msg] = collections.deque()
+        self._received = 0
+        self.broken: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        """Set (to the exit's error) when the client broke the protocol; the input is lost."""
         self._sub: Subscription | None = None
 
     async def open(self) -> None:
-        self._sub = await self._nc.subscribe(self.subject, cb=self._on_chunk)
+        # Small limits: what a flood sends past them is dropped by nats-py (and noticed in
+        # _on_chunk) rather than held in the worker's memory.
+        self._sub = await self._nc.subscribe(
+            self.subject,
+            cb=self._on_chunk,
+            pending_msgs_limit=STDIN_PENDING,
+            pending_bytes_limit=STDIN_PENDING * self._nc.max_payload,
+        )
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -120,13 +168,35 @@ class StdinInbox:
             self._sub = None
 
     async def _on_chunk(self, msg: Msg) -> None:
-        end = (msg.headers or {}).get(STDIN_HEADER) == "end"
-        if msg.data:
-            await self._queue.put(msg.data)  # waits while the command is behind: backpressure
-        if end:
-            await self._queue.put(None)
-        if msg.reply:
-            await self._nc.publish(msg.reply, b"")
+        self._received += 1
+        if self.broken.done() or self._sub is None:
+            return  # the input is over: what still arrives is dropped
+        self._unanswered.append(msg)
+        # Delivered by the server but neither handed to us nor waiting: nats-py dropped it.
+        dropped = self._sub.delivered - self._received - self._sub.pending_msgs
+        if dropped > 0 or len(self._unanswered) > STDIN_UNANSWERED:
+            self._unanswered.clear()
+            self.broken.set_result(
+                "standard input came faster than it was answered: send each chunk only "
+                "once the previous one is answered (docs/protocol.md#exec); the command "
+                "was stopped"
+            )
+            self._queue.put_nowait(b"")  # wakes chunks(), which raises
+            return
+        await self._answer()
+
+    async def _answer(self) -> None:
+        """Queue unanswered chunks while the queue has room, answering each: the client
+        sends its next chunk only then."""
+        while self._unanswered and self._queue.qsize() < STDIN_QUEUE:
+            msg = self._unanswered.popleft()
+            if msg.data:
+                self._queue.put_nowait(msg.data)
+            if (msg.headers or {}).get(STDIN_HEADER) == "end":
+                self._queue.put_nowait(None)
+            answer_to = answer_subject(msg.reply, self._key_id)  # an inbox (bus/replies.py)
+            if answer_to is not None:
+                await self._nc.publish(answer_to, b"")
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:
@@ -137,6 +207,9 @@ class StdinInbox:
                     f"standard input stopped arriving for {self._idle:.0f} s without its end; "
                     "the command was stopped"
                 ) from None
+            if self.broken.done():
+                raise SandboxerError(self.broken.result())
+            await self._answer()  # a place in the queue is free for a waiting chunk
             if chunk is None:
                 return
             yield chunk
@@ -177,7 +250,12 @@ class ExecService:
         if self._files is not None:
             await self._files.stop()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            # A command may run for days (``tail -f``): after a short grace, cancel what still
+            # runs, which kills the commands and tells their clients.
+            _done, running = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _on_request(self, msg: Msg) -> None:
         task = asyncio.create_task(self._serve(msg))
@@ -212,15 +290,19 @@ class ExecService:
 
     async def _serve(self, msg: Msg) -> None:
         target = reach_target(msg.subject)
-        if not msg.reply or target is None:
+        if target is None:
             return
         sandbox_id, key_id = target
+        # An inbox, the key's own (bus/replies.py): output, ``alive`` requests and the exit
+        # go there with the service's rights, never to a subject the request points at.
+        reply = answer_subject(msg.reply, key_id)
+        if reply is None:
+            return
         state = await reachable(self._store, self._extension, sandbox_id)
         if state is None:
             return
         if key_id is not None and await key_actor(self._store, key_id, state) is None:
             return  # a key of another project: as for a sandbox that does not exist
-        reply = msg.reply
 
         async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:
             # A backend may hand output over whole (Daytona's arrives when the command
@@ -243,23 +325,32 @@ class ExecService:
         try:
             backend = await backend_for(self._store, self._extension, state)  # BYOK
             if request.stdin:
-                inbox = await self._open_stdin(backend, sandbox_id)
+                inbox = await self._open_stdin(backend, sandbox_id, key_id)
             body = msgspec.json.encode({"stdin": inbox.subject}) if inbox is not None else b""
             await send("started", body)
             await self.touch(state)
-            result = await self._run(backend, state, request, send, inbox)
+            result = await self._run(backend, state, request, send, inbox, reply)
         except SandboxerError as exc:
             result = {"error": exc.message}
         except Exception as exc:
             log.exception("exec in %s failed", sandbox_id)
             result = {"error": f"exec failed: {exc}"}
+        except asyncio.CancelledError:
+            # The worker is stopping (stop()): the command is killed; say so to the client,
+            # which would otherwise wait for an exit until its own timeout.
+            with contextlib.suppress(Exception):
+                stopped = {"error": "the worker stopped; the command was stopped"}
+                await send("exit", msgspec.json.encode(stopped))
+            raise
         finally:
             if inbox is not None:
                 await inbox.close()
         await self._nc.flush()
         await send("exit", msgspec.json.encode(result))
 
-    async def _open_stdin(self, backend: Extension, sandbox_id: str) -> StdinInbox:
+    async def _open_stdin(
+        self, backend: Extension, sandbox_id: str, key_id: str | None
+    ) -> StdinInbox:
         if not takes_stdin(backend):
             raise Unsupported(
                 f"{self._extension.id} cannot give a command standard input (its exec takes "
@@ -267,7 +358,7 @@ class ExecService:
                 sandbox_id=sandbox_id,
                 extension=self._extension.id,
             )
-        inbox = StdinInbox(self._nc)
+        inbox = StdinInbox(self._nc, key_id=key_id)
         await inbox.open()
         return inbox
 
@@ -278,20 +369,29 @@ class ExecService:
         request: ExecRequest,
         send: OutputSink,
         inbox: StdinInbox | None,
+        reply: str,
     ) -> dict[str, object]:
-        """The command's ``exit`` body: its code, or the timeout that killed it."""
+        """The command's ``exit`` body: its code, or the timeout that killed it. Raises
+        :class:`SandboxerError` when the command was stopped for its client."""
         stdin = {"stdin": inbox.chunks()} if inbox is not None else {}  # only to those taking it
+        command = asyncio.ensure_future(
+            backend.exec(
+                state.sandbox_id,
+                request.argv,
+                send,
+                host=state.host,
+                service=request.service,
+                **stdin,
+            )
+        )
+        # Reasons to stop the command before it ends; each gives the exit's error.
+        gone = asyncio.ensure_future(self._client_gone(reply))
+        stops: list[asyncio.Future[str]] = [gone] if inbox is None else [gone, inbox.broken]
         limit = asyncio.timeout(request.timeout)
         try:
             async with limit:
-                code = await backend.exec(
-                    state.sandbox_id,
-                    request.argv,
-                    send,
-                    host=state.host,
-                    service=request.service,
-                    **stdin,
-                )
+                watched: list[asyncio.Future[Any]] = [command, *stops]
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             if not limit.expired():
                 raise
@@ -300,7 +400,34 @@ class ExecService:
                 "killed",
                 "timed_out": True,
             }
-        return {"exit_code": code}
+        finally:
+            # Cancelling the backend's call kills the command (nothing when it has ended):
+            # on a timeout, a stop, the worker stopping.
+            gone.cancel()
+            command.cancel()
+            if inbox is not None:  # a flooding client is cut off now, not after the kill
+                with contextlib.suppress(NatsError):  # closed again, and reported, by _serve
+                    await inbox.close()
+            await asyncio.wait([command, gone])
+        if command.cancelled():  # one of the stops ended it
+            reasons = [stop.result() for stop in stops if stop.done() and not stop.cancelled()]
+            raise SandboxerError(reasons[0] if reasons else "the command was stopped")
+        return {"exit_code": command.result()}
+
+    async def _client_gone(self, reply: str) -> str:
+        """Return (the exit's error) once nothing subscribes to the exec's reply inbox."""
+        while True:
+            await asyncio.sleep(CLIENT_CHECK_INTERVAL)
+            try:
+                await self._nc.request(
+                    reply, b"", headers={HEADER: "alive"}, timeout=CLIENT_CHECK_TIMEOUT
+                )
+            except NoRespondersError:
+                return "the client stopped listening for the output; the command was stopped"
+            except Exception as exc:
+                # A timeout is the usual answer (clients ignore ``alive``): still there. The
+                # bus being away for a moment proves nothing either: ask again later.
+                log.debug("exec client check on %s: %r", reply, exc)
 
 
 def parse_request(data: bytes) -> ExecRequest:

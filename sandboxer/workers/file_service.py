@@ -269,7 +269,7 @@ class FileService:
                 pid_scratch, self._staging, self._nuid.next().decode()
             )
             if request.op == "put":
-                answer = await self._put(backend, state, request, staging, send)
+                answer = await self._put(backend, state, request, staging, send, key_id)
             else:
                 answer = await self._get(backend, state, request, staging, reply)
             answer["ok"] = True
@@ -310,6 +310,7 @@ class FileService:
         request: FileRequest,
         staging: Path,
         send: Callable[[str, dict[str, Any] | None], Awaitable[None]],
+        key_id: str | None,
     ) -> dict[str, Any]:
         path = check_path(request.path, root_allowed=request.kind == "dir")
         sha = None if request.inline else parse_object_ref(request.ref or "")
@@ -321,7 +322,7 @@ class FileService:
             )
         archive = staging / "upload.tar"
         if sha is None:
-            await receive_inline(self._nc, send, archive, self._limits.max_bytes)
+            await receive_inline(self._nc, send, archive, self._limits.max_bytes, key_id=key_id)
         else:
             await fetch_archive(self._nc.jetstream(), sha, archive, self._limits)
         tree = staging / "tree"

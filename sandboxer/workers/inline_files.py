@@ -38,9 +38,12 @@ ACK_TIMEOUT = 60.0
 Send = Callable[[str, dict[str, Any] | None], Awaitable[None]]
 
 
-async def receive_inline(nc: Client, send: Send, archive: Path, max_bytes: int) -> None:
-    """Write what the client sends to ``archive`` (at most ``max_bytes``)."""
-    inbox = StdinInbox(nc)
+async def receive_inline(
+    nc: Client, send: Send, archive: Path, max_bytes: int, *, key_id: str | None = None
+) -> None:
+    """Write what the client sends to ``archive`` (at most ``max_bytes``); a key identity's
+    chunks are answered in its own inbox only."""
+    inbox = StdinInbox(nc, key_id=key_id)
     await inbox.open()
     try:
         await send("input", {"stdin": inbox.subject})

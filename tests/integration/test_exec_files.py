@@ -24,11 +24,18 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
 
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import CommandFailed, SandboxerClient
 from sandboxer.errors import PathRefused, WorkspaceRefused
+from sandboxer.subjects import EVENTS_STREAM, exec_subject
+from sandboxer.workers import exec_service
+from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
+from sandboxer.workers.exec_service import STDIN_HEADER
 from sandboxer.workers.file_service import HEADER, files_subject
 from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
 
@@ -145,6 +152,128 @@ async def test_an_invalid_timeout_is_refused(service: Service, sandbox: str) -> 
     for bad in (0, -1, 10**9):
         with pytest.raises(CommandFailed, match="timeout must be"):
             await service.client.exec(sandbox, ["true"], lambda _s, _d: None, command_timeout=bad)
+
+
+async def raw_exec(
+    client: SandboxerClient, sandbox_id: str, request: dict[str, Any]
+) -> tuple[Subscription, Msg]:
+    """An exec request straight on the bus, as any client sends it: the inbox subscribed to,
+    and the worker's first answer (``started``)."""
+    inbox = client.nc.new_inbox()
+    sub = await client.nc.subscribe(inbox)
+    await client.nc.publish(exec_subject(sandbox_id), msgspec.json.encode(request), reply=inbox)
+    started = await sub.next_msg(timeout=10)
+    assert started.headers == {EXEC_HEADER: "started"}, started.data
+    return sub, started
+
+
+async def next_exit(sub: Subscription, timeout: float) -> dict[str, Any]:
+    """The body of the exec's ``exit``, skipping output and ``alive`` checks."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await sub.next_msg(timeout=None)
+            if (msg.headers or {}).get(EXEC_HEADER) == "exit":
+                return dict(msgspec.json.decode(msg.data))
+
+
+async def left_running(client: SandboxerClient, sandbox_id: str, pid: str = "") -> bool:
+    """Whether ``sleep 300``, or process ``pid``, still runs in the sandbox."""
+    if pid and (await run_in(client, sandbox_id, f"test -d /proc/{pid}"))[0] == 0:
+        return True
+    script = "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"
+    return "sleep 300" in (await run_in(client, sandbox_id, script))[1]
+
+
+async def test_a_command_whose_client_went_away_is_killed(
+    service: Service, sandbox: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A check every 2 s instead of 10, to keep the test short; the mechanism is the same.
+    monkeypatch.setattr(exec_service, "CLIENT_CHECK_INTERVAL", 2.0)
+    client = service.client
+    # No stdin and no timeout: nothing but the client's going can end it before 300 s.
+    sub, _started = await raw_exec(client, sandbox, {"argv": ["sh", "-c", "echo $$ >p; sleep 300"]})
+    async with asyncio.timeout(10):
+        while not (pid := (await run_in(client, sandbox, "cat p 2>/dev/null"))[1].strip()):
+            await asyncio.sleep(0.1)
+    # While the inbox is subscribed, the worker's checks arrive and need no answer (older
+    # clients give none): the command goes on.
+    for _ in range(2):
+        check = await sub.next_msg(timeout=10)
+        assert check.headers == {EXEC_HEADER: "alive"}
+        assert check.reply
+    assert await left_running(client, sandbox, pid)
+
+    await sub.unsubscribe()  # the client goes: Ctrl-C, a dropped connection, a gateway timeout
+    async with asyncio.timeout(20):
+        while await left_running(client, sandbox, pid):
+            await asyncio.sleep(0.5)
+
+
+async def test_stopping_the_worker_kills_running_commands_and_tells_their_clients(
+    service: Service, sandbox: str
+) -> None:
+    running = asyncio.create_task(
+        service.client.exec(sandbox, ["sleep", "300"], lambda _s, _d: None)
+    )
+    async with asyncio.timeout(10):
+        while not await left_running(service.client, sandbox):
+            await asyncio.sleep(0.1)
+    began = time.monotonic()
+    await service.shutdown()  # gives up (fails) after 30 s
+    assert time.monotonic() - began < exec_service.STOP_GRACE + 15
+    with pytest.raises(CommandFailed, match="the worker stopped"):
+        await asyncio.wait_for(running, 5)
+
+
+async def test_stdin_sent_without_waiting_for_answers_ends_the_exec(
+    service: Service, sandbox: str
+) -> None:
+    client = service.client
+    # A client that waits for each answer is held back by a command that reads late, and
+    # all of its input arrives.
+    data = binary(2_000_000, 5)
+    out: list[bytes] = []
+    code = await client.exec(
+        sandbox, ["sh", "-c", "sleep 2; wc -c"], lambda _s, d: out.append(d), stdin=data
+    )
+    assert (code, b"".join(out).strip()) == (0, str(len(data)).encode())
+
+    # One that floods without waiting, into a command that never reads: the worker holds a
+    # few chunks, not the flood, and ends the exec with the reason. Big chunks overflow the
+    # unanswered chunks; small ones arrive in bursts the subscription's buffer drops.
+    for size, count in ((64 * 1024, 300), (16, 5000)):
+        sub, started = await raw_exec(client, sandbox, {"argv": ["sleep", "300"], "stdin": True})
+        stdin = msgspec.json.decode(started.data)["stdin"]
+        chunk = os.urandom(size)
+        for _ in range(count):
+            await client.nc.publish(stdin, chunk, headers={STDIN_HEADER: "data"})
+        await client.nc.flush()
+        exit_body = await next_exit(sub, 30)
+        await sub.unsubscribe()
+        assert "faster than it was answered" in exit_body["error"], exit_body
+        assert not await left_running(client, sandbox)
+
+
+async def test_an_exec_and_its_input_are_answered_only_in_an_inbox(
+    service: Service, sandbox: str
+) -> None:
+    """nats-server never checks a request's reply subject, and the service may publish to
+    the log (docs/security.md): an exec, or a chunk of its input, that names another subject
+    for its answer puts nothing there."""
+    client = service.client
+    forged = {kind: f"sandboxer.evt.sandbox.{sandbox}.{kind}" for kind in ("destroyed", "expired")}
+    request = msgspec.json.encode({"argv": ["echo", "hi"]})
+    await client.nc.publish(exec_subject(sandbox), request, reply=forged["destroyed"])
+    sub, started = await raw_exec(client, sandbox, {"argv": ["cat"], "stdin": True})
+    stdin = msgspec.json.decode(started.data)["stdin"]
+    await client.nc.publish(stdin, b"x", headers={STDIN_HEADER: "data"}, reply=forged["expired"])
+    await client.nc.request(stdin, b"", headers={STDIN_HEADER: "end"}, timeout=10)
+    assert await next_exit(sub, 10) == {"exit_code": 0}
+    await sub.unsubscribe()
+    await asyncio.sleep(1)  # what the forged exec's worker would send has arrived by now
+    for subject in forged.values():
+        with pytest.raises(NotFoundError):
+            await client.js.get_last_msg(EVENTS_STREAM, subject)
 
 
 # -- files over the bus ---------------------------------------------------------------------

@@ -27,10 +27,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandboxer import subjects
+from sandboxer.bus.connect import connect
+from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
+from sandboxer.events.types import (
+    Actor,
+    SandboxProvisioning,
+    SandboxReady,
+    SandboxRequested,
+    SandboxRouted,
+)
 from sandboxer.statehub.body import DELIVERED_TYPES
-from sandboxer.statehub.follower import StateHubFollower, status_file
+from sandboxer.statehub.follower import DURABLE, StateHubFollower, status_file
 from tests.integration.conftest import Cli, Service, reap_local, start_service
 
 pytestmark = pytest.mark.integration
@@ -344,3 +355,54 @@ async def test_a_role_killed_mid_delivery_resumes_from_its_position_without_loss
     assert repeated[-1]["extension_id"] == "ext.local"
     assert all(b["profile_id"] == "profile.local" for b in hub.stored)
     assert TOKEN not in (home / "statehub.log").read_text()
+
+
+async def test_a_process_that_missed_deliveries_reads_the_context_back_from_the_log(
+    nats_server: NatsServerProcess, hub: Hub, home: Path
+) -> None:
+    """Two statehub processes on one durable take turns: one of them did not see the
+    sandbox's ``routed``, and must not send the bodies after it without its host."""
+    nc = await connect([nats_server.url], name="test-statehub-pair", long_lived=False)
+    followers: list[StateHubFollower] = []
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        store = JetStreamEventStore(nc, js)
+        common: dict[str, Any] = {
+            "sandbox_id": "sbxpairpairpair01",
+            "command_id": "c-pair",
+            "actor": Actor(type="atm", id="pytest"),
+            "at": "2026-12-03T10:00:00.000Z",
+        }
+        await store.append(
+            await store.load(common["sandbox_id"]),
+            [
+                SandboxRequested(**common, profile="profile.local", profile_version=1),
+                SandboxRouted(**common, extension="ext.local", reason="test", host="node-7"),
+                SandboxProvisioning(**common, extension="ext.local"),
+                SandboxReady(**common, reachability={"kind": "local-exec"}),
+            ],
+        )
+        followers = [
+            StateHubFollower(
+                nc, js, url=hub.url, token_ref=None, status_path=status_file(home / name)
+            )
+            for name in ("one", "two")
+        ]
+        await followers[0].ensure_consumer()
+        psub = await js.pull_subscribe_bind(durable=DURABLE, stream=subjects.EVENTS_STREAM)
+        one, two = followers
+        for follower in (one, two, one, one):  # the second process takes ``routed``
+            [msg] = await psub.fetch(batch=1, timeout=5)
+            await follower._handle(msg)
+            await msg.ack_sync()
+    finally:
+        for follower in followers:
+            await follower.aclose()
+        await nc.close()
+    sent = {body["type"]: (body["extension_id"], body["host"]) for body in hub.stored}
+    assert sent == {
+        "requested": (None, None),
+        "provisioning": ("ext.local", "node-7"),
+        "ready": ("ext.local", "node-7"),
+    }
