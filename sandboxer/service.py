@@ -100,7 +100,7 @@ async def _key_users(url: str, pid: int, settings: Settings) -> AsyncIterator[No
     js = nc.jetstream()
     await ensure_streams(js, replicas_for(nc._server_info))
     follower = asyncio.create_task(
-        KeyUsersFollower(js, settings.home, signal_reload(pid)).run(), name="key-users"
+        KeyUsersFollower(js, settings.home, signal_reload(pid)).follow(), name="key-users"
     )
     try:
         yield

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import bcrypt
 import msgspec
+import stamina
 from nats.js import JetStreamContext
 
 from sandboxer.bus.event_reader import read_events
@@ -108,8 +109,20 @@ class KeyUsersFollower:
         self._reload = reload
         self._keys = KeyUsers()
 
+    async def follow(self) -> None:
+        """:meth:`run`, from the start again whenever it fails (the configuration not
+        written on a full disk, the bus away): a follower that ended would leave every new
+        key off the bus and every revoked one on it, for as long as the service runs."""
+        async for attempt in stamina.retry_context(
+            on=Exception, attempts=None, timeout=None, wait_initial=1.0, wait_max=30.0
+        ):
+            with attempt:
+                await self.run()
+
     async def run(self) -> None:
-        changed = False
+        # Written once caught up even when nothing changed here: an earlier run may have
+        # failed to write what it had.
+        changed = True
         async for _seq, _subject, data, pending in read_events(
             self._js, filter_subject="sandboxer.evt.key.>", follow=True, idle_timeout=0.5
         ):
