@@ -74,6 +74,22 @@ class Responder:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
+    def _fitting(self, reply: dict[str, Any]) -> bytes:
+        """``reply`` as bytes, or an error saying it is too large to send: the server refuses
+        a message over its max payload, and the client would wait for an answer in vain
+        and take the service for down."""
+        data = msgspec.json.encode(reply)
+        limit = self._nc.max_payload
+        if len(data) <= limit:
+            return data
+        too_large = {
+            "ok": False,
+            **self._stamp,
+            "error": f"the answer is {len(data)} bytes, more than the bus carries ({limit}); "
+            "ask for less (a lower limit, or a narrower filter)",
+        }
+        return msgspec.json.encode(too_large)
+
     def _callback(
         self, handler_for: Callable[[Msg], Awaitable[Handler]], *, keyed: bool
     ) -> Callable[[Msg], Awaitable[None]]:
@@ -94,7 +110,7 @@ class Responder:
             # Only to an inbox, and a key identity's request only to its own (bus/replies.py).
             to = answer_subject(msg.reply, msg.subject.rpartition(".")[2] if keyed else None)
             if to is not None:
-                await self._nc.publish(to, msgspec.json.encode(reply))
+                await self._nc.publish(to, self._fitting(reply))
 
         async def callback(msg: Msg) -> None:
             task = asyncio.create_task(respond(msg))
