@@ -29,6 +29,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -61,6 +62,7 @@ from sandboxer.events.codec import decode_event
 from sandboxer.events.pool_events import POOL_EVENTS
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.capabilities import Pooling
+from sandboxer.extensions.local.procs import stat_of
 from sandboxer.ids import new_command_id
 
 __all__ = ["PoolKeeper", "digest_of", "pool_keeper_for"]
@@ -112,8 +114,11 @@ class PoolKeeper:
         self._extension = extension
         self._members = extension.pool_members()
         self.node = extension.pool_node
-        # The nonce tells two keepers of one process apart (services started in tests).
-        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # The nonce tells two keepers of one process apart (services started in tests); the
+        # process's start and the boot tell this process from a later one with its pid.
+        self.worker = worker or (
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}:{_incarnation(os.getpid())}"
+        )
         decl = catalog.extensions.get(extension.id)
         fallback = decl.pool if decl is not None else None
         # Each pooled profile, its pool in force: its own, or else its backend declaration's.
@@ -463,8 +468,11 @@ class PoolKeeper:
 
 
 def _process_alive(worker: str) -> bool:
-    """Whether the keeper ``host:pid:nonce`` that made a member still runs (this machine's)."""
-    host, pid, _nonce = [*worker.split(":"), "", "", ""][:3]
+    """Whether the keeper ``host:pid:nonce:start@boot`` that made a member still runs (this
+    machine's). Its pid alone is not enough: after a restart (a container's pid 1, a reboot)
+    another process has it, and the dead keeper's members were kept, and counted, for good.
+    (Keepers before the start was recorded: by their pid, as then.)"""
+    host, pid, _nonce, incarnation = [*worker.split(":"), "", "", "", ""][:4]
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
@@ -472,5 +480,15 @@ def _process_alive(worker: str) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not incarnation or incarnation == _incarnation(int(pid))
+
+
+def _incarnation(pid: int) -> str:
+    """``<start time>@<boot id>`` of process ``pid``: which process, not only which pid."""
+    found = stat_of(pid)
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = ""
+    return f"{found.start_time if found is not None else 0}@{boot}"

@@ -179,3 +179,18 @@ def test_a_create_that_keeps_the_profiles_policy_claims_with_the_catalogs_own_pr
     assert narrowed.network.egress == []
     assert digest_of(narrowed) != digest_of(base)
     assert digest_of(base.with_network(parse_policy(base.network.model_dump()))) == digest_of(base)
+
+
+def test_a_keeper_whose_pid_another_process_took_is_not_alive() -> None:
+    """After a restart (a container's pid 1, a reboot) a dead keeper's pid is another
+    process's: its members being made were kept, and counted, for good."""
+    import os
+    import socket
+
+    from sandboxer.workers.pool_keeper import _incarnation, _process_alive
+
+    host, pid = socket.gethostname(), os.getpid()
+    assert _process_alive(f"{host}:{pid}:abcd:{_incarnation(pid)}")
+    assert not _process_alive(f"{host}:{pid}:abcd:1@00000000")  # the pid, not the process
+    assert _process_alive(f"{host}:{pid}:abcd")  # recorded before the start was: by pid
+    assert not _process_alive(f"elsewhere:{pid}:abcd:{_incarnation(pid)}")
