@@ -187,7 +187,7 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                             staging_root=settings.staging_root,
                             limits=ArchiveLimits.from_mb(settings.upload_max_mb),
                         ),
-                        pools=keeper,
+                        pools=keeper if keeper is not None and keeper.pools_anything else None,
                     )
                     executor = ExecService(nc, store, extension, settings=settings)
                     inventory = InventoryService(
@@ -207,8 +207,14 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                         services.append(tokens)
                     await worker.reconcile()
                     group.create_task(worker.run(stop))
-                    if keeper is not None:
+                    if keeper is not None and keeper.pools_anything:
                         group.create_task(keeper.run(stop))
+                    elif keeper is not None:
+                        # No profile pools here: members an earlier worker left go now.
+                        try:
+                            await keeper.reconcile()
+                        except Exception as exc:  # the bus away: they wait for a later start
+                            log.warning("pool: draining members left behind failed: %s", exc)
             log.info("running roles: %s", ", ".join(roles))
     finally:
         for service in services:

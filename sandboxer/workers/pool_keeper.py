@@ -91,12 +91,13 @@ def digest_of(profile: Profile) -> str:
 def pool_keeper_for(
     nc: Client, store: EventStore, catalog: Catalog, extension: Any
 ) -> PoolKeeper | None:
-    """A keeper for ``extension`` when its declaration pools and some profile asks for a pool."""
+    """A keeper for ``extension`` when its declaration pools: it keeps the pools profiles ask
+    for, and drains members no profile pools any more (``pools_anything`` False: only that,
+    once, at the worker's start)."""
     decl = catalog.extensions_enabled().get(extension.id)
     if decl is None or not decl.capabilities.pool or not isinstance(extension, Pooling):
         return None
-    keeper = PoolKeeper(nc, store, catalog, extension)
-    return keeper if keeper.pools_anything else None
+    return PoolKeeper(nc, store, catalog, extension)
 
 
 class PoolKeeper:
@@ -141,6 +142,11 @@ class PoolKeeper:
     @property
     def pools_anything(self) -> bool:
         return bool(self._profiles)
+
+    @property
+    def _pools(self) -> set[str]:
+        """The pools this node keeps now (one per pooled profile)."""
+        return {self.pool_of(profile_id) for profile_id in self._profiles}
 
     def serves(self, profile_id: str) -> bool:
         """Whether creates of ``profile_id`` may be served from a pool here."""
@@ -345,6 +351,10 @@ class PoolKeeper:
                 await self._remove(member_id, "its keeper died while making it")
         elif not alive:
             await self._remove(member_id, "its processes died")
+        elif member.pool not in self._pools and member_id not in self._taken:
+            # Its profile lost its pool (or went, or moved to another backend) while no worker
+            # ran to drain it: nothing would claim it, and it would run for good.
+            await self._remove(member_id, "drained: no profile pools it here any more")
 
     @contextlib.contextmanager
     def _on_its_own(self, member_id: str) -> Iterator[None]:

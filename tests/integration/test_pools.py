@@ -237,6 +237,39 @@ async def test_the_pool_survives_kill_9_and_follows_its_profile(
         await reap_local(home)
 
 
+async def test_members_no_profile_pools_any_more_are_drained_at_the_next_start(
+    nats_server: Any, home: Path
+) -> None:
+    """Members left by a worker killed with -9, then the profile lost its pool: with nothing
+    pooling on the backend no keeper ran, and they (holders, cgroups, networks) ran for good,
+    seen by no listing."""
+    write_profile(home)
+    svc: Service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    worker = start_worker(home, nats_server.url)
+    try:
+        await wait_pool(svc.client, 2)
+        assert len(member_dirs(home)) == 2
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        (home / "profiles" / "profile.warm.yaml").write_text(
+            WARM.replace("pool: {{min_ready: {min_ready}, max: {max}}}\n", "").format(version=2)
+        )
+        worker = start_worker(home, nats_server.url)
+        async with asyncio.timeout(30):
+            while member_dirs(home):
+                await asyncio.sleep(0.1)
+        removed = [e for e in await pool_events(svc.client) if e["type"] == "pool_member_removed"]
+        assert len(removed) == 2
+        assert all("no profile pools it" in e["reason"] for e in removed)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        await svc.client.close()
+        await svc.shutdown()
+        await reap_local(home)
+
+
 async def test_a_backend_declaration_can_pool_its_profiles(nats_server: Any, home: Path) -> None:
     packaged = Path(__file__).parents[2] / "extensions" / "ext.local.yaml"
     (home / "extensions").mkdir()
