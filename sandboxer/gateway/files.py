@@ -25,6 +25,7 @@ import base64
 import binascii
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,7 +47,7 @@ from sandboxer.errors import (
     WorkspaceRefused,
 )
 from sandboxer.gateway.auth import visible_sandbox
-from sandboxer.gateway.context import BusClient, request_actor
+from sandboxer.gateway.context import KEY_RECHECK_SECONDS, BusClient, KeyStanding, request_actor
 from sandboxer.gateway.errors import error_response
 from sandboxer.gateway.models import SANDBOX_ID, ErrorBody
 from sandboxer.transfer import pack_file
@@ -170,9 +171,16 @@ class ExecResult(BaseModel):
 
 
 @router.post("/sandboxes/{sandbox_id}/exec", response_model=ExecResult, tags=["exec and files"])
-async def exec_in_sandbox(sandbox_id: VisibleSandbox, body: ExecBody, client: BusClient) -> Any:
+async def exec_in_sandbox(
+    sandbox_id: VisibleSandbox,
+    body: ExecBody,
+    client: BusClient,
+    request: Request,
+    standing: KeyStanding,
+) -> Any:
     """Run a command in the sandbox (its standard input from ``stdin``), answer its exit
-    code and output once it is over."""
+    code and output once it is over. The command is stopped if the key is revoked or the
+    caller hangs up meanwhile."""
     stdin: bytes | None = None
     if body.stdin is not None:
         try:
@@ -190,8 +198,8 @@ async def exec_in_sandbox(sandbox_id: VisibleSandbox, body: ExecBody, client: Bu
     timed_out = False
     code: int | None = None
     wait = (body.timeout or 3600.0) + EXEC_WAIT_SLACK
-    try:
-        code = await client.exec(
+    running = asyncio.ensure_future(
+        client.exec(
             sandbox_id,
             body.argv,
             output,
@@ -200,6 +208,24 @@ async def exec_in_sandbox(sandbox_id: VisibleSandbox, body: ExecBody, client: Bu
             command_timeout=body.timeout,
             timeout=wait,
         )
+    )
+    stopped = asyncio.ensure_future(_caller_gone(request, standing))
+    try:
+        await asyncio.wait([running, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not running.done():
+            # Cancelled, the client leaves the output's inbox: the worker finds nobody
+            # listening at its next check and kills the command.
+            running.cancel()
+        await asyncio.gather(running, stopped, return_exceptions=True)
+    if running.cancelled():  # stopped for its caller: a revoked key, or nobody there
+        why = stopped.result() if stopped.done() and not stopped.cancelled() else "stopped"
+        if why.startswith("the API key"):
+            return error_response(401, "unauthorized", why)
+        return error_response(409, "exec_failed", why)
+    try:
+        code = running.result()
     except CommandFailed as exc:
         if not exc.event.get("timed_out"):
             return error_response(409, "exec_failed", exc.message)
@@ -214,6 +240,17 @@ async def exec_in_sandbox(sandbox_id: VisibleSandbox, body: ExecBody, client: Bu
         stdout_truncated=dropped["stdout"],
         stderr_truncated=dropped["stderr"],
     )
+
+
+async def _caller_gone(request: Request, standing: Callable[[], Awaitable[bool]]) -> str:
+    """Return, with why, once the request's key is revoked or its caller has hung up: a
+    command running for them would go on for nobody (a ``tail -f``, for days)."""
+    while True:
+        if not await standing():
+            return "the API key was revoked while the command ran; the command was stopped"
+        if await request.is_disconnected():
+            return "the caller hung up; the command was stopped"
+        await asyncio.sleep(KEY_RECHECK_SECONDS)
 
 
 # -- files -------------------------------------------------------------------------------------

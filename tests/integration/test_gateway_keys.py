@@ -23,6 +23,7 @@ from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_state import hash_key, key_id_for
 from sandboxer.gateway import context
 from sandboxer.projections.sandbox_view import SandboxView
+from sandboxer.workers import exec_service
 from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -334,6 +335,39 @@ async def test_a_revoked_key_stops_working_at_once(front: Front) -> None:
         assert_error(await api.get("/v1/profiles"), 401, "unauthorized")
     listed = await list_keys(front.admin, include_revoked=True)
     assert [k["status"] for k in listed] == ["revoked"]
+
+
+async def _quiet(_stream: str, _data: bytes) -> None:
+    pass
+
+
+async def test_a_revoked_keys_running_exec_is_stopped(
+    front: Front, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exec checks its key when it starts and may run for days (a ``tail -f``). Revoked,
+    the key's command is stopped: its caller is answered 401 and the process is gone."""
+    monkeypatch.setattr(exec_service, "CLIENT_CHECK_INTERVAL", 1.0)
+    key = await front.key("alpha")
+    async with front.http(key) as api:
+        created = await api.post("/v1/sandboxes?wait=60s", json={})
+        assert created.status_code == 201, created.text
+        sandbox_id = created.json()["sandbox_id"]
+        argv = ["sh", "-c", "echo $$ > /workspace/held; exec sleep 300"]
+        running = asyncio.ensure_future(
+            api.post(f"/v1/sandboxes/{sandbox_id}/exec", json={"argv": argv})
+        )
+        admin = front.service.client
+        async with asyncio.timeout(30):
+            while await admin.exec(sandbox_id, ["test", "-s", "/workspace/held"], _quiet) != 0:
+                await asyncio.sleep(0.2)
+        await revoke_key(front.admin, key_id_for(hash_key(key)))
+        answer = await asyncio.wait_for(running, 30)
+        assert_error(answer, 401, "unauthorized")
+        alive = ["sh", "-c", "kill -0 $(cat /workspace/held)"]
+        async with asyncio.timeout(30):
+            while await admin.exec(sandbox_id, alive, _quiet) == 0:
+                await asyncio.sleep(0.5)
+        await admin.destroy(sandbox_id)
 
 
 async def test_the_rate_limit_holds(front: Front) -> None:
