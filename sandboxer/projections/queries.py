@@ -99,25 +99,28 @@ class QueryService:
     async def stop(self) -> None:
         await self._responder.stop()
 
-    async def _consistent(self, request: dict[str, Any]) -> None:
+    async def _consistent(self, request: dict[str, Any]) -> int:
+        """Wait (a while) for the view to reach ``min_seq``; the position the answer reports:
+        read before the view is, so an answer never claims more than its rows hold."""
         min_seq = _field(request, "min_seq", int)
         if min_seq:
             await self._projector.wait_for(min_seq)
+        return self._projector.position
 
     async def _get(self, request: dict[str, Any]) -> dict[str, Any]:
         sandbox_id = _field(request, "sandbox_id", str)
         if not is_valid_sandbox_id(sandbox_id):
             raise RequestError(f"invalid sandbox_id {sandbox_id!r}")
-        await self._consistent(request)
+        position = await self._consistent(request)
         assert self._projector.view is not None
         state = await self._projector.view.get(sandbox_id)
         return {
             "sandbox": state_to_dict(state) if state else None,
-            "position": self._projector.position,
+            "position": position,
         }
 
     async def _list(self, request: dict[str, Any]) -> dict[str, Any]:
-        await self._consistent(request)
+        position = await self._consistent(request)
         limit = _field(request, "limit", int, 1000)
         if not 0 < limit <= MAX_LIMIT:
             raise RequestError(f"limit must be between 1 and {MAX_LIMIT}")
@@ -132,47 +135,50 @@ class QueryService:
         )
         return {
             "sandboxes": [state_to_dict(s) for s in states],
-            "position": self._projector.position,
+            "position": position,
         }
 
     async def _rejection(self, request: dict[str, Any]) -> dict[str, Any]:
         command_id = _field(request, "command_id", str)
         if not command_id:
             raise RequestError("field 'command_id' is required")
-        await self._consistent(request)
+        position = await self._consistent(request)
         assert self._projector.view is not None
-        return {"rejection": await self._projector.view.rejection(command_id)}
+        return {
+            "rejection": await self._projector.view.rejection(command_id),
+            "position": position,
+        }
 
     async def _hosts(self, request: dict[str, Any]) -> dict[str, Any]:
-        await self._consistent(request)
+        position = await self._consistent(request)
         assert self._projector.view is not None
-        return {"hosts": await self._projector.view.hosts(), "position": self._projector.position}
+        return {"hosts": await self._projector.view.hosts(), "position": position}
 
     async def _route_signals(self, request: dict[str, Any]) -> dict[str, Any]:
         """Routing's signals now (projections/route_rows.py, docs/routing.md#signals)."""
-        await self._consistent(request)
+        position = await self._consistent(request)
         assert self._projector.view is not None
         signals, by_host = await self._projector.view.route_signals(utc_now())
         return {
             "signals": signals.to_dict(),
             "latency_p50_by_host": by_host,
-            "position": self._projector.position,
+            "position": position,
         }
 
     async def _snapshot_get(self, request: dict[str, Any]) -> dict[str, Any]:
         snapshot_id = _field(request, "snapshot_id", str)
         if not is_valid_sandbox_id(snapshot_id):
             raise RequestError(f"invalid snapshot_id {snapshot_id!r}")
-        await self._consistent(request)
+        position = await self._consistent(request)
         assert self._projector.view is not None
         state = await self._projector.view.load_snapshot(snapshot_id)
         return {
             "snapshot": snapshot_to_dict(state) if state else None,
-            "position": self._projector.position,
+            "position": position,
         }
 
     async def _snapshot_list(self, request: dict[str, Any]) -> dict[str, Any]:
-        await self._consistent(request)
+        position = await self._consistent(request)
         limit = _field(request, "limit", int, 1000)
         if not 0 < limit <= MAX_LIMIT:
             raise RequestError(f"limit must be between 1 and {MAX_LIMIT}")
@@ -188,15 +194,15 @@ class QueryService:
         )
         return {
             "snapshots": [snapshot_to_dict(s) for s in states],
-            "position": self._projector.position,
+            "position": position,
         }
 
     async def _account_query(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         """Credits and usage (projections/account_rows.py, docs/payments.md)."""
-        await self._consistent(request)
+        position = await self._consistent(request)
         assert self._projector.view is not None
         reply = await answer_account_query(kind, self._projector.view.db, request)
-        return {**reply, "position": self._projector.position}
+        return {**reply, "position": position}
 
     async def _credits_get(self, request: dict[str, Any]) -> dict[str, Any]:
         return await self._account_query("credits.get", request)
@@ -209,10 +215,10 @@ class QueryService:
 
     async def _key_query(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
         """API keys (projections/key_rows.py): never a hash, never a key."""
-        await self._consistent(request)
+        position = await self._consistent(request)
         assert self._projector.view is not None
         reply = await answer_key_query(kind, self._projector.view.db, request)
-        return {**reply, "position": self._projector.position}
+        return {**reply, "position": position}
 
     async def _key_get(self, request: dict[str, Any]) -> dict[str, Any]:
         return await self._key_query("key.get", request)

@@ -122,6 +122,8 @@ async def test_concurrent_destroy_and_recreate_lose_no_update(service: Service) 
             "sandboxer.query.command.rejection", {"command_id": recreate_id}
         )
         assert recreate_id in final["handled"] or rejected["rejection"] is not None
+        # An answer says how far the view had read: "no rejection" as of that position.
+        assert isinstance(rejected["position"], int)
         assert not (service.settings.local_root / sandbox_id).exists()
 
 
