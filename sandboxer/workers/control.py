@@ -56,6 +56,7 @@ from sandboxer.events.types import Actor, CommandRejected
 from sandboxer.workers.bus_identity import bus_identity_refusal
 from sandboxer.workers.credit_reservation import (
     decide_account_command,
+    release_lost_reservation,
     reserve_for_create,
     reserve_for_extend,
 )
@@ -211,7 +212,12 @@ class ControlWorker:
             if isinstance(domain_command, AdmittedCreate)
             else None
         )
-        loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command, guess)
+        try:
+            loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command, guess)
+        except Rejected as refusal:
+            if isinstance(domain_command, AdmittedCreate) and refusal.code == "sandbox_exists":
+                await release_lost_reservation(self._store, domain_command)
+            raise
         if self._routing is not None and isinstance(domain_command, AdmittedCreate):
             self._routing.appended(domain_command.sandbox_id, loaded.last_seq)
         if loaded.state.status == "destroying" and loaded.state.extension is None:

@@ -26,7 +26,9 @@ from sandboxer.commands.types import AddCredits, ExtendTtl, SetBudget, SetByok
 from sandboxer.config.catalog import Catalog, load_extension_class
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.account_decide import (
+    MeterUsage,
     ReserveCredits,
+    meter_command_id,
     reserve_command_id,
 )
 from sandboxer.domain.account_state import OPERATOR_KEY, own_key_pays, project_of
@@ -46,6 +48,7 @@ __all__ = [
     "decide_account_command",
     "decimal_text",
     "extend_command_id",
+    "release_lost_reservation",
     "reroute_reservation_id",
     "reserve_for_create",
     "reserve_for_extend",
@@ -182,6 +185,35 @@ async def reserve_for_create(
     )
     await apply_account(store, project, reservation, account)
     return key
+
+
+async def release_lost_reservation(store: EventStore, admitted: AdmittedCreate) -> None:
+    """Give back what a create reserved for a sandbox id another project took meanwhile.
+
+    Two projects' creates naming one sandbox id may both reserve (``reserve-<id>``, on each
+    one's account) before either appends; the loser is rejected ``sandbox_exists``, and the
+    sandbox it reserved for is not its own, so no metering of it would ever release its
+    hold. It is metered here instead, at zero: its ``meter-<id>`` releases the hold. The
+    project that owns the sandbox keeps its reservation (a create re-sent for its own
+    sandbox is refused the same way)."""
+    project = project_of(admitted.command.actor)
+    owner = (await store.load(admitted.sandbox_id)).state.actor
+    if owner is None or project_of(owner) == project:
+        return
+    account = await store.load_account(project)
+    held = account.state.reservations.get(admitted.sandbox_id)
+    if held is None:
+        return
+    release = MeterUsage(
+        command_id=meter_command_id(admitted.sandbox_id),
+        causation_id=admitted.command.command_id,
+        actor=admitted.command.actor,
+        sandbox_id=admitted.sandbox_id,
+        extension=held.extension,
+        profile=held.profile,
+        seconds=0,
+    )
+    await apply_account(store, project, release, account)
 
 
 async def reserve_for_extend(store: EventStore, catalog: Catalog, command: ExtendTtl) -> None:

@@ -21,8 +21,12 @@ from sandboxer import subjects
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
+from sandboxer.commands.types import CreateSandbox
 from sandboxer.config.catalog import Catalog
+from sandboxer.domain.admission import admit_create
 from sandboxer.errors import CommandFailed, StreamUnavailable
+from sandboxer.events.actor import Actor
+from sandboxer.workers.credit_reservation import reserve_for_create
 from sandboxer.workers.meter_export import HttpExport, run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
 from tests.integration.conftest import Service, start_service
@@ -204,6 +208,51 @@ async def test_an_extend_id_sent_again_on_another_sandbox_still_reserves(
     assert [(e["type"], e.get("code")) for e in outcome] == [("rejected", "insufficient_credits")]
     for sandbox_id in (first, second):
         await acme.destroy(sandbox_id)
+
+
+async def test_a_create_that_lost_its_sandbox_id_to_another_project_gives_its_credits_back(
+    service: Service, acme: SandboxerClient, nats_server: NatsServerProcess, home: Path
+) -> None:
+    """Two projects' creates name one sandbox id and both reserve before either appends:
+    the loser is refused sandbox_exists, and its hold was never released (nothing meters a
+    sandbox that is not its own), its credits locked for good."""
+    beta = await SandboxerClient.connect(
+        [nats_server.url], actor={"type": "adm", "id": "b", "project": "beta"}
+    )
+    try:
+        for project, client in (("acme", acme), ("beta", beta)):
+            await client.account_command(
+                "add_credits", project, amount=PER_CREATE + 600 * PER_SECOND
+            )
+        # beta's create gets as far as its reservation ...
+        catalog = Catalog.load(home)
+        losing = CreateSandbox(
+            command_id="beta-create-1",
+            actor=Actor(type="adm", id="b", project="beta"),
+            profile="profile.saas-stub",
+            sandbox_id="contested01",
+            ttl="10m",
+        )
+        admitted = admit_create(
+            losing, catalog.profile("profile.saas-stub"), catalog.extensions_enabled()
+        )
+        store = JetStreamEventStore(beta.nc, beta.js)
+        await reserve_for_create(store, catalog, admitted)
+        assert (await account(beta, "beta"))["reserved"] > 0
+        # ... acme's takes the id, then beta's is decided
+        await acme.create("profile.saas-stub", ttl="10m", sandbox_id="contested01")
+        with pytest.raises(CommandFailed, match="is taken"):
+            await beta.create(
+                "profile.saas-stub", ttl="10m", sandbox_id="contested01", command_id="beta-create-1"
+            )
+        async with asyncio.timeout(30):
+            while (await account(beta, "beta"))["reserved"] != 0:
+                await asyncio.sleep(0.1)
+        assert (await account(beta, "beta"))["balance"] == PER_CREATE + 600 * PER_SECOND
+        assert (await account(acme, "acme"))["reserved"] > 0  # the winner's hold stands
+        await acme.destroy("contested01")
+    finally:
+        await beta.close()
 
 
 async def test_a_budget_refuses_a_create_and_names_itself(
