@@ -12,6 +12,8 @@ entry-point group ``sandboxer.extensions`` (name = extension id).
 from __future__ import annotations
 
 import importlib
+import reprlib
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -50,8 +52,18 @@ def _describe(error: dict[str, Any], guide: str = "docs/profiles.md") -> str:
     if error["type"] == "extra_forbidden":
         message = f"unknown field (check its spelling against {guide})"
     elif error["type"] == "literal_error":
-        message = f"{message}; got {error.get('input')!r}"
+        # Shown short: YAML aliases can make a few bytes of file a vast value (a
+        # "billion laughs"), which a full repr would build in memory.
+        message = f"{message}; got {_SHORT.repr(error.get('input'))}"
     return f"{where}: {message}"
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxlevel = 4
+
+MAX_FILE_BYTES = 1024 * 1024
+"""The largest profile, declaration or hosts file read (a larger one is refused unread)."""
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -61,6 +73,13 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set[object] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # ``? [a]``: a key no mapping can hold
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the key {_SHORT.repr(key)} is not a plain value",
+                    key_node.start_mark,
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"the key {key!r} is given twice", key_node.start_mark
@@ -72,9 +91,13 @@ class _StrictLoader(yaml.SafeLoader):
 def load_yaml_model(path: Path, model: type[Model]) -> Model:
     """Parse one YAML file into ``model``; errors name the file, the field and what is allowed."""
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes; is it the right file?")
         raw = yaml.load(
-            path.read_text(), Loader=_StrictLoader
+            path.read_text(encoding="utf-8"), Loader=_StrictLoader
         )  # a SafeLoader: no arbitrary objects
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -13,7 +13,7 @@ __all__ = ["Capabilities", "Capacity", "ExtensionDecl", "Pricing"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no .inf price
 
 
 class Capabilities(_Strict):

@@ -45,7 +45,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class HostConfig(BaseModel):
     """One SSH-reachable host."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     address: str = Field(pattern=r"^[A-Za-z0-9.:-]+$", description="name or IP address")
     port: int = Field(default=22, ge=1, le=65535)
@@ -119,7 +119,7 @@ class HostConfig(BaseModel):
 
 
 class HostsFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     hosts: dict[str, HostConfig] = Field(default_factory=dict)
 

@@ -30,7 +30,7 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no .nan cap
 
 
 def _check_duration(value: str | None) -> str | None:
@@ -193,7 +193,7 @@ class Placement(_Strict):
 
 
 class RouteConstraints(_Strict):
-    max_cost_per_hour: float | None = None
+    max_cost_per_hour: float | None = Field(default=None, ge=0)
     require_isolation: Literal["container", "microvm", "policy", "namespace"] | None = None
     region: str | None = None
     gpu: str | None = None

@@ -49,6 +49,55 @@ def test_wrong_literal_says_what_is_allowed(tmp_path: Path) -> None:
         Catalog.load(tmp_path)
 
 
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + n)}: &{chr(98 + n)} [*{chr(97 + n)}, *{chr(97 + n)}, *{chr(97 + n)}, "
+    f"*{chr(97 + n)}, *{chr(97 + n)}, *{chr(97 + n)}, *{chr(97 + n)}, *{chr(97 + n)}, "
+    f"*{chr(97 + n)}]\n"
+    for n in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"id: profile.bad\nextension: ext.local\ndescription: \xff\xfe\n", "not UTF-8"),
+        (b"id: profile.bad\n? [a]\n: 1\n", "not a plain value"),
+        (
+            (BOMB + "id: profile.bad\nextension: ext.local\nscope_default: *i\n").encode(),
+            "scope_default",
+        ),
+        (b"id: profile.bad\nextension: ext.local\nroute: {max_cost_per_hour: .nan}\n", "route"),
+        (b"id: profile.bad\nextension: ext.local\nroute: {max_cost_per_hour: -1}\n", "route"),
+        (b"id: profile.bad\n" + b"# " + b"x" * (1024 * 1024) + b"\n", "larger than"),
+    ],
+)
+def test_a_broken_profile_is_one_error_naming_its_file(
+    body: bytes, said: str, tmp_path: Path
+) -> None:
+    """Not a traceback (bytes that are not UTF-8, an unhashable key), not memory exhausted
+    (an alias bomb a few hundred bytes long), not a value that crashes routing later."""
+    (tmp_path / "profiles").mkdir()
+    bad = tmp_path / "profiles" / "profile.bad.yaml"
+    bad.write_bytes(body)
+    with pytest.raises(ConfigError) as caught:
+        Catalog.load(tmp_path)
+    assert str(bad) in caught.value.message
+    assert said in caught.value.message
+    assert len(caught.value.message) < 5000
+
+
+def test_an_infinite_price_is_refused_at_load(tmp_path: Path) -> None:
+    (tmp_path / "extensions").mkdir()
+    packaged = Path(__file__).parents[2] / "extensions" / "ext.local.yaml"
+    (tmp_path / "extensions" / "ext.local.yaml").write_text(
+        packaged.read_text().replace(
+            "pricing: {per_second: 0.0, per_create: 0.0}", "pricing: {per_second: .inf}"
+        )
+    )
+    with pytest.raises(ConfigError, match=r"pricing\.per_second.*finite"):
+        Catalog.load(tmp_path)
+
+
 def test_file_name_must_match_id(tmp_path: Path) -> None:
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "profile.a.yaml").write_text("id: profile.b\nextension: ext.local\n")
