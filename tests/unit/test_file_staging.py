@@ -119,7 +119,7 @@ async def test_an_upload_keeps_only_what_goes_into_the_sandbox(
     async def send(_kind: str, _body: dict[str, Any] | None = None) -> None:
         return None
 
-    answer = await service._put(backend, state, request, staging, send)  # type: ignore[arg-type]
+    answer = await service._put(backend, state, request, staging, send, None)  # type: ignore[arg-type]
     assert answer["entries"] == 1
     assert backend.seen == ["in.tar"]  # neither upload.tar nor its tree
 
