@@ -16,6 +16,7 @@ from sandboxer.commands.types import CreateSandbox, NetworkAsk, RerouteSandbox, 
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.sandbox_decide import AdmittedCreate, Reroute
 from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.durations import format_duration
 from sandboxer.errors import Rejected, UnknownProfile
 from sandboxer.workers.credit_reservation import reserve_for_reroute
 
@@ -46,6 +47,9 @@ async def next_route(
         profile=state.profile,
         inputs=state.inputs,
         sandbox_id=state.sandbox_id,
+        # The TTL asked for: a cost cap and lowest-cost routing weigh the candidates over it,
+        # as the reservation that follows does (the profile's default could be far longer).
+        ttl=None if state.ttl_seconds is None else format_duration(state.ttl_seconds),
         # The policy in force goes along, so the next candidate must enforce it too.
         network=NetworkAsk(default=state.network.default, egress=list(state.network.egress))
         if state.network is not None
