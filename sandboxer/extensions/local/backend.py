@@ -66,6 +66,11 @@ EGRESS_HOSTS_FILE = "egress-hosts"
 """``/etc/hosts`` lines under ``$SANDBOXER_HOME``: names the proxies resolve before DNS."""
 
 
+INPUTS_IN = "inputs-in"
+"""In a claimed sandbox's directory (outside its workspace: the sandbox cannot write it):
+the claim's inputs are in, and a retried claim puts them in no more."""
+
+
 class LocalExtension:
     """The local bubblewrap backend. ``root`` holds every sandbox (``$SANDBOXER_HOME/local``)."""
 
@@ -445,42 +450,43 @@ class LocalExtension:
         ``repo`` copied from ``source``, the secrets) in its workspace (both locks held); the
         member's record."""
         member_id = member.sandbox_id
-        gone = SandboxNotFound(
-            f"pool member {member_id} is gone or dead; the create is made afresh",
-            sandbox_id=request.sandbox_id,
-            extension=self.id,
-        )
-        found = workspace.read_state(member)
-        if target.dir.exists() or target.dir.is_symlink():
-            # What an earlier attempt left, this member moved here included: its setup may
-            # have run the sandbox's own code in the workspace since (a link planted where
-            # the repo goes), and copying this create's inputs into it would write through
-            # it as root. So it goes, and a member moved here already makes the create afresh.
-            self._refuse_if_made_later(target, request)
-            moved = workspace.read_state(target)
-            await self._unmake(request.sandbox_id)
-            if moved is not None and moved.pool_member == member_id:
-                raise gone
-        if found is None or not found.holder_alive():
-            raise gone
-        if found.pool_member != member_id or request.attempt > 1:
-            # A member made before members named themselves: recorded before the move,
-            # so that on either side of a crash its teardown finds its groups and network.
-            # A claim after a redelivery records itself, so that the earlier attempt,
-            # should it resume, leaves its sandbox alone (a first claim writes nothing).
-            found = dataclasses.replace(
-                found,
-                pool_member=member_id,
-                made_by=[request.generation, request.attempt],
+        state = workspace.read_state(target)
+        if state is None or state.pool_member != member_id:
+            found = workspace.read_state(member)
+            gone = SandboxNotFound(
+                f"pool member {member_id} is gone or dead; the create is made afresh",
+                sandbox_id=request.sandbox_id,
+                extension=self.id,
             )
-            workspace.write_state(member, found)
-        try:
-            os.rename(member.dir, target.dir)
-        except FileNotFoundError:
-            raise gone from None  # torn down meanwhile
-        # Its state.json keeps the member's id and path: the directory's name is the
-        # sandbox's, and nothing reads those two fields for anything but messages.
-        state = found
+            if found is None or not found.holder_alive():
+                raise gone
+            if target.dir.exists() or target.dir.is_symlink():
+                self._refuse_if_made_later(target, request)
+                await self._unmake(request.sandbox_id)  # what an earlier attempt left
+            if found.pool_member != member_id or request.attempt > 1:
+                # A member made before members named themselves: recorded before the move,
+                # so that on either side of a crash its teardown finds its groups and network.
+                # A claim after a redelivery records itself, so that the earlier attempt,
+                # should it resume, leaves its sandbox alone (a first claim writes nothing).
+                found = dataclasses.replace(
+                    found,
+                    pool_member=member_id,
+                    made_by=[request.generation, request.attempt],
+                )
+                workspace.write_state(member, found)
+            try:
+                os.rename(member.dir, target.dir)
+            except FileNotFoundError:
+                raise gone from None  # torn down meanwhile
+            # Its state.json keeps the member's id and path: the directory's name is the
+            # sandbox's, and nothing reads those two fields for anything but messages.
+            state = found
+        elif (target.dir / INPUTS_IN).exists():
+            # A retried claim (its job redelivered) after this create's inputs went in: its
+            # setup may have run the sandbox's own code in the workspace since, and links it
+            # planted where the repo goes would take a second copy outside, as root. What
+            # went in stays; the rest of the claim goes on.
+            return state
         if source is not None:
             await asyncio.to_thread(workspace.copy_repo, source, target.workspace)
         owner = (SANDBOX_UID, SANDBOX_GID) if self._as_root else None
@@ -488,6 +494,10 @@ class LocalExtension:
             workspace.write_secrets(target.workspace, request.secrets, owner)
         if owner is not None and (source is not None or request.secrets):
             await asyncio.to_thread(workspace.chown_tree, target.workspace, *owner)
+        if source is not None or request.secrets:
+            # Before anything of the sandbox's runs in the workspace (setup comes after):
+            # a retry copying again up to here is safe, and past here it must not.
+            (target.dir / INPUTS_IN).touch()
         return state
 
     # -- helpers ----------------------------------------------------------------------------
