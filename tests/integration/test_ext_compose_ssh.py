@@ -320,6 +320,44 @@ async def test_provision_again_starts_clean_and_compose_file_input(
     assert [f.sandbox_id for f in await env.extension.list_sandboxes()] == ["composeagain1"]
 
 
+WITH_VOLUME = """\
+services:
+  web:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+    volumes: ["data:/data"]
+volumes:
+  data: {}
+"""
+
+
+@both_engines
+async def test_teardown_goes_by_labels_not_by_a_compose_file_the_stack_rewrote(
+    env: Env, tmp_path: Path
+) -> None:
+    """A service that mounts its directory can rewrite the compose file teardown used to run
+    'down --volumes' on: it named another volume (removed by name) and no service of its
+    own (its own volume left behind). Teardown now goes by the project's labels."""
+    victim = "sbxtest-victim-volume"
+    env.engine.cli("volume", "create", victim)
+    try:
+        repo = make_repo(tmp_path / "repo", WITH_VOLUME)
+        await env.extension.provision(env.request("composelabels1", repo))
+        compose = env.root / "sbx-composelabels1" / "e2e" / "compose.yml"
+        compose.write_text(f"services: {{}}\nvolumes:\n  x:\n    name: {victim}\n")
+        await env.extension.teardown("composelabels1", host="host1")
+        names = env.engine.cli("volume", "ls", "--format", "{{.Name}}").stdout.split()
+        assert victim in names
+        own = env.engine.cli(
+            "volume", "ls", "-q", "--filter", "label=com.docker.compose.project=sbx-composelabels1"
+        ).stdout.split()
+        assert own == []
+    finally:
+        env.engine.cli("volume", "rm", "-f", victim)
+
+
 async def test_teardown_of_what_never_existed_succeeds(env: Env) -> None:
     await env.extension.teardown("neverexisted", host="host1")
     await env.extension.teardown("neverexisted")

@@ -467,36 +467,13 @@ class ComposeSshExtension(SshBackend):
     async def _teardown_on(
         self, conn: Connection, item: Target, sandbox_id: str, found: Probe
     ) -> None:
-        """Stop and remove the project, then the directory and the marker; nothing there is fine."""
-        stack = Stack.recorded(item, sandbox_id, found)
-        compose_down = False
-        if stack is not None:
-            # Without the deny override: `down` needs no network, and a create cut short may
-            # have recorded the override before writing it.
-            result = await stack.without_override().run(
-                conn,
-                "down",
-                "--volumes",
-                "--remove-orphans",
-                "-t",
-                "1",
-                timeout=engine.DOWN_TIMEOUT,
-                check=False,
-            )
-            compose_down = result.exit_status == 0
-            if not compose_down:  # its output may hold secrets we cannot redact here
-                log.warning(
-                    "%s: '%s down' of sbx-%s on %s exited %d; removing the project's "
-                    "objects by label instead",
-                    self.id,
-                    item.config.compose_cmd,
-                    sandbox_id,
-                    item.name,
-                    result.exit_status,
-                )
-        await engine.sweep(
-            conn, item, containers.project_name(sandbox_id), thorough=not compose_down
-        )
+        """Remove the project, then the directory and the marker; nothing there is fine.
+
+        By the engine's labels of the project, never by ``compose down`` on the project's
+        file: a service that mounts its directory can rewrite that file, and ``down
+        --volumes`` on it removed volumes it names by name (another project's, the host's)
+        and left the project's own (``services: {}``)."""
+        await engine.sweep(conn, item, containers.project_name(sandbox_id), thorough=True)
         if (found.marker or {}).get("network") == "allowlist":
             await egress.close(conn, item, sandbox_id)  # after down: the network is unused
         await remove(conn, item, sandbox_id, found)
