@@ -221,12 +221,16 @@ async def _run_rsync(name: str, host: HostConfig, argv: list[str], timeout: floa
         async with asyncio.timeout(timeout):
             stdout, stderr = await process.communicate()
     except TimeoutError as exc:
-        process.kill()
-        await process.wait()
         raise RemoteCommandFailed(
             f"rsync to host {name} did not finish within {timeout:g}s and was stopped",
             exit_status=-1,
         ) from exc
+    finally:
+        if process.returncode is None:
+            # Timed out, or the sync cancelled (the worker stopping): an rsync left running
+            # would go on writing the sandbox's directory after a later teardown removed it.
+            process.kill()
+            await process.wait()
     if process.returncode == 0:
         return
     status = process.returncode if process.returncode is not None else -1
@@ -338,6 +342,12 @@ async def _sftp(conn: Connection, local: Path, remote: str, timeout: float) -> N
     try:
         async with asyncio.timeout(timeout), conn.start_sftp_client() as sftp:
             await _upload(sftp, local, staging)
+    except asyncio.CancelledError:
+        # Cancelled (the worker stopping): the partial copy goes too, shielded from the
+        # cancellation, or it stays beside the sandboxes where nothing looks for it.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(run(conn, ["rm", "-rf", "--", staging], check=False, timeout=60))
+        raise
     except Exception as exc:
         with contextlib.suppress(RemoteCommandFailed, HostUnreachable):
             await run(conn, ["rm", "-rf", "--", staging], check=False, timeout=60)

@@ -7,6 +7,7 @@ checked on the local filesystem.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -346,6 +347,30 @@ async def test_a_host_without_rsync_gets_the_tree_over_sftp(
         used = await sync_dir(info.name, info.host, conn, local, str(remote), host_has_rsync=False)
     assert used == "sftp"
     assert_mirrored(local, remote)
+
+
+async def test_a_cancelled_sftp_sync_leaves_no_partial_copy(
+    ssh_hosts: SshHosts, tmp_path: Path
+) -> None:
+    """Cancelled mid-upload (the worker stopping), the SFTP sync's staging copy stayed beside
+    the sandboxes for good: nothing looks for it."""
+    [info] = await ssh_hosts(1)
+    local = tmp_path / "big"
+    local.mkdir()
+    for n in range(300):
+        (local / f"f{n:03d}").write_bytes(b"x" * 200_000)
+    remote = tmp_path / "root" / "sbx-cancelled1"
+    async with session(info.name, info.host) as conn:
+        syncing = asyncio.ensure_future(
+            sync_dir(info.name, info.host, conn, local, str(remote), host_has_rsync=False)
+        )
+        async with asyncio.timeout(30):
+            while not list(remote.parent.glob("*.sbx-sync-*")) and not syncing.done():
+                await asyncio.sleep(0.01)
+        syncing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await syncing
+    assert list(remote.parent.glob("*.sbx-sync-*")) == []
 
 
 @pytest.mark.parametrize("mode", ["host_key", "insecure"])
