@@ -169,15 +169,25 @@ class ControlWorker:
         requested = command.host
         if requested is None and profile.placement.host_input:
             requested = admitted.inputs.get(profile.placement.host_input)
+        if signals is None and self._routing is not None:
+            # A fixed backend's create asks for the signals here: each host's live
+            # sandboxes, which its max_sandboxes caps.
+            signals = await self._routing.signals(enabled)
         host, why = await choose_host(
             profile.placement,
             requested,
             load_hosts(self._settings),
             hosts_file=f"the hosts file {hosts_path(self._settings)}",
+            live=signals.live_by_host.get(admitted.extension, {}) if signals else None,
         )
-        return dataclasses.replace(
+        placed = dataclasses.replace(
             admitted, host=host, route_reason=f"{admitted.route_reason}; {why}"
         )
+        if self._routing is not None:
+            # Held again, on its host now, and from now: probing the hosts may take longer
+            # than a hold that was never appended lasts.
+            self._routing.hold(placed)
+        return placed
 
     async def _decide_and_append(self, command: Command) -> Loaded | None:
         """The sandbox the command changed (None: it changed only a snapshot)."""

@@ -41,16 +41,24 @@ async def choose_host(
     probe: Probe = ssh_probe,
     *,
     hosts_file: str = "the hosts file",
+    live: Mapping[str, int] | None = None,
 ) -> tuple[str, str]:
-    """The first healthy host in placement order, and the reason; Rejected when none is.
+    """The first healthy host in placement order with room, and the reason; Rejected when
+    none is.
 
     ``hosts_file`` names the file in messages (e.g. "the hosts file /path/hosts.yaml").
+    ``live``: the backend's live sandboxes on each host, which a host's ``max_sandboxes``
+    caps (a full host is skipped, before any probe).
     """
     skipped: list[str] = []
     for name, role in host_order(placement, requested, list(hosts)):
         config = hosts.get(name)
         if config is None:
             skipped.append(f"{name} is not in {hosts_file} (add it there, see docs/hosts.md)")
+            continue
+        held = (live or {}).get(name, 0)
+        if config.max_sandboxes is not None and held >= config.max_sandboxes:
+            skipped.append(f"{name} is full ({held} of its max_sandboxes {config.max_sandboxes})")
             continue
         why_not = await probe(name, config)
         if why_not is None:

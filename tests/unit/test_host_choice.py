@@ -79,3 +79,22 @@ async def test_no_hosts_at_all_points_at_the_hosts_file() -> None:
     probe, _ = probe_with({})
     with pytest.raises(Rejected, match=r"hosts\.yaml.*docs/hosts\.md"):
         await choose_host(Placement(), None, {}, probe)
+
+
+async def test_a_full_host_is_skipped_for_the_next_with_room() -> None:
+    """A host's max_sandboxes capped nothing: its live sandboxes were never looked at, and a
+    drained host (max 0) kept taking creates."""
+    hosts = {
+        "alpha": HostConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA", max_sandboxes=2),
+        "beta": HostConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA", max_sandboxes=0),
+        "gamma": HostConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA"),
+    }
+    probe, probed = probe_with({})
+    placement = Placement(prefer=["alpha", "beta"], fallback=["gamma"])
+    host, why = await choose_host(placement, None, hosts, probe, live={"alpha": 2})
+    assert host == "gamma"
+    assert "alpha is full (2 of its max_sandboxes 2)" in why
+    assert "beta is full (0 of its max_sandboxes 0)" in why
+    assert probed == ["gamma"]  # a full host is not even probed
+    host, _ = await choose_host(placement, None, hosts, probe, live={"alpha": 1})
+    assert host == "alpha"
