@@ -58,6 +58,8 @@ REQUEST_SLACK = 30.0
 POLL_INTERVAL = 0.5
 CHUNK = 1024 * 1024
 EVENT_RECONNECTS = 5
+STREAM_SILENCE = 45.0
+"""Seconds without a byte (the gateway pings every 15 s) after which a live stream is dead."""
 """Consecutive failed reconnections of an event stream before its error is raised."""
 TAR = "application/x-tar"
 LIVE = frozenset({"ready", "active"})
@@ -507,7 +509,10 @@ class HttpTransport:
         self, url: str, params: dict[str, Any], after: int
     ) -> AsyncIterator[tuple[int, Row]]:
         headers = {"Last-Event-ID": str(after)} if after else {}
-        timeout = httpx.Timeout(30.0, read=None)  # a live stream is quiet between events
+        # A live stream is quiet between events, but the gateway sends a keep-alive comment
+        # every 15 s: silence for three of them is a connection that died without closing
+        # (a NAT dropped it, the host went), and the stream resumes after the last event.
+        timeout = httpx.Timeout(30.0, read=STREAM_SILENCE)
         async with self.http.stream(
             "GET", url, params=params, headers=headers, timeout=timeout
         ) as response:
@@ -519,7 +524,10 @@ class HttpTransport:
                 message = parser.feed(line)
                 if message is None or message.id is None or not message.id.isdigit():
                     continue
-                event = json.loads(message.data)
+                try:
+                    event = json.loads(message.data)
+                except ValueError:
+                    raise BusError(f"the event stream {url} sent unreadable data") from None
                 if isinstance(event, dict):
                     yield int(message.id), event
 

@@ -157,3 +157,58 @@ def test_sse_multi_line_data_and_a_kept_id() -> None:
 
 def test_sse_a_message_without_data_is_not_dispatched() -> None:
     assert feed(SseParser(), "event: ready\nid: 4\n\n") == []
+
+
+async def test_a_live_stream_that_goes_silent_is_resumed_after_its_last_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection that dies without closing (a NAT drops it) sent nothing more, and the
+    client, reading with no timeout, waited for ever; it now resumes after the last event."""
+    import asyncio
+
+    import httpx
+
+    from sandboxer.client import http as client_http
+
+    monkeypatch.setattr(client_http, "STREAM_SILENCE", 0.5)
+    monkeypatch.setattr(client_http, "POLL_INTERVAL", 0.01)
+    resumed_after: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        last = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in head.split("\r\n")
+                if line.lower().startswith("last-event-id:")
+            ),
+            "",
+        )
+        resumed_after.append(last)
+        seq = int(last or 0) + 1
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        body = f'id: {seq}\nevent: touched\ndata: {{"type": "touched", "n": {seq}}}\n\n'.encode()
+        writer.write(f"{len(body):x}\r\n".encode() + body + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(30)  # then silence, the connection left open
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = client_http.HttpTransport(httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}"))
+    seen: list[int] = []
+    try:
+        async with asyncio.timeout(10):
+            async for seq, _event in transport.events(
+                sandbox_id=None, follow=True, after=0, types=()
+            ):
+                seen.append(seq)
+                if len(seen) == 2:
+                    break
+    finally:
+        await transport.http.aclose()
+        server.close()
+    assert seen == [1, 2]
+    assert resumed_after[:2] == ["", "1"]
