@@ -141,6 +141,22 @@ def _unmet(
     return None
 
 
+ISOLATION_STRENGTH = {"policy": 0, "namespace": 1, "container": 2, "microvm": 3}
+"""Isolation levels from the weakest: a backend offering a stronger one than asked serves."""
+
+
+def _isolation_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:
+    """Why ``decl`` cannot give the isolation the profile states, or None when it can. Only
+    a level the profile writes itself is held to: the default asks for nothing."""
+    if "isolation" not in profile.model_fields_set:
+        return None
+    level = profile.isolation.level
+    offered = decl.capabilities.isolation
+    if max(ISOLATION_STRENGTH[kind] for kind in offered) >= ISOLATION_STRENGTH[level]:
+        return None
+    return f"offers {', '.join(offered)} isolation, weaker than the profile's {level}"
+
+
 def _network_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:
     """Why ``decl`` cannot enforce the profile's network policy, or None when it can."""
     policy = profile.network.policy()
@@ -208,7 +224,11 @@ def _assess(
         live=live,
         capacity=capacity,
     )
-    why_not = _network_unmet(decl, profile) or _unmet(decl, constraints, gpu, estimate, ttl)
+    why_not = (
+        _network_unmet(decl, profile)
+        or _isolation_unmet(decl, profile)
+        or _unmet(decl, constraints, gpu, estimate, ttl)
+    )
     if profile.extension is not None:  # fixed by the profile: not routed, nothing to weigh
         return seen if why_not is None else _ineligible(seen, why_not)
     circuit = signals.circuits.get(ext_id)

@@ -388,3 +388,27 @@ def test_same_inputs_same_choice_whatever_the_dict_order(world: Any, rnd: random
     first = rank(p, enabled, ttl_seconds=ttl, signals=signals, now=NOW)
     second = rank(p, shuffled(enabled), ttl_seconds=ttl, signals=again, now=NOW)
     assert first == second
+
+
+def test_a_profile_is_not_served_weaker_isolation_than_it_states() -> None:
+    """A profile writing isolation microvm and naming a namespace backend was routed there
+    ("fixed by profile"), silently weaker than it says; a stronger backend still serves."""
+    enabled = {
+        "ext.ns": decl("ext.ns", isolation=("namespace",)),
+        "ext.vm": decl("ext.vm", isolation=("microvm",)),
+    }
+    fixed = Profile.model_validate(
+        {"id": "profile.fixed", "extension": "ext.ns", "isolation": {"level": "microvm"}}
+    )
+    with pytest.raises(Rejected, match="weaker than the profile's microvm"):
+        route(fixed, enabled)
+    routed = Profile.model_validate(
+        {
+            "id": "profile.routed",
+            "isolation": {"level": "container"},
+            "route": {"strategy": "explicit", "candidates": ["ext.ns", "ext.vm"]},
+        }
+    )
+    assert route(routed, enabled).extension == "ext.vm"
+    unstated = Profile.model_validate({"id": "profile.plain", "extension": "ext.ns"})
+    assert route(unstated, enabled).extension == "ext.ns"  # the default asks for nothing
