@@ -80,6 +80,8 @@ class Container:
     working_dir: str = ""
     volumes: tuple[tuple[str, str], ...] = ()
     """The named volumes it mounts, as (volume name, path in the container)."""
+    read_only: tuple[str, ...] = ()
+    """The paths among ``volumes`` it mounts read-only (a seed cannot copy in through them)."""
 
     @property
     def running(self) -> bool:
@@ -120,6 +122,17 @@ def _volume_mounts(mounts: object) -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
+def _read_only(mounts: object) -> tuple[str, ...]:
+    """The destinations of the named volumes an ``inspect`` ``Mounts`` list mounts read-only."""
+    if not isinstance(mounts, list):
+        return ()
+    return tuple(
+        str(mount.get("Destination"))
+        for mount in map(_dict, mounts)
+        if mount.get("Type") == "volume" and mount.get("RW") is False
+    )
+
+
 def parse_inspect(text: str) -> list[Container]:
     """The containers in ``docker inspect`` / ``podman inspect`` JSON output.
 
@@ -150,6 +163,7 @@ def parse_inspect(text: str) -> list[Container]:
                 started_at=str(state.get("StartedAt") or ""),
                 working_dir=str(labels.get(WORKING_DIR_LABEL) or ""),
                 volumes=_volume_mounts(item.get("Mounts")),
+                read_only=_read_only(item.get("Mounts")),
             )
         )
     return found

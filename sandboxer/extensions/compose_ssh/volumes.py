@@ -171,20 +171,25 @@ class Mounted:
 def mounted_volumes(
     volumes: Mapping[str, str], found: Iterable[containers.Container]
 ) -> dict[str, Mounted]:
-    """For each key of ``volumes`` ({name: key}), the first container (by name) mounting it."""
+    """For each key of ``volumes`` ({name: key}), the first container (by name) mounting it,
+    one that mounts it writable first: a seed copies in through it, and through a read-only
+    mount every restore of the stack failed."""
     mounted: dict[str, Mounted] = {}
-    for container in sorted(found, key=lambda c: (c.name, c.id)):
-        for name, path in container.volumes:
-            key = volumes.get(name)
-            if (
-                key is None
-                or key in mounted
-                or not container.id
-                or not PurePosixPath(path).is_absolute()
-                or "\0" in path
-            ):
-                continue
-            mounted[key] = Mounted(key, name, container.id, path.rstrip("/") or "/")
+    ordered = sorted(found, key=lambda c: (c.name, c.id))
+    for writable in (True, False):
+        for container in ordered:
+            for name, path in container.volumes:
+                key = volumes.get(name)
+                if (
+                    key is None
+                    or key in mounted
+                    or (path in container.read_only) == writable
+                    or not container.id
+                    or not PurePosixPath(path).is_absolute()
+                    or "\0" in path
+                ):
+                    continue
+                mounted[key] = Mounted(key, name, container.id, path.rstrip("/") or "/")
     return mounted
 
 
