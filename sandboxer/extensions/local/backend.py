@@ -13,6 +13,7 @@ it, so a restarted worker adopts running sandboxes through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -46,7 +47,7 @@ from sandboxer.extensions.local.bwrap_command import (
 from sandboxer.extensions.local.egress_policy import DENY, LocalEgress, namespace_for
 from sandboxer.extensions.local.holder import spawn_holder
 from sandboxer.extensions.local.inventory import machine_report, scan_sandboxes
-from sandboxer.extensions.local.procs import kill, owning_user_namespace
+from sandboxer.extensions.local.procs import ProcessRef, kill, owning_user_namespace
 from sandboxer.extensions.local.run import run_streaming
 from sandboxer.extensions.local.sandbox_lock import sandbox_lock
 from sandboxer.extensions.local.snapshot_copy import copy_workspace_out
@@ -231,9 +232,11 @@ class LocalExtension:
         except BaseException:
             # Until state.json names the holder only this call knows it: a failed write (a
             # full disk; a directory removed by hand) would leave it running unrecorded.
-            for ref in (spawned.holder, spawned.monitor):
-                if ref is not None:
-                    kill(ref)
+            made = [ref for ref in (spawned.holder, spawned.monitor) if ref is not None]
+            for ref in made:
+                kill(ref)
+            with contextlib.suppress(ExtensionError):  # the first failure is the one to see
+                await self._gone(request.sandbox_id, made)  # SIGKILL lands a moment later
             await cgroups.destroy(groups.dirs)
             await egress.teardown(
                 self._group(request.sandbox_id), network, slots_dir=self._egress_slots_dir
@@ -297,17 +300,7 @@ class LocalExtension:
             egress.EgressState.from_dict(state.egress) if state else None,
             slots_dir=self._egress_slots_dir,
         )
-        deadline = time.monotonic() + 5.0
-        while any(ref.alive() for ref in refs):
-            if time.monotonic() > deadline:
-                raise ExtensionError(
-                    f"local sandbox {sandbox_id}: holder processes "
-                    f"{[ref.pid for ref in refs if ref.alive()]} survived SIGKILL for 5s; "
-                    "check them with ps and run the teardown again",
-                    sandbox_id=sandbox_id,
-                    extension=self.id,
-                )
-            await asyncio.sleep(0.02)
+        await self._gone(sandbox_id, refs)
         await asyncio.to_thread(workspace.remove, layout)
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
@@ -499,6 +492,21 @@ class LocalExtension:
             # a retry copying again up to here is safe, and past here it must not.
             (target.dir / INPUTS_IN).touch()
         return state
+
+    async def _gone(self, sandbox_id: str, refs: list[ProcessRef]) -> None:
+        """Wait until the processes killed are gone (a SIGKILL lands a moment after it is
+        sent, later on a busy machine); ExtensionError after 5 s."""
+        deadline = time.monotonic() + 5.0
+        while any(ref.alive() for ref in refs):
+            if time.monotonic() > deadline:
+                raise ExtensionError(
+                    f"local sandbox {sandbox_id}: holder processes "
+                    f"{[ref.pid for ref in refs if ref.alive()]} survived SIGKILL for 5s; "
+                    "check them with ps and run the teardown again",
+                    sandbox_id=sandbox_id,
+                    extension=self.id,
+                )
+            await asyncio.sleep(0.02)
 
     # -- helpers ----------------------------------------------------------------------------
 
