@@ -95,6 +95,8 @@ class E2bExtension:
         """Where E2B's per-sandbox tokens are kept; without one they are asked of E2B."""
         self._api: E2bApi | None = None
         self._known: dict[str, str] = {}
+        self._retried: set[str] = set()
+        """Sandboxes whose create was sent again: only they can have a second E2B sandbox."""
         """Our sandbox id -> E2B's, a cache of what the labels say."""
 
     @classmethod
@@ -142,6 +144,7 @@ class E2bExtension:
         body, _warnings = create_body(request, template, timeout.seconds)
 
         async def find() -> tuple[Created, dict[str, str]] | None:
+            self._retried.add(sandbox_id)  # asked before a create is sent again
             found = await self._labelled(sandbox_id)
             for extra in found[1:]:  # never two: keep the first, kill the rest
                 await api.kill(extra.provider_id, sandbox_id=sandbox_id)
@@ -179,7 +182,9 @@ class E2bExtension:
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        await self._kill_others(sandbox_id, provider_id)
+        if sandbox_id in self._retried:  # a create sent once made one sandbox: no listing
+            await self._kill_others(sandbox_id, provider_id)
+            self._retried.discard(sandbox_id)
         if sandbox.state != "running":
             raise ExtensionError(
                 f"E2B sandbox {provider_id} (ours: {sandbox_id}) is {sandbox.state!r}, not "
