@@ -173,8 +173,10 @@ async def test_a_live_stream_that_goes_silent_is_resumed_after_its_last_event(
     monkeypatch.setattr(client_http, "STREAM_SILENCE", 0.5)
     monkeypatch.setattr(client_http, "POLL_INTERVAL", 0.01)
     resumed_after: list[str] = []
+    connections: list[asyncio.StreamWriter] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
         last = next(
             (
@@ -210,5 +212,8 @@ async def test_a_live_stream_that_goes_silent_is_resumed_after_its_last_event(
     finally:
         await transport.http.aclose()
         server.close()
+        for writer in connections:  # the silent ones the client left: closed, not leaked
+            writer.close()
+        await server.wait_closed()
     assert seen == [1, 2]
     assert resumed_after[:2] == ["", "1"]
