@@ -411,15 +411,27 @@ class ComposeSshExtension(SshBackend):
         try:
             return sorted(await stack.services(conn))
         except RemoteCommandFailed as exc:
-            raise checks.with_output(
+            raise self._config_failed(
                 exc,
-                f"'{stack.target.config.compose_cmd} config --services' of "
-                f"{stack.compose_file} on host {stack.target.name}",
+                stack,
+                "config --services",
                 values,
-                sandbox_id=stack.sandbox_id,
-                extension=self.id,
-                fix="check the compose file and the compose command of the host",
+                "check the compose file and the compose command of the host",
             ) from None
+
+    def _config_failed(
+        self, exc: RemoteCommandFailed, stack: Stack, command: str, values: list[str], fix: str
+    ) -> RemoteCommandFailed:
+        """A failed ``compose <command>`` of the stack's file, its output redacted."""
+        return checks.with_output(
+            exc,
+            f"'{stack.target.config.compose_cmd} {command}' of {stack.compose_file} "
+            f"on host {stack.target.name}",
+            values,
+            sandbox_id=stack.sandbox_id,
+            extension=self.id,
+            fix=fix,
+        )
 
     async def _check_merged(self, conn: Connection, stack: Stack, values: list[str]) -> None:
         """Refuse the stack unless compose's own merged model (``config``, the override
@@ -430,14 +442,12 @@ class ComposeSshExtension(SshBackend):
         try:
             result = await stack.run(conn, "config", timeout=SHORT_TIMEOUT)
         except RemoteCommandFailed as exc:
-            raise checks.with_output(
+            raise self._config_failed(
                 exc,
-                f"'{stack.target.config.compose_cmd} config' of {stack.compose_file} with "
-                f"the egress override on host {stack.target.name}",
+                stack,
+                "config",
                 values,
-                sandbox_id=stack.sandbox_id,
-                extension=self.id,
-                fix="fix the compose file (the command prints what it rejects)",
+                "fix the compose file (the command prints what it rejects)",
             ) from None
         try:  # Docker Compose prints YAML or JSON, the others YAML; JSON is YAML
             resolved = yaml.safe_load(result.stdout)
