@@ -58,9 +58,9 @@ REQUEST_SLACK = 30.0
 POLL_INTERVAL = 0.5
 CHUNK = 1024 * 1024
 EVENT_RECONNECTS = 5
+"""Consecutive failed reconnections of an event stream before its error is raised."""
 STREAM_SILENCE = 45.0
 """Seconds without a byte (the gateway pings every 15 s) after which a live stream is dead."""
-"""Consecutive failed reconnections of an event stream before its error is raised."""
 TAR = "application/x-tar"
 LIVE = frozenset({"ready", "active"})
 

@@ -95,9 +95,9 @@ class E2bExtension:
         """Where E2B's per-sandbox tokens are kept; without one they are asked of E2B."""
         self._api: E2bApi | None = None
         self._known: dict[str, str] = {}
+        """Our sandbox id -> E2B's, a cache of what the labels say."""
         self._retried: set[str] = set()
         """Sandboxes whose create was sent again: only they can have a second E2B sandbox."""
-        """Our sandbox id -> E2B's, a cache of what the labels say."""
 
     @classmethod
     def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> E2bExtension:
