@@ -5,8 +5,11 @@ Every candidate of the profile is looked at, in the profile's order:
 
 1. **eligibility**, first failing check wins: not installed or not enabled; the network
    policy (the declaration's ``capabilities.network`` must cover what the policy needs,
-   docs/network.md#enforcement); the profile's constraints (``require_isolation``, ``gpu``, ``snapshot``, ``pause``, ``region``,
-   ``max_cost_per_hour`` against the estimate for the requested TTL); an open circuit;
+   docs/network.md#enforcement); the profile's ``isolation.level`` when it writes one; the
+   route's constraints (``require_isolation``, held to by the same rule as the level: a
+   stronger level serves, :func:`isolation_short`; ``gpu``, ``snapshot``, ``pause``,
+   ``region``, ``max_cost_per_hour`` against the estimate for the requested TTL); an open
+   circuit;
    no capacity left (live sandboxes >= declared ``max_sandboxes``);
 2. a **score** for the strategy, lower is better: ``explicit`` the profile's order,
    ``lowest-cost`` the estimate in micro-USD, ``lowest-latency`` the measured p50 in
@@ -18,7 +21,7 @@ Every candidate of the profile is looked at, in the profile's order:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -31,7 +34,16 @@ from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.durations import format_duration
 from sandboxer.errors import Rejected
 
-__all__ = ["Candidate", "RouteChoice", "RouteDecision", "microusd", "rank", "route"]
+__all__ = [
+    "ISOLATION_STRENGTH",
+    "Candidate",
+    "RouteChoice",
+    "RouteDecision",
+    "isolation_short",
+    "microusd",
+    "rank",
+    "route",
+]
 
 UNMEASURED = "unmeasured"
 
@@ -118,8 +130,10 @@ def _unmet(
 ) -> str | None:
     """Why ``decl`` cannot satisfy ``constraints``, or None when it can."""
     caps = decl.capabilities
-    if constraints.require_isolation and constraints.require_isolation not in caps.isolation:
-        return f"offers no {constraints.require_isolation} isolation"
+    if constraints.require_isolation:
+        short = isolation_short(caps.isolation, constraints.require_isolation)
+        if short is not None:
+            return f"{short}, weaker than require_isolation {constraints.require_isolation}"
     if gpu and not caps.gpu:
         return "has no GPU"
     if constraints.snapshot and not caps.snapshot:
@@ -142,7 +156,18 @@ def _unmet(
 
 
 ISOLATION_STRENGTH = {"policy": 0, "namespace": 1, "container": 2, "microvm": 3}
-"""Isolation levels from the weakest: a backend offering a stronger one than asked serves."""
+"""Isolation levels from the weakest (docs/routing.md): each separates a sandbox from its host
+at least as well as every one before it."""
+
+
+def isolation_short(offered: Sequence[str], level: str) -> str | None:
+    """Whether a backend offering ``offered`` can give isolation ``level``: None when one of
+    its levels is as strong or stronger (asking for ``container`` is served by ``microvm``),
+    else what it offers. The one rule for a profile's ``isolation.level`` and a route's
+    ``require_isolation`` alike."""
+    if max(ISOLATION_STRENGTH[kind] for kind in offered) >= ISOLATION_STRENGTH[level]:
+        return None
+    return f"offers {', '.join(offered)} isolation"
 
 
 def _isolation_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:
@@ -151,10 +176,8 @@ def _isolation_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:
     if "isolation" not in profile.model_fields_set:
         return None
     level = profile.isolation.level
-    offered = decl.capabilities.isolation
-    if max(ISOLATION_STRENGTH[kind] for kind in offered) >= ISOLATION_STRENGTH[level]:
-        return None
-    return f"offers {', '.join(offered)} isolation, weaker than the profile's {level}"
+    short = isolation_short(decl.capabilities.isolation, level)
+    return None if short is None else f"{short}, weaker than the profile's {level}"
 
 
 def _network_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given, settings
@@ -11,17 +11,19 @@ from hypothesis import strategies as st
 
 from sandboxer.commands.types import CreateSandbox
 from sandboxer.config.extension_decl import ExtensionDecl
-from sandboxer.config.profile import Profile
+from sandboxer.config.profile import Isolation, Profile, RouteConstraints
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.pricing import estimate_microusd
 from sandboxer.domain.route_signals import Circuit, RouteSignals
-from sandboxer.domain.routing import rank, route
+from sandboxer.domain.routing import ISOLATION_STRENGTH, rank, route
 from sandboxer.errors import Rejected
 from sandboxer.events.types import Actor
 
 NOW = "2026-12-02T10:00:00.000Z"
 LATER = "2026-12-02T10:01:00.000Z"
 ISOLATIONS = ["container", "microvm", "policy", "namespace"]
+WEAKEST_FIRST = ["policy", "namespace", "container", "microvm"]
+"""docs/routing.md's order of the isolation levels, for the tests' own statement of it."""
 STRATEGIES = ["explicit", "lowest-cost", "lowest-latency", "prefer-self-hosted"]
 
 
@@ -159,7 +161,7 @@ def test_constraints_filter_before_ranking_and_every_reason_is_kept() -> None:
     why = {c.extension: c.why_not for c in decision.candidates}
     assert why == {
         "ext.gone": "is not installed or not enabled",
-        "ext.box": "offers no microvm isolation",
+        "ext.box": "offers container isolation, weaker than require_isolation microvm",
         "ext.nogpu": "has no GPU",
         "ext.us": "does not run in region eu",
         "ext.nopause": "cannot pause",
@@ -303,7 +305,8 @@ def _incapable(p: Profile, d: ExtensionDecl, signals: RouteSignals, ttl: float) 
     c = p.route.constraints if p.route else None
     assert c is not None
     caps = d.capabilities
-    if c.require_isolation and c.require_isolation not in caps.isolation:
+    strongest = max(WEAKEST_FIRST.index(level) for level in caps.isolation)
+    if c.require_isolation and strongest < WEAKEST_FIRST.index(c.require_isolation):
         return True
     if c.gpu and not caps.gpu:
         return True
@@ -412,3 +415,43 @@ def test_a_profile_is_not_served_weaker_isolation_than_it_states() -> None:
     assert route(routed, enabled).extension == "ext.vm"
     unstated = Profile.model_validate({"id": "profile.plain", "extension": "ext.ns"})
     assert route(unstated, enabled).extension == "ext.ns"  # the default asks for nothing
+
+
+def test_isolation_is_one_rule_for_the_profile_s_level_and_require_isolation() -> None:
+    """require_isolation asked for the level by name: a microvm backend was refused a route
+    that required container ("offers no container isolation"), while a profile stating
+    isolation container was served by it. Both now ask whether the backend's strongest
+    level is at least the one asked for."""
+    for offered in (("policy",), ("namespace",), ("container",), ("microvm",), ISOLATIONS[:2]):
+        enabled = {"ext.x": decl("ext.x", isolation=offered)}
+        for level in ISOLATIONS:
+            stated = Profile.model_validate(
+                {
+                    "id": "profile.stated",
+                    "isolation": {"level": level},
+                    "route": {"strategy": "explicit", "candidates": ["ext.x"]},
+                }
+            )
+            required = profile("explicit", ["ext.x"], require_isolation=level)
+            serves = max(map(WEAKEST_FIRST.index, offered)) >= WEAKEST_FIRST.index(level)
+            for p in (stated, required):
+                [seen] = rank(p, enabled, ttl_seconds=60, now=NOW).candidates
+                assert seen.eligible == serves, (offered, level, p.id, seen.why_not)
+    vm = {"ext.vm": decl("ext.vm", isolation=("microvm",))}
+    assert route(profile("explicit", ["ext.vm"], require_isolation="container"), vm).extension
+    box = {"ext.box": decl("ext.box", isolation=("container", "namespace"))}
+    [seen] = rank(
+        profile("explicit", ["ext.box"], require_isolation="microvm"), box, ttl_seconds=60
+    ).candidates
+    assert seen.why_not == (
+        "offers container, namespace isolation, weaker than require_isolation microvm"
+    )
+
+
+def test_every_isolation_level_has_a_strength() -> None:
+    """A level added to the schemas without a place in the order would crash routing."""
+    levels = set(get_args(Isolation.model_fields["level"].annotation))
+    assert set(ISOLATION_STRENGTH) == levels == set(WEAKEST_FIRST)
+    required, _none = get_args(RouteConstraints.model_fields["require_isolation"].annotation)
+    assert levels == set(get_args(required))
+    assert sorted(ISOLATION_STRENGTH, key=ISOLATION_STRENGTH.__getitem__) == WEAKEST_FIRST
