@@ -16,7 +16,7 @@ from sandboxer.errors import InvalidNetworkPolicy, Rejected
 from sandboxer.events.types import NetworkRecord
 from sandboxer.ids import derive_sandbox_id
 
-__all__ = ["admit_create", "network_in_force"]
+__all__ = ["admit_create", "network_in_force", "requested_host"]
 
 
 def complete_inputs(profile: Profile, given: Mapping[str, str]) -> dict[str, str]:
@@ -62,6 +62,7 @@ def admit_create(
         ttl_seconds=ttl,
         signals=signals if signals is not None else RouteSignals.unknown("none were asked for"),
         now=now,
+        host=requested_host(command, profile, inputs),
     )
     return AdmittedCreate(
         command=command,
@@ -78,6 +79,16 @@ def admit_create(
         max_pause_seconds=parse_duration(profile.ttl.max_pause) if profile.ttl.max_pause else None,
         network=NetworkRecord(**network.record()),
     )
+
+
+def requested_host(
+    command: CreateSandbox, profile: Profile, inputs: Mapping[str, str]
+) -> str | None:
+    """The host a create asks for (``--host``, else the input the profile's
+    ``placement.host_input`` names), which overrides the profile's placement."""
+    if command.host is not None:
+        return command.host
+    return inputs.get(profile.placement.host_input) if profile.placement.host_input else None
 
 
 def network_in_force(command: CreateSandbox, profile: Profile) -> NetworkPolicy:

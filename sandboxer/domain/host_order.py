@@ -1,12 +1,22 @@
-"""Host order: which hosts to try for a sandbox, from the profile's placement, in order. Pure."""
+"""Host order: which hosts to try for a sandbox, from the profile's placement, in order, and
+which of them can take one without asking the host. Pure.
+
+Placement (``workers/host_choice.py``) tries the hosts in this order, skipping each one
+:func:`host_unusable` names, and probes the rest over SSH. Routing counts a backend on hosts
+as having room only when one of its :func:`placement_hosts` is usable, so it does not choose
+a backend whose hosts placement would all skip. (Whether a host answers only the probe
+knows: routing cannot, and a create whose usable hosts are all down is still rejected.)
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sandboxer.config.profile import Placement
 
-__all__ = ["host_order"]
+__all__ = ["HOSTS_FILE", "host_order", "host_unusable", "placement_hosts"]
+
+HOSTS_FILE = "the hosts file"
 
 
 def host_order(
@@ -29,3 +39,31 @@ def host_order(
     if not order:
         order = [(name, "any host") for name in sorted(known)]
     return order
+
+
+def host_unusable(
+    name: str, limits: Mapping[str, int | None], held: int, hosts_file: str = HOSTS_FILE
+) -> str | None:
+    """Why no sandbox can go on host ``name`` whatever its health (None: it can, if it
+    answers). ``limits``: each host of the hosts file and its ``max_sandboxes`` (None: no
+    limit; 0 drains it); ``held``: the backend's live sandboxes on it."""
+    if name not in limits:
+        return f"{name} is not in {hosts_file} (add it there, see docs/hosts.md)"
+    limit = limits[name]
+    if limit is not None and held >= limit:
+        return f"{name} is full ({held} of its max_sandboxes {limit})"
+    return None
+
+
+def placement_hosts(
+    placement: Placement,
+    requested: str | None,
+    limits: Mapping[str, int | None],
+    live: Mapping[str, int],
+) -> list[tuple[str, str | None]]:
+    """Each host placement would try, in order, with why it cannot take a sandbox (None: it
+    can, if it answers). ``live``: the backend's live sandboxes per host."""
+    return [
+        (name, host_unusable(name, limits, live.get(name, 0)))
+        for name, _role in host_order(placement, requested, list(limits))
+    ]

@@ -1,4 +1,4 @@
-"""What routing knows besides declarations: measured latency, live counts, capacity, circuits.
+"""What routing knows besides declarations: measured latency, live counts, host limits, circuits.
 
 Pure. The projector keeps the raw material as rows (``projections/route_rows.py``):
 create->ready latency samples and retryable failures, each taken from one
@@ -24,7 +24,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.timestamps import seconds_between, shift
 from sandboxer.events.types import SandboxEvent, SandboxFailed, SandboxReady, SandboxRerouting
@@ -39,7 +38,6 @@ __all__ = [
     "LatencySample",
     "RouteSignals",
     "circuit_at",
-    "declared_capacity",
     "failure_sample",
     "latency_sample",
     "median",
@@ -88,9 +86,10 @@ class RouteSignals:
     live: Mapping[str, int] = field(default_factory=dict)
     """Sandboxes holding a place, per extension."""
     live_by_host: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
-    capacity: Mapping[str, int] = field(default_factory=dict)
-    """Declared capacity per extension, when the caller computed it (hosts files); otherwise
-    routing reads the declaration's ``capacity.max_sandboxes``."""
+    host_limits: Mapping[str, int | None] | None = None
+    """Each host of the hosts file and its ``max_sandboxes`` (None: no limit), added by the
+    control worker for backends on hosts; None when it did not read the file (routing then
+    judges no host)."""
     circuits: Mapping[str, Circuit] = field(default_factory=dict)
     known: bool = True
     note: str = ""
@@ -108,7 +107,9 @@ class RouteSignals:
             "live_by_host": {
                 k: dict(sorted(v.items())) for k, v in sorted(self.live_by_host.items())
             },
-            "capacity": dict(sorted(self.capacity.items())),
+            "host_limits": (
+                None if self.host_limits is None else dict(sorted(self.host_limits.items()))
+            ),
             "circuits": {
                 k: {"until": c.until, "reason": c.reason} for k, c in sorted(self.circuits.items())
             },
@@ -145,11 +146,20 @@ class RouteSignals:
         by_host = data.get("live_by_host", {})
         if not isinstance(by_host, dict):
             raise ValueError("bad live_by_host")
+        limits = data.get("host_limits")
+        if limits is not None and not (
+            isinstance(limits, dict)
+            and all(
+                v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+                for v in limits.values()
+            )
+        ):
+            raise ValueError("bad host_limits")
         return cls(
             latency_p50={k: float(v) for k, v in latency.items()},
             live=ints(data.get("live", {})),
             live_by_host={str(k): ints(v) for k, v in by_host.items()},
-            capacity=ints(data.get("capacity", {})),
+            host_limits=None if limits is None else {str(k): v for k, v in limits.items()},
             circuits=circuits,
             known=bool(data.get("known", True)),
             note=str(data.get("note", "")),
@@ -252,21 +262,6 @@ def circuit_at(
     if opened is None or opened.until <= now:
         return None
     return opened
-
-
-def declared_capacity(
-    decl: ExtensionDecl, host_capacities: Iterable[int | None] = ()
-) -> int | None:
-    """How many sandboxes ``decl`` may hold: its ``capacity.max_sandboxes``, or for a backend on
-    hosts the hosts' ``max_sandboxes`` summed (None when a host sets none: unbounded)."""
-    if decl.uses_hosts:
-        hosts = list(host_capacities)
-        if hosts and all(h is not None for h in hosts):
-            total = sum(h for h in hosts if h is not None)
-            if decl.capacity is not None:
-                return min(total, decl.capacity.max_sandboxes)
-            return total
-    return decl.capacity.max_sandboxes if decl.capacity is not None else None
 
 
 def signals_from_rows(

@@ -9,8 +9,8 @@ Every candidate of the profile is looked at, in the profile's order:
    route's constraints (``require_isolation``, held to by the same rule as the level: a
    stronger level serves, :func:`isolation_short`; ``gpu``, ``snapshot``, ``pause``,
    ``region``, ``max_cost_per_hour`` against the estimate for the requested TTL); an open
-   circuit;
-   no capacity left (live sandboxes >= declared ``max_sandboxes``);
+   circuit; no capacity left (live sandboxes >= the declaration's ``max_sandboxes``, and
+   for a backend on hosts no host its placement could use with room, :func:`_room`);
 2. a **score** for the strategy, lower is better: ``explicit`` the profile's order,
    ``lowest-cost`` the estimate in micro-USD, ``lowest-latency`` the measured p50 in
    seconds (unmeasured ones after every measured one), ``prefer-self-hosted`` 0 for a
@@ -29,6 +29,7 @@ from typing import Any
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.network_policy import enforces
 from sandboxer.config.profile import Profile, RouteConstraints
+from sandboxer.domain.host_order import placement_hosts
 from sandboxer.domain.pricing import MICRO, estimate_microusd
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.durations import format_duration
@@ -198,10 +199,39 @@ def _network_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:
     )
 
 
-def _capacity(decl: ExtensionDecl, signals: RouteSignals) -> int | None:
-    if decl.id in signals.capacity:
-        return signals.capacity[decl.id]
-    return decl.capacity.max_sandboxes if decl.capacity is not None else None
+def _room(
+    decl: ExtensionDecl, profile: Profile, host: str | None, signals: RouteSignals
+) -> tuple[int | None, int | None, str | None]:
+    """(live, capacity, why it has no room) of a candidate; without signals nothing is judged.
+
+    The declaration's ``capacity.max_sandboxes`` caps the backend's live sandboxes. A backend
+    on hosts (when the caller read the hosts file) has room only if one of the hosts its
+    placement would try is not full, by the rule placement skips hosts with
+    (``host_order.placement_hosts``): summing every host's ``max_sandboxes`` counted hosts the
+    profile never places on, so a backend whose hosts were full was chosen and its create then
+    rejected at placement instead of routed elsewhere. Its live and capacity are then those of
+    the hosts its placement may use (capacity None when one of them has no limit)."""
+    declared = decl.capacity.max_sandboxes if decl.capacity is not None else None
+    if not signals.known:
+        return None, declared, None
+    live = signals.live.get(decl.id, 0)
+    if declared is not None and live >= declared:
+        return live, declared, f"has no capacity ({live} of {declared} sandboxes live)"
+    limits = signals.host_limits
+    if not decl.uses_hosts or limits is None:
+        return live, declared, None
+    on_hosts = signals.live_by_host.get(decl.id, {})
+    tried = placement_hosts(profile.placement, host, limits, on_hosts)
+    listed = [name for name, _ in tried if name in limits]
+    bounds = [limits[name] for name in listed]
+    capacity = None if None in bounds else sum(b for b in bounds if b is not None)
+    held = sum(on_hosts.get(name, 0) for name in listed)
+    skipped = [why for _, why in tried if why is not None]
+    if not tried:
+        return held, capacity, "has no host to place on (the hosts file lists none)"
+    if len(skipped) < len(tried):
+        return held, capacity, None
+    return held, capacity, "has no host with room (" + "; ".join(skipped) + ")"
 
 
 def _score(strategy: str, candidate: Candidate) -> float | int | None:
@@ -228,6 +258,7 @@ def _assess(
     ttl: float,
     signals: RouteSignals,
     now: str,
+    host: str | None,
 ) -> Candidate:
     if decl is None:
         return Candidate(ext_id, order, False, "is not installed or not enabled")
@@ -235,8 +266,7 @@ def _assess(
     gpu = _wants_gpu(profile, constraints)
     estimate = estimate_microusd(decl.pricing, ttl, gpu)
     latency = signals.latency_p50.get(ext_id)
-    live = signals.live.get(ext_id, 0) if signals.known else None
-    capacity = _capacity(decl, signals)
+    live, capacity, full = _room(decl, profile, host, signals)
     seen = Candidate(
         ext_id,
         order,
@@ -257,8 +287,7 @@ def _assess(
     circuit = signals.circuits.get(ext_id)
     if why_not is None and circuit is not None and circuit.until > now:
         why_not = f"circuit open until {circuit.until} ({circuit.reason})"
-    if why_not is None and capacity is not None and live is not None and live >= capacity:
-        why_not = f"has no capacity ({live} of {capacity} sandboxes live)"
+    why_not = why_not or full
     return seen if why_not is None else _ineligible(seen, why_not)
 
 
@@ -273,8 +302,10 @@ def rank(
     ttl_seconds: float,
     signals: RouteSignals | None = None,
     now: str = "",
+    host: str | None = None,
 ) -> RouteDecision:
-    """Assess and score every candidate; never raises (``chosen`` None when none is eligible)."""
+    """Assess and score every candidate; never raises (``chosen`` None when none is eligible).
+    ``host``: the host the create asks for, the only one placement may then use."""
     signals = signals if signals is not None else RouteSignals.unknown("no signals given")
     strategy = profile.route.strategy if profile.route else "explicit"
     ids: list[str] = []
@@ -283,7 +314,9 @@ def rank(
             ids.append(ext_id)
     assessed = []
     for order, ext_id in enumerate(ids):
-        candidate = _assess(ext_id, order, enabled.get(ext_id), profile, ttl_seconds, signals, now)
+        candidate = _assess(
+            ext_id, order, enabled.get(ext_id), profile, ttl_seconds, signals, now, host
+        )
         if candidate.eligible:
             candidate = replace(candidate, score=_score(strategy, candidate))
         assessed.append(candidate)
@@ -342,10 +375,11 @@ def route(
     ttl_seconds: float | None = None,
     signals: RouteSignals | None = None,
     now: str = "",
+    host: str | None = None,
 ) -> RouteChoice:
     """Pick the extension for ``profile`` among the ``enabled`` ones; Rejected when none fits."""
     ttl = ttl_seconds if ttl_seconds is not None else 3600.0
-    decision = rank(profile, enabled, ttl_seconds=ttl, signals=signals, now=now)
+    decision = rank(profile, enabled, ttl_seconds=ttl, signals=signals, now=now, host=host)
     if decision.chosen is None:
         raise Rejected(
             "no_route",

@@ -47,7 +47,7 @@ from sandboxer.commands.types import (
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
-from sandboxer.domain.admission import admit_create
+from sandboxer.domain.admission import admit_create, requested_host
 from sandboxer.domain.fallback import without_candidates
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
 from sandboxer.domain.sandbox_state import SandboxState
@@ -166,9 +166,7 @@ class ControlWorker:
             self._routing.hold(admitted)  # counted as live until the view shows it
         if not enabled[admitted.extension].uses_hosts:
             return admitted
-        requested = command.host
-        if requested is None and profile.placement.host_input:
-            requested = admitted.inputs.get(profile.placement.host_input)
+        requested = requested_host(command, profile, admitted.inputs)
         if signals is None and self._routing is not None:
             # A fixed backend's create asks for the signals here: each host's live
             # sandboxes, which its max_sandboxes caps.

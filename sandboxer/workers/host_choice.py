@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from sandboxer.config.hosts import HostConfig
 from sandboxer.config.profile import Placement
-from sandboxer.domain.host_order import host_order
+from sandboxer.domain.host_order import HOSTS_FILE, host_order, host_unusable
 from sandboxer.errors import Rejected, SandboxerError
 
 __all__ = ["Probe", "choose_host", "ssh_probe"]
@@ -40,7 +40,7 @@ async def choose_host(
     hosts: Mapping[str, HostConfig],
     probe: Probe = ssh_probe,
     *,
-    hosts_file: str = "the hosts file",
+    hosts_file: str = HOSTS_FILE,
     live: Mapping[str, int] | None = None,
 ) -> tuple[str, str]:
     """The first healthy host in placement order with room, and the reason; Rejected when
@@ -51,16 +51,13 @@ async def choose_host(
     caps (a full host is skipped, before any probe).
     """
     skipped: list[str] = []
+    limits = {name: config.max_sandboxes for name, config in hosts.items()}
     for name, role in host_order(placement, requested, list(hosts)):
-        config = hosts.get(name)
-        if config is None:
-            skipped.append(f"{name} is not in {hosts_file} (add it there, see docs/hosts.md)")
+        unusable = host_unusable(name, limits, (live or {}).get(name, 0), hosts_file)
+        if unusable is not None:  # the rule routing applies too, so it expects what we do
+            skipped.append(unusable)
             continue
-        held = (live or {}).get(name, 0)
-        if config.max_sandboxes is not None and held >= config.max_sandboxes:
-            skipped.append(f"{name} is full ({held} of its max_sandboxes {config.max_sandboxes})")
-            continue
-        why_not = await probe(name, config)
+        why_not = await probe(name, hosts[name])
         if why_not is None:
             reason = f"placed on {name} ({role})"
             if skipped:

@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -35,7 +35,7 @@ from sandboxer.config.catalog import Catalog
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.hosts import load_hosts
 from sandboxer.config.settings import Settings
-from sandboxer.domain.route_signals import RouteSignals, declared_capacity
+from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.routing import rank
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.durations import format_duration, parse_duration
@@ -102,7 +102,7 @@ class RouteLookup:
         await self._responder.stop()
 
     async def signals(self, enabled: Mapping[str, ExtensionDecl]) -> RouteSignals:
-        """The view's signals plus this worker's unseen routes and hosts-file capacities.
+        """The view's signals plus this worker's unseen routes and the hosts file's limits.
 
         Nothing awaits after the answer arrives, so a caller that ranks right away sees
         every route this worker held until then."""
@@ -116,16 +116,16 @@ class RouteLookup:
             viewed = RouteSignals.from_dict(answer["signals"])
             position = int(answer.get("position", 0))
         except (NoRespondersError, NatsTimeout, TimeoutError):
-            return self._with_capacity(
+            return self._with_hosts(
                 RouteSignals.unknown(f"the view did not answer within {self._timeout:g} s"),
                 enabled,
             )
         except (ValueError, KeyError, TypeError, msgspec.DecodeError) as bad:
             log.warning("route signals unreadable, routing without them: %s", bad)
-            return self._with_capacity(
+            return self._with_hosts(
                 RouteSignals.unknown(f"the view's answer was unreadable ({bad})"), enabled
             )
-        return self._with_capacity(self._with_held(viewed, position), enabled)
+        return self._with_hosts(self._with_held(viewed, position), enabled)
 
     def _forget(self, position: int | None = None) -> None:
         """Stop holding the routes the view shows (at ``position``) or held past their time."""
@@ -145,20 +145,13 @@ class RouteLookup:
             if held.host is not None:
                 hosts = by_host.setdefault(held.extension, {})
                 hosts[held.host] = hosts.get(held.host, 0) + 1
-        return RouteSignals(
-            latency_p50=signals.latency_p50,
-            live=live,
-            live_by_host=by_host,
-            capacity=signals.capacity,
-            circuits=signals.circuits,
-            known=signals.known,
-            note=signals.note,
-        )
+        return replace(signals, live=live, live_by_host=by_host)
 
-    def _with_capacity(
+    def _with_hosts(
         self, signals: RouteSignals, enabled: Mapping[str, ExtensionDecl]
     ) -> RouteSignals:
-        """Capacities of backends on hosts: the hosts file's ``max_sandboxes`` summed."""
+        """The hosts file's ``max_sandboxes`` per host, for backends on hosts: routing counts
+        only the hosts a profile's placement could use (docs/routing.md#capacity)."""
         if not any(decl.uses_hosts for decl in enabled.values()):
             return signals
         try:
@@ -166,20 +159,8 @@ class RouteLookup:
         except SandboxerError as unreadable:
             log.warning("hosts file unreadable for capacity: %s", unreadable)
             return signals
-        capacity = dict(signals.capacity)
-        for ext_id, decl in enabled.items():
-            if decl.uses_hosts:
-                limit = declared_capacity(decl, [h.max_sandboxes for h in hosts.values()])
-                if limit is not None:
-                    capacity[ext_id] = limit
-        return RouteSignals(
-            latency_p50=signals.latency_p50,
-            live=signals.live,
-            live_by_host=signals.live_by_host,
-            capacity=capacity,
-            circuits=signals.circuits,
-            known=signals.known,
-            note=signals.note,
+        return replace(
+            signals, host_limits={name: host.max_sandboxes for name, host in hosts.items()}
         )
 
     def hold(self, admitted: AdmittedCreate) -> None:

@@ -41,10 +41,12 @@ def decl(
     gpu_per_second: float = 0.0,
     capacity: int | None = None,
     network: str = "all-or-nothing",
+    uses_hosts: bool = False,
 ) -> ExtensionDecl:
     data: dict[str, Any] = {
         "id": ext_id,
         "kind": kind,
+        "uses_hosts": uses_hosts,
         "entry_point": "m:C",
         "capabilities": {
             "isolation": list(isolation),
@@ -236,10 +238,13 @@ def test_signals_survive_their_wire_form() -> None:
         latency_p50={"ext.a": 1.5},
         live={"ext.a": 2},
         live_by_host={"ext.c": {"h1": 1}},
-        capacity={"ext.c": 4},
+        host_limits={"h1": 4, "h2": None},
         circuits={"ext.b": Circuit(until=LATER, reason="quota refusal")},
     )
     assert RouteSignals.from_dict(signals.to_dict()) == signals
+    assert RouteSignals.from_dict(RouteSignals().to_dict()).host_limits is None
+    with pytest.raises(ValueError, match="bad host_limits"):
+        RouteSignals.from_dict({"host_limits": {"h1": -1}})
     with pytest.raises(ValueError, match="bad count"):
         RouteSignals.from_dict({"live": {"ext.a": "many"}})
 
@@ -455,3 +460,60 @@ def test_every_isolation_level_has_a_strength() -> None:
     required, _none = get_args(RouteConstraints.model_fields["require_isolation"].annotation)
     assert levels == set(get_args(required))
     assert sorted(ISOLATION_STRENGTH, key=ISOLATION_STRENGTH.__getitem__) == WEAKEST_FIRST
+
+
+def test_a_backend_on_hosts_has_room_only_on_hosts_its_placement_could_use() -> None:
+    """Every host's max_sandboxes was summed: a backend whose profile places only on full
+    hosts looked as if it had room, was chosen, and the create failed at placement."""
+    enabled = {
+        "ext.ssh": decl("ext.ssh", kind="self-hosted", uses_hosts=True),
+        "ext.stub": decl("ext.stub"),
+    }
+
+    def placed(**placement: Any) -> Profile:
+        return Profile.model_validate(
+            {
+                "id": "profile.placed",
+                "placement": placement,
+                "route": {"strategy": "prefer-self-hosted", "candidates": ["ext.ssh", "ext.stub"]},
+            }
+        )
+
+    def ssh(
+        p: Profile, limits: dict[str, int | None], live: dict[str, int], host: str | None = None
+    ) -> Any:
+        signals = RouteSignals(
+            live={"ext.ssh": sum(live.values())},
+            live_by_host={"ext.ssh": live},
+            host_limits=limits,
+        )
+        decision = rank(p, enabled, ttl_seconds=60, signals=signals, now=NOW, host=host)
+        return next(c for c in decision.candidates if c.extension == "ext.ssh")
+
+    two = {"alpha": 2, "beta": 2}
+    full = ssh(placed(prefer=["alpha"]), two, {"alpha": 2})
+    assert not full.eligible
+    assert full.why_not == "has no host with room (alpha is full (2 of its max_sandboxes 2))"
+    assert (full.live, full.capacity) == (2, 2)  # of the hosts it may use, not 2 of 4
+    spill = ssh(placed(prefer=["alpha"], fallback=["beta"]), two, {"alpha": 2})
+    assert spill.eligible
+    assert (spill.live, spill.capacity) == (2, 4)
+    assert ssh(placed(prefer=["alpha"]), two, {"alpha": 2}, host="beta").eligible  # --host
+    # a host that holds more than its (lowered) limit hides no room on another
+    assert ssh(placed(), two, {"alpha": 5, "beta": 1}).eligible
+    drained = ssh(placed(), {"alpha": 0, "beta": 1}, {"beta": 1})
+    assert drained.why_not == (
+        "has no host with room (alpha is full (0 of its max_sandboxes 0); "
+        "beta is full (1 of its max_sandboxes 1))"
+    )
+    unbounded = ssh(placed(prefer=["gamma"]), {"alpha": 1, "gamma": None}, {"alpha": 1})
+    assert unbounded.eligible
+    assert unbounded.capacity is None
+    missing = ssh(placed(prefer=["sandboxer01"]), two, {})
+    assert missing.why_not is not None
+    assert "sandboxer01 is not in the hosts file" in missing.why_not
+    nothing = ssh(placed(), {}, {})
+    assert nothing.why_not == "has no host to place on (the hosts file lists none)"
+    # without the hosts file's limits (unreadable), hosts are not judged
+    blind = rank(placed(prefer=["alpha"]), enabled, ttl_seconds=60, signals=RouteSignals())
+    assert blind.chosen == "ext.ssh"

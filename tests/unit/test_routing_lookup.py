@@ -14,6 +14,7 @@ from nats.errors import NoRespondersError
 
 from sandboxer.commands.types import CreateSandbox
 from sandboxer.config.catalog import Catalog
+from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.route_signals import RouteSignals
@@ -96,3 +97,43 @@ async def test_an_unreadable_answer_is_routing_without_signals(
     signals = await routing.signals(ENABLED)
     assert not signals.known
     assert "unreadable" in signals.note
+
+
+HOSTS_YAML = """\
+hosts:
+  alpha: {address: 127.0.0.1, host_key: "ssh-ed25519 AAAA", max_sandboxes: 1}
+  beta: {address: 127.0.0.1, host_key: "ssh-ed25519 AAAA", max_sandboxes: 1}
+"""
+
+
+async def test_a_backend_whose_placement_hosts_are_full_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend on hosts had for capacity every host's max_sandboxes summed: with its
+    profile placing only on alpha, and alpha full, it still had room (1 of 2), so routing
+    chose it and placement rejected the create (no_host) instead of routing to ext.stub."""
+    (tmp_path / "hosts.yaml").write_text(HOSTS_YAML)
+    enabled = {
+        "ext.ssh": decl("ext.ssh", kind="self-hosted", uses_hosts=True),
+        "ext.stub": decl("ext.stub"),
+    }
+    placed = Profile.model_validate(
+        {
+            "id": "profile.placed",
+            "placement": {"prefer": ["alpha"]},
+            "route": {"strategy": "prefer-self-hosted", "candidates": ["ext.ssh", "ext.stub"]},
+        }
+    )
+    on_alpha = RouteSignals(live={"ext.ssh": 1}, live_by_host={"ext.ssh": {"alpha": 1}})
+    view = {"ok": True, "position": 10, "signals": on_alpha.to_dict()}
+    routing = lookup(FakeNats(view), tmp_path, monkeypatch)
+    command = CreateSandbox(command_id="c1", actor=ACTOR, profile=placed.id)
+    admitted = admit_create(command, placed, enabled, await routing.signals(enabled), NOW)
+    assert admitted.extension == "ext.stub"
+    assert "ext.ssh has no host with room (alpha is full (1 of its max_sandboxes 1))" in (
+        admitted.route_reason
+    )
+    # beta, which the profile does not place on, has room; asked for by name, it serves
+    there = CreateSandbox(command_id="c2", actor=ACTOR, profile=placed.id, host="beta")
+    admitted = admit_create(there, placed, enabled, await routing.signals(enabled), NOW)
+    assert admitted.extension == "ext.ssh"

@@ -10,7 +10,6 @@ from sandboxer.domain.route_signals import (
     Circuit,
     FailureSample,
     circuit_at,
-    declared_capacity,
     signals_from_rows,
 )
 from sandboxer.events.types import (
@@ -28,7 +27,6 @@ from sandboxer.events.types import (
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.route_rows import KEEP
 from sandboxer.projections.sandbox_view import SandboxView
-from tests.unit.test_routing import decl
 
 ACTOR = Actor(type="adm", id="t")
 T0 = "2026-12-02T10:00:00.000Z"
@@ -66,16 +64,6 @@ def test_a_success_closes_it() -> None:
     failures = [outage(0), outage(1), quota(2)]
     assert circuit_at(failures, None, at(10)) is not None
     assert circuit_at(failures, at(5), at(10)) is None  # a ready at 5 s, after them all
-
-
-def test_declared_capacity_sums_the_hosts() -> None:
-    local = decl("ext.local", kind="self-hosted", capacity=8)
-    assert declared_capacity(local) == 8
-    assert declared_capacity(decl("ext.e2b")) is None
-    compose = decl("ext.compose", kind="self-hosted").model_copy(update={"uses_hosts": True})
-    assert declared_capacity(compose, [3, 4]) == 7
-    assert declared_capacity(compose, [3, None]) is None  # a host without a limit
-    assert declared_capacity(compose, []) is None
 
 
 def test_signals_from_rows_take_the_p50_of_recent_and_count_live() -> None:
