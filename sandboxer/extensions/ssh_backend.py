@@ -30,7 +30,7 @@ from sandboxer.extensions.ssh_targets import (
 )
 from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe, exists, probe
 from sandboxer.ssh import Connection, fetch_tree, remote, stream
-from sandboxer.workspaces.extract import extract_archive
+from sandboxer.workspaces.extract import extract_host_tree
 from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = ["SshBackend"]
@@ -52,6 +52,9 @@ class SshBackend:
     host_local = False
     directory_inputs = ("repo",)
     """Inputs read as a directory of the worker's machine: the worker vets them first."""
+    snapshot_leaves_out: tuple[str, ...] = (ENV_FILE,)
+    """Top-level names of a sandbox's directory that the backend wrote there and that a
+    snapshot leaves out: a restore, anywhere, writes its own (the secrets of its profile)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -103,8 +106,10 @@ class SshBackend:
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None
     ) -> None:
-        """Copy the sandbox's directory on its host into ``destination`` (the secrets file
-        left out), through a tar archive checked like any workspace archive."""
+        """Copy the sandbox's directory on its host into ``destination`` (without
+        :attr:`snapshot_leaves_out`), through a tar archive checked like any workspace
+        archive, except that hard links arrive as copies and FIFOs and devices are left out
+        (:func:`~sandboxer.workspaces.extract.extract_host_tree`)."""
         ssh_checks.check_sandbox_id(sandbox_id, self.id)
         limits = ArchiveLimits.from_mb(self.settings.upload_max_mb)
         archive = destination.parent / f"{destination.name}.tar"
@@ -116,11 +121,11 @@ class SshBackend:
                     conn,
                     directory,
                     archive,
-                    exclude=(ENV_FILE,),
+                    exclude=self.snapshot_leaves_out,
                     max_bytes=limits.max_bytes,
                     timeout=SNAPSHOT_TIMEOUT,
                 )
-            await asyncio.to_thread(extract_archive, archive, destination, limits)
+            await asyncio.to_thread(extract_host_tree, archive, destination, limits)
         finally:
             archive.unlink(missing_ok=True)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sandboxer.errors import WorkspaceRefused
-from sandboxer.workspaces.extract import extract_archive
+from sandboxer.workspaces.extract import extract_host_tree
 from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = ["too_large", "unpack_tar_bytes"]
@@ -27,6 +27,6 @@ def unpack_tar_bytes(data: bytes, destination: Path, limits: ArchiveLimits) -> i
     archive = destination.parent / f"{destination.name}.tar"
     try:
         archive.write_bytes(data)
-        return extract_archive(archive, destination, limits)
+        return extract_host_tree(archive, destination, limits).entries
     finally:
         archive.unlink(missing_ok=True)

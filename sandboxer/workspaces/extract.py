@@ -8,20 +8,46 @@ the rule of :func:`link_stays_inside`, and the entry count and total size
 are checked against the limits before a byte is written. The extraction
 itself runs under tarfile's ``data`` filter as a second line, which also
 drops set-uid and other special mode bits.
+
+A tar that a host's own ``tar`` (or an engine's ``cp``) wrote of a tree a sandbox
+wrote, read back for a snapshot, is unpacked by :func:`extract_host_tree`: the
+same rules, except that what such a tree may hold and a workspace may not is
+turned into what a workspace holds rather than failing the snapshot. A hard
+link becomes a copy of the file it names (which must come earlier in the
+archive), as ext.local's copy and every packed archive store it; FIFOs and
+devices are left out, as everywhere (sockets never reach a tar).
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.limits import ArchiveLimits
 
-__all__ = ["extract_archive", "link_stays_inside"]
+__all__ = ["HostTree", "extract_archive", "extract_host_tree", "link_stays_inside"]
+
+log = logging.getLogger(__name__)
 
 _ACCEPTED = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE})
+_SPECIAL = frozenset({tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE})
+"""Kinds a host's tar stores that no workspace holds: left out of a host's tree."""
+_NAMED = 10
+"""How many names of each kind a log line of :func:`extract_host_tree` gives."""
+
+
+@dataclass(frozen=True)
+class HostTree:
+    """What :func:`extract_host_tree` unpacked: the entries written, the hard links written
+    as copies and the FIFOs and devices left out (names as in the archive, normalised)."""
+
+    entries: int
+    copied: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()
 
 
 def link_stays_inside(name: str, target: str) -> bool:
@@ -97,26 +123,72 @@ def _check_member(
             )
 
 
+def _as_copy(member: tarfile.TarInfo, files: dict[str, tarfile.TarInfo]) -> tarfile.TarInfo:
+    """The hard link ``member`` as a regular file of its own, with the contents (and mode)
+    of the earlier regular file of the archive it names: nothing links to the disk."""
+    original = files.get(posixpath.normpath(member.linkname))
+    if original is None:
+        raise WorkspaceRefused(
+            f"the workspace archive holds a hard link {member.name[:200]!r} to "
+            f"{member.linkname[:200]!r}, which is not a regular file earlier in the archive"
+        )
+    return original.replace(name=member.name, deep=False)
+
+
 def extract_archive(archive: Path, destination: Path, limits: ArchiveLimits) -> int:
     """Unpack ``archive`` (a plain tar) into the empty directory ``destination``.
 
     Returns the number of entries; raises :class:`WorkspaceRefused` before
     writing anything when the archive breaks a rule or a limit.
     """
+    return _extract(archive, destination, limits, host_tree=False).entries
+
+
+def extract_host_tree(archive: Path, destination: Path, limits: ArchiveLimits) -> HostTree:
+    """:func:`extract_archive` for a host's tar of a sandbox's tree, read for a snapshot:
+    hard links are unpacked as copies and FIFOs and devices are left out (and logged)."""
+    unpacked = _extract(archive, destination, limits, host_tree=True)
+    if unpacked.copied or unpacked.left_out:
+        log.info(
+            "unpacked into %s: %d hard links as copies (%s), %d FIFOs or devices left out (%s)",
+            destination,
+            len(unpacked.copied),
+            ", ".join(unpacked.copied[:_NAMED]),
+            len(unpacked.left_out),
+            ", ".join(unpacked.left_out[:_NAMED]),
+        )
+    return unpacked
+
+
+def _extract(
+    archive: Path, destination: Path, limits: ArchiveLimits, *, host_tree: bool
+) -> HostTree:
+    copied: list[str] = []
+    left_out: list[str] = []
     try:
         with tarfile.open(archive, "r:") as tar:
             members = []
             seen: set[str] = set()
             links: set[str] = set()
             parents: set[str] = set()
-            total = 0
-            for member in tar:
-                members.append(member)
-                if len(members) > limits.max_entries:
+            files: dict[str, tarfile.TarInfo] = {}
+            total = read = 0
+            for found in tar:
+                read += 1
+                if read > limits.max_entries:
                     raise WorkspaceRefused(
                         f"the workspace archive has more than {limits.max_entries} entries"
                     )
+                if host_tree and found.type in _SPECIAL:
+                    left_out.append(posixpath.normpath(found.name))
+                    continue
+                member = _as_copy(found, files) if host_tree and found.islnk() else found
+                if member is not found:
+                    copied.append(posixpath.normpath(member.name))
                 _check_member(member, seen, links, parents)
+                if member.isreg():
+                    files[posixpath.normpath(member.name)] = member
+                members.append(member)
                 total += member.size
                 if total > limits.max_bytes:
                     raise WorkspaceRefused(
@@ -128,4 +200,4 @@ def extract_archive(archive: Path, destination: Path, limits: ArchiveLimits) -> 
         raise WorkspaceRefused(f"the workspace archive is unsafe: {exc}") from None
     except tarfile.TarError as exc:
         raise WorkspaceRefused(f"the workspace archive is not a readable tar: {exc}") from None
-    return len(members)
+    return HostTree(len(members), tuple(copied), tuple(left_out))

@@ -160,8 +160,11 @@ async def test_compose_workspace_restores_locally_and_back(
         # ext.compose-ssh -> ext.local
         local = await restore_local(client, taken["snapshot_id"])
         assert await run_in(client, local, "cat /workspace/README") == "the repo\n"
-        assert "services:" in await run_in(client, local, "cat /workspace/docker-compose.yml")
-        assert await run_in(client, local, "test ! -e /workspace/.sandboxer.env && echo gone")
+        # The user's own files, as given: compose-ssh never rewrites the compose file, and the
+        # override it wrote beside it (deny: .sandboxer.no-network.yaml) stays behind.
+        compose = await run_in(client, local, "cat /workspace/docker-compose.yml")
+        assert compose == TWO_SERVICE_COMPOSE
+        assert await run_in(client, local, "ls -A /workspace") == "README\ndocker-compose.yml\n"
 
         # ext.local -> ext.compose-ssh: the stack comes up from the restored files.
         await run_in(client, local, "echo written locally > /workspace/note.txt")
@@ -320,6 +323,68 @@ async def test_compose_volume_names_from_the_tree_are_checked(
         project = f"sbx-{caught.value.event['sandbox_id']}"
         assert project not in compose_engine.cli("ps", "-a", "--format", "{{.Names}}").stdout
         assert project not in compose_engine.cli("volume", "ls", "-q").stdout
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+SPECIAL_COMPOSE = """\
+services:
+  web:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+    volumes:
+      - .:/app
+      - data:/srv/data
+volumes:
+  data: {}
+"""
+
+# What a sandbox's own code can make, in the project's directory (mounted at /app) and in a
+# named volume: hard links, FIFOs and, as root with the engine's default CAP_MKNOD, a device.
+MAKE_SPECIAL_FILES = (
+    "for d in /app /srv/data; do echo linked > $d/one && ln $d/one $d/two && mkfifo $d/pipe "
+    "&& mknod $d/null c 1 3 || exit 1; done"
+)
+
+
+@pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
+async def test_hard_links_fifos_and_devices_do_not_fail_a_compose_snapshot(
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    ssh_hosts: SshHosts,
+    compose_engine: ComposeEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hosts = await ssh_hosts(1, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
+    service = await snapshot_service(home, nats_server.url, hosts, monkeypatch)
+    try:
+        client = service.client
+        repo = tmp_path / "r"
+        repo.mkdir()
+        (repo / "docker-compose.yml").write_text(SPECIAL_COMPOSE)
+        stack = await client.create("profile.snap-compose", {"repo": str(repo)})
+        await output_of(client, stack["sandbox_id"], MAKE_SPECIAL_FILES)
+        directory = Path(stack["reachability"]["directory"])
+        assert (directory / "two").stat().st_nlink == 2
+        assert (directory / "pipe").is_fifo()
+
+        taken = await client.snapshot(stack["sandbox_id"])
+        assert taken["status"] == "created"
+        # Each name of a hard link arrives as a file of its own; FIFOs and devices stay behind.
+        local = await restore_local(client, taken["snapshot_id"])
+        listing = (
+            "cd /workspace && for d in . .sandboxer/volumes/data; do "
+            "ls -A $d | grep -v '^.sandboxer' | tr '\\n' ' '; cat $d/one $d/two; "
+            "stat -c %h $d/two; done"
+        )
+        one_each = "docker-compose.yml one two linked\nlinked\n1\n"
+        assert await run_in(client, local, listing) == one_each + "one two linked\nlinked\n1\n"
+        await client.destroy(stack["sandbox_id"])
     finally:
         await service.client.close()
         await service.shutdown()

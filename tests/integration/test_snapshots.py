@@ -222,3 +222,20 @@ async def test_a_workspace_that_cannot_be_stored_fails_the_snapshot_and_says_why
     assert got is not None
     assert (got["status"], got["snapshotting"]) == ("active", None)  # the sandbox is released
     await client.destroy(sandbox_id)
+
+
+async def test_hard_links_are_copied_and_fifos_and_sockets_left_out(service: Service) -> None:
+    """What a sandbox's own code can make in its workspace never fails its snapshot: each
+    name of a hard link is stored as a file of its own, FIFOs and sockets stay behind."""
+    client = service.client
+    source = (await client.create())["sandbox_id"]
+    await run_in(
+        client,
+        source,
+        "cd /workspace && echo linked > one && ln one two && mkfifo pipe && python3 -c "
+        "'import socket; socket.socket(socket.AF_UNIX).bind(\"sock\")' && test -S sock",
+    )
+    snapshot = await client.snapshot(source)
+    restored = (await client.restore(snapshot["snapshot_id"]))["sandbox_id"]
+    listing = "cd /workspace && ls -A | grep -v '^.sandboxer$'; cat two; stat -c %h one two"
+    assert await run_in(client, restored, listing) == "one\ntwo\nlinked\n1\n1\n"

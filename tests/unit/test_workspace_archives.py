@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from sandboxer.errors import InvalidInput, WorkspaceRefused
 from sandboxer.transfer import place_copy
-from sandboxer.workspaces.extract import extract_archive, link_stays_inside
+from sandboxer.workspaces.extract import extract_archive, extract_host_tree, link_stays_inside
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.pack import pack_directory
 from sandboxer.workspaces.refs import object_ref, parse_object_ref
@@ -158,8 +159,80 @@ def test_hostile_archives_are_refused_before_anything_is_written(kind: str, tmp_
     assert not Path("/tmp/sandboxer-absolute-evil").exists()
 
 
+HOST_TOLERATES = {"device", "fifo"}
+"""What a host's tree may hold and a snapshot leaves out; a hard link out stays refused."""
+
+
+@pytest.mark.parametrize("kind", sorted(set(HOSTILE) - HOST_TOLERATES))
+def test_a_hosts_tree_is_refused_as_any_hostile_archive(kind: str, tmp_path: Path) -> None:
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(hostile(kind))
+    out = tmp_path / "deep" / "out"
+    out.mkdir(parents=True)
+    with pytest.raises(WorkspaceRefused):
+        extract_host_tree(archive, out, ArchiveLimits(max_bytes=1024, max_entries=10))
+    assert list(out.iterdir()) == []
+    assert not (tmp_path / "deep" / "evil").exists()
+
+
+def test_a_hosts_tar_unpacks_hard_links_as_copies_and_leaves_fifos_out(tmp_path: Path) -> None:
+    """What a sandbox can make in its directory, archived by the host's own tar (GNU tar stores
+    the second name of a file as a hard link, and a FIFO as a FIFO), as a snapshot reads it."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "data").write_text("shared\n")
+    (tree / "data").chmod(0o640)
+    os.link(tree / "data", tree / "sub" / "again")
+    os.mkfifo(tree / "pipe")
+    archive = tmp_path / "host.tar"
+    subprocess.run(["tar", "-C", str(tree), "-cf", str(archive), "."], check=True)
+    with tarfile.open(archive) as tar:
+        assert {m.type for m in tar} >= {tarfile.LNKTYPE, tarfile.FIFOTYPE}
+    with pytest.raises(WorkspaceRefused, match="of a kind a workspace may not hold"):
+        extract_archive(archive, tmp_path / "strict", ArchiveLimits())  # an upload: refused
+    out = tmp_path / "out"
+    out.mkdir()
+    unpacked = extract_host_tree(archive, out, ArchiveLimits())
+    assert (unpacked.copied, unpacked.left_out) == (("sub/again",), ("pipe",))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "data",
+        "sub",
+        "sub/again",
+    ]
+    for name in ("data", "sub/again"):
+        assert (out / name).read_text() == "shared\n"
+        assert (out / name).stat().st_mode & 0o777 == 0o640
+    assert (out / "data").stat().st_ino != (out / "sub" / "again").stat().st_ino
+    assert (out / "data").stat().st_nlink == 1  # a copy: writing one leaves the other
+    # A copy counts towards the size limit as the file it copies.
+    with pytest.raises(WorkspaceRefused, match="SANDBOXER_UPLOAD_MAX_MB"):
+        extract_host_tree(archive, tmp_path, ArchiveLimits(max_bytes=len("shared\n") + 1))
+
+
+@pytest.mark.parametrize(
+    ("entries", "linkname"),
+    [
+        ([("l", "link:f"), ("f", "file:x")], "l"),  # a symlink, not a file
+        ([("d", "dir")], "d"),
+        ([], "later"),  # not earlier in the archive
+        ([("f", "file:x")], "../f"),
+    ],
+)
+def test_a_hard_link_copies_only_an_earlier_regular_file(
+    entries: list[tuple[str, str]], linkname: str, tmp_path: Path
+) -> None:
+    archive = tmp_path / "links.tar"
+    archive.write_bytes(tar_of([*entries, ("h", f"hard:{linkname}"), ("later", "file:")]))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(WorkspaceRefused, match="hard link 'h'"):
+        extract_host_tree(archive, out, ArchiveLimits())
+    assert list(out.iterdir()) == []
+
+
 def tar_of(entries: list[tuple[str, str]]) -> bytes:
-    """A tar of ``(name, what)``: ``dir``, ``file:<content>`` or ``link:<target>``."""
+    """A tar of ``(name, what)``: ``dir``, ``file:<content>``, ``link:<target>`` or
+    ``hard:<target>`` (a hard link)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, what in entries:
@@ -170,6 +243,8 @@ def tar_of(entries: list[tuple[str, str]]) -> bytes:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
             elif kind == "link":
                 info.type, info.linkname = tarfile.SYMTYPE, value
+            elif kind == "hard":
+                info.type, info.linkname = tarfile.LNKTYPE, value
             else:
                 info.size, info.mode, data = len(value), 0o644, io.BytesIO(value.encode())
             tar.addfile(info, data)

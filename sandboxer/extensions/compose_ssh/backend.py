@@ -46,6 +46,7 @@ from sandboxer.extensions.compose_ssh.compose_file import (
     resolve_compose_file,
 )
 from sandboxer.extensions.compose_ssh.egress_plan import (
+    EGRESS_OVERRIDE_FILE,
     allowlist_override,
     gate_bypasses,
     gate_leaks,
@@ -54,7 +55,12 @@ from sandboxer.extensions.compose_ssh.egress_plan import (
 from sandboxer.extensions.compose_ssh.pausing import set_paused
 from sandboxer.extensions.compose_ssh.readiness import await_running, settled, up_and_look
 from sandboxer.extensions.compose_ssh.service_exec import check_service, exec_in_service
-from sandboxer.extensions.compose_ssh.stack import Plan, Stack, no_network_override
+from sandboxer.extensions.compose_ssh.stack import (
+    NO_NETWORK_FILE,
+    Plan,
+    Stack,
+    no_network_override,
+)
 from sandboxer.extensions.output_capture import redacted_tail
 from sandboxer.extensions.ssh_access import ssh_access
 from sandboxer.extensions.ssh_backend import SshBackend
@@ -96,6 +102,9 @@ class ComposeSshExtension(SshBackend):
     """Compose stacks on SSH hosts; hosts come from the hosts file, read at every call."""
 
     id = "ext.compose-ssh"
+    snapshot_leaves_out = (*SshBackend.snapshot_leaves_out, NO_NETWORK_FILE, EGRESS_OVERRIDE_FILE)
+    """The network overrides this backend writes into the directory name the old sandbox's
+    project and egress gateway; a restore writes those of its own policy, if any."""
 
     def __init__(self, settings: Settings, *, ready_timeout: float = READY_TIMEOUT) -> None:
         super().__init__(settings)

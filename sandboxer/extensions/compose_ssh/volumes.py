@@ -37,7 +37,7 @@ from sandboxer.extensions.compose_ssh import containers, engine
 from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT, Target
 from sandboxer.ssh import Connection, remote
 from sandboxer.ssh.fetch_tree import fetch_archive
-from sandboxer.workspaces.extract import extract_archive
+from sandboxer.workspaces.extract import extract_host_tree
 from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = [
@@ -258,7 +258,7 @@ async def copy_out(
             )
             target = volumes / key
             target.mkdir()
-            await asyncio.to_thread(extract_archive, archive, target, limits)
+            await asyncio.to_thread(extract_host_tree, archive, target, limits)
         finally:
             archive.unlink(missing_ok=True)
     return sorted(mounted)
