@@ -18,12 +18,12 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
 from sandboxer import subjects
+from sandboxer.bus.ask import RESTART_BUDGET, ask
 from sandboxer.bus.direct_get import read_subject
-from sandboxer.errors import BusError, CommandFailed
+from sandboxer.errors import BusError, CommandFailed, OutcomePending
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class OutcomeWatcher:
         self.nc = nc
         self.js = js
         self.seen_seq = 0
+        self.unanswered: str | None = None
+        """Why the service last did not answer while a wait asked it (None: it answered)."""
         self._noting: set[asyncio.Task[None]] = set()
 
     async def position(self) -> int:
@@ -83,6 +85,7 @@ class OutcomeWatcher:
         the command is about another aggregate (a snapshot delete: the snapshot's events).
         ``fresh``: the command id was just made here, so the log cannot hold anything of it
         yet and it is not read back (a re-sent command's outcome may already be there).
+        Raises :class:`OutcomePending` when no outcome came within ``timeout`` seconds.
         """
         command_id = command["command_id"]
         scope = scope or subjects.sandbox_events_filter(sandbox_id)
@@ -94,9 +97,12 @@ class OutcomeWatcher:
                         verb, command_id, sandbox_id, success, outcome, on_event, scope
                     )
         except TimeoutError:
-            raise BusError(
-                f"no outcome for {verb} {command_id} after {timeout:.0f}s; the command is "
-                f"accepted and may still complete: 'sandboxer events --sandbox {sandbox_id}'"
+            why = f" (the service did not answer: {self.unanswered})" if self.unanswered else ""
+            raise OutcomePending(
+                f"no outcome for {verb} {command_id} within {timeout:g}s{why}. The command was "
+                "accepted: it is on the commands stream, and the service carries it out when it "
+                f"runs; {_where_to_look(scope)}",
+                command_id=command_id,
             ) from None
 
     @contextlib.asynccontextmanager
@@ -211,24 +217,44 @@ class OutcomeWatcher:
                     await outcome.put(event)
 
 
+def _where_to_look(scope: str) -> str:
+    """How to see a command's outcome later, by the aggregate it is about (``scope``)."""
+    kind, _, rest = scope.removeprefix("sandboxer.evt.").partition(".")
+    about = rest.partition(".")[0]
+    if kind == "snapshot":
+        return f"'sandboxer snapshots get {about}' shows it"
+    if kind == "key":
+        return f"'sandboxer keys list --revoked' shows key {about} once it is recorded"
+    if kind == "account":
+        return f"'sandboxer credits show {about}' shows the account"
+    return f"'sandboxer events --sandbox {about}' shows what happened"
+
+
 class KeyOutcomeWatcher(OutcomeWatcher):
     """The watcher of a key identity (docs/security.md#keys-on-the-bus), which may not read
     the events stream: it asks the projector for the command's events a page at a time
-    (``sandbox.events`` on its own subject, narrowed to its project) until one ends it."""
+    (``sandbox.events`` on its own subject, narrowed to its project) until one ends it. A
+    projector that is briefly absent (a restart) is asked again, with backoff, until the
+    command's wait runs out."""
 
     POLL_SECONDS = 0.05
+    UNANSWERED_SECONDS = 1.0
+    """How long one poll asks an absent projector again before it notes that nothing answers
+    (then it polls on: the wait's own timeout ends it)."""
 
     def __init__(self, nc: Nats, js: JetStreamContext, key_id: str) -> None:
         super().__init__(nc, js)
         self.key_id = key_id
 
-    async def page(self, about: dict[str, Any], after: int) -> list[tuple[int, dict[str, Any]]]:
+    async def page(
+        self, about: dict[str, Any], after: int, budget: float = RESTART_BUDGET
+    ) -> list[tuple[int, dict[str, Any]]]:
         """The events of ``about`` (``sandbox_id``, ``snapshot_id`` or ``command_id``) after
-        stream sequence ``after``."""
+        stream sequence ``after``; an absent projector is asked again for ``budget`` seconds
+        (then :class:`ServiceNotRunning`)."""
         request = msgspec.json.encode({**about, "after": after})
-        reply = await self.nc.request(
-            subjects.stamped(subjects.QUERY_SANDBOX_EVENTS, self.key_id), request, timeout=5.0
-        )
+        subject = subjects.stamped(subjects.QUERY_SANDBOX_EVENTS, self.key_id)
+        reply = await ask(self.nc, subject, request, timeout=5.0, budget=budget)
         answer = msgspec.json.decode(reply.data)
         if not answer.get("ok"):
             raise BusError(f"reading events as key {self.key_id}: {answer.get('error')}")
@@ -253,10 +279,12 @@ class KeyOutcomeWatcher(OutcomeWatcher):
             while True:
                 for name, asked in (("scope", about), ("rejection", {"command_id": command_id})):
                     try:
-                        found = await self.page(asked, after[name])
-                    except (BusError, NatsTimeout) as exc:  # a projector restarting: ask again
+                        found = await self.page(asked, after[name], self.UNANSWERED_SECONDS)
+                    except BusError as exc:  # a projector restarting, or failing: ask again
                         log.debug("polling %s: %s", asked, exc)
+                        self.unanswered = exc.message
                         continue
+                    self.unanswered = None
                     for seq, event in found:
                         after[name] = seq
                         self.seen_seq = max(self.seen_seq, seq)

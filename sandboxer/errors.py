@@ -20,6 +20,7 @@ The tree::
     ├── RateLimited             (clients) an API key's rate or live-sandbox limit (HTTP 429): retry_after
     ├── BusError                NATS is unreachable or answered with an error
     │   ├── ServiceNotRunning   no sandboxer service could be found
+    │   ├── OutcomePending      (clients) a command was accepted; its outcome did not come within the wait
     │   ├── ConcurrencyConflict an append lost the optimistic-concurrency race
     │   │   └── PublishConflict the stream refused a publish's expected sequence
     │   ├── StreamUnavailable   a stream had no leader (or timed out) for longer than the budget
@@ -69,6 +70,7 @@ __all__ = [
     "InvalidNetworkPolicy",
     "NatsServerError",
     "NotFound",
+    "OutcomePending",
     "PathRefused",
     "ProviderAuth",
     "ProviderError",
@@ -241,6 +243,18 @@ class BusError(SandboxerError):
 
 class ServiceNotRunning(BusError):
     code = "service_not_running"
+
+
+class OutcomePending(BusError):
+    """A command is on the commands stream (accepted), but its outcome did not come within
+    the client's wait: the service carries it out when it runs. The message says where to
+    look for the outcome; ``command_id`` is the command's."""
+
+    code = "outcome_pending"
+
+    def __init__(self, message: str, *, command_id: str) -> None:
+        super().__init__(message)
+        self.command_id = command_id
 
 
 class ConcurrencyConflict(BusError):

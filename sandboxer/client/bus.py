@@ -17,10 +17,10 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as Nats
-from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
+from sandboxer.bus.ask import RESTART_BUDGET, ask
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.key_users import key_credentials
@@ -35,7 +35,7 @@ from sandboxer.command_outcomes import (
     notify,
 )
 from sandboxer.config.settings import Settings
-from sandboxer.errors import BusError, InvalidInput, RequestError, ServiceNotRunning
+from sandboxer.errors import BusError, InvalidInput, RequestError
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
 from sandboxer.service_discovery import client_credentials, find_service_urls
 from sandboxer.transfer import Copied, StdinSource, copy_in, copy_out, feed_stdin, get_object
@@ -161,18 +161,18 @@ class SandboxerClient:
         """``subject`` as this client publishes it: a key's ends in its key id."""
         return subject if self.key_id is None else subjects.stamped(subject, self.key_id)
 
-    async def query(self, subject: str, request: Mapping[str, Any], timeout: float = 5.0) -> Any:
+    async def query(
+        self, subject: str, request: Mapping[str, Any], timeout: float = 5.0, budget: float = 0.0
+    ) -> Any:
+        """The service's answer to ``request``; ``budget`` seconds: how long a responder that is
+        absent (restarting) is waited for (:func:`sandboxer.bus.ask.ask`)."""
         if "min_seq" in request:  # read your writes: include the outcomes just returned
             position = await self.outcomes.position()
             request = {**request, "min_seq": max(int(request["min_seq"] or 0), position)}
         subject = self._subject(subject)
-        try:
-            msg = await self.nc.request(subject, msgspec.json.encode(request), timeout=timeout)
-        except (NoRespondersError, NatsTimeout) as exc:
-            raise ServiceNotRunning(
-                f"no projector answered {subject}; is 'sandboxer up' (or "
-                "'sandboxer worker projector') running against this NATS?"
-            ) from exc
+        msg = await ask(
+            self.nc, subject, msgspec.json.encode(request), timeout=timeout, budget=budget
+        )
         reply = msgspec.json.decode(msg.data)
         if not reply.get("ok"):
             error = str(reply.get("error"))
@@ -556,7 +556,8 @@ class SandboxerClient:
         finished = await self._run(
             "snapshot", command, sandbox_id, {"snapshot_finished"}, True, None, timeout
         )
-        snapshot = await self.snapshot_get(finished["snapshot_id"])
+        # The outcome came: a projector restarting meanwhile is waited for, not reported.
+        snapshot = await self.snapshot_get(finished["snapshot_id"], budget=RESTART_BUDGET)
         if finished.get("outcome") != "created" or snapshot is None:
             reason = (snapshot or {}).get("failure") or "see 'sandboxer snapshots get'"
             raise CommandFailed(f"snapshot of {sandbox_id} failed: {reason}", finished)
@@ -619,15 +620,15 @@ class SandboxerClient:
         )
 
     async def snapshot_get(
-        self, snapshot_id: str, min_seq: int | None = None
+        self, snapshot_id: str, min_seq: int | None = None, *, budget: float = 0.0
     ) -> dict[str, Any] | None:
         """The snapshot's row (``status``: ``created``, ``failed``, ``deleted``, ...), or None.
-        It includes every command this client saw finish, and the log up to ``min_seq``."""
+        It includes every command this client saw finish, and the log up to ``min_seq``;
+        ``budget``: as :meth:`query`'s."""
         _check_id(snapshot_id)
         request = {"snapshot_id": snapshot_id, "min_seq": max(min_seq or 0, self.seen_seq)}
-        snapshot: dict[str, Any] | None = (await self.query(subjects.QUERY_SNAPSHOT_GET, request))[
-            "snapshot"
-        ]
+        found = await self.query(subjects.QUERY_SNAPSHOT_GET, request, budget=budget)
+        snapshot: dict[str, Any] | None = found["snapshot"]
         return snapshot
 
     async def snapshots(

@@ -1,0 +1,55 @@
+"""Asking the service a question over request/reply, riding out a responder's brief absence.
+
+A role that restarts (``sandboxer up`` again, a worker between its stop and its
+start) has no subscription for a moment, and nats-server answers a request sent
+then with "no responders" at once. Such a request reached no one, so asking again
+is safe: within a caller's ``budget`` it is asked again with backoff (``stamina``),
+and only once the budget is spent does the caller hear that nothing answered.
+A request that timed out is not asked again here: it may have reached a responder
+that is still busy with it, and the caller knows whether that is worth repeating.
+"""
+
+from __future__ import annotations
+
+import stamina
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from sandboxer.errors import ServiceNotRunning
+
+__all__ = ["RESTART_BUDGET", "ask"]
+
+RESTART_BUDGET = 10.0
+"""Seconds a wait rides out an absent responder: a restarted ``sandboxer up`` answers within
+a few (its projector catches up on the log first)."""
+
+
+async def ask(
+    nc: Client, subject: str, payload: bytes, *, timeout: float, budget: float = 0.0
+) -> Msg:
+    """The answer to one request on ``subject``; each attempt waits ``timeout`` seconds.
+
+    "No responders" is asked again with backoff until ``budget`` seconds have passed
+    (0: asked once). Raises :class:`ServiceNotRunning` when nothing answered.
+    """
+    try:
+        async for attempt in stamina.retry_context(
+            on=NoRespondersError,
+            attempts=None if budget > 0 else 1,
+            timeout=budget if budget > 0 else None,
+            wait_initial=0.05,
+            wait_max=1.0,  # a role back from a restart is asked within a second
+            wait_jitter=0.05,
+        ):
+            with attempt:
+                return await nc.request(subject, payload, timeout=timeout)
+    except (NoRespondersError, NatsTimeout) as exc:
+        why = "nothing listens" if isinstance(exc, NoRespondersError) else f"{timeout:g}s passed"
+        waited = f", asked again for {budget:g}s" if budget > 0 else ""
+        raise ServiceNotRunning(
+            f"no answer on {subject} ({why}{waited}); is 'sandboxer up' (or the worker that "
+            "serves it) running against this NATS?"
+        ) from exc
+    raise AssertionError("unreachable: stamina ends with a result or an exception")
