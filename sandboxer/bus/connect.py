@@ -1,14 +1,18 @@
-"""Connecting to NATS: the one place connection options are chosen."""
+"""Connecting to NATS: the one place connection options are chosen, and where a
+connection's asynchronous errors are logged."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client
+from nats.errors import SlowConsumerError
 
 from sandboxer.bus.nats_auth import NatsCredentials
 from sandboxer.domain.key_state import is_valid_key_id
@@ -17,6 +21,65 @@ from sandboxer.errors import BusError
 __all__ = ["connect", "redact_url"]
 
 log = logging.getLogger(__name__)
+
+DROPS_SUMMARY_SECONDS = 5.0
+"""How often, at most, a connection logs the messages its slow subscriptions dropped."""
+
+
+class DroppedMessages:
+    """Logs the messages a connection's slow subscriptions dropped: the first at once, then
+    how many on which subjects at most every :data:`DROPS_SUMMARY_SECONDS`.
+
+    nats-py reports each message it drops from a subscription whose pending limits are full
+    (a slow ``events --follow``, a busy worker) as its own error, thousands a second in a
+    burst: one line each would bury the log, and everything else in it.
+    """
+
+    def __init__(self, name: str, level: int) -> None:
+        self.name = name
+        self.level = level
+        self._counts: Counter[str] = Counter()
+        self._summary: asyncio.TimerHandle | None = None
+
+    def note(self, subject: str) -> None:
+        if self._summary is None:  # the first of a spell: said at once
+            log.log(
+                self.level,
+                "NATS (%s): a slow subscription dropped a message on %s (its pending limit is "
+                "full); further drops are summed up every %g s",
+                self.name,
+                subject,
+                DROPS_SUMMARY_SECONDS,
+            )
+            self._schedule()
+            return
+        self._counts[subject] += 1
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._summary = loop.call_later(DROPS_SUMMARY_SECONDS, self._summarize)
+
+    def _summarize(self) -> None:
+        if not self._counts:  # the spell is over: the next drop is said at once again
+            self._summary = None
+            return
+        shown = ", ".join(f"{count} on {subject}" for subject, count in self._counts.most_common())
+        log.log(
+            self.level,
+            "NATS (%s): slow subscriptions dropped %d more messages in %g s: %s",
+            self.name,
+            self._counts.total(),
+            DROPS_SUMMARY_SECONDS,
+            shown,
+        )
+        self._counts.clear()
+        self._schedule()
+
+    def close(self) -> None:
+        """Stop the pending summary (its counts are dropped with the connection)."""
+        if self._summary is not None:
+            self._summary.cancel()
+            self._summary = None
 
 
 def redact_url(url: str) -> str:
@@ -48,11 +111,19 @@ async def connect(
         if is_valid_key_id(credentials.user):  # an API key's identity receives on its inbox only
             auth["inbox_prefix"] = f"_INBOX.{credentials.user}"
     nc = Client()
+    level = logging.WARNING if long_lived else logging.DEBUG
+    dropped = DroppedMessages(name, level)
 
     async def on_error(exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):  # one per dropped message: summed up instead
+            dropped.note(exc.subject)
+            return
         # One line, no traceback: a refused connect is raised below as a BusError, and a
         # long-lived worker's asynchronous errors (a permission violation) are worth a warning.
-        log.log(logging.WARNING if long_lived else logging.DEBUG, "NATS (%s): %s", name, exc)
+        log.log(level, "NATS (%s): %s", name, exc)
+
+    async def on_closed() -> None:
+        dropped.close()
 
     try:
         await nc.connect(
@@ -65,9 +136,11 @@ async def connect(
             ping_interval=5 if long_lived else 120,
             max_outstanding_pings=3,
             error_cb=on_error,
+            closed_cb=on_closed,
             **auth,
         )
     except Exception as exc:  # nats-py raises several unrelated types for "cannot reach"
+        dropped.close()
         await _discard(nc)
         shown = ", ".join(redact_url(url) for url in urls)
         if (
