@@ -110,6 +110,9 @@ class RouteSignals:
             "host_limits": (
                 None if self.host_limits is None else dict(sorted(self.host_limits.items()))
             ),
+            # Replies never lose a field (protocol.md, Compatibility): readers of the summed
+            # capacity this once carried get none, which it always meant for hosts not read.
+            "capacity": {},
             "circuits": {
                 k: {"until": c.until, "reason": c.reason} for k, c in sorted(self.circuits.items())
             },
