@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import stamina
 import typer
 
 from sandboxer.cli import (
@@ -81,6 +82,9 @@ app.add_typer(statehub_commands.statehub_app, name="statehub", rich_help_panel=O
 
 def main() -> None:
     """Entry point: a sandboxer error anywhere (a bad setting, a missing setup) is one line."""
+    # stamina's own lines ("stamina.retry_scheduled", no detail) would reach the terminal on
+    # every retry of a wait that rides out a restarting service; what was waited for is said.
+    stamina.instrumentation.set_on_retry_hooks([])
     try:
         app()
     except SandboxerError as exc:

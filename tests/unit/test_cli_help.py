@@ -34,3 +34,25 @@ def test_help_lists_everyday_commands_before_operator_commands() -> None:
 def test_every_command_is_in_a_panel() -> None:
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "100", "NO_COLOR": "1"})
     assert "─ Commands ─" not in result.output, result.output
+
+
+def test_the_cli_prints_no_line_of_stamina_s_own_per_retry() -> None:
+    """A wait riding out a restarting service retries; stamina's bare 'retry_scheduled'
+    lines would reach the terminal on each one (the CLI says what it waited for)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, stamina\n"
+        "from sandboxer.cli.app import main\n"
+        "sys.argv = ['sandboxer', '--help']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(len(stamina.instrumentation.get_on_retry_hooks()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip().splitlines()[-1] == "0"
