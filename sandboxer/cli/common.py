@@ -31,11 +31,14 @@ def exit_code(error: SandboxerError) -> int:
     return 2 if isinstance(error, CommandFailed) else 1
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; a sandboxer error becomes its message on stderr and :func:`exit_code`."""
+def run(coro: Coroutine[Any, Any, T], *, keep: type[SandboxerError] | None = None) -> T:
+    """Run ``coro``; a sandboxer error becomes its message on stderr and :func:`exit_code`,
+    but for one of type ``keep``, raised for the caller to say more."""
     try:
         return asyncio.run(coro)
     except SandboxerError as exc:
+        if keep is not None and isinstance(exc, keep):
+            raise
         say(f"error: {exc.message}")
         raise typer.Exit(exit_code(exc)) from None
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from sandboxer import subjects
 from sandboxer.bus.event_reader import read_events
 from sandboxer.bus.key_users import KeyUsers, bus_hash_for
 from sandboxer.bus.permissions import KeyUser, key_user_entries
-from sandboxer.cli.common import JsonOpt, run, with_client
+from sandboxer.cli.common import JsonOpt, exit_code, run, with_client
 from sandboxer.cli.output import print_json, print_table, say
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_state import (
@@ -26,6 +26,7 @@ from sandboxer.domain.key_state import (
     key_id_for,
     new_key,
 )
+from sandboxer.errors import OutcomePending
 from sandboxer.ids import new_command_id
 
 __all__ = ["create_key", "keys_app", "list_keys", "revoke_key"]
@@ -38,8 +39,17 @@ keys_app = typer.Typer(
 )
 
 
+KEY_WAIT = 30.0
+"""Seconds a key command waits for its outcome by default."""
+
+
 async def _key_command(
-    client: SandboxerClient, verb: str, key_id: str, success: str, fields: dict[str, Any]
+    client: SandboxerClient,
+    verb: str,
+    key_id: str,
+    success: str,
+    fields: dict[str, Any],
+    wait: float = KEY_WAIT,
 ) -> dict[str, Any]:
     command = {"command_id": new_command_id(), "actor": client.actor, **fields}
     return await client.outcomes.run(
@@ -49,7 +59,7 @@ async def _key_command(
         {success},
         lambda: client.publish_command(verb, command),
         None,
-        30.0,
+        wait,
         scope=subjects.key_events_filter(key_id),
     )
 
@@ -62,10 +72,13 @@ async def create_key(
     name: str | None = None,
     max_live: int = DEFAULT_MAX_LIVE,
     rate_per_second: int = DEFAULT_RATE_PER_SECOND,
+    key: str | None = None,
+    wait: float = KEY_WAIT,
 ) -> tuple[str, dict[str, Any]]:
-    """Draw a key, record its hash; returns the key (to show once) and its ``key_created``
-    event (raises CommandFailed with the reason when rejected)."""
-    key = new_key()
+    """Draw a key (unless given one drawn by :func:`new_key`), record its hash; returns the
+    key (to show once) and its ``key_created`` event (raises CommandFailed with the reason
+    when rejected, OutcomePending when ``wait`` seconds passed with no outcome)."""
+    key = new_key() if key is None else key
     key_hash = hash_key(key)
     fields: dict[str, Any] = {
         "project": project,
@@ -77,7 +90,9 @@ async def create_key(
     }
     if name is not None:
         fields["name"] = name
-    event = await _key_command(client, "create_key", key_id_for(key_hash), "key_created", fields)
+    event = await _key_command(
+        client, "create_key", key_id_for(key_hash), "key_created", fields, wait
+    )
     return key, event
 
 
@@ -115,24 +130,40 @@ def keys_create(
     rate: Annotated[
         int, typer.Option("--rate", help="requests per second (per gateway process)")
     ] = DEFAULT_RATE_PER_SECOND,
+    wait: Annotated[
+        float, typer.Option("--wait", min=1, help="seconds to wait for the service to record it")
+    ] = KEY_WAIT,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API key and print it once: only its hash is kept, so it cannot be shown again."""
     if key_type not in {"adm", "agt", "atm"}:
         raise typer.BadParameter("--type is adm, agt or atm")
     chosen: KeyType = "adm" if key_type == "adm" else "agt" if key_type == "agt" else "atm"
-    key, event = run(
-        with_client(
-            lambda c: create_key(
-                c,
-                project=project,
-                key_type=chosen,
-                name=name,
-                max_live=max_live,
-                rate_per_second=rate,
-            )
+    key = new_key()
+    try:
+        key, event = run(
+            with_client(
+                lambda c: create_key(
+                    c,
+                    project=project,
+                    key_type=chosen,
+                    name=name,
+                    max_live=max_live,
+                    rate_per_second=rate,
+                    key=key,
+                    wait=wait,
+                )
+            ),
+            keep=OutcomePending,
         )
-    )
+    except OutcomePending as exc:
+        # The command is accepted and will be carried out: a key not shown now is lost.
+        typer.echo(key)
+        say(
+            f"error: {exc.message} The line above is the key (shown only now): it works once "
+            f"the service has recorded it; 'sandboxer keys list --project {project}' shows it."
+        )
+        raise typer.Exit(exit_code(exc)) from None
     if as_json:
         print_json(
             {

@@ -9,6 +9,7 @@ out, the client says the command was accepted and where its outcome will show.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,8 +18,9 @@ import pytest
 
 from sandboxer import subjects
 from sandboxer.bus.nats_server import NatsServerProcess
-from sandboxer.cli.key_commands import create_key
+from sandboxer.cli.key_commands import create_key, list_keys
 from sandboxer.client import SandboxerClient
+from sandboxer.domain.key_state import hash_key, key_id_for
 from sandboxer.errors import OutcomePending
 from tests.integration.conftest import Service, reap_local, start_service
 
@@ -70,3 +72,38 @@ async def test_a_wait_that_runs_out_says_the_command_was_accepted(as_key: Sandbo
     assert "the service did not answer" in message
     assert "The command was accepted" in message
     assert "'sandboxer events --sandbox waitrunsout01'" in message
+
+
+async def test_keys_create_whose_wait_runs_out_still_shows_the_key(
+    nats_server: NatsServerProcess, home: Path, cli_env: dict[str, str]
+) -> None:
+    """The command is accepted, so the key comes to exist when the service is back: a key not
+    shown when the wait ran out would be a live key no one holds."""
+    service = await start_service(home, nats_server.url)  # the streams, then nothing serves
+    await service.client.close()
+    await service.shutdown()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sandboxer.cli.app",
+        *("keys", "create", "--project", "p", "--type", "agt", "--wait", "2"),
+        env=cli_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1, err
+    key = out.decode().strip()
+    assert key.startswith("sbx_"), out
+    assert "The line above is the key" in err.decode()
+    service = await start_service(home, nats_server.url)
+    try:
+        async with asyncio.timeout(20):
+            while True:  # the restarted service carries the accepted create out
+                keys = await list_keys(service.client, project="p")
+                if [k["key_id"] for k in keys] == [key_id_for(hash_key(key))]:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        await service.client.close()
+        await service.shutdown()
