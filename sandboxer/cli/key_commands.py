@@ -158,7 +158,11 @@ def keys_create(
         )
     except OutcomePending as exc:
         # The command is accepted and will be carried out: a key not shown now is lost.
-        typer.echo(key)
+        if as_json:
+            key_id = key_id_for(hash_key(key))
+            print_json({"key": key, "key_id": key_id, "project": project, "pending": True})
+        else:
+            typer.echo(key)
         say(
             f"error: {exc.message} The line above is the key (shown only now): it works once "
             f"the service has recorded it; 'sandboxer keys list --project {project}' shows it."
