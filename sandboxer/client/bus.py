@@ -640,7 +640,7 @@ class SandboxerClient:
         project: str | None = None,
     ) -> list[dict[str, Any]]:
         """Snapshots in the order they were requested (of one sandbox with ``sandbox_id``;
-        with ``project``, that project's and those taken before snapshots named theirs)."""
+        with ``project``, that project's only: its sandboxes', whoever took them)."""
         request: dict[str, Any] = {
             "include_deleted": include_deleted,
             "limit": limit,

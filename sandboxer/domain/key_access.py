@@ -14,7 +14,7 @@ each command a key identity publishes (docs/security.md#keys-on-the-bus).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from sandboxer.domain.account_state import DEFAULT_PROJECT
@@ -23,6 +23,7 @@ __all__ = [
     "ACCOUNT_EVENT_TYPES",
     "create_project",
     "event_owner",
+    "find_snapshot_owner",
     "identity_refusal",
     "is_admin",
     "may_see",
@@ -73,6 +74,21 @@ def snapshot_owner(snapshot: Mapping[str, Any], sandbox: Mapping[str, Any] | Non
     if isinstance(project, str) and project:
         return project
     return owner_of(sandbox if sandbox is not None else snapshot)
+
+
+SandboxReader = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+"""Reads a sandbox (as queries return it) by id; None when there is no such sandbox."""
+
+
+async def find_snapshot_owner(snapshot: Mapping[str, Any], read_sandbox: SandboxReader) -> str:
+    """:func:`snapshot_owner`, reading the snapshot's sandbox only when the rule needs it (a
+    snapshot recorded before its project was). The one path of the gateway and of the bus:
+    each passes its own way to read a sandbox (a query, the view, the log)."""
+    sandbox_id = snapshot.get("sandbox_id")
+    sandbox = None
+    if not snapshot.get("project") and isinstance(sandbox_id, str):
+        sandbox = await read_sandbox(sandbox_id)
+    return snapshot_owner(snapshot, sandbox)
 
 
 def may_see(actor: Mapping[str, Any], project: str | None) -> bool:

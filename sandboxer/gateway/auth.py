@@ -29,13 +29,13 @@ from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_access import (
     create_project,
     event_owner,
+    find_snapshot_owner,
     may_see,
     owned_through,
     owner_of,
     project_of_actor,
     scope_of,
 )
-from sandboxer.domain.key_access import snapshot_owner as owner_of_snapshot
 from sandboxer.domain.key_state import (
     MAX_KEY_CHARS,
     KeyState,
@@ -163,12 +163,8 @@ class Owners:
 
 async def snapshot_owner(client: SandboxerClient, snapshot: Mapping[str, Any]) -> str:
     """A snapshot belongs to the project of the sandbox it was taken of, whoever took it
-    (key_access.snapshot_owner); its sandbox is read only for a snapshot that does not say."""
-    sandbox_id = snapshot.get("sandbox_id")
-    sandbox = None
-    if not snapshot.get("project") and isinstance(sandbox_id, str):
-        sandbox = await client.get(sandbox_id)
-    return owner_of_snapshot(snapshot, sandbox)
+    (key_access.find_snapshot_owner, its sandbox read through the view)."""
+    return await find_snapshot_owner(snapshot, client.get)
 
 
 async def visible_sandbox(client: SandboxerClient, sandbox_id: str) -> dict[str, Any] | None:

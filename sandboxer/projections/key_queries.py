@@ -22,7 +22,13 @@ from nats.aio.client import Client
 from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.responder import Handler, Responder, ScopedHandler
-from sandboxer.domain.key_access import event_owner, may_see, owner_of, scope_of, snapshot_owner
+from sandboxer.domain.key_access import (
+    event_owner,
+    find_snapshot_owner,
+    may_see,
+    owner_of,
+    scope_of,
+)
 from sandboxer.domain.key_state import is_valid_key_id
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_command_id, is_valid_sandbox_id
@@ -116,13 +122,14 @@ class KeyQueries:
         return reply
 
     async def _snapshot_owner(self, snapshot: dict[str, Any]) -> str:
-        """Its project (key_access.snapshot_owner): its sandbox is read only for a snapshot
-        recorded before the project was."""
-        sandbox_id = snapshot.get("sandbox_id")
-        sandbox = None
-        if not snapshot.get("project") and isinstance(sandbox_id, str):
-            sandbox = (await self._ask(subjects.QUERY_GET)({"sandbox_id": sandbox_id}))["sandbox"]
-        return snapshot_owner(snapshot, sandbox)
+        """Its project (key_access.find_snapshot_owner, its sandbox read as sandbox.get)."""
+        return await find_snapshot_owner(snapshot, self._sandbox)
+
+    async def _sandbox(self, sandbox_id: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = (
+            await self._ask(subjects.QUERY_GET)({"sandbox_id": sandbox_id})
+        )["sandbox"]
+        return found
 
     async def _snapshot_list(
         self, request: dict[str, Any], actor: dict[str, Any]
@@ -130,10 +137,7 @@ class KeyQueries:
         limit = request.get("limit", 1000)
         if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
             raise RequestError(f"limit must be between 1 and {MAX_LIST}")
-        asked = self._narrowed(request, actor, MAX_LIST if scope_of(actor) else limit)
-        reply = await self._ask(subjects.QUERY_SNAPSHOT_LIST)(asked)
-        mine = [s for s in reply["snapshots"] if may_see(actor, await self._snapshot_owner(s))]
-        return {**reply, "snapshots": mine[:limit]}
+        return await self._ask(subjects.QUERY_SNAPSHOT_LIST)(self._narrowed(request, actor, limit))
 
     async def _credits_get(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
         project = request.get("project")
@@ -165,7 +169,7 @@ class KeyQueries:
         sandbox_id, command_id = request.get("sandbox_id"), request.get("command_id")
         snapshot_id = request.get("snapshot_id")
         if isinstance(sandbox_id, str) and is_valid_sandbox_id(sandbox_id):
-            found = (await self._ask(subjects.QUERY_GET)({"sandbox_id": sandbox_id}))["sandbox"]
+            found = await self._sandbox(sandbox_id)
             if found is None or not may_see(actor, owner_of(found)):
                 return {"events": [], "position": self._projector.position}
             filter_subject = subjects.sandbox_events_filter(sandbox_id)

@@ -25,6 +25,7 @@ import msgspec
 
 from sandboxer.domain.account_state import AccountState, project_of
 from sandboxer.domain.deadlines import due
+from sandboxer.domain.key_access import find_snapshot_owner
 from sandboxer.domain.key_state import KeyState
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_state import SandboxState
@@ -58,6 +59,7 @@ from sandboxer.projections.snapshot_rows import (
     list_snapshots,
     load_snapshot,
     save_snapshots,
+    snapshot_to_dict,
 )
 
 __all__ = ["FINGERPRINT", "SandboxView", "state_to_dict"]
@@ -114,7 +116,7 @@ SCHEMA += ROUTE_SCHEMA
 SCHEMA += ACCOUNT_SCHEMA
 SCHEMA += KEY_SCHEMA
 
-VIEW_VERSION = 3
+VIEW_VERSION = 4
 """Bump when what the view derives from an event changes without its tables changing."""
 
 FINGERPRINT = hashlib.sha256(
@@ -216,6 +218,8 @@ class SandboxView:
     ) -> None:
         """Write changed rows and the new position in one transaction, rolled back when any
         write fails (a full disk, say): the view keeps what it had, and its position."""
+        states = list(states)
+        owned = await self._owned(snapshots, {s.sandbox_id: s for s, _ in states})
         try:
             if accounts:
                 await save_account_rows(self._db, accounts)
@@ -223,7 +227,7 @@ class SandboxView:
                 await save_key_rows(self._db, keys)
             if routes:
                 await save_route_samples(self._db, routes)
-            await save_snapshots(self._db, snapshots)
+            await save_snapshots(self._db, owned)
             for event, seq in host_events:
                 await self._apply_host_event(event, seq)
             await write_rows(
@@ -298,6 +302,24 @@ class SandboxView:
                 "reaped": msgspec.json.decode(reaped) if reaped else None,
             }
             for host, extension, inspected_at, report, reaped_at, reaped in rows
+        ]
+
+    async def _owned(
+        self, snapshots: Iterable[tuple[SnapshotState, int]], batch: dict[str, SandboxState]
+    ) -> list[tuple[SnapshotState, int, str]]:
+        """Each snapshot with the project it belongs to, found as the gateway and the bus
+        find it (its sandbox read from this batch or the view, only when the snapshot was
+        recorded without its project): what ``snapshot.list`` narrows by."""
+
+        async def read_sandbox(sandbox_id: str) -> dict[str, Any] | None:
+            sandbox = batch.get(sandbox_id)
+            if sandbox is None:
+                sandbox = await self.load_state(sandbox_id)
+            return None if sandbox is None else state_to_dict(sandbox)
+
+        return [
+            (s, seq, await find_snapshot_owner(snapshot_to_dict(s), read_sandbox))
+            for s, seq in snapshots
         ]
 
     async def get(self, sandbox_id: str) -> SandboxState | None:

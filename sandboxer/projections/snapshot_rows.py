@@ -50,9 +50,10 @@ def snapshot_to_dict(state: SnapshotState) -> dict[str, Any]:
 
 
 async def save_snapshots(
-    db: aiosqlite.Connection, states: Iterable[tuple[SnapshotState, int]]
+    db: aiosqlite.Connection, states: Iterable[tuple[SnapshotState, int, str]]
 ) -> None:
-    """Write changed rows (the caller commits, with the position)."""
+    """Write changed rows, each with the project it belongs to (the caller finds it, by
+    ``key_access.find_snapshot_owner``, and commits, with the position)."""
     await write_rows(
         db,
         "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -65,9 +66,9 @@ async def save_snapshots(
                 s.requested_at,
                 seq,
                 _encode(s),
-                s.project,
+                owner,
             )
-            for s, seq in states
+            for s, seq, owner in states
         ],
     )
 
@@ -87,12 +88,12 @@ async def list_snapshots(
     limit: int = 1000,
 ) -> list[SnapshotState]:
     """Snapshots in the order they were requested; deleted ones only when asked for. With
-    ``project``: that project's, and those whose project was not recorded (taken before it
-    was: the caller judges them by their sandbox, ``key_access.snapshot_owner``)."""
+    ``project``: that project's only (the column holds each snapshot's owner, also for one
+    recorded before snapshots recorded their project), so the limit counts its rows alone."""
     clauses: list[str] = []
     params: list[Any] = []
     if project is not None:
-        clauses.append("(project = ? OR project IS NULL)")
+        clauses.append("project = ?")
         params.append(project)
     if sandbox_id is not None:
         clauses.append("sandbox_id = ?")

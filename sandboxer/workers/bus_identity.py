@@ -19,13 +19,13 @@ from sandboxer.bus.event_store import EventStore
 from sandboxer.commands.parse import key_of
 from sandboxer.commands.types import Command, CreateSandbox, DeleteSnapshot, RestoreSnapshot
 from sandboxer.domain.key_access import (
+    find_snapshot_owner,
     identity_refusal,
     is_admin,
     may_see,
     owner_refusal,
     project_of_actor,
     scope_of,
-    snapshot_owner,
 )
 
 __all__ = ["bus_identity_refusal"]
@@ -54,10 +54,11 @@ async def bus_identity_refusal(
         snapshot = (await store.load_snapshot(command.snapshot_id)).state
         owner = None
         if snapshot.status != "new":
-            source = None
-            if snapshot.project is None and snapshot.sandbox_id is not None:
-                source = _plain((await store.load(snapshot.sandbox_id)).state)
-            owner = snapshot_owner(_plain(snapshot), source)
+
+            async def read_sandbox(sandbox_id: str) -> dict[str, Any]:
+                return _plain((await store.load(sandbox_id)).state)
+
+            owner = await find_snapshot_owner(_plain(snapshot), read_sandbox)
         return owner_refusal(actor, owner, "snapshot", command.snapshot_id)
     project = getattr(command, "project", None)
     if isinstance(project, str) and not may_see(actor, project):

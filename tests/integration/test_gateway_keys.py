@@ -15,13 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
+import nats
 import pytest
 
+from sandboxer import subjects
+from sandboxer.bus.event_store import LoadedAccount, LoadedSnapshot
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.key_users import key_inbox_prefix
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key, list_keys, revoke_key
 from sandboxer.client import SandboxerClient
+from sandboxer.clock import utc_now
+from sandboxer.domain.account_state import AccountBook
 from sandboxer.domain.key_state import hash_key, key_id_for
+from sandboxer.domain.snapshot_state import SnapshotState
+from sandboxer.events.account_events import CreditsAdded
+from sandboxer.events.actor import Actor
+from sandboxer.events.snapshot_events import SnapshotRequested
 from sandboxer.gateway import context
+from sandboxer.ids import derive_sandbox_id, derive_snapshot_id, new_command_id
 from sandboxer.projections.sandbox_view import SandboxView
 from sandboxer.workers import exec_service
 from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
@@ -472,3 +485,94 @@ async def test_a_revoked_keys_event_stream_ends(front: Front) -> None:
         assert not any(after in line for line in heard)
     for sandbox_id in (before, after):
         await alpha.destroy(sandbox_id)
+
+
+async def test_a_keys_snapshot_list_is_narrowed_to_its_project_before_the_limit(
+    front: Front,
+) -> None:
+    """A confined key's snapshot list counts its own project's snapshots only, on the gateway
+    and on the bus, however many of another project's came first: 10,001 of beta's, recorded
+    before snapshots named their project (beta's through their sandbox), then one of alpha's.
+    Narrowed after a list of 10,000, alpha's would never be among them."""
+    alpha, beta = await front.key("alpha"), await front.key("beta")
+    async with front.http(alpha) as a, front.http(beta) as b:
+        made = await b.post("/v1/sandboxes?wait=60s", json={})
+        assert made.status_code == 201, made.text
+        beta_box = made.json()["sandbox_id"]
+        store = JetStreamEventStore(front.admin.nc, front.admin.nc.jetstream())
+        gate = asyncio.Semaphore(200)
+
+        async def requested(sandbox_id: str, actor: Actor, at: str, project: str | None) -> str:
+            command_id = new_command_id()
+            snapshot_id = derive_snapshot_id(command_id)
+            event = SnapshotRequested(
+                snapshot_id=snapshot_id,
+                command_id=command_id,
+                actor=actor,
+                at=at,
+                sandbox_id=sandbox_id,
+                extension="ext.local",
+                project=project,
+            )
+            async with gate:
+                await store.append_snapshot(
+                    LoadedSnapshot(SnapshotState(snapshot_id=snapshot_id), 0), [event]
+                )
+            return snapshot_id
+
+        operator = Actor(type="adm", id="ops")  # an administrator took beta's, long ago
+        old = "2020-01-01T00:00:00.000Z"
+        await asyncio.gather(*(requested(beta_box, operator, old, None) for _ in range(10_001)))
+        mine = Actor(type="agt", id=key_id_for(hash_key(alpha)), project="alpha")
+        own = await requested(
+            derive_sandbox_id(new_command_id()), mine, "2020-01-02T00:00:00.000Z", "alpha"
+        )
+        async with asyncio.timeout(120):  # the projector folds in log order: alpha's is last
+            while (await a.get(f"/v1/snapshots/{own}")).status_code != 200:
+                await asyncio.sleep(0.2)
+
+        listed = await a.get("/v1/snapshots", params={"limit": 5})
+        assert listed.status_code == 200, listed.text
+        assert [s["snapshot_id"] for s in listed.json()["snapshots"]] == [own]
+        asked = subjects.stamped(subjects.QUERY_SNAPSHOT_LIST, mine.id)
+        # As the key asks on the bus (no server auth here: its inbox is all it takes).
+        url = front.service.settings.nats_urls[0]
+        as_key = await nats.connect(url, inbox_prefix=key_inbox_prefix(mine.id))
+        try:
+            reply = await as_key.request(asked, msgspec.json.encode({"limit": 5}), timeout=30)
+        finally:
+            await as_key.close()
+        on_bus = msgspec.json.decode(reply.data)
+        assert [s["snapshot_id"] for s in on_bus["snapshots"]] == [own], on_bus
+        theirs = (await b.get("/v1/snapshots", params={"limit": 3})).json()["snapshots"]
+        assert len(theirs) == 3
+        assert all(s["project"] is None and s["sandbox_id"] == beta_box for s in theirs)
+        await b.delete(f"/v1/sandboxes/{beta_box}?wait=30s")
+
+
+async def test_a_keys_credits_list_holds_its_account_behind_a_thousand_others(
+    front: Front,
+) -> None:
+    """``GET /v1/credits`` for a confined key is its own account, however many projects sort
+    before it: picked out of the list's first thousand accounts, it would be missing."""
+    zeta = await front.key("zeta")
+    store = JetStreamEventStore(front.admin.nc, front.admin.nc.jetstream())
+    operator = Actor(type="adm", id="ops")
+    gate = asyncio.Semaphore(200)
+
+    async def funded(project: str) -> None:
+        event = CreditsAdded(
+            project=project, command_id=new_command_id(), actor=operator, at=utc_now(), amount=1
+        )
+        async with gate:
+            await store.append_account(LoadedAccount(AccountBook.empty(project), 0), [event])
+
+    await asyncio.gather(*(funded(f"a{n:04}") for n in range(1000)))
+    await funded("zeta")
+    async with front.http(zeta) as z:
+        async with asyncio.timeout(120):  # the projector folds in log order: zeta's is last
+            while (await z.get("/v1/credits/zeta")).status_code != 200:
+                await asyncio.sleep(0.2)
+        listed = await z.get("/v1/credits")
+        assert listed.status_code == 200, listed.text
+        assert [a["project"] for a in listed.json()["accounts"]] == ["zeta"]
