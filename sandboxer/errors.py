@@ -26,6 +26,7 @@ The tree::
     │   ├── StreamUnavailable   a stream had no leader (or timed out) for longer than the budget
     │   ├── RequestError        a query or admin request was malformed or named nothing
     │   ├── ReplayUnsupported   the raw replay reader cannot serve this connection
+    │   ├── WorkerLost          (clients) the worker running an exec stopped answering mid-way
     │   └── UnknownEventType    a stored event of a type this version does not know
     │       └── UnreadableEvent a stored event this version cannot read (malformed, or a
     │                           newer version of its type whose shape changed)
@@ -92,6 +93,7 @@ __all__ = [
     "UnknownProfile",
     "UnreadableEvent",
     "Unsupported",
+    "WorkerLost",
     "WorkspaceRefused",
 ]
 
@@ -293,6 +295,13 @@ class RequestError(BusError):
 
 class ReplayUnsupported(BusError):
     code = "replay_unsupported"
+
+
+class WorkerLost(BusError):
+    """The worker running an exec went silent (killed, its host or its connection lost):
+    no ``exit`` will come, and whether the command still runs is unknown."""
+
+    code = "worker_lost"
 
 
 class UnknownEventType(BusError):

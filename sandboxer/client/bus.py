@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
@@ -35,11 +37,12 @@ from sandboxer.command_outcomes import (
     notify,
 )
 from sandboxer.config.settings import Settings
-from sandboxer.errors import BusError, InvalidInput, RequestError
+from sandboxer.errors import BusError, InvalidInput, RequestError, WorkerLost
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
 from sandboxer.service_discovery import client_credentials, find_service_urls
 from sandboxer.transfer import Copied, StdinSource, copy_in, copy_out, feed_stdin, get_object
 from sandboxer.transfer import put_archive as _put_archive
+from sandboxer.workers.exec_heartbeat import allowed_silence
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB, ArchiveLimits
 from sandboxer.workspaces.upload import Uploaded, UploadProgress, upload_directory
@@ -750,7 +753,9 @@ class SandboxerClient:
         async iterable of bytes) is streamed to the command's input; without it
         the input is empty. ``command_timeout`` seconds: the worker kills the
         command past it and this raises :class:`CommandFailed` whose ``event``
-        has ``timed_out``. ``timeout`` is how long this call waits at most.
+        has ``timed_out``. ``timeout`` is how long this call waits at most. A worker
+        that stops answering mid-way (killed, its host lost) raises :class:`WorkerLost`
+        once its heartbeats stop (docs/protocol.md#exec).
         """
         _check_id(sandbox_id)
         await self._stored()
@@ -778,12 +783,15 @@ class SandboxerClient:
                     "extension worker is not running ('sandboxer get' shows its state)"
                 ) from None
             msg = first
+            silence: float | None = None  # no limit until the worker promises heartbeats
             async with asyncio.timeout(timeout):
                 while True:
                     kind = (msg.headers or {}).get(EXEC_HEADER)
-                    if kind == "started" and stdin is not None and msg.data:
-                        inbox_subject = str(msgspec.json.decode(msg.data)["stdin"])
-                        feeder = asyncio.create_task(feed_stdin(self.nc, inbox_subject, stdin))
+                    if kind == "started":
+                        silence = allowed_silence(msg.headers)
+                        if stdin is not None and msg.data:
+                            inbox_subject = str(msgspec.json.decode(msg.data)["stdin"])
+                            feeder = asyncio.create_task(feed_stdin(self.nc, inbox_subject, stdin))
                     elif kind in {"stdout", "stderr"}:
                         await notify(on_output, kind, msg.data)
                     elif kind == "exit":
@@ -798,8 +806,9 @@ class SandboxerClient:
                             )
                         return int(result["exit_code"])
                     # Other kinds are ignored: ``alive`` is the worker checking that this
-                    # inbox is still subscribed, and needs no answer (docs/protocol.md#exec).
-                    msg = await sub.next_msg(timeout=None)
+                    # inbox is still subscribed, and needs no answer (docs/protocol.md#exec);
+                    # like any message, it shows the worker is still there.
+                    msg = await _next_answer(sub, silence, sandbox_id)
         finally:
             if feeder is not None:
                 feeder.cancel()
@@ -931,6 +940,20 @@ class SandboxerClient:
                 if not follow:
                     return
                 await asyncio.sleep(watcher.POLL_SECONDS * 4)
+
+
+async def _next_answer(sub: Subscription, silence: float | None, sandbox_id: str) -> Msg:
+    """An exec's next message; :class:`WorkerLost` after ``silence`` seconds without one
+    (the worker's heartbeats stopped: docs/protocol.md#exec)."""
+    try:
+        return await sub.next_msg(timeout=silence)
+    except NatsTimeout:
+        raise WorkerLost(
+            f"the worker running the command in sandbox {sandbox_id} stopped answering "
+            f"(nothing from it for {silence:g} s): it was killed, or lost its host or its "
+            "connection. The command may still be running, or not; no exit code will come",
+            sandbox_id=sandbox_id,
+        ) from None
 
 
 def _check_id(sandbox_id: str) -> None:

@@ -26,6 +26,7 @@ from sandboxer.errors import (
     SandboxerError,
     ServiceNotRunning,
     Unsupported,
+    WorkerLost,
     WorkspaceRefused,
 )
 
@@ -38,6 +39,11 @@ the client's mistake, not a resource that is gone)."""
 _INPUT_ERRORS: dict[str, type[InvalidInput]] = {
     "path_refused": PathRefused,
     "workspace_refused": WorkspaceRefused,
+}
+
+_UNAVAILABLE: dict[str, type[BusError]] = {
+    "service_not_running": ServiceNotRunning,
+    "worker_lost": WorkerLost,
 }
 
 
@@ -100,7 +106,5 @@ def error_for(
     if status == 502:
         return ExtensionError(message, sandbox_id=sandbox_id)
     if status == 503:
-        if code == "service_not_running":
-            return ServiceNotRunning(message)
-        return BusError(message)
+        return _UNAVAILABLE.get(code, BusError)(message, sandbox_id=sandbox_id)
     return BusError(f"the HTTP API failed ({status} {code}): {message}")

@@ -26,6 +26,7 @@ from sandboxer.errors import (
     RequestError,
     SandboxerError,
     UnknownProfile,
+    WorkerLost,
 )
 
 __all__ = [
@@ -160,6 +161,10 @@ def response_for(exc: SandboxerError) -> JSONResponse:
     if isinstance(exc, RequestError):
         # The service refused the query: the message is its reason after the subject.
         return error_response(400, exc.code, exc.message.partition(": ")[2] or exc.message)
+    if isinstance(exc, WorkerLost):
+        # No Retry-After: the command may still be running, and running it again is the
+        # caller's decision, not something to do on a timer.
+        return error_response(503, exc.code, exc.message)
     if isinstance(exc, BusError):
         return error_response(503, exc.code, exc.message, headers={"Retry-After": "5"})
     if isinstance(exc, ProviderQuota):

@@ -43,6 +43,12 @@ it any more, and then the backend's call is cancelled. Clients ignore ``alive`` 
 may not publish into the worker's inbox anyway): the request times out, which means the
 client is still there, so clients that predate ``alive`` are never taken for gone.
 
+The other way round, ``alive`` is the worker's heartbeat: the ``started`` message says
+in its :data:`~sandboxer.workers.exec_heartbeat.HEADER` header how often one comes, and
+a client that hears nothing for a few of them knows the worker is gone (killed, its host
+lost) and stops waiting for an ``exit`` that will never come
+(:mod:`sandboxer.workers.exec_heartbeat`).
+
 Files (``sandboxer.files.<sandbox_id>``, :mod:`sandboxer.workers.file_service`) are served
 by the same workers, through the same backend exec.
 """
@@ -74,6 +80,7 @@ from sandboxer.errors import SandboxerError, Unsupported
 from sandboxer.events.types import Actor
 from sandboxer.extensions.base import Extension, OutputSink
 from sandboxer.ids import new_command_id
+from sandboxer.workers import exec_heartbeat
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
@@ -305,13 +312,16 @@ class ExecService:
             return  # a key of another project: as for a sandbox that does not exist
 
         async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:
+            headers: dict[str, str] = {HEADER: kind}
+            if kind == "started":  # how often its ``alive`` checks come: see _client_gone
+                headers[exec_heartbeat.HEADER] = f"{CLIENT_CHECK_INTERVAL:g}"
             # A backend may hand output over whole (Daytona's arrives when the command
             # ends): split, so no message passes the server's max payload.
             step = OUTPUT_CHUNK if kind in ("stdout", "stderr") else len(data)
             for start in range(0, len(data), step or 1):
-                await self._nc.publish(reply, data[start : start + step], headers={HEADER: kind})
+                await self._nc.publish(reply, data[start : start + step], headers=headers)
             if not data:
-                await self._nc.publish(reply, data, headers={HEADER: kind})
+                await self._nc.publish(reply, data, headers=headers)
 
         try:
             request = parse_request(msg.data)
@@ -328,8 +338,9 @@ class ExecService:
                 inbox = await self._open_stdin(backend, sandbox_id, key_id)
             body = msgspec.json.encode({"stdin": inbox.subject}) if inbox is not None else b""
             await send("started", body)
+            started = time.monotonic()
             await self.touch(state)
-            result = await self._run(backend, state, request, send, inbox, reply)
+            result = await self._run(backend, state, request, send, inbox, reply, started)
         except SandboxerError as exc:
             result = {"error": exc.message}
         except Exception as exc:
@@ -370,6 +381,7 @@ class ExecService:
         send: OutputSink,
         inbox: StdinInbox | None,
         reply: str,
+        started: float,
     ) -> dict[str, object]:
         """The command's ``exit`` body: its code, or the timeout that killed it. Raises
         :class:`SandboxerError` when the command was stopped for its client."""
@@ -385,7 +397,7 @@ class ExecService:
             )
         )
         # Reasons to stop the command before it ends; each gives the exit's error.
-        gone = asyncio.ensure_future(self._client_gone(reply))
+        gone = asyncio.ensure_future(self._client_gone(reply, started))
         stops: list[asyncio.Future[str]] = [gone] if inbox is None else [gone, inbox.broken]
         limit = asyncio.timeout(request.timeout)
         try:
@@ -414,10 +426,16 @@ class ExecService:
             raise SandboxerError(reasons[0] if reasons else "the command was stopped")
         return {"exit_code": command.result()}
 
-    async def _client_gone(self, reply: str) -> str:
-        """Return (the exit's error) once nothing subscribes to the exec's reply inbox."""
+    async def _client_gone(self, reply: str, started: float) -> str:
+        """Return (the exit's error) once nothing subscribes to the exec's reply inbox.
+
+        Each check is also the worker's heartbeat to the client, so they keep the pace the
+        ``started`` message (sent at monotonic time ``started``) promised: one every
+        ``CLIENT_CHECK_INTERVAL`` seconds from then, whatever the touch or a check took."""
+        due = started
         while True:
-            await asyncio.sleep(CLIENT_CHECK_INTERVAL)
+            due += CLIENT_CHECK_INTERVAL
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             try:
                 await self._nc.request(
                     reply, b"", headers={HEADER: "alive"}, timeout=CLIENT_CHECK_TIMEOUT

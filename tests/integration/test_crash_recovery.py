@@ -1,5 +1,6 @@
 """kill -9 of the extension worker in the middle of provisioning: one sandbox, nothing leaked,
-and the work resumes within seconds (the default ack wait), not after half a minute."""
+and the work resumes within seconds (the default ack wait), not after half a minute; and in
+the middle of an exec: its clients stop waiting within seconds, saying why."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from sandboxer.errors import WorkerLost
 from sandboxer.extensions.local.backend import LocalExtension
 from tests.integration.conftest import reap_local, start_service
 from tests.integration.test_lifecycle import wait_status
@@ -100,6 +102,64 @@ async def test_kill_9_during_provisioning(nats_server: Any, home: Path) -> None:
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(10)
+        await svc.client.close()
+        await svc.shutdown()
+        await reap_local(home)
+
+
+async def test_kill_9_of_the_worker_mid_exec_ends_the_wait_with_the_reason(
+    nats_server: Any, home: Path
+) -> None:
+    """A worker killed mid-exec sends no ``exit``: its clients (the Python client, and the
+    CLI in its own process) stop waiting once its heartbeats stop, not at their timeout."""
+    svc = await start_service(home, nats_server.url, roles=["control", "projector"])
+    worker = start_worker(home, nats_server.url)
+    cli: asyncio.subprocess.Process | None = None
+    try:
+        client = svc.client
+        sandbox_id = (await client.create("profile.local", timeout=60))["sandbox_id"]
+        said: list[bytes] = []
+        running = asyncio.create_task(
+            client.exec(
+                sandbox_id,
+                ["sh", "-c", "echo go; sleep 300"],
+                lambda _s, data: said.append(data),
+                timeout=240,
+            )
+        )
+        env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=nats_server.url)
+        cli = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "sandboxer.cli.app", "exec", sandbox_id],
+            *["--", "sh", "-c", "echo go; sleep 300"],
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert cli.stdout is not None
+        async with asyncio.timeout(30):
+            assert await cli.stdout.readline() == b"go\n"
+            while b"go\n" not in b"".join(said):
+                await asyncio.sleep(0.05)
+        os.kill(worker.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        worker.wait()
+
+        # Three missed heartbeats (about 33 s); the old clients waited out their timeout
+        # (an hour for the CLI).
+        with pytest.raises(WorkerLost, match="stopped answering") as lost:
+            await asyncio.wait_for(running, 60)
+        assert "may still be running" in lost.value.message
+        assert time.monotonic() - killed < 45
+        _out, err = await asyncio.wait_for(cli.communicate(), 30)
+        assert cli.returncode == 1
+        assert b"stopped answering" in err, err
+    finally:
+        if cli is not None and cli.returncode is None:
+            cli.kill()
+            await cli.wait()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
         await svc.client.close()
         await svc.shutdown()
         await reap_local(home)

@@ -34,6 +34,7 @@ from sandboxer.client import CommandFailed, SandboxerClient
 from sandboxer.errors import PathRefused, WorkspaceRefused
 from sandboxer.subjects import EVENTS_STREAM, exec_subject
 from sandboxer.workers import exec_service
+from sandboxer.workers.exec_heartbeat import HEADER as HEARTBEAT
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
 from sandboxer.workers.exec_service import STDIN_HEADER
 from sandboxer.workers.file_service import HEADER, files_subject
@@ -163,7 +164,9 @@ async def raw_exec(
     sub = await client.nc.subscribe(inbox)
     await client.nc.publish(exec_subject(sandbox_id), msgspec.json.encode(request), reply=inbox)
     started = await sub.next_msg(timeout=10)
-    assert started.headers == {EXEC_HEADER: "started"}, started.data
+    # It says how often its ``alive`` checks (its heartbeats) come (exec_heartbeat.py).
+    every = exec_service.CLIENT_CHECK_INTERVAL
+    assert started.headers == {EXEC_HEADER: "started", HEARTBEAT: f"{every:g}"}, started.data
     return sub, started
 
 

@@ -20,6 +20,7 @@ from sandboxer.errors import (
     SandboxerError,
     ServiceNotRunning,
     Unsupported,
+    WorkerLost,
     WorkspaceRefused,
 )
 
@@ -91,6 +92,7 @@ def test_the_keys_refusals() -> None:
         (502, "pause_failed", ExtensionError),
         (503, "service_not_running", ServiceNotRunning),
         (503, "bus", BusError),
+        (503, "worker_lost", WorkerLost),
         (500, "internal_error", BusError),
     ],
 )

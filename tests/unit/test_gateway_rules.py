@@ -14,6 +14,7 @@ from sandboxer.errors import (
     RequestError,
     ServiceNotRunning,
     SettingError,
+    WorkerLost,
 )
 from sandboxer.gateway.context import parse_wait
 from sandboxer.gateway.errors import REJECTION_STATUS, response_for
@@ -69,6 +70,11 @@ def test_a_failed_sandbox_answers_by_its_code(code: str | None, status: int) -> 
 def test_bus_errors_and_bad_requests() -> None:
     assert response_for(ServiceNotRunning("no service")).status_code == 503
     assert response_for(BusError("down")).status_code == 503
+    assert response_for(BusError("down")).headers["Retry-After"] == "5"
+    # An exec whose worker went silent may still run: nothing invites running it again.
+    lost = response_for(WorkerLost("the worker stopped answering"))
+    assert (lost.status_code, body(lost)["error"]["code"]) == (503, "worker_lost")  # type: ignore[index]
+    assert "Retry-After" not in lost.headers
     bad = response_for(RequestError("sandboxer.query.usage.list: since must be a date"))
     assert bad.status_code == 400
     assert body(bad)["error"]["message"] == "since must be a date"  # type: ignore[index]
