@@ -27,8 +27,10 @@ A sandbox is a record and a directory; exec runs the command as a real local
 subprocess in that directory, so exit codes and output are real.
 
 Faults are injected per RPC (:class:`Fault`): latency, a status (RESOURCE_EXHAUSTED,
-UNAVAILABLE, ...), a hang (a timeout at the client), and "done but the answer was
-lost" (the work happens, then the client gets UNAVAILABLE or nothing).
+UNAVAILABLE, ...), a hang (a timeout at the client), "done but the answer was
+lost" (the work happens, then the client gets UNAVAILABLE or nothing), and "done
+late" (the work happens after the delay even when the client has given up and
+cancelled the call, as a provider carries out a request already under way).
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ def _has(message: Message, name: str) -> bool:
     return message.HasField(name)
 
 
-FaultKind = Literal["latency", "status", "hang", "lost_answer", "lost_hang"]
+FaultKind = Literal["latency", "status", "hang", "lost_answer", "lost_hang", "done_late"]
 
 
 _caller: ContextVar[str] = ContextVar("modal_double_caller", default="")
@@ -224,6 +226,8 @@ class ModalDouble:
         self.faults: list[Fault] = []
         self.calls: list[str] = []
         """Every RPC that reached the double, in order (faulted ones too)."""
+        self._late: set[asyncio.Task[Any]] = set()
+        """Work of ``done_late`` faults still under way (its caller may have gone)."""
         self._jwt = ""
         self._ids = itertools.count(1)
         self._clock = 0.0
@@ -243,6 +247,8 @@ class ModalDouble:
         )
 
     async def stop(self) -> None:
+        for work in list(self._late):
+            work.cancel()
         for record in self.sandboxes.values():
             await self._kill_execs(record)
         for server in (self._api, self._router):
@@ -722,8 +728,21 @@ class ModalDouble:
                 raise GRPCError(fault.status, fault.message)
             if fault.kind == "hang":
                 await asyncio.Event().wait()
-            return fault  # lost_answer, lost_hang: done first, then lost
+            return fault  # lost_answer, lost_hang: done first, then lost; done_late: see late
         return None
+
+    async def late(self, fault: Fault, work: Callable[[], Awaitable[Any]]) -> Any:
+        """``work()`` after ``fault.delay``, carried out even if the caller cancels meanwhile
+        (grpclib cancels a handler whose client went away; Modal's servers go on)."""
+
+        async def delayed() -> Any:
+            await asyncio.sleep(fault.delay)
+            return await work()
+
+        task = asyncio.ensure_future(delayed())
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+        return await asyncio.shield(task)
 
 
 def _tags(tags: dict[str, str]) -> list[api_pb2.SandboxTag]:
@@ -823,7 +842,10 @@ class _Service:
                 async for item in handler(request):
                     await stream.send_message(item)
                 return
-            response = await handler(request)
+            if fault is not None and fault.kind == "done_late":
+                response = await double.late(fault, lambda: handler(request))
+            else:
+                response = await handler(request)
             if fault is not None and fault.kind == "lost_answer":
                 raise GRPCError(fault.status, fault.message)
             if fault is not None and fault.kind == "lost_hang":

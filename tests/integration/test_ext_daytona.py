@@ -7,6 +7,7 @@ fails the test on any violation.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -349,7 +350,7 @@ class TestFaults:
     async def test_a_lost_create_answer_leaves_exactly_one(
         self, daytona_double: DaytonaServed
     ) -> None:
-        extension = build(daytona_double, request_timeout=0.3)
+        extension = build(daytona_double, request_timeout=0.3, create_settle=4.0)
         daytona_double.app.faults.add("lost", method="POST", pattern="/sandbox", seconds=1.0)
         await up(extension, "dtlost0001")
         assert len(daytona_double.double.live()) == 1
@@ -359,7 +360,7 @@ class TestFaults:
     async def test_a_hung_create_is_retried_once_nothing_was_made(
         self, daytona_double: DaytonaServed
     ) -> None:
-        extension = build(daytona_double, request_timeout=0.3)
+        extension = build(daytona_double, request_timeout=0.3, create_settle=4.0)
         daytona_double.app.faults.add("hang", method="POST", pattern="/sandbox", seconds=0.6)
         await up(extension, "dthang0001")
         assert len(daytona_double.double.live()) == 1
@@ -553,3 +554,30 @@ class TestMalformedAnswers:
             "dtodd00001",
             {"provider_id": "d0d0", "state": None},
         )
+
+
+async def test_a_failed_create_that_lands_after_its_teardown_is_deleted(
+    daytona_double: DaytonaServed,
+) -> None:
+    """Every create outlives request_timeout, so the provision fails having found nothing by
+    name, and the worker's cleanup tears the sandbox down at once; the creates land at
+    Daytona after that. Teardown keeps looking until they can no longer land
+    (create_settle), so none is left with our label and no record naming it."""
+    extension = build(daytona_double, request_timeout=0.3, create_settle=4.0)
+    daytona_double.app.faults.add(
+        "latency", method="POST", pattern="/sandbox", seconds=3.0, times=3
+    )
+    try:
+        with pytest.raises(ProviderError):
+            await extension.provision(request("dtlate0001"))
+        assert daytona_double.double.made == []  # nothing had landed when it gave up
+        await extension.teardown("dtlate0001")  # what the worker does with a failed create
+        for _ in range(100):  # the first create lands in the end
+            if daytona_double.double.made:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    finally:
+        await extension.aclose()
+    assert daytona_double.double.made
+    assert daytona_double.double.live() == []

@@ -497,3 +497,29 @@ async def test_a_create_that_finishes_after_its_retry_leaves_exactly_one(
         await extension.aclose()
     [record] = e2b_double.double.live()
     assert readiness.descriptor["sandbox_id"] == record.sandbox_id
+
+
+async def test_a_failed_create_that_lands_after_its_teardown_is_killed(
+    e2b_double: ServedE2b,
+) -> None:
+    """Every create outlives request_timeout, so the provision fails having found none (E2B
+    lists no booting sandbox), and the worker's cleanup tears the sandbox down at once. The
+    creates land at E2B after that: teardown keeps looking by label until they can no longer
+    land (create_settle), so none is left running with our label and no record naming it."""
+    e2b_double.double.app.faults.add(
+        "latency", method="POST", pattern="/sandboxes", seconds=3.0, times=3
+    )
+    extension = E2bExtension(settings_for(e2b_double, request_timeout=0.3, create_settle=4.0))
+    try:
+        with pytest.raises(ProviderError):
+            await extension.provision(request("e2blate0001"))
+        assert e2b_double.double.made == []  # nothing had landed when the provision gave up
+        await extension.teardown("e2blate0001")  # what the worker does with a failed create
+    finally:
+        await extension.aclose()
+    for _ in range(100):  # the three creates land in the end
+        if len(e2b_double.double.made) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert len(e2b_double.double.made) == 3
+    assert e2b_double.double.live() == []

@@ -7,6 +7,7 @@ never in our client.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import subprocess
@@ -313,3 +314,25 @@ async def test_a_tag_that_is_no_id_of_ours_is_not_listed(
     [retagged] = modal_double.running_for("modaltag02")
     retagged.tags["sandboxer_id"] = tag  # behind our back
     assert [f.sandbox_id for f in await ext.list_sandboxes()] == ["modaltag01"]
+
+
+async def test_a_failed_create_that_lands_after_its_teardown_is_terminated(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    """Every create outlives call_timeout, so the provision fails having found nothing by
+    tag, and the worker's cleanup tears the sandbox down at once; Modal carries the creates
+    out after that. Teardown keeps looking until they can no longer land (create_settle),
+    so none is left running with our tags and no record naming it."""
+    modal_double.inject(Fault("SandboxCreate", "done_late", delay=3.0, times=10))
+    ext = extension(call_timeout=0.3, retry_attempts=3, create_settle=4.0)
+    with pytest.raises(ProviderUnavailable):
+        await ext.provision(request("modallate1"))
+    assert modal_double.running_for("modallate1") == []  # nothing had landed
+    await ext.teardown("modallate1")  # what the worker does with a failed create
+    for _ in range(100):  # the first create lands in the end
+        if any(c == "SandboxCreate" for c in modal_double.calls) and modal_double.sandboxes:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert modal_double.sandboxes  # the provider did make them
+    assert modal_double.running_for("modallate1") == []

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from sandboxer.errors import ConfigError, ProviderQuota, ProviderUnavailable
-from sandboxer.hosted.create_once import create_once
+from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.labels import labels_for, our_sandbox_id
 from sandboxer.hosted.provider_settings import provider_value
 
@@ -74,7 +75,7 @@ async def test_a_lost_answer_adopts_what_the_create_made() -> None:
     async def find() -> str | None:
         return made[0] if made else None
 
-    assert await create_once(create, find, wait=0) == "one"
+    assert await create_once(create, find, sandbox_id="s1", late=LateCreates(), wait=0) == "one"
     assert made == ["one"]
 
 
@@ -89,7 +90,7 @@ async def test_nothing_made_is_tried_again_then_given_up() -> None:
         return None
 
     with pytest.raises(ProviderUnavailable):
-        await create_once(create, find, attempts=3, wait=0)
+        await create_once(create, find, sandbox_id="s1", late=LateCreates(), attempts=3, wait=0)
     assert len(calls) == 3
 
 
@@ -104,5 +105,94 @@ async def test_a_quota_refusal_is_not_retried_here() -> None:
         return None
 
     with pytest.raises(ProviderQuota):
-        await create_once(create, find, wait=0)
+        await create_once(create, find, sandbox_id="s1", late=LateCreates(), wait=0)
     assert calls == [1]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_create_given_up_on_may_land_for_the_settle_window() -> None:
+    clock = Clock()
+    late = LateCreates(60, clock=clock)
+    assert late.remaining("s1") == 0
+    late.gave_up("s1")
+    clock.now += 20
+    assert late.remaining("s1") == 40
+    late.gave_up("s1")  # another one, later: the window runs from the latest
+    assert late.remaining("s1") == 60
+    assert late.remaining("s2") == 0
+
+
+async def test_what_gave_up_and_what_did_not() -> None:
+    async def refused() -> str:
+        raise ProviderQuota("full", provider="ext.test", status=429)
+
+    async def nothing() -> str | None:
+        return None
+
+    late = LateCreates(60)
+    with pytest.raises(ProviderQuota):  # answered: the provider will not make it later
+        await create_once(refused, nothing, sandbox_id="s1", late=late, wait=0)
+    assert late.remaining("s1") == 0
+
+    async def lost() -> str:
+        raise unavailable()
+
+    with pytest.raises(ProviderUnavailable):
+        await create_once(lost, nothing, sandbox_id="s2", late=late, attempts=1, wait=0)
+    assert late.remaining("s2") > 0
+
+    await create_once(_made, nothing, sandbox_id="s3", late=late, redelivered=True)
+    assert late.remaining("s3") == 0  # made: a late copy is found by the sandbox's teardown
+    with pytest.raises(ProviderQuota):
+        await create_once(refused, nothing, sandbox_id="s4", late=late, redelivered=True)
+    assert late.remaining("s4") > 0  # failed: an earlier attempt's create may still land
+
+
+async def _made() -> str:
+    return "made"
+
+
+async def test_a_create_cancelled_on_its_way_may_land() -> None:
+    started = asyncio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await asyncio.sleep(60)
+        return "never"
+
+    async def nothing() -> str | None:
+        return None
+
+    late = LateCreates(60)
+    task = asyncio.create_task(create_once(slow, nothing, sandbox_id="s1", late=late))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert late.remaining("s1") > 0
+
+
+async def test_teardown_looks_again_until_a_late_create_can_no_longer_land() -> None:
+    late = LateCreates(0.3, every=0.05)
+    looks: list[float] = []
+
+    async def remove() -> None:
+        looks.append(late.remaining("s1"))
+
+    await late.teardown("s2", remove)  # nothing given up on: one look
+    assert len(looks) == 1
+    late.gave_up("s1")
+    looks.clear()
+    await late.teardown("s1", remove)
+    assert len(looks) >= 5
+    assert looks[-1] == 0  # the last look after the window closed
+    looks.clear()
+    await late.teardown("s1", remove)  # the window is over: one look again
+    assert len(looks) == 1

@@ -62,7 +62,7 @@ from sandboxer.extensions.daytona.workspace_copy import (
 )
 from sandboxer.extensions.ssh_checks import check_argv, check_sandbox_id
 from sandboxer.extensions.ssh_exec_stop import stoppable
-from sandboxer.hosted.create_once import create_once
+from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.http import ProviderHttp
 from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL, our_sandbox_id
@@ -90,14 +90,17 @@ class DaytonaExtension:
         *,
         limits: ArchiveLimits | None = None,
         key: ProviderValue | None = None,
+        late: LateCreates | None = None,
     ) -> None:
         self._config = config
         self._limits = limits or ArchiveLimits()
         self._key = key
         """A project's own key (BYOK) in place of the declaration's; None for the operator's."""
+        self._late = late or LateCreates(config.create_settle)
+        """Creates given up on that Daytona may still carry out: teardown waits them out."""
         self._keyed: KeyedCopies[DaytonaExtension] = KeyedCopies(
             lambda value, source: DaytonaExtension(
-                config, limits=self._limits, key=ProviderValue(value, source)
+                config, limits=self._limits, key=ProviderValue(value, source), late=self._late
             )
         )
         self._api: DaytonaApi | None = None
@@ -168,7 +171,13 @@ class DaytonaExtension:
                     raise
                 return found
 
-        made = await create_once(create, lambda: api.get(name, sandbox_id))
+        made = await create_once(
+            create,
+            lambda: api.get(name, sandbox_id),
+            sandbox_id=sandbox_id,
+            late=self._late,
+            redelivered=request.attempt > 1,
+        )
         log.info("%s: Daytona sandbox %s created for %s", self.id, made.id, sandbox_id)
 
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
@@ -189,7 +198,11 @@ class DaytonaExtension:
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
         check_sandbox_id(sandbox_id, self.id)
-        await self._remove_ours(self._client(), sandbox_id, wait=False)
+        api = self._client()
+        # While a create of it we gave up on may still land, it is looked for again.
+        await self._late.teardown(
+            sandbox_id, lambda: self._remove_ours(api, sandbox_id, wait=False)
+        )
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         """Our sandboxes at Daytona; stopped (paused) ones are alive, failed ones are not,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandboxer.errors import ConfigError
+from sandboxer.hosted.create_once import DEFAULT_SETTLE
 from sandboxer.hosted.provider_settings import ProviderValue, provider_value
 
 __all__ = ["DEFAULT_API_URL", "EXTENSION_ID", "DaytonaConfig", "Endpoint"]
@@ -22,6 +23,7 @@ _NUMBERS: dict[str, float] = {
     "ready_timeout": 600.0,
     "exec_timeout": 3600.0,
     "leak_grace_minutes": 15.0,
+    "create_settle": DEFAULT_SETTLE,
 }
 """Numeric settings and their defaults (seconds, except the grace, in minutes)."""
 _TEXTS = ("api_url", "api_key", "target", "workdir")
@@ -48,6 +50,9 @@ class DaytonaConfig:
     """Seconds a command run through the toolbox may take (the toolbox's own default is 10)."""
     leak_grace_minutes: float = _NUMBERS["leak_grace_minutes"]
     """Minutes past our TTL after which Daytona stops an idle sandbox, and then deletes it."""
+    create_settle: float = _NUMBERS["create_settle"]
+    """Seconds after a create we gave up on during which Daytona may still carry it out: a
+    teardown in that window keeps looking for it."""
     workdir: str | None = None
     """The directory commands run in and snapshots copy; default: the sandbox user's home."""
 

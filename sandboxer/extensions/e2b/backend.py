@@ -9,7 +9,10 @@ a create whose answer was lost is looked for by label before it is sent again
 (:mod:`sandboxer.hosted.create_once`). E2B lists only running and paused
 sandboxes, so a lost create still booting is not found then and the retry makes
 a second: ``wait_ready`` kills every labelled sandbox but ours, so one of ours
-is never two at E2B for longer than its start.
+is never two at E2B for longer than its start. For the same reason a failed
+create's teardown finds nothing while a create we gave up on still boots: it
+looks again until that create can no longer land (``create_settle``, shared
+:class:`~sandboxer.hosted.create_once.LateCreates`).
 
 Our TTL ends the sandbox; E2B's own timeout is set a margin past it as a
 backstop and moved whenever the TTL moves (:class:`TimeoutKeeper`). Commands
@@ -56,7 +59,7 @@ from sandboxer.extensions.e2b.wire import (
     ttl_seconds,
 )
 from sandboxer.extensions.ssh_checks import check_sandbox_id
-from sandboxer.hosted.create_once import create_once
+from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL
 from sandboxer.hosted.provider_settings import ProviderValue
@@ -84,6 +87,7 @@ class E2bExtension:
         extension: str = EXTENSION_ID,
         tokens: SandboxTokens | None = None,
         key: ProviderValue | None = None,
+        late: LateCreates | None = None,
     ) -> None:
         self.id = extension
         self._raw_settings = dict(settings or {})
@@ -98,6 +102,8 @@ class E2bExtension:
         """Our sandbox id -> E2B's, a cache of what the labels say."""
         self._retried: set[str] = set()
         """Sandboxes whose create was sent again: only they can have a second E2B sandbox."""
+        self._late = late or LateCreates(self._settings.create_settle)
+        """Creates given up on that E2B may still carry out: teardown waits them out."""
 
     @classmethod
     def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> E2bExtension:
@@ -113,6 +119,7 @@ class E2bExtension:
             extension=self.id,
             tokens=self._tokens,
             key=ProviderValue(key, source),
+            late=self._late,
         )
 
     async def aclose(self) -> None:
@@ -153,7 +160,13 @@ class E2bExtension:
             tokens = await api.tokens(found[0].provider_id, sandbox_id=sandbox_id)
             return found[0].as_created(), tokens or {}
 
-        created, tokens = await create_once(lambda: api.create(body, sandbox_id=sandbox_id), find)
+        created, tokens = await create_once(
+            lambda: api.create(body, sandbox_id=sandbox_id),
+            find,
+            sandbox_id=sandbox_id,
+            late=self._late,
+            redelivered=request.attempt > 1,
+        )
         self._known[sandbox_id] = created.provider_id
         await self._keep_tokens(sandbox_id, tokens)
         log.info(
@@ -209,17 +222,22 @@ class E2bExtension:
         return Readiness(descriptor=found, warnings=warnings)
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
-        """Kill every E2B sandbox labelled with our id (and the cached one); gone is done."""
+        """Kill every E2B sandbox labelled with our id (and the cached one); gone is done.
+        While a create of it we gave up on may still land, it is looked for again."""
         del host
         check_sandbox_id(sandbox_id, self.id)
         api = self._client()
-        targets = {found.provider_id for found in await self._labelled(sandbox_id)}
-        cached = self._known.pop(sandbox_id, None)
-        if cached is not None:
-            targets.add(cached)
-        for provider_id in sorted(targets):
-            if await api.kill(provider_id, sandbox_id=sandbox_id):
-                log.info("%s: killed E2B sandbox %s", sandbox_id, provider_id)
+
+        async def kill_ours() -> None:
+            targets = {found.provider_id for found in await self._labelled(sandbox_id)}
+            cached = self._known.pop(sandbox_id, None)
+            if cached is not None:
+                targets.add(cached)
+            for provider_id in sorted(targets):
+                if await api.kill(provider_id, sandbox_id=sandbox_id):
+                    log.info("%s: killed E2B sandbox %s", sandbox_id, provider_id)
+
+        await self._late.teardown(sandbox_id, kill_ours)
         if self._tokens is not None:
             await asyncio.to_thread(self._tokens.forget, sandbox_id)
 

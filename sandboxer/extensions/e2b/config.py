@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sandboxer.errors import ConfigError
+from sandboxer.hosted.create_once import DEFAULT_SETTLE
 from sandboxer.hosted.provider_settings import ProviderValue, provider_value
 
 __all__ = ["DEFAULT_DOMAIN", "E2bEndpoint", "E2bSettings", "parse_settings", "resolve_endpoint"]
@@ -47,6 +48,9 @@ class E2bSettings(BaseModel):
     """The longest timeout the team's plan allows (24 h on Pro, 1 h on Hobby)."""
     resume_timeout: int = Field(default=3_600, ge=1, le=INT32_MAX)
     """The timeout a resume asks for; the worker then moves it to the new TTL at once."""
+    create_settle: float = Field(default=DEFAULT_SETTLE, ge=0)
+    """Seconds after a create we gave up on during which E2B may still carry it out: a
+    teardown in that window keeps looking for it (:class:`~sandboxer.hosted.create_once.LateCreates`)."""
 
 
 def parse_settings(settings: Mapping[str, Any], extension: str) -> E2bSettings:

@@ -57,7 +57,7 @@ from sandboxer.extensions.modal.plan import (
     provider_timeout,
 )
 from sandboxer.extensions.ssh_exec_stop import stoppable
-from sandboxer.hosted.create_once import create_once
+from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL, labels_for, our_sandbox_id
 from sandboxer.hosted.provider_settings import ProviderValue, provider_value
@@ -92,6 +92,7 @@ class ModalExtension:
         *,
         sdk: Any = None,
         token: tuple[ProviderValue, ProviderValue] | None = None,
+        late: LateCreates | None = None,
     ) -> None:
         self.config = config or ModalConfig()
         if sdk is None:
@@ -103,6 +104,8 @@ class ModalExtension:
         self._token = token
         """A project's own token id and secret (BYOK) in place of the declaration's."""
         self._keyed: KeyedCopies[ModalExtension] = KeyedCopies(self._copy_with)
+        self._late = late or LateCreates(self.config.create_settle)
+        """Creates given up on that Modal may still carry out: teardown waits them out."""
 
     @classmethod
     def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> ModalExtension:
@@ -129,6 +132,7 @@ class ModalExtension:
             self.config,
             sdk=self._sdk,
             token=(ProviderValue(token_id, source), ProviderValue(token_secret, source)),
+            late=self._late,
         )
         copy.limits = self.limits
         return copy
@@ -189,6 +193,9 @@ class ModalExtension:
         await create_once(
             lambda: self._create(request, image),
             lambda: self._find_one(sandbox_id),
+            sandbox_id=sandbox_id,
+            late=self._late,
+            redelivered=request.attempt > 1,
             attempts=self.config.policy.attempts,
             wait=self.config.policy.wait_initial,
         )
@@ -231,8 +238,13 @@ class ModalExtension:
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
         del host
         sandbox_id = checked(sandbox_id)
-        for sandbox in await self._find(sandbox_id):
-            await self._terminate(sandbox, sandbox_id)
+
+        async def terminate_ours() -> None:
+            for sandbox in await self._find(sandbox_id):
+                await self._terminate(sandbox, sandbox_id)
+
+        # While a create of it we gave up on may still land, it is looked for again.
+        await self._late.teardown(sandbox_id, terminate_ours)
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         connection = await self._connect()

@@ -8,6 +8,7 @@ from typing import Any
 
 from sandboxer.errors import ConfigError
 from sandboxer.extensions.modal.boundary import RetryPolicy
+from sandboxer.hosted.create_once import DEFAULT_SETTLE
 
 __all__ = ["DEFAULT_SERVER_URL", "EXTENSION_ID", "ModalConfig"]
 
@@ -28,6 +29,7 @@ _KNOWN_SETTINGS = frozenset(
         "retry_wait",
         "region",
         "workdir",
+        "create_settle",
     }
 )
 
@@ -55,6 +57,9 @@ class ModalConfig:
     workdir: str = "/workspace"
     """The sandbox's working directory: where exec starts, and what a snapshot copies."""
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    create_settle: float = DEFAULT_SETTLE
+    """Seconds after a create we gave up on during which Modal may still carry it out: a
+    teardown in that window keeps looking for it."""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ModalConfig:
@@ -88,4 +93,5 @@ class ModalConfig:
             region=str(region) if region else None,
             workdir=workdir,
             policy=policy,
+            create_settle=_number(settings, "create_settle", DEFAULT_SETTLE),
         )
