@@ -68,7 +68,9 @@ SERVICE_EVENT_CONSUMERS = ("meter", "statehub")
 and acknowledge durable consumers there (a scheduler follows lifecycles with one,
 docs/integrations/scheduler.md), but never these: pulling or acking from the meter's would
 take events away from billing. NATS permissions match whole subject tokens, so a name prefix
-for clients' consumers cannot be expressed; the service's few names are denied instead."""
+for clients' consumers cannot be expressed; the service's few names are denied instead. The
+bare ``CONSUMER.CREATE`` subject cannot be (ordered consumers use it), and a request there may
+name one of these: the service undoes that without loss (bus/guarded_durable.py)."""
 
 _EVENTS = subjects.EVENTS_STREAM
 _WORKSPACES = f"OBJ_{subjects.WORKSPACES_BUCKET}"  # the Object Store bucket's stream

@@ -8,7 +8,9 @@ machine, resumes where the last one acknowledged; and the server counts what is
 pending, so ``sandboxer statehub status`` shows the lag even while the role is
 down. ``max_ack_pending`` is 1: one event is out at a time, so events reach the
 hub in log order (in order per sandbox, and across sandboxes too), even with
-two statehub processes on one durable.
+two statehub processes on one durable. A bus client may redefine it (its filter, say)
+through the bare consumer-create subject: it is guarded
+(:mod:`sandboxer.bus.guarded_durable`), made again from the last event the hub took.
 
 **Context kept in memory, and forgotten when another process took events.** A body's
 context (:mod:`sandboxer.statehub.body`) is folded from earlier events and remembered
@@ -51,6 +53,7 @@ from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
+from sandboxer.bus.guarded_durable import CHECK_EVERY, GuardedDurable
 from sandboxer.bus.responder import Responder
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ConfigError, DeliveryFailed, DeliveryRefused, SandboxerError
@@ -164,6 +167,7 @@ class StateHubFollower:
         ack_wait: float = 5.0,
         client: httpx.AsyncClient | None = None,
         wait_max: float = RETRY_WAIT_MAX,
+        check_every: float = CHECK_EVERY,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -175,6 +179,21 @@ class StateHubFollower:
             MAX_REMEMBERED
         )  # snapshot id -> the sandbox it was taken of
         self._in_hand: dict[str, Any] = {}
+        self._durable = GuardedDurable(
+            js,
+            subjects.EVENTS_STREAM,
+            ConsumerConfig(
+                durable_name=DURABLE,
+                name=DURABLE,
+                filter_subjects=filter_subjects(),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,  # a new hub is told the whole history
+                ack_wait=ack_wait,
+                max_deliver=-1,
+                max_ack_pending=1,  # one out at a time: log order
+            ),
+            check_every=check_every,
+        )
         self._last_delivery: int | None = None
         """The consumer's sequence of the last delivery this process took."""
         self.delivery = HttpDelivery(
@@ -191,20 +210,9 @@ class StateHubFollower:
         await self.delivery.aclose()
 
     async def ensure_consumer(self) -> None:
-        # Create-or-update: a restart with another ack_wait updates the durable in place.
-        await self._js.add_consumer(
-            subjects.EVENTS_STREAM,
-            ConsumerConfig(
-                durable_name=DURABLE,
-                name=DURABLE,
-                filter_subjects=filter_subjects(),
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,  # a new hub is told the whole history
-                ack_wait=self._ack_wait,
-                max_deliver=-1,
-                max_ack_pending=1,  # one out at a time: log order
-            ),
-        )
+        """Make the durable, or bring it to this process's settings (a restart with another
+        ``ack_wait``); made again when a client redefined it (bus/guarded_durable.py)."""
+        await self._durable.ensure()
 
     async def status_reply(self) -> dict[str, Any]:
         return {
@@ -221,6 +229,7 @@ class StateHubFollower:
         log.info("state hub projection to %s started", self.delivery.shown_url)
         try:
             while not stop.is_set():
+                await self._durable.check_due()
                 msg = await self._fetch(psub)
                 if msg is not None:
                     await self._hold(msg, stop)

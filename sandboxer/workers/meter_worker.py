@@ -16,7 +16,9 @@ metering at ``destroyed`` meters every sandbox exactly once and its whole life.
 Exactly once: a crash after the append and before the ack redelivers the
 message, and the account has already handled ``meter-<sandbox_id>``, so the
 redelivery decides nothing; JetStream also drops the retried append itself
-(its event id is deterministic).
+(its event id is deterministic). The same makes it safe to read ``destroyed``
+events again when a bus client has redefined the durable and the pull loop makes
+it again from the last one known handled (:mod:`sandboxer.bus.guarded_durable`).
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
+from sandboxer import subjects
+from sandboxer.bus.guarded_durable import CHECK_EVERY, GuardedDurable
 from sandboxer.bus.publish import is_transient, is_unavailability
 from sandboxer.errors import ConcurrencyConflict
 
@@ -72,14 +74,40 @@ class ConsumerSpec:
     max_failures: int = 5
     """Failures of the handler itself (not of the bus) before ``on_poison`` records the message."""
     concurrency: int = 64
+    check_every: float = CHECK_EVERY
+    """Seconds between looks at a durable on the events stream (bus/guarded_durable.py)."""
 
     @property
     def heartbeat_every(self) -> float:
         return max(0.1, self.ack_wait / 3)
 
 
-async def _ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
-    """Create-or-update the durable (a restarted worker with new settings updates it).
+def _consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=spec.durable,
+        name=spec.durable,
+        filter_subject=spec.filter_subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=spec.ack_wait,
+        max_deliver=-1,  # poison is counted here, from the handler's own failures
+        max_ack_pending=max(spec.concurrency * 4, 256),
+    )
+
+
+def _guard(js: JetStreamContext, spec: ConsumerSpec) -> GuardedDurable | None:
+    """A guard for a durable on the events stream, where clients may create consumers and so
+    redefine it by name (bus/guarded_durable.py); the work queues are the service's alone."""
+    if spec.stream != subjects.EVENTS_STREAM:
+        return None
+    return GuardedDurable(js, spec.stream, _consumer_config(spec), check_every=spec.check_every)
+
+
+async def _ensure_consumer(
+    js: JetStreamContext, spec: ConsumerSpec, guard: GuardedDurable | None
+) -> None:
+    """Create-or-update the durable (a restarted worker with new settings updates it); one
+    on the events stream goes through its guard, which also makes it again if redefined.
 
     A bus that cannot answer yet (a stream leader being elected, a cluster still
     placing, a reconnect) is waited out, for as long as it takes: a worker that
@@ -89,23 +117,10 @@ async def _ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
         on=is_transient, attempts=None, timeout=None, wait_initial=0.25, wait_max=MAX_RETRY_DELAY
     ):
         with attempt:
-            await _add_consumer(js, spec)
-
-
-async def _add_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
-    await js.add_consumer(
-        spec.stream,
-        ConsumerConfig(
-            durable_name=spec.durable,
-            name=spec.durable,
-            filter_subject=spec.filter_subject,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=spec.ack_wait,
-            max_deliver=-1,  # poison is counted here, from the handler's own failures
-            max_ack_pending=max(spec.concurrency * 4, 256),
-        ),
-    )
+            if guard is None:
+                await js.add_consumer(spec.stream, _consumer_config(spec))
+            else:
+                await guard.ensure()
 
 
 def retry_delay(msg: Msg) -> float:
@@ -144,7 +159,10 @@ async def _fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> M
 
 
 async def _rebind_if_gone(
-    js: JetStreamContext, spec: ConsumerSpec, psub: JetStreamContext.PullSubscription
+    js: JetStreamContext,
+    spec: ConsumerSpec,
+    guard: GuardedDurable | None,
+    psub: JetStreamContext.PullSubscription,
 ) -> JetStreamContext.PullSubscription:
     """``psub``, or, when its consumer no longer exists (deleted by hand, or lost with a
     stream's state), a subscription to the consumer made again: fetching from a consumer
@@ -156,7 +174,7 @@ async def _rebind_if_gone(
         log.warning("%s: its consumer is gone; making it again", spec.durable)
     except NatsError:
         return psub  # the bus is not answering: the fetches go on waiting for it
-    await _ensure_consumer(js, spec)
+    await _ensure_consumer(js, spec, guard)
     with contextlib.suppress(NatsError):
         await psub.unsubscribe()
     return await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
@@ -271,7 +289,8 @@ async def run_pull_consumer(
     stop: asyncio.Event,
 ) -> None:
     """Fetch and handle messages until ``stop`` is set, then finish the ones in flight."""
-    await _ensure_consumer(js, spec)
+    guard = _guard(js, spec)
+    await _ensure_consumer(js, spec, guard)
     psub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
     slots = asyncio.Semaphore(spec.concurrency)
     in_flight: set[asyncio.Task[None]] = set()
@@ -286,12 +305,14 @@ async def run_pull_consumer(
     failures = 0
     try:
         while not stop.is_set():
+            if guard is not None:
+                await guard.check_due()  # between messages: none waits for the look
             await slots.acquire()
             msg = await _fetch_one(psub, spec.durable)
             failures = failures + 1 if msg is _FAILED else 0
             if failures >= CHECK_AFTER_FAILURES:
                 failures = 0
-                psub = await _rebind_if_gone(js, spec, psub)
+                psub = await _rebind_if_gone(js, spec, guard, psub)
             if not isinstance(msg, Msg):
                 slots.release()
                 continue
