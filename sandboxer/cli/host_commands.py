@@ -102,7 +102,9 @@ def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
                     host["extension"],
                     "orphan",
                     orphan["sandbox_id"],
-                    "on the host; the log has it destroyed, failed or unknown",
+                    f"a copy left here; the log places the sandbox on {orphan['placed_on']}"
+                    if orphan.get("placed_on")
+                    else "on the host; the log has it destroyed, failed or unknown",
                 )
             )
         for ghost in host.get("ghosts", []):

@@ -32,6 +32,7 @@ from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.profile import Profile
+from sandboxer.domain.drift import placed_elsewhere, reconcile_step
 from sandboxer.domain.fallback import has_fallback
 from sandboxer.domain.sandbox_decide import (
     Attempt,
@@ -131,7 +132,11 @@ class ExtensionWorker:
         A live sandbox the log calls ready is adopted as it is (not duplicated);
         one whose teardown or failure cleanup was interrupted is torn down now;
         a ready one whose processes died is marked failed. Sandboxes still
-        provisioning are left to their redelivered job.
+        provisioning are left to their redelivered job. The log's status speaks
+        only of a sandbox it places on this backend (and host): a copy of one it
+        places elsewhere (rerouted, while this backend's create landed late) is
+        torn down, and the sandbox's log left alone, since it is another
+        backend's now (:func:`~sandboxer.domain.drift.reconcile_step`).
         """
         try:
             listed = await self.extension.list_sandboxes()
@@ -142,11 +147,10 @@ class ExtensionWorker:
             return
         for found in listed:
             state = (await self._store.load(found.sandbox_id)).state
-            # active: ready and used since; paused: frozen, its processes must still be there
-            usable = state.status in {"ready", "active", "pausing", "paused", "resuming"}
-            if usable and found.alive:
+            step = reconcile_step(found, self.extension.id, state)
+            if step == "adopt":
                 log.info("adopted sandbox %s", found.sandbox_id)
-            elif usable:
+            elif step == "fail":
                 await self._safe_teardown(found.sandbox_id, found.host)
                 await self.apply(
                     found.sandbox_id,
@@ -157,8 +161,7 @@ class ExtensionWorker:
                         stage="job",
                     ),
                 )
-            elif state.status == "destroying" and state.snapshotting is None:
-                # (One being snapshotted is torn down once its redelivered snapshot job ends.)
+            elif step == "finish_teardown":
                 failure = await self._safe_teardown(found.sandbox_id, found.host)
                 await self.apply(
                     found.sandbox_id,
@@ -166,9 +169,17 @@ class ExtensionWorker:
                     if failure is None
                     else MarkTeardownFailed(job_id="reconcile", reason=failure),
                 )
-            elif state.status in {"failed", "destroyed"}:
+            elif step == "remove":
                 await self._safe_teardown(found.sandbox_id, found.host)
-            elif state.status == "new":
+            elif step == "remove_copy":
+                where = placed_elsewhere(found, self.extension.id, state)
+                log.info(
+                    "sandbox %s lives on %s; removing the copy left here", found.sandbox_id, where
+                )
+                # With the key it was listed with: the key the log recorded is the one its
+                # routing to the other backend chose.
+                await self._safe_teardown(found.sandbox_id, found.host, self.extension)
+            elif step == "unknown":
                 log.warning(
                     "sandbox %s exists on this host but not in the log; "
                     "'sandboxer reap-stale' removes such orphans",
@@ -464,10 +475,14 @@ class ExtensionWorker:
         await backend.teardown(job.sandbox_id, host=host)
         await self.apply(job.sandbox_id, FinishTeardown(job_id=job.job_id))
 
-    async def _safe_teardown(self, sandbox_id: str, host: str | None) -> str | None:
-        """Tear down without raising: None when it worked, else why it did not."""
+    async def _safe_teardown(
+        self, sandbox_id: str, host: str | None, backend: Extension | None = None
+    ) -> str | None:
+        """Tear down without raising: None when it worked, else why it did not. ``backend``:
+        the one to use, else the one speaking with the key the sandbox's log chose."""
         try:
-            backend = await backend_for_id(self._store, self.extension, sandbox_id)
+            if backend is None:
+                backend = await backend_for_id(self._store, self.extension, sandbox_id)
             await backend.teardown(sandbox_id, host=host)
         except Exception as exc:
             log.exception("teardown of %s failed", sandbox_id)

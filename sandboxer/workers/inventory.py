@@ -34,7 +34,7 @@ from sandboxer.bus.responder import Responder
 from sandboxer.clock import utc_now
 from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
-from sandboxer.domain.drift import Drift, corpse_reason, find_drift
+from sandboxer.domain.drift import Drift, corpse_reason, find_drift, placed_elsewhere
 from sandboxer.domain.sandbox_decide import FinishTeardown, MarkFailed, MarkTeardownFailed
 from sandboxer.errors import (
     BusError,
@@ -131,16 +131,19 @@ class InventoryService:
         else:
             found = [f for f in await self._extension.list_sandboxes() if f.host == host]
         statuses: dict[str, str] = {}
+        copies: dict[str, str] = {}
         for item in found:
             state = (await self._store.load(item.sandbox_id)).state
-            if state.extension not in (None, self._extension.id):
-                continue  # another backend's sandbox that happens to share the host
             statuses[item.sandbox_id] = state.status
-        found = [f for f in found if f.sandbox_id in statuses]
+            # Each backend lists only its own (by label, marker or root), so a sandbox the
+            # log places elsewhere is a copy left here: a create that landed after this
+            # backend gave it up and it was rerouted, or what a failed cleanup missed.
+            if (where := placed_elsewhere(item, self._extension.id, state)) is not None:
+                copies[item.sandbox_id] = where
         ready = await self._ready_in_log(host)
         # BYOK sandboxes live in their project's provider account, out of this list's sight.
         elsewhere = await on_project_keys(self._store, self._extension, ready)
-        return find_drift(found, statuses, [r for r in ready if r not in elsewhere])
+        return find_drift(found, statuses, [r for r in ready if r not in elsewhere], copies)
 
     async def _ready_in_log(self, host: str | None) -> list[str]:
         """Sandboxes the log calls live and usable: ``active`` is ``ready`` after first use,

@@ -12,8 +12,11 @@ from typing import Any
 
 import pytest
 
+from sandboxer.clock import utc_now
 from sandboxer.errors import CommandFailed
-from tests.integration.conftest import start_service
+from sandboxer.extensions.saas_stub.records import RecordStore
+from sandboxer.extensions.saas_stub.rules import Price, Record
+from tests.integration.conftest import Service, start_service
 from tests.integration.test_ext_saas_stub import write_override
 from tests.integration.test_pause import events_of
 
@@ -133,6 +136,85 @@ async def test_a_refusal_whose_cleanup_failed_stays_on_its_backend(
     service = await start_service(home, nats_server.url, ROLES)
     try:
         assert stub_records(home) == []  # reconcile tore the failed sandbox's copy down
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def rerouted_with_copies_left(home: Path, service: Service) -> tuple[str, str]:
+    """Two sandboxes refused by the stub and rerouted to ext.local; then, as a create that
+    landed after the stub gave it up would, a copy of each at the stub: one live, one
+    ended (its provider-side timeout passed)."""
+    live = (await service.client.create("profile.fallback"))["sandbox_id"]
+    dead = (await service.client.create("profile.fallback"))["sandbox_id"]
+    records = RecordStore(home / "saas-stub" / "ext.saas-stub")
+    for sandbox_id, deadline in ((live, None), (dead, "2000-01-01T00:00:00.000Z")):
+        copy = Record(
+            sandbox_id=sandbox_id,
+            profile="profile.fallback",
+            created_at=utc_now(),
+            price=Price(),
+            deadline=deadline,
+        )
+        await records.write(copy)
+    assert len(stub_records(home)) == 2
+    return live, dead
+
+
+async def on_local_untouched(service: Service, sandbox_ids: tuple[str, ...]) -> list[int]:
+    """Each sandbox's event count, after checking it is still ready on ext.local."""
+    counts = []
+    for sandbox_id in sandbox_ids:
+        got = await service.client.get(sandbox_id)
+        assert got is not None
+        assert (got["status"], got["extension"]) == ("ready", "ext.local"), got
+        counts.append(len(await events_of(service.client, sandbox_id)))
+    return counts
+
+
+async def test_the_refuser_removes_its_late_copies_at_start_and_leaves_the_log_alone(
+    nats_server: Any, home: Path
+) -> None:
+    """The stub's start finds copies of sandboxes that live on ext.local: they are removed,
+    neither adopted (the live one ran, and cost, for ever), nor taken for ext.local's
+    sandboxes (the dead copy marked the healthy sandbox failed)."""
+    write_profiles(home)
+    write_override(home, latency_ms=1, per_second=0, per_create=0, failure_rate=1)
+    service = await start_service(home, nats_server.url, ROLES)
+    try:
+        sandboxes = await rerouted_with_copies_left(home, service)
+        before = await on_local_untouched(service, sandboxes)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+    service = await start_service(home, nats_server.url, ROLES)  # the stub's reconcile runs
+    try:
+        assert stub_records(home) == []
+        assert await on_local_untouched(service, sandboxes) == before
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_stale_and_reap_see_the_refuser_s_late_copies_as_its_orphans(
+    nats_server: Any, home: Path
+) -> None:
+    write_profiles(home)
+    write_override(home, latency_ms=1, per_second=0, per_create=0, failure_rate=1)
+    service = await start_service(home, nats_server.url, ROLES)
+    try:
+        sandboxes = await rerouted_with_copies_left(home, service)
+        before = await on_local_untouched(service, sandboxes)
+        [stale] = await service.client.inventory("stale", "ext.saas-stub", {})
+        [drift] = stale["hosts"]
+        orphans = {o["sandbox_id"]: o["placed_on"] for o in drift["orphans"]}
+        assert orphans == dict.fromkeys(sandboxes, "ext.local")
+        assert (drift["ghosts"], drift["corpses"]) == ([], [])
+        [reaped] = await service.client.inventory("reap", "ext.saas-stub", {"apply": True})
+        assert sorted(reaped["hosts"][0]["removed"]) == sorted(sandboxes)
+        assert reaped["hosts"][0]["marked_failed"] == []
+        assert stub_records(home) == []
+        assert await on_local_untouched(service, sandboxes) == before
     finally:
         await service.client.close()
         await service.shutdown()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from sandboxer.config.hosts import HostConfig
-from sandboxer.domain.drift import corpse_reason, find_drift
+from sandboxer.domain.drift import corpse_reason, find_drift, placed_elsewhere, reconcile_step
 from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.sandbox_state import SandboxState, Status
 from sandboxer.extensions.compose_ssh.containers import Container
 from sandboxer.extensions.compose_ssh.listing import found_on_host, why_dead
 from sandboxer.extensions.ssh_targets import Target
@@ -61,6 +62,65 @@ def test_corpses_say_why_in_the_report() -> None:
     )
 
 
+def logged(status: Status, extension: str | None, host: str | None = None) -> SandboxState:
+    return SandboxState(sandbox_id="copy00000001", status=status, extension=extension, host=host)
+
+
+def test_a_copy_of_a_sandbox_the_log_places_elsewhere_is_removed_whatever_its_status() -> None:
+    """A rerouted sandbox lives on ext.local; ext.saas-stub still holds a copy (its create
+    landed late). The log's status speaks of ext.local's: the copy is removed, and neither
+    adopted (live), nor marked failed (dead), nor recorded destroyed (destroying)."""
+    live, dead = found("copy00000001"), found("copy00000001", alive=False)
+    hosted = FoundSandbox(sandbox_id="copy00000001", alive=True)
+    statuses: list[Status] = ["ready", "paused", "destroying", "failed", "destroyed", "routed"]
+    for status in statuses:
+        state = logged(status, "ext.local")
+        assert placed_elsewhere(hosted, "ext.saas-stub", state) == "ext.local"
+        for item in (live, dead, hosted):
+            assert reconcile_step(item, "ext.saas-stub", state) == "remove_copy"
+    # Another host of the same backend is elsewhere too.
+    on_host2 = logged("ready", "ext.compose-ssh", "host2")
+    assert placed_elsewhere(live, "ext.compose-ssh", on_host2) == "ext.compose-ssh on host2"
+    assert reconcile_step(dead, "ext.compose-ssh", on_host2) == "remove_copy"
+
+
+def test_the_log_s_status_rules_what_it_places_here() -> None:
+    live, dead = found("copy00000001"), found("copy00000001", alive=False)
+    here = "ext.compose-ssh"
+    assert reconcile_step(live, here, logged("ready", here, "host1")) == "adopt"
+    assert reconcile_step(dead, here, logged("active", here, "host1")) == "fail"
+    assert reconcile_step(live, here, logged("destroying", here, "host1")) == "finish_teardown"
+    assert reconcile_step(live, here, logged("failed", here, "host1")) == "remove"
+    assert reconcile_step(live, here, logged("provisioning", here, "host1")) == "leave"
+    # A sandbox it refused and is rerouting is still its own until routed elsewhere.
+    assert reconcile_step(live, here, logged("rerouting", here, "host1")) == "leave"
+    # No host recorded (made before hosts were): not elsewhere, its teardown looks everywhere.
+    assert reconcile_step(live, here, logged("ready", here)) == "adopt"
+    # Unknown to the log: no backend is named, so it is no one's copy.
+    assert placed_elsewhere(live, here, logged("new", None)) is None
+    assert reconcile_step(live, here, logged("new", None)) == "unknown"
+    snapshotting = SandboxState(
+        sandbox_id="copy00000001", status="destroying", extension=here, snapshotting="snap1"
+    )
+    assert reconcile_step(live, here, snapshotting) == "leave"
+
+
+def test_a_copy_left_here_is_an_orphan_never_a_corpse() -> None:
+    """Stale and reap see a rerouted sandbox's copy as an orphan of this backend, whatever
+    the log says of the sandbox where it lives, and say where that is."""
+    dead_copy = found("copy00000001", alive=False)
+    live_copy = found("copy00000002")
+    status = {"copy00000001": "ready", "copy00000002": "destroying"}
+    placed = {"copy00000001": "ext.local", "copy00000002": "ext.e2b"}
+    drift = find_drift([dead_copy, live_copy], status, [], placed)
+    assert [o.sandbox_id for o in drift.orphans] == ["copy00000001", "copy00000002"]
+    assert drift.corpses == []
+    report = drift.to_dict()
+    orphans = report["orphans"]
+    assert isinstance(orphans, list)
+    assert [o["placed_on"] for o in orphans] == ["ext.local", "ext.e2b"]
+
+
 def container(service: str, status: str, project: str = "sbx-stack0000001") -> Container:
     return Container(
         id=f"id-{service}",
@@ -109,3 +169,26 @@ def test_compose_listing_joins_markers_and_containers() -> None:
     assert "dead" not in by_id["stack0000001"].detail
     assert not by_id["removed00001"].alive
     assert by_id["removed00001"].detail["dead"].endswith("has no containers (they were removed)")
+
+
+def test_compose_listing_leaves_out_another_backend_s_sandbox_with_containers() -> None:
+    """On a host shared with vm-packer (one workspace root), `docker compose up` run in a
+    vm-packer workspace starts a project named after its directory, sbx-<id>: those
+    containers are not a compose sandbox, or reconcile and reap would take vm-packer's
+    sandbox for a copy left here. Containers whose marker is gone are still ours."""
+    item = Target(
+        "host1",
+        HostConfig(
+            address="127.0.0.1", insecure_accept_any_host_key=True, workspace_root="/srv/sbx"
+        ),
+    )
+    scan = Scan(
+        directories=frozenset({"vmworkspace1"}),
+        markers={"vmworkspace1": {"extension": "ext.vm-packer"}},
+    )
+    held = [
+        container("app", "running", project="sbx-vmworkspace1"),
+        container("web", "exited", project="sbx-unmarked0001"),
+    ]
+    listed = found_on_host(item, scan, held, "ext.compose-ssh")
+    assert [f.sandbox_id for f in listed] == ["unmarked0001"]

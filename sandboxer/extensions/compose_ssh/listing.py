@@ -51,8 +51,18 @@ def found_on_host(
         sandbox_id = containers.sandbox_of_project(container.project)
         if sandbox_id is not None:
             by_sandbox.setdefault(sandbox_id, []).append(container)
+    # Containers alone do not make a sandbox ours: on a host shared with vm-packer (one
+    # workspace root), a command run in its workspace sbx-<id> may start a compose project,
+    # whose default name is sbx-<id>. The marker says whose the sandbox is (as it does for
+    # teardown, Probe.foreign): ours or no one's (containers whose marker is gone) is
+    # listed, another backend's is not.
+    foreign = {
+        sid
+        for sid, marker in scan.markers.items()
+        if marker.get("extension") not in (None, extension)
+    }
     found = []
-    for sandbox_id in sorted(set(scan.owned_by(extension)) | set(by_sandbox)):
+    for sandbox_id in sorted((set(scan.owned_by(extension)) | set(by_sandbox)) - foreign):
         items = by_sandbox.get(sandbox_id, [])
         marker = scan.markers.get(sandbox_id, {})
         has_directory = sandbox_id in scan.directories
