@@ -44,6 +44,7 @@ TEST_ONLY=(
   "curl:curl"             # tests/integration/test_http_api_docs.py runs docs/http-api.md's curl examples
   "jq:jq"                 # ... which pick ids out of answers with jq
   "nft:nftables"          # ext.local egress allowlists (tests/integration/test_local_egress.py)
+  "keyctl:keyutils"       # keyrings kept apart by a sandbox's own uid (tests/integration/test_ext_local.py)
 )
 
 case "$profile" in

@@ -11,8 +11,9 @@ from pathlib import Path
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.errors import SandboxerError
-from sandboxer.extensions.local import cgroups, egress_slots
+from sandboxer.extensions.local import cgroups
 from sandboxer.extensions.local.holder import HOST_ENV
+from sandboxer.extensions.local.host_slots import RUN_DIR
 
 __all__ = ["Check", "cgroups_check", "egress_checks", "run_checks"]
 
@@ -121,7 +122,7 @@ def cgroups_check(base: Path = cgroups.CGROUP_BASE) -> Check:
 def egress_checks(
     *,
     euid: int | None = None,
-    run_dir: Path = egress_slots.SLOTS_DIR.parent,
+    run_dir: Path = RUN_DIR,
     search_path: str = HOST_ENV["PATH"],
 ) -> list[Check]:
     """What ext.local needs to enforce an egress allowlist (docs/ext-local.md#network).
@@ -165,7 +166,7 @@ def egress_checks(
             Check(
                 "egress: run directory",
                 False,
-                f"{existing} is not writable (link slots go to {egress_slots.SLOTS_DIR}): {lost}",
+                f"{existing} is not writable (link slots go to {run_dir}/egress-slots): {lost}",
                 f"run as root, or create {run_dir} writable by the worker's user",
             )
         )

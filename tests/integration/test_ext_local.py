@@ -28,9 +28,11 @@ import pytest
 from sandboxer.config.profile import Profile
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound
 from sandboxer.extensions.base import Extension, ProvisionRequest
-from sandboxer.extensions.local import LocalExtension
+from sandboxer.extensions.local import LocalExtension, keyrings
 from sandboxer.extensions.local import backend as backend_module
 from sandboxer.extensions.local.procs import ProcessRef, command_name
+from sandboxer.extensions.local.sandbox_uids import NOBODY, UIDS, UIDS_DIR
+from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -132,9 +134,11 @@ async def test_full_lifecycle_leaves_nothing_behind(ext: LocalExtension, root: P
         "100000\n"
     )
 
+    uid = state_of(root, sid)["uid"]
+    assert uid in UIDS
     assert await run(ext, sid, "sh", "-c", "pwd; hostname; id -u; echo $HOME") == (
         0,
-        f"/workspace\nsbx-{sid[:12]}\n65534\n/workspace\n",
+        f"/workspace\nsbx-{sid[:12]}\n{uid}\n/workspace\n",
         "",
     )
     found = await ext.list_sandboxes()
@@ -153,6 +157,7 @@ async def test_full_lifecycle_leaves_nothing_behind(ext: LocalExtension, root: P
     assert cgroups_of(sid) == []
     assert not any(ref.alive() for ref in refs)
     assert await ext.list_sandboxes() == []
+    assert not (UIDS_DIR / str(uid)).exists()
 
 
 async def test_network_is_loopback_only(ext: LocalExtension) -> None:
@@ -566,6 +571,7 @@ async def test_provision_after_a_partial_attempt_starts_clean(
     sid = new_id()
     await up(ext, request(sid))
     old_refs = holder_refs(root, sid)
+    uid = state_of(root, sid)["uid"]
     (root / sid / "workspace" / "leftover").write_text("x")
     group = cgroups_of(sid)[0]
     # A stray process in the sandbox's group, as if a crash left it behind.
@@ -591,6 +597,9 @@ async def test_provision_after_a_partial_attempt_starts_clean(
     assert not (root / sid / "workspace" / "leftover").exists()
     assert [(item.sandbox_id, item.alive) for item in await ext.list_sandboxes()] == [(sid, True)]
     assert await run(ext, sid, "ls", "-A") == (0, "", "")
+    # The same uid, found by its slot file's name when state.json was cut.
+    assert state_of(root, sid)["uid"] == uid
+    assert (UIDS_DIR / str(uid)).read_text() == f"{sid}-{ext._root_tag}\n"
 
 
 @pytest.mark.parametrize("bad", ["../etc", "a;rm -rf", "UPPERCASE1", "short", "a" * 33, ""])
@@ -630,3 +639,158 @@ async def test_pause_freezes_the_sandbox_cgroup_and_exec_is_refused_until_resume
     await ext.pause(sid)
     await ext.teardown(sid)  # thaws, then kills
     assert cgroups_of(sid) == []
+
+
+# -- a uid per sandbox (root) ----------------------------------------------------------------
+
+
+@pytest.fixture
+def keyctl() -> str:
+    if os.geteuid() != 0:
+        pytest.fail("a uid per sandbox needs a worker running as root", pytrace=False)
+    return require_tool("keyctl", "keyutils")
+
+
+async def wait_no_keys(uid: int) -> None:
+    """The kernel frees invalidated keys a moment later (its garbage collector)."""
+    async with asyncio.timeout(5):
+        while keyrings.held(uid):
+            await asyncio.sleep(0.02)
+
+
+async def test_two_sandboxes_run_as_uids_of_their_own_and_keep_their_keys_apart(
+    ext: LocalExtension, root: Path, keyctl: str
+) -> None:
+    first, second = new_id(), new_id()
+    await up(ext, request(first, secrets={"K": "v"}))
+    await up(ext, request(second))
+    uids = [state_of(root, sid)["uid"] for sid in (first, second)]
+    assert uids[0] != uids[1]
+    assert all(uid in UIDS for uid in uids)
+    for sid, uid in zip((first, second), uids, strict=True):
+        assert await run(ext, sid, "sh", "-c", "id -u; id -g; id -G") == (
+            0,
+            f"{uid}\n{uid}\n{uid}\n",  # the gid of the same number, no other group
+            "",
+        )
+        workspace = root / sid / "workspace"
+        assert (workspace.stat().st_uid, workspace.stat().st_gid) == (uid, uid)
+    secrets = root / first / "workspace" / ".sandboxer" / "secrets.env"
+    assert (secrets.stat().st_uid, secrets.parent.stat().st_uid) == (uids[0], uids[0])
+    # What a command makes is its sandbox's uid's.
+    probe = "touch /workspace/mine && stat -c %u /workspace/mine"
+    assert await run(ext, second, "sh", "-c", probe) == (0, f"{uids[1]}\n", "")
+
+    # A command's session keyring is its own and empty: one that wants the keys of its
+    # user keyring links it in first (docs/ext-local.md#users-and-keyrings).
+    def keys(*words: str) -> list[str]:
+        return ["sh", "-c", f'{keyctl} link @u @s && exec {keyctl} "$@"', "keys", *words]
+
+    code, key, err = await run(ext, first, *keys("add", "user", "probe", "first-only", "@u"))
+    assert code == 0, err
+    key = key.strip()
+    assert await run(ext, first, *keys("print", key)) == (0, "first-only\n", "")
+    assert (await run(ext, first, *keys("search", "@u", "user", "probe")))[0] == 0
+    # Not in the other's user keyring, and not readable by its id either.
+    code, _, err = await run(ext, second, *keys("search", "@u", "user", "probe"))
+    assert code != 0, err
+    code, out, err = await run(ext, second, *keys("print", key))
+    assert code != 0, err
+    assert "first-only" not in out
+
+
+async def test_a_worker_holding_a_session_keyring_hands_it_to_no_sandbox(
+    ext: LocalExtension, keyctl: str
+) -> None:
+    """Under systemd (every service gets a session keyring) or a login through pam_keyinit,
+    the worker holds one, and a command would inherit it across its change of uid: each
+    sandbox command gets an empty one of its own instead. Played in a thread of its own,
+    whose session keyring is its alone."""
+    first, second = new_id(), new_id()
+    await up(ext, request(first))
+    await up(ext, request(second))
+
+    async def scenario() -> None:
+        keyrings.join_new_session()  # the worker's, as systemd would give it
+        worker_key = subprocess.run(  # inherits this thread's session keyring
+            [keyctl, "add", "user", "worker-key", "x", "@s"], capture_output=True, check=True
+        )
+        assert worker_key.stdout.strip()
+        code, _, err = await run(ext, first, keyctl, "add", "user", "session-probe", "x", "@s")
+        assert code == 0, err
+        for sid in (first, second):
+            for name in ("worker-key", "session-probe"):
+                code, _, _ = await run(ext, sid, keyctl, "search", "@s", "user", name)
+                assert code != 0, (sid, name)
+
+    await asyncio.to_thread(asyncio.run, scenario())
+
+
+async def test_teardown_frees_the_uid_and_the_keys_it_held(
+    ext: LocalExtension, root: Path, keyctl: str
+) -> None:
+    sid = new_id()
+    await up(ext, request(sid))
+    uid = state_of(root, sid)["uid"]
+    slot = UIDS_DIR / str(uid)
+    assert slot.read_text() == f"{sid}-{ext._root_tag}\n"
+    # Keys in the user keyring and in the uid's persistent keyring, which outlives its
+    # processes for days: the next sandbox given this uid must find neither.
+    stash = (
+        f"{keyctl} link @u @s && {keyctl} add user probe secret @u >/dev/null && "
+        f"{keyctl} add user probe secret $({keyctl} get_persistent @s) >/dev/null"
+    )
+    assert await run(ext, sid, "sh", "-c", stash) == (0, "", "")
+    assert keyrings.held(uid)
+    await ext.teardown(sid)
+    assert not slot.exists()
+    await wait_no_keys(uid)
+
+
+async def test_a_teardown_that_lost_state_json_frees_the_uid_by_its_name(
+    ext: LocalExtension, root: Path, keyctl: str
+) -> None:
+    """A restarted worker (or reap-stale) finds the uid by the slot file's content."""
+    sid = new_id()
+    await up(ext, request(sid))
+    uid = state_of(root, sid)["uid"]
+    assert (await run(ext, sid, keyctl, "add", "user", "probe", "x", "@u"))[0] == 0
+    assert keyrings.held(uid)
+    (root / sid / "state.json").unlink()
+    await LocalExtension(root).teardown(sid)
+    assert not (UIDS_DIR / str(uid)).exists()
+    await wait_no_keys(uid)
+
+
+async def test_a_redelivered_provision_keeps_its_uid_and_starts_without_its_keys(
+    ext: LocalExtension, root: Path, keyctl: str
+) -> None:
+    sid = new_id()
+    await up(ext, request(sid))
+    uid = state_of(root, sid)["uid"]
+    assert (await run(ext, sid, keyctl, "add", "user", "probe", "x", "@u"))[0] == 0
+    await up(ext, request(sid, attempt=2))  # the job again, after a worker was lost
+    assert state_of(root, sid)["uid"] == uid
+    assert await run(ext, sid, "id", "-u") == (0, f"{uid}\n", "")
+    await wait_no_keys(uid)  # started clean: the earlier attempt's keys are gone
+
+
+async def test_a_sandbox_made_before_uids_of_their_own_still_runs_as_nobody(
+    ext: LocalExtension, root: Path, keyctl: str
+) -> None:
+    """A state.json without ``uid``, and a workspace owned by 65534: what the previous
+    version left. Its commands run as 65534, and its teardown frees no uid."""
+    sid = new_id()
+    await up(ext, request(sid, secrets={"K": "v"}))
+    state = state_of(root, sid)
+    uid = state.pop("uid")
+    (root / sid / "state.json").write_text(json.dumps(state))
+    (UIDS_DIR / str(uid)).unlink()  # the previous version took none
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(root / sid / "workspace")], check=True)
+    assert await run(ext, sid, "sh", "-c", "id -u; . .sandboxer/secrets.env; echo $K") == (
+        0,
+        f"{NOBODY}\nv\n",
+        "",
+    )
+    await ext.teardown(sid)
+    assert not (root / sid).exists()

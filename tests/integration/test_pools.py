@@ -27,6 +27,7 @@ from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.local import cgroups
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.extensions.local.sandbox_lock import LOCK_DIR
+from sandboxer.extensions.local.sandbox_uids import UIDS, UIDS_DIR
 from sandboxer.workers.pool_keeper import PoolKeeper
 from tests.integration.conftest import Service, reap_local, resend_provision_job, start_service
 
@@ -348,6 +349,52 @@ async def test_a_claim_cut_short_after_the_move_is_finished_by_its_retry(home: P
         await extension.teardown(request.sandbox_id)
         # The member's cgroups went with it: the sandbox's state named them.
         assert cgroups.sandbox_dirs(f"{member.sandbox_id}-{extension._root_tag}") == []
+    finally:
+        await reap_local(home)
+
+
+async def test_a_member_gets_its_uid_when_made_and_its_claim_keeps_it(
+    home: Path, tmp_path: Path
+) -> None:
+    """The member's uid, taken under the member's name when it was made, is the claimed
+    sandbox's: its inputs are handed to it, its commands run as it, its teardown frees it."""
+    extension = LocalExtension(home / "local")
+    members = extension.pool_members()
+    profile = Catalog.load().profile("profile.local")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "file").write_text("copied")
+    member = ProvisionRequest(
+        sandbox_id="pool00000000000000a4", profile=extension.member_profile(profile), inputs={}
+    )
+    request = ProvisionRequest(
+        sandbox_id="sbxclaimuid01",
+        profile=profile,
+        inputs={"repo": str(repo)},
+        secrets={"TOKEN": "v"},
+    )
+    try:
+        await members.provision(member)
+        made = json.loads((home / "local" / ".pool" / member.sandbox_id / "state.json").read_text())
+        uid = made["uid"]
+        assert uid in UIDS
+        slot = UIDS_DIR / str(uid)
+        assert slot.read_text() == f"{member.sandbox_id}-{extension._root_tag}\n"
+        await extension.claim(member.sandbox_id, request)
+        assert (
+            json.loads((home / "local" / request.sandbox_id / "state.json").read_text())["uid"]
+            == uid
+        )
+        out = bytearray()
+
+        async def keep(_stream: str, data: bytes) -> None:
+            out.extend(data)
+
+        owners = "id -u; stat -c %u file .sandboxer/secrets.env"
+        assert await extension.exec(request.sandbox_id, ["sh", "-c", owners], keep) == 0
+        assert out.decode() == f"{uid}\n" * 3
+        await extension.teardown(request.sandbox_id)
+        assert not slot.exists()
     finally:
         await reap_local(home)
 

@@ -67,11 +67,12 @@ def test_read_only_workspace_is_bound_read_only() -> None:
 
 def test_enter_passes_argv_as_separate_words_after_the_shell_script() -> None:
     hostile = ["echo", "$(id); rm -rf /", "a b", "FOO=bar"]
-    argv = enter_argv(child_pid=1234, argv=hostile)
+    argv = enter_argv(child_pid=1234, argv=hostile, uid=2000000007)
     assert argv[:4] == ["/usr/bin/nsenter", "-t", "1234", "-a"]
     assert argv[-len(hostile) :] == hostile
     assert argv[-len(hostile) - 1] == "sandboxer-exec"  # $0 of `sh -c`, so "$@" is exactly argv
-    assert "--reuid=65534" in argv
+    # The sandbox's own uid, the gid of that number, and no supplementary group of the worker.
+    assert {"--reuid=2000000007", "--regid=2000000007", "--clear-groups"} <= set(argv)
     assert "--no-new-privs" in argv
     assert "--bounding-set=-all" in argv
     assert "-i" in argv  # env -i: nothing from the worker's environment leaks in
@@ -88,6 +89,12 @@ def test_unprivileged_enter_uses_the_owning_user_namespace_and_keeps_its_uid() -
 def test_empty_argv_is_refused() -> None:
     with pytest.raises(ValueError, match="empty"):
         enter_argv(child_pid=1, argv=[])
+
+
+def test_enter_needs_either_a_uid_or_a_user_namespace() -> None:
+    for identity in ({}, {"uid": 2000000007, "user_ns": "/proc/self/fd/9"}):
+        with pytest.raises(ValueError, match="uid"):
+            enter_argv(child_pid=1, argv=["true"], **identity)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="empty"):
         launcher_argv([], [])
 

@@ -1,12 +1,11 @@
-"""ext.local egress, the parts without I/O: the input's checks, the rules, addresses,
-slot allocation (in a temporary directory), and the proxy's parsers and name matching."""
+"""ext.local egress, the parts without I/O: the input's checks, the rules, addresses, and
+the proxy's parsers and name matching (slot allocation: test_host_slots.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
 import ssl
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from hypothesis import strategies as st
 
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.errors import InvalidInput
-from sandboxer.extensions.local import egress_slots
 from sandboxer.extensions.local.egress_policy import (
     DENY,
     SLOTS,
@@ -141,28 +139,6 @@ def test_host_rules_keep_the_sandbox_away_from_the_host_except_its_proxy() -> No
     assert "masquerade" in rules
     assert "3128" not in host_ruleset(net, proxy=False)
     assert proxy_env(net)["HTTPS_PROXY"] == f"http://{net.gateway}:3128"
-
-
-def test_slots_are_taken_once_even_under_concurrency(tmp_path: Path) -> None:
-    taken: list[int] = []
-    names = [f"sandbox{index:03d}-tag" for index in range(40)]
-
-    def take(name: str) -> None:
-        taken.append(egress_slots.allocate(name, tmp_path))
-
-    threads = [threading.Thread(target=take, args=(name,)) for name in names]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(set(taken)) == 40
-    # Asking again (a redelivered create) returns the slot already held.
-    assert egress_slots.allocate(names[0], tmp_path) == egress_slots.owned_by(names[0], tmp_path)[0]
-    slot = egress_slots.owned_by(names[1], tmp_path)[0]
-    egress_slots.release(names[0], slot, tmp_path)  # not names[0]'s: left alone
-    assert egress_slots.owned_by(names[1], tmp_path) == [slot]
-    egress_slots.release(names[1], slot, tmp_path)
-    assert egress_slots.owned_by(names[1], tmp_path) == []
 
 
 def test_names_and_patterns() -> None:

@@ -35,6 +35,7 @@ def test_tests_install_everything_including_both_compose_engines() -> None:
         "runc",
         "catatonit",
         "nftables",
+        "keyutils",
     ):
         assert package in packages
 

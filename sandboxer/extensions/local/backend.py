@@ -4,7 +4,8 @@ A sandbox is a HOLDER process (``bwrap ... sleep infinity``) whose namespaces
 are the sandbox: its own pid, mount, network (loopback only), ipc, uts and
 cgroup namespaces, a read-only view of /usr and /etc, and a writable (or
 read-only) /workspace bound from ``<root>/<id>/workspace``. Commands run inside
-it with ``nsenter`` as an unprivileged user without capabilities. The holder
+it with ``nsenter`` as an unprivileged user without capabilities (as root, a uid
+of the sandbox's own: :mod:`.sandbox_uids`). The holder
 is detached from the worker (see :mod:`.holder`), and ``state.json`` records
 it, so a restarted worker adopts running sandboxes through
 :meth:`LocalExtension.list_sandboxes`.
@@ -18,6 +19,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import socket
 import time
@@ -37,13 +39,15 @@ from sandboxer.extensions.base import (
     Readiness,
     Stdin,
 )
-from sandboxer.extensions.local import cgroups, egress, egress_slots, freezer, workspace
-from sandboxer.extensions.local.bwrap_command import (
-    SANDBOX_GID,
-    SANDBOX_UID,
-    enter_argv,
-    launcher_argv,
+from sandboxer.extensions.local import (
+    cgroups,
+    egress,
+    freezer,
+    keyrings,
+    sandbox_uids,
+    workspace,
 )
+from sandboxer.extensions.local.bwrap_command import enter_argv, launcher_argv
 from sandboxer.extensions.local.egress_policy import DENY, LocalEgress, namespace_for
 from sandboxer.extensions.local.holder import spawn_holder
 from sandboxer.extensions.local.inventory import machine_report, scan_sandboxes
@@ -90,13 +94,15 @@ class LocalExtension:
         cgroup_base: Path = cgroups.CGROUP_BASE,
         egress_for: Callable[[ProvisionRequest], LocalEgress] = local_egress_for,
         egress_hosts_file: Path | None = None,
-        egress_slots_dir: Path = egress_slots.SLOTS_DIR,
+        egress_slots_dir: Path = egress.SLOTS_DIR,
+        uids_dir: Path = sandbox_uids.UIDS_DIR,
         root_tag: str | None = None,
         pool: bool = False,
     ) -> None:
         """``egress_for`` says what a request's sandbox may reach (see :mod:`.steps`);
         ``egress_hosts_file`` (``/etc/hosts`` lines) is what sandbox proxies resolve
         names with before the system resolver; tests use it, there being no DNS.
+        ``egress_slots_dir`` and ``uids_dir`` hold the host-wide link slots and uids.
         ``pool``: this root holds warm pool members (:meth:`pool_members`)."""
         self.root = Path(root)
         self._pool = pool
@@ -105,6 +111,7 @@ class LocalExtension:
         self._egress_for = egress_for
         self._egress_hosts_file = egress_hosts_file
         self._egress_slots_dir = egress_slots_dir
+        self._uids = sandbox_uids.uid_slots(uids_dir)
         self._as_root = os.geteuid() == 0
         # Cgroups are host-wide; tag them with the root so two roots never collide.
         self._root_tag = (
@@ -156,21 +163,33 @@ class LocalExtension:
         profile = request.profile
         allowed, egress_warnings = egress_of
 
-        if self._left_behind(layout):
+        left_behind = self._left_behind(layout)
+        kept_uid = None
+        if left_behind:
             self._refuse_if_made_later(layout, request)
-            await self._unmake(request.sandbox_id)  # start clean after a partial earlier attempt
+            # Start clean after a partial earlier attempt, but with the uid it had: a
+            # redelivered provision is the same sandbox (its keys are cleared all the same).
+            kept_uid = await self._unmake(request.sandbox_id, keep_uid=True)
         layout.create()
+        uid = None
+        if self._as_root:
+            # Taken once the directory exists, and freed before it is removed: a uid is never
+            # held by a sandbox that no directory names (what a first attempt relies on).
+            uid = self._uids.allocate(
+                self._group(request.sandbox_id), recorded=kept_uid, fresh=not left_behind
+            )
         state = State(
             sandbox_id=request.sandbox_id,
             created_at=datetime.now(UTC).isoformat(),
             workspace=str(layout.workspace),
-            warnings=[*profile_warnings(profile), *egress_warnings],
+            warnings=[*profile_warnings(profile), *egress_warnings, *self._keyring_warnings()],
             # A member names its own groups and network: once a claim moves its directory
             # to a sandbox's, its teardown still finds them, with nothing to write first.
             pool_member=request.sandbox_id if self._pool else None,
             made_by=[request.generation, request.attempt],
+            uid=uid,
         )
-        workspace.write_state(layout, state)
+        workspace.write_state(layout, state)  # the uid recorded before anything runs as it
         network: egress.EgressState | None = None
         if not allowed.denies_all:
             # Built (and recorded) before the holder: nothing ever runs unfiltered.
@@ -186,7 +205,7 @@ class LocalExtension:
             workspace.write_state(layout, state)
         if source is not None:
             await asyncio.to_thread(workspace.copy_repo, source, layout.workspace)
-        owner = (SANDBOX_UID, SANDBOX_GID) if self._as_root else None
+        owner = (uid, uid) if uid is not None else None
         if request.secrets:
             workspace.write_secrets(layout.workspace, request.secrets, owner)
         if owner is not None and source is None and not request.secrets:
@@ -241,6 +260,8 @@ class LocalExtension:
             await egress.teardown(
                 self._group(request.sandbox_id), network, slots_dir=self._egress_slots_dir
             )
+            if uid is not None:  # nothing ran as it yet: no keys to clear
+                self._uids.release(self._group(request.sandbox_id), uid)
             raise
         return state
 
@@ -277,15 +298,17 @@ class LocalExtension:
         async with sandbox_lock(self.root, sandbox_id, remove=True):
             await self._unmake(sandbox_id)
 
-    async def _unmake(self, sandbox_id: str) -> None:
-        """Kill the holder, remove the groups, the network and the directory (the lock held)."""
+    async def _unmake(self, sandbox_id: str, *, keep_uid: bool = False) -> int | None:
+        """Kill the holder, remove the groups, the network, the uid and the directory (the
+        lock held). ``keep_uid``: a provision starting again keeps the sandbox's uid, whose
+        keys are cleared all the same; the uid kept is returned (None: none, or not known)."""
         layout = self._layout(sandbox_id)
         state = workspace.read_state(layout)
         if state is None and self._pool and not layout.dir.exists():
-            # A member with no directory was claimed (its groups and network, named after
-            # it, are its sandbox's now) or is torn down already: nothing here is its own.
-            # A member's groups come after its state.json, so none was made without one.
-            return
+            # A member with no directory was claimed (its groups, network and uid, named
+            # after it, are its sandbox's now) or is torn down already: nothing here is its
+            # own. A member's groups come after its state.json, so none was made without one.
+            return None
         refs = [] if state is None else [ref for ref in (state.holder, state.monitor) if ref]
         group = self._group_of(sandbox_id, state)
         recorded = [Path(path) for path in state.cgroups] if state else []
@@ -301,7 +324,33 @@ class LocalExtension:
             slots_dir=self._egress_slots_dir,
         )
         await self._gone(sandbox_id, refs)
+        # Kept only under the name it would be taken again by (not a claimed member's).
+        kept = await self._free_uid(
+            sandbox_id, group, state, keep=keep_uid and group == self._group(sandbox_id)
+        )
         await asyncio.to_thread(workspace.remove, layout)
+        return kept
+
+    async def _free_uid(
+        self, sandbox_id: str, group: str, state: State | None, *, keep: bool
+    ) -> int | None:
+        """Clear the keys of the uid ``group`` holds, then free it (unless ``keep``): the one
+        ``state`` records, or, with no record, whichever the slot files give ``group``. The
+        sandbox's processes are gone. A uid the record names but another sandbox now holds
+        (the record outlived a reboot, which empties /run) is left alone."""
+        if not self._as_root:
+            return None
+        if state is None:
+            uids = self._uids.owned_by(group)
+        elif state.uid is not None and self._uids.holds(group, state.uid):
+            uids = [state.uid]
+        else:  # none (made before sandboxes had their own: 65534 is no one's to free), or gone
+            return None
+        for index, uid in enumerate(uids):
+            await sandbox_uids.clear_keys(uid, sandbox_id=sandbox_id)
+            if not keep or index > 0:  # one is kept (a second would be a stray)
+                self._uids.release(group, uid)
+        return uids[0] if keep and uids else None
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         return await asyncio.to_thread(scan_sandboxes, self.root)
@@ -397,6 +446,7 @@ class LocalExtension:
             egress_for=self._egress_for,
             egress_hosts_file=self._egress_hosts_file,
             egress_slots_dir=self._egress_slots_dir,
+            uids_dir=self._uids.directory,
             root_tag=self._root_tag,
             pool=True,
         )
@@ -482,7 +532,8 @@ class LocalExtension:
             return state
         if source is not None:
             await asyncio.to_thread(workspace.copy_repo, source, target.workspace)
-        owner = (SANDBOX_UID, SANDBOX_GID) if self._as_root else None
+        member_uid = self._uid_of(state)  # the member's: the claim keeps it
+        owner = (member_uid, member_uid) if self._as_root else None
         if request.secrets:
             workspace.write_secrets(target.workspace, request.secrets, owner)
         if owner is not None and (source is not None or request.secrets):
@@ -557,19 +608,34 @@ class LocalExtension:
         Teardown looks for stray proxies by scanning every process's command line,
         milliseconds on a busy host, so a first attempt skips it: every attempt makes
         the sandbox directory before anything else, except the cgroups and the network
-        (its slot and namespace), which outlive a lost directory and are checked too.
+        (its slot and namespace), which outlive a lost directory and are checked too. (Its
+        uid is taken after the directory is made and freed before it is removed.)
         """
         group = self._group(layout.sandbox_id)
         return (
             layout.dir.exists()
             or layout.dir.is_symlink()
             or bool(cgroups.sandbox_dirs(group, self._cgroup_base))
-            or bool(egress_slots.owned_by(group, self._egress_slots_dir))
+            or bool(egress.link_slots(self._egress_slots_dir).owned_by(group))
             or egress.namespace_path(namespace_for(group)).exists()
         )
 
     def _group(self, sandbox_id: str) -> str:
         return f"{sandbox_id}-{self._root_tag}"
+
+    @staticmethod
+    def _uid_of(state: State) -> int:
+        """The uid (and gid) a root-run sandbox's commands run as and its files belong to."""
+        return state.uid if state.uid is not None else sandbox_uids.NOBODY
+
+    def _keyring_warnings(self) -> list[str]:
+        if not self._as_root or keyrings.AVAILABLE:
+            return []
+        return [
+            "session keyring shared: ext.local knows no keyctl system call number for "
+            f"{platform.machine()}, so the sandbox's commands keep the worker's session "
+            "keyring (@s) and may reach keys other sandboxes' commands put there"
+        ]
 
     def _group_of(self, sandbox_id: str, state: State | None) -> str:
         """The name of its cgroups and network: its pool member's when it was claimed."""
@@ -627,10 +693,13 @@ class LocalExtension:
             inner = enter_argv(
                 child_pid=state.holder_pid,
                 argv=argv,
+                uid=self._uid_of(state),
                 nsenter=nsenter,
                 env=network.env if network else None,
             )
-            return await run_streaming(launcher_argv(procs, inner), output, stdin=stdin)
+            return await run_streaming(
+                launcher_argv(procs, inner), output, stdin=stdin, own_session_keyring=True
+            )
         user_ns = owning_user_namespace(state.holder_pid)
         try:
             inner = enter_argv(

@@ -6,7 +6,7 @@ Three command lines make a local sandbox:
   namespaces *are* the sandbox;
 * the ENTER command: ``nsenter -t CHILD -a -- setpriv ... -- env -i ... sh -c
   'cd /workspace && exec "$@"' ARGV``, which runs one command inside those
-  namespaces as an unprivileged user with no capabilities;
+  namespaces as the sandbox's own unprivileged user with no capabilities;
 * the CGROUP LAUNCHER: a two-line ``/bin/sh`` wrapper that writes ``0`` (itself)
   into the sandbox's cgroup join files and then runs the real command,
   so the command and everything it forks are charged to the sandbox from its
@@ -22,9 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
-    "SANDBOX_GID",
     "SANDBOX_PATH",
-    "SANDBOX_UID",
     "WORKSPACE_MOUNT",
     "enter_argv",
     "holder_argv",
@@ -34,9 +32,6 @@ __all__ = [
 
 WORKSPACE_MOUNT = "/workspace"
 SANDBOX_PATH = "/usr/bin:/bin"
-SANDBOX_UID = 65534
-"""``nobody``: commands inside a sandbox run as this host uid when the backend runs as root."""
-SANDBOX_GID = 65534
 
 # Namespaces a root-run holder unshares. ``--unshare-all`` would also create a
 # user namespace that maps only uid 0 (to host root); inside it no other uid
@@ -134,16 +129,18 @@ def enter_argv(
     *,
     child_pid: int,
     argv: Sequence[str],
+    uid: int | None = None,
     user_ns: str | None = None,
     nsenter: str = "/usr/bin/nsenter",
     env: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Run ``argv`` inside the namespaces of ``child_pid`` with a clean environment in /workspace.
 
-    ``user_ns`` is None when the backend runs as root: the holder has no user
-    namespace, and ``setpriv`` switches to uid/gid 65534, empties the
-    capability bounding set and sets no_new_privs, so setuid binaries cannot
-    win back privileges.
+    Exactly one of ``uid`` and ``user_ns`` is given. ``uid`` when the backend runs
+    as root: the holder has no user namespace, and ``setpriv`` switches to the
+    sandbox's own uid (and the gid of that number, with no supplementary groups;
+    :mod:`.sandbox_uids`), empties the capability bounding set and sets
+    no_new_privs, so setuid binaries cannot win back privileges.
 
     Without root, ``user_ns`` names the user namespace that OWNS the sandbox's
     other namespaces. Unprivileged bwrap nests the sandbox in a second user
@@ -156,9 +153,11 @@ def enter_argv(
     """
     if not argv:
         raise ValueError("argv must not be empty")
-    if user_ns is None:
+    if (uid is None) == (user_ns is None):
+        raise ValueError("give a uid (a root-run holder) or a user namespace (one without root)")
+    if uid is not None:
         namespaces = ["-a"]
-        identity = [f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups"]
+        identity = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
     else:
         namespaces = [f"--user={user_ns}", "--preserve-credentials", *_UNPRIVILEGED_ENTER]
         identity = []

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from sandboxer.errors import ExtensionError
-from sandboxer.extensions.local import egress_proxy, egress_slots
+from sandboxer.extensions.local import egress_proxy
 from sandboxer.extensions.local.egress_policy import (
     PROXY_PORT,
+    SLOTS,
     LocalEgress,
     Network,
     host_ruleset,
@@ -46,11 +47,23 @@ from sandboxer.extensions.local.egress_policy import (
     sandbox_ruleset,
 )
 from sandboxer.extensions.local.holder import HOST_ENV, launch_detached, tail
+from sandboxer.extensions.local.host_slots import RUN_DIR, SlotFiles
 from sandboxer.extensions.local.procs import ProcessRef, kill, stat_of
 
-__all__ = ["NETNS_DIR", "EgressState", "leftover_namespaces", "namespace_path", "setup", "teardown"]
+__all__ = [
+    "NETNS_DIR",
+    "SLOTS_DIR",
+    "EgressState",
+    "leftover_namespaces",
+    "link_slots",
+    "namespace_path",
+    "setup",
+    "teardown",
+]
 
 NETNS_DIR = Path("/run/netns")
+SLOTS_DIR = RUN_DIR / "egress-slots"
+"""Link slots, host-wide: ``<n>`` holds the name of the sandbox whose link is block n."""
 TOOL_TIMEOUT = 10.0
 PROXY_SCRIPT = Path(egress_proxy.__file__)
 
@@ -94,6 +107,11 @@ def namespace_path(namespace: str) -> Path:
     return NETNS_DIR / namespace
 
 
+def link_slots(directory: Path = SLOTS_DIR) -> SlotFiles:
+    """The link blocks of 169.254.0.0/16 (:data:`.egress_policy.SLOTS`), taken in ``directory``."""
+    return SlotFiles(directory, SLOTS, "an egress slot", "sandboxes with network access")
+
+
 async def setup(
     *,
     name: str,
@@ -101,11 +119,11 @@ async def setup(
     egress: LocalEgress,
     sandbox_dir: Path,
     hosts_file: Path | None = None,
-    slots_dir: Path = egress_slots.SLOTS_DIR,
+    slots_dir: Path = SLOTS_DIR,
 ) -> EgressState:
     """Build the sandbox's network; on any failure, remove whatever was built, then raise."""
     egress.check()
-    slot = egress_slots.allocate(name, slots_dir)
+    slot = link_slots(slots_dir).allocate(name)
     net = network_for(name, slot)
     proxy = bool(egress.domains)
     try:
@@ -156,11 +174,12 @@ async def setup(
 
 
 async def teardown(
-    name: str, recorded: EgressState | None = None, *, slots_dir: Path = egress_slots.SLOTS_DIR
+    name: str, recorded: EgressState | None = None, *, slots_dir: Path = SLOTS_DIR
 ) -> None:
     """Remove everything :func:`setup` may have made for ``name``; quiet when nothing is left."""
     namespace = namespace_for(name)
-    slots = egress_slots.owned_by(name, slots_dir)
+    link = link_slots(slots_dir)
+    slots = link.owned_by(name)
     if not (slots or recorded or namespace_path(namespace).exists()):
         # setup takes a slot first and frees it last, and starts a proxy only in between:
         # nothing was ever built. (Checked before the scan of /proc for proxies, which costs
@@ -187,8 +206,8 @@ async def teardown(
     await _tool(["nft", "delete", "table", "inet", host_table_for(name)], missing_ok=True)
     if namespace_path(namespace).exists():
         await _tool(["ip", "netns", "delete", namespace], missing_ok=True)
-    for slot in egress_slots.owned_by(name, slots_dir):
-        egress_slots.release(name, slot, slots_dir)
+    for slot in link.owned_by(name):
+        link.release(name, slot)
 
 
 def leftover_namespaces(tag: str) -> list[str]:

@@ -6,7 +6,7 @@ I/O: :mod:`.egress` applies what these functions return.
 
 Every sandbox that may reach anything gets its own network namespace and a
 veth pair to the host. Addresses come from 169.254.0.0/16 in /30 blocks, one
-per SLOT (allocated by :mod:`.egress_slots`): ``.1`` on the host's end (where
+per SLOT (taken by :func:`.egress.link_slots`): ``.1`` on the host's end (where
 the sandbox's proxy listens), ``.2`` inside the sandbox.
 """
 

@@ -19,10 +19,12 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
+from sandboxer.errors import ExtensionError
 from sandboxer.extensions.base import OutputSink, Stdin
+from sandboxer.extensions.local import keyrings
 from sandboxer.extensions.local.holder import HOST_ENV, pipe_chunks
 
 __all__ = ["run_streaming"]
@@ -73,6 +75,27 @@ async def _stop(proc: asyncio.subprocess.Process, tasks: list[asyncio.Future[Non
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@contextlib.contextmanager
+def _session_keyring(*, own: bool) -> Iterator[None]:
+    """With ``own``, a new session keyring for this thread just before the command starts,
+    and another after it (see :func:`run_streaming`)."""
+    if not own:
+        yield
+        return
+    try:
+        keyrings.join_new_session()
+    except OSError as exc:
+        raise ExtensionError(
+            f"the command could not be given a session keyring of its own: {exc}",
+            extension="ext.local",
+        ) from exc
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # else the next command's own replaces it
+            keyrings.join_new_session()
+
+
 async def run_streaming(
     argv: Sequence[str],
     output: OutputSink,
@@ -80,26 +103,34 @@ async def run_streaming(
     pass_fds: Sequence[int] = (),
     drain_grace: float = DRAIN_GRACE,
     stdin: Stdin | None = None,
+    own_session_keyring: bool = False,
 ) -> int:
     """Run ``argv`` (in its own session), stream its output, return its exit code.
 
     ``stdin`` is fed to the command's standard input (an empty input without it).
     If the caller is cancelled, or the output sink or the input raises, the
     command's whole process group is killed before the error propagates.
+
+    ``own_session_keyring``: the command holds a session keyring that nothing else holds
+    (:mod:`.keyrings`). This thread joins a new empty one just before the command is forked
+    from it (asyncio forks in the calling thread, before its first suspension, so no other
+    task starts anything in between), and another just after, so that the worker keeps
+    none the command holds.
     """
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     in_read, in_write = os.pipe() if stdin is not None else (-1, -1)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=in_read if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=out_write,
-            stderr=err_write,
-            start_new_session=True,
-            pass_fds=tuple(pass_fds),
-            env=HOST_ENV,
-        )
+        with _session_keyring(own=own_session_keyring):
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=in_read if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=out_write,
+                stderr=err_write,
+                start_new_session=True,
+                pass_fds=tuple(pass_fds),
+                env=HOST_ENV,
+            )
     except BaseException:
         os.close(out_read)
         os.close(err_read)

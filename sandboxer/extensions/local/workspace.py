@@ -95,6 +95,11 @@ class State:
     """``[generation, attempt]`` of the provisioning that made it (a first claim of a pool
     member records none): an earlier one, resumed after its job went to another worker,
     must not unmake it."""
+    uid: int | None = None
+    """The host uid (and gid, the same number) its commands run as and its workspace belongs
+    to, its own (:mod:`.sandbox_uids`), recorded before anything runs as it; a claimed pool
+    member keeps its member's. None: made by a worker without root, or before each sandbox
+    had a uid of its own (it runs as 65534, ``nobody``)."""
 
     @property
     def holder(self) -> ProcessRef | None:
