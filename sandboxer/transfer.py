@@ -28,11 +28,14 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import ObjectNotFoundError
 
 from sandboxer import subjects
+from sandboxer.bus.ask import no_responders
 from sandboxer.bus.streams import replicas_for
 from sandboxer.errors import (
     BusError,
@@ -40,11 +43,13 @@ from sandboxer.errors import (
     InvalidInput,
     PathRefused,
     SandboxerError,
+    ServiceNotRunning,
     Unsupported,
     WorkspaceRefused,
 )
 from sandboxer.workers.exec_service import STDIN_HEADER
 from sandboxer.workers.file_service import HEADER, check_path, files_subject
+from sandboxer.workers.heartbeat import allowed_silence, next_answer
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive
@@ -59,6 +64,7 @@ __all__ = [
     "copy_out",
     "copy_target",
     "feed_stdin",
+    "first_answer",
     "get_object",
     "pack_file",
     "place_copy",
@@ -109,6 +115,28 @@ async def feed_stdin(nc: Nats, subject: str, source: StdinSource) -> None:
         await nc.request(subject, b"", timeout=STDIN_ACK_TIMEOUT, headers={STDIN_HEADER: "end"})
     except NoRespondersError:
         return  # the command is over: what it did not read is dropped, as with a pipe
+
+
+# -- streamed answers (exec, files) -----------------------------------------------------------
+
+
+async def first_answer(sub: Subscription, sandbox_id: str, *, serves: str, silent: str) -> Msg:
+    """The first message on a streamed request's inbox ``sub``. Raises :class:`BusError`
+    (``silent``) when none comes within seconds (no worker holds the sandbox), and
+    :class:`ServiceNotRunning` when the server says at once that nothing subscribes to the
+    request's subject: no worker of any backend runs (``serves``: what the subject serves)."""
+    try:
+        msg = await sub.next_msg(timeout=STARTED_TIMEOUT)
+    except NatsTimeout:
+        raise BusError(silent, sandbox_id=sandbox_id) from None
+    if no_responders(msg):
+        raise ServiceNotRunning(
+            f"no extension worker is running: nothing serves {serves} on this NATS. Start "
+            "the service's workers ('sandboxer up', or 'sandboxer worker EXTENSION' for one "
+            "backend)",
+            sandbox_id=sandbox_id,
+        )
+    return msg
 
 
 # -- copies in ---------------------------------------------------------------------------------
@@ -176,23 +204,34 @@ async def _ask(
         subject = subjects.stamped(subject, key_id)
     try:
         await nc.publish(subject, msgspec.json.encode(request), reply=inbox)
-        try:
-            msg = await sub.next_msg(timeout=STARTED_TIMEOUT)
-        except NatsTimeout:
-            raise BusError(
-                f"no worker holds sandbox {sandbox_id}: it may not be ready, its backend may not "
-                "copy files, or its extension worker is not running ('sandboxer get' shows it)"
-            ) from None
+        msg = await first_answer(
+            sub,
+            sandbox_id,
+            serves=f"file copies ({subject})",
+            silent=f"no worker holds sandbox {sandbox_id}: it may not be ready, its backend may "
+            "not copy files, or its extension worker is not running ('sandboxer get' shows it)",
+        )
+        silence: float | None = None  # no limit until the worker promises heartbeats
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(download.open("wb")) if download is not None else None
             while (kind := (msg.headers or {}).get(HEADER)) != "done":
-                if kind == "input" and upload is not None and feeder is None:
+                if kind == "started":
+                    silence = allowed_silence(msg.headers)
+                elif kind == "input" and upload is not None and feeder is None:
                     into = str(msgspec.json.decode(msg.data)["stdin"])
                     feeder = asyncio.create_task(feed_stdin(nc, into, _file_chunks(upload)))
                 elif kind == "data" and out is not None:
                     await asyncio.to_thread(out.write, msg.data)
                     await msg.respond(b"")  # the worker sends more as these arrive
-                msg = await sub.next_msg(timeout=timeout)
+                # Other kinds (``alive``, its heartbeat) need no answer.
+                async with asyncio.timeout(timeout):
+                    msg = await next_answer(
+                        sub,
+                        silence,
+                        sandbox_id=sandbox_id,
+                        doing="copying files",
+                        unknown="Whether the copy was made is unknown: look, and copy again",
+                    )
     finally:
         if feeder is not None:
             feeder.cancel()

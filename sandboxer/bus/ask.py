@@ -7,6 +7,10 @@ is safe: within a caller's ``budget`` it is asked again with backoff (``stamina`
 and only once the budget is spent does the caller hear that nothing answered.
 A request that timed out is not asked again here: it may have reached a responder
 that is still busy with it, and the caller knows whether that is worth repeating.
+
+A request published with a reply inbox of one's own (a streamed answer: exec, files,
+several replies) hears the same "no responders" as a message on that inbox, a status
+with no body: :func:`no_responders` tells it from an answer.
 """
 
 from __future__ import annotations
@@ -19,11 +23,19 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer.errors import ServiceNotRunning
 
-__all__ = ["RESTART_BUDGET", "ask"]
+__all__ = ["RESTART_BUDGET", "ask", "no_responders"]
 
 RESTART_BUDGET = 10.0
 """Seconds a wait rides out an absent responder: a restarted ``sandboxer up`` answers within
 a few (its projector catches up on the log first)."""
+
+NO_RESPONDERS_STATUS = "503"
+
+
+def no_responders(msg: Msg) -> bool:
+    """Whether ``msg``, arrived on a request's reply inbox, is nats-server saying that
+    nothing subscribes to the request's subject (it answers that at once)."""
+    return not msg.data and (msg.headers or {}).get("Status") == NO_RESPONDERS_STATUS
 
 
 async def ask(

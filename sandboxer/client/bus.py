@@ -17,12 +17,10 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as Nats
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
-from sandboxer.bus.ask import RESTART_BUDGET, ask
+from sandboxer.bus.ask import RESTART_BUDGET, ask, no_responders
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.key_users import key_credentials
@@ -37,13 +35,21 @@ from sandboxer.command_outcomes import (
     notify,
 )
 from sandboxer.config.settings import Settings
-from sandboxer.errors import BusError, InvalidInput, RequestError, WorkerLost
+from sandboxer.errors import BusError, InvalidInput, RequestError
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
 from sandboxer.service_discovery import client_credentials, find_service_urls
-from sandboxer.transfer import Copied, StdinSource, copy_in, copy_out, feed_stdin, get_object
+from sandboxer.transfer import (
+    Copied,
+    StdinSource,
+    copy_in,
+    copy_out,
+    feed_stdin,
+    first_answer,
+    get_object,
+)
 from sandboxer.transfer import put_archive as _put_archive
-from sandboxer.workers.exec_heartbeat import allowed_silence
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
+from sandboxer.workers.heartbeat import allowed_silence, next_answer
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB, ArchiveLimits
 from sandboxer.workspaces.upload import Uploaded, UploadProgress, upload_directory
 
@@ -289,7 +295,7 @@ class SandboxerClient:
                     msg = await sub.next_msg(timeout=wait)
                 except NatsTimeout:
                     return replies
-                if not msg.data and (msg.headers or {}).get("Status") == "503":
+                if no_responders(msg):
                     return replies  # the server says no one listens on that subject
                 replies.append(msgspec.json.decode(msg.data))
                 wait = settle
@@ -769,20 +775,16 @@ class SandboxerClient:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         feeder: asyncio.Task[None] | None = None
+        subject = self._subject(subjects.exec_subject(sandbox_id))
         try:
-            await self.nc.publish(
-                self._subject(subjects.exec_subject(sandbox_id)),
-                msgspec.json.encode(request),
-                reply=inbox,
+            await self.nc.publish(subject, msgspec.json.encode(request), reply=inbox)
+            msg = await first_answer(
+                sub,
+                sandbox_id,
+                serves=f"exec ({subject})",
+                silent=f"no worker runs sandbox {sandbox_id}: it may not be ready, or its "
+                "extension worker is not running ('sandboxer get' shows its state)",
             )
-            try:
-                first = await sub.next_msg(timeout=5.0)
-            except NatsTimeout:
-                raise BusError(
-                    f"no worker runs sandbox {sandbox_id}: it may not be ready, or its "
-                    "extension worker is not running ('sandboxer get' shows its state)"
-                ) from None
-            msg = first
             silence: float | None = None  # no limit until the worker promises heartbeats
             async with asyncio.timeout(timeout):
                 while True:
@@ -808,7 +810,13 @@ class SandboxerClient:
                     # Other kinds are ignored: ``alive`` is the worker checking that this
                     # inbox is still subscribed, and needs no answer (docs/protocol.md#exec);
                     # like any message, it shows the worker is still there.
-                    msg = await _next_answer(sub, silence, sandbox_id)
+                    msg = await next_answer(
+                        sub,
+                        silence,
+                        sandbox_id=sandbox_id,
+                        doing="running the command",
+                        unknown="The command may still be running, or not; no exit code will come",
+                    )
         finally:
             if feeder is not None:
                 feeder.cancel()
@@ -940,20 +948,6 @@ class SandboxerClient:
                 if not follow:
                     return
                 await asyncio.sleep(watcher.POLL_SECONDS * 4)
-
-
-async def _next_answer(sub: Subscription, silence: float | None, sandbox_id: str) -> Msg:
-    """An exec's next message; :class:`WorkerLost` after ``silence`` seconds without one
-    (the worker's heartbeats stopped: docs/protocol.md#exec)."""
-    try:
-        return await sub.next_msg(timeout=silence)
-    except NatsTimeout:
-        raise WorkerLost(
-            f"the worker running the command in sandbox {sandbox_id} stopped answering "
-            f"(nothing from it for {silence:g} s): it was killed, or lost its host or its "
-            "connection. The command may still be running, or not; no exit code will come",
-            sandbox_id=sandbox_id,
-        ) from None
 
 
 def _check_id(sandbox_id: str) -> None:

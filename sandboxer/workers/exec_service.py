@@ -44,10 +44,10 @@ may not publish into the worker's inbox anyway): the request times out, which me
 client is still there, so clients that predate ``alive`` are never taken for gone.
 
 The other way round, ``alive`` is the worker's heartbeat: the ``started`` message says
-in its :data:`~sandboxer.workers.exec_heartbeat.HEADER` header how often one comes, and
+in its :data:`~sandboxer.workers.heartbeat.HEADER` header how often one comes, and
 a client that hears nothing for a few of them knows the worker is gone (killed, its host
 lost) and stops waiting for an ``exit`` that will never come
-(:mod:`sandboxer.workers.exec_heartbeat`).
+(:mod:`sandboxer.workers.heartbeat`; copies do the same).
 
 Files (``sandboxer.files.<sandbox_id>``, :mod:`sandboxer.workers.file_service`) are served
 by the same workers, through the same backend exec.
@@ -69,7 +69,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
@@ -80,8 +79,9 @@ from sandboxer.errors import SandboxerError, Unsupported
 from sandboxer.events.types import Actor
 from sandboxer.extensions.base import Extension, OutputSink
 from sandboxer.ids import new_command_id
-from sandboxer.workers import exec_heartbeat
+from sandboxer.workers import heartbeat
 from sandboxer.workers.backend_for import backend_for
+from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
 
@@ -89,7 +89,7 @@ if TYPE_CHECKING:
     from sandboxer.config.settings import Settings
     from sandboxer.workers.file_service import FileService
 
-__all__ = ["ExecRequest", "ExecService", "StdinInbox"]
+__all__ = ["STOP_GRACE", "ExecRequest", "ExecService", "StdinInbox"]
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,8 @@ STDIN_UNANSWERED = 2
 """Chunks held unanswered beyond the queue; a client following the protocol has one at most."""
 STDIN_PENDING = STDIN_QUEUE + STDIN_UNANSWERED
 """Messages nats-py may buffer for an input subscription (its default is 512k, 128 MiB)."""
-CLIENT_CHECK_INTERVAL = 10.0
+CLIENT_CHECK_INTERVAL = heartbeat.INTERVAL
 """Seconds between checks that an exec's client still listens on its reply inbox."""
-CLIENT_CHECK_TIMEOUT = 1.0
-"""Seconds an ``alive`` request waits: a timeout means the client is there (it never answers)."""
-STOP_GRACE = 5.0
-"""Seconds running execs get to end when the worker stops, before they are cancelled."""
 MAX_TIMEOUT = 7 * 24 * 3600.0
 OUTPUT_CHUNK = 64 * 1024
 """Most bytes of output in one message (NATS's default max payload is 1 MiB)."""
@@ -240,7 +236,7 @@ class ExecService:
             from sandboxer.workers.file_service import FileService
 
             self._files = FileService(nc, store, extension, settings, touch=self.touch)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = InFlight()
         self._touched: dict[str, float] = {}
         """Sandbox -> monotonic time of the last touch sent (a cache: losing it costs a touch)."""
 
@@ -254,20 +250,15 @@ class ExecService:
     async def stop(self) -> None:
         for sub in self._subs:
             await sub.unsubscribe()
-        if self._files is not None:
-            await self._files.stop()
-        if self._tasks:
-            # A command may run for days (``tail -f``): after a short grace, cancel what still
-            # runs, which kills the commands and tells their clients.
-            _done, running = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE)
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+        # A command may run for days (``tail -f``), a copy for half an hour: after a short
+        # grace, what still runs is cancelled, which kills the commands and copies and tells
+        # their clients. Copies and commands get the grace side by side, not one after the
+        # other (execs would outlive theirs).
+        files = [self._files.stop()] if self._files is not None else []
+        await asyncio.gather(self._in_flight.stop(STOP_GRACE), *files)
 
     async def _on_request(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._serve(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._in_flight.start(self._serve(msg))
 
     async def touch(self, state: SandboxState) -> None:
         """Record the exec as activity (see the module docstring); never fails the exec."""
@@ -314,7 +305,7 @@ class ExecService:
         async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:
             headers: dict[str, str] = {HEADER: kind}
             if kind == "started":  # how often its ``alive`` checks come: see _client_gone
-                headers[exec_heartbeat.HEADER] = f"{CLIENT_CHECK_INTERVAL:g}"
+                headers[heartbeat.HEADER] = f"{CLIENT_CHECK_INTERVAL:g}"
             # A backend may hand output over whole (Daytona's arrives when the command
             # ends): split, so no message passes the server's max payload.
             step = OUTPUT_CHUNK if kind in ("stdout", "stderr") else len(data)
@@ -430,22 +421,10 @@ class ExecService:
         """Return (the exit's error) once nothing subscribes to the exec's reply inbox.
 
         Each check is also the worker's heartbeat to the client, so they keep the pace the
-        ``started`` message (sent at monotonic time ``started``) promised: one every
-        ``CLIENT_CHECK_INTERVAL`` seconds from then, whatever the touch or a check took."""
-        due = started
-        while True:
-            due += CLIENT_CHECK_INTERVAL
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            try:
-                await self._nc.request(
-                    reply, b"", headers={HEADER: "alive"}, timeout=CLIENT_CHECK_TIMEOUT
-                )
-            except NoRespondersError:
-                return "the client stopped listening for the output; the command was stopped"
-            except Exception as exc:
-                # A timeout is the usual answer (clients ignore ``alive``): still there. The
-                # bus being away for a moment proves nothing either: ask again later.
-                log.debug("exec client check on %s: %r", reply, exc)
+        ``started`` message (sent at monotonic time ``started``) promised."""
+        alive = {HEADER: "alive"}
+        await heartbeat.beat(self._nc, reply, alive, started, CLIENT_CHECK_INTERVAL)
+        return "the client stopped listening for the output; the command was stopped"
 
 
 def parse_request(data: bytes) -> ExecRequest:

@@ -23,6 +23,15 @@ removes what the next no longer needs (an upload and its tree together can be
 twice ``SANDBOXER_UPLOAD_MAX_MB``), and a starting service removes what
 workers no longer running left there (:mod:`sandboxer.workers.scratch`).
 
+While a copy runs, the worker sends ``alive`` checks to the reply inbox, as exec does:
+its heartbeat (:mod:`sandboxer.workers.heartbeat`), so a client learns within seconds
+that a killed worker will send no ``done``. A stopping worker gives copies the grace
+execs get, then cancels them (:mod:`sandboxer.workers.in_flight`): a cancelled copy
+answers ``done`` saying so and leaves nothing behind. An upload enters the sandbox as
+a whole file first (beside where it goes) and is unpacked only once all of it is
+there, so stopping it while it arrives leaves no half-written file; once unpacking
+began, it is let finish (for :data:`PLACE_TIMEOUT` at most).
+
 Requests: ``{"op": "put", "path": P, "kind": "file"|"dir", "ref": "object:sha256:.."}``
 (the ``ref`` an uploaded tar: for ``file``, one regular file, written at ``P``; for
 ``dir``, a tree unpacked into the directory ``P``, made when missing), or
@@ -35,10 +44,12 @@ then ``done`` with ``{"ok": true, ...}`` or ``{"ok": false, "error": ..., "code"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import posixpath
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -63,7 +74,9 @@ from sandboxer.errors import (
     WorkspaceRefused,
 )
 from sandboxer.extensions.base import Extension
+from sandboxer.workers import heartbeat
 from sandboxer.workers.backend_for import backend_for
+from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.inline_files import receive_inline, send_inline
 from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
@@ -97,6 +110,16 @@ FILE_TIMEOUT = 1800.0
 """Seconds a copy may take inside the sandbox."""
 CHUNK = 64 * 1024
 STDERR_KEPT = 4096
+CLIENT_CHECK_INTERVAL = heartbeat.INTERVAL
+"""Seconds between the ``alive`` checks (heartbeats) a copy's client gets."""
+PLACE_TIMEOUT = 15.0
+"""Seconds a stopping worker lets an upload whose bytes are all in the sandbox finish
+unpacking there, rather than leave it half-written."""
+CLEAN_TIMEOUT = 10.0
+"""Seconds a stopping worker spends removing a stopped upload's file from the sandbox."""
+STAGE_PREFIX = ".sandboxer-cp-"
+"""Name of an upload's file in the sandbox (with a random part) until it is unpacked."""
+STOPPED = "the worker stopped; the copy was stopped, and nothing of it was left in the sandbox"
 
 
 def files_subject(sandbox_id: str) -> str:
@@ -173,15 +196,20 @@ exec tar -cf - -- "$(basename -- "$r")"
 PUT_SCRIPT = (
     _PRELUDE
     + r"""
-# Refused, the input is read to its end first: podman drops the output of an exec that
-# exits while its input is still arriving, the reason included.
-refuse() { cat >/dev/null 2>&1; printf 'sandboxer-refused: %s\n' "$1" >&2; exit 97; }
+# Refused before the input is in, it is read to its end first: podman drops the output of
+# an exec that exits while its input is still arriving, the reason included.
+drain() { cat >/dev/null 2>&1; }
 d=$1
-f=${2-}
+f=$2
 e=$d
 while [ ! -e "$e" ] && [ ! -L "$e" ]; do e=$(dirname -- "$e"); done
-[ -e "$e" ] || refuse "$e is a symlink to nothing"
-inside "$e" || refuse "$e leads out of the workspace (through a symlink)"
+[ -e "$e" ] || { drain; refuse "$e is a symlink to nothing"; }
+inside "$e" || { drain; refuse "$e leads out of the workspace (through a symlink)"; }
+# The whole tar is in the sandbox before anything is written where it goes: a copy stopped
+# while it arrives leaves only this file (the worker removes it: CLEAN_SCRIPT).
+s=$(cd -- "$e" && pwd -P)/$3 || { drain; exit 96; }
+trap 'rm -f -- "$s"' EXIT
+(set -C; cat >"$s") || exit 96
 mkdir -p -- "$d" || exit 96
 inside "$d" || refuse "$d leads out of the workspace (through a symlink)"
 [ -d "$d" ] || refuse "$d is not a directory"
@@ -189,10 +217,23 @@ cd -- "$d" || exit 96
 if [ -n "$f" ] && [ -d "$f" ] && [ ! -L "$f" ]; then
   refuse "$d/$f is a directory; name the file to write, or copy a directory"
 fi
-exec tar -xof -
+tar -xof "$s"
 """
 )
-"""``sh -c PUT_SCRIPT sh ./DIR [NAME]``: unpack stdin's tar into DIR (NAME: the one file)."""
+"""``sh -c PUT_SCRIPT sh ./DIR NAME STAGE``: unpack stdin's tar into DIR (NAME: the one
+file, or empty), taking it in whole first as the file STAGE beside DIR's deepest
+existing part."""
+
+CLEAN_SCRIPT = r"""
+p=$1
+while :; do
+  rm -f -- "$p/$2"
+  [ "$p" != . ] || exit 0
+  p=$(dirname -- "$p")
+done
+"""
+"""``sh -c CLEAN_SCRIPT sh ./DIR STAGE``: remove a stopped upload's STAGE file, from wherever
+between DIR and the workspace it was taken in (DIR may have been made since)."""
 
 
 class FileService:
@@ -214,7 +255,7 @@ class FileService:
         self._staging = settings.staging_root / "files"
         self._touch = touch
         self._subs: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = InFlight()
         self._nuid = NUID()
 
     async def start(self) -> None:
@@ -228,13 +269,11 @@ class FileService:
     async def stop(self) -> None:
         for sub in self._subs:
             await sub.unsubscribe()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A copy may take half an hour (FILE_TIMEOUT): the grace execs get, then cancelled.
+        await self._in_flight.stop(STOP_GRACE)
 
     async def _on_request(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._serve(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._in_flight.start(self._serve(msg))
 
     async def _serve(self, msg: Msg) -> None:
         target = reach_target(msg.subject)
@@ -253,15 +292,44 @@ class FileService:
 
         async def send(kind: str, body: dict[str, Any] | None = None) -> None:
             data = msgspec.json.encode(body) if body is not None else b""
-            await self._nc.publish(reply, data, headers={HEADER: kind})
+            headers = {HEADER: kind}
+            if kind == "started":  # how often its ``alive`` checks come (heartbeat.py)
+                headers[heartbeat.HEADER] = f"{CLIENT_CHECK_INTERVAL:g}"
+            await self._nc.publish(reply, data, headers=headers)
 
         await send("started")
         if state.status in FROZEN:
             await send("done", {"ok": False, "error": frozen_reason(state), "code": "frozen"})
             return
+        # A client gone away does not stop the copy (it ends soon, and leaves it whole).
+        alive = {HEADER: "alive"}
+        beat = heartbeat.beat(self._nc, reply, alive, time.monotonic(), CLIENT_CHECK_INTERVAL)
+        beating = asyncio.ensure_future(beat)
+        try:
+            answer = await self._copy(msg.data, state, key_id, reply, send)
+        except asyncio.CancelledError:
+            # The worker is stopping (stop()): say so now, or the client waits for a done
+            # until it hears no more heartbeats.
+            with contextlib.suppress(Exception):
+                await send("done", {"ok": False, "error": STOPPED, "code": "worker_stopped"})
+            raise
+        finally:
+            beating.cancel()
+        await self._nc.flush()
+        await send("done", answer)
+
+    async def _copy(
+        self,
+        data: bytes,
+        state: SandboxState,
+        key_id: str | None,
+        reply: str,
+        send: Callable[[str, dict[str, Any] | None], Awaitable[None]],
+    ) -> dict[str, Any]:
+        """The ``done`` body of the copy ``data`` asks for; its staging removed."""
         staging: Path | None = None
         try:
-            request = self._parse(msg.data)
+            request = self._parse(data)
             if self._touch is not None:
                 await self._touch(state)
             backend = await backend_for(self._store, self._extension, state)  # BYOK
@@ -276,13 +344,12 @@ class FileService:
         except SandboxerError as exc:
             answer = {"ok": False, "error": exc.message, "code": exc.code}
         except Exception as exc:
-            log.exception("copy for %s failed", sandbox_id)
+            log.exception("copy for %s failed", state.sandbox_id)
             answer = {"ok": False, "error": f"the copy failed: {exc}", "code": "error"}
         finally:
-            if staging is not None:
+            if staging is not None:  # cancelled too: a stopping worker leaves none
                 await asyncio.to_thread(shutil.rmtree, staging, True)
-        await self._nc.flush()
-        await send("done", answer)
+        return answer
 
     def _parse(self, data: bytes) -> FileRequest:
         if len(data) > MAX_REQUEST_BYTES:
@@ -338,8 +405,21 @@ class FileService:
         )
         # Only in.tar is sent from here on, and the copy into the sandbox can take minutes.
         await asyncio.to_thread(shutil.rmtree, source)
-        argv = ["sh", "-c", PUT_SCRIPT, "sh", directory or ".", name]
-        code, errors = await self._exec(backend, state, request, argv, _read_file(packed.path))
+        stage = f"{STAGE_PREFIX}{self._nuid.next().decode()}.tar"
+        argv = ["sh", "-c", PUT_SCRIPT, "sh", directory or ".", name, stage]
+        sent = asyncio.Event()  # every byte handed to the sandbox: what is left is unpacking
+
+        async def upload() -> AsyncIterator[bytes]:
+            async for chunk in _read_file(packed.path):
+                yield chunk
+            sent.set()
+
+        writing = asyncio.ensure_future(self._exec(backend, state, request, argv, upload()))
+        try:
+            code, errors = await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            await self._stop_put(writing, sent, backend, state, request, directory or ".", stage)
+            raise
         self._check_exit(code, errors, state, "writing the files into the sandbox")
         return {
             "kind": request.kind,
@@ -347,6 +427,31 @@ class FileService:
             "entries": entries,
             "size": packed.size,
         }
+
+    async def _stop_put(
+        self,
+        writing: asyncio.Future[tuple[int, bytes]],
+        sent: asyncio.Event,
+        backend: Extension,
+        state: SandboxState,
+        request: FileRequest,
+        directory: str,
+        stage: str,
+    ) -> None:
+        """End an upload the worker's stop cancelled, leaving nothing half-written: one
+        already unpacking in the sandbox is let finish; one still arriving is killed, and
+        what arrived of it removed."""
+        if sent.is_set():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(writing), PLACE_TIMEOUT)
+        writing.cancel()  # kills the sandbox's side, when it still runs
+        await asyncio.gather(writing, return_exceptions=True)
+        argv = ["sh", "-c", CLEAN_SCRIPT, "sh", directory, stage]
+        try:
+            async with asyncio.timeout(CLEAN_TIMEOUT):
+                await self._exec(backend, state, request, argv, None)
+        except Exception as exc:
+            log.warning("could not remove %s from %s: %r", stage, state.sandbox_id, exc)
 
     # -- get ----------------------------------------------------------------------------------
 

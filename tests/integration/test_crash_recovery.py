@@ -163,3 +163,58 @@ async def test_kill_9_of_the_worker_mid_exec_ends_the_wait_with_the_reason(
         await svc.client.close()
         await svc.shutdown()
         await reap_local(home)
+
+
+async def test_kill_9_of_the_worker_mid_copy_ends_the_wait_with_the_reason(
+    nats_server: Any, home: Path, tmp_path: Path
+) -> None:
+    """A worker killed mid-copy sends no ``done``: its clients (the Python client, and
+    ``sandboxer cp`` in its own process) stop waiting once its heartbeats stop, not after
+    an hour."""
+    svc = await start_service(home, nats_server.url, roles=["control", "projector"])
+    worker = start_worker(home, nats_server.url)
+    cli: asyncio.subprocess.Process | None = None
+    try:
+        client = svc.client
+        sandbox_id = (await client.create("profile.local", timeout=60))["sandbox_id"]
+        # Big enough that its copies out (read, checked, stored) take seconds.
+        code = await client.exec(
+            sandbox_id, ["truncate", "-s", "400M", "big"], lambda _s, _d: None, timeout=30
+        )
+        assert code == 0
+        copying = asyncio.create_task(
+            client.copy_out(sandbox_id, "big", tmp_path / "big", max_mb=1024)
+        )
+        env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=nats_server.url)
+        cli = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "sandboxer.cli.app", "cp", f"{sandbox_id}:big", "cli.big"],
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        staging = home / "staging" / "files"
+        async with asyncio.timeout(30):  # both copies are under way in the worker
+            while len(list(staging.glob("*"))) < 2:
+                await asyncio.sleep(0.01)
+        os.kill(worker.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        worker.wait()
+
+        with pytest.raises(WorkerLost, match="stopped answering") as lost:
+            await asyncio.wait_for(copying, 60)
+        assert "copying files" in lost.value.message
+        assert time.monotonic() - killed < 45
+        _out, err = await asyncio.wait_for(cli.communicate(), 30)
+        assert cli.returncode == 1
+        assert b"stopped answering" in err, err
+    finally:
+        if cli is not None and cli.returncode is None:
+            cli.kill()
+            await cli.wait()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        await svc.client.close()
+        await svc.shutdown()
+        await reap_local(home)

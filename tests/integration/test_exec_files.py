@@ -31,13 +31,14 @@ from nats.js.errors import NotFoundError
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import CommandFailed, SandboxerClient
-from sandboxer.errors import PathRefused, WorkspaceRefused
+from sandboxer.errors import ExtensionError, PathRefused, ServiceNotRunning, WorkspaceRefused
 from sandboxer.subjects import EVENTS_STREAM, exec_subject
-from sandboxer.workers import exec_service
-from sandboxer.workers.exec_heartbeat import HEADER as HEARTBEAT
+from sandboxer.workers import exec_service, file_service
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
 from sandboxer.workers.exec_service import STDIN_HEADER
 from sandboxer.workers.file_service import HEADER, files_subject
+from sandboxer.workers.heartbeat import HEADER as HEARTBEAT
+from sandboxer.workers.in_flight import STOP_GRACE
 from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
 
 pytestmark = [pytest.mark.integration]
@@ -164,7 +165,7 @@ async def raw_exec(
     sub = await client.nc.subscribe(inbox)
     await client.nc.publish(exec_subject(sandbox_id), msgspec.json.encode(request), reply=inbox)
     started = await sub.next_msg(timeout=10)
-    # It says how often its ``alive`` checks (its heartbeats) come (exec_heartbeat.py).
+    # It says how often its ``alive`` checks (its heartbeats) come (heartbeat.py).
     every = exec_service.CLIENT_CHECK_INTERVAL
     assert started.headers == {EXEC_HEADER: "started", HEARTBEAT: f"{every:g}"}, started.data
     return sub, started
@@ -226,6 +227,77 @@ async def test_stopping_the_worker_kills_running_commands_and_tells_their_client
     assert time.monotonic() - began < exec_service.STOP_GRACE + 15
     with pytest.raises(CommandFailed, match="the worker stopped"):
         await asyncio.wait_for(running, 5)
+
+
+async def test_stopping_the_worker_stops_copies_after_the_grace_leaving_nothing(
+    service: Service, sandbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy on its way into the sandbox when the worker stops gets the grace an exec
+    gets, not its half hour, and holds no exec past its own; then it is stopped, its
+    client told at once, and neither a half-written file nor the part that arrived, nor
+    the worker's staging, is left."""
+    arrived = asyncio.Event()
+    read_file = file_service._read_file
+
+    async def stalling(path: Path) -> AsyncIterator[bytes]:
+        async for chunk in read_file(path):
+            yield chunk  # the first chunk enters the sandbox; the rest never comes
+            arrived.set()
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(file_service, "_read_file", stalling)
+    client = service.client
+    big = tmp_path / "big.bin"
+    big.write_bytes(binary(3_000_000))
+    copying = asyncio.create_task(client.copy_in(sandbox, big, "in/big.bin"))
+    running = asyncio.create_task(client.exec(sandbox, ["sleep", "300"], lambda _s, _d: None))
+    ended: list[float] = []
+    running.add_done_callback(lambda _task: ended.append(time.monotonic()))
+    async with asyncio.timeout(20):
+        await arrived.wait()
+        while not await left_running(client, sandbox):
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(1)  # the chunk is written in the sandbox by now
+    began = time.monotonic()
+    await service.shutdown()  # gives up (fails) after 30 s
+    assert time.monotonic() - began < STOP_GRACE + 15
+    with pytest.raises(CommandFailed, match="the worker stopped"):
+        await asyncio.wait_for(running, 5)
+    assert ended[0] - began < STOP_GRACE + 3  # not after the copies' grace
+    with pytest.raises(ExtensionError, match="the worker stopped; the copy was stopped"):
+        await asyncio.wait_for(copying, 5)
+    workspace = service.settings.home / "local" / sandbox / "workspace"
+    assert sorted(workspace.rglob("*")) == []
+    assert list((service.settings.staging_root / "files").iterdir()) == []
+
+
+async def test_with_no_worker_running_exec_and_cp_say_so_at_once(
+    nats_server: NatsServerProcess, home: Path, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """nats-server answers "no responders" at once when nothing subscribes to the subject an
+    exec or a copy is sent on: the clients say that no worker runs, rather than waiting for
+    an answer for an hour."""
+    service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    try:
+        client = service.client
+        sandbox_id = "nowhere01"
+        (tmp_path / "f").write_bytes(b"x")
+        began = time.monotonic()
+        with pytest.raises(ServiceNotRunning, match=r"nothing serves exec \(sandboxer\.exec\."):
+            await asyncio.wait_for(client.exec(sandbox_id, ["true"], lambda _s, _d: None), 10)
+        with pytest.raises(ServiceNotRunning, match=r"nothing serves file copies \(sandboxer"):
+            await asyncio.wait_for(client.copy_in(sandbox_id, tmp_path / "f", "f"), 10)
+        with pytest.raises(ServiceNotRunning, match="no extension worker is running"):
+            await asyncio.wait_for(client.copy_out(sandbox_id, "f", tmp_path / "g"), 10)
+        assert time.monotonic() - began < 4  # at once, not after the 5 s a silent worker gets
+        cli = Cli(cli_env)
+        for args in (["exec", sandbox_id, "--", "true"], ["cp", f"{sandbox_id}:f", "here"]):
+            result = await cli(*args, check=False, timeout=60)
+            assert result.returncode == 1
+            assert "no extension worker is running" in result.stderr, result.stderr
+    finally:
+        await service.client.close()
+        await service.shutdown()
 
 
 async def test_stdin_sent_without_waiting_for_answers_ends_the_exec(

@@ -1,12 +1,12 @@
-"""How long an exec's client waits on a silent worker: from the ``started`` message's
-heartbeat header, and not at all (as before) when the worker promised none."""
+"""How long a client waits on a silent worker (an exec's or a copy's): from the ``started``
+message's heartbeat header, and not at all (as before) when the worker promised none."""
 
 from __future__ import annotations
 
 import pytest
 
-from sandboxer.workers.exec_heartbeat import HEADER, MISSES, allowed_silence
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
+from sandboxer.workers.heartbeat import HEADER, MISSES, allowed_silence
 
 
 def test_a_few_missed_heartbeats_are_allowed() -> None:
