@@ -248,6 +248,9 @@ _ERRORS: dict[str, type[SandboxerError]] = {
     "workspace_refused": WorkspaceRefused,
     "invalid_input": InvalidInput,
     "unsupported": Unsupported,
+    # A copy the worker stopped at its shutdown left nothing: it is safe to send again once a
+    # worker is back (the gateway answers 503 with Retry-After, as for no worker at all).
+    "worker_stopped": ServiceNotRunning,
 }
 
 

@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import CommandFailed, SandboxerClient
-from sandboxer.errors import ExtensionError, PathRefused, ServiceNotRunning, WorkspaceRefused
+from sandboxer.errors import PathRefused, ServiceNotRunning, WorkspaceRefused
 from sandboxer.subjects import EVENTS_STREAM, exec_subject
 from sandboxer.workers import exec_service, file_service
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
@@ -264,7 +264,7 @@ async def test_stopping_the_worker_stops_copies_after_the_grace_leaving_nothing(
     with pytest.raises(CommandFailed, match="the worker stopped"):
         await asyncio.wait_for(running, 5)
     assert ended[0] - began < STOP_GRACE + 3  # not after the copies' grace
-    with pytest.raises(ExtensionError, match="the worker stopped; the copy was stopped"):
+    with pytest.raises(ServiceNotRunning, match="the worker stopped; the copy was stopped"):
         await asyncio.wait_for(copying, 5)
     workspace = service.settings.home / "local" / sandbox / "workspace"
     assert sorted(workspace.rglob("*")) == []
