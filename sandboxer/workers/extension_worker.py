@@ -136,8 +136,10 @@ class ExtensionWorker:
         only of a sandbox it places on this backend (and host): a copy of one it
         places elsewhere (rerouted, while this backend's create landed late) is
         torn down, and the sandbox's log left alone, since it is another
-        backend's now (:func:`~sandboxer.domain.drift.reconcile_step`).
+        backend's now (:func:`~sandboxer.domain.drift.reconcile_step`). The
+        snapshot scratch that dead workers left goes first.
         """
+        await self._snapshots.sweep()
         try:
             listed = await self.extension.list_sandboxes()
         except (ConfigError, ExtensionError) as exc:

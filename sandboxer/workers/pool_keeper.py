@@ -29,7 +29,6 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -62,8 +61,8 @@ from sandboxer.events.codec import decode_event
 from sandboxer.events.pool_events import POOL_EVENTS
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.capabilities import Pooling
-from sandboxer.extensions.local.procs import stat_of
 from sandboxer.ids import new_command_id
+from sandboxer.workers.incarnation import incarnation
 
 __all__ = ["PoolKeeper", "digest_of", "pool_keeper_for"]
 
@@ -118,7 +117,7 @@ class PoolKeeper:
         # The nonce tells two keepers of one process apart (services started in tests); the
         # process's start and the boot tell this process from a later one with its pid.
         self.worker = worker or (
-            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}:{_incarnation(os.getpid())}"
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}:{incarnation(os.getpid())}"
         )
         decl = catalog.extensions.get(extension.id)
         fallback = decl.pool if decl is not None else None
@@ -482,7 +481,7 @@ def _process_alive(worker: str) -> bool:
     machine's). Its pid alone is not enough: after a restart (a container's pid 1, a reboot)
     another process has it, and the dead keeper's members were kept, and counted, for good.
     (Keepers before the start was recorded: by their pid, as then.)"""
-    host, pid, _nonce, incarnation = [*worker.split(":"), "", "", "", ""][:4]
+    host, pid, _nonce, recorded = [*worker.split(":"), "", "", "", ""][:4]
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
@@ -491,14 +490,4 @@ def _process_alive(worker: str) -> bool:
         return False
     except PermissionError:
         pass
-    return not incarnation or incarnation == _incarnation(int(pid))
-
-
-def _incarnation(pid: int) -> str:
-    """``<start time>@<boot id>`` of process ``pid``: which process, not only which pid."""
-    found = stat_of(pid)
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        boot = ""
-    return f"{found.start_time if found is not None else 0}@{boot}"
+    return not recorded or recorded == incarnation(int(pid))

@@ -46,14 +46,19 @@ Explain = Callable[[BaseException], str]
 """Turns an exception into the reason recorded (the worker's redacting formatter)."""
 
 
+SCRATCH = "snapshot-*-*"
+"""The snapshots' scratch directories under the staging root."""
+
+
 def scratch_for(staging_root: Path, snapshot_id: str) -> Path:
-    """A fresh scratch directory for this process's copy of a snapshot, named with its pid.
+    """A fresh scratch directory for this process's copy of a snapshot, named with its pid
+    and incarnation (:mod:`.scratch`).
 
     A worker killed mid-snapshot (kill -9, a reboot) never runs its clean-up, and a copy
     of a workspace can be a gigabyte: what processes that are no longer running left here,
-    for any snapshot, is removed first. A frozen worker's copy is left alone: it may wake
-    up and finish it."""
-    sweep_dead(staging_root, "snapshot-*-*")
+    for any snapshot, is removed first (as at the worker's start). A frozen worker's copy
+    is left alone: it may wake up and finish it."""
+    sweep_dead(staging_root, SCRATCH)
     return pid_scratch(staging_root, f"snapshot-{snapshot_id}")
 
 
@@ -74,6 +79,12 @@ class SnapshotJob:
         self._staging_root = staging_root
         self._limits = limits
         self._explain = explain
+
+    async def sweep(self) -> None:
+        """At the worker's start: remove the scratch that workers no longer running left. A
+        worker killed mid-snapshot left its copy for the next snapshot taken here to remove,
+        and when none came (or the restarted worker had the dead one's pid) it stayed."""
+        await asyncio.to_thread(sweep_dead, self._staging_root, SCRATCH)
 
     async def run(self, job: Job, sandbox: SandboxState) -> None:
         assert job.snapshot_id is not None

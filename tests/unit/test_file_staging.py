@@ -111,7 +111,7 @@ async def test_an_upload_keeps_only_what_goes_into_the_sandbox(
     monkeypatch.setattr(file_service, "fetch_archive", fetched)
     service = make_service(tmp_path / "home")
     staging = pid_scratch(tmp_path / "home" / "staging" / "files", "AbCdEfGhIjKlMnOpQrStUv")
-    assert staging.name.endswith(f"-{os.getpid()}")
+    assert f"-{os.getpid()}-" in staging.name
     backend = Backend(staging)
     state = SimpleNamespace(sandbox_id="sbx-test", host=None)
     request = FileRequest(op="put", path="in", kind="dir", ref="object:sha256:" + "ab" * 32)

@@ -187,10 +187,11 @@ def test_a_keeper_whose_pid_another_process_took_is_not_alive() -> None:
     import os
     import socket
 
-    from sandboxer.workers.pool_keeper import _incarnation, _process_alive
+    from sandboxer.workers.incarnation import incarnation
+    from sandboxer.workers.pool_keeper import _process_alive
 
     host, pid = socket.gethostname(), os.getpid()
-    assert _process_alive(f"{host}:{pid}:abcd:{_incarnation(pid)}")
+    assert _process_alive(f"{host}:{pid}:abcd:{incarnation(pid)}")
     assert not _process_alive(f"{host}:{pid}:abcd:1@00000000")  # the pid, not the process
     assert _process_alive(f"{host}:{pid}:abcd")  # recorded before the start was: by pid
-    assert not _process_alive(f"elsewhere:{pid}:abcd:{_incarnation(pid)}")
+    assert not _process_alive(f"elsewhere:{pid}:abcd:{incarnation(pid)}")
