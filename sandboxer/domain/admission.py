@@ -49,8 +49,11 @@ def admit_create(
     enabled: Mapping[str, ExtensionDecl],
     signals: RouteSignals | None = None,
     now: str = "",
+    unplaced: Mapping[str, str] | None = None,
 ) -> AdmittedCreate:
-    """``signals`` None: routing knows no latency, live counts or circuits (and says so)."""
+    """``signals`` None: routing knows no latency, live counts or circuits (and says so).
+    ``unplaced``: backends placement already found no usable host on for this create, with
+    why (routing passes them over, see :func:`sandboxer.domain.routing.rank`)."""
     inputs = complete_inputs(profile, command.inputs)
     _check_scope(command, profile)
     ttl, ttl_max = _ttl(command, profile)
@@ -63,6 +66,7 @@ def admit_create(
         signals=signals if signals is not None else RouteSignals.unknown("none were asked for"),
         now=now,
         host=requested_host(command, profile, inputs),
+        unplaced=unplaced,
     )
     return AdmittedCreate(
         command=command,

@@ -5,7 +5,8 @@ Placement (``workers/host_choice.py``) tries the hosts in this order, skipping e
 :func:`host_unusable` names, and probes the rest over SSH. Routing counts a backend on hosts
 as having room only when one of its :func:`placement_hosts` is usable, so it does not choose
 a backend whose hosts placement would all skip. (Whether a host answers only the probe
-knows: routing cannot, and a create whose usable hosts are all down is still rejected.)
+knows: when it finds every usable host down, the control worker routes the create again
+without that backend, docs/routing.md#no-reachable-host.)
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ Every candidate of the profile is looked at, in the profile's order:
    stronger level serves, :func:`isolation_short`; ``gpu``, ``snapshot``, ``pause``,
    ``region``, ``max_cost_per_hour`` against the estimate for the requested TTL); an open
    circuit; no capacity left (live sandboxes >= the declaration's ``max_sandboxes``, and
-   for a backend on hosts no host its placement could use with room, :func:`_room`);
+   for a backend on hosts no host its placement could use with room, :func:`_room`); for
+   this create only, placement found no usable host on it (``unplaced``: the control worker
+   routes again without it when its probe finds every host down);
 2. a **score** for the strategy, lower is better: ``explicit`` the profile's order,
    ``lowest-cost`` the estimate in micro-USD, ``lowest-latency`` the measured p50 in
    seconds (unmeasured ones after every measured one), ``prefer-self-hosted`` 0 for a
@@ -259,6 +261,7 @@ def _assess(
     signals: RouteSignals,
     now: str,
     host: str | None,
+    unplaced: str | None,
 ) -> Candidate:
     if decl is None:
         return Candidate(ext_id, order, False, "is not installed or not enabled")
@@ -282,12 +285,15 @@ def _assess(
         or _isolation_unmet(decl, profile)
         or _unmet(decl, constraints, gpu, estimate, ttl)
     )
-    if profile.extension is not None:  # fixed by the profile: not routed, nothing to weigh
-        return seen if why_not is None else _ineligible(seen, why_not)
-    circuit = signals.circuits.get(ext_id)
-    if why_not is None and circuit is not None and circuit.until > now:
-        why_not = f"circuit open until {circuit.until} ({circuit.reason})"
-    why_not = why_not or full
+    if profile.extension is None:  # routed: weighed by signals (a fixed backend is not)
+        circuit = signals.circuits.get(ext_id)
+        if why_not is None and circuit is not None and circuit.until > now:
+            why_not = f"circuit open until {circuit.until} ({circuit.reason})"
+        why_not = why_not or full
+    if why_not is None and unplaced is not None:
+        # Routing chose it and placement's probe then found none of its hosts usable (down,
+        # or full since): known only to the probe, and only for this create.
+        why_not = f"has no reachable host ({unplaced})"
     return seen if why_not is None else _ineligible(seen, why_not)
 
 
@@ -303,9 +309,13 @@ def rank(
     signals: RouteSignals | None = None,
     now: str = "",
     host: str | None = None,
+    unplaced: Mapping[str, str] | None = None,
 ) -> RouteDecision:
     """Assess and score every candidate; never raises (``chosen`` None when none is eligible).
-    ``host``: the host the create asks for, the only one placement may then use."""
+    ``host``: the host the create asks for, the only one placement may then use.
+    ``unplaced``: backends this create was routed to whose placement found no usable host,
+    with placement's reason (docs/routing.md#no-reachable-host): ineligible this time."""
+    unplaced = unplaced or {}
     signals = signals if signals is not None else RouteSignals.unknown("no signals given")
     strategy = profile.route.strategy if profile.route else "explicit"
     ids: list[str] = []
@@ -315,7 +325,15 @@ def rank(
     assessed = []
     for order, ext_id in enumerate(ids):
         candidate = _assess(
-            ext_id, order, enabled.get(ext_id), profile, ttl_seconds, signals, now, host
+            ext_id,
+            order,
+            enabled.get(ext_id),
+            profile,
+            ttl_seconds,
+            signals,
+            now,
+            host,
+            unplaced.get(ext_id),
         )
         if candidate.eligible:
             candidate = replace(candidate, score=_score(strategy, candidate))
@@ -376,18 +394,34 @@ def route(
     signals: RouteSignals | None = None,
     now: str = "",
     host: str | None = None,
+    unplaced: Mapping[str, str] | None = None,
 ) -> RouteChoice:
-    """Pick the extension for ``profile`` among the ``enabled`` ones; Rejected when none fits."""
+    """Pick the extension for ``profile`` among the ``enabled`` ones; Rejected when none fits
+    (``no_host`` when a backend was passed over only because placement found no host on it)."""
     ttl = ttl_seconds if ttl_seconds is not None else 3600.0
-    decision = rank(profile, enabled, ttl_seconds=ttl, signals=signals, now=now, host=host)
+    decision = rank(
+        profile, enabled, ttl_seconds=ttl, signals=signals, now=now, host=host, unplaced=unplaced
+    )
     if decision.chosen is None:
-        raise Rejected(
-            "no_route",
-            decision.reason + ". Enable one with its declaration in $SANDBOXER_HOME/extensions/",
-        )
+        raise _none_left(decision, unplaced or {})
     return RouteChoice(
         decision.chosen,
         decision.reason,
         [c.extension for c in decision.candidates],
         decision.scores(),
     )
+
+
+def _none_left(decision: RouteDecision, unplaced: Mapping[str, str]) -> Rejected:
+    """The rejection of a create no candidate can serve. When routing had chosen a backend
+    whose placement then found no usable host, the create fails for want of a host, as it
+    did before it could fall to another candidate: ``no_host``, with each host's reason (a
+    lone candidate's in placement's own words)."""
+    if not unplaced:
+        return Rejected(
+            "no_route",
+            decision.reason + ". Enable one with its declaration in $SANDBOXER_HOME/extensions/",
+        )
+    if len(decision.candidates) == 1 and decision.candidates[0].extension in unplaced:
+        return Rejected("no_host", unplaced[decision.candidates[0].extension])
+    return Rejected("no_host", decision.reason)

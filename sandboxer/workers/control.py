@@ -46,13 +46,16 @@ from sandboxer.commands.types import (
 )
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.hosts import hosts_path, load_hosts
+from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create, requested_host
 from sandboxer.domain.fallback import without_candidates
+from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
 from sandboxer.events.types import Actor, CommandRejected
+from sandboxer.ids import derive_sandbox_id
 from sandboxer.workers.bus_identity import bus_identity_refusal
 from sandboxer.workers.credit_reservation import (
     decide_account_command,
@@ -129,11 +132,13 @@ class ControlWorker:
         except (Rejected, UnknownProfile) as refusal:
             if self._routing is not None:
                 self._routing.release_command(command)
-            code = refusal.code
-            reason = refusal.reason if isinstance(refusal, Rejected) else refusal.message
-            await self._reject(msg, code, reason, command)
-            await msg.ack()
-            return
+            loaded = await self._decided_create(command)
+            if loaded is None:
+                code = refusal.code
+                reason = refusal.reason if isinstance(refusal, Rejected) else refusal.message
+                await self._reject(msg, code, reason, command)
+                await msg.ack()
+                return
         if not isinstance(command, TouchSandbox):
             # A touch never makes a job (every exec sends one). Sent again, the job the sandbox
             # waits for would pass the jobs stream's two-minute window as a new message: a
@@ -161,19 +166,38 @@ class ControlWorker:
         # the view's signals, so the create does not wait for them.
         routed = profile.extension is None
         signals = await self._routing.signals(enabled) if self._routing and routed else None
-        admitted = admit_create(command, profile, enabled, signals, utc_now())
-        if self._routing is not None:
-            self._routing.hold(admitted)  # counted as live until the view shows it
-        if not enabled[admitted.extension].uses_hosts:
-            return admitted
-        requested = requested_host(command, profile, admitted.inputs)
-        if signals is None and self._routing is not None:
-            # A fixed backend's create asks for the signals here: each host's live
-            # sandboxes, which its max_sandboxes caps.
-            signals = await self._routing.signals(enabled)
+        # Whether a host answers only placement's probe knows: a backend whose usable hosts
+        # are all down is passed over for this create and routing asked again, as for one
+        # without room (docs/routing.md#no-reachable-host). Each pass leaves one more
+        # candidate out, so this ends; nothing is reserved or appended before it does.
+        unplaced: dict[str, str] = {}
+        while True:
+            admitted = admit_create(command, profile, enabled, signals, utc_now(), unplaced)
+            if self._routing is not None:
+                self._routing.hold(admitted)  # counted as live until the view shows it
+            if not enabled[admitted.extension].uses_hosts:
+                return admitted
+            if signals is None and self._routing is not None:
+                # A fixed backend's create asks for the signals here: each host's live
+                # sandboxes, which its max_sandboxes caps.
+                signals = await self._routing.signals(enabled)
+            try:
+                return await self._place(command, profile, admitted, signals)
+            except Rejected as nowhere:
+                unplaced[admitted.extension] = nowhere.reason
+
+    async def _place(
+        self,
+        command: CreateSandbox,
+        profile: Profile,
+        admitted: AdmittedCreate,
+        signals: RouteSignals | None,
+    ) -> AdmittedCreate:
+        """``admitted`` on the first healthy host its placement allows; Rejected (``no_host``)
+        with each host's reason when there is none."""
         host, why = await choose_host(
             profile.placement,
-            requested,
+            requested_host(command, profile, admitted.inputs),
             load_hosts(self._settings),
             hosts_file=f"the hosts file {hosts_path(self._settings)}",
             live=signals.live_by_host.get(admitted.extension, {}) if signals else None,
@@ -233,6 +257,19 @@ class ControlWorker:
             loaded, _ = await apply(
                 self._store, loaded.state.sandbox_id, FinishTeardown(job_id="control"), loaded
             )
+        return loaded
+
+    async def _decided_create(self, command: Command) -> Loaded | None:
+        """The sandbox of a refused create it had already routed: one sent again (redelivered
+        after a crash, re-sent past the duplicate window) and not admitted now (its hosts
+        went down since, its profile changed). Its outcome stands, and its job is sent
+        again: a decided command is never turned into a rejection (the module's rule).
+        None: not such a create."""
+        if not isinstance(command, CreateSandbox):
+            return None
+        loaded = await self._store.load(command.sandbox_id or derive_sandbox_id(command.command_id))
+        if command.command_id not in loaded.state.handled or loaded.state.status == "requested":
+            return None  # undecided (or routed not yet appended): the refusal is its outcome
         return loaded
 
     async def _reserve(self, command: DomainCommand) -> DomainCommand:

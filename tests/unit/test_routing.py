@@ -517,3 +517,48 @@ def test_a_backend_on_hosts_has_room_only_on_hosts_its_placement_could_use() -> 
     # without the hosts file's limits (unreadable), hosts are not judged
     blind = rank(placed(prefer=["alpha"]), enabled, ttl_seconds=60, signals=RouteSignals())
     assert blind.chosen == "ext.ssh"
+
+
+def test_a_backend_placement_found_no_host_on_is_passed_over_for_the_next() -> None:
+    """Whether a host answers only placement's probe knows: a backend whose usable hosts
+    were all down was chosen, and its create rejected no_host, with a candidate left."""
+    enabled = {
+        "ext.ssh": decl("ext.ssh", kind="self-hosted", uses_hosts=True),
+        "ext.stub": decl("ext.stub"),
+    }
+    p = profile("prefer-self-hosted", ["ext.ssh", "ext.stub"])
+    down = "no host can take this sandbox: alpha unhealthy: connection refused"
+    assert rank(p, enabled, ttl_seconds=60, signals=RouteSignals()).chosen == "ext.ssh"
+    decision = rank(p, enabled, ttl_seconds=60, signals=RouteSignals(), unplaced={"ext.ssh": down})
+    assert decision.chosen == "ext.stub"
+    assert decision.reason.endswith(f"(skipped: ext.ssh has no reachable host ({down}))")
+    ssh = decision.candidates[0]
+    assert (ssh.eligible, ssh.why_not) == (False, f"has no reachable host ({down})")
+    command = CreateSandbox(command_id="c1", actor=Actor(type="adm", id="t"), profile=p.id)
+    admitted = admit_create(command, p, enabled, RouteSignals(), NOW, {"ext.ssh": down})
+    assert admitted.extension == "ext.stub"
+    assert admitted.route_scores[0]["why_not"] == f"has no reachable host ({down})"
+
+
+def test_no_candidate_left_after_placement_found_no_host_is_no_host() -> None:
+    enabled = {"ext.ssh": decl("ext.ssh", kind="self-hosted", uses_hosts=True)}
+    down = "no host can take this sandbox: alpha unhealthy: connection refused"
+    # the lone candidate, routed or fixed: placement's own words, as before any fallback
+    fixed = Profile.model_validate({"id": "profile.fixed", "extension": "ext.ssh"})
+    for lone in (profile("explicit", ["ext.ssh"]), fixed):
+        with pytest.raises(Rejected) as caught:
+            route(lone, enabled, signals=RouteSignals(), now=NOW, unplaced={"ext.ssh": down})
+        assert (caught.value.code, caught.value.reason) == ("no_host", down)
+    # with others that cannot serve either: every candidate's reason, each host's included
+    two = profile("explicit", ["ext.ssh", "ext.b"])
+    with pytest.raises(Rejected) as caught:
+        route(two, enabled, signals=RouteSignals(), now=NOW, unplaced={"ext.ssh": down})
+    assert caught.value.code == "no_host"
+    assert caught.value.reason == (
+        f"no extension can serve profile.routed: ext.ssh has no reachable host ({down}); "
+        "ext.b is not installed or not enabled"
+    )
+    # placement never involved: no_route, as before
+    with pytest.raises(Rejected) as caught:
+        route(two, {}, signals=RouteSignals(), now=NOW)
+    assert caught.value.code == "no_route"
