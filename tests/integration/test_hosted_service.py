@@ -287,6 +287,38 @@ async def test_a_resume_job_delivered_again_moves_the_providers_timeout(
         await service.shutdown()
 
 
+async def test_an_extension_while_a_pause_fails_reaches_the_providers_timeout(
+    nats_server: Any, home: Path, e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extension decided while the sandbox is pausing sends no retime (the job it waits
+    for is the pause). The pause then fails (E2B says 409 and the sandbox still runs), and
+    the worker that records ``pause_failed`` moves E2B's timeout to the new expiry."""
+    provider, service = await served_e2b(nats_server, home, e2b_double, monkeypatch)
+    try:
+        client = service.client
+        sandbox_id = (await client.create(provider.profile, ttl="10m"))["sandbox_id"]
+        provider.fault("status", method="POST", pattern="/sandboxes/{sandboxID}/pause", status=409)
+        # The worker then asks whether it is paused after all: slowly, while the TTL grows.
+        provider.fault("latency", method="GET", pattern="/sandboxes/{sandboxID}", seconds=2)
+        pausing = asyncio.create_task(client.pause(sandbox_id, timeout=30))
+        await wait_status(client, sandbox_id, {"pausing"}, timeout=30)
+        extended = await client.extend_ttl(sandbox_id, "30m")
+        with pytest.raises(CommandFailed):
+            await pausing
+        store = JetStreamEventStore(client.nc, client.js)
+        state = (await store.load(sandbox_id)).state
+        assert state.status == "ready"
+        assert state.expires_at == extended["expires_at"]
+        wanted = datetime.fromisoformat(extended["expires_at"]).timestamp()
+        async with asyncio.timeout(20):
+            while (provider.timeout_end(sandbox_id) or 0) < wanted:
+                await asyncio.sleep(0.1)
+        await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
 def start_worker(home: Path, url: str, extension: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
     env.pop("SANDBOXER_ACK_WAIT", None)  # the default is what users get
