@@ -34,7 +34,11 @@ from sandboxer.events.codec import decode_event
 from sandboxer.events.pool_events import POOL_EVENTS, PoolEvent, PoolMemberClaimed
 from sandboxer.events.sandbox_events import SandboxEvent, SandboxReady
 from sandboxer.extensions.local.backend import POOL_DIR
-from sandboxer.extensions.local.inventory import scan_sandboxes
+from sandboxer.extensions.local.egress import SLOTS_DIR, link_slots
+from sandboxer.extensions.local.inventory import owners, scan_sandboxes
+from sandboxer.extensions.local.leftovers import find_leftovers
+from sandboxer.extensions.local.resource_names import root_tag
+from sandboxer.extensions.local.sandbox_uids import UIDS_DIR, uid_slots
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -42,6 +46,7 @@ __all__ = [
     "Sent",
     "check_all",
     "every_command_terminal",
+    "leaked_slots",
     "no_double_debit",
     "no_leaks",
     "no_secret_bytes",
@@ -279,11 +284,29 @@ def _holders(root: Path) -> Holders:
     return found
 
 
+def leaked_slots(
+    root: Path, *, uids_dir: Path = UIDS_DIR, links_dir: Path = SLOTS_DIR
+) -> list[str]:
+    """Uid and link-slot files (host-wide, under ``/run/sandboxer``) that the ext.local root
+    ``root`` took for a sandbox none of its directories, nor its pool's, holds any more: a
+    teardown frees them before it removes the directory, so none may be left (blocking).
+    Other roots' files (another test's, another suite's) are not looked at."""
+    uids = uid_slots(uids_dir).held()  # the files before the directories, as ext.local reads
+    links = link_slots(links_dir).held()
+    left = find_leftovers(uids, links, root_tag(root), owners([root / POOL_DIR, root]))
+    return [
+        f"{item.sandbox_id}: no directory under {root}, yet uids {list(item.uids)} and link "
+        f"slots {list(item.link_slots)} are still taken"
+        for item in left
+    ]
+
+
 async def no_leaks(urls: Urls, home: Path) -> list[str]:
     """ext.local holds exactly what the log says is live: no directory or holder of a sandbox
-    the log calls destroyed or failed (or never heard of), one holder per live sandbox. A
-    claimed pool member's holder counts as its sandbox's; unclaimed members are the pool's
-    (:func:`pool_claims_once`)."""
+    the log calls destroyed or failed (or never heard of), one holder per live sandbox, and
+    no uid or link slot of the suite's root without its sandbox's directory
+    (:func:`leaked_slots`). A claimed pool member's holder counts as its sandbox's;
+    unclaimed members are the pool's (:func:`pool_claims_once`)."""
     view = await read_log(urls)
     states = view.states()
     root = home / "local"
@@ -313,6 +336,7 @@ async def no_leaks(urls: Urls, home: Path) -> list[str]:
     for sandbox_id, state in sorted(states.items()):
         if state.status in LIVE and state.extension == "ext.local" and sandbox_id not in on_disk:
             problems.append(f"{sandbox_id}: {state.status} in the log, nothing on disk")
+    problems += await asyncio.to_thread(leaked_slots, root)
     return problems
 
 

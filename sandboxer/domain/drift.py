@@ -69,12 +69,15 @@ class Drift:
 
 
 def _found_dict(found: FoundSandbox) -> dict[str, object]:
-    return {
+    said: dict[str, object] = {
         "sandbox_id": found.sandbox_id,
         "host": found.host,
         "alive": found.alive,
         "detail": found.detail,
     }
+    if found.leftover:  # optional: present only when set
+        said["leftover"] = True
+    return said
 
 
 def find_drift(

@@ -25,3 +25,8 @@ class FoundSandbox:
     host: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     """What the backend saw, for people (containers, directories, why it is not alive)."""
+    leftover: bool = False
+    """Nothing of the sandbox is left but host-wide slots its backend took for it (ext.local's
+    uids and link slots, its directory gone): the backend frees them with
+    :class:`~sandboxer.extensions.capabilities.LeftoverKeeper`'s ``free_leftover``, not its
+    teardown."""

@@ -29,6 +29,7 @@ __all__ = [
     "Closable",
     "HostInspector",
     "KeyedBackend",
+    "LeftoverKeeper",
     "Metered",
     "Pausable",
     "Snapshotter",
@@ -75,6 +76,21 @@ class HostLister(Protocol):
     not take a host that is down for an empty one."""
 
     async def list_host(self, host: str) -> Sequence[FoundSandbox]: ...
+
+
+@runtime_checkable
+class LeftoverKeeper(Protocol):
+    """Takes host-wide resources for its sandboxes (ext.local's uids and link slots) that
+    outlive a sandbox whose record of them was lost another way than its teardown (its
+    directory removed by hand, a crash between steps): ``inspect stale`` reports them and
+    ``reap-stale --apply`` frees them (:mod:`sandboxer.workers.inventory`)."""
+
+    async def list_leftovers(self) -> Sequence[FoundSandbox]:
+        """A sandbox of which only such resources are left, for each (``leftover`` set):
+        only those provably this backend's and no live sandbox's."""
+
+    async def free_leftover(self, sandbox_id: str) -> bool:
+        """Free what is left of ``sandbox_id`` if it is still left over; whether it was."""
 
 
 @runtime_checkable

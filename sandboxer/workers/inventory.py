@@ -14,6 +14,11 @@ Subjects (core NATS, outside every stream), one set per extension:
   of them, try the stuck teardowns again, and record a ``HostReaped`` event
   per host.
 
+A backend that takes host-wide slots (:class:`~sandboxer.extensions.capabilities.LeftoverKeeper`:
+ext.local's uids and link slots) also reports the sandboxes of which only those are left,
+as found sandboxes with ``leftover`` set: orphans or corpses like any other, freed by the
+backend's ``free_leftover`` instead of its teardown.
+
 Remote backends' workers share a queue group (any one of them reaches every
 host); a host-local backend's workers each answer for their own machine, so
 a client gathers every reply.
@@ -35,6 +40,7 @@ from sandboxer.clock import utc_now
 from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.drift import Drift, corpse_reason, find_drift, placed_elsewhere
+from sandboxer.domain.found import FoundSandbox
 from sandboxer.domain.sandbox_decide import FinishTeardown, MarkFailed, MarkTeardownFailed
 from sandboxer.errors import (
     BusError,
@@ -45,7 +51,7 @@ from sandboxer.errors import (
 )
 from sandboxer.events.types import SYSTEM_ACTOR, HostReaped
 from sandboxer.extensions.base import Extension
-from sandboxer.extensions.capabilities import HostLister
+from sandboxer.extensions.capabilities import HostLister, LeftoverKeeper
 from sandboxer.workers.backend_for import backend_for_id, on_project_keys
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_events import event_host, inspect_and_record
@@ -130,6 +136,15 @@ class InventoryService:
             found = list(await self._extension.list_host(host))
         else:
             found = [f for f in await self._extension.list_sandboxes() if f.host == host]
+        if host is None and isinstance(self._extension, LeftoverKeeper):
+            # Slots a lost directory left: judged by the log like what a directory holds (an
+            # orphan, or a corpse of a sandbox the log calls ready, no longer a ghost).
+            listed = {item.sandbox_id for item in found}
+            found += [
+                item
+                for item in await self._extension.list_leftovers()
+                if item.sandbox_id not in listed
+            ]
         statuses: dict[str, str] = {}
         copies: dict[str, str] = {}
         for item in found:
@@ -219,7 +234,7 @@ class InventoryService:
                 continue
             removed = []
             for orphan in drift.orphans:
-                await self._extension.teardown(orphan.sandbox_id, host=host)
+                await self._remove(orphan, host)
                 removed.append(orphan.sandbox_id)
             for corpse in drift.corpses:
                 # Recorded before the teardown: should the teardown fail, the sandbox is
@@ -234,7 +249,7 @@ class InventoryService:
                         "was left); recreate or destroy it",
                     ),
                 )
-                await self._extension.teardown(corpse.sandbox_id, host=host)
+                await self._remove(corpse, host)
                 removed.append(corpse.sandbox_id)
             ghosts = drift.ghosts
             for ghost in ghosts:
@@ -264,6 +279,13 @@ class InventoryService:
                 )
             hosts.append({"host": name, "removed": removed, "marked_failed": marked})
         return {"hosts": hosts, "applied": True}
+
+    async def _remove(self, found: FoundSandbox, host: str | None) -> None:
+        """Tear down what the host holds of ``found``; free it, when only leftovers are."""
+        if found.leftover and isinstance(self._extension, LeftoverKeeper):
+            await self._extension.free_leftover(found.sandbox_id)
+        else:
+            await self._extension.teardown(found.sandbox_id, host=host)
 
     async def _retry_stuck(self, host: str | None) -> list[str]:
         """Try each failed teardown again: destroyed when it works, a new reason when not."""

@@ -44,11 +44,15 @@ def _system_tools() -> None:
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+async def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Path]:
     path = tmp_path / "home"
     path.mkdir()
     monkeypatch.setenv("SANDBOXER_HOME", str(path))
-    return path
+    yield path
+    # Not every test starts its service with the `service` fixture (test_fallback.py starts
+    # two in turn): what it left under this home (holders, their uids and link slots, slots
+    # whose directory a test removed) goes now, or outlives the test until the host reboots.
+    await reap_local(path)
 
 
 @pytest.fixture
@@ -194,12 +198,14 @@ async def resend_provision_job(client: SandboxerClient, sandbox_id: str) -> Job:
 
 
 async def reap_local(home: Path) -> None:
-    """Tear down every ext.local sandbox (and pool member) under ``home``: holders outlive the
-    test otherwise."""
+    """Tear down every ext.local sandbox (and pool member) under ``home``, and free the slots
+    of any whose directory is gone: holders, uids and link slots outlive the test otherwise."""
     extension = LocalExtension(home / "local")
     for backend in (extension, extension.pool_members()):
         for found in await backend.list_sandboxes():
             await backend.teardown(found.sandbox_id)
+    for found in await extension.list_leftovers():
+        await extension.free_leftover(found.sandbox_id)
 
 
 @pytest.fixture

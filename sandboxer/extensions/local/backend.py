@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import platform
@@ -44,14 +43,21 @@ from sandboxer.extensions.local import (
     egress,
     freezer,
     keyrings,
+    resource_names,
     sandbox_uids,
     workspace,
 )
 from sandboxer.extensions.local.bwrap_command import enter_argv, launcher_argv
 from sandboxer.extensions.local.egress_policy import DENY, LocalEgress, namespace_for
 from sandboxer.extensions.local.holder import spawn_holder
-from sandboxer.extensions.local.inventory import machine_report, scan_sandboxes
-from sandboxer.extensions.local.procs import ProcessRef, kill, owning_user_namespace
+from sandboxer.extensions.local.inventory import machine_report, owners, scan_sandboxes
+from sandboxer.extensions.local.leftovers import Leftover, find_leftovers
+from sandboxer.extensions.local.procs import (
+    ProcessRef,
+    kill,
+    owning_user_namespace,
+    uids_running,
+)
 from sandboxer.extensions.local.run import run_streaming
 from sandboxer.extensions.local.sandbox_lock import sandbox_lock
 from sandboxer.extensions.local.snapshot_copy import copy_workspace_out
@@ -114,9 +120,7 @@ class LocalExtension:
         self._uids = sandbox_uids.uid_slots(uids_dir)
         self._as_root = os.geteuid() == 0
         # Cgroups are host-wide; tag them with the root so two roots never collide.
-        self._root_tag = (
-            root_tag or hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
-        )
+        self._root_tag = root_tag or resource_names.root_tag(self.root)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalExtension:
@@ -354,6 +358,54 @@ class LocalExtension:
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         return await asyncio.to_thread(scan_sandboxes, self.root)
+
+    # -- leftover slots (docs/ext-local.md#users-and-keyrings) -----------------------------
+
+    async def list_leftovers(self) -> Sequence[FoundSandbox]:
+        """Sandboxes of this root of which only host-wide slots are left (:mod:`.leftovers`)."""
+        return [item.found() for item in await asyncio.to_thread(self._leftovers)]
+
+    async def free_leftover(self, sandbox_id: str) -> bool:
+        """Free what :meth:`list_leftovers` found of ``sandbox_id`` as its teardown would (the
+        uid's keys cleared first), if it is still unowned once both roots' locks of the id are
+        held: no provision or claim of it (or of a pool member of that id) is halfway. False
+        when nothing of it is left over (any more)."""
+        self._layout(sandbox_id)
+        # The pool's lock first, as a claim takes them.
+        async with (
+            sandbox_lock(self.root / POOL_DIR, sandbox_id, remove=True),
+            sandbox_lock(self.root, sandbox_id, remove=True),
+        ):
+            leftovers = await asyncio.to_thread(self._leftovers)
+            if not any(item.sandbox_id == sandbox_id for item in leftovers):
+                return False
+            await self._unmake(sandbox_id)
+        log.info("local sandbox %s: freed the slots its lost directory left", sandbox_id)
+        return True
+
+    def _leftovers(self) -> list[Leftover]:
+        """Slots named by this root and by none of its directories (or its pool's), which no
+        process uses: none runs as the uid, none is in the sandbox's cgroups (blocking)."""
+        if self._pool:  # the main root's look covers its pool's names (they share the tag)
+            return []
+        # The slot files before the directories: a sandbox's directory is made before its
+        # slots are taken and removed after they are freed, so one made meanwhile is seen.
+        uids = self._uids.held()
+        links = egress.link_slots(self._egress_slots_dir).held()
+        found = find_leftovers(
+            uids, links, self._root_tag, owners([self.root / POOL_DIR, self.root])
+        )
+        if not found:
+            return []
+        running = uids_running()
+        return [
+            item
+            for item in found
+            if running.isdisjoint(item.uids)
+            and not cgroups.member_pids(
+                cgroups.sandbox_dirs(self._group(item.sandbox_id), self._cgroup_base)
+            )
+        ]
 
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None
@@ -621,7 +673,7 @@ class LocalExtension:
         )
 
     def _group(self, sandbox_id: str) -> str:
-        return f"{sandbox_id}-{self._root_tag}"
+        return resource_names.resource_name(sandbox_id, self._root_tag)
 
     @staticmethod
     def _uid_of(state: State) -> int:

@@ -80,18 +80,21 @@ class SlotFiles:
 
     def owned_by(self, name: str) -> list[int]:
         """The slots whose file names ``name`` (reads every slot file)."""
+        return sorted(slot for slot, owner in self.held().items() if owner == name)
+
+    def held(self) -> dict[int, str]:
+        """Every slot taken, and the name its file holds (reads every slot file)."""
         try:
             entries = list(self.directory.iterdir())
         except OSError:  # none yet, or not ours to read (a worker without root takes none)
-            return []
-        slots = []
+            return {}
+        held = {}
         for entry in entries:
             if not entry.name.isdigit():
                 continue
-            with contextlib.suppress(OSError):
-                if entry.read_text().strip() == name:
-                    slots.append(int(entry.name))
-        return sorted(slots)
+            with contextlib.suppress(OSError):  # freed meanwhile
+                held[int(entry.name)] = entry.read_text().strip()
+        return held
 
     def holds(self, name: str, slot: int) -> bool:
         """Whether ``slot``'s file names ``name`` (one read)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from sandboxer.extensions.local import cgroups, workspace
 from sandboxer.extensions.local.workspace import Layout
 from sandboxer.ids import is_valid_sandbox_id
 
-__all__ = ["machine_report", "scan_sandboxes"]
+__all__ = ["machine_report", "owners", "scan_sandboxes"]
 
 
 def scan_sandboxes(root: Path) -> list[FoundSandbox]:
@@ -45,6 +46,29 @@ def scan_sandboxes(root: Path) -> list[FoundSandbox]:
         if not alive:  # why, for inspect stale: nothing can run in it any more
             detail["dead"] = f"its holder process {state.holder_pid} died"
         found.append(FoundSandbox(sandbox_id=entry.name, alive=alive, detail=detail))
+    return found
+
+
+def owners(roots: Sequence[Path]) -> set[str]:
+    """The ids whose host-wide resources the sandbox directories under ``roots`` account for:
+    each directory's own, and the pool member a claimed sandbox's ``state.json`` names (its
+    cgroups, network and uid keep the member's name).
+
+    A claim moves a member's directory from the pool's root to the sandbox's: give the pool's
+    first, so that a directory moved while they are read is seen in one or the other."""
+    found: set[str] = set()
+    for root in roots:
+        try:
+            entries = sorted(root.iterdir())
+        except OSError:  # no such root (yet)
+            continue
+        for entry in entries:
+            if not is_valid_sandbox_id(entry.name):
+                continue
+            found.add(entry.name)
+            state = workspace.read_state(Layout(root, entry.name))
+            if state is not None and is_valid_sandbox_id(state.pool_member):
+                found.add(str(state.pool_member))
     return found
 
 

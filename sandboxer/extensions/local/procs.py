@@ -23,6 +23,7 @@ __all__ = [
     "owning_user_namespace",
     "reap_if_child",
     "stat_of",
+    "uids_running",
 ]
 
 _NS_GET_USERNS = 0xB701  # ioctl from <linux/nsfs.h>: the user namespace owning a namespace
@@ -121,3 +122,22 @@ def command_name(pid: int) -> str | None:
             return handle.read().strip()
     except OSError:
         return None
+
+
+def uids_running() -> set[int]:
+    """Every uid a process of this machine runs as (real, effective, saved or filesystem),
+    from ``/proc/<pid>/status``: a uid in none is used by no process."""
+    uids: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as handle:
+                lines = handle.read().splitlines()
+        except OSError:  # gone meanwhile
+            continue
+        for line in lines:
+            if line.startswith("Uid:"):
+                uids.update(int(value) for value in line.split()[1:])
+                break
+    return uids
