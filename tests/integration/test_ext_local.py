@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -639,6 +640,43 @@ async def test_pause_freezes_the_sandbox_cgroup_and_exec_is_refused_until_resume
     await ext.pause(sid)
     await ext.teardown(sid)  # thaws, then kills
     assert cgroups_of(sid) == []
+
+
+async def test_a_pause_between_a_teardowns_thaw_and_its_kill_waits_for_the_teardown(
+    ext: LocalExtension, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's pause lands in the teardown's window, after the thaw and before the
+    kill. Without the sandbox's lock it froze the group there: the SIGKILL stayed pending on
+    frozen tasks, the groups could not be removed, and the teardown failed after 10 s with
+    the sandbox frozen and half removed. Now the pause waits and finds the sandbox gone."""
+    sid = new_id()
+    await up(ext, request(sid))
+    other = LocalExtension(ext.root)  # another worker: its own lock file descriptor
+    paused: list[BaseException | None] = []
+
+    def pause_elsewhere() -> None:
+        try:
+            asyncio.run(other.pause(sid))
+            paused.append(None)
+        except BaseException as exc:
+            paused.append(exc)
+
+    real_kill = backend_module.kill
+    racer = threading.Thread(target=pause_elsewhere)
+
+    def kill_after_a_pause(ref: ProcessRef) -> None:
+        if not racer.is_alive() and not paused:
+            racer.start()
+            racer.join(1.0)  # the old code froze the group within a few ms
+        real_kill(ref)
+
+    monkeypatch.setattr(backend_module, "kill", kill_after_a_pause)
+    await asyncio.wait_for(ext.teardown(sid), 8)
+    assert cgroups_of(sid) == []
+    await asyncio.to_thread(racer.join, 5)
+    [outcome] = paused
+    assert isinstance(outcome, SandboxNotFound)
+    assert not (ext.root / ".locks" / sid).exists()  # the late pause left no lock file
 
 
 # -- a uid per sandbox (root) ----------------------------------------------------------------

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
@@ -59,7 +59,7 @@ from sandboxer.extensions.local.procs import (
     uids_running,
 )
 from sandboxer.extensions.local.run import run_streaming
-from sandboxer.extensions.local.sandbox_lock import sandbox_lock
+from sandboxer.extensions.local.sandbox_lock import LOCK_DIR, sandbox_lock
 from sandboxer.extensions.local.snapshot_copy import copy_workspace_out
 from sandboxer.extensions.local.steps import local_egress_for, profile_warnings
 from sandboxer.extensions.local.workspace import Layout, State
@@ -80,6 +80,12 @@ EGRESS_HOSTS_FILE = "egress-hosts"
 INPUTS_IN = "inputs-in"
 """In a claimed sandbox's directory (outside its workspace: the sandbox cannot write it):
 the claim's inputs are in, and a retried claim puts them in no more."""
+
+
+class FreezerStep(Protocol):
+    """:func:`.freezer.freeze` or :func:`.freezer.thaw`."""
+
+    async def __call__(self, directory: Path, *, sandbox_id: str) -> None: ...
 
 
 class LocalExtension:
@@ -420,14 +426,29 @@ class LocalExtension:
     async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
         """Freeze every process of the sandbox (see :mod:`.freezer`)."""
         del host  # always this machine
-        control = self._freezer_of(self._running_state(self._layout(sandbox_id)))
-        await freezer.freeze(control, sandbox_id=sandbox_id)
+        await self._freezer_step(sandbox_id, freezer.freeze)
 
     async def resume(self, sandbox_id: str, *, host: str | None = None) -> None:
         """Thaw the sandbox's processes; they carry on where they stopped."""
         del host  # always this machine
-        control = self._freezer_of(self._running_state(self._layout(sandbox_id)))
-        await freezer.thaw(control, sandbox_id=sandbox_id)
+        await self._freezer_step(sandbox_id, freezer.thaw)
+
+    async def _freezer_step(self, sandbox_id: str, step: FreezerStep) -> None:
+        """Freeze or thaw the sandbox's group with its lock held. Without it, a freeze landing
+        between a teardown's thaw and its kill (another worker's teardown, or a redelivered
+        provision starting clean) left the SIGKILL pending on frozen tasks: their groups could
+        not be removed and the teardown failed with the sandbox frozen and half removed. A
+        resume, for its part, wrote to a group removed since it read ``state.json``."""
+        layout = self._layout(sandbox_id)
+        async with sandbox_lock(self.root, sandbox_id):
+            try:
+                state = self._running_state(layout)
+            except SandboxNotFound:
+                if not layout.dir.exists():
+                    # Torn down while this waited: no lock file outlives the sandbox.
+                    (self.root / LOCK_DIR / sandbox_id).unlink(missing_ok=True)
+                raise
+            await step(self._freezer_of(state), sandbox_id=sandbox_id)
 
     async def exec(
         self,

@@ -5,8 +5,10 @@ Any number of ext.local workers may share one root (docs/pools.md, "make chaos"'
 worker while another tears the same sandbox down. Without a lock their steps
 interleave: a provision that makes a cgroup after the teardown removed the
 sandbox's leaves it behind, one that records its holder after the teardown read
-``state.json`` leaves the holder running. The steps that make or unmake a
-sandbox's processes and groups therefore hold this lock, one caller at a time.
+``state.json`` leaves the holder running; a pause that freezes the group between a
+teardown's thaw and its kill leaves it frozen and unremovable. The steps that make,
+unmake, freeze or thaw a sandbox's processes and groups therefore hold this lock, one
+caller at a time.
 
 It is an ``flock`` on ``<root>/.locks/<id>``: the kernel releases it with the
 process, even after ``kill -9``, so a dead worker never holds a sandbox. The
