@@ -39,6 +39,7 @@ def snapshot(
             f"{taken['snapshot_id']}  {taken['size']} bytes  sha256:{taken['sha256']}"
             f"  (restore it with: sandboxer restore {taken['snapshot_id']})"
         )
+        _warn(taken, err=True)  # the line above stays the one a script reads
 
 
 def restore(
@@ -137,6 +138,13 @@ def snapshots_get(snapshot_id: str, as_json: JsonOpt = False) -> None:
     ):
         if found.get(key) is not None:
             typer.echo(f"{key}: {found[key]}")
+    _warn(found, err=False)
+
+
+def _warn(snapshot: dict[str, Any], *, err: bool) -> None:
+    """What the snapshot's copy left out, one ``warning:`` line each: a restore lacks it."""
+    for line in snapshot.get("warnings") or ():
+        typer.echo(f"warning: {line}", err=err)
 
 
 @snapshots_app.command("delete")

@@ -138,6 +138,9 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     extension: str | None = None
     size: int | None = None
     sha256: str | None = None
+    warnings: tuple[str, ...] = ()
+    """What the snapshot's copy left out (FIFOs, sockets, device nodes), one line per kind:
+    a restore lacks it."""
     failure: str | None = None
     requested_at: str | None = None
     created_at: str | None = None
@@ -156,6 +159,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
             extension=_str(row, "extension"),
             size=_int(row, "size"),
             sha256=_str(row, "sha256"),
+            warnings=tuple(str(line) for line in row.get("warnings") or ()),
             failure=_str(row, "failure"),
             requested_at=_str(row, "requested_at"),
             created_at=_str(row, "created_at"),

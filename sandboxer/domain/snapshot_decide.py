@@ -57,6 +57,8 @@ class RecordSnapshotStored:
     object: str
     size: int
     sha256: str
+    warnings: tuple[str, ...] = ()
+    """What the copy left out (:meth:`~sandboxer.domain.left_out.LeftOut.warnings`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +118,7 @@ def decide_snapshot(
                     object=command.object,
                     size=command.size,
                     sha256=command.sha256,
+                    warnings=command.warnings,
                 )
             ]
         case RecordSnapshotFailed():

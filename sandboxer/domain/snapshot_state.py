@@ -56,6 +56,8 @@ class SnapshotState(msgspec.Struct, frozen=True, kw_only=True):
     object: str | None = None
     size: int | None = None
     sha256: str | None = None
+    warnings: tuple[str, ...] = ()
+    """What the snapshot's copy left out, as ``created`` recorded it: a restore lacks it."""
     failure: str | None = None
     object_removed: bool | None = None
     """Set by ``deleted``: whether the stored object went with it (it stays while shared)."""
@@ -101,6 +103,7 @@ def evolve_snapshot(state: SnapshotState, event: SnapshotEvent) -> SnapshotState
                 object=event.object,
                 size=event.size,
                 sha256=event.sha256,
+                warnings=event.warnings,
                 created_at=event.at,
             )
         case SnapshotFailed():

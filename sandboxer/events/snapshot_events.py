@@ -57,6 +57,10 @@ class SnapshotCreated(_SnapshotEventBase, frozen=True, kw_only=True, tag="snapsh
     """The object's name in the bucket (content addressed: ``sha256-<hex>``)."""
     size: int
     sha256: str
+    warnings: tuple[str, ...] = ()
+    """What the copy left out, one line per kind (``left out 2 FIFOs: run/a.fifo, run/b``):
+    a restore lacks it. A few hundred characters each at most, whatever the sandbox held
+    (:mod:`sandboxer.domain.left_out`). Empty in events stored before it was recorded."""
 
 
 class SnapshotFailed(_SnapshotEventBase, frozen=True, kw_only=True, tag="snapshot_failed"):

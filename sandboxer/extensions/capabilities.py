@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.settings import Settings
 from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import ConfigError
 
 __all__ = [
@@ -105,8 +106,10 @@ class Snapshotter(Protocol):
 
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None
-    ) -> None:
-        """Copy the workspace's tree into the existing local directory ``destination``."""
+    ) -> LeftOut | None:
+        """Copy the workspace's tree into the existing local directory ``destination``; what
+        the copy left out (FIFOs, sockets, devices), which the snapshot records as warnings
+        for its user. None from a backend written before it was reported: nothing told."""
 
 
 @runtime_checkable

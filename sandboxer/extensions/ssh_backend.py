@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sandboxer.config.settings import Settings
 from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import SandboxNotFound, Unsupported
 from sandboxer.extensions import ssh_checks
 from sandboxer.extensions.base import OutputSink, Stdin
@@ -105,11 +106,11 @@ class SshBackend:
 
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None
-    ) -> None:
+    ) -> LeftOut:
         """Copy the sandbox's directory on its host into ``destination`` (without
         :attr:`snapshot_leaves_out`), through a tar archive checked like any workspace
         archive, except that hard links arrive as copies and FIFOs and devices are left out
-        (:func:`~sandboxer.workspaces.extract.extract_host_tree`)."""
+        (:func:`~sandboxer.workspaces.extract.extract_host_tree`): what it left out."""
         ssh_checks.check_sandbox_id(sandbox_id, self.id)
         limits = ArchiveLimits.from_mb(self.settings.upload_max_mb)
         archive = destination.parent / f"{destination.name}.tar"
@@ -125,9 +126,10 @@ class SshBackend:
                     max_bytes=limits.max_bytes,
                     timeout=SNAPSHOT_TIMEOUT,
                 )
-            await asyncio.to_thread(extract_host_tree, archive, destination, limits)
+            unpacked = await asyncio.to_thread(extract_host_tree, archive, destination, limits)
         finally:
             archive.unlink(missing_ok=True)
+        return unpacked.left_out
 
     async def _existing_directory(self, conn: Connection, item: Target, sandbox_id: str) -> str:
         directory = item.workspace(sandbox_id)

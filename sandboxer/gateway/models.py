@@ -234,6 +234,11 @@ class Snapshot(_Open):
     name: str | None = None
     size: int | None = None
     sha256: str | None = None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what the copy left out (FIFOs, sockets, device nodes), one line per kind, "
+        "e.g. 'left out 2 FIFOs: run/a.fifo, run/b.fifo': a restore lacks it",
+    )
     failure: str | None = None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.extract import extract_host_tree
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -20,13 +21,13 @@ def too_large(limits: ArchiveLimits) -> WorkspaceRefused:
     )
 
 
-def unpack_tar_bytes(data: bytes, destination: Path, limits: ArchiveLimits) -> int:
-    """Unpack the tar ``data`` into the empty directory ``destination``; the number of entries."""
+def unpack_tar_bytes(data: bytes, destination: Path, limits: ArchiveLimits) -> LeftOut:
+    """Unpack the tar ``data`` into the empty directory ``destination``; what it left out."""
     if len(data) > limits.max_bytes:
         raise too_large(limits)
     archive = destination.parent / f"{destination.name}.tar"
     try:
         archive.write_bytes(data)
-        return extract_host_tree(archive, destination, limits).entries
+        return extract_host_tree(archive, destination, limits).left_out
     finally:
         archive.unlink(missing_ok=True)

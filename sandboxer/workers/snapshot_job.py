@@ -143,7 +143,7 @@ class SnapshotJob:
             scratch, tree = made, made / "tree"
             tree.mkdir()
             backend = await backend_for(self._store, self._extension, sandbox)  # BYOK
-            await backend.snapshot_workspace(job.sandbox_id, tree, host=sandbox.host)
+            left_out = await backend.snapshot_workspace(job.sandbox_id, tree, host=sandbox.host)
             # No excludes: a snapshot is the whole workspace (secrets never enter it). The
             # archive is packed under the scratch directory too, so one removal takes both.
             uploaded = await upload_directory(self._js, tree, limits=self._limits, workdir=scratch)
@@ -166,4 +166,6 @@ class SnapshotJob:
             object=object_name(uploaded.sha256),
             size=uploaded.size,
             sha256=uploaded.sha256,
+            # Bounded lines, whatever the sandbox held: an event has a size limit.
+            warnings=left_out.warnings() if left_out is not None else (),
         )

@@ -15,7 +15,8 @@ same rules, except that what such a tree may hold and a workspace may not is
 turned into what a workspace holds rather than failing the snapshot. A hard
 link becomes a copy of the file it names (which must come earlier in the
 archive), as ext.local's copy and every packed archive store it; FIFOs and
-devices are left out, as everywhere (sockets never reach a tar).
+devices are left out, as everywhere (sockets never reach a tar), and reported
+(:class:`~sandboxer.domain.left_out.LeftOut`) for the snapshot to tell its user.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from __future__ import annotations
 import logging
 import posixpath
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandboxer.domain.left_out import Kind, LeftOut
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.limits import ArchiveLimits
 
@@ -34,7 +36,11 @@ __all__ = ["HostTree", "extract_archive", "extract_host_tree", "link_stays_insid
 log = logging.getLogger(__name__)
 
 _ACCEPTED = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE})
-_SPECIAL = frozenset({tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE})
+_SPECIAL: dict[bytes, Kind] = {
+    tarfile.FIFOTYPE: "fifo",
+    tarfile.CHRTYPE: "device",
+    tarfile.BLKTYPE: "device",
+}
 """Kinds a host's tar stores that no workspace holds: left out of a host's tree."""
 _NAMED = 10
 """How many names of each kind a log line of :func:`extract_host_tree` gives."""
@@ -47,7 +53,7 @@ class HostTree:
 
     entries: int
     copied: tuple[str, ...] = ()
-    left_out: tuple[str, ...] = ()
+    left_out: LeftOut = field(default_factory=LeftOut)
 
 
 def link_stays_inside(name: str, target: str) -> bool:
@@ -150,12 +156,11 @@ def extract_host_tree(archive: Path, destination: Path, limits: ArchiveLimits) -
     unpacked = _extract(archive, destination, limits, host_tree=True)
     if unpacked.copied or unpacked.left_out:
         log.info(
-            "unpacked into %s: %d hard links as copies (%s), %d FIFOs or devices left out (%s)",
+            "unpacked into %s: %d hard links as copies (%s); %s",
             destination,
             len(unpacked.copied),
             ", ".join(unpacked.copied[:_NAMED]),
-            len(unpacked.left_out),
-            ", ".join(unpacked.left_out[:_NAMED]),
+            "; ".join(unpacked.left_out.warnings()) or "nothing left out",
         )
     return unpacked
 
@@ -164,7 +169,7 @@ def _extract(
     archive: Path, destination: Path, limits: ArchiveLimits, *, host_tree: bool
 ) -> HostTree:
     copied: list[str] = []
-    left_out: list[str] = []
+    left_out = LeftOut()
     try:
         with tarfile.open(archive, "r:") as tar:
             members = []
@@ -180,7 +185,7 @@ def _extract(
                         f"the workspace archive has more than {limits.max_entries} entries"
                     )
                 if host_tree and found.type in _SPECIAL:
-                    left_out.append(posixpath.normpath(found.name))
+                    left_out.add(_SPECIAL[found.type], posixpath.normpath(found.name))
                     continue
                 member = _as_copy(found, files) if host_tree and found.islnk() else found
                 if member is not found:
@@ -200,4 +205,4 @@ def _extract(
         raise WorkspaceRefused(f"the workspace archive is unsafe: {exc}") from None
     except tarfile.TarError as exc:
         raise WorkspaceRefused(f"the workspace archive is not a readable tar: {exc}") from None
-    return HostTree(len(members), tuple(copied), tuple(left_out))
+    return HostTree(len(members), tuple(copied), left_out)

@@ -375,6 +375,14 @@ async def test_hard_links_fifos_and_devices_do_not_fail_a_compose_snapshot(
 
         taken = await client.snapshot(stack["sandbox_id"])
         assert taken["status"] == "created"
+        # What was left out is told, a volume's below its directory (in the host tar's order).
+        told = {
+            line.split(": ")[0]: set(line.split(": ")[1].split(", ")) for line in taken["warnings"]
+        }
+        assert told == {
+            "left out 2 FIFOs": {"pipe", ".sandboxer/volumes/data/pipe"},
+            "left out 2 device nodes": {"null", ".sandboxer/volumes/data/null"},
+        }
         # Each name of a hard link arrives as a file of its own; FIFOs and devices stay behind.
         local = await restore_local(client, taken["snapshot_id"])
         listing = (

@@ -7,14 +7,18 @@ import asyncio
 import json
 from pathlib import Path
 
+import httpx
+import msgspec
 import pytest
 from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
+from sandboxer.bus.event_reader import read_events
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.cli.key_commands import create_key
 from sandboxer.client import CommandFailed, SandboxerClient
 from sandboxer.ids import new_command_id
-from tests.integration.conftest import Cli, Service, reap_local, start_service
+from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
 from tests.integration.test_lifecycle import event_types
 
 pytestmark = pytest.mark.integration
@@ -224,18 +228,44 @@ async def test_a_workspace_that_cannot_be_stored_fails_the_snapshot_and_says_why
     await client.destroy(sandbox_id)
 
 
-async def test_hard_links_are_copied_and_fifos_and_sockets_left_out(service: Service) -> None:
+async def test_hard_links_are_copied_and_fifos_and_sockets_left_out(
+    service: Service, home: Path, cli_env: dict[str, str]
+) -> None:
     """What a sandbox's own code can make in its workspace never fails its snapshot: each
-    name of a hard link is stored as a file of its own, FIFOs and sockets stay behind."""
+    name of a hard link is stored as a file of its own, FIFOs and sockets stay behind, and
+    the snapshot says so: in its event, its view, the CLI and the HTTP API."""
     client = service.client
     source = (await client.create())["sandbox_id"]
     await run_in(
         client,
         source,
-        "cd /workspace && echo linked > one && ln one two && mkfifo pipe && python3 -c "
+        "cd /workspace && echo linked > one && ln one two && mkfifo pipe && mkdir run && "
+        "mkfifo run/x.fifo && python3 -c "
         "'import socket; socket.socket(socket.AF_UNIX).bind(\"sock\")' && test -S sock",
     )
     snapshot = await client.snapshot(source)
-    restored = (await client.restore(snapshot["snapshot_id"]))["sandbox_id"]
+    warnings = ["left out 2 FIFOs: pipe, run/x.fifo", "left out 1 socket: sock"]
+    assert snapshot["warnings"] == warnings  # the view's answer
+    snapshot_id = snapshot["snapshot_id"]
+    [created] = [
+        msgspec.json.decode(data)
+        async for _seq, _subject, data, _pending in read_events(
+            client.js, filter_subject=subjects.snapshot_events_filter(snapshot_id)
+        )
+        if msgspec.json.decode(data)["type"] == "snapshot_created"
+    ]
+    assert created["warnings"] == warnings
+    shown = await Cli(cli_env)("snapshots", "get", snapshot_id)
+    assert [line for line in shown.stdout.splitlines() if line.startswith("warning:")] == [
+        f"warning: {line}" for line in warnings
+    ]
+    admin = SandboxerClient(client.nc, actor={"type": "adm", "id": "pytest-admin"})
+    key, _ = await create_key(admin, project="default", key_type="adm")
+    async with (
+        serve_gateway(service, home) as url,
+        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as api,
+    ):
+        assert (await api.get(f"/v1/snapshots/{snapshot_id}")).json()["warnings"] == warnings
+    restored = (await client.restore(snapshot_id))["sandbox_id"]
     listing = "cd /workspace && ls -A | grep -v '^.sandboxer$'; cat two; stat -c %h one two"
-    assert await run_in(client, restored, listing) == "one\ntwo\nlinked\n1\n1\n"
+    assert await run_in(client, restored, listing) == "one\nrun\ntwo\nlinked\n1\n1\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -28,14 +29,26 @@ def test_copies_files_directories_and_links_as_they_are(tmp_path: Path) -> None:
     (source / ".sandboxer" / "secrets.env").write_text("TOKEN=x\n")
     destination = tmp_path / "destination"
 
-    copy_tree(source, destination, leave_out={".sandboxer/secrets.env"})
+    left_out = copy_tree(source, destination, leave_out={".sandboxer/secrets.env"})
 
+    assert left_out.warnings() == ("left out 1 FIFO: fifo",)  # told, for a snapshot's user
     assert (destination / "sub" / "run.sh").read_text() == "echo hi\n"
     assert stat.S_IMODE((destination / "sub" / "run.sh").stat().st_mode) == 0o750
     assert os.readlink(destination / "link") == "/etc/hostname"
     assert os.readlink(destination / "relative") == "sub/run.sh"
     assert not (destination / "fifo").exists()  # reading a FIFO would block forever
     assert sorted(os.listdir(destination / ".sandboxer")) == []
+
+
+def test_special_files_left_out_are_reported_by_kind_and_path(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "run").mkdir(parents=True)
+    os.mkfifo(source / "run" / "x.fifo")
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(str(source / "sock"))
+        left_out = copy_tree(source, tmp_path / "out")
+    assert left_out.warnings() == ("left out 1 FIFO: run/x.fifo", "left out 1 socket: sock")
+    assert sorted(os.listdir(tmp_path / "out")) == ["run"]
 
 
 def test_a_source_that_is_a_link_is_refused(tmp_path: Path) -> None:

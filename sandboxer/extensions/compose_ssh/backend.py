@@ -31,6 +31,7 @@ import yaml
 
 from sandboxer.config.settings import Settings
 from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import (
     InvalidInput,
     RemoteCommandFailed,
@@ -353,20 +354,22 @@ class ComposeSshExtension(SshBackend):
 
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None
-    ) -> None:
+    ) -> LeftOut:
         """The project's directory (secrets left out), then its named volumes under
-        ``.sandboxer/volumes/<key>/`` (:mod:`.volumes`), copied as the containers run."""
-        await super().snapshot_workspace(sandbox_id, destination, host=host)
+        ``.sandboxer/volumes/<key>/`` (:mod:`.volumes`), copied as the containers run; what
+        the copies left out, a volume's below its directory."""
+        left_out = await super().snapshot_workspace(sandbox_id, destination, host=host)
         item = await self._exec_target(sandbox_id, host)
         limits = ArchiveLimits.from_mb(self.settings.upload_max_mb)
         async with session(item) as conn:
             copied = await volumes.copy_out(
-                conn, item, containers.project_name(sandbox_id), destination, limits
+                conn, item, containers.project_name(sandbox_id), destination, limits, left_out
             )
         if copied:
             log.info(
                 "snapshot of compose sandbox %s: volumes %s copied", sandbox_id, ", ".join(copied)
             )
+        return left_out
 
     async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
         """Freeze every container of the sandbox's project (``compose pause``)."""

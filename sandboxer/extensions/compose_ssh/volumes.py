@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import InvalidInput, RemoteCommandFailed
 from sandboxer.extensions.compose_ssh import containers, engine
 from sandboxer.extensions.ssh_targets import SHORT_TIMEOUT, Target
@@ -234,9 +235,11 @@ async def copy_out(
     project: str,
     destination: Path,
     limits: ArchiveLimits,
+    left_out: LeftOut,
 ) -> list[str]:
     """Copy each named volume of ``project`` that a container mounts into
-    ``destination``/:data:`VOLUMES_DIR`/<key>/; returns the keys copied."""
+    ``destination``/:data:`VOLUMES_DIR`/<key>/, adding what each copy left out to
+    ``left_out`` (named as in the snapshot); returns the keys copied."""
     mounted = await _mounted(conn, item, project)
     if not mounted:
         await asyncio.to_thread(_clear, destination)
@@ -258,7 +261,8 @@ async def copy_out(
             )
             target = volumes / key
             target.mkdir()
-            await asyncio.to_thread(extract_host_tree, archive, target, limits)
+            unpacked = await asyncio.to_thread(extract_host_tree, archive, target, limits)
+            left_out.merge(unpacked.left_out, under=f"{VOLUMES_DIR}/{key}")
         finally:
             archive.unlink(missing_ok=True)
     return sorted(mounted)

@@ -23,6 +23,7 @@ from typing import Any
 
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.settings import Settings
+from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import (
     ExtensionError,
     InvalidInput,
@@ -355,7 +356,7 @@ class DaytonaExtension:
 
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None
-    ) -> None:
+    ) -> LeftOut:
         """Copy the workspace (``workdir``, else the sandbox user's home) into ``destination``."""
         check_sandbox_id(sandbox_id, self.id)
         found = await self._started(sandbox_id, "copy its workspace")
@@ -378,7 +379,7 @@ class DaytonaExtension:
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        await asyncio.to_thread(unpack_answer, result, destination, self._limits)
+        return await asyncio.to_thread(unpack_answer, result, destination, self._limits)
 
     # -- Pausable --------------------------------------------------------------------------
 

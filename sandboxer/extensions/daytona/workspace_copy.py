@@ -19,6 +19,7 @@ import binascii
 import shlex
 from pathlib import Path
 
+from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.extensions.daytona.exec_wire import answer_bytes
 from sandboxer.hosted.workspace_copy import too_large, unpack_tar_bytes
@@ -65,8 +66,8 @@ def max_answer_chars(limits: ArchiveLimits) -> int:
     return encoded + encoded // 76 + 1024
 
 
-def unpack_answer(answer: str, destination: Path, limits: ArchiveLimits) -> int:
-    """Decode the base64 tar and unpack it into ``destination``; the number of entries."""
+def unpack_answer(answer: str, destination: Path, limits: ArchiveLimits) -> LeftOut:
+    """Decode the base64 tar and unpack it into ``destination``; what it left out."""
     if len(answer) > max_answer_chars(limits):
         raise too_large(limits)
     try:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
+from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound, Unsupported
 from sandboxer.events.reachability import ACCESS_KEY, LocalExecAccess, exec_hint
 from sandboxer.extensions.base import (
@@ -415,11 +416,11 @@ class LocalExtension:
 
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None
-    ) -> None:
+    ) -> LeftOut:
         """Copy the workspace out (the sandbox keeps running); the worker stores the copy."""
         del host  # always this machine
         workspace_dir = self._layout(sandbox_id).workspace
-        await asyncio.to_thread(
+        return await asyncio.to_thread(
             copy_workspace_out, workspace_dir, destination, sandbox_id=sandbox_id
         )
 

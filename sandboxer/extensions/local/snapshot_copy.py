@@ -4,13 +4,14 @@ The worker packs and stores what lands in ``destination`` (the snapshot's
 data); the sandbox keeps running. Secrets the backend wrote into the
 workspace (``.sandboxer/secrets.env``) are left out: a snapshot may be
 restored anywhere, and a restore gets the secrets of its own profile.
-Special files are left out as a provision's copy leaves them out.
+Special files are left out as a provision's copy leaves them out, and reported.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import ExtensionError, SandboxNotFound
 from sandboxer.extensions.local.tree_copy import copy_tree
 from sandboxer.extensions.local.workspace import SECRETS_FILE
@@ -18,9 +19,10 @@ from sandboxer.extensions.local.workspace import SECRETS_FILE
 __all__ = ["copy_workspace_out"]
 
 
-def copy_workspace_out(workspace: Path, destination: Path, *, sandbox_id: str) -> None:
+def copy_workspace_out(workspace: Path, destination: Path, *, sandbox_id: str) -> LeftOut:
     """Copy ``workspace``'s tree into ``destination`` (symlinks as links, never followed,
-    even when the sandbox swaps one in while the copy runs: :mod:`tree_copy`)."""
+    even when the sandbox swaps one in while the copy runs: :mod:`tree_copy`); returns the
+    FIFOs, sockets and devices it left out."""
     if not workspace.is_dir():
         raise SandboxNotFound(
             f"local sandbox {sandbox_id} has no workspace at {workspace}",
@@ -28,7 +30,7 @@ def copy_workspace_out(workspace: Path, destination: Path, *, sandbox_id: str) -
             extension="ext.local",
         )
     try:
-        copy_tree(workspace, destination, leave_out={SECRETS_FILE.as_posix()})
+        return copy_tree(workspace, destination, leave_out={SECRETS_FILE.as_posix()})
     except OSError as exc:
         raise ExtensionError(
             f"copying the workspace of {sandbox_id} out for a snapshot failed: {exc}",
