@@ -21,7 +21,7 @@ import posixpath
 import stat
 import tarfile
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ from sandboxer.bus.ask import no_responders
 from sandboxer.bus.streams import replicas_for
 from sandboxer.errors import (
     BusError,
+    CommandFailed,
+    ConfigError,
     ExtensionError,
     InvalidInput,
     PathRefused,
@@ -243,15 +245,29 @@ async def _ask(
     return answer
 
 
-_ERRORS: dict[str, type[SandboxerError]] = {
+def _state_conflict(message: str, *, sandbox_id: str) -> CommandFailed:
+    """A copy the sandbox's state does not allow (paused): refused as a command is, so both
+    transports raise the same (the gateway answers 409, which the HTTP client reads back as
+    this rejection)."""
+    rejected = {"type": "rejected", "code": "frozen", "reason": message, "sandbox_id": sandbox_id}
+    return CommandFailed(message, rejected)
+
+
+_ERRORS: dict[str, Callable[..., SandboxerError]] = {
     "path_refused": PathRefused,
     "workspace_refused": WorkspaceRefused,
     "invalid_input": InvalidInput,
     "unsupported": Unsupported,
+    "frozen": _state_conflict,
+    # A project's own provider key the worker may not use (BYOK): set up wrong, not failed.
+    "config": ConfigError,
     # A copy the worker stopped at its shutdown left nothing: it is safe to send again once a
     # worker is back (the gateway answers 503 with Retry-After, as for no worker at all).
     "worker_stopped": ServiceNotRunning,
 }
+"""The error of each ``code`` a worker's ``done`` carries (docs/protocol.md#files); any
+other (``extension``, ``error``, a backend's own) is :class:`ExtensionError`: the backend,
+or the worker, failed."""
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
@@ -262,10 +278,7 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 
 def _error(message: str, code: str, sandbox_id: str) -> SandboxerError:
     """The worker's refusal as the error of the tree its code names."""
-    cls = _ERRORS.get(code)
-    if cls is not None:
-        return cls(message, sandbox_id=sandbox_id)
-    return ExtensionError(message, sandbox_id=sandbox_id)
+    return _ERRORS.get(code, ExtensionError)(message, sandbox_id=sandbox_id)
 
 
 async def put_archive(

@@ -25,9 +25,9 @@ import base64
 import binascii
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
@@ -48,7 +48,7 @@ from sandboxer.errors import (
 )
 from sandboxer.gateway.auth import visible_sandbox
 from sandboxer.gateway.context import KEY_RECHECK_SECONDS, BusClient, KeyStanding, request_actor
-from sandboxer.gateway.errors import error_response
+from sandboxer.gateway.errors import error_response, response_for
 from sandboxer.gateway.models import SANDBOX_ID, ErrorBody
 from sandboxer.transfer import pack_file
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -78,6 +78,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         503: "no worker holds the sandbox, or the service cannot be reached",
     }.items()
 }
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", responses=_ERRORS, dependencies=[Depends(request_actor)])
 
@@ -145,8 +147,10 @@ def _refusal(exc: SandboxerError) -> JSONResponse:
     if isinstance(exc, ExtensionError):
         return error_response(502, exc.code, exc.message)
     if isinstance(exc, CommandFailed):
+        if exc.event.get("type") == "rejected":  # a copy the state refuses: 409 with its code
+            return response_for(exc)
         return error_response(409, "exec_failed", exc.message)
-    raise exc  # the app's handlers answer the rest (bus errors: 503)
+    raise exc  # the app's handlers answer the rest (bus errors: 503, config: 500)
 
 
 # -- exec --------------------------------------------------------------------------------------
@@ -198,7 +202,10 @@ async def exec_in_sandbox(
     timed_out = False
     code: int | None = None
     wait = (body.timeout or 3600.0) + EXEC_WAIT_SLACK
-    running = asyncio.ensure_future(
+    running = await _for_caller(
+        request,
+        standing,
+        ("the command", "exec_failed"),
         client.exec(
             sandbox_id,
             body.argv,
@@ -207,23 +214,10 @@ async def exec_in_sandbox(
             stdin=stdin,
             command_timeout=body.timeout,
             timeout=wait,
-        )
+        ),
     )
-    stopped = asyncio.ensure_future(_caller_gone(request, standing))
-    try:
-        await asyncio.wait([running, stopped], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        if not running.done():
-            # Cancelled, the client leaves the output's inbox: the worker finds nobody
-            # listening at its next check and kills the command.
-            running.cancel()
-        await asyncio.gather(running, stopped, return_exceptions=True)
-    if running.cancelled():  # stopped for its caller: a revoked key, or nobody there
-        why = stopped.result() if stopped.done() and not stopped.cancelled() else "stopped"
-        if why.startswith("the API key"):
-            return error_response(401, "unauthorized", why)
-        return error_response(409, "exec_failed", why)
+    if isinstance(running, JSONResponse):
+        return running
     try:
         code = running.result()
     except CommandFailed as exc:
@@ -242,14 +236,42 @@ async def exec_in_sandbox(
     )
 
 
-async def _caller_gone(request: Request, standing: Callable[[], Awaitable[bool]]) -> str:
-    """Return, with why, once the request's key is revoked or its caller has hung up: a
-    command running for them would go on for nobody (a ``tail -f``, for days)."""
+async def _for_caller(
+    request: Request,
+    standing: Callable[[], Awaitable[bool]],
+    what: tuple[str, str],
+    work: Coroutine[Any, Any, T],
+) -> asyncio.Future[T] | JSONResponse:
+    """``work`` run to its end (its future, done), or stopped once the request's key is
+    revoked (answered 401) or its caller hung up (answered 409, to nobody; ``what``: the
+    work's name and that answer's code): a command or a copy running for them would go
+    on for nobody (a ``tail -f`` for days, a copy for minutes). Cancelled, the bus client
+    leaves its inbox: the worker finds nobody listening at its next check and stops the
+    command or the copy."""
+    running = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(_caller_gone(request, standing, what[0]))
+    try:
+        await asyncio.wait([running, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not running.done():
+            running.cancel()
+        await asyncio.gather(running, stopped, return_exceptions=True)
+    if not running.cancelled():
+        return running
+    why = stopped.result() if stopped.done() and not stopped.cancelled() else "stopped"
+    if why.startswith("the API key"):
+        return error_response(401, "unauthorized", why)
+    return error_response(409, what[1], why)
+
+
+async def _caller_gone(request: Request, standing: Callable[[], Awaitable[bool]], what: str) -> str:
+    """Return, with why, once the request's key is revoked or its caller has hung up."""
     while True:
         if not await standing():
-            return "the API key was revoked while the command ran; the command was stopped"
+            return f"the API key was revoked while {what} ran; {what} was stopped"
         if await request.is_disconnected():
-            return "the caller hung up; the command was stopped"
+            return f"the caller hung up; {what} was stopped"
         await asyncio.sleep(KEY_RECHECK_SECONDS)
 
 
@@ -283,10 +305,15 @@ async def _receive(request: Request, destination: Path, limit: int) -> None:
     },
 )
 async def put_files(
-    sandbox_id: VisibleSandbox, path: FilePath, request: Request, client: BusClient
+    sandbox_id: VisibleSandbox,
+    path: FilePath,
+    request: Request,
+    client: BusClient,
+    standing: KeyStanding,
 ) -> Response:
     """Write the body at ``path`` (a file), or unpack it into the directory ``path``
     when it is a tar (``Content-Type: application/x-tar``)."""
+    # The copy is stopped if the key is revoked or the caller hangs up meanwhile (_for_caller).
     limit = Settings.from_env().upload_max_mb * 1024 * 1024
     as_tar = request.headers.get("content-type", "").split(";")[0].strip() == TAR
     try:
@@ -294,11 +321,20 @@ async def put_files(
             body = Path(scratch) / "body"
             await _receive(request, body, limit)
             if as_tar:
-                copied = await client.put_archive(sandbox_id, body, path, "dir")
+                kind = "dir"
             else:
-                archive = Path(scratch) / "file.tar"
+                kind, archive = "file", Path(scratch) / "file.tar"
                 await asyncio.to_thread(pack_file, body, archive, ArchiveLimits(max_bytes=limit))
-                copied = await client.put_archive(sandbox_id, archive, path, "file")
+                body = archive
+            copying = await _for_caller(
+                request,
+                standing,
+                ("the copy", "copy_stopped"),
+                client.put_archive(sandbox_id, body, path, kind),
+            )
+            if isinstance(copying, JSONResponse):
+                return copying
+            copied = copying.result()
     except SandboxerError as exc:
         return _refusal(exc)
     return JSONResponse({"kind": copied.kind, "path": copied.path, "size": copied.size})
@@ -318,14 +354,28 @@ async def put_files(
         }
     },
 )
-async def get_files(sandbox_id: VisibleSandbox, path: FilePath, client: BusClient) -> Response:
+async def get_files(
+    sandbox_id: VisibleSandbox,
+    path: FilePath,
+    request: Request,
+    client: BusClient,
+    standing: KeyStanding,
+) -> Response:
     """A file's bytes, or a tar of a directory's contents."""
+    # The copy is stopped if the key is revoked or the caller hangs up meanwhile (_for_caller).
     scratch = await asyncio.to_thread(tempfile.mkdtemp, prefix="sandboxer-get-")
     try:
         fetched = Path(scratch) / "fetched"
-        copied = await client.get_files(
-            sandbox_id, path, fetched, max_mb=Settings.from_env().upload_max_mb
+        copying = await _for_caller(
+            request,
+            standing,
+            ("the copy", "copy_stopped"),
+            client.get_files(sandbox_id, path, fetched, max_mb=Settings.from_env().upload_max_mb),
         )
+        if isinstance(copying, JSONResponse):
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+            return copying
+        copied = copying.result()
     except SandboxerError as exc:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
         return _refusal(exc)

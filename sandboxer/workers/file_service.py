@@ -25,12 +25,14 @@ workers no longer running left there (:mod:`sandboxer.workers.scratch`).
 
 While a copy runs, the worker sends ``alive`` checks to the reply inbox, as exec does:
 its heartbeat (:mod:`sandboxer.workers.heartbeat`), so a client learns within seconds
-that a killed worker will send no ``done``. A stopping worker gives copies the grace
-execs get, then cancels them (:mod:`sandboxer.workers.in_flight`): a cancelled copy
-answers ``done`` saying so and leaves nothing behind. An upload enters the sandbox as
-a whole file first (beside where it goes) and is unpacked only once all of it is
-there, so stopping it while it arrives leaves no half-written file; once unpacking
-began, it is let finish (for :data:`PLACE_TIMEOUT` at most).
+that a killed worker will send no ``done``; and, as for exec, a check that finds nobody
+listening any more (the client killed, or hung up) stops the copy. A stopping worker
+gives copies the grace execs get, then cancels them (:mod:`sandboxer.workers.in_flight`):
+a cancelled copy answers ``done`` saying so. Stopped either way, a copy leaves nothing
+behind: not its staging, nor chunks of a result half-stored in the bucket. An upload
+enters the sandbox as a whole file first (beside where it goes) and is unpacked only
+once all of it is there, so stopping it while it arrives leaves no half-written file;
+once unpacking began, it is let finish (for :data:`PLACE_TIMEOUT` at most).
 
 Requests: ``{"op": "put", "path": P, "kind": "file"|"dir", "ref": "object:sha256:.."}``
 (the ``ref`` an uploaded tar: for ``file``, one regular file, written at ``P``; for
@@ -46,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import logging
 import posixpath
 import shutil
@@ -58,6 +61,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.object_store import ObjectStore
 from nats.nuid import NUID
 
 from sandboxer.bus.event_store import EventStore
@@ -301,22 +305,31 @@ class FileService:
         if state.status in FROZEN:
             await send("done", {"ok": False, "error": frozen_reason(state), "code": "frozen"})
             return
-        # A client gone away does not stop the copy (it ends soon, and leaves it whole).
+        # The ``alive`` checks are the client's heartbeat, and tell when nobody listens any
+        # more (Ctrl-C, a caller hanging up, a killed process): as for exec, the copy is then
+        # stopped, or a large one would go on for minutes, filling staging and the bucket for
+        # nobody. Stopped, it leaves nothing (as when the worker stops).
         alive = {HEADER: "alive"}
         beat = heartbeat.beat(self._nc, reply, alive, time.monotonic(), CLIENT_CHECK_INTERVAL)
         beating = asyncio.ensure_future(beat)
+        copying = asyncio.ensure_future(self._copy(msg.data, state, key_id, reply, send))
         try:
-            answer = await self._copy(msg.data, state, key_id, reply, send)
+            await asyncio.wait([copying, beating], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             # The worker is stopping (stop()): say so now, or the client waits for a done
             # until it hears no more heartbeats.
+            await _cancel(copying)
             with contextlib.suppress(Exception):
                 await send("done", {"ok": False, "error": STOPPED, "code": "worker_stopped"})
             raise
         finally:
             beating.cancel()
+        if not copying.done():  # nobody to answer
+            log.info("copy for %s stopped: %s", sandbox_id, beating.result())
+            await _cancel(copying)
+            return
         await self._nc.flush()
-        await send("done", answer)
+        await send("done", copying.result())
 
     async def _copy(
         self,
@@ -501,7 +514,7 @@ class FileService:
             present = False
         if not present:
             with result.open("rb") as handle:
-                await bucket.put(name, handle)
+                await _store_object(bucket, name, handle)
         return {"kind": kind, "path": path[2:] or ".", "ref": object_ref(sha), "size": size}
 
     # -- running the scripts ------------------------------------------------------------------
@@ -554,6 +567,40 @@ class FileService:
                 sandbox_id=state.sandbox_id,
                 extension=self._extension.id,
             )
+
+
+class _StoppableReader:
+    """A file whose next read fails once :attr:`stopped`: nats-py's ``put`` removes the
+    chunks it stored when a read fails (not when it is cancelled, which leaves them, with
+    no name, in the bucket for good)."""
+
+    def __init__(self, handle: io.BufferedReader) -> None:
+        self._handle = handle
+        self.stopped = False
+
+    def readinto(self, buffer: bytearray) -> int:
+        if self.stopped:
+            raise SandboxerError("the copy was stopped")
+        return self._handle.readinto(buffer)
+
+
+async def _store_object(bucket: ObjectStore, name: str, handle: io.BufferedReader) -> None:
+    """Put ``handle`` in ``bucket`` as ``name``; stopped (cancelled), it leaves no chunks."""
+    reader = _StoppableReader(handle)
+    storing = asyncio.ensure_future(bucket.put(name, reader))  # type: ignore[arg-type]
+    try:
+        await asyncio.shield(storing)
+    except asyncio.CancelledError:
+        reader.stopped = True  # the next read fails, and nats-py purges what it stored
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(storing, CLEAN_TIMEOUT)
+        raise
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait for its clean-up (staging, what entered the sandbox)."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _single_file(tree: Path, destination: Path, name: str) -> Path:

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import tarfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,17 +29,19 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
+from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import CommandFailed, SandboxerClient
 from sandboxer.errors import PathRefused, ServiceNotRunning, WorkspaceRefused
-from sandboxer.subjects import EVENTS_STREAM, exec_subject
+from sandboxer.subjects import EVENTS_STREAM, WORKSPACES_BUCKET, exec_subject
 from sandboxer.workers import exec_service, file_service
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
 from sandboxer.workers.exec_service import STDIN_HEADER
 from sandboxer.workers.file_service import HEADER, files_subject
 from sandboxer.workers.heartbeat import HEADER as HEARTBEAT
 from sandboxer.workers.in_flight import STOP_GRACE
+from sandboxer.workspaces.bucket import open_or_create_bucket
 from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
 
 pytestmark = [pytest.mark.integration]
@@ -229,13 +232,8 @@ async def test_stopping_the_worker_kills_running_commands_and_tells_their_client
         await asyncio.wait_for(running, 5)
 
 
-async def test_stopping_the_worker_stops_copies_after_the_grace_leaving_nothing(
-    service: Service, sandbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A copy on its way into the sandbox when the worker stops gets the grace an exec
-    gets, not its half hour, and holds no exec past its own; then it is stopped, its
-    client told at once, and neither a half-written file nor the part that arrived, nor
-    the worker's staging, is left."""
+def stall_uploads(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Uploads into sandboxes stall after their first chunk (set once it is sent)."""
     arrived = asyncio.Event()
     read_file = file_service._read_file
 
@@ -246,6 +244,17 @@ async def test_stopping_the_worker_stops_copies_after_the_grace_leaving_nothing(
             await asyncio.Event().wait()
 
     monkeypatch.setattr(file_service, "_read_file", stalling)
+    return arrived
+
+
+async def test_stopping_the_worker_stops_copies_after_the_grace_leaving_nothing(
+    service: Service, sandbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy on its way into the sandbox when the worker stops gets the grace an exec
+    gets, not its half hour, and holds no exec past its own; then it is stopped, its
+    client told at once, and neither a half-written file nor the part that arrived, nor
+    the worker's staging, is left."""
+    arrived = stall_uploads(monkeypatch)
     client = service.client
     big = tmp_path / "big.bin"
     big.write_bytes(binary(3_000_000))
@@ -269,6 +278,77 @@ async def test_stopping_the_worker_stops_copies_after_the_grace_leaving_nothing(
     workspace = service.settings.home / "local" / sandbox / "workspace"
     assert sorted(workspace.rglob("*")) == []
     assert list((service.settings.staging_root / "files").iterdir()) == []
+
+
+async def test_a_copy_whose_client_went_away_is_stopped_leaving_nothing(
+    service: Service, sandbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client closed mid-copy (a killed process, Ctrl-C, a caller hanging up) leaves its
+    inbox: the worker's next ``alive`` check finds nobody, as exec's does, and the copy is
+    stopped: neither what arrived in the sandbox nor the worker's staging is left, and a
+    copy out's command in the sandbox is killed."""
+    monkeypatch.setattr(file_service, "CLIENT_CHECK_INTERVAL", 1.0)  # 10 s in earnest
+    arrived = stall_uploads(monkeypatch)
+    # A copy out whose tar in the sandbox takes (nearly) for ever.
+    monkeypatch.setattr(file_service, "GET_SCRIPT", "echo $$ >/tmp/get.pid; exec sleep 300")
+    big = tmp_path / "big.bin"
+    big.write_bytes(binary(3_000_000))
+    workspace = service.settings.home / "local" / sandbox / "workspace"
+    staging = service.settings.staging_root / "files"
+    for op in ("put", "get"):
+        client = await SandboxerClient.connect(list(service.settings.nats_urls))
+        if op == "put":
+            copying = asyncio.create_task(client.copy_in(sandbox, big, "in/big.bin"))
+        else:
+            copying = asyncio.create_task(client.copy_out(sandbox, "in", tmp_path / "out"))
+        async with asyncio.timeout(20):
+            if op == "put":
+                await arrived.wait()
+                while not list(workspace.glob(".sandboxer-cp-*.tar")):
+                    await asyncio.sleep(0.1)
+            else:
+                while not await left_running(service.client, sandbox):
+                    await asyncio.sleep(0.1)
+        assert list(staging.iterdir())
+        await client.close()  # its inbox goes with its connection
+        await asyncio.gather(copying, return_exceptions=True)
+        async with asyncio.timeout(10):
+            while list(staging.iterdir()) or await left_running(service.client, sandbox):
+                await asyncio.sleep(0.2)
+        assert sorted(workspace.rglob("*")) == []
+
+
+async def test_a_stopped_copy_out_leaves_no_chunks_in_the_bucket(
+    nats_server: NatsServerProcess, tmp_path: Path
+) -> None:
+    """A copy out stopped while its result goes into the bucket (its client gone, the worker
+    stopping) leaves none of the chunks stored so far: no object names them, and nothing
+    else would ever remove them."""
+    nc = await connect([nats_server.url], name="test-bucket")
+    try:
+        bucket = await open_or_create_bucket(nc.jetstream(), 1)
+        result = tmp_path / "result"
+        result.write_bytes(binary(1_000_000))
+        hold = threading.Event()
+
+        class Slow(io.BufferedReader):
+            def readinto(self, buffer: Any) -> int:
+                if self.tell() > 0:  # the first chunk goes in; the next waits
+                    hold.wait(10)
+                return super().readinto(buffer)
+
+        stream = f"OBJ_{WORKSPACES_BUCKET}"
+        with Slow(io.FileIO(result)) as handle:
+            storing = asyncio.create_task(file_service._store_object(bucket, "x", handle))
+            async with asyncio.timeout(10):
+                while (await nc.jetstream().stream_info(stream)).state.messages == 0:
+                    await asyncio.sleep(0.05)
+            storing.cancel()
+            hold.set()
+            await asyncio.gather(storing, return_exceptions=True)
+        assert (await nc.jetstream().stream_info(stream)).state.messages == 0
+    finally:
+        await nc.close()
 
 
 async def test_with_no_worker_running_exec_and_cp_say_so_at_once(
@@ -558,6 +638,55 @@ def error_of(response: httpx.Response, status: int, code: str) -> str:
     body = response.json()["error"]
     assert body["code"] == code, body
     return str(body["message"])
+
+
+async def test_a_copy_in_a_paused_sandbox_is_a_state_conflict(
+    api: tuple[httpx.AsyncClient, Service], tmp_path: Path
+) -> None:
+    """A paused sandbox refuses copies, as it refuses exec: a conflict with its state (409,
+    CommandFailed on the bus), not a backend that failed (502, ExtensionError)."""
+    http, service = api
+    client = service.client
+    sandbox_id = (await client.create("profile.local", {}))["sandbox_id"]
+    await client.pause(sandbox_id)
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(CommandFailed, match="is paused") as refused:
+        await client.copy_in(sandbox_id, tmp_path / "f", "f")
+    assert (refused.value.event["type"], refused.value.event["code"]) == ("rejected", "frozen")
+    with pytest.raises(CommandFailed, match="is paused") as refused:
+        await client.copy_out(sandbox_id, "f", tmp_path / "g")
+    assert (refused.value.event["type"], refused.value.event["code"]) == ("rejected", "frozen")
+    base = f"/v1/sandboxes/{sandbox_id}"
+    for answer in (
+        await http.put(f"{base}/files", params={"path": "f"}, content=b"x"),
+        await http.get(f"{base}/files", params={"path": "f"}),
+    ):
+        assert "is paused" in error_of(answer, 409, "frozen")
+    error_of(await http.post(f"{base}/exec", json={"argv": ["true"]}), 409, "exec_failed")
+
+
+async def test_a_copy_whose_http_caller_hung_up_is_stopped_leaving_nothing(
+    api: tuple[httpx.AsyncClient, Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's bus client leaves the copy's inbox when its caller hangs up, as for an
+    exec: the worker stops the copy, and nothing of it is left."""
+    http, service = api
+    monkeypatch.setattr(file_service, "CLIENT_CHECK_INTERVAL", 1.0)  # 10 s in earnest
+    arrived = stall_uploads(monkeypatch)
+    sandbox_id = (await service.client.create("profile.local", {}))["sandbox_id"]
+    workspace = service.settings.home / "local" / sandbox_id / "workspace"
+    staging = service.settings.staging_root / "files"
+    url = f"/v1/sandboxes/{sandbox_id}/files"
+    putting = asyncio.create_task(http.put(url, params={"path": "f"}, content=binary(1_500_000)))
+    async with asyncio.timeout(20):
+        await arrived.wait()
+        while not list(workspace.glob(".sandboxer-cp-*.tar")):
+            await asyncio.sleep(0.1)
+    putting.cancel()  # the caller hangs up
+    await asyncio.gather(putting, return_exceptions=True)
+    async with asyncio.timeout(10):
+        while list(staging.iterdir()) or list(workspace.iterdir()):
+            await asyncio.sleep(0.2)
 
 
 async def test_exec_and_files_over_http(
