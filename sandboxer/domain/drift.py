@@ -19,7 +19,11 @@ sandbox the log places elsewhere: a create that landed after the backend gave
 it up and the sandbox was rerouted, or what a failed cleanup missed. Such a
 copy is an orphan whatever the status says (:func:`placed_elsewhere`), and
 the worker's start removes it without a word to the sandbox's log
-(:func:`reconcile_step`): the sandbox is the other backend's now.
+(:func:`reconcile_step`): the sandbox is the other backend's now. A copy is
+known by the backend's own mark on it (a label, a marker); a hosted sandbox
+made before its labels named its backend (``unmarked``) may be another
+declaration's on the same account, so it is judged only where the log places
+it on this backend (:func:`claimed`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from sandboxer.domain.sandbox_state import SandboxState
 __all__ = [
     "Drift",
     "ReconcileStep",
+    "claimed",
     "corpse_reason",
     "find_drift",
     "placed_elsewhere",
@@ -104,6 +109,14 @@ def find_drift(
     present = {f.sandbox_id for f in found}
     ghosts = sorted(sandbox_id for sandbox_id in log_ready if sandbox_id not in present)
     return Drift(orphans=orphans, ghosts=ghosts, corpses=corpses, placed_on=dict(elsewhere))
+
+
+def claimed(found: FoundSandbox, extension: str, state: SandboxState) -> bool:
+    """Whether ``found``, listed by ``extension``, is its own to judge: always when the
+    backend's mark says so; an unmarked one only when the log places it on ``extension``
+    (never another's, as a copy or an orphan: it may be what another declaration on the
+    same account made before the label)."""
+    return not found.unmarked or state.extension == extension
 
 
 def placed_elsewhere(found: FoundSandbox, extension: str, state: SandboxState) -> str | None:

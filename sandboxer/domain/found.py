@@ -30,3 +30,7 @@ class FoundSandbox:
     uids and link slots, its directory gone): the backend frees them with
     :class:`~sandboxer.extensions.capabilities.LeftoverKeeper`'s ``free_leftover``, not its
     teardown."""
+    unmarked: bool = False
+    """A hosted sandbox whose labels do not name the backend that made it (made before they
+    did): on an account two declarations share it may be the other's, so it is this
+    backend's only where the log places it here (:func:`~sandboxer.domain.drift.claimed`)."""

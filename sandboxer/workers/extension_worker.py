@@ -32,7 +32,7 @@ from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.profile import Profile
-from sandboxer.domain.drift import placed_elsewhere, reconcile_step
+from sandboxer.domain.drift import claimed, placed_elsewhere, reconcile_step
 from sandboxer.domain.fallback import has_fallback
 from sandboxer.domain.sandbox_decide import (
     Attempt,
@@ -149,6 +149,8 @@ class ExtensionWorker:
             return
         for found in listed:
             state = (await self._store.load(found.sandbox_id)).state
+            if not claimed(found, self.extension.id, state):
+                continue  # perhaps another declaration's, on the same provider account
             step = reconcile_step(found, self.extension.id, state)
             if step == "adopt":
                 log.info("adopted sandbox %s", found.sandbox_id)

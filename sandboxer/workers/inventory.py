@@ -39,7 +39,13 @@ from sandboxer.bus.responder import Responder
 from sandboxer.clock import utc_now
 from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
-from sandboxer.domain.drift import Drift, corpse_reason, find_drift, placed_elsewhere
+from sandboxer.domain.drift import (
+    Drift,
+    claimed,
+    corpse_reason,
+    find_drift,
+    placed_elsewhere,
+)
 from sandboxer.domain.found import FoundSandbox
 from sandboxer.domain.sandbox_decide import FinishTeardown, MarkFailed, MarkTeardownFailed
 from sandboxer.errors import (
@@ -147,8 +153,12 @@ class InventoryService:
             ]
         statuses: dict[str, str] = {}
         copies: dict[str, str] = {}
+        judged = []
         for item in found:
             state = (await self._store.load(item.sandbox_id)).state
+            if not claimed(item, self._extension.id, state):
+                continue  # perhaps another declaration's, on the same provider account
+            judged.append(item)
             statuses[item.sandbox_id] = state.status
             # Each backend lists only its own (by label, marker or root), so a sandbox the
             # log places elsewhere is a copy left here: a create that landed after this
@@ -158,7 +168,7 @@ class InventoryService:
         ready = await self._ready_in_log(host)
         # BYOK sandboxes live in their project's provider account, out of this list's sight.
         elsewhere = await on_project_keys(self._store, self._extension, ready)
-        return find_drift(found, statuses, [r for r in ready if r not in elsewhere], copies)
+        return find_drift(judged, statuses, [r for r in ready if r not in elsewhere], copies)
 
     async def _ready_in_log(self, host: str | None) -> list[str]:
         """Sandboxes the log calls live and usable: ``active`` is ``ready`` after first use,

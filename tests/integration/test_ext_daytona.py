@@ -34,7 +34,6 @@ from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.capabilities import Pausable, Snapshotter, TimeoutKeeper, check_claims
 from sandboxer.extensions.daytona.backend import DaytonaExtension
 from sandboxer.extensions.daytona.plan import our_labels
-from sandboxer.hosted.labels import labels_for
 from tests.doubles.daytona_double import DaytonaServed
 
 pytestmark = pytest.mark.integration
@@ -223,7 +222,7 @@ class TestTeardownAndListing:
     ) -> None:
         await up(daytona, "dtlist0001")
         daytona_double.double.plant_orphan({"team": "other"})  # not ours
-        daytona_double.double.plant_orphan(labels_for("dtlist0002", None))  # lacks the marker
+        daytona_double.double.plant_orphan({"sandboxer_id": "dtlist0002"})  # lacks the marker
         daytona_double.double.plant_orphan(our_labels("dtleak0001", "acme"))  # a leak of ours
         daytona_double.double.plant_orphan(our_labels("dtstop0001", None), state="stopped")
         daytona_double.double.plant_orphan({**our_labels("x", None), "sandboxer_id": "../x"})

@@ -32,6 +32,7 @@ from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.capabilities import Pausable, TimeoutKeeper
 from sandboxer.extensions.e2b.backend import E2bExtension
 from sandboxer.extensions.loading import build_extension
+from sandboxer.hosted.labels import labels_for
 from sandboxer.hosted.tokens import SandboxTokens
 from tests.doubles.e2b_double import ServedE2b
 
@@ -80,7 +81,11 @@ async def test_lifecycle_labels_the_sandbox_and_records_no_token(
     await e2b.provision(made)
     readiness = await e2b.wait_ready(made)
     [record] = e2b_double.double.live()
-    assert record.metadata == {"sandboxer_id": "e2blife0001", "sandboxer_project": "proj1"}
+    assert record.metadata == {
+        "sandboxer_id": "e2blife0001",
+        "sandboxer_extension": "ext.e2b",
+        "sandboxer_project": "proj1",
+    }
     assert record.alias == "base"
     descriptor = readiness.descriptor
     assert descriptor["kind"] == "e2b"
@@ -183,18 +188,49 @@ async def test_pause_and_resume(e2b: E2bExtension, e2b_double: ServedE2b) -> Non
 async def test_only_our_sandboxes_are_listed(e2b: E2bExtension, e2b_double: ServedE2b) -> None:
     e2b_double.double.plant_orphan({"app": "someone-else"})
     e2b_double.double.plant_orphan({"sandboxer_id": "../../etc"})  # not an id of ours
-    leaked = e2b_double.double.plant_orphan({"sandboxer_id": "e2bleak0001"}, state="paused")
+    leaked = e2b_double.double.plant_orphan(labels_for("e2bleak0001", None, "ext.e2b"))
+    # Made before labels named their backend: listed, for the log to say whose it is.
+    older = e2b_double.double.plant_orphan({"sandboxer_id": "e2bold0001"}, state="paused")
+    e2b_double.double.plant_orphan(labels_for("e2beu00001", None, "ext.e2b-eu"))  # not ours
     await e2b.provision(request("e2bmine0001"))
-    found = {f.sandbox_id: f.detail["provider_id"] for f in await e2b.list_sandboxes()}
-    assert set(found) == {"e2bmine0001", "e2bleak0001"}
-    assert found["e2bleak0001"] == leaked.sandbox_id
+    listed = await e2b.list_sandboxes()
+    found = {f.sandbox_id: f.detail["provider_id"] for f in listed}
+    assert set(found) == {"e2bmine0001", "e2bleak0001", "e2bold0001"}
+    assert (found["e2bleak0001"], found["e2bold0001"]) == (leaked.sandbox_id, older.sandbox_id)
+    assert [f.sandbox_id for f in listed if f.unmarked] == ["e2bold0001"]
     report = await e2b.inspect_host()
-    assert (report["sandboxes"], report["paused"], report["not_ours"]) == (2, 1, 2)
+    assert (report["sandboxes"], report["paused"], report["not_ours"]) == (3, 1, 3)
+
+
+async def test_a_declaration_beside_ours_on_the_team_touches_only_its_own(
+    e2b: E2bExtension, e2b_double: ServedE2b
+) -> None:
+    """``ext.e2b-eu`` with the same key: our copy of a sandbox rerouted to it (a create that
+    landed late) is ours to kill, its sandbox of that id is not, nor is it ours to adopt."""
+    eu = E2bExtension(settings_for(e2b_double, retry_budget=5), extension="ext.e2b-eu")
+    try:
+        made = request("e2bboth0001")
+        await eu.provision(made)
+        await eu.wait_ready(made)
+        [theirs] = e2b_double.double.live()
+        assert list(await e2b.list_sandboxes()) == []
+        await e2b.provision(dataclasses.replace(made, attempt=2))  # no leftover of ours to kill
+        await e2b.wait_ready(made)
+        await e2b.teardown("e2bboth0001")
+        assert [r.sandbox_id for r in e2b_double.double.live()] == [theirs.sandbox_id]
+        theirs.metadata.pop("sandboxer_extension")  # as if made before the label
+        assert [(f.sandbox_id, f.unmarked) for f in await e2b.list_sandboxes()] == [
+            ("e2bboth0001", True)
+        ]
+        await eu.teardown("e2bboth0001")  # a sandbox made before the label is torn down too
+        assert e2b_double.double.live() == []
+    finally:
+        await eu.aclose()
 
 
 async def test_listing_follows_the_pages(e2b: E2bExtension, e2b_double: ServedE2b) -> None:
     for n in range(105):
-        e2b_double.double.plant_orphan({"sandboxer_id": f"e2bpage{n:04d}"})
+        e2b_double.double.plant_orphan(labels_for(f"e2bpage{n:04d}", None, "ext.e2b"))
     found = await e2b.list_sandboxes()
     assert len({f.sandbox_id for f in found}) == 105
     assert e2b_double.double.calls.count(("GET", "/v2/sandboxes")) == 2

@@ -27,6 +27,7 @@ from sandboxer.errors import (
     ConfigError,
     InvalidInput,
     ProviderAuth,
+    ProviderError,
     ProviderQuota,
     ProviderUnavailable,
     SandboxNotFound,
@@ -34,6 +35,7 @@ from sandboxer.errors import (
 )
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.modal.backend import ModalExtension
+from sandboxer.extensions.modal.config import ModalConfig
 from tests.doubles.modal_double import Fault, ModalDouble, modal_double, modal_extensions
 
 pytestmark = pytest.mark.integration
@@ -77,7 +79,11 @@ async def test_lifecycle(
     assert readiness.descriptor["kind"] == "modal"
     assert readiness.descriptor["gpu"] == "A10G"
     [record] = modal_double.running_for("modal00001")
-    assert record.tags == {"sandboxer_id": "modal00001", "sandboxer_project": "proj-a"}
+    assert record.tags == {
+        "sandboxer_id": "modal00001",
+        "sandboxer_extension": "ext.modal",
+        "sandboxer_project": "proj-a",
+    }
     assert record.gpu == "A10G"
     assert record.image == "python:3.12-slim"
     assert record.milli_cpu == 2000
@@ -314,6 +320,29 @@ async def test_a_tag_that_is_no_id_of_ours_is_not_listed(
     [retagged] = modal_double.running_for("modaltag02")
     retagged.tags["sandboxer_id"] = tag  # behind our back
     assert [f.sandbox_id for f in await ext.list_sandboxes()] == ["modaltag01"]
+
+
+async def test_a_declaration_beside_ours_in_the_app_touches_only_its_own(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    """``ext.modal-eu`` with the same token and app: it neither lists, terminates nor adopts
+    our sandbox; one made before the extension tag is listed for the log to judge."""
+    ours = extension()
+    decl = Catalog.load().extensions_enabled()["ext.modal"]
+    eu = ModalExtension(ModalConfig.from_settings(decl.settings), extension="ext.modal-eu")
+    try:
+        await ours.provision(request("modaleu001"))
+        assert list(await eu.list_sandboxes()) == []
+        await eu.teardown("modaleu001")
+        assert len(modal_double.running_for("modaleu001")) == 1
+        with pytest.raises(ProviderError):  # Modal refuses the name; the other's is not taken
+            await eu.provision(request("modaleu001"))
+        [record] = modal_double.running_for("modaleu001")
+        del record.tags["sandboxer_extension"]  # as if made before the tag
+        listed = await eu.list_sandboxes()
+        assert [(f.sandbox_id, f.unmarked) for f in listed] == [("modaleu001", True)]
+    finally:
+        await eu.aclose()
 
 
 async def test_a_failed_create_that_lands_after_its_teardown_is_terminated(

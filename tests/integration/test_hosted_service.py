@@ -34,6 +34,7 @@ from sandboxer.errors import CommandFailed
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.loading import build_extension
 from sandboxer.extensions.modal.backend import ModalExtension
+from sandboxer.hosted.labels import labels_for
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
 from tests.doubles.daytona_double import DaytonaServed
@@ -81,7 +82,9 @@ def e2b(served: ServedE2b) -> Provider:
         profile="profile.e2b-burst",
         env={"E2B_API_URL": served.url, "E2B_API_KEY": served.api_key},
         ours=ours,
-        plant_orphan=lambda sandbox_id: _now(double.plant_orphan({"sandboxer_id": sandbox_id})),
+        plant_orphan=lambda sandbox_id: _now(
+            double.plant_orphan(labels_for(sandbox_id, None, "ext.e2b"))
+        ),
         secrets=lambda: [served.api_key, *double.issued_tokens()],
         timeout_end=end,
         create_path="/sandboxes",
@@ -445,6 +448,44 @@ async def test_a_hosted_snapshot_restores_on_this_machine(
         assert (code, out) == (0, b"from-the-cloud\n")
         await service.client.destroy(local["sandbox_id"])
         await service.client.destroy(hosted)
+        assert provider.ours() == []
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_two_e2b_declarations_on_one_account_keep_to_their_own(
+    nats_server: Any, home: Path, e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ext.e2b-eu`` declared beside ``ext.e2b`` with the same key sees the same E2B team.
+    Its start must not remove ext.e2b's sandboxes as copies of sandboxes the log places
+    elsewhere, nor its ``inspect stale`` show them: one made now (labelled with ext.e2b), and
+    one made before sandboxes were labelled with their backend (the log decides)."""
+    declared = (Path(__file__).parents[2] / "extensions" / "ext.e2b.yaml").read_text()
+    (home / "extensions").mkdir(exist_ok=True)
+    (home / "extensions" / "ext.e2b-eu.yaml").write_text(
+        declared.replace("id: ext.e2b\n", "id: ext.e2b-eu\n")
+    )
+    provider, service = await served_e2b(nats_server, home, e2b_double, monkeypatch)
+    try:
+        made = [(await service.client.create(provider.profile))["sandbox_id"] for _ in range(2)]
+        [older] = [r for r in e2b_double.double.live() if r.metadata["sandboxer_id"] == made[1]]
+        older.metadata.pop("sandboxer_extension", None)  # as made before the label
+    finally:
+        await service.client.close()
+        await service.shutdown()
+    # ext.e2b-eu's reconcile runs before the projector answers, so before the checks.
+    roles = ["control", "ext.e2b-eu", "ext.e2b", "projector"]
+    service = await start_service(home, nats_server.url, roles=roles)
+    try:
+        client = service.client
+        assert sorted(provider.ours()) == sorted(made)
+        for extension in ("ext.e2b-eu", "ext.e2b"):
+            [stale] = await client.inventory("stale", extension, {})
+            [drift] = stale["hosts"]
+            assert (drift["orphans"], drift["ghosts"]) == ([], []), extension
+        for sandbox_id in made:
+            await client.destroy(sandbox_id)
         assert provider.ours() == []
     finally:
         await service.client.close()

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from sandboxer.config.hosts import HostConfig
-from sandboxer.domain.drift import corpse_reason, find_drift, placed_elsewhere, reconcile_step
+from sandboxer.domain.drift import (
+    claimed,
+    corpse_reason,
+    find_drift,
+    placed_elsewhere,
+    reconcile_step,
+)
 from sandboxer.domain.found import FoundSandbox
 from sandboxer.domain.sandbox_state import SandboxState, Status
 from sandboxer.extensions.compose_ssh.containers import Container
@@ -103,6 +109,18 @@ def test_the_log_s_status_rules_what_it_places_here() -> None:
         sandbox_id="copy00000001", status="destroying", extension=here, snapshotting="snap1"
     )
     assert reconcile_step(live, here, snapshotting) == "leave"
+
+
+def test_an_unmarked_hosted_sandbox_is_this_backend_s_only_where_the_log_places_it() -> None:
+    """Made before its labels named the declaration that made it: on an account ext.e2b and
+    ext.e2b-eu share it may be either's, so neither takes it for a copy or an orphan."""
+    older = FoundSandbox(sandbox_id="copy00000001", alive=True, unmarked=True)
+    marked = FoundSandbox(sandbox_id="copy00000001", alive=True)
+    assert claimed(older, "ext.e2b", logged("ready", "ext.e2b"))
+    assert claimed(older, "ext.e2b", logged("destroyed", "ext.e2b"))
+    assert not claimed(older, "ext.e2b-eu", logged("ready", "ext.e2b"))
+    assert not claimed(older, "ext.e2b", logged("new", None))  # whose leak: unknown
+    assert claimed(marked, "ext.e2b-eu", logged("ready", "ext.e2b"))  # its mark: a copy
 
 
 def test_a_copy_left_here_is_an_orphan_never_a_corpse() -> None:

@@ -54,11 +54,15 @@ def test_the_create_body_carries_template_timeout_labels_and_secrets() -> None:
         secrets={"TOKEN": "s3cret"},
         project="team-a",
     )
-    body, warnings = create_body(request, "base", 900)
+    body, warnings = create_body(request, "base", 900, "ext.e2b-eu")
     assert body == {
         "templateID": "base",
         "timeout": 900,
-        "metadata": {"sandboxer_id": "abcd12345678", "sandboxer_project": "team-a"},
+        "metadata": {
+            "sandboxer_id": "abcd12345678",
+            "sandboxer_extension": "ext.e2b-eu",
+            "sandboxer_project": "team-a",
+        },
         "envVars": {"TOKEN": "s3cret"},
     }
     assert warnings == []

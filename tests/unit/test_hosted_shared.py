@@ -9,7 +9,7 @@ import pytest
 
 from sandboxer.errors import ConfigError, ProviderQuota, ProviderUnavailable
 from sandboxer.hosted.create_once import LateCreates, create_once
-from sandboxer.hosted.labels import labels_for, our_sandbox_id
+from sandboxer.hosted.labels import labels_for, made_elsewhere, maker, our_sandbox_id
 from sandboxer.hosted.provider_settings import provider_value
 
 
@@ -54,11 +54,16 @@ def test_a_missing_key_names_both_places_to_set_it(monkeypatch: pytest.MonkeyPat
     assert found.value == "e2b.app"
 
 
-def test_labels_name_our_sandbox() -> None:
-    assert labels_for("sbx1", None) == {"sandboxer_id": "sbx1"}
-    assert our_sandbox_id(labels_for("sbx1", "proj")) == "sbx1"
+def test_labels_name_our_sandbox_and_the_backend_that_made_it() -> None:
+    made = labels_for("sbx1", None, "ext.e2b")
+    assert made == {"sandboxer_id": "sbx1", "sandboxer_extension": "ext.e2b"}
+    assert our_sandbox_id(labels_for("sbx1", "proj", "ext.e2b")) == "sbx1"
     assert our_sandbox_id({"other": "x"}) is None
     assert our_sandbox_id(None) is None
+    assert maker(made) == "ext.e2b"
+    assert not made_elsewhere(made, "ext.e2b")
+    assert made_elsewhere(made, "ext.e2b-eu")
+    assert not made_elsewhere({"sandboxer_id": "sbx1"}, "ext.e2b-eu")  # before the label
 
 
 def unavailable() -> ProviderUnavailable:

@@ -15,7 +15,7 @@ from sandboxer.durations import parse_duration
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.daytona.config import EXTENSION_ID
 from sandboxer.extensions.network_fields import daytona_fields, port_warnings
-from sandboxer.hosted.labels import labels_for
+from sandboxer.hosted.labels import EXTENSION_LABEL, labels_for
 
 __all__ = [
     "BACKEND_LABEL",
@@ -30,9 +30,9 @@ __all__ = [
     "provider_name",
 ]
 
-BACKEND_LABEL = "sandboxer_extension"
-"""A constant label on all we make: Daytona filters labels by key *and* value, so listing
-"everything ours" needs one label whose value is the same on every sandbox."""
+BACKEND_LABEL = EXTENSION_LABEL
+"""The label naming the backend, the same on every sandbox we make: Daytona filters labels
+by key *and* value, so listing "everything ours" asks for it."""
 
 IMAGE_PREFIX = "image:"
 """``image: image:python:3.12-slim`` builds from a container image (resources apply);
@@ -53,7 +53,7 @@ def provider_name(sandbox_id: str) -> str:
 
 
 def our_labels(sandbox_id: str, project: str | None) -> dict[str, str]:
-    return {**labels_for(sandbox_id, project), BACKEND_LABEL: EXTENSION_ID}
+    return labels_for(sandbox_id, project, EXTENSION_ID)
 
 
 def is_alive(state: str | None) -> bool:

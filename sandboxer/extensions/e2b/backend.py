@@ -1,5 +1,11 @@
 """ext.e2b: one of our sandboxes is one E2B sandbox, labelled with our id in its metadata.
 
+The metadata also names the declaration that made it (``sandboxer_extension``): another
+declaration on the same E2B team (``ext.e2b-eu`` with the same key) lists and kills only
+its own. A sandbox made before that label is listed as ``unmarked``, for the log to say
+whose it is, and a teardown of its sandbox id removes it (ours or the other's: that id
+was made once, before either labelled its backend).
+
 The label is the source of truth for which E2B sandbox is ours: the in-memory
 map from our id to E2B's is only a cache, and a restarted worker finds every
 sandbox again by its ``sandboxer_id`` metadata; a cached id E2B no longer knows
@@ -61,7 +67,7 @@ from sandboxer.extensions.e2b.wire import (
 from sandboxer.extensions.ssh_checks import check_sandbox_id
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
-from sandboxer.hosted.labels import SANDBOX_LABEL
+from sandboxer.hosted.labels import SANDBOX_LABEL, made_elsewhere
 from sandboxer.hosted.provider_settings import ProviderValue
 from sandboxer.hosted.tokens import SandboxTokens
 from sandboxer.ids import is_valid_sandbox_id
@@ -148,7 +154,7 @@ class E2bExtension:
             self._settings,
             ttl_fallback=ttl_seconds(request.profile),
         )
-        body, _warnings = create_body(request, template, timeout.seconds)
+        body, _warnings = create_body(request, template, timeout.seconds, self.id)
 
         async def find() -> tuple[Created, dict[str, str]] | None:
             self._retried.add(sandbox_id)  # asked before a create is sent again
@@ -205,7 +211,7 @@ class E2bExtension:
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        _body, warnings = create_body(request, template_of(request.profile), 0)
+        _body, warnings = create_body(request, template_of(request.profile), 0, self.id)
         warnings += resource_warnings(request.profile, sandbox)
         timeout = timeout_for(
             request.expires_at,
@@ -242,11 +248,17 @@ class E2bExtension:
             await asyncio.to_thread(self._tokens.forget, sandbox_id)
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
-        """Every running or paused E2B sandbox of the team that carries our label."""
+        """Every running or paused E2B sandbox of the team that carries our label and was
+        made by this declaration, or before the label said which (``unmarked``)."""
         return [
-            FoundSandbox(sandbox_id=ours, alive=True, detail=_detail(sandbox))
+            FoundSandbox(
+                sandbox_id=ours,
+                alive=True,
+                detail=_detail(sandbox),
+                unmarked=sandbox.maker is None,
+            )
             for sandbox in await self._client().list_live()
-            if (ours := _ours(sandbox)) is not None
+            if (ours := self._ours(sandbox)) is not None
         ]
 
     async def exec(
@@ -349,7 +361,7 @@ class E2bExtension:
         del host  # E2B has no hosts of ours
         api = self._client()
         everything = await api.list_live()
-        ours = [s for s in everything if _ours(s)]
+        ours = [s for s in everything if self._ours(s)]
         return {
             "provider": "e2b",
             "api_url": api.endpoint.base_url,
@@ -379,7 +391,26 @@ class E2bExtension:
             await asyncio.to_thread(self._tokens.keep, sandbox_id, tokens)
 
     async def _labelled(self, sandbox_id: str) -> list[Listed]:
-        return await self._client().list_live({SANDBOX_LABEL: sandbox_id})
+        """E2B's sandboxes of ours for ``sandbox_id``; not another declaration's on the same
+        team (a copy it made before the sandbox was rerouted here, or the other way round).
+        Not filtered by E2B on our extension label: those made before it have none."""
+        return [
+            found
+            for found in await self._client().list_live({SANDBOX_LABEL: sandbox_id})
+            if not made_elsewhere(found.metadata, self.id)
+        ]
+
+    def _ours(self, sandbox: Listed) -> str | None:
+        """Our id when the sandbox carries our label with a valid id (a hostile label is not
+        ours) and no other declaration's name."""
+        ours = sandbox.ours
+        if (
+            ours is None
+            or not is_valid_sandbox_id(ours)
+            or made_elsewhere(sandbox.metadata, self.id)
+        ):
+            return None
+        return ours
 
     async def _provider_id(self, sandbox_id: str) -> str:
         """E2B's id for ours: from the cache, else by our label (a restarted worker)."""
@@ -456,12 +487,6 @@ class E2bExtension:
             sandbox_id=sandbox_id,
             extension=self.id,
         )
-
-
-def _ours(sandbox: Listed) -> str | None:
-    """Our id when the sandbox carries our label with a valid id (a hostile label is not ours)."""
-    ours = sandbox.ours
-    return ours if ours is not None and is_valid_sandbox_id(ours) else None
 
 
 def _detail(sandbox: Listed) -> dict[str, Any]:

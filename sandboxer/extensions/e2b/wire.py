@@ -23,7 +23,7 @@ from sandboxer.errors import ExtensionError
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.e2b.config import E2bSettings
 from sandboxer.extensions.network_fields import e2b_fields, port_warnings
-from sandboxer.hosted.labels import labels_for, our_sandbox_id
+from sandboxer.hosted.labels import labels_for, maker, our_sandbox_id
 
 __all__ = [
     "Created",
@@ -82,14 +82,15 @@ def template_of(profile: Profile) -> str:
 
 
 def create_body(
-    request: ProvisionRequest, template: str, timeout: int
+    request: ProvisionRequest, template: str, timeout: int, extension: str
 ) -> tuple[dict[str, Any], list[str]]:
-    """The ``NewSandbox`` body, and what of the profile E2B's create cannot carry."""
+    """The ``NewSandbox`` body (labelled as ``extension``'s), and what of the profile E2B's
+    create cannot carry."""
     profile = request.profile
     body: dict[str, Any] = {
         "templateID": template,
         "timeout": timeout,
-        "metadata": labels_for(request.sandbox_id, request.project),
+        "metadata": labels_for(request.sandbox_id, request.project, extension),
     }
     warnings: list[str] = []
     if request.secrets:
@@ -184,6 +185,11 @@ class Listed:
     def ours(self) -> str | None:
         """Our sandbox id when it carries our label."""
         return our_sandbox_id(self.metadata)
+
+    @property
+    def maker(self) -> str | None:
+        """The backend declaration that made it; None when made before the label."""
+        return maker(self.metadata)
 
     def as_created(self) -> Created:
         return Created(self.provider_id, self.template, self.alias, self.domain)

@@ -4,7 +4,11 @@ Every Modal sandbox we make lives in one Modal app (``settings.app_name``,
 default ``sandboxer``), is named ``sandboxer-<our id>`` (Modal refuses a second
 running sandbox of that name in the app) and carries our tags
 (``sandboxer_id``, ``sandboxer_project``), by which we find it again: a create
-whose answer was lost, a redelivered job after a crash, and leaks.
+whose answer was lost, a redelivered job after a crash, and leaks. A tag
+``sandboxer_extension`` names the declaration that made it: another declaration
+on the same workspace and app (``ext.modal-eu`` with the same token) lists and
+terminates only its own; one made before that tag is listed ``unmarked``, for
+the log to say whose it is.
 
 A worker without the ``modal`` extra stops at start with the install command (the
 backend looks for the SDK when it is built); the SDK itself, about 15 MB of memory,
@@ -59,7 +63,13 @@ from sandboxer.extensions.modal.plan import (
 from sandboxer.extensions.ssh_exec_stop import stoppable
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
-from sandboxer.hosted.labels import SANDBOX_LABEL, labels_for, our_sandbox_id
+from sandboxer.hosted.labels import (
+    SANDBOX_LABEL,
+    labels_for,
+    made_elsewhere,
+    maker,
+    our_sandbox_id,
+)
 from sandboxer.hosted.provider_settings import ProviderValue, provider_value
 from sandboxer.hosted.workspace_copy import too_large, unpack_tar_bytes
 from sandboxer.ids import is_valid_sandbox_id
@@ -83,17 +93,19 @@ class _Connection:
 class ModalExtension:
     """Sandboxes on Modal (gVisor containers, GPUs), through the ``modal`` SDK."""
 
-    id = EXTENSION_ID
     host_local = False
 
     def __init__(
         self,
         config: ModalConfig | None = None,
         *,
+        extension: str = EXTENSION_ID,
         sdk: Any = None,
         token: tuple[ProviderValue, ProviderValue] | None = None,
         late: LateCreates | None = None,
     ) -> None:
+        self.id = extension
+        """The declaration's id: each declaration tags, lists and terminates only its own."""
         self.config = config or ModalConfig()
         if sdk is None:
             require_modal()
@@ -109,7 +121,7 @@ class ModalExtension:
 
     @classmethod
     def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> ModalExtension:
-        extension = cls(ModalConfig.from_settings(decl.settings))
+        extension = cls(ModalConfig.from_settings(decl.settings), extension=decl.id)
         extension.limits = ArchiveLimits.from_mb(settings.upload_max_mb)
         return extension
 
@@ -130,6 +142,7 @@ class ModalExtension:
             )
         copy = ModalExtension(
             self.config,
+            extension=self.id,
             sdk=self._sdk,
             token=(ProviderValue(token_id, source), ProviderValue(token_secret, source)),
             late=self._late,
@@ -260,22 +273,20 @@ class ModalExtension:
 
         found = []
         for sandbox in await self._boundary.call("listing sandboxes", everything):
-            try:
-                tags = await self._boundary.call("reading a sandbox's tags", sandbox.get_tags.aio)
-            except ProviderError as exc:
-                if exc.status == "NOT_FOUND":
-                    continue  # gone between the list and the look
-                raise
+            tags = await self._tags(sandbox)
             ours = our_sandbox_id(tags)
-            if ours is None or not is_valid_sandbox_id(ours):
+            if tags is None or ours is None or not is_valid_sandbox_id(ours):
                 # In our app but not made by us: anyone with the workspace's token can tag a
                 # sandbox, and a tag that is no id of ours (`x.>`) must not reach the reaper.
                 continue
+            if made_elsewhere(tags, self.id):
+                continue  # another declaration's, on the same workspace and app
             found.append(
                 FoundSandbox(
                     sandbox_id=ours,
                     alive=True,
                     detail={"modal_sandbox_id": sandbox.object_id, "tags": dict(tags)},
+                    unmarked=maker(tags) is None,
                 )
             )
         return found
@@ -432,7 +443,7 @@ class ModalExtension:
                 *KEEP_ALIVE,
                 app=connection.app,
                 name=f"sandboxer-{sandbox_id}",
-                tags=labels_for(sandbox_id, request.project or ""),
+                tags=labels_for(sandbox_id, request.project, self.id),
                 image=modal.Image.from_registry(image),
                 env=dict(request.secrets) or None,
                 timeout=timeout,
@@ -472,9 +483,29 @@ class ModalExtension:
                 )
             ]
 
-        return await self._boundary.call(
+        tagged = await self._boundary.call(
             f"looking for the sandbox of {sandbox_id}", matching, sandbox_id=sandbox_id
         )
+        # Not filtered by Modal on our extension tag: those made before it have none. A
+        # sandbox of this id another declaration made (a copy, before a reroute) is not ours.
+        ours = []
+        for sandbox in tagged:
+            tags = await self._tags(sandbox, sandbox_id)
+            if tags is not None and not made_elsewhere(tags, self.id):
+                ours.append(sandbox)
+        return ours
+
+    async def _tags(self, sandbox: Any, sandbox_id: str | None = None) -> dict[str, str] | None:
+        """The sandbox's tags (the SDK's list does not carry them); None once it is gone."""
+        try:
+            tags = await self._boundary.call(
+                "reading a sandbox's tags", sandbox.get_tags.aio, sandbox_id=sandbox_id
+            )
+        except ProviderError as exc:
+            if exc.status == "NOT_FOUND":
+                return None  # gone between the list and the look
+            raise
+        return dict(tags)
 
     async def _find_one(self, sandbox_id: str) -> Any | None:
         found = await self._find(sandbox_id)
