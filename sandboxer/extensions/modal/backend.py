@@ -29,6 +29,7 @@ from typing import Any
 
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.settings import Settings
+from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import (
     ConfigError,
     ExtensionError,
@@ -165,7 +166,7 @@ class ModalExtension:
 
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None
-    ) -> None:
+    ) -> LeftOut:
         """Copy the working directory out as a tar through exec, for a snapshot that restores
         on any backend (Modal's own filesystem snapshot is an image inside Modal)."""
         del host
@@ -191,7 +192,7 @@ class ModalExtension:
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        await asyncio.to_thread(unpack_tar_bytes, bytes(archive), destination, self.limits)
+        return await asyncio.to_thread(unpack_tar_bytes, bytes(archive), destination, self.limits)
 
     async def provision(self, request: ProvisionRequest) -> None:
         sandbox_id = checked(request.sandbox_id)
