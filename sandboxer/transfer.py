@@ -35,7 +35,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import ObjectNotFoundError
 
 from sandboxer import subjects
-from sandboxer.bus.ask import no_responders
+from sandboxer.bus.ask import next_message, no_responders
 from sandboxer.bus.streams import replicas_for
 from sandboxer.errors import (
     BusError,
@@ -128,7 +128,7 @@ async def first_answer(sub: Subscription, sandbox_id: str, *, serves: str, silen
     :class:`ServiceNotRunning` when the server says at once that nothing subscribes to the
     request's subject: no worker of any backend runs (``serves``: what the subject serves)."""
     try:
-        msg = await sub.next_msg(timeout=STARTED_TIMEOUT)
+        msg = await next_message(sub, STARTED_TIMEOUT)
     except NatsTimeout:
         raise BusError(silent, sandbox_id=sandbox_id) from None
     if no_responders(msg):

@@ -10,26 +10,46 @@ that is still busy with it, and the caller knows whether that is worth repeating
 
 A request published with a reply inbox of one's own (a streamed answer: exec, files,
 several replies) hears the same "no responders" as a message on that inbox, a status
-with no body: :func:`no_responders` tells it from an answer.
+with no body: :func:`no_responders` tells it from an answer; :func:`next_message` reads
+such an inbox.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import stamina
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer.errors import ServiceNotRunning
 
-__all__ = ["RESTART_BUDGET", "ask", "no_responders"]
+__all__ = ["RESTART_BUDGET", "ask", "next_message", "no_responders"]
 
 RESTART_BUDGET = 10.0
 """Seconds a wait rides out an absent responder: a restarted ``sandboxer up`` answers within
 a few (its projector catches up on the log first)."""
 
 NO_RESPONDERS_STATUS = "503"
+
+
+async def next_message(sub: Subscription, timeout: float) -> Msg:
+    """The next message on ``sub`` within ``timeout`` seconds (nats-py's TimeoutError after).
+
+    Not ``sub.next_msg(timeout=...)``: it waits through ``asyncio.wait_for``, which on
+    Python 3.11 returns a message that lands as its caller is cancelled and drops the
+    cancellation (31 of 50 such cancels were lost here). A gateway's exec stopped for a
+    revoked key, with the worker's ``alive`` checks arriving each second, then ran on and
+    its request was never answered. ``asyncio.timeout`` keeps the cancellation.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await sub.next_msg(timeout=None)
+    except TimeoutError:
+        raise NatsTimeout from None
 
 
 def no_responders(msg: Msg) -> bool:

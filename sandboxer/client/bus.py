@@ -20,7 +20,7 @@ from nats.aio.client import Client as Nats
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
-from sandboxer.bus.ask import RESTART_BUDGET, ask, no_responders
+from sandboxer.bus.ask import RESTART_BUDGET, ask, next_message, no_responders
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.key_users import key_credentials
@@ -292,7 +292,7 @@ class SandboxerClient:
             wait = timeout
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=wait)
+                    msg = await next_message(sub, wait)
                 except NatsTimeout:
                     return replies
                 if no_responders(msg):

@@ -28,6 +28,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from sandboxer.bus.ask import next_message
 from sandboxer.errors import WorkerLost
 
 __all__ = [
@@ -94,7 +95,7 @@ async def next_answer(
     without one (the worker's heartbeats stopped). ``doing``: what the worker was doing;
     ``unknown``: what that leaves the caller not knowing (both for the error's message)."""
     try:
-        return await sub.next_msg(timeout=silence)
+        return await (sub.next_msg(timeout=None) if silence is None else next_message(sub, silence))
     except NatsTimeout:
         raise WorkerLost(
             f"the worker {doing} in sandbox {sandbox_id} stopped answering (nothing from it "

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
 
 from sandboxer import subjects
+from sandboxer.bus.ask import next_message
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.bucket import open_bucket
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -70,7 +71,7 @@ async def fetch_archive(
             with destination.open("wb") as out:
                 for _ in range(chunks):
                     try:
-                        msg = await sub.next_msg(timeout=CHUNK_TIMEOUT)
+                        msg = await next_message(sub, CHUNK_TIMEOUT)
                     except NatsTimeout:
                         raise WorkspaceRefused(
                             f"the uploaded workspace {name} stopped arriving after {received} of "
