@@ -140,3 +140,22 @@ def test_keyctl_is_known_on_this_machine() -> None:
     thread.start()
     thread.join()
     assert failed == []
+
+
+def test_a_recorded_uid_outside_the_sandboxes_range_runs_nothing() -> None:
+    """A state.json edited by hand or corrupted to say uid 0 must not run a sandbox's
+    commands as root: only the sandboxes' range, or 65534 (made before uids of their own)."""
+    from sandboxer.errors import ExtensionError
+    from sandboxer.extensions.local import sandbox_uids
+    from sandboxer.extensions.local.backend import LocalExtension
+    from sandboxer.extensions.local.workspace import State
+
+    def state(uid: int | None) -> State:
+        return State(sandbox_id="s1", created_at="2026-12-03T00:00:00Z", workspace="/w", uid=uid)
+
+    assert LocalExtension._uid_of(state(None)) == sandbox_uids.NOBODY
+    assert LocalExtension._uid_of(state(sandbox_uids.NOBODY)) == sandbox_uids.NOBODY
+    assert LocalExtension._uid_of(state(sandbox_uids.UIDS.start)) == sandbox_uids.UIDS.start
+    for bad in (0, 1000, sandbox_uids.UIDS.stop):
+        with pytest.raises(ExtensionError, match="outside the sandboxes' range"):
+            LocalExtension._uid_of(state(bad))

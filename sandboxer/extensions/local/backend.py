@@ -699,8 +699,20 @@ class LocalExtension:
 
     @staticmethod
     def _uid_of(state: State) -> int:
-        """The uid (and gid) a root-run sandbox's commands run as and its files belong to."""
-        return state.uid if state.uid is not None else sandbox_uids.NOBODY
+        """The uid (and gid) a root-run sandbox's commands run as and its files belong to.
+        Only one of the sandboxes' range (or 65534, before uids of their own): a record that
+        said 0, edited by hand or corrupted, would run the sandbox's commands as root."""
+        if state.uid is None:
+            return sandbox_uids.NOBODY
+        if state.uid != sandbox_uids.NOBODY and state.uid not in sandbox_uids.UIDS:
+            raise ExtensionError(
+                f"local sandbox {state.sandbox_id}: its state.json names uid {state.uid}, "
+                f"outside the sandboxes' range {sandbox_uids.UIDS.start}-"
+                f"{sandbox_uids.UIDS.stop - 1}; recreate the sandbox",
+                sandbox_id=state.sandbox_id,
+                extension="ext.local",
+            )
+        return state.uid
 
     def _keyring_warnings(self) -> list[str]:
         if not self._as_root or keyrings.AVAILABLE:
