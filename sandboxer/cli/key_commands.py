@@ -165,7 +165,7 @@ def keys_create(
             typer.echo(key)
         say(
             f"error: {exc.message} The line above is the key (shown only now): it works once "
-            f"the service has recorded it; 'sandboxer keys list --project {project}' shows it."
+            "the service has recorded it."
         )
         raise typer.Exit(exit_code(exc)) from None
     if as_json:

@@ -27,7 +27,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandboxer.domain.left_out import Kind, LeftOut
+from sandboxer.domain.left_out import Kind, LeftOut, shown_name
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.limits import ArchiveLimits
 
@@ -159,7 +159,7 @@ def extract_host_tree(archive: Path, destination: Path, limits: ArchiveLimits) -
             "unpacked into %s: %d hard links as copies (%s); %s",
             destination,
             len(unpacked.copied),
-            ", ".join(unpacked.copied[:_NAMED]),
+            ", ".join(shown_name(name) for name in unpacked.copied[:_NAMED]),
             "; ".join(unpacked.left_out.warnings()) or "nothing left out",
         )
     return unpacked
