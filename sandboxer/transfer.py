@@ -21,7 +21,7 @@ import posixpath
 import stat
 import tarfile
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,16 +39,13 @@ from sandboxer.bus.ask import next_message, no_responders
 from sandboxer.bus.streams import replicas_for
 from sandboxer.errors import (
     BusError,
-    CommandFailed,
-    ConfigError,
     ExtensionError,
     InvalidInput,
-    PathRefused,
     SandboxerError,
     ServiceNotRunning,
-    Unsupported,
     WorkspaceRefused,
 )
+from sandboxer.workers.answer_codes import error_for
 from sandboxer.workers.exec_service import STDIN_HEADER
 from sandboxer.workers.file_service import HEADER, check_path, files_subject
 from sandboxer.workers.heartbeat import allowed_silence, next_answer
@@ -245,31 +242,6 @@ async def _ask(
     return answer
 
 
-def _state_conflict(message: str, *, sandbox_id: str) -> CommandFailed:
-    """A copy the sandbox's state does not allow (paused): refused as a command is, so both
-    transports raise the same (the gateway answers 409, which the HTTP client reads back as
-    this rejection)."""
-    rejected = {"type": "rejected", "code": "frozen", "reason": message, "sandbox_id": sandbox_id}
-    return CommandFailed(message, rejected)
-
-
-_ERRORS: dict[str, Callable[..., SandboxerError]] = {
-    "path_refused": PathRefused,
-    "workspace_refused": WorkspaceRefused,
-    "invalid_input": InvalidInput,
-    "unsupported": Unsupported,
-    "frozen": _state_conflict,
-    # A project's own provider key the worker may not use (BYOK): set up wrong, not failed.
-    "config": ConfigError,
-    # A copy the worker stopped at its shutdown left nothing: it is safe to send again once a
-    # worker is back (the gateway answers 503 with Retry-After, as for no worker at all).
-    "worker_stopped": ServiceNotRunning,
-}
-"""The error of each ``code`` a worker's ``done`` carries (docs/protocol.md#files); any
-other (``extension``, ``error``, a backend's own) is :class:`ExtensionError`: the backend,
-or the worker, failed."""
-
-
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
     with path.open("rb") as handle:
         while chunk := await asyncio.to_thread(handle.read, STDIN_CHUNK):
@@ -277,8 +249,11 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 
 
 def _error(message: str, code: str, sandbox_id: str) -> SandboxerError:
-    """The worker's refusal as the error of the tree its code names."""
-    return _ERRORS.get(code, ExtensionError)(message, sandbox_id=sandbox_id)
+    """The worker's refusal as the error of the tree its code names: any other code
+    (``extension``, ``error``, a backend's own) is :class:`ExtensionError`, the backend or the
+    worker failed (docs/protocol.md#files)."""
+    named = error_for(message, code, sandbox_id)
+    return named if named is not None else ExtensionError(message, sandbox_id=sandbox_id)
 
 
 async def put_archive(

@@ -35,7 +35,7 @@ from sandboxer.command_outcomes import (
     notify,
 )
 from sandboxer.config.settings import Settings
-from sandboxer.errors import BusError, InvalidInput, RequestError
+from sandboxer.errors import BusError, InvalidInput, RequestError, SandboxerError
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
 from sandboxer.service_discovery import client_credentials, find_service_urls
 from sandboxer.transfer import (
@@ -48,6 +48,7 @@ from sandboxer.transfer import (
     get_object,
 )
 from sandboxer.transfer import put_archive as _put_archive
+from sandboxer.workers.answer_codes import error_for
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
 from sandboxer.workers.heartbeat import allowed_silence, next_answer
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB, ArchiveLimits
@@ -799,13 +800,7 @@ class SandboxerClient:
                     elif kind == "exit":
                         result = msgspec.json.decode(msg.data)
                         if "error" in result:
-                            raise CommandFailed(
-                                str(result["error"]),
-                                {
-                                    "sandbox_id": sandbox_id,
-                                    "timed_out": bool(result.get("timed_out")),
-                                },
-                            )
+                            raise _exec_error(result, sandbox_id)
                         return int(result["exit_code"])
                     # Other kinds are ignored: ``alive`` is the worker checking that this
                     # inbox is still subscribed, and needs no answer (docs/protocol.md#exec);
@@ -957,3 +952,16 @@ def _check_id(sandbox_id: str) -> None:
             "characters",
             sandbox_id=None,
         )
+
+
+def _exec_error(result: dict[str, Any], sandbox_id: str) -> SandboxerError:
+    """An exec's ``exit`` with an ``error``: the error its ``code`` names (a paused sandbox, a
+    worker that stopped, a backend that takes no input; docs/protocol.md#exec), else
+    CommandFailed: the command was stopped, ran past its timeout, or could not run."""
+    message = str(result["error"])
+    code = result.get("code")
+    named = error_for(message, code if isinstance(code, str) else None, sandbox_id)
+    if named is not None:
+        return named
+    details = {"sandbox_id": sandbox_id, "timed_out": bool(result.get("timed_out"))}
+    return CommandFailed(message, details)

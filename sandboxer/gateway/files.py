@@ -75,7 +75,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         422: "a field or parameter is invalid",
         501: "the sandbox's backend cannot do this (no exec, no stdin)",
         502: "the backend failed",
-        503: "no worker holds the sandbox, or the service cannot be reached",
+        503: "no worker holds the sandbox, or it stopped, or the service cannot be reached",
     }.items()
 }
 
@@ -222,7 +222,7 @@ async def exec_in_sandbox(
         code = running.result()
     except CommandFailed as exc:
         if not exc.event.get("timed_out"):
-            return error_response(409, "exec_failed", exc.message)
+            return _refusal(exc)  # a paused sandbox's 409 is ``frozen``, as for a copy
         timed_out = True
     except SandboxerError as exc:
         return _refusal(exc)

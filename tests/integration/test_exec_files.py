@@ -228,7 +228,7 @@ async def test_stopping_the_worker_kills_running_commands_and_tells_their_client
     began = time.monotonic()
     await service.shutdown()  # gives up (fails) after 30 s
     assert time.monotonic() - began < exec_service.STOP_GRACE + 15
-    with pytest.raises(CommandFailed, match="the worker stopped"):
+    with pytest.raises(ServiceNotRunning, match="the worker stopped; the command was stopped"):
         await asyncio.wait_for(running, 5)
 
 
@@ -270,7 +270,7 @@ async def test_stopping_the_worker_stops_copies_after_the_grace_leaving_nothing(
     began = time.monotonic()
     await service.shutdown()  # gives up (fails) after 30 s
     assert time.monotonic() - began < STOP_GRACE + 15
-    with pytest.raises(CommandFailed, match="the worker stopped"):
+    with pytest.raises(ServiceNotRunning, match="the worker stopped; the command was stopped"):
         await asyncio.wait_for(running, 5)
     assert ended[0] - began < STOP_GRACE + 3  # not after the copies' grace
     with pytest.raises(ServiceNotRunning, match="the worker stopped; the copy was stopped"):
@@ -643,8 +643,9 @@ def error_of(response: httpx.Response, status: int, code: str) -> str:
 async def test_a_copy_in_a_paused_sandbox_is_a_state_conflict(
     api: tuple[httpx.AsyncClient, Service], tmp_path: Path
 ) -> None:
-    """A paused sandbox refuses copies, as it refuses exec: a conflict with its state (409,
-    CommandFailed on the bus), not a backend that failed (502, ExtensionError)."""
+    """A paused sandbox refuses copies and exec alike: a conflict with its state (409
+    ``frozen``, a CommandFailed rejection on the bus), not a backend that failed (502,
+    ExtensionError)."""
     http, service = api
     client = service.client
     sandbox_id = (await client.create("profile.local", {}))["sandbox_id"]
@@ -662,7 +663,11 @@ async def test_a_copy_in_a_paused_sandbox_is_a_state_conflict(
         await http.get(f"{base}/files", params={"path": "f"}),
     ):
         assert "is paused" in error_of(answer, 409, "frozen")
-    error_of(await http.post(f"{base}/exec", json={"argv": ["true"]}), 409, "exec_failed")
+    with pytest.raises(CommandFailed, match="is paused") as refused:
+        await client.exec(sandbox_id, ["true"], lambda _s, _d: None)
+    assert (refused.value.event["type"], refused.value.event["code"]) == ("rejected", "frozen")
+    answer = await http.post(f"{base}/exec", json={"argv": ["true"]})
+    assert "is paused" in error_of(answer, 409, "frozen")
 
 
 async def test_a_copy_whose_http_caller_hung_up_is_stopped_leaving_nothing(
