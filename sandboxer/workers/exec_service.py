@@ -79,7 +79,7 @@ from sandboxer.errors import SandboxerError, Unsupported
 from sandboxer.events.types import Actor
 from sandboxer.extensions.base import Extension, OutputSink
 from sandboxer.ids import new_command_id
-from sandboxer.workers import heartbeat
+from sandboxer.workers import answer_codes, heartbeat
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
@@ -317,10 +317,10 @@ class ExecService:
         try:
             request = parse_request(msg.data)
         except SandboxerError as exc:
-            await send("exit", msgspec.json.encode({"error": f"invalid exec request: {exc}"}))
+            await send("exit", _refusal(f"invalid exec request: {exc}", "invalid_input"))
             return
         if state.status in FROZEN:
-            await send("exit", msgspec.json.encode({"error": frozen_reason(state)}))
+            await send("exit", _refusal(frozen_reason(state), answer_codes.FROZEN))
             return
         inbox: StdinInbox | None = None
         try:
@@ -333,7 +333,7 @@ class ExecService:
             await self.touch(state)
             result = await self._run(backend, state, request, send, inbox, reply, started)
         except SandboxerError as exc:
-            result = {"error": exc.message}
+            result = {"error": exc.message, "code": exc.code}
         except Exception as exc:
             log.exception("exec in %s failed", sandbox_id)
             result = {"error": f"exec failed: {exc}"}
@@ -341,8 +341,8 @@ class ExecService:
             # The worker is stopping (stop()): the command is killed; say so to the client,
             # which would otherwise wait for an exit until its own timeout.
             with contextlib.suppress(Exception):
-                stopped = {"error": "the worker stopped; the command was stopped"}
-                await send("exit", msgspec.json.encode(stopped))
+                stopped = "the worker stopped; the command was stopped"
+                await send("exit", _refusal(stopped, answer_codes.WORKER_STOPPED))
             raise
         finally:
             if inbox is not None:
@@ -439,3 +439,9 @@ def parse_request(data: bytes) -> ExecRequest:
         raise SandboxerError("argv must not contain NUL bytes")
     check_timeout(request.timeout)
     return request
+
+
+def _refusal(message: str, code: str) -> bytes:
+    """An ``exit`` for a command that did not run, or was stopped: why, and the code a client
+    raises its error by (:mod:`.answer_codes`)."""
+    return msgspec.json.encode({"error": message, "code": code})
