@@ -33,12 +33,11 @@ from sandboxer.errors import SandboxerError
 from sandboxer.events.codec import decode_event
 from sandboxer.events.pool_events import POOL_EVENTS, PoolEvent, PoolMemberClaimed
 from sandboxer.events.sandbox_events import SandboxEvent, SandboxReady
-from sandboxer.extensions.local.backend import POOL_DIR
-from sandboxer.extensions.local.egress import SLOTS_DIR, link_slots
-from sandboxer.extensions.local.inventory import owners, scan_sandboxes
-from sandboxer.extensions.local.leftovers import find_leftovers
-from sandboxer.extensions.local.resource_names import root_tag
-from sandboxer.extensions.local.sandbox_uids import UIDS_DIR, uid_slots
+from sandboxer.extensions.local.egress import SLOTS_DIR
+from sandboxer.extensions.local.inventory import scan_sandboxes
+from sandboxer.extensions.local.leftovers import scan_leftovers
+from sandboxer.extensions.local.sandbox_uids import UIDS_DIR
+from sandboxer.extensions.local.workspace import POOL_DIR
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -290,10 +289,10 @@ def leaked_slots(
     """Uid and link-slot files (host-wide, under ``/run/sandboxer``) that the ext.local root
     ``root`` took for a sandbox none of its directories, nor its pool's, holds any more: a
     teardown frees them before it removes the directory, so none may be left (blocking).
-    Other roots' files (another test's, another suite's) are not looked at."""
-    uids = uid_slots(uids_dir).held()  # the files before the directories, as ext.local reads
-    links = link_slots(links_dir).held()
-    left = find_leftovers(uids, links, root_tag(root), owners([root / POOL_DIR, root]))
+    Other roots' files (another test's, another suite's) are not looked at. ext.local's own
+    scan (``scan_leftovers``), without the backend's look for a process still using a slot:
+    here even a used one is a leak."""
+    left = scan_leftovers(root, uids_dir=uids_dir, links_dir=links_dir)
     return [
         f"{item.sandbox_id}: no directory under {root}, yet uids {list(item.uids)} and link "
         f"slots {list(item.link_slots)} are still taken"

@@ -24,7 +24,6 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import stamina
 from nats.aio.client import Client
 
 from sandboxer import __version__
@@ -40,9 +39,10 @@ from sandboxer.errors import ConfigError
 from sandboxer.extensions.base import Extension
 from sandboxer.extensions.capabilities import Closable, TokenHolder
 from sandboxer.extensions.loading import build_extension
+from sandboxer.extensions.local.procs import start_time
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.queries import QueryService
-from sandboxer.service_discovery import own_start_time
+from sandboxer.retry_hooks import silence_retry_hooks
 from sandboxer.workers.control import ControlWorker
 from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.expirer import Expirer
@@ -281,8 +281,7 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
     catalog = Catalog.load(settings.home)
     chosen = _runnable_roles(settings, catalog, roles)
     settings.home.mkdir(parents=True, exist_ok=True)
-    # stamina's own retry lines carry no detail in our log format: the bus logs its retries.
-    stamina.instrumentation.set_on_retry_hooks([])
+    silence_retry_hooks()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -313,7 +312,7 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
         info = {
             "version": __version__,
             "pid": os.getpid(),
-            "pid_start": own_start_time(),  # with the pid: this process, not a later one
+            "pid_start": start_time(os.getpid()),  # with the pid: this process, not a later one
             "roles": chosen,
             "nats_url": urls[0],
             "home": str(settings.home),

@@ -17,9 +17,9 @@ from sandboxer.bus.nats_auth import NatsCredentials, credentials_for
 from sandboxer.bus.permissions import CLIENT
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ServiceNotRunning
-from sandboxer.extensions.local.procs import stat_of
+from sandboxer.extensions.local.procs import start_time
 
-__all__ = ["client_credentials", "find_service_urls", "own_start_time", "read_service_file"]
+__all__ = ["client_credentials", "find_service_urls", "read_service_file"]
 
 
 def read_service_file(settings: Settings) -> dict[str, Any] | None:
@@ -33,16 +33,9 @@ def read_service_file(settings: Settings) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no record, a torn one, or a service that died without removing it
     started = record.get("pid_start")
-    now = stat_of(pid)
-    if started is not None and (now is None or now.start_time != started):
+    if started is not None and start_time(pid) != started:
         return None  # the pid is another process's now
     return record
-
-
-def own_start_time() -> int | None:
-    """This process's start time (in clock ticks since boot), for its record."""
-    found = stat_of(os.getpid())
-    return None if found is None else found.start_time
 
 
 def find_service_urls(settings: Settings) -> list[str]:

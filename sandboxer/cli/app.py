@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import stamina
 import typer
 
 from sandboxer.cli import (
@@ -28,6 +27,7 @@ from sandboxer.cli import (
 from sandboxer.cli.common import exit_code
 from sandboxer.cli.output import say
 from sandboxer.errors import SandboxerError
+from sandboxer.retry_hooks import silence_retry_hooks
 
 __all__ = ["EVERYDAY", "OPERATOR", "app", "main"]
 
@@ -82,9 +82,7 @@ app.add_typer(statehub_commands.statehub_app, name="statehub", rich_help_panel=O
 
 def main() -> None:
     """Entry point: a sandboxer error anywhere (a bad setting, a missing setup) is one line."""
-    # stamina's own lines ("stamina.retry_scheduled", no detail) would reach the terminal on
-    # every retry of a wait that rides out a restarting service; what was waited for is said.
-    stamina.instrumentation.set_on_retry_hooks([])
+    silence_retry_hooks()
     try:
         app()
     except SandboxerError as exc:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sandboxer.extensions.local.procs import stat_of
+from sandboxer.extensions.local.procs import start_time
 
 __all__ = ["incarnation"]
 
 
 def incarnation(pid: int) -> str:
     """``<start time>@<boot id>`` of process ``pid``: which process, not only which pid."""
-    found = stat_of(pid)
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
     except OSError:
         boot = ""
-    return f"{found.start_time if found is not None else 0}@{boot}"
+    return f"{start_time(pid) or 0}@{boot}"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from chaos.checks import leaked_slots
 from sandboxer.extensions.local import egress, sandbox_uids
-from sandboxer.extensions.local.backend import POOL_DIR
 from sandboxer.extensions.local.inventory import owners
 from sandboxer.extensions.local.leftovers import Leftover, find_leftovers
 from sandboxer.extensions.local.resource_names import owner_of, resource_name, root_tag
+from sandboxer.extensions.local.workspace import POOL_DIR
 
 TAG = "0a1b2c3d"
 GONE, LIVE, MEMBER = "sbxgone00001", "sbxlive00001", "pool00000001"

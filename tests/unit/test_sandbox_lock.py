@@ -88,3 +88,19 @@ async def test_an_unmade_sandbox_leaves_no_lock_file(tmp_path: Path) -> None:
     async with sandbox_lock(tmp_path, "sbx1", remove=True):
         pass
     assert list((tmp_path / LOCK_DIR).iterdir()) == []
+
+
+async def test_a_step_that_finds_its_sandbox_gone_removes_the_file_it_holds(
+    tmp_path: Path,
+) -> None:
+    """A pause that waited out a teardown removes the lock file itself, through the lock,
+    and only while it holds it: once released, the path may be another holder's file."""
+    path = tmp_path / LOCK_DIR / "sbx1"
+    async with sandbox_lock(tmp_path, "sbx1") as lock:
+        lock.remove()
+        assert not path.exists()
+    async with sandbox_lock(tmp_path, "sbx1") as late:
+        pass
+    with pytest.raises(AssertionError, match="only while its lock is held"):
+        late.remove()
+    assert path.exists()

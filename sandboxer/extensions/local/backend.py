@@ -51,8 +51,8 @@ from sandboxer.extensions.local import (
 from sandboxer.extensions.local.bwrap_command import enter_argv, launcher_argv
 from sandboxer.extensions.local.egress_policy import DENY, LocalEgress, namespace_for
 from sandboxer.extensions.local.holder import spawn_holder
-from sandboxer.extensions.local.inventory import machine_report, owners, scan_sandboxes
-from sandboxer.extensions.local.leftovers import Leftover, find_leftovers
+from sandboxer.extensions.local.inventory import machine_report, scan_sandboxes
+from sandboxer.extensions.local.leftovers import Leftover, scan_leftovers
 from sandboxer.extensions.local.procs import (
     ProcessRef,
     kill,
@@ -60,10 +60,10 @@ from sandboxer.extensions.local.procs import (
     uids_running,
 )
 from sandboxer.extensions.local.run import run_streaming
-from sandboxer.extensions.local.sandbox_lock import LOCK_DIR, sandbox_lock
+from sandboxer.extensions.local.sandbox_lock import sandbox_lock
 from sandboxer.extensions.local.snapshot_copy import copy_workspace_out
 from sandboxer.extensions.local.steps import local_egress_for, profile_warnings
-from sandboxer.extensions.local.workspace import Layout, State
+from sandboxer.extensions.local.workspace import POOL_DIR, Layout, State
 from sandboxer.extensions.output_capture import OutputCapture
 from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
 
@@ -71,9 +71,6 @@ __all__ = ["LocalExtension"]
 
 log = logging.getLogger(__name__)
 
-POOL_DIR = ".pool"
-"""Under the root: warm pool members (docs/pools.md). Not a valid sandbox id, so the
-inventory, stale detection and reaping never see them; the pool keeper owns them."""
 EGRESS_HOSTS_FILE = "egress-hosts"
 """``/etc/hosts`` lines under ``$SANDBOXER_HOME``: names the proxies resolve before DNS."""
 
@@ -395,12 +392,11 @@ class LocalExtension:
         process uses: none runs as the uid, none is in the sandbox's cgroups (blocking)."""
         if self._pool:  # the main root's look covers its pool's names (they share the tag)
             return []
-        # The slot files before the directories: a sandbox's directory is made before its
-        # slots are taken and removed after they are freed, so one made meanwhile is seen.
-        uids = self._uids.held()
-        links = egress.link_slots(self._egress_slots_dir).held()
-        found = find_leftovers(
-            uids, links, self._root_tag, owners([self.root / POOL_DIR, self.root])
+        found = scan_leftovers(
+            self.root,
+            uids_dir=self._uids.directory,
+            links_dir=self._egress_slots_dir,
+            tag=self._root_tag,
         )
         if not found:
             return []
@@ -441,13 +437,12 @@ class LocalExtension:
         not be removed and the teardown failed with the sandbox frozen and half removed. A
         resume, for its part, wrote to a group removed since it read ``state.json``."""
         layout = self._layout(sandbox_id)
-        async with sandbox_lock(self.root, sandbox_id):
+        async with sandbox_lock(self.root, sandbox_id) as lock:
             try:
                 state = self._running_state(layout)
             except SandboxNotFound:
                 if not layout.dir.exists():
-                    # Torn down while this waited: no lock file outlives the sandbox.
-                    (self.root / LOCK_DIR / sandbox_id).unlink(missing_ok=True)
+                    lock.remove()  # torn down while this waited: no lock file outlives it
                 raise
             await step(self._freezer_of(state), sandbox_id=sandbox_id)
 

@@ -1,4 +1,4 @@
-"""Host-wide slots whose sandbox is gone: what a lost directory leaves behind. Pure.
+"""Host-wide slots whose sandbox is gone: what a lost directory leaves behind.
 
 A root-run sandbox holds a uid and, with network access, a link slot, each a file under
 ``/run/sandboxer`` (:mod:`.host_slots`) that only its teardown removes. A directory that
@@ -6,9 +6,11 @@ disappears any other way (removed by hand, a crash between steps, a test that ne
 down) leaves them taken until the machine reboots, and 65536 uids or the link slots run
 out on a host that lives long enough. Those named by this root (its tag) and by no sandbox
 directory of it are **leftovers**: ``inspect stale`` reports them, ``reap-stale --apply``
-frees them (docs/ext-local.md#users-and-keyrings, "Leftover slots"). Whether a process
-still runs as the uid, or in the sandbox's cgroups, is the backend's to check before it
-calls one unowned.
+frees them (docs/ext-local.md#users-and-keyrings, "Leftover slots"). The rule
+(:func:`find_leftovers`) is pure; :func:`scan_leftovers` reads the machine for it, for the
+backend and for the fault suite's ``leaked_slots`` alike. Whether a process still runs as
+the uid, or in the sandbox's cgroups, is the backend's to check before it calls one
+unowned.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from sandboxer.domain.found import FoundSandbox
-from sandboxer.extensions.local.resource_names import owner_of
+from sandboxer.extensions.local.egress import link_slots
+from sandboxer.extensions.local.inventory import owners
+from sandboxer.extensions.local.resource_names import owner_of, root_tag
+from sandboxer.extensions.local.sandbox_uids import uid_slots
+from sandboxer.extensions.local.workspace import POOL_DIR
 
-__all__ = ["Leftover", "find_leftovers"]
+__all__ = ["Leftover", "find_leftovers", "scan_leftovers"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +70,17 @@ def find_leftovers(
         Leftover(sandbox_id, tuple(sorted(taken[0])), tuple(sorted(taken[1])))
         for sandbox_id, taken in sorted(by_owner.items())
     ]
+
+
+def scan_leftovers(
+    root: Path, *, uids_dir: Path, links_dir: Path, tag: str | None = None
+) -> list[Leftover]:
+    """:func:`find_leftovers` over this machine: the uid and link-slot files in ``uids_dir``
+    and ``links_dir`` that the root ``root`` (tagged ``tag``, by default its own tag) took,
+    against the directories under it and its pool (blocking). No process is looked at."""
+    # The slot files before the directories: a sandbox's directory is made before its
+    # slots are taken and removed after they are freed, so one made meanwhile is seen.
+    uids = uid_slots(uids_dir).held()
+    links = link_slots(links_dir).held()
+    tag = root_tag(root) if tag is None else tag
+    return find_leftovers(uids, links, tag, owners([root / POOL_DIR, root]))

@@ -22,6 +22,7 @@ __all__ = [
     "kill",
     "owning_user_namespace",
     "reap_if_child",
+    "start_time",
     "stat_of",
     "uids_running",
 ]
@@ -52,6 +53,13 @@ def stat_of(pid: int) -> _Stat | None:
     return _Stat(state=fields[0], ppid=int(fields[1]), start_time=int(fields[19]))
 
 
+def start_time(pid: int) -> int | None:
+    """``pid``'s start time (clock ticks since boot): with the pid, which process it is.
+    None if there is no such process."""
+    found = stat_of(pid)
+    return None if found is None else found.start_time
+
+
 @dataclass(frozen=True)
 class ProcessRef:
     """A pid plus the start time it had when recorded."""
@@ -61,8 +69,8 @@ class ProcessRef:
 
     @classmethod
     def of(cls, pid: int) -> ProcessRef | None:
-        stat = stat_of(pid)
-        return None if stat is None else cls(pid, stat.start_time)
+        started = start_time(pid)
+        return None if started is None else cls(pid, started)
 
     def same_process(self) -> bool:
         """The recorded process still exists (zombie or not): the pid was not reused."""

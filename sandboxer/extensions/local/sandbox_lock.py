@@ -13,7 +13,8 @@ caller at a time.
 It is an ``flock`` on ``<root>/.locks/<id>``: the kernel releases it with the
 process, even after ``kill -9``, so a dead worker never holds a sandbox. The
 teardown removes the file while it holds the lock; whoever was waiting on the
-removed file sees that its inode is no longer the path's and locks afresh.
+removed file sees that its inode is no longer the path's and locks afresh. A lock file
+is removed only here, and only while held (:meth:`HeldLock.remove`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from sandboxer.errors import ExtensionError
 
-__all__ = ["LOCK_DIR", "LOCK_WAIT", "sandbox_lock"]
+__all__ = ["LOCK_DIR", "LOCK_WAIT", "HeldLock", "sandbox_lock"]
 
 LOCK_DIR = ".locks"
 """Under a root: not a valid sandbox id, so the inventory never takes it for a sandbox."""
@@ -39,23 +40,42 @@ which is the only long part; setup instructions run after it is released."""
 _POLL = 0.005
 
 
+class HeldLock:
+    """A sandbox's lock while :func:`sandbox_lock` holds it."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._held = True
+
+    def remove(self) -> None:
+        """Remove the lock file now, still held: a waiter then finds a new file, not this one.
+        For a step that learns only under the lock that its sandbox is gone."""
+        # Once released, the path may name another holder's file: removing it would let a
+        # third caller lock a new file beside that holder.
+        if not self._held:
+            raise AssertionError(f"{self._path} is removed only while its lock is held")
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+
 @contextlib.asynccontextmanager
 async def sandbox_lock(
     root: Path, sandbox_id: str, *, remove: bool = False, wait: float = LOCK_WAIT
-) -> AsyncIterator[None]:
+) -> AsyncIterator[HeldLock]:
     """Hold ``sandbox_id``'s lock under ``root`` (an id already validated: it names a file).
 
-    ``remove``: the caller unmakes the sandbox, so its lock file goes too (the next
-    caller makes a new one). ExtensionError, naming the file, when another worker
-    holds it for longer than ``wait`` seconds."""
+    ``remove``: the caller unmakes the sandbox, so its lock file goes too once the step
+    succeeds (the next caller makes a new one). ExtensionError, naming the file, when
+    another worker holds it for longer than ``wait`` seconds."""
     path = root / LOCK_DIR / sandbox_id
     fd = await _acquire(path, sandbox_id, wait)
+    held = HeldLock(path)
     try:
-        yield
+        yield held
         if remove:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # still held: a waiter then finds a new file, not this one
+            held.remove()
     finally:
+        held._held = False
         os.close(fd)  # releases the lock
 
 

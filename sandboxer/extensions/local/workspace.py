@@ -26,6 +26,7 @@ from sandboxer.extensions.local.procs import ProcessRef
 from sandboxer.extensions.local.tree_copy import copy_tree
 
 __all__ = [
+    "POOL_DIR",
     "Layout",
     "State",
     "chown_tree",
@@ -36,6 +37,10 @@ __all__ = [
     "write_secrets",
     "write_state",
 ]
+
+POOL_DIR = ".pool"
+"""Under the root: warm pool members (docs/pools.md). Not a valid sandbox id, so the
+inventory, stale detection and reaping never see them; the pool keeper owns them."""
 
 _SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRETS_FILE = Path(".sandboxer") / "secrets.env"
