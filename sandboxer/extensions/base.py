@@ -58,6 +58,13 @@ class ProvisionRequest:
     provisionings: a backend that records them can refuse to unmake a later one's sandbox
     for an earlier one that was frozen meanwhile (ext.local does)."""
 
+    @property
+    def redelivered(self) -> bool:
+        """An earlier attempt at this provisioning ran (``attempt`` above 1): it may have made
+        something, or sent a create the provider carries out after this one. A create here
+        counts as sent again, as one this worker retried itself does."""
+        return self.attempt > 1
+
 
 @dataclass(frozen=True, kw_only=True)
 class Readiness:

@@ -580,3 +580,32 @@ async def test_a_failed_create_that_lands_after_its_teardown_is_deleted(
         await extension.aclose()
     assert daytona_double.double.made
     assert daytona_double.double.live() == []
+
+
+async def test_a_redelivered_job_beside_its_killed_worker_s_create_leaves_one(
+    daytona_double: DaytonaServed,
+) -> None:
+    """A worker sends the create and is killed before Daytona answers; the job, redelivered
+    to another worker process, creates again while the first is still on its way. Daytona
+    refuses a second sandbox of one name, so the one that arrives later is refused (or,
+    when it is ours, adopts the first): no second sandbox for ready to look for."""
+    daytona_double.app.faults.add("latency", method="POST", pattern="/sandbox", seconds=1.0)
+    killed = build(daytona_double)
+    sent = asyncio.create_task(killed.provision(request("dtredo0001")))
+    for _ in range(100):
+        if ("POST", "/sandbox") in daytona_double.app.calls:
+            break
+        await asyncio.sleep(0.02)
+    sent.cancel()  # the worker dies with its create on the way
+    await asyncio.gather(sent, return_exceptions=True)
+    await killed.aclose()
+    late_by = time.monotonic() + 1.0
+    extension = build(daytona_double)
+    try:
+        await up(extension, "dtredo0001", attempt=2)
+        await asyncio.sleep(late_by - time.monotonic() + 0.3)  # the first create arrives
+    finally:
+        await extension.aclose()
+    assert daytona_double.app.calls.count(("POST", "/sandbox")) == 2
+    assert [r.name for r in daytona_double.double.live()] == ["sandboxer-dtredo0001"]
+    assert daytona_double.double.creates == 1

@@ -535,6 +535,41 @@ async def test_a_create_that_finishes_after_its_retry_leaves_exactly_one(
     assert readiness.descriptor["sandbox_id"] == record.sandbox_id
 
 
+async def test_a_redelivered_job_kills_the_create_its_killed_worker_sent(
+    e2b_double: ServedE2b,
+) -> None:
+    """A worker sends the create and is killed before E2B answers. The job, redelivered to
+    another worker process, finds nothing (E2B lists no booting sandbox) and creates again;
+    the first create lands meanwhile. The second process never retried a create itself,
+    yet a redelivered create may have a twin too: its wait_ready kills it."""
+    e2b_double.double.app.faults.add("latency", method="POST", pattern="/sandboxes", seconds=1.5)
+    made = request("e2bredo0001")
+    killed = E2bExtension(settings_for(e2b_double))
+    sent = asyncio.create_task(killed.provision(made))
+    for _ in range(100):
+        if ("POST", "/sandboxes") in e2b_double.double.calls:
+            break
+        await asyncio.sleep(0.02)
+    sent.cancel()  # the worker dies with its create on the way
+    await asyncio.gather(sent, return_exceptions=True)
+    await killed.aclose()
+    again = dataclasses.replace(made, attempt=2)
+    extension = E2bExtension(settings_for(e2b_double))
+    try:
+        await extension.provision(again)
+        for _ in range(100):  # the killed worker's create lands while ours is starting
+            if len(e2b_double.double.made) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(e2b_double.double.live()) == 2
+        readiness = await extension.wait_ready(again)
+    finally:
+        await extension.aclose()
+    [record] = e2b_double.double.live()
+    assert readiness.descriptor["sandbox_id"] == record.sandbox_id
+    assert record.sandbox_id == e2b_double.double.made[0].sandbox_id  # ours, made first
+
+
 async def test_a_failed_create_that_lands_after_its_teardown_is_killed(
     e2b_double: ServedE2b,
 ) -> None:

@@ -365,3 +365,31 @@ async def test_a_failed_create_that_lands_after_its_teardown_is_terminated(
     await asyncio.sleep(0.5)
     assert modal_double.sandboxes  # the provider did make them
     assert modal_double.running_for("modallate1") == []
+
+
+async def test_a_redelivered_job_beside_its_killed_worker_s_create_leaves_one(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    """A worker sends the create and is killed before Modal answers; the job, redelivered to
+    another worker process, creates again while the first is still on its way. Modal
+    refuses a second running sandbox of one name, so the one carried out later is refused
+    (or, when it is ours, adopts the first)."""
+    modal_double.inject(Fault("SandboxCreate", "done_late", delay=1.0, times=1))
+    req = request("modalredo1")
+    killed = extension()
+    sent = asyncio.create_task(killed.provision(req))
+    for _ in range(250):
+        if "SandboxCreate" in modal_double.calls:
+            break
+        await asyncio.sleep(0.02)
+    sent.cancel()  # the worker dies with its create on the way
+    await asyncio.gather(sent, return_exceptions=True)
+    await killed.aclose()
+    late_by = asyncio.get_running_loop().time() + 1.0
+    ext = extension()
+    again = dataclasses.replace(req, attempt=2)
+    await ext.provision(again)
+    await ext.wait_ready(again)
+    await asyncio.sleep(late_by - asyncio.get_running_loop().time() + 0.3)  # the first lands
+    assert modal_double.calls.count("SandboxCreate") >= 2
+    assert len(modal_double.running_for("modalredo1")) == 1

@@ -3,7 +3,8 @@
 A sandbox of ours is the Daytona sandbox named ``sandboxer-<id>`` and labelled
 with our id (:mod:`.plan`). The name makes every lookup immediate (Daytona's
 list is only eventually consistent) and a second create with it is refused,
-so a create whose answer was lost is found and adopted, never repeated.
+so a create whose answer was lost is found and adopted, never repeated, and
+a redelivered job's create never makes a second beside its dead worker's.
 Pause and resume are Daytona's stop and start; exec and snapshots go through
 the toolbox's execute. Daytona's own idle stop and delete intervals are set
 just past our TTL, so a sandbox sandboxer lost track of ends soon after.
@@ -177,7 +178,7 @@ class DaytonaExtension:
             lambda: api.get(name, sandbox_id),
             sandbox_id=sandbox_id,
             late=self._late,
-            redelivered=request.attempt > 1,
+            redelivered=request.redelivered,
         )
         log.info("%s: Daytona sandbox %s created for %s", self.id, made.id, sandbox_id)
 

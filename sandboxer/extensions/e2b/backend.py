@@ -13,12 +13,13 @@ sandbox again by its ``sandboxer_id`` metadata; a cached id E2B no longer knows
 A redelivered provision kills what an earlier attempt made before creating, and
 a create whose answer was lost is looked for by label before it is sent again
 (:mod:`sandboxer.hosted.create_once`). E2B lists only running and paused
-sandboxes, so a lost create still booting is not found then and the retry makes
-a second: ``wait_ready`` kills every labelled sandbox but ours, so one of ours
-is never two at E2B for longer than its start. For the same reason a failed
-create's teardown finds nothing while a create we gave up on still boots: it
-looks again until that create can no longer land (``create_settle``, shared
-:class:`~sandboxer.hosted.create_once.LateCreates`).
+sandboxes, so a create still booting is not found then, and the create sent
+again makes a second: the lost one's retry, or a redelivered job's create while
+its killed worker's is still on its way. After either, ``wait_ready`` kills every
+labelled sandbox but ours, so one that has landed by then does not run on beside
+it. For the same reason a failed create's teardown finds nothing while a create
+we gave up on still boots: it looks again until that create can no longer land
+(``create_settle``, shared :class:`~sandboxer.hosted.create_once.LateCreates`).
 
 Our TTL ends the sandbox; E2B's own timeout is set a margin past it as a
 backstop and moved whenever the TTL moves (:class:`TimeoutKeeper`). Commands
@@ -107,7 +108,8 @@ class E2bExtension:
         self._known: dict[str, str] = {}
         """Our sandbox id -> E2B's, a cache of what the labels say."""
         self._retried: set[str] = set()
-        """Sandboxes whose create was sent again: only they can have a second E2B sandbox."""
+        """Sandboxes whose create this process sent again: with a redelivered job's, the only
+        ones that can have a second E2B sandbox (:attr:`ProvisionRequest.redelivered`)."""
         self._late = late or LateCreates(self._settings.create_settle)
         """Creates given up on that E2B may still carry out: teardown waits them out."""
 
@@ -143,7 +145,7 @@ class E2bExtension:
         api = self._client()
         # A redelivered job: what an earlier attempt made is removed, and we start clean. (A
         # first attempt had none before it: the listing would cost every create a request.)
-        leftovers = await self._labelled(sandbox_id) if request.attempt > 1 else []
+        leftovers = await self._labelled(sandbox_id) if request.redelivered else []
         for leftover in leftovers:
             log.info("%s: killing %s left by an earlier attempt", sandbox_id, leftover.provider_id)
             await api.kill(leftover.provider_id, sandbox_id=sandbox_id)
@@ -171,7 +173,7 @@ class E2bExtension:
             find,
             sandbox_id=sandbox_id,
             late=self._late,
-            redelivered=request.attempt > 1,
+            redelivered=request.redelivered,
         )
         self._known[sandbox_id] = created.provider_id
         await self._keep_tokens(sandbox_id, tokens)
@@ -201,7 +203,9 @@ class E2bExtension:
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        if sandbox_id in self._retried:  # a create sent once made one sandbox: no listing
+        # A create sent once made one sandbox: no listing. One sent again, by this process
+        # or by the killed worker of a redelivered job, may have a twin that landed since.
+        if request.redelivered or sandbox_id in self._retried:
             await self._kill_others(sandbox_id, provider_id)
             self._retried.discard(sandbox_id)
         if sandbox.state != "running":
@@ -454,9 +458,10 @@ class E2bExtension:
     async def _kill_others(self, sandbox_id: str, keep: str) -> None:
         """Kill every E2B sandbox labelled with our id but ``keep``.
 
-        A create that outlived its request timeout may finish after our retry made
-        another: E2B's list shows only running and paused sandboxes, so while it booted
-        the retry could not see it. Once ours is ready, any other is such a one."""
+        A create that outlived its request timeout, or whose worker was killed waiting for
+        it (the job then redelivered), may finish after the create sent again made another:
+        E2B's list shows only running and paused sandboxes, so while it booted the second
+        could not see it. Once ours is ready, any other is such a one."""
         for other in await self._labelled(sandbox_id):
             if other.provider_id != keep:
                 log.info(

@@ -200,7 +200,7 @@ class ModalExtension:
         # A redelivered job (a crash after the create, a create whose answer was lost) may
         # have left one: start clean, so that exactly one exists afterwards. A first attempt
         # had none before it (the listing would cost every create a call).
-        earlier_ones = await self._find(sandbox_id) if request.attempt > 1 else []
+        earlier_ones = await self._find(sandbox_id) if request.redelivered else []
         for earlier in earlier_ones:
             log.info("sandbox %s: removing what an earlier attempt made", sandbox_id)
             await self._terminate(earlier, sandbox_id)
@@ -209,7 +209,7 @@ class ModalExtension:
             lambda: self._find_one(sandbox_id),
             sandbox_id=sandbox_id,
             late=self._late,
-            redelivered=request.attempt > 1,
+            redelivered=request.redelivered,
             attempts=self.config.policy.attempts,
             wait=self.config.policy.wait_initial,
         )
