@@ -16,9 +16,9 @@ lists only what has finished booting (E2B) shows nothing before then. So
 :class:`LateCreates` remembers, per sandbox, until when such a create may
 still land (``create_settle`` seconds after we gave it up), and a backend's
 teardown goes through :meth:`LateCreates.teardown`, which looks again by
-label until then and removes what has landed. Past that window, the
-provider's own timeout (set just past our TTL) is the backstop, and
-``sandboxer inspect stale`` shows what carries our label.
+label until then, less often as the window goes on, and removes what has
+landed. Past that window, the provider's own timeout (set just past our TTL)
+is the backstop, and ``sandboxer inspect stale`` shows what carries our label.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from sandboxer.errors import ProviderUnavailable
@@ -39,8 +39,11 @@ T = TypeVar("T")
 
 DEFAULT_SETTLE = 60.0
 """Seconds after we gave a create up during which the provider may still carry it out."""
-LOOK_EVERY = 1.0
-"""Seconds between a teardown's looks while a create given up on may still land."""
+FIRST_WAIT = 1.0
+"""Seconds before a teardown's second look while a create given up on may still land."""
+LONGEST_WAIT = 8.0
+"""The waits between looks double up to this: looks at 0, 1, 3, 7, 15, 23 ... s, and at
+the window's end (11 in all over the default 60 s, rather than one a second)."""
 
 
 class LateCreates:
@@ -51,12 +54,17 @@ class LateCreates:
         self,
         settle: float = DEFAULT_SETTLE,
         *,
-        every: float = LOOK_EVERY,
+        first_wait: float = FIRST_WAIT,
+        longest_wait: float = LONGEST_WAIT,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self._settle = settle
-        self._every = every
+        self._first_wait = first_wait
+        self._longest_wait = longest_wait
         self._clock = clock
+        self._sleep = sleep
+        """Waits between a teardown's looks; ``clock`` must see the time it lets pass."""
         self._until: dict[str, float] = {}
 
     def gave_up(self, sandbox_id: str) -> None:
@@ -72,8 +80,13 @@ class LateCreates:
 
     async def teardown(self, sandbox_id: str, remove: Callable[[], Awaitable[None]]) -> None:
         """``remove()`` what the provider holds for the sandbox (by its label); then, while
-        a create of it we gave up on may still land, look again every few seconds, so that
-        what it makes is removed too, not left running with no record naming it."""
+        a create of it we gave up on may still land, look again, so that what it makes is
+        removed too, not left running with no record naming it.
+
+        Each look lists the provider (Modal reads every listed sandbox's tags), so the
+        waits between them double from ``first_wait`` up to ``longest_wait``: a create
+        that lands soon after is removed soon, and one that lands late runs for at most
+        about ``longest_wait`` seconds. The last look is when the window closes."""
         await remove()
         if self.remaining(sandbox_id) > 0:
             log.info(
@@ -81,10 +94,21 @@ class LateCreates:
                 sandbox_id,
                 self.remaining(sandbox_id),
             )
+        waits = _look_waits(self._first_wait, self._longest_wait)
         while (left := self.remaining(sandbox_id)) > 0:
-            await asyncio.sleep(min(self._every, left))
+            await self._sleep(min(next(waits), left))
             await remove()
         self._until.pop(sandbox_id, None)
+
+
+def _look_waits(first: float, longest: float) -> Iterator[float]:
+    """Seconds between a teardown's looks: ``first``, then each twice the one before, at
+    most ``longest``. (Not stamina's backoff: it retries what raised, stops on its own
+    clock with no last look at the deadline, and takes no clock or sleep from a test.)"""
+    wait = first
+    while True:
+        yield wait
+        wait = min(wait * 2, longest)
 
 
 async def create_once(

@@ -117,9 +117,15 @@ async def test_a_quota_refusal_is_not_retried_here() -> None:
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
+        self.waits: list[float] = []
 
     def __call__(self) -> float:
         return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """No real waiting: the clock moves instead."""
+        self.waits.append(seconds)
+        self.now += seconds
 
 
 def test_a_create_given_up_on_may_land_for_the_settle_window() -> None:
@@ -184,20 +190,37 @@ async def test_a_create_cancelled_on_its_way_may_land() -> None:
     assert late.remaining("s1") > 0
 
 
-async def test_teardown_looks_again_until_a_late_create_can_no_longer_land() -> None:
-    late = LateCreates(0.3, every=0.05)
+async def test_teardown_looks_again_less_often_until_a_late_create_can_no_longer_land() -> None:
+    clock = Clock()
+    late = LateCreates(60, clock=clock, sleep=clock.sleep)
     looks: list[float] = []
 
     async def remove() -> None:
         looks.append(late.remaining("s1"))
 
     await late.teardown("s2", remove)  # nothing given up on: one look
-    assert len(looks) == 1
+    assert (looks, clock.waits) == ([0], [])
     late.gave_up("s1")
     looks.clear()
     await late.teardown("s1", remove)
-    assert len(looks) >= 5
-    assert looks[-1] == 0  # the last look after the window closed
+    assert clock.waits == [1, 2, 4, 8, 8, 8, 8, 8, 8, 5]  # doubling, at most 8, cut at the end
+    assert looks == [60, 59, 57, 53, 45, 37, 29, 21, 13, 5, 0]  # the last as it closes
     looks.clear()
+    clock.waits.clear()
     await late.teardown("s1", remove)  # the window is over: one look again
-    assert len(looks) == 1
+    assert (looks, clock.waits) == ([0], [])
+
+
+async def test_slow_looks_still_end_at_the_window_s_close() -> None:
+    clock = Clock()
+    late = LateCreates(10, first_wait=0.5, longest_wait=2, clock=clock, sleep=clock.sleep)
+    looks: list[float] = []
+
+    async def remove() -> None:  # each look takes 1.5 s (a listing, a kill)
+        looks.append(clock.now)
+        clock.now += 1.5
+
+    late.gave_up("s1")
+    await late.teardown("s1", remove)
+    assert clock.waits == [0.5, 1, 2, 0.5]  # the time looks take counts: the last is cut
+    assert looks == [100, 102, 104.5, 108, 110]  # the last as the window closes
