@@ -28,6 +28,8 @@ from sandboxer.domain.account_state import (
 from sandboxer.domain.timestamps import shift
 from sandboxer.errors import RequestError
 from sandboxer.events.account_events import AccountEvent, UsageMetered
+from sandboxer.pagination import ACCOUNTS, DEFAULT_LIMIT, USAGE, Page, page_after, page_limit
+from sandboxer.projections.pages import Keyset, read_page
 
 __all__ = [
     "ACCOUNT_SCHEMA",
@@ -161,10 +163,18 @@ async def load_account(db: aiosqlite.Connection, project: str) -> AccountState |
     return _decode(row[0]) if row else None
 
 
-async def list_accounts(db: aiosqlite.Connection, limit: int = 1000) -> list[AccountState]:
-    async with db.execute("SELECT state FROM credits ORDER BY project LIMIT ?", (limit,)) as c:
-        rows = await c.fetchall()
-    return [_decode(row[0]) for row in rows]
+BY_PROJECT = Keyset(ACCOUNTS, ("project",))
+BY_METERING = Keyset(USAGE, ("u.seq", "u.sandbox_id"))
+
+
+async def list_accounts(
+    db: aiosqlite.Connection, limit: int = DEFAULT_LIMIT, after: str | None = None
+) -> Page[AccountState]:
+    """The accounts by project, after the cursor ``after``."""
+    page = await read_page(
+        db, fields="state", source="credits", keyset=BY_PROJECT, after=after, limit=limit
+    )
+    return page.map(lambda row: _decode(row[0]))
 
 
 def account_to_dict(state: AccountState, now: str) -> dict[str, Any]:
@@ -196,9 +206,9 @@ def account_to_dict(state: AccountState, now: str) -> dict[str, Any]:
     }
 
 
-def _usage_where(
+def _usage_clauses(
     project: str | None, since: str | None, until: str | None
-) -> tuple[str, list[Any]]:
+) -> tuple[list[str], list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     if project is not None:
@@ -210,6 +220,13 @@ def _usage_where(
     if until is not None:
         clauses.append("u.at < ?")
         params.append(until)
+    return clauses, params
+
+
+def _usage_where(
+    project: str | None, since: str | None, until: str | None
+) -> tuple[str, list[Any]]:
+    clauses, params = _usage_clauses(project, since, until)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -219,26 +236,30 @@ async def list_usage(
     project: str | None = None,
     since: str | None = None,
     until: str | None = None,
-    limit: int = 1000,
-) -> list[dict[str, Any]]:
-    """Metered sandboxes, oldest first."""
-    where, params = _usage_where(project, since, until)
-    query = (
-        "SELECT sandbox_id, project, profile, extension, seconds, amount, byok, price, at "
-        f"FROM usage AS u{where} ORDER BY seq LIMIT ?"
+    after: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> Page[dict[str, Any]]:
+    """Metered sandboxes, oldest first, after the cursor ``after``."""
+    clauses, params = _usage_clauses(project, since, until)
+    page = await read_page(
+        db,
+        fields="sandbox_id, project, profile, extension, seconds, amount, byok, price, at",
+        source="usage AS u",
+        keyset=BY_METERING,
+        clauses=clauses,
+        params=params,
+        after=after,
+        limit=limit,
     )
-    async with db.execute(query, [*params, limit]) as cursor:
-        rows = await cursor.fetchall()
     keys = ("sandbox_id", "project", "profile", "extension", "seconds", "amount", "byok")
-    return [
-        {
+    return page.map(
+        lambda row: {
             **dict(zip(keys, row[:7], strict=True)),
             "byok": bool(row[6]),
             "price": row[7],
             "at": row[8],
         }
-        for row in rows
-    ]
+    )
 
 
 async def usage_by_consumer(
@@ -303,9 +324,6 @@ async def usage_summary(
     ]
 
 
-MAX_LIMIT = 10_000
-
-
 def _text(request: dict[str, Any], name: str) -> str | None:
     value = request.get(name)
     if value is not None and not isinstance(value, str):
@@ -347,11 +365,11 @@ async def answer_account_query(
     if kind == "credits.get":
         state = await load_account(db, str(_project(request, required=True)))
         return {"account": None if state is None else account_to_dict(state, now)}
-    limit = request.get("limit", 1000)
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= MAX_LIMIT:
-        raise RequestError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    limit = page_limit(request)
+    after = page_after(request)
     if kind == "credits.list":
-        return {"accounts": [account_to_dict(s, now) for s in await list_accounts(db, limit)]}
+        accounts = await list_accounts(db, limit, after)
+        return {"accounts": [account_to_dict(s, now) for s in accounts], "next": accounts.next}
     window = {
         "project": _project(request, required=False),
         "since": _utc(request, "since"),
@@ -363,8 +381,10 @@ async def answer_account_query(
         if by is None
         else await usage_by_consumer(db, by, **window)
     )
+    rows = await list_usage(db, **window, after=after, limit=limit)
     return {
-        "usage": await list_usage(db, **window, limit=limit),
+        "usage": rows,
+        "next": rows.next,
         "summary": summary,
         "total": {
             "sandboxes": sum(row["sandboxes"] for row in summary),

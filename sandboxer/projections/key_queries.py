@@ -32,13 +32,13 @@ from sandboxer.domain.key_access import (
 from sandboxer.domain.key_state import is_valid_key_id
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_command_id, is_valid_sandbox_id
+from sandboxer.pagination import page_limit
 from sandboxer.projections.key_rows import load_key
 from sandboxer.projections.projector import Projector
 
 __all__ = ["MAX_EVENTS_PAGE", "KeyQueries"]
 
 MAX_EVENTS_PAGE = 500
-MAX_LIST = 10_000
 
 
 class KeyQueries:
@@ -89,9 +89,7 @@ class KeyQueries:
         return reply
 
     async def _list(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
-        limit = request.get("limit", 1000)
-        if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
-            raise RequestError(f"limit must be between 1 and {MAX_LIST}")
+        limit = page_limit(request)
         reply = await self._ask(subjects.QUERY_LIST)(self._narrowed(request, actor, limit))
         mine = [s for s in reply["sandboxes"] if may_see(actor, owner_of(s))]
         return {**reply, "sandboxes": mine[:limit]}
@@ -134,9 +132,7 @@ class KeyQueries:
     async def _snapshot_list(
         self, request: dict[str, Any], actor: dict[str, Any]
     ) -> dict[str, Any]:
-        limit = request.get("limit", 1000)
-        if not isinstance(limit, int) or not 0 < limit <= MAX_LIST:
-            raise RequestError(f"limit must be between 1 and {MAX_LIST}")
+        limit = page_limit(request)
         return await self._ask(subjects.QUERY_SNAPSHOT_LIST)(self._narrowed(request, actor, limit))
 
     async def _credits_get(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:

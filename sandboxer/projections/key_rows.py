@@ -18,6 +18,8 @@ from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
 from sandboxer.domain.key_state import KeyState, evolve_key, is_valid_key_hash, key_id_for
 from sandboxer.errors import RequestError
 from sandboxer.events.key_events import KeyEvent
+from sandboxer.pagination import KEYS, page_after, page_limit
+from sandboxer.projections.pages import Keyset, read_page
 
 __all__ = [
     "KEY_SCHEMA",
@@ -45,7 +47,7 @@ CREATE INDEX IF NOT EXISTS api_keys_project ON api_keys(project, created_at);
 KEY_TABLES = (("api_keys", "key_id"),)
 """The tables ``SandboxView.dump`` compares, with their keys."""
 
-MAX_LIMIT = 10_000
+BY_CREATION = Keyset(KEYS, ("created_at", "key_id"))
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(KeyState).decode
@@ -118,7 +120,7 @@ async def answer_key_query(
     kind: str, db: aiosqlite.Connection, request: dict[str, Any]
 ) -> dict[str, Any]:
     """``key.get`` (by ``key_hash``) and ``key.list`` (``project``, ``include_revoked``,
-    ``limit``); docs/protocol.md#queries."""
+    ``after``, ``limit``); docs/protocol.md#queries."""
     if kind == "key.get":
         key_hash = request.get("key_hash")
         if not is_valid_key_hash(key_hash):
@@ -133,17 +135,21 @@ async def answer_key_query(
     include_revoked = request.get("include_revoked", False)
     if not isinstance(include_revoked, bool):
         raise RequestError("field 'include_revoked' must be a bool")
-    limit = request.get("limit", 1000)
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= MAX_LIMIT:
-        raise RequestError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    limit = page_limit(request)
     clauses, params = [], []
     if project is not None:
         clauses.append("project = ?")
         params.append(project)
     if not include_revoked:
         clauses.append("status = 'active'")
-    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    query = f"SELECT state FROM api_keys{where} ORDER BY created_at, key_id LIMIT ?"
-    async with db.execute(query, [*params, limit]) as cursor:
-        rows = await cursor.fetchall()
-    return {"keys": [key_to_dict(_decode(row[0])) for row in rows]}
+    page = await read_page(
+        db,
+        fields="state",
+        source="api_keys",
+        keyset=BY_CREATION,
+        clauses=clauses,
+        params=params,
+        after=page_after(request),
+        limit=limit,
+    )
+    return {"keys": [key_to_dict(_decode(row[0])) for row in page], "next": page.next}

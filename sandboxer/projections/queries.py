@@ -21,6 +21,7 @@ from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
 from sandboxer.domain.timestamps import shift
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_sandbox_id
+from sandboxer.pagination import page_after, page_limit
 from sandboxer.projections.account_rows import answer_account_query
 from sandboxer.projections.consumer_filter import consumer_filter
 from sandboxer.projections.key_queries import KeyQueries
@@ -34,7 +35,6 @@ __all__ = ["QueryService"]
 log = logging.getLogger(__name__)
 
 QUEUE = "sandboxer-projector"
-MAX_LIMIT = 10_000
 
 
 def _field(request: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
@@ -121,9 +121,6 @@ class QueryService:
 
     async def _list(self, request: dict[str, Any]) -> dict[str, Any]:
         position = await self._consistent(request)
-        limit = _field(request, "limit", int, 1000)
-        if not 0 < limit <= MAX_LIMIT:
-            raise RequestError(f"limit must be between 1 and {MAX_LIMIT}")
         assert self._projector.view is not None
         states = await self._projector.view.list_states(
             status=_field(request, "status", str),
@@ -131,10 +128,12 @@ class QueryService:
             due_before=_timestamp(request, "due_before"),
             consumer=consumer_filter(request),
             project=_project(request),
-            limit=limit,
+            after=page_after(request),
+            limit=page_limit(request),
         )
         return {
             "sandboxes": [state_to_dict(s) for s in states],
+            "next": states.next,
             "position": position,
         }
 
@@ -179,9 +178,6 @@ class QueryService:
 
     async def _snapshot_list(self, request: dict[str, Any]) -> dict[str, Any]:
         position = await self._consistent(request)
-        limit = _field(request, "limit", int, 1000)
-        if not 0 < limit <= MAX_LIMIT:
-            raise RequestError(f"limit must be between 1 and {MAX_LIMIT}")
         sandbox_id = _field(request, "sandbox_id", str)
         if sandbox_id is not None and not is_valid_sandbox_id(sandbox_id):
             raise RequestError(f"invalid sandbox_id {sandbox_id!r}")
@@ -190,10 +186,12 @@ class QueryService:
             sandbox_id=sandbox_id,
             include_deleted=bool(_field(request, "include_deleted", bool, False)),
             project=_project(request),
-            limit=limit,
+            after=page_after(request),
+            limit=page_limit(request),
         )
         return {
             "snapshots": [snapshot_to_dict(s) for s in states],
+            "next": states.next,
             "position": position,
         }
 

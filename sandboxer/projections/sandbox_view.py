@@ -31,6 +31,7 @@ from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_state import SnapshotState
 from sandboxer.events.types import CommandRejected, HostEvent, HostInspected
+from sandboxer.pagination import SANDBOXES, SANDBOXES_DUE, Page
 from sandboxer.projections.account_rows import (
     ACCOUNT_SCHEMA,
     ACCOUNT_TABLES,
@@ -46,6 +47,7 @@ from sandboxer.projections.key_rows import (
     load_key,
     save_key_rows,
 )
+from sandboxer.projections.pages import Keyset, read_page
 from sandboxer.projections.route_rows import (
     ROUTE_SCHEMA,
     ROUTE_TABLES,
@@ -131,6 +133,8 @@ FINGERPRINT = hashlib.sha256(
 """What the rows were written by: the view's version, its tables and the state's shape."""
 
 NAME = "sandboxes"
+BY_CREATION = Keyset(SANDBOXES, ("created_at", "sandbox_id"))
+BY_DUE = Keyset(SANDBOXES_DUE, ("due_at", "sandbox_id"))
 _encode = msgspec.json.Encoder().encode
 _decode_state = msgspec.json.Decoder(SandboxState).decode
 
@@ -333,13 +337,14 @@ class SandboxView:
         due_before: str | None = None,
         consumer: ConsumerFilter | None = None,
         project: str | None = None,
+        after: str | None = None,
         limit: int = 1000,
-    ) -> list[SandboxState]:
-        """Sandboxes in creation order; with ``due_before``, only those whose TTL or idle
-        deadline is at or before that time, earliest first (what the expirer sweeps); with
-        ``consumer``, only those whose consumer has every part it names; with ``project``,
-        only that project's (its creator's: what a key of the project may see)."""
-        query = "SELECT state FROM sandboxes"
+    ) -> Page[SandboxState]:
+        """Sandboxes in creation order, after the cursor ``after``; with ``due_before``, only
+        those whose TTL or idle deadline is at or before that time, earliest first (what the
+        expirer sweeps); with ``consumer``, only those whose consumer has every part it
+        names; with ``project``, only that project's (its creator's: what a key of the
+        project may see)."""
         clauses: list[str] = []
         params: list[Any] = []
         if consumer is not None:
@@ -355,14 +360,17 @@ class SandboxView:
             params.append(status)
         elif not include_destroyed:
             clauses.append("status != 'destroyed'")
-        if clauses:
-            query += " WHERE " + " AND ".join(clauses)
-        order = "due_at, sandbox_id" if due_before is not None else "created_at, sandbox_id"
-        query += f" ORDER BY {order} LIMIT ?"
-        params.append(limit)
-        async with self._db.execute(query, params) as cursor:
-            rows = await cursor.fetchall()
-        return [_decode_state(row[0]) for row in rows]
+        page = await read_page(
+            self._db,
+            fields="state",
+            source="sandboxes",
+            keyset=BY_DUE if due_before is not None else BY_CREATION,
+            clauses=clauses,
+            params=params,
+            after=after,
+            limit=limit,
+        )
+        return page.map(lambda row: _decode_state(row[0]))
 
     async def load_snapshot(self, snapshot_id: str) -> SnapshotState | None:
         return await load_snapshot(self._db, snapshot_id)
@@ -373,13 +381,15 @@ class SandboxView:
         sandbox_id: str | None = None,
         include_deleted: bool = False,
         project: str | None = None,
+        after: str | None = None,
         limit: int = 1000,
-    ) -> list[SnapshotState]:
+    ) -> Page[SnapshotState]:
         return await list_snapshots(
             self._db,
             sandbox_id=sandbox_id,
             include_deleted=include_deleted,
             project=project,
+            after=after,
             limit=limit,
         )
 

@@ -14,6 +14,8 @@ import aiosqlite
 import msgspec
 
 from sandboxer.domain.snapshot_state import SnapshotState
+from sandboxer.pagination import SNAPSHOTS, Page
+from sandboxer.projections.pages import Keyset, read_page
 from sandboxer.projections.rows import write_rows
 
 __all__ = [
@@ -79,17 +81,22 @@ async def load_snapshot(db: aiosqlite.Connection, snapshot_id: str) -> SnapshotS
     return _decode(row[0]) if row else None
 
 
+SNAPSHOT_ORDER = Keyset(SNAPSHOTS, ("requested_at", "snapshot_id"))
+
+
 async def list_snapshots(
     db: aiosqlite.Connection,
     *,
     sandbox_id: str | None = None,
     include_deleted: bool = False,
     project: str | None = None,
+    after: str | None = None,
     limit: int = 1000,
-) -> list[SnapshotState]:
-    """Snapshots in the order they were requested; deleted ones only when asked for. With
-    ``project``: that project's only (the column holds each snapshot's owner, also for one
-    recorded before snapshots recorded their project), so the limit counts its rows alone."""
+) -> Page[SnapshotState]:
+    """Snapshots in the order they were requested, after the cursor ``after``; deleted ones
+    only when asked for. With ``project``: that project's only (the column holds each
+    snapshot's owner, also for one recorded before snapshots recorded their project), so
+    the limit counts its rows alone."""
     clauses: list[str] = []
     params: list[Any] = []
     if project is not None:
@@ -100,11 +107,14 @@ async def list_snapshots(
         params.append(sandbox_id)
     if not include_deleted:
         clauses.append("status != 'deleted'")
-    query = "SELECT state FROM snapshots"
-    if clauses:
-        query += " WHERE " + " AND ".join(clauses)
-    query += " ORDER BY requested_at, snapshot_id LIMIT ?"
-    params.append(limit)
-    async with db.execute(query, params) as cursor:
-        rows = await cursor.fetchall()
-    return [_decode(row[0]) for row in rows]
+    page = await read_page(
+        db,
+        fields="state",
+        source="snapshots",
+        keyset=SNAPSHOT_ORDER,
+        clauses=clauses,
+        params=params,
+        after=after,
+        limit=limit,
+    )
+    return page.map(lambda row: _decode(row[0]))
