@@ -1,10 +1,11 @@
 """Running one command and streaming its output as it is produced.
 
-The output pipes are created here rather than by asyncio (``stdout=PIPE``):
-on Python 3.11 ``Process.wait()`` also waits for every pipe to close, so a
-command that leaves a background process holding stdout (``server &``) would
-hang the caller forever. Here the exit status is awaited on its own, then the
-pipes get a short grace period to drain before they are closed.
+The command is started by :mod:`.spawn` (not by asyncio: see there why), and its
+output pipes are read here. Its exit status is awaited on its own, not with the
+pipes' end (as asyncio's ``Process.wait()`` does on Python 3.11), since a command
+that leaves a background process holding stdout (``server &``) would hang the
+caller forever: once it exits, the pipes get a short grace period to drain before
+they are closed.
 
 Standard input is a pipe of ours too when the caller streams some: a feeder
 writes each chunk (in a thread, so a command that reads slowly holds back the
@@ -19,13 +20,13 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterator, Sequence
+import subprocess
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from sandboxer.errors import ExtensionError
 from sandboxer.extensions.base import OutputSink, Stdin
-from sandboxer.extensions.local import keyrings
 from sandboxer.extensions.local.holder import HOST_ENV, pipe_chunks
+from sandboxer.extensions.local.spawn import Started, spawn
 
 __all__ = ["run_streaming"]
 
@@ -64,7 +65,7 @@ async def _feed(fd: int, stdin: Stdin) -> None:
         transport.close()
 
 
-async def _stop(proc: asyncio.subprocess.Process, tasks: list[asyncio.Future[None]]) -> None:
+async def _stop(proc: Started, tasks: list[asyncio.Future[None]]) -> None:
     """Kill the command's process group if it still runs, then end its pumps and feeder."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -73,27 +74,6 @@ async def _stop(proc: asyncio.subprocess.Process, tasks: list[asyncio.Future[Non
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-@contextlib.contextmanager
-def _session_keyring(*, own: bool) -> Iterator[None]:
-    """With ``own``, a new session keyring for this thread just before the command starts,
-    and another after it (see :func:`run_streaming`)."""
-    if not own:
-        yield
-        return
-    try:
-        keyrings.join_new_session()
-    except OSError as exc:
-        raise ExtensionError(
-            f"the command could not be given a session keyring of its own: {exc}",
-            extension="ext.local",
-        ) from exc
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):  # else the next command's own replaces it
-            keyrings.join_new_session()
 
 
 async def run_streaming(
@@ -112,25 +92,21 @@ async def run_streaming(
     command's whole process group is killed before the error propagates.
 
     ``own_session_keyring``: the command holds a session keyring that nothing else holds
-    (:mod:`.keyrings`). This thread joins a new empty one just before the command is forked
-    from it (asyncio forks in the calling thread, before its first suspension, so no other
-    task starts anything in between), and another just after, so that the worker keeps
-    none the command holds.
+    (:mod:`.keyrings`, :mod:`.spawn`).
     """
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     in_read, in_write = os.pipe() if stdin is not None else (-1, -1)
     try:
-        with _session_keyring(own=own_session_keyring):
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=in_read if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=out_write,
-                stderr=err_write,
-                start_new_session=True,
-                pass_fds=tuple(pass_fds),
-                env=HOST_ENV,
-            )
+        proc = spawn(
+            argv,
+            stdin=in_read if stdin is not None else subprocess.DEVNULL,
+            stdout=out_write,
+            stderr=err_write,
+            pass_fds=pass_fds,
+            env=HOST_ENV,
+            own_session_keyring=own_session_keyring,
+        )
     except BaseException:
         os.close(out_read)
         os.close(err_read)
