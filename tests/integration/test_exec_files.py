@@ -33,7 +33,7 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import CommandFailed, SandboxerClient
-from sandboxer.errors import PathRefused, ServiceNotRunning, WorkspaceRefused
+from sandboxer.errors import InvalidInput, PathRefused, ServiceNotRunning, WorkspaceRefused
 from sandboxer.subjects import EVENTS_STREAM, WORKSPACES_BUCKET, exec_subject
 from sandboxer.workers import exec_service, file_service
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
@@ -154,8 +154,8 @@ async def test_a_timeout_kills_the_command_and_says_so(service: Service, sandbox
 
 
 async def test_an_invalid_timeout_is_refused(service: Service, sandbox: str) -> None:
-    for bad in (0, -1, 10**9):
-        with pytest.raises(CommandFailed, match="timeout must be"):
+    for bad in (0, -1, 10**9):  # the worker's refusal: code invalid_input
+        with pytest.raises(InvalidInput, match="timeout must be"):
             await service.client.exec(sandbox, ["true"], lambda _s, _d: None, command_timeout=bad)
 
 
