@@ -12,8 +12,10 @@ import typer
 from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.consumer_options import CONSUMER_PARTS
 from sandboxer.cli.output import print_json, print_table, say
+from sandboxer.cli.paging import AfterOpt, AllPagesOpt, LimitOpt, read_pages, tell_cut
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.account_decide import format_credits
+from sandboxer.pagination import DEFAULT_LIMIT, Page
 
 __all__ = ["credits_app", "usage"]
 
@@ -44,10 +46,21 @@ def credits_add(
 @credits_app.command("show")
 def credits_show(
     project: Annotated[str | None, typer.Argument(help="one project (default: all)")] = None,
+    limit: LimitOpt = DEFAULT_LIMIT,
+    after: AfterOpt = None,
+    all_pages: AllPagesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Balances, reservations and spending of one project or of every project."""
-    accounts = run(with_client(lambda c: c.credits(project)))
+    """Balances, reservations and spending of one project or of every project (by project,
+    a page of --limit at a time: stderr says when more follow)."""
+    accounts = run(
+        with_client(
+            lambda c: read_pages(
+                c.credits, after=after, all_pages=all_pages, project=project, limit=limit
+            )
+        )
+    )
+    tell_cut(accounts, "accounts")
     if as_json:
         print_json(accounts[0] if project and accounts else accounts)
         return
@@ -136,21 +149,26 @@ def usage(
             "--by", help="group by a part of the sandboxes' consumer: harness, session, run, job"
         ),
     ] = None,
+    limit: LimitOpt = DEFAULT_LIMIT,
+    after: AfterOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Spend by project, profile and backend over a period, from the metered sandboxes (with
-    --by, by the sandboxes' consumer instead)."""
+    --by, by the sandboxes' consumer instead). --json adds the metered sandboxes, a page of
+    --limit (stderr says when more follow)."""
     group = None if by is None else CONSUMER_PARTS.get(by, by)
     if group is not None and group not in CONSUMER_PARTS.values():
         say(f"error: --by {by}: use one of {', '.join(CONSUMER_PARTS)}")
         raise typer.Exit(2)
 
     async def work(client: SandboxerClient) -> dict[str, Any]:
-        return await client.usage(project=project, since=since, until=until, by=group)
+        window = {"project": project, "since": since, "until": until, "by": group}
+        return await client.usage(**window, limit=limit, after=after)
 
     report = run(with_client(work))
     if as_json:
         print_json(report)
+        tell_cut(Page(next=report.get("next")), "metered sandboxes")
         return
     if group is not None:
         print_table(

@@ -7,6 +7,7 @@ the key itself. Each command is an event (``key_created``, ``key_revoked``).
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -18,7 +19,9 @@ from sandboxer.bus.key_users import KeyUsers, bus_hash_for
 from sandboxer.bus.permissions import KeyUser, key_user_entries
 from sandboxer.cli.common import JsonOpt, exit_code, run, with_client
 from sandboxer.cli.output import print_json, print_table, say
+from sandboxer.cli.paging import AfterOpt, AllPagesOpt, LimitOpt, read_pages, tell_cut
 from sandboxer.client import SandboxerClient
+from sandboxer.client.pages import page_of
 from sandboxer.domain.key_state import (
     DEFAULT_MAX_LIVE,
     DEFAULT_RATE_PER_SECOND,
@@ -28,6 +31,7 @@ from sandboxer.domain.key_state import (
 )
 from sandboxer.errors import OutcomePending
 from sandboxer.ids import new_command_id
+from sandboxer.pagination import DEFAULT_LIMIT, Page
 
 __all__ = ["create_key", "keys_app", "list_keys", "revoke_key"]
 
@@ -107,14 +111,24 @@ async def revoke_key(
 
 
 async def list_keys(
-    client: SandboxerClient, *, project: str | None = None, include_revoked: bool = False
-) -> list[dict[str, Any]]:
-    """The keys (never their hashes), oldest first."""
-    request: dict[str, Any] = {"include_revoked": include_revoked, "min_seq": client.seen_seq}
+    client: SandboxerClient,
+    *,
+    project: str | None = None,
+    include_revoked: bool = False,
+    limit: int = DEFAULT_LIMIT,
+    after: str | None = None,
+) -> Page[dict[str, Any]]:
+    """A page of the keys (never their hashes), oldest first, after the cursor ``after``."""
+    request: dict[str, Any] = {
+        "include_revoked": include_revoked,
+        "limit": limit,
+        "min_seq": client.seen_seq,
+    }
     if project is not None:
         request["project"] = project
-    reply = await client.query(subjects.QUERY_KEY_LIST, request)
-    return list(reply["keys"])
+    if after is not None:
+        request["after"] = after
+    return page_of(await client.query(subjects.QUERY_KEY_LIST, request), "keys", after)
 
 
 @keys_app.command("create")
@@ -192,12 +206,24 @@ def keys_create(
 def keys_list(
     project: Annotated[str | None, typer.Option("--project", help="one project's keys")] = None,
     include_revoked: Annotated[bool, typer.Option("--revoked", help="revoked keys too")] = False,
+    limit: LimitOpt = DEFAULT_LIMIT,
+    after: AfterOpt = None,
+    all_pages: AllPagesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """The API keys (ids, projects, types, limits; never the keys or their hashes)."""
+    """The API keys (ids, projects, types, limits; never the keys or their hashes), oldest
+    first, a page of --limit at a time (stderr says when more follow)."""
     keys = run(
-        with_client(lambda c: list_keys(c, project=project, include_revoked=include_revoked))
+        with_client(
+            lambda c: read_pages(
+                functools.partial(list_keys, c, project=project, include_revoked=include_revoked),
+                after=after,
+                all_pages=all_pages,
+                limit=limit,
+            )
+        )
     )
+    tell_cut(keys, "keys")
     if as_json:
         print_json(keys)
         return

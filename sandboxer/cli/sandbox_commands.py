@@ -16,10 +16,12 @@ import typer
 from sandboxer.cli.common import JsonOpt, load_settings, run, with_client
 from sandboxer.cli.consumer_options import consumer_filter
 from sandboxer.cli.output import Progress, print_json, print_table, say
+from sandboxer.cli.paging import AfterOpt, AllPagesOpt, LimitOpt, read_pages, tell_cut
 from sandboxer.cli.uploads import plan_uploads, upload_directory_inputs
 from sandboxer.client import SandboxerClient
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.errors import InvalidNetworkPolicy
+from sandboxer.pagination import DEFAULT_LIMIT
 
 __all__ = [
     "create",
@@ -243,9 +245,13 @@ def list_sandboxes(
     label: Annotated[
         list[str] | None, typer.Option(help="only sandboxes with this consumer label (k=v)")
     ] = None,
+    limit: LimitOpt = DEFAULT_LIMIT,
+    after: AfterOpt = None,
+    all_pages: AllPagesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List sandboxes (destroyed ones only with --all), filtered by status and consumer."""
+    """List sandboxes, oldest first (destroyed ones only with --all), filtered by status and
+    consumer; a page of --limit at a time (stderr says when more follow)."""
     try:
         consumer = consumer_filter(
             harness=harness, session=session, run=run_id, job=job, labels=label or []
@@ -255,9 +261,18 @@ def list_sandboxes(
         raise typer.Exit(2) from None
     sandboxes = run(
         with_client(
-            lambda c: c.list_sandboxes(status=status, include_destroyed=all_, consumer=consumer)
+            lambda c: read_pages(
+                c.list_sandboxes,
+                after=after,
+                all_pages=all_pages,
+                status=status,
+                include_destroyed=all_,
+                consumer=consumer,
+                limit=limit,
+            )
         )
     )
+    tell_cut(sandboxes, "sandboxes")
     if as_json:
         print_json(sandboxes)
         return

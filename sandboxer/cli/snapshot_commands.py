@@ -13,9 +13,11 @@ import typer
 
 from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.output import print_json, print_table
+from sandboxer.cli.paging import AfterOpt, AllPagesOpt, LimitOpt, read_pages, tell_cut
 from sandboxer.cli.sandbox_commands import _parse_inputs
 from sandboxer.client import SandboxerClient
 from sandboxer.errors import InvalidInput
+from sandboxer.pagination import DEFAULT_LIMIT
 
 __all__ = ["restore", "snapshot", "snapshots_app"]
 
@@ -81,12 +83,26 @@ def snapshots_list(
         str | None, typer.Option("--sandbox", help="only this sandbox's snapshots")
     ] = None,
     include_deleted: Annotated[bool, typer.Option("--all", help="deleted ones too")] = False,
+    limit: LimitOpt = DEFAULT_LIMIT,
+    after: AfterOpt = None,
+    all_pages: AllPagesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List snapshots, oldest first."""
+    """List snapshots, oldest first; a page of --limit at a time (stderr says when more
+    follow)."""
     found = run(
-        with_client(lambda c: c.snapshots(sandbox_id=sandbox_id, include_deleted=include_deleted))
+        with_client(
+            lambda c: read_pages(
+                c.snapshots,
+                after=after,
+                all_pages=all_pages,
+                sandbox_id=sandbox_id,
+                include_deleted=include_deleted,
+                limit=limit,
+            )
+        )
     )
+    tell_cut(found, "snapshots")
     if as_json:
         print_json(found)
         return

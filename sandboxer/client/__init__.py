@@ -3,7 +3,8 @@
 - :class:`Sandboxer` (``api.py``) is the public API: async, typed results
   (``results.py``), the same calls over the bus (``bus_transport.py``) or the HTTP
   gateway (``http.py``, with ``http_errors.py`` and ``sse.py``), errors of the one
-  tree in :mod:`sandboxer.errors`.
+  tree in :mod:`sandboxer.errors`; lists answer a :class:`Page` at a time, and
+  :func:`pages` (``pages.py``) walks them.
 - :class:`SandboxerClient` (``bus.py``) is the low-level bus client the CLI, the
   gateway and :class:`Sandboxer` over the bus are built on: commands and queries of
   docs/protocol.md, answering with the service's JSON as ``dict``.
@@ -19,6 +20,7 @@ from sandboxer.client.bus import (
     Uploaded,
     UploadProgress,
 )
+from sandboxer.client.pages import pages
 from sandboxer.client.results import (
     Accepted,
     Account,
@@ -30,6 +32,7 @@ from sandboxer.client.results import (
     Usage,
     UsageRow,
 )
+from sandboxer.pagination import Page
 
 __all__ = [
     "Accepted",
@@ -40,6 +43,7 @@ __all__ = [
     "EventCallback",
     "ExecResult",
     "OutputCallback",
+    "Page",
     "RouteExplanation",
     "Sandbox",
     "Sandboxer",
@@ -49,4 +53,5 @@ __all__ = [
     "Uploaded",
     "Usage",
     "UsageRow",
+    "pages",
 ]

@@ -18,14 +18,15 @@ transports. Ids are checked here, before anything is sent, so a malformed one is
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from sandboxer.bus.nats_auth import NatsCredentials
 from sandboxer.client.bus import SandboxerClient
 from sandboxer.client.bus_transport import BusTransport
+from sandboxer.client.pages import Paged, pages
 from sandboxer.client.results import (
     Accepted,
     Account,
@@ -41,6 +42,7 @@ from sandboxer.command_outcomes import notify
 from sandboxer.config.settings import Settings
 from sandboxer.errors import BusError, InvalidInput, ServiceNotRunning
 from sandboxer.ids import is_valid_sandbox_id
+from sandboxer.pagination import ACCOUNTS, SANDBOXES, SNAPSHOTS, USAGE, Listing, Page
 from sandboxer.service_discovery import find_service_urls, read_service_file
 from sandboxer.transfer import Copied, StdinSource
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB
@@ -56,6 +58,7 @@ API_KEY_VARIABLE = "SANDBOXER_API_KEY"
 """With it set, :meth:`Sandboxer.from_env` speaks the HTTP API bearing this key."""
 HTTP_URL_VARIABLE = "SANDBOXER_HTTP_URL"
 """The gateway's URL; without it, the ``http_url`` of the local service's record."""
+P = TypeVar("P", bound=Paged)
 
 
 def _check_id(value: str, what: str = "sandbox") -> None:
@@ -63,6 +66,13 @@ def _check_id(value: str, what: str = "sandbox") -> None:
         raise InvalidInput(
             f"invalid {what} id {value!r}: use lowercase letters and digits, 8 to 32 characters"
         )
+
+
+def _check_cursor(after: str | None, listing: Listing) -> None:
+    """A cursor that is not ``listing``'s own is RequestError before anything is sent, on
+    both transports alike (the gateway would answer 422, the bus's service refuse it)."""
+    if after is not None:
+        listing.position(after)
 
 
 class Sandboxer:
@@ -261,17 +271,22 @@ class Sandboxer:
         include_destroyed: bool = False,
         limit: int = 1000,
         consumer: Mapping[str, Any] | None = None,
-    ) -> list[Sandbox]:
-        """Sandboxes, oldest first (destroyed ones with ``include_destroyed``); ``consumer``
-        (``{"harness": "agents", "labels": {"team": "core"}}``) keeps those whose consumer has
-        every part it names."""
+        after: str | None = None,
+    ) -> Page[Sandbox]:
+        """A page of sandboxes, oldest first (destroyed ones with ``include_destroyed``);
+        ``consumer`` (``{"harness": "agents", "labels": {"team": "core"}}``) keeps those whose
+        consumer has every part it names. The page is a list; its ``next`` is the cursor to
+        pass as ``after`` for the page after it (None: none follows); :meth:`pages` walks
+        them all."""
+        _check_cursor(after, SANDBOXES)
         rows = await self._transport.list_sandboxes(
             status=status,
             include_destroyed=include_destroyed,
             limit=limit,
             consumer=dict(consumer or {}),
+            after=after,
         )
-        return [Sandbox.from_row(row) for row in rows]
+        return rows.map(Sandbox.from_row)
 
     @overload
     async def destroy(
@@ -398,15 +413,22 @@ class Sandboxer:
         return None if row is None else Snapshot.from_row(row)
 
     async def snapshots(
-        self, *, sandbox_id: str | None = None, include_deleted: bool = False, limit: int = 1000
-    ) -> list[Snapshot]:
-        """Snapshots in the order they were requested (one sandbox's with ``sandbox_id``)."""
+        self,
+        *,
+        sandbox_id: str | None = None,
+        include_deleted: bool = False,
+        limit: int = 1000,
+        after: str | None = None,
+    ) -> Page[Snapshot]:
+        """A page of snapshots in the order they were requested (one sandbox's with
+        ``sandbox_id``); ``after`` and ``next`` as :meth:`list_sandboxes`'."""
         if sandbox_id is not None:
             _check_id(sandbox_id)
+        _check_cursor(after, SNAPSHOTS)
         rows = await self._transport.snapshots(
-            sandbox_id=sandbox_id, include_deleted=include_deleted, limit=limit
+            sandbox_id=sandbox_id, include_deleted=include_deleted, limit=limit, after=after
         )
-        return [Snapshot.from_row(row) for row in rows]
+        return rows.map(Snapshot.from_row)
 
     async def delete_snapshot(
         self, snapshot_id: str, *, command_id: str | None = None, timeout: float = 60.0
@@ -521,10 +543,15 @@ class Sandboxer:
 
     # -- credits, usage and routing ----------------------------------------------------------
 
-    async def credits(self, project: str | None = None) -> list[Account]:
-        """Every account the actor may see, or ``project``'s alone (none before its first
-        credits): balance, reserved, available, budget (1 credit = 1 micro-USD)."""
-        return [Account.from_row(row) for row in await self._transport.credits(project)]
+    async def credits(
+        self, project: str | None = None, *, limit: int = 1000, after: str | None = None
+    ) -> Page[Account]:
+        """A page of the accounts the actor may see, by project, or ``project``'s alone (none
+        before its first credits): balance, reserved, available, budget (1 credit = 1
+        micro-USD); ``after`` and ``next`` as :meth:`list_sandboxes`'."""
+        _check_cursor(after, ACCOUNTS)
+        rows = await self._transport.credits(project, limit=limit, after=after)
+        return rows.map(Account.from_row)
 
     async def usage(
         self,
@@ -534,14 +561,27 @@ class Sandboxer:
         until: str | None = None,
         limit: int = 1000,
         by: str | None = None,
+        after: str | None = None,
     ) -> Usage:
         """Metered sandboxes and spend by project, profile and backend (``since`` and
         ``until``: a date or a UTC time); with ``by`` (``harness``, ``session_id``, ``run_id``,
-        ``job_id``) the summary is spend by that part of the sandboxes' consumer."""
+        ``job_id``) the summary is spend by that part of the sandboxes' consumer. ``rows`` is
+        a page of at most ``limit`` (``after`` and ``next`` as :meth:`list_sandboxes`'); the
+        summary and total count the whole period."""
+        _check_cursor(after, USAGE)
         reply = await self._transport.usage(
-            project=project, since=since, until=until, limit=limit, by=by
+            project=project, since=since, until=until, limit=limit, by=by, after=after
         )
         return Usage.from_reply(reply)
+
+    @staticmethod
+    def pages(
+        list_page: Callable[..., Awaitable[P]], /, *, after: str | None = None, **asked: Any
+    ) -> AsyncIterator[P]:
+        """Every page of one of the lists above, one request each, following ``next``:
+        ``async for page in sbx.pages(sbx.list_sandboxes, status="ready"): ...``
+        (``after``: start after that cursor rather than at the first page)."""
+        return pages(list_page, after=after, **asked)
 
     async def route_explain(self, profile: str, ttl: str | None = None) -> RouteExplanation:
         """How a create of ``profile`` would be routed now, and why; nothing is created."""

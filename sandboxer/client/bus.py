@@ -27,6 +27,7 @@ from sandboxer.bus.key_users import key_credentials
 from sandboxer.bus.nats_auth import NatsCredentials
 from sandboxer.bus.publish import publish_durably
 from sandboxer.bus.streams import replicas_for
+from sandboxer.client.pages import page_of, paged_reply
 from sandboxer.command_outcomes import (
     CommandFailed,
     EventCallback,
@@ -37,6 +38,7 @@ from sandboxer.command_outcomes import (
 from sandboxer.config.settings import Settings
 from sandboxer.errors import BusError, InvalidInput, RequestError, SandboxerError
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
+from sandboxer.pagination import Page
 from sandboxer.service_discovery import client_credentials, find_service_urls
 from sandboxer.transfer import (
     Copied,
@@ -213,11 +215,12 @@ class SandboxerClient:
         limit: int = 1000,
         consumer: Mapping[str, Any] | None = None,
         project: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Sandboxes of the view, oldest first (``status`` filters; destroyed ones only with
-        ``include_destroyed``); ``due_before`` (a UTC time like events carry) keeps those
-        whose TTL or idle deadline is at or before it, earliest first; ``project``, that
-        project's only."""
+        after: str | None = None,
+    ) -> Page[dict[str, Any]]:
+        """A page of the view's sandboxes, oldest first (``status`` filters; destroyed ones
+        only with ``include_destroyed``); ``due_before`` (a UTC time like events carry) keeps
+        those whose TTL or idle deadline is at or before it, earliest first; ``project``,
+        that project's only. ``after``: the ``next`` of the page before (pages.py)."""
         request: dict[str, Any] = {
             "include_destroyed": include_destroyed,
             "limit": limit,
@@ -229,12 +232,11 @@ class SandboxerClient:
             request["status"] = status
         if due_before is not None:
             request["due_before"] = due_before
+        if after is not None:
+            request["after"] = after
         # harness, session_id, run_id, job_id, labels (docs/protocol.md#consumer-attribution)
         request |= {k: v for k, v in (consumer or {}).items() if v}
-        sandboxes: list[dict[str, Any]] = (await self.query(subjects.QUERY_LIST, request))[
-            "sandboxes"
-        ]
-        return sandboxes
+        return page_of(await self.query(subjects.QUERY_LIST, request), "sandboxes", after)
 
     async def route_explain(self, profile: str, ttl: str | None = None) -> dict[str, Any]:
         """How a create of ``profile`` would be routed now (the control worker answers;
@@ -348,22 +350,29 @@ class SandboxerClient:
             scope=subjects.account_events_filter(project),
         )
 
-    async def credits(self, project: str | None = None) -> list[dict[str, Any]]:
-        """The accounts (or ``project``'s alone, when it has one): balance, reserved, budget."""
+    async def credits(
+        self, project: str | None = None, *, limit: int = 1000, after: str | None = None
+    ) -> Page[dict[str, Any]]:
+        """A page of the accounts by project (or ``project``'s alone, when it has one):
+        balance, reserved, budget. ``after``: the ``next`` of the page before."""
         if project is None:
-            reply = await self.query(subjects.QUERY_CREDITS_LIST, {"min_seq": self.seen_seq})
-            return list(reply["accounts"])
+            request: dict[str, Any] = {"limit": limit, "min_seq": self.seen_seq}
+            if after is not None:
+                request["after"] = after
+            reply = await self.query(subjects.QUERY_CREDITS_LIST, request)
+            return page_of(reply, "accounts", after)
         request = {"project": project, "min_seq": self.seen_seq}
         account = (await self.query(subjects.QUERY_CREDITS_GET, request))["account"]
-        return [] if account is None else [account]
+        return Page([] if account is None else [account])
 
     async def usage(self, **window: Any) -> dict[str, Any]:
-        """Metered sandboxes and spend by project, profile and backend (``project``, ``since``,
-        ``until``, ``limit``: all optional)."""
+        """Metered sandboxes (a page of them, with ``next``) and spend by project, profile and
+        backend (``project``, ``since``, ``until``, ``limit``, ``after``: all optional)."""
         request = {k: v for k, v in window.items() if v is not None}
         reply: dict[str, Any] = await self.query(
             subjects.QUERY_USAGE_LIST, {**request, "min_seq": self.seen_seq}
         )
+        paged_reply(reply, request.get("after"))
         return reply
 
     # -- uploads -------------------------------------------------------------------------------
@@ -648,9 +657,11 @@ class SandboxerClient:
         include_deleted: bool = False,
         limit: int = 1000,
         project: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Snapshots in the order they were requested (of one sandbox with ``sandbox_id``;
-        with ``project``, that project's only: its sandboxes', whoever took them)."""
+        after: str | None = None,
+    ) -> Page[dict[str, Any]]:
+        """A page of snapshots in the order they were requested (of one sandbox with
+        ``sandbox_id``; with ``project``, that project's only: its sandboxes', whoever took
+        them). ``after``: the ``next`` of the page before."""
         request: dict[str, Any] = {
             "include_deleted": include_deleted,
             "limit": limit,
@@ -660,10 +671,9 @@ class SandboxerClient:
             request["project"] = project
         if sandbox_id is not None:
             request["sandbox_id"] = sandbox_id
-        found: list[dict[str, Any]] = (await self.query(subjects.QUERY_SNAPSHOT_LIST, request))[
-            "snapshots"
-        ]
-        return found
+        if after is not None:
+            request["after"] = after
+        return page_of(await self.query(subjects.QUERY_SNAPSHOT_LIST, request), "snapshots", after)
 
     def _about(self, sandbox_id: str, command_id: str | None, **fields: str) -> dict[str, Any]:
         """A command about one sandbox, from this client's actor."""

@@ -19,6 +19,7 @@ from sandboxer.client.http_errors import NOT_FOUND_CODES
 from sandboxer.client.transport import OutputCallback, Row
 from sandboxer.errors import BusError, CommandFailed, InvalidInput, NotFound
 from sandboxer.ids import derive_sandbox_id, new_command_id
+from sandboxer.pagination import Page
 from sandboxer.transfer import Copied, StdinSource
 
 __all__ = ["BusTransport"]
@@ -140,9 +141,14 @@ class BusTransport:
         include_destroyed: bool,
         limit: int,
         consumer: Mapping[str, Any] | None = None,
-    ) -> list[Row]:
+        after: str | None = None,
+    ) -> Page[Row]:
         return await self.client.list_sandboxes(
-            status=status, include_destroyed=include_destroyed, limit=limit, consumer=consumer
+            status=status,
+            include_destroyed=include_destroyed,
+            limit=limit,
+            consumer=consumer,
+            after=after,
         )
 
     async def destroy(
@@ -212,10 +218,15 @@ class BusTransport:
         return await self.client.snapshot_get(snapshot_id)
 
     async def snapshots(
-        self, *, sandbox_id: str | None, include_deleted: bool, limit: int
-    ) -> list[Row]:
+        self,
+        *,
+        sandbox_id: str | None,
+        include_deleted: bool,
+        limit: int,
+        after: str | None = None,
+    ) -> Page[Row]:
         return await self.client.snapshots(
-            sandbox_id=sandbox_id, include_deleted=include_deleted, limit=limit
+            sandbox_id=sandbox_id, include_deleted=include_deleted, limit=limit, after=after
         )
 
     async def delete_snapshot(
@@ -288,8 +299,10 @@ class BusTransport:
 
     # -- credits and routing ---------------------------------------------------------------------
 
-    async def credits(self, project: str | None) -> list[Row]:
-        return await self.client.credits(project)
+    async def credits(
+        self, project: str | None, *, limit: int = 1000, after: str | None = None
+    ) -> Page[Row]:
+        return await self.client.credits(project, limit=limit, after=after)
 
     async def usage(
         self,
@@ -299,9 +312,10 @@ class BusTransport:
         until: str | None,
         limit: int,
         by: str | None = None,
+        after: str | None = None,
     ) -> Row:
         return await self.client.usage(
-            project=project, since=since, until=until, limit=limit, by=by
+            project=project, since=since, until=until, limit=limit, by=by, after=after
         )
 
     async def route_explain(self, profile: str, ttl: str | None) -> Row:

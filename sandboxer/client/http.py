@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from sandboxer.client.http_errors import error_for
+from sandboxer.client.pages import page_of, paged_reply
 from sandboxer.client.sse import SseParser
 from sandboxer.client.transport import OutputCallback, Row
 from sandboxer.command_outcomes import notify
@@ -42,6 +43,7 @@ from sandboxer.errors import (
     WorkspaceRefused,
 )
 from sandboxer.ids import new_command_id
+from sandboxer.pagination import Page
 from sandboxer.transfer import Copied, StdinSource, copy_target, place_copy
 from sandboxer.workers.file_service import check_path
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -239,16 +241,21 @@ class HttpTransport:
         include_destroyed: bool,
         limit: int,
         consumer: Mapping[str, Any] | None = None,
-    ) -> list[Row]:
+        after: str | None = None,
+    ) -> Page[Row]:
         params: dict[str, Any] = {"include_destroyed": include_destroyed, "limit": limit}
         if status is not None:
             params["status"] = status
+        if after is not None:
+            params["after"] = after
         wanted = dict(consumer or {})
         params |= {k: v for k, v in wanted.items() if k != "labels" and v is not None}
         labels = wanted.get("labels") or {}
         if labels:  # repeated: ?label=team=core&label=tier=gold
             params["label"] = [f"{key}={value}" for key, value in labels.items()]
-        return _list(await self._call("GET", "/v1/sandboxes", params=params), "sandboxes")
+        return page_of(
+            _dict(await self._call("GET", "/v1/sandboxes", params=params)), "sandboxes", after
+        )
 
     async def destroy(
         self, sandbox_id: str, *, command_id: str | None, wait: bool, timeout: float
@@ -342,12 +349,20 @@ class HttpTransport:
         return row if isinstance(row, dict) else None
 
     async def snapshots(
-        self, *, sandbox_id: str | None, include_deleted: bool, limit: int
-    ) -> list[Row]:
+        self,
+        *,
+        sandbox_id: str | None,
+        include_deleted: bool,
+        limit: int,
+        after: str | None = None,
+    ) -> Page[Row]:
         params: dict[str, Any] = {"include_deleted": include_deleted, "limit": limit}
         if sandbox_id is not None:
             params["sandbox_id"] = sandbox_id
-        return _list(await self._call("GET", "/v1/snapshots", params=params), "snapshots")
+        if after is not None:
+            params["after"] = after
+        body = _dict(await self._call("GET", "/v1/snapshots", params=params))
+        return page_of(body, "snapshots", after)
 
     async def delete_snapshot(
         self, snapshot_id: str, *, command_id: str | None, timeout: float
@@ -533,13 +548,19 @@ class HttpTransport:
 
     # -- credits and routing -------------------------------------------------------------------
 
-    async def credits(self, project: str | None) -> list[Row]:
+    async def credits(
+        self, project: str | None, *, limit: int = 1000, after: str | None = None
+    ) -> Page[Row]:
         if project is None:
-            return _list(await self._call("GET", "/v1/credits"), "accounts")
+            params: dict[str, Any] = {"limit": limit}
+            if after is not None:
+                params["after"] = after
+            body = _dict(await self._call("GET", "/v1/credits", params=params))
+            return page_of(body, "accounts", after)
         try:
-            return [_dict(await self._call("GET", f"/v1/credits/{project}"))]
+            return Page([_dict(await self._call("GET", f"/v1/credits/{project}"))])
         except NotFound:
-            return []
+            return Page()
 
     async def usage(
         self,
@@ -549,10 +570,11 @@ class HttpTransport:
         until: str | None,
         limit: int,
         by: str | None = None,
+        after: str | None = None,
     ) -> Row:
         window = {"project": project, "since": since, "until": until, "limit": limit, "by": by}
-        params = {k: v for k, v in window.items() if v is not None}
-        return _dict(await self._call("GET", "/v1/usage", params=params))
+        params = {k: v for k, v in {**window, "after": after}.items() if v is not None}
+        return dict(paged_reply(_dict(await self._call("GET", "/v1/usage", params=params)), after))
 
     async def route_explain(self, profile: str, ttl: str | None) -> Row:
         params = {"profile": profile, **({} if ttl is None else {"ttl": ttl})}
@@ -574,11 +596,6 @@ def _dict(response: httpx.Response) -> Row:
     if not isinstance(body, dict):
         raise BusError(f"the HTTP API answered {response.status_code} with no JSON object")
     return body
-
-
-def _list(response: httpx.Response, name: str) -> list[Row]:
-    items = _dict(response).get(name)
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _ids(body: Any) -> Row:

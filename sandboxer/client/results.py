@@ -292,6 +292,8 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     summary: list[dict[str, Any]] = msgspec.field(default_factory=list)
     total: dict[str, Any] = msgspec.field(default_factory=dict)
     unit: str | None = None
+    next: str | None = None
+    """The cursor of the next page of ``rows`` (None: this page is the last)."""
     raw: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @classmethod
@@ -301,6 +303,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
             summary=_rows(reply.get("summary")),
             total=_dict(reply, "total") or {},
             unit=_str(reply, "unit"),
+            next=_str(reply, "next"),
             raw=dict(reply),
         )
 

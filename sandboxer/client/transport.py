@@ -6,7 +6,8 @@ the low-level :class:`~sandboxer.client.bus.SandboxerClient`) and
 the service's JSON (the view's rows, events) and raises errors of the one tree,
 mapped alike: the facade turns the JSON into typed results, once, for both.
 
-Rows are returned as the service sends them; ``Accepted`` answers are
+Rows are returned as the service sends them, a list's as a
+:class:`~sandboxer.pagination.Page` (its ``next``: the cursor of the page after); ``Accepted`` answers are
 ``{"command_id", "sandbox_id" | "snapshot_id"}``.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from pathlib import Path
 from typing import Any, Protocol
 
+from sandboxer.pagination import Page
 from sandboxer.transfer import Copied, StdinSource
 
 __all__ = ["OutputCallback", "Row", "Transport"]
@@ -62,8 +64,10 @@ class Transport(Protocol):
         include_destroyed: bool,
         limit: int,
         consumer: Mapping[str, Any] | None = None,
-    ) -> list[Row]:
-        """``consumer``: harness, session_id, run_id, job_id and labels to filter by."""
+        after: str | None = None,
+    ) -> Page[Row]:
+        """``consumer``: harness, session_id, run_id, job_id and labels to filter by;
+        ``after``: the ``next`` of the page before."""
         ...
 
     async def destroy(
@@ -98,8 +102,13 @@ class Transport(Protocol):
     async def snapshot_get(self, snapshot_id: str) -> Row | None: ...
 
     async def snapshots(
-        self, *, sandbox_id: str | None, include_deleted: bool, limit: int
-    ) -> list[Row]: ...
+        self,
+        *,
+        sandbox_id: str | None,
+        include_deleted: bool,
+        limit: int,
+        after: str | None = None,
+    ) -> Page[Row]: ...
 
     async def delete_snapshot(
         self, snapshot_id: str, *, command_id: str | None, timeout: float
@@ -137,7 +146,9 @@ class Transport(Protocol):
         types: Collection[str],
     ) -> AsyncIterator[tuple[int, Row]]: ...
 
-    async def credits(self, project: str | None) -> list[Row]: ...
+    async def credits(
+        self, project: str | None, *, limit: int = 1000, after: str | None = None
+    ) -> Page[Row]: ...
 
     async def usage(
         self,
@@ -147,6 +158,7 @@ class Transport(Protocol):
         until: str | None,
         limit: int,
         by: str | None = None,
+        after: str | None = None,
     ) -> Row: ...
 
     async def route_explain(self, profile: str, ttl: str | None) -> Row: ...

@@ -220,8 +220,16 @@ class Sandbox(_Open):
     consumer: dict[str, Any] | None = None
 
 
+def _next() -> Any:
+    return Field(
+        default=None,
+        description="the cursor of the page after this one, to pass as ?after= (null: the last)",
+    )
+
+
 class SandboxList(BaseModel):
     sandboxes: list[Sandbox]
+    next: str | None = _next()
 
 
 class Snapshot(_Open):
@@ -244,12 +252,14 @@ class Snapshot(_Open):
 
 class SnapshotList(BaseModel):
     snapshots: list[Snapshot]
+    next: str | None = _next()
 
 
 class CreditsList(BaseModel):
     accounts: list[dict[str, Any]] = Field(
         description="per project: balance, reserved, available, budget ... (docs/payments.md)"
     )
+    next: str | None = _next()
 
 
 class Health(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from sandboxer.client import SandboxerClient
@@ -34,6 +34,7 @@ from sandboxer.gateway.models import (
     Sandbox,
     SandboxList,
 )
+from sandboxer.gateway.paging import MAX_PAGE, Limit, SandboxesAfter, paged
 
 __all__ = ["router"]
 
@@ -90,12 +91,15 @@ async def create_sandbox(
 )
 async def list_sandboxes(
     client: BusClient,
+    request: Request,
+    response: Response,
     status: Annotated[str | None, Query(pattern=r"^[a-z_]{1,32}$")] = None,
     profile: Annotated[str | None, Query(max_length=200)] = None,
     extension: Annotated[str | None, Query(max_length=200)] = None,
     project: Annotated[str | None, Query(pattern=PROJECT)] = None,
     include_destroyed: bool = False,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    limit: Limit = MAX_PAGE,
+    after: SandboxesAfter = None,
     harness: Annotated[str | None, Query(pattern=HARNESS)] = None,
     session_id: Annotated[str | None, Query(pattern=CONSUMER_ID)] = None,
     run_id: Annotated[str | None, Query(pattern=CONSUMER_ID)] = None,
@@ -105,19 +109,20 @@ async def list_sandboxes(
         Query(max_length=16, description="KEY=VALUE of the consumer's labels, repeatable"),
     ] = None,
 ) -> dict[str, Any]:
-    """Sandboxes of the view, newest last; filters by status, profile, extension, project,
-    and the consumer (harness, session_id, run_id, job_id, label).
+    """A page of sandboxes, newest last; filters by status, profile, extension, project,
+    and the consumer (harness, session_id, run_id, job_id, label). ``next`` (and the
+    ``Link`` header) is the cursor of the page after, null on the last page.
 
     The service filters by status, consumer and project (a confined key's own, always);
     the gateway applies the other filters to what it returns, so ``limit`` bounds the
-    sandboxes looked at."""
+    sandboxes looked at, and a page may hold fewer than ``limit`` with more after it."""
     parts = {"harness": harness, "session_id": session_id, "run_id": run_id, "job_id": job_id}
     consumer: dict[str, Any] = {k: v for k, v in parts.items() if v is not None}
     if label:
         consumer["labels"] = dict(_label(item) for item in label)
     scope = scope_of(client.actor)
     if scope is not None and project not in (None, scope):
-        return {"sandboxes": []}  # another project's: none that this key may see
+        return {"sandboxes": [], "next": None}  # another project's: none this key may see
     # The view narrows to the project, so the limit counts its sandboxes only.
     found = await client.list_sandboxes(
         status=status,
@@ -125,6 +130,7 @@ async def list_sandboxes(
         limit=limit,
         consumer=consumer,
         project=scope or project,
+        after=after,
     )
     chosen = [
         s
@@ -133,7 +139,7 @@ async def list_sandboxes(
         and (extension is None or s.get("extension") == extension)
         and may_see(client.actor, owner_of(s))
     ]
-    return {"sandboxes": chosen}
+    return paged(request, response, {"sandboxes": chosen}, found.next)
 
 
 def _label(item: str) -> tuple[str, str]:

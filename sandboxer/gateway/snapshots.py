@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from sandboxer.domain.key_access import scope_of
@@ -39,6 +39,7 @@ from sandboxer.gateway.models import (
     SnapshotList,
     TakeSnapshot,
 )
+from sandboxer.gateway.paging import MAX_PAGE, Limit, SnapshotsAfter, paged
 from sandboxer.ids import derive_sandbox_id, derive_snapshot_id
 
 __all__ = ["router"]
@@ -80,11 +81,15 @@ async def take_snapshot(
 @router.get("/snapshots", response_model=SnapshotList, tags=["snapshots"])
 async def list_snapshots(
     client: BusClient,
+    request: Request,
+    response: Response,
     sandbox_id: Annotated[str | None, Query(pattern=SANDBOX_ID)] = None,
     include_deleted: bool = False,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    limit: Limit = MAX_PAGE,
+    after: SnapshotsAfter = None,
 ) -> dict[str, Any]:
-    """Snapshots, in the order they were requested (of one sandbox with ``sandbox_id``)."""
+    """A page of snapshots, in the order they were requested (of one sandbox with
+    ``sandbox_id``); ``next`` as for GET /v1/sandboxes."""
     # The view narrows a confined key's list to its project (each snapshot's owner, old
     # ones too), so the limit counts what it may see, not every project's first snapshots.
     found = await client.snapshots(
@@ -92,8 +97,9 @@ async def list_snapshots(
         include_deleted=include_deleted,
         limit=limit,
         project=scope_of(client.actor),
+        after=after,
     )
-    return {"snapshots": found}
+    return paged(request, response, {"snapshots": found}, found.next)
 
 
 @router.get(

@@ -91,10 +91,12 @@ async def test_the_whole_lifecycle_over_http(api: httpx.AsyncClient) -> None:
     listed = (await api.get("/v1/sandboxes", params={"profile": "profile.local"})).json()
     assert [s["sandbox_id"] for s in listed["sandboxes"]] == [sandbox_id]
     assert (await api.get("/v1/sandboxes", params={"profile": "profile.x"})).json() == {
-        "sandboxes": []
+        "sandboxes": [],
+        "next": None,
     }
     assert (await api.get("/v1/sandboxes", params={"status": "destroyed"})).json() == {
-        "sandboxes": []
+        "sandboxes": [],
+        "next": None,
     }
 
     extended = await api.post(f"/v1/sandboxes/{sandbox_id}/extend-ttl", json={"duration": "1h"})

@@ -266,7 +266,7 @@ async def test_an_agent_key_cannot_see_or_touch_another_projects_sandbox(front: 
 
         # beta: as if none of it existed
         assert_error(await b.get(f"/v1/sandboxes/{sandbox_id}"), 404, "unknown_sandbox")
-        assert (await b.get("/v1/sandboxes")).json() == {"sandboxes": []}
+        assert (await b.get("/v1/sandboxes")).json() == {"sandboxes": [], "next": None}
         assert_error(await b.delete(f"/v1/sandboxes/{sandbox_id}?wait=5s"), 404, "unknown_sandbox")
         assert_error(await b.post(f"/v1/sandboxes/{sandbox_id}/recreate"), 404)
         assert_error(
@@ -276,7 +276,7 @@ async def test_an_agent_key_cannot_see_or_touch_another_projects_sandbox(front: 
         assert_error(await b.post(f"/v1/sandboxes/{sandbox_id}/snapshot", json={}), 404)
         assert_error(await b.get(f"/v1/sandboxes/{sandbox_id}/events?follow=false"), 404)
         assert_error(await b.get(f"/v1/snapshots/{snapshot_id}"), 404, "unknown_snapshot")
-        assert (await b.get("/v1/snapshots")).json() == {"snapshots": []}
+        assert (await b.get("/v1/snapshots")).json() == {"snapshots": [], "next": None}
         assert_error(await b.delete(f"/v1/snapshots/{snapshot_id}"), 404)
         assert_error(await b.post(f"/v1/snapshots/{snapshot_id}/restore", json={}), 404)
         assert_error(await b.get("/v1/credits/alpha"), 404)
