@@ -188,7 +188,8 @@ async def chain_once(nc: NATS, js: JetStreamContext) -> float:
     sub = await nc.subscribe(_scope(sandbox), cb=on_event)
     try:
         await js.publish(CMD_SUBJECT, PAYLOAD, headers={"Nats-Msg-Id": sandbox})
-        await asyncio.wait_for(ready, READY_WITHIN)
+        async with asyncio.timeout(READY_WITHIN):
+            await ready
     except TimeoutError:
         raise RuntimeError(
             f"the chain's service did not answer within {READY_WITHIN:g} s"

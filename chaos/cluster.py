@@ -75,7 +75,8 @@ class LeaderWatch:
         while True:
             leader = None
             with contextlib.suppress(Exception):
-                info = (await asyncio.wait_for(self.js.stream_info(self.stream), 2)).cluster
+                async with asyncio.timeout(2):
+                    info = (await self.js.stream_info(self.stream)).cluster
                 leader = info.leader if info is not None else None
             now = time.monotonic()
             if leader is None:
@@ -95,7 +96,8 @@ class LeaderWatch:
         while time.monotonic() < deadline:
             leader = None
             with contextlib.suppress(Exception):
-                info = (await asyncio.wait_for(self.js.stream_info(self.stream), 2)).cluster
+                async with asyncio.timeout(2):
+                    info = (await self.js.stream_info(self.stream)).cluster
                 leader = info.leader if info is not None else None
             if leader is not None and leader != instead_of:
                 if self.leaders[-1:] != [leader]:

@@ -366,7 +366,8 @@ class ChaosService:
     async def _stop(self) -> None:
         if self._client is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._client.close(), 5)
+                async with asyncio.timeout(5):
+                    await self._client.close()
             self._client = None
         await asyncio.gather(*(self._stop_role(p) for p in self.processes.values()))
         await self._reap_sandboxes()
@@ -385,7 +386,8 @@ class ChaosService:
             os.kill(target.pid, signal.SIGCONT)
             os.kill(target.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(target.process.wait(), STOP_GRACE)
+            async with asyncio.timeout(STOP_GRACE):
+                await target.process.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target.pid, signal.SIGKILL)

@@ -100,7 +100,8 @@ async def _faults(svc: ChaosService, rng: random.Random, done: asyncio.Event) ->
     made: Counter[str] = Counter()
     while not done.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), rng.uniform(*FAULT_EVERY))
+            async with asyncio.timeout(rng.uniform(*FAULT_EVERY)):
+                await done.wait()
         if done.is_set():
             break
         role = rng.choice(("control", "meter"))

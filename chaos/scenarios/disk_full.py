@@ -91,7 +91,8 @@ class Sender:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), SEND_EVERY)
+                async with asyncio.timeout(SEND_EVERY):
+                    await stop.wait()
         await asyncio.gather(*self.tasks)
 
     async def destroy_rest(self) -> None:

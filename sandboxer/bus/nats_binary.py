@@ -130,7 +130,8 @@ async def server_version(binary: str, *, timeout: float = 10.0) -> Version:
             f"or set {BINARY_ENV} to a nats-server 2.11+ binary."
         ) from exc
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(timeout):
+            out, _ = await proc.communicate()
     except TimeoutError as exc:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

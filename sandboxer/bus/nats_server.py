@@ -258,7 +258,8 @@ class NatsServerProcess:
                     proc.send_signal(signal.SIGTERM)
                 grace = self.stop_timeout if timeout is None else timeout
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), grace)
+                    async with asyncio.timeout(grace):
+                        await proc.wait()
         finally:
             await self.kill()  # when still alive after the timeout, or when we were cancelled
         return proc.returncode
@@ -291,7 +292,8 @@ class NatsServerProcess:
             if not self.running:
                 raise self._failure("exited while waiting to become healthy")
             try:
-                status, body = await asyncio.wait_for(http_status(host, port, "/healthz"), 2.0)
+                async with asyncio.timeout(2.0):
+                    status, body = await http_status(host, port, "/healthz")
             except (OSError, TimeoutError, NatsServerError) as exc:
                 last = repr(exc)
             else:

@@ -153,7 +153,8 @@ async def _read_some(reader: asyncio.StreamReader) -> bytes:
     to deliver it sends a heartbeat every :data:`HEARTBEAT_SECONDS`: silence for longer means
     the consumer is gone (deleted, or lost with the node that held it)."""
     try:
-        chunk = await asyncio.wait_for(reader.read(READ_CHUNK), STALL_SECONDS)
+        async with asyncio.timeout(STALL_SECONDS):
+            chunk = await reader.read(READ_CHUNK)
     except TimeoutError:
         raise BusError(f"the replay's delivery stopped: nothing for {STALL_SECONDS:g} s") from None
     if not chunk:

@@ -118,7 +118,8 @@ class Projector:
             # The view holds what it committed and its position: the reader resumes after it.
             log.error("projector reader failed: %r; restarting in %.1f s", failure, delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
 
     async def _follow(self) -> None:
         assert self.view is not None

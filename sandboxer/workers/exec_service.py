@@ -204,7 +204,8 @@ class StdinInbox:
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:
             try:
-                chunk = await asyncio.wait_for(self._queue.get(), self._idle)
+                async with asyncio.timeout(self._idle):
+                    chunk = await self._queue.get()
             except TimeoutError:
                 raise SandboxerError(
                     f"standard input stopped arriving for {self._idle:.0f} s without its end; "

@@ -52,7 +52,8 @@ def expire_command(sandbox: dict[str, Any]) -> dict[str, Any]:
 async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
     """Wait ``seconds`` or until ``stop`` is set; whether it was."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
     return stop.is_set()
 
 

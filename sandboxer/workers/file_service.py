@@ -455,8 +455,9 @@ class FileService:
         already unpacking in the sandbox is let finish; one still arriving is killed, and
         what arrived of it removed."""
         if sent.is_set():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(writing), PLACE_TIMEOUT)
+            with contextlib.suppress(Exception):  # the timeout, or the upload's own failure
+                async with asyncio.timeout(PLACE_TIMEOUT):
+                    await asyncio.shield(writing)  # a timeout cancels the shield, not the upload
         writing.cancel()  # kills the sandbox's side, when it still runs
         await asyncio.gather(writing, return_exceptions=True)
         argv = ["sh", "-c", CLEAN_SCRIPT, "sh", directory, stage]
@@ -593,7 +594,8 @@ async def _store_object(bucket: ObjectStore, name: str, handle: io.BufferedReade
     except asyncio.CancelledError:
         reader.stopped = True  # the next read fails, and nats-py purges what it stored
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(storing, CLEAN_TIMEOUT)
+            async with asyncio.timeout(CLEAN_TIMEOUT):
+                await storing  # not shielded: cancelled past CLEAN_TIMEOUT
         raise
 
 

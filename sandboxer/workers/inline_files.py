@@ -74,7 +74,8 @@ async def send_inline(nc: Client, reply: str, path: Path, header: str) -> None:
         with path.open("rb") as handle:
             while chunk := await asyncio.to_thread(handle.read, CHUNK):
                 try:
-                    await asyncio.wait_for(credit.acquire(), ACK_TIMEOUT)
+                    async with asyncio.timeout(ACK_TIMEOUT):
+                        await credit.acquire()
                 except TimeoutError:
                     raise SandboxerError(
                         f"the client stopped taking the download for {ACK_TIMEOUT:.0f} s"

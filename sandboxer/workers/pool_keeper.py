@@ -177,7 +177,8 @@ class PoolKeeper:
                     log.log(level, "pool keeper: %s; trying again", exc)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK)
+                    async with asyncio.timeout(TICK):
+                        await self._wake.wait()
         finally:
             await self._responder.stop()
             for task in list(self._tasks):

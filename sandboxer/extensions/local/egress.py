@@ -249,7 +249,8 @@ async def _tool(
             extension="ext.local",
         ) from None
     try:
-        _, err = await asyncio.wait_for(process.communicate(stdin), TOOL_TIMEOUT)
+        async with asyncio.timeout(TOOL_TIMEOUT):
+            _, err = await process.communicate(stdin)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             process.kill()

@@ -110,8 +110,10 @@ async def launch_detached(
         os.close(log)
     said_task = asyncio.ensure_future(read_pipe(said_read))
     try:
-        out, _ = await asyncio.wait_for(launcher.communicate(), timeout)
-        said = await asyncio.wait_for(said_task, timeout)
+        async with asyncio.timeout(timeout):
+            out, _ = await launcher.communicate()
+        async with asyncio.timeout(timeout):  # a ``timeout`` of its own, as each wait had
+            said = await said_task
     except BaseException:
         said_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -63,7 +63,8 @@ async def clear_keys(uid: int, *, sandbox_id: str) -> None:
         env=HOST_ENV,
     )  # fmt: skip
     try:
-        _, err = await asyncio.wait_for(helper.communicate(), CLEAR_TIMEOUT)
+        async with asyncio.timeout(CLEAR_TIMEOUT):
+            _, err = await helper.communicate()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             helper.kill()
