@@ -119,7 +119,7 @@ async def _worker(js: JetStreamContext, msg: Msg) -> None:
 
 
 async def _pull_loop(js: JetStreamContext, stream: str, durable: str, role: str) -> None:
-    """Fetch one message at a time (as pull_loop's ``_fetch_one``), each handled in its own task."""
+    """Fetch one message at a time (as pull_loop's ``fetch_one``), each handled in its own task."""
     await js.add_consumer(
         stream,
         ConsumerConfig(

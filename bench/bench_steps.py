@@ -132,7 +132,7 @@ def install(hooks: list[tuple[str, str, str]]) -> None:
     # The moment a worker's fetch hands it a message (the wait for one is not a step).
     with contextlib.suppress(ImportError, AttributeError):
         pull_loop = importlib.import_module("sandboxer.workers.pull_loop")
-        fetch_one = pull_loop._fetch_one
+        fetch_one = pull_loop.fetch_one
 
         async def fetch_marked(psub: Any, durable: str) -> Any:
             msg = await fetch_one(psub, durable)
@@ -141,7 +141,7 @@ def install(hooks: list[tuple[str, str, str]]) -> None:
                 SPANS.append((f"{durable}: message fetched", now, now))
             return msg
 
-        pull_loop._fetch_one = fetch_marked
+        pull_loop.fetch_one = fetch_marked
 
 
 def dump_spans(path: Path) -> None:

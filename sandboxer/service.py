@@ -143,7 +143,7 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                     group.create_task(expirer.run(stop))
                 elif role == "meter":
                     # Credits (docs/payments.md): meter destroyed sandboxes, export the usage.
-                    group.create_task(MeterWorker(js, store, catalog, settings).run(stop))
+                    group.create_task(MeterWorker(nc, js, store, catalog, settings).run(stop))
                     group.create_task(
                         run_meter_export(
                             js,

@@ -15,8 +15,9 @@ back: only the named subjects, which clients are denied, set it. A durable that
 still has it has been written by the service alone since the service made it,
 however often a client changed and restored its other settings meanwhile.
 
-**What is done.** The owner looks at its durable at start and every
-``check_every`` seconds:
+**What is done.** The owner looks at its durable at start and then every
+``check_every`` seconds, in a task beside the loop that fetches from it
+(:meth:`GuardedDurable.watching`), so a bus slow to answer a look holds no fetch back:
 
 - intact: its ack floor is remembered. Every event up to it that the service's
   filter takes was delivered under the service's definition and acknowledged.
@@ -32,23 +33,43 @@ it again from the ack floor of the same look that found it intact, and it is mad
 only with ``action: create``, which fails rather than take over a consumer of that
 name that a client made meanwhile: an update would put ``durable_name`` back, and
 hide a redefinition another of the service's processes had not noticed yet.
+
+**A remake between the loop's fetch and its ack.** The looks take no turn with the
+loop, so a remake may come while a fetch waits or a message is in hand. Nothing is lost
+for it, and nothing handled again but what a remake always gives again:
+
+- it starts after an ack floor read while the durable was intact, so every message the
+  loop had not acknowledged by then (in hand, or in a fetch the delete cut short) is
+  above it, and is delivered again by the durable made again;
+- a fetch waiting when the durable is deleted ends as an idle one (the server's 409);
+  one sent before it is made again fails with "no responders" (503). The loops take
+  both as the transient fetch failures they are and fetch again, from the new durable
+  (a pull subscription names the durable, not one incarnation of it);
+- the ack (nak, term) of a message the old durable delivered reaches the new one of
+  that name. If the new one has delivered that stream sequence too, it takes it for
+  that delivery (an ack: the message was handled; a nak: it comes again; a term: its
+  failure is on record); otherwise it ignores it, without moving where it starts, so the
+  message still comes again (tests/integration/test_redefined_durables.py holds the
+  server to it). That is all a remake by another of the service's processes can do
+  too, and no lock in this one could keep that from the loop.
+
+One look runs at a time in a process: the pull loop's own :meth:`~GuardedDurable.ensure`
+(after fetches failed in a row) waits for the task's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
-from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
-from sandboxer.bus.publish import is_transient
-from sandboxer.errors import BusError
+from sandboxer.bus.consumer_api import API_PREFIX, bus_errors, create_consumer
+from sandboxer.errors import BusError, StreamUnavailable
 
 __all__ = ["CHECK_EVERY", "GuardedDurable", "made_from", "redefined", "same_settings"]
 
@@ -95,7 +116,7 @@ class GuardedDurable:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: Client,
         stream: str,
         wanted: ConsumerConfig,
         *,
@@ -103,84 +124,109 @@ class GuardedDurable:
     ) -> None:
         assert wanted.durable_name, "a guarded consumer is a durable"
         assert wanted.name == wanted.durable_name
-        self._js = js
+        self._nc = nc
+        # Its own context on the prefix its creates are sent to, so looks and creates
+        # always name the same API.
+        self._js = nc.jetstream(prefix=API_PREFIX)
         self._stream = stream
         self.wanted = wanted
         self.name: str = wanted.durable_name
         self.check_every = check_every
         self.floor: int | None = None
         """The highest ack floor seen while intact: everything up to it was handled."""
-        self._next_check = 0.0
+        self._looking = asyncio.Lock()
 
     async def ensure(self) -> None:
         """At start (and when the durable is gone): make it, or bring it to the wanted
-        settings, or make it again when it was redefined. Bus errors propagate (the caller
-        waits out the transient ones)."""
+        settings, or make it again when it was redefined. Raises :class:`StreamUnavailable`
+        while JetStream cannot answer (the caller waits it out), :class:`BusError` else."""
         for _ in range(ROUNDS):
             if await self._look(settings_matter=True):
-                self._next_check = time.monotonic() + self.check_every
                 return
         raise BusError(f"consumer {self.name} keeps changing under the service; see the log")
 
-    async def check_due(self) -> None:
-        """Look at the durable when ``check_every`` has passed since the last look. A bus
-        that does not answer is left to the next look: nothing is lost meanwhile."""
-        if time.monotonic() < self._next_check:
-            return
-        self._next_check = time.monotonic() + self.check_every
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        """Look at the durable every ``check_every`` seconds, in a task beside the block
+        (the loop fetching from it), until the block ends."""
+        watcher = asyncio.create_task(self._watch(), name=f"guard of {self.name}")
+        try:
+            yield
+        finally:
+            try:
+                # Never in the middle of a look: one cut between its delete and its create
+                # would leave the durable to the next start, which knows no floor and so
+                # reads the whole log again.
+                async with self._looking:
+                    watcher.cancel()
+            finally:
+                watcher.cancel()  # (this task was cancelled while a look ended)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_every)
+            await self.check()
+
+    async def check(self) -> None:
+        """One look, and what it calls for. A bus that does not answer is left to the next
+        look: nothing is lost meanwhile."""
         try:
             await self._look(settings_matter=False)
-        except (APIError, NatsError) as exc:
-            if not is_transient(exc):
-                log.warning("%s: looking at its consumer failed: %r", self.name, exc)
+        except StreamUnavailable as exc:
+            log.info("%s: looking at its consumer: %s; looking again later", self.name, exc)
+        except Exception:  # the watcher must outlive any one look; the loop never sees it
+            log.warning("%s: looking at its consumer failed", self.name, exc_info=True)
 
     async def _look(self, *, settings_matter: bool) -> bool:
         """One look, and what it calls for; True when the durable is as the service made it.
         (Settings are compared at start only: processes with other settings, say during an
         upgrade, would otherwise make it again in turns.)"""
-        try:
-            info: ConsumerInfo | None = await self._js.consumer_info(self._stream, self.name)
-        except NotFoundError:
-            info = None
-        if info is None:  # not made yet; or deleted, once this process had seen it
-            level = logging.INFO if self.floor is None else logging.WARNING
-            log.log(level, "%s: its consumer is missing; making it", self.name)
-            return await self._make(self.floor)
-        if redefined(info.config, self.name):
-            log.warning(
-                "%s: its consumer was redefined by a client (filter now %s); making it again "
-                "from event %d, after the last it is known to have handled",
-                self.name,
-                _filters(info.config),
-                (self.floor or 0) + 1,
-            )
-            await self._delete()
-            return await self._make(self.floor)
-        acked = info.ack_floor.stream_seq if info.ack_floor else 0
-        self.floor = max(self.floor or 0, acked or 0)
-        if settings_matter and not same_settings(info.config, self.wanted):
-            log.info("%s: its consumer's settings changed; making it again", self.name)
-            await self._delete()
-            return await self._make(self.floor)
-        return True
+        async with self._looking:
+            info = await self._info()
+            if info is None:  # not made yet; or deleted, once this process had seen it
+                level = logging.INFO if self.floor is None else logging.WARNING
+                log.log(level, "%s: its consumer is missing; making it", self.name)
+                return await self._make(self.floor)
+            if redefined(info.config, self.name):
+                log.warning(
+                    "%s: its consumer was redefined by a client (filter now %s); making it "
+                    "again from event %d, after the last it is known to have handled",
+                    self.name,
+                    _filters(info.config),
+                    (self.floor or 0) + 1,
+                )
+                await self._delete()
+                return await self._make(self.floor)
+            acked = info.ack_floor.stream_seq if info.ack_floor else 0
+            self.floor = max(self.floor or 0, acked or 0)
+            if settings_matter and not same_settings(info.config, self.wanted):
+                log.info("%s: its consumer's settings changed; making it again", self.name)
+                await self._delete()
+                return await self._make(self.floor)
+            return True
+
+    async def _info(self) -> ConsumerInfo | None:
+        with bus_errors(f"looking at consumer {self.name}"):
+            try:
+                info: ConsumerInfo = await self._js.consumer_info(self._stream, self.name)
+            except NotFoundError:
+                return None
+        return info
 
     async def _delete(self) -> None:
-        with contextlib.suppress(NotFoundError):  # another of the service's processes was first
+        # NotFound: another of the service's processes was first.
+        with bus_errors(f"deleting consumer {self.name}"), contextlib.suppress(NotFoundError):
             await self._js.delete_consumer(self._stream, self.name)
 
     async def _make(self, floor: int | None) -> bool:
         """Create it from ``floor``; False when one of that name appeared meanwhile (the next
-        look decides about it). nats-py's ``add_consumer`` cannot say ``action: create``."""
-        config = made_from(self.wanted, floor)
-        request = {"stream_name": self._stream, "config": config.as_dict(), "action": "create"}
-        subject = f"{self._js._prefix}.CONSUMER.CREATE.{self._stream}.{self.name}"
-        try:
-            await self._js._api_request(
-                subject, json.dumps(request).encode(), timeout=self._js._timeout
+        look decides about it)."""
+        refused = await create_consumer(self._nc, self._stream, made_from(self.wanted, floor))
+        if refused is not None:
+            log.warning(
+                "%s: making its consumer was refused (%s); looking again", self.name, refused
             )
-        except APIError as exc:
-            if is_transient(exc):
-                raise
-            log.warning("%s: making its consumer was refused (%s); looking again", self.name, exc)
             return False
         return True

@@ -46,7 +46,6 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -77,6 +76,7 @@ from sandboxer.statehub.body import (
 )
 from sandboxer.statehub.status import DeliveryStatus
 from sandboxer.workers.http_delivery import RETRY_WAIT_MAX, HttpDelivery
+from sandboxer.workers.pull_loop import fetch_one
 from sandboxer.workers.restarting import keep_running
 
 __all__ = [
@@ -98,8 +98,6 @@ DURABLE = "statehub"
 STATUS_SUBJECT = "sandboxer.query.statehub.status"
 """Answered by the running role: what ``sandboxer statehub status`` shows."""
 TOKEN_VARIABLE = "SANDBOXER_STATE_HUB_TOKEN"
-IDLE_POLL = 0.5
-"""Seconds a fetch waits for an event; also how long a stop takes to be noticed."""
 MAX_REMEMBERED = 10_000
 """Sandboxes (and snapshots) whose context is kept in memory; others are read from the log."""
 RETRIED_4XX = frozenset({401, 403, 404, 408, 429})
@@ -180,7 +178,7 @@ class StateHubFollower:
         )  # snapshot id -> the sandbox it was taken of
         self._in_hand: dict[str, Any] = {}
         self._durable = GuardedDurable(
-            js,
+            nc,
             subjects.EVENTS_STREAM,
             ConsumerConfig(
                 durable_name=DURABLE,
@@ -228,21 +226,16 @@ class StateHubFollower:
         psub = await self._js.pull_subscribe_bind(durable=DURABLE, stream=subjects.EVENTS_STREAM)
         log.info("state hub projection to %s started", self.delivery.shown_url)
         try:
-            while not stop.is_set():
-                await self._durable.check_due()
-                msg = await self._fetch(psub)
-                if msg is not None:
-                    await self._hold(msg, stop)
+            # The guard looks in a task of its own: no fetch waits for a look, and a remake
+            # racing a fetch or an ack loses nothing (bus/guarded_durable.py says why).
+            async with self._durable.watching():
+                while not stop.is_set():
+                    msg = await fetch_one(psub, DURABLE)
+                    if isinstance(msg, Msg):
+                        await self._hold(msg, stop)
         finally:
             with contextlib.suppress(NatsError):
                 await psub.unsubscribe()
-
-    async def _fetch(self, psub: JetStreamContext.PullSubscription) -> Msg | None:
-        try:
-            msgs = await psub.fetch(batch=1, timeout=IDLE_POLL)
-        except (TimeoutError, NatsTimeout):
-            return None
-        return msgs[0] if msgs else None
 
     async def _hold(self, msg: Msg, stop: asyncio.Event) -> None:
         """Handle ``msg`` under heartbeats, then acknowledge it; on ``stop`` give it back."""

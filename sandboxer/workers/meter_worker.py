@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -55,8 +56,14 @@ DESTROYED = subjects.sandbox_event_subject("*", "destroyed")
 
 class MeterWorker:
     def __init__(
-        self, js: JetStreamContext, store: EventStore, catalog: Catalog, settings: Settings
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        store: EventStore,
+        catalog: Catalog,
+        settings: Settings,
     ) -> None:
+        self._nc = nc  # its durable's guard sends requests of its own (bus/guarded_durable.py)
         self._js = js
         self._store = store
         self._catalog = catalog
@@ -68,7 +75,9 @@ class MeterWorker:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        await run_pull_consumer(self._js, self.spec, self.handle, self._on_poison, stop)
+        await run_pull_consumer(
+            self._js, self.spec, self.handle, self._on_poison, stop, nc=self._nc
+        )
 
     async def handle(self, msg: Msg) -> None:
         try:

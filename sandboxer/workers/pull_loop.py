@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import stamina
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
@@ -47,7 +48,7 @@ from sandboxer.bus.guarded_durable import CHECK_EVERY, GuardedDurable
 from sandboxer.bus.publish import is_transient, is_unavailability
 from sandboxer.errors import ConcurrencyConflict
 
-__all__ = ["ConsumerSpec", "run_pull_consumer"]
+__all__ = ["FETCH_FAILED", "ConsumerSpec", "fetch_one", "run_pull_consumer"]
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,14 @@ def _consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
     )
 
 
-def _guard(js: JetStreamContext, spec: ConsumerSpec) -> GuardedDurable | None:
+def _guard(spec: ConsumerSpec, nc: Client | None) -> GuardedDurable | None:
     """A guard for a durable on the events stream, where clients may create consumers and so
     redefine it by name (bus/guarded_durable.py); the work queues are the service's alone."""
     if spec.stream != subjects.EVENTS_STREAM:
         return None
-    return GuardedDurable(js, spec.stream, _consumer_config(spec), check_every=spec.check_every)
+    if nc is None:
+        raise TypeError(f"{spec.durable} is on the events stream: its guard needs nc")
+    return GuardedDurable(nc, spec.stream, _consumer_config(spec), check_every=spec.check_every)
 
 
 async def _ensure_consumer(
@@ -114,7 +117,11 @@ async def _ensure_consumer(
     gave up here would end its process, and its work would wait for a person.
     """
     async for attempt in stamina.retry_context(
-        on=is_transient, attempts=None, timeout=None, wait_initial=0.25, wait_max=MAX_RETRY_DELAY
+        on=is_unavailability,
+        attempts=None,
+        timeout=None,
+        wait_initial=0.25,
+        wait_max=MAX_RETRY_DELAY,
     ):
         with attempt:
             if guard is None:
@@ -129,16 +136,17 @@ def retry_delay(msg: Msg) -> float:
     return float(min(0.25 * 2 ** min(delivered - 1, 8), MAX_RETRY_DELAY))
 
 
-_FAILED = object()
-"""What ``_fetch_one`` gives when the fetch itself failed (not: nothing to fetch)."""
+FETCH_FAILED = object()
+"""What :func:`fetch_one` gives when the fetch itself failed (not: nothing to fetch)."""
 
 CHECK_AFTER_FAILURES = 5
 """Fetches failed in a row after which the loop asks whether its consumer still exists."""
 
 
-async def _fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> Msg | object | None:
-    """The next message, as soon as there is one (or None after ``IDLE_POLL``; ``_FAILED``
-    when the fetch failed).
+async def fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> Msg | object | None:
+    """The next message, as soon as there is one (or None after ``IDLE_POLL``;
+    :data:`FETCH_FAILED` when the fetch failed, after a pause: a durable being made again
+    by its guard, bus/guarded_durable.py, fails a fetch as "no responders").
 
     One at a time on purpose: nats-py's ``fetch(batch=n)`` waits out its whole
     timeout for the n-th message once the first has arrived, which would add
@@ -154,7 +162,7 @@ async def _fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> M
         if not is_transient(exc):
             log.warning("%s: fetching failed: %r; trying again", durable, exc)
         await asyncio.sleep(IDLE_POLL)
-        return _FAILED
+        return FETCH_FAILED
     return msgs[0] if msgs else None
 
 
@@ -287,9 +295,13 @@ async def run_pull_consumer(
     handler: Handler,
     on_poison: PoisonHook,
     stop: asyncio.Event,
+    *,
+    nc: Client | None = None,
 ) -> None:
-    """Fetch and handle messages until ``stop`` is set, then finish the ones in flight."""
-    guard = _guard(js, spec)
+    """Fetch and handle messages until ``stop`` is set, then finish the ones in flight.
+    ``nc``: the connection ``js`` is of, which a durable on the events stream needs for its
+    guard (bus/guarded_durable.py)."""
+    guard = _guard(spec, nc)
     await _ensure_consumer(js, spec, guard)
     psub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
     slots = asyncio.Semaphore(spec.concurrency)
@@ -304,21 +316,22 @@ async def run_pull_consumer(
 
     failures = 0
     try:
-        while not stop.is_set():
-            if guard is not None:
-                await guard.check_due()  # between messages: none waits for the look
-            await slots.acquire()
-            msg = await _fetch_one(psub, spec.durable)
-            failures = failures + 1 if msg is _FAILED else 0
-            if failures >= CHECK_AFTER_FAILURES:
-                failures = 0
-                psub = await _rebind_if_gone(js, spec, guard, psub)
-            if not isinstance(msg, Msg):
-                slots.release()
-                continue
-            task = asyncio.create_task(handle(msg))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
+        # The guard looks in a task of its own: no fetch waits for a look, and a remake
+        # racing a fetch or an ack loses nothing (bus/guarded_durable.py says why).
+        async with guard.watching() if guard else contextlib.nullcontext():
+            while not stop.is_set():
+                await slots.acquire()
+                msg = await fetch_one(psub, spec.durable)
+                failures = failures + 1 if msg is FETCH_FAILED else 0
+                if failures >= CHECK_AFTER_FAILURES:
+                    failures = 0
+                    psub = await _rebind_if_gone(js, spec, guard, psub)
+                if not isinstance(msg, Msg):
+                    slots.release()
+                    continue
+                task = asyncio.create_task(handle(msg))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
     finally:
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)

@@ -121,7 +121,9 @@ async def test_a_paid_sandbox_is_reserved_metered_and_debited_once(
 
     # The meter message delivered again: the account has handled meter-<id> already.
     store = JetStreamEventStore(acme.nc, acme.js)
-    meter = MeterWorker(acme.js, store, Catalog.load(service.settings.home), service.settings)
+    meter = MeterWorker(
+        acme.nc, acme.js, store, Catalog.load(service.settings.home), service.settings
+    )
     await meter.meter(sandbox_id)
     assert len(await account_events(acme, "acme", "usage_metered")) == 1
     # A read that ends before the destroyed event (a replica behind) is not taken for "not
@@ -316,6 +318,7 @@ async def test_kill_9_between_metering_and_its_ack_debits_once(
         # another ack_wait than the killed one's, it makes its durable again from the ack
         # floor, bus/guarded_durable.py: the consumer's own counters start over.)
         meter = MeterWorker(
+            acme.nc,
             acme.js,
             JetStreamEventStore(acme.nc, acme.js),
             Catalog.load(home),
@@ -363,7 +366,9 @@ async def main():
     settings = Settings.from_env()
     nc = await connect(list(settings.nats_urls), name="crashing-meter")
     js = nc.jetstream()
-    worker = DiesBeforeItsAck(js, JetStreamEventStore(nc, js), Catalog.load(settings.home), settings)
+    worker = DiesBeforeItsAck(
+        nc, js, JetStreamEventStore(nc, js), Catalog.load(settings.home), settings
+    )
     await worker.run(asyncio.Event())
 
 asyncio.run(main())

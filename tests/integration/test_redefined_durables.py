@@ -1,7 +1,8 @@
 """A client redefining a service durable on the events stream through the bare
 ``$JS.API.CONSUMER.CREATE.SANDBOXER_EVENTS`` subject, which the permissions must allow for
 ordered consumers (docs/security.md#durables-clients-could-redefine): the service's
-durables skip nothing for it, under the embedded server's permissions."""
+durables skip nothing for it, under the embedded server's permissions; and the guard's
+looks, in a task beside the loop, hold no fetch back."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
+from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
+from sandboxer.bus.guarded_durable import GuardedDurable
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_auth import AUTH_DIR_NAME, ensure_embedded_auth, read_credentials
 from sandboxer.bus.nats_server import NatsServerProcess
@@ -69,6 +75,15 @@ async def redefine(client: Client, durable: str, filter_subject: str) -> None:
     assert "error" not in answer, answer  # the server takes it: the attack is possible
 
 
+async def made(js: JetStreamContext, durable: str) -> ConsumerInfo | None:
+    """The durable's info; None between a remake's delete and its create (the guard remakes
+    in a task of its own, whenever its look comes)."""
+    try:
+        return await js.consumer_info(subjects.EVENTS_STREAM, durable)
+    except NotFoundError:
+        return None
+
+
 async def until(check: Callable[[], bool], seconds: float) -> None:
     async with asyncio.timeout(seconds):
         while not check():
@@ -88,11 +103,11 @@ def meter_spec(check_every: float) -> ConsumerSpec:
 class Meter:
     """The meter's pull loop, with a handler that records which sandboxes it saw."""
 
-    def __init__(self, js: JetStreamContext, spec: ConsumerSpec) -> None:
+    def __init__(self, nc: Client, spec: ConsumerSpec) -> None:
         self.seen: set[str] = set()
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(
-            run_pull_consumer(js, spec, self._handle, self._poison, self._stop)
+            run_pull_consumer(nc.jetstream(), spec, self._handle, self._poison, self._stop, nc=nc)
         )
 
     async def _handle(self, msg: Msg) -> None:
@@ -108,8 +123,8 @@ class Meter:
 
 
 @contextlib.asynccontextmanager
-async def running_meter(js: JetStreamContext, check_every: float) -> AsyncIterator[Meter]:
-    meter = Meter(js, meter_spec(check_every))
+async def running_meter(nc: Client, check_every: float) -> AsyncIterator[Meter]:
+    meter = Meter(nc, meter_spec(check_every))
     try:
         yield meter
     finally:
@@ -128,7 +143,7 @@ async def test_a_client_redefining_the_meters_durable_loses_it_no_destroyed_even
 ) -> None:
     service, client = identities
     js = service.jetstream()
-    async with running_meter(js, check_every=0.5) as meter:
+    async with running_meter(service, check_every=0.5) as meter:
         await destroyed(service, "sbx1")
         await until(lambda: meter.seen == {"sbx1"}, 5)
 
@@ -142,9 +157,7 @@ async def test_a_client_redefining_the_meters_durable_loses_it_no_destroyed_even
 
         await until(lambda: meter.seen == {"sbx1", "sbx2", "sbx3"}, 10)
         async with asyncio.timeout(5):  # and the durable is the service's again
-            while (
-                info := await js.consumer_info(subjects.EVENTS_STREAM, "meter")
-            ).config.durable_name != "meter":
+            while (info := await made(js, "meter")) is None or info.config.durable_name != "meter":
                 await asyncio.sleep(0.1)
         assert info.config.filter_subject == DESTROYED
 
@@ -153,8 +166,7 @@ async def test_a_meter_that_starts_on_a_redefined_durable_meters_what_it_skipped
     identities: tuple[Client, Client],
 ) -> None:
     service, client = identities
-    js = service.jetstream()
-    async with running_meter(js, check_every=3600) as meter:  # no look while it runs
+    async with running_meter(service, check_every=3600) as meter:  # no look while it runs
         await destroyed(service, "sbx1")
         await until(lambda: meter.seen == {"sbx1"}, 5)
         await redefine(client, "meter", NARROWED)
@@ -162,7 +174,7 @@ async def test_a_meter_that_starts_on_a_redefined_durable_meters_what_it_skipped
         await asyncio.sleep(1.0)  # fetched past, and so skipped, by the narrowed durable
         assert meter.seen == {"sbx1"}
 
-    async with running_meter(js, check_every=3600) as restarted:
+    async with running_meter(service, check_every=3600) as restarted:
         await until(lambda: "sbx2" in restarted.seen, 10)
 
 
@@ -189,34 +201,178 @@ async def requested(service: Client, sandbox_id: str) -> None:
     await store.append(await store.load(sandbox_id), [event])
 
 
-async def test_a_client_redefining_the_state_hubs_durable_loses_the_hub_no_event(
-    identities: tuple[Client, Client], hub: Hub, tmp_path: Path
-) -> None:
-    service, client = identities
+@dataclass
+class Follower:
+    """The State Hub role's follower, running."""
+
+    follower: StateHubFollower
+    task: asyncio.Task[None]
+    hub: Hub
+
+    def sent(self) -> set[str]:
+        return {body["sandbox_id"] for body in self.hub.stored}
+
+
+@contextlib.asynccontextmanager
+async def following(
+    service: Client, hub: Hub, home: Path, check_every: float
+) -> AsyncIterator[Follower]:
     follower = StateHubFollower(
         service,
         service.jetstream(),
         url=hub.url,
         token_ref=None,
-        status_path=status_file(tmp_path),
-        check_every=0.5,
+        status_path=status_file(home),
+        check_every=check_every,
     )
     stop = asyncio.Event()
-    running = asyncio.create_task(follower.run(stop))
-
-    def sent() -> set[str]:
-        return {body["sandbox_id"] for body in hub.stored}
-
+    running = Follower(follower, asyncio.create_task(follower.run(stop)), hub)
     try:
+        yield running
+    finally:
+        stop.set()
+        await running.task
+        await follower.aclose()
+
+
+async def test_a_client_redefining_the_state_hubs_durable_loses_the_hub_no_event(
+    identities: tuple[Client, Client], hub: Hub, tmp_path: Path
+) -> None:
+    service, client = identities
+    async with following(service, hub, tmp_path, check_every=0.5) as role:
         await requested(service, "sbxhubhubhubhub01")
-        await until(lambda: sent() == {"sbxhubhubhubhub01"}, 10)
+        await until(lambda: role.sent() == {"sbxhubhubhubhub01"}, 10)
         await redefine(client, DURABLE, NARROWED)
         await requested(service, "sbxhubhubhubhub02")
         await asyncio.sleep(1.0)
         await redefine(client, DURABLE, subjects.EVENTS)
         await requested(service, "sbxhubhubhubhub03")
-        await until(lambda: len(sent()) == 3, 10)
-    finally:
-        stop.set()
-        await running
-        await follower.aclose()
+        await until(lambda: len(role.sent()) == 3, 10)
+
+
+class HeldLooks:
+    """A bus slow to answer the guard: while ``holding``, a look at ``durable``
+    (``consumer_info``) waits until the block ends before the real server is asked. Nothing
+    else is slowed: a loop that fetches only between looks stops with the look."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, durable: str) -> None:
+        self.holding = False
+        self.waiting = asyncio.Event()
+        """A look is being held."""
+        self._released = asyncio.Event()
+        answer = JetStreamContext.consumer_info
+
+        async def consumer_info(
+            js: JetStreamContext, stream: str, consumer: str, *args: Any, **kwargs: Any
+        ) -> Any:
+            if self.holding and consumer == durable:
+                self.waiting.set()
+                await self._released.wait()
+            return await answer(js, stream, consumer, *args, **kwargs)
+
+        monkeypatch.setattr(JetStreamContext, "consumer_info", consumer_info)
+
+    async def hold(self) -> None:
+        """Hold the looks from now on, and wait for the first to be held."""
+        self.holding = True
+        async with asyncio.timeout(5):
+            await self.waiting.wait()
+
+    async def __aenter__(self) -> HeldLooks:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.holding = False
+        self._released.set()  # before the loop is stopped: its end waits for a look under way
+
+
+def guard_tasks() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_name().startswith("guard of ")]
+
+
+async def test_a_look_the_bus_is_slow_to_answer_holds_no_meter_fetch_back(
+    identities: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _client = identities
+    async with (
+        running_meter(service, check_every=0.1) as meter,
+        HeldLooks(monkeypatch, "meter") as looks,
+    ):
+        await destroyed(service, "sbx1")
+        await until(lambda: meter.seen == {"sbx1"}, 5)
+        await looks.hold()  # and the look is never answered while the meter runs
+        await destroyed(service, "sbx2")
+        await until(lambda: meter.seen == {"sbx1", "sbx2"}, 3)
+        assert len(guard_tasks()) == 1  # the look waits in a task beside the loop
+    assert guard_tasks() == []  # stopped with the loop
+
+
+async def test_a_look_the_bus_is_slow_to_answer_holds_no_state_hub_fetch_back(
+    identities: tuple[Client, Client], hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _client = identities
+    async with (
+        following(service, hub, tmp_path, check_every=0.1) as role,
+        HeldLooks(monkeypatch, DURABLE) as looks,
+    ):
+        await requested(service, "sbxhubhubhubhub01")
+        await until(lambda: role.sent() == {"sbxhubhubhubhub01"}, 10)
+        await looks.hold()
+        await requested(service, "sbxhubhubhubhub02")
+        await until(lambda: len(role.sent()) == 2, 3)
+    assert guard_tasks() == []
+
+
+async def test_the_state_hub_fetches_on_through_its_durable_being_made_again(
+    identities: tuple[Client, Client], hub: Hub, tmp_path: Path
+) -> None:
+    """Between a remake's delete and its create (by another of the service's processes, or
+    by this one's guard) a fetch fails with "no responders": a transient failure, not the
+    end of the role."""
+    service, _client = identities
+    async with following(service, hub, tmp_path, check_every=3600) as role:  # no look
+        await requested(service, "sbxhubhubhubhub01")
+        await until(lambda: role.sent() == {"sbxhubhubhubhub01"}, 10)
+        await service.jetstream().delete_consumer(subjects.EVENTS_STREAM, DURABLE)
+        await asyncio.sleep(1.5)  # fetches from no durable: three, one every IDLE_POLL
+        assert not role.task.done(), role.task
+        await role.follower.ensure_consumer()  # made again (from the start: no floor seen)
+        await requested(service, "sbxhubhubhubhub02")
+        await until(lambda: "sbxhubhubhubhub02" in role.sent(), 10)
+
+
+async def test_an_ack_from_before_a_remake_moves_the_new_durable_past_nothing(
+    identities: tuple[Client, Client],
+) -> None:
+    """What a remake racing the loop's acks rests on (bus/guarded_durable.py): the ack, nak
+    or term of a message the old durable delivered reaches the new one of that name, which
+    has not delivered it yet, and must not start it after it."""
+    service, client = identities
+    js = service.jetstream()
+    wanted = ConsumerConfig(
+        durable_name="meter",
+        name="meter",
+        filter_subject=DESTROYED,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30,
+        max_deliver=-1,
+    )
+    guard = GuardedDurable(service, subjects.EVENTS_STREAM, wanted)
+    await guard.ensure()
+    await destroyed(service, "sbx1", "sbx2", "sbx3", "sbx4")
+    psub = await js.pull_subscribe_bind(durable="meter", stream=subjects.EVENTS_STREAM)
+    first, *in_hand = [(await psub.fetch(1, timeout=2))[0] for _ in range(4)]
+    await first.ack_sync()
+    await guard.check()  # intact: its floor is the first
+    await redefine(client, "meter", NARROWED)
+    await guard.check()  # made again, after the first
+    for settle in (in_hand[0].ack, in_hand[1].nak, in_hand[2].term):
+        await settle()
+    await service.flush()
+    again = []
+    for _ in range(3):
+        msg = (await psub.fetch(1, timeout=2))[0]
+        again.append(msg.subject.split(".")[3])
+        await msg.ack_sync()
+    assert again == ["sbx2", "sbx3", "sbx4"]
+    await psub.unsubscribe()
