@@ -3,6 +3,7 @@ the proxy's parsers and name matching (slot allocation: test_host_slots.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import ssl
@@ -337,3 +338,14 @@ def test_the_profile_policy_compiles_to_what_ext_local_enforces() -> None:
     only_unenforceable = compile_policy(parse_policy({"egress": ["dns.test:53/udp"]}))
     assert only_unenforceable.denies_all
     assert only_unenforceable.warnings
+
+
+async def test_the_proxys_waits_end_in_the_builtin_timeout_error() -> None:
+    """The proxy's handlers catch the built-in TimeoutError; ``within`` raises it on every
+    python3 the script runs on (before 3.11, ``wait_for`` raised asyncio's own)."""
+    from sandboxer.extensions.local.egress_proxy import within
+
+    never = asyncio.get_running_loop().create_future()
+    with pytest.raises(TimeoutError, match=r"no answer within 0\.01 s"):
+        await within(never, 0.01)
+    assert await within(asyncio.sleep(0, "done"), 1.0) == "done"

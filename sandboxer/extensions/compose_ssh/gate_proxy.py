@@ -148,9 +148,8 @@ class GateProxy(egress_proxy.Proxy):
         self.addresses = addresses
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # wait_for, not asyncio.timeout: the host's python3 may be 3.9 (egress_proxy.py says
-        # why its flaw costs nothing in this process).
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), egress_proxy.HEAD_TIMEOUT)  # noqa: TID251
+        # within, not asyncio.timeout: the host's python3 may be 3.9 (egress_proxy.within).
+        head = await egress_proxy.within(reader.readuntil(b"\r\n\r\n"), egress_proxy.HEAD_TIMEOUT)
         target = address_target(head)
         if target is None:
             await super()._serve(_Replayed(head, reader), writer)
@@ -162,7 +161,7 @@ class GateProxy(egress_proxy.Proxy):
         if egress_proxy._is_forbidden_target(address):
             raise egress_proxy.Refused(403, f"{address} is this host's or a local link's address")
         try:
-            up_reader, up_writer = await asyncio.wait_for(  # noqa: TID251 (python3 3.9+, as above)
+            up_reader, up_writer = await egress_proxy.within(
                 asyncio.open_connection(address, port), egress_proxy.CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError) as exc:

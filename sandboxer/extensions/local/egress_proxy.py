@@ -41,9 +41,10 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -53,16 +54,14 @@ __all__ = [
     "normalize_name",
     "unmapped",
     "valid_pattern",
+    "within",
 ]
+
+T = TypeVar("T")
 
 MAX_HEAD = 16 * 1024
 MAX_HELLO = 64 * 1024
-# Waits here are bounded by asyncio.wait_for, which the rest of sandboxer may not use
-# (TID251 in pyproject.toml): this script (and gate_proxy.py) also runs on a compose host's
-# own python3, 3.9 or newer (compose_ssh/egress_plan.MIN_PYTHON), which has no
-# asyncio.timeout. What wait_for gets wrong on 3.11, a cancellation landing as the wait
-# ends is dropped, can only hold up this process's exit: nothing cancels a connection but
-# the end of asyncio.run, after a SIGTERM that a SIGKILL follows (or a SIGKILL at once).
+# Waits here are bounded by within() (asyncio.wait_for), see there.
 HEAD_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 10.0
 MAX_CLIENTS = 256
@@ -412,9 +411,7 @@ class Proxy:
         last: Exception | None = None
         for address in usable:
             try:
-                return await asyncio.wait_for(  # noqa: TID251 (python3 3.9+: see HEAD_TIMEOUT)
-                    asyncio.open_connection(address, port), CONNECT_TIMEOUT
-                )
+                return await within(asyncio.open_connection(address, port), CONNECT_TIMEOUT)
             except (OSError, TimeoutError) as exc:
                 last = exc
         raise Refused(502, f"cannot connect to {name}:{port}: {last}")
@@ -439,7 +436,7 @@ class Proxy:
                 await _close(writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)  # noqa: TID251 (see HEAD_TIMEOUT)
+        head = await within(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
         request = parse_request(head)
         if not self.allowlist.allows(request.host, request.port):
             raise Refused(403, f"{request.host}:{request.port} is not on this sandbox's allowlist")
@@ -459,7 +456,7 @@ class Proxy:
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
             try:
-                raw, hello = await asyncio.wait_for(read_client_hello(reader), HEAD_TIMEOUT)  # noqa: TID251 (see HEAD_TIMEOUT)
+                raw, hello = await within(read_client_hello(reader), HEAD_TIMEOUT)
                 server_name = client_hello_server_name(hello)
             except NotClientHello as exc:
                 self.log(f"refused: CONNECT {request.host}:{request.port}: {exc}")
@@ -499,6 +496,25 @@ async def _splice(
         await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
     finally:
         await _close(up_writer)
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """``awaitable``, or the built-in TimeoutError after ``seconds``, on every python3 this
+    script runs on.
+
+    Not asyncio.timeout, which the rest of sandboxer uses (TID251 in pyproject.toml): this
+    script (and gate_proxy.py) also runs on a compose host's own python3, 3.9 or newer
+    (compose_ssh/egress_plan.MIN_PYTHON), which has none. Before 3.11, wait_for raises
+    asyncio.TimeoutError, not the built-in the handlers here catch: a slow client or upstream
+    ended the connection with an unhandled error instead of a 502 (or a quiet close). What
+    wait_for gets wrong on 3.11, a cancellation landing as the wait ends is dropped, can
+    only hold up this process's exit: nothing cancels a connection but the end of
+    asyncio.run, after a SIGTERM that a SIGKILL follows (or a SIGKILL at once).
+    """
+    try:
+        return await asyncio.wait_for(awaitable, seconds)  # noqa: TID251 (see above)
+    except asyncio.TimeoutError:  # noqa: UP041 (before 3.11 not the built-in)
+        raise TimeoutError(f"no answer within {seconds:g} s") from None
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
