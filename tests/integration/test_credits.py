@@ -240,7 +240,10 @@ async def test_a_create_that_lost_its_sandbox_id_to_another_project_gives_its_cr
         )
         store = JetStreamEventStore(beta.nc, beta.js)
         await reserve_for_create(store, catalog, admitted)
-        assert (await account(beta, "beta"))["reserved"] > 0
+        # Appended beside the client, which cannot ask the view to have read it: wait.
+        async with asyncio.timeout(30):
+            while (await account(beta, "beta"))["reserved"] == 0:
+                await asyncio.sleep(0.05)
         # ... acme's takes the id, then beta's is decided
         await acme.create("profile.saas-stub", ttl="10m", sandbox_id="contested01")
         with pytest.raises(CommandFailed, match="is taken"):
