@@ -454,18 +454,15 @@ class FileService:
         """End an upload the worker's stop cancelled, leaving nothing half-written: one
         already unpacking in the sandbox is let finish; one still arriving is killed, and
         what arrived of it removed."""
-        if sent.is_set():
-            with contextlib.suppress(Exception):  # the timeout, or the upload's own failure
-                async with asyncio.timeout(PLACE_TIMEOUT):
-                    await asyncio.shield(writing)  # a timeout cancels the shield, not the upload
-        writing.cancel()  # kills the sandbox's side, when it still runs
-        await asyncio.gather(writing, return_exceptions=True)
+        # Waits by settle(), not asyncio.timeout: this runs while the task is being cancelled.
+        # Past its ``writing`` is cancelled, which kills the sandbox's side when it still runs.
+        await settle(writing, PLACE_TIMEOUT if sent.is_set() else 0)
         argv = ["sh", "-c", CLEAN_SCRIPT, "sh", directory, stage]
-        try:
-            async with asyncio.timeout(CLEAN_TIMEOUT):
-                await self._exec(backend, state, request, argv, None)
-        except Exception as exc:
-            log.warning("could not remove %s from %s: %r", stage, state.sandbox_id, exc)
+        cleaning = asyncio.ensure_future(self._exec(backend, state, request, argv, None))
+        await settle(cleaning, CLEAN_TIMEOUT)
+        if cleaning.cancelled() or cleaning.exception() is not None:
+            why = "timed out" if cleaning.cancelled() else repr(cleaning.exception())
+            log.warning("could not remove %s from %s: %s", stage, state.sandbox_id, why)
 
     # -- get ----------------------------------------------------------------------------------
 
@@ -593,10 +590,22 @@ async def _store_object(bucket: ObjectStore, name: str, handle: io.BufferedReade
         await asyncio.shield(storing)
     except asyncio.CancelledError:
         reader.stopped = True  # the next read fails, and nats-py purges what it stored
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLEAN_TIMEOUT):
-                await storing  # not shielded: cancelled past CLEAN_TIMEOUT
+        await settle(storing, CLEAN_TIMEOUT)
         raise
+
+
+async def settle(task: asyncio.Future[Any], seconds: float) -> None:
+    """Let ``task`` end within ``seconds``, then cancel it and wait for its clean-up; its
+    outcome is left on it, never raised.
+
+    For a task being cancelled, which must clean up before it ends: Python 3.11.0 to 3.11.2
+    (Debian 12's is 3.11.2) raise CancelledError, not TimeoutError, when an asyncio.timeout
+    runs out in a task already being cancelled (gh-102780), which would skip the rest of
+    the clean-up. asyncio.wait only waits.
+    """
+    if seconds > 0 and not task.done():
+        await asyncio.wait([task], timeout=seconds)
+    await _cancel(task)
 
 
 async def _cancel(task: asyncio.Future[Any]) -> None:
