@@ -18,6 +18,7 @@ import pytest
 
 from sandboxer.bus.event_reader import read_events
 from sandboxer.client import CommandFailed
+from sandboxer.errors import InvalidInput
 from tests.integration.conftest import Service, start_service
 from tests.integration.remote_fixtures import (
     ENGINES,
@@ -153,7 +154,7 @@ async def test_compose_lifecycle_falls_back_and_keeps_secrets_out_of_the_log(
         assert await client.exec(sandbox_id, in_container, collect) == 6
         assert await client.exec(sandbox_id, in_container, collect, service="worker") == 6
         assert b"".join(out) == b"in-container\nin-container\n"
-        with pytest.raises(CommandFailed, match="no service 'nope'"):
+        with pytest.raises(InvalidInput, match="no service 'nope'"):
             await client.exec(sandbox_id, ["true"], collect, service="nope")
 
         await client.destroy(sandbox_id)
