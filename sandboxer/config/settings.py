@@ -17,7 +17,9 @@ from sandboxer.errors import SettingError
 from sandboxer.workspaces.roots import parse_input_roots
 
 __all__ = [
+    "DEFAULT_EXEC_HEARTBEAT",
     "DEFAULT_HTTP_ADDR",
+    "MIN_EXEC_HEARTBEAT",
     "NATS_URL_SCHEMES",
     "Settings",
     "parse_http_addr",
@@ -38,6 +40,25 @@ def _float_env(name: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise SettingError(name, raw, "write a positive number of seconds, e.g. 30 or 2.5")
     return value
+
+
+DEFAULT_EXEC_HEARTBEAT = 10.0
+"""Seconds between a worker's heartbeats to the client of a running exec or copy."""
+MIN_EXEC_HEARTBEAT = 1.0
+"""Each heartbeat is a request that waits up to a second (workers/heartbeat.py's
+CHECK_TIMEOUT) before the next is sent: promised more often, clients would hear silence."""
+
+
+def _heartbeat_env() -> float:
+    name = "SANDBOXER_EXEC_HEARTBEAT"
+    every = _float_env(name, DEFAULT_EXEC_HEARTBEAT)
+    if every < MIN_EXEC_HEARTBEAT:
+        raise SettingError(
+            name,
+            os.environ[name],
+            f"write a number of seconds of at least {MIN_EXEC_HEARTBEAT:g}, e.g. 10",
+        )
+    return every
 
 
 def _valid_nats_url(url: str) -> bool:
@@ -192,6 +213,9 @@ class Settings:
     ``SANDBOXER_ACK_WAIT``: seconds without a heartbeat before a held message is redelivered (default 5).
     ``SANDBOXER_EXPIRY_INTERVAL``: seconds between the control worker's sweeps for sandboxes
     past their TTL or idle limit (default 5).
+    ``SANDBOXER_EXEC_HEARTBEAT``: seconds between a worker's heartbeats to the client of a
+    running exec or copy (default 10, at least 1); its clients stop waiting after three
+    silent spells (docs/protocol.md#when-the-worker-goes-silent).
     ``SANDBOXER_INPUT_ROOTS``: the only worker directories a path input may name (default none).
     ``SANDBOXER_UPLOAD_MAX_MB``: largest directory archive a client uploads or a worker unpacks.
     ``SANDBOXER_UPLOAD_EXCLUDE``: names a client leaves out of the directories it uploads.
@@ -209,6 +233,9 @@ class Settings:
     nats_server: str | None
     ack_wait: float
     expiry_interval: float = 5.0
+    exec_heartbeat: float = DEFAULT_EXEC_HEARTBEAT
+    """Seconds between a worker's ``alive`` checks on a running exec's or copy's inbox
+    (workers/heartbeat.py); its ``started`` message promises them to the client."""
     input_roots: tuple[Path, ...] = ()
     upload_max_mb: int = 1024
     upload_exclude: tuple[str, ...] = ()
@@ -232,6 +259,7 @@ class Settings:
             nats_server=os.environ.get("SANDBOXER_NATS_SERVER") or None,
             ack_wait=_float_env("SANDBOXER_ACK_WAIT", 5.0),
             expiry_interval=_float_env("SANDBOXER_EXPIRY_INTERVAL", 5.0),
+            exec_heartbeat=_heartbeat_env(),
             input_roots=parse_input_roots(os.environ.get("SANDBOXER_INPUT_ROOTS", "")),
             upload_max_mb=_int_env("SANDBOXER_UPLOAD_MAX_MB", 1024, "MiB"),
             upload_exclude=_names_env("SANDBOXER_UPLOAD_EXCLUDE"),

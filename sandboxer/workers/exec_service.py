@@ -37,11 +37,12 @@ which kills the command, and the ``exit`` carries ``{"error": ..., "timed_out": 
 
 A client that goes away (Ctrl-C, a dropped connection, a caller that gave up waiting)
 stops its command too. Core NATS never tells a publisher that nobody listens, so every
-:data:`CLIENT_CHECK_INTERVAL` seconds the worker sends a request with the kind ``alive``
-to the reply inbox: the server answers "no responders" only when nothing subscribes to
-it any more, and then the backend's call is cancelled. Clients ignore ``alive`` (they
-may not publish into the worker's inbox anyway): the request times out, which means the
-client is still there, so clients that predate ``alive`` are never taken for gone.
+``SANDBOXER_EXEC_HEARTBEAT`` seconds (10 by default) the worker sends a request with the
+kind ``alive`` to the reply inbox: the server answers "no responders" only when nothing
+subscribes to it any more, and then the backend's call is cancelled. Clients ignore
+``alive`` (they may not publish into the worker's inbox anyway): the request times out,
+which means the client is still there, so clients that predate ``alive`` are never taken
+for gone.
 
 The other way round, ``alive`` is the worker's heartbeat: the ``started`` message says
 in its :data:`~sandboxer.workers.heartbeat.HEADER` header how often one comes, and
@@ -106,8 +107,6 @@ STDIN_UNANSWERED = 2
 """Chunks held unanswered beyond the queue; a client following the protocol has one at most."""
 STDIN_PENDING = STDIN_QUEUE + STDIN_UNANSWERED
 """Messages nats-py may buffer for an input subscription (its default is 512k, 128 MiB)."""
-CLIENT_CHECK_INTERVAL = heartbeat.INTERVAL
-"""Seconds between checks that an exec's client still listens on its reply inbox."""
 MAX_TIMEOUT = 7 * 24 * 3600.0
 OUTPUT_CHUNK = 64 * 1024
 """Most bytes of output in one message (NATS's default max payload is 1 MiB)."""
@@ -233,6 +232,8 @@ class ExecService:
         self._extension = extension
         self._subs: list[Subscription] = []
         self._files: FileService | None = None
+        self._heartbeat = heartbeat.INTERVAL if settings is None else settings.exec_heartbeat
+        """Seconds between checks that an exec's client still listens on its reply inbox."""
         if settings is not None:  # files in and out ride on exec (docs/protocol.md#files)
             from sandboxer.workers.file_service import FileService
 
@@ -306,7 +307,7 @@ class ExecService:
         async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:
             headers: dict[str, str] = {HEADER: kind}
             if kind == "started":  # how often its ``alive`` checks come: see _client_gone
-                headers[heartbeat.HEADER] = f"{CLIENT_CHECK_INTERVAL:g}"
+                headers[heartbeat.HEADER] = f"{self._heartbeat:g}"
             # A backend may hand output over whole (Daytona's arrives when the command
             # ends): split, so no message passes the server's max payload.
             step = OUTPUT_CHUNK if kind in ("stdout", "stderr") else len(data)
@@ -424,7 +425,7 @@ class ExecService:
         Each check is also the worker's heartbeat to the client, so they keep the pace the
         ``started`` message (sent at monotonic time ``started``) promised."""
         alive = {HEADER: "alive"}
-        await heartbeat.beat(self._nc, reply, alive, started, CLIENT_CHECK_INTERVAL)
+        await heartbeat.beat(self._nc, reply, alive, started, self._heartbeat)
         return "the client stopped listening for the output; the command was stopped"
 
 

@@ -114,8 +114,6 @@ FILE_TIMEOUT = 1800.0
 """Seconds a copy may take inside the sandbox."""
 CHUNK = 64 * 1024
 STDERR_KEPT = 4096
-CLIENT_CHECK_INTERVAL = heartbeat.INTERVAL
-"""Seconds between the ``alive`` checks (heartbeats) a copy's client gets."""
 PLACE_TIMEOUT = 15.0
 """Seconds a stopping worker lets an upload whose bytes are all in the sandbox finish
 unpacking there, rather than leave it half-written."""
@@ -257,6 +255,8 @@ class FileService:
         self._extension = extension
         self._limits = ArchiveLimits.from_mb(settings.upload_max_mb)
         self._staging = settings.staging_root / "files"
+        self._heartbeat = settings.exec_heartbeat
+        """Seconds between the ``alive`` checks (heartbeats) a copy's client gets."""
         self._touch = touch
         self._subs: list[Subscription] = []
         self._in_flight = InFlight()
@@ -298,7 +298,7 @@ class FileService:
             data = msgspec.json.encode(body) if body is not None else b""
             headers = {HEADER: kind}
             if kind == "started":  # how often its ``alive`` checks come (heartbeat.py)
-                headers[heartbeat.HEADER] = f"{CLIENT_CHECK_INTERVAL:g}"
+                headers[heartbeat.HEADER] = f"{self._heartbeat:g}"
             await self._nc.publish(reply, data, headers=headers)
 
         await send("started")
@@ -310,7 +310,7 @@ class FileService:
         # stopped, or a large one would go on for minutes, filling staging and the bucket for
         # nobody. Stopped, it leaves nothing (as when the worker stops).
         alive = {HEADER: "alive"}
-        beat = heartbeat.beat(self._nc, reply, alive, time.monotonic(), CLIENT_CHECK_INTERVAL)
+        beat = heartbeat.beat(self._nc, reply, alive, time.monotonic(), self._heartbeat)
         beating = asyncio.ensure_future(beat)
         copying = asyncio.ensure_future(self._copy(msg.data, state, key_id, reply, send))
         try:

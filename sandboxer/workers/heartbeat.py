@@ -3,7 +3,8 @@
 A worker killed with ``kill -9``, or whose host vanished, sends no ``exit`` (exec) or
 ``done`` (files): without more, its client would wait on silence until its own timeout
 (an hour for ``sandboxer exec`` and ``sandboxer cp``). But a running worker is never
-silent for long: every :data:`INTERVAL` seconds while it runs a command or a copy it
+silent for long: every :data:`INTERVAL` seconds (``SANDBOXER_EXEC_HEARTBEAT``) while it
+runs a command or a copy it
 sends an ``alive`` check to the request's inbox (:func:`beat`), and that check doubles as
 its heartbeat. Its ``started`` message promises so in the header :data:`HEADER`, whose
 value is the most seconds it stays silent. A client that then hears nothing at all (no
@@ -29,6 +30,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer.bus.ask import next_message
+from sandboxer.config.settings import DEFAULT_EXEC_HEARTBEAT
 from sandboxer.errors import WorkerLost
 
 __all__ = [
@@ -46,8 +48,9 @@ log = logging.getLogger(__name__)
 HEADER = "Sandboxer-Exec-Heartbeat"
 """On ``started``: seconds between two ``alive`` checks. Exec's first, and copies' since
 (they run through the same workers and backend exec): one header, one meaning."""
-INTERVAL = 10.0
-"""Seconds between a worker's ``alive`` checks on one request's inbox."""
+INTERVAL = DEFAULT_EXEC_HEARTBEAT
+"""Seconds between a worker's ``alive`` checks on one request's inbox, unless its settings
+say otherwise (:attr:`~sandboxer.config.settings.Settings.exec_heartbeat`)."""
 CHECK_TIMEOUT = 1.0
 """Seconds an ``alive`` request waits: a timeout means the client is there (it never answers)."""
 MISSES = 3

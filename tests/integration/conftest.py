@@ -27,7 +27,7 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
-from sandboxer.config.settings import Settings
+from sandboxer.config.settings import DEFAULT_EXEC_HEARTBEAT, Settings
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.errors import SandboxerError
 from sandboxer.events.codec import decode_event
@@ -131,11 +131,14 @@ async def start_service(
     *,
     input_roots: tuple[Path, ...] | None = None,
     upload_max_mb: int | None = None,
+    exec_heartbeat: float | None = None,
 ) -> Service:
     """Run ``roles`` (all by default) in this event loop; fail the test if they never answer."""
     settings = settings_for(home, url, input_roots=input_roots)
     if upload_max_mb is not None:
         settings = dataclasses.replace(settings, upload_max_mb=upload_max_mb)
+    if exec_heartbeat is not None:
+        settings = dataclasses.replace(settings, exec_heartbeat=exec_heartbeat)
     catalog = Catalog.load(home)
     roles = roles or all_roles(catalog)
     nc = await connect([url], name="test-service")
@@ -209,8 +212,18 @@ async def reap_local(home: Path) -> None:
 
 
 @pytest.fixture
-async def service(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[Service]:
-    svc = await start_service(home, nats_server.url)
+def exec_heartbeat() -> float:
+    """Seconds between the workers' heartbeats to an exec's or copy's client in the
+    ``service`` fixture: the default; a test that waits on them parametrizes a shorter one
+    (``@pytest.mark.parametrize("exec_heartbeat", [1.0])``), the mechanism is the same."""
+    return DEFAULT_EXEC_HEARTBEAT
+
+
+@pytest.fixture
+async def service(
+    nats_server: NatsServerProcess, home: Path, exec_heartbeat: float
+) -> AsyncIterator[Service]:
+    svc = await start_service(home, nats_server.url, exec_heartbeat=exec_heartbeat)
     try:
         yield svc
     finally:

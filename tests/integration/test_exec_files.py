@@ -33,6 +33,7 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import CommandFailed, SandboxerClient
+from sandboxer.config.settings import DEFAULT_EXEC_HEARTBEAT
 from sandboxer.errors import InvalidInput, PathRefused, ServiceNotRunning, WorkspaceRefused
 from sandboxer.subjects import EVENTS_STREAM, WORKSPACES_BUCKET, exec_subject
 from sandboxer.workers import exec_service, file_service
@@ -160,7 +161,10 @@ async def test_an_invalid_timeout_is_refused(service: Service, sandbox: str) -> 
 
 
 async def raw_exec(
-    client: SandboxerClient, sandbox_id: str, request: dict[str, Any]
+    client: SandboxerClient,
+    sandbox_id: str,
+    request: dict[str, Any],
+    every: float = DEFAULT_EXEC_HEARTBEAT,
 ) -> tuple[Subscription, Msg]:
     """An exec request straight on the bus, as any client sends it: the inbox subscribed to,
     and the worker's first answer (``started``)."""
@@ -168,8 +172,7 @@ async def raw_exec(
     sub = await client.nc.subscribe(inbox)
     await client.nc.publish(exec_subject(sandbox_id), msgspec.json.encode(request), reply=inbox)
     started = await sub.next_msg(timeout=10)
-    # It says how often its ``alive`` checks (its heartbeats) come (heartbeat.py).
-    every = exec_service.CLIENT_CHECK_INTERVAL
+    # It says how often its ``alive`` checks (its heartbeats) come (heartbeat.py): ``every``.
     assert started.headers == {EXEC_HEADER: "started", HEARTBEAT: f"{every:g}"}, started.data
     return sub, started
 
@@ -191,14 +194,13 @@ async def left_running(client: SandboxerClient, sandbox_id: str, pid: str = "") 
     return "sleep 300" in (await run_in(client, sandbox_id, script))[1]
 
 
-async def test_a_command_whose_client_went_away_is_killed(
-    service: Service, sandbox: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A check every 2 s instead of 10, to keep the test short; the mechanism is the same.
-    monkeypatch.setattr(exec_service, "CLIENT_CHECK_INTERVAL", 2.0)
+# A check every 2 s instead of 10, to keep the test short; the mechanism is the same.
+@pytest.mark.parametrize("exec_heartbeat", [2.0])
+async def test_a_command_whose_client_went_away_is_killed(service: Service, sandbox: str) -> None:
     client = service.client
     # No stdin and no timeout: nothing but the client's going can end it before 300 s.
-    sub, _started = await raw_exec(client, sandbox, {"argv": ["sh", "-c", "echo $$ >p; sleep 300"]})
+    argv = ["sh", "-c", "echo $$ >p; sleep 300"]
+    sub, _started = await raw_exec(client, sandbox, {"argv": argv}, every=2.0)
     async with asyncio.timeout(10):
         while not (pid := (await run_in(client, sandbox, "cat p 2>/dev/null"))[1].strip()):
             await asyncio.sleep(0.1)
@@ -280,6 +282,7 @@ async def test_stopping_the_worker_stops_copies_after_the_grace_leaving_nothing(
     assert list((service.settings.staging_root / "files").iterdir()) == []
 
 
+@pytest.mark.parametrize("exec_heartbeat", [1.0])  # 10 s in earnest
 async def test_a_copy_whose_client_went_away_is_stopped_leaving_nothing(
     service: Service, sandbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -287,7 +290,6 @@ async def test_a_copy_whose_client_went_away_is_stopped_leaving_nothing(
     inbox: the worker's next ``alive`` check finds nobody, as exec's does, and the copy is
     stopped: neither what arrived in the sandbox nor the worker's staging is left, and a
     copy out's command in the sandbox is killed."""
-    monkeypatch.setattr(file_service, "CLIENT_CHECK_INTERVAL", 1.0)  # 10 s in earnest
     arrived = stall_uploads(monkeypatch)
     # A copy out whose tar in the sandbox takes (nearly) for ever.
     monkeypatch.setattr(file_service, "GET_SCRIPT", "echo $$ >/tmp/get.pid; exec sleep 300")
@@ -611,11 +613,16 @@ async def test_an_oversized_upload_is_refused(
 
 @pytest.fixture
 async def api(
-    nats_server: NatsServerProcess, home: Path, monkeypatch: pytest.MonkeyPatch
+    nats_server: NatsServerProcess,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    exec_heartbeat: float,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
     """The service and its gateway (an administrator's key), uploads limited to 2 MiB."""
     monkeypatch.setenv("SANDBOXER_UPLOAD_MAX_MB", "2")
-    service = await start_service(home, nats_server.url, upload_max_mb=2)
+    service = await start_service(
+        home, nats_server.url, upload_max_mb=2, exec_heartbeat=exec_heartbeat
+    )
     admin = SandboxerClient(service.client.nc, actor={"type": "adm", "id": "pytest-admin"})
     key, _ = await create_key(
         admin, project="default", key_type="adm", max_live=100, rate_per_second=1000
@@ -670,13 +677,13 @@ async def test_a_copy_in_a_paused_sandbox_is_a_state_conflict(
     assert "is paused" in error_of(answer, 409, "frozen")
 
 
+@pytest.mark.parametrize("exec_heartbeat", [1.0])  # 10 s in earnest
 async def test_a_copy_whose_http_caller_hung_up_is_stopped_leaving_nothing(
     api: tuple[httpx.AsyncClient, Service], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gateway's bus client leaves the copy's inbox when its caller hangs up, as for an
     exec: the worker stops the copy, and nothing of it is left."""
     http, service = api
-    monkeypatch.setattr(file_service, "CLIENT_CHECK_INTERVAL", 1.0)  # 10 s in earnest
     arrived = stall_uploads(monkeypatch)
     sandbox_id = (await service.client.create("profile.local", {}))["sandbox_id"]
     workspace = service.settings.home / "local" / sandbox_id / "workspace"

@@ -36,7 +36,6 @@ from sandboxer.events.snapshot_events import SnapshotRequested
 from sandboxer.gateway import context
 from sandboxer.ids import derive_sandbox_id, derive_snapshot_id, new_command_id
 from sandboxer.projections.sandbox_view import SandboxView
-from sandboxer.workers import exec_service
 from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -65,8 +64,10 @@ class Front:
 
 
 @pytest.fixture
-async def front(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[Front]:
-    service = await start_service(home, nats_server.url)
+async def front(
+    nats_server: NatsServerProcess, home: Path, exec_heartbeat: float
+) -> AsyncIterator[Front]:
+    service = await start_service(home, nats_server.url, exec_heartbeat=exec_heartbeat)
     admin = SandboxerClient(service.client.nc, actor={"type": "adm", "id": "pytest-admin"})
     try:
         async with serve_gateway(service, home) as url:
@@ -354,12 +355,10 @@ async def _quiet(_stream: str, _data: bytes) -> None:
     pass
 
 
-async def test_a_revoked_keys_running_exec_is_stopped(
-    front: Front, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize("exec_heartbeat", [1.0])
+async def test_a_revoked_keys_running_exec_is_stopped(front: Front) -> None:
     """An exec checks its key when it starts and may run for days (a ``tail -f``). Revoked,
     the key's command is stopped: its caller is answered 401 and the process is gone."""
-    monkeypatch.setattr(exec_service, "CLIENT_CHECK_INTERVAL", 1.0)
     key = await front.key("alpha")
     async with front.http(key) as api:
         created = await api.post("/v1/sandboxes?wait=60s", json={})

@@ -226,6 +226,8 @@ def test_hosts_file_errors_name_the_host_and_what_is_needed(tmp_path: Path) -> N
         ("SANDBOXER_ACK_WAIT", "soon", "positive number of seconds"),
         ("SANDBOXER_ACK_WAIT", "-3", "positive number of seconds"),
         ("SANDBOXER_ACK_WAIT", "nan", "positive number of seconds"),
+        ("SANDBOXER_EXEC_HEARTBEAT", "0", "positive number of seconds"),
+        ("SANDBOXER_EXEC_HEARTBEAT", "0.5", "of at least 1"),
         ("SANDBOXER_NATS_URL", "http://example.org", "nats://HOST:PORT"),
         ("SANDBOXER_NATS_URL", "nats://a:4222,nats://b:99999", "'nats://b:99999'"),
         ("SANDBOXER_NATS_URL", "nats://a :4222", "nats://HOST:PORT"),
@@ -263,10 +265,14 @@ def test_good_settings_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("SANDBOXER_HOME", str(tmp_path))
     monkeypatch.setenv("SANDBOXER_NATS_URL", " nats://a:4222, tls://b, c:4223 ")
     monkeypatch.setenv("SANDBOXER_ACK_WAIT", "2.5")
+    monkeypatch.setenv("SANDBOXER_EXEC_HEARTBEAT", "1")
     settings = Settings.from_env()
     assert settings.home == tmp_path
     assert settings.nats_urls == ("nats://a:4222", "tls://b", "c:4223")
     assert settings.ack_wait == 2.5
+    assert settings.exec_heartbeat == 1.0
+    monkeypatch.delenv("SANDBOXER_EXEC_HEARTBEAT")
+    assert Settings.from_env().exec_heartbeat == 10.0
 
 
 class _EntryPoint:
