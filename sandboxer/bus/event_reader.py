@@ -4,7 +4,9 @@
 ``pending`` being how many matching events are known to follow this one: those
 the server still holds, and those already received behind it. With
 ``follow=False`` it stops once it has caught up with the stream (or reached
-``stop_seq``); with ``follow=True`` it waits for new events forever.
+``stop_seq``), at once when nothing matches the filter (one question to the
+server, not an ``idle_timeout`` of silence); with ``follow=True`` it waits for
+new events forever.
 
 ``settle`` (follow only) lets a flow of events that starts after a quiet spell
 run on until it pauses for that long (at most ``SETTLE_LIMIT``) before any of it
@@ -23,6 +25,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -68,6 +71,8 @@ async def read_events(
         pending_bytes_limit=PENDING_LIMIT * 1024,
     )
     try:
+        if not follow and not arrivals.pending and not await _any_to_deliver(sub):
+            return  # nothing from start_seq matches the filter (an unknown sandbox's events)
         while True:
             if not arrivals.pending:
                 try:
@@ -92,6 +97,16 @@ async def read_events(
                     return
     finally:
         await sub.unsubscribe()
+
+
+async def _any_to_deliver(sub: JetStreamContext.PushSubscription) -> bool:
+    """Whether the new consumer behind ``sub`` has delivered, or holds, an event; True too
+    when the server cannot say (the reader then waits for one, as without asking)."""
+    try:
+        info = await sub.consumer_info()
+    except (NatsError, TimeoutError):
+        return True
+    return bool(info.num_pending or (info.delivered and info.delivered.consumer_seq))
 
 
 async def _until_paused(arrived: list[Msg], settle: float) -> None:

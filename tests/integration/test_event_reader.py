@@ -72,3 +72,19 @@ async def test_a_settling_reader_yields_a_chain_of_appends_once_it_pauses(
     await asyncio.wait_for(reader, 5)
     assert [(seq, pending) for seq, pending, _ in seen] == [(1, 3), (2, 2), (3, 1), (4, 0)]
     assert seen[0][2] >= first_append + 0.5  # nothing came out before the flow paused
+
+
+async def test_a_filter_nothing_matches_ends_at_once(js: JetStreamContext) -> None:
+    """An unknown sandbox's events (nothing in the log matches) end as soon as the server
+    says so, not after ``idle_timeout`` of silence; one that matches still reads through."""
+    for n in range(3):
+        await append(js, n)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    nothing = subjects.sandbox_events_filter("unknown00001")
+    assert [seq async for seq, *_ in read_events(js, filter_subject=nothing, idle_timeout=30)] == []
+    assert loop.time() - began < 5
+    one = subjects.sandbox_events_filter("reader1")
+    assert [seq async for seq, *_ in read_events(js, filter_subject=one, idle_timeout=30)] == [2]
+    after = [seq async for seq, *_ in read_events(js, filter_subject=one, start_seq=3)]
+    assert after == []
