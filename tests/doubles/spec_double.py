@@ -176,11 +176,12 @@ class SpecDouble:
             body = self._error_body(fault.status, "injected fault", path)
             await self._send(send, fault.status, body)
             return
-        if fault is not None and fault.kind in {"latency", "hang"}:
+        if fault is not None and fault.kind == "latency":
             await asyncio.sleep(fault.seconds)
-            if fault.kind == "hang":
+        if fault is not None and fault.kind == "hang":
+            if not await _hold(receive, fault.seconds):
                 await self._send(send, 504, self._error_body(504, "injected hang", path))
-                return
+            return
         call = Call(
             method=method,
             pattern=pattern,
@@ -190,8 +191,8 @@ class SpecDouble:
             body=json.loads(raw) if raw else None,
         )
         answer = await self.routes[(method, pattern)](call)
-        if fault is not None and fault.kind == "lost":
-            await asyncio.sleep(fault.seconds)
+        if fault is not None and fault.kind == "lost" and await _hold(receive, fault.seconds):
+            return
         await self._answer(send, mock, method, pattern, answer, path)
 
     def _match(self, scope: Scope) -> tuple[str | None, dict[str, str]]:
@@ -267,6 +268,19 @@ def _explain(error: Exception) -> str:
             return f"{error}: " + ", ".join(str(getattr(e, "message", e)) for e in inner)
         return f"{error}: {nested}"
     return str(error)
+
+
+async def _hold(receive: Receive, seconds: float) -> bool:
+    """Hold an answer for ``seconds``; True, and at once, when the client hangs up meanwhile
+    (a worker killed waiting for it): nobody is left to answer, and a request held on
+    would hold the double's shutdown for its full ``seconds`` (uvicorn waits for it)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+    except TimeoutError:
+        return False
+    return True
 
 
 class Served:
