@@ -9,23 +9,28 @@ its existence is not revealed.
 
 Every gateway route asks these functions; none decides on its own. On the bus,
 the control worker asks :func:`identity_refusal` and :func:`owner_refusal` for
-each command a key identity publishes (docs/security.md#keys-on-the-bus).
+each command a key identity publishes (docs/security.md#keys-on-the-bus), and
+:func:`live_limit_refusal` for each create or restore a key makes, however it
+came (the gateway asks it too, before it publishes one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, get_args
 
 from sandboxer.domain.account_state import DEFAULT_PROJECT
+from sandboxer.domain.sandbox_state import Status
 
 __all__ = [
     "ACCOUNT_EVENT_TYPES",
+    "KEY_LIVE_STATUSES",
     "create_project",
     "event_owner",
     "find_snapshot_owner",
     "identity_refusal",
     "is_admin",
+    "live_limit_refusal",
     "may_see",
     "owned_through",
     "owner_of",
@@ -142,6 +147,31 @@ def owner_refusal(
     if owner is None or may_see(actor, owner):
         return None
     return f"unknown_{what}", f"no {what} {ident}; 'sandboxer list' shows the existing ones"
+
+
+KEY_LIVE_STATUSES = frozenset(get_args(Status)) - {"new", "destroyed", "failed"}
+"""The sandboxes a project's key counts against its ``max_live``: every one neither destroyed
+nor failed (a paused, expired or destroying one still counts; docs/http-api.md#limits)."""
+
+
+def live_limit_refusal(
+    key_id: str, max_live: int, project: str, live: int | None
+) -> tuple[str, str] | None:
+    """``(code, reason)`` when a create or restore by key ``key_id`` may not add a sandbox to
+    ``project``, which has ``live`` of :data:`KEY_LIVE_STATUSES` (None: they could not be
+    counted, and a limit that cannot be checked does not let the create through)."""
+    if live is None:
+        return "live_limit", (
+            f"the live sandboxes of project {project} could not be counted (the view did not "
+            f"answer, or is older than the control worker), so key {key_id}'s limit of "
+            f"{max_live} cannot be checked; try again in a moment"
+        )
+    if live < max_live:
+        return None
+    return "live_limit", (
+        f"project {project} has {live} live sandboxes; key {key_id} allows {max_live}. "
+        "Destroy one, or ask an administrator for a key with a higher --max-live"
+    )
 
 
 ACCOUNT_EVENT_TYPES = frozenset(

@@ -86,6 +86,11 @@ class RouteSignals:
     live: Mapping[str, int] = field(default_factory=dict)
     """Sandboxes holding a place, per extension."""
     live_by_host: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    live_by_project: Mapping[str, int] = field(default_factory=dict)
+    """Sandboxes counting against an API key's ``max_live``
+    (:data:`~sandboxer.domain.key_access.KEY_LIVE_STATUSES`), for the one project the request
+    named only: the control worker names a key's create's (one project's count is not
+    another's business)."""
     host_limits: Mapping[str, int | None] | None = None
     """Each host of the hosts file and its ``max_sandboxes`` (None: no limit), added by the
     control worker for backends on hosts; None when it did not read the file (routing then
@@ -107,6 +112,7 @@ class RouteSignals:
             "live_by_host": {
                 k: dict(sorted(v.items())) for k, v in sorted(self.live_by_host.items())
             },
+            "live_by_project": dict(sorted(self.live_by_project.items())),
             "host_limits": (
                 None if self.host_limits is None else dict(sorted(self.host_limits.items()))
             ),
@@ -162,6 +168,7 @@ class RouteSignals:
             latency_p50={k: float(v) for k, v in latency.items()},
             live=ints(data.get("live", {})),
             live_by_host={str(k): ints(v) for k, v in by_host.items()},
+            live_by_project=ints(data.get("live_by_project", {})),
             host_limits=None if limits is None else {str(k): v for k, v in limits.items()},
             circuits=circuits,
             known=bool(data.get("known", True)),

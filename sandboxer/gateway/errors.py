@@ -31,6 +31,7 @@ from sandboxer.errors import (
 
 __all__ = [
     "REJECTION_STATUS",
+    "RETRY_AFTER",
     "error_body",
     "error_response",
     "install_error_handlers",
@@ -80,6 +81,8 @@ REJECTION_STATUS: dict[str, int] = {
     "already_deleted": 409,
     "key_exists": 409,
     "already_revoked": 409,
+    # a key's live-sandbox limit (the gateway's own check answers the same: auth.admit_create)
+    "live_limit": 429,
     # money and permission
     "insufficient_credits": 402,
     "budget_exceeded": 402,
@@ -100,6 +103,11 @@ FAILURE_STATUS: dict[str, int] = {
     "workspace_refused": 422,
 }
 """HTTP status of a ``failed`` sandbox by its ``code`` (others: 502, the backend failed)."""
+
+
+RETRY_AFTER = "30"
+"""``Retry-After`` of a 429 for a place that frees itself (a key's live limit, a provider's
+quota) and of a failed sandbox's 503: a destroy or a quota's window takes about that long."""
 
 
 def status_for_rejection(code: str) -> int:
@@ -123,19 +131,24 @@ def error_response(
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
+def _rejection(code: str, reason: str, details: dict[str, Any] | None = None) -> JSONResponse:
+    """A rejected command's answer; a 429 (a key's live limit) says when to try again."""
+    status = status_for_rejection(code)
+    headers = {"Retry-After": RETRY_AFTER} if status == 429 else None
+    return error_response(status, code, reason, details, headers)
+
+
 def _command_failed(exc: CommandFailed) -> JSONResponse:
     event = exc.event
     kind = event.get("type")
     details = {"event": event} if kind else None
     if kind == "rejected":
         code = str(event.get("code") or "rejected")
-        return error_response(
-            status_for_rejection(code), code, str(event.get("reason") or exc.message), details
-        )
+        return _rejection(code, str(event.get("reason") or exc.message), details)
     if kind == "failed":
         code = str(event.get("code") or "sandbox_failed")
         status = FAILURE_STATUS.get(code, 502)
-        headers = {"Retry-After": "30"} if status in {429, 503} else None
+        headers = {"Retry-After": RETRY_AFTER} if status in {429, 503} else None
         return error_response(status, code, str(event.get("reason")), details, headers)
     if kind == "pause_failed":
         return error_response(502, "pause_failed", str(event.get("reason")), details)
@@ -157,7 +170,7 @@ def response_for(exc: SandboxerError) -> JSONResponse:
     if isinstance(exc, InvalidInput):
         return error_response(422, exc.code, exc.message)
     if isinstance(exc, Rejected):
-        return error_response(status_for_rejection(exc.code), exc.code, exc.reason)
+        return _rejection(exc.code, exc.reason)
     if isinstance(exc, RequestError):
         # The service refused the query: the message is its reason after the subject.
         return error_response(400, exc.code, exc.message.partition(": ")[2] or exc.message)
@@ -168,9 +181,9 @@ def response_for(exc: SandboxerError) -> JSONResponse:
     if isinstance(exc, BusError):
         return error_response(503, exc.code, exc.message, headers={"Retry-After": "5"})
     if isinstance(exc, ProviderQuota):
-        return error_response(429, exc.code, exc.message, headers={"Retry-After": "30"})
+        return error_response(429, exc.code, exc.message, headers={"Retry-After": RETRY_AFTER})
     if isinstance(exc, ProviderError):
-        return error_response(503, exc.code, exc.message, headers={"Retry-After": "30"})
+        return error_response(503, exc.code, exc.message, headers={"Retry-After": RETRY_AFTER})
     if isinstance(exc, ConfigError):
         return error_response(500, exc.code, exc.message)
     log.error("unmapped sandboxer error: %r", exc)

@@ -46,7 +46,8 @@ def _field(request: dict[str, Any], name: str, kind: type, default: Any = None) 
 
 def _project(request: dict[str, Any]) -> str | None:
     """The ``project`` a list is narrowed to (a key's own: its rows are found before the
-    limit is applied, not picked out of every project's first thousand)."""
+    limit is applied, not picked out of every project's first thousand), or route signals
+    count."""
     project: str | None = _field(request, "project", str)
     if project is not None and not is_valid_project(project):
         raise RequestError(f"invalid project {project[:100]!r}: use {PROJECT_RULE}")
@@ -154,10 +155,12 @@ class QueryService:
         return {"hosts": await self._projector.view.hosts(), "position": position}
 
     async def _route_signals(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Routing's signals now (projections/route_rows.py, docs/routing.md#signals)."""
+        """Routing's signals now (projections/route_rows.py, docs/routing.md#signals), with
+        the live count of the ``project`` named (an API key's limit, docs/http-api.md#limits)."""
+        project = _project(request)
         position = await self._consistent(request)
         assert self._projector.view is not None
-        signals, by_host = await self._projector.view.route_signals(utc_now())
+        signals, by_host = await self._projector.view.route_signals(utc_now(), project)
         return {
             "signals": signals.to_dict(),
             "latency_p50_by_host": by_host,

@@ -13,12 +13,13 @@ time (the circuit rule lives in the pure module).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiosqlite
 import msgspec
 
+from sandboxer.domain.key_access import KEY_LIVE_STATUSES
 from sandboxer.domain.route_signals import (
     CAPACITY_STATUSES,
     FailureSample,
@@ -159,8 +160,11 @@ async def save_route_samples(db: aiosqlite.Connection, samples: RouteSamples) ->
             )
 
 
-async def load_signals(db: aiosqlite.Connection, now: str) -> tuple[RouteSignals, dict[str, Any]]:
-    """The signals at ``now``, and the per-host latency (``{ext: {host: p50}}``) for people."""
+async def load_signals(
+    db: aiosqlite.Connection, now: str, project: str | None = None
+) -> tuple[RouteSignals, dict[str, Any]]:
+    """The signals at ``now`` (with ``project``'s count against a key's limit when one is
+    named), and the per-host latency (``{ext: {host: p50}}``) for people."""
     async with db.execute(
         "SELECT key, extension, host, started_at, ready_at, seconds FROM route_latency"
     ) as cursor:
@@ -182,6 +186,8 @@ async def load_signals(db: aiosqlite.Connection, now: str) -> tuple[RouteSignals
                 counts[key] = counts.get(key, 0) + 1
     live = [(ext, host, count) for (ext, host), count in counts.items()]
     signals = signals_from_rows(latencies=latencies, failures=failures, live=live, now=now)
+    if project is not None:
+        signals = replace(signals, live_by_project={project: await _project_live(db, project)})
     by_host: dict[str, dict[str, list[LatencySample]]] = {}
     for sample in latencies:
         if sample.host is not None:
@@ -194,3 +200,14 @@ async def load_signals(db: aiosqlite.Connection, now: str) -> tuple[RouteSignals
         for ext, hosts in sorted(by_host.items())
     }
     return signals, host_p50
+
+
+async def _project_live(db: aiosqlite.Connection, project: str) -> int:
+    """How many of ``project``'s sandboxes count against a key's ``max_live``."""
+    marks = ", ".join("?" for _ in KEY_LIVE_STATUSES)
+    async with db.execute(
+        f"SELECT COUNT(*) FROM sandboxes WHERE project = ? AND status IN ({marks})",
+        (project, *sorted(KEY_LIVE_STATUSES)),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0

@@ -393,9 +393,12 @@ class SandboxView:
             limit=limit,
         )
 
-    async def route_signals(self, now: str) -> tuple[RouteSignals, dict[str, Any]]:
-        """Routing's signals at ``now`` and per-host latency (projections/route_rows.py)."""
-        return await load_signals(self._db, now)
+    async def route_signals(
+        self, now: str, project: str | None = None
+    ) -> tuple[RouteSignals, dict[str, Any]]:
+        """Routing's signals at ``now`` (and ``project``'s live count) and per-host latency
+        (projections/route_rows.py)."""
+        return await load_signals(self._db, now, project)
 
     @property
     def db(self) -> aiosqlite.Connection:

@@ -50,6 +50,7 @@ from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create, requested_host
 from sandboxer.domain.fallback import without_candidates
+from sandboxer.domain.key_state import KeyState
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
 from sandboxer.domain.sandbox_state import SandboxState
@@ -67,6 +68,7 @@ from sandboxer.workers.deciding import apply, apply_key
 from sandboxer.workers.fallback_routing import next_route
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.job_dispatch import dispatch_job
+from sandboxer.workers.key_limit import check_live_limit, limiting_key
 from sandboxer.workers.pause_commands import decide_pause_step
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from sandboxer.workers.route_lookup import RouteLookup
@@ -128,7 +130,7 @@ class ControlWorker:
             await msg.ack()
             return
         try:
-            loaded = await self._decide_and_append(command)
+            loaded = await self._decide_and_append(command, msg.subject)
         except (Rejected, UnknownProfile) as refusal:
             if self._routing is not None:
                 self._routing.release_command(command)
@@ -157,15 +159,25 @@ class ControlWorker:
         | ExpireSandbox,
         *,
         refused_by: tuple[str, ...] = (),
+        key: KeyState | None = None,
     ) -> DomainCommand:
+        """``key``: the API key whose ``max_live`` a create is held to (workers/key_limit.py);
+        None for a create no key made, and for a reroute (its sandbox counts already)."""
         if not isinstance(command, CreateSandbox):
             return command
         profile = without_candidates(self._catalog.profile(command.profile), refused_by)
         enabled = self._catalog.extensions_enabled()
         # A profile that names its backend is not routed (docs/routing.md): nothing weighs
-        # the view's signals, so the create does not wait for them.
+        # the view's signals, so the create does not wait for them (a key's create does, for
+        # its project's live count, but routes as any other).
         routed = profile.extension is None
-        signals = await self._routing.signals(enabled) if self._routing and routed else None
+        signals = None
+        if key is not None:
+            signals = await check_live_limit(self._routing, self._js, key, command, enabled)
+        if not routed:
+            signals = None
+        elif signals is None and self._routing is not None:
+            signals = await self._routing.signals(enabled)
         # Whether a host answers only placement's probe knows: a backend whose usable hosts
         # are all down is passed over for this create and routing asked again, as for one
         # without room (docs/routing.md#no-reachable-host). Each pass leaves one more
@@ -211,8 +223,9 @@ class ControlWorker:
             self._routing.hold(placed)
         return placed
 
-    async def _decide_and_append(self, command: Command) -> Loaded | None:
-        """The sandbox the command changed (None: it changed only a snapshot)."""
+    async def _decide_and_append(self, command: Command, subject: str) -> Loaded | None:
+        """The sandbox the command changed (None: it changed only a snapshot); ``subject``:
+        the one it came on (a key identity's names the key)."""
         if isinstance(command, SnapshotSandbox):
             return await self._snapshots.snapshot(command)
         if isinstance(command, DeleteSnapshot):
@@ -228,11 +241,12 @@ class ControlWorker:
             return await decide_pause_step(self._store, self._catalog, command)
         if isinstance(command, RerouteSandbox):
             return await self._reroute(command)
+        key = await limiting_key(self._store, subject, command)
         restored_from = None
         if isinstance(command, RestoreSnapshot):
             restored_from = command.snapshot_id
             command = await self._snapshots.restore_as_create(command)
-        domain_command = await self._to_domain(command)
+        domain_command = await self._to_domain(command, key=key)
         if restored_from is not None and isinstance(domain_command, AdmittedCreate):
             domain_command = dataclasses.replace(domain_command, restored_from=restored_from)
         domain_command = await self._reserve(domain_command)
@@ -264,8 +278,8 @@ class ControlWorker:
         after a crash, re-sent past the duplicate window) and not admitted now (its hosts
         went down since, its profile changed). Its outcome stands, and its job is sent
         again: a decided command is never turned into a rejection (the module's rule).
-        None: not such a create."""
-        if not isinstance(command, CreateSandbox):
+        None: not such a create. A restore is a create (of its snapshot's workspace)."""
+        if not isinstance(command, CreateSandbox | RestoreSnapshot):
             return None
         loaded = await self._store.load(command.sandbox_id or derive_sandbox_id(command.command_id))
         if command.command_id not in loaded.state.handled or loaded.state.status == "requested":

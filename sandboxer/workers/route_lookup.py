@@ -8,6 +8,10 @@ view's answer cannot include yet (held until the view's position passes
 them): a burst of creates handled at once by one control worker fills a
 backend's capacity exactly, rather than each create seeing the same count.
 
+Asked with a ``project``, the view also counts that project's live sandboxes,
+and the worker adds its unseen routes for the project in the same way: what an
+API key's ``max_live`` is checked against (:mod:`sandboxer.workers.key_limit`).
+
 It also answers ``sandboxer.query.route.explain``: the same ranking a create
 would get now, from the same catalog, hosts file and signals, without
 creating anything (docs/routing.md#route-explain).
@@ -30,11 +34,12 @@ from nats.errors import TimeoutError as NatsTimeout
 from sandboxer import subjects
 from sandboxer.bus.responder import Responder
 from sandboxer.clock import utc_now
-from sandboxer.commands.types import CreateSandbox
+from sandboxer.commands.types import CreateSandbox, RestoreSnapshot
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.hosts import load_hosts
 from sandboxer.config.settings import Settings
+from sandboxer.domain.account_state import project_of
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.routing import rank
 from sandboxer.domain.sandbox_decide import AdmittedCreate
@@ -42,12 +47,16 @@ from sandboxer.durations import format_duration, parse_duration
 from sandboxer.errors import InvalidInput, RequestError, SandboxerError, UnknownProfile
 from sandboxer.ids import derive_sandbox_id
 
-__all__ = ["CONTROL_QUEUE", "SIGNALS_TIMEOUT", "RouteLookup"]
+__all__ = ["CONTROL_QUEUE", "COUNT_TIMEOUT", "SIGNALS_TIMEOUT", "RouteLookup"]
 
 log = logging.getLogger(__name__)
 
 SIGNALS_TIMEOUT = 1.0
 """How long a create waits for the view's signals before routing without them (seconds)."""
+COUNT_TIMEOUT = 5.0
+"""How long a key's create waits for the signals with its project's live count: without
+them the key's limit cannot be checked and the create is refused, so it waits as long as a
+client's query would (seconds)."""
 HOLD_SECONDS = 30.0
 """A route this worker made counts toward live sandboxes until the view shows it, or this long."""
 UNAPPENDED_SECONDS = 5.0
@@ -63,6 +72,7 @@ SWEEP_EVERY = 1.0
 class _Held:
     extension: str
     host: str | None
+    project: str
     seq: int | None
     since: float
 
@@ -101,14 +111,24 @@ class RouteLookup:
     async def stop(self) -> None:
         await self._responder.stop()
 
-    async def signals(self, enabled: Mapping[str, ExtensionDecl]) -> RouteSignals:
-        """The view's signals plus this worker's unseen routes and the hosts file's limits.
+    async def signals(
+        self, enabled: Mapping[str, ExtensionDecl], project: str | None = None, min_seq: int = 0
+    ) -> RouteSignals:
+        """The view's signals plus this worker's unseen routes and the hosts file's limits;
+        with ``project``, its live count too (``live_by_project``), the view's once it has
+        folded the log up to ``min_seq`` (or waited its while for it).
 
         Nothing awaits after the answer arrives, so a caller that ranks right away sees
         every route this worker held until then."""
+        request: dict[str, Any] = {}
+        if project is not None:
+            request["project"] = project
+        if min_seq:
+            request["min_seq"] = min_seq
+        timeout = self._timeout if project is None else max(self._timeout, COUNT_TIMEOUT)
         try:
             reply = await self._nc.request(
-                subjects.QUERY_ROUTE_SIGNALS, b"{}", timeout=self._timeout
+                subjects.QUERY_ROUTE_SIGNALS, msgspec.json.encode(request), timeout=timeout
             )
             answer = msgspec.json.decode(reply.data)
             if not isinstance(answer, dict) or not answer.get("ok"):
@@ -117,15 +137,14 @@ class RouteLookup:
             position = int(answer.get("position", 0))
         except (NoRespondersError, NatsTimeout, TimeoutError):
             return self._with_hosts(
-                RouteSignals.unknown(f"the view did not answer within {self._timeout:g} s"),
-                enabled,
+                RouteSignals.unknown(f"the view did not answer within {timeout:g} s"), enabled
             )
         except (ValueError, KeyError, TypeError, msgspec.DecodeError) as bad:
             log.warning("route signals unreadable, routing without them: %s", bad)
             return self._with_hosts(
                 RouteSignals.unknown(f"the view's answer was unreadable ({bad})"), enabled
             )
-        return self._with_hosts(self._with_held(viewed, position), enabled)
+        return self._with_hosts(self._with_held(viewed, position, project), enabled)
 
     def _forget(self, position: int | None = None) -> None:
         """Stop holding the routes the view shows (at ``position``) or held past their time."""
@@ -136,16 +155,21 @@ class RouteLookup:
             if shown or now - held.since > limit:
                 del self._held[sandbox_id]
 
-    def _with_held(self, signals: RouteSignals, position: int) -> RouteSignals:
+    def _with_held(self, signals: RouteSignals, position: int, project: str | None) -> RouteSignals:
         self._forget(position)
         live = dict(signals.live)
         by_host = {ext: dict(hosts) for ext, hosts in signals.live_by_host.items()}
+        # Only the project asked about, and only when the view counted it: an older view that
+        # does not count leaves the count unknown, never the held routes alone.
+        by_project = {k: v for k, v in signals.live_by_project.items() if k == project}
         for held in self._held.values():
             live[held.extension] = live.get(held.extension, 0) + 1
             if held.host is not None:
                 hosts = by_host.setdefault(held.extension, {})
                 hosts[held.host] = hosts.get(held.host, 0) + 1
-        return replace(signals, live=live, live_by_host=by_host)
+            if held.project in by_project:
+                by_project[held.project] += 1
+        return replace(signals, live=live, live_by_host=by_host, live_by_project=by_project)
 
     def _with_hosts(
         self, signals: RouteSignals, enabled: Mapping[str, ExtensionDecl]
@@ -172,7 +196,11 @@ class RouteLookup:
             self._swept = now
             self._forget()
         self._held[admitted.sandbox_id] = _Held(
-            admitted.extension, admitted.host, None, time.monotonic()
+            admitted.extension,
+            admitted.host,
+            project_of(admitted.command.actor),
+            None,
+            time.monotonic(),
         )
 
     def appended(self, sandbox_id: str, seq: int) -> None:
@@ -186,8 +214,9 @@ class RouteLookup:
         self._held.pop(sandbox_id, None)
 
     def release_command(self, command: object) -> None:
-        """A rejected command: if it was a create this worker held, it holds no place."""
-        if isinstance(command, CreateSandbox):
+        """A rejected command: if it was a create (or a restore) this worker held, it holds
+        no place."""
+        if isinstance(command, CreateSandbox | RestoreSnapshot):
             self.release(command.sandbox_id or derive_sandbox_id(command.command_id))
 
     async def _explain(self, request: dict[str, Any]) -> dict[str, Any]:

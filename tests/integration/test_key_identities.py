@@ -26,9 +26,9 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.key_users import key_credentials
 from sandboxer.bus.nats_auth import AUTH_DIR_NAME, read_credentials
 from sandboxer.bus.nats_server import NatsServerProcess
-from sandboxer.client import Sandboxer
+from sandboxer.client import Sandboxer, SandboxerClient
 from sandboxer.domain.key_state import hash_key, key_id_for
-from sandboxer.errors import BusError, SandboxerError
+from sandboxer.errors import BusError, CommandFailed, SandboxerError
 from sandboxer.ids import new_command_id
 from tests.integration.conftest import Cli, reap_local
 
@@ -131,8 +131,8 @@ async def up(home: Path) -> AsyncIterator[tuple[Cli, str]]:
         await reap_local(home)
 
 
-async def make_key(cli: Cli, project: str, kind: str = "agt") -> str:
-    made = await cli("keys", "create", "--project", project, "--type", kind, "--json")
+async def make_key(cli: Cli, project: str, kind: str = "agt", *limits: str) -> str:
+    made = await cli("keys", "create", "--project", project, "--type", kind, *limits, "--json")
     key: str = json.loads(made.stdout)["key"]
     return key
 
@@ -300,6 +300,49 @@ async def test_the_python_client_over_the_bus_as_a_key(up: tuple[Cli, str], tmp_
     finally:
         await alpha.close()
         await beta.close()
+
+
+async def test_a_keys_live_limit_holds_on_the_bus(up: tuple[Cli, str], home: Path) -> None:
+    """--max-live held only the gateway's creates: on the bus a key made as many as it
+    liked. The control worker holds each create and restore a key makes, on the key's own
+    subject and on the plain one the gateway forwards a key's commands on."""
+    cli, url = up
+    key = await make_key(cli, "lima", "agt", "--max-live", "1")
+    own = {"type": "agt", "id": key_id_for(hash_key(key)), "project": "lima"}
+    lima = await Sandboxer.over_bus([url], api_key=key)
+    trusted = await connect(
+        [url],
+        name="gateway-like",
+        long_lived=False,
+        credentials=read_credentials(home / AUTH_DIR_NAME, "client"),
+    )
+    forwarded = SandboxerClient(trusted, actor=own)  # as the gateway publishes for the key
+    try:
+        await lima.create("profile.local", sandbox_id="limabox01")
+        taken = await lima.snapshot("limabox01")
+        for over in (
+            lambda: lima.create("profile.local", sandbox_id="limabox02"),
+            lambda: lima.restore(taken.snapshot_id, sandbox_id="limabox03"),
+            lambda: forwarded.create("profile.local", sandbox_id="limabox04"),
+        ):
+            with pytest.raises(CommandFailed) as refused:
+                await over()
+            rejection = refused.value.event
+            assert rejection["code"] == "live_limit", rejection
+            assert (
+                f"project lima has 1 live sandboxes; key {own['id']} allows 1"
+                in (rejection["reason"])
+            )
+            assert rejection["actor"] == own, rejection  # the key reads why
+        assert [s.sandbox_id for s in await lima.list_sandboxes()] == ["limabox01"]
+
+        await lima.destroy("limabox01")
+        made = await lima.create("profile.local", sandbox_id="limabox05")  # room again
+        assert made.status == "ready"
+        await lima.destroy("limabox05")
+    finally:
+        await lima.close()
+        await trusted.close()
 
 
 async def test_an_administrators_snapshot_stays_its_sandboxs_projects(up: tuple[Cli, str]) -> None:

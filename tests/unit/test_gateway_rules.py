@@ -28,7 +28,7 @@ PROTOCOL_CODES = {
     "pause_unsupported", "not_pausable", "already_paused", "not_paused", "snapshot_in_progress",
     "snapshot_exists", "not_restorable", "unknown_snapshot", "already_deleted", "no_host",
     "insufficient_credits", "budget_exceeded", "invalid_project", "invalid_amount", "forbidden",
-    "internal_error",
+    "internal_error", "live_limit",
 }  # fmt: skip
 
 
@@ -54,6 +54,16 @@ def test_a_rejection_keeps_its_code_and_reason_verbatim() -> None:
             "details": {"event": event},
         }
     }
+
+
+def test_a_keys_live_limit_rejection_answers_as_the_gateways_own_check() -> None:
+    """The control worker's ``live_limit`` (a create the gateway's fast path let through, as
+    two racing creates may) is the same 429 with Retry-After as the gateway's."""
+    event = {"type": "rejected", "code": "live_limit", "reason": "project alpha has 1 live"}
+    response = response_for(CommandFailed("create rejected", event))
+    assert response.status_code == 429
+    assert int(response.headers["retry-after"]) >= 1
+    assert body(response)["error"]["code"] == "live_limit"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

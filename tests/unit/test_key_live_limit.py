@@ -1,0 +1,209 @@
+"""An API key's live-sandbox limit: the rule (domain/key_access.py), the count the control
+worker takes it from (workers/key_limit.py over RouteLookup), and the view's count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.js import JetStreamContext
+
+from sandboxer.commands.types import CreateSandbox
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.settings import Settings
+from sandboxer.domain.admission import admit_create
+from sandboxer.domain.key_access import KEY_LIVE_STATUSES, live_limit_refusal
+from sandboxer.domain.key_state import KeyState
+from sandboxer.domain.route_signals import RouteSignals
+from sandboxer.errors import Rejected
+from sandboxer.events.types import (
+    Actor,
+    SandboxDestroyed,
+    SandboxDestroying,
+    SandboxEvent,
+    SandboxFailed,
+    SandboxRequested,
+    SandboxRouted,
+)
+from sandboxer.projections.folding import Batch
+from sandboxer.projections.sandbox_view import SandboxView
+from sandboxer.workers.key_limit import check_live_limit
+from sandboxer.workers.route_lookup import RouteLookup
+from tests.unit.test_routing import NOW, decl, profile
+
+KEY_ID = "keyabcdefghijklmnopq"
+ALPHA = Actor(type="agt", id=KEY_ID, project="alpha")
+KEY = KeyState(key_id=KEY_ID, status="active", project="alpha", key_type="agt", max_live=2)
+ENABLED = {"ext.local": decl("ext.local", kind="self-hosted")}
+LOCAL = profile("prefer-self-hosted", ["ext.local"])
+
+
+def test_a_create_past_the_keys_limit_is_refused_with_the_fix() -> None:
+    assert live_limit_refusal(KEY_ID, 2, "alpha", 1) is None
+    refusal = live_limit_refusal(KEY_ID, 2, "alpha", 2)
+    assert refusal is not None
+    code, reason = refusal
+    assert code == "live_limit"
+    for part in (
+        "project alpha",
+        "has 2 live sandboxes",
+        f"key {KEY_ID}",
+        "allows 2",
+        "--max-live",
+    ):
+        assert part in reason, reason
+    assert live_limit_refusal(KEY_ID, 0, "alpha", 0) is not None  # 0 refuses every create
+
+
+def test_a_limit_that_cannot_be_counted_refuses() -> None:
+    refusal = live_limit_refusal(KEY_ID, 5, "alpha", None)
+    assert refusal is not None
+    assert refusal[0] == "live_limit"
+    assert "could not be counted" in refusal[1]
+
+
+def test_every_sandbox_neither_destroyed_nor_failed_counts() -> None:
+    assert {"paused", "expired", "destroying", "rerouting", "requested"} <= KEY_LIVE_STATUSES
+    assert not {"new", "destroyed", "failed"} & KEY_LIVE_STATUSES
+
+
+def test_a_projects_count_travels_in_the_signals() -> None:
+    signals = RouteSignals(live_by_project={"alpha": 3})
+    assert RouteSignals.from_dict(signals.to_dict()).live_by_project == {"alpha": 3}
+    assert RouteSignals.from_dict({}).live_by_project == {}  # an older view's answer
+
+
+@dataclass
+class Reply:
+    data: bytes
+
+
+class View:
+    """Answers route signals as the projector would: ``live`` sandboxes in the asked
+    project, ``caught_up`` of them once it has folded up to ``min_seq``."""
+
+    def __init__(self, live: int | None, caught_up: int | None = None) -> None:
+        self.live = live
+        self.caught_up = caught_up
+        self.asked: list[dict[str, Any]] = []
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> Reply:
+        del subject, timeout
+        request = msgspec.json.decode(payload)
+        self.asked.append(request)
+        if self.live is None:
+            raise NoRespondersError
+        live = self.caught_up if request.get("min_seq") and self.caught_up is not None else None
+        count = {request["project"]: self.live if live is None else live}
+        signals = RouteSignals(live_by_project=count if "project" in request else {})
+        return Reply(msgspec.json.encode({"ok": True, "position": 1, "signals": signals.to_dict()}))
+
+
+class Log:
+    """The events stream's info: its last sequence."""
+
+    async def stream_info(self, name: str) -> Any:
+        del name
+        return SimpleNamespace(state=SimpleNamespace(last_seq=42))
+
+
+def lookup(view: View, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RouteLookup:
+    monkeypatch.setenv("SANDBOXER_HOME", str(tmp_path))
+    return RouteLookup(cast(Client, view), Catalog.load(tmp_path), Settings.from_env())
+
+
+def create(n: int, actor: Actor = ALPHA) -> CreateSandbox:
+    return CreateSandbox(command_id=f"c{n}", actor=actor, profile=LOCAL.id)
+
+
+async def admitted_by(routing: RouteLookup, command: CreateSandbox) -> None:
+    """What the control worker does with a key's create: count, route, hold."""
+    log = cast(JetStreamContext, Log())
+    signals = await check_live_limit(routing, log, KEY, command, ENABLED)
+    routing.hold(admit_create(command, LOCAL, ENABLED, signals, NOW))
+
+
+async def test_a_keys_burst_is_counted_before_the_view_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    view = View(live=0)
+    routing = lookup(view, tmp_path, monkeypatch)
+    await admitted_by(routing, create(1))
+    await admitted_by(routing, create(2))  # the first is held: 1 of 2
+    with pytest.raises(Rejected) as refused:
+        await admitted_by(routing, create(3))
+    assert refused.value.code == "live_limit"
+    assert "project alpha has 2 live sandboxes" in refused.value.reason
+    assert view.asked[0] == {"project": "alpha"}
+    # Another project's held creates are not alpha's, and are not told to anyone asking.
+    routing.hold(admit_create(create(4, Actor(type="agt", id="x", project="beta")), LOCAL, ENABLED))
+    assert (await routing.signals(ENABLED, "alpha")).live_by_project == {"alpha": 2}
+    assert (await routing.signals(ENABLED)).live_by_project == {}
+    routing.release_command(create(2))  # rejected after it was routed: holds no place
+    await admitted_by(routing, create(5))
+
+
+async def test_a_count_at_the_limit_is_asked_again_of_the_view_caught_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A destroy the view has not folded yet does not refuse the create after it."""
+    view = View(live=2, caught_up=1)
+    await admitted_by(lookup(view, tmp_path, monkeypatch), create(1))
+    assert view.asked == [{"project": "alpha"}, {"project": "alpha", "min_seq": 42}]
+
+
+async def test_without_a_count_a_keys_create_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(Rejected) as refused:
+        await admitted_by(lookup(View(live=None), tmp_path, monkeypatch), create(1))
+    assert refused.value.code == "live_limit"
+    assert "could not be counted" in refused.value.reason
+
+
+def _sandbox(n: int, project: str, *, end: str | None = None) -> list[SandboxEvent]:
+    head = {
+        "sandbox_id": f"sbx{n:04d}",
+        "command_id": f"c{n}",
+        "actor": Actor(type="agt", id=KEY_ID, project=project),
+        "at": NOW,
+    }
+    events: list[SandboxEvent] = [
+        SandboxRequested(**head, profile="profile.local", profile_version=1),
+        SandboxRouted(**head, extension="ext.local", reason="test"),
+    ]
+    if end == "failed":
+        events.append(SandboxFailed(**head, reason="x", stage="provision", retryable=False))
+    elif end == "destroyed":
+        events += [SandboxDestroying(**head), SandboxDestroyed(**head)]
+    elif end == "destroying":
+        events.append(SandboxDestroying(**head))
+    return events
+
+
+async def test_the_view_counts_the_asked_projects_live_sandboxes(tmp_path: Path) -> None:
+    events = (
+        _sandbox(1, "alpha")
+        + _sandbox(2, "alpha", end="destroying")
+        + _sandbox(3, "alpha", end="destroyed")
+        + _sandbox(4, "alpha", end="failed")
+        + _sandbox(5, "beta")
+    )
+    view = await SandboxView.open(tmp_path / "v.db")
+    try:
+        batch = Batch(view)
+        for seq, event in enumerate(events, start=1):
+            await batch.apply(seq, msgspec.json.encode(event))
+        await batch.flush()
+        counted, _ = await view.route_signals(NOW, "alpha")
+        plain, _ = await view.route_signals(NOW)
+    finally:
+        await view.close()
+    assert counted.live_by_project == {"alpha": 2}
+    assert plain.live_by_project == {}
