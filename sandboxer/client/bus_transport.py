@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sandboxer.client.bus import SandboxerClient
-from sandboxer.client.http_errors import NOT_FOUND_CODES
+from sandboxer.client.http_errors import rejection_error
 from sandboxer.client.transport import OutputCallback, Row
 from sandboxer.errors import BusError, CommandFailed, InvalidInput, NotFound
 from sandboxer.ids import derive_sandbox_id, new_command_id
@@ -33,18 +33,16 @@ EXEC_WAIT_SLACK = 30.0
 
 
 async def _found(call: Callable[[], Awaitable[T]]) -> T:
-    """``call()``, with a rejection that names nothing raised as :class:`NotFound`."""
+    """``call()``, with a rejection raised as the HTTP transport raises it: one that names
+    nothing as :class:`NotFound`, one for a key's limit as RateLimited."""
     try:
         return await call()
     except CommandFailed as exc:
-        code = exc.event.get("code")
-        if exc.event.get("type") == "rejected" and code in NOT_FOUND_CODES:
-            raise NotFound(
-                str(exc.event.get("reason") or exc.message),
-                code=str(code),
-                sandbox_id=exc.sandbox_id,
-            ) from exc
-        raise
+        message = str(exc.event.get("reason") or exc.message)
+        error = rejection_error(message, exc.event, sandbox_id=exc.sandbox_id)
+        if isinstance(error, CommandFailed):
+            raise
+        raise error from exc
 
 
 class BusTransport:
@@ -113,17 +111,19 @@ class BusTransport:
     ) -> Row:
         client = self._for_project(project)
         try:  # a command id made by the client itself is known to be fresh (no read-back)
-            answer = await client.create(
-                profile,
-                inputs,
-                sandbox_id=sandbox_id,
-                command_id=command_id,
-                host=host,
-                ttl=ttl,
-                network=network,
-                consumer=consumer,
-                wait=wait,
-                timeout=timeout,
+            answer = await _found(
+                lambda: client.create(
+                    profile,
+                    inputs,
+                    sandbox_id=sandbox_id,
+                    command_id=command_id,
+                    host=host,
+                    ttl=ttl,
+                    network=network,
+                    consumer=consumer,
+                    wait=wait,
+                    timeout=timeout,
+                )
             )
         finally:
             await self._learn(client)

@@ -28,7 +28,7 @@ from sandboxer.bus.nats_auth import AUTH_DIR_NAME, read_credentials
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import Sandboxer, SandboxerClient
 from sandboxer.domain.key_state import hash_key, key_id_for
-from sandboxer.errors import BusError, CommandFailed, SandboxerError
+from sandboxer.errors import BusError, CommandFailed, RateLimited, SandboxerError
 from sandboxer.ids import new_command_id
 from tests.integration.conftest import Cli, reap_local
 
@@ -320,20 +320,21 @@ async def test_a_keys_live_limit_holds_on_the_bus(up: tuple[Cli, str], home: Pat
     try:
         await lima.create("profile.local", sandbox_id="limabox01")
         taken = await lima.snapshot("limabox01")
+        why = f"project lima has 1 live sandboxes; key {own['id']} allows 1"
         for over in (
             lambda: lima.create("profile.local", sandbox_id="limabox02"),
             lambda: lima.restore(taken.snapshot_id, sandbox_id="limabox03"),
-            lambda: forwarded.create("profile.local", sandbox_id="limabox04"),
-        ):
-            with pytest.raises(CommandFailed) as refused:
+        ):  # the facade raises what it raises over HTTP
+            with pytest.raises(RateLimited) as limited:
                 await over()
-            rejection = refused.value.event
-            assert rejection["code"] == "live_limit", rejection
-            assert (
-                f"project lima has 1 live sandboxes; key {own['id']} allows 1"
-                in (rejection["reason"])
-            )
-            assert rejection["actor"] == own, rejection  # the key reads why
+            assert (limited.value.code, limited.value.retry_after) == ("live_limit", 30.0)
+            assert why in limited.value.message
+        with pytest.raises(CommandFailed) as refused:
+            await forwarded.create("profile.local", sandbox_id="limabox04")
+        rejection = refused.value.event
+        assert rejection["code"] == "live_limit", rejection
+        assert why in rejection["reason"]
+        assert rejection["actor"] == own, rejection  # the key reads why
         assert [s.sandbox_id for s in await lima.list_sandboxes()] == ["limabox01"]
 
         await lima.destroy("limabox01")

@@ -219,3 +219,15 @@ async def test_a_live_stream_that_goes_silent_is_resumed_after_its_last_event(
         await server.wait_closed()
     assert seen == [1, 2]
     assert resumed_after[:2] == ["", "1"]
+
+
+def test_a_keys_limit_refused_by_the_control_worker_is_rate_limited() -> None:
+    """The control worker's live_limit rejection (a create the gateway forwarded): the same
+    RateLimited as the gateway's own 429, not a CommandFailed."""
+    event = {"type": "rejected", "code": "live_limit", "reason": "project p has 1 live"}
+    live = error_for(429, body("live_limit", "project p has 1 live", event=event), {})
+    assert isinstance(live, RateLimited)
+    assert (live.code, live.retry_after) == ("live_limit", 30.0)
+    said = error_for(429, body("live_limit", "1 live", event=event), {"retry-after": "5"})
+    assert isinstance(said, RateLimited)
+    assert said.retry_after == 5.0
