@@ -39,6 +39,7 @@ MODULES = {
     "remote": 360,
     "hosted": 120,
     "recovery": 300,
+    "cli": 60,
 }
 
 

@@ -46,8 +46,8 @@ from sandboxer.errors import (
     WorkspaceRefused,
 )
 from sandboxer.workers.answer_codes import error_for
-from sandboxer.workers.exec_service import STDIN_HEADER
-from sandboxer.workers.file_service import HEADER, check_path, files_subject
+from sandboxer.workers.exec_files_protocol import FILES_HEADER as HEADER
+from sandboxer.workers.exec_files_protocol import STDIN_HEADER, check_path, files_subject
 from sandboxer.workers.heartbeat import allowed_silence, next_answer
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.extract import extract_archive

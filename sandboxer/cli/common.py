@@ -1,20 +1,24 @@
-"""What every CLI command shares: settings, running a coroutine, a client, the catalog."""
+"""What every CLI command shares: settings, running a coroutine, a client, the catalog.
+
+The client (with nats-py and aiohttp) and the catalog (with yaml and pydantic) are
+imported by the commands that use them, when they run: ``sandboxer --help`` and a
+command's ``--help`` load neither (tests/unit/test_cli_imports.py).
+"""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from sandboxer.cli.background import connect_client
 from sandboxer.cli.output import say
-from sandboxer.client import SandboxerClient
-from sandboxer.command_outcomes import CommandFailed
-from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
-from sandboxer.errors import SandboxerError
+from sandboxer.errors import CommandFailed, SandboxerError
+
+if TYPE_CHECKING:
+    from sandboxer.client import SandboxerClient
+    from sandboxer.config.catalog import Catalog
 
 __all__ = ["JsonOpt", "exit_code", "load_catalog", "load_settings", "run", "with_client"]
 
@@ -34,6 +38,8 @@ def exit_code(error: SandboxerError) -> int:
 def run(coro: Coroutine[Any, Any, T], *, keep: type[SandboxerError] | None = None) -> T:
     """Run ``coro``; a sandboxer error becomes its message on stderr and :func:`exit_code`,
     but for one of type ``keep``, raised for the caller to say more."""
+    import asyncio  # (here: ``--help`` and typer's own errors need no event loop)
+
     try:
         return asyncio.run(coro)
     except SandboxerError as exc:
@@ -48,6 +54,8 @@ def run(coro: Coroutine[Any, Any, T], *, keep: type[SandboxerError] | None = Non
 async def with_client(
     work: Callable[[SandboxerClient], Awaitable[T]], *, autostart: bool = False
 ) -> T:
+    from sandboxer.cli.background import connect_client
+
     client = await connect_client(load_settings(), autostart=autostart, say=say)
     try:
         return await work(client)
@@ -56,6 +64,8 @@ async def with_client(
 
 
 def load_catalog() -> Catalog:
+    from sandboxer.config.catalog import Catalog
+
     try:
         return Catalog.load(load_settings().home)
     except SandboxerError as exc:

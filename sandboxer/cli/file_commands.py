@@ -8,14 +8,16 @@ sandbox's workspace. A thin layer over :meth:`SandboxerClient.copy_in` and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from sandboxer.cli.common import JsonOpt, load_settings, run, with_client
 from sandboxer.cli.output import print_json, say
-from sandboxer.client import Copied, SandboxerClient
 from sandboxer.ids import is_valid_sandbox_id
+
+if TYPE_CHECKING:
+    from sandboxer.client import Copied, SandboxerClient
 
 __all__ = ["copy", "split_remote"]
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from sandboxer.cli.common import JsonOpt, load_catalog, run, with_client
 from sandboxer.cli.output import print_json, print_table, say
-from sandboxer.client import SandboxerClient
+
+if TYPE_CHECKING:
+    from sandboxer.client import SandboxerClient
 
 __all__ = ["hosts_view", "inspect_app", "reap_stale"]
 

@@ -8,20 +8,16 @@ the key itself. Each command is an event (``key_created``, ``key_revoked``).
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 import typer
 
 from sandboxer import subjects
-from sandboxer.bus.event_reader import read_events
-from sandboxer.bus.key_users import KeyUsers, bus_hash_for
-from sandboxer.bus.permissions import KeyUser, key_user_entries
+from sandboxer.bus.permissions import key_user_entries
 from sandboxer.cli.common import JsonOpt, exit_code, run, with_client
 from sandboxer.cli.output import print_json, print_table, say
 from sandboxer.cli.paging import AfterOpt, AllPagesOpt, LimitOpt, read_pages, tell_cut
-from sandboxer.client import SandboxerClient
-from sandboxer.client.pages import page_of
 from sandboxer.domain.key_state import (
     DEFAULT_MAX_LIVE,
     DEFAULT_RATE_PER_SECOND,
@@ -32,6 +28,10 @@ from sandboxer.domain.key_state import (
 from sandboxer.errors import OutcomePending
 from sandboxer.ids import new_command_id
 from sandboxer.pagination import DEFAULT_LIMIT, Page
+
+if TYPE_CHECKING:
+    from sandboxer.bus.permissions import KeyUser
+    from sandboxer.client import SandboxerClient
 
 __all__ = ["create_key", "keys_app", "list_keys", "revoke_key"]
 
@@ -82,6 +82,8 @@ async def create_key(
     """Draw a key (unless given one drawn by :func:`new_key`), record its hash; returns the
     key (to show once) and its ``key_created`` event (raises CommandFailed with the reason
     when rejected, OutcomePending when ``wait`` seconds passed with no outcome)."""
+    from sandboxer.bus.key_users import bus_hash_for  # (with bcrypt, for this command alone)
+
     key = new_key() if key is None else key
     key_hash = hash_key(key)
     fields: dict[str, Any] = {
@@ -119,6 +121,8 @@ async def list_keys(
     after: str | None = None,
 ) -> Page[dict[str, Any]]:
     """A page of the keys (never their hashes), oldest first, after the cursor ``after``."""
+    from sandboxer.client.pages import page_of
+
     request: dict[str, Any] = {
         "include_revoked": include_revoked,
         "limit": limit,
@@ -261,6 +265,9 @@ def keys_revoke(
 
 async def key_users(client: SandboxerClient) -> list[KeyUser]:
     """Every active key's NATS user, folded from the log's key events."""
+    from sandboxer.bus.event_reader import read_events
+    from sandboxer.bus.key_users import KeyUsers
+
     users = KeyUsers()
     async for _seq, _subject, data, _pending in read_events(
         client.js, filter_subject="sandboxer.evt.key.>", idle_timeout=0.3

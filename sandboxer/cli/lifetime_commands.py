@@ -8,15 +8,17 @@ its clock for a while, and see or hasten what is overdue.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.output import print_json, print_table
-from sandboxer.client import SandboxerClient
 from sandboxer.clock import utc_now
 from sandboxer.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from sandboxer.client import SandboxerClient
 
 __all__ = ["expire", "extend_ttl", "pause", "resume", "touch"]
 

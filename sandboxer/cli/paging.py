@@ -8,13 +8,15 @@ working; what says that more rows follow goes to stderr, with the cursor to go o
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from sandboxer.cli.output import say
-from sandboxer.client.pages import Paged, pages
 from sandboxer.pagination import MAX_LIMIT, Page
+
+if TYPE_CHECKING:
+    from sandboxer.client.pages import Paged
 
 __all__ = ["AfterOpt", "AllPagesOpt", "LimitOpt", "read_pages", "tell_cut"]
 
@@ -41,6 +43,8 @@ async def read_pages(
 ) -> Page[T]:
     """One page of ``list_page`` after ``after``; with ``all_pages``, every page from there
     on, as one (whose ``next`` is None)."""
+    from sandboxer.client.pages import pages
+
     if not all_pages:
         return await list_page(after=after, **asked)
     every: Page[T] = Page()

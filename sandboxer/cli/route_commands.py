@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import typer
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
 from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.output import print_json, print_table
-from sandboxer.client import SandboxerClient
 from sandboxer.errors import BusError, ServiceNotRunning
+
+if TYPE_CHECKING:
+    from sandboxer.client import SandboxerClient
 
 __all__ = ["route_app"]
 
@@ -24,6 +24,9 @@ route_app = typer.Typer(
 
 
 async def _explain(client: SandboxerClient, request: dict[str, Any]) -> dict[str, Any]:
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+
     try:
         msg = await client.nc.request(
             subjects.QUERY_ROUTE_EXPLAIN, msgspec.json.encode(request), timeout=10.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,10 +18,12 @@ from sandboxer.cli.consumer_options import consumer_filter
 from sandboxer.cli.output import Progress, print_json, print_table, say
 from sandboxer.cli.paging import AfterOpt, AllPagesOpt, LimitOpt, read_pages, tell_cut
 from sandboxer.cli.uploads import plan_uploads, upload_directory_inputs
-from sandboxer.client import SandboxerClient
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.errors import InvalidNetworkPolicy
 from sandboxer.pagination import DEFAULT_LIMIT
+
+if TYPE_CHECKING:
+    from sandboxer.client import SandboxerClient
 
 __all__ = [
     "create",

@@ -12,7 +12,6 @@ import typer
 
 from sandboxer.cli.common import JsonOpt, load_settings, run, with_client
 from sandboxer.cli.output import print_json, say
-from sandboxer.service_discovery import read_service_file
 
 __all__ = ["down", "replay", "up", "worker"]
 
@@ -28,6 +27,7 @@ def up(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> Non
     """Run the whole service (NATS unless SANDBOXER_NATS_URL is set, control, projector, extensions)."""
     settings = load_settings()  # before the heavy import: a bad setting is reported at once
     from sandboxer.service import serve
+    from sandboxer.service_discovery import read_service_file
 
     running = read_service_file(settings)
     if settings.embedded and running is not None:
@@ -61,6 +61,8 @@ def worker(
 
 def down() -> None:
     """Stop the embedded service started by 'sandboxer up' or 'sandboxer create'."""
+    from sandboxer.service_discovery import read_service_file
+
     settings = load_settings()
     running = read_service_file(settings)
     if running is None:

@@ -7,7 +7,7 @@ backend (docs/snapshots.md).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,9 +15,11 @@ from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.output import print_json, print_table
 from sandboxer.cli.paging import AfterOpt, AllPagesOpt, LimitOpt, read_pages, tell_cut
 from sandboxer.cli.sandbox_commands import _parse_inputs
-from sandboxer.client import SandboxerClient
 from sandboxer.errors import InvalidInput
 from sandboxer.pagination import DEFAULT_LIMIT
+
+if TYPE_CHECKING:
+    from sandboxer.client import SandboxerClient
 
 __all__ = ["restore", "snapshot", "snapshots_app"]
 

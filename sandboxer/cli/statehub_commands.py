@@ -4,17 +4,17 @@ last delivered or failed at (docs/integrations/state-hub.md#status)."""
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import typer
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer.cli.common import JsonOpt, load_settings, run, with_client
 from sandboxer.cli.output import print_json
-from sandboxer.client import SandboxerClient
 from sandboxer.errors import BusError
+
+if TYPE_CHECKING:
+    from sandboxer.client import SandboxerClient
 
 __all__ = ["statehub_app"]
 
@@ -26,7 +26,11 @@ statehub_app = typer.Typer(
 async def _status(client: SandboxerClient) -> dict[str, Any]:
     """The running role's answer; without one, what the server and this machine know."""
     # Here, not at the top: every command (`up` too) loads this module, and the follower's
-    # HTTP client (httpx) is for the statehub role and this command alone.
+    # HTTP client (httpx) is for the statehub role and this command alone; nats-py is for
+    # the commands that talk to the bus (tests/unit/test_cli_imports.py).
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+
     from sandboxer.statehub.follower import STATUS_SUBJECT, consumer_lag, status_file
     from sandboxer.statehub.status import DeliveryStatus
     from sandboxer.workers.http_delivery import public_url

@@ -13,13 +13,15 @@ import sys
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandboxer.cli.output import say
-from sandboxer.client import SandboxerClient, UploadProgress
-from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ConfigError
 from sandboxer.workspaces.refs import is_object_ref
+
+if TYPE_CHECKING:
+    from sandboxer.client import SandboxerClient, UploadProgress
 
 __all__ = ["directory_inputs", "plan_uploads", "upload_directory_inputs"]
 
@@ -30,6 +32,8 @@ SHOW_FROM_BYTES = 8 * MIB
 
 def directory_inputs(home: Path, profile_id: str) -> set[str]:
     """The inputs ``profile_id`` declares ``type: directory`` here (none if it is unknown here)."""
+    from sandboxer.config.catalog import Catalog  # (with yaml and pydantic: create's alone)
+
     try:
         profile = Catalog.load(home).profile(profile_id)
     except ConfigError:

@@ -51,7 +51,7 @@ from sandboxer.transfer import (
 )
 from sandboxer.transfer import put_archive as _put_archive
 from sandboxer.workers.answer_codes import error_for
-from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
+from sandboxer.workers.exec_files_protocol import EXEC_HEADER
 from sandboxer.workers.heartbeat import allowed_silence, next_answer
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB, ArchiveLimits
 from sandboxer.workspaces.upload import Uploaded, UploadProgress, upload_directory

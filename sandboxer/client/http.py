@@ -45,7 +45,7 @@ from sandboxer.errors import (
 from sandboxer.ids import new_command_id
 from sandboxer.pagination import Page
 from sandboxer.transfer import Copied, StdinSource, copy_target, place_copy
-from sandboxer.workers.file_service import check_path
+from sandboxer.workers.exec_files_protocol import check_path
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.pack import pack_directory
 

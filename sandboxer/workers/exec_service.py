@@ -82,6 +82,8 @@ from sandboxer.extensions.base import Extension, OutputSink
 from sandboxer.ids import new_command_id
 from sandboxer.workers import answer_codes, heartbeat
 from sandboxer.workers.backend_for import backend_for
+from sandboxer.workers.exec_files_protocol import EXEC_HEADER as HEADER
+from sandboxer.workers.exec_files_protocol import STDIN_HEADER
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
@@ -94,11 +96,9 @@ __all__ = ["STOP_GRACE", "ExecRequest", "ExecService", "StdinInbox"]
 
 log = logging.getLogger(__name__)
 
-HEADER = "Sandboxer-Exec"
 MAX_ARGV_BYTES = 128 * 1024
 EXEC_ACTOR = Actor(type="atm", id="sandboxer-exec")
 MAX_REMEMBERED_TOUCHES = 10_000
-STDIN_HEADER = "Sandboxer-Exec-Stdin"
 STDIN_IDLE = 120.0
 """Seconds without a chunk of input (or its end) after which the command is stopped."""
 STDIN_QUEUE = 8

@@ -80,6 +80,13 @@ from sandboxer.errors import (
 from sandboxer.extensions.base import Extension
 from sandboxer.workers import heartbeat
 from sandboxer.workers.backend_for import backend_for
+from sandboxer.workers.exec_files_protocol import FILES_HEADER as HEADER
+from sandboxer.workers.exec_files_protocol import (
+    FILES_PREFIX,
+    MAX_PATH_CHARS,
+    check_path,
+    files_subject,
+)
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.inline_files import receive_inline, send_inline
 from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
@@ -104,9 +111,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FILES_PREFIX = "sandboxer.files"
-HEADER = "Sandboxer-Files"
-MAX_PATH_CHARS = 4096
 MAX_REQUEST_BYTES = 16 * 1024
 REFUSED = 97
 """Exit status of the in-sandbox scripts when a path leaves the workspace (reason on stderr)."""
@@ -124,10 +128,6 @@ STAGE_PREFIX = ".sandboxer-cp-"
 STOPPED = "the worker stopped; the copy was stopped, and nothing of it was left in the sandbox"
 
 
-def files_subject(sandbox_id: str) -> str:
-    return f"{FILES_PREFIX}.{sandbox_id}"
-
-
 class FileRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     op: Literal["put", "get"]
     path: str
@@ -140,30 +140,6 @@ class FileRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inline: bool = False
     """The bytes ride on this request's messages, not the bucket (what API keys use:
     :mod:`sandboxer.workers.inline_files`)."""
-
-
-def check_path(path: str, *, root_allowed: bool) -> str:
-    """``path`` as ``./a/b`` (or ``.``), when it stays in the workspace as written.
-
-    Raises :class:`PathRefused` for an absolute path, a ``..`` part, NUL, or an
-    empty one (the workspace itself, ``.``, is accepted only where ``root_allowed``).
-    """
-    shown = path[:200]
-    if not path or len(path) > MAX_PATH_CHARS or "\0" in path:
-        raise PathRefused(f"path {shown!r} is not a usable path (empty, too long or has NUL)")
-    if path.startswith("/"):
-        raise PathRefused(
-            f"path {shown!r} is absolute; paths are relative to the sandbox's workspace "
-            "(write it without the leading /)"
-        )
-    parts = [part for part in path.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise PathRefused(f"path {shown!r} climbs with '..'; it must stay in the workspace")
-    if not parts:
-        if not root_allowed:
-            raise PathRefused(f"path {shown!r} names the workspace itself; name a file in it")
-        return "."
-    return "./" + "/".join(parts)
 
 
 _PRELUDE = r"""
