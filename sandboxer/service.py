@@ -8,14 +8,15 @@ docs/integrations/state-hub.md; ``up`` runs it when ``SANDBOXER_STATE_HUB_URL``
 is set), and one per enabled extension (``ext.local`` ...). ``up`` runs
 them all in one process and, unless ``SANDBOXER_NATS_URL`` is set, starts its
 own ``nats-server`` first. On a
-signal every role stops fetching, finishes what it holds, and the connection
-drains before the server stops.
+signal every role stops fetching (a fetch waiting for work ends at once), finishes
+what it holds, and the connection drains before the server stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -346,3 +347,8 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
                     await client_nc.drain()
             with contextlib.suppress(Exception):
                 await nc.drain()
+    # serve is the whole life of its process (the CLI's up and worker), which ends now.
+    # The collections the interpreter runs as it finalizes would walk the whole heap
+    # (every imported module's objects, for nothing: about 0.35 s of each stop); frozen,
+    # it is left out of them. Everything is closed by now: no finalizer is owed.
+    gc.freeze()

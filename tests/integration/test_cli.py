@@ -222,3 +222,31 @@ async def test_down_leaves_alone_a_process_that_took_a_dead_services_pid(home: P
     finally:
         stranger.kill()
         stranger.wait()
+
+
+async def test_an_idle_service_stops_quickly(home: Path) -> None:
+    """``sandboxer down`` of an idle service: no fetch waited out, no collection of the whole
+    heap at exit (about 0.3 s here; 0.8 s before, docs/performance.md#stopping-the-service)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
+    env |= {"SANDBOXER_HOME": str(home), "SANDBOXER_HTTP_ADDR": "127.0.0.1:0"}
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "up.log").open("ab") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "sandboxer.cli.app", "up"], env=env, stdout=log, stderr=log
+        )
+    try:
+        async with asyncio.timeout(60):
+            while not (home / "service.json").exists():
+                assert up.poll() is None, (home / "up.log").read_text()
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1)  # every loop waiting for work
+        stopped = asyncio.get_running_loop().time()
+        up.terminate()  # what `down` sends
+        assert await asyncio.to_thread(up.wait, 30) == 0
+        took = asyncio.get_running_loop().time() - stopped
+        assert took < 3, f"an idle service took {took:.2f} s to stop"
+        assert not (home / "service.json").exists()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()

@@ -119,6 +119,38 @@ async def test_kill_9_during_provisioning(nats_server: Any, home: Path) -> None:
         await reap_local(home)
 
 
+async def test_sigterm_during_provisioning_finishes_the_create_then_stops(
+    nats_server: Any, home: Path
+) -> None:
+    """A stop (``sandboxer down``) ends fetches waiting for work at once, but the create in
+    hand runs to its end and is acknowledged: ready on its first attempt, no replacement."""
+    (home / "profiles").mkdir()
+    (home / "profiles" / "profile.slow.yaml").write_text(SLOW_PROFILE)
+    svc = await start_service(home, nats_server.url, roles=["control", "projector"])
+    worker = start_worker(home, nats_server.url)
+    try:
+        client = svc.client
+        sandbox_id = (await client.create("profile.slow", wait=False))["sandbox_id"]
+        await wait_status(client, sandbox_id, {"provisioning"})
+        workspace = home / "local" / sandbox_id / "workspace"
+        async with asyncio.timeout(10):
+            while not sandbox_processes(workspace):
+                await asyncio.sleep(0.05)
+        worker.terminate()
+        assert await asyncio.to_thread(worker.wait, 30) == 0
+        ready = await wait_status(client, sandbox_id, {"ready", "failed"}, timeout=10)
+        assert ready["status"] == "ready", ready
+        assert ready["attempt"] == 1
+        assert (workspace / "done").read_text() == "set-up\n"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        await svc.client.close()
+        await svc.shutdown()
+        await reap_local(home)
+
+
 async def test_kill_9_of_the_worker_mid_exec_ends_the_wait_with_the_reason(
     nats_server: Any, home: Path
 ) -> None:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.errors import BusError, StreamUnavailable
+from sandboxer.workers import pull_loop
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 
 pytestmark = pytest.mark.integration
@@ -183,3 +186,69 @@ async def test_a_consumer_deleted_under_the_loop_is_made_again(js: JetStreamCont
         await until(lambda: b"after" in recorder.handled, 30)
 
     await running(js, spec, recorder, body)
+
+
+async def waiting_fetches(js: JetStreamContext, spec: ConsumerSpec) -> int:
+    """Pull requests the server holds for the consumer (0 while it is not made yet)."""
+    try:
+        return (await js.consumer_info(spec.stream, spec.durable)).num_waiting or 0
+    except NotFoundError:
+        return 0
+
+
+async def test_a_stop_ends_a_fetch_waiting_for_work_at_once(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle worker stopped after its fetch's whole wait (IDLE_POLL): every `down`."""
+    monkeypatch.setattr(pull_loop, "IDLE_POLL", 30.0)
+    spec = spec_for("idle")
+    recorder = Recorder()
+    stop = asyncio.Event()
+    loop = asyncio.create_task(
+        run_pull_consumer(js, spec, recorder.handler, recorder.on_poison, stop)
+    )
+    async with asyncio.timeout(10):
+        while not await waiting_fetches(js, spec):
+            await asyncio.sleep(0.05)
+    stopped = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(loop, 10)
+    assert time.monotonic() - stopped < 2  # not the fetch's 30 s
+    assert recorder.deliveries == {}
+
+
+async def test_a_message_arriving_as_the_loop_stops_is_handled_or_left_for_the_next(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Published the moment stop is set: whichever wins, the message is handled and acked
+    here, or never delivered (the next run takes it at once), never delivered and dropped:
+    with this ack_wait that would hold it for 60 s."""
+    monkeypatch.setattr(pull_loop, "IDLE_POLL", 30.0)
+    spec = spec_for("racing", ack_wait=60)
+    recorder = Recorder()
+    for n in range(20):
+        stop = asyncio.Event()
+        loop = asyncio.create_task(
+            run_pull_consumer(js, spec, recorder.handler, recorder.on_poison, stop)
+        )
+        async with asyncio.timeout(10):
+            while not await waiting_fetches(js, spec):
+                await asyncio.sleep(0.01)
+        published = asyncio.create_task(js.publish(f"sandboxer.job.racing.{n}", b"%d" % n))
+        for _ in range(n % 4):  # vary who is first
+            await asyncio.sleep(0)
+        stop.set()
+        await published
+        await asyncio.wait_for(loop, 10)
+        info = await js.consumer_info(spec.stream, spec.durable)
+        assert info.num_ack_pending == 0, (
+            f"round {n}: delivered, then neither handled nor given back"
+        )
+
+    async def body() -> None:
+        await until(lambda: len(recorder.handled) == 20, 10)
+
+    await running(js, spec, recorder, body)
+    assert sorted(recorder.handled, key=int) == [b"%d" % n for n in range(20)]
+    assert all(count == 1 for count in recorder.deliveries.values())
+    assert await settled(js, spec)
