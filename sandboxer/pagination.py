@@ -112,6 +112,13 @@ def _fits(value: object, kind: type) -> bool:
         return True
     if kind is int:  # as SQLite stores it: a larger one could not even be compared
         return type(value) is int and -(2**63) <= value < 2**63
+    if kind is str and isinstance(value, str):
+        # As SQLite binds it: JSON allows a lone surrogate ("\ud800"), UTF-8 does not.
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
     return isinstance(value, kind)
 
 

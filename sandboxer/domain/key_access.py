@@ -160,8 +160,8 @@ def live_limit_refusal(
     """``(code, reason)`` when a create or restore by key ``key_id`` may not add a sandbox to
     ``project``, which has ``live`` of :data:`KEY_LIVE_STATUSES` (None: they could not be
     counted, and a limit that cannot be checked does not let the create through)."""
-    if live is None:
-        return "live_limit", (
+    if live is None:  # the service is degraded, the project not full: its own code
+        return "live_count_unavailable", (
             f"the live sandboxes of project {project} could not be counted (the view did not "
             f"answer, or is older than the control worker), so key {key_id}'s limit of "
             f"{max_live} cannot be checked; try again in a moment"

@@ -88,6 +88,7 @@ REJECTION_STATUS: dict[str, int] = {
     "budget_exceeded": 402,
     "forbidden": 403,
     # nothing can serve it right now
+    "live_count_unavailable": 503,  # a key's limit could not be checked: not a full project
     "no_route": 503,
     "no_host": 503,
     "internal_error": 500,

@@ -50,7 +50,6 @@ from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create, requested_host
 from sandboxer.domain.fallback import without_candidates
-from sandboxer.domain.key_state import KeyState
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
 from sandboxer.domain.sandbox_state import SandboxState
@@ -68,7 +67,7 @@ from sandboxer.workers.deciding import apply, apply_key
 from sandboxer.workers.fallback_routing import next_route
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.job_dispatch import dispatch_job
-from sandboxer.workers.key_limit import check_live_limit, limiting_key
+from sandboxer.workers.key_limit import LiveLimit, check_live_limit, limiting_key
 from sandboxer.workers.pause_commands import decide_pause_step
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from sandboxer.workers.route_lookup import RouteLookup
@@ -159,11 +158,16 @@ class ControlWorker:
         | ExpireSandbox,
         *,
         refused_by: tuple[str, ...] = (),
-        key: KeyState | None = None,
+        limit: LiveLimit | None = None,
     ) -> DomainCommand:
-        """``key``: the API key whose ``max_live`` a create is held to (workers/key_limit.py);
-        None for a create no key made, and for a reroute (its sandbox counts already)."""
+        """``limit``: the API key whose ``max_live`` the command is held to
+        (workers/key_limit.py); None for a command no key made, or one that adds no live
+        sandbox (a reroute: its sandbox counts already)."""
         if not isinstance(command, CreateSandbox):
+            if limit is not None:  # a recreate of a failed sandbox adds one, as a create does
+                await check_live_limit(
+                    self._routing, self._js, limit, self._catalog.extensions_enabled()
+                )
             return command
         profile = without_candidates(self._catalog.profile(command.profile), refused_by)
         enabled = self._catalog.extensions_enabled()
@@ -172,8 +176,8 @@ class ControlWorker:
         # its project's live count, but routes as any other).
         routed = profile.extension is None
         signals = None
-        if key is not None:
-            signals = await check_live_limit(self._routing, self._js, key, command, enabled)
+        if limit is not None:
+            signals = await check_live_limit(self._routing, self._js, limit, enabled)
         if not routed:
             signals = None
         elif signals is None and self._routing is not None:
@@ -241,12 +245,12 @@ class ControlWorker:
             return await decide_pause_step(self._store, self._catalog, command)
         if isinstance(command, RerouteSandbox):
             return await self._reroute(command)
-        key = await limiting_key(self._store, subject, command)
+        limit = await limiting_key(self._store, subject, command)
         restored_from = None
         if isinstance(command, RestoreSnapshot):
             restored_from = command.snapshot_id
             command = await self._snapshots.restore_as_create(command)
-        domain_command = await self._to_domain(command, key=key)
+        domain_command = await self._to_domain(command, limit=limit)
         if restored_from is not None and isinstance(domain_command, AdmittedCreate):
             domain_command = dataclasses.replace(domain_command, restored_from=restored_from)
         domain_command = await self._reserve(domain_command)

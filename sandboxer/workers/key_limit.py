@@ -23,48 +23,75 @@ worker routed that the view does not show yet. How exact that is:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
 from sandboxer.bus.event_reader import last_sequence
 from sandboxer.bus.event_store import EventStore
 from sandboxer.commands.parse import key_of
-from sandboxer.commands.types import Command, CreateSandbox, RestoreSnapshot
+from sandboxer.commands.types import Command, CreateSandbox, RecreateSandbox, RestoreSnapshot
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.account_state import project_of
-from sandboxer.domain.key_access import live_limit_refusal
+from sandboxer.domain.key_access import KEY_LIVE_STATUSES, live_limit_refusal
 from sandboxer.domain.key_state import KeyState, is_valid_key_id
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.errors import Rejected
+from sandboxer.ids import derive_sandbox_id
 from sandboxer.workers.route_lookup import RouteLookup
 
-__all__ = ["check_live_limit", "limiting_key"]
+__all__ = ["LiveLimit", "check_live_limit", "limiting_key"]
 
 
-async def limiting_key(store: EventStore, subject: str, command: Command) -> KeyState | None:
-    """The key whose ``max_live`` a create or restore is held to: the key identity that
-    published it, or the key its actor names (the gateway publishes a key's commands on the
-    plain subjects, as the key's actor). None for any other command or actor."""
-    if not isinstance(command, CreateSandbox | RestoreSnapshot):
+@dataclass(frozen=True)
+class LiveLimit:
+    """A command that would add a live sandbox to ``project``, held to ``key``'s limit."""
+
+    key: KeyState
+    project: str
+
+
+async def limiting_key(store: EventStore, subject: str, command: Command) -> LiveLimit | None:
+    """The key whose ``max_live`` a command that adds a live sandbox is held to: the key
+    identity that published it, or the key its actor names (the gateway publishes a key's
+    commands on the plain subjects, as the key's actor). None for any other command or
+    actor, and for one that adds nothing:
+
+    - a create or restore sent again: its sandbox was counted, and admitted, when it was
+      first decided (one that crashed between its ``requested`` and ``routed`` would be
+      refused by its own sandbox, and left ``requested`` for good, holding a place);
+    - a recreate of a sandbox that still counts (a failed one counts no more: recreating
+      it adds one, as a create does).
+    """
+    if not isinstance(command, CreateSandbox | RestoreSnapshot | RecreateSandbox):
         return None
     key_id = key_of(subject) or command.actor.id
     if not is_valid_key_id(key_id):
         return None
+    if isinstance(command, RecreateSandbox):
+        sandbox = (await store.load(command.sandbox_id)).state
+        if sandbox.status == "new" or sandbox.status in KEY_LIVE_STATUSES:
+            return None  # nothing to recreate (decide refuses it), or counted already
+        project = project_of(sandbox.actor)
+    else:
+        sandbox_id = command.sandbox_id or derive_sandbox_id(command.command_id)
+        if command.command_id in (await store.load(sandbox_id)).state.handled:
+            return None
+        project = project_of(command.actor)
     key = (await store.load_key(key_id)).state
-    return key if key.status != "none" else None
+    return LiveLimit(key, project) if key.status != "none" else None
 
 
 async def check_live_limit(
     routing: RouteLookup | None,
     js: JetStreamContext,
-    key: KeyState,
-    command: CreateSandbox,
+    limit: LiveLimit,
     enabled: Mapping[str, ExtensionDecl],
 ) -> RouteSignals | None:
     """The signals the count came with (routing may use them); Rejected (``live_limit``) when
-    the create would take its project past the key's ``max_live``, or the project's live
-    sandboxes could not be counted."""
-    project = project_of(command.actor)
+    the command would take its project past the key's ``max_live``
+    (``live_count_unavailable`` when the project's live sandboxes could not be counted)."""
+    key, project = limit.key, limit.project
     signals = None if routing is None else await routing.signals(enabled, project)
     live = None if signals is None else signals.live_by_project.get(project)
     if routing is not None and live is not None and live >= key.max_live:

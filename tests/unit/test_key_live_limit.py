@@ -14,12 +14,20 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 
-from sandboxer.commands.types import CreateSandbox
+from sandboxer.bus.memory_store import MemoryEventStore
+from sandboxer.commands.types import (
+    Command,
+    CreateKey,
+    CreateSandbox,
+    RecreateSandbox,
+    RestoreSnapshot,
+)
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
+from sandboxer.domain.account_state import project_of
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.key_access import KEY_LIVE_STATUSES, live_limit_refusal
-from sandboxer.domain.key_state import KeyState
+from sandboxer.domain.key_state import KeyState, hash_key, key_id_for, new_key
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.errors import Rejected
 from sandboxer.events.types import (
@@ -33,7 +41,8 @@ from sandboxer.events.types import (
 )
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.sandbox_view import SandboxView
-from sandboxer.workers.key_limit import check_live_limit
+from sandboxer.workers.deciding import apply_key
+from sandboxer.workers.key_limit import LiveLimit, check_live_limit, limiting_key
 from sandboxer.workers.route_lookup import RouteLookup
 from tests.unit.test_routing import NOW, decl, profile
 
@@ -64,7 +73,7 @@ def test_a_create_past_the_keys_limit_is_refused_with_the_fix() -> None:
 def test_a_limit_that_cannot_be_counted_refuses() -> None:
     refusal = live_limit_refusal(KEY_ID, 5, "alpha", None)
     assert refusal is not None
-    assert refusal[0] == "live_limit"
+    assert refusal[0] == "live_count_unavailable"  # the service is degraded: not a full project
     assert "could not be counted" in refusal[1]
 
 
@@ -125,7 +134,8 @@ def create(n: int, actor: Actor = ALPHA) -> CreateSandbox:
 async def admitted_by(routing: RouteLookup, command: CreateSandbox) -> None:
     """What the control worker does with a key's create: count, route, hold."""
     log = cast(JetStreamContext, Log())
-    signals = await check_live_limit(routing, log, KEY, command, ENABLED)
+    limit = LiveLimit(KEY, project_of(command.actor))
+    signals = await check_live_limit(routing, log, limit, ENABLED)
     routing.hold(admit_create(command, LOCAL, ENABLED, signals, NOW))
 
 
@@ -163,7 +173,7 @@ async def test_without_a_count_a_keys_create_is_refused(
 ) -> None:
     with pytest.raises(Rejected) as refused:
         await admitted_by(lookup(View(live=None), tmp_path, monkeypatch), create(1))
-    assert refused.value.code == "live_limit"
+    assert refused.value.code == "live_count_unavailable"
     assert "could not be counted" in refused.value.reason
 
 
@@ -207,3 +217,52 @@ async def test_the_view_counts_the_asked_projects_live_sandboxes(tmp_path: Path)
         await view.close()
     assert counted.live_by_project == {"alpha": 2}
     assert plain.live_by_project == {}
+
+
+async def test_what_a_keys_limit_holds() -> None:
+    """Held: a create, a restore, and a recreate of a sandbox that counts no more (a failed
+    one: recreating it adds one). Not held: a command sent again, whose sandbox was admitted
+    when first decided (one crashed between requested and routed would be refused by its own
+    sandbox, left requested for good), a recreate of one that counts already, another actor."""
+    store = MemoryEventStore()
+    key_hash = hash_key(new_key())
+    key_id = key_id_for(key_hash)
+    await apply_key(
+        store,
+        CreateKey(
+            command_id="k1",
+            actor=Actor(type="adm", id="ops"),
+            project="alpha",
+            key_type="agt",
+            key_hash=key_hash,
+        ),
+    )
+    own = Actor(type="agt", id=key_id, project="alpha")
+    subject = f"sandboxer.cmd.create.{key_id}"
+
+    async def held(command: Command) -> str | None:
+        limit = await limiting_key(store, subject, command)
+        return None if limit is None else limit.project
+
+    fresh = CreateSandbox(
+        command_id="c1", actor=own, profile="profile.local", sandbox_id="sbxfresh1"
+    )
+    assert await held(fresh) == "alpha"
+    assert await held(RestoreSnapshot(command_id="c2", actor=own, snapshot_id="snp1")) == "alpha"
+    for n, end in (
+        (1, None),
+        (4, "failed"),
+    ):  # a requested one, crashed before routed; a failed one
+        head = {"sandbox_id": f"sbx{n:04d}", "command_id": f"c{n}", "actor": own, "at": NOW}
+        events: list[SandboxEvent] = [
+            SandboxRequested(**head, profile="profile.local", profile_version=1)
+        ]
+        if end == "failed":
+            events.append(SandboxFailed(**head, reason="x", stage="provision", retryable=False))
+        await store.append(await store.load(f"sbx{n:04d}"), events)
+    again = CreateSandbox(command_id="c1", actor=own, profile="profile.local", sandbox_id="sbx0001")
+    assert await held(again) is None
+    assert await held(RecreateSandbox(command_id="r1", actor=own, sandbox_id="sbx0004")) == "alpha"
+    assert await held(RecreateSandbox(command_id="r2", actor=own, sandbox_id="sbx0001")) is None
+    other = CreateSandbox(command_id="c9", actor=Actor(type="adm", id="ops"), profile="p")
+    assert await limiting_key(store, "sandboxer.cmd.create", other) is None

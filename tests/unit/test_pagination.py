@@ -73,6 +73,7 @@ def test_a_cursor_names_the_sort_key_it_was_made_of(listing: Listing, key: tuple
         forged({"l": "sandboxes"}),
         base64.urlsafe_b64encode(b"[" * 700).decode(),  # deep, and not JSON
         SANDBOXES.cursor((AT, "x" * MAX_CURSOR)),  # too long to be one of ours
+        forged({"l": "sandboxes", "k": ["\ud800", "abc12345"]}),  # a lone surrogate: unbindable
     ],
 )
 def test_a_cursor_that_is_not_the_lists_own_is_refused_with_a_reason(cursor: str) -> None:
