@@ -162,9 +162,9 @@ def live_limit_refusal(
     counted, and a limit that cannot be checked does not let the create through)."""
     if live is None:  # the service is degraded, the project not full: its own code
         return "live_count_unavailable", (
-            f"the live sandboxes of project {project} could not be counted (the view did not "
-            f"answer, or is older than the control worker), so key {key_id}'s limit of "
-            f"{max_live} cannot be checked; try again in a moment"
+            f"the live sandboxes of project {project} could not be counted (the view is older "
+            f"than the control worker: upgrade the projector), so key {key_id}'s limit of "
+            f"{max_live} cannot be checked"
         )
     if live < max_live:
         return None

@@ -36,7 +36,7 @@ from sandboxer.domain.account_state import project_of
 from sandboxer.domain.key_access import KEY_LIVE_STATUSES, live_limit_refusal
 from sandboxer.domain.key_state import KeyState, is_valid_key_id
 from sandboxer.domain.route_signals import RouteSignals
-from sandboxer.errors import Rejected
+from sandboxer.errors import Rejected, StreamUnavailable
 from sandboxer.ids import derive_sandbox_id
 from sandboxer.workers.route_lookup import RouteLookup
 
@@ -90,9 +90,18 @@ async def check_live_limit(
 ) -> RouteSignals | None:
     """The signals the count came with (routing may use them); Rejected (``live_limit``) when
     the command would take its project past the key's ``max_live``
-    (``live_count_unavailable`` when the project's live sandboxes could not be counted)."""
+    (``live_count_unavailable`` when the view answers without counting them: one older than
+    this worker). StreamUnavailable while the view does not answer: the pull loop gives the
+    command back until it does, as it does while the bus is away (workers/pull_loop.py)."""
     key, project = limit.key, limit.project
     signals = None if routing is None else await routing.signals(enabled, project)
+    if signals is not None and not signals.known:
+        # The view did not answer (a restart, the projector catching up): waited out as the
+        # bus is, the command coming back until it does, not refused for the service's state.
+        raise StreamUnavailable(
+            f"the live sandboxes of project {project} cannot be counted yet ({signals.note}); "
+            "the command waits for the view"
+        )
     live = None if signals is None else signals.live_by_project.get(project)
     if routing is not None and live is not None and live >= key.max_live:
         # The view lags the log: ask again once it has folded everything appended so far.

@@ -29,7 +29,7 @@ from sandboxer.domain.admission import admit_create
 from sandboxer.domain.key_access import KEY_LIVE_STATUSES, live_limit_refusal
 from sandboxer.domain.key_state import KeyState, hash_key, key_id_for, new_key
 from sandboxer.domain.route_signals import RouteSignals
-from sandboxer.errors import Rejected
+from sandboxer.errors import Rejected, StreamUnavailable
 from sandboxer.events.types import (
     Actor,
     SandboxDestroyed,
@@ -168,11 +168,24 @@ async def test_a_count_at_the_limit_is_asked_again_of_the_view_caught_up(
     assert view.asked == [{"project": "alpha"}, {"project": "alpha", "min_seq": 42}]
 
 
-async def test_without_a_count_a_keys_create_is_refused(
+async def test_a_keys_create_waits_for_a_silent_view_and_is_refused_by_one_that_cannot_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(Rejected) as refused:
+    """A view that does not answer (a restart) is waited out as the bus is: the command comes
+    back (a key's create rides out a restart). One that answers without counting (older than
+    the control worker) refuses: the limit cannot be checked."""
+    with pytest.raises(StreamUnavailable, match="cannot be counted yet"):
         await admitted_by(lookup(View(live=None), tmp_path, monkeypatch), create(1))
+
+    class OldView(View):
+        async def request(self, subject: str, payload: bytes, timeout: float) -> Reply:
+            del subject, payload, timeout
+            signals = RouteSignals().to_dict()
+            del signals["live_by_project"]
+            return Reply(msgspec.json.encode({"ok": True, "position": 1, "signals": signals}))
+
+    with pytest.raises(Rejected) as refused:
+        await admitted_by(lookup(OldView(live=0), tmp_path, monkeypatch), create(1))
     assert refused.value.code == "live_count_unavailable"
     assert "could not be counted" in refused.value.reason
 
