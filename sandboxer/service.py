@@ -8,8 +8,8 @@ docs/integrations/state-hub.md; ``up`` runs it when ``SANDBOXER_STATE_HUB_URL``
 is set), and one per enabled extension (``ext.local`` ...). ``up`` runs
 them all in one process and, unless ``SANDBOXER_NATS_URL`` is set, starts its
 own ``nats-server`` first. On a
-signal every role stops fetching (a fetch waiting for work ends at once), finishes
-what it holds, and the connection drains before the server stops.
+signal every role stops fetching, finishes what it holds, and the connection
+drains before the server stops.
 """
 
 from __future__ import annotations

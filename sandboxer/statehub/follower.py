@@ -76,7 +76,7 @@ from sandboxer.statehub.body import (
 )
 from sandboxer.statehub.status import DeliveryStatus
 from sandboxer.workers.http_delivery import RETRY_WAIT_MAX, HttpDelivery
-from sandboxer.workers.pull_loop import fetch_or_stop
+from sandboxer.workers.pull_loop import fetch_one
 from sandboxer.workers.restarting import keep_running
 
 __all__ = [
@@ -230,7 +230,7 @@ class StateHubFollower:
             # racing a fetch or an ack loses nothing (bus/guarded_durable.py says why).
             async with self._durable.watching():
                 while not stop.is_set():
-                    msg = await fetch_or_stop(psub, DURABLE, stop)
+                    msg = await fetch_one(psub, DURABLE)
                     if isinstance(msg, Msg):
                         await self._hold(msg, stop)
         finally:

@@ -46,15 +46,16 @@ from nats.js.errors import NotFoundError, ServiceUnavailableError
 from sandboxer import subjects
 from sandboxer.bus.guarded_durable import CHECK_EVERY, GuardedDurable
 from sandboxer.bus.publish import is_transient, is_unavailability
-from sandboxer.bus.pull_inbox import close_inbox
 from sandboxer.errors import ConcurrencyConflict
 
-__all__ = ["FETCH_FAILED", "ConsumerSpec", "fetch_one", "fetch_or_stop", "run_pull_consumer"]
+__all__ = ["FETCH_FAILED", "ConsumerSpec", "fetch_one", "run_pull_consumer"]
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL = 0.5
-"""Seconds a fetch waits for work (a stop ends the wait at once: :func:`fetch_or_stop`)."""
+"""Seconds a fetch waits for work; also how long a stop takes to be noticed. The fetch is
+waited out, not cancelled: a message delivered to a cancelled fetch would be taken and
+dropped (nats-py cannot withdraw a pull request), and wait unacknowledged for ``ack_wait``."""
 
 MAX_RETRY_DELAY = 5.0
 """Longest wait before a failed message comes back: an election (4-7 s) is retried within it."""
@@ -140,9 +141,6 @@ def retry_delay(msg: Msg) -> float:
 FETCH_FAILED = object()
 """What :func:`fetch_one` gives when the fetch itself failed (not: nothing to fetch)."""
 
-SETTLE_TURNS = 100
-"""Loop turns a stopped fetch gets to take what reached its inbox before the close."""
-
 CHECK_AFTER_FAILURES = 5
 """Fetches failed in a row after which the loop asks whether its consumer still exists."""
 
@@ -168,38 +166,6 @@ async def fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> Ms
         await asyncio.sleep(IDLE_POLL)
         return FETCH_FAILED
     return msgs[0] if msgs else None
-
-
-async def fetch_or_stop(
-    psub: JetStreamContext.PullSubscription, durable: str, stop: asyncio.Event
-) -> Msg | object | None:
-    """:func:`fetch_one`, whose wait ``stop`` ends: None when it ends with nothing in hand.
-
-    Before a stopped fetch is given up, the server is told to deliver nothing more to it
-    (bus/pull_inbox.py); a message it delivered before that is still taken and returned,
-    to be handled like any other. The caller stops fetching: the inbox is closed.
-    """
-    if stop.is_set():
-        return None
-    fetching = asyncio.create_task(fetch_one(psub, durable))
-    stopping = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not fetching.done():
-            await close_inbox(psub)
-            # What came before the close is in the pending queue: the fetch takes it (a
-            # status line too, then waits on an empty queue). Cancelling a fetch that has
-            # taken a message loses nothing: on 3.11 asyncio.wait_for returns it.
-            for _ in range(SETTLE_TURNS):
-                if fetching.done() or not psub.pending_msgs:
-                    break
-                await asyncio.sleep(0)
-    finally:
-        stopping.cancel()
-        if not fetching.done():
-            fetching.cancel()
-        await asyncio.wait({fetching})
-    return None if fetching.cancelled() else fetching.result()
 
 
 async def _rebind_if_gone(
@@ -357,7 +323,7 @@ async def run_pull_consumer(
         async with guard.watching() if guard else contextlib.nullcontext():
             while not stop.is_set():
                 await slots.acquire()
-                msg = await fetch_or_stop(psub, spec.durable, stop)
+                msg = await fetch_one(psub, spec.durable)
                 failures = failures + 1 if msg is FETCH_FAILED else 0
                 if failures >= CHECK_AFTER_FAILURES:
                     failures = 0
