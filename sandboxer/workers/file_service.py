@@ -67,6 +67,7 @@ from nats.nuid import NUID
 from sandboxer.bus.event_store import EventStore
 from sandboxer.bus.replies import answer_subject
 from sandboxer.bus.streams import replicas_for
+from sandboxer.cleanup_waits import settle
 from sandboxer.config.settings import Settings
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import (
@@ -430,7 +431,8 @@ class FileService:
         """End an upload the worker's stop cancelled, leaving nothing half-written: one
         already unpacking in the sandbox is let finish; one still arriving is killed, and
         what arrived of it removed."""
-        # Waits by settle(), not asyncio.timeout: this runs while the task is being cancelled.
+        # Waits by settle(), not asyncio.timeout: this runs while the task is being cancelled
+        # (cleanup_waits.py).
         # Past its ``writing`` is cancelled, which kills the sandbox's side when it still runs.
         await settle(writing, PLACE_TIMEOUT if sent.is_set() else 0)
         argv = ["sh", "-c", CLEAN_SCRIPT, "sh", directory, stage]
@@ -568,20 +570,6 @@ async def _store_object(bucket: ObjectStore, name: str, handle: io.BufferedReade
         reader.stopped = True  # the next read fails, and nats-py purges what it stored
         await settle(storing, CLEAN_TIMEOUT)
         raise
-
-
-async def settle(task: asyncio.Future[Any], seconds: float) -> None:
-    """Let ``task`` end within ``seconds``, then cancel it and wait for its clean-up; its
-    outcome is left on it, never raised.
-
-    For a task being cancelled, which must clean up before it ends: Python 3.11.0 to 3.11.2
-    (Debian 12's is 3.11.2) raise CancelledError, not TimeoutError, when an asyncio.timeout
-    runs out in a task already being cancelled (gh-102780), which would skip the rest of
-    the clean-up. asyncio.wait only waits.
-    """
-    if seconds > 0 and not task.done():
-        await asyncio.wait([task], timeout=seconds)
-    await _cancel(task)
 
 
 async def _cancel(task: asyncio.Future[Any]) -> None:

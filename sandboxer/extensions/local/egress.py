@@ -22,7 +22,6 @@ so :func:`teardown` cleans up after a crash that lost ``state.json`` as well.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
@@ -32,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sandboxer.cleanup_waits import communicate_within
 from sandboxer.errors import ExtensionError
 from sandboxer.extensions.local import egress_proxy
 from sandboxer.extensions.local.egress_policy import (
@@ -248,13 +248,9 @@ async def _tool(
             sandbox_id=sandbox_id,
             extension="ext.local",
         ) from None
-    try:
-        async with asyncio.timeout(TOOL_TIMEOUT):
-            _, err = await process.communicate(stdin)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+    # Not asyncio.timeout: a teardown runs this while its provision is being cancelled.
+    answered = await communicate_within(process, TOOL_TIMEOUT, stdin)
+    if answered is None:
         raise ExtensionError(
             f"{' '.join(argv[:4])} did not finish in {TOOL_TIMEOUT:.0f}s",
             sandbox_id=sandbox_id,
@@ -262,7 +258,7 @@ async def _tool(
         ) from None
     if process.returncode == 0:
         return
-    text = err.decode(errors="replace").strip()
+    text = answered[1].decode(errors="replace").strip()
     if missing_ok and (
         "No such file" in text or "Cannot find device" in text or "not found" in text
     ):

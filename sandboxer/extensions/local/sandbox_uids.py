@@ -18,10 +18,10 @@ by the name.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from pathlib import Path
 
+from sandboxer.cleanup_waits import communicate_within
 from sandboxer.errors import ExtensionError
 from sandboxer.extensions.local import keyrings
 from sandboxer.extensions.local.holder import HOST_ENV
@@ -62,14 +62,9 @@ async def clear_keys(uid: int, *, sandbox_id: str) -> None:
         stderr=asyncio.subprocess.PIPE,
         env=HOST_ENV,
     )  # fmt: skip
-    try:
-        async with asyncio.timeout(CLEAR_TIMEOUT):
-            _, err = await helper.communicate()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            helper.kill()
-        await helper.wait()
-        err = f"it did not finish in {CLEAR_TIMEOUT:.0f}s".encode()
+    # Not asyncio.timeout: a teardown runs this while its provision may be being cancelled.
+    answered = await communicate_within(helper, CLEAR_TIMEOUT)
+    err = f"it did not finish in {CLEAR_TIMEOUT:.0f}s".encode() if answered is None else answered[1]
     if helper.returncode != 0:
         raise ExtensionError(
             f"local sandbox {sandbox_id}: its uid {uid} holds kernel keys that could not be "
