@@ -101,10 +101,14 @@ async def read_events(
 
 async def _any_to_deliver(sub: JetStreamContext.PushSubscription) -> bool:
     """Whether the new consumer behind ``sub`` has delivered, or holds, an event; True too
-    when the server cannot say (the reader then waits for one, as without asking)."""
+    when the server cannot say (the reader then waits for one, as without asking), and in a
+    cluster, where the consumer may sit on a replica that has not stored the stream's last
+    events yet (its count would then say none where some are)."""
     try:
         info = await sub.consumer_info()
     except (NatsError, TimeoutError):
+        return True
+    if info.cluster is not None:
         return True
     return bool(info.num_pending or (info.delivered and info.delivered.consumer_seq))
 
