@@ -131,7 +131,9 @@ async def connect(
             name=name,
             connect_timeout=2,
             allow_reconnect=long_lived,
-            max_reconnect_attempts=-1 if long_lived else 0,
+            # Not 0 for a short one: nats-py reads 0 as no limit, and a CLI call (or a client)
+            # given a server that is down then tried it every 2 s for ever.
+            max_reconnect_attempts=-1 if long_lived else 1,
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works
             ping_interval=5 if long_lived else 120,
             max_outstanding_pings=3,

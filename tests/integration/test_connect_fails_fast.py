@@ -1,0 +1,44 @@
+"""A short-lived client given a NATS that is not there fails at once, saying so."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandboxer.bus.connect import connect
+from sandboxer.errors import BusError
+
+pytestmark = pytest.mark.integration
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_client_given_a_server_that_is_down_fails_within_seconds() -> None:
+    url = f"nats://127.0.0.1:{closed_port()}"
+    async with asyncio.timeout(15):  # nats-py read 0 attempts as no limit: for ever
+        with pytest.raises(BusError, match="cannot reach NATS"):
+            await connect([url], name="test", long_lived=False)
+
+
+def test_the_cli_given_a_server_that_is_down_says_so(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{closed_port()}"
+    env = {"SANDBOXER_HOME": str(tmp_path), "SANDBOXER_NATS_URL": url, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sandboxer.cli.app", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "cannot reach NATS" in done.stderr
