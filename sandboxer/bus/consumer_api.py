@@ -22,7 +22,7 @@ from nats.js.errors import APIError
 from sandboxer.bus.publish import is_transient
 from sandboxer.errors import BusError, StreamUnavailable
 
-__all__ = ["API_PREFIX", "API_TIMEOUT", "bus_errors", "create_consumer"]
+__all__ = ["API_PREFIX", "bus_errors", "create_consumer"]
 
 API_PREFIX = DEFAULT_PREFIX
 """``$JS.API``: the service makes its JetStream contexts with ``nc.jetstream()`` (service.py),

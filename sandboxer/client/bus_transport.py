@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sandboxer.client.bus import SandboxerClient
-from sandboxer.client.http_errors import rejection_error
+from sandboxer.client.rejections import rejection_error
 from sandboxer.client.transport import OutputCallback, Row
 from sandboxer.errors import BusError, CommandFailed, InvalidInput, NotFound
 from sandboxer.ids import derive_sandbox_id, new_command_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sandboxer.client.rejections import rejection_error
 from sandboxer.errors import (
     AccessDenied,
     BusError,
@@ -30,37 +31,7 @@ from sandboxer.errors import (
     WorkspaceRefused,
 )
 
-__all__ = ["NOT_FOUND_CODES", "error_for", "parse_retry_after", "rejection_error"]
-
-NOT_FOUND_CODES = frozenset({"unknown_sandbox", "unknown_snapshot", "unknown_account"})
-LIMIT_CODES = frozenset({"live_limit", "rate_limited"})
-"""A key's limits: a rejection with one of these is :class:`RateLimited` on both transports."""
-LIMIT_RETRY_AFTER = 30.0
-"""What the gateway's Retry-After says for a key's limit; a bus rejection carries none."""
-
-
-def rejection_error(
-    message: str,
-    event: dict[str, Any],
-    *,
-    sandbox_id: str | None = None,
-    retry_after: float | None = None,
-) -> SandboxerError:
-    """A refused or failed command as :class:`~sandboxer.client.Sandboxer` raises it on
-    both transports: a rejection that names nothing NotFound, one for a key's limit
-    RateLimited, any other CommandFailed (its ``event`` says why)."""
-    code = event.get("code")
-    if event.get("type") == "rejected" and isinstance(code, str):
-        if code in NOT_FOUND_CODES:
-            return NotFound(message, code=code, sandbox_id=sandbox_id)
-        if code in LIMIT_CODES:
-            wait = retry_after if retry_after is not None else LIMIT_RETRY_AFTER
-            return RateLimited(message, code=code, retry_after=wait)
-    return CommandFailed(message, event)
-
-
-"""Rejections that name nothing (an unknown profile stays a rejected command: its name is
-the client's mistake, not a resource that is gone)."""
+__all__ = ["error_for", "parse_retry_after"]
 
 _INPUT_ERRORS: dict[str, type[InvalidInput]] = {
     "path_refused": PathRefused,

@@ -133,9 +133,10 @@ def error_response(
 
 
 def _rejection(code: str, reason: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    """A rejected command's answer; a 429 (a key's live limit) says when to try again."""
+    """A rejected command's answer; a 429 (a key's live limit) or a 503 (no route, no host,
+    a live count not to be had) says when to try again."""
     status = status_for_rejection(code)
-    headers = {"Retry-After": RETRY_AFTER} if status == 429 else None
+    headers = {"Retry-After": RETRY_AFTER} if status in {429, 503} else None
     return error_response(status, code, reason, details, headers)
 
 

@@ -25,6 +25,9 @@ MAX_PAGE = 1000
 AFTER = "the `next` of the previous page: the rows after it (omit for the first page)"
 
 
+_AFTER = Query(max_length=MAX_CURSOR, description=AFTER)
+
+
 def _own_cursor(listing: Listing) -> Callable[[str | None], str | None]:
     def check(value: str | None) -> str | None:
         if value is not None:
@@ -37,26 +40,10 @@ def _own_cursor(listing: Listing) -> Callable[[str | None], str | None]:
     return check
 
 
-SandboxesAfter = Annotated[
-    str | None,
-    Query(max_length=MAX_CURSOR, description=AFTER),
-    AfterValidator(_own_cursor(SANDBOXES)),
-]
-SnapshotsAfter = Annotated[
-    str | None,
-    Query(max_length=MAX_CURSOR, description=AFTER),
-    AfterValidator(_own_cursor(SNAPSHOTS)),
-]
-AccountsAfter = Annotated[
-    str | None,
-    Query(max_length=MAX_CURSOR, description=AFTER),
-    AfterValidator(_own_cursor(ACCOUNTS)),
-]
-UsageAfter = Annotated[
-    str | None,
-    Query(max_length=MAX_CURSOR, description=AFTER),
-    AfterValidator(_own_cursor(USAGE)),
-]
+SandboxesAfter = Annotated[str | None, _AFTER, AfterValidator(_own_cursor(SANDBOXES))]
+SnapshotsAfter = Annotated[str | None, _AFTER, AfterValidator(_own_cursor(SNAPSHOTS))]
+AccountsAfter = Annotated[str | None, _AFTER, AfterValidator(_own_cursor(ACCOUNTS))]
+UsageAfter = Annotated[str | None, _AFTER, AfterValidator(_own_cursor(USAGE))]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows in one page")]
 
 

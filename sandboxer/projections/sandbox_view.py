@@ -31,7 +31,7 @@ from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_state import SnapshotState
 from sandboxer.events.types import CommandRejected, HostEvent, HostInspected
-from sandboxer.pagination import SANDBOXES, SANDBOXES_DUE, Page
+from sandboxer.pagination import DEFAULT_LIMIT, SANDBOXES, SANDBOXES_DUE, Page
 from sandboxer.projections.account_rows import (
     ACCOUNT_SCHEMA,
     ACCOUNT_TABLES,
@@ -338,7 +338,7 @@ class SandboxView:
         consumer: ConsumerFilter | None = None,
         project: str | None = None,
         after: str | None = None,
-        limit: int = 1000,
+        limit: int = DEFAULT_LIMIT,
     ) -> Page[SandboxState]:
         """Sandboxes in creation order, after the cursor ``after``; with ``due_before``, only
         those whose TTL or idle deadline is at or before that time, earliest first (what the
@@ -382,7 +382,7 @@ class SandboxView:
         include_deleted: bool = False,
         project: str | None = None,
         after: str | None = None,
-        limit: int = 1000,
+        limit: int = DEFAULT_LIMIT,
     ) -> Page[SnapshotState]:
         return await list_snapshots(
             self._db,

@@ -14,7 +14,7 @@ import aiosqlite
 import msgspec
 
 from sandboxer.domain.snapshot_state import SnapshotState
-from sandboxer.pagination import SNAPSHOTS, Page
+from sandboxer.pagination import DEFAULT_LIMIT, SNAPSHOTS, Page
 from sandboxer.projections.pages import Keyset, read_page
 from sandboxer.projections.rows import write_rows
 
@@ -91,7 +91,7 @@ async def list_snapshots(
     include_deleted: bool = False,
     project: str | None = None,
     after: str | None = None,
-    limit: int = 1000,
+    limit: int = DEFAULT_LIMIT,
 ) -> Page[SnapshotState]:
     """Snapshots in the order they were requested, after the cursor ``after``; deleted ones
     only when asked for. With ``project``: that project's only (the column holds each

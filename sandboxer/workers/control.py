@@ -175,13 +175,13 @@ class ControlWorker:
         # the view's signals, so the create does not wait for them (a key's create does, for
         # its project's live count, but routes as any other).
         routed = profile.extension is None
-        signals = None
+        counted = None  # the signals a key's live count came with
         if limit is not None:
-            signals = await check_live_limit(self._routing, self._js, limit, enabled)
-        if not routed:
-            signals = None
-        elif signals is None and self._routing is not None:
+            counted = await check_live_limit(self._routing, self._js, limit, enabled)
+        signals = counted if routed else None
+        if routed and signals is None and self._routing is not None:
             signals = await self._routing.signals(enabled)
+        placing = signals if signals is not None else counted
         # Whether a host answers only placement's probe knows: a backend whose usable hosts
         # are all down is passed over for this create and routing asked again, as for one
         # without room (docs/routing.md#no-reachable-host). Each pass leaves one more
@@ -193,12 +193,13 @@ class ControlWorker:
                 self._routing.hold(admitted)  # counted as live until the view shows it
             if not enabled[admitted.extension].uses_hosts:
                 return admitted
-            if signals is None and self._routing is not None:
-                # A fixed backend's create asks for the signals here: each host's live
-                # sandboxes, which its max_sandboxes caps.
-                signals = await self._routing.signals(enabled)
+            if placing is None and self._routing is not None:
+                # A fixed backend's create asks for the signals here (once: a key's count
+                # brought them already): each host's live sandboxes, which its
+                # max_sandboxes caps.
+                placing = await self._routing.signals(enabled)
             try:
-                return await self._place(command, profile, admitted, signals)
+                return await self._place(command, profile, admitted, placing)
             except Rejected as nowhere:
                 unplaced[admitted.extension] = nowhere.reason
 

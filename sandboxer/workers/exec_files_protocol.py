@@ -10,6 +10,7 @@ use the same names from here.
 from __future__ import annotations
 
 from sandboxer.errors import PathRefused
+from sandboxer.workspaces.roots import MAX_PATH_CHARS
 
 __all__ = [
     "EXEC_HEADER",
@@ -28,7 +29,6 @@ STDIN_HEADER = "Sandboxer-Exec-Stdin"
 FILES_PREFIX = "sandboxer.files"
 FILES_HEADER = "Sandboxer-Files"
 """A copy's answers: ``started``, ``alive``, ``done``."""
-MAX_PATH_CHARS = 4096
 
 
 def files_subject(sandbox_id: str) -> str:

@@ -295,7 +295,7 @@ class FileService:
         except asyncio.CancelledError:
             # The worker is stopping (stop()): say so now, or the client waits for a done
             # until it hears no more heartbeats.
-            await _cancel(copying)
+            await settle(copying, 0)
             with contextlib.suppress(Exception):
                 await send("done", {"ok": False, "error": STOPPED, "code": "worker_stopped"})
             raise
@@ -303,7 +303,7 @@ class FileService:
             beating.cancel()
         if not copying.done():  # nobody to answer
             log.info("copy for %s stopped: %s", sandbox_id, beating.result())
-            await _cancel(copying)
+            await settle(copying, 0)
             return
         await self._nc.flush()
         await send("done", copying.result())
@@ -570,12 +570,6 @@ async def _store_object(bucket: ObjectStore, name: str, handle: io.BufferedReade
         reader.stopped = True  # the next read fails, and nats-py purges what it stored
         await settle(storing, CLEAN_TIMEOUT)
         raise
-
-
-async def _cancel(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` and wait for its clean-up (staging, what entered the sandbox)."""
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 def _single_file(tree: Path, destination: Path, name: str) -> Path:

@@ -48,7 +48,7 @@ from sandboxer.bus.guarded_durable import CHECK_EVERY, GuardedDurable
 from sandboxer.bus.publish import is_transient, is_unavailability
 from sandboxer.errors import ConcurrencyConflict
 
-__all__ = ["FETCH_FAILED", "ConsumerSpec", "fetch_one", "run_pull_consumer"]
+__all__ = ["ConsumerSpec", "fetch_one", "run_pull_consumer"]
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from sandboxer.durations import format_duration, parse_duration
 from sandboxer.errors import InvalidInput, RequestError, SandboxerError, UnknownProfile
 from sandboxer.ids import derive_sandbox_id
 
-__all__ = ["CONTROL_QUEUE", "COUNT_TIMEOUT", "SIGNALS_TIMEOUT", "RouteLookup"]
+__all__ = ["CONTROL_QUEUE", "SIGNALS_TIMEOUT", "RouteLookup"]
 
 log = logging.getLogger(__name__)
 

@@ -225,8 +225,9 @@ async def test_down_leaves_alone_a_process_that_took_a_dead_services_pid(home: P
 
 
 async def test_an_idle_service_stops_quickly(home: Path) -> None:
-    """``sandboxer down`` of an idle service: no fetch waited out, no collection of the whole
-    heap at exit (about 0.3 s here; 0.8 s before, docs/performance.md#stopping-the-service)."""
+    """``sandboxer down`` of an idle service ends cleanly (exit 0, its service file gone) and
+    without hanging: a guard against a loop that never notices the stop, not a timing (how
+    long a stop takes is measured in docs/performance.md#stopping-the-service)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
     env |= {"SANDBOXER_HOME": str(home), "SANDBOXER_HTTP_ADDR": "127.0.0.1:0"}
     home.mkdir(parents=True, exist_ok=True)

@@ -122,8 +122,8 @@ async def test_kill_9_during_provisioning(nats_server: Any, home: Path) -> None:
 async def test_sigterm_during_provisioning_finishes_the_create_then_stops(
     nats_server: Any, home: Path
 ) -> None:
-    """A stop (``sandboxer down``) ends fetches waiting for work at once, but the create in
-    hand runs to its end and is acknowledged: ready on its first attempt, no replacement."""
+    """A stop (``sandboxer down``) fetches nothing more, but the create in hand runs to its
+    end and is acknowledged: ready on its first attempt, no replacement."""
     (home / "profiles").mkdir()
     (home / "profiles" / "profile.slow.yaml").write_text(SLOW_PROFILE)
     svc = await start_service(home, nats_server.url, roles=["control", "projector"])

@@ -28,7 +28,7 @@ PROTOCOL_CODES = {
     "pause_unsupported", "not_pausable", "already_paused", "not_paused", "snapshot_in_progress",
     "snapshot_exists", "not_restorable", "unknown_snapshot", "already_deleted", "no_host",
     "insufficient_credits", "budget_exceeded", "invalid_project", "invalid_amount", "forbidden",
-    "internal_error", "live_limit",
+    "internal_error", "live_limit", "live_count_unavailable",
 }  # fmt: skip
 
 
@@ -64,6 +64,13 @@ def test_a_keys_live_limit_rejection_answers_as_the_gateways_own_check() -> None
     assert response.status_code == 429
     assert int(response.headers["retry-after"]) >= 1
     assert body(response)["error"]["code"] == "live_limit"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("code", ["no_route", "no_host", "live_count_unavailable"])
+def test_a_rejection_nothing_can_serve_now_is_a_503_saying_when_to_try_again(code: str) -> None:
+    response = response_for(CommandFailed("rejected", {"type": "rejected", "code": code}))
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
 
 
 @pytest.mark.parametrize(

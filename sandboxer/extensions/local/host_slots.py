@@ -89,8 +89,11 @@ class SlotFiles:
         except OSError:  # none yet, or not ours to read (a worker without root takes none)
             return {}
         held = {}
+        candidates = set(self.slots)
         for entry in entries:
-            if not entry.name.isdigit():
+            # Only this kind's candidates: a stray file (a uid 0, by hand) is never one of
+            # ours to clear or free.
+            if not entry.name.isdigit() or int(entry.name) not in candidates:
                 continue
             with contextlib.suppress(OSError):  # freed meanwhile
                 held[int(entry.name)] = entry.read_text().strip()
