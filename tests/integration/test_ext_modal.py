@@ -393,3 +393,18 @@ async def test_a_redelivered_job_beside_its_killed_worker_s_create_leaves_one(
     await asyncio.sleep(late_by - asyncio.get_running_loop().time() + 0.3)  # the first lands
     assert modal_double.calls.count("SandboxCreate") >= 2
     assert len(modal_double.running_for("modalredo1")) == 1
+
+
+async def test_an_exec_finds_its_labelled_sandbox_without_reading_tags(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    """Listed by its id and this declaration's tag at once: no tag read per exec (each was
+    one more round trip to Modal, per sandbox listed)."""
+    ext = extension()
+    req = request("modal00031")
+    await ext.provision(req)
+    await ext.wait_ready(req)
+    modal_double.calls.clear()
+    assert (await run(ext, "modal00031", "true"))[0] == 0
+    assert "SandboxTagsGet" not in modal_double.calls, modal_double.calls
+    await ext.teardown("modal00031")

@@ -65,6 +65,7 @@ from sandboxer.extensions.ssh_exec_stop import stoppable
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import (
+    EXTENSION_LABEL,
     SANDBOX_LABEL,
     labels_for,
     made_elsewhere,
@@ -474,21 +475,27 @@ class ModalExtension:
         connection = await self._connect()
         modal = self._modal
 
-        async def matching() -> list[Any]:
+        async def matching(tags: dict[str, str]) -> list[Any]:
             return [
                 sandbox
                 async for sandbox in modal.Sandbox.list.aio(
-                    app_id=connection.app.app_id,
-                    tags={SANDBOX_LABEL: sandbox_id},
-                    client=connection.client,
+                    app_id=connection.app.app_id, tags=tags, client=connection.client
                 )
             ]
 
-        tagged = await self._boundary.call(
-            f"looking for the sandbox of {sandbox_id}", matching, sandbox_id=sandbox_id
+        looking = f"looking for the sandbox of {sandbox_id}"
+        # Modal matches every tag given: the usual case (an exec, a copy) is one call.
+        labelled = {SANDBOX_LABEL: sandbox_id, EXTENSION_LABEL: self.id}
+        found = await self._boundary.call(
+            looking, lambda: matching(labelled), sandbox_id=sandbox_id
         )
-        # Not filtered by Modal on our extension tag: those made before it have none. A
+        if found:
+            return found
+        # Those made before the extension tag have none: listed by id, their tags read; a
         # sandbox of this id another declaration made (a copy, before a reroute) is not ours.
+        tagged = await self._boundary.call(
+            looking, lambda: matching({SANDBOX_LABEL: sandbox_id}), sandbox_id=sandbox_id
+        )
         ours = []
         for sandbox in tagged:
             tags = await self._tags(sandbox, sandbox_id)
