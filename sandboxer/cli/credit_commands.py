@@ -13,6 +13,7 @@ from sandboxer.cli.common import JsonOpt, run, with_client
 from sandboxer.cli.consumer_options import CONSUMER_PARTS
 from sandboxer.cli.output import print_json, print_table, say
 from sandboxer.cli.paging import AfterOpt, AllPagesOpt, LimitOpt, read_pages, tell_cut
+from sandboxer.domain.credit_amounts import format_credits
 from sandboxer.pagination import DEFAULT_LIMIT, Page
 
 if TYPE_CHECKING:
@@ -24,15 +25,6 @@ credits_app = typer.Typer(
     help="Project accounts: add credits, show balances, set budgets and own provider keys.",
     no_args_is_help=True,
 )
-
-
-def format_credits(amount: int) -> str:
-    """:func:`sandboxer.domain.account_decide.format_credits`, imported when a command prints
-    an amount: its module loads pydantic (with the pricing of extensions), which every other
-    command and ``--help`` can do without."""
-    from sandboxer.domain.account_decide import format_credits as formatted
-
-    return formatted(amount)
 
 
 def _echo_event(event: dict[str, Any], as_json: bool, text: str) -> None:

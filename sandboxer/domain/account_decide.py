@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from sandboxer.commands.types import AddCredits, SetBudget, SetByok
 from sandboxer.domain.account_state import AccountBook, AccountState, own_key_pays, period_key
+from sandboxer.domain.credit_amounts import format_credits
 from sandboxer.domain.pricing import ceil_microusd
 from sandboxer.errors import Rejected
 from sandboxer.events.account_events import (
@@ -57,12 +58,6 @@ def reserve_command_id(sandbox_id: str) -> str:
 def meter_command_id(sandbox_id: str) -> str:
     """The id of a sandbox's metering: one per sandbox, whichever delivery meters it."""
     return f"meter-{sandbox_id}"
-
-
-def format_credits(amount: int) -> str:
-    """``181000`` -> ``"181000 credits (0.181000 USD)"``: people read dollars, the log keeps ints."""
-    usd = Decimal(amount) / Decimal(1_000_000)
-    return f"{amount} credits ({usd:.6f} USD)"
 
 
 @dataclass(frozen=True, kw_only=True)
