@@ -22,8 +22,9 @@ worker routed that the view does not show yet. How exact that is:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from nats.js import JetStreamContext
 
@@ -43,25 +44,34 @@ from sandboxer.workers.route_lookup import RouteLookup
 __all__ = ["LiveLimit", "check_live_limit", "limiting_key"]
 
 
+async def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class LiveLimit:
-    """A command that would add a live sandbox to ``project``, held to ``key``'s limit."""
+    """A command that would add a live sandbox to ``project``, held to ``key``'s limit.
+    ``resent``: whether the command already made its sandbox (asked only of one at the
+    limit, so a key's usual create reads nothing more)."""
 
     key: KeyState
     project: str
+    resent: Callable[[], Awaitable[bool]] = _never
+
+
+async def _made_already(store: EventStore, sandbox_id: str, command_id: str) -> bool:
+    return command_id in (await store.load(sandbox_id)).state.handled
 
 
 async def limiting_key(store: EventStore, subject: str, command: Command) -> LiveLimit | None:
     """The key whose ``max_live`` a command that adds a live sandbox is held to: the key
     identity that published it, or the key its actor names (the gateway publishes a key's
     commands on the plain subjects, as the key's actor). None for any other command or
-    actor, and for one that adds nothing:
-
-    - a create or restore sent again: its sandbox was counted, and admitted, when it was
-      first decided (one that crashed between its ``requested`` and ``routed`` would be
-      refused by its own sandbox, and left ``requested`` for good, holding a place);
-    - a recreate of a sandbox that still counts (a failed one counts no more: recreating
-      it adds one, as a create does).
+    actor, and for a recreate of a sandbox that still counts (a failed one counts no more:
+    recreating it adds one, as a create does). A create or restore sent again is not held
+    by its own sandbox (:attr:`LiveLimit.resent`): one that crashed between its
+    ``requested`` and ``routed`` would be refused by itself, and left ``requested`` for good,
+    holding a place.
     """
     if not isinstance(command, CreateSandbox | RestoreSnapshot | RecreateSandbox):
         return None
@@ -73,13 +83,13 @@ async def limiting_key(store: EventStore, subject: str, command: Command) -> Liv
         if sandbox.status == "new" or sandbox.status in KEY_LIVE_STATUSES:
             return None  # nothing to recreate (decide refuses it), or counted already
         project = project_of(sandbox.actor)
+        resent = _never
     else:
         sandbox_id = command.sandbox_id or derive_sandbox_id(command.command_id)
-        if command.command_id in (await store.load(sandbox_id)).state.handled:
-            return None
+        resent = partial(_made_already, store, sandbox_id, command.command_id)
         project = project_of(command.actor)
     key = (await store.load_key(key_id)).state
-    return LiveLimit(key, project) if key.status != "none" else None
+    return LiveLimit(key, project, resent) if key.status != "none" else None
 
 
 async def check_live_limit(
@@ -109,6 +119,6 @@ async def check_live_limit(
         if project in again.live_by_project:
             signals, live = again, again.live_by_project[project]
     refusal = live_limit_refusal(key.key_id, key.max_live, project, live)
-    if refusal is not None:
+    if refusal is not None and not (live is not None and await limit.resent()):
         raise Rejected(*refusal)
     return signals

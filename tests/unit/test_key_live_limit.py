@@ -274,7 +274,12 @@ async def test_what_a_keys_limit_holds() -> None:
             events.append(SandboxFailed(**head, reason="x", stage="provision", retryable=False))
         await store.append(await store.load(f"sbx{n:04d}"), events)
     again = CreateSandbox(command_id="c1", actor=own, profile="profile.local", sandbox_id="sbx0001")
-    assert await held(again) is None
+    resent = await limiting_key(store, subject, again)
+    assert resent is not None
+    assert await resent.resent()  # at the limit, not held by itself
+    first = await limiting_key(store, subject, fresh)
+    assert first is not None
+    assert not await first.resent()
     assert await held(RecreateSandbox(command_id="r1", actor=own, sandbox_id="sbx0004")) == "alpha"
     assert await held(RecreateSandbox(command_id="r2", actor=own, sandbox_id="sbx0001")) is None
     other = CreateSandbox(command_id="c9", actor=Actor(type="adm", id="ops"), profile="p")
