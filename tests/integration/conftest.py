@@ -232,6 +232,26 @@ async def service(
         await reap_local(home)
 
 
+def start_worker(
+    home: Path, url: str, extension: str = "ext.local", *, heartbeat: float | None = None
+) -> subprocess.Popen[bytes]:
+    """``sandboxer worker EXTENSION`` in its own process (to be killed with -9), its log in
+    ``home/worker.log``; the defaults users get (ack wait, and the exec heartbeat unless
+    ``heartbeat`` sets ``SANDBOXER_EXEC_HEARTBEAT``)."""
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
+    env.pop("SANDBOXER_ACK_WAIT", None)
+    env.pop("SANDBOXER_EXEC_HEARTBEAT", None)
+    if heartbeat is not None:
+        env["SANDBOXER_EXEC_HEARTBEAT"] = f"{heartbeat:g}"
+    with (home / "worker.log").open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "sandboxer.cli.app", "worker", extension],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
 @dataclass
 class Cli:
     """Runs the real ``sandboxer`` CLI in a subprocess against the test's NATS.

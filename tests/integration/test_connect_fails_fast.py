@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sandboxer.bus.connect import connect
 from sandboxer.errors import BusError
+from tests.integration.conftest import Cli
 
 pytestmark = pytest.mark.integration
 
@@ -29,16 +28,9 @@ async def test_a_client_given_a_server_that_is_down_fails_within_seconds() -> No
             await connect([url], name="test", long_lived=False)
 
 
-def test_the_cli_given_a_server_that_is_down_says_so(tmp_path: Path) -> None:
+async def test_the_cli_given_a_server_that_is_down_says_so(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{closed_port()}"
     env = {"SANDBOXER_HOME": str(tmp_path), "SANDBOXER_NATS_URL": url, "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-m", "sandboxer.cli.app", "list"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = await Cli(env)("list", check=False, timeout=30)
     assert done.returncode == 1, done.stderr
     assert "cannot reach NATS" in done.stderr

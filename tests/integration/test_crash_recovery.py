@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from sandboxer.errors import WorkerLost
 from sandboxer.extensions.local.backend import LocalExtension
-from tests.integration.conftest import reap_local, start_service
+from tests.integration.conftest import reap_local, start_service, start_worker
 from tests.integration.test_lifecycle import wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -55,23 +54,6 @@ def sandbox_processes(workspace: Path) -> list[int]:
         if cmdline and cmdline[0].endswith(b"bwrap") and str(workspace).encode() in cmdline:
             parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
     return [pid for pid, parent in parents.items() if parent not in parents]
-
-
-def start_worker(home: Path, url: str, heartbeat: float | None = None) -> subprocess.Popen[bytes]:
-    """``sandboxer worker ext.local`` in its own process; ``heartbeat``: its
-    ``SANDBOXER_EXEC_HEARTBEAT`` (the default, 10 s, when None)."""
-    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
-    env.pop("SANDBOXER_ACK_WAIT", None)  # the default is what users get
-    env.pop("SANDBOXER_EXEC_HEARTBEAT", None)
-    if heartbeat is not None:
-        env["SANDBOXER_EXEC_HEARTBEAT"] = f"{heartbeat:g}"
-    with (home / "worker.log").open("ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "sandboxer.cli.app", "worker", "ext.local"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
 
 
 async def test_kill_9_during_provisioning(nats_server: Any, home: Path) -> None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,7 +39,7 @@ from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
 from tests.doubles.modal_double import Fault as ModalFault
 from tests.doubles.modal_double import ModalDouble
-from tests.integration.conftest import Service, start_service
+from tests.integration.conftest import Service, start_service, start_worker
 from tests.integration.test_lifecycle import wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -320,18 +318,6 @@ async def test_an_extension_while_a_pause_fails_reaches_the_providers_timeout(
     finally:
         await service.client.close()
         await service.shutdown()
-
-
-def start_worker(home: Path, url: str, extension: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
-    env.pop("SANDBOXER_ACK_WAIT", None)  # the default is what users get
-    with (home / "worker.log").open("ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "sandboxer.cli.app", "worker", extension],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
 
 
 async def test_kill_9_between_the_providers_create_and_ready_leaves_one(

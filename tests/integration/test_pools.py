@@ -8,8 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,7 +27,13 @@ from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.extensions.local.sandbox_lock import LOCK_DIR
 from sandboxer.extensions.local.sandbox_uids import UIDS, UIDS_DIR
 from sandboxer.workers.pool_keeper import PoolKeeper
-from tests.integration.conftest import Service, reap_local, resend_provision_job, start_service
+from tests.integration.conftest import (
+    Service,
+    reap_local,
+    resend_provision_job,
+    start_service,
+    start_worker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -174,17 +178,6 @@ async def test_concurrent_creates_claim_each_member_once(nats_server: Any, home:
         await client.close()
         await svc.shutdown()
         await reap_local(home)
-
-
-def start_worker(home: Path, url: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
-    with (home / "worker.log").open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "sandboxer.cli.app", "worker", "ext.local"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
 
 
 async def test_the_pool_survives_kill_9_and_follows_its_profile(
