@@ -98,7 +98,7 @@ async def run_streaming(
     err_read, err_write = os.pipe()
     in_read, in_write = os.pipe() if stdin is not None else (-1, -1)
     try:
-        proc = spawn(
+        proc = await spawn(
             argv,
             stdin=in_read if stdin is not None else subprocess.DEVNULL,
             stdout=out_write,

@@ -44,21 +44,9 @@ __all__ = ["Started", "spawn"]
 class Started:
     """A command started by :func:`spawn`: its pid (its process group's too) and its exit."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], pidfd: int) -> None:
-        self.pid = popen.pid
-        loop = asyncio.get_running_loop()
-        self._exited: asyncio.Future[int] = loop.create_future()
-
-        def reap() -> None:
-            returncode = popen.poll()  # the pidfd is readable once the process has exited
-            if returncode is None:
-                return
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            if not self._exited.done():
-                self._exited.set_result(returncode)
-
-        loop.add_reader(pidfd, reap)
+    def __init__(self, pid: int, exited: asyncio.Future[int]) -> None:
+        self.pid = pid
+        self._exited = exited
 
     @property
     def returncode(self) -> int | None:
@@ -71,7 +59,7 @@ class Started:
         return await asyncio.shield(self._exited)
 
 
-def spawn(
+async def spawn(
     argv: Sequence[str],
     *,
     stdin: int,
@@ -82,9 +70,14 @@ def spawn(
     own_session_keyring: bool,
 ) -> Started:
     """Start ``argv`` in a new session with the given file descriptors; with
-    ``own_session_keyring``, holding a new session keyring no other process holds."""
+    ``own_session_keyring``, holding a new session keyring no other process holds.
+
+    A coroutine only for the rare way out: when the command's exit cannot be watched, it
+    is killed and awaited before :class:`ExtensionError` is raised. Otherwise it returns
+    without suspending, so the caller's step forks the command.
+    """
     with _session_keyring(own=own_session_keyring):
-        popen = subprocess.Popen(
+        popen = subprocess.Popen(  # noqa: ASYNC220 (on this thread, between the joins)
             argv,
             stdin=stdin,
             stdout=stdout,
@@ -93,18 +86,63 @@ def spawn(
             pass_fds=tuple(pass_fds),
             env=env,
         )
+    # Nothing above awaited: the joins and the fork were one synchronous step.
+    try:
+        return Started(popen.pid, _watch_exit(popen))
+    except ExtensionError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        # Not popen.wait(): on the loop's thread that blocks every sandbox's work for as
+        # long as the killed command takes to go, which is for ever while it sits frozen
+        # by a cgroup freezer (a paused sandbox) or stuck in the kernel.
+        await _reaped(popen)
+        raise
+
+
+def _watch_exit(popen: subprocess.Popen[bytes]) -> asyncio.Future[int]:
+    """The command's exit status, set by the event loop once its pidfd turns readable
+    (the pidfd is closed then); ExtensionError if it cannot be watched, its pidfd closed."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[int] = loop.create_future()
     try:
         pidfd = os.pidfd_open(popen.pid)
     except OSError as exc:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait()  # killed: at once
-        raise ExtensionError(
-            f"a command was started but its exit could not be awaited, so it was killed "
-            f"(pidfd_open: {exc}; ext.local needs Linux 5.3 or later)",
-            extension="ext.local",
-        ) from exc
-    return Started(popen, pidfd)
+        raise _unwatched(f"pidfd_open: {exc}; ext.local needs Linux 5.3 or later") from exc
+
+    def reap() -> None:
+        returncode = popen.poll()  # the pidfd is readable once the process has exited
+        if returncode is None:
+            return
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        if not exited.done():
+            exited.set_result(returncode)
+
+    try:
+        loop.add_reader(pidfd, reap)
+    except Exception as exc:  # the loop's own (NotImplementedError, OSError from epoll...)
+        os.close(pidfd)
+        raise _unwatched(f"the event loop cannot watch its pidfd: {exc!r}") from exc
+    return exited
+
+
+def _unwatched(why: str) -> ExtensionError:
+    return ExtensionError(
+        f"a command was started but its exit could not be awaited, so it was killed ({why})",
+        extension="ext.local",
+    )
+
+
+async def _reaped(popen: subprocess.Popen[bytes]) -> int:
+    """``popen``'s exit status once it has exited, asked without blocking (``waitpid`` with
+    ``WNOHANG``) a little less often each time: the way when no pidfd watches it. If the
+    waiter is cancelled first, ``subprocess`` keeps the unreaped child and reaps it at a
+    later ``Popen``."""
+    delay = 0.001  # a killed process is gone within a millisecond or two
+    while (returncode := popen.poll()) is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return returncode
 
 
 @contextlib.contextmanager
