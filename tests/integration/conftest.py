@@ -200,6 +200,36 @@ async def resend_provision_job(client: SandboxerClient, sandbox_id: str) -> Job:
     return stale
 
 
+async def consumer_idle(client: SandboxerClient, stream: str, durable: str) -> None:
+    """Until the durable ``durable`` of ``stream`` has handled (acknowledged) every message
+    sent to it so far: a worker done with what a test gave it."""
+    async with asyncio.timeout(60):
+        while True:
+            info = await client.js.consumer_info(stream, durable)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def send_again(client: SandboxerClient, command_id: str, profile: str, **fields: Any) -> None:
+    """The create ``command_id`` once more, past JetStream's duplicate window (another
+    message id), as a redelivery after a crash is; returns once the control worker has
+    handled it."""
+    again = {
+        "command_id": command_id,
+        "profile": profile,
+        "inputs": {},
+        "actor": client.actor,
+        **fields,
+    }
+    await client.js.publish(
+        subjects.command_subject("create"),
+        msgspec.json.encode(again),
+        headers={"Nats-Msg-Id": f"{command_id}-again"},
+    )
+    await consumer_idle(client, subjects.COMMANDS_STREAM, "control")
+
+
 async def reap_local(home: Path) -> None:
     """Tear down every ext.local sandbox (and pool member) under ``home``, and free the slots
     of any whose directory is gone: holders, uids and link slots outlive the test otherwise."""

@@ -38,7 +38,6 @@ import getpass
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ import yaml
 
 from sandboxer.config.hosts import HostConfig
 from tests.conftest import require_tool
+from tests.ports import closed_port
 
 __all__ = [
     "ENGINES",
@@ -76,12 +76,6 @@ DOCKERD_READY_TIMEOUT = 60.0
 
 
 # --------------------------------------------------------------------------- sshd
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _keygen(path: Path) -> str:
@@ -139,7 +133,7 @@ class SshServer:
         self.started_once = False
 
     def _choose_port(self) -> None:
-        self.port = _free_port()
+        self.port = closed_port()
         self.config.write_text(
             f"Port {self.port}\n"
             "ListenAddress 127.0.0.1\n"

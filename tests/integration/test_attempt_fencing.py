@@ -24,7 +24,7 @@ from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.pull_loop import ConsumerSpec
-from tests.integration.conftest import reap_local, start_service
+from tests.integration.conftest import consumer_idle, reap_local, start_service
 from tests.integration.test_lifecycle import event_types
 
 pytestmark = pytest.mark.integration
@@ -143,12 +143,7 @@ async def test_touches_during_a_long_snapshot_do_not_send_its_job_again(
         jobs = await nc.subscribe("sandboxer.job.>", cb=seen)
         for _ in range(3):
             await client.touch(sandbox_id)
-        async with asyncio.timeout(30):  # until the control worker has handled all three
-            while True:
-                info = await js.consumer_info(subjects.COMMANDS_STREAM, "control")
-                if info.num_pending == 0 and info.num_ack_pending == 0:
-                    break
-                await asyncio.sleep(0.05)
+        await consumer_idle(client, subjects.COMMANDS_STREAM, "control")  # all three handled
         await nc.flush()
         await jobs.unsubscribe()
         assert sent == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,9 @@ import pytest
 from sandboxer.bus.connect import connect
 from sandboxer.errors import BusError
 from tests.integration.conftest import Cli
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.integration
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_a_client_given_a_server_that_is_down_fails_within_seconds() -> None:

@@ -29,7 +29,7 @@ from sandboxer.events.actor import Actor
 from sandboxer.workers.credit_reservation import reserve_for_create
 from sandboxer.workers.meter_export import HttpExport, run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
-from tests.integration.conftest import Service, start_service
+from tests.integration.conftest import Service, send_again, start_service
 from tests.integration.test_ext_saas_stub import write_override
 
 pytestmark = pytest.mark.integration
@@ -94,19 +94,8 @@ async def test_a_paid_sandbox_is_reserved_metered_and_debited_once(
     assert held["available"] == 1_000_000 - held["reserved"]
 
     # The same create again, past JetStream's duplicate check (another message id): nothing new.
-    command = {
-        "command_id": "paid-create-1",
-        "profile": "profile.saas-stub",
-        "inputs": {},
-        "actor": acme.actor,
-        "ttl": "10m",
-    }
-    await acme.js.publish(
-        subjects.command_subject("create"),
-        msgspec.json.encode(command),
-        headers={"Nats-Msg-Id": "paid-create-1-again"},
-    )
-    await asyncio.sleep(1.2)
+    await send_again(acme, "paid-create-1", "profile.saas-stub", ttl="10m")
+    await asyncio.sleep(1.2)  # metered for a second at least
     await acme.destroy(sandbox_id)
 
     settled = await account(acme, "acme", metered=1)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from tests.integration.remote_fixtures import (
     SshHosts,
     write_hosts_file,
 )
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -430,12 +430,6 @@ async def test_another_backends_workspace_is_left_alone(env: Env) -> None:
     assert (env.root / "sbx-vmworkspace1").is_dir()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # nothing listens once the socket closes
-
-
 @pytest.fixture
 async def unreachable(ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
     """An extension whose only host is a closed port: any connection attempt fails."""
@@ -443,7 +437,7 @@ async def unreachable(ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.M
     [host] = await ssh_hosts(1)
     await host.server.stop()
     home = tmp_path / "home"
-    write_hosts_file(home / "hosts.yaml", [host], port=_closed_port())
+    write_hosts_file(home / "hosts.yaml", [host], port=closed_port())
     extension = ComposeSshExtension(settings_for(home))
     profile = Catalog.load().profile("profile.compose-e2e")
     return Env(extension, host, None, profile)  # type: ignore[arg-type]

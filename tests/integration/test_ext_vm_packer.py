@@ -13,7 +13,6 @@ import logging
 import re
 import shlex
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.vm_packer import backend as vm_backend
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension
 from tests.integration.remote_fixtures import SshHostInfo, SshHosts, write_hosts_file
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -235,12 +235,6 @@ async def test_vm_input_must_agree_with_placement_and_exist(
         )
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("sandbox_id", "inputs"),
     [
@@ -262,7 +256,7 @@ async def test_hostile_ids_and_inputs_are_refused_before_any_connection(
     [vm] = await ssh_hosts(1)
     await vm.server.stop()
     home = tmp_path / "home"
-    write_hosts_file(home / "hosts.yaml", [vm], port=_closed_port())
+    write_hosts_file(home / "hosts.yaml", [vm], port=closed_port())
     extension = VmPackerExtension(settings_for(home))
     with pytest.raises(InvalidInput):
         await extension.provision(

@@ -9,17 +9,14 @@ decides nothing new.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
-from sandboxer import subjects
 from sandboxer.errors import CommandFailed
 from sandboxer.ids import new_command_id
-from tests.integration.conftest import Service, start_service
+from tests.integration.conftest import Service, send_again, start_service
 from tests.integration.remote_fixtures import SshHostInfo, SshHosts, write_hosts_file
 from tests.integration.test_ext_saas_stub import write_override
 from tests.integration.test_pause import events_of
@@ -67,41 +64,12 @@ async def stop(hosts: list[SshHostInfo]) -> None:
         await host.server.stop()
 
 
-async def send_again(service: Service, command_id: str, profile: str, **fields: Any) -> None:
-    """The create ``command_id`` once more, past JetStream's duplicate window (another
-    message id), as a redelivery after a crash is; returns once it is handled."""
-    client = service.client
-    again = {
-        "command_id": command_id,
-        "profile": profile,
-        "inputs": {},
-        "actor": client.actor,
-        **fields,
-    }
-    await client.js.publish(
-        subjects.command_subject("create"),
-        msgspec.json.encode(again),
-        headers={"Nats-Msg-Id": f"{command_id}-again"},
-    )
-    await control_idle(service)
-
-
 async def rejections_of(service: Service, command_id: str) -> list[dict[str, Any]]:
     return [
         event
         async for _seq, event in service.client.events()
         if event.get("type") == "rejected" and event.get("command_id") == command_id
     ]
-
-
-async def control_idle(service: Service) -> None:
-    """Until the control worker has handled every command sent."""
-    async with asyncio.timeout(60):
-        while True:
-            info = await service.client.js.consumer_info(subjects.COMMANDS_STREAM, "control")
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
-            await asyncio.sleep(0.05)
 
 
 async def test_a_backend_with_no_reachable_host_falls_to_the_next_candidate(
@@ -134,7 +102,7 @@ async def test_a_backend_with_no_reachable_host_falls_to_the_next_candidate(
         assert reserved == 61_000  # once, at the stub's prices: 0.001 + 600 s x 0.0001 USD
 
         # Sent again: the same outcome, nothing decided or reserved twice, no rejection.
-        await send_again(service, command_id, "profile.vm-or-stub", ttl="10m")
+        await send_again(service.client, command_id, "profile.vm-or-stub", ttl="10m")
         assert await events_of(client, sandbox_id) == events
         [account] = await client.credits("default")
         assert account["reserved"] == reserved
@@ -179,7 +147,7 @@ async def test_a_routed_create_sent_again_once_its_hosts_are_down_is_not_rejecte
         assert ready["reachability"]["host"] == "host1"
         events = await events_of(client, ready["sandbox_id"])
         await stop(hosts)
-        await send_again(service, command_id, "profile.vm-only")
+        await send_again(service.client, command_id, "profile.vm-only")
         assert await rejections_of(service, command_id) == []
         assert await events_of(client, ready["sandbox_id"]) == events
     finally:

@@ -12,7 +12,13 @@ import pytest
 from sandboxer import subjects
 from sandboxer.client import CommandFailed, SandboxerClient
 from sandboxer.ids import derive_sandbox_id, new_command_id
-from tests.integration.conftest import Service, reap_local, resend_provision_job, start_service
+from tests.integration.conftest import (
+    Service,
+    consumer_idle,
+    reap_local,
+    resend_provision_job,
+    start_service,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -348,12 +354,7 @@ async def test_a_provision_job_carrying_a_stale_state_reloads_and_provisions_not
     ready = await client.create()
     sandbox_id = ready["sandbox_id"]
     await resend_provision_job(client, sandbox_id)
-    async with asyncio.timeout(30):  # until the worker has handled (acked) it
-        while True:
-            info = await client.js.consumer_info(subjects.JOBS_STREAM, "ext-local")
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                break
-            await asyncio.sleep(0.05)
+    await consumer_idle(client, subjects.JOBS_STREAM, "ext-local")
     assert await event_types(client, sandbox_id) == ["requested", "routed", "provisioning", "ready"]
     assert (await client.get(sandbox_id))["status"] == "ready"  # type: ignore[index]
 

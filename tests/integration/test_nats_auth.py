@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
 from sandboxer.errors import BusError, ConfigError
 from tests.integration.conftest import Cli, reap_local
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -256,13 +256,6 @@ def test_the_documented_config_is_the_one_the_code_writes() -> None:
     assert documented_shared_config() == permissions.shared_nats_config()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def write_credentials(directory: Path, role: str, password: str) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"{role}.json"
@@ -287,7 +280,7 @@ async def test_the_roles_run_under_the_documented_shared_config(
     for role in permissions.ROLES:
         write_credentials(service_dir, role, passwords[role])
     write_credentials(client_dir, "client", passwords["client"])
-    port = free_port()
+    port = closed_port()
     env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSWORD")}
     env |= {
         "SANDBOXER_HOME": str(home),

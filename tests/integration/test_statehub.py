@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -43,18 +42,13 @@ from sandboxer.events.types import (
 from sandboxer.statehub.body import DELIVERED_TYPES
 from sandboxer.statehub.follower import DURABLE, StateHubFollower, status_file
 from tests.integration.conftest import Cli, Service, reap_local, start_service
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.integration
 
 ROLES = ["control", "projector", "ext.local"]
 TOKEN = "hub-token-7f3a9c-never-logged"
 DOCUMENTED_BODY = Path(__file__).resolve().parents[2] / "docs" / "integrations" / "state-hub.md"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Hub:
@@ -64,7 +58,7 @@ class Hub:
     ``hold()`` keeps the next POST unanswered until ``release()``."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = closed_port()
         self.url = f"http://127.0.0.1:{self.port}/v1/sandbox-events"
         self.stored: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
