@@ -104,3 +104,44 @@ async def test_a_step_that_finds_its_sandbox_gone_removes_the_file_it_holds(
     with pytest.raises(AssertionError, match="only while its lock is held"):
         late.remove()
     assert path.exists()
+
+
+async def _hold_until(root: Path, entered: asyncio.Event, release: asyncio.Event) -> None:
+    async with sandbox_lock(root, "sbx1"):
+        entered.set()
+        await release.wait()
+
+
+async def test_removing_twice_leaves_the_next_holders_file(tmp_path: Path) -> None:
+    """A step that removed its file (a pause that found its sandbox gone) and then leaves
+    with ``remove`` removes nothing more: meanwhile the next caller made a new file and
+    locks it, and removing that would let a third lock beside it."""
+    path = tmp_path / LOCK_DIR / "sbx1"
+    entered, release = asyncio.Event(), asyncio.Event()
+    async with sandbox_lock(tmp_path, "sbx1", remove=True) as lock:
+        lock.remove()
+        nxt = asyncio.create_task(_hold_until(tmp_path, entered, release))
+        async with asyncio.timeout(5):
+            await entered.wait()
+        lock.remove()
+    assert path.exists(), "the next holder's lock file was removed"
+    assert held_elsewhere(path)
+    release.set()
+    await nxt
+
+
+async def test_a_lock_file_replaced_under_its_holder_is_not_removed(tmp_path: Path) -> None:
+    """A held file removed by someone else (an operator clearing ``.locks`` by hand) and
+    made anew by the next caller is that caller's: the first holder's removal leaves it."""
+    path = tmp_path / LOCK_DIR / "sbx1"
+    entered, release = asyncio.Event(), asyncio.Event()
+    async with sandbox_lock(tmp_path, "sbx1") as lock:
+        path.unlink()
+        nxt = asyncio.create_task(_hold_until(tmp_path, entered, release))
+        async with asyncio.timeout(5):
+            await entered.wait()
+        lock.remove()
+    assert path.exists(), "another holder's lock file was removed"
+    assert held_elsewhere(path)
+    release.set()
+    await nxt

@@ -14,7 +14,8 @@ It is an ``flock`` on ``<root>/.locks/<id>``: the kernel releases it with the
 process, even after ``kill -9``, so a dead worker never holds a sandbox. The
 teardown removes the file while it holds the lock; whoever was waiting on the
 removed file sees that its inode is no longer the path's and locks afresh. A lock file
-is removed only here, and only while held (:meth:`HeldLock.remove`).
+is removed only here, only while held, and only while the path still names it
+(:meth:`HeldLock.remove`).
 """
 
 from __future__ import annotations
@@ -43,19 +44,27 @@ _POLL = 0.005
 class HeldLock:
     """A sandbox's lock while :func:`sandbox_lock` holds it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fd: int) -> None:
         self._path = path
+        self._fd = fd
         self._held = True
 
     def remove(self) -> None:
         """Remove the lock file now, still held: a waiter then finds a new file, not this one.
-        For a step that learns only under the lock that its sandbox is gone."""
+        For a step that learns only under the lock that its sandbox is gone. Idempotent, and
+        never another holder's file: once this one is gone, the next caller makes a new file
+        at the path and locks it while this lock is still held."""
         # Once released, the path may name another holder's file: removing it would let a
         # third caller lock a new file beside that holder.
         if not self._held:
             raise AssertionError(f"{self._path} is removed only while its lock is held")
-        with contextlib.suppress(FileNotFoundError):
-            self._path.unlink()
+        # The path still names the file held here only if no one removed it: then no step
+        # can remove or replace it before the unlink (a step removes only the file it
+        # holds, and a new file is made only where none is). The inode stays this file's
+        # while the descriptor is open, so an equal one is never a newer file.
+        if _still_the_file(self._fd, self._path):
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
 
 
 @contextlib.asynccontextmanager
@@ -69,7 +78,7 @@ async def sandbox_lock(
     another worker holds it for longer than ``wait`` seconds."""
     path = root / LOCK_DIR / sandbox_id
     fd = await _acquire(path, sandbox_id, wait)
-    held = HeldLock(path)
+    held = HeldLock(path, fd)
     try:
         yield held
         if remove:
@@ -120,7 +129,10 @@ def _try_lock(fd: int) -> bool:
 
 
 def _still_the_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` names the file open as ``fd`` (not one made after it was removed)."""
     try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
+        named = os.stat(path)
     except FileNotFoundError:
         return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
