@@ -25,8 +25,17 @@ however often a client changed and restored its other settings meanwhile.
   so nothing a redefinition skipped is lost. What comes again had been handled, so
   the handler must be idempotent (the meter: ``meter-<sandbox>`` is handled once by
   the account; the State Hub: the same event id, which the hub deduplicates). A
-  process that starts to find it redefined remembers no floor: it is made from the
-  start of the log.
+  process that starts to find it redefined remembers no floor (unless a remake was cut
+  short, below): it is made from the start of the log.
+
+**A remake cut short.** Between its delete and its create the durable is gone, and the
+floor only in memory; a process killed there (or stopped after a create that failed)
+would leave the next start to make it from the start of the log. So a remake writes the
+floor to disk first and removes it once the durable is made (bus/remake_marker.py, which
+also says why nothing a client writes can move it on); a start that finds the durable
+missing or redefined makes it from a floor found there. That file is the service's
+alone, on the machine's home: a start on another machine, or with another home, still
+reads from the start of the log (nothing lost, only time).
 
 The service never updates it in place. A changed setting (a new ``ack_wait``) makes
 it again from the ack floor of the same look that found it intact, and it is made
@@ -63,12 +72,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from sandboxer.bus.consumer_api import API_PREFIX, bus_errors, create_consumer
+from sandboxer.bus.remake_marker import RemakeMarker, marker_file
 from sandboxer.errors import BusError, StreamUnavailable
 
 __all__ = ["CHECK_EVERY", "GuardedDurable", "made_from", "redefined", "same_settings"]
@@ -120,8 +131,10 @@ class GuardedDurable:
         stream: str,
         wanted: ConsumerConfig,
         *,
+        home: Path,
         check_every: float = CHECK_EVERY,
     ) -> None:
+        """``home``: the service's, where a remake keeps its floor until it is made."""
         assert wanted.durable_name, "a guarded consumer is a durable"
         assert wanted.name == wanted.durable_name
         self._nc = nc
@@ -134,6 +147,10 @@ class GuardedDurable:
         self.check_every = check_every
         self.floor: int | None = None
         """The highest ack floor seen while intact: everything up to it was handled."""
+        self._marker = RemakeMarker(marker_file(home, self.name), stream)
+        self._marker_checked = False
+        """Whether a marker left before this process saw the durable has been dealt with
+        (read, or cleared once the durable was found made)."""
         self._looking = asyncio.Lock()
 
     async def ensure(self) -> None:
@@ -155,8 +172,8 @@ class GuardedDurable:
         finally:
             try:
                 # Never in the middle of a look: one cut between its delete and its create
-                # would leave the durable to the next start, which knows no floor and so
-                # reads the whole log again.
+                # would leave the durable gone until the next start (which makes it from the
+                # floor the remake kept on disk).
                 async with self._looking:
                     watcher.cancel()
             finally:
@@ -186,26 +203,65 @@ class GuardedDurable:
         async with self._looking:
             info = await self._info()
             if info is None:  # not made yet; or deleted, once this process had seen it
-                level = logging.INFO if self.floor is None else logging.WARNING
+                floor = await self._known_floor()
+                level = logging.INFO if floor is None else logging.WARNING
                 log.log(level, "%s: its consumer is missing; making it", self.name)
-                return await self._make(self.floor)
+                return await self._remake(delete=False)
             if redefined(info.config, self.name):
+                floor = await self._known_floor()
                 log.warning(
                     "%s: its consumer was redefined by a client (filter now %s); making it "
                     "again from event %d, after the last it is known to have handled",
                     self.name,
                     _filters(info.config),
-                    (self.floor or 0) + 1,
+                    (floor or 0) + 1,
                 )
-                await self._delete()
-                return await self._make(self.floor)
+                return await self._remake(delete=True)
+            if not self._marker_checked:
+                # A marker left here is stale: the durable was made since (by another
+                # process, or by one killed after its create): its own floor goes.
+                self._marker.clear()
+                self._marker_checked = True
             acked = info.ack_floor.stream_seq if info.ack_floor else 0
             self.floor = max(self.floor or 0, acked or 0)
             if settings_matter and not same_settings(info.config, self.wanted):
                 log.info("%s: its consumer's settings changed; making it again", self.name)
-                await self._delete()
-                return await self._make(self.floor)
+                return await self._remake(delete=True)
             return True
+
+    async def _known_floor(self) -> int | None:
+        """The floor remembered here; before this process has seen the durable intact, the
+        one a remake cut short kept on disk (for this incarnation of the stream)."""
+        if self.floor is None and not self._marker_checked and self._marker.exists():
+            self.floor = self._marker.read(await self._stream_created())
+            if self.floor is not None:
+                log.warning(
+                    "%s: a remake of its consumer was cut short; making it from event %d "
+                    "(kept in %s)",
+                    self.name,
+                    self.floor + 1,
+                    self._marker.path,
+                )
+        return self.floor
+
+    async def _remake(self, *, delete: bool) -> bool:
+        """Delete it (unless it is gone) and make it from the floor, which is kept on disk
+        from before the delete until it is made."""
+        if self.floor:
+            self._marker.keep(self.floor, await self._stream_created())
+        if delete:
+            await self._delete()
+        made = await self._make(self.floor)
+        if made:
+            self._marker.clear()
+            self._marker_checked = True
+        return made
+
+    async def _stream_created(self) -> str:
+        """When the stream was created: which incarnation of it a kept floor is of."""
+        with bus_errors(f"looking at stream {self._stream}"):
+            info = await self._js.stream_info(self._stream)
+        return info.created.isoformat() if info.created else ""
 
     async def _info(self) -> ConsumerInfo | None:
         with bus_errors(f"looking at consumer {self.name}"):

@@ -161,7 +161,7 @@ class StateHubFollower:
         *,
         url: str,
         token_ref: str | None,
-        status_path: Path,
+        home: Path,
         ack_wait: float = 5.0,
         client: httpx.AsyncClient | None = None,
         wait_max: float = RETRY_WAIT_MAX,
@@ -170,8 +170,8 @@ class StateHubFollower:
         self._nc = nc
         self._js = js
         self._ack_wait = ack_wait
-        self._status_path = status_path
-        self.status = DeliveryStatus.load(status_path)
+        self._status_path = status_file(home)
+        self.status = DeliveryStatus.load(self._status_path)
         self._contexts: Recent[str, Any] = Recent(MAX_REMEMBERED)
         self._snapshots: Recent[str, Any] = Recent(
             MAX_REMEMBERED
@@ -190,6 +190,7 @@ class StateHubFollower:
                 max_deliver=-1,
                 max_ack_pending=1,  # one out at a time: log order
             ),
+            home=home,  # where a remake keeps its floor (bus/remake_marker.py)
             check_every=check_every,
         )
         self._last_delivery: int | None = None
@@ -384,7 +385,7 @@ async def run_state_hub(
         js,
         url=check_state_hub_settings(settings),
         token_ref=settings.state_hub_token,
-        status_path=status_file(settings.home),
+        home=settings.home,
         ack_wait=settings.ack_wait,
     )
     responder = Responder(nc)

@@ -64,6 +64,7 @@ class MeterWorker:
         settings: Settings,
     ) -> None:
         self._nc = nc  # its durable's guard sends requests of its own (bus/guarded_durable.py)
+        self._home = settings.home  # where the guard keeps a remake's floor
         self._js = js
         self._store = store
         self._catalog = catalog
@@ -76,7 +77,7 @@ class MeterWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_pull_consumer(
-            self._js, self.spec, self.handle, self._on_poison, stop, nc=self._nc
+            self._js, self.spec, self.handle, self._on_poison, stop, nc=self._nc, home=self._home
         )
 
     async def handle(self, msg: Msg) -> None:

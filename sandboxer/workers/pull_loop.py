@@ -33,6 +33,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import stamina
 from nats.aio.client import Client
@@ -98,14 +99,16 @@ def _consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
     )
 
 
-def _guard(spec: ConsumerSpec, nc: Client | None) -> GuardedDurable | None:
+def _guard(spec: ConsumerSpec, nc: Client | None, home: Path | None) -> GuardedDurable | None:
     """A guard for a durable on the events stream, where clients may create consumers and so
     redefine it by name (bus/guarded_durable.py); the work queues are the service's alone."""
     if spec.stream != subjects.EVENTS_STREAM:
         return None
-    if nc is None:
-        raise TypeError(f"{spec.durable} is on the events stream: its guard needs nc")
-    return GuardedDurable(nc, spec.stream, _consumer_config(spec), check_every=spec.check_every)
+    if nc is None or home is None:
+        raise TypeError(f"{spec.durable} is on the events stream: its guard needs nc and home")
+    return GuardedDurable(
+        nc, spec.stream, _consumer_config(spec), home=home, check_every=spec.check_every
+    )
 
 
 async def _ensure_consumer(
@@ -299,11 +302,12 @@ async def run_pull_consumer(
     stop: asyncio.Event,
     *,
     nc: Client | None = None,
+    home: Path | None = None,
 ) -> None:
     """Fetch and handle messages until ``stop`` is set, then finish the ones in flight.
-    ``nc``: the connection ``js`` is of, which a durable on the events stream needs for its
-    guard (bus/guarded_durable.py)."""
-    guard = _guard(spec, nc)
+    ``nc`` (the connection ``js`` is of) and ``home`` (the service's): what a durable on the
+    events stream needs for its guard (bus/guarded_durable.py)."""
+    guard = _guard(spec, nc, home)
     await _ensure_consumer(js, spec, guard)
     psub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
     slots = asyncio.Semaphore(spec.concurrency)

@@ -5,6 +5,7 @@ its name, and what goes wrong reaches the caller as sandboxer's errors."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -54,8 +55,10 @@ async def test_an_api_nothing_answers_is_unavailable_for_now(nc: Client) -> None
         )
 
 
-async def test_a_closed_connection_is_a_bus_error_from_the_guard_too(nc: Client) -> None:
-    guard = GuardedDurable(nc, subjects.EVENTS_STREAM, CONFIG)
+async def test_a_closed_connection_is_a_bus_error_from_the_guard_too(
+    nc: Client, tmp_path: Path
+) -> None:
+    guard = GuardedDurable(nc, subjects.EVENTS_STREAM, CONFIG, home=tmp_path)
     await nc.close()
     with pytest.raises(BusError) as made:
         await create_consumer(nc, subjects.EVENTS_STREAM, CONFIG)

@@ -22,14 +22,17 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
 from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
+from sandboxer.bus import guarded_durable
 from sandboxer.bus.connect import connect
 from sandboxer.bus.guarded_durable import GuardedDurable
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_auth import AUTH_DIR_NAME, ensure_embedded_auth, read_credentials
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.remake_marker import RemakeMarker, marker_file
 from sandboxer.bus.streams import ensure_streams
+from sandboxer.errors import BusError
 from sandboxer.events.types import Actor, SandboxRequested
-from sandboxer.statehub.follower import DURABLE, StateHubFollower, status_file
+from sandboxer.statehub.follower import DURABLE, StateHubFollower
 from sandboxer.workers.meter_worker import DESTROYED
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from tests.integration.test_statehub import Hub
@@ -103,11 +106,13 @@ def meter_spec(check_every: float) -> ConsumerSpec:
 class Meter:
     """The meter's pull loop, with a handler that records which sandboxes it saw."""
 
-    def __init__(self, nc: Client, spec: ConsumerSpec) -> None:
+    def __init__(self, nc: Client, spec: ConsumerSpec, home: Path) -> None:
         self.seen: set[str] = set()
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(
-            run_pull_consumer(nc.jetstream(), spec, self._handle, self._poison, self._stop, nc=nc)
+            run_pull_consumer(
+                nc.jetstream(), spec, self._handle, self._poison, self._stop, nc=nc, home=home
+            )
         )
 
     async def _handle(self, msg: Msg) -> None:
@@ -123,8 +128,8 @@ class Meter:
 
 
 @contextlib.asynccontextmanager
-async def running_meter(nc: Client, check_every: float) -> AsyncIterator[Meter]:
-    meter = Meter(nc, meter_spec(check_every))
+async def running_meter(nc: Client, check_every: float, home: Path) -> AsyncIterator[Meter]:
+    meter = Meter(nc, meter_spec(check_every), home)
     try:
         yield meter
     finally:
@@ -139,11 +144,11 @@ async def destroyed(service: Client, *sandboxes: str) -> None:
 
 
 async def test_a_client_redefining_the_meters_durable_loses_it_no_destroyed_event(
-    identities: tuple[Client, Client],
+    identities: tuple[Client, Client], tmp_path: Path
 ) -> None:
     service, client = identities
     js = service.jetstream()
-    async with running_meter(service, check_every=0.5) as meter:
+    async with running_meter(service, check_every=0.5, home=tmp_path) as meter:
         await destroyed(service, "sbx1")
         await until(lambda: meter.seen == {"sbx1"}, 5)
 
@@ -163,10 +168,10 @@ async def test_a_client_redefining_the_meters_durable_loses_it_no_destroyed_even
 
 
 async def test_a_meter_that_starts_on_a_redefined_durable_meters_what_it_skipped(
-    identities: tuple[Client, Client],
+    identities: tuple[Client, Client], tmp_path: Path
 ) -> None:
     service, client = identities
-    async with running_meter(service, check_every=3600) as meter:  # no look while it runs
+    async with running_meter(service, check_every=3600, home=tmp_path) as meter:  # no look
         await destroyed(service, "sbx1")
         await until(lambda: meter.seen == {"sbx1"}, 5)
         await redefine(client, "meter", NARROWED)
@@ -174,7 +179,7 @@ async def test_a_meter_that_starts_on_a_redefined_durable_meters_what_it_skipped
         await asyncio.sleep(1.0)  # fetched past, and so skipped, by the narrowed durable
         assert meter.seen == {"sbx1"}
 
-    async with running_meter(service, check_every=3600) as restarted:
+    async with running_meter(service, check_every=3600, home=tmp_path) as restarted:
         await until(lambda: "sbx2" in restarted.seen, 10)
 
 
@@ -222,7 +227,7 @@ async def following(
         service.jetstream(),
         url=hub.url,
         token_ref=None,
-        status_path=status_file(home),
+        home=home,
         check_every=check_every,
     )
     stop = asyncio.Event()
@@ -291,11 +296,11 @@ def guard_tasks() -> list[asyncio.Task[Any]]:
 
 
 async def test_a_look_the_bus_is_slow_to_answer_holds_no_meter_fetch_back(
-    identities: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch
+    identities: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     service, _client = identities
     async with (
-        running_meter(service, check_every=0.1) as meter,
+        running_meter(service, check_every=0.1, home=tmp_path) as meter,
         HeldLooks(monkeypatch, "meter") as looks,
     ):
         await destroyed(service, "sbx1")
@@ -342,7 +347,7 @@ async def test_the_state_hub_fetches_on_through_its_durable_being_made_again(
 
 
 async def test_an_ack_from_before_a_remake_moves_the_new_durable_past_nothing(
-    identities: tuple[Client, Client],
+    identities: tuple[Client, Client], tmp_path: Path
 ) -> None:
     """What a remake racing the loop's acks rests on (bus/guarded_durable.py): the ack, nak
     or term of a message the old durable delivered reaches the new one of that name, which
@@ -357,7 +362,7 @@ async def test_an_ack_from_before_a_remake_moves_the_new_durable_past_nothing(
         ack_wait=30,
         max_deliver=-1,
     )
-    guard = GuardedDurable(service, subjects.EVENTS_STREAM, wanted)
+    guard = GuardedDurable(service, subjects.EVENTS_STREAM, wanted, home=tmp_path)
     await guard.ensure()
     await destroyed(service, "sbx1", "sbx2", "sbx3", "sbx4")
     psub = await js.pull_subscribe_bind(durable="meter", stream=subjects.EVENTS_STREAM)
@@ -376,3 +381,164 @@ async def test_an_ack_from_before_a_remake_moves_the_new_durable_past_nothing(
         await msg.ack_sync()
     assert again == ["sbx2", "sbx3", "sbx4"]
     await psub.unsubscribe()
+
+
+class Looks:
+    """The ack floor of the last look that found ``durable`` intact (the floor its guard
+    remembers from then on)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, durable: str) -> None:
+        self.floor = 0
+        answer = JetStreamContext.consumer_info
+
+        async def consumer_info(
+            js: JetStreamContext, stream: str, consumer: str, *args: Any, **kwargs: Any
+        ) -> Any:
+            info = await answer(js, stream, consumer, *args, **kwargs)
+            if consumer == durable and info.config.durable_name == durable and info.ack_floor:
+                self.floor = max(self.floor, info.ack_floor.stream_seq or 0)
+            return info
+
+        monkeypatch.setattr(JetStreamContext, "consumer_info", consumer_info)
+
+
+class CutRemakes:
+    """A remake cut between its delete and its create: while ``cutting``, the guard's creates
+    fail, and the test then stops the role, as a process killed there would have."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.cutting = False
+        self.cut = asyncio.Event()
+        create = guarded_durable.create_consumer
+
+        async def create_consumer(
+            nc: Client, stream: str, config: ConsumerConfig, **kwargs: Any
+        ) -> str | None:
+            if self.cutting:
+                self.cut.set()
+                raise BusError("the process is killed here")
+            return await create(nc, stream, config, **kwargs)
+
+        monkeypatch.setattr(guarded_durable, "create_consumer", create_consumer)
+
+    async def remake_cut_short(self, client: Client, durable: str) -> None:
+        """Have the running role's guard remake its durable (a client redefines it), and cut
+        that remake after its delete."""
+        self.cutting = True
+        await redefine(client, durable, NARROWED)
+        async with asyncio.timeout(5):
+            await self.cut.wait()
+
+
+async def test_a_meter_whose_remake_was_cut_short_starts_after_its_floor(
+    identities: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    service, client = identities
+    js = service.jetstream()
+    looks, cuts = Looks(monkeypatch, "meter"), CutRemakes(monkeypatch)
+    async with running_meter(service, check_every=0.1, home=tmp_path) as meter:
+        await destroyed(service, "sbx1", "sbx2")
+        await until(lambda: meter.seen == {"sbx1", "sbx2"}, 5)
+        await until(lambda: looks.floor == 2, 5)  # a look found both handled
+        await cuts.remake_cut_short(client, "meter")
+        assert await made(js, "meter") is None
+    kept = json.loads(marker_file(tmp_path, "meter").read_text())
+    assert kept["floor"] == 2
+    assert kept["stream_created"]  # the stream's incarnation, which the server gives
+    cuts.cutting = False
+    await destroyed(service, "sbx3")
+
+    async with running_meter(service, check_every=3600, home=tmp_path) as restarted:
+        await until(lambda: "sbx3" in restarted.seen, 10)
+    assert restarted.seen == {"sbx3"}  # not the whole log again
+    info = await made(js, "meter")
+    assert info is not None
+    assert info.config.opt_start_seq == 3
+    assert not marker_file(tmp_path, "meter").exists()  # the durable keeps its floor again
+
+
+async def test_a_client_filling_the_gap_of_a_cut_remake_moves_the_meters_floor_nowhere(
+    identities: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """While the durable is gone, a client creates its own ``meter`` starting far ahead,
+    with a floor in its metadata: the next start goes by the floor the service kept."""
+    service, client = identities
+    looks, cuts = Looks(monkeypatch, "meter"), CutRemakes(monkeypatch)
+    async with running_meter(service, check_every=0.1, home=tmp_path) as meter:
+        await destroyed(service, "sbx1")
+        await until(lambda: meter.seen == {"sbx1"}, 5)
+        await until(lambda: looks.floor == 1, 5)
+        await cuts.remake_cut_short(client, "meter")
+    cuts.cutting = False
+    request = {
+        "stream_name": subjects.EVENTS_STREAM,
+        "config": {
+            "name": "meter",
+            "filter_subject": DESTROYED,
+            "ack_policy": "explicit",
+            "deliver_policy": "by_start_sequence",
+            "opt_start_seq": 1000,
+            "metadata": {"floor": "999"},
+        },
+    }
+    reply = await client.request(
+        f"$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}", json.dumps(request).encode()
+    )
+    assert "error" not in json.loads(reply.data)
+    await destroyed(service, "sbx2")
+
+    async with running_meter(service, check_every=3600, home=tmp_path) as restarted:
+        await until(lambda: "sbx2" in restarted.seen, 10)
+    assert restarted.seen == {"sbx2"}
+
+
+async def test_a_state_hub_whose_remake_was_cut_short_sends_nothing_twice(
+    identities: tuple[Client, Client], hub: Hub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    service, client = identities
+    looks, cuts = Looks(monkeypatch, DURABLE), CutRemakes(monkeypatch)
+    async with following(service, hub, tmp_path, check_every=0.1) as role:
+        await requested(service, "sbxhubhubhubhub01")
+        await until(lambda: role.sent() == {"sbxhubhubhubhub01"}, 10)
+        await until(lambda: looks.floor == 1, 5)
+        await cuts.remake_cut_short(client, DURABLE)
+    cuts.cutting = False
+    await requested(service, "sbxhubhubhubhub02")
+
+    async with following(service, hub, tmp_path, check_every=3600) as restarted:
+        await until(lambda: "sbxhubhubhubhub02" in restarted.sent(), 10)
+    assert [body["sandbox_id"] for body in hub.stored] == [
+        "sbxhubhubhubhub01",
+        "sbxhubhubhubhub02",
+    ]
+
+
+async def test_a_marker_left_after_the_durable_was_made_is_dropped_unread(
+    identities: tuple[Client, Client], tmp_path: Path
+) -> None:
+    """A process killed after its create and before removing the marker: the next start
+    finds the durable made, and goes by its floor; the marker would otherwise be read the
+    day an operator deletes the durable to have the log read again from its start."""
+    service, _client = identities
+    js = service.jetstream()
+    wanted = ConsumerConfig(
+        durable_name="meter",
+        name="meter",
+        filter_subject=DESTROYED,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=5.0,
+        max_deliver=-1,
+        max_ack_pending=256,
+    )
+    await GuardedDurable(service, subjects.EVENTS_STREAM, wanted, home=tmp_path).ensure()
+    before = await made(js, "meter")
+    stream = await js.stream_info(subjects.EVENTS_STREAM)
+    assert before is not None
+    assert stream.created is not None
+    marker = marker_file(tmp_path, "meter")
+    RemakeMarker(marker, subjects.EVENTS_STREAM).keep(1000, stream.created.isoformat())
+    await GuardedDurable(service, subjects.EVENTS_STREAM, wanted, home=tmp_path).ensure()
+    assert not marker.exists()
+    after = await made(js, "meter")
+    assert after is not None
+    assert after.created == before.created  # intact, and so not made again

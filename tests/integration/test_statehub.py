@@ -194,7 +194,7 @@ async def test_every_lifecycle_event_reaches_a_hub_that_fails_in_order_and_once_
         client.js,
         url=hub.url,
         token_ref="env:HUB_TOKEN",
-        status_path=status_file(home),
+        home=home,
         ack_wait=2.0,
         client=http,
         wait_max=0.2,
@@ -378,9 +378,7 @@ async def test_a_process_that_missed_deliveries_reads_the_context_back_from_the_
             ],
         )
         followers = [
-            StateHubFollower(
-                nc, js, url=hub.url, token_ref=None, status_path=status_file(home / name)
-            )
+            StateHubFollower(nc, js, url=hub.url, token_ref=None, home=home / name)
             for name in ("one", "two")
         ]
         await followers[0].ensure_consumer()
