@@ -36,6 +36,7 @@ from sandboxer.command_outcomes import (
     notify,
 )
 from sandboxer.config.settings import Settings
+from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.errors import BusError, InvalidInput, RequestError, SandboxerError
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
 from sandboxer.pagination import Page
@@ -237,6 +238,19 @@ class SandboxerClient:
         # harness, session_id, run_id, job_id, labels (docs/protocol.md#consumer-attribution)
         request |= {k: v for k, v in (consumer or {}).items() if v}
         return page_of(await self.query(subjects.QUERY_LIST, request), "sandboxes", after)
+
+    async def live_count(self, project: str) -> int | None:
+        """How many of ``project``'s sandboxes count against an API key's ``max_live``
+        (neither destroyed nor failed): the count the view gives the control worker (route
+        signals' ``live_by_project``), one count however many the project has. It includes
+        every command this client saw finish. None from a view too old to count them."""
+        request = {"project": project, "min_seq": self.seen_seq}
+        reply = await self.query(subjects.QUERY_ROUTE_SIGNALS, request)
+        try:
+            signals = RouteSignals.from_dict(reply["signals"])
+        except (KeyError, TypeError, ValueError) as bad:
+            raise BusError(f"{subjects.QUERY_ROUTE_SIGNALS}: unreadable answer ({bad})") from None
+        return signals.live_by_project.get(project)
 
     async def route_explain(self, profile: str, ttl: str | None = None) -> dict[str, Any]:
         """How a create of ``profile`` would be routed now (the control worker answers;

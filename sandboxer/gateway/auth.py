@@ -27,7 +27,6 @@ from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_access import (
-    KEY_LIVE_STATUSES,
     create_project,
     event_owner,
     find_snapshot_owner,
@@ -46,9 +45,9 @@ from sandboxer.domain.key_state import (
     key_id_for,
     looks_like_key,
 )
+from sandboxer.errors import Rejected
 from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.key_events import KEY_EVENTS
-from sandboxer.gateway.errors import RETRY_AFTER
 from sandboxer.recent import Recent
 
 __all__ = [
@@ -58,7 +57,6 @@ __all__ = [
     "admit_create",
     "bearer_key",
     "event_visibility",
-    "live_sandboxes",
     "require_project",
     "require_sandbox",
     "require_snapshot",
@@ -187,13 +185,6 @@ async def visible_snapshot(client: SandboxerClient, snapshot_id: str) -> dict[st
     return snapshot
 
 
-async def live_sandboxes(client: SandboxerClient, project: str) -> int:
-    """How many sandboxes of ``project`` count against a key's limit (neither destroyed nor
-    failed: key_access.KEY_LIVE_STATUSES)."""
-    found = await client.list_sandboxes(project=project, limit=10_000)  # the project's only
-    return sum(1 for s in found if s.get("status") in KEY_LIVE_STATUSES)
-
-
 # -- what the routes call (one rule: sandboxer.domain.key_access) -------------------------------
 
 
@@ -254,25 +245,25 @@ def require_project(client: SandboxerClient, project: str, kind: str = "account"
 async def admit_create(client: SandboxerClient, key: KeyState, asked: str | None) -> None:
     """Before a create or restore: the project it is paid from (a confined key's own only;
     403 otherwise) becomes the client's actor's, and the project must be under the key's
-    ``max_live`` (429 with Retry-After otherwise).
+    ``max_live`` (otherwise Rejected ``live_limit``, a 429 with Retry-After; or
+    ``live_count_unavailable``, a 503, from a view too old to count).
 
     The control worker holds every key's create to the same rule (key_access, its
     ``live_limit`` rejection answers the same 429). This check stays as the fast path: a
     create answered 202 before the control worker decides would otherwise be accepted here
-    and refused only in its status. Its count is the view's, read after this gateway's own
-    writes, so a create right after this key's destroy is not refused for it."""
+    and refused only in its status. Its count is the view's (the one the control worker
+    asks for, one count however many the project has, without the routes the worker
+    holds), read after this gateway's own writes, so a create right after this key's
+    destroy is not refused for it."""
     project, refusal = create_project(client.actor, asked)
     if refusal is not None:
         raise HTTPException(403, {"code": "forbidden", "message": refusal})
     if project is not None:
         client.actor = {**client.actor, "project": project}
     owner = project_of_actor(client.actor)
-    over = live_limit_refusal(key.key_id, key.max_live, owner, await live_sandboxes(client, owner))
-    if over is not None:
-        code, message = over
-        raise HTTPException(
-            429, {"code": code, "message": message}, headers={"Retry-After": RETRY_AFTER}
-        )
+    over = live_limit_refusal(key.key_id, key.max_live, owner, await client.live_count(owner))
+    if over is not None:  # answered as the control worker's rejection would be (errors.py)
+        raise Rejected(*over)
 
 
 async def visible_snapshots(

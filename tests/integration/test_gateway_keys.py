@@ -20,7 +20,7 @@ import nats
 import pytest
 
 from sandboxer import subjects
-from sandboxer.bus.event_store import LoadedAccount, LoadedSnapshot
+from sandboxer.bus.event_store import Loaded, LoadedAccount, LoadedSnapshot
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.key_users import key_inbox_prefix
 from sandboxer.bus.nats_server import NatsServerProcess
@@ -29,9 +29,11 @@ from sandboxer.client import SandboxerClient
 from sandboxer.clock import utc_now
 from sandboxer.domain.account_state import AccountBook
 from sandboxer.domain.key_state import hash_key, key_id_for
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_state import SnapshotState
 from sandboxer.events.account_events import CreditsAdded
 from sandboxer.events.actor import Actor
+from sandboxer.events.sandbox_events import SandboxEvent, SandboxFailed, SandboxRequested
 from sandboxer.events.snapshot_events import SnapshotRequested
 from sandboxer.gateway import context
 from sandboxer.ids import derive_sandbox_id, derive_snapshot_id, new_command_id
@@ -412,6 +414,45 @@ async def test_the_live_sandbox_limit_holds(front: Front) -> None:
         third = await api.post("/v1/sandboxes?wait=60s", json={})
         assert third.status_code == 201, third.text
         await api.delete(f"/v1/sandboxes/{third.json()['sandbox_id']}?wait=60s")
+
+
+async def test_the_live_sandbox_limit_counts_past_a_page(front: Front) -> None:
+    """The gateway counts a project's live sandboxes as the view counts them for the control
+    worker, however many the project has. It counted them in a list of at most 10,000 (a
+    page's most), oldest first, failed ones included: behind 10,000 failed sandboxes a live
+    one was not counted, and a create past a limit of 1 was answered 202 (then refused only
+    in its status)."""
+    store = JetStreamEventStore(front.admin.nc, front.admin.nc.jetstream())
+    operator = Actor(type="adm", id="ops", project="omega")
+    gate = asyncio.Semaphore(200)
+
+    async def made(at: str, *, failed: bool) -> None:  # its create never routed
+        command_id = new_command_id()
+        head = {
+            "sandbox_id": derive_sandbox_id(command_id),
+            "command_id": command_id,
+            "actor": operator,
+            "at": at,
+        }
+        events: list[SandboxEvent] = [
+            SandboxRequested(**head, profile="profile.local", profile_version=1)
+        ]
+        if failed:
+            events.append(SandboxFailed(**head, reason="x", stage="provision", retryable=False))
+        async with gate:
+            await store.append(Loaded(SandboxState(sandbox_id=head["sandbox_id"]), 0), events)
+
+    old = "2020-01-01T00:00:00.000Z"
+    await asyncio.gather(*(made(old, failed=True) for _ in range(10_000)))
+    await made(utc_now(), failed=False)
+    async with asyncio.timeout(120):  # the projector folds them; the count is exact at once
+        while await front.admin.live_count("omega") != 1:
+            await asyncio.sleep(0.2)
+    key = await front.key("omega", max_live=1)
+    async with front.http(key) as api:
+        refused = await api.post("/v1/sandboxes", json={})  # at once, not 202
+        error = assert_error(refused, 429, "live_limit")
+        assert "project omega has 1 live sandboxes" in error["message"]
 
 
 async def test_a_keys_event_stream_waits_for_the_view_to_know_an_events_sandbox(
