@@ -28,6 +28,7 @@ from pathlib import Path
 from sandboxer.bus.permissions import ROLES, USERS, KeyUser, authorization_block
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ConfigError
+from sandboxer.synced_files import replace_synced
 
 __all__ = [
     "AUTH_DIR_NAME",
@@ -123,17 +124,7 @@ def credentials_for(settings: Settings, role: str) -> NatsCredentials | None:
 
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` as mode 0600, replacing it atomically."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_synced(path, text.encode(), mode=0o600)
 
 
 def ensure_embedded_auth(home: Path) -> Path:

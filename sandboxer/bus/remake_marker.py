@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
+
+from sandboxer.synced_files import replace_synced
 
 __all__ = ["RemakeMarker", "marker_file"]
 
@@ -51,19 +52,9 @@ class RemakeMarker:
     def keep(self, floor: int, stream_created: str) -> None:
         """Write ``floor`` (atomically, synced) before the durable is deleted."""
         record = {"stream": self._stream, "stream_created": stream_created, "floor": floor}
-        scratch = self.path.with_suffix(".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with scratch.open("w") as handle:
-                handle.write(json.dumps(record))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(scratch, self.path)
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)  # the rename itself survives a power cut
-            finally:
-                os.close(directory)
+            replace_synced(self.path, json.dumps(record).encode())
         except OSError as exc:
             log.warning("cannot keep the floor of a remake in %s: %s", self.path, exc)
 

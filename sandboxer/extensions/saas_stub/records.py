@@ -9,8 +9,6 @@ runs in a thread: the event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import msgspec
 from sandboxer.errors import ExtensionError
 from sandboxer.extensions.saas_stub.rules import Record
 from sandboxer.ids import is_valid_sandbox_id
+from sandboxer.synced_files import replace_synced
 
 __all__ = ["Listing", "RecordStore"]
 
@@ -86,18 +85,4 @@ class RecordStore:
 
     def _write(self, record: Record) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        final = self._path(record.sandbox_id)
-        temporary = self.root / f".{record.sandbox_id}.{uuid.uuid4().hex}.tmp"
-        try:
-            with temporary.open("xb") as handle:
-                handle.write(msgspec.json.encode(record))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, final)
-        finally:
-            temporary.unlink(missing_ok=True)
-        directory = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power cut
-        finally:
-            os.close(directory)
+        replace_synced(self._path(record.sandbox_id), msgspec.json.encode(record))
