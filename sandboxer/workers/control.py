@@ -168,6 +168,15 @@ class ControlWorker:
                 await check_live_limit(
                     self._routing, self._js, limit, self._catalog.extensions_enabled()
                 )
+                recreated = limit.recreated
+                if (
+                    self._routing is not None
+                    and recreated is not None
+                    and isinstance(command, RecreateSandbox)
+                ):
+                    # Held as a create is once routed, nothing awaited since the count: a
+                    # burst of a key's recreates counts each one before it.
+                    self._routing.hold_recreate(command, recreated)
             return command
         profile = without_candidates(self._catalog.profile(command.profile), refused_by)
         enabled = self._catalog.extensions_enabled()
@@ -269,7 +278,10 @@ class ControlWorker:
             if isinstance(domain_command, AdmittedCreate) and refusal.code == "sandbox_exists":
                 await release_lost_reservation(self._store, domain_command)
             raise
-        if self._routing is not None and isinstance(domain_command, AdmittedCreate):
+        held = isinstance(domain_command, AdmittedCreate) or (
+            limit is not None and limit.recreated is not None
+        )
+        if self._routing is not None and held:  # the view shows it once it passes this seq
             self._routing.appended(domain_command.sandbox_id, loaded.last_seq)
         if loaded.state.status == "destroying" and loaded.state.extension is None:
             # Never routed: nothing was made, so nothing to tear down.

@@ -1,21 +1,36 @@
 """An API key's live-sandbox limit, held by the control worker (docs/http-api.md#limits).
 
-A create or restore made by a key, whether the key published it on its own
-subject (docs/security.md#keys-on-the-bus) or the gateway forwarded it
-stamped with the key's actor, may not take the project past the key's
-``max_live``: it is rejected with ``live_limit`` (the rule:
+A create, restore or recreate of a failed sandbox made by a key, whether the
+key published it on its own subject (docs/security.md#keys-on-the-bus) or the
+gateway forwarded it stamped with the key's actor, may not take the project
+past the key's ``max_live``: it is rejected with ``live_limit`` (the rule:
 :func:`sandboxer.domain.key_access.live_limit_refusal`).
 
 The count is the one routing already asks the view for
-(:meth:`RouteLookup.signals`, with the project named), plus the creates this
-worker routed that the view does not show yet. How exact that is:
+(:meth:`RouteLookup.signals`, with the project named), plus what this worker
+let through that the view does not show yet: the creates and restores it
+routed, and the failed sandboxes it let a key's recreates bring back
+(:meth:`RouteLookup.hold_recreate`). How exact that is:
 
 - within one control worker, exact: nothing awaits between the answer and the
-  create's hold, so a burst of a key's creates counts each one before it;
+  command's hold (a create's and a restore's once routed, a recreate's at
+  once), so a burst of a key's creates, restores and recreates counts each
+  one before it;
 - a count at the limit is asked again of the view once it has caught up with
   the log as it stands (it waits up to 2 s for that), so a destroy the view
   had not folded yet does not refuse the create that follows it; a count under
   the limit is taken as it is (the view's lag can only let a create through);
+- a command of this worker being appended may count twice for a moment: the
+  view counts a sandbox from the first of its events it folds (a create's or
+  restore's ``requested``, stored one round trip before its ``routed``), the
+  hold until the view passes the last (:meth:`RouteLookup.appended` names
+  it). That can only raise a count, so only one at the limit can be wrong:
+  before asking again, the worker waits until none of its holds in the
+  project is being appended (:meth:`RouteLookup.settled`: an append's round
+  trip, usually; at most the 5 s a hold whose append is never reported
+  lasts), and the view caught up with the log then counts each once. What a
+  command held during that second ask (a burst's next) may still count twice
+  in it;
 - two control workers racing may both pass, as two gateways may: each sees
   the other's creates only once the view does. A guard, not an exact quota.
 """
@@ -37,6 +52,7 @@ from sandboxer.domain.account_state import project_of
 from sandboxer.domain.key_access import KEY_LIVE_STATUSES, live_limit_refusal
 from sandboxer.domain.key_state import KeyState, is_valid_key_id
 from sandboxer.domain.route_signals import RouteSignals
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import Rejected, StreamUnavailable
 from sandboxer.ids import derive_sandbox_id
 from sandboxer.workers.route_lookup import RouteLookup
@@ -52,11 +68,14 @@ async def _never() -> bool:
 class LiveLimit:
     """A command that would add a live sandbox to ``project``, held to ``key``'s limit.
     ``resent``: whether the command already made its sandbox (asked only of one at the
-    limit, so a key's usual create reads nothing more)."""
+    limit, so a key's usual create reads nothing more). ``recreated``: the failed sandbox a
+    recreate brings back (held as live once the recreate passes); None for a create or a
+    restore (held once routed)."""
 
     key: KeyState
     project: str
     resent: Callable[[], Awaitable[bool]] = _never
+    recreated: SandboxState | None = None
 
 
 async def _made_already(store: EventStore, sandbox_id: str, command_id: str) -> bool:
@@ -78,18 +97,19 @@ async def limiting_key(store: EventStore, subject: str, command: Command) -> Liv
     key_id = key_of(subject) or command.actor.id
     if not is_valid_key_id(key_id):
         return None
+    recreated = None
     if isinstance(command, RecreateSandbox):
-        sandbox = (await store.load(command.sandbox_id)).state
-        if sandbox.status == "new" or sandbox.status in KEY_LIVE_STATUSES:
+        recreated = (await store.load(command.sandbox_id)).state
+        if recreated.status == "new" or recreated.status in KEY_LIVE_STATUSES:
             return None  # nothing to recreate (decide refuses it), or counted already
-        project = project_of(sandbox.actor)
+        project = project_of(recreated.actor)
         resent = _never
     else:
         sandbox_id = command.sandbox_id or derive_sandbox_id(command.command_id)
         resent = partial(_made_already, store, sandbox_id, command.command_id)
         project = project_of(command.actor)
     key = (await store.load_key(key_id)).state
-    return LiveLimit(key, project, resent) if key.status != "none" else None
+    return LiveLimit(key, project, resent, recreated) if key.status != "none" else None
 
 
 async def check_live_limit(
@@ -114,7 +134,10 @@ async def check_live_limit(
         )
     live = None if signals is None else signals.live_by_project.get(project)
     if routing is not None and live is not None and live >= key.max_live:
-        # The view lags the log: ask again once it has folded everything appended so far.
+        # The view lags the log: ask again once it has folded everything appended so far,
+        # this worker's commands of the project being appended included (until then they may
+        # count twice: the module's docstring).
+        await routing.settled(project)
         again = await routing.signals(enabled, project, min_seq=await last_sequence(js))
         if project in again.live_by_project:
             signals, live = again, again.live_by_project[project]

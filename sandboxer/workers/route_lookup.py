@@ -9,8 +9,9 @@ them): a burst of creates handled at once by one control worker fills a
 backend's capacity exactly, rather than each create seeing the same count.
 
 Asked with a ``project``, the view also counts that project's live sandboxes,
-and the worker adds its unseen routes for the project in the same way: what an
-API key's ``max_live`` is checked against (:mod:`sandboxer.workers.key_limit`).
+and the worker adds its unseen routes for the project in the same way, and the
+failed sandboxes it let a key's recreates bring back (:meth:`RouteLookup.hold_recreate`):
+what an API key's ``max_live`` is checked against (:mod:`sandboxer.workers.key_limit`).
 
 It also answers ``sandboxer.query.route.explain``: the same ranking a create
 would get now, from the same catalog, hosts file and signals, without
@@ -19,6 +20,8 @@ creating anything (docs/routing.md#route-explain).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -34,7 +37,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from sandboxer import subjects
 from sandboxer.bus.responder import Responder
 from sandboxer.clock import utc_now
-from sandboxer.commands.types import CreateSandbox, RestoreSnapshot
+from sandboxer.commands.types import CreateSandbox, RecreateSandbox, RestoreSnapshot
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.hosts import load_hosts
@@ -43,6 +46,7 @@ from sandboxer.domain.account_state import project_of
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.routing import rank
 from sandboxer.domain.sandbox_decide import AdmittedCreate
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import format_duration, parse_duration
 from sandboxer.errors import InvalidInput, RequestError, SandboxerError, UnknownProfile
 from sandboxer.ids import derive_sandbox_id
@@ -70,7 +74,9 @@ SWEEP_EVERY = 1.0
 
 @dataclass
 class _Held:
-    extension: str
+    command_id: str
+    """The command that holds the place (a release by another leaves it)."""
+    extension: str | None
     host: str | None
     project: str
     seq: int | None
@@ -92,6 +98,9 @@ class RouteLookup:
         self._timeout = timeout
         self._held: dict[str, _Held] = {}
         self._swept = 0.0
+        self._settling = asyncio.Event()
+        """Set (and replaced) whenever a held route is appended or released: wakes
+        :meth:`settled`."""
         self._responder = Responder(nc)
 
     async def start(self) -> None:
@@ -163,10 +172,11 @@ class RouteLookup:
         # does not count leaves the count unknown, never the held routes alone.
         by_project = {k: v for k, v in signals.live_by_project.items() if k == project}
         for held in self._held.values():
-            live[held.extension] = live.get(held.extension, 0) + 1
-            if held.host is not None:
-                hosts = by_host.setdefault(held.extension, {})
-                hosts[held.host] = hosts.get(held.host, 0) + 1
+            if held.extension is not None:  # None: a recreate of a sandbox never routed
+                live[held.extension] = live.get(held.extension, 0) + 1
+                if held.host is not None:
+                    hosts = by_host.setdefault(held.extension, {})
+                    hosts[held.host] = hosts.get(held.host, 0) + 1
             if held.project in by_project:
                 by_project[held.project] += 1
         return replace(signals, live=live, live_by_host=by_host, live_by_project=by_project)
@@ -189,35 +199,93 @@ class RouteLookup:
 
     def hold(self, admitted: AdmittedCreate) -> None:
         """Count a route this worker just made until the view shows it."""
-        now = time.monotonic()
+        self._hold(
+            admitted.sandbox_id,
+            _Held(
+                admitted.command.command_id,
+                admitted.extension,
+                admitted.host,
+                project_of(admitted.command.actor),
+                None,
+                time.monotonic(),
+            ),
+        )
+
+    def hold_recreate(self, command: RecreateSandbox, sandbox: SandboxState) -> None:
+        """Count a failed ``sandbox`` a key's recreate brings back (on its backend and host, in
+        its project) until the view shows its ``recreating``, as a route is counted."""
+        self._hold(
+            command.sandbox_id,
+            _Held(
+                command.command_id,
+                sandbox.extension,
+                sandbox.host,
+                project_of(sandbox.actor),
+                None,
+                time.monotonic(),
+            ),
+        )
+
+    def _hold(self, sandbox_id: str, held: _Held) -> None:
+        now = held.since
         if now - self._swept > SWEEP_EVERY:
             # Creates that ask for no signals (a fixed backend) come here too: swept now and
             # then, not per create, which made a burst of N creates cost N * N steps.
             self._swept = now
             self._forget()
-        self._held[admitted.sandbox_id] = _Held(
-            admitted.extension,
-            admitted.host,
-            project_of(admitted.command.actor),
-            None,
-            time.monotonic(),
-        )
+        self._held[sandbox_id] = held
 
     def appended(self, sandbox_id: str, seq: int) -> None:
-        """The routed event is in the log at ``seq``: held until the view passes it."""
+        """The held route's events are in the log, the last at ``seq``: held until the view
+        passes it."""
         held = self._held.get(sandbox_id)
         if held is not None:
             held.seq = seq
+        self._settle()
 
-    def release(self, sandbox_id: str) -> None:
-        """The create was not appended (rejected): it holds no place."""
-        self._held.pop(sandbox_id, None)
+    def release(self, sandbox_id: str, command_id: str) -> None:
+        """Command ``command_id`` was not appended (rejected): it holds no place in the sandbox
+        (another command's hold there stays)."""
+        held = self._held.get(sandbox_id)
+        if held is not None and held.command_id == command_id:
+            del self._held[sandbox_id]
+        self._settle()
 
     def release_command(self, command: object) -> None:
-        """A rejected command: if it was a create (or a restore) this worker held, it holds
-        no place."""
+        """A rejected command: if it was a create, a restore or a recreate this worker held,
+        it holds no place."""
         if isinstance(command, CreateSandbox | RestoreSnapshot):
-            self.release(command.sandbox_id or derive_sandbox_id(command.command_id))
+            sandbox_id = command.sandbox_id or derive_sandbox_id(command.command_id)
+            self.release(sandbox_id, command.command_id)
+        elif isinstance(command, RecreateSandbox):
+            self.release(command.sandbox_id, command.command_id)
+
+    def _settle(self) -> None:
+        self._settling.set()
+        self._settling = asyncio.Event()
+
+    async def settled(self, project: str) -> None:
+        """Return once none of this worker's held routes in ``project`` is being appended (held
+        but not yet :meth:`appended` or released), or each has held past its time.
+
+        Such a route may be counted twice meanwhile: its ``requested`` is in the log before
+        its ``routed``, and the view counts a sandbox from its ``requested``, while the hold
+        counts it until the view passes the seq :meth:`appended` gives. Once it has one, a
+        count from a view caught up with the log counts it once."""
+        while True:
+            self._forget()
+            pending = [
+                h.since for h in self._held.values() if h.project == project and h.seq is None
+            ]
+            if not pending:
+                return
+            wake = self._settling
+            # A hold whose append is never reported stops counting after UNAPPENDED_SECONDS:
+            # waited that long at most, then forgotten by the next pass.
+            left = max(pending) + UNAPPENDED_SECONDS - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(left, 0.0) + 0.01):
+                    await wake.wait()
 
     async def _explain(self, request: dict[str, Any]) -> dict[str, Any]:
         profile_id = request.get("profile")

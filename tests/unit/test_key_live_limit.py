@@ -3,6 +3,7 @@ worker takes it from (workers/key_limit.py over RouteLookup), and the view's cou
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +30,7 @@ from sandboxer.domain.admission import admit_create
 from sandboxer.domain.key_access import KEY_LIVE_STATUSES, live_limit_refusal
 from sandboxer.domain.key_state import KeyState, hash_key, key_id_for, new_key
 from sandboxer.domain.route_signals import RouteSignals
+from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.errors import Rejected, StreamUnavailable
 from sandboxer.events.types import (
     Actor,
@@ -95,11 +97,13 @@ class Reply:
 
 class View:
     """Answers route signals as the projector would: ``live`` sandboxes in the asked
-    project, ``caught_up`` of them once it has folded up to ``min_seq``."""
+    project, ``caught_up`` of them once it has folded up to ``min_seq`` (at position 1, or
+    at ``min_seq`` when it ``follows``)."""
 
-    def __init__(self, live: int | None, caught_up: int | None = None) -> None:
+    def __init__(self, live: int | None, caught_up: int | None = None, follows: bool = False):
         self.live = live
         self.caught_up = caught_up
+        self.follows = follows
         self.asked: list[dict[str, Any]] = []
 
     async def request(self, subject: str, payload: bytes, timeout: float) -> Reply:
@@ -111,7 +115,9 @@ class View:
         live = self.caught_up if request.get("min_seq") and self.caught_up is not None else None
         count = {request["project"]: self.live if live is None else live}
         signals = RouteSignals(live_by_project=count if "project" in request else {})
-        return Reply(msgspec.json.encode({"ok": True, "position": 1, "signals": signals.to_dict()}))
+        position = request.get("min_seq", 1) if self.follows else 1
+        answer = {"ok": True, "position": position, "signals": signals.to_dict()}
+        return Reply(msgspec.json.encode(answer))
 
 
 class Log:
@@ -131,12 +137,23 @@ def create(n: int, actor: Actor = ALPHA) -> CreateSandbox:
     return CreateSandbox(command_id=f"c{n}", actor=actor, profile=LOCAL.id)
 
 
-async def admitted_by(routing: RouteLookup, command: CreateSandbox) -> None:
-    """What the control worker does with a key's create: count, route, hold."""
+async def admitted_by(routing: RouteLookup, command: CreateSandbox, seq: int = 10) -> None:
+    """What the control worker does with a key's create: count, route, hold, and once
+    appended (at ``seq``, past the view's position) say so."""
+    await counted(routing, command)
+    routing.appended(admitted(command).sandbox_id, seq)
+
+
+async def counted(routing: RouteLookup, command: CreateSandbox) -> None:
+    """A key's create counted, routed and held, not yet appended."""
     log = cast(JetStreamContext, Log())
     limit = LiveLimit(KEY, project_of(command.actor))
     signals = await check_live_limit(routing, log, limit, ENABLED)
     routing.hold(admit_create(command, LOCAL, ENABLED, signals, NOW))
+
+
+def admitted(command: CreateSandbox) -> AdmittedCreate:
+    return admit_create(command, LOCAL, ENABLED, None, NOW)
 
 
 async def test_a_keys_burst_is_counted_before_the_view_shows_it(
@@ -152,11 +169,35 @@ async def test_a_keys_burst_is_counted_before_the_view_shows_it(
     assert "project alpha has 2 live sandboxes" in refused.value.reason
     assert view.asked[0] == {"project": "alpha"}
     # Another project's held creates are not alpha's, and are not told to anyone asking.
-    routing.hold(admit_create(create(4, Actor(type="agt", id="x", project="beta")), LOCAL, ENABLED))
+    routing.hold(admitted(create(4, Actor(type="agt", id="x", project="beta"))))
     assert (await routing.signals(ENABLED, "alpha")).live_by_project == {"alpha": 2}
     assert (await routing.signals(ENABLED)).live_by_project == {}
     routing.release_command(create(2))  # rejected after it was routed: holds no place
     await admitted_by(routing, create(5))
+
+
+async def test_a_create_being_appended_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The view counts a create from its ``requested``, stored before its ``routed``: while
+    the worker waits for that append, the create is the view's and still held. A count at the
+    limit waits for it to be appended (then forgotten by a view caught up past it), so the
+    create before it is counted once: 1 of 2 here, not 2."""
+    view = View(live=0, follows=True)
+    routing = lookup(view, tmp_path, monkeypatch)
+    first = create(1)
+    await counted(routing, first)  # held; its requested in the log, its routed not yet acked
+    view.live = view.caught_up = 1  # which the view has folded already
+    second = asyncio.create_task(admitted_by(routing, create(2)))
+    await asyncio.sleep(0.05)
+    assert not second.done()  # waits for the first's append
+    routing.appended(admitted(first).sandbox_id, 7)
+    async with asyncio.timeout(1):
+        await second  # not refused: 1 live of 2
+    assert view.asked[-1] == {"project": "alpha", "min_seq": 42}
+    view.live = view.caught_up = 2  # the second, folded
+    with pytest.raises(Rejected, match="project alpha has 2 live"):
+        await admitted_by(routing, create(3))
 
 
 async def test_a_count_at_the_limit_is_asked_again_of_the_view_caught_up(
