@@ -45,10 +45,10 @@ from sandboxer.errors import (
     ServiceNotRunning,
     WorkspaceRefused,
 )
-from sandboxer.workers.answer_codes import error_for
-from sandboxer.workers.exec_files_protocol import FILES_HEADER as HEADER
-from sandboxer.workers.exec_files_protocol import STDIN_HEADER, check_path, files_subject
-from sandboxer.workers.heartbeat import allowed_silence, next_answer
+from sandboxer.exec_protocol.answer_codes import error_for
+from sandboxer.exec_protocol.heartbeat import allowed_silence, next_answer
+from sandboxer.exec_protocol.wire import FILES_HEADER as HEADER
+from sandboxer.exec_protocol.wire import STDIN_HEADER, check_path, files_subject
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive

@@ -38,6 +38,9 @@ from sandboxer.command_outcomes import (
 from sandboxer.config.settings import Settings
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.errors import BusError, InvalidInput, RequestError, SandboxerError
+from sandboxer.exec_protocol.answer_codes import error_for
+from sandboxer.exec_protocol.heartbeat import allowed_silence, next_answer
+from sandboxer.exec_protocol.wire import EXEC_HEADER
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
 from sandboxer.pagination import Page
 from sandboxer.service_discovery import client_credentials, find_service_urls
@@ -51,9 +54,6 @@ from sandboxer.transfer import (
     get_object,
 )
 from sandboxer.transfer import put_archive as _put_archive
-from sandboxer.workers.answer_codes import error_for
-from sandboxer.workers.exec_files_protocol import EXEC_HEADER
-from sandboxer.workers.heartbeat import allowed_silence, next_answer
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB, ArchiveLimits
 from sandboxer.workspaces.upload import Uploaded, UploadProgress, upload_directory
 

@@ -42,10 +42,10 @@ from sandboxer.errors import (
     ServiceNotRunning,
     WorkspaceRefused,
 )
+from sandboxer.exec_protocol.wire import check_path
 from sandboxer.ids import new_command_id
 from sandboxer.pagination import Page
 from sandboxer.transfer import Copied, StdinSource, copy_target, place_copy
-from sandboxer.workers.exec_files_protocol import check_path
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.pack import pack_directory
 

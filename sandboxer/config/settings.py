@@ -45,7 +45,7 @@ def _float_env(name: str, default: float) -> float:
 DEFAULT_EXEC_HEARTBEAT = 10.0
 """Seconds between a worker's heartbeats to the client of a running exec or copy."""
 MIN_EXEC_HEARTBEAT = 1.0
-"""Each heartbeat is a request that waits up to a second (workers/heartbeat.py's
+"""Each heartbeat is a request that waits up to a second (exec_protocol/heartbeat.py's
 CHECK_TIMEOUT) before the next is sent: promised more often, clients would hear silence."""
 
 
@@ -235,7 +235,7 @@ class Settings:
     expiry_interval: float = 5.0
     exec_heartbeat: float = DEFAULT_EXEC_HEARTBEAT
     """Seconds between a worker's ``alive`` checks on a running exec's or copy's inbox
-    (workers/heartbeat.py); its ``started`` message promises them to the client."""
+    (exec_protocol/heartbeat.py); its ``started`` message promises them to the client."""
     input_roots: tuple[Path, ...] = ()
     upload_max_mb: int = 1024
     upload_exclude: tuple[str, ...] = ()

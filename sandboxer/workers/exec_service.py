@@ -45,10 +45,10 @@ which means the client is still there, so clients that predate ``alive`` are nev
 for gone.
 
 The other way round, ``alive`` is the worker's heartbeat: the ``started`` message says
-in its :data:`~sandboxer.workers.heartbeat.HEADER` header how often one comes, and
+in its :data:`~sandboxer.exec_protocol.heartbeat.HEADER` header how often one comes, and
 a client that hears nothing for a few of them knows the worker is gone (killed, its host
 lost) and stops waiting for an ``exit`` that will never come
-(:mod:`sandboxer.workers.heartbeat`; copies do the same).
+(:mod:`sandboxer.exec_protocol.heartbeat`; copies do the same).
 
 Files (``sandboxer.files.<sandbox_id>``, :mod:`sandboxer.workers.file_service`) are served
 by the same workers, through the same backend exec.
@@ -78,12 +78,12 @@ from sandboxer.domain.deadlines import touch_interval
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import SandboxerError, Unsupported
 from sandboxer.events.types import Actor
+from sandboxer.exec_protocol import answer_codes, heartbeat
+from sandboxer.exec_protocol.wire import EXEC_HEADER as HEADER
+from sandboxer.exec_protocol.wire import STDIN_HEADER
 from sandboxer.extensions.base import Extension, OutputSink
 from sandboxer.ids import new_command_id
-from sandboxer.workers import answer_codes, heartbeat
 from sandboxer.workers.backend_for import backend_for
-from sandboxer.workers.exec_files_protocol import EXEC_HEADER as HEADER
-from sandboxer.workers.exec_files_protocol import STDIN_HEADER
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin

@@ -24,7 +24,7 @@ twice ``SANDBOXER_UPLOAD_MAX_MB``), and a starting service removes what
 workers no longer running left there (:mod:`sandboxer.workers.scratch`).
 
 While a copy runs, the worker sends ``alive`` checks to the reply inbox, as exec does:
-its heartbeat (:mod:`sandboxer.workers.heartbeat`), so a client learns within seconds
+its heartbeat (:mod:`sandboxer.exec_protocol.heartbeat`), so a client learns within seconds
 that a killed worker will send no ``done``; and, as for exec, a check that finds nobody
 listening any more (the client killed, or hung up) stops the copy. A stopping worker
 gives copies the grace execs get, then cancels them (:mod:`sandboxer.workers.in_flight`):
@@ -78,16 +78,16 @@ from sandboxer.errors import (
     Unsupported,
     WorkspaceRefused,
 )
-from sandboxer.extensions.base import Extension
-from sandboxer.workers import heartbeat
-from sandboxer.workers.backend_for import backend_for
-from sandboxer.workers.exec_files_protocol import FILES_HEADER as HEADER
-from sandboxer.workers.exec_files_protocol import (
+from sandboxer.exec_protocol import heartbeat
+from sandboxer.exec_protocol.wire import FILES_HEADER as HEADER
+from sandboxer.exec_protocol.wire import (
     FILES_PREFIX,
     MAX_PATH_CHARS,
     check_path,
     files_subject,
 )
+from sandboxer.extensions.base import Extension
+from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.inline_files import receive_inline, send_inline
 from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions

@@ -21,8 +21,8 @@ import pytest
 from nats.aio.client import Client
 
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.exec_protocol.heartbeat import next_answer
 from sandboxer.workers.exec_service import STDIN_HEADER, StdinInbox
-from sandboxer.workers.heartbeat import next_answer
 from tests.coinciding_cancel import cancel_as_it_lands
 
 pytestmark = pytest.mark.integration

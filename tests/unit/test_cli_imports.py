@@ -51,11 +51,11 @@ NOT_FOR_A_BUS_CLIENT = (
     "sandboxer.gateway",
     "sandboxer.extensions.base",
     "sandboxer.extensions.local.backend",
-    "sandboxer.workers.exec_service",
-    "sandboxer.workers.file_service",
+    "sandboxer.workers",
     "sandboxer.config.profile",
 )
-"""What a command that talks to the bus has no use for: the service's own parts."""
+"""What a command that talks to the bus has no use for: the service's own parts (the exec
+and file protocol it shares with the workers is sandboxer.exec_protocol)."""
 
 # Run as `sandboxer ARGS` would be; at exit (help exits), name what was loaded of `unwanted`.
 SCRIPT = """

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from sandboxer.exec_protocol.heartbeat import HEADER, MISSES, allowed_silence
 from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
-from sandboxer.workers.heartbeat import HEADER, MISSES, allowed_silence
 
 
 def test_a_few_missed_heartbeats_are_allowed() -> None:
