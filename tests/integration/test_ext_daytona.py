@@ -41,11 +41,19 @@ pytestmark = pytest.mark.integration
 FAST = {"poll_interval": 0.02, "ready_timeout": 5, "request_timeout": 2}
 
 
-def build(served: DaytonaServed, *, upload_max_mb: int = 1024, **settings: Any) -> DaytonaExtension:
-    """The backend as the worker builds it: from the packaged declaration, settings overridden."""
+def build(
+    served: DaytonaServed,
+    *,
+    upload_max_mb: int = 1024,
+    extension: str = "ext.daytona",
+    **settings: Any,
+) -> DaytonaExtension:
+    """The backend as the worker builds it: from the packaged declaration (under another id
+    with ``extension``, as a copy in $SANDBOXER_HOME/extensions), settings overridden."""
     decl = Catalog.load().extensions_enabled()["ext.daytona"]
     given = {"api_url": served.api_url, "api_key": served.key, **FAST, **settings}
-    decl = decl.model_copy(update={"settings": {k: v for k, v in given.items() if v is not None}})
+    settings_given = {k: v for k, v in given.items() if v is not None}
+    decl = decl.model_copy(update={"id": extension, "settings": settings_given})
     settings_ = Settings(
         home=Path("/nonexistent"),
         nats_urls=(),
@@ -112,7 +120,7 @@ class TestLifecycle:
                 "exec": "sandboxer exec dtlife0001 -- CMD",
             },
         }
-        assert record.labels == our_labels("dtlife0001", "acme")
+        assert record.labels == our_labels("dtlife0001", "acme", "ext.daytona")
         assert record.body["snapshot"] == "daytonaio/sandbox:0.4.3"
         assert "cpu" not in record.body  # Daytona refuses resources with a snapshot
         assert daytona_double.app.calls.count(("GET", "/sandbox/{sandboxIdOrName}")) >= 5
@@ -223,20 +231,92 @@ class TestTeardownAndListing:
         await up(daytona, "dtlist0001")
         daytona_double.double.plant_orphan({"team": "other"})  # not ours
         daytona_double.double.plant_orphan({"sandboxer_id": "dtlist0002"})  # lacks the marker
-        daytona_double.double.plant_orphan(our_labels("dtleak0001", "acme"))  # a leak of ours
-        daytona_double.double.plant_orphan(our_labels("dtstop0001", None), state="stopped")
-        daytona_double.double.plant_orphan({**our_labels("x", None), "sandboxer_id": "../x"})
-        found = {f.sandbox_id: f.alive for f in await daytona.list_sandboxes()}
-        assert found == {"dtlist0001": True, "dtleak0001": True, "dtstop0001": True}
+        double = daytona_double.double
+        double.plant_orphan(our_labels("dtleak0001", "acme", "ext.daytona"))  # a leak of ours
+        double.plant_orphan(our_labels("dtstop0001", None, "ext.daytona"), state="stopped")
+        double.plant_orphan({**our_labels("x", None, "ext.daytona"), "sandboxer_id": "../x"})
+        double.plant_orphan(our_labels("dteu000001", None, "ext.daytona-eu"))  # not ours
+        # Made before the labels named the declaration: listed, for the log to say whose.
+        double.plant_orphan({"sandboxer_id": "dtold00001", "sandboxer_extension": "ext.daytona"})
+        listed = await daytona.list_sandboxes()
+        found = {f.sandbox_id: f.alive for f in listed}
+        assert found == {
+            "dtlist0001": True,
+            "dtleak0001": True,
+            "dtstop0001": True,
+            "dtold00001": True,
+        }
+        assert [f.sandbox_id for f in listed if f.unmarked] == ["dtold00001"]
 
     async def test_list_follows_the_cursor(
         self, daytona: DaytonaExtension, daytona_double: DaytonaServed
     ) -> None:
         daytona_double.double.page_size = 2
         for n in range(5):
-            daytona_double.double.plant_orphan(our_labels(f"dtpage000{n}", None))
+            daytona_double.double.plant_orphan(our_labels(f"dtpage000{n}", None, "ext.daytona"))
         found = sorted(f.sandbox_id for f in await daytona.list_sandboxes())
         assert found == [f"dtpage000{n}" for n in range(5)]
+
+
+class TestTwoDeclarations:
+    """``ext.daytona-eu``, a copy of the declaration with the same key, on the same Daytona
+    organization: each lists, adopts, deletes and reaps only its own."""
+
+    async def test_a_declaration_beside_ours_touches_only_its_own(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        eu = build(daytona_double, extension="ext.daytona-eu")
+        double = daytona_double.double
+        try:
+            # The sandbox of an id ext.daytona gave up on, rerouted to ext.daytona-eu.
+            await up(eu, "dtboth0001")
+            [theirs] = double.live()
+            assert theirs.labels == our_labels("dtboth0001", None, "ext.daytona-eu")
+            assert list(await daytona.list_sandboxes()) == []
+            await daytona.teardown("dtboth0001")  # the failed attempt's clean-up here
+            with pytest.raises(ProviderError, match=r"taken by a sandbox of ext\.daytona-eu"):
+                await daytona.provision(request("dtboth0001", attempt=2))  # not adopted
+            with pytest.raises(SandboxNotFound):
+                await daytona.exec("dtboth0001", ["true"], Collected())
+            assert double.live() == [theirs]
+            await up(daytona, "dtmine0001")
+            assert [f.sandbox_id for f in await eu.list_sandboxes()] == ["dtboth0001"]
+            assert [f.sandbox_id for f in await daytona.list_sandboxes()] == ["dtmine0001"]
+            await eu.teardown("dtmine0001")
+            assert {r.name for r in double.live()} == {
+                "sandboxer-dtboth0001",
+                "sandboxer-dtmine0001",
+            }
+        finally:
+            await eu.aclose()
+
+    async def test_sandboxes_made_before_the_declaration_label_are_the_log_s_to_judge(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        """Before, every sandbox was labelled ext.daytona whichever declaration made it: each
+        declaration lists those as unmarked (the worker judges one only where the log places
+        it on that declaration), and the one that made it still finds and deletes it."""
+        eu = build(daytona_double, extension="ext.daytona-eu")
+        double = daytona_double.double
+        try:
+            await up(eu, "dtold00001")
+            await up(daytona, "dtnew00001")
+            [older] = [r for r in double.live() if r.name == "sandboxer-dtold00001"]
+            older.labels = {"sandboxer_id": "dtold00001", "sandboxer_extension": "ext.daytona"}
+            assert [(f.sandbox_id, f.unmarked) for f in await eu.list_sandboxes()] == [
+                ("dtold00001", True)
+            ]
+            listed = await daytona.list_sandboxes()
+            assert sorted((f.sandbox_id, f.unmarked) for f in listed) == [
+                ("dtnew00001", False),
+                ("dtold00001", True),
+            ]
+            out = Collected()
+            assert await eu.exec("dtold00001", ["echo", "still", "eu's"], out) == 0
+            await eu.teardown("dtold00001")
+            assert [r.name for r in double.live()] == ["sandboxer-dtnew00001"]
+        finally:
+            await eu.aclose()
 
 
 class TestExec:
@@ -380,7 +460,7 @@ class TestFaults:
     async def test_a_redelivered_job_removes_a_labelled_orphan(
         self, daytona: DaytonaExtension, daytona_double: DaytonaServed
     ) -> None:
-        daytona_double.double.plant_orphan(our_labels("dtorph0001", None))
+        daytona_double.double.plant_orphan(our_labels("dtorph0001", None, "ext.daytona"))
         await up(daytona, "dtorph0001")
         assert [r.name for r in daytona_double.double.live()] == ["sandboxer-dtorph0001"]
 
@@ -542,7 +622,7 @@ class TestMalformedAnswers:
             "id": "d0d0",
             "state": ["started"],  # a list: it cannot be looked up among the states
             "errorReason": {"why": 1},
-            "labels": our_labels("dtodd00001", None),
+            "labels": our_labels("dtodd00001", None, "ext.daytona"),
         }
         body = {"items": [item], "nextCursor": None}
         daytona_double.app.faults.add(

@@ -73,6 +73,7 @@ def test_the_create_body_uses_only_fields_of_CreateSandbox() -> None:
     for profile in (base, sized):
         made = plan.plan_create(
             sandbox_id="conform001",
+            extension="ext.daytona",
             profile=profile,
             project="p",
             expires_at=None,
@@ -100,8 +101,10 @@ def test_the_fields_and_states_the_adapter_reads_exist() -> None:
 
 
 def test_the_double_answers_sandboxes_the_adapter_can_read(double: DaytonaDouble) -> None:
-    record = double.plant_orphan(plan.our_labels("conform002", None))
+    record = double.plant_orphan(plan.our_labels("conform002", None, "ext.daytona"))
     body = double._body(record)
     required = set(SCHEMAS["Sandbox"]["required"])
     assert required <= set(body), required - set(body)
-    assert ProviderSandbox.from_body(body).labels == plan.our_labels("conform002", None)
+    assert ProviderSandbox.from_body(body).labels == plan.our_labels(
+        "conform002", None, "ext.daytona"
+    )

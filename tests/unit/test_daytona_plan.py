@@ -24,6 +24,7 @@ def daytona_profile(**update: Any) -> Profile:
 def body_for(profile: Profile, **given: Any) -> plan.CreatePlan:
     fields: dict[str, Any] = {
         "sandbox_id": "unitplan01",
+        "extension": "ext.daytona",
         "profile": profile,
         "project": None,
         "expires_at": None,
@@ -91,13 +92,20 @@ class TestConfig:
 
 class TestCreateBody:
     def test_a_snapshot_profile(self) -> None:
-        made = body_for(daytona_profile(), project="acme", env={"TOKEN": "t"}, target="eu")
+        made = body_for(
+            daytona_profile(),
+            extension="ext.daytona-eu",
+            project="acme",
+            env={"TOKEN": "t"},
+            target="eu",
+        )
         assert made.body == {
             "name": "sandboxer-unitplan01",
             "labels": {
                 "sandboxer_id": "unitplan01",
                 "sandboxer_project": "acme",
-                "sandboxer_extension": "ext.daytona",
+                "sandboxer_extension": "ext.daytona-eu",  # the declaration that makes it
+                "sandboxer_labels": "2",
             },
             "env": {"TOKEN": "t"},
             "autoStopInterval": 60 + 15,  # profile.daytona's default TTL is 1h
@@ -148,6 +156,16 @@ class TestCreateBody:
     def test_refusals(self, update: dict[str, Any], complaint: str) -> None:
         with pytest.raises(InvalidInput, match=complaint):
             body_for(daytona_profile(**update))
+
+
+def test_the_labels_say_which_declaration_made_the_sandbox() -> None:
+    """Before the labels named the declaration, every sandbox said ext.daytona: one saying
+    so without the labels' version may be any declaration's (None: the log decides)."""
+    assert plan.maker(plan.our_labels("unitmake01", None, "ext.daytona")) == "ext.daytona"
+    assert plan.maker(plan.our_labels("unitmake01", "p", "ext.daytona-eu")) == "ext.daytona-eu"
+    older = {"sandboxer_id": "unitmake01", "sandboxer_extension": "ext.daytona"}
+    assert plan.maker(older) is None
+    assert plan.maker({"sandboxer_id": "unitmake01"}) is None
 
 
 class TestLeakBackstop:

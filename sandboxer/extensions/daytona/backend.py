@@ -8,6 +8,13 @@ a redelivered job's create never makes a second beside its dead worker's.
 Pause and resume are Daytona's stop and start; exec and snapshots go through
 the toolbox's execute. Daytona's own idle stop and delete intervals are set
 just past our TTL, so a sandbox sandboxer lost track of ends soon after.
+
+Its labels also name the declaration that made it (:func:`.plan.maker`), so two
+declarations on one Daytona organization (``ext.daytona`` and an
+``ext.daytona-eu`` with the same key) each list, adopt, delete and reap only
+their own: a sandbox of the name ``sandboxer-<id>`` that the other made is,
+to this one, not there. A sandbox made before the labels said which is listed
+``unmarked``, for the log to say whose, and a teardown of its id deletes it.
 """
 
 from __future__ import annotations
@@ -83,17 +90,19 @@ OUTPUT_TAIL = 2000
 class DaytonaExtension:
     """The Daytona backend; its endpoint and key are resolved on first use."""
 
-    id = EXTENSION_ID
     host_local = False
 
     def __init__(
         self,
         config: DaytonaConfig,
         *,
+        extension: str = EXTENSION_ID,
         limits: ArchiveLimits | None = None,
         key: ProviderValue | None = None,
         late: LateCreates | None = None,
     ) -> None:
+        self.id = extension
+        """The declaration's id: each declaration labels, lists and deletes only its own."""
         self._config = config
         self._limits = limits or ArchiveLimits()
         self._key = key
@@ -102,7 +111,11 @@ class DaytonaExtension:
         """Creates given up on that Daytona may still carry out: teardown waits them out."""
         self._keyed: KeyedCopies[DaytonaExtension] = KeyedCopies(
             lambda value, source: DaytonaExtension(
-                config, limits=self._limits, key=ProviderValue(value, source), late=self._late
+                config,
+                extension=self.id,
+                limits=self._limits,
+                key=ProviderValue(value, source),
+                late=self._late,
             )
         )
         self._api: DaytonaApi | None = None
@@ -111,7 +124,8 @@ class DaytonaExtension:
     @classmethod
     def from_declaration(cls, decl: ExtensionDecl, settings: Settings) -> DaytonaExtension:
         return cls(
-            DaytonaConfig.from_settings(decl.settings),
+            DaytonaConfig.from_settings(decl.settings, decl.id),
+            extension=decl.id,
             limits=ArchiveLimits.from_mb(settings.upload_max_mb),
         )
 
@@ -167,15 +181,25 @@ class DaytonaExtension:
             except ProviderError as exc:
                 if exc.status != 409:
                     raise
-                # The name is taken: an earlier attempt's create arrived after all.
+                # The name is taken: an earlier attempt's create arrived after all, unless
+                # another declaration on this organization holds the name (not ours to take).
                 found = await api.get(name, sandbox_id)
                 if found is None:
                     raise
+                if not self._mine(found):
+                    raise ProviderError(
+                        f"{self.id}: the Daytona name {name} is taken by a sandbox of "
+                        f"{plan.maker(found.labels)}, another declaration on this Daytona "
+                        "organization; it is not taken over",
+                        provider=self.id,
+                        status=409,
+                        sandbox_id=sandbox_id,
+                    ) from exc
                 return found
 
         made = await create_once(
             create,
-            lambda: api.get(name, sandbox_id),
+            lambda: self._get_mine(api, name, sandbox_id),
             sandbox_id=sandbox_id,
             late=self._late,
             redelivered=request.redelivered,
@@ -207,18 +231,38 @@ class DaytonaExtension:
         )
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
-        """Our sandboxes at Daytona; stopped (paused) ones are alive, failed ones are not,
-        and those being deleted are left out (Daytona is ending them)."""
+        """This declaration's sandboxes at Daytona, and those made before the labels said
+        which declaration made them (``unmarked``: the log says whose); stopped (paused)
+        ones are alive, failed ones are not, and those being deleted are left out (Daytona
+        is ending them)."""
+        api = self._client()
+        listed = await api.list({plan.BACKEND_LABEL: self.id})
+        if self.id != plan.OLD_MAKER:
+            # Those older ones were all labelled ext.daytona, whichever declaration made them.
+            listed += await api.list({plan.BACKEND_LABEL: plan.OLD_MAKER})
         found = []
-        for item in await self._client().list({plan.BACKEND_LABEL: self.id}):
+        seen: set[str] = set()
+        for item in listed:
             ours = our_sandbox_id(item.labels)
-            if ours is None or not is_valid_sandbox_id(ours) or item.state in plan.GONE_STATES:
+            if (
+                ours is None
+                or not is_valid_sandbox_id(ours)
+                or item.state in plan.GONE_STATES
+                or not self._mine(item)
+                or item.id in seen
+            ):
                 continue
+            seen.add(item.id)
             detail: dict[str, Any] = {"provider_id": item.id, "state": item.state}
             if item.error_reason:
                 detail["error_reason"] = item.error_reason
             found.append(
-                FoundSandbox(sandbox_id=ours, alive=plan.is_alive(item.state), detail=detail)
+                FoundSandbox(
+                    sandbox_id=ours,
+                    alive=plan.is_alive(item.state),
+                    detail=detail,
+                    unmarked=plan.maker(item.labels) is None,
+                )
             )
         return found
 
@@ -423,6 +467,7 @@ class DaytonaExtension:
         self._client()  # resolves the target setting with the rest
         return plan.plan_create(
             sandbox_id=request.sandbox_id,
+            extension=self.id,
             profile=request.profile,
             project=request.project,
             expires_at=request.expires_at,
@@ -435,8 +480,21 @@ class DaytonaExtension:
     def _grace(self) -> int:
         return max(1, round(self._config.leak_grace_minutes))
 
+    def _mine(self, found: ProviderSandbox) -> bool:
+        """Not another declaration's: made by this one, or before the labels said which (a
+        sandbox of one of our ids made then is that id's, on whichever declaration)."""
+        made_by = plan.maker(found.labels)
+        return made_by is None or made_by == self.id
+
+    async def _get_mine(
+        self, api: DaytonaApi, name: str, sandbox_id: str
+    ) -> ProviderSandbox | None:
+        """The sandbox of that name unless another declaration on the organization made it."""
+        found = await api.get(name, sandbox_id)
+        return found if found is not None and self._mine(found) else None
+
     async def _existing(self, sandbox_id: str) -> ProviderSandbox:
-        found = await self._client().get(plan.provider_name(sandbox_id), sandbox_id)
+        found = await self._get_mine(self._client(), plan.provider_name(sandbox_id), sandbox_id)
         if found is None or found.state in plan.GONE_STATES:
             raise SandboxNotFound(
                 f"{self.id} has no sandbox {sandbox_id} (no Daytona sandbox named "
@@ -463,15 +521,19 @@ class DaytonaExtension:
         return found
 
     async def _remove_ours(self, api: DaytonaApi, sandbox_id: str, *, wait: bool) -> None:
-        """Delete every Daytona sandbox of ours for ``sandbox_id`` (by name and by label);
-        with ``wait``, until the name is free for a new create."""
+        """Delete every Daytona sandbox of ours for ``sandbox_id`` (by name and by label),
+        never another declaration's (:meth:`_mine`); with ``wait``, until the name is free
+        for a new create."""
         name = plan.provider_name(sandbox_id)
         doomed: dict[str, ProviderSandbox] = {}
-        by_name = await api.get(name, sandbox_id)
+        by_name = await self._get_mine(api, name, sandbox_id)
         if by_name is not None:
             doomed[by_name.id] = by_name
+        # Not filtered by Daytona on our extension label: sandboxes made before it said
+        # which declaration made them are labelled ext.daytona whatever made them.
         for item in await api.list({SANDBOX_LABEL: sandbox_id}):
-            doomed.setdefault(item.id, item)
+            if self._mine(item):
+                doomed.setdefault(item.id, item)
         for item in doomed.values():
             if item.state not in plan.GONE_STATES:
                 await api.delete(item.id, sandbox_id)
@@ -499,7 +561,7 @@ class DaytonaExtension:
         name = plan.provider_name(sandbox_id)
         deadline = time.monotonic() + self._config.ready_timeout
         while True:
-            found = await api.get(name, sandbox_id)
+            found = await self._get_mine(api, name, sandbox_id)
             if found is None or found.state in plan.GONE_STATES:
                 raise SandboxNotFound(
                     f"{self.id}: Daytona sandbox {name} disappeared while waiting for it to "

@@ -55,27 +55,34 @@ class DaytonaConfig:
     teardown in that window keeps looking for it."""
     workdir: str | None = None
     """The directory commands run in and snapshots copy; default: the sandbox user's home."""
+    extension: str = EXTENSION_ID
+    """The declaration's id (``ext.daytona-eu``), for messages."""
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> DaytonaConfig:
+    def from_settings(
+        cls, settings: Mapping[str, Any], extension: str = EXTENSION_ID
+    ) -> DaytonaConfig:
         unknown = sorted(set(settings) - set(_NUMBERS) - set(_TEXTS))
         if unknown:
             raise ConfigError(
-                f"extension {EXTENSION_ID}: unknown settings {', '.join(unknown)}; it takes "
+                f"extension {extension}: unknown settings {', '.join(unknown)}; it takes "
                 f"{', '.join(sorted((*_NUMBERS, *_TEXTS)))} (docs/ext-daytona.md)",
-                extension=EXTENSION_ID,
+                extension=extension,
             )
-        numbers = {key: _positive(settings, key, default) for key, default in _NUMBERS.items()}
+        numbers = {
+            key: _positive(settings, key, default, extension) for key, default in _NUMBERS.items()
+        }
         workdir = settings.get("workdir")
         if workdir is not None and not str(workdir).startswith("/"):
             raise ConfigError(
-                f"extension {EXTENSION_ID}: settings.workdir must be an absolute path in the "
+                f"extension {extension}: settings.workdir must be an absolute path in the "
                 f"sandbox, not {workdir!r}",
-                extension=EXTENSION_ID,
+                extension=extension,
             )
         return cls(
             settings=dict(settings),
             workdir=None if workdir is None else str(workdir),
+            extension=extension,
             **numbers,
         )
 
@@ -86,22 +93,22 @@ class DaytonaConfig:
             self.settings,
             "api_url",
             ("DAYTONA_API_URL",),
-            extension=EXTENSION_ID,
+            extension=self.extension,
             default=DEFAULT_API_URL,
         )
         if key is None:
             key = provider_value(
-                self.settings, "api_key", ("DAYTONA_API_KEY",), extension=EXTENSION_ID
+                self.settings, "api_key", ("DAYTONA_API_KEY",), extension=self.extension
             )
         target = provider_value(
-            self.settings, "target", ("DAYTONA_TARGET",), extension=EXTENSION_ID, required=False
+            self.settings, "target", ("DAYTONA_TARGET",), extension=self.extension, required=False
         )
         assert api_url is not None  # required values raise instead
         assert key is not None
         return Endpoint(api_url=api_url, key=key, target=target)
 
 
-def _positive(settings: Mapping[str, Any], key: str, default: float) -> float:
+def _positive(settings: Mapping[str, Any], key: str, default: float, extension: str) -> float:
     value = settings.get(key, default)
     try:
         number = float(value)
@@ -109,7 +116,7 @@ def _positive(settings: Mapping[str, Any], key: str, default: float) -> float:
         number = -1.0
     if number <= 0 or isinstance(value, bool):
         raise ConfigError(
-            f"extension {EXTENSION_ID}: settings.{key} must be a positive number, not {value!r}",
-            extension=EXTENSION_ID,
+            f"extension {extension}: settings.{key} must be a positive number, not {value!r}",
+            extension=extension,
         )
     return number

@@ -1,5 +1,14 @@
 """What ext.daytona asks Daytona for, worked out without I/O: the create body, the provider's
-own clean-up intervals, and what each sandbox state means to us."""
+own clean-up intervals, what each sandbox state means to us, and which declaration made a
+sandbox (its labels).
+
+Every sandbox is labelled with the declaration that made it (``sandboxer_extension``:
+``ext.daytona``, ``ext.daytona-eu``), so two declarations on one Daytona organization
+each list and delete only their own. Before that, every sandbox said ``ext.daytona``
+whatever its declaration; a sandbox labelled since also carries :data:`LABELS_LABEL`, and
+one without it that says ``ext.daytona`` is one of those older ones: any declaration's
+(:func:`maker` gives None), for the log to say whose.
+"""
 
 from __future__ import annotations
 
@@ -16,23 +25,37 @@ from sandboxer.errors import InvalidInput
 from sandboxer.extensions.daytona.config import EXTENSION_ID
 from sandboxer.extensions.network_fields import daytona_fields, port_warnings
 from sandboxer.hosted.labels import EXTENSION_LABEL, labels_for
+from sandboxer.hosted.labels import maker as labels_maker
 
 __all__ = [
     "BACKEND_LABEL",
     "FAILED_STATES",
     "GONE_STATES",
     "IMAGE_PREFIX",
+    "LABELS_LABEL",
+    "LABELS_VERSION",
+    "OLD_MAKER",
     "CreatePlan",
     "auto_stop_minutes",
     "is_alive",
+    "maker",
     "our_labels",
     "plan_create",
     "provider_name",
 ]
 
 BACKEND_LABEL = EXTENSION_LABEL
-"""The label naming the backend, the same on every sandbox we make: Daytona filters labels
-by key *and* value, so listing "everything ours" asks for it."""
+"""The label naming the declaration that made the sandbox: Daytona filters labels by key
+*and* value, so listing "everything of this declaration's" asks for it."""
+
+LABELS_LABEL = "sandboxer_labels"
+LABELS_VERSION = "2"
+"""On every sandbox made since :data:`BACKEND_LABEL` names the declaration: it tells ours
+from one an older sandboxer made, whose label said :data:`OLD_MAKER` whatever its
+declaration (version 1, which had no such label)."""
+
+OLD_MAKER = EXTENSION_ID
+"""What :data:`BACKEND_LABEL` said on every sandbox made before it named the declaration."""
 
 IMAGE_PREFIX = "image:"
 """``image: image:python:3.12-slim`` builds from a container image (resources apply);
@@ -52,8 +75,19 @@ def provider_name(sandbox_id: str) -> str:
     return f"sandboxer-{sandbox_id}"
 
 
-def our_labels(sandbox_id: str, project: str | None) -> dict[str, str]:
-    return labels_for(sandbox_id, project, EXTENSION_ID)
+def our_labels(sandbox_id: str, project: str | None, extension: str) -> dict[str, str]:
+    """The labels of a sandbox the declaration ``extension`` makes."""
+    return {**labels_for(sandbox_id, project, extension), LABELS_LABEL: LABELS_VERSION}
+
+
+def maker(labels: Mapping[str, str]) -> str | None:
+    """The declaration that made the sandbox; None when its labels do not say: made before
+    they did (``ext.daytona`` without :data:`LABELS_LABEL`, whichever declaration made it),
+    or carrying no :data:`BACKEND_LABEL` at all."""
+    made_by = labels_maker(labels)
+    if made_by == OLD_MAKER and LABELS_LABEL not in labels:
+        return None
+    return made_by
 
 
 def is_alive(state: str | None) -> bool:
@@ -86,6 +120,7 @@ class CreatePlan:
 def plan_create(
     *,
     sandbox_id: str,
+    extension: str,
     profile: Profile,
     project: str | None,
     expires_at: str | None,
@@ -94,18 +129,18 @@ def plan_create(
     grace_minutes: float,
     now: datetime,
 ) -> CreatePlan:
-    """The ``CreateSandbox`` body for one of our sandboxes."""
+    """The ``CreateSandbox`` body for one of the sandboxes of the declaration ``extension``."""
     image = (profile.image or "").strip()
     if not image:
         raise InvalidInput(
             f"profile {profile.id} names no image: set image to a Daytona snapshot name "
             f"(such as daytonaio/sandbox:0.4.3) or to {IMAGE_PREFIX}<container image>",
             sandbox_id=sandbox_id,
-            extension=EXTENSION_ID,
+            extension=extension,
         )
     body: dict[str, Any] = {
         "name": provider_name(sandbox_id),
-        "labels": our_labels(sandbox_id, project),
+        "labels": our_labels(sandbox_id, project, extension),
         "env": dict(env),
         "autoStopInterval": auto_stop_minutes(
             expires_at, parse_duration(profile.ttl.default), grace_minutes, now
@@ -127,10 +162,10 @@ def plan_create(
             raise InvalidInput(
                 f"profile {profile.id}: {ref!r} is not a container image reference",
                 sandbox_id=sandbox_id,
-                extension=EXTENSION_ID,
+                extension=extension,
             )
         body["buildInfo"] = {"dockerfileContent": f"FROM {ref}\n"}
-        body.update(_resources(profile, sandbox_id))
+        body.update(_resources(profile, sandbox_id, extension))
     else:
         body["snapshot"] = image
         asked = profile.resources
@@ -142,7 +177,7 @@ def plan_create(
     return CreatePlan(body=body, warnings=warnings)
 
 
-def _resources(profile: Profile, sandbox_id: str) -> dict[str, Any]:
+def _resources(profile: Profile, sandbox_id: str, extension: str) -> dict[str, Any]:
     """cpu (cores), memory and disk (GB) as Daytona's whole units, rounded up; gpu."""
     asked = profile.resources
     out: dict[str, Any] = {}
@@ -162,6 +197,6 @@ def _resources(profile: Profile, sandbox_id: str) -> dict[str, Any]:
                 f"profile {profile.id}: resources.gpu {asked.gpu!r} is not a count or one of "
                 f"Daytona's GPU types ({', '.join(_GPU_TYPES)})",
                 sandbox_id=sandbox_id,
-                extension=EXTENSION_ID,
+                extension=extension,
             )
     return out
