@@ -42,7 +42,7 @@ from sandboxer.command_outcomes import notify
 from sandboxer.config.settings import Settings
 from sandboxer.errors import BusError, InvalidInput, ServiceNotRunning
 from sandboxer.ids import is_valid_sandbox_id
-from sandboxer.pagination import ACCOUNTS, SANDBOXES, SNAPSHOTS, USAGE, Listing, Page
+from sandboxer.pagination import ACCOUNTS, DEFAULT_LIMIT, SANDBOXES, SNAPSHOTS, USAGE, Listing, Page
 from sandboxer.service_discovery import find_service_urls, read_service_file
 from sandboxer.transfer import Copied, StdinSource
 from sandboxer.workspaces.limits import DEFAULT_MAX_MB
@@ -269,7 +269,7 @@ class Sandboxer:
         *,
         status: str | None = None,
         include_destroyed: bool = False,
-        limit: int = 1000,
+        limit: int = DEFAULT_LIMIT,
         consumer: Mapping[str, Any] | None = None,
         after: str | None = None,
     ) -> Page[Sandbox]:
@@ -417,7 +417,7 @@ class Sandboxer:
         *,
         sandbox_id: str | None = None,
         include_deleted: bool = False,
-        limit: int = 1000,
+        limit: int = DEFAULT_LIMIT,
         after: str | None = None,
     ) -> Page[Snapshot]:
         """A page of snapshots in the order they were requested (one sandbox's with
@@ -544,7 +544,7 @@ class Sandboxer:
     # -- credits, usage and routing ----------------------------------------------------------
 
     async def credits(
-        self, project: str | None = None, *, limit: int = 1000, after: str | None = None
+        self, project: str | None = None, *, limit: int = DEFAULT_LIMIT, after: str | None = None
     ) -> Page[Account]:
         """A page of the accounts the actor may see, by project, or ``project``'s alone (none
         before its first credits): balance, reserved, available, budget (1 credit = 1
@@ -559,7 +559,7 @@ class Sandboxer:
         project: str | None = None,
         since: str | None = None,
         until: str | None = None,
-        limit: int = 1000,
+        limit: int = DEFAULT_LIMIT,
         by: str | None = None,
         after: str | None = None,
     ) -> Usage:

@@ -42,7 +42,7 @@ from sandboxer.exec_protocol.answer_codes import error_for
 from sandboxer.exec_protocol.heartbeat import allowed_silence, next_answer
 from sandboxer.exec_protocol.wire import EXEC_HEADER
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
-from sandboxer.pagination import Page
+from sandboxer.pagination import DEFAULT_LIMIT, Page
 from sandboxer.service_discovery import client_credentials, find_service_urls
 from sandboxer.transfer import (
     Copied,
@@ -213,7 +213,7 @@ class SandboxerClient:
         status: str | None = None,
         include_destroyed: bool = False,
         due_before: str | None = None,
-        limit: int = 1000,
+        limit: int = DEFAULT_LIMIT,
         consumer: Mapping[str, Any] | None = None,
         project: str | None = None,
         after: str | None = None,
@@ -365,7 +365,7 @@ class SandboxerClient:
         )
 
     async def credits(
-        self, project: str | None = None, *, limit: int = 1000, after: str | None = None
+        self, project: str | None = None, *, limit: int = DEFAULT_LIMIT, after: str | None = None
     ) -> Page[dict[str, Any]]:
         """A page of the accounts by project (or ``project``'s alone, when it has one):
         balance, reserved, budget. ``after``: the ``next`` of the page before."""
@@ -669,7 +669,7 @@ class SandboxerClient:
         *,
         sandbox_id: str | None = None,
         include_deleted: bool = False,
-        limit: int = 1000,
+        limit: int = DEFAULT_LIMIT,
         project: str | None = None,
         after: str | None = None,
     ) -> Page[dict[str, Any]]:

@@ -19,7 +19,7 @@ from sandboxer.client.rejections import rejection_error
 from sandboxer.client.transport import OutputCallback, Row
 from sandboxer.errors import BusError, CommandFailed, InvalidInput, NotFound
 from sandboxer.ids import derive_sandbox_id, new_command_id
-from sandboxer.pagination import Page
+from sandboxer.pagination import DEFAULT_LIMIT, Page
 from sandboxer.transfer import Copied, StdinSource
 
 __all__ = ["BusTransport"]
@@ -300,7 +300,7 @@ class BusTransport:
     # -- credits and routing ---------------------------------------------------------------------
 
     async def credits(
-        self, project: str | None, *, limit: int = 1000, after: str | None = None
+        self, project: str | None, *, limit: int = DEFAULT_LIMIT, after: str | None = None
     ) -> Page[Row]:
         return await self.client.credits(project, limit=limit, after=after)
 

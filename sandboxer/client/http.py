@@ -44,7 +44,7 @@ from sandboxer.errors import (
 )
 from sandboxer.exec_protocol.wire import check_path
 from sandboxer.ids import new_command_id
-from sandboxer.pagination import Page
+from sandboxer.pagination import DEFAULT_LIMIT, Page
 from sandboxer.transfer import Copied, StdinSource, copy_target, place_copy
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.pack import pack_directory
@@ -549,7 +549,7 @@ class HttpTransport:
     # -- credits and routing -------------------------------------------------------------------
 
     async def credits(
-        self, project: str | None, *, limit: int = 1000, after: str | None = None
+        self, project: str | None, *, limit: int = DEFAULT_LIMIT, after: str | None = None
     ) -> Page[Row]:
         if project is None:
             params: dict[str, Any] = {"limit": limit}

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandboxer.pagination import Page
+from sandboxer.pagination import DEFAULT_LIMIT, Page
 from sandboxer.transfer import Copied, StdinSource
 
 __all__ = ["OutputCallback", "Row", "Transport"]
@@ -147,7 +147,7 @@ class Transport(Protocol):
     ) -> AsyncIterator[tuple[int, Row]]: ...
 
     async def credits(
-        self, project: str | None, *, limit: int = 1000, after: str | None = None
+        self, project: str | None, *, limit: int = DEFAULT_LIMIT, after: str | None = None
     ) -> Page[Row]: ...
 
     async def usage(
