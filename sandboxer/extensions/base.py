@@ -65,6 +65,14 @@ class ProvisionRequest:
         counts as sent again, as one this worker retried itself does."""
         return self.attempt > 1
 
+    @property
+    def made_by(self) -> tuple[int, int]:
+        """This provisioning in the log's order, (generation, attempt): a later delivery of
+        the job (or a recreate) is a later one, even while this one still runs (frozen, or
+        cut off from NATS past ``ack_wait``). Hosted backends label what they make with it
+        (:mod:`sandboxer.hosted.attempt_fence`)."""
+        return (self.generation, self.attempt)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Readiness:

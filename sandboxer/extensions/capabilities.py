@@ -25,6 +25,7 @@ from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import ConfigError
 
 __all__ = [
+    "AttemptScoped",
     "BuiltFromDeclaration",
     "BuiltFromSettings",
     "Closable",
@@ -110,6 +111,23 @@ class Snapshotter(Protocol):
         """Copy the workspace's tree into the existing local directory ``destination``; what
         the copy left out (FIFOs, sockets, devices), which the snapshot records as warnings
         for its user. None from a backend written before it was reported: nothing told."""
+
+
+@runtime_checkable
+class AttemptScoped(Protocol):
+    """Labels each provider sandbox with the provisioning that made it, (generation, attempt)
+    (E2B, Modal; :mod:`sandboxer.hosted.attempt_fence`), so it can remove what one
+    provisioning and those before it made and never a later one's. The worker tears down a
+    failed or taken-over provisioning through it: by then the job may have gone to another
+    worker (this one frozen or cut off past ``ack_wait``), whose sandbox the log's ``ready``
+    may name, and a plain teardown would remove that too."""
+
+    async def teardown_attempt(
+        self, sandbox_id: str, made_by: tuple[int, int], *, host: str | None = None
+    ) -> None:
+        """Remove the sandboxes of ``sandbox_id`` that provisioning ``made_by`` or an earlier
+        one made (and, like :meth:`teardown`, those its creates given up on still make);
+        gone is done."""
 
 
 @runtime_checkable

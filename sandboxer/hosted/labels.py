@@ -7,6 +7,9 @@ Each also names the backend declaration that made it (:data:`EXTENSION_LABEL`): 
 declarations may share one provider account (``ext.e2b`` and an ``ext.e2b-eu`` with the
 same key), and each must list and tear down only its own. E2B and Modal sandboxes made
 before that label have none: whose they are is the log's to say (:func:`maker`).
+
+E2B and Modal sandboxes also name the provisioning that made them (:data:`ATTEMPT_LABEL`),
+so that an attempt removes only its own and earlier ones' (:mod:`.attempt_fence`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 __all__ = [
+    "ATTEMPT_LABEL",
     "EXTENSION_LABEL",
     "PROJECT_LABEL",
     "SANDBOX_LABEL",
@@ -28,12 +32,22 @@ PROJECT_LABEL = "sandboxer_project"
 EXTENSION_LABEL = "sandboxer_extension"
 """The declaration's id (``ext.e2b-eu``). The providers' specs set no limit on these keys and
 values; an id is ``ext.`` and ``[a-z0-9-]``, safe in E2B's URL-encoded metadata query."""
+ATTEMPT_LABEL = "sandboxer_attempt"
+"""The provisioning that made the sandbox, ``<generation>.<attempt>`` (digits and a dot)."""
 
 
-def labels_for(sandbox_id: str, project: str | None, extension: str) -> dict[str, str]:
+def labels_for(
+    sandbox_id: str,
+    project: str | None,
+    extension: str,
+    made_by: tuple[int, int] | None = None,
+) -> dict[str, str]:
+    """Our labels; with ``made_by`` (generation, attempt), the provisioning's too."""
     labels = {SANDBOX_LABEL: sandbox_id, EXTENSION_LABEL: extension}
     if project:
         labels[PROJECT_LABEL] = project
+    if made_by is not None:
+        labels[ATTEMPT_LABEL] = "{}.{}".format(*made_by)
     return labels
 
 

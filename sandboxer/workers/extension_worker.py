@@ -57,7 +57,7 @@ from sandboxer.errors import (
 )
 from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
 from sandboxer.extensions.base import Extension, ProvisionRequest, Readiness
-from sandboxer.extensions.capabilities import Pooling, TimeoutKeeper
+from sandboxer.extensions.capabilities import AttemptScoped, Pooling, TimeoutKeeper
 from sandboxer.secrets import redact, resolve_secrets
 from sandboxer.workers import deciding
 from sandboxer.workers.backend_for import backend_for, backend_for_id
@@ -288,8 +288,15 @@ class ExtensionWorker:
         reason = _reason(exc, secrets)
         log.warning("sandbox %s failed at %s: %s", job.sandbox_id, stage, reason)
         if await self._taken_over(job.sandbox_id, mine):
-            return  # what is there now is the later attempt's: not ours to tear down
-        cleanup = await self._safe_teardown(job.sandbox_id, state.host)
+            # What is there now is the later attempt's: not ours to tear down. A backend that
+            # labels what each attempt makes can still remove this one's (a create of it
+            # that landed late) without touching the later one's.
+            if isinstance(self.extension, AttemptScoped):
+                await self._safe_teardown(job.sandbox_id, state.host, made_by=mine)
+            return
+        # Only this attempt's where the backend can tell: the later attempt that would take
+        # over may start between the look above and this teardown.
+        cleanup = await self._safe_teardown(job.sandbox_id, state.host, made_by=mine)
         if cleanup is not None:
             # What the backend made is still there: the sandbox stays this backend's
             # (failed, so its expiry or a destroy tears it down here), never rerouted to
@@ -402,6 +409,8 @@ class ExtensionWorker:
             await follow_expiry(backend, loaded.state, lambda exc: _reason(exc, secrets))
         if taken_over(loaded.state, mine):
             _log_taken_over(job.sandbox_id, mine, loaded.state)
+            if isinstance(backend, AttemptScoped):  # this attempt's own only (see above)
+                await self._safe_teardown(job.sandbox_id, state.host, backend, made_by=mine)
         elif not marked and loaded.state.status not in {"ready", "active"}:
             # Destroyed (or recreated) while we worked: do not leave what we made behind.
             log.info(
@@ -409,7 +418,7 @@ class ExtensionWorker:
                 job.sandbox_id,
                 loaded.state.status,
             )
-            await backend.teardown(job.sandbox_id, host=state.host)
+            await _remove(backend, job.sandbox_id, state.host, mine)
 
     async def _taken_over(self, sandbox_id: str, mine: Attempt) -> bool:
         """Whether a later attempt has the sandbox and what ``mine`` made (logged when so)."""
@@ -480,14 +489,20 @@ class ExtensionWorker:
         await self.apply(job.sandbox_id, FinishTeardown(job_id=job.job_id))
 
     async def _safe_teardown(
-        self, sandbox_id: str, host: str | None, backend: Extension | None = None
+        self,
+        sandbox_id: str,
+        host: str | None,
+        backend: Extension | None = None,
+        *,
+        made_by: Attempt | None = None,
     ) -> str | None:
         """Tear down without raising: None when it worked, else why it did not. ``backend``:
-        the one to use, else the one speaking with the key the sandbox's log chose."""
+        the one to use, else the one speaking with the key the sandbox's log chose.
+        ``made_by``: only what that provisioning and earlier ones made (:func:`_remove`)."""
         try:
             if backend is None:
                 backend = await backend_for_id(self._store, self.extension, sandbox_id)
-            await backend.teardown(sandbox_id, host=host)
+            await _remove(backend, sandbox_id, host, made_by)
         except Exception as exc:
             log.exception("teardown of %s failed", sandbox_id)
             return _reason(exc, {})
@@ -536,6 +551,20 @@ class ExtensionWorker:
                 at=utc_now(),
             )
         )
+
+
+async def _remove(
+    backend: Extension, sandbox_id: str, host: str | None, made_by: Attempt | None
+) -> None:
+    """Tear the sandbox down; with ``made_by``, only what that provisioning and earlier ones
+    made where the backend can tell (:class:`AttemptScoped`): the job may have gone to another
+    worker while this one was frozen or cut off, and the log's ``ready`` may name what that
+    later attempt made. Other backends remove everything under the id, as before."""
+    if made_by is not None and isinstance(backend, AttemptScoped):
+        made = (made_by.generation, made_by.attempt)
+        await backend.teardown_attempt(sandbox_id, made, host=host)
+    else:
+        await backend.teardown(sandbox_id, host=host)
 
 
 def _access_warnings(backend: Extension, profile: Profile | None) -> list[str]:

@@ -198,9 +198,11 @@ class TestExtensionContract:
         extension = subject.extension
         request = request_for("contract0003", subject)
         await extension.provision(request)
-        # The job delivered again: the worker's next attempt (ProvisionRequest.attempt).
-        await extension.provision(dataclasses.replace(request, attempt=2))
-        await extension.wait_ready(request)
+        # The job delivered again: the worker's next attempt (ProvisionRequest.attempt), which
+        # waits for what it made itself (hosted backends look up their own attempt's).
+        again = dataclasses.replace(request, attempt=2)
+        await extension.provision(again)
+        await extension.wait_ready(again)
         assert [f.sandbox_id for f in await extension.list_sandboxes()] == ["contract0003"]
 
     @pytest.mark.parametrize("bad", ["../../etc", "a;rm -rf /", "UPPER1234", "x", "$(id)aaaa"])

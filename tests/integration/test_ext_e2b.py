@@ -85,6 +85,7 @@ async def test_lifecycle_labels_the_sandbox_and_records_no_token(
         "sandboxer_id": "e2blife0001",
         "sandboxer_extension": "ext.e2b",
         "sandboxer_project": "proj1",
+        "sandboxer_attempt": "1.1",  # generation 1, attempt 1
     }
     assert record.alias == "base"
     descriptor = readiness.descriptor
@@ -594,3 +595,32 @@ async def test_a_failed_create_that_lands_after_its_teardown_is_killed(
         await asyncio.sleep(0.05)
     assert len(e2b_double.double.made) == 3
     assert e2b_double.double.live() == []
+
+
+async def test_a_resumed_earlier_attempt_kills_only_its_own(e2b_double: ServedE2b) -> None:
+    """Attempt 2's worker is frozen past ack_wait; attempt 3, on another worker process,
+    makes the sandbox the log's `ready` names. Attempt 2 resumes: as a redelivered job it
+    clears leftovers, creates, kills twins once ready, and (taken over) tears down what it
+    made. Each of those kills only attempt 2's sandboxes and earlier ones', never attempt 3's."""
+    made = request("e2bfence001")
+    earlier_leftover = e2b_double.double.plant_orphan(  # attempt 1's, left by a dead worker
+        labels_for("e2bfence001", "proj1", "ext.e2b", (1, 1))
+    )
+    later = E2bExtension(settings_for(e2b_double))
+    resumed = E2bExtension(settings_for(e2b_double))
+    try:
+        third = dataclasses.replace(made, attempt=3)
+        await later.provision(third)
+        readiness = await later.wait_ready(third)
+        ready_one = readiness.descriptor["sandbox_id"]
+        second = dataclasses.replace(made, attempt=2)
+        await resumed.provision(second)
+        own = [r for r in e2b_double.double.live() if r.sandbox_id != ready_one]
+        assert [r.metadata["sandboxer_attempt"] for r in own] == ["1.2"]
+        await resumed.wait_ready(second)  # a redelivered attempt's: kills others it may
+        await resumed.teardown_attempt("e2bfence001", second.made_by)  # taken over
+    finally:
+        await later.aclose()
+        await resumed.aclose()
+    assert [r.sandbox_id for r in e2b_double.double.live()] == [ready_one]
+    assert earlier_leftover.sandbox_id not in {r.sandbox_id for r in e2b_double.double.live()}

@@ -83,6 +83,7 @@ async def test_lifecycle(
         "sandboxer_id": "modal00001",
         "sandboxer_extension": "ext.modal",
         "sandboxer_project": "proj-a",
+        "sandboxer_attempt": "1.1",  # generation 1, attempt 1
     }
     assert record.gpu == "A10G"
     assert record.image == "python:3.12-slim"
@@ -204,10 +205,11 @@ async def test_second_provision_of_one_id_leaves_exactly_one(
     req = request("modal00009")
     await ext.provision(req)
     first = modal_double.running_for("modal00009")[0].sandbox_id
-    await ext.provision(dataclasses.replace(req, attempt=2))  # its job, delivered again
+    again = dataclasses.replace(req, attempt=2)  # its job, delivered again
+    await ext.provision(again)
     [second] = modal_double.running_for("modal00009")
     assert second.sandbox_id != first  # started clean
-    await ext.wait_ready(req)
+    await ext.wait_ready(again)
 
 
 async def test_a_bad_token_is_provider_auth_naming_its_source(
@@ -408,3 +410,36 @@ async def test_an_exec_finds_its_labelled_sandbox_without_reading_tags(
     assert (await run(ext, "modal00031", "true"))[0] == 0
     assert "SandboxTagsGet" not in modal_double.calls, modal_double.calls
     await ext.teardown("modal00031")
+
+
+async def test_a_later_attempt_never_adopts_an_earlier_attempt_s_sandbox(
+    modal_double: ModalDouble, extension: Callable[..., ModalExtension]
+) -> None:
+    """Attempt 1's worker is cut off with its create on the way; the job goes to attempt 2,
+    which finds nothing and creates. Attempt 1's create lands first, so Modal refuses attempt
+    2's (the name is taken). Adopting it would leave the log's `ready` naming a sandbox that
+    attempt 1, still running, may remove as its own: attempt 2 terminates it and makes its
+    own, which attempt 1's clean-up then leaves alone."""
+    modal_double.inject(Fault("SandboxCreate", "done_late", delay=1.0, times=1))
+    modal_double.inject(Fault("SandboxCreate", "latency", delay=2.0, times=1))
+    req = request("modalfence1")
+    cut_off = extension(create_settle=2)  # its clean-up looks for its late create that long
+    sent = asyncio.create_task(cut_off.provision(req))
+    for _ in range(250):
+        if "SandboxCreate" in modal_double.calls:
+            break
+        await asyncio.sleep(0.02)
+    sent.cancel()  # its create goes on at Modal
+    await asyncio.gather(sent, return_exceptions=True)
+    ext = extension()
+    again = dataclasses.replace(req, attempt=2)
+    await ext.provision(again)  # lists nothing; its create is refused: attempt 1's landed
+    readiness = await ext.wait_ready(again)
+    [earlier] = [
+        r for r in modal_double.sandboxes.values() if r.tags.get("sandboxer_attempt") == "1.1"
+    ]
+    [record] = modal_double.running_for("modalfence1")
+    assert readiness.descriptor["modal_sandbox_id"] == record.sandbox_id != earlier.sandbox_id
+    assert record.tags["sandboxer_attempt"] == "1.2"
+    await cut_off.teardown_attempt("modalfence1", req.made_by)  # attempt 1 tears down its own
+    assert [r.sandbox_id for r in modal_double.running_for("modalfence1")] == [record.sandbox_id]

@@ -53,6 +53,8 @@ def test_the_create_body_carries_template_timeout_labels_and_secrets() -> None:
         inputs={},
         secrets={"TOKEN": "s3cret"},
         project="team-a",
+        generation=2,
+        attempt=3,
     )
     body, warnings = create_body(request, "base", 900, "ext.e2b-eu")
     assert body == {
@@ -62,6 +64,7 @@ def test_the_create_body_carries_template_timeout_labels_and_secrets() -> None:
             "sandboxer_id": "abcd12345678",
             "sandboxer_extension": "ext.e2b-eu",
             "sandboxer_project": "team-a",
+            "sandboxer_attempt": "2.3",  # the provisioning that makes it
         },
         "envVars": {"TOKEN": "s3cret"},
     }

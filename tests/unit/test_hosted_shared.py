@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sandboxer.errors import ConfigError, ProviderQuota, ProviderUnavailable
+from sandboxer.hosted.attempt_fence import made_by, own, removable
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.labels import labels_for, made_elsewhere, maker, our_sandbox_id
 from sandboxer.hosted.provider_settings import provider_value
@@ -64,6 +65,30 @@ def test_labels_name_our_sandbox_and_the_backend_that_made_it() -> None:
     assert not made_elsewhere(made, "ext.e2b")
     assert made_elsewhere(made, "ext.e2b-eu")
     assert not made_elsewhere({"sandboxer_id": "sbx1"}, "ext.e2b-eu")  # before the label
+
+
+def test_an_attempt_adopts_its_own_and_removes_its_own_and_earlier_ones_only() -> None:
+    """Two attempts at one provisioning may run at once (a job redelivered past ack_wait to
+    another worker while the first is frozen): neither may remove the later one's sandbox."""
+    labels = labels_for("sbx1", "proj", "ext.e2b", (2, 3))
+    assert labels["sandboxer_attempt"] == "2.3"
+    assert made_by(labels) == (2, 3)
+    assert own(labels, (2, 3))
+    assert not own(labels, (2, 4))
+    assert removable(labels, (2, 3))  # its own
+    assert removable(labels, (2, 4))  # a later attempt of the generation
+    assert removable(labels, (3, 1))  # a later generation (a recreate)
+    assert not removable(labels, (2, 2))  # an earlier attempt, resumed
+    assert not removable(labels, (1, 9))  # an earlier generation's
+    # Made before the label, or a value that is not ours: as earlier, never adopted.
+    for unsaid in (
+        {"sandboxer_id": "sbx1"},
+        {"sandboxer_attempt": "x.1"},
+        {"sandboxer_attempt": "1"},
+    ):
+        assert made_by(unsaid) is None
+        assert removable(unsaid, (1, 1))
+        assert not own(unsaid, (1, 1))
 
 
 def unavailable() -> ProviderUnavailable:

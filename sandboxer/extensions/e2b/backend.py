@@ -21,6 +21,12 @@ it. For the same reason a failed create's teardown finds nothing while a create
 we gave up on still boots: it looks again until that create can no longer land
 (``create_settle``, shared :class:`~sandboxer.hosted.create_once.LateCreates`).
 
+Two attempts at one provisioning may run at once (the job redelivered past ``ack_wait``
+while the first worker is frozen or cut off, not dead): each E2B sandbox is labelled with
+the attempt that made it, and an attempt adopts only its own and kills only its own and
+earlier ones', never a later one's (:mod:`sandboxer.hosted.attempt_fence`); the worker
+tears a failed attempt down through :meth:`E2bExtension.teardown_attempt`.
+
 Our TTL ends the sandbox; E2B's own timeout is set a margin past it as a
 backstop and moved whenever the TTL moves (:class:`TimeoutKeeper`). Commands
 run through envd inside the sandbox, which the control-plane API does not
@@ -66,6 +72,7 @@ from sandboxer.extensions.e2b.wire import (
     ttl_seconds,
 )
 from sandboxer.extensions.ssh_checks import check_sandbox_id
+from sandboxer.hosted.attempt_fence import MadeBy, own, removable
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL, made_elsewhere
@@ -143,9 +150,13 @@ class E2bExtension:
         check_sandbox_id(sandbox_id, self.id)
         template = template_of(request.profile)
         api = self._client()
+        mine = request.made_by
         # A redelivered job: what an earlier attempt made is removed, and we start clean. (A
         # first attempt had none before it: the listing would cost every create a request.)
-        leftovers = await self._labelled(sandbox_id) if request.redelivered else []
+        # Not a later attempt's: this one may be the earlier, resumed past ack_wait.
+        leftovers = (
+            await self._labelled(sandbox_id, removable_by=mine) if request.redelivered else []
+        )
         for leftover in leftovers:
             log.info("%s: killing %s left by an earlier attempt", sandbox_id, leftover.provider_id)
             await api.kill(leftover.provider_id, sandbox_id=sandbox_id)
@@ -160,7 +171,9 @@ class E2bExtension:
 
         async def find() -> tuple[Created, dict[str, str]] | None:
             self._retried.add(sandbox_id)  # asked before a create is sent again
-            found = await self._labelled(sandbox_id)
+            # Only this attempt's create is ours to adopt: another attempt's sandbox is its
+            # own to keep (a later one's) or to be killed once ours is ready (an earlier one's).
+            found = await self._labelled(sandbox_id, made_by=mine)
             for extra in found[1:]:  # never two: keep the first, kill the rest
                 await api.kill(extra.provider_id, sandbox_id=sandbox_id)
             if not found:
@@ -194,6 +207,7 @@ class E2bExtension:
             sandbox_id,
             lambda provider_id: api.get(provider_id, sandbox_id=sandbox_id),
             gone=lambda found: found is None,
+            made_by=request.made_by,
         )
         if sandbox is None:
             self._known.pop(sandbox_id, None)
@@ -206,7 +220,7 @@ class E2bExtension:
         # A create sent once made one sandbox: no listing. One sent again, by this process
         # or by the killed worker of a redelivered job, may have a twin that landed since.
         if request.redelivered or sandbox_id in self._retried:
-            await self._kill_others(sandbox_id, provider_id)
+            await self._kill_others(sandbox_id, provider_id, request.made_by)
             self._retried.discard(sandbox_id)
         if sandbox.state != "running":
             raise ExtensionError(
@@ -248,8 +262,28 @@ class E2bExtension:
                     log.info("%s: killed E2B sandbox %s", sandbox_id, provider_id)
 
         await self._late.teardown(sandbox_id, kill_ours)
-        if self._tokens is not None:
-            await asyncio.to_thread(self._tokens.forget, sandbox_id)
+        await self._forget_tokens(sandbox_id)
+
+    async def teardown_attempt(
+        self, sandbox_id: str, made_by: MadeBy, *, host: str | None = None
+    ) -> None:
+        """Kill the E2B sandboxes labelled with our id that provisioning ``made_by`` or an
+        earlier one made, never a later one's; looked for again while a create we gave up on
+        may still land (:class:`~sandboxer.extensions.capabilities.AttemptScoped`)."""
+        del host
+        check_sandbox_id(sandbox_id, self.id)
+        api = self._client()
+        self._known.pop(sandbox_id, None)  # it may name a later attempt's: looked up again
+
+        async def kill_this_attempts() -> None:
+            for found in await self._labelled(sandbox_id, removable_by=made_by):
+                if await api.kill(found.provider_id, sandbox_id=sandbox_id):
+                    log.info("%s: killed E2B sandbox %s", sandbox_id, found.provider_id)
+
+        await self._late.teardown(sandbox_id, kill_this_attempts)
+        # A later attempt's token may go too: one missing is asked of E2B again, while one
+        # kept for a sandbox killed here would be handed out.
+        await self._forget_tokens(sandbox_id)
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         """Every running or paused E2B sandbox of the team that carries our label and was
@@ -394,14 +428,28 @@ class E2bExtension:
         if self._tokens is not None and tokens:
             await asyncio.to_thread(self._tokens.keep, sandbox_id, tokens)
 
-    async def _labelled(self, sandbox_id: str) -> list[Listed]:
+    async def _forget_tokens(self, sandbox_id: str) -> None:
+        if self._tokens is not None:
+            await asyncio.to_thread(self._tokens.forget, sandbox_id)
+
+    async def _labelled(
+        self,
+        sandbox_id: str,
+        *,
+        made_by: MadeBy | None = None,
+        removable_by: MadeBy | None = None,
+    ) -> list[Listed]:
         """E2B's sandboxes of ours for ``sandbox_id``; not another declaration's on the same
         team (a copy it made before the sandbox was rerouted here, or the other way round).
-        Not filtered by E2B on our extension label: those made before it have none."""
+        Not filtered by E2B on our extension label: those made before it have none.
+        ``made_by``: only that provisioning's; ``removable_by``: only those that
+        provisioning may kill (its own and earlier ones')."""
         return [
             found
             for found in await self._client().list_live({SANDBOX_LABEL: sandbox_id})
             if not made_elsewhere(found.metadata, self.id)
+            and (made_by is None or own(found.metadata, made_by))
+            and (removable_by is None or removable(found.metadata, removable_by))
         ]
 
     def _ours(self, sandbox: Listed) -> str | None:
@@ -416,12 +464,13 @@ class E2bExtension:
             return None
         return ours
 
-    async def _provider_id(self, sandbox_id: str) -> str:
-        """E2B's id for ours: from the cache, else by our label (a restarted worker)."""
+    async def _provider_id(self, sandbox_id: str, made_by: MadeBy | None = None) -> str:
+        """E2B's id for ours: from the cache, else by our label (a restarted worker), and
+        then only ``made_by``'s when given (a provisioning confirms its own create)."""
         cached = self._known.get(sandbox_id)
         if cached is not None:
             return cached
-        found = await self._labelled(sandbox_id)
+        found = await self._labelled(sandbox_id, made_by=made_by)
         if not found:
             raise SandboxNotFound(
                 f"no E2B sandbox carries {SANDBOX_LABEL}={sandbox_id}: it was killed, or its "
@@ -438,31 +487,35 @@ class E2bExtension:
         act: Callable[[str], Awaitable[R]],
         *,
         gone: Callable[[R], bool],
+        made_by: MadeBy | None = None,
     ) -> tuple[str, R]:
         """``act`` on E2B's sandbox for ours: (its E2B id, what ``act`` answered).
 
         The cached id may be stale: another worker process may have made the sandbox again
         since (a recreate, a redelivered provision). When E2B no longer knows a cached id,
         the cache is dropped and the sandbox looked up by its label, once; an id just read
-        from the label is the truth, and its answer stands."""
+        from the label is the truth, and its answer stands. ``made_by``: the label looked up
+        is that provisioning's (see :meth:`_provider_id`)."""
         cached = sandbox_id in self._known
-        provider_id = await self._provider_id(sandbox_id)
+        provider_id = await self._provider_id(sandbox_id, made_by)
         answer = await act(provider_id)
         if cached and gone(answer):
             log.info("%s: E2B no longer knows %s; looking it up by label", sandbox_id, provider_id)
             self._known.pop(sandbox_id, None)
-            provider_id = await self._provider_id(sandbox_id)
+            provider_id = await self._provider_id(sandbox_id, made_by)
             answer = await act(provider_id)
         return provider_id, answer
 
-    async def _kill_others(self, sandbox_id: str, keep: str) -> None:
-        """Kill every E2B sandbox labelled with our id but ``keep``.
+    async def _kill_others(self, sandbox_id: str, keep: str, mine: MadeBy) -> None:
+        """Kill every E2B sandbox labelled with our id but ``keep`` that provisioning
+        ``mine`` or an earlier one made.
 
         A create that outlived its request timeout, or whose worker was killed waiting for
         it (the job then redelivered), may finish after the create sent again made another:
         E2B's list shows only running and paused sandboxes, so while it booted the second
-        could not see it. Once ours is ready, any other is such a one."""
-        for other in await self._labelled(sandbox_id):
+        could not see it. Once ours is ready, any other of ours or earlier is such a one. A
+        later attempt's is not: the log's ``ready`` may name it."""
+        for other in await self._labelled(sandbox_id, removable_by=mine):
             if other.provider_id != keep:
                 log.info(
                     "%s: killing %s, a second E2B sandbox of it", sandbox_id, other.provider_id

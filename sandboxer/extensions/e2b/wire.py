@@ -90,7 +90,7 @@ def create_body(
     body: dict[str, Any] = {
         "templateID": template,
         "timeout": timeout,
-        "metadata": labels_for(request.sandbox_id, request.project, extension),
+        "metadata": labels_for(request.sandbox_id, request.project, extension, request.made_by),
     }
     warnings: list[str] = []
     if request.secrets:

@@ -10,6 +10,12 @@ on the same workspace and app (``ext.modal-eu`` with the same token) lists and
 terminates only its own; one made before that tag is listed ``unmarked``, for
 the log to say whose it is.
 
+A tag ``sandboxer_attempt`` names the provisioning that made it: two attempts at one
+sandbox may run at once (the job redelivered past ``ack_wait`` while the first worker is
+frozen or cut off, not dead), and an attempt adopts only its own and terminates only its
+own and earlier ones', never a later one's (:mod:`sandboxer.hosted.attempt_fence`); the
+worker tears a failed attempt down through :meth:`ModalExtension.teardown_attempt`.
+
 A worker without the ``modal`` extra stops at start with the install command (the
 backend looks for the SDK when it is built); the SDK itself, about 15 MB of memory,
 is imported at the first call that needs it, and the token is resolved then too, so
@@ -62,6 +68,7 @@ from sandboxer.extensions.modal.plan import (
     provider_timeout,
 )
 from sandboxer.extensions.ssh_exec_stop import stoppable
+from sandboxer.hosted.attempt_fence import MadeBy, removable
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import (
@@ -198,16 +205,18 @@ class ModalExtension:
     async def provision(self, request: ProvisionRequest) -> None:
         sandbox_id = checked(request.sandbox_id)
         image = image_of(request.profile)
+        mine = request.made_by
         # A redelivered job (a crash after the create, a create whose answer was lost) may
         # have left one: start clean, so that exactly one exists afterwards. A first attempt
-        # had none before it (the listing would cost every create a call).
-        earlier_ones = await self._find(sandbox_id) if request.redelivered else []
+        # had none before it (the listing would cost every create a call). Not a later
+        # attempt's: this one may be the earlier, resumed past ack_wait.
+        earlier_ones = await self._removable(sandbox_id, mine) if request.redelivered else []
         for earlier in earlier_ones:
             log.info("sandbox %s: removing what an earlier attempt made", sandbox_id)
             await self._terminate(earlier, sandbox_id)
         await create_once(
             lambda: self._create(request, image),
-            lambda: self._find_one(sandbox_id),
+            lambda: self._find_own(sandbox_id, mine),
             sandbox_id=sandbox_id,
             late=self._late,
             redelivered=request.redelivered,
@@ -217,7 +226,13 @@ class ModalExtension:
 
     async def wait_ready(self, request: ProvisionRequest) -> Readiness:
         sandbox_id = checked(request.sandbox_id)
-        sandbox = await self._require(sandbox_id)
+        sandbox = await self._find_own(sandbox_id, request.made_by)
+        if sandbox is None:  # terminated, or (this attempt was held up) a later one's since
+            raise SandboxNotFound(
+                f"the Modal sandbox this provisioning of {sandbox_id} made is not running",
+                sandbox_id=sandbox_id,
+                extension=self.id,
+            )
         returncode = await self._boundary.call(
             "checking the sandbox", sandbox.poll.aio, sandbox_id=sandbox_id
         )
@@ -260,6 +275,21 @@ class ModalExtension:
 
         # While a create of it we gave up on may still land, it is looked for again.
         await self._late.teardown(sandbox_id, terminate_ours)
+
+    async def teardown_attempt(
+        self, sandbox_id: str, made_by: MadeBy, *, host: str | None = None
+    ) -> None:
+        """Terminate the sandboxes tagged with our id that provisioning ``made_by`` or an
+        earlier one made, never a later one's; looked for again while a create we gave up on
+        may still land (:class:`~sandboxer.extensions.capabilities.AttemptScoped`)."""
+        del host
+        sandbox_id = checked(sandbox_id)
+
+        async def terminate_this_attempts() -> None:
+            for sandbox in await self._removable(sandbox_id, made_by):
+                await self._terminate(sandbox, sandbox_id)
+
+        await self._late.teardown(sandbox_id, terminate_this_attempts)
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         connection = await self._connect()
@@ -445,7 +475,7 @@ class ModalExtension:
                 *KEEP_ALIVE,
                 app=connection.app,
                 name=f"sandboxer-{sandbox_id}",
-                tags=labels_for(sandbox_id, request.project, self.id),
+                tags=labels_for(sandbox_id, request.project, self.id, request.made_by),
                 image=modal.Image.from_registry(image),
                 env=dict(request.secrets) or None,
                 timeout=timeout,
@@ -458,24 +488,35 @@ class ModalExtension:
                 **network,
             )
 
+        creating = f"creating a sandbox from {image!r}"
         try:
-            return await self._boundary.call(
-                f"creating a sandbox from {image!r}", create, sandbox_id=sandbox_id, retry=False
-            )
+            return await self._boundary.call(creating, create, sandbox_id=sandbox_id, retry=False)
         except ProviderError as exc:
             if exc.status != "ALREADY_EXISTS":
                 raise
-            # A create of ours whose answer was lost (the SDK retried it) made it: take it.
-            existing = await self._find_one(sandbox_id)
-            if existing is None:
+            # The name is taken. By this attempt's own create whose answer was lost (the SDK
+            # retried it): take it. By an earlier attempt's, whose create landed after this
+            # one cleared the way: terminate it and create once more. By a later attempt's:
+            # the sandbox is that one's, and this one stops (the worker finds it taken over).
+            existing = await self._find_own(sandbox_id, request.made_by)
+            if existing is not None:
+                return existing
+            earlier = await self._removable(sandbox_id, request.made_by)
+            if not earlier:
                 raise
-            return existing
+            for sandbox in earlier:
+                log.info(
+                    "sandbox %s: removing an earlier attempt's, which has its name", sandbox_id
+                )
+                await self._terminate(sandbox, sandbox_id, wait=True)
+            return await self._boundary.call(creating, create, sandbox_id=sandbox_id, retry=False)
 
-    async def _find(self, sandbox_id: str) -> list[Any]:
+    async def _tagged(self, sandbox_id: str, tags: dict[str, str]) -> list[Any]:
+        """The app's running sandboxes carrying every one of ``tags`` (Modal matches them all)."""
         connection = await self._connect()
         modal = self._modal
 
-        async def matching(tags: dict[str, str]) -> list[Any]:
+        async def matching() -> list[Any]:
             return [
                 sandbox
                 async for sandbox in modal.Sandbox.list.aio(
@@ -484,18 +525,18 @@ class ModalExtension:
             ]
 
         looking = f"looking for the sandbox of {sandbox_id}"
+        return await self._boundary.call(looking, matching, sandbox_id=sandbox_id)
+
+    async def _find(self, sandbox_id: str) -> list[Any]:
         # Modal matches every tag given: the usual case (an exec, a copy) is one call.
-        labelled = {SANDBOX_LABEL: sandbox_id, EXTENSION_LABEL: self.id}
-        found = await self._boundary.call(
-            looking, lambda: matching(labelled), sandbox_id=sandbox_id
+        found = await self._tagged(
+            sandbox_id, {SANDBOX_LABEL: sandbox_id, EXTENSION_LABEL: self.id}
         )
         if found:
             return found
         # Those made before the extension tag have none: listed by id, their tags read; a
         # sandbox of this id another declaration made (a copy, before a reroute) is not ours.
-        tagged = await self._boundary.call(
-            looking, lambda: matching({SANDBOX_LABEL: sandbox_id}), sandbox_id=sandbox_id
-        )
+        tagged = await self._tagged(sandbox_id, {SANDBOX_LABEL: sandbox_id})
         ours = []
         for sandbox in tagged:
             tags = await self._tags(sandbox, sandbox_id)
@@ -515,6 +556,24 @@ class ModalExtension:
             raise
         return dict(tags)
 
+    async def _find_own(self, sandbox_id: str, mine: MadeBy) -> Any | None:
+        """The running sandbox provisioning ``mine`` made, if there is one (one call: its
+        tags are asked for; a sandbox's name lets Modal run one at a time)."""
+        # Without a project, our labels are the id, the declaration and the attempt.
+        found = await self._tagged(sandbox_id, labels_for(sandbox_id, None, self.id, mine))
+        return found[0] if found else None
+
+    async def _removable(self, sandbox_id: str, mine: MadeBy) -> list[Any]:
+        """Our running sandboxes of ``sandbox_id`` that provisioning ``mine`` may terminate: its
+        own and earlier attempts', never a later one's. Each one's tags are read (the SDK's
+        list carries none): a call per sandbox, and there is seldom more than one."""
+        chosen = []
+        for sandbox in await self._find(sandbox_id):
+            tags = await self._tags(sandbox, sandbox_id)
+            if tags is not None and removable(tags, mine):
+                chosen.append(sandbox)
+        return chosen
+
     async def _find_one(self, sandbox_id: str) -> Any | None:
         found = await self._find(sandbox_id)
         for extra in found[1:]:  # never more than one: a second is removed at once
@@ -531,10 +590,13 @@ class ModalExtension:
             )
         return sandbox
 
-    async def _terminate(self, sandbox: Any, sandbox_id: str) -> None:
+    async def _terminate(self, sandbox: Any, sandbox_id: str, *, wait: bool = False) -> None:
+        """Terminate it; with ``wait``, until it has ended (its name is free again then)."""
         try:
             await self._boundary.call(
-                f"terminating {sandbox.object_id}", sandbox.terminate.aio, sandbox_id=sandbox_id
+                f"terminating {sandbox.object_id}",
+                lambda: sandbox.terminate.aio(wait=wait),
+                sandbox_id=sandbox_id,
             )
         except ProviderError as exc:
             if exc.status != "NOT_FOUND":
