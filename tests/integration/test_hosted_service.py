@@ -30,6 +30,7 @@ from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.config.catalog import Catalog
 from sandboxer.errors import CommandFailed
 from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.daytona.plan import our_labels
 from sandboxer.extensions.loading import build_extension
 from sandboxer.extensions.modal.backend import ModalExtension
 from sandboxer.hosted.labels import labels_for
@@ -108,7 +109,7 @@ def daytona(served: DaytonaServed) -> Provider:
             r.labels["sandboxer_id"] for r in double.live() if "sandboxer_id" in r.labels
         ],
         plant_orphan=lambda sandbox_id: _now(
-            double.plant_orphan({"sandboxer_id": sandbox_id, "sandboxer_extension": "ext.daytona"})
+            double.plant_orphan(our_labels(sandbox_id, None, "ext.daytona"))
         ),
         secrets=lambda: [served.key],
         timeout_end=end,
@@ -467,6 +468,63 @@ async def test_two_e2b_declarations_on_one_account_keep_to_their_own(
         client = service.client
         assert sorted(provider.ours()) == sorted(made)
         for extension in ("ext.e2b-eu", "ext.e2b"):
+            [stale] = await client.inventory("stale", extension, {})
+            [drift] = stale["hosts"]
+            assert (drift["orphans"], drift["ghosts"]) == ([], []), extension
+        for sandbox_id in made:
+            await client.destroy(sandbox_id)
+        assert provider.ours() == []
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_two_daytona_declarations_on_one_account_keep_to_their_own(
+    nats_server: Any, home: Path, daytona_double: DaytonaServed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ext.daytona-eu`` declared beside ``ext.daytona`` with the same key sees the same
+    Daytona organization. Neither's start may remove the other's sandboxes as copies of
+    sandboxes the log places elsewhere, nor its ``inspect stale`` show them, and each
+    destroys its own: for each, one made now (labelled with its declaration) and one made
+    before the labels named the declaration (labelled ext.daytona whichever made it: the
+    log decides)."""
+    packaged = Path(__file__).parents[2]
+    declared = (packaged / "extensions" / "ext.daytona.yaml").read_text()
+    (home / "extensions").mkdir(exist_ok=True)
+    (home / "extensions" / "ext.daytona-eu.yaml").write_text(
+        declared.replace("id: ext.daytona\n", "id: ext.daytona-eu\n")
+    )
+    profile = (packaged / "profiles" / "profile.daytona.yaml").read_text()
+    (home / "profiles").mkdir(exist_ok=True)
+    (home / "profiles" / "profile.daytona-eu.yaml").write_text(
+        profile.replace("id: profile.daytona\n", "id: profile.daytona-eu\n").replace(
+            "extension: ext.daytona\n", "extension: ext.daytona-eu\n"
+        )
+    )
+    provider = daytona(daytona_double)
+    for name, value in provider.env.items():
+        monkeypatch.setenv(name, value)
+    roles = ["control", "projector", "ext.daytona", "ext.daytona-eu"]
+    service = await start_service(home, nats_server.url, roles=roles)
+    made: list[str] = []
+    try:
+        await service.fund()
+        for profile_id in ("profile.daytona", "profile.daytona-eu"):
+            for _ in range(2):
+                made.append((await service.client.create(profile_id, timeout=60))["sandbox_id"])
+        for older in (made[1], made[3]):  # as made before the labels named the declaration
+            [record] = [r for r in daytona_double.double.live() if r.name == f"sandboxer-{older}"]
+            record.labels = {"sandboxer_id": older, "sandboxer_extension": "ext.daytona"}
+    finally:
+        await service.client.close()
+        await service.shutdown()
+    # Both reconciles run before the projector answers, so before the checks.
+    roles = ["control", "ext.daytona", "ext.daytona-eu", "projector"]
+    service = await start_service(home, nats_server.url, roles=roles)
+    try:
+        client = service.client
+        assert sorted(provider.ours()) == sorted(made)
+        for extension in ("ext.daytona", "ext.daytona-eu"):
             [stale] = await client.inventory("stale", extension, {})
             [drift] = stale["hosts"]
             assert (drift["orphans"], drift["ghosts"]) == ([], []), extension
