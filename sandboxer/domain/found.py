@@ -28,8 +28,8 @@ class FoundSandbox:
     leftover: bool = False
     """Nothing of the sandbox is left but host-wide slots its backend took for it (ext.local's
     uids and link slots, its directory gone): the backend frees them with
-    :class:`~sandboxer.extensions.capabilities.LeftoverKeeper`'s ``free_leftover``, not its
-    teardown."""
+    :class:`~sandboxer.extensions.capabilities.LeftoverKeeper`'s ``free_leftovers``, not
+    its teardown."""
     unmarked: bool = False
     """A hosted sandbox whose labels do not name the backend that made it (made before they
     did): on an account two declarations share it may be the other's, so it is this

@@ -14,7 +14,7 @@ declares them the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -91,8 +91,10 @@ class LeftoverKeeper(Protocol):
         """A sandbox of which only such resources are left, for each (``leftover`` set):
         only those provably this backend's and no live sandbox's."""
 
-    async def free_leftover(self, sandbox_id: str) -> bool:
-        """Free what is left of ``sandbox_id`` if it is still left over; whether it was."""
+    async def free_leftovers(self, sandbox_ids: Collection[str]) -> Collection[str]:
+        """Free what is left of each of ``sandbox_ids`` that is still left over; those
+        freed. One call for all a reap found, so that the backend can look at the host
+        once for them, not once per id."""
 
 
 @runtime_checkable

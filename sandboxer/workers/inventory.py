@@ -17,7 +17,7 @@ Subjects (core NATS, outside every stream), one set per extension:
 A backend that takes host-wide slots (:class:`~sandboxer.extensions.capabilities.LeftoverKeeper`:
 ext.local's uids and link slots) also reports the sandboxes of which only those are left,
 as found sandboxes with ``leftover`` set: orphans or corpses like any other, freed by the
-backend's ``free_leftover`` instead of its teardown.
+backend's ``free_leftovers`` instead of its teardown (all of one reap in one call).
 
 Remote backends' workers share a queue group (any one of them reaches every
 host); a host-local backend's workers each answer for their own machine, so
@@ -243,8 +243,9 @@ class InventoryService:
                 hosts.append({"host": event_host(host), "unreachable": exc.message})
                 continue
             removed = []
+            leftovers: list[str] = []  # freed together, after the loops
             for orphan in drift.orphans:
-                await self._remove(orphan, host)
+                await self._remove(orphan, host, leftovers)
                 removed.append(orphan.sandbox_id)
             for corpse in drift.corpses:
                 # Recorded before the teardown: should the teardown fail, the sandbox is
@@ -259,8 +260,10 @@ class InventoryService:
                         "was left); recreate or destroy it",
                     ),
                 )
-                await self._remove(corpse, host)
+                await self._remove(corpse, host, leftovers)
                 removed.append(corpse.sandbox_id)
+            if leftovers and isinstance(self._extension, LeftoverKeeper):
+                await self._extension.free_leftovers(leftovers)
             ghosts = drift.ghosts
             for ghost in ghosts:
                 await apply(
@@ -290,10 +293,11 @@ class InventoryService:
             hosts.append({"host": name, "removed": removed, "marked_failed": marked})
         return {"hosts": hosts, "applied": True}
 
-    async def _remove(self, found: FoundSandbox, host: str | None) -> None:
-        """Tear down what the host holds of ``found``; free it, when only leftovers are."""
+    async def _remove(self, found: FoundSandbox, host: str | None, leftovers: list[str]) -> None:
+        """Tear down what the host holds of ``found``; when only leftovers are, add it to
+        ``leftovers``, all freed in one call (the backend looks at the host once for them)."""
         if found.leftover and isinstance(self._extension, LeftoverKeeper):
-            await self._extension.free_leftover(found.sandbox_id)
+            leftovers.append(found.sandbox_id)
         else:
             await self._extension.teardown(found.sandbox_id, host=host)
 

@@ -16,9 +16,10 @@ import pytest
 
 from sandboxer.config.profile import Profile
 from sandboxer.extensions.base import ProvisionRequest
-from sandboxer.extensions.local import LocalExtension, keyrings
+from sandboxer.extensions.local import LocalExtension, backend, keyrings
 from sandboxer.extensions.local.egress import SLOTS_DIR, namespace_path
 from sandboxer.extensions.local.egress_policy import LocalEgress, namespace_for
+from sandboxer.extensions.local.leftovers import Leftover
 from sandboxer.extensions.local.procs import ProcessRef, kill
 from sandboxer.extensions.local.sandbox_uids import UIDS_DIR
 from tests.conftest import require_tool
@@ -158,6 +159,35 @@ async def test_stale_reports_the_leftover_and_reap_frees_it(service: Service) ->
     assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]
     [again] = await client.inventory("stale", "ext.local", {})
     assert again["hosts"][0]["corpses"] == []
+
+
+async def test_one_reap_looks_at_the_host_once_for_all_its_leftovers(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three lost sandboxes, one reap: the host is looked at (every slot file, every
+    directory's state.json, every process's status) once to list them and once per batch
+    of them (two here, of at most two), under their locks, to free them, not once more per
+    sandbox."""
+    client = service.client
+    local = LocalExtension(service.settings.local_root)
+    lost = [(await client.create())["sandbox_id"] for _ in range(3)]
+    uids = [json.loads((local.root / sid / "state.json").read_text())["uid"] for sid in lost]
+    for sandbox_id in lost:
+        await lose(local, sandbox_id)
+    looks = 0
+    look = LocalExtension._leftovers
+
+    def counted(self: LocalExtension) -> list[Leftover]:
+        nonlocal looks
+        looks += 1
+        return look(self)
+
+    monkeypatch.setattr(LocalExtension, "_leftovers", counted)
+    monkeypatch.setattr(backend, "FREE_BATCH", 2)
+    [reaped] = await client.inventory("reap", "ext.local", {"apply": True})
+    assert sorted(reaped["hosts"][0]["removed"]) == sorted(lost)
+    assert looks == 3
+    assert not any((UIDS_DIR / str(uid)).exists() for uid in uids)
 
 
 async def _discard(stream: str, data: bytes) -> None:

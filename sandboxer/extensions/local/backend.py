@@ -22,7 +22,7 @@ import platform
 import shutil
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,6 +74,11 @@ log = logging.getLogger(__name__)
 EGRESS_HOSTS_FILE = "egress-hosts"
 """``/etc/hosts`` lines under ``$SANDBOXER_HOME``: names the proxies resolve before DNS."""
 
+
+FREE_BATCH = 64
+"""Leftovers freed under one look at the host (:meth:`LocalExtension.free_leftovers`). Their
+locks are held together, two open files each, so a batch is bounded: by the worker's open
+files (1024 under systemd's default), and by how long a provision of one of them waits."""
 
 INPUTS_IN = "inputs-in"
 """In a claimed sandbox's directory (outside its workspace: the sandbox cannot write it):
@@ -306,10 +311,14 @@ class LocalExtension:
         async with sandbox_lock(self.root, sandbox_id, remove=True):
             await self._unmake(sandbox_id)
 
-    async def _unmake(self, sandbox_id: str, *, keep_uid: bool = False) -> int | None:
+    async def _unmake(
+        self, sandbox_id: str, *, keep_uid: bool = False, found_uids: Sequence[int] | None = None
+    ) -> int | None:
         """Kill the holder, remove the groups, the network, the uid and the directory (the
         lock held). ``keep_uid``: a provision starting again keeps the sandbox's uid, whose
-        keys are cleared all the same; the uid kept is returned (None: none, or not known)."""
+        keys are cleared all the same; the uid kept is returned (None: none, or not known).
+        ``found_uids``: the uids the slot files give the sandbox, read under the lock by the
+        caller (a reap's one look at the host), so not read again here."""
         layout = self._layout(sandbox_id)
         state = workspace.read_state(layout)
         if state is None and self._pool and not layout.dir.exists():
@@ -334,13 +343,23 @@ class LocalExtension:
         await self._gone(sandbox_id, refs)
         # Kept only under the name it would be taken again by (not a claimed member's).
         kept = await self._free_uid(
-            sandbox_id, group, state, keep=keep_uid and group == self._group(sandbox_id)
+            sandbox_id,
+            group,
+            state,
+            keep=keep_uid and group == self._group(sandbox_id),
+            found_uids=found_uids,
         )
         await asyncio.to_thread(workspace.remove, layout)
         return kept
 
     async def _free_uid(
-        self, sandbox_id: str, group: str, state: State | None, *, keep: bool
+        self,
+        sandbox_id: str,
+        group: str,
+        state: State | None,
+        *,
+        keep: bool,
+        found_uids: Sequence[int] | None = None,
     ) -> int | None:
         """Clear the keys of the uid ``group`` holds, then free it (unless ``keep``): the one
         ``state`` records, or, with no record, whichever the slot files give ``group``. The
@@ -348,8 +367,8 @@ class LocalExtension:
         (the record outlived a reboot, which empties /run) is left alone."""
         if not self._as_root:
             return None
-        if state is None:
-            uids = self._uids.owned_by(group)
+        if state is None:  # each slot file read, unless the caller just did
+            uids = self._uids.owned_by(group) if found_uids is None else list(found_uids)
         elif state.uid is not None and self._uids.holds(group, state.uid):
             uids = [state.uid]
         else:  # none (made before sandboxes had their own: 65534 is no one's to free), or gone
@@ -370,22 +389,41 @@ class LocalExtension:
         return [item.found() for item in await asyncio.to_thread(self._leftovers)]
 
     async def free_leftover(self, sandbox_id: str) -> bool:
-        """Free what :meth:`list_leftovers` found of ``sandbox_id`` as its teardown would (the
-        uid's keys cleared first), if it is still unowned once both roots' locks of the id are
-        held: no provision or claim of it (or of a pool member of that id) is halfway. False
-        when nothing of it is left over (any more)."""
-        self._layout(sandbox_id)
-        # The pool's lock first, as a claim takes them.
-        async with (
-            sandbox_lock(self.root / POOL_DIR, sandbox_id, remove=True),
-            sandbox_lock(self.root, sandbox_id, remove=True),
-        ):
-            leftovers = await asyncio.to_thread(self._leftovers)
-            if not any(item.sandbox_id == sandbox_id for item in leftovers):
-                return False
-            await self._unmake(sandbox_id)
-        log.info("local sandbox %s: freed the slots its lost directory left", sandbox_id)
-        return True
+        """:meth:`free_leftovers` of one id (the tests' clean-up): whether it was left over."""
+        return bool(await self.free_leftovers([sandbox_id]))
+
+    async def free_leftovers(self, sandbox_ids: Collection[str]) -> list[str]:
+        """Free what :meth:`list_leftovers` found of each of ``sandbox_ids`` as its teardown
+        would (the uid's keys cleared first), if it is still unowned once its locks in both
+        roots are held: no provision or claim of one (or of a pool member of that id) is
+        halfway. The ids freed; those no longer left over are left alone.
+
+        One look at the host for up to :data:`FREE_BATCH` of them, not one per id: a look
+        reads every slot file, every directory's ``state.json`` and every process's
+        ``/proc/<pid>/status``."""
+        ids = sorted(set(sandbox_ids))
+        for sandbox_id in ids:
+            self._layout(sandbox_id)  # each id checked before it names a lock file
+        freed: list[str] = []
+        for start in range(0, len(ids), FREE_BATCH):
+            freed += await self._free_batch(ids[start : start + FREE_BATCH])
+        return freed
+
+    async def _free_batch(self, ids: Sequence[str]) -> list[str]:
+        """:meth:`free_leftovers` of ``ids`` (sorted), under one look."""
+        async with contextlib.AsyncExitStack() as locks:
+            # Every pool lock before any root lock, each root's in id order: a claim takes
+            # its member's pool lock before its sandbox's root lock, and another reap the
+            # same order, so no two steps ever wait for each other.
+            for root in (self.root / POOL_DIR, self.root):
+                for sandbox_id in ids:
+                    await locks.enter_async_context(sandbox_lock(root, sandbox_id, remove=True))
+            left = {item.sandbox_id: item for item in await asyncio.to_thread(self._leftovers)}
+            freed = [sandbox_id for sandbox_id in ids if sandbox_id in left]
+            for sandbox_id in freed:
+                await self._unmake(sandbox_id, found_uids=left[sandbox_id].uids)
+                log.info("local sandbox %s: freed the slots its lost directory left", sandbox_id)
+        return freed
 
     def _leftovers(self) -> list[Leftover]:
         """Slots named by this root and by none of its directories (or its pool's), which no
