@@ -237,8 +237,7 @@ async def reap_local(home: Path) -> None:
     for backend in (extension, extension.pool_members()):
         for found in await backend.list_sandboxes():
             await backend.teardown(found.sandbox_id)
-    for found in await extension.list_leftovers():
-        await extension.free_leftover(found.sandbox_id)
+    await extension.free_leftovers([found.sandbox_id for found in await extension.list_leftovers()])
 
 
 @pytest.fixture

@@ -100,7 +100,7 @@ async def test_a_lost_directory_s_uid_and_link_slot_are_found_and_freed_with_its
             async with asyncio.timeout(5):
                 while await ext.list_leftovers() != []:
                     await asyncio.sleep(0.02)
-            assert await ext.free_leftover(lost) is False
+            assert await ext.free_leftovers([lost]) == []
         finally:
             user.kill()
             await user.wait()
@@ -112,7 +112,7 @@ async def test_a_lost_directory_s_uid_and_link_slot_are_found_and_freed_with_its
         assert "its directory is gone" in found.detail["dead"]
         assert [f.sandbox_id for f in await other.list_leftovers()] == [theirs]
 
-        assert await ext.free_leftover(lost) is True
+        assert await ext.free_leftovers([lost]) == [lost]
         assert not (UIDS_DIR / str(uid)).exists()
         assert not (SLOTS_DIR / str(slot)).exists()
         assert not namespace_path(namespace_for(name_of(ext, lost).strip())).exists()
@@ -120,7 +120,7 @@ async def test_a_lost_directory_s_uid_and_link_slot_are_found_and_freed_with_its
             while keyrings.held(uid):
                 await asyncio.sleep(0.02)
         assert await ext.list_leftovers() == []
-        assert await ext.free_leftover(lost) is False
+        assert await ext.free_leftovers([lost]) == []
         # The other root's and the live sandbox's slots are untouched.
         assert [f.sandbox_id for f in await other.list_leftovers()] == [theirs]
         assert (await ext.list_sandboxes())[0].alive
@@ -128,8 +128,7 @@ async def test_a_lost_directory_s_uid_and_link_slot_are_found_and_freed_with_its
         for root in (ext, other):
             for found in await root.list_sandboxes():
                 await root.teardown(found.sandbox_id)
-            for found in await root.list_leftovers():
-                await root.free_leftover(found.sandbox_id)
+            await root.free_leftovers([found.sandbox_id for found in await root.list_leftovers()])
 
 
 async def test_stale_reports_the_leftover_and_reap_frees_it(service: Service) -> None:

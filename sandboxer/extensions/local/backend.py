@@ -388,10 +388,6 @@ class LocalExtension:
         """Sandboxes of this root of which only host-wide slots are left (:mod:`.leftovers`)."""
         return [item.found() for item in await asyncio.to_thread(self._leftovers)]
 
-    async def free_leftover(self, sandbox_id: str) -> bool:
-        """:meth:`free_leftovers` of one id (the tests' clean-up): whether it was left over."""
-        return bool(await self.free_leftovers([sandbox_id]))
-
     async def free_leftovers(self, sandbox_ids: Collection[str]) -> list[str]:
         """Free what :meth:`list_leftovers` found of each of ``sandbox_ids`` as its teardown
         would (the uid's keys cleared first), if it is still unowned once its locks in both
