@@ -25,10 +25,10 @@ client sends each chunk there as a request (header ``Sandboxer-Exec-Stdin: data`
 and the end of input as ``end``; the worker answers each once the chunk is queued
 for the command, so a command that reads slowly holds the client back instead of
 filling the worker's memory. A client that sends chunks without waiting for those
-answers breaks that: past :data:`STDIN_UNANSWERED` unanswered chunks (or one the
+answers breaks that: past :data:`~.stdin_inbox.STDIN_UNANSWERED` unanswered chunks (or one the
 subscription's small buffer had to drop) the command is stopped and the ``exit`` says
 why, so the worker never holds more than a few chunks per exec. Input that stops
-arriving for ``STDIN_IDLE`` seconds stops the command. A backend that cannot stream
+arriving for ``stdin_inbox.STDIN_IDLE`` seconds stops the command. A backend that cannot stream
 input answers an ``exit`` with an ``error`` from :class:`~sandboxer.errors.Unsupported`
 saying why.
 
@@ -57,12 +57,9 @@ by the same workers, through the same backend exec.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -80,33 +77,25 @@ from sandboxer.errors import SandboxerError, Unsupported
 from sandboxer.events.types import Actor
 from sandboxer.exec_protocol import answer_codes, heartbeat
 from sandboxer.exec_protocol.wire import EXEC_HEADER as HEADER
-from sandboxer.exec_protocol.wire import STDIN_HEADER
 from sandboxer.extensions.base import Extension, OutputSink
 from sandboxer.ids import new_command_id
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
+from sandboxer.workers.stdin_inbox import StdinInbox
 
 if TYPE_CHECKING:
     from sandboxer.config.settings import Settings
     from sandboxer.workers.file_service import FileService
 
-__all__ = ["STOP_GRACE", "ExecRequest", "ExecService", "StdinInbox"]
+__all__ = ["STOP_GRACE", "ExecRequest", "ExecService"]
 
 log = logging.getLogger(__name__)
 
 MAX_ARGV_BYTES = 128 * 1024
 EXEC_ACTOR = Actor(type="atm", id="sandboxer-exec")
 MAX_REMEMBERED_TOUCHES = 10_000
-STDIN_IDLE = 120.0
-"""Seconds without a chunk of input (or its end) after which the command is stopped."""
-STDIN_QUEUE = 8
-"""Chunks of input held for the command before the client's next chunk waits."""
-STDIN_UNANSWERED = 2
-"""Chunks held unanswered beyond the queue; a client following the protocol has one at most."""
-STDIN_PENDING = STDIN_QUEUE + STDIN_UNANSWERED
-"""Messages nats-py may buffer for an input subscription (its default is 512k, 128 MiB)."""
 MAX_TIMEOUT = 7 * 24 * 3600.0
 OUTPUT_CHUNK = 64 * 1024
 """Most bytes of output in one message (NATS's default max payload is 1 MiB)."""
@@ -126,96 +115,6 @@ def check_timeout(timeout: float | None) -> None:
     """A timeout is a positive number of seconds, at most a week (and not NaN)."""
     if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
         raise SandboxerError(f"timeout must be seconds above 0 and at most {MAX_TIMEOUT:.0f}")
-
-
-class StdinInbox:
-    """One exec's input: chunks a client sends to ``subject``, handed on in order.
-
-    Each chunk is answered once it is queued for the command, and the queue holds
-    :data:`STDIN_QUEUE` chunks: when it is full, the answer waits, and so does a client
-    that waits for answers. The callback itself never waits, so every message is looked
-    at as it arrives and a client that does not wait for answers is caught at once
-    (:attr:`broken`) instead of being buffered.
-    """
-
-    def __init__(self, nc: Client, *, idle: float = STDIN_IDLE, key_id: str | None = None) -> None:
-        self._nc = nc
-        self._idle = idle
-        self._key_id = key_id
-        """A key identity's exec: its chunks are answered in that key's inbox only."""
-        # Under ``sandboxer.``, not ``_INBOX.``: clients may publish here, and never into
-        # other connections' inboxes (docs/security.md).
-        self.subject = f"sandboxer.stdin.{secrets.token_hex(16)}"
-        # Bounded by _answer to STDIN_QUEUE (an item more for an ``end`` with data).
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._unanswered: collections.deque[Msg] = collections.deque()
-        self._received = 0
-        self.broken: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        """Set (to the exit's error) when the client broke the protocol; the input is lost."""
-        self._sub: Subscription | None = None
-
-    async def open(self) -> None:
-        # Small limits: what a flood sends past them is dropped by nats-py (and noticed in
-        # _on_chunk) rather than held in the worker's memory.
-        self._sub = await self._nc.subscribe(
-            self.subject,
-            cb=self._on_chunk,
-            pending_msgs_limit=STDIN_PENDING,
-            pending_bytes_limit=STDIN_PENDING * self._nc.max_payload,
-        )
-
-    async def close(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
-
-    async def _on_chunk(self, msg: Msg) -> None:
-        self._received += 1
-        if self.broken.done() or self._sub is None:
-            return  # the input is over: what still arrives is dropped
-        self._unanswered.append(msg)
-        # Delivered by the server but neither handed to us nor waiting: nats-py dropped it.
-        dropped = self._sub.delivered - self._received - self._sub.pending_msgs
-        if dropped > 0 or len(self._unanswered) > STDIN_UNANSWERED:
-            self._unanswered.clear()
-            self.broken.set_result(
-                "standard input came faster than it was answered: send each chunk only "
-                "once the previous one is answered (docs/protocol.md#exec); the command "
-                "was stopped"
-            )
-            self._queue.put_nowait(b"")  # wakes chunks(), which raises
-            return
-        await self._answer()
-
-    async def _answer(self) -> None:
-        """Queue unanswered chunks while the queue has room, answering each: the client
-        sends its next chunk only then."""
-        while self._unanswered and self._queue.qsize() < STDIN_QUEUE:
-            msg = self._unanswered.popleft()
-            if msg.data:
-                self._queue.put_nowait(msg.data)
-            if (msg.headers or {}).get(STDIN_HEADER) == "end":
-                self._queue.put_nowait(None)
-            answer_to = answer_subject(msg.reply, self._key_id)  # an inbox (bus/replies.py)
-            if answer_to is not None:
-                await self._nc.publish(answer_to, b"")
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                async with asyncio.timeout(self._idle):
-                    chunk = await self._queue.get()
-            except TimeoutError:
-                raise SandboxerError(
-                    f"standard input stopped arriving for {self._idle:.0f} s without its end; "
-                    "the command was stopped"
-                ) from None
-            if self.broken.done():
-                raise SandboxerError(self.broken.result())
-            await self._answer()  # a place in the queue is free for a waiting chunk
-            if chunk is None:
-                return
-            yield chunk
 
 
 class ExecService:

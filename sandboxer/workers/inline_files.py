@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from sandboxer.errors import SandboxerError, WorkspaceRefused
-from sandboxer.workers.exec_service import StdinInbox
+from sandboxer.workers.stdin_inbox import StdinInbox
 
 __all__ = ["ACK_TIMEOUT", "CHUNK", "WINDOW", "receive_inline", "send_inline"]
 

@@ -36,10 +36,9 @@ from sandboxer.client import CommandFailed, SandboxerClient
 from sandboxer.config.settings import DEFAULT_EXEC_HEARTBEAT
 from sandboxer.errors import InvalidInput, PathRefused, ServiceNotRunning, WorkspaceRefused
 from sandboxer.exec_protocol.heartbeat import HEADER as HEARTBEAT
+from sandboxer.exec_protocol.wire import EXEC_HEADER, STDIN_HEADER
 from sandboxer.subjects import EVENTS_STREAM, WORKSPACES_BUCKET, exec_subject
 from sandboxer.workers import exec_service, file_service
-from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
-from sandboxer.workers.exec_service import STDIN_HEADER
 from sandboxer.workers.file_service import HEADER, files_subject
 from sandboxer.workers.in_flight import STOP_GRACE
 from sandboxer.workspaces.bucket import open_or_create_bucket

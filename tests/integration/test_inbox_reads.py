@@ -22,7 +22,8 @@ from nats.aio.client import Client
 
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.exec_protocol.heartbeat import next_answer
-from sandboxer.workers.exec_service import STDIN_HEADER, StdinInbox
+from sandboxer.exec_protocol.wire import STDIN_HEADER
+from sandboxer.workers.stdin_inbox import StdinInbox
 from tests.coinciding_cancel import cancel_as_it_lands
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sandboxer.exec_protocol.heartbeat import HEADER, MISSES, allowed_silence
-from sandboxer.workers.exec_service import HEADER as EXEC_HEADER
+from sandboxer.exec_protocol.wire import EXEC_HEADER
 
 
 def test_a_few_missed_heartbeats_are_allowed() -> None:
