@@ -184,12 +184,22 @@ class PathRefused(InvalidInput):
 
 
 class Rejected(SandboxerError):
-    """The command is not acceptable in this state; ``reason`` says why and what to do."""
+    """The command is not acceptable in this state; ``reason`` says why and what to do;
+    ``retry_after``, when it is not acceptable yet: the seconds until it may be (a key's
+    rate)."""
 
-    def __init__(self, code: str, reason: str, *, sandbox_id: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        reason: str,
+        *,
+        sandbox_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(reason, sandbox_id=sandbox_id)
         self.code = code
         self.reason = reason
+        self.retry_after = retry_after
 
 
 class CommandFailed(SandboxerError):

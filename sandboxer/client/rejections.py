@@ -8,7 +8,7 @@ from typing import Any
 
 from sandboxer.errors import CommandFailed, NotFound, RateLimited, SandboxerError
 
-__all__ = ["rejection_error"]
+__all__ = ["rejection_error", "stated_wait"]
 
 NOT_FOUND_CODES = frozenset({"unknown_sandbox", "unknown_snapshot", "unknown_account"})
 """Rejections that name nothing (an unknown profile stays a rejected command: its name is
@@ -16,8 +16,8 @@ the client's mistake, not a resource that is gone)."""
 LIMIT_CODES = frozenset({"live_limit", "rate_limited"})
 """A key's limits: a rejection with one of these is :class:`RateLimited`."""
 LIMIT_RETRY_AFTER = 30.0
-"""What the gateway's Retry-After says for a key's limit (gateway/errors.RETRY_AFTER); a
-bus rejection carries none."""
+"""What the gateway's Retry-After says for a key's live limit (gateway/errors.RETRY_AFTER),
+the wait of a limit's rejection that says none."""
 
 
 def rejection_error(
@@ -34,6 +34,16 @@ def rejection_error(
         if code in NOT_FOUND_CODES:
             return NotFound(message, code=code, sandbox_id=sandbox_id)
         if code in LIMIT_CODES:
-            wait = retry_after if retry_after is not None else LIMIT_RETRY_AFTER
-            return RateLimited(message, code=code, retry_after=wait)
+            if retry_after is None:
+                retry_after = stated_wait(event) or LIMIT_RETRY_AFTER
+            return RateLimited(message, code=code, retry_after=retry_after)
     return CommandFailed(message, event)
+
+
+def stated_wait(event: dict[str, Any]) -> float | None:
+    """The seconds a rejection itself says to wait (its ``retry_after``: a key past its rate
+    on the bus); None when it says none, or nothing sensible (the gateway reads it too)."""
+    said = event.get("retry_after")
+    if isinstance(said, int | float) and not isinstance(said, bool) and 0 < said <= 3600:
+        return float(said)
+    return None

@@ -34,6 +34,10 @@ class CommandRejected(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
     """The stream the rejected message came from, when not the commands stream (a job)."""
     actor: Actor | None = None
     at: str
+    retry_after: float | None = None
+    """Seconds to wait before sending the command again, when waiting is the fix (a key past
+    its rate on the bus, ``rate_limited``); None otherwise, as in every rejection stored
+    before the field was added."""
 
 
 class _HostEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

@@ -5,9 +5,10 @@ own history from the log (``sandboxer.evt.key.<key_id>.>``, one batched direct
 get: the id is derived from the key's hash). Nothing is cached, so a revoked
 key is refused from the very next request, on every gateway.
 
-:class:`RateLimiter` is a token bucket per key in this gateway process: a key
-may make ``rate_per_second`` requests a second (bursts up to as many). With N
-gateways behind a balancer a key may reach N times its rate.
+Each key's requests are held to its ``rate_per_second`` by a token bucket in
+this gateway process (:class:`sandboxer.domain.rate_limit.RateLimiter`, the one
+the control worker holds a key's bus commands with): with N gateways behind a
+balancer a key may reach N times its rate.
 
 :class:`Owners` finds which project a sandbox or snapshot belongs to, for the
 event streams of keys confined to one project.
@@ -15,8 +16,6 @@ event streams of keys confined to one project.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -48,27 +47,21 @@ from sandboxer.domain.key_state import (
 from sandboxer.errors import Rejected
 from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.key_events import KEY_EVENTS
-from sandboxer.recent import Recent
 
 __all__ = [
     "KeyLookup",
     "Owners",
-    "RateLimiter",
     "admit_create",
     "bearer_key",
     "event_visibility",
     "require_project",
     "require_sandbox",
     "require_snapshot",
-    "retry_after",
     "snapshot_owner",
     "visible_sandbox",
     "visible_snapshot",
     "visible_snapshots",
 ]
-
-MAX_BUCKETS = 100_000
-"""Keys whose buckets one gateway keeps (the least recently used go first)."""
 
 
 def bearer_key(authorization: str | None) -> str | None:
@@ -103,30 +96,6 @@ class KeyLookup:
         if state.status != "active" or state.key_hash != key_hash:
             return None
         return state
-
-
-class RateLimiter:
-    """A token bucket per key: ``rate`` tokens a second, holding at most ``rate``."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._buckets: Recent[str, tuple[float, float]] = Recent(MAX_BUCKETS)
-
-    def take(self, key_id: str, rate: int) -> float | None:
-        """Take one token: None when allowed, else the seconds until one is free."""
-        now = self._clock()
-        tokens, then = self._buckets.pop(key_id, (float(rate), now))
-        tokens = min(float(rate), tokens + (now - then) * rate)
-        if tokens >= 1:
-            self._buckets.put(key_id, (tokens - 1, now))
-            return None
-        self._buckets.put(key_id, (tokens, now))
-        return (1 - tokens) / rate
-
-
-def retry_after(seconds: float) -> str:
-    """A ``Retry-After`` value: whole seconds, at least 1."""
-    return str(max(1, math.ceil(seconds)))
 
 
 class Owners:

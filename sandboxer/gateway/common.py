@@ -13,8 +13,9 @@ from fastapi.responses import JSONResponse
 
 from sandboxer import subjects
 from sandboxer.client import SandboxerClient
+from sandboxer.client.rejections import stated_wait
 from sandboxer.domain.key_access import event_owner, may_see
-from sandboxer.gateway.errors import error_response, status_for_rejection
+from sandboxer.gateway.errors import error_response, rejection_response
 from sandboxer.gateway.models import SANDBOX_ID, Accepted, ErrorBody, Pending
 
 __all__ = [
@@ -117,9 +118,8 @@ async def rejection(client: SandboxerClient, command_id: str | None) -> JSONResp
     if not isinstance(event, dict) or not may_see(client.actor, event_owner(event)):
         return None
     code = str(event.get("code") or "rejected")
-    return error_response(
-        status_for_rejection(code), code, str(event.get("reason")), {"event": event}
-    )
+    reason = str(event.get("reason"))
+    return rejection_response(code, reason, {"event": event}, stated_wait(event))
 
 
 def not_found(kind: str, ident: str) -> JSONResponse:

@@ -26,7 +26,9 @@ from nats.aio.client import Client as Nats
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.key_state import KeyState
-from sandboxer.gateway.auth import KeyLookup, RateLimiter, bearer_key, retry_after
+from sandboxer.domain.rate_limit import RateLimiter
+from sandboxer.gateway.auth import KeyLookup, bearer_key
+from sandboxer.gateway.errors import retry_after
 from sandboxer.ids import COMMAND_ID_RULE, is_valid_command_id, new_command_id
 
 __all__ = [
@@ -151,7 +153,7 @@ async def request_key(
         if isinstance(checked, KeyState)
         else await key_of(gw, request.headers.get("authorization"))
     )
-    wait = gw.limiter.take(state.key_id, state.rate_per_second)
+    wait = gw.limiter.take(state.key_id, state.rate_per_second, time.monotonic())
     if wait is not None:
         raise HTTPException(
             429,

@@ -8,6 +8,7 @@ verbatim as ``message``; the rejected event itself is in ``details.event``.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sandboxer.client.rejections import stated_wait
 from sandboxer.errors import (
     BusError,
     CommandFailed,
@@ -35,7 +37,9 @@ __all__ = [
     "error_body",
     "error_response",
     "install_error_handlers",
+    "rejection_response",
     "response_for",
+    "retry_after",
     "status_for_rejection",
 ]
 
@@ -83,6 +87,8 @@ REJECTION_STATUS: dict[str, int] = {
     "already_revoked": 409,
     # a key's live-sandbox limit (the gateway's own check answers the same: auth.admit_create)
     "live_limit": 429,
+    # a key's rate on the bus (workers/key_rate.py), read back over HTTP (a status URL)
+    "rate_limited": 429,
     # money and permission
     "insufficient_credits": 402,
     "budget_exceeded": 402,
@@ -115,6 +121,11 @@ def status_for_rejection(code: str) -> int:
     return REJECTION_STATUS.get(code, 409)
 
 
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if details:
@@ -132,11 +143,16 @@ def error_response(
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
-def _rejection(code: str, reason: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    """A rejected command's answer; a 429 (a key's live limit) or a 503 (no route, no host,
-    a live count not to be had) says when to try again."""
+def rejection_response(
+    code: str, reason: str, details: dict[str, Any] | None = None, wait: float | None = None
+) -> JSONResponse:
+    """A rejected command's answer; a 429 (a key's limit) or a 503 (no route, no host, a live
+    count not to be had) says when to try again: after ``wait``, what the rejection itself
+    said (a key's rate on the bus), when it said it; else :data:`RETRY_AFTER`."""
     status = status_for_rejection(code)
-    headers = {"Retry-After": RETRY_AFTER} if status in {429, 503} else None
+    headers = None
+    if status in {429, 503}:
+        headers = {"Retry-After": RETRY_AFTER if wait is None else retry_after(wait)}
     return error_response(status, code, reason, details, headers)
 
 
@@ -146,7 +162,8 @@ def _command_failed(exc: CommandFailed) -> JSONResponse:
     details = {"event": event} if kind else None
     if kind == "rejected":
         code = str(event.get("code") or "rejected")
-        return _rejection(code, str(event.get("reason") or exc.message), details)
+        reason = str(event.get("reason") or exc.message)
+        return rejection_response(code, reason, details, stated_wait(event))
     if kind == "failed":
         code = str(event.get("code") or "sandbox_failed")
         status = FAILURE_STATUS.get(code, 502)
@@ -172,7 +189,7 @@ def response_for(exc: SandboxerError) -> JSONResponse:
     if isinstance(exc, InvalidInput):
         return error_response(422, exc.code, exc.message)
     if isinstance(exc, Rejected):
-        return _rejection(exc.code, exc.reason)
+        return rejection_response(exc.code, exc.reason, wait=exc.retry_after)
     if isinstance(exc, RequestError):
         # The service refused the query: the message is its reason after the subject.
         return error_response(400, exc.code, exc.message.partition(": ")[2] or exc.message)

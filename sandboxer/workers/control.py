@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
+from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -68,6 +70,7 @@ from sandboxer.workers.fallback_routing import next_route
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.job_dispatch import dispatch_job
 from sandboxer.workers.key_limit import LiveLimit, check_live_limit, limiting_key
+from sandboxer.workers.key_rate import KeyRates
 from sandboxer.workers.pause_commands import decide_pause_step
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from sandboxer.workers.route_lookup import RouteLookup
@@ -92,7 +95,9 @@ class ControlWorker:
         catalog: Catalog,
         settings: Settings,
         nc: Client | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock``: what the keys' rates on the bus are measured by (workers/key_rate.py)."""
         self._js = js
         # Route signals and route explain need a connection; without one, routing goes blind.
         self._routing = RouteLookup(nc, catalog, settings) if nc is not None else None
@@ -100,6 +105,7 @@ class ControlWorker:
         self._store = store
         self._catalog = catalog
         self._snapshots = SnapshotCommands(js, store, catalog)
+        self._rates = KeyRates(store, clock)
         self.spec = ConsumerSpec(
             stream=subjects.COMMANDS_STREAM,
             durable="control",
@@ -123,6 +129,13 @@ class ControlWorker:
             await self._reject(msg, invalid.code, invalid.reason, invalid)
             await msg.ack()
             return
+        try:
+            # A key's own command past its rate is turned away first, before it costs a look
+            # at its sandbox or the view: a key flooding the bus (workers/key_rate.py).
+            await self._rates.hold(msg.subject, msg.metadata.num_delivered)
+        except Rejected as limited:
+            await self._refused(msg, command, limited)
+            return
         refused = await bus_identity_refusal(self._store, msg.subject, command)
         if refused is not None:  # a key identity acting as another, or outside its project
             await self._reject(msg, *refused, command)
@@ -133,19 +146,29 @@ class ControlWorker:
         except (Rejected, UnknownProfile) as refusal:
             if self._routing is not None:
                 self._routing.release_command(command)
-            loaded = await self._decided_create(command)
-            if loaded is None:
-                code = refusal.code
-                reason = refusal.reason if isinstance(refusal, Rejected) else refusal.message
-                await self._reject(msg, code, reason, command)
-                await msg.ack()
-                return
+            await self._refused(msg, command, refusal)
+            return
         if not isinstance(command, TouchSandbox):
             # A touch never makes a job (every exec sends one). Sent again, the job the sandbox
             # waits for would pass the jobs stream's two-minute window as a new message: a
             # second worker process would run it beside the first (a long snapshot copied
             # twice). The command that made a job sends it again if it is redelivered.
             await self._dispatch(loaded)
+        await msg.ack()
+
+    async def _refused(
+        self, msg: Msg, command: Command, refusal: Rejected | UnknownProfile
+    ) -> None:
+        """Record why ``command`` is refused, and settle it; a create it had decided already
+        (:meth:`_decided_create`) is not refused: its job is sent again instead."""
+        loaded = await self._decided_create(command)
+        if loaded is not None:
+            await self._dispatch(loaded)
+        elif isinstance(refusal, Rejected):
+            retry_after = refusal.retry_after
+            await self._reject(msg, refusal.code, refusal.reason, command, retry_after)
+        else:
+            await self._reject(msg, refusal.code, refusal.message, command)
         await msg.ack()
 
     async def _to_domain(
@@ -337,7 +360,12 @@ class ControlWorker:
             await dispatch_job(self._js, loaded)
 
     async def _reject(
-        self, msg: Msg, code: str, reason: str, about: InvalidCommand | Command
+        self,
+        msg: Msg,
+        code: str,
+        reason: str,
+        about: InvalidCommand | Command,
+        retry_after: float | None = None,
     ) -> None:
         sandbox_id = about.sandbox_id if hasattr(about, "sandbox_id") else None
         actor = about.actor if isinstance(about.actor, Actor) else None
@@ -356,6 +384,7 @@ class ControlWorker:
             stream_seq=msg.metadata.sequence.stream,
             actor=actor,
             at=utc_now(),
+            retry_after=retry_after,
         )
         log.info("rejected %s %s: %s", rejection.command, rejection.command_id, reason)
         await self._store.record(rejection)

@@ -17,7 +17,7 @@ from sandboxer.errors import (
     WorkerLost,
 )
 from sandboxer.gateway.context import parse_wait
-from sandboxer.gateway.errors import REJECTION_STATUS, response_for
+from sandboxer.gateway.errors import REJECTION_STATUS, rejection_response, response_for
 from sandboxer.gateway.events import EventFilter, start_after
 
 PROTOCOL_CODES = {
@@ -28,7 +28,7 @@ PROTOCOL_CODES = {
     "pause_unsupported", "not_pausable", "already_paused", "not_paused", "snapshot_in_progress",
     "snapshot_exists", "not_restorable", "unknown_snapshot", "already_deleted", "no_host",
     "insufficient_credits", "budget_exceeded", "invalid_project", "invalid_amount", "forbidden",
-    "internal_error", "live_limit", "live_count_unavailable",
+    "internal_error", "live_limit", "live_count_unavailable", "rate_limited",
 }  # fmt: skip
 
 
@@ -64,6 +64,22 @@ def test_a_keys_live_limit_rejection_answers_as_the_gateways_own_check() -> None
     assert response.status_code == 429
     assert int(response.headers["retry-after"]) >= 1
     assert body(response)["error"]["code"] == "live_limit"  # type: ignore[index]
+
+
+def test_a_keys_rate_rejection_on_the_bus_reads_over_http_as_a_429_with_its_wait() -> None:
+    """A key's command refused for its rate on the bus (workers/key_rate.py), read back over
+    HTTP (its status URL answers with ``rejection_response`` too): the wait it said, in
+    whole seconds; a rejection that said none waits the usual 30 s."""
+    event = {"type": "rejected", "code": "rate_limited", "reason": "slow", "retry_after": 0.2}
+    response = response_for(CommandFailed("destroy rejected", event))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    assert body(response)["error"]["details"] == {"event": event}  # type: ignore[index]
+    limited = rejection_response("rate_limited", "slow", {"event": event}, 2.5)
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "3")
+    live = rejection_response("live_limit", "full", wait=None)
+    assert (live.status_code, live.headers["retry-after"]) == (429, "30")
+    assert "retry-after" not in rejection_response("not_ready", "no", wait=5).headers
 
 
 @pytest.mark.parametrize("code", ["no_route", "no_host", "live_count_unavailable"])

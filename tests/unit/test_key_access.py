@@ -1,4 +1,4 @@
-"""Who sees what (domain/key_access.py), the bearer header, the per-key token bucket, and the
+"""Who sees what (domain/key_access.py), the bearer header, and the
 keys table of the view (no hash in any answer)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sandboxer.domain.key_state import hash_key, key_id_for, new_key
 from sandboxer.errors import RequestError
 from sandboxer.events.actor import Actor
 from sandboxer.events.key_events import KeyCreated, KeyRevoked
-from sandboxer.gateway.auth import RateLimiter, bearer_key
+from sandboxer.gateway.auth import bearer_key
 from sandboxer.projections.key_rows import KEY_SCHEMA, KeyRows, answer_key_query, save_key_rows
 
 ADM = {"type": "adm", "id": "ops", "project": "ops"}
@@ -73,20 +73,6 @@ def test_bearer_key_takes_our_keys_only() -> None:
     for value in (None, "", "Bearer", f"Basic {key}", f"Bearer {key} x", "Bearer sbx_short",
                   "Bearer " + "a" * 5000, f"Bearer {key}\x00"):  # fmt: skip
         assert bearer_key(value) is None, value
-
-
-def test_the_token_bucket_allows_the_rate_and_says_when_to_come_back() -> None:
-    now = [100.0]
-    limiter = RateLimiter(clock=lambda: now[0])
-    assert [limiter.take("k", 3) for _ in range(3)] == [None, None, None]
-    wait = limiter.take("k", 3)
-    assert wait is not None
-    assert 0 < wait <= 1 / 3 + 1e-9
-    assert limiter.take("other", 3) is None  # buckets are per key
-    now[0] += 0.5
-    assert limiter.take("k", 3) is None
-    now[0] += 10
-    assert [limiter.take("k", 3) for _ in range(4)][-1] is not None  # never more than the rate
 
 
 async def test_the_keys_table_answers_without_hashes() -> None:

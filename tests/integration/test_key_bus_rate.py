@@ -1,0 +1,174 @@
+"""A key's commands on the bus are held to its rate by the control worker (workers/key_rate.py).
+
+The control worker runs for real on nats-server, on a clock the test moves: how many of a
+burst pass must not depend on how fast this machine handles it. The projector answers the
+key's outcome queries. The key publishes on its own subjects, as its NATS identity does
+(nats-server lets only the key publish there; test_key_identities runs that under auth).
+Before, every command of a burst passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+
+from sandboxer import subjects
+from sandboxer.bus.connect import connect
+from sandboxer.bus.direct_get import read_subject
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.key_users import key_inbox_prefix
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.client import Sandbox, Sandboxer, SandboxerClient
+from sandboxer.client.bus_transport import BusTransport
+from sandboxer.clock import utc_now
+from sandboxer.commands.types import CreateKey
+from sandboxer.config.catalog import Catalog
+from sandboxer.domain.key_state import hash_key, key_id_for, new_key
+from sandboxer.domain.rate_limit import REFILL_SECONDS
+from sandboxer.errors import RateLimited
+from sandboxer.events.types import Actor, SandboxRequested
+from sandboxer.ids import derive_sandbox_id, new_command_id
+from sandboxer.workers.control import ControlWorker
+from sandboxer.workers.deciding import apply_key
+from tests.integration.conftest import Service, start_service
+
+pytestmark = pytest.mark.integration
+
+PROJECT = "alpha"
+RATE = 5
+BURST = 8
+
+
+class Clock:
+    """The control worker's monotonic clock, moved by the test alone."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def service(
+    nats_server: NatsServerProcess, home: Path
+) -> AsyncIterator[tuple[Service, Clock]]:
+    """The projector as a role, and the real control worker beside it on the test's clock."""
+    service = await start_service(home, nats_server.url, roles=["projector"])
+    clock = Clock()
+    nc = await connect([nats_server.url], name="test-control", long_lived=False)
+    js = nc.jetstream()
+    store = JetStreamEventStore(nc, js)
+    control = ControlWorker(js, store, Catalog.load(home), service.settings, nc=nc, clock=clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(control.run(stop))
+    try:
+        yield service, clock
+    finally:
+        stop.set()
+        await asyncio.wait([task], timeout=30)
+        await nc.close()
+        await service.client.close()
+        await service.shutdown()
+        if task.done():
+            task.result()
+
+
+async def _sandbox(store: JetStreamEventStore, actor: Actor) -> str:
+    """A sandbox of ``actor``'s project that was never routed: a destroy ends it at once."""
+    command_id = new_command_id()
+    sandbox_id = derive_sandbox_id(command_id)
+    requested = SandboxRequested(
+        sandbox_id=sandbox_id,
+        command_id=command_id,
+        actor=actor,
+        at=utc_now(),
+        profile="profile.local",
+        profile_version=1,
+    )
+    await store.append(await store.load(sandbox_id), [requested])
+    return sandbox_id
+
+
+async def _rejections(service: Service, command_id: str) -> list[dict[str, object]]:
+    return [
+        msgspec.json.decode(data)
+        async for _seq, data in read_subject(
+            service.client.nc, subjects.rejection_subject(command_id)
+        )
+    ]
+
+
+async def test_a_keys_burst_on_the_bus_past_its_rate_is_refused_until_it_waits(
+    service: tuple[Service, Clock],
+) -> None:
+    running, clock = service
+    store = JetStreamEventStore(running.client.nc, running.client.js)
+    key_hash = hash_key(new_key())
+    key_id = key_id_for(key_hash)
+    await apply_key(
+        store,
+        CreateKey(
+            command_id=new_command_id(),
+            actor=Actor(type="adm", id="ops"),
+            project=PROJECT,
+            key_type="atm",
+            key_hash=key_hash,
+            max_live=3,
+            rate_per_second=RATE,
+        ),
+    )
+    own = Actor(type="atm", id=key_id, project=PROJECT)
+    sandboxes = [await _sandbox(store, own) for _ in range(BURST + 4)]
+    # The key's replies come to its own inbox only (bus/replies.py).
+    url = running.settings.nats_urls[0]
+    key_nc = await nats.connect(url, inbox_prefix=key_inbox_prefix(key_id))
+    key = SandboxerClient(key_nc, actor=msgspec.to_builtins(own), key_id=key_id)
+    sbx = Sandboxer(BusTransport(key))
+    try:
+        # The burst, at once, at one instant of the worker's clock: exactly the rate passes.
+        burst = {new_command_id(): sandbox_id for sandbox_id in sandboxes[:BURST]}
+        outcomes = await asyncio.gather(
+            *(sbx.destroy(s, command_id=c, timeout=30) for c, s in burst.items()),
+            return_exceptions=True,
+        )
+        passed = [c for c, o in zip(burst, outcomes, strict=True) if isinstance(o, Sandbox)]
+        limited = {c: o for c, o in zip(burst, outcomes, strict=True) if isinstance(o, RateLimited)}
+        assert len(passed) == RATE, outcomes
+        assert len(limited) == BURST - RATE, outcomes
+        assert all(o.status == "destroyed" for o in outcomes if isinstance(o, Sandbox)), outcomes
+        for refusal in limited.values():  # an empty bucket's wait: a token comes in 1/rate s
+            assert refusal.retry_after == pytest.approx(1 / RATE, abs=0.001)
+        # Each refusal is one rejection in the log, filed under the key, saying the wait.
+        for command_id in limited:
+            (rejected,) = await _rejections(running, command_id)
+            assert rejected["code"] == "rate_limited"
+            assert rejected["retry_after"] == pytest.approx(1 / RATE, abs=0.001)
+            assert rejected["actor"] == msgspec.to_builtins(own)
+        for command_id in passed:
+            assert await _rejections(running, command_id) == []
+
+        # What the gateway forwards as the key's actor was counted there: it passes here.
+        forwarded = SandboxerClient(running.client.nc, actor=msgspec.to_builtins(own))
+        await forwarded.destroy(sandboxes[BURST], timeout=30)
+
+        # After the wait it was told, the key may send one more; not two.
+        clock.now += 1 / RATE
+        refused = list(limited)
+        again = await sbx.destroy(burst[refused[0]], timeout=30)
+        assert again.status == "destroyed"
+        with pytest.raises(RateLimited):
+            await sbx.destroy(burst[refused[1]], timeout=30)
+        # A second later its bucket is full again.
+        clock.now += REFILL_SECONDS
+        rest = [burst[c] for c in refused[1:]] + sandboxes[BURST + 1 : BURST + 1 + RATE - 2]
+        assert len(rest) == RATE
+        for done in await asyncio.gather(*(sbx.destroy(s, timeout=30) for s in rest)):
+            assert done.status == "destroyed"
+    finally:
+        await key_nc.close()
