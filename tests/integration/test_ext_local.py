@@ -203,6 +203,57 @@ async def test_system_is_read_only_and_workspace_writable(ext: LocalExtension, r
     assert out.split() == ["CapEff:", "0000000000000000"]
 
 
+NAMES = """\
+whoami; id -un; id -gn; getent passwd "$(id -u)"; getent group "$(id -g)"
+python3 -I -c 'import getpass, os; print(getpass.getuser(), os.path.expanduser("~"))'
+ssh -T -G localhost | grep '^user '
+"""
+
+
+async def test_the_sandbox_user_has_a_name_and_its_home_is_the_workspace(
+    ext: LocalExtension, root: Path
+) -> None:
+    """Its own passwd and group, bound read-only over the host's (docs/ext-local.md#users-and-
+    keyrings): name, group and home for whoami, getent, Python and ssh; the rest of the host's
+    /etc as before, its root-only files still unreadable."""
+    require_tool("ssh", "openssh-client")
+    sid = new_id()
+    await up(ext, request(sid))
+    uid = state_of(root, sid)["uid"]
+    assert await run(ext, sid, "sh", "-c", NAMES) == (
+        0,
+        "sandbox\nsandbox\nsandbox\n"
+        f"sandbox:x:{uid}:{uid}:sandboxer sandbox:/workspace:/bin/sh\n"
+        f"sandbox:x:{uid}:\n"
+        "sandbox /workspace\n"
+        "user sandbox\n",
+        "",
+    )
+    # Only the users a sandbox meets; none of the host's accounts.
+    listed = "getent passwd | cut -d: -f1,3,6; getent group | cut -d: -f1,3"
+    assert await run(ext, sid, "sh", "-c", listed) == (
+        0,
+        f"root:0:/root\nsandbox:{uid}:/workspace\nnobody:65534:/nonexistent\n"
+        f"root:0\nsandbox:{uid}\nnogroup:65534\n",
+        "",
+    )
+    # Mounts of their own, read-only (the files are root's too: a write fails either way).
+    mounts = (
+        "awk '$5 ~ /^[/]etc[/](passwd|group)$/ {print $5, substr($6, 1, 3)}' /proc/self/mountinfo"
+    )
+    assert await run(ext, sid, "sh", "-c", mounts) == (0, "/etc/passwd ro,\n/etc/group ro,\n", "")
+    code, out, _ = await run(ext, sid, "cat", "/etc/shadow", "/etc/gshadow")
+    assert (code, out) == (1, "")
+    assert (await run(ext, sid, "test", "-s", "/etc/ld.so.cache"))[0] == 0  # the host's /etc
+    # Written beside state.json, the worker's, never in the workspace a snapshot copies.
+    for name in ("passwd", "group"):
+        made = (root / sid / name).stat()
+        assert (made.st_uid, stat.S_IMODE(made.st_mode)) == (0, 0o644)
+    assert not any(
+        path.name in ("passwd", "group") for path in (root / sid / "workspace").iterdir()
+    )
+
+
 async def test_read_only_workspace(ext: LocalExtension) -> None:
     sid = new_id()
     await up(ext, request(sid, profile(workspace={"access": "ro"})))

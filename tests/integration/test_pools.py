@@ -114,12 +114,12 @@ async def test_a_create_claims_a_warm_member_with_its_inputs(nats_server: Any, h
         async def keep(_stream: str, data: bytes) -> None:
             out.extend(data)
 
-        code = await client.exec(
-            sandbox_id, ["/bin/sh", "-c", "cat hello .sandboxer/secrets.env; id -u"], keep
-        )
+        script = "cat hello .sandboxer/secrets.env; whoami; getent passwd $(id -u) | cut -d: -f6"
+        code = await client.exec(sandbox_id, ["/bin/sh", "-c", script], keep)
         assert code == 0
         assert b"set-up" in out
         assert b"POOL_TOKEN" in out
+        assert out.endswith(b"\nsandbox\n/workspace\n")  # the member's user has a name
 
         await wait_pool(client, 2)  # refilled
         claims = [e for e in await pool_events(client) if e["type"] == "pool_member_claimed"]
@@ -386,6 +386,13 @@ async def test_a_member_gets_its_uid_when_made_and_its_claim_keeps_it(
         owners = "id -u; stat -c %u file .sandboxer/secrets.env"
         assert await extension.exec(request.sandbox_id, ["sh", "-c", owners], keep) == 0
         assert out.decode() == f"{uid}\n" * 3
+        # Named from the member's making: its passwd moved with its directory, bound since.
+        out.clear()
+        names = 'whoami; id -un; getent passwd "$(id -u)"'
+        assert await extension.exec(request.sandbox_id, ["sh", "-c", names], keep) == 0
+        assert out.decode() == (
+            f"sandbox\nsandbox\nsandbox:x:{uid}:{uid}:sandboxer sandbox:/workspace:/bin/sh\n"
+        )
         await extension.teardown(request.sandbox_id)
         assert not slot.exists()
     finally:

@@ -62,6 +62,7 @@ async def test_a_snapshot_restores_into_a_new_sandbox_with_its_files(service: Se
     restored = ready["sandbox_id"]
     assert restored != source
     assert await run_in(client, restored, "cat /workspace/sub/note.txt") == NOTE
+    assert await run_in(client, restored, "whoami") == "sandbox\n"  # its own user, named
     assert await run_in(client, restored, "readlink /workspace/link") == "sub/note.txt\n"
     assert await run_in(client, restored, "test ! -e /workspace/.sandboxer/secrets.env; echo ok")
     got = await client.get(restored)

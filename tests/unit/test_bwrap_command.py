@@ -53,6 +53,17 @@ def test_holder_is_detached_isolated_and_idle() -> None:
     assert ("HOME", "/workspace") in _pairs(options, "--setenv")
 
 
+def test_the_sandboxs_passwd_and_group_are_bound_read_only_over_the_hosts_etc() -> None:
+    argv = _holder(user_files=(Path("/srv/local/x/passwd"), Path("/srv/local/x/group")))
+    binds = _pairs(argv, "--ro-bind")
+    assert ("/srv/local/x/passwd", "/etc/passwd") in binds
+    assert ("/srv/local/x/group", "/etc/group") in binds
+    # After /etc, which they cover (bwrap mounts in order); nothing else of /etc replaced.
+    assert binds.index(("/etc", "/etc")) < binds.index(("/srv/local/x/passwd", "/etc/passwd"))
+    assert [dest for _, dest in binds if dest.startswith("/etc/")] == ["/etc/passwd", "/etc/group"]
+    assert not [dest for _, dest in _pairs(_holder(), "--ro-bind") if dest.startswith("/etc/")]
+
+
 def test_root_holder_has_no_user_namespace_but_unprivileged_one_does() -> None:
     # As root, a user namespace would map only uid 0, leaving no unprivileged uid to drop to.
     assert "--unshare-all" not in _holder(as_root=True)

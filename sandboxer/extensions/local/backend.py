@@ -46,6 +46,7 @@ from sandboxer.extensions.local import (
     keyrings,
     resource_names,
     sandbox_uids,
+    sandbox_users,
     workspace,
 )
 from sandboxer.extensions.local.bwrap_command import enter_argv, launcher_argv
@@ -203,6 +204,9 @@ class LocalExtension:
             uid=uid,
         )
         workspace.write_state(layout, state)  # the uid recorded before anything runs as it
+        # Its users' names, for the holder to bind: a pool member's are made here too, so a
+        # claim (which moves the directory; the holder's mounts keep the files) writes none.
+        workspace.write_user_files(layout, *sandbox_users.files_for(uid))
         network: egress.EgressState | None = None
         if not allowed.denies_all:
             # Built (and recorded) before the holder: nothing ever runs unfiltered.
@@ -250,6 +254,7 @@ class LocalExtension:
             log_file=layout.log_file,
             as_root=self._as_root,
             bwrap=bwrap,
+            user_files=(layout.passwd_file, layout.group_file),
             netns=egress.namespace_path(network.namespace) if network else None,
         )
         state = dataclasses.replace(

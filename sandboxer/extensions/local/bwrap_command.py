@@ -82,8 +82,13 @@ def holder_argv(
     bwrap: str = "bwrap",
     share_net: bool = False,
     bind_workspace: bool = True,
+    user_files: tuple[Path, Path] | None = None,
 ) -> list[str]:
     """The bwrap command line of a sandbox's holder.
+
+    ``user_files``: the sandbox's own ``passwd`` and ``group`` (:mod:`.sandbox_users`),
+    bound read-only over the host's, inside the host's read-only ``/etc`` (which the rest
+    of the system needs: ``ld.so.cache``, ``alternatives``, certificates).
 
     ``share_net`` keeps the network namespace bwrap is started in (one that
     :mod:`.egress` built, with a link and nftables rules) instead of a new
@@ -109,6 +114,14 @@ def holder_argv(
         "--new-session",
         "--cap-drop", "ALL",
         *_SYSTEM_MOUNTS,
+        *(
+            (
+                "--ro-bind", str(user_files[0]), "/etc/passwd",
+                "--ro-bind", str(user_files[1]), "/etc/group",
+            )
+            if user_files
+            else ()
+        ),
         *(
             ("--ro-bind" if read_only else "--bind", str(workspace), WORKSPACE_MOUNT)
             if bind_workspace

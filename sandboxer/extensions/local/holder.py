@@ -135,6 +135,7 @@ async def spawn_holder(
     log_file: Path,
     as_root: bool,
     bwrap: str,
+    user_files: tuple[Path, Path],
     timeout: float = 10.0,
     netns: Path | None = None,
     nsenter: str = "/usr/bin/nsenter",
@@ -144,6 +145,7 @@ async def spawn_holder(
 
     With ``netns`` (a ``/run/netns`` file) bwrap starts inside that network
     namespace and keeps it: nsenter execs bwrap, so the pid stays the same.
+    ``user_files`` (``passwd``, ``group``) name the sandbox's users (:mod:`.sandbox_users`).
     """
     info_read, info_write = os.pipe()
     argv = holder_argv(
@@ -155,6 +157,7 @@ async def spawn_holder(
         bwrap=bwrap,
         share_net=netns is not None,
         bind_workspace=bind_workspace,
+        user_files=user_files,
     )
     if netns is not None:
         argv = [nsenter, f"--net={netns}", "--", *argv]

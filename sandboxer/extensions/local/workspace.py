@@ -36,6 +36,7 @@ __all__ = [
     "repo_source",
     "write_secrets",
     "write_state",
+    "write_user_files",
 ]
 
 POOL_DIR = ".pool"
@@ -68,6 +69,16 @@ class Layout:
     @property
     def log_file(self) -> Path:
         return self.dir / "holder.log"
+
+    @property
+    def passwd_file(self) -> Path:
+        """Bound read-only over the host's ``/etc/passwd`` (:mod:`.sandbox_users`)."""
+        return self.dir / "passwd"
+
+    @property
+    def group_file(self) -> Path:
+        """Bound read-only over the host's ``/etc/group``."""
+        return self.dir / "group"
 
     def create(self) -> None:
         """Make the sandbox directory (private to root: secrets live below it) and workspace."""
@@ -132,6 +143,16 @@ def write_state(layout: Layout, state: State) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(json.dumps(asdict(state), indent=2))  # one write: json.dump makes hundreds
     os.replace(tmp, layout.state_file)
+
+
+def write_user_files(layout: Layout, passwd: str, group: str) -> None:
+    """Write the sandbox's ``passwd`` and ``group`` (mode 0644, the worker's: its holder binds
+    them read-only, and its commands read them) into its new directory, links never followed."""
+    for path, text in ((layout.passwd_file, passwd), (layout.group_file, group)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(fd, 0o644)  # a worker's umask (077 under a hardened unit) hid it
+            handle.write(text)
 
 
 def read_state(layout: Layout) -> State | None:
