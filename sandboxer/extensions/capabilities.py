@@ -118,7 +118,7 @@ class Snapshotter(Protocol):
 @runtime_checkable
 class AttemptScoped(Protocol):
     """Labels each provider sandbox with the provisioning that made it, (generation, attempt)
-    (E2B, Modal; :mod:`sandboxer.hosted.attempt_fence`), so it can remove what one
+    (E2B, Modal, Daytona; :mod:`sandboxer.hosted.attempt_fence`), so it can remove what one
     provisioning and those before it made and never a later one's. The worker tears down a
     failed or taken-over provisioning through it: by then the job may have gone to another
     worker (this one frozen or cut off past ``ack_wait``), whose sandbox the log's ``ready``

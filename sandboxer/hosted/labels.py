@@ -8,8 +8,9 @@ declarations may share one provider account (``ext.e2b`` and an ``ext.e2b-eu`` w
 same key), and each must list and tear down only its own. E2B and Modal sandboxes made
 before that label have none: whose they are is the log's to say (:func:`maker`).
 
-E2B and Modal sandboxes also name the provisioning that made them (:data:`ATTEMPT_LABEL`),
-so that an attempt removes only its own and earlier ones' (:mod:`.attempt_fence`).
+E2B, Modal and Daytona sandboxes also name the provisioning that made them
+(:data:`ATTEMPT_LABEL`), so that an attempt removes only its own and earlier ones'
+(:mod:`.attempt_fence`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ fails the test on any violation.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -120,7 +121,9 @@ class TestLifecycle:
                 "exec": "sandboxer exec dtlife0001 -- CMD",
             },
         }
-        assert record.labels == our_labels("dtlife0001", "acme", "ext.daytona")
+        # Generation 1, attempt 1: the provisioning that made it.
+        assert record.labels == our_labels("dtlife0001", "acme", "ext.daytona", (1, 1))
+        assert record.labels["sandboxer_attempt"] == "1.1"
         assert record.body["snapshot"] == "daytonaio/sandbox:0.4.3"
         assert "cpu" not in record.body  # Daytona refuses resources with a snapshot
         assert daytona_double.app.calls.count(("GET", "/sandbox/{sandboxIdOrName}")) >= 5
@@ -271,7 +274,7 @@ class TestTwoDeclarations:
             # The sandbox of an id ext.daytona gave up on, rerouted to ext.daytona-eu.
             await up(eu, "dtboth0001")
             [theirs] = double.live()
-            assert theirs.labels == our_labels("dtboth0001", None, "ext.daytona-eu")
+            assert theirs.labels == our_labels("dtboth0001", None, "ext.daytona-eu", (1, 1))
             assert list(await daytona.list_sandboxes()) == []
             await daytona.teardown("dtboth0001")  # the failed attempt's clean-up here
             with pytest.raises(ProviderError, match=r"taken by a sandbox of ext\.daytona-eu"):
@@ -451,8 +454,9 @@ class TestFaults:
         req = request("dttwice001")
         await daytona.provision(req)
         first = {r.id for r in daytona_double.double.live()}
-        await daytona.provision(req)  # a redelivered job: the first attempt's is deleted
-        await daytona.wait_ready(req)
+        again = dataclasses.replace(req, attempt=2)
+        await daytona.provision(again)  # a redelivered job: the first attempt's is deleted
+        await daytona.wait_ready(again)
         [record] = daytona_double.double.live()
         assert record.id not in first
         assert [f.sandbox_id for f in await daytona.list_sandboxes()] == ["dttwice001"]
@@ -461,7 +465,7 @@ class TestFaults:
         self, daytona: DaytonaExtension, daytona_double: DaytonaServed
     ) -> None:
         daytona_double.double.plant_orphan(our_labels("dtorph0001", None, "ext.daytona"))
-        await up(daytona, "dtorph0001")
+        await up(daytona, "dtorph0001", attempt=2)
         assert [r.name for r in daytona_double.double.live()] == ["sandboxer-dtorph0001"]
 
     @pytest.mark.parametrize("bad", ["../../etc", "a;rm -rf /", "UPPER1234", "x", "$(id)aaaa"])
@@ -689,3 +693,122 @@ async def test_a_redelivered_job_beside_its_killed_worker_s_create_leaves_one(
     assert daytona_double.app.calls.count(("POST", "/sandbox")) == 2
     assert [r.name for r in daytona_double.double.live()] == ["sandboxer-dtredo0001"]
     assert daytona_double.double.creates == 1
+
+
+class TestAttempts:
+    """Two attempts at one provisioning at once: the job redelivered past ack_wait to another
+    worker while the first is frozen or cut off from NATS, not dead. Each Daytona sandbox
+    names the attempt that made it; an attempt adopts only its own and deletes only its own
+    and earlier ones', never a later one's (the log's `ready` may name that one)."""
+
+    async def test_a_first_attempt_whose_name_is_free_only_creates(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        """Nothing of a first attempt's can be there before it, and a taken name says so in
+        the create's 409: no look (a GET and a list) before every first create."""
+        await daytona.provision(request("dtfirst001"))
+        assert daytona_double.app.calls == [("POST", "/sandbox")]
+
+    async def test_a_first_attempt_replaces_an_older_holder_of_its_name(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        """A sandbox of the id made before the attempt label holds the name (as an earlier
+        attempt's would): the create's 409 deletes it, and the create is sent once more."""
+        double = daytona_double.double
+        older = double.plant_orphan(our_labels("dtolder001", None, "ext.daytona"))
+        older.name = "sandboxer-dtolder001"
+        req = request("dtolder001")
+        await daytona.provision(req)
+        descriptor = (await daytona.wait_ready(req)).descriptor
+        [record] = double.live()
+        assert descriptor["sandbox_id"] == record.id != older.id
+        assert record.labels["sandboxer_attempt"] == "1.1"
+
+    async def test_a_resumed_earlier_attempt_leaves_the_later_one_s_sandbox(
+        self, daytona_double: DaytonaServed
+    ) -> None:
+        """Attempt 2's worker froze before its create; attempt 3, on another worker process,
+        makes the sandbox the log's `ready` names. Attempt 2 resumes: as a redelivered job it
+        deletes what earlier attempts left, its create finds the name held by attempt 3's
+        (not adopted: it stops), and, taken over, it tears down what it made. None of it
+        deletes attempt 3's sandbox."""
+        double = daytona_double.double
+        made = request("dtfence001")
+        second, third = (dataclasses.replace(made, attempt=n) for n in (2, 3))
+        later = build(daytona_double)
+        resumed = build(daytona_double, create_settle=0.5)
+        try:
+            await later.provision(third)
+            ready_one = (await later.wait_ready(third)).descriptor["sandbox_id"]
+            # One made before the attempt label (a stray found by label only): earlier.
+            older = double.plant_orphan(our_labels("dtfence001", None, "ext.daytona"))
+            with pytest.raises(ProviderError, match=r"held by a later provisioning \(1\.3\)"):
+                await resumed.provision(second)
+            assert older not in double.live()  # its clean start deleted the earlier one
+            await resumed.teardown_attempt("dtfence001", second.made_by)  # taken over
+        finally:
+            await later.aclose()
+            await resumed.aclose()
+        [record] = double.live()
+        assert (record.id, record.labels["sandboxer_attempt"]) == (ready_one, "1.3")
+
+    async def test_a_resumed_attempt_does_not_take_the_later_one_s_for_its_own(
+        self, daytona_double: DaytonaServed
+    ) -> None:
+        """Attempt 2 made its sandbox and froze; attempt 3 deleted it (an earlier attempt's)
+        and made its own. Attempt 2 resumes at its wait: the name's holder is not what it
+        made, so it is not ready, and its teardown leaves attempt 3's sandbox."""
+        double = daytona_double.double
+        made = request("dtfence002")
+        second, third = (dataclasses.replace(made, attempt=n) for n in (2, 3))
+        later = build(daytona_double)
+        resumed = build(daytona_double)
+        try:
+            await resumed.provision(second)
+            [its_own] = double.live()
+            assert its_own.labels["sandboxer_attempt"] == "1.2"
+            await later.provision(third)  # a redelivered job: the earlier one's is deleted
+            ready_one = (await later.wait_ready(third)).descriptor["sandbox_id"]
+            assert ready_one != its_own.id
+            with pytest.raises(SandboxNotFound, match=r"not the one provisioning 1\.2"):
+                await resumed.wait_ready(second)
+            await resumed.teardown_attempt("dtfence002", second.made_by)
+        finally:
+            await later.aclose()
+            await resumed.aclose()
+        assert [r.id for r in double.live()] == [ready_one]
+
+    async def test_a_later_attempt_never_adopts_an_earlier_attempt_s_sandbox(
+        self, daytona_double: DaytonaServed
+    ) -> None:
+        """Attempt 1's worker is cut off with its create on the way; the job goes to attempt
+        2, which finds nothing and creates. Attempt 1's create lands first, so Daytona refuses
+        attempt 2's (409: the name is taken). Adopting it would leave the log's `ready` naming
+        a sandbox that attempt 1, still running, removes as its own: attempt 2 deletes it and
+        makes its own, which attempt 1's clean-up then leaves alone."""
+        double = daytona_double.double
+        daytona_double.app.faults.add("latency", method="POST", pattern="/sandbox", seconds=0.5)
+        daytona_double.app.faults.add("latency", method="POST", pattern="/sandbox", seconds=2.0)
+        req = request("dtfence003")
+        cut_off = build(daytona_double, create_settle=0.5)  # it looks for its late create so long
+        sent = asyncio.create_task(cut_off.provision(req))
+        for _ in range(100):
+            if ("POST", "/sandbox") in daytona_double.app.calls:
+                break
+            await asyncio.sleep(0.02)
+        sent.cancel()  # its create goes on at Daytona, and lands in 0.5 s
+        await asyncio.gather(sent, return_exceptions=True)
+        extension = build(daytona_double, request_timeout=5)
+        again = dataclasses.replace(req, attempt=2)
+        try:
+            await extension.provision(again)  # finds nothing; its create meets attempt 1's
+            readiness = await extension.wait_ready(again)
+            [earlier] = [r for r in double.made if r.labels["sandboxer_attempt"] == "1.1"]
+            [record] = double.live()
+            assert readiness.descriptor["sandbox_id"] == record.id != earlier.id
+            assert record.labels["sandboxer_attempt"] == "1.2"
+            await cut_off.teardown_attempt("dtfence003", req.made_by)  # attempt 1's own
+        finally:
+            await cut_off.aclose()
+            await extension.aclose()
+        assert [r.id for r in double.live()] == [record.id]

@@ -2,7 +2,7 @@
 remove what the later one made, nor leave what it made itself beside it.
 
 Real nats-server and control worker, two extension workers in this process against a
-provider double (E2B, Modal). The first worker's attempt is held (as SIGSTOP or a partition
+provider double (E2B, Modal, Daytona). The first worker's attempt is held (as SIGSTOP or a partition
 from NATS holds it: no heartbeat), so JetStream gives the job to the second after
 ``ack_wait``, whose attempt makes the sandbox the log's ``ready`` names. The held attempt
 then goes on: the later attempt's sandbox stays, and it is the only one.
@@ -28,10 +28,12 @@ from sandboxer.extensions.base import Extension
 from sandboxer.extensions.e2b.backend import E2bExtension
 from sandboxer.extensions.modal.backend import ModalExtension
 from sandboxer.workers.extension_worker import ExtensionWorker
+from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
 from tests.doubles.modal_double import Fault, ModalDouble, modal_double, modal_extensions
 from tests.integration.conftest import start_service
 from tests.integration.test_attempt_fencing import Silent
+from tests.integration.test_ext_daytona import build as build_daytona
 from tests.integration.test_lifecycle import event_types
 
 pytestmark = pytest.mark.integration
@@ -74,7 +76,7 @@ class Hosted:
             await extension.aclose()  # type: ignore[attr-defined]
 
 
-@pytest.fixture(params=["ext.e2b", "ext.modal"])
+@pytest.fixture(params=["ext.e2b", "ext.modal", "ext.daytona"])
 def hosted(request: pytest.FixtureRequest) -> Hosted:
     # Not an async fixture: the doubles' async fixtures are asked for by name from here.
     if request.param == "ext.e2b":
@@ -98,6 +100,8 @@ def hosted(request: pytest.FixtureRequest) -> Hosted:
             ],
             provider_id="sandbox_id",
         )
+    if request.param == "ext.daytona":
+        return _daytona(request.getfixturevalue("daytona_double"))
     modal: ModalDouble = request.getfixturevalue("modal_double")
     make: Callable[..., ModalExtension] = request.getfixturevalue("modal_extensions")
 
@@ -113,6 +117,28 @@ def hosted(request: pytest.FixtureRequest) -> Hosted:
         create_sent=lambda: "SandboxCreate" in modal.calls,
         running=lambda ours: [r.sandbox_id for r in modal.running_for(ours)],
         provider_id="modal_sandbox_id",
+    )
+
+
+def _daytona(served: DaytonaServed) -> Hosted:
+    faults = served.app.faults
+    one = "/sandbox/{sandboxIdOrName}"
+
+    def hold_daytona_teardown() -> None:
+        faults.add("status", method="POST", pattern="/sandbox", status=400)
+        faults.add("latency", method="GET", pattern=one, seconds=HOLD)
+
+    return Hosted(
+        profile="profile.daytona",
+        # The held call is waited for; a first attempt's create is the first call it makes.
+        build=lambda: build_daytona(served, request_timeout=HOLD * 3),
+        hold_teardown=hold_daytona_teardown,
+        hold_create=lambda: faults.add("latency", method="POST", pattern="/sandbox", seconds=HOLD),
+        create_sent=lambda: ("POST", "/sandbox") in served.app.calls,
+        running=lambda ours: [
+            r.id for r in served.double.live() if r.labels.get("sandboxer_id") == ours
+        ],
+        provider_id="sandbox_id",
     )
 
 
@@ -133,7 +159,7 @@ async def test_an_earlier_attempt_s_create_landing_late_is_removed_by_it(
 ) -> None:
     """Attempt 1's create is held at the provider; the job goes to the second worker, whose
     attempt 2 makes the sandbox and records `ready`. Attempt 1's create is carried out after
-    that (on Modal, refused: the name is taken), its `ready` is refused, and the log says a
+    that (on Modal and Daytona, refused: the name is taken), its `ready` is refused, and the log says a
     later attempt has the sandbox: it removes what it made itself, and only that."""
     hosted.hold_create()
     await two_attempts(nats_server, home, hosted)

@@ -98,6 +98,7 @@ class TestCreateBody:
             project="acme",
             env={"TOKEN": "t"},
             target="eu",
+            made_by=(2, 3),
         )
         assert made.body == {
             "name": "sandboxer-unitplan01",
@@ -105,6 +106,7 @@ class TestCreateBody:
                 "sandboxer_id": "unitplan01",
                 "sandboxer_project": "acme",
                 "sandboxer_extension": "ext.daytona-eu",  # the declaration that makes it
+                "sandboxer_attempt": "2.3",  # the provisioning that makes it
                 "sandboxer_labels": "2",
             },
             "env": {"TOKEN": "t"},

@@ -15,6 +15,14 @@ declarations on one Daytona organization (``ext.daytona`` and an
 their own: a sandbox of the name ``sandboxer-<id>`` that the other made is,
 to this one, not there. A sandbox made before the labels said which is listed
 ``unmarked``, for the log to say whose, and a teardown of its id deletes it.
+
+Two attempts at one provisioning may run at once (the job redelivered past ``ack_wait``
+while the first worker is frozen or cut off from NATS, not dead). Each sandbox is labelled
+with the attempt that made it, and an attempt adopts only its own and deletes only its own
+and earlier ones', never a later one's (:mod:`sandboxer.hosted.attempt_fence`): a create
+refused because the name is taken adopts the holder only when it is this attempt's, deletes
+an earlier attempt's and creates again, and stops for a later one's. The worker tears a
+failed or taken-over attempt down through :meth:`DaytonaExtension.teardown_attempt`.
 """
 
 from __future__ import annotations
@@ -71,10 +79,11 @@ from sandboxer.extensions.daytona.workspace_copy import (
 )
 from sandboxer.extensions.ssh_checks import check_argv, check_sandbox_id
 from sandboxer.extensions.ssh_exec_stop import stoppable
+from sandboxer.hosted.attempt_fence import MadeBy, own, removable
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.http import ProviderHttp
 from sandboxer.hosted.keyed import KeyedCopies
-from sandboxer.hosted.labels import SANDBOX_LABEL, our_sandbox_id
+from sandboxer.hosted.labels import ATTEMPT_LABEL, SANDBOX_LABEL, our_sandbox_id
 from sandboxer.hosted.provider_settings import ProviderValue
 from sandboxer.hosted.workspace_copy import too_large
 from sandboxer.ids import is_valid_sandbox_id
@@ -172,8 +181,13 @@ class DaytonaExtension:
         check_sandbox_id(sandbox_id, self.id)
         api = self._client()
         body = self._plan(request).body  # every check before the first request
-        await self._remove_ours(api, sandbox_id, wait=True)  # a redelivered job starts clean
+        mine = request.made_by
         name = plan.provider_name(sandbox_id)
+        # A redelivered job: what an earlier attempt made is deleted, and we start clean. A
+        # first attempt needs no look: the name is free, or the create's 409 says who holds
+        # it. Never a later attempt's: this one may be the earlier, resumed past ack_wait.
+        if request.redelivered:
+            await self._remove_ours(api, sandbox_id, wait=True, removable_by=mine)
 
         async def create() -> ProviderSandbox:
             try:
@@ -181,25 +195,15 @@ class DaytonaExtension:
             except ProviderError as exc:
                 if exc.status != 409:
                     raise
-                # The name is taken: an earlier attempt's create arrived after all, unless
-                # another declaration on this organization holds the name (not ours to take).
-                found = await api.get(name, sandbox_id)
-                if found is None:
-                    raise
-                if not self._mine(found):
-                    raise ProviderError(
-                        f"{self.id}: the Daytona name {name} is taken by a sandbox of "
-                        f"{plan.maker(found.labels)}, another declaration on this Daytona "
-                        "organization; it is not taken over",
-                        provider=self.id,
-                        status=409,
-                        sandbox_id=sandbox_id,
-                    ) from exc
-                return found
+                holder = await self._name_holder(api, name, sandbox_id, mine, exc)
+                if holder is not None:  # this attempt's own create, whose answer was lost
+                    return holder
+                # An earlier attempt's held it, deleted now: the name is free again.
+                return await api.create(body, sandbox_id)
 
         made = await create_once(
             create,
-            lambda: self._get_mine(api, name, sandbox_id),
+            lambda: self._get_own(api, name, sandbox_id, mine),
             sandbox_id=sandbox_id,
             late=self._late,
             redelivered=request.redelivered,
@@ -210,7 +214,8 @@ class DaytonaExtension:
         sandbox_id = request.sandbox_id
         check_sandbox_id(sandbox_id, self.id)
         warnings = self._plan(request).warnings
-        ready = await self._wait_for(sandbox_id, {"started"}, "start")
+        # Only the sandbox this attempt made: a later attempt's may hold the name by now.
+        ready = await self._wait_for(sandbox_id, {"started"}, "start", made_by=request.made_by)
         descriptor: dict[str, Any] = {
             "kind": "daytona",
             "sandbox_id": ready.id,
@@ -228,6 +233,20 @@ class DaytonaExtension:
         # While a create of it we gave up on may still land, it is looked for again.
         await self._late.teardown(
             sandbox_id, lambda: self._remove_ours(api, sandbox_id, wait=False)
+        )
+
+    async def teardown_attempt(
+        self, sandbox_id: str, made_by: MadeBy, *, host: str | None = None
+    ) -> None:
+        """Delete our Daytona sandboxes of ``sandbox_id`` that provisioning ``made_by`` or an
+        earlier one made, never a later one's; looked for again while a create we gave up on
+        may still land (:class:`~sandboxer.extensions.capabilities.AttemptScoped`)."""
+        del host
+        check_sandbox_id(sandbox_id, self.id)
+        api = self._client()
+        await self._late.teardown(
+            sandbox_id,
+            lambda: self._remove_ours(api, sandbox_id, wait=False, removable_by=made_by),
         )
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
@@ -475,6 +494,7 @@ class DaytonaExtension:
             target=self._target,
             grace_minutes=self._config.leak_grace_minutes,
             now=datetime.now(UTC),
+            made_by=request.made_by,
         )
 
     def _grace(self) -> int:
@@ -492,6 +512,60 @@ class DaytonaExtension:
         """The sandbox of that name unless another declaration on the organization made it."""
         found = await api.get(name, sandbox_id)
         return found if found is not None and self._mine(found) else None
+
+    async def _get_own(
+        self, api: DaytonaApi, name: str, sandbox_id: str, mine: MadeBy
+    ) -> ProviderSandbox | None:
+        """The sandbox of that name if provisioning ``mine`` made it: the only one it adopts."""
+        found = await self._get_mine(api, name, sandbox_id)
+        return found if found is not None and own(found.labels, mine) else None
+
+    async def _name_holder(
+        self,
+        api: DaytonaApi,
+        name: str,
+        sandbox_id: str,
+        mine: MadeBy,
+        refused: ProviderError,
+    ) -> ProviderSandbox | None:
+        """A create of provisioning ``mine`` was refused because ``name`` is taken: the holder
+        when it is this attempt's own (its answer was lost: adopted); None when it was an
+        earlier attempt's (or made before the attempt label), deleted now and its name free
+        again. Raises ``refused`` when nothing holds it any more, and a ProviderError when
+        another declaration or a later attempt holds it: neither is this attempt's to take."""
+        found = await api.get(name, sandbox_id)
+        if found is None:
+            raise refused
+        if not self._mine(found):
+            raise ProviderError(
+                f"{self.id}: the Daytona name {name} is taken by a sandbox of "
+                f"{plan.maker(found.labels)}, another declaration on this Daytona "
+                "organization; it is not taken over",
+                provider=self.id,
+                status=409,
+                sandbox_id=sandbox_id,
+            ) from refused
+        if own(found.labels, mine):
+            return found
+        if not removable(found.labels, mine):
+            # The job went to another worker while this one was held up (frozen, cut off
+            # from NATS): the log's `ready` may name that sandbox. This attempt stops, and
+            # the worker, finding it taken over, records nothing.
+            raise ProviderError(
+                f"{self.id}: the Daytona name {name} is held by a later provisioning "
+                f"({found.labels[ATTEMPT_LABEL]}) of {sandbox_id} than this one "
+                f"({mine[0]}.{mine[1]}); it is left to that one",
+                provider=self.id,
+                status=409,
+                sandbox_id=sandbox_id,
+            ) from refused
+        # An earlier attempt's create landed after this one's look (or this is a first
+        # attempt, which does not look): deleted, and the create sent once more.
+        log.info("%s: deleting %s of %s, an earlier attempt's", self.id, found.id, sandbox_id)
+        if found.state not in plan.GONE_STATES:
+            await api.delete(found.id, sandbox_id)
+        await self._wait_gone(api, name, sandbox_id)
+        return None
 
     async def _existing(self, sandbox_id: str) -> ProviderSandbox:
         found = await self._get_mine(self._client(), plan.provider_name(sandbox_id), sandbox_id)
@@ -520,25 +594,39 @@ class DaytonaExtension:
             )
         return found
 
-    async def _remove_ours(self, api: DaytonaApi, sandbox_id: str, *, wait: bool) -> None:
+    async def _remove_ours(
+        self,
+        api: DaytonaApi,
+        sandbox_id: str,
+        *,
+        wait: bool,
+        removable_by: MadeBy | None = None,
+    ) -> None:
         """Delete every Daytona sandbox of ours for ``sandbox_id`` (by name and by label),
-        never another declaration's (:meth:`_mine`); with ``wait``, until the name is free
-        for a new create."""
+        never another declaration's (:meth:`_mine`); with ``removable_by``, only those that
+        provisioning and earlier ones made, never a later one's; with ``wait``, until the
+        name is free for a new create (unless a later attempt's holds it)."""
+
+        def doomed_one(item: ProviderSandbox) -> bool:
+            return self._mine(item) and (
+                removable_by is None or removable(item.labels, removable_by)
+            )
+
         name = plan.provider_name(sandbox_id)
         doomed: dict[str, ProviderSandbox] = {}
-        by_name = await self._get_mine(api, name, sandbox_id)
-        if by_name is not None:
+        by_name = await api.get(name, sandbox_id)
+        if by_name is not None and doomed_one(by_name):
             doomed[by_name.id] = by_name
         # Not filtered by Daytona on our extension label: sandboxes made before it said
         # which declaration made them are labelled ext.daytona whatever made them.
         for item in await api.list({SANDBOX_LABEL: sandbox_id}):
-            if self._mine(item):
+            if doomed_one(item):
                 doomed.setdefault(item.id, item)
         for item in doomed.values():
             if item.state not in plan.GONE_STATES:
                 await api.delete(item.id, sandbox_id)
                 log.info("%s: deleted Daytona sandbox %s of %s", self.id, item.id, sandbox_id)
-        if wait and by_name is not None:
+        if wait and by_name is not None and by_name.id in doomed:
             await self._wait_gone(api, name, sandbox_id)
 
     async def _wait_gone(self, api: DaytonaApi, name: str, sandbox_id: str) -> None:
@@ -555,8 +643,17 @@ class DaytonaExtension:
                 )
             await asyncio.sleep(self._config.poll_interval)
 
-    async def _wait_for(self, sandbox_id: str, wanted: set[str], action: str) -> ProviderSandbox:
-        """Poll until the sandbox reaches a ``wanted`` state; fail on error, loss or deadline."""
+    async def _wait_for(
+        self,
+        sandbox_id: str,
+        wanted: set[str],
+        action: str,
+        *,
+        made_by: MadeBy | None = None,
+    ) -> ProviderSandbox:
+        """Poll until the sandbox reaches a ``wanted`` state; fail on error, loss or deadline.
+        With ``made_by``, the sandbox must be the one that provisioning made: another one
+        holding the name (a later attempt's) is not it."""
         api = self._client()
         name = plan.provider_name(sandbox_id)
         deadline = time.monotonic() + self._config.ready_timeout
@@ -566,6 +663,14 @@ class DaytonaExtension:
                 raise SandboxNotFound(
                     f"{self.id}: Daytona sandbox {name} disappeared while waiting for it to "
                     f"{action}",
+                    sandbox_id=sandbox_id,
+                    extension=self.id,
+                )
+            if made_by is not None and not own(found.labels, made_by):
+                raise SandboxNotFound(
+                    f"{self.id}: Daytona sandbox {name} is not the one provisioning "
+                    f"{made_by[0]}.{made_by[1]} of {sandbox_id} made (another attempt's "
+                    "holds the name)",
                     sandbox_id=sandbox_id,
                     extension=self.id,
                 )

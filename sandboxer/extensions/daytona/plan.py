@@ -8,6 +8,10 @@ each list and delete only their own. Before that, every sandbox said ``ext.dayto
 whatever its declaration; a sandbox labelled since also carries :data:`LABELS_LABEL`, and
 one without it that says ``ext.daytona`` is one of those older ones: any declaration's
 (:func:`maker` gives None), for the log to say whose.
+
+Each sandbox also names the provisioning attempt that made it (``sandboxer_attempt``,
+:mod:`sandboxer.hosted.attempt_fence`): one made before that label counts as an earlier
+attempt's.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sandboxer.durations import parse_duration
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.daytona.config import EXTENSION_ID
 from sandboxer.extensions.network_fields import daytona_fields, port_warnings
+from sandboxer.hosted.attempt_fence import MadeBy
 from sandboxer.hosted.labels import EXTENSION_LABEL, labels_for
 from sandboxer.hosted.labels import maker as labels_maker
 
@@ -75,9 +80,13 @@ def provider_name(sandbox_id: str) -> str:
     return f"sandboxer-{sandbox_id}"
 
 
-def our_labels(sandbox_id: str, project: str | None, extension: str) -> dict[str, str]:
-    """The labels of a sandbox the declaration ``extension`` makes."""
-    return {**labels_for(sandbox_id, project, extension), LABELS_LABEL: LABELS_VERSION}
+def our_labels(
+    sandbox_id: str, project: str | None, extension: str, made_by: MadeBy | None = None
+) -> dict[str, str]:
+    """The labels of a sandbox the declaration ``extension`` makes; with ``made_by``, the
+    provisioning attempt that makes it too."""
+    labels = labels_for(sandbox_id, project, extension, made_by)
+    return {**labels, LABELS_LABEL: LABELS_VERSION}
 
 
 def maker(labels: Mapping[str, str]) -> str | None:
@@ -128,8 +137,10 @@ def plan_create(
     target: str | None,
     grace_minutes: float,
     now: datetime,
+    made_by: MadeBy | None = None,
 ) -> CreatePlan:
-    """The ``CreateSandbox`` body for one of the sandboxes of the declaration ``extension``."""
+    """The ``CreateSandbox`` body for one of the sandboxes of the declaration ``extension``,
+    made by provisioning attempt ``made_by``."""
     image = (profile.image or "").strip()
     if not image:
         raise InvalidInput(
@@ -140,7 +151,7 @@ def plan_create(
         )
     body: dict[str, Any] = {
         "name": provider_name(sandbox_id),
-        "labels": our_labels(sandbox_id, project, extension),
+        "labels": our_labels(sandbox_id, project, extension, made_by),
         "env": dict(env),
         "autoStopInterval": auto_stop_minutes(
             expires_at, parse_duration(profile.ttl.default), grace_minutes, now
