@@ -80,6 +80,17 @@ def inspect_host(
     )
 
 
+def _orphan_note(orphan: dict[str, Any]) -> str:
+    if orphan.get("placed_on"):
+        return f"a copy left here; the log places the sandbox on {orphan['placed_on']}"
+    if orphan.get("live_attempt"):
+        return (
+            f"a copy made by attempt {orphan['made_by']} beside the live sandbox "
+            f"(attempt {orphan['live_attempt']}, which stays)"
+        )
+    return "on the host; the log has it destroyed, failed or unknown"
+
+
 def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
     hosts = [{"extension": r["extension"], **h} for r in replies if r.get("ok") for h in r["hosts"]]
     if as_json:
@@ -104,9 +115,7 @@ def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
                     host["extension"],
                     "orphan",
                     orphan["sandbox_id"],
-                    f"a copy left here; the log places the sandbox on {orphan['placed_on']}"
-                    if orphan.get("placed_on")
-                    else "on the host; the log has it destroyed, failed or unknown",
+                    _orphan_note(orphan),
                 )
             )
         for ghost in host.get("ghosts", []):

@@ -24,6 +24,16 @@ known by the backend's own mark on it (a label, a marker); a hosted sandbox
 made before its labels named its backend (``unmarked``) may be another
 declaration's on the same account, so it is judged only where the log places
 it on this backend (:func:`claimed`).
+
+A hosted backend may also hold a **stale copy** of a sandbox it does hold live: a provider
+sandbox an earlier provisioning attempt made, landing after the later attempt's ``ready``
+(a killed worker's create, slower than the job's redelivery). Each carries the attempt that
+made it (``FoundSandbox.made_by``), and the log orders attempts: only the latest one's
+``ready`` is recorded, so while the log calls the sandbox usable, one labelled with an
+earlier attempt is not the sandbox the log names (:func:`earlier_attempt`). It is an
+orphan, costing money at the provider beside the live one; the worker's start and
+``reap-stale`` remove it through the backend's attempt-scoped teardown, which never reaches
+the later attempt's. One without the label is never judged so: the live one may be such.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.found import FoundSandbox, MadeBy
 from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = [
@@ -40,7 +50,9 @@ __all__ = [
     "ReconcileStep",
     "claimed",
     "corpse_reason",
+    "earlier_attempt",
     "find_drift",
+    "live_attempt",
     "placed_elsewhere",
     "reconcile_step",
 ]
@@ -59,18 +71,32 @@ class Drift:
     placed_on: Mapping[str, str] = field(default_factory=dict)
     """Orphan id -> where the log places that sandbox, for an orphan that is a copy left
     here of a sandbox living elsewhere."""
+    live_attempts: Mapping[str, MadeBy] = field(default_factory=dict)
+    """Orphan id -> the provisioning the log's ``ready`` names, for orphans that are stale
+    copies an earlier attempt made beside that live sandbox (:func:`earlier_attempt`): each
+    is removed with its own attempt's teardown, never the sandbox's."""
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "orphans": [
-                {**_found_dict(o), "placed_on": self.placed_on[o.sandbox_id]}
-                if o.sandbox_id in self.placed_on
-                else _found_dict(o)
-                for o in self.orphans
-            ],
+            "orphans": [self._orphan_dict(o) for o in self.orphans],
             "ghosts": list(self.ghosts),
             "corpses": [{**_found_dict(c), "reason": corpse_reason(c)} for c in self.corpses],
         }
+
+    def _orphan_dict(self, orphan: FoundSandbox) -> dict[str, object]:
+        said = _found_dict(orphan)
+        if orphan.sandbox_id in self.placed_on:
+            said["placed_on"] = self.placed_on[orphan.sandbox_id]
+        live = self.live_attempts.get(orphan.sandbox_id)
+        if live is not None and orphan.made_by is not None:
+            said["made_by"] = _attempt_text(orphan.made_by)
+            said["live_attempt"] = _attempt_text(live)
+        return said
+
+
+def _attempt_text(made_by: MadeBy) -> str:
+    """``<generation>.<attempt>``, as the provider label writes it."""
+    return "{}.{}".format(*made_by)
 
 
 def _found_dict(found: FoundSandbox) -> dict[str, object]:
@@ -90,25 +116,45 @@ def find_drift(
     log_status: Mapping[str, str],
     log_ready: Sequence[str],
     placed_on: Mapping[str, str] | None = None,
+    live: Mapping[str, MadeBy] | None = None,
 ) -> Drift:
     """``found``: what the hosts hold; ``log_status``: the log's status of each found id
     (``new`` when unknown); ``log_ready``: ids the log calls ready on these hosts;
     ``placed_on``: found ids the log places elsewhere (:func:`placed_elsewhere`), each
-    with where: copies left here, orphans whatever their status."""
+    with where: copies left here, orphans whatever their status; ``live``: the attempt the
+    log's ``ready`` names, for found ids whose earlier attempts' copies may be judged
+    (:func:`live_attempt`): those copies are orphans, and not the sandbox (with only such a
+    copy left, the sandbox the log names is gone: a ghost)."""
     elsewhere = placed_on or {}
+    attempts = live or {}
 
     def status(item: FoundSandbox) -> str:
         return log_status.get(item.sandbox_id, "new")
 
-    orphans = [f for f in found if f.sandbox_id in elsewhere or status(f) in ORPHAN_STATUSES]
+    def stale(item: FoundSandbox) -> bool:
+        return earlier_attempt(item, attempts.get(item.sandbox_id))
+
+    orphans = [
+        f for f in found if f.sandbox_id in elsewhere or status(f) in ORPHAN_STATUSES or stale(f)
+    ]
     corpses = [
         f
         for f in found
-        if f.sandbox_id not in elsewhere and not f.alive and status(f) in USABLE_STATUSES
+        if f.sandbox_id not in elsewhere
+        and not stale(f)
+        and not f.alive
+        and status(f) in USABLE_STATUSES
     ]
-    present = {f.sandbox_id for f in found}
+    present = {f.sandbox_id for f in found if not stale(f)}
     ghosts = sorted(sandbox_id for sandbox_id in log_ready if sandbox_id not in present)
-    return Drift(orphans=orphans, ghosts=ghosts, corpses=corpses, placed_on=dict(elsewhere))
+    copies = {f.sandbox_id: attempts[f.sandbox_id] for f in found if stale(f)}
+    return Drift(
+        orphans=orphans,
+        ghosts=ghosts,
+        corpses=corpses,
+        placed_on=dict(elsewhere),
+        live_attempts=copies,
+    )
 
 
 def claimed(found: FoundSandbox, extension: str, state: SandboxState) -> bool:
@@ -132,8 +178,46 @@ def placed_elsewhere(found: FoundSandbox, extension: str, state: SandboxState) -
     return f"{state.extension} on {state.host}" if state.host else state.extension
 
 
+def live_attempt(
+    listed: Sequence[FoundSandbox], state: SandboxState, extension: str
+) -> MadeBy | None:
+    """The provisioning the log's ``ready`` names, by which an earlier attempt's copy is
+    told from the live sandbox (:func:`earlier_attempt`); None when nothing of the id is to
+    be judged by attempt. ``listed``: every provider sandbox of ``state``'s sandbox that
+    ``extension`` listed. Judged only while the log calls the sandbox usable here (one
+    being provisioned is its job's to clean, a failed or destroyed one goes whole, one
+    placed elsewhere is a copy whatever its label), and only when each of them carries the
+    attempt label: one made before the label may be the live one, and an attempt-scoped
+    teardown counts it as earlier."""
+    if (
+        not listed
+        or any(item.made_by is None for item in listed)
+        or state.status not in USABLE_STATUSES
+        or state.attempt < 1
+        or any(placed_elsewhere(item, extension, state) is not None for item in listed)
+    ):
+        return None
+    return (state.generation, state.attempt)
+
+
+def earlier_attempt(found: FoundSandbox, live: MadeBy | None) -> bool:
+    """Whether ``found`` is a stale copy: made by a provisioning earlier than ``live``, the
+    one the log's ``ready`` names (None: not judged, see :func:`live_attempt`). The log
+    records only the latest attempt's ``ready``, so an earlier one's sandbox is no one's;
+    a later one's than the log knows is left alone (never the case while the log calls
+    the sandbox usable: ``provisioning`` is appended before any create)."""
+    return live is not None and found.made_by is not None and found.made_by < live
+
+
 ReconcileStep = Literal[
-    "adopt", "fail", "finish_teardown", "remove", "remove_copy", "unknown", "leave"
+    "adopt",
+    "fail",
+    "finish_teardown",
+    "remove",
+    "remove_copy",
+    "remove_earlier_attempt",
+    "unknown",
+    "leave",
 ]
 """What a worker's start does with a sandbox its backend holds (``ExtensionWorker.reconcile``):
 
@@ -143,14 +227,24 @@ ReconcileStep = Literal[
 - ``remove``: the log has it failed or destroyed: torn down, nothing recorded;
 - ``remove_copy``: the log places it elsewhere: this copy is torn down, and nothing is
   recorded (the sandbox's log speaks of the other backend's);
+- ``remove_earlier_attempt``: an earlier provisioning attempt's copy beside the live
+  sandbox (:func:`earlier_attempt`): that attempt's own are torn down (``AttemptScoped``),
+  the live one and the log left alone;
 - ``unknown``: the log never heard of it: reported (``reap-stale`` removes it);
 - ``leave``: a job is on it (provisioning, recreating, snapshotting...)."""
 
 
-def reconcile_step(found: FoundSandbox, extension: str, state: SandboxState) -> ReconcileStep:
-    """The step for ``found``, held by ``extension``, whose log says ``state``."""
+def reconcile_step(
+    found: FoundSandbox, extension: str, state: SandboxState, live: MadeBy | None = None
+) -> ReconcileStep:
+    """The step for ``found``, held by ``extension``, whose log says ``state``; ``live``:
+    the attempt the log's ``ready`` names when copies may be judged by attempt
+    (:func:`live_attempt`)."""
     if placed_elsewhere(found, extension, state) is not None:
         return "remove_copy"
+    if earlier_attempt(found, live):
+        # Before the live checks: a dead copy is not the sandbox, whose failure it would mark.
+        return "remove_earlier_attempt"
     if state.status in USABLE_STATUSES:
         return "adopt" if found.alive else "fail"
     if state.status == "destroying":

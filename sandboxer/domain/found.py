@@ -7,10 +7,14 @@ with the log; backends build it from what they see and speak it back
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FoundSandbox"]
+__all__ = ["FoundSandbox", "MadeBy", "by_id"]
+
+MadeBy = tuple[int, int]
+"""A provisioning, as its ``provisioning`` event numbers it: (generation, attempt)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,3 +38,19 @@ class FoundSandbox:
     """A hosted sandbox whose labels do not name the backend that made it (made before they
     did): on an account two declarations share it may be the other's, so it is this
     backend's only where the log places it here (:func:`~sandboxer.domain.drift.claimed`)."""
+    made_by: MadeBy | None = None
+    """The provisioning that made it, ``(generation, attempt)``, as its provider label says
+    (E2B, Modal, Daytona: the backends that are
+    :class:`~sandboxer.extensions.capabilities.AttemptScoped`); None when it does not say
+    (made before the label, or a backend that does not label). A labelled one of an attempt
+    earlier than the one the log's ``ready`` names is a stale copy beside the live sandbox
+    (:func:`~sandboxer.domain.drift.earlier_attempt`)."""
+
+
+def by_id(found: Iterable[FoundSandbox]) -> dict[str, list[FoundSandbox]]:
+    """What was found, by sandbox id: a hosted provider may hold several sandboxes of one
+    (an earlier attempt's copy beside the live one), each listed on its own."""
+    grouped: dict[str, list[FoundSandbox]] = {}
+    for item in found:
+        grouped.setdefault(item.sandbox_id, []).append(item)
+    return grouped

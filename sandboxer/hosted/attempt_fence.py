@@ -25,12 +25,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from sandboxer.domain.found import MadeBy
 from sandboxer.hosted.labels import ATTEMPT_LABEL
 
 __all__ = ["MadeBy", "made_by", "own", "removable"]
-
-MadeBy = tuple[int, int]
-"""A provisioning, as its ``provisioning`` event numbers it: (generation, attempt)."""
 
 _LABEL = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
 

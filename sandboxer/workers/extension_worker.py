@@ -32,8 +32,9 @@ from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.profile import Profile
-from sandboxer.domain.drift import claimed, placed_elsewhere, reconcile_step
+from sandboxer.domain.drift import claimed, live_attempt, placed_elsewhere, reconcile_step
 from sandboxer.domain.fallback import has_fallback
+from sandboxer.domain.found import by_id
 from sandboxer.domain.sandbox_decide import (
     Attempt,
     DomainCommand,
@@ -136,8 +137,12 @@ class ExtensionWorker:
         only of a sandbox it places on this backend (and host): a copy of one it
         places elsewhere (rerouted, while this backend's create landed late) is
         torn down, and the sandbox's log left alone, since it is another
-        backend's now (:func:`~sandboxer.domain.drift.reconcile_step`). The
-        snapshot scratch that dead workers left goes first.
+        backend's now (:func:`~sandboxer.domain.drift.reconcile_step`). On a
+        backend that labels attempts (:class:`AttemptScoped`), a copy an earlier
+        provisioning attempt made beside a live sandbox (a killed worker's create
+        that landed after the next attempt's ``ready``) is removed with that attempt's
+        teardown, which leaves the live one. The snapshot scratch that dead workers
+        left goes first.
         """
         await self._snapshots.sweep()
         try:
@@ -147,11 +152,20 @@ class ExtensionWorker:
             # creates fail with this reason); `sandboxer inspect stale` looks again later.
             log.warning("%s: cannot list its sandboxes at start: %s", self.extension.id, exc)
             return
+        # Judged by attempt only where that attempt's alone can be removed (below).
+        by_attempt = isinstance(self.extension, AttemptScoped)
+        siblings = by_id(listed)  # a hosted id may list several provider sandboxes
         for found in listed:
+            # Read for each: the steps before may have taken a while (a teardown's looks).
             state = (await self._store.load(found.sandbox_id)).state
             if not claimed(found, self.extension.id, state):
                 continue  # perhaps another declaration's, on the same provider account
-            step = reconcile_step(found, self.extension.id, state)
+            live = (
+                live_attempt(siblings[found.sandbox_id], state, self.extension.id)
+                if by_attempt
+                else None
+            )
+            step = reconcile_step(found, self.extension.id, state, live)
             if step == "adopt":
                 log.info("adopted sandbox %s", found.sandbox_id)
             elif step == "fail":
@@ -183,6 +197,21 @@ class ExtensionWorker:
                 # With the key it was listed with: the key the log recorded is the one its
                 # routing to the other backend chose.
                 await self._safe_teardown(found.sandbox_id, found.host, self.extension)
+            elif step == "remove_earlier_attempt":
+                assert found.made_by is not None  # what earlier_attempt judged by
+                log.info(
+                    "sandbox %s: removing a copy made by attempt %d.%d beside the live one "
+                    "(attempt %d.%d)",
+                    found.sandbox_id,
+                    *found.made_by,
+                    state.generation,
+                    state.attempt,
+                )
+                # Listed with this key; only that attempt's and earlier ones', never the live.
+                made = Attempt(self.extension.id, *found.made_by)
+                await self._safe_teardown(
+                    found.sandbox_id, found.host, self.extension, made_by=made
+                )
             elif step == "unknown":
                 log.warning(
                     "sandbox %s exists on this host but not in the log; "

@@ -7,9 +7,12 @@ Subjects (core NATS, outside every stream), one set per extension:
 - ``sandboxer.admin.stale.<ext>`` ``{"host": NAME?}``: reply with the drift
   between the log and the hosts (orphans, ghosts and corpses, see
   :mod:`sandboxer.domain.drift`), and the sandboxes stuck in ``destroying``
-  because their teardown failed for good;
+  because their teardown failed for good. On a hosted backend that labels attempts
+  (:class:`~sandboxer.extensions.capabilities.AttemptScoped`), an orphan may be an earlier
+  provisioning attempt's copy beside a live sandbox (``made_by``, ``live_attempt``);
 - ``sandboxer.admin.reap.<ext>`` ``{"host": NAME?, "apply": bool}``: without
-  ``apply`` the same as stale; with it, tear the orphans down, mark the ghosts
+  ``apply`` the same as stale; with it, tear the orphans down (such a copy through
+  ``teardown_attempt``, which leaves the live one), mark the ghosts
   failed, mark the corpses failed with the reason and tear down what is left
   of them, try the stuck teardowns again, and record a ``HostReaped`` event
   per host.
@@ -43,11 +46,14 @@ from sandboxer.domain.drift import (
     Drift,
     claimed,
     corpse_reason,
+    earlier_attempt,
     find_drift,
+    live_attempt,
     placed_elsewhere,
 )
-from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.found import FoundSandbox, MadeBy, by_id
 from sandboxer.domain.sandbox_decide import FinishTeardown, MarkFailed, MarkTeardownFailed
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import (
     BusError,
     HostKeyRejected,
@@ -57,7 +63,7 @@ from sandboxer.errors import (
 )
 from sandboxer.events.types import SYSTEM_ACTOR, HostReaped
 from sandboxer.extensions.base import Extension
-from sandboxer.extensions.capabilities import HostLister, LeftoverKeeper
+from sandboxer.extensions.capabilities import AttemptScoped, HostLister, LeftoverKeeper
 from sandboxer.workers.backend_for import backend_for_id, on_project_keys
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_events import event_host, inspect_and_record
@@ -153,9 +159,12 @@ class InventoryService:
             ]
         statuses: dict[str, str] = {}
         copies: dict[str, str] = {}
+        states: dict[str, SandboxState] = {}
         judged = []
         for item in found:
-            state = (await self._store.load(item.sandbox_id)).state
+            if item.sandbox_id not in states:  # a hosted id may list several sandboxes
+                states[item.sandbox_id] = (await self._store.load(item.sandbox_id)).state
+            state = states[item.sandbox_id]
             if not claimed(item, self._extension.id, state):
                 continue  # perhaps another declaration's, on the same provider account
             judged.append(item)
@@ -168,7 +177,15 @@ class InventoryService:
         ready = await self._ready_in_log(host)
         # BYOK sandboxes live in their project's provider account, out of this list's sight.
         elsewhere = await on_project_keys(self._store, self._extension, ready)
-        return find_drift(judged, statuses, [r for r in ready if r not in elsewhere], copies)
+        # An earlier attempt's copy beside a live sandbox is judged only where the backend
+        # can remove that attempt's alone (``_remove``): a plain teardown takes the live one.
+        live: dict[str, MadeBy] = {}
+        if isinstance(self._extension, AttemptScoped):
+            for sandbox_id, held in by_id(judged).items():
+                attempt = live_attempt(held, states[sandbox_id], self._extension.id)
+                if attempt is not None:
+                    live[sandbox_id] = attempt
+        return find_drift(judged, statuses, [r for r in ready if r not in elsewhere], copies, live)
 
     async def _ready_in_log(self, host: str | None) -> list[str]:
         """Sandboxes the log calls live and usable: ``active`` is ``ready`` after first use,
@@ -245,7 +262,7 @@ class InventoryService:
             removed = []
             leftovers: list[str] = []  # freed together, after the loops
             for orphan in drift.orphans:
-                await self._remove(orphan, host, leftovers)
+                await self._remove(orphan, host, leftovers, drift)
                 removed.append(orphan.sandbox_id)
             for corpse in drift.corpses:
                 # Recorded before the teardown: should the teardown fail, the sandbox is
@@ -260,7 +277,7 @@ class InventoryService:
                         "was left); recreate or destroy it",
                     ),
                 )
-                await self._remove(corpse, host, leftovers)
+                await self._remove(corpse, host, leftovers, drift)
                 removed.append(corpse.sandbox_id)
             if leftovers and isinstance(self._extension, LeftoverKeeper):
                 await self._extension.free_leftovers(leftovers)
@@ -293,11 +310,20 @@ class InventoryService:
             hosts.append({"host": name, "removed": removed, "marked_failed": marked})
         return {"hosts": hosts, "applied": True}
 
-    async def _remove(self, found: FoundSandbox, host: str | None, leftovers: list[str]) -> None:
+    async def _remove(
+        self, found: FoundSandbox, host: str | None, leftovers: list[str], drift: Drift
+    ) -> None:
         """Tear down what the host holds of ``found``; when only leftovers are, add it to
-        ``leftovers``, all freed in one call (the backend looks at the host once for them)."""
+        ``leftovers``, all freed in one call (the backend looks at the host once for them);
+        when it is an earlier attempt's copy beside the live sandbox, only what that attempt
+        (and earlier ones) made, never the sandbox the log's ``ready`` names."""
         if found.leftover and isinstance(self._extension, LeftoverKeeper):
             leftovers.append(found.sandbox_id)
+        elif earlier_attempt(found, drift.live_attempts.get(found.sandbox_id)):
+            # Judged only for an AttemptScoped backend (``_drift``), and always labelled.
+            assert isinstance(self._extension, AttemptScoped)
+            assert found.made_by is not None
+            await self._extension.teardown_attempt(found.sandbox_id, found.made_by, host=host)
         else:
             await self._extension.teardown(found.sandbox_id, host=host)
 

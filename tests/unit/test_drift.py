@@ -6,11 +6,13 @@ from sandboxer.config.hosts import HostConfig
 from sandboxer.domain.drift import (
     claimed,
     corpse_reason,
+    earlier_attempt,
     find_drift,
+    live_attempt,
     placed_elsewhere,
     reconcile_step,
 )
-from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.found import FoundSandbox, by_id
 from sandboxer.domain.sandbox_state import SandboxState, Status
 from sandboxer.extensions.compose_ssh.containers import Container
 from sandboxer.extensions.compose_ssh.listing import found_on_host, why_dead
@@ -210,3 +212,110 @@ def test_compose_listing_leaves_out_another_backend_s_sandbox_with_containers() 
     ]
     listed = found_on_host(item, scan, held, "ext.compose-ssh")
     assert [f.sandbox_id for f in listed] == ["unmarked0001"]
+
+
+def hosted(made_by: tuple[int, int] | None, *, alive: bool = True, pid: str = "") -> FoundSandbox:
+    """One provider sandbox of ``copy00000001``, labelled with the attempt that made it."""
+    return FoundSandbox(
+        sandbox_id="copy00000001", alive=alive, detail={"provider_id": pid}, made_by=made_by
+    )
+
+
+def attempted(
+    status: Status, generation: int, attempt: int, extension: str = "ext.e2b"
+) -> SandboxState:
+    return SandboxState(
+        sandbox_id="copy00000001",
+        status=status,
+        extension=extension,
+        generation=generation,
+        attempt=attempt,
+    )
+
+
+def test_an_earlier_attempt_s_copy_beside_a_live_sandbox_is_an_orphan() -> None:
+    """The log's `ready` names attempt 2; a killed attempt 1's create landed after it. The
+    copy is an orphan (reported with both attempts), the live one is neither an orphan nor
+    a ghost, and the reconcile removes only the copy, by its attempt."""
+    live, copy = hosted((1, 2), pid="live"), hosted((1, 1), pid="copy")
+    state = attempted("ready", 1, 2)
+    assert live_attempt([live, copy], state, "ext.e2b") == (1, 2)
+    attempts = {"copy00000001": (1, 2)}
+    drift = find_drift([live, copy], {"copy00000001": "ready"}, ["copy00000001"], {}, attempts)
+    assert drift.orphans == [copy]
+    assert (drift.ghosts, drift.corpses) == ([], [])
+    orphans = drift.to_dict()["orphans"]
+    assert isinstance(orphans, list)
+    [orphan] = orphans
+    assert (orphan["detail"], orphan["made_by"], orphan["live_attempt"]) == (
+        {"provider_id": "copy"},
+        "1.1",
+        "1.2",
+    )
+    assert reconcile_step(live, "ext.e2b", state, (1, 2)) == "adopt"
+    assert reconcile_step(copy, "ext.e2b", state, (1, 2)) == "remove_earlier_attempt"
+    # Even a dead copy: it is not the sandbox, whose failure it would otherwise mark.
+    dead = hosted((1, 1), alive=False)
+    assert reconcile_step(dead, "ext.e2b", state, (1, 2)) == "remove_earlier_attempt"
+    assert find_drift([live, dead], {"copy00000001": "ready"}, [], {}, attempts).corpses == []
+    # An earlier generation's (a frozen attempt's create after a recreate's teardown) too.
+    recreated = attempted("active", 2, 1)
+    assert live_attempt([hosted((2, 1)), hosted((1, 3))], recreated, "ext.e2b") == (2, 1)
+    assert earlier_attempt(hosted((1, 3)), (2, 1))
+    assert not earlier_attempt(hosted((2, 1)), (2, 1))
+    assert not earlier_attempt(hosted((2, 2)), (2, 1))  # later than the log knows: left
+
+
+def test_with_only_an_earlier_attempt_s_copy_left_the_sandbox_is_a_ghost() -> None:
+    """What the log's `ready` names is gone: the copy is not it (another provider id)."""
+    copy = hosted((1, 1))
+    assert live_attempt([copy], attempted("ready", 1, 2), "ext.e2b") == (1, 2)
+    drift = find_drift(
+        [copy], {"copy00000001": "ready"}, ["copy00000001"], {}, {"copy00000001": (1, 2)}
+    )
+    assert (drift.orphans, drift.ghosts) == ([copy], ["copy00000001"])
+
+
+def test_attempts_are_judged_only_while_the_log_calls_the_sandbox_usable_here() -> None:
+    """A sandbox being provisioned is its job's (its clean start and twin kill); a failed or
+    destroyed one is removed whole; one placed elsewhere is a copy whatever its label."""
+    copy = hosted((1, 1))
+    busy: list[Status] = [
+        "provisioning",
+        "recreating",
+        "destroying",
+        "failed",
+        "destroyed",
+        "routed",
+    ]
+    for status in busy:
+        assert live_attempt([copy], attempted(status, 1, 2), "ext.e2b") is None, status
+    usable: list[Status] = ["ready", "active", "pausing", "paused", "resuming"]
+    for status in usable:
+        assert live_attempt([copy], attempted(status, 1, 2), "ext.e2b") == (1, 2), status
+    elsewhere = attempted("ready", 1, 2, extension="ext.modal")
+    assert live_attempt([copy], elsewhere, "ext.e2b") is None
+    assert reconcile_step(copy, "ext.e2b", elsewhere) == "remove_copy"
+    # Without the log's attempt (a backend that cannot remove one attempt's alone), no rule.
+    assert reconcile_step(copy, "ext.e2b", attempted("ready", 1, 2)) == "adopt"
+    assert find_drift([copy], {"copy00000001": "ready"}, ["copy00000001"]).orphans == []
+
+
+def test_an_unlabelled_sandbox_is_never_judged_by_attempt_nor_anything_beside_it() -> None:
+    """Made before the attempt label: it may be the live one, and an attempt-scoped teardown
+    counts it as earlier, so a labelled earlier copy beside it is not removed by attempt."""
+    unlabelled, copy = hosted(None, pid="old"), hosted((1, 1), pid="copy")
+    state = attempted("ready", 1, 2)
+    assert live_attempt([unlabelled, copy], state, "ext.e2b") is None
+    assert live_attempt([unlabelled], state, "ext.e2b") is None
+    assert not earlier_attempt(unlabelled, (1, 2))
+    drift = find_drift([unlabelled, copy], {"copy00000001": "ready"}, ["copy00000001"], {}, {})
+    assert (drift.orphans, drift.ghosts) == ([], [])
+    assert reconcile_step(unlabelled, "ext.e2b", state, None) == "adopt"
+    assert reconcile_step(copy, "ext.e2b", state, None) == "adopt"
+
+
+def test_found_sandboxes_are_grouped_by_id() -> None:
+    one, two = hosted((1, 2)), hosted((1, 1))
+    other = FoundSandbox(sandbox_id="other0000001", alive=True)
+    assert by_id([one, other, two]) == {"copy00000001": [one, two], "other0000001": [other]}

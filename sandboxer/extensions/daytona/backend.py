@@ -80,6 +80,7 @@ from sandboxer.extensions.daytona.workspace_copy import (
 from sandboxer.extensions.ssh_checks import check_argv, check_sandbox_id
 from sandboxer.extensions.ssh_exec_stop import stoppable
 from sandboxer.hosted.attempt_fence import MadeBy, own, removable
+from sandboxer.hosted.attempt_fence import made_by as labelled_attempt
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.http import ProviderHttp
 from sandboxer.hosted.keyed import KeyedCopies
@@ -281,6 +282,7 @@ class DaytonaExtension:
                     alive=plan.is_alive(item.state),
                     detail=detail,
                     unmarked=plan.maker(item.labels) is None,
+                    made_by=labelled_attempt(item.labels),
                 )
             )
         return found

@@ -73,6 +73,7 @@ from sandboxer.extensions.e2b.wire import (
 )
 from sandboxer.extensions.ssh_checks import check_sandbox_id
 from sandboxer.hosted.attempt_fence import MadeBy, own, removable
+from sandboxer.hosted.attempt_fence import made_by as labelled_attempt
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import SANDBOX_LABEL, made_elsewhere
@@ -294,6 +295,7 @@ class E2bExtension:
                 alive=True,
                 detail=_detail(sandbox),
                 unmarked=sandbox.maker is None,
+                made_by=labelled_attempt(sandbox.metadata),
             )
             for sandbox in await self._client().list_live()
             if (ours := self._ours(sandbox)) is not None

@@ -69,6 +69,7 @@ from sandboxer.extensions.modal.plan import (
 )
 from sandboxer.extensions.ssh_exec_stop import stoppable
 from sandboxer.hosted.attempt_fence import MadeBy, removable
+from sandboxer.hosted.attempt_fence import made_by as labelled_attempt
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
 from sandboxer.hosted.labels import (
@@ -319,6 +320,7 @@ class ModalExtension:
                     alive=True,
                     detail={"modal_sandbox_id": sandbox.object_id, "tags": dict(tags)},
                     unmarked=maker(tags) is None,
+                    made_by=labelled_attempt(tags),
                 )
             )
         return found
