@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
@@ -21,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from sandboxer import subjects
-from sandboxer.bus.ask import RESTART_BUDGET, ask
+from sandboxer.bus.ask import RESTART_BUDGET, ask_json
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.errors import BusError, CommandFailed, OutcomePending
 
@@ -235,9 +236,17 @@ class KeyOutcomeWatcher(OutcomeWatcher):
     the events stream: it asks the projector for the command's events a page at a time
     (``sandbox.events`` on its own subject, narrowed to its project) until one ends it. A
     projector that is briefly absent (a restart) is asked again, with backoff, until the
-    command's wait runs out."""
+    command's wait runs out.
+
+    Each ask is a request the key's rate counts (bus/key_request_rate.py), with its queries
+    and execs: so the polls come quickly at first, then every :data:`POLL_MAX_SECONDS`
+    (about two requests a second, a fifth of the default rate); the command's rejection is
+    no longer asked for once one of its events is in the log (a command carried out is not
+    rejected after); and a poll refused for the rate waits as long as the answer says."""
 
     POLL_SECONDS = 0.05
+    """The first wait between two polls; each next one is twice as long, up to ..."""
+    POLL_MAX_SECONDS = 0.5
     UNANSWERED_SECONDS = 1.0
     """How long one poll asks an absent projector again before it notes that nothing answers
     (then it polls on: the wait's own timeout ends it)."""
@@ -254,8 +263,11 @@ class KeyOutcomeWatcher(OutcomeWatcher):
         (then :class:`ServiceNotRunning`)."""
         request = msgspec.json.encode({**about, "after": after})
         subject = subjects.stamped(subjects.QUERY_SANDBOX_EVENTS, self.key_id)
-        reply = await ask(self.nc, subject, request, timeout=5.0, budget=budget)
-        answer = msgspec.json.decode(reply.data)
+        # Refused for the key's rate (its other requests count too): asked again when the
+        # refusal says, for as long as the caller waits.
+        answer = await ask_json(
+            self.nc, subject, request, timeout=5.0, budget=budget, patience=math.inf
+        )
         if not answer.get("ok"):
             raise BusError(f"reading events as key {self.key_id}: {answer.get('error')}")
         return [(int(seq), event) for seq, event in answer["events"]]
@@ -276,8 +288,10 @@ class KeyOutcomeWatcher(OutcomeWatcher):
 
         async def poll() -> None:
             after = {"scope": 0, "rejection": 0}
+            asks = {"scope": about, "rejection": {"command_id": command_id}}
+            pause = self.POLL_SECONDS
             while True:
-                for name, asked in (("scope", about), ("rejection", {"command_id": command_id})):
+                for name, asked in list(asks.items()):
                     try:
                         found = await self.page(asked, after[name], self.UNANSWERED_SECONDS)
                     except BusError as exc:  # a projector restarting, or failing: ask again
@@ -288,8 +302,11 @@ class KeyOutcomeWatcher(OutcomeWatcher):
                     for seq, event in found:
                         after[name] = seq
                         self.seen_seq = max(self.seen_seq, seq)
+                        if name == "scope" and event.get("command_id") == command_id:
+                            asks.pop("rejection", None)  # carried out: it is not rejected
                         await outcome.put(event)
-                await asyncio.sleep(self.POLL_SECONDS)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.POLL_MAX_SECONDS)
 
         poller = asyncio.create_task(poll())
         try:

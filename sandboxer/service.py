@@ -30,6 +30,7 @@ from nats.aio.client import Client
 from sandboxer import __version__
 from sandboxer.bus.connect import connect, redact_url
 from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.key_request_rate import KeyRequestRates
 from sandboxer.bus.nats_auth import credentials_for
 from sandboxer.bus.permissions import CLIENT, SERVICE
 from sandboxer.bus.streams import ensure_streams, replicas_for
@@ -131,6 +132,10 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
     # The bucket exists before any upload: an API key may write to it but not create it.
     await open_or_create_bucket(js, replicas_for(nc._server_info))
     store = JetStreamEventStore(nc, js)
+    # One bucket per API key for every role here that answers a key's requests on the bus
+    # (queries, route explain, execs, copies, tokens): a key's rate holds in this process
+    # whichever of them it asks (bus/key_request_rate.py).
+    rates = KeyRequestRates()
     services: list[QueryService | ExecService | InventoryService | TokenService] = []
     projectors: list[Projector] = []
     extensions: list[Extension] = []
@@ -138,7 +143,9 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
         async with asyncio.TaskGroup() as group:
             for role in roles:
                 if role == "control":
-                    control = ControlWorker(js, store, catalog, settings, nc=nc)
+                    control = ControlWorker(
+                        js, store, catalog, settings, nc=nc, request_rates=rates
+                    )
                     group.create_task(control.run(stop))
                     expirer = Expirer(nc, js, interval=settings.expiry_interval)
                     group.create_task(expirer.run(stop))
@@ -168,7 +175,7 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                     projector = Projector(nc, js, settings.db_path)
                     await projector.open()
                     projectors.append(projector)
-                    queries = QueryService(nc, projector, info=info)
+                    queries = QueryService(nc, projector, info=info, rates=rates)
                     await queries.start()
                     services.append(queries)
                     group.create_task(projector.run(stop))
@@ -190,7 +197,7 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                         ),
                         pools=keeper if keeper is not None and keeper.pools_anything else None,
                     )
-                    executor = ExecService(nc, store, extension, settings=settings)
+                    executor = ExecService(nc, store, extension, settings=settings, rates=rates)
                     inventory = InventoryService(
                         nc,
                         store,
@@ -203,7 +210,7 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                     await inventory.start()
                     services += [executor, inventory]
                     if isinstance(extension, TokenHolder):
-                        tokens = TokenService(nc, store, extension, extension.id)
+                        tokens = TokenService(nc, store, extension, extension.id, rates=rates)
                         await tokens.start()
                         services.append(tokens)
                     await worker.reconcile()

@@ -238,7 +238,7 @@ async def _ask(
         await sub.unsubscribe()
     answer: dict[str, Any] = msgspec.json.decode(msg.data)
     if not answer.get("ok"):
-        raise _error(str(answer.get("error")), str(answer.get("code")), sandbox_id)
+        raise _error(answer, sandbox_id)
     return answer
 
 
@@ -248,11 +248,12 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
-def _error(message: str, code: str, sandbox_id: str) -> SandboxerError:
+def _error(answer: dict[str, Any], sandbox_id: str) -> SandboxerError:
     """The worker's refusal as the error of the tree its code names: any other code
     (``extension``, ``error``, a backend's own) is :class:`ExtensionError`, the backend or the
     worker failed (docs/protocol.md#files)."""
-    named = error_for(message, code, sandbox_id)
+    named = error_for(answer, sandbox_id)
+    message = str(answer.get("error"))
     return named if named is not None else ExtensionError(message, sandbox_id=sandbox_id)
 
 

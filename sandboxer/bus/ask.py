@@ -7,6 +7,9 @@ is safe: within a caller's ``budget`` it is asked again with backoff (``stamina`
 and only once the budget is spent does the caller hear that nothing answered.
 A request that timed out is not asked again here: it may have reached a responder
 that is still busy with it, and the caller knows whether that is worth repeating.
+:func:`ask_json` also rides out an API key's request refused for its rate (the
+answer says how long to wait: bus/key_request_rate.py) for as long as its caller
+allows.
 
 A request published with a reply inbox of one's own (a streamed answer: exec, files,
 several replies) hears the same "no responders" as a message on that inbox, a status
@@ -17,7 +20,9 @@ such an inbox.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import msgspec
 import stamina
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -25,9 +30,11 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from sandboxer.domain.rate_limit import stated_wait
 from sandboxer.errors import ServiceNotRunning
+from sandboxer.exec_protocol.answer_codes import RATE_LIMITED
 
-__all__ = ["RESTART_BUDGET", "ask", "next_message", "no_responders"]
+__all__ = ["RESTART_BUDGET", "ask", "ask_json", "next_message", "no_responders"]
 
 RESTART_BUDGET = 10.0
 """Seconds a wait rides out an absent responder: a restarted ``sandboxer up`` answers within
@@ -85,3 +92,29 @@ async def ask(
             "serves it) running against this NATS?"
         ) from exc
     raise AssertionError("unreachable: stamina ends with a result or an exception")
+
+
+async def ask_json(
+    nc: Client,
+    subject: str,
+    payload: bytes,
+    *,
+    timeout: float,
+    budget: float = 0.0,
+    patience: float = 0.0,
+) -> Any:
+    """The decoded answer to one request (:func:`ask`). An answer refusing it for the
+    asking key's rate (``code`` ``rate_limited``) is asked again after the wait it states,
+    while that ends within ``patience`` seconds (``math.inf``: always); past that, the
+    refusal is the answer."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + patience
+    while True:
+        msg = await ask(nc, subject, payload, timeout=timeout, budget=budget)
+        answer = msgspec.json.decode(msg.data)
+        if not isinstance(answer, dict) or answer.get("code") != RATE_LIMITED:
+            return answer
+        wait = stated_wait(answer)
+        if wait is None or loop.time() + wait > give_up:
+            return answer
+        await asyncio.sleep(wait)

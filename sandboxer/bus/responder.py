@@ -2,7 +2,9 @@
 
 Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A
 handler raises :class:`RequestError` for a bad request (its message is the
-reply); any other exception is logged and answered as an internal error.
+reply); a key's request past its rate (:class:`RateLimited`, raised by the key's
+resolver) is answered with ``code`` ``rate_limited`` and ``retry_after`` besides;
+any other exception is logged and answered as an internal error.
 Each request runs in its own task, so a slow one (a replay, a reap) does not
 hold up the others.
 """
@@ -19,8 +21,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from sandboxer.bus.key_request_rate import refusal_fields
 from sandboxer.bus.replies import answer_subject
-from sandboxer.errors import RequestError
+from sandboxer.errors import RateLimited, RequestError
 
 __all__ = ["Handler", "KeyResolver", "RequestError", "Responder", "ScopedHandler"]
 
@@ -30,7 +33,8 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 ScopedHandler = Callable[[dict[str, Any], dict[str, Any]], Awaitable[dict[str, Any]]]
 """A handler for a key identity's request: ``(request, actor)``, the actor being the key's."""
 KeyResolver = Callable[[str], Awaitable[dict[str, Any]]]
-"""The actor of a key id (raises RequestError when the key is unknown or revoked)."""
+"""The actor of a key id (raises RequestError when the key is unknown or revoked, and
+RateLimited when it is past its rate: bus/key_request_rate.py)."""
 
 
 class Responder:
@@ -94,12 +98,20 @@ class Responder:
         self, handler_for: Callable[[Msg], Awaitable[Handler]], *, keyed: bool
     ) -> Callable[[Msg], Awaitable[None]]:
         async def respond(msg: Msg) -> None:
+            # Only to an inbox, and a key identity's request only to its own (bus/replies.py).
+            to = answer_subject(msg.reply, msg.subject.rpartition(".")[2] if keyed else None)
+            if to is None and keyed:
+                return  # a key's request nobody may be answered for costs nothing more
             try:
+                # A key's request: its rate and who it is first, before its bytes are read
+                # (bus/key_request_rate.py: one past the rate is refused cheaply).
+                handler = await handler_for(msg)
                 request = msgspec.json.decode(msg.data) if msg.data else {}
                 if not isinstance(request, dict):
                     raise RequestError("request must be a JSON object")
-                handler = await handler_for(msg)
                 reply = {"ok": True, **self._stamp, **await handler(request)}
+            except RateLimited as limited:
+                reply = {"ok": False, **self._stamp, **refusal_fields(limited)}
             except (RequestError, msgspec.DecodeError) as exc:
                 reply = {"ok": False, **self._stamp, "error": str(exc)}
             except RecursionError:  # JSON nested thousands deep: a bad request, not our fault
@@ -107,8 +119,6 @@ class Responder:
             except Exception as exc:
                 log.exception("request on %s failed", msg.subject)
                 reply = {"ok": False, **self._stamp, "error": f"internal error: {exc}"}
-            # Only to an inbox, and a key identity's request only to its own (bus/replies.py).
-            to = answer_subject(msg.reply, msg.subject.rpartition(".")[2] if keyed else None)
             if to is not None:
                 await self._nc.publish(to, self._fitting(reply))
 

@@ -20,7 +20,7 @@ from nats.aio.client import Client as Nats
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
-from sandboxer.bus.ask import RESTART_BUDGET, ask, next_message, no_responders
+from sandboxer.bus.ask import RESTART_BUDGET, ask_json, next_message, no_responders
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.key_users import key_credentials
@@ -36,9 +36,10 @@ from sandboxer.command_outcomes import (
     notify,
 )
 from sandboxer.config.settings import Settings
+from sandboxer.domain.rate_limit import stated_wait
 from sandboxer.domain.route_signals import RouteSignals
-from sandboxer.errors import BusError, InvalidInput, RequestError, SandboxerError
-from sandboxer.exec_protocol.answer_codes import error_for
+from sandboxer.errors import BusError, InvalidInput, RateLimited, RequestError, SandboxerError
+from sandboxer.exec_protocol.answer_codes import RATE_LIMITED, error_for
 from sandboxer.exec_protocol.heartbeat import allowed_silence, next_answer
 from sandboxer.exec_protocol.wire import EXEC_HEADER
 from sandboxer.ids import derive_sandbox_id, is_valid_sandbox_id, new_command_id
@@ -66,6 +67,12 @@ __all__ = [
     "UploadProgress",
     "Uploaded",
 ]
+
+RATE_PATIENCE = 5.0
+"""Seconds a key's query refused for its rate is asked again, as each refusal says (a
+fraction of a second: a key's rate is at least one a second), before :class:`RateLimited`
+is raised: a client paces its reads to its rate rather than failing them, as its own waits
+for a command's outcome poll with the same rate (docs/python-client.md)."""
 
 COMMAND_PUBLISH_BUDGET = 15.0
 """Seconds a command's publish waits out an unavailable commands stream (elections take 4-7 s)."""
@@ -175,20 +182,31 @@ class SandboxerClient:
         return subject if self.key_id is None else subjects.stamped(subject, self.key_id)
 
     async def query(
-        self, subject: str, request: Mapping[str, Any], timeout: float = 5.0, budget: float = 0.0
+        self,
+        subject: str,
+        request: Mapping[str, Any],
+        timeout: float = 5.0,
+        budget: float = 0.0,
+        *,
+        patience: float = RATE_PATIENCE,
     ) -> Any:
         """The service's answer to ``request``; ``budget`` seconds: how long a responder that is
-        absent (restarting) is waited for (:func:`sandboxer.bus.ask.ask`)."""
+        absent (restarting) is waited for (:func:`sandboxer.bus.ask.ask`). A key's request
+        refused for its rate is asked again when the refusal says, for ``patience`` seconds
+        (or ``budget``, the longer); past them, :class:`RateLimited`."""
         if "min_seq" in request:  # read your writes: include the outcomes just returned
             position = await self.outcomes.position()
             request = {**request, "min_seq": max(int(request["min_seq"] or 0), position)}
         subject = self._subject(subject)
-        msg = await ask(
-            self.nc, subject, msgspec.json.encode(request), timeout=timeout, budget=budget
+        payload = msgspec.json.encode(request)
+        patience = max(patience, budget)
+        reply = await ask_json(
+            self.nc, subject, payload, timeout=timeout, budget=budget, patience=patience
         )
-        reply = msgspec.json.decode(msg.data)
         if not reply.get("ok"):
             error = str(reply.get("error"))
+            if reply.get("code") == RATE_LIMITED:  # a key past its rate: wait and ask again
+                raise RateLimited(f"{subject}: {error}", retry_after=stated_wait(reply))
             # The responder answers a bad request with its reason and its own failures
             # as "internal error: ...": only the latter is the service's fault.
             kind = BusError if error.startswith("internal error") else RequestError
@@ -763,7 +781,9 @@ class SandboxerClient:
             ) from None
         answer = msgspec.json.decode(reply.data)
         if not answer.get("ok"):
-            raise CommandFailed(str(answer.get("error")), {"sandbox_id": sandbox_id})
+            raise error_for(answer, sandbox_id) or CommandFailed(
+                str(answer.get("error")), {"sandbox_id": sandbox_id}
+            )
         return dict(answer["tokens"])
 
     async def exec(
@@ -966,7 +986,7 @@ class SandboxerClient:
             if not page:
                 if not follow:
                     return
-                await asyncio.sleep(watcher.POLL_SECONDS * 4)
+                await asyncio.sleep(watcher.POLL_MAX_SECONDS)
 
 
 def _check_id(sandbox_id: str) -> None:
@@ -982,10 +1002,9 @@ def _exec_error(result: dict[str, Any], sandbox_id: str) -> SandboxerError:
     """An exec's ``exit`` with an ``error``: the error its ``code`` names (a paused sandbox, a
     worker that stopped, a backend that takes no input; docs/protocol.md#exec), else
     CommandFailed: the command was stopped, ran past its timeout, or could not run."""
-    message = str(result["error"])
-    code = result.get("code")
-    named = error_for(message, code if isinstance(code, str) else None, sandbox_id)
+    named = error_for(result, sandbox_id)
     if named is not None:
         return named
+    message = str(result["error"])
     details = {"sandbox_id": sandbox_id, "timed_out": bool(result.get("timed_out"))}
     return CommandFailed(message, details)

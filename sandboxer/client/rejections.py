@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sandboxer.domain.rate_limit import stated_wait
 from sandboxer.errors import CommandFailed, NotFound, RateLimited, SandboxerError
 
-__all__ = ["rejection_error", "stated_wait"]
+__all__ = ["rejection_error"]
 
 NOT_FOUND_CODES = frozenset({"unknown_sandbox", "unknown_snapshot", "unknown_account"})
 """Rejections that name nothing (an unknown profile stays a rejected command: its name is
@@ -38,12 +39,3 @@ def rejection_error(
                 retry_after = stated_wait(event) or LIMIT_RETRY_AFTER
             return RateLimited(message, code=code, retry_after=retry_after)
     return CommandFailed(message, event)
-
-
-def stated_wait(event: dict[str, Any]) -> float | None:
-    """The seconds a rejection itself says to wait (its ``retry_after``: a key past its rate
-    on the bus); None when it says none, or nothing sensible (the gateway reads it too)."""
-    said = event.get("retry_after")
-    if isinstance(said, int | float) and not isinstance(said, bool) and 0 < said <= 3600:
-        return float(said)
-    return None

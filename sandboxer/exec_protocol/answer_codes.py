@@ -8,25 +8,31 @@ code, so the gateway answers both alike (docs/http-api.md#exec-and-files).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from sandboxer.domain.rate_limit import stated_wait
 from sandboxer.errors import (
     CommandFailed,
     ConfigError,
     InvalidInput,
     PathRefused,
+    RateLimited,
     SandboxerError,
     ServiceNotRunning,
     Unsupported,
     WorkspaceRefused,
 )
 
-__all__ = ["FROZEN", "WORKER_STOPPED", "error_for"]
+__all__ = ["FROZEN", "RATE_LIMITED", "WORKER_STOPPED", "error_for"]
 
 FROZEN = "frozen"
 """The sandbox is paused (or pausing, resuming): nothing runs in it until it is resumed."""
 WORKER_STOPPED = "worker_stopped"
 """The worker stopped (its shutdown) while it served the request, and stopped it."""
+RATE_LIMITED = "rate_limited"
+"""An API key's request past its rate (bus/key_request_rate.py): nothing was done; the
+answer's ``retry_after`` says when to ask again."""
 
 
 def _state_conflict(message: str, *, sandbox_id: str) -> CommandFailed:
@@ -52,8 +58,13 @@ _ERRORS: dict[str, Callable[..., SandboxerError]] = {
 }
 
 
-def error_for(message: str, code: str | None, sandbox_id: str) -> SandboxerError | None:
-    """The error ``code`` names (None: a code with no error of its own, or none: the caller
-    raises its default, a copy's ExtensionError, an exec's CommandFailed)."""
-    make = _ERRORS.get(code or "")
+def error_for(answer: Mapping[str, Any], sandbox_id: str) -> SandboxerError | None:
+    """The error the ``code`` of a refusing ``answer`` (an exec's ``exit``, a copy's
+    ``done``) names, with its ``error`` as the message (None: a code with no error of its
+    own, or none: the caller raises its default, a copy's ExtensionError, an exec's
+    CommandFailed)."""
+    message, code = str(answer.get("error")), answer.get("code")
+    if code == RATE_LIMITED:
+        return RateLimited(message, retry_after=stated_wait(answer))
+    make = _ERRORS.get(code if isinstance(code, str) else "")
     return make(message, sandbox_id=sandbox_id) if make is not None else None

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 
 from sandboxer import subjects
 from sandboxer.client import SandboxerClient
-from sandboxer.client.rejections import stated_wait
 from sandboxer.domain.key_access import event_owner, may_see
+from sandboxer.domain.rate_limit import stated_wait
 from sandboxer.gateway.errors import error_response, rejection_response
 from sandboxer.gateway.models import SANDBOX_ID, Accepted, ErrorBody, Pending
 

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sandboxer.client.rejections import stated_wait
+from sandboxer.domain.rate_limit import stated_wait
 from sandboxer.errors import (
     BusError,
     CommandFailed,
@@ -24,6 +24,7 @@ from sandboxer.errors import (
     InvalidInput,
     ProviderError,
     ProviderQuota,
+    RateLimited,
     Rejected,
     RequestError,
     SandboxerError,
@@ -190,6 +191,9 @@ def response_for(exc: SandboxerError) -> JSONResponse:
         return error_response(422, exc.code, exc.message)
     if isinstance(exc, Rejected):
         return rejection_response(exc.code, exc.reason, wait=exc.retry_after)
+    if isinstance(exc, RateLimited):  # a key's request past its rate on the bus
+        wait = RETRY_AFTER if exc.retry_after is None else retry_after(exc.retry_after)
+        return error_response(429, exc.code, exc.message, headers={"Retry-After": wait})
     if isinstance(exc, RequestError):
         # The service refused the query: the message is its reason after the subject.
         return error_response(400, exc.code, exc.message.partition(": ")[2] or exc.message)

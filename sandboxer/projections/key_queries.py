@@ -4,7 +4,9 @@ A key identity (docs/security.md#keys-on-the-bus) asks on ``<query subject>.<key
 id>``, which only it may publish. Each answer here is the plain query's, then
 narrowed by :mod:`sandboxer.domain.key_access` exactly as the HTTP gateway
 narrows it: another project's sandbox, snapshot, rejection or account is
-answered as for one that does not exist.
+answered as for one that does not exist. Each request takes a token of the
+key's rate first (:mod:`sandboxer.bus.key_request_rate`): one past it is
+answered ``rate_limited`` before anything is read.
 
 A key identity may not read the events stream, so it follows its own sandboxes
 with ``sandbox.events``: a page of one sandbox's events (or of one command's
@@ -21,6 +23,7 @@ from nats.aio.client import Client
 
 from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
+from sandboxer.bus.key_request_rate import KeyRequestRates
 from sandboxer.bus.responder import Handler, Responder, ScopedHandler
 from sandboxer.domain.key_access import (
     event_owner,
@@ -29,7 +32,7 @@ from sandboxer.domain.key_access import (
     owner_of,
     scope_of,
 )
-from sandboxer.domain.key_state import is_valid_key_id
+from sandboxer.domain.key_state import KeyState, is_valid_key_id
 from sandboxer.errors import RequestError
 from sandboxer.ids import is_valid_command_id, is_valid_sandbox_id
 from sandboxer.pagination import page_limit
@@ -49,10 +52,12 @@ class KeyQueries:
         nc: Client,
         projector: Projector,
         plain: dict[str, Handler],
+        rates: KeyRequestRates,
     ) -> None:
         self._nc = nc
         self._projector = projector
         self._plain = plain
+        self._rates = rates
 
     async def start(self, responder: Responder, queue: str) -> None:
         routes: dict[str, ScopedHandler] = {
@@ -69,14 +74,19 @@ class KeyQueries:
         await responder.serve_scoped(routes, self.resolve, queue=queue)
 
     async def resolve(self, key_id: str) -> dict[str, Any]:
-        """The actor of an active key; a revoked one is refused at once."""
-        assert self._projector.view is not None
-        state = await load_key(self._projector.view.db, key_id) if is_valid_key_id(key_id) else None
+        """The actor of an active key; a revoked one is refused at once. A request past the
+        key's rate is refused first, before the view is read (bus/key_request_rate.py)."""
+        await self._rates.hold(key_id, self._load_key)
+        state = await self._load_key(key_id) if is_valid_key_id(key_id) else None
         actor = state.actor if state is not None else None
         if actor is None:
             raise RequestError(f"key {key_id} is revoked or unknown")
         plain: dict[str, Any] = msgspec.to_builtins(actor)
         return plain
+
+    async def _load_key(self, key_id: str) -> KeyState | None:
+        assert self._projector.view is not None
+        return await load_key(self._projector.view.db, key_id)
 
     def _ask(self, subject: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
         return self._plain[subject]

@@ -15,6 +15,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from sandboxer import subjects
+from sandboxer.bus.key_request_rate import KeyRequestRates
 from sandboxer.bus.responder import Handler, Responder
 from sandboxer.clock import utc_now
 from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
@@ -70,10 +71,20 @@ def _timestamp(request: dict[str, Any], name: str) -> str | None:
 
 
 class QueryService:
-    def __init__(self, nc: Client, projector: Projector, *, info: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        projector: Projector,
+        *,
+        info: dict[str, Any],
+        rates: KeyRequestRates | None = None,
+    ) -> None:
+        """``rates``: the keys' request rates this process holds (bus/key_request_rate.py),
+        shared with its other services; a bucket of its own without one."""
         self._nc = nc
         self._projector = projector
         self._info = info
+        self._rates = rates if rates is not None else KeyRequestRates()
         self._responder = Responder(nc)
 
     async def start(self) -> None:
@@ -95,7 +106,8 @@ class QueryService:
         }
         await self._responder.serve(plain, queue=QUEUE)
         # Key identities ask the same queries on subjects ending in their key id.
-        await KeyQueries(self._nc, self._projector, plain).start(self._responder, QUEUE)
+        keyed = KeyQueries(self._nc, self._projector, plain, self._rates)
+        await keyed.start(self._responder, QUEUE)
 
     async def stop(self) -> None:
         await self._responder.stop()

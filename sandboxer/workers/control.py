@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore, Loaded
+from sandboxer.bus.key_request_rate import KeyRequestRates, logged_keys
 from sandboxer.clock import utc_now
 from sandboxer.commands.parse import key_of, parse_command, verb_of
 from sandboxer.commands.types import (
@@ -96,11 +97,18 @@ class ControlWorker:
         settings: Settings,
         nc: Client | None = None,
         clock: Callable[[], float] = time.monotonic,
+        request_rates: KeyRequestRates | None = None,
     ) -> None:
-        """``clock``: what the keys' rates on the bus are measured by (workers/key_rate.py)."""
+        """``clock``: what the keys' rates for commands on the bus are measured by
+        (workers/key_rate.py); ``request_rates``: the process's for their requests, which
+        hold a key's ``route.explain`` (bus/key_request_rate.py)."""
         self._js = js
         # Route signals and route explain need a connection; without one, routing goes blind.
-        self._routing = RouteLookup(nc, catalog, settings) if nc is not None else None
+        self._routing = (
+            RouteLookup(nc, catalog, settings, keys=logged_keys(store), rates=request_rates)
+            if nc is not None
+            else None
+        )
         self._settings = settings
         self._store = store
         self._catalog = catalog

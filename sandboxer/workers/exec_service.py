@@ -10,6 +10,10 @@ header. Workers that cannot reach the sandbox stay silent: a host-local
 backend's workers each check whether the sandbox is theirs; a remote
 backend's workers share a queue group, so exactly one of them answers.
 
+An API key's exec (``sandboxer.exec.<sandbox_id>.<key id>``) is held to the key's rate first
+(:mod:`sandboxer.workers.key_reach`): one past it is answered with an ``exit`` carrying
+``code`` ``rate_limited`` and ``retry_after``, and nothing runs.
+
 An exec is activity: the worker publishes ``sandboxer.cmd.touch`` for the sandbox, which
 holds off idle reaping (the first one after ``ready`` makes it ``active``). It skips the
 touch when it sent one within the sandbox's touch interval, since the domain would record
@@ -60,6 +64,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -70,10 +75,10 @@ from nats.errors import Error as NatsError
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
-from sandboxer.bus.replies import answer_subject
+from sandboxer.bus.key_request_rate import KeyRequestRates, refusal_fields
 from sandboxer.domain.deadlines import touch_interval
 from sandboxer.domain.sandbox_state import SandboxState
-from sandboxer.errors import SandboxerError, Unsupported
+from sandboxer.errors import RateLimited, SandboxerError, Unsupported
 from sandboxer.events.types import Actor
 from sandboxer.exec_protocol import answer_codes, heartbeat
 from sandboxer.exec_protocol.wire import EXEC_HEADER as HEADER
@@ -81,7 +86,7 @@ from sandboxer.extensions.base import Extension, OutputSink
 from sandboxer.ids import new_command_id
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
-from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
+from sandboxer.workers.key_reach import KeyReach, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
 from sandboxer.workers.stdin_inbox import StdinInbox
 
@@ -125,7 +130,10 @@ class ExecService:
         extension: Extension,
         *,
         settings: Settings | None = None,
+        rates: KeyRequestRates | None = None,
     ) -> None:
+        """``rates``: the keys' request rates this process holds, shared with its other
+        services (bus/key_request_rate.py); a bucket of its own without one."""
         self._nc = nc
         self._store = store
         self._extension = extension
@@ -133,10 +141,12 @@ class ExecService:
         self._files: FileService | None = None
         self._heartbeat = heartbeat.INTERVAL if settings is None else settings.exec_heartbeat
         """Seconds between checks that an exec's client still listens on its reply inbox."""
+        rates = rates if rates is not None else KeyRequestRates()
+        self._reach = KeyReach(store, rates, partial(reachable, store, extension))
         if settings is not None:  # files in and out ride on exec (docs/protocol.md#files)
             from sandboxer.workers.file_service import FileService
 
-            self._files = FileService(nc, store, extension, settings, touch=self.touch)
+            self._files = FileService(nc, store, extension, settings, touch=self.touch, rates=rates)
         self._in_flight = InFlight()
         self._touched: dict[str, float] = {}
         """Sandbox -> monotonic time of the last touch sent (a cache: losing it costs a touch)."""
@@ -188,20 +198,11 @@ class ExecService:
             log.warning("could not record activity on %s: %r", state.sandbox_id, exc)
 
     async def _serve(self, msg: Msg) -> None:
-        target = reach_target(msg.subject)
-        if target is None:
+        reached = await self._reach.reach(msg, self._refuse)
+        if reached is None:
             return
-        sandbox_id, key_id = target
-        # An inbox, the key's own (bus/replies.py): output, ``alive`` requests and the exit
-        # go there with the service's rights, never to a subject the request points at.
-        reply = answer_subject(msg.reply, key_id)
-        if reply is None:
-            return
-        state = await reachable(self._store, self._extension, sandbox_id)
-        if state is None:
-            return
-        if key_id is not None and await key_actor(self._store, key_id, state) is None:
-            return  # a key of another project: as for a sandbox that does not exist
+        state, reply, key_id = reached.state, reached.reply, reached.key_id
+        sandbox_id = state.sandbox_id
 
         async def send(kind: Literal["started", "stdout", "stderr", "exit"], data: bytes) -> None:
             headers: dict[str, str] = {HEADER: kind}
@@ -250,6 +251,11 @@ class ExecService:
                 await inbox.close()
         await self._nc.flush()
         await send("exit", msgspec.json.encode(result))
+
+    async def _refuse(self, reply: str, limited: RateLimited) -> None:
+        """A key's exec past its rate: an ``exit`` saying so, and nothing runs."""
+        exit_body = msgspec.json.encode(refusal_fields(limited))
+        await self._nc.publish(reply, exit_body, headers={HEADER: "exit"})
 
     async def _open_stdin(
         self, backend: Extension, sandbox_id: str, key_id: str | None

@@ -41,6 +41,8 @@ Requests: ``{"op": "put", "path": P, "kind": "file"|"dir", "ref": "object:sha256
 bytes, or of a tar of the directory). ``service`` picks a compose sandbox's container,
 as for exec. Answers go to the reply inbox like exec's: ``Sandboxer-Files: started``,
 then ``done`` with ``{"ok": true, ...}`` or ``{"ok": false, "error": ..., "code": ...}``.
+An API key's copy past the key's rate is answered with a ``done`` alone, ``code``
+``rate_limited`` and ``retry_after`` (:mod:`sandboxer.workers.key_reach`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import posixpath
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +68,7 @@ from nats.js.object_store import ObjectStore
 from nats.nuid import NUID
 
 from sandboxer.bus.event_store import EventStore
-from sandboxer.bus.replies import answer_subject
+from sandboxer.bus.key_request_rate import KeyRequestRates, refusal_fields
 from sandboxer.bus.streams import replicas_for
 from sandboxer.cleanup_waits import settle
 from sandboxer.config.settings import Settings
@@ -74,6 +77,7 @@ from sandboxer.errors import (
     ExtensionError,
     InvalidInput,
     PathRefused,
+    RateLimited,
     SandboxerError,
     Unsupported,
     WorkspaceRefused,
@@ -90,7 +94,7 @@ from sandboxer.extensions.base import Extension
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.inline_files import receive_inline, send_inline
-from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
+from sandboxer.workers.key_reach import KeyReach, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
 from sandboxer.workers.scratch import pid_scratch, sweep_dead
 from sandboxer.workspaces.bucket import open_or_create_bucket
@@ -226,10 +230,15 @@ class FileService:
         settings: Settings,
         *,
         touch: Callable[[SandboxState], Awaitable[None]] | None = None,
+        rates: KeyRequestRates | None = None,
     ) -> None:
+        """``rates``: the keys' request rates this process holds (exec's: a copy and an
+        exec of a key take from one bucket, bus/key_request_rate.py)."""
         self._nc = nc
         self._store = store
         self._extension = extension
+        rates = rates if rates is not None else KeyRequestRates()
+        self._reach = KeyReach(store, rates, partial(reachable, store, extension))
         self._limits = ArchiveLimits.from_mb(settings.upload_max_mb)
         self._staging = settings.staging_root / "files"
         self._heartbeat = settings.exec_heartbeat
@@ -256,20 +265,17 @@ class FileService:
     async def _on_request(self, msg: Msg) -> None:
         self._in_flight.start(self._serve(msg))
 
+    async def _refuse(self, reply: str, limited: RateLimited) -> None:
+        """A key's copy past its rate: a ``done`` saying so, and nothing is copied."""
+        done = msgspec.json.encode({"ok": False, **refusal_fields(limited)})
+        await self._nc.publish(reply, done, headers={HEADER: "done"})
+
     async def _serve(self, msg: Msg) -> None:
-        target = reach_target(msg.subject)
-        if target is None:
+        reached = await self._reach.reach(msg, self._refuse)
+        if reached is None:
             return
-        sandbox_id, key_id = target
-        answer_to = answer_subject(msg.reply, key_id)  # an inbox, the key's own (bus/replies.py)
-        if answer_to is None:
-            return
-        state = await reachable(self._store, self._extension, sandbox_id)
-        if state is None:
-            return
-        if key_id is not None and await key_actor(self._store, key_id, state) is None:
-            return  # a key of another project: as for a sandbox that does not exist
-        reply = answer_to
+        state, reply, key_id = reached.state, reached.reply, reached.key_id
+        sandbox_id = state.sandbox_id
 
         async def send(kind: str, body: dict[str, Any] | None = None) -> None:
             data = msgspec.json.encode(body) if body is not None else b""

@@ -29,13 +29,12 @@ N control workers sharing the commands a key may make up to N times its rate on 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
 from sandboxer.bus.event_store import EventStore
 from sandboxer.commands.parse import key_of
-from sandboxer.domain.rate_limit import RateLimiter
+from sandboxer.domain.rate_limit import RateLimiter, said_wait
 from sandboxer.errors import Rejected
 
 __all__ = ["KeyRates"]
@@ -68,5 +67,5 @@ class KeyRates:
                 f"key {key_id} may send {rate} commands a second on the bus (to each control "
                 f"worker); wait {wait:.3f}s and send it again as a new command (a new "
                 "command_id), or ask an administrator for a key with a higher --rate",
-                retry_after=math.ceil(wait * 1000) / 1000,
+                retry_after=said_wait(wait),
             )

@@ -35,6 +35,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
+from sandboxer.bus.key_request_rate import KeyLoader, KeyRequestRates
 from sandboxer.bus.responder import Responder
 from sandboxer.clock import utc_now
 from sandboxer.commands.types import CreateSandbox, RecreateSandbox, RestoreSnapshot
@@ -91,7 +92,12 @@ class RouteLookup:
         settings: Settings,
         *,
         timeout: float = SIGNALS_TIMEOUT,
+        keys: KeyLoader | None = None,
+        rates: KeyRequestRates | None = None,
     ) -> None:
+        """``keys``: where a key's rate is read, to hold its ``route.explain`` requests to
+        it with ``rates`` (the process's, bus/key_request_rate.py; a bucket of its own
+        without); without ``keys`` they are not held."""
         self._nc = nc
         self._catalog = catalog
         self._settings = settings
@@ -102,6 +108,8 @@ class RouteLookup:
         """Set (and replaced) whenever a held route is appended or released: wakes
         :meth:`settled`."""
         self._responder = Responder(nc)
+        self._keys = keys
+        self._rates = rates if rates is not None else KeyRequestRates()
 
     async def start(self) -> None:
         await self._responder.serve(
@@ -109,8 +117,15 @@ class RouteLookup:
         )
         # A key identity may ask too: how a profile routes reveals nothing of any project.
         await self._responder.serve_scoped(
-            {subjects.QUERY_ROUTE_EXPLAIN: self._explain_for_key}, _any_key, queue=CONTROL_QUEUE
+            {subjects.QUERY_ROUTE_EXPLAIN: self._explain_for_key}, self._key, queue=CONTROL_QUEUE
         )
+
+    async def _key(self, key_id: str) -> dict[str, Any]:
+        """Route explain answers every key alike (nats-server already authenticated it),
+        within its rate: each asks the view for signals."""
+        if self._keys is not None:
+            await self._rates.hold(key_id, self._keys)
+        return {"id": key_id}
 
     async def _explain_for_key(
         self, request: dict[str, Any], _actor: dict[str, Any]
@@ -312,8 +327,3 @@ class RouteLookup:
         now = utc_now()
         decision = rank(profile, enabled, ttl_seconds=ttl, signals=signals, now=now)
         return {"decision": decision.to_dict(), "signals": signals.to_dict(), "at": now}
-
-
-async def _any_key(key_id: str) -> dict[str, Any]:
-    """Route explain answers every key alike (nats-server already authenticated it)."""
-    return {"id": key_id}

@@ -7,7 +7,8 @@ answer (a queue group per backend, so one of them), and only backends that
 hold such tokens (:class:`~sandboxer.extensions.capabilities.TokenHolder`)
 run this service. Nothing here is logged with a token in it. An API key asks on
 ``sandboxer.token.<sandbox_id>.<key id>`` and is answered as itself
-(:mod:`sandboxer.workers.key_reach`).
+(:mod:`sandboxer.workers.key_reach`), within its rate: past it, ``{"ok": false, "error":
+"...", "code": "rate_limited", "retry_after": SECONDS}``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from sandboxer.bus.event_store import EventStore
-from sandboxer.bus.replies import answer_subject
+from sandboxer.bus.key_request_rate import KeyRequestRates, refusal_fields
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.token_access import token_refusal
-from sandboxer.errors import SandboxerError
+from sandboxer.errors import RateLimited, SandboxerError
 from sandboxer.events.actor import Actor
 from sandboxer.extensions.capabilities import TokenHolder
 from sandboxer.workers.backend_for import backend_for
-from sandboxer.workers.key_reach import key_actor, reach_target, subscriptions
+from sandboxer.workers.key_reach import KeyReach, subscriptions
 
 __all__ = ["TokenService"]
 
@@ -42,13 +44,24 @@ class TokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class TokenService:
     def __init__(
-        self, nc: Client, store: EventStore, extension: TokenHolder, extension_id: str
+        self,
+        nc: Client,
+        store: EventStore,
+        extension: TokenHolder,
+        extension_id: str,
+        *,
+        rates: KeyRequestRates | None = None,
     ) -> None:
+        """``rates``: the keys' request rates this process holds, shared with its other
+        services (bus/key_request_rate.py); a bucket of its own without one."""
         self._nc = nc
         self._store = store
         self._extension = extension
         self._id = extension_id
         self._subs: list[Subscription] = []
+        self._reach = KeyReach(
+            store, rates if rates is not None else KeyRequestRates(), self._its_own
+        )
 
     async def start(self) -> None:
         for subject in subscriptions("token"):  # the client identity's, and API keys'
@@ -60,20 +73,22 @@ class TokenService:
         for sub in self._subs:
             await sub.unsubscribe()
 
-    async def _serve(self, msg: Msg) -> None:
-        target = reach_target(msg.subject)
-        if target is None:
-            return
-        sandbox_id, key_id = target
-        reply = answer_subject(msg.reply, key_id)  # an inbox, the key's own (bus/replies.py)
-        if reply is None:
-            return
+    async def _its_own(self, sandbox_id: str) -> SandboxState | None:
+        """The sandbox's state when it is this backend's (whatever its status: one not live
+        is answered so), else None."""
         state = (await self._store.load(sandbox_id)).state
-        if state.extension != self._id:
-            return  # another backend's sandbox: its workers answer
-        key = await key_actor(self._store, key_id, state) if key_id is not None else None
-        if key_id is not None and key is None:
-            return  # a key of another project: as for a sandbox that does not exist
+        return state if state.extension == self._id else None
+
+    async def _refuse(self, reply: str, limited: RateLimited) -> None:
+        """A key's token request past its rate: refused, saying when to ask again."""
+        await self._nc.publish(reply, msgspec.json.encode({"ok": False, **refusal_fields(limited)}))
+
+    async def _serve(self, msg: Msg) -> None:
+        reached = await self._reach.reach(msg, self._refuse)
+        if reached is None:  # another backend's sandbox (its workers answer), another project's
+            return
+        state, reply, key = reached.state, reached.reply, reached.actor
+        sandbox_id = state.sandbox_id
         answer: dict[str, Any]
         try:
             request = msgspec.json.decode(msg.data, type=TokenRequest)

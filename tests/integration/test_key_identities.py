@@ -57,11 +57,15 @@ class Key:
         return str(command_id)
 
     async def query(self, subject: str, request: dict[str, Any]) -> dict[str, Any]:
-        reply = await self.nc.request(
-            subjects.stamped(subject, self.id), msgspec.json.encode(request), timeout=5
-        )
-        answer: dict[str, Any] = msgspec.json.decode(reply.data)
-        return answer
+        while True:
+            reply = await self.nc.request(
+                subjects.stamped(subject, self.id), msgspec.json.encode(request), timeout=5
+            )
+            answer: dict[str, Any] = msgspec.json.decode(reply.data)
+            if answer.get("code") != "rate_limited":
+                return answer
+            # The key's polls (wait_for) may pass its rate: ask again when told.
+            await asyncio.sleep(answer["retry_after"])
 
     async def events(self, **about: Any) -> list[dict[str, Any]]:
         answer = await self.query(subjects.QUERY_SANDBOX_EVENTS, about)

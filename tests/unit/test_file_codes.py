@@ -16,6 +16,7 @@ from sandboxer.errors import (
     ExtensionError,
     InvalidInput,
     PathRefused,
+    RateLimited,
     SandboxerError,
     ServiceNotRunning,
     Unsupported,
@@ -53,14 +54,14 @@ def test_each_code_is_its_error_and_status(
     code: str, expected: tuple[type[SandboxerError], int]
 ) -> None:
     kind, status = expected
-    error = _error("why", code, "sbx1")
+    error = _error({"error": "why", "code": code}, "sbx1")
     assert type(error) is kind
     assert error.sandbox_id == "sbx1"
     assert answered(error).status_code == status
 
 
 def test_a_paused_sandbox_is_the_same_rejection_on_both_transports() -> None:
-    on_bus = _error("sandbox sbx1 is paused", "frozen", "sbx1")
+    on_bus = _error({"error": "sandbox sbx1 is paused", "code": "frozen"}, "sbx1")
     answer = answered(on_bus)
     body = json.loads(bytes(answer.body))
     assert body["error"]["code"] == "frozen"
@@ -69,3 +70,18 @@ def test_a_paused_sandbox_is_the_same_rejection_on_both_transports() -> None:
     assert isinstance(on_bus, CommandFailed)
     assert over_http.event["type"] == on_bus.event["type"] == "rejected"
     assert over_http.event["code"] == on_bus.event["code"] == "frozen"
+
+
+def test_a_keys_copy_past_its_rate_is_rate_limited_with_the_wait_it_says() -> None:
+    """A copy refused for the key's rate on the bus (workers/key_reach.py): RateLimited with
+    the ``retry_after`` the ``done`` carries, and a 429 saying when should it reach HTTP."""
+    done = {"ok": False, "error": "key k may make 5 requests a second", "code": "rate_limited"}
+    error = _error({**done, "retry_after": 0.2}, "sbx1")
+    assert isinstance(error, RateLimited)
+    assert (error.code, error.retry_after) == ("rate_limited", 0.2)
+    answer = answered(error)
+    assert (answer.status_code, answer.headers["retry-after"]) == (429, "1")
+    for unreadable in ("soon", -1, True, 10**9):  # what a worker says is not trusted blindly
+        refused = _error({**done, "retry_after": unreadable}, "sbx1")
+        assert isinstance(refused, RateLimited)
+        assert refused.retry_after is None
