@@ -26,11 +26,13 @@ routed, and the failed sandboxes it let a key's recreates bring back
   hold until the view passes the last (:meth:`RouteLookup.appended` names
   it). That can only raise a count, so only one at the limit can be wrong:
   before asking again, the worker waits until none of its holds in the
-  project is being appended (:meth:`RouteLookup.settled`: an append's round
-  trip, usually; at most the 5 s a hold whose append is never reported
-  lasts), and the view caught up with the log then counts each once. What a
-  command held during that second ask (a burst's next) may still count twice
-  in it;
+  project being appended when it came still is (:meth:`RouteLookup.settled`:
+  an append's round trip, usually; at most the 5 s a hold whose append is
+  never reported lasts, from its start: holds made meanwhile, under a steady
+  stream of the project's creates, neither extend the wait nor are waited
+  for), and the view caught up with the log then counts each once. What a
+  command held during that wait or the second ask (a burst's next) may still
+  count twice in it;
 - two control workers racing may both pass, as two gateways may: each sees
   the other's creates only once the view does. A guard, not an exact quota.
 """

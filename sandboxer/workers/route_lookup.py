@@ -280,27 +280,34 @@ class RouteLookup:
         self._settling = asyncio.Event()
 
     async def settled(self, project: str) -> None:
-        """Return once none of this worker's held routes in ``project`` is being appended (held
-        but not yet :meth:`appended` or released), or each has held past its time.
+        """Return once none of this worker's held routes in ``project`` that were being
+        appended on entry (held but not yet :meth:`appended` or released) still is, or each
+        has held past its time.
 
         Such a route may be counted twice meanwhile: its ``requested`` is in the log before
         its ``routed``, and the view counts a sandbox from its ``requested``, while the hold
         counts it until the view passes the seq :meth:`appended` gives. Once it has one, a
         count from a view caught up with the log counts it once."""
-        while True:
-            self._forget()
-            pending = [
-                h.since for h in self._held.values() if h.project == project and h.seq is None
-            ]
-            if not pending:
-                return
-            wake = self._settling
-            # A hold whose append is never reported stops counting after UNAPPENDED_SECONDS:
-            # waited that long at most, then forgotten by the next pass.
-            left = max(pending) + UNAPPENDED_SECONDS - time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(left, 0.0) + 0.01):
-                    await wake.wait()
+        self._forget()
+        # Only the holds there on entry, and a deadline fixed now: under a steady stream of the
+        # project's creates (an admin's, another key's) new holds keep arriving, and waiting
+        # for them too would keep this create (and a slot of the worker) waiting for ever.
+        waited = [
+            (sandbox_id, held)
+            for sandbox_id, held in self._held.items()
+            if held.project == project and held.seq is None
+        ]
+        if not waited:
+            return
+        # A hold whose append is never reported stops counting after UNAPPENDED_SECONDS.
+        left = max(held.since for _, held in waited) + UNAPPENDED_SECONDS - time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(left, 0.0) + 0.01):
+                while any(
+                    self._held.get(sandbox_id) is held and held.seq is None
+                    for sandbox_id, held in waited
+                ):
+                    await self._settling.wait()
 
     async def _explain(self, request: dict[str, Any]) -> dict[str, Any]:
         profile_id = request.get("profile")

@@ -4,6 +4,7 @@ worker takes it from (workers/key_limit.py over RouteLookup), and the view's cou
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +44,7 @@ from sandboxer.events.types import (
 )
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.sandbox_view import SandboxView
+from sandboxer.workers import route_lookup
 from sandboxer.workers.deciding import apply_key
 from sandboxer.workers.key_limit import LiveLimit, check_live_limit, limiting_key
 from sandboxer.workers.route_lookup import RouteLookup
@@ -198,6 +200,46 @@ async def test_a_create_being_appended_is_counted_once(
     view.live = view.caught_up = 2  # the second, folded
     with pytest.raises(Rejected, match="project alpha has 2 live"):
         await admitted_by(routing, create(3))
+
+
+async def test_the_wait_for_appends_ends_under_a_stream_of_the_projects_creates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create at the limit waits for the project's holds being appended when it came, and
+    for UNAPPENDED_SECONDS at most: creates held after it (an admin's, another key's under
+    its limit, one every 20 ms here, never appended) neither extend the wait nor are waited
+    for. Before, each new hold pushed the deadline out and the wait never ended."""
+    monkeypatch.setattr(route_lookup, "UNAPPENDED_SECONDS", 0.3)
+    routing = lookup(View(live=0), tmp_path, monkeypatch)
+
+    async def stream(start: int) -> None:
+        for n in itertools.count(start):
+            routing.hold(admitted(create(n)))
+            await asyncio.sleep(0.02)
+
+    routing.hold(admitted(create(1)))  # never appended: waited for its 0.3 s, no more
+    streaming = asyncio.create_task(stream(1000))
+    try:
+        began = asyncio.get_running_loop().time()
+        async with asyncio.timeout(2):
+            await routing.settled("alpha")
+        assert asyncio.get_running_loop().time() - began < 0.6
+    finally:
+        streaming.cancel()
+    await asyncio.sleep(0.35)  # the stream's holds forgotten
+
+    # The hold there on entry appended ends the wait at once: the stream's since are not waited.
+    routing.hold(admitted(create(2)))
+    waiting = asyncio.create_task(routing.settled("alpha"))
+    streaming = asyncio.create_task(stream(2000))
+    try:
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        routing.appended(admitted(create(2)).sandbox_id, 7)
+        async with asyncio.timeout(0.1):
+            await waiting
+    finally:
+        streaming.cancel()
 
 
 async def test_a_count_at_the_limit_is_asked_again_of_the_view_caught_up(
