@@ -6,7 +6,9 @@ job the new state waits for. Every step is idempotent, so a redelivered
 command completes whatever a crash interrupted and duplicates nothing. A
 command that cannot be read or accepted becomes a ``rejected`` event; a
 command that was decided is never turned into a rejection afterwards: its
-job is published again instead.
+job is published again instead (one a key sent again past its rate, other
+than a create or a restore, is settled with nothing recorded: its job went
+out when it was decided, and a refusal there should cost little).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -53,6 +55,7 @@ from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create, requested_host
 from sandboxer.domain.fallback import without_candidates
+from sandboxer.domain.key_decide import key_id_of
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
 from sandboxer.domain.sandbox_state import SandboxState
@@ -138,10 +141,13 @@ class ControlWorker:
             await msg.ack()
             return
         try:
-            # A key's own command past its rate is turned away first, before it costs a look
-            # at its sandbox or the view: a key flooding the bus (workers/key_rate.py).
+            # A key's own command past its rate is turned away first, before it costs a
+            # decision or a look at the view: a key flooding the bus (workers/key_rate.py).
             await self._rates.hold(msg.subject, msg.metadata.num_delivered)
         except Rejected as limited:
+            if await self._resent_handled(msg.subject, command):
+                await msg.ack()  # its outcome stands (the module's rule): nothing to record
+                return
             await self._refused(msg, command, limited)
             return
         refused = await bus_identity_refusal(self._store, msg.subject, command)
@@ -333,6 +339,31 @@ class ControlWorker:
         if command.command_id not in loaded.state.handled or loaded.state.status == "requested":
             return None  # undecided (or routed not yet appended): the refusal is its outcome
         return loaded
+
+    async def _resent_handled(self, subject: str, command: Command) -> bool:
+        """Whether ``command``, past its key's rate, was handled already by the aggregate it is
+        about: sent again past the commands stream's duplicate window, it is a first delivery
+        and takes a token. A create or restore is not asked here: :meth:`_refused` sends its
+        job again. Asked only on this refusal path, of the one aggregate the command names
+        (the store keeps sandboxes and accounts folded, so a flood past the rate costs a
+        read of what is new). Handled by an aggregate the key may not act on (another
+        project's), it is not the key's command: refused as any other, so whether it is
+        rejected tells the key nothing of another project."""
+        if isinstance(command, CreateSandbox | RestoreSnapshot):
+            return False
+        if isinstance(command, DeleteSnapshot):
+            handled: Collection[str] = (
+                await self._store.load_snapshot(command.snapshot_id)
+            ).state.handled
+        elif isinstance(command, AddCredits | SetBudget | SetByok):
+            handled = (await self._store.load_account(command.project)).book.handled
+        elif isinstance(command, CreateKey | RevokeKey):
+            handled = (await self._store.load_key(key_id_of(command))).state.handled
+        else:
+            handled = (await self._store.load(target_sandbox(command))).state.handled
+        if command.command_id not in handled:
+            return False
+        return await bus_identity_refusal(self._store, subject, command) is None
 
     async def _reserve(self, command: DomainCommand) -> DomainCommand:
         """Credits first: a metered create or extension the account cannot pay for is rejected

@@ -5,7 +5,7 @@ which nats-server lets only that key publish). Each of them takes a token from t
 bucket in this control worker (:class:`sandboxer.domain.rate_limit.RateLimiter`, the one the
 gateway holds a key's requests with): ``rate_per_second`` a second, bursts up to as many. A
 command past it is rejected with ``rate_limited`` and ``retry_after``, the seconds until the
-key has a token again, before anything else of it is read or decided.
+key has a token again, before anything of it is decided.
 
 What counts, and why:
 
@@ -18,10 +18,11 @@ What counts, and why:
   rate over HTTP; so a key that uses both ways at once may make its rate on each;
 - a command's first delivery only: one delivered again (the worker gave it back while the
   view or the bus was away, or it crashed) was counted the first time, and may have been
-  decided since, which must not turn into a rejection. For the same reason a create or
-  restore refused here that was decided already (sent again past the duplicate window) is
-  answered as the worker answers any refused one of those: its job is sent again, nothing
-  is rejected (control.py).
+  decided since, which must not turn into a rejection. For the same reason a command
+  refused here that its aggregate handled already (sent again past the duplicate window, a
+  first delivery) is not rejected: a create or restore is answered as the worker answers
+  any refused one of those, its job sent again; any other is settled with nothing recorded
+  (control.py, which reads that aggregate only on this refusal path).
 
 The buckets live in each control-worker process, as the gateway's do in each gateway: with
 N control workers sharing the commands a key may make up to N times its rate on the bus.

@@ -35,7 +35,7 @@ from sandboxer.events.types import Actor, SandboxRequested
 from sandboxer.ids import derive_sandbox_id, new_command_id
 from sandboxer.workers.control import ControlWorker
 from sandboxer.workers.deciding import apply_key
-from tests.integration.conftest import Service, start_service
+from tests.integration.conftest import Service, consumer_idle, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -170,5 +170,73 @@ async def test_a_keys_burst_on_the_bus_past_its_rate_is_refused_until_it_waits(
         assert len(rest) == RATE
         for done in await asyncio.gather(*(sbx.destroy(s, timeout=30) for s in rest)):
             assert done.status == "destroyed"
+    finally:
+        await key_nc.close()
+
+
+async def test_a_command_carried_out_and_sent_again_past_the_rate_is_not_rejected(
+    service: tuple[Service, Clock],
+) -> None:
+    """A key's destroy carried out, sent again with its command id as a new message (past
+    the commands stream's two-minute duplicate window) while the key is past its rate: a
+    first delivery, so it takes a token, but its sandbox handled it, so nothing is rejected
+    and its outcome still answers success. Before, a rate_limited rejection was recorded for
+    it, and the outcome query (the gateway's status URL) answered 429 for a command that took
+    effect."""
+    running, _clock = service
+    store = JetStreamEventStore(running.client.nc, running.client.js)
+    key_hash = hash_key(new_key())
+    key_id = key_id_for(key_hash)
+    await apply_key(
+        store,
+        CreateKey(
+            command_id=new_command_id(),
+            actor=Actor(type="adm", id="ops"),
+            project=PROJECT,
+            key_type="atm",
+            key_hash=key_hash,
+            rate_per_second=RATE,
+        ),
+    )
+    own = Actor(type="atm", id=key_id, project=PROJECT)
+    sandboxes = [await _sandbox(store, own) for _ in range(RATE + 1)]
+    key_nc = await nats.connect(
+        running.settings.nats_urls[0], inbox_prefix=key_inbox_prefix(key_id)
+    )
+    key = SandboxerClient(key_nc, actor=msgspec.to_builtins(own), key_id=key_id)
+    sbx = Sandboxer(BusTransport(key))
+
+    async def send_again(command_id: str, sandbox_id: str) -> None:
+        """As the key's identity does, under another message id: JetStream's window past."""
+        await key_nc.jetstream().publish(
+            subjects.stamped(subjects.command_subject("destroy"), key_id),
+            msgspec.json.encode(
+                {"command_id": command_id, "sandbox_id": sandbox_id, "actor": key.actor}
+            ),
+            headers={"Nats-Msg-Id": f"{command_id}-again"},
+        )
+        await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control")
+
+    try:
+        # The key's bucket emptied (the worker's clock stands still), the first destroy
+        # among them.
+        done = {new_command_id(): sandbox_id for sandbox_id in sandboxes[:RATE]}
+        for command_id, sandbox_id in done.items():
+            assert (await sbx.destroy(sandbox_id, command_id=command_id, timeout=30)).status == (
+                "destroyed"
+            )
+        first, destroyed = next(iter(done.items()))
+        await send_again(first, destroyed)
+        assert await _rejections(running, first) == []
+        last = (await running.client.js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+        answer = await key.query(
+            subjects.QUERY_REJECTION, {"command_id": first, "min_seq": last}, budget=10
+        )
+        assert answer["rejection"] is None
+        # Past the rate still: a command not carried out is rejected as before.
+        fresh = new_command_id()
+        await send_again(fresh, sandboxes[RATE])
+        (rejected,) = await _rejections(running, fresh)
+        assert rejected["code"] == "rate_limited"
     finally:
         await key_nc.close()
