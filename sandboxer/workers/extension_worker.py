@@ -254,10 +254,7 @@ class ExtensionWorker:
             elif job.action == "retime":
                 await self._retime(job, loaded)
             else:
-                if job.action == "recreate":
-                    backend = await backend_for(self._store, self.extension, loaded.state)
-                    await backend.teardown(job.sandbox_id, host=host)
-                await self._provision(job, msg, loaded)
+                await self._provision(job, msg, loaded)  # a recreate's clean start in _start
         await msg.ack()
 
     async def apply(
@@ -271,6 +268,8 @@ class ExtensionWorker:
     ) -> tuple[Loaded, asyncio.Task[str | None] | None] | None:
         """Record `provisioning` and, beside it, claim a warm pool member when the profile has
         a pool; None when the sandbox needs no provisioning (what it needs instead is done).
+        A recreate's provisioning, once started, first removes the previous generation's
+        sandbox (:meth:`_clean_start`).
 
         The claim appends to another aggregate (the member's), so it goes out beside
         `provisioning` rather than after it: one round trip less on a warm create. A job seen
@@ -279,20 +278,25 @@ class ExtensionWorker:
         claiming = self._claim_beside(
             known.state, job, retry=known.state.attempt >= 1 or msg.metadata.num_delivered > 1
         )
+        taken = False
         try:
             loaded, started = await self.apply(
                 job.sandbox_id, StartProvisioning(job_id=job.job_id, worker=self.name), known
             )
+            if started and job.action == "recreate":
+                taken = not await self._clean_start(job.sandbox_id, loaded.state)
         except BaseException:
             if claiming is not None:  # a member claimed for this job: its redelivery's
                 await asyncio.gather(claiming, return_exceptions=True)
             raise
-        if started:
+        if started and not taken:
             return loaded, claiming
         if claiming is not None:
             # Claimed for a create that needs none: once the sandbox is past provisioning,
             # the keeper's reconcile tears the member down.
             await asyncio.gather(claiming, return_exceptions=True)
+        if taken:
+            return None  # the later attempt provisions it (logged by _taken_over)
         state = loaded.state
         log.info("job %s: nothing to do, sandbox is %s", job.job_id, state.status)
         if state.status in {"destroying", "destroyed"}:
@@ -301,6 +305,29 @@ class ExtensionWorker:
         if state.status == "rerouting":  # a crash came before the reroute was sent
             await request_reroute(self._js, state)
         return None
+
+    async def _clean_start(self, sandbox_id: str, state: SandboxState) -> bool:
+        """Remove the previous generation's sandbox before a recreate provisions the next one
+        under the same id; False when a later attempt has the sandbox already, so that nothing
+        here is this job's to do.
+
+        Called only once this job's ``provisioning`` is on record: a stale recreate job (one
+        redelivered after the worker appended ``ready`` but before its ack, or published again)
+        starts nothing, so it removes nothing, where a teardown before that look removed the
+        live sandbox and then found it "ready". On a backend that labels attempts
+        (:class:`AttemptScoped`) only this attempt's and earlier ones' go (none of this
+        attempt's exists yet), never what a later attempt made: this job may have been handed
+        to another worker while this one was frozen. Elsewhere the teardown takes everything
+        under the id, so the log is read right before it: a worker frozen past ``ack_wait``
+        between its ``provisioning`` and here finds itself taken over and leaves the sandbox.
+        A freeze between that read and the teardown still removes the later attempt's sandbox
+        (docs/extensions.md)."""
+        mine = Attempt.of(state)
+        if await self._taken_over(sandbox_id, mine):
+            return False
+        backend = await backend_for(self._store, self.extension, state)
+        await _remove(backend, sandbox_id, state.host, mine)
+        return True
 
     async def _provision_failed(
         self,

@@ -180,24 +180,40 @@ async def start_service(
     pytest.fail(f"the service (roles {', '.join(roles)}) stopped before it answered", pytrace=False)
 
 
+async def state_as_of(client: SandboxerClient, sandbox_id: str, last: str) -> Loaded:
+    """The sandbox's state as of its first ``last`` event, with that event's sequence."""
+    state, seq_of_last = SandboxState(sandbox_id=sandbox_id), 0
+    async for seq, event in client.events(sandbox_id=sandbox_id):
+        decoded = decode_event(json.dumps(event).encode())
+        state, seq_of_last = evolve(state, decoded), seq  # type: ignore[arg-type]
+        if event["type"] == last:
+            break
+    return Loaded(state, seq_of_last)
+
+
 async def resend_provision_job(client: SandboxerClient, sandbox_id: str) -> Job:
     """Publish the sandbox's provision job again, carrying its state as of `routed` (as the
     control worker made it), with a new message id: a redelivery JetStream does not drop."""
-    state, routed_seq = SandboxState(sandbox_id=sandbox_id), 0
-    async for seq, event in client.events(sandbox_id=sandbox_id):
-        decoded = decode_event(json.dumps(event).encode())
-        state, routed_seq = evolve(state, decoded), seq  # type: ignore[arg-type]
-        if event["type"] == "routed":
-            break
-    job = job_for(state)
+    routed = await state_as_of(client, sandbox_id, "routed")
+    job = job_for(routed.state)
     assert job is not None
     assert job.action == "provision"
-    stale = with_known(job, Loaded(state, routed_seq))
-    assert stale.known_loaded() == Loaded(state, routed_seq)
+    stale = with_known(job, routed)
+    assert stale.known_loaded() == routed
     await client.js.publish(
         subjects.job_subject("ext.local", sandbox_id), msgspec.json.encode(stale)
     )
     return stale
+
+
+async def resend_recreate_job(client: SandboxerClient, sandbox_id: str) -> Job:
+    """Publish the job of the sandbox's first recreate again, as the control worker made it
+    on `recreating`, with a new message id: a redelivery JetStream does not drop."""
+    job = job_for((await state_as_of(client, sandbox_id, "recreating")).state)
+    assert job is not None
+    assert job.action == "recreate"
+    await client.js.publish(subjects.job_subject("ext.local", sandbox_id), msgspec.json.encode(job))
+    return job
 
 
 async def consumer_idle(client: SandboxerClient, stream: str, durable: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,83 @@ async def two_attempts(nats_server: NatsServerProcess, home: Path, hosted: Hoste
         assert hosted.running(sandbox_id) == [made]
         assert "failed" not in await event_types(client, sandbox_id)
     finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await hosted.aclose()
+        await nc.drain()
+        await client.close()
+        await service.shutdown()
+
+
+class HeldTeardowns:
+    """Holds the next teardown ``extension`` is asked for (either kind: a recreate's clean
+    start) until ``go``, as a worker frozen (SIGSTOP) or cut off from NATS right there is."""
+
+    def __init__(self, extension: Extension) -> None:
+        self.held = asyncio.Event()
+        self.go = asyncio.Event()
+        self.armed = True
+        for name in ("teardown", "teardown_attempt"):
+            setattr(extension, name, self._hold(getattr(extension, name)))
+
+    def _hold(self, call: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        async def held(*args: Any, **kwargs: Any) -> None:
+            if self.armed:
+                self.armed = False
+                self.held.set()
+                await self.go.wait()
+            await call(*args, **kwargs)
+
+        return held
+
+
+async def test_a_recreate_held_before_its_clean_start_leaves_the_later_attempt_s_sandbox(
+    nats_server: NatsServerProcess, home: Path, hosted: Hosted
+) -> None:
+    """A recreate's worker is held before it removes generation 1's sandbox; the job goes to
+    a second worker, whose attempt makes generation 2's sandbox and records `ready`. The held
+    worker then goes on: its clean start must leave that sandbox alone (only its own attempt's
+    and earlier ones' go), or the log's `ready` names a sandbox that no longer runs."""
+    service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    nc = await connect([nats_server.url], name="test-hosted-recreate")
+    js = nc.jetstream()
+    store = JetStreamEventStore(nc, js)
+    catalog = Catalog.load(home)
+    maker = ExtensionWorker(js, store, catalog, hosted.new(), ack_wait=1)
+    holding = hosted.new()
+    hold = HeldTeardowns(holding)
+    held = ExtensionWorker(js, store, catalog, holding, ack_wait=1)
+    held.spec = Silent(**{**dataclasses.asdict(held.spec), "concurrency": 1})
+    other = ExtensionWorker(js, store, catalog, hosted.new(), ack_wait=1)
+    stops = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    workers = [asyncio.create_task(maker.run(stops[0]))]
+    client = service.client
+    try:
+        await service.fund()
+        sandbox_id = (await client.create(hosted.profile))["sandbox_id"]
+        stops[0].set()
+        await workers[0]  # generation 1 is ready; only the held worker takes the recreate
+        workers.append(asyncio.create_task(held.run(stops[1])))
+        await client.recreate(sandbox_id, wait=False)
+        async with asyncio.timeout(30):
+            await hold.held.wait()
+        stops[1].set()  # the held worker fetches nothing more
+        workers.append(asyncio.create_task(other.run(stops[2])))
+        async with asyncio.timeout(30):
+            while (await event_types(client, sandbox_id)).count("ready") < 2:
+                await asyncio.sleep(0.05)
+        hold.go.set()
+        async with asyncio.timeout(HOLD * 4):
+            await workers[1]  # the held worker goes on, and ends
+        state = (await store.load(sandbox_id)).state
+        assert (state.status, state.generation) == ("ready", 2)
+        assert state.reachability is not None
+        made: Any = state.reachability[hosted.provider_id]
+        assert hosted.running(sandbox_id) == [made]
+        assert "failed" not in await event_types(client, sandbox_id)
+    finally:
+        hold.go.set()
         for stop in stops:
             stop.set()
         await asyncio.gather(*workers, return_exceptions=True)

@@ -11,12 +11,14 @@ import pytest
 
 from sandboxer import subjects
 from sandboxer.client import CommandFailed, SandboxerClient
+from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.ids import derive_sandbox_id, new_command_id
 from tests.integration.conftest import (
     Service,
     consumer_idle,
     reap_local,
     resend_provision_job,
+    resend_recreate_job,
     start_service,
 )
 
@@ -150,6 +152,28 @@ async def test_recreate_gives_a_new_generation(service: Service) -> None:
         "provisioning",
         "ready",
     ]
+
+
+async def test_a_recreate_job_sent_again_after_its_ready_leaves_the_sandbox_alone(
+    service: Service,
+) -> None:
+    """A recreate job redelivered after the worker appended `ready` but before its ack (a
+    kill -9, a lost ack), or published again, starts no provisioning: it must not tear the
+    sandbox down either, or the log says ready while nothing runs."""
+    client = service.client
+    sandbox_id = (await client.create())["sandbox_id"]
+    await client.recreate(sandbox_id)
+    before = await event_types(client, sandbox_id)
+    await resend_recreate_job(client, sandbox_id)
+    await consumer_idle(client, subjects.JOBS_STREAM, "ext-local")
+    assert await event_types(client, sandbox_id) == before
+    found = await LocalExtension(service.settings.local_root).list_sandboxes()
+    assert [(item.sandbox_id, item.alive) for item in found] == [(sandbox_id, True)]
+
+    async def ignore(_stream: str, _data: bytes) -> None:
+        pass
+
+    assert await client.exec(sandbox_id, ["true"], ignore) == 0
 
 
 async def test_replay_equals_live_after_a_mixed_workload(service: Service) -> None:
