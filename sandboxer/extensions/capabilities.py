@@ -32,6 +32,7 @@ __all__ = [
     "HostInspector",
     "KeyedBackend",
     "LeftoverKeeper",
+    "LogGuided",
     "Metered",
     "Pausable",
     "Snapshotter",
@@ -130,6 +131,21 @@ class AttemptScoped(Protocol):
         """Remove the sandboxes of ``sandbox_id`` that provisioning ``made_by`` or an earlier
         one made (and, like :meth:`teardown`, those its creates given up on still make);
         gone is done."""
+
+
+@runtime_checkable
+class LogGuided(Protocol):
+    """A backend whose provider may hold two sandboxes of one id at once (E2B: nothing makes
+    a name unique, so an earlier attempt's create landing late runs beside the live one until
+    teardown or reconcile removes it). Before each call for a sandbox the worker tells it what
+    the log says (workers/backend_for.py), so it acts on the sandbox the log's ``ready``
+    names, never on such a copy, whose setup never ran."""
+
+    def follow_log(
+        self, sandbox_id: str, made_by: tuple[int, int] | None, provider_id: str | None
+    ) -> None:
+        """``made_by``: the provisioning the log is at (None: none yet); ``provider_id``: the
+        provider's id its ``ready`` recorded (None: no ``ready``, or none recorded)."""
 
 
 @runtime_checkable

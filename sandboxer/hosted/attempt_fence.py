@@ -17,18 +17,23 @@ attempts, and only the latest one's ``ready`` is recorded (the others' are refus
 
 What a later attempt removes an earlier one may still be creating: that copy, landing
 late, carries the earlier label, so the later attempt's ``wait_ready`` (or the earlier
-attempt itself, once the log tells it it was taken over) removes it.
+attempt itself, once the log tells it it was taken over) removes it. Until something does,
+a call for the sandbox (a token, a pause, a retime) takes the one the log's ``ready`` names
+(:func:`live_one`), never the copy, whose setup never ran.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from sandboxer.domain.found import MadeBy
 from sandboxer.hosted.labels import ATTEMPT_LABEL
 
-__all__ = ["MadeBy", "made_by", "own", "removable"]
+__all__ = ["MadeBy", "live_one", "made_by", "own", "removable"]
+
+T = TypeVar("T")
 
 _LABEL = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
 
@@ -50,3 +55,24 @@ def removable(labels: Mapping[str, str] | None, mine: MadeBy) -> bool:
     attempt's, never a later one's."""
     made = made_by(labels)
     return made is None or made <= mine
+
+
+def live_one(
+    found: Sequence[T], labels_of: Callable[[T], Mapping[str, str] | None], live: MadeBy | None
+) -> T | None:
+    """Of one sandbox id's provider sandboxes (``found``, as listed), the one the log's
+    ``ready`` names, whatever order the provider lists them in; None when none may be it.
+
+    ``live``: the provisioning the log is at, (generation, attempt). Its own is the live one;
+    else one made before the attempt label (it may be the live one); never another attempt's
+    (an earlier one's is a stale copy, a later one's not what the log names). Without
+    ``live`` (a caller that did not read the log): the latest attempt's, as the log records
+    only the latest attempt's ``ready``; else one made before the label."""
+    unlabelled = [item for item in found if made_by(labels_of(item)) is None]
+    if live is not None:
+        mine = [item for item in found if made_by(labels_of(item)) == live]
+        return next(iter(mine or unlabelled), None)
+    labelled = [(made, item) for item in found if (made := made_by(labels_of(item))) is not None]
+    if labelled:
+        return max(labelled, key=lambda pair: pair[0])[1]
+    return next(iter(unlabelled), None)

@@ -25,6 +25,12 @@ so the worker resolves only references the operator put there for that project:
 
 Anything else (the operator's ``env:E2B_API_KEY``, another project's key, a
 file of the worker) fails the call with a ConfigError naming the reference.
+
+**Which provider sandbox.** A backend that may hold two provider sandboxes of one id
+(:class:`~sandboxer.extensions.capabilities.LogGuided`: E2B, where an earlier attempt's
+late create runs beside the live one until it is removed) is told here, on every call,
+the provisioning the log is at and the provider id its ``ready`` recorded, so it acts on
+that sandbox, never on the copy.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from typing import TypeVar, cast
 
 from sandboxer.bus.event_store import EventStore
 from sandboxer.domain.account_state import OPERATOR_KEY, is_valid_project, project_of
+from sandboxer.domain.drift import USABLE_STATUSES
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import ConfigError
-from sandboxer.extensions.capabilities import KeyedBackend
+from sandboxer.events.reachability import ProviderAccess, access_of
+from sandboxer.extensions.capabilities import KeyedBackend, LogGuided
 from sandboxer.secrets import resolve_secrets
 
 __all__ = ["ENV_PREFIX", "backend_for", "backend_for_id", "byok_ref_problem", "on_project_keys"]
@@ -86,7 +94,26 @@ async def backend_for(
     store: EventStore, extension: B, state: SandboxState, *, home: Path | None = None
 ) -> B:
     """``extension`` itself, or its copy speaking with the key the sandbox's project brought
-    for it. ConfigError (naming the reference, never a value) when that key cannot be used."""
+    for it. ConfigError (naming the reference, never a value) when that key cannot be used.
+    A :class:`LogGuided` one is told which provider sandbox the log names (see the module)."""
+    backend = await _keyed(store, extension, state, home)
+    if isinstance(backend, LogGuided):
+        backend.follow_log(state.sandbox_id, *named_by_log(state))
+    return backend
+
+
+def named_by_log(state: SandboxState) -> tuple[tuple[int, int] | None, str | None]:
+    """The provisioning the log is at, (generation, attempt), and the provider id its
+    ``ready`` recorded while the log calls the sandbox usable (a recreate being provisioned
+    still holds the last generation's); None each when the log has none."""
+    made_by = (state.generation, state.attempt) if state.attempt >= 1 else None
+    usable = state.reachability if state.status in USABLE_STATUSES else None
+    access = access_of(usable) if usable else None
+    provider_id = access.provider_sandbox_id if isinstance(access, ProviderAccess) else None
+    return made_by, provider_id
+
+
+async def _keyed(store: EventStore, extension: B, state: SandboxState, home: Path | None) -> B:
     if not isinstance(extension, KeyedBackend):
         return extension  # local, SSH, the stub: no provider key to swap
     project = project_of(state.actor)

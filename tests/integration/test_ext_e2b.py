@@ -624,3 +624,80 @@ async def test_a_resumed_earlier_attempt_kills_only_its_own(e2b_double: ServedE2
         await resumed.aclose()
     assert [r.sandbox_id for r in e2b_double.double.live()] == [ready_one]
     assert earlier_leftover.sandbox_id not in {r.sandbox_id for r in e2b_double.double.live()}
+
+
+async def _beside_a_late_copy(e2b_double: ServedE2b, sandbox_id: str) -> tuple[Any, Any]:
+    """Attempt 2 ready; then attempt 1's create, its worker killed, lands beside it (E2B
+    lists it first: the newest). Returns (attempt 2's E2B record, the copy's)."""
+    made = dataclasses.replace(request(sandbox_id), attempt=2)
+    first = E2bExtension(settings_for(e2b_double))
+    try:
+        await first.provision(made)
+        await first.wait_ready(made)
+    finally:
+        await first.aclose()
+    [live] = e2b_double.double.live()
+    await asyncio.sleep(0.01)  # listed newest first: the copy comes first
+    copy = e2b_double.double.plant_orphan(labels_for(sandbox_id, "proj1", "ext.e2b", (1, 1)))
+    listed = [r.sandbox_id for r in e2b_double.double.live()]
+    assert set(listed) == {live.sandbox_id, copy.sandbox_id}
+    return live, copy
+
+
+@pytest.mark.parametrize("told", [True, False], ids=["log-told", "nothing-told"])
+async def test_a_restarted_worker_acts_on_the_live_attempt_s_sandbox_not_a_late_copy(
+    e2b_double: ServedE2b, told: bool
+) -> None:
+    """An earlier attempt's late create runs beside the live sandbox until a reap or the
+    worker's start removes it. A restarted worker (nothing cached) asked for the sandbox's
+    token, or to pause it, takes attempt 2's (the log's ready), never attempt 1's, which E2B
+    lists first and whose setup never ran."""
+    live, copy = await _beside_a_late_copy(e2b_double, "e2blive0001")
+    restarted = E2bExtension(settings_for(e2b_double))  # no token store: E2B is asked
+    try:
+        if told:  # what backend_for tells it: the log at generation 1, attempt 2
+            restarted.follow_log("e2blive0001", (1, 2), None)
+        tokens = await restarted.sandbox_tokens("e2blive0001")
+        assert tokens == {"envd_access_token": live.access_token}
+        await restarted.pause("e2blive0001")
+    finally:
+        await restarted.aclose()
+    states = {r.sandbox_id: r.state for r in e2b_double.double.live()}
+    assert states == {live.sandbox_id: "paused", copy.sandbox_id: "running"}
+
+
+async def test_the_e2b_id_the_log_s_ready_recorded_decides_through_backend_for(
+    e2b_double: ServedE2b,
+) -> None:
+    """Where the labels cannot tell (a twin of attempt 2 itself, its retried create landing
+    late), the E2B id in the log's ready descriptor decides: the worker tells the backend it
+    on every call (backend_for), and the twin, listed first, is not taken."""
+    from sandboxer.domain.sandbox_state import SandboxState
+    from sandboxer.workers.backend_for import backend_for
+
+    made = dataclasses.replace(request("e2blive0002"), attempt=2)
+    first = E2bExtension(settings_for(e2b_double))
+    try:
+        await first.provision(made)
+        readiness = await first.wait_ready(made)
+    finally:
+        await first.aclose()
+    [live] = e2b_double.double.live()
+    await asyncio.sleep(0.01)
+    twin = e2b_double.double.plant_orphan(labels_for("e2blive0002", "proj1", "ext.e2b", (1, 2)))
+    state = SandboxState(
+        sandbox_id="e2blive0002",
+        status="ready",
+        extension="ext.e2b",
+        generation=1,
+        attempt=2,
+        reachability=readiness.descriptor,
+        provider_key="operator",  # the declaration's key: backend_for reads no account
+    )
+    restarted = E2bExtension(settings_for(e2b_double))
+    try:
+        keyed = await backend_for(None, restarted, state)  # type: ignore[arg-type]  # no BYOK
+        assert await keyed.sandbox_tokens("e2blive0002") == {"envd_access_token": live.access_token}
+    finally:
+        await restarted.aclose()
+    assert twin.sandbox_id != live.sandbox_id

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sandboxer.errors import ConfigError, ProviderQuota, ProviderUnavailable
-from sandboxer.hosted.attempt_fence import made_by, own, removable
+from sandboxer.hosted.attempt_fence import live_one, made_by, own, removable
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.labels import labels_for, made_elsewhere, maker, our_sandbox_id
 from sandboxer.hosted.provider_settings import provider_value
@@ -89,6 +89,29 @@ def test_an_attempt_adopts_its_own_and_removes_its_own_and_earlier_ones_only() -
         assert made_by(unsaid) is None
         assert removable(unsaid, (1, 1))
         assert not own(unsaid, (1, 1))
+
+
+def test_a_call_takes_the_sandbox_the_log_names_whatever_the_listing_order() -> None:
+    """Two provider sandboxes of one id (an earlier attempt's late create beside the live
+    one): a call takes the log's attempt's, never the copy, in either order."""
+
+    def labelled(attempt: tuple[int, int] | None) -> dict[str, str]:
+        labels = labels_for("sbx1", "proj", "ext.e2b", attempt or (1, 1))
+        if attempt is None:  # made before the attempt label
+            del labels["sandboxer_attempt"]
+        return labels
+
+    copy, live, later = labelled((1, 1)), labelled((1, 2)), labelled((1, 3))
+    old, newer_generation = labelled(None), labelled((2, 1))
+    for found in ([copy, live], [live, copy]):
+        assert live_one(found, dict, (1, 2)) is live
+        assert live_one(found, dict, None) is live  # untold: the latest attempt's
+    assert live_one([copy], dict, (1, 2)) is None  # only a stale copy left: none is it
+    assert live_one([later, copy], dict, (1, 2)) is None  # not the log's
+    assert live_one([copy, old], dict, (1, 2)) is old  # made before the label: may be it
+    assert live_one([old, newer_generation, live], dict, None) is newer_generation
+    assert live_one([old], dict, None) is old
+    assert live_one([], dict, (1, 2)) is None
 
 
 def unavailable() -> ProviderUnavailable:

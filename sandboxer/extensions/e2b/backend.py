@@ -25,7 +25,11 @@ Two attempts at one provisioning may run at once (the job redelivered past ``ack
 while the first worker is frozen or cut off, not dead): each E2B sandbox is labelled with
 the attempt that made it, and an attempt adopts only its own and kills only its own and
 earlier ones', never a later one's (:mod:`sandboxer.hosted.attempt_fence`); the worker
-tears a failed attempt down through :meth:`E2bExtension.teardown_attempt`.
+tears a failed attempt down through :meth:`E2bExtension.teardown_attempt`. An earlier
+attempt's create that lands after the later one's ``ready`` runs beside it until a
+teardown, a reap or the worker's start removes it: meanwhile every call for the sandbox
+(tokens, pause, resume, timeout) takes the one the log's ``ready`` names, which the worker
+tells it (:meth:`E2bExtension.follow_log`), never the copy.
 
 Our TTL ends the sandbox; E2B's own timeout is set a margin past it as a
 backstop and moved whenever the TTL moves (:class:`TimeoutKeeper`). Commands
@@ -72,7 +76,7 @@ from sandboxer.extensions.e2b.wire import (
     ttl_seconds,
 )
 from sandboxer.extensions.ssh_checks import check_sandbox_id
-from sandboxer.hosted.attempt_fence import MadeBy, own, removable
+from sandboxer.hosted.attempt_fence import MadeBy, live_one, own, removable
 from sandboxer.hosted.attempt_fence import made_by as labelled_attempt
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
@@ -114,7 +118,10 @@ class E2bExtension:
         """Where E2B's per-sandbox tokens are kept; without one they are asked of E2B."""
         self._api: E2bApi | None = None
         self._known: dict[str, str] = {}
-        """Our sandbox id -> E2B's, a cache of what the labels say."""
+        """Our sandbox id -> E2B's, a cache of what the labels (or the log's ``ready``) say."""
+        self._live: dict[str, MadeBy] = {}
+        """Our sandbox id -> the provisioning the log is at, as the worker last told it
+        (:meth:`follow_log`): whose sandbox a call takes when several carry our id."""
         self._retried: set[str] = set()
         """Sandboxes whose create this process sent again: with a redelivered job's, the only
         ones that can have a second E2B sandbox (:attr:`ProvisionRequest.redelivered`)."""
@@ -143,6 +150,19 @@ class E2bExtension:
         if self._api is not None:
             await self._api.aclose()
             self._api = None
+
+    def follow_log(self, sandbox_id: str, made_by: MadeBy | None, provider_id: str | None) -> None:
+        """What the log says of the sandbox, told before each call for it
+        (:class:`~sandboxer.extensions.capabilities.LogGuided`): the E2B id its ``ready``
+        recorded is the one calls take (looked up again by label only if E2B no longer knows
+        it), and a lookup by label takes the sandbox of the provisioning ``made_by``, not an
+        earlier attempt's copy that E2B may list first."""
+        if made_by is None:
+            self._live.pop(sandbox_id, None)
+        else:
+            self._live[sandbox_id] = made_by
+        if provider_id is not None:
+            self._known[sandbox_id] = provider_id
 
     # -- the Extension protocol ----------------------------------------------------------------
 
@@ -263,6 +283,7 @@ class E2bExtension:
                     log.info("%s: killed E2B sandbox %s", sandbox_id, provider_id)
 
         await self._late.teardown(sandbox_id, kill_ours)
+        self._live.pop(sandbox_id, None)
         await self._forget_tokens(sandbox_id)
 
     async def teardown_attempt(
@@ -468,20 +489,27 @@ class E2bExtension:
 
     async def _provider_id(self, sandbox_id: str, made_by: MadeBy | None = None) -> str:
         """E2B's id for ours: from the cache, else by our label (a restarted worker), and
-        then only ``made_by``'s when given (a provisioning confirms its own create)."""
+        then only ``made_by``'s when given (a provisioning confirms its own create), else the
+        one the log names (:func:`~sandboxer.hosted.attempt_fence.live_one`): two may carry
+        our id while an earlier attempt's late create runs beside the live one."""
         cached = self._known.get(sandbox_id)
         if cached is not None:
             return cached
         found = await self._labelled(sandbox_id, made_by=made_by)
-        if not found:
+        chosen = (
+            (found[0] if found else None)
+            if made_by is not None
+            else live_one(found, lambda item: item.metadata, self._live.get(sandbox_id))
+        )
+        if chosen is None:
             raise SandboxNotFound(
                 f"no E2B sandbox carries {SANDBOX_LABEL}={sandbox_id}: it was killed, or its "
                 "timeout ran out",
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        self._known[sandbox_id] = found[0].provider_id
-        return found[0].provider_id
+        self._known[sandbox_id] = chosen.provider_id
+        return chosen.provider_id
 
     async def _on_sandbox(
         self,
