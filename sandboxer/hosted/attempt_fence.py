@@ -14,6 +14,8 @@ attempts, and only the latest one's ``ready`` is recorded (the others' are refus
 - it removes only its own and earlier attempts' (:func:`removable`), never a later one's,
   which the log's ``ready`` may name. One whose label does not say (made before the label)
   counts as earlier, as every sandbox did before.
+- a create refused because one of ours holds the sandbox's name (Modal, Daytona) adopts the
+  holder, replaces it or stops, by the same two rules (:func:`holder_action`).
 
 What a later attempt removes an earlier one may still be creating: that copy, landing
 late, carries the earlier label, so the later attempt's ``wait_ready`` (or the earlier
@@ -26,14 +28,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from sandboxer.domain.found import MadeBy
 from sandboxer.hosted.labels import ATTEMPT_LABEL
 
-__all__ = ["MadeBy", "live_one", "made_by", "own", "removable"]
+__all__ = ["HolderAction", "MadeBy", "holder_action", "live_one", "made_by", "own", "removable"]
 
 T = TypeVar("T")
+
+HolderAction = Literal["adopt", "replace", "stop"]
 
 _LABEL = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
 
@@ -55,6 +59,22 @@ def removable(labels: Mapping[str, str] | None, mine: MadeBy) -> bool:
     attempt's, never a later one's."""
     made = made_by(labels)
     return made is None or made <= mine
+
+
+def holder_action(labels: Mapping[str, str] | None, mine: MadeBy) -> HolderAction:
+    """A create of provisioning ``mine`` was refused because a sandbox of ours (this
+    declaration's) holds the name: what to do with that holder, from its ``labels``.
+
+    - ``adopt``: this attempt made it (its create's answer was lost, or the SDK retried it);
+    - ``replace``: an earlier attempt made it, or it was made before the label (its create
+      landed after this attempt cleared the way): remove it, wait for the name to be free,
+      create once more;
+    - ``stop``: a later attempt made it (the job went to another worker while this one was
+      held up): the log's ``ready`` may name it, so this attempt fails and the worker,
+      finding it taken over, records nothing."""
+    if own(labels, mine):
+        return "adopt"
+    return "replace" if removable(labels, mine) else "stop"
 
 
 def live_one(

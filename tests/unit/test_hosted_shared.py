@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sandboxer.errors import ConfigError, ProviderQuota, ProviderUnavailable
-from sandboxer.hosted.attempt_fence import live_one, made_by, own, removable
+from sandboxer.hosted.attempt_fence import holder_action, live_one, made_by, own, removable
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.labels import labels_for, made_elsewhere, maker, our_sandbox_id
 from sandboxer.hosted.provider_settings import provider_value
@@ -89,6 +89,19 @@ def test_an_attempt_adopts_its_own_and_removes_its_own_and_earlier_ones_only() -
         assert made_by(unsaid) is None
         assert removable(unsaid, (1, 1))
         assert not own(unsaid, (1, 1))
+
+
+def test_a_create_refused_for_a_taken_name_adopts_replaces_or_stops() -> None:
+    """Modal's ALREADY_EXISTS and Daytona's 409: the holder is this attempt's own (adopted),
+    an earlier attempt's or made before the label (replaced), or a later one's (stop)."""
+    mine = (2, 3)
+    assert holder_action(labels_for("sbx1", "proj", "ext.modal", (2, 3)), mine) == "adopt"
+    assert holder_action(labels_for("sbx1", "proj", "ext.modal", (2, 2)), mine) == "replace"
+    assert holder_action(labels_for("sbx1", "proj", "ext.modal", (1, 9)), mine) == "replace"
+    assert holder_action({"sandboxer_id": "sbx1"}, mine) == "replace"  # before the label
+    assert holder_action(None, mine) == "replace"
+    assert holder_action(labels_for("sbx1", "proj", "ext.modal", (2, 4)), mine) == "stop"
+    assert holder_action(labels_for("sbx1", "proj", "ext.modal", (3, 1)), mine) == "stop"
 
 
 def test_a_call_takes_the_sandbox_the_log_names_whatever_the_listing_order() -> None:

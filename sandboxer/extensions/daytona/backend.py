@@ -79,7 +79,7 @@ from sandboxer.extensions.daytona.workspace_copy import (
 )
 from sandboxer.extensions.ssh_checks import check_argv, check_sandbox_id
 from sandboxer.extensions.ssh_exec_stop import stoppable
-from sandboxer.hosted.attempt_fence import MadeBy, own, removable
+from sandboxer.hosted.attempt_fence import MadeBy, holder_action, own, removable
 from sandboxer.hosted.attempt_fence import made_by as labelled_attempt
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.http import ProviderHttp
@@ -547,9 +547,10 @@ class DaytonaExtension:
                 status=409,
                 sandbox_id=sandbox_id,
             ) from refused
-        if own(found.labels, mine):
+        action = holder_action(found.labels, mine)
+        if action == "adopt":
             return found
-        if not removable(found.labels, mine):
+        if action == "stop":
             # The job went to another worker while this one was held up (frozen, cut off
             # from NATS): the log's `ready` may name that sandbox. This attempt stops, and
             # the worker, finding it taken over, records nothing.

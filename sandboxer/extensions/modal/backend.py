@@ -68,7 +68,7 @@ from sandboxer.extensions.modal.plan import (
     provider_timeout,
 )
 from sandboxer.extensions.ssh_exec_stop import stoppable
-from sandboxer.hosted.attempt_fence import MadeBy, removable
+from sandboxer.hosted.attempt_fence import MadeBy, holder_action, removable
 from sandboxer.hosted.attempt_fence import made_by as labelled_attempt
 from sandboxer.hosted.create_once import LateCreates, create_once
 from sandboxer.hosted.keyed import KeyedCopies
@@ -496,17 +496,21 @@ class ModalExtension:
         except ProviderError as exc:
             if exc.status != "ALREADY_EXISTS":
                 raise
-            # The name is taken. By this attempt's own create whose answer was lost (the SDK
-            # retried it): take it. By an earlier attempt's, whose create landed after this
-            # one cleared the way: terminate it and create once more. By a later attempt's:
-            # the sandbox is that one's, and this one stops (the worker finds it taken over).
-            existing = await self._find_own(sandbox_id, request.made_by)
-            if existing is not None:
-                return existing
-            earlier = await self._removable(sandbox_id, request.made_by)
-            if not earlier:
+            # The name is taken (attempt_fence.holder_action): by this attempt's own create
+            # whose answer was lost (the SDK retried it), adopted; by an earlier attempt's,
+            # whose create landed after this one cleared the way, terminated and the create
+            # sent once more; by a later attempt's, or by none of ours (another declaration's),
+            # this one stops (the worker finds it taken over).
+            held = [
+                (sandbox, holder_action(tags, request.made_by))
+                for sandbox, tags in await self._tagged_ours(sandbox_id)
+            ]
+            for sandbox, action in held:
+                if action == "adopt":
+                    return sandbox
+            if not held or any(action == "stop" for _, action in held):
                 raise
-            for sandbox in earlier:
+            for sandbox, _ in held:
                 log.info(
                     "sandbox %s: removing an earlier attempt's, which has its name", sandbox_id
                 )
@@ -567,14 +571,22 @@ class ModalExtension:
 
     async def _removable(self, sandbox_id: str, mine: MadeBy) -> list[Any]:
         """Our running sandboxes of ``sandbox_id`` that provisioning ``mine`` may terminate: its
-        own and earlier attempts', never a later one's. Each one's tags are read (the SDK's
-        list carries none): a call per sandbox, and there is seldom more than one."""
-        chosen = []
+        own and earlier attempts', never a later one's."""
+        return [
+            sandbox
+            for sandbox, tags in await self._tagged_ours(sandbox_id)
+            if removable(tags, mine)
+        ]
+
+    async def _tagged_ours(self, sandbox_id: str) -> list[tuple[Any, dict[str, str]]]:
+        """Our running sandboxes of ``sandbox_id`` with their tags. Each one's are read (the
+        SDK's list carries none): a call per sandbox, and there is seldom more than one."""
+        found = []
         for sandbox in await self._find(sandbox_id):
             tags = await self._tags(sandbox, sandbox_id)
-            if tags is not None and removable(tags, mine):
-                chosen.append(sandbox)
-        return chosen
+            if tags is not None:
+                found.append((sandbox, tags))
+        return found
 
     async def _find_one(self, sandbox_id: str) -> Any | None:
         found = await self._find(sandbox_id)
