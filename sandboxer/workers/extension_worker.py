@@ -268,8 +268,10 @@ class ExtensionWorker:
     ) -> tuple[Loaded, asyncio.Task[str | None] | None] | None:
         """Record `provisioning` and, beside it, claim a warm pool member when the profile has
         a pool; None when the sandbox needs no provisioning (what it needs instead is done).
-        A recreate's provisioning, once started, first removes the previous generation's
-        sandbox (:meth:`_clean_start`).
+        A provisioning of a later generation than the first, once started, first removes the
+        previous generation's sandbox (:meth:`_clean_start`), whatever job started it: a stale
+        provision job (the create's, redelivered or published again) picked up while the
+        sandbox is ``recreating`` starts generation 2 as the recreate's own job would.
 
         The claim appends to another aggregate (the member's), so it goes out beside
         `provisioning` rather than after it: one round trip less on a warm create. A job seen
@@ -283,7 +285,7 @@ class ExtensionWorker:
             loaded, started = await self.apply(
                 job.sandbox_id, StartProvisioning(job_id=job.job_id, worker=self.name), known
             )
-            if started and job.action == "recreate":
+            if started and loaded.state.generation > 1:  # not on a first create's path
                 taken = not await self._clean_start(job.sandbox_id, loaded.state)
         except BaseException:
             if claiming is not None:  # a member claimed for this job: its redelivery's
@@ -310,6 +312,13 @@ class ExtensionWorker:
         """Remove the previous generation's sandbox before a recreate provisions the next one
         under the same id; False when a later attempt has the sandbox already, so that nothing
         here is this job's to do.
+
+        Called for every provisioning of generation 2 or later, whichever job started it: the
+        recreate's, a retry attempt of it, a fallback's within the generation (on the next
+        backend, where nothing live of the id is: at most a refused earlier attempt's late copy
+        goes), or a stale provision job that found the sandbox ``recreating`` (that job, not
+        the recreate's, then starts generation 2, and the recreate's own job finds nothing to
+        do). Generation 1 (a warm or cold create) never comes here.
 
         Called only once this job's ``provisioning`` is on record: a stale recreate job (one
         redelivered after the worker appended ``ready`` but before its ack, or published again)

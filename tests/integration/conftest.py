@@ -191,18 +191,19 @@ async def state_as_of(client: SandboxerClient, sandbox_id: str, last: str) -> Lo
     return Loaded(state, seq_of_last)
 
 
-async def resend_provision_job(client: SandboxerClient, sandbox_id: str) -> Job:
-    """Publish the sandbox's provision job again, carrying its state as of `routed` (as the
-    control worker made it), with a new message id: a redelivery JetStream does not drop."""
+async def resend_provision_job(
+    client: SandboxerClient, sandbox_id: str, extension: str = "ext.local"
+) -> Job:
+    """Publish the sandbox's provision job again (to ``extension``'s workers), carrying its
+    state as of `routed` (as the control worker made it), with a new message id: a
+    redelivery JetStream does not drop."""
     routed = await state_as_of(client, sandbox_id, "routed")
     job = job_for(routed.state)
     assert job is not None
     assert job.action == "provision"
     stale = with_known(job, routed)
     assert stale.known_loaded() == routed
-    await client.js.publish(
-        subjects.job_subject("ext.local", sandbox_id), msgspec.json.encode(stale)
-    )
+    await client.js.publish(subjects.job_subject(extension, sandbox_id), msgspec.json.encode(stale))
     return stale
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from grpclib import Status
 
+from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
@@ -31,7 +32,7 @@ from sandboxer.workers.extension_worker import ExtensionWorker
 from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
 from tests.doubles.modal_double import Fault, ModalDouble, modal_double, modal_extensions
-from tests.integration.conftest import start_service
+from tests.integration.conftest import consumer_idle, resend_provision_job, start_service
 from tests.integration.test_attempt_fencing import Silent
 from tests.integration.test_ext_daytona import build as build_daytona
 from tests.integration.test_lifecycle import event_types
@@ -276,6 +277,61 @@ async def test_a_recreate_held_before_its_clean_start_leaves_the_later_attempt_s
         assert "failed" not in await event_types(client, sandbox_id)
     finally:
         hold.go.set()
+        for stop in stops:
+            stop.set()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await hosted.aclose()
+        await nc.drain()
+        await client.close()
+        await service.shutdown()
+
+
+@pytest.mark.parametrize("hosted", ["ext.e2b"], indirect=True)
+async def test_a_stale_provision_job_that_starts_a_recreate_removes_generation_1(
+    nats_server: NatsServerProcess, home: Path, hosted: Hosted
+) -> None:
+    """The create's provision job, sent again, waits ahead of a recreate's job while no
+    worker runs; picked up while the sandbox is `recreating`, it starts generation 2 itself
+    (the recreate's own job then finds nothing to do). Generation 1's sandbox must go first,
+    or on E2B (one id, any number of sandboxes) it runs on beside generation 2's."""
+    service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    nc = await connect([nats_server.url], name="test-hosted-stale-provision")
+    js = nc.jetstream()
+    store = JetStreamEventStore(nc, js)
+    catalog = Catalog.load(home)
+    maker = ExtensionWorker(js, store, catalog, hosted.new(), ack_wait=5)
+    later = ExtensionWorker(js, store, catalog, hosted.new(), ack_wait=5)
+    later.spec = dataclasses.replace(later.spec, concurrency=1)  # the jobs in stream order
+    stops = asyncio.Event(), asyncio.Event()
+    workers = [asyncio.create_task(maker.run(stops[0]))]
+    client = service.client
+    try:
+        await service.fund()
+        sandbox_id = (await client.create(hosted.profile))["sandbox_id"]
+        first = hosted.running(sandbox_id)
+        assert len(first) == 1
+        stops[0].set()
+        await workers[0]  # no worker runs: the two jobs wait, the stale one first
+        stale = await resend_provision_job(client, sandbox_id, "ext.e2b")
+        await client.recreate(sandbox_id, wait=False)
+        async with asyncio.timeout(30):
+            while "recreating" not in await event_types(client, sandbox_id):
+                await asyncio.sleep(0.05)
+        workers.append(asyncio.create_task(later.run(stops[1])))
+        async with asyncio.timeout(30):
+            while (await event_types(client, sandbox_id)).count("ready") < 2:
+                await asyncio.sleep(0.05)
+        await consumer_idle(client, subjects.JOBS_STREAM, "ext-e2b")  # the recreate's too
+        started = [e async for _, e in client.events(sandbox_id=sandbox_id)]
+        _, second = [e for e in started if e["type"] == "provisioning"]
+        assert second["causation_id"] == stale.job_id  # the recreate's job started nothing
+        state = (await store.load(sandbox_id)).state
+        assert (state.status, state.generation) == ("ready", 2)
+        assert state.reachability is not None
+        made: Any = state.reachability[hosted.provider_id]
+        assert made not in first
+        assert hosted.running(sandbox_id) == [made]
+    finally:
         for stop in stops:
             stop.set()
         await asyncio.gather(*workers, return_exceptions=True)
