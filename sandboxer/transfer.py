@@ -35,7 +35,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import ObjectNotFoundError
 
 from sandboxer import subjects
-from sandboxer.bus.ask import next_message, no_responders
+from sandboxer.bus.ask import RATE_PATIENCE, next_message, no_responders, paced
 from sandboxer.bus.streams import replicas_for
 from sandboxer.errors import (
     BusError,
@@ -188,13 +188,30 @@ async def _ask(
     request: dict[str, Any],
     timeout: float = FILES_TIMEOUT,
     key_id: str | None = None,
+    patience: float = RATE_PATIENCE,
     upload: Path | None = None,
     download: Path | None = None,
 ) -> dict[str, Any]:
     """Send a files request, wait for its ``done``; raise the error it carries. ``key_id``:
-    asked as that API key (docs/security.md#keys-on-the-bus). An inline request sends
-    ``upload`` when the worker asks for it, or writes the ``data`` it sends to ``download``
+    asked as that API key (docs/security.md#keys-on-the-bus), sent again while the key's
+    rate refuses it, for ``patience`` seconds (:func:`~sandboxer.bus.ask.paced`). An inline request sends ``upload``
+    when the worker asks for it, or writes the ``data`` it sends to ``download``
     (workers/inline_files.py)."""
+    return await paced(
+        lambda: _ask_once(nc, sandbox_id, request, timeout, key_id, upload, download),
+        patience,
+    )
+
+
+async def _ask_once(
+    nc: Nats,
+    sandbox_id: str,
+    request: dict[str, Any],
+    timeout: float,
+    key_id: str | None,
+    upload: Path | None,
+    download: Path | None,
+) -> dict[str, Any]:
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     feeder: asyncio.Task[None] | None = None
@@ -266,6 +283,7 @@ async def put_archive(
     *,
     service: str | None = None,
     key_id: str | None = None,
+    patience: float = RATE_PATIENCE,
 ) -> Copied:
     """Store the tar ``archive`` and have it unpacked at ``path`` (``kind``: file, dir)."""
     check_path(path, root_allowed=kind == "dir")  # refused here already, before any upload
@@ -276,9 +294,8 @@ async def put_archive(
         request["inline"] = True
     if service is not None:
         request["service"] = service
-    answer = await _ask(
-        nc, sandbox_id, request, key_id=key_id, upload=archive if key_id is not None else None
-    )
+    upload = archive if key_id is not None else None
+    answer = await _ask(nc, sandbox_id, request, key_id=key_id, patience=patience, upload=upload)
     return Copied(kind=kind, path=str(answer.get("path")), size=int(answer.get("size", 0)))
 
 
@@ -304,6 +321,7 @@ async def copy_in(
     limits: ArchiveLimits,
     service: str | None = None,
     key_id: str | None = None,
+    patience: float = RATE_PATIENCE,
 ) -> Copied:
     """Copy the local file or directory ``source`` to ``path`` in the sandbox's workspace
     (a file is written at ``path``; a directory's contents go into the directory ``path``)."""
@@ -311,7 +329,7 @@ async def copy_in(
         archive = Path(scratch) / "copy.tar"
         kind = await asyncio.to_thread(_pack_source, source, archive, limits)
         copied = await put_archive(
-            nc, sandbox_id, archive, path, kind, service=service, key_id=key_id
+            nc, sandbox_id, archive, path, kind, service=service, key_id=key_id, patience=patience
         )
     return Copied(kind=kind, path=copied.path, size=copied.size, local=source)
 
@@ -328,6 +346,7 @@ async def get_object(
     limits: ArchiveLimits,
     service: str | None = None,
     key_id: str | None = None,
+    patience: float = RATE_PATIENCE,
 ) -> Copied:
     """Write what ``path`` holds to the local file ``destination``: the file's bytes
     (``kind`` file), or a tar of the directory's contents (``kind`` dir)."""
@@ -341,7 +360,9 @@ async def get_object(
         size = await fetch_archive(nc.jetstream(), sha, destination, limits)
     else:  # a key may not read the bucket: the bytes come on the answer
         request["inline"] = True
-        answer = await _ask(nc, sandbox_id, request, key_id=key_id, download=destination)
+        answer = await _ask(
+            nc, sandbox_id, request, key_id=key_id, patience=patience, download=destination
+        )
         size = await asyncio.to_thread(_check_download, destination, answer, limits)
     kind = str(answer.get("kind"))
     if kind not in {"file", "dir"}:
@@ -440,6 +461,7 @@ async def copy_out(
     limits: ArchiveLimits,
     service: str | None = None,
     key_id: str | None = None,
+    patience: float = RATE_PATIENCE,
 ) -> Copied:
     """Copy ``path`` of the sandbox's workspace to ``local``, as ``cp -r`` would: into the
     directory ``local`` when it exists (under the path's own name), else as ``local``."""
@@ -449,7 +471,14 @@ async def copy_out(
     with tempfile.TemporaryDirectory(prefix=".sandboxer-cp-", dir=target.parent) as scratch:
         fetched = Path(scratch) / "fetched"
         copied = await get_object(
-            nc, sandbox_id, path, fetched, limits=limits, service=service, key_id=key_id
+            nc,
+            sandbox_id,
+            path,
+            fetched,
+            limits=limits,
+            service=service,
+            key_id=key_id,
+            patience=patience,
         )
         await asyncio.to_thread(place_copy, fetched, copied.kind, target, limits)
     return Copied(kind=copied.kind, path=copied.path, size=copied.size, local=target)

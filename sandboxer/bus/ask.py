@@ -9,7 +9,9 @@ A request that timed out is not asked again here: it may have reached a responde
 that is still busy with it, and the caller knows whether that is worth repeating.
 :func:`ask_json` also rides out an API key's request refused for its rate (the
 answer says how long to wait: bus/key_request_rate.py) for as long as its caller
-allows.
+allows, and :func:`paced` does the same for a streamed request (exec, file copies,
+tokens): a key's rate is checked before anything is done for a request, so a refused
+one is safe to send again.
 
 A request published with a reply inbox of one's own (a streamed answer: exec, files,
 several replies) hears the same "no responders" as a message on that inbox, a status
@@ -20,7 +22,8 @@ such an inbox.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 import stamina
@@ -31,14 +34,31 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer.domain.rate_limit import stated_wait
-from sandboxer.errors import ServiceNotRunning
+from sandboxer.errors import RateLimited, ServiceNotRunning
 from sandboxer.exec_protocol.answer_codes import RATE_LIMITED
 
-__all__ = ["RESTART_BUDGET", "ask", "ask_json", "next_message", "no_responders"]
+__all__ = [
+    "RATE_PATIENCE",
+    "RESTART_BUDGET",
+    "ask",
+    "ask_json",
+    "next_message",
+    "no_responders",
+    "paced",
+]
+
+T = TypeVar("T")
 
 RESTART_BUDGET = 10.0
 """Seconds a wait rides out an absent responder: a restarted ``sandboxer up`` answers within
 a few (its projector catches up on the log first)."""
+
+RATE_PATIENCE = 5.0
+"""Seconds a client's request refused for its key's rate is sent again, as each refusal says
+(a fraction of a second: a key's rate is at least one a second), before
+:class:`RateLimited` is raised: a client paces its requests to its rate rather than failing
+them, as its own waits for a command's outcome poll with the same rate
+(docs/python-client.md)."""
 
 NO_RESPONDERS_STATUS = "503"
 
@@ -107,14 +127,41 @@ async def ask_json(
     asking key's rate (``code`` ``rate_limited``) is asked again after the wait it states,
     while that ends within ``patience`` seconds (``math.inf``: always); past that, the
     refusal is the answer."""
+
+    async def once() -> Any:
+        msg = await ask(nc, subject, payload, timeout=timeout, budget=budget)
+        answer = msgspec.json.decode(msg.data)
+        if isinstance(answer, dict) and answer.get("code") == RATE_LIMITED:
+            raise _Refusal(answer)
+        return answer
+
+    try:
+        return await paced(once, patience)
+    except _Refusal as refusal:
+        return refusal.answer
+
+
+class _Refusal(RateLimited):
+    """:func:`ask_json`'s refusal for the key's rate, which it answers with once patience ends."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__(str(answer.get("error")), retry_after=stated_wait(answer))
+        self.answer = answer
+
+
+async def paced(attempt: Callable[[], Awaitable[T]], patience: float) -> T:
+    """``attempt()``, made again while it is refused for an API key's rate
+    (:class:`RateLimited` with code ``rate_limited``) after the wait the refusal states,
+    while that wait ends within ``patience`` seconds (``math.inf``: always); past that, the
+    refusal is raised. Only for a request whose refusal comes before anything is done for
+    it (workers/key_reach.py): a key's live-sandbox limit, say, is never waited out here."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + patience
     while True:
-        msg = await ask(nc, subject, payload, timeout=timeout, budget=budget)
-        answer = msgspec.json.decode(msg.data)
-        if not isinstance(answer, dict) or answer.get("code") != RATE_LIMITED:
-            return answer
-        wait = stated_wait(answer)
-        if wait is None or loop.time() + wait > give_up:
-            return answer
+        try:
+            return await attempt()
+        except RateLimited as refused:
+            wait = refused.retry_after
+            if refused.code != RATE_LIMITED or wait is None or loop.time() + wait > give_up:
+                raise
         await asyncio.sleep(wait)

@@ -20,7 +20,14 @@ from nats.aio.client import Client as Nats
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
-from sandboxer.bus.ask import RESTART_BUDGET, ask_json, next_message, no_responders
+from sandboxer.bus.ask import (
+    RATE_PATIENCE,
+    RESTART_BUDGET,
+    ask_json,
+    next_message,
+    no_responders,
+    paced,
+)
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.key_users import key_credentials
@@ -68,12 +75,6 @@ __all__ = [
     "Uploaded",
 ]
 
-RATE_PATIENCE = 5.0
-"""Seconds a key's query refused for its rate is asked again, as each refusal says (a
-fraction of a second: a key's rate is at least one a second), before :class:`RateLimited`
-is raised: a client paces its reads to its rate rather than failing them, as its own waits
-for a command's outcome poll with the same rate (docs/python-client.md)."""
-
 COMMAND_PUBLISH_BUDGET = 15.0
 """Seconds a command's publish waits out an unavailable commands stream (elections take 4-7 s)."""
 
@@ -104,6 +105,10 @@ class SandboxerClient:
         self.key_id = key_id
         """Set when connected as an API key (docs/security.md#keys-on-the-bus): every subject
         this client publishes on then ends in it, and it reads events through queries."""
+        self.rate_patience = RATE_PATIENCE
+        """Seconds a request refused for the key's rate (a query, an exec, a copy, a token
+        request) is sent again as the refusal says, before :class:`RateLimited` is raised;
+        0: raised at once."""
         self.outcomes: OutcomeWatcher = (
             OutcomeWatcher(nc, self.js)
             if key_id is None
@@ -188,18 +193,19 @@ class SandboxerClient:
         timeout: float = 5.0,
         budget: float = 0.0,
         *,
-        patience: float = RATE_PATIENCE,
+        patience: float | None = None,
     ) -> Any:
         """The service's answer to ``request``; ``budget`` seconds: how long a responder that is
         absent (restarting) is waited for (:func:`sandboxer.bus.ask.ask`). A key's request
         refused for its rate is asked again when the refusal says, for ``patience`` seconds
-        (or ``budget``, the longer); past them, :class:`RateLimited`."""
+        (by default :attr:`rate_patience`; or ``budget``, the longer); past them,
+        :class:`RateLimited`."""
         if "min_seq" in request:  # read your writes: include the outcomes just returned
             position = await self.outcomes.position()
             request = {**request, "min_seq": max(int(request["min_seq"] or 0), position)}
         subject = self._subject(subject)
         payload = msgspec.json.encode(request)
-        patience = max(patience, budget)
+        patience = max(self.rate_patience if patience is None else patience, budget)
         reply = await ask_json(
             self.nc, subject, payload, timeout=timeout, budget=budget, patience=patience
         )
@@ -768,6 +774,9 @@ class SandboxerClient:
         """
         _check_id(sandbox_id)
         await self._stored()
+        return await paced(lambda: self._tokens_once(sandbox_id), self.rate_patience)
+
+    async def _tokens_once(self, sandbox_id: str) -> dict[str, str]:
         try:
             reply = await self.nc.request(
                 self._subject(subjects.token_subject(sandbox_id)),
@@ -806,10 +815,28 @@ class SandboxerClient:
         command past it and this raises :class:`CommandFailed` whose ``event``
         has ``timed_out``. ``timeout`` is how long this call waits at most. A worker
         that stops answering mid-way (killed, its host lost) raises :class:`WorkerLost`
-        once its heartbeats stop (docs/protocol.md#exec).
+        once its heartbeats stop (docs/protocol.md#exec). An exec refused for the key's rate
+        (before anything runs) is sent again as the refusal says, for ``rate_patience`` seconds.
         """
         _check_id(sandbox_id)
         await self._stored()
+        return await paced(
+            lambda: self._exec_once(
+                sandbox_id, argv, on_output, service, timeout, stdin, command_timeout
+            ),
+            self.rate_patience,
+        )
+
+    async def _exec_once(
+        self,
+        sandbox_id: str,
+        argv: list[str],
+        on_output: OutputCallback,
+        service: str | None,
+        timeout: float,
+        stdin: StdinSource | None,
+        command_timeout: float | None,
+    ) -> int:
         request: dict[str, Any] = {"argv": argv}
         if service is not None:  # only when asked: older workers do not know the fields
             request["service"] = service
@@ -886,6 +913,7 @@ class SandboxerClient:
             limits=limits,
             service=service,
             key_id=self.key_id,
+            patience=self.rate_patience,
         )
 
     async def copy_out(
@@ -910,6 +938,7 @@ class SandboxerClient:
             limits=limits,
             service=service,
             key_id=self.key_id,
+            patience=self.rate_patience,
         )
 
     async def put_archive(
@@ -920,7 +949,13 @@ class SandboxerClient:
         _check_id(sandbox_id)
         await self._stored()
         return await _put_archive(
-            self.nc, sandbox_id, Path(archive), path, kind, key_id=self.key_id
+            self.nc,
+            sandbox_id,
+            Path(archive),
+            path,
+            kind,
+            key_id=self.key_id,
+            patience=self.rate_patience,
         )
 
     async def get_files(
@@ -937,7 +972,13 @@ class SandboxerClient:
         await self._stored()
         limits = ArchiveLimits.from_mb(max_mb)
         return await get_object(
-            self.nc, sandbox_id, path, Path(destination), limits=limits, key_id=self.key_id
+            self.nc,
+            sandbox_id,
+            path,
+            Path(destination),
+            limits=limits,
+            key_id=self.key_id,
+            patience=self.rate_patience,
         )
 
     async def events(

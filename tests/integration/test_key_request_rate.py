@@ -22,6 +22,7 @@ from nats.aio.client import Client
 
 from sandboxer import service as service_module
 from sandboxer import subjects
+from sandboxer.bus.ask import RATE_PATIENCE
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.key_request_rate import KeyRequestRates
 from sandboxer.bus.key_users import key_inbox_prefix
@@ -102,6 +103,7 @@ async def keyed(
         # The key's answers come to its own inbox only (bus/replies.py).
         key_nc = await nats.connect(nats_server.url, inbox_prefix=key_inbox_prefix(key_id))
         key = SandboxerClient(key_nc, actor=own, key_id=key_id)
+        key.rate_patience = 0  # a refusal raised at once; the default waits (tested below)
         yield Keyed(running, clock, key, made["sandbox_id"])
     finally:
         if key_nc is not None:
@@ -125,10 +127,9 @@ async def _exec(key: SandboxerClient, sandbox_id: str) -> int:
 
 
 async def _get(key: SandboxerClient, sandbox_id: str) -> Any:
-    """The sandbox's row as the key asks it, a refusal for its rate raised at once (by
-    default the client asks again when the refusal says)."""
-    request = {"sandbox_id": sandbox_id}
-    return (await key.query(subjects.QUERY_GET, request, patience=0))["sandbox"]
+    """The sandbox's row as the key asks it (a refusal for its rate raised at once: the
+    fixture's client has no patience)."""
+    return (await key.query(subjects.QUERY_GET, {"sandbox_id": sandbox_id}))["sandbox"]
 
 
 async def test_a_keys_query_burst_past_its_rate_is_refused_saying_when(keyed: Keyed) -> None:
@@ -162,8 +163,9 @@ async def test_a_keys_query_burst_past_its_rate_is_refused_saying_when(keyed: Ke
     # route.explain, answered by the control worker of this process, shares the bucket.
     explain = {"profile": "profile.local"}
     with pytest.raises(RateLimited):
-        await key.query(subjects.QUERY_ROUTE_EXPLAIN, explain, 10.0, patience=0)
+        await key.query(subjects.QUERY_ROUTE_EXPLAIN, explain, 10.0)
     # By default the client asks again when a refusal says: its read waits for a token.
+    key.rate_patience = RATE_PATIENCE
     waiting = asyncio.create_task(key.get(sandbox_id))
     await asyncio.sleep(0.5)
     assert not waiting.done()
@@ -196,6 +198,53 @@ async def test_a_keys_exec_burst_past_its_rate_is_refused_and_nothing_runs(keyed
     assert copy_refused.value.retry_after == pytest.approx(WAIT, abs=0.001)
     keyed.clock.now += WAIT
     assert await _exec(key, sandbox_id) == 0
+
+
+async def _paced(keyed: Keyed, ask: Any) -> Any:
+    """``ask`` made by the key with its bucket empty, as a client makes it by default: it
+    waits, refused, until the bucket has a token again, and is then answered."""
+    keyed.clock.refill()
+    answered, _ = await _burst(*(_get(keyed.key, keyed.sandbox_id) for _ in range(RATE)))
+    assert len(answered) == RATE
+    keyed.key.rate_patience = RATE_PATIENCE
+    try:
+        waiting = asyncio.create_task(ask)
+        await asyncio.sleep(0.5)  # refused, and asked again, more than once meanwhile
+        assert not waiting.done()
+        keyed.clock.now += WAIT
+        async with asyncio.timeout(10):
+            return await waiting
+    finally:
+        keyed.key.rate_patience = 0
+
+
+async def test_a_keys_exec_and_copies_wait_out_its_rate_by_default(
+    keyed: Keyed, tmp_path: Path
+) -> None:
+    """Refused before anything is done for them, an exec and copies are sent again when the
+    refusal says (bus/ask.py paced): a client pacing itself to its rate. Before, a key's
+    second copy within a tenth of a second failed with RateLimited."""
+    key, sandbox_id = keyed.key, keyed.sandbox_id
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"paced\n")
+    copied_in = await _paced(keyed, key.copy_in(sandbox_id, source, "in.txt"))
+    assert copied_in.path == "in.txt"
+    seen: list[bytes] = []
+
+    async def output(_stream: str, data: bytes) -> None:
+        seen.append(data)
+
+    ran = key.exec(sandbox_id, ["cat", "in.txt"], output, timeout=30)
+    assert await _paced(keyed, ran) == 0
+    assert b"".join(seen) == b"paced\n"
+    back = tmp_path / "back.txt"
+    await _paced(keyed, key.copy_out(sandbox_id, "in.txt", back))
+    assert back.read_bytes() == b"paced\n"
+    # Past its patience the refusal is raised, with its wait.
+    keyed.key.rate_patience = WAIT / 2
+    with pytest.raises(RateLimited) as refused:
+        await _exec(key, sandbox_id)
+    assert refused.value.retry_after == pytest.approx(WAIT, abs=0.001)
 
 
 async def test_a_refusal_reads_nothing_of_the_sandbox_it_named(
