@@ -50,6 +50,7 @@ from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.expirer import Expirer
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.inventory import InventoryService
+from sandboxer.workers.leak_sweep import run_leak_sweep
 from sandboxer.workers.meter_export import run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
 from sandboxer.workers.pool_keeper import pool_keeper_for
@@ -215,6 +216,15 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                         services.append(tokens)
                     await worker.reconcile()
                     group.create_task(worker.run(stop))
+                    # What leaks while it runs (a late create) goes within an interval.
+                    group.create_task(
+                        run_leak_sweep(
+                            worker.sweep_leaks,
+                            settings.leak_sweep_interval,
+                            stop,
+                            name=extension.id,
+                        )
+                    )
                     if keeper is not None and keeper.pools_anything:
                         group.create_task(keeper.run(stop))
                     elif keeper is not None:

@@ -19,6 +19,7 @@ from sandboxer.workspaces.roots import parse_input_roots
 __all__ = [
     "DEFAULT_EXEC_HEARTBEAT",
     "DEFAULT_HTTP_ADDR",
+    "DEFAULT_LEAK_SWEEP_INTERVAL",
     "MIN_EXEC_HEARTBEAT",
     "NATS_URL_SCHEMES",
     "Settings",
@@ -41,6 +42,26 @@ def _float_env(name: str, default: float) -> float:
         raise SettingError(name, raw, "write a positive number of seconds, e.g. 30 or 2.5")
     return value
 
+
+def _interval_env(name: str, default: float) -> float:
+    """Seconds between a periodic task's runs, or 0 for none."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise SettingError(
+            name, raw, f"write a number of seconds, e.g. {default:g}, or 0 to turn it off"
+        )
+    return value
+
+
+DEFAULT_LEAK_SWEEP_INTERVAL = 300.0
+"""Seconds between an extension worker's leak sweeps (workers/leak_sweep.py): how long a
+hosted sandbox nobody uses may run (and cost) at most, once it appeared, before it goes."""
 
 DEFAULT_EXEC_HEARTBEAT = 10.0
 """Seconds between a worker's heartbeats to the client of a running exec or copy."""
@@ -213,6 +234,8 @@ class Settings:
     ``SANDBOXER_ACK_WAIT``: seconds without a heartbeat before a held message is redelivered (default 5).
     ``SANDBOXER_EXPIRY_INTERVAL``: seconds between the control worker's sweeps for sandboxes
     past their TTL or idle limit (default 5).
+    ``SANDBOXER_LEAK_SWEEP_INTERVAL``: seconds between an extension worker's sweeps for
+    provider sandboxes no live sandbox of the log is (default 300; 0: none, only its start).
     ``SANDBOXER_EXEC_HEARTBEAT``: seconds between a worker's heartbeats to the client of a
     running exec or copy (default 10, at least 1); its clients stop waiting after three
     silent spells (docs/protocol.md#when-the-worker-goes-silent).
@@ -233,6 +256,8 @@ class Settings:
     nats_server: str | None
     ack_wait: float
     expiry_interval: float = 5.0
+    leak_sweep_interval: float = DEFAULT_LEAK_SWEEP_INTERVAL
+    """Seconds between an extension worker's leak sweeps (workers/leak_sweep.py); 0: none."""
     exec_heartbeat: float = DEFAULT_EXEC_HEARTBEAT
     """Seconds between a worker's ``alive`` checks on a running exec's or copy's inbox
     (exec_protocol/heartbeat.py); its ``started`` message promises them to the client."""
@@ -259,6 +284,9 @@ class Settings:
             nats_server=os.environ.get("SANDBOXER_NATS_SERVER") or None,
             ack_wait=_float_env("SANDBOXER_ACK_WAIT", 5.0),
             expiry_interval=_float_env("SANDBOXER_EXPIRY_INTERVAL", 5.0),
+            leak_sweep_interval=_interval_env(
+                "SANDBOXER_LEAK_SWEEP_INTERVAL", DEFAULT_LEAK_SWEEP_INTERVAL
+            ),
             exec_heartbeat=_heartbeat_env(),
             input_roots=parse_input_roots(os.environ.get("SANDBOXER_INPUT_ROOTS", "")),
             upload_max_mb=_int_env("SANDBOXER_UPLOAD_MAX_MB", 1024, "MiB"),

@@ -34,6 +34,10 @@ earlier attempt is not the sandbox the log names (:func:`earlier_attempt`). It i
 orphan, costing money at the provider beside the live one; the worker's start and
 ``reap-stale`` remove it through the backend's attempt-scoped teardown, which never reaches
 the later attempt's. One without the label is never judged so: the live one may be such.
+
+While a worker runs, its **leak sweep** takes again, every few minutes, only the steps that
+remove what no live sandbox of the log is (:data:`LEAK_STEPS`, :func:`sweep_step`): the
+others decide about a sandbox a job may have in hand right now, on this worker or another.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from sandboxer.domain.found import FoundSandbox, MadeBy
 from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = [
+    "LEAK_STEPS",
     "Drift",
     "ReconcileStep",
     "claimed",
@@ -55,6 +60,8 @@ __all__ = [
     "live_attempt",
     "placed_elsewhere",
     "reconcile_step",
+    "removal_scope",
+    "sweep_step",
 ]
 
 ORPHAN_STATUSES = frozenset({"new", "destroyed", "failed"})
@@ -253,6 +260,44 @@ def reconcile_step(
     if state.status in {"failed", "destroyed"}:
         return "remove"
     return "unknown" if state.status == "new" else "leave"
+
+
+LEAK_STEPS: frozenset[ReconcileStep] = frozenset(
+    {"remove", "remove_copy", "remove_earlier_attempt"}
+)
+"""The steps that remove only what no live sandbox of the log is: a failed or destroyed
+sandbox's leftovers, a copy of one the log places elsewhere, an earlier attempt's copy beside
+the live one. Each records nothing on the sandbox. The others (``fail``, ``finish_teardown``)
+append to its log, and decide what a job in flight decides too."""
+
+
+def sweep_step(
+    found: FoundSandbox, extension: str, state: SandboxState, live: MadeBy | None = None
+) -> ReconcileStep:
+    """The step a running worker's periodic leak sweep takes for ``found`` (arguments as
+    :func:`reconcile_step`'s): the start's step when it is one of :data:`LEAK_STEPS`, else
+    ``leave`` (a dead sandbox the log calls usable, an interrupted teardown and the unknown
+    are left to the next start, ``reap-stale`` and the jobs)."""
+    step = reconcile_step(found, extension, state, live)
+    return step if step in LEAK_STEPS else "leave"
+
+
+def removal_scope(step: ReconcileStep, found: FoundSandbox, state: SandboxState) -> MadeBy | None:
+    """For a removing step, the latest provisioning whose sandboxes it may remove, where the
+    backend can tell attempts apart (``AttemptScoped``); None: everything under the id.
+
+    - ``remove_earlier_attempt``: the copy's own attempt (and earlier), never the live one;
+    - ``remove``: the attempt the log last recorded (``state``, failed or destroyed here):
+      every sandbox made here of this generation and the ones before carries it or an
+      earlier one, while a recreate that another worker starts after the log was read is a
+      later generation's, and stays;
+    - ``remove_copy``: everything (a fallback numbers its attempts from 1 again on the other
+      backend, so the log's attempt says nothing of the copies left here)."""
+    if step == "remove_earlier_attempt":
+        return found.made_by
+    if step == "remove":
+        return (state.generation, state.attempt)
+    return None
 
 
 def corpse_reason(found: FoundSandbox) -> str:

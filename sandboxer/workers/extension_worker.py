@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 from weakref import WeakValueDictionary
@@ -32,9 +33,18 @@ from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.profile import Profile
-from sandboxer.domain.drift import claimed, live_attempt, placed_elsewhere, reconcile_step
+from sandboxer.domain.drift import (
+    LEAK_STEPS,
+    ReconcileStep,
+    claimed,
+    live_attempt,
+    placed_elsewhere,
+    reconcile_step,
+    removal_scope,
+    sweep_step,
+)
 from sandboxer.domain.fallback import has_fallback
-from sandboxer.domain.found import by_id
+from sandboxer.domain.found import FoundSandbox, by_id
 from sandboxer.domain.sandbox_decide import (
     Attempt,
     DomainCommand,
@@ -56,13 +66,13 @@ from sandboxer.errors import (
     SandboxNotFound,
     StreamUnavailable,
 )
-from sandboxer.events.types import SYSTEM_ACTOR, CommandRejected
+from sandboxer.events.types import SYSTEM_ACTOR, Actor, CommandRejected, HostReaped
 from sandboxer.extensions.base import Extension, ProvisionRequest, Readiness
 from sandboxer.extensions.capabilities import AttemptScoped, Pooling, TimeoutKeeper
 from sandboxer.secrets import redact, resolve_secrets
 from sandboxer.workers import deciding
 from sandboxer.workers.backend_for import backend_for, backend_for_id
-from sandboxer.workers.host_events import inspect_and_record
+from sandboxer.workers.host_events import event_host, inspect_and_record
 from sandboxer.workers.job_dispatch import request_reroute
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
@@ -79,6 +89,8 @@ __all__ = ["ExtensionWorker"]
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 4000
+LEAK_SWEEP_ACTOR = Actor(type="atm", id="sandboxer-leak-sweep")
+"""Who a leak sweep's ``reaped`` host events name: told apart from ``reap-stale``'s."""
 
 
 class ExtensionWorker:
@@ -142,7 +154,8 @@ class ExtensionWorker:
         provisioning attempt made beside a live sandbox (a killed worker's create
         that landed after the next attempt's ``ready``) is removed with that attempt's
         teardown, which leaves the live one. The snapshot scratch that dead workers
-        left goes first.
+        left goes first. While the worker runs, :meth:`sweep_leaks` takes the removing
+        steps again.
         """
         await self._snapshots.sweep()
         try:
@@ -152,72 +165,128 @@ class ExtensionWorker:
             # creates fail with this reason); `sandboxer inspect stale` looks again later.
             log.warning("%s: cannot list its sandboxes at start: %s", self.extension.id, exc)
             return
+        await self._settle(listed, leaks_only=False)
+
+    async def sweep_leaks(self) -> list[str]:
+        """One leak sweep while the worker runs (``workers/leak_sweep.py`` repeats it): of
+        :meth:`reconcile`'s steps, only those that remove what no live sandbox of the log is
+        (:data:`~sandboxer.domain.drift.LEAK_STEPS`): a copy of a sandbox placed elsewhere, an
+        earlier attempt's copy beside a live one, a failed or destroyed sandbox's leftovers.
+        A sandbox a job of this worker has in hand is skipped (its job decides), and what
+        the log says of each is read again right before acting on it. What was removed is
+        recorded as a ``reaped`` host event, as ``reap-stale --apply`` records its own; the
+        ids are returned. A listing that fails raises (the caller tries again later)."""
+        listed = await self.extension.list_sandboxes()
+        removed = await self._settle(listed, leaks_only=True)
+        for host, ids in _by_host(removed).items():
+            await self._store.record(
+                HostReaped(
+                    host=event_host(host),
+                    extension=self.extension.id,
+                    actor=LEAK_SWEEP_ACTOR,
+                    at=utc_now(),
+                    removed=ids,
+                )
+            )
+        return list(dict.fromkeys(sandbox_id for _, sandbox_id in removed))
+
+    async def _settle(
+        self, listed: Sequence[FoundSandbox], *, leaks_only: bool
+    ) -> list[tuple[str | None, str]]:
+        """Take each listed sandbox's step (:func:`~sandboxer.domain.drift.reconcile_step`;
+        with ``leaks_only``, :func:`~sandboxer.domain.drift.sweep_step`), under the sandbox's
+        lock so that no job of this worker starts on it meanwhile; the (host, id) of each
+        sandbox something was removed of. The start and the sweep share it."""
         # Judged by attempt only where that attempt's alone can be removed (below).
         by_attempt = isinstance(self.extension, AttemptScoped)
         siblings = by_id(listed)  # a hosted id may list several provider sandboxes
+        step_of = sweep_step if leaks_only else reconcile_step
+        removed: list[tuple[str | None, str]] = []
         for found in listed:
-            # Read for each: the steps before may have taken a while (a teardown's looks).
-            state = (await self._store.load(found.sandbox_id)).state
-            if not claimed(found, self.extension.id, state):
-                continue  # perhaps another declaration's, on the same provider account
-            live = (
-                live_attempt(siblings[found.sandbox_id], state, self.extension.id)
-                if by_attempt
-                else None
+            lock = self._lock(found.sandbox_id)
+            if leaks_only and lock.locked():
+                continue  # a job of this worker has it in hand: what is there is that job's
+            async with lock:
+                # Read for each: the steps before may have taken a while (a teardown's looks).
+                state = (await self._store.load(found.sandbox_id)).state
+                if not claimed(found, self.extension.id, state):
+                    continue  # perhaps another declaration's, on the same provider account
+                live = (
+                    live_attempt(siblings[found.sandbox_id], state, self.extension.id)
+                    if by_attempt
+                    else None
+                )
+                step = step_of(found, self.extension.id, state, live)
+                if await self._take(step, found, state):
+                    removed.append((found.host, found.sandbox_id))
+        return removed
+
+    async def _take(self, step: ReconcileStep, found: FoundSandbox, state: SandboxState) -> bool:
+        """Take ``step`` for ``found``, whose log says ``state``; whether it removed what
+        the backend held (a removing step whose teardown worked)."""
+        if step == "adopt":
+            log.info("adopted sandbox %s", found.sandbox_id)
+        elif step == "fail":
+            await self._safe_teardown(found.sandbox_id, found.host)
+            await self.apply(
+                found.sandbox_id,
+                MarkFailed(
+                    job_id="reconcile",
+                    reason="the sandbox's processes died while no worker was watching; recreate it",
+                    stage="job",
+                ),
             )
-            step = reconcile_step(found, self.extension.id, state, live)
-            if step == "adopt":
-                log.info("adopted sandbox %s", found.sandbox_id)
-            elif step == "fail":
-                await self._safe_teardown(found.sandbox_id, found.host)
-                await self.apply(
-                    found.sandbox_id,
-                    MarkFailed(
-                        job_id="reconcile",
-                        reason="the sandbox's processes died while no worker "
-                        "was watching; recreate it",
-                        stage="job",
-                    ),
-                )
-            elif step == "finish_teardown":
-                failure = await self._safe_teardown(found.sandbox_id, found.host)
-                await self.apply(
-                    found.sandbox_id,
-                    FinishTeardown(job_id="reconcile")
-                    if failure is None
-                    else MarkTeardownFailed(job_id="reconcile", reason=failure),
-                )
-            elif step == "remove":
-                await self._safe_teardown(found.sandbox_id, found.host)
-            elif step == "remove_copy":
-                where = placed_elsewhere(found, self.extension.id, state)
-                log.info(
-                    "sandbox %s lives on %s; removing the copy left here", found.sandbox_id, where
-                )
-                # With the key it was listed with: the key the log recorded is the one its
-                # routing to the other backend chose.
-                await self._safe_teardown(found.sandbox_id, found.host, self.extension)
-            elif step == "remove_earlier_attempt":
-                assert found.made_by is not None  # what earlier_attempt judged by
-                log.info(
-                    "sandbox %s: removing a copy made by attempt %d.%d beside the live one "
-                    "(attempt %d.%d)",
-                    found.sandbox_id,
-                    *found.made_by,
-                    state.generation,
-                    state.attempt,
-                )
-                # Listed with this key; only that attempt's and earlier ones', never the live.
-                made = Attempt(self.extension.id, *found.made_by)
-                await self._safe_teardown(
-                    found.sandbox_id, found.host, self.extension, made_by=made
-                )
-            elif step == "unknown":
-                log.warning(
-                    "sandbox %s exists on this host but not in the log; "
-                    "'sandboxer reap-stale' removes such orphans",
-                    found.sandbox_id,
-                )
+        elif step == "finish_teardown":
+            failure = await self._safe_teardown(found.sandbox_id, found.host)
+            await self.apply(
+                found.sandbox_id,
+                FinishTeardown(job_id="reconcile")
+                if failure is None
+                else MarkTeardownFailed(job_id="reconcile", reason=failure),
+            )
+        elif step in LEAK_STEPS:
+            return await self._remove_leak(step, found, state)
+        elif step == "unknown":
+            log.warning(
+                "sandbox %s exists on this host but not in the log; "
+                "'sandboxer reap-stale' removes such orphans",
+                found.sandbox_id,
+            )
+        return False
+
+    async def _remove_leak(
+        self, step: ReconcileStep, found: FoundSandbox, state: SandboxState
+    ) -> bool:
+        """Remove what ``found`` is of a sandbox no live one of the log is (a step of
+        :data:`~sandboxer.domain.drift.LEAK_STEPS`); whether the teardown worked."""
+        backend: Extension | None = None  # a failed or destroyed one's: the log's key
+        if step == "remove_copy":
+            log.info(
+                "sandbox %s lives on %s; removing the copy left here",
+                found.sandbox_id,
+                placed_elsewhere(found, self.extension.id, state),
+            )
+            # With the key it was listed with: the key the log recorded is the one its
+            # routing to the other backend chose.
+            backend = self.extension
+        elif step == "remove_earlier_attempt":
+            assert found.made_by is not None  # what earlier_attempt judged by
+            log.info(
+                "sandbox %s: removing a copy made by attempt %d.%d beside the live one "
+                "(attempt %d.%d)",
+                found.sandbox_id,
+                *found.made_by,
+                state.generation,
+                state.attempt,
+            )
+            backend = self.extension  # listed with this key
+        # On an AttemptScoped backend, never a later attempt's than the step may remove:
+        # the live one beside an earlier attempt's copy, or a recreate another worker
+        # started since the log was read (removal_scope).
+        scope = removal_scope(step, found, state)
+        made = None if scope is None else Attempt(self.extension.id, *scope)
+        failure = await self._safe_teardown(found.sandbox_id, found.host, backend, made_by=made)
+        return failure is None
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         lock = self._locks.get(sandbox_id)
@@ -630,6 +699,16 @@ async def _remove(
         await backend.teardown_attempt(sandbox_id, made, host=host)
     else:
         await backend.teardown(sandbox_id, host=host)
+
+
+def _by_host(removed: list[tuple[str | None, str]]) -> dict[str | None, list[str]]:
+    """The sandbox ids removed on each host, each once, in the order removed."""
+    hosts: dict[str | None, list[str]] = {}
+    for host, sandbox_id in removed:
+        ids = hosts.setdefault(host, [])
+        if sandbox_id not in ids:
+            ids.append(sandbox_id)
+    return hosts
 
 
 def _access_warnings(backend: Extension, profile: Profile | None) -> list[str]:
