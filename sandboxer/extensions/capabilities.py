@@ -119,11 +119,13 @@ class Snapshotter(Protocol):
 @runtime_checkable
 class AttemptScoped(Protocol):
     """Labels each provider sandbox with the provisioning that made it, (generation, attempt)
-    (E2B, Modal, Daytona; :mod:`sandboxer.hosted.attempt_fence`), so it can remove what one
-    provisioning and those before it made and never a later one's. The worker tears down a
-    failed or taken-over provisioning through it: by then the job may have gone to another
-    worker (this one frozen or cut off past ``ack_wait``), whose sandbox the log's ``ready``
-    may name, and a plain teardown would remove that too."""
+    (E2B, Modal, Daytona: :mod:`sandboxer.hosted.attempt_fence`; ext.local records it in the
+    sandbox's ``state.json``: :mod:`sandboxer.extensions.local.attempt_record`), so it can
+    remove what one provisioning and those before it made and never a later one's. The worker
+    tears down a failed or taken-over provisioning, and clears the way for a recreate, through
+    it: by then the job may have gone to another worker (this one frozen or cut off past
+    ``ack_wait``), whose sandbox the log's ``ready`` may name, and a plain teardown would
+    remove that too."""
 
     async def teardown_attempt(
         self, sandbox_id: str, made_by: tuple[int, int], *, host: str | None = None

@@ -8,7 +8,8 @@ tests/integration/remote_fixtures.py: ext.compose-ssh passes on dockerd with
 docker-compose and on podman with podman-compose. Hosted backends run against
 the doubles in tests/doubles/, which enforce each provider's published API.
 A backend whose declaration does not offer exec must refuse it with
-Unsupported.
+Unsupported. An ``AttemptScoped`` one (ext.local, the hosted backends) must leave a later
+attempt's sandbox through an earlier attempt's ``teardown_attempt``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.errors import InvalidInput, SandboxNotFound, Unsupported
 from sandboxer.extensions.base import Extension, ProvisionRequest
-from sandboxer.extensions.capabilities import Pooling
+from sandboxer.extensions.capabilities import AttemptScoped, Pooling
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
 from sandboxer.extensions.daytona.backend import DaytonaExtension
 from sandboxer.extensions.e2b.backend import E2bExtension
@@ -228,6 +229,24 @@ class TestExtensionContract:
 
         assert await extension.exec("contract0004", ["sh", "-c", "echo hi; exit 9"], sink) == 9
         assert b"".join(output) == b"hi\n"
+
+    async def test_an_earlier_attempts_teardown_leaves_a_later_ones_sandbox(
+        self, subject: Subject
+    ) -> None:
+        """An AttemptScoped backend's teardown_attempt removes only what that provisioning
+        and earlier ones made: a worker resumed late (frozen past the ack wait) must leave
+        the sandbox the job's later attempt made, which the log's `ready` names."""
+        extension = subject.extension
+        if not isinstance(extension, AttemptScoped):
+            pytest.skip(f"{extension.id} is not AttemptScoped: its teardown takes the id's all")
+        later = dataclasses.replace(request_for("contract0005", subject), attempt=2)
+        await extension.provision(later)
+        await extension.wait_ready(later)
+        await extension.teardown_attempt("contract0005", (1, 1), host=subject.host)
+        found = {f.sandbox_id: f.alive for f in await extension.list_sandboxes()}
+        assert found == {"contract0005": True}
+        await extension.teardown_attempt("contract0005", (1, 2), host=subject.host)
+        assert list(await extension.list_sandboxes()) == []
 
 
 POOLING = sorted(

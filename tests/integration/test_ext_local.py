@@ -551,6 +551,63 @@ async def test_an_earlier_attempt_resumed_late_leaves_the_later_ones_sandbox_alo
     assert not any(ref.alive() for ref in later)
 
 
+async def test_a_teardown_of_an_earlier_provisioning_leaves_a_later_ones_sandbox(
+    ext: LocalExtension, root: Path
+) -> None:
+    """teardown_attempt (a recreate's clean start, a failed or taken-over attempt's cleanup)
+    removes the sandbox only when its provisioning or an earlier one made it: a worker frozen
+    between its look at the log and this teardown resumes after a later provisioning made
+    the sandbox, which the log's `ready` names."""
+    sid = new_id()
+    await up(ext, request(sid, attempt=2, generation=2))
+    later = holder_refs(root, sid)
+    for earlier in ((1, 9), (2, 1)):
+        await ext.teardown_attempt(sid, earlier)
+        assert all(ref.alive() for ref in later)
+        assert (await run(ext, sid, "true"))[0] == 0
+    assert [(f.sandbox_id, f.made_by) for f in await ext.list_sandboxes()] == [(sid, (2, 2))]
+    await ext.teardown_attempt(sid, (2, 2))  # its own
+    assert not any(ref.alive() for ref in later)
+    assert not (root / sid).exists()
+    assert not (root / ".locks" / sid).exists()  # gone with it, as a teardown's
+    await ext.teardown_attempt(sid, (2, 2))  # gone is done
+    # One made before the record counts as earlier than any provisioning.
+    await up(ext, request(sid))
+    made = state_of(root, sid)
+    del made["made_by"]
+    (root / sid / "state.json").write_text(json.dumps(made))
+    await ext.teardown_attempt(sid, (1, 1))
+    assert not (root / sid).exists()
+
+
+async def test_an_earlier_teardown_and_a_later_provision_at_once_leave_the_later_whole(
+    root: Path,
+) -> None:
+    """Two ext.local workers on one root: attempt 1's teardown (its worker resumed late) and
+    attempt 2's provision of the same sandbox, a few ms apart in either order, over what
+    attempt 1 made. The teardown reads the record and removes under the sandbox's lock, which
+    the provision holds from its look at what is there until it has recorded itself, so
+    attempt 2's sandbox is whole every time: made after the teardown, or left by it."""
+    first, second = LocalExtension(root), LocalExtension(root)
+    rng = random.Random(11)
+    for _ in range(12):
+        sid = new_id()
+        await up(first, request(sid))
+
+        async def teardown_soon(sid: str = sid) -> None:
+            await asyncio.sleep(rng.uniform(0, 0.012))
+            await second.teardown_attempt(sid, (1, 1))
+
+        results = await asyncio.gather(
+            first.provision(request(sid, attempt=2)), teardown_soon(), return_exceptions=True
+        )
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        await first.wait_ready(request(sid, attempt=2))  # its holder runs
+        assert state_of(root, sid)["made_by"] == [1, 2]
+        assert (await run(first, sid, "true"))[0] == 0
+        await first.teardown(sid)
+
+
 _PROVISION_AND_DIE = """
 import asyncio, os, sys
 from pathlib import Path

@@ -346,6 +346,72 @@ async def test_a_claim_cut_short_after_the_move_is_finished_by_its_retry(home: P
         await reap_local(home)
 
 
+def made_by(home: Path, sandbox_id: str) -> list[int]:
+    recorded: list[int] = json.loads((home / "local" / sandbox_id / "state.json").read_text())[
+        "made_by"
+    ]
+    return recorded
+
+
+async def test_a_recreates_claim_records_its_generation(home: Path) -> None:
+    """A recreate (generation 2) whose create claims a member: the sandbox records the claim's
+    provisioning, not the member's own [1, 1], so that a generation 1 attempt resumed late
+    (its worker frozen past the ack wait) leaves it alone, and generation 2's removes it."""
+    extension = LocalExtension(home / "local")
+    members = extension.pool_members()
+    profile = Catalog.load().profile("profile.local")
+    member = ProvisionRequest(
+        sandbox_id="pool00000000000000a5", profile=extension.member_profile(profile), inputs={}
+    )
+    request = ProvisionRequest(
+        sandbox_id="sbxclaimgen02", profile=profile, inputs={}, generation=2, attempt=1
+    )
+    try:
+        await members.provision(member)
+        await extension.claim(member.sandbox_id, request)
+        assert made_by(home, request.sandbox_id) == [2, 1]
+        await extension.teardown_attempt(request.sandbox_id, (1, 5))
+        assert await extension.exec(request.sandbox_id, ["true"], _discard) == 0
+        await extension.teardown_attempt(request.sandbox_id, (2, 1))
+        assert await extension.list_sandboxes() == []
+    finally:
+        await reap_local(home)
+
+
+async def test_a_claim_retried_after_the_move_records_its_attempt(home: Path) -> None:
+    """The claim's first attempt moved the member and died; the redelivered job's attempt 2
+    finds it moved and takes it as it is: it records itself, so that attempt 1, should it
+    resume, neither claims over it nor removes it."""
+    extension = LocalExtension(home / "local")
+    members = extension.pool_members()
+    profile = Catalog.load().profile("profile.local")
+    member = ProvisionRequest(
+        sandbox_id="pool00000000000000a6", profile=extension.member_profile(profile), inputs={}
+    )
+    first = ProvisionRequest(sandbox_id="sbxclaimretry", profile=profile, inputs={})
+    again = ProvisionRequest(sandbox_id=first.sandbox_id, profile=profile, inputs={}, attempt=2)
+    try:
+        await members.provision(member)
+        real_rename = os.rename
+
+        def rename_then_crash(source: Any, target: Any) -> None:
+            real_rename(source, target)
+            raise KeyboardInterrupt  # the worker dies right after the move
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "rename", rename_then_crash)
+            with pytest.raises(KeyboardInterrupt):
+                await extension.claim(member.sandbox_id, first)
+        await extension.claim(member.sandbox_id, again)
+        assert made_by(home, first.sandbox_id) == [1, 2]
+        with pytest.raises(ExtensionError, match="a later provisioning"):
+            await extension.claim(member.sandbox_id, first)  # attempt 1, resumed
+        await extension.teardown_attempt(first.sandbox_id, (1, 1))
+        assert await extension.exec(first.sandbox_id, ["true"], _discard) == 0
+    finally:
+        await reap_local(home)
+
+
 async def test_a_member_gets_its_uid_when_made_and_its_claim_keeps_it(
     home: Path, tmp_path: Path
 ) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
+from sandboxer.domain.found import MadeBy
 from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound, Unsupported
 from sandboxer.events.reachability import ACCESS_KEY, LocalExecAccess, exec_hint
@@ -40,6 +41,7 @@ from sandboxer.extensions.base import (
     Stdin,
 )
 from sandboxer.extensions.local import (
+    attempt_record,
     cgroups,
     egress,
     freezer,
@@ -180,7 +182,7 @@ class LocalExtension:
         left_behind = self._left_behind(layout)
         kept_uid = None
         if left_behind:
-            self._refuse_if_made_later(layout, request)
+            self._refuse_if_made_later(workspace.read_state(layout), request)
             # Start clean after a partial earlier attempt, but with the uid it had: a
             # redelivered provision is the same sandbox (its keys are cleared all the same).
             kept_uid = await self._unmake(request.sandbox_id, keep_uid=True)
@@ -315,6 +317,36 @@ class LocalExtension:
         self._layout(sandbox_id)  # the id checked before it names a lock file
         async with sandbox_lock(self.root, sandbox_id, remove=True):
             await self._unmake(sandbox_id)
+
+    async def teardown_attempt(
+        self, sandbox_id: str, made_by: MadeBy, *, host: str | None = None
+    ) -> None:
+        """Tear the sandbox down as :meth:`teardown` does, unless its ``state.json`` says a
+        later provisioning than ``made_by`` made (or claimed) it: then nothing is done (logged).
+        One without the record counts as earlier (:mod:`.attempt_record`).
+
+        The worker calls it for a recreate's clean start and a failed or taken-over attempt's
+        cleanup, after reading the log; a worker frozen (SIGSTOP) or cut off past the ack wait
+        between that read and here would otherwise remove the sandbox a later attempt made
+        meanwhile, which the log's ``ready`` names. The record is read and the sandbox unmade
+        under its lock, which a provision (or a claim) holds from its own look at what is there
+        until it has recorded itself: a later attempt cannot make the sandbox in between."""
+        del host  # always this machine
+        layout = self._layout(sandbox_id)  # the id checked before it names a lock file
+        async with sandbox_lock(self.root, sandbox_id) as lock:
+            found = workspace.read_state(layout)
+            later = attempt_record.made_later(found.made_by if found else None, made_by)
+            if later is not None:
+                log.info(
+                    "local sandbox %s: left alone by the teardown of generation %d attempt %d: "
+                    "a later provisioning (generation %d, attempt %d) made it",
+                    sandbox_id,
+                    *made_by,
+                    *later,
+                )
+                return
+            await self._unmake(sandbox_id)
+            lock.remove()  # as teardown's: gone with the sandbox, once it is gone
 
     async def _unmake(
         self, sandbox_id: str, *, keep_uid: bool = False, found_uids: Sequence[int] | None = None
@@ -612,18 +644,17 @@ class LocalExtension:
             if found is None or not found.holder_alive():
                 raise gone
             if target.dir.exists() or target.dir.is_symlink():
-                self._refuse_if_made_later(target, request)
+                self._refuse_if_made_later(state, request)
                 await self._unmake(request.sandbox_id)  # what an earlier attempt left
-            if found.pool_member != member_id or request.attempt > 1:
+            claimed_by = [request.generation, request.attempt]
+            if found.pool_member != member_id or found.made_by != claimed_by:
                 # A member made before members named themselves: recorded before the move,
                 # so that on either side of a crash its teardown finds its groups and network.
-                # A claim after a redelivery records itself, so that the earlier attempt,
-                # should it resume, leaves its sandbox alone (a first claim writes nothing).
-                found = dataclasses.replace(
-                    found,
-                    pool_member=member_id,
-                    made_by=[request.generation, request.attempt],
-                )
+                # The claim records itself as the sandbox's maker (a member records [1, 1],
+                # so a first create's first claim writes nothing): an earlier provisioning,
+                # should it resume, leaves the sandbox alone, and a later one's clean start
+                # or teardown (teardown_attempt) removes it.
+                found = dataclasses.replace(found, pool_member=member_id, made_by=claimed_by)
                 workspace.write_state(member, found)
             try:
                 os.rename(member.dir, target.dir)
@@ -632,12 +663,19 @@ class LocalExtension:
             # Its state.json keeps the member's id and path: the directory's name is the
             # sandbox's, and nothing reads those two fields for anything but messages.
             state = found
-        elif (target.dir / INPUTS_IN).exists():
-            # A retried claim (its job redelivered) after this create's inputs went in: its
-            # setup may have run the sandbox's own code in the workspace since, and links it
-            # planted where the repo goes would take a second copy outside, as root. What
-            # went in stays; the rest of the claim goes on.
-            return state
+        else:
+            # Moved by an earlier try of this claim (its job redelivered): the sandbox is
+            # this provisioning's now, unless a later one took it over meanwhile.
+            self._refuse_if_made_later(state, request)
+            if state.made_by != [request.generation, request.attempt]:
+                state = dataclasses.replace(state, made_by=[request.generation, request.attempt])
+                workspace.write_state(target, state)
+            if (target.dir / INPUTS_IN).exists():
+                # After this create's inputs went in: its setup may have run the sandbox's
+                # own code in the workspace since, and links it planted where the repo goes
+                # would take a second copy outside, as root. What went in stays; the rest
+                # of the claim goes on.
+                return state
         if source is not None:
             await asyncio.to_thread(workspace.copy_repo, source, target.workspace)
         member_uid = self._uid_of(state)  # the member's: the claim keeps it
@@ -696,12 +734,12 @@ class LocalExtension:
             "veth, nftables) only when it runs as root; the sandbox has loopback only"
         ]
 
-    def _refuse_if_made_later(self, layout: Layout, request: ProvisionRequest) -> None:
-        """ExtensionError when a later provisioning made what is there: this one was frozen
-        or slow while its job went to another worker, which made the sandbox since."""
-        found = workspace.read_state(layout)
-        made = tuple(found.made_by) if found is not None and found.made_by else ()
-        if len(made) == 2 and made > (request.generation, request.attempt):
+    def _refuse_if_made_later(self, found: State | None, request: ProvisionRequest) -> None:
+        """ExtensionError when a later provisioning made what is there (``found``: its record,
+        read under its lock): this one was frozen or slow while its job went to another
+        worker, which made the sandbox since."""
+        made = attempt_record.made_later(found.made_by if found else None, request.made_by)
+        if made is not None:
             raise ExtensionError(
                 f"local sandbox {request.sandbox_id}: a later provisioning (generation "
                 f"{made[0]}, attempt {made[1]}) made it while this one (generation "

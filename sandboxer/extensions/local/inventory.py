@@ -10,7 +10,7 @@ from typing import Any
 
 from sandboxer.domain.found import FoundSandbox
 from sandboxer.extensions import host_report
-from sandboxer.extensions.local import cgroups, workspace
+from sandboxer.extensions.local import attempt_record, cgroups, workspace
 from sandboxer.extensions.local.workspace import Layout
 from sandboxer.ids import is_valid_sandbox_id
 
@@ -45,7 +45,12 @@ def scan_sandboxes(root: Path) -> list[FoundSandbox]:
         alive = state.holder_alive()
         if not alive:  # why, for inspect stale: nothing can run in it any more
             detail["dead"] = f"its holder process {state.holder_pid} died"
-        found.append(FoundSandbox(sandbox_id=entry.name, alive=alive, detail=detail))
+        # Who made it, as the hosted backends list their attempt labels (a claimed member's
+        # record is not listed: see attempt_record.listed).
+        made_by = attempt_record.listed(state.made_by, state.pool_member, entry.name)
+        found.append(
+            FoundSandbox(sandbox_id=entry.name, alive=alive, detail=detail, made_by=made_by)
+        )
     return found
 
 
