@@ -57,7 +57,9 @@ class HostInspected(_HostEventBase, frozen=True, kw_only=True, tag="inspected"):
 
 
 class HostReaped(_HostEventBase, frozen=True, kw_only=True, tag="reaped"):
-    """``reap-stale --apply`` removed orphans from a host and marked vanished sandboxes failed."""
+    """``reap-stale --apply`` removed orphans from a host and marked vanished sandboxes failed;
+    or (actor ``sandboxer-leak-sweep``) an extension worker's periodic leak sweep removed
+    leaks there: copies, earlier attempts' copies, failed or destroyed sandboxes' leftovers."""
 
     removed: list[str] = []
     """Sandboxes found on the host that the log had destroyed, failed or never knew."""

@@ -182,6 +182,37 @@ async def test_one_sweep_removes_the_leaks_and_decides_nothing_else(tmp_path: Pa
     assert len(store.log) == before  # nothing removed, nothing recorded
 
 
+async def test_the_start_shares_the_path_and_takes_every_step(tmp_path: Path) -> None:
+    """The start's reconcile goes through the same steps, and also those the sweep leaves:
+    a dead sandbox the log calls ready is marked failed, an interrupted teardown finished."""
+    store = MemoryEventStore()
+    await logged_as(store, "twocopies001", "start", "start", "ready")
+    await logged_as(store, "failedleft01", "start", "failed")
+    await logged_as(store, "deadready001", "start", "ready")
+    await logged_as(store, "destroying01", "start", "ready", "destroy")
+    backend = Held(
+        [
+            FoundSandbox(sandbox_id="twocopies001", alive=True, made_by=(1, 2)),
+            FoundSandbox(sandbox_id="twocopies001", alive=True, made_by=(1, 1)),
+            FoundSandbox(sandbox_id="failedleft01", alive=True, made_by=(1, 1)),
+            FoundSandbox(sandbox_id="deadready001", alive=False, made_by=(1, 1)),
+            FoundSandbox(sandbox_id="destroying01", alive=True, made_by=(1, 1)),
+        ]
+    )
+    worker = worker_of(store, backend, tmp_path)
+    await worker.reconcile()
+    assert backend.removed == [
+        ("twocopies001", (1, 1)),
+        ("failedleft01", (1, 1)),
+        ("deadready001", None),
+        ("destroying01", None),
+    ]
+    assert (await store.load("twocopies001")).state.status == "ready"
+    assert (await store.load("deadready001")).state.status == "failed"
+    assert (await store.load("destroying01")).state.status == "destroyed"
+    assert not any(isinstance(e, HostReaped) for e in store.log)  # the start records none
+
+
 async def test_failures_are_logged_and_the_next_period_tries_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
