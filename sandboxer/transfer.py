@@ -35,7 +35,14 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import ObjectNotFoundError
 
 from sandboxer import subjects
-from sandboxer.bus.ask import RATE_PATIENCE, next_message, no_responders, paced
+from sandboxer.bus.ask import (
+    RATE_PATIENCE,
+    RateRefusal,
+    next_message,
+    no_responders,
+    paced,
+    refused_at_once,
+)
 from sandboxer.bus.streams import replicas_for
 from sandboxer.errors import (
     BusError,
@@ -211,7 +218,7 @@ async def _ask_once(
     key_id: str | None,
     upload: Path | None,
     download: Path | None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | RateRefusal:
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     feeder: asyncio.Task[None] | None = None
@@ -227,6 +234,9 @@ async def _ask_once(
             silent=f"no worker holds sandbox {sandbox_id}: it may not be ready, its backend may "
             "not copy files, or its extension worker is not running ('sandboxer get' shows it)",
         )
+        refused = refused_at_once(msg, HEADER, "done")
+        if refused is not None:
+            return refused
         silence: float | None = None  # no limit until the worker promises heartbeats
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(download.open("wb")) if download is not None else None
@@ -349,24 +359,29 @@ async def get_object(
     patience: float = RATE_PATIENCE,
 ) -> Copied:
     """Write what ``path`` holds to the local file ``destination``: the file's bytes
-    (``kind`` file), or a tar of the directory's contents (``kind`` dir)."""
+    (``kind`` file), or a tar of the directory's contents (``kind`` dir). The bytes land
+    beside ``destination`` and are renamed onto it once whole and checked: a copy refused,
+    failed or cut off leaves what stood there untouched."""
     check_path(path, root_allowed=True)
     request: dict[str, Any] = {"op": "get", "path": path}
     if service is not None:
         request["service"] = service
-    if key_id is None:
-        answer = await _ask(nc, sandbox_id, request, key_id=key_id)
-        sha = parse_object_ref(str(answer.get("ref")))
-        size = await fetch_archive(nc.jetstream(), sha, destination, limits)
-    else:  # a key may not read the bucket: the bytes come on the answer
-        request["inline"] = True
-        answer = await _ask(
-            nc, sandbox_id, request, key_id=key_id, patience=patience, download=destination
-        )
-        size = await asyncio.to_thread(_check_download, destination, answer, limits)
-    kind = str(answer.get("kind"))
-    if kind not in {"file", "dir"}:
-        raise BusError(f"the worker answered a copy of {path!r} with kind {kind!r}")
+    with tempfile.TemporaryDirectory(prefix=".sandboxer-get-", dir=destination.parent) as scratch:
+        partial = Path(scratch) / "partial"
+        if key_id is None:
+            answer = await _ask(nc, sandbox_id, request, key_id=key_id)
+            sha = parse_object_ref(str(answer.get("ref")))
+            size = await fetch_archive(nc.jetstream(), sha, partial, limits)
+        else:  # a key may not read the bucket: the bytes come on the answer
+            request["inline"] = True
+            answer = await _ask(
+                nc, sandbox_id, request, key_id=key_id, patience=patience, download=partial
+            )
+            size = await asyncio.to_thread(_check_download, partial, answer, limits)
+        kind = str(answer.get("kind"))
+        if kind not in {"file", "dir"}:
+            raise BusError(f"the worker answered a copy of {path!r} with kind {kind!r}")
+        await asyncio.to_thread(os.replace, partial, destination)
     return Copied(kind=kind, path=str(answer.get("path")), size=size, local=destination)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -40,11 +41,14 @@ from sandboxer.exec_protocol.answer_codes import RATE_LIMITED
 __all__ = [
     "RATE_PATIENCE",
     "RESTART_BUDGET",
+    "RateRefusal",
     "ask",
     "ask_json",
     "next_message",
     "no_responders",
     "paced",
+    "rate_refusal",
+    "refused_at_once",
 ]
 
 T = TypeVar("T")
@@ -131,37 +135,64 @@ async def ask_json(
     async def once() -> Any:
         msg = await ask(nc, subject, payload, timeout=timeout, budget=budget)
         answer = msgspec.json.decode(msg.data)
-        if isinstance(answer, dict) and answer.get("code") == RATE_LIMITED:
-            raise _Refusal(answer)
-        return answer
+        return rate_refusal(answer) or answer
 
-    try:
-        return await paced(once, patience)
-    except _Refusal as refusal:
-        return refusal.answer
+    answer = await _pace(once, patience)
+    return answer.answer if isinstance(answer, RateRefusal) else answer
 
 
-class _Refusal(RateLimited):
-    """:func:`ask_json`'s refusal for the key's rate, which it answers with once patience ends."""
+@dataclass(frozen=True)
+class RateRefusal:
+    """A request's first answer refusing it for the asking key's rate, which comes before
+    anything is done for it (workers/key_reach.py). A value an attempt returns, not an
+    exception it raises: :func:`paced` sends again only what such an answer refused, never
+    a request that failed later with :class:`RateLimited` (an exec's output callback that
+    raised it, say, after its command had run)."""
 
-    def __init__(self, answer: dict[str, Any]) -> None:
-        super().__init__(str(answer.get("error")), retry_after=stated_wait(answer))
-        self.answer = answer
+    answer: dict[str, Any]
+
+    def error(self) -> RateLimited:
+        return RateLimited(str(self.answer.get("error")), retry_after=stated_wait(self.answer))
 
 
-async def paced(attempt: Callable[[], Awaitable[T]], patience: float) -> T:
-    """``attempt()``, made again while it is refused for an API key's rate
-    (:class:`RateLimited` with code ``rate_limited``) after the wait the refusal states,
-    while that wait ends within ``patience`` seconds (``math.inf``: always); past that, the
-    refusal is raised. Only for a request whose refusal comes before anything is done for
-    it (workers/key_reach.py): a key's live-sandbox limit, say, is never waited out here."""
+def rate_refusal(answer: Any) -> RateRefusal | None:
+    """``answer`` as a :class:`RateRefusal` when it refuses its request for the key's rate."""
+    if isinstance(answer, dict) and answer.get("code") == RATE_LIMITED:
+        return RateRefusal(answer)
+    return None
+
+
+def refused_at_once(first: Msg, header: str, last: str) -> RateRefusal | None:
+    """The first answer to a streamed request (exec, files) as a :class:`RateRefusal` when
+    it refuses the request for the key's rate: then it is the stream's last answer
+    (``header`` says ``last``), sent before anything ran or was copied."""
+    if (first.headers or {}).get(header) != last:
+        return None
+    return rate_refusal(msgspec.json.decode(first.data))
+
+
+async def paced(attempt: Callable[[], Awaitable[T | RateRefusal]], patience: float) -> T:
+    """``attempt()``, made again while it returns a :class:`RateRefusal`, after the wait the
+    refusal states, while that wait ends within ``patience`` seconds (``math.inf``: always);
+    past that, the refusal is raised as :class:`RateLimited`. Only for a request whose
+    refusal comes before anything is done for it (workers/key_reach.py): a key's
+    live-sandbox limit, say, is never waited out here."""
+    result = await _pace(attempt, patience)
+    if isinstance(result, RateRefusal):
+        raise result.error()
+    return result
+
+
+async def _pace(
+    attempt: Callable[[], Awaitable[T | RateRefusal]], patience: float
+) -> T | RateRefusal:
     loop = asyncio.get_running_loop()
     give_up = loop.time() + patience
     while True:
-        try:
-            return await attempt()
-        except RateLimited as refused:
-            wait = refused.retry_after
-            if refused.code != RATE_LIMITED or wait is None or loop.time() + wait > give_up:
-                raise
+        result = await attempt()
+        if not isinstance(result, RateRefusal):
+            return result
+        wait = stated_wait(result.answer)
+        if wait is None or loop.time() + wait > give_up:
+            return result
         await asyncio.sleep(wait)

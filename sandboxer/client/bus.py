@@ -23,10 +23,13 @@ from sandboxer import subjects
 from sandboxer.bus.ask import (
     RATE_PATIENCE,
     RESTART_BUDGET,
+    RateRefusal,
     ask_json,
     next_message,
     no_responders,
     paced,
+    rate_refusal,
+    refused_at_once,
 )
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence, read_events
@@ -776,7 +779,7 @@ class SandboxerClient:
         await self._stored()
         return await paced(lambda: self._tokens_once(sandbox_id), self.rate_patience)
 
-    async def _tokens_once(self, sandbox_id: str) -> dict[str, str]:
+    async def _tokens_once(self, sandbox_id: str) -> dict[str, str] | RateRefusal:
         try:
             reply = await self.nc.request(
                 self._subject(subjects.token_subject(sandbox_id)),
@@ -789,6 +792,9 @@ class SandboxerClient:
                 "it is not ready, or its extension worker is not running"
             ) from None
         answer = msgspec.json.decode(reply.data)
+        refused = rate_refusal(answer)
+        if refused is not None:
+            return refused
         if not answer.get("ok"):
             raise error_for(answer, sandbox_id) or CommandFailed(
                 str(answer.get("error")), {"sandbox_id": sandbox_id}
@@ -836,7 +842,7 @@ class SandboxerClient:
         timeout: float,
         stdin: StdinSource | None,
         command_timeout: float | None,
-    ) -> int:
+    ) -> int | RateRefusal:
         request: dict[str, Any] = {"argv": argv}
         if service is not None:  # only when asked: older workers do not know the fields
             request["service"] = service
@@ -857,6 +863,9 @@ class SandboxerClient:
                 silent=f"no worker runs sandbox {sandbox_id}: it may not be ready, or its "
                 "extension worker is not running ('sandboxer get' shows its state)",
             )
+            refused = refused_at_once(msg, EXEC_HEADER, "exit")
+            if refused is not None:
+                return refused
             silence: float | None = None  # no limit until the worker promises heartbeats
             async with asyncio.timeout(timeout):
                 while True:

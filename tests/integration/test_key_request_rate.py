@@ -31,7 +31,7 @@ from sandboxer.client import SandboxerClient
 from sandboxer.commands.types import CreateKey
 from sandboxer.domain.key_state import hash_key, key_id_for, new_key
 from sandboxer.domain.rate_limit import REFILL_SECONDS
-from sandboxer.errors import RateLimited
+from sandboxer.errors import RateLimited, SandboxerError
 from sandboxer.events.types import Actor
 from sandboxer.ids import new_command_id
 from sandboxer.workers.deciding import apply_key
@@ -245,6 +245,46 @@ async def test_a_keys_exec_and_copies_wait_out_its_rate_by_default(
     with pytest.raises(RateLimited) as refused:
         await _exec(key, sandbox_id)
     assert refused.value.retry_after == pytest.approx(WAIT, abs=0.001)
+
+
+async def test_only_a_refusal_before_anything_ran_is_sent_again(
+    keyed: Keyed, tmp_path: Path
+) -> None:
+    """An exec whose output callback raises RateLimited (a caller's own limit, say) once its
+    command has run is not sent again: only a first answer refusing the request for the
+    key's rate is (bus/ask.py RateRefusal). Before, any RateLimited with a wait sent the exec
+    again, and its command ran twice. A copy out refused (for the rate, or a missing path)
+    leaves its destination as it was; before, the destination was emptied."""
+    key, sandbox_id = keyed.key, keyed.sandbox_id
+    keyed.clock.refill()
+
+    async def output(_stream: str, _data: bytes) -> None:
+        raise RateLimited("the caller's own limit", retry_after=0.01)
+
+    key.rate_patience = RATE_PATIENCE
+    try:
+        with pytest.raises(RateLimited, match="caller's own"):
+            await key.exec(sandbox_id, ["sh", "-c", "echo ran >> runs.txt; cat runs.txt"], output)
+    finally:
+        key.rate_patience = 0
+    runs = tmp_path / "runs.txt"
+    await key.copy_out(sandbox_id, "runs.txt", runs)
+    assert runs.read_bytes() == b"ran\n"
+
+    kept = tmp_path / "kept.txt"
+    kept.write_bytes(b"mine\n")
+    keyed.clock.refill()
+    answered, _ = await _burst(*(_get(key, sandbox_id) for _ in range(RATE)))
+    assert len(answered) == RATE
+    with pytest.raises(RateLimited):
+        await key.get_files(sandbox_id, "runs.txt", kept)
+    assert kept.read_bytes() == b"mine\n"
+    keyed.clock.refill()
+    with pytest.raises(SandboxerError, match="does not exist"):
+        await key.get_files(sandbox_id, "missing.txt", kept)
+    assert kept.read_bytes() == b"mine\n"
+    await key.get_files(sandbox_id, "runs.txt", kept)
+    assert kept.read_bytes() == b"ran\n"
 
 
 async def test_a_refusal_reads_nothing_of_the_sandbox_it_named(
