@@ -30,6 +30,7 @@ from sandboxer.errors import (
 )
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.capabilities import Pausable, TimeoutKeeper
+from sandboxer.extensions.e2b import backend as e2b_backend
 from sandboxer.extensions.e2b.backend import E2bExtension
 from sandboxer.extensions.loading import build_extension
 from sandboxer.hosted.labels import labels_for
@@ -162,6 +163,30 @@ async def test_a_restarted_worker_finds_its_sandbox_by_label(
     finally:
         await fresh.aclose()
     assert readiness.descriptor["kind"] == "e2b"
+    assert e2b_double.double.live() == []
+
+
+async def test_a_worker_remembers_a_bounded_number_of_sandboxes(
+    e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The E2B id and log position kept per sandbox are bounded (REMEMBERED); one forgotten is
+    found by its label again. Before, every sandbox a worker served stayed in memory."""
+    monkeypatch.setattr(e2b_backend, "REMEMBERED", 2)
+    extension = E2bExtension(settings_for(e2b_double))
+    ids = ["e2bmemo0001", "e2bmemo0002", "e2bmemo0003"]
+    try:
+        for sandbox_id in ids:
+            made = request(sandbox_id)
+            await extension.provision(made)
+            await extension.wait_ready(made)
+            extension.follow_log(sandbox_id, (1, 1), None)
+        assert len(extension._known) == len(extension._live) == 2
+        later = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+        await extension.set_timeout(ids[0], later)  # forgotten: looked up by its label
+        for sandbox_id in ids:
+            await extension.teardown(sandbox_id)
+    finally:
+        await extension.aclose()
     assert e2b_double.double.live() == []
 
 

@@ -84,12 +84,19 @@ from sandboxer.hosted.labels import SANDBOX_LABEL, made_elsewhere
 from sandboxer.hosted.provider_settings import ProviderValue
 from sandboxer.hosted.tokens import SandboxTokens
 from sandboxer.ids import is_valid_sandbox_id
+from sandboxer.recent import Recent
 
 __all__ = ["E2bExtension"]
 
 log = logging.getLogger(__name__)
 
 EXTENSION_ID = "ext.e2b"
+
+REMEMBERED = 10_000
+"""Sandboxes whose E2B id and log position a worker keeps in memory: every call is told the
+log's again (:meth:`E2bExtension.follow_log`) and one forgotten is looked up by label, so
+the bound costs a lookup, never a wrong answer; without it, every sandbox a long-running
+worker ever served (destroyed by another worker, expired at E2B) stayed."""
 
 R = TypeVar("R")
 
@@ -117,9 +124,9 @@ class E2bExtension:
         self._tokens = tokens
         """Where E2B's per-sandbox tokens are kept; without one they are asked of E2B."""
         self._api: E2bApi | None = None
-        self._known: dict[str, str] = {}
+        self._known: Recent[str, str] = Recent(REMEMBERED)
         """Our sandbox id -> E2B's, a cache of what the labels (or the log's ``ready``) say."""
-        self._live: dict[str, MadeBy] = {}
+        self._live: Recent[str, MadeBy] = Recent(REMEMBERED)
         """Our sandbox id -> the provisioning the log is at, as the worker last told it
         (:meth:`follow_log`): whose sandbox a call takes when several carry our id."""
         self._retried: set[str] = set()
@@ -160,9 +167,9 @@ class E2bExtension:
         if made_by is None:
             self._live.pop(sandbox_id, None)
         else:
-            self._live[sandbox_id] = made_by
+            self._live.put(sandbox_id, made_by)
         if provider_id is not None:
-            self._known[sandbox_id] = provider_id
+            self._known.put(sandbox_id, provider_id)
 
     # -- the Extension protocol ----------------------------------------------------------------
 
@@ -209,7 +216,7 @@ class E2bExtension:
             late=self._late,
             redelivered=request.redelivered,
         )
-        self._known[sandbox_id] = created.provider_id
+        self._known.put(sandbox_id, created.provider_id)
         await self._keep_tokens(sandbox_id, tokens)
         log.info(
             "%s: E2B sandbox %s from template %s, timeout %d s",
@@ -508,7 +515,7 @@ class E2bExtension:
                 sandbox_id=sandbox_id,
                 extension=self.id,
             )
-        self._known[sandbox_id] = chosen.provider_id
+        self._known.put(sandbox_id, chosen.provider_id)
         return chosen.provider_id
 
     async def _on_sandbox(
