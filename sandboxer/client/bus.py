@@ -819,7 +819,8 @@ class SandboxerClient:
         async iterable of bytes) is streamed to the command's input; without it
         the input is empty. ``command_timeout`` seconds: the worker kills the
         command past it and this raises :class:`CommandFailed` whose ``event``
-        has ``timed_out``. ``timeout`` is how long this call waits at most. A worker
+        has ``timed_out``. ``timeout`` is how long this call waits for the command at
+        most (a refusal for the key's rate adds its waits, ``rate_patience`` at most). A worker
         that stops answering mid-way (killed, its host lost) raises :class:`WorkerLost`
         once its heartbeats stop (docs/protocol.md#exec). An exec refused for the key's rate
         (before anything runs) is sent again as the refusal says, for ``rate_patience`` seconds.

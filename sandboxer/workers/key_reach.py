@@ -56,8 +56,9 @@ Refuse = Callable[[str, RateLimited], Awaitable[None]]
 OWNER_MEMORY = 1.0
 """Seconds a service trusts what it found about a sandbox, to refuse a key past its rate
 without reading again. Within it, a sandbox just destroyed or paused is answered
-``rate_limited`` rather than not at all or ``frozen``; one just made ready here is not
-answered for a key past its rate (it asks again after the wait anyway)."""
+``rate_limited`` rather than not at all or ``frozen``; one just made ready here, found not
+this service's a moment before, is not answered at all for a key past its rate: the key
+hears what it heard a moment before, that no worker serves the sandbox yet."""
 MAX_OWNERS = 10_000
 """Sandboxes one service remembers so (the oldest go first)."""
 
