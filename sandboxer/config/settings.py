@@ -242,6 +242,9 @@ class Settings:
     ``SANDBOXER_INPUT_ROOTS``: the only worker directories a path input may name (default none).
     ``SANDBOXER_UPLOAD_MAX_MB``: largest directory archive a client uploads or a worker unpacks.
     ``SANDBOXER_UPLOAD_EXCLUDE``: names a client leaves out of the directories it uploads.
+    ``SANDBOXER_INLINE_UPLOAD_DEADLINE``: seconds an inline upload (an API key's copy in) may
+    take to arrive whole before the worker refuses it (default: from the upload limit,
+    workers/inline_files.py).
     ``SANDBOXER_METER_EXPORT_FILE``, ``SANDBOXER_METER_EXPORT_URL``: where the control role
     exports every metered usage (docs/payments.md).
     ``SANDBOXER_HTTP_ADDR``: where the HTTP gateway listens (``host:port``, or ``off``).
@@ -264,6 +267,9 @@ class Settings:
     input_roots: tuple[Path, ...] = ()
     upload_max_mb: int = 1024
     upload_exclude: tuple[str, ...] = ()
+    inline_upload_deadline: float | None = None
+    """Seconds an inline upload may take to arrive whole; None: derived from
+    ``upload_max_mb`` (workers/inline_files.py's inline_deadline)."""
     meter_export_file: Path | None = None
     meter_export_url: str | None = None
     http_addr: tuple[str, int] | None = None
@@ -291,6 +297,8 @@ class Settings:
             input_roots=parse_input_roots(os.environ.get("SANDBOXER_INPUT_ROOTS", "")),
             upload_max_mb=_int_env("SANDBOXER_UPLOAD_MAX_MB", 1024, "MiB"),
             upload_exclude=_names_env("SANDBOXER_UPLOAD_EXCLUDE"),
+            # Unset reads as 0.0 (a set value is positive): derived from the upload limit.
+            inline_upload_deadline=_float_env("SANDBOXER_INLINE_UPLOAD_DEADLINE", 0.0) or None,
             meter_export_file=_export_file_env(),
             meter_export_url=_export_url_env(),
             nats_auth_dir=_nats_auth_env(),

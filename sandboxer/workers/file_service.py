@@ -240,6 +240,8 @@ class FileService:
         rates = rates if rates is not None else KeyRequestRates()
         self._reach = KeyReach(store, rates, partial(reachable, store, extension))
         self._limits = ArchiveLimits.from_mb(settings.upload_max_mb)
+        self._inline_deadline = settings.inline_upload_deadline
+        """Seconds an inline upload may take to arrive (None: from the limit, inline_files.py)."""
         self._staging = settings.staging_root / "files"
         self._heartbeat = settings.exec_heartbeat
         """Seconds between the ``alive`` checks (heartbeats) a copy's client gets."""
@@ -385,7 +387,14 @@ class FileService:
             )
         archive = staging / "upload.tar"
         if sha is None:
-            await receive_inline(self._nc, send, archive, self._limits.max_bytes, key_id=key_id)
+            await receive_inline(
+                self._nc,
+                send,
+                archive,
+                self._limits.max_bytes,
+                key_id=key_id,
+                deadline=self._inline_deadline,
+            )
         else:
             await fetch_archive(self._nc.jetstream(), sha, archive, self._limits)
         tree = staging / "tree"
