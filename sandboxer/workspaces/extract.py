@@ -7,7 +7,10 @@ nothing is written below a symlink, a symlink's target must stay inside by
 the rule of :func:`link_stays_inside`, and the entry count and total size
 are checked against the limits before a byte is written. The extraction
 itself runs under tarfile's ``data`` filter as a second line, which also
-drops set-uid and other special mode bits.
+drops set-uid and other special mode bits. The archive is read through
+:func:`~sandboxer.workspaces.untrusted_tar.open_untrusted`, whose header parsing
+refuses an oversized or malformed pax or GNU long-name header rather than spend
+minutes on it (CVE-2024-6232) with the worker's GIL held.
 
 A tar that a host's own ``tar`` (or an engine's ``cp``) wrote of a tree a sandbox
 wrote, read back for a snapshot, is unpacked by :func:`extract_host_tree`: the
@@ -30,6 +33,7 @@ from pathlib import Path
 from sandboxer.domain.left_out import Kind, LeftOut, shown_name
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.untrusted_tar import open_untrusted
 
 __all__ = ["HostTree", "extract_archive", "extract_host_tree", "link_stays_inside"]
 
@@ -171,7 +175,7 @@ def _extract(
     copied: list[str] = []
     left_out = LeftOut()
     try:
-        with tarfile.open(archive, "r:") as tar:
+        with open_untrusted(archive) as tar:
             members = []
             seen: set[str] = set()
             links: set[str] = set()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
+import json
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
+import sandboxer
 from sandboxer.errors import InvalidInput, WorkspaceRefused
 from sandboxer.transfer import place_copy
 from sandboxer.workspaces.extract import extract_archive, extract_host_tree, link_stays_inside
@@ -338,3 +342,161 @@ def test_references_name_a_sha256_exactly() -> None:
     for bad in ("object:sha256:" + "AB" * 32, "object:sha256:abc", "object:md5:" + digest):
         with pytest.raises(WorkspaceRefused, match="object:sha256"):
             parse_object_ref(bad)
+
+
+PARSE_PATIENCE = 10.0
+"""Seconds a child gets to unpack an archive whose headers made Python's own pax parsing
+(CVE-2024-6232) take from 20 s to minutes; the fix answers in milliseconds."""
+UNPACK_IN_A_CHILD = """
+import json, sys
+from pathlib import Path
+from sandboxer.errors import WorkspaceRefused
+from sandboxer.workspaces.extract import extract_archive
+from sandboxer.workspaces.limits import ArchiveLimits
+try:
+    print(json.dumps({"entries": extract_archive(Path(sys.argv[1]), Path(sys.argv[2]), ArchiveLimits())}))
+except WorkspaceRefused as exc:
+    print(json.dumps({"refused": str(exc)}))
+"""
+
+
+def unpacked_in_a_child(archive: Path, out: Path) -> dict[str, object]:
+    """extract_archive run in a child process, killed after PARSE_PATIENCE: the backtracking
+    regex holds the GIL, so a thread's join(timeout) would wait it out (26 s for 128 KiB)
+    rather than fail the test."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", UNPACK_IN_A_CHILD, str(archive), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=PARSE_PATIENCE,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"extract_archive was still parsing {archive.name} after {PARSE_PATIENCE} s")
+    assert done.returncode == 0, done.stderr[-1000:]
+    outcome = json.loads(done.stdout)
+    assert isinstance(outcome, dict)
+    return outcome
+
+
+def header_then_file(tar: tarfile.TarFile, kind: bytes, payload: bytes, name: str) -> None:
+    """A raw pax (or GNU long-name) header carrying ``payload``, then a small file ``name``."""
+    header = tarfile.TarInfo("././@PaxHeader" if kind == tarfile.XHDTYPE else "././@LongLink")
+    header.type, header.size = kind, len(payload)
+    tar.addfile(header, io.BytesIO(payload))
+    entry = tarfile.TarInfo(name)
+    entry.size = 3
+    tar.addfile(entry, io.BytesIO(b"hi\n"))
+
+
+HOSTILE_HEADERS: dict[str, tuple[bytes, bytes, int, str]] = {
+    # kind of header, payload, how many entries carry one, what the refusal says
+    "pax-over-the-bound": (
+        tarfile.XHDTYPE,
+        b"1" * (256 * 1024),
+        1,
+        "holds a pax extended header of 262144 bytes (at byte 0), more than the 64 KiB",
+    ),
+    "pax-not-records": (
+        tarfile.XHDTYPE,
+        b"1" * 60_000,
+        6,
+        "malformed pax extended header (at byte 0): a record does not start with its length",
+    ),
+    "gnu-long-name-over-the-bound": (
+        tarfile.GNUTYPE_LONGNAME,
+        b"a" * (256 * 1024),
+        1,
+        "holds a GNU long name of 262144 bytes (at byte 0), more than the 64 KiB",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_HEADERS))
+def test_a_pax_header_that_would_backtrack_is_refused_at_once(kind: str, tmp_path: Path) -> None:
+    """A digit run in a pax header cost Python 3.11.7's tarfile time quadratic in its length
+    with the GIL held (256 KiB: minutes; six of 60,000: about 25 s), freezing the worker that
+    unpacks an API key's copy. An oversized or malformed header is now refused before it is
+    parsed. (The GNU long name was read, then failed the unpack with a bare OSError.)"""
+    header_kind, payload, times, reason = HOSTILE_HEADERS[kind]
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for index in range(times):
+            header_then_file(tar, header_kind, payload, f"f{index}.txt")
+    out = tmp_path / "out"
+    out.mkdir()
+    outcome = unpacked_in_a_child(archive, out)
+    assert reason in str(outcome.get("refused")), outcome
+    assert list(out.iterdir()) == []
+
+
+LONG_DIRECTORY = "répertoire-" + "d" * 90
+LONG_FILE = "ünïcödé-名前-" + "f" * 100 + ".txt"
+LONG_LINK = "lien-" + "l" * 100
+
+
+@pytest.mark.parametrize("writer", ["python-pax", "python-gnu", "gnu-tar-posix", "gnu-tar-gnu"])
+def test_long_and_non_ascii_names_unpack_and_long_pax_records_parse_in_linear_time(
+    writer: str, tmp_path: Path
+) -> None:
+    """Names past ustar's 100 bytes, non-ASCII, as Python's tarfile and GNU tar write them (pax
+    records or GNU long names), then six files each with a real, well-formed pax header holding
+    a 60,000-digit comment: all unpack, quickly. The comment alone made 3.11.7's tarfile
+    search its header quadratically (about 25 s here): a bound on a header's size alone would
+    not have been enough."""
+    tree = tmp_path / "tree"
+    (tree / LONG_DIRECTORY).mkdir(parents=True)
+    (tree / LONG_DIRECTORY / LONG_FILE).write_text("contenu\n")
+    (tree / LONG_LINK).symlink_to(f"{LONG_DIRECTORY}/{LONG_FILE}")
+    archive = tmp_path / "real.tar"
+    if writer.startswith("python"):
+        form = tarfile.PAX_FORMAT if writer == "python-pax" else tarfile.GNU_FORMAT
+        with tarfile.open(archive, "w", format=form) as tar:
+            for name in (LONG_DIRECTORY, f"{LONG_DIRECTORY}/{LONG_FILE}", LONG_LINK):
+                tar.add(tree / name, arcname=name, recursive=False)
+    else:
+        form = "posix" if writer == "gnu-tar-posix" else "gnu"
+        subprocess.run(
+            ["tar", f"--format={form}", "-C", str(tree), "-cf", str(archive), "."], check=True
+        )
+    with tarfile.open(archive, "a", format=tarfile.PAX_FORMAT) as tar:
+        for index in range(6):
+            note = tarfile.TarInfo(f"notes/n{index}.txt")
+            note.pax_headers = {"comment": "7" * 60_000}
+            note.size = len(b"note\n")
+            tar.addfile(note, io.BytesIO(b"note\n"))
+    out = tmp_path / "out"
+    out.mkdir()
+    outcome = unpacked_in_a_child(archive, out)
+    assert "refused" not in outcome, outcome
+    assert (out / LONG_DIRECTORY / LONG_FILE).read_text() == "contenu\n"
+    assert os.readlink(out / LONG_LINK) == f"{LONG_DIRECTORY}/{LONG_FILE}"
+    assert outcome == {"entries": 9 + (1 if writer.startswith("gnu-tar") else 0)}  # GNU tar: "."
+    assert [(out / "notes" / f"n{index}.txt").read_text() for index in range(6)] == ["note\n"] * 6
+
+
+TAR_OPENERS = {"tarfile.open", "tarfile.TarFile", "tarfile.TarFile.open", "tarfile.is_tarfile"}
+
+
+def test_every_tar_the_service_reads_goes_through_the_guarded_opener() -> None:
+    """One way to read a tar (untrusted_tar.open_untrusted), so that no new reader parses a
+    client's or a host's headers with Python's own backtracking pax parser again."""
+    package = Path(sandboxer.__file__).parent
+    opener = package / "workspaces" / "untrusted_tar.py"
+    readers = []
+    for path in sorted(package.rglob("*.py")):
+        if path == opener:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            called = ast.unparse(node.func)
+            if called not in TAR_OPENERS:
+                continue
+            given = [*node.args[1:2], *(k.value for k in node.keywords if k.arg == "mode")]
+            mode = given[0] if given else None
+            writes = isinstance(mode, ast.Constant) and str(mode.value)[:1] in {"w", "x"}
+            if not writes:
+                readers.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+    assert readers == []
