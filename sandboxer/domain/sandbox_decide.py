@@ -138,6 +138,11 @@ class StartProvisioning:
 
     job_id: str
     worker: str
+    extension: str | None = None
+    """The backend of the worker that took the job. A job of a backend the sandbox is no
+    longer routed to (the refuser's provision job, redelivered or sent again after the
+    reroute) starts nothing: that worker would provision on its own backend while the log
+    names the other one. None (a caller that does not say) is not checked."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -496,6 +501,8 @@ def _decide_recreate(state: SandboxState, command: RecreateSandbox, now: str) ->
 def _decide_start(state: SandboxState, command: StartProvisioning, now: str) -> list[SandboxEvent]:
     if state.status not in {"routed", "recreating", "provisioning"}:
         return []
+    if command.extension is not None and command.extension != state.extension:
+        return []  # another backend's job (a reroute moved the sandbox): not this worker's
     assert state.extension is not None
     fresh = state.status != "provisioning"
     # A fallback's provision (routed again after a refusal) makes the same generation.

@@ -340,7 +340,9 @@ class ExtensionWorker:
         A provisioning of a later generation than the first, once started, first removes the
         previous generation's sandbox (:meth:`_clean_start`), whatever job started it: a stale
         provision job (the create's, redelivered or published again) picked up while the
-        sandbox is ``recreating`` starts generation 2 as the recreate's own job would.
+        sandbox is ``recreating`` starts generation 2 as the recreate's own job would. A job of
+        this backend for a sandbox the log now places on another (the refuser's provision job
+        after a reroute) starts nothing and is dropped: it does not provision here.
 
         The claim appends to another aggregate (the member's), so it goes out beside
         `provisioning` rather than after it: one round trip less on a warm create. A job seen
@@ -352,7 +354,9 @@ class ExtensionWorker:
         taken = False
         try:
             loaded, started = await self.apply(
-                job.sandbox_id, StartProvisioning(job_id=job.job_id, worker=self.name), known
+                job.sandbox_id,
+                StartProvisioning(job_id=job.job_id, worker=self.name, extension=self.extension.id),
+                known,
             )
             if started and loaded.state.generation > 1:  # not on a first create's path
                 taken = not await self._clean_start(job.sandbox_id, loaded.state)
@@ -369,6 +373,19 @@ class ExtensionWorker:
         if taken:
             return None  # the later attempt provisions it (logged by _taken_over)
         state = loaded.state
+        if state.extension != self.extension.id:
+            # This backend's job (redelivered or sent again) after a reroute placed the
+            # sandbox on another one: that backend's own jobs provision it and tear it down.
+            # Dropped without a call here; a copy this backend may still hold is removed as a
+            # sandbox placed elsewhere (the leak sweep, the next start, reap-stale).
+            log.info(
+                "job %s: dropped, sandbox %s is %s's now (%s)",
+                job.job_id,
+                job.sandbox_id,
+                state.extension,
+                state.status,
+            )
+            return None
         log.info("job %s: nothing to do, sandbox is %s", job.job_id, state.status)
         if state.status in {"destroying", "destroyed"}:
             gone = await backend_for(self._store, self.extension, state)

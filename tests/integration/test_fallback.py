@@ -7,16 +7,24 @@ say so. Nothing is left at the provider that refused.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sandboxer import subjects
+from sandboxer.client import SandboxerClient
 from sandboxer.clock import utc_now
 from sandboxer.errors import CommandFailed
 from sandboxer.extensions.saas_stub.records import RecordStore
 from sandboxer.extensions.saas_stub.rules import Price, Record
-from tests.integration.conftest import Service, start_service
+from tests.integration.conftest import (
+    Service,
+    consumer_idle,
+    resend_provision_job,
+    start_service,
+)
 from tests.integration.test_ext_saas_stub import write_override
 from tests.integration.test_pause import events_of
 
@@ -238,3 +246,65 @@ async def test_a_reroute_moves_the_reservation_to_the_new_backends_prices(
     finally:
         await service.client.close()
         await service.shutdown()
+
+
+async def until_event(
+    client: SandboxerClient, sandbox_id: str, wanted: list[str]
+) -> list[dict[str, Any]]:
+    """The sandbox's events once their types begin with ``wanted``."""
+    async with asyncio.timeout(60):
+        while True:
+            events = await events_of(client, sandbox_id)
+            if [e["type"] for e in events][: len(wanted)] == wanted:
+                return events
+            await asyncio.sleep(0.05)
+
+
+async def test_the_refuser_s_stale_job_provisions_nothing_after_the_reroute(
+    nats_server: Any, home: Path
+) -> None:
+    """The stub refuses the sandbox (its quota is full) and the control worker reroutes it
+    to ext.local. Then the stub has room, and its provision job comes again (a redelivery,
+    or the same job sent again): the stub's worker drops it. It used to start a
+    provisioning the log said was ext.local's, make the sandbox at the stub and record it
+    ready: a sandbox that ran (and cost) at the stub while the log placed it on ext.local."""
+    write_profiles(home)
+    write_override(home, latency_ms=1, per_second=0, per_create=0, max_live=1)
+    records = RecordStore(home / "saas-stub" / "ext.saas-stub")
+    filler = Record(
+        sandbox_id="fillerbox01", profile="profile.fallback", created_at=utc_now(), price=Price()
+    )
+    await records.write(filler)  # the stub's one live sandbox: the next create is refused
+    # ext.local's worker starts later: the stale job meets the sandbox routed, not yet ready.
+    service = await start_service(home, nats_server.url, ["control", "projector", "ext.saas-stub"])
+    local: Service | None = None
+    try:
+        client = service.client
+        sandbox_id = (await client.create("profile.fallback", wait=False))["sandbox_id"]
+        routed = ["requested", "routed", "provisioning", "rerouting", "routed"]
+        events = await until_event(client, sandbox_id, routed)
+        assert (events[3]["extension"], events[3]["code"]) == ("ext.saas-stub", "provider_quota")
+        assert events[4]["extension"] == "ext.local"
+        await records.delete(filler.sandbox_id)  # the stub has room now
+
+        await resend_provision_job(client, sandbox_id, "ext.saas-stub")
+        durable = f"ext-{subjects.extension_token('ext.saas-stub')}"
+        await consumer_idle(client, subjects.JOBS_STREAM, durable)
+        assert stub_records(home) == []  # nothing made at the stub
+        assert [e["type"] for e in await events_of(client, sandbox_id)] == routed  # nor recorded
+
+        local = await start_service(home, nats_server.url, ["ext.local"])
+        events = await until_event(client, sandbox_id, [*routed, "provisioning", "ready"])
+        assert events[5]["extension"] == "ext.local"
+        assert events[6]["reachability"]["kind"] == "local", events[6]
+        async with asyncio.timeout(30):  # the projector's view follows the log
+            while (got := await client.get(sandbox_id)) is None or got["status"] != "ready":
+                await asyncio.sleep(0.05)
+        assert got["extension"] == "ext.local", got
+        assert stub_records(home) == []  # on ext.local only
+        await client.destroy(sandbox_id)
+    finally:
+        for running in (local, service):
+            if running is not None:
+                await running.client.close()
+                await running.shutdown()

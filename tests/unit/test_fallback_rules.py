@@ -9,15 +9,17 @@ from sandboxer.config.profile import Profile
 from sandboxer.domain.fallback import has_fallback, without_candidates
 from sandboxer.domain.sandbox_decide import (
     AdmittedCreate,
+    Attempt,
     MarkReady,
     MarkRerouting,
     Reroute,
     StartProvisioning,
+    decide,
 )
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import Rejected
 from sandboxer.workers.jobs import job_for
-from tests.unit.test_sandbox_domain import ACTOR, SID, run
+from tests.unit.test_sandbox_domain import ACTOR, NOW, SID, run
 
 ROUTED = Profile.model_validate(
     {
@@ -75,6 +77,27 @@ def test_the_reroute_routes_the_next_backend_in_the_same_generation() -> None:
     assert run(state, MarkRerouting(job_id="j1", extension="ext.saas-stub", reason="x"))[1] == []
     state, _ = run(state, MarkReady(job_id="j2", reachability={"kind": "e2b"}, warnings=[]))
     assert state.refused_by == ()
+
+
+def test_the_refuser_s_stale_job_starts_nothing_after_the_reroute() -> None:
+    """The stub's provision job, redelivered or sent again once the sandbox was rerouted to
+    ext.e2b, is picked up by the stub's worker: it starts nothing, neither while the
+    sandbox waits for ext.e2b's worker (routed) nor once that one provisions it."""
+    routed, _ = run(
+        refused(provisioning_on_stub()),
+        Reroute(command_id="r1", extension="ext.e2b", reason="fallback", candidates=["ext.e2b"]),
+    )
+    stale = StartProvisioning(job_id="j1", worker="stub-worker", extension="ext.saas-stub")
+    assert (routed.status, routed.extension) == ("routed", "ext.e2b")
+    assert decide(routed, stale, NOW) == []
+    provisioning, events = run(
+        routed, StartProvisioning(job_id="j2", worker="e2b-worker", extension="ext.e2b")
+    )
+    [started] = events
+    assert (started.extension, started.attempt) == ("ext.e2b", 1)  # type: ignore[union-attr]
+    # Nor does it take over ext.e2b's provisioning as a later attempt.
+    assert decide(provisioning, stale, NOW) == []
+    assert Attempt.of(provisioning) == Attempt("ext.e2b", provisioning.generation, 1)
 
 
 def test_nothing_left_fails_the_sandbox_as_retryable() -> None:
