@@ -38,11 +38,17 @@ the later attempt's. One without the label is never judged so: the live one may 
 While a worker runs, its **leak sweep** takes again, every few minutes, only the steps that
 remove what no live sandbox of the log is (:data:`LEAK_STEPS`, :func:`sweep_step`): the
 others decide about a sandbox a job may have in hand right now, on this worker or another.
+
+Each side is read at its own moment, and the log moves on meanwhile. ``reap-stale`` reads
+the log's usable sandboxes before it lists the backend, so that a sandbox made ready after
+the listing is no ghost; and right before it acts on what it judged, it reads the sandbox's
+log again and acts only if the judgement still holds (:func:`reap_agrees`: a sandbox
+recreated, destroyed or failed since is judged again by the next reap).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,9 +65,12 @@ __all__ = [
     "find_drift",
     "live_attempt",
     "placed_elsewhere",
+    "reap_agrees",
     "reconcile_step",
     "removal_scope",
+    "step_for",
     "sweep_step",
+    "usable_as_judged",
 ]
 
 ORPHAN_STATUSES = frozenset({"new", "destroyed", "failed"})
@@ -280,6 +289,57 @@ def sweep_step(
     are left to the next start, ``reap-stale`` and the jobs)."""
     step = reconcile_step(found, extension, state, live)
     return step if step in LEAK_STEPS else "leave"
+
+
+def step_for(
+    found: FoundSandbox,
+    extension: str,
+    state: SandboxState,
+    listed: Sequence[FoundSandbox],
+    *,
+    by_attempt: bool,
+    step_of: Callable[[FoundSandbox, str, SandboxState, MadeBy | None], ReconcileStep] = (
+        reconcile_step
+    ),
+) -> ReconcileStep:
+    """``step_of`` (:func:`reconcile_step` or :func:`sweep_step`) for ``found``, held by
+    ``extension``, whose log says ``state``: ``leave`` when it is not ``extension``'s to judge
+    (:func:`claimed`). ``listed``: every sandbox of ``found``'s id the backend listed with
+    it; ``by_attempt``: whether copies may be judged by attempt (:func:`live_attempt`), only
+    where the backend can remove one attempt's alone (``AttemptScoped``). The worker's start
+    and leak sweep judge each found sandbox through it, and ``reap-stale`` at its look and
+    again right before acting."""
+    if not claimed(found, extension, state):
+        return "leave"  # perhaps another declaration's, on the same provider account
+    live = live_attempt(listed, state, extension) if by_attempt else None
+    return step_of(found, extension, state, live)
+
+
+def usable_as_judged(judged: MadeBy | None, state: SandboxState) -> bool:
+    """Whether ``reap-stale`` may still mark failed a sandbox it judged gone or dead (a
+    ghost, a corpse) when the log called it usable with provisioning ``judged``, now that
+    the log says ``state``: only while the log still calls it usable with that same
+    provisioning. A pause or resume since is the same sandbox; a destroy since removes it
+    anyway; a recreate since made another sandbox, which the listing never saw (or saw as
+    the one before); a failure since is recorded already."""
+    return (
+        judged is not None
+        and state.status in USABLE_STATUSES
+        and (state.generation, state.attempt) == judged
+    )
+
+
+def reap_agrees(
+    judged: ReconcileStep, made: MadeBy, now: ReconcileStep, state: SandboxState
+) -> bool:
+    """Whether ``reap-stale`` may still take the step it judged for a found sandbox
+    (``judged``, the log then naming provisioning ``made``), now that the log says
+    ``state`` and the sandbox's step is ``now`` (:func:`step_for` on the same listing):
+    the same step, and for ``fail`` (a corpse: the sandbox the log calls usable) the same
+    provisioning too (:func:`usable_as_judged`), since a recreate since is a sandbox the
+    listing did not see alive or dead. A removal then goes through :func:`removal_scope`
+    on ``state``, which spares a recreate started after this read."""
+    return now == judged and (judged != "fail" or usable_as_judged(made, state))
 
 
 def removal_scope(step: ReconcileStep, found: FoundSandbox, state: SandboxState) -> MadeBy | None:

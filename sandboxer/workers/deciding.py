@@ -33,8 +33,10 @@ from sandboxer.clock import utc_now
 from sandboxer.domain.account_decide import AccountCommand, decide_account
 from sandboxer.domain.key_decide import KeyCommand, decide_key, key_id_of
 from sandboxer.domain.sandbox_decide import DomainCommand, decide
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_decide import SnapshotCommand, decide_snapshot
 from sandboxer.errors import ConcurrencyConflict, Rejected
+from sandboxer.events.types import SandboxEvent
 
 __all__ = ["DECIDE_ATTEMPTS", "apply", "apply_account", "apply_key", "apply_snapshot"]
 
@@ -115,7 +117,12 @@ async def _attempts(
 
 
 async def apply(
-    store: EventStore, sandbox_id: str, command: DomainCommand, known: Loaded | None = None
+    store: EventStore,
+    sandbox_id: str,
+    command: DomainCommand,
+    known: Loaded | None = None,
+    *,
+    only_if: Callable[[SandboxState], bool] | None = None,
 ) -> tuple[Loaded, bool]:
     """Load, decide, append (reloading on conflicts). Returns the state and whether it changed.
 
@@ -124,11 +131,22 @@ async def apply(
     reloads (as it does when the known state decides nothing or is refused,
     which a stale state could be). ``Rejected`` from ``decide`` on a state
     read from the log propagates to the caller.
+
+    ``only_if``: the command is decided only on a state it holds for, checked on each state
+    the loop decides on, so that it holds for the state the append follows (the append is
+    refused should the log have moved on since); on one it does not hold for, nothing is
+    appended.
     """
+
+    def decide_on(loaded: Loaded) -> list[SandboxEvent]:
+        if only_if is not None and not only_if(loaded.state):
+            return []
+        return decide(loaded.state, command, utc_now())
+
     return await _decide_loop(
         f"sandbox {sandbox_id}",
         lambda: store.load(sandbox_id),
-        lambda loaded: decide(loaded.state, command, utc_now()),
+        decide_on,
         store.append,
         known,
         sandbox_id=sandbox_id,

@@ -36,11 +36,10 @@ from sandboxer.config.profile import Profile
 from sandboxer.domain.drift import (
     LEAK_STEPS,
     ReconcileStep,
-    claimed,
-    live_attempt,
     placed_elsewhere,
     reconcile_step,
     removal_scope,
+    step_for,
     sweep_step,
 )
 from sandboxer.domain.fallback import has_fallback
@@ -79,6 +78,7 @@ from sandboxer.workers.pause_job import PauseJob
 from sandboxer.workers.pool_keeper import PoolKeeper
 from sandboxer.workers.provider_expiry import follow_expiry
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
+from sandboxer.workers.scoped_teardown import remove_scoped
 from sandboxer.workers.setup_step import run_setup_commands, workspace_access_warning
 from sandboxer.workers.snapshot_job import SnapshotJob
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -209,14 +209,16 @@ class ExtensionWorker:
             async with lock:
                 # Read for each: the steps before may have taken a while (a teardown's looks).
                 state = (await self._store.load(found.sandbox_id)).state
-                if not claimed(found, self.extension.id, state):
-                    continue  # perhaps another declaration's, on the same provider account
-                live = (
-                    live_attempt(siblings[found.sandbox_id], state, self.extension.id)
-                    if by_attempt
-                    else None
+                # ``leave`` for one not this backend's own (another declaration's, on the
+                # same provider account); reap-stale judges through the same step_for.
+                step = step_for(
+                    found,
+                    self.extension.id,
+                    state,
+                    siblings[found.sandbox_id],
+                    by_attempt=by_attempt,
+                    step_of=step_of,
                 )
-                step = step_of(found, self.extension.id, state, live)
                 if await self._take(step, found, state):
                     removed.append((found.host, found.sandbox_id))
         return removed
@@ -711,11 +713,8 @@ async def _remove(
     made where the backend can tell (:class:`AttemptScoped`): the job may have gone to another
     worker while this one was frozen or cut off, and the log's ``ready`` may name what that
     later attempt made. Other backends remove everything under the id, as before."""
-    if made_by is not None and isinstance(backend, AttemptScoped):
-        made = (made_by.generation, made_by.attempt)
-        await backend.teardown_attempt(sandbox_id, made, host=host)
-    else:
-        await backend.teardown(sandbox_id, host=host)
+    scope = None if made_by is None else (made_by.generation, made_by.attempt)
+    await remove_scoped(backend, sandbox_id, host, scope)
 
 
 def _by_host(removed: list[tuple[str | None, str]]) -> dict[str | None, list[str]]:

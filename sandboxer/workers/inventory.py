@@ -17,6 +17,17 @@ Subjects (core NATS, outside every stream), one set per extension:
   of them, try the stuck teardowns again, and record a ``HostReaped`` event
   per host.
 
+The log's usable sandboxes are read before the backend is listed: one made ready after the
+listing is then not among them, where read after it would be a ghost. And the log moves on
+while a reap runs (another worker recreates, destroys, resumes): right before each removal or
+mark, the sandbox's log is read again, and the step is taken only if it still holds
+(:func:`~sandboxer.domain.drift.reap_agrees`, :func:`~sandboxer.domain.drift.usable_as_judged`;
+a mark is appended only on the state it was checked on). On an
+:class:`~sandboxer.extensions.capabilities.AttemptScoped` backend each removal goes through
+``teardown_attempt`` as far as the log's last provisioning reaches
+(:func:`~sandboxer.domain.drift.removal_scope`), so a recreate started after that read stays,
+as the leak sweep's removals do.
+
 A backend that takes host-wide slots (:class:`~sandboxer.extensions.capabilities.LeftoverKeeper`:
 ext.local's uids and link slots) also reports the sandboxes of which only those are left,
 as found sandboxes with ``leftover`` set: orphans or corpses like any other, freed by the
@@ -31,6 +42,9 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -44,12 +58,16 @@ from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.domain.drift import (
     Drift,
+    ReconcileStep,
     claimed,
     corpse_reason,
-    earlier_attempt,
     find_drift,
     live_attempt,
     placed_elsewhere,
+    reap_agrees,
+    removal_scope,
+    step_for,
+    usable_as_judged,
 )
 from sandboxer.domain.found import FoundSandbox, MadeBy, by_id
 from sandboxer.domain.sandbox_decide import FinishTeardown, MarkFailed, MarkTeardownFailed
@@ -67,10 +85,25 @@ from sandboxer.extensions.capabilities import AttemptScoped, HostLister, Leftove
 from sandboxer.workers.backend_for import backend_for_id, on_project_keys
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_events import event_host, inspect_and_record
+from sandboxer.workers.scoped_teardown import remove_scoped
 
 __all__ = ["InventoryService"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """One look at a host and the log, and what ``reap`` needs to check it again later."""
+
+    drift: Drift
+    states: Mapping[str, SandboxState]
+    """Each found sandbox's state as judged."""
+    held: Mapping[str, Sequence[FoundSandbox]]
+    """Each judged id's listed sandboxes (a hosted id may list several)."""
+    ready: Mapping[str, MadeBy]
+    """The sandboxes the log called usable, read before the listing, each with the
+    provisioning it named."""
 
 
 class InventoryService:
@@ -141,7 +174,11 @@ class InventoryService:
 
     # -- stale and reap ------------------------------------------------------------------------
 
-    async def _drift(self, host: str | None) -> Drift:
+    async def _drift(self, host: str | None) -> _Judged:
+        # The log first: a sandbox it calls usable now was made before the listing, so the
+        # listing holds it unless it is gone. Read after, one made ready meanwhile would be
+        # missing from the listing, a ghost, and its live sandbox marked failed.
+        ready = await self._ready_in_log(host)
         if host is not None and isinstance(self._extension, HostLister):
             # Not list_sandboxes, which skips a host that does not answer: every sandbox the
             # log places there would be a ghost, marked failed, and torn down once it is back.
@@ -174,27 +211,35 @@ class InventoryService:
             # backend gave it up and it was rerouted, or what a failed cleanup missed.
             if (where := placed_elsewhere(item, self._extension.id, state)) is not None:
                 copies[item.sandbox_id] = where
-        ready = await self._ready_in_log(host)
         # BYOK sandboxes live in their project's provider account, out of this list's sight.
-        elsewhere = await on_project_keys(self._store, self._extension, ready)
+        elsewhere = await on_project_keys(self._store, self._extension, list(ready))
         # An earlier attempt's copy beside a live sandbox is judged only where the backend
         # can remove that attempt's alone (``_remove``): a plain teardown takes the live one.
         live: dict[str, MadeBy] = {}
-        if isinstance(self._extension, AttemptScoped):
-            for sandbox_id, held in by_id(judged).items():
-                attempt = live_attempt(held, states[sandbox_id], self._extension.id)
+        held = by_id(judged)
+        if self._by_attempt:
+            for sandbox_id, items in held.items():
+                attempt = live_attempt(items, states[sandbox_id], self._extension.id)
                 if attempt is not None:
                     live[sandbox_id] = attempt
-        return find_drift(judged, statuses, [r for r in ready if r not in elsewhere], copies, live)
+        drift = find_drift(judged, statuses, [r for r in ready if r not in elsewhere], copies, live)
+        return _Judged(drift=drift, states=states, held=held, ready=ready)
 
-    async def _ready_in_log(self, host: str | None) -> list[str]:
-        """Sandboxes the log calls live and usable: ``active`` is ``ready`` after first use,
-        and a paused one is frozen, not gone."""
-        return [
-            sandbox["sandbox_id"]
+    @property
+    def _by_attempt(self) -> bool:
+        """Copies are judged by attempt, and removals scoped, only where the backend can
+        remove one attempt's alone."""
+        return isinstance(self._extension, AttemptScoped)
+
+    async def _ready_in_log(self, host: str | None) -> dict[str, MadeBy]:
+        """Sandboxes the log calls live and usable (``active`` is ``ready`` after first use,
+        and a paused one is frozen, not gone), each with the provisioning it names: a ghost
+        is marked failed only while the log still names that one (``_reap``)."""
+        return {
+            sandbox["sandbox_id"]: (sandbox["generation"], sandbox["attempt"])
             for status in ("ready", "active", "pausing", "paused", "resuming")
             for sandbox in await self._in_log(status, host)
-        ]
+        }
 
     async def _stuck_in_log(self, host: str | None) -> list[dict[str, Any]]:
         """Sandboxes of this backend and host whose teardown failed for good."""
@@ -236,7 +281,7 @@ class InventoryService:
         hosts: list[dict[str, Any]] = []
         for host in self._hosts(request):
             try:
-                drift = await self._drift(host)
+                drift = (await self._drift(host)).drift
             except (HostUnreachable, HostKeyRejected) as exc:
                 hosts.append({"host": event_host(host), "unreachable": exc.message})
                 continue
@@ -255,45 +300,43 @@ class InventoryService:
         hosts: list[dict[str, Any]] = []
         for host in self._hosts(request):
             try:
-                drift = await self._drift(host)
+                judged = await self._drift(host)
             except (HostUnreachable, HostKeyRejected) as exc:  # judged once it answers
                 hosts.append({"host": event_host(host), "unreachable": exc.message})
                 continue
+            drift = judged.drift
             removed = []
             leftovers: list[str] = []  # freed together, after the loops
             for orphan in drift.orphans:
-                await self._remove(orphan, host, leftovers, drift)
-                removed.append(orphan.sandbox_id)
+                step = self._step(orphan, judged.states[orphan.sandbox_id], judged)
+                if await self._remove(orphan, step, host, leftovers, judged):
+                    removed.append(orphan.sandbox_id)
+            failed_corpses = []
             for corpse in drift.corpses:
                 # Recorded before the teardown: should the teardown fail, the sandbox is
                 # already failed, and what is left is an orphan the next reap removes.
-                await apply(
-                    self._store,
+                if not await self._mark_failed(
                     corpse.sandbox_id,
-                    MarkFailed(
-                        job_id="reap-stale",
-                        stage="job",
-                        reason=f"{corpse_reason(corpse)} (found by reap-stale, which removed what "
-                        "was left); recreate or destroy it",
-                    ),
-                )
-                await self._remove(corpse, host, leftovers, drift)
-                removed.append(corpse.sandbox_id)
+                    f"{corpse_reason(corpse)} (found by reap-stale, which removed what "
+                    "was left); recreate or destroy it",
+                    partial(self._still_a_corpse, corpse, judged),
+                ):
+                    continue
+                failed_corpses.append(corpse.sandbox_id)
+                if await self._remove(corpse, "remove", host, leftovers, judged):
+                    removed.append(corpse.sandbox_id)
             if leftovers and isinstance(self._extension, LeftoverKeeper):
                 await self._extension.free_leftovers(leftovers)
-            ghosts = drift.ghosts
-            for ghost in ghosts:
-                await apply(
-                    self._store,
+            ghosts = []
+            for ghost in drift.ghosts:
+                if await self._mark_failed(
                     ghost,
-                    MarkFailed(
-                        job_id="reap-stale",
-                        stage="job",
-                        reason=f"its resources are gone from {event_host(host)} "
-                        "(found by reap-stale); recreate or destroy it",
-                    ),
-                )
-            marked = [*ghosts, *(corpse.sandbox_id for corpse in drift.corpses)]
+                    f"its resources are gone from {event_host(host)} "
+                    "(found by reap-stale); recreate or destroy it",
+                    partial(usable_as_judged, judged.ready.get(ghost)),
+                ):
+                    ghosts.append(ghost)
+            marked = [*ghosts, *failed_corpses]
             removed += await self._retry_stuck(host)
             name = event_host(host)
             if removed or marked:
@@ -310,22 +353,68 @@ class InventoryService:
             hosts.append({"host": name, "removed": removed, "marked_failed": marked})
         return {"hosts": hosts, "applied": True}
 
+    def _step(self, found: FoundSandbox, state: SandboxState, judged: _Judged) -> ReconcileStep:
+        """The step for ``found`` were the log to say ``state`` (with the same listing)."""
+        listed = judged.held.get(found.sandbox_id, [found])
+        return step_for(found, self._extension.id, state, listed, by_attempt=self._by_attempt)
+
+    def _still_a_corpse(self, found: FoundSandbox, judged: _Judged, state: SandboxState) -> bool:
+        """Whether ``found``, judged a corpse, still is one now that the log says ``state``:
+        the sandbox the listing saw dead, not one recreated since."""
+        then = judged.states[found.sandbox_id]
+        now = self._step(found, state, judged)
+        return reap_agrees("fail", (then.generation, then.attempt), now, state)
+
+    async def _mark_failed(
+        self, sandbox_id: str, reason: str, holds: Callable[[SandboxState], bool]
+    ) -> bool:
+        """Mark the sandbox failed if what reap-stale judged still ``holds`` on its log, read
+        again now (and appended only on the state checked); whether it was marked."""
+        _, marked = await apply(
+            self._store,
+            sandbox_id,
+            MarkFailed(job_id="reap-stale", stage="job", reason=reason),
+            only_if=holds,
+        )
+        if not marked:
+            log.info("reap-stale: %s left alone: its log moved on since it was judged", sandbox_id)
+        return marked
+
     async def _remove(
-        self, found: FoundSandbox, host: str | None, leftovers: list[str], drift: Drift
-    ) -> None:
-        """Tear down what the host holds of ``found``; when only leftovers are, add it to
-        ``leftovers``, all freed in one call (the backend looks at the host once for them);
-        when it is an earlier attempt's copy beside the live sandbox, only what that attempt
-        (and earlier ones) made, never the sandbox the log's ``ready`` names."""
+        self,
+        found: FoundSandbox,
+        judged_step: ReconcileStep,
+        host: str | None,
+        leftovers: list[str],
+        judged: _Judged,
+    ) -> bool:
+        """Remove what the host holds of ``found``, judged to be removed by ``judged_step``,
+        if the step still holds on its log, read again now (:func:`reap_agrees`): whether it
+        was. The removal goes as far as :func:`removal_scope` says on that state, where the
+        backend can tell attempts apart: an earlier attempt's copy beside the live sandbox
+        only that attempt's, a failed or destroyed sandbox's only what its last provisioning
+        made (never a recreate's started after this read). When only leftovers are held, it
+        is added to ``leftovers``, all freed in one call (the backend looks at the host once
+        for them, and leaves those no longer left over)."""
+        loaded = await self._store.load(found.sandbox_id)
+        state = loaded.state
+        now = self._step(found, state, judged)
+        then = judged.states.get(found.sandbox_id, state)
+        if not reap_agrees(judged_step, (then.generation, then.attempt), now, state):
+            log.info(
+                "reap-stale: %s left alone: judged %s, its log now says %s (%s)",
+                found.sandbox_id,
+                judged_step,
+                state.status,
+                now,
+            )
+            return False
         if found.leftover and isinstance(self._extension, LeftoverKeeper):
             leftovers.append(found.sandbox_id)
-        elif earlier_attempt(found, drift.live_attempts.get(found.sandbox_id)):
-            # Judged only for an AttemptScoped backend (``_drift``), and always labelled.
-            assert isinstance(self._extension, AttemptScoped)
-            assert found.made_by is not None
-            await self._extension.teardown_attempt(found.sandbox_id, found.made_by, host=host)
-        else:
-            await self._extension.teardown(found.sandbox_id, host=host)
+            return True
+        scope = removal_scope(now, found, state)
+        await remove_scoped(self._extension, found.sandbox_id, host, scope)
+        return True
 
     async def _retry_stuck(self, host: str | None) -> list[str]:
         """Try each failed teardown again: destroyed when it works, a new reason when not."""

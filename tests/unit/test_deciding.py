@@ -119,6 +119,27 @@ async def test_a_sandbox_that_never_stops_changing_gives_up_with_a_conflict() ->
         await apply(store, SID, FinishTeardown(job_id="j"))
 
 
+async def test_only_if_is_checked_on_the_state_the_append_follows() -> None:
+    """reap-stale marks a sandbox failed only while the log still says what it judged: a
+    writer in between (here a teardown failure) is seen, and nothing is appended."""
+    store = RacingStore()
+    await destroying(store)
+    untouched = (await store.load(SID)).state
+    store.races = 1  # the first state decided on is stale by the time of its append
+    loaded, changed = await apply(
+        store, SID, FinishTeardown(job_id="j"), only_if=lambda s: s == untouched
+    )
+    assert not changed
+    assert loaded.state.teardown_failure == "busy 0"
+    assert type(store.log[-1]).__name__ == "SandboxTeardownFailed"
+    # Holding on the log's state, it is decided as without.
+    loaded, changed = await apply(
+        store, SID, FinishTeardown(job_id="j"), only_if=lambda s: s.status == "destroying"
+    )
+    assert changed
+    assert loaded.state.status == "destroyed"
+
+
 async def test_records_are_idempotent_by_their_stamped_id() -> None:
     store = MemoryEventStore()
     rejection = CommandRejected(

@@ -10,7 +10,10 @@ from sandboxer.domain.drift import (
     find_drift,
     live_attempt,
     placed_elsewhere,
+    reap_agrees,
     reconcile_step,
+    step_for,
+    usable_as_judged,
 )
 from sandboxer.domain.found import FoundSandbox, by_id
 from sandboxer.domain.sandbox_state import SandboxState, Status
@@ -319,3 +322,51 @@ def test_found_sandboxes_are_grouped_by_id() -> None:
     one, two = hosted((1, 2)), hosted((1, 1))
     other = FoundSandbox(sandbox_id="other0000001", alive=True)
     assert by_id([one, other, two]) == {"copy00000001": [one, two], "other0000001": [other]}
+
+
+def test_a_ghost_or_corpse_is_marked_only_while_the_log_names_the_provisioning_judged() -> None:
+    """``reap-stale`` reads the log again right before it marks: a pause or resume since is
+    the same sandbox, a destroy, a failure or a recreate since is not what it judged."""
+    usable: list[Status] = ["ready", "active", "pausing", "paused", "resuming"]
+    for status in usable:
+        assert usable_as_judged((1, 2), attempted(status, 1, 2)), status
+    gone: list[Status] = ["recreating", "provisioning", "destroying", "destroyed", "failed"]
+    for status in gone:
+        assert not usable_as_judged((1, 2), attempted(status, 1, 2)), status
+    assert not usable_as_judged((1, 2), attempted("ready", 2, 1))  # recreated since
+    assert not usable_as_judged((1, 1), attempted("ready", 1, 2))  # provisioned again
+    assert not usable_as_judged(None, attempted("ready", 1, 2))  # never judged usable
+
+
+def test_reap_takes_a_step_only_while_the_log_still_agrees() -> None:
+    dead = hosted((1, 1), alive=False)
+    failed = attempted("failed", 1, 1)
+    judged = step_for(dead, "ext.e2b", failed, [dead], by_attempt=True)
+    assert judged == "remove"
+    assert reap_agrees(judged, (1, 1), judged, failed)
+    # Recreated since: provisioning (a job's), then ready again (a sandbox the listing missed).
+    for later in (attempted("provisioning", 2, 1), attempted("ready", 2, 1)):
+        now = step_for(dead, "ext.e2b", later, [dead], by_attempt=True)
+        assert not reap_agrees(judged, (1, 1), now, later), later.status
+    # A corpse (of a backend without attempt labels): the same step on a recreated sandbox
+    # is not the same sandbox.
+    corpse = FoundSandbox(sandbox_id="copy00000001", alive=False)
+    corpse_then, corpse_later = attempted("ready", 1, 1), attempted("ready", 2, 1)
+    assert step_for(corpse, "ext.e2b", corpse_then, [corpse], by_attempt=True) == "fail"
+    assert step_for(corpse, "ext.e2b", corpse_later, [corpse], by_attempt=True) == "fail"
+    assert reap_agrees("fail", (1, 1), "fail", attempted("paused", 1, 1))
+    assert not reap_agrees("fail", (1, 1), "fail", corpse_later)
+    # Judged by attempt only when asked; one that is not the backend's own is left.
+    copy, live = hosted((1, 1)), hosted((1, 2))
+    ready = attempted("ready", 1, 2)
+    assert step_for(copy, "ext.e2b", ready, [copy, live], by_attempt=True) == (
+        "remove_earlier_attempt"
+    )
+    assert step_for(copy, "ext.e2b", ready, [copy, live], by_attempt=False) == "adopt"
+    unmarked = FoundSandbox(sandbox_id="copy00000001", alive=True, unmarked=True)
+    assert (
+        step_for(
+            unmarked, "ext.e2b", attempted("failed", 1, 1, "ext.x"), [unmarked], by_attempt=True
+        )
+        == "leave"
+    )
