@@ -22,7 +22,9 @@ Two identities (docs/security.md#nats-permissions):
     A project identity: the NATS user is the key's id, its password the key
     (checked against the bcrypt ``bus_hash`` of ``key_created``). It publishes
     commands and queries only on subjects ending in its key id, which the
-    control worker and the projector resolve to the key's actor; it receives
+    control worker and the projector resolve to the key's actor (an ``adm`` key
+    also the plain queries and admin requests, which name no key; no key another
+    key's); it receives
     only on its own inbox (``_INBOX.<key id>.>``): a sandbox's events come to it
     as answers to a query that checks the sandbox is its project's. See :func:`key_permissions`.
 
@@ -155,6 +157,19 @@ _CLIENT = Permissions(
 
 PERMISSIONS: Mapping[str, Permissions] = {SERVICE: _SERVICE, CLIENT: _CLIENT}
 
+_ADMIN_PLAIN = (
+    "sandboxer.query.*.*",  # the plain queries (hosts, keys, pools...); a key's have 5 tokens
+    "sandboxer.admin.>",  # replay, and the inventory's inspect, stale and reap: never stamped
+)
+"""The unstamped ``sandboxer.`` subjects an ``adm`` key publishes: none can be a key's
+stamped subject (``sandboxer.cmd.<verb>.<key>``, ``sandboxer.query.<kind>.<what>.<key>``,
+``sandboxer.exec|files|token.<sandbox>.<key>``)."""
+
+_CLIENT_OUTSIDE_SANDBOXER = tuple(
+    subject for subject in _CLIENT.publish_allow if not subject.startswith("sandboxer.")
+)
+"""The client identity's JetStream and bucket subjects: what an ``adm`` key reads with."""
+
 
 @dataclass(frozen=True)
 class KeyUser:
@@ -171,8 +186,13 @@ def key_permissions(user: KeyUser) -> Permissions:
     queries, exec, tokens, files), and its own inbox. Not the workspaces bucket: its copies
     carry their bytes on the files request itself (workers/inline_files.py).
 
-    An ``adm`` key is an administrator: it reads as the client identity does, but its
-    commands too carry its key id, so that they are recorded as its own.
+    An ``adm`` key is an administrator: it reads as the client identity does (the events
+    stream, the workspaces bucket, the plain queries and admin requests), but its commands,
+    queries, execs, copies and token requests carry its key id, so that they are its own. It
+    is never given ``sandboxer.>`` as the client identity is: that holds every other key's
+    stamped subjects, and the workers take the stamp for the sender (an ``adm`` key could
+    publish ``sandboxer.cmd.destroy.<another key>`` as that key). Its plain subjects are
+    written by shape instead, each one token shorter than a stamped one.
     """
     key = user.key_id
     stamped = (
@@ -187,7 +207,7 @@ def key_permissions(user: KeyUser) -> Permissions:
     inbox = f"_INBOX.{key}.>"
     if user.key_type == "adm":
         return Permissions(
-            publish_allow=(*stamped, *_CLIENT.publish_allow),
+            publish_allow=(*stamped, *_ADMIN_PLAIN, *_CLIENT_OUTSIDE_SANDBOXER),
             publish_deny=(*_CLIENT.publish_deny, "sandboxer.cmd.*"),
             subscribe_allow=(inbox, subjects.EVENTS),
         )

@@ -38,6 +38,7 @@ __all__ = [
     "project_of_actor",
     "scope_of",
     "snapshot_owner",
+    "taken_refusal",
 ]
 
 
@@ -147,6 +148,18 @@ def owner_refusal(
     if owner is None or may_see(actor, owner):
         return None
     return f"unknown_{what}", f"no {what} {ident}; 'sandboxer list' shows the existing ones"
+
+
+def taken_refusal(sandbox_id: str) -> tuple[str, str]:
+    """``(code, reason)`` of a create or restore naming a sandbox id that exists: sandbox ids
+    are one namespace across projects, so a taken id is told as taken, whoever's it is, and
+    nothing more (not whose, nor its state): word for word the rejection deciding gives a
+    create on an existing sandbox (``sandbox_decide``; tests/unit/test_sandbox_domain.py
+    holds the two equal)."""
+    return "sandbox_exists", (
+        f"sandbox id {sandbox_id} is taken; "
+        "choose another sandbox_id or omit it to have one assigned"
+    )
 
 
 KEY_LIVE_STATUSES = frozenset(get_args(Status)) - {"new", "destroyed", "failed"}

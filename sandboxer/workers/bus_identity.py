@@ -7,6 +7,13 @@ the command's actor must be the key's own (a revoked key is refused at once),
 and an ``agt`` or ``atm`` key may act only on its own project's sandboxes,
 snapshots and account. Commands on the plain subjects come from the trusted
 client and service identities and are decided as they are.
+
+A create or restore names the sandbox it makes (its ``sandbox_id``, else one derived from
+its ``command_id``, both the client's choice), and sandbox ids are one namespace across
+projects. One naming another project's sandbox is refused as any create of a taken id is
+(:func:`~sandboxer.domain.key_access.taken_refusal`), whatever its ``command_id``: decided
+as it came, one carrying the command id of that project's own create would be taken for it
+sent again (deciding a command once), answered with nothing, and its job sent again.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from sandboxer.domain.key_access import (
     owner_refusal,
     project_of_actor,
     scope_of,
+    taken_refusal,
 )
+from sandboxer.ids import derive_sandbox_id
 
 __all__ = ["bus_identity_refusal"]
 
@@ -59,15 +68,26 @@ async def bus_identity_refusal(
                 return _plain((await store.load(sandbox_id)).state)
 
             owner = await find_snapshot_owner(_plain(snapshot), read_sandbox)
-        return owner_refusal(actor, owner, "snapshot", command.snapshot_id)
+        refusal = owner_refusal(actor, owner, "snapshot", command.snapshot_id)
+        if refusal is not None or isinstance(command, DeleteSnapshot):
+            return refusal
     project = getattr(command, "project", None)
     if isinstance(project, str) and not may_see(actor, project):
         return "forbidden", (
             f"a {actor['type']} key acts for project {scope_of(actor)} only, not for {project}"
         )
+    if isinstance(command, CreateSandbox | RestoreSnapshot):
+        made = command.sandbox_id or derive_sandbox_id(command.command_id)
+        if await _owner(store, made) in (None, scope_of(actor)):
+            return None  # free, or the key's project's own: decided as it comes
+        return taken_refusal(made)
     sandbox_id = getattr(command, "sandbox_id", None)
-    if isinstance(command, CreateSandbox) or not isinstance(sandbox_id, str):
+    if not isinstance(sandbox_id, str):
         return None
+    return owner_refusal(actor, await _owner(store, sandbox_id), "sandbox", sandbox_id)
+
+
+async def _owner(store: EventStore, sandbox_id: str) -> str | None:
+    """The project of the sandbox ``sandbox_id`` (its creator's); None when there is none."""
     created_by = (await store.load(sandbox_id)).state.actor
-    owner = project_of_actor(_plain(created_by)) if created_by else None
-    return owner_refusal(actor, owner, "sandbox", sandbox_id)
+    return project_of_actor(_plain(created_by)) if created_by else None

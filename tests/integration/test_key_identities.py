@@ -27,9 +27,10 @@ from sandboxer.bus.key_users import key_credentials
 from sandboxer.bus.nats_auth import AUTH_DIR_NAME, read_credentials
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import Sandboxer, SandboxerClient
+from sandboxer.domain.key_access import taken_refusal
 from sandboxer.domain.key_state import hash_key, key_id_for
 from sandboxer.errors import BusError, CommandFailed, RateLimited, SandboxerError
-from sandboxer.ids import new_command_id
+from sandboxer.ids import derive_sandbox_id, derive_snapshot_id, new_command_id
 from tests.integration.conftest import Cli, reap_local
 
 pytestmark = pytest.mark.integration
@@ -47,12 +48,16 @@ class Key:
     async def actor(self, project: str, kind: str = "agt") -> dict[str, Any]:
         return {"type": kind, "id": self.id, "project": project}
 
-    async def command(self, verb: str, body: dict[str, Any], *, subject: str | None = None) -> str:
+    async def command(
+        self, verb: str, body: dict[str, Any], *, subject: str | None = None, dedupe: bool = True
+    ) -> str:
+        """``dedupe=False``: without the ``Nats-Msg-Id`` the stream's duplicate window takes
+        (as a command sent again past that window is)."""
         command_id = body.setdefault("command_id", new_command_id())
         await self.nc.jetstream().publish(
             subject or subjects.stamped(subjects.command_subject(verb), self.id),
             msgspec.json.encode(body),
-            headers={"Nats-Msg-Id": command_id},
+            headers={"Nats-Msg-Id": command_id} if dedupe else None,
         )
         return str(command_id)
 
@@ -431,5 +436,147 @@ async def test_a_request_cannot_make_the_service_publish_outside_an_inbox(
         assert (await alpha.query(subjects.QUERY_KEY_WHOAMI, {}))["ok"]  # still answered
     finally:
         await admin.close()
+        await alpha.nc.close()
+        await beta.nc.close()
+
+
+async def test_an_administrators_key_publishes_only_under_its_own_stamp(
+    up: tuple[Cli, str],
+) -> None:
+    """An adm key was given the client identity's ``sandboxer.>``: that holds every other
+    key's stamped subjects, and the workers take the stamp for the sender, so an adm key
+    of project ops destroyed alpha's sandbox as alpha's own agt key. nats-server refuses
+    it now; the administrator still acts on any project under its own stamp, reads the
+    events stream and asks the plain queries."""
+    cli, url = up
+    alpha = await login(url, await make_key(cli, "alpha"))
+    admin = await login(url, await make_key(cli, "ops", "adm"))
+    try:
+        await alpha.command(
+            "create",
+            {
+                "profile": "profile.local",
+                "sandbox_id": "alphabox7",
+                "actor": await alpha.actor("alpha"),
+            },
+        )
+        await alpha.wait_for("ready", sandbox_id="alphabox7")
+
+        # As alpha's key: a destroy, a query and an exec on alpha's stamped subjects.
+        forged = {
+            "command_id": new_command_id(),
+            "sandbox_id": "alphabox7",
+            "actor": await alpha.actor("alpha"),
+        }
+        await admin.nc.publish(
+            subjects.stamped(subjects.command_subject("destroy"), alpha.id),
+            msgspec.json.encode(forged),
+        )
+        for subject in (
+            subjects.stamped(subjects.QUERY_GET, alpha.id),
+            subjects.stamped(subjects.exec_subject("alphabox7"), alpha.id),
+        ):
+            await admin.nc.publish(subject, b'{"sandbox_id": "alphabox7", "argv": ["true"]}')
+        seen = " | ".join(await admin.violations()).lower()
+        for refused in (
+            f'"sandboxer.cmd.destroy.{alpha.id}"',
+            f'"sandboxer.query.sandbox.get.{alpha.id}"',
+            f'"sandboxer.exec.alphabox7.{alpha.id}"',
+        ):
+            assert refused in seen, (refused, seen)
+        await asyncio.sleep(1)
+        assert (await alpha.query(subjects.QUERY_GET, {"sandbox_id": "alphabox7"}))["sandbox"][
+            "status"
+        ] == "ready"
+
+        # What an administrator does is left: the events stream, a plain query, and any
+        # project's sandbox under its own stamp.
+        admin.seen.clear()
+        info = await admin.nc.jetstream().stream_info(subjects.EVENTS_STREAM)
+        assert info.state.messages > 0
+        reply = await admin.nc.request(subjects.QUERY_HOSTS, b"{}", timeout=5)
+        assert msgspec.json.decode(reply.data)["ok"], reply.data
+        mine = await admin.query(subjects.QUERY_GET, {"sandbox_id": "alphabox7"})
+        assert mine["sandbox"]["status"] == "ready"
+        await admin.command(
+            "destroy", {"sandbox_id": "alphabox7", "actor": await admin.actor("ops", "adm")}
+        )
+        await alpha.wait_for("destroyed", sandbox_id="alphabox7")
+        assert await admin.violations() == []
+    finally:
+        await alpha.nc.close()
+        await admin.nc.close()
+
+
+async def test_a_create_naming_another_projects_sandbox_hears_only_that_the_id_is_taken(
+    up: tuple[Cli, str],
+) -> None:
+    """Sandbox ids are one namespace: a key's create or restore naming another project's
+    sandbox is refused as for any taken id, word for word, whatever its command id. Before,
+    one carrying the command id of that project's create (the sandbox's id derived from it,
+    or named beside it) was taken for that create sent again: no rejection came, so the key
+    learnt the id was another project's, and that sandbox's job was sent again."""
+    cli, url = up
+    alpha = await login(url, await make_key(cli, "alpha"))
+    beta = await login(url, await make_key(cli, "beta"))
+    try:
+        creates = [  # alpha's: an assigned id (derived from the command id), two chosen
+            await alpha.command(
+                "create", {"profile": "profile.local", **named, "actor": await alpha.actor("alpha")}
+            )
+            for named in ({}, {"sandbox_id": "alphabox8"}, {"sandbox_id": "alphabox9"})
+        ]
+        theirs = [derive_sandbox_id(creates[0]), "alphabox8", "alphabox9"]
+        for sandbox_id in theirs:
+            await alpha.wait_for("ready", sandbox_id=sandbox_id)
+        await beta.command(
+            "create",
+            {
+                "profile": "profile.local",
+                "sandbox_id": "betabox8",
+                "actor": await beta.actor("beta"),
+            },
+        )
+        await beta.wait_for("ready", sandbox_id="betabox8")
+        snapshot = await beta.command(
+            "snapshot", {"sandbox_id": "betabox8", "actor": await beta.actor("beta")}
+        )
+        await beta.wait_for("snapshot_created", snapshot_id=derive_snapshot_id(snapshot))
+        before = [await alpha.events(sandbox_id=sandbox_id) for sandbox_id in theirs]
+
+        restore = {"snapshot_id": derive_snapshot_id(snapshot)}
+        asks = [  # (verb, body, the id it names)
+            ("create", {"profile": "profile.local", "sandbox_id": "betabox8"}, "betabox8"),
+            ("create", {"profile": "profile.local", "sandbox_id": "alphabox8"}, "alphabox8"),
+            ("create", {"profile": "profile.local", "command_id": creates[0]}, theirs[0]),
+            (
+                "create",
+                {"profile": "profile.local", "sandbox_id": "alphabox8", "command_id": creates[1]},
+                "alphabox8",
+            ),
+            (
+                "restore",
+                {**restore, "sandbox_id": "alphabox9", "command_id": creates[2]},
+                "alphabox9",
+            ),
+        ]
+        for verb, body, named in asks:
+            # Sent as a key may send it: past the commands stream's duplicate window.
+            sent = await beta.command(
+                verb, {**body, "actor": await beta.actor("beta")}, dedupe=False
+            )
+            rejection = await beta.wait_for("rejected", command_id=sent)
+            assert rejection["command"] == verb, rejection
+            assert (rejection["code"], rejection["reason"]) == taken_refusal(named), rejection
+            assert rejection["actor"] == await beta.actor("beta"), rejection
+            assert await alpha.events(command_id=sent) == []  # beta's own, not alpha's
+
+        # Nothing of alpha's sandboxes was told to beta or done to them.
+        for sandbox_id, seen in zip(theirs, before, strict=True):
+            assert await beta.events(sandbox_id=sandbox_id) == []
+            assert await alpha.events(sandbox_id=sandbox_id) == seen
+            found = await alpha.query(subjects.QUERY_GET, {"sandbox_id": sandbox_id})
+            assert found["sandbox"]["status"] == "ready"
+    finally:
         await alpha.nc.close()
         await beta.nc.close()

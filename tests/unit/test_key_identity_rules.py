@@ -107,3 +107,36 @@ def test_an_agt_key_reaches_only_subjects_naming_it_and_its_own_inbox() -> None:
     )
     assert perms.subscribe_allow == (f"_INBOX.{KEY_ID}.>",)
     assert "sandboxer.cmd.*" in perms.publish_deny
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """nats-server's subject match: ``*`` is one token, a final ``>`` one or more."""
+    want, got = pattern.split("."), subject.split(".")
+    for at, token in enumerate(want):
+        if token == ">":
+            return len(got) > at
+        if at >= len(got) or token not in ("*", got[at]):
+            return False
+    return len(want) == len(got)
+
+
+def test_no_key_may_publish_on_another_keys_stamped_subjects() -> None:
+    """An adm key had the client identity's ``sandboxer.>``: every other key's stamp."""
+    other = "keyzzzzzzzzzzzzzzzzz"
+    theirs = [
+        f"sandboxer.cmd.destroy.{other}",
+        f"sandboxer.query.sandbox.get.{other}",
+        f"sandboxer.query.key.whoami.{other}",
+        f"sandboxer.exec.sbx1.{other}",
+        f"sandboxer.files.sbx1.{other}",
+        f"sandboxer.token.sbx1.{other}",
+    ]
+    for kind in ("agt", "atm", "adm"):
+        perms = key_permissions(KeyUser(KEY_ID, kind, "alpha", "x"))
+        for subject in theirs:
+            assert not any(_matches(p, subject) for p in perms.publish_allow), (kind, subject)
+            mine = subject.replace(other, KEY_ID)
+            assert any(_matches(p, mine) for p in perms.publish_allow), (kind, mine)
+    admin = key_permissions(KeyUser(KEY_ID, "adm", "ops", "x"))
+    for plain in ("sandboxer.query.host.list", "sandboxer.admin.replay", "$JS.API.INFO"):
+        assert any(_matches(p, plain) for p in admin.publish_allow), plain

@@ -19,6 +19,7 @@ from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.profile import Profile
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.deadlines import Due, due
+from sandboxer.domain.key_access import taken_refusal
 from sandboxer.domain.sandbox_decide import (
     AdmittedCreate,
     Attempt,
@@ -98,6 +99,9 @@ def test_another_create_for_an_existing_id_is_rejected() -> None:
         decide(state, admitted("other-command"), NOW)
     # It may be another project's sandbox: its state is not told.
     assert state.status not in refused.value.reason
+    # A key's create of another project's id is refused before deciding with these very
+    # words (workers/bus_identity.py): the two answers must not tell the cases apart.
+    assert (refused.value.code, refused.value.reason) == taken_refusal(SID)
 
 
 def test_full_lifecycle_and_correlation() -> None:
