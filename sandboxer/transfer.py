@@ -8,7 +8,9 @@ copied into a tar, stores it in the workspaces bucket by its SHA-256 (as a
 directory input is) and asks the sandbox's worker to unpack it at a path; a
 copy out asks the worker for a path and fetches the object it answers with
 (the file's bytes, or a tar of the directory), checked like any archive a
-worker unpacks (docs/protocol.md#files).
+worker unpacks (docs/protocol.md#files). An inline copy (an API key's, which may not
+touch the bucket, and the HTTP gateway's) carries its bytes on the request's messages
+instead, and leaves nothing in the bucket.
 """
 
 from __future__ import annotations
@@ -294,17 +296,21 @@ async def put_archive(
     service: str | None = None,
     key_id: str | None = None,
     patience: float = RATE_PATIENCE,
+    inline: bool = False,
 ) -> Copied:
-    """Store the tar ``archive`` and have it unpacked at ``path`` (``kind``: file, dir)."""
+    """Store the tar ``archive`` and have it unpacked at ``path`` (``kind``: file, dir).
+    With ``inline`` (always for a key), the bytes ride on the request instead: nothing is
+    left in the bucket, which keeps what it is given for ever (the gateway's copies)."""
     check_path(path, root_allowed=kind == "dir")  # refused here already, before any upload
     request: dict[str, Any] = {"op": "put", "path": path, "kind": kind}
-    if key_id is None:
-        request["ref"] = await _store(nc, archive)
-    else:  # a key may not write the bucket: the bytes ride on the request
+    inline = inline or key_id is not None  # a key may not write the bucket
+    if inline:
         request["inline"] = True
+    else:
+        request["ref"] = await _store(nc, archive)
     if service is not None:
         request["service"] = service
-    upload = archive if key_id is not None else None
+    upload = archive if inline else None
     answer = await _ask(nc, sandbox_id, request, key_id=key_id, patience=patience, upload=upload)
     return Copied(kind=kind, path=str(answer.get("path")), size=int(answer.get("size", 0)))
 
@@ -357,18 +363,21 @@ async def get_object(
     service: str | None = None,
     key_id: str | None = None,
     patience: float = RATE_PATIENCE,
+    inline: bool = False,
 ) -> Copied:
     """Write what ``path`` holds to the local file ``destination``: the file's bytes
     (``kind`` file), or a tar of the directory's contents (``kind`` dir). The bytes land
     beside ``destination`` and are renamed onto it once whole and checked: a copy refused,
-    failed or cut off leaves what stood there untouched."""
+    failed or cut off leaves what stood there untouched. With ``inline`` (always for a
+    key), the bytes come on the answer rather than through the bucket, where the worker
+    would leave them for ever (the gateway's copies)."""
     check_path(path, root_allowed=True)
     request: dict[str, Any] = {"op": "get", "path": path}
     if service is not None:
         request["service"] = service
     with tempfile.TemporaryDirectory(prefix=".sandboxer-get-", dir=destination.parent) as scratch:
         partial = Path(scratch) / "partial"
-        if key_id is None:
+        if not inline and key_id is None:
             answer = await _ask(nc, sandbox_id, request, key_id=key_id)
             sha = parse_object_ref(str(answer.get("ref")))
             size = await fetch_archive(nc.jetstream(), sha, partial, limits)

@@ -955,7 +955,9 @@ class SandboxerClient:
         self, sandbox_id: str, archive: str | os.PathLike[str], path: str, kind: str
     ) -> Copied:
         """Unpack a tar already on disk at ``path`` (``kind`` dir), or write its one file
-        there (``kind`` file): what the HTTP gateway's upload uses."""
+        there (``kind`` file): what the HTTP gateway's upload uses. Inline, as a key's own
+        copies are: the bucket keeps what is put in it for ever, and an HTTP caller's
+        uploads must not grow it."""
         _check_id(sandbox_id)
         await self._stored()
         return await _put_archive(
@@ -966,6 +968,7 @@ class SandboxerClient:
             kind,
             key_id=self.key_id,
             patience=self.rate_patience,
+            inline=True,
         )
 
     async def get_files(
@@ -977,7 +980,8 @@ class SandboxerClient:
         max_mb: int = DEFAULT_MAX_MB,
     ) -> Copied:
         """Write what ``path`` holds to the file ``destination``: the file's bytes, or a
-        tar of the directory (``kind`` says which): what the gateway's download uses."""
+        tar of the directory (``kind`` says which): what the gateway's download uses.
+        Inline, as a key's own copies are: the bytes never pass through the bucket."""
         _check_id(sandbox_id)
         await self._stored()
         limits = ArchiveLimits.from_mb(max_mb)
@@ -989,6 +993,7 @@ class SandboxerClient:
             limits=limits,
             key_id=self.key_id,
             patience=self.rate_patience,
+            inline=True,
         )
 
     async def events(

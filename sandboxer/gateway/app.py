@@ -28,6 +28,7 @@ from sandboxer import __version__
 from sandboxer.gateway import accounts, catalog, events, files, health, sandboxes, snapshots
 from sandboxer.gateway.context import CHECKED_KEY, Gateway, key_of
 from sandboxer.gateway.errors import error_response, install_error_handlers
+from sandboxer.gateway.transfers import TransferLimit
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -58,6 +59,10 @@ def create_app(gw: Gateway) -> FastAPI:
     app.include_router(catalog.router)
     app.include_router(events.router)
     app.include_router(files.router)  # exec and files
+    # Inside BodyLimit, which checks an exec's or a copy's key before anything else.
+    app.add_middleware(
+        TransferLimit, transfers=gw.transfers, applies=files.is_transfer, checked_key=CHECKED_KEY
+    )
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, gw=gw)
     generate = app.openapi
 
@@ -105,7 +110,9 @@ class BodyLimit:
     A request allowed a larger body (an exec, an upload) shows a valid key before any of
     its body is read: the routes' own key check runs only once the body has been read and
     parsed, and a caller with no key could otherwise have the gateway take in megabytes
-    of JSON for each request it sends."""
+    of JSON for each request it sends. A download's key is checked here too: every exec
+    and copy leaves its key in the scope state for ``TransferLimit``, which caps how many
+    each key runs at once."""
 
     def __init__(self, app: ASGIApp, limit: int, gw: Gateway) -> None:
         self.app = app
@@ -131,7 +138,7 @@ class BodyLimit:
             )
             await error_response(status, code, message)(scope, receive, send)
             return
-        if limit > self.limit:
+        if limit > self.limit or files.is_transfer(scope):
             try:
                 key = await key_of(self.gw, Headers(scope=scope).get("authorization"))
             except HTTPException as exc:  # 401, or 503 with no bus

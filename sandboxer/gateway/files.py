@@ -15,7 +15,11 @@
 
 A path leaving the workspace (absolute, ``..``, NUL, a symlink leading out) is 400
 ``path_refused`` with the reason; the routes act as the request's key like every
-other (a key of another project gets 404).
+other (a key of another project gets 404). A key may have at most
+``transfers.MAX_KEY_TRANSFERS`` execs and copies running at once on one gateway (429
+``transfer_limit`` past it). Copies are inline, as a key's own client makes them: their
+bytes ride on the files request's messages, never through the workspaces bucket, so a
+copy leaves nothing behind on the bus (the bucket keeps what it is given for ever).
 """
 
 from __future__ import annotations
@@ -50,10 +54,11 @@ from sandboxer.gateway.auth import visible_sandbox
 from sandboxer.gateway.context import KEY_RECHECK_SECONDS, BusClient, KeyStanding, request_actor
 from sandboxer.gateway.errors import error_response, response_for
 from sandboxer.gateway.models import SANDBOX_ID, ErrorBody
+from sandboxer.gateway.transfers import MAX_KEY_TRANSFERS
 from sandboxer.transfer import pack_file
 from sandboxer.workspaces.limits import ArchiveLimits
 
-__all__ = ["EXEC_BODY_BYTES", "MAX_OUTPUT_BYTES", "body_limit", "router"]
+__all__ = ["EXEC_BODY_BYTES", "MAX_OUTPUT_BYTES", "body_limit", "is_transfer", "router"]
 
 EXEC_BODY_BYTES = 12 * 1024 * 1024
 """The largest exec request (its stdin is base64 in the JSON: about 9 MiB of input)."""
@@ -73,6 +78,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         409: "the sandbox runs nothing now (paused), or the command could not run",
         413: "the body, or the files, are larger than the limit",
         422: "a field or parameter is invalid",
+        429: "the key's rate is reached (rate_limited), or it already has "
+        f"{MAX_KEY_TRANSFERS} execs and copies running on this gateway (transfer_limit); "
+        "see Retry-After",
         501: "the sandbox's backend cannot do this (no exec, no stdin)",
         502: "the backend failed",
         503: "no worker holds the sandbox, or it stopped, or the service cannot be reached",
@@ -82,6 +90,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", responses=_ERRORS, dependencies=[Depends(request_actor)])
+
+
+def is_transfer(scope: Scope) -> bool:
+    """Whether the request is an exec or a copy (in or out): what a key may run only so
+    many of at once (transfers.py)."""
+    path = str(scope.get("path", ""))
+    if not path.startswith("/v1/sandboxes/"):
+        return False
+    method = scope.get("method")
+    return (method == "POST" and path.endswith("/exec")) or (
+        method in {"PUT", "GET"} and path.endswith("/files")
+    )
 
 
 def body_limit(scope: Scope, default: int) -> int:

@@ -219,15 +219,24 @@ async def test_up_and_the_cli_use_the_generated_credentials(home: Path, tmp_path
     assert not permission_violations((home / "nats-server.log").read_text())
 
 
-async def check_gateway(cli: Cli, url: str) -> None:
-    """The gateway answers a health query over the bus (with an API key when it asks one)."""
+async def check_gateway(cli: Cli, url: str, sandbox_id: str | None = None) -> None:
+    """The gateway answers a health query over the bus (with an API key when it asks one);
+    given ``sandbox_id``, a file copied in and out through it with a key: the gateway's
+    copies ride on the bus inline as the client identity, which its permissions allow (the
+    caller checks the server logged no violation)."""
     async with httpx.AsyncClient(base_url=url, timeout=30) as api:
         health = await api.get("/v1/health")
-        if health.status_code == 401:
+        if health.status_code == 401 or sandbox_id is not None:
             made = await cli("keys", "create", "--project", "ops", "--type", "adm", "--json")
-            bearer = {"Authorization": f"Bearer {json.loads(made.stdout)['key']}"}
-            health = await api.get("/v1/health", headers=bearer)
-    assert health.status_code == 200, health.text
+            api.headers["Authorization"] = f"Bearer {json.loads(made.stdout)['key']}"
+            health = await api.get("/v1/health")
+        assert health.status_code == 200, health.text
+        if sandbox_id is not None:
+            files = f"/v1/sandboxes/{sandbox_id}/files"
+            put = await api.put(files, params={"path": "via-http"}, content=b"over http\n")
+            assert put.status_code == 200, put.text
+            got = await api.get(files, params={"path": "via-http"})
+            assert (got.status_code, got.content) == (200, b"over http\n"), got.text
 
 
 ANONYMOUS_PROBE = """
@@ -309,7 +318,7 @@ async def test_the_roles_run_under_the_documented_shared_config(
         assert (await cli("exec", sandbox_id, "--", "true")).returncode == 0
         listed = json.loads((await cli("list", "--json")).stdout)
         assert [s["sandbox_id"] for s in listed] == [sandbox_id]
-        await check_gateway(cli, f"http://127.0.0.1:{port}")
+        await check_gateway(cli, f"http://127.0.0.1:{port}", sandbox_id)
         await cli("destroy", sandbox_id)
         no_creds = Cli(env)
         refused = await no_creds("list", check=False)
