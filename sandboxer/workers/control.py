@@ -145,7 +145,15 @@ class ControlWorker:
             # decision or a look at the view: a key flooding the bus (workers/key_rate.py).
             await self._rates.hold(msg.subject, msg.metadata.num_delivered)
         except Rejected as limited:
-            if await self._resent_handled(msg.subject, command):
+            if await bus_identity_refusal(self._store, msg.subject, command) is not None:
+                # Asked before anything is looked up by the command's ids: one a key may not
+                # act on (another project's create sent with that project's command id, a
+                # command on its sandbox) is refused as one never handled, with no job sent
+                # again and nothing acked quietly, so the answer tells the key nothing of it.
+                await self._reject(msg, limited.code, limited.reason, command, limited.retry_after)
+                await msg.ack()
+                return
+            if await self._resent_handled(command):
                 await msg.ack()  # its outcome stands (the module's rule): nothing to record
                 return
             await self._refused(msg, command, limited)
@@ -340,15 +348,14 @@ class ControlWorker:
             return None  # undecided (or routed not yet appended): the refusal is its outcome
         return loaded
 
-    async def _resent_handled(self, subject: str, command: Command) -> bool:
+    async def _resent_handled(self, command: Command) -> bool:
         """Whether ``command``, past its key's rate, was handled already by the aggregate it is
         about: sent again past the commands stream's duplicate window, it is a first delivery
         and takes a token. A create or restore is not asked here: :meth:`_refused` sends its
         job again. Asked only on this refusal path, of the one aggregate the command names
         (the store keeps sandboxes and accounts folded, so a flood past the rate costs a
-        read of what is new). Handled by an aggregate the key may not act on (another
-        project's), it is not the key's command: refused as any other, so whether it is
-        rejected tells the key nothing of another project."""
+        read of what is new), and only once the key's identity may act on it (:meth:`handle`
+        asks first): what another project's aggregate handled is never looked at for it."""
         if isinstance(command, CreateSandbox | RestoreSnapshot):
             return False
         if isinstance(command, DeleteSnapshot):
@@ -361,9 +368,7 @@ class ControlWorker:
             handled = (await self._store.load_key(key_id_of(command))).state.handled
         else:
             handled = (await self._store.load(target_sandbox(command))).state.handled
-        if command.command_id not in handled:
-            return False
-        return await bus_identity_refusal(self._store, subject, command) is None
+        return command.command_id in handled
 
     async def _reserve(self, command: DomainCommand) -> DomainCommand:
         """Credits first: a metered create or extension the account cannot pay for is rejected

@@ -22,7 +22,10 @@ What counts, and why:
   refused here that its aggregate handled already (sent again past the duplicate window, a
   first delivery) is not rejected: a create or restore is answered as the worker answers
   any refused one of those, its job sent again; any other is settled with nothing recorded
-  (control.py, which reads that aggregate only on this refusal path).
+  (control.py, which reads that aggregate only on this refusal path). Only when the key may
+  act on it: the key's identity is asked first (workers/bus_identity.py), and a command it
+  may not send (another project's create sent with that project's command id, say) is
+  rejected ``rate_limited`` as one never handled, so the answer tells the key nothing.
 
 The buckets live in each control-worker process, as the gateway's do in each gateway: with
 N control workers sharing the commands a key may make up to N times its rate on the bus.

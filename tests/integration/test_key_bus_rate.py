@@ -240,3 +240,104 @@ async def test_a_command_carried_out_and_sent_again_past_the_rate_is_not_rejecte
         assert rejected["code"] == "rate_limited"
     finally:
         await key_nc.close()
+
+
+async def _key(store: JetStreamEventStore, project: str) -> tuple[str, Actor]:
+    """A new ``atm`` key of ``project`` held to ``RATE``: its id and its actor."""
+    key_hash = hash_key(new_key())
+    key_id = key_id_for(key_hash)
+    await apply_key(
+        store,
+        CreateKey(
+            command_id=new_command_id(),
+            actor=Actor(type="adm", id="ops"),
+            project=project,
+            key_type="atm",
+            key_hash=key_hash,
+            rate_per_second=RATE,
+        ),
+    )
+    return key_id, Actor(type="atm", id=key_id, project=project)
+
+
+async def test_another_projects_create_sent_again_past_the_rate_is_refused_as_an_unknown_one(
+    service: tuple[Service, Clock],
+) -> None:
+    """Project alpha's key has a create carried out; project beta's key, past its rate,
+    sends a create with that command id (its sandbox id derived from it: alpha's). It is
+    answered as a create never seen: a rate_limited rejection under beta's key, naming no
+    sandbox, and no job sent again for alpha's sandbox. Before, the rate refusal took it for
+    alpha's create sent again (_decided_create): no rejection came, so beta learned the id
+    was alpha's handled create, and alpha's job went out once more."""
+    running, _clock = service
+    store = JetStreamEventStore(running.client.nc, running.client.js)
+    alpha_id, alpha = await _key(store, "alpha")
+    beta_id, beta = await _key(store, "beta")
+    url = running.settings.nats_urls[0]
+    alpha_nc = await nats.connect(url, inbox_prefix=key_inbox_prefix(alpha_id))
+    beta_nc = await nats.connect(url, inbox_prefix=key_inbox_prefix(beta_id))
+    beta_key = SandboxerClient(beta_nc, actor=msgspec.to_builtins(beta), key_id=beta_id)
+
+    async def create(nc: nats.NATS, key_id: str, actor: Actor, command_id: str) -> None:
+        """A create as the key's identity publishes it, under a message id of its own (past
+        the commands stream's duplicate window); returns once the control worker took it."""
+        await nc.jetstream().publish(
+            subjects.stamped(subjects.command_subject("create"), key_id),
+            msgspec.json.encode(
+                {
+                    "command_id": command_id,
+                    "profile": "profile.local",
+                    "inputs": {},
+                    "actor": msgspec.to_builtins(actor),
+                }
+            ),
+            headers={"Nats-Msg-Id": f"{command_id}-{key_id}"},
+        )
+        await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control")
+
+    async def jobs() -> int:
+        return (await running.client.js.stream_info(subjects.JOBS_STREAM)).state.messages
+
+    try:
+        carried_out = new_command_id()
+        await create(alpha_nc, alpha_id, alpha, carried_out)
+        alphas = (await store.load(derive_sandbox_id(carried_out))).state
+        assert carried_out in alphas.handled
+        assert alphas.status not in ("new", "requested"), alphas.status  # decided: routed
+        assert await _rejections(running, carried_out) == []
+
+        # Beta's bucket emptied (the worker's clock stands still) by creates of its own.
+        for _ in range(RATE):
+            await create(beta_nc, beta_id, beta, new_command_id())
+        unknown = new_command_id()
+        await create(beta_nc, beta_id, beta, unknown)
+        (never_seen,) = await _rejections(running, unknown)
+        assert never_seen["code"] == "rate_limited"
+
+        sent = await jobs()
+        await create(beta_nc, beta_id, beta, carried_out)
+        (refused,) = await _rejections(running, carried_out)
+        assert await jobs() == sent  # alpha's job was not sent again
+        assert refused["code"] == never_seen["code"]
+        assert refused["reason"] == never_seen["reason"]
+        assert refused["retry_after"] == never_seen["retry_after"]
+        assert refused["sandbox_id"] is None  # as for the unknown id: nothing of alpha's
+        assert refused["actor"] == msgspec.to_builtins(beta)
+        # What beta's key reads of it is what it reads of the unknown one.
+        last = (await running.client.js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+        answers = [
+            (
+                await beta_key.query(
+                    subjects.QUERY_REJECTION, {"command_id": c, "min_seq": last}, budget=10
+                )
+            )["rejection"]
+            for c in (unknown, carried_out)
+        ]
+        assert answers[0] is not None
+        assert answers[1] is not None
+        assert answers[0]["code"] == answers[1]["code"] == "rate_limited"
+        # Alpha's sandbox is as it was.
+        assert (await store.load(derive_sandbox_id(carried_out))).state.status == alphas.status
+    finally:
+        await alpha_nc.close()
+        await beta_nc.close()
