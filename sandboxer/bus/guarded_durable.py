@@ -37,6 +37,17 @@ missing or redefined makes it from a floor found there. That file is the service
 alone, on the machine's home: a start on another machine, or with another home, still
 reads from the start of the log (nothing lost, only time).
 
+**Processes sharing a home.** Their remakes share the file, and may race: both find the
+durable missing, and the create that comes second is refused, the durable made by the
+first. The floor the loser kept is then on disk beside a made durable, where nothing else
+removes it, and read the day the durable is missing again (an operator deleting it for the
+log to be read again from its start would get it from that floor). So a process does not
+take a marker as dealt with once for good: after any remake of its own, made or refused,
+and whenever a look finds the durable missing or redefined (another process's remake, cut
+short, may have kept a floor), its next look deals with the marker again: it removes it
+when it finds the durable intact, and makes the durable from the higher of its own floor
+and the one kept (both were handled) when it finds it missing or redefined.
+
 The service never updates it in place. A changed setting (a new ``ack_wait``) makes
 it again from the ack floor of the same look that found it intact, and it is made
 only with ``action: create``, which fails rather than take over a consumer of that
@@ -149,8 +160,10 @@ class GuardedDurable:
         """The highest ack floor seen while intact: everything up to it was handled."""
         self._marker = RemakeMarker(marker_file(home, self.name), stream)
         self._marker_checked = False
-        """Whether a marker left before this process saw the durable has been dealt with
-        (read, or cleared once the durable was found made)."""
+        """Whether no marker can be on disk that this process has not dealt with (read, or
+        cleared once the durable was found made): False at start, after a remake of its own
+        (one whose create was refused leaves its floor there) and when a look finds the
+        durable missing or redefined (another process's remake may have kept one)."""
         self._looking = asyncio.Lock()
 
     async def ensure(self) -> None:
@@ -203,11 +216,13 @@ class GuardedDurable:
         async with self._looking:
             info = await self._info()
             if info is None:  # not made yet; or deleted, once this process had seen it
+                self._marker_checked = False  # a remake of another process's may be cut short
                 floor = await self._known_floor()
                 level = logging.INFO if floor is None else logging.WARNING
                 log.log(level, "%s: its consumer is missing; making it", self.name)
                 return await self._remake(delete=False)
             if redefined(info.config, self.name):
+                self._marker_checked = False  # as above
                 floor = await self._known_floor()
                 log.warning(
                     "%s: its consumer was redefined by a client (filter now %s); making it "
@@ -230,16 +245,20 @@ class GuardedDurable:
             return True
 
     async def _known_floor(self) -> int | None:
-        """The floor remembered here; before this process has seen the durable intact, the
-        one a remake cut short kept on disk (for this incarnation of the stream)."""
-        if self.floor is None and not self._marker_checked and self._marker.exists():
-            self.floor = self._marker.read(await self._stream_created())
-            if self.floor is not None:
+        """The floor remembered here, or the higher one a remake kept on disk (for this
+        incarnation of the stream) while a marker may be there that this process has not
+        dealt with: before it has seen the durable intact, or since a remake or a look that
+        may have left one. Both were read off the durable intact: everything up to either
+        was handled."""
+        if not self._marker_checked and self._marker.exists():
+            kept = self._marker.read(await self._stream_created())
+            if kept is not None and kept > (self.floor or 0):
+                self.floor = kept
                 log.warning(
                     "%s: a remake of its consumer was cut short; making it from event %d "
                     "(kept in %s)",
                     self.name,
-                    self.floor + 1,
+                    kept + 1,
                     self._marker.path,
                 )
         return self.floor
@@ -247,6 +266,11 @@ class GuardedDurable:
     async def _remake(self, *, delete: bool) -> bool:
         """Delete it (unless it is gone) and make it from the floor, which is kept on disk
         from before the delete until it is made."""
+        # Until this remake has made the durable, a marker may be on disk: the floor kept
+        # below, left there when another process's create came first (a lost race: that
+        # process removed the marker before this one wrote it, or never got to). The next
+        # look deals with it again rather than take it as dealt with.
+        self._marker_checked = False
         if self.floor:
             self._marker.keep(self.floor, await self._stream_created())
         if delete:

@@ -5,7 +5,11 @@ process remembers. Cut between the two (kill -9, a create that fails before the 
 stops, a cancel landing mid-remake), the durable is gone and the floor with the process: the
 next start would make the durable from the start of the log, and read it all again. So the
 floor is written here before the delete, and removed once the durable is made; a start that
-finds it, with the durable missing (or redefined), makes it from there.
+finds it, with the durable missing (or redefined), makes it from there. Processes sharing a
+home share the file: a running one that finds the durable missing or redefined reads it too
+(another's remake may have been cut short), and one whose own remake lost the race (its
+create refused, the durable made by another after this file was removed and written again)
+removes it once it finds the durable intact (bus/guarded_durable.py).
 
 **Only while a remake runs.** A durable missing with no marker is made from the start of the
 log, as an operator who deletes one (with its role stopped) asks for: the State Hub is sent

@@ -542,3 +542,123 @@ async def test_a_marker_left_after_the_durable_was_made_is_dropped_unread(
     after = await made(js, "meter")
     assert after is not None
     assert after.created == before.created  # intact, and so not made again
+
+
+def meter_wanted() -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name="meter",
+        name="meter",
+        filter_subject=DESTROYED,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=5.0,
+        max_deliver=-1,
+        max_ack_pending=256,
+    )
+
+
+async def handled(js: JetStreamContext, count: int) -> None:
+    """The meter handles (acknowledges) the next ``count`` events of its durable."""
+    psub = await js.pull_subscribe_bind(durable="meter", stream=subjects.EVENTS_STREAM)
+    for msg in await psub.fetch(count, timeout=2):
+        await msg.ack_sync()
+    await psub.unsubscribe()
+
+
+async def test_a_remake_that_lost_the_race_leaves_no_floor_behind(
+    identities: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two processes on one home (two meters) find their durable gone at once (a third's
+    remake cut short, an operator deleting it). The first makes it again and removes the
+    marker; the second, whose look came first, keeps its floor after that and is refused its
+    create. Its next look, finding the durable intact, removes that floor; before, it took
+    markers as dealt with for good and left it there, so the day the roles were stopped and
+    the durable deleted for the log to be read again from its start, the start made it from
+    that stale floor instead."""
+    service, _client = identities
+    js = service.jetstream()
+    first = GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path)
+    second = GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path)
+    await first.ensure()
+    await destroyed(service, "sbx1", "sbx2")
+    await handled(js, 1)
+    await first.check()
+    await second.ensure()
+    await handled(js, 1)
+    await first.check()
+    # Their floors differ (the first looked last), so their creates do: the second's is
+    # refused (one the same as the durable made would be taken for it).
+    assert (first.floor, second.floor) == (2, 1)
+    await js.delete_consumer(subjects.EVENTS_STREAM, "meter")
+
+    # The second's look finds it missing; the first's whole remake comes before the second
+    # keeps its floor and sends its create.
+    armed = True
+    answer = JetStreamContext.consumer_info
+
+    async def consumer_info(js: JetStreamContext, *args: Any, **kwargs: Any) -> Any:
+        nonlocal armed
+        try:
+            return await answer(js, *args, **kwargs)
+        except NotFoundError:
+            if armed:
+                armed = False
+                await first.check()
+            raise
+
+    monkeypatch.setattr(JetStreamContext, "consumer_info", consumer_info)
+    marker = marker_file(tmp_path, "meter")
+    await second.check()
+    assert not armed
+    assert marker.exists()  # the loser's floor, kept after the winner removed the marker
+    info = await made(js, "meter")
+    assert info is not None
+    assert info.config.opt_start_seq == 3  # the first made it
+
+    await second.check()
+    await first.check()
+    assert not marker.exists()  # found intact: the loser's floor is dropped
+
+    # The roles stopped, an operator deletes the durable to have the log read again.
+    await js.delete_consumer(subjects.EVENTS_STREAM, "meter")
+    await GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path).ensure()
+    info = await made(js, "meter")
+    assert info is not None
+    assert info.config.opt_start_seq is None  # from the start of the log
+    assert info.num_pending == 2
+
+
+async def test_a_running_guard_makes_its_durable_from_a_floor_another_process_kept(
+    identities: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two processes on one home; the first has seen a later floor than the second. Its
+    remake is cut after its delete (killed there), with that floor on disk; the second,
+    running, finds the durable gone and makes it from the floor kept, not from its own older
+    one. Before, having dealt with markers once, it never read one again, and the meter was
+    sent again what the first had seen handled."""
+    service, client = identities
+    js = service.jetstream()
+    cuts = CutRemakes(monkeypatch)
+    first = GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path)
+    second = GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path)
+    await first.ensure()
+    await destroyed(service, "sbx1", "sbx2", "sbx3")
+    await handled(js, 1)
+    await first.check()
+    await second.ensure()
+    await handled(js, 1)
+    await first.check()
+    assert (first.floor, second.floor) == (2, 1)
+
+    cuts.cutting = True
+    await redefine(client, "meter", NARROWED)
+    await first.check()  # deleted, its create cut: the first is killed there
+    assert cuts.cut.is_set()
+    assert await made(js, "meter") is None
+    cuts.cutting = False
+
+    await second.check()
+    info = await made(js, "meter")
+    assert info is not None
+    assert info.config.opt_start_seq == 3  # after the floor the first kept, not the second's
+    assert info.num_pending == 1
+    assert not marker_file(tmp_path, "meter").exists()
