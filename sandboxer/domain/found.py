@@ -40,7 +40,8 @@ class FoundSandbox:
     backend's only where the log places it here (:func:`~sandboxer.domain.drift.claimed`)."""
     made_by: MadeBy | None = None
     """The provisioning that made it, ``(generation, attempt)``, as its provider label says
-    (E2B, Modal, Daytona) or its record (ext.local's ``state.json``): the backends that are
+    (E2B, Modal, Daytona) or its record (ext.local's ``state.json``, the SSH backends'
+    marker): the backends that are
     :class:`~sandboxer.extensions.capabilities.AttemptScoped`; None when it does not say
     (made before the label, or a backend that does not label). A labelled one of an attempt
     earlier than the one the log's ``ready`` names is a stale copy beside the live sandbox

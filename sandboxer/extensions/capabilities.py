@@ -120,7 +120,9 @@ class Snapshotter(Protocol):
 class AttemptScoped(Protocol):
     """Labels each provider sandbox with the provisioning that made it, (generation, attempt)
     (E2B, Modal, Daytona: :mod:`sandboxer.hosted.attempt_fence`; ext.local records it in the
-    sandbox's ``state.json``: :mod:`sandboxer.extensions.local.attempt_record`), so it can
+    sandbox's ``state.json``: :mod:`sandboxer.extensions.local.attempt_record`; ext.compose-ssh
+    and ext.vm-packer in the sandbox's marker on its host, read and removed under the
+    sandbox's lock there: :mod:`sandboxer.extensions.ssh_workspace`), so it can
     remove what one provisioning and those before it made and never a later one's. The worker
     tears down a failed or taken-over provisioning, and clears the way for a recreate, through
     it: by then the job may have gone to another worker (this one frozen or cut off past

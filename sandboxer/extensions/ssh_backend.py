@@ -1,7 +1,10 @@
 """The base class of the two SSH backends (``ext.compose-ssh``, ``ext.vm-packer``).
 
 What they do the same way: find their sandboxes on every host that answers,
-tear one down only when no other backend's marker claims it, run a
+tear one down only when no other backend's marker claims it (and, for one
+provisioning, only when its marker says that provisioning or an earlier one
+made it: :meth:`SshBackend.teardown_attempt`), start a create clean over what
+an earlier attempt left, run a
 command in a sandbox's directory with its output streamed, and copy that
 directory back for a snapshot. Everything
 validates before it connects and reaches hosts only through
@@ -12,15 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from sandboxer.config.settings import Settings
-from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.attempt_order import made_later
+from sandboxer.domain.found import FoundSandbox, MadeBy
 from sandboxer.domain.left_out import LeftOut
-from sandboxer.errors import SandboxNotFound, Unsupported
+from sandboxer.errors import ExtensionError, SandboxNotFound, Unsupported
 from sandboxer.extensions import ssh_checks
-from sandboxer.extensions.base import OutputSink, Stdin
+from sandboxer.extensions.base import OutputSink, ProvisionRequest, Stdin
 from sandboxer.extensions.ssh_exec_stop import STOP_TIMEOUT, stoppable
 from sandboxer.extensions.ssh_targets import (
     LIST_CONNECT_TIMEOUT,
@@ -29,7 +34,14 @@ from sandboxer.extensions.ssh_targets import (
     session,
     target,
 )
-from sandboxer.extensions.ssh_workspace import ENV_FILE, Probe, exists, probe
+from sandboxer.extensions.ssh_workspace import (
+    ENV_FILE,
+    Probe,
+    exists,
+    probe,
+    sandbox_lock,
+    write_marker,
+)
 from sandboxer.ssh import Connection, fetch_tree, remote, stream
 from sandboxer.workspaces.extract import extract_host_tree
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -68,8 +80,23 @@ class SshBackend:
     ) -> None:
         raise NotImplementedError
 
-    async def _teardown_owned(self, conn: Connection, item: Target, sandbox_id: str) -> None:
-        """Tear down ``sandbox_id`` on one host unless another backend's marker claims it."""
+    async def _teardown_owned(
+        self, conn: Connection, item: Target, sandbox_id: str, made_by: MadeBy | None = None
+    ) -> None:
+        """Tear down ``sandbox_id`` on one host unless another backend's marker claims it
+        (or, with ``made_by``, a later provisioning than that one made it), under the
+        sandbox's lock on the host, whose file goes with the sandbox."""
+        async with sandbox_lock(conn, item, sandbox_id) as lock:
+            if lock is None:
+                return  # no workspace root on this host: nothing of the sandbox is here
+            if await self._teardown_held(conn, item, sandbox_id, made_by):
+                lock.remove()
+
+    async def _teardown_held(
+        self, conn: Connection, item: Target, sandbox_id: str, made_by: MadeBy | None
+    ) -> bool:
+        """:meth:`_teardown_owned`'s read and removal, the sandbox's lock held; whether it
+        removed the sandbox (False: another backend's, or a later provisioning's)."""
         found = await probe(conn, item, sandbox_id)
         if (owner := found.foreign(self.id)) is not None:
             log.warning(
@@ -79,19 +106,79 @@ class SshBackend:
                 item.name,
                 owner,
             )
-            return
+            return False
+        later = None if made_by is None else made_later(found.made_by, made_by)
+        if made_by is not None and later is not None:
+            log.info(
+                "%s: sbx-%s on host %s left alone by the teardown of generation %d attempt %d: "
+                "a later provisioning (generation %d, attempt %d) made it",
+                self.id,
+                sandbox_id,
+                item.name,
+                *made_by,
+                *later,
+            )
+            return False
         await self._teardown_on(conn, item, sandbox_id, found)
+        return True
+
+    async def _start_clean(
+        self, conn: Connection, item: Target, request: ProvisionRequest, marker: Mapping[str, Any]
+    ) -> None:
+        """A create's long way, when its claim found something of the sandbox on the host
+        (an earlier attempt's): under the sandbox's lock, tear that down and write this
+        provisioning's marker. ExtensionError, leaving it, when a later provisioning made
+        it: this one was frozen or cut off while its job went to another worker."""
+        sandbox_id = request.sandbox_id
+        async with sandbox_lock(conn, item, sandbox_id, make=True):
+            found = await probe(conn, item, sandbox_id)
+            made = made_later(found.made_by, request.made_by)
+            if made is not None:
+                raise ExtensionError(
+                    f"{self.id} sandbox {sandbox_id} on host {item.name}: a later provisioning "
+                    f"(generation {made[0]}, attempt {made[1]}) made it while this one "
+                    f"(generation {request.generation}, attempt {request.attempt}) was held "
+                    "up; this one stops",
+                    sandbox_id=sandbox_id,
+                    extension=self.id,
+                )
+            await self._teardown_held(conn, item, sandbox_id, None)
+            await write_marker(conn, item, sandbox_id, marker, made_by=request.made_by)
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
+        await self._teardown_scoped(sandbox_id, None, host)
+
+    async def teardown_attempt(
+        self, sandbox_id: str, made_by: MadeBy, *, host: str | None = None
+    ) -> None:
+        """Tear the sandbox down as :meth:`teardown` does, unless its marker says a later
+        provisioning than ``made_by`` made it: then nothing is done (logged). One whose
+        marker does not say (written before the record) counts as earlier
+        (:mod:`sandboxer.domain.attempt_order`).
+
+        The worker calls it for a recreate's clean start and a failed or taken-over attempt's
+        cleanup, after reading the log (so do its leak sweep and ``reap-stale``); a worker
+        frozen (SIGSTOP) or cut off past the ack wait between that read and here would
+        otherwise remove the sandbox a later attempt made meanwhile, which the log's
+        ``ready`` names. The marker is read and the sandbox removed under its lock on the
+        host, which a create holds from its look at what is there until it has written its
+        marker: a later attempt cannot make the sandbox in between."""
+        await self._teardown_scoped(sandbox_id, made_by, host)
+
+    async def _teardown_scoped(
+        self, sandbox_id: str, made_by: MadeBy | None, host: str | None
+    ) -> None:
         ssh_checks.check_sandbox_id(sandbox_id, self.id)
         if host is not None:
             item = target(self.settings, host, sandbox_id=sandbox_id, extension=self.id)
             async with session(item) as conn:
-                await self._teardown_owned(conn, item, sandbox_id)
+                await self._teardown_owned(conn, item, sandbox_id, made_by)
             return
         # No host recorded: look on every host that answers (ids are unique).
         await reachable_targets(
-            self.settings, self.id, lambda item, conn: self._teardown_owned(conn, item, sandbox_id)
+            self.settings,
+            self.id,
+            lambda item, conn: self._teardown_owned(conn, item, sandbox_id, made_by),
         )
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:

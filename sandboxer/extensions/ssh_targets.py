@@ -82,6 +82,11 @@ class Target:
         runs every compose command on the host."""
         return f"{self.config.workspace_root}/{DIR_PREFIX}{sandbox_id}.env"
 
+    def lock(self, sandbox_id: str) -> str:
+        """The sandbox's lock file, beside its marker (:func:`..ssh_workspace.sandbox_lock`):
+        a workspace root two backends share gives one sandbox one lock."""
+        return f"{self.config.workspace_root}/{DIR_PREFIX}{sandbox_id}.lock"
+
     def describe(self) -> dict[str, Any]:
         return {
             "host": self.name,

@@ -9,21 +9,37 @@ the two backends' sandboxes apart on a shared host: each lists and tears
 down only what its marker names. Every step is one round trip, and a fresh
 create's set-up (:func:`claim`) is one round trip for all of it: on a host
 whose login shell reads a profile, each remote command costs that shell.
+
+The marker also records ``made_by``, the ``[generation, attempt]`` of the provisioning
+that made the sandbox, so that a teardown of one provisioning removes only its own sandbox
+or an earlier one's (:meth:`~.ssh_backend.SshBackend.teardown_attempt`, by the rules of
+:mod:`sandboxer.domain.attempt_order`): a worker frozen (SIGSTOP) or cut off from NATS past
+``ack_wait`` goes on when it can, after a later attempt made the sandbox the log's
+``ready`` names. The look at what is there and the record of the one that makes it
+(:func:`claim`, or a create's long way), and a teardown's read of the record and its
+removal, hold the sandbox's lock on the host (:func:`sandbox_lock`, an ``flock`` on
+``<workspace_root>/sbx-<id>.lock``), so the host orders them: a later attempt cannot make
+the sandbox between an earlier one's read and its removal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sandboxer.domain.attempt_order import recorded
+from sandboxer.domain.found import MadeBy
 from sandboxer.extensions.ssh_targets import DIR_PREFIX, SHORT_TIMEOUT, Target
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.ssh import Connection, remote
+from sandboxer.ssh.remote_lock import LOCK_FUNCTION, RemoteLock, lock_failed, remote_lock
 
 __all__ = [
     "ENV_FILE",
+    "LOCK_WAIT",
     "Claim",
     "Probe",
     "Scan",
@@ -31,12 +47,17 @@ __all__ = [
     "exists",
     "probe",
     "remove",
+    "sandbox_lock",
     "scan",
     "write_marker",
 ]
 
 ENV_FILE = ".sandboxer.env"
 """The secrets file inside a sandbox's directory: mode 0600, ``NAME='value'`` lines."""
+LOCK_WAIT = 60.0
+"""Seconds to wait for another worker's step on the same sandbox's lock on its host. A step
+holds it while it looks and records (a create's claim, with its sweep of what a lost marker
+left) or reads and removes (a teardown): the repo's copy and ``up`` run after it is let go."""
 
 # Lists the sandbox directories and markers of a workspace root ($1) in one
 # round trip: "D <name>" per directory, "M <name> <marker json>" per marker.
@@ -67,21 +88,26 @@ exit 0
 
 
 # A fresh create's set-up in one round trip (every remote command costs the host a
-# login shell). Only when nothing of the sandbox is there (no marker $1, nothing at its
-# directory path $2): run the command given after the first three arguments, if any (a
-# backend's sweep of what could outlive a marker), make the root $3, write the marker
-# from stdin (mode 0600, renamed into place), then make the directory: marker first, as
-# write_marker does. Prints BUSY and changes nothing when something is there, or
-# FIRST-FAILED when that command failed (either way the caller takes the long way:
-# probe, teardown, write_marker), else CLAIMED, and RSYNC when the host has rsync.
-_CLAIM_SCRIPT = r"""
-marker=$1 dir=$2 root=$3
-shift 3
+# login shell). Makes the root $3 and takes the sandbox's lock $4 (waiting $5 seconds at
+# most; LOCK-BUSY or NO-FLOCK when it cannot), then, only when nothing of the sandbox is
+# there (no marker $1, nothing at its directory path $2): run the command given after the
+# first five arguments, if any (a backend's sweep of what could outlive a marker; without
+# the lock's descriptor), write the marker from stdin (mode 0600, renamed into place), then
+# make the directory: marker first, as write_marker does. Prints BUSY and changes nothing
+# when something is there, or FIRST-FAILED when that command failed (either way the caller
+# takes the long way: sandbox_lock, probe, teardown, write_marker), else CLAIMED, and RSYNC
+# when the host has rsync. The lock is let go when the shell exits.
+_CLAIM_SCRIPT = (
+    LOCK_FUNCTION
+    + r"""
+marker=$1 dir=$2 root=$3 lock=$4 wait=$5
+shift 5
+mkdir -p -- "$root" || exit 1
+take_lock "$lock" "$wait"
 if [ -e "$marker" ] || [ -L "$marker" ] || [ -e "$dir" ] || [ -L "$dir" ]; then
   echo BUSY; exit 0
 fi
-if [ "$#" -gt 0 ]; then "$@" || { echo FIRST-FAILED; exit 0; }; fi
-mkdir -p -- "$root" || exit 1
+if [ "$#" -gt 0 ]; then "$@" 9>&- || { echo FIRST-FAILED; exit 0; }; fi
 staging="$marker.sbx-$$"
 (umask 077 && cat > "$staging") && mv -f -- "$staging" "$marker" || {
   rm -f -- "$staging"; exit 1
@@ -90,6 +116,7 @@ mkdir -- "$dir" || exit 1
 if command -v rsync >/dev/null 2>&1; then echo RSYNC; fi
 echo CLAIMED
 """
+)
 
 
 @dataclass(frozen=True)
@@ -107,11 +134,13 @@ async def claim(
     sandbox_id: str,
     fields: Mapping[str, Any],
     *,
+    made_by: MadeBy,
     first: Sequence[str] = (),
 ) -> Claim:
-    """Write the marker and make the (empty) directory of a sandbox the host holds nothing
-    of, running ``first`` before (with the host's env), all in one remote command."""
-    body = json.dumps({"sandbox_id": sandbox_id, **fields}, separators=(",", ":"), sort_keys=True)
+    """Write the marker (recording ``made_by``, the provisioning that makes the sandbox) and
+    make the (empty) directory of a sandbox the host holds nothing of, running ``first``
+    before (with the host's env), all in one remote command under the sandbox's lock."""
+    body = _marker_text(sandbox_id, fields, made_by)
     result = await remote.run(
         conn,
         [
@@ -122,23 +151,56 @@ async def claim(
             item.marker(sandbox_id),
             item.workspace(sandbox_id),
             item.config.workspace_root,
+            item.lock(sandbox_id),
+            f"{LOCK_WAIT:g}",
             *first,
         ],
         env=item.config.env,
         input=body + "\n",
-        timeout=SHORT_TIMEOUT,
+        timeout=SHORT_TIMEOUT + LOCK_WAIT,
     )
     lines = result.stdout.splitlines()
+    for line in lines[:1]:
+        failed = lock_failed(line, item.lock(sandbox_id), item.name, LOCK_WAIT)
+        if failed is not None:
+            raise failed
     return Claim(claimed="CLAIMED" in lines, host_has_rsync="RSYNC" in lines)
 
 
 async def write_marker(
-    conn: Connection, item: Target, sandbox_id: str, fields: Mapping[str, Any]
+    conn: Connection, item: Target, sandbox_id: str, fields: Mapping[str, Any], *, made_by: MadeBy
 ) -> None:
-    """Claim the sandbox's place on the host before anything else is made there."""
+    """Claim the sandbox's place on the host before anything else is made there, for
+    provisioning ``made_by`` (the caller holds the sandbox's lock: :func:`sandbox_lock`)."""
     await remote.run(conn, ["mkdir", "-p", "--", item.config.workspace_root], timeout=SHORT_TIMEOUT)
-    body = json.dumps({"sandbox_id": sandbox_id, **fields}, separators=(",", ":"), sort_keys=True)
+    body = _marker_text(sandbox_id, fields, made_by)
     await remote.put_file(conn, item.marker(sandbox_id), body.encode() + b"\n", mode=0o600)
+
+
+def _marker_text(sandbox_id: str, fields: Mapping[str, Any], made_by: MadeBy) -> str:
+    document = {"sandbox_id": sandbox_id, **fields, "made_by": list(made_by)}
+    return json.dumps(document, separators=(",", ":"), sort_keys=True)
+
+
+@contextlib.asynccontextmanager
+async def sandbox_lock(
+    conn: Connection, item: Target, sandbox_id: str, *, make: bool = False
+) -> AsyncIterator[RemoteLock | None]:
+    """Hold the sandbox's lock on the host (:mod:`sandboxer.ssh.remote_lock`) for the block.
+
+    None when the host has no workspace root and ``make`` is False: nothing of the sandbox
+    can be there (a teardown looking on every host makes nothing on those without it).
+    ``remove()`` on the lock removes its file as it is let go: for the step that removed
+    the sandbox."""
+    async with remote_lock(
+        conn,
+        item.config.workspace_root,
+        item.lock(sandbox_id),
+        wait=LOCK_WAIT,
+        host=item.name,
+        make=make,
+    ) as held:
+        yield held
 
 
 def _parse_marker(text: str) -> dict[str, Any] | None:
@@ -158,6 +220,12 @@ class Probe:
     path_exists: bool
     directory: bool
     secrets_file: bool
+
+    @property
+    def made_by(self) -> MadeBy | None:
+        """The provisioning its marker records (None: no marker, or one written before the
+        record, which counts as earlier than every provisioning)."""
+        return recorded((self.marker or {}).get("made_by"))
 
     def foreign(self, extension: str) -> str | None:
         """The other extension that owns this sandbox's directory, if another does."""

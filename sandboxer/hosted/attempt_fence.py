@@ -30,6 +30,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, TypeVar
 
+from sandboxer.domain import attempt_order
 from sandboxer.domain.found import MadeBy
 from sandboxer.hosted.labels import ATTEMPT_LABEL
 
@@ -56,9 +57,9 @@ def own(labels: Mapping[str, str] | None, mine: MadeBy) -> bool:
 
 def removable(labels: Mapping[str, str] | None, mine: MadeBy) -> bool:
     """Whether provisioning ``mine`` may remove the sandbox: its own or an earlier
-    attempt's, never a later one's."""
-    made = made_by(labels)
-    return made is None or made <= mine
+    attempt's, never a later one's (the rule every backend that records attempts shares:
+    :func:`sandboxer.domain.attempt_order.removable`)."""
+    return attempt_order.removable(made_by(labels), mine)
 
 
 def holder_action(labels: Mapping[str, str] | None, mine: MadeBy) -> HolderAction:

@@ -401,7 +401,13 @@ async def test_planted_orphans_are_found_and_reaped(
             assert reply["hosts"][0]["removed"] == found[ext_id]
         workspaces = Path(compose_hosts[0].host.workspace_root)
         left = sorted(p.name for p in workspaces.iterdir())
-        assert left == [f"sbx-{healthy}", f"sbx-{healthy}.env", f"sbx-{healthy}.json"]
+        # The live one's lock file stays with it; the reaped ones' went with them.
+        assert left == [
+            f"sbx-{healthy}",
+            f"sbx-{healthy}.env",
+            f"sbx-{healthy}.json",
+            f"sbx-{healthy}.lock",
+        ]
         assert containers(compose_engine, "sbx-plantedcompose1") == []
         assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]
         await client.destroy(healthy)
@@ -464,6 +470,7 @@ async def test_dead_stacks_and_deleted_workspaces_are_corpses_that_reap_clears(
             f"sbx-{healthy}",
             f"sbx-{healthy}.env",
             f"sbx-{healthy}.json",
+            f"sbx-{healthy}.lock",  # the live one's lock stays with it
         ]
         assert containers(compose_engine, f"sbx-{exited}") == []
         assert (await client.get(healthy))["status"] == "ready"  # type: ignore[index]

@@ -3,6 +3,7 @@ the directory it made (sync_dir(empty=True)), against a real sshd on loopback.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sandboxer.extensions.ssh_targets import Target
-from sandboxer.extensions.ssh_workspace import claim, probe
+from sandboxer.extensions.ssh_workspace import claim, probe, sandbox_lock
 from sandboxer.ssh import session, sync_dir
 from tests.integration.remote_fixtures import SshHosts
 
@@ -24,13 +25,22 @@ async def test_a_fresh_claim_writes_the_marker_then_the_directory(ssh_hosts: Ssh
     swept = Path(info.host.workspace_root).parent / "swept"
     async with session(info.name, info.host) as conn:
         done = await claim(
-            conn, item, "claimfresh01", {"extension": "ext.x"}, first=["touch", str(swept)]
+            conn,
+            item,
+            "claimfresh01",
+            {"extension": "ext.x"},
+            made_by=(2, 3),
+            first=["touch", str(swept)],
         )
     assert done.claimed
     assert done.host_has_rsync  # rsync is installed here
     assert swept.exists()  # the command given first ran
     marker = Path(item.marker("claimfresh01"))
-    assert json.loads(marker.read_text()) == {"extension": "ext.x", "sandbox_id": "claimfresh01"}
+    assert json.loads(marker.read_text()) == {
+        "extension": "ext.x",
+        "made_by": [2, 3],  # the provisioning that made it, for teardown_attempt
+        "sandbox_id": "claimfresh01",
+    }
     assert stat.S_IMODE(marker.stat().st_mode) == 0o600
     assert Path(item.workspace("claimfresh01")).is_dir()
     assert not list(marker.parent.glob("*.sbx-*"))  # no staging file left
@@ -51,7 +61,12 @@ async def test_a_claim_changes_nothing_where_something_is_left(
     swept = root.parent / "swept"
     async with session(info.name, info.host) as conn:
         done = await claim(
-            conn, item, "claimbusy01", {"extension": "ext.x"}, first=["touch", str(swept)]
+            conn,
+            item,
+            "claimbusy01",
+            {"extension": "ext.x"},
+            made_by=(1, 1),
+            first=["touch", str(swept)],
         )
         found = await probe(conn, item, "claimbusy01")
     assert not done.claimed
@@ -68,11 +83,36 @@ async def test_a_failing_first_command_claims_nothing(ssh_hosts: SshHosts) -> No
     [info] = await ssh_hosts(1)
     item = Target(info.name, info.host)
     async with session(info.name, info.host) as conn:
-        done = await claim(conn, item, "claimfail01", {"extension": "ext.x"}, first=["false"])
+        done = await claim(
+            conn, item, "claimfail01", {"extension": "ext.x"}, made_by=(1, 1), first=["false"]
+        )
         found = await probe(conn, item, "claimfail01")
     assert not done.claimed
     assert not found.marker_exists
     assert not found.path_exists
+
+
+async def test_a_claim_waits_for_the_sandbox_s_lock_on_the_host(ssh_hosts: SshHosts) -> None:
+    """While another step holds the sandbox's lock (a teardown reading the marker, on another
+    connection: another worker), a claim looks at nothing and makes nothing; once it is let
+    go (its file removed with it, as a teardown does), the claim goes on, on a new file."""
+    [info] = await ssh_hosts(1)
+    item = Target(info.name, info.host)
+    async with session(info.name, info.host) as holder, session(info.name, info.host) as conn:
+        async with sandbox_lock(holder, item, "claimlock01", make=True) as lock:
+            assert lock is not None
+            waiting = asyncio.create_task(
+                claim(conn, item, "claimlock01", {"extension": "ext.x"}, made_by=(1, 2))
+            )
+            await asyncio.sleep(1.0)
+            assert not waiting.done()
+            assert not Path(item.marker("claimlock01")).exists()
+            lock.remove()
+        async with asyncio.timeout(30):
+            done = await waiting
+    assert done.claimed
+    assert json.loads(Path(item.marker("claimlock01")).read_text())["made_by"] == [1, 2]
+    assert Path(item.lock("claimlock01")).exists()  # the claim's own, kept with the sandbox
 
 
 async def test_an_empty_directory_is_filled_by_one_tar_stream(

@@ -10,7 +10,9 @@ inside it with the host's ``compose_cmd`` (``docker compose``,
 may mount the directory) and into the environment of every
 compose command by sourcing that file on the host, so they are never on a
 command line, in a descriptor or in an error message. The marker
-``<workspace_root>/sbx-<id>.json`` records the compose file for teardown.
+``<workspace_root>/sbx-<id>.json`` records the compose file for teardown, and the
+provisioning that made the sandbox (``made_by``), so that an earlier attempt's teardown
+leaves a later one's (:meth:`~..ssh_backend.SshBackend.teardown_attempt`).
 
 Every command runs with the host's ``env`` (e.g. ``DOCKER_HOST``), built
 from separately quoted arguments by :mod:`sandboxer.ssh.remote`.
@@ -73,7 +75,7 @@ from sandboxer.extensions.ssh_targets import (
     session,
     target,
 )
-from sandboxer.extensions.ssh_workspace import Probe, claim, remove, scan, write_marker
+from sandboxer.extensions.ssh_workspace import Probe, claim, remove, scan
 from sandboxer.ssh import Connection, remote, sync
 from sandboxer.workspaces.limits import ArchiveLimits
 
@@ -140,16 +142,18 @@ class ComposeSshExtension(SshBackend):
                 # Nothing of the sandbox on the host (the usual create): one round trip
                 # sweeps what a lost marker could have left, writes the marker and makes
                 # the directory. Otherwise the long way: tear down what is there first.
+                # Both record this provisioning in the marker, under the sandbox's lock on
+                # the host, and the long way refuses to start clean over a later one's.
                 fresh = await claim(
                     conn,
                     stack.target,
                     sandbox_id,
                     marker,
+                    made_by=request.made_by,
                     first=engine.sweep_argv(stack.target, stack.project, thorough=True),
                 )
                 if not fresh.claimed:
-                    await self._teardown_owned(conn, stack.target, sandbox_id)  # start clean
-                    await write_marker(conn, stack.target, sandbox_id, marker)
+                    await self._start_clean(conn, stack.target, request, marker)
                 cleaned = time.monotonic()
                 method = await sync.sync_dir(
                     stack.target.name,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sandboxer.domain.attempt_order import recorded
 from sandboxer.domain.found import FoundSandbox
 from sandboxer.extensions.compose_ssh import containers
 from sandboxer.extensions.ssh_targets import Target
@@ -85,6 +86,12 @@ def found_on_host(
         if engine_error is not None:
             detail["engine_error"] = engine_error[:500]
         found.append(
-            FoundSandbox(sandbox_id=sandbox_id, alive=dead is None, host=item.name, detail=detail)
+            FoundSandbox(
+                sandbox_id=sandbox_id,
+                alive=dead is None,
+                host=item.name,
+                detail=detail,
+                made_by=recorded(marker.get("made_by")),  # None without a marker, or an old one
+            )
         )
     return found

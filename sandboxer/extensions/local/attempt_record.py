@@ -6,7 +6,8 @@ directory, each tearing down what it takes for an earlier one's (a recreate's cl
 a failed attempt's cleanup). ``state.json`` records ``made_by``, the ``[generation,
 attempt]`` of the provisioning that made the sandbox (or claimed the pool member it is),
 and the log orders provisionings, so, as :mod:`sandboxer.hosted.attempt_fence` does with a
-hosted provider's labels:
+hosted provider's labels, by the rules of :mod:`sandboxer.domain.attempt_order` (shared
+with ext.compose-ssh and ext.vm-packer, re-exported here):
 
 - a provisioning removes only its own sandbox or an earlier one's (:func:`removable`),
   never a later one's, which the log's ``ready`` may name;
@@ -22,35 +23,12 @@ own (see there).
 
 from __future__ import annotations
 
+from sandboxer.domain.attempt_order import made_later, recorded, removable
 from sandboxer.domain.found import MadeBy
 
+# The rules themselves are shared with the SSH backends (sandboxer.domain.attempt_order):
+# one rule, re-exported here for ext.local's callers.
 __all__ = ["listed", "made_later", "recorded", "removable"]
-
-
-def recorded(made_by: object) -> MadeBy | None:
-    """``state.json``'s ``made_by`` as (generation, attempt); None when it has none or it is
-    not two counts (edited by hand, or corrupted): counted as made before the record."""
-    if not isinstance(made_by, list | tuple) or len(made_by) != 2:
-        return None
-    generation, attempt = made_by
-    # type() rather than isinstance: JSON's true is a bool, and a bool is an int.
-    if type(generation) is not int or type(attempt) is not int or min(generation, attempt) < 0:
-        return None
-    return (generation, attempt)
-
-
-def removable(made_by: object, mine: MadeBy) -> bool:
-    """Whether provisioning ``mine`` may remove a sandbox whose record says ``made_by``: its
-    own or an earlier provisioning's (or one made before the record), never a later one's."""
-    made = recorded(made_by)
-    return made is None or made <= mine
-
-
-def made_later(made_by: object, mine: MadeBy) -> MadeBy | None:
-    """The provisioning later than ``mine`` that made the sandbox, if one did (what a
-    teardown or a clean start of ``mine`` must leave alone, and its message names)."""
-    made = recorded(made_by)
-    return made if made is not None and made > mine else None
 
 
 def listed(made_by: object, pool_member: str | None, sandbox_id: str) -> MadeBy | None:

@@ -6,7 +6,9 @@ without it, the placement host). A sandbox is the directory
 to get ``/build/sbx-<id>/``), optionally holding a copy of the ``repo``
 input, with secrets in ``.sandboxer.env`` (mode 0600). The profile's
 ``setup.instructions`` run there once, in order. Teardown removes the
-workspace and nothing else: the VM stays.
+workspace and nothing else: the VM stays. The marker records the provisioning that made
+the workspace (``made_by``), so that an earlier attempt's teardown leaves a later one's
+(:meth:`~..ssh_backend.SshBackend.teardown_attempt`).
 
 The VM is the sandbox's host: profiles set ``placement.host_input: vm`` so
 placement records it, and a ``vm`` input that disagrees with the placement
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxer.config.settings import Settings
+from sandboxer.domain.attempt_order import recorded
 from sandboxer.domain.found import FoundSandbox
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxerError, SandboxNotFound
 from sandboxer.extensions import ssh_checks as checks
@@ -46,7 +49,6 @@ from sandboxer.extensions.ssh_workspace import (
     exists,
     remove,
     scan,
-    write_marker,
 )
 from sandboxer.ssh import Connection, remote, stream, sync
 
@@ -91,10 +93,11 @@ class VmPackerExtension(SshBackend):
                 }
                 # Nothing of the sandbox on the VM (the usual create): one round trip writes
                 # the marker and makes the workspace. Otherwise tear down what is there first.
-                fresh = await claim(conn, item, sandbox_id, marker)
+                # Both record this provisioning in the marker, under the sandbox's lock on
+                # the VM, and the long way refuses to start clean over a later one's.
+                fresh = await claim(conn, item, sandbox_id, marker, made_by=request.made_by)
                 if not fresh.claimed:
-                    await self._teardown_owned(conn, item, sandbox_id)  # start clean
-                    await write_marker(conn, item, sandbox_id, marker)
+                    await self._start_clean(conn, item, request, marker)
                 method = "none"
                 if repo is not None:
                     method = await sync.sync_dir(
@@ -278,7 +281,13 @@ class VmPackerExtension(SshBackend):
             if not present:  # its marker stayed: ours, but nothing left to work in
                 detail["dead"] = f"its workspace {item.workspace(sandbox_id)} was deleted"
             found.append(
-                FoundSandbox(sandbox_id=sandbox_id, alive=present, host=item.name, detail=detail)
+                FoundSandbox(
+                    sandbox_id=sandbox_id,
+                    alive=present,
+                    host=item.name,
+                    detail=detail,
+                    made_by=recorded(held.markers[sandbox_id].get("made_by")),
+                )
             )
         return found
 
