@@ -153,9 +153,9 @@ def owner_refusal(
 def taken_refusal(sandbox_id: str) -> tuple[str, str]:
     """``(code, reason)`` of a create or restore naming a sandbox id that exists: sandbox ids
     are one namespace across projects, so a taken id is told as taken, whoever's it is, and
-    nothing more (not whose, nor its state): word for word the rejection deciding gives a
-    create on an existing sandbox (``sandbox_decide``; tests/unit/test_sandbox_domain.py
-    holds the two equal)."""
+    nothing more (not whose, nor its state): the rejection deciding gives a create on an
+    existing sandbox (``sandbox_decide``) too, so a key's refusal before deciding reads the
+    same."""
     return "sandbox_exists", (
         f"sandbox id {sandbox_id} is taken; "
         "choose another sandbox_id or omit it to have one assigned"

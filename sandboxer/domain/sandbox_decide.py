@@ -23,6 +23,7 @@ from sandboxer.commands.types import (
     TouchSandbox,
     consumer_record,
 )
+from sandboxer.domain.key_access import taken_refusal
 from sandboxer.domain.sandbox_lifetime import decide_expire, decide_extend, decide_touch
 from sandboxer.domain.sandbox_pause import (
     MarkPaused,
@@ -398,12 +399,8 @@ def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> l
         # A crash between the two appends leaves `requested` alone: complete it.
         return [_routed(admitted, now)] if state.status == "requested" else []
     if state.status != "new":
-        raise Rejected(
-            "sandbox_exists",
-            # Nothing of the sandbox is told (not its status): it may be another project's.
-            f"sandbox id {admitted.sandbox_id} is taken; "
-            "choose another sandbox_id or omit it to have one assigned",
-        )
+        # Nothing of the sandbox is told (not its status): it may be another project's.
+        raise Rejected(*taken_refusal(admitted.sandbox_id))
     head: dict[str, Any] = {
         "sandbox_id": admitted.sandbox_id,
         "command_id": command.command_id,
