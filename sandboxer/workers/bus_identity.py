@@ -24,7 +24,13 @@ import msgspec
 
 from sandboxer.bus.event_store import EventStore
 from sandboxer.commands.parse import key_of
-from sandboxer.commands.types import Command, CreateSandbox, DeleteSnapshot, RestoreSnapshot
+from sandboxer.commands.types import (
+    Command,
+    CreateSandbox,
+    DeleteSnapshot,
+    RestoreSnapshot,
+    target_sandbox,
+)
 from sandboxer.domain.key_access import (
     find_snapshot_owner,
     identity_refusal,
@@ -35,7 +41,6 @@ from sandboxer.domain.key_access import (
     scope_of,
     taken_refusal,
 )
-from sandboxer.ids import derive_sandbox_id
 
 __all__ = ["bus_identity_refusal"]
 
@@ -77,7 +82,7 @@ async def bus_identity_refusal(
             f"a {actor['type']} key acts for project {scope_of(actor)} only, not for {project}"
         )
     if isinstance(command, CreateSandbox | RestoreSnapshot):
-        made = command.sandbox_id or derive_sandbox_id(command.command_id)
+        made = target_sandbox(command)
         if await _owner(store, made) in (None, scope_of(actor)):
             return None  # free, or the key's project's own: decided as it comes
         return taken_refusal(made)

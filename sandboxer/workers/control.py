@@ -61,7 +61,6 @@ from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
 from sandboxer.events.types import Actor, CommandRejected
-from sandboxer.ids import derive_sandbox_id
 from sandboxer.workers.bus_identity import bus_identity_refusal
 from sandboxer.workers.credit_reservation import (
     decide_account_command,
@@ -343,7 +342,7 @@ class ControlWorker:
         None: not such a create. A restore is a create (of its snapshot's workspace)."""
         if not isinstance(command, CreateSandbox | RestoreSnapshot):
             return None
-        loaded = await self._store.load(command.sandbox_id or derive_sandbox_id(command.command_id))
+        loaded = await self._store.load(target_sandbox(command))
         if command.command_id not in loaded.state.handled or loaded.state.status == "requested":
             return None  # undecided (or routed not yet appended): the refusal is its outcome
         return loaded
