@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -367,15 +368,19 @@ async def get_object(
 ) -> Copied:
     """Write what ``path`` holds to the local file ``destination``: the file's bytes
     (``kind`` file), or a tar of the directory's contents (``kind`` dir). The bytes land
-    beside ``destination`` and are renamed onto it once whole and checked: a copy refused,
-    failed or cut off leaves what stood there untouched. With ``inline`` (always for a
+    in scratch and reach ``destination`` once whole and checked: a copy refused, failed or
+    cut off leaves what stood there untouched. A regular file (or none) is replaced by a
+    rename; a symlink or a device (``/dev/stdout``) is written through, as a plain write
+    would (:func:`_land`). With ``inline`` (always for a
     key), the bytes come on the answer rather than through the bucket, where the worker
     would leave them for ever (the gateway's copies)."""
     check_path(path, root_allowed=True)
     request: dict[str, Any] = {"op": "get", "path": path}
     if service is not None:
         request["service"] = service
-    with tempfile.TemporaryDirectory(prefix=".sandboxer-get-", dir=destination.parent) as scratch:
+    # Scratch beside a file to be renamed onto: a rename within one filesystem.
+    beside = None if _written_through(destination) else destination.parent
+    with tempfile.TemporaryDirectory(prefix=".sandboxer-get-", dir=beside) as scratch:
         partial = Path(scratch) / "partial"
         if not inline and key_id is None:
             answer = await _ask(nc, sandbox_id, request, key_id=key_id)
@@ -390,8 +395,22 @@ async def get_object(
         kind = str(answer.get("kind"))
         if kind not in {"file", "dir"}:
             raise BusError(f"the worker answered a copy of {path!r} with kind {kind!r}")
-        await asyncio.to_thread(os.replace, partial, destination)
+        await asyncio.to_thread(_land, partial, destination)
     return Copied(kind=kind, path=str(answer.get("path")), size=size, local=destination)
+
+
+def _written_through(destination: Path) -> bool:
+    """Whether a download is written into ``destination`` rather than renamed onto it: a
+    symlink (its target is what the caller names) or something not a regular file."""
+    return destination.is_symlink() or (destination.exists() and not destination.is_file())
+
+
+def _land(partial: Path, destination: Path) -> None:
+    """Move a whole, checked download to ``destination``."""
+    if _written_through(destination):
+        shutil.copyfile(partial, destination)
+    else:
+        os.replace(partial, destination)
 
 
 def _check_download(path: Path, answer: dict[str, Any], limits: ArchiveLimits) -> int:

@@ -287,6 +287,25 @@ async def test_only_a_refusal_before_anything_ran_is_sent_again(
     assert kept.read_bytes() == b"ran\n"
 
 
+async def test_a_copy_out_writes_through_a_symlink_it_is_given(
+    keyed: Keyed, tmp_path: Path
+) -> None:
+    """A download named by a symlink lands in the link's target, the link kept, as a plain
+    write would; only a regular file (or none) is replaced by the rename of a whole copy."""
+    key, sandbox_id = keyed.key, keyed.sandbox_id
+    keyed.clock.refill()
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"through\n")
+    await key.copy_in(sandbox_id, source, "through.txt")
+    target = tmp_path / "target.txt"
+    target.write_bytes(b"old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    await key.get_files(sandbox_id, "through.txt", link)
+    assert link.is_symlink()
+    assert target.read_bytes() == b"through\n"
+
+
 async def test_a_refusal_reads_nothing_of_the_sandbox_it_named(
     keyed: Keyed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
