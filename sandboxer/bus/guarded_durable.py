@@ -44,9 +44,23 @@ removes it, and read the day the durable is missing again (an operator deleting 
 log to be read again from its start would get it from that floor). So a process does not
 take a marker as dealt with once for good: after any remake of its own, made or refused,
 and whenever a look finds the durable missing or redefined (another process's remake, cut
-short, may have kept a floor), its next look deals with the marker again: it removes it
-when it finds the durable intact, and makes the durable from the higher of its own floor
-and the one kept (both were handled) when it finds it missing or redefined.
+short, may have kept a floor), its next look deals with the marker again. Finding the
+durable missing or redefined, it makes it from the higher of its own floor and the one
+kept (both were handled). Finding it intact, it removes a marker whose floor is at or
+below the ack floor it just read (the durable keeps that floor itself), and leaves one
+above it, to look again next time: that may be another process's remake between its write
+and its delete (removed, the floor would be nowhere on disk once that process is killed
+after the delete), or a floor kept before a durable made from a lower one has handled its
+way past it. The remake that wrote it removes it, or a later look once the durable's ack
+floor has passed it (until then the day the durable is deleted it is made from there:
+nothing is lost, the operator's read from the start waits for that).
+
+A remake that deletes an intact durable (new settings) keeps a floor no higher than its
+ack floor, which a look of another process's may remove before the delete: so a remake
+keeps its floor again after its delete. What is left is a look that read the durable
+before the delete and removes the marker after that second write; the floor is then in
+that process's memory, which makes the durable from it at its next look, and is lost only
+if both processes stop before that (the durable is then made from the start of the log).
 
 The service never updates it in place. A changed setting (a new ``ack_wait``) makes
 it again from the ack floor of the same look that found it intact, and it is made
@@ -161,9 +175,10 @@ class GuardedDurable:
         self._marker = RemakeMarker(marker_file(home, self.name), stream)
         self._marker_checked = False
         """Whether no marker can be on disk that this process has not dealt with (read, or
-        cleared once the durable was found made): False at start, after a remake of its own
-        (one whose create was refused leaves its floor there) and when a look finds the
-        durable missing or redefined (another process's remake may have kept one)."""
+        cleared once the durable was found made with an ack floor at or above it): False at
+        start, after a remake of its own (one whose create was refused leaves its floor
+        there), when a look finds the durable missing or redefined (another process's remake
+        may have kept one), and while a look finds one above the durable's ack floor."""
         self._looking = asyncio.Lock()
 
     async def ensure(self) -> None:
@@ -232,17 +247,38 @@ class GuardedDurable:
                     (floor or 0) + 1,
                 )
                 return await self._remake(delete=True)
-            if not self._marker_checked:
-                # A marker left here is stale: the durable was made since (by another
-                # process, or by one killed after its create): its own floor goes.
+            acked = (info.ack_floor.stream_seq if info.ack_floor else 0) or 0
+            if not self._marker_checked and await self._marker_passed(acked):
                 self._marker.clear()
                 self._marker_checked = True
-            acked = info.ack_floor.stream_seq if info.ack_floor else 0
-            self.floor = max(self.floor or 0, acked or 0)
+            self.floor = max(self.floor or 0, acked)
             if settings_matter and not same_settings(info.config, self.wanted):
                 log.info("%s: its consumer's settings changed; making it again", self.name)
                 return await self._remake(delete=True)
             return True
+
+    async def _marker_passed(self, acked: int) -> bool:
+        """Whether a marker on disk (if any) may go, the durable found intact with ``acked``
+        as its ack floor: none is there, it is of another incarnation of the stream or
+        unreadable, or its floor is at or below ``acked`` (the durable keeps that floor
+        itself). One above it is left: it may be the floor of another process's remake
+        between its write and its delete (that process may be killed after the delete, and
+        the floor would then be nowhere on disk), or one kept before a durable made from a
+        lower floor has handled its way past it; the remake that wrote it clears it, or a
+        later look once the durable's ack floor has passed it."""
+        if not self._marker.exists():
+            return True
+        kept = self._marker.read(await self._stream_created())
+        if kept is None or kept <= acked:
+            return True
+        log.debug(
+            "%s: leaving the floor %d kept in %s: its consumer has handled up to %d",
+            self.name,
+            kept,
+            self._marker.path,
+            acked,
+        )
+        return False
 
     async def _known_floor(self) -> int | None:
         """The floor remembered here, or the higher one a remake kept on disk (for this
@@ -275,6 +311,11 @@ class GuardedDurable:
             self._marker.keep(self.floor, await self._stream_created())
         if delete:
             await self._delete()
+            if self.floor:
+                # Again: a look of another process's that read the durable intact before
+                # the delete may have removed it meanwhile (its floor at or below the one
+                # it read), and the floor must be on disk while the durable is gone.
+                self._marker.keep(self.floor, await self._stream_created())
         made = await self._make(self.floor)
         if made:
             self._marker.clear()

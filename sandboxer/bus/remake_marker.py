@@ -9,7 +9,10 @@ finds it, with the durable missing (or redefined), makes it from there. Processe
 home share the file: a running one that finds the durable missing or redefined reads it too
 (another's remake may have been cut short), and one whose own remake lost the race (its
 create refused, the durable made by another after this file was removed and written again)
-removes it once it finds the durable intact (bus/guarded_durable.py).
+removes it once it finds the durable intact with an ack floor at or above the one kept; one
+above is left (another process's remake may be between writing it and its delete). A remake
+that deletes the durable writes the floor again after the delete, in case another's look
+removed it meanwhile (bus/guarded_durable.py).
 
 **Only while a remake runs.** A durable missing with no marker is made from the start of the
 log, as an operator who deletes one (with its role stopped) asks for: the State Hub is sent

@@ -518,7 +518,9 @@ async def test_a_marker_left_after_the_durable_was_made_is_dropped_unread(
 ) -> None:
     """A process killed after its create and before removing the marker: the next start
     finds the durable made, and goes by its floor; the marker would otherwise be read the
-    day an operator deletes the durable to have the log read again from its start."""
+    day an operator deletes the durable to have the log read again from its start. (The
+    durable was made after the kept floor, so its ack floor is at least that: a marker
+    above it would be left, as one of a remake in flight.)"""
     service, _client = identities
     js = service.jetstream()
     wanted = ConsumerConfig(
@@ -531,12 +533,14 @@ async def test_a_marker_left_after_the_durable_was_made_is_dropped_unread(
         max_ack_pending=256,
     )
     await GuardedDurable(service, subjects.EVENTS_STREAM, wanted, home=tmp_path).ensure()
+    await destroyed(service, "sbx1", "sbx2")
+    await handled(js, 2)
     before = await made(js, "meter")
     stream = await js.stream_info(subjects.EVENTS_STREAM)
     assert before is not None
     assert stream.created is not None
     marker = marker_file(tmp_path, "meter")
-    RemakeMarker(marker, subjects.EVENTS_STREAM).keep(1000, stream.created.isoformat())
+    RemakeMarker(marker, subjects.EVENTS_STREAM).keep(2, stream.created.isoformat())
     await GuardedDurable(service, subjects.EVENTS_STREAM, wanted, home=tmp_path).ensure()
     assert not marker.exists()
     after = await made(js, "meter")
@@ -662,3 +666,117 @@ async def test_a_running_guard_makes_its_durable_from_a_floor_another_process_ke
     assert info.config.opt_start_seq == 3  # after the floor the first kept, not the second's
     assert info.num_pending == 1
     assert not marker_file(tmp_path, "meter").exists()
+
+
+async def test_a_look_during_another_process_remake_leaves_its_floor_on_disk(
+    identities: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The first process remembers floor 2; the durable, made again by a third from floor 1,
+    has handled up to 1 when the first, starting with other settings, makes it again: it
+    keeps its floor on disk, and the second, just started, looks between that and the
+    first's delete, finding the durable intact. The first is killed after its delete. The
+    second, restarted, makes the durable from the first's floor. Before, the second's look
+    removed the marker (any marker beside an intact durable was stale to it) and the restart
+    made the durable from the start of the log."""
+    service, client = identities
+    js = service.jetstream()
+    cuts = CutRemakes(monkeypatch)
+    first = GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path)
+    third = GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path)
+    await first.ensure()
+    await destroyed(service, "sbx1", "sbx2", "sbx3")
+    await handled(js, 1)
+    await third.ensure()
+    await handled(js, 1)
+    await first.check()
+    assert (first.floor, third.floor) == (2, 1)
+    await redefine(client, "meter", NARROWED)
+    await third.check()  # made again from its floor, before the first looked
+    info = await made(js, "meter")
+    assert info is not None
+    assert info.config.opt_start_seq == 2
+    assert info.ack_floor is not None
+    assert info.ack_floor.stream_seq == 1
+
+    marker = marker_file(tmp_path, "meter")
+    first.wanted = meter_wanted().evolve(ack_wait=6.0)  # restarted, say, by an upgrade
+    second = GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path)
+    looked = False
+    delete = JetStreamContext.delete_consumer
+
+    async def delete_consumer(js: JetStreamContext, *args: Any, **kwargs: Any) -> Any:
+        nonlocal looked
+        if not looked:
+            looked = True
+            assert json.loads(marker.read_text())["floor"] == 2  # the first's, kept
+            await second.ensure()  # finds the durable intact, ack floor 1
+            assert json.loads(marker.read_text())["floor"] == 2  # above it: left
+        return await delete(js, *args, **kwargs)
+
+    monkeypatch.setattr(JetStreamContext, "delete_consumer", delete_consumer)
+    cuts.cutting = True
+    with pytest.raises(BusError):
+        await first.ensure()  # deleted, its create cut: the first is killed there
+    assert looked
+    assert cuts.cut.is_set()
+    cuts.cutting = False
+    assert await made(js, "meter") is None
+    assert json.loads(marker.read_text())["floor"] == 2  # left by the second's look
+
+    restarted = GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path)
+    await restarted.ensure()
+    info = await made(js, "meter")
+    assert info is not None
+    assert info.config.opt_start_seq == 3  # after the first's floor, not the start of the log
+    assert info.num_pending == 1
+    assert not marker.exists()
+
+
+async def test_a_floor_removed_by_a_look_before_the_delete_is_kept_again_after_it(
+    identities: tuple[Client, Client], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As above, but the first's floor is the durable's own ack floor (it starts with other
+    settings, and makes the durable again from the floor it just read): the second's look
+    between its keep and its delete may remove it (the durable has handled that far). The
+    first keeps it again after the delete, so with the first killed there and the second
+    restarted the durable is still made from that floor, not from the start of the log."""
+    service, _client = identities
+    js = service.jetstream()
+    cuts = CutRemakes(monkeypatch)
+    await GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path).ensure()
+    await destroyed(service, "sbx1", "sbx2", "sbx3")
+    await handled(js, 2)
+
+    marker = marker_file(tmp_path, "meter")
+    upgraded = meter_wanted().evolve(ack_wait=6.0)
+    first = GuardedDurable(service, subjects.EVENTS_STREAM, upgraded, home=tmp_path)
+    second = GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path)
+    looked = False
+    delete = JetStreamContext.delete_consumer
+
+    async def delete_consumer(js: JetStreamContext, *args: Any, **kwargs: Any) -> Any:
+        nonlocal looked
+        if not looked:
+            looked = True
+            assert json.loads(marker.read_text())["floor"] == 2  # the first's, kept
+            await second.ensure()  # intact, ack floor 2: the floor is its own, and goes
+            assert not marker.exists()
+        return await delete(js, *args, **kwargs)
+
+    monkeypatch.setattr(JetStreamContext, "delete_consumer", delete_consumer)
+    cuts.cutting = True
+    with pytest.raises(BusError):
+        await first.ensure()  # deleted, its create cut: the first is killed there
+    assert looked
+    assert cuts.cut.is_set()
+    cuts.cutting = False
+    assert await made(js, "meter") is None
+    assert json.loads(marker.read_text())["floor"] == 2  # kept again after the delete
+
+    restarted = GuardedDurable(service, subjects.EVENTS_STREAM, meter_wanted(), home=tmp_path)
+    await restarted.ensure()
+    info = await made(js, "meter")
+    assert info is not None
+    assert info.config.opt_start_seq == 3  # after the first's floor, not the start of the log
+    assert info.num_pending == 1
+    assert not marker.exists()
