@@ -10,7 +10,8 @@ itself runs under tarfile's ``data`` filter as a second line, which also
 drops set-uid and other special mode bits. The archive is read through
 :func:`~sandboxer.workspaces.untrusted_tar.open_untrusted`, whose header parsing
 refuses an oversized or malformed pax or GNU long-name header rather than spend
-minutes on it (CVE-2024-6232) with the worker's GIL held.
+minutes on it (CVE-2024-6232) with the worker's GIL held, a GNU sparse map past its
+bound rather than fill the worker's memory, and a long chain of extended headers.
 
 A tar that a host's own ``tar`` (or an engine's ``cp``) wrote of a tree a sandbox
 wrote, read back for a snapshot, is unpacked by :func:`extract_host_tree`: the
@@ -209,4 +210,10 @@ def _extract(
         raise WorkspaceRefused(f"the workspace archive is unsafe: {exc}") from None
     except tarfile.TarError as exc:
         raise WorkspaceRefused(f"the workspace archive is not a readable tar: {exc}") from None
+    except RecursionError:
+        # A backstop: tarfile reads each extended header one level deeper, and
+        # untrusted_tar refuses a chain long before the stack runs out.
+        raise WorkspaceRefused(
+            "the workspace archive nests its headers too deep to be read"
+        ) from None
     return HostTree(len(members), tuple(copied), left_out)

@@ -24,24 +24,56 @@ tarfile reads every header through the ``tarinfo`` class it is given, whose
   A bound alone would not do: each header would still cost its length squared, and an
   archive may hold 200,000 of them.
 
-What follows a pax header is done as tarfile does it (the next header is read, GNU sparse
-maps are applied, the header's fields patched onto the entry), through tarfile's own
-private helpers, unchanged from 3.11 to 3.13. The archive's rules (what an entry may be,
-where it may go) stay in :mod:`sandboxer.workspaces.extract`.
+- GNU sparse maps, in all their forms (old GNU ``S`` entries with their extension blocks,
+  pax 0.0 and 0.1 records, 1.0 maps at the start of the entry's data), are bounded:
+  tarfile collects them with no bound, before any check of the entry's size or of the
+  archive's entry count (a 1.0 map of ``99999999999`` then ``0`` lines made it build
+  100 million ints from a 200 MiB archive, and the worker was killed for its memory). A
+  map of more than :data:`MAX_SPARSE_PAIRS` regions, or maps adding up to more than
+  :data:`MAX_ARCHIVE_SPARSE_PAIRS` in one archive, are refused as soon as the count is
+  known (for 1.0, before the map is read);
+- a header is followed by at most :data:`MAX_EXTENDED_CHAIN` extended headers (pax, pax
+  global, GNU long name or link) before a real entry: tarfile reads each with one more
+  level of recursion, so ~330 of them raised RecursionError, which is no TarError.
+
+What follows a pax header is otherwise done as tarfile does it (the next header is read,
+GNU sparse 0.1 maps are applied, the header's fields patched onto the entry), through
+tarfile's own private helpers, unchanged from 3.11 to 3.13. The archive's rules (what an
+entry may be, where it may go) stay in :mod:`sandboxer.workspaces.extract`.
 """
 
 from __future__ import annotations
 
 import tarfile
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from sandboxer.errors import WorkspaceRefused
 
-__all__ = ["MAX_HEADER_BYTES", "open_untrusted"]
+__all__ = [
+    "MAX_ARCHIVE_SPARSE_PAIRS",
+    "MAX_EXTENDED_CHAIN",
+    "MAX_HEADER_BYTES",
+    "MAX_SPARSE_PAIRS",
+    "open_untrusted",
+]
 
 MAX_HEADER_BYTES = 64 * 1024
 """The largest pax extended header or GNU long name accepted, in bytes."""
+MAX_SPARSE_PAIRS = 4096
+"""The most (offset, size) regions one GNU sparse map may list. A region is a stretch of
+data between holes: GNU tar's map of a real sparse file (a disk image, a database file)
+lists tens to hundreds; tarfile holds each as a tuple of two ints (about 100 bytes)."""
+MAX_ARCHIVE_SPARSE_PAIRS = 64 * 1024
+"""The most sparse regions all maps of one archive may list together (about 6 MiB held):
+tarfile keeps every entry with its map until the archive is closed, so a bound per map
+alone would still let thousands of entries each bring :data:`MAX_SPARSE_PAIRS`."""
+MAX_EXTENDED_CHAIN = 8
+"""The most extended headers (pax, pax global, GNU long name or link) in a row before a
+real entry. A writer puts at most three there (a global header, then a pax header, or a
+long name and a long link); tarfile reads each one more level down its stack."""
 _LENGTH_DIGITS = 20
 """The most digits a pax record's length may have (as CPython's fix: 10**20 bytes)."""
 _SPARSE_NUMBERS = frozenset({"GNU.sparse.size", "GNU.sparse.realsize"})
@@ -49,14 +81,52 @@ _SPARSE_NUMBERS = frozenset({"GNU.sparse.size", "GNU.sparse.realsize"})
 TarError): checked here so that a global header cannot carry one to a later entry."""
 
 
+@dataclass
+class _Reading:
+    """What the guarded parser counts of one archive while reading it."""
+
+    chain: int = 0
+    """Extended headers read since the last real entry (the depth of tarfile's recursion)."""
+    sparse_pairs: int = 0
+    """Sparse regions of all maps read so far."""
+
+
+_READING: weakref.WeakKeyDictionary[tarfile.TarFile, _Reading] = weakref.WeakKeyDictionary()
+"""Each open archive's counts, gone with the archive (tarfile's headers see the archive,
+not one another)."""
+
+
 def open_untrusted(archive: Path) -> tarfile.TarFile:
     """Open the plain (uncompressed) tar ``archive`` for reading with the guarded header parser.
 
     Raises :class:`WorkspaceRefused` for an oversized or malformed pax or GNU long-name
-    header, as soon as it is met (while opening, for the first entry, or while iterating),
-    and tarfile's own :class:`tarfile.TarError` for what tarfile refuses.
+    header, a sparse map over its bound or too long a chain of extended headers, as soon as
+    it is met (while opening, for the first entry, or while iterating), and tarfile's own
+    :class:`tarfile.TarError` for what tarfile refuses.
     """
     return tarfile.open(archive, "r:", tarinfo=_GuardedTarInfo)
+
+
+def _reading(archive: tarfile.TarFile) -> _Reading:
+    return _READING.setdefault(archive, _Reading())
+
+
+def _sparse_allowance(header: tarfile.TarInfo, archive: tarfile.TarFile, pairs: int) -> None:
+    """Refuse a sparse map of ``pairs`` regions past either bound, else count it."""
+    reading = _reading(archive)
+    if pairs > MAX_SPARSE_PAIRS:
+        raise WorkspaceRefused(
+            f"the workspace archive holds a GNU sparse map of {pairs} regions (at byte "
+            f"{header.offset}), more than the {MAX_SPARSE_PAIRS} accepted for one file; "
+            "refused before it was read"
+        )
+    if reading.sparse_pairs + pairs > MAX_ARCHIVE_SPARSE_PAIRS:
+        raise WorkspaceRefused(
+            f"the workspace archive's GNU sparse maps list more than "
+            f"{MAX_ARCHIVE_SPARSE_PAIRS} regions together (past byte {header.offset}); "
+            "refused before the rest was read"
+        )
+    reading.sparse_pairs += pairs
 
 
 def _padded(size: int) -> int:
@@ -156,15 +226,111 @@ def _sparse_00(
     return list(zip(offsets, sizes, strict=False))
 
 
+def _sparse_10(
+    header: tarfile.TarInfo, following: tarfile.TarInfo, archive: tarfile.TarFile
+) -> None:
+    """tarfile's ``_proc_gnusparse_10``: the map at the start of ``following``'s data (its
+    count, then an offset and a size per region, a number a line, padded to whole blocks),
+    with the count bounded before the numbers are read and every line bounded in length."""
+    fileobj = archive.fileobj
+    buf = fileobj.read(tarfile.BLOCKSIZE)
+    pos = 0
+    count: int | None = None
+    numbers: list[int] = []
+    while count is None or len(numbers) < 2 * count:
+        end = buf.find(b"\n", pos, pos + _LENGTH_DIGITS + 1)
+        if end < 0:
+            more = fileobj.read(tarfile.BLOCKSIZE) if len(buf) - pos <= _LENGTH_DIGITS else b""
+            if not more:
+                raise _malformed(header, "its GNU sparse 1.0 map is not numbers a line")
+            buf, pos = buf[pos:] + more, 0
+            continue
+        digits = buf[pos:end]
+        if not digits.isdigit():
+            raise _malformed(header, "its GNU sparse 1.0 map is not numbers a line")
+        pos = end + 1
+        if count is None:
+            count = int(digits)
+            _sparse_allowance(following, archive, count)
+        else:
+            numbers.append(int(digits))
+    following.offset_data = fileobj.tell()
+    following.sparse = list(zip(numbers[::2], numbers[1::2], strict=True))  # type: ignore[assignment]
+
+
 class _GuardedTarInfo(tarfile.TarInfo):
     """A :class:`tarfile.TarInfo` whose pax and GNU long-name headers are bounded, and whose
-    pax headers are parsed in linear time (see the module's docstring)."""
+    pax headers are parsed in linear time, whose sparse maps are bounded and which reads
+    only a short chain of extended headers (see the module's docstring)."""
+
+    def _following(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        """The header after this extended one, read as tarfile does (one level down),
+        refused past :data:`MAX_EXTENDED_CHAIN` in a row."""
+        reading = _reading(archive)
+        if reading.chain >= MAX_EXTENDED_CHAIN:
+            raise WorkspaceRefused(
+                f"the workspace archive holds more than {MAX_EXTENDED_CHAIN} extended headers "
+                f"in a row (pax or GNU long name, at byte {self.offset}) before an entry: a "
+                "writer puts at most three there"
+            )
+        reading.chain += 1
+        try:
+            return cast(tarfile.TarInfo, self.fromtarfile(archive))
+        finally:
+            reading.chain -= 1
 
     def _proc_gnulong(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        # tarfile's own reading of a long name is linear (nts: one find); only its size
-        # is bounded, as it is read into memory whole.
+        """tarfile's ``_proc_gnulong`` (3.11), with the name bounded and the chain counted.
+        Reading a long name is linear (nts: one find); it is bounded as it is held whole."""
         _bounded(self, "GNU long name")
-        return cast(tarfile.TarInfo, super()._proc_gnulong(archive))  # type: ignore[misc]
+        buf = archive.fileobj.read(self._block(self.size))  # type: ignore[attr-defined]
+        try:
+            following = self._following(archive)
+        except tarfile.HeaderError as exc:
+            # As in _proc_pax below: tarfile's SubsequentHeaderError, made its ReadError.
+            raise tarfile.ReadError(str(exc)) from None
+        following.offset = self.offset
+        name = tarfile.nts(buf, archive.encoding, archive.errors)  # type: ignore[attr-defined]
+        if self.type == tarfile.GNUTYPE_LONGNAME:
+            following.name = name
+        elif self.type == tarfile.GNUTYPE_LONGLINK:
+            following.linkname = name
+        if following.isdir():
+            # As frombuf does for a name in the header itself.
+            following.name = following.name.removesuffix("/")
+        return following
+
+    def _proc_sparse(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        """tarfile's ``_proc_sparse`` (3.11): an old GNU sparse entry, whose header holds
+        four regions and each extension block after it 21 more, with the regions bounded
+        as they are read and a block cut short refused (tarfile raised IndexError)."""
+        structs, isextended, origsize = self._sparse_structs  # type: ignore[attr-defined]
+        del self._sparse_structs  # type: ignore[attr-defined]
+        reading = _reading(archive)
+        allowed = min(MAX_SPARSE_PAIRS, MAX_ARCHIVE_SPARSE_PAIRS - reading.sparse_pairs)
+        while isextended:
+            if len(structs) > allowed:
+                _sparse_allowance(self, archive, len(structs))
+            buf = archive.fileobj.read(tarfile.BLOCKSIZE)
+            if len(buf) < tarfile.BLOCKSIZE:
+                raise tarfile.ReadError("unexpected end of data in a GNU sparse header")
+            pos = 0
+            for _ in range(21):
+                try:
+                    offset = tarfile.nti(buf[pos : pos + 12])  # type: ignore[attr-defined]
+                    numbytes = tarfile.nti(buf[pos + 12 : pos + 24])  # type: ignore[attr-defined]
+                except ValueError:
+                    break
+                if offset and numbytes:
+                    structs.append((offset, numbytes))
+                pos += 24
+            isextended = bool(buf[504])
+        _sparse_allowance(self, archive, len(structs))
+        self.sparse = structs
+        self.offset_data = archive.fileobj.tell()
+        archive.offset = self.offset_data + self._block(self.size)  # type: ignore[attr-defined]
+        self.size = origsize
+        return self
 
     def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         """tarfile's ``_proc_pax`` (3.11), with the payload bounded and parsed by
@@ -179,21 +345,26 @@ class _GuardedTarInfo(tarfile.TarInfo):
         _decode_into(pax_headers, self, records, archive)
 
         try:
-            following = self.fromtarfile(archive)
+            following = self._following(archive)
         except tarfile.HeaderError as exc:
             # tarfile raises SubsequentHeaderError (not in the stubs), which it turns into
             # this ReadError: a broken header after a pax header is never the archive's end.
             raise tarfile.ReadError(str(exc)) from None
         try:
             if "GNU.sparse.map" in pax_headers:
+                # Numbers separated by commas, two a region: counted before int() makes them.
+                numbers = pax_headers["GNU.sparse.map"].count(",") + 1
+                _sparse_allowance(self, archive, (numbers + 1) // 2)
                 super()._proc_gnusparse_01(following, pax_headers)  # type: ignore[misc]
             elif "GNU.sparse.size" in pax_headers:
-                following.sparse = _sparse_00(self, records)  # type: ignore[assignment]
+                sparse = _sparse_00(self, records)
+                _sparse_allowance(self, archive, len(sparse))
+                following.sparse = sparse  # type: ignore[assignment]
             elif (
                 pax_headers.get("GNU.sparse.major") == "1"
                 and pax_headers.get("GNU.sparse.minor") == "0"
             ):
-                super()._proc_gnusparse_10(following, pax_headers, archive)  # type: ignore[misc]
+                _sparse_10(self, following, archive)
         except ValueError:
             # tarfile's own sparse readers call int() on what the archive says.
             raise _malformed(self, "its GNU sparse map is not numbers") from None

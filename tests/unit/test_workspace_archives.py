@@ -347,8 +347,12 @@ def test_references_name_a_sha256_exactly() -> None:
 PARSE_PATIENCE = 10.0
 """Seconds a child gets to unpack an archive whose headers made Python's own pax parsing
 (CVE-2024-6232) take from 20 s to minutes; the fix answers in milliseconds."""
+CHILD_ADDRESS_SPACE = 1 << 30
+"""Bytes of address space the child may map: an archive that makes the unpacking hold
+more fails it with MemoryError rather than filling the machine."""
 UNPACK_IN_A_CHILD = """
-import json, sys
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[3]), int(sys.argv[3])))
 from pathlib import Path
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.extract import extract_archive
@@ -361,12 +365,20 @@ except WorkspaceRefused as exc:
 
 
 def unpacked_in_a_child(archive: Path, out: Path) -> dict[str, object]:
-    """extract_archive run in a child process, killed after PARSE_PATIENCE: the backtracking
-    regex holds the GIL, so a thread's join(timeout) would wait it out (26 s for 128 KiB)
-    rather than fail the test."""
+    """extract_archive run in a child process, killed after PARSE_PATIENCE and held to
+    CHILD_ADDRESS_SPACE: the backtracking regex holds the GIL, so a thread's join(timeout)
+    would wait it out (26 s for 128 KiB) rather than fail the test, and an unbounded sparse
+    map would take the test's own memory."""
     try:
         done = subprocess.run(
-            [sys.executable, "-c", UNPACK_IN_A_CHILD, str(archive), str(out)],
+            [
+                sys.executable,
+                "-c",
+                UNPACK_IN_A_CHILD,
+                str(archive),
+                str(out),
+                str(CHILD_ADDRESS_SPACE),
+            ],
             capture_output=True,
             text=True,
             timeout=PARSE_PATIENCE,
@@ -500,3 +512,184 @@ def test_every_tar_the_service_reads_goes_through_the_guarded_opener() -> None:
             if not writes:
                 readers.append(f"{path.relative_to(package.parent)}:{node.lineno}")
     assert readers == []
+
+
+def pax_record(keyword: str, value: str) -> bytes:
+    """One ``LENGTH KEYWORD=VALUE\\n`` record of a pax header, LENGTH counting itself."""
+    body = f" {keyword}={value}\n".encode()
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length += 1
+    return str(length).encode() + body
+
+
+def raw_pax_then_file(tar: tarfile.TarFile, payload: bytes, name: str, data: bytes) -> None:
+    """A raw pax header of ``payload`` (repeated keywords and all), then a file of ``data``."""
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, len(payload)
+    tar.addfile(header, io.BytesIO(payload))
+    entry = tarfile.TarInfo(name)
+    entry.size = len(data)
+    tar.addfile(entry, io.BytesIO(data))
+
+
+def old_gnu_sparse(name: str, extension_blocks: int) -> bytes:
+    """An old GNU ``S`` entry (no data) with ``extension_blocks`` blocks of 21 regions each."""
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.GNUTYPE_SPARSE
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[482] = 1  # isextended
+    header[483:495] = b"%011o\0" % (1 << 20)  # realsize
+    header[148:156] = b"%06o\0 " % (256 + sum(header[:148]) + sum(header[156:512]))
+    blocks = bytearray()
+    for index in range(extension_blocks):
+        block = bytearray(tarfile.BLOCKSIZE)
+        for pair in range(21):
+            block[pair * 24 : pair * 24 + 24] = b"%011o\0%011o\0" % (1 + pair * 2, 1)
+        block[504] = 1 if index < extension_blocks - 1 else 0
+        blocks += block
+    return bytes(header) + bytes(blocks)
+
+
+def hostile_sparse_archive(form: str, path: Path) -> None:
+    """An archive whose GNU sparse maps, in ``form``, list far more regions than a file has."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        if form == "posix-1.0":
+            # The count tarfile read first and believed: 99,999,999,999 regions, then "0"
+            # lines until the archive ends (a 200 MiB one made 100 million ints).
+            records = b"".join(
+                pax_record(keyword, value)
+                for keyword, value in (
+                    ("GNU.sparse.major", "1"),
+                    ("GNU.sparse.minor", "0"),
+                    ("GNU.sparse.name", "sparse.bin"),
+                    ("GNU.sparse.realsize", "1048576"),
+                )
+            )
+            raw_pax_then_file(tar, records, "sparse.bin", b"99999999999\n" + b"0\n" * (16 << 20))
+        elif form == "posix-0.1":
+            numbers = ",".join(["1"] * 20_000)  # 10,000 regions in a 40 KB header
+            records = pax_record("GNU.sparse.size", "1048576") + pax_record(
+                "GNU.sparse.map", numbers
+            )
+            raw_pax_then_file(tar, records, "sparse.bin", b"")
+        elif form == "posix-0.0":
+            # A 0.0 map fits about 1,300 regions in a pax header's 64 KiB: each here is
+            # within the bound for one file, but 60 of them list 72,000, all kept by tarfile
+            # with their entries until the archive is closed.
+            pairs = b"".join(
+                pax_record("GNU.sparse.offset", str(1 + 2 * index))
+                + pax_record("GNU.sparse.numbytes", "1")
+                for index in range(1200)
+            )
+            records = pax_record("GNU.sparse.size", "4096") + pax_record(
+                "GNU.sparse.numblocks", "1200"
+            )
+            for index in range(60):
+                raw_pax_then_file(tar, records + pairs, f"s{index}.bin", b"")
+    if form == "gnu":
+        blocks = old_gnu_sparse("sparse.bin", extension_blocks=400)  # 8,400 regions
+        path.write_bytes(blocks + bytes(2 * tarfile.BLOCKSIZE))
+
+
+SPARSE_REGIONS = {0: b"start", 3 << 20: b"middle" * 1000, (8 << 20) - 3: b"end"}
+SPARSE_FORMS = {
+    # GNU tar's options, what the bound refuses of a hostile map in that form
+    "posix-0.0": (
+        ["--format=posix", "--sparse-version=0.0"],
+        "sparse maps list more than 65536 regions together",
+    ),
+    "posix-0.1": (
+        ["--format=posix", "--sparse-version=0.1"],
+        "more than the 4096 accepted for one file",
+    ),
+    "posix-1.0": (
+        ["--format=posix", "--sparse-version=1.0"],
+        "more than the 4096 accepted for one file",
+    ),
+    "gnu": (["--format=gnu"], "more than the 4096 accepted for one file"),
+}
+
+
+@pytest.mark.parametrize("form", list(SPARSE_FORMS))
+def test_sparse_maps_unpack_within_their_bounds_and_are_refused_past_them(
+    form: str, tmp_path: Path
+) -> None:
+    """tarfile collected GNU sparse maps with no bound, before any check of sizes or entry
+    counts: a 1.0 map's count was believed and numbers read until the archive ended (the
+    worker was killed for its memory), and old GNU extension blocks and 0.x maps grew the
+    same way. The child is held to 1 GiB and 10 s: on the old code the 1.0 map runs out of
+    time, the others unpack or fail later on other grounds. GNU tar --sparse of a small
+    sparse file, in the same form, unpacks whole as before (an old GNU sparse entry was and
+    is refused for its kind, after its map is read)."""
+    options, reason = SPARSE_FORMS[form]
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    sparse = tree / "disk.img"
+    with sparse.open("wb") as file:
+        file.truncate(8 << 20)
+        for offset, data in SPARSE_REGIONS.items():
+            file.seek(offset)
+            file.write(data)
+    real = tmp_path / "sparse.tar"
+    subprocess.run(
+        ["tar", "--sparse", *options, "-C", str(tree), "-cf", str(real), "disk.img"], check=True
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    outcome = unpacked_in_a_child(real, out)
+    if form == "gnu":
+        assert "holds 'disk.img' of a kind a workspace may not hold" in str(outcome["refused"])
+    else:
+        assert outcome == {"entries": 1}, outcome
+        assert (out / "disk.img").read_bytes() == sparse.read_bytes()
+
+    hostile = tmp_path / "evil.tar"
+    hostile_sparse_archive(form, hostile)
+    refused_out = tmp_path / "refused"
+    refused_out.mkdir()
+    outcome = unpacked_in_a_child(hostile, refused_out)
+    assert reason in str(outcome.get("refused")), outcome
+    assert list(refused_out.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_a_chain_of_extended_headers_is_refused_not_a_recursion_error(
+    kind: bytes, tmp_path: Path
+) -> None:
+    """tarfile reads the header after an extended one a level deeper down its stack: 400 in a
+    row raised RecursionError, no TarError, out of extract_archive (the child died with it)."""
+    archive = tmp_path / "evil.tar"
+    payload = pax_record("comment", "x") if kind != tarfile.GNUTYPE_LONGNAME else b"name\0"
+    with tarfile.open(archive, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for _ in range(399):
+            header = tarfile.TarInfo("././@PaxHeader")
+            header.type, header.size = kind, len(payload)
+            tar.addfile(header, io.BytesIO(payload))
+        header_then_file(tar, kind, payload, "f.txt")
+    out = tmp_path / "out"
+    out.mkdir()
+    outcome = unpacked_in_a_child(archive, out)
+    assert "more than 8 extended headers in a row" in str(outcome.get("refused")), outcome
+    assert list(out.iterdir()) == []
+
+
+def test_a_recursion_error_reading_a_tar_is_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backstop behind the bound on chains: with the bound lifted, the RecursionError of
+    a long chain is refused as an unreadable archive, not raised out of the worker's unpack."""
+    monkeypatch.setattr("sandboxer.workspaces.untrusted_tar.MAX_EXTENDED_CHAIN", 10**6)
+    archive = tmp_path / "deep.tar"
+    payload = pax_record("comment", "x")
+    with tarfile.open(archive, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for _ in range(sys.getrecursionlimit()):
+            header = tarfile.TarInfo("././@PaxHeader")
+            header.type, header.size = tarfile.XHDTYPE, len(payload)
+            tar.addfile(header, io.BytesIO(payload))
+        header_then_file(tar, tarfile.XHDTYPE, payload, "f.txt")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(WorkspaceRefused, match="nests its headers too deep"):
+        extract_archive(archive, out, ArchiveLimits())
+    assert list(out.iterdir()) == []
