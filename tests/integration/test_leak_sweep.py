@@ -45,6 +45,15 @@ async def swept(client: SandboxerClient) -> list[list[str]]:
     ]
 
 
+async def swept_by_now(client: SandboxerClient, count: int) -> list[list[str]]:
+    """:func:`swept` once it holds ``count`` sweeps: a sweep records its ``reaped`` event
+    after the removal the test sees at the provider."""
+    async with asyncio.timeout(SWEEP * 20):
+        while len(found := await swept(client)) < count:
+            await asyncio.sleep(0.1)
+    return found
+
+
 async def gone(served: ServedE2b, sandbox_id: str, provider_id: str) -> None:
     async with asyncio.timeout(SWEEP * 20):
         while provider_id in running(served, sandbox_id):
@@ -93,7 +102,7 @@ async def test_a_late_copy_appearing_while_the_worker_runs_is_removed_by_its_swe
         assert workers[-1].poll() is None  # the same worker, never restarted
         assert (await store.load(sandbox_id)).state.status == "ready"
         assert "failed" not in await event_types(client, sandbox_id)
-        assert await swept(client) == [[sandbox_id]]
+        assert await swept_by_now(client, 1) == [[sandbox_id]]
         await asyncio.sleep(SWEEP * 3)
         assert running(e2b_double, sandbox_id) == [live]
 
@@ -107,7 +116,7 @@ async def test_a_late_copy_appearing_while_the_worker_runs_is_removed_by_its_swe
         await gone(e2b_double, sandbox_id, leftover)
         assert running(e2b_double, sandbox_id) == []
         assert await event_types(client, sandbox_id) == after_destroy
-        assert await swept(client) == [[sandbox_id], [sandbox_id]]
+        assert await swept_by_now(client, 2) == [[sandbox_id], [sandbox_id]]
     finally:
         for process in workers:
             stop(process)
