@@ -4,7 +4,8 @@ What they do the same way: find their sandboxes on every host that answers,
 tear one down only when no other backend's marker claims it (and, for one
 provisioning, only when its marker says that provisioning or an earlier one
 made it: :meth:`SshBackend.teardown_attempt`), start a create clean over what
-an earlier attempt left, run a
+an earlier attempt left and hold the sandbox's lock on the host for the rest of its make
+(:meth:`SshBackend._making`), run a
 command in a sandbox's directory with its output streamed, and copy that
 directory back for a snapshot. Everything
 validates before it connects and reaches hosts only through
@@ -14,8 +15,9 @@ validates before it connects and reaches hosts only through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,28 +124,64 @@ class SshBackend:
         await self._teardown_on(conn, item, sandbox_id, found)
         return True
 
-    async def _start_clean(
-        self, conn: Connection, item: Target, request: ProvisionRequest, marker: Mapping[str, Any]
-    ) -> None:
-        """A create's long way, when its claim found something of the sandbox on the host
-        (an earlier attempt's): under the sandbox's lock, tear that down and write this
-        provisioning's marker. ExtensionError, leaving it, when a later provisioning made
-        it: this one was frozen or cut off while its job went to another worker."""
+    @contextlib.asynccontextmanager
+    async def _making(
+        self,
+        conn: Connection,
+        item: Target,
+        request: ProvisionRequest,
+        marker: Mapping[str, Any],
+        *,
+        claimed: bool,
+    ) -> AsyncIterator[None]:
+        """Hold the sandbox's lock on the host for the rest of a create's make: the repo's
+        copy (``rsync --delete``), the secrets and override files, ``up``, the setup steps.
+
+        ``claimed``: :func:`~.ssh_workspace.claim` made the sandbox (and let go of the lock
+        as it ended); under the lock again, the marker must still record this provisioning.
+        Otherwise the long way: the claim found something of the sandbox there (an earlier
+        attempt's), which is torn down and this provisioning's marker written. Either way
+        :meth:`_superseded` (ExtensionError, nothing touched) when a later provisioning made
+        it, or its marker no longer records this one: this one was frozen or cut off while
+        its job went to another worker, which may have made the sandbox the log's ``ready``
+        names and a user may be working in; a copy mirroring deletions would wipe that work.
+
+        The whole make holds it, not each step after a look: a look then a step leaves the
+        window where a freeze is likeliest (inside a long step, which goes on when the worker
+        does). So a later attempt's claim, or a teardown, waits for the make (LOCK-BUSY past
+        :data:`~.ssh_workspace.LOCK_WAIT`), and a worker frozen while it makes holds the lock
+        until it goes on or its connection drops (as ext.local's make holds its lock)."""
         sandbox_id = request.sandbox_id
         async with sandbox_lock(conn, item, sandbox_id, make=True):
             found = await probe(conn, item, sandbox_id)
-            made = made_later(found.made_by, request.made_by)
-            if made is not None:
-                raise ExtensionError(
-                    f"{self.id} sandbox {sandbox_id} on host {item.name}: a later provisioning "
-                    f"(generation {made[0]}, attempt {made[1]}) made it while this one "
-                    f"(generation {request.generation}, attempt {request.attempt}) was held "
-                    "up; this one stops",
-                    sandbox_id=sandbox_id,
-                    extension=self.id,
-                )
+            if claimed:
+                if found.marker_exists and found.made_by == request.made_by:
+                    yield
+                    return
+                raise self._superseded(item, request, found.made_by)
+            if made_later(found.made_by, request.made_by) is not None:
+                raise self._superseded(item, request, found.made_by)
             await self._teardown_held(conn, item, sandbox_id, None)
             await write_marker(conn, item, sandbox_id, marker, made_by=request.made_by)
+            yield
+
+    def _superseded(
+        self, item: Target, request: ProvisionRequest, made: MadeBy | None
+    ) -> ExtensionError:
+        """The error of a provisioning that stops: the sandbox on the host is no longer its
+        own (a later one made it, or its marker went)."""
+        by = (
+            f"a later provisioning (generation {made[0]}, attempt {made[1]}) made it"
+            if made is not None and made > request.made_by
+            else "its marker no longer records this provisioning (removed or replaced)"
+        )
+        return ExtensionError(
+            f"{self.id} sandbox {request.sandbox_id} on host {item.name}: {by} while this one "
+            f"(generation {request.generation}, attempt {request.attempt}) was held up; this "
+            "one stops",
+            sandbox_id=request.sandbox_id,
+            extension=self.id,
+        )
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
         await self._teardown_scoped(sandbox_id, None, host)
@@ -162,7 +200,8 @@ class SshBackend:
         otherwise remove the sandbox a later attempt made meanwhile, which the log's
         ``ready`` names. The marker is read and the sandbox removed under its lock on the
         host, which a create holds from its look at what is there until it has written its
-        marker: a later attempt cannot make the sandbox in between."""
+        marker (and again for the rest of its make, :meth:`_making`): a later attempt
+        cannot make the sandbox in between."""
         await self._teardown_scoped(sandbox_id, made_by, host)
 
     async def _teardown_scoped(

@@ -17,7 +17,7 @@ or an earlier one's (:meth:`~.ssh_backend.SshBackend.teardown_attempt`, by the r
 ``ack_wait`` goes on when it can, after a later attempt made the sandbox the log's
 ``ready`` names. The look at what is there and the record of the one that makes it
 (:func:`claim`, or a create's long way), and a teardown's read of the record and its
-removal, hold the sandbox's lock on the host (:func:`sandbox_lock`, an ``flock`` on
+removal, and the rest of a create's make after its record, hold the sandbox's lock on the host (:func:`sandbox_lock`, an ``flock`` on
 ``<workspace_root>/sbx-<id>.lock``), so the host orders them: a later attempt cannot make
 the sandbox between an earlier one's read and its removal.
 """
@@ -35,7 +35,15 @@ from sandboxer.domain.found import MadeBy
 from sandboxer.extensions.ssh_targets import DIR_PREFIX, SHORT_TIMEOUT, Target
 from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.ssh import Connection, remote
-from sandboxer.ssh.remote_lock import LOCK_FUNCTION, RemoteLock, lock_failed, remote_lock
+from sandboxer.ssh.remote_lock import (
+    LOCK_BUSY,
+    LOCK_FUNCTION,
+    NO_FLOCK,
+    RemoteLock,
+    first_token,
+    lock_failed,
+    remote_lock,
+)
 
 __all__ = [
     "ENV_FILE",
@@ -57,7 +65,8 @@ ENV_FILE = ".sandboxer.env"
 LOCK_WAIT = 60.0
 """Seconds to wait for another worker's step on the same sandbox's lock on its host. A step
 holds it while it looks and records (a create's claim, with its sweep of what a lost marker
-left) or reads and removes (a teardown): the repo's copy and ``up`` run after it is let go."""
+left), while it makes the rest (the repo's copy, ``up``, setup: a create takes it again after
+its claim, :meth:`~.ssh_backend.SshBackend._making`) or reads and removes (a teardown)."""
 
 # Lists the sandbox directories and markers of a workspace root ($1) in one
 # round trip: "D <name>" per directory, "M <name> <marker json>" per marker.
@@ -159,9 +168,20 @@ async def claim(
         input=body + "\n",
         timeout=SHORT_TIMEOUT + LOCK_WAIT,
     )
-    lines = result.stdout.splitlines()
-    for line in lines[:1]:
-        failed = lock_failed(line, item.lock(sandbox_id), item.name, LOCK_WAIT)
+    return _claim_answer(result.stdout, item, sandbox_id)
+
+
+_CLAIM_TOKENS = frozenset({LOCK_BUSY, NO_FLOCK, "BUSY", "FIRST-FAILED", "RSYNC", "CLAIMED"})
+"""The lines :data:`_CLAIM_SCRIPT` prints; the first of them says whether it took the lock."""
+
+
+def _claim_answer(stdout: str, item: Target, sandbox_id: str) -> Claim:
+    """What the claim's output says, skipping what the host's shell startup printed before
+    it (as :func:`probe` and :func:`scan` read their lines among others)."""
+    lines = [line.strip() for line in stdout.splitlines()]
+    answer = first_token(lines, _CLAIM_TOKENS)
+    if answer is not None:
+        failed = lock_failed(answer, item.lock(sandbox_id), item.name, LOCK_WAIT)
         if failed is not None:
             raise failed
     return Claim(claimed="CLAIMED" in lines, host_has_rsync="RSYNC" in lines)

@@ -21,12 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Iterable
 
 from sandboxer.errors import HostUnreachable, RemoteCommandFailed
 from sandboxer.ssh.connection import Connection
 
-__all__ = ["LOCK_BUSY", "LOCK_FUNCTION", "NO_FLOCK", "RemoteLock", "lock_failed", "remote_lock"]
+__all__ = [
+    "LOCK_BUSY",
+    "LOCK_FUNCTION",
+    "NO_FLOCK",
+    "RemoteLock",
+    "first_token",
+    "lock_failed",
+    "remote_lock",
+]
 
 LOCK_BUSY = "LOCK-BUSY"
 """What :data:`LOCK_FUNCTION` prints when another holder kept the lock past the wait."""
@@ -68,6 +76,22 @@ if [ "$then" = REMOVE ] && same_file "$2"; then rm -f -- "$2"; fi
 exit 0
 """
 )
+
+
+_HOLD_TOKENS = frozenset({"ABSENT", "LOCKED", LOCK_BUSY, NO_FLOCK})
+"""What :data:`_HOLD_SCRIPT` answers first: one of these, on a line of its own."""
+
+
+def first_token(lines: Iterable[str], tokens: Collection[str]) -> str | None:
+    """The first of ``lines`` that is one of ``tokens`` (stripped), None when none is.
+
+    Lines before it are skipped: a host's shell startup (``~/.bashrc``, a profile) may print
+    before the script does, and the scan and probe steps already read their own lines
+    among others the same way."""
+    for line in lines:
+        if line.strip() in tokens:
+            return line.strip()
+    return None
 
 
 class RemoteLock:
@@ -126,7 +150,13 @@ async def remote_lock(
     try:
         try:
             async with asyncio.timeout(wait + _ANSWER_MARGIN):
-                answer = (await process.stdout.readline()).strip()
+                # Skip what the host's shell startup printed, up to the script's answer.
+                skipped: list[str] = []
+                while (line := await process.stdout.readline()) and (
+                    first_token([line], _HOLD_TOKENS) is None
+                ):
+                    skipped.append(line.strip())
+                answer = line.strip()
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             raise HostUnreachable(
                 f"host {host} did not answer while sandboxer took the lock {path} ({exc}); "
@@ -143,8 +173,9 @@ async def remote_lock(
             with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
                 async with asyncio.timeout(2):
                     stderr = await process.stderr.read()
+            said = stderr.strip() or "\n".join(skipped)[-500:]
             raise RemoteCommandFailed(
-                f"taking the lock {path} on host {host} failed: {answer or stderr.strip()!r}",
+                f"taking the lock {path} on host {host} failed: {said!r}",
                 exit_status=1,
                 output_tail=stderr[-2000:],
             )

@@ -16,6 +16,8 @@ import asyncio
 import dataclasses
 import json
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
@@ -27,7 +29,10 @@ from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError
 from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.compose_ssh import backend as compose_ssh_backend
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
+from sandboxer.extensions.ssh_workspace import Claim
+from sandboxer.extensions.vm_packer import backend as vm_packer_backend
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -225,3 +230,134 @@ async def test_an_earlier_teardown_raced_against_a_later_provision_leaves_the_la
         assert (root / "sbx-fencedvm0001" / "README").read_text() == "the repo\n"
         await extension.teardown(later.sandbox_id, host="host1")
     assert sorted(p.name for p in root.iterdir()) == []
+
+
+class HeldAfterClaim:
+    """Holds the create of provisioning ``made_by`` right after its claim (the marker written,
+    the workspace made, the lock let go) until ``go``, as a worker frozen (SIGSTOP) or cut off
+    from NATS there is: the rest of its make (the repo's copy, the setup steps) comes after."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, made_by: tuple[int, int], backend: ModuleType
+    ) -> None:
+        self.held = asyncio.Event()
+        self.go = asyncio.Event()
+        real = backend.claim
+
+        async def held(*args: Any, **kwargs: Any) -> Claim:
+            done = await real(*args, **kwargs)
+            if kwargs.get("made_by") == made_by:
+                self.held.set()
+                await self.go.wait()
+            return done
+
+        monkeypatch.setattr(backend, "claim", held)
+
+
+async def test_an_earlier_attempt_resumed_after_its_claim_leaves_the_later_one_s_live_workspace(
+    home: Path, tmp_path: Path, ssh_hosts: SshHosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempt 1 claims the sandbox and is frozen; attempt 2 takes over (its long way removes
+    attempt 1's), is ready, and the user works in the workspace. Attempt 1 goes on: it must
+    stop before its copy of the repo or its setup touches the workspace, or the user's edit of
+    README is overwritten and the setup runs again there (as they were when the rest of the
+    make ran without the lock or a look at the marker)."""
+    extension, first, root = await _vm_packer(home, tmp_path, ssh_hosts)
+    profile = first.profile
+    setup = profile.setup.model_copy(update={"instructions": ["echo setup >> setup.log"]})
+    first = dataclasses.replace(first, profile=profile.model_copy(update={"setup": setup}))
+    later = dataclasses.replace(first, attempt=2)
+    hold = HeldAfterClaim(monkeypatch, first.made_by, vm_packer_backend)
+    frozen = asyncio.create_task(extension.provision(first))
+    try:
+        async with asyncio.timeout(60):
+            await hold.held.wait()
+        await extension.provision(later)
+        await extension.wait_ready(later)
+        workspace = root / "sbx-fencedvm0001"
+        assert (workspace / "setup.log").read_text() == "setup\n"
+        (workspace / "README").write_text("the user's edit\n")
+        (workspace / "work").write_text("the user's work\n")
+        hold.go.set()
+        with pytest.raises(ExtensionError, match="a later provisioning"):
+            await frozen
+        assert (workspace / "README").read_text() == "the user's edit\n"
+        assert (workspace / "work").read_text() == "the user's work\n"
+        assert (workspace / "setup.log").read_text() == "setup\n"  # not run again
+        marker = json.loads((root / "sbx-fencedvm0001.json").read_text())
+        assert marker["made_by"] == [1, 2]
+    finally:
+        hold.go.set()
+        await asyncio.gather(frozen, return_exceptions=True)
+        await extension.teardown(later.sandbox_id, host="host1")
+    assert sorted(p.name for p in root.iterdir()) == []
+
+
+async def test_a_host_whose_shell_startup_prints_still_takes_the_lock(
+    home: Path, tmp_path: Path, ssh_hosts: SshHosts
+) -> None:
+    """A host whose login shell prints a line before every command (an echo in ~/.bashrc):
+    the lock's answer comes after it, and a teardown still takes the lock and removes the
+    sandbox (it failed with "taking the lock ... failed" when the first line had to be the
+    answer)."""
+    extension, request, root = await _vm_packer(home, tmp_path, ssh_hosts)
+    await extension.provision(request)
+    server = ssh_hosts.servers[0]
+    (server.session_home / ".bashrc").write_text("echo 'welcome to host1'\n")
+    probe = await extension.list_host("host1")  # the shell prints: the listing still reads
+    assert [item.sandbox_id for item in probe] == ["fencedvm0001"]
+    await extension.teardown_attempt(request.sandbox_id, request.made_by, host="host1")
+    assert sorted(p.name for p in root.iterdir()) == []
+
+
+async def test_a_compose_attempt_resumed_after_its_claim_leaves_the_later_one_s_live_stack(
+    home: Path,
+    tmp_path: Path,
+    ssh_hosts: SshHosts,
+    docker_engine: DockerEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same on ext.compose-ssh: attempt 1 is held right after its claim, attempt 2 takes
+    over and is ready, the user edits a file of the stack's directory. Attempt 1 goes on and
+    must stop before its copy of the repo (which overwrote the edit on the old code) and its
+    `up`: the edit stays and so do attempt 2's containers."""
+    hosts = await ssh_hosts(1, env=docker_engine.env, compose_cmd=docker_engine.compose_cmd)
+    write_hosts_file(home / "hosts.yaml", hosts)
+    (home / "profiles").mkdir(exist_ok=True)
+    (home / "profiles" / "profile.fenced-compose.yaml").write_text(PROFILE)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "docker-compose.yml").write_text(TWO_SERVICE_COMPOSE)
+    (repo / "notes.txt").write_text("the repo's notes\n")
+    settings = Settings(home=home, nats_urls=(), nats_server=None, ack_wait=30.0)
+    extension = ComposeSshExtension(settings)
+    first = ProvisionRequest(
+        sandbox_id="fencedcmp001",
+        profile=Catalog.load(home).profile("profile.fenced-compose"),
+        inputs={"repo": str(repo)},
+        host="host1",
+    )
+    later = dataclasses.replace(first, attempt=2)
+    hold = HeldAfterClaim(monkeypatch, first.made_by, compose_ssh_backend)
+    frozen = asyncio.create_task(extension.provision(first))
+    root = Path(hosts[0].host.workspace_root)
+    try:
+        async with asyncio.timeout(60):
+            await hold.held.wait()
+        await extension.provision(later)
+        ready = await extension.wait_ready(later)
+        running = _project_containers(docker_engine, ready.descriptor["compose_project"])
+        assert len(running) == 2
+        directory = root / "sbx-fencedcmp001"
+        (directory / "notes.txt").write_text("the user's notes\n")
+        hold.go.set()
+        with pytest.raises(ExtensionError, match="a later provisioning"):
+            await frozen
+        assert (directory / "notes.txt").read_text() == "the user's notes\n"
+        assert _project_containers(docker_engine, ready.descriptor["compose_project"]) == running
+        marker = json.loads((root / "sbx-fencedcmp001.json").read_text())
+        assert marker["made_by"] == [1, 2]
+    finally:
+        hold.go.set()
+        await asyncio.gather(frozen, return_exceptions=True)
+        await extension.teardown(later.sandbox_id, host="host1")

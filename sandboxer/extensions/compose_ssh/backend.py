@@ -143,7 +143,9 @@ class ComposeSshExtension(SshBackend):
                 # sweeps what a lost marker could have left, writes the marker and makes
                 # the directory. Otherwise the long way: tear down what is there first.
                 # Both record this provisioning in the marker, under the sandbox's lock on
-                # the host, and the long way refuses to start clean over a later one's.
+                # the host, and the long way refuses to start clean over a later one's. The
+                # rest of the make (the copy mirrors deletions, up, the files) holds that lock
+                # and stops if the marker no longer records this provisioning (_making).
                 fresh = await claim(
                     conn,
                     stack.target,
@@ -152,54 +154,53 @@ class ComposeSshExtension(SshBackend):
                     made_by=request.made_by,
                     first=engine.sweep_argv(stack.target, stack.project, thorough=True),
                 )
-                if not fresh.claimed:
-                    await self._start_clean(conn, stack.target, request, marker)
-                cleaned = time.monotonic()
-                method = await sync.sync_dir(
-                    stack.target.name,
-                    stack.target.config,
-                    conn,
-                    plan.repo,
-                    stack.directory,
-                    host_has_rsync=fresh.host_has_rsync if fresh.claimed else None,
-                    empty=fresh.claimed,  # claim made the directory just now
-                )
-                synced = time.monotonic()
-                if request.secrets:
-                    text = checks.env_file_text(request.secrets, sandbox_id)
-                    await remote.put_file(conn, stack.env_path, text.encode(), mode=0o600)
-                if stack.no_network:  # deny: every service gets network_mode none
-                    services = await self._services(conn, stack.without_override(), values)
-                    listed = services
-                    await remote.put_file(
-                        conn, stack.no_network_path, no_network_override(services).encode()
-                    )
-                if stack.egress:  # an allowlist: the internal network, rules and proxy
-                    services = await self._services(conn, stack.without_override(), values)
-                    listed = services
-                    bridge = await egress.prepare(
+                async with self._making(conn, stack.target, request, marker, claimed=fresh.claimed):
+                    cleaned = time.monotonic()
+                    method = await sync.sync_dir(
+                        stack.target.name,
+                        stack.target.config,
                         conn,
-                        stack.target,
-                        sandbox_id,
-                        request.profile.network.policy(),
+                        plan.repo,
+                        stack.directory,
+                        host_has_rsync=fresh.host_has_rsync if fresh.claimed else None,
+                        empty=fresh.claimed,  # claim made the directory just now
                     )
-                    await remote.put_file(
-                        conn,
-                        stack.egress_path,
-                        allowlist_override(services, stack.project, bridge.gateway).encode(),
-                    )
-                    await self._check_merged(conn, stack, values)
-                if plan.volume_keys:  # a restored snapshot: fill the volumes before any start
-                    await self._up(conn, stack, values, "--no-start")
-                    await volumes.seed(
-                        conn, stack.target, stack.project, stack.directory, plan.volume_keys
-                    )
-                    await volumes.remove_seed(conn, stack.target, stack.directory)
-                if stack.egress:  # after up: podman makes the bridge when a container joins
-                    await self._up(conn, stack, values, "-d")
-                    await egress.start_proxy(conn, stack.target, sandbox_id)
-                else:  # readiness's two sightings in the same remote command as `up -d`
-                    sightings = await self._up(conn, stack, values, "-d", look=True)
+                    synced = time.monotonic()
+                    if request.secrets:
+                        text = checks.env_file_text(request.secrets, sandbox_id)
+                        await remote.put_file(conn, stack.env_path, text.encode(), mode=0o600)
+                    if stack.no_network:  # deny: every service gets network_mode none
+                        services = await self._services(conn, stack.without_override(), values)
+                        listed = services
+                        await remote.put_file(
+                            conn, stack.no_network_path, no_network_override(services).encode()
+                        )
+                    if stack.egress:  # an allowlist: the internal network, rules and proxy
+                        services = await self._services(conn, stack.without_override(), values)
+                        listed = services
+                        bridge = await egress.prepare(
+                            conn,
+                            stack.target,
+                            sandbox_id,
+                            request.profile.network.policy(),
+                        )
+                        await remote.put_file(
+                            conn,
+                            stack.egress_path,
+                            allowlist_override(services, stack.project, bridge.gateway).encode(),
+                        )
+                        await self._check_merged(conn, stack, values)
+                    if plan.volume_keys:  # a restored snapshot: fill the volumes before any start
+                        await self._up(conn, stack, values, "--no-start")
+                        await volumes.seed(
+                            conn, stack.target, stack.project, stack.directory, plan.volume_keys
+                        )
+                        await volumes.remove_seed(conn, stack.target, stack.directory)
+                    if stack.egress:  # after up: podman makes the bridge when a container joins
+                        await self._up(conn, stack, values, "-d")
+                        await egress.start_proxy(conn, stack.target, sandbox_id)
+                    else:  # readiness's two sightings in the same remote command as `up -d`
+                        sightings = await self._up(conn, stack, values, "-d", look=True)
                 access = ssh_access(stack.target, conn, workdir=stack.directory, enter=enter(stack))
                 self._provisioned.give(sandbox_id, _Provisioned(listed, sightings, access))
         except (SandboxerError, OSError) as exc:

@@ -94,30 +94,33 @@ class VmPackerExtension(SshBackend):
                 # Nothing of the sandbox on the VM (the usual create): one round trip writes
                 # the marker and makes the workspace. Otherwise tear down what is there first.
                 # Both record this provisioning in the marker, under the sandbox's lock on
-                # the VM, and the long way refuses to start clean over a later one's.
+                # the VM, and the long way refuses to start clean over a later one's. The
+                # rest of the make (the copy mirrors deletions, the setup steps) holds that
+                # lock and stops if the marker no longer records this provisioning (_making).
                 fresh = await claim(conn, item, sandbox_id, marker, made_by=request.made_by)
-                if not fresh.claimed:
-                    await self._start_clean(conn, item, request, marker)
-                method = "none"
-                if repo is not None:
-                    method = await sync.sync_dir(
-                        item.name,
-                        item.config,
-                        conn,
-                        repo,
-                        workspace,
-                        host_has_rsync=fresh.host_has_rsync if fresh.claimed else None,
-                        empty=fresh.claimed,  # claim made the workspace just now
-                    )
-                elif not fresh.claimed:
-                    await remote.run(conn, ["mkdir", "-p", "--", workspace], timeout=SHORT_TIMEOUT)
-                if request.secrets:
-                    text = checks.env_file_text(request.secrets, sandbox_id)
-                    await remote.put_file(
-                        conn, f"{workspace}/{ENV_FILE}", text.encode(), mode=0o600
-                    )
-                for index, instruction in enumerate(request.profile.setup.instructions):
-                    await self._setup(conn, item, request, index, instruction)
+                async with self._making(conn, item, request, marker, claimed=fresh.claimed):
+                    method = "none"
+                    if repo is not None:
+                        method = await sync.sync_dir(
+                            item.name,
+                            item.config,
+                            conn,
+                            repo,
+                            workspace,
+                            host_has_rsync=fresh.host_has_rsync if fresh.claimed else None,
+                            empty=fresh.claimed,  # claim made the workspace just now
+                        )
+                    elif not fresh.claimed:
+                        await remote.run(
+                            conn, ["mkdir", "-p", "--", workspace], timeout=SHORT_TIMEOUT
+                        )
+                    if request.secrets:
+                        text = checks.env_file_text(request.secrets, sandbox_id)
+                        await remote.put_file(
+                            conn, f"{workspace}/{ENV_FILE}", text.encode(), mode=0o600
+                        )
+                    for index, instruction in enumerate(request.profile.setup.instructions):
+                        await self._setup(conn, item, request, index, instruction)
                 # Everything above ran in or into the workspace, so it is there now.
                 self._filled.give(sandbox_id, ssh_access(item, conn, workdir=workspace))
         except (SandboxerError, OSError) as exc:
