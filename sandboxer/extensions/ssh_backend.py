@@ -110,7 +110,8 @@ class SshBackend:
             )
             return False
         later = None if made_by is None else made_later(found.made_by, made_by)
-        if made_by is not None and later is not None:
+        if later is not None:
+            assert made_by is not None  # only a scoped teardown finds a later provisioning
             log.info(
                 "%s: sbx-%s on host %s left alone by the teardown of generation %d attempt %d: "
                 "a later provisioning (generation %d, attempt %d) made it",
