@@ -111,6 +111,18 @@ class Attempt:
         return cls(state.extension, state.generation, state.attempt)
 
 
+STARTING = frozenset({"routed", "recreating", "provisioning"})
+"""Where a provision or recreate job may start, or go on with, a provisioning."""
+
+
+def job_current(state: SandboxState, extension: str) -> bool:
+    """Whether a provision or recreate job of ``extension`` may still be the sandbox's work:
+    the sandbox waits for a provisioning on that backend or is in one. A job of another
+    backend (a reroute moved the sandbox) or one the sandbox is past (ready, failed,
+    destroying: a stale copy, redelivered or sent again) is not."""
+    return state.status in STARTING and state.extension == extension
+
+
 def superseded(state: SandboxState, attempt: Attempt | None) -> bool:
     """Whether a later provisioning than ``attempt`` has the sandbox (None: no attempt)."""
     return attempt is not None and Attempt.of(state) != attempt
@@ -168,6 +180,9 @@ class MarkFailed:
     code: str | None = None
     attempt: Attempt | None = None
     """The provisioning that failed, when a provisioning did: a later one may yet succeed."""
+    job_of: str | None = None
+    """The backend whose provision or recreate job gave up: the sandbox fails only while that
+    job is still its work (:func:`job_current`). None: a failure found on the sandbox itself."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,6 +276,8 @@ def decide(  # noqa: PLR0912 (a flat dispatch: one case per command reads best)
         case MarkFailed():
             if superseded(state, command.attempt):
                 return []  # a later provisioning has the sandbox
+            if command.job_of is not None and not job_current(state, command.job_of):
+                return []  # a stale job's: another backend has the sandbox, or it is past it
             if state.status not in {
                 "routed",
                 "provisioning",
@@ -496,9 +513,9 @@ def _decide_recreate(state: SandboxState, command: RecreateSandbox, now: str) ->
 
 
 def _decide_start(state: SandboxState, command: StartProvisioning, now: str) -> list[SandboxEvent]:
-    if state.status not in {"routed", "recreating", "provisioning"}:
+    if state.status not in STARTING:
         return []
-    if command.extension is not None and command.extension != state.extension:
+    if command.extension is not None and not job_current(state, command.extension):
         return []  # another backend's job (a reroute moved the sandbox): not this worker's
     assert state.extension is not None
     fresh = state.status != "provisioning"

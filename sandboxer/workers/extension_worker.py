@@ -53,6 +53,7 @@ from sandboxer.domain.sandbox_decide import (
     MarkRerouting,
     MarkTeardownFailed,
     StartProvisioning,
+    job_current,
     taken_over,
 )
 from sandboxer.domain.sandbox_state import SandboxState
@@ -664,7 +665,6 @@ class ExtensionWorker:
     async def _on_poison(self, msg: Msg, exc: BaseException) -> None:
         """The job kept failing: record why on the sandbox (``handle`` rejected unreadable ones)."""
         job = msgspec.json.decode(msg.data, type=Job)
-        host = (await self._store.load(job.sandbox_id)).state.host
         reason = _reason(exc, {})
         if job.action == "snapshot":
             await self._snapshots.give_up(job, exc)  # the sandbox itself is untouched
@@ -683,11 +683,39 @@ class ExtensionWorker:
             # Stays 'destroying', marked stuck; destroy again or reap-stale retries it.
             await self.apply(job.sandbox_id, MarkTeardownFailed(job_id=job.job_id, reason=reason))
             return
-        await self._safe_teardown(job.sandbox_id, host)
-        await self.apply(
-            job.sandbox_id,
-            MarkFailed(job_id=job.job_id, reason=f"worker error: {reason}", stage="job"),
-        )
+        await self._give_up_provision(job, reason)
+
+    async def _give_up_provision(self, job: Job, reason: str) -> None:
+        """A provision or recreate job ran out of deliveries: tear down what it made and fail
+        the sandbox, while the job is still the sandbox's work (:func:`job_current`). A stale
+        one (this backend's job after a reroute moved the sandbox, or one the sandbox is past)
+        touches nothing: a teardown here took a ready sandbox down, and ``failed`` ended
+        another backend's."""
+        async with self._lock(job.sandbox_id):
+            state = (await self._store.load(job.sandbox_id)).state
+            if not job_current(state, self.extension.id):
+                log.warning(
+                    "job %s gave up (%s); sandbox %s is %s on %s, not this job's: left alone",
+                    job.job_id,
+                    reason,
+                    job.sandbox_id,
+                    state.status,
+                    state.extension,
+                )
+                return
+            # Only this provisioning's and earlier ones' (a later one's fences this outcome).
+            mine = Attempt.of(state) if state.status == "provisioning" else None
+            await self._safe_teardown(job.sandbox_id, state.host, made_by=mine)
+            await self.apply(
+                job.sandbox_id,
+                MarkFailed(
+                    job_id=job.job_id,
+                    reason=f"worker error: {reason}",
+                    stage="job",
+                    attempt=mine,
+                    job_of=self.extension.id,
+                ),
+            )
 
     async def _reject_job(self, msg: Msg, reason: str) -> None:
         """Record a job nobody can run (only the control worker publishes jobs: this is junk)."""

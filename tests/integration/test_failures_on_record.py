@@ -12,6 +12,7 @@ import pytest
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
+from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.config.catalog import Catalog
@@ -19,7 +20,12 @@ from sandboxer.errors import ExtensionError
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.inventory import InventoryService
-from tests.integration.conftest import reap_local, start_service
+from tests.integration.conftest import (
+    consumer_idle,
+    reap_local,
+    resend_provision_job,
+    start_service,
+)
 from tests.integration.test_lifecycle import event_types, wait_status
 
 pytestmark = pytest.mark.integration
@@ -84,6 +90,59 @@ async def test_a_teardown_that_keeps_failing_is_recorded_and_retried(
         assert not (home / "local" / sandbox_id).exists()
     finally:
         await inventory.stop()
+        stop.set()
+        await running
+        await nc.drain()
+        await client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+class AppendFaults(JetStreamEventStore):
+    """The real store, whose sandbox appends fail while ``broken`` is set (a fault injected
+    so that a job keeps failing until it runs out of deliveries)."""
+
+    broken = False
+    failed = 0
+
+    async def append(self, loaded: Loaded, events: Any) -> Loaded:
+        if self.broken:
+            self.failed += 1
+            raise RuntimeError("append refused (injected)")
+        return await super().append(loaded, events)
+
+
+async def test_a_stale_provision_job_giving_up_leaves_the_ready_sandbox_alone(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    """A copy of a ready sandbox's provision job (redelivered, or sent again) keeps failing
+    until it runs out of deliveries. Its give-up is not the sandbox's failure: the sandbox
+    the job is past stays ready and running. It used to be torn down and marked failed."""
+    service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    nc = await connect([nats_server.url], name="test-faulty-store")
+    store = AppendFaults(nc, nc.jetstream())
+    extension = LocalExtension(home / "local")
+    worker = ExtensionWorker(nc.jetstream(), store, Catalog.load(home), extension, ack_wait=2)
+    worker.spec = dataclasses.replace(worker.spec, max_failures=2)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    client = service.client
+    try:
+        ready = await client.create()
+        sandbox_id = ready["sandbox_id"]
+        store.broken = True
+        await resend_provision_job(client, sandbox_id)  # as of `routed`: it appends, and fails
+        async with asyncio.timeout(30):
+            while store.failed < 2:  # the job's deliveries, each failed: then the give-up
+                await asyncio.sleep(0.05)
+        store.broken = False  # a give-up that tried to record a failure now records it
+        await consumer_idle(client, subjects.JOBS_STREAM, worker.spec.durable)
+        types = await event_types(client, sandbox_id)
+        assert types == ["requested", "routed", "provisioning", "ready"], types
+        assert (home / "local" / sandbox_id).is_dir()  # not torn down
+        listed = {found.sandbox_id: found.alive for found in await extension.list_sandboxes()}
+        assert listed.get(sandbox_id) is True  # its holder still runs
+    finally:
         stop.set()
         await running
         await nc.drain()

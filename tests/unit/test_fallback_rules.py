@@ -10,6 +10,7 @@ from sandboxer.domain.fallback import has_fallback, without_candidates
 from sandboxer.domain.sandbox_decide import (
     AdmittedCreate,
     Attempt,
+    MarkFailed,
     MarkReady,
     MarkRerouting,
     Reroute,
@@ -98,6 +99,31 @@ def test_the_refuser_s_stale_job_starts_nothing_after_the_reroute() -> None:
     # Nor does it take over ext.e2b's provisioning as a later attempt.
     assert decide(provisioning, stale, NOW) == []
     assert Attempt.of(provisioning) == Attempt("ext.e2b", provisioning.generation, 1)
+
+
+def test_the_refuser_s_stale_job_giving_up_fails_nothing() -> None:
+    """The stub's provision job runs out of deliveries after the reroute to ext.e2b: its
+    failure fails neither the sandbox waiting for ext.e2b, nor ext.e2b's provisioning, nor
+    the sandbox ready there. While the job is still the sandbox's work, it fails it."""
+    routed, _ = run(
+        refused(provisioning_on_stub()),
+        Reroute(command_id="r1", extension="ext.e2b", reason="fallback", candidates=["ext.e2b"]),
+    )
+    gave_up = MarkFailed(job_id="j1", reason="worker error", stage="job", job_of="ext.saas-stub")
+    assert decide(routed, gave_up, NOW) == []
+    provisioning, _ = run(
+        routed, StartProvisioning(job_id="j2", worker="e2b-worker", extension="ext.e2b")
+    )
+    assert decide(provisioning, gave_up, NOW) == []
+    ready, _ = run(provisioning, MarkReady(job_id="j2", reachability={"kind": "e2b"}, warnings=[]))
+    assert ready.status == "ready"
+    own = MarkFailed(job_id="j2", reason="worker error", stage="job", job_of="ext.e2b")
+    assert decide(ready, own, NOW) == []  # past its job: a stale copy's failure
+    failed, _ = run(provisioning, own)
+    assert failed.status == "failed"
+    # Without a job (a failure found on the sandbox), a ready sandbox still fails.
+    found = MarkFailed(job_id="reconcile", reason="its holder died", stage="job")
+    assert run(ready, found)[0].status == "failed"
 
 
 def test_nothing_left_fails_the_sandbox_as_retryable() -> None:
