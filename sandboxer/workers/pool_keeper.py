@@ -272,13 +272,13 @@ class PoolKeeper:
         before, so a claim of it may already be on record."""
         if profile.id not in self._profiles:
             return None
+        pool = self.pool_of(profile.id)
+        digest = self._digest(profile)
         if retry:
             await self.catch_up()
             known = self.index.claimed_by.get(sandbox_id)
-            if known is not None:
+            if known is not None and await self._serves(known, pool, digest):
                 return known
-        pool = self.pool_of(profile.id)
-        digest = self._digest(profile)
         while True:
             candidates = [
                 member
@@ -303,6 +303,17 @@ class PoolKeeper:
             self._last_claim = time.monotonic()
             self._wake.set()  # refill, once the burst is over
             return member.member_id
+
+    async def _serves(self, member_id: str, pool: str, digest: str) -> bool:
+        """Whether a member claimed earlier for this sandbox may still be its own: made here
+        for the profile as it stands. A worker restarted with a changed profile (its limits,
+        its network, its workspace access) would otherwise run a redelivered create in a
+        member made for the old one; it claims another then, and the old one is torn down
+        (by reconcile, or by whatever takes the sandbox's directory it was moved to)."""
+        member = self.index.members.get(member_id)
+        if member is None:  # forgotten once moved: its record says what it was made for
+            member = (await self._store.load_member(member_id)).state
+        return member.pool == pool and member.digest == digest
 
     def _digest(self, profile: Profile) -> str:
         """``digest_of(profile)``, once per profile object: the catalog hands out the same
@@ -389,9 +400,13 @@ class PoolKeeper:
         return member.worker == self.worker or not _process_alive(member.worker)
 
     async def drain(self, reason: str) -> None:
-        """Tear down every unclaimed member of this node (``sandboxer down``)."""
-        with contextlib.suppress(Exception):
-            await self.catch_up()
+        """Tear down every unclaimed member of this node (``sandboxer down``), and first what
+        reconcile would: a member claimed by a create that failed before it took it (an input
+        refused, a secret missing) is no one's, and after a stop no reconcile may come."""
+        try:
+            await self.reconcile()
+        except Exception as exc:
+            log.warning("pool: reconciling before the drain failed: %s", exc)
         for member in list(self.index.members.values()):
             if member.node == self.node and member.status in {"ready", "adding"}:
                 if member.member_id in self._taken or self._made_elsewhere(member):

@@ -623,3 +623,66 @@ async def test_a_duplicate_provision_job_claims_beside_and_gives_the_member_back
         await client.close()
         await svc.shutdown()
         await reap_local(home)
+
+
+async def test_a_retried_claim_takes_no_member_made_for_the_profile_before_it_changed(
+    nats_server: Any, home: Path
+) -> None:
+    """A create's claim landed and moved its member; then its worker was killed -9 and
+    restarted with the profile changed (its limits, its network, its workspace access). The
+    redelivered job found that claim on record and went on in the member made for the old
+    profile, where a cold create would have been made again for the new one."""
+    async with keepers(nats_server.url, home, min_ready=1, max_=1) as keeper_for:
+        before = keeper_for("a")
+        await before._refill()
+        await asyncio.gather(*before._tasks)
+        (stale,) = member_dirs(home)
+        extension = LocalExtension(home / "local")
+        first = ProvisionRequest(
+            sandbox_id="sbxrecipe0001",
+            profile=Catalog.load(home).profile("profile.warm"),
+            inputs={},
+        )
+        assert await before.claim(first.profile, first.sandbox_id, "job-1", retry=False) == stale
+        await extension.claim(stale, first)  # moved; then the worker died
+
+        write_profile(home, min_ready=1, max_=1, version=2)  # while no worker ran
+        catalog = Catalog.load(home)
+        after = PoolKeeper(before._nc, before._store, catalog, extension, worker="b")
+        await after.reconcile()  # as at its start: the moved member is forgotten
+        await after._refill()
+        await asyncio.gather(*after._tasks)
+        (fresh,) = member_dirs(home)
+        again = ProvisionRequest(
+            sandbox_id=first.sandbox_id,
+            profile=catalog.profile("profile.warm"),
+            inputs={},
+            attempt=2,
+        )
+        assert await after.claim(again.profile, again.sandbox_id, "job-1", retry=True) == fresh
+        await extension.claim(fresh, again)  # takes the sandbox's directory from the old one
+        state = json.loads((home / "local" / again.sandbox_id / "state.json").read_text())
+        assert state["pool_member"] == fresh
+        assert cgroups.sandbox_dirs(f"{stale}-{extension._root_tag}") == []
+        assert await extension.exec(again.sandbox_id, ["true"], _discard) == 0
+
+
+async def test_a_stop_drains_a_member_claimed_by_a_create_that_failed_before_taking_it(
+    nats_server: Any, home: Path
+) -> None:
+    """A create claims beside its `provisioning`; when it fails before it takes the member
+    (an input refused, a secret missing), the member stays in the pool directory, claimed
+    by a sandbox that will never have it, until reconcile tears it down. A stop within those
+    seconds drained only unclaimed members: this one kept running after `sandboxer down`."""
+    async with keepers(nats_server.url, home, min_ready=1, max_=1) as keeper_for:
+        keeper = keeper_for("a")
+        await keeper._refill()
+        await asyncio.gather(*keeper._tasks)
+        (member_id,) = member_dirs(home)
+        profile = Catalog.load(home).profile("profile.warm")
+        # A sandbox the log has no provisioning of: as over as a failed one.
+        assert await keeper.claim(profile, "sbxneverone01", "job-1", retry=False) == member_id
+
+        await keeper.drain("drained: its worker stopped")
+        assert member_dirs(home) == set()
+        assert cgroups.sandbox_dirs(f"{member_id}-{keeper._members._root_tag}") == []
