@@ -21,8 +21,15 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from sandboxer.commands.types import AddCredits, SetBudget, SetByok
-from sandboxer.domain.account_state import AccountBook, AccountState, own_key_pays, period_key
+from sandboxer.domain.account_state import (
+    AccountBook,
+    AccountState,
+    Reservation,
+    own_key_pays,
+    period_key,
+)
 from sandboxer.domain.credit_amounts import format_credits
+from sandboxer.domain.key_access import taken_refusal
 from sandboxer.domain.pricing import ceil_microusd
 from sandboxer.errors import Rejected
 from sandboxer.events.account_events import (
@@ -96,6 +103,10 @@ class MeterUsage:
     create_price: str = "0"
     provider_key: str | None = None
     """The sandbox's ``provider_key`` (None when not recorded): whose key paid the provider."""
+    created_by: str | None = None
+    """The command id of the create that made the sandbox (its ``requested``'s; None: not
+    known). A hold made for another create, or for another backend than ``extension``, is not
+    this sandbox's: it is released, and the use metered at ``price`` and ``create_price``."""
 
 
 AccountCommand = AddCredits | SetBudget | SetByok | ReserveCredits | MeterUsage
@@ -105,6 +116,8 @@ def decide_account(book: AccountBook, command: AccountCommand, now: str) -> list
     """The events ``command`` produces on the account; raises Rejected when it is not
     acceptable."""
     if command.command_id in book.handled:
+        if isinstance(command, ReserveCredits):
+            _check_own_hold(book.state, command)
         return []
     state = book.state
     head: dict[str, Any] = {
@@ -170,6 +183,20 @@ def _check_allowed(state: AccountState, command: AccountCommand) -> None:
         )
 
 
+def _check_own_hold(state: AccountState, command: ReserveCredits) -> None:
+    """A create's hold is one per sandbox (``reserve-<sandbox_id>``), and it is the hold of the
+    create that made it. Another create of the project naming the same sandbox id, decided
+    while that one is between its hold and its append, found the hold decided and went on to
+    append on it: the sandbox it made (its own TTL, profile and backend) ran on the other's
+    hold, past what the account could pay and metered at the other's prices. The id is that
+    create's now: the second is refused as for any taken id."""
+    if command.reason != "create" or command.causation_id is None:
+        return
+    held = state.reservations.get(command.sandbox_id)
+    if held is not None and held.created_by not in (None, command.causation_id):
+        raise Rejected(*taken_refusal(command.sandbox_id))
+
+
 def _check_reservation(state: AccountState, command: ReserveCredits, now: str) -> None:
     held = state.reservations.get(command.sandbox_id)
     # A reroute gives back what the sandbox held on the backend that refused it.
@@ -201,8 +228,18 @@ def _check_reservation(state: AccountState, command: ReserveCredits, now: str) -
         )
 
 
+def _holds_for(held: Reservation, command: MeterUsage) -> bool:
+    """Whether ``held`` was reserved for the sandbox as it ran: by the create that made it
+    (another create naming its id, or one sent again that routed elsewhere after a crash
+    between its hold and its append, held for something else) on the backend it ran on."""
+    if held.created_by is not None and command.created_by not in (None, held.created_by):
+        return False
+    return command.extension is None or held.extension == command.extension
+
+
 def _metered(state: AccountState, command: MeterUsage, head: dict[str, Any]) -> UsageMetered:
-    held = state.reservations.get(command.sandbox_id)
+    released = state.reservations.get(command.sandbox_id)
+    held = released if released is not None and _holds_for(released, command) else None
     byok = held is None and own_key_pays(command.provider_key, state.byok, command.extension)
     price = held.price if held is not None else command.price
     create_price = held.create_price if held is not None else command.create_price
@@ -221,6 +258,6 @@ def _metered(state: AccountState, command: MeterUsage, head: dict[str, Any]) -> 
         seconds=command.seconds,
         amount=amount,
         byok=byok,
-        reserved_released=0 if held is None else held.amount,
+        reserved_released=0 if released is None else released.amount,
         price="0" if byok else price,
     )

@@ -68,6 +68,11 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
     create_price: str = "0"
     extension: str
     profile: str | None = None
+    created_by: str | None = None
+    """The command id of the create it was reserved for (None: not recorded, before
+    2026-12-04, or a hold a reroute made for a sandbox that had none). Another create naming
+    the same sandbox id may not take it, and a sandbox some other create made is not
+    metered at its prices."""
 
 
 class AccountState(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,6 +152,10 @@ def _reserve(base: AccountState, event: CreditsReserved) -> AccountState:
         create_price=event.create_price,
         extension=event.extension,
         profile=event.profile if event.profile is not None or held is None else held.profile,
+        # A create's hold names that create; an extension or a reroute keeps what it names.
+        created_by=event.causation_id
+        if event.reason == "create"
+        else (None if held is None else held.created_by),
     )
     reservations = {**base.reservations, event.sandbox_id: reservation}
     return msgspec.structs.replace(

@@ -6,8 +6,9 @@ state (:mod:`sandboxer.domain.usage`: each ``ready`` or ``resumed`` to the next
 pause, recreate, reroute, failure, expiry or destroy), and appends
 ``usage_metered`` on the project's account under the command id
 ``meter-<sandbox_id>``: the debit at the prices reserved for the sandbox
-(or its backend's declared ones when nothing was reserved: free backends,
-BYOK), with its whole reservation released.
+(or its backend's declared ones when nothing was reserved for it: free
+backends, BYOK, a hold made for another create of its id or another
+backend), with its whole reservation released.
 
 ``destroyed`` is the one terminal event: a ``failed`` sandbox may still be
 recreated, and one left failed expires and is destroyed like any other, so
@@ -128,6 +129,7 @@ class MeterWorker:
             price="0" if per_second is None else decimal_text(per_second),
             create_price="0" if per_create is None else decimal_text(per_create),
             provider_key=state.provider_key,
+            created_by=state.created_by,
         )
         loaded, changed = await apply_account(self._store, project, usage)
         if changed:

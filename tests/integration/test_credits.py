@@ -249,6 +249,52 @@ async def test_a_create_that_lost_its_sandbox_id_to_another_project_gives_its_cr
         await beta.close()
 
 
+async def test_a_second_create_of_a_sandbox_id_is_refused_not_made_on_the_first_s_hold(
+    service: Service, acme: SandboxerClient, home: Path
+) -> None:
+    """Two creates of one project name one sandbox id (two control workers, say, or one
+    handler held up). The first holds a minute's credits and has not appended yet; the
+    second found ``reserve-<id>`` decided and appended on that hold: a 30-minute sandbox made
+    on a minute's credits (it alone would be refused insufficient_credits), metered at
+    whatever the first had reserved. The id is the first's: the second is refused."""
+    minute = PER_CREATE + 60 * PER_SECOND
+    await acme.account_command("add_credits", "acme", amount=minute)
+    catalog = Catalog.load(home)
+    first = CreateSandbox(
+        command_id="acme-create-a",
+        actor=Actor(type="adm", id="ops", project="acme"),
+        profile="profile.saas-stub",
+        sandbox_id="contested02",
+        ttl="1m",
+    )
+    admitted = admit_create(
+        first, catalog.profile("profile.saas-stub"), catalog.extensions_enabled()
+    )
+    await reserve_for_create(JetStreamEventStore(acme.nc, acme.js), catalog, admitted)
+    async with asyncio.timeout(30):  # appended beside the client: wait for the view
+        while (await account(acme, "acme"))["reserved"] != minute:
+            await asyncio.sleep(0.05)
+
+    with pytest.raises(CommandFailed) as refused:
+        await acme.create(
+            "profile.saas-stub", ttl="30m", sandbox_id="contested02", command_id="acme-create-b"
+        )
+    assert refused.value.event["code"] == "sandbox_exists"
+    assert stub_records(home) == []  # the provider was never called for it
+
+    # The first create goes on (redelivered, say): it is made, on its own hold.
+    ready = await acme.create(
+        "profile.saas-stub", ttl="1m", sandbox_id="contested02", command_id="acme-create-a"
+    )
+    assert ready["sandbox_id"] == "contested02"
+    sandbox = await acme.get("contested02")
+    assert (sandbox["created_by"], sandbox["ttl_seconds"]) == ("acme-create-a", 60)
+    await acme.destroy("contested02")
+    settled = await account(acme, "acme", metered=1)
+    assert settled["reserved"] == 0
+    assert len(await account_events(acme, "acme", "credits_reserved")) == 1
+
+
 async def test_a_budget_refuses_a_create_and_names_itself(
     service: Service, acme: SandboxerClient
 ) -> None:

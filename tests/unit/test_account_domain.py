@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Literal
 
 import msgspec
@@ -321,3 +322,48 @@ def test_nothing_is_reserved_for_a_sandbox_already_metered() -> None:
         run(book, reserve("sbx00000001", 5_000, reason="extend", command_id="extend-e1"))
     assert refused.value.code == "already_destroyed"
     assert book.state.reserved == 0
+
+
+def test_a_create_s_hold_is_not_another_create_s() -> None:
+    """Two creates of one project name one sandbox id. The first holds 7000 (a minute);
+    the second, decided before the first is appended, found ``reserve-<id>`` decided and
+    went on to append on that hold: a sandbox of its own TTL on a minute's credits."""
+    first = dataclasses.replace(reserve("sbx00000001", 7_000), causation_id="create-a")
+    book = run(funded(7_000), first)
+    assert book.state.reservations["sbx00000001"].created_by == "create-a"
+    second = dataclasses.replace(first, amount=181_000, causation_id="create-b")
+    with pytest.raises(Rejected) as refused:
+        run(book, second)
+    assert refused.value.code == "sandbox_exists"
+    assert "sbx00000001 is taken" in refused.value.reason
+    assert run(book, first) == book  # the same create again decides nothing, as before
+    # An extension and a reroute keep the hold the create's.
+    book = run(book, reserve("sbx00000001", 0, reason="extend", command_id="extend-e1"))
+    book = run(book, reserve("sbx00000001", 500, reason="reroute", command_id="reserve-r1"))
+    assert book.state.reservations["sbx00000001"].created_by == "create-a"
+    with pytest.raises(Rejected, match="is taken"):
+        run(book, second)
+
+
+def test_a_sandbox_is_not_metered_at_a_hold_made_for_something_else() -> None:
+    """The hold of another create of its id, or one made on another backend (a create sent
+    again after a crash between its hold and its append, routed elsewhere), is released, and
+    the sandbox metered at its own backend's prices."""
+    held = dataclasses.replace(reserve("sbx00000001", 181_000), causation_id="create-a")
+    book = run(funded(), held)
+
+    def metered(**fields: object) -> UsageMetered:
+        command = dataclasses.replace(
+            meter("sbx00000001", 10), price="1", create_price="0", **fields
+        )
+        (event,) = decide_account(book, command, NOW)
+        assert isinstance(event, UsageMetered)
+        return event
+
+    ours = metered(created_by="create-a")
+    assert (ours.amount, ours.price, ours.reserved_released) == (2_000, "100", 181_000)
+    assert metered(created_by=None).amount == 2_000  # not known: the hold is taken as its
+    for other in (metered(created_by="create-b"), metered(extension="ext.local")):
+        assert (other.amount, other.price, other.reserved_released) == (10, "1", 181_000)
+    left = run(book, dataclasses.replace(meter("sbx00000001", 10), created_by="create-b"))
+    assert (left.state.reserved, left.state.balance) == (0, 1_000_000)
