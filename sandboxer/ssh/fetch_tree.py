@@ -59,14 +59,17 @@ async def fetch_archive(
     command: str,
     env: Mapping[str, str] = _NO_ENV,
     max_bytes: int,
+    limit: str | None = None,
     timeout: float,
 ) -> int:
     """Write what ``argv`` prints on the host (a tar archive) to ``archive``; returns its size.
 
-    ``what`` names the tree and ``command`` the command in errors. Raises
+    ``what`` names the tree and ``command`` the command in errors, ``limit`` what
+    ``max_bytes`` is (by default the whole SANDBOXER_UPLOAD_MAX_MB). Raises
     :class:`WorkspaceRefused` past ``max_bytes`` (the host's command is
     stopped), :class:`RemoteCommandFailed` when the command fails.
     """
+    limit = limit or f"{max_bytes // (1024 * 1024)} MiB (SANDBOXER_UPLOAD_MAX_MB)"
     errors = bytearray()
     written = 0
     with archive.open("wb") as handle:
@@ -79,10 +82,7 @@ async def fetch_archive(
                 return
             written += len(chunk)
             if written > max_bytes:
-                raise WorkspaceRefused(
-                    f"{what} is larger than "
-                    f"{max_bytes // (1024 * 1024)} MiB (SANDBOXER_UPLOAD_MAX_MB)"
-                )
+                raise WorkspaceRefused(f"{what} is larger than {limit}")
             handle.write(chunk)  # a local disk write of one 64 KiB chunk: not worth a thread
 
         code = await stream(conn, argv, sink, env=env, timeout=timeout)

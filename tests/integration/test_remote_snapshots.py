@@ -55,14 +55,19 @@ inputs:
 
 
 async def snapshot_service(
-    home: Path, url: str, hosts: list[SshHostInfo], monkeypatch: pytest.MonkeyPatch
+    home: Path,
+    url: str,
+    hosts: list[SshHostInfo],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    upload_max_mb: int | None = None,
 ) -> Service:
     (home / "profiles").mkdir(exist_ok=True)
     for name, text in PROFILES.items():
         (home / "profiles" / f"{name}.yaml").write_text(text)
     write_hosts_file(home / "hosts.yaml", hosts)
     monkeypatch.setenv("SANDBOXER_TEST_SECRET", SECRET)
-    return await start_service(home, url)
+    return await start_service(home, url, upload_max_mb=upload_max_mb)
 
 
 def make_repo(directory: Path) -> Path:
@@ -393,6 +398,47 @@ async def test_hard_links_fifos_and_devices_do_not_fail_a_compose_snapshot(
         one_each = "docker-compose.yml one two linked\nlinked\n1\n"
         assert await run_in(client, local, listing) == one_each + "one two linked\nlinked\n1\n"
         await client.destroy(stack["sandbox_id"])
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+async def test_a_compose_snapshot_s_volumes_share_one_limit_with_its_directory(
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    ssh_hosts: SshHosts,
+    compose_engine: ComposeEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each volume was copied out against the whole limit by itself, so a stack of N volumes
+    (sparse files: free on the host, whole in the copy) put N times the limit on the worker's
+    disk before the packing refused the sum (review 2026-12-04). Now the copy of a volume
+    stops at what the directory and the volumes before it left of the limit."""
+    hosts = await ssh_hosts(1, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
+    service = await snapshot_service(home, nats_server.url, hosts, monkeypatch, upload_max_mb=2)
+    try:
+        client = service.client
+        repo = tmp_path / "r"
+        repo.mkdir()
+        (repo / "docker-compose.yml").write_text(VOLUME_COMPOSE)
+        stack = await client.create("profile.snap-compose", {"repo": str(repo)})
+        source = stack["sandbox_id"]
+        fill = "dd if=/dev/zero of={} bs=1024 count=1536 2>/dev/null"
+        await output_of(client, source, fill.format("/var/cache/app/a"), service="worker")
+        await output_of(client, source, fill.format("/srv/data/b"))
+        with pytest.raises(CommandFailed) as failed:
+            await client.snapshot(source)
+        # cache (1.5 MiB) is copied first; data stops at the half MiB it left, on the host's
+        # stream, not in the packing of 3 MiB that followed it.
+        assert f"the volume sbx-{source}_data is larger than the" in failed.value.message
+        assert "left of the snapshot's 2 MiB (SANDBOXER_UPLOAD_MAX_MB)" in failed.value.message
+        assert not [p for p in service.settings.staging_root.iterdir() if "snapshot" in p.name]
+        got = await client.get(source)
+        assert got is not None
+        assert got["snapshotting"] is None
+        await client.destroy(source)
     finally:
         await service.client.close()
         await service.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -270,3 +271,59 @@ async def test_hard_links_are_copied_and_fifos_and_sockets_left_out(
     restored = (await client.restore(snapshot_id))["sandbox_id"]
     listing = "cd /workspace && ls -A | grep -v '^.sandboxer$'; cat two; stat -c %h one two"
     assert await run_in(client, restored, listing) == "one\nrun\ntwo\nlinked\n1\n1\n"
+
+
+def _bytes_on_disk(root: Path) -> int:
+    """The blocks the files under ``root`` hold (a sparse file counts what it wrote)."""
+    total = 0
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            except FileNotFoundError:
+                continue  # removed while this walked
+    return total
+
+
+async def test_a_sparse_file_does_not_fill_the_worker_s_disk_with_its_snapshot(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    """A sandbox may make a file of any length that holds no block (``truncate -s``). Its
+    snapshot's copy wrote it out whole on the worker's disk (beside the event log) and only
+    the packing refused it; now the copy stops at the limit (review 2026-12-04)."""
+    service = await start_service(home, nats_server.url, upload_max_mb=1)
+    try:
+        client = service.client
+        sandbox_id = (await client.create())["sandbox_id"]
+        await run_in(
+            client, sandbox_id, "truncate -s 300M /workspace/hole && echo a > /workspace/a"
+        )
+        staging = service.settings.staging_root
+        peak = 0
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, await asyncio.to_thread(_bytes_on_disk, staging))
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            with pytest.raises(CommandFailed) as failed:
+                await client.snapshot(sandbox_id)
+        finally:
+            stop.set()
+            await watcher
+        assert "more than 1 MiB" in failed.value.message
+        assert "SANDBOXER_UPLOAD_MAX_MB" in failed.value.message
+        assert peak <= 4 * 1024 * 1024, f"the snapshot's copy held {peak} bytes on the disk"
+        assert _bytes_on_disk(staging) == 0  # and nothing of it stays
+        got = await client.get(sandbox_id)
+        assert got is not None
+        assert got["snapshotting"] is None  # the sandbox is released
+        await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from sandboxer.errors import WorkspaceRefused
 from sandboxer.extensions.local.tree_copy import copy_tree
+from sandboxer.workspaces.limits import ArchiveLimits
 
 SECRET = b"host-secret-bytes-9f2c"
 
@@ -49,6 +51,28 @@ def test_special_files_left_out_are_reported_by_kind_and_path(tmp_path: Path) ->
         left_out = copy_tree(source, tmp_path / "out")
     assert left_out.warnings() == ("left out 1 FIFO: run/x.fifo", "left out 1 socket: sock")
     assert sorted(os.listdir(tmp_path / "out")) == ["run"]
+
+
+def test_a_copy_stops_at_its_limits_before_it_writes_past_them(tmp_path: Path) -> None:
+    """A sparse file holds no block in the sandbox and every byte in the copy; a hard link's
+    each name is a copy: the copy counts what it writes and stops at the limit."""
+    source = tmp_path / "source"
+    source.mkdir()
+    with (source / "hole").open("wb") as hole:
+        hole.truncate(64 * 1024 * 1024)
+    destination = tmp_path / "out"
+    with pytest.raises(WorkspaceRefused, match="more than 1 MiB of files"):
+        copy_tree(source, destination, limits=ArchiveLimits(max_bytes=1024 * 1024))
+    assert (destination / "hole").stat().st_size <= 1024 * 1024
+    (source / "hole").unlink()
+    (source / "one").write_text("x")
+    for index in range(5):
+        os.link(source / "one", source / f"link{index}")
+    with pytest.raises(WorkspaceRefused, match="more than 4 entries"):
+        copy_tree(source, tmp_path / "out2", limits=ArchiveLimits(max_entries=4))
+    assert len(os.listdir(tmp_path / "out2")) == 4
+    copy_tree(source, tmp_path / "out3")  # unbounded without limits (a provision's copy)
+    assert len(os.listdir(tmp_path / "out3")) == 6
 
 
 def test_a_source_that_is_a_link_is_refused(tmp_path: Path) -> None:

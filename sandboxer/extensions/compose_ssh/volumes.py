@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -57,6 +59,7 @@ EXTENSION = "ext.compose-ssh"
 RESERVED = ".sandboxer"
 VOLUMES_DIR = f"{RESERVED}/volumes"
 """Where a snapshot keeps the named volumes, relative to the sandbox's directory."""
+MIB = 1024 * 1024
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 """A volume key as compose accepts it (letters, digits, ``_``, ``.``, ``-``), not starting
 with a punctuation character: nothing else is ever put on a command line."""
@@ -218,6 +221,28 @@ def _clear(destination: Path) -> None:
         reserved.rmdir()
 
 
+def _held(tree: Path) -> tuple[int, int]:
+    """The bytes of the regular files and the entries below ``tree``, as a workspace archive
+    counts them (links not followed)."""
+    size = entries = 0
+    for directory, dirs, files in os.walk(tree):
+        entries += len(dirs) + len(files)
+        for name in files:
+            found = os.lstat(os.path.join(directory, name))
+            if stat.S_ISREG(found.st_mode):
+                size += found.st_size
+    return size, entries
+
+
+def _left(limits: ArchiveLimits, held: tuple[int, int]) -> ArchiveLimits:
+    """What is left of the snapshot's ``limits`` once it holds ``held``."""
+    size, entries = held
+    return ArchiveLimits(
+        max_bytes=max(limits.max_bytes - size, 0),
+        max_entries=max(limits.max_entries - entries, 0),
+    )
+
+
 def _prepare(destination: Path) -> Path:
     """Make ``destination``/:data:`VOLUMES_DIR` a fresh, empty, real directory."""
     _clear(destination)
@@ -246,8 +271,14 @@ async def copy_out(
         return []
     volumes = await asyncio.to_thread(_prepare, destination)
     tool = containers.engine(item.config)
+    # One snapshot, one limit: the directory and every volume share it. Each volume held to
+    # the whole limit alone put the directory and N volumes (sparse files, free on the
+    # host, arrive whole) on the worker's disk, N + 1 times the limit, before the packing
+    # refused the sum.
+    size, entries = await asyncio.to_thread(_held, destination)
     for key, where in sorted(mounted.items()):
         archive = destination.parent / f"{destination.name}.volume-{key}.tar"
+        left = _left(limits, (size, entries + 1))  # + the volume's own directory
         try:
             await fetch_archive(
                 conn,
@@ -256,15 +287,20 @@ async def copy_out(
                 what=f"the volume {where.volume}",
                 command=f"'{tool} cp' of the volume {where.volume} on host {item.name}",
                 env=item.config.env,
-                max_bytes=limits.max_bytes,
+                max_bytes=left.max_bytes,
+                limit=f"the {left.max_bytes} bytes left of the snapshot's "
+                f"{limits.max_bytes // MIB} MiB (SANDBOXER_UPLOAD_MAX_MB) once its directory "
+                "and the volumes before it are in",
                 timeout=COPY_TIMEOUT,
             )
             target = volumes / key
             target.mkdir()
-            unpacked = await asyncio.to_thread(extract_host_tree, archive, target, limits)
+            unpacked = await asyncio.to_thread(extract_host_tree, archive, target, left)
             left_out.merge(unpacked.left_out, under=f"{VOLUMES_DIR}/{key}")
         finally:
             archive.unlink(missing_ok=True)
+        held = await asyncio.to_thread(_held, target)
+        size, entries = size + held[0], entries + held[1] + 1
     return sorted(mounted)
 
 

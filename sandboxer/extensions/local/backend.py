@@ -69,6 +69,7 @@ from sandboxer.extensions.local.steps import local_egress_for, profile_warnings
 from sandboxer.extensions.local.workspace import POOL_DIR, Layout, State
 from sandboxer.extensions.output_capture import OutputCapture
 from sandboxer.ids import SANDBOX_ID_RULE, is_valid_sandbox_id
+from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = ["LocalExtension"]
 
@@ -116,13 +117,17 @@ class LocalExtension:
         uids_dir: Path = sandbox_uids.UIDS_DIR,
         root_tag: str | None = None,
         pool: bool = False,
+        snapshot_limits: ArchiveLimits | None = None,
     ) -> None:
         """``egress_for`` says what a request's sandbox may reach (see :mod:`.steps`);
         ``egress_hosts_file`` (``/etc/hosts`` lines) is what sandbox proxies resolve
         names with before the system resolver; tests use it, there being no DNS.
         ``egress_slots_dir`` and ``uids_dir`` hold the host-wide link slots and uids.
-        ``pool``: this root holds warm pool members (:meth:`pool_members`)."""
+        ``pool``: this root holds warm pool members (:meth:`pool_members`).
+        ``snapshot_limits``: where a snapshot's copy of a workspace stops
+        (SANDBOXER_UPLOAD_MAX_MB; the default limits without settings)."""
         self.root = Path(root)
+        self._snapshot_limits = snapshot_limits or ArchiveLimits()
         self._pool = pool
         self._tools: dict[str, str] = {}
         self._cgroup_base = cgroup_base
@@ -139,7 +144,11 @@ class LocalExtension:
         """How the worker builds it: sandboxes live under ``$SANDBOXER_HOME/local``; the
         proxies resolve names in ``$SANDBOXER_HOME/egress-hosts`` first when it exists."""
         hosts = settings.home / EGRESS_HOSTS_FILE
-        return cls(settings.local_root, egress_hosts_file=hosts if hosts.is_file() else None)
+        return cls(
+            settings.local_root,
+            egress_hosts_file=hosts if hosts.is_file() else None,
+            snapshot_limits=ArchiveLimits.from_mb(settings.upload_max_mb),
+        )
 
     # -- the Extension protocol ------------------------------------------------------------
 
@@ -484,11 +493,16 @@ class LocalExtension:
     async def snapshot_workspace(
         self, sandbox_id: str, destination: Path, *, host: str | None = None
     ) -> LeftOut:
-        """Copy the workspace out (the sandbox keeps running); the worker stores the copy."""
+        """Copy the workspace out (the sandbox keeps running); the worker stores the copy.
+        The copy stops at the snapshot's limits, before it fills the worker's disk."""
         del host  # always this machine
         workspace_dir = self._layout(sandbox_id).workspace
         return await asyncio.to_thread(
-            copy_workspace_out, workspace_dir, destination, sandbox_id=sandbox_id
+            copy_workspace_out,
+            workspace_dir,
+            destination,
+            sandbox_id=sandbox_id,
+            limits=self._snapshot_limits,
         )
 
     async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
@@ -589,6 +603,7 @@ class LocalExtension:
             uids_dir=self._uids.directory,
             root_tag=self._root_tag,
             pool=True,
+            snapshot_limits=self._snapshot_limits,
         )
 
     @staticmethod

@@ -9,18 +9,25 @@ file relative to its directory's with ``O_NOFOLLOW``, and what was opened is che
 with ``fstat``. A link is copied as a link; whatever was swapped in meanwhile is left out.
 Special files (FIFOs, sockets, devices) are left out: reading a FIFO would block forever. What
 was left out is returned (:class:`~sandboxer.domain.left_out.LeftOut`), for a snapshot to tell.
+
+A snapshot's copy is bounded as it runs (``limits``): the sandbox chose what its workspace
+holds, and a sparse file (``truncate -s 1T``, no block of the sandbox's disk) or a file with
+a thousand hard links is written out whole, byte by byte and name by name, to the worker's
+disk, which also holds the event log. Checked only when the copy is packed, it had filled
+that disk first.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Collection
 from pathlib import Path
 
 from sandboxer.domain.left_out import Kind, LeftOut
+from sandboxer.errors import WorkspaceRefused
+from sandboxer.workspaces.limits import ArchiveLimits
 
 __all__ = ["copy_tree"]
 
@@ -35,16 +42,54 @@ def _changed(exc: OSError) -> bool:
     return exc.errno in _CHANGED
 
 
-def copy_tree(source: Path, destination: Path, *, leave_out: Collection[str] = ()) -> LeftOut:
+class _Budget:
+    """What the copy may still write: bytes of files and entries, as a workspace archive
+    counts them (:func:`~sandboxer.workspaces.pack.pack_directory`); unbounded without
+    limits."""
+
+    def __init__(self, limits: ArchiveLimits | None) -> None:
+        self._limits = limits
+        self._bytes = 0
+        self._entries = 0
+
+    def entry(self) -> None:
+        self._entries += 1
+        if self._limits is not None and self._entries > self._limits.max_entries:
+            raise WorkspaceRefused(
+                f"the workspace holds more than {self._limits.max_entries} entries (files, "
+                "directories and links), the most a workspace archive may have; remove some "
+                "(build outputs, caches) and take the snapshot again"
+            )
+
+    def take(self, size: int) -> None:
+        self._bytes += size
+        if self._limits is not None and self._bytes > self._limits.max_bytes:
+            raise WorkspaceRefused(
+                f"the workspace holds more than {self._limits.max_bytes // (1024 * 1024)} MiB "
+                "of files (a sparse file and each name of a hard link count whole), the "
+                "largest workspace archive (SANDBOXER_UPLOAD_MAX_MB); remove build outputs "
+                "or caches and take the snapshot again"
+            )
+
+
+def copy_tree(
+    source: Path,
+    destination: Path,
+    *,
+    leave_out: Collection[str] = (),
+    limits: ArchiveLimits | None = None,
+) -> LeftOut:
     """Copy the directories, regular files and symlinks (as links) below ``source`` into
     ``destination``, made if missing; ``leave_out`` names paths relative to ``source``.
     Returns the special files left out (``leave_out``'s are not reported). Raises OSError
-    when ``source`` is not a directory (or is a link) or a copy fails."""
+    when ``source`` is not a directory (or is a link) or a copy fails, and
+    :class:`WorkspaceRefused` as soon as the copy passes ``limits`` (what it wrote stays in
+    ``destination``, for the caller to remove)."""
     special = LeftOut()
     top = os.open(source, _DIRECTORY)
     try:
         destination.mkdir(parents=True, exist_ok=True)
-        _copy_directory(top, destination, "", frozenset(leave_out), special)
+        _copy_directory(top, destination, "", frozenset(leave_out), special, _Budget(limits))
     finally:
         os.close(top)
     return special
@@ -58,7 +103,12 @@ def _kind(mode: int) -> Kind:
 
 
 def _copy_directory(
-    directory: int, target: Path, relative: str, leave_out: frozenset[str], special: LeftOut
+    directory: int,
+    target: Path,
+    relative: str,
+    leave_out: frozenset[str],
+    special: LeftOut,
+    budget: _Budget,
 ) -> None:
     for name in sorted(os.listdir(directory)):
         path = f"{relative}/{name}" if relative else name
@@ -69,11 +119,14 @@ def _copy_directory(
         except FileNotFoundError:
             continue  # removed since the listing
         if stat.S_ISLNK(mode):
+            budget.entry()
             _copy_link(directory, name, target / name)
         elif stat.S_ISDIR(mode):
-            _copy_subdirectory(directory, name, target / name, path, leave_out, special)
+            budget.entry()
+            _copy_subdirectory(directory, name, target / name, path, leave_out, special, budget)
         elif stat.S_ISREG(mode):
-            if (swapped := _copy_file(directory, name, target / name)) is not None:
+            budget.entry()
+            if (swapped := _copy_file(directory, name, target / name, budget)) is not None:
                 special.add(_kind(swapped), path)
         else:
             special.add(_kind(mode), path)
@@ -97,6 +150,7 @@ def _copy_subdirectory(
     relative: str,
     leave_out: frozenset[str],
     special: LeftOut,
+    budget: _Budget,
 ) -> None:
     try:
         opened = os.open(name, _DIRECTORY, dir_fd=directory)
@@ -107,14 +161,14 @@ def _copy_subdirectory(
     try:
         found = os.fstat(opened)
         target.mkdir(mode=0o700, exist_ok=True)
-        _copy_directory(opened, target, relative, leave_out, special)
+        _copy_directory(opened, target, relative, leave_out, special, budget)
         os.chmod(target, stat.S_IMODE(found.st_mode))
         os.utime(target, ns=(found.st_atime_ns, found.st_mtime_ns))
     finally:
         os.close(opened)
 
 
-def _copy_file(directory: int, name: str, target: Path) -> int | None:
+def _copy_file(directory: int, name: str, target: Path, budget: _Budget) -> int | None:
     """Copy the regular file ``name``; the mode of the special file found instead, if one was
     swapped in since the listing (left out)."""
     try:
@@ -131,7 +185,11 @@ def _copy_file(directory: int, name: str, target: Path) -> int | None:
             return None if stat.S_ISDIR(found.st_mode) else found.st_mode
         target.unlink(missing_ok=True)
         with target.open("xb") as copy:
-            shutil.copyfileobj(source, copy, _CHUNK)
+            # Counted before it is written: the limit bounds what lands on the disk, and a
+            # file that grows while it is read counts what was read.
+            while chunk := source.read(_CHUNK):
+                budget.take(len(chunk))
+                copy.write(chunk)
     os.chmod(target, stat.S_IMODE(found.st_mode))
     os.utime(target, ns=(found.st_atime_ns, found.st_mtime_ns))
     return None
