@@ -5,6 +5,13 @@ sandbox's subjects (``ready``, ``failed``, ``destroyed``) or on the command's
 rejection subject. The watcher subscribes before the command is published, so
 no event can slip past, and then reads what the log already holds, so a
 re-sent command whose work is done still finds its outcome.
+
+Command ids are one namespace, chosen by clients (an HTTP ``Idempotency-Key``), so
+another caller may send a command under this one's id: a key of another project, say,
+publishing it on its own subject, under a message id of its own. Its rejection lands on
+the same rejection subject; it is this command's only when it is filed under this
+command's actor (:meth:`OutcomeWatcher._own_rejection`), or the other caller could make
+this one report a rejection for a command that was carried out (docs/security.md).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from nats.js import JetStreamContext
 from sandboxer import subjects
 from sandboxer.bus.ask import RESTART_BUDGET, ask_json
 from sandboxer.bus.direct_get import read_subject
+from sandboxer.commands.parse import readable_actor
 from sandboxer.errors import BusError, CommandFailed, OutcomePending
 
 log = logging.getLogger(__name__)
@@ -95,7 +103,7 @@ class OutcomeWatcher:
             async with self._outcomes(scope, command_id, publish, outcome, fresh):
                 async with asyncio.timeout(timeout):
                     return await self._first_outcome(
-                        verb, command_id, sandbox_id, success, outcome, on_event, scope
+                        verb, command, sandbox_id, success, outcome, on_event, scope
                     )
         except TimeoutError:
             why = f" (the service did not answer: {self.unanswered})" if self.unanswered else ""
@@ -137,13 +145,14 @@ class OutcomeWatcher:
     async def _first_outcome(
         self,
         verb: str,
-        command_id: str,
+        command: dict[str, Any],
         sandbox_id: str,
         success: Collection[str],
         outcome: asyncio.Queue[dict[str, Any]],
         on_event: EventCallback | None,
         scope: str,
     ) -> dict[str, Any]:
+        command_id = command["command_id"]
         seen: set[str] = set()
         while True:
             event = await outcome.get()
@@ -155,6 +164,10 @@ class OutcomeWatcher:
             ) in seen:
                 # Another command's event, or one both caught up and delivered. A destroy
                 # succeeds once the sandbox is destroyed, whichever destroy finished it.
+                continue
+            if event.get("type") == "rejected" and not self._own_rejection(event, command):
+                # Another caller's command sent under this one's id (the module): its
+                # rejection says nothing of this one, which goes on to its own outcome.
                 continue
             seen.add(event.get("event_id", ""))
             await notify(on_event, event)
@@ -180,6 +193,15 @@ class OutcomeWatcher:
                     "finished; a longer --ttl or extend-ttl keeps it",
                     event,
                 )
+
+    def _own_rejection(self, event: dict[str, Any], command: dict[str, Any]) -> bool:
+        """Whether the rejection ``event`` carrying the command's id is the command's own: filed
+        under the actor the control worker records for it, the command's actor as it reads
+        one (None when it cannot). Compared by type, id and project, what an actor is."""
+        expected = readable_actor(command.get("actor"))
+        return _who(event.get("actor")) == _who(
+            None if expected is None else msgspec.to_builtins(expected)
+        )
 
     def _note_later(self, subject: str, event: dict[str, Any]) -> None:
         """Look the outcome's position up without holding up its caller (see :meth:`position`)."""
@@ -216,6 +238,13 @@ class OutcomeWatcher:
                 event = msgspec.json.decode(data)
                 if event.get("command_id") == command_id:
                     await outcome.put(event)
+
+
+def _who(actor: object) -> tuple[object, object, object] | None:
+    """An actor (as JSON) by what makes it one: its type, id and project."""
+    if not isinstance(actor, dict):
+        return None
+    return actor.get("type"), actor.get("id"), actor.get("project")
 
 
 def _where_to_look(scope: str) -> str:
@@ -317,3 +346,10 @@ class KeyOutcomeWatcher(OutcomeWatcher):
 
     async def _note_position(self, subject: str, event: dict[str, Any]) -> None:
         """The poller already noted each event's sequence."""
+
+    def _own_rejection(self, event: dict[str, Any], command: dict[str, Any]) -> bool:
+        """A key identity's command is rejected under the key's own actor, whatever the
+        command claims (None once the key is revoked): another key's rejection under this
+        command's id is not this one's. (The projector shows the key only its project's.)"""
+        actor = event.get("actor")
+        return actor is None or (isinstance(actor, dict) and actor.get("id") == self.key_id)

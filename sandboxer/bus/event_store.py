@@ -171,7 +171,12 @@ def event_id(event: Event, *, version: int = 0) -> str:
     ``version`` is the aggregate's version before the event (sandbox and snapshot events).
     """
     if isinstance(event, CommandRejected):
-        identity = f"rejected:{rejection_key(event)}".encode()
+        # One rejection per command id *and* rejected actor: a command id is anyone's to
+        # send, and another caller's rejection under it (a key of another project, say)
+        # must not take the place of this command's own as a duplicate (command_outcomes.py).
+        actor = event.actor
+        who = b"" if actor is None else msgspec.json.encode([actor.type, actor.id, actor.project])
+        identity = f"rejected:{rejection_key(event)}".encode() + who
     elif isinstance(event, HostEvent):
         identity = encode_event(event)
     elif isinstance(event, SNAPSHOT_EVENTS):

@@ -41,7 +41,14 @@ from sandboxer.ids import (
     system_id_refusal,
 )
 
-__all__ = ["MAX_COMMAND_BYTES", "InvalidCommand", "key_of", "parse_command", "verb_of"]
+__all__ = [
+    "MAX_COMMAND_BYTES",
+    "InvalidCommand",
+    "key_of",
+    "parse_command",
+    "readable_actor",
+    "verb_of",
+]
 
 MAX_COMMAND_BYTES = 64 * 1024
 """Commands are small; a larger payload is a mistake or an attack."""
@@ -115,7 +122,7 @@ def parse_command(subject: str, data: bytes) -> Command:
     sandbox_id = (
         raw_sandbox if isinstance(raw_sandbox, str) and is_valid_sandbox_id(raw_sandbox) else None
     )
-    actor = _readable_actor(_peek(payload, "actor"))
+    actor = readable_actor(_peek(payload, "actor"))
 
     def invalid(code: str, reason: str) -> InvalidCommand:
         return InvalidCommand(code, reason, command_id, sandbox_id, actor)
@@ -304,10 +311,12 @@ def _check_inputs(
             )
 
 
-def _readable_actor(raw: object) -> Actor | None:
-    """The actor a rejection records: only one that passes the checks a command's actor
-    does. An actor id of any length (up to the whole 1 MiB command) made a rejection too
-    large to append, and its command was handed back for ever."""
+def readable_actor(raw: object) -> Actor | None:
+    """The actor a rejection of a command on a plain subject records (a key identity's
+    command's: the key's own), and what a client waiting for the command's outcome expects
+    of its rejection (command_outcomes.py): only one that passes the checks a command's
+    actor does. An actor id of any length (up to the whole 1 MiB command) made a rejection
+    too large to append, and its command was handed back for ever."""
     try:
         actor = msgspec.convert(raw, Actor)
     except msgspec.ValidationError:

@@ -30,7 +30,7 @@ from sandboxer.commands.types import CreateKey
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.key_state import hash_key, key_id_for, new_key
 from sandboxer.domain.rate_limit import REFILL_SECONDS
-from sandboxer.errors import RateLimited
+from sandboxer.errors import CommandFailed, OutcomePending, RateLimited
 from sandboxer.events.types import Actor, SandboxRequested
 from sandboxer.ids import derive_sandbox_id, new_command_id
 from sandboxer.workers.control import ControlWorker
@@ -340,4 +340,86 @@ async def test_another_projects_create_sent_again_past_the_rate_is_refused_as_an
         assert (await store.load(derive_sandbox_id(carried_out))).state.status == alphas.status
     finally:
         await alpha_nc.close()
+        await beta_nc.close()
+
+
+async def _published_create(
+    running: Service, nc: nats.NATS, key_id: str, actor: Actor, command_id: str
+) -> None:
+    """A create as a key's identity may publish it: under a new message id each time (so
+    the commands stream's duplicate window does not drop it); returns once the control
+    worker took it."""
+    await nc.jetstream().publish(
+        subjects.stamped(subjects.command_subject("create"), key_id),
+        msgspec.json.encode(
+            {
+                "command_id": command_id,
+                "profile": "profile.local",
+                "inputs": {},
+                "actor": msgspec.to_builtins(actor),
+            }
+        ),
+        headers={"Nats-Msg-Id": new_command_id()},
+    )
+    await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control")
+
+
+async def test_another_projects_key_sending_a_command_under_its_id_does_not_reject_it(
+    service: tuple[Service, Clock],
+) -> None:
+    """Project alpha's create, forwarded by the gateway (the plain subject, alpha's key's
+    actor) and waited for; project beta's key, past its rate, sends a create under alpha's
+    command id (on its own subject, under a message id of its own). Its rate_limited
+    rejection lands on the command id's rejection subject, filed under beta's key; alpha's
+    wait goes on to its own outcome (none: no backend runs here), and so does a re-send of
+    it that reads the log back. Before, alpha's client took beta's rejection for its
+    create's, and the gateway answered alpha 429 for a create that was carried out.
+
+    Then beta sends a command under the id alpha uses next, and alpha's command is rejected
+    for a reason of its own: alpha is told that reason. Before, rejections were one per
+    command id (the second was dropped as a duplicate append), so alpha's never landed."""
+    running, _clock = service
+    store = JetStreamEventStore(running.client.nc, running.client.js)
+    _alpha_id, alpha = await _key(store, "alpha")
+    beta_id, beta = await _key(store, "beta")
+    beta_nc = await nats.connect(
+        running.settings.nats_urls[0], inbox_prefix=key_inbox_prefix(beta_id)
+    )
+    gateway = SandboxerClient(running.client.nc, actor=msgspec.to_builtins(alpha))
+    command_id = new_command_id()
+    sandbox_id = derive_sandbox_id(command_id)
+    waiting = asyncio.create_task(
+        gateway.create("profile.local", command_id=command_id, wait=True, timeout=6)
+    )
+    try:
+        async with asyncio.timeout(10):
+            while command_id not in (await store.load(sandbox_id)).state.handled:
+                await asyncio.sleep(0.02)
+        for _ in range(RATE):  # beta's bucket emptied (the worker's clock stands still)
+            await _published_create(running, beta_nc, beta_id, beta, new_command_id())
+        await _published_create(running, beta_nc, beta_id, beta, command_id)
+        (refused,) = await _rejections(running, command_id)
+        assert refused["code"] == "rate_limited"
+        assert refused["actor"] == msgspec.to_builtins(beta)
+        assert not waiting.done()
+
+        with pytest.raises(OutcomePending):
+            await waiting
+        with pytest.raises(OutcomePending):  # sent again: the log is read back
+            await gateway.create("profile.local", command_id=command_id, wait=True, timeout=1)
+        created = (await store.load(sandbox_id)).state
+        assert created.status not in ("new", "requested", "failed"), created.status
+        assert created.actor == alpha
+
+        following = new_command_id()
+        await _published_create(running, beta_nc, beta_id, beta, following)
+        with pytest.raises(CommandFailed) as rejected:
+            await gateway.create("profile.nope", command_id=following, wait=True, timeout=10)
+        assert rejected.value.event["code"] == "unknown_profile"
+        assert rejected.value.event["actor"] == msgspec.to_builtins(alpha)
+        codes = [r["code"] for r in await _rejections(running, following)]
+        assert codes == ["rate_limited", "unknown_profile"]
+    finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
         await beta_nc.close()
