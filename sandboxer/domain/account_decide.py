@@ -201,6 +201,13 @@ def _check_reservation(state: AccountState, command: ReserveCredits, now: str) -
     held = state.reservations.get(command.sandbox_id)
     # A reroute gives back what the sandbox held on the backend that refused it.
     freed = held.amount if held is not None and command.reason == "reroute" else 0
+    if command.amount <= freed:
+        # A reroute that holds no more than it gives back (to a free or BYOK backend, or a
+        # cheaper one) commits the account to nothing it had not taken on. Checked, it was
+        # refused whenever spending had passed the budget or the balance had dipped (both
+        # happen: a sandbox expired a sweep late is billed past its hold), and the sandbox
+        # failed as unpaid for on a backend that costs nothing.
+        return
     available = state.available + freed
     if command.amount > available:
         raise Rejected(

@@ -248,6 +248,50 @@ async def test_a_reroute_moves_the_reservation_to_the_new_backends_prices(
         await service.shutdown()
 
 
+async def test_a_reroute_to_a_free_backend_is_not_refused_for_a_budget_spent_past(
+    nats_server: Any, home: Path
+) -> None:
+    """A project whose spending passed its budget (a sandbox billed past its hold, or a
+    budget lowered under it) had its sandbox refused by the stub fail as unpaid for, though
+    the fallback, ext.local, costs nothing: the reroute's hold of 0 was checked as a new
+    spend. It lands on ext.local."""
+    write_profiles(home)
+    write_override(home, latency_ms=1)  # the packaged prices: a paid backend, working
+    service = await start_service(home, nats_server.url, [*ROLES, "meter"])
+    try:
+        await service.fund(amount=50_000_000)
+        client = service.client
+        spent = await client.create("profile.stub-only", ttl="10m")
+        await asyncio.sleep(1.1)
+        await client.destroy(spent["sandbox_id"])
+        async with asyncio.timeout(30):
+            while not (await client.credits("default"))[0]["spent_today"]:
+                await asyncio.sleep(0.1)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+    write_override(home, latency_ms=2000, failure_rate=1)  # refuses, two seconds in
+    service = await start_service(home, nats_server.url, ROLES)
+    admin = await SandboxerClient.connect([nats_server.url], actor={"type": "adm", "id": "ops"})
+    try:
+        client = service.client
+        create = asyncio.create_task(client.create("profile.fallback", ttl="10m"))
+        async with asyncio.timeout(30):
+            while not (await client.credits("default"))[0]["reserved"]:
+                await asyncio.sleep(0.05)  # held at the stub's prices
+        await admin.account_command("set_budget", "default", limit=1000, period="day")
+        ready = await create
+        assert ready["type"] == "ready", ready
+        assert (await client.get(ready["sandbox_id"]))["extension"] == "ext.local"
+        [account] = await client.credits("default")
+        assert account["reserved"] == 0, account
+        await client.destroy(ready["sandbox_id"])
+    finally:
+        await admin.close()
+        await service.client.close()
+        await service.shutdown()
+
+
 async def until_event(
     client: SandboxerClient, sandbox_id: str, wanted: list[str]
 ) -> list[dict[str, Any]]:

@@ -367,3 +367,25 @@ def test_a_sandbox_is_not_metered_at_a_hold_made_for_something_else() -> None:
         assert (other.amount, other.price, other.reserved_released) == (10, "1", 181_000)
     left = run(book, dataclasses.replace(meter("sbx00000001", 10), created_by="create-b"))
     assert (left.state.reserved, left.state.balance) == (0, 1_000_000)
+
+
+def test_a_reroute_holding_no_more_than_it_frees_is_never_refused() -> None:
+    """Spending past the budget, or a balance below the other holds (a sandbox billed past
+    its hold: expired a sweep late), refused a reroute to a free backend (a hold of 0)."""
+    book = run(funded(10_000), reserve("sbx00000001", 2_000))
+    book = run(book, reserve("sbx00000002", 4_000))
+    book = run(book, reserve("sbx00000003", 4_000))
+    book = run(book, meter("sbx00000001", 60))  # 1000 + 60 s at 100: 7000, past its hold
+    assert (book.state.balance, book.state.reserved) == (3_000, 8_000)
+
+    def reroute(book: AccountBook, amount: int) -> AccountBook:
+        return run(book, reserve("sbx00000002", amount, reason="reroute", command_id="r-1"))
+
+    budgeted = run(
+        book, SetBudget(command_id="b1", actor=ADM, project="acme", limit=5_000, period="day")
+    )
+    for start in (book, budgeted):  # balance below the others' holds; spent past the budget
+        for amount in (0, 4_000):  # to a free backend; to one as dear
+            assert reroute(start, amount).state.reserved == 4_000 + amount
+        with pytest.raises(Rejected):  # one that holds more is checked as before
+            reroute(start, 4_001)
