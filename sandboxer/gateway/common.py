@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from sandboxer import subjects
 from sandboxer.client import SandboxerClient
-from sandboxer.domain.key_access import event_owner, may_see
+from sandboxer.domain.key_access import event_owner, may_see, scope_of
 from sandboxer.domain.rate_limit import stated_wait
 from sandboxer.gateway.errors import error_response, rejection_response
 from sandboxer.gateway.models import SANDBOX_ID, Accepted, ErrorBody, Pending
@@ -111,9 +111,11 @@ async def rejection(client: SandboxerClient, command_id: str | None) -> JSONResp
     """The rejection of ``command_id`` in the error shape, if it was rejected."""
     if command_id is None:
         return None
-    reply = await client.query(
-        subjects.QUERY_REJECTION, {"command_id": command_id, "min_seq": client.seen_seq}
-    )
+    request: dict[str, Any] = {"command_id": command_id, "min_seq": client.seen_seq}
+    scope = scope_of(client.actor)
+    if scope is not None:  # the project's own: another's under this id must not hide it
+        request["project"] = scope
+    reply = await client.query(subjects.QUERY_REJECTION, request)
     event = reply.get("rejection")
     if not isinstance(event, dict) or not may_see(client.actor, event_owner(event)):
         return None

@@ -114,7 +114,9 @@ class KeyQueries:
         return {**request, "project": scope, "limit": limit}
 
     async def _rejection(self, request: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
-        reply = await self._ask(subjects.QUERY_REJECTION)(request)
+        scope = scope_of(actor)  # the project's own rejection, as the gateway asks for it
+        asked = request if scope is None else {**request, "project": scope}
+        reply = await self._ask(subjects.QUERY_REJECTION)(asked)
         found = reply.get("rejection")
         if isinstance(found, dict) and not may_see(
             actor, event_owner({"type": "rejected", **found})

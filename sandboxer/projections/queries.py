@@ -157,7 +157,9 @@ class QueryService:
         position = await self._consistent(request)
         assert self._projector.view is not None
         return {
-            "rejection": await self._projector.view.rejection(command_id),
+            # With ``project`` (a key's own, or the gateway's for a key): that project's
+            # rejection of the command, not another project's sent under its id later.
+            "rejection": await self._projector.view.rejection(command_id, _project(request)),
             "position": position,
         }
 

@@ -89,10 +89,12 @@ CREATE INDEX IF NOT EXISTS sandboxes_project ON sandboxes(project, created_at);
 CREATE INDEX IF NOT EXISTS sandboxes_harness ON sandboxes(harness) WHERE harness IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sandboxes_due ON sandboxes(due_at) WHERE due_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS rejections (
-    key TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    project TEXT NOT NULL,
     command_id TEXT,
     seq INTEGER NOT NULL,
-    event BLOB NOT NULL
+    event BLOB NOT NULL,
+    PRIMARY KEY (key, project)
 );
 CREATE TABLE IF NOT EXISTS hosts (
     host TEXT PRIMARY KEY,
@@ -257,9 +259,18 @@ class SandboxView:
             )
             await write_rows(
                 self._db,
-                "INSERT OR REPLACE INTO rejections VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO rejections VALUES (?, ?, ?, ?, ?)",
                 [
-                    (r.command_id or f"seq-{r.stream_seq}", r.command_id, seq, _encode(r))
+                    # One row per command id and rejected actor's project: a command id is
+                    # anyone's to send, and another project's rejection under it must not
+                    # take the place of this project's (query.command.rejection).
+                    (
+                        r.command_id or f"seq-{r.stream_seq}",
+                        project_of(r.actor),
+                        r.command_id,
+                        seq,
+                        _encode(r),
+                    )
                     for r, seq in rejections
                 ],
             )
@@ -411,8 +422,14 @@ class SandboxView:
     async def load_key(self, key_id: str) -> KeyState | None:
         return await load_key(self._db, key_id)
 
-    async def rejection(self, key: str) -> dict[str, Any] | None:
-        async with self._db.execute("SELECT event FROM rejections WHERE key = ?", (key,)) as c:
+    async def rejection(self, key: str, project: str | None = None) -> dict[str, Any] | None:
+        """The last rejection of the command ``key`` (its id, or ``seq-<N>``); with
+        ``project``, the last one whose rejected actor is of that project (the one whose
+        owner may see it, domain/key_access.event_owner)."""
+        query, args = "SELECT event FROM rejections WHERE key = ?", [key]
+        if project is not None:
+            query, args = f"{query} AND project = ?", [key, project]
+        async with self._db.execute(f"{query} ORDER BY seq DESC LIMIT 1", args) as c:
             row = await c.fetchone()
         return msgspec.json.decode(row[0]) if row else None
 

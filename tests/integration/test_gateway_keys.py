@@ -20,6 +20,7 @@ import nats
 import pytest
 
 from sandboxer import subjects
+from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_store import Loaded, LoadedAccount, LoadedSnapshot
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.key_users import key_inbox_prefix
@@ -340,6 +341,65 @@ async def test_another_projects_idempotency_key_shows_nothing_of_its_sandbox(
         assert again.status_code == 201, again.text
         assert again.json()["sandbox_id"] == sandbox_id
         await a.delete(f"/v1/sandboxes/{sandbox_id}?wait=30s")
+
+
+async def test_another_projects_rejection_under_a_command_id_does_not_hide_its_own(
+    front: Front,
+) -> None:
+    """Alpha's create is rejected (an unknown profile); then beta's key sends a command under
+    alpha's command id on its own bus subject, under a message id of its own (past the
+    commands stream's duplicate window, as a hostile key may), and it is rejected too, under
+    beta's key. Alpha's status URL and alpha's key on the bus still answer alpha's
+    rejection. Before, the view kept one rejection per command id, the last: beta's, which
+    alpha may not see, so alpha's status URL answered 202 (pending) for ever."""
+    alpha, beta = await front.key("alpha"), await front.key("beta")
+    alpha_id, beta_id = key_id_for(hash_key(alpha)), key_id_for(hash_key(beta))
+    command_id = new_command_id()
+    nope = {"profile": "profile.nope"}
+    client = front.service.client
+
+    async def rejections() -> int:
+        subject = subjects.rejection_subject(command_id)
+        return len([seq async for seq, _data in read_subject(client.nc, subject)])
+
+    async with front.http(alpha) as a:
+        made = await a.post("/v1/sandboxes", json=nope, headers={"Idempotency-Key": command_id})
+        assert made.status_code == 202, made.text
+        status_url = made.json()["status_url"]
+        async with asyncio.timeout(30):
+            while (answer := await a.get(status_url)).status_code == 202:
+                await asyncio.sleep(0.05)
+        assert_error(answer, 422, "unknown_profile")
+
+        beta_actor = {"type": "agt", "id": beta_id, "project": "beta"}
+        await client.js.publish(
+            subjects.stamped(subjects.command_subject("create"), beta_id),
+            json.dumps(
+                {"command_id": command_id, "inputs": {}, "actor": beta_actor} | nope
+            ).encode(),
+            headers={"Nats-Msg-Id": f"{command_id}-{beta_id}"},
+        )
+        async with asyncio.timeout(30):
+            while await rejections() < 2:
+                await asyncio.sleep(0.05)
+        last = (await client.js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+        await client.query(subjects.QUERY_REJECTION, {"command_id": command_id, "min_seq": last})
+
+        answer = await a.get(status_url)
+        error = assert_error(answer, 422, "unknown_profile")
+        assert beta_id not in json.dumps(error)
+    url = front.service.settings.nats_urls[0]
+    alpha_nc = await nats.connect(url, inbox_prefix=key_inbox_prefix(alpha_id))
+    try:
+        alpha_key = SandboxerClient(
+            alpha_nc, actor={"type": "agt", "id": alpha_id, "project": "alpha"}, key_id=alpha_id
+        )
+        asked = {"command_id": command_id, "min_seq": last}
+        found = (await alpha_key.query(subjects.QUERY_REJECTION, asked))["rejection"]
+        assert found is not None
+        assert found["actor"]["id"] == alpha_id
+    finally:
+        await alpha_nc.close()
 
 
 async def test_a_revoked_key_stops_working_at_once(front: Front) -> None:
