@@ -301,10 +301,14 @@ class ControlWorker:
             return await self._reroute(command)
         limit = await limiting_key(self._store, subject, command)
         restored_from = None
+        passed_over: tuple[str, ...] = ()
         if isinstance(command, RestoreSnapshot):
             restored_from = command.snapshot_id
             command = await self._snapshots.restore_as_create(command)
-        domain_command = await self._to_domain(command, limit=limit)
+            # A backend that ignores the workspace input would make it ready without the
+            # snapshot's files: a restore routes only among those that copy it in.
+            passed_over = self._snapshots.passed_over(command)
+        domain_command = await self._to_domain(command, refused_by=passed_over, limit=limit)
         if restored_from is not None and isinstance(domain_command, AdmittedCreate):
             domain_command = dataclasses.replace(domain_command, restored_from=restored_from)
         domain_command = await self._reserve(domain_command)
@@ -387,6 +391,8 @@ class ControlWorker:
         loaded = await self._store.load(command.sandbox_id)
 
         async def admit(again: CreateSandbox, refused_by: tuple[str, ...]) -> AdmittedCreate:
+            if loaded.state.restored_from is not None:  # its fallback passes over them too
+                refused_by = (*refused_by, *self._snapshots.passed_over(again))
             admitted = await self._to_domain(again, refused_by=refused_by)
             assert isinstance(admitted, AdmittedCreate)
             return admitted

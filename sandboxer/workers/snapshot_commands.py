@@ -9,7 +9,11 @@ appended.
 
 A restore is a create whose directory input is the snapshot's object: the
 worker of any backend fetches it and checks its digest on arrival, as it
-does for an upload, so a snapshot restores on the same or another backend.
+does for an upload, so a snapshot restores on the same or another backend
+that copies that input into its sandboxes (its class's ``directory_inputs``).
+One that does not (the hosted ones, the stub) would make the sandbox ready
+without the workspace: it is passed over by the restore's routing, and a
+restore no candidate can receive is refused.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from sandboxer.commands.types import (
     RestoreSnapshot,
     SnapshotSandbox,
 )
-from sandboxer.config.catalog import Catalog
+from sandboxer.config.catalog import Catalog, load_extension_class
 from sandboxer.domain.account_state import DEFAULT_PROJECT
 from sandboxer.domain.sandbox_snapshots import StartSnapshot
 from sandboxer.domain.snapshot_decide import DeleteSnapshotDecision, RequestSnapshot
-from sandboxer.errors import Rejected
+from sandboxer.errors import ConfigError, Rejected
 from sandboxer.ids import derive_sandbox_id, derive_snapshot_id
 from sandboxer.workers.deciding import apply, apply_snapshot
 from sandboxer.workspaces.bucket import open_bucket
@@ -114,6 +118,34 @@ class SnapshotCommands:
         )
         return loaded
 
+    def passed_over(self, create: CreateSandbox) -> tuple[str, ...]:
+        """The candidates of a restore's profile that would not copy the snapshot's workspace
+        in (its routing leaves them out): the input receiving it is the one naming an
+        object (the profile's first directory input)."""
+        profile = self._catalog.profile(create.profile)
+        directories = sorted(n for n, spec in profile.inputs.items() if spec.type == "directory")
+        if not directories:
+            return ()
+        return self._not_receiving(profile.candidates(), directories[0])
+
+    def _not_receiving(self, candidates: list[str], name: str) -> tuple[str, ...]:
+        """Of ``candidates``, those whose backend does not read the input ``name`` as a
+        directory to copy in (it ignores it). One whose class cannot be imported here, or
+        not enabled, is left to routing and its worker."""
+        enabled = self._catalog.extensions_enabled()
+        ignoring = []
+        for extension in candidates:
+            decl = enabled.get(extension)
+            if decl is None:
+                continue
+            try:
+                reads = getattr(load_extension_class(decl), "directory_inputs", ())
+            except ConfigError:
+                continue
+            if name not in reads:
+                ignoring.append(extension)
+        return tuple(ignoring)
+
     def _check_capability(self, extension: str, sandbox_id: str) -> None:
         decl = self._catalog.extensions_enabled().get(extension)
         if decl is None or not decl.capabilities.snapshot:
@@ -173,6 +205,15 @@ class SnapshotCommands:
                 "invalid_input",
                 f"input {target!r} of {profile_id} receives the snapshot's workspace; "
                 "leave it out of the restore's inputs",
+            )
+        passed_over = self._not_receiving(profile.candidates(), target)
+        if len(passed_over) == len(profile.candidates()):
+            raise Rejected(
+                "not_restorable",
+                f"{profile_id} runs on {', '.join(passed_over)}, which does not copy its "
+                f"input {target!r} into a sandbox: the restored sandbox would lack the "
+                "snapshot's workspace; choose a profile on a backend that does (ext.local, "
+                "ext.compose-ssh, ext.vm-packer) with --profile",
             )
         return CreateSandbox(
             command_id=command.command_id,

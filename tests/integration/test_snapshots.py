@@ -327,3 +327,64 @@ async def test_a_sparse_file_does_not_fill_the_worker_s_disk_with_its_snapshot(
         await service.client.close()
         await service.shutdown()
         await reap_local(home)
+
+
+ROUTED_RESTORE = """\
+id: profile.restore-routed
+route:
+  strategy: explicit
+  candidates: [ext.saas-stub, ext.local]
+network: {default: allow}
+inputs:
+  repo: {type: directory, required: false}
+"""
+STUB_WITH_REPO = """\
+id: profile.stub-repo
+extension: ext.saas-stub
+network: {default: allow}
+inputs:
+  repo: {type: directory, required: false}
+"""
+
+
+async def test_a_restore_never_lands_on_a_backend_that_drops_its_workspace(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    """ext.saas-stub (like the hosted backends) copies no directory input in: a restore routed
+    there was made ready without the snapshot's files, and said nothing (review 2026-12-04).
+    Now routing passes such a backend over for a restore, and a profile with no other
+    candidate is not restorable."""
+    from tests.integration.test_ext_saas_stub import write_override
+
+    (home / "profiles").mkdir(parents=True, exist_ok=True)
+    (home / "profiles" / "profile.restore-routed.yaml").write_text(ROUTED_RESTORE)
+    (home / "profiles" / "profile.stub-repo.yaml").write_text(STUB_WITH_REPO)
+    write_override(home, latency_ms=1, per_second=0, per_create=0)  # free: no credits
+    roles = ["control", "projector", "ext.saas-stub", "ext.local"]
+    service = await start_service(home, nats_server.url, roles)
+    try:
+        client = service.client
+        source = (await client.create())["sandbox_id"]
+        await run_in(client, source, f"printf '{NOTE}' > /workspace/note.txt")
+        snapshot_id = (await client.snapshot(source))["snapshot_id"]
+
+        # The stub comes first in the route, and is passed over: the files arrive.
+        restored = (await client.restore(snapshot_id, profile="profile.restore-routed"))[
+            "sandbox_id"
+        ]
+        got = await client.get(restored)
+        assert got is not None
+        assert (got["extension"], got["restored_from"]) == ("ext.local", snapshot_id)
+        assert await run_in(client, restored, "cat /workspace/note.txt") == NOTE
+
+        with pytest.raises(CommandFailed) as refused:
+            await client.restore(snapshot_id, profile="profile.stub-repo")
+        assert refused.value.event["code"] == "not_restorable"
+        assert "ext.saas-stub, which does not copy its input 'repo'" in refused.value.message
+        assert not list((home / "saas-stub").rglob("*.json"))  # nothing made at the stub
+        await client.destroy(restored)
+        await client.destroy(source)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)

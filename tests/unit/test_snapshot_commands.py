@@ -172,3 +172,36 @@ async def test_a_delete_handled_again_leaves_an_object_a_later_snapshot_holds(
     await commands.delete(DeleteSnapshot(command_id="c-del", actor=SYSTEM_ACTOR, snapshot_id=first))
     assert (await store.load_snapshot(first)).state.object_removed
     assert (await store.load_snapshot(later)).state.object == "sha256-ab"
+
+
+async def test_a_restore_passes_over_backends_that_drop_a_directory_input(
+    tmp_path: Path,
+) -> None:
+    """ext.saas-stub and the hosted backends copy no directory input in: a restore there
+    would be ready without the snapshot's workspace."""
+    store = MemoryEventStore()
+    await ready_sandbox(store)
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "profile.stub-repo.yaml").write_text(
+        "id: profile.stub-repo\nextension: ext.saas-stub\nnetwork: {default: allow}\n"
+        "inputs:\n  repo: {type: directory}\n"
+    )
+    commands = SnapshotCommands(NO_BUS, store, Catalog.load(tmp_path))
+    await commands.snapshot(snapshot_command())
+    snapshot_id = derive_snapshot_id("c-snap")
+    stored = RecordSnapshotStored(
+        job_id="j", bucket="B", object="sha256-" + "d" * 64, size=1, sha256="d" * 64
+    )
+    await apply_snapshot(store, snapshot_id, stored)
+
+    def restore(profile: str) -> RestoreSnapshot:
+        return RestoreSnapshot(
+            command_id=f"c-{profile}", actor=SYSTEM_ACTOR, snapshot_id=snapshot_id, profile=profile
+        )
+
+    burst = await commands.restore_as_create(restore("profile.burst-sandbox"))
+    assert commands.passed_over(burst) == ("ext.saas-stub", "ext.e2b")
+    assert commands.passed_over(await commands.restore_as_create(restore("profile.local"))) == ()
+    with pytest.raises(Rejected, match=r"ext\.saas-stub, which does not copy") as refused:
+        await commands.restore_as_create(restore("profile.stub-repo"))
+    assert refused.value.code == "not_restorable"
