@@ -5,6 +5,13 @@ the sandbox records ``snapshot_started`` first (under the sandbox's expected
 sequence, which orders it against a destroy; see
 :mod:`sandboxer.domain.sandbox_snapshots`), then the snapshot records
 ``requested`` in reaction. A re-sent command decides nothing on either.
+
+A snapshot's id is derived from its command's id, and command ids are the clients'
+choice, one namespace across projects: a snapshot command whose id names a snapshot
+already taken of another sandbox is not that snapshot's command sent again, and is
+refused before anything is appended (:func:`snapshot_taken`): decided as a re-send, it
+would start a snapshot of its own sandbox under the other's id, and its job would store
+its sandbox's workspace as that snapshot while it is still being taken.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ __all__ = [
     "RequestSnapshot",
     "SnapshotCommand",
     "decide_snapshot",
+    "snapshot_taken",
 ]
 
 
@@ -79,6 +87,20 @@ class DeleteSnapshotDecision:
 SnapshotCommand = (
     RequestSnapshot | RecordSnapshotStored | RecordSnapshotFailed | DeleteSnapshotDecision
 )
+
+
+def snapshot_taken(state: SnapshotState, sandbox_id: str) -> Rejected | None:
+    """Why a snapshot command on ``sandbox_id`` whose id makes the snapshot ``state`` is
+    refused: the snapshot exists, taken of another sandbox (see the module). None when it is
+    free, or this sandbox's (the command sent again). The reason names the snapshot id
+    only (the caller derived it), nothing of its sandbox or project."""
+    if state.status == "new" or state.sandbox_id == sandbox_id:
+        return None
+    return Rejected(
+        "snapshot_exists",
+        f"snapshot {state.snapshot_id} already exists (a snapshot's id comes from its "
+        "command's id): send the snapshot with a new command_id",
+    )
 
 
 def decide_snapshot(

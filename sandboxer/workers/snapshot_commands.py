@@ -33,7 +33,11 @@ from sandboxer.commands.types import (
 from sandboxer.config.catalog import Catalog, load_extension_class
 from sandboxer.domain.account_state import DEFAULT_PROJECT
 from sandboxer.domain.sandbox_snapshots import StartSnapshot
-from sandboxer.domain.snapshot_decide import DeleteSnapshotDecision, RequestSnapshot
+from sandboxer.domain.snapshot_decide import (
+    DeleteSnapshotDecision,
+    RequestSnapshot,
+    snapshot_taken,
+)
 from sandboxer.errors import ConfigError, Rejected
 from sandboxer.ids import derive_sandbox_id, derive_snapshot_id
 from sandboxer.workers.deciding import apply, apply_snapshot
@@ -89,6 +93,13 @@ class SnapshotCommands:
     async def snapshot(self, command: SnapshotSandbox) -> Loaded:
         """Decide the snapshot on the sandbox, then open the snapshot; returns the sandbox."""
         snapshot_id = derive_snapshot_id(command.command_id)
+        # Before the sandbox records anything: a command id naming another sandbox's
+        # snapshot is not this one sent again (domain/snapshot_decide.snapshot_taken).
+        taken = snapshot_taken(
+            (await self._store.load_snapshot(snapshot_id)).state, command.sandbox_id
+        )
+        if taken is not None:
+            raise taken
         loaded = await self._store.load(command.sandbox_id)
         extension = loaded.state.extension
         if extension is not None and command.command_id not in loaded.state.handled:

@@ -24,6 +24,7 @@ from sandboxer.domain.snapshot_decide import (
     RecordSnapshotStored,
     RequestSnapshot,
     decide_snapshot,
+    snapshot_taken,
 )
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import Rejected
@@ -274,3 +275,18 @@ async def test_the_snapshot_aggregate_reacts_to_the_sandbox_once() -> None:
     assert loaded.state.status == "created"
     assert (await store.load(SID)).last_seq == 0  # snapshot events are not the sandbox's
     assert all(e.event_id for e in store.log)
+
+
+def test_a_snapshot_taken_of_another_sandbox_is_not_free_for_a_command_under_its_id() -> None:
+    """A snapshot's id comes from its command id: a command naming one already taken of
+    another sandbox is refused before anything is appended; sent again on its own sandbox,
+    or naming a snapshot never taken, it is not."""
+    taken = run(SnapshotState(snapshot_id=SNAP), request())
+    assert snapshot_taken(SnapshotState(snapshot_id=SNAP), "othersbx01") is None
+    assert snapshot_taken(taken, SID) is None
+    refusal = snapshot_taken(taken, "othersbx01")
+    assert refusal is not None
+    assert refusal.code == "snapshot_exists"
+    assert SID not in refusal.reason  # nothing of the other sandbox
+    finished = run(taken, stored())
+    assert snapshot_taken(finished, "othersbx01") is not None
