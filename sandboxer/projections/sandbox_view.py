@@ -438,7 +438,7 @@ class SandboxView:
         tables: dict[str, list[tuple[Any, ...]]] = {}
         for table, key in (
             ("sandboxes", "sandbox_id"),
-            ("rejections", "key"),
+            ("rejections", "key, project"),
             ("hosts", "host"),
             ("snapshots", "snapshot_id"),
             *ROUTE_TABLES,
