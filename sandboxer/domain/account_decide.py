@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from sandboxer.commands.types import AddCredits, SetBudget, SetByok
 from sandboxer.domain.account_state import (
+    OPERATOR_KEY,
     AccountBook,
     AccountState,
     Reservation,
@@ -238,7 +239,12 @@ def _check_reservation(state: AccountState, command: ReserveCredits, now: str) -
 def _holds_for(held: Reservation, command: MeterUsage) -> bool:
     """Whether ``held`` was reserved for the sandbox as it ran: by the create that made it
     (another create naming its id, or one sent again that routed elsewhere after a crash
-    between its hold and its append, held for something else) on the backend it ran on."""
+    between its hold and its append, held for something else) on the backend it ran on,
+    with the operator's key (one its ``routed`` says the project's own key made was paid for
+    by that key: a create held on the operator's key, cut off before its append and sent
+    again once the project had set its own, was routed with the project's key)."""
+    if command.provider_key not in (None, OPERATOR_KEY):
+        return False
     if held.created_by is not None and command.created_by not in (None, held.created_by):
         return False
     return command.extension is None or held.extension == command.extension

@@ -21,9 +21,15 @@ from typing import Any
 import pytest
 
 from sandboxer.bus.event_reader import read_events
+from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
+from sandboxer.commands.types import CreateSandbox
+from sandboxer.config.catalog import Catalog
+from sandboxer.domain.admission import admit_create
 from sandboxer.errors import CommandFailed
+from sandboxer.events.actor import Actor
+from sandboxer.workers.credit_reservation import reserve_for_create
 from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
 from tests.doubles.modal_double import ModalDouble
@@ -308,6 +314,52 @@ async def test_a_key_the_provider_refuses_names_the_reference(
         assert "401" in event["reason"] or "UNAUTHENTICATED" in event["reason"]
         assert wrong not in event["reason"]
         assert not any(wrong.encode() in data for data in await log_bytes(service))
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_a_create_sent_again_after_the_project_set_its_key_is_not_charged_its_hold(
+    nats_server: NatsServerProcess,
+    home: Path,
+    keyed: Keyed,
+    team: SandboxerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A create held credits on the operator's key and was cut off before its append (a
+    crash); the project set its own key; the create, sent again, was routed with the
+    project's key and made in the project's provider account, and its metering charged the
+    hold all the same: credits for a sandbox the project's own key paid the provider for."""
+    monkeypatch.setenv(KEY_VARIABLE, keyed.project_key)
+    service = await running(home, nats_server.url, keyed)
+    try:
+        await service.fund(PROJECT)
+        catalog = Catalog.load(home)
+        cut_off = CreateSandbox(
+            command_id="team-create-1",
+            actor=Actor(type="agt", id="x", project=PROJECT),
+            profile=keyed.profile,
+            ttl="10m",
+        )
+        admitted = admit_create(
+            cut_off, catalog.profile(keyed.profile), catalog.extensions_enabled()
+        )
+        store = JetStreamEventStore(team.nc, team.js)
+        assert await reserve_for_create(store, catalog, admitted) == "operator"
+        async with asyncio.timeout(30):  # appended beside the client: wait for the view
+            while not ((await team.credits(PROJECT)) or [{}])[0].get("reserved"):
+                await asyncio.sleep(0.05)
+        byok = {"extension": keyed.extension, "key_ref": f"env:{KEY_VARIABLE}"}
+        await team.account_command("set_byok", PROJECT, **byok)
+
+        ready = await team.create(keyed.profile, ttl="10m", command_id="team-create-1")
+        sandbox_id = ready["sandbox_id"]
+        await team.destroy(sandbox_id)
+        assert keyed.keys_of(sandbox_id) == {keyed.project_key}
+        account = await metered(team, PROJECT, 1)
+        (usage,) = (await team.usage(project=PROJECT))["usage"]
+        assert (usage["byok"], usage["amount"]) == (True, 0)
+        assert (account["debited"], account["reserved"]) == (0, 0)
     finally:
         await service.client.close()
         await service.shutdown()

@@ -389,3 +389,17 @@ def test_a_reroute_holding_no_more_than_it_frees_is_never_refused() -> None:
             assert reroute(start, amount).state.reserved == 4_000 + amount
         with pytest.raises(Rejected):  # one that holds more is checked as before
             reroute(start, 4_001)
+
+
+def test_a_sandbox_its_project_s_key_made_is_not_charged_a_hold() -> None:
+    """Held on the operator's key, cut off before its append, sent again once the project
+    had set its own key: routed with the project's key, it was metered at the hold."""
+    book = run(funded(), reserve("sbx00000001", 181_000))
+    command = dataclasses.replace(meter("sbx00000001", 10), provider_key="env:SANDBOXER_BYOK_A")
+    (own,) = decide_account(book, command, NOW)
+    assert isinstance(own, UsageMetered)
+    assert (own.byok, own.amount, own.price, own.reserved_released) == (True, 0, "0", 181_000)
+    operator = dataclasses.replace(command, provider_key="operator")
+    (paid,) = decide_account(book, operator, NOW)
+    assert isinstance(paid, UsageMetered)
+    assert (paid.byok, paid.amount) == (False, 2_000)
