@@ -30,6 +30,7 @@ from sandboxer.config.hosts import HOST_NAME
 from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
 from sandboxer.domain.key_decide import key_command_refusal
 from sandboxer.domain.key_state import is_valid_key_id
+from sandboxer.domain.pool_state import is_member_id
 from sandboxer.durations import parse_duration
 from sandboxer.errors import InvalidCommand, InvalidInput, InvalidNetworkPolicy
 from sandboxer.events.types import Actor
@@ -164,6 +165,14 @@ def parse_command(subject: str, data: bytes) -> Command:
 
 def _check_fields(command: Command, invalid: Callable[[str, str], InvalidCommand]) -> None:
     """Checks a field's type cannot express: names, lengths, durations."""
+    if isinstance(command, RestoreSnapshot | CreateSandbox) and is_member_id(command.sandbox_id):
+        # A claimed member keeps its own id as the name of its cgroups, network and uid on
+        # ext.local: a new sandbox under that id would start clean over them (docs/pools.md).
+        raise invalid(
+            "invalid_id",
+            f"sandbox_id {command.sandbox_id!r} has the form of a warm pool member's id "
+            "('pool' and 16 hex digits), which is the service's own; choose another",
+        )
     if isinstance(command, RestoreSnapshot | CreateSandbox) and command.consumer is not None:
         unfit = consumer_refusal(command.consumer)
         if unfit is not None:

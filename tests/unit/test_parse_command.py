@@ -258,3 +258,29 @@ def test_the_services_own_command_ids_are_refused_from_clients() -> None:
     assert parse_command(
         "sandboxer.cmd.destroy", raw(command_id="my-reserve-1", sandbox_id="abcdefgh", actor=ACTOR)
     )
+
+
+def test_a_create_or_restore_may_not_take_a_pool_member_s_id() -> None:
+    """A claimed member keeps its own id as the name of its cgroups, network and uid on
+    ext.local: a sandbox made under that id started clean over the claimed one's."""
+    member = "pool0123456789abcdef"
+    for verb, fields in (
+        ("create", {"profile": "profile.local"}),
+        ("restore", {"snapshot_id": "snpabcdefgh"}),
+    ):
+        with pytest.raises(InvalidCommand) as refused:
+            parse_command(
+                f"sandboxer.cmd.{verb}",
+                raw(command_id="c1", sandbox_id=member, actor=ACTOR, **fields),
+            )
+        assert refused.value.code == "invalid_id"
+        assert "warm pool member" in refused.value.reason
+    # Other ids that start with 'pool' are a client's to choose, and a command on an
+    # existing sandbox is not refused for its id's form.
+    assert parse_command(
+        "sandboxer.cmd.create",
+        raw(command_id="c2", sandbox_id="poolside1", profile="p", actor=ACTOR),
+    )
+    assert parse_command(
+        "sandboxer.cmd.destroy", raw(command_id="c3", sandbox_id=member, actor=ACTOR)
+    )
