@@ -18,7 +18,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,14 +247,28 @@ def _swap(fresh: Path, live: Path) -> None:
 def _compare(
     live: dict[str, list[tuple[object, ...]]], rebuilt: dict[str, list[tuple[object, ...]]]
 ) -> list[str]:
+    """Each row one side holds and the other does not, paired by its first column for the
+    report. Whole rows are compared: a table keyed by more than its first column (a command
+    id's rejections, one per project) holds several rows under one first column."""
     differences: list[str] = []
     for table, rows in live.items():
-        live_rows = {row[0]: row for row in rows}
-        rebuilt_rows = {row[0]: row for row in rebuilt[table]}
-        for key in sorted(set(live_rows) | set(rebuilt_rows), key=str):
-            if live_rows.get(key) != rebuilt_rows.get(key):
-                differences.append(
-                    f"{table}[{key}]: live {live_rows.get(key)!r:.200} "
-                    f"!= rebuilt {rebuilt_rows.get(key)!r:.200}"
-                )
+        live_only = Counter(rows) - Counter(rebuilt[table])
+        rebuilt_only = Counter(rebuilt[table]) - Counter(rows)
+        lives = _by_first(live_only.elements())
+        rebuilts = _by_first(rebuilt_only.elements())
+        for key in sorted(set(lives) | set(rebuilts), key=str):
+            differences.append(
+                f"{table}[{key}]: live {lives.get(key)!r:.200} "
+                f"!= rebuilt {rebuilts.get(key)!r:.200}"
+            )
     return differences[:50]
+
+
+def _by_first(
+    rows: Iterable[tuple[object, ...]],
+) -> dict[object, tuple[object, ...] | list[tuple[object, ...]]]:
+    """Rows by their first column: the row alone, or a list when several share it."""
+    grouped: dict[object, list[tuple[object, ...]]] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(row)
+    return {key: found[0] if len(found) == 1 else found for key, found in grouped.items()}
