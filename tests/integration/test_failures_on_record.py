@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.aio.client import Client as NatsClient
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
+from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.extension_worker import ExtensionWorker
@@ -45,57 +50,83 @@ class TeardownFaults(LocalExtension):
         await super().teardown(sandbox_id, host=host)
 
 
-async def test_a_teardown_that_keeps_failing_is_recorded_and_retried(
-    nats_server: NatsServerProcess, home: Path
-) -> None:
-    service = await start_service(home, nats_server.url, roles=["control", "projector"])
-    nc = await connect([nats_server.url], name="test-faulty-worker")
-    extension = TeardownFaults(home / "local")
-    store = JetStreamEventStore(nc, nc.jetstream())
+@dataclasses.dataclass
+class Beside:
+    """The control worker and projector, and this test's own ext.local worker beside them."""
+
+    client: SandboxerClient
+    settings: Settings
+    nc: NatsClient
+    store: JetStreamEventStore
+    worker: ExtensionWorker
+
+
+@contextlib.asynccontextmanager
+async def worker_beside(
+    home: Path,
+    url: str,
+    extension: LocalExtension,
+    store_type: type[JetStreamEventStore] = JetStreamEventStore,
+) -> AsyncIterator[Beside]:
+    """An extension worker of ``extension`` and a store of ``store_type`` (either may fail
+    on purpose) that gives a job up after two failures, beside the real service's roles."""
+    service = await start_service(home, url, roles=["control", "projector"])
+    nc = await connect([url], name="test-faulty-worker")
+    store = store_type(nc, nc.jetstream())
     worker = ExtensionWorker(nc.jetstream(), store, Catalog.load(home), extension, ack_wait=2)
-    inventory = InventoryService(nc, store, extension, service.settings)
-    await inventory.start()
     worker.spec = dataclasses.replace(worker.spec, max_failures=2)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
-    client = service.client
     try:
-        ready = await client.create()
-        sandbox_id = ready["sandbox_id"]
-        extension.broken = True
-        await client.destroy(sandbox_id, wait=False)
-        async with asyncio.timeout(30):
-            while "teardown_failed" not in await event_types(client, sandbox_id):
-                await asyncio.sleep(0.1)
-        stuck = await wait_status(client, sandbox_id, {"destroying"})
-        assert "device busy" in stuck["teardown_failure"]
-        failed = [
-            event
-            async for _seq, event in client.events(sandbox_id=sandbox_id)
-            if event["type"] == "teardown_failed"
-        ]
-        assert "device busy" in failed[0]["reason"]
-        # inspect stale shows it as stuck; reap-stale tries again and records the new failure.
-        stale = await client.inventory("stale", "ext.local", {})
-        assert [s["sandbox_id"] for s in stale[0]["hosts"][0]["stuck"]] == [sandbox_id]
-        await client.inventory("reap", "ext.local", {"apply": True})
-        again = await wait_status(client, sandbox_id, {"destroying"})
-        assert "reap-stale tried again" in (again["teardown_failure"] or "")
-        # Once the cause is gone, reap-stale (or a new destroy) finishes the job.
-        extension.broken = False
-        reaped = await client.inventory("reap", "ext.local", {"apply": True})
-        assert reaped[0]["hosts"][0]["removed"] == [sandbox_id]
-        done = await wait_status(client, sandbox_id, {"destroyed"})
-        assert done["teardown_failure"] is None
-        assert not (home / "local" / sandbox_id).exists()
+        yield Beside(service.client, service.settings, nc, store, worker)
     finally:
-        await inventory.stop()
         stop.set()
         await running
         await nc.drain()
-        await client.close()
+        await service.client.close()
         await service.shutdown()
         await reap_local(home)
+
+
+async def test_a_teardown_that_keeps_failing_is_recorded_and_retried(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    extension = TeardownFaults(home / "local")
+    async with worker_beside(home, nats_server.url, extension) as beside:
+        client = beside.client
+        inventory = InventoryService(beside.nc, beside.store, extension, beside.settings)
+        await inventory.start()
+        try:
+            ready = await client.create()
+            sandbox_id = ready["sandbox_id"]
+            extension.broken = True
+            await client.destroy(sandbox_id, wait=False)
+            async with asyncio.timeout(30):
+                while "teardown_failed" not in await event_types(client, sandbox_id):
+                    await asyncio.sleep(0.1)
+            stuck = await wait_status(client, sandbox_id, {"destroying"})
+            assert "device busy" in stuck["teardown_failure"]
+            failed = [
+                event
+                async for _seq, event in client.events(sandbox_id=sandbox_id)
+                if event["type"] == "teardown_failed"
+            ]
+            assert "device busy" in failed[0]["reason"]
+            # inspect stale shows it stuck; reap-stale tries again and records the new failure.
+            stale = await client.inventory("stale", "ext.local", {})
+            assert [s["sandbox_id"] for s in stale[0]["hosts"][0]["stuck"]] == [sandbox_id]
+            await client.inventory("reap", "ext.local", {"apply": True})
+            again = await wait_status(client, sandbox_id, {"destroying"})
+            assert "reap-stale tried again" in (again["teardown_failure"] or "")
+            # Once the cause is gone, reap-stale (or a new destroy) finishes the job.
+            extension.broken = False
+            reaped = await client.inventory("reap", "ext.local", {"apply": True})
+            assert reaped[0]["hosts"][0]["removed"] == [sandbox_id]
+            done = await wait_status(client, sandbox_id, {"destroyed"})
+            assert done["teardown_failure"] is None
+            assert not (home / "local" / sandbox_id).exists()
+        finally:
+            await inventory.stop()
 
 
 class AppendFaults(JetStreamEventStore):
@@ -118,16 +149,10 @@ async def test_a_stale_provision_job_giving_up_leaves_the_ready_sandbox_alone(
     """A copy of a ready sandbox's provision job (redelivered, or sent again) keeps failing
     until it runs out of deliveries. Its give-up is not the sandbox's failure: the sandbox
     the job is past stays ready and running. It used to be torn down and marked failed."""
-    service = await start_service(home, nats_server.url, roles=["control", "projector"])
-    nc = await connect([nats_server.url], name="test-faulty-store")
-    store = AppendFaults(nc, nc.jetstream())
     extension = LocalExtension(home / "local")
-    worker = ExtensionWorker(nc.jetstream(), store, Catalog.load(home), extension, ack_wait=2)
-    worker.spec = dataclasses.replace(worker.spec, max_failures=2)
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    client = service.client
-    try:
+    async with worker_beside(home, nats_server.url, extension, AppendFaults) as beside:
+        client, store = beside.client, beside.store
+        assert isinstance(store, AppendFaults)
         ready = await client.create()
         sandbox_id = ready["sandbox_id"]
         store.broken = True
@@ -136,19 +161,12 @@ async def test_a_stale_provision_job_giving_up_leaves_the_ready_sandbox_alone(
             while store.failed < 2:  # the job's deliveries, each failed: then the give-up
                 await asyncio.sleep(0.05)
         store.broken = False  # a give-up that tried to record a failure now records it
-        await consumer_idle(client, subjects.JOBS_STREAM, worker.spec.durable)
+        await consumer_idle(client, subjects.JOBS_STREAM, beside.worker.spec.durable)
         types = await event_types(client, sandbox_id)
         assert types == ["requested", "routed", "provisioning", "ready"], types
         assert (home / "local" / sandbox_id).is_dir()  # not torn down
         listed = {found.sandbox_id: found.alive for found in await extension.list_sandboxes()}
         assert listed.get(sandbox_id) is True  # its holder still runs
-    finally:
-        stop.set()
-        await running
-        await nc.drain()
-        await client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 async def test_an_unreadable_job_becomes_a_rejection(
