@@ -494,16 +494,25 @@ class LocalExtension:
         self, sandbox_id: str, destination: Path, *, host: str | None = None
     ) -> LeftOut:
         """Copy the workspace out (the sandbox keeps running); the worker stores the copy.
-        The copy stops at the snapshot's limits, before it fills the worker's disk."""
+        The copy stops at the snapshot's limits, before it fills the worker's disk.
+
+        The copy holds the sandbox's lock. A teardown that does not wait for the snapshot
+        (a reconcile failing a sandbox whose processes died, a reap, another worker's)
+        removed the workspace under a copy that skipped what vanished, and the snapshot was
+        stored from a partial tree: a restore gave back a silently incomplete workspace. Now the teardown waits for the copy, or the copy, coming
+        after it, finds no workspace and the snapshot fails."""
         del host  # always this machine
-        workspace_dir = self._layout(sandbox_id).workspace
-        return await asyncio.to_thread(
-            copy_workspace_out,
-            workspace_dir,
-            destination,
-            sandbox_id=sandbox_id,
-            limits=self._snapshot_limits,
-        )
+        layout = self._layout(sandbox_id)  # the id checked before it names a lock file
+        async with sandbox_lock(self.root, sandbox_id) as lock:
+            if not layout.dir.exists():
+                lock.remove()  # torn down while this waited: no lock file outlives it
+            return await asyncio.to_thread(
+                copy_workspace_out,
+                layout.workspace,
+                destination,
+                sandbox_id=sandbox_id,
+                limits=self._snapshot_limits,
+            )
 
     async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
         """Freeze every process of the sandbox (see :mod:`.freezer`)."""

@@ -6,9 +6,10 @@ worker while another tears the same sandbox down. Without a lock their steps
 interleave: a provision that makes a cgroup after the teardown removed the
 sandbox's leaves it behind, one that records its holder after the teardown read
 ``state.json`` leaves the holder running; a pause that freezes the group between a
-teardown's thaw and its kill leaves it frozen and unremovable. The steps that make,
-unmake, freeze or thaw a sandbox's processes and groups therefore hold this lock, one
-caller at a time.
+teardown's thaw and its kill leaves it frozen and unremovable; a teardown under a
+snapshot's copy of the workspace leaves the copy partial. The steps that make, unmake,
+freeze or thaw a sandbox's processes and groups, and a snapshot's copy, therefore hold
+this lock, one caller at a time.
 
 It is an ``flock`` on ``<root>/.locks/<id>``: the kernel releases it with the
 process, even after ``kill -9``, so a dead worker never holds a sandbox. The
@@ -36,8 +37,9 @@ LOCK_DIR = ".locks"
 """Under a root: not a valid sandbox id, so the inventory never takes it for a sandbox."""
 LOCK_WAIT = 60.0
 """Seconds to wait for another worker's step on the same sandbox. A step holds the lock
-while it makes or unmakes processes and groups, and while it copies the ``repo`` input,
-which is the only long part; setup instructions run after it is released."""
+while it makes or unmakes processes and groups, while it copies the ``repo`` input and
+while a snapshot copies the workspace out (bounded by the archive limits), the long parts;
+setup instructions run after it is released."""
 _POLL = 0.005
 
 
@@ -98,7 +100,8 @@ async def _acquire(path: Path, sandbox_id: str, wait: float) -> int:
                     raise ExtensionError(
                         f"local sandbox {sandbox_id}: another ext.local worker has held its "
                         f"lock ({path}) for over {wait:.0f}s; it may be copying a large repo "
-                        "input. Run the command again once that step is done",
+                        "input or a snapshot's workspace. Run the command again once that "
+                        "step is done",
                         sandbox_id=sandbox_id,
                         extension="ext.local",
                     )
