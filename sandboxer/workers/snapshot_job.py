@@ -99,13 +99,21 @@ class SnapshotJob:
         await self.finish(job, "failed" if snapshot.status == "failed" else "created")
 
     async def give_up(self, job: Job, exc: BaseException) -> None:
-        """The job kept failing: the snapshot failed, and the sandbox is released."""
+        """The job kept failing: the snapshot failed, and the sandbox is released. A snapshot
+        stored before the job ran out of deliveries (its sandbox's append kept failing) stays
+        ``created``, and the sandbox's ``snapshot_finished`` says so, as :meth:`run`'s does:
+        it is what the snapshot command's caller is answered with."""
         assert job.snapshot_id is not None
         reason = f"worker error: {self._explain(exc)}"
-        await apply_snapshot(
-            self._store, job.snapshot_id, RecordSnapshotFailed(job_id=job.job_id, reason=reason)
-        )
-        await self.finish(job, "failed")
+        snapshot = (
+            await apply_snapshot(
+                self._store,
+                job.snapshot_id,
+                RecordSnapshotFailed(job_id=job.job_id, reason=reason),
+            )
+        )[0].state
+        # Deleted: it was created first. New (its requested event never read): failed.
+        await self.finish(job, "created" if snapshot.status in {"created", "deleted"} else "failed")
 
     async def finish(self, job: Job, outcome: str) -> None:
         assert job.snapshot_id is not None
