@@ -23,6 +23,7 @@ from sandboxer.commands.types import (
     TouchSandbox,
     consumer_record,
 )
+from sandboxer.domain.account_state import project_of
 from sandboxer.domain.key_access import taken_refusal
 from sandboxer.domain.sandbox_lifetime import decide_expire, decide_extend, decide_touch
 from sandboxer.domain.sandbox_pause import (
@@ -412,7 +413,7 @@ def _common(state: SandboxState, now: str, causation: str | None = None) -> dict
 
 def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> list[SandboxEvent]:
     command = admitted.command
-    if command.command_id in state.handled:
+    if command.command_id in state.handled and _same_project(state, command):
         # A crash between the two appends leaves `requested` alone: complete it.
         return [_routed(admitted, now)] if state.status == "requested" else []
     if state.status != "new":
@@ -440,6 +441,15 @@ def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> l
         ),
         _routed(admitted, now),
     ]
+
+
+def _same_project(state: SandboxState, command: CreateSandbox) -> bool:
+    """Whether ``command`` may be the create that made ``state``, sent again. Command ids are
+    the clients' choice and one namespace across projects: another project's create under
+    this sandbox's create's id (a gateway key's ``Idempotency-Key``, past the bus's
+    two-minute duplicate window) is not that create sent again. Taken for it, it decided
+    nothing and left the hold it made on its own account for ever."""
+    return project_of(state.actor) == project_of(command.actor)
 
 
 def _routed(admitted: AdmittedCreate, now: str) -> SandboxRouted:

@@ -249,6 +249,62 @@ async def test_a_create_that_lost_its_sandbox_id_to_another_project_gives_its_cr
         await beta.close()
 
 
+async def test_another_project_s_create_under_a_create_s_command_id_gives_its_hold_back(
+    service: Service, acme: SandboxerClient, nats_server: NatsServerProcess, home: Path
+) -> None:
+    """Command ids are the clients' (a gateway key's ``Idempotency-Key``), one namespace across
+    projects, and a create's sandbox id is derived from its command id. beta's create (as the
+    gateway sends a key's: an ``agt`` actor on the plain subject) under acme's create's
+    command id got as far as its hold (cut off, kill -9, before its append) while acme's was
+    made; decided again, it was taken for acme's create sent again: nothing recorded, acme's
+    job sent again, and beta's hold for acme's sandbox kept for ever."""
+    beta = await SandboxerClient.connect(
+        [nats_server.url], actor={"type": "agt", "id": "b", "project": "beta"}
+    )
+    funds = PER_CREATE + 600 * PER_SECOND
+    try:
+        for project in ("acme", "beta"):
+            await acme.account_command("add_credits", project, amount=funds)
+        catalog = Catalog.load(home)
+        cut_off = CreateSandbox(
+            command_id="shared-create-1",
+            actor=Actor(type="agt", id="b", project="beta"),
+            profile="profile.saas-stub",
+            ttl="10m",
+        )
+        admitted = admit_create(
+            cut_off, catalog.profile("profile.saas-stub"), catalog.extensions_enabled()
+        )
+        await reserve_for_create(JetStreamEventStore(beta.nc, beta.js), catalog, admitted)
+        async with asyncio.timeout(30):
+            while (await account(acme, "beta"))["reserved"] == 0:
+                await asyncio.sleep(0.05)
+        made = await acme.create("profile.saas-stub", ttl="10m", command_id="shared-create-1")
+        assert made["sandbox_id"] == admitted.sandbox_id
+
+        await send_again(beta, "shared-create-1", "profile.saas-stub", ttl="10m")
+        async with asyncio.timeout(30):
+            while (await account(acme, "beta"))["reserved"] != 0:
+                await asyncio.sleep(0.1)
+        assert (await account(acme, "beta"))["balance"] == funds  # released, never debited
+        refused = [
+            event
+            async for _seq, event in acme.events()
+            if event.get("command_id") == "shared-create-1" and event.get("type") == "rejected"
+        ]
+        assert [(e["code"], e["actor"]["project"]) for e in refused] == [("sandbox_exists", "beta")]
+        assert "ready" not in refused[0]["reason"]  # nothing of acme's sandbox is told
+        sandbox = await acme.get(admitted.sandbox_id)
+        assert sandbox is not None
+        assert (sandbox["status"], sandbox["actor"]["project"]) == ("ready", "acme")
+        await acme.destroy(admitted.sandbox_id)
+        settled = await account(acme, "acme", metered=1)
+        assert settled["reserved"] == 0
+        assert settled["balance"] < funds  # acme's own sandbox, metered to acme
+    finally:
+        await beta.close()
+
+
 async def test_a_second_create_of_a_sandbox_id_is_refused_not_made_on_the_first_s_hold(
     service: Service, acme: SandboxerClient, home: Path
 ) -> None:

@@ -243,6 +243,26 @@ def test_create_interrupted_between_its_two_appends_is_completed() -> None:
     assert [e.__struct_config__.tag for e in completion] == ["routed"]
 
 
+def test_another_project_s_create_under_a_create_s_command_id_is_refused() -> None:
+    """Command ids are the clients' and one namespace across projects: another project's
+    create under the id of the create that made the sandbox is not that create sent again
+    (it decided nothing, and its hold on its own account stayed for ever), nor does it
+    complete one interrupted between its appends (routed as its own)."""
+    other = Actor(type="agt", id="k", project="beta")
+    foreign = dataclasses.replace(
+        admitted(), command=msgspec.structs.replace(admitted().command, actor=other)
+    )
+    requested = decide(SandboxState(sandbox_id=SID), admitted(), NOW)[0]
+    interrupted = evolve(SandboxState(sandbox_id=SID), requested)
+    for state in (interrupted, ready_state()):
+        with pytest.raises(Rejected) as refused:
+            decide(state, foreign, NOW)
+        assert (refused.value.code, refused.value.reason) == taken_refusal(SID)
+    # The project's own create sent again is decided as before.
+    assert [e.__struct_config__.tag for e in decide(interrupted, admitted(), NOW)] == ["routed"]
+    assert decide(ready_state(), admitted(), NOW) == []
+
+
 def test_drift_finds_orphans_and_ghosts_but_not_work_in_flight() -> None:
     from sandboxer.domain.drift import find_drift
     from sandboxer.extensions.base import FoundSandbox
