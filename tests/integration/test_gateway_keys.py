@@ -8,6 +8,7 @@ one project cannot see or touch another's sandboxes, and a key's limits answer 4
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -337,6 +338,49 @@ async def test_another_projects_idempotency_key_shows_nothing_of_its_sandbox(
         assert_error(taken, 409, "idempotency_key_taken")
         assert sandbox_id not in taken.text
         # The owner's own retry is still the same command, answered with its sandbox.
+        again = await a.post("/v1/sandboxes?wait=30s", json={}, headers=idempotent)
+        assert again.status_code == 201, again.text
+        assert again.json()["sandbox_id"] == sandbox_id
+        await a.delete(f"/v1/sandboxes/{sandbox_id}?wait=30s")
+
+
+async def test_another_projects_idempotency_key_past_the_duplicate_window_is_refused(
+    front: Front,
+) -> None:
+    """As above, past the commands stream's duplicate window (shortened here to a second),
+    so beta's create reaches the control worker. It was taken for alpha's create sent again:
+    nothing recorded, alpha's job sent again. Now it is refused sandbox_exists under beta's
+    key, and alpha's sandbox and alpha's own retry are untouched."""
+    alpha, beta = await front.key("alpha"), await front.key("beta")
+    beta_id = key_id_for(hash_key(beta))
+    command_id = new_command_id()
+    idempotent = {"Idempotency-Key": command_id}
+    js = front.service.client.js
+    async with front.http(alpha) as a, front.http(beta) as b:
+        made = await a.post("/v1/sandboxes?wait=60s", json={}, headers=idempotent)
+        assert made.status_code == 201, made.text
+        sandbox_id = made.json()["sandbox_id"]
+        before = (await a.get(f"/v1/sandboxes/{sandbox_id}")).json()
+
+        stream = (await js.stream_info(subjects.COMMANDS_STREAM)).config
+        await js.update_stream(dataclasses.replace(stream, duplicate_window=1.0))
+        await asyncio.sleep(1.5)
+        taken = await b.post("/v1/sandboxes", json={}, headers=idempotent)
+        assert_error(taken, 409, "idempotency_key_taken")
+        assert sandbox_id not in taken.text
+
+        subject = subjects.rejection_subject(command_id)
+        async with asyncio.timeout(30):
+            while not (
+                found := [d async for _seq, d in read_subject(front.service.client.nc, subject)]
+            ):
+                await asyncio.sleep(0.05)
+        (rejection,) = [json.loads(data) for data in found]
+        assert (rejection["code"], rejection["actor"]["id"]) == ("sandbox_exists", beta_id)
+        assert "ready" not in rejection["reason"]
+
+        after = (await a.get(f"/v1/sandboxes/{sandbox_id}")).json()
+        assert after == before
         again = await a.post("/v1/sandboxes?wait=30s", json={}, headers=idempotent)
         assert again.status_code == 201, again.text
         assert again.json()["sandbox_id"] == sandbox_id
