@@ -8,10 +8,16 @@ caller says which answers are final (``refuses``): those raise :class:`DeliveryR
 once, because sending the same body again cannot succeed. Every other failure is a
 :class:`DeliveryFailed` handed to ``on_failure`` (the State Hub's status shows the last one)
 before the next attempt. Nothing here logs a header: a bearer token stays out of the log.
+
+An attempt has one deadline for all of it (``timeout``: connecting, sending, the answer's
+status and what is read of its body), not httpx's per-read one, which a hub dripping a byte at
+a time never reaches; and of the answer's body at most :data:`MAX_REASON_BYTES` are read (a
+2xx's none), so an endless or huge answer neither holds the delivery nor fills the memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -34,6 +40,8 @@ RETRY_WAIT_MAX = 30.0
 """Longest pause between two POSTs to an endpoint that is down."""
 
 MAX_REASON_CHARS = 300
+MAX_REASON_BYTES = 4096
+"""Read of an error answer's body, for its reason: the rest is never read."""
 
 
 def never_refused(_status: int) -> bool:
@@ -57,9 +65,16 @@ def _without_user_info(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def _answer_reason(answer: httpx.Response) -> str:
-    # The endpoint's words go into a log line and the status: one line, printable, short.
-    text = "".join(c if c.isprintable() else " " for c in answer.text[:MAX_REASON_CHARS]).strip()
+async def _answer_reason(answer: httpx.Response) -> str:
+    """The endpoint's words, for a log line and the status: one line, printable, short; read
+    from at most the first :data:`MAX_REASON_BYTES` of its body (it may never end)."""
+    head = b""
+    async for chunk in answer.aiter_bytes():
+        head += chunk
+        if len(head) >= MAX_REASON_BYTES:
+            break
+    raw = head[:MAX_REASON_BYTES].decode("utf-8", errors="replace")
+    text = "".join(c if c.isprintable() else " " for c in raw[:MAX_REASON_CHARS]).strip()
     return f"{answer.status_code} {answer.reason_phrase}" + (f": {text}" if text else "")
 
 
@@ -85,6 +100,7 @@ class HttpDelivery:
         self._label = label
         self._own_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=timeout)
+        self._timeout = timeout
         self._wait_max = wait_max
         self._refuses = refuses
         self._on_failure = on_failure
@@ -128,8 +144,9 @@ class HttpDelivery:
         # User info in the URL is sent as Basic auth, unless ``auth`` gives its own header.
         url = _without_user_info(self.url) if "Authorization" in auth else self.url
         try:
-            answer = await self._client.post(url, content=body, headers=sent_headers)
-        except httpx.TimeoutException as slow:
+            async with asyncio.timeout(self._timeout):
+                return await self._exchange(url, body, sent_headers)
+        except (TimeoutError, httpx.TimeoutException) as slow:
             raise DeliveryFailed(
                 f"{self.shown_url} did not answer in time ({type(slow).__name__})"
             ) from None
@@ -138,9 +155,13 @@ class HttpDelivery:
             raise DeliveryFailed(
                 f"{self.shown_url} is unreachable ({type(down).__name__}: {down})"
             ) from None
-        if answer.is_success:
-            return answer.status_code
-        reason = f"{self.shown_url} answered {_answer_reason(answer)}"
+
+    async def _exchange(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """One POST: its status once a 2xx's head arrives (its body is never read)."""
+        async with self._client.stream("POST", url, content=body, headers=headers) as answer:
+            if answer.is_success:
+                return answer.status_code
+            reason = f"{self.shown_url} answered {await _answer_reason(answer)}"
         if self._refuses(answer.status_code):
             raise DeliveryRefused(reason, status=answer.status_code)
         raise DeliveryFailed(reason, status=answer.status_code)

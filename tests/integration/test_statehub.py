@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sandboxer import subjects
@@ -51,9 +51,19 @@ TOKEN = "hub-token-7f3a9c-never-logged"
 DOCUMENTED_BODY = Path(__file__).resolve().parents[2] / "docs" / "integrations" / "state-hub.md"
 
 
+async def endless(pause: float, chunk: bytes) -> AsyncIterator[bytes]:
+    """An answer's body that never ends: ``chunk`` after ``chunk``, ``pause`` apart."""
+    while True:
+        yield chunk
+        await asyncio.sleep(pause)
+
+
 class Hub:
     """The State Hub: stores each POST it answers 2xx; ``faults`` are answered instead, in
-    turn (a status, or ``"hang"``: no answer before the client gives up). ``down()`` stops
+    turn (a status, or ``"hang"``: no answer before the client gives up; ``"endless"``: the
+    POST is stored and answered 202 with a body that never ends; ``"endless-503"``: a 503
+    whose body never ends; ``"drip-503"``: a 503 whose body comes a byte at a time, never
+    ending). ``down()`` stops
     listening (connections are refused) and ``up()`` listens on the same port again.
     ``hold()`` keeps the next POST unanswered until ``release()``."""
 
@@ -79,6 +89,15 @@ class Hub:
         if fault == "hang":
             await asyncio.sleep(3)  # the client timed out long before
             return Response(status_code=503)
+        if fault == "endless":
+            with self._lock:
+                self.stored.append(body)
+                self.headers.append(dict(request.headers))
+            return StreamingResponse(endless(0.02, b"x" * 16384), status_code=202)
+        if fault == "endless-503":
+            return StreamingResponse(endless(0.02, b"busy " * 3000), status_code=503)
+        if fault == "drip-503":
+            return StreamingResponse(endless(0.2, b"."), status_code=503)
         if isinstance(fault, int):
             return JSONResponse({"error": "injected"}, status_code=fault)
         if not self._open.is_set():
@@ -398,3 +417,75 @@ async def test_a_process_that_missed_deliveries_reads_the_context_back_from_the_
         "provisioning": ("ext.local", "node-7"),
         "ready": ("ext.local", "node-7"),
     }
+
+
+async def test_an_endless_answer_neither_holds_the_deliveries_nor_fills_the_memory(
+    nats_server: NatsServerProcess, hub: Hub, home: Path
+) -> None:
+    """A hub that answers a 2xx, or a 503, with a body that never ends: the 2xx is the event
+    taken (its body is not read), the 503 is retried after reading a few bytes of its reason,
+    and every event after them is delivered."""
+    nc = await connect([nats_server.url], name="test-statehub-endless", long_lived=False)
+    follower: StateHubFollower | None = None
+    stop = asyncio.Event()
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        store = JetStreamEventStore(nc, js)
+        common: dict[str, Any] = {
+            "sandbox_id": "sbxendlessendless1",
+            "command_id": "c-endless",
+            "actor": Actor(type="atm", id="pytest"),
+            "at": "2026-12-04T10:00:00.000Z",
+        }
+        events = [
+            SandboxRequested(**common, profile="profile.local", profile_version=1),
+            SandboxRouted(**common, extension="ext.local", reason="test", host="node-7"),
+            SandboxProvisioning(**common, extension="ext.local"),
+            SandboxReady(**common, reachability={"kind": "local-exec"}),
+        ]
+        await store.append(await store.load(common["sandbox_id"]), events)
+        hub.faults.extend(["endless", "endless-503"])
+        follower = StateHubFollower(nc, js, url=hub.url, token_ref=None, home=home, wait_max=0.2)
+        running = asyncio.create_task(follower.run(stop))
+        try:
+            async with asyncio.timeout(20):  # the old code read the first answer for ever
+                while len(hub.ids()) < 3:
+                    await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await running
+        status = follower.status.as_dict()
+    finally:
+        if follower is not None:
+            await follower.aclose()
+        await nc.close()
+    assert [body["type"] for body in hub.stored] == ["requested", "provisioning", "ready"]
+    assert len(set(hub.ids())) == 3
+    assert hub.answered[:2] == ["endless", "endless-503"]
+    assert status["last_error"]["status"] == 503
+    assert len(status["last_error"]["error"]) < 400  # a few bytes of the endless reason
+
+
+async def test_an_answer_dripped_a_byte_at_a_time_is_cut_off_at_the_deadline(hub: Hub) -> None:
+    """httpx's timeout is per read: a hub sending a byte every 0.2 s never reached it, and
+    held the delivery for ever. An attempt now has one deadline for all of it."""
+    from sandboxer.errors import DeliveryFailed
+    from sandboxer.workers.http_delivery import HttpDelivery
+
+    failures: list[DeliveryFailed] = []
+    delivery = HttpDelivery(
+        hub.url, label="test", timeout=1.0, wait_max=0.2, on_failure=failures.append
+    )
+    hub.faults.append("drip-503")
+    try:
+        async with asyncio.timeout(15):
+            status = await delivery.post(
+                json.dumps({"event_id": "e-drip"}).encode(), {}, what="e-drip"
+            )
+    finally:
+        await delivery.aclose()
+    assert status == 202
+    assert hub.ids() == ["e-drip"]
+    assert [f.status for f in failures] == [None]
+    assert "did not answer in time" in failures[0].message
