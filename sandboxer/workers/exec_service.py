@@ -17,7 +17,8 @@ An API key's exec (``sandboxer.exec.<sandbox_id>.<key id>``) is held to the key'
 An exec is activity: the worker publishes ``sandboxer.cmd.touch`` for the sandbox, which
 holds off idle reaping (the first one after ``ready`` makes it ``active``). It skips the
 touch when it sent one within the sandbox's touch interval, since the domain would record
-nothing for it anyway.
+nothing for it anyway. A command still running is activity too: on a sandbox with an idle
+limit the worker touches it once a touch interval until the command ends.
 
 A paused sandbox (or one being paused or resumed) runs nothing: its processes are frozen,
 and a command entering it would freeze too. The worker that owns it answers at once with an
@@ -171,12 +172,15 @@ class ExecService:
     async def _on_request(self, msg: Msg) -> None:
         self._in_flight.start(self._serve(msg))
 
-    async def touch(self, state: SandboxState) -> None:
-        """Record the exec as activity (see the module docstring); never fails the exec."""
+    async def touch(self, state: SandboxState, *, running: bool = False) -> None:
+        """Record the exec as activity (see the module docstring); never fails the exec.
+        ``running``: a touch of an exec still running, whose start was touched already, so
+        the sandbox is active even if ``state`` (read at the start) still says ready."""
         now = time.monotonic()
         last = self._touched.get(state.sandbox_id)
         interval = touch_interval(state.idle_reap_seconds)
-        if state.status == "active" and last is not None and now - last < interval:
+        active = running or state.status == "active"
+        if active and last is not None and now - last < interval:
             return
         if len(self._touched) > MAX_REMEMBERED_TOUCHES:
             self._touched.clear()  # a cache: forgetting costs one redundant touch each
@@ -296,6 +300,7 @@ class ExecService:
         )
         # Reasons to stop the command before it ends; each gives the exit's error.
         gone = asyncio.ensure_future(self._client_gone(reply, started))
+        in_use = asyncio.ensure_future(self._keep_touching(state))
         stops: list[asyncio.Future[str]] = [gone] if inbox is None else [gone, inbox.broken]
         limit = asyncio.timeout(request.timeout)
         try:
@@ -314,15 +319,27 @@ class ExecService:
             # Cancelling the backend's call kills the command (nothing when it has ended):
             # on a timeout, a stop, the worker stopping.
             gone.cancel()
+            in_use.cancel()
             command.cancel()
             if inbox is not None:  # a flooding client is cut off now, not after the kill
                 with contextlib.suppress(NatsError):  # closed again, and reported, by _serve
                     await inbox.close()
-            await asyncio.wait([command, gone])
+            await asyncio.wait([command, gone, in_use])
         if command.cancelled():  # one of the stops ended it
             reasons = [stop.result() for stop in stops if stop.done() and not stop.cancelled()]
             raise SandboxerError(reasons[0] if reasons else "the command was stopped")
         return {"exit_code": command.result()}
+
+    async def _keep_touching(self, state: SandboxState) -> None:
+        """A running command is the sandbox in use: record activity once a touch interval
+        for as long as it runs, not only at its start, or a command longer than the idle
+        limit (a build, an interactive shell) would be reaped, and killed, under it."""
+        if not state.idle_reap_seconds:
+            return  # nothing reaps it for idleness: no need to add events to its log
+        interval = touch_interval(state.idle_reap_seconds)
+        while True:
+            await asyncio.sleep(interval)
+            await self.touch(state, running=True)
 
     async def _client_gone(self, reply: str, started: float) -> str:
         """Return (the exit's error) once nothing subscribes to the exec's reply inbox.

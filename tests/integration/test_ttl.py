@@ -126,6 +126,25 @@ async def test_idle_reaping_spares_an_active_sandbox(timed: Service) -> None:
     assert (await wait_status(client, busy, {"destroyed"}, timeout=10))["expiry"] == "idle"
 
 
+async def test_a_sandbox_running_a_long_exec_is_not_reaped_as_idle(timed: Service) -> None:
+    """An exec that runs longer than the idle limit is the sandbox in use: the worker
+    running it keeps recording activity while it runs, not only when it starts. (Until
+    2026-12-04 only the start counted: a build longer than ttl.idle_reap was killed by the
+    idle expiry under it.)"""
+    client = timed.client
+    sandbox_id = (await client.create("profile.timed"))["sandbox_id"]
+    outputs: list[bytes] = []
+    # Twice the 2 s idle limit (plus its 0.2 s touch interval), and no other activity.
+    code = await client.exec(sandbox_id, ["sleep", "5"], lambda _s, d: outputs.append(d))
+    assert code == 0
+    spared = await client.get(sandbox_id)
+    assert spared is not None
+    assert spared["status"] == "active"
+    assert "touched" in await event_types(client, sandbox_id)
+    # Once the exec is over, idleness counts again.
+    assert (await wait_status(client, sandbox_id, {"destroyed"}, timeout=10))["expiry"] == "idle"
+
+
 async def test_replay_equals_live_after_a_workload_with_expiries(timed: Service) -> None:
     client = timed.client
     kept = (await client.create(ttl="1m"))["sandbox_id"]  # profile.local: no idle limit
