@@ -484,6 +484,33 @@ async def test_allow_all_reaches_other_hosts_but_never_this_one(
         await listener.wait_closed()
 
 
+async def test_allow_all_never_reaches_a_port_this_host_forwards(
+    ext: LocalExtension, policies: Egress, target: Target
+) -> None:
+    """A port this host publishes by DNAT (docker's ``-p``, a Kubernetes NodePort) is one of
+    its services: a connection to the host's address there is forwarded, not delivered, so
+    the host table's input chain never sees it. Here a table of the test's own forwards a
+    port of the host's address to the target's 8080, as docker does for a container."""
+    host_end = str(ipaddress.ip_address(target.address) - 1)
+    port = random.randrange(20000, 30000)
+    table = f"sxt_dnat_{uuid.uuid4().hex[:6]}"
+    ruleset = (
+        f"table ip {table} {{\n  chain prerouting {{\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n"
+        f"    ip daddr {host_end} tcp dport {port} dnat to {target.address}:8080\n  }}\n}}\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=ruleset, text=True, check=True)
+    try:
+        sandbox_id, _ = await create(ext, policies, target, LocalEgress(allow_all=True))
+        code, said = await curl(ext, sandbox_id, f"http://{target.other_address}:8080/")
+        assert code == 0, said  # everything else is reached
+        code, said = await curl(ext, sandbox_id, f"http://{host_end}:{port}/")
+        assert code == CURL_CONNECT_REFUSED, said
+        assert "hello" not in said
+    finally:
+        sh("nft", "delete", "table", "ip", table, check=False)
+
+
 async def test_a_worker_killed_with_sigkill_leaves_nothing_a_restart_cannot_remove(
     tmp_path: Path, target: Target
 ) -> None:

@@ -234,8 +234,9 @@ def host_ruleset(net: Network, *, proxy: bool) -> str:
     """The sandbox's own table in the HOST's namespace, loaded before its link exists.
 
     Whatever the sandbox's rules allow, this keeps it away from the host
-    itself (NATS, sshd, anything listening on any address) except its proxy,
-    and from every other link-local network (other sandboxes). Its forwarded
+    itself (NATS, sshd, anything listening on any address, and any port the
+    host forwards elsewhere by DNAT) except its proxy, and from every other
+    link-local network (other sandboxes). Its forwarded
     traffic leaves with the host's address (masquerade), so replies from
     beyond this host find their way back.
     """
@@ -255,6 +256,11 @@ def host_ruleset(net: Network, *, proxy: bool) -> str:
         "    type filter hook forward priority filter; policy accept;",
         f"    {iface} ip daddr 169.254.0.0/16 drop",
         f"    {iface} meta nfproto ipv6 drop",
+        # A connection this host redirected (DNAT: docker's published ports, Kubernetes
+        # NodePorts and services) reaches a service of the host's, and is forwarded rather
+        # than delivered, so the input chain above never sees it.
+        f"    {iface} ct status dnat meta l4proto tcp reject with tcp reset",
+        f"    {iface} ct status dnat reject with icmpx admin-prohibited",
         "  }",
         "  chain postrouting {",
         "    type nat hook postrouting priority srcnat; policy accept;",
