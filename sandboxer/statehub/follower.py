@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ STATUS_SUBJECT = "sandboxer.query.statehub.status"
 TOKEN_VARIABLE = "SANDBOXER_STATE_HUB_TOKEN"
 MAX_REMEMBERED = 10_000
 """Sandboxes (and snapshots) whose context is kept in memory; others are read from the log."""
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+"""What a bearer token is (RFC 6750's b64token)."""
 RETRIED_4XX = frozenset({401, 403, 404, 408, 429})
 """4xx answers retried like a hub that is down: a timeout, a rate limit, and a wrong token
 or URL, which an operator fixes (a file: token is read again for every attempt) without
@@ -132,6 +135,15 @@ def bearer_auth(token_ref: str | None) -> Callable[[], Mapping[str, str]] | None
 
     def auth() -> Mapping[str, str]:
         token = resolve_secrets({TOKEN_VARIABLE: token_ref})[TOKEN_VARIABLE].strip()
+        # Checked before it reaches a header: the HTTP client's error for a byte a header
+        # cannot hold (a line break) quotes the whole value, token included, into the log
+        # and the status; a non-ASCII one escaped the delivery's retries and crashed the role.
+        if not BEARER_TOKEN.fullmatch(token):
+            raise ConfigError(
+                f"the State Hub token in {token_ref} ({TOKEN_VARIABLE}) is not one bearer token:"
+                " it may hold only letters, digits and - . _ ~ + / (then = padding), on one"
+                " line; write the token alone into it"
+            )
         return {"Authorization": f"Bearer {token}"}
 
     return auth

@@ -489,3 +489,56 @@ async def test_an_answer_dripped_a_byte_at_a_time_is_cut_off_at_the_deadline(hub
     assert hub.ids() == ["e-drip"]
     assert [f.status for f in failures] == [None]
     assert "did not answer in time" in failures[0].message
+
+
+async def test_a_token_file_with_a_line_break_never_puts_the_token_in_the_log_or_status(
+    nats_server: NatsServerProcess, hub: Hub, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token file holding a second line: the HTTP client refused the header with an error
+    quoting its whole value, which went into the log and the status. The token is now checked
+    first: the status names the file, and the event goes once the file is fixed."""
+    nc = await connect([nats_server.url], name="test-statehub-token", long_lived=False)
+    follower: StateHubFollower | None = None
+    stop = asyncio.Event()
+    token_file = home / "hub.token"
+    token_file.write_text("hub-token-first-part\nsecret-second-line-5c1e\n")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        store = JetStreamEventStore(nc, js)
+        await store.append(
+            await store.load("sbxtokentokentok1"),
+            [
+                SandboxRequested(
+                    sandbox_id="sbxtokentokentok1",
+                    command_id="c-token",
+                    actor=Actor(type="atm", id="pytest"),
+                    at="2026-12-04T10:00:00.000Z",
+                    profile="profile.local",
+                    profile_version=1,
+                )
+            ],
+        )
+        follower = StateHubFollower(
+            nc, js, url=hub.url, token_ref=f"file:{token_file}", home=home, wait_max=0.2
+        )
+        running = asyncio.create_task(follower.run(stop))
+        try:
+            async with asyncio.timeout(20):
+                while follower.status.last_error is None:
+                    await asyncio.sleep(0.05)
+                token_file.write_text("hub-token-fixed\n")
+                while not hub.ids():
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await running
+    finally:
+        if follower is not None:
+            await follower.aclose()
+        await nc.close()
+    status = status_file(home).read_text()
+    assert "secret-second-line" not in status
+    assert "secret-second-line" not in caplog.text
+    assert str(token_file) in status  # the error names the file to fix
+    assert [h["authorization"] for h in hub.headers] == ["Bearer hub-token-fixed"]

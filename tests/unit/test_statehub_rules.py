@@ -102,6 +102,20 @@ def test_the_role_needs_a_url_and_a_readable_token(
     assert auth() == {"Authorization": "Bearer rotated"}
 
 
+@pytest.mark.parametrize("bad", ["first\nsecond-kept-secret", "s\u00e9kret-kept-secret", "a b"])
+def test_a_token_no_header_can_hold_is_refused_without_showing_it(tmp_path: Path, bad: str) -> None:
+    """A line break made the HTTP client quote the token in its error; a non-ASCII character
+    escaped the retries and crashed the role."""
+    token_file = tmp_path / "token"
+    token_file.write_text(bad + "\n")
+    auth = bearer_auth(f"file:{token_file}")
+    assert auth is not None
+    with pytest.raises(ConfigError, match="not one bearer token") as refused:
+        auth()
+    assert bad not in refused.value.message
+    assert str(token_file) in refused.value.message
+
+
 def test_up_runs_the_statehub_role_only_when_the_hub_is_configured(tmp_path: Path) -> None:
     from sandboxer.config.catalog import Catalog
     from sandboxer.service import _runnable_roles
