@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from sandboxer.errors import SettingError
 from sandboxer.workspaces.roots import parse_input_roots
@@ -146,9 +146,20 @@ def _http_url_env(name: str, purpose: str) -> str | None:
     raw = os.environ.get(name)
     if not raw:
         return None
-    parts = urlsplit(raw)
-    if parts.scheme not in {"http", "https"} or not parts.hostname or " " in raw:
-        raise SettingError(name, raw, f"an http:// or https:// URL that {purpose}")
+    allowed = f"an http:// or https:// URL that {purpose}"
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # a bracketed host left open: its parts, a credential's too, unknown
+        raise SettingError(name, "<not shown>", allowed) from None
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # not a number, or out of range: every POST would fail on it
+        port_ok = False
+    if parts.scheme not in {"http", "https"} or not parts.hostname or " " in raw or not port_ok:
+        # Shown without user info or query: either may hold a credential (Basic auth's
+        # password, a token parameter), and this message goes to the terminal and the log.
+        shown = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
+        raise SettingError(name, shown, allowed)
     return raw
 
 

@@ -76,6 +76,28 @@ def test_the_token_setting_takes_a_reference_never_the_token(
     )
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hub-user:s3cret-pw@hub.example/events here",
+        "https://hub.example/events here?token=s3cret-pw",
+        "https://hub-user:s3cret-pw@hub.example:notaport/events",
+        "https://hub-user:s3cret-pw@[::1/events",
+    ],
+)
+def test_a_malformed_hub_url_is_refused_without_its_credentials(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """The refusal quoted the whole URL, Basic auth password and query included, and a port
+    that is no number was taken (every POST then failed on it)."""
+    monkeypatch.setenv("SANDBOXER_STATE_HUB_URL", url)
+    monkeypatch.delenv("SANDBOXER_STATE_HUB_TOKEN", raising=False)
+    with pytest.raises(SettingError) as refused:
+        Settings.from_env()
+    assert "s3cret" not in refused.value.message
+    assert "SANDBOXER_STATE_HUB_URL" in refused.value.message
+
+
 def test_the_role_needs_a_url_and_a_readable_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
