@@ -50,6 +50,7 @@ __all__ = [
     "ReserveCredits",
     "decide_account",
     "format_credits",
+    "is_own_hold",
     "meter_command_id",
     "reserve_command_id",
 ]
@@ -237,17 +238,29 @@ def _check_reservation(state: AccountState, command: ReserveCredits, now: str) -
 
 
 def _holds_for(held: Reservation, command: MeterUsage) -> bool:
+    return is_own_hold(
+        held,
+        provider_key=command.provider_key,
+        created_by=command.created_by,
+        extension=command.extension,
+    )
+
+
+def is_own_hold(
+    held: Reservation, *, provider_key: str | None, created_by: str | None, extension: str | None
+) -> bool:
     """Whether ``held`` was reserved for the sandbox as it ran: by the create that made it
     (another create naming its id, or one sent again that routed elsewhere after a crash
     between its hold and its append, held for something else) on the backend it ran on,
     with the operator's key (one its ``routed`` says the project's own key made was paid for
     by that key: a create held on the operator's key, cut off before its append and sent
-    again once the project had set its own, was routed with the project's key)."""
-    if command.provider_key not in (None, OPERATOR_KEY):
+    again once the project had set its own, was routed with the project's key). The meter
+    takes its prices only from such a hold, and an extension likewise."""
+    if provider_key not in (None, OPERATOR_KEY):
         return False
-    if held.created_by is not None and command.created_by not in (None, held.created_by):
+    if held.created_by is not None and created_by not in (None, held.created_by):
         return False
-    return command.extension is None or held.extension == command.extension
+    return extension is None or held.extension == extension
 
 
 def _metered(state: AccountState, command: MeterUsage, head: dict[str, Any]) -> UsageMetered:

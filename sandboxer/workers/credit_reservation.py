@@ -28,6 +28,7 @@ from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.account_decide import (
     MeterUsage,
     ReserveCredits,
+    is_own_hold,
     meter_command_id,
     reserve_command_id,
 )
@@ -229,6 +230,15 @@ async def reserve_for_extend(store: EventStore, catalog: Catalog, command: Exten
     project = project_of(state.actor)
     account = await store.load_account(project)
     held = account.state.reservations.get(state.sandbox_id)
+    if held is not None and not is_own_hold(
+        held,
+        provider_key=state.provider_key,
+        created_by=state.created_by,
+        extension=state.extension,
+    ):
+        # Another create's (one cut off before its append, or sent again and routed
+        # elsewhere): its prices are not this sandbox's, as the meter judges it too.
+        held = None
     if held is None and own_key_pays(state.provider_key, account.state.byok, state.extension):
         return
     if held is not None:

@@ -351,6 +351,49 @@ async def test_a_second_create_of_a_sandbox_id_is_refused_not_made_on_the_first_
     assert len(await account_events(acme, "acme", "credits_reserved")) == 1
 
 
+async def test_an_extension_is_not_priced_from_a_hold_another_create_made(
+    service: Service, acme: SandboxerClient, home: Path
+) -> None:
+    """A hold under a sandbox's id is not always its own create's: here a paid create held a
+    minute's credits for the id and never appended (cut off), and a create of the project
+    under its own key (BYOK: nothing to reserve) made the sandbox. Its extensions cost the
+    project nothing; priced from the other create's hold, one was refused
+    insufficient_credits (or held credits the sandbox would never use)."""
+    minute = PER_CREATE + 60 * PER_SECOND
+    await acme.account_command("add_credits", "acme", amount=minute)
+    catalog = Catalog.load(home)
+    cut_off = CreateSandbox(
+        command_id="acme-create-a",
+        actor=Actor(type="adm", id="ops", project="acme"),
+        profile="profile.saas-stub",
+        sandbox_id="strayhold01",
+        ttl="1m",
+    )
+    admitted = admit_create(
+        cut_off, catalog.profile("profile.saas-stub"), catalog.extensions_enabled()
+    )
+    await reserve_for_create(JetStreamEventStore(acme.nc, acme.js), catalog, admitted)
+    async with asyncio.timeout(30):
+        while (await account(acme, "acme"))["reserved"] != minute:
+            await asyncio.sleep(0.05)
+    await acme.account_command(
+        "set_byok", "acme", extension="ext.saas-stub", key_ref="env:ACME_STUB_KEY"
+    )
+    ready = await acme.create(
+        "profile.saas-stub", ttl="1m", sandbox_id="strayhold01", command_id="acme-create-b"
+    )
+    sandbox = await acme.get("strayhold01")
+    assert sandbox is not None
+    assert sandbox["created_by"] == "acme-create-b"
+
+    extended = await acme.extend_ttl(ready["sandbox_id"], "10m")
+    assert extended["by_seconds"] == 600
+    assert (await account(acme, "acme"))["reserved"] == minute  # nothing more held
+    await acme.destroy("strayhold01")
+    settled = await account(acme, "acme", metered=1)
+    assert (settled["balance"], settled["reserved"]) == (minute, 0)
+
+
 async def test_a_budget_refuses_a_create_and_names_itself(
     service: Service, acme: SandboxerClient
 ) -> None:
