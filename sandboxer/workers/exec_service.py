@@ -102,6 +102,8 @@ log = logging.getLogger(__name__)
 MAX_ARGV_BYTES = 128 * 1024
 EXEC_ACTOR = Actor(type="atm", id="sandboxer-exec")
 MAX_REMEMBERED_TOUCHES = 10_000
+TOUCHABLE = frozenset({"ready", "active"})
+"""The states a touch counts in (the domain refuses it in any other, not_ready)."""
 MAX_TIMEOUT = 7 * 24 * 3600.0
 OUTPUT_CHUNK = 64 * 1024
 """Most bytes of output in one message (NATS's default max payload is 1 MiB)."""
@@ -339,7 +341,15 @@ class ExecService:
         interval = touch_interval(state.idle_reap_seconds)
         while True:
             await asyncio.sleep(interval)
-            await self.touch(state, running=True)
+            try:
+                now = (await self._store.load(state.sandbox_id)).state
+            except Exception as exc:  # the log unreachable a moment: the next round tries
+                log.debug("could not read %s to touch it: %r", state.sandbox_id, exc)
+                continue
+            # Paused meanwhile (the command frozen with it) or on its way out: a touch would
+            # only be refused not_ready, a rejection recorded every interval.
+            if now.status in TOUCHABLE:
+                await self.touch(now, running=True)
 
     async def _client_gone(self, reply: str, started: float) -> str:
         """Return (the exit's error) once nothing subscribes to the exec's reply inbox.

@@ -145,6 +145,32 @@ async def test_a_sandbox_running_a_long_exec_is_not_reaped_as_idle(timed: Servic
     assert (await wait_status(client, sandbox_id, {"destroyed"}, timeout=10))["expiry"] == "idle"
 
 
+async def test_a_long_exec_paused_with_its_sandbox_records_no_refused_touches(
+    timed: Service,
+) -> None:
+    """A command running when its sandbox is paused freezes with it; the worker keeps it
+    in use without touching a sandbox that cannot take one (each refused not_ready would be
+    a rejection recorded every touch interval for as long as the pause lasts)."""
+    client = timed.client
+    sandbox_id = (await client.create("profile.timed"))["sandbox_id"]
+    outputs: list[bytes] = []
+    running = asyncio.ensure_future(
+        client.exec(sandbox_id, ["sleep", "2"], lambda _s, d: outputs.append(d))
+    )
+    await wait_status(client, sandbox_id, {"active"})
+    await client.pause(sandbox_id)
+    await asyncio.sleep(1.5)  # seven touch intervals
+    await client.resume(sandbox_id)
+    assert await running == 0
+    refused = [
+        event
+        async for _seq, event in client.events()
+        if event.get("type") == "rejected" and event.get("sandbox_id") == sandbox_id
+    ]
+    assert refused == []
+    await client.destroy(sandbox_id)
+
+
 async def test_replay_equals_live_after_a_workload_with_expiries(timed: Service) -> None:
     client = timed.client
     kept = (await client.create(ttl="1m"))["sandbox_id"]  # profile.local: no idle limit
