@@ -175,7 +175,7 @@ class ControlWorker:
             # waits for would pass the jobs stream's two-minute window as a new message: a
             # second worker process would run it beside the first (a long snapshot copied
             # twice). The command that made a job sends it again if it is redelivered.
-            await self._dispatch(loaded)
+            await self._dispatch(loaded, retime=isinstance(command, ExtendTtl))
         await msg.ack()
 
     async def _refused(
@@ -408,10 +408,14 @@ class ControlWorker:
             self._routing.appended(command.sandbox_id, loaded.last_seq)
         return loaded
 
-    async def _dispatch(self, loaded: Loaded | None) -> None:
-        """Publish the job the sandbox now waits for (deduplicated by its deterministic id)."""
+    async def _dispatch(self, loaded: Loaded | None, *, retime: bool = False) -> None:
+        """Publish the job the sandbox now waits for (deduplicated by its deterministic id).
+        ``retime``: an extension's, which sends its ``retime`` even when a later event (a
+        touch decided by another worker while this one was cut off before its job) moved
+        the version past the extension's own: sent again, it would send nothing, and a
+        provider keeping its own timeout would end the sandbox at its old expiry."""
         if loaded is not None:
-            await dispatch_job(self._js, loaded)
+            await dispatch_job(self._js, loaded, retime=retime)
 
     async def _reject(
         self,
@@ -453,7 +457,7 @@ class ControlWorker:
             loaded = await self._store.load(target_sandbox(command))
             if command.command_id in loaded.state.handled:
                 # Decided: its outcome belongs to the sandbox now. Re-send the job it waits for.
-                await self._dispatch(loaded)
+                await self._dispatch(loaded, retime=isinstance(command, ExtendTtl))
                 return
         await self._reject(
             msg,

@@ -21,11 +21,11 @@ from sandboxer.workers.jobs import job_for, with_known
 __all__ = ["dispatch_job", "request_reroute"]
 
 
-async def dispatch_job(js: JetStreamContext, loaded: Loaded) -> None:
+async def dispatch_job(js: JetStreamContext, loaded: Loaded, *, retime: bool = False) -> None:
     """Publish the job the sandbox waits for, if any (durably: a stream mid-election is waited
     out, so a decided command keeps its job). A provision carries the state it was made from."""
     state = loaded.state
-    job = job_for(state)
+    job = job_for(state, retime=retime)
     if job is None or state.extension is None:
         return
     job = with_known(job, loaded)

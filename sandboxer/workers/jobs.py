@@ -78,13 +78,15 @@ def with_known(job: Job, loaded: Loaded) -> Job:
     return msgspec.structs.replace(job, known=msgspec.Raw(msgspec.json.encode(known)))
 
 
-def job_for(state: SandboxState) -> Job | None:
+def job_for(state: SandboxState, *, retime: bool = False) -> Job | None:
     """The job a sandbox in ``state`` is waiting for, if any.
 
     A snapshot under way comes first: a destroy decided meanwhile gets its
     teardown only once the snapshot finished (domain/sandbox_snapshots.py).
     A ``retime`` job follows a ``ttl_extended``; backends without a timeout of
     their own (:class:`~sandboxer.extensions.capabilities.TimeoutKeeper`) ack it.
+    ``retime``: a ``retime`` of a ready or active sandbox whatever moved its version since
+    (an ``extend_ttl`` sent again: see the control worker's ``_dispatch``).
     """
     if state.snapshotting is not None:
         return Job(
@@ -95,7 +97,8 @@ def job_for(state: SandboxState) -> Job | None:
             snapshot_id=state.snapshotting,
         )
     action = _ACTIONS.get(state.status)
-    if state.status in {"ready", "active"} and state.expiry_moved_at == state.version:
+    moved = retime or state.expiry_moved_at == state.version
+    if state.status in {"ready", "active"} and moved:
         # The TTL just moved: a provider that keeps its own timeout must follow it. Only the
         # command that moved it dispatches this (a later event changes the version).
         action = "retime"
