@@ -39,6 +39,7 @@ __all__ = [
     "seconds_between",
     "shift",
     "touch_interval",
+    "ttl_with_extensions",
 ]
 
 EXPIRABLE = LIVE - {"expired"}
@@ -83,6 +84,15 @@ def sandbox_clock(state: SandboxState, now: str) -> str:
     if state.status in PAUSED and state.paused_at is not None:
         return state.paused_at
     return now
+
+
+def ttl_with_extensions(state: SandboxState) -> float | None:
+    """The seconds a sandbox may live in all: its TTL and every ``ttl_extended`` since
+    (pauses left out, their clocks stood still), so a hold made again for it (a reroute)
+    covers the time it was given and paid for, not only the TTL its create asked."""
+    if state.expires_at is None or state.created_at is None:
+        return state.ttl_seconds
+    return max(seconds_between(state.created_at, state.expires_at) - state.paused_seconds, 0.0)
 
 
 def pause_deadline(state: SandboxState) -> str | None:

@@ -33,6 +33,7 @@ from sandboxer.domain.account_decide import (
     reserve_command_id,
 )
 from sandboxer.domain.account_state import OPERATOR_KEY, own_key_pays, project_of
+from sandboxer.domain.deadlines import ttl_with_extensions
 from sandboxer.domain.pricing import (
     ceil_microusd,
     estimate_microusd,
@@ -286,7 +287,9 @@ async def reserve_for_reroute(
     amount = (
         0
         if free or decl is None
-        else estimate_microusd(decl.pricing, state.ttl_seconds or 0.0, gpu)
+        # Its TTL as extended: the hold it replaces held every extension too (an extend_ttl
+        # is taken while the sandbox is provisioning), and the time stays the sandbox's.
+        else estimate_microusd(decl.pricing, ttl_with_extensions(state) or 0.0, gpu)
     )
     reservation = ReserveCredits(
         command_id=reroute_reservation_id(state.sandbox_id, command_id),

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from sandboxer import subjects
 from sandboxer.client import SandboxerClient
 from sandboxer.clock import utc_now
+from sandboxer.config.catalog import packaged_dir
 from sandboxer.errors import CommandFailed
 from sandboxer.extensions.saas_stub.records import RecordStore
 from sandboxer.extensions.saas_stub.rules import Price, Record
@@ -352,3 +354,34 @@ async def test_the_refuser_s_stale_job_provisions_nothing_after_the_reroute(
             if running is not None:
                 await running.client.close()
                 await running.shutdown()
+
+
+async def test_a_reroute_holds_the_hour_an_extension_added_while_provisioning(
+    nats_server: Any, home: Path
+) -> None:
+    """An extend_ttl taken while the stub provisioned held its hour at the stub; the stub
+    refused and the reroute to ext.local (priced here) held the create's 10 minutes there
+    only: the hour the sandbox still had was held nowhere, and the project could spend
+    past its balance. The reroute holds the TTL as extended."""
+    write_profiles(home)
+    write_override(home, latency_ms=3000, failure_rate=1)  # paid, refuses three seconds in
+    local = yaml.safe_load((packaged_dir("extensions") / "ext.local.yaml").read_text())
+    local["pricing"] = {"per_second": 0.00005, "per_create": 0.0}  # 50 credits a second
+    (home / "extensions" / "ext.local.yaml").write_text(yaml.safe_dump(local))
+    service = await start_service(home, nats_server.url, ROLES)
+    try:
+        await service.fund(amount=50_000_000)
+        client = service.client
+        sandbox_id = (await client.create("profile.fallback", ttl="10m", wait=False))["sandbox_id"]
+        await until_event(client, sandbox_id, ["requested", "routed", "provisioning"])
+        await client.extend_ttl(sandbox_id, "1h")
+        async with asyncio.timeout(60):
+            while (got := await client.get(sandbox_id)) is None or got["status"] != "ready":
+                await asyncio.sleep(0.1)
+        assert got["extension"] == "ext.local"
+        [account] = await client.credits("default")
+        assert account["reserved"] == 50 * 4200, account  # on the old code 50 * 600
+        await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
