@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -360,3 +362,49 @@ async def _exec(
 
     code = await env.extension.exec(sandbox_id, argv, sink, host="host1", service=service)
     return code, bytes(out)
+
+
+def _proxies_of(project: str) -> list[int]:
+    """The host's processes whose command line is the gate proxy of ``project``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"gate_proxy.py" in args and args[args.index(b"gate_proxy.py") + 1 :][:2] == [
+                b"--name",
+                project.encode(),
+            ]:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("compose_engine", ENGINES[:1], indirect=True)
+async def test_teardown_stops_a_proxy_whose_pid_file_was_never_written(
+    env: Env, tmp_path: Path
+) -> None:
+    """The start script backgrounds the proxy, then writes its pid: a session cut off in
+    between (the worker killed, the connection lost) leaves a proxy and no pid file.
+    Teardown finds it by its command line all the same, and leaves alone a proxy of another
+    sandbox whose name starts with this one's."""
+    repo = make_repo(tmp_path / "repo", NETWORKED)
+    policy = parse_policy({"egress": ["pypi.org:443"]})
+    request = with_policy(env, "composegate3", repo, policy)
+    lookalike = ["gate_proxy.py", "--name", "sbx-composegate3x", "--config", "config.json"]
+    neighbour = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *lookalike])
+    try:
+        await env.extension.provision(request)
+        proxies = _proxies_of("sbx-composegate3")
+        assert len(proxies) == 1, proxies
+        (Path(gate_directory("composegate3")) / "pid").unlink()  # as if never written
+        await env.extension.teardown("composegate3", host="host1")
+        assert _proxies_of("sbx-composegate3") == []
+        assert neighbour.poll() is None  # another sandbox's proxy is not touched
+        assert not Path(gate_directory("composegate3")).exists()
+    finally:
+        for pid in _proxies_of("sbx-composegate3"):  # no leak from the test on the old code
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        neighbour.kill()
+        neighbour.wait(10)

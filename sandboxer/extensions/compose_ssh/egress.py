@@ -5,8 +5,9 @@ teardown finds them again after any crash: the engine network
 ``sbx-<id>-egress`` (``--internal``, labelled with the compose project), the
 nftables table ``sbx_compose_<id>``, and the proxy process, whose script,
 config, log and pid are in ``/run/sandboxer-compose/sbx-<id>/`` and whose
-command line names ``sbx-<id>`` (checked before it is killed, so a reused pid
-is never hit). That directory is root's, outside the sandbox's directory:
+command line names ``sbx-<id>``: teardown finds it by that in ``/proc``, not by its
+pid file, which a session cut off right after the start never wrote (checked again
+before the KILL, so a reused pid is never hit). That directory is root's, outside the sandbox's directory:
 a service that mounts its repo could otherwise plant a symlink where root
 writes the proxy's log. Each step first removes what an earlier attempt left,
 so a redelivered create starts clean.
@@ -81,17 +82,44 @@ nft delete table inet "$table" 2>/dev/null
 printf '%s' "$ruleset" | nft -f -
 """
 
+# Defines stop_proxies NAME: stops every process of the host whose command line is
+# the gate proxy named NAME, found by scanning /proc, not through the pid file: the
+# start script writes that file only after it has started the proxy, and a session cut
+# off in between (the worker killed, the connection lost) left a proxy no pid file
+# names. The match is the whole " gate_proxy.py --name NAME --config " (quoted, so
+# literal; a case, not a grep, whose own command line would hold it), so another
+# sandbox's proxy, whose name may start with NAME, is never hit; the command line is
+# checked again before the KILL, so a pid reused meanwhile is not either.
+_STOP_PROXY = r"""
+is_proxy() {
+  args=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  case "$args" in *" gate_proxy.py --name $2 --config "*) return 0 ;; esac
+  return 1
+}
+stop_proxies() {
+  pids=""
+  for f in $(grep -l -F -- "$1" /proc/[0-9]*/cmdline 2>/dev/null); do
+    p=${f#/proc/}
+    p=${p%/cmdline}
+    if is_proxy "$p" "$1" && kill "$p" 2>/dev/null; then pids="$pids $p"; fi
+  done
+  for p in $pids; do
+    i=0
+    while [ "$i" -lt 20 ] && kill -0 "$p" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+    if is_proxy "$p" "$1"; then kill -KILL "$p" 2>/dev/null; fi
+  done
+}
+"""
+
 # Starts the proxy (python3 -I) named $2 in the gate's directory $1 in a session
 # of its own (replacing a leftover one), and waits up to 5 s for it to say it
-# listens.
-_START_SCRIPT = r"""
+# listens. The pid file is only for reading; teardown finds the proxy by its name.
+_START_SCRIPT = (
+    _STOP_PROXY
+    + r"""
 dir=$1 name=$2
 cd "$dir" || exit 1
-old=$(cat pid 2>/dev/null)
-case "$old" in
-  ''|*[!0-9]*) ;;
-  *) tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null | grep -q -- "--name $name " && kill "$old" ;;
-esac
+stop_proxies "$name"
 rm -f ready
 setsid python3 -I gate_proxy.py --name "$name" --config config.json \
   --ready-fd 3 3>ready >log 2>&1 </dev/null &
@@ -108,24 +136,16 @@ kill "$pid" 2>/dev/null
 tail -n 20 log >&2
 exit 1
 """
+)
 
-# Stops the proxy whose pid is in $1/pid if its command line names $2, removes
-# the gate's directory $1, deletes nft table $3, removes network $5 of engine
-# $4. Each part is absent-is-fine; exits 1 naming what is left.
-_CLOSE_SCRIPT = r"""
+# Stops the proxy named $2 (stop_proxies), removes the gate's directory $1, deletes
+# nft table $3, removes network $5 of engine $4. Each part is absent-is-fine; exits 1
+# naming what is left.
+_CLOSE_SCRIPT = (
+    _STOP_PROXY
+    + r"""
 dir=$1 name=$2 table=$3 engine=$4 net=$5
-pid=$(cat "$dir/pid" 2>/dev/null)
-case "$pid" in
-  ''|*[!0-9]*) ;;
-  *)
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--name $name "; then
-      kill "$pid" 2>/dev/null
-      i=0
-      while [ "$i" -lt 20 ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
-      kill -KILL "$pid" 2>/dev/null
-    fi
-    ;;
-esac
+stop_proxies "$name"
 rm -rf "$dir"
 left=""
 if command -v nft >/dev/null 2>&1; then
@@ -139,6 +159,7 @@ fi
 if [ -n "$left" ]; then echo "left on the host:$left" >&2; exit 1; fi
 exit 0
 """
+)
 
 # $1: the host's engine. podman's network backend matters: with CNI an internal
 # network has no gateway address, so there is nowhere for the proxy to listen.
