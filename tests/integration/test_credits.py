@@ -24,6 +24,7 @@ from sandboxer.client import SandboxerClient
 from sandboxer.commands.types import CreateSandbox
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.admission import admit_create
+from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.errors import CommandFailed, StreamUnavailable
 from sandboxer.events.actor import Actor
 from sandboxer.workers.credit_reservation import reserve_for_create
@@ -69,6 +70,9 @@ async def account_events(client: SandboxerClient, project: str, kind: str) -> li
     ]
 
 
+OPS = Actor(type="adm", id="ops", project="acme")
+
+
 async def account(client: SandboxerClient, project: str, *, metered: int = 0) -> dict[str, Any]:
     """The project's account once the view shows ``metered`` sandboxes metered."""
     async with asyncio.timeout(30):
@@ -77,6 +81,35 @@ async def account(client: SandboxerClient, project: str, *, metered: int = 0) ->
             if found and found[0]["metered"] >= metered:
                 return found[0]
             await asyncio.sleep(0.1)
+
+
+async def cut_off_after_its_hold(
+    client: SandboxerClient,
+    home: Path,
+    actor: Actor,
+    command_id: str,
+    *,
+    ttl: str,
+    sandbox_id: str | None = None,
+) -> AdmittedCreate:
+    """What a create of ``profile.saas-stub`` leaves when it is cut off (kill -9) between its
+    credit hold and its append: admitted and held as the control worker does, and waited for
+    in the view (appended beside the client, which cannot ask the view to have read it)."""
+    catalog = Catalog.load(home)
+    create = CreateSandbox(
+        command_id=command_id,
+        actor=actor,
+        profile="profile.saas-stub",
+        sandbox_id=sandbox_id,
+        ttl=ttl,
+    )
+    admitted = admit_create(create, catalog.profile(create.profile), catalog.extensions_enabled())
+    await reserve_for_create(JetStreamEventStore(client.nc, client.js), catalog, admitted)
+    assert actor.project is not None
+    async with asyncio.timeout(30):
+        while (await account(client, actor.project))["reserved"] == 0:
+            await asyncio.sleep(0.05)
+    return admitted
 
 
 def stub_records(home: Path) -> list[Path]:
@@ -216,23 +249,14 @@ async def test_a_create_that_lost_its_sandbox_id_to_another_project_gives_its_cr
                 "add_credits", project, amount=PER_CREATE + 600 * PER_SECOND
             )
         # beta's create gets as far as its reservation ...
-        catalog = Catalog.load(home)
-        losing = CreateSandbox(
-            command_id="beta-create-1",
-            actor=Actor(type="adm", id="b", project="beta"),
-            profile="profile.saas-stub",
-            sandbox_id="contested01",
+        await cut_off_after_its_hold(
+            beta,
+            home,
+            Actor(type="adm", id="b", project="beta"),
+            "beta-create-1",
             ttl="10m",
+            sandbox_id="contested01",
         )
-        admitted = admit_create(
-            losing, catalog.profile("profile.saas-stub"), catalog.extensions_enabled()
-        )
-        store = JetStreamEventStore(beta.nc, beta.js)
-        await reserve_for_create(store, catalog, admitted)
-        # Appended beside the client, which cannot ask the view to have read it: wait.
-        async with asyncio.timeout(30):
-            while (await account(beta, "beta"))["reserved"] == 0:
-                await asyncio.sleep(0.05)
         # ... acme's takes the id, then beta's is decided
         await acme.create("profile.saas-stub", ttl="10m", sandbox_id="contested01")
         with pytest.raises(CommandFailed, match="is taken"):
@@ -265,20 +289,9 @@ async def test_another_project_s_create_under_a_create_s_command_id_gives_its_ho
     try:
         for project in ("acme", "beta"):
             await acme.account_command("add_credits", project, amount=funds)
-        catalog = Catalog.load(home)
-        cut_off = CreateSandbox(
-            command_id="shared-create-1",
-            actor=Actor(type="agt", id="b", project="beta"),
-            profile="profile.saas-stub",
-            ttl="10m",
+        admitted = await cut_off_after_its_hold(
+            beta, home, Actor(type="agt", id="b", project="beta"), "shared-create-1", ttl="10m"
         )
-        admitted = admit_create(
-            cut_off, catalog.profile("profile.saas-stub"), catalog.extensions_enabled()
-        )
-        await reserve_for_create(JetStreamEventStore(beta.nc, beta.js), catalog, admitted)
-        async with asyncio.timeout(30):
-            while (await account(acme, "beta"))["reserved"] == 0:
-                await asyncio.sleep(0.05)
         made = await acme.create("profile.saas-stub", ttl="10m", command_id="shared-create-1")
         assert made["sandbox_id"] == admitted.sandbox_id
 
@@ -315,21 +328,9 @@ async def test_a_second_create_of_a_sandbox_id_is_refused_not_made_on_the_first_
     whatever the first had reserved. The id is the first's: the second is refused."""
     minute = PER_CREATE + 60 * PER_SECOND
     await acme.account_command("add_credits", "acme", amount=minute)
-    catalog = Catalog.load(home)
-    first = CreateSandbox(
-        command_id="acme-create-a",
-        actor=Actor(type="adm", id="ops", project="acme"),
-        profile="profile.saas-stub",
-        sandbox_id="contested02",
-        ttl="1m",
+    await cut_off_after_its_hold(
+        acme, home, OPS, "acme-create-a", ttl="1m", sandbox_id="contested02"
     )
-    admitted = admit_create(
-        first, catalog.profile("profile.saas-stub"), catalog.extensions_enabled()
-    )
-    await reserve_for_create(JetStreamEventStore(acme.nc, acme.js), catalog, admitted)
-    async with asyncio.timeout(30):  # appended beside the client: wait for the view
-        while (await account(acme, "acme"))["reserved"] != minute:
-            await asyncio.sleep(0.05)
 
     with pytest.raises(CommandFailed) as refused:
         await acme.create(
@@ -361,21 +362,9 @@ async def test_an_extension_is_not_priced_from_a_hold_another_create_made(
     insufficient_credits (or held credits the sandbox would never use)."""
     minute = PER_CREATE + 60 * PER_SECOND
     await acme.account_command("add_credits", "acme", amount=minute)
-    catalog = Catalog.load(home)
-    cut_off = CreateSandbox(
-        command_id="acme-create-a",
-        actor=Actor(type="adm", id="ops", project="acme"),
-        profile="profile.saas-stub",
-        sandbox_id="strayhold01",
-        ttl="1m",
+    await cut_off_after_its_hold(
+        acme, home, OPS, "acme-create-a", ttl="1m", sandbox_id="strayhold01"
     )
-    admitted = admit_create(
-        cut_off, catalog.profile("profile.saas-stub"), catalog.extensions_enabled()
-    )
-    await reserve_for_create(JetStreamEventStore(acme.nc, acme.js), catalog, admitted)
-    async with asyncio.timeout(30):
-        while (await account(acme, "acme"))["reserved"] != minute:
-            await asyncio.sleep(0.05)
     await acme.account_command(
         "set_byok", "acme", extension="ext.saas-stub", key_ref="env:ACME_STUB_KEY"
     )
