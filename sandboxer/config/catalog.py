@@ -196,6 +196,22 @@ class Catalog:
         return {ext_id: decl for ext_id, decl in self.extensions.items() if decl.enabled}
 
 
+_CLASSES: dict[tuple[str, str], type[Any] | None] = {}
+
+
+def known_extension_class(decl: ExtensionDecl) -> type[Any] | None:
+    """:func:`load_extension_class`, None when it cannot be imported here, remembered per
+    declaration: finding the class reads every installed package's entry points, too slow
+    for a question asked per command (does it take a key? which inputs does it copy in?)."""
+    key = (decl.id, decl.entry_point)
+    if key not in _CLASSES:
+        try:
+            _CLASSES[key] = load_extension_class(decl)
+        except ConfigError:
+            _CLASSES[key] = None
+    return _CLASSES[key]
+
+
 def load_extension_class(decl: ExtensionDecl) -> type[Any]:
     """Import the class implementing ``decl``: an installed entry point wins over the declaration."""
     target = decl.entry_point

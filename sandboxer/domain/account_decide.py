@@ -237,15 +237,6 @@ def _check_reservation(state: AccountState, command: ReserveCredits, now: str) -
         )
 
 
-def _holds_for(held: Reservation, command: MeterUsage) -> bool:
-    return is_own_hold(
-        held,
-        provider_key=command.provider_key,
-        created_by=command.created_by,
-        extension=command.extension,
-    )
-
-
 def is_own_hold(
     held: Reservation, *, provider_key: str | None, created_by: str | None, extension: str | None
 ) -> bool:
@@ -265,7 +256,13 @@ def is_own_hold(
 
 def _metered(state: AccountState, command: MeterUsage, head: dict[str, Any]) -> UsageMetered:
     released = state.reservations.get(command.sandbox_id)
-    held = released if released is not None and _holds_for(released, command) else None
+    own = released is not None and is_own_hold(
+        released,
+        provider_key=command.provider_key,
+        created_by=command.created_by,
+        extension=command.extension,
+    )
+    held = released if own else None
     byok = held is None and own_key_pays(command.provider_key, state.byok, command.extension)
     price = held.price if held is not None else command.price
     create_price = held.create_price if held is not None else command.create_price

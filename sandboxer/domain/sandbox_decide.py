@@ -36,6 +36,7 @@ from sandboxer.domain.sandbox_snapshots import FinishSnapshot, StartSnapshot, de
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import Rejected
 from sandboxer.events.types import (
+    Actor,
     NetworkRecord,
     SandboxDestroyed,
     SandboxDestroying,
@@ -63,6 +64,7 @@ __all__ = [
     "Reroute",
     "StartProvisioning",
     "decide",
+    "same_project",
     "superseded",
     "taken_over",
 ]
@@ -413,7 +415,7 @@ def _common(state: SandboxState, now: str, causation: str | None = None) -> dict
 
 def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> list[SandboxEvent]:
     command = admitted.command
-    if command.command_id in state.handled and _same_project(state, command):
+    if command.command_id in state.handled and same_project(state, command.actor):
         # A crash between the two appends leaves `requested` alone: complete it.
         return [_routed(admitted, now)] if state.status == "requested" else []
     if state.status != "new":
@@ -443,13 +445,13 @@ def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> l
     ]
 
 
-def _same_project(state: SandboxState, command: CreateSandbox) -> bool:
-    """Whether ``command`` may be the create that made ``state``, sent again. Command ids are
+def same_project(state: SandboxState, actor: Actor | None) -> bool:
+    """Whether a create of ``actor`` may be the create that made ``state``, sent again. Command ids are
     the clients' choice and one namespace across projects: another project's create under
     this sandbox's create's id (a gateway key's ``Idempotency-Key``, past the bus's
     two-minute duplicate window) is not that create sent again. Taken for it, it decided
     nothing and left the hold it made on its own account for ever."""
-    return project_of(state.actor) == project_of(command.actor)
+    return project_of(state.actor) == project_of(actor)
 
 
 def _routed(admitted: AdmittedCreate, now: str) -> SandboxRouted:

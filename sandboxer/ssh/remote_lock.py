@@ -19,6 +19,7 @@ while the path still names it, as ext.local's ``sandbox_lock`` does on its machi
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import shlex
 from collections.abc import AsyncIterator, Collection, Iterable
@@ -151,9 +152,9 @@ async def remote_lock(
         try:
             async with asyncio.timeout(wait + _ANSWER_MARGIN):
                 # Skip what the host's shell startup printed, up to the script's answer.
-                skipped: list[str] = []
+                skipped: collections.deque[str] = collections.deque(maxlen=20)
                 while (line := await process.stdout.readline()) and (
-                    first_token([line], _HOLD_TOKENS) is None
+                    line.strip() not in _HOLD_TOKENS
                 ):
                     skipped.append(line.strip())
                 answer = line.strip()

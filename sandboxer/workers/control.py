@@ -53,12 +53,11 @@ from sandboxer.config.catalog import Catalog
 from sandboxer.config.hosts import hosts_path, load_hosts
 from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
-from sandboxer.domain.account_state import project_of
 from sandboxer.domain.admission import admit_create, requested_host
 from sandboxer.domain.fallback import without_candidates
 from sandboxer.domain.key_decide import key_id_of
 from sandboxer.domain.route_signals import RouteSignals
-from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown
+from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown, same_project
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
 from sandboxer.events.types import Actor, CommandRejected
@@ -350,7 +349,7 @@ class ControlWorker:
         loaded = await self._store.load(target_sandbox(command))
         if command.command_id not in loaded.state.handled or loaded.state.status == "requested":
             return None  # undecided (or routed not yet appended): the refusal is its outcome
-        if project_of(loaded.state.actor) != project_of(command.actor):
+        if not same_project(loaded.state, command.actor):
             # Another project's create under this one's command id (ids are the clients'):
             # not this create sent again. Refused, and nothing of the sandbox sent again.
             return None

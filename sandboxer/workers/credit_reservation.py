@@ -23,7 +23,7 @@ from decimal import Decimal
 from sandboxer.bus.event_store import EventStore, LoadedAccount
 from sandboxer.clock import utc_now
 from sandboxer.commands.types import AddCredits, ExtendTtl, SetBudget, SetByok
-from sandboxer.config.catalog import Catalog, load_extension_class
+from sandboxer.config.catalog import Catalog, known_extension_class
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.account_decide import (
     MeterUsage,
@@ -43,7 +43,7 @@ from sandboxer.domain.pricing import (
 from sandboxer.domain.sandbox_decide import AdmittedCreate, decide
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import parse_duration
-from sandboxer.errors import ConfigError, Rejected, SandboxerError
+from sandboxer.errors import Rejected, SandboxerError
 from sandboxer.workers.deciding import apply_account
 
 __all__ = [
@@ -106,21 +106,11 @@ async def decide_account_command(
     return loaded
 
 
-_KEYED: dict[tuple[str, str], bool] = {}
-
-
 def takes_key(decl: ExtensionDecl) -> bool:
     """Whether the backend calls a provider with a key a project may bring
-    (:class:`~sandboxer.extensions.capabilities.KeyedBackend`). Remembered per declaration:
-    finding the class reads the installed packages' entry points."""
-    found = _KEYED.get((decl.id, decl.entry_point))
-    if found is None:
-        try:
-            found = callable(getattr(load_extension_class(decl), "with_key", None))
-        except ConfigError:
-            found = False
-        _KEYED[(decl.id, decl.entry_point)] = found
-    return found
+    (:class:`~sandboxer.extensions.capabilities.KeyedBackend`)."""
+    cls = known_extension_class(decl)
+    return cls is not None and callable(getattr(cls, "with_key", None))
 
 
 def _check_byok(catalog: Catalog, command: SetByok) -> None:

@@ -174,15 +174,12 @@ class ExecService:
     async def _on_request(self, msg: Msg) -> None:
         self._in_flight.start(self._serve(msg))
 
-    async def touch(self, state: SandboxState, *, running: bool = False) -> None:
-        """Record the exec as activity (see the module docstring); never fails the exec.
-        ``running``: a touch of an exec still running, whose start was touched already, so
-        the sandbox is active even if ``state`` (read at the start) still says ready."""
+    async def touch(self, state: SandboxState) -> None:
+        """Record the exec as activity (see the module docstring); never fails the exec."""
         now = time.monotonic()
         last = self._touched.get(state.sandbox_id)
         interval = touch_interval(state.idle_reap_seconds)
-        active = running or state.status == "active"
-        if active and last is not None and now - last < interval:
+        if state.status == "active" and last is not None and now - last < interval:
             return
         if len(self._touched) > MAX_REMEMBERED_TOUCHES:
             self._touched.clear()  # a cache: forgetting costs one redundant touch each
@@ -349,7 +346,7 @@ class ExecService:
             # Paused meanwhile (the command frozen with it) or on its way out: a touch would
             # only be refused not_ready, a rejection recorded every interval.
             if now.status in TOUCHABLE:
-                await self.touch(now, running=True)
+                await self.touch(now)
 
     async def _client_gone(self, reply: str, started: float) -> str:
         """Return (the exit's error) once nothing subscribes to the exec's reply inbox.

@@ -99,8 +99,9 @@ def job_for(state: SandboxState, *, retime: bool = False) -> Job | None:
     action = _ACTIONS.get(state.status)
     moved = retime or state.expiry_moved_at == state.version
     if state.status in {"ready", "active"} and moved:
-        # The TTL just moved: a provider that keeps its own timeout must follow it. Only the
-        # command that moved it dispatches this (a later event changes the version).
+        # The TTL just moved: a provider that keeps its own timeout must follow it. The
+        # command that moved it dispatches this, or (``retime``) that command delivered again
+        # after a later event changed the version.
         action = "retime"
     if action is None:
         return None

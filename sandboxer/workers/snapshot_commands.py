@@ -30,7 +30,8 @@ from sandboxer.commands.types import (
     RestoreSnapshot,
     SnapshotSandbox,
 )
-from sandboxer.config.catalog import Catalog, load_extension_class
+from sandboxer.config.catalog import Catalog, known_extension_class
+from sandboxer.config.profile import Profile
 from sandboxer.domain.account_state import DEFAULT_PROJECT
 from sandboxer.domain.sandbox_snapshots import StartSnapshot
 from sandboxer.domain.snapshot_decide import (
@@ -38,7 +39,7 @@ from sandboxer.domain.snapshot_decide import (
     RequestSnapshot,
     snapshot_taken,
 )
-from sandboxer.errors import ConfigError, Rejected
+from sandboxer.errors import Rejected
 from sandboxer.ids import derive_sandbox_id, derive_snapshot_id
 from sandboxer.workers.deciding import apply, apply_snapshot
 from sandboxer.workspaces.bucket import open_bucket
@@ -134,10 +135,10 @@ class SnapshotCommands:
         in (its routing leaves them out): the input receiving it is the one naming an
         object (the profile's first directory input)."""
         profile = self._catalog.profile(create.profile)
-        directories = sorted(n for n, spec in profile.inputs.items() if spec.type == "directory")
-        if not directories:
+        target = receiving_input(profile)
+        if target is None:
             return ()
-        return self._not_receiving(profile.candidates(), directories[0])
+        return self._not_receiving(profile.candidates(), target)
 
     def _not_receiving(self, candidates: list[str], name: str) -> tuple[str, ...]:
         """Of ``candidates``, those whose backend does not read the input ``name`` as a
@@ -149,11 +150,10 @@ class SnapshotCommands:
             decl = enabled.get(extension)
             if decl is None:
                 continue
-            try:
-                reads = getattr(load_extension_class(decl), "directory_inputs", ())
-            except ConfigError:
+            cls = known_extension_class(decl)
+            if cls is None:
                 continue
-            if name not in reads:
+            if name not in getattr(cls, "directory_inputs", ()):
                 ignoring.append(extension)
         return tuple(ignoring)
 
@@ -200,29 +200,25 @@ class SnapshotCommands:
                 f"snapshot {command.snapshot_id} names no profile; pass one with --profile",
             )
         profile = self._catalog.profile(profile_id)
-        directories = sorted(
-            name for name, spec in profile.inputs.items() if spec.type == "directory"
-        )
-        if not directories:
+        receiving = receiving_input(profile)
+        if receiving is None:
             raise Rejected(
                 "not_restorable",
                 f"{profile_id} has no directory input to restore a workspace into; choose a "
                 "profile with an input of type: directory (such as profile.local's repo)",
             )
-        # The profile's first directory input (in name order) receives the workspace.
-        target = directories[0]
-        if target in command.inputs:
+        if receiving in command.inputs:
             raise Rejected(
                 "invalid_input",
-                f"input {target!r} of {profile_id} receives the snapshot's workspace; "
+                f"input {receiving!r} of {profile_id} receives the snapshot's workspace; "
                 "leave it out of the restore's inputs",
             )
-        passed_over = self._not_receiving(profile.candidates(), target)
+        passed_over = self._not_receiving(profile.candidates(), receiving)
         if len(passed_over) == len(profile.candidates()):
             raise Rejected(
                 "not_restorable",
                 f"{profile_id} runs on {', '.join(passed_over)}, which does not copy its "
-                f"input {target!r} into a sandbox: the restored sandbox would lack the "
+                f"input {receiving!r} into a sandbox: the restored sandbox would lack the "
                 "snapshot's workspace; choose a profile on a backend that does (ext.local, "
                 "ext.compose-ssh, ext.vm-packer) with --profile",
             )
@@ -230,7 +226,14 @@ class SnapshotCommands:
             command_id=command.command_id,
             actor=command.actor,
             profile=profile_id,
-            inputs={**command.inputs, target: object_ref(snapshot.sha256)},
+            inputs={**command.inputs, receiving: object_ref(snapshot.sha256)},
             sandbox_id=command.sandbox_id,
             consumer=command.consumer,
         )
+
+
+def receiving_input(profile: Profile) -> str | None:
+    """The input of ``profile`` a restore puts the snapshot's workspace in: its first
+    directory input in name order (None when it has none)."""
+    directories = sorted(n for n, spec in profile.inputs.items() if spec.type == "directory")
+    return directories[0] if directories else None
