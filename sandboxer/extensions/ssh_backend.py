@@ -149,9 +149,12 @@ class SshBackend:
 
         The whole make holds it, not each step after a look: a look then a step leaves the
         window where a freeze is likeliest (inside a long step, which goes on when the worker
-        does). So a later attempt's claim, or a teardown, waits for the make (LOCK-BUSY past
-        :data:`~.ssh_workspace.LOCK_WAIT`), and a worker frozen while it makes holds the lock
-        until it goes on or its connection drops (as ext.local's make holds its lock)."""
+        does). The price: a later attempt's claim, or a teardown or pause, waits for the
+        whole make, image pulls of ``up`` and setup steps included, and fails LOCK-BUSY past
+        :data:`~.ssh_workspace.LOCK_WAIT` (retried as any failed step is); and a worker frozen
+        while it makes holds the lock until it goes on or its connection drops. (ext.local's
+        make lets its lock go before the setup steps: its teardown kills the holder, so a
+        setup step left running cannot write into a later attempt's sandbox.)"""
         sandbox_id = request.sandbox_id
         async with sandbox_lock(conn, item, sandbox_id, make=True):
             found = await probe(conn, item, sandbox_id)
