@@ -198,7 +198,13 @@ async def test_an_allowlist_lets_through_only_its_names(
     request = with_policy(env, "composegate1", repo, policy)
     await env.extension.provision(request)
     await env.extension.provision(request)  # a redelivered create starts clean
-    await env.extension.wait_ready(request)
+    readiness = await env.extension.wait_ready(request)
+    # allowed.test's entry asks for TCP and UDP: the proxy carries its TCP half, and says so.
+    assert [w for w in readiness.warnings if "network" in w] == [
+        f"network: egress allowed.test:{UPSTREAM_PORT}: UDP not provided, TCP only: the egress "
+        f"proxy relays TCP; write such an entry with /tcp (allowed.test:{UPSTREAM_PORT}/tcp) "
+        "to ask for what is enforced"
+    ]
     network = "sbx-composegate1-egress"
     assert env.engine.cli("network", "inspect", network).returncode == 0
     for service in ("web", "worker"):

@@ -336,7 +336,7 @@ _UDP_PROBE = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 try:
-    s.sendto(b"x", (sys.argv[1], 53))
+    s.sendto(b"x", (sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 53))
     print("udp sent")
 except PermissionError:
     print("udp refused")
@@ -629,8 +629,12 @@ async def test_a_profile_policy_compiled_by_compile_policy_is_enforced(
     try:
         await ext.provision(req)
         ready = await ext.wait_ready(req)
-        assert len(ready.warnings) == 1
+        assert len(ready.warnings) == 2
         assert "dns.test:53/udp not provided" in ready.warnings[0]
+        # pkg.allowed.test:80 asks for TCP and UDP: only its TCP half is carried, and said.
+        assert ready.warnings[1].startswith("egress pkg.allowed.test:80: UDP not provided")
+        code, out, _ = await run(ext, sandbox_id, "python3", "-c", _UDP_PROBE, target.address, "80")
+        assert (code, out) == (0, "udp refused\n")
         assert await curl(ext, sandbox_id, "http://pkg.allowed.test/") == (
             0,
             "hello from pkg.allowed.test:80\n",

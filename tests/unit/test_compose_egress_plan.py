@@ -27,6 +27,7 @@ from sandboxer.extensions.compose_ssh.egress_plan import (
     network_name,
     nft_ruleset,
     proxy_config,
+    tcp_only_entries,
     uncarried_entries,
     unsafe_services,
 )
@@ -76,6 +77,8 @@ def test_addresses_go_to_the_proxy_too_and_udp_only_entries_are_named() -> None:
         }
     )
     assert uncarried_entries(policy) == ["192.0.2.7:53/udp", "dns.test:53/udp"]
+    # Entries without a protocol ask for UDP too: the proxy carries their TCP half only.
+    assert tcp_only_entries(policy) == ["pypi.org:443", "10.0.0.0/8"]
     config = proxy_config(policy, "10.89.0.1", "/srv/hosts")
     assert config["addresses"] == [{"network": "10.0.0.0/8", "ports": []}]
     assert [d["pattern"] for d in config["domains"]] == ["pypi.org", "b.test"]

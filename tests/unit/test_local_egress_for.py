@@ -26,7 +26,14 @@ def test_the_profile_policy_is_what_the_sandbox_gets() -> None:
     assert egress == LocalEgress(
         addresses=(AddressRule(ipaddress.ip_network("10.1.0.0/16"), ((5432, 5432),), "tcp"),),
         domains=(DomainRule("pypi.org", ((443, 443),)),),
+        warnings=(
+            "egress pypi.org:443: UDP not provided, TCP only: ext.local reaches names only "
+            "through its HTTP/TLS proxy (no DNS inside); write such an entry with /tcp "
+            "(pypi.org:443/tcp) to ask for what is enforced",
+        ),
     )
+    # Said only of entries that ask for UDP too: a /tcp name entry is enforced as written.
+    assert not local_egress_for(request({"egress": ["pypi.org:443/tcp"]})).warnings
 
 
 def test_deny_and_allow() -> None:

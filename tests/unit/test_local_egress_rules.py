@@ -332,9 +332,12 @@ def test_the_profile_policy_compiles_to_what_ext_local_enforces() -> None:
     )
     assert egress.domains == (DomainRule("pypi.org", ((443, 443),)), DomainRule("*.files.test"))
     egress.check()
-    assert len(egress.warnings) == 2
+    assert len(egress.warnings) == 3
     assert "dns.test:53/udp" in egress.warnings[0]
     assert "169.254.169.254" in egress.warnings[1]
+    # Name entries without a protocol get their TCP half; the warning names them and the fix.
+    assert egress.warnings[2].startswith("egress pypi.org:443, *.files.test: UDP not provided")
+    assert "(pypi.org:443/tcp)" in egress.warnings[2]
     only_unenforceable = compile_policy(parse_policy({"egress": ["dns.test:53/udp"]}))
     assert only_unenforceable.denies_all
     assert only_unenforceable.warnings

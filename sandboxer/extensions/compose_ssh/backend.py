@@ -53,6 +53,7 @@ from sandboxer.extensions.compose_ssh.egress_plan import (
     allowlist_override,
     gate_bypasses,
     gate_leaks,
+    tcp_only_entries,
     uncarried_entries,
 )
 from sandboxer.extensions.compose_ssh.pausing import set_paused
@@ -276,11 +277,19 @@ class ComposeSshExtension(SshBackend):
                 "resource limits of the profile not applied by ext.compose-ssh: set "
                 "them per service in the compose file"
             )
-        uncarried = uncarried_entries(profile.network.policy()) if stack.egress else []
+        policy = profile.network.policy()
+        uncarried = uncarried_entries(policy) if stack.egress else []
         if uncarried:
             warnings.append(
                 f"network: the egress proxy relays TCP only: {', '.join(uncarried)} "
                 "(UDP) cannot be reached"
+            )
+        tcp_only = tcp_only_entries(policy) if stack.egress else []
+        if tcp_only:
+            warnings.append(
+                f"network: egress {', '.join(tcp_only)}: UDP not provided, TCP only: the "
+                "egress proxy relays TCP; write such an entry with /tcp "
+                f"({tcp_only[0]}/tcp) to ask for what is enforced"
             )
         if profile.setup.instructions:
             warnings.append(

@@ -12,9 +12,10 @@ resolver for service names): the stack cannot reach another of the host's
 services, and a host that forwards packets does not make the network less
 internal.
 
-The proxy relays TCP: what a policy allows over UDP only is not carried (a
-``ready`` warning names it), so the gate lets through less than such a policy,
-never more (docs/network.md).
+The proxy relays TCP: what a policy allows over UDP only is not carried, and
+an entry without a protocol (TCP and UDP) gets its TCP half (``ready``
+warnings name both), so the gate lets through less than such a policy, never
+more (docs/network.md).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "nft_table",
     "proxy_config",
     "proxy_env",
+    "tcp_only_entries",
     "uncarried_entries",
     "unsafe_services",
 ]
@@ -64,6 +66,11 @@ def nft_table(sandbox_id: str) -> str:
 def uncarried_entries(policy: NetworkPolicy) -> list[str]:
     """Entries the proxy does not let through at all: UDP-only ones (it relays TCP)."""
     return [entry.compact() for entry in policy.egress if entry.protocols == ("udp",)]
+
+
+def tcp_only_entries(policy: NetworkPolicy) -> list[str]:
+    """Entries without a protocol (TCP and UDP) the proxy carries over TCP alone."""
+    return [entry.compact() for entry in policy.egress if entry.protocol is None]
 
 
 def proxy_config(policy: NetworkPolicy, listen: str, hosts_file: str | None) -> dict[str, Any]:

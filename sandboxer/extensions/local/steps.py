@@ -30,12 +30,19 @@ def compile_policy(policy: NetworkPolicy) -> LocalEgress:
     Address entries become nftables rules, name entries go through the
     sandbox's proxy (TCP only: HTTP and TLS). What cannot be enforced is left
     out, never widened, and named in ``warnings``.
+
+    A name entry's UDP is never carried: a name is judged by the proxy from the
+    HTTP Host or the TLS name, which UDP does not carry, and no DNS is offered
+    inside. Letting the name's current addresses through instead would allow
+    whatever else shares them and miss its DNS changes (docs/network.md), so a
+    name entry without a protocol gets its TCP half, and a warning says so.
     """
     if policy.default == "allow":
         return LocalEgress(allow_all=True)
     addresses: list[AddressRule] = []
     domains: list[DomainRule] = []
     warnings: list[str] = []
+    tcp_only: list[str] = []
     for entry in policy.egress:
         network = entry.network
         if network is None:
@@ -45,6 +52,8 @@ def compile_policy(policy: NetworkPolicy) -> LocalEgress:
                     "through its HTTP/TLS proxy (TCP)"
                 )
                 continue
+            if entry.protocol is None:
+                tcp_only.append(entry.compact())
             domains.append(DomainRule(entry.to, entry.port_pairs))
         elif network.is_link_local:
             warnings.append(
@@ -53,6 +62,12 @@ def compile_policy(policy: NetworkPolicy) -> LocalEgress:
             )
         else:
             addresses.append(AddressRule(network, entry.port_pairs, entry.protocol))
+    if tcp_only:
+        warnings.append(
+            f"egress {', '.join(tcp_only)}: UDP not provided, TCP only: ext.local reaches "
+            "names only through its HTTP/TLS proxy (no DNS inside); write such an entry "
+            f"with /tcp ({tcp_only[0]}/tcp) to ask for what is enforced"
+        )
     return LocalEgress(addresses=tuple(addresses), domains=tuple(domains), warnings=tuple(warnings))
 
 
