@@ -25,7 +25,10 @@ on the same server is untouched.
 
 ``python bench/_chain.py --alone [RUNS]`` times the chain by itself against a
 private nats-server: each run after 50 ms idle (as bench_create times it),
-then as many back to back.
+then as many back to back. ``--shortest`` times, in the same run, the shortest
+chain the public contract allows beside it: the command, then ``requested``,
+``provisioning`` (beside the claim) and ``ready`` appended by one consumer, with
+no ``routed`` of its own and no job hop (docs/performance.md, "The warm path").
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ IDLE_POLL = 0.5  # as sandboxer/workers/pull_loop.py: how long one fetch waits f
 PAYLOAD = b"x" * 350  # a command, job or event is about this size
 RUNNING: set[asyncio.Task[None]] = set()  # the service's handlers in flight
 READY_WITHIN = 10.0  # seconds: far beyond any chain, short enough to tell a dead service
+SHORTEST = "s-"  # a command id so marked runs the shortest chain (``--shortest``)
 
 
 def _streams() -> list[StreamConfig]:
@@ -99,6 +103,9 @@ async def _append(js: JetStreamContext, aggregate: str, kind: str, expected: int
 
 async def _control(js: JetStreamContext, msg: Msg) -> None:
     sandbox = (msg.headers or {})["Nats-Msg-Id"]  # the command id names the sandbox
+    if sandbox.startswith(SHORTEST):
+        await _shortest(js, msg)
+        return
     requested = await _append(js, sandbox, "requested", 0)  # decided on an empty history
     routed = await _append(js, sandbox, "routed", requested)
     # The job carries the sandbox id and its log position, as a real provision job does.
@@ -109,12 +116,24 @@ async def _control(js: JetStreamContext, msg: Msg) -> None:
 
 async def _worker(js: JetStreamContext, msg: Msg) -> None:
     sandbox, routed = msg.data.split(b"\n", 1)[0].decode().split()
+    await _provision(js, sandbox, int(routed))
+    await msg.ack()
+
+
+async def _provision(js: JetStreamContext, sandbox: str, after: int) -> None:
     # A fresh member per chain: its aggregate is empty, so the claim expects nothing before it.
     provisioning, _claimed = await asyncio.gather(
-        _append(js, sandbox, "provisioning", int(routed)),
+        _append(js, sandbox, "provisioning", after),
         _append(js, f"m{sandbox}", "claimed", 0),
     )
     await _append(js, sandbox, "ready", provisioning)
+
+
+async def _shortest(js: JetStreamContext, msg: Msg) -> None:
+    """The contract's fewest steps: ``requested`` (its route inside), then the worker's own
+    two, all by the consumer of the command."""
+    sandbox = (msg.headers or {})["Nats-Msg-Id"][len(SHORTEST) :]
+    await _provision(js, sandbox, await _append(js, sandbox, "requested", 0))
     await msg.ack()
 
 
@@ -175,9 +194,10 @@ async def serve(url: str) -> None:
 # -- the client side ----------------------------------------------------------------------------
 
 
-async def chain_once(nc: NATS, js: JetStreamContext) -> float:
+async def chain_once(nc: NATS, js: JetStreamContext, *, shortest: bool = False) -> float:
     """One chain, in ms: from subscribing to the sandbox's events to seeing its ``ready``."""
     sandbox = f"c{uuid.uuid4().hex[:16]}"
+    command_id = SHORTEST + sandbox if shortest else sandbox
     started = time.perf_counter()
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -187,7 +207,7 @@ async def chain_once(nc: NATS, js: JetStreamContext) -> float:
 
     sub = await nc.subscribe(_scope(sandbox), cb=on_event)
     try:
-        await js.publish(CMD_SUBJECT, PAYLOAD, headers={"Nats-Msg-Id": sandbox})
+        await js.publish(CMD_SUBJECT, PAYLOAD, headers={"Nats-Msg-Id": command_id})
         async with asyncio.timeout(READY_WITHIN):
             await ready
     except TimeoutError:
@@ -243,8 +263,9 @@ async def _until_answering(
     raise RuntimeError(f"the chain's service did not answer within 30 s; see {log}")
 
 
-async def alone(runs: int) -> None:
-    """``runs`` chains after 50 ms idle each, then ``runs`` back to back, on a private server."""
+async def alone(runs: int, *, shortest: bool) -> None:
+    """``runs`` chains after 50 ms idle each, then ``runs`` back to back, on a private server;
+    with ``shortest``, each beside a run of the shortest chain, alternating."""
     import tempfile
 
     from _harness import nats as private_nats
@@ -257,14 +278,20 @@ async def alone(runs: int) -> None:
             try:
                 async with chain_service(server.url, nc, tmp / "chain.log"):
                     js = nc.jetstream()
-                    idle = []
+                    idle: list[float] = []
+                    short: list[float] = []
                     for _ in range(runs):
                         await asyncio.sleep(0.05)
                         idle.append(await chain_once(nc, js))
+                        if shortest:
+                            await asyncio.sleep(0.05)
+                            short.append(await chain_once(nc, js, shortest=True))
                     back_to_back = [await chain_once(nc, js) for _ in range(runs)]
             finally:
                 await nc.close()
     print(f"the chain alone, after 50 ms idle: {summary(idle)}")
+    if shortest:
+        print(f"the shortest chain, after 50 ms idle: {summary(short)}")
     print(f"the chain alone, back to back:     {summary(back_to_back)}")
 
 
@@ -272,6 +299,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"] and len(sys.argv) == 3:
         asyncio.run(serve(sys.argv[2]))
     elif sys.argv[1:2] == ["--alone"]:
-        asyncio.run(alone(int(sys.argv[2]) if len(sys.argv) > 2 else 100))
+        numbers = [arg for arg in sys.argv[2:] if arg.isdigit()]
+        asyncio.run(
+            alone(int(numbers[0]) if numbers else 100, shortest="--shortest" in sys.argv[2:])
+        )
     else:
-        sys.exit("usage: python bench/_chain.py --alone [RUNS] | --serve NATS_URL")
+        sys.exit("usage: python bench/_chain.py --alone [RUNS] [--shortest] | --serve NATS_URL")
