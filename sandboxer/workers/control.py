@@ -347,12 +347,8 @@ class ControlWorker:
         if not isinstance(command, CreateSandbox | RestoreSnapshot):
             return None
         loaded = await self._store.load(target_sandbox(command))
-        if command.command_id not in loaded.state.handled or loaded.state.status == "requested":
+        if not _decided(command, loaded.state) or loaded.state.status == "requested":
             return None  # undecided (or routed not yet appended): the refusal is its outcome
-        if not same_project(loaded.state, command.actor):
-            # Another project's create under this one's command id (ids are the clients'):
-            # not this create sent again. Refused, and nothing of the sandbox sent again.
-            return None
         return loaded
 
     async def _resent_handled(self, command: Command) -> bool:
@@ -454,7 +450,7 @@ class ControlWorker:
             command = invalid
         if not isinstance(command, InvalidCommand):
             loaded = await self._store.load(target_sandbox(command))
-            if command.command_id in loaded.state.handled:
+            if _decided(command, loaded.state):
                 # Decided: its outcome belongs to the sandbox now. Re-send the job it waits for.
                 await self._dispatch(loaded, retime=isinstance(command, ExtendTtl))
                 return
@@ -465,3 +461,17 @@ class ControlWorker:
             "see the service log",
             command,
         )
+
+
+def _decided(command: Command, state: SandboxState) -> bool:
+    """Whether the sandbox ``state`` decided ``command`` already: it is that command sent
+    again, whose outcome stands (the module's rule). Command ids are the clients' and one
+    namespace across projects, and a create's sandbox id may be derived from its command
+    id: another project's create or restore under the id of the create that made the
+    sandbox is not that create sent again (:func:`same_project`), and nothing of the
+    sandbox is sent again for it."""
+    if command.command_id not in state.handled:
+        return False
+    if isinstance(command, CreateSandbox | RestoreSnapshot):
+        return same_project(state, command.actor)
+    return True

@@ -1,0 +1,125 @@
+"""A command whose handler keeps failing is settled by the control worker's ``_on_poison``
+(workers/control.py): one its sandbox decided already has the job the sandbox waits for
+sent again; any other is rejected ``internal_error``. Command ids are the clients' and one
+namespace across projects: another project's create under the id of the create that made
+a sandbox is not that create, and nothing of the sandbox is sent again for it.
+
+Real NATS, projector and saas stub; the control worker is the real one with a fault
+injected (its handler fails for the command ids a test names).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from sandboxer import subjects
+from sandboxer.bus.connect import connect
+from sandboxer.bus.event_store import Loaded
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.client import SandboxerClient
+from sandboxer.commands.types import Command
+from sandboxer.config.catalog import Catalog
+from sandboxer.workers.control import ControlWorker
+from tests.integration.conftest import Service, consumer_idle, send_again, start_service
+from tests.integration.test_ext_saas_stub import write_override
+
+pytestmark = pytest.mark.integration
+
+
+class FailingOn(ControlWorker):
+    """The control worker, failing every time on the commands whose ids are in ``failing``
+    (and noting each sandbox whose job it sends)."""
+
+    failing: frozenset[str] = frozenset()
+    dispatched: list[str]
+
+    async def _decide_and_append(self, command: Command, subject: str) -> Loaded | None:
+        if command.command_id in self.failing:
+            raise RuntimeError(f"injected: the handler fails on {command.command_id}")
+        return await super()._decide_and_append(command, subject)
+
+    async def _dispatch(self, loaded: Loaded | None, **kwargs: bool) -> None:
+        if loaded is not None:
+            self.dispatched.append(loaded.state.sandbox_id)
+        await super()._dispatch(loaded, **kwargs)
+
+
+@dataclasses.dataclass
+class Poisoning:
+    service: Service
+    control: FailingOn
+
+
+@pytest.fixture
+async def poisoning(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[Poisoning]:
+    write_override(home, latency_ms=1)
+    svc = await start_service(home, nats_server.url, ["projector", "ext.saas-stub"])
+    nc = await connect([nats_server.url], name="test-control", long_lived=False)
+    js = nc.jetstream()
+    control = FailingOn(js, JetStreamEventStore(nc, js), Catalog.load(home), svc.settings, nc=nc)
+    control.dispatched = []
+    control.spec = dataclasses.replace(control.spec, max_failures=2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(control.run(stop))
+    try:
+        await svc.fund()
+        yield Poisoning(svc, control)
+    finally:
+        stop.set()
+        await asyncio.wait([task], timeout=30)
+        await nc.close()
+        await svc.client.close()
+        await svc.shutdown()
+
+
+async def rejections(client: SandboxerClient, command_id: str) -> list[dict[str, Any]]:
+    return [
+        event
+        async for _seq, event in client.events()
+        if event.get("command_id") == command_id and event.get("type") == "rejected"
+    ]
+
+
+async def test_another_project_s_failing_create_under_a_create_s_id_sends_nothing_of_it(
+    poisoning: Poisoning, nats_server: NatsServerProcess
+) -> None:
+    """beta's create under the id of the create that made the default project's sandbox
+    fails past its deliveries: it is rejected, and nothing of that sandbox is sent again
+    (on the old code it was taken for that create: its job sent again, no rejection). The
+    project's own create sent again and failing so is still settled by its job."""
+    client, control = poisoning.service.client, poisoning.control
+    made = await client.create("profile.saas-stub", ttl="10m", command_id="shared-create-2")
+    sandbox_id = made["sandbox_id"]
+    control.failing = frozenset({"shared-create-2"})
+    control.dispatched.clear()
+    beta = await SandboxerClient.connect(
+        [nats_server.url], actor={"type": "agt", "id": "b", "project": "beta"}
+    )
+    try:
+        await send_again(beta, "shared-create-2", "profile.saas-stub", ttl="10m")
+    finally:
+        await beta.close()
+    refused = await rejections(client, "shared-create-2")
+    assert [(e["code"], e["actor"]["project"]) for e in refused] == [("internal_error", "beta")]
+    assert control.dispatched == []
+
+    # Once more (beta's went out under send_again's message id), as the project's own.
+    own = {"command_id": "shared-create-2", "profile": "profile.saas-stub", "ttl": "10m"}
+    own |= {"inputs": {}, "actor": client.actor}
+    create = subjects.command_subject("create")
+    await client.js.publish(create, msgspec.json.encode(own), headers={"Nats-Msg-Id": "own-2"})
+    await consumer_idle(client, subjects.COMMANDS_STREAM, "control")
+    assert control.dispatched == [sandbox_id]  # its own create: decided, its job sent again
+    assert len(await rejections(client, "shared-create-2")) == 1
+    sandbox = await client.get(sandbox_id)
+    assert sandbox is not None
+    assert sandbox["status"] == "ready"
+    await client.destroy(sandbox_id)
