@@ -48,6 +48,7 @@ __all__ = [
     "AccountCommand",
     "MeterUsage",
     "ReserveCredits",
+    "check_id_not_held",
     "decide_account",
     "format_credits",
     "is_own_hold",
@@ -194,9 +195,17 @@ def _check_own_hold(state: AccountState, command: ReserveCredits) -> None:
     create's now: the second is refused as for any taken id."""
     if command.reason != "create" or command.causation_id is None:
         return
-    held = state.reservations.get(command.sandbox_id)
-    if held is not None and held.created_by not in (None, command.causation_id):
-        raise Rejected(*taken_refusal(command.sandbox_id))
+    check_id_not_held(state, command.sandbox_id, command.causation_id)
+
+
+def check_id_not_held(state: AccountState, sandbox_id: str, create_id: str) -> None:
+    """Refuse (``sandbox_exists``) the create ``create_id`` of ``sandbox_id`` when the account
+    holds credits for that id on another create's behalf: the id is that create's, whether
+    this one reserves (:func:`_check_own_hold`) or not (a free backend, the project's own
+    key), as a sandbox already appended would be (the same rejection)."""
+    held = state.reservations.get(sandbox_id)
+    if held is not None and held.created_by not in (None, create_id):
+        raise Rejected(*taken_refusal(sandbox_id))
 
 
 def _check_reservation(state: AccountState, command: ReserveCredits, now: str) -> None:

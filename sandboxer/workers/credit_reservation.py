@@ -28,6 +28,7 @@ from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.account_decide import (
     MeterUsage,
     ReserveCredits,
+    check_id_not_held,
     is_own_hold,
     meter_command_id,
     reserve_command_id,
@@ -151,17 +152,24 @@ async def reserve_for_create(
     gpu = wants_gpu(catalog, command.profile)
     per_second, per_create = _priced(decl, gpu)
     keyed = decl is not None and takes_key(decl)
+    project = project_of(command.actor)
     if decl is None or (per_second == 0 and per_create == 0 and not keyed):
-        return None  # free: metered at zero when it ends
+        # Free: metered at zero when it ends. Still not on an id another create of the
+        # project holds credits for (cut off between its hold and its append): that id is
+        # the other's, and it would be refused as much once appended.
+        _check_not_held(await store.load_account(project), admitted)
+        return None
     sandbox = (await store.load(admitted.sandbox_id)).state
     if sandbox.status != "new":
         return None  # decided before (its reservation with it), or taken: decide says which
-    project = project_of(command.actor)
     account = await store.load_account(project)
     own = account.state.byok.get(decl.id)
     key = (own or OPERATOR_KEY) if keyed else None
     if own is not None or (per_second == 0 and per_create == 0):
-        return key  # the project's own key pays (or the backend is free): nothing to reserve
+        # The project's own key pays (or the backend is free): nothing to reserve, and, as
+        # above, no id another create holds.
+        _check_not_held(account, admitted)
+        return key
     amount = estimate_microusd(decl.pricing, admitted.ttl_seconds or 0.0, gpu)
     reservation = ReserveCredits(
         command_id=reserve_command_id(admitted.sandbox_id),
@@ -177,6 +185,14 @@ async def reserve_for_create(
     )
     await apply_account(store, project, reservation, account)
     return key
+
+
+def _check_not_held(account: LoadedAccount, admitted: AdmittedCreate) -> None:
+    """A create that reserves nothing may not take an id another create of its project holds
+    credits for (:func:`check_id_not_held`). Until 2026-12-04 it could: its sandbox was
+    made, the other create (sent again) was refused ``sandbox_exists`` although it came
+    first, and its hold stayed until this sandbox was metered."""
+    check_id_not_held(account.state, admitted.sandbox_id, admitted.command.command_id)
 
 
 async def release_lost_reservation(store: EventStore, admitted: AdmittedCreate) -> None:

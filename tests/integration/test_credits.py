@@ -23,11 +23,13 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.commands.types import CreateSandbox
 from sandboxer.config.catalog import Catalog
+from sandboxer.domain.account_decide import ReserveCredits, reserve_command_id
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.errors import CommandFailed, StreamUnavailable
 from sandboxer.events.actor import Actor
 from sandboxer.workers.credit_reservation import reserve_for_create
+from sandboxer.workers.deciding import apply_account
 from sandboxer.workers.meter_export import HttpExport, run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
 from tests.integration.conftest import Service, send_again, start_service
@@ -273,6 +275,65 @@ async def test_a_create_that_lost_its_sandbox_id_to_another_project_gives_its_cr
         await beta.close()
 
 
+async def test_a_lost_create_s_release_does_not_replace_the_owner_s_usage_row(
+    service: Service, acme: SandboxerClient, nats_server: NatsServerProcess, home: Path
+) -> None:
+    """Sandbox ids are the clients', one namespace across projects. beta's create of acme's
+    id held credits before acme's appended, and was decided only after acme's sandbox was
+    destroyed and metered: its release meters the id at zero on beta's account. The usage
+    view kept one row per sandbox id, so beta's zero row replaced acme's: acme's usage lost
+    the sandbox it paid for, and its summary the amount."""
+    beta = await SandboxerClient.connect(
+        [nats_server.url], actor={"type": "adm", "id": "b", "project": "beta"}
+    )
+    funds = PER_CREATE + 600 * PER_SECOND
+    try:
+        for project in ("acme", "beta"):
+            await acme.account_command("add_credits", project, amount=funds)
+        await cut_off_after_its_hold(
+            beta,
+            home,
+            Actor(type="adm", id="b", project="beta"),
+            "beta-create-2",
+            ttl="10m",
+            sandbox_id="contested02",
+        )
+        await acme.create(
+            "profile.saas-stub", ttl="10m", sandbox_id="contested02", consumer={"run_id": "r1"}
+        )
+        await acme.destroy("contested02")
+        paid = funds - (await account(acme, "acme", metered=1))["balance"]
+        assert paid > 0
+        with pytest.raises(CommandFailed, match="is taken"):
+            await beta.create(
+                "profile.saas-stub", ttl="10m", sandbox_id="contested02", command_id="beta-create-2"
+            )
+        await account(beta, "beta", metered=1)  # beta's release, metered at zero
+
+        acme_usage = await acme.usage(project="acme")
+        assert [(u["sandbox_id"], u["project"], u["amount"]) for u in acme_usage["usage"]] == [
+            ("contested02", "acme", paid)
+        ]
+        assert (acme_usage["total"]["sandboxes"], acme_usage["total"]["amount"]) == (1, paid)
+        beta_usage = await beta.usage(project="beta")
+        assert [(u["sandbox_id"], u["project"], u["amount"]) for u in beta_usage["usage"]] == [
+            ("contested02", "beta", 0)
+        ]
+        everyone = await acme.usage()
+        assert sorted((u["project"], u["amount"]) for u in everyone["usage"]) == [
+            ("acme", paid),
+            ("beta", 0),
+        ]
+        # Grouped by consumer, a row takes its sandbox's consumer only from its own project's
+        # sandbox: acme's run, never beta's release.
+        by_run = await acme.usage(by="run_id")
+        assert sorted(
+            ((g["run_id"] or ""), g["sandboxes"], g["amount"]) for g in by_run["summary"]
+        ) == [("", 1, 0), ("r1", 1, paid)]
+    finally:
+        await beta.close()
+
+
 async def test_another_project_s_create_under_a_create_s_command_id_gives_its_hold_back(
     service: Service, acme: SandboxerClient, nats_server: NatsServerProcess, home: Path
 ) -> None:
@@ -355,22 +416,34 @@ async def test_a_second_create_of_a_sandbox_id_is_refused_not_made_on_the_first_
 async def test_an_extension_is_not_priced_from_a_hold_another_create_made(
     service: Service, acme: SandboxerClient, home: Path
 ) -> None:
-    """A hold under a sandbox's id is not always its own create's: here a paid create held a
-    minute's credits for the id and never appended (cut off), and a create of the project
-    under its own key (BYOK: nothing to reserve) made the sandbox. Its extensions cost the
+    """A hold under a sandbox's id is not always its own create's: here a create of the
+    project under its own key (BYOK: nothing to reserve) made the sandbox, while a paid
+    create of the same id, which had found the id free a moment before, held a minute's
+    credits for it (and was then refused sandbox_exists). The sandbox's extensions cost the
     project nothing; priced from the other create's hold, one was refused
     insufficient_credits (or held credits the sandbox would never use)."""
     minute = PER_CREATE + 60 * PER_SECOND
     await acme.account_command("add_credits", "acme", amount=minute)
-    await cut_off_after_its_hold(
-        acme, home, OPS, "acme-create-a", ttl="1m", sandbox_id="strayhold01"
-    )
     await acme.account_command(
         "set_byok", "acme", extension="ext.saas-stub", key_ref="env:ACME_STUB_KEY"
     )
     ready = await acme.create(
         "profile.saas-stub", ttl="1m", sandbox_id="strayhold01", command_id="acme-create-b"
     )
+    # The paid create's hold, decided as it is once the id was seen free: after the BYOK
+    # create's look at the account, appended after its sandbox.
+    hold = ReserveCredits(
+        command_id=reserve_command_id("strayhold01"),
+        causation_id="acme-create-a",
+        actor=OPS,
+        sandbox_id="strayhold01",
+        amount=minute,
+        price=str(PER_SECOND),
+        create_price=str(PER_CREATE),
+        extension="ext.saas-stub",
+        profile="profile.saas-stub",
+    )
+    await apply_account(JetStreamEventStore(acme.nc, acme.js), "acme", hold)
     sandbox = await acme.get("strayhold01")
     assert sandbox is not None
     assert sandbox["created_by"] == "acme-create-b"
@@ -381,6 +454,38 @@ async def test_an_extension_is_not_priced_from_a_hold_another_create_made(
     await acme.destroy("strayhold01")
     settled = await account(acme, "acme", metered=1)
     assert (settled["balance"], settled["reserved"]) == (minute, 0)
+
+
+async def test_a_create_that_reserves_nothing_does_not_take_an_id_another_create_holds(
+    service: Service, acme: SandboxerClient, home: Path
+) -> None:
+    """A paid create held a minute's credits for an id and was cut off before its append. A
+    create of the project that reserves nothing (its own key pays: BYOK) named the same id
+    and was made: the id was the first's (a paid second create is refused sandbox_exists),
+    the first, sent again, was refused although it came first, and its hold stayed until
+    the second's sandbox was metered. Now the second is refused, and the first is made."""
+    minute = PER_CREATE + 60 * PER_SECOND
+    await acme.account_command("add_credits", "acme", amount=minute)
+    await cut_off_after_its_hold(acme, home, OPS, "acme-create-a", ttl="1m", sandbox_id="heldid01")
+    await acme.account_command(
+        "set_byok", "acme", extension="ext.saas-stub", key_ref="env:ACME_STUB_KEY"
+    )
+    with pytest.raises(CommandFailed) as refused:
+        await acme.create(
+            "profile.saas-stub", ttl="30m", sandbox_id="heldid01", command_id="acme-create-b"
+        )
+    assert refused.value.event["code"] == "sandbox_exists"
+    assert stub_records(home) == []  # the provider was never called for it
+
+    ready = await acme.create(
+        "profile.saas-stub", ttl="1m", sandbox_id="heldid01", command_id="acme-create-a"
+    )
+    assert ready["sandbox_id"] == "heldid01"
+    sandbox = await acme.get("heldid01")
+    assert sandbox is not None
+    assert sandbox["created_by"] == "acme-create-a"
+    await acme.destroy("heldid01")
+    assert (await account(acme, "acme", metered=1))["reserved"] == 0
 
 
 async def test_a_budget_refuses_a_create_and_names_itself(
