@@ -1,5 +1,10 @@
 """The credits and usage tables of the view: one row per project's account, one per
-metered sandbox (docs/payments.md).
+metered sandbox and project (docs/payments.md).
+
+A usage row is keyed by the sandbox id *and* the project metered: sandbox ids are the
+clients', one namespace across projects, and a create that lost its id to another
+project is metered at zero on its own account (``release_lost_reservation``); keyed by
+the id alone, that row replaced the owner's.
 
 Kept in the sandbox view's database and written in the same transaction as
 its other rows and its position, like the snapshots (``snapshot_rows.py``),
@@ -58,7 +63,7 @@ CREATE TABLE IF NOT EXISTS credits (
     state BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS usage (
-    sandbox_id TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL,
     project TEXT NOT NULL,
     profile TEXT,
     extension TEXT,
@@ -67,13 +72,14 @@ CREATE TABLE IF NOT EXISTS usage (
     byok INTEGER NOT NULL,
     price TEXT NOT NULL,
     at TEXT NOT NULL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (sandbox_id, project)
 );
 CREATE INDEX IF NOT EXISTS usage_at ON usage(at);
 CREATE INDEX IF NOT EXISTS usage_project ON usage(project, at);
 """
 
-ACCOUNT_TABLES = (("credits", "project"), ("usage", "sandbox_id"))
+ACCOUNT_TABLES = (("credits", "project"), ("usage", "sandbox_id, project"))
 """The tables ``SandboxView.dump`` compares, with their keys."""
 
 _encode = msgspec.json.Encoder().encode
@@ -271,13 +277,16 @@ async def usage_by_consumer(
     until: str | None = None,
 ) -> list[dict[str, Any]]:
     """Spend by one part of the sandboxes' consumer (``harness``, ``session_id``, ``run_id``,
-    ``job_id``; None for sandboxes that named none), from the sandbox rows' consumer columns."""
+    ``job_id``; None for sandboxes that named none), from the sandbox rows' consumer columns:
+    a usage row's sandbox is the one of its project (another project's create that lost the
+    id has a row of its own, and no consumer)."""
     if by not in CONSUMER_GROUPS:  # a column name: only ever one of these
         raise RequestError(f"usage can be grouped by {', '.join(CONSUMER_GROUPS)}, not {by!r}")
     where, params = _usage_where(project, since, until)
     query = (
         f"SELECT s.{by}, COUNT(*), SUM(u.seconds), SUM(u.amount), SUM(u.byok) "
-        f"FROM usage AS u LEFT JOIN sandboxes AS s ON s.sandbox_id = u.sandbox_id{where} "
+        "FROM usage AS u LEFT JOIN sandboxes AS s "
+        f"ON s.sandbox_id = u.sandbox_id AND s.project = u.project{where} "
         f"GROUP BY s.{by} ORDER BY s.{by}"
     )
     async with db.execute(query, params) as cursor:
