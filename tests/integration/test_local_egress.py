@@ -511,6 +511,41 @@ async def test_allow_all_never_reaches_a_port_this_host_forwards(
         sh("nft", "delete", "table", "ip", table, check=False)
 
 
+@pytest.mark.parametrize("allowed", ["listed", "allow_all", "not_listed"])
+async def test_an_address_the_host_redirects_elsewhere_follows_the_sandboxs_rules(
+    ext: LocalExtension, policies: Egress, target: Target, allowed: str
+) -> None:
+    """An address that is not the host's, which the host redirects elsewhere (a Kubernetes
+    ClusterIP, which kube-proxy DNATs to a pod), is not the host: the sandbox reaches it when
+    its rules allow that address, as any other. Here a table of the test's own redirects a
+    service address to the target's 8080, as kube-proxy does."""
+    service = str(ipaddress.ip_address("198.51.100.0") + random.randrange(1, 255))
+    port = random.randrange(20000, 30000)
+    table = f"sxt_vip_{uuid.uuid4().hex[:6]}"
+    ruleset = (
+        f"table ip {table} {{\n  chain prerouting {{\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n"
+        f"    ip daddr {service} tcp dport {port} dnat to {target.address}:8080\n  }}\n}}\n"
+    )
+    egress = {
+        "listed": LocalEgress(addresses=(AddressRule(ipaddress.ip_network(f"{service}/32")),)),
+        "allow_all": LocalEgress(allow_all=True),
+        "not_listed": LocalEgress(),
+    }[allowed]
+    subprocess.run(["nft", "-f", "-"], input=ruleset, text=True, check=True)
+    try:
+        sandbox_id, _ = await create(ext, policies, target, egress)
+        code, said = await curl(ext, sandbox_id, f"http://{service}:{port}/")
+        if allowed == "not_listed":
+            assert code != 0
+            assert "hello" not in said
+        else:
+            assert code == 0, said
+            assert "hello" in said
+    finally:
+        sh("nft", "delete", "table", "ip", table, check=False)
+
+
 async def test_a_worker_killed_with_sigkill_leaves_nothing_a_restart_cannot_remove(
     tmp_path: Path, target: Target
 ) -> None:

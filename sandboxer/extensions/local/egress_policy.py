@@ -241,26 +241,37 @@ def host_ruleset(net: Network, *, proxy: bool) -> str:
     beyond this host find their way back.
     """
     iface = f'iifname "{net.host_interface}"'
+    proxy_rule = f"    {iface} ip daddr {net.gateway} tcp dport {PROXY_PORT} accept"
+
+    def refuse(match: str) -> list[str]:
+        return [
+            f"    {match} meta l4proto tcp reject with tcp reset",
+            f"    {match} reject with icmpx admin-prohibited",
+        ]
+
     lines = [
         f"table inet {net.host_table} {{",
+        # Before the host's own DNAT (priority dstnat, -100), so what is looked at is the
+        # address the sandbox asked for: one of the host's own is the host, whether the host
+        # then delivers the connection or forwards it (docker's published ports, NodePorts).
+        # An address that is not the host's and that the host redirects (a Kubernetes
+        # ClusterIP) is left to the sandbox's own rules, as any other address is.
+        "  chain prerouting {",
+        "    type filter hook prerouting priority mangle; policy accept;",
+        *([proxy_rule] if proxy else []),
+        *refuse(f"{iface} fib daddr type local"),
+        "  }",
+        # Whatever is delivered to the host all the same (redirected to it from an address
+        # not its own) is refused here.
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",
-    ]
-    if proxy:
-        lines.append(f"    {iface} ip daddr {net.gateway} tcp dport {PROXY_PORT} accept")
-    lines += [
-        f"    {iface} meta l4proto tcp reject with tcp reset",
-        f"    {iface} reject with icmpx admin-prohibited",
+        *([proxy_rule] if proxy else []),
+        *refuse(iface),
         "  }",
         "  chain forward {",
         "    type filter hook forward priority filter; policy accept;",
         f"    {iface} ip daddr 169.254.0.0/16 drop",
         f"    {iface} meta nfproto ipv6 drop",
-        # A connection this host redirected (DNAT: docker's published ports, Kubernetes
-        # NodePorts and services) reaches a service of the host's, and is forwarded rather
-        # than delivered, so the input chain above never sees it.
-        f"    {iface} ct status dnat meta l4proto tcp reject with tcp reset",
-        f"    {iface} ct status dnat reject with icmpx admin-prohibited",
         "  }",
         "  chain postrouting {",
         "    type nat hook postrouting priority srcnat; policy accept;",
