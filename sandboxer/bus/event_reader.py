@@ -16,7 +16,12 @@ and folding one while the next is on its way held the next up.
 
 Messages are collected by a subscription callback and drained in bursts
 (``arrivals``): awaiting ``next_msg`` per message (a timer each) costs more
-than everything else in a replay.
+than everything else in a replay. Nothing bounds what is held: the callback
+never waits (so the server's flow control is answered at once), and a caller
+that stops taking, such as an export waiting for its endpoint, holds every
+matching event the server sends meanwhile, up to all the log holds (500 of 500
+in ``test_meter_export``). Such a caller asks for one event at a time instead
+(``workers/meter_export.usage_after``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ from sandboxer.bus.arrivals import Arrivals
 __all__ = ["last_sequence", "read_events"]
 
 PENDING_LIMIT = 1_000_000
+"""nats-py's queue between the socket and the callback, in messages (and KiB). Past it
+nats-py drops a message, after the ordered consumer's sequence check has counted it: a gap no
+one would notice. The callback only appends to ``arrivals``, so the queue holds at most what
+one read of the socket (32 KiB) brought: the limit is never reached."""
 SETTLE_LIMIT = 0.01
 """Longest a settling reader holds back events while more keep coming (a steady flow)."""
 

@@ -1,8 +1,9 @@
 """The meter export: every ``usage_metered`` event, exactly once and in order, to a JSON-lines
 file and, optionally, POSTed to a billing endpoint (docs/payments.md#export).
 
-Each destination keeps its own position, and reads the log from there with an
-ordered consumer filtered on ``sandboxer.evt.account.*.usage_metered``:
+Each destination keeps its own position, and reads the log from there one event at a time
+(:func:`usage_after`: the next event is asked for only once the last one is handled, so a
+destination that is down or slow holds one event in memory, not the backlog):
 
 - **the file** is its own position: every line carries the event's
   ``stream_seq``, and at start the exporter reads the last complete line (a
@@ -14,8 +15,16 @@ ordered consumer filtered on ``sandboxer.evt.account.*.usage_metered``:
   answer but 2xx) the POST is retried with exponential backoff
   (``workers/http_delivery.py``, shared with the State Hub projection), and
   only after a 2xx does the position (``$SANDBOXER_HOME/meter-export/http.position``)
-  move on. A crash between the answer and the position repeats that one POST
-  with the same key, which the endpoint deduplicates.
+  move on, written durably (synced, renamed, directory synced). A crash between
+  the answer and the position repeats that one POST with the same key, which the
+  endpoint deduplicates. A position file that does not hold a sequence stops the
+  export (logged with the fix) until it does: starting over from 0 would send
+  events again past the endpoint's deduplication window.
+
+An event that is not a JSON object (malformed bytes: no writer of ours stores one) is
+skipped by both, logged as an error with its sequence, as every other reader of the log
+skips an event it cannot read (docs/protocol.md#compatibility): stopping at it would stop
+every later export for good.
 
 The two run as separate tasks, so an endpoint that is down holds back neither
 the file nor anything else of the service.
@@ -27,31 +36,87 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
-from sandboxer.bus.event_reader import read_events
+from sandboxer.errors import BusError, UnreadableEvent
+from sandboxer.synced_files import replace_synced
 from sandboxer.workers.http_delivery import RETRY_WAIT_MAX, HttpDelivery, public_url
 from sandboxer.workers.restarting import keep_running
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["FileExport", "HttpExport", "export_line", "run_meter_export"]
+__all__ = ["FileExport", "HttpExport", "export_line", "run_meter_export", "usage_after"]
 
 log = logging.getLogger(__name__)
 
+POLL = 1.0
+"""How long an export that has caught up with the log waits before asking for a new event."""
+
+POSITION_RECHECK = 10.0
+"""How often a stopped endpoint export reads its position file again, to go on once mended."""
+
+
+async def usage_after(
+    js: JetStreamContext, position: int
+) -> AsyncGenerator[tuple[int, bytes], None]:
+    """``(stream_seq, data)`` of every ``usage_metered`` after ``position``, in log order, for
+    ever. Each is a direct get of the next one on the subject, asked for once the caller is
+    done with the last: an ordered push consumer (``bus/event_reader.py``) would hand over
+    everything the server sends while the caller waits for an endpoint, the whole backlog."""
+    while True:
+        try:
+            found = await js.get_msg(
+                subjects.EVENTS_STREAM,
+                seq=position + 1,
+                subject=subjects.USAGE_METERED,
+                direct=True,
+                next=True,
+            )
+        except NotFoundError:  # none stored after it yet
+            await asyncio.sleep(POLL)
+            continue
+        if found.seq is None or found.seq <= position:
+            raise BusError(f"the next usage after event {position} came without a later sequence")
+        position = found.seq
+        yield position, found.data or b""
+
+
+def _exported(seq: int, data: bytes) -> dict[str, Any]:
+    """The object exported for the stored event ``data`` at stream sequence ``seq``: the
+    event's own JSON object (every field, including any a later version adds) plus
+    ``stream_seq``; UnreadableEvent when ``data`` is not a JSON object."""
+    try:
+        body = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise UnreadableEvent(f"event {seq} is not readable JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise UnreadableEvent(f"event {seq} is not a JSON object")
+    body["stream_seq"] = seq
+    return body
+
 
 def export_line(seq: int, data: bytes) -> bytes:
-    """The line exported for the stored event ``data`` at stream sequence ``seq``: the event's
-    own JSON object (every field, including any a later version adds) plus ``stream_seq``."""
-    body: dict[str, Any] = msgspec.json.decode(data)
-    body["stream_seq"] = seq
-    return msgspec.json.encode(body) + b"\n"
+    """The line exported for the stored event ``data`` at stream sequence ``seq``."""
+    return msgspec.json.encode(_exported(seq, data)) + b"\n"
+
+
+def _skip(destination: str, seq: int, unreadable: UnreadableEvent) -> None:
+    log.error(
+        "meter export to %s skips %s; nothing is exported for it (see it with "
+        "'nats stream get %s %d', and bill by hand what it recorded, if anything)",
+        destination,
+        unreadable.message,
+        subjects.EVENTS_STREAM,
+        seq,
+    )
 
 
 def _last_exported(path: Path) -> int:
@@ -86,19 +151,20 @@ class FileExport:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         position = _last_exported(self.path)
         log.info("meter export to %s resumes after event %d", self.path, position)
-        async for seq, _subject, data, _pending in read_events(
-            self._js, start_seq=position + 1, filter_subject=subjects.USAGE_METERED, follow=True
-        ):
-            if seq <= position:
-                continue
-            line = export_line(seq, data)
-            # Written whole, flushed and synced before the next event: a crash loses at most a
-            # line cut short, which the restart cuts off and writes again.
-            with self.path.open("ab") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            position = seq
+        async with contextlib.aclosing(usage_after(self._js, position)) as usage:
+            async for seq, data in usage:
+                try:
+                    line = export_line(seq, data)
+                except UnreadableEvent as unreadable:
+                    # (skipped again after a restart when it is the log's last usage)
+                    _skip(str(self.path), seq, unreadable)
+                    continue
+                # Written whole, flushed and synced before the next event: a crash loses at
+                # most a line cut short, which the restart cuts off and writes again.
+                with self.path.open("ab") as handle:
+                    handle.write(line)
+                    handle.flush()
+                    os.fsync(handle.fileno())
 
 
 class HttpExport:
@@ -119,38 +185,60 @@ class HttpExport:
         self._client = client
         self._wait_max = wait_max
 
-    def _position(self) -> int:
+    def _position(self) -> int | None:
+        """The last event the endpoint took (0 before the first); None, logged with the fix,
+        when the file holds anything but a sequence (an empty file included)."""
         try:
-            return int(self.position_file.read_text().strip() or 0)
+            text = self.position_file.read_bytes().decode("ascii").strip()
+            if text.isdigit():
+                return int(text)
+            why = f"holds {text[:40]!r}"
         except FileNotFoundError:
             return 0
+        except (OSError, UnicodeDecodeError) as exc:
+            why = f"cannot be read ({exc})"
+        log.error(
+            "meter export to %s stopped: its position file %s %s, not the stream_seq of the "
+            "last event the endpoint took. Write that number there (the highest stream_seq "
+            "the endpoint has; 0 sends every event again, deduplicated by the endpoint only "
+            "if it keeps every Idempotency-Key); checking again every %g s",
+            public_url(self.url),
+            self.position_file,
+            why,
+            POSITION_RECHECK,
+        )
+        return None
 
     def _save_position(self, seq: int) -> None:
-        scratch = self.position_file.with_suffix(".tmp")
-        scratch.write_text(f"{seq}\n")
-        scratch.replace(self.position_file)
+        # Synced and renamed, the directory synced: after a power cut the file holds the old
+        # position or the new one, never nothing (which would read as unreadable, above).
+        replace_synced(self.position_file, f"{seq}\n".encode())
 
     async def run(self) -> None:
         self.position_file.parent.mkdir(parents=True, exist_ok=True)
         position = self._position()
+        while position is None:  # stopped until someone mends the file
+            await asyncio.sleep(POSITION_RECHECK)
+            position = self._position()
         log.info("meter export to %s resumes after event %d", public_url(self.url), position)
         delivery = HttpDelivery(
             self.url, label="meter export", client=self._client, wait_max=self._wait_max
         )
         try:
-            async for seq, _subject, data, _pending in read_events(
-                self._js, start_seq=position + 1, filter_subject=subjects.USAGE_METERED, follow=True
-            ):
-                if seq <= position:
-                    continue
-                event_id = str(msgspec.json.decode(data).get("event_id", seq))
-                await delivery.post(
-                    export_line(seq, data).rstrip(b"\n"),
-                    {"Idempotency-Key": event_id},  # the endpoint deduplicates on it
-                    what=f"event {event_id}",
-                )
-                self._save_position(seq)
-                position = seq
+            async with contextlib.aclosing(usage_after(self._js, position)) as usage:
+                async for seq, data in usage:
+                    try:
+                        body = _exported(seq, data)
+                    except UnreadableEvent as unreadable:
+                        _skip(public_url(self.url), seq, unreadable)
+                    else:
+                        event_id = str(body.get("event_id", seq))
+                        await delivery.post(
+                            msgspec.json.encode(body),
+                            {"Idempotency-Key": event_id},  # the endpoint deduplicates on it
+                            what=f"event {event_id}",
+                        )
+                    self._save_position(seq)
         finally:
             await delivery.aclose()
 
