@@ -42,6 +42,7 @@ SYSTEM_ID_PREFIXES: dict[str, str | None] = {
     "reserve-": None,  # a create's credit reservation (domain/account_decide.py)
     "meter-": None,  # a sandbox's metering (the same)
     "extend-": None,  # an extension's reservation (workers/credit_reservation.py)
+    "release-": None,  # an extension's hold given back when it is refused (the same)
     "expire-": "expire",  # the expirer's expiry of a sandbox at a version (workers/expirer.py)
     "reroute-": "reroute",  # a refused provision's reroute (workers/job_dispatch.py)
 }

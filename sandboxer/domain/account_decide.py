@@ -38,6 +38,7 @@ from sandboxer.events.account_events import (
     BudgetSet,
     ByokSet,
     CreditsAdded,
+    CreditsReleased,
     CreditsReserved,
     UsageMetered,
 )
@@ -47,12 +48,14 @@ __all__ = [
     "MAX_BALANCE",
     "AccountCommand",
     "MeterUsage",
+    "ReleaseHold",
     "ReserveCredits",
     "check_id_not_held",
     "decide_account",
     "format_credits",
     "is_own_hold",
     "meter_command_id",
+    "release_command_id",
     "reserve_command_id",
 ]
 
@@ -68,6 +71,11 @@ def reserve_command_id(sandbox_id: str) -> str:
 def meter_command_id(sandbox_id: str) -> str:
     """The id of a sandbox's metering: one per sandbox, whichever delivery meters it."""
     return f"meter-{sandbox_id}"
+
+
+def release_command_id(hold: str) -> str:
+    """The id of the giving back of the hold ``hold`` (a reservation's command id): once."""
+    return f"release-{hold}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,7 +120,21 @@ class MeterUsage:
     this sandbox's: it is released, and the use metered at ``price`` and ``create_price``."""
 
 
-AccountCommand = AddCredits | SetBudget | SetByok | ReserveCredits | MeterUsage
+@dataclass(frozen=True, kw_only=True)
+class ReleaseHold:
+    """Give back an extension's hold (``hold``, its ``extend-<digest>``) that the sandbox
+    refused for good (``reason``: the refusal's code); the command id is
+    :func:`release_command_id` of it, so it is given back once."""
+
+    command_id: str
+    causation_id: str | None = None
+    actor: Actor
+    sandbox_id: str
+    hold: str
+    reason: str
+
+
+AccountCommand = AddCredits | SetBudget | SetByok | ReserveCredits | ReleaseHold | MeterUsage
 
 
 def decide_account(book: AccountBook, command: AccountCommand, now: str) -> list[AccountEvent]:
@@ -163,6 +185,23 @@ def decide_account(book: AccountBook, command: AccountCommand, now: str) -> list
                     create_price=command.create_price,
                     extension=command.extension,
                     profile=command.profile,
+                    reason=command.reason,
+                )
+            ]
+        case ReleaseHold():
+            held = state.reservations.get(command.sandbox_id)
+            amount = None if held is None else held.extensions.get(command.hold)
+            if amount is None:
+                # Never held, or no longer: the sandbox was metered (every hold released) or
+                # rerouted (its hold replaced by one for the extensions it took only).
+                return []
+            return [
+                CreditsReleased(
+                    **head,
+                    causation_id=command.causation_id,
+                    sandbox_id=command.sandbox_id,
+                    hold=command.hold,
+                    amount=amount,
                     reason=command.reason,
                 )
             ]

@@ -36,6 +36,7 @@ from sandboxer.events.account_events import (
     BudgetSet,
     ByokSet,
     CreditsAdded,
+    CreditsReleased,
     CreditsReserved,
     UsageMetered,
 )
@@ -73,6 +74,10 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
     2026-12-04, or a hold a reroute made for a sandbox that had none). Another create naming
     the same sandbox id may not take it, and a sandbox some other create made is not
     metered at its prices."""
+    extensions: dict[str, int] = {}
+    """The extensions' holds in ``amount``, by their command ids (``extend-<digest>``): one
+    the sandbox refuses for good is given back alone (``credits_released``). A reroute's
+    hold replaces them (it estimates the TTL as extended)."""
 
 
 class AccountState(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,6 +134,8 @@ def evolve_account(state: AccountState, event: AccountEvent) -> AccountState:
             )
         case CreditsReserved():
             return _reserve(base, event)
+        case CreditsReleased():
+            return _release(base, event)
         case UsageMetered():
             return _meter(base, event)
         case BudgetSet():
@@ -156,8 +163,36 @@ def _reserve(base: AccountState, event: CreditsReserved) -> AccountState:
         created_by=event.causation_id
         if event.reason == "create"
         else (None if held is None else held.created_by),
+        extensions=_extensions_after(held, event),
     )
-    reservations = {**base.reservations, event.sandbox_id: reservation}
+    return _with_reservation(base, event.sandbox_id, reservation)
+
+
+def _extensions_after(held: Reservation | None, event: CreditsReserved) -> dict[str, int]:
+    if event.reason == "reroute" or held is None:
+        kept: dict[str, int] = {}
+    else:
+        kept = held.extensions
+    if event.reason != "extend":
+        return kept
+    return {**kept, event.command_id: event.amount}
+
+
+def _release(base: AccountState, event: CreditsReleased) -> AccountState:
+    held = base.reservations.get(event.sandbox_id)
+    if held is None or event.hold not in held.extensions:
+        return base  # metered or rerouted since: nothing of that hold is left to give back
+    extensions = {k: v for k, v in held.extensions.items() if k != event.hold}
+    reservation = msgspec.structs.replace(
+        held, amount=max(held.amount - event.amount, 0), extensions=extensions
+    )
+    return _with_reservation(base, event.sandbox_id, reservation)
+
+
+def _with_reservation(
+    base: AccountState, sandbox_id: str, reservation: Reservation
+) -> AccountState:
+    reservations = {**base.reservations, sandbox_id: reservation}
     return msgspec.structs.replace(
         base, reservations=reservations, reserved=sum(r.amount for r in reservations.values())
     )

@@ -188,7 +188,14 @@ def live_limit_refusal(
 
 
 ACCOUNT_EVENT_TYPES = frozenset(
-    {"credits_added", "credits_reserved", "usage_metered", "budget_set", "byok_set"}
+    {
+        "credits_added",
+        "credits_reserved",
+        "credits_released",
+        "usage_metered",
+        "budget_set",
+        "byok_set",
+    }
 )
 
 

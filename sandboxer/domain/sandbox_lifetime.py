@@ -32,7 +32,15 @@ from sandboxer.events.types import (
     SandboxTtlExtended,
 )
 
-__all__ = ["decide_expire", "decide_extend", "decide_touch"]
+__all__ = ["EXTEND_REFUSED_FOR_GOOD", "decide_expire", "decide_extend", "decide_touch"]
+
+EXTEND_REFUSED_FOR_GOOD = frozenset({"ttl_max_exceeded"})
+"""Refusals of an ``extend_ttl`` that no later state of its sandbox lifts, so the hold it made
+can be given back with no delivery of it ever appended after: the expiry it asks for,
+``max(expires_at, the sandbox's clock) + by``, only grows (a later extension moves
+``expires_at`` on, time the clock), and a pause ends by moving ``expires_at`` and the limit
+(``created_at + ttl.max + paused_seconds``) by the same time. (``not_extendable`` is not:
+a failed sandbox is recreated; a destroyed one's metering releases every hold anyway.)"""
 
 
 def _require_known(state: SandboxState) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "BudgetSet",
     "ByokSet",
     "CreditsAdded",
+    "CreditsReleased",
     "CreditsReserved",
     "UsageMetered",
 ]
@@ -64,6 +65,21 @@ class CreditsReserved(_AccountEventBase, frozen=True, kw_only=True, tag="credits
     reason: Literal["create", "extend", "reroute"] = "create"
 
 
+class CreditsReleased(_AccountEventBase, frozen=True, kw_only=True, tag="credits_released"):
+    """Part of a sandbox's reservation given back before the sandbox is metered: the hold
+    made by the ``credits_reserved`` whose command id is ``hold``, for a command the sandbox
+    refused for good (``reason``, the refusal's code: ``ttl_max_exceeded``, an extension
+    that would keep it past its ``ttl.max``). Nothing is debited; the rest of the
+    reservation stays until the sandbox is metered."""
+
+    sandbox_id: str
+    hold: str
+    """The command id of the hold given back (``extend-<digest>``)."""
+    amount: int
+    """Credits free again."""
+    reason: str
+
+
 class UsageMetered(_AccountEventBase, frozen=True, kw_only=True, tag="usage_metered"):
     """A sandbox ended (``destroyed``): its billable seconds, the credits debited for them
     (0 on a free backend or with the project's own key), and its reservation released."""
@@ -98,6 +114,6 @@ class ByokSet(_AccountEventBase, frozen=True, kw_only=True, tag="byok_set"):
     key_ref: str | None
 
 
-AccountEvent = CreditsAdded | CreditsReserved | UsageMetered | BudgetSet | ByokSet
-ACCOUNT_EVENTS = (CreditsAdded, CreditsReserved, UsageMetered, BudgetSet, ByokSet)
+AccountEvent = CreditsAdded | CreditsReserved | CreditsReleased | UsageMetered | BudgetSet | ByokSet
+ACCOUNT_EVENTS = (CreditsAdded, CreditsReserved, CreditsReleased, UsageMetered, BudgetSet, ByokSet)
 """For ``isinstance``: the account aggregate's events."""

@@ -23,6 +23,7 @@ from sandboxer.events.account_events import (
     BudgetSet,
     ByokSet,
     CreditsAdded,
+    CreditsReleased,
     CreditsReserved,
     UsageMetered,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "CommandRejected",
     "ConsumerRecord",
     "CreditsAdded",
+    "CreditsReleased",
     "CreditsReserved",
     "Event",
     "HostEvent",

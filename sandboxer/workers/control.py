@@ -65,6 +65,7 @@ from sandboxer.workers.bus_identity import bus_identity_refusal
 from sandboxer.workers.credit_reservation import (
     decide_account_command,
     release_lost_reservation,
+    release_refused_extension,
     reserve_for_create,
     reserve_for_extend,
 )
@@ -311,20 +312,20 @@ class ControlWorker:
         domain_command = await self._to_domain(command, refused_by=passed_over, limit=limit)
         if restored_from is not None and isinstance(domain_command, AdmittedCreate):
             domain_command = dataclasses.replace(domain_command, restored_from=restored_from)
-        domain_command = await self._reserve(domain_command)
-        # A create's sandbox almost never has a history yet: decide on an empty one first and
-        # save the load. When it has one (a re-sent command), the append's expected sequence
-        # (none) conflicts, and apply reloads and decides again on the real history.
-        guess = (
-            Loaded(SandboxState(sandbox_id=domain_command.sandbox_id), 0)
-            if isinstance(domain_command, AdmittedCreate)
-            else None
-        )
         try:
+            domain_command = await self._reserve(domain_command)
+            # A create's sandbox almost never has a history yet: decide on an empty one first
+            # and save the load. When it has one (a re-sent command), the append's expected
+            # sequence (none) conflicts, and apply reloads and decides again on the real
+            # history.
+            guess = (
+                Loaded(SandboxState(sandbox_id=domain_command.sandbox_id), 0)
+                if isinstance(domain_command, AdmittedCreate)
+                else None
+            )
             loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command, guess)
         except Rejected as refusal:
-            if isinstance(domain_command, AdmittedCreate) and refusal.code == "sandbox_exists":
-                await release_lost_reservation(self._store, domain_command)
+            await self._give_back(domain_command, refusal)
             raise
         held = isinstance(domain_command, AdmittedCreate) or (
             limit is not None and limit.recreated is not None
@@ -337,6 +338,15 @@ class ControlWorker:
                 self._store, loaded.state.sandbox_id, FinishTeardown(job_id="control"), loaded
             )
         return loaded
+
+    async def _give_back(self, command: DomainCommand, refusal: Rejected) -> None:
+        """Release what a refused command held that nothing will ever use: a create's hold
+        for a sandbox another project took, an extension's that its sandbox refused for good
+        (on the append, or, sent again, by the check before the hold)."""
+        if isinstance(command, AdmittedCreate) and refusal.code == "sandbox_exists":
+            await release_lost_reservation(self._store, command)
+        elif isinstance(command, ExtendTtl):
+            await release_refused_extension(self._store, command, refusal.code)
 
     async def _decided_create(self, command: Command) -> Loaded | None:
         """The sandbox of a refused create it had already routed: one sent again (redelivered

@@ -27,10 +27,12 @@ from sandboxer.config.catalog import Catalog, known_extension_class
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.account_decide import (
     MeterUsage,
+    ReleaseHold,
     ReserveCredits,
     check_id_not_held,
     is_own_hold,
     meter_command_id,
+    release_command_id,
     reserve_command_id,
 )
 from sandboxer.domain.account_state import OPERATOR_KEY, own_key_pays, project_of
@@ -42,6 +44,7 @@ from sandboxer.domain.pricing import (
     per_second_microusd,
 )
 from sandboxer.domain.sandbox_decide import AdmittedCreate, decide
+from sandboxer.domain.sandbox_lifetime import EXTEND_REFUSED_FOR_GOOD
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import parse_duration
 from sandboxer.errors import Rejected, SandboxerError
@@ -52,6 +55,7 @@ __all__ = [
     "decimal_text",
     "extend_command_id",
     "release_lost_reservation",
+    "release_refused_extension",
     "reroute_reservation_id",
     "reserve_for_create",
     "reserve_for_extend",
@@ -268,6 +272,37 @@ async def reserve_for_extend(store: EventStore, catalog: Catalog, command: Exten
         reason="extend",
     )
     await apply_account(store, project, reservation, account)
+
+
+async def release_refused_extension(store: EventStore, command: ExtendTtl, code: str) -> None:
+    """Give back what ``command`` reserved when its sandbox refused it for good (``code`` in
+    :data:`EXTEND_REFUSED_FOR_GOOD`). :func:`reserve_for_extend` holds before the sandbox
+    decides, under the sandbox's own check; a sandbox changed in between (another extension
+    appended meanwhile) refuses it on the append, and the hold tied up the project's credits
+    (its later creates refused for budget) until the sandbox was metered. Asked on every
+    such refusal, the first delivery's or a later one's (the check before the hold refuses
+    it too), so a worker cut off after the refusal gives it back when it is redelivered; no
+    delivery can append it after, so nothing it carries out runs on a hold given back."""
+    if code not in EXTEND_REFUSED_FOR_GOOD:
+        return
+    state = (await store.load(command.sandbox_id)).state
+    if state.actor is None:
+        return
+    project = project_of(state.actor)
+    hold = extend_command_id(state.sandbox_id, command.command_id)
+    account = await store.load_account(project)
+    held = account.state.reservations.get(state.sandbox_id)
+    if held is None or hold not in held.extensions:
+        return  # nothing held for it (refused before its hold), or given back already
+    release = ReleaseHold(
+        command_id=release_command_id(hold),
+        causation_id=command.command_id,
+        actor=command.actor,
+        sandbox_id=state.sandbox_id,
+        hold=hold,
+        reason=code,
+    )
+    await apply_account(store, project, release, account)
 
 
 async def reserve_for_reroute(

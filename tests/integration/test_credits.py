@@ -21,14 +21,14 @@ from sandboxer import subjects
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
-from sandboxer.commands.types import CreateSandbox
+from sandboxer.commands.types import CreateSandbox, ExtendTtl
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.account_decide import ReserveCredits, reserve_command_id
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.errors import CommandFailed, StreamUnavailable
 from sandboxer.events.actor import Actor
-from sandboxer.workers.credit_reservation import reserve_for_create
+from sandboxer.workers.credit_reservation import reserve_for_create, reserve_for_extend
 from sandboxer.workers.deciding import apply_account
 from sandboxer.workers.meter_export import HttpExport, run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
@@ -486,6 +486,43 @@ async def test_a_create_that_reserves_nothing_does_not_take_an_id_another_create
     assert sandbox["created_by"] == "acme-create-a"
     await acme.destroy("heldid01")
     assert (await account(acme, "acme", metered=1))["reserved"] == 0
+
+
+async def test_an_extension_its_sandbox_refuses_past_ttl_max_gives_its_hold_back(
+    service: Service, acme: SandboxerClient, home: Path
+) -> None:
+    """An extension holds its time before its sandbox decides, under the sandbox's own check.
+    Here one (2h) held and was cut off before its append while another (2h) was taken: the
+    two together pass the profile's ttl.max (4h from a 1h create), so the first, sent again,
+    is refused ttl_max_exceeded. Its hold stayed until the sandbox was metered, tying up
+    the project's credits; now it is given back at the refusal."""
+    create, two_hours = PER_CREATE + 3600 * PER_SECOND, 7200 * PER_SECOND
+    await acme.account_command("add_credits", "acme", amount=create + 2 * two_hours)
+    ready = await acme.create("profile.saas-stub", ttl="1h")
+    sandbox_id = ready["sandbox_id"]
+    first = ExtendTtl(command_id="held-ext-1", actor=OPS, sandbox_id=sandbox_id, duration="2h")
+    store = JetStreamEventStore(acme.nc, acme.js)
+    await reserve_for_extend(store, Catalog.load(home), first)  # held, never appended
+    await acme.extend_ttl(sandbox_id, "2h", command_id="taken-ext-2")
+    assert (await account(acme, "acme"))["reserved"] in (create + two_hours, create + 2 * two_hours)
+
+    with pytest.raises(CommandFailed) as refused:
+        await acme.extend_ttl(sandbox_id, "2h", command_id="held-ext-1")
+    assert refused.value.event["code"] == "ttl_max_exceeded"
+    async with asyncio.timeout(30):
+        while (await account(acme, "acme"))["reserved"] != create + two_hours:
+            await asyncio.sleep(0.1)
+    [released] = await account_events(acme, "acme", "credits_released")
+    assert (released["sandbox_id"], released["amount"]) == (sandbox_id, two_hours)
+    assert released["reason"] == "ttl_max_exceeded"
+    # Sent again once more: given back once.
+    with pytest.raises(CommandFailed):
+        await acme.extend_ttl(sandbox_id, "2h", command_id="held-ext-1")
+    assert len(await account_events(acme, "acme", "credits_released")) == 1
+    await acme.destroy(sandbox_id)
+    assert (await account(acme, "acme", metered=1))["reserved"] == 0
+    (metered,) = await account_events(acme, "acme", "usage_metered")
+    assert metered["reserved_released"] == create + two_hours
 
 
 async def test_a_budget_refuses_a_create_and_names_itself(

@@ -16,9 +16,11 @@ from sandboxer.commands.types import AddCredits, SetBudget, SetByok
 from sandboxer.domain.account_decide import (
     AccountCommand,
     MeterUsage,
+    ReleaseHold,
     ReserveCredits,
     decide_account,
     meter_command_id,
+    release_command_id,
     reserve_command_id,
 )
 from sandboxer.domain.account_state import AccountBook, evolve_book, project_of
@@ -403,3 +405,51 @@ def test_a_sandbox_its_project_s_key_made_is_not_charged_a_hold() -> None:
     (paid,) = decide_account(book, operator, NOW)
     assert isinstance(paid, UsageMetered)
     assert (paid.byok, paid.amount) == (False, 2_000)
+
+
+def release(hold: str, sandbox_id: str = "sbx00000001") -> ReleaseHold:
+    return ReleaseHold(
+        command_id=release_command_id(hold),
+        actor=AGENT,
+        sandbox_id=sandbox_id,
+        hold=hold,
+        reason="ttl_max_exceeded",
+    )
+
+
+def test_an_extension_refused_for_good_gives_its_hold_back_once_and_alone() -> None:
+    """An extension held before its sandbox refused it (past ttl.max): its hold, and only
+    its, is free again at once, not when the sandbox is metered; given back once."""
+    book = run(funded(), reserve("sbx00000001", 7_000))
+    book = run(book, reserve("sbx00000001", 6_000, reason="extend", command_id="extend-e1"))
+    book = run(book, reserve("sbx00000001", 36_000, reason="extend", command_id="extend-e2"))
+    assert book.state.reserved == 49_000
+    book = run(book, release("extend-e2"))
+    held = book.state.reservations["sbx00000001"]
+    assert (book.state.reserved, held.amount, held.extensions) == (
+        13_000,
+        13_000,
+        {"extend-e1": 6_000},
+    )
+    assert run(book, release("extend-e2")) == book  # delivered again: nothing
+    assert run(book, release("extend-e9")) == book  # never held: nothing
+    metered = run(book, meter("sbx00000001", 10))
+    assert metered.state.reserved == 0
+    [event] = [
+        e
+        for e in decide_account(book, meter("sbx00000001", 10), NOW)
+        if isinstance(e, UsageMetered)
+    ]
+    assert event.reserved_released == 13_000
+
+
+def test_nothing_is_given_back_of_a_hold_a_reroute_or_the_metering_replaced() -> None:
+    """A reroute's hold replaces the extensions' (it estimates the TTL as extended, which an
+    extension never appended is not part of); the metering releases every hold."""
+    book = run(funded(), reserve("sbx00000001", 7_000))
+    book = run(book, reserve("sbx00000001", 6_000, reason="extend", command_id="extend-e1"))
+    rerouted = run(book, reserve("sbx00000001", 9_000, reason="reroute", command_id="reserve-r1"))
+    assert rerouted.state.reservations["sbx00000001"].extensions == {}
+    assert run(rerouted, release("extend-e1")) == rerouted
+    metered = run(book, meter("sbx00000001", 1))
+    assert run(metered, release("extend-e1")) == metered
