@@ -14,11 +14,9 @@ An API key's exec (``sandboxer.exec.<sandbox_id>.<key id>``) is held to the key'
 (:mod:`sandboxer.workers.key_reach`): one past it is answered with an ``exit`` carrying
 ``code`` ``rate_limited`` and ``retry_after``, and nothing runs.
 
-An exec is activity: the worker publishes ``sandboxer.cmd.touch`` for the sandbox, which
-holds off idle reaping (the first one after ``ready`` makes it ``active``). It skips the
-touch when it sent one within the sandbox's touch interval, since the domain would record
-nothing for it anyway. A command still running is activity too: on a sandbox with an idle
-limit the worker touches it once a touch interval until the command ends.
+An exec is activity, which holds off idle reaping, for as long as its command runs: the
+worker touches the sandbox as it starts and, on a sandbox with an idle limit, once a touch
+interval until it ends (:mod:`sandboxer.workers.activity`, shared with file copies).
 
 A paused sandbox (or one being paused or resumed) runs nothing: its processes are frozen,
 and a command entering it would freeze too. The worker that owns it answers at once with an
@@ -74,17 +72,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
 from sandboxer.bus.key_request_rate import KeyRequestRates, refusal_fields
-from sandboxer.domain.deadlines import touch_interval
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import RateLimited, SandboxerError, Unsupported
-from sandboxer.events.types import Actor
 from sandboxer.exec_protocol import answer_codes, heartbeat
 from sandboxer.exec_protocol.wire import EXEC_HEADER as HEADER
 from sandboxer.extensions.base import Extension, OutputSink
-from sandboxer.ids import new_command_id
+from sandboxer.workers.activity import Activity
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.key_reach import KeyReach, subscriptions
@@ -100,10 +95,6 @@ __all__ = ["STOP_GRACE", "ExecRequest", "ExecService"]
 log = logging.getLogger(__name__)
 
 MAX_ARGV_BYTES = 128 * 1024
-EXEC_ACTOR = Actor(type="atm", id="sandboxer-exec")
-MAX_REMEMBERED_TOUCHES = 10_000
-TOUCHABLE = frozenset({"ready", "active"})
-"""The states a touch counts in (the domain refuses it in any other, not_ready)."""
 MAX_TIMEOUT = 7 * 24 * 3600.0
 OUTPUT_CHUNK = 64 * 1024
 """Most bytes of output in one message (NATS's default max payload is 1 MiB)."""
@@ -146,13 +137,14 @@ class ExecService:
         """Seconds between checks that an exec's client still listens on its reply inbox."""
         rates = rates if rates is not None else KeyRequestRates()
         self._reach = KeyReach(store, rates, partial(reachable, store, extension))
+        self._activity = Activity(nc, store)
         if settings is not None:  # files in and out ride on exec (docs/protocol.md#files)
             from sandboxer.workers.file_service import FileService
 
-            self._files = FileService(nc, store, extension, settings, touch=self.touch, rates=rates)
+            self._files = FileService(
+                nc, store, extension, settings, activity=self._activity, rates=rates
+            )
         self._in_flight = InFlight()
-        self._touched: dict[str, float] = {}
-        """Sandbox -> monotonic time of the last touch sent (a cache: losing it costs a touch)."""
 
     async def start(self) -> None:
         queue = "" if self._extension.host_local else f"exec-{self._extension.id}"
@@ -173,32 +165,6 @@ class ExecService:
 
     async def _on_request(self, msg: Msg) -> None:
         self._in_flight.start(self._serve(msg))
-
-    async def touch(self, state: SandboxState) -> None:
-        """Record the exec as activity (see the module docstring); never fails the exec."""
-        now = time.monotonic()
-        last = self._touched.get(state.sandbox_id)
-        interval = touch_interval(state.idle_reap_seconds)
-        if state.status == "active" and last is not None and now - last < interval:
-            return
-        if len(self._touched) > MAX_REMEMBERED_TOUCHES:
-            self._touched.clear()  # a cache: forgetting costs one redundant touch each
-        self._touched[state.sandbox_id] = now
-        command = {
-            "command_id": new_command_id(),
-            "sandbox_id": state.sandbox_id,
-            "actor": msgspec.to_builtins(EXEC_ACTOR),
-        }
-        try:
-            await self._nc.jetstream().publish(
-                subjects.command_subject("touch"),
-                msgspec.json.encode(command),
-                headers={"Nats-Msg-Id": command["command_id"]},
-                timeout=5,
-            )
-        except Exception as exc:
-            self._touched.pop(state.sandbox_id, None)
-            log.warning("could not record activity on %s: %r", state.sandbox_id, exc)
 
     async def _serve(self, msg: Msg) -> None:
         reached = await self._reach.reach(msg, self._refuse)
@@ -235,8 +201,8 @@ class ExecService:
             body = msgspec.json.encode({"stdin": inbox.subject}) if inbox is not None else b""
             await send("started", body)
             started = time.monotonic()
-            await self.touch(state)
-            result = await self._run(backend, state, request, send, inbox, reply, started)
+            async with self._activity.in_use(state):  # a command running is the sandbox used
+                result = await self._run(backend, state, request, send, inbox, reply, started)
         except SandboxerError as exc:
             result = {"error": exc.message, "code": exc.code}
         except Exception as exc:
@@ -299,7 +265,6 @@ class ExecService:
         )
         # Reasons to stop the command before it ends; each gives the exit's error.
         gone = asyncio.ensure_future(self._client_gone(reply, started))
-        in_use = asyncio.ensure_future(self._keep_touching(state))
         stops: list[asyncio.Future[str]] = [gone] if inbox is None else [gone, inbox.broken]
         limit = asyncio.timeout(request.timeout)
         try:
@@ -318,35 +283,15 @@ class ExecService:
             # Cancelling the backend's call kills the command (nothing when it has ended):
             # on a timeout, a stop, the worker stopping.
             gone.cancel()
-            in_use.cancel()
             command.cancel()
             if inbox is not None:  # a flooding client is cut off now, not after the kill
                 with contextlib.suppress(NatsError):  # closed again, and reported, by _serve
                     await inbox.close()
-            await asyncio.wait([command, gone, in_use])
+            await asyncio.wait([command, gone])
         if command.cancelled():  # one of the stops ended it
             reasons = [stop.result() for stop in stops if stop.done() and not stop.cancelled()]
             raise SandboxerError(reasons[0] if reasons else "the command was stopped")
         return {"exit_code": command.result()}
-
-    async def _keep_touching(self, state: SandboxState) -> None:
-        """A running command is the sandbox in use: record activity once a touch interval
-        for as long as it runs, not only at its start, or a command longer than the idle
-        limit (a build, an interactive shell) would be reaped, and killed, under it."""
-        if not state.idle_reap_seconds:
-            return  # nothing reaps it for idleness: no need to add events to its log
-        interval = touch_interval(state.idle_reap_seconds)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                now = (await self._store.load(state.sandbox_id)).state
-            except Exception as exc:  # the log unreachable a moment: the next round tries
-                log.debug("could not read %s to touch it: %r", state.sandbox_id, exc)
-                continue
-            # Paused meanwhile (the command frozen with it) or on its way out: a touch would
-            # only be refused not_ready, a rejection recorded every interval.
-            if now.status in TOUCHABLE:
-                await self.touch(now)
 
     async def _client_gone(self, reply: str, started: float) -> str:
         """Return (the exit's error) once nothing subscribes to the exec's reply inbox.

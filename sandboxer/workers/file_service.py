@@ -18,6 +18,9 @@ must stay in the workspace (the exec's working directory):
 - a download's archive from the sandbox is held to the same checks and limits
   before the client gets it.
 
+A copy is activity, as an exec is, for as long as it runs (:mod:`sandboxer.workers.activity`):
+one longer than the sandbox's idle limit does not have it reaped under it.
+
 A copy is staged on the worker under ``staging/files/<nuid>-<pid>``; each step
 removes what the next no longer needs (an upload and its tree together can be
 twice ``SANDBOXER_UPLOAD_MAX_MB``), and a starting service removes what
@@ -91,6 +94,7 @@ from sandboxer.exec_protocol.wire import (
     files_subject,
 )
 from sandboxer.extensions.base import Extension
+from sandboxer.workers.activity import Activity
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.inline_files import receive_inline, send_inline
@@ -229,11 +233,12 @@ class FileService:
         extension: Extension,
         settings: Settings,
         *,
-        touch: Callable[[SandboxState], Awaitable[None]] | None = None,
+        activity: Activity | None = None,
         rates: KeyRequestRates | None = None,
     ) -> None:
-        """``rates``: the keys' request rates this process holds (exec's: a copy and an
-        exec of a key take from one bucket, bus/key_request_rate.py)."""
+        """``activity``: the touches of the process's execs (a copy is the sandbox in use as
+        an exec is); ``rates``: the keys' request rates this process holds (exec's: a copy
+        and an exec of a key take from one bucket, bus/key_request_rate.py)."""
         self._nc = nc
         self._store = store
         self._extension = extension
@@ -245,7 +250,7 @@ class FileService:
         self._staging = settings.staging_root / "files"
         self._heartbeat = settings.exec_heartbeat
         """Seconds between the ``alive`` checks (heartbeats) a copy's client gets."""
-        self._touch = touch
+        self._activity = activity
         self._subs: list[Subscription] = []
         self._in_flight = InFlight()
         self._nuid = NUID()
@@ -328,16 +333,17 @@ class FileService:
         staging: Path | None = None
         try:
             request = self._parse(data)
-            if self._touch is not None:
-                await self._touch(state)
-            backend = await backend_for(self._store, self._extension, state)  # BYOK
-            staging = await asyncio.to_thread(
-                pid_scratch, self._staging, self._nuid.next().decode()
-            )
-            if request.op == "put":
-                answer = await self._put(backend, state, request, staging, send, key_id)
-            else:
-                answer = await self._get(backend, state, request, staging, reply)
+            # Activity for as long as it runs, not only as it starts: a copy longer than
+            # the idle limit would have the sandbox reaped under it.
+            async with self._in_use(state):
+                backend = await backend_for(self._store, self._extension, state)  # BYOK
+                staging = await asyncio.to_thread(
+                    pid_scratch, self._staging, self._nuid.next().decode()
+                )
+                if request.op == "put":
+                    answer = await self._put(backend, state, request, staging, send, key_id)
+                else:
+                    answer = await self._get(backend, state, request, staging, reply)
             answer["ok"] = True
         except SandboxerError as exc:
             answer = {"ok": False, "error": exc.message, "code": exc.code}
@@ -348,6 +354,11 @@ class FileService:
             if staging is not None:  # cancelled too: a stopping worker leaves none
                 await asyncio.to_thread(shutil.rmtree, staging, True)
         return answer
+
+    def _in_use(self, state: SandboxState) -> contextlib.AbstractAsyncContextManager[None]:
+        if self._activity is None:
+            return contextlib.nullcontext()
+        return self._activity.in_use(state)
 
     def _parse(self, data: bytes) -> FileRequest:
         if len(data) > MAX_REQUEST_BYTES:

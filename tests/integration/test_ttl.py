@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -142,6 +144,59 @@ async def test_a_sandbox_running_a_long_exec_is_not_reaped_as_idle(timed: Servic
     assert spared["status"] == "active"
     assert "touched" in await event_types(client, sandbox_id)
     # Once the exec is over, idleness counts again.
+    assert (await wait_status(client, sandbox_id, {"destroyed"}, timeout=10))["expiry"] == "idle"
+
+
+def trickle(fifo: Path, data: bytes, seconds: float) -> None:
+    """Write ``data`` into the named pipe ``fifo`` over ``seconds``, once a reader opens it
+    (given up after a minute: a copy that failed before reading leaves none)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:  # ENXIO: nobody reads it yet
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "wb") as out:
+        pieces = 10
+        step = -(-len(data) // pieces)
+        for start in range(0, len(data), step):
+            time.sleep(seconds / pieces)
+            out.write(data[start : start + step])
+            out.flush()
+
+
+async def test_a_sandbox_taking_a_long_copy_is_not_reaped_as_idle(
+    timed: Service, tmp_path: Path
+) -> None:
+    """A copy that takes longer than the idle limit (a large file, a slow uplink: here its
+    archive arrives over 5 s, through a named pipe) is the sandbox in use for as long as
+    it runs, as an exec is. (Until 2026-12-04 only its start counted: the idle expiry
+    tore the sandbox down under it, and the copy failed.)"""
+    client = timed.client
+    sandbox_id = (await client.create("profile.timed"))["sandbox_id"]
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w") as tar:
+        body = b"arrived slowly\n" * 1000
+        entry = tarfile.TarInfo("slow.txt")
+        entry.size = len(body)
+        tar.addfile(entry, io.BytesIO(body))
+    fifo = tmp_path / "upload.tar"
+    os.mkfifo(fifo)
+    # Twice the 2 s idle limit (plus its 0.2 s touch interval), and no other activity.
+    archive = packed.getvalue()
+    writing = asyncio.ensure_future(asyncio.to_thread(trickle, fifo, archive, 5.0))
+    copied = await client.put_archive(sandbox_id, fifo, "slow.txt", "file")
+    await writing
+    assert (copied.path, copied.size) == ("slow.txt", len(archive))
+    spared = await client.get(sandbox_id)
+    assert spared is not None
+    assert spared["status"] == "active"
+    assert "touched" in await event_types(client, sandbox_id)
+    # Once the copy is over, idleness counts again.
     assert (await wait_status(client, sandbox_id, {"destroyed"}, timeout=10))["expiry"] == "idle"
 
 
