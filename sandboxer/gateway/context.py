@@ -182,9 +182,11 @@ async def key_standing(
     request: Request, gw: Annotated[Gateway, Depends(gateway)], _key: RequestKey
 ) -> Callable[[], Awaitable[bool]]:
     """For a response that outlives its request's check: whether the key is still active,
-    read from the log at most every :data:`KEY_RECHECK_SECONDS`."""
+    read from the log at its first call, then at most every :data:`KEY_RECHECK_SECONDS`."""
     key = bearer_key(request.headers.get("authorization")) or ""
-    checked = {"at": time.monotonic(), "active": True}
+    # Not taken from the request's check: an exec's or a copy's key is checked before its
+    # body is read (app.BodyLimit), and a body may take minutes to arrive.
+    checked = {"at": float("-inf"), "active": True}
 
     async def standing() -> bool:
         if time.monotonic() - checked["at"] >= KEY_RECHECK_SECONDS:

@@ -267,7 +267,20 @@ async def _for_caller(
     work's name and that answer's code): a command or a copy running for them would go
     on for nobody (a ``tail -f`` for days, a copy for minutes). Cancelled, the bus client
     leaves its inbox: the worker finds nobody listening at its next check and stops the
-    command or the copy."""
+    command or the copy.
+
+    The key is read from the log once more before ``work`` starts: it was checked before
+    the request's body was read (app.BodyLimit), and a body dripped in over minutes would
+    otherwise run a revoked key's command or copy (answered 401, nothing done)."""
+    if not await standing():
+        work.close()  # never started: nothing was sent
+        return error_response(
+            401,
+            "unauthorized",
+            f"the API key was revoked before {what[0]} started (the request's body came "
+            "after its key was checked); nothing was done: ask an administrator for a new "
+            "key ('sandboxer keys create')",
+        )
     running = asyncio.ensure_future(work)
     stopped = asyncio.ensure_future(_caller_gone(request, standing, what[0]))
     try:

@@ -488,6 +488,53 @@ async def test_a_revoked_keys_running_exec_is_stopped(front: Front) -> None:
         await admin.destroy(sandbox_id)
 
 
+async def test_a_key_revoked_while_its_body_arrives_runs_nothing(front: Front) -> None:
+    """An exec's or an upload's key is checked before its body is read (a caller without one
+    must not make the gateway take in megabytes), and a body may come slowly. Revoked
+    meanwhile, the command or the copy must not start: the route took the key as checked
+    before the body, and a running one was looked at again only a second after it began, so
+    a quick command ran and a small file was written, answered 200, after the revocation."""
+    key = await front.key("alpha")
+    admin = front.service.client
+    async with front.http(key) as api:
+        created = await api.post("/v1/sandboxes?wait=60s", json={})
+        assert created.status_code == 201, created.text
+        sandbox_id = created.json()["sandbox_id"]
+        revoked = asyncio.Event()
+
+        async def dripped(head: bytes, tail: bytes, revoking: str) -> AsyncIterator[bytes]:
+            yield head
+            # The gateway checks the key as the headers arrive: well before this.
+            await asyncio.sleep(1.0)
+            await revoke_key(front.admin, key_id_for(hash_key(revoking)))
+            revoked.set()
+            yield tail
+
+        command = json.dumps({"argv": ["sh", "-c", "echo ran > /workspace/ran"]}).encode()
+        ran = await api.post(
+            f"/v1/sandboxes/{sandbox_id}/exec",
+            content=dripped(command[:10], command[10:], key),
+            headers={"Content-Type": "application/json"},
+        )
+        assert revoked.is_set()
+        assert_error(ran, 401, "unauthorized")
+        assert await admin.exec(sandbox_id, ["test", "-e", "/workspace/ran"], _quiet) == 1
+
+        other = await front.key("alpha")  # the key above is revoked now
+        async with front.http(other) as api2:
+            revoked.clear()
+            put = await api2.put(
+                f"/v1/sandboxes/{sandbox_id}/files",
+                params={"path": "put.txt"},
+                content=dripped(b"written ", b"after revocation", other),
+            )
+        assert revoked.is_set()
+        error = assert_error(put, 401, "unauthorized")
+        assert "nothing was done" in error["message"]
+        assert await admin.exec(sandbox_id, ["test", "-e", "/workspace/put.txt"], _quiet) == 1
+        await admin.destroy(sandbox_id)
+
+
 async def test_the_rate_limit_holds(front: Front) -> None:
     key = await front.key("alpha", rate_per_second=3)
     async with front.http(key) as api:
