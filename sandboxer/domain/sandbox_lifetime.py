@@ -40,7 +40,10 @@ can be given back with no delivery of it ever appended after: the expiry it asks
 ``max(expires_at, the sandbox's clock) + by``, only grows (a later extension moves
 ``expires_at`` on, time the clock), and a pause ends by moving ``expires_at`` and the limit
 (``created_at + ttl.max + paused_seconds``) by the same time. (``not_extendable`` is not:
-a failed sandbox is recreated; a destroyed one's metering releases every hold anyway.)"""
+a failed sandbox is recreated; a destroyed one's metering releases every hold anyway.) The
+one give: a sandbox already past its expiry is extended from ``now``, which two control
+workers read off two clocks, so at the very limit one whose clock is behind by a few
+milliseconds could still take it; it would run on no hold, and its use is debited anyway."""
 
 
 def _require_known(state: SandboxState) -> None:
