@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -266,12 +267,19 @@ class ControlWorker:
     ) -> AdmittedCreate:
         """``admitted`` on the first healthy host its placement allows; Rejected (``no_host``)
         with each host's reason when there is none."""
+        # Counted when looked at, not when the signals came: other creates of a burst take
+        # their hosts while this one probes.
+        live = (
+            functools.partial(self._routing.live_on_hosts, signals, admitted.extension)
+            if self._routing is not None and signals is not None
+            else None
+        )
         host, why = await choose_host(
             profile.placement,
             requested_host(command, profile, admitted.inputs),
             load_hosts(self._settings),
             hosts_file=f"the hosts file {hosts_path(self._settings)}",
-            live=signals.live_by_host.get(admitted.extension, {}) if signals else None,
+            live=live,
         )
         placed = dataclasses.replace(
             admitted, host=host, route_reason=f"{admitted.route_reason}; {why}"
@@ -344,7 +352,7 @@ class ControlWorker:
         for a sandbox another project took, an extension's that its sandbox refused for good
         (on the append, or, sent again, by the check before the hold)."""
         if isinstance(command, AdmittedCreate) and refusal.code == "sandbox_exists":
-            await release_lost_reservation(self._store, command)
+            await release_lost_reservation(self._store, command.sandbox_id, command.command)
         elif isinstance(command, ExtendTtl):
             await release_refused_extension(self._store, command, refusal.code)
 
@@ -464,6 +472,10 @@ class ControlWorker:
                 # Decided: its outcome belongs to the sandbox now. Re-send the job it waits for.
                 await self._dispatch(loaded, retime=isinstance(command, ExtendTtl))
                 return
+            if isinstance(command, CreateSandbox | RestoreSnapshot):
+                # When another project's sandbox has the id, no delivery of this create can
+                # ever be appended: what it held for the id is given back, or held for ever.
+                await release_lost_reservation(self._store, loaded.state.sandbox_id, command)
         await self._reject(
             msg,
             "internal_error",

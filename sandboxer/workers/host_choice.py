@@ -41,23 +41,32 @@ async def choose_host(
     probe: Probe = ssh_probe,
     *,
     hosts_file: str = HOSTS_FILE,
-    live: Mapping[str, int] | None = None,
+    live: Callable[[], Mapping[str, int]] | None = None,
 ) -> tuple[str, str]:
     """The first healthy host in placement order with room, and the reason; Rejected when
     none is.
 
     ``hosts_file`` names the file in messages (e.g. "the hosts file /path/hosts.yaml").
-    ``live``: the backend's live sandboxes on each host, which a host's ``max_sandboxes``
-    caps (a full host is skipped, before any probe).
+    ``live``: the backend's live sandboxes on each host now, which a host's
+    ``max_sandboxes`` caps: a full host is skipped before any probe, and a host is looked
+    at again once its probe answers, since other creates may have taken its last place
+    meanwhile. The caller holds the host it gets back before it awaits anything, so the
+    last look and that hold are one step.
     """
     skipped: list[str] = []
     limits = {name: config.max_sandboxes for name, config in hosts.items()}
+
+    def unusable(name: str) -> str | None:  # the rule routing applies too: it expects ours
+        return host_unusable(name, limits, (live() if live else {}).get(name, 0), hosts_file)
+
     for name, role in host_order(placement, requested, list(hosts)):
-        unusable = host_unusable(name, limits, (live or {}).get(name, 0), hosts_file)
-        if unusable is not None:  # the rule routing applies too, so it expects what we do
-            skipped.append(unusable)
+        if (full := unusable(name)) is not None:
+            skipped.append(full)
             continue
         why_not = await probe(name, hosts[name])
+        if why_not is None and (full := unusable(name)) is not None:
+            skipped.append(full)  # filled while it was probed
+            continue
         if why_not is None:
             reason = f"placed on {name} ({role})"
             if skipped:

@@ -103,6 +103,9 @@ class RouteLookup:
         self._settings = settings
         self._timeout = timeout
         self._held: dict[str, _Held] = {}
+        self._newest: tuple[int, RouteSignals] | None = None
+        """The view's answer at the furthest position this worker has had, and that position:
+        what :meth:`live_on_hosts` counts from."""
         self._swept = 0.0
         self._settling = asyncio.Event()
         """Set (and replaced) whenever a held route is appended or released: wakes
@@ -159,6 +162,8 @@ class RouteLookup:
                 raise ValueError(str(answer.get("error")) if isinstance(answer, dict) else "?")
             viewed = RouteSignals.from_dict(answer["signals"])
             position = int(answer.get("position", 0))
+            if self._newest is None or position >= self._newest[0]:
+                self._newest = (position, viewed)
         except (NoRespondersError, NatsTimeout, TimeoutError):
             return self._with_hosts(
                 RouteSignals.unknown(f"the view did not answer within {timeout:g} s"), enabled
@@ -169,6 +174,19 @@ class RouteLookup:
                 RouteSignals.unknown(f"the view's answer was unreadable ({bad})"), enabled
             )
         return self._with_hosts(self._with_held(viewed, position, project), enabled)
+
+    def live_on_hosts(self, signals: RouteSignals, extension: str) -> Mapping[str, int]:
+        """``extension``'s live sandboxes on each host now: the newest view's count plus the
+        routes this worker holds that it does not show (``signals``' own count when they are
+        not known: capacity is then not enforced).
+
+        Read again by placement after its probe, with no await between this and the hold of
+        the host it chooses: ``signals`` were fetched before the probe, and every create of a
+        burst fetched them while the others probed, so each saw the same free place."""
+        if not signals.known or self._newest is None:
+            return signals.live_by_host.get(extension, {})
+        position, viewed = self._newest
+        return self._with_held(viewed, position, None).live_by_host.get(extension, {})
 
     def _forget(self, position: int | None = None) -> None:
         """Stop holding the routes the view shows (at ``position``) or held past their time."""

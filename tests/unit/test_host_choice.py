@@ -91,10 +91,30 @@ async def test_a_full_host_is_skipped_for_the_next_with_room() -> None:
     }
     probe, probed = probe_with({})
     placement = Placement(prefer=["alpha", "beta"], fallback=["gamma"])
-    host, why = await choose_host(placement, None, hosts, probe, live={"alpha": 2})
+    host, why = await choose_host(placement, None, hosts, probe, live=lambda: {"alpha": 2})
     assert host == "gamma"
     assert "alpha is full (2 of its max_sandboxes 2)" in why
     assert "beta is full (0 of its max_sandboxes 0)" in why
     assert probed == ["gamma"]  # a full host is not even probed
-    host, _ = await choose_host(placement, None, hosts, probe, live={"alpha": 1})
+    host, _ = await choose_host(placement, None, hosts, probe, live=lambda: {"alpha": 1})
     assert host == "alpha"
+
+
+async def test_a_host_filled_while_it_was_probed_is_skipped() -> None:
+    """Placement counted a host's live sandboxes once, before its probe: the creates of a
+    burst probed at once, each saw the last place free, and all took it."""
+    hosts = {
+        "alpha": HostConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA", max_sandboxes=1),
+        "beta": HostConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA"),
+    }
+    live = {"alpha": 0}
+
+    async def probe(name: str, _host: HostConfig) -> str | None:
+        live["alpha"] = 1  # another create took alpha's place while this probe ran
+        return None
+
+    host, why = await choose_host(
+        Placement(prefer=["alpha"], fallback=["beta"]), None, hosts, probe, live=lambda: live
+    )
+    assert host == "beta"
+    assert "alpha is full (1 of its max_sandboxes 1)" in why
