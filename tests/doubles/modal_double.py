@@ -219,6 +219,9 @@ class ModalDouble:
         self.token_secret = token_secret
         self._tokens = {token_id: token_secret}
         """Every token the double accepts: each is a workspace of its own (``accept_token``)."""
+        self.environments: set[str] = {"main"}
+        """The workspace's environments (``main``, and those a test or a create-if-missing
+        lookup adds); another name is NOT_FOUND, as at Modal."""
         self.apps: dict[tuple[str, str], str] = {}
         self.images: dict[str, list[str]] = {}
         self.secrets: dict[str, dict[str, str]] = {}
@@ -317,8 +320,10 @@ class ModalDouble:
     ) -> api_pb2.EnvironmentGetOrCreateResponse:
         name = _read(request, "deployment_name") or "main"
         creation = _read(request, "object_creation_type")
-        if name != "main" and creation != api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING:
-            raise GRPCError(Status.NOT_FOUND, f"Environment '{name}' not found")
+        if name not in self.environments:
+            if creation != api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING:
+                raise GRPCError(Status.NOT_FOUND, f"Environment '{name}' not found")
+            self.environments.add(name)
         settings = api_pb2.EnvironmentSettings(image_builder_version=IMAGE_BUILDER_VERSION)
         return api_pb2.EnvironmentGetOrCreateResponse(
             environment_id=f"en-{name}",

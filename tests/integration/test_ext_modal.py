@@ -443,3 +443,42 @@ async def test_a_later_attempt_never_adopts_an_earlier_attempt_s_sandbox(
     assert record.tags["sandboxer_attempt"] == "1.2"
     await cut_off.teardown_attempt("modalfence1", req.made_by)  # attempt 1 tears down its own
     assert [r.sandbox_id for r in modal_double.running_for("modalfence1")] == [record.sandbox_id]
+
+
+async def test_an_environment_the_sdk_does_not_list_in_is_refused_before_anything_is_made(
+    modal_double: ModalDouble,
+    extension: Callable[..., ModalExtension],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """``settings.environment: staging`` put the app, and each sandbox, in staging, while the
+    SDK's ``Sandbox.list`` (every lookup, ``wait_ready``, teardown) asks for its own
+    environment (``MODAL_ENVIRONMENT``, unset: the default) with that app's id, and finds
+    nothing there: each create failed at ``wait_ready`` and its sandbox ran on, billed,
+    found by no teardown or reap. Now such a declaration is refused, naming the fix, before
+    anything is made."""
+    monkeypatch.delenv("MODAL_ENVIRONMENT", raising=False)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
+    ext = extension(environment="staging")
+    req = request("modalenv01")
+    with pytest.raises(ConfigError, match="MODAL_ENVIRONMENT=staging"):
+        await ext.provision(req)
+    assert modal_double.sandboxes == {}
+
+
+async def test_an_environment_the_sdk_lists_in_is_found_and_torn_down(
+    modal_double: ModalDouble,
+    extension: Callable[..., ModalExtension],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    modal_double.environments.add("staging")
+    monkeypatch.setenv("MODAL_ENVIRONMENT", "staging")
+    ext = extension(environment="staging")
+    req = request("modalenv02")
+    await ext.provision(req)
+    await ext.wait_ready(req)
+    [record] = modal_double.running_for("modalenv02")
+    assert record.environment == "staging"
+    assert [f.sandbox_id for f in await ext.list_sandboxes()] == ["modalenv02"]
+    await ext.teardown("modalenv02")
+    assert modal_double.running_for("modalenv02") == []

@@ -422,12 +422,12 @@ class ModalExtension:
             where = f"{token_id.source} and {token_secret.source}"
         self._boundary.know_secrets([token_id.value, token_secret.value], where)
         modal = self._modal
+        environment = self._environment(modal)
         api_pb2 = importlib.import_module("modal_proto.api_pb2")  # installed with modal
         client = modal.Client(
             server_url.value, api_pb2.CLIENT_TYPE_CLIENT, (token_id.value, token_secret.value)
         )
         await self._boundary.call("connecting to Modal", client.__aenter__)
-        environment = self.config.environment
 
         async def lookup() -> Any:
             return await modal.App.lookup.aio(
@@ -443,6 +443,27 @@ class ModalExtension:
             await client.__aexit__(None, None, None)
             raise
         return _Connection(client=client, app=app)
+
+    def _environment(self, modal: Any) -> str | None:
+        """The Modal environment the app is looked up in: ``settings.environment``, which must
+        be the one the SDK lists sandboxes in. ``Sandbox.list`` takes no environment: it asks
+        for the SDK's own (``MODAL_ENVIRONMENT``, else the config file's, else the workspace's
+        default) with our app's id, so a sandbox made in another environment's app is found
+        by no lookup, ``wait_ready`` or teardown, and runs, billed, until Modal's timeout.
+        Refused before anything is made (ConfigError naming the fix)."""
+        wanted = self.config.environment
+        listed = modal.config.config.get("environment") or None
+        if wanted is not None and wanted != listed:
+            where = f"environment {listed!r}" if listed else "the workspace's default environment"
+            raise ConfigError(
+                f"extension {self.id}: settings.environment is {wanted!r}, but the modal SDK "
+                f"lists sandboxes in {where} (MODAL_ENVIRONMENT, else the Modal config file), "
+                "so no lookup or teardown would find the sandboxes made there; set "
+                f"MODAL_ENVIRONMENT={wanted} in the worker's environment, or remove "
+                "settings.environment",
+                extension=self.id,
+            )
+        return wanted
 
     def _value(self, key: str, env: str, *, secret: bool) -> ProviderValue:
         """From the declaration, else the SDK's variable, else the SDK's own config file."""
