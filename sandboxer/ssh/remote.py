@@ -12,6 +12,7 @@ to the host (:mod:`.deadline`), which stops it there.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import posixpath
@@ -39,6 +40,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+PUT_TIMEOUT = 60.0
+"""Seconds a file :func:`put_file` writes (a few KiB: a marker, secrets, an override) may
+take over SFTP. sshd answers keepalives while the SFTP server under it hangs (a stalled
+disk), so without a bound a worker waited for ever, holding the sandbox's lock."""
+_CLEANUP_TIMEOUT = 5.0
+"""Seconds a failed write's staging file is given to go: its host may be what failed."""
 WINDOW_CHARS = 8 * 1024
 """The most output an error keeps of a command: room for a private key and the lines
 around it, so that redaction sees a printed secret whole (see :func:`output_window`)."""
@@ -232,7 +239,7 @@ async def put_file(conn: Connection, remote_path: str, data: bytes, *, mode: int
         raise InvalidInput(f"remote path {remote_path!r} must be absolute")
     staging = f"{remote_path}.sbx-{secrets.token_hex(6)}"
     try:
-        async with conn.start_sftp_client() as sftp:
+        async with asyncio.timeout(PUT_TIMEOUT), conn.start_sftp_client() as sftp:
             try:
                 async with sftp.open(staging, "xb", asyncssh.SFTPAttrs(permissions=mode)) as handle:
                     await handle.write(data)
@@ -245,9 +252,19 @@ async def put_file(conn: Connection, remote_path: str, data: bytes, *, mode: int
                         await sftp.remove(remote_path)
                     await sftp.rename(staging, remote_path)
             except BaseException:
-                with contextlib.suppress(asyncssh.SFTPError, asyncssh.DisconnectError, OSError):
-                    await sftp.remove(staging)
+                with contextlib.suppress(
+                    asyncssh.SFTPError, asyncssh.DisconnectError, OSError, TimeoutError
+                ):
+                    async with asyncio.timeout(_CLEANUP_TIMEOUT):
+                        await sftp.remove(staging)
                 raise
+    except TimeoutError as exc:
+        raise RemoteCommandFailed(
+            f"writing {remote_path} on {_peer(conn)} over SFTP did not finish within "
+            f"{PUT_TIMEOUT:g}s; the host's SFTP server does not answer (check its disk and "
+            "sshd's log there), then retry",
+            exit_status=-1,
+        ) from exc
     except asyncssh.SFTPError as exc:
         raise RemoteCommandFailed(
             f"writing {remote_path} on {_peer(conn)} over SFTP failed: {exc.reason}; check "
