@@ -44,7 +44,7 @@ from sandboxer.domain.key_state import (
     key_id_for,
     looks_like_key,
 )
-from sandboxer.errors import Rejected
+from sandboxer.errors import CommandFailed, Rejected
 from sandboxer.events.codec import UnknownEventType, decode_event
 from sandboxer.events.key_events import KEY_EVENTS
 
@@ -54,6 +54,7 @@ __all__ = [
     "admit_create",
     "bearer_key",
     "event_visibility",
+    "own_failure",
     "require_project",
     "require_sandbox",
     "require_snapshot",
@@ -188,6 +189,18 @@ async def own_snapshot(client: SandboxerClient, snapshot: Mapping[str, Any]) -> 
     """As :func:`own_sandbox`, for the snapshot a snapshot command of this caller made."""
     if not may_see(client.actor, await snapshot_owner(client, snapshot)):
         raise _taken()
+
+
+async def own_failure(client: SandboxerClient, failed: CommandFailed, sandbox_id: str) -> bool:
+    """Whether the failure a create or restore met within ``?wait=`` may be answered (False:
+    answer 202, its status URL tells). Its sandbox's id comes from the command id, which
+    another project may have used: the wait then hears that sandbox's failure or expiry.
+    409 when the view shows the sandbox is another's (:func:`own_sandbox`); False when the
+    view does not show it yet, so whose it is cannot be told. A rejection is the caller's
+    own already (the outcome watcher takes only those filed under its actor)."""
+    if failed.event.get("type") == "rejected":
+        return True
+    return await own_sandbox(client, sandbox_id) is not None
 
 
 async def require_sandbox(client: SandboxerClient, sandbox_id: str) -> None:

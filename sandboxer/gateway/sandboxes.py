@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.key_access import may_see, owner_of, scope_of
-from sandboxer.errors import BusError, RequestError
-from sandboxer.gateway.auth import admit_create, own_sandbox, require_sandbox
+from sandboxer.errors import BusError, CommandFailed, RequestError
+from sandboxer.gateway.auth import admit_create, own_failure, own_sandbox, require_sandbox
 from sandboxer.gateway.common import (
     ERRORS,
     CommandQuery,
@@ -75,7 +75,13 @@ async def create_sandbox(
     reply = await create(False)
     sandbox_id = str(reply["sandbox_id"])
     await own_sandbox(client, sandbox_id)  # 409 when the key names another project's create
-    if await within(wait, lambda: create(True)) is not None:
+    try:
+        finished = await within(wait, lambda: create(True))
+    except CommandFailed as failed:
+        if not await own_failure(client, failed, sandbox_id):
+            return accepted(command_id, sandbox_id=sandbox_id)
+        raise
+    if finished is not None:
         sandbox = await own_sandbox(client, sandbox_id)
         if sandbox is not None:
             return JSONResponse(

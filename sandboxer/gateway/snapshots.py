@@ -9,8 +9,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from sandboxer.domain.key_access import scope_of
+from sandboxer.errors import CommandFailed
 from sandboxer.gateway.auth import (
     admit_create,
+    own_failure,
     own_sandbox,
     own_snapshot,
     require_sandbox,
@@ -179,18 +181,23 @@ async def restore_snapshot(
         fields["consumer"] = consumer
     await client.publish_command("restore", about(client, command_id, **fields))
     sandbox_id = body.sandbox_id or derive_sandbox_id(command_id)
-    finished = await within(
-        wait,
-        lambda: client.restore(
-            snapshot_id,
-            profile=body.profile,
-            sandbox_id=body.sandbox_id,
-            inputs=body.inputs,
-            command_id=command_id,
-            timeout=wait + 60,
-            consumer=consumer,
-        ),
-    )
+    try:
+        finished = await within(
+            wait,
+            lambda: client.restore(
+                snapshot_id,
+                profile=body.profile,
+                sandbox_id=body.sandbox_id,
+                inputs=body.inputs,
+                command_id=command_id,
+                timeout=wait + 60,
+                consumer=consumer,
+            ),
+        )
+    except CommandFailed as failed:
+        if not await own_failure(client, failed, sandbox_id):
+            return accepted(command_id, sandbox_id=sandbox_id)
+        raise
     if finished is not None:
         sandbox = await own_sandbox(client, sandbox_id)
         if sandbox is not None:

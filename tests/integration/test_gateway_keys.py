@@ -646,6 +646,54 @@ async def test_a_keys_event_stream_waits_for_the_view_to_know_an_events_sandbox(
     await alpha.destroy(sandbox_id)
 
 
+async def test_a_wait_under_another_projects_create_id_answers_nothing_of_its_failure(
+    front: Front, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create's sandbox id comes from its command id, the caller's ``Idempotency-Key``, one
+    namespace across projects. A key naming another project's create is answered 409 once
+    the view shows that sandbox; before it does (the projector behind the log), ``?wait=``
+    took the other create's failure for its own outcome and answered it, the other
+    project's event and reason in the body."""
+    folding = asyncio.Event()
+    save = SandboxView.save
+
+    async def held(self: SandboxView, *args: Any, **kwargs: Any) -> Any:
+        await folding.wait()  # the projector falls behind the log while this is clear
+        return await save(self, *args, **kwargs)
+
+    beta = await front.key("beta")
+    monkeypatch.setattr(SandboxView, "save", held)
+    store = JetStreamEventStore(front.admin.nc, front.admin.nc.jetstream())
+    command_id = new_command_id()
+    sandbox_id = derive_sandbox_id(command_id)
+    head = {
+        "sandbox_id": sandbox_id,
+        "command_id": command_id,
+        "actor": Actor(type="agt", id="alpha-agent", project="alpha"),
+        "at": utc_now(),
+    }
+    secret = "alpha's provider refused: team alpha-corp is over its quota"
+    events: list[SandboxEvent] = [
+        SandboxRequested(**head, profile="profile.local", profile_version=1),
+        SandboxFailed(**head, reason=secret, stage="provision", code="provider_quota"),
+    ]
+    await store.append(Loaded(SandboxState(sandbox_id=sandbox_id), 0), events)
+
+    async def catch_up_later() -> None:
+        await asyncio.sleep(1.0)  # the gateway has read the log's failure by now
+        folding.set()
+
+    catching_up = asyncio.create_task(catch_up_later())
+    async with front.http(beta) as api:
+        answer = await api.post(
+            "/v1/sandboxes?wait=10s", json={}, headers={"Idempotency-Key": command_id}
+        )
+    await catching_up
+    assert secret not in answer.text
+    assert "alpha" not in answer.text
+    assert_error(answer, 409, "idempotency_key_taken")
+
+
 async def test_a_revoked_keys_event_stream_ends(front: Front) -> None:
     """A stream is checked when it opens; it may stay open for days. Revoked, its key hears
     nothing more: the stream ends at the first event after the next look at the log."""
