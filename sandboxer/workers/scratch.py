@@ -8,15 +8,19 @@ pid alone is not enough: after a restart (a container's worker, a reboot) the
 dead worker's pid is often the new worker's own, or another live process's, and
 what it left was kept for good; the pid's start time and the boot
 (:mod:`.incarnation`) say which process it was. The snapshot job's scratch and
-the files service's staging both use this, and both workers sweep at start.
+the files service's staging both use this, and both workers sweep at start. What
+is swept was shaped by a sandbox or a client (a tar of a directory nested two
+thousand deep): it is removed at any depth (:mod:`sandboxer.tree_removal`), where
+``shutil.rmtree`` raised RecursionError, ``ignore_errors`` notwithstanding, and the
+worker did not start.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
+from sandboxer.tree_removal import remove_tree
 from sandboxer.workers.incarnation import incarnation
 
 __all__ = ["pid_scratch", "sweep_dead"]
@@ -28,7 +32,7 @@ def pid_scratch(root: Path, stem: str) -> Path:
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     pid = os.getpid()
     scratch = root / f"{stem}-{pid}-{incarnation(pid)}"
-    shutil.rmtree(scratch, ignore_errors=True)
+    remove_tree(scratch, ignore_errors=True)
     scratch.mkdir(mode=0o700)
     return scratch
 
@@ -39,7 +43,7 @@ def sweep_dead(root: Path, pattern: str = "*") -> None:
     in them, ``-<pid>``). Names without a pid are left alone."""
     for leftover in root.glob(pattern):
         if _made_by_a_gone_process(leftover.name):
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_tree(leftover, ignore_errors=True)
 
 
 def _made_by_a_gone_process(name: str) -> bool:

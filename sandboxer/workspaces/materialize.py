@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from nats.js import JetStreamContext
 
 from sandboxer.config.profile import Profile
+from sandboxer.tree_removal import remove_tree
 from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -73,7 +73,7 @@ class DirectoryInputs:
             yield vetted
         finally:
             for staging in staged:
-                await asyncio.to_thread(shutil.rmtree, staging, True)
+                await asyncio.to_thread(remove_tree, staging, ignore_errors=True)
 
     async def _unpack(self, sha256_hex: str, staging: Path) -> None:
         await asyncio.to_thread(_fresh_staging, self.staging_root, staging)
@@ -84,8 +84,10 @@ class DirectoryInputs:
 
 
 def _fresh_staging(root: Path, staging: Path) -> None:
-    """An empty staging directory (a crashed attempt's leftovers removed), private to the worker."""
-    shutil.rmtree(staging, ignore_errors=True)
+    """An empty staging directory (a crashed attempt's leftovers removed), private to the worker.
+    An archive's tree is as deep as its names (some two thousand levels): removed at any
+    depth."""
+    remove_tree(staging, ignore_errors=True)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     staging.mkdir(mode=0o700)
     (staging / "tree").mkdir()

@@ -469,6 +469,31 @@ async def test_teardown_is_idempotent(ext: LocalExtension, root: Path) -> None:
     assert not (root / sid).exists()
 
 
+async def test_a_workspace_nested_thousands_deep_is_torn_down(
+    ext: LocalExtension, root: Path, tmp_path: Path
+) -> None:
+    """The sandbox's code nests its workspace 3000 directories deep, with links to a host
+    directory on the way down: the teardown removes all of it and follows none. Python's
+    rmtree raised RecursionError at about a thousand levels, on every teardown tried."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "keep").write_text("host file")
+    nest = (
+        "import os, sys\n"
+        "for level in range(3000):\n"
+        "    os.mkdir('d'); os.chdir('d')\n"
+        "    if level % 500 == 0:\n"
+        "        os.symlink(sys.argv[1], 'host'); open('f', 'w').write('x')\n"
+    )
+    sid = new_id()
+    await up(ext, request(sid))
+    assert await run(ext, sid, "python3", "-c", nest, str(host)) == (0, "", "")
+    await ext.teardown(sid)
+    assert not (root / sid).exists()
+    assert await ext.list_sandboxes() == []
+    assert (host / "keep").read_text() == "host file"
+
+
 async def test_a_provision_whose_directory_is_removed_under_it_leaves_no_holder(
     ext: LocalExtension, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

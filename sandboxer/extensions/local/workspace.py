@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from sandboxer.errors import ExtensionError, InvalidInput
 from sandboxer.extensions.local.procs import ProcessRef
 from sandboxer.extensions.local.tree_copy import copy_tree
+from sandboxer.tree_removal import remove_tree
 
 __all__ = [
     "POOL_DIR",
@@ -250,15 +250,7 @@ def remove(layout: Layout) -> None:
 
     Another worker may be removing it at the same moment (a restarted worker's reconcile
     and a destroy's job): what it removed first is not a failure, what is left is removed.
+    The workspace is nested as deep as the sandbox chose: removed at any depth
+    (:mod:`sandboxer.tree_removal`).
     """
-    if layout.dir.is_symlink():
-        with contextlib.suppress(FileNotFoundError):
-            layout.dir.unlink()
-        return
-    shutil.rmtree(layout.dir, onerror=_unless_gone)
-
-
-def _unless_gone(function: Any, path: str, exc_info: Any) -> None:
-    """rmtree's error hook: an entry already removed by someone else is skipped."""
-    if not isinstance(exc_info[1], FileNotFoundError):
-        raise exc_info[1]
+    remove_tree(layout.dir)
