@@ -22,7 +22,14 @@ from decimal import Decimal
 
 from sandboxer.bus.event_store import EventStore, LoadedAccount
 from sandboxer.clock import utc_now
-from sandboxer.commands.types import AddCredits, ExtendTtl, SetBudget, SetByok
+from sandboxer.commands.types import (
+    AddCredits,
+    CreateSandbox,
+    ExtendTtl,
+    RestoreSnapshot,
+    SetBudget,
+    SetByok,
+)
 from sandboxer.config.catalog import Catalog, known_extension_class
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.account_decide import (
@@ -199,28 +206,31 @@ def _check_not_held(account: LoadedAccount, admitted: AdmittedCreate) -> None:
     check_id_not_held(account.state, admitted.sandbox_id, admitted.command.command_id)
 
 
-async def release_lost_reservation(store: EventStore, admitted: AdmittedCreate) -> None:
-    """Give back what a create reserved for a sandbox id another project took meanwhile.
+async def release_lost_reservation(
+    store: EventStore, sandbox_id: str, create: CreateSandbox | RestoreSnapshot
+) -> None:
+    """Give back what ``create`` reserved for ``sandbox_id`` if another project took the id.
 
     Two projects' creates naming one sandbox id may both reserve (``reserve-<id>``, on each
-    one's account) before either appends; the loser is rejected ``sandbox_exists``, and the
-    sandbox it reserved for is not its own, so no metering of it would ever release its
-    hold. It is metered here instead, at zero: its ``meter-<id>`` releases the hold. The
-    project that owns the sandbox keeps its reservation (a create re-sent for its own
-    sandbox is refused the same way)."""
-    project = project_of(admitted.command.actor)
-    owner = (await store.load(admitted.sandbox_id)).state.actor
+    one's account) before either appends; the loser is rejected (``sandbox_exists``, or
+    ``internal_error`` when its handler kept failing), and the sandbox it reserved for is
+    not its own, so no metering of it would ever release its hold. It is metered here
+    instead, at zero: its ``meter-<id>`` releases the hold. The project that owns the
+    sandbox keeps its reservation (a create re-sent for its own sandbox is refused the
+    same way)."""
+    project = project_of(create.actor)
+    owner = (await store.load(sandbox_id)).state.actor
     if owner is None or project_of(owner) == project:
         return
     account = await store.load_account(project)
-    held = account.state.reservations.get(admitted.sandbox_id)
+    held = account.state.reservations.get(sandbox_id)
     if held is None:
         return
     release = MeterUsage(
-        command_id=meter_command_id(admitted.sandbox_id),
-        causation_id=admitted.command.command_id,
-        actor=admitted.command.actor,
-        sandbox_id=admitted.sandbox_id,
+        command_id=meter_command_id(sandbox_id),
+        causation_id=create.command_id,
+        actor=create.actor,
+        sandbox_id=sandbox_id,
         extension=held.extension,
         profile=held.profile,
         seconds=0,

@@ -27,8 +27,10 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.commands.types import Command
 from sandboxer.config.catalog import Catalog
+from sandboxer.events.actor import Actor
 from sandboxer.workers.control import ControlWorker
 from tests.integration.conftest import Service, consumer_idle, send_again, start_service
+from tests.integration.test_credits import account, cut_off_after_its_hold
 from tests.integration.test_ext_saas_stub import write_override
 
 pytestmark = pytest.mark.integration
@@ -123,3 +125,35 @@ async def test_another_project_s_failing_create_under_a_create_s_id_sends_nothin
     assert sandbox is not None
     assert sandbox["status"] == "ready"
     await client.destroy(sandbox_id)
+
+
+async def test_another_project_s_failing_create_under_a_create_s_id_gives_its_hold_back(
+    poisoning: Poisoning, nats_server: NatsServerProcess, home: Path
+) -> None:
+    """beta's create held credits for the id (cut off before its append) while the create
+    that made the default project's sandbox under the same command id came first; sent
+    again, it fails past its deliveries. No delivery of it can ever be appended: its hold
+    is given back (on the old code it was held for ever)."""
+    client, control = poisoning.service.client, poisoning.control
+    await poisoning.service.fund("beta")
+    beta = await SandboxerClient.connect(
+        [nats_server.url], actor={"type": "agt", "id": "b", "project": "beta"}
+    )
+    try:
+        beta_actor = Actor(type="agt", id="b", project="beta")
+        held = await cut_off_after_its_hold(beta, home, beta_actor, "shared-create-3", ttl="10m")
+        made = await client.create("profile.saas-stub", ttl="10m", command_id="shared-create-3")
+        assert made["sandbox_id"] == held.sandbox_id
+        control.failing = frozenset({"shared-create-3"})
+        await send_again(beta, "shared-create-3", "profile.saas-stub", ttl="10m")
+    finally:
+        await beta.close()
+    async with asyncio.timeout(30):
+        while (await account(client, "beta"))["reserved"] != 0:
+            await asyncio.sleep(0.1)
+    refused = await rejections(client, "shared-create-3")
+    assert [(e["code"], e["actor"]["project"]) for e in refused] == [("internal_error", "beta")]
+    sandbox = await client.get(held.sandbox_id)
+    assert sandbox is not None
+    assert (sandbox["status"], sandbox["actor"].get("project")) == ("ready", None)
+    await client.destroy(held.sandbox_id)
