@@ -41,9 +41,13 @@ exec "$engine" inspect $ids
 """
 
 # Removes what engine $1 labels with $2: containers always; with $3 = 1 also
-# networks, volumes and podman's pod $4 (what compose down would have removed).
+# networks, volumes and podman's pod $4 (what compose down would have removed), and
+# the images named $5<service> (podman: localhost/$5<service>): compose names an image
+# it builds after the project and labels it with nothing of it. An image that will not
+# go (another container uses it) is left; each goes by its name, so one tagged with
+# other names too keeps them.
 _SWEEP_SCRIPT = r"""
-engine=$1 label=$2 thorough=$3 pod=$4
+engine=$1 label=$2 thorough=$3 pod=$4 built=$5
 ids=$("$engine" ps -aq --filter "$label") || exit $?
 if [ -n "$ids" ]; then "$engine" rm -f -v $ids >/dev/null || exit $?; fi
 [ "$thorough" = 1 ] || exit 0
@@ -52,6 +56,13 @@ ids=$("$engine" network ls -q --filter "$label") || exit $?
 if [ -n "$ids" ]; then "$engine" network rm $ids >/dev/null || exit $?; fi
 ids=$("$engine" volume ls -q --filter "$label") || exit $?
 if [ -n "$ids" ]; then "$engine" volume rm -f $ids >/dev/null || exit $?; fi
+refs=$("$engine" images --format '{{.Repository}}:{{.Tag}}') || exit $?
+for ref in $refs; do
+  case "$ref" in
+    "$built"*:"<none>" | localhost/"$built"*:"<none>") ;;
+    "$built"* | localhost/"$built"*) "$engine" rmi "$ref" >/dev/null 2>&1 ;;
+  esac
+done
 exit 0
 """
 
@@ -177,12 +188,15 @@ def sweep_argv(item: Target, project: str, *, thorough: bool) -> list[str]:
         f"label={containers.PROJECT_LABEL}={project}",
         "1" if thorough else "0",
         f"pod_{project}",
+        f"{project}_",  # compose's name for an image it builds: <project>_<service>
     ]
 
 
 async def sweep(conn: Connection, item: Target, project: str, *, thorough: bool) -> None:
     """Remove what is labelled with ``project``: containers always (a check after compose
-    down); networks, volumes and podman's pod too when compose down did not run."""
+    down); networks, volumes and podman's pod too when compose down did not run, and the
+    images compose built for the project (``<project>_<service>``), which no label names:
+    left, they stayed for ever, and a recreate under the same id ran the old build."""
     result = await remote.run(
         conn,
         sweep_argv(item, project, thorough=thorough),
