@@ -123,7 +123,8 @@ async def create_once(
 ) -> T:
     """``create()``; after an unavailability, ``find()`` what it may have made, else try again.
 
-    Every create given up on (unanswered, or cancelled on its way) is noted in ``late``.
+    Every create given up on (unanswered, or cancelled on its way) is noted in ``late``,
+    also when the look for what it made fails (the provider's list down as well).
     So is a ``redelivered`` job's that fails: an earlier attempt's create, sent by a worker
     that may have died waiting for it, may land after the teardown that follows. (One that
     succeeds is not: a copy landing later carries our label, and the sandbox's teardown
@@ -148,7 +149,13 @@ async def _create_once(
         try:
             return await create()
         except ProviderUnavailable as exc:
-            found = await find()
+            try:
+                found = await find()
+            except BaseException:
+                # Nobody knows whether the create was carried out, nor whether it still may
+                # be: the teardown that follows must keep looking for it.
+                late.gave_up(sandbox_id)
+                raise
             if found is not None:
                 if attempt > 1:  # the one found may be an earlier create's: this one may land
                     late.gave_up(sandbox_id)

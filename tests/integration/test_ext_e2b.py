@@ -726,3 +726,36 @@ async def test_the_e2b_id_the_log_s_ready_recorded_decides_through_backend_for(
     finally:
         await restarted.aclose()
     assert twin.sandbox_id != live.sandbox_id
+
+
+async def test_a_create_whose_look_failed_too_is_still_killed_when_it_lands(
+    e2b_double: ServedE2b,
+) -> None:
+    """The create outlives request_timeout, and the look by label for what it may have made
+    fails as well (E2B's list answering 503 through every retry): the provision fails, and
+    the worker's cleanup tears the attempt down at once, before the create lands. That create
+    was not noted as given up on, so the teardown looked once and the sandbox E2B made after
+    it ran with our label and no record naming it (until a leak sweep or E2B's timeout).
+    Now the teardown keeps looking for it while it may land (create_settle)."""
+    faults = e2b_double.double.app.faults
+    # The list's four tries (stamina's backoff and jitter) take up to about 5 s: E2B carries
+    # the create out after them.
+    faults.add("latency", method="POST", pattern="/sandboxes", seconds=6.0)
+    faults.add("status", method="GET", pattern="/v2/sandboxes", status=503, times=4)
+    extension = E2bExtension(
+        settings_for(e2b_double, request_timeout=0.3, retry_budget=10, create_settle=6.0)
+    )
+    made = request("e2blook0001")
+    try:
+        with pytest.raises(ProviderError):
+            await extension.provision(made)
+        assert e2b_double.double.made == []  # nothing had landed when the provision gave up
+        await extension.teardown_attempt("e2blook0001", made.made_by)  # the worker's cleanup
+    finally:
+        await extension.aclose()
+    for _ in range(100):  # the create lands in the end
+        if e2b_double.double.made:
+            break
+        await asyncio.sleep(0.05)
+    assert len(e2b_double.double.made) == 1
+    assert e2b_double.double.live() == []
