@@ -88,7 +88,7 @@ class PauseJob:
             await follow_expiry(keyed, loaded.state, self._explain)
 
     async def _undo_if_overtaken(
-        self, backend: Pausable, operation: Literal["pause", "resume"], job: Job, now: SandboxState
+        self, backend: Extension, operation: Literal["pause", "resume"], job: Job, now: SandboxState
     ) -> None:
         """This job's freeze (or thaw) came after the log moved on: the job was held up past
         the ack wait (a frozen worker), another worker paused the sandbox, and a resume came
@@ -110,6 +110,11 @@ class PauseJob:
             if is_unavailability(exc):
                 raise
             log.warning("job %s: undoing the %s failed: %s", job.job_id, operation, exc)
+            return
+        if undo == "resume":
+            # A provider's resume sets a timeout of its own (E2B: resume_timeout, an hour):
+            # left there, it ends the sandbox then, before the expiry the log gives it.
+            await follow_expiry(backend, now, self._explain)
 
     async def give_up(self, job: Job, reason: str) -> None:
         """Record that the pause or resume failed (the sandbox stays as it was)."""
