@@ -165,10 +165,11 @@ async def reserve_for_create(
     keyed = decl is not None and takes_key(decl)
     project = project_of(command.actor)
     if decl is None or (per_second == 0 and per_create == 0 and not keyed):
-        # Free: metered at zero when it ends. Still not on an id another create of the
-        # project holds credits for (cut off between its hold and its append): that id is
-        # the other's, and it would be refused as much once appended.
-        _check_not_held(await store.load_account(project), admitted)
+        # Free: metered at zero when it ends. Not checked against another create's hold of
+        # the id, as a BYOK create is below: that would read the account on every free
+        # create (a round trip, about a tenth of a create from a warm pool) for a create of
+        # the same project cut off between its hold and its append, whose hold the meter
+        # releases when this sandbox ends (docs/payments.md#reservation).
         return None
     sandbox = (await store.load(admitted.sandbox_id)).state
     if sandbox.status != "new":
@@ -177,8 +178,8 @@ async def reserve_for_create(
     own = account.state.byok.get(decl.id)
     key = (own or OPERATOR_KEY) if keyed else None
     if own is not None or (per_second == 0 and per_create == 0):
-        # The project's own key pays (or the backend is free): nothing to reserve, and, as
-        # above, no id another create holds.
+        # The project's own key pays (or the backend is free): nothing to reserve, and no
+        # id another create holds (the account is in hand already).
         _check_not_held(account, admitted)
         return key
     amount = estimate_microusd(decl.pricing, admitted.ttl_seconds or 0.0, gpu)
@@ -199,10 +200,11 @@ async def reserve_for_create(
 
 
 def _check_not_held(account: LoadedAccount, admitted: AdmittedCreate) -> None:
-    """A create that reserves nothing may not take an id another create of its project holds
-    credits for (:func:`check_id_not_held`). Until 2026-12-04 it could: its sandbox was
-    made, the other create (sent again) was refused ``sandbox_exists`` although it came
-    first, and its hold stayed until this sandbox was metered."""
+    """A create on the project's own key may not take an id another create of its project
+    holds credits for (:func:`check_id_not_held`). Until 2026-12-04 it could: its sandbox
+    was made, the other create (sent again) was refused ``sandbox_exists`` although it came
+    first, and its hold stayed until this sandbox was metered. A create on a free backend
+    still may (not checked: see :func:`reserve_for_create`)."""
     check_id_not_held(account.state, admitted.sandbox_id, admitted.command.command_id)
 
 
