@@ -2,7 +2,8 @@
 
 The archive came from any bus client, so it is treated as hostile: only
 directories, regular files and symlinks are accepted (no hard links,
-devices or FIFOs), no name may be absolute, climb with ``..`` or come twice,
+devices or FIFOs), no name may be absolute, climb with ``..``, come twice or
+nest deeper or run longer than :func:`~sandboxer.workspaces.limits.shape_refusal` allows,
 nothing is written below a symlink, a symlink's target must stay inside by
 the rule of :func:`link_stays_inside`, and the entry count and total size
 are checked against the limits before a byte is written. The extraction
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from sandboxer.domain.left_out import Kind, LeftOut, shown_name
 from sandboxer.errors import WorkspaceRefused
-from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.limits import MAX_PATH_BYTES, ArchiveLimits, shape_refusal
 from sandboxer.workspaces.untrusted_tar import open_untrusted
 
 __all__ = ["HostTree", "extract_archive", "extract_host_tree", "link_stays_inside"]
@@ -104,6 +105,11 @@ def _check_member(
         or (path == "." and not member.isdir())
     ):
         raise WorkspaceRefused(f"the workspace archive holds an unsafe name {name[:200]!r}")
+    # Refused before a byte is written: deeper, the unpack or a backend's copy failed half-way
+    # (PATH_MAX, or RecursionError in a walk that recurses per level).
+    shape = shape_refusal(path)
+    if shape is not None:
+        raise WorkspaceRefused(f"the workspace archive's {name[:200]!r} {shape}")
     # A name that comes twice could turn a checked directory into a link, or the reverse.
     if path in seen:
         raise WorkspaceRefused(f"the workspace archive holds {name[:200]!r} twice")
@@ -125,6 +131,12 @@ def _check_member(
                 f"the workspace archive makes {name[:200]!r} a symlink after writing below it"
             )
         links.add(path)
+        target = len(member.linkname.encode("utf-8", "surrogateescape"))
+        if target > MAX_PATH_BYTES:
+            raise WorkspaceRefused(
+                f"the workspace archive holds a symlink {name[:200]!r} whose target is {target} "
+                f"bytes long, more than the {MAX_PATH_BYTES} a workspace path may be"
+            )
         if not link_stays_inside(path, member.linkname):
             raise WorkspaceRefused(
                 f"the workspace archive holds a symlink {name[:200]!r} -> "

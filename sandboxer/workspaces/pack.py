@@ -6,7 +6,8 @@ hash depends on names, contents, permissions and link targets alone (and a
 re-checkout of the same commit is uploaded once). Symlinks are stored as
 links; one whose target is absolute, leaves the tree or climbs with ``..``
 after a name is refused, because no worker would unpack it (the one rule,
-:func:`~sandboxer.workspaces.extract.link_stays_inside`). Sockets, FIFOs and
+:func:`~sandboxer.workspaces.extract.link_stays_inside`), as is a path nested deeper or
+longer than a worker unpacks (:func:`~sandboxer.workspaces.limits.shape_refusal`). Sockets, FIFOs and
 devices are left out: a workspace has no use for them. Names in ``exclude``
 are left out at any depth.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.extract import link_stays_inside
-from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.limits import ArchiveLimits, shape_refusal
 
 __all__ = ["FIXED_MTIME", "Packed", "pack_directory"]
 
@@ -62,6 +63,12 @@ def _entries(source: Path, exclude: Collection[str]) -> list[tuple[str, Path]]:
             if name in exclude:
                 continue
             child = posixpath.join(relative, name) if relative else name
+            shape = shape_refusal(child)
+            if shape is not None:  # checked as the walk goes: it never goes deeper
+                raise WorkspaceRefused(
+                    f"{child[:200]!r} in {source} {shape}, and no worker unpacks it; leave it "
+                    "out with --exclude or SANDBOXER_UPLOAD_EXCLUDE"
+                )
             path = directory / name
             found.append((child, path))
             if stat.S_ISDIR(path.lstat().st_mode):

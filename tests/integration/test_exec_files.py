@@ -470,6 +470,25 @@ async def test_cp_round_trips_a_binary_file_and_a_nested_directory(
     assert listing(tmp_path / "whole" / "project") == listing(tree)
 
 
+async def test_a_copy_out_of_a_directory_nested_too_deep_is_refused_saying_so(
+    service: Service, sandbox: str, tmp_path: Path
+) -> None:
+    """The sandbox nests a directory 1500 deep and a client copies it out. The worker
+    unpacked the sandbox's tar into its staging, whose removal then raised RecursionError:
+    no answer came (the client gave up 80 s later, told the worker was lost) and the staging
+    stayed. The tar is refused before a byte is written, naming the limit."""
+    nest = "import os\nos.mkdir('top'); os.chdir('top')\nfor _ in range(1500):\n    os.mkdir('d'); os.chdir('d')\n"
+    code, text = await run_in(service.client, sandbox, f'python3 -c "{nest}"')
+    assert (code, text) == (0, "")
+    async with asyncio.timeout(40):
+        with pytest.raises(WorkspaceRefused, match="more than the 256 a workspace path may"):
+            await service.client.copy_out(sandbox, "top", tmp_path / "out")
+    assert list((service.settings.staging_root / "files").iterdir()) == []
+    assert not (tmp_path / "out").exists()
+    code, text = await run_in(service.client, sandbox, "rm -rf top && echo gone")
+    assert (code, text) == (0, "gone\n")
+
+
 async def test_cp_on_the_command_line_both_ways(
     service: Service, sandbox: str, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:

@@ -143,6 +143,30 @@ async def test_a_hostile_archive_published_by_hand_is_refused(
     assert not (tmp_path / "planted").exists()
 
 
+async def test_an_archive_nested_too_deep_is_refused_saying_so_and_leaves_nothing(
+    no_roots: Service, tmp_path: Path
+) -> None:
+    """An archive whose directories nest 1500 deep (its names fit PATH_MAX, so it unpacks):
+    ext.local's copy recursed per level and failed the sandbox with a bare "maximum
+    recursion depth exceeded"; it is refused before a byte is written, naming the limit."""
+    client = no_roots.client
+    await client.upload_directory(client_tree(tmp_path / "project"))  # makes the bucket
+    bucket = await open_or_create_bucket(client.js, 1)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for depth in range(1, 1501):
+            entry = tarfile.TarInfo("/".join(["d"] * depth))
+            entry.type = tarfile.DIRTYPE
+            tar.addfile(entry)
+    body = buffer.getvalue()
+    digest = hashlib.sha256(body).hexdigest()
+    await bucket.put(object_name(digest), body)
+    with pytest.raises(CommandFailed, match="nests 257 names deep, more than the 256") as caught:
+        await client.create("profile.local", {"repo": object_ref(digest)})
+    assert caught.value.event["type"] == "failed"
+    assert list(no_roots.settings.staging_root.glob("*-repo")) == []  # nothing staged stays
+
+
 async def test_the_cli_uploads_a_directory_input(
     no_roots: Service, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:

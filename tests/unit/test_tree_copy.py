@@ -75,6 +75,18 @@ def test_a_copy_stops_at_its_limits_before_it_writes_past_them(tmp_path: Path) -
     assert len(os.listdir(tmp_path / "out3")) == 6
 
 
+def test_a_snapshots_copy_of_a_workspace_nested_too_deep_is_refused_saying_so(
+    tmp_path: Path,
+) -> None:
+    """A sandbox nests its workspace 600 deep: the copy, recursing twice per level, raised
+    RecursionError and the snapshot failed with "maximum recursion depth exceeded". It stops
+    at the depth a workspace archive may have, naming it."""
+    source = tmp_path / "source"
+    (source / "/".join(["d"] * 600)).mkdir(parents=True)
+    with pytest.raises(WorkspaceRefused, match="nests 257 names deep, more than the 256"):
+        copy_tree(source, tmp_path / "out", limits=ArchiveLimits())
+
+
 def test_a_source_that_is_a_link_is_refused(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "alias").symlink_to(tmp_path / "real")

@@ -132,6 +132,10 @@ HOSTILE: dict[str, list[tuple[str, dict[str, object]]]] = {
     "hardlink": [("passwd", {"type": tarfile.LNKTYPE, "linkname": "/etc/passwd"})],
     "many": [(f"f{index}", {}) for index in range(20)],
     "bomb": [("big", {"data": b"y" * 4096})],
+    "too-deep": [("d/" * 1500 + "f", {})],
+    "path-too-long": [(("p" * 200 + "/") * 16 + "f", {})],
+    "name-too-long": [("n" * 256, {})],
+    "link-target-too-long": [("l", {**SYM, "linkname": "t/" * 2000})],
 }
 
 
@@ -161,6 +165,41 @@ def test_hostile_archives_are_refused_before_anything_is_written(kind: str, tmp_
     assert list(out.iterdir()) == []
     assert not (tmp_path / "deep" / "evil").exists()
     assert not Path("/tmp/sandboxer-absolute-evil").exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("too-deep", "nests 1501 names deep, more than the 256 a workspace path may"),
+        ("path-too-long", "is 3217 bytes long, more than the 3072 a workspace path may be"),
+        ("name-too-long", "holds a name of 256 bytes, more than the 255 a file system takes"),
+        ("link-target-too-long", "target is 4000 bytes long, more than the 3072"),
+    ],
+)
+def test_paths_deeper_or_longer_than_a_workspace_may_have_are_refused_saying_so(
+    kind: str, why: str, tmp_path: Path
+) -> None:
+    """Unpacked, these failed half-way with an OSError naming the worker's staging path
+    (ENAMETOOLONG), or unpacked and then failed a backend's copy with RecursionError."""
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(hostile(kind))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(WorkspaceRefused, match=why):
+        extract_archive(archive, out, ArchiveLimits())
+    assert list(out.iterdir()) == []
+
+
+def test_packing_refuses_a_tree_deeper_than_a_worker_unpacks(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "/".join(["d"] * 256)).mkdir(parents=True)  # as deep as a workspace path may be
+    packed = pack_directory(tree, tmp_path / "ok.tar")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert extract_archive(packed.path, out, ArchiveLimits()) == 256
+    (tree / "/".join(["d"] * 257)).mkdir()
+    with pytest.raises(WorkspaceRefused, match=r"nests 257 names deep.*--exclude"):
+        pack_directory(tree, tmp_path / "deep.tar")
 
 
 HOST_TOLERATES = {"device", "fifo"}

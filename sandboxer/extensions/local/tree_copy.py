@@ -14,7 +14,9 @@ A snapshot's copy is bounded as it runs (``limits``): the sandbox chose what its
 holds, and a sparse file (``truncate -s 1T``, no block of the sandbox's disk) or a file with
 a thousand hard links is written out whole, byte by byte and name by name, to the worker's
 disk, which also holds the event log. Checked only when the copy is packed, it had filled
-that disk first.
+that disk first. So is the depth of the tree (a path's shape,
+:func:`~sandboxer.workspaces.limits.shape_refusal`): this walk recurses per level, and a
+workspace nested a few hundred deep raised RecursionError rather than say why.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from sandboxer.domain.left_out import Kind, LeftOut
 from sandboxer.errors import WorkspaceRefused
-from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.limits import ArchiveLimits, shape_refusal
 
 __all__ = ["copy_tree"]
 
@@ -52,7 +54,16 @@ class _Budget:
         self._bytes = 0
         self._entries = 0
 
-    def entry(self) -> None:
+    def entry(self, path: str) -> None:
+        """Count the entry ``path`` (relative to the top), refused past the limits: the
+        entries, or the depth and length a workspace archive's paths may have (deeper, this
+        walk itself, recursing per level, raised RecursionError)."""
+        shape = shape_refusal(path) if self._limits is not None else None
+        if shape is not None:
+            raise WorkspaceRefused(
+                f"the workspace's {path[:200]!r} {shape}, as a workspace archive's may not; "
+                "move it higher or remove it and take the snapshot again"
+            )
         self._entries += 1
         if self._limits is not None and self._entries > self._limits.max_entries:
             raise WorkspaceRefused(
@@ -119,13 +130,13 @@ def _copy_directory(
         except FileNotFoundError:
             continue  # removed since the listing
         if stat.S_ISLNK(mode):
-            budget.entry()
+            budget.entry(path)
             _copy_link(directory, name, target / name)
         elif stat.S_ISDIR(mode):
-            budget.entry()
+            budget.entry(path)
             _copy_subdirectory(directory, name, target / name, path, leave_out, special, budget)
         elif stat.S_ISREG(mode):
-            budget.entry()
+            budget.entry(path)
             if (swapped := _copy_file(directory, name, target / name, budget)) is not None:
                 special.add(_kind(swapped), path)
         else:
