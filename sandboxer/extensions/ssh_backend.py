@@ -149,7 +149,7 @@ class SshBackend:
 
         The whole make holds it, not each step after a look: a look then a step leaves the
         window where a freeze is likeliest (inside a long step, which goes on when the worker
-        does). The price: a later attempt's claim, or a teardown or pause, waits for the
+        does). The price: a later attempt's claim, or a teardown, waits for the
         whole make, image pulls of ``up`` and setup steps included, and fails LOCK-BUSY past
         :data:`~.ssh_workspace.LOCK_WAIT` (retried as any failed step is); and a worker frozen
         while it makes holds the lock until it goes on or its connection drops. (ext.local's

@@ -42,18 +42,32 @@ TIMED_OUT_STATUSES = frozenset({124, 137})
 WRAPPER_MISSING = 127
 """The shell's status for a command it cannot find, ``timeout`` included."""
 
-# $1 kill grace, $2 limit, $3 the command line. Standard input is handed to
-# the command through fd 3 because a non-interactive shell gives background
-# jobs /dev/null as stdin. `timeout` (not --foreground) makes its own
-# process group, whose id is its pid, which the wrapper kills after a
-# deadline so that nothing the command started outlives it.
+# $1 kill grace, $2 limit, $3 the command line, $4 "watch" or nothing. Standard
+# input is handed to the command through fd 3 because a non-interactive shell
+# gives background jobs /dev/null as stdin. `timeout` (not --foreground) makes its
+# own process group, whose id is its pid, which the wrapper kills after a
+# deadline so that nothing the command started outlives it. With "watch" the
+# command gets /dev/null, and a watcher (no child of its own, so killing it ends
+# it) reads the channel's input, which the client never writes nor closes: its
+# end means the channel closed (the client gave up, or its connection dropped:
+# a killed worker), and the watcher kills the group then.
 _WRAPPER = r"""
 exec 3<&0
-timeout -k "$1" "$2" sh -c "$3" <&3 3<&- &
-group=$!
+watcher=
+if [ "$4" = watch ]; then
+  timeout -k "$1" "$2" sh -c "$3" </dev/null 3<&- &
+  group=$!
+  sh -c 'while IFS= read -r _; do :; done; kill -KILL "-$1" 2>/dev/null' sh "$group" \
+    <&3 >/dev/null 2>&1 &
+  watcher=$!
+else
+  timeout -k "$1" "$2" sh -c "$3" <&3 3<&- &
+  group=$!
+fi
 exec 3<&-
 wait "$group"
 status=$?
+if [ -n "$watcher" ]; then kill -KILL "$watcher" 2>/dev/null; fi
 if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
   kill -KILL "-$group" 2>/dev/null
 fi
@@ -68,9 +82,25 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
-def with_deadline(line: str, seconds: float) -> str:
-    """``line`` as a command line that the host stops, with all it started, after ``seconds``."""
-    words = ["sh", "-c", _WRAPPER, "sh", seconds_text(KILL_GRACE), seconds_text(seconds), line]
+def with_deadline(line: str, seconds: float, *, watch: bool = False) -> str:
+    """``line`` as a command line that the host stops, with all it started, after ``seconds``.
+
+    ``watch``: the command reads nothing (its input is ``/dev/null``), and the host also
+    stops it, with all it started, once the channel's input ends, which the caller keeps
+    open until it has the command's exit: the channel closed, so the caller gave the
+    command up or its connection dropped. A worker killed while its command runs (a
+    compose ``up``, a setup step) no longer leaves it running on the host beside the next
+    attempt, after the sandbox's lock on the host went with the connection."""
+    words = [
+        "sh",
+        "-c",
+        _WRAPPER,
+        "sh",
+        seconds_text(KILL_GRACE),
+        seconds_text(seconds),
+        line,
+        *(["watch"] if watch else []),
+    ]
     return " ".join(shlex.quote(word) for word in words)
 
 

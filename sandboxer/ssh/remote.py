@@ -150,11 +150,16 @@ async def run(
     carrying the exit status and the newest output (:func:`output_window`,
     not redacted). The host itself stops a command still running after
     ``timeout`` seconds, with every process it started (:mod:`.deadline`);
-    that is reported as :class:`RemoteCommandFailed` with ``exit_status=-1``.
+    that is reported as :class:`RemoteCommandFailed` with ``exit_status=-1``. Without
+    ``input`` the command reads ``/dev/null``, and the host stops it too when the channel
+    closes first (this worker gave it up, or was killed: :func:`.deadline.with_deadline`).
     """
     import asyncssh
 
-    line = deadline.with_deadline(command_line(argv, env=env, cwd=cwd), timeout)
+    # Without input the channel's stays open until the exit comes: its end stops the command.
+    line = deadline.with_deadline(
+        command_line(argv, env=env, cwd=cwd), timeout, watch=input is None
+    )
     program = argv[0]
     began = time.monotonic()
     try:

@@ -49,7 +49,9 @@ async def stream(
     """Run ``argv`` on the host in ``cwd``, hand its output to ``output``, return its exit code.
 
     ``stdin`` is streamed to the command's standard input, then closed (an empty
-    input without it); a failing ``stdin`` stops the command like a failing output.
+    input without it: ``/dev/null`` with a ``timeout``, when the host also stops the
+    command if the channel closes first); a failing ``stdin`` stops the command like a
+    failing output.
 
     The exit code follows the shell: 128 + N for a command killed by signal N.
     With ``timeout`` the host stops the command and all it started after that
@@ -59,8 +61,11 @@ async def stream(
     import asyncssh
 
     line = command_line(argv, env=env, cwd=cwd)
+    # With a deadline and no input, the command reads /dev/null and the channel's input
+    # stays open until the exit: its end (this worker gone) stops the command on the host.
+    watch = timeout is not None and stdin is None
     if timeout is not None:
-        line = deadline.with_deadline(line, timeout)
+        line = deadline.with_deadline(line, timeout, watch=watch)
     began = time.monotonic()
     try:
         process = await conn.create_process(line, encoding=None)
@@ -73,7 +78,7 @@ async def stream(
     limit = asyncio.timeout(None if timeout is None else deadline.client_wait(timeout))
     try:
         async with limit:
-            code = await _pump_until_exit(process, output, stdin)
+            code = await _pump_until_exit(process, output, stdin, watched=watch)
     except TimeoutError as exc:
         if timeout is None or not limit.expired():
             raise
@@ -98,8 +103,11 @@ async def _pump_until_exit(
     process: asyncssh.SSHClientProcess[bytes],
     output: ChunkSink,
     stdin: AsyncIterable[bytes] | None = None,
+    *,
+    watched: bool = False,
 ) -> int | None:
-    """Hand output to ``output`` until the command exits, then what is left for a moment."""
+    """Hand output to ``output`` until the command exits, then what is left for a moment.
+    ``watched``: the host watches the channel's input, which must stay open meanwhile."""
 
     async def pump(reader: asyncssh.SSHReader[bytes], name: Literal["stdout", "stderr"]) -> None:
         while True:
@@ -126,7 +134,7 @@ async def _pump_until_exit(
     waiter = asyncio.ensure_future(process.wait())
     feeder = asyncio.ensure_future(feed(stdin)) if stdin is not None else None
     try:
-        if feeder is None:
+        if feeder is None and not watched:
             process.stdin.write_eof()
         pending: set[asyncio.Future[Any]] = {waiter, *pumps}
         if feeder is not None:

@@ -100,3 +100,36 @@ def _running(pid: int) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_a_watched_line_reads_nothing_and_ends_as_usual_while_its_input_stays_open() -> None:
+    with subprocess.Popen(
+        ["sh", "-c", deadline.with_deadline("cat; echo out; exit 3", 10, watch=True)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.wait(timeout=10) == 3  # cat read /dev/null, not the open input
+        assert process.stdout is not None
+        assert process.stdout.read() == "out\n"
+
+
+def test_a_watched_line_is_stopped_with_all_it_started_when_its_input_ends(
+    tmp_path: Path,
+) -> None:
+    """Closing an SSH channel stops nothing on the host: a killed worker's command ran on to
+    its deadline. The end of the channel's input now stops it and what it started."""
+    pids = tmp_path / "pids"
+    line = f"sh -c 'trap \"\" TERM; sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; sleep 61'"
+    with subprocess.Popen(
+        ["sh", "-c", deadline.with_deadline(line, 120, watch=True)], stdin=subprocess.PIPE
+    ) as process:
+        began = time.monotonic()
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert time.monotonic() - began < 10
+            time.sleep(0.02)
+        assert process.stdin is not None
+        process.stdin.close()  # the channel closed: the worker gave up or was killed
+        assert process.wait(timeout=10) in deadline.TIMED_OUT_STATUSES
+    for pid in pids.read_text().split():
+        assert not _running(int(pid)), f"process {pid} outlived its channel"
