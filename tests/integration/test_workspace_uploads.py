@@ -167,6 +167,28 @@ async def test_an_archive_nested_too_deep_is_refused_saying_so_and_leaves_nothin
     assert list(no_roots.settings.staging_root.glob("*-repo")) == []  # nothing staged stays
 
 
+async def test_an_archive_whose_names_imply_more_directories_than_the_limit_is_refused(
+    no_roots: Service, tmp_path: Path
+) -> None:
+    """1000 entries, each ``xN/d/d/.../f`` 250 deep, in an archive of 2 MiB: under the
+    200,000 entries a worker accepts, they made 251,000 directories, copied into the
+    sandbox's workspace, which became ready (at the limit, fifty million from 400 MiB)."""
+    client = no_roots.client
+    await client.upload_directory(client_tree(tmp_path / "project"))  # makes the bucket
+    bucket = await open_or_create_bucket(client.js, 1)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for index in range(1000):
+            tar.addfile(tarfile.TarInfo(f"x{index}/" + "d/" * 250 + "f"))
+    body = buffer.getvalue()
+    digest = hashlib.sha256(body).hexdigest()
+    await bucket.put(object_name(digest), body)
+    with pytest.raises(CommandFailed, match="makes more than 200000 entries") as caught:
+        await client.create("profile.local", {"repo": object_ref(digest)})
+    assert caught.value.event["type"] == "failed"
+    assert list(no_roots.settings.staging_root.glob("*-repo")) == []
+
+
 async def test_the_cli_uploads_a_directory_input(
     no_roots: Service, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,25 @@ def test_paths_deeper_or_longer_than_a_workspace_may_have_are_refused_saying_so(
     with pytest.raises(WorkspaceRefused, match=why):
         extract_archive(archive, out, ArchiveLimits())
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("unpack", [extract_archive, extract_host_tree])
+def test_directories_an_archives_names_imply_count_as_entries(
+    unpack: Callable[[Path, Path, ArchiveLimits], object], tmp_path: Path
+) -> None:
+    """50 entries under a limit of 1000, each ``xN/d/.../f`` 30 deep: they made 1550
+    directories, and at the default limit an archive of 400 MiB made fifty million."""
+    archive = tmp_path / "implied.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for index in range(50):
+            tar.addfile(tarfile.TarInfo(f"x{index}/" + "d/" * 30 + "f"))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(WorkspaceRefused, match="makes more than 1000 entries"):
+        unpack(archive, out, ArchiveLimits(max_entries=1000))
+    assert list(out.iterdir()) == []
+    unpack(archive, out, ArchiveLimits(max_entries=1600))  # 50 files, 1550 directories
+    assert sum(1 for _ in out.rglob("*")) == 1600
 
 
 def test_packing_refuses_a_tree_deeper_than_a_worker_unpacks(tmp_path: Path) -> None:
