@@ -86,12 +86,17 @@ done
 
 # What is left of one sandbox, in one round trip: its marker ($1) as "M <json>",
 # "X" when anything is at its directory path ($2), "D" when that is a real
-# directory, "E" when its secrets file ($3, beside the directory) is there.
+# directory, "E" when its secrets file ($3, beside the directory) is there, and
+# "S <path>" for each staging copy of the marker or the secrets file that an upload
+# cut off before its rename left (remote.put_file writes <path>.sbx-<random> first).
 _PROBE_SCRIPT = r"""
 if [ -f "$1" ] && [ ! -L "$1" ]; then printf 'M '; tr -d '\n' < "$1"; printf '\n'; fi
 if [ -e "$2" ] || [ -L "$2" ]; then echo X; fi
 if [ -d "$2" ] && [ ! -L "$2" ]; then echo D; fi
 if [ -f "$3" ] && [ ! -L "$3" ]; then echo E; fi
+for f in "$1".sbx-* "$3".sbx-*; do
+  if [ -f "$f" ] && [ ! -L "$f" ]; then printf 'S %s\n' "$f"; fi
+done
 exit 0
 """
 
@@ -240,6 +245,8 @@ class Probe:
     path_exists: bool
     directory: bool
     secrets_file: bool
+    staging: tuple[str, ...] = ()
+    """Staging copies of the marker or the secrets file an upload cut off left beside them."""
 
     @property
     def made_by(self) -> MadeBy | None:
@@ -269,23 +276,31 @@ async def probe(conn: Connection, item: Target, sandbox_id: str) -> Probe:
     )
     lines = result.stdout.splitlines()
     marker_lines = [line[2:] for line in lines if line.startswith("M ")]
+    # Only a copy of this sandbox's own files: what a host's shell startup printed is not one.
+    own = tuple(f"{path}.sbx-" for path in (item.marker(sandbox_id), item.secrets(sandbox_id)))
     return Probe(
         marker=_parse_marker(marker_lines[0]) if marker_lines else None,
         marker_exists=bool(marker_lines),
         path_exists="X" in lines,
         directory="D" in lines,
         secrets_file="E" in lines,
+        staging=tuple(
+            line[2:] for line in lines if line.startswith("S ") and line[2:].startswith(own)
+        ),
     )
 
 
 async def remove(conn: Connection, item: Target, sandbox_id: str, found: Probe) -> None:
-    """Delete the sandbox's directory and secrets file, then its marker (whichever
-    :func:`probe` found)."""
+    """Delete the sandbox's directory, its secrets file and the staging copies an upload cut
+    off left (a secrets file's holds the secrets), then its marker (whichever :func:`probe`
+    found)."""
     root = item.config.workspace_root
     if found.path_exists:
         await remote.remove_tree(conn, item.workspace(sandbox_id), root=root)
     if found.secrets_file:
         await remote.remove_tree(conn, item.secrets(sandbox_id), root=root)
+    for staging in found.staging:
+        await remote.remove_tree(conn, staging, root=root)
     if found.marker_exists:
         await remote.remove_tree(conn, item.marker(sandbox_id), root=root)
 
