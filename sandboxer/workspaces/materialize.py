@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from nats.js import JetStreamContext
 
 from sandboxer.config.profile import Profile
 from sandboxer.tree_removal import remove_tree
+from sandboxer.workers.scratch import pid_scratch, sweep_dead
 from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -64,7 +66,9 @@ class DirectoryInputs:
             for name in sorted(set(names) & set(inputs)):
                 value = inputs[name]
                 if is_object_ref(value):
-                    staging = self.staging_root / f"{sandbox_id}-{name}"
+                    staging = await asyncio.to_thread(
+                        _fresh_staging, self.staging_root, f"{sandbox_id}-{name}"
+                    )
                     staged.append(staging)
                     await self._unpack(parse_object_ref(value), staging)
                     vetted[name] = str(staging / "tree")
@@ -76,18 +80,24 @@ class DirectoryInputs:
                 await asyncio.to_thread(remove_tree, staging, ignore_errors=True)
 
     async def _unpack(self, sha256_hex: str, staging: Path) -> None:
-        await asyncio.to_thread(_fresh_staging, self.staging_root, staging)
         archive = staging / "archive.tar"
         await fetch_archive(self.js, sha256_hex, archive, self.limits)
         await asyncio.to_thread(extract_archive, archive, staging / "tree", self.limits)
         await asyncio.to_thread(archive.unlink)
 
 
-def _fresh_staging(root: Path, staging: Path) -> None:
-    """An empty staging directory (a crashed attempt's leftovers removed), private to the worker.
-    An archive's tree is as deep as its names (some two thousand levels): removed at any
-    depth."""
-    remove_tree(staging, ignore_errors=True)
+def _fresh_staging(root: Path, stem: str) -> Path:
+    """An empty staging directory ``<stem>-<random>-<pid>-<incarnation>`` of this attempt's
+    own, private to the worker (:func:`~sandboxer.workers.scratch.pid_scratch`). Another
+    attempt at the same sandbox on this machine (its job redelivered while this worker was
+    frozen) stages beside it: under one name, the earlier attempt's start emptied the later
+    one's tree and its end removed it while the later one copied it into the sandbox. What
+    killed workers left for the same input goes now (:func:`~sandboxer.workers.scratch.sweep_dead`),
+    and so does a leftover under the bare name earlier versions used. An archive's tree is as
+    deep as its names: removed at any depth."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    staging.mkdir(mode=0o700)
+    sweep_dead(root, f"{stem}-*")
+    remove_tree(root / stem, ignore_errors=True)
+    staging = pid_scratch(root, f"{stem}-{secrets.token_hex(4)}")
     (staging / "tree").mkdir()
+    return staging

@@ -21,6 +21,8 @@ from sandboxer import subjects
 from sandboxer.client import CommandFailed
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.bucket import open_or_create_bucket
+from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.materialize import DirectoryInputs
 from sandboxer.workspaces.refs import object_name, object_ref
 from tests.integration.conftest import Cli, Service, reap_local, start_service
 from tests.integration.remote_fixtures import SshHosts, write_hosts_file
@@ -187,6 +189,31 @@ async def test_an_archive_whose_names_imply_more_directories_than_the_limit_is_r
         await client.create("profile.local", {"repo": object_ref(digest)})
     assert caught.value.event["type"] == "failed"
     assert list(no_roots.settings.staging_root.glob("*-repo")) == []
+
+
+async def test_an_earlier_attempt_at_the_same_sandbox_leaves_the_later_ones_staging_whole(
+    no_roots: Service, tmp_path: Path
+) -> None:
+    """Two attempts at one sandbox on one machine: a worker frozen past its job's ack wait
+    resumes while the worker the job went to copies the staged tree into the sandbox. Both
+    staged at ``<sandbox>-<input>``: the earlier one's start emptied the directory and
+    unpacked into it again, and its end removed it, under the later one's copy, which then
+    made a ready sandbox of whatever it had read by then."""
+    client = no_roots.client
+    uploaded = await client.upload_directory(client_tree(tmp_path / "project"))
+    inputs = DirectoryInputs(
+        client.js, roots=(), staging_root=no_roots.settings.staging_root, limits=ArchiveLimits()
+    )
+    wanted = {"repo": uploaded.ref}
+    async with inputs.prepared("sbxtwoattempts1", wanted, {"repo"}) as later:
+        tree = Path(later["repo"])
+        made = sorted(str(path.relative_to(tree)) for path in tree.rglob("*"))
+        assert "src/app.py" in made
+        async with inputs.prepared("sbxtwoattempts1", wanted, {"repo"}) as earlier:
+            pass
+        assert sorted(str(path.relative_to(tree)) for path in tree.rglob("*")) == made
+        assert earlier["repo"] != later["repo"]
+    assert list(no_roots.settings.staging_root.glob("sbxtwoattempts1-*")) == []
 
 
 async def test_the_cli_uploads_a_directory_input(
