@@ -27,7 +27,7 @@ from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.refs import is_object_ref, parse_object_ref
-from sandboxer.workspaces.roots import resolve_under_roots
+from sandboxer.workspaces.roots import check_root_tree, resolve_under_roots
 
 __all__ = ["DirectoryInputs", "directory_input_names"]
 
@@ -73,7 +73,9 @@ class DirectoryInputs:
                     await self._unpack(parse_object_ref(value), staging)
                     vetted[name] = str(staging / "tree")
                 else:
-                    vetted[name] = str(resolve_under_roots(name, value, self.roots))
+                    real = resolve_under_roots(name, value, self.roots)
+                    await asyncio.to_thread(check_root_tree, name, real, self.limits)
+                    vetted[name] = str(real)
             yield vetted
         finally:
             for staging in staged:

@@ -6,9 +6,12 @@ after every symlink and ``..`` is resolved, it is a directory inside a root
 listed in ``SANDBOXER_INPUT_ROOTS``. Every refusal gives the same reason
 whether the path exists or not, so a refusal is no oracle for files outside.
 Symlinks *inside* an accepted tree are copied as links, never followed, by
-every backend's copy (``shutil.copytree(symlinks=True)``, ``rsync -a``, the
-SFTP walk), so a link pointing out of the root carries a path, not the
+every backend's copy (ext.local's descriptor walk, ``rsync -a``, the SFTP
+walk, tar), so a link pointing out of the root carries a path, not the
 file's bytes.
+
+What a root holds is not trusted either: an accepted tree is held to the limits of an
+upload (:func:`check_root_tree`) before any backend copies it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sandboxer.errors import InputOutsideRoots, SettingError
+from sandboxer.errors import InputOutsideRoots, SettingError, WorkspaceRefused
+from sandboxer.workspaces.limits import ArchiveLimits, shape_refusal
 
-__all__ = ["INPUT_ROOTS_VARIABLE", "MAX_PATH_CHARS", "parse_input_roots", "resolve_under_roots"]
+__all__ = [
+    "INPUT_ROOTS_VARIABLE",
+    "MAX_PATH_CHARS",
+    "check_root_tree",
+    "parse_input_roots",
+    "resolve_under_roots",
+]
 
 INPUT_ROOTS_VARIABLE = "SANDBOXER_INPUT_ROOTS"
 MAX_PATH_CHARS = 4096
@@ -89,3 +99,48 @@ def resolve_under_roots(name: str, value: str, roots: tuple[Path, ...]) -> Path:
     if not inside or not real.is_dir():
         raise _refused(name, value, roots, "it is not a directory inside an allowed root")
     return real
+
+
+def check_root_tree(name: str, top: Path, limits: ArchiveLimits) -> None:
+    """Refuse the accepted directory ``top`` past the limits an upload of it would meet: its
+    entries (directories, files and links), the bytes of its regular files, the shape of
+    its paths. Every backend copies a file whole, so a sparse file counts whole: a 1 TiB
+    ``truncate`` in a root, which takes no block there, was copied byte by byte into each
+    sandbox asking for it, onto the worker's disk (ext.local) or the host's. Links are not
+    followed; what the tree becomes between this walk and the copy is a root's writer's
+    (docs/workspaces.md#threat-model)."""
+    entries = size = 0
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            listing = list(os.scandir(top / relative if relative else top))
+        except OSError as exc:
+            raise WorkspaceRefused(
+                f"input {name}: {top} cannot be read ({exc.strerror}); make it readable by "
+                "the sandboxer worker"
+            ) from None
+        for item in listing:
+            child = f"{relative}/{item.name}" if relative else item.name
+            if item.is_dir(follow_symlinks=False):
+                pending.append(child)
+            elif item.is_file(follow_symlinks=False):
+                size += item.stat(follow_symlinks=False).st_size
+            elif not item.is_symlink():
+                continue  # sockets, FIFOs, devices: no backend copies them
+            entries += 1
+            shape = shape_refusal(child)
+            if shape is not None:
+                raise WorkspaceRefused(f"input {name}: {child[:200]!r} in {top} {shape}")
+            if entries > limits.max_entries:
+                raise WorkspaceRefused(
+                    f"input {name}: {top} holds more than {limits.max_entries} entries, the "
+                    "most a directory input may have; point it at a smaller directory"
+                )
+            if size > limits.max_bytes:
+                raise WorkspaceRefused(
+                    f"input {name}: {top} holds more than "
+                    f"{limits.max_bytes // (1024 * 1024)} MiB of files (a sparse file counts "
+                    "whole: every backend copies it whole), the most a directory input may "
+                    "(SANDBOXER_UPLOAD_MAX_MB); point it at a smaller directory"
+                )

@@ -139,6 +139,34 @@ async def test_ext_local_refuses_every_path_outside_the_roots(
         await reap_local(home)
 
 
+async def test_a_tree_under_a_root_is_held_to_an_uploads_limits(
+    nats_server: Any, home: Path, tmp_path: Path
+) -> None:
+    """What a root holds is not trusted: a sparse file of 64 MiB there takes no block, and
+    ext.local copied all of it into the workspace of every sandbox asking for it, past the
+    1 MiB an upload of the same tree may have (the same with 1 TiB, onto the worker's disk)."""
+    root = tmp_path / "allowed"
+    project = root / "proj"
+    project.mkdir(parents=True)
+    (project / "ok.txt").write_text("allowed content\n")
+    with (project / "hole.img").open("wb") as hole:
+        hole.truncate(64 * 1024 * 1024)
+    service = await start_service(home, nats_server.url, input_roots=(root,), upload_max_mb=1)
+    try:
+        with pytest.raises(CommandFailed, match="more than 1 MiB of files") as caught:
+            await service.client.create("profile.local", {"repo": str(project)})
+        assert caught.value.event["type"] == "failed"
+        assert not any(service.settings.local_root.glob("*/workspace/hole.img"))
+        (project / "hole.img").unlink()
+        ready = await service.client.create("profile.local", {"repo": str(project)})
+        workspace = service.settings.local_root / ready["sandbox_id"] / "workspace"
+        assert (workspace / "ok.txt").read_text() == "allowed content\n"
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
 async def test_a_symlinked_root_contains_only_what_lies_under_its_target(
     nats_server: Any, home: Path, tmp_path: Path
 ) -> None:
