@@ -9,17 +9,26 @@ connections are retried with backoff by ``stamina`` before they become
 is sent once with ``retry=False``: its caller looks for what it may have made
 before trying again (:mod:`sandboxer.hosted.create_once`).
 
-An answer that carries what a sandbox printed (Daytona's toolbox) is read with
-``max_bytes``: it is read as it arrives and the read stopped past that size, so
-a tenant's output is never held whole. A 2xx answer that is not the JSON the
-spec describes (a wrong ``api_url`` answering a web page, a broken item) is a
-:class:`ProviderError` too (:meth:`ProviderHttp.read_json`,
-:meth:`ProviderHttp.unreadable`), never a decoding exception that would escape
-the callers that catch our errors (the worker's reconcile at start).
+Every answer is read as it arrives, and the read stopped past ``max_bytes``
+(:func:`sandboxer.http_body.read_at_most`, shared with the event deliveries): by
+default :data:`MAX_ANSWER_BYTES`, ample for the largest answer the providers'
+specs describe, so a wrong ``api_url`` (or a misbehaving endpoint) serving a
+huge or endless body never fills a worker's memory; an answer that carries what
+a sandbox printed (Daytona's toolbox) is read with a ``max_bytes`` of its own,
+so a tenant's output is never held whole. An attempt has one deadline for all
+of it (``timeout``: connecting, sending, the status and the whole body), not
+httpx's per read, which a server dripping a byte at a time never reaches.
+
+A 2xx answer that is not the JSON the spec describes (a wrong ``api_url``
+answering a web page, a broken item) is a :class:`ProviderError` too
+(:meth:`ProviderHttp.read_json`, :meth:`ProviderHttp.unreadable`), never a
+decoding exception that would escape the callers that catch our errors (the
+worker's reconcile at start).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import stamina
 
 from sandboxer.errors import ProviderAuth, ProviderError, ProviderQuota, ProviderUnavailable
+from sandboxer.http_body import public_url, read_at_most
 from sandboxer.secrets import redact
 
 if TYPE_CHECKING:
@@ -34,9 +44,14 @@ if TYPE_CHECKING:
     # up` runs the hosted backends whether or not they have one.
     import httpx
 
-__all__ = ["ProviderHttp", "provider_message"]
+__all__ = ["MAX_ANSWER_BYTES", "ProviderHttp", "provider_message"]
 
 MAX_MESSAGE_CHARS = 500
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+"""The most of any answer read when the call gives no ``max_bytes``. The largest the
+providers' specs describe is a list page: Daytona's ``GET /sandbox`` pages 200 Sandboxes,
+each with its env, labels and build info (a Dockerfile), some tens of KiB at most; E2B's
+``GET /v2/sandboxes`` 100 small ones. 32 MiB is 160 KiB a Sandbox."""
 
 
 def provider_message(response: httpx.Response) -> str:
@@ -73,6 +88,7 @@ class ProviderHttp:
         self._budget = retry_budget
         self._attempts = attempts
         self._wait_initial = wait_initial
+        self._timeout = timeout
         import httpx
 
         self._client = httpx.AsyncClient(
@@ -96,8 +112,8 @@ class ProviderHttp:
     ) -> httpx.Response:
         """The 2xx answer (or one whose status is in ``accept``, such as a 404 on delete).
 
-        With ``max_bytes``, an answer longer than that is a :class:`ProviderError` as soon
-        as the excess arrives: the rest is never read."""
+        An answer longer than ``max_bytes`` (by default :data:`MAX_ANSWER_BYTES`) is a
+        :class:`ProviderError` as soon as the excess arrives: the rest is never read."""
         import httpx
 
         is_transient: Callable[[Exception], bool] = lambda exc: isinstance(  # noqa: E731
@@ -198,27 +214,38 @@ class ProviderHttp:
         max_bytes: int | None,
         sandbox_id: str | None,
     ) -> httpx.Response:
-        """One request; with ``max_bytes``, its answer read piece by piece up to that size."""
-        if max_bytes is None:
-            return await self._client.request(method, path, json=json_body, params=params)
+        """One request, its answer read piece by piece up to ``max_bytes``, all of it within
+        ``timeout`` (a timeout is :class:`ProviderUnavailable`, retried as httpx's are)."""
         import httpx
 
+        limit = MAX_ANSWER_BYTES if max_bytes is None else max_bytes
         request = self._client.build_request(method, path, json=json_body, params=params)
-        response = await self._client.send(request, stream=True)
-        body = bytearray()
         try:
-            async for chunk in response.aiter_bytes():  # decoded: the cap holds after gzip too
-                body.extend(chunk)
-                if len(body) > max_bytes:
-                    raise self._error(
-                        ProviderError,
-                        f"{method} {path} answered more than {max_bytes} bytes; sandboxer "
-                        "stopped reading it there",
-                        response.status_code,
-                        sandbox_id,
-                    )
-        finally:
-            await response.aclose()  # unread, the connection is dropped, not reused
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.send(request, stream=True)
+                try:
+                    body, more = await read_at_most(response, limit)
+                finally:
+                    await response.aclose()  # unread, the connection is dropped, not reused
+        except TimeoutError:
+            raise self._error(
+                ProviderUnavailable,
+                f"{method} {path} timed out: its whole answer did not come within "
+                f"{self._timeout:g} s",
+                None,
+                sandbox_id,
+            ) from None
+        if more:
+            # Past the caller's own bound, the tenant's output was too long; past the default,
+            # no answer of the provider's API is that long.
+            raise self._error(
+                ProviderError,
+                f"{method} {public_url(str(request.url))} answered more than {limit} bytes "
+                f"({response.status_code}); sandboxer stopped reading it there"
+                + ("" if max_bytes is not None else "; is api_url this provider's API?"),
+                response.status_code,
+                sandbox_id,
+            )
         # The bytes read, as an ordinary answer; they are decoded already, so the headers
         # that described their transfer go.
         headers = [

@@ -26,10 +26,11 @@ from urllib.parse import urlsplit, urlunsplit
 import stamina
 
 from sandboxer.errors import DeliveryFailed, DeliveryRefused, SandboxerError
+from sandboxer.http_body import public_url, read_at_most
 
 if TYPE_CHECKING:
-    # httpx is imported where a delivery is made: `sandboxer up` loads this module for
-    # public_url, and its meter export and State Hub run only when configured.
+    # httpx is imported where a delivery is made: `sandboxer up` loads this module, and its
+    # meter export and State Hub run only when configured.
     import httpx
 
 __all__ = ["HttpDelivery", "never_refused", "public_url"]
@@ -49,17 +50,6 @@ def never_refused(_status: int) -> bool:
     return False
 
 
-def public_url(url: str) -> str:
-    """``url`` as it may be shown or logged: without user info or query (either may hold a
-    credential)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def _without_user_info(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
@@ -68,12 +58,8 @@ def _without_user_info(url: str) -> str:
 async def _answer_reason(answer: httpx.Response) -> str:
     """The endpoint's words, for a log line and the status: one line, printable, short; read
     from at most the first :data:`MAX_REASON_BYTES` of its body (it may never end)."""
-    head = b""
-    async for chunk in answer.aiter_bytes():
-        head += chunk
-        if len(head) >= MAX_REASON_BYTES:
-            break
-    raw = head[:MAX_REASON_BYTES].decode("utf-8", errors="replace")
+    head, _more = await read_at_most(answer, MAX_REASON_BYTES)
+    raw = head.decode("utf-8", errors="replace")
     text = "".join(c if c.isprintable() else " " for c in raw[:MAX_REASON_CHARS]).strip()
     return f"{answer.status_code} {answer.reason_phrase}" + (f": {text}" if text else "")
 

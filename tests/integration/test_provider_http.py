@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sandboxer.errors import ProviderAuth, ProviderError, ProviderQuota, ProviderUnavailable
-from sandboxer.hosted.http import ProviderHttp
+from sandboxer.hosted.http import MAX_ANSWER_BYTES, ProviderHttp
 from tests.doubles.spec_double import Served
 
 pytestmark = pytest.mark.integration
@@ -42,11 +43,39 @@ class Script:
         return JSONResponse(body, status) if body is not None else Response(status_code=status)
 
 
+async def endless(_request: Request) -> Response:
+    """A 200 whose JSON body never ends (a wrong api_url, a misbehaving endpoint): 1 MiB
+    pieces at most 50 MiB/s, so that a client reading it whole grows slowly enough to watch."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b'{"items": ["'
+        while True:
+            yield b"x" * (1024 * 1024)
+            await asyncio.sleep(0.02)
+
+    return StreamingResponse(pieces(), media_type="application/json")
+
+
+async def drip(_request: Request) -> Response:
+    """A 200 whose body comes a byte every 0.1 s, for ever: no single read waits long."""
+
+    async def bytes_() -> AsyncIterator[bytes]:
+        while True:
+            yield b" "
+            await asyncio.sleep(0.1)
+
+    return StreamingResponse(bytes_(), media_type="application/json")
+
+
 @pytest.fixture
 def server() -> Iterator[tuple[Script, str]]:
     script = Script()
     app = Starlette(
-        routes=[Route("/{rest:path}", script.endpoint, methods=["GET", "POST", "DELETE"])]
+        routes=[
+            Route("/endless", endless, methods=["GET"]),
+            Route("/drip", drip, methods=["GET"]),
+            Route("/{rest:path}", script.endpoint, methods=["GET", "POST", "DELETE"]),
+        ]
     )
     with Served(app) as served:
         yield script, served.url
@@ -136,3 +165,47 @@ async def test_a_timeout_is_retried_then_named(server: tuple[Script, str]) -> No
         await http.call("GET", "/slow")
     assert script.seen == ["/slow", "/slow"]
     await http.aclose()
+
+
+async def test_an_endless_answer_is_cut_off_at_the_bound_naming_provider_url_and_limit(
+    server: tuple[Script, str],
+) -> None:
+    """A wrong api_url serving a body that never ends: the read stops past MAX_ANSWER_BYTES,
+    and the error names the provider, the URL without its credentials, and the limit. (The
+    old code read the whole answer into memory: it never ended, the worker's memory grew.)"""
+    _script, url = server
+    with_credentials = url.replace("http://", "http://someone:hunter2@")
+    http = ProviderHttp(
+        provider="ext.test",
+        base_url=with_credentials,
+        auth_headers={"X-API-Key": KEY},
+        key_source="env:TEST_API_KEY",
+    )
+    try:
+        async with asyncio.timeout(5):  # 32 MiB arrive in under a second
+            with pytest.raises(ProviderError) as raised:
+                await http.call("GET", "/endless", params=httpx.QueryParams(token="s3cr3t"))
+    finally:
+        await http.aclose()
+    message = raised.value.message
+    assert message.startswith("ext.test: GET ")
+    assert f"{url}/endless answered more than {MAX_ANSWER_BYTES} bytes" in message
+    assert "is api_url this provider's API?" in message
+    assert "hunter2" not in message
+    assert "s3cr3t" not in message
+    assert not raised.value.retryable
+
+
+async def test_an_answer_dripped_a_byte_at_a_time_is_cut_off_at_the_deadline(
+    server: tuple[Script, str],
+) -> None:
+    """httpx's timeout is per read, which a byte every 0.1 s never reaches: an attempt has one
+    deadline for all of it. (The old code waited for ever.)"""
+    _script, url = server
+    http = client(url, timeout=0.5, attempts=2)
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(ProviderUnavailable, match=r"GET /drip timed out.* 0\.5 s"):
+                await http.call("GET", "/drip")
+    finally:
+        await http.aclose()
