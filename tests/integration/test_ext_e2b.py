@@ -25,6 +25,7 @@ from sandboxer.errors import (
     ProviderAuth,
     ProviderError,
     ProviderQuota,
+    ProviderUnavailable,
     SandboxNotFound,
     Unsupported,
 )
@@ -346,6 +347,26 @@ async def test_a_lost_create_answer_leaves_exactly_one_sandbox(e2b_double: Serve
     [record] = e2b_double.double.live()
     assert readiness.descriptor["sandbox_id"] == record.sandbox_id
     assert e2b_double.double.calls.count(("POST", "/sandboxes")) == 1
+
+
+async def test_a_failed_provision_leaves_no_mark_of_a_create_sent_again(
+    e2b_double: ServedE2b,
+) -> None:
+    """Each create answered 500: after each, the look by label marked the sandbox as one whose
+    create was sent again (for wait_ready to list its twins), and the provision failed. Only
+    wait_ready took the mark, and none follows a failed provision: on the old code the mark
+    stayed, one more for each such sandbox, for the worker's life."""
+    faults = e2b_double.double.app.faults
+    faults.add("status", method="POST", pattern="/sandboxes", status=500, times=3)
+    extension = E2bExtension(settings_for(e2b_double, retry_budget=5))
+    try:
+        with pytest.raises(ProviderUnavailable):
+            await extension.provision(request("e2bfail0001"))
+        assert e2b_double.double.calls.count(("GET", "/v2/sandboxes")) == 3  # looked each time
+        assert "e2bfail0001" not in extension._retried
+    finally:
+        await extension.aclose()
+    assert e2b_double.double.live() == []
 
 
 async def test_a_first_attempt_creates_without_listing_first(

@@ -209,15 +209,22 @@ class E2bExtension:
             tokens = await api.tokens(found[0].provider_id, sandbox_id=sandbox_id)
             return found[0].as_created(), tokens or {}
 
-        created, tokens = await create_once(
-            lambda: api.create(body, sandbox_id=sandbox_id),
-            find,
-            sandbox_id=sandbox_id,
-            late=self._late,
-            redelivered=request.redelivered,
-        )
-        self._known.put(sandbox_id, created.provider_id)
-        await self._keep_tokens(sandbox_id, tokens)
+        try:
+            created, tokens = await create_once(
+                lambda: api.create(body, sandbox_id=sandbox_id),
+                find,
+                sandbox_id=sandbox_id,
+                late=self._late,
+                redelivered=request.redelivered,
+            )
+            self._known.put(sandbox_id, created.provider_id)
+            await self._keep_tokens(sandbox_id, tokens)
+        except BaseException:
+            # No wait_ready follows to take the mark: the failed attempt is torn down, and
+            # its job, if it comes again, comes redelivered (a higher attempt, which lists
+            # twins anyway). Left, the mark stayed for the worker's life.
+            self._retried.discard(sandbox_id)
+            raise
         log.info(
             "%s: E2B sandbox %s from template %s, timeout %d s",
             sandbox_id,
@@ -231,6 +238,10 @@ class E2bExtension:
         sandbox_id = request.sandbox_id
         check_sandbox_id(sandbox_id, self.id)
         api = self._client()
+        # Taken at once, whatever follows: a later try of this provisioning is a redelivered
+        # job's (a higher attempt), which lists twins anyway.
+        retried = sandbox_id in self._retried
+        self._retried.discard(sandbox_id)
         provider_id, sandbox = await self._on_sandbox(
             sandbox_id,
             lambda provider_id: api.get(provider_id, sandbox_id=sandbox_id),
@@ -247,9 +258,8 @@ class E2bExtension:
             )
         # A create sent once made one sandbox: no listing. One sent again, by this process
         # or by the killed worker of a redelivered job, may have a twin that landed since.
-        if request.redelivered or sandbox_id in self._retried:
+        if request.redelivered or retried:
             await self._kill_others(sandbox_id, provider_id, request.made_by)
-            self._retried.discard(sandbox_id)
         if sandbox.state != "running":
             raise ExtensionError(
                 f"E2B sandbox {provider_id} (ours: {sandbox_id}) is {sandbox.state!r}, not "
