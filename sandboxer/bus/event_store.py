@@ -148,6 +148,10 @@ class EventStore(Protocol):
         """Ids of the snapshots whose data is ``object_name`` and that are not deleted
         (the object is content addressed, so two snapshots of one tree share it)."""
 
+    async def snapshot_states(self) -> list[SnapshotState]:
+        """What the log says of every snapshot (the collection of orphaned snapshot objects
+        reads them all at once: workers/snapshot_objects.py)."""
+
     async def sandboxes_using(self, ref: str) -> list[str]:
         """Ids of the sandboxes not destroyed whose inputs name ``ref`` (``object:sha256:…``):
         uploads and snapshots share content-addressed objects, so a snapshot's data may be a

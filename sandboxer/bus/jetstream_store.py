@@ -275,7 +275,14 @@ class JetStreamEventStore:
         )
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
-        """Read every snapshot event (a scan: deletes are rare, snapshots few per object)."""
+        return sorted(
+            state.snapshot_id
+            for state in await self.snapshot_states()
+            if state.object == object_name and state.status != "deleted"
+        )
+
+    async def snapshot_states(self) -> list[SnapshotState]:
+        """Read every snapshot event (a scan: deletes and collections are rare)."""
         states: dict[str, SnapshotState] = {}
         async for _seq, event in self._events(subjects.SNAPSHOT_EVENTS):
             if isinstance(event, SNAPSHOT_EVENTS):
@@ -283,11 +290,7 @@ class JetStreamEventStore:
                     snapshot_id=event.snapshot_id
                 )
                 states[event.snapshot_id] = evolve_snapshot(known, event)
-        return sorted(
-            snapshot_id
-            for snapshot_id, state in states.items()
-            if state.object == object_name and state.status != "deleted"
-        )
+        return list(states.values())
 
     async def sandboxes_using(self, ref: str) -> list[str]:
         """Read every ``requested`` (a scan, like :meth:`snapshots_holding`), then load the few

@@ -210,6 +210,10 @@ class MemoryEventStore:
             if state.object == object_name and state.status != "deleted"
         )
 
+    async def snapshot_states(self) -> list[SnapshotState]:
+        ids = {event.snapshot_id for event in self.log if isinstance(event, SNAPSHOT_EVENTS)}
+        return [(await self.load_snapshot(snapshot_id)).state for snapshot_id in sorted(ids)]
+
     async def sandboxes_using(self, ref: str) -> list[str]:
         ids = {
             e.sandbox_id

@@ -23,6 +23,7 @@ from sandboxer.bus.publish import is_unavailability
 from sandboxer.domain.sandbox_snapshots import FinishSnapshot
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_decide import RecordSnapshotFailed, RecordSnapshotStored
+from sandboxer.domain.snapshot_objects import owned_by
 from sandboxer.errors import BusError
 from sandboxer.events.types import SYSTEM_ACTOR
 from sandboxer.extensions.base import Extension
@@ -34,6 +35,7 @@ from sandboxer.workers.job_dispatch import dispatch_job
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.provider_expiry import follow_expiry
 from sandboxer.workers.scratch import pid_scratch, sweep_dead
+from sandboxer.workers.snapshot_objects import collect_orphaned_objects
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.refs import object_name
 from sandboxer.workspaces.upload import upload_directory
@@ -83,8 +85,10 @@ class SnapshotJob:
     async def sweep(self) -> None:
         """At the worker's start: remove the scratch that workers no longer running left. A
         worker killed mid-snapshot left its copy for the next snapshot taken here to remove,
-        and when none came (or the restarted worker had the dead one's pid) it stayed."""
+        and when none came (or the restarted worker had the dead one's pid) it stayed. Then
+        the objects in the bucket that nothing holds (a killed job may have stored one)."""
         await asyncio.to_thread(sweep_dead, self._staging_root, SCRATCH)
+        await self.collect()
 
     async def run(self, job: Job, sandbox: SandboxState) -> None:
         assert job.snapshot_id is not None
@@ -114,6 +118,16 @@ class SnapshotJob:
         )[0].state
         # Deleted: it was created first. New (its requested event never read): failed.
         await self.finish(job, "created" if snapshot.status in {"created", "deleted"} else "failed")
+        await self.collect()  # what a delivery stored before it failed
+
+    async def collect(self) -> None:
+        """Remove the snapshot objects nothing holds (:mod:`.snapshot_objects`): the leftovers
+        of attempts that stored an object and never recorded it. Best effort: a collection
+        that fails is taken again by the next (the leak sweep's, the next start's)."""
+        try:
+            await collect_orphaned_objects(self._js, self._store)
+        except Exception:
+            log.warning("collecting orphaned snapshot objects failed", exc_info=True)
 
     async def finish(self, job: Job, outcome: str) -> None:
         assert job.snapshot_id is not None
@@ -154,7 +168,15 @@ class SnapshotJob:
             left_out = await backend.snapshot_workspace(job.sandbox_id, tree, host=sandbox.host)
             # No excludes: a snapshot is the whole workspace (secrets never enter it). The
             # archive is packed under the scratch directory too, so one removal takes both.
-            uploaded = await upload_directory(self._js, tree, limits=self._limits, workdir=scratch)
+            # Marked with the snapshot's id: should this delivery die before the outcome is
+            # recorded, the object is known for whose it is (domain/snapshot_objects.py).
+            uploaded = await upload_directory(
+                self._js,
+                tree,
+                limits=self._limits,
+                workdir=scratch,
+                headers=owned_by(job.snapshot_id or job.job_id),
+            )
         except Exception as exc:
             if is_unavailability(exc):
                 raise  # the bus failed, not the snapshot: the job is retried

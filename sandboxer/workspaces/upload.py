@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nats.js import JetStreamContext
+from nats.js.api import ObjectMeta
 from nats.js.errors import ObjectNotFoundError
 
 from sandboxer.workspaces.bucket import open_or_create_bucket
@@ -57,10 +58,12 @@ async def upload_directory(
     limits: ArchiveLimits | None = None,
     progress: UploadProgress | None = None,
     workdir: Path | None = None,
+    headers: dict[str, list[str]] | None = None,
 ) -> Uploaded:
     """Pack ``source``, put it in the workspaces bucket unless there already, return its
     reference. The archive is written under ``workdir`` (the system's temporary directory
-    by default)."""
+    by default). ``headers`` go in the object's metadata when this call stores it (a
+    snapshot's job marks its objects so: domain/snapshot_objects.py)."""
     limits = limits or ArchiveLimits()
     report = progress or (lambda _phase, _done, _total: None)
     with tempfile.TemporaryDirectory(prefix="sandboxer-upload-", dir=workdir) as scratch:
@@ -83,7 +86,8 @@ async def upload_directory(
             with packed.path.open("rb") as handle:
                 reader = _CountingReader(handle, packed.size, report)
                 # nats-py annotates BufferedIOBase but needs only readinto() (read in a thread).
-                await bucket.put(name, reader)  # type: ignore[arg-type]
+                meta = ObjectMeta(name=name, headers=headers)
+                await bucket.put(name, reader, meta=meta)  # type: ignore[arg-type]
         report("uploaded" if not present else "present", packed.size, packed.size)
     return Uploaded(
         ref=object_ref(packed.sha256),
