@@ -28,7 +28,7 @@ from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import ExtensionError, SandboxNotFound, Unsupported
 from sandboxer.extensions import ssh_checks
 from sandboxer.extensions.base import OutputSink, ProvisionRequest, Stdin
-from sandboxer.extensions.ssh_exec_stop import STOP_TIMEOUT, stoppable
+from sandboxer.extensions.ssh_exec_stop import STOP_TIMEOUT, kill_argv, on_close_line, stoppable
 from sandboxer.extensions.ssh_targets import (
     LIST_CONNECT_TIMEOUT,
     Target,
@@ -44,7 +44,7 @@ from sandboxer.extensions.ssh_workspace import (
     sandbox_lock,
     write_marker,
 )
-from sandboxer.ssh import Connection, fetch_tree, remote, stream
+from sandboxer.ssh import Connection, command_line, fetch_tree, remote, stream
 from sandboxer.workspaces.extract import extract_host_tree
 from sandboxer.workspaces.limits import ArchiveLimits
 
@@ -288,7 +288,8 @@ class SshBackend:
     ) -> int:
         """Run ``argv`` on the host, in the sandbox's directory, streaming its output
         (and ``stdin`` to its input). Cancelled, it kills what the command started
-        (:mod:`~sandboxer.extensions.ssh_exec_stop`)."""
+        (:mod:`~sandboxer.extensions.ssh_exec_stop`); without ``stdin`` the host does so
+        too when this worker is killed and its connection drops."""
         ssh_checks.check_sandbox_id(sandbox_id, self.id)
         ssh_checks.check_argv(argv, sandbox_id, self.id)
         if service is not None:
@@ -304,7 +305,11 @@ class SshBackend:
 
             async def run(name: str, value: str) -> int:
                 env = {**item.config.env, name: value}
-                return await stream(conn, argv, output, env=env, cwd=directory, stdin=stdin)
+                # A killed worker stops nothing: the host does, when the channel closes.
+                on_close = on_close_line(command_line(kill_argv(name, value)))
+                return await stream(
+                    conn, argv, output, env=env, cwd=directory, stdin=stdin, on_close=on_close
+                )
 
             async def stop(kill: list[str]) -> object:
                 return await remote.run(conn, kill, timeout=STOP_TIMEOUT, check=False)

@@ -13,6 +13,13 @@ may fork while a pass runs). The script's own environment lacks the marker (it i
 argument there), so it never kills itself. It needs ``sh``, ``tr``, ``grep`` and a
 Linux ``/proc`` where it runs; where they are missing, the command is left to end on
 its own and the failure is logged.
+
+A worker killed during an exec can give nothing up, and closing its channel stops nothing
+on the host: an exec without stdin therefore runs under the host's watcher on its channel
+(:func:`sandboxer.ssh.deadline.with_deadline`), which kills the command's process group
+when the channel closes first and runs :func:`on_close_line` there, the same stopping
+as above, so what left the group (or runs in a container) goes too. An exec with stdin
+has no such watcher: its channel's input ends with its input.
 """
 
 from __future__ import annotations
@@ -22,7 +29,17 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-__all__ = ["KILL_SCRIPT", "MARKER_NAME", "STOP_TIMEOUT", "kill_argv", "new_marker", "stoppable"]
+from sandboxer.ssh import deadline
+
+__all__ = [
+    "KILL_SCRIPT",
+    "MARKER_NAME",
+    "STOP_TIMEOUT",
+    "kill_argv",
+    "new_marker",
+    "on_close_line",
+    "stoppable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +75,13 @@ def new_marker() -> tuple[str, str]:
 def kill_argv(name: str, value: str) -> list[str]:
     """The command that kills every process carrying the marker ``name=value``."""
     return ["sh", "-c", KILL_SCRIPT, "sh", f"{name}={value}"]
+
+
+def on_close_line(*lines: str) -> str:
+    """The stopping command ``lines`` (each from :func:`sandboxer.ssh.command_line`, around a
+    :func:`kill_argv`) as one that the host runs when an exec's channel closes before its
+    exit, within :data:`STOP_TIMEOUT`."""
+    return deadline.with_deadline("; ".join(lines), STOP_TIMEOUT)
 
 
 async def stoppable(

@@ -42,7 +42,7 @@ TIMED_OUT_STATUSES = frozenset({124, 137})
 WRAPPER_MISSING = 127
 """The shell's status for a command it cannot find, ``timeout`` included."""
 
-# $1 kill grace, $2 limit, $3 the command line, $4 "watch" or nothing. Standard
+# $1 kill grace, $2 limit, $3 the command line (for $4 and $5 see below). Standard
 # input is handed to the command through fd 3 because a non-interactive shell
 # gives background jobs /dev/null as stdin. `timeout` (not --foreground) makes its
 # own process group, whose id is its pid, which the wrapper kills after a
@@ -50,14 +50,24 @@ WRAPPER_MISSING = 127
 # command gets /dev/null, and a watcher (no child of its own, so killing it ends
 # it) reads the channel's input, which the client never writes nor closes: its
 # end means the channel closed (the client gave up, or its connection dropped:
-# a killed worker), and the watcher kills the group then.
+# a killed worker), and the watcher kills the group then. Before that it starts $5
+# (if given) as a job of its own, which outlives the watcher (the wrapper kills it as
+# soon as the group's leader is gone): the clean-up of what left the group, an exec's
+# marked processes, in a container too (sandboxer/extensions/ssh_exec_stop.py).
+# $4 "watch" or nothing, $5 that clean-up line. $2 is 0 for a command
+# without a deadline (`timeout` never fires then): its group is left alone after its
+# exit, as what an exec leaves running on purpose (a server it started) belongs to it.
+# `wait` says nothing: the shell's "Terminated" for a job a signal ended is not the
+# command's output (an exec's status says it: 128 + N).
 _WRAPPER = r"""
 exec 3<&0
 watcher=
 if [ "$4" = watch ]; then
   timeout -k "$1" "$2" sh -c "$3" </dev/null 3<&- &
   group=$!
-  sh -c 'while IFS= read -r _; do :; done; kill -KILL "-$1" 2>/dev/null' sh "$group" \
+  sh -c 'while IFS= read -r _; do :; done
+    if [ -n "$2" ]; then sh -c "$2" </dev/null & fi
+    kill -KILL "-$1" 2>/dev/null' sh "$group" "${5-}" \
     <&3 >/dev/null 2>&1 &
   watcher=$!
 else
@@ -65,10 +75,10 @@ else
   group=$!
 fi
 exec 3<&-
-wait "$group"
+wait "$group" 2>/dev/null
 status=$?
 if [ -n "$watcher" ]; then kill -KILL "$watcher" 2>/dev/null; fi
-if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+if [ "$2" != 0 ] && { [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; }; then
   kill -KILL "-$group" 2>/dev/null
 fi
 exit "$status"
@@ -82,24 +92,29 @@ def seconds_text(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
-def with_deadline(line: str, seconds: float, *, watch: bool = False) -> str:
-    """``line`` as a command line that the host stops, with all it started, after ``seconds``.
+def with_deadline(
+    line: str, seconds: float | None, *, watch: bool = False, on_close: str | None = None
+) -> str:
+    """``line`` as a command line that the host stops, with all it started, after ``seconds``
+    (``None``: never, only on the channel's end with ``watch``: a ``sandboxer exec``).
 
     ``watch``: the command reads nothing (its input is ``/dev/null``), and the host also
     stops it, with all it started, once the channel's input ends, which the caller keeps
     open until it has the command's exit: the channel closed, so the caller gave the
     command up or its connection dropped. A worker killed while its command runs (a
     compose ``up``, a setup step) no longer leaves it running on the host beside the next
-    attempt, after the sandbox's lock on the host went with the connection."""
+    attempt, after the sandbox's lock on the host went with the connection. ``on_close``
+    (with ``watch``): a command line the host runs then too, bound by a deadline of its own,
+    to stop what left the group (an exec's marked processes)."""
     words = [
         "sh",
         "-c",
         _WRAPPER,
         "sh",
         seconds_text(KILL_GRACE),
-        seconds_text(seconds),
+        "0" if seconds is None else seconds_text(seconds),
         line,
-        *(["watch"] if watch else []),
+        *(["watch", *([on_close] if on_close else [])] if watch else []),
     ]
     return " ".join(shlex.quote(word) for word in words)
 

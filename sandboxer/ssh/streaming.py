@@ -45,13 +45,15 @@ async def stream(
     cwd: str | None = None,
     timeout: float | None = None,
     stdin: AsyncIterable[bytes] | None = None,
+    on_close: str | None = None,
 ) -> int:
     """Run ``argv`` on the host in ``cwd``, hand its output to ``output``, return its exit code.
 
-    ``stdin`` is streamed to the command's standard input, then closed (an empty
-    input without it: ``/dev/null`` with a ``timeout``, when the host also stops the
-    command if the channel closes first); a failing ``stdin`` stops the command like a
-    failing output.
+    ``stdin`` is streamed to the command's standard input, then closed (``/dev/null``
+    without it, when the host also stops the command, with all it started, if the channel
+    closes first: :func:`.deadline.with_deadline`, which runs ``on_close`` then too, a
+    command line for what left the command's group); a failing ``stdin`` stops the command
+    like a failing output.
 
     The exit code follows the shell: 128 + N for a command killed by signal N.
     With ``timeout`` the host stops the command and all it started after that
@@ -61,11 +63,12 @@ async def stream(
     import asyncssh
 
     line = command_line(argv, env=env, cwd=cwd)
-    # With a deadline and no input, the command reads /dev/null and the channel's input
-    # stays open until the exit: its end (this worker gone) stops the command on the host.
-    watch = timeout is not None and stdin is None
-    if timeout is not None:
-        line = deadline.with_deadline(line, timeout, watch=watch)
+    # Without input the command reads /dev/null and the channel's input stays open until
+    # the exit: its end (this worker gone) stops the command on the host, one without a
+    # deadline too (an exec). With input, its end is the input's: only a deadline applies.
+    watch = stdin is None
+    if timeout is not None or watch:
+        line = deadline.with_deadline(line, timeout, watch=watch, on_close=on_close)
     began = time.monotonic()
     try:
         process = await conn.create_process(line, encoding=None)

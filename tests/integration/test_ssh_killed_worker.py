@@ -21,8 +21,9 @@ import pytest
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.extensions.base import ProvisionRequest
+from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension
-from tests.integration.remote_fixtures import SshHosts, write_hosts_file
+from tests.integration.remote_fixtures import ENGINES, ComposeEngine, SshHosts, write_hosts_file
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +95,157 @@ async def test_a_setup_step_stops_when_its_worker_is_killed(
     async with asyncio.timeout(20):
         await extension.provision(request)
         await extension.teardown(SANDBOX, host="host1")
+
+
+# The worker: runs an exec in SANDBOX (made by the test) on host1, which says it started, then,
+# 3 s later, writes the file the test looks for.
+EXEC_WORKER = """
+import asyncio, sys
+from pathlib import Path
+from sandboxer.config.settings import Settings
+from sandboxer.extensions.vm_packer.backend import VmPackerExtension
+
+home, started, late = sys.argv[1:4]
+
+async def ignore(_stream, _data):
+    pass
+
+settings = Settings(home=Path(home), nats_urls=(), nats_server=None, ack_wait=30.0)
+# One job leaves the command's process group: only the exec's marker finds it.
+line = (
+    f"setsid sh -c 'sleep 3; echo late >> {late}' & "
+    f"echo up > {started}; sleep 3; echo late >> {late}"
+)
+asyncio.run(
+    VmPackerExtension.from_settings(settings).exec(
+        "killedex01", ["sh", "-c", line], ignore, host="host1"
+    )
+)
+"""
+
+
+async def test_an_exec_stops_when_its_worker_is_killed(
+    ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exec has no deadline and ssh_exec_stop needs a live worker: a killed worker's exec
+    ran on for ever. The host now watches its channel like any command without input, and
+    kills what carries the exec's marker too (here a job that left the group)."""
+    monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
+    [vm] = await ssh_hosts(1)
+    home = tmp_path / "home"
+    write_hosts_file(home / "hosts.yaml", [vm])
+    extension = VmPackerExtension.from_settings(
+        Settings(home=home, nats_urls=(), nats_server=None, ack_wait=30.0)
+    )
+    request = ProvisionRequest(
+        sandbox_id="killedex01",
+        profile=Catalog.load().profile("profile.vm-haskell-build"),
+        inputs={"vm": "host1"},
+        host="host1",
+    )
+    async with asyncio.timeout(20):
+        await extension.provision(request)
+    started, late = tmp_path / "started", tmp_path / "late"
+    environment = {k: v for k, v in os.environ.items() if k != "SANDBOXER_HOSTS"}
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", EXEC_WORKER, str(home), str(started), str(late), env=environment
+    )
+    try:
+        async with asyncio.timeout(30):
+            while not started.exists():
+                assert worker.returncode is None, "the worker ended before its exec ran"
+                await asyncio.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+    await asyncio.sleep(4.5)  # the exec would have written by now
+    assert not late.exists(), "the killed worker's exec ran on after it"
+    async with asyncio.timeout(20):
+        await extension.teardown("killedex01", host="host1")
+
+
+COMPOSE = """\
+services:
+  web:
+    image: localhost/mini:latest
+    command: ["sleep", "3600"]
+    network_mode: none
+    init: true
+"""
+
+# The worker: runs an exec in the web container of SANDBOX (made by the test) on host1.
+COMPOSE_EXEC_WORKER = """
+import asyncio, sys
+from pathlib import Path
+from sandboxer.config.settings import Settings
+from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
+
+home = sys.argv[1]
+
+async def ignore(_stream, _data):
+    pass
+
+settings = Settings(home=Path(home), nats_urls=(), nats_server=None, ack_wait=30.0)
+line = "echo up > /tmp/started; sleep 3; echo late > /tmp/late"
+asyncio.run(
+    ComposeSshExtension.from_settings(settings).exec(
+        "killedcx01", ["sh", "-c", line], ignore, host="host1"
+    )
+)
+"""
+
+
+@pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
+async def test_a_compose_exec_stops_in_its_container_when_its_worker_is_killed(
+    ssh_hosts: SshHosts,
+    compose_engine: ComposeEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine leaves an exec's process running when its client dies: killing the host's
+    compose client is not enough. The host's watcher stops it in the container too."""
+    monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
+    [host] = await ssh_hosts(1, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
+    home = tmp_path / "home"
+    write_hosts_file(home / "hosts.yaml", [host])
+    repo = tmp_path / "repo"
+    (repo / "e2e").mkdir(parents=True)
+    (repo / "e2e" / "compose.yml").write_text(COMPOSE)
+    extension = ComposeSshExtension.from_settings(
+        Settings(home=home, nats_urls=(), nats_server=None, ack_wait=30.0)
+    )
+    request = ProvisionRequest(
+        sandbox_id="killedcx01",
+        profile=Catalog.load().profile("profile.compose-e2e"),
+        inputs={"repo": str(repo)},
+        host="host1",
+    )
+
+    def in_web(*argv: str) -> bool:
+        container = compose_engine.cli(
+            "ps", "-q", "--filter", "label=com.docker.compose.project=sbx-killedcx01"
+        ).stdout.split()[0]
+        return compose_engine.cli("exec", container, *argv, check=False).returncode == 0
+
+    try:
+        async with asyncio.timeout(120):
+            await extension.provision(request)
+        environment = {k: v for k, v in os.environ.items() if k != "SANDBOXER_HOSTS"}
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", COMPOSE_EXEC_WORKER, str(home), env=environment
+        )
+        try:
+            async with asyncio.timeout(30):
+                while not await asyncio.to_thread(in_web, "test", "-e", "/tmp/started"):
+                    assert worker.returncode is None, "the worker ended before its exec ran"
+                    await asyncio.sleep(0.1)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            await worker.wait()
+        await asyncio.sleep(4.5)  # the exec would have written by now
+        assert not await asyncio.to_thread(in_web, "test", "-e", "/tmp/late"), (
+            "the killed worker's exec ran on in its container"
+        )
+    finally:
+        async with asyncio.timeout(60):
+            await extension.teardown("killedcx01", host="host1")

@@ -133,3 +133,47 @@ def test_a_watched_line_is_stopped_with_all_it_started_when_its_input_ends(
         assert process.wait(timeout=10) in deadline.TIMED_OUT_STATUSES
     for pid in pids.read_text().split():
         assert not _running(int(pid)), f"process {pid} outlived its channel"
+
+
+def test_a_watched_line_without_a_deadline_goes_when_its_input_ends(tmp_path: Path) -> None:
+    """An exec has no deadline: a killed worker's ran on for ever. The channel's end stops
+    it, while an exec that exits leaves what it started on purpose (its own 137 included)."""
+    pids = tmp_path / "pids"
+    kept = f"sleep 60 & echo $! >> {pids}; exit 137"
+    with subprocess.Popen(
+        ["sh", "-c", deadline.with_deadline(kept, None, watch=True)], stdin=subprocess.PIPE
+    ) as process:
+        assert process.wait(timeout=10) == 137
+    [server] = pids.read_text().split()
+    assert _running(int(server)), "an exec's background job went with its exit"
+    subprocess.run(["kill", "-KILL", server], check=True)
+    pids.unlink()
+
+    line = f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; sleep 61"
+    with subprocess.Popen(
+        ["sh", "-c", deadline.with_deadline(line, None, watch=True)], stdin=subprocess.PIPE
+    ) as process:
+        began = time.monotonic()
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert time.monotonic() - began < 10
+            time.sleep(0.02)
+        time.sleep(0.5)  # no deadline: nothing stops it while the channel is open
+        assert process.poll() is None
+        assert process.stdin is not None
+        process.stdin.close()
+        assert process.wait(timeout=10) == 137
+    for pid in pids.read_text().split():
+        assert not _running(int(pid)), f"process {pid} outlived its channel"
+
+
+def test_a_watched_line_ended_by_a_signal_says_so_by_its_status_alone() -> None:
+    """An exec's output is the command's: the shell's "Terminated" is not added to it."""
+    with subprocess.Popen(
+        ["sh", "-c", deadline.with_deadline("echo e >&2; kill -TERM $$", None, watch=True)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.wait(timeout=10) == 128 + 15
+        assert process.stderr is not None
+        assert process.stderr.read() == "e\n"

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterable, Sequence
 
 from sandboxer.errors import InvalidInput, SandboxNotFound
 from sandboxer.extensions.compose_ssh.stack import Stack
-from sandboxer.extensions.ssh_exec_stop import STOP_TIMEOUT, stoppable
+from sandboxer.extensions.ssh_exec_stop import STOP_TIMEOUT, kill_argv, on_close_line, stoppable
 from sandboxer.extensions.ssh_targets import Target
 from sandboxer.extensions.ssh_workspace import probe
-from sandboxer.ssh import ChunkSink, Connection, remote, stream
+from sandboxer.ssh import ChunkSink, Connection, command_line, remote, stream
 
 __all__ = ["check_service", "exec_in_service"]
 
@@ -69,6 +69,13 @@ async def exec_in_service(
 
     async def run(name: str, value: str) -> int:
         # The marker twice: in the container (-e) and on the host, for the engine's client.
+        kill = kill_argv(name, value)
+        # A killed worker stops nothing: the host does (as stop below), when the channel closes.
+        in_container = stack.argv("exec", "-T", chosen, *kill)
+        on_close = on_close_line(
+            command_line(in_container, env=item.config.env, cwd=stack.directory),
+            command_line(kill),
+        )
         return await stream(
             conn,
             stack.argv("exec", "-T", "-e", f"{name}={value}", chosen, *argv),
@@ -76,6 +83,7 @@ async def exec_in_service(
             env={**item.config.env, name: value},
             cwd=stack.directory,
             stdin=stdin,
+            on_close=on_close,
         )
 
     async def stop(kill: list[str]) -> object:
