@@ -47,6 +47,11 @@ class ProvisionRequest:
     expires_at: str | None = None
     """When the sandbox's TTL runs out (ISO 8601 UTC), for backends whose provider keeps
     its own timeout; sandboxer expires it itself, the provider's timeout is a backstop."""
+    ttl_max_seconds: float | None = None
+    """How long from its creation extensions may keep the sandbox: its profile's ``ttl.max``
+    as its ``requested`` recorded it (a profile edited since changes no sandbox made
+    before), for a backend whose provider's timeout cannot move later (Modal's). None when
+    nothing was recorded (a pool member, a sandbox made before TTLs): the profile's then."""
     project: str | None = None
     """The project of the actor who asked, for backends that label what they make."""
     attempt: int = 1

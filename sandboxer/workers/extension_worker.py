@@ -517,6 +517,7 @@ class ExtensionWorker:
                     secrets=secrets,
                     host=state.host,
                     expires_at=state.expires_at,
+                    ttl_max_seconds=state.ttl_max_seconds,
                     project=state.actor.project if state.actor else None,
                     attempt=max(state.attempt, 1),
                     generation=state.generation,

@@ -27,7 +27,7 @@ from grpclib import Status
 
 from sandboxer.bus.event_reader import read_events
 from sandboxer.bus.jetstream_store import JetStreamEventStore
-from sandboxer.config.catalog import Catalog
+from sandboxer.config.catalog import Catalog, packaged_dir
 from sandboxer.errors import CommandFailed
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.daytona.plan import our_labels
@@ -317,6 +317,38 @@ async def test_an_extension_while_a_pause_fails_reaches_the_providers_timeout(
                 await asyncio.sleep(0.1)
         await client.destroy(sandbox_id)
     finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_modal_s_timeout_follows_the_ttl_max_recorded_not_the_profile_edited_since(
+    nats_server: Any, home: Path, modal_double: ModalDouble
+) -> None:
+    """Modal's timeout, set once at its create, is the latest the sandbox may reach: its
+    ``ttl.max`` as its ``requested`` recorded it (4h). Here the profile was edited to 12h
+    after the create and before the provision (the worker started with the new catalog):
+    the old code gave Modal the edited profile's 12h, so a leak there outlived anything
+    the sandbox could ever be extended to by 8 hours."""
+    service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    worker = None
+    try:
+        await service.fund()
+        client = service.client
+        sandbox_id = (await client.create("profile.modal-gpu", ttl="10m", wait=False))["sandbox_id"]
+        packaged = packaged_dir("profiles") / "profile.modal-gpu.yaml"
+        edited = packaged.read_text().replace("version: 1", "version: 2")
+        (home / "profiles").mkdir(exist_ok=True)
+        (home / "profiles" / packaged.name).write_text(edited.replace("max: 4h", "max: 12h"))
+        worker = await start_service(home, nats_server.url, roles=["ext.modal"])
+        await wait_status(client, sandbox_id, {"ready"}, timeout=60)
+        [record] = modal_double.running_for(sandbox_id)
+        assert 4 * 3600 < record.timeout_secs <= 4 * 3600 + 600 + 5  # ttl.max, the margin
+        await client.destroy(sandbox_id)
+        assert modal_double.running_for(sandbox_id) == []
+    finally:
+        if worker is not None:
+            await worker.client.close()
+            await worker.shutdown()
         await service.client.close()
         await service.shutdown()
 

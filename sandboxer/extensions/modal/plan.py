@@ -30,9 +30,11 @@ def provider_timeout(request: ProvisionRequest, margin: float) -> tuple[int, lis
     """Modal's own timeout for the sandbox, a backstop against leaks within Modal's limit.
 
     Modal cannot move a running sandbox's timeout, and ``extend_ttl`` may move our
-    expiry up to the profile's ``ttl.max``: so the backstop is the later of our
+    expiry up to the sandbox's ``ttl.max``: so the backstop is the later of our
     expiry and ``ttl.max`` from now, plus a margin. sandboxer expires the sandbox
-    itself on time; Modal ends it only if sandboxer could not.
+    itself on time; Modal ends it only if sandboxer could not. The ``ttl.max`` is the
+    one the sandbox's create recorded, as its expiry is: the profile's own (edited
+    since, say) only when nothing was recorded.
     """
     if request.expires_at:
         expires = datetime.fromisoformat(request.expires_at.replace("Z", "+00:00"))
@@ -41,7 +43,10 @@ def provider_timeout(request: ProvisionRequest, margin: float) -> tuple[int, lis
         left = (expires - datetime.now(UTC)) / timedelta(seconds=1)
     else:
         left = parse_duration(request.profile.ttl.default)
-    longest = max(left, parse_duration(request.profile.ttl.max))
+    ttl_max = request.ttl_max_seconds
+    if ttl_max is None:
+        ttl_max = parse_duration(request.profile.ttl.max)
+    longest = max(left, ttl_max)
     wanted = int(longest + margin)
     if left + margin > MAX_TIMEOUT_SECONDS:
         return MAX_TIMEOUT_SECONDS, [
