@@ -176,7 +176,10 @@ class ExtensionWorker:
         A sandbox a job of this worker has in hand is skipped (its job decides), and what
         the log says of each is read again right before acting on it. What was removed is
         recorded as a ``reaped`` host event, as ``reap-stale --apply`` records its own; the
-        ids are returned. A listing that fails raises (the caller tries again later)."""
+        ids are returned. A listing that fails raises (the caller tries again later). The
+        snapshot objects nothing holds any more are collected first (a failure there is
+        logged, and the leak steps still run)."""
+        await self._snapshots.collect()
         listed = await self.extension.list_sandboxes()
         removed = await self._settle(listed, leaks_only=True)
         for host, ids in _by_host(removed).items():
@@ -318,7 +321,8 @@ class ExtensionWorker:
                 )
             host = loaded.state.host
             if job.action == "snapshot":
-                await self._snapshots.run(job, loaded.state)
+                redelivered = msg.metadata.num_delivered > 1
+                await self._snapshots.run(job, loaded.state, redelivered=redelivered)
             elif job.action in {"pause", "resume"}:
                 await self._pauses.run(job, loaded.state)
             elif job.action == "teardown":

@@ -90,7 +90,10 @@ class SnapshotJob:
         await asyncio.to_thread(sweep_dead, self._staging_root, SCRATCH)
         await self.collect()
 
-    async def run(self, job: Job, sandbox: SandboxState) -> None:
+    async def run(self, job: Job, sandbox: SandboxState, *, redelivered: bool = False) -> None:
+        """Take the snapshot unless its outcome is recorded, then release the sandbox.
+        ``redelivered``: an earlier delivery of this job may have stored an object and died
+        before recording it; once the outcome is, what that one stored is collected."""
         assert job.snapshot_id is not None
         snapshot = (await self._store.load_snapshot(job.snapshot_id)).state
         if snapshot.status == "new":
@@ -101,6 +104,8 @@ class SnapshotJob:
             outcome = await self._take(job, sandbox)
             snapshot = (await apply_snapshot(self._store, job.snapshot_id, outcome))[0].state
         await self.finish(job, "failed" if snapshot.status == "failed" else "created")
+        if redelivered:
+            await self.collect()
 
     async def give_up(self, job: Job, exc: BaseException) -> None:
         """The job kept failing: the snapshot failed, and the sandbox is released. A snapshot

@@ -145,9 +145,8 @@ async def test_an_object_stored_by_a_worker_killed_before_created_is_collected(
         else:
             with pytest.raises(CommandFailed, match="workspace is gone"):
                 await taking
-        # A worker's start (this one's again, or any other's) collects it; on the old code
-        # the killed delivery's object stayed in the bucket for good.
-        await ExtensionWorker(js2, store2, catalog, LocalExtension(home / "local")).reconcile()
+        # Collected as the redelivered job ends, with no other start or sweep; on the old
+        # code the killed delivery's object stayed in the bucket for good.
         assert await gone_within(js2, orphan, 10)
     finally:
         stop2.set()
@@ -161,8 +160,9 @@ async def test_an_object_stored_by_a_worker_killed_before_created_is_collected(
         await reap_local(home)
 
 
+@pytest.mark.parametrize("collector", ["start", "leak_sweep"])
 async def test_a_deleted_snapshot_s_object_goes_once_the_sandbox_restored_from_it_is_destroyed(
-    nats_server: NatsServerProcess, home: Path
+    nats_server: NatsServerProcess, home: Path, collector: Literal["start", "leak_sweep"]
 ) -> None:
     service = await start_service(home, nats_server.url, roles=["control", "projector"])
     nc = await connect([nats_server.url], name="test-snapshot-objects-deleted")
@@ -180,12 +180,20 @@ async def test_a_deleted_snapshot_s_object_goes_once_the_sandbox_restored_from_i
         deleted = await client.delete_snapshot(snapshot["snapshot_id"])
         # The restored sandbox names the object as its input (a recreate fetches it again).
         assert deleted["object_removed"] is False
-        starting = ExtensionWorker(js, store, catalog, LocalExtension(home / "local"))
-        await starting.reconcile()  # another worker's start
+
+        async def collect() -> None:
+            if collector == "leak_sweep":
+                await worker.sweep_leaks()  # the running worker's
+            else:  # another worker's start
+                await ExtensionWorker(
+                    js, store, catalog, LocalExtension(home / "local")
+                ).reconcile()
+
+        await collect()
         assert await present(js, snapshot["object"])
 
         await client.destroy(restored)
-        await starting.reconcile()
+        await collect()
         # On the old code nothing removed it once the sandbox holding it was gone.
         assert not await present(js, snapshot["object"])
     finally:
