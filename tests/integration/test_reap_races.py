@@ -176,6 +176,9 @@ async def test_a_ghost_recreated_after_the_judgement_is_not_marked_failed(
     client = service.client
     local = LocalExtension(service.settings.local_root)
     ghost = (await client.create())["sandbox_id"]
+    # In the view first, which reap-stale reads (a create returns on its ready event, and the
+    # view may be a few ms behind it): else the stale query below can come before it.
+    await in_view(client, ghost, "ready", 1)
     await local.teardown(ghost)  # gone behind the log's back: a ghost
 
     async def recreate() -> None:
