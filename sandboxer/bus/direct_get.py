@@ -3,10 +3,20 @@
 Used to load an aggregate (a handful of events) and by clients to catch up
 on a sandbox's history. Requires ``allow_direct`` on the stream and
 nats-server 2.11+ (``batch`` with ``next_by_subj``).
+
+Any replica of a clustered stream may answer a direct get (a queue group of
+them), and one may not: frozen or starved of CPU, it holds the request while
+its route still looks alive, and mid-election a replica that is not current
+answers nothing (no responders, 503). Either way asking again soon reaches a
+replica that answers, so a batch is asked again every :data:`ATTEMPT` seconds
+until the reader's ``timeout``: with the stream leader frozen, 1 read in about
+360 waited out the whole 5 s before (``test_cluster.py``), the silence an exec
+client takes for "no worker runs the sandbox".
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -19,6 +29,10 @@ from sandboxer.errors import BusError, StreamUnavailable
 __all__ = ["read_subject"]
 
 BATCH = 512
+ATTEMPT = 0.5
+"""Seconds one replica may take to answer a batch before it is asked of another."""
+RETRY_PAUSE = 0.05
+"""Seconds between a batch unanswered and the next ask (an election takes a few)."""
 
 
 async def read_subject(
@@ -30,45 +44,60 @@ async def read_subject(
     start: int = 1,
 ) -> AsyncIterator[tuple[int, bytes]]:
     """Yield ``(sequence, data)`` of every message on ``filter_subject`` from sequence
-    ``start`` on, in order (the answers are taken in bursts: ``arrivals``)."""
+    ``start`` on, in order. ``timeout``: seconds a batch may go unanswered (asked again
+    meanwhile) before :class:`StreamUnavailable`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        batch = await _batch(nc, stream, filter_subject, start, deadline)
+        if batch is None:  # unanswered: ask again shortly, from the same place
+            await asyncio.sleep(RETRY_PAUSE)
+            continue
+        messages, more = batch
+        for seq, data in messages:
+            start = seq + 1
+            yield seq, data
+        if not more:
+            return
+        deadline = loop.time() + timeout  # each batch has the whole timeout
+
+
+async def _batch(
+    nc: Client, stream: str, filter_subject: str, start: int, deadline: float
+) -> tuple[list[tuple[int, bytes]], bool] | None:
+    """One batch from ``start`` and whether more may follow; None when no replica answered it
+    whole within :data:`ATTEMPT` seconds (what came is read again). Past ``deadline``,
+    :class:`StreamUnavailable`."""
+    loop = asyncio.get_running_loop()
+    if loop.time() >= deadline:
+        raise StreamUnavailable(
+            f"reading {filter_subject}: no server of the {stream} stream answered; is it healthy?"
+        )
     arrivals = Arrivals()
+    # An inbox per attempt: a late answer to an earlier one cannot mix into this one's.
     sub = await nc.subscribe(nc.new_inbox(), cb=arrivals.collect)
     try:
+        request = {"seq": start, "next_by_subj": filter_subject, "batch": BATCH}
+        await nc.publish(
+            f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=sub.subject
+        )
+        messages: list[tuple[int, bytes]] = []
         while True:
-            request = {"seq": start, "next_by_subj": filter_subject, "batch": BATCH}
-            await nc.publish(
-                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=sub.subject
-            )
-            received = 0
-            batch_over = False
-            while not batch_over:
-                try:
-                    await arrivals.wait(timeout)
-                except TimeoutError:
-                    # No replica answered: mid-election or a server down. Callers wait it out.
-                    raise StreamUnavailable(
-                        f"reading {filter_subject} timed out; is the {stream} stream healthy?"
-                    ) from None
-                for msg in arrivals.take():
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status == "404":
-                        return
-                    if status == "204":  # end of this batch (the server sends it last)
-                        batch_over = True
-                        break
-                    if status == "503":
-                        raise StreamUnavailable(
-                            f"reading {filter_subject}: no server of the {stream} stream "
-                            "answered (503)"
-                        )
-                    if status is not None:
-                        raise BusError(f"reading {filter_subject} failed: {status} {headers}")
-                    seq = int(headers["Nats-Sequence"])
-                    received += 1
-                    start = seq + 1
-                    yield seq, msg.data
-            if received < BATCH:
-                return
+            try:
+                await arrivals.wait(max(0.0, min(ATTEMPT, deadline - loop.time())))
+            except TimeoutError:
+                return None
+            for msg in arrivals.take():
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "404":  # nothing (more) on the subject
+                    return messages, False
+                if status == "204":  # end of this batch (the server sends it last)
+                    return messages, len(messages) >= BATCH
+                if status == "503":  # no replica current (mid-election): ask again
+                    return None
+                if status is not None:
+                    raise BusError(f"reading {filter_subject} failed: {status} {headers}")
+                messages.append((int(headers["Nats-Sequence"]), msg.data))
     finally:
         await sub.unsubscribe()

@@ -173,6 +173,43 @@ async def test_a_store_reads_back_what_it_appended_whichever_replica_answers(
         await nc.close()
 
 
+async def test_a_read_is_answered_while_the_stream_leader_is_frozen(cluster: NatsCluster) -> None:
+    """A frozen replica holds the direct gets routed to it while its route looks alive: before
+    reads were asked again (bus/direct_get.py), one read in each of three runs of this test
+    waited out its whole 5 s and failed. A request about a sandbox (an exec) read so is
+    unanswered, and its client reports that no worker runs the sandbox."""
+    writer = await connect(cluster.urls, name="test-writer", long_lived=False)
+    reader: Client | None = None
+    try:
+        js = writer.jetstream()
+        await ensure_streams(js, replicas=3)
+        subject = subjects.sandbox_event_subject("sbxfrozenleader0000000", "touched")
+        await js.publish(subject, b"{}")
+        leader = (await js.stream_info(subjects.EVENTS_STREAM)).cluster.leader  # type: ignore[union-attr]
+        frozen = next(s for s in cluster.servers if s.server_name == leader)
+        follower = next(s for s in cluster.servers if s.server_name != leader)
+        reader = await connect([follower.url], name="test-reader", long_lived=False)
+        failures: list[str] = []
+        reads = 0
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            until = time.monotonic() + 8
+            while time.monotonic() < until:
+                try:
+                    assert len([s async for s, _ in read_subject(reader, subject)]) == 1
+                except BusError as exc:
+                    failures.append(str(exc))
+                reads += 1
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        assert reads > 8
+        assert failures == []
+    finally:
+        if reader is not None:
+            await reader.close()
+        await writer.close()
+
+
 async def test_roles_create_the_streams_together(cluster: NatsCluster) -> None:
     """Roles starting at once on different nodes all get the R3 streams (none times out)."""
     connections = [await connect([url], name=f"test-node{i}") for i, url in enumerate(cluster.urls)]
