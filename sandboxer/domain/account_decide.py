@@ -28,6 +28,7 @@ from sandboxer.domain.account_state import (
     Reservation,
     own_key_pays,
     period_key,
+    reserve_command_id,
 )
 from sandboxer.domain.credit_amounts import format_credits
 from sandboxer.domain.key_access import taken_refusal
@@ -61,11 +62,6 @@ __all__ = [
 
 MAX_BALANCE = 10**15
 """A billion USD in credits: more is a typo, and SQLite's integers stay far from overflow."""
-
-
-def reserve_command_id(sandbox_id: str) -> str:
-    """The id of a create's reservation: one per sandbox, whichever create command asks."""
-    return f"reserve-{sandbox_id}"
 
 
 def meter_command_id(sandbox_id: str) -> str:
@@ -122,9 +118,11 @@ class MeterUsage:
 
 @dataclass(frozen=True, kw_only=True)
 class ReleaseHold:
-    """Give back an extension's hold (``hold``, its ``extend-<digest>``) that the sandbox
-    refused for good (``reason``: the refusal's code); the command id is
-    :func:`release_command_id` of it, so it is given back once."""
+    """Give back a hold nothing will use (``reason``: the refusal's code): an extension's
+    (``hold``, its ``extend-<digest>``) that the sandbox refused for good, or a create's
+    (``reserve-<sandbox_id>``, only when ``causation_id`` is the create it names) whose id
+    was given up (``create_abandoned``) before anything of the sandbox was appended. The
+    command id is :func:`release_command_id` of it, so it is given back once."""
 
     command_id: str
     causation_id: str | None = None
@@ -189,8 +187,7 @@ def decide_account(book: AccountBook, command: AccountCommand, now: str) -> list
                 )
             ]
         case ReleaseHold():
-            held = state.reservations.get(command.sandbox_id)
-            amount = None if held is None else held.extensions.get(command.hold)
+            amount = _releasable(state, command)
             if amount is None:
                 # Never held, or no longer: the sandbox was metered (every hold released) or
                 # rerouted (its hold replaced by one for the extensions it took only).
@@ -207,6 +204,19 @@ def decide_account(book: AccountBook, command: AccountCommand, now: str) -> list
             ]
         case MeterUsage():
             return [_metered(state, command, head)]
+
+
+def _releasable(state: AccountState, command: ReleaseHold) -> int | None:
+    """What of the hold ``command.hold`` is still held (None: nothing)."""
+    held = state.reservations.get(command.sandbox_id)
+    if held is None:
+        return None
+    if command.hold == reserve_command_id(command.sandbox_id):
+        # A create's: the whole reservation (no sandbox was appended, so no extension or
+        # reroute added to it), and only the create it names may give it back.
+        own = held.created_by is not None and held.created_by == command.causation_id
+        return held.amount if own else None
+    return held.extensions.get(command.hold)
 
 
 def _check_allowed(state: AccountState, command: AccountCommand) -> None:

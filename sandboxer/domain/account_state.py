@@ -57,6 +57,7 @@ __all__ = [
     "own_key_pays",
     "period_key",
     "project_of",
+    "reserve_command_id",
 ]
 
 
@@ -178,8 +179,22 @@ def _extensions_after(held: Reservation | None, event: CreditsReserved) -> dict[
     return {**kept, event.command_id: event.amount}
 
 
+def reserve_command_id(sandbox_id: str) -> str:
+    """The id of a create's reservation: one per sandbox, whichever create command asks."""
+    return f"reserve-{sandbox_id}"
+
+
 def _release(base: AccountState, event: CreditsReleased) -> AccountState:
     held = base.reservations.get(event.sandbox_id)
+    if held is not None and event.hold == reserve_command_id(event.sandbox_id):
+        # A create's hold, given back whole: its sandbox id was given up before anything of
+        # it was appended (``create_abandoned``), so nothing else is held for the id.
+        reservations = {k: v for k, v in base.reservations.items() if k != event.sandbox_id}
+        return msgspec.structs.replace(
+            base,
+            reservations=reservations,
+            reserved=sum(r.amount for r in reservations.values()),
+        )
     if held is None or event.hold not in held.extensions:
         return base  # metered or rerouted since: nothing of that hold is left to give back
     extensions = {k: v for k, v in held.extensions.items() if k != event.hold}

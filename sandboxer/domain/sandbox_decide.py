@@ -38,6 +38,7 @@ from sandboxer.errors import Rejected
 from sandboxer.events.types import (
     Actor,
     NetworkRecord,
+    SandboxCreateAbandoned,
     SandboxDestroyed,
     SandboxDestroying,
     SandboxEvent,
@@ -53,6 +54,7 @@ from sandboxer.events.types import (
 )
 
 __all__ = [
+    "AbandonCreate",
     "AdmittedCreate",
     "Attempt",
     "DomainCommand",
@@ -217,6 +219,19 @@ class Reroute:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AbandonCreate:
+    """Give up the sandbox id of a create refused after it held credits for it, before its
+    hold is given back: from then on no create of the id is made, so nothing can be
+    appended on a hold that is gone (workers/credit_reservation.py). ``command_id`` and
+    ``actor``: the create's (or restore's)."""
+
+    command_id: str
+    actor: Actor
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class FinishTeardown:
     job_id: str
 
@@ -231,6 +246,7 @@ class MarkTeardownFailed:
 
 DomainCommand = (
     AdmittedCreate
+    | AbandonCreate
     | DestroySandbox
     | RecreateSandbox
     | StartProvisioning
@@ -260,6 +276,8 @@ def decide(  # noqa: PLR0912 (a flat dispatch: one case per command reads best)
     match command:
         case AdmittedCreate():
             return _decide_create(state, command, now)
+        case AbandonCreate():
+            return _decide_abandon(state, command, now)
         case DestroySandbox():
             return _decide_destroy(state, command, now)
         case RecreateSandbox():
@@ -413,8 +431,30 @@ def _common(state: SandboxState, now: str, causation: str | None = None) -> dict
     }
 
 
+def _decide_abandon(state: SandboxState, abandon: AbandonCreate, now: str) -> list[SandboxEvent]:
+    """Only an id nothing was appended for is given up, once: a sandbox that was requested
+    (by this create or any other) keeps its hold, which its metering releases."""
+    if state.status != "new" or state.abandoned_by is not None:
+        return []
+    return [
+        SandboxCreateAbandoned(
+            sandbox_id=state.sandbox_id,
+            command_id=abandon.command_id,
+            actor=abandon.actor,
+            at=now,
+            code=abandon.code,
+            reason=abandon.reason,
+        )
+    ]
+
+
 def _decide_create(state: SandboxState, admitted: AdmittedCreate, now: str) -> list[SandboxEvent]:
     command = admitted.command
+    if state.abandoned_by is not None:
+        # A create refused after its credit hold gave the id up, and its hold back: no
+        # create of the id is made now (on no hold). Told as a taken id, whoever sends it
+        # (that create was told its own refusal; command ids are one namespace).
+        raise Rejected(*taken_refusal(admitted.sandbox_id))
     if command.command_id in state.handled and same_project(state, command.actor):
         # A crash between the two appends leaves `requested` alone: complete it.
         return [_routed(admitted, now)] if state.status == "requested" else []

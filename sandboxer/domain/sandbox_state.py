@@ -24,6 +24,8 @@ Lifecycle::
     paused too long (ttl.max_pause) ─expire→ pause_limit_reached (status expired) → destroying
     provisioning ─backend refused (quota, outage)→ rerouting ─reroute→ routed (next candidate),
                   or failed when no candidate is left
+    new ─a create refused after its credit hold→ create_abandoned: still new, and the id is
+                  never made (its hold is given back after it)
 
 ``expires_at`` is the ``requested`` event's time plus its TTL, moved by ``ttl_extended``;
 ``last_activity_at`` is the time of ``ready``, ``active`` or ``touched``. Deadlines are
@@ -46,6 +48,7 @@ from sandboxer.events.types import (
     ConsumerRecord,
     NetworkRecord,
     SandboxActive,
+    SandboxCreateAbandoned,
     SandboxDestroyed,
     SandboxDestroying,
     SandboxEvent,
@@ -120,6 +123,9 @@ class SandboxState(msgspec.Struct, frozen=True, kw_only=True):
     actor: Actor | None = None
     created_by: str | None = None
     """The create command's id."""
+    abandoned_by: str | None = None
+    """The create refused after its credit hold, whose ``create_abandoned`` gave up the id
+    (the sandbox stays ``new``): no create of the id is made from then on."""
     correlation: str | None = None
     """The command whose work is under way (create, recreate or destroy): the ``command_id``
     of the events its jobs produce, so a client can wait for the outcome of its own command."""
@@ -275,6 +281,10 @@ def _requested(base: SandboxState, event: SandboxRequested) -> SandboxState:
     )
 
 
+def _create_abandoned(base: SandboxState, event: SandboxCreateAbandoned) -> SandboxState:
+    return _replace(base, abandoned_by=base.abandoned_by or event.command_id)
+
+
 def _routed(base: SandboxState, event: SandboxRouted) -> SandboxState:
     return _replace(
         base,
@@ -387,6 +397,7 @@ def _snapshot_finished(base: SandboxState, event: SandboxSnapshotFinished) -> Sa
 _STEPS: dict[type[Any], Callable[[SandboxState, Any], SandboxState]] = {
     SandboxRequested: _requested,
     SandboxRouted: _routed,
+    SandboxCreateAbandoned: _create_abandoned,
     SandboxProvisioning: _provisioning,
     SandboxRerouting: _rerouting,
     SandboxReady: _ready,

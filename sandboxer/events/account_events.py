@@ -69,12 +69,14 @@ class CreditsReleased(_AccountEventBase, frozen=True, kw_only=True, tag="credits
     """Part of a sandbox's reservation given back before the sandbox is metered: the hold
     made by the ``credits_reserved`` whose command id is ``hold``, for a command the sandbox
     refused for good (``reason``, the refusal's code: ``ttl_max_exceeded``, an extension
-    that would keep it past its ``ttl.max``). Nothing is debited; the rest of the
-    reservation stays until the sandbox is metered."""
+    that would keep it past its ``ttl.max``), or for a create refused before its sandbox was
+    appended, whose id its ``create_abandoned`` gave up (``hold`` ``reserve-<sandbox_id>``:
+    the whole reservation). Nothing is debited; the rest of the reservation stays until the
+    sandbox is metered."""
 
     sandbox_id: str
     hold: str
-    """The command id of the hold given back (``extend-<digest>``)."""
+    """The command id of the hold given back (``extend-<digest>``, ``reserve-<sandbox_id>``)."""
     amount: int
     """Credits free again."""
     reason: str

@@ -13,6 +13,7 @@ __all__ = [
     "ConsumerRecord",
     "NetworkRecord",
     "SandboxActive",
+    "SandboxCreateAbandoned",
     "SandboxDestroyed",
     "SandboxDestroying",
     "SandboxEvent",
@@ -104,6 +105,18 @@ class SandboxRouted(_SandboxEventBase, frozen=True, kw_only=True, tag="routed"):
     ``operator`` (the backend's own key; the sandbox is paid from credits) or the project's
     own key's reference (``env:``/``file:``; BYOK). None on a backend that takes no key, and
     in events stored before it was recorded (the account's current key is used then)."""
+
+
+class SandboxCreateAbandoned(_SandboxEventBase, frozen=True, kw_only=True, tag="create_abandoned"):
+    """The create ``command_id`` held credits for this id and was then refused (``code``,
+    ``reason``: the refusal's) before anything of the sandbox was appended: a create cut off
+    between its hold and its append (kill -9, a conflict), sent again and refused, or one
+    whose handling kept failing. Appended before its hold is given back (``credits_released``
+    on its account), so no delivery of that create, nor any other create of the id, can be
+    appended after: the id is never used. The sandbox stays ``new`` (it does not exist)."""
+
+    code: str
+    reason: str
 
 
 class SandboxProvisioning(_SandboxEventBase, frozen=True, kw_only=True, tag="provisioning"):
@@ -275,6 +288,7 @@ class SandboxPauseLimitReached(
 SandboxEvent = (
     SandboxRequested
     | SandboxRouted
+    | SandboxCreateAbandoned
     | SandboxProvisioning
     | SandboxReady
     | SandboxFailed

@@ -50,6 +50,7 @@ from sandboxer.events.record_events import (
 from sandboxer.events.sandbox_events import (
     NetworkRecord,
     SandboxActive,
+    SandboxCreateAbandoned,
     SandboxDestroyed,
     SandboxDestroying,
     SandboxEvent,
@@ -112,6 +113,7 @@ __all__ = [
     "PoolMemberReady",
     "PoolMemberRemoved",
     "SandboxActive",
+    "SandboxCreateAbandoned",
     "SandboxDestroyed",
     "SandboxDestroying",
     "SandboxEvent",

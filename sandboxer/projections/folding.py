@@ -170,7 +170,13 @@ class Batch:
             if sandbox_id in self._dirty and len(known[sandbox_id].handled) != len(handled):
                 known[sandbox_id] = msgspec.structs.replace(known[sandbox_id], handled=(*handled,))
         save = self._view.save(
-            [(known[sandbox_id], seq) for sandbox_id, seq in self._dirty.items()],
+            # An id a refused create gave up (``create_abandoned``) was never made: it has
+            # no row, as an id never used has none.
+            [
+                (known[sandbox_id], seq)
+                for sandbox_id, seq in self._dirty.items()
+                if known[sandbox_id].abandoned_by is None or known[sandbox_id].status != "new"
+            ],
             self._rejections,
             self.position,
             self._host_events,

@@ -65,6 +65,7 @@ from sandboxer.events.types import Actor, CommandRejected
 from sandboxer.workers.bus_identity import bus_identity_refusal
 from sandboxer.workers.credit_reservation import (
     decide_account_command,
+    give_up_refused_create,
     release_lost_reservation,
     release_refused_extension,
     reserve_for_create,
@@ -187,11 +188,18 @@ class ControlWorker:
         loaded = await self._decided_create(command)
         if loaded is not None:
             await self._dispatch(loaded)
-        elif isinstance(refusal, Rejected):
-            retry_after = refusal.retry_after
-            await self._reject(msg, refusal.code, refusal.reason, command, retry_after)
+            await msg.ack()
+            return
+        if isinstance(refusal, Rejected):
+            code, reason = refusal.code, refusal.reason
+            await self._reject(msg, code, reason, command, refusal.retry_after)
         else:
-            await self._reject(msg, refusal.code, refusal.message, command)
+            code, reason = refusal.code, refusal.message
+            await self._reject(msg, code, reason, command)
+        if isinstance(command, CreateSandbox | RestoreSnapshot):
+            # Before the ack: a crash in between is redelivered, refused again, and ends it.
+            sandbox_id = target_sandbox(command)
+            await give_up_refused_create(self._store, sandbox_id, command, code, reason)
         await msg.ack()
 
     async def _to_domain(
@@ -476,13 +484,16 @@ class ControlWorker:
                 # When another project's sandbox has the id, no delivery of this create can
                 # ever be appended: what it held for the id is given back, or held for ever.
                 await release_lost_reservation(self._store, loaded.state.sandbox_id, command)
-        await self._reject(
-            msg,
-            "internal_error",
+        reason = (
             f"the control worker failed {self.spec.max_failures} times on this command ({exc}); "
-            "see the service log",
-            command,
+            "see the service log"
         )
+        await self._reject(msg, "internal_error", reason, command)
+        if isinstance(command, CreateSandbox | RestoreSnapshot):
+            # Its own project's create, cut off after its hold: no delivery of it is appended
+            # from now on, and its hold is given back (the id is given up first).
+            sandbox_id = target_sandbox(command)
+            await give_up_refused_create(self._store, sandbox_id, command, "internal_error", reason)
 
 
 def _decided(command: Command, state: SandboxState) -> bool:
@@ -492,8 +503,8 @@ def _decided(command: Command, state: SandboxState) -> bool:
     id: another project's create or restore under the id of the create that made the
     sandbox is not that create sent again (:func:`same_project`), and nothing of the
     sandbox is sent again for it."""
-    if command.command_id not in state.handled:
-        return False
+    if command.command_id not in state.handled or state.status == "new":
+        return False  # a create that gave its id up (``create_abandoned``) decided nothing
     if isinstance(command, CreateSandbox | RestoreSnapshot):
         return same_project(state, command.actor)
     return True

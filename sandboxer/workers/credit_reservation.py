@@ -6,7 +6,9 @@ is two idempotent appends, the account's first: ``credits_reserved`` (command
 id ``reserve-<sandbox_id>``), then ``requested`` + ``routed``. A crash between
 them is completed by the redelivered command, which finds its reservation
 already decided and appends the create; a create the account cannot pay for
-is rejected before any job exists, so no provider is ever called for it.
+is rejected before any job exists, so no provider is ever called for it. One
+refused after its hold, before its append, gives the id up and then the hold
+back (:func:`give_up_refused_create`).
 
 Nothing is reserved on a backend whose price is zero (self-hosted ones, by
 default), nor on one the project brings its own key for (BYOK): such
@@ -50,17 +52,18 @@ from sandboxer.domain.pricing import (
     per_create_microusd,
     per_second_microusd,
 )
-from sandboxer.domain.sandbox_decide import AdmittedCreate, decide
+from sandboxer.domain.sandbox_decide import AbandonCreate, AdmittedCreate, decide
 from sandboxer.domain.sandbox_lifetime import EXTEND_REFUSED_FOR_GOOD
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import parse_duration
 from sandboxer.errors import Rejected, SandboxerError
-from sandboxer.workers.deciding import apply_account
+from sandboxer.workers.deciding import apply, apply_account
 
 __all__ = [
     "decide_account_command",
     "decimal_text",
     "extend_command_id",
+    "give_up_refused_create",
     "release_lost_reservation",
     "release_refused_extension",
     "reroute_reservation_id",
@@ -172,8 +175,10 @@ async def reserve_for_create(
         # releases when this sandbox ends (docs/payments.md#reservation).
         return None
     sandbox = (await store.load(admitted.sandbox_id)).state
-    if sandbox.status != "new":
-        return None  # decided before (its reservation with it), or taken: decide says which
+    if sandbox.status != "new" or sandbox.abandoned_by is not None:
+        # Decided before (its reservation with it), taken, or given up (a create refused
+        # after its hold): decide says which, and nothing is held for it.
+        return None
     account = await store.load_account(project)
     own = account.state.byok.get(decl.id)
     key = (own or OPERATOR_KEY) if keyed else None
@@ -236,6 +241,49 @@ async def release_lost_reservation(
         extension=held.extension,
         profile=held.profile,
         seconds=0,
+    )
+    await apply_account(store, project, release, account)
+
+
+async def give_up_refused_create(
+    store: EventStore,
+    sandbox_id: str,
+    create: CreateSandbox | RestoreSnapshot,
+    code: str,
+    reason: str,
+) -> None:
+    """Give back the hold ``create`` made for ``sandbox_id`` when it is refused (``code``,
+    ``reason``) and nothing of the sandbox was appended.
+
+    A create holds (``reserve-<id>``) before it appends ``requested``; cut off in between
+    (kill -9, a conflict) and sent again, it may be refused (its hosts down, its profile
+    gone, its key's live limit, its handling failing past its deliveries), and nothing
+    would ever meter or release that hold: the account showed it reserved for good. A
+    slower delivery of the same create may still be about to append on it, so the id is
+    given up first (``create_abandoned`` on the sandbox, under the sandbox's own
+    expected sequence: it and any ``requested`` exclude each other), and the hold given
+    back only once the sandbox is known never to be made (``credits_released``, command id
+    ``release-reserve-<id>``: once). A sandbox that was appended keeps its hold, which its
+    metering releases; a hold another create made is not this one's to give back."""
+    project = project_of(create.actor)
+    account = await store.load_account(project)
+    held = account.state.reservations.get(sandbox_id)
+    if held is None or held.created_by != create.command_id:
+        return  # refused before its hold, given back already, or another create's hold
+    abandon = AbandonCreate(
+        command_id=create.command_id, actor=create.actor, code=code, reason=reason
+    )
+    sandbox = (await apply(store, sandbox_id, abandon))[0].state
+    if sandbox.status != "new" or sandbox.abandoned_by is None:
+        return  # appended after all (a delivery of it came first): metered when it ends
+    hold = reserve_command_id(sandbox_id)
+    release = ReleaseHold(
+        command_id=release_command_id(hold),
+        causation_id=create.command_id,
+        actor=create.actor,
+        sandbox_id=sandbox_id,
+        hold=hold,
+        reason=code,
     )
     await apply_account(store, project, release, account)
 

@@ -157,3 +157,47 @@ async def test_another_project_s_failing_create_under_a_create_s_id_gives_its_ho
     assert sandbox is not None
     assert (sandbox["status"], sandbox["actor"].get("project")) == ("ready", None)
     await client.destroy(held.sandbox_id)
+
+
+async def test_a_project_s_own_failing_create_cut_off_after_its_hold_gives_it_back(
+    poisoning: Poisoning, nats_server: NatsServerProcess, home: Path
+) -> None:
+    """beta's create held credits (cut off before its append) and, sent again, fails past its
+    deliveries: rejected internal_error. No other create had the id, so nothing was ever to
+    meter or release the hold (on the old code it was held for ever). Now the id is given up
+    and the hold given back, once; the create sent again once more is not made."""
+    client, control = poisoning.service.client, poisoning.control
+    await poisoning.service.fund("beta")
+    beta = await SandboxerClient.connect(
+        [nats_server.url], actor={"type": "agt", "id": "b", "project": "beta"}
+    )
+    try:
+        beta_actor = Actor(type="agt", id="b", project="beta")
+        held = await cut_off_after_its_hold(beta, home, beta_actor, "own-create-4", ttl="10m")
+        control.failing = frozenset({"own-create-4"})
+        await send_again(beta, "own-create-4", "profile.saas-stub", ttl="10m")
+        async with asyncio.timeout(30):
+            while (await account(client, "beta"))["reserved"] != 0:
+                await asyncio.sleep(0.1)
+        refused = await rejections(client, "own-create-4")
+        assert [(e["code"], e["actor"]["project"]) for e in refused] == [("internal_error", "beta")]
+
+        control.failing = frozenset()
+        control.dispatched.clear()
+        own = {"command_id": "own-create-4", "profile": "profile.saas-stub", "ttl": "10m"}
+        own |= {"inputs": {}, "actor": beta.actor}
+        create = subjects.command_subject("create")
+        await beta.js.publish(create, msgspec.json.encode(own), headers={"Nats-Msg-Id": "own-4"})
+        await consumer_idle(client, subjects.COMMANDS_STREAM, "control")
+    finally:
+        await beta.close()
+    assert control.dispatched == []  # nothing made, no job sent
+    assert await client.get(held.sandbox_id) is None
+    released = [
+        event
+        async for _seq, event in client.events()
+        if event.get("project") == "beta" and event.get("type") == "credits_released"
+    ]
+    assert [(e["hold"], e["reason"]) for e in released] == [
+        (f"reserve-{held.sandbox_id}", "internal_error")
+    ]

@@ -26,10 +26,10 @@ from sandboxer.config.catalog import Catalog
 from sandboxer.domain.account_decide import ReserveCredits, reserve_command_id
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.sandbox_decide import AdmittedCreate
-from sandboxer.errors import CommandFailed, StreamUnavailable
+from sandboxer.errors import CommandFailed, Rejected, StreamUnavailable
 from sandboxer.events.actor import Actor
 from sandboxer.workers.credit_reservation import reserve_for_create, reserve_for_extend
-from sandboxer.workers.deciding import apply_account
+from sandboxer.workers.deciding import apply, apply_account
 from sandboxer.workers.meter_export import HttpExport, run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
 from tests.integration.conftest import Service, send_again, start_service
@@ -486,6 +486,59 @@ async def test_a_create_that_reserves_nothing_does_not_take_an_id_another_create
     assert sandbox["created_by"] == "acme-create-a"
     await acme.destroy("heldid01")
     assert (await account(acme, "acme", metered=1))["reserved"] == 0
+
+
+async def test_a_create_refused_after_its_hold_gives_its_id_up_and_its_hold_back(
+    service: Service, acme: SandboxerClient, home: Path
+) -> None:
+    """A create held a minute's credits and was cut off (kill -9) before its append; sent
+    again, it is refused (here its TTL past the profile's ttl.max: a refusal found before its
+    hold is looked at, as its hosts down or its profile gone would be). Nothing ever metered
+    or released that hold: the account showed it reserved for good. Now the id is given up
+    (``create_abandoned``), then the hold given back (``credits_released``), once; and no
+    create of the id is made after, not even the one cut off going on: it would run on no
+    hold."""
+    minute = PER_CREATE + 60 * PER_SECOND
+    await acme.account_command("add_credits", "acme", amount=minute)
+    cut_off = await cut_off_after_its_hold(
+        acme, home, OPS, "acme-cut-1", ttl="1m", sandbox_id="givenup01"
+    )
+    with pytest.raises(CommandFailed) as refused:
+        await acme.create(
+            "profile.saas-stub", ttl="5h", sandbox_id="givenup01", command_id="acme-cut-1"
+        )
+    assert refused.value.event["code"] == "ttl_max_exceeded"
+    async with asyncio.timeout(30):
+        while (await account(acme, "acme"))["reserved"] != 0:
+            await asyncio.sleep(0.1)
+    [released] = await account_events(acme, "acme", "credits_released")
+    assert (released["hold"], released["amount"]) == ("reserve-givenup01", minute)
+    assert (released["causation_id"], released["reason"]) == ("acme-cut-1", "ttl_max_exceeded")
+    abandoned = [
+        event
+        async for _seq, event in acme.events()
+        if event.get("sandbox_id") == "givenup01" and event.get("type") == "create_abandoned"
+    ]
+    assert [(e["command_id"], e["code"]) for e in abandoned] == [("acme-cut-1", "ttl_max_exceeded")]
+
+    # The delivery that was cut off goes on to its append: refused, on a hold that is gone.
+    store = JetStreamEventStore(acme.nc, acme.js)
+    with pytest.raises(Rejected) as late:
+        await apply(store, "givenup01", cut_off)
+    assert late.value.code == "sandbox_exists"
+    # Sent again as it first was (its outcome is the refusal it was told), or another
+    # create of the id: refused, nothing made, given back once.
+    await send_again(acme, "acme-cut-1", "profile.saas-stub", ttl="1m", sandbox_id="givenup01")
+    with pytest.raises(CommandFailed) as again:
+        await acme.create(
+            "profile.saas-stub", ttl="1m", sandbox_id="givenup01", command_id="acme-cut-2"
+        )
+    assert again.value.event["code"] == "sandbox_exists"
+    assert stub_records(home) == []  # the provider was never called
+    assert await acme.get("givenup01") is None  # never made
+    assert len(await account_events(acme, "acme", "credits_released")) == 1
+    settled = await account(acme, "acme")
+    assert (settled["balance"], settled["reserved"]) == (minute, 0)
 
 
 async def test_an_extension_its_sandbox_refuses_past_ttl_max_gives_its_hold_back(

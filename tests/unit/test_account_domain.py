@@ -453,3 +453,36 @@ def test_nothing_is_given_back_of_a_hold_a_reroute_or_the_metering_replaced() ->
     assert run(rerouted, release("extend-e1")) == rerouted
     metered = run(book, meter("sbx00000001", 1))
     assert run(metered, release("extend-e1")) == metered
+
+
+def release_create(sandbox_id: str, create_id: str) -> ReleaseHold:
+    hold = reserve_command_id(sandbox_id)
+    return ReleaseHold(
+        command_id=release_command_id(hold),
+        causation_id=create_id,
+        actor=AGENT,
+        sandbox_id=sandbox_id,
+        hold=hold,
+        reason="no_host",
+    )
+
+
+def test_a_create_s_hold_is_given_back_whole_once_and_only_by_its_create() -> None:
+    """A create refused after its hold, whose id was given up (``create_abandoned``): its
+    hold is free again, once; another create of the id gives back nothing of it, and a hold
+    recorded without its create (before 2026-12-04) is not given back."""
+    held = dataclasses.replace(reserve("sbx00000002", 5_000), causation_id="create-b")
+    book = run(run(funded(), reserve_with_cause("sbx00000001", 7_000, "create-a")), held)
+    assert book.state.reserved == 12_000
+    assert run(book, release_create("sbx00000001", "create-x")) == book
+    released = run(book, release_create("sbx00000001", "create-a"))
+    assert released.state.reserved == 5_000
+    assert "sbx00000001" not in released.state.reservations
+    assert released.state.balance == book.state.balance  # nothing debited
+    assert run(released, release_create("sbx00000001", "create-a")) == released
+    unnamed = run(funded(), reserve("sbx00000001", 7_000))
+    assert run(unnamed, release_create("sbx00000001", "create-a")) == unnamed
+
+
+def reserve_with_cause(sandbox_id: str, amount: int, create_id: str) -> ReserveCredits:
+    return dataclasses.replace(reserve(sandbox_id, amount), causation_id=create_id)

@@ -21,6 +21,7 @@ from sandboxer.domain.admission import admit_create
 from sandboxer.domain.deadlines import Due, due
 from sandboxer.domain.key_access import taken_refusal
 from sandboxer.domain.sandbox_decide import (
+    AbandonCreate,
     AdmittedCreate,
     Attempt,
     FinishTeardown,
@@ -261,6 +262,35 @@ def test_another_project_s_create_under_a_create_s_command_id_is_refused() -> No
     # The project's own create sent again is decided as before.
     assert [e.__struct_config__.tag for e in decide(interrupted, admitted(), NOW)] == ["routed"]
     assert decide(ready_state(), admitted(), NOW) == []
+
+
+def abandon(command_id: str = "c-create") -> AbandonCreate:
+    return AbandonCreate(command_id=command_id, actor=ACTOR, code="no_host", reason="all down")
+
+
+def test_an_id_a_refused_create_gave_up_is_never_made() -> None:
+    """A create refused after its credit hold gives its id up before its hold is given back:
+    from then on no create of the id is made (not a slower delivery of that create, which
+    would run on a hold that is gone, nor any other), and the sandbox stays new (it does not
+    exist). Given up once."""
+    state, events = run(SandboxState(sandbox_id=SID), abandon())
+    assert [event_type(e) for e in events] == ["create_abandoned"]
+    assert (state.status, state.abandoned_by, state.actor) == ("new", "c-create", None)
+    for create in (admitted(), admitted("other-command")):
+        with pytest.raises(Rejected) as refused:
+            decide(state, create, NOW)
+        assert (refused.value.code, refused.value.reason) == taken_refusal(SID)
+    assert decide(state, abandon(), NOW) == []
+    assert decide(state, abandon("other-command"), NOW) == []
+
+
+def test_a_sandbox_that_was_requested_is_never_given_up() -> None:
+    """Its create was appended (by a delivery that came first, or another create took the
+    id): its hold is its own, and its metering releases it."""
+    requested = decide(SandboxState(sandbox_id=SID), admitted(), NOW)[0]
+    for state in (evolve(SandboxState(sandbox_id=SID), requested), ready_state()):
+        assert decide(state, abandon(), NOW) == []
+        assert decide(state, abandon("other-command"), NOW) == []
 
 
 def test_drift_finds_orphans_and_ghosts_but_not_work_in_flight() -> None:
