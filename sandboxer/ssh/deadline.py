@@ -23,10 +23,12 @@ import shlex
 from sandboxer.errors import InvalidInput
 
 __all__ = [
+    "END_OF_INPUT",
     "KILL_GRACE",
     "TIMED_OUT_STATUSES",
     "WRAPPER_MISSING",
     "client_wait",
+    "frame",
     "seconds_text",
     "timed_out",
     "with_deadline",
@@ -35,6 +37,8 @@ __all__ = [
 
 KILL_GRACE = 5.0
 """Seconds between the SIGTERM at the deadline and the SIGKILL of what is left."""
+END_OF_INPUT = b"0\n"
+"""The frame that ends a ``framed`` command's input (the channel stays open: see with_deadline)."""
 RETURN_MARGIN = 10.0
 """Seconds past the host's own kill that the client still waits for the host to report it."""
 TIMED_OUT_STATUSES = frozenset({124, 137})
@@ -54,7 +58,16 @@ WRAPPER_MISSING = 127
 # (if given) as a job of its own, which outlives the watcher (the wrapper kills it as
 # soon as the group's leader is gone): the clean-up of what left the group, an exec's
 # marked processes, in a container too (sandboxer/extensions/ssh_exec_stop.py).
-# $4 "watch" or nothing, $5 that clean-up line. $2 is 0 for a command
+# With "feed" the channel carries the command's input as frames (see frame()), so that
+# the end of the input (frame "0") and the end of the channel stay apart: the watcher
+# copies each frame's bytes with `head -c`, which reads no further than it is told (the
+# shell's `read` takes the length line byte by byte), into a FIFO the command reads;
+# after the last frame it closes the FIFO (the command's end of input) and watches the
+# channel as above. A command that stops reading its input ends a copy with SIGPIPE:
+# the rest is read and dropped. The FIFO's directory is removed as soon as both ends
+# are open (opening one end waits for the other). Killed at the exit, this watcher may
+# leave its `head` or `cat` reading the channel: they end when the channel closes.
+# $4 "watch", "feed" or nothing, $5 that clean-up line. $2 is 0 for a command
 # without a deadline (`timeout` never fires then): its group is left alone after its
 # exit, as what an exec leaves running on purpose (a server it started) belongs to it.
 # `wait` says nothing: the shell's "Terminated" for a job a signal ended is not the
@@ -69,6 +82,18 @@ if [ "$4" = watch ]; then
     if [ -n "$2" ]; then sh -c "$2" </dev/null & fi
     kill -KILL "-$1" 2>/dev/null' sh "$group" "${5-}" \
     <&3 >/dev/null 2>&1 &
+  watcher=$!
+elif [ "$4" = feed ]; then
+  fifo=$(mktemp -d) && mkfifo "$fifo/in" || exit 125
+  timeout -k "$1" "$2" sh -c "$3" <"$fifo/in" 3<&- &
+  group=$!
+  sh -c 'rm -r "$3"
+    while IFS= read -r n && [ "$n" != 0 ]; do head -c "$n" || break; done
+    exec >/dev/null
+    cat
+    if [ -n "$2" ]; then sh -c "$2" </dev/null & fi
+    kill -KILL "-$1" 2>/dev/null' sh "$group" "${5-}" "$fifo" \
+    <&3 >"$fifo/in" 2>/dev/null &
   watcher=$!
 else
   timeout -k "$1" "$2" sh -c "$3" <&3 3<&- &
@@ -93,7 +118,12 @@ def seconds_text(seconds: float) -> str:
 
 
 def with_deadline(
-    line: str, seconds: float | None, *, watch: bool = False, on_close: str | None = None
+    line: str,
+    seconds: float | None,
+    *,
+    watch: bool = False,
+    framed: bool = False,
+    on_close: str | None = None,
 ) -> str:
     """``line`` as a command line that the host stops, with all it started, after ``seconds``
     (``None``: never, only on the channel's end with ``watch``: a ``sandboxer exec``).
@@ -103,9 +133,13 @@ def with_deadline(
     open until it has the command's exit: the channel closed, so the caller gave the
     command up or its connection dropped. A worker killed while its command runs (a
     compose ``up``, a setup step) no longer leaves it running on the host beside the next
-    attempt, after the sandbox's lock on the host went with the connection. ``on_close``
-    (with ``watch``): a command line the host runs then too, bound by a deadline of its own,
-    to stop what left the group (an exec's marked processes)."""
+    attempt, after the sandbox's lock on the host went with the connection. ``framed``
+    (implies ``watch``): the command reads what the caller writes as :func:`frame` s, up to
+    :data:`END_OF_INPUT`, and the channel is watched as with ``watch`` (the caller writes
+    no end of file). ``on_close`` (with ``watch``): a command line the host runs then too,
+    bound by a deadline of its own, to stop what left the group (an exec's marked
+    processes)."""
+    mode = "feed" if framed else "watch" if watch else None
     words = [
         "sh",
         "-c",
@@ -114,9 +148,17 @@ def with_deadline(
         seconds_text(KILL_GRACE),
         "0" if seconds is None else seconds_text(seconds),
         line,
-        *(["watch", *([on_close] if on_close else [])] if watch else []),
+        *([mode, *([on_close] if on_close else [])] if mode else []),
     ]
     return " ".join(shlex.quote(word) for word in words)
+
+
+def frame(chunk: bytes) -> bytes:
+    """``chunk`` as one frame of a ``framed`` command's input: its length in decimal on a
+    line of its own, then its bytes. Empty chunks are not framed (``0`` ends the input)."""
+    if not chunk:
+        raise InvalidInput("an empty chunk is not a frame: a frame of length 0 ends the input")
+    return b"%d\n%b" % (len(chunk), chunk)
 
 
 def client_wait(seconds: float) -> float:

@@ -50,10 +50,10 @@ async def stream(
     """Run ``argv`` on the host in ``cwd``, hand its output to ``output``, return its exit code.
 
     ``stdin`` is streamed to the command's standard input, then closed (``/dev/null``
-    without it, when the host also stops the command, with all it started, if the channel
-    closes first: :func:`.deadline.with_deadline`, which runs ``on_close`` then too, a
-    command line for what left the command's group); a failing ``stdin`` stops the command
-    like a failing output.
+    without it). Either way the host also stops the command, with all it started, if the
+    channel closes before its exit (:func:`.deadline.with_deadline`, which runs ``on_close``
+    then too, a command line for what left the command's group); a failing ``stdin`` stops
+    the command like a failing output.
 
     The exit code follows the shell: 128 + N for a command killed by signal N.
     With ``timeout`` the host stops the command and all it started after that
@@ -63,12 +63,13 @@ async def stream(
     import asyncssh
 
     line = command_line(argv, env=env, cwd=cwd)
-    # Without input the command reads /dev/null and the channel's input stays open until
-    # the exit: its end (this worker gone) stops the command on the host, one without a
-    # deadline too (an exec). With input, its end is the input's: only a deadline applies.
-    watch = stdin is None
-    if timeout is not None or watch:
-        line = deadline.with_deadline(line, timeout, watch=watch, on_close=on_close)
+    # The channel's input stays open until the exit: its end (this worker gone) stops the
+    # command on the host, one without a deadline too (an exec). Without input the command
+    # reads /dev/null; with input, the input travels in frames whose last one ends it, so
+    # the input's end and the channel's stay apart.
+    line = deadline.with_deadline(
+        line, timeout, watch=True, framed=stdin is not None, on_close=on_close
+    )
     began = time.monotonic()
     try:
         process = await conn.create_process(line, encoding=None)
@@ -81,7 +82,7 @@ async def stream(
     limit = asyncio.timeout(None if timeout is None else deadline.client_wait(timeout))
     try:
         async with limit:
-            code = await _pump_until_exit(process, output, stdin, watched=watch)
+            code = await _pump_until_exit(process, output, stdin)
     except TimeoutError as exc:
         if timeout is None or not limit.expired():
             raise
@@ -106,11 +107,10 @@ async def _pump_until_exit(
     process: asyncssh.SSHClientProcess[bytes],
     output: ChunkSink,
     stdin: AsyncIterable[bytes] | None = None,
-    *,
-    watched: bool = False,
 ) -> int | None:
     """Hand output to ``output`` until the command exits, then what is left for a moment.
-    ``watched``: the host watches the channel's input, which must stay open meanwhile."""
+    The host watches the channel's input, which stays open meanwhile: ``stdin`` is written
+    to it in frames (:func:`.deadline.frame`), never followed by an end of file."""
 
     async def pump(reader: asyncssh.SSHReader[bytes], name: Literal["stdout", "stderr"]) -> None:
         while True:
@@ -128,17 +128,15 @@ async def _pump_until_exit(
         try:
             async for chunk in source:
                 if chunk:
-                    process.stdin.write(chunk)
+                    process.stdin.write(deadline.frame(chunk))
                     await process.stdin.drain()  # the channel's window holds the feeding back
-            process.stdin.write_eof()
+            process.stdin.write(deadline.END_OF_INPUT)
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the command closed its input or exited: what it did not read is dropped
+            pass  # the command exited: what it did not read is dropped
 
     waiter = asyncio.ensure_future(process.wait())
     feeder = asyncio.ensure_future(feed(stdin)) if stdin is not None else None
     try:
-        if feeder is None and not watched:
-            process.stdin.write_eof()
         pending: set[asyncio.Future[Any]] = {waiter, *pumps}
         if feeder is not None:
             pending.add(feeder)

@@ -34,7 +34,7 @@ from sandboxer.config.hosts import HostConfig
 from sandboxer.errors import HostKeyRejected, HostUnreachable, InvalidInput, RemoteCommandFailed
 from sandboxer.ssh.connection import Connection, known_hosts_text
 from sandboxer.ssh.remote import run
-from sandboxer.ssh.streaming import CHUNK, stream
+from sandboxer.ssh.streaming import stream
 
 if TYPE_CHECKING:
     import asyncssh  # imported where used: see connection.py
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10
 TAIL_LINES = 40
 UPLOAD_CONCURRENCY = 8
+ARCHIVE_CHUNK = 1 << 20
+"""Bytes of the archive per read: each is one frame on the host (streaming.stream), one
+``head`` process there, so big ones keep a large tree's stream cheap."""
 
 # Moves the old tree aside, the uploaded one ($2) into place ($1), then drops
 # the old one ($3); paths arrive as arguments, never spliced into the script.
@@ -153,7 +156,7 @@ def _pack(local: Path, archive: Path) -> None:
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
     with path.open("rb") as handle:
-        while chunk := await asyncio.to_thread(handle.read, CHUNK):
+        while chunk := await asyncio.to_thread(handle.read, ARCHIVE_CHUNK):
             yield chunk
 
 

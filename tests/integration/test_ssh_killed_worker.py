@@ -164,6 +164,84 @@ async def test_an_exec_stops_when_its_worker_is_killed(
         await extension.teardown("killedex01", host="host1")
 
 
+# The worker: runs an exec with stdin in SANDBOX (made by the test) on host1, which reads its
+# input (to its end, or its first line while the rest is still coming), says it started,
+# then, 3 s later, writes the file the test looks for.
+STDIN_EXEC_WORKER = """
+import asyncio, sys
+from pathlib import Path
+from sandboxer.config.settings import Settings
+from sandboxer.extensions.vm_packer.backend import VmPackerExtension
+
+home, started, late, ended = sys.argv[1:5]
+
+async def ignore(_stream, _data):
+    pass
+
+async def stdin():
+    yield b"first line\\n"
+    if ended == "no":
+        await asyncio.sleep(3600)  # the input is still coming when the worker is killed
+
+settings = Settings(home=Path(home), nats_urls=(), nats_server=None, ack_wait=30.0)
+read = "cat > /dev/null" if ended == "yes" else "head -n 1 > /dev/null"
+line = f"{read}; echo up > {started}; sleep 3; echo late >> {late}"
+asyncio.run(
+    VmPackerExtension.from_settings(settings).exec(
+        "killedsx01", ["sh", "-c", line], ignore, host="host1", stdin=stdin()
+    )
+)
+"""
+
+
+@pytest.mark.parametrize("input_ended", [True, False], ids=["input_ended", "input_coming"])
+async def test_an_exec_with_stdin_stops_when_its_worker_is_killed(
+    ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, input_ended: bool
+) -> None:
+    """An exec with stdin was not watched: the end of its channel's input was the end of its
+    input, so a killed worker's exec ran on for ever. Its input now travels in frames and the
+    host watches the channel as for any other command."""
+    monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
+    [vm] = await ssh_hosts(1)
+    home = tmp_path / "home"
+    write_hosts_file(home / "hosts.yaml", [vm])
+    extension = VmPackerExtension.from_settings(
+        Settings(home=home, nats_urls=(), nats_server=None, ack_wait=30.0)
+    )
+    request = ProvisionRequest(
+        sandbox_id="killedsx01",
+        profile=Catalog.load().profile("profile.vm-haskell-build"),
+        inputs={"vm": "host1"},
+        host="host1",
+    )
+    async with asyncio.timeout(20):
+        await extension.provision(request)
+    started, late = tmp_path / "started", tmp_path / "late"
+    environment = {k: v for k, v in os.environ.items() if k != "SANDBOXER_HOSTS"}
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        STDIN_EXEC_WORKER,
+        str(home),
+        str(started),
+        str(late),
+        "yes" if input_ended else "no",
+        env=environment,
+    )
+    try:
+        async with asyncio.timeout(30):
+            while not started.exists():
+                assert worker.returncode is None, "the worker ended before its exec ran"
+                await asyncio.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+    await asyncio.sleep(4.5)  # the exec would have written by now
+    assert not late.exists(), "the killed worker's exec with stdin ran on after it"
+    async with asyncio.timeout(20):
+        await extension.teardown("killedsx01", host="host1")
+
+
 COMPOSE = """\
 services:
   web:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -177,3 +178,74 @@ def test_a_watched_line_ended_by_a_signal_says_so_by_its_status_alone() -> None:
         assert process.wait(timeout=10) == 128 + 15
         assert process.stderr is not None
         assert process.stderr.read() == "e\n"
+
+
+def _feed(process: subprocess.Popen[bytes], chunks: list[bytes], *, end: bool) -> None:
+    """Write ``chunks`` as frames (and the end of input with ``end``), leaving the input open."""
+    assert process.stdin is not None
+    for chunk in chunks:
+        process.stdin.write(deadline.frame(chunk))
+    if end:
+        process.stdin.write(deadline.END_OF_INPUT)
+    process.stdin.flush()
+
+
+def test_a_framed_line_reads_its_input_byte_for_byte_and_ends_while_the_channel_stays_open(
+    tmp_path: Path,
+) -> None:
+    """An exec with stdin was not watched (the channel's input was its input). Its input now
+    travels in frames: what the command reads is exactly what was sent, lines that look like
+    frames included, and its end of input comes while the channel stays open."""
+    rng = random.Random(7)
+    sent = [b"0\n", b"12\nab", b"\n", bytes(range(256)) * 300, b"no newline at the end"]
+    sent += [rng.randbytes(rng.randrange(1, 70_000)) for _ in range(20)]
+    received = tmp_path / "received"
+    line = deadline.with_deadline(f"cat > {received}; echo read; exit 3", None, framed=True)
+    with subprocess.Popen(["sh", "-c", line], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as p:
+        _feed(p, sent, end=True)
+        assert p.wait(timeout=10) == 3  # the input still open: only the last frame ended cat
+        assert p.stdout is not None
+        assert p.stdout.read() == b"read\n"
+    assert received.read_bytes() == b"".join(sent)
+
+
+def test_a_framed_line_that_stops_reading_ends_as_usual() -> None:
+    """A command that reads part of its input: the rest is dropped, not left blocking it."""
+    line = deadline.with_deadline("head -c 5; exit 0", 10, framed=True)
+    with subprocess.Popen(["sh", "-c", line], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as p:
+        _feed(p, [b"x" * 40_000], end=False)
+        assert p.wait(timeout=10) == 0
+        assert p.stdout is not None
+        assert p.stdout.read() == b"xxxxx"
+
+
+@pytest.mark.parametrize("input_ended", [False, True], ids=["mid_input", "after_input"])
+def test_a_framed_line_is_stopped_with_all_it_started_when_the_channel_ends(
+    tmp_path: Path, input_ended: bool
+) -> None:
+    """A killed worker's exec with stdin ran on for ever: the end of its channel was only the
+    end of its input. The channel's end now stops it and what it started, whether the input
+    was still coming or had ended."""
+    pids = tmp_path / "pids"
+    line = f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; cat >/dev/null; sleep 61"
+    with subprocess.Popen(
+        ["sh", "-c", deadline.with_deadline(line, None, framed=True)], stdin=subprocess.PIPE
+    ) as process:
+        _feed(process, [b"some input\n"], end=input_ended)
+        began = time.monotonic()
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert time.monotonic() - began < 10
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert process.poll() is None
+        assert process.stdin is not None
+        process.stdin.close()  # the channel closed: the worker was killed
+        assert process.wait(timeout=10) == 137
+    for pid in pids.read_text().split():
+        assert not _running(int(pid)), f"process {pid} outlived its channel"
+
+
+def test_an_empty_chunk_is_no_frame() -> None:
+    assert deadline.frame(b"ab\n") == b"3\nab\n"
+    with pytest.raises(InvalidInput, match="ends the input"):
+        deadline.frame(b"")
