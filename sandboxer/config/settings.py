@@ -19,6 +19,7 @@ from sandboxer.workspaces.roots import parse_input_roots
 __all__ = [
     "DEFAULT_EXEC_HEARTBEAT",
     "DEFAULT_HTTP_ADDR",
+    "DEFAULT_HTTP_MAX_STREAMS",
     "DEFAULT_LEAK_SWEEP_INTERVAL",
     "MIN_EXEC_HEARTBEAT",
     "NATS_URL_SCHEMES",
@@ -188,6 +189,12 @@ def _secret_ref_env(name: str) -> str | None:
 
 DEFAULT_HTTP_ADDR = ("127.0.0.1", 8788)
 
+DEFAULT_HTTP_MAX_STREAMS = 16
+"""Event streams one API key may have open at once on one gateway process
+(gateway/streams.py): an agent watching each of its sandboxes (10 live at most by default)
+and the whole log besides stays under it, while one key cannot hold the gateway's memory
+and the bus's readers with thousands."""
+
 
 def parse_http_addr(raw: str, variable: str = "SANDBOXER_HTTP_ADDR") -> tuple[str, int] | None:
     """``host:port`` (``[::1]:8788`` for IPv6) the HTTP gateway binds, or None for ``off``."""
@@ -259,6 +266,8 @@ class Settings:
     ``SANDBOXER_METER_EXPORT_FILE``, ``SANDBOXER_METER_EXPORT_URL``: where the control role
     exports every metered usage (docs/payments.md).
     ``SANDBOXER_HTTP_ADDR``: where the HTTP gateway listens (``host:port``, or ``off``).
+    ``SANDBOXER_HTTP_MAX_STREAMS``: event streams one API key may have open at once on one
+    gateway process (default 16; docs/http-api.md#limits).
     ``SANDBOXER_STATE_HUB_URL``, ``SANDBOXER_STATE_HUB_TOKEN``: where the ``statehub`` role
     POSTs lifecycle events, and the reference of its bearer token (docs/integrations/state-hub.md).
     ``SANDBOXER_NATS_AUTH``: directory of the NATS credentials for ``SANDBOXER_NATS_URL``
@@ -286,6 +295,8 @@ class Settings:
     http_addr: tuple[str, int] | None = None
     """Where the HTTP gateway listens (docs/http-api.md). From the environment it defaults
     to 127.0.0.1:8788; Settings made in code (tests) run no gateway unless they say so."""
+    http_max_streams: int = DEFAULT_HTTP_MAX_STREAMS
+    """Event streams one API key may have open at once on one gateway (gateway/streams.py)."""
     nats_auth_dir: Path | None = None
     """Credentials for a shared NATS (sandboxer/bus/nats_auth.py); None: connect without."""
     state_hub_url: str | None = None
@@ -319,6 +330,9 @@ class Settings:
             state_hub_token=_secret_ref_env("SANDBOXER_STATE_HUB_TOKEN"),
             http_addr=parse_http_addr(
                 os.environ.get("SANDBOXER_HTTP_ADDR") or "{}:{}".format(*DEFAULT_HTTP_ADDR)
+            ),
+            http_max_streams=_int_env(
+                "SANDBOXER_HTTP_MAX_STREAMS", DEFAULT_HTTP_MAX_STREAMS, "event streams"
             ),
         )
 

@@ -29,6 +29,7 @@ from sandboxer.domain.key_state import KeyState
 from sandboxer.domain.rate_limit import RateLimiter
 from sandboxer.gateway.auth import KeyLookup, bearer_key
 from sandboxer.gateway.errors import retry_after
+from sandboxer.gateway.streams import KeyStreams
 from sandboxer.gateway.transfers import KeyTransfers
 from sandboxer.ids import COMMAND_ID_RULE, is_valid_command_id, new_command_id
 
@@ -79,6 +80,8 @@ class Gateway:
     """Each key's token bucket in this process (docs/http-api.md#limits)."""
     transfers: KeyTransfers = field(default_factory=KeyTransfers)
     """The execs and copies each key has running in this process (docs/http-api.md#limits)."""
+    streams: KeyStreams = field(default_factory=KeyStreams)
+    """The event streams each key has open in this process (docs/http-api.md#limits)."""
 
     def keys(self) -> KeyLookup:
         if self.nc is None:

@@ -15,14 +15,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from sandboxer.client import SandboxerClient
 from sandboxer.gateway.auth import event_visibility, require_sandbox
 from sandboxer.gateway.common import ERRORS, SSE_ERRORS, SandboxId
-from sandboxer.gateway.context import BusClient, KeyStanding, request_actor
+from sandboxer.gateway.context import (
+    BusClient,
+    Gateway,
+    KeyStanding,
+    RequestKey,
+    gateway,
+    request_actor,
+)
 from sandboxer.gateway.models import PROJECT, SANDBOX_ID
+from sandboxer.gateway.streams import STREAM_RETRY_AFTER
 
 __all__ = ["EventFilter", "event_stream", "router", "start_after"]
 
@@ -93,6 +101,35 @@ async def _visible_sandbox_id(sandbox_id: SandboxId, client: BusClient) -> str:
 VisibleSandboxId = Annotated[str, Depends(_visible_sandbox_id)]
 
 
+async def _stream_slot(
+    gw: Annotated[Gateway, Depends(gateway)], key: RequestKey
+) -> AsyncIterator[None]:
+    """One of the key's event streams on this gateway (streams.py), taken before the stream
+    begins (past the cap it is a 429, not a stream) and given back when the response ends:
+    FastAPI leaves a dependency's ``finally`` until the stream is over, whether it ended, its
+    client hung up, its key was revoked or reading the log failed."""
+    streams = gw.streams
+    if not streams.take(key.key_id):
+        raise HTTPException(
+            429,
+            {
+                "code": "stream_limit",
+                "message": f"key {key.key_id} already has {streams.limit} event streams open "
+                "on this gateway, the most one key may hold at once "
+                "(SANDBOXER_HTTP_MAX_STREAMS): close one it no longer reads, or watch several "
+                "sandboxes with one stream of /v1/events",
+            },
+            headers={"Retry-After": STREAM_RETRY_AFTER},
+        )
+    try:
+        yield
+    finally:
+        streams.release(key.key_id)
+
+
+StreamSlot = Annotated[None, Depends(_stream_slot)]
+
+
 LastEventId = Annotated[
     str | None,
     Header(
@@ -121,6 +158,7 @@ def _types(raw: list[str] | None) -> set[str]:
 async def events(
     client: BusClient,
     standing: KeyStanding,
+    _slot: StreamSlot,
     last_event_id: LastEventId = None,
     after: After = None,
     sandbox_id: Annotated[str | None, Query(alias="sandbox", pattern=SANDBOX_ID)] = None,
@@ -149,6 +187,7 @@ async def sandbox_events(
     sandbox_id: VisibleSandboxId,
     client: BusClient,
     standing: KeyStanding,
+    _slot: StreamSlot,
     last_event_id: LastEventId = None,
     after: After = None,
     types: Types = None,

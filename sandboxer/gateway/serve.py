@@ -17,10 +17,11 @@ import uvicorn
 from nats.aio.client import Client as Nats
 
 from sandboxer.config.catalog import Catalog
-from sandboxer.config.settings import DEFAULT_HTTP_ADDR, Settings
+from sandboxer.config.settings import DEFAULT_HTTP_ADDR, DEFAULT_HTTP_MAX_STREAMS, Settings
 from sandboxer.errors import ConfigError
 from sandboxer.gateway.app import create_app
 from sandboxer.gateway.context import Gateway
+from sandboxer.gateway.streams import KeyStreams
 
 __all__ = ["bind_gateway", "http_url", "listen", "run_gateway", "run_gateway_role"]
 
@@ -60,10 +61,19 @@ class _RoleServer(uvicorn.Server):
         yield
 
 
-async def run_gateway(nc: Nats, catalog: Catalog, stop: asyncio.Event, sock: socket.socket) -> None:
-    """Serve the HTTP API on ``sock`` until ``stop`` is set."""
+async def run_gateway(
+    nc: Nats,
+    catalog: Catalog,
+    stop: asyncio.Event,
+    sock: socket.socket,
+    *,
+    max_streams: int = DEFAULT_HTTP_MAX_STREAMS,
+) -> None:
+    """Serve the HTTP API on ``sock`` until ``stop`` is set (``max_streams``: each key's
+    event streams at once, ``SANDBOXER_HTTP_MAX_STREAMS``)."""
+    streams = KeyStreams(limit=max_streams)
     config = uvicorn.Config(
-        create_app(Gateway(nc=nc, catalog=catalog)),
+        create_app(Gateway(nc=nc, catalog=catalog, streams=streams)),
         lifespan="off",
         log_config=None,  # the service's logging stays as it is
         log_level="warning",
@@ -132,4 +142,4 @@ async def run_gateway_role(
         sock = bind_gateway(settings, ["gateway"], required=True)
         assert sock is not None
     log.info("HTTP gateway on %s", http_url(sock))
-    await run_gateway(nc, catalog, stop, sock)
+    await run_gateway(nc, catalog, stop, sock, max_streams=settings.http_max_streams)

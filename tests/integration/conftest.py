@@ -337,17 +337,20 @@ def cli_env(home: Path, nats_server: NatsServerProcess) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(service: Service, home: Path) -> AsyncIterator[str]:
+async def serve_gateway(service: Service, home: Path, **settings: Any) -> AsyncIterator[str]:
     """The gateway role beside ``service`` on a free port of 127.0.0.1; yields its base URL
-    once it answers ``/v1/health``, stops it afterwards (the service is the caller's)."""
+    once it answers ``/v1/health``, stops it afterwards (the service is the caller's).
+    ``settings`` replace the service's own for the gateway (``http_max_streams=2``)."""
     from sandboxer.gateway.serve import http_url, listen
 
-    settings = dataclasses.replace(service.settings, http_addr=("127.0.0.1", 0))
+    gateway_settings = dataclasses.replace(service.settings, http_addr=("127.0.0.1", 0), **settings)
     sock = listen(("127.0.0.1", 0))
     nc = await connect(list(service.settings.nats_urls), name="test-gateway")
     stop = asyncio.Event()
     task = asyncio.create_task(
-        run_roles(nc, ["gateway"], settings, Catalog.load(home), stop, info={}, http_socket=sock)
+        run_roles(
+            nc, ["gateway"], gateway_settings, Catalog.load(home), stop, info={}, http_socket=sock
+        )
     )
     try:
         async with httpx.AsyncClient(base_url=http_url(sock), timeout=30) as probe:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sandboxer.config.settings import parse_http_addr
+from sandboxer.config.settings import DEFAULT_HTTP_MAX_STREAMS, Settings, parse_http_addr
 from sandboxer.errors import (
     BusError,
     CommandFailed,
@@ -19,6 +19,7 @@ from sandboxer.errors import (
 from sandboxer.gateway.context import parse_wait
 from sandboxer.gateway.errors import REJECTION_STATUS, rejection_response, response_for
 from sandboxer.gateway.events import EventFilter, start_after
+from sandboxer.gateway.streams import KeyStreams
 
 PROTOCOL_CODES = {
     "malformed", "too_large", "invalid_field", "invalid_id", "invalid_input", "missing_input",
@@ -132,6 +133,25 @@ def test_http_addr() -> None:
     for bad in ("8788", ":8788", "host:", "host:99999", "a b:1", "http://x:1", "x:-1"):
         with pytest.raises(SettingError, match="SANDBOXER_HTTP_ADDR"):
             parse_http_addr(bad)
+
+
+def test_each_keys_event_streams_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SANDBOXER_HTTP_MAX_STREAMS", raising=False)
+    assert Settings.from_env().http_max_streams == DEFAULT_HTTP_MAX_STREAMS
+    monkeypatch.setenv("SANDBOXER_HTTP_MAX_STREAMS", "3")
+    assert Settings.from_env().http_max_streams == 3
+    for bad in ("0", "-1", "many"):
+        monkeypatch.setenv("SANDBOXER_HTTP_MAX_STREAMS", bad)
+        with pytest.raises(SettingError, match="SANDBOXER_HTTP_MAX_STREAMS"):
+            Settings.from_env()
+    streams = KeyStreams(limit=2)
+    assert [streams.take("a") for _ in range(3)] == [True, True, False]
+    assert streams.take("b")  # each key its own
+    streams.release("a")
+    assert [streams.take("a") for _ in range(2)] == [True, False]
+    for _ in range(3):
+        streams.release("a")
+    assert "a" not in streams.running  # a key with none open is not kept
 
 
 def test_events_resume_after_the_later_of_header_and_query() -> None:
