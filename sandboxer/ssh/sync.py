@@ -49,6 +49,13 @@ UPLOAD_CONCURRENCY = 8
 ARCHIVE_CHUNK = 1 << 20
 """Bytes of the archive per read: each is one frame on the host (streaming.stream), one
 ``head`` process there, so big ones keep a large tree's stream cheap."""
+# The tree may be a path under SANDBOXER_INPUT_ROOTS, as this machine's users left it: a
+# set-user-id (or set-group-id) file there became one in the sandbox's workspace on the host,
+# owned by whoever the copy made its owner there (root, for SFTP as root), for the sandbox
+# and the host's users to run. Every way of copying drops both bits (an uploaded archive's
+# are dropped when it is unpacked: tarfile's "data" filter); the rest of the mode is kept.
+_ID_BITS = stat.S_ISUID | stat.S_ISGID
+_RSYNC_CHMOD = "--chmod=ug-s"
 
 # Moves the old tree aside, the uploaded one ($2) into place ($1), then drops
 # the old one ($3); paths arrive as arguments, never spliced into the script.
@@ -110,6 +117,7 @@ def rsync_argv(
         "-a",
         "--delete",
         "--protect-args",
+        _RSYNC_CHMOD,
         "-e",
         " ".join(shlex.quote(word) for word in ssh),
         f"{local}/",
@@ -146,6 +154,7 @@ def _pack(local: Path, archive: Path) -> None:
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         if not (info.isdir() or info.isreg() or info.issym() or info.islnk()):
             return None
+        info.mode &= ~_ID_BITS
         return info
 
     with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -300,7 +309,7 @@ def _attrs(path: Path) -> asyncssh.SFTPAttrs:
 
     found = path.lstat()
     return asyncssh.SFTPAttrs(
-        permissions=stat.S_IMODE(found.st_mode),
+        permissions=stat.S_IMODE(found.st_mode) & ~_ID_BITS,
         atime=int(found.st_atime),
         mtime=int(found.st_mtime),
     )
@@ -323,9 +332,10 @@ async def _upload(sftp: asyncssh.SFTPClient, local: Path, staging: str) -> None:
 
     async def put(entry: _Entry) -> None:
         async with limit:
-            await sftp.put(
-                str(local / entry.relative), posixpath.join(staging, entry.relative), preserve=True
-            )
+            remote = posixpath.join(staging, entry.relative)
+            # Its mode and times set here, as put(preserve=True) would, less the id bits.
+            await sftp.put(str(local / entry.relative), remote)
+            await sftp.setstat(remote, _attrs(local / entry.relative))
 
     async with asyncio.TaskGroup() as group:
         for entry in files:

@@ -349,6 +349,42 @@ async def test_a_host_without_rsync_gets_the_tree_over_sftp(
     assert_mirrored(local, remote)
 
 
+@pytest.mark.parametrize("method", ["tar", "rsync", "sftp"])
+async def test_a_synced_tree_keeps_no_set_user_or_group_id_bit(
+    ssh_hosts: SshHosts, tmp_path: Path, method: str
+) -> None:
+    """A repo named by a path under SANDBOXER_INPUT_ROOTS is copied as it is on this machine:
+    a set-user-id (or set-group-id) file there, anyone's own, became one in the sandbox's
+    workspace on the host, owned there by whoever the copy made it (root over SFTP as root),
+    for the sandbox and the host's users to run. The bits are stripped, as an uploaded
+    archive's are when it is unpacked; the rest of the mode is kept."""
+    [info] = await ssh_hosts(1)
+    local, remote = tmp_path / "local", tmp_path / "remote" / "repo"
+    (local / "bin").mkdir(parents=True)
+    (local / "bin").chmod(0o2755)
+    tool = local / "bin" / "tool"
+    tool.write_text("#!/bin/sh\nid -u\n")
+    tool.chmod(0o6755)
+    (local / "group-only").write_text("g")
+    (local / "group-only").chmod(0o2750)
+    remote.mkdir(parents=True)
+    async with session(info.name, info.host) as conn:
+        used = await sync_dir(
+            info.name,
+            info.host,
+            conn,
+            local,
+            str(remote),
+            empty=method == "tar",
+            host_has_rsync=method != "sftp",
+        )
+    assert used == method
+    assert stat.S_IMODE((remote / "bin" / "tool").stat().st_mode) == 0o755
+    assert stat.S_IMODE((remote / "group-only").stat().st_mode) == 0o750
+    assert stat.S_IMODE((remote / "bin").stat().st_mode) == 0o755
+    assert (remote / "bin" / "tool").read_text() == "#!/bin/sh\nid -u\n"
+
+
 async def test_a_cancelled_sftp_sync_leaves_no_partial_copy(
     ssh_hosts: SshHosts, tmp_path: Path
 ) -> None:
