@@ -16,7 +16,7 @@ reserved plus it would pass the project's budget (``budget_exceeded``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -88,6 +88,12 @@ class ReserveCredits:
     extension: str
     profile: str | None = None
     reason: Literal["create", "extend", "reroute"] = "create"
+    appended_extensions: frozenset[str] | None = None
+    """For a reroute to a paid backend: the holds (``extend-<digest>``) of the extensions the
+    sandbox has appended, whose time ``amount`` estimates. Any other extension hold of the
+    sandbox is of an extension still in flight (held, not yet appended): it is carried over
+    at the new price (``carried``), or it was lost and its time, once appended, held
+    nowhere. None: nothing carried over (a free fallback, BYOK)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,18 +178,21 @@ def decide_account(book: AccountBook, command: AccountCommand, now: str) -> list
                     f"sandbox {command.sandbox_id} was destroyed and its use metered; "
                     "nothing more is reserved for it",
                 )
-            _check_reservation(state, command, now)
+            carried = _carried_extensions(state, command)
+            total = command.amount + sum(carried.values())
+            _check_reservation(state, replace(command, amount=total), now)
             return [
                 CreditsReserved(
                     **head,
                     causation_id=command.causation_id,
                     sandbox_id=command.sandbox_id,
-                    amount=command.amount,
+                    amount=total,
                     price=command.price,
                     create_price=command.create_price,
                     extension=command.extension,
                     profile=command.profile,
                     reason=command.reason,
+                    carried=carried,
                 )
             ]
         case ReleaseHold():
@@ -204,6 +213,26 @@ def decide_account(book: AccountBook, command: AccountCommand, now: str) -> list
             ]
         case MeterUsage():
             return [_metered(state, command, head)]
+
+
+def _carried_extensions(state: AccountState, command: ReserveCredits) -> dict[str, int]:
+    """The holds of extensions still in flight that a reroute carries over, at its price.
+
+    An ``extend_ttl`` holds its time before it is appended, and a sandbox provisioning may
+    be rerouted in between: the reroute's estimate covers only the extensions appended, and
+    it replaces the sandbox's holds. The one in flight, appended after, had its time held
+    nowhere (its hold id decided, it holds nothing again). Decided here, on the account the
+    reservation is appended to, so an extension held meanwhile is not missed either."""
+    held = state.reservations.get(command.sandbox_id)
+    appended = command.appended_extensions
+    if command.reason != "reroute" or appended is None or held is None:
+        return {}
+    old_price, new_price = Decimal(held.price), Decimal(command.price)
+    return {
+        hold: amount if old_price == 0 else ceil_microusd(amount * new_price / old_price)
+        for hold, amount in held.extensions.items()
+        if hold not in appended
+    }
 
 
 def _releasable(state: AccountState, command: ReleaseHold) -> int | None:

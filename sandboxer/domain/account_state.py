@@ -78,7 +78,8 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
     extensions: dict[str, int] = {}
     """The extensions' holds in ``amount``, by their command ids (``extend-<digest>``): one
     the sandbox refuses for good is given back alone (``credits_released``). A reroute's
-    hold replaces them (it estimates the TTL as extended)."""
+    hold replaces them (it estimates the TTL as extended) but for those of extensions still
+    in flight, which it carries over at its price (``CreditsReserved.carried``)."""
 
 
 class AccountState(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,7 +171,9 @@ def _reserve(base: AccountState, event: CreditsReserved) -> AccountState:
 
 
 def _extensions_after(held: Reservation | None, event: CreditsReserved) -> dict[str, int]:
-    if event.reason == "reroute" or held is None:
+    if event.reason == "reroute":
+        return dict(event.carried)  # its estimate covers the extensions appended
+    if held is None:
         kept: dict[str, int] = {}
     else:
         kept = held.extensions

@@ -63,6 +63,10 @@ class CreditsReserved(_AccountEventBase, frozen=True, kw_only=True, tag="credits
     extension: str
     profile: str | None = None
     reason: Literal["create", "extend", "reroute"] = "create"
+    carried: dict[str, int] = {}
+    """For a ``reroute``: the holds of extensions still in flight (held, not yet appended) it
+    carries over, by their command ids (``extend-<digest>``), at the new backend's price;
+    part of ``amount``. Empty (or absent, before 2026-12-04): none."""
 
 
 class CreditsReleased(_AccountEventBase, frozen=True, kw_only=True, tag="credits_released"):

@@ -385,13 +385,15 @@ async def reserve_for_reroute(
     free = decl is None or own is not None or (per_second == 0 and per_create == 0)
     if free and held is None:
         return key
-    amount = (
-        0
-        if free or decl is None
+    amount, appended = 0, None
+    if not free and decl is not None:
         # Its TTL as extended: the hold it replaces held every extension too (an extend_ttl
         # is taken while the sandbox is provisioning), and the time stays the sandbox's.
-        else estimate_microusd(decl.pricing, ttl_with_extensions(state) or 0.0, gpu)
-    )
+        amount = estimate_microusd(decl.pricing, ttl_with_extensions(state) or 0.0, gpu)
+        # Those are the extensions appended; the account carries over any other extension
+        # hold, of one still in flight (account_decide._carried_extensions). ``state`` may
+        # be a little old: one appended since is carried over, not estimated: held once.
+        appended = frozenset(extend_command_id(state.sandbox_id, c) for c in state.handled)
     reservation = ReserveCredits(
         command_id=reroute_reservation_id(state.sandbox_id, command_id),
         causation_id=command_id,
@@ -403,6 +405,7 @@ async def reserve_for_reroute(
         extension=extension,
         profile=state.profile,
         reason="reroute",
+        appended_extensions=appended,
     )
     await apply_account(store, project, reservation, account)
     return key

@@ -15,12 +15,16 @@ import pytest
 import yaml
 
 from sandboxer import subjects
+from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.client import SandboxerClient
 from sandboxer.clock import utc_now
-from sandboxer.config.catalog import packaged_dir
+from sandboxer.commands.types import ExtendTtl
+from sandboxer.config.catalog import Catalog, packaged_dir
 from sandboxer.errors import CommandFailed
+from sandboxer.events.actor import Actor
 from sandboxer.extensions.saas_stub.records import RecordStore
 from sandboxer.extensions.saas_stub.rules import Price, Record
+from sandboxer.workers.credit_reservation import reserve_for_extend
 from tests.integration.conftest import (
     Service,
     consumer_idle,
@@ -379,6 +383,49 @@ async def test_a_reroute_holds_the_hour_an_extension_added_while_provisioning(
             while (got := await client.get(sandbox_id)) is None or got["status"] != "ready":
                 await asyncio.sleep(0.1)
         assert got["extension"] == "ext.local"
+        [account] = await client.credits("default")
+        assert account["reserved"] == 50 * 4200, account  # on the old code 50 * 600
+        await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_a_reroute_keeps_the_hold_of_an_extension_still_in_flight(
+    nats_server: Any, home: Path
+) -> None:
+    """An extend_ttl held its hour at the stub while the sandbox provisioned, and was cut off
+    before its append; the stub refused and the reroute to ext.local replaced the sandbox's
+    hold with an estimate of the TTL the sandbox had appended (the create's 10 minutes): the
+    in-flight extension's hold was dropped. Its delivery then went on and appended its
+    hour, held nowhere (its hold id decided, it holds nothing again). The reroute carries
+    such a hold over, at the new backend's price."""
+    write_profiles(home)
+    write_override(home, latency_ms=3000, failure_rate=1)  # paid, refuses three seconds in
+    local = yaml.safe_load((packaged_dir("extensions") / "ext.local.yaml").read_text())
+    local["pricing"] = {"per_second": 0.00005, "per_create": 0.0}  # 50 credits a second
+    (home / "extensions" / "ext.local.yaml").write_text(yaml.safe_dump(local))
+    service = await start_service(home, nats_server.url, ROLES)
+    try:
+        await service.fund(amount=50_000_000)
+        client = service.client
+        sandbox_id = (await client.create("profile.fallback", ttl="10m", wait=False))["sandbox_id"]
+        await until_event(client, sandbox_id, ["requested", "routed", "provisioning"])
+        in_flight = ExtendTtl(
+            command_id="in-flight-ext",
+            actor=Actor(**client.actor),
+            sandbox_id=sandbox_id,
+            duration="1h",
+        )
+        store = JetStreamEventStore(client.nc, client.js)
+        await reserve_for_extend(store, Catalog.load(home), in_flight)  # held, not appended
+        async with asyncio.timeout(60):
+            while (got := await client.get(sandbox_id)) is None or got["status"] != "ready":
+                await asyncio.sleep(0.1)
+        assert got["extension"] == "ext.local"
+        # The cut-off delivery goes on: its hour is appended.
+        extended = await client.extend_ttl(sandbox_id, "1h", command_id="in-flight-ext")
+        assert extended["by_seconds"] == 3600
         [account] = await client.credits("default")
         assert account["reserved"] == 50 * 4200, account  # on the old code 50 * 600
         await client.destroy(sandbox_id)

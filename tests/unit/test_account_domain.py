@@ -486,3 +486,27 @@ def test_a_create_s_hold_is_given_back_whole_once_and_only_by_its_create() -> No
 
 def reserve_with_cause(sandbox_id: str, amount: int, create_id: str) -> ReserveCredits:
     return dataclasses.replace(reserve(sandbox_id, amount), causation_id=create_id)
+
+
+def test_a_reroute_carries_over_the_hold_of_an_extension_still_in_flight() -> None:
+    """An extension held and not yet appended when the sandbox is rerouted: the reroute's
+    estimate covers only the extensions appended, and its hold replaced every other, so
+    the in-flight extension's time, appended after, was held nowhere. It is carried over at
+    the new backend's price, and may still be given back alone; an appended one is in the
+    estimate, and a free fallback carries nothing."""
+    book = run(funded(), reserve("sbx00000001", 61_000))  # price 100 a second
+    book = run(book, reserve("sbx00000001", 6_000, reason="extend", command_id="extend-e1"))
+    book = run(book, reserve("sbx00000001", 36_000, reason="extend", command_id="extend-e2"))
+    reroute = dataclasses.replace(
+        reserve("sbx00000001", 70_000, price="50", reason="reroute", command_id="reserve-r1"),
+        appended_extensions=frozenset({"extend-e1"}),  # e2 is in flight
+    )
+    rerouted = run(book, reroute)
+    held = rerouted.state.reservations["sbx00000001"]
+    assert held.extensions == {"extend-e2": 18_000}  # 360 s at 50 a second
+    assert (held.amount, rerouted.state.reserved) == (88_000, 88_000)
+    given_back = run(rerouted, release("extend-e2"))
+    assert given_back.state.reserved == 70_000
+    free = dataclasses.replace(reroute, amount=0, price="0", appended_extensions=None)
+    assert run(book, free).state.reservations["sbx00000001"].extensions == {}
+    assert run(book, free).state.reserved == 0

@@ -8,7 +8,7 @@ from sandboxer.domain.deadlines import ttl_with_extensions
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.events.account_events import CreditsAdded, CreditsReserved
 from sandboxer.events.actor import Actor
-from sandboxer.workers.credit_reservation import reserve_for_reroute
+from sandboxer.workers.credit_reservation import extend_command_id, reserve_for_reroute
 
 ACTOR = Actor(type="agt", id="a", project="p")
 AT = "2026-12-04T10:00:00.000Z"
@@ -24,6 +24,7 @@ def extended_while_provisioning() -> SandboxState:
         created_at=AT,
         expires_at="2026-12-04T11:10:00.000Z",
         refused_by=("ext.saas-stub",),
+        handled=("create-1", "ext-1"),  # the extension was appended
     )
 
 
@@ -64,7 +65,7 @@ async def test_a_reroute_holds_the_extensions_the_refused_backend_held() -> None
             ),
             CreditsReserved(
                 **head,
-                command_id="extend-1",
+                command_id=extend_command_id("sbxextended1", "ext-1"),
                 causation_id="ext-1",
                 sandbox_id="sbxextended1",
                 amount=100 * 3600,
@@ -83,3 +84,43 @@ async def test_a_reroute_holds_the_extensions_the_refused_backend_held() -> None
     # 30.25 micro-USD a second for 4200 s (on the old code 600 s: 18150)
     assert held.amount == 127_050, held
     assert account.reserved == 127_050
+
+
+async def test_a_reroute_carries_the_hold_of_an_extension_not_yet_appended() -> None:
+    """A second extension held its half hour at the stub and had not been appended when the
+    stub refused: the reroute's estimate (the TTL as extended) cannot count it, and its
+    hold, replaced, was lost, its time held nowhere once appended. It is carried over at
+    E2B's price."""
+    store = MemoryEventStore()
+    head = {"project": "p", "actor": ACTOR, "at": AT}
+    in_flight = extend_command_id("sbxextended1", "ext-2")
+    loaded = await store.load_account("p")
+    await store.append_account(
+        loaded,
+        [
+            CreditsAdded(**head, command_id="add-1", amount=10_000_000),
+            *(
+                CreditsReserved(
+                    **head,
+                    command_id=command_id,
+                    causation_id=cause,
+                    sandbox_id="sbxextended1",
+                    amount=amount,
+                    price="100",
+                    create_price="1000",
+                    extension="ext.saas-stub",
+                    reason=reason,
+                )
+                for command_id, cause, amount, reason in (
+                    ("reserve-sbxextended1", "create-1", 1000 + 100 * 600, "create"),
+                    (extend_command_id("sbxextended1", "ext-1"), "ext-1", 100 * 3600, "extend"),
+                    (in_flight, "ext-2", 100 * 1800, "extend"),
+                )
+            ),
+        ],
+    )
+    await reserve_for_reroute(store, Catalog.load(), extended_while_provisioning(), "ext.e2b", "r")
+    held = (await store.load_account("p")).state.reservations["sbxextended1"]
+    # 4200 s estimated, and 1800 s carried: 30.25 a second (on the old code 127050 only)
+    assert held.extensions == {in_flight: 54_450}
+    assert held.amount == 127_050 + 54_450, held
