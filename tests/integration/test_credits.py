@@ -379,6 +379,39 @@ async def test_another_project_s_create_under_a_create_s_command_id_gives_its_ho
         await beta.close()
 
 
+async def test_a_create_refused_before_deciding_gives_back_its_hold_on_another_project_s_id(
+    service: Service, acme: SandboxerClient, nats_server: NatsServerProcess, home: Path
+) -> None:
+    """beta's create held credits for an id (cut off before its append) that acme's create,
+    under the same command id, then made. Sent again, beta's is refused before its sandbox
+    is looked at (here its TTL past ttl.max; its hosts down would do the same): only a
+    sandbox_exists refusal gave such a hold back, so this one was held for ever."""
+    beta = await SandboxerClient.connect(
+        [nats_server.url], actor={"type": "agt", "id": "b", "project": "beta"}
+    )
+    funds = PER_CREATE + 600 * PER_SECOND
+    try:
+        for project in ("acme", "beta"):
+            await acme.account_command("add_credits", project, amount=funds)
+        admitted = await cut_off_after_its_hold(
+            beta, home, Actor(type="agt", id="b", project="beta"), "shared-create-5", ttl="10m"
+        )
+        made = await acme.create("profile.saas-stub", ttl="10m", command_id="shared-create-5")
+        assert made["sandbox_id"] == admitted.sandbox_id
+        await send_again(beta, "shared-create-5", "profile.saas-stub", ttl="5h")
+        async with asyncio.timeout(30):
+            while (await account(acme, "beta"))["reserved"] != 0:
+                await asyncio.sleep(0.1)
+        assert (await account(acme, "beta"))["balance"] == funds  # released, never debited
+        sandbox = await acme.get(admitted.sandbox_id)
+        assert sandbox is not None
+        assert (sandbox["status"], sandbox["actor"]["project"]) == ("ready", "acme")
+        await acme.destroy(admitted.sandbox_id)
+        assert (await account(acme, "acme", metered=1))["reserved"] == 0
+    finally:
+        await beta.close()
+
+
 async def test_a_second_create_of_a_sandbox_id_is_refused_not_made_on_the_first_s_hold(
     service: Service, acme: SandboxerClient, home: Path
 ) -> None:
