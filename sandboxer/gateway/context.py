@@ -15,9 +15,9 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Header, HTTPException, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -43,6 +43,7 @@ __all__ = [
     "RequestActor",
     "RequestKey",
     "ServiceClient",
+    "Standing",
     "Wait",
     "default_actor",
     "key_of",
@@ -181,18 +182,25 @@ KEY_RECHECK_SECONDS = 1.0
 stands: a revoked key's stream ends at the first event after that."""
 
 
+class Standing(Protocol):
+    """Whether a request's key is still active (:func:`key_standing`)."""
+
+    def __call__(self, *, fresh: bool = False) -> Awaitable[bool]: ...
+
+
 async def key_standing(
     request: Request, gw: Annotated[Gateway, Depends(gateway)], _key: RequestKey
-) -> Callable[[], Awaitable[bool]]:
+) -> Standing:
     """For a response that outlives its request's check: whether the key is still active,
-    read from the log at its first call, then at most every :data:`KEY_RECHECK_SECONDS`."""
+    read from the log at its first call, then at most every :data:`KEY_RECHECK_SECONDS`
+    (or at once, ``fresh``: right before a command or a copy starts)."""
     key = bearer_key(request.headers.get("authorization")) or ""
     # Not taken from the request's check: an exec's or a copy's key is checked before its
     # body is read (app.BodyLimit), and a body may take minutes to arrive.
     checked = {"at": float("-inf"), "active": True}
 
-    async def standing() -> bool:
-        if time.monotonic() - checked["at"] >= KEY_RECHECK_SECONDS:
+    async def standing(*, fresh: bool = False) -> bool:
+        if fresh or time.monotonic() - checked["at"] >= KEY_RECHECK_SECONDS:
             checked["at"] = time.monotonic()
             checked["active"] = await gw.keys().active(key) is not None
         return bool(checked["active"])
@@ -200,7 +208,7 @@ async def key_standing(
     return standing
 
 
-KeyStanding = Annotated[Callable[[], Awaitable[bool]], Depends(key_standing)]
+KeyStanding = Annotated[Standing, Depends(key_standing)]
 
 
 def request_actor(key: RequestKey) -> dict[str, Any]:

@@ -51,7 +51,13 @@ from sandboxer.errors import (
     WorkspaceRefused,
 )
 from sandboxer.gateway.auth import visible_sandbox
-from sandboxer.gateway.context import KEY_RECHECK_SECONDS, BusClient, KeyStanding, request_actor
+from sandboxer.gateway.context import (
+    KEY_RECHECK_SECONDS,
+    BusClient,
+    KeyStanding,
+    Standing,
+    request_actor,
+)
 from sandboxer.gateway.errors import error_response, response_for
 from sandboxer.gateway.models import SANDBOX_ID, ErrorBody
 from sandboxer.gateway.transfers import MAX_KEY_TRANSFERS
@@ -258,7 +264,7 @@ async def exec_in_sandbox(
 
 async def _for_caller(
     request: Request,
-    standing: Callable[[], Awaitable[bool]],
+    standing: Standing,
     what: tuple[str, str],
     work: Coroutine[Any, Any, T],
 ) -> asyncio.Future[T] | JSONResponse:
@@ -272,15 +278,9 @@ async def _for_caller(
     The key is read from the log once more before ``work`` starts: it was checked before
     the request's body was read (app.BodyLimit), and a body dripped in over minutes would
     otherwise run a revoked key's command or copy (answered 401, nothing done)."""
-    if not await standing():
+    if not await standing(fresh=True):
         work.close()  # never started: nothing was sent
-        return error_response(
-            401,
-            "unauthorized",
-            f"the API key was revoked before {what[0]} started (the request's body came "
-            "after its key was checked); nothing was done: ask an administrator for a new "
-            "key ('sandboxer keys create')",
-        )
+        return _revoked_before(what[0])
     running = asyncio.ensure_future(work)
     stopped = asyncio.ensure_future(_caller_gone(request, standing, what[0]))
     try:
@@ -298,6 +298,16 @@ async def _for_caller(
     return error_response(409, what[1], why)
 
 
+def _revoked_before(what: str) -> JSONResponse:
+    return error_response(
+        401,
+        "unauthorized",
+        f"the API key was revoked before {what} started (the request's body came after its "
+        "key was checked); nothing was done: ask an administrator for a new key "
+        "('sandboxer keys create')",
+    )
+
+
 async def _caller_gone(request: Request, standing: Callable[[], Awaitable[bool]], what: str) -> str:
     """Return, with why, once the request's key is revoked or its caller has hung up."""
     while True:
@@ -311,10 +321,17 @@ async def _caller_gone(request: Request, standing: Callable[[], Awaitable[bool]]
 # -- files -------------------------------------------------------------------------------------
 
 
-async def _receive(request: Request, destination: Path, limit: int) -> None:
+async def _receive(
+    request: Request, destination: Path, limit: int, standing: Callable[[], Awaitable[bool]]
+) -> bool:
+    """The request's body into ``destination``; False, the rest left unread, once its key is
+    found revoked: an upload may take minutes and be a GiB, which the gateway would read
+    and store for nothing (``standing`` reads the log at most once a second)."""
     total = 0
     with destination.open("wb") as out:
         async for chunk in request.stream():
+            if not await standing():
+                return False
             total += len(chunk)
             if total > limit:
                 raise WorkspaceRefused(
@@ -322,6 +339,7 @@ async def _receive(request: Request, destination: Path, limit: int) -> None:
                     "moves (SANDBOXER_UPLOAD_MAX_MB)"
                 )
             out.write(chunk)  # chunks of the ASGI server's size: a page-cache write
+    return True
 
 
 @router.put(
@@ -352,7 +370,8 @@ async def put_files(
     try:
         with tempfile.TemporaryDirectory(prefix="sandboxer-put-") as scratch:
             body = Path(scratch) / "body"
-            await _receive(request, body, limit)
+            if not await _receive(request, body, limit, standing):
+                return _revoked_before("the copy")
             if as_tar:
                 kind = "dir"
             else:

@@ -535,6 +535,48 @@ async def test_a_key_revoked_while_its_body_arrives_runs_nothing(front: Front) -
         await admin.destroy(sandbox_id)
 
 
+async def test_a_key_revoked_while_its_upload_arrives_has_the_rest_left_unread(
+    front: Front,
+) -> None:
+    """An upload may be a GiB dripped over minutes. On the old code the gateway read a
+    revoked key's body to its end, into a scratch file, before it answered 401: here it
+    answered only once the last chunk was sent. Now it stops reading once it finds the key
+    revoked (it looks again at most once a second) and answers while the body still comes."""
+    key = await front.key("alpha")
+    admin = front.service.client
+    async with front.http(key) as api:
+        created = await api.post("/v1/sandboxes?wait=60s", json={})
+        assert created.status_code == 201, created.text
+        sandbox_id = created.json()["sandbox_id"]
+    host, port = httpx.URL(front.url).host, httpx.URL(front.url).port
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (
+        f"PUT /v1/sandboxes/{sandbox_id}/files?path=big.bin HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/octet-stream\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+    writer.write(head.encode() + chunk)
+    await writer.drain()
+    await revoke_key(front.admin, key_id_for(hash_key(key)))
+    answered = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    sent = 0
+    try:
+        while not answered.done() and sent < 150:  # 15 s of body, 9.4 MiB
+            writer.write(chunk)
+            await writer.drain()
+            sent += 1
+            await asyncio.sleep(0.1)
+        assert answered.done(), "the gateway read the revoked key's body on to its end"
+        assert answered.result().startswith(b"HTTP/1.1 401"), answered.result()
+        assert sent < 60, sent  # within a few of its once-a-second looks
+    finally:
+        answered.cancel()
+        writer.close()
+    assert await admin.exec(sandbox_id, ["test", "-e", "/workspace/big.bin"], _quiet) == 1
+    await admin.destroy(sandbox_id)
+
+
 async def test_the_rate_limit_holds(front: Front) -> None:
     key = await front.key("alpha", rate_per_second=3)
     async with front.http(key) as api:
