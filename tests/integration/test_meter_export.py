@@ -273,3 +273,126 @@ async def test_an_export_held_by_a_down_endpoint_reads_no_further_ahead_and_miss
         await until(lambda: len(endpoint.taken) >= len(ids), task, seconds=120)
         await asyncio.sleep(0.3)
     assert endpoint.keys() == ids  # every one, once, in order
+
+
+def exported_ids(export: Path) -> list[str]:
+    return [msgspec.json.decode(line)["event_id"] for line in export.read_bytes().splitlines()]
+
+
+async def test_a_line_a_kill_left_unfinished_is_written_again_once(
+    nc: Client, writer: JetStreamContext, tmp_path: Path
+) -> None:
+    """A kill -9 in the middle of writing a line leaves it without its newline: the restart
+    cuts it off and writes that usage again, and nothing is lost or written twice."""
+    for event_id in ("u1", "u2", "u3"):
+        await store(writer, usage(event_id))
+    export = tmp_path / "usage.jsonl"
+    async with running(FileExport(nc.jetstream(), export).run) as task:
+        await until(lambda: export.exists() and len(export.read_bytes().splitlines()) >= 3, task)
+    whole = export.read_bytes()
+    with export.open("rb+") as handle:  # u3's line as a kill left it: half of it
+        handle.truncate(len(whole) - len(whole.splitlines()[-1]) // 2)
+    await store(writer, usage("u4"))
+    async with running(FileExport(nc.jetstream(), export).run) as task:
+        await until(lambda: len(export.read_bytes().splitlines()) >= 4, task)
+        await asyncio.sleep(0.3)
+    assert exported_ids(export) == ["u1", "u2", "u3", "u4"]
+    assert export.read_bytes().startswith(whole)
+
+
+@pytest.mark.parametrize(
+    "left",
+    [b"garbage\n", b"\x00\x00\x00\x00\n", b'{"event_id": "x"}\n', b"[1, 2]\n", b"x" * 2_000_000],
+    ids=["garbage", "zeros", "no_stream_seq", "not_an_object", "no_line_break_in_2MB"],
+)
+async def test_a_last_line_the_export_did_not_write_stops_it_until_mended(
+    nc: Client,
+    writer: JetStreamContext,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    left: bytes,
+) -> None:
+    """On the old code a last line that was no usage line crashed the export at every
+    restart (the role's error every second, the file's export stopped for good). Now it
+    waits, the line and the fix logged, and once the line is gone it goes on after the one
+    before it: nothing skipped, nothing twice."""
+    await store(writer, usage("u1"))
+    export = tmp_path / "usage.jsonl"
+    async with running(FileExport(nc.jetstream(), export).run) as task:
+        await until(lambda: export.exists() and len(export.read_bytes().splitlines()) >= 1, task)
+    good = export.read_bytes()
+    bad = left + b"\n\n" if left.endswith(b"\n") else left + b"\n"  # blank lines after it too
+    export.write_bytes(good + bad)
+    await store(writer, usage("u2"))
+    with caplog.at_level(logging.ERROR, logger=meter_export.__name__):
+        async with running(FileExport(nc.jetstream(), export).run) as task:
+            await asyncio.sleep(1.0)
+            assert not task.done(), task.exception() if task.done() else ""
+            assert export.read_bytes() == good + bad  # nothing written after it
+            assert f"meter export to {export} stopped" in caplog.text
+            assert "remove that line" in caplog.text
+
+            export.write_bytes(good)  # mended: it goes on after u1
+            await until(lambda: len(export.read_bytes().splitlines()) >= 2, task)
+            await asyncio.sleep(0.3)
+    assert exported_ids(export) == ["u1", "u2"]
+
+
+@pytest.mark.parametrize("kept", ["past_the_end", "another_event"])
+async def test_another_logs_export_file_stops_the_export(
+    nc: Client,
+    writer: JetStreamContext,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    kept: str,
+) -> None:
+    """A file kept from another log (another installation, a log made again) has its last
+    line at a sequence past this log's end, or at another event. On the old code the export
+    waited silently for this log to pass that sequence, then went on from there (every usage
+    of this log up to it never exported), or went on at once after another log's event."""
+    first = await store(writer, usage("u1"))
+    export = tmp_path / "usage.jsonl"
+    seq = first + 1000 if kept == "past_the_end" else first
+    foreign = meter_export.export_line(seq, usage("elsewhere"))
+    export.write_bytes(foreign)
+    await store(writer, usage("u2"))
+    with caplog.at_level(logging.ERROR, logger=meter_export.__name__):
+        async with running(FileExport(nc.jetstream(), export).run) as task:
+            await asyncio.sleep(1.0)
+            assert not task.done(), task.exception() if task.done() else ""
+            assert export.read_bytes() == foreign
+            assert f"meter export to {export} stopped" in caplog.text
+            assert "another log's export" in caplog.text
+    assert "SANDBOXER_METER_EXPORT_FILE" in caplog.text
+    # A new file for this log: every usage of it, from the start.
+    fresh = tmp_path / "this-log.jsonl"
+    async with running(FileExport(nc.jetstream(), fresh).run) as task:
+        await until(lambda: fresh.exists() and len(fresh.read_bytes().splitlines()) >= 2, task)
+        await asyncio.sleep(0.3)
+    assert exported_ids(fresh) == ["u1", "u2"]
+
+
+async def test_another_logs_position_past_the_end_stops_the_endpoints_export(
+    nc: Client,
+    writer: JetStreamContext,
+    endpoint: Endpoint,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The endpoint's position file too: on the old code one past this log's end waited
+    silently and then skipped every usage up to it."""
+    first = await store(writer, usage("u1"))
+    position = tmp_path / "http.position"
+    position.write_text(f"{first + 1000}\n")
+    with caplog.at_level(logging.ERROR, logger=meter_export.__name__):
+        async with running(http_export(nc, endpoint, position).run) as task:
+            await asyncio.sleep(1.0)
+            assert not task.done(), task.exception() if task.done() else ""
+            assert f"its position file {position} holds {first + 1000}" in caplog.text
+            assert "another log's" in caplog.text
+
+            position.write_text("0\n")  # mended: every usage of this log
+            await until(lambda: len(endpoint.taken) >= 1, task)
+            await asyncio.sleep(0.3)
+    assert endpoint.keys() == ["u1"]
+    assert position.read_text() == f"{first}\n"
