@@ -10,10 +10,11 @@ reader), never from a live subscription that could have moved on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -22,6 +23,7 @@ from sandboxer.client import SandboxerClient
 from sandboxer.gateway.auth import event_visibility, require_sandbox
 from sandboxer.gateway.common import ERRORS, SSE_ERRORS, SandboxId
 from sandboxer.gateway.context import (
+    KEY_RECHECK_SECONDS,
     BusClient,
     Gateway,
     KeyStanding,
@@ -35,6 +37,8 @@ from sandboxer.gateway.streams import STREAM_RETRY_AFTER
 __all__ = ["EventFilter", "event_stream", "router", "start_after"]
 
 MAX_SEQUENCE = 2**63 - 1
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,17 +76,48 @@ async def event_stream(
     """``visible`` (gateway/auth.py's ``event_visibility``) hides what the request's key may
     not see: events of other projects' sandboxes, snapshots and accounts. ``standing``
     (context.py's ``key_standing``) ends the stream once the key is revoked."""
-    async for seq, event in client.events(
-        sandbox_id=chosen.sandbox_id, follow=follow, start_seq=start_seq
-    ):
-        if standing is not None and not await standing():
-            return  # revoked since the stream began: it hears nothing more
+    reading = client.events(sandbox_id=chosen.sandbox_id, follow=follow, start_seq=start_seq)
+    if standing is not None:
+        reading = _while_standing(reading, standing)
+    async for seq, event in reading:
         if chosen.matches(event) and (visible is None or await visible(event, seq)):
             yield ServerSentEvent(
                 id=str(seq),
                 event=str(event.get("type") or "event"),
                 raw_data=json.dumps(event, separators=(",", ":"), ensure_ascii=False),
             )
+
+
+async def _while_standing(
+    reading: AsyncIterator[T], standing: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[T]:
+    """``reading``'s items until the key is found revoked: looked at with each item, and
+    every ``KEY_RECHECK_SECONDS`` while none comes. Looked at only with each item, a quiet
+    sandbox's stream (one destroyed, say) of a revoked key held its reader of the log and its
+    slot (streams.py) until its client left, or for ever."""
+    pending: asyncio.Task[T] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(reading))
+            done, _ = await asyncio.wait({pending}, timeout=KEY_RECHECK_SECONDS)
+            if not await standing():
+                return  # revoked since the stream began: it hears nothing more
+            if not done:
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield item
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()  # the reader stops where it waits (and unsubscribes)
+            await asyncio.gather(pending, return_exceptions=True)
+        aclose = getattr(reading, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 # -- the routes --------------------------------------------------------------------------------

@@ -768,6 +768,33 @@ async def test_a_revoked_keys_event_stream_ends(front: Front) -> None:
         await alpha.destroy(sandbox_id)
 
 
+async def test_a_revoked_keys_stream_of_a_quiet_sandbox_ends(front: Front) -> None:
+    """A stream looked at its key only with each event it read: one of a sandbox that has
+    nothing more to say (ready and idle, or destroyed) stayed open for a revoked key until
+    its client left, holding its reader of the log and its slot of the key's streams."""
+    key = await front.key("alpha")
+    async with front.http(key) as api:
+        created = await api.post("/v1/sandboxes?wait=60s", json={})
+        assert created.status_code == 201, created.text
+        sandbox_id = created.json()["sandbox_id"]
+        heard: list[str] = []
+
+        async def listen() -> None:
+            async with api.stream("GET", f"/v1/sandboxes/{sandbox_id}/events") as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():
+                    heard.append(line)
+
+        listening = asyncio.create_task(listen())
+        async with asyncio.timeout(30):
+            while "event: ready" not in heard:
+                await asyncio.sleep(0.05)
+        await revoke_key(front.admin, key_id_for(hash_key(key)))
+        async with asyncio.timeout(10):
+            await listening  # the stream ended, with no event of the sandbox after the revoke
+    await front.service.client.destroy(sandbox_id)
+
+
 async def test_a_keys_snapshot_list_is_narrowed_to_its_project_before_the_limit(
     front: Front,
 ) -> None:
