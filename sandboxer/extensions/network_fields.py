@@ -1,9 +1,9 @@
 """The one network policy compiled into each hosted provider's create fields (pure).
 
 Routing only sends a profile to a backend whose declared ``capabilities.network``
-covers what its policy needs (docs/network.md#enforcement), so a compiler meets
-only policies its provider can hold; one that gets another anyway (a caller that
-skipped routing) refuses it rather than let more through than the policy allows.
+covers what its policy needs (docs/network.md#enforcement). E2B, Daytona and Modal
+each take addresses, CIDRs, names and ``*.`` wildcards (``network: domain``), so
+every policy compiles for each of them.
 
 No provider filters by port or protocol: an entry's ports and protocol are
 dropped, and the ``ready`` event's warnings say which entries were widened so.
@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from sandboxer.config.network_policy import Egress, NetworkPolicy
-from sandboxer.errors import InvalidInput
 
 __all__ = ["daytona_fields", "e2b_fields", "modal_options", "port_warnings"]
 
@@ -52,23 +51,24 @@ def e2b_fields(policy: NetworkPolicy) -> dict[str, Any]:
     return fields
 
 
-def daytona_fields(policy: NetworkPolicy, sandbox_id: str) -> dict[str, Any]:
-    """``networkBlockAll`` for deny, ``networkAllowList`` (a comma list of CIDRs) for an
-    address allowlist; Daytona has no names, so a name entry is refused."""
+def daytona_fields(policy: NetworkPolicy) -> dict[str, Any]:
+    """``networkBlockAll`` for deny; an allowlist is ``networkAllowList`` (the address
+    entries as a comma list of CIDRs) and ``domainAllowList`` (the names and ``*.``
+    wildcards as a comma list, as Daytona's spec writes ``example.com,*.daytona.io``),
+    each sent when the policy has such entries. Every name the policy language admits
+    is one Daytona's list can carry (lower-case ASCII labels, no comma), so none is refused."""
     if policy.default == "allow":
         return {}
     if not policy.egress:
         return {"networkBlockAll": True}
-    names = [entry.to for entry in policy.domains]
+    fields: dict[str, Any] = {}
+    cidrs = _unique([_cidr(entry) for entry in policy.addresses])
+    names = _unique([entry.to for entry in policy.domains])
+    if cidrs:
+        fields["networkAllowList"] = ",".join(cidrs)
     if names:
-        raise InvalidInput(
-            f"ext.daytona cannot allow egress by name ({', '.join(names)}): Daytona's allowlist "
-            "holds CIDRs only; list addresses, or route the profile to a backend with "
-            "network: domain",
-            sandbox_id=sandbox_id,
-            extension="ext.daytona",
-        )
-    return {"networkAllowList": ",".join(_unique([_cidr(e) for e in policy.addresses]))}
+        fields["domainAllowList"] = ",".join(names)
+    return fields
 
 
 def modal_options(policy: NetworkPolicy) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import pytest
 
-from tests.doubles.network_check import is_cidr
+from tests.doubles.network_check import is_cidr, is_domain
 from tests.doubles.spec_double import Answer, Call, Handler, Served, SpecDouble
 
 __all__ = ["ANSWERS", "DEVIATIONS", "DaytonaDouble", "DaytonaServed", "daytona_double"]
@@ -104,8 +104,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-NETWORK_FIELDS = ("networkBlockAll", "networkAllowList")
-"""CreateSandbox's network fields: block everything, or allow these CIDRs."""
+NETWORK_FIELDS = ("networkBlockAll", "networkAllowList", "domainAllowList")
+"""CreateSandbox's network fields: block everything, or allow these CIDRs and these domains
+(each a comma-separated list; the spec's example domains are ``example.com,*.daytona.io``)."""
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Record:
     auto_stop_sets: int = 0
     """How many times its auto-stop interval was set after its create."""
     network_fields: dict[str, Any] = field(default_factory=dict)
-    """Exactly the network fields its create carried (``networkBlockAll``, ``networkAllowList``)."""
+    """Exactly the network fields its create carried (:data:`NETWORK_FIELDS`)."""
 
 
 class DaytonaDouble:
@@ -270,8 +271,9 @@ class DaytonaDouble:
             "updatedAt": _now(),
             "toolboxProxyUrl": "https://proxy.double.invalid/toolbox",
         }
-        if given.get("networkAllowList"):
-            body["networkAllowList"] = given["networkAllowList"]
+        for allow_list in ("networkAllowList", "domainAllowList"):
+            if given.get(allow_list):
+                body[allow_list] = given[allow_list]
         if record.error_reason:
             body["errorReason"] = record.error_reason
         return body
@@ -291,10 +293,14 @@ class DaytonaDouble:
                     400, "Cannot specify Sandbox resources when using a snapshot", _path(call)
                 ),
             )
-        allow_list = body.get("networkAllowList")
-        if allow_list is not None and not all(is_cidr(c) for c in str(allow_list).split(",")):
-            message = f"networkAllowList {allow_list!r} must be a comma-separated list of CIDRs"
-            return Answer(400, _error_body(400, message, _path(call)))
+        for allow_list, is_item, items in (
+            ("networkAllowList", is_cidr, "CIDRs"),
+            ("domainAllowList", is_domain, "domains"),
+        ):
+            given = body.get(allow_list)
+            if given is not None and not all(is_item(i) for i in str(given).split(",")):
+                message = f"{allow_list} {given!r} must be a comma-separated list of {items}"
+                return Answer(400, _error_body(400, message, _path(call)))
         self.creates += 1
         record = self._new_record(body)
         record.owner = _bearer(call.headers)

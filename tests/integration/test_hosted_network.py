@@ -13,7 +13,6 @@ from sandboxer.config.catalog import Catalog
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.settings import Settings
-from sandboxer.errors import InvalidInput
 from sandboxer.extensions.base import ProvisionRequest, Readiness
 from sandboxer.extensions.daytona.backend import DaytonaExtension
 from sandboxer.extensions.e2b.backend import E2bExtension
@@ -21,6 +20,7 @@ from sandboxer.extensions.modal.backend import ModalExtension
 from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
 from tests.doubles.modal_double import ModalDouble
+from tests.integration.conftest import start_service
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +29,13 @@ POLICIES: dict[str, dict[str, Any]] = {
     "deny": {"default": "deny"},
     "cidr": {"egress": ["10.1.2.0/24:443", "192.0.2.7", "[2001:db8::1]:53/udp"]},
     "domain": {"egress": ["*.pypi.org:443", "10.0.0.0/8", {"to": "files.example.org"}]},
+    "names": {"egress": ["pypi.org", "*.pythonhosted.org:443/tcp"]},
 }
-PORTS_DROPPED = {"cidr": "10.1.2.0/24:443, [2001:db8::1]:53/udp", "domain": "*.pypi.org:443"}
+PORTS_DROPPED = {
+    "cidr": "10.1.2.0/24:443, [2001:db8::1]:53/udp",
+    "domain": "*.pypi.org:443",
+    "names": "*.pythonhosted.org:443/tcp",
+}
 
 
 def request(profile_id: str, sandbox_id: str, policy: str) -> ProvisionRequest:
@@ -67,6 +72,10 @@ E2B_FIELDS: dict[str, dict[str, Any]] = {
         "allow_internet_access": False,
         "network": {"allowOut": ["*.pypi.org", "10.0.0.0/8", "files.example.org"]},
     },
+    "names": {
+        "allow_internet_access": False,
+        "network": {"allowOut": ["pypi.org", "*.pythonhosted.org"]},
+    },
 }
 
 
@@ -98,6 +107,8 @@ DAYTONA_FIELDS: dict[str, dict[str, Any]] = {
     "allow": {},
     "deny": {"networkBlockAll": True},
     "cidr": {"networkAllowList": "10.1.2.0/24,192.0.2.7/32,2001:db8::1/128"},
+    "domain": {"networkAllowList": "10.0.0.0/8", "domainAllowList": "*.pypi.org,files.example.org"},
+    "names": {"domainAllowList": "pypi.org,*.pythonhosted.org"},
 }
 
 
@@ -132,14 +143,36 @@ async def test_daytona_gets_exactly_the_compiled_policy(
     await daytona.teardown(made.sandbox_id)
 
 
-async def test_daytona_refuses_names_before_any_create(
-    daytona: DaytonaExtension, daytona_double: DaytonaServed
+async def test_a_create_naming_domains_is_routed_to_daytona_and_reaches_it(
+    nats_server: Any, home: Path, daytona_double: DaytonaServed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Routing never sends a name allowlist to ext.daytona (network: cidr); a caller that
-    skips routing is refused, never given a sandbox that lets more through."""
-    with pytest.raises(InvalidInput, match=r"cannot allow egress by name \(\*\.pypi\.org, "):
-        await daytona.provision(request("profile.daytona", "dtnetdomain1", "domain"))
-    assert daytona_double.double.creates == 0
+    """Through the bus: a create of profile.daytona (fixed to ext.daytona) that narrows its
+    policy to names is routed there and Daytona gets them in domainAllowList. Before,
+    ext.daytona declared network: cidr and the create was rejected no_route."""
+    monkeypatch.setenv("DAYTONA_API_URL", daytona_double.api_url)
+    monkeypatch.setenv("DAYTONA_API_KEY", daytona_double.key)
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", "ext.daytona"]
+    )
+    try:
+        await service.fund()
+        network = {"egress": ["*.pypi.org:443", "pypi.org", "192.0.2.7"]}
+        ready = await service.client.create("profile.daytona", ttl="10m", network=network)
+        assert ready["reachability"]["kind"] == "daytona"  # the ready event, from ext.daytona
+        assert ready["network"] == {"default": "deny", "egress": network["egress"]}
+        assert ready["warnings"] == [
+            "network: Daytona allows egress by destination, not by port or protocol: "
+            "*.pypi.org:443 reach every port of their destination"
+        ]
+        [record] = daytona_double.double.live()
+        assert record.network_fields == {
+            "networkAllowList": "192.0.2.7/32",
+            "domainAllowList": "*.pypi.org,pypi.org",
+        }
+        await service.client.destroy(ready["sandbox_id"])
+    finally:
+        await service.client.close()
+        await service.shutdown()
 
 
 # --- Modal --------------------------------------------------------------------------------
@@ -156,6 +189,11 @@ MODAL_FIELDS: dict[str, dict[str, Any]] = {
         "type": "ALLOWLIST",
         "allowed_cidrs": ["10.0.0.0/8"],
         "allowed_domains": ["*.pypi.org", "files.example.org"],
+    },
+    "names": {
+        "type": "ALLOWLIST",
+        "allowed_cidrs": [],
+        "allowed_domains": ["pypi.org", "*.pythonhosted.org"],
     },
 }
 
@@ -182,6 +220,6 @@ def test_every_hosted_declaration_claims_what_its_compiler_holds() -> None:
         e: enabled[e].capabilities.network for e in ("ext.e2b", "ext.daytona", "ext.modal")
     } == {
         "ext.e2b": "domain",
-        "ext.daytona": "cidr",
+        "ext.daytona": "domain",
         "ext.modal": "domain",
     }

@@ -15,10 +15,16 @@ from typing import Any
 import pytest
 
 from sandboxer.config.catalog import Catalog
-from sandboxer.config.profile import Resources
+from sandboxer.config.profile import Network, Resources
 from sandboxer.extensions.daytona import plan
 from sandboxer.extensions.daytona.api import ProviderSandbox
-from tests.doubles.daytona_double import ANSWERS, DEVIATIONS, SPEC_FILE, DaytonaDouble
+from tests.doubles.daytona_double import (
+    ANSWERS,
+    DEVIATIONS,
+    NETWORK_FIELDS,
+    SPEC_FILE,
+    DaytonaDouble,
+)
 from tests.doubles.spec_double import SPECS
 
 SPEC: dict[str, Any] = json.loads((SPECS / SPEC_FILE).read_text())
@@ -70,7 +76,10 @@ def test_the_create_body_uses_only_fields_of_CreateSandbox() -> None:
             "resources": Resources(cpu=2, memory_mb=2048, disk_mb=4096, gpu="2"),
         }
     )
-    for profile in (base, sized):
+    netted = base.model_copy(
+        update={"network": Network(egress=["10.0.0.0/8", "*.pypi.org:443", "pypi.org"])}
+    )
+    for profile in (base, sized, netted):
         made = plan.plan_create(
             sandbox_id="conform001",
             extension="ext.daytona",
@@ -83,7 +92,9 @@ def test_the_create_body_uses_only_fields_of_CreateSandbox() -> None:
             now=datetime.now(UTC),
         )
         assert set(made.body) <= properties, set(made.body) - properties
+    assert {"networkAllowList", "domainAllowList"} <= set(made.body)  # the netted one's
     assert set(SCHEMAS["CreateBuildInfo"]["required"]) <= {"dockerfileContent"}
+    assert set(NETWORK_FIELDS) <= properties  # what the double records is the spec's
 
 
 def test_the_fields_and_states_the_adapter_reads_exist() -> None:

@@ -132,6 +132,46 @@ class TestCreateBody:
         assert "memory" not in body_for(profile).body
 
     @pytest.mark.parametrize(
+        ("egress", "fields"),
+        [
+            (["10.1.2.0/24", "192.0.2.7"], {"networkAllowList": "10.1.2.0/24,192.0.2.7/32"}),
+            (
+                ["PyPI.org.", "*.pythonhosted.org"],
+                {"domainAllowList": "pypi.org,*.pythonhosted.org"},
+            ),
+            (
+                ["*.pypi.org:443", "10.0.0.0/8", "pypi.org:80", "files.example.org/tcp"],
+                {
+                    "networkAllowList": "10.0.0.0/8",
+                    "domainAllowList": "*.pypi.org,pypi.org,files.example.org",
+                },
+            ),
+        ],
+    )
+    def test_an_allowlist_sends_addresses_and_names_each_in_its_list(
+        self, egress: list[str], fields: dict[str, str]
+    ) -> None:
+        """Daytona's CreateSandbox has networkAllowList (CIDRs) and domainAllowList (names,
+        ``*.`` wildcards); a name entry was refused before (InvalidInput) though the spec
+        takes it. Ports are dropped, as for addresses, and the ready warning says so."""
+        made = body_for(daytona_profile(network=Network(egress=egress)))
+        sent = {
+            k: made.body[k]
+            for k in ("networkBlockAll", "networkAllowList", "domainAllowList")
+            if k in made.body
+        }
+        assert sent == fields
+        ported = [e for e in Network(egress=egress).egress if ":" in e or "/tcp" in e]
+        assert [w for w in made.warnings if w.startswith("network:")] == (
+            [
+                "network: Daytona allows egress by destination, not by port or protocol: "
+                f"{', '.join(ported)} reach every port of their destination"
+            ]
+            if ported
+            else []
+        )
+
+    @pytest.mark.parametrize(
         ("gpu", "fields"),
         [("H100", {"gpu": 1, "gpuType": ["H100"]}), ("2", {"gpu": 2}), (None, {})],
     )

@@ -13,7 +13,7 @@ from sandboxer.commands.parse import parse_command
 from sandboxer.commands.types import CreateSandbox, EgressObject, NetworkAsk
 from sandboxer.config.catalog import Catalog, packaged_dir
 from sandboxer.config.extension_decl import ExtensionDecl
-from sandboxer.config.profile import Profile
+from sandboxer.config.profile import Network, Profile
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.routing import rank
 from sandboxer.domain.sandbox_decide import MarkReady, StartProvisioning, decide
@@ -99,10 +99,22 @@ def test_packaged_declarations_state_what_each_backend_enforces() -> None:
         "ext.compose-ssh": "domain",
         "ext.vm-packer": "none",
         "ext.e2b": "domain",
-        "ext.daytona": "cidr",
+        "ext.daytona": "domain",
         "ext.modal": "domain",
         "ext.saas-stub": "none",
     }
+
+
+def test_a_profile_whose_egress_names_domains_is_routed_to_daytona() -> None:
+    """ext.daytona sends names in domainAllowList (Daytona's spec has it beside the CIDRs of
+    networkAllowList), so its declaration says network: domain; it said cidr before, and a
+    profile fixed to Daytona with a name in its egress was refused no_route."""
+    catalog = Catalog.load(packaged_dir("profiles").parent)
+    profile = catalog.profile("profile.daytona").model_copy(
+        update={"network": Network(egress=["*.pypi.org:443", "10.0.0.0/8"])}
+    )
+    command = CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id)
+    assert admit_create(command, profile, catalog.extensions_enabled()).extension == "ext.daytona"
 
 
 def test_an_undeclared_level_is_none() -> None:

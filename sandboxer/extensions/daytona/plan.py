@@ -163,7 +163,7 @@ def plan_create(
     if target:
         body["target"] = target
     policy = profile.network.policy()
-    body.update(daytona_fields(policy, sandbox_id))  # docs/network.md
+    body.update(daytona_fields(policy))  # docs/network.md
     warnings = port_warnings("Daytona", policy)
     if profile.setup.instructions:
         warnings.append("setup.instructions are not run by ext.daytona")
