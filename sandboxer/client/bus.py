@@ -772,8 +772,8 @@ class SandboxerClient:
     async def tokens(self, sandbox_id: str) -> dict[str, str]:
         """The tokens the sandbox's provider issued for it (to reach its own endpoint).
 
-        Only the actor that created the sandbox, its project, or an administrator
-        gets them; they never appear in an event or a ``get``.
+        Only the sandbox's project (its creator's, ``default`` when it names none) or an
+        administrator gets them; they never appear in an event or a ``get``.
         """
         _check_id(sandbox_id)
         await self._stored()

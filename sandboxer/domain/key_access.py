@@ -19,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, get_args
 
+import msgspec
+
 from sandboxer.domain.account_state import DEFAULT_PROJECT
-from sandboxer.domain.sandbox_state import Status
+from sandboxer.domain.sandbox_state import SandboxState, Status
 
 __all__ = [
     "ACCOUNT_EVENT_TYPES",
@@ -36,6 +38,7 @@ __all__ = [
     "owner_of",
     "owner_refusal",
     "project_of_actor",
+    "sandbox_project",
     "scope_of",
     "snapshot_owner",
     "taken_refusal",
@@ -80,6 +83,13 @@ def snapshot_owner(snapshot: Mapping[str, Any], sandbox: Mapping[str, Any] | Non
     if isinstance(project, str) and project:
         return project
     return owner_of(sandbox if sandbox is not None else snapshot)
+
+
+def sandbox_project(state: SandboxState) -> str | None:
+    """The project a sandbox (as its state) belongs to: its creator's, or ``default`` when the
+    creator names none (docs/payments.md#accounts), as :func:`owner_of` says of one a query
+    returns; None when it names no creator (administrators only)."""
+    return None if state.actor is None else _project_of(msgspec.to_builtins(state.actor))
 
 
 SandboxReader = Callable[[str], Awaitable[Mapping[str, Any] | None]]

@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from sandboxer.bus.event_store import EventStore
 from sandboxer.bus.key_request_rate import KeyRequestRates, logged_keys
 from sandboxer.bus.replies import answer_subject
-from sandboxer.domain.key_access import may_see, project_of_actor
+from sandboxer.domain.key_access import may_see, sandbox_project
 from sandboxer.domain.key_state import is_valid_key_id
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import RateLimited
@@ -132,7 +132,7 @@ class KeyReach:
                     raise refused
                 return None
         state = await self._owner(sandbox_id)
-        owner = None if state is None else project_of(state)
+        owner = None if state is None else sandbox_project(state)
         self._seen.put(sandbox_id, (state is not None, owner, self._rates.now()))
         if state is None or not self._may_reach(key_id, owner):
             return None
@@ -169,9 +169,4 @@ async def key_actor(store: EventStore, key_id: str, state: SandboxState) -> dict
     if actor is None:
         return None
     plain: dict[str, Any] = msgspec.to_builtins(actor)
-    return plain if may_see(plain, project_of(state)) else None
-
-
-def project_of(state: SandboxState) -> str | None:
-    """The project a sandbox belongs to: its creator's (None: it names no creator)."""
-    return project_of_actor(msgspec.to_builtins(state.actor)) if state.actor else None
+    return plain if may_see(plain, sandbox_project(state)) else None

@@ -1,4 +1,4 @@
-"""Handing a sandbox's provider-issued tokens to its own actor or project
+"""Handing a sandbox's provider-issued tokens to its project or an administrator
 (``sandboxer.token.<sandbox_id>``, core request/reply, outside every stream).
 
 The request is ``{"actor": {...}}``; the answer ``{"ok": true, "tokens": {...}}``

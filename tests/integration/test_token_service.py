@@ -17,8 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
+from sandboxer import subjects
+from sandboxer.cli.key_commands import create_key
+from sandboxer.client import SandboxerClient
 from sandboxer.errors import CommandFailed
 from sandboxer.workers.token_service import TOKEN_TIMEOUT
 from tests.doubles.e2b_double import ServedE2b
@@ -96,5 +100,36 @@ async def test_a_slow_hung_or_failing_backend_holds_no_other_sandboxs_tokens(
         kept.unlink()
         assert await client.tokens(slow) == issued(e2b_double, slow)
     finally:
+        await client.close()
+        await service.shutdown()
+
+
+async def test_a_key_of_project_default_reads_the_tokens_of_a_sandbox_naming_no_project(
+    nats_server: Any, home: Path, e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox whose creator names no project (the operator's CLI) is project
+    ``default``'s: a key of that project may exec in it, so the token service hands the key
+    its tokens too (one rule, key_access.may_see; docs/protocol.md#tokens). On the old code
+    the key was refused: the tokens went to the sandbox's exact creator only."""
+    _provider, service = await served_e2b(nats_server, home, e2b_double, monkeypatch)
+    client = service.client
+    nc = None
+    try:
+        sandbox_id = (await client.create("profile.e2b-burst", ttl="10m"))["sandbox_id"]
+        assert "project" not in client.actor
+        admin = await SandboxerClient.connect([nats_server.url])  # adm, as the CLI is
+        try:
+            _, made = await create_key(admin, project="default", key_type="agt")
+        finally:
+            await admin.close()
+        # The test's server has no authorization: the key's subjects and inbox make it the key.
+        nc = await nats.connect(nats_server.url, inbox_prefix=f"_INBOX.{made['key_id']}")
+        key = SandboxerClient(nc, key_id=made["key_id"])
+        key.actor = dict((await key.query(subjects.QUERY_KEY_WHOAMI, {}))["actor"])
+        assert (await key.get(sandbox_id) or {}).get("status") == "ready"  # it sees it
+        assert await key.tokens(sandbox_id) == issued(e2b_double, sandbox_id)
+    finally:
+        if nc is not None:
+            await nc.close()
         await client.close()
         await service.shutdown()
