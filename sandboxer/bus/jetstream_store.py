@@ -61,6 +61,7 @@ from sandboxer.events.types import (
     Event,
     KeyEvent,
     PoolEvent,
+    SandboxDestroyed,
     SandboxEvent,
     SandboxRequested,
     SnapshotEvent,
@@ -68,7 +69,7 @@ from sandboxer.events.types import (
 )
 from sandboxer.recent import Recent
 
-__all__ = ["JetStreamEventStore"]
+__all__ = ["JetStreamEventStore", "event_subject"]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ CATCH_UP_PAUSE = 0.002
 """Seconds between reads of an aggregate that a replica behind answered (it lags by ms)."""
 
 
-def _subject(event: Event) -> str:
+def event_subject(event: Event) -> str:
+    """The subject ``event`` is appended on: one per aggregate instance and type."""
     if isinstance(event, CommandRejected):
         return subjects.rejection_subject(rejection_key(event))
     if isinstance(event, SNAPSHOT_EVENTS):
@@ -303,6 +305,18 @@ class JetStreamEventStore:
         states = [(await self.load(sandbox_id)).state for sandbox_id in ids]
         return sorted(state.sandbox_id for state in states if state.status != "destroyed")
 
+    async def inputs_in_use(self) -> set[str]:
+        """Two scans, each one batched read: every ``requested`` (its inputs) and every
+        ``destroyed`` (ids only), instead of one scan per object asked about."""
+        inputs: dict[str, set[str]] = {}
+        async for _seq, event in self._events(subjects.sandbox_event_subject("*", "requested")):
+            if isinstance(event, SandboxRequested):
+                inputs.setdefault(event.sandbox_id, set()).update(event.inputs.values())
+        async for _seq, event in self._events(subjects.sandbox_event_subject("*", "destroyed")):
+            if isinstance(event, SandboxDestroyed):
+                inputs.pop(event.sandbox_id, None)
+        return set().union(*inputs.values())
+
     async def record(self, event: Record) -> None:
         stamped = stamp(event)
         await self._publish(stamped, {"Nats-Msg-Id": stamped.event_id})
@@ -355,7 +369,7 @@ class JetStreamEventStore:
         or BusError for any other refusal.
         """
         published = await publish_durably(
-            self._js, _subject(event), encode_event(event), headers=headers
+            self._js, event_subject(event), encode_event(event), headers=headers
         )
         return int(published.ack.seq)
 

@@ -19,7 +19,8 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.projections.projector import Projector
-from tests.unit.test_golden_events import GOLDEN, contains, golden_lines
+from tests.unit.golden_files import GOLDEN, contains
+from tests.unit.test_golden_events import golden_lines
 
 pytestmark = pytest.mark.integration
 

@@ -5,47 +5,38 @@ and the ``missing_consumer`` and ``invalid_consumer`` rejections."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import msgspec
 
-from sandboxer.domain.sandbox_state import SandboxState, evolve
-from sandboxer.events.codec import current_versions, decode_event
 from sandboxer.events.types import (
-    NOT_SANDBOX_EVENTS,
     CommandRejected,
+    Event,
     SandboxFailed,
     SandboxReady,
     SandboxRequested,
-    event_type,
 )
-from tests.unit.test_golden_events import GOLDEN, contains
+from tests.unit.golden_files import GOLDEN, assert_folds_to, decoded_all, folded, stored_states
 
-EVENTS = GOLDEN / "consumer-events-2026-12-02.jsonl"
-STATES = GOLDEN / "consumer-states-2026-12-02.json"
+EVENTS = "consumer-events-2026-12-02.jsonl"
+STATES = "consumer-states-2026-12-02.json"
 SECRET = "golden-secret-value-42"
 """The build token the recording worker held: it is in none of the stored bytes."""
 
 
-def lines() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in EVENTS.read_text().splitlines()]
+def events() -> list[Event]:
+    """Every stored event, each decoding on its subject with every field."""
+    return decoded_all(EVENTS)
 
 
 def test_every_stored_event_decodes_and_keeps_every_field() -> None:
-    for line in lines():
-        event = decode_event(line["body"].encode())
-        assert line["subject"].endswith("." + event_type(event))
-        body = json.loads(line["body"])
-        if body["v"] == current_versions()[body["type"]]:
-            assert contains(json.loads(msgspec.json.encode(event)), body), line["subject"]
+    assert events()
 
 
 def test_requested_records_the_consumer_and_ready_the_setup() -> None:
     consumers: dict[str, Any] = {}
     setups: dict[str, Any] = {}
-    for line in lines():
-        event = decode_event(line["body"].encode())
+    for event in events():
         if isinstance(event, SandboxRequested):
             consumers[event.sandbox_id] = msgspec.to_builtins(event.consumer)
         if isinstance(event, SandboxReady):
@@ -71,25 +62,15 @@ def test_requested_records_the_consumer_and_ready_the_setup() -> None:
 
 
 def test_the_failed_setup_and_the_rejections_are_on_record() -> None:
-    events = [decode_event(line["body"].encode()) for line in lines()]
-    [failed] = [e for e in events if isinstance(e, SandboxFailed)]
+    stored = events()
+    [failed] = [e for e in stored if isinstance(e, SandboxFailed)]
     assert (failed.code, failed.stage) == ("setup_failed", "provision")
     assert "exited with code 3" in failed.reason
     assert "token [redacted]" in failed.reason
-    codes = sorted(e.code for e in events if isinstance(e, CommandRejected))
+    codes = sorted(e.code for e in stored if isinstance(e, CommandRejected))
     assert codes == ["invalid_consumer", "missing_consumer"]
-    assert SECRET not in EVENTS.read_text()
+    assert SECRET not in (GOLDEN / EVENTS).read_text()
 
 
 def test_replay_folds_the_stored_events_to_the_same_state() -> None:
-    states: dict[str, SandboxState] = {}
-    for line in lines():
-        event = decode_event(line["body"].encode())
-        if isinstance(event, NOT_SANDBOX_EVENTS):
-            continue
-        state = states.get(event.sandbox_id) or SandboxState(sandbox_id=event.sandbox_id)
-        states[event.sandbox_id] = evolve(state, event)
-    expected = json.loads(STATES.read_text())
-    assert set(states) == set(expected)
-    for sandbox_id, state in states.items():
-        assert contains(json.loads(msgspec.json.encode(state)), expected[sandbox_id]), sandbox_id
+    assert_folds_to(folded(events())["sandboxes"], stored_states(STATES))

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.events.codec import Codec, UnknownEventType, current_versions, decode_event
-from sandboxer.events.types import NOT_SANDBOX_EVENTS, SandboxRequested, event_type
+from sandboxer.events.types import NOT_SANDBOX_EVENTS, SandboxRequested
+from tests.unit.golden_files import as_json, contains, decoded, stored_lines, stored_states
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 TYPES_OF_2026_12_02 = {
     "requested",
     "routed",
@@ -30,17 +28,7 @@ TYPES_OF_2026_12_02 = {
 
 
 def golden_lines() -> list[dict[str, Any]]:
-    text = (GOLDEN / "events-2026-12-02.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines()]
-
-
-def contains(actual: Any, expected: Any) -> bool:
-    """``actual`` holds everything ``expected`` does (dicts may have gained keys)."""
-    if isinstance(expected, dict):
-        return isinstance(actual, dict) and all(
-            key in actual and contains(actual[key], value) for key, value in expected.items()
-        )
-    return bool(actual == expected)
+    return stored_lines("events-2026-12-02.jsonl")
 
 
 def test_every_type_of_that_day_is_in_the_file() -> None:
@@ -51,12 +39,7 @@ def test_every_type_of_that_day_is_in_the_file() -> None:
 
 def test_every_stored_event_decodes_and_keeps_every_field() -> None:
     for line in golden_lines():
-        event = decode_event(line["body"].encode())
-        assert line["subject"].endswith("." + event_type(event))
-        assert line["headers"]["Nats-Msg-Id"] == event.event_id
-        body = json.loads(line["body"])
-        if body["v"] == current_versions()[body["type"]]:
-            assert contains(json.loads(msgspec.json.encode(event)), body), line["subject"]
+        decoded(line)
 
 
 def test_replay_folds_the_stored_events_to_the_same_state() -> None:
@@ -67,11 +50,10 @@ def test_replay_folds_the_stored_events_to_the_same_state() -> None:
             continue
         state = states.get(event.sandbox_id) or SandboxState(sandbox_id=event.sandbox_id)
         states[event.sandbox_id] = evolve(state, event)
-    expected = json.loads((GOLDEN / "states-2026-12-02.json").read_text())
+    expected = stored_states("states-2026-12-02.json")
     assert set(states) == set(expected)
     for sandbox_id, state in states.items():
-        as_json = json.loads(msgspec.json.encode(state))
-        assert contains(as_json, expected[sandbox_id]), sandbox_id
+        assert contains(as_json(state), expected[sandbox_id]), sandbox_id
 
 
 def test_an_old_version_of_a_type_is_upcast_on_decode() -> None:

@@ -33,7 +33,7 @@ from sandboxer.projections.route_rows import (
     save_route_samples,
 )
 from sandboxer.projections.sandbox_view import SandboxView
-from tests.unit.test_golden_events import GOLDEN
+from tests.unit.golden_files import GOLDEN
 
 
 def golden_log() -> list[tuple[int, bytes]]:
