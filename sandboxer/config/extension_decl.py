@@ -32,6 +32,10 @@ class Capabilities(_Strict):
     addresses and CIDRs), ``domain`` (also of names and wildcard names). Routing sends a
     profile only to a backend whose level covers what its policy needs; a declaration that
     does not say is ``none``."""
+    network_max_cidrs: int | None = Field(default=None, ge=0, le=1_000_000)
+    """The most CIDR blocks the backend's address allowlist takes (Daytona's: 5), counted as
+    the policy's address entries merged into blocks (``NetworkPolicy.address_blocks``);
+    routing does not send a policy with more here. None: no limit."""
 
 
 class Pricing(_Strict):

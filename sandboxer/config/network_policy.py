@@ -177,6 +177,15 @@ class NetworkPolicy:
             return ()
         return tuple(e for e in self.egress if e.is_domain)
 
+    def address_blocks(self) -> tuple[IpNetwork, ...]:
+        """The address entries as the fewest CIDR blocks covering exactly the same addresses
+        (duplicates dropped, a block inside or next to another merged; IPv4 first): what a
+        provider that allows by destination is given, and what its limit on blocks counts."""
+        networks = [n for n in (e.network for e in self.addresses) if n is not None]
+        v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+        v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+        return (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))
+
     def limits_ports(self) -> list[str]:
         """Entries whose ports or protocol narrow them: what a backend that allows by
         destination only cannot honour."""

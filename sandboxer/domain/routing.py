@@ -4,7 +4,8 @@ a decision out (docs/routing.md).
 Every candidate of the profile is looked at, in the profile's order:
 
 1. **eligibility**, first failing check wins: not installed or not enabled; the network
-   policy (the declaration's ``capabilities.network`` must cover what the policy needs,
+   policy (the declaration's ``capabilities.network`` must cover what the policy needs, and
+   its ``network_max_cidrs``, if any, hold the policy's address blocks,
    docs/network.md#enforcement); the profile's ``isolation.level`` when it writes one; the
    route's constraints (``require_isolation``, held to by the same rule as the level: a
    stronger level serves, :func:`isolation_short`; ``gpu``, ``snapshot``, ``pause``,
@@ -29,7 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 from sandboxer.config.extension_decl import ExtensionDecl
-from sandboxer.config.network_policy import enforces
+from sandboxer.config.network_policy import NetworkPolicy, enforces
 from sandboxer.config.profile import Profile, RouteConstraints
 from sandboxer.domain.host_order import placement_hosts
 from sandboxer.domain.pricing import MICRO, estimate_microusd
@@ -189,7 +190,7 @@ def _network_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:
     need = policy.needs()
     level = decl.capabilities.network
     if enforces(level, need):
-        return None
+        return _blocks_unmet(decl, policy)
     what = {
         "all-or-nothing": "no network at all",
         "cidr": "an address allowlist",
@@ -198,6 +199,21 @@ def _network_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:
     return (
         f"cannot enforce the network policy ({policy.describe()}): it needs {what} "
         f"(network: {need}) and the backend enforces network: {level}"
+    )
+
+
+def _blocks_unmet(decl: ExtensionDecl, policy: NetworkPolicy) -> str | None:
+    """Why the backend's address allowlist cannot hold the policy's, or None. A provider
+    refuses (or, worse, cuts) a longer list at create, after the route and the hold."""
+    limit = decl.capabilities.network_max_cidrs
+    blocks = policy.address_blocks()
+    if limit is None or len(blocks) <= limit:
+        return None
+    return (
+        f"cannot hold the network policy ({policy.describe()}): its address entries make "
+        f"{len(blocks)} CIDR blocks and the backend's allowlist takes at most {limit} "
+        f"(network_max_cidrs: {limit}); cover them with {limit} or fewer wider CIDRs, or name "
+        "them by domain, or route the profile to another backend"
     )
 
 

@@ -7,6 +7,10 @@ every policy compiles for each of them.
 
 No provider filters by port or protocol: an entry's ports and protocol are
 dropped, and the ``ready`` event's warnings say which entries were widened so.
+
+Daytona's allowlist takes at most :data:`DAYTONA_MAX_CIDRS` blocks (its declaration says so
+for routing), and Daytona keeps its "essential services" reachable under any policy (a
+``ready`` warning says so): both from its Network Limits (Firewall) page, not its spec.
 """
 
 from __future__ import annotations
@@ -15,7 +19,18 @@ from typing import Any
 
 from sandboxer.config.network_policy import Egress, NetworkPolicy
 
-__all__ = ["daytona_fields", "e2b_fields", "modal_options", "port_warnings"]
+__all__ = [
+    "DAYTONA_MAX_CIDRS",
+    "daytona_blocks_unheld",
+    "daytona_fields",
+    "daytona_warnings",
+    "e2b_fields",
+    "modal_options",
+    "port_warnings",
+]
+
+DAYTONA_MAX_CIDRS = 5
+"""Daytona's docs: "networkAllowList accepts up to 5 CIDR network blocks"."""
 
 
 def port_warnings(provider: str, policy: NetworkPolicy) -> list[str]:
@@ -27,6 +42,36 @@ def port_warnings(provider: str, policy: NetworkPolicy) -> list[str]:
         f"network: {provider} allows egress by destination, not by port or protocol: "
         f"{', '.join(narrowed)} reach every port of their destination"
     ]
+
+
+def daytona_warnings(policy: NetworkPolicy) -> list[str]:
+    """What Daytona lets through whatever the policy: its docs say "essential services are
+    available on all tiers", and that a tier 1 or 2 organisation's own restrictions take
+    precedence over a sandbox's settings. Nothing to say under ``allow``."""
+    if policy.default == "allow":
+        return []
+    return [
+        "network: Daytona keeps its essential services (package registries, container "
+        "registries, Git repositories, CDNs, platform services, system package managers) "
+        "reachable under any policy, deny included; on a tier 1 or 2 organisation Daytona's "
+        "own restrictions also take precedence over the policy's allowlist"
+    ]
+
+
+def daytona_blocks_unheld(policy: NetworkPolicy) -> str | None:
+    """Why Daytona's allowlist cannot hold the policy's addresses, or None. Routing keeps
+    such a policy away (the declaration's ``network_max_cidrs``); this catches a declaration
+    that does not say, before Daytona refuses the create (or cuts the list)."""
+    blocks = policy.address_blocks()
+    if len(blocks) <= DAYTONA_MAX_CIDRS:
+        return None
+    return (
+        f"Daytona's networkAllowList takes at most {DAYTONA_MAX_CIDRS} CIDR blocks and the "
+        f"network policy's address entries make {len(blocks)}: cover them with "
+        f"{DAYTONA_MAX_CIDRS} or fewer wider CIDRs or name them by domain, or route the "
+        f"profile elsewhere (and give the declaration network_max_cidrs: {DAYTONA_MAX_CIDRS}, "
+        "so routing does)"
+    )
 
 
 def _cidr(entry: Egress) -> str:
@@ -53,16 +98,17 @@ def e2b_fields(policy: NetworkPolicy) -> dict[str, Any]:
 
 def daytona_fields(policy: NetworkPolicy) -> dict[str, Any]:
     """``networkBlockAll`` for deny; an allowlist is ``networkAllowList`` (the address
-    entries as a comma list of CIDRs) and ``domainAllowList`` (the names and ``*.``
-    wildcards as a comma list, as Daytona's spec writes ``example.com,*.daytona.io``),
-    each sent when the policy has such entries. Every name the policy language admits
-    is one Daytona's list can carry (lower-case ASCII labels, no comma), so none is refused."""
+    entries as a comma list of CIDRs, merged into the fewest blocks, as Daytona takes at
+    most five) and ``domainAllowList`` (the names and ``*.`` wildcards as a comma list, as
+    Daytona's spec writes ``example.com,*.daytona.io``), each sent when the policy has such
+    entries. Every name the policy language admits is one Daytona's list can carry
+    (lower-case ASCII labels, no comma), so none is refused."""
     if policy.default == "allow":
         return {}
     if not policy.egress:
         return {"networkBlockAll": True}
     fields: dict[str, Any] = {}
-    cidrs = _unique([_cidr(entry) for entry in policy.addresses])
+    cidrs = [block.with_prefixlen for block in policy.address_blocks()]
     names = _unique([entry.to for entry in policy.domains])
     if cidrs:
         fields["networkAllowList"] = ",".join(cidrs)

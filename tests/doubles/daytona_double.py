@@ -61,7 +61,8 @@ DEVIATIONS: dict[tuple[str, str], dict[int, str]] = {
     ("POST", SANDBOX): {
         201: _CREATED,
         409: "the real API answers 409 when a sandbox of that name exists",
-        400: "the real API refuses resources (cpu, memory, disk, gpu) with a snapshot",
+        400: "the real API refuses resources (cpu, memory, disk, gpu) with a snapshot, and "
+        "a networkAllowList of more than 5 CIDR blocks (its docs, Network Limits)",
         401: _AUTH,
     },
     ("GET", SANDBOX): {401: _AUTH},
@@ -107,6 +108,10 @@ def _now() -> str:
 NETWORK_FIELDS = ("networkBlockAll", "networkAllowList", "domainAllowList")
 """CreateSandbox's network fields: block everything, or allow these CIDRs and these domains
 (each a comma-separated list; the spec's example domains are ``example.com,*.daytona.io``)."""
+
+MAX_CIDRS = 5
+"""Daytona's docs (Network Limits): "networkAllowList accepts up to 5 CIDR network blocks";
+the spec does not say, so the double keeps its own copy of the number, not our code's."""
 
 
 @dataclass
@@ -301,6 +306,10 @@ class DaytonaDouble:
             if given is not None and not all(is_item(i) for i in str(given).split(",")):
                 message = f"{allow_list} {given!r} must be a comma-separated list of {items}"
                 return Answer(400, _error_body(400, message, _path(call)))
+        blocks = str(body.get("networkAllowList") or "").split(",")
+        if len(blocks) > MAX_CIDRS:
+            message = f"networkAllowList accepts up to {MAX_CIDRS} CIDR blocks, not {len(blocks)}"
+            return Answer(400, _error_body(400, message, _path(call)))
         self.creates += 1
         record = self._new_record(body)
         record.owner = _bearer(call.headers)

@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.settings import Settings
+from sandboxer.errors import CommandFailed, InvalidInput
 from sandboxer.extensions.base import ProvisionRequest, Readiness
 from sandboxer.extensions.daytona.backend import DaytonaExtension
 from sandboxer.extensions.e2b.backend import E2bExtension
@@ -31,6 +33,13 @@ POLICIES: dict[str, dict[str, Any]] = {
     "domain": {"egress": ["*.pypi.org:443", "10.0.0.0/8", {"to": "files.example.org"}]},
     "names": {"egress": ["pypi.org", "*.pythonhosted.org:443/tcp"]},
 }
+ESSENTIAL = (
+    "network: Daytona keeps its essential services (package registries, container registries, "
+    "Git repositories, CDNs, platform services, system package managers) reachable under any "
+    "policy, deny included; on a tier 1 or 2 organisation Daytona's own restrictions also take "
+    "precedence over the policy's allowlist",
+)
+"""Daytona's warning under deny or an allowlist (its Network Limits page)."""
 PORTS_DROPPED = {
     "cidr": "10.1.2.0/24:443, [2001:db8::1]:53/udp",
     "domain": "*.pypi.org:443",
@@ -49,7 +58,7 @@ def request(profile_id: str, sandbox_id: str, policy: str) -> ProvisionRequest:
 
 
 def assert_port_warning(readiness: Readiness, provider: str, policy: str) -> None:
-    said = [w for w in readiness.warnings if w.startswith("network:")]
+    said = [w for w in readiness.warnings if w.startswith("network:") and w not in ESSENTIAL]
     if policy in PORTS_DROPPED:
         assert said == [
             f"network: {provider} allows egress by destination, not by port or protocol: "
@@ -134,13 +143,107 @@ async def daytona(daytona_double: DaytonaServed) -> AsyncIterator[DaytonaExtensi
 async def test_daytona_gets_exactly_the_compiled_policy(
     daytona: DaytonaExtension, daytona_double: DaytonaServed, policy: str
 ) -> None:
+    """Also: under deny or an allowlist the ready warnings say Daytona keeps its essential
+    services reachable whatever the policy (its docs); they said nothing before."""
     made = request("profile.daytona", f"dtnet{policy[:4]}01", policy)
     await daytona.provision(made)
     readiness = await daytona.wait_ready(made)
     [record] = daytona_double.double.live()
     assert record.network_fields == DAYTONA_FIELDS[policy]
     assert_port_warning(readiness, "Daytona", policy)
+    essential = [w for w in readiness.warnings if w in ESSENTIAL]
+    assert essential == ([] if policy == "allow" else list(ESSENTIAL))
     await daytona.teardown(made.sandbox_id)
+
+
+SIX_BLOCKS = ["192.0.2.1", "192.0.2.3", "192.0.2.5", "192.0.2.7", "192.0.2.9", "192.0.2.11"]
+"""Six addresses no two of which merge into one CIDR block: Daytona takes at most five."""
+
+
+async def test_daytona_merges_addresses_into_the_fewest_cidr_blocks(
+    daytona: DaytonaExtension, daytona_double: DaytonaServed
+) -> None:
+    """Seven address entries that cover five blocks fit Daytona's five: the double (which
+    refuses a sixth block) gets the blocks, each address covered once."""
+    egress = ["10.0.0.0/25", "10.0.0.128/25", "10.0.0.7:443", *SIX_BLOCKS[:4]]
+    profile = Catalog.load().profile("profile.daytona")
+    made = ProvisionRequest(
+        sandbox_id="dtnetmerge01",
+        profile=profile.with_network(parse_policy({"egress": egress})),
+        inputs={},
+        project="proj1",
+    )
+    await daytona.provision(made)
+    await daytona.wait_ready(made)
+    [record] = daytona_double.double.live()
+    assert record.network_fields == {
+        "networkAllowList": "10.0.0.0/24,192.0.2.1/32,192.0.2.3/32,192.0.2.5/32,192.0.2.7/32"
+    }
+    await daytona.teardown(made.sandbox_id)
+
+
+async def test_daytona_s_double_refuses_a_sixth_cidr_block(daytona_double: DaytonaServed) -> None:
+    """Daytona's docs: networkAllowList "accepts up to 5 CIDR network blocks"; the double,
+    standing in for it, answers 400 past five (it took any number before)."""
+    headers = {"Authorization": f"Bearer {daytona_double.key}"}
+    async with httpx.AsyncClient(base_url=daytona_double.api_url, headers=headers) as http:
+        for count, status in ((5, 201), (6, 400)):
+            blocks = ",".join(f"{a}/32" for a in SIX_BLOCKS[:count])
+            body = {"name": f"blocks{count}", "snapshot": "s", "networkAllowList": blocks}
+            answer = await http.post("/sandbox", json=body)
+            assert answer.status_code == status, answer.text
+    assert "up to 5 CIDR blocks" in answer.json()["message"]
+    assert daytona_double.double.creates == 1
+
+
+async def test_a_declaration_without_the_limit_still_sends_daytona_no_sixth_block(
+    daytona: DaytonaExtension, daytona_double: DaytonaServed
+) -> None:
+    """A copy of the declaration made before network_max_cidrs lets routing send a policy
+    of six blocks here: ext.daytona refuses it before asking Daytona, naming the limit and
+    the fix, and nothing is made."""
+    profile = Catalog.load().profile("profile.daytona")
+    made = ProvisionRequest(
+        sandbox_id="dtnetsix0001",
+        profile=profile.with_network(parse_policy({"egress": SIX_BLOCKS})),
+        inputs={},
+        project="proj1",
+    )
+    with pytest.raises(InvalidInput) as refused:
+        await daytona.provision(made)
+    assert "takes at most 5 CIDR blocks" in refused.value.message
+    assert "network_max_cidrs: 5" in refused.value.message
+    assert daytona_double.double.creates == 0
+
+
+async def test_a_create_with_more_cidr_blocks_than_daytona_takes_is_not_routed_there(
+    nats_server: Any, home: Path, daytona_double: DaytonaServed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the bus: a create of profile.daytona (fixed to ext.daytona) whose policy makes
+    six CIDR blocks is rejected no_route, naming the limit and the fix, before any hold or
+    provider call. Before, it was routed, held credits and sent all six, which Daytona (and
+    now its double) refuses: a failed sandbox."""
+    monkeypatch.setenv("DAYTONA_API_URL", daytona_double.api_url)
+    monkeypatch.setenv("DAYTONA_API_KEY", daytona_double.key)
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", "ext.daytona"]
+    )
+    try:
+        await service.fund()
+        network = {"egress": [*SIX_BLOCKS, "pypi.org"]}
+        with pytest.raises(CommandFailed) as refused:
+            await service.client.create("profile.daytona", ttl="10m", network=network)
+        assert refused.value.event["code"] == "no_route", refused.value.event
+        reason = refused.value.event["reason"]
+        assert "its address entries make 6 CIDR blocks" in reason
+        assert "allowlist takes at most 5 (network_max_cidrs: 5)" in reason
+        assert "wider CIDRs" in reason
+        assert daytona_double.double.creates == 0
+        [account] = await service.client.credits("default")
+        assert account["reserved"] == 0
+    finally:
+        await service.client.close()
+        await service.shutdown()
 
 
 async def test_a_create_naming_domains_is_routed_to_daytona_and_reaches_it(
@@ -162,7 +265,8 @@ async def test_a_create_naming_domains_is_routed_to_daytona_and_reaches_it(
         assert ready["network"] == {"default": "deny", "egress": network["egress"]}
         assert ready["warnings"] == [
             "network: Daytona allows egress by destination, not by port or protocol: "
-            "*.pypi.org:443 reach every port of their destination"
+            "*.pypi.org:443 reach every port of their destination",
+            *ESSENTIAL,
         ]
         [record] = daytona_double.double.live()
         assert record.network_fields == {

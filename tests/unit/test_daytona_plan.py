@@ -126,7 +126,8 @@ class TestCreateBody:
         made = body_for(profile)
         warnings = " | ".join(made.warnings)
         assert made.body["networkBlockAll"] is True  # deny is enforced now (docs/network.md)
-        assert "network" not in warnings
+        assert "by destination" not in warnings  # no entry has ports
+        assert "essential services" in warnings  # but Daytona's stay reachable
         assert "setup.instructions are not run" in warnings
         assert "fixes cpu, memory, disk and gpu" in warnings
         assert "memory" not in body_for(profile).body
@@ -162,7 +163,7 @@ class TestCreateBody:
         }
         assert sent == fields
         ported = [e for e in Network(egress=egress).egress if ":" in e or "/tcp" in e]
-        assert [w for w in made.warnings if w.startswith("network:")] == (
+        assert [w for w in made.warnings if "by destination" in w] == (
             [
                 "network: Daytona allows egress by destination, not by port or protocol: "
                 f"{', '.join(ported)} reach every port of their destination"
@@ -170,6 +171,58 @@ class TestCreateBody:
             if ported
             else []
         )
+
+    @pytest.mark.parametrize(
+        ("network", "warned"),
+        [
+            (Network(default="allow"), False),
+            (Network(default="deny"), True),
+            (Network(egress=["10.0.0.0/8"]), True),
+            (Network(egress=["*.pypi.org"]), True),
+        ],
+    )
+    def test_daytona_s_essential_services_are_warned_of_under_deny_and_allowlists(
+        self, network: Network, warned: bool
+    ) -> None:
+        """Daytona's docs: "essential services are available on all tiers" (package and
+        container registries, Git, CDNs, ...), and a tier 1 or 2 organisation's own
+        restrictions take precedence: a deny or allowlist policy does not hold alone there.
+        The ready warnings said nothing of it before."""
+        made = body_for(daytona_profile(network=network))
+        essential = [w for w in made.warnings if "essential services" in w]
+        assert essential == (
+            [
+                "network: Daytona keeps its essential services (package registries, container "
+                "registries, Git repositories, CDNs, platform services, system package "
+                "managers) reachable under any policy, deny included; on a tier 1 or 2 "
+                "organisation Daytona's own restrictions also take precedence over the "
+                "policy's allowlist"
+            ]
+            if warned
+            else []
+        )
+
+    def test_addresses_are_sent_as_the_fewest_cidr_blocks(self) -> None:
+        egress = ["10.0.0.128/25:443", "10.0.0.0/25", "10.0.0.7", "192.0.2.7", "2001:db8::/33"]
+        egress += ["2001:db8:8000::/33", "192.0.2.7:22"]
+        made = body_for(daytona_profile(network=Network(egress=egress)))
+        assert made.body["networkAllowList"] == "10.0.0.0/24,192.0.2.7/32,2001:db8::/32"
+
+    def test_more_cidr_blocks_than_daytona_takes_are_refused_before_asking_it(self) -> None:
+        """Routing keeps such a policy away by the declaration's network_max_cidrs; a copy of
+        the declaration without it is caught here, with the limit and the fix."""
+        six = ["192.0.2.1", "192.0.2.3", "192.0.2.5", "192.0.2.7", "192.0.2.9", "192.0.2.11"]
+        with pytest.raises(InvalidInput) as refused:
+            body_for(daytona_profile(network=Network(egress=six)))
+        assert refused.value.message == (
+            "profile profile.daytona: Daytona's networkAllowList takes at most 5 CIDR blocks and "
+            "the network policy's address entries make 6: cover them with 5 or fewer wider "
+            "CIDRs or name them by domain, or route the profile elsewhere (and give the "
+            "declaration network_max_cidrs: 5, so routing does)"
+        )
+        assert body_for(daytona_profile(network=Network(egress=six[:5]))).body[
+            "networkAllowList"
+        ] == ",".join(f"{a}/32" for a in six[:5])
 
     @pytest.mark.parametrize(
         ("gpu", "fields"),

@@ -159,6 +159,24 @@ def test_what_a_policy_needs() -> None:
     assert policy("10.0.0.0/8", "*.pypi.org").needs() == "domain"
 
 
+def test_address_blocks_merge_repeated_inner_and_adjacent_networks() -> None:
+    """What a provider's address allowlist is given (Daytona takes at most five blocks):
+    ports and protocols do not split a block, names are not addresses, IPv4 comes first."""
+    p = policy(
+        "2001:db8::1",
+        "10.0.0.128/25:443",
+        "10.0.0.0/25",
+        "10.0.0.7/udp",
+        "192.0.2.7",
+        "pypi.org",
+        "192.0.2.7:22",
+    )
+    blocks = [block.with_prefixlen for block in p.address_blocks()]
+    assert blocks == ["10.0.0.0/24", "192.0.2.7/32", "2001:db8::1/128"]
+    assert policy("10.0.0.0/8", default="allow").address_blocks() == ()
+    assert policy("pypi.org").address_blocks() == ()
+
+
 def test_the_enforcement_ladder() -> None:
     for level, need in [
         ("domain", "cidr"),
@@ -319,3 +337,19 @@ def test_hostile_text_is_an_entry_or_a_policy_error_never_a_crash(text: str) -> 
         assert message.startswith("egress entry")
         return
     assert parse_entry(entry.compact()) == entry
+
+
+@settings(max_examples=200)
+@given(POLICIES)
+def test_address_blocks_cover_exactly_the_addresses_of_the_entries(p: NetworkPolicy) -> None:
+    """Merging never widens nor drops: the blocks are disjoint, each entry lies in one, and
+    each block is filled by the entries inside it."""
+    blocks = p.address_blocks()
+    nets = [e.network for e in p.addresses if e.network is not None]
+    for i, block in enumerate(blocks):
+        assert not any(block.overlaps(other) for other in blocks[i + 1 :])
+        inside = [n for n in nets if n.version == block.version and n.subnet_of(block)]
+        widest = {n for n in inside if not any(m != n and n.subnet_of(m) for m in inside)}
+        assert sum(n.num_addresses for n in widest) == block.num_addresses
+    for net in nets:
+        assert any(net.version == b.version and net.subnet_of(b) for b in blocks)

@@ -103,6 +103,8 @@ def test_packaged_declarations_state_what_each_backend_enforces() -> None:
         "ext.modal": "domain",
         "ext.saas-stub": "none",
     }
+    limits = {e: d.capabilities.network_max_cidrs for e, d in catalog.extensions.items()}
+    assert {e: n for e, n in limits.items() if n is not None} == {"ext.daytona": 5}
 
 
 def test_a_profile_whose_egress_names_domains_is_routed_to_daytona() -> None:
@@ -115,6 +117,73 @@ def test_a_profile_whose_egress_names_domains_is_routed_to_daytona() -> None:
     )
     command = CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id)
     assert admit_create(command, profile, catalog.extensions_enabled()).extension == "ext.daytona"
+
+
+SIX_BLOCKS = ["192.0.2.1", "192.0.2.3", "192.0.2.5", "192.0.2.7", "192.0.2.9", "192.0.2.11"]
+"""Six addresses no two of which merge into one CIDR block."""
+
+
+def test_a_policy_of_more_cidr_blocks_than_daytona_takes_is_not_routed_there() -> None:
+    """Daytona's networkAllowList takes at most five CIDR blocks (its docs); its declaration
+    says so (network_max_cidrs: 5), so a create whose policy makes six is refused no_route,
+    naming the limit and the fix, instead of being routed, held for and refused by Daytona
+    (or cut short). Before, it was admitted to ext.daytona."""
+    catalog = Catalog.load(packaged_dir("profiles").parent)
+    profile = catalog.profile("profile.daytona").model_copy(
+        update={"network": Network(egress=[*SIX_BLOCKS, "*.pypi.org:443"])}
+    )
+    command = CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id)
+    with pytest.raises(Rejected) as refused:
+        admit_create(command, profile, catalog.extensions_enabled())
+    assert refused.value.code == "no_route"
+    assert refused.value.reason.startswith(
+        "no extension can serve profile.daytona: ext.daytona cannot hold the network policy "
+        "(deny; egress 192.0.2.1, 192.0.2.3, 192.0.2.5, 192.0.2.7, 192.0.2.9, 192.0.2.11 and "
+        "1 more): its address entries make 6 CIDR blocks and the backend's allowlist takes at "
+        "most 5 (network_max_cidrs: 5); cover them with 5 or fewer wider CIDRs, or name them "
+        "by domain, or route the profile to another backend"
+    )
+
+
+def test_addresses_that_merge_into_five_blocks_are_routed_to_daytona() -> None:
+    catalog = Catalog.load(packaged_dir("profiles").parent)
+    merging = ["10.0.0.0/25", "10.0.0.128/25:443", "10.0.0.7", *SIX_BLOCKS[:4], "pypi.org"]
+    profile = catalog.profile("profile.daytona").model_copy(
+        update={"network": Network(egress=merging)}
+    )
+    command = CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id)
+    assert admit_create(command, profile, catalog.extensions_enabled()).extension == "ext.daytona"
+
+
+def test_a_routed_profile_passes_over_a_backend_whose_allowlist_is_too_short() -> None:
+    """The limit is one more eligibility check: the next candidate that can hold it serves,
+    and a narrowing create that leaves few enough blocks is routed to the short one again."""
+    short = decl("ext.short", "domain").model_copy(
+        update={
+            "capabilities": decl("ext.short", "domain").capabilities.model_copy(
+                update={"network_max_cidrs": 2}
+            )
+        }
+    )
+    enabled = {"ext.short": short, "ext.domain": ENABLED["ext.domain"]}
+    profile = Profile.model_validate(
+        {
+            "id": "profile.net",
+            "route": {"strategy": "explicit", "candidates": ["ext.short", "ext.domain"]},
+            "network": {"egress": SIX_BLOCKS[:3]},
+        }
+    )
+    decision = rank(profile, enabled, ttl_seconds=60)
+    assert decision.chosen == "ext.domain"
+    why = {c.extension: c.why_not for c in decision.candidates}
+    assert "its address entries make 3 CIDR blocks" in (why["ext.short"] or "")
+    narrowed = CreateSandbox(
+        command_id="c2",
+        actor=AGENT,
+        profile=profile.id,
+        network=NetworkAsk(default="deny", egress=SIX_BLOCKS[:2]),
+    )
+    assert admit_create(narrowed, profile, enabled).extension == "ext.short"
 
 
 def test_an_undeclared_level_is_none() -> None:

@@ -27,7 +27,12 @@ from sandboxer.config.profile import Profile
 from sandboxer.durations import parse_duration
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.daytona.config import EXTENSION_ID
-from sandboxer.extensions.network_fields import daytona_fields, port_warnings
+from sandboxer.extensions.network_fields import (
+    daytona_blocks_unheld,
+    daytona_fields,
+    daytona_warnings,
+    port_warnings,
+)
 from sandboxer.hosted.attempt_fence import MadeBy
 from sandboxer.hosted.labels import EXTENSION_LABEL, labels_for
 from sandboxer.hosted.labels import maker as labels_maker
@@ -163,8 +168,13 @@ def plan_create(
     if target:
         body["target"] = target
     policy = profile.network.policy()
+    unheld = daytona_blocks_unheld(policy)
+    if unheld is not None:  # a declaration without network_max_cidrs routed it here
+        raise InvalidInput(
+            f"profile {profile.id}: {unheld}", sandbox_id=sandbox_id, extension=extension
+        )
     body.update(daytona_fields(policy))  # docs/network.md
-    warnings = port_warnings("Daytona", policy)
+    warnings = port_warnings("Daytona", policy) + daytona_warnings(policy)
     if profile.setup.instructions:
         warnings.append("setup.instructions are not run by ext.daytona")
     if image.startswith(IMAGE_PREFIX):
