@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,57 @@ from tests.integration.remote_fixtures import ENGINES, ComposeEngine, SshHosts, 
 pytestmark = pytest.mark.integration
 
 SANDBOX = "killedmk01"
+
+
+async def vm_host(
+    ssh_hosts: SshHosts, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> VmPackerExtension:
+    """ext.vm-packer of ``home``, whose hosts file names one loopback sshd as host1."""
+    monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
+    [vm] = await ssh_hosts(1)
+    write_hosts_file(home / "hosts.yaml", [vm])
+    return VmPackerExtension.from_settings(
+        Settings(home=home, nats_urls=(), nats_server=None, ack_wait=30.0)
+    )
+
+
+async def made_on_vm(extension: VmPackerExtension, sandbox_id: str, attempt: int = 1) -> None:
+    request = ProvisionRequest(
+        sandbox_id=sandbox_id,
+        profile=Catalog.load().profile("profile.vm-haskell-build"),
+        inputs={"vm": "host1"},
+        host="host1",
+        attempt=attempt,
+    )
+    async with asyncio.timeout(20):
+        await extension.provision(request)
+
+
+async def kill_once_started(
+    script: str, args: list[str], started: Callable[[], Awaitable[bool]], doing: str
+) -> None:
+    """Run the worker ``script`` (``python -c``) with ``args`` until ``started()`` says what it
+    runs on the host began, then SIGKILL it."""
+    environment = {k: v for k, v in os.environ.items() if k != "SANDBOXER_HOSTS"}
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, *args, env=environment
+    )
+    try:
+        async with asyncio.timeout(30):
+            while not await started():
+                assert worker.returncode is None, f"the worker ended before its {doing} ran"
+                await asyncio.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+
+
+def exists(path: Path) -> Callable[[], Awaitable[bool]]:
+    async def look() -> bool:
+        return path.exists()
+
+    return look
+
 
 # The worker: provisions attempt 1 of SANDBOX on host1, whose one setup step says it started,
 # then, 3 s later, writes the file the test looks for.
@@ -55,45 +107,18 @@ asyncio.run(VmPackerExtension.from_settings(settings).provision(request))
 async def test_a_setup_step_stops_when_its_worker_is_killed(
     ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
-    [vm] = await ssh_hosts(1)
     home = tmp_path / "home"
-    write_hosts_file(home / "hosts.yaml", [vm])
+    extension = await vm_host(ssh_hosts, home, monkeypatch)
     started, late = tmp_path / "started", tmp_path / "late"
-    environment = {k: v for k, v in os.environ.items() if k != "SANDBOXER_HOSTS"}
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        WORKER,
-        str(home),
-        str(started),
-        str(late),
-        env=environment,
+    await kill_once_started(
+        WORKER, [str(home), str(started), str(late)], exists(started), "setup step"
     )
-    try:
-        async with asyncio.timeout(30):
-            while not started.exists():
-                assert worker.returncode is None, "the worker ended before its setup step ran"
-                await asyncio.sleep(0.05)
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        await worker.wait()
     await asyncio.sleep(4.5)  # the step would have written by now
     assert not late.exists(), "the killed worker's setup step ran on after it"
 
     # The lock went with the connection: the next attempt makes the sandbox at once.
-    extension = VmPackerExtension.from_settings(
-        Settings(home=home, nats_urls=(), nats_server=None, ack_wait=30.0)
-    )
-    request = ProvisionRequest(
-        sandbox_id=SANDBOX,
-        profile=Catalog.load().profile("profile.vm-haskell-build"),
-        inputs={"vm": "host1"},
-        host="host1",
-        attempt=2,
-    )
+    await made_on_vm(extension, SANDBOX, attempt=2)
     async with asyncio.timeout(20):
-        await extension.provision(request)
         await extension.teardown(SANDBOX, host="host1")
 
 
@@ -130,34 +155,13 @@ async def test_an_exec_stops_when_its_worker_is_killed(
     """An exec has no deadline and ssh_exec_stop needs a live worker: a killed worker's exec
     ran on for ever. The host now watches its channel like any command without input, and
     kills what carries the exec's marker too (here a job that left the group)."""
-    monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
-    [vm] = await ssh_hosts(1)
     home = tmp_path / "home"
-    write_hosts_file(home / "hosts.yaml", [vm])
-    extension = VmPackerExtension.from_settings(
-        Settings(home=home, nats_urls=(), nats_server=None, ack_wait=30.0)
-    )
-    request = ProvisionRequest(
-        sandbox_id="killedex01",
-        profile=Catalog.load().profile("profile.vm-haskell-build"),
-        inputs={"vm": "host1"},
-        host="host1",
-    )
-    async with asyncio.timeout(20):
-        await extension.provision(request)
+    extension = await vm_host(ssh_hosts, home, monkeypatch)
+    await made_on_vm(extension, "killedex01")
     started, late = tmp_path / "started", tmp_path / "late"
-    environment = {k: v for k, v in os.environ.items() if k != "SANDBOXER_HOSTS"}
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", EXEC_WORKER, str(home), str(started), str(late), env=environment
+    await kill_once_started(
+        EXEC_WORKER, [str(home), str(started), str(late)], exists(started), "exec"
     )
-    try:
-        async with asyncio.timeout(30):
-            while not started.exists():
-                assert worker.returncode is None, "the worker ended before its exec ran"
-                await asyncio.sleep(0.05)
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        await worker.wait()
     await asyncio.sleep(4.5)  # the exec would have written by now
     assert not late.exists(), "the killed worker's exec ran on after it"
     async with asyncio.timeout(20):
@@ -201,41 +205,14 @@ async def test_an_exec_with_stdin_stops_when_its_worker_is_killed(
     """An exec with stdin was not watched: the end of its channel's input was the end of its
     input, so a killed worker's exec ran on for ever. Its input now travels in frames and the
     host watches the channel as for any other command."""
-    monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
-    [vm] = await ssh_hosts(1)
     home = tmp_path / "home"
-    write_hosts_file(home / "hosts.yaml", [vm])
-    extension = VmPackerExtension.from_settings(
-        Settings(home=home, nats_urls=(), nats_server=None, ack_wait=30.0)
-    )
-    request = ProvisionRequest(
-        sandbox_id="killedsx01",
-        profile=Catalog.load().profile("profile.vm-haskell-build"),
-        inputs={"vm": "host1"},
-        host="host1",
-    )
-    async with asyncio.timeout(20):
-        await extension.provision(request)
+    extension = await vm_host(ssh_hosts, home, monkeypatch)
+    await made_on_vm(extension, "killedsx01")
     started, late = tmp_path / "started", tmp_path / "late"
-    environment = {k: v for k, v in os.environ.items() if k != "SANDBOXER_HOSTS"}
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        STDIN_EXEC_WORKER,
-        str(home),
-        str(started),
-        str(late),
-        "yes" if input_ended else "no",
-        env=environment,
+    ended = "yes" if input_ended else "no"
+    await kill_once_started(
+        STDIN_EXEC_WORKER, [str(home), str(started), str(late), ended], exists(started), "exec"
     )
-    try:
-        async with asyncio.timeout(30):
-            while not started.exists():
-                assert worker.returncode is None, "the worker ended before its exec ran"
-                await asyncio.sleep(0.05)
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        await worker.wait()
     await asyncio.sleep(4.5)  # the exec would have written by now
     assert not late.exists(), "the killed worker's exec with stdin ran on after it"
     async with asyncio.timeout(20):
@@ -308,18 +285,11 @@ async def test_a_compose_exec_stops_in_its_container_when_its_worker_is_killed(
     try:
         async with asyncio.timeout(120):
             await extension.provision(request)
-        environment = {k: v for k, v in os.environ.items() if k != "SANDBOXER_HOSTS"}
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", COMPOSE_EXEC_WORKER, str(home), env=environment
-        )
-        try:
-            async with asyncio.timeout(30):
-                while not await asyncio.to_thread(in_web, "test", "-e", "/tmp/started"):
-                    assert worker.returncode is None, "the worker ended before its exec ran"
-                    await asyncio.sleep(0.1)
-        finally:
-            worker.send_signal(signal.SIGKILL)
-            await worker.wait()
+
+        async def started() -> bool:
+            return await asyncio.to_thread(in_web, "test", "-e", "/tmp/started")
+
+        await kill_once_started(COMPOSE_EXEC_WORKER, [str(home)], started, "exec")
         await asyncio.sleep(4.5)  # the exec would have written by now
         assert not await asyncio.to_thread(in_web, "test", "-e", "/tmp/late"), (
             "the killed worker's exec ran on in its container"
