@@ -7,49 +7,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from sandboxer.bus.nats_server import NatsServerProcess
-from sandboxer.cli.key_commands import create_key
-from sandboxer.client import SandboxerClient
-from tests.integration.conftest import Service, reap_local, serve_gateway, start_service
+from tests.integration.gateway_front import Front, front_door
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CAP = 2
 
 
-@dataclass
-class Front:
-    service: Service
-    url: str
-    admin: SandboxerClient
-
-    async def key(self, project: str) -> str:
-        key, _ = await create_key(self.admin, project=project, key_type="agt", rate_per_second=1000)
-        return key
-
-    def http(self, key: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {key}"}
-        )
-
-
 @pytest.fixture
 async def front(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[Front]:
-    service = await start_service(home, nats_server.url)
-    admin = SandboxerClient(service.client.nc, actor={"type": "adm", "id": "pytest-admin"})
-    try:
-        async with serve_gateway(service, home, http_max_streams=CAP) as url:
-            yield Front(service, url, admin)
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
+    async with front_door(nats_server.url, home, gateway={"http_max_streams": CAP}) as front:
+        yield front
 
 
 async def _open(

@@ -10,7 +10,6 @@ import base64
 import io
 import tarfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,41 +18,16 @@ from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
 from sandboxer.bus.nats_server import NatsServerProcess
-from sandboxer.cli.key_commands import create_key
-from sandboxer.client import SandboxerClient
 from sandboxer.gateway.transfers import MAX_KEY_TRANSFERS
-from tests.integration.conftest import Service, reap_local, serve_gateway, start_service
+from tests.integration.gateway_front import Front, front_door
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@dataclass
-class Front:
-    service: Service
-    url: str
-    admin: SandboxerClient
-
-    async def key(self, project: str) -> str:
-        key, _ = await create_key(self.admin, project=project, key_type="agt", rate_per_second=1000)
-        return key
-
-    def http(self, key: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.url, timeout=120, headers={"Authorization": f"Bearer {key}"}
-        )
-
-
 @pytest.fixture
 async def front(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[Front]:
-    service = await start_service(home, nats_server.url)
-    admin = SandboxerClient(service.client.nc, actor={"type": "adm", "id": "pytest-admin"})
-    try:
-        async with serve_gateway(service, home) as url:
-            yield Front(service, url, admin)
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
+    async with front_door(nats_server.url, home) as front:
+        yield front
 
 
 async def _quiet(_stream: str, _data: bytes) -> None:
