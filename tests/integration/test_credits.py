@@ -5,6 +5,7 @@ once, refuse what an account cannot pay for, BYOK, budgets, the export (docs/pay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -334,40 +335,31 @@ async def test_a_lost_create_s_release_does_not_replace_the_owner_s_usage_row(
         await beta.close()
 
 
-async def test_another_project_s_create_under_a_create_s_command_id_gives_its_hold_back(
-    service: Service, acme: SandboxerClient, nats_server: NatsServerProcess, home: Path
-) -> None:
-    """Command ids are the clients' (a gateway key's ``Idempotency-Key``), one namespace across
-    projects, and a create's sandbox id is derived from its command id. beta's create (as the
-    gateway sends a key's: an ``agt`` actor on the plain subject) under acme's create's
-    command id got as far as its hold (cut off, kill -9, before its append) while acme's was
-    made; decided again, it was taken for acme's create sent again: nothing recorded, acme's
-    job sent again, and beta's hold for acme's sandbox kept for ever."""
+@contextlib.asynccontextmanager
+async def beta_held_what_acme_made(
+    acme: SandboxerClient, nats_url: str, home: Path, command_id: str
+) -> AsyncIterator[tuple[SandboxerClient, str, int]]:
+    """beta's create (as the gateway sends a key's: an ``agt`` actor on the plain subject)
+    under ``command_id`` held credits and was cut off before its append; acme's create under
+    the same command id then made the sandbox (both projects funded alike). Yields beta's
+    client, the sandbox id and what each project was given."""
     beta = await SandboxerClient.connect(
-        [nats_server.url], actor={"type": "agt", "id": "b", "project": "beta"}
+        [nats_url], actor={"type": "agt", "id": "b", "project": "beta"}
     )
     funds = PER_CREATE + 600 * PER_SECOND
     try:
         for project in ("acme", "beta"):
             await acme.account_command("add_credits", project, amount=funds)
         admitted = await cut_off_after_its_hold(
-            beta, home, Actor(type="agt", id="b", project="beta"), "shared-create-1", ttl="10m"
+            beta, home, Actor(type="agt", id="b", project="beta"), command_id, ttl="10m"
         )
-        made = await acme.create("profile.saas-stub", ttl="10m", command_id="shared-create-1")
+        made = await acme.create("profile.saas-stub", ttl="10m", command_id=command_id)
         assert made["sandbox_id"] == admitted.sandbox_id
-
-        await send_again(beta, "shared-create-1", "profile.saas-stub", ttl="10m")
+        yield beta, admitted.sandbox_id, funds
         async with asyncio.timeout(30):
             while (await account(acme, "beta"))["reserved"] != 0:
                 await asyncio.sleep(0.1)
         assert (await account(acme, "beta"))["balance"] == funds  # released, never debited
-        refused = [
-            event
-            async for _seq, event in acme.events()
-            if event.get("command_id") == "shared-create-1" and event.get("type") == "rejected"
-        ]
-        assert [(e["code"], e["actor"]["project"]) for e in refused] == [("sandbox_exists", "beta")]
-        assert "ready" not in refused[0]["reason"]  # nothing of acme's sandbox is told
         sandbox = await acme.get(admitted.sandbox_id)
         assert sandbox is not None
         assert (sandbox["status"], sandbox["actor"]["project"]) == ("ready", "acme")
@@ -379,6 +371,27 @@ async def test_another_project_s_create_under_a_create_s_command_id_gives_its_ho
         await beta.close()
 
 
+async def test_another_project_s_create_under_a_create_s_command_id_gives_its_hold_back(
+    service: Service, acme: SandboxerClient, nats_server: NatsServerProcess, home: Path
+) -> None:
+    """Command ids are the clients' (a gateway key's ``Idempotency-Key``), one namespace across
+    projects, and a create's sandbox id is derived from its command id. beta's create under
+    acme's create's command id got as far as its hold (cut off, kill -9, before its append)
+    while acme's was made; decided again, it was taken for acme's create sent again: nothing
+    recorded, acme's job sent again, and beta's hold for acme's sandbox kept for ever."""
+    async with beta_held_what_acme_made(acme, nats_server.url, home, "shared-create-1") as (
+        beta,
+        _sandbox_id,
+        _funds,
+    ):
+        await send_again(beta, "shared-create-1", "profile.saas-stub", ttl="10m")
+        async with asyncio.timeout(30):
+            while not (refused := await _rejections_of(acme, "shared-create-1")):
+                await asyncio.sleep(0.1)
+        assert [(e["code"], e["actor"]["project"]) for e in refused] == [("sandbox_exists", "beta")]
+        assert "ready" not in refused[0]["reason"]  # nothing of acme's sandbox is told
+
+
 async def test_a_create_refused_before_deciding_gives_back_its_hold_on_another_project_s_id(
     service: Service, acme: SandboxerClient, nats_server: NatsServerProcess, home: Path
 ) -> None:
@@ -386,30 +399,20 @@ async def test_a_create_refused_before_deciding_gives_back_its_hold_on_another_p
     under the same command id, then made. Sent again, beta's is refused before its sandbox
     is looked at (here its TTL past ttl.max; its hosts down would do the same): only a
     sandbox_exists refusal gave such a hold back, so this one was held for ever."""
-    beta = await SandboxerClient.connect(
-        [nats_server.url], actor={"type": "agt", "id": "b", "project": "beta"}
-    )
-    funds = PER_CREATE + 600 * PER_SECOND
-    try:
-        for project in ("acme", "beta"):
-            await acme.account_command("add_credits", project, amount=funds)
-        admitted = await cut_off_after_its_hold(
-            beta, home, Actor(type="agt", id="b", project="beta"), "shared-create-5", ttl="10m"
-        )
-        made = await acme.create("profile.saas-stub", ttl="10m", command_id="shared-create-5")
-        assert made["sandbox_id"] == admitted.sandbox_id
+    async with beta_held_what_acme_made(acme, nats_server.url, home, "shared-create-5") as (
+        beta,
+        _sandbox_id,
+        _funds,
+    ):
         await send_again(beta, "shared-create-5", "profile.saas-stub", ttl="5h")
-        async with asyncio.timeout(30):
-            while (await account(acme, "beta"))["reserved"] != 0:
-                await asyncio.sleep(0.1)
-        assert (await account(acme, "beta"))["balance"] == funds  # released, never debited
-        sandbox = await acme.get(admitted.sandbox_id)
-        assert sandbox is not None
-        assert (sandbox["status"], sandbox["actor"]["project"]) == ("ready", "acme")
-        await acme.destroy(admitted.sandbox_id)
-        assert (await account(acme, "acme", metered=1))["reserved"] == 0
-    finally:
-        await beta.close()
+
+
+async def _rejections_of(client: SandboxerClient, command_id: str) -> list[dict[str, Any]]:
+    return [
+        event
+        async for _seq, event in client.events()
+        if event.get("command_id") == command_id and event.get("type") == "rejected"
+    ]
 
 
 async def test_a_second_create_of_a_sandbox_id_is_refused_not_made_on_the_first_s_hold(
