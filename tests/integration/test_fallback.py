@@ -8,6 +8,8 @@ say so. Nothing is left at the provider that refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -360,6 +362,39 @@ async def test_the_refuser_s_stale_job_provisions_nothing_after_the_reroute(
                 await running.shutdown()
 
 
+@contextlib.asynccontextmanager
+async def provisioning_on_a_refusing_stub(
+    nats_url: str, home: Path
+) -> AsyncIterator[tuple[SandboxerClient, str]]:
+    """A funded service whose paid stub refuses three seconds into provisioning, with
+    ext.local priced at 50 credits a second as the fallback; yields its client and a
+    10-minute sandbox of ``profile.fallback`` once the stub is provisioning it. On the way
+    out the sandbox is ready on ext.local (then destroyed) and the service stopped."""
+    write_profiles(home)
+    write_override(home, latency_ms=3000, failure_rate=1)  # paid, refuses three seconds in
+    local = yaml.safe_load((packaged_dir("extensions") / "ext.local.yaml").read_text())
+    local["pricing"] = {"per_second": 0.00005, "per_create": 0.0}  # 50 credits a second
+    (home / "extensions" / "ext.local.yaml").write_text(yaml.safe_dump(local))
+    service = await start_service(home, nats_url, ROLES)
+    try:
+        await service.fund(amount=50_000_000)
+        client = service.client
+        sandbox_id = (await client.create("profile.fallback", ttl="10m", wait=False))["sandbox_id"]
+        await until_event(client, sandbox_id, ["requested", "routed", "provisioning"])
+        yield client, sandbox_id
+        await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def rerouted_to_local(client: SandboxerClient, sandbox_id: str) -> None:
+    async with asyncio.timeout(60):
+        while (got := await client.get(sandbox_id)) is None or got["status"] != "ready":
+            await asyncio.sleep(0.1)
+    assert got["extension"] == "ext.local"
+
+
 async def test_a_reroute_holds_the_hour_an_extension_added_while_provisioning(
     nats_server: Any, home: Path
 ) -> None:
@@ -367,28 +402,11 @@ async def test_a_reroute_holds_the_hour_an_extension_added_while_provisioning(
     refused and the reroute to ext.local (priced here) held the create's 10 minutes there
     only: the hour the sandbox still had was held nowhere, and the project could spend
     past its balance. The reroute holds the TTL as extended."""
-    write_profiles(home)
-    write_override(home, latency_ms=3000, failure_rate=1)  # paid, refuses three seconds in
-    local = yaml.safe_load((packaged_dir("extensions") / "ext.local.yaml").read_text())
-    local["pricing"] = {"per_second": 0.00005, "per_create": 0.0}  # 50 credits a second
-    (home / "extensions" / "ext.local.yaml").write_text(yaml.safe_dump(local))
-    service = await start_service(home, nats_server.url, ROLES)
-    try:
-        await service.fund(amount=50_000_000)
-        client = service.client
-        sandbox_id = (await client.create("profile.fallback", ttl="10m", wait=False))["sandbox_id"]
-        await until_event(client, sandbox_id, ["requested", "routed", "provisioning"])
+    async with provisioning_on_a_refusing_stub(nats_server.url, home) as (client, sandbox_id):
         await client.extend_ttl(sandbox_id, "1h")
-        async with asyncio.timeout(60):
-            while (got := await client.get(sandbox_id)) is None or got["status"] != "ready":
-                await asyncio.sleep(0.1)
-        assert got["extension"] == "ext.local"
+        await rerouted_to_local(client, sandbox_id)
         [account] = await client.credits("default")
         assert account["reserved"] == 50 * 4200, account  # on the old code 50 * 600
-        await client.destroy(sandbox_id)
-    finally:
-        await service.client.close()
-        await service.shutdown()
 
 
 async def test_a_reroute_keeps_the_hold_of_an_extension_still_in_flight(
@@ -400,17 +418,7 @@ async def test_a_reroute_keeps_the_hold_of_an_extension_still_in_flight(
     in-flight extension's hold was dropped. Its delivery then went on and appended its
     hour, held nowhere (its hold id decided, it holds nothing again). The reroute carries
     such a hold over, at the new backend's price."""
-    write_profiles(home)
-    write_override(home, latency_ms=3000, failure_rate=1)  # paid, refuses three seconds in
-    local = yaml.safe_load((packaged_dir("extensions") / "ext.local.yaml").read_text())
-    local["pricing"] = {"per_second": 0.00005, "per_create": 0.0}  # 50 credits a second
-    (home / "extensions" / "ext.local.yaml").write_text(yaml.safe_dump(local))
-    service = await start_service(home, nats_server.url, ROLES)
-    try:
-        await service.fund(amount=50_000_000)
-        client = service.client
-        sandbox_id = (await client.create("profile.fallback", ttl="10m", wait=False))["sandbox_id"]
-        await until_event(client, sandbox_id, ["requested", "routed", "provisioning"])
+    async with provisioning_on_a_refusing_stub(nats_server.url, home) as (client, sandbox_id):
         in_flight = ExtendTtl(
             command_id="in-flight-ext",
             actor=Actor(**client.actor),
@@ -419,16 +427,9 @@ async def test_a_reroute_keeps_the_hold_of_an_extension_still_in_flight(
         )
         store = JetStreamEventStore(client.nc, client.js)
         await reserve_for_extend(store, Catalog.load(home), in_flight)  # held, not appended
-        async with asyncio.timeout(60):
-            while (got := await client.get(sandbox_id)) is None or got["status"] != "ready":
-                await asyncio.sleep(0.1)
-        assert got["extension"] == "ext.local"
+        await rerouted_to_local(client, sandbox_id)
         # The cut-off delivery goes on: its hour is appended.
         extended = await client.extend_ttl(sandbox_id, "1h", command_id="in-flight-ext")
         assert extended["by_seconds"] == 3600
         [account] = await client.credits("default")
         assert account["reserved"] == 50 * 4200, account  # on the old code 50 * 600
-        await client.destroy(sandbox_id)
-    finally:
-        await service.client.close()
-        await service.shutdown()
