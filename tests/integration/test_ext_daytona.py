@@ -39,6 +39,7 @@ from tests.doubles.daytona_double import DaytonaServed
 
 pytestmark = pytest.mark.integration
 
+STOP_PATH = "/sandbox/{sandboxIdOrName}/stop"
 FAST = {"poll_interval": 0.02, "ready_timeout": 5, "request_timeout": 2}
 
 
@@ -385,6 +386,40 @@ class TestPause:
     async def test_pause_of_a_missing_sandbox(self, daytona: DaytonaExtension) -> None:
         with pytest.raises(SandboxNotFound):
             await daytona.pause("dtpause002")
+
+    @pytest.mark.parametrize(("status", "tries"), [(400, 1), (503, 4)])
+    async def test_a_failed_stop_gives_the_auto_delete_back(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed, status: int, tries: int
+    ) -> None:
+        """Review 2026-12-04: the pause lifted the auto-delete (-1) before the stop and left
+        it so when the stop failed, on a sandbox still running and ``ready`` in the log."""
+        await up(daytona, "dtpause003")
+        [record] = daytona_double.double.live()
+        for _ in range(2):  # the pause retried fails the same way: still put back
+            daytona_double.app.faults.add(
+                "status", method="POST", pattern=STOP_PATH, status=status, times=tries
+            )  # a 503 is retried within the call (4 tries): each is refused
+            with pytest.raises(ProviderError, match=f"stop.* {status}|\\({status}\\)"):
+                await daytona.pause("dtpause003")
+            assert (record.state, record.auto_delete) == ("started", 15)
+        await daytona.pause("dtpause003")  # once the stop goes through, it pauses
+        assert (record.state, record.auto_delete) == ("stopped", -1)
+
+    async def test_a_stop_that_lands_though_the_pause_failed_keeps_it_lifted(
+        self, daytona: DaytonaExtension, daytona_double: DaytonaServed
+    ) -> None:
+        """The stop went through but the pause gave up waiting: the sandbox may be paused in
+        the log (an attempt beside this one), so Daytona must not delete it when stopped."""
+        await up(daytona, "dtpause004")
+        [record] = daytona_double.double.live()
+        extension = build(daytona_double, ready_timeout=0.001)
+        try:
+            with pytest.raises(ProviderError, match="did not stop within"):
+                await extension.pause("dtpause004")
+        finally:
+            await extension.aclose()
+        assert record.state in {"stopping", "stopped"}
+        assert record.auto_delete == -1
 
 
 class TestFaults:

@@ -94,6 +94,10 @@ __all__ = ["DaytonaExtension"]
 
 log = logging.getLogger(__name__)
 
+STOPPED_STATES = frozenset({"stopped", "stopping", "archived", "archiving"})
+"""Daytona's states of a sandbox that is stopped or on its way there (the spec's
+SandboxState): a paused one of ours is one of them."""
+
 OUTPUT_TAIL = 2000
 
 
@@ -451,14 +455,40 @@ class DaytonaExtension:
 
     async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
         """Stop it (its disk stays). While paused Daytona must not delete it: a pause may
-        last as long as the profile's ``max_pause``, so the auto-delete is lifted."""
+        last as long as the profile's ``max_pause``, so the auto-delete is lifted. A stop
+        that fails puts it back (:meth:`_unlift_auto_delete`)."""
         check_sandbox_id(sandbox_id, self.id)
         api = self._client()
         found = await self._existing(sandbox_id)
-        await api.set_auto_delete(found.id, -1, sandbox_id)
-        if found.state not in {"stopped", "stopping"}:
-            await api.stop(found.id, sandbox_id)
-        await self._wait_for(sandbox_id, {"stopped"}, "stop")
+        try:
+            await api.set_auto_delete(found.id, -1, sandbox_id)
+            if found.state not in {"stopped", "stopping"}:
+                await api.stop(found.id, sandbox_id)
+            await self._wait_for(sandbox_id, {"stopped"}, "stop")
+        except Exception:
+            await self._unlift_auto_delete(api, found.id, sandbox_id)
+            raise
+
+    async def _unlift_auto_delete(self, api: DaytonaApi, provider_id: str, sandbox_id: str) -> None:
+        """A pause failed, so the log keeps the sandbox ``ready``: give it back the auto-delete
+        it had, or a sandbox sandboxer then lost track of would never be deleted at Daytona
+        (auto-stopped a grace past our TTL, it would sit there, billed for its disk). Only
+        while it still runs: one stopped or stopping anyway (the stop landed after all, or
+        an attempt of the same pause held up beside this one stopped it) may be paused in
+        the log, and Daytona must not delete a paused sandbox. Setting the interval is
+        idempotent, so a retried pause does no harm; a failure here is logged and the
+        pause's own error is the one raised."""
+        try:
+            now = await api.get(provider_id, sandbox_id)
+            if now is not None and now.state not in STOPPED_STATES | plan.GONE_STATES:
+                await api.set_auto_delete(provider_id, self._grace(), sandbox_id)
+        except Exception as exc:
+            log.warning(
+                "%s: a pause of %s failed and its auto-delete was not put back: %s",
+                self.id,
+                sandbox_id,
+                exc,
+            )
 
     async def resume(self, sandbox_id: str, *, host: str | None = None) -> None:
         check_sandbox_id(sandbox_id, self.id)
