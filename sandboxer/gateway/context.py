@@ -50,6 +50,7 @@ __all__ = [
     "parse_wait",
     "request_actor",
     "request_key",
+    "standing_of",
 ]
 
 MAX_WAIT_SECONDS = 300.0
@@ -191,9 +192,15 @@ class Standing(Protocol):
 async def key_standing(
     request: Request, gw: Annotated[Gateway, Depends(gateway)], _key: RequestKey
 ) -> Standing:
-    """For a response that outlives its request's check: whether the key is still active,
-    read from the log at its first call, then at most every :data:`KEY_RECHECK_SECONDS`
-    (or at once, ``fresh``: right before a command or a copy starts)."""
+    """For a response that outlives its request's check: :func:`standing_of` its key."""
+    return standing_of(gw, request)
+
+
+def standing_of(gw: Gateway, request: Request) -> Standing:
+    """Whether the request's key is still active, read from the log at the first call, then
+    at most every :data:`KEY_RECHECK_SECONDS` (or at once, ``fresh``: right before a command
+    or a copy starts). Also for a body read before the route's dependencies run (an exec's
+    JSON, files._BodyWhileStanding)."""
     key = bearer_key(request.headers.get("authorization")) or ""
     # Not taken from the request's check: an exec's or a copy's key is checked before its
     # body is read (app.BodyLimit), and a body may take minutes to arrive.

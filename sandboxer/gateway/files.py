@@ -27,15 +27,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, BinaryIO, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 from starlette.types import Scope
@@ -56,7 +58,9 @@ from sandboxer.gateway.context import (
     BusClient,
     KeyStanding,
     Standing,
+    gateway,
     request_actor,
+    standing_of,
 )
 from sandboxer.gateway.errors import error_response, response_for
 from sandboxer.gateway.models import SANDBOX_ID, ErrorBody
@@ -182,6 +186,56 @@ def _refusal(exc: SandboxerError) -> JSONResponse:
 # -- exec --------------------------------------------------------------------------------------
 
 
+async def _receive(
+    request: Request, out: BinaryIO, limit: int | None, standing: Callable[[], Awaitable[bool]]
+) -> bool:
+    """The request's body into ``out``; False, the rest left unread, once its key is found
+    revoked: an upload may take minutes and be a GiB, an exec's JSON 12 MiB, which the
+    gateway would read and keep for nothing (``standing`` reads the log at most once a
+    second). ``limit``: an upload's (an exec's is app.BodyLimit's alone)."""
+    total = 0
+    async for chunk in request.stream():
+        if not await standing():
+            return False
+        total += len(chunk)
+        if limit is not None and total > limit:
+            raise WorkspaceRefused(
+                f"the body is larger than {limit // (1024 * 1024)} MiB, the most a copy "
+                "moves (SANDBOXER_UPLOAD_MAX_MB)"
+            )
+        out.write(chunk)  # chunks of the ASGI server's size: a page-cache write
+    return True
+
+
+class _Read(Request):
+    """A request whose body :class:`_BodyWhileStanding` has read already."""
+
+    def __init__(self, request: Request, body: bytes) -> None:
+        super().__init__(request.scope, request.receive)
+        self._read = body
+
+    async def body(self) -> bytes:
+        return self._read
+
+
+class _BodyWhileStanding(APIRoute):
+    """A route whose body FastAPI parses (an exec's JSON) read first by :func:`_receive`, as
+    an upload's is: FastAPI reads a body whole before any dependency runs, so a key revoked
+    while 12 MiB of it dripped in would have it all taken in before the route's 401. Its
+    key was checked before the body began (app.BodyLimit)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        parse = super().get_route_handler()
+
+        async def read_then_parse(request: Request) -> Response:
+            body = io.BytesIO()
+            if not await _receive(request, body, None, standing_of(gateway(request), request)):
+                return _revoked_before("the command")
+            return await parse(_Read(request, body.getvalue()))
+
+        return read_then_parse
+
+
 class ExecBody(BaseModel, extra="forbid"):
     argv: list[Annotated[str, Field(max_length=65536)]] = Field(min_length=1, max_length=4096)
     stdin: str | None = Field(default=None, description="standard input, base64")
@@ -200,7 +254,6 @@ class ExecResult(BaseModel):
     stderr_truncated: bool = False
 
 
-@router.post("/sandboxes/{sandbox_id}/exec", response_model=ExecResult, tags=["exec and files"])
 async def exec_in_sandbox(
     sandbox_id: VisibleSandbox,
     body: ExecBody,
@@ -262,6 +315,16 @@ async def exec_in_sandbox(
     )
 
 
+router.add_api_route(  # router.post with the route class that reads the body (above)
+    "/sandboxes/{sandbox_id}/exec",
+    exec_in_sandbox,
+    methods=["POST"],
+    response_model=ExecResult,
+    tags=["exec and files"],
+    route_class_override=_BodyWhileStanding,
+)
+
+
 async def _for_caller(
     request: Request,
     standing: Standing,
@@ -321,27 +384,6 @@ async def _caller_gone(request: Request, standing: Callable[[], Awaitable[bool]]
 # -- files -------------------------------------------------------------------------------------
 
 
-async def _receive(
-    request: Request, destination: Path, limit: int, standing: Callable[[], Awaitable[bool]]
-) -> bool:
-    """The request's body into ``destination``; False, the rest left unread, once its key is
-    found revoked: an upload may take minutes and be a GiB, which the gateway would read
-    and store for nothing (``standing`` reads the log at most once a second)."""
-    total = 0
-    with destination.open("wb") as out:
-        async for chunk in request.stream():
-            if not await standing():
-                return False
-            total += len(chunk)
-            if total > limit:
-                raise WorkspaceRefused(
-                    f"the body is larger than {limit // (1024 * 1024)} MiB, the most a copy "
-                    "moves (SANDBOXER_UPLOAD_MAX_MB)"
-                )
-            out.write(chunk)  # chunks of the ASGI server's size: a page-cache write
-    return True
-
-
 @router.put(
     "/sandboxes/{sandbox_id}/files",
     tags=["exec and files"],
@@ -370,7 +412,9 @@ async def put_files(
     try:
         with tempfile.TemporaryDirectory(prefix="sandboxer-put-") as scratch:
             body = Path(scratch) / "body"
-            if not await _receive(request, body, limit, standing):
+            with body.open("wb") as out:
+                received = await _receive(request, out, limit, standing)
+            if not received:
                 return _revoked_before("the copy")
             if as_tar:
                 kind = "dir"

@@ -535,13 +535,30 @@ async def test_a_key_revoked_while_its_body_arrives_runs_nothing(front: Front) -
         await admin.destroy(sandbox_id)
 
 
-async def test_a_key_revoked_while_its_upload_arrives_has_the_rest_left_unread(
-    front: Front,
+UPLOAD = (
+    "PUT /v1/sandboxes/{sandbox_id}/files?path=big.bin",
+    "application/octet-stream",
+    b"",
+    "/workspace/big.bin",
+)
+EXEC = (
+    "POST /v1/sandboxes/{sandbox_id}/exec",
+    "application/json",
+    b'{"argv": ["sh", "-c", "echo ran > /workspace/ran"], "stdin": "',  # base64 follows
+    "/workspace/ran",
+)
+
+
+@pytest.mark.parametrize("route", [UPLOAD, EXEC], ids=["upload", "exec"])
+async def test_a_key_revoked_while_its_body_arrives_has_the_rest_left_unread(
+    front: Front, route: tuple[str, str, bytes, str]
 ) -> None:
-    """An upload may be a GiB dripped over minutes. On the old code the gateway read a
-    revoked key's body to its end, into a scratch file, before it answered 401: here it
-    answered only once the last chunk was sent. Now it stops reading once it finds the key
-    revoked (it looks again at most once a second) and answers while the body still comes."""
+    """An upload may be a GiB dripped over minutes, an exec's JSON 12 MiB. On the old code
+    the gateway read a revoked key's body to its end (an upload's into a scratch file, an
+    exec's parsed whole by FastAPI) before it answered 401: here it answered only once the
+    last chunk was sent. Now it stops reading once it finds the key revoked (it looks again
+    at most once a second) and answers while the body still comes."""
+    line, content_type, opening, made = route
     key = await front.key("alpha")
     admin = front.service.client
     async with front.http(key) as api:
@@ -551,12 +568,13 @@ async def test_a_key_revoked_while_its_upload_arrives_has_the_rest_left_unread(
     host, port = httpx.URL(front.url).host, httpx.URL(front.url).port
     reader, writer = await asyncio.open_connection(host, port)
     head = (
-        f"PUT /v1/sandboxes/{sandbox_id}/files?path=big.bin HTTP/1.1\r\nHost: {host}\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Type: application/octet-stream\r\n"
+        f"{line.format(sandbox_id=sandbox_id)} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: {content_type}\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
     )
-    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
-    writer.write(head.encode() + chunk)
+    chunk = b"%x\r\n%s\r\n" % (65536, b"A" * 65536)  # base64 too, for the exec's stdin
+    first = b"%x\r\n%s\r\n" % (len(opening), opening) if opening else b""
+    writer.write(head.encode() + first + chunk)
     await writer.drain()
     await revoke_key(front.admin, key_id_for(hash_key(key)))
     answered = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
@@ -573,7 +591,7 @@ async def test_a_key_revoked_while_its_upload_arrives_has_the_rest_left_unread(
     finally:
         answered.cancel()
         writer.close()
-    assert await admin.exec(sandbox_id, ["test", "-e", "/workspace/big.bin"], _quiet) == 1
+    assert await admin.exec(sandbox_id, ["test", "-e", made], _quiet) == 1
     await admin.destroy(sandbox_id)
 
 
