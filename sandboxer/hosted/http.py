@@ -9,7 +9,9 @@ connections are retried with backoff by ``stamina`` before they become
 is sent once with ``retry=False``: its caller looks for what it may have made
 before trying again (:mod:`sandboxer.hosted.create_once`).
 
-Every answer is read as it arrives, and the read stopped past ``max_bytes``
+Every answer is asked for and read uncompressed (a compressed one is refused unread: it may
+expand without bound, :mod:`sandboxer.http_body`), as it arrives, and the read stopped past
+``max_bytes``
 (:func:`sandboxer.http_body.read_at_most`, shared with the event deliveries): by
 default :data:`MAX_ANSWER_BYTES`, ample for the largest answer the providers'
 specs describe, so a wrong ``api_url`` (or a misbehaving endpoint) serving a
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import stamina
 
 from sandboxer.errors import ProviderAuth, ProviderError, ProviderQuota, ProviderUnavailable
-from sandboxer.http_body import public_url, read_at_most
+from sandboxer.http_body import IDENTITY, content_coding, public_url, read_at_most
 from sandboxer.secrets import redact
 
 if TYPE_CHECKING:
@@ -92,7 +94,7 @@ class ProviderHttp:
         import httpx
 
         self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=dict(auth_headers), timeout=timeout
+            base_url=base_url.rstrip("/"), headers={**auth_headers, **IDENTITY}, timeout=timeout
         )
 
     async def aclose(self) -> None:
@@ -145,13 +147,6 @@ class ProviderHttp:
                 ProviderUnavailable,
                 f"{method} {path} {what}{' after retries' if retry else ''}: "
                 f"{type(exc).__name__} {exc}".rstrip(),
-                None,
-                sandbox_id,
-            ) from None
-        except httpx.DecodingError as exc:  # a compressed body that does not decompress
-            raise self._error(
-                ProviderError,
-                f"{method} {path} answered a body that does not decode: {exc}",
                 None,
                 sandbox_id,
             ) from None
@@ -224,7 +219,8 @@ class ProviderHttp:
             async with asyncio.timeout(self._timeout):
                 response = await self._client.send(request, stream=True)
                 try:
-                    body, more = await read_at_most(response, limit)
+                    coded = content_coding(response)
+                    body, more = (b"", False) if coded else await read_at_most(response, limit)
                 finally:
                     await response.aclose()  # unread, the connection is dropped, not reused
         except TimeoutError:
@@ -235,6 +231,16 @@ class ProviderHttp:
                 None,
                 sandbox_id,
             ) from None
+        if coded:
+            raise self._error(
+                ProviderError,
+                f"{method} {public_url(str(request.url))} answered a {coded}-compressed body "
+                f"({response.status_code}) though asked for none (Accept-Encoding: identity); "
+                "sandboxer does not decompress answers (a small one may expand without "
+                "bound), so it was not read; is api_url this provider's API?",
+                response.status_code,
+                sandbox_id,
+            )
         if more:
             # Past the caller's own bound, the tenant's output was too long; past the default,
             # no answer of the provider's API is that long.
@@ -246,8 +252,8 @@ class ProviderHttp:
                 response.status_code,
                 sandbox_id,
             )
-        # The bytes read, as an ordinary answer; they are decoded already, so the headers
-        # that described their transfer go.
+        # The bytes read, as an ordinary answer (in no content-coding); the headers that
+        # described their transfer go.
         headers = [
             (name, value)
             for name, value in response.headers.multi_items()

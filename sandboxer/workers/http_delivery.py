@@ -12,7 +12,8 @@ before the next attempt. Nothing here logs a header: a bearer token stays out of
 An attempt has one deadline for all of it (``timeout``: connecting, sending, the answer's
 status and what is read of its body), not httpx's per-read one, which a hub dripping a byte at
 a time never reaches; and of the answer's body at most :data:`MAX_REASON_BYTES` are read (a
-2xx's none), so an endless or huge answer neither holds the delivery nor fills the memory.
+2xx's none), asked for and read uncompressed (a compressed one is not read), so an endless,
+huge or compressed answer neither holds the delivery nor fills the memory.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import stamina
 
 from sandboxer.errors import DeliveryFailed, DeliveryRefused, SandboxerError
-from sandboxer.http_body import public_url, read_at_most
+from sandboxer.http_body import IDENTITY, content_coding, public_url, read_at_most
 
 if TYPE_CHECKING:
     # httpx is imported where a delivery is made: `sandboxer up` loads this module, and its
@@ -57,7 +58,11 @@ def _without_user_info(url: str) -> str:
 
 async def _answer_reason(answer: httpx.Response) -> str:
     """The endpoint's words, for a log line and the status: one line, printable, short; read
-    from at most the first :data:`MAX_REASON_BYTES` of its body (it may never end)."""
+    from at most the first :data:`MAX_REASON_BYTES` of its body (it may never end), and not
+    from a compressed one (it may expand without bound; :mod:`sandboxer.http_body`)."""
+    coded = content_coding(answer)
+    if coded:
+        return f"{answer.status_code} {answer.reason_phrase} (a {coded} body, not read)"
     head, _more = await read_at_most(answer, MAX_REASON_BYTES)
     raw = head.decode("utf-8", errors="replace")
     text = "".join(c if c.isprintable() else " " for c in raw[:MAX_REASON_CHARS]).strip()
@@ -124,7 +129,7 @@ class HttpDelivery:
 
         try:
             auth = self._auth() if self._auth is not None else {}
-            sent_headers = {"Content-Type": "application/json", **headers, **auth}
+            sent_headers = {"Content-Type": "application/json", **IDENTITY, **headers, **auth}
         except SandboxerError as exc:  # a token reference that cannot be read (now)
             raise DeliveryFailed(f"no credentials for {self.shown_url}: {exc.message}") from None
         # User info in the URL is sent as Basic auth, unless ``auth`` gives its own header.

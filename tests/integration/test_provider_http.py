@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -13,8 +16,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from sandboxer.errors import ProviderAuth, ProviderError, ProviderQuota, ProviderUnavailable
+from sandboxer.errors import (
+    DeliveryRefused,
+    ProviderAuth,
+    ProviderError,
+    ProviderQuota,
+    ProviderUnavailable,
+)
 from sandboxer.hosted.http import MAX_ANSWER_BYTES, ProviderHttp
+from sandboxer.workers.http_delivery import HttpDelivery
 from tests.doubles.spec_double import Served
 
 pytestmark = pytest.mark.integration
@@ -67,6 +77,33 @@ async def drip(_request: Request) -> Response:
     return StreamingResponse(bytes_(), media_type="application/json")
 
 
+BOMB_MIB = 256
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """A gzip stream of :data:`BOMB_MIB` MiB of zeros: about 250 KiB, a thousandfold less."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip format
+    zeros = bytes(1024 * 1024)
+    return b"".join(packer.compress(zeros) for _ in range(BOMB_MIB)) + packer.flush()
+
+
+ACCEPT_ENCODINGS: list[str | None] = []
+"""What each request to /bomb asked for."""
+
+
+async def bomb(request: Request) -> Response:
+    """A 200 (503 to a POST) in gzip, asked for or not (a misbehaving endpoint): each 64 KiB
+    read of it is some 64 MiB once decompressed."""
+    ACCEPT_ENCODINGS.append(request.headers.get("accept-encoding"))
+    return Response(
+        gzip_bomb(),
+        status_code=503 if request.method == "POST" else 200,
+        media_type="application/json",
+        headers={"Content-Encoding": "gzip"},
+    )
+
+
 @pytest.fixture
 def server() -> Iterator[tuple[Script, str]]:
     script = Script()
@@ -74,6 +111,7 @@ def server() -> Iterator[tuple[Script, str]]:
         routes=[
             Route("/endless", endless, methods=["GET"]),
             Route("/drip", drip, methods=["GET"]),
+            Route("/bomb", bomb, methods=["GET", "POST"]),
             Route("/{rest:path}", script.endpoint, methods=["GET", "POST", "DELETE"]),
         ]
     )
@@ -209,3 +247,57 @@ async def test_an_answer_dripped_a_byte_at_a_time_is_cut_off_at_the_deadline(
                 await http.call("GET", "/drip")
     finally:
         await http.aclose()
+
+
+async def test_a_compressed_answer_is_refused_unread(server: tuple[Script, str]) -> None:
+    """Review 2026-12-04: the bound counted decompressed bytes, after httpx had decompressed a
+    whole network read (and httpx decompresses any coding an answer names, asked for or not):
+    a 64 KiB read of a gzip of zeros became some 64 MiB at once, past any bound (stacked
+    codings, ``gzip, gzip``, far more). Now nothing is decompressed: the request asks for
+    identity, and an answer compressed anyway is refused before its body is read. (The old
+    code held more than 64 MiB here, and failed with "answered more than".)"""
+    _script, url = server
+    gzip_bomb()  # made before the measure
+    http = client(url)
+    ACCEPT_ENCODINGS.clear()
+    tracemalloc.start()
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(ProviderError) as raised:
+                await http.call("GET", "/bomb", max_bytes=1024 * 1024)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await http.aclose()
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes held"
+    message = raised.value.message
+    assert f"GET {url}/bomb answered a gzip-compressed body (200)" in message
+    assert "Accept-Encoding: identity" in message
+    assert not raised.value.retryable
+    assert ACCEPT_ENCODINGS == ["identity"]
+
+
+async def test_a_delivery_does_not_read_a_compressed_error_answer(
+    server: tuple[Script, str],
+) -> None:
+    """The event deliveries (State Hub, meter export) read an error answer's reason through
+    the same bounded read: a compressed one is not read (the old code held more than 64 MiB
+    for its 4 KiB of reason)."""
+    _script, url = server
+    gzip_bomb()
+    delivery = HttpDelivery(f"{url}/bomb", label="test", refuses=lambda _status: True)
+    ACCEPT_ENCODINGS.clear()
+    tracemalloc.start()
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(DeliveryRefused) as refused:
+                await delivery.post(b"{}", {}, what="an event")
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await delivery.aclose()
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes held"
+    assert refused.value.message.endswith(
+        "answered 503 Service Unavailable (a gzip body, not read)"
+    )
+    assert ACCEPT_ENCODINGS == ["identity"]
