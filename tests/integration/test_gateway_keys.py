@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,46 +39,19 @@ from sandboxer.events.snapshot_events import SnapshotRequested
 from sandboxer.gateway import context
 from sandboxer.ids import derive_sandbox_id, derive_snapshot_id, new_command_id
 from sandboxer.projections.sandbox_view import SandboxView
-from tests.integration.conftest import Cli, Service, reap_local, serve_gateway, start_service
+from tests.integration.conftest import Cli
+from tests.integration.gateway_front import Front, front_door
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@dataclass
-class Front:
-    """The service, its gateway's URL, and an administrator on the bus who makes keys."""
-
-    service: Service
-    url: str
-    admin: SandboxerClient
-
-    async def key(self, project: str, key_type: str = "agt", **limits: Any) -> str:
-        key, _ = await create_key(
-            self.admin,
-            project=project,
-            key_type=key_type,  # type: ignore[arg-type]
-            **({"rate_per_second": 1000} | limits),
-        )
-        return key
-
-    def http(self, key: str | None = None) -> httpx.AsyncClient:
-        headers = {} if key is None else {"Authorization": f"Bearer {key}"}
-        return httpx.AsyncClient(base_url=self.url, timeout=120, headers=headers)
 
 
 @pytest.fixture
 async def front(
     nats_server: NatsServerProcess, home: Path, exec_heartbeat: float
 ) -> AsyncIterator[Front]:
-    service = await start_service(home, nats_server.url, exec_heartbeat=exec_heartbeat)
-    admin = SandboxerClient(service.client.nc, actor={"type": "adm", "id": "pytest-admin"})
-    try:
-        async with serve_gateway(service, home) as url:
-            yield Front(service, url, admin)
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
+    service = {"exec_heartbeat": exec_heartbeat}
+    async with front_door(nats_server.url, home, service=service) as front:
+        yield front
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
