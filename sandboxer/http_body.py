@@ -36,6 +36,11 @@ async def read_at_most(answer: httpx.Response, limit: int) -> tuple[bytes, bool]
     them; no more is read (the caller closes the answer, which drops the connection). The
     bytes are the raw ones, never decompressed (see the module's doc): a caller refuses an
     answer with a :func:`content_coding` rather than read it."""
+    if answer.is_stream_consumed:
+        # Already in memory (a transport that answers whole, as httpx.MockTransport does):
+        # nothing is left to bound, and its raw stream cannot be read again.
+        whole = answer.content
+        return whole[:limit], len(whole) > limit
     body = bytearray()
     async for chunk in answer.aiter_raw():
         body.extend(chunk)
