@@ -36,6 +36,9 @@ class Capabilities(_Strict):
     """The most CIDR blocks the backend's address allowlist takes (Daytona's: 5), counted as
     the policy's address entries merged into blocks (``NetworkPolicy.address_blocks``);
     routing does not send a policy with more here. None: no limit."""
+    network_ipv6: bool = True
+    """Whether the backend's address allowlist takes IPv6 addresses and CIDRs; ``false``
+    (Daytona's and E2B's: their docs speak of IPv4 only) keeps a policy naming one away."""
 
 
 class Pricing(_Strict):

@@ -40,6 +40,7 @@ __all__ = [
     "PortRange",
     "Protocol",
     "enforces",
+    "listing",
     "narrows",
     "parse_entry",
     "parse_policy",
@@ -186,6 +187,11 @@ class NetworkPolicy:
         v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
         return (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))
 
+    def ipv6_addresses(self) -> list[str]:
+        """The IPv6 address and CIDR entries: what a provider whose allowlist takes IPv4
+        only (Daytona's, E2B's) cannot hold."""
+        return [e.compact() for e in self.addresses if e.network and e.network.version == 6]
+
     def limits_ports(self) -> list[str]:
         """Entries whose ports or protocol narrow them: what a backend that allows by
         destination only cannot honour."""
@@ -195,6 +201,12 @@ class NetworkPolicy:
 
 
 DENY_ALL = NetworkPolicy()
+
+
+def listing(entries: Sequence[str]) -> str:
+    """Entries for a message, the first few and how many more: a reason stays one line."""
+    more = len(entries) - DESCRIBED
+    return ", ".join(entries[:DESCRIBED]) + (f" and {more} more" if more > 0 else "")
 
 
 def enforces(level: Enforcement, need: Enforcement) -> bool:

@@ -4,8 +4,9 @@ a decision out (docs/routing.md).
 Every candidate of the profile is looked at, in the profile's order:
 
 1. **eligibility**, first failing check wins: not installed or not enabled; the network
-   policy (the declaration's ``capabilities.network`` must cover what the policy needs, and
-   its ``network_max_cidrs``, if any, hold the policy's address blocks,
+   policy (the declaration's ``capabilities.network`` must cover what the policy needs, its
+   ``network_max_cidrs``, if any, hold the policy's address blocks, and a policy naming an
+   IPv6 address go only where ``network_ipv6`` is not false,
    docs/network.md#enforcement); the profile's ``isolation.level`` when it writes one; the
    route's constraints (``require_isolation``, held to by the same rule as the level: a
    stronger level serves, :func:`isolation_short`; ``gpu``, ``snapshot``, ``pause``,
@@ -30,7 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 from sandboxer.config.extension_decl import ExtensionDecl
-from sandboxer.config.network_policy import NetworkPolicy, enforces
+from sandboxer.config.network_policy import NetworkPolicy, enforces, listing
 from sandboxer.config.profile import Profile, RouteConstraints
 from sandboxer.domain.host_order import placement_hosts
 from sandboxer.domain.pricing import MICRO, estimate_microusd
@@ -190,7 +191,7 @@ def _network_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:
     need = policy.needs()
     level = decl.capabilities.network
     if enforces(level, need):
-        return _blocks_unmet(decl, policy)
+        return _ipv6_unmet(decl, policy) or _blocks_unmet(decl, policy)
     what = {
         "all-or-nothing": "no network at all",
         "cidr": "an address allowlist",
@@ -199,6 +200,20 @@ def _network_unmet(decl: ExtensionDecl, profile: Profile) -> str | None:
     return (
         f"cannot enforce the network policy ({policy.describe()}): it needs {what} "
         f"(network: {need}) and the backend enforces network: {level}"
+    )
+
+
+def _ipv6_unmet(decl: ExtensionDecl, policy: NetworkPolicy) -> str | None:
+    """Why the backend's address allowlist cannot hold the policy's IPv6 entries, or None.
+    A provider that takes IPv4 only refuses the create (or drops the entry) after the route
+    and the hold."""
+    v6 = policy.ipv6_addresses()
+    if decl.capabilities.network_ipv6 or not v6:
+        return None
+    return (
+        f"cannot hold the network policy ({policy.describe()}): its allowlist takes IPv4 "
+        f"addresses only (network_ipv6: false) and the policy names IPv6 {listing(v6)}; "
+        "name those destinations by domain or as IPv4, or route the profile to another backend"
     )
 
 

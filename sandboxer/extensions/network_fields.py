@@ -11,13 +11,19 @@ dropped, and the ``ready`` event's warnings say which entries were widened so.
 Daytona's allowlist takes at most :data:`DAYTONA_MAX_CIDRS` blocks (its declaration says so
 for routing), and Daytona keeps its "essential services" reachable under any policy (a
 ``ready`` warning says so): both from its Network Limits (Firewall) page, not its spec.
+
+Daytona's and E2B's address allowlists take IPv4 only: Daytona's docs say "use
+networkAllowList for IPv4 CIDR ranges"; E2B's spec and docs make "deny all traffic"
+``denyOut: 0.0.0.0/0``, all of IPv4 and nothing else. Their declarations say
+``network_ipv6: false`` for routing, and :func:`ipv4_only_unheld` refuses such a policy
+before the create. Modal's spec says nothing of the family, so Modal gets IPv6 as given.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sandboxer.config.network_policy import Egress, NetworkPolicy
+from sandboxer.config.network_policy import Egress, NetworkPolicy, listing
 
 __all__ = [
     "DAYTONA_MAX_CIDRS",
@@ -25,6 +31,7 @@ __all__ = [
     "daytona_fields",
     "daytona_warnings",
     "e2b_fields",
+    "ipv4_only_unheld",
     "modal_options",
     "port_warnings",
 ]
@@ -71,6 +78,21 @@ def daytona_blocks_unheld(policy: NetworkPolicy) -> str | None:
         f"{DAYTONA_MAX_CIDRS} or fewer wider CIDRs or name them by domain, or route the "
         f"profile elsewhere (and give the declaration network_max_cidrs: {DAYTONA_MAX_CIDRS}, "
         "so routing does)"
+    )
+
+
+def ipv4_only_unheld(allowlist: str, policy: NetworkPolicy) -> str | None:
+    """Why ``allowlist`` (a provider's, IPv4 only) cannot hold the policy's IPv6 entries, or
+    None. Routing keeps such a policy away (the declaration's ``network_ipv6: false``); this
+    catches a declaration that does not say, before the provider refuses the create or
+    drops the entry."""
+    v6 = policy.ipv6_addresses()
+    if not v6:
+        return None
+    return (
+        f"{allowlist} takes IPv4 addresses only and the network policy names IPv6 "
+        f"{listing(v6)}: name those destinations by domain or as IPv4, or route the profile "
+        "elsewhere (and give the declaration network_ipv6: false, so routing does)"
     )
 
 

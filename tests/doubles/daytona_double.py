@@ -62,7 +62,8 @@ DEVIATIONS: dict[tuple[str, str], dict[int, str]] = {
         201: _CREATED,
         409: "the real API answers 409 when a sandbox of that name exists",
         400: "the real API refuses resources (cpu, memory, disk, gpu) with a snapshot, and "
-        "a networkAllowList of more than 5 CIDR blocks (its docs, Network Limits)",
+        "a networkAllowList of more than 5 CIDR blocks or of an IPv6 one (its docs, Network "
+        "Limits: up to 5, IPv4 CIDR ranges)",
         401: _AUTH,
     },
     ("GET", SANDBOX): {401: _AUTH},
@@ -307,6 +308,13 @@ class DaytonaDouble:
                 message = f"{allow_list} {given!r} must be a comma-separated list of {items}"
                 return Answer(400, _error_body(400, message, _path(call)))
         blocks = str(body.get("networkAllowList") or "").split(",")
+        # Daytona's docs: "Use networkAllowList for IPv4 CIDR ranges" (the spec's example is
+        # IPv4 too): an IPv6 block is refused, not taken and never applied. Each block is a
+        # CIDR by now, and only an IPv6 one holds a ':'.
+        ipv6 = [b for b in blocks if ":" in b]
+        if ipv6:
+            message = f"networkAllowList takes IPv4 CIDR ranges, not {', '.join(ipv6)}"
+            return Answer(400, _error_body(400, message, _path(call)))
         if len(blocks) > MAX_CIDRS:
             message = f"networkAllowList accepts up to {MAX_CIDRS} CIDR blocks, not {len(blocks)}"
             return Answer(400, _error_body(400, message, _path(call)))

@@ -29,10 +29,12 @@ pytestmark = pytest.mark.integration
 POLICIES: dict[str, dict[str, Any]] = {
     "allow": {"default": "allow"},
     "deny": {"default": "deny"},
-    "cidr": {"egress": ["10.1.2.0/24:443", "192.0.2.7", "[2001:db8::1]:53/udp"]},
+    "cidr": {"egress": ["10.1.2.0/24:443", "192.0.2.7", "198.51.100.53:53/udp"]},
     "domain": {"egress": ["*.pypi.org:443", "10.0.0.0/8", {"to": "files.example.org"}]},
     "names": {"egress": ["pypi.org", "*.pythonhosted.org:443/tcp"]},
+    "ipv6": {"egress": ["[2001:db8::1]:53/udp", "2001:db8:1::/48", "192.0.2.7"]},
 }
+"""``ipv6`` only for Modal: Daytona's and E2B's allowlists take IPv4 (their docs)."""
 ESSENTIAL = (
     "network: Daytona keeps its essential services (package registries, container registries, "
     "Git repositories, CDNs, platform services, system package managers) reachable under any "
@@ -41,9 +43,10 @@ ESSENTIAL = (
 )
 """Daytona's warning under deny or an allowlist (its Network Limits page)."""
 PORTS_DROPPED = {
-    "cidr": "10.1.2.0/24:443, [2001:db8::1]:53/udp",
+    "cidr": "10.1.2.0/24:443, 198.51.100.53:53/udp",
     "domain": "*.pypi.org:443",
     "names": "*.pythonhosted.org:443/tcp",
+    "ipv6": "[2001:db8::1]:53/udp",
 }
 
 
@@ -75,7 +78,7 @@ E2B_FIELDS: dict[str, dict[str, Any]] = {
     "deny": {"allow_internet_access": False},
     "cidr": {
         "allow_internet_access": False,
-        "network": {"allowOut": ["10.1.2.0/24", "192.0.2.7", "2001:db8::1"]},
+        "network": {"allowOut": ["10.1.2.0/24", "192.0.2.7", "198.51.100.53"]},
     },
     "domain": {
         "allow_internet_access": False,
@@ -97,7 +100,7 @@ async def e2b(e2b_double: ServedE2b) -> AsyncIterator[E2bExtension]:
     await extension.aclose()
 
 
-@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("policy", list(E2B_FIELDS))
 async def test_e2b_gets_exactly_the_compiled_policy(
     e2b: E2bExtension, e2b_double: ServedE2b, policy: str
 ) -> None:
@@ -115,7 +118,7 @@ async def test_e2b_gets_exactly_the_compiled_policy(
 DAYTONA_FIELDS: dict[str, dict[str, Any]] = {
     "allow": {},
     "deny": {"networkBlockAll": True},
-    "cidr": {"networkAllowList": "10.1.2.0/24,192.0.2.7/32,2001:db8::1/128"},
+    "cidr": {"networkAllowList": "10.1.2.0/24,192.0.2.7/32,198.51.100.53/32"},
     "domain": {"networkAllowList": "10.0.0.0/8", "domainAllowList": "*.pypi.org,files.example.org"},
     "names": {"domainAllowList": "pypi.org,*.pythonhosted.org"},
 }
@@ -246,6 +249,76 @@ async def test_a_create_with_more_cidr_blocks_than_daytona_takes_is_not_routed_t
         await service.shutdown()
 
 
+async def test_daytona_s_double_refuses_an_ipv6_block(daytona_double: DaytonaServed) -> None:
+    """Daytona's docs: "Use networkAllowList for IPv4 CIDR ranges"; the double, standing in
+    for it, answers 400 to an IPv6 block (it took one before)."""
+    headers = {"Authorization": f"Bearer {daytona_double.key}"}
+    async with httpx.AsyncClient(base_url=daytona_double.api_url, headers=headers) as http:
+        for name, blocks, status in (
+            ("v4", "192.0.2.7/32", 201),
+            ("v6", "192.0.2.7/32,2001:db8::1/128", 400),
+        ):
+            body = {"name": name, "snapshot": "s", "networkAllowList": blocks}
+            answer = await http.post("/sandbox", json=body)
+            assert answer.status_code == status, answer.text
+    assert "IPv4 CIDR ranges, not 2001:db8::1/128" in answer.json()["message"]
+    assert daytona_double.double.creates == 1
+
+
+async def test_a_declaration_without_network_ipv6_still_sends_no_ipv6_to_daytona_or_e2b(
+    daytona: DaytonaExtension,
+    daytona_double: DaytonaServed,
+    e2b: E2bExtension,
+    e2b_double: ServedE2b,
+) -> None:
+    """A copy of a declaration made before network_ipv6 lets routing send a policy naming
+    an IPv6 address: ext.daytona and ext.e2b refuse it before asking the provider, naming
+    the entry and the fix, and nothing is made. Before, both sent it."""
+    for profile_id, extension, sandbox_id in (
+        ("profile.daytona", daytona, "dtnetipv601"),
+        ("profile.e2b-burst", e2b, "e2bnetipv61"),
+    ):
+        made = request(profile_id, sandbox_id, "ipv6")
+        with pytest.raises(InvalidInput) as refused:
+            await extension.provision(made)
+        assert "takes IPv4 addresses only" in refused.value.message
+        assert "names IPv6 [2001:db8::1]:53/udp, 2001:db8:1::/48" in refused.value.message
+        assert "network_ipv6: false" in refused.value.message
+    assert daytona_double.double.creates == 0
+    assert e2b_double.double.made == []
+
+
+async def test_a_create_naming_an_ipv6_address_is_not_routed_to_daytona(
+    nats_server: Any, home: Path, daytona_double: DaytonaServed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the bus: a create of profile.daytona (fixed to ext.daytona) whose policy names
+    an IPv6 address is rejected no_route, naming the entry and the fix, before any hold or
+    provider call. Before, it was routed, held credits and sent 2001:db8::1/128, which
+    Daytona (whose allowlist takes IPv4 CIDR ranges), and now its double, refuses: a failed
+    sandbox."""
+    monkeypatch.setenv("DAYTONA_API_URL", daytona_double.api_url)
+    monkeypatch.setenv("DAYTONA_API_KEY", daytona_double.key)
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", "ext.daytona"]
+    )
+    try:
+        await service.fund()
+        network = {"egress": ["192.0.2.7", "2001:db8::1", "pypi.org"]}
+        with pytest.raises(CommandFailed) as refused:
+            await service.client.create("profile.daytona", ttl="10m", network=network)
+        assert refused.value.event["code"] == "no_route", refused.value.event
+        reason = refused.value.event["reason"]
+        assert "ext.daytona cannot hold the network policy" in reason
+        assert "takes IPv4 addresses only (network_ipv6: false)" in reason
+        assert "names IPv6 2001:db8::1; name those destinations by domain or as IPv4" in reason
+        assert daytona_double.double.creates == 0
+        [account] = await service.client.credits("default")
+        assert account["reserved"] == 0
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
 async def test_a_create_naming_domains_is_routed_to_daytona_and_reaches_it(
     nats_server: Any, home: Path, daytona_double: DaytonaServed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -286,7 +359,12 @@ MODAL_FIELDS: dict[str, dict[str, Any]] = {
     "deny": {"type": "BLOCKED"},
     "cidr": {
         "type": "ALLOWLIST",
-        "allowed_cidrs": ["10.1.2.0/24", "192.0.2.7/32", "2001:db8::1/128"],
+        "allowed_cidrs": ["10.1.2.0/24", "192.0.2.7/32", "198.51.100.53/32"],
+        "allowed_domains": [],
+    },
+    "ipv6": {  # Modal's spec says nothing of the family: IPv6 is sent as given
+        "type": "ALLOWLIST",
+        "allowed_cidrs": ["2001:db8::1/128", "2001:db8:1::/48", "192.0.2.7/32"],
         "allowed_domains": [],
     },
     "domain": {

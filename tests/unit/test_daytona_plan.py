@@ -203,10 +203,27 @@ class TestCreateBody:
         )
 
     def test_addresses_are_sent_as_the_fewest_cidr_blocks(self) -> None:
-        egress = ["10.0.0.128/25:443", "10.0.0.0/25", "10.0.0.7", "192.0.2.7", "2001:db8::/33"]
-        egress += ["2001:db8:8000::/33", "192.0.2.7:22"]
+        egress = ["10.0.0.128/25:443", "10.0.0.0/25", "10.0.0.7", "192.0.2.7", "10.0.1.0/25"]
+        egress += ["10.0.1.128/25", "192.0.2.7:22"]
         made = body_for(daytona_profile(network=Network(egress=egress)))
-        assert made.body["networkAllowList"] == "10.0.0.0/24,192.0.2.7/32,2001:db8::/32"
+        assert made.body["networkAllowList"] == "10.0.0.0/23,192.0.2.7/32"
+
+    def test_an_ipv6_entry_is_refused_before_asking_daytona(self) -> None:
+        """Daytona's docs: "Use networkAllowList for IPv4 CIDR ranges". Routing keeps such a
+        policy away by the declaration's network_ipv6: false; a copy of the declaration
+        without it is caught here, naming the entries and the fix. Before, the IPv6 block
+        was sent (2001:db8::1/128), for Daytona to refuse or drop."""
+        egress = ["192.0.2.7", "[2001:db8::1]:53/udp", "pypi.org"]
+        with pytest.raises(InvalidInput) as refused:
+            body_for(daytona_profile(network=Network(egress=egress)))
+        assert refused.value.message == (
+            "profile profile.daytona: Daytona's networkAllowList takes IPv4 addresses only and "
+            "the network policy names IPv6 [2001:db8::1]:53/udp: name those destinations by "
+            "domain or as IPv4, or route the profile elsewhere (and give the declaration "
+            "network_ipv6: false, so routing does)"
+        )
+        ipv4 = body_for(daytona_profile(network=Network(egress=egress[::2]))).body
+        assert (ipv4["networkAllowList"], ipv4["domainAllowList"]) == ("192.0.2.7/32", "pypi.org")
 
     def test_more_cidr_blocks_than_daytona_takes_are_refused_before_asking_it(self) -> None:
         """Routing keeps such a policy away by the declaration's network_max_cidrs; a copy of

@@ -3,10 +3,13 @@ and where the endpoint and key come from."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from sandboxer.config.catalog import Catalog
-from sandboxer.errors import ConfigError
+from sandboxer.config.network_policy import parse_policy
+from sandboxer.errors import ConfigError, InvalidInput
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.e2b.config import E2bSettings, parse_settings, resolve_endpoint
 from sandboxer.extensions.e2b.wire import (
@@ -69,6 +72,32 @@ def test_the_create_body_carries_template_timeout_labels_and_secrets() -> None:
         "envVars": {"TOKEN": "s3cret"},
     }
     assert warnings == []
+
+
+def test_an_ipv6_entry_is_refused_before_asking_e2b() -> None:
+    """E2B's spec and docs make deny-all ``denyOut: 0.0.0.0/0``, all of IPv4 and nothing
+    else: allowOut holds IPv4. Routing keeps such a policy away by the declaration's
+    network_ipv6: false; a copy without it is caught here. Before, allowOut carried the
+    IPv6 entry (2001:db8::1) for E2B to refuse or never apply."""
+    profile = Catalog.load().profile("profile.e2b-burst")
+    egress = ["192.0.2.7", "[2001:db8::/32]:443", "pypi.org"]
+    request = ProvisionRequest(
+        sandbox_id="abcd12345678",
+        profile=profile.with_network(parse_policy({"egress": egress})),
+        inputs={},
+        project="team-a",
+    )
+    with pytest.raises(InvalidInput) as refused:
+        create_body(request, "base", 900, "ext.e2b")
+    assert refused.value.message == (
+        "profile profile.e2b-burst: E2B's network.allowOut takes IPv4 addresses only and the "
+        "network policy names IPv6 [2001:db8::/32]:443: name those destinations by domain or "
+        "as IPv4, or route the profile elsewhere (and give the declaration network_ipv6: "
+        "false, so routing does)"
+    )
+    ipv4 = profile.with_network(parse_policy({"egress": egress[::2]}))
+    body, _ = create_body(replace(request, profile=ipv4), "base", 900, "ext.e2b")
+    assert body["network"] == {"allowOut": ["192.0.2.7", "pypi.org"]}
 
 
 def test_answers_are_read_without_their_tokens() -> None:

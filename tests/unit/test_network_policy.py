@@ -16,6 +16,7 @@ from sandboxer.config.network_policy import (
     PortRange,
     _port_range,
     enforces,
+    listing,
     narrows,
     parse_entry,
     parse_policy,
@@ -175,6 +176,17 @@ def test_address_blocks_merge_repeated_inner_and_adjacent_networks() -> None:
     assert blocks == ["10.0.0.0/24", "192.0.2.7/32", "2001:db8::1/128"]
     assert policy("10.0.0.0/8", default="allow").address_blocks() == ()
     assert policy("pypi.org").address_blocks() == ()
+
+
+def test_ipv6_addresses_are_the_ipv6_address_entries_as_written() -> None:
+    """What an IPv4-only provider (Daytona, E2B) cannot hold: names are not addresses, an
+    IPv4-mapped address is IPv6 notation, and under allow nothing is listed."""
+    p = policy("10.0.0.1", "[2001:db8::1]:53/udp", "2001:db8::/32", "::ffff:192.0.2.1", "a.org")
+    assert p.ipv6_addresses() == ["[2001:db8::1]:53/udp", "2001:db8::/32", "::ffff:c000:201"]
+    assert policy("10.0.0.0/8", "pypi.org").ipv6_addresses() == []
+    assert policy("2001:db8::/32", default="allow").ipv6_addresses() == []
+    assert listing([str(n) for n in range(8)]) == "0, 1, 2, 3, 4, 5 and 2 more"
+    assert listing(["a", "b"]) == "a, b"
 
 
 def test_the_enforcement_ladder() -> None:

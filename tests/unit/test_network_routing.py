@@ -105,6 +105,8 @@ def test_packaged_declarations_state_what_each_backend_enforces() -> None:
     }
     limits = {e: d.capabilities.network_max_cidrs for e, d in catalog.extensions.items()}
     assert {e: n for e, n in limits.items() if n is not None} == {"ext.daytona": 5}
+    ipv4_only = {e for e, d in catalog.extensions.items() if not d.capabilities.network_ipv6}
+    assert ipv4_only == {"ext.e2b", "ext.daytona"}  # Modal's spec is silent: it gets IPv6
 
 
 def test_a_profile_whose_egress_names_domains_is_routed_to_daytona() -> None:
@@ -184,6 +186,67 @@ def test_a_routed_profile_passes_over_a_backend_whose_allowlist_is_too_short() -
         network=NetworkAsk(default="deny", egress=SIX_BLOCKS[:2]),
     )
     assert admit_create(narrowed, profile, enabled).extension == "ext.short"
+
+
+@pytest.mark.parametrize(
+    ("profile_id", "extension"),
+    [("profile.daytona", "ext.daytona"), ("profile.e2b-burst", "ext.e2b")],
+)
+def test_a_policy_naming_an_ipv6_address_is_not_routed_to_an_ipv4_only_provider(
+    profile_id: str, extension: str
+) -> None:
+    """Daytona's docs: "Use networkAllowList for IPv4 CIDR ranges"; E2B's make deny-all
+    denyOut 0.0.0.0/0, IPv4 only. Their declarations say network_ipv6: false, so a policy
+    with an IPv6 entry is refused no_route, naming the entry and the fix, instead of being
+    routed, held for, and refused by the provider (or its entry dropped). Before, it was
+    admitted to either."""
+    catalog = Catalog.load(packaged_dir("profiles").parent)
+    egress = ["192.0.2.7", "[2001:db8::1]:53/udp", "2001:db8:1::/48", "pypi.org"]
+    profile = catalog.profile(profile_id).model_copy(update={"network": Network(egress=egress)})
+    command = CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id)
+    with pytest.raises(Rejected) as refused:
+        admit_create(command, profile, catalog.extensions_enabled())
+    assert refused.value.code == "no_route"
+    assert refused.value.reason.startswith(
+        f"no extension can serve {profile_id}: {extension} cannot hold the network policy "
+        "(deny; egress 192.0.2.7, [2001:db8::1]:53/udp, 2001:db8:1::/48, pypi.org): its "
+        "allowlist takes IPv4 addresses only (network_ipv6: false) and the policy names IPv6 "
+        "[2001:db8::1]:53/udp, 2001:db8:1::/48; name those destinations by domain or as IPv4, "
+        "or route the profile to another backend"
+    )
+    ipv4 = profile.model_copy(update={"network": Network(egress=egress[:1] + egress[3:])})
+    assert admit_create(command, ipv4, catalog.extensions_enabled()).extension == extension
+
+
+def test_an_ipv6_policy_passes_an_ipv4_only_backend_over_for_one_that_takes_it() -> None:
+    """One more eligibility check: the next candidate serves, and a create that narrows the
+    policy to IPv4 is routed to the IPv4-only one again. Left out, network_ipv6 is true."""
+    assert ENABLED["ext.domain"].capabilities.network_ipv6 is True
+    v4 = decl("ext.v4", "domain")
+    v4 = v4.model_copy(
+        update={"capabilities": v4.capabilities.model_copy(update={"network_ipv6": False})}
+    )
+    enabled = {"ext.v4": v4, "ext.domain": ENABLED["ext.domain"]}
+    profile = Profile.model_validate(
+        {
+            "id": "profile.net",
+            "route": {"strategy": "explicit", "candidates": ["ext.v4", "ext.domain"]},
+            "network": {"egress": ["10.0.0.0/8", "2001:db8::/32"]},
+        }
+    )
+    decision = rank(profile, enabled, ttl_seconds=60)
+    assert decision.chosen == "ext.domain"
+    why = {c.extension: c.why_not for c in decision.candidates}
+    assert "the policy names IPv6 2001:db8::/32;" in (why["ext.v4"] or "")
+    narrowed = CreateSandbox(
+        command_id="c2",
+        actor=AGENT,
+        profile=profile.id,
+        network=NetworkAsk(default="deny", egress=["10.0.0.0/8"]),
+    )
+    assert admit_create(narrowed, profile, enabled).extension == "ext.v4"
+    allow = profile.model_copy(update={"network": Network(default="allow", egress=["::/0"])})
+    assert rank(allow, enabled, ttl_seconds=60).chosen == "ext.v4"  # allow lists nothing
 
 
 def test_an_undeclared_level_is_none() -> None:

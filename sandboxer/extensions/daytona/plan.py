@@ -31,6 +31,7 @@ from sandboxer.extensions.network_fields import (
     daytona_blocks_unheld,
     daytona_fields,
     daytona_warnings,
+    ipv4_only_unheld,
     port_warnings,
 )
 from sandboxer.hosted.attempt_fence import MadeBy
@@ -168,8 +169,9 @@ def plan_create(
     if target:
         body["target"] = target
     policy = profile.network.policy()
-    unheld = daytona_blocks_unheld(policy)
-    if unheld is not None:  # a declaration without network_max_cidrs routed it here
+    # A declaration without network_ipv6: false or network_max_cidrs routed it here.
+    unheld = ipv4_only_unheld("Daytona's networkAllowList", policy) or daytona_blocks_unheld(policy)
+    if unheld is not None:
         raise InvalidInput(
             f"profile {profile.id}: {unheld}", sandbox_id=sandbox_id, extension=extension
         )

@@ -19,10 +19,10 @@ from typing import Any
 from sandboxer.config.profile import Profile
 from sandboxer.domain.timestamps import seconds_between
 from sandboxer.durations import parse_duration
-from sandboxer.errors import ExtensionError
+from sandboxer.errors import ExtensionError, InvalidInput
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.e2b.config import E2bSettings
-from sandboxer.extensions.network_fields import e2b_fields, port_warnings
+from sandboxer.extensions.network_fields import e2b_fields, ipv4_only_unheld, port_warnings
 from sandboxer.hosted.labels import labels_for, maker, our_sandbox_id
 
 __all__ = [
@@ -96,6 +96,11 @@ def create_body(
     if request.secrets:
         body["envVars"] = dict(request.secrets)  # delivered into the sandbox as variables
     policy = profile.network.policy()
+    unheld = ipv4_only_unheld("E2B's network.allowOut", policy)
+    if unheld is not None:  # a declaration without network_ipv6: false routed it here
+        raise InvalidInput(
+            f"profile {profile.id}: {unheld}", sandbox_id=request.sandbox_id, extension=extension
+        )
     body.update(e2b_fields(policy))  # docs/network.md
     warnings.extend(port_warnings("E2B", policy))
     if profile.resources.pids is not None:
