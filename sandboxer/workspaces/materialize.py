@@ -3,10 +3,11 @@
 A directory input's value is either an uploaded archive's reference
 (``object:sha256:<hex>``), fetched, verified and unpacked into a staging
 directory of this worker, or a path on this worker's machine, accepted only
-under ``SANDBOXER_INPUT_ROOTS``. Either way the backend receives the inputs
-with that value replaced by a local directory the worker vouches for, and
-never reads a client's path itself. The staging directories live until the
-sandbox is ready (backends read the tree while provisioning), then go.
+under ``SANDBOXER_INPUT_ROOTS`` and copied into such a staging directory (its
+writer may change it while it is read: :mod:`sandboxer.workspaces.roots`).
+Either way the backend receives the inputs with that value replaced by a local
+directory of the worker's own, and never reads a client's path itself. The
+staging directories live until the sandbox is ready (backends read the tree while provisioning), then go.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.refs import is_object_ref, parse_object_ref
-from sandboxer.workspaces.roots import check_root_tree, resolve_under_roots
+from sandboxer.workspaces.roots import check_root_tree, resolve_under_roots, stage_root_tree
 
 __all__ = ["DirectoryInputs", "directory_input_names"]
 
@@ -71,11 +72,26 @@ class DirectoryInputs:
                     )
                     staged.append(staging)
                     await self._unpack(parse_object_ref(value), staging)
-                    vetted[name] = str(staging / "tree")
                 else:
                     real = resolve_under_roots(name, value, self.roots)
-                    await asyncio.to_thread(check_root_tree, name, real, self.limits)
-                    vetted[name] = str(real)
+                    # Names and sizes first: a tree past the limits is refused unread.
+                    await asyncio.to_thread(check_root_tree, name, real, self.roots, self.limits)
+                    staging = await asyncio.to_thread(
+                        _fresh_staging, self.staging_root, f"{sandbox_id}-{name}"
+                    )
+                    staged.append(staging)
+                    # Backends copy by path, and the root's writer may change the tree
+                    # while they do: they copy the worker's own copy of it instead.
+                    await asyncio.to_thread(
+                        stage_root_tree,
+                        name,
+                        real,
+                        self.roots,
+                        staging / "tree",
+                        self.limits,
+                        staging_root=self.staging_root,
+                    )
+                vetted[name] = str(staging / "tree")
             yield vetted
         finally:
             for staging in staged:

@@ -11,6 +11,8 @@ no sandbox, no workspace on disk and no staging directory.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 
 from sandboxer.bus.event_reader import read_events
 from sandboxer.client import CommandFailed
+from sandboxer.workspaces import materialize
 from tests.integration.conftest import Service, reap_local, start_service
 from tests.integration.remote_fixtures import SshHosts, write_hosts_file
 
@@ -231,3 +234,196 @@ async def test_ssh_backend_refuses_every_path_outside_the_roots(
     finally:
         await service.client.close()
         await service.shutdown()
+
+
+# A root's writer is not trusted and may change the tree while the worker reads it: it
+# checks the tree (names and sizes), then copies it. The writer's moves below are made at
+# the worker's worst moment, right after its check (check_root_tree, wrapped), or by a
+# thread racing every copy; afterwards the secret must be nowhere.
+
+
+def plant_outside(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """root/w/proj (asked for) and, outside the root, tmp/outside/proj holding the secret:
+    the writer's stand-in for /etc or $SANDBOXER_HOME, whose files the worker can read."""
+    root = tmp_path / "allowed"
+    project = root / "w" / "proj"
+    (project / "sub").mkdir(parents=True)
+    (project / "ok.txt").write_text("allowed content\n")
+    (project / "sub" / "note.txt").write_text("note\n")
+    outside = tmp_path / "outside"
+    (outside / "proj" / "sub").mkdir(parents=True)
+    for directory in (outside, outside / "proj", outside / "proj" / "sub"):
+        (directory / "id_ed25519").write_bytes(SECRET)
+    return root, project, outside
+
+
+def after_the_check(monkeypatch: pytest.MonkeyPatch, move: Callable[[], None]) -> None:
+    """Run the root's writer's ``move`` once, just after the worker's check passed."""
+    check = materialize.check_root_tree
+
+    def check_then_move(*args: Any) -> None:
+        check(*args)
+        move()
+
+    monkeypatch.setattr(materialize, "check_root_tree", check_then_move)
+
+
+def swap_for_link(directory: Path, target: Path) -> None:
+    directory.rename(directory.with_name(directory.name + ".moved"))
+    directory.symlink_to(target)
+
+
+async def vm_service(
+    nats_server: Any, home: Path, root: Path, ssh_hosts: SshHosts, **extra: Any
+) -> tuple[Service, Path]:
+    """A service with ext.vm-packer on a real sshd "VM" (this machine), and where that VM
+    keeps its workspaces."""
+    [host] = await ssh_hosts(1)
+    (home / "profiles").mkdir()
+    (home / "profiles" / "profile.test-vm.yaml").write_text(VM_PROFILE)
+    write_hosts_file(home / "hosts.yaml", [host])
+    service = await start_service(home, nats_server.url, input_roots=(root,), **extra)
+    assert host.host.workspace_root is not None
+    return service, Path(host.host.workspace_root)
+
+
+@pytest.mark.parametrize("backend", ["local", "vm"])
+async def test_a_directory_above_the_input_swapped_for_a_link_after_the_check_is_not_followed(
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+    ssh_hosts: SshHosts,
+) -> None:
+    """The path asked for was resolved and checked, then its writer swapped root/w for a
+    link to a directory of the worker's: every backend's copy opened root/w/proj by its
+    path, following the link, and copied the worker's files into the sandbox (ext.local:
+    its descriptor walk opened only the top by path; the SSH backends' tar read the whole
+    tree by path). Fails on the code before 2026-12-04's fix (ready, the secret inside)."""
+    root, project, outside = plant_outside(tmp_path)
+    after_the_check(monkeypatch, lambda: swap_for_link(root / "w", outside))
+    host_workspaces = tmp_path / "none"
+    if backend == "local":
+        service = await start_service(home, nats_server.url, input_roots=(root,))
+        profile, inputs = "profile.local", {"repo": str(project)}
+    else:
+        service, host_workspaces = await vm_service(nats_server, home, root, ssh_hosts)
+        profile, inputs = "profile.test-vm", {"vm": "host1", "repo": str(project)}
+    try:
+        await assert_refused(service, profile, inputs)
+        assert_secret_nowhere(
+            service.settings.local_root, service.settings.staging_root, host_workspaces
+        )
+        await assert_log_clean(service)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+async def test_a_tree_grown_past_the_limits_after_the_check_is_not_copied_past_them(
+    nats_server: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check saw 16 bytes; then the writer made a sparse file of 64 MiB (no block of
+    the root's disk): ext.local copied it whole into the workspace, past the 1 MiB limit
+    the check held the tree to (with 1 TiB, onto the worker's disk). Now the copy itself
+    stops at the limit. Fails on the code before 2026-12-04's fix (ready, 64 MiB inside)."""
+    root, project, _outside = plant_outside(tmp_path)
+
+    def grow() -> None:
+        with (project / "hole.img").open("wb") as hole:
+            hole.truncate(64 * 1024 * 1024)
+
+    after_the_check(monkeypatch, grow)
+    service = await start_service(home, nats_server.url, input_roots=(root,), upload_max_mb=1)
+    try:
+        with pytest.raises(CommandFailed, match="more than 1 MiB of files") as caught:
+            await service.client.create("profile.local", {"repo": str(project)})
+        assert caught.value.event["type"] == "failed"
+        assert not any(service.settings.local_root.glob("*/workspace/hole.img"))
+        assert not any(service.settings.staging_root.rglob("hole.img"))  # removed at once
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)
+
+
+class Swapper(threading.Thread):
+    """The root's writer, racing every copy: swaps root/w, proj/sub and proj/ok.txt for
+    links to the secret's directory (or file) and back, as fast as it can."""
+
+    def __init__(self, root: Path, project: Path, outside: Path) -> None:
+        super().__init__(daemon=True)
+        self.root, self.project, self.outside = root, project, outside
+        self.done = threading.Event()
+        self.swaps = 0
+
+    def run(self) -> None:
+        top, sub, file = self.root / "w", self.project / "sub", self.project / "ok.txt"
+        (self.root / "w.link").symlink_to(self.outside)
+        (self.project / "sub.link").symlink_to(self.outside / "proj" / "sub")
+        (self.project / "ok.link").symlink_to(self.outside / "proj" / "id_ed25519")
+        while not self.done.is_set():
+            self._swap(sub, self.project / "sub.link", self.project / "sub.real")
+            self._swap(top, self.root / "w.link", self.root / "w.real")
+            os.replace(self.project / "ok.link", file)
+            (self.project / "ok.new").write_text("allowed content\n")
+            os.replace(self.project / "ok.new", file)
+            (self.project / "ok.link").symlink_to(self.outside / "proj" / "id_ed25519")
+            self.swaps += 1
+
+    @staticmethod
+    def _swap(directory: Path, link: Path, aside: Path) -> None:
+        directory.rename(aside)
+        link.rename(directory)
+        directory.rename(link)
+        aside.rename(directory)
+
+
+@pytest.mark.parametrize("backend", ["local", "vm"])
+async def test_a_tree_swapped_about_while_it_is_copied_carries_no_file_of_the_worker(
+    nats_server: Any,
+    home: Path,
+    tmp_path: Path,
+    backend: str,
+    ssh_hosts: SshHosts,
+) -> None:
+    """Links swapped in and out of the tree (a directory above the input, one inside it, a
+    file) while creates copy it, racing every step: each create is refused or made, and no
+    byte of the secret reaches a sandbox, a workspace, the staging or the log. This proves
+    what holds (the copy opens every name by its directory's descriptor, never following a
+    link, into the worker's own staging); it need not fail on the old code, where a race
+    is needed to lose."""
+    root, project, outside = plant_outside(tmp_path)
+    host_workspaces = tmp_path / "none"
+    if backend == "local":
+        service = await start_service(home, nats_server.url, input_roots=(root,))
+        profile, inputs = "profile.local", {"repo": str(project)}
+    else:
+        service, host_workspaces = await vm_service(nats_server, home, root, ssh_hosts)
+        profile, inputs = "profile.test-vm", {"vm": "host1", "repo": str(project)}
+    swapper = Swapper(root, project, outside)
+    outcomes: list[str] = []
+    try:
+        swapper.start()
+        for _ in range(8):
+            try:
+                ready = await service.client.create(profile, inputs)
+            except CommandFailed as failed:
+                outcomes.append(failed.event["type"])
+            else:
+                outcomes.append(ready["type"])
+        swapper.done.set()
+        swapper.join()
+        assert swapper.swaps > 100, swapper.swaps  # the race ran all along
+        assert set(outcomes) <= {"ready", "failed"}, outcomes
+        assert_secret_nowhere(
+            service.settings.local_root, service.settings.staging_root, host_workspaces
+        )
+        await assert_log_clean(service)
+    finally:
+        swapper.done.set()
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)

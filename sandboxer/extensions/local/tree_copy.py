@@ -25,13 +25,14 @@ import errno
 import os
 import stat
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxer.domain.left_out import Kind, LeftOut
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.limits import ArchiveLimits, shape_refusal
 
-__all__ = ["copy_tree"]
+__all__ = ["Wording", "copy_tree"]
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -44,13 +45,24 @@ def _changed(exc: OSError) -> bool:
     return exc.errno in _CHANGED
 
 
+@dataclass(frozen=True)
+class Wording:
+    """How a refusal of the copy names what was copied and what to do: a snapshot's copy
+    of a workspace by default, an input root's tree (:mod:`sandboxer.workspaces.roots`)
+    with its input's name."""
+
+    subject: str = "the workspace"
+    then: str = " and take the snapshot again"
+
+
 class _Budget:
     """What the copy may still write: bytes of files and entries, as a workspace archive
     counts them (:func:`~sandboxer.workspaces.pack.pack_directory`); unbounded without
     limits."""
 
-    def __init__(self, limits: ArchiveLimits | None) -> None:
+    def __init__(self, limits: ArchiveLimits | None, wording: Wording) -> None:
         self._limits = limits
+        self._wording = wording
         self._bytes = 0
         self._entries = 0
 
@@ -58,49 +70,53 @@ class _Budget:
         """Count the entry ``path`` (relative to the top), refused past the limits: the
         entries, or the depth and length a workspace archive's paths may have (deeper, this
         walk itself, recursing per level, raised RecursionError)."""
+        subject, then = self._wording.subject, self._wording.then
         shape = shape_refusal(path) if self._limits is not None else None
         if shape is not None:
             raise WorkspaceRefused(
-                f"the workspace's {path[:200]!r} {shape}, as a workspace archive's may not; "
-                "move it higher or remove it and take the snapshot again"
+                f"{subject}'s {path[:200]!r} {shape}, as a workspace archive's may not; "
+                f"move it higher or remove it{then}"
             )
         self._entries += 1
         if self._limits is not None and self._entries > self._limits.max_entries:
             raise WorkspaceRefused(
-                f"the workspace holds more than {self._limits.max_entries} entries (files, "
+                f"{subject} holds more than {self._limits.max_entries} entries (files, "
                 "directories and links), the most a workspace archive may have; remove some "
-                "(build outputs, caches) and take the snapshot again"
+                f"(build outputs, caches){then}"
             )
 
     def take(self, size: int) -> None:
         self._bytes += size
         if self._limits is not None and self._bytes > self._limits.max_bytes:
             raise WorkspaceRefused(
-                f"the workspace holds more than {self._limits.max_bytes // (1024 * 1024)} MiB "
-                "of files (a sparse file and each name of a hard link count whole), the "
-                "largest workspace archive (SANDBOXER_UPLOAD_MAX_MB); remove build outputs "
-                "or caches and take the snapshot again"
+                f"{self._wording.subject} holds more than "
+                f"{self._limits.max_bytes // (1024 * 1024)} MiB of files (a sparse file and "
+                "each name of a hard link count whole), the largest workspace archive "
+                f"(SANDBOXER_UPLOAD_MAX_MB); remove build outputs or caches{self._wording.then}"
             )
 
 
 def copy_tree(
-    source: Path,
+    source: Path | int,
     destination: Path,
     *,
     leave_out: Collection[str] = (),
     limits: ArchiveLimits | None = None,
+    wording: Wording = Wording(),
 ) -> LeftOut:
     """Copy the directories, regular files and symlinks (as links) below ``source`` into
     ``destination``, made if missing; ``leave_out`` names paths relative to ``source``.
-    Returns the special files left out (``leave_out``'s are not reported). Raises OSError
-    when ``source`` is not a directory (or is a link) or a copy fails, and
-    :class:`WorkspaceRefused` as soon as the copy passes ``limits`` (what it wrote stays in
-    ``destination``, for the caller to remove)."""
+    ``source`` is a path or the descriptor of a directory the caller opened (and closes):
+    by path, the links of its parents are followed. Returns the special files left out
+    (``leave_out``'s are not reported). Raises OSError when ``source`` is not a directory
+    (or is a link) or a copy fails, and :class:`WorkspaceRefused` as soon as the copy passes
+    ``limits`` (what it wrote stays in ``destination``, for the caller to remove)."""
     special = LeftOut()
-    top = os.open(source, _DIRECTORY)
+    top = os.open(source, _DIRECTORY) if isinstance(source, Path) else os.dup(source)
     try:
         destination.mkdir(parents=True, exist_ok=True)
-        _copy_directory(top, destination, "", frozenset(leave_out), special, _Budget(limits))
+        budget = _Budget(limits, wording)
+        _copy_directory(top, destination, "", frozenset(leave_out), special, budget)
     finally:
         os.close(top)
     return special
