@@ -16,7 +16,9 @@ is bounded by the limits as it runs. Backends read by path (tar, ``rsync``, the 
 ext.local's top directory): given the root's own tree, a directory of it or above the
 input swapped for a link to ``/`` after the check took them into the worker's files.
 Hard links are copied as files: one to a file its writer cannot read is the kernel's to
-refuse (``fs.protected_hardlinks = 1``, every distribution's default).
+refuse (``fs.protected_hardlinks = 1``, every distribution's default). A worker whose kernel
+does not refuse them copies no tree of a root (:func:`hard_link_refusal`): any writer of a
+root on the same filesystem could link a file of the worker's (``/etc/shadow``) into it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "INPUT_ROOTS_VARIABLE",
     "MAX_PATH_CHARS",
     "check_root_tree",
+    "hard_link_refusal",
     "parse_input_roots",
     "resolve_under_roots",
     "stage_root_tree",
@@ -44,6 +47,7 @@ MAX_PATH_CHARS = 4096
 _SHOWN_CHARS = 200
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SWAPPED = {errno.ELOOP, errno.ENOTDIR, errno.ENOENT}
+PROTECTED_HARDLINKS = Path("/proc/sys/fs/protected_hardlinks")
 """What opening a name meets when it was swapped for a link (ELOOP) or a file, or removed."""
 
 
@@ -130,6 +134,9 @@ def check_root_tree(name: str, top: Path, roots: tuple[Path, ...], limits: Archi
     sizes only, read as the copy reads them (from the root's descriptor, no link
     followed): a tree past the limits is refused before a byte is copied. The copy
     (:func:`stage_root_tree`) holds the tree to the limits again, however it changed."""
+    refusal = hard_link_refusal(name)
+    if refusal is not None:
+        raise WorkspaceRefused(refusal)
     tally = _Tally(name, top, limits)
     try:
         opened = _open_beneath(top, roots)
@@ -144,6 +151,26 @@ def check_root_tree(name: str, top: Path, roots: tuple[Path, ...], limits: Archi
             f"input {name}: {top} cannot be read ({exc.strerror}); make it readable by "
             "the sandboxer worker"
         ) from None
+
+
+def hard_link_refusal(name: str, setting: Path = PROTECTED_HARDLINKS) -> str | None:
+    """Why input ``name`` cannot be copied from a root on this machine, or None: the kernel
+    must refuse a hard link to a file its maker may not read (``fs.protected_hardlinks``
+    = 1), or a root's writer could link any file of the worker's filesystem into the tree,
+    and the worker (root) would copy it into the sandbox as a plain file. A kernel that
+    does not say (no such file) is taken at its default, which is 1 everywhere."""
+    try:
+        value = setting.read_text().strip()
+    except OSError:
+        return None
+    if value == "0":
+        return (
+            f"input {name} refused: this worker's kernel lets anyone hard-link a file they "
+            "cannot read (fs.protected_hardlinks = 0), so a root's writer could put the "
+            "worker's files into the tree; run 'sysctl -w fs.protected_hardlinks=1' on the "
+            "worker (and set it in /etc/sysctl.d/), or pass the directory from your client"
+        )
+    return None
 
 
 class _Tally:

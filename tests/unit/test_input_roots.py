@@ -10,6 +10,7 @@ from sandboxer.errors import InputOutsideRoots, SettingError, WorkspaceRefused
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.roots import (
     check_root_tree,
+    hard_link_refusal,
     parse_input_roots,
     resolve_under_roots,
     stage_root_tree,
@@ -120,3 +121,19 @@ def test_a_tree_holding_the_workers_staging_is_refused(tmp_path: Path) -> None:
             ArchiveLimits(),
             staging_root=project / "staging",
         )
+
+
+def test_no_root_tree_is_copied_on_a_kernel_that_lets_anyone_hard_link_any_file(
+    tmp_path: Path,
+) -> None:
+    """With fs.protected_hardlinks = 0 a root's writer could link /etc/shadow into the tree:
+    the refusal names the setting and the command that mends it."""
+    setting = tmp_path / "protected_hardlinks"
+    setting.write_text("0\n")
+    refusal = hard_link_refusal("repo", setting)
+    assert refusal is not None
+    assert "fs.protected_hardlinks = 0" in refusal
+    assert "sysctl -w fs.protected_hardlinks=1" in refusal
+    setting.write_text("1\n")
+    assert hard_link_refusal("repo", setting) is None
+    assert hard_link_refusal("repo", tmp_path / "absent") is None  # the kernel's default, 1
