@@ -487,14 +487,18 @@ async def pool_claims_once(
 
 # -- no double debit -----------------------------------------------------------------------------
 
-_MONEY = ("credits_added", "credits_reserved", "usage_metered")
+_MONEY = ("credits_added", "credits_reserved", "credits_released", "usage_metered")
 
 
 async def no_double_debit(urls: Urls) -> list[str]:
     """Per project, no credit movement recorded twice for one thing: one event per command id
-    (client ids and the derived ``reserve-``/``extend-``/``meter-`` ids,
+    (client ids and the derived ``reserve-``/``extend-``/``release-``/``meter-`` ids,
     domain/account_decide.py), one metering and one create reservation per sandbox."""
-    view = await read_log(urls)
+    return double_debits(await read_log(urls))
+
+
+def double_debits(view: LogView) -> list[str]:
+    """What :func:`no_double_debit` finds in the log ``view``."""
     by_command: Counter[tuple[str, str, str]] = Counter()
     metered: Counter[tuple[str, str]] = Counter()
     reserved: Counter[tuple[str, str]] = Counter()

@@ -143,6 +143,10 @@ def _ledger(view: LogView, ours: set[str]) -> tuple[dict[str, int], list[str]]:
         elif kind == "credits_reserved":
             kept = 0 if event.get("reason") == "reroute" else held[sandbox_id]
             held[sandbox_id] = kept + int(event["amount"])
+        elif kind == "credits_released":
+            # A hold nothing will use, given back before any metering: an extension the
+            # sandbox refused for good, or a create's whole hold once its id was given up.
+            held[sandbox_id] = max(0, held[sandbox_id] - int(event["amount"]))
         elif kind == "usage_metered":
             debited += int(event["amount"])
             released = int(event.get("reserved_released") or 0)
