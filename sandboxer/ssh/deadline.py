@@ -64,8 +64,14 @@ WRAPPER_MISSING = 127
 # shell's `read` takes the length line byte by byte), into a FIFO the command reads;
 # after the last frame it closes the FIFO (the command's end of input) and watches the
 # channel as above. A command that stops reading its input ends a copy with SIGPIPE:
-# the rest is read and dropped. The FIFO's directory is removed as soon as both ends
-# are open (opening one end waits for the other). Killed at the exit, this watcher may
+# the rest is read and dropped. A channel that ends before the last frame (the worker
+# killed mid-input) kills the group before the FIFO closes: closed first, it told the
+# command its input had ended, and a command that then acted on the part it had (wrote
+# it, committed it) did so before the kill came. Busybox's `head -c` reads ahead (stdio)
+# and loses what it read past its count: such a host is refused (exit 125, stderr says
+# why) rather than given an input cut and mixed up; a busybox `sh` runs its own `head`
+# whatever PATH holds, so the test is of what `sh` runs. The FIFO's directory is removed
+# as soon as both ends are open (opening one end waits for the other). Killed at the exit, this watcher may
 # leave its `head` or `cat` reading the channel: they end when the channel closes.
 # $4 "watch", "feed" or nothing, $5 that clean-up line. $2 is 0 for a command
 # without a deadline (`timeout` never fires then): its group is left alone after its
@@ -84,11 +90,18 @@ if [ "$4" = watch ]; then
     <&3 >/dev/null 2>&1 &
   watcher=$!
 elif [ "$4" = feed ]; then
+  if [ "$(printf ab | { head -c 1 >/dev/null; cat; })" != b ]; then
+    echo "sandboxer: this host's head -c reads past the count it is given (busybox's" \
+      "does), so a streamed input would reach the command cut or mixed up: give the" \
+      "host GNU coreutils' head, run by its sh" >&2
+    exit 125
+  fi
   fifo=$(mktemp -d) && mkfifo "$fifo/in" || exit 125
   timeout -k "$1" "$2" sh -c "$3" <"$fifo/in" 3<&- &
   group=$!
   sh -c 'rm -r "$3"
-    while IFS= read -r n && [ "$n" != 0 ]; do head -c "$n" || break; done
+    while IFS= read -r n && [ "$n" != 0 ]; do head -c "$n" || { n=0; break; }; done
+    if [ "$n" != 0 ]; then kill -KILL "-$1" 2>/dev/null; fi
     exec >/dev/null
     cat
     if [ -n "$2" ]; then sh -c "$2" </dev/null & fi

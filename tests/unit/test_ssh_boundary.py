@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import random
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -249,3 +251,57 @@ def test_an_empty_chunk_is_no_frame() -> None:
     assert deadline.frame(b"ab\n") == b"3\nab\n"
     with pytest.raises(InvalidInput, match="ends the input"):
         deadline.frame(b"")
+
+
+def test_a_framed_line_cut_mid_input_is_killed_before_its_input_ends(tmp_path: Path) -> None:
+    """A worker killed mid-input closed the FIFO before the kill: the command read an end of
+    input after the part it had, took it for the whole and acted on it (here: wrote its
+    marker) in the moment before the kill came (18 times in 20 on the old code). The group
+    is now killed first: the command never sees an end its input did not have."""
+    for attempt in range(5):
+        got, marker = tmp_path / f"got{attempt}", tmp_path / f"whole{attempt}"
+        line = f"cat > {got} && echo whole > {marker}; sleep 30"
+        with subprocess.Popen(
+            ["sh", "-c", deadline.with_deadline(line, None, framed=True)], stdin=subprocess.PIPE
+        ) as process:
+            _feed(process, [b"a" * 10], end=False)
+            assert process.stdin is not None
+            process.stdin.write(b"100\n" + b"b" * 10)  # a frame the channel's end cuts short
+            process.stdin.flush()
+            began = time.monotonic()
+            while not (got.exists() and got.stat().st_size >= 10):  # the first frame is read
+                assert time.monotonic() - began < 10
+                time.sleep(0.02)
+            process.stdin.close()
+            assert process.wait(timeout=10) == 137
+        time.sleep(0.2)
+        assert not marker.exists(), "the command took a cut input for the whole"
+
+
+def test_a_host_whose_head_reads_ahead_refuses_framed_input(tmp_path: Path) -> None:
+    """Busybox's head -c reads ahead through stdio and drops what it read past its count:
+    on such a host (Alpine's sh, or any busybox sh, which runs its own head whatever PATH
+    says) the framed input reached the command cut and mixed up, and it exited as if all
+    was well (3, having read 2 of 725180 bytes on the old code). Such a host now refuses
+    the command before it runs, saying why."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("no busybox on this machine")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("sh", "head", "cat", "mktemp", "mkfifo", "timeout", "rm", "kill", "sleep"):
+        (tools / tool).symlink_to(busybox)
+    received = tmp_path / "received"
+    line = deadline.with_deadline(f"cat > {received}; exit 3", None, framed=True)
+    with subprocess.Popen(
+        [str(tools / "sh"), "-c", line],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": str(tools)},
+    ) as process:
+        with contextlib.suppress(BrokenPipeError):
+            _feed(process, [b"0\n", bytes(range(256)) * 300, b"tail"], end=True)
+        assert process.wait(timeout=10) == 125
+        assert process.stderr is not None
+        assert "head -c reads past" in process.stderr.read().decode()
+    assert not received.exists()
