@@ -110,11 +110,12 @@ def _fresh_staging(root: Path, stem: str) -> Path:
     attempt at the same sandbox on this machine (its job redelivered while this worker was
     frozen) stages beside it: under one name, the earlier attempt's start emptied the later
     one's tree and its end removed it while the later one copied it into the sandbox. What
-    killed workers left for the same input goes now (:func:`~sandboxer.workers.scratch.sweep_dead`),
-    and so does a leftover under the bare name earlier versions used. An archive's tree is as
-    deep as its names: removed at any depth."""
+    killed workers left goes now, for any sandbox (:func:`~sandboxer.workers.scratch.sweep_dead`:
+    swept for this input alone, a create given up or retried on another machine left its
+    copy, up to the upload limit, for good), and so does a leftover under the bare name
+    earlier versions used. An archive's tree is as deep as its names: removed at any depth."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    sweep_dead(root, f"{stem}-*")
+    sweep_dead(root)
     remove_tree(root / stem, ignore_errors=True)
     staging = pid_scratch(root, f"{stem}-{secrets.token_hex(4)}")
     (staging / "tree").mkdir()
