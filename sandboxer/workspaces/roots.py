@@ -28,7 +28,6 @@ import os
 from pathlib import Path
 
 from sandboxer.errors import InputOutsideRoots, SettingError, WorkspaceRefused
-from sandboxer.extensions.local.tree_copy import Wording, copy_tree
 from sandboxer.workspaces.limits import ArchiveLimits, shape_refusal
 
 __all__ = [
@@ -246,6 +245,10 @@ def stage_root_tree(
     (:func:`~sandboxer.extensions.local.tree_copy.copy_tree`), stopping at ``limits``
     however the tree grew since :func:`check_root_tree`. A tree holding ``staging_root``
     (the worker's home under a root) is refused: it would be copied into itself."""
+    # Here, not at the top: settings parse the roots, and the CLI's start-up reads settings
+    # without loading any backend (tests/unit/test_cli_imports.py).
+    from sandboxer.extensions.local.tree_copy import Wording, copy_tree
+
     if Path(os.path.realpath(staging_root)).is_relative_to(real):
         raise _refused(name, str(real), roots, "it is not a directory inside an allowed root")
     try:
