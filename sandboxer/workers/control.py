@@ -163,6 +163,13 @@ class ControlWorker:
         refused = await bus_identity_refusal(self._store, msg.subject, command)
         if refused is not None:  # a key identity acting as another, or outside its project
             await self._reject(msg, *refused, command)
+            if refused[0] == "sandbox_exists" and isinstance(
+                command, CreateSandbox | RestoreSnapshot
+            ):
+                # The key's own create (its actor checked first), on an id another project's
+                # sandbox has: what it held for the id, cut off before its append, is given
+                # back (no delivery of it can be appended), or held for ever.
+                await release_lost_reservation(self._store, target_sandbox(command), command)
             await msg.ack()
             return
         try:

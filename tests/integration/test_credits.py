@@ -22,15 +22,17 @@ from sandboxer import subjects
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
-from sandboxer.commands.types import CreateSandbox, ExtendTtl
+from sandboxer.commands.types import CreateKey, CreateSandbox, ExtendTtl
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.account_decide import ReserveCredits, reserve_command_id
 from sandboxer.domain.admission import admit_create
+from sandboxer.domain.key_state import hash_key, key_id_for, new_key
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.errors import CommandFailed, Rejected, StreamUnavailable
 from sandboxer.events.actor import Actor
+from sandboxer.ids import new_command_id
 from sandboxer.workers.credit_reservation import reserve_for_create, reserve_for_extend
-from sandboxer.workers.deciding import apply, apply_account
+from sandboxer.workers.deciding import apply, apply_account, apply_key
 from sandboxer.workers.meter_export import HttpExport, run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
 from tests.integration.conftest import Service, send_again, start_service
@@ -74,6 +76,7 @@ async def account_events(client: SandboxerClient, project: str, kind: str) -> li
 
 
 OPS = Actor(type="adm", id="ops", project="acme")
+BETA = Actor(type="agt", id="b", project="beta")
 
 
 async def account(client: SandboxerClient, project: str, *, metered: int = 0) -> dict[str, Any]:
@@ -337,22 +340,22 @@ async def test_a_lost_create_s_release_does_not_replace_the_owner_s_usage_row(
 
 @contextlib.asynccontextmanager
 async def beta_held_what_acme_made(
-    acme: SandboxerClient, nats_url: str, home: Path, command_id: str
+    acme: SandboxerClient,
+    nats_url: str,
+    home: Path,
+    command_id: str,
+    actor: Actor = BETA,
 ) -> AsyncIterator[tuple[SandboxerClient, str, int]]:
-    """beta's create (as the gateway sends a key's: an ``agt`` actor on the plain subject)
-    under ``command_id`` held credits and was cut off before its append; acme's create under
-    the same command id then made the sandbox (both projects funded alike). Yields beta's
-    client, the sandbox id and what each project was given."""
-    beta = await SandboxerClient.connect(
-        [nats_url], actor={"type": "agt", "id": "b", "project": "beta"}
-    )
+    """beta's create (as the gateway sends a key's: an ``agt`` actor on the plain subject;
+    ``actor``: a key's own) under ``command_id`` held credits and was cut off before its
+    append; acme's create under the same command id then made the sandbox (both projects
+    funded alike). Yields beta's client, the sandbox id and what each project was given."""
+    beta = await SandboxerClient.connect([nats_url], actor=msgspec.to_builtins(actor))
     funds = PER_CREATE + 600 * PER_SECOND
     try:
         for project in ("acme", "beta"):
             await acme.account_command("add_credits", project, amount=funds)
-        admitted = await cut_off_after_its_hold(
-            beta, home, Actor(type="agt", id="b", project="beta"), command_id, ttl="10m"
-        )
+        admitted = await cut_off_after_its_hold(beta, home, actor, command_id, ttl="10m")
         made = await acme.create("profile.saas-stub", ttl="10m", command_id=command_id)
         assert made["sandbox_id"] == admitted.sandbox_id
         yield beta, admitted.sandbox_id, funds
@@ -405,6 +408,44 @@ async def test_a_create_refused_before_deciding_gives_back_its_hold_on_another_p
         _funds,
     ):
         await send_again(beta, "shared-create-5", "profile.saas-stub", ttl="5h")
+
+
+async def test_a_bus_key_s_create_refused_as_taken_gives_back_its_hold_on_another_project_s_id(
+    service: Service, acme: SandboxerClient, nats_server: NatsServerProcess, home: Path
+) -> None:
+    """As the test above, but beta's create comes from its key's own NATS identity (on the
+    key's subject, as a bus key publishes it): sent again, it is refused ``sandbox_exists``
+    by the key's check (workers/bus_identity.py), before anything is decided, and that
+    refusal gave nothing back: beta's hold for acme's sandbox was held for ever."""
+    key_hash = hash_key(new_key())
+    key_id = key_id_for(key_hash)
+    store = JetStreamEventStore(acme.nc, acme.js)
+    await apply_key(
+        store,
+        CreateKey(
+            command_id=new_command_id(),
+            actor=OPS,
+            project="beta",
+            key_type="agt",
+            key_hash=key_hash,
+        ),
+    )
+    own = Actor(type="agt", id=key_id, project="beta")
+    async with beta_held_what_acme_made(acme, nats_server.url, home, "shared-create-k", own) as (
+        beta,
+        _sandbox_id,
+        _funds,
+    ):
+        again = {"command_id": "shared-create-k", "profile": "profile.saas-stub", "ttl": "10m"}
+        await beta.js.publish(
+            subjects.stamped(subjects.command_subject("create"), key_id),
+            msgspec.json.encode({**again, "inputs": {}, "actor": msgspec.to_builtins(own)}),
+            headers={"Nats-Msg-Id": "shared-create-k-again"},
+        )
+        async with asyncio.timeout(30):
+            while not (refused := await _rejections_of(acme, "shared-create-k")):
+                await asyncio.sleep(0.1)
+        assert [(e["code"], e["actor"]["id"]) for e in refused] == [("sandbox_exists", key_id)]
 
 
 async def _rejections_of(client: SandboxerClient, command_id: str) -> list[dict[str, Any]]:
