@@ -19,6 +19,7 @@ from sandboxer.events.types import (
     CommandRejected,
     HostEvent,
     KeyEvent,
+    PlaceEvent,
     PoolEvent,
     SandboxEvent,
     SnapshotEvent,
@@ -54,6 +55,9 @@ def generate() -> dict[str, Any]:
     pools = msgspec.json.schema(PoolEvent)
     pools["title"] = "sandboxer.evt.pool.<member_id>.<type without pool_member_>"
     schemas["event.pool.json"] = pools
+    places = msgspec.json.schema(PlaceEvent)
+    places["title"] = "sandboxer.evt.host.<host>.place.<type without place_>"
+    schemas["event.host.place.json"] = places
     hosts = msgspec.json.schema(HostEvent)
     hosts["title"] = "sandboxer.evt.host.<host>.<type>"
     schemas["event.host.json"] = hosts

@@ -112,6 +112,17 @@ def host_event_subject(host: str, event_type: str) -> str:
     return f"sandboxer.evt.host.{host}.{event_type}"
 
 
+def place_event_subject(host: str, event_type: str) -> str:
+    """``place_taken`` -> ``sandboxer.evt.host.<host>.place.taken``: a host's places have a
+    scope of their own, so deciding on them never reads the host's telemetry."""
+    return f"sandboxer.evt.host.{host}.place.{event_type.removeprefix('place_')}"
+
+
+def place_events_filter(host: str) -> str:
+    """Every place event of one host: the expected-sequence scope of its appends."""
+    return f"sandboxer.evt.host.{host}.place.>"
+
+
 def admin_subject(action: str, extension_id: str) -> str:
     """Core request subjects of the inventory service: inspect, stale and reap, per extension."""
     return f"sandboxer.admin.{action}.{extension_token(extension_id)}"

@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from sandboxer.domain.account_state import AccountBook, AccountState
+from sandboxer.domain.host_places import HostPlaces
 from sandboxer.domain.key_state import KeyState
 from sandboxer.domain.pool_state import MemberState
 from sandboxer.domain.sandbox_state import SandboxState
@@ -32,6 +33,7 @@ from sandboxer.events.codec import encode_event
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
     KEY_EVENTS,
+    PLACE_EVENTS,
     POOL_EVENTS,
     SNAPSHOT_EVENTS,
     AccountEvent,
@@ -39,6 +41,7 @@ from sandboxer.events.types import (
     Event,
     HostEvent,
     KeyEvent,
+    PlaceEvent,
     PoolEvent,
     SandboxEvent,
     SnapshotEvent,
@@ -50,6 +53,7 @@ __all__ = [
     "LoadedAccount",
     "LoadedKey",
     "LoadedMember",
+    "LoadedPlaces",
     "LoadedSnapshot",
     "Record",
     "event_id",
@@ -107,6 +111,14 @@ class LoadedMember:
     last_seq: int
 
 
+@dataclass(frozen=True)
+class LoadedPlaces:
+    """A host's places and the stream sequence of its last place event (0: none yet)."""
+
+    state: HostPlaces
+    last_seq: int
+
+
 class EventStore(Protocol):
     async def load(self, sandbox_id: str) -> Loaded:
         """Fold every event of one sandbox."""
@@ -143,6 +155,14 @@ class EventStore(Protocol):
         self, loaded: LoadedMember, events: Sequence[PoolEvent]
     ) -> LoadedMember:
         """Append pool member ``events`` after ``loaded``, under the same concurrency rule."""
+
+    async def load_places(self, host: str) -> LoadedPlaces:
+        """Fold every place event of one host (docs/routing.md#capacity)."""
+
+    async def append_places(
+        self, loaded: LoadedPlaces, events: Sequence[PlaceEvent]
+    ) -> LoadedPlaces:
+        """Append place ``events`` after ``loaded``, under the same concurrency rule."""
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
         """Ids of the snapshots whose data is ``object_name`` and that are not deleted
@@ -191,6 +211,8 @@ def event_id(event: Event, *, version: int = 0) -> str:
         identity = f"key:{event.key_id}:{version}:".encode() + encode_event(event)
     elif isinstance(event, POOL_EVENTS):
         identity = f"pool:{event.member_id}:{version}:".encode() + encode_event(event)
+    elif isinstance(event, PLACE_EVENTS):
+        identity = f"host:{event.host}:{version}:".encode() + encode_event(event)
     else:
         identity = f"{event.sandbox_id}:{version}:".encode() + encode_event(event)
     return hashlib.sha256(identity).hexdigest()[:32]

@@ -37,6 +37,7 @@ from sandboxer.bus.event_store import (
     LoadedAccount,
     LoadedKey,
     LoadedMember,
+    LoadedPlaces,
     LoadedSnapshot,
     Record,
     rejection_key,
@@ -44,6 +45,7 @@ from sandboxer.bus.event_store import (
 )
 from sandboxer.bus.publish import PublishConflict, publish_durably
 from sandboxer.domain.account_state import AccountBook, evolve_book
+from sandboxer.domain.host_places import HostPlaces, evolve_places
 from sandboxer.domain.key_state import KeyState, evolve_key
 from sandboxer.domain.pool_state import MemberState, evolve_member
 from sandboxer.domain.sandbox_state import SandboxState, evolve, fold_on
@@ -54,12 +56,14 @@ from sandboxer.events.types import (
     ACCOUNT_EVENTS,
     KEY_EVENTS,
     NOT_SANDBOX_EVENTS,
+    PLACE_EVENTS,
     POOL_EVENTS,
     SNAPSHOT_EVENTS,
     AccountEvent,
     CommandRejected,
     Event,
     KeyEvent,
+    PlaceEvent,
     PoolEvent,
     SandboxDestroyed,
     SandboxEvent,
@@ -85,6 +89,9 @@ KNOWN_SANDBOXES = 512
 """Sandboxes whose last folded state a store keeps, to read only what came after it. An
 active sandbox gains a ``touched`` event up to once a minute; folded from sequence 1, one with
 10,000 events took 0.9 s to load, and every command on it, exec included, loads it."""
+KNOWN_HOSTS = 64
+"""Hosts whose places a store keeps folded: a host gains two place events per sandbox placed
+on it, for ever, and each create placed there reads them (docs/routing.md#capacity)."""
 KNOWN_FLOORS = 10_000
 """Aggregates whose last seen sequence a store keeps (about 100 bytes each)."""
 CATCH_UP_PAUSE = 0.002
@@ -103,6 +110,8 @@ def event_subject(event: Event) -> str:
         return subjects.key_event_subject(event.key_id, event_type(event))
     if isinstance(event, POOL_EVENTS):
         return subjects.pool_event_subject(event.member_id, event_type(event))
+    if isinstance(event, PLACE_EVENTS):
+        return subjects.place_event_subject(event.host, event_type(event))
     if isinstance(event, NOT_SANDBOX_EVENTS):
         return subjects.host_event_subject(event.host, event_type(event))
     return subjects.sandbox_event_subject(event.sandbox_id, event_type(event))
@@ -121,6 +130,7 @@ class JetStreamEventStore:
         self._timeout = timeout
         self._accounts: Recent[str, LoadedAccount] = Recent(KNOWN_ACCOUNTS)
         self._sandboxes: Recent[str, Loaded] = Recent(KNOWN_SANDBOXES)
+        self._hosts: Recent[str, LoadedPlaces] = Recent(KNOWN_HOSTS)
         self._floors: Recent[str, int] = Recent(KNOWN_FLOORS)
 
     async def _events(
@@ -276,6 +286,30 @@ class JetStreamEventStore:
             *await self._append_all(loaded.state, loaded.last_seq, events, evolve_member)
         )
 
+    async def load_places(self, host: str) -> LoadedPlaces:
+        """Folded from the places this store last saw of the host, as an account is."""
+        known = self._hosts.get(host) or LoadedPlaces(HostPlaces(host=host), 0)
+        loaded = LoadedPlaces(
+            *await self._fold(
+                subjects.place_events_filter(host),
+                known.state,
+                PLACE_EVENTS,
+                evolve_places,
+                after=known.last_seq,
+            )
+        )
+        self._hosts.put(host, loaded)
+        return loaded
+
+    async def append_places(
+        self, loaded: LoadedPlaces, events: Sequence[PlaceEvent]
+    ) -> LoadedPlaces:
+        appended = LoadedPlaces(
+            *await self._append_all(loaded.state, loaded.last_seq, events, evolve_places)
+        )
+        self._hosts.put(appended.state.host, appended)
+        return appended
+
     async def snapshots_holding(self, object_name: str) -> list[str]:
         return sorted(
             state.snapshot_id
@@ -323,7 +357,7 @@ class JetStreamEventStore:
 
     async def _append_one(
         self,
-        event: SandboxEvent | SnapshotEvent | AccountEvent | KeyEvent | PoolEvent,
+        event: SandboxEvent | SnapshotEvent | AccountEvent | KeyEvent | PoolEvent | PlaceEvent,
         expected_seq: int,
     ) -> int:
         """Append one event of an aggregate, expecting ``expected_seq`` as its last sequence."""
@@ -339,6 +373,9 @@ class JetStreamEventStore:
         elif isinstance(event, POOL_EVENTS):
             kind, aggregate_id = "pool member", event.member_id
             scope = subjects.pool_events_filter(aggregate_id)
+        elif isinstance(event, PLACE_EVENTS):
+            kind, aggregate_id = "host", event.host
+            scope = subjects.place_events_filter(aggregate_id)
         else:
             kind, aggregate_id = "sandbox", event.sandbox_id
             scope = subjects.sandbox_events_filter(aggregate_id)

@@ -16,11 +16,13 @@ from sandboxer.bus.event_store import (
     LoadedAccount,
     LoadedKey,
     LoadedMember,
+    LoadedPlaces,
     LoadedSnapshot,
     Record,
     stamp,
 )
 from sandboxer.domain.account_state import AccountBook, evolve_book
+from sandboxer.domain.host_places import HostPlaces, evolve_places
 from sandboxer.domain.key_state import KeyState, evolve_key
 from sandboxer.domain.pool_state import MemberState, evolve_member
 from sandboxer.domain.sandbox_state import SandboxState, evolve
@@ -29,11 +31,13 @@ from sandboxer.errors import ConcurrencyConflict
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
     KEY_EVENTS,
+    PLACE_EVENTS,
     POOL_EVENTS,
     SNAPSHOT_EVENTS,
     AccountEvent,
     Event,
     KeyEvent,
+    PlaceEvent,
     PoolEvent,
     SandboxEvent,
     SandboxRequested,
@@ -102,6 +106,10 @@ class MemoryEventStore:
     @staticmethod
     def _of_member(member_id: str) -> Callable[[Event], bool]:
         return lambda e: isinstance(e, POOL_EVENTS) and e.member_id == member_id
+
+    @staticmethod
+    def _of_host(host: str) -> Callable[[Event], bool]:
+        return lambda e: isinstance(e, PLACE_EVENTS) and e.host == host
 
     async def load(self, sandbox_id: str) -> Loaded:
         return Loaded(
@@ -198,6 +206,24 @@ class MemoryEventStore:
                 events,
                 evolve_member,
                 f"pool member {member_id}",
+            )
+        )
+
+    async def load_places(self, host: str) -> LoadedPlaces:
+        return LoadedPlaces(*self._fold(self._of_host(host), HostPlaces(host=host), evolve_places))
+
+    async def append_places(
+        self, loaded: LoadedPlaces, events: Sequence[PlaceEvent]
+    ) -> LoadedPlaces:
+        host = loaded.state.host
+        return LoadedPlaces(
+            *self._append_all(
+                self._of_host(host),
+                loaded.state,
+                loaded.last_seq,
+                events,
+                evolve_places,
+                f"host {host}",
             )
         )
 

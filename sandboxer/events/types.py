@@ -33,6 +33,7 @@ from sandboxer.events.actor import (
 )
 from sandboxer.events.consumer import ConsumerRecord, SetupRecord
 from sandboxer.events.key_events import KEY_EVENTS, KeyCreated, KeyEvent, KeyRevoked
+from sandboxer.events.place_events import PLACE_EVENTS, PlaceEvent, PlaceFreed, PlaceTaken
 from sandboxer.events.pool_events import (
     POOL_EVENTS,
     PoolEvent,
@@ -87,6 +88,7 @@ __all__ = [
     "ACCOUNT_EVENTS",
     "KEY_EVENTS",
     "NOT_SANDBOX_EVENTS",
+    "PLACE_EVENTS",
     "POOL_EVENTS",
     "SNAPSHOT_EVENTS",
     "SYSTEM_ACTOR",
@@ -107,6 +109,9 @@ __all__ = [
     "KeyEvent",
     "KeyRevoked",
     "NetworkRecord",
+    "PlaceEvent",
+    "PlaceFreed",
+    "PlaceTaken",
     "PoolEvent",
     "PoolMemberAdded",
     "PoolMemberClaimed",
@@ -147,7 +152,14 @@ __all__ = [
 ]
 
 Event = (
-    SandboxEvent | CommandRejected | HostEvent | SnapshotEvent | AccountEvent | KeyEvent | PoolEvent
+    SandboxEvent
+    | CommandRejected
+    | HostEvent
+    | SnapshotEvent
+    | AccountEvent
+    | KeyEvent
+    | PoolEvent
+    | PlaceEvent
 )
 NOT_SANDBOX_EVENTS = (
     CommandRejected,
@@ -157,6 +169,7 @@ NOT_SANDBOX_EVENTS = (
     *ACCOUNT_EVENTS,
     *KEY_EVENTS,
     *POOL_EVENTS,
+    *PLACE_EVENTS,
 )
 """For ``isinstance``: events that do not belong to a sandbox aggregate."""
 

@@ -60,7 +60,7 @@ from sandboxer.domain.key_decide import key_id_of
 from sandboxer.domain.route_signals import RouteSignals
 from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown, same_project
 from sandboxer.domain.sandbox_state import SandboxState
-from sandboxer.errors import InvalidCommand, Rejected, UnknownProfile
+from sandboxer.errors import InvalidCommand, Rejected, SandboxerError, UnknownProfile
 from sandboxer.events.types import Actor, CommandRejected
 from sandboxer.workers.bus_identity import bus_identity_refusal
 from sandboxer.workers.credit_reservation import (
@@ -74,6 +74,7 @@ from sandboxer.workers.credit_reservation import (
 from sandboxer.workers.deciding import apply, apply_key
 from sandboxer.workers.fallback_routing import next_route
 from sandboxer.workers.host_choice import choose_host
+from sandboxer.workers.host_places import give_up_places, take_place
 from sandboxer.workers.job_dispatch import dispatch_job
 from sandboxer.workers.key_limit import LiveLimit, check_live_limit, limiting_key
 from sandboxer.workers.key_rate import KeyRates
@@ -207,6 +208,7 @@ class ControlWorker:
             # Before the ack: a crash in between is redelivered, refused again, and ends it.
             sandbox_id = target_sandbox(command)
             await give_up_refused_create(self._store, sandbox_id, command, code, reason)
+            await self._give_up_places(sandbox_id, command, code, reason)
         await msg.ack()
 
     async def _to_domain(
@@ -295,6 +297,9 @@ class ControlWorker:
             load_hosts(self._settings),
             hosts_file=f"the hosts file {hosts_path(self._settings)}",
             live=live,
+            # The log decides the last place: other control workers' routes are not in
+            # ``live`` until the view shows them (workers/host_places.py).
+            take=functools.partial(take_place, self._store, admitted=admitted),
         )
         placed = dataclasses.replace(
             admitted, host=host, route_reason=f"{admitted.route_reason}; {why}"
@@ -501,6 +506,22 @@ class ControlWorker:
             # from now on, and its hold is given back (the id is given up first).
             sandbox_id = target_sandbox(command)
             await give_up_refused_create(self._store, sandbox_id, command, "internal_error", reason)
+            await self._give_up_places(sandbox_id, command, "internal_error", reason)
+
+    async def _give_up_places(
+        self, sandbox_id: str, create: CreateSandbox | RestoreSnapshot, code: str, reason: str
+    ) -> None:
+        """Free the host places a refused create took (workers/host_places.py): asked only
+        while a backend on hosts is enabled, since no other create takes one."""
+        enabled = self._catalog.extensions_enabled().values()
+        if not any(decl.uses_hosts for decl in enabled):
+            return
+        try:
+            hosts = load_hosts(self._settings)
+        except SandboxerError as unreadable:
+            log.warning("hosts file unreadable, places of %s left: %s", sandbox_id, unreadable)
+            return
+        await give_up_places(self._store, hosts, sandbox_id, create, code, reason)
 
 
 def _decided(command: Command, state: SandboxState) -> bool:

@@ -3,8 +3,9 @@
 Optimistic concurrency means a decision can lose the race to another
 writer; the loop then reloads and decides again, a bounded number of times.
 Workers change sandboxes only through :func:`apply`, snapshots only through
-:func:`apply_snapshot`, project accounts only through :func:`apply_account` and
-API keys only through :func:`apply_key`:
+:func:`apply_snapshot`, project accounts only through :func:`apply_account`,
+API keys only through :func:`apply_key` and hosts' places only through
+:func:`apply_places`:
 all are this one loop, :func:`_decide_loop`.
 
 Within one process the loop takes turns per aggregate: writers of one
@@ -27,10 +28,12 @@ from sandboxer.bus.event_store import (
     Loaded,
     LoadedAccount,
     LoadedKey,
+    LoadedPlaces,
     LoadedSnapshot,
 )
 from sandboxer.clock import utc_now
 from sandboxer.domain.account_decide import AccountCommand, decide_account
+from sandboxer.domain.host_places import PlaceCommand, decide_places
 from sandboxer.domain.key_decide import KeyCommand, decide_key, key_id_of
 from sandboxer.domain.sandbox_decide import DomainCommand, decide
 from sandboxer.domain.sandbox_state import SandboxState
@@ -38,7 +41,14 @@ from sandboxer.domain.snapshot_decide import SnapshotCommand, decide_snapshot
 from sandboxer.errors import ConcurrencyConflict, Rejected
 from sandboxer.events.types import SandboxEvent
 
-__all__ = ["DECIDE_ATTEMPTS", "apply", "apply_account", "apply_key", "apply_snapshot"]
+__all__ = [
+    "DECIDE_ATTEMPTS",
+    "apply",
+    "apply_account",
+    "apply_key",
+    "apply_places",
+    "apply_snapshot",
+]
 
 DECIDE_ATTEMPTS = 8
 """Reloads before giving up; each one means another writer changed the aggregate meanwhile."""
@@ -186,4 +196,17 @@ async def apply_key(store: EventStore, command: KeyCommand) -> tuple[LoadedKey, 
         lambda: store.load_key(key_id),
         lambda loaded: decide_key(loaded.state, command, utc_now()),
         store.append_key,
+    )
+
+
+async def apply_places(
+    store: EventStore, host: str, command: PlaceCommand, known: LoadedPlaces | None = None
+) -> tuple[LoadedPlaces, bool]:
+    """The same loop on a host's places. ``Rejected`` (``host_full``) propagates."""
+    return await _decide_loop(
+        f"host {host}",
+        lambda: store.load_places(host),
+        lambda loaded: decide_places(loaded.state, command, utc_now()),
+        store.append_places,
+        known,
     )

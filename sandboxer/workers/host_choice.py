@@ -14,10 +14,12 @@ from sandboxer.config.profile import Placement
 from sandboxer.domain.host_order import HOSTS_FILE, host_order, host_unusable
 from sandboxer.errors import Rejected, SandboxerError
 
-__all__ = ["Probe", "choose_host", "ssh_probe"]
+__all__ = ["Probe", "Take", "choose_host", "ssh_probe"]
 
 Probe = Callable[[str, HostConfig], Awaitable[str | None]]
 """Returns None when the host can take work, else why not."""
+Take = Callable[[str, int], Awaitable[None]]
+"""Takes one of a host's ``max_sandboxes`` places in the log, or raises Rejected (full)."""
 
 PROBE_TIMEOUT = 5.0
 
@@ -42,6 +44,7 @@ async def choose_host(
     *,
     hosts_file: str = HOSTS_FILE,
     live: Callable[[], Mapping[str, int]] | None = None,
+    take: Take | None = None,
 ) -> tuple[str, str]:
     """The first healthy host in placement order with room, and the reason; Rejected when
     none is.
@@ -52,6 +55,10 @@ async def choose_host(
     at again once its probe answers, since other creates may have taken its last place
     meanwhile. The caller holds the host it gets back before it awaits anything, so the
     last look and that hold are one step.
+    ``take``: a healthy host with a limit has one of its places taken in the log
+    (:mod:`sandboxer.workers.host_places`) before it is chosen, and is skipped when the
+    log finds it full: ``live`` counts only this worker's routes beside the view, and
+    another control worker may have filled the host meanwhile.
     """
     skipped: list[str] = []
     limits = {name: config.max_sandboxes for name, config in hosts.items()}
@@ -67,6 +74,13 @@ async def choose_host(
         if why_not is None and (full := unusable(name)) is not None:
             skipped.append(full)  # filled while it was probed
             continue
+        limit = limits[name]
+        if why_not is None and take is not None and limit is not None:
+            try:
+                await take(name, limit)
+            except Rejected as taken:  # another control worker took its last place
+                skipped.append(taken.reason)
+                continue
         if why_not is None:
             reason = f"placed on {name} ({role})"
             if skipped:

@@ -118,3 +118,26 @@ async def test_a_host_filled_while_it_was_probed_is_skipped() -> None:
     )
     assert host == "beta"
     assert "alpha is full (1 of its max_sandboxes 1)" in why
+
+
+async def test_a_host_another_worker_filled_is_skipped_on_the_log_s_word() -> None:
+    """Two control workers each counted only their own routes beside the view: the place is
+    taken in the log, and a host whose last place another took is passed over."""
+    hosts = {
+        "alpha": HostConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA", max_sandboxes=1),
+        "beta": HostConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA"),
+    }
+    taken: list[tuple[str, int]] = []
+
+    async def take(name: str, limit: int) -> None:
+        taken.append((name, limit))
+        if name == "alpha":
+            raise Rejected("host_full", "alpha is full (1 of its max_sandboxes 1), as its places")
+
+    probe, _ = probe_with({})
+    host, why = await choose_host(
+        Placement(prefer=["alpha"], fallback=["beta"]), None, hosts, probe, take=take
+    )
+    assert host == "beta"
+    assert "alpha is full (1 of its max_sandboxes 1), as its places" in why
+    assert taken == [("alpha", 1)]  # a host without a limit has no places to take
