@@ -190,6 +190,7 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                         catalog,
                         extension,
                         ack_wait=settings.ack_wait,
+                        object_grace=settings.object_grace,
                         directories=DirectoryInputs(
                             js,
                             roots=settings.input_roots,

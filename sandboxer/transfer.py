@@ -35,7 +35,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import ObjectNotFoundError
 
 from sandboxer import subjects
 from sandboxer.bus.ask import (
@@ -64,7 +63,8 @@ from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.pack import FIXED_MTIME, pack_directory
-from sandboxer.workspaces.refs import nats_digest, object_name, object_ref, parse_object_ref
+from sandboxer.workspaces.refs import object_name, object_ref, parse_object_ref
+from sandboxer.workspaces.stored_objects import touch_stored
 
 __all__ = [
     "Copied",
@@ -179,14 +179,11 @@ async def _store(nc: Nats, archive: Path) -> str:
         return sha.hexdigest(), archive.stat().st_size
 
     sha, size = await asyncio.to_thread(digest)
-    bucket = await open_or_create_bucket(nc.jetstream(), replicas_for(nc._server_info))
+    js = nc.jetstream()
+    bucket = await open_or_create_bucket(js, replicas_for(nc._server_info))
     name = object_name(sha)
-    try:
-        info = await bucket.get_info(name)
-        present = info.digest == nats_digest(sha) and info.size == size
-    except ObjectNotFoundError:
-        present = False
-    if not present:
+    # Found, it is touched: the collection's grace starts over while the worker fetches it.
+    if not await touch_stored(js, name, sha, size):
         with archive.open("rb") as handle:
             await bucket.put(name, handle)
     return object_ref(sha)
@@ -301,7 +298,8 @@ async def put_archive(
 ) -> Copied:
     """Store the tar ``archive`` and have it unpacked at ``path`` (``kind``: file, dir).
     With ``inline`` (always for a key), the bytes ride on the request instead: nothing is
-    left in the bucket, which keeps what it is given for ever (the gateway's copies)."""
+    left in the bucket, which keeps what it is given for a day (``SANDBOXER_OBJECT_GRACE``;
+    the gateway's copies)."""
     check_path(path, root_allowed=kind == "dir")  # refused here already, before any upload
     request: dict[str, Any] = {"op": "put", "path": path, "kind": kind}
     inline = inline or key_id is not None  # a key may not write the bucket

@@ -177,6 +177,11 @@ class EventStore(Protocol):
         uploads and snapshots share content-addressed objects, so a snapshot's data may be a
         live sandbox's input (a recreate fetches it again)."""
 
+    async def objects_in_use(self) -> set[str]:
+        """The object references (``object:sha256:…``) that inputs of sandboxes not destroyed
+        name (the collection of the bucket's objects asks once per sweep, whatever the number
+        of objects: workers/snapshot_objects.py)."""
+
     async def record(self, event: Record) -> None:
         """Append a rejection or a host event (idempotent: a retry records it once)."""
 

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
@@ -117,6 +118,25 @@ def event_subject(event: Event) -> str:
     return subjects.sandbox_event_subject(event.sandbox_id, event_type(event))
 
 
+@dataclass
+class _SnapshotIndex:
+    """Every snapshot's state folded so far, and the last snapshot event folded."""
+
+    states: dict[str, SnapshotState] = field(default_factory=dict)
+    after: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class _ObjectsIndex:
+    """The object references each sandbox not destroyed names, and how far each subject
+    (``requested``, ``destroyed``) was read."""
+
+    refs: dict[str, frozenset[str]] = field(default_factory=dict)
+    after: dict[str, int] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 S = TypeVar("S")
 """The state of one aggregate (sandbox, snapshot, account, key)."""
 
@@ -132,6 +152,8 @@ class JetStreamEventStore:
         self._sandboxes: Recent[str, Loaded] = Recent(KNOWN_SANDBOXES)
         self._hosts: Recent[str, LoadedPlaces] = Recent(KNOWN_HOSTS)
         self._floors: Recent[str, int] = Recent(KNOWN_FLOORS)
+        self._snapshot_index = _SnapshotIndex()
+        self._objects_index = _ObjectsIndex()
 
     async def _events(
         self, filter_subject: str, after: int = 0
@@ -318,15 +340,21 @@ class JetStreamEventStore:
         )
 
     async def snapshot_states(self) -> list[SnapshotState]:
-        """Read every snapshot event (a scan: deletes and collections are rare)."""
-        states: dict[str, SnapshotState] = {}
-        async for _seq, event in self._events(subjects.SNAPSHOT_EVENTS):
-            if isinstance(event, SNAPSHOT_EVENTS):
-                known = states.get(event.snapshot_id) or SnapshotState(
-                    snapshot_id=event.snapshot_id
-                )
-                states[event.snapshot_id] = evolve_snapshot(known, event)
-        return list(states.values())
+        """Every snapshot as the log says now. The states are kept, and each call reads only
+        the snapshot events past the last one it folded: the log is kept for ever, and the
+        bucket's collection asks on every leak sweep."""
+        index = self._snapshot_index
+        async with index.lock:
+            states, after = dict(index.states), index.after
+            async for seq, event in self._events(subjects.SNAPSHOT_EVENTS, after):
+                after = seq
+                if isinstance(event, SNAPSHOT_EVENTS):
+                    known = states.get(event.snapshot_id) or SnapshotState(
+                        snapshot_id=event.snapshot_id
+                    )
+                    states[event.snapshot_id] = evolve_snapshot(known, event)
+            index.states, index.after = states, after  # only a whole read counts
+            return list(states.values())
 
     async def sandboxes_using(self, ref: str) -> list[str]:
         """Read every ``requested`` (a scan, like :meth:`snapshots_holding`), then load the few
@@ -339,17 +367,34 @@ class JetStreamEventStore:
         states = [(await self.load(sandbox_id)).state for sandbox_id in ids]
         return sorted(state.sandbox_id for state in states if state.status != "destroyed")
 
-    async def inputs_in_use(self) -> set[str]:
-        """Two scans, each one batched read: every ``requested`` (its inputs) and every
-        ``destroyed`` (ids only), instead of one scan per object asked about."""
-        inputs: dict[str, set[str]] = {}
-        async for _seq, event in self._events(subjects.sandbox_event_subject("*", "requested")):
-            if isinstance(event, SandboxRequested):
-                inputs.setdefault(event.sandbox_id, set()).update(event.inputs.values())
-        async for _seq, event in self._events(subjects.sandbox_event_subject("*", "destroyed")):
-            if isinstance(event, SandboxDestroyed):
-                inputs.pop(event.sandbox_id, None)
-        return set().union(*inputs.values())
+    async def objects_in_use(self) -> set[str]:
+        """Kept as :meth:`snapshot_states` is: the object references of the sandboxes not
+        destroyed, and how far the ``requested`` and ``destroyed`` events were read; each call
+        reads only past that. ``destroyed`` is read first: the ``requested`` of a sandbox
+        destroyed by then comes before it, so the same call reads it (one read first after
+        the ``requested`` would miss a sandbox requested and destroyed in between)."""
+        index = self._objects_index
+        async with index.lock:
+            refs, after = dict(index.refs), dict(index.after)
+            gone: set[str] = set()
+            destroyed = subjects.sandbox_event_subject("*", "destroyed")
+            async for seq, event in self._events(destroyed, after.get(destroyed, 0)):
+                after[destroyed] = seq
+                if isinstance(event, SandboxDestroyed):
+                    gone.add(event.sandbox_id)
+            requested = subjects.sandbox_event_subject("*", "requested")
+            async for seq, event in self._events(requested, after.get(requested, 0)):
+                after[requested] = seq
+                if isinstance(event, SandboxRequested):
+                    # Only references: a path input is not the bucket's (and kept, it would
+                    # cost memory for every sandbox).
+                    named = frozenset(v for v in event.inputs.values() if v.startswith("object:"))
+                    if named:
+                        refs[event.sandbox_id] = named
+            for sandbox_id in gone:
+                refs.pop(sandbox_id, None)
+            index.refs, index.after = refs, after  # only a whole read counts
+            return set().union(*refs.values())
 
     async def record(self, event: Record) -> None:
         stamped = stamp(event)

@@ -250,6 +250,16 @@ class MemoryEventStore:
         states = [(await self.load(sandbox_id)).state for sandbox_id in ids]
         return sorted(state.sandbox_id for state in states if state.status != "destroyed")
 
+    async def objects_in_use(self) -> set[str]:
+        requested = [e for e in self.log if isinstance(e, SandboxRequested)]
+        return {
+            value
+            for e in requested
+            if (await self.load(e.sandbox_id)).state.status != "destroyed"
+            for value in e.inputs.values()
+            if value.startswith("object:")
+        }
+
     async def record(self, event: Record) -> None:
         stamped = stamp(event)
         if all(getattr(known, "event_id", None) != stamped.event_id for known in self.log):

@@ -956,8 +956,8 @@ class SandboxerClient:
     ) -> Copied:
         """Unpack a tar already on disk at ``path`` (``kind`` dir), or write its one file
         there (``kind`` file): what the HTTP gateway's upload uses. Inline, as a key's own
-        copies are: the bucket keeps what is put in it for ever, and an HTTP caller's
-        uploads must not grow it."""
+        copies are: the bucket keeps what is put in it for a day (``SANDBOXER_OBJECT_GRACE``),
+        and an HTTP caller's uploads must not grow it."""
         _check_id(sandbox_id)
         await self._stored()
         return await _put_archive(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from sandboxer.domain.bucket_objects import DEFAULT_OBJECT_GRACE
 from sandboxer.errors import SettingError
 from sandboxer.workspaces.roots import parse_input_roots
 
@@ -254,6 +255,9 @@ class Settings:
     past their TTL or idle limit (default 5).
     ``SANDBOXER_LEAK_SWEEP_INTERVAL``: seconds between an extension worker's sweeps for
     provider sandboxes no live sandbox of the log is (default 300; 0: none, only its start).
+    ``SANDBOXER_OBJECT_GRACE``: seconds an object of the workspaces bucket that nothing holds
+    (an upload no sandbox names, a copy's archive, a killed put's chunks) stays after its
+    last put or touch before a worker removes it (default 86400; docs/workspaces.md).
     ``SANDBOXER_EXEC_HEARTBEAT``: seconds between a worker's heartbeats to the client of a
     running exec or copy (default 10, at least 1); its clients stop waiting after three
     silent spells (docs/protocol.md#when-the-worker-goes-silent).
@@ -281,6 +285,8 @@ class Settings:
     expiry_interval: float = 5.0
     leak_sweep_interval: float = DEFAULT_LEAK_SWEEP_INTERVAL
     """Seconds between an extension worker's leak sweeps (workers/leak_sweep.py); 0: none."""
+    object_grace: float = DEFAULT_OBJECT_GRACE
+    """Seconds an unheld object of the workspaces bucket stays (domain/bucket_objects.py)."""
     exec_heartbeat: float = DEFAULT_EXEC_HEARTBEAT
     """Seconds between a worker's ``alive`` checks on a running exec's or copy's inbox
     (exec_protocol/heartbeat.py); its ``started`` message promises them to the client."""
@@ -315,6 +321,7 @@ class Settings:
             leak_sweep_interval=_interval_env(
                 "SANDBOXER_LEAK_SWEEP_INTERVAL", DEFAULT_LEAK_SWEEP_INTERVAL
             ),
+            object_grace=_float_env("SANDBOXER_OBJECT_GRACE", DEFAULT_OBJECT_GRACE),
             exec_heartbeat=_heartbeat_env(),
             input_roots=parse_input_roots(os.environ.get("SANDBOXER_INPUT_ROOTS", "")),
             upload_max_mb=_int_env("SANDBOXER_UPLOAD_MAX_MB", 1024, "MiB"),

@@ -19,7 +19,8 @@ other (a key of another project gets 404). A key may have at most
 ``transfers.MAX_KEY_TRANSFERS`` execs and copies running at once on one gateway (429
 ``transfer_limit`` past it). Copies are inline, as a key's own client makes them: their
 bytes ride on the files request's messages, never through the workspaces bucket, so a
-copy leaves nothing behind on the bus (the bucket keeps what it is given for ever).
+copy leaves nothing behind on the bus (the bucket keeps what it is given for a day,
+``SANDBOXER_OBJECT_GRACE``, before a collection removes it).
 """
 
 from __future__ import annotations

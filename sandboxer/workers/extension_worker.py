@@ -33,6 +33,7 @@ from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.profile import Profile
+from sandboxer.domain.bucket_objects import DEFAULT_OBJECT_GRACE
 from sandboxer.domain.drift import (
     LEAK_STEPS,
     ReconcileStep,
@@ -105,6 +106,7 @@ class ExtensionWorker:
         ack_wait: float = 5.0,
         directories: DirectoryInputs | None = None,
         pools: PoolKeeper | None = None,
+        object_grace: float = DEFAULT_OBJECT_GRACE,
     ) -> None:
         self._js = js
         self._pools = pools
@@ -125,6 +127,7 @@ class ExtensionWorker:
             staging_root=self._directories.staging_root,
             limits=self._directories.limits,
             explain=lambda exc: _reason(exc, {}),
+            object_grace=object_grace,
         )
         self._pauses = PauseJob(store, extension, explain=lambda exc: _reason(exc, {}))
         self.name = f"{socket.gethostname()}:{os.getpid()}"

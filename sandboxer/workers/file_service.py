@@ -106,7 +106,8 @@ from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.pack import pack_directory
-from sandboxer.workspaces.refs import nats_digest, object_name, object_ref, parse_object_ref
+from sandboxer.workspaces.refs import object_name, object_ref, parse_object_ref
+from sandboxer.workspaces.stored_objects import touch_stored
 
 __all__ = [
     "FILES_PREFIX",
@@ -505,16 +506,11 @@ class FileService:
         if request.inline:
             await send_inline(self._nc, reply, result, HEADER)
             return {"kind": kind, "path": path[2:] or ".", "sha256": sha, "size": size}
-        bucket = await open_or_create_bucket(
-            self._nc.jetstream(), replicas_for(self._nc._server_info)
-        )
+        js = self._nc.jetstream()
+        bucket = await open_or_create_bucket(js, replicas_for(self._nc._server_info))
         name = object_name(sha)
-        try:
-            info = await bucket.get_info(name)
-            present = info.digest == nats_digest(sha) and info.size == size
-        except Exception:
-            present = False
-        if not present:
+        # Found, it is touched: the collection's grace starts over while the client fetches it.
+        if not await touch_stored(js, name, sha, size):
             with result.open("rb") as handle:
                 await _store_object(bucket, name, handle)
         return {"kind": kind, "path": path[2:] or ".", "ref": object_ref(sha), "size": size}

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
 from sandboxer.bus.publish import is_unavailability
+from sandboxer.domain.bucket_objects import DEFAULT_OBJECT_GRACE
 from sandboxer.domain.sandbox_snapshots import FinishSnapshot
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_decide import RecordSnapshotFailed, RecordSnapshotStored
@@ -74,6 +75,7 @@ class SnapshotJob:
         staging_root: Path,
         limits: ArchiveLimits,
         explain: Explain,
+        object_grace: float = DEFAULT_OBJECT_GRACE,
     ) -> None:
         self._js = js
         self._store = store
@@ -81,6 +83,7 @@ class SnapshotJob:
         self._staging_root = staging_root
         self._limits = limits
         self._explain = explain
+        self._object_grace = object_grace
 
     async def sweep(self) -> None:
         """At the worker's start: remove the scratch that workers no longer running left. A
@@ -126,11 +129,12 @@ class SnapshotJob:
         await self.collect()  # what a delivery stored before it failed
 
     async def collect(self) -> None:
-        """Remove the snapshot objects nothing holds (:mod:`.snapshot_objects`): the leftovers
-        of attempts that stored an object and never recorded it. Best effort: a collection
+        """Remove the bucket's objects nothing holds (:mod:`.snapshot_objects`): the leftovers
+        of attempts that stored an object and never recorded it, and the uploads, copies'
+        archives and stray chunks unheld past the grace period. Best effort: a collection
         that fails is taken again by the next (the leak sweep's, the next start's)."""
         try:
-            await collect_orphaned_objects(self._js, self._store)
+            await collect_orphaned_objects(self._js, self._store, grace=self._object_grace)
         except Exception:
             log.warning("collecting orphaned snapshot objects failed", exc_info=True)
 

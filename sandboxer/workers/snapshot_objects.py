@@ -1,25 +1,40 @@
-"""Collect the snapshot objects nothing holds: a killed or failed job's, a deleted snapshot's.
+"""Collect the workspaces bucket's objects nothing holds: a killed or failed snapshot job's, a
+deleted snapshot's, and (after a grace period) uploads, copies' archives and stray chunks.
 
-The rule is :mod:`sandboxer.domain.snapshot_objects`; this is its I/O: list the
-workspaces bucket, read the owners' logs, remove the orphans. Extension workers
-run it at their start, on every leak sweep, and when a snapshot job ends after
-an earlier delivery of it (which may have stored an object before it died).
-Every step is idempotent: workers collecting at once remove an object once
-(a removal that finds it gone is done), and one cut off is taken again by the
-next collection.
+The rules are :mod:`sandboxer.domain.snapshot_objects` (objects a snapshot's job marked)
+and :mod:`sandboxer.domain.bucket_objects` (the rest); this is their I/O: list the bucket's
+metadata, read the log once, remove. Extension workers run it at their start, on every leak
+sweep, and when a snapshot job ends after an earlier delivery of it (which may have stored
+an object before it died). Every step is idempotent and safe beside other workers doing the
+same: a removal writes only over the metadata it judged (an object touched or removed since
+is left alone), a purge of chunks already gone does nothing, and a collection cut off is
+taken again by the next.
+
+Cost per sweep: one stream info (the bucket's subjects) and one read of its metadata, never
+the bytes. The log is read only when something may go: every snapshot once some object is
+marked or old enough to be judged, and the sandboxes' ``requested`` and ``destroyed`` once
+some object is an orphan by the snapshots alone.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
-from sandboxer.domain.snapshot_objects import owner_of, to_collect
-from sandboxer.workspaces.refs import object_ref
+from sandboxer.domain.bucket_objects import DEFAULT_OBJECT_GRACE, aged, stale_chunks, unheld
+from sandboxer.domain.snapshot_objects import to_collect
+from sandboxer.errors import WorkspaceRefused
+from sandboxer.workspaces.refs import is_object_ref, object_name, parse_object_ref
+from sandboxer.workspaces.stored_objects import (
+    bucket_subjects,
+    list_stored,
+    purge_chunks,
+    remove_unchanged,
+    stray_chunks,
+)
 
 __all__ = ["collect_orphaned_objects"]
 
@@ -28,34 +43,62 @@ log = logging.getLogger(__name__)
 _PREFIX = "sha256-"
 
 
-async def collect_orphaned_objects(js: JetStreamContext, store: EventStore) -> list[str]:
-    """Remove every object of the workspaces bucket that a snapshot's job stored and that
-    nothing holds any more; the names removed. Objects a client uploaded (unmarked) are
-    never touched here."""
-    try:
-        bucket = await js.object_store(subjects.WORKSPACES_BUCKET)
-        listed = await bucket.list(ignore_deletes=True)
-    except (BucketNotFoundError, NotFoundError):  # nothing was ever stored, or nothing is
+def _names(inputs: set[str]) -> set[str]:
+    """The bucket names the object references among ``inputs`` point at (paths and other
+    values are not the bucket's; a malformed reference names nothing)."""
+    names: set[str] = set()
+    for value in inputs:
+        if is_object_ref(value):
+            try:
+                names.add(object_name(parse_object_ref(value)))
+            except WorkspaceRefused:
+                continue
+    return names
+
+
+async def collect_orphaned_objects(
+    js: JetStreamContext, store: EventStore, *, grace: float = DEFAULT_OBJECT_GRACE
+) -> list[str]:
+    """Remove what the bucket holds for nobody; the object names removed (and the stray
+    chunk subjects purged). ``grace``: seconds an unmarked object, or a stray chunk, stays
+    after its last write (``SANDBOXER_OBJECT_GRACE``)."""
+    present = await bucket_subjects(js)
+    if present is None:  # nothing was ever stored
         return []
-    marked = [
-        (info.name, owner_id)
-        for info in listed
-        if (owner_id := owner_of(info.headers)) and info.name.startswith(_PREFIX)
-    ]
-    if not marked:
-        return []
-    # One read of every snapshot's log, whatever the number of objects: a read behind the
-    # log errs towards keeping (an owner or a holder seen still requested).
+    now = datetime.now(UTC)
+    listed = await list_stored(js, present)
     removed: list[str] = []
-    for name, owner_id in to_collect(marked, await store.snapshot_states()):
-        # A sandbox restored from it (or made from an upload of the same tree) that is not
-        # destroyed: its recreate fetches the object again.
-        if await store.sandboxes_using(object_ref(name.removeprefix(_PREFIX))):
-            continue
-        try:
-            await bucket.delete(name)
-        except NotFoundError:  # another worker's collection (or a delete) was first
-            continue
-        log.info("snapshot %s: removed its orphaned object %s", owner_id, name)
-        removed.append(name)
+    # Chunks no metadata names: a put killed before its metadata (or a delete, or a
+    # replacement, killed before its purge). A put still running wrote one lately.
+    for subject in stale_chunks(await stray_chunks(js, present, listed), now, grace):
+        await purge_chunks(js, subject)
+        log.info("workspaces bucket: purged stray chunks %s", subject)
+        removed.append(subject)
+    marked = [
+        (found.name, found.owner)
+        for found in listed
+        if found.owner is not None and found.name.startswith(_PREFIX)
+    ]
+    if not marked and not aged(listed, now, grace):
+        return removed
+    # One read of the log, whatever the number of objects: a read behind the log errs
+    # towards keeping (an owner or a holder seen still requested, a sandbox not destroyed).
+    snapshots = await store.snapshot_states()
+    orphans = to_collect(marked, snapshots)
+    kept = {s.object for s in snapshots if s.object is not None and s.status != "deleted"}
+    candidates = unheld(listed, kept, now, grace)
+    if not orphans and not candidates:
+        return removed
+    # A sandbox restored from a snapshot's object (or made from an upload of the same
+    # tree) that is not destroyed: its recreate fetches the object again.
+    used = _names(await store.objects_in_use())
+    by_name = {found.name: found for found in listed}
+    for name, owner_id in orphans:
+        if name not in used and await remove_unchanged(js, by_name[name]):
+            log.info("snapshot %s: removed its orphaned object %s", owner_id, name)
+            removed.append(name)
+    for found in candidates:
+        if found.name not in used and await remove_unchanged(js, found):
+            log.info("workspaces bucket: removed %s, held by nothing for %.0f s", found.name, grace)
+            removed.append(found.name)
     return removed

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta
-from nats.js.errors import ObjectNotFoundError
 
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.pack import pack_directory
-from sandboxer.workspaces.refs import nats_digest, object_name, object_ref
+from sandboxer.workspaces.refs import object_name, object_ref
+from sandboxer.workspaces.stored_objects import touch_stored
 
 __all__ = ["UploadProgress", "Uploaded", "upload_directory"]
 
@@ -77,11 +77,8 @@ async def upload_directory(
         )
         bucket = await open_or_create_bucket(js, replicas)
         name = object_name(packed.sha256)
-        try:
-            info = await bucket.get_info(name)
-            present = info.digest == nats_digest(packed.sha256) and info.size == packed.size
-        except ObjectNotFoundError:
-            present = False
+        # Found, it is touched: the collection's grace starts over for this reference.
+        present = await touch_stored(js, name, packed.sha256, packed.size)
         if not present:
             with packed.path.open("rb") as handle:
                 reader = _CountingReader(handle, packed.size, report)

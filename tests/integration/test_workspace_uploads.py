@@ -98,7 +98,10 @@ async def test_the_same_tree_uploaded_twice_is_stored_once(
     assert not third.stored
     assert first.ref == again.ref == third.ref
     after = (await client.js.stream_info(stream)).state
-    assert (after.messages, after.bytes) == (stored.messages, stored.bytes)
+    # Nothing sent again: the same messages; only the metadata was written over (touched,
+    # so the collection's grace starts over: docs/workspaces.md), a few bytes more each.
+    assert after.messages == stored.messages
+    assert after.bytes - stored.bytes < 200
 
 
 async def test_a_tampered_object_is_refused(no_roots: Service, tmp_path: Path) -> None:
