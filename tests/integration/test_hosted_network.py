@@ -3,6 +3,7 @@ a create to its spec, saw exactly the compiled fields (docs/network.md)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from sandboxer.extensions.modal.backend import ModalExtension
 from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
 from tests.doubles.modal_double import ModalDouble
-from tests.integration.conftest import start_service
+from tests.integration.conftest import Service, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -219,6 +220,36 @@ async def test_a_declaration_without_the_limit_still_sends_daytona_no_sixth_bloc
     assert daytona_double.double.creates == 0
 
 
+@contextlib.asynccontextmanager
+async def daytona_service(
+    nats_url: str, home: Path, daytona_double: DaytonaServed, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Service]:
+    """A funded service whose one backend is ext.daytona, on the Daytona double."""
+    monkeypatch.setenv("DAYTONA_API_URL", daytona_double.api_url)
+    monkeypatch.setenv("DAYTONA_API_KEY", daytona_double.key)
+    service = await start_service(home, nats_url, roles=["control", "projector", "ext.daytona"])
+    try:
+        await service.fund()
+        yield service
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+async def no_route_reason(
+    service: Service, daytona_double: DaytonaServed, network: dict[str, Any]
+) -> str:
+    """The reason a create of profile.daytona narrowed to ``network`` is rejected no_route,
+    with nothing held and no provider call made."""
+    with pytest.raises(CommandFailed) as refused:
+        await service.client.create("profile.daytona", ttl="10m", network=network)
+    assert refused.value.event["code"] == "no_route", refused.value.event
+    assert daytona_double.double.creates == 0
+    [account] = await service.client.credits("default")
+    assert account["reserved"] == 0
+    return str(refused.value.event["reason"])
+
+
 async def test_a_create_with_more_cidr_blocks_than_daytona_takes_is_not_routed_there(
     nats_server: Any, home: Path, daytona_double: DaytonaServed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,27 +257,12 @@ async def test_a_create_with_more_cidr_blocks_than_daytona_takes_is_not_routed_t
     six CIDR blocks is rejected no_route, naming the limit and the fix, before any hold or
     provider call. Before, it was routed, held credits and sent all six, which Daytona (and
     now its double) refuses: a failed sandbox."""
-    monkeypatch.setenv("DAYTONA_API_URL", daytona_double.api_url)
-    monkeypatch.setenv("DAYTONA_API_KEY", daytona_double.key)
-    service = await start_service(
-        home, nats_server.url, roles=["control", "projector", "ext.daytona"]
-    )
-    try:
-        await service.fund()
+    async with daytona_service(nats_server.url, home, daytona_double, monkeypatch) as service:
         network = {"egress": [*SIX_BLOCKS, "pypi.org"]}
-        with pytest.raises(CommandFailed) as refused:
-            await service.client.create("profile.daytona", ttl="10m", network=network)
-        assert refused.value.event["code"] == "no_route", refused.value.event
-        reason = refused.value.event["reason"]
-        assert "its address entries make 6 CIDR blocks" in reason
-        assert "allowlist takes at most 5 (network_max_cidrs: 5)" in reason
-        assert "wider CIDRs" in reason
-        assert daytona_double.double.creates == 0
-        [account] = await service.client.credits("default")
-        assert account["reserved"] == 0
-    finally:
-        await service.client.close()
-        await service.shutdown()
+        reason = await no_route_reason(service, daytona_double, network)
+    assert "its address entries make 6 CIDR blocks" in reason
+    assert "allowlist takes at most 5 (network_max_cidrs: 5)" in reason
+    assert "wider CIDRs" in reason
 
 
 async def test_daytona_s_double_refuses_an_ipv6_block(daytona_double: DaytonaServed) -> None:
@@ -296,27 +312,12 @@ async def test_a_create_naming_an_ipv6_address_is_not_routed_to_daytona(
     provider call. Before, it was routed, held credits and sent 2001:db8::1/128, which
     Daytona (whose allowlist takes IPv4 CIDR ranges), and now its double, refuses: a failed
     sandbox."""
-    monkeypatch.setenv("DAYTONA_API_URL", daytona_double.api_url)
-    monkeypatch.setenv("DAYTONA_API_KEY", daytona_double.key)
-    service = await start_service(
-        home, nats_server.url, roles=["control", "projector", "ext.daytona"]
-    )
-    try:
-        await service.fund()
+    async with daytona_service(nats_server.url, home, daytona_double, monkeypatch) as service:
         network = {"egress": ["192.0.2.7", "2001:db8::1", "pypi.org"]}
-        with pytest.raises(CommandFailed) as refused:
-            await service.client.create("profile.daytona", ttl="10m", network=network)
-        assert refused.value.event["code"] == "no_route", refused.value.event
-        reason = refused.value.event["reason"]
-        assert "ext.daytona cannot hold the network policy" in reason
-        assert "takes IPv4 addresses only (network_ipv6: false)" in reason
-        assert "names IPv6 2001:db8::1; name those destinations by domain or as IPv4" in reason
-        assert daytona_double.double.creates == 0
-        [account] = await service.client.credits("default")
-        assert account["reserved"] == 0
-    finally:
-        await service.client.close()
-        await service.shutdown()
+        reason = await no_route_reason(service, daytona_double, network)
+    assert "ext.daytona cannot hold the network policy" in reason
+    assert "takes IPv4 addresses only (network_ipv6: false)" in reason
+    assert "names IPv6 2001:db8::1; name those destinations by domain or as IPv4" in reason
 
 
 async def test_a_create_naming_domains_is_routed_to_daytona_and_reaches_it(
@@ -325,13 +326,7 @@ async def test_a_create_naming_domains_is_routed_to_daytona_and_reaches_it(
     """Through the bus: a create of profile.daytona (fixed to ext.daytona) that narrows its
     policy to names is routed there and Daytona gets them in domainAllowList. Before,
     ext.daytona declared network: cidr and the create was rejected no_route."""
-    monkeypatch.setenv("DAYTONA_API_URL", daytona_double.api_url)
-    monkeypatch.setenv("DAYTONA_API_KEY", daytona_double.key)
-    service = await start_service(
-        home, nats_server.url, roles=["control", "projector", "ext.daytona"]
-    )
-    try:
-        await service.fund()
+    async with daytona_service(nats_server.url, home, daytona_double, monkeypatch) as service:
         network = {"egress": ["*.pypi.org:443", "pypi.org", "192.0.2.7"]}
         ready = await service.client.create("profile.daytona", ttl="10m", network=network)
         assert ready["reachability"]["kind"] == "daytona"  # the ready event, from ext.daytona
@@ -347,9 +342,6 @@ async def test_a_create_naming_domains_is_routed_to_daytona_and_reaches_it(
             "domainAllowList": "*.pypi.org,pypi.org",
         }
         await service.client.destroy(ready["sandbox_id"])
-    finally:
-        await service.client.close()
-        await service.shutdown()
 
 
 # --- Modal --------------------------------------------------------------------------------
