@@ -12,6 +12,7 @@ token call raise what no backend means to (a JSONDecodeError).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 from sandboxer import subjects
 from sandboxer.cli.key_commands import create_key
 from sandboxer.client import SandboxerClient
-from sandboxer.errors import CommandFailed
+from sandboxer.errors import CommandFailed, RequestError
 from sandboxer.workers.token_service import TOKEN_TIMEOUT
 from tests.doubles.e2b_double import ServedE2b
 from tests.integration.test_hosted_service import served_e2b
@@ -125,7 +126,13 @@ async def test_a_key_of_project_default_reads_the_tokens_of_a_sandbox_naming_no_
         # The test's server has no authorization: the key's subjects and inbox make it the key.
         nc = await nats.connect(nats_server.url, inbox_prefix=f"_INBOX.{made['key_id']}")
         key = SandboxerClient(nc, key_id=made["key_id"])
-        key.actor = dict((await key.query(subjects.QUERY_KEY_WHOAMI, {}))["actor"])
+        # The key was made on the admin's connection: its views have it a moment later.
+        async with asyncio.timeout(10):
+            while True:
+                with contextlib.suppress(RequestError):
+                    key.actor = dict((await key.query(subjects.QUERY_KEY_WHOAMI, {}))["actor"])
+                    break
+                await asyncio.sleep(0.05)
         assert (await key.get(sandbox_id) or {}).get("status") == "ready"  # it sees it
         assert await key.tokens(sandbox_id) == issued(e2b_double, sandbox_id)
     finally:
