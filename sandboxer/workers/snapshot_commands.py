@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from sandboxer.bus.event_store import EventStore, Loaded
 from sandboxer.commands.types import (
@@ -33,6 +32,7 @@ from sandboxer.commands.types import (
 from sandboxer.config.catalog import Catalog, known_extension_class
 from sandboxer.config.profile import Profile
 from sandboxer.domain.account_state import DEFAULT_PROJECT
+from sandboxer.domain.bucket_objects import Stored
 from sandboxer.domain.sandbox_snapshots import StartSnapshot
 from sandboxer.domain.snapshot_decide import (
     DeleteSnapshotDecision,
@@ -42,8 +42,8 @@ from sandboxer.domain.snapshot_decide import (
 from sandboxer.errors import Rejected
 from sandboxer.ids import derive_sandbox_id, derive_snapshot_id
 from sandboxer.workers.deciding import apply, apply_snapshot
-from sandboxer.workspaces.bucket import open_bucket
 from sandboxer.workspaces.refs import object_ref
+from sandboxer.workspaces.stored_objects import remove_unchanged, stored_object
 
 __all__ = ["SnapshotCommands"]
 
@@ -64,12 +64,28 @@ class SnapshotCommands:
         """
         snapshot_id = command.snapshot_id
         state = (await self._store.load_snapshot(snapshot_id)).state
+        # The object's metadata, read before the log: the removal writes only over this
+        # message (as the collection's does), so whoever touches or stores the object after
+        # this read, between the decision and the removal, keeps it: a client's upload of the
+        # same tree, a snapshot's job that finds it there or stores it again, a restore.
+        found: Stored | None = None
+        if state.object is not None and (state.status != "deleted" or state.object_removed):
+            found = await stored_object(self._js, state.object)
         holders: list[str] = []
         if state.object is not None and state.sha256 is not None:
             holders = [
                 s for s in await self._store.snapshots_holding(state.object) if s != snapshot_id
             ]
             holders += await self._store.sandboxes_using(object_ref(state.sha256))
+            if found is not None and found.owner != snapshot_id:
+                # Not this snapshot's mark any more (a touch drops it): someone found the
+                # object before the read above. A snapshot being taken may be about to record
+                # it, so the collection takes it once none is (domain/snapshot_objects.py).
+                holders += [
+                    s.snapshot_id
+                    for s in await self._store.snapshot_states()
+                    if s.status == "requested"
+                ]
         decision = DeleteSnapshotDecision(
             command_id=command.command_id,
             actor=command.actor,
@@ -80,16 +96,17 @@ class SnapshotCommands:
         # ``object_removed`` was decided when the delete was first handled. A delete handled
         # again (redelivered after a crash, re-sent later) may find a snapshot taken since
         # that holds the same object: it is theirs now, whatever was decided then.
-        if (
-            state.status == "deleted"
-            and state.object_removed
-            and state.object is not None
-            and not holders
-        ):
-            try:
-                await (await open_bucket(self._js)).delete(state.object)
-            except NotFoundError:
-                log.info("snapshot %s: object %s was already gone", snapshot_id, state.object)
+        if state.status != "deleted" or not state.object_removed or holders:
+            return
+        if found is None:
+            log.info("snapshot %s: object %s was already gone", snapshot_id, state.object)
+        elif not await remove_unchanged(self._js, found):
+            log.info(
+                "snapshot %s: object %s was stored or touched again since the delete read it: "
+                "kept for whoever did (the collection removes it once nothing holds it)",
+                snapshot_id,
+                state.object,
+            )
 
     async def snapshot(self, command: SnapshotSandbox) -> Loaded:
         """Decide the snapshot on the sandbox, then open the snapshot; returns the sandbox."""

@@ -16,7 +16,8 @@ the message it read (``Nats-Expected-Last-Subject-Sequence``):
   (which ignores age) no longer decides it;
 - the collection **removes** only the metadata it judged (:func:`remove_unchanged`): an
   object touched since is left alone, and a touch after the removal fails and the toucher
-  stores the object again.
+  stores the object again. A snapshot's delete removes the same way, over the metadata it
+  read (:func:`stored_object`) before it looked at the log.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "list_stored",
     "purge_chunks",
     "remove_unchanged",
+    "stored_object",
     "stray_chunks",
     "touch_stored",
 ]
@@ -109,6 +111,19 @@ async def list_stored(js: JetStreamContext, present: dict[str, int]) -> list[Sto
     finally:
         await sub.unsubscribe()
     return live
+
+
+async def stored_object(js: JetStreamContext, name: str) -> Stored | None:
+    """``name`` as stored now (None: absent, removed, or no bucket): its metadata's last
+    message, to read before deciding on the object, so that the removal then writes only
+    over that message (:func:`remove_unchanged`)."""
+    try:
+        last = await js.get_last_msg(STREAM, _meta_subject(name))
+    except NotFoundError:
+        return None
+    if last.seq is None or last.time is None:
+        return None
+    return _stored(last.seq, last.time, last.data or b"")
 
 
 async def stray_chunks(

@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 
 from sandboxer.bus.event_store import LoadedSnapshot
 from sandboxer.bus.memory_store import MemoryEventStore
-from sandboxer.commands.types import DeleteSnapshot, RestoreSnapshot, SnapshotSandbox
+from sandboxer.commands.types import RestoreSnapshot, SnapshotSandbox
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.snapshot_decide import DeleteSnapshotDecision, RecordSnapshotStored
@@ -25,7 +25,7 @@ from sandboxer.workers.jobs import job_for
 from sandboxer.workers.snapshot_commands import SnapshotCommands
 from tests.unit.test_snapshot_domain import SID, ready_sandbox
 
-NO_BUS = cast("JetStreamContext", None)  # only delete reaches the bucket
+NO_BUS = cast("JetStreamContext", None)  # only delete reaches the bucket (test_snapshot_delete)
 
 
 class CrashOnceStore(MemoryEventStore):
@@ -118,60 +118,6 @@ async def test_a_decided_restore_is_completed_even_after_its_snapshot_is_deleted
     again = await commands.restore_as_create(restore)  # the command redelivered after a crash
     assert again.inputs == create.inputs
     assert (await store.load("restored01")).state.restored_from == snapshot_id
-
-
-async def test_deleting_a_snapshot_keeps_data_a_live_sandbox_still_names(tmp_path: Path) -> None:
-    """Uploads and snapshots share content-addressed objects: the restored sandbox's input is
-    the snapshot's object, and a recreate fetches it again, so the delete must leave it."""
-    store = MemoryEventStore()
-    await ready_sandbox(store)
-    commands = SnapshotCommands(NO_BUS, store, Catalog.load(tmp_path))
-    await commands.snapshot(snapshot_command())
-    snapshot_id = derive_snapshot_id("c-snap")
-    stored = RecordSnapshotStored(
-        job_id="j", bucket="B", object="sha256-" + "c" * 64, size=1, sha256="c" * 64
-    )
-    await apply_snapshot(store, snapshot_id, stored)
-    restore = RestoreSnapshot(
-        command_id="c-restore", actor=SYSTEM_ACTOR, snapshot_id=snapshot_id, sandbox_id="restored02"
-    )
-    catalog = Catalog.load(tmp_path)
-    admitted = admit_create(
-        await commands.restore_as_create(restore),
-        catalog.profile("profile.local"),
-        {"ext.local": catalog.extensions_enabled()["ext.local"]},
-    )
-    await apply(store, "restored02", admitted)
-    await commands.delete(
-        DeleteSnapshot(command_id="c-del", actor=SYSTEM_ACTOR, snapshot_id=snapshot_id)
-    )
-    deleted = (await store.load_snapshot(snapshot_id)).state
-    assert deleted.status == "deleted"
-    assert not deleted.object_removed  # the bucket was never touched (NO_BUS has none)
-    assert await store.sandboxes_using("object:sha256:" + "c" * 64) == ["restored02"]
-
-
-async def test_a_delete_handled_again_leaves_an_object_a_later_snapshot_holds(
-    tmp_path: Path,
-) -> None:
-    """The first handling decided the object's removal and the worker died before the
-    bucket's delete; a snapshot of the same tree stored the same object since. Redelivered,
-    the delete decides nothing new, and the object is the later snapshot's now."""
-    from tests.unit.test_snapshot_domain import request, stored
-
-    store = MemoryEventStore()
-    first, later = "snp0000000000000001", "snp0000000000000002"
-    await apply_snapshot(store, first, request("c-1"))
-    await apply_snapshot(store, first, stored("j-1"))
-    decided = DeleteSnapshotDecision(command_id="c-del", actor=SYSTEM_ACTOR, object_shared=False)
-    await apply_snapshot(store, first, decided)
-    await apply_snapshot(store, later, request("c-2"))
-    await apply_snapshot(store, later, stored("j-2"))
-    commands = SnapshotCommands(NO_BUS, store, Catalog.load(tmp_path))
-    # NO_BUS has no bucket: a removal would raise here.
-    await commands.delete(DeleteSnapshot(command_id="c-del", actor=SYSTEM_ACTOR, snapshot_id=first))
-    assert (await store.load_snapshot(first)).state.object_removed
-    assert (await store.load_snapshot(later)).state.object == "sha256-ab"
 
 
 async def test_a_restore_passes_over_backends_that_drop_a_directory_input(
