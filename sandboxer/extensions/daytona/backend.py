@@ -100,6 +100,10 @@ SandboxState): a paused one of ours is one of them."""
 
 OUTPUT_TAIL = 2000
 
+FIT_ROUNDS = 3
+"""Writes of the auto-delete a failed pause makes while the state keeps changing under it
+(each change is another attempt's stop or start landing): past that, it logs and gives up."""
+
 
 class DaytonaExtension:
     """The Daytona backend; its endpoint and key are resolved on first use."""
@@ -455,8 +459,10 @@ class DaytonaExtension:
 
     async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
         """Stop it (its disk stays). While paused Daytona must not delete it: a pause may
-        last as long as the profile's ``max_pause``, so the auto-delete is lifted. A stop
-        that fails puts it back (:meth:`_unlift_auto_delete`)."""
+        last as long as the profile's ``max_pause``, so the auto-delete is lifted before the
+        stop, and lifted once more once the sandbox is seen stopped: a failed attempt at this
+        pause beside this one may have put it back in between (:meth:`_unlift_auto_delete`).
+        A stop that fails puts it back."""
         check_sandbox_id(sandbox_id, self.id)
         api = self._client()
         found = await self._existing(sandbox_id)
@@ -465,39 +471,83 @@ class DaytonaExtension:
             if found.state not in {"stopped", "stopping"}:
                 await api.stop(found.id, sandbox_id)
             await self._wait_for(sandbox_id, {"stopped"}, "stop")
+            await api.set_auto_delete(found.id, -1, sandbox_id)
         except Exception:
             await self._unlift_auto_delete(api, found.id, sandbox_id)
             raise
 
     async def _unlift_auto_delete(self, api: DaytonaApi, provider_id: str, sandbox_id: str) -> None:
         """A pause failed, so the log keeps the sandbox ``ready``: give it back the auto-delete
-        it had, or a sandbox sandboxer then lost track of would never be deleted at Daytona
-        (auto-stopped a grace past our TTL, it would sit there, billed for its disk). Only
-        while it still runs: one stopped or stopping anyway (the stop landed after all, or
-        an attempt of the same pause held up beside this one stopped it) may be paused in
-        the log, and Daytona must not delete a paused sandbox. Setting the interval is
-        idempotent, so a retried pause does no harm; a failure here is logged and the
+        it had while it runs, or a sandbox sandboxer then lost track of would never be deleted
+        at Daytona (auto-stopped a grace past our TTL, it would sit there, billed for its disk).
+        One stopped or stopping keeps it lifted: the stop landed after all, or an attempt of
+        the same pause held up beside this one stopped it, and the log may say ``paused``;
+        Daytona must not delete a paused sandbox.
+
+        Another attempt's stop (or a resume's start) may land between our look and our write:
+        so every write is followed by another look, and the interval written again while
+        the state it fits has changed. With pause and resume each writing it once more after
+        seeing the state they made, whoever writes last, the interval fits the state.
+        Idempotent, so a retried pause does no harm; a failure here is logged and the
         pause's own error is the one raised."""
         try:
-            now = await api.get(provider_id, sandbox_id)
-            if now is not None and now.state not in STOPPED_STATES | plan.GONE_STATES:
-                await api.set_auto_delete(provider_id, self._grace(), sandbox_id)
+            seen = await api.get(provider_id, sandbox_id)
+            for _ in range(FIT_ROUNDS):
+                if seen is None or seen.state in plan.GONE_STATES:
+                    return
+                stopped = seen.state in STOPPED_STATES
+                minutes = -1 if stopped else self._grace()
+                await api.set_auto_delete(provider_id, minutes, sandbox_id)
+                seen = await api.get(provider_id, sandbox_id)
+                if seen is None or (seen.state in STOPPED_STATES) == stopped:
+                    return
+            problem = f"its state kept changing (last {seen.state if seen else 'gone'})"
         except Exception as exc:
-            log.warning(
-                "%s: a pause of %s failed and its auto-delete was not put back: %s",
-                self.id,
-                sandbox_id,
-                exc,
-            )
+            problem = str(exc)
+        log.warning(
+            "%s: a pause of %s failed and its auto-delete may not fit its state: %s",
+            self.id,
+            sandbox_id,
+            problem,
+        )
 
     async def resume(self, sandbox_id: str, *, host: str | None = None) -> None:
+        """Start it and give it back its auto-delete. A resume that fails once its start may
+        have been taken (the start unanswered, the sandbox not started in time, the
+        auto-delete not set) stops it again: the log keeps it ``paused``, and Daytona would
+        otherwise run it, billed, with no auto-delete (:meth:`_paused_again`)."""
         check_sandbox_id(sandbox_id, self.id)
         api = self._client()
         found = await self._existing(sandbox_id)
-        if found.state not in {"started", "starting"}:
-            await api.start(found.id, sandbox_id)
-        await self._wait_for(sandbox_id, {"started"}, "start")
-        await api.set_auto_delete(found.id, self._grace(), sandbox_id)
+        try:
+            if found.state not in {"started", "starting"}:
+                await api.start(found.id, sandbox_id)
+            await self._wait_for(sandbox_id, {"started"}, "start")
+            await api.set_auto_delete(found.id, self._grace(), sandbox_id)
+        except SandboxNotFound:
+            raise  # gone: nothing to stop
+        except Exception as exc:
+            raise await self._paused_again(sandbox_id, exc) from exc
+
+    async def _paused_again(self, sandbox_id: str, failed: Exception) -> ProviderError:
+        """Pause the sandbox whose resume ``failed`` again, and the error the resume raises:
+        of ``failed``'s kind (a retryable one stays retryable), saying what became of it."""
+        kind = type(failed) if isinstance(failed, ProviderError) else ProviderError
+        status = failed.status if isinstance(failed, ProviderError) else None
+        try:
+            await self.pause(sandbox_id)
+        except Exception as exc:
+            message = (
+                f"{self.id}: resuming {sandbox_id} failed ({failed}), and stopping it again "
+                f"failed too ({exc}): Daytona may run it, billed, while sandboxer has it "
+                "paused; resume it again, or destroy it"
+            )
+        else:
+            message = (
+                f"{self.id}: resuming {sandbox_id} failed ({failed}); it was stopped again "
+                "and stays paused: resume it again"
+            )
+        return kind(message, provider=self.id, status=status, sandbox_id=sandbox_id)
 
     # -- TimeoutKeeper ---------------------------------------------------------------------
 

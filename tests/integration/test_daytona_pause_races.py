@@ -1,0 +1,266 @@
+"""ext.daytona's pause and resume against stops and starts that land late (review 2026-12-04).
+
+Daytona takes a stop or a start (201) and its runner carries it out later: the
+:class:`LateDouble` (the spec-enforcing Daytona double, subclassed) holds them until the
+test lands them, or lands them right after a chosen write, so another attempt's stop or
+start comes exactly between one of our looks and one of our writes. Whatever the order,
+a stopped sandbox must keep its auto-delete lifted (-1: Daytona must not delete a paused
+one) and a running one must have it (a backstop if sandboxer loses track of it); a resume
+that fails leaves the sandbox stopped, as the log keeps it ``paused``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.errors import CommandFailed, ProviderError, ProviderUnavailable
+from tests.doubles.daytona_double import DaytonaDouble, DaytonaServed, Record
+from tests.doubles.spec_double import Answer, Call, Served
+from tests.integration.conftest import start_service
+from tests.integration.test_ext_daytona import build, up
+from tests.integration.test_hosted_service import daytona
+
+pytestmark = pytest.mark.integration
+
+AUTODELETE_PATH = "/sandbox/{sandboxIdOrName}/autodelete/{interval}"
+STOP_PATH = "/sandbox/{sandboxIdOrName}/stop"
+GRACE = 15
+"""The packaged declaration's leak_grace_minutes: a running sandbox's auto-delete."""
+
+
+class LateDouble(DaytonaDouble):
+    """The Daytona double whose stops and starts, while ``hold`` is set, are taken but carried
+    out only when the test lands them (the sandbox meanwhile stays as it was), and whose
+    auto-delete writes can land what is held, or wait for the test, as a test chooses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.held: list[tuple[Record, str, str]] = []
+        self.land_after: float | None = None
+        """Land what is held right after an auto-delete set to this interval is applied."""
+        self.wait_before: float | None = None
+        """An auto-delete set to this interval waits for :meth:`release` before it applies."""
+        self.waiting = 0
+        self.released = threading.Event()
+        """Set by the test (its thread is not the double's): the held writes go on."""
+
+    def land(self) -> None:
+        """Daytona's runner carries out the stops and starts it took."""
+        held, self.held = self.held, []
+        for record, moving, end in held:
+            record.state, record.next_state, record.polls_left = moving, end, 1
+
+    async def _stop(self, call: Call) -> Answer:
+        return await self._late(call, "stopping", "stopped") or await super()._stop(call)
+
+    async def _start(self, call: Call) -> Answer:
+        return await self._late(call, "starting", "started") or await super()._start(call)
+
+    async def _late(self, call: Call, moving: str, end: str) -> Answer | None:
+        if not self.hold:
+            return None
+        record = self._find(call.path_params["sandboxIdOrName"], call)
+        if record is None:
+            return None  # the double's own handler answers the 404
+        self.held.append((record, moving, end))
+        return Answer(201, self._body(record))
+
+    async def _autodelete(self, call: Call) -> Answer:
+        interval = float(call.path_params["interval"])
+        if interval == self.wait_before:
+            self.waiting += 1
+            while not self.released.is_set():
+                await asyncio.sleep(0.01)
+        answer = await super()._autodelete(call)
+        if interval == self.land_after:
+            self.land()
+        return answer
+
+
+@pytest.fixture
+def late() -> Iterator[tuple[LateDouble, DaytonaServed]]:
+    double = LateDouble()
+    try:
+        with Served(double.app) as served:
+            yield double, DaytonaServed(double, served)
+    finally:
+        double.close()
+    assert double.app.violations == [], double.app.violations
+
+
+async def until(condition: Callable[[], object]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_stop_landing_after_the_put_back_s_look_keeps_the_auto_delete_lifted(
+    late: tuple[LateDouble, DaytonaServed],
+) -> None:
+    """The pause gave up waiting for its stop, and the stop landed between the put-back's
+    look (still running) and its write: on the old code the sandbox was left stopped with
+    the auto-delete set, for Daytona to delete a sandbox the log may come to call paused."""
+    double, served = late
+    extension = build(served, ready_timeout=0.3)
+    try:
+        await up(extension, "dtrace0001")
+        [record] = double.live()
+        double.hold = True
+        double.land_after = GRACE  # the stop lands just after the put-back's write
+        with pytest.raises(ProviderUnavailable, match="did not stop within"):
+            await extension.pause("dtrace0001")
+    finally:
+        await extension.aclose()
+    assert record.state in {"stopping", "stopped"}
+    assert record.auto_delete == -1
+
+
+async def test_a_put_back_beside_a_pause_that_stops_it_does_not_outlast_the_stop(
+    late: tuple[LateDouble, DaytonaServed],
+) -> None:
+    """Two attempts at one pause: this one's stop is taken and lands later; the other gives
+    up first and, seeing the sandbox still run, puts the auto-delete back. On the old code
+    the pause that succeeded (the log: ``paused``) left it stopped with the auto-delete set."""
+    double, served = late
+    extension = build(served)
+    beside = build(served, ready_timeout=0.2)
+    try:
+        await up(extension, "dtrace0002")
+        [record] = double.live()
+        double.hold = True
+        pausing = asyncio.create_task(extension.pause("dtrace0002"))
+        await until(lambda: double.held)
+        with pytest.raises(ProviderUnavailable, match="did not stop within"):
+            await beside.pause("dtrace0002")
+        assert (record.state, record.auto_delete) == ("started", GRACE)  # put back: it runs
+        double.land()
+        await pausing
+    finally:
+        await extension.aclose()
+        await beside.aclose()
+    assert (record.state, record.auto_delete) == ("stopped", -1)
+
+
+async def test_a_put_back_that_lifts_it_as_a_resume_starts_it_gives_it_back(
+    late: tuple[LateDouble, DaytonaServed],
+) -> None:
+    """A failed pause's put-back saw the sandbox stopped and keeps the auto-delete lifted,
+    but its write reaches Daytona only after a resume started the sandbox and set it: the
+    put-back looks again after its write and gives a running sandbox its auto-delete back."""
+    double, served = late
+    extension = build(served)
+    beside = build(served)
+    try:
+        await up(extension, "dtrace0003")
+        [record] = double.live()
+        await extension.pause("dtrace0003")
+        double.hold = True
+        resuming = asyncio.create_task(extension.resume("dtrace0003"))
+        await until(lambda: double.held)
+        double.hold = False
+        double.app.faults.add("status", method="POST", pattern=AUTODELETE_PATH, status=400)
+        double.wait_before = -1  # the put-back's write of -1 is held up
+        failing = asyncio.create_task(beside.pause("dtrace0003"))
+        await until(lambda: double.waiting)
+        double.wait_before = None
+        double.land()  # the resume's start lands, and it sets the auto-delete
+        await resuming
+        assert (record.state, record.auto_delete) == ("started", GRACE)
+        double.released.set()
+        with pytest.raises(ProviderError, match="400"):
+            await failing
+    finally:
+        await extension.aclose()
+        await beside.aclose()
+    assert (record.state, record.auto_delete) == ("started", GRACE)
+
+
+@pytest.mark.parametrize(("status", "tries"), [(400, 1), (503, 4)])
+async def test_a_resume_whose_auto_delete_fails_stops_it_again(
+    late: tuple[LateDouble, DaytonaServed], status: int, tries: int
+) -> None:
+    """Daytona started the sandbox but the auto-delete could not be set back: on the old code
+    the resume failed (the log keeps it ``paused``) with the sandbox running at Daytona,
+    billed and with no auto-delete. Now it is stopped again and the error says so."""
+    double, served = late
+    extension = build(served)
+    try:
+        await up(extension, "dtrace0004")
+        [record] = double.live()
+        await extension.pause("dtrace0004")
+        double.app.faults.add(
+            "status", method="POST", pattern=AUTODELETE_PATH, status=status, times=tries
+        )
+        with pytest.raises(ProviderError, match="stopped again and stays paused") as caught:
+            await extension.resume("dtrace0004")
+        assert f"({status})" in str(caught.value) or f" {status}:" in str(caught.value)
+        assert caught.value.retryable == (status == 503)
+        assert (record.state, record.auto_delete) == ("stopped", -1)
+        await extension.resume("dtrace0004")  # resumed again, it runs with its auto-delete
+        assert (record.state, record.auto_delete) == ("started", GRACE)
+    finally:
+        await extension.aclose()
+
+
+async def test_a_resume_that_cannot_stop_it_again_says_it_may_run(
+    late: tuple[LateDouble, DaytonaServed],
+) -> None:
+    """The auto-delete refused and the stop as well: the error says Daytona may run it while
+    sandboxer has it paused, and the failed stop's put-back gives the running sandbox its
+    auto-delete, a backstop if sandboxer loses track of it."""
+    double, served = late
+    extension = build(served)
+    try:
+        await up(extension, "dtrace0005")
+        [record] = double.live()
+        await extension.pause("dtrace0005")
+        double.app.faults.add("status", method="POST", pattern=AUTODELETE_PATH, status=400)
+        double.app.faults.add("status", method="POST", pattern=STOP_PATH, status=400)
+        with pytest.raises(ProviderError, match="Daytona may run it, billed"):
+            await extension.resume("dtrace0005")
+        assert (record.state, record.auto_delete) == ("started", GRACE)
+    finally:
+        await extension.aclose()
+
+
+async def test_through_the_bus_a_resume_whose_auto_delete_fails_leaves_it_paused(
+    nats_server: Any,
+    home: Path,
+    daytona_double: DaytonaServed,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service and its Daytona worker (real NATS): the resume fails, the log keeps the
+    sandbox ``paused`` (``pause_failed``, its reason saying it was stopped again) and
+    Daytona has it stopped, not running as on the old code; resumed again, it runs."""
+    provider = daytona(daytona_double)
+    for name, value in provider.env.items():
+        monkeypatch.setenv(name, value)
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", provider.extension]
+    )
+    try:
+        await service.fund()
+        client = service.client
+        sandbox_id = (await client.create(provider.profile, ttl="10m"))["sandbox_id"]
+        await client.pause(sandbox_id)
+        [record] = daytona_double.double.live()
+        daytona_double.app.faults.add("status", method="POST", pattern=AUTODELETE_PATH, status=400)
+        with pytest.raises(CommandFailed, match="stopped again and stays paused"):
+            await client.resume(sandbox_id, timeout=60)
+        store = JetStreamEventStore(client.nc, client.js)
+        assert (await store.load(sandbox_id)).state.status == "paused"
+        assert (record.state, record.auto_delete) == ("stopped", -1)
+        await client.resume(sandbox_id, timeout=60)
+        assert (record.state, record.auto_delete) == ("started", GRACE)
+        await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
