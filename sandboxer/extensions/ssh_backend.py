@@ -288,8 +288,8 @@ class SshBackend:
     ) -> int:
         """Run ``argv`` on the host, in the sandbox's directory, streaming its output
         (and ``stdin`` to its input). Cancelled, it kills what the command started
-        (:mod:`~sandboxer.extensions.ssh_exec_stop`); without ``stdin`` the host does so
-        too when this worker is killed and its connection drops."""
+        (:mod:`~sandboxer.extensions.ssh_exec_stop`); the host does so too when this
+        worker is killed and its connection drops, with ``stdin`` or without."""
         ssh_checks.check_sandbox_id(sandbox_id, self.id)
         ssh_checks.check_argv(argv, sandbox_id, self.id)
         if service is not None:

@@ -19,7 +19,8 @@ on the host: an exec without stdin therefore runs under the host's watcher on it
 (:func:`sandboxer.ssh.deadline.with_deadline`), which kills the command's process group
 when the channel closes first and runs :func:`on_close_line` there, the same stopping
 as above, so what left the group (or runs in a container) goes too. An exec with stdin
-has no such watcher: its channel's input ends with its input.
+has its input framed on the channel so that the same watcher sees the channel's end, and
+its output watched as well, for a command that does not read its input.
 """
 
 from __future__ import annotations

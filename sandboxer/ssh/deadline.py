@@ -13,7 +13,8 @@ exited, which would spare children that ignore SIGTERM (a trap, a daemon
 started by a script); so when ``timeout`` reports the deadline (exit 124,
 or 137 after its SIGKILL) the wrapper sends SIGKILL to the whole group as
 well. Pure: text in, text out; the host needs a POSIX ``sh`` and coreutils
-``timeout`` (see docs/hosts.md).
+``timeout`` (see docs/hosts.md), and GNU ``tail`` to stop a streamed command that
+does not read its input when its client goes (see the wrapper's notes).
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ WRAPPER_MISSING = 127
 # whatever PATH holds, so the test is of what `sh` runs. The FIFO's directory is removed
 # as soon as both ends are open (opening one end waits for the other). Killed at the exit, this watcher may
 # leave its `head` or `cat` reading the channel: they end when the channel closes.
+# A command that holds its input but never reads it holds the copy back once the FIFO is
+# full, and then nothing reads the channel, so its end (behind the data) is never seen. So
+# a second watcher looks at the channel's output instead: GNU `tail -f` exits by SIGPIPE
+# (141) as soon as its output, the channel's, has no reader (sshd went with the
+# connection), and the watcher then does what the first does at the channel's end. Any
+# other end of `tail` (missing, or too old to watch its output) changes nothing. The
+# wrapper ends it at the exit with SIGTERM, which its trap passes on to `tail`, so
+# nothing holds the channel's output past the exit; once it has fired it no longer
+# traps SIGTERM, and the clean-up job it started is not its to end.
 # $4 "watch", "feed" or nothing, $5 that clean-up line. $2 is 0 for a command
 # without a deadline (`timeout` never fires then): its group is left alone after its
 # exit, as what an exec leaves running on purpose (a server it started) belongs to it.
@@ -81,6 +91,7 @@ WRAPPER_MISSING = 127
 _WRAPPER = r"""
 exec 3<&0
 watcher=
+output=
 if [ "$4" = watch ]; then
   timeout -k "$1" "$2" sh -c "$3" </dev/null 3<&- &
   group=$!
@@ -108,6 +119,14 @@ elif [ "$4" = feed ]; then
     kill -KILL "-$1" 2>/dev/null' sh "$group" "${5-}" "$fifo" \
     <&3 >"$fifo/in" 2>/dev/null &
   watcher=$!
+  sh -c 'trap "kill -KILL \$! 2>/dev/null; exit 0" TERM
+    tail -f /dev/null &
+    wait "$!"
+    if [ "$?" -ne 141 ]; then exit 0; fi
+    trap - TERM
+    if [ -n "$2" ]; then sh -c "$2" </dev/null >/dev/null & fi
+    kill -KILL "-$1"' sh "$group" "${5-}" </dev/null 2>/dev/null 3<&- &
+  output=$!
 else
   timeout -k "$1" "$2" sh -c "$3" <&3 3<&- &
   group=$!
@@ -116,6 +135,7 @@ exec 3<&-
 wait "$group" 2>/dev/null
 status=$?
 if [ -n "$watcher" ]; then kill -KILL "$watcher" 2>/dev/null; fi
+if [ -n "$output" ]; then kill -TERM "$output" 2>/dev/null; fi
 if [ "$2" != 0 ] && { [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; }; then
   kill -KILL "-$group" 2>/dev/null
 fi
@@ -149,7 +169,9 @@ def with_deadline(
     attempt, after the sandbox's lock on the host went with the connection. ``framed``
     (implies ``watch``): the command reads what the caller writes as :func:`frame` s, up to
     :data:`END_OF_INPUT`, and the channel is watched as with ``watch`` (the caller writes
-    no end of file). ``on_close`` (with ``watch``): a command line the host runs then too,
+    no end of file); the channel's output going away stops it too, as a command that does
+    not read its input holds the copy back, and the channel's end behind it is never read.
+    ``on_close`` (with ``watch``): a command line the host runs then too,
     bound by a deadline of its own, to stop what left the group (an exec's marked
     processes)."""
     mode = "feed" if framed else "watch" if watch else None

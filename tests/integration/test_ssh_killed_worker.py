@@ -219,6 +219,96 @@ async def test_an_exec_with_stdin_stops_when_its_worker_is_killed(
         await extension.teardown("killedsx01", host="host1")
 
 
+# The worker: runs an exec in SANDBOX (made by the test) on host1 whose command never reads its
+# input, says it started, then, 3 s later, writes the file the test looks for. Its input, 1 MiB
+# (more than the host's pipe and FIFO hold, less than the channel's window), is sent whole,
+# then ended or left coming; then the worker says it sent it.
+UNREAD_STDIN_EXEC_WORKER = """
+import asyncio, sys
+from pathlib import Path
+from sandboxer.config.settings import Settings
+from sandboxer.extensions.vm_packer.backend import VmPackerExtension
+
+home, started, late, fed, ended = sys.argv[1:6]
+
+async def ignore(_stream, _data):
+    pass
+
+async def stdin():
+    for _ in range(16):
+        yield b"x" * 65536
+    Path(fed).write_text("fed")
+    if ended == "no":
+        await asyncio.sleep(3600)
+
+settings = Settings(home=Path(home), nats_urls=(), nats_server=None, ack_wait=30.0)
+line = f"echo up > {started}; sleep 3; echo late >> {late}"
+asyncio.run(
+    VmPackerExtension.from_settings(settings).exec(
+        "killedux01", ["sh", "-c", line], ignore, host="host1", stdin=stdin()
+    )
+)
+"""
+
+
+def session_processes(home: Path) -> list[str]:
+    """The command lines of the live processes that a session of the sshd whose sessions'
+    ``HOME`` is ``home`` started (the fixture's SetEnv), wherever they were reparented."""
+    marker = b"HOME=" + str(home).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def fifo_dirs() -> set[Path]:
+    """The host's FIFO directories of framed commands (``mktemp -d`` holding ``in``)."""
+    return {fifo.parent for fifo in Path("/tmp").glob("tmp.*/in") if fifo.is_fifo()}
+
+
+@pytest.mark.parametrize("input_ended", [True, False], ids=["input_ended", "input_coming"])
+async def test_an_exec_that_does_not_read_its_stdin_stops_when_its_worker_is_killed(
+    ssh_hosts: SshHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, input_ended: bool
+) -> None:
+    """The host's watcher saw a killed worker only by reading the channel's input to its end,
+    and with stdin that input is the command's: the copy into the command's FIFO waited for
+    a command that never read it (more than the FIFO holds), so nothing read on, the end was
+    never seen and the exec ran on for ever. Now the channel's output going away stops it too,
+    and nothing of it is left on the host."""
+    home = tmp_path / "home"
+    extension = await vm_host(ssh_hosts, home, monkeypatch)
+    session_home = ssh_hosts.servers[0].session_home
+    await made_on_vm(extension, "killedux01")
+    started, late, fed = tmp_path / "started", tmp_path / "late", tmp_path / "fed"
+    fifos_before = fifo_dirs()
+
+    async def input_sent() -> bool:
+        if not (started.exists() and fed.exists()):
+            return False
+        await asyncio.sleep(0.5)  # sshd hands it on: the host's copy is held back by now
+        return True
+
+    ended = "yes" if input_ended else "no"
+    await kill_once_started(
+        UNREAD_STDIN_EXEC_WORKER,
+        [str(home), str(started), str(late), str(fed), ended],
+        input_sent,
+        "exec",
+    )
+    await asyncio.sleep(4.5)  # the exec would have written by now
+    assert not late.exists(), "the killed worker's exec that did not read its stdin ran on"
+    assert session_processes(session_home) == [], "the killed worker's exec left processes"
+    left = fifo_dirs() - fifos_before
+    await asyncio.sleep(1)  # another test's copy would be gone by now
+    assert not left & fifo_dirs(), "the killed worker's exec left its FIFO directory"
+    async with asyncio.timeout(20):
+        await extension.teardown("killedux01", host="host1")
+
+
 COMPOSE = """\
 services:
   web:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -245,6 +247,64 @@ def test_a_framed_line_is_stopped_with_all_it_started_when_the_channel_ends(
         assert process.wait(timeout=10) == 137
     for pid in pids.read_text().split():
         assert not _running(int(pid)), f"process {pid} outlived its channel"
+
+
+def _group_left(pgid: int) -> list[int]:
+    """The live (not zombie) processes still in process group ``pgid``."""
+    left = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
+                left.append(int(stat.parent.name))
+    return left
+
+
+def test_a_framed_line_that_does_not_read_is_stopped_when_the_channel_ends(
+    tmp_path: Path,
+) -> None:
+    """A command that never reads its input held the watcher's copy back once the FIFO was
+    full (64 KiB): nothing read the channel any more, so its end, behind the data, was never
+    seen, and a killed worker's exec ran on for ever. The channel's output going away (sshd
+    gone with the connection) now stops it too, and nothing of the wrapper is left."""
+    pids = tmp_path / "pids"
+    line = f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; sleep 61"
+    with subprocess.Popen(
+        ["sh", "-c", deadline.with_deadline(line, None, framed=True)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,  # the wrapper's own jobs stay in this group: see below
+    ) as process:
+        try:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            os.set_blocking(process.stdin.fileno(), False)
+            sent, chunk = 0, deadline.frame(b"x" * 1_000_000)
+            began = time.monotonic()
+            while sent < len(chunk):  # until the host stops taking it: the copy is held back
+                assert time.monotonic() - began < 10
+                try:
+                    sent += os.write(process.stdin.fileno(), chunk[sent:])
+                except BlockingIOError:
+                    if pids.exists() and len(pids.read_text().split()) == 2:
+                        break
+                    time.sleep(0.02)
+            time.sleep(0.3)
+            assert process.poll() is None
+            process.stdin.close()  # the channel closed: the worker was killed, sshd went
+            process.stdout.close()
+            assert process.wait(timeout=10) == 137
+        except BaseException:  # on the old code: the wrapper's jobs and the command's group
+            for pid in [process.pid, *map(int, pids.read_text().split() if pids.exists() else [])]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+            raise
+    for pid in pids.read_text().split():
+        assert not _running(int(pid)), f"process {pid} outlived its channel"
+    began = time.monotonic()
+    while left := _group_left(process.pid):  # the copy, the watchers: gone with the channel
+        assert time.monotonic() - began < 3, f"the wrapper left {left}"
+        time.sleep(0.05)
 
 
 def test_an_empty_chunk_is_no_frame() -> None:
