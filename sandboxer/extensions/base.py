@@ -62,6 +62,12 @@ class ProvisionRequest:
     """The sandbox's generation (a recreate makes the next). With ``attempt`` it orders
     provisionings: a backend that records them can refuse to unmake a later one's sandbox
     for an earlier one that was frozen meanwhile (ext.local does)."""
+    staged: frozenset[str] = frozenset()
+    """The directory inputs whose value is a copy the worker staged for this provisioning
+    alone (an unpacked upload, a tree under an input root: :mod:`sandboxer.workspaces.materialize`),
+    removed once it is over: a backend may move such a tree into place rather than copy it.
+    ext.local's cold create does; its pool claim copies, since a claim of a member found
+    dead is followed by a cold create from the same request."""
 
     @property
     def redelivered(self) -> bool:

@@ -84,7 +84,11 @@ from sandboxer.workers.scoped_teardown import remove_scoped
 from sandboxer.workers.setup_step import run_setup_commands, workspace_access_warning
 from sandboxer.workers.snapshot_job import SnapshotJob
 from sandboxer.workspaces.limits import ArchiveLimits
-from sandboxer.workspaces.materialize import DirectoryInputs, directory_input_names
+from sandboxer.workspaces.materialize import (
+    DirectoryInputs,
+    directory_input_names,
+    staged_names,
+)
 
 __all__ = ["ExtensionWorker"]
 
@@ -528,6 +532,7 @@ class ExtensionWorker:
                     project=state.actor.project if state.actor else None,
                     attempt=max(state.attempt, 1),
                     generation=state.generation,
+                    staged=staged_names(state.inputs, names),
                 )
                 if profile.setup.record_telemetry:
                     await inspect_and_record(self._store, self.extension, state.host)

@@ -7,7 +7,8 @@ under ``SANDBOXER_INPUT_ROOTS`` and copied into such a staging directory (its
 writer may change it while it is read: :mod:`sandboxer.workspaces.roots`).
 Either way the backend receives the inputs with that value replaced by a local
 directory of the worker's own, and never reads a client's path itself. The
-staging directories live until the sandbox is ready (backends read the tree while provisioning), then go.
+staging directories live until the sandbox is ready (backends read the tree while provisioning,
+or move it into place: ``ProvisionRequest.staged``), then go.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.refs import is_object_ref, parse_object_ref
 from sandboxer.workspaces.roots import check_root_tree, resolve_under_roots, stage_root_tree
 
-__all__ = ["DirectoryInputs", "directory_input_names"]
+__all__ = ["DirectoryInputs", "directory_input_names", "staged_names"]
 
 
 def directory_input_names(profile: Profile, backend_reads: Collection[str]) -> set[str]:
@@ -41,6 +42,13 @@ def directory_input_names(profile: Profile, backend_reads: Collection[str]) -> s
     """
     declared = {name for name, spec in profile.inputs.items() if spec.type == "directory"}
     return declared | set(backend_reads)
+
+
+def staged_names(inputs: Mapping[str, str], names: Collection[str]) -> frozenset[str]:
+    """The inputs :meth:`DirectoryInputs.prepared` replaces by a staged copy of the worker's
+    own (every directory input given): the backend may move those into place
+    (``ProvisionRequest.staged``)."""
+    return frozenset(names) & frozenset(inputs)
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class DirectoryInputs:
         vetted = dict(inputs)
         staged: list[Path] = []
         try:
-            for name in sorted(set(names) & set(inputs)):
+            for name in sorted(staged_names(inputs, names)):
                 value = inputs[name]
                 if is_object_ref(value):
                     staging = await asyncio.to_thread(

@@ -427,3 +427,63 @@ async def test_a_tree_swapped_about_while_it_is_copied_carries_no_file_of_the_wo
         await service.client.close()
         await service.shutdown()
         await reap_local(home)
+
+
+async def test_ext_local_moves_its_staged_copy_into_the_workspace(
+    nats_server: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tree is copied once, by descriptors, into the worker's staging, and that copy is
+    renamed into the workspace: the workspace's entries are the staged inodes, and nothing
+    of the tree stays in the staging. Before, ext.local copied the staged tree a second
+    time (other inodes). What the copy gave still holds after a move: links stay links,
+    every entry is the sandbox's user's, a set-id bit is gone, the workspace keeps the
+    mode it is made with."""
+    root, project, _outside = plant_outside(tmp_path)
+    (project / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (project / "run.sh").chmod(0o6755)
+    (project / "keylink").symlink_to("../../outside/proj/id_ed25519")
+    staged: dict[Path, int] = {}
+    stage = materialize.stage_root_tree
+
+    def stage_and_note(*args: Any, **kwargs: Any) -> None:
+        stage(*args, **kwargs)
+        destination = args[3]
+        staged.update(
+            {p.relative_to(destination): p.lstat().st_ino for p in destination.rglob("*")}
+        )
+
+    monkeypatch.setattr(materialize, "stage_root_tree", stage_and_note)
+    service = await start_service(home, nats_server.url, input_roots=(root,))
+    try:
+        ready = await service.client.create("profile.local", {"repo": str(project)})
+        plain = await service.client.create("profile.local")  # no input: nothing moved
+        workspace = service.settings.local_root / ready["sandbox_id"] / "workspace"
+        placed = {
+            p.relative_to(workspace): p.lstat().st_ino
+            for p in workspace.rglob("*")
+            if p.relative_to(workspace).parts[0] != ".sandboxer"
+        }
+        assert {Path("ok.txt"), Path("sub/note.txt"), Path("run.sh"), Path("keylink")} <= set(
+            staged
+        )
+        assert placed == staged  # the same inodes: moved, not copied again
+        assert not list(service.settings.staging_root.rglob("ok.txt"))
+        assert (workspace / "keylink").is_symlink()
+        made = (service.settings.local_root / plain["sandbox_id"] / "workspace").stat()
+        assert workspace.stat().st_mode == made.st_mode
+        owner = workspace.stat().st_uid
+        assert owner != 0
+        assert {p.lstat().st_uid for p in workspace.rglob("*")} == {owner}
+        assert (workspace / "run.sh").stat().st_mode & 0o7777 == 0o755
+        out: list[bytes] = []
+        code = await service.client.exec(
+            ready["sandbox_id"],
+            ["sh", "-c", "cat /workspace/ok.txt /workspace/sub/note.txt; id -u"],
+            lambda _s, data: out.append(data),
+        )
+        assert code == 0
+        assert b"".join(out) == f"allowed content\nnote\n{owner}\n".encode()
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        await reap_local(home)

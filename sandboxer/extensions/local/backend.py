@@ -232,7 +232,10 @@ class LocalExtension:
             state = dataclasses.replace(state, egress=network.to_dict())
             workspace.write_state(layout, state)
         if source is not None:
-            await asyncio.to_thread(workspace.copy_repo, source, layout.workspace)
+            # The worker's own staged copy, for this provisioning alone, is moved into place
+            # rather than copied a second time; a path from elsewhere is copied.
+            put = workspace.take_repo if "repo" in request.staged else workspace.copy_repo
+            await asyncio.to_thread(put, source, layout.workspace)
         owner = (uid, uid) if uid is not None else None
         if request.secrets:
             workspace.write_secrets(layout.workspace, request.secrets, owner)
