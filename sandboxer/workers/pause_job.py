@@ -8,7 +8,9 @@ expiry overtook it, or the job was redelivered after its outcome was
 recorded) does nothing: a teardown thaws whatever is frozen. A job whose
 freeze or thaw lands after the log moved on (it was held up past the ack wait
 while another worker did its work, and the next pause or resume came) undoes
-it, so the sandbox stays as its log says.
+it, so the sandbox stays as its log says. So does one that fails after the log
+moved on: a failed job leaves the sandbox as before it, which may be the
+opposite of what another attempt at the same job recorded meanwhile.
 """
 
 from __future__ import annotations
@@ -88,28 +90,31 @@ class PauseJob:
             await follow_expiry(keyed, loaded.state, self._explain)
 
     async def _undo_if_overtaken(
-        self, backend: Extension, operation: Literal["pause", "resume"], job: Job, now: SandboxState
+        self, backend: Extension, left: Literal["pause", "resume"], job: Job, now: SandboxState
     ) -> None:
-        """This job's freeze (or thaw) came after the log moved on: the job was held up past
-        the ack wait (a frozen worker), another worker paused the sandbox, and a resume came
-        since. Left alone, the sandbox would stay frozen while the log says it runs, or run
-        while the log says it is paused: undo it unless the log wants it so now."""
+        """This job left the sandbox frozen (``left``: "pause") or running after the log moved
+        on: the job was held up past the ack wait (a frozen worker) while another worker did
+        it, and the next pause or resume came since; or it failed (leaving the sandbox as
+        before it) after another attempt at it succeeded. Left alone, the sandbox would stay
+        frozen while the log says it runs, or run while the log says it is paused: undo it
+        unless the log wants it so now."""
         wanted_frozen = now.status in {"pausing", "paused"}
-        if (operation == "pause") == wanted_frozen or now.status in ENDED_OR_ENDING:
+        if (left == "pause") == wanted_frozen or now.status in ENDED_OR_ENDING:
             return  # as the log wants it, or a teardown (which thaws first) has it
         log.warning(
-            "job %s: the sandbox became %s while this %s ran; undoing it",
+            "job %s (%s): it left the sandbox %s, but the log has it %s now; undoing that",
             job.job_id,
+            job.action,
+            "frozen" if left == "pause" else "running",
             now.status,
-            operation,
         )
-        undo: Literal["pause", "resume"] = "resume" if operation == "pause" else "pause"
+        undo: Literal["pause", "resume"] = "resume" if left == "pause" else "pause"
         try:
             await _carry_out(backend, undo, job.sandbox_id, now.host)
         except Exception as exc:
             if is_unavailability(exc):
                 raise
-            log.warning("job %s: undoing the %s failed: %s", job.job_id, operation, exc)
+            log.warning("job %s: the %s that undoes it failed: %s", job.job_id, undo, exc)
             return
         if undo == "resume":
             # A provider's resume sets a timeout of its own (E2B: resume_timeout, an hour):
@@ -117,13 +122,21 @@ class PauseJob:
             await follow_expiry(backend, now, self._explain)
 
     async def give_up(self, job: Job, reason: str) -> None:
-        """Record that the pause or resume failed (the sandbox stays as it was)."""
+        """Record that the pause or resume failed (the sandbox stays as it was). Not recorded
+        when the log moved on (another attempt at this job, held up beside it, succeeded):
+        "as it was" is then the opposite of what the log says, and is undone like a late
+        success (ext.daytona's failed resume stops the sandbox again; ext.local's freeze that
+        does not settle thaws it)."""
         operation: Literal["pause", "resume"] = "pause" if job.action == "pause" else "resume"
-        loaded, _ = await apply(
+        loaded, marked = await apply(
             self._store,
             job.sandbox_id,
             MarkPauseFailed(job_id=job.job_id, operation=operation, reason=reason),
         )
+        if not marked and isinstance(self._extension, Pausable):  # not when it cannot pause
+            pausable = await backend_for(self._store, self._extension, loaded.state)
+            left: Literal["pause", "resume"] = "resume" if operation == "pause" else "pause"
+            await self._undo_if_overtaken(pausable, left, job, loaded.state)
         if isinstance(self._extension, TimeoutKeeper):  # an extension while it was pausing
             keyed = await backend_for(self._store, self._extension, loaded.state)
             await follow_expiry(keyed, loaded.state, self._explain)

@@ -6,7 +6,8 @@ test lands them, or lands them right after a chosen write, so another attempt's 
 start comes exactly between one of our looks and one of our writes. Whatever the order,
 a stopped sandbox must keep its auto-delete lifted (-1: Daytona must not delete a paused
 one) and a running one must have it (a backstop if sandboxer loses track of it); a resume
-that fails leaves the sandbox stopped, as the log keeps it ``paused``.
+that fails leaves the sandbox stopped, as the log keeps it ``paused`` (and the worker starts
+it again when another attempt at the same resume recorded ``resumed`` meanwhile).
 """
 
 from __future__ import annotations
@@ -17,14 +18,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.config.catalog import Catalog
+from sandboxer.config.settings import Settings
 from sandboxer.errors import CommandFailed, ProviderError, ProviderUnavailable
+from sandboxer.extensions.daytona.backend import DaytonaExtension
+from sandboxer.workers.jobs import Job
+from sandboxer.workers.pause_job import PauseJob
 from tests.doubles.daytona_double import DaytonaDouble, DaytonaServed, Record
 from tests.doubles.spec_double import Answer, Call, Served
 from tests.integration.conftest import start_service
-from tests.integration.test_ext_daytona import build, up
+from tests.integration.test_ext_daytona import FAST, build, up
 from tests.integration.test_hosted_service import daytona
 
 pytestmark = pytest.mark.integration
@@ -262,5 +269,80 @@ async def test_through_the_bus_a_resume_whose_auto_delete_fails_leaves_it_paused
         assert (record.state, record.auto_delete) == ("started", GRACE)
         await client.destroy(sandbox_id)
     finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+class HeldUpResume(DaytonaExtension):
+    """A worker frozen past the ack wait between its resume's failure and the stop that
+    puts the sandbox back (:meth:`DaytonaExtension._paused_again`), until the test lets it go."""
+
+    held_up: asyncio.Event
+    go: asyncio.Event
+
+    async def _paused_again(self, sandbox_id: str, failed: Exception) -> ProviderError:
+        self.held_up.set()
+        await self.go.wait()
+        return await super()._paused_again(sandbox_id, failed)
+
+
+def held_up_resume(served: DaytonaServed, settings: Settings) -> HeldUpResume:
+    decl = Catalog.load().extensions_enabled()["ext.daytona"]
+    given = {"api_url": served.api_url, "api_key": served.key, **FAST, "ready_timeout": 1}
+    extension = HeldUpResume.from_declaration(decl.model_copy(update={"settings": given}), settings)
+    assert isinstance(extension, HeldUpResume)
+    extension.held_up, extension.go = asyncio.Event(), asyncio.Event()
+    return extension
+
+
+async def test_an_earlier_resume_failing_after_a_later_one_succeeded_leaves_it_started(
+    nats_server: Any,
+    home: Path,
+    late: tuple[LateDouble, DaytonaServed],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two attempts at one resume job (the job redelivered past the ack wait): the earlier
+    one's start is taken but not carried out in time, so it fails, and is held up before it
+    stops the sandbox again; the start lands, the later attempt (the service's worker)
+    records ``resumed``. Then the earlier one stops it: its ``pause_failed`` is not recorded
+    (the log moved on), and on the old code Daytona kept it stopped while the log said
+    ``ready``. The worker now starts it again, with its auto-delete."""
+    double, served = late
+    provider = daytona(served)
+    for name, value in provider.env.items():
+        monkeypatch.setenv(name, value)
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", provider.extension]
+    )
+    earlier = held_up_resume(served, service.settings)
+    try:
+        await service.fund()
+        client = service.client
+        sandbox_id = (await client.create(provider.profile, ttl="10m"))["sandbox_id"]
+        await client.pause(sandbox_id)
+        [record] = double.live()
+        store = JetStreamEventStore(client.nc, client.js)
+        as_held = (await store.load(sandbox_id)).state  # paused; the job sees it resuming
+        job = Job(job_id="held-resume", sandbox_id=sandbox_id, action="resume", version=1)
+        double.hold = True  # the earlier attempt's start is taken, not carried out
+        attempt = asyncio.create_task(
+            PauseJob(store, earlier, explain=str).run(
+                job, msgspec.structs.replace(as_held, status="resuming")
+            )
+        )
+        await until(earlier.held_up.is_set)  # it gave up waiting for its start
+        double.hold = False
+        double.land()  # Daytona carries that start out after all
+        await client.resume(sandbox_id, timeout=60)  # the later attempt
+        assert (record.state, record.auto_delete) == ("started", GRACE)
+        stops = double.app.calls.count(("POST", STOP_PATH))
+        earlier.go.set()  # the earlier attempt stops it again and gives up
+        await attempt
+        assert double.app.calls.count(("POST", STOP_PATH)) > stops  # it did stop it
+        assert (await store.load(sandbox_id)).state.status in {"ready", "active"}
+        assert (record.state, record.auto_delete) == ("started", GRACE)
+        await client.destroy(sandbox_id)
+    finally:
+        await earlier.aclose()
         await service.client.close()
         await service.shutdown()

@@ -23,7 +23,7 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.config.settings import Settings
 from sandboxer.domain.timestamps import seconds_between
-from sandboxer.errors import CommandFailed
+from sandboxer.errors import CommandFailed, ExtensionError
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
@@ -132,6 +132,53 @@ async def test_a_pause_job_held_up_past_a_resume_undoes_its_freeze(service: Serv
         while count(service, sandbox_id) <= before:
             await asyncio.sleep(0.05)
     assert await client.exec(sandbox_id, ["true"], lambda _s, _d: None) == 0
+    await client.destroy(sandbox_id, timeout=30)
+
+
+class FreezeThatDoesNotSettle(LocalExtension):
+    """ext.local whose first freeze does not settle (a task in uninterruptible sleep): as
+    ``freezer.freeze`` does then, it thaws the group and raises, the sandbox left running."""
+
+    failures = 1
+
+    async def pause(self, sandbox_id: str, *, host: str | None = None) -> None:
+        await super().pause(sandbox_id, host=host)
+        if self.failures == 0:
+            return
+        self.failures -= 1
+        await super().resume(sandbox_id, host=host)
+        raise ExtensionError(
+            f"local sandbox {sandbox_id}: its processes did not all stop within 0s; "
+            "it was left running. Try the pause again",
+            sandbox_id=sandbox_id,
+            extension="ext.local",
+        )
+
+
+async def test_a_pause_job_failing_after_another_attempt_paused_it_freezes_it_again(
+    service: Service,
+) -> None:
+    """Two attempts at one pause job (one held up past the ack wait): the other froze the
+    sandbox and recorded ``paused``; then this one's freeze did not settle and was undone,
+    thawing it. Its ``pause_failed`` is not recorded (the log moved on), and on the old code
+    the sandbox ran on while its log said ``paused``: the worker now freezes it again."""
+    client = service.client
+    sandbox_id = (await client.create())["sandbox_id"]
+    await start_counter(service, sandbox_id)
+    store = JetStreamEventStore(client.nc, client.js)
+    as_held = (await store.load(sandbox_id)).state  # ready; the held job saw it pausing
+    await client.pause(sandbox_id)  # the other attempt
+    held = Job(job_id="held-pause", sandbox_id=sandbox_id, action="pause", version=1)
+    failing = PauseJob(store, FreezeThatDoesNotSettle(service.settings.local_root), explain=str)
+    await failing.run(held, msgspec.structs.replace(as_held, status="pausing"))
+    assert (await client.get(sandbox_id) or {})["status"] == "paused"
+    frozen_at = count(service, sandbox_id)
+    await asyncio.sleep(0.5)
+    assert count(service, sandbox_id) == frozen_at  # frozen, as its log says
+    await client.resume(sandbox_id)
+    async with asyncio.timeout(5):  # and it carries on once resumed
+        while count(service, sandbox_id) <= frozen_at:
+            await asyncio.sleep(0.05)
     await client.destroy(sandbox_id, timeout=30)
 
 
