@@ -180,6 +180,23 @@ async def start_service(
     pytest.fail(f"the service (roles {', '.join(roles)}) stopped before it answered", pytrace=False)
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    home: Path, url: str, roles: list[str] | None = None, *, reap: bool = False, **options: Any
+) -> AsyncIterator[Service]:
+    """:func:`start_service` (``options`` are its own) for the length of an ``async with``:
+    on the way out the client closes and the roles stop, then, with ``reap``, every ext.local
+    sandbox under ``home`` is torn down (one a test restored locally, say)."""
+    service = await start_service(home, url, roles, **options)
+    try:
+        yield service
+    finally:
+        await service.client.close()
+        await service.shutdown()
+        if reap:
+            await reap_local(home)
+
+
 async def state_as_of(client: SandboxerClient, sandbox_id: str, last: str) -> Loaded:
     """The sandbox's state as of its first ``last`` event, with that event's sequence."""
     state, seq_of_last = SandboxState(sandbox_id=sandbox_id), 0

@@ -25,6 +25,10 @@ same image, driven by podman-compose.
 ``compose_engine`` is either of the two, as a :class:`ComposeEngine`:
 ``docker`` unless a test asks for both with
 ``@pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)``.
+``compose_hosts`` is two ``ssh_hosts`` (host1, host2) whose commands reach it.
+
+``write_remote_home`` gives a service home its profiles and the hosts file;
+``make_repo`` makes a project to create a sandbox from.
 
 Recipes and timings: /work/shared/TESTBEDS.md. A missing tool fails the test
 with the apt command to install it.
@@ -42,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -64,10 +68,13 @@ __all__ = [
     "SshHosts",
     "SshServer",
     "compose_engine_fixture",
+    "compose_hosts_fixture",
     "docker_engine_fixture",
+    "make_repo",
     "podman_engine_fixture",
     "ssh_hosts_fixture",
     "write_hosts_file",
+    "write_remote_home",
 ]
 
 MINI_IMAGE = "localhost/mini:latest"
@@ -326,6 +333,15 @@ services:
 """A compose file of two busybox services that need no network: for every compose test."""
 
 
+def make_repo(directory: Path, compose: str = TWO_SERVICE_COMPOSE) -> Path:
+    """A project to create a sandbox from: ``compose`` as its docker-compose.yml, and a README
+    that reads "the repo"."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "docker-compose.yml").write_text(compose)
+    (directory / "README").write_text("the repo\n")
+    return directory
+
+
 def write_hosts_file(path: Path, hosts: list[SshHostInfo], **overrides: Any) -> Path:
     """Write a hosts.yaml (the DESIGN.md format) for ``hosts``.
 
@@ -340,6 +356,17 @@ def write_hosts_file(path: Path, hosts: list[SshHostInfo], **overrides: Any) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"hosts": entries}, sort_keys=False))
     return path
+
+
+def write_remote_home(
+    home: Path, hosts: list[SshHostInfo], profiles: Mapping[str, str], **overrides: Any
+) -> None:
+    """Make ``home`` a service's over ``hosts``: each of ``profiles`` (id: YAML) in
+    ``profiles/``, and ``hosts.yaml`` (``overrides`` as in :func:`write_hosts_file`)."""
+    (home / "profiles").mkdir(exist_ok=True)
+    for name, text in profiles.items():
+        (home / "profiles" / f"{name}.yaml").write_text(text)
+    write_hosts_file(home / "hosts.yaml", hosts, **overrides)
 
 
 # --------------------------------------------------------------------------- dockerd
@@ -688,3 +715,11 @@ def compose_engine_fixture(request: pytest.FixtureRequest) -> Iterator[ComposeEn
     name = getattr(request, "param", "docker")
     with _shared_engine(name) as engine:
         yield engine
+
+
+@pytest.fixture(name="compose_hosts")
+async def compose_hosts_fixture(
+    ssh_hosts: SshHosts, compose_engine: ComposeEngine
+) -> list[SshHostInfo]:
+    """Two ``ssh_hosts`` (host1, host2) whose commands reach ``compose_engine``."""
+    return await ssh_hosts(2, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
