@@ -5,6 +5,8 @@ carries the project's named volumes, filled again before the restored stack star
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +14,15 @@ import pytest
 
 from sandboxer.client import SandboxerClient
 from sandboxer.errors import CommandFailed
-from tests.integration.conftest import Service, reap_local, start_service
+from tests.integration.conftest import Service, serving
 from tests.integration.remote_fixtures import (
     ENGINES,
     TWO_SERVICE_COMPOSE,
     ComposeEngine,
     SshHostInfo,
     SshHosts,
-    write_hosts_file,
+    make_repo,
+    write_remote_home,
 )
 from tests.integration.test_snapshots import run_in
 
@@ -54,27 +57,23 @@ inputs:
 }
 
 
-async def snapshot_service(
-    home: Path,
-    url: str,
-    hosts: list[SshHostInfo],
-    monkeypatch: pytest.MonkeyPatch,
-    *,
-    upload_max_mb: int | None = None,
-) -> Service:
-    (home / "profiles").mkdir(exist_ok=True)
-    for name, text in PROFILES.items():
-        (home / "profiles" / f"{name}.yaml").write_text(text)
-    write_hosts_file(home / "hosts.yaml", hosts)
+Serving = Callable[..., contextlib.AbstractAsyncContextManager[Service]]
+
+
+@pytest.fixture
+def snapshot_service(nats_server: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> Serving:
+    """``async with snapshot_service(hosts) as service``: every role over ``hosts`` with this
+    module's profiles and secret (``options`` as for start_service); on the way out the
+    service stops and the ext.local sandboxes it restored are torn down."""
     monkeypatch.setenv("SANDBOXER_TEST_SECRET", SECRET)
-    return await start_service(home, url, upload_max_mb=upload_max_mb)
 
+    def serve(
+        hosts: list[SshHostInfo], **options: Any
+    ) -> contextlib.AbstractAsyncContextManager[Service]:
+        write_remote_home(home, hosts, PROFILES)
+        return serving(home, nats_server.url, reap=True, **options)
 
-def make_repo(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "docker-compose.yml").write_text(TWO_SERVICE_COMPOSE)
-    (directory / "README").write_text("the repo\n")
-    return directory
+    return serve
 
 
 async def restore_local(client: SandboxerClient, snapshot_id: str) -> str:
@@ -87,15 +86,12 @@ async def restore_local(client: SandboxerClient, snapshot_id: str) -> str:
 
 
 async def test_vm_workspace_restores_locally_and_back(
-    nats_server: Any,
-    home: Path,
     tmp_path: Path,
     ssh_hosts: SshHosts,
-    monkeypatch: pytest.MonkeyPatch,
+    snapshot_service: Serving,
 ) -> None:
     hosts = await ssh_hosts(2)
-    service = await snapshot_service(home, nats_server.url, hosts, monkeypatch)
-    try:
+    async with snapshot_service(hosts) as service:
         client = service.client
         repo = make_repo(tmp_path / "repo")
         vm = await client.create("profile.snap-vm", {"vm": "host1", "repo": str(repo)})
@@ -133,23 +129,14 @@ async def test_vm_workspace_restores_locally_and_back(
         assert (workspace / ".sandboxer.env").stat().st_mode & 0o777 == 0o600
         await client.destroy(back["sandbox_id"])
         await client.destroy(vm["sandbox_id"])
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 async def test_compose_workspace_restores_locally_and_back(
-    nats_server: Any,
-    home: Path,
     tmp_path: Path,
-    ssh_hosts: SshHosts,
-    compose_engine: ComposeEngine,
-    monkeypatch: pytest.MonkeyPatch,
+    compose_hosts: list[SshHostInfo],
+    snapshot_service: Serving,
 ) -> None:
-    hosts = await ssh_hosts(2, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
-    service = await snapshot_service(home, nats_server.url, hosts, monkeypatch)
-    try:
+    async with snapshot_service(compose_hosts) as service:
         client = service.client
         stack = await client.create(
             "profile.snap-compose", {"repo": str(make_repo(tmp_path / "r"))}
@@ -180,10 +167,6 @@ async def test_compose_workspace_restores_locally_and_back(
         assert sorted(back["reachability"]["services"]) == ["web", "worker"]
         await client.destroy(back["sandbox_id"])
         await client.destroy(stack["sandbox_id"])
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 VOLUME_COMPOSE = """\
@@ -224,16 +207,12 @@ async def output_of(
 
 @pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
 async def test_compose_named_volumes_travel_with_the_snapshot(
-    nats_server: Any,
-    home: Path,
     tmp_path: Path,
-    ssh_hosts: SshHosts,
+    compose_hosts: list[SshHostInfo],
     compose_engine: ComposeEngine,
-    monkeypatch: pytest.MonkeyPatch,
+    snapshot_service: Serving,
 ) -> None:
-    hosts = await ssh_hosts(2, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
-    service = await snapshot_service(home, nats_server.url, hosts, monkeypatch)
-    try:
+    async with snapshot_service(compose_hosts) as service:
         client = service.client
         repo = tmp_path / "r"
         repo.mkdir()
@@ -290,23 +269,16 @@ async def test_compose_named_volumes_travel_with_the_snapshot(
             == "cached\n"
         )
         await client.destroy(new_id)
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 async def test_compose_volume_names_from_the_tree_are_checked(
-    nats_server: Any,
-    home: Path,
     tmp_path: Path,
     ssh_hosts: SshHosts,
     compose_engine: ComposeEngine,
-    monkeypatch: pytest.MonkeyPatch,
+    snapshot_service: Serving,
 ) -> None:
     hosts = await ssh_hosts(1, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
-    service = await snapshot_service(home, nats_server.url, hosts, monkeypatch)
-    try:
+    async with snapshot_service(hosts) as service:
         client = service.client
         # A name that could pass for an option: refused before anything reaches the host.
         hostile = tmp_path / "hostile"
@@ -328,10 +300,6 @@ async def test_compose_volume_names_from_the_tree_are_checked(
         project = f"sbx-{caught.value.event['sandbox_id']}"
         assert project not in compose_engine.cli("ps", "-a", "--format", "{{.Names}}").stdout
         assert project not in compose_engine.cli("volume", "ls", "-q").stdout
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 SPECIAL_COMPOSE = """\
@@ -358,16 +326,13 @@ MAKE_SPECIAL_FILES = (
 
 @pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
 async def test_hard_links_fifos_and_devices_do_not_fail_a_compose_snapshot(
-    nats_server: Any,
-    home: Path,
     tmp_path: Path,
     ssh_hosts: SshHosts,
     compose_engine: ComposeEngine,
-    monkeypatch: pytest.MonkeyPatch,
+    snapshot_service: Serving,
 ) -> None:
     hosts = await ssh_hosts(1, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
-    service = await snapshot_service(home, nats_server.url, hosts, monkeypatch)
-    try:
+    async with snapshot_service(hosts) as service:
         client = service.client
         repo = tmp_path / "r"
         repo.mkdir()
@@ -398,27 +363,20 @@ async def test_hard_links_fifos_and_devices_do_not_fail_a_compose_snapshot(
         one_each = "docker-compose.yml one two linked\nlinked\n1\n"
         assert await run_in(client, local, listing) == one_each + "one two linked\nlinked\n1\n"
         await client.destroy(stack["sandbox_id"])
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 async def test_a_compose_snapshot_s_volumes_share_one_limit_with_its_directory(
-    nats_server: Any,
-    home: Path,
     tmp_path: Path,
     ssh_hosts: SshHosts,
     compose_engine: ComposeEngine,
-    monkeypatch: pytest.MonkeyPatch,
+    snapshot_service: Serving,
 ) -> None:
     """Each volume was copied out against the whole limit by itself, so a stack of N volumes
     (sparse files: free on the host, whole in the copy) put N times the limit on the worker's
     disk before the packing refused the sum (review 2026-12-04). Now the copy of a volume
     stops at what the directory and the volumes before it left of the limit."""
     hosts = await ssh_hosts(1, env=compose_engine.env, compose_cmd=compose_engine.compose_cmd)
-    service = await snapshot_service(home, nats_server.url, hosts, monkeypatch, upload_max_mb=2)
-    try:
+    async with snapshot_service(hosts, upload_max_mb=2) as service:
         client = service.client
         repo = tmp_path / "r"
         repo.mkdir()
@@ -439,7 +397,3 @@ async def test_a_compose_snapshot_s_volumes_share_one_limit_with_its_directory(
         assert got is not None
         assert got["snapshotting"] is None
         await client.destroy(source)
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
