@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import start_service
+from tests.integration.conftest import serving
 from tests.integration.remote_fixtures import (
     TWO_SERVICE_COMPOSE,
     ComposeEngine,
-    SshHostInfo,
     SshHosts,
-    write_hosts_file,
+    write_remote_home,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -110,14 +109,6 @@ def plain_ssh(
     )
 
 
-async def start(home: Path, url: str, hosts: list[SshHostInfo], **fields: Any) -> Any:
-    (home / "profiles").mkdir(exist_ok=True)
-    for name, text in PROFILES.items():
-        (home / "profiles" / f"{name}.yaml").write_text(text)
-    write_hosts_file(home / "hosts.yaml", hosts, **fields)
-    return await start_service(home, url)
-
-
 async def test_plain_ssh_reaches_a_vm_packer_sandbox_from_the_descriptor_alone(
     nats_server: Any,
     home: Path,
@@ -130,14 +121,10 @@ async def test_plain_ssh_reaches_a_vm_packer_sandbox_from_the_descriptor_alone(
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "README").write_text("reached\n")
-    service = await start(
-        home,
-        nats_server.url,
-        [vm],
-        tunnel_ref="tunnels/host1",
-        ssh_principal="sandbox-users",
+    write_remote_home(
+        home, [vm], PROFILES, tunnel_ref="tunnels/host1", ssh_principal="sandbox-users"
     )
-    try:
+    async with serving(home, nats_server.url) as service:
         ready = await service.client.create("profile.reach-vm", {"vm": "host1", "repo": str(repo)})
         access = ready["reachability"]["access"]
         assert access["kind"] == "ssh"
@@ -163,9 +150,6 @@ async def test_plain_ssh_reaches_a_vm_packer_sandbox_from_the_descriptor_alone(
         assert got_in.returncode == 0, got_in.stderr
         assert got_in.stdout == "reached\n"
         await service.client.destroy(ready["sandbox_id"])
-    finally:
-        await service.client.close()
-        await service.shutdown()
 
 
 async def test_plain_ssh_enters_a_compose_service_with_the_descriptors_enter(
@@ -181,8 +165,8 @@ async def test_plain_ssh_enters_a_compose_service_with_the_descriptors_enter(
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "docker-compose.yml").write_text(TWO_SERVICE_COMPOSE)
-    service = await start(home, nats_server.url, [host])
-    try:
+    write_remote_home(home, [host], PROFILES)
+    async with serving(home, nats_server.url) as service:
         ready = await service.client.create("profile.reach-compose", {"repo": str(repo)})
         access = ready["reachability"]["access"]
         assert access["kind"] == "ssh"
@@ -193,6 +177,3 @@ async def test_plain_ssh_enters_a_compose_service_with_the_descriptors_enter(
         assert got_in.returncode == 0, got_in.stderr
         assert got_in.stdout.strip() == "inside-worker"
         await service.client.destroy(ready["sandbox_id"])
-    finally:
-        await service.client.close()
-        await service.shutdown()
