@@ -40,7 +40,7 @@ from tests.doubles.daytona_double import DaytonaServed
 from tests.doubles.e2b_double import ServedE2b
 from tests.doubles.modal_double import Fault as ModalFault
 from tests.doubles.modal_double import ModalDouble
-from tests.integration.conftest import Service, start_service, start_worker
+from tests.integration.conftest import Service, serving, start_service, start_worker
 from tests.integration.test_lifecycle import wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -473,6 +473,35 @@ async def test_a_hosted_snapshot_restores_on_this_machine(
         await service.shutdown()
 
 
+def declare_copy(home: Path, extension: str, copy: str) -> None:
+    """Declare ``copy`` in ``home/extensions`` as the packaged ``extension`` is, but for its id:
+    a second declaration of the same provider (the same account, when the key is the same)."""
+    declared = (Path(__file__).parents[2] / "extensions" / f"{extension}.yaml").read_text()
+    (home / "extensions").mkdir(exist_ok=True)
+    (home / "extensions" / f"{copy}.yaml").write_text(
+        declared.replace(f"id: {extension}\n", f"id: {copy}\n")
+    )
+
+
+async def each_keeps_to_its_own(
+    home: Path, url: str, provider: Provider, made: list[str], declarations: tuple[str, str]
+) -> None:
+    """Start the control, the workers of both ``declarations`` and the projector, in that order
+    (the workers' reconciles run before the projector answers, so before the checks): every
+    sandbox ``made`` is still at the provider, neither declaration's ``inspect stale`` shows an
+    orphan or a ghost, and each destroy removes its sandbox."""
+    async with serving(home, url, roles=["control", *declarations, "projector"]) as service:
+        client = service.client
+        assert sorted(provider.ours()) == sorted(made)
+        for extension in declarations:
+            [stale] = await client.inventory("stale", extension, {})
+            [drift] = stale["hosts"]
+            assert (drift["orphans"], drift["ghosts"]) == ([], []), extension
+        for sandbox_id in made:
+            await client.destroy(sandbox_id)
+        assert provider.ours() == []
+
+
 async def test_two_e2b_declarations_on_one_account_keep_to_their_own(
     nats_server: Any, home: Path, e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -480,11 +509,7 @@ async def test_two_e2b_declarations_on_one_account_keep_to_their_own(
     Its start must not remove ext.e2b's sandboxes as copies of sandboxes the log places
     elsewhere, nor its ``inspect stale`` show them: one made now (labelled with ext.e2b), and
     one made before sandboxes were labelled with their backend (the log decides)."""
-    declared = (Path(__file__).parents[2] / "extensions" / "ext.e2b.yaml").read_text()
-    (home / "extensions").mkdir(exist_ok=True)
-    (home / "extensions" / "ext.e2b-eu.yaml").write_text(
-        declared.replace("id: ext.e2b\n", "id: ext.e2b-eu\n")
-    )
+    declare_copy(home, "ext.e2b", "ext.e2b-eu")
     provider, service = await served_e2b(nats_server, home, e2b_double, monkeypatch)
     try:
         made = [(await service.client.create(provider.profile))["sandbox_id"] for _ in range(2)]
@@ -493,22 +518,7 @@ async def test_two_e2b_declarations_on_one_account_keep_to_their_own(
     finally:
         await service.client.close()
         await service.shutdown()
-    # ext.e2b-eu's reconcile runs before the projector answers, so before the checks.
-    roles = ["control", "ext.e2b-eu", "ext.e2b", "projector"]
-    service = await start_service(home, nats_server.url, roles=roles)
-    try:
-        client = service.client
-        assert sorted(provider.ours()) == sorted(made)
-        for extension in ("ext.e2b-eu", "ext.e2b"):
-            [stale] = await client.inventory("stale", extension, {})
-            [drift] = stale["hosts"]
-            assert (drift["orphans"], drift["ghosts"]) == ([], []), extension
-        for sandbox_id in made:
-            await client.destroy(sandbox_id)
-        assert provider.ours() == []
-    finally:
-        await service.client.close()
-        await service.shutdown()
+    await each_keeps_to_its_own(home, nats_server.url, provider, made, ("ext.e2b-eu", "ext.e2b"))
 
 
 async def test_two_daytona_declarations_on_one_account_keep_to_their_own(
@@ -520,13 +530,8 @@ async def test_two_daytona_declarations_on_one_account_keep_to_their_own(
     destroys its own: for each, one made now (labelled with its declaration) and one made
     before the labels named the declaration (labelled ext.daytona whichever made it: the
     log decides)."""
-    packaged = Path(__file__).parents[2]
-    declared = (packaged / "extensions" / "ext.daytona.yaml").read_text()
-    (home / "extensions").mkdir(exist_ok=True)
-    (home / "extensions" / "ext.daytona-eu.yaml").write_text(
-        declared.replace("id: ext.daytona\n", "id: ext.daytona-eu\n")
-    )
-    profile = (packaged / "profiles" / "profile.daytona.yaml").read_text()
+    declare_copy(home, "ext.daytona", "ext.daytona-eu")
+    profile = (Path(__file__).parents[2] / "profiles" / "profile.daytona.yaml").read_text()
     (home / "profiles").mkdir(exist_ok=True)
     (home / "profiles" / "profile.daytona-eu.yaml").write_text(
         profile.replace("id: profile.daytona\n", "id: profile.daytona-eu\n").replace(
@@ -550,19 +555,6 @@ async def test_two_daytona_declarations_on_one_account_keep_to_their_own(
     finally:
         await service.client.close()
         await service.shutdown()
-    # Both reconciles run before the projector answers, so before the checks.
-    roles = ["control", "ext.daytona", "ext.daytona-eu", "projector"]
-    service = await start_service(home, nats_server.url, roles=roles)
-    try:
-        client = service.client
-        assert sorted(provider.ours()) == sorted(made)
-        for extension in ("ext.daytona", "ext.daytona-eu"):
-            [stale] = await client.inventory("stale", extension, {})
-            [drift] = stale["hosts"]
-            assert (drift["orphans"], drift["ghosts"]) == ([], []), extension
-        for sandbox_id in made:
-            await client.destroy(sandbox_id)
-        assert provider.ours() == []
-    finally:
-        await service.client.close()
-        await service.shutdown()
+    await each_keeps_to_its_own(
+        home, nats_server.url, provider, made, ("ext.daytona", "ext.daytona-eu")
+    )
