@@ -8,10 +8,9 @@ pause's length (recorded in the event) and counts as activity.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
+from sandboxer.domain.sandbox_record import SandboxState
 from sandboxer.events.types import (
     SandboxPaused,
     SandboxPauseFailed,
@@ -20,9 +19,6 @@ from sandboxer.events.types import (
     SandboxResumed,
     SandboxResuming,
 )
-
-if TYPE_CHECKING:  # the state imports this module to fold with it
-    from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = ["PAUSE_EVENTS", "PauseEvent", "evolve_pause"]
 

@@ -15,12 +15,9 @@ The meter bills whole seconds, rounded up (:func:`billed_seconds`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
+from sandboxer.domain.sandbox_record import SandboxState
 from sandboxer.domain.timestamps import seconds_between
-
-if TYPE_CHECKING:
-    from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = ["BILLING_STARTS", "BILLING_STOPS", "billable_seconds", "billed_seconds", "billing_step"]
 
