@@ -24,7 +24,7 @@ one longer than the sandbox's idle limit does not have it reaped under it.
 A copy is staged on the worker under ``staging/files/<nuid>-<pid>``; each step
 removes what the next no longer needs (an upload and its tree together can be
 twice ``SANDBOXER_UPLOAD_MAX_MB``), and a starting service removes what
-workers no longer running left there (:mod:`sandboxer.workers.scratch`).
+workers no longer running left there (:mod:`sandboxer.scratch`).
 
 While a copy runs, the worker sends ``alive`` checks to the reply inbox, as exec does:
 its heartbeat (:mod:`sandboxer.exec_protocol.heartbeat`), so a client learns within seconds
@@ -94,13 +94,13 @@ from sandboxer.exec_protocol.wire import (
     files_subject,
 )
 from sandboxer.extensions.base import Extension
+from sandboxer.scratch import pid_scratch, sweep_dead
 from sandboxer.workers.activity import Activity
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.in_flight import STOP_GRACE, InFlight
 from sandboxer.workers.inline_files import receive_inline, send_inline
 from sandboxer.workers.key_reach import KeyReach, subscriptions
 from sandboxer.workers.sandbox_reach import FROZEN, frozen_reason, reachable, takes_stdin
-from sandboxer.workers.scratch import pid_scratch, sweep_dead
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive

@@ -62,7 +62,7 @@ from sandboxer.events.pool_events import POOL_EVENTS
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.capabilities import Pooling
 from sandboxer.ids import new_command_id
-from sandboxer.workers.incarnation import incarnation
+from sandboxer.incarnation import incarnation
 
 __all__ = ["PoolKeeper", "digest_of", "pool_keeper_for"]
 

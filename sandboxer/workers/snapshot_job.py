@@ -29,13 +29,13 @@ from sandboxer.errors import BusError
 from sandboxer.events.types import SYSTEM_ACTOR
 from sandboxer.extensions.base import Extension
 from sandboxer.extensions.capabilities import Snapshotter, TimeoutKeeper
+from sandboxer.scratch import pid_scratch, sweep_dead
 from sandboxer.workers import deciding
 from sandboxer.workers.backend_for import backend_for
 from sandboxer.workers.deciding import apply_snapshot
 from sandboxer.workers.job_dispatch import dispatch_job
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.provider_expiry import follow_expiry
-from sandboxer.workers.scratch import pid_scratch, sweep_dead
 from sandboxer.workers.snapshot_objects import collect_orphaned_objects
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.refs import object_name

@@ -23,8 +23,8 @@ from pathlib import Path
 from nats.js import JetStreamContext
 
 from sandboxer.config.profile import Profile
+from sandboxer.scratch import pid_scratch, sweep_dead
 from sandboxer.tree_removal import remove_tree
-from sandboxer.workers.scratch import pid_scratch, sweep_dead
 from sandboxer.workspaces.extract import extract_archive
 from sandboxer.workspaces.fetch import fetch_archive
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -114,11 +114,11 @@ class DirectoryInputs:
 
 def _fresh_staging(root: Path, stem: str) -> Path:
     """An empty staging directory ``<stem>-<random>-<pid>-<incarnation>`` of this attempt's
-    own, private to the worker (:func:`~sandboxer.workers.scratch.pid_scratch`). Another
+    own, private to the worker (:func:`~sandboxer.scratch.pid_scratch`). Another
     attempt at the same sandbox on this machine (its job redelivered while this worker was
     frozen) stages beside it: under one name, the earlier attempt's start emptied the later
     one's tree and its end removed it while the later one copied it into the sandbox. What
-    killed workers left goes now, for any sandbox (:func:`~sandboxer.workers.scratch.sweep_dead`:
+    killed workers left goes now, for any sandbox (:func:`~sandboxer.scratch.sweep_dead`:
     swept for this input alone, a create given up or retried on another machine left its
     copy, up to the upload limit, for good), and so does a leftover under the bare name
     earlier versions used. An archive's tree is as deep as its names: removed at any depth."""

@@ -11,7 +11,7 @@ reads it: an accepted tree is held to the limits of an upload (:func:`check_root
 then copied once into a staging directory of the worker's own (:func:`stage_root_tree`),
 and every backend copies that copy. Both open the tree from the root's descriptor, one
 name at a time with ``O_NOFOLLOW``, and every entry below by its directory's descriptor
-(:func:`~sandboxer.extensions.local.tree_copy.copy_tree`), links copied as links; the copy
+(:func:`~sandboxer.workspaces.tree_copy.copy_tree`), links copied as links; the copy
 is bounded by the limits as it runs. Backends read by path (tar, ``rsync``, the SFTP walk,
 ext.local's top directory): given the root's own tree, a directory of it or above the
 input swapped for a link to ``/`` after the check took them into the worker's files.
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from sandboxer.errors import InputOutsideRoots, SettingError, WorkspaceRefused
 from sandboxer.workspaces.limits import ArchiveLimits, shape_refusal
+from sandboxer.workspaces.tree_copy import Wording, copy_tree
 
 __all__ = [
     "INPUT_ROOTS_VARIABLE",
@@ -242,13 +243,9 @@ def stage_root_tree(
     link after that: here it is opened again from its root's descriptor, one name at a
     time, never following a link (a swapped one refuses the input with the reason
     :func:`resolve_under_roots` gives), and copied by descriptors below, links as links
-    (:func:`~sandboxer.extensions.local.tree_copy.copy_tree`), stopping at ``limits``
+    (:func:`~sandboxer.workspaces.tree_copy.copy_tree`), stopping at ``limits``
     however the tree grew since :func:`check_root_tree`. A tree holding ``staging_root``
     (the worker's home under a root) is refused: it would be copied into itself."""
-    # Here, not at the top: settings parse the roots, and the CLI's start-up reads settings
-    # without loading any backend (tests/unit/test_cli_imports.py).
-    from sandboxer.extensions.local.tree_copy import Wording, copy_tree
-
     if Path(os.path.realpath(staging_root)).is_relative_to(real):
         raise _refused(name, str(real), roots, "it is not a directory inside an allowed root")
     try:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sandboxer.client import CommandFailed
-from sandboxer.extensions.local import LocalExtension, tree_copy
+from sandboxer.extensions.local import LocalExtension
+from sandboxer.workspaces import tree_copy
 from tests.integration.conftest import Service
 from tests.integration.test_snapshots import run_in
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from sandboxer.config.settings import Settings
+from sandboxer.scratch import pid_scratch
 from sandboxer.workers import file_service
 from sandboxer.workers.file_service import FileRequest, FileService
-from sandboxer.workers.scratch import pid_scratch
 
 
 class FakeNats:

@@ -187,7 +187,7 @@ def test_a_keeper_whose_pid_another_process_took_is_not_alive() -> None:
     import os
     import socket
 
-    from sandboxer.workers.incarnation import incarnation
+    from sandboxer.incarnation import incarnation
     from sandboxer.workers.pool_keeper import _process_alive
 
     host, pid = socket.gethostname(), os.getpid()

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from sandboxer.extensions.base import FoundSandbox
+from sandboxer.incarnation import incarnation
 from sandboxer.workers.extension_worker import ExtensionWorker
-from sandboxer.workers.incarnation import incarnation
 from sandboxer.workers.snapshot_job import scratch_for
 from sandboxer.workspaces.limits import ArchiveLimits
 from sandboxer.workspaces.materialize import DirectoryInputs

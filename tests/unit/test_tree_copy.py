@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from sandboxer.errors import WorkspaceRefused
-from sandboxer.extensions.local.tree_copy import copy_tree
 from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.tree_copy import copy_tree
 
 SECRET = b"host-secret-bytes-9f2c"
 

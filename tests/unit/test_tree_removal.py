@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from sandboxer.incarnation import incarnation
+from sandboxer.scratch import sweep_dead
 from sandboxer.tree_removal import remove_tree
-from sandboxer.workers.incarnation import incarnation
-from sandboxer.workers.scratch import sweep_dead
 
 
 def nest(top: Path, depth: int, *, link_to: Path | None = None) -> None:

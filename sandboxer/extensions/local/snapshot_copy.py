@@ -14,9 +14,9 @@ from pathlib import Path
 
 from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import ExtensionError, SandboxNotFound
-from sandboxer.extensions.local.tree_copy import copy_tree
 from sandboxer.extensions.local.workspace import SECRETS_FILE
 from sandboxer.workspaces.limits import ArchiveLimits
+from sandboxer.workspaces.tree_copy import copy_tree
 
 __all__ = ["copy_workspace_out"]
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from sandboxer.errors import ExtensionError, InvalidInput
 from sandboxer.extensions.local.procs import ProcessRef
-from sandboxer.extensions.local.tree_copy import copy_tree
 from sandboxer.tree_removal import remove_tree
+from sandboxer.workspaces.tree_copy import copy_tree
 
 __all__ = [
     "POOL_DIR",

@@ -7,7 +7,7 @@ and remove them (a frozen process's are kept: it may wake up and finish). The
 pid alone is not enough: after a restart (a container's worker, a reboot) the
 dead worker's pid is often the new worker's own, or another live process's, and
 what it left was kept for good; the pid's start time and the boot
-(:mod:`.incarnation`) say which process it was. The snapshot job's scratch and
+(:mod:`sandboxer.incarnation`) say which process it was. The snapshot job's scratch and
 the files service's staging both use this, and both workers sweep at start. What
 is swept was shaped by a sandbox or a client (a tar of a directory nested two
 thousand deep): it is removed at any depth (:mod:`sandboxer.tree_removal`), where
@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sandboxer.incarnation import incarnation
 from sandboxer.tree_removal import remove_tree
-from sandboxer.workers.incarnation import incarnation
 
 __all__ = ["pid_scratch", "sweep_dead"]
 
