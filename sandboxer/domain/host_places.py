@@ -5,7 +5,9 @@ routes it made itself, so two control workers placing at once both saw a
 host's last place free and both took it. A host with ``max_sandboxes`` is
 therefore its own aggregate (:mod:`sandboxer.events.place_events`): a create
 takes a place there (:class:`TakePlace`) before its sandbox is appended, under
-the host's expected sequence, and a full host refuses it (``host_full``).
+the host's expected sequence, and a full host refuses it (``host_full``). A
+recreate of a failed sandbox, which brings it back on its host, takes one the
+same way before its ``recreating`` (``renew``).
 
 A place is given back (:class:`FreePlace`) when a create finds the host full
 and its holder's sandbox no longer holds it (:func:`place_given_up`):
@@ -37,6 +39,7 @@ __all__ = [
     "TakePlace",
     "decide_places",
     "evolve_places",
+    "may_hold_places",
     "place_given_up",
     "place_stranded",
 ]
@@ -77,6 +80,11 @@ class TakePlace:
     sandbox_id: str
     extension: str
     limit: int
+    renew: bool = False
+    """A recreate's: the place its sandbox holds already is taken again under this command.
+    A look that judged the failed sandbox before the recreate's append then frees nothing
+    (its :class:`FreePlace` names the old taker), and :func:`place_given_up` holds a failed
+    sandbox's place while its taker is not yet in the sandbox's history."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +123,8 @@ def decide_places(state: HostPlaces, command: PlaceCommand, now: str) -> list[Pl
             return []  # freed already, or taken again since: once
         return [PlaceFreed(**head, reason=command.reason)]
     if held is not None and held.extension == command.extension:
+        if command.renew and held.taken_by != command.command_id:
+            return [PlaceTaken(**head, extension=command.extension, limit=command.limit)]
         return []  # its create sent again, or rerouted to the same host and backend
     others = len(state.holders(command.extension)) - (held is not None)
     if others >= command.limit:
@@ -127,24 +137,49 @@ def decide_places(state: HostPlaces, command: PlaceCommand, now: str) -> list[Pl
     return [PlaceTaken(**head, extension=command.extension, limit=command.limit)]
 
 
-def place_given_up(host: str, place: Place, sandbox: SandboxState) -> str | None:
+def place_given_up(host: str, place: Place, sandbox: SandboxState, now: str) -> str | None:
     """Why ``sandbox`` holds its ``place`` on ``host`` no longer (None: it still does).
 
     A sandbox with no events is a create between its place and its append (or cut off
     there, and sent again until it is appended or refused): it holds the place until a
     refusal gives its id up. One ``requested`` has its ``routed`` appended next; one
     ``rerouting`` may have just taken this place for its next route (or holds its old
-    one until it is routed elsewhere): either way it is on its way, and holds it."""
+    one until it is routed elsewhere): either way it is on its way, and holds it. A failed
+    one whose place a command not in its history took is a recreate between its place
+    and its ``recreating`` (:class:`TakePlace` ``renew``): it holds it for
+    :data:`STRANDED_SECONDS`, after which a recreate refused after its place (rare: its
+    sandbox changed in between) gives it back."""
     status = sandbox.status
     if status == "new":
         return None if sandbox.abandoned_by is None else "its create was given up"
     if status in ("requested", "rerouting"):
+        return None
+    if status == "failed" and _recreate_on_its_way(place, sandbox, now):
         return None
     if status not in CAPACITY_STATUSES:
         return f"the sandbox is {status}"
     if sandbox.host != host or sandbox.extension != place.extension:
         return f"the sandbox is on {sandbox.host or 'no host'} of {sandbox.extension} now"
     return None
+
+
+def _recreate_on_its_way(place: Place, sandbox: SandboxState, now: str) -> bool:
+    return (
+        place.taken_by not in sandbox.handled
+        and bool(place.at)
+        and seconds_between(place.at, now) <= STRANDED_SECONDS
+    )
+
+
+def may_hold_places(sandbox: SandboxState) -> bool:
+    """Whether a refused create of ``sandbox``'s id may hold a place it must give back.
+
+    A create takes its place before its sandbox's ``requested``: an id with events (other
+    than its own ``create_abandoned``, which a worker killed before the place was freed
+    leaves) was appended, and its places are its sandbox's, held or given up by
+    :func:`place_given_up` as any other, and freed by the next create that finds the host
+    full. So the hosts file and the hosts' places are read only for a ``new`` sandbox."""
+    return sandbox.status == "new"
 
 
 def place_stranded(place: Place, sandbox: SandboxState, now: str) -> bool:

@@ -23,13 +23,16 @@ import yaml
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
+from sandboxer.bus.event_store import LoadedPlaces
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.client import SandboxerClient
+from sandboxer.commands.types import CreateSandbox, RestoreSnapshot
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.host_places import Place
-from sandboxer.domain.sandbox_decide import AdmittedCreate
+from sandboxer.domain.sandbox_decide import AdmittedCreate, MarkFailed
 from sandboxer.errors import CommandFailed
 from sandboxer.workers.control import ControlWorker, DomainCommand
+from sandboxer.workers.deciding import apply
 from tests.integration.conftest import start_service
 from tests.integration.remote_fixtures import SshHosts, write_hosts_file
 from tests.integration.test_pause import events_of
@@ -247,3 +250,117 @@ async def test_a_create_refused_after_its_place_gives_its_id_up_and_the_place_ba
     again = await client.create("profile.vm-spill")
     assert (await routed_of(client, again["sandbox_id"]))["host"] == "host1"
     await client.destroy(again["sandbox_id"])
+
+
+async def failed_in_the_log(url: str, client: SandboxerClient, sandbox_id: str) -> None:
+    """Failed as a job's failure fails it, and shown so by the view (where it counts no more)."""
+    nc = await nats.connect(url)
+    try:
+        store = JetStreamEventStore(nc, nc.jetstream())
+        await apply(store, sandbox_id, MarkFailed(job_id="test", stage="job", reason="(test)"))
+    finally:
+        await nc.close()
+    async with asyncio.timeout(10):
+        while (await client.get(sandbox_id) or {}).get("status") != "failed":
+            await asyncio.sleep(0.05)
+
+
+async def test_a_recreate_of_a_failed_sandbox_takes_a_place_on_its_host(
+    nats_server: Any, home: Path, ssh_hosts: SshHosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed sandbox holds its place no longer: the next create that found host1 full
+    took it. Its recreate, which keeps the host, took none, and host1 held two sandboxes
+    for its max_sandboxes 1. It is refused now while host1 is full, and once there is room
+    it takes the place, so the next create goes to host2."""
+    monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
+    await capped_hosts(home, ssh_hosts)
+    service = await start_service(home, nats_server.url, ROLES)
+    try:
+        client = service.client
+        first = await client.create("profile.vm-spill")
+        failed_id = first["sandbox_id"]
+        assert (await routed_of(client, failed_id))["host"] == "host1"
+        await failed_in_the_log(nats_server.url, client, failed_id)
+        second = await client.create("profile.vm-spill")
+        assert (await routed_of(client, second["sandbox_id"]))["host"] == "host1"
+        with pytest.raises(CommandFailed) as refused:
+            await client.recreate(failed_id)
+        assert refused.value.event["code"] == "no_host", refused.value.event
+        assert "1 of its max_sandboxes 1" in refused.value.event["reason"]
+        assert list(await places_on(nats_server.url, "host1")) == [second["sandbox_id"]]
+        await client.destroy(second["sandbox_id"])
+        await client.recreate(failed_id, command_id="recreatefailed1")
+        places = await places_on(nats_server.url, "host1")
+        assert list(places) == [failed_id]
+        assert places[failed_id].taken_by == "recreatefailed1"
+        third = await client.create("profile.vm-spill")
+        routed = await routed_of(client, third["sandbox_id"])
+        assert routed["host"] == "host2", routed["reason"]
+        for sandbox_id in (failed_id, third["sandbox_id"]):
+            await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
+
+
+class CountingStore(JetStreamEventStore):
+    places_loaded = 0
+
+    async def load_places(self, host: str) -> LoadedPlaces:
+        self.places_loaded += 1
+        return await super().load_places(host)
+
+
+class PlacesReadOnRefusal(ControlWorker):
+    """Records how many hosts' places each refused create's give-up read."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: dict[str, int] = {}
+
+    async def _give_up_places(
+        self, sandbox_id: str, create: CreateSandbox | RestoreSnapshot, code: str, reason: str
+    ) -> None:
+        store = self._store
+        assert isinstance(store, CountingStore)
+        before = store.places_loaded
+        await super()._give_up_places(sandbox_id, create, code, reason)
+        self.read[sandbox_id] = store.places_loaded - before
+
+
+async def test_a_refused_create_of_an_id_with_events_reads_no_places(
+    nats_server: Any, home: Path, ssh_hosts: SshHosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create takes its place before its sandbox's requested, so one refused on an id with
+    events has none to give back (its sandbox's are that sandbox's): the hosts file and each
+    capped host's places were read for every refused create all the same. One refused on
+    an id with no events still reads them."""
+    monkeypatch.delenv("SANDBOXER_HOSTS", raising=False)
+    await capped_hosts(home, ssh_hosts)
+    service = await start_service(home, nats_server.url, ["projector", "ext.vm-packer"])
+    nc = await connect([nats_server.url], name="test-control", long_lived=False)
+    js = nc.jetstream()
+    store = CountingStore(nc, js)
+    control = PlacesReadOnRefusal(js, store, Catalog.load(home), service.settings, nc=nc)
+    stop = asyncio.Event()
+    task = asyncio.create_task(control.run(stop))
+    try:
+        client = service.client
+        first = await client.create("profile.vm-spill")
+        taken = first["sandbox_id"]
+        with pytest.raises(CommandFailed):
+            await client.create("profile.nope", sandbox_id=taken)
+        with pytest.raises(CommandFailed):
+            await client.create("profile.nope")
+        async with asyncio.timeout(10):  # given up after the rejection is recorded
+            while len(control.read) < 2:
+                await asyncio.sleep(0.05)
+        assert control.read.pop(taken) == 0, control.read
+        assert list(control.read.values()) == [1]  # the fresh id's: host1's places
+        await client.destroy(taken)
+    finally:
+        stop.set()
+        await asyncio.wait([task], timeout=30)
+        await nc.close()
+        await service.client.close()
+        await service.shutdown()
