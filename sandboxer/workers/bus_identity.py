@@ -14,6 +14,9 @@ projects. One naming another project's sandbox is refused as any create of a tak
 (:func:`~sandboxer.domain.key_access.taken_refusal`), whatever its ``command_id``: decided
 as it came, one carrying the command id of that project's own create would be taken for it
 sent again (deciding a command once), answered with nothing, and its job sent again.
+
+What a refused create held is given back under its actor only when :func:`vouches_for` it:
+the actor is the key's own, revoked since or not (control.py, ``_give_up_create``).
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from sandboxer.domain.key_access import (
     scope_of,
     taken_refusal,
 )
+from sandboxer.events.actor import Actor
 
-__all__ = ["bus_identity_refusal"]
+__all__ = ["bus_identity_refusal", "vouches_for"]
 
 
 def _plain(value: msgspec.Struct) -> dict[str, Any]:
@@ -90,6 +94,28 @@ async def bus_identity_refusal(
     if not isinstance(sandbox_id, str):
         return None
     return owner_refusal(actor, await _owner(store, sandbox_id), "sandbox", sandbox_id)
+
+
+async def vouches_for(store: EventStore, subject: str, command: Command) -> bool:
+    """Whether ``command``'s actor is one its publisher may claim, so that what it names
+    under that actor (a hold, a host's place, a sandbox id) may be given back for it.
+
+    On the plain subjects every actor is (the trusted client and services stamp it). On a
+    key's subject only the key's own, revoked since or not: a create held credits under its
+    key's actor and was cut off before its append; its key revoked meanwhile, it is refused
+    ``key_revoked`` at every delivery, and only it can give the hold back. One claiming
+    another actor is not that actor's, whatever command id it copied: given back under the
+    claimed actor, another project's create in flight would be given up and its hold
+    released by a command that project never sent.
+    """
+    key_id = key_of(subject)
+    if key_id is None:
+        return True
+    key = (await store.load_key(key_id)).state
+    if key.key_type is None:
+        return False  # no such key: it never held anything
+    issued = Actor(type=key.key_type, id=key.key_id, project=key.project)
+    return identity_refusal(key_id, _plain(issued), _plain(command.actor)) is None
 
 
 async def _owner(store: EventStore, sandbox_id: str) -> str | None:

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -51,7 +51,7 @@ from sandboxer.commands.types import (
     target_sandbox,
 )
 from sandboxer.config.catalog import Catalog
-from sandboxer.config.hosts import hosts_path, load_hosts
+from sandboxer.config.hosts import HostConfig, hosts_path, load_hosts
 from sandboxer.config.profile import Profile
 from sandboxer.config.settings import Settings
 from sandboxer.domain.admission import admit_create, requested_host
@@ -62,7 +62,7 @@ from sandboxer.domain.sandbox_decide import AdmittedCreate, FinishTeardown, same
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import InvalidCommand, Rejected, SandboxerError, UnknownProfile
 from sandboxer.events.types import Actor, CommandRejected
-from sandboxer.workers.bus_identity import bus_identity_refusal
+from sandboxer.workers.bus_identity import bus_identity_refusal, vouches_for
 from sandboxer.workers.credit_reservation import (
     decide_account_command,
     give_up_refused_create,
@@ -74,7 +74,7 @@ from sandboxer.workers.credit_reservation import (
 from sandboxer.workers.deciding import apply, apply_key
 from sandboxer.workers.fallback_routing import next_route
 from sandboxer.workers.host_choice import choose_host
-from sandboxer.workers.host_places import give_up_places, take_place
+from sandboxer.workers.host_places import apply_recreate, give_up_places, take_place
 from sandboxer.workers.job_dispatch import dispatch_job
 from sandboxer.workers.key_limit import LiveLimit, check_live_limit, limiting_key
 from sandboxer.workers.key_rate import KeyRates
@@ -148,12 +148,14 @@ class ControlWorker:
             # decision or a look at the view: a key flooding the bus (workers/key_rate.py).
             await self._rates.hold(msg.subject, msg.metadata.num_delivered)
         except Rejected as limited:
-            if await bus_identity_refusal(self._store, msg.subject, command) is not None:
+            refused_too = await bus_identity_refusal(self._store, msg.subject, command)
+            if refused_too is not None:
                 # Asked before anything is looked up by the command's ids: one a key may not
                 # act on (another project's create sent with that project's command id, a
                 # command on its sandbox) is refused as one never handled, with no job sent
                 # again and nothing acked quietly, so the answer tells the key nothing of it.
                 await self._reject(msg, limited.code, limited.reason, command, limited.retry_after)
+                await self._give_up_create(msg, command, *refused_too)
                 await msg.ack()
                 return
             if await self._resent_handled(command):
@@ -164,13 +166,7 @@ class ControlWorker:
         refused = await bus_identity_refusal(self._store, msg.subject, command)
         if refused is not None:  # a key identity acting as another, or outside its project
             await self._reject(msg, *refused, command)
-            if refused[0] == "sandbox_exists" and isinstance(
-                command, CreateSandbox | RestoreSnapshot
-            ):
-                # The key's own create (its actor checked first), on an id another project's
-                # sandbox has: what it held for the id, cut off before its append, is given
-                # back (no delivery of it can be appended), or held for ever.
-                await release_lost_reservation(self._store, target_sandbox(command), command)
+            await self._give_up_create(msg, command, *refused)
             await msg.ack()
             return
         try:
@@ -204,12 +200,29 @@ class ControlWorker:
         else:
             code, reason = refusal.code, refusal.message
             await self._reject(msg, code, reason, command)
-        if isinstance(command, CreateSandbox | RestoreSnapshot):
-            # Before the ack: a crash in between is redelivered, refused again, and ends it.
-            sandbox_id = target_sandbox(command)
-            await give_up_refused_create(self._store, sandbox_id, command, code, reason)
-            await self._give_up_places(sandbox_id, command, code, reason)
+        # Before the ack: a crash in between is redelivered, refused again, and ends it.
+        await self._give_up_create(msg, command, code, reason)
         await msg.ack()
+
+    async def _give_up_create(self, msg: Msg, command: Command, code: str, reason: str) -> None:
+        """Give back what a refused create or restore held for its id (its credit hold, its
+        host places; workers/credit_reservation.py, workers/host_places.py), if anything.
+
+        The one rule of every refusal of one, whichever check refused it (its key's rate,
+        its key's identity, deciding, its handling failing past its deliveries): what it
+        held is given back under its actor only when its publisher may claim that actor
+        (:func:`~sandboxer.workers.bus_identity.vouches_for`). A key's own create cut off
+        after its hold and refused since (its key revoked, the id taken by another project,
+        sent again past its rate) gives it back; until 2026-12-04 the identity refusals, and
+        one past the rate, kept it for ever. One claiming another's actor gives back nothing
+        of what that actor holds."""
+        if not isinstance(command, CreateSandbox | RestoreSnapshot):
+            return
+        if not await vouches_for(self._store, msg.subject, command):
+            return
+        sandbox_id = target_sandbox(command)
+        await give_up_refused_create(self._store, sandbox_id, command, code, reason)
+        await self._give_up_places(sandbox_id, command, code, reason)
 
     async def _to_domain(
         self,
@@ -310,6 +323,11 @@ class ControlWorker:
             self._routing.hold(placed)
         return placed
 
+    def _hosts_of(self, extension: str | None) -> Mapping[str, HostConfig] | None:
+        """The hosts file's hosts for a backend that places on hosts; None for any other."""
+        decl = self._catalog.extensions_enabled().get(extension) if extension else None
+        return load_hosts(self._settings) if decl is not None and decl.uses_hosts else None
+
     async def _decide_and_append(self, command: Command, subject: str) -> Loaded | None:
         """The sandbox the command changed (None: it changed only a snapshot); ``subject``:
         the one it came on (a key identity's names the key)."""
@@ -342,16 +360,7 @@ class ControlWorker:
             domain_command = dataclasses.replace(domain_command, restored_from=restored_from)
         try:
             domain_command = await self._reserve(domain_command)
-            # A create's sandbox almost never has a history yet: decide on an empty one first
-            # and save the load. When it has one (a re-sent command), the append's expected
-            # sequence (none) conflicts, and apply reloads and decides again on the real
-            # history.
-            guess = (
-                Loaded(SandboxState(sandbox_id=domain_command.sandbox_id), 0)
-                if isinstance(domain_command, AdmittedCreate)
-                else None
-            )
-            loaded, _ = await apply(self._store, domain_command.sandbox_id, domain_command, guess)
+            loaded = await self._append(domain_command)
         except Rejected as refusal:
             await self._give_back(domain_command, refusal)
             raise
@@ -366,6 +375,23 @@ class ControlWorker:
                 self._store, loaded.state.sandbox_id, FinishTeardown(job_id="control"), loaded
             )
         return loaded
+
+    async def _append(self, command: DomainCommand) -> Loaded:
+        """Decide ``command`` on its sandbox and append what it decides."""
+        if isinstance(command, RecreateSandbox):
+            # A failed sandbox's recreate adds one to its host, as a create does: it takes a
+            # place there first when the host has max_sandboxes (workers/host_places.py).
+            return await apply_recreate(self._store, command, self._hosts_of)
+        # A create's sandbox almost never has a history yet: decide on an empty one first
+        # and save the load. When it has one (a re-sent command), the append's expected
+        # sequence (none) conflicts, and apply reloads and decides again on the real
+        # history.
+        guess = (
+            Loaded(SandboxState(sandbox_id=command.sandbox_id), 0)
+            if isinstance(command, AdmittedCreate)
+            else None
+        )
+        return (await apply(self._store, command.sandbox_id, command, guess))[0]
 
     async def _give_back(self, command: DomainCommand, refusal: Rejected) -> None:
         """Release what a refused command held that nothing will ever use: a create's hold
@@ -481,32 +507,37 @@ class ControlWorker:
         await self._store.record(rejection)
 
     async def _on_poison(self, msg: Msg, exc: BaseException) -> None:
-        """The handler kept failing: finish a decided command's work, or reject it with why."""
+        """The handler kept failing: finish a decided command's work, or reject it with why.
+
+        A key's command is asked what :meth:`handle` asks first (bus_identity.py): one its
+        key may not send is rejected for that, and nothing its actor names is acted on. Until
+        2026-12-04 a command claiming another project's actor, once it had failed here, had
+        that project's sandbox's job sent again (one decided under its command id), or its
+        create in flight given up and its hold released (one under its command id)."""
         try:
             command: InvalidCommand | Command = parse_command(msg.subject, msg.data)
         except InvalidCommand as invalid:
             command = invalid
-        if not isinstance(command, InvalidCommand):
-            loaded = await self._store.load(target_sandbox(command))
-            if _decided(command, loaded.state):
-                # Decided: its outcome belongs to the sandbox now. Re-send the job it waits for.
-                await self._dispatch(loaded, retime=isinstance(command, ExtendTtl))
-                return
-            if isinstance(command, CreateSandbox | RestoreSnapshot):
-                # When another project's sandbox has the id, no delivery of this create can
-                # ever be appended: what it held for the id is given back, or held for ever.
-                await release_lost_reservation(self._store, loaded.state.sandbox_id, command)
+        code = "internal_error"
         reason = (
             f"the control worker failed {self.spec.max_failures} times on this command ({exc}); "
             "see the service log"
         )
-        await self._reject(msg, "internal_error", reason, command)
-        if isinstance(command, CreateSandbox | RestoreSnapshot):
-            # Its own project's create, cut off after its hold: no delivery of it is appended
-            # from now on, and its hold is given back (the id is given up first).
-            sandbox_id = target_sandbox(command)
-            await give_up_refused_create(self._store, sandbox_id, command, "internal_error", reason)
-            await self._give_up_places(sandbox_id, command, "internal_error", reason)
+        if not isinstance(command, InvalidCommand):
+            refused = await bus_identity_refusal(self._store, msg.subject, command)
+            if refused is not None:
+                code, reason = refused
+            else:
+                loaded = await self._store.load(target_sandbox(command))
+                if _decided(command, loaded.state):
+                    # Decided: its outcome belongs to the sandbox now. Re-send its job.
+                    await self._dispatch(loaded, retime=isinstance(command, ExtendTtl))
+                    return
+        await self._reject(msg, code, reason, command)
+        if not isinstance(command, InvalidCommand):
+            # A create cut off after its hold: no delivery of it is appended from now on, and
+            # what it held is given back (the id given up first), by the rule of any refusal.
+            await self._give_up_create(msg, command, code, reason)
 
     async def _give_up_places(
         self, sandbox_id: str, create: CreateSandbox | RestoreSnapshot, code: str, reason: str

@@ -265,19 +265,21 @@ async def give_up_refused_create(
     back only once the sandbox is known never to be made (``credits_released``, command id
     ``release-reserve-<id>``: once). A sandbox of its project that was appended keeps its
     hold, which its metering releases; one another project made has the id for good, and
-    the hold is given back as :func:`release_lost_reservation` does. A hold another create
-    made is not this one's to give back."""
+    the project's hold of it is given back as :func:`release_lost_reservation` does (no
+    create of the project can be appended on it). Any other hold another create made is
+    not this one's to give back. ``create.actor`` is taken as it is: the caller gives back
+    only for an actor the command's publisher may claim (bus_identity.vouches_for)."""
     project = project_of(create.actor)
+    owner = (await store.load(sandbox_id)).state.actor
+    if owner is not None and project_of(owner) != project:
+        # Another project's sandbox has the id (refused sandbox_exists, or before it
+        # decided, say its hosts down): no delivery of this create can ever be appended.
+        await release_lost_reservation(store, sandbox_id, create)
+        return
     account = await store.load_account(project)
     held = account.state.reservations.get(sandbox_id)
     if held is None or held.created_by != create.command_id:
         return  # refused before its hold, given back already, or another create's hold
-    owner = (await store.load(sandbox_id)).state.actor
-    if owner is not None and project_of(owner) != project:
-        # Another project's sandbox has the id (refused before it decided, say, its hosts
-        # down): no delivery of this create can ever be appended.
-        await release_lost_reservation(store, sandbox_id, create)
-        return
     abandon = AbandonCreate(
         command_id=create.command_id, actor=create.actor, code=code, reason=reason
     )

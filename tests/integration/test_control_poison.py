@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
@@ -25,10 +26,13 @@ from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
-from sandboxer.commands.types import Command
+from sandboxer.commands.types import Command, CreateKey
 from sandboxer.config.catalog import Catalog
+from sandboxer.domain.key_state import hash_key, key_id_for, new_key
 from sandboxer.events.actor import Actor
+from sandboxer.ids import new_command_id
 from sandboxer.workers.control import ControlWorker
+from sandboxer.workers.deciding import apply_key
 from tests.integration.conftest import Service, consumer_idle, send_again, start_service
 from tests.integration.test_credits import account, cut_off_after_its_hold
 from tests.integration.test_ext_saas_stub import write_override
@@ -38,10 +42,17 @@ pytestmark = pytest.mark.integration
 
 class FailingOn(ControlWorker):
     """The control worker, failing every time on the commands whose ids are in ``failing``
-    (and noting each sandbox whose job it sends)."""
+    (on those in ``failing_at_once`` before any check of its key; and noting each sandbox
+    whose job it sends)."""
 
     failing: frozenset[str] = frozenset()
+    failing_at_once: frozenset[str] = frozenset()
     dispatched: list[str]
+
+    async def handle(self, msg: Msg) -> None:
+        if msgspec.json.decode(msg.data).get("command_id") in self.failing_at_once:
+            raise RuntimeError("injected: the handler fails before its checks")
+        await super().handle(msg)
 
     async def _decide_and_append(self, command: Command, subject: str) -> Loaded | None:
         if command.command_id in self.failing:
@@ -201,3 +212,108 @@ async def test_a_project_s_own_failing_create_cut_off_after_its_hold_gives_it_ba
     assert [(e["hold"], e["reason"]) for e in released] == [
         (f"reserve-{held.sandbox_id}", "internal_error")
     ]
+
+
+async def test_a_key_s_failing_create_claiming_another_project_s_actor_gives_up_nothing_of_it(
+    poisoning: Poisoning, nats_server: NatsServerProcess, home: Path
+) -> None:
+    """beta's create held credits for its id and was cut off before its append (kill -9; its
+    delivery comes again). alpha's key publishes, on its own subject, a create claiming
+    beta's actor, command id and sandbox id, and its handling fails past its deliveries.
+    On the old code the poison path took the actor as written: beta's id was given up
+    (``create_abandoned``) and its hold released, so beta's own create, delivered again,
+    was refused. Now it is rejected ``actor_mismatch`` under alpha's key, as handle rejects
+    it, and nothing of beta's is touched; beta's create is made on its hold."""
+    client, control = poisoning.service.client, poisoning.control
+    store = JetStreamEventStore(client.nc, client.js)
+    await poisoning.service.fund("beta")
+    key_hash = hash_key(new_key())
+    alpha_key = key_id_for(key_hash)
+    await apply_key(
+        store,
+        CreateKey(
+            command_id=new_command_id(),
+            actor=Actor(type="adm", id="ops"),
+            project="alpha",
+            key_type="agt",
+            key_hash=key_hash,
+        ),
+    )
+    beta = await SandboxerClient.connect(
+        [nats_server.url], actor={"type": "agt", "id": "b", "project": "beta"}
+    )
+    try:
+        beta_actor = Actor(type="agt", id="b", project="beta")
+        held = await cut_off_after_its_hold(beta, home, beta_actor, "beta-flight-1", ttl="10m")
+        reserved = (await account(client, "beta"))["reserved"]
+        control.failing_at_once = frozenset({"beta-flight-1"})
+        forged = {"command_id": "beta-flight-1", "profile": "profile.saas-stub", "ttl": "10m"}
+        forged |= {"inputs": {}, "actor": beta.actor, "sandbox_id": held.sandbox_id}
+        await client.js.publish(
+            subjects.stamped(subjects.command_subject("create"), alpha_key),
+            msgspec.json.encode(forged),
+            headers={"Nats-Msg-Id": "beta-flight-1-forged"},
+        )
+        await consumer_idle(client, subjects.COMMANDS_STREAM, "control")
+        given_up = [
+            event["type"]
+            async for _seq, event in client.events()
+            if event.get("sandbox_id") == held.sandbox_id and event.get("type") != "rejected"
+        ]
+        assert given_up == ["credits_reserved"]  # beta's id is not given up, nor its hold
+        assert (await account(client, "beta"))["reserved"] == reserved
+        refused = await rejections(client, "beta-flight-1")
+        assert [(e["code"], e["actor"]["id"]) for e in refused] == [("actor_mismatch", alpha_key)]
+
+        # beta's own create, delivered again, is made on its hold.
+        control.failing_at_once = frozenset()
+        await send_again(beta, "beta-flight-1", "profile.saas-stub", ttl="10m")
+    finally:
+        await beta.close()
+    assert len(await rejections(client, "beta-flight-1")) == 1
+    async with asyncio.timeout(30):
+        while (sandbox := await client.get(held.sandbox_id)) is None or sandbox[
+            "status"
+        ] != "ready":
+            await asyncio.sleep(0.1)
+    assert sandbox["actor"]["project"] == "beta"
+    await client.destroy(held.sandbox_id)
+
+
+async def test_a_key_s_failing_command_claiming_another_project_s_actor_sends_nothing_of_it(
+    poisoning: Poisoning,
+) -> None:
+    """The default project's create made a sandbox. alpha's key publishes, on its own
+    subject, that create again (its command id, its actor), and its handling fails past its
+    deliveries: on the old code the poison path found it decided by the sandbox and sent
+    the sandbox's job again for a command its project never sent. Now it is rejected
+    ``actor_mismatch`` and nothing of the sandbox is sent."""
+    client, control = poisoning.service.client, poisoning.control
+    store = JetStreamEventStore(client.nc, client.js)
+    made = await client.create("profile.saas-stub", ttl="10m", command_id="made-create-6")
+    key_hash = hash_key(new_key())
+    alpha_key = key_id_for(key_hash)
+    await apply_key(
+        store,
+        CreateKey(
+            command_id=new_command_id(),
+            actor=Actor(type="adm", id="ops"),
+            project="alpha",
+            key_type="agt",
+            key_hash=key_hash,
+        ),
+    )
+    control.failing_at_once = frozenset({"made-create-6"})
+    control.dispatched.clear()
+    forged = {"command_id": "made-create-6", "profile": "profile.saas-stub", "ttl": "10m"}
+    forged |= {"inputs": {}, "actor": client.actor}
+    await client.js.publish(
+        subjects.stamped(subjects.command_subject("create"), alpha_key),
+        msgspec.json.encode(forged),
+        headers={"Nats-Msg-Id": "made-create-6-forged"},
+    )
+    await consumer_idle(client, subjects.COMMANDS_STREAM, "control")
+    assert control.dispatched == []
+    refused = await rejections(client, "made-create-6")
+    assert [(e["code"], e["actor"]["id"]) for e in refused] == [("actor_mismatch", alpha_key)]
+    await client.destroy(made["sandbox_id"])

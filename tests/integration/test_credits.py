@@ -22,7 +22,7 @@ from sandboxer import subjects
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
-from sandboxer.commands.types import CreateKey, CreateSandbox, ExtendTtl
+from sandboxer.commands.types import CreateKey, CreateSandbox, ExtendTtl, RevokeKey
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.account_decide import ReserveCredits, reserve_command_id
 from sandboxer.domain.admission import admit_create
@@ -446,6 +446,56 @@ async def test_a_bus_key_s_create_refused_as_taken_gives_back_its_hold_on_anothe
             while not (refused := await _rejections_of(acme, "shared-create-k")):
                 await asyncio.sleep(0.1)
         assert [(e["code"], e["actor"]["id"]) for e in refused] == [("sandbox_exists", key_id)]
+
+
+async def test_a_bus_key_s_create_cut_off_after_its_hold_and_its_key_revoked_gives_it_back(
+    service: Service, acme: SandboxerClient, home: Path
+) -> None:
+    """acme's key's create (on the key's own subject) held a minute's credits and was cut off
+    before its append (kill -9); the key was revoked before it came again. Every delivery of
+    it is refused ``key_revoked`` by the key's check, before anything is decided, and that
+    refusal gave nothing back: the hold was reserved for ever. Now the key's own create
+    (its actor the key's, as it was before the revocation) gives its id up and its hold back,
+    as any create refused after its hold does."""
+    minute = PER_CREATE + 60 * PER_SECOND
+    await acme.account_command("add_credits", "acme", amount=minute)
+    key_hash = hash_key(new_key())
+    key_id = key_id_for(key_hash)
+    store = JetStreamEventStore(acme.nc, acme.js)
+    await apply_key(
+        store,
+        CreateKey(
+            command_id=new_command_id(),
+            actor=OPS,
+            project="acme",
+            key_type="agt",
+            key_hash=key_hash,
+        ),
+    )
+    own = Actor(type="agt", id=key_id, project="acme")
+    await cut_off_after_its_hold(
+        acme, home, own, "revoked-create-1", ttl="1m", sandbox_id="revoked01"
+    )
+    await apply_key(store, RevokeKey(command_id=new_command_id(), actor=OPS, key_id=key_id))
+    again = {"command_id": "revoked-create-1", "profile": "profile.saas-stub", "ttl": "1m"}
+    again |= {"sandbox_id": "revoked01", "inputs": {}, "actor": msgspec.to_builtins(own)}
+    await acme.js.publish(
+        subjects.stamped(subjects.command_subject("create"), key_id),
+        msgspec.json.encode(again),
+        headers={"Nats-Msg-Id": "revoked-create-1-again"},
+    )
+    async with asyncio.timeout(30):
+        while not (refused := await _rejections_of(acme, "revoked-create-1")):
+            await asyncio.sleep(0.1)
+    assert [e["code"] for e in refused] == ["key_revoked"]
+    async with asyncio.timeout(30):
+        while (await account(acme, "acme"))["reserved"] != 0:
+            await asyncio.sleep(0.1)
+    [released] = await account_events(acme, "acme", "credits_released")
+    assert (released["hold"], released["amount"]) == ("reserve-revoked01", minute)
+    assert (released["causation_id"], released["reason"]) == ("revoked-create-1", "key_revoked")
+    assert await acme.get("revoked01") is None  # never made
+    assert stub_records(home) == []
 
 
 async def _rejections_of(client: SandboxerClient, command_id: str) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from sandboxer.ids import derive_sandbox_id, new_command_id
 from sandboxer.workers.control import ControlWorker
 from sandboxer.workers.deciding import apply_key
 from tests.integration.conftest import Service, consumer_idle, start_service
+from tests.integration.test_credits import account, cut_off_after_its_hold
 
 pytestmark = pytest.mark.integration
 
@@ -423,3 +424,54 @@ async def test_another_projects_key_sending_a_command_under_its_id_does_not_reje
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
         await beta_nc.close()
+
+
+async def test_a_keys_create_past_its_rate_on_another_projects_id_gives_its_hold_back(
+    service: tuple[Service, Clock], home: Path
+) -> None:
+    """beta's key's create held credits for an id (a paid backend) and was cut off before its
+    append; alpha's sandbox took the id meanwhile. The key, past its rate, sends the create
+    again (its own subject, a message id of its own): it is refused ``rate_limited`` as one
+    never handled (the id is another project's), and that refusal gave nothing back, unlike
+    the same create within its rate (``sandbox_exists``): the hold was kept. Now it is given
+    back there too (a usage_metered of zero on beta's account), the answer unchanged."""
+    running, _clock = service
+    store = JetStreamEventStore(running.client.nc, running.client.js)
+    beta_id, beta = await _key(store, "beta")
+    await running.fund("beta")
+    command_id = new_command_id()
+    held = await cut_off_after_its_hold(
+        running.client, home, beta, command_id, ttl="10m", sandbox_id="ratedout01"
+    )
+    alphas = SandboxRequested(
+        sandbox_id=held.sandbox_id,
+        command_id=new_command_id(),
+        actor=Actor(type="agt", id="a", project="alpha"),
+        at=utc_now(),
+        profile="profile.saas-stub",
+        profile_version=1,
+    )
+    await store.append(await store.load(held.sandbox_id), [alphas])
+    beta_nc = await nats.connect(
+        running.settings.nats_urls[0], inbox_prefix=key_inbox_prefix(beta_id)
+    )
+    try:
+        for _ in range(RATE):  # beta's bucket emptied (the worker's clock stands still)
+            await _published_create(running, beta_nc, beta_id, beta, new_command_id())
+        again = {"command_id": command_id, "profile": "profile.saas-stub", "ttl": "10m"}
+        again |= {"sandbox_id": held.sandbox_id, "inputs": {}}
+        again |= {"actor": msgspec.to_builtins(beta)}
+        await beta_nc.jetstream().publish(
+            subjects.stamped(subjects.command_subject("create"), beta_id),
+            msgspec.json.encode(again),
+            headers={"Nats-Msg-Id": new_command_id()},
+        )
+        await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control")
+    finally:
+        await beta_nc.close()
+    (refused,) = await _rejections(running, command_id)
+    assert refused["code"] == "rate_limited"
+    account_now = (await store.load_account("beta")).state
+    assert held.sandbox_id not in account_now.reservations  # given back, by the log
+    settled = await account(running.client, "beta", metered=1)
+    assert settled["reserved"] == 0
