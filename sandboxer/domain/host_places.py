@@ -58,6 +58,9 @@ class Place:
     """The command that took it: a place freed is that one, not one taken again since."""
     at: str = ""
     """When it was taken (a place whose create never appended is given up after a while)."""
+    project: str | None = None
+    """The project of the command that took it: command ids are one namespace across
+    projects, so a refused create gives up only a place its own project took."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,9 @@ PlaceCommand = TakePlace | FreePlace
 def evolve_places(state: HostPlaces, event: PlaceEvent) -> HostPlaces:
     places = dict(state.places)
     if isinstance(event, PlaceTaken):
-        places[event.sandbox_id] = Place(event.extension, event.command_id, event.at)
+        places[event.sandbox_id] = Place(
+            event.extension, event.command_id, event.at, event.actor.project
+        )
     else:
         places.pop(event.sandbox_id, None)
     return replace(state, version=state.version + 1, places=places)

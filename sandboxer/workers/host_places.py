@@ -213,7 +213,12 @@ async def give_up_places(
     placed = {}
     for host in capped:
         place = (await store.load_places(host)).state.places.get(sandbox_id)
-        if place is not None and place.taken_by == create.command_id:
+        # The same command id of another project (ids are one namespace) took nothing.
+        if (
+            place is not None
+            and place.taken_by == create.command_id
+            and place.project == create.actor.project
+        ):
             placed[host] = place
     if not placed:
         return

@@ -40,7 +40,7 @@ from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.timestamps import shift
 from sandboxer.errors import Rejected
 from sandboxer.events.place_events import PlaceEvent, PlaceFreed, PlaceTaken
-from sandboxer.events.types import SYSTEM_ACTOR
+from sandboxer.events.types import SYSTEM_ACTOR, Actor
 from sandboxer.workers.deciding import apply, apply_places
 from sandboxer.workers.host_places import (
     apply_recreate,
@@ -180,6 +180,25 @@ async def test_a_create_refused_after_its_place_gives_the_id_up_then_the_place()
     with pytest.raises(Rejected):
         await apply(store, "sb1", create)  # the slower delivery
     assert sum(isinstance(e, PlaceFreed) for e in store.log) == 1
+
+
+async def test_another_project_s_create_under_the_same_command_id_gives_up_nothing() -> None:
+    """Command ids are one namespace across projects: a place was matched by its command id
+    alone, so another project's create sent under the same id and refused gave up the
+    first project's create in flight (``create_abandoned``) and freed its place."""
+    store = MemoryEventStore()
+    alpha = Actor(type="agt", id="a", project="alpha")
+    create = admitted("sb1")
+    create = dataclasses.replace(
+        create, command=msgspec.structs.replace(create.command, actor=alpha)
+    )
+    await take_place(store, "h1", 1, create)
+    beta = msgspec.structs.replace(create.command, actor=Actor(type="agt", id="b", project="beta"))
+    await give_up_places(store, HOSTS, "sb1", beta, "sandbox_exists", "not yours")
+    assert list((await store.load_places("h1")).state.places) == ["sb1"]
+    assert (await store.load("sb1")).state.abandoned_by is None
+    await give_up_places(store, HOSTS, "sb1", create.command, "no_host", "hosts down")
+    assert (await store.load_places("h1")).state.places == {}  # its own refusal does
 
 
 async def test_a_refused_create_whose_sandbox_was_appended_keeps_its_place() -> None:
