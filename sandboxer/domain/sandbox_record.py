@@ -8,7 +8,7 @@ without importing ``evolve`` back.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -34,22 +34,7 @@ Status = Literal[
     "resuming",
 ]
 
-LIVE = frozenset(
-    {
-        "requested",
-        "routed",
-        "provisioning",
-        "ready",
-        "active",
-        "failed",
-        "recreating",
-        "rerouting",
-        "expired",
-        "pausing",
-        "paused",
-        "resuming",
-    }
-)
+LIVE = frozenset(get_args(Status)) - {"new", "destroying", "destroyed"}
 """States a destroy may leave."""
 
 

@@ -26,15 +26,12 @@ from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
-from sandboxer.commands.types import Command, CreateKey
+from sandboxer.commands.types import Command
 from sandboxer.config.catalog import Catalog
-from sandboxer.domain.key_state import hash_key, key_id_for, new_key
 from sandboxer.events.actor import Actor
-from sandboxer.ids import new_command_id
 from sandboxer.workers.control import ControlWorker
-from sandboxer.workers.deciding import apply_key
 from tests.integration.conftest import Service, consumer_idle, send_again, start_service
-from tests.integration.test_credits import account, cut_off_after_its_hold
+from tests.integration.test_credits import account, bus_key, cut_off_after_its_hold
 from tests.integration.test_ext_saas_stub import write_override
 
 pytestmark = pytest.mark.integration
@@ -225,20 +222,8 @@ async def test_a_key_s_failing_create_claiming_another_project_s_actor_gives_up_
     was refused. Now it is rejected ``actor_mismatch`` under alpha's key, as handle rejects
     it, and nothing of beta's is touched; beta's create is made on its hold."""
     client, control = poisoning.service.client, poisoning.control
-    store = JetStreamEventStore(client.nc, client.js)
     await poisoning.service.fund("beta")
-    key_hash = hash_key(new_key())
-    alpha_key = key_id_for(key_hash)
-    await apply_key(
-        store,
-        CreateKey(
-            command_id=new_command_id(),
-            actor=Actor(type="adm", id="ops"),
-            project="alpha",
-            key_type="agt",
-            key_hash=key_hash,
-        ),
-    )
+    alpha_key, _alpha, _store = await bus_key(client, "alpha")
     beta = await SandboxerClient.connect(
         [nats_server.url], actor={"type": "agt", "id": "b", "project": "beta"}
     )
@@ -289,20 +274,8 @@ async def test_a_key_s_failing_command_claiming_another_project_s_actor_sends_no
     the sandbox's job again for a command its project never sent. Now it is rejected
     ``actor_mismatch`` and nothing of the sandbox is sent."""
     client, control = poisoning.service.client, poisoning.control
-    store = JetStreamEventStore(client.nc, client.js)
     made = await client.create("profile.saas-stub", ttl="10m", command_id="made-create-6")
-    key_hash = hash_key(new_key())
-    alpha_key = key_id_for(key_hash)
-    await apply_key(
-        store,
-        CreateKey(
-            command_id=new_command_id(),
-            actor=Actor(type="adm", id="ops"),
-            project="alpha",
-            key_type="agt",
-            key_hash=key_hash,
-        ),
-    )
+    alpha_key, _alpha, _store = await bus_key(client, "alpha")
     control.failing_at_once = frozenset({"made-create-6"})
     control.dispatched.clear()
     forged = {"command_id": "made-create-6", "profile": "profile.saas-stub", "ttl": "10m"}

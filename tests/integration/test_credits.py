@@ -410,6 +410,23 @@ async def test_a_create_refused_before_deciding_gives_back_its_hold_on_another_p
         await send_again(beta, "shared-create-5", "profile.saas-stub", ttl="5h")
 
 
+async def bus_key(acme: SandboxerClient, project: str) -> tuple[str, Actor, JetStreamEventStore]:
+    """A new agent key of ``project`` that publishes on the bus: its id, its actor, and the
+    store it was recorded with."""
+    key_hash = hash_key(new_key())
+    key_id = key_id_for(key_hash)
+    store = JetStreamEventStore(acme.nc, acme.js)
+    made = CreateKey(
+        command_id=new_command_id(),
+        actor=OPS,
+        project=project,
+        key_type="agt",
+        key_hash=key_hash,
+    )
+    await apply_key(store, made)
+    return key_id, Actor(type="agt", id=key_id, project=project), store
+
+
 async def test_a_bus_key_s_create_refused_as_taken_gives_back_its_hold_on_another_project_s_id(
     service: Service, acme: SandboxerClient, nats_server: NatsServerProcess, home: Path
 ) -> None:
@@ -417,20 +434,7 @@ async def test_a_bus_key_s_create_refused_as_taken_gives_back_its_hold_on_anothe
     key's subject, as a bus key publishes it): sent again, it is refused ``sandbox_exists``
     by the key's check (workers/bus_identity.py), before anything is decided, and that
     refusal gave nothing back: beta's hold for acme's sandbox was held for ever."""
-    key_hash = hash_key(new_key())
-    key_id = key_id_for(key_hash)
-    store = JetStreamEventStore(acme.nc, acme.js)
-    await apply_key(
-        store,
-        CreateKey(
-            command_id=new_command_id(),
-            actor=OPS,
-            project="beta",
-            key_type="agt",
-            key_hash=key_hash,
-        ),
-    )
-    own = Actor(type="agt", id=key_id, project="beta")
+    key_id, own, _store = await bus_key(acme, "beta")
     async with beta_held_what_acme_made(acme, nats_server.url, home, "shared-create-k", own) as (
         beta,
         _sandbox_id,
@@ -459,20 +463,7 @@ async def test_a_bus_key_s_create_cut_off_after_its_hold_and_its_key_revoked_giv
     as any create refused after its hold does."""
     minute = PER_CREATE + 60 * PER_SECOND
     await acme.account_command("add_credits", "acme", amount=minute)
-    key_hash = hash_key(new_key())
-    key_id = key_id_for(key_hash)
-    store = JetStreamEventStore(acme.nc, acme.js)
-    await apply_key(
-        store,
-        CreateKey(
-            command_id=new_command_id(),
-            actor=OPS,
-            project="acme",
-            key_type="agt",
-            key_hash=key_hash,
-        ),
-    )
-    own = Actor(type="agt", id=key_id, project="acme")
+    key_id, own, store = await bus_key(acme, "acme")
     await cut_off_after_its_hold(
         acme, home, own, "revoked-create-1", ttl="1m", sandbox_id="revoked01"
     )
