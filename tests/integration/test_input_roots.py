@@ -21,7 +21,7 @@ import pytest
 from sandboxer.bus.event_reader import read_events
 from sandboxer.client import CommandFailed
 from sandboxer.workspaces import materialize
-from tests.integration.conftest import Service, reap_local, start_service
+from tests.integration.conftest import Service, reap_local, serving, start_service
 from tests.integration.remote_fixtures import SshHosts, write_hosts_file
 
 pytestmark = [pytest.mark.integration]
@@ -109,8 +109,9 @@ async def test_ext_local_refuses_every_path_outside_the_roots(
     nats_server: Any, home: Path, tmp_path: Path
 ) -> None:
     paths = plant(tmp_path)
-    service = await start_service(home, nats_server.url, input_roots=(paths["allowed"],))
-    try:
+    async with serving(
+        home, nats_server.url, input_roots=(paths["allowed"],), reap=True
+    ) as service:
         for value in hostile_values(paths):
             await assert_refused(service, "profile.local", {"repo": value})
         await assert_rejected(service, "profile.local", {"repo": f"{paths['secret']}\0"})
@@ -136,10 +137,6 @@ async def test_ext_local_refuses_every_path_outside_the_roots(
         assert (workspace / "keylink").is_symlink()
         assert_secret_nowhere(service.settings.local_root, service.settings.staging_root)
         await assert_log_clean(service)
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 async def test_a_tree_under_a_root_is_held_to_an_uploads_limits(
@@ -154,8 +151,9 @@ async def test_a_tree_under_a_root_is_held_to_an_uploads_limits(
     (project / "ok.txt").write_text("allowed content\n")
     with (project / "hole.img").open("wb") as hole:
         hole.truncate(64 * 1024 * 1024)
-    service = await start_service(home, nats_server.url, input_roots=(root,), upload_max_mb=1)
-    try:
+    async with serving(
+        home, nats_server.url, input_roots=(root,), upload_max_mb=1, reap=True
+    ) as service:
         with pytest.raises(CommandFailed, match="more than 1 MiB of files") as caught:
             await service.client.create("profile.local", {"repo": str(project)})
         assert caught.value.event["type"] == "failed"
@@ -164,39 +162,27 @@ async def test_a_tree_under_a_root_is_held_to_an_uploads_limits(
         ready = await service.client.create("profile.local", {"repo": str(project)})
         workspace = service.settings.local_root / ready["sandbox_id"] / "workspace"
         assert (workspace / "ok.txt").read_text() == "allowed content\n"
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 async def test_a_symlinked_root_contains_only_what_lies_under_its_target(
     nats_server: Any, home: Path, tmp_path: Path
 ) -> None:
     plant(tmp_path)
-    service = await start_service(home, nats_server.url, input_roots=(tmp_path / "linkroot",))
-    try:
+    async with serving(
+        home, nats_server.url, input_roots=(tmp_path / "linkroot",), reap=True
+    ) as service:
         ready = await service.client.create("profile.local", {"repo": f"{tmp_path}/linkroot/proj"})
         assert ready["type"] == "ready"
         await assert_refused(service, "profile.local", {"repo": f"{tmp_path}/linkroot/../secret"})
         await assert_refused(service, "profile.local", {"repo": f"{tmp_path}/linkroot/linkout"})
         assert_secret_nowhere(service.settings.local_root)
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 async def test_no_roots_means_no_host_path(nats_server: Any, home: Path, tmp_path: Path) -> None:
     paths = plant(tmp_path)
-    service = await start_service(home, nats_server.url, input_roots=())
-    try:
+    async with serving(home, nats_server.url, input_roots=(), reap=True) as service:
         await assert_refused(service, "profile.local", {"repo": str(paths["project"])})
         await assert_refused(service, "profile.local", {"repo": str(paths["secret"])})
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 VM_PROFILE = """\
@@ -336,17 +322,14 @@ async def test_a_tree_grown_past_the_limits_after_the_check_is_not_copied_past_t
             hole.truncate(64 * 1024 * 1024)
 
     after_the_check(monkeypatch, grow)
-    service = await start_service(home, nats_server.url, input_roots=(root,), upload_max_mb=1)
-    try:
+    async with serving(
+        home, nats_server.url, input_roots=(root,), upload_max_mb=1, reap=True
+    ) as service:
         with pytest.raises(CommandFailed, match="more than 1 MiB of files") as caught:
             await service.client.create("profile.local", {"repo": str(project)})
         assert caught.value.event["type"] == "failed"
         assert not any(service.settings.local_root.glob("*/workspace/hole.img"))
         assert not any(service.settings.staging_root.rglob("hole.img"))  # removed at once
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 class Swapper(threading.Thread):
@@ -453,8 +436,7 @@ async def test_ext_local_moves_its_staged_copy_into_the_workspace(
         )
 
     monkeypatch.setattr(materialize, "stage_root_tree", stage_and_note)
-    service = await start_service(home, nats_server.url, input_roots=(root,))
-    try:
+    async with serving(home, nats_server.url, input_roots=(root,), reap=True) as service:
         ready = await service.client.create("profile.local", {"repo": str(project)})
         plain = await service.client.create("profile.local")  # no input: nothing moved
         workspace = service.settings.local_root / ready["sandbox_id"] / "workspace"
@@ -483,7 +465,3 @@ async def test_ext_local_moves_its_staged_copy_into_the_workspace(
         )
         assert code == 0
         assert b"".join(out) == f"allowed content\nnote\n{owner}\n".encode()
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
