@@ -683,7 +683,7 @@ class ExtensionWorker:
             await self._snapshots.give_up(job, exc)  # the sandbox itself is untouched
             return
         if job.action in {"pause", "resume"}:
-            await self._pauses.give_up(job, f"worker error: {reason}")
+            await self._pauses.give_up(job, f"worker error: {reason}", outcome_unknown=True)
             return
         if job.action == "retime":
             # The sandbox is fine; its provider may end it at the old time, which the

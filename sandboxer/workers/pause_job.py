@@ -121,22 +121,29 @@ class PauseJob:
             # left there, it ends the sandbox then, before the expiry the log gives it.
             await follow_expiry(backend, now, self._explain)
 
-    async def give_up(self, job: Job, reason: str) -> None:
+    async def give_up(self, job: Job, reason: str, *, outcome_unknown: bool = False) -> None:
         """Record that the pause or resume failed (the sandbox stays as it was). Not recorded
         when the log moved on (another attempt at this job, held up beside it, succeeded):
         "as it was" is then the opposite of what the log says, and is undone like a late
         success (ext.daytona's failed resume stops the sandbox again; ext.local's freeze that
-        does not settle thaws it)."""
+        does not settle thaws it).
+
+        ``outcome_unknown``: the job was given up as poison (the worker kept failing, maybe
+        after the backend had done it: its ``paused`` never appended). The freeze or thaw is
+        then taken for done and undone wherever the log says otherwise; undoing one that was
+        not done repeats what the sandbox already is (a thaw of a running one)."""
         operation: Literal["pause", "resume"] = "pause" if job.action == "pause" else "resume"
         loaded, marked = await apply(
             self._store,
             job.sandbox_id,
             MarkPauseFailed(job_id=job.job_id, operation=operation, reason=reason),
         )
-        if not marked and isinstance(self._extension, Pausable):  # not when it cannot pause
+        if (outcome_unknown or not marked) and isinstance(self._extension, Pausable):
             pausable = await backend_for(self._store, self._extension, loaded.state)
             left: Literal["pause", "resume"] = "resume" if operation == "pause" else "pause"
-            await self._undo_if_overtaken(pausable, left, job, loaded.state)
+            await self._undo_if_overtaken(
+                pausable, operation if outcome_unknown else left, job, loaded.state
+            )
         if isinstance(self._extension, TimeoutKeeper):  # an extension while it was pausing
             keyed = await backend_for(self._store, self._extension, loaded.state)
             await follow_expiry(keyed, loaded.state, self._explain)

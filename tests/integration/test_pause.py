@@ -21,10 +21,13 @@ import pytest
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
+from sandboxer.commands.types import PauseSandbox
 from sandboxer.config.settings import Settings
 from sandboxer.domain.timestamps import seconds_between
 from sandboxer.errors import CommandFailed, ExtensionError
+from sandboxer.events.types import SYSTEM_ACTOR
 from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.workers.deciding import apply
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
 from tests.integration import conftest
@@ -179,6 +182,34 @@ async def test_a_pause_job_failing_after_another_attempt_paused_it_freezes_it_ag
     async with asyncio.timeout(5):  # and it carries on once resumed
         while count(service, sandbox_id) <= frozen_at:
             await asyncio.sleep(0.05)
+    await client.destroy(sandbox_id, timeout=30)
+
+
+async def test_a_pause_job_given_up_as_poison_after_its_freeze_thaws_the_sandbox(
+    service: Service,
+) -> None:
+    """The freeze was done, then the worker kept failing (its ``paused`` never appended)
+    until the job was given up as poison: ``pause_failed`` says the sandbox runs as before,
+    and on the old code it stayed frozen. The outcome of a poison job is unknown, so the
+    freeze is taken for done and undone where the log says otherwise."""
+    client = service.client
+    sandbox_id = (await client.create())["sandbox_id"]
+    await start_counter(service, sandbox_id)
+    store = JetStreamEventStore(client.nc, client.js)
+    pausing = PauseSandbox(command_id="poison-pause", actor=SYSTEM_ACTOR, sandbox_id=sandbox_id)
+    loaded, _ = await apply(store, sandbox_id, pausing)  # no job sent: this test is its worker
+    assert loaded.state.status == "pausing"
+    backend = LocalExtension(service.settings.local_root)
+    await backend.pause(sandbox_id)  # done; then the worker failed past its deliveries
+    job = Job(job_id="poison-pause-job", sandbox_id=sandbox_id, action="pause", version=1)
+    given_up = PauseJob(store, backend, explain=str)
+    await given_up.give_up(job, "worker error: the bus went away", outcome_unknown=True)
+    shown = await wait_status(client, sandbox_id, {"ready", "active"}, timeout=10)
+    before = count(service, sandbox_id)
+    async with asyncio.timeout(5):  # runs, as its log says
+        while count(service, sandbox_id) <= before:
+            await asyncio.sleep(0.05)
+    assert shown["status"] in {"ready", "active"}
     await client.destroy(sandbox_id, timeout=30)
 
 
