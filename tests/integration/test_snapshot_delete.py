@@ -194,30 +194,24 @@ async def test_a_delete_keeps_what_a_sandbox_or_a_later_snapshot_holds(
     assert held in await present(js)
 
     first, sha = await stored_snapshot(store, js, "snpdeletes0000012", b"shared later")
-    decided = SnapshotDeleted(
-        snapshot_id="snpdeletes0000012",
-        command_id="del-crashed",
-        actor=ACTOR,
-        at=utc_now(),
-        object_removed=True,
-    )
     # Decided, and the worker died before the removal; a snapshot of the same tree since.
-    await store.append_snapshot(await store.load_snapshot("snpdeletes0000012"), [decided])
+    await decided_then_crashed(store, "snpdeletes0000012", "del-crashed")
     await taken(store, "snpdeletes0000013", first, sha, len(b"shared later"))
     await commands.delete(delete("snpdeletes0000012", "del-crashed"))
     assert first in await present(js)
 
     left, _ = await stored_snapshot(store, js, "snpdeletes0000014", b"left by a crash")
-    decided = SnapshotDeleted(
-        snapshot_id="snpdeletes0000014",
-        command_id="del-crashed-2",
-        actor=ACTOR,
-        at=utc_now(),
-        object_removed=True,
-    )
-    await store.append_snapshot(await store.load_snapshot("snpdeletes0000014"), [decided])
+    await decided_then_crashed(store, "snpdeletes0000014", "del-crashed-2")
     await commands.delete(delete("snpdeletes0000014", "del-crashed-2"))
     assert left not in await present(js)
+
+
+async def decided_then_crashed(store: JetStreamEventStore, snapshot_id: str, command: str) -> None:
+    """The delete ``command`` of ``snapshot_id`` recorded, its worker killed before the removal."""
+    decided = SnapshotDeleted(
+        snapshot_id=snapshot_id, command_id=command, actor=ACTOR, at=utc_now(), object_removed=True
+    )
+    await store.append_snapshot(await store.load_snapshot(snapshot_id), [decided])
 
 
 async def test_an_object_found_by_others_waits_while_a_snapshot_is_being_taken(
