@@ -49,6 +49,8 @@ class MarkPaused:
     """The backend froze the sandbox (its pause job)."""
 
     job_id: str
+    for_command: str | None = None
+    """The pause or resume the job carries out (:attr:`Job.for_command`); None: not known."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +58,8 @@ class MarkResumed:
     """The backend thawed the sandbox (its resume job)."""
 
     job_id: str
+    for_command: str | None = None
+    """The pause or resume the job carries out (:attr:`Job.for_command`); None: not known."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +69,7 @@ class MarkPauseFailed:
     job_id: str
     operation: Literal["pause", "resume"]
     reason: str
+    for_command: str | None = None
 
 
 PauseStep = PauseSandbox | ResumeSandbox | MarkPaused | MarkResumed | MarkPauseFailed
@@ -78,16 +83,16 @@ def decide_pause_step(state: SandboxState, command: PauseStep, now: str) -> list
         case ResumeSandbox():
             return _decide_resume(state, command, now)
         case MarkPaused():
-            if state.status != "pausing":
+            if not _under_way(state, "pausing", command.for_command):
                 return []  # done already (a redelivered job), or overtaken by a destroy
             return [SandboxPaused(**_of_job(state, now, command.job_id))]
         case MarkResumed():
-            if state.status != "resuming":
+            if not _under_way(state, "resuming", command.for_command):
                 return []
             return [_resumed(state, now, command.job_id)]
         case MarkPauseFailed():
             expected = "pausing" if command.operation == "pause" else "resuming"
-            if state.status != expected:
+            if not _under_way(state, expected, command.for_command):
                 return []
             return [
                 SandboxPauseFailed(
@@ -96,6 +101,16 @@ def decide_pause_step(state: SandboxState, command: PauseStep, now: str) -> list
                     reason=command.reason,
                 )
             ]
+
+
+def _under_way(state: SandboxState, status: str, for_command: str | None) -> bool:
+    """Whether the job of ``for_command`` is the pause or resume under way. A job held up
+    past its ack wait may report after its operation ended and the next one of the same
+    kind began: its outcome is not the later one's (the worker undoes what it did instead,
+    workers/pause_job.py)."""
+    if state.status != status:
+        return False
+    return for_command is None or for_command == state.correlation
 
 
 def _decide_pause(state: SandboxState, command: PauseSandbox, now: str) -> list[SandboxEvent]:

@@ -24,6 +24,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     """The sandbox's version when the job was made: a load that finds less read a lagging replica."""
     snapshot_id: str | None = None
     """For ``snapshot`` jobs: the snapshot to take."""
+    for_command: str | None = None
+    """For ``pause`` and ``resume`` jobs: the command they carry out (the sandbox's
+    ``correlation`` when the job was made), so that a late outcome of an earlier pause or
+    resume is not recorded against a later one. None in jobs made before it was carried."""
     known: msgspec.Raw = msgspec.Raw(b"null")
     """For ``provision`` jobs: the sandbox as the job's maker left it (:class:`Known`), which
     saves the extension worker a read of the log on the create path. Raw, so that a job whose
@@ -110,4 +114,5 @@ def job_for(state: SandboxState, *, retime: bool = False) -> Job | None:
         sandbox_id=state.sandbox_id,
         action=action,
         version=state.version,
+        for_command=state.correlation if action in {"pause", "resume"} else None,
     )

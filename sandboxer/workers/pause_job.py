@@ -49,7 +49,7 @@ class PauseJob:
 
     async def run(self, job: Job, state: SandboxState) -> None:
         operation: Literal["pause", "resume"] = "pause" if job.action == "pause" else "resume"
-        if state.status != _EXPECTED[operation]:
+        if state.status != _EXPECTED[operation] or job.for_command not in {None, state.correlation}:
             log.info("job %s: nothing to do, sandbox is %s", job.job_id, state.status)
             if operation == "resume" and isinstance(self._extension, TimeoutKeeper):
                 # Delivered again after its `resumed` (a crash before its ack): the provider's
@@ -78,9 +78,9 @@ class PauseJob:
             (time.monotonic() - started) * 1000,
         )
         done = (
-            MarkPaused(job_id=job.job_id)
+            MarkPaused(job_id=job.job_id, for_command=job.for_command)
             if operation == "pause"
-            else MarkResumed(job_id=job.job_id)
+            else MarkResumed(job_id=job.job_id, for_command=job.for_command)
         )
         loaded, marked = await apply(self._store, job.sandbox_id, done)
         if not marked:
@@ -136,7 +136,12 @@ class PauseJob:
         loaded, marked = await apply(
             self._store,
             job.sandbox_id,
-            MarkPauseFailed(job_id=job.job_id, operation=operation, reason=reason),
+            MarkPauseFailed(
+                job_id=job.job_id,
+                operation=operation,
+                reason=reason,
+                for_command=job.for_command,
+            ),
         )
         if (outcome_unknown or not marked) and isinstance(self._extension, Pausable):
             pausable = await backend_for(self._store, self._extension, loaded.state)

@@ -28,7 +28,7 @@ from sandboxer.errors import CommandFailed, ExtensionError
 from sandboxer.events.types import SYSTEM_ACTOR
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.deciding import apply
-from sandboxer.workers.jobs import Job
+from sandboxer.workers.jobs import Job, job_for
 from sandboxer.workers.pause_job import PauseJob
 from tests.integration import conftest
 from tests.integration.conftest import Cli, Service, reap_local, start_service
@@ -182,6 +182,49 @@ async def test_a_pause_job_failing_after_another_attempt_paused_it_freezes_it_ag
     async with asyncio.timeout(5):  # and it carries on once resumed
         while count(service, sandbox_id) <= frozen_at:
             await asyncio.sleep(0.05)
+    await client.destroy(sandbox_id, timeout=30)
+
+
+async def test_a_late_failure_of_an_earlier_pause_is_not_the_next_pauses_outcome(
+    service: Service,
+) -> None:
+    """A job of one pause held up past its ack wait: another attempt paused the sandbox, it
+    was resumed, and a second pause is under way when the held job's freeze fails. On the
+    old code its ``pause_failed`` landed on the second pause (status back to running, with
+    the first one's reason) and the second pause's job then found nothing to do. Now the
+    failure is not recorded, and the second pause pauses the sandbox."""
+    client = service.client
+    sandbox_id = (await client.create())["sandbox_id"]
+    await start_counter(service, sandbox_id)
+    store = JetStreamEventStore(client.nc, client.js)
+    await client.pause(sandbox_id)
+    as_held = (await store.load(sandbox_id)).state
+    await client.resume(sandbox_id)
+    second = PauseSandbox(command_id="second-pause", actor=SYSTEM_ACTOR, sandbox_id=sandbox_id)
+    loaded, _ = await apply(store, sandbox_id, second)  # no job sent: this test is its worker
+    assert loaded.state.status == "pausing"
+    held = Job(
+        job_id="held-pause",
+        sandbox_id=sandbox_id,
+        action="pause",
+        version=1,
+        for_command=as_held.correlation,
+    )
+    failing = PauseJob(store, FreezeThatDoesNotSettle(service.settings.local_root), explain=str)
+    await failing.run(held, msgspec.structs.replace(as_held, status="pausing"))
+    assert (await store.load(sandbox_id)).state.status == "pausing"
+    job = job_for((await store.load(sandbox_id)).state)
+    assert job is not None
+    assert job.for_command == "second-pause"
+    await PauseJob(store, LocalExtension(service.settings.local_root), explain=str).run(
+        job, (await store.load(sandbox_id)).state
+    )
+    shown = await wait_status(client, sandbox_id, {"paused"}, timeout=10)
+    assert shown["status"] == "paused"
+    assert "pause_failed" not in [e["type"] for e in await events_of(client, sandbox_id)]
+    frozen_at = count(service, sandbox_id)
+    await asyncio.sleep(0.5)
+    assert count(service, sandbox_id) == frozen_at  # frozen, as its log says
     await client.destroy(sandbox_id, timeout=30)
 
 

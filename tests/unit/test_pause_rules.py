@@ -39,6 +39,7 @@ from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.timestamps import seconds_between, shift
 from sandboxer.errors import Rejected
 from sandboxer.events.types import Actor, event_type
+from sandboxer.workers.jobs import job_for
 
 SID = "sandbox0001"
 T0 = "2026-12-02T00:00:00.000Z"
@@ -228,6 +229,33 @@ def test_repeated_commands_and_jobs_decide_nothing_and_a_destroy_overtakes_a_pau
     state = step(state, DestroySandbox(command_id="d", actor=AGENT, sandbox_id=SID), 3)
     assert state.status == "destroying"
     assert decide(state, MarkResumed(job_id="late"), at(4)) == []
+
+
+def test_a_late_outcome_of_an_earlier_pause_is_not_recorded_against_the_next_one() -> None:
+    # Pause p1's job is held up past its ack wait; another attempt pauses, the sandbox is
+    # resumed and paused again (p2). The held attempt then reports: not p2's outcome.
+    state = step(
+        resume(pause(ready(), 1, 1), 2, 1),
+        PauseSandbox(command_id="p2", actor=AGENT, sandbox_id=SID),
+        3,
+    )
+    job = job_for(state)
+    assert job is not None
+    assert (job.action, job.for_command) == ("pause", "p2")
+    for late in (
+        MarkPauseFailed(job_id="pj1", operation="pause", reason="boom", for_command="p1"),
+        MarkPaused(job_id="pj1", for_command="p1"),
+    ):
+        assert decide(state, late, at(4)) == []
+    assert event_types(state, MarkPaused(job_id=job.job_id, for_command="p2")) == ["paused"]
+    # A job made before jobs carried their command is taken as the one under way.
+    assert event_types(state, MarkPauseFailed(job_id="old", operation="pause", reason="x")) == [
+        "pause_failed"
+    ]
+
+
+def event_types(state: SandboxState, command: DomainCommand) -> list[str]:
+    return [event_type(e) for e in decide(state, command, at(4))]
 
 
 def test_admission_records_the_profiles_pause_limit() -> None:
