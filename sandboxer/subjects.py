@@ -12,6 +12,7 @@ __all__ = [
     "command_subject",
     "exec_subject",
     "job_subject",
+    "matches",
     "rejection_subject",
     "sandbox_event_subject",
     "sandbox_events_filter",
@@ -62,6 +63,17 @@ QUERY_POOL_LIST = "sandboxer.query.pool.list"
 POOL_EVENTS = "sandboxer.evt.pool.>"
 """Every warm pool member's events: what a pool keeper folds into its index."""
 ADMIN_REPLAY = "sandboxer.admin.replay"
+
+
+def matches(subject: str, filter_subject: str) -> bool:
+    """nats-server's subject match: ``*`` is one token, a final ``>`` one or more."""
+    want, got = filter_subject.split("."), subject.split(".")
+    for at, token in enumerate(want):
+        if token == ">":
+            return len(got) > at
+        if at >= len(got) or token not in ("*", got[at]):
+            return False
+    return len(want) == len(got)
 
 
 def command_subject(verb: str) -> str:

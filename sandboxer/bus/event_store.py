@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
+from sandboxer import subjects
 from sandboxer.domain.account_state import AccountBook, AccountState
 from sandboxer.domain.host_places import HostPlaces
 from sandboxer.domain.key_state import KeyState
@@ -33,6 +34,7 @@ from sandboxer.events.codec import encode_event
 from sandboxer.events.types import (
     ACCOUNT_EVENTS,
     KEY_EVENTS,
+    NOT_SANDBOX_EVENTS,
     PLACE_EVENTS,
     POOL_EVENTS,
     SNAPSHOT_EVENTS,
@@ -45,6 +47,7 @@ from sandboxer.events.types import (
     PoolEvent,
     SandboxEvent,
     SnapshotEvent,
+    event_type,
 )
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "LoadedSnapshot",
     "Record",
     "event_id",
+    "event_subject",
     "rejection_key",
     "stamp",
 ]
@@ -192,6 +196,25 @@ def rejection_key(rejection: CommandRejected) -> str:
         return rejection.command_id
     prefix = "seq" if rejection.stream is None else f"{rejection.stream.lower()}-seq"
     return f"{prefix}-{rejection.stream_seq}"
+
+
+def event_subject(event: Event) -> str:
+    """The subject ``event`` is appended on: one per aggregate instance and type."""
+    if isinstance(event, CommandRejected):
+        return subjects.rejection_subject(rejection_key(event))
+    if isinstance(event, SNAPSHOT_EVENTS):
+        return subjects.snapshot_event_subject(event.snapshot_id, event_type(event))
+    if isinstance(event, ACCOUNT_EVENTS):
+        return subjects.account_event_subject(event.project, event_type(event))
+    if isinstance(event, KEY_EVENTS):
+        return subjects.key_event_subject(event.key_id, event_type(event))
+    if isinstance(event, POOL_EVENTS):
+        return subjects.pool_event_subject(event.member_id, event_type(event))
+    if isinstance(event, PLACE_EVENTS):
+        return subjects.place_event_subject(event.host, event_type(event))
+    if isinstance(event, NOT_SANDBOX_EVENTS):
+        return subjects.host_event_subject(event.host, event_type(event))
+    return subjects.sandbox_event_subject(event.sandbox_id, event_type(event))
 
 
 def event_id(event: Event, *, version: int = 0) -> str:

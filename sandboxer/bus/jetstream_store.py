@@ -23,54 +23,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
+from sandboxer.bus.aggregates import ACCOUNT, PLACES, SANDBOX, Aggregate, AggregateStore
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_store import (
     Loaded,
     LoadedAccount,
-    LoadedKey,
-    LoadedMember,
     LoadedPlaces,
-    LoadedSnapshot,
     Record,
-    rejection_key,
+    event_subject,
     stamp,
 )
 from sandboxer.bus.publish import PublishConflict, publish_durably
-from sandboxer.domain.account_state import AccountBook, evolve_book
-from sandboxer.domain.host_places import HostPlaces, evolve_places
-from sandboxer.domain.key_state import KeyState, evolve_key
-from sandboxer.domain.pool_state import MemberState, evolve_member
-from sandboxer.domain.sandbox_state import SandboxState, evolve, fold_on
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
-from sandboxer.errors import ConcurrencyConflict, StreamUnavailable
+from sandboxer.errors import StreamUnavailable
 from sandboxer.events.codec import UnknownEventType, decode_event, encode_event
 from sandboxer.events.types import (
-    ACCOUNT_EVENTS,
-    KEY_EVENTS,
-    NOT_SANDBOX_EVENTS,
-    PLACE_EVENTS,
-    POOL_EVENTS,
     SNAPSHOT_EVENTS,
-    AccountEvent,
-    CommandRejected,
     Event,
-    KeyEvent,
-    PlaceEvent,
-    PoolEvent,
     SandboxDestroyed,
-    SandboxEvent,
     SandboxRequested,
-    SnapshotEvent,
-    event_type,
 )
 from sandboxer.recent import Recent
 
@@ -99,25 +79,6 @@ CATCH_UP_PAUSE = 0.002
 """Seconds between reads of an aggregate that a replica behind answered (it lags by ms)."""
 
 
-def event_subject(event: Event) -> str:
-    """The subject ``event`` is appended on: one per aggregate instance and type."""
-    if isinstance(event, CommandRejected):
-        return subjects.rejection_subject(rejection_key(event))
-    if isinstance(event, SNAPSHOT_EVENTS):
-        return subjects.snapshot_event_subject(event.snapshot_id, event_type(event))
-    if isinstance(event, ACCOUNT_EVENTS):
-        return subjects.account_event_subject(event.project, event_type(event))
-    if isinstance(event, KEY_EVENTS):
-        return subjects.key_event_subject(event.key_id, event_type(event))
-    if isinstance(event, POOL_EVENTS):
-        return subjects.pool_event_subject(event.member_id, event_type(event))
-    if isinstance(event, PLACE_EVENTS):
-        return subjects.place_event_subject(event.host, event_type(event))
-    if isinstance(event, NOT_SANDBOX_EVENTS):
-        return subjects.host_event_subject(event.host, event_type(event))
-    return subjects.sandbox_event_subject(event.sandbox_id, event_type(event))
-
-
 @dataclass
 class _SnapshotIndex:
     """Every snapshot's state folded so far, and the last snapshot event folded."""
@@ -137,11 +98,7 @@ class _ObjectsIndex:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-S = TypeVar("S")
-"""The state of one aggregate (sandbox, snapshot, account, key)."""
-
-
-class JetStreamEventStore:
+class JetStreamEventStore(AggregateStore):
     """:class:`~sandboxer.bus.event_store.EventStore` on the events stream."""
 
     def __init__(self, nc: Client, js: JetStreamContext, *, timeout: float = 5.0) -> None:
@@ -151,6 +108,11 @@ class JetStreamEventStore:
         self._accounts: Recent[str, LoadedAccount] = Recent(KNOWN_ACCOUNTS)
         self._sandboxes: Recent[str, Loaded] = Recent(KNOWN_SANDBOXES)
         self._hosts: Recent[str, LoadedPlaces] = Recent(KNOWN_HOSTS)
+        self._kept_by_name: dict[str, Recent[str, Any]] = {
+            SANDBOX.name: self._sandboxes,
+            ACCOUNT.name: self._accounts,
+            PLACES.name: self._hosts,
+        }
         self._floors: Recent[str, int] = Recent(KNOWN_FLOORS)
         self._snapshot_index = _SnapshotIndex()
         self._objects_index = _ObjectsIndex()
@@ -190,147 +152,11 @@ class JetStreamEventStore:
         if seq > self._floors.get(scope, 0):
             self._floors.put(scope, seq)
 
-    async def load(self, sandbox_id: str) -> Loaded:
-        """The sandbox folded from the state this store last saw of it, if it kept one (as
-        for accounts: the events past that state's sequence are all it lacks)."""
-        known = self._sandboxes.get(sandbox_id) or Loaded(SandboxState(sandbox_id=sandbox_id), 0)
-        last_seq = known.last_seq
-        events: list[SandboxEvent] = []
-        async for seq, event in self._events(subjects.sandbox_events_filter(sandbox_id), last_seq):
-            last_seq = seq
-            if event is not None and not isinstance(event, NOT_SANDBOX_EVENTS):
-                events.append(event)
-        if events:
-            loaded = Loaded(fold_on(known.state, events), last_seq)
-        else:  # nothing new, or only events of types this version does not fold
-            loaded = known if last_seq == known.last_seq else Loaded(known.state, last_seq)
-        self._sandboxes.put(sandbox_id, loaded)
-        return loaded
-
-    async def append(self, loaded: Loaded, events: Sequence[SandboxEvent]) -> Loaded:
-        appended = Loaded(*await self._append_all(loaded.state, loaded.last_seq, events, evolve))
-        self._sandboxes.put(appended.state.sandbox_id, appended)
-        return appended
-
-    async def _fold(
-        self,
-        filter_subject: str,
-        state: S,
-        kinds: tuple[type, ...],
-        step: Callable[[S, Any], S],
-        after: int = 0,
-    ) -> tuple[S, int]:
-        """Fold the events of ``kinds`` on one aggregate's subjects (they hold nothing else)
-        into ``state``, which has every event up to sequence ``after`` folded already."""
-        last_seq = after
-        async for seq, event in self._events(filter_subject, after):
-            last_seq = seq
-            if isinstance(event, kinds):
-                state = step(state, event)
-        return state, last_seq
-
-    async def _append_all(
-        self, state: S, last_seq: int, events: Sequence[Any], step: Callable[[S, Any], S]
-    ) -> tuple[S, int]:
-        """Append under the aggregate's expected sequence, folding as it goes."""
-        for event in events:
-            stamped = stamp(event, version=state.version)  # type: ignore[attr-defined]
-            last_seq = await self._append_one(stamped, last_seq)
-            state = step(state, stamped)
-        return state, last_seq
-
-    async def load_snapshot(self, snapshot_id: str) -> LoadedSnapshot:
-        return LoadedSnapshot(
-            *await self._fold(
-                subjects.snapshot_events_filter(snapshot_id),
-                SnapshotState(snapshot_id=snapshot_id),
-                SNAPSHOT_EVENTS,
-                evolve_snapshot,
-            )
-        )
-
-    async def append_snapshot(
-        self, loaded: LoadedSnapshot, events: Sequence[SnapshotEvent]
-    ) -> LoadedSnapshot:
-        return LoadedSnapshot(
-            *await self._append_all(loaded.state, loaded.last_seq, events, evolve_snapshot)
-        )
-
-    async def load_account(self, project: str) -> LoadedAccount:
-        """The account folded from the state this store last saw of it, if it kept one:
-        the log only grows, so the events past that state's sequence are all it lacks."""
-        known = self._accounts.get(project) or LoadedAccount(AccountBook.empty(project), 0)
-        loaded = LoadedAccount(
-            *await self._fold(
-                subjects.account_events_filter(project),
-                known.book,
-                ACCOUNT_EVENTS,
-                evolve_book,
-                after=known.last_seq,
-            )
-        )
-        self._accounts.put(project, loaded)
-        return loaded
-
-    async def append_account(
-        self, loaded: LoadedAccount, events: Sequence[AccountEvent]
-    ) -> LoadedAccount:
-        appended = LoadedAccount(
-            *await self._append_all(loaded.book, loaded.last_seq, events, evolve_book)
-        )
-        self._accounts.put(appended.state.project, appended)
-        return appended
-
-    async def load_key(self, key_id: str) -> LoadedKey:
-        return LoadedKey(
-            *await self._fold(
-                subjects.key_events_filter(key_id), KeyState(key_id=key_id), KEY_EVENTS, evolve_key
-            )
-        )
-
-    async def append_key(self, loaded: LoadedKey, events: Sequence[KeyEvent]) -> LoadedKey:
-        return LoadedKey(*await self._append_all(loaded.state, loaded.last_seq, events, evolve_key))
-
-    async def load_member(self, member_id: str) -> LoadedMember:
-        return LoadedMember(
-            *await self._fold(
-                subjects.pool_events_filter(member_id),
-                MemberState(member_id=member_id),
-                POOL_EVENTS,
-                evolve_member,
-            )
-        )
-
-    async def append_member(
-        self, loaded: LoadedMember, events: Sequence[PoolEvent]
-    ) -> LoadedMember:
-        return LoadedMember(
-            *await self._append_all(loaded.state, loaded.last_seq, events, evolve_member)
-        )
-
-    async def load_places(self, host: str) -> LoadedPlaces:
-        """Folded from the places this store last saw of the host, as an account is."""
-        known = self._hosts.get(host) or LoadedPlaces(HostPlaces(host=host), 0)
-        loaded = LoadedPlaces(
-            *await self._fold(
-                subjects.place_events_filter(host),
-                known.state,
-                PLACE_EVENTS,
-                evolve_places,
-                after=known.last_seq,
-            )
-        )
-        self._hosts.put(host, loaded)
-        return loaded
-
-    async def append_places(
-        self, loaded: LoadedPlaces, events: Sequence[PlaceEvent]
-    ) -> LoadedPlaces:
-        appended = LoadedPlaces(
-            *await self._append_all(loaded.state, loaded.last_seq, events, evolve_places)
-        )
-        self._hosts.put(appended.state.host, appended)
-        return appended
+    def _kept(self, aggregate: Aggregate[Any, Any, Any]) -> Recent[str, Any] | None:
+        """Sandboxes, accounts and hosts' places: the aggregates that gain events for ever
+        (``KNOWN_SANDBOXES``, ``KNOWN_ACCOUNTS``, ``KNOWN_HOSTS``) and that every command on
+        them loads."""
+        return self._kept_by_name.get(aggregate.name)
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
         return sorted(
@@ -400,49 +226,31 @@ class JetStreamEventStore:
         stamped = stamp(event)
         await self._publish(stamped, {"Nats-Msg-Id": stamped.event_id})
 
-    async def _append_one(
+    async def _append_at(
         self,
-        event: SandboxEvent | SnapshotEvent | AccountEvent | KeyEvent | PoolEvent | PlaceEvent,
+        aggregate: Aggregate[Any, Any, Any],
+        aggregate_id: str,
+        event: Event,
         expected_seq: int,
     ) -> int:
-        """Append one event of an aggregate, expecting ``expected_seq`` as its last sequence."""
-        if isinstance(event, SNAPSHOT_EVENTS):
-            kind, aggregate_id = "snapshot", event.snapshot_id
-            scope = subjects.snapshot_events_filter(aggregate_id)
-        elif isinstance(event, ACCOUNT_EVENTS):
-            kind, aggregate_id = "account", event.project
-            scope = subjects.account_events_filter(aggregate_id)
-        elif isinstance(event, KEY_EVENTS):
-            kind, aggregate_id = "key", event.key_id
-            scope = subjects.key_events_filter(aggregate_id)
-        elif isinstance(event, POOL_EVENTS):
-            kind, aggregate_id = "pool member", event.member_id
-            scope = subjects.pool_events_filter(aggregate_id)
-        elif isinstance(event, PLACE_EVENTS):
-            kind, aggregate_id = "host", event.host
-            scope = subjects.place_events_filter(aggregate_id)
-        else:
-            kind, aggregate_id = "sandbox", event.sandbox_id
-            scope = subjects.sandbox_events_filter(aggregate_id)
+        """Append under both expected-sequence headers, scoped to the aggregate."""
+        scope = aggregate.scope(aggregate_id)
         headers = {
             "Nats-Msg-Id": event.event_id,
             "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
             "Nats-Expected-Last-Subject-Sequence-Subject": scope,
         }
         try:
-            seq = await self._publish(event, headers)
+            appended = await self._publish(event, headers)
         except PublishConflict as conflict:
             if conflict.retried:
                 landed = await self._landed_seq(scope, event.event_id)
                 if landed is not None:
                     self._saw(scope, landed)
                     return landed
-            raise ConcurrencyConflict(
-                f"{kind} {aggregate_id} changed while deciding; reload and decide again",
-                sandbox_id=aggregate_id if kind == "sandbox" else None,
-            ) from conflict
-        self._saw(scope, seq)
-        return seq
+            raise aggregate.conflict(aggregate_id) from conflict
+        self._saw(scope, appended)
+        return appended
 
     async def _publish(self, event: Event, headers: dict[str, str]) -> int:
         """The one publish of every append: retried through elections, same id every time.

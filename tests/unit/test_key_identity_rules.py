@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bcrypt
 
+from sandboxer import subjects
 from sandboxer.bus.key_users import KeyUsers, bus_hash_for, key_credentials
 from sandboxer.bus.permissions import KeyUser, key_permissions
 from sandboxer.commands.parse import key_of, verb_of
@@ -109,17 +110,6 @@ def test_an_agt_key_reaches_only_subjects_naming_it_and_its_own_inbox() -> None:
     assert "sandboxer.cmd.*" in perms.publish_deny
 
 
-def _matches(pattern: str, subject: str) -> bool:
-    """nats-server's subject match: ``*`` is one token, a final ``>`` one or more."""
-    want, got = pattern.split("."), subject.split(".")
-    for at, token in enumerate(want):
-        if token == ">":
-            return len(got) > at
-        if at >= len(got) or token not in ("*", got[at]):
-            return False
-    return len(want) == len(got)
-
-
 def test_no_key_may_publish_on_another_keys_stamped_subjects() -> None:
     """An adm key had the client identity's ``sandboxer.>``: every other key's stamp."""
     other = "keyzzzzzzzzzzzzzzzzz"
@@ -132,11 +122,11 @@ def test_no_key_may_publish_on_another_keys_stamped_subjects() -> None:
         f"sandboxer.token.sbx1.{other}",
     ]
     for kind in ("agt", "atm", "adm"):
-        perms = key_permissions(KeyUser(KEY_ID, kind, "alpha", "x"))
+        allowed = key_permissions(KeyUser(KEY_ID, kind, "alpha", "x")).publish_allow
         for subject in theirs:
-            assert not any(_matches(p, subject) for p in perms.publish_allow), (kind, subject)
+            assert not any(subjects.matches(subject, p) for p in allowed), (kind, subject)
             mine = subject.replace(other, KEY_ID)
-            assert any(_matches(p, mine) for p in perms.publish_allow), (kind, mine)
+            assert any(subjects.matches(mine, p) for p in allowed), (kind, mine)
     admin = key_permissions(KeyUser(KEY_ID, "adm", "ops", "x"))
     for plain in ("sandboxer.query.host.list", "sandboxer.admin.replay", "$JS.API.INFO"):
-        assert any(_matches(p, plain) for p in admin.publish_allow), plain
+        assert any(subjects.matches(plain, p) for p in admin.publish_allow), plain
