@@ -6,7 +6,8 @@ reply); a key's request past its rate (:class:`RateLimited`, raised by the key's
 resolver) is answered with ``code`` ``rate_limited`` and ``retry_after`` besides;
 any other exception is logged and answered as an internal error.
 Each request runs in its own task, so a slow one (a replay, a reap) does not
-hold up the others.
+hold up the others. ``serve`` and ``serve_scoped`` return once the server routes the
+subjects' requests here (bus/in_effect.py), so whoever starts a service may announce it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from sandboxer.bus.in_effect import in_effect
 from sandboxer.bus.key_request_rate import refusal_fields
 from sandboxer.bus.replies import answer_subject
 from sandboxer.errors import RateLimited, RequestError
@@ -47,6 +49,7 @@ class Responder:
     async def serve(self, routes: Mapping[str, Handler], *, queue: str = "") -> None:
         for subject, handler in routes.items():
             await self._subscribe(subject, queue, _fixed(handler), keyed=False)
+        await in_effect(self._nc)
 
     async def serve_scoped(
         self, routes: Mapping[str, ScopedHandler], resolve: KeyResolver, *, queue: str = ""
@@ -55,6 +58,7 @@ class Responder:
         the-bus): only that key may publish there, so the last token says who asks."""
         for subject, handler in routes.items():
             await self._subscribe(f"{subject}.*", queue, _as_key(handler, resolve), keyed=True)
+        await in_effect(self._nc)
 
     async def _subscribe(
         self,
