@@ -16,7 +16,7 @@ from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.profile import Network, Profile
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.routing import rank
-from sandboxer.domain.sandbox_decide import MarkReady, StartProvisioning, decide
+from sandboxer.domain.sandbox_decide import AdmittedCreate, MarkReady, StartProvisioning, decide
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.errors import InvalidCommand, Rejected
 from sandboxer.events.types import Actor, NetworkRecord, SandboxRequested
@@ -27,13 +27,14 @@ NOW = "2026-12-02T10:00:00.000Z"
 LEVELS = ("none", "all-or-nothing", "cidr", "domain")
 
 
-def decl(ext_id: str, network: str, kind: str = "saas") -> ExtensionDecl:
+def decl(ext_id: str, network: str, **capabilities: Any) -> ExtensionDecl:
+    """A saas backend enforcing ``network``, with any other ``capabilities`` it declares."""
     return ExtensionDecl.model_validate(
         {
             "id": ext_id,
-            "kind": kind,
+            "kind": "saas",
             "entry_point": "m:C",
-            "capabilities": {"isolation": ["container"], "network": network},
+            "capabilities": {"isolation": ["container"], "network": network, **capabilities},
         }
     )
 
@@ -41,14 +42,33 @@ def decl(ext_id: str, network: str, kind: str = "saas") -> ExtensionDecl:
 ENABLED = {f"ext.{level}": decl(f"ext.{level}", level) for level in LEVELS}
 
 
-def routed_profile(network: dict[str, Any]) -> Profile:
+def routed_profile(network: dict[str, Any], candidates: list[str] | None = None) -> Profile:
+    """``profile.net``, routed explicitly to ``candidates`` (every level's backend, least
+    first, by default)."""
     return Profile.model_validate(
         {
             "id": "profile.net",
-            "route": {"strategy": "explicit", "candidates": [f"ext.{level}" for level in LEVELS]},
+            "route": {
+                "strategy": "explicit",
+                "candidates": candidates or [f"ext.{level}" for level in LEVELS],
+            },
             "network": network,
         }
     )
+
+
+@pytest.fixture(scope="module")
+def packaged() -> Catalog:
+    """The packaged profiles and extension declarations."""
+    return Catalog.load(packaged_dir("profiles").parent)
+
+
+def admit_with_egress(catalog: Catalog, profile_id: str, egress: list[str]) -> AdmittedCreate:
+    """A create of ``profile_id`` whose profile's network (deny) lets out only ``egress``,
+    admitted among ``catalog``'s enabled extensions (raises Rejected if it is not)."""
+    profile = catalog.profile(profile_id).model_copy(update={"network": Network(egress=egress)})
+    command = CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id)
+    return admit_create(command, profile, catalog.extensions_enabled())
 
 
 @pytest.mark.parametrize(
@@ -91,9 +111,8 @@ def test_a_profile_fixed_to_a_backend_that_cannot_enforce_it_is_not_routed() -> 
     assert "needs a domain allowlist" in refused.value.reason
 
 
-def test_packaged_declarations_state_what_each_backend_enforces() -> None:
-    catalog = Catalog.load(packaged_dir("profiles").parent)
-    levels = {ext_id: d.capabilities.network for ext_id, d in catalog.extensions.items()}
+def test_packaged_declarations_state_what_each_backend_enforces(packaged: Catalog) -> None:
+    levels = {ext_id: d.capabilities.network for ext_id, d in packaged.extensions.items()}
     assert levels == {
         "ext.local": "domain",
         "ext.compose-ssh": "domain",
@@ -103,40 +122,33 @@ def test_packaged_declarations_state_what_each_backend_enforces() -> None:
         "ext.modal": "domain",
         "ext.saas-stub": "none",
     }
-    limits = {e: d.capabilities.network_max_cidrs for e, d in catalog.extensions.items()}
+    limits = {e: d.capabilities.network_max_cidrs for e, d in packaged.extensions.items()}
     assert {e: n for e, n in limits.items() if n is not None} == {"ext.daytona": 5}
-    ipv4_only = {e for e, d in catalog.extensions.items() if not d.capabilities.network_ipv6}
+    ipv4_only = {e for e, d in packaged.extensions.items() if not d.capabilities.network_ipv6}
     assert ipv4_only == {"ext.e2b", "ext.daytona"}  # Modal's spec is silent: it gets IPv6
 
 
-def test_a_profile_whose_egress_names_domains_is_routed_to_daytona() -> None:
+def test_a_profile_whose_egress_names_domains_is_routed_to_daytona(packaged: Catalog) -> None:
     """ext.daytona sends names in domainAllowList (Daytona's spec has it beside the CIDRs of
     networkAllowList), so its declaration says network: domain; it said cidr before, and a
     profile fixed to Daytona with a name in its egress was refused no_route."""
-    catalog = Catalog.load(packaged_dir("profiles").parent)
-    profile = catalog.profile("profile.daytona").model_copy(
-        update={"network": Network(egress=["*.pypi.org:443", "10.0.0.0/8"])}
-    )
-    command = CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id)
-    assert admit_create(command, profile, catalog.extensions_enabled()).extension == "ext.daytona"
+    egress = ["*.pypi.org:443", "10.0.0.0/8"]
+    assert admit_with_egress(packaged, "profile.daytona", egress).extension == "ext.daytona"
 
 
 SIX_BLOCKS = ["192.0.2.1", "192.0.2.3", "192.0.2.5", "192.0.2.7", "192.0.2.9", "192.0.2.11"]
 """Six addresses no two of which merge into one CIDR block."""
 
 
-def test_a_policy_of_more_cidr_blocks_than_daytona_takes_is_not_routed_there() -> None:
+def test_a_policy_of_more_cidr_blocks_than_daytona_takes_is_not_routed_there(
+    packaged: Catalog,
+) -> None:
     """Daytona's networkAllowList takes at most five CIDR blocks (its docs); its declaration
     says so (network_max_cidrs: 5), so a create whose policy makes six is refused no_route,
     naming the limit and the fix, instead of being routed, held for and refused by Daytona
     (or cut short). Before, it was admitted to ext.daytona."""
-    catalog = Catalog.load(packaged_dir("profiles").parent)
-    profile = catalog.profile("profile.daytona").model_copy(
-        update={"network": Network(egress=[*SIX_BLOCKS, "*.pypi.org:443"])}
-    )
-    command = CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id)
     with pytest.raises(Rejected) as refused:
-        admit_create(command, profile, catalog.extensions_enabled())
+        admit_with_egress(packaged, "profile.daytona", [*SIX_BLOCKS, "*.pypi.org:443"])
     assert refused.value.code == "no_route"
     assert refused.value.reason.startswith(
         "no extension can serve profile.daytona: ext.daytona cannot hold the network policy "
@@ -147,34 +159,17 @@ def test_a_policy_of_more_cidr_blocks_than_daytona_takes_is_not_routed_there() -
     )
 
 
-def test_addresses_that_merge_into_five_blocks_are_routed_to_daytona() -> None:
-    catalog = Catalog.load(packaged_dir("profiles").parent)
+def test_addresses_that_merge_into_five_blocks_are_routed_to_daytona(packaged: Catalog) -> None:
     merging = ["10.0.0.0/25", "10.0.0.128/25:443", "10.0.0.7", *SIX_BLOCKS[:4], "pypi.org"]
-    profile = catalog.profile("profile.daytona").model_copy(
-        update={"network": Network(egress=merging)}
-    )
-    command = CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id)
-    assert admit_create(command, profile, catalog.extensions_enabled()).extension == "ext.daytona"
+    assert admit_with_egress(packaged, "profile.daytona", merging).extension == "ext.daytona"
 
 
 def test_a_routed_profile_passes_over_a_backend_whose_allowlist_is_too_short() -> None:
     """The limit is one more eligibility check: the next candidate that can hold it serves,
     and a narrowing create that leaves few enough blocks is routed to the short one again."""
-    short = decl("ext.short", "domain").model_copy(
-        update={
-            "capabilities": decl("ext.short", "domain").capabilities.model_copy(
-                update={"network_max_cidrs": 2}
-            )
-        }
-    )
+    short = decl("ext.short", "domain", network_max_cidrs=2)
     enabled = {"ext.short": short, "ext.domain": ENABLED["ext.domain"]}
-    profile = Profile.model_validate(
-        {
-            "id": "profile.net",
-            "route": {"strategy": "explicit", "candidates": ["ext.short", "ext.domain"]},
-            "network": {"egress": SIX_BLOCKS[:3]},
-        }
-    )
+    profile = routed_profile({"egress": SIX_BLOCKS[:3]}, ["ext.short", "ext.domain"])
     decision = rank(profile, enabled, ttl_seconds=60)
     assert decision.chosen == "ext.domain"
     why = {c.extension: c.why_not for c in decision.candidates}
@@ -183,7 +178,7 @@ def test_a_routed_profile_passes_over_a_backend_whose_allowlist_is_too_short() -
         command_id="c2",
         actor=AGENT,
         profile=profile.id,
-        network=NetworkAsk(default="deny", egress=SIX_BLOCKS[:2]),
+        network=NetworkAsk(default="deny", egress=[*SIX_BLOCKS[:2]]),
     )
     assert admit_create(narrowed, profile, enabled).extension == "ext.short"
 
@@ -193,19 +188,16 @@ def test_a_routed_profile_passes_over_a_backend_whose_allowlist_is_too_short() -
     [("profile.daytona", "ext.daytona"), ("profile.e2b-burst", "ext.e2b")],
 )
 def test_a_policy_naming_an_ipv6_address_is_not_routed_to_an_ipv4_only_provider(
-    profile_id: str, extension: str
+    packaged: Catalog, profile_id: str, extension: str
 ) -> None:
     """Daytona's docs: "Use networkAllowList for IPv4 CIDR ranges"; E2B's make deny-all
     denyOut 0.0.0.0/0, IPv4 only. Their declarations say network_ipv6: false, so a policy
     with an IPv6 entry is refused no_route, naming the entry and the fix, instead of being
     routed, held for, and refused by the provider (or its entry dropped). Before, it was
     admitted to either."""
-    catalog = Catalog.load(packaged_dir("profiles").parent)
     egress = ["192.0.2.7", "[2001:db8::1]:53/udp", "2001:db8:1::/48", "pypi.org"]
-    profile = catalog.profile(profile_id).model_copy(update={"network": Network(egress=egress)})
-    command = CreateSandbox(command_id="c1", actor=AGENT, profile=profile.id)
     with pytest.raises(Rejected) as refused:
-        admit_create(command, profile, catalog.extensions_enabled())
+        admit_with_egress(packaged, profile_id, egress)
     assert refused.value.code == "no_route"
     assert refused.value.reason.startswith(
         f"no extension can serve {profile_id}: {extension} cannot hold the network policy "
@@ -214,26 +206,19 @@ def test_a_policy_naming_an_ipv6_address_is_not_routed_to_an_ipv4_only_provider(
         "[2001:db8::1]:53/udp, 2001:db8:1::/48; name those destinations by domain or as IPv4, "
         "or route the profile to another backend"
     )
-    ipv4 = profile.model_copy(update={"network": Network(egress=egress[:1] + egress[3:])})
-    assert admit_create(command, ipv4, catalog.extensions_enabled()).extension == extension
+    ipv4 = egress[:1] + egress[3:]
+    assert admit_with_egress(packaged, profile_id, ipv4).extension == extension
 
 
 def test_an_ipv6_policy_passes_an_ipv4_only_backend_over_for_one_that_takes_it() -> None:
     """One more eligibility check: the next candidate serves, and a create that narrows the
     policy to IPv4 is routed to the IPv4-only one again. Left out, network_ipv6 is true."""
     assert ENABLED["ext.domain"].capabilities.network_ipv6 is True
-    v4 = decl("ext.v4", "domain")
-    v4 = v4.model_copy(
-        update={"capabilities": v4.capabilities.model_copy(update={"network_ipv6": False})}
-    )
-    enabled = {"ext.v4": v4, "ext.domain": ENABLED["ext.domain"]}
-    profile = Profile.model_validate(
-        {
-            "id": "profile.net",
-            "route": {"strategy": "explicit", "candidates": ["ext.v4", "ext.domain"]},
-            "network": {"egress": ["10.0.0.0/8", "2001:db8::/32"]},
-        }
-    )
+    enabled = {
+        "ext.v4": decl("ext.v4", "domain", network_ipv6=False),
+        "ext.domain": ENABLED["ext.domain"],
+    }
+    profile = routed_profile({"egress": ["10.0.0.0/8", "2001:db8::/32"]}, ["ext.v4", "ext.domain"])
     decision = rank(profile, enabled, ttl_seconds=60)
     assert decision.chosen == "ext.domain"
     why = {c.extension: c.why_not for c in decision.candidates}
@@ -382,10 +367,9 @@ def test_a_bad_network_is_rejected_with_a_reason(network: object, code: str, say
     assert says in caught.value.reason
 
 
-def test_packaged_profiles_still_load() -> None:
-    catalog = Catalog.load(packaged_dir("profiles").parent)
-    for profile_id in catalog.profiles:
-        catalog.profile(profile_id).network.policy()
+def test_packaged_profiles_still_load(packaged: Catalog) -> None:
+    for profile_id in packaged.profiles:
+        packaged.profile(profile_id).network.policy()
 
 
 JSON = st.recursive(
