@@ -25,6 +25,7 @@ from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.errors import CommandFailed, ProviderError, ProviderUnavailable
+from sandboxer.extensions.daytona.api import ProviderSandbox
 from sandboxer.extensions.daytona.backend import DaytonaExtension
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
@@ -38,18 +39,23 @@ pytestmark = pytest.mark.integration
 
 AUTODELETE_PATH = "/sandbox/{sandboxIdOrName}/autodelete/{interval}"
 STOP_PATH = "/sandbox/{sandboxIdOrName}/stop"
+START_PATH = "/sandbox/{sandboxIdOrName}/start"
 GRACE = 15
 """The packaged declaration's leak_grace_minutes: a running sandbox's auto-delete."""
 
 
 class LateDouble(DaytonaDouble):
     """The Daytona double whose stops and starts, while ``hold`` is set, are taken but carried
-    out only when the test lands them (the sandbox meanwhile stays as it was), and whose
-    auto-delete writes can land what is held, or wait for the test, as a test chooses."""
+    out only when the test lands them (the sandbox meanwhile stays as it was, its
+    ``desiredState`` the one it was asked for, as Daytona sets it when it takes the request),
+    and whose auto-delete writes can land what is held, or wait for the test, as a test
+    chooses."""
 
     def __init__(self) -> None:
         super().__init__()
         self.hold = False
+        self.tells_desired = True
+        """False: the answers leave ``desiredState`` out (the spec does not require it)."""
         self.held: list[tuple[Record, str, str]] = []
         self.land_after: float | None = None
         """Land what is held right after an auto-delete set to this interval is applied."""
@@ -64,6 +70,15 @@ class LateDouble(DaytonaDouble):
         held, self.held = self.held, []
         for record, moving, end in held:
             record.state, record.next_state, record.polls_left = moving, end, 1
+
+    def _body(self, record: Record) -> dict[str, Any]:
+        body = super()._body(record)
+        for held, _, end in self.held:
+            if held is record:
+                body["desiredState"] = end
+        if not self.tells_desired:
+            del body["desiredState"]
+        return body
 
     async def _stop(self, call: Call) -> Answer:
         return await self._late(call, "stopping", "stopped") or await super()._stop(call)
@@ -114,13 +129,17 @@ async def test_a_stop_landing_after_the_put_back_s_look_keeps_the_auto_delete_li
 ) -> None:
     """The pause gave up waiting for its stop, and the stop landed between the put-back's
     look (still running) and its write: on the old code the sandbox was left stopped with
-    the auto-delete set, for Daytona to delete a sandbox the log may come to call paused."""
+    the auto-delete set, for Daytona to delete a sandbox the log may come to call paused.
+    Answers without ``desiredState`` (a Daytona that does not say a stop is pending: the
+    pause cannot tell it will land, sees the sandbox settled as it runs, and fits the
+    auto-delete to that; stopped, it is left lifted)."""
     double, served = late
     extension = build(served, ready_timeout=0.3)
     try:
         await up(extension, "dtrace0001")
         [record] = double.live()
         double.hold = True
+        double.tells_desired = False
         double.land_after = GRACE  # the stop lands just after the put-back's write
         with pytest.raises(ProviderUnavailable, match="did not stop within"):
             await extension.pause("dtrace0001")
@@ -134,8 +153,10 @@ async def test_a_put_back_beside_a_pause_that_stops_it_does_not_outlast_the_stop
     late: tuple[LateDouble, DaytonaServed],
 ) -> None:
     """Two attempts at one pause: this one's stop is taken and lands later; the other gives
-    up first and, seeing the sandbox still run, puts the auto-delete back. On the old code
-    the pause that succeeded (the log: ``paused``) left it stopped with the auto-delete set."""
+    up first. On the old code it saw the sandbox still run and put the auto-delete back, and
+    the pause that succeeded (the log: ``paused``) left it stopped with the auto-delete set.
+    Now it sees the stop pending (``desiredState``) and keeps it lifted; it sent no stop of
+    its own, so it does not start the sandbox again either."""
     double, served = late
     extension = build(served)
     beside = build(served, ready_timeout=0.2)
@@ -147,7 +168,8 @@ async def test_a_put_back_beside_a_pause_that_stops_it_does_not_outlast_the_stop
         await until(lambda: double.held)
         with pytest.raises(ProviderUnavailable, match="did not stop within"):
             await beside.pause("dtrace0002")
-        assert (record.state, record.auto_delete) == ("started", GRACE)  # put back: it runs
+        assert (record.state, record.auto_delete) == ("started", -1)  # a stop is pending
+        assert double.app.calls.count(("POST", START_PATH)) == 0
         double.land()
         await pausing
     finally:
@@ -188,6 +210,77 @@ async def test_a_put_back_that_lifts_it_as_a_resume_starts_it_gives_it_back(
         await extension.aclose()
         await beside.aclose()
     assert (record.state, record.auto_delete) == ("started", GRACE)
+
+
+class GivesUpOnItsStop(DaytonaExtension):
+    """Says when a pause has given up waiting for its stop (and goes on as it would)."""
+
+    gave_up: asyncio.Event
+
+    async def _wait_for(
+        self, sandbox_id: str, wanted: set[str], action: str, **kwargs: Any
+    ) -> ProviderSandbox:
+        try:
+            return await super()._wait_for(sandbox_id, wanted, action, **kwargs)
+        except ProviderUnavailable:
+            if action == "stop":
+                self.gave_up.set()
+            raise
+
+
+async def test_a_failed_pause_s_own_stop_landing_after_it_gave_up_is_started_again(
+    late: tuple[LateDouble, DaytonaServed],
+) -> None:
+    """The pause's stop is taken, but Daytona carries it out only after the pause gave up
+    waiting for it, past its put-back's last look on the old code: the pause failed (the log
+    keeps the sandbox ``ready``), and Daytona had it stopped, with the auto-delete set to
+    delete it a grace later. Now the failed pause waits for the stop Daytona took (its
+    ``desiredState``) to land, starts the sandbox again and gives it back its auto-delete,
+    and says so."""
+    double, served = late
+    extension = build(served, kind=GivesUpOnItsStop, ready_timeout=2)
+    assert isinstance(extension, GivesUpOnItsStop)
+    extension.gave_up = asyncio.Event()
+    try:
+        await up(extension, "dtrace0006")
+        [record] = double.live()
+        double.hold = True
+        pausing = asyncio.create_task(extension.pause("dtrace0006"))
+        await until(extension.gave_up.is_set)
+        double.hold = False
+        double.land()  # Daytona carries out the stop it took
+        with pytest.raises(ProviderUnavailable, match="did not stop within") as caught:
+            await pausing
+    finally:
+        await extension.aclose()
+    assert (record.state, record.auto_delete) == ("started", GRACE)
+    assert double.app.calls.count(("POST", START_PATH)) == 1
+    assert "it was started again: pause it again" in str(caught.value)
+
+
+async def test_a_failed_pause_whose_stop_is_still_pending_keeps_the_auto_delete_lifted(
+    late: tuple[LateDouble, DaytonaServed],
+) -> None:
+    """The pause's stop is taken and not carried out, even once the failed pause has waited
+    for it as long again: Daytona may stop the sandbox any time, so the auto-delete stays
+    lifted (on the old code it was set, and Daytona would delete the sandbox a grace after
+    the stop landed while the log says ``ready``), and the error says to pause it again."""
+    double, served = late
+    extension = build(served, ready_timeout=0.3)
+    try:
+        await up(extension, "dtrace0007")
+        [record] = double.live()
+        double.hold = True
+        with pytest.raises(ProviderUnavailable, match="did not stop within") as caught:
+            await extension.pause("dtrace0007")
+        assert (record.state, record.auto_delete) == ("started", -1)
+        assert "not carried out its stop yet" in str(caught.value)
+        double.hold = False
+        double.land()
+        await extension.pause("dtrace0007")  # paused again, as the error says
+    finally:
+        await extension.aclose()
+    assert (record.state, record.auto_delete) == ("stopped", -1)
 
 
 @pytest.mark.parametrize(("status", "tries"), [(400, 1), (503, 4)])

@@ -48,10 +48,12 @@ def build(
     *,
     upload_max_mb: int = 1024,
     extension: str = "ext.daytona",
+    kind: type[DaytonaExtension] = DaytonaExtension,
     **settings: Any,
 ) -> DaytonaExtension:
     """The backend as the worker builds it: from the packaged declaration (under another id
-    with ``extension``, as a copy in $SANDBOXER_HOME/extensions), settings overridden."""
+    with ``extension``, as a copy in $SANDBOXER_HOME/extensions), settings overridden; a
+    ``kind`` of it a test subclassed to watch it."""
     decl = Catalog.load().extensions_enabled()["ext.daytona"]
     given = {"api_url": served.api_url, "api_key": served.key, **FAST, **settings}
     settings_given = {k: v for k, v in given.items() if v is not None}
@@ -63,7 +65,7 @@ def build(
         ack_wait=5.0,
         upload_max_mb=upload_max_mb,
     )
-    extension = DaytonaExtension.from_declaration(decl, settings_)
+    extension = kind.from_declaration(decl, settings_)
     check_claims(decl, extension)
     return extension
 
@@ -405,21 +407,23 @@ class TestPause:
         await daytona.pause("dtpause003")  # once the stop goes through, it pauses
         assert (record.state, record.auto_delete) == ("stopped", -1)
 
-    async def test_a_stop_that_lands_though_the_pause_failed_keeps_it_lifted(
+    async def test_a_stop_that_lands_though_the_pause_failed_is_started_again(
         self, daytona: DaytonaExtension, daytona_double: DaytonaServed
     ) -> None:
-        """The stop went through but the pause gave up waiting: the sandbox may be paused in
-        the log (an attempt beside this one), so Daytona must not delete it when stopped."""
+        """The stop went through but the pause gave up waiting: the pause failed, so the log
+        keeps the sandbox ``ready``. Once the stop has landed the sandbox is started again,
+        with its auto-delete (on the old code it stayed stopped, the auto-delete lifted). The
+        start too takes longer than this ``ready_timeout``: the error says it may not land."""
         await up(daytona, "dtpause004")
         [record] = daytona_double.double.live()
         extension = build(daytona_double, ready_timeout=0.001)
         try:
-            with pytest.raises(ProviderError, match="did not stop within"):
+            with pytest.raises(ProviderError, match="did not stop within") as caught:
                 await extension.pause("dtpause004")
         finally:
             await extension.aclose()
-        assert record.state in {"stopping", "stopped"}
-        assert record.auto_delete == -1
+        assert (record.state, record.auto_delete) == ("started", 15)
+        assert "its stop landed after all, and starting it again" in str(caught.value)
 
 
 class TestFaults:

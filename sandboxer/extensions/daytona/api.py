@@ -36,6 +36,9 @@ class ProviderSandbox:
     labels: dict[str, str]
     error_reason: str | None
     target: str | None
+    desired_state: str | None = None
+    """Where Daytona is taking it: a stop or start it took sets this at once, and the state
+    follows when its runner has carried it out."""
 
     @classmethod
     def from_body(cls, body: Any) -> ProviderSandbox:
@@ -51,6 +54,7 @@ class ProviderSandbox:
             labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
             error_reason=_text(body.get("errorReason")),
             target=_text(body.get("target")),
+            desired_state=_text(body.get("desiredState")),
         )
 
 

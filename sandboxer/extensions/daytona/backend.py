@@ -100,9 +100,23 @@ SandboxState): a paused one of ours is one of them."""
 
 OUTPUT_TAIL = 2000
 
+SETTLED_STATES = frozenset({"started", "stopped", "archived"})
+"""Daytona's states with nothing under way."""
+
 FIT_ROUNDS = 3
 """Writes of the auto-delete a failed pause makes while the state keeps changing under it
 (each change is another attempt's stop or start landing): past that, it logs and gives up."""
+
+
+def _stopped_or_stopping(found: ProviderSandbox) -> bool:
+    """Stopped, on its way there, or with a stop Daytona took but has not begun: its
+    desiredState says so at once, while its state still says ``started``."""
+    return found.state in STOPPED_STATES or found.desired_state in STOPPED_STATES
+
+
+def _settled(found: ProviderSandbox) -> bool:
+    """Nothing under way: a state at rest, and the one Daytona wants (when it says which)."""
+    return found.state in SETTLED_STATES and found.desired_state in {None, found.state}
 
 
 class DaytonaExtension:
@@ -462,27 +476,107 @@ class DaytonaExtension:
         last as long as the profile's ``max_pause``, so the auto-delete is lifted before the
         stop, and lifted once more once the sandbox is seen stopped: a failed attempt at this
         pause beside this one may have put it back in between (:meth:`_unlift_auto_delete`).
-        A stop that fails puts it back."""
+        A pause that fails leaves the sandbox running, as the log keeps it ``ready``: when
+        it asked for the stop, the stop may land later, and it is started again
+        (:meth:`_running_again`)."""
+        await self._stop(sandbox_id, start_again=True)
+
+    async def _stop(self, sandbox_id: str, *, start_again: bool) -> None:
+        """The pause; ``start_again`` when the log keeps the sandbox running if it fails (a
+        pause), not when it keeps it paused (a failed resume stopping it again)."""
         check_sandbox_id(sandbox_id, self.id)
         api = self._client()
         found = await self._existing(sandbox_id)
+        asks_for_stop = not _stopped_or_stopping(found)
         try:
             await api.set_auto_delete(found.id, -1, sandbox_id)
-            if found.state not in {"stopped", "stopping"}:
+            if asks_for_stop:
                 await api.stop(found.id, sandbox_id)
             await self._wait_for(sandbox_id, {"stopped"}, "stop")
             await api.set_auto_delete(found.id, -1, sandbox_id)
-        except Exception:
-            await self._unlift_auto_delete(api, found.id, sandbox_id)
-            raise
+        except SandboxNotFound:
+            raise  # gone: no auto-delete to fit
+        except Exception as exc:
+            if not (start_again and asks_for_stop):
+                await self._unlift_auto_delete(api, found.id, sandbox_id)
+                raise
+            told = await self._running_again(api, found.id, sandbox_id, exc)
+            if told is None:
+                raise
+            raise told from exc
+
+    async def _running_again(
+        self, api: DaytonaApi, provider_id: str, sandbox_id: str, failed: Exception
+    ) -> ProviderError | None:
+        """A pause that asked for the stop failed, so the log keeps the sandbox ``ready``: it
+        must run, with its auto-delete. Daytona may have taken that stop and carry it out
+        after our last look (the sandbox then stopped, with the auto-delete set, while the
+        log says ``ready``), and it refuses a start while a stop is under way. So wait, up
+        to ``ready_timeout``, for the sandbox to settle (its state its desiredState), start
+        it again if it stopped, then fit its auto-delete (:meth:`_unlift_auto_delete`). The
+        error the pause raises instead of ``failed`` when the sandbox did not simply run on;
+        None when it did (the stop refused, or never taken)."""
+        outcome: str | None = None  # it runs on: the stop refused, or never taken
+        try:
+            seen = await self._once_settled(api, provider_id, sandbox_id)
+        except Exception as exc:  # Daytona unreachable: the auto-delete's fit says so too
+            log.warning(
+                "%s: a pause of %s failed and no look followed: %s", self.id, sandbox_id, exc
+            )
+            seen = None
+        if seen is not None and seen.state not in plan.FAILED_STATES | plan.GONE_STATES:
+            if not _settled(seen):
+                outcome = (
+                    f"Daytona has not carried out its stop yet (still {seen.state}), so it may "
+                    "stop it while sandboxer has it ready: pause it again"
+                )
+            elif seen.state in STOPPED_STATES:
+                outcome = await self._started_again(api, provider_id, sandbox_id)
+        await self._unlift_auto_delete(api, provider_id, sandbox_id)
+        if outcome is None:
+            return None
+        log.warning("%s: a pause of %s failed (%s): %s", self.id, sandbox_id, failed, outcome)
+        return self._failure(
+            failed, sandbox_id, f"pausing {sandbox_id} failed ({failed}); {outcome}"
+        )
+
+    async def _started_again(self, api: DaytonaApi, provider_id: str, sandbox_id: str) -> str:
+        """Start the sandbox a failed pause's stop stopped after all; what became of it."""
+        try:
+            await api.start(provider_id, sandbox_id)
+            await self._wait_for(sandbox_id, {"started"}, "start")
+        except Exception as exc:
+            return (
+                f"its stop landed after all, and starting it again failed ({exc}): unless "
+                "that start lands late, Daytona keeps it stopped while sandboxer has it ready; "
+                "pause and resume it, or destroy it"
+            )
+        return "its stop landed after all, and it was started again: pause it again"
+
+    async def _once_settled(
+        self, api: DaytonaApi, provider_id: str, sandbox_id: str
+    ) -> ProviderSandbox | None:
+        """The sandbox once Daytona has carried out what it took, or gone, or ended in an
+        error; as last seen when ``ready_timeout`` runs out first."""
+        deadline = time.monotonic() + self._config.ready_timeout
+        while True:
+            seen = await api.get(provider_id, sandbox_id)
+            if (
+                seen is None
+                or seen.state in plan.FAILED_STATES | plan.GONE_STATES
+                or _settled(seen)
+                or time.monotonic() > deadline
+            ):
+                return seen
+            await asyncio.sleep(self._config.poll_interval)
 
     async def _unlift_auto_delete(self, api: DaytonaApi, provider_id: str, sandbox_id: str) -> None:
-        """A pause failed, so the log keeps the sandbox ``ready``: give it back the auto-delete
-        it had while it runs, or a sandbox sandboxer then lost track of would never be deleted
-        at Daytona (auto-stopped a grace past our TTL, it would sit there, billed for its disk).
-        One stopped or stopping keeps it lifted: the stop landed after all, or an attempt of
-        the same pause held up beside this one stopped it, and the log may say ``paused``;
-        Daytona must not delete a paused sandbox.
+        """A pause failed: give the sandbox back the auto-delete it had while it runs, or a
+        sandbox sandboxer then lost track of would never be deleted at Daytona (auto-stopped
+        a grace past our TTL, it would sit there, billed for its disk). One stopped, stopping
+        or with a stop pending (its desiredState) keeps it lifted: that stop lands, or an
+        attempt of the same pause held up beside this one made it, and the log may say
+        ``paused``; Daytona must not delete a paused sandbox.
 
         Another attempt's stop (or a resume's start) may land between our look and our write:
         so every write is followed by another look, and the interval written again while
@@ -495,11 +589,11 @@ class DaytonaExtension:
             for _ in range(FIT_ROUNDS):
                 if seen is None or seen.state in plan.GONE_STATES:
                     return
-                stopped = seen.state in STOPPED_STATES
+                stopped = _stopped_or_stopping(seen)
                 minutes = -1 if stopped else self._grace()
                 await api.set_auto_delete(provider_id, minutes, sandbox_id)
                 seen = await api.get(provider_id, sandbox_id)
-                if seen is None or (seen.state in STOPPED_STATES) == stopped:
+                if seen is None or _stopped_or_stopping(seen) == stopped:
                     return
             problem = f"its state kept changing (last {seen.state if seen else 'gone'})"
         except Exception as exc:
@@ -532,21 +626,29 @@ class DaytonaExtension:
     async def _paused_again(self, sandbox_id: str, failed: Exception) -> ProviderError:
         """Pause the sandbox whose resume ``failed`` again, and the error the resume raises:
         of ``failed``'s kind (a retryable one stays retryable), saying what became of it."""
+        try:
+            await self._stop(sandbox_id, start_again=False)
+        except Exception as exc:
+            return self._failure(
+                failed,
+                sandbox_id,
+                f"resuming {sandbox_id} failed ({failed}), and stopping it again failed too "
+                f"({exc}): Daytona may run it, billed, while sandboxer has it paused; resume "
+                "it again, or destroy it",
+            )
+        return self._failure(
+            failed,
+            sandbox_id,
+            f"resuming {sandbox_id} failed ({failed}); it was stopped again and stays paused: "
+            "resume it again",
+        )
+
+    def _failure(self, failed: Exception, sandbox_id: str, what_became_of_it: str) -> ProviderError:
+        """The error a pause or resume that ``failed`` raises once it put the sandbox back: of
+        ``failed``'s kind (a retryable one stays retryable), saying what became of it."""
         kind = type(failed) if isinstance(failed, ProviderError) else ProviderError
         status = failed.status if isinstance(failed, ProviderError) else None
-        try:
-            await self.pause(sandbox_id)
-        except Exception as exc:
-            message = (
-                f"{self.id}: resuming {sandbox_id} failed ({failed}), and stopping it again "
-                f"failed too ({exc}): Daytona may run it, billed, while sandboxer has it "
-                "paused; resume it again, or destroy it"
-            )
-        else:
-            message = (
-                f"{self.id}: resuming {sandbox_id} failed ({failed}); it was stopped again "
-                "and stays paused: resume it again"
-            )
+        message = f"{self.id}: {what_became_of_it}"
         return kind(message, provider=self.id, status=status, sandbox_id=sandbox_id)
 
     # -- TimeoutKeeper ---------------------------------------------------------------------
