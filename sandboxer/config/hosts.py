@@ -22,15 +22,19 @@ cannot smuggle shell syntax into a command.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sandboxer.config.settings import Settings
 from sandboxer.errors import SettingError
+
+if TYPE_CHECKING:
+    from sandboxer.config.catalog import LastParse
 
 __all__ = ["HOSTS_DOC", "HostConfig", "HostsFile", "hosts_path", "load_hosts"]
 
@@ -143,8 +147,6 @@ def load_hosts(settings: Settings) -> dict[str, HostConfig]:
     A file named by ``SANDBOXER_HOSTS`` must exist: a path someone set on
     purpose and mistyped should not quietly mean "no hosts".
     """
-    from sandboxer.config.catalog import load_yaml_model
-
     path = hosts_path(settings)
     if not path.exists():
         explicit = os.environ.get("SANDBOXER_HOSTS")
@@ -156,4 +158,14 @@ def load_hosts(settings: Settings) -> dict[str, HostConfig]:
                 f"{HOSTS_DOC}) or unset SANDBOXER_HOSTS to use {settings.home / 'hosts.yaml'}",
             )
         return {}
-    return dict(load_yaml_model(path, HostsFile).hosts)
+    return dict(_hosts_file().load(path).hosts)
+
+
+@functools.cache
+def _hosts_file() -> LastParse[HostsFile]:
+    """The hosts file as last parsed: asked for on every create (and every refused one), it
+    is parsed again only when it changed. Made on first use: config.catalog loads the
+    profiles' models, which a bus client's commands import this module without."""
+    from sandboxer.config.catalog import LastParse
+
+    return LastParse(HostsFile)

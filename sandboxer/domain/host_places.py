@@ -183,8 +183,10 @@ def may_hold_places(sandbox: SandboxState) -> bool:
     than its own ``create_abandoned``, which a worker killed before the place was freed
     leaves) was appended, and its places are its sandbox's, held or given up by
     :func:`place_given_up` as any other, and freed by the next create that finds the host
-    full. So the hosts' places are read only for a ``new`` sandbox (the control worker
-    still parses the hosts file for every refused create while a backend on hosts runs)."""
+    full. So the hosts' places are read only for a ``new`` sandbox. The control worker
+    still reads the hosts file for every refused create while a backend on hosts runs, to
+    know which hosts have places; it parses it again only when its text changed
+    (config/hosts.load_hosts)."""
     return sandbox.status == "new"
 
 

@@ -323,6 +323,56 @@ def test_hosts_file_named_by_the_setting_must_exist(
     assert str(tmp_path / "hosts.yaml") in caught.value.message
 
 
+def test_the_hosts_file_is_parsed_again_only_when_its_text_changed(tmp_path: Path) -> None:
+    """The control worker reads it on every create and every refused one: a parse takes
+    milliseconds a host, so one is reused while the file's text is the same; a rewrite in
+    place at the same size and modification time (what a stat key would miss) is seen."""
+    import os
+
+    from sandboxer.config.hosts import load_hosts
+    from sandboxer.config.settings import Settings
+
+    hosts_file = tmp_path / "hosts.yaml"
+    box = "hosts:\n  box1: {address: 10.0.0.1, host_key: 'ssh-ed25519 AAAA', max_sandboxes: %d}\n"
+    hosts_file.write_text(box % 2)
+    settings = Settings(home=tmp_path, nats_urls=(), nats_server=None, ack_wait=30)
+    first = load_hosts(settings)
+    first.pop("box1")  # the caller's own dict
+    again = load_hosts(settings)
+    assert again["box1"].max_sandboxes == 2
+    assert load_hosts(settings)["box1"] is again["box1"]  # not parsed again
+    stat = hosts_file.stat()
+    hosts_file.write_text(box % 3)
+    os.utime(hosts_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rewritten = hosts_file.stat()
+    key = ("st_ino", "st_size", "st_mtime_ns")
+    assert [getattr(rewritten, f) for f in key] == [getattr(stat, f) for f in key]
+    assert load_hosts(settings)["box1"].max_sandboxes == 3
+
+
+def test_last_parse_parses_a_changed_file_or_another_path_again(tmp_path: Path) -> None:
+    from sandboxer.config.catalog import LastParse
+    from sandboxer.config.hosts import HostsFile
+
+    one, other = tmp_path / "one.yaml", tmp_path / "other.yaml"
+    one.write_text("hosts: {}\n")
+    other.write_text("hosts: {}\n")
+    last = LastParse(HostsFile)
+    parsed = last.load(one)
+    assert last.load(one) is parsed
+    assert last.load(other) is not parsed  # the same text of another file: its own errors
+    one.write_text("hosts: {box1: {address: 10.0.0.1}}\n")
+    with pytest.raises(ConfigError, match="known_hosts"):  # refused each time, not kept
+        last.load(one)
+    with pytest.raises(ConfigError, match="known_hosts"):
+        last.load(one)
+    one.write_text("hosts: {}\n")
+    assert last.load(one) == parsed
+    one.unlink()
+    with pytest.raises(ConfigError, match="cannot read YAML"):
+        last.load(one)
+
+
 def test_unknown_field_points_to_the_page_of_its_file(tmp_path: Path) -> None:
     from sandboxer.config.hosts import load_hosts
     from sandboxer.config.settings import Settings
