@@ -73,6 +73,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.in_effect import in_effect
 from sandboxer.bus.key_request_rate import KeyRequestRates, refusal_fields
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import RateLimited, SandboxerError, Unsupported
@@ -147,11 +148,16 @@ class ExecService:
         self._in_flight = InFlight()
 
     async def start(self) -> None:
+        """Return once requests from any connection reach this service (bus/in_effect.py)."""
         queue = "" if self._extension.host_local else f"exec-{self._extension.id}"
         for subject in subscriptions("exec"):  # the client identity's, and API keys'
             self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=self._on_request))
         if self._files is not None:
+            # Its wait for its own subscriptions covers these, sent before them: one round
+            # trip for both.
             await self._files.start()
+        else:
+            await in_effect(self._nc)
 
     async def stop(self) -> None:
         for sub in self._subs:

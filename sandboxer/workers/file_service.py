@@ -71,6 +71,7 @@ from nats.js.object_store import ObjectStore
 from nats.nuid import NUID
 
 from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.in_effect import in_effect
 from sandboxer.bus.key_request_rate import KeyRequestRates, refusal_fields
 from sandboxer.bus.streams import replicas_for
 from sandboxer.cleanup_waits import settle
@@ -257,12 +258,14 @@ class FileService:
         self._nuid = NUID()
 
     async def start(self) -> None:
+        """Return once requests from any connection reach this service (bus/in_effect.py)."""
         # A worker killed mid-copy (kill -9, a reboot) never ran its clean-up: its staging
         # can be gigabytes, and nothing else would ever remove it.
         await asyncio.to_thread(sweep_dead, self._staging)
         queue = "" if self._extension.host_local else f"files-{self._extension.id}"
         for subject in subscriptions("files"):  # the client identity's, and API keys'
             self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=self._on_request))
+        await in_effect(self._nc)
 
     async def stop(self) -> None:
         for sub in self._subs:

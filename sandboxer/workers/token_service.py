@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.in_effect import in_effect
 from sandboxer.bus.key_request_rate import KeyRequestRates, refusal_fields
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.token_access import token_refusal
@@ -82,10 +83,12 @@ class TokenService:
         )
 
     async def start(self) -> None:
+        """Return once requests from any connection reach this service (bus/in_effect.py)."""
         for subject in subscriptions("token"):  # the client identity's, and API keys'
             self._subs.append(
                 await self._nc.subscribe(subject, queue=f"token-{self._id}", cb=self._on_request)
             )
+        await in_effect(self._nc)
 
     async def stop(self) -> None:
         for sub in self._subs:

@@ -14,6 +14,7 @@ import pytest
 
 from sandboxer.bus import connect as connect_module
 from sandboxer.bus.connect import connect
+from sandboxer.bus.in_effect import in_effect
 from sandboxer.bus.nats_server import NatsServerProcess
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,7 @@ async def test_a_burst_of_drops_is_logged_as_its_first_and_a_summary(
 
     try:
         await slow.subscribe("burst.a", cb=on_msg, pending_msgs_limit=10)
-        await slow.flush()
+        await in_effect(slow)  # a flush may return before the server has the SUB
         caplog.set_level(logging.WARNING, logger="sandboxer.bus.connect")
         for n in range(BURST):
             await fast.publish("burst.a", str(n).encode())

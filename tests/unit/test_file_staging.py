@@ -3,6 +3,7 @@ service starts, and a copy keeps on disk only what its next step needs."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import subprocess
@@ -20,9 +21,34 @@ from sandboxer.workers import file_service
 from sandboxer.workers.file_service import FileRequest, FileService
 
 
+class FakeSubscription:
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        self.messages: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def next_msg(self, timeout: float) -> bytes:
+        return await self.messages.get()
+
+    async def unsubscribe(self) -> None:
+        pass
+
+
 class FakeNats:
-    async def subscribe(self, subject: str, queue: str = "", cb: Any = None) -> object:
-        return object()
+    """What starting FileService uses: subscriptions in effect at once, and a message
+    published to one delivered to it (the probe of bus/in_effect.py, on its inbox)."""
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[str, FakeSubscription] = {}
+
+    async def subscribe(self, subject: str, queue: str = "", cb: Any = None) -> FakeSubscription:
+        self.subscriptions[subject] = FakeSubscription(subject)
+        return self.subscriptions[subject]
+
+    def new_inbox(self) -> str:
+        return f"_INBOX.{len(self.subscriptions)}"
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        self.subscriptions[subject].messages.put_nowait(payload)
 
     def jetstream(self) -> object:
         return object()

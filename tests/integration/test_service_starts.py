@@ -1,0 +1,72 @@
+"""A worker's services answer a request sent the moment their start returns.
+
+``sandboxer worker EXTENSION`` started (or restarted) beside sandboxes that are already
+ready: once it says it runs, an exec or a copy from another connection must reach it, even
+when nats-server reads the worker's subscriptions late (tests/integration/slow_after_ping.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from sandboxer.bus.connect import connect
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.config.catalog import Catalog
+from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.workers.exec_service import ExecService
+from sandboxer.workers.extension_worker import ExtensionWorker
+from tests.integration.conftest import start_service
+from tests.integration.slow_after_ping import slow_after_ping
+
+pytestmark = pytest.mark.integration
+
+
+async def test_an_exec_and_a_copy_right_after_the_exec_service_starts_are_answered(
+    nats_server: NatsServerProcess, home: Path, tmp_path: Path
+) -> None:
+    """start() returned as soon as its SUBs were queued for nats-py's flusher: the exec and
+    the copy sent at once from the client's connection met "no responders" (the client
+    said no extension worker was running)."""
+    service = await start_service(home, nats_server.url, roles=["control", "projector"])
+    nc = await connect([nats_server.url], name="test-provisions")
+    js = nc.jetstream()
+    local = LocalExtension(home / "local")
+    worker = ExtensionWorker(js, JetStreamEventStore(nc, js), Catalog.load(home), local)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    client = service.client
+    source = tmp_path / "note.txt"
+    source.write_text("in effect\n")
+    try:
+        sandbox_id = (await client.create())["sandbox_id"]
+        async with slow_after_ping(nats_server.url) as relayed:
+            late = await connect([relayed], name="test-late-worker", long_lived=False)
+            executor = ExecService(
+                late,
+                JetStreamEventStore(late, late.jetstream()),
+                local,
+                settings=service.settings,
+            )
+            try:
+                await executor.start()
+                code, _copied = await asyncio.gather(
+                    client.exec(sandbox_id, ["true"], lambda _s, _d: None),
+                    client.copy_in(sandbox_id, source, "note.txt"),
+                )
+                assert code == 0
+                out: list[bytes] = []
+                await client.exec(sandbox_id, ["cat", "note.txt"], lambda _s, d: out.append(d))
+                assert b"".join(out) == b"in effect\n"
+            finally:
+                await executor.stop()
+                await late.close()
+    finally:
+        stop.set()
+        await asyncio.gather(running, return_exceptions=True)
+        await nc.drain()
+        await client.close()
+        await service.shutdown()
