@@ -126,7 +126,11 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
 ) -> None:
     """Run ``roles`` on one connection until ``stop`` is set (``http_socket``: the gateway's,
     bound beforehand; the gateway role binds ``settings.http_addr`` itself otherwise;
-    ``client_nc``: the gateway's own connection as the client identity, docs/security.md)."""
+    ``client_nc``: the gateway's own connection as the client identity, docs/security.md).
+    ``info`` is the health answer's: its ``running`` turns true once every role has started
+    (an extension worker's once its start-up reconcile is done), which the projector answers
+    before."""
+    info["running"] = False
     js = nc.jetstream()
     # nats-py exposes the INFO the server sent only as this attribute.
     await ensure_streams(js, replicas_for(nc._server_info))
@@ -235,6 +239,7 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                         except Exception as exc:  # the bus away: they wait for a later start
                             log.warning("pool: draining members left behind failed: %s", exc)
             log.info("running roles: %s", ", ".join(roles))
+            info["running"] = True
     finally:
         for service in services:
             await service.stop()

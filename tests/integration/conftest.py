@@ -144,9 +144,11 @@ async def start_service(
     nc = await connect([url], name="test-service")
     stop = asyncio.Event()
 
+    info: dict[str, Any] = {"test": True}  # run_roles sets its "running"
+
     async def run() -> None:
         try:
-            await run_roles(nc, roles, settings, catalog, stop, info={"test": True})
+            await run_roles(nc, roles, settings, catalog, stop, info=info)
         finally:
             await nc.drain()
 
@@ -163,7 +165,11 @@ async def start_service(
         except SandboxerError as exc:
             last = exc
         else:
-            return service
+            # The projector answers before the other roles have started: an extension
+            # worker's start-up reconcile may still be running.
+            if info.get("running"):
+                return service
+            last = None
         if asyncio.get_running_loop().time() > deadline:
             await client.close()
             service.stop.set()

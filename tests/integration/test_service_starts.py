@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sandboxer.bus.connect import connect
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
+from sandboxer.domain.found import FoundSandbox
+from sandboxer.errors import SandboxerError
 from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.service import run_roles
 from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.extension_worker import ExtensionWorker
-from tests.integration.conftest import start_service
+from tests.integration.conftest import settings_for, start_service
 from tests.integration.slow_after_ping import slow_after_ping
 
 pytestmark = pytest.mark.integration
@@ -70,3 +75,49 @@ async def test_an_exec_and_a_copy_right_after_the_exec_service_starts_are_answer
         await nc.drain()
         await client.close()
         await service.shutdown()
+
+
+async def test_health_says_running_only_once_the_extension_workers_reconcile_is_done(
+    nats_server: NatsServerProcess, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The projector answers health while the process still starts its other roles: a test
+    (or an operator) that took that answer for "started" looked at a backend whose leftovers
+    the worker's start-up reconcile had not removed yet."""
+    listing = asyncio.Event()
+    release = asyncio.Event()
+    original = LocalExtension.list_sandboxes
+
+    async def held(self: LocalExtension) -> list[FoundSandbox]:
+        listing.set()
+        await release.wait()
+        return await original(self)
+
+    monkeypatch.setattr(LocalExtension, "list_sandboxes", held)
+    settings = settings_for(home, nats_server.url)
+    nc = await connect([nats_server.url], name="test-service")
+    info: dict[str, Any] = {}
+    stop = asyncio.Event()
+    roles = asyncio.create_task(
+        run_roles(nc, ["projector", "ext.local"], settings, Catalog.load(home), stop, info=info)
+    )
+    client = await SandboxerClient.connect([nats_server.url], actor={"type": "atm", "id": "t"})
+    try:
+        await asyncio.wait_for(listing.wait(), 30)
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    answer = await client.health()
+                    break
+                except SandboxerError:
+                    await asyncio.sleep(0.05)
+        assert answer["running"] is False
+        release.set()
+        async with asyncio.timeout(30):
+            while not (await client.health())["running"]:
+                await asyncio.sleep(0.05)
+    finally:
+        release.set()
+        stop.set()
+        await client.close()
+        await asyncio.wait_for(roles, 30)
+        await nc.drain()
