@@ -72,9 +72,10 @@ FaultKind = Literal["latency", "status", "hang", "lost", "answer"]
 @dataclass
 class Fault:
     kind: FaultKind
-    """latency: answer late; status: answer ``status`` without acting; hang: never act, answer
-    after ``seconds`` (the client has timed out); lost: act, then answer after ``seconds``;
-    answer: answer ``status`` with ``body`` as given, without acting (not the spec's)."""
+    """latency: act and answer ``seconds`` late (and, given ``until``, not before it is set);
+    status: answer ``status`` without acting; hang: never act, answer after ``seconds`` (the
+    client has timed out); lost: act, then answer after ``seconds``; answer: answer
+    ``status`` with ``body`` as given, without acting (not the spec's)."""
     method: str | None = None
     pattern: str | None = None
     status: int = 500
@@ -83,6 +84,9 @@ class Fault:
     body: Any = None
     """For ``answer``: bytes or text sent as they are (as ``content_type``), else JSON."""
     content_type: str = "application/json"
+    until: threading.Event | None = None
+    """For ``latency``: the request is held until the test sets it, so a test orders it
+    after what it waits for rather than guessing how long that takes."""
 
 
 @dataclass
@@ -133,6 +137,9 @@ class SpecDouble:
         self.faults = Faults()
         self.violations: list[str] = []
         self.calls: list[tuple[str, str]] = []
+        self.handled: list[tuple[str, str, int]] = []
+        """Every call a handler carried out, with the status it answered (also when the
+        client had hung up by then: a request that outlived its killed caller)."""
 
     def declared_statuses(self, method: str, pattern: str) -> set[str]:
         return set(self.spec["paths"][pattern][method.lower()]["responses"])
@@ -178,6 +185,8 @@ class SpecDouble:
             return
         if fault is not None and fault.kind == "latency":
             await asyncio.sleep(fault.seconds)
+            while fault.until is not None and not fault.until.is_set():
+                await asyncio.sleep(0.01)
         if fault is not None and fault.kind == "hang":
             if not await _hold(receive, fault.seconds):
                 await self._send(send, 504, self._error_body(504, "injected hang", path))
@@ -191,6 +200,7 @@ class SpecDouble:
             body=json.loads(raw) if raw else None,
         )
         answer = await self.routes[(method, pattern)](call)
+        self.handled.append((method, pattern, answer.status))
         if fault is not None and fault.kind == "lost" and await _hold(receive, fault.seconds):
             return
         await self._answer(send, mock, method, pattern, answer, path)

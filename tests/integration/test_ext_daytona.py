@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,13 @@ async def up(extension: DaytonaExtension, sandbox_id: str, **fields: Any) -> dic
     req = request(sandbox_id, **fields)
     await extension.provision(req)
     return (await extension.wait_ready(req)).descriptor
+
+
+async def until(condition: Callable[[], object], seconds: float = 20) -> None:
+    """Wait for what the double does in its own thread; a generous bound, for a busy machine."""
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 class TestLifecycle:
@@ -709,29 +717,35 @@ async def test_a_redelivered_job_beside_its_killed_worker_s_create_leaves_one(
     daytona_double: DaytonaServed,
 ) -> None:
     """A worker sends the create and is killed before Daytona answers; the job, redelivered
-    to another worker process, creates again while the first is still on its way. Daytona
-    refuses a second sandbox of one name, so the one that arrives later is refused (or,
-    when it is ours, adopts the first): no second sandbox for ready to look for."""
-    daytona_double.app.faults.add("latency", method="POST", pattern="/sandbox", seconds=1.0)
+    to another worker process, creates again while the first is still on its way, and the
+    first reaches Daytona only once the redelivered job's sandbox is ready. Daytona refuses a
+    second sandbox of one name, so it is refused: no second sandbox for ready to look for.
+    (The first landing before the second create is
+    TestAttempts.test_a_later_attempt_never_adopts_an_earlier_attempt_s_sandbox.)"""
+    app, double = daytona_double.app, daytona_double.double
+
+    def creates_answered() -> list[int]:
+        return [status for *call, status in app.handled if call == ["POST", "/sandbox"]]
+
+    arrives = threading.Event()
+    app.faults.add("latency", method="POST", pattern="/sandbox", until=arrives)
     killed = build(daytona_double)
     sent = asyncio.create_task(killed.provision(request("dtredo0001")))
-    for _ in range(100):
-        if ("POST", "/sandbox") in daytona_double.app.calls:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: ("POST", "/sandbox") in app.calls)
     sent.cancel()  # the worker dies with its create on the way
     await asyncio.gather(sent, return_exceptions=True)
     await killed.aclose()
-    late_by = time.monotonic() + 1.0
     extension = build(daytona_double)
     try:
-        await up(extension, "dtredo0001", attempt=2)
-        await asyncio.sleep(late_by - time.monotonic() + 0.3)  # the first create arrives
+        ready = await up(extension, "dtredo0001", attempt=2)
+        arrives.set()  # the killed worker's create arrives
+        await until(lambda: len(creates_answered()) == 2)
     finally:
+        arrives.set()
         await extension.aclose()
-    assert daytona_double.app.calls.count(("POST", "/sandbox")) == 2
-    assert [r.name for r in daytona_double.double.live()] == ["sandboxer-dtredo0001"]
-    assert daytona_double.double.creates == 1
+    assert creates_answered() == [201, 409]  # the redelivered job's made; the killed one's refused
+    assert [r.id for r in double.live()] == [ready["sandbox_id"]]
+    assert double.creates == 1
 
 
 class TestAttempts:
