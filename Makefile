@@ -38,7 +38,7 @@ demo: $(RUN_STAMP) demo-deps ## run the end-to-end demo (local bubblewrap sandbo
 test: venv system-deps ## ruff, mypy and the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q -n 2
+	$(VENV)/bin/pytest -q -n 3 --dist worksteal
 
 lint: venv ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .

@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 from sandboxer import subjects
 from sandboxer.bus.ask import RESTART_BUDGET, ask_json
 from sandboxer.bus.direct_get import read_subject
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.commands.parse import readable_actor
 from sandboxer.errors import BusError, CommandFailed, OutcomePending
 
@@ -341,8 +342,7 @@ class KeyOutcomeWatcher(OutcomeWatcher):
         try:
             yield
         finally:
-            poller.cancel()
-            await asyncio.gather(poller, return_exceptions=True)
+            await cancel_until_done(poller)
 
     async def _note_position(self, subject: str, event: dict[str, Any]) -> None:
         """The poller already noted each event's sequence."""

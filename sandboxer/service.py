@@ -34,6 +34,7 @@ from sandboxer.bus.key_request_rate import KeyRequestRates
 from sandboxer.bus.nats_auth import credentials_for
 from sandboxer.bus.permissions import CLIENT, SERVICE
 from sandboxer.bus.streams import ensure_streams, replicas_for
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
@@ -108,8 +109,7 @@ async def _key_users(url: str, pid: int, settings: Settings) -> AsyncIterator[No
     try:
         yield
     finally:
-        follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
+        await cancel_until_done(follower)
         await nc.close()
 
 

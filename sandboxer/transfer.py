@@ -46,6 +46,7 @@ from sandboxer.bus.ask import (
     refused_at_once,
 )
 from sandboxer.bus.streams import replicas_for
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.errors import (
     BusError,
     ExtensionError,
@@ -260,8 +261,7 @@ async def _ask_once(
                     )
     finally:
         if feeder is not None:
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+            await cancel_until_done(feeder)
         await sub.unsubscribe()
     answer: dict[str, Any] = msgspec.json.decode(msg.data)
     if not answer.get("ok"):

@@ -58,9 +58,6 @@ __all__ = ["JetStreamEventStore", "event_subject"]
 
 log = logging.getLogger(__name__)
 
-CONFLICT_CODES = frozenset({10071, 10164})
-"""JetStream's "wrong last sequence" errors (per subject, and per wildcard subject)."""
-
 KNOWN_ACCOUNTS = 32
 """Accounts whose last folded state a store keeps, to read only what came after it. An
 account gains an event for every sandbox metered, forever: folded from sequence 1 on every

@@ -6,7 +6,7 @@ reply); a key's request past its rate (:class:`RateLimited`, raised by the key's
 resolver) is answered with ``code`` ``rate_limited`` and ``retry_after`` besides;
 any other exception is logged and answered as an internal error.
 Each request runs in its own task, so a slow one (a replay, a reap) does not
-hold up the others. ``serve`` and ``serve_scoped`` return once the server routes the
+hold up the others. ``serve`` returns once the server routes the
 subjects' requests here (bus/in_effect.py), so whoever starts a service may announce it.
 """
 
@@ -46,18 +46,27 @@ class Responder:
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def serve(self, routes: Mapping[str, Handler], *, queue: str = "") -> None:
+    async def serve(
+        self,
+        routes: Mapping[str, Handler],
+        *,
+        queue: str = "",
+        scoped: Mapping[str, ScopedHandler] | None = None,
+        resolve: KeyResolver | None = None,
+    ) -> None:
+        """Answer ``routes``, and a key identity's requests on ``<subject>.<key id>`` for each
+        of ``scoped`` (docs/security.md#keys-on-the-bus): only that key may publish there, so
+        the last token says who asks, and ``resolve`` gives its actor. Returns once all are in
+        effect: one round trip for every subscription."""
+        if scoped and resolve is None:
+            raise ValueError("scoped routes need a resolve for their key ids")
         for subject, handler in routes.items():
             await self._subscribe(subject, queue, _fixed(handler), keyed=False)
-        await in_effect(self._nc)
-
-    async def serve_scoped(
-        self, routes: Mapping[str, ScopedHandler], resolve: KeyResolver, *, queue: str = ""
-    ) -> None:
-        """Answer a key identity's requests on ``<subject>.<key id>`` (docs/security.md#keys-on-
-        the-bus): only that key may publish there, so the last token says who asks."""
-        for subject, handler in routes.items():
-            await self._subscribe(f"{subject}.*", queue, _as_key(handler, resolve), keyed=True)
+        for subject, scoped_handler in (scoped or {}).items():
+            assert resolve is not None
+            await self._subscribe(
+                f"{subject}.*", queue, _as_key(scoped_handler, resolve), keyed=True
+            )
         await in_effect(self._nc)
 
     async def _subscribe(

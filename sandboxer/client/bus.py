@@ -37,6 +37,7 @@ from sandboxer.bus.key_users import key_credentials
 from sandboxer.bus.nats_auth import NatsCredentials
 from sandboxer.bus.publish import publish_durably
 from sandboxer.bus.streams import replicas_for
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.client.pages import page_of, paged_reply
 from sandboxer.command_outcomes import (
     CommandFailed,
@@ -895,8 +896,7 @@ class SandboxerClient:
                     )
         finally:
             if feeder is not None:
-                feeder.cancel()
-                await asyncio.gather(feeder, return_exceptions=True)
+                await cancel_until_done(feeder)
             await sub.unsubscribe()
 
     # -- files ---------------------------------------------------------------------------------

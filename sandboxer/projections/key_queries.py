@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.key_request_rate import KeyRequestRates
-from sandboxer.bus.responder import Handler, Responder, ScopedHandler
+from sandboxer.bus.responder import Handler, ScopedHandler
 from sandboxer.domain.key_access import (
     event_owner,
     find_snapshot_owner,
@@ -59,8 +59,9 @@ class KeyQueries:
         self._plain = plain
         self._rates = rates
 
-    async def start(self, responder: Responder, queue: str) -> None:
-        routes: dict[str, ScopedHandler] = {
+    def routes(self) -> dict[str, ScopedHandler]:
+        """The scoped queries, for :meth:`Responder.serve` with :meth:`resolve`."""
+        return {
             subjects.QUERY_GET: self._get,
             subjects.QUERY_LIST: self._list,
             subjects.QUERY_REJECTION: self._rejection,
@@ -71,7 +72,6 @@ class KeyQueries:
             subjects.QUERY_SANDBOX_EVENTS: self._sandbox_events,
             subjects.QUERY_KEY_WHOAMI: self._whoami,
         }
-        await responder.serve_scoped(routes, self.resolve, queue=queue)
 
     async def resolve(self, key_id: str) -> dict[str, Any]:
         """The actor of an active key; a revoked one is refused at once. A request past the

@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 
 from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.replay_reader import replay_batches
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.errors import BusError, ReplayUnsupported
 from sandboxer.projections.fewer_collections import fewer_collections
 from sandboxer.projections.folding import Batch
@@ -105,11 +106,9 @@ class Projector:
             done, _ = await asyncio.wait(
                 {follow, stopped, restarted}, return_when=asyncio.FIRST_COMPLETED
             )
-            for task in (follow, stopped, restarted):
-                task.cancel()
             # Collected, not awaited: awaiting a reader that failed would raise its error here
             # and end the role (a full disk did, in the disk-full chaos scenario).
-            await asyncio.gather(follow, stopped, restarted, return_exceptions=True)
+            await cancel_until_done(follow, stopped, restarted)
             failure = follow.exception() if follow in done else None
             if failure is None:
                 failures = 0

@@ -104,10 +104,11 @@ class QueryService:
             subjects.QUERY_KEY_LIST: self._key_list,
             subjects.ADMIN_REPLAY: self._replay,
         }
-        await self._responder.serve(plain, queue=QUEUE)
         # Key identities ask the same queries on subjects ending in their key id.
         keyed = KeyQueries(self._nc, self._projector, plain, self._rates)
-        await keyed.start(self._responder, QUEUE)
+        await self._responder.serve(
+            plain, queue=QUEUE, scoped=keyed.routes(), resolve=keyed.resolve
+        )
 
     async def stop(self) -> None:
         await self._responder.stop()

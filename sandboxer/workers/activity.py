@@ -27,6 +27,7 @@ from nats.aio.client import Client
 
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.domain.deadlines import touch_interval
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.events.types import Actor
@@ -61,8 +62,7 @@ class Activity:
         try:
             yield
         finally:
-            keeping.cancel()
-            await asyncio.wait([keeping])
+            await cancel_until_done(keeping)
 
     async def touch(self, state: SandboxState) -> None:
         """Record a use of the sandbox as activity; never fails the use."""

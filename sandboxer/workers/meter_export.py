@@ -52,6 +52,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.errors import BusError, UnreadableEvent
 from sandboxer.synced_files import replace_synced
 from sandboxer.workers.http_delivery import RETRY_WAIT_MAX, HttpDelivery, public_url
@@ -401,8 +402,4 @@ async def run_meter_export(
     try:
         await stop.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_until_done(*tasks)

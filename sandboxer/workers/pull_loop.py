@@ -47,6 +47,7 @@ from nats.js.errors import NotFoundError, ServiceUnavailableError
 from sandboxer import subjects
 from sandboxer.bus.guarded_durable import CHECK_EVERY, GuardedDurable
 from sandboxer.bus.publish import is_transient, is_unavailability
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.errors import ConcurrencyConflict
 
 __all__ = ["ConsumerSpec", "fetch_one", "run_pull_consumer"]
@@ -209,9 +210,7 @@ async def _heartbeat(msg: Msg, every: float) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_until_done(task)
 
 
 async def _settle(what: Callable[[], Awaitable[None]], msg: Msg) -> None:

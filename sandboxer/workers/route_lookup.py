@@ -115,12 +115,12 @@ class RouteLookup:
         self._rates = rates if rates is not None else KeyRequestRates()
 
     async def start(self) -> None:
-        await self._responder.serve(
-            {subjects.QUERY_ROUTE_EXPLAIN: self._explain}, queue=CONTROL_QUEUE
-        )
         # A key identity may ask too: how a profile routes reveals nothing of any project.
-        await self._responder.serve_scoped(
-            {subjects.QUERY_ROUTE_EXPLAIN: self._explain_for_key}, self._key, queue=CONTROL_QUEUE
+        await self._responder.serve(
+            {subjects.QUERY_ROUTE_EXPLAIN: self._explain},
+            queue=CONTROL_QUEUE,
+            scoped={subjects.QUERY_ROUTE_EXPLAIN: self._explain_for_key},
+            resolve=self._key,
         )
 
     async def _key(self, key_id: str) -> dict[str, Any]:

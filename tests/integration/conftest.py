@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from nats.aio.client import Client
 
 from sandboxer import subjects
 from sandboxer.bus import jetstream_store
@@ -33,6 +34,7 @@ from sandboxer.errors import SandboxerError
 from sandboxer.events.codec import decode_event
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.service import all_roles, run_roles
+from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.jobs import Job, job_for, with_known
 from tests.conftest import require_tool
 
@@ -201,6 +203,20 @@ async def serving(
         await service.shutdown()
         if reap:
             await reap_local(home)
+
+
+@contextlib.asynccontextmanager
+async def worker_running(worker: ExtensionWorker, nc: Client) -> AsyncIterator[ExtensionWorker]:
+    """``worker`` (an extension worker of the test's own, on its connection ``nc``) runs for
+    the length of an ``async with``; on the way out it stops and ``nc`` drains."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.gather(running, return_exceptions=True)
+        await nc.drain()
 
 
 async def state_as_of(client: SandboxerClient, sandbox_id: str, last: str) -> Loaded:

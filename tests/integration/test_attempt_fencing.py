@@ -29,7 +29,13 @@ from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.pull_loop import ConsumerSpec
-from tests.integration.conftest import consumer_idle, reap_local, start_service
+from tests.integration.conftest import (
+    consumer_idle,
+    reap_local,
+    serving,
+    start_service,
+    worker_running,
+)
 from tests.integration.test_lifecycle import event_types
 
 pytestmark = pytest.mark.integration
@@ -207,44 +213,39 @@ async def test_touches_during_a_long_snapshot_do_not_send_its_job_again(
     """Every exec sends a touch. Had each touch sent the job the sandbox waits for again (a
     snapshot's, here), one sent after the jobs stream's two-minute window would be a new
     message, and a second worker would copy the snapshot beside the first."""
-    service = await start_service(home, nats_server.url, roles=["control", "projector"])
     nc = await connect([nats_server.url], name="test-touch-jobs")
     js = nc.jetstream()
     store = JetStreamEventStore(nc, js)
     local = HeldProvision(home / "local")
     local.go.set()  # the provision runs at once; the snapshot is held
     worker = ExtensionWorker(js, store, Catalog.load(home), local)
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    client = service.client
     sent: list[str] = []
-    try:
-        sandbox_id = (await client.create())["sandbox_id"]
-        local.go.clear()
-        local.held.clear()
-        snapshot = asyncio.create_task(client.snapshot(sandbox_id, timeout=60))
-        async with asyncio.timeout(30):
-            await local.held.wait()
+    async with (
+        serving(home, nats_server.url, ["control", "projector"], reap=True) as service,
+        worker_running(worker, nc),
+    ):
+        client = service.client
+        try:
+            sandbox_id = (await client.create())["sandbox_id"]
+            local.go.clear()
+            local.held.clear()
+            snapshot = asyncio.create_task(client.snapshot(sandbox_id, timeout=60))
+            async with asyncio.timeout(30):
+                await local.held.wait()
 
-        # Any job published from now on, stored or dropped as a copy, reaches this.
-        async def seen(msg: Msg) -> None:
-            sent.append(msg.subject)
+            # Any job published from now on, stored or dropped as a copy, reaches this.
+            async def seen(msg: Msg) -> None:
+                sent.append(msg.subject)
 
-        jobs = await nc.subscribe("sandboxer.job.>", cb=seen)
-        await in_effect(nc)  # or a job sent by the touches could pass unseen
-        for _ in range(3):
-            await client.touch(sandbox_id)
-        await consumer_idle(client, subjects.COMMANDS_STREAM, "control")  # all three handled
-        await nc.flush()
-        await jobs.unsubscribe()
-        assert sent == []
-        local.go.set()
-        assert (await snapshot)["status"] == "created"
-    finally:
-        local.go.set()
-        stop.set()
-        await asyncio.gather(running, return_exceptions=True)
-        await nc.drain()
-        await client.close()
-        await service.shutdown()
-        await reap_local(home)
+            jobs = await nc.subscribe("sandboxer.job.>", cb=seen)
+            await in_effect(nc)  # or a job sent by the touches could pass unseen
+            for _ in range(3):
+                await client.touch(sandbox_id)
+            await consumer_idle(client, subjects.COMMANDS_STREAM, "control")  # all three handled
+            await nc.flush()
+            await jobs.unsubscribe()
+            assert sent == []
+            local.go.set()
+            assert (await snapshot)["status"] == "created"
+        finally:
+            local.go.set()

@@ -21,6 +21,7 @@ import pytest
 from sandboxer import subjects
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.client import SandboxerClient
 from sandboxer.commands.types import CreateKey, CreateSandbox, ExtendTtl, RevokeKey
 from sandboxer.config.catalog import Catalog
@@ -912,8 +913,7 @@ async def test_the_endpoint_export_retries_while_it_is_down_and_posts_each_once(
                     await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_until_done(task)
             await client.aclose()
 
     await export_until(2)

@@ -29,7 +29,9 @@ from tests.integration.conftest import (
     consumer_idle,
     reap_local,
     resend_provision_job,
+    serving,
     start_service,
+    worker_running,
 )
 from tests.integration.test_lifecycle import event_types, wait_status
 
@@ -70,22 +72,15 @@ async def worker_beside(
 ) -> AsyncIterator[Beside]:
     """An extension worker of ``extension`` and a store of ``store_type`` (either may fail
     on purpose) that gives a job up after two failures, beside the real service's roles."""
-    service = await start_service(home, url, roles=["control", "projector"])
     nc = await connect([url], name="test-faulty-worker")
     store = store_type(nc, nc.jetstream())
     worker = ExtensionWorker(nc.jetstream(), store, Catalog.load(home), extension, ack_wait=2)
     worker.spec = dataclasses.replace(worker.spec, max_failures=2)
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    try:
+    async with (
+        serving(home, url, ["control", "projector"], reap=True) as service,
+        worker_running(worker, nc),
+    ):
         yield Beside(service.client, service.settings, nc, store, worker)
-    finally:
-        stop.set()
-        await running
-        await nc.drain()
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 async def test_a_teardown_that_keeps_failing_is_recorded_and_retried(

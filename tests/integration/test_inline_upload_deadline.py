@@ -22,6 +22,7 @@ import pytest
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.exec_protocol.wire import FILES_HEADER, STDIN_HEADER, files_subject
 from tests.integration.conftest import reap_local, start_service, start_worker
 
@@ -76,8 +77,7 @@ async def inline_put(
                     return dict(msgspec.json.decode(msg.data)), time.monotonic() - asked
     finally:
         if feeder is not None:
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+            await cancel_until_done(feeder)
         await sub.unsubscribe()
 
 

@@ -17,6 +17,7 @@ from sandboxer.bus.key_users import KeyUsersFollower, bus_hash_for
 from sandboxer.bus.nats_auth import AUTH_DIR_NAME, ensure_embedded_auth
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.domain.key_state import hash_key, key_id_for
 
 pytestmark = pytest.mark.integration
@@ -72,6 +73,5 @@ async def test_a_failed_write_of_the_users_is_tried_again(
         assert failures["left"] == 0  # it did fail once, and went on
     finally:
         if follower is not None:
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            await cancel_until_done(follower)
         await nc.close()

@@ -22,6 +22,7 @@ from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.workers import meter_export
 from sandboxer.workers.meter_export import FileExport, HttpExport
 
@@ -110,8 +111,7 @@ async def running(
     try:
         yield task
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_until_done(task)  # the export loops: a lost cancel must not hang here
 
 
 async def until(check: Callable[[], bool], task: asyncio.Task[None], seconds: float = 20) -> None:

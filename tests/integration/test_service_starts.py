@@ -24,7 +24,7 @@ from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.service import run_roles
 from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.extension_worker import ExtensionWorker
-from tests.integration.conftest import settings_for, start_service
+from tests.integration.conftest import serving, settings_for, worker_running
 from tests.integration.slow_after_ping import slow_after_ping
 
 pytestmark = pytest.mark.integration
@@ -36,17 +36,17 @@ async def test_an_exec_and_a_copy_right_after_the_exec_service_starts_are_answer
     """start() returned as soon as its SUBs were queued for nats-py's flusher: the exec and
     the copy sent at once from the client's connection met "no responders" (the client
     said no extension worker was running)."""
-    service = await start_service(home, nats_server.url, roles=["control", "projector"])
     nc = await connect([nats_server.url], name="test-provisions")
     js = nc.jetstream()
     local = LocalExtension(home / "local")
     worker = ExtensionWorker(js, JetStreamEventStore(nc, js), Catalog.load(home), local)
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    client = service.client
     source = tmp_path / "note.txt"
     source.write_text("in effect\n")
-    try:
+    async with (
+        serving(home, nats_server.url, ["control", "projector"], reap=True) as service,
+        worker_running(worker, nc),
+    ):
+        client = service.client
         sandbox_id = (await client.create())["sandbox_id"]
         async with slow_after_ping(nats_server.url) as relayed:
             late = await connect([relayed], name="test-late-worker", long_lived=False)
@@ -69,12 +69,6 @@ async def test_an_exec_and_a_copy_right_after_the_exec_service_starts_are_answer
             finally:
                 await executor.stop()
                 await late.close()
-    finally:
-        stop.set()
-        await asyncio.gather(running, return_exceptions=True)
-        await nc.drain()
-        await client.close()
-        await service.shutdown()
 
 
 async def test_health_says_running_only_once_the_extension_workers_reconcile_is_done(

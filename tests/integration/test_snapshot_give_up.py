@@ -3,7 +3,6 @@ stays created, and the snapshot command's caller is told so."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.snapshot_job import SnapshotJob
 from sandboxer.workspaces.limits import ArchiveLimits
-from tests.integration.conftest import reap_local, start_service
+from tests.integration.conftest import serving, worker_running
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +44,6 @@ class FinishFails(SnapshotJob):
 async def test_a_snapshot_stored_before_its_job_gave_up_is_answered_created(
     nats_server: NatsServerProcess, home: Path
 ) -> None:
-    service = await start_service(home, nats_server.url, roles=["control", "projector"])
     nc = await connect([nats_server.url], name="test-snapshot-give-up")
     js = nc.jetstream()
     store, extension = JetStreamEventStore(nc, js), LocalExtension(home / "local")
@@ -59,10 +57,11 @@ async def test_a_snapshot_stored_before_its_job_gave_up_is_answered_created(
         explain=str,
     )
     worker._snapshots = snapshots
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    client = service.client
-    try:
+    async with (
+        serving(home, nats_server.url, ["control", "projector"], reap=True) as service,
+        worker_running(worker, nc),
+    ):
+        client = service.client
         sandbox_id = (await client.create())["sandbox_id"]
         # On the old code: CommandFailed ("failed: see 'sandboxer snapshots get'"), and the
         # sandbox's snapshot_finished said failed, of a snapshot stored and restorable.
@@ -78,10 +77,3 @@ async def test_a_snapshot_stored_before_its_job_gave_up_is_answered_created(
         got = await client.get(sandbox_id)
         assert got is not None
         assert got["snapshotting"] is None  # the sandbox is released
-    finally:
-        stop.set()
-        await asyncio.gather(running, return_exceptions=True)
-        await nc.drain()
-        await client.close()
-        await service.shutdown()
-        await reap_local(home)

@@ -27,7 +27,7 @@ from sandboxer.workers.jobs import Job
 from sandboxer.workers.snapshot_job import SnapshotJob
 from sandboxer.workers.snapshot_objects import collect_orphaned_objects
 from sandboxer.workspaces.limits import ArchiveLimits
-from tests.integration.conftest import reap_local, start_service
+from tests.integration.conftest import reap_local, serving, start_service, worker_running
 
 pytestmark = pytest.mark.integration
 
@@ -164,16 +164,16 @@ async def test_an_object_stored_by_a_worker_killed_before_created_is_collected(
 async def test_a_deleted_snapshot_s_object_goes_once_the_sandbox_restored_from_it_is_destroyed(
     nats_server: NatsServerProcess, home: Path, collector: Literal["start", "leak_sweep"]
 ) -> None:
-    service = await start_service(home, nats_server.url, roles=["control", "projector"])
     nc = await connect([nats_server.url], name="test-snapshot-objects-deleted")
     js = nc.jetstream()
     store = JetStreamEventStore(nc, js)
     catalog = Catalog.load(home)
     worker = ExtensionWorker(js, store, catalog, LocalExtension(home / "local"))
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    client = service.client
-    try:
+    async with (
+        serving(home, nats_server.url, ["control", "projector"], reap=True) as service,
+        worker_running(worker, nc),
+    ):
+        client = service.client
         source = (await client.create())["sandbox_id"]
         snapshot = await client.snapshot(source, timeout=60)
         restored = (await client.restore(snapshot["snapshot_id"]))["sandbox_id"]
@@ -196,10 +196,3 @@ async def test_a_deleted_snapshot_s_object_goes_once_the_sandbox_restored_from_i
         await collect()
         # On the old code nothing removed it once the sandbox holding it was gone.
         assert not await present(js, snapshot["object"])
-    finally:
-        stop.set()
-        await asyncio.gather(running, return_exceptions=True)
-        await nc.drain()
-        await client.close()
-        await service.shutdown()
-        await reap_local(home)
