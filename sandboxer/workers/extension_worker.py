@@ -381,9 +381,9 @@ class ExtensionWorker:
         if started and not taken:
             return loaded, claiming
         if claiming is not None:
-            # Claimed for a create that needs none: once the sandbox is past provisioning,
-            # the keeper's reconcile tears the member down.
-            await asyncio.gather(claiming, return_exceptions=True)
+            # Claimed for a create that needs none: torn down now when the sandbox is past
+            # provisioning (the keeper's reconcile would, later, for good measure).
+            await self._release_unused(claiming)
         if taken:
             return None  # the later attempt provisions it (logged by _taken_over)
         state = loaded.state
@@ -602,6 +602,19 @@ class ExtensionWorker:
         if state.network is not None:
             profile = profile.with_network(parse_policy(msgspec.to_builtins(state.network)))
         return profile
+
+    async def _release_unused(self, claiming: asyncio.Task[str | None]) -> None:
+        """Give back the member ``claiming`` took for a job that turned out to need none."""
+        await asyncio.gather(claiming, return_exceptions=True)
+        if claiming.cancelled() or claiming.exception() is not None or self._pools is None:
+            return
+        member_id = claiming.result()
+        if member_id is None:
+            return
+        try:
+            await self._pools.release(member_id)
+        except Exception as exc:  # the reconcile is the backstop
+            log.warning("pool member %s claimed for nothing, not torn down yet: %s", member_id, exc)
 
     def _claim_beside(
         self, state: SandboxState, job: Job, *, retry: bool

@@ -367,6 +367,19 @@ class PoolKeeper:
             # ran to drain it: nothing would claim it, and it would run for good.
             await self._remove(member_id, "drained: no profile pools it here any more")
 
+    async def release(self, member_id: str) -> None:
+        """Square ``member_id`` with the log now, as the next reconcile would: a member claimed
+        by a job that then found its sandbox needs none (delivered again once the sandbox
+        was made, or destroyed) is torn down at once. Else its holder ran for no one until
+        the reconcile, up to :data:`RECONCILE_EVERY` later, and only after claims went quiet
+        (``make chaos``'s pool-claims found one still running past the cycles' end)."""
+        found = {item.sandbox_id: item for item in await self._members.list_sandboxes()}
+        if member_id not in found:
+            return  # moved into its sandbox, or gone: nothing of the pool's is left
+        await self.catch_up()
+        with self._on_its_own(member_id):
+            await self._square(member_id, found[member_id].alive)
+
     @contextlib.contextmanager
     def _on_its_own(self, member_id: str) -> Iterator[None]:
         """A member whose teardown keeps failing must not stop the upkeep of the others
