@@ -58,15 +58,14 @@ class Responder:
         of ``scoped`` (docs/security.md#keys-on-the-bus): only that key may publish there, so
         the last token says who asks, and ``resolve`` gives its actor. Returns once all are in
         effect: one round trip for every subscription."""
-        if scoped and resolve is None:
-            raise ValueError("scoped routes need a resolve for their key ids")
         for subject, handler in routes.items():
             await self._subscribe(subject, queue, _fixed(handler), keyed=False)
-        for subject, scoped_handler in (scoped or {}).items():
-            assert resolve is not None
-            await self._subscribe(
-                f"{subject}.*", queue, _as_key(scoped_handler, resolve), keyed=True
-            )
+        if scoped:
+            if resolve is None:
+                raise ValueError("scoped routes need a resolve for their key ids")
+            for subject, scoped_handler in scoped.items():
+                as_key = _as_key(scoped_handler, resolve)
+                await self._subscribe(f"{subject}.*", queue, as_key, keyed=True)
         await in_effect(self._nc)
 
     async def _subscribe(

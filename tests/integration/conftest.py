@@ -208,15 +208,18 @@ async def serving(
 @contextlib.asynccontextmanager
 async def worker_running(worker: ExtensionWorker, nc: Client) -> AsyncIterator[ExtensionWorker]:
     """``worker`` (an extension worker of the test's own, on its connection ``nc``) runs for
-    the length of an ``async with``; on the way out it stops and ``nc`` drains."""
+    the length of an ``async with``; on the way out it stops and ``nc`` drains. A worker
+    that failed raises its error here: a test must not pass beside a crashed worker."""
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
         yield worker
     finally:
         stop.set()
-        await asyncio.gather(running, return_exceptions=True)
-        await nc.drain()
+        try:
+            await running
+        finally:
+            await nc.drain()
 
 
 async def state_as_of(client: SandboxerClient, sandbox_id: str, last: str) -> Loaded:
