@@ -273,7 +273,17 @@ class StateHubFollower:
                 with contextlib.suppress(NatsError):
                     await msg.in_progress()  # the hub is slow or down: keep it here
             handling.result()
-            await msg.ack_sync()
+            try:
+                await msg.ack_sync()
+            except NatsError as exc:
+                # Between a remake's delete and its create no consumer takes the ack ("no
+                # responders"), or the bus is away a moment: the event comes again, and the
+                # hub takes it once (its Idempotency-Key). Not the end of the role.
+                log.info(
+                    "state hub: the ack of event %d was not taken (%r); it comes again",
+                    msg.metadata.sequence.stream,
+                    exc,
+                )
         finally:
             stopping.cancel()
             if not handling.done():
