@@ -159,3 +159,17 @@ def test_a_recorded_uid_outside_the_sandboxes_range_runs_nothing() -> None:
     for bad in (0, 1000, sandbox_uids.UIDS.stop):
         with pytest.raises(ExtensionError, match="outside the sandboxes' range"):
             LocalExtension._uid_of(state(bad))
+
+
+def test_files_that_name_no_slot_of_the_kind_are_never_counted(kind: SlotFiles) -> None:
+    """A file put there by hand (uid 0, a link block of the metadata service's range, a
+    number past the range) is not one of ours to clear or free."""
+    mine = kind.allocate("sandbox001-tag")
+    strays = [0, kind.slots[0] - 1, kind.slots[-1] + 1]
+    if kind.noun == "an egress slot":
+        strays.append(169 * 256 // 4)  # 169.254.169.0/30: a gap inside the range
+        assert strays[-1] not in kind.slots
+    for stray in strays:
+        (kind.directory / str(stray)).write_text("sandbox001-tag\n")
+    assert kind.held() == {mine: "sandbox001-tag"}
+    assert kind.owned_by("sandbox001-tag") == [mine]

@@ -14,6 +14,7 @@ another's. The directories live under ``/run`` like the network namespaces
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import os
@@ -35,6 +36,8 @@ class SlotFiles:
 
     directory: Path
     slots: Sequence[int]
+    """Ascending: a file's name is looked up in them by bisection (a set of the 16,000 link
+    blocks, built per look, cost 0.35 ms of every local create)."""
     noun: str
     """What one slot is, for messages: ``an egress slot``, ``a uid``."""
     holders: str
@@ -89,15 +92,18 @@ class SlotFiles:
         except OSError:  # none yet, or not ours to read (a worker without root takes none)
             return {}
         held = {}
-        candidates = set(self.slots)
         for entry in entries:
             # Only this kind's candidates: a stray file (a uid 0, by hand) is never one of
             # ours to clear or free.
-            if not entry.name.isdigit() or int(entry.name) not in candidates:
+            if not entry.name.isdigit() or not self._is_slot(int(entry.name)):
                 continue
             with contextlib.suppress(OSError):  # freed meanwhile
                 held[int(entry.name)] = entry.read_text().strip()
         return held
+
+    def _is_slot(self, number: int) -> bool:
+        at = bisect.bisect_left(self.slots, number)
+        return at < len(self.slots) and self.slots[at] == number
 
     def holds(self, name: str, slot: int) -> bool:
         """Whether ``slot``'s file names ``name`` (one read)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxer.errors import ExtensionError, InvalidInput
+from sandboxer.extensions.local.file_swap import swap_into_place
 from sandboxer.extensions.local.procs import ProcessRef
 from sandboxer.tree_removal import remove_tree
 from sandboxer.workspaces.tree_copy import copy_tree
@@ -140,11 +141,11 @@ def write_state(layout: Layout, state: State) -> None:
     """Replace ``state.json`` atomically, so a crash never leaves half a file."""
     tmp = layout.dir / "state.json.tmp"
     with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+        tmp.unlink()  # a crash's leftover: half a new record, or a swapped-out old one
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(json.dumps(asdict(state), indent=2))  # one write: json.dump makes hundreds
-    os.replace(tmp, layout.state_file)
+    swap_into_place(tmp, layout.state_file)
 
 
 def write_user_files(layout: Layout, passwd: str, group: str) -> None:
