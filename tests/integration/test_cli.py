@@ -245,7 +245,9 @@ async def test_an_idle_service_stops_quickly(home: Path) -> None:
         up.terminate()  # what `down` sends
         assert await asyncio.to_thread(up.wait, 30) == 0
         took = asyncio.get_running_loop().time() - stopped
-        assert took < 3, f"an idle service took {took:.2f} s to stop"
+        # 0.3 to 0.8 s idle; the bound only tells a stop from a loop that never sees it
+        # (which runs into the 30 s wait), with room for a machine loaded by the suite.
+        assert took < 10, f"an idle service took {took:.2f} s to stop"
         assert not (home / "service.json").exists()
     finally:
         if up.poll() is None:

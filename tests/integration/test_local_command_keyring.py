@@ -121,7 +121,9 @@ async def test_a_killed_command_that_does_not_go_at_once_does_not_hold_the_loop(
     ticks.append(time.monotonic())
     assert ticks[-1] - start > 1.0  # the command was awaited for as long as it was frozen
     stood = max(later - earlier for earlier, later in itertools.pairwise(ticks))
-    assert stood < 0.5, f"the event loop stood still for {stood:.2f}s"
+    # The fault held it for the whole 1.5 s freeze; a loaded machine (the suite's other
+    # workers) can hold it a few hundred ms, which is not what this is about.
+    assert stood < 1.0, f"the event loop stood still for {stood:.2f}s"
 
 
 async def test_a_command_whose_pidfd_the_loop_cannot_watch_is_killed_and_the_pidfd_closed(
