@@ -331,7 +331,7 @@ async def ignore(_stream, _data):
     pass
 
 settings = Settings(home=Path(home), nats_urls=(), nats_server=None, ack_wait=30.0)
-line = "echo up > /tmp/started; sleep 3; echo late > /tmp/late"
+line = "echo up > /tmp/started; sleep 27; echo late > /tmp/late"
 asyncio.run(
     ComposeSshExtension.from_settings(settings).exec(
         "killedcx01", ["sh", "-c", line], ignore, host="host1"
@@ -366,24 +366,37 @@ async def test_a_compose_exec_stops_in_its_container_when_its_worker_is_killed(
         host="host1",
     )
 
-    def in_web(*argv: str) -> bool:
-        container = compose_engine.cli(
+    def container() -> str:
+        return compose_engine.cli(
             "ps", "-q", "--filter", "label=com.docker.compose.project=sbx-killedcx01"
         ).stdout.split()[0]
-        return compose_engine.cli("exec", container, *argv, check=False).returncode == 0
+
+    def in_web(*argv: str) -> bool:
+        return compose_engine.cli("exec", container(), *argv, check=False).returncode == 0
+
+    def exec_running() -> bool:  # the engine's own list of the container's processes
+        return "sleep 27" in compose_engine.cli("top", container()).stdout
 
     try:
         async with asyncio.timeout(120):
             await extension.provision(request)
 
-        async def started() -> bool:
-            return await asyncio.to_thread(in_web, "test", "-e", "/tmp/started")
+        async def started() -> bool:  # and seen running, so that its end below means one
+            return await asyncio.to_thread(
+                lambda: in_web("test", "-e", "/tmp/started") and exec_running()
+            )
 
         await kill_once_started(COMPOSE_EXEC_WORKER, [str(home)], started, "exec")
-        await asyncio.sleep(4.5)  # the exec would have written by now
-        assert not await asyncio.to_thread(in_web, "test", "-e", "/tmp/late"), (
-            "the killed worker's exec ran on in its container"
-        )
+        # Until its process is gone, not a fixed wait: noticing the start takes an engine
+        # call or more, and a loaded machine's engine calls took seconds (a 3 s exec raced
+        # them). One the watcher missed runs for 27 s, past the 20 s allowed here.
+        deadline = asyncio.get_running_loop().time() + 20
+        while await asyncio.to_thread(exec_running):
+            assert asyncio.get_running_loop().time() < deadline, (
+                "the killed worker's exec ran on in its container"
+            )
+            await asyncio.sleep(0.2)
+        assert not await asyncio.to_thread(in_web, "test", "-e", "/tmp/late")
     finally:
         async with asyncio.timeout(60):
             await extension.teardown("killedcx01", host="host1")
