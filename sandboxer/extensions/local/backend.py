@@ -183,8 +183,10 @@ class LocalExtension:
         bwrap: str,
         egress_of: tuple[LocalEgress, list[str]],
     ) -> State:
-        """Directories, network, workspace inputs, groups and the holder, each recorded in
-        ``state.json`` before the next is made (the lock held)."""
+        """Directories, network, workspace inputs, groups and the holder (the lock held). The
+        network, the groups and the holder are each recorded in ``state.json`` before anything
+        runs in or through them; what comes before a first record is found by the sandbox's
+        name (``_left_behind``, ``_unmake``)."""
         profile = request.profile
         allowed, egress_warnings = egress_of
 
