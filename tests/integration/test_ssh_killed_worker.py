@@ -11,6 +11,7 @@ in a process of its own, killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -72,6 +73,25 @@ async def kill_once_started(
     finally:
         worker.send_signal(signal.SIGKILL)
         await worker.wait()
+
+
+async def until_none_names(path: Path, failure: str) -> None:
+    """Until no process of this machine has ``path`` in its command line (20 s at most, then
+    ``failure``): the killed worker's commands stopped, waited for, not raced with a sleep
+    (a loaded machine took longer than a 3 s command to notice a start and kill)."""
+    deadline = asyncio.get_running_loop().time() + 20
+    while any(str(path).encode() in line for line in _command_lines()):
+        assert asyncio.get_running_loop().time() < deadline, failure
+        await asyncio.sleep(0.2)
+
+
+def _command_lines() -> list[bytes]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                lines.append((entry / "cmdline").read_bytes())
+    return lines
 
 
 def exists(path: Path) -> Callable[[], Awaitable[bool]]:
@@ -138,8 +158,8 @@ async def ignore(_stream, _data):
 settings = Settings(home=Path(home), nats_urls=(), nats_server=None, ack_wait=30.0)
 # One job leaves the command's process group: only the exec's marker finds it.
 line = (
-    f"setsid sh -c 'sleep 3; echo late >> {late}' & "
-    f"echo up > {started}; sleep 3; echo late >> {late}"
+    f"setsid sh -c 'sleep 27; echo late >> {late}' & "
+    f"echo up > {started}; sleep 27; echo late >> {late}"
 )
 asyncio.run(
     VmPackerExtension.from_settings(settings).exec(
@@ -162,7 +182,7 @@ async def test_an_exec_stops_when_its_worker_is_killed(
     await kill_once_started(
         EXEC_WORKER, [str(home), str(started), str(late)], exists(started), "exec"
     )
-    await asyncio.sleep(4.5)  # the exec would have written by now
+    await until_none_names(late, "the killed worker's exec ran on after it")
     assert not late.exists(), "the killed worker's exec ran on after it"
     async with asyncio.timeout(20):
         await extension.teardown("killedex01", host="host1")
