@@ -163,9 +163,16 @@ async def run(
     program = argv[0]
     began = time.monotonic()
     try:
-        process = await conn.create_process(line, input=input, encoding="utf-8", errors="replace")
+        process = await conn.create_process(line, encoding="utf-8", errors="replace")
     except (asyncssh.Error, OSError) as exc:
         raise _lost(conn, f"starting {program!r}", exc) from exc
+    if input is not None:
+        # A command may end without reading its input (a claim that finds its place
+        # taken), and its channel's close may arrive with the host's answer to the start:
+        # the write then meets a closed channel. Its exit status says how it went.
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write(input)
+            process.stdin.write_eof()
     try:
         completed = await process.wait(timeout=deadline.client_wait(timeout))
     except asyncssh.TimeoutError as exc:

@@ -523,3 +523,26 @@ async def test_compose_up_and_down_over_ssh(
         await remove_tree(
             conn, f"{info.host.workspace_root}/sbxcompose", root=info.host.workspace_root
         )
+
+
+async def test_input_to_a_command_that_exits_without_reading_it(ssh_hosts: SshHosts) -> None:
+    """A command may end, and its channel close, before its input is sent, as a claim that
+    finds its sandbox's place taken does: that is its exit, not a lost connection.
+
+    The loop is held for a moment now and then, as a busy worker's is, so that the host's
+    answer to the start and the command's end arrive together."""
+    [info] = await ssh_hosts(1)
+
+    async def hog() -> None:
+        while True:
+            time.sleep(0.02)
+            await asyncio.sleep(0.001)
+
+    async with session(info.name, info.host) as conn:
+        busy = asyncio.create_task(hog())
+        try:
+            for _ in range(30):
+                result = await run(conn, ["sh", "-c", "echo BUSY"], input="x\n", check=False)
+                assert (result.exit_status, result.stdout) == (0, "BUSY\n")
+        finally:
+            busy.cancel()
