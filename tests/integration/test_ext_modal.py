@@ -420,15 +420,20 @@ async def test_a_later_attempt_never_adopts_an_earlier_attempt_s_sandbox(
     2's (the name is taken). Adopting it would leave the log's `ready` naming a sandbox that
     attempt 1, still running, may remove as its own: attempt 2 terminates it and makes its
     own, which attempt 1's clean-up then leaves alone."""
-    modal_double.inject(Fault("SandboxCreate", "done_late", delay=1.0, times=1))
+    landing = Fault("SandboxCreate", "done_late", delay=1.0, times=1)
+    modal_double.inject(landing)
     modal_double.inject(Fault("SandboxCreate", "latency", delay=2.0, times=1))
     req = request("modalfence1")
     cut_off = extension(create_settle=2)  # its clean-up looks for its late create that long
     sent = asyncio.create_task(cut_off.provision(req))
-    for _ in range(250):
-        if "SandboxCreate" in modal_double.calls:
+    # Until the double has taken attempt 1's create on (its late work is then under way):
+    # a create merely seen arriving could still be cancelled with its caller, and attempt 2's
+    # would take its fault.
+    for _ in range(1500):
+        if landing.times == 0:
             break
         await asyncio.sleep(0.02)
+    assert landing.times == 0, "attempt 1's create never reached the double"
     sent.cancel()  # its create goes on at Modal
     await asyncio.gather(sent, return_exceptions=True)
     ext = extension()

@@ -102,7 +102,7 @@ def exists(path: Path) -> Callable[[], Awaitable[bool]]:
 
 
 # The worker: provisions attempt 1 of SANDBOX on host1, whose one setup step says it started,
-# then, 3 s later, writes the file the test looks for.
+# then, 27 s later, writes the file the test looks for.
 WORKER = """
 import asyncio, sys
 from pathlib import Path
@@ -113,7 +113,7 @@ from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension
 
 home, started, late = sys.argv[1:4]
-step = f"echo up > {started}; sleep 3; echo late > {late}"
+step = f"echo up > {started}; sleep 27; echo late > {late}"
 profile = Catalog.load().profile("profile.vm-haskell-build")
 profile = profile.model_copy(update={"setup": Setup(instructions=[step])})
 settings = Settings(home=Path(home), nats_urls=(), nats_server=None, ack_wait=30.0)
@@ -133,7 +133,7 @@ async def test_a_setup_step_stops_when_its_worker_is_killed(
     await kill_once_started(
         WORKER, [str(home), str(started), str(late)], exists(started), "setup step"
     )
-    await asyncio.sleep(4.5)  # the step would have written by now
+    await until_none_names(late, "the killed worker's setup step ran on after it")
     assert not late.exists(), "the killed worker's setup step ran on after it"
 
     # The lock went with the connection: the next attempt makes the sandbox at once.
@@ -143,7 +143,7 @@ async def test_a_setup_step_stops_when_its_worker_is_killed(
 
 
 # The worker: runs an exec in SANDBOX (made by the test) on host1, which says it started, then,
-# 3 s later, writes the file the test looks for.
+# 27 s later, writes the file the test looks for.
 EXEC_WORKER = """
 import asyncio, sys
 from pathlib import Path
@@ -190,7 +190,7 @@ async def test_an_exec_stops_when_its_worker_is_killed(
 
 # The worker: runs an exec with stdin in SANDBOX (made by the test) on host1, which reads its
 # input (to its end, or its first line while the rest is still coming), says it started,
-# then, 3 s later, writes the file the test looks for.
+# then, 27 s later, writes the file the test looks for.
 STDIN_EXEC_WORKER = """
 import asyncio, sys
 from pathlib import Path
@@ -209,7 +209,7 @@ async def stdin():
 
 settings = Settings(home=Path(home), nats_urls=(), nats_server=None, ack_wait=30.0)
 read = "cat > /dev/null" if ended == "yes" else "head -n 1 > /dev/null"
-line = f"{read}; echo up > {started}; sleep 3; echo late >> {late}"
+line = f"{read}; echo up > {started}; sleep 27; echo late >> {late}"
 asyncio.run(
     VmPackerExtension.from_settings(settings).exec(
         "killedsx01", ["sh", "-c", line], ignore, host="host1", stdin=stdin()
@@ -233,14 +233,14 @@ async def test_an_exec_with_stdin_stops_when_its_worker_is_killed(
     await kill_once_started(
         STDIN_EXEC_WORKER, [str(home), str(started), str(late), ended], exists(started), "exec"
     )
-    await asyncio.sleep(4.5)  # the exec would have written by now
+    await until_none_names(late, "the killed worker's exec with stdin ran on after it")
     assert not late.exists(), "the killed worker's exec with stdin ran on after it"
     async with asyncio.timeout(20):
         await extension.teardown("killedsx01", host="host1")
 
 
 # The worker: runs an exec in SANDBOX (made by the test) on host1 whose command never reads its
-# input, says it started, then, 3 s later, writes the file the test looks for. Its input, 1 MiB
+# input, says it started, then, 27 s later, writes the file the test looks for. Its input, 1 MiB
 # (more than the host's pipe and FIFO hold, less than the channel's window), is sent whole,
 # then ended or left coming; then the worker says it sent it.
 UNREAD_STDIN_EXEC_WORKER = """
@@ -262,7 +262,7 @@ async def stdin():
         await asyncio.sleep(3600)
 
 settings = Settings(home=Path(home), nats_urls=(), nats_server=None, ack_wait=30.0)
-line = f"echo up > {started}; sleep 3; echo late >> {late}"
+line = f"echo up > {started}; sleep 27; echo late >> {late}"
 asyncio.run(
     VmPackerExtension.from_settings(settings).exec(
         "killedux01", ["sh", "-c", line], ignore, host="host1", stdin=stdin()
@@ -319,7 +319,7 @@ async def test_an_exec_that_does_not_read_its_stdin_stops_when_its_worker_is_kil
         input_sent,
         "exec",
     )
-    await asyncio.sleep(4.5)  # the exec would have written by now
+    await until_none_names(late, "the killed worker's exec that did not read its stdin ran on")
     assert not late.exists(), "the killed worker's exec that did not read its stdin ran on"
     assert session_processes(session_home) == [], "the killed worker's exec left processes"
     left = fifo_dirs() - fifos_before
