@@ -79,8 +79,15 @@ async def until_none_names(path: Path, failure: str) -> None:
     """Until no process of this machine has ``path`` in its command line (20 s at most, then
     ``failure``): the killed worker's commands stopped, waited for, not raced with a sleep
     (a loaded machine took longer than a 3 s command to notice a start and kill)."""
+    await until_true(
+        lambda: not any(str(path).encode() in line for line in _command_lines()), failure
+    )
+
+
+async def until_true(done: Callable[[], bool], failure: str) -> None:
+    """Until ``done()`` (20 s at most, then ``failure``)."""
     deadline = asyncio.get_running_loop().time() + 20
-    while any(str(path).encode() in line for line in _command_lines()):
+    while not done():
         assert asyncio.get_running_loop().time() < deadline, failure
         await asyncio.sleep(0.2)
 
@@ -321,7 +328,10 @@ async def test_an_exec_that_does_not_read_its_stdin_stops_when_its_worker_is_kil
     )
     await until_none_names(late, "the killed worker's exec that did not read its stdin ran on")
     assert not late.exists(), "the killed worker's exec that did not read its stdin ran on"
-    assert session_processes(session_home) == [], "the killed worker's exec left processes"
+    # The host's watchers of the exec end after the command they watch: waited for too.
+    await until_true(
+        lambda: session_processes(session_home) == [], "the killed worker's exec left processes"
+    )
     left = fifo_dirs() - fifos_before
     await asyncio.sleep(1)  # another test's copy would be gone by now
     assert not left & fifo_dirs(), "the killed worker's exec left its FIFO directory"
