@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,43 @@ async def stop_process(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         await asyncio.to_thread(process.wait)
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU used over a stretch of time, in seconds: by every process of the machine, and by
+    one process (its own threads, not its children's)."""
+
+    machine: float
+    process: float
+
+    @property
+    def over_cores(self) -> float:
+        """The machine's CPU spread over its cores: the shortest the stretch could have been
+        with that work, however well it was shared out."""
+        return self.machine / (os.cpu_count() or 1)
+
+
+def _machine_busy() -> float:
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:8]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def cpu_use(pid: int) -> Iterator[list[CpuUse]]:
+    """The CPU used while the block runs, as the one item of the yielded list once it ends."""
+    machine, process = _machine_busy(), _process_cpu(pid)
+    measured: list[CpuUse] = []
+    yield measured
+    measured.append(CpuUse(_machine_busy() - machine, _process_cpu(pid) - process))
 
 
 async def until_healthy(

@@ -18,6 +18,7 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,33 +53,37 @@ SECRETS_FILE = Path(".sandboxer") / "secrets.env"
 
 @dataclass(frozen=True)
 class Layout:
-    """Paths of one sandbox under the backend's root."""
+    """Paths of one sandbox under the backend's root.
+
+    Each path is made once per layout (``cached_property`` stores it beside the frozen
+    fields): a create asks for them dozens of times, and joining paths was 3.6% of the
+    service's CPU in a burst of cold creates (docs/performance.md)."""
 
     root: Path
     sandbox_id: str
 
-    @property
+    @cached_property
     def dir(self) -> Path:
         return self.root / self.sandbox_id
 
-    @property
+    @cached_property
     def workspace(self) -> Path:
         return self.dir / "workspace"
 
-    @property
+    @cached_property
     def state_file(self) -> Path:
         return self.dir / "state.json"
 
-    @property
+    @cached_property
     def log_file(self) -> Path:
         return self.dir / "holder.log"
 
-    @property
+    @cached_property
     def passwd_file(self) -> Path:
         """Bound read-only over the host's ``/etc/passwd`` (:mod:`.sandbox_users`)."""
         return self.dir / "passwd"
 
-    @property
+    @cached_property
     def group_file(self) -> Path:
         """Bound read-only over the host's ``/etc/group``."""
         return self.dir / "group"
