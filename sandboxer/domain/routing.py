@@ -221,8 +221,10 @@ def _blocks_unmet(decl: ExtensionDecl, policy: NetworkPolicy) -> str | None:
     """Why the backend's address allowlist cannot hold the policy's, or None. A provider
     refuses (or, worse, cuts) a longer list at create, after the route and the hold."""
     limit = decl.capabilities.network_max_cidrs
+    if limit is None:  # before the blocks: merging them is work every create paid for
+        return None
     blocks = policy.address_blocks()
-    if limit is None or len(blocks) <= limit:
+    if len(blocks) <= limit:
         return None
     return (
         f"cannot hold the network policy ({policy.describe()}): its address entries make "

@@ -329,7 +329,7 @@ def _incapable(p: Profile, d: ExtensionDecl, signals: RouteSignals, ttl: float) 
     return cap is not None and signals.live.get(d.id, 0) >= cap
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(worlds())
 def test_never_an_ineligible_or_incapable_backend(world: Any) -> None:
     p, enabled, signals, ttl = world
@@ -350,7 +350,7 @@ def test_never_an_ineligible_or_incapable_backend(world: Any) -> None:
         assert decision.chosen in decision.reason
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(worlds())
 def test_strategies_pick_their_minimum(world: Any) -> None:
     p, enabled, signals, ttl = world
@@ -378,7 +378,7 @@ def test_strategies_pick_their_minimum(world: Any) -> None:
     assert chosen is ties[0]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(worlds(), st.randoms(use_true_random=False))
 def test_same_inputs_same_choice_whatever_the_dict_order(world: Any, rnd: random.Random) -> None:
     p, enabled, signals, ttl = world
