@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
 from sandboxer.bus.jetstream_store import JetStreamEventStore
@@ -768,7 +769,11 @@ async def test_kill_9_between_metering_and_its_ack_debits_once(
         meter_task = asyncio.create_task(meter.run(stop))
         async with asyncio.timeout(30):
             while True:
-                info = await acme.js.consumer_info(subjects.EVENTS_STREAM, "meter")
+                try:
+                    info = await acme.js.consumer_info(subjects.EVENTS_STREAM, "meter")
+                except NotFoundError:  # between the remake's delete and its create
+                    await asyncio.sleep(0.2)
+                    continue
                 acked = info.ack_floor.stream_seq if info.ack_floor else 0
                 # Delivered again (the first delivery went with the killed process), and acked.
                 if info.num_ack_pending == 0 and (acked or 0) >= (destroyed_at or 1):
@@ -781,6 +786,8 @@ async def test_kill_9_between_metering_and_its_ack_debits_once(
         (usage,) = (await acme.usage(project="acme"))["usage"]
         assert settled["balance"] == 1_000_000 - usage["amount"]
     finally:
+        if meter_task is not None:
+            await cancel_until_done(meter_task)
         if crasher.poll() is None:
             crasher.kill()
             crasher.wait()
