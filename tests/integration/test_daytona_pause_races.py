@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from tests.doubles.spec_double import Answer, Call, Served
 from tests.integration.conftest import start_service
 from tests.integration.test_ext_daytona import FAST, build, up
 from tests.integration.test_hosted_service import daytona
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -116,12 +117,6 @@ def late() -> Iterator[tuple[LateDouble, DaytonaServed]]:
     finally:
         double.close()
     assert double.app.violations == [], double.app.violations
-
-
-async def until(condition: Callable[[], object]) -> None:
-    async with asyncio.timeout(5):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_a_stop_landing_after_the_put_back_s_look_keeps_the_auto_delete_lifted(

@@ -12,7 +12,7 @@ import dataclasses
 import threading
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from sandboxer.extensions.capabilities import Pausable, Snapshotter, TimeoutKeep
 from sandboxer.extensions.daytona.backend import DaytonaExtension
 from sandboxer.extensions.daytona.plan import our_labels
 from tests.doubles.daytona_double import DaytonaServed
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -103,13 +104,6 @@ async def up(extension: DaytonaExtension, sandbox_id: str, **fields: Any) -> dic
     req = request(sandbox_id, **fields)
     await extension.provision(req)
     return (await extension.wait_ready(req)).descriptor
-
-
-async def until(condition: Callable[[], object], seconds: float = 20) -> None:
-    """Wait for what the double does in its own thread; a generous bound, for a busy machine."""
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 class TestLifecycle:

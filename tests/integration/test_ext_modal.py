@@ -37,6 +37,7 @@ from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.modal.backend import ModalExtension
 from sandboxer.extensions.modal.config import ModalConfig
 from tests.doubles.modal_double import Fault, ModalDouble, modal_double, modal_extensions
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -429,11 +430,9 @@ async def test_a_later_attempt_never_adopts_an_earlier_attempt_s_sandbox(
     # Until the double has taken attempt 1's create on (its late work is then under way):
     # a create merely seen arriving could still be cancelled with its caller, and attempt 2's
     # would take its fault.
-    for _ in range(1500):
-        if landing.times == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert landing.times == 0, "attempt 1's create never reached the double"
+    await until(
+        lambda: landing.times == 0, 30, failure="attempt 1's create never reached the double"
+    )
     sent.cancel()  # its create goes on at Modal
     await asyncio.gather(sent, return_exceptions=True)
     ext = extension()

@@ -17,6 +17,7 @@ from sandboxer.bus.streams import ensure_streams
 from sandboxer.errors import BusError, StreamUnavailable
 from sandboxer.workers import pull_loop
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +57,6 @@ class Recorder:
         if self.poison_calls <= self.poison_fails:
             raise StreamUnavailable("the events stream has no leader")
         self.poisoned.append((msg.data, str(exc)))
-
-
-async def until(check: Callable[[], bool], seconds: float) -> None:
-    async with asyncio.timeout(seconds):
-        while not check():
-            await asyncio.sleep(0.05)
 
 
 async def running(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from sandboxer.statehub.follower import DURABLE, StateHubFollower
 from sandboxer.workers.meter_worker import DESTROYED
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from tests.integration.test_statehub import Hub
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -85,12 +86,6 @@ async def made(js: JetStreamContext, durable: str) -> ConsumerInfo | None:
         return await js.consumer_info(subjects.EVENTS_STREAM, durable)
     except NotFoundError:
         return None
-
-
-async def until(check: Callable[[], bool], seconds: float) -> None:
-    async with asyncio.timeout(seconds):
-        while not check():
-            await asyncio.sleep(0.05)
 
 
 def meter_spec(check_every: float) -> ConsumerSpec:

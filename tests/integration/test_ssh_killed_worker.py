@@ -26,6 +26,7 @@ from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
 from sandboxer.extensions.vm_packer.backend import VmPackerExtension
 from tests.integration.remote_fixtures import ENGINES, ComposeEngine, SshHosts, write_hosts_file
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -79,17 +80,11 @@ async def until_none_names(path: Path, failure: str) -> None:
     """Until no process of this machine has ``path`` in its command line (20 s at most, then
     ``failure``): the killed worker's commands stopped, waited for, not raced with a sleep
     (a loaded machine took longer than a 3 s command to notice a start and kill)."""
-    await until_true(
-        lambda: not any(str(path).encode() in line for line in _command_lines()), failure
+    await until(
+        lambda: not any(str(path).encode() in line for line in _command_lines()),
+        every=0.2,
+        failure=failure,
     )
-
-
-async def until_true(done: Callable[[], bool], failure: str) -> None:
-    """Until ``done()`` (20 s at most, then ``failure``)."""
-    deadline = asyncio.get_running_loop().time() + 20
-    while not done():
-        assert asyncio.get_running_loop().time() < deadline, failure
-        await asyncio.sleep(0.2)
 
 
 def _command_lines() -> list[bytes]:
@@ -329,8 +324,10 @@ async def test_an_exec_that_does_not_read_its_stdin_stops_when_its_worker_is_kil
     await until_none_names(late, "the killed worker's exec that did not read its stdin ran on")
     assert not late.exists(), "the killed worker's exec that did not read its stdin ran on"
     # The host's watchers of the exec end after the command they watch: waited for too.
-    await until_true(
-        lambda: session_processes(session_home) == [], "the killed worker's exec left processes"
+    await until(
+        lambda: session_processes(session_home) == [],
+        every=0.2,
+        failure="the killed worker's exec left processes",
     )
     left = fifo_dirs() - fifos_before
     await asyncio.sleep(1)  # another test's copy would be gone by now
@@ -420,12 +417,11 @@ async def test_a_compose_exec_stops_in_its_container_when_its_worker_is_killed(
         # Until its process is gone, not a fixed wait: noticing the start takes an engine
         # call or more, and a loaded machine's engine calls took seconds (a 3 s exec raced
         # them). One the watcher missed runs for 27 s, past the 20 s allowed here.
-        deadline = asyncio.get_running_loop().time() + 20
-        while await asyncio.to_thread(exec_running):
-            assert asyncio.get_running_loop().time() < deadline, (
-                "the killed worker's exec ran on in its container"
-            )
-            await asyncio.sleep(0.2)
+        await until(
+            lambda: not exec_running(),
+            every=0.2,
+            failure="the killed worker's exec ran on in its container",
+        )
         assert not await asyncio.to_thread(in_web, "test", "-e", "/tmp/late")
     finally:
         async with asyncio.timeout(60):

@@ -57,7 +57,7 @@ class Layout:
 
     Each path is made once per layout (``cached_property`` stores it beside the frozen
     fields): a create asks for them dozens of times, and joining paths was 3.6% of the
-    service's CPU in a burst of cold creates (docs/performance.md)."""
+    service's CPU samples in a burst of 100 cold creates (py-spy, 2026-12-05)."""
 
     root: Path
     sandbox_id: str
