@@ -14,6 +14,7 @@ import uuid
 
 __all__ = [
     "COMMAND_ID_RULE",
+    "HOST_NAME",
     "SANDBOX_ID_RULE",
     "derive_sandbox_id",
     "derive_snapshot_id",
@@ -25,6 +26,10 @@ __all__ = [
 
 SANDBOX_ID_RULE = "lowercase letters and digits, 8 to 32 characters"
 COMMAND_ID_RULE = "letters, digits, '-' and '_', 1 to 128 characters"
+
+HOST_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+"""A host's name in the hosts file, in a create's ``--host`` and in a placement: here, not
+in the hosts file's model, so a client that checks a command loads no pydantic model."""
 
 _SANDBOX_ID = re.compile(r"^[a-z0-9]{8,32}$")
 _COMMAND_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")

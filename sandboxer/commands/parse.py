@@ -26,7 +26,6 @@ from sandboxer.commands.types import (
     SnapshotSandbox,
     asked_policy,
 )
-from sandboxer.config.hosts import HOST_NAME
 from sandboxer.domain.account_state import PROJECT_RULE, is_valid_project
 from sandboxer.domain.key_decide import key_command_refusal
 from sandboxer.domain.key_state import is_valid_key_id
@@ -36,6 +35,7 @@ from sandboxer.errors import InvalidCommand, InvalidInput, InvalidNetworkPolicy
 from sandboxer.events.types import Actor
 from sandboxer.ids import (
     COMMAND_ID_RULE,
+    HOST_NAME,
     SANDBOX_ID_RULE,
     is_valid_command_id,
     is_valid_sandbox_id,

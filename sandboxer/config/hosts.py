@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sandboxer.config.settings import Settings
 from sandboxer.errors import SettingError
+from sandboxer.ids import HOST_NAME
 
 if TYPE_CHECKING:
     from sandboxer.config.catalog import LastParse
@@ -41,7 +42,6 @@ __all__ = ["HOSTS_DOC", "HostConfig", "HostsFile", "hosts_path", "load_hosts"]
 HOSTS_DOC = "docs/hosts.md"
 """Where a person learns to write the hosts file; errors about it point there."""
 
-HOST_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -18,10 +18,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sandboxer.config.hosts import HOST_NAME, HostConfig, hosts_path, load_hosts
+from sandboxer.config.hosts import HostConfig, hosts_path, load_hosts
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ExtensionError, HostKeyRejected, HostUnreachable, InvalidInput
 from sandboxer.extensions import host_report
+from sandboxer.ids import HOST_NAME
 from sandboxer.ssh import Connection, connection, remote
 
 __all__ = [

@@ -44,6 +44,7 @@ NOT_FOR_THE_APP = (*NOT_FOR_HELP, "pydantic")
 
 NOT_FOR_A_BUS_CLIENT = (
     "httpx",
+    "aiohttp",  # nats-py's WebSocket transport's (sandboxer/nats_websockets.py)
     "fastapi",
     "asyncssh",
     "modal",
@@ -53,6 +54,7 @@ NOT_FOR_A_BUS_CLIENT = (
     "sandboxer.extensions.local.backend",
     "sandboxer.workers",
     "sandboxer.config.profile",
+    "sandboxer.config.hosts",
 )
 """What a command that talks to the bus has no use for: the service's own parts (the exec
 and file protocol it shares with the workers is sandboxer.exec_protocol)."""
