@@ -39,7 +39,7 @@ MODULES = {
     "remote": 360,
     "hosted": 120,
     "recovery": 300,
-    "cli": 60,
+    "cli": 120,
 }
 
 

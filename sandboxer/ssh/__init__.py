@@ -14,11 +14,22 @@ mapped here to :class:`~sandboxer.errors.HostUnreachable`,
 :class:`~sandboxer.errors.RemoteCommandFailed`; callers never see one.
 """
 
+import warnings
+
 from sandboxer.ssh.connection import Connection, connect, session
 from sandboxer.ssh.fetch_tree import fetch_tree
 from sandboxer.ssh.remote import RemoteResult, command_line, inside_root, put_file, remove_tree, run
 from sandboxer.ssh.streaming import ChunkSink, stream
 from sandboxer.ssh.sync import sync_dir
+
+# cryptography 51 deprecates DSA, and asyncssh (2.24) names cryptography's DSA classes when
+# it is imported: a warning at each process's first SSH connection that no user can act on
+# (sandboxer makes no keys; the keys it uses are the user's and the hosts'). Only that
+# warning, only asyncssh's. Each module here imports asyncssh in the function that uses it,
+# so this has run before.
+warnings.filterwarnings(
+    "ignore", message="DSA is deprecated", category=UserWarning, module=r"asyncssh(\.|$)"
+)
 
 __all__ = [
     "ChunkSink",

@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +53,16 @@ def test_only_the_ssh_package_imports_asyncssh() -> None:
 def test_the_boundary_does_import_it() -> None:
     # Guards the test above against passing because it parses nothing.
     assert _imports_asyncssh(BOUNDARY / "connection.py")
+
+
+def test_the_first_ssh_use_of_a_process_warns_of_nothing() -> None:
+    """asyncssh imported through the boundary, as a connection imports it, with every
+    warning an error: cryptography's DSA deprecation (51 and later) stays quiet."""
+    script = "import sandboxer.ssh, asyncssh; asyncssh.SSHClientConnection"
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_seconds_are_written_as_plain_decimals() -> None:
