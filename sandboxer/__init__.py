@@ -1,6 +1,6 @@
 """sandboxer: establish isolated sandboxes on many backends through one event-sourced API."""
 
-from sandboxer import nats_websockets
+from sandboxer.bus import nats_websockets
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from nats.aio.client import Client
 from nats.errors import SlowConsumerError
 
-from sandboxer import nats_websockets
+from sandboxer.bus import nats_websockets
 from sandboxer.bus.nats_auth import NatsCredentials
 from sandboxer.domain.key_state import is_valid_key_id
 from sandboxer.errors import BusError
@@ -106,8 +106,7 @@ async def connect(
     noticed quickly; short CLI clients fail fast instead. ``credentials`` (see
     :mod:`sandboxer.bus.nats_auth`) authenticate the connection.
     """
-    if nats_websockets.wants_websockets(urls):
-        nats_websockets.allow()
+    nats_websockets.allow_for(urls)
     auth: dict[str, Any] = {}
     if credentials is not None:
         auth = {"user": credentials.user, "password": credentials.password}

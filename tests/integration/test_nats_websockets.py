@@ -1,5 +1,5 @@
 """A ``ws://`` server address works (README: ``SANDBOXER_NATS_URL``), though nats-py's
-transports load without aiohttp in a sandboxer process (sandboxer/nats_websockets.py).
+transports load without aiohttp in a sandboxer process (sandboxer/bus/nats_websockets.py).
 
 Run in a fresh Python: a pytest worker may have imported aiohttp already (schemathesis,
 the modal SDK), and then nats-py would have it from the start.

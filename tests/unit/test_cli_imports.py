@@ -44,7 +44,7 @@ NOT_FOR_THE_APP = (*NOT_FOR_HELP, "pydantic")
 
 NOT_FOR_A_BUS_CLIENT = (
     "httpx",
-    "aiohttp",  # nats-py's WebSocket transport's (sandboxer/nats_websockets.py)
+    "aiohttp",  # nats-py's WebSocket transport's (sandboxer/bus/nats_websockets.py)
     "fastapi",
     "asyncssh",
     "modal",

@@ -1,10 +1,10 @@
 """What ``sandboxer up`` loads before it has work: no SDK or client it does not use yet.
 
 asyncssh (with cryptography), the modal SDK and httpx (with click, rich and pygments)
-together cost about 35 MB of memory (docs/performance.md#memory), and aiohttp (which
-nats-py loads for its WebSocket transport alone: sandboxer/nats_websockets.py) 10 MB more. ``up`` runs the SSH and
-hosted backends whether or not they have hosts or keys, so each is imported only where
-it is first used. Checked in a fresh Python: the modules, the roles' and every packaged
+together cost about 35 MB of memory (docs/performance.md#memory), and aiohttp 10 MB more
+(nats-py loads it for its WebSocket transport alone: sandboxer/bus/nats_websockets.py).
+``up`` runs the SSH and hosted backends whether or not they have hosts or keys, so each
+is imported only where it is first used. Checked in a fresh Python: the modules, the roles' and every packaged
 backend built and asked for its sandboxes, as at start, with no hosts and no keys.
 """
 

@@ -8,9 +8,9 @@ worker, ``sandboxer up`` (docs/performance.md, memory and CLI start-up).
 
 So :func:`install` (run when the ``sandboxer`` package is imported) makes the first import
 of that module run with aiohttp hidden: nats-py then records it as missing, as it does in
-a venv without it. :func:`allow` gives the module aiohttp and multidict back, as its own
-import would have; ``sandboxer.bus.connect`` calls it before connecting to a ``ws://`` or
-``wss://`` server. A process that imported aiohttp before nats-py keeps nats-py as it is.
+a venv without it. :func:`allow_for` gives the module aiohttp and multidict back, as its
+own import would have, when ``sandboxer.bus.connect`` is given a ``ws://`` or ``wss://``
+server. A process that imported aiohttp before nats-py keeps nats-py as it is.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from importlib.machinery import ModuleSpec, PathFinder
 from types import ModuleType
 from typing import Any
 
-__all__ = ["TRANSPORTS", "allow", "install", "wants_websockets"]
+__all__ = ["TRANSPORTS", "allow_for", "install"]
 
 TRANSPORTS = "nats.aio.transport"
 """The nats-py module that imports aiohttp at its top."""
@@ -36,12 +36,8 @@ class _WithoutAiohttp:
     def __init__(self, loader: Any) -> None:
         self._loader = loader
 
-    def __getattr__(self, name: str) -> Any:  # get_source, get_filename ...: the real loader's
+    def __getattr__(self, name: str) -> Any:  # create_module, get_source ...: the real loader's
         return getattr(self._loader, name)
-
-    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        module: ModuleType | None = self._loader.create_module(spec)
-        return module
 
     def exec_module(self, module: ModuleType) -> None:
         if HIDDEN in sys.modules:  # already imported by the process: nothing to save
@@ -76,13 +72,12 @@ def install() -> None:
         sys.meta_path.insert(0, _Finder)
 
 
-def wants_websockets(urls: Sequence[str]) -> bool:
-    return any(url.lower().startswith(("ws://", "wss://")) for url in urls)
-
-
-def allow() -> None:
-    """Give nats-py's transports aiohttp and multidict, if installed; without them nats-py
-    raises its own error naming the package to install."""
+def allow_for(urls: Sequence[str]) -> None:
+    """Before a connection to ``urls``: when one is a WebSocket address, give nats-py's
+    transports aiohttp and multidict, if installed (without them nats-py raises its own
+    error naming the package to install)."""
+    if not any(url.lower().startswith(("ws://", "wss://")) for url in urls):
+        return
     transports = importlib.import_module(TRANSPORTS)
     if getattr(transports, "aiohttp", None) is not None:
         return
