@@ -297,10 +297,10 @@ class _EntryPoint:
 def test_entry_point_without_a_good_declaration_says_what_to_add(
     monkeypatch: pytest.MonkeyPatch, declaration: object, expected: str
 ) -> None:
-    from importlib import metadata
+    from sandboxer.config import catalog
 
     monkeypatch.setattr(
-        metadata, "entry_points", lambda group: [_EntryPoint("ext.third", declaration)]
+        catalog, "installed_entry_points", lambda: (_EntryPoint("ext.third", declaration),)
     )
     with pytest.raises(ConfigError) as caught:
         Catalog.load()
