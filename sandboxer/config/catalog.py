@@ -136,25 +136,36 @@ def parse_yaml_model(path: Path, text: str, model: type[Model]) -> Model:
 
 
 class LastParse(Generic[Model]):
-    """:func:`load_yaml_model` for a file read again and again (the hosts file, on every
-    create and every refused one): the file is read each time, and parsed only when its
-    text is not the last one's. A parse (YAML in Python, then validation) takes
+    """:func:`load_yaml_model` for files read again and again: the hosts file, on every
+    create and every refused one; the profiles and declarations, on every start of a
+    service in one process (the suite starts hundreds). Each file is read each time, and
+    parsed only when its text is not its last one's. A parse (YAML, then validation) takes
     milliseconds a host; a read, microseconds. Keyed by the text, not the file's mtime:
     a file rewritten in place within one tick of the file system's clock, at the same
-    size (``max_sandboxes: 2`` made 3), would look unchanged."""
+    size (``max_sandboxes: 2`` made 3), would look unchanged. The models are frozen, so
+    the same parse can be handed to every caller."""
+
+    MOST = 1024
+    """Files remembered at most; past it, all are forgotten and parsed again as asked."""
 
     def __init__(self, model: type[Model]) -> None:
         self._model = model
-        self._last: tuple[Path, str, Model] | None = None
+        self._last: dict[Path, tuple[str, Model]] = {}
 
     def load(self, path: Path) -> Model:
         text = read_yaml_text(path)
-        last = self._last
-        if last is not None and last[0] == path and last[1] == text:
-            return last[2]
+        last = self._last.get(path)
+        if last is not None and last[0] == text:
+            return last[1]
         parsed = parse_yaml_model(path, text, self._model)
-        self._last = (path, text, parsed)
+        if len(self._last) >= self.MOST:
+            self._last.clear()
+        self._last[path] = (text, parsed)
         return parsed
+
+
+_PROFILES = LastParse(Profile)
+_DECLARATIONS = LastParse(ExtensionDecl)
 
 
 @dataclass
@@ -213,12 +224,12 @@ class Catalog:
             return
         for path in sorted(directory.glob("*.yaml")):
             if path.name.startswith("profile."):
-                profile = load_yaml_model(path, Profile)
+                profile = _PROFILES.load(path)
                 self._check_name(path, profile.id)
                 self.profiles[profile.id] = profile
                 self.profile_sources[profile.id] = path
             elif path.name.startswith("ext."):
-                decl = load_yaml_model(path, ExtensionDecl)
+                decl = _DECLARATIONS.load(path)
                 self._check_name(path, decl.id)
                 self.extensions[decl.id] = decl
 

@@ -373,6 +373,34 @@ def test_last_parse_parses_a_changed_file_or_another_path_again(tmp_path: Path) 
         last.load(one)
 
 
+def test_a_catalog_loaded_again_parses_only_the_files_that_changed(tmp_path: Path) -> None:
+    """Every start of a service reads the whole catalog (the suite starts hundreds in one
+    process): an unchanged file's parse is handed out again, an edited one is parsed."""
+    (tmp_path / "profiles").mkdir()
+    mine = tmp_path / "profiles" / "profile.mine.yaml"
+    mine.write_text("id: profile.mine\nversion: 1\nextension: ext.local\n")
+    first = Catalog.load(tmp_path)
+    again = Catalog.load(tmp_path)
+    assert again.profile("profile.mine") is first.profile("profile.mine")
+    assert again.profile("profile.local") is first.profile("profile.local")
+    mine.write_text("id: profile.mine\nversion: 2\nextension: ext.local\n")
+    assert Catalog.load(tmp_path).profile("profile.mine").version == 2
+
+
+def test_last_parse_forgets_past_its_bound(tmp_path: Path) -> None:
+    from sandboxer.config.catalog import LastParse
+    from sandboxer.config.hosts import HostsFile
+
+    last = LastParse(HostsFile)
+    last.MOST = 3
+    paths = [tmp_path / f"{n}.yaml" for n in range(5)]
+    for path in paths:
+        path.write_text("hosts: {}\n")
+        last.load(path)
+    assert len(last._last) <= 3
+    assert last.load(paths[-1]) is last.load(paths[-1])
+
+
 def test_unknown_field_points_to_the_page_of_its_file(tmp_path: Path) -> None:
     from sandboxer.config.hosts import load_hosts
     from sandboxer.config.settings import Settings
