@@ -7,9 +7,9 @@ Closing the SSH channel does not stop a remote command (see :mod:`sandboxer.ssh.
 and ``docker|podman exec`` does not stop the process it started in a container when its
 own client dies. So each exec carries a marker in its environment,
 ``SANDBOXER_EXEC_ID=<random>``, which everything it starts inherits; giving the exec up
-runs :data:`KILL_SCRIPT` where the command ran, which sends SIGKILL to every process
-whose environment holds that marker, pass after pass until none is left (a process
-may fork while a pass runs). The script's own environment lacks the marker (it is an
+runs :data:`KILL_SCRIPT` where the command ran, which stops every process whose
+environment holds that marker and then sends them SIGKILL, pass after pass until none is
+left (a process may fork while a pass runs). The script's own environment lacks the marker (it is an
 argument there), so it never kills itself. It needs ``sh``, ``tr``, ``grep`` and a
 Linux ``/proc`` where it runs; where they are missing, the command is left to end on
 its own and the failure is logged.
@@ -48,7 +48,10 @@ MARKER_NAME = "SANDBOXER_EXEC_ID"
 STOP_TIMEOUT = 20.0
 """Seconds the stopping command may take before the exec gives up on it."""
 
-# $1 is NAME=VALUE, the marker. /proc/PID/environ is NUL-separated.
+# $1 is NAME=VALUE, the marker. /proc/PID/environ is NUL-separated. A pass stops every
+# marked process first and kills them all after: killed one by one, in /proc's order (not
+# the tree's), a shell whose child died before its own turn came ran its next command
+# (`sleep 27; echo late > f` wrote f as the pass went on). A stopped process runs nothing.
 KILL_SCRIPT = r"""
 m=$1
 n=0
@@ -59,10 +62,11 @@ while [ "$n" -lt 50 ]; do
     p=${d#/proc/}
     [ "$p" = "$$" ] && continue
     if tr '\000' '\n' < "$d/environ" 2>/dev/null | grep -qxF -e "$m"; then
-      kill -KILL "$p" 2>/dev/null && found=1
+      kill -STOP "$p" 2>/dev/null && found="$found $p"
     fi
   done
   [ -n "$found" ] || exit 0
+  kill -KILL $found 2>/dev/null
 done
 exit 1
 """

@@ -4,10 +4,14 @@ stop never hides why the exec ended. No host: ``run`` and ``stop`` are plain cor
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from sandboxer.extensions.ssh_exec_stop import MARKER_NAME, kill_argv, new_marker, stoppable
+from tests.conftest import require_tool
 
 
 class Recorder:
@@ -82,3 +86,34 @@ async def test_a_failing_stop_does_not_hide_the_error() -> None:
 
 def test_two_execs_get_different_markers() -> None:
     assert new_marker() != new_marker()
+
+
+# In a fresh pid namespace, as in a container: the next pid is 9, so the marked shell is 9
+# and its `sleep` 10, which comes first in /proc's order ("10" < "9"). Nothing else forks
+# before the stop (the wait for pid 10 is the shell's own), so those are the pids.
+IN_A_CONTAINER = r"""
+echo 8 > /proc/sys/kernel/ns_last_pid
+SANDBOXER_EXEC_ID=marked sh -c 'sleep 30; echo late > "$1"' sh "$LATE" &
+while [ ! -e /proc/10 ]; do :; done
+"$@"
+sleep 0.3
+"""
+
+
+def test_the_stop_leaves_no_marked_shell_to_run_its_next_command(tmp_path: Path) -> None:
+    """The stop killed each marked process as it came to it in /proc's order: in a container
+    the shell's child came first, and the shell ran its next command before its own turn
+    (a killed worker's `sleep 27; echo late > f` wrote f). Now every one is stopped first."""
+    unshare = require_tool("unshare", "util-linux")
+    late = tmp_path / "late"
+    stop = kill_argv("SANDBOXER_EXEC_ID", "marked")
+    done = subprocess.run(
+        [unshare, "--pid", "--fork", "--mount-proc", "sh", "-c", IN_A_CONTAINER, "sh", *stop],
+        env={"PATH": os.environ["PATH"], "LATE": str(late)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not late.exists(), "a marked shell ran on after its child was killed"
