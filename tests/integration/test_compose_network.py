@@ -186,6 +186,7 @@ def with_policy(env: Env, sandbox_id: str, repo: Path, policy: NetworkPolicy) ->
 async def test_an_allowlist_lets_through_only_its_names(
     env: Env, tmp_path: Path, upstream: str
 ) -> None:
+    sid = env.own_id("composegate1")
     # Both names lead to the test's own server; only one is on the allowlist.
     env.root.mkdir(parents=True, exist_ok=True)
     (env.root / HOSTS_FILE).write_text(f"{upstream} allowed.test other.test\n")
@@ -195,7 +196,7 @@ async def test_an_allowlist_lets_through_only_its_names(
     policy = parse_policy(
         {"egress": [f"allowed.test:{UPSTREAM_PORT}", f"{upstream}:{UPSTREAM_PORT}/tcp"]}
     )
-    request = with_policy(env, "composegate1", repo, policy)
+    request = with_policy(env, sid, repo, policy)
     await env.extension.provision(request)
     await env.extension.provision(request)  # a redelivered create starts clean
     readiness = await env.extension.wait_ready(request)
@@ -205,12 +206,12 @@ async def test_an_allowlist_lets_through_only_its_names(
         f"proxy relays TCP; write such an entry with /tcp (allowed.test:{UPSTREAM_PORT}/tcp) "
         "to ask for what is enforced"
     ]
-    network = "sbx-composegate1-egress"
+    network = f"sbx-{sid}-egress"
     assert env.engine.cli("network", "inspect", network).returncode == 0
     for service in ("web", "worker"):
         code, out = await _exec(
             env,
-            "composegate1",
+            sid,
             ["wget", "-q", "-O", "-", f"http://allowed.test:{UPSTREAM_PORT}/"],
             service=service,
         )
@@ -220,7 +221,7 @@ async def test_an_allowlist_lets_through_only_its_names(
         f'wget -q -O - {url} ; echo "$?"'
         for url in (f"http://other.test:{UPSTREAM_PORT}/", "http://allowed.test:80/")
     )
-    code, out = await _exec(env, "composegate1", ["sh", "-c", refused])
+    code, out = await _exec(env, sid, ["sh", "-c", refused])
     assert out == b"1\n1\n"
     # TLS: the proxy lets a tunnel to the allowed name through only when the ClientHello
     # names it too (the test's server then answers the TLS bytes with an HTTP 400).
@@ -228,10 +229,10 @@ async def test_an_allowlist_lets_through_only_its_names(
     for server_name, through in (("allowed.test", True), ("other.test", False)):
         connect = f"CONNECT allowed.test:{UPSTREAM_PORT} HTTP/1.1\r\n\r\n".encode()
         script = f"printf '{_octal(connect + client_hello(server_name))}' | timeout 5 nc {gateway} {PROXY_PORT}"
-        _, out = await _exec(env, "composegate1", ["sh", "-c", script])
+        _, out = await _exec(env, sid, ["sh", "-c", script])
         assert out.startswith(b"HTTP/1.1 200 Connection established\r\n\r\n"), out
         assert (b"400" in out) == through, (server_name, out)
-    log = (Path(gate_directory("composegate1")) / "log").read_text()
+    log = (Path(gate_directory(sid)) / "log").read_text()
     assert f"allowed: CONNECT allowed.test:{UPSTREAM_PORT}\n" in log, log
     assert "with TLS server name 'other.test'" in log, log
     # An address entry: a CONNECT to it is let through, to another port of it refused.
@@ -241,7 +242,7 @@ async def test_an_allowlist_lets_through_only_its_names(
     ):
         connect = f"CONNECT {upstream}:{port} HTTP/1.1\\r\\n\\r\\nGET / HTTP/1.0\\r\\n\\r\\n"
         script = f"printf '{connect}' | timeout 5 nc {gateway} {PROXY_PORT}"
-        _, out = await _exec(env, "composegate1", ["sh", "-c", script])
+        _, out = await _exec(env, sid, ["sh", "-c", script])
         assert answer in out.split(b"\r\n", 1)[0], out
         assert (b"hello from upstream" in out) == (port == UPSTREAM_PORT), out
     # Without the proxy: the server's address directly, and a service of the host listening
@@ -252,7 +253,7 @@ async def test_an_allowlist_lets_through_only_its_names(
             f'(timeout 2 nc {gateway} {port}; echo "nc $?") & wait'
         )
         code, out = await _exec(
-            env, "composegate1", ["env", "-u", "http_proxy", "-u", "HTTP_PROXY", "sh", "-c", tries]
+            env, sid, ["env", "-u", "http_proxy", "-u", "HTTP_PROXY", "sh", "-c", tries]
         )
     lines = sorted(out.decode().splitlines())
     assert len(lines) == 2, out  # only the two statuses: nothing came back from either
@@ -260,19 +261,19 @@ async def test_an_allowlist_lets_through_only_its_names(
     assert lines[0] != "nc 0"
     assert lines[1].startswith("wget ")
     assert lines[1] != "wget 0"
-    gate = Path(gate_directory("composegate1"))
+    gate = Path(gate_directory(sid))
     pid = int((gate / "pid").read_text())
     assert Path(f"/proc/{pid}").exists()
-    await env.extension.teardown("composegate1", host="host1")
-    assert env.containers("composegate1") == []
+    await env.extension.teardown(sid, host="host1")
+    assert env.containers(sid) == []
     assert env.engine.cli("network", "inspect", network, check=False).returncode != 0
     assert (
         not Path(f"/proc/{pid}").exists()
-        or b"composegate1" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        or sid.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
     )
     tables = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True)
-    assert "sbx_compose_composegate1" not in tables.stdout
-    assert not (env.root / "sbx-composegate1").exists()
+    assert f"sbx_compose_{sid}" not in tables.stdout
+    assert not (env.root / f"sbx-{sid}").exists()
     assert not gate.exists()
 
 
@@ -280,30 +281,32 @@ async def test_an_allowlist_lets_through_only_its_names(
 async def test_a_failed_create_under_an_allowlist_leaves_nothing(env: Env, tmp_path: Path) -> None:
     """compose up fails after the network and rules are made; the teardown the worker then
     runs removes them."""
+    sid = env.own_id("composegate2")
     repo = make_repo(tmp_path / "repo", NETWORKED.replace("localhost/mini", "localhost/nope"))
     policy = parse_policy({"egress": ["pypi.org:443"]})
-    request = with_policy(env, "composegate2", repo, policy)
+    request = with_policy(env, sid, repo, policy)
     with pytest.raises(RemoteCommandFailed):
         await env.extension.provision(request)
-    network = "sbx-composegate2-egress"
+    network = f"sbx-{sid}-egress"
     assert env.engine.cli("network", "inspect", network, check=False).returncode == 0
-    await env.extension.teardown("composegate2", host="host1")
+    await env.extension.teardown(sid, host="host1")
     assert env.engine.cli("network", "inspect", network, check=False).returncode != 0
     tables = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True)
-    assert "sbx_compose_composegate2" not in tables.stdout
-    assert not Path(gate_directory("composegate2")).exists()
-    assert not (env.root / "sbx-composegate2").exists()
+    assert f"sbx_compose_{sid}" not in tables.stdout
+    assert not Path(gate_directory(sid)).exists()
+    assert not (env.root / f"sbx-{sid}").exists()
 
 
 async def test_a_service_with_its_own_network_is_refused(env: Env, tmp_path: Path) -> None:
+    sid = env.own_id("composeallow2")
     own = NETWORKED.replace(
         "    init: true\n  worker:", "    init: true\n    network_mode: host\n  worker:"
     )
     repo = make_repo(tmp_path / "repo", own)
     policy = parse_policy({"egress": ["pypi.org:443"]})
     with pytest.raises(InvalidInput, match=r"services web .* choose their own networks"):
-        await env.extension.provision(with_policy(env, "composeallow2", repo, policy))
-    assert not (env.root / "sbx-composeallow2").exists()
+        await env.extension.provision(with_policy(env, sid, repo, policy))
+    assert not (env.root / f"sbx-{sid}").exists()
 
 
 @pytest.mark.parametrize("compose_engine", ENGINES, indirect=True)
@@ -313,17 +316,18 @@ async def test_compose_s_own_merged_model_is_checked_before_anything_starts(
     """The file check reads one file and compose merges more (extends, include, tags): with
     that check out of the way, compose's own model of the stack (config, the override
     included) still refuses a service with a network of its own, before any container."""
+    sid = env.own_id("composeleak1")
     monkeypatch.setattr(compose_backend, "gate_bypasses", lambda compose, name: [])
     own = NETWORKED + "    networks: [outside]\nnetworks:\n  outside: {}\n"
     repo = make_repo(tmp_path / "repo", own)
     policy = parse_policy({"egress": ["pypi.org:443"]})
     with pytest.raises(InvalidInput, match="services worker would not be on the egress network"):
-        await env.extension.provision(with_policy(env, "composeleak1", repo, policy))
-    assert env.containers("composeleak1") == []
-    await env.extension.teardown("composeleak1", host="host1")  # as the worker does
-    network = "sbx-composeleak1-egress"
+        await env.extension.provision(with_policy(env, sid, repo, policy))
+    assert env.containers(sid) == []
+    await env.extension.teardown(sid, host="host1")  # as the worker does
+    network = f"sbx-{sid}-egress"
     assert env.engine.cli("network", "inspect", network, check=False).returncode != 0
-    assert not (env.root / "sbx-composeleak1").exists()
+    assert not (env.root / f"sbx-{sid}").exists()
 
 
 def client_hello(server_name: str) -> bytes:
@@ -394,22 +398,23 @@ async def test_teardown_stops_a_proxy_whose_pid_file_was_never_written(
     between (the worker killed, the connection lost) leaves a proxy and no pid file.
     Teardown finds it by its command line all the same, and leaves alone a proxy of another
     sandbox whose name starts with this one's."""
+    sid = env.own_id("composegate3")
     repo = make_repo(tmp_path / "repo", NETWORKED)
     policy = parse_policy({"egress": ["pypi.org:443"]})
-    request = with_policy(env, "composegate3", repo, policy)
-    lookalike = ["gate_proxy.py", "--name", "sbx-composegate3x", "--config", "config.json"]
+    request = with_policy(env, sid, repo, policy)
+    lookalike = ["gate_proxy.py", "--name", f"sbx-{sid}x", "--config", "config.json"]
     neighbour = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *lookalike])
     try:
         await env.extension.provision(request)
-        proxies = _proxies_of("sbx-composegate3")
+        proxies = _proxies_of(f"sbx-{sid}")
         assert len(proxies) == 1, proxies
-        (Path(gate_directory("composegate3")) / "pid").unlink()  # as if never written
-        await env.extension.teardown("composegate3", host="host1")
-        assert _proxies_of("sbx-composegate3") == []
+        (Path(gate_directory(sid)) / "pid").unlink()  # as if never written
+        await env.extension.teardown(sid, host="host1")
+        assert _proxies_of(f"sbx-{sid}") == []
         assert neighbour.poll() is None  # another sandbox's proxy is not touched
-        assert not Path(gate_directory("composegate3")).exists()
+        assert not Path(gate_directory(sid)).exists()
     finally:
-        for pid in _proxies_of("sbx-composegate3"):  # no leak from the test on the old code
+        for pid in _proxies_of(f"sbx-{sid}"):  # no leak from the test on the old code
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         neighbour.kill()

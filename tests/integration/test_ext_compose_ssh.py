@@ -97,6 +97,13 @@ class Env:
     def root(self) -> Path:
         return Path(self.host.host.workspace_root)
 
+    def own_id(self, name: str) -> str:
+        """``name`` made this engine's own. What an egress allowlist makes is the machine's
+        (its nft table, its proxy found by name, its gate directory), and the [docker] and
+        [podman] runs of one test may run at once in two workers: under one id, one's
+        start stopped the other's proxy."""
+        return name + ("p" if "podman" in self.engine.compose_cmd else "d")
+
     def request(
         self,
         sandbox_id: str,

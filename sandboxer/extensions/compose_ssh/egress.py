@@ -112,8 +112,10 @@ stop_proxies() {
 """
 
 # Starts the proxy (python3 -I) named $2 in the gate's directory $1 in a session
-# of its own (replacing a leftover one), and waits up to 5 s for it to say it
-# listens. The pid file is only for reading; teardown finds the proxy by its name.
+# of its own (replacing a leftover one), and waits up to 30 s for it to say it
+# listens (or to die, which ends the wait at once): 5 s, as it was, is little for a
+# Python's start on a loaded host. The pid file is only for reading; teardown finds the
+# proxy by its name.
 _START_SCRIPT = (
     _STOP_PROXY
     + r"""
@@ -126,7 +128,7 @@ setsid python3 -I gate_proxy.py --name "$name" --config config.json \
 pid=$!
 echo "$pid" >pid
 i=0
-while [ "$i" -lt 50 ]; do
+while [ "$i" -lt 300 ]; do
   if grep -q ready ready 2>/dev/null; then exit 0; fi
   kill -0 "$pid" 2>/dev/null || break
   sleep 0.1
