@@ -44,7 +44,7 @@ demo: $(RUN_STAMP) bytecode demo-deps ## run the end-to-end demo (local bubblewr
 test: venv bytecode system-deps ## ruff, mypy and the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q -n 3 --dist worksteal
+	$(VENV)/bin/pytest -q -n 3 --dist worksteal --durations=25
 
 lint: venv ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .
