@@ -17,6 +17,7 @@ an UnknownEventType, and is skipped the same way.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -121,14 +122,19 @@ class Codec:
         return event
 
 
-_codec = Codec()
+@functools.cache
+def _codec() -> Codec:
+    """The codec of the current types, made on first use: its decoder of every event type
+    takes about 30 ms to build, which a process that never reads or writes an event (most
+    CLI commands, which import the event types for a name or two) need not pay."""
+    return Codec()
 
 
 def encode_event(event: Event) -> bytes:
-    return _codec.encode(event)
+    return _codec().encode(event)
 
 
 def decode_event(data: bytes) -> Event:
     """The current-version event stored as ``data``; UnknownEventType for a type we do not
     know, or an event we cannot read (UnreadableEvent)."""
-    return _codec.decode(data)
+    return _codec().decode(data)
