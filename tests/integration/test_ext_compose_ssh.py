@@ -102,7 +102,7 @@ class Env:
         (its nft table, its proxy found by name, its gate directory), and the [docker] and
         [podman] runs of one test may run at once in two workers: under one id, one's
         start stopped the other's proxy."""
-        return name + ("p" if "podman" in self.engine.compose_cmd else "d")
+        return name + self.engine.name[0]
 
     def request(
         self,
