@@ -29,6 +29,8 @@ then as many back to back. ``--shortest`` times, in the same run, the shortest
 chain the public contract allows beside it: the command, then ``requested``,
 ``provisioning`` (beside the claim) and ``ready`` appended by one consumer, with
 no ``routed`` of its own and no job hop (docs/performance.md, "The warm path").
+``--burst [N]`` starts N chains at once (100 unless given), then N of the shortest,
+three times each, as ``bench_create.py`` does before each burst of creates.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -219,6 +221,28 @@ async def chain_once(nc: NATS, js: JetStreamContext, *, shortest: bool = False) 
     return (time.perf_counter() - started) * 1000
 
 
+async def chains_at_once(
+    nc: NATS,
+    js: JetStreamContext,
+    n: int,
+    *,
+    shortest: bool = False,
+    then: Callable[[], Awaitable[object]] | None = None,
+) -> float:
+    """``n`` chains started at once, in seconds until the last one's ``ready``: a burst of
+    pooled creates with no work in it. ``then`` runs after each chain's ``ready`` (a raw
+    spawn, for the cold burst's floor: the bus's steps and the spawns, none of our work)."""
+
+    async def one() -> None:
+        await chain_once(nc, js, shortest=shortest)
+        if then is not None:
+            await then()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return time.perf_counter() - started
+
+
 @contextlib.asynccontextmanager
 async def chain_service(url: str, nc: NATS, log: Path) -> AsyncIterator[None]:
     """The scratch streams and the chain's service process (output in ``log``), answering
@@ -295,6 +319,29 @@ async def alone(runs: int, *, shortest: bool) -> None:
     print(f"the chain alone, back to back:     {summary(back_to_back)}")
 
 
+async def bursts(n: int) -> None:
+    """``n`` chains at once, then ``n`` of the shortest, three rounds, on a private server."""
+    import tempfile
+
+    from _harness import nats as private_nats
+
+    with tempfile.TemporaryDirectory(prefix="sandboxer-chain-") as raw:
+        tmp = Path(raw)
+        async with private_nats(tmp) as server:
+            nc = await nats.connect(server.url)
+            try:
+                async with chain_service(server.url, nc, tmp / "chain.log"):
+                    js = nc.jetstream()
+                    for _ in range(3):
+                        for shortest in (False, True):
+                            await asyncio.sleep(0.3)
+                            took = await chains_at_once(nc, js, n, shortest=shortest)
+                            name = "shortest chains" if shortest else "chains"
+                            print(f"{n} {name} at once: {took:.3f} s", flush=True)
+            finally:
+                await nc.close()
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"] and len(sys.argv) == 3:
         asyncio.run(serve(sys.argv[2]))
@@ -303,5 +350,11 @@ if __name__ == "__main__":
         asyncio.run(
             alone(int(numbers[0]) if numbers else 100, shortest="--shortest" in sys.argv[2:])
         )
+    elif sys.argv[1:2] == ["--burst"]:
+        numbers = [arg for arg in sys.argv[2:] if arg.isdigit()]
+        asyncio.run(bursts(int(numbers[0]) if numbers else 100))
     else:
-        sys.exit("usage: python bench/_chain.py --alone [RUNS] [--shortest] | --serve NATS_URL")
+        sys.exit(
+            "usage: python bench/_chain.py --alone [RUNS] [--shortest] | --burst [N]"
+            " | --serve NATS_URL"
+        )

@@ -34,6 +34,12 @@ after the same idle, the shortest chain the public contract allows (the command,
 then ``requested``, ``provisioning`` beside the claim, and ``ready``: no
 ``routed`` of its own and no job hop): the floor of any protocol we could
 choose, so a warm target below it is out of reach on the machine of that run.
+
+The bursts have their skeletons too, before each burst and after the same quiet:
+for the pool's, 100 of those chains started at once (and 100 of the shortest);
+for the cold one's, 100 chains at once, each followed by a raw spawn. They are
+what a burst costs this machine with none of our work in it, so a burst target
+below them, or not far above them, is out of reach on the machine of that run.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from _chain import chain_once, chain_service
+from _chain import chain_once, chain_service, chains_at_once
 from _docker import docker_engine_or_reason, docker_run_true
 from _harness import (
     CpuUse,
@@ -158,20 +164,26 @@ async def cold(tmp: Path) -> tuple[list[Row], list[float]]:
             )
         else:
             rows.append(failed("create→ready cold vs docker run", "ms", docker_problem))
-        burst_s, spawn_s, used = [], [], []
-        for burst in range(COLD_BURSTS):
-            await asyncio.sleep(0.3)  # the last burst's teardowns settle first
-            progress(
-                f"cold: burst {burst + 1} of {COLD_BURSTS}: {CONCURRENT} concurrent raw spawns, "
-                f"then {CONCURRENT} concurrent creates"
-            )
-            spawn_s.append(await bwrap_concurrent(CONCURRENT))
-            started = time.perf_counter()
-            with cpu_use(svc.process.pid) as use:
-                readies = await asyncio.gather(*(client.create() for _ in range(CONCURRENT)))
-            burst_s.append(time.perf_counter() - started)
-            used += use
-            await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
+        burst_s, spawn_s, floor_s, used = [], [], [], []
+        async with chain_service(server.url, client.nc, tmp / "chain.log"):
+            for burst in range(COLD_BURSTS):
+                await asyncio.sleep(0.3)  # the last burst's teardowns settle first
+                progress(
+                    f"cold: burst {burst + 1} of {COLD_BURSTS}: {CONCURRENT} concurrent raw "
+                    f"spawns; {CONCURRENT} chains, each then a spawn; {CONCURRENT} creates"
+                )
+                spawn_s.append(await bwrap_concurrent(CONCURRENT))
+                await asyncio.sleep(0.3)
+                floor_s.append(
+                    await chains_at_once(client.nc, client.js, CONCURRENT, then=bwrap_once)
+                )
+                await asyncio.sleep(0.3)
+                started = time.perf_counter()
+                with cpu_use(svc.process.pid) as use:
+                    readies = await asyncio.gather(*(client.create() for _ in range(CONCURRENT)))
+                burst_s.append(time.perf_counter() - started)
+                used += use
+                await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
         rows += [
             Row(
                 f"{CONCURRENT} concurrent creates→all ready, cold, p50 of {COLD_BURSTS} bursts",
@@ -187,6 +199,14 @@ async def cold(tmp: Path) -> tuple[list[Row], list[float]]:
                 max(burst_s),
                 max(spawn_s),
                 f"{CONCURRENT} concurrent raw bwrap, slowest",
+            ),
+            Row(
+                f"{CONCURRENT} concurrent creates→all ready, cold, p50 vs the same chains and "
+                "raw spawns at once, no work",
+                "s",
+                percentile(burst_s, 50),
+                percentile(floor_s, 50),
+                f"{CONCURRENT} chains, each then a raw spawn, at once, p50",
             ),
             *burst_cpu_rows("cold", used, burst_s),
         ]
@@ -289,24 +309,33 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
                     "docker run busybox p50",
                 )
             )
-        burst_s, spawn_s, claimed, used = [], [], 0, []
-        for burst in range(BURSTS):
-            await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=120)
-            await asyncio.sleep(0.3)  # the last refill's and teardowns' tails settle first
-            progress(
-                f"warm: burst {burst + 1} of {BURSTS}: {CONCURRENT} concurrent raw spawns, "
-                f"then {CONCURRENT} concurrent creates from a full pool"
-            )
-            spawn_s.append(await bwrap_concurrent(CONCURRENT))
-            started = time.perf_counter()
-            with cpu_use(svc.process.pid) as use:
-                readies = await asyncio.gather(
-                    *(client.create(POOL_PROFILE) for _ in range(CONCURRENT))
+        burst_s, spawn_s, chains_s, shortest_s, claimed, used = [], [], [], [], 0, []
+        async with chain_service(server.url, client.nc, tmp / "chain.log"):
+            for burst in range(BURSTS):
+                await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=120)
+                await asyncio.sleep(0.3)  # the last refill's and teardowns' tails settle first
+                progress(
+                    f"warm: burst {burst + 1} of {BURSTS}: {CONCURRENT} concurrent raw spawns; "
+                    f"{CONCURRENT} chains, then {CONCURRENT} shortest chains, at once; "
+                    f"{CONCURRENT} concurrent creates from a full pool"
                 )
-            burst_s.append(time.perf_counter() - started)
-            used += use
-            claimed += sum(bool(ready.get("pool_member")) for ready in readies)
-            await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
+                spawn_s.append(await bwrap_concurrent(CONCURRENT))
+                await asyncio.sleep(0.3)
+                chains_s.append(await chains_at_once(client.nc, client.js, CONCURRENT))
+                await asyncio.sleep(0.3)
+                shortest_s.append(
+                    await chains_at_once(client.nc, client.js, CONCURRENT, shortest=True)
+                )
+                await asyncio.sleep(0.3)
+                started = time.perf_counter()
+                with cpu_use(svc.process.pid) as use:
+                    readies = await asyncio.gather(
+                        *(client.create(POOL_PROFILE) for _ in range(CONCURRENT))
+                    )
+                burst_s.append(time.perf_counter() - started)
+                used += use
+                claimed += sum(bool(ready.get("pool_member")) for ready in readies)
+                await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
         served = f"{claimed}/{CONCURRENT * BURSTS} from it"
         rows += [
             Row(
@@ -323,6 +352,21 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
                 max(burst_s),
                 max(spawn_s),
                 f"{CONCURRENT} concurrent raw bwrap, slowest",
+            ),
+            Row(
+                f"{CONCURRENT} concurrent creates→all ready, pool, p50 vs the same chains at "
+                "once, no work",
+                "s",
+                percentile(burst_s, 50),
+                percentile(chains_s, 50),
+                f"{CONCURRENT} chains alone at once, p50",
+            ),
+            Row(
+                f"{CONCURRENT} shortest chains the contract allows, at once, no work, p50",
+                "s",
+                percentile(shortest_s, 50),
+                percentile(chains_s, 50),
+                f"{CONCURRENT} chains (6 round trips) at once, p50",
             ),
             *burst_cpu_rows("pool", used, burst_s),
         ]

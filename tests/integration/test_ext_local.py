@@ -31,7 +31,7 @@ from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound
 from sandboxer.extensions.base import Extension, ProvisionRequest
 from sandboxer.extensions.local import LocalExtension, keyrings
 from sandboxer.extensions.local import backend as backend_module
-from sandboxer.extensions.local.procs import ProcessRef, command_name
+from sandboxer.extensions.local.procs import ProcessRef, children_of, command_name
 from sandboxer.extensions.local.sandbox_uids import NOBODY, UIDS, UIDS_DIR
 from tests.conftest import require_tool
 
@@ -895,6 +895,51 @@ async def test_a_worker_holding_a_session_keyring_hands_it_to_no_sandbox(
                 assert code != 0, (sid, name)
 
     await asyncio.to_thread(asyncio.run, scenario())
+
+
+async def test_no_descriptor_of_the_worker_reaches_the_sandbox(
+    ext: LocalExtension, root: Path
+) -> None:
+    """bwrap hands a sandbox every descriptor it inherits, so the launch must pass it none
+    but its standard streams and bwrap's own report pipe. A worker's descriptor left
+    inheritable (one its parent gave it, as a socket activation would) stays outside, and
+    every process of the sandbox holds its standard streams only. (uvloop's spawn left
+    the launcher's own streams open under other numbers, and a sandbox's idle command
+    held them: docs/performance.md.)"""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    worker_pipe = os.readlink(f"/proc/self/fd/{write_end}")
+    try:
+        sid = new_id()
+        await up(ext, request(sid))
+        holder = state_of(root, sid)["holder_pid"]
+        held = {pid: _open_files(pid) for pid in [holder, *_descendants(holder)]}
+        assert not any(worker_pipe in files.values() for files in held.values()), held
+        # Past the standard streams, only bwrap's own (its init keeps an eventfd).
+        beyond = {
+            pid: {fd: file for fd, file in files.items() if fd > 2} for pid, files in held.items()
+        }
+        assert all(file.startswith("anon_inode:") for b in beyond.values() for file in b.values())
+        (idle,) = [pid for pid in held if command_name(pid) == "sleep"]
+        assert sorted(held[idle]) == [0, 1, 2], held
+        code, out, err = await run(ext, sid, "sh", "-c", "ls /proc/$$/fd")
+        assert code == 0, err
+        assert sorted(int(fd) for fd in out.split()) == [0, 1, 2]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _open_files(pid: int) -> dict[int, str]:
+    fds = Path(f"/proc/{pid}/fd")
+    return {int(fd.name): os.readlink(fd) for fd in fds.iterdir()}
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in children_of(pid):
+        found += [child, *_descendants(child)]
+    return found
 
 
 async def test_teardown_frees_the_uid_and_the_keys_it_held(
