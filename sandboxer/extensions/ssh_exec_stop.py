@@ -52,6 +52,9 @@ STOP_TIMEOUT = 20.0
 # marked process first and kills them all after: killed one by one, in /proc's order (not
 # the tree's), a shell whose child died before its own turn came ran its next command
 # (`sleep 27; echo late > f` wrote f as the pass went on). A stopped process runs nothing.
+# `2>/dev/null` comes before the input's redirection: redirections apply in order, and the
+# shell reports one that fails (another user's environ, a process gone) on the stderr in
+# place when it fails, which would be the stop's own, once per process per pass.
 KILL_SCRIPT = r"""
 m=$1
 n=0
@@ -61,7 +64,7 @@ while [ "$n" -lt 50 ]; do
   for d in /proc/[0-9]*; do
     p=${d#/proc/}
     [ "$p" = "$$" ] && continue
-    if tr '\000' '\n' < "$d/environ" 2>/dev/null | grep -qxF -e "$m"; then
+    if tr '\000' '\n' 2>/dev/null < "$d/environ" | grep -qxF -e "$m"; then
       kill -STOP "$p" 2>/dev/null && found="$found $p"
     fi
   done

@@ -117,3 +117,35 @@ def test_the_stop_leaves_no_marked_shell_to_run_its_next_command(tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     assert not late.exists(), "a marked shell ran on after its child was killed"
+
+
+# The marked `sleep` runs as the same unprivileged user as the stop; every other process of
+# the machine (this test's among them) belongs to root, whose environments it cannot read.
+AS_A_USER = r"""
+SANDBOXER_EXEC_ID=marked sleep 30 &
+p=$!
+until tr '\000' '\n' < /proc/$p/environ | grep -qxF SANDBOXER_EXEC_ID=marked; do :; done
+"$@"
+stopped=$?
+wait "$p"
+[ $? -eq 137 ] || exit 9
+exit "$stopped"
+"""
+
+
+def test_the_stop_run_by_a_user_says_nothing_of_processes_it_cannot_read() -> None:
+    """An SSH user who is not root cannot read other users' environments. Every pass met
+    them all, and the shell printed "cannot open /proc/N/environ" for each one: the
+    redirection failed before the command's own `2>/dev/null` was in place."""
+    setpriv = require_tool("setpriv", "util-linux")
+    stop = kill_argv("SANDBOXER_EXEC_ID", "marked")
+    nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run(
+        [setpriv, *nobody, "sh", "-c", AS_A_USER, "sh", *stop],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
