@@ -245,13 +245,26 @@ async def test_the_sandbox_user_has_a_name_and_its_home_is_the_workspace(
     code, out, _ = await run(ext, sid, "cat", "/etc/shadow", "/etc/gshadow")
     assert (code, out) == (1, "")
     assert (await run(ext, sid, "test", "-s", "/etc/ld.so.cache"))[0] == 0  # the host's /etc
-    # Written beside state.json, the worker's, never in the workspace a snapshot copies.
-    for name in ("passwd", "group"):
-        made = (root / sid / name).stat()
-        assert (made.st_uid, stat.S_IMODE(made.st_mode)) == (0, 0o644)
-    assert not any(
-        path.name in ("passwd", "group") for path in (root / sid / "workspace").iterdir()
-    )
+    # Copied into the sandbox by bwrap: root's, readable by all; no file of them on the host's
+    # disk, none in the workspace a snapshot copies.
+    owned = "stat -c '%u %a' /etc/passwd /etc/group"
+    assert await run(ext, sid, "sh", "-c", owned) == (0, "0 644\n0 644\n", "")
+    assert not [path for path in (root / sid).rglob("*") if path.name in ("passwd", "group")]
+
+
+async def test_the_users_files_are_readable_whatever_the_workers_umask(
+    ext: LocalExtension,
+) -> None:
+    """A worker under a hardened unit runs with umask 077; the sandbox's user still reads
+    its passwd and group."""
+    sid = new_id()
+    old = os.umask(0o077)
+    try:
+        await up(ext, request(sid))
+    finally:
+        os.umask(old)
+    code, out, err = await run(ext, sid, "sh", "-c", "whoami; stat -c %a /etc/passwd /etc/group")
+    assert (code, out, err) == (0, "sandbox\n644\n644\n", "")
 
 
 async def test_read_only_workspace(ext: LocalExtension) -> None:

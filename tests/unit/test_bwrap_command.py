@@ -54,14 +54,16 @@ def test_holder_is_detached_isolated_and_idle() -> None:
 
 
 def test_the_sandboxs_passwd_and_group_are_bound_read_only_over_the_hosts_etc() -> None:
-    argv = _holder(user_files=(Path("/srv/local/x/passwd"), Path("/srv/local/x/group")))
-    binds = _pairs(argv, "--ro-bind")
-    assert ("/srv/local/x/passwd", "/etc/passwd") in binds
-    assert ("/srv/local/x/group", "/etc/group") in binds
+    argv = _holder(user_fds=(11, 12))
+    assert _pairs(argv, "--ro-bind-data") == [("11", "/etc/passwd"), ("12", "/etc/group")]
+    # Each readable by the sandbox's user, whatever the worker's umask.
+    for fd in ("11", "12"):
+        at = argv.index(fd)
+        assert argv[at - 3 : at - 1] == ["--perms", "0644"]
     # After /etc, which they cover (bwrap mounts in order); nothing else of /etc replaced.
-    assert binds.index(("/etc", "/etc")) < binds.index(("/srv/local/x/passwd", "/etc/passwd"))
-    assert [dest for _, dest in binds if dest.startswith("/etc/")] == ["/etc/passwd", "/etc/group"]
-    assert not [dest for _, dest in _pairs(_holder(), "--ro-bind") if dest.startswith("/etc/")]
+    assert argv.index("/etc") < argv.index("--ro-bind-data")
+    assert not [dest for _, dest in _pairs(argv, "--ro-bind") if dest.startswith("/etc/")]
+    assert "--ro-bind-data" not in _holder()
 
 
 def test_root_holder_has_no_user_namespace_but_unprivileged_one_does() -> None:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import stat
-from pathlib import Path
-
 from sandboxer.extensions.local.bwrap_command import enter_argv
 from sandboxer.extensions.local.sandbox_users import HOME, files_for, group_text, passwd_text
-from sandboxer.extensions.local.workspace import Layout, write_user_files
 
 UID = 2_000_000_007
 
@@ -36,19 +31,3 @@ def test_without_root_the_namespaces_root_is_the_sandbox_user_with_its_home() ->
 def test_the_home_is_the_home_commands_are_given() -> None:
     argv = enter_argv(child_pid=1, argv=["true"], uid=UID)
     assert f"HOME={HOME}" in argv
-
-
-def test_the_files_are_readable_by_the_sandboxs_uid_whatever_the_workers_umask(
-    tmp_path: Path,
-) -> None:
-    layout = Layout(tmp_path, "sbxabcdefgh")
-    layout.create()
-    old = os.umask(0o077)  # a hardened unit's
-    try:
-        write_user_files(layout, *files_for(UID))
-    finally:
-        os.umask(old)
-    assert layout.passwd_file.read_text() == passwd_text(UID, UID)
-    assert layout.group_file.read_text() == group_text(UID)
-    for path in (layout.passwd_file, layout.group_file):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -219,9 +219,6 @@ class LocalExtension:
         # Not written yet: a crash before the first write leaves a directory with no
         # record, whose teardown finds the uid, groups and network by the sandbox's name
         # (each write costs a rename; 0.2 to 0.3 ms here).
-        # Its users' names, for the holder to bind: a pool member's are made here too, so a
-        # claim (which moves the directory; the holder's mounts keep the files) writes none.
-        workspace.write_user_files(layout, *sandbox_users.files_for(uid))
         network: egress.EgressState | None = None
         if not allowed.denies_all:
             # Built (and recorded) before the holder: nothing ever runs unfiltered.
@@ -273,7 +270,9 @@ class LocalExtension:
             log_file=layout.log_file,
             as_root=self._as_root,
             bwrap=bwrap,
-            user_files=(layout.passwd_file, layout.group_file),
+            # Its users' names, which bwrap copies into the sandbox: a pool member's are
+            # given here too, so a claim (which moves its directory) gives none.
+            users=sandbox_users.files_for(uid),
             netns=egress.namespace_path(network.namespace) if network else None,
         )
         state = dataclasses.replace(

@@ -82,13 +82,16 @@ def holder_argv(
     bwrap: str = "bwrap",
     share_net: bool = False,
     bind_workspace: bool = True,
-    user_files: tuple[Path, Path] | None = None,
+    user_fds: tuple[int, int] | None = None,
 ) -> list[str]:
     """The bwrap command line of a sandbox's holder.
 
-    ``user_files``: the sandbox's own ``passwd`` and ``group`` (:mod:`.sandbox_users`),
-    bound read-only over the host's, inside the host's read-only ``/etc`` (which the rest
-    of the system needs: ``ld.so.cache``, ``alternatives``, certificates).
+    ``user_fds``: descriptors bwrap reads the sandbox's own ``passwd`` and ``group`` from
+    (:mod:`.sandbox_users`), to bind them read-only over the host's, inside the host's
+    read-only ``/etc`` (which the rest of the system needs: ``ld.so.cache``,
+    ``alternatives``, certificates). bwrap copies them into the sandbox's own root, so no
+    file of them is written on the host's disk (two file creations of a create, 0.2 to
+    0.4 ms each on this ext4).
 
     ``share_net`` keeps the network namespace bwrap is started in (one that
     :mod:`.egress` built, with a link and nftables rules) instead of a new
@@ -116,10 +119,10 @@ def holder_argv(
         *_SYSTEM_MOUNTS,
         *(
             (
-                "--ro-bind", str(user_files[0]), "/etc/passwd",
-                "--ro-bind", str(user_files[1]), "/etc/group",
+                "--perms", "0644", "--ro-bind-data", str(user_fds[0]), "/etc/passwd",
+                "--perms", "0644", "--ro-bind-data", str(user_fds[1]), "/etc/group",
             )
-            if user_files
+            if user_fds
             else ()
         ),
         *(

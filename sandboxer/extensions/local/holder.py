@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -85,11 +86,14 @@ async def launch_detached(
     join_files: Sequence[Path],
     log_file: Path,
     timeout: float,
+    *,
+    also: Sequence[int] = (),
 ) -> tuple[int | None, bytes, bytes]:
     """Start ``argv`` detached from the caller (its own session, past a worker restart) through
     the launcher, which prints the pid; ``said_write`` is passed on for the process to report
-    on. Returns the launcher's exit status, what it printed, and what was written to
-    ``said_read`` until EOF. Closes both ends of the pipe; a launcher that overruns is killed.
+    on, and the descriptors ``also`` as they are (the caller keeps and closes them). Returns
+    the launcher's exit status, what it printed, and what was written to ``said_read`` until
+    EOF. Closes both ends of the pipe; a launcher that overruns is killed.
     """
     log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
@@ -98,7 +102,7 @@ async def launch_detached(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
-            pass_fds=(said_write,),
+            pass_fds=(said_write, *also),
             start_new_session=True,
             env=HOST_ENV,
         )
@@ -135,7 +139,7 @@ async def spawn_holder(
     log_file: Path,
     as_root: bool,
     bwrap: str,
-    user_files: tuple[Path, Path],
+    users: tuple[str, str],
     timeout: float = 10.0,
     netns: Path | None = None,
     nsenter: str = "/usr/bin/nsenter",
@@ -145,28 +149,52 @@ async def spawn_holder(
 
     With ``netns`` (a ``/run/netns`` file) bwrap starts inside that network
     namespace and keeps it: nsenter execs bwrap, so the pid stays the same.
-    ``user_files`` (``passwd``, ``group``) name the sandbox's users (:mod:`.sandbox_users`).
+    ``users``, the text of its ``passwd`` and ``group``, name the sandbox's users
+    (:mod:`.sandbox_users`): bwrap reads them from pipes.
     """
-    info_read, info_write = os.pipe()
-    argv = holder_argv(
-        sandbox_id=sandbox_id,
-        workspace=workspace,
-        read_only=read_only,
-        info_fd=info_write,
-        as_root=as_root,
-        bwrap=bwrap,
-        share_net=netns is not None,
-        bind_workspace=bind_workspace,
-        user_files=user_files,
-    )
-    if netns is not None:
-        argv = [nsenter, f"--net={netns}", "--", *argv]
-    returncode, out, info = await launch_detached(
-        argv, info_read, info_write, join_files, log_file, timeout
-    )
+    user_fds = [_data_pipe(text) for text in users]
+    try:
+        info_read, info_write = os.pipe()
+        argv = holder_argv(
+            sandbox_id=sandbox_id,
+            workspace=workspace,
+            read_only=read_only,
+            info_fd=info_write,
+            as_root=as_root,
+            bwrap=bwrap,
+            share_net=netns is not None,
+            bind_workspace=bind_workspace,
+            user_fds=(user_fds[0], user_fds[1]),
+        )
+        if netns is not None:
+            argv = [nsenter, f"--net={netns}", "--", *argv]
+        returncode, out, info = await launch_detached(
+            argv, info_read, info_write, join_files, log_file, timeout, also=user_fds
+        )
+    finally:
+        for fd in user_fds:
+            os.close(fd)
     spawned = _identify(sandbox_id, returncode, out, info, log_file)
     await _until_set_up(spawned.holder, sandbox_id, log_file, timeout)
     return spawned
+
+
+def _data_pipe(text: str) -> int:
+    """The read end of a pipe holding ``text`` and then its end, for bwrap to read whenever
+    it comes to it. The text must fit the pipe's buffer, which is never below ``PIPE_BUF``:
+    nothing reads it while it is written."""
+    data = text.encode()
+    if len(data) > select.PIPE_BUF:
+        raise ValueError(f"{len(data)} bytes do not fit a pipe's buffer")
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return read_end
 
 
 async def _until_set_up(

@@ -1,5 +1,5 @@
 """The names a local sandbox's commands see for their users: its own ``/etc/passwd`` and
-``/etc/group`` (pure: the text only; :func:`.workspace.write_user_files` writes it).
+``/etc/group`` (pure: the text only; :func:`.holder.spawn_holder` hands it to bwrap).
 
 The sandbox sees the host's ``/etc`` read-only, whose ``passwd`` has no line for a
 sandbox's uid (:mod:`.sandbox_uids`), so ``whoami``, ``id -un``, ``ssh`` or Python's

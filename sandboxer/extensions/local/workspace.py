@@ -40,7 +40,6 @@ __all__ = [
     "take_repo",
     "write_secrets",
     "write_state",
-    "write_user_files",
 ]
 
 POOL_DIR = ".pool"
@@ -78,21 +77,16 @@ class Layout:
     def log_file(self) -> Path:
         return self.dir / "holder.log"
 
-    @cached_property
-    def passwd_file(self) -> Path:
-        """Bound read-only over the host's ``/etc/passwd`` (:mod:`.sandbox_users`)."""
-        return self.dir / "passwd"
-
-    @cached_property
-    def group_file(self) -> Path:
-        """Bound read-only over the host's ``/etc/group``."""
-        return self.dir / "group"
-
     def create(self) -> None:
-        """Make the sandbox directory (private to root: secrets live below it) and workspace."""
+        """Make the sandbox directory (private to root: secrets live below it) and workspace.
+
+        The workspace is 0755 whatever the worker's umask: the holder, a root without
+        capabilities, enters it once it is the sandbox user's, and made 0700 under a hardened
+        unit's umask (077) no sandbox could start in it."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.dir.mkdir(mode=0o700)
         self.workspace.mkdir()
+        os.chmod(self.workspace, 0o755)  # mkdir's mode is cut by the umask
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,16 +145,6 @@ def write_state(layout: Layout, state: State) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(json.dumps(asdict(state), indent=2))  # one write: json.dump makes hundreds
     swap_into_place(tmp, layout.state_file)
-
-
-def write_user_files(layout: Layout, passwd: str, group: str) -> None:
-    """Write the sandbox's ``passwd`` and ``group`` (mode 0644, the worker's: its holder binds
-    them read-only, and its commands read them) into its new directory, links never followed."""
-    for path, text in ((layout.passwd_file, passwd), (layout.group_file, group)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w") as handle:
-            os.fchmod(fd, 0o644)  # a worker's umask (077 under a hardened unit) hid it
-            handle.write(text)
 
 
 def read_state(layout: Layout) -> State | None:
