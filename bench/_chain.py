@@ -287,13 +287,12 @@ async def _until_answering(
     raise RuntimeError(f"the chain's service did not answer within 30 s; see {log}")
 
 
-async def alone(runs: int, *, shortest: bool) -> None:
-    """``runs`` chains after 50 ms idle each, then ``runs`` back to back, on a private server;
-    with ``shortest``, each beside a run of the shortest chain, alternating."""
+@contextlib.asynccontextmanager
+async def _private() -> AsyncIterator[tuple[NATS, JetStreamContext]]:
+    """A private nats-server with the chain's service on it, and a connection to it."""
     import tempfile
 
     from _harness import nats as private_nats
-    from _harness import summary
 
     with tempfile.TemporaryDirectory(prefix="sandboxer-chain-") as raw:
         tmp = Path(raw)
@@ -301,18 +300,26 @@ async def alone(runs: int, *, shortest: bool) -> None:
             nc = await nats.connect(server.url)
             try:
                 async with chain_service(server.url, nc, tmp / "chain.log"):
-                    js = nc.jetstream()
-                    idle: list[float] = []
-                    short: list[float] = []
-                    for _ in range(runs):
-                        await asyncio.sleep(0.05)
-                        idle.append(await chain_once(nc, js))
-                        if shortest:
-                            await asyncio.sleep(0.05)
-                            short.append(await chain_once(nc, js, shortest=True))
-                    back_to_back = [await chain_once(nc, js) for _ in range(runs)]
+                    yield nc, nc.jetstream()
             finally:
                 await nc.close()
+
+
+async def alone(runs: int, *, shortest: bool) -> None:
+    """``runs`` chains after 50 ms idle each, then ``runs`` back to back, on a private server;
+    with ``shortest``, each beside a run of the shortest chain, alternating."""
+    from _harness import summary
+
+    idle: list[float] = []
+    short: list[float] = []
+    async with _private() as (nc, js):
+        for _ in range(runs):
+            await asyncio.sleep(0.05)
+            idle.append(await chain_once(nc, js))
+            if shortest:
+                await asyncio.sleep(0.05)
+                short.append(await chain_once(nc, js, shortest=True))
+        back_to_back = [await chain_once(nc, js) for _ in range(runs)]
     print(f"the chain alone, after 50 ms idle: {summary(idle)}")
     if shortest:
         print(f"the shortest chain, after 50 ms idle: {summary(short)}")
@@ -321,25 +328,13 @@ async def alone(runs: int, *, shortest: bool) -> None:
 
 async def bursts(n: int) -> None:
     """``n`` chains at once, then ``n`` of the shortest, three rounds, on a private server."""
-    import tempfile
-
-    from _harness import nats as private_nats
-
-    with tempfile.TemporaryDirectory(prefix="sandboxer-chain-") as raw:
-        tmp = Path(raw)
-        async with private_nats(tmp) as server:
-            nc = await nats.connect(server.url)
-            try:
-                async with chain_service(server.url, nc, tmp / "chain.log"):
-                    js = nc.jetstream()
-                    for _ in range(3):
-                        for shortest in (False, True):
-                            await asyncio.sleep(0.3)
-                            took = await chains_at_once(nc, js, n, shortest=shortest)
-                            name = "shortest chains" if shortest else "chains"
-                            print(f"{n} {name} at once: {took:.3f} s", flush=True)
-            finally:
-                await nc.close()
+    async with _private() as (nc, js):
+        for _ in range(3):
+            for shortest in (False, True):
+                await asyncio.sleep(0.3)
+                took = await chains_at_once(nc, js, n, shortest=shortest)
+                name = "shortest chains" if shortest else "chains"
+                print(f"{n} {name} at once: {took:.3f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -45,13 +45,17 @@ below them, or not far above them, is out of reach on the machine of that run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from _chain import chain_once, chain_service, chains_at_once
 from _docker import docker_engine_or_reason, docker_run_true
 from _harness import (
     CpuUse,
+    Running,
     Unmeasurable,
     cpu_use,
     main,
@@ -164,7 +168,9 @@ async def cold(tmp: Path) -> tuple[list[Row], list[float]]:
             )
         else:
             rows.append(failed("create→ready cold vs docker run", "ms", docker_problem))
-        burst_s, spawn_s, floor_s, used = [], [], [], []
+        burst_s: list[float] = []
+        used: list[CpuUse] = []
+        spawn_s, floor_s = [], []
         async with chain_service(server.url, client.nc, tmp / "chain.log"):
             for burst in range(COLD_BURSTS):
                 await asyncio.sleep(0.3)  # the last burst's teardowns settle first
@@ -178,11 +184,7 @@ async def cold(tmp: Path) -> tuple[list[Row], list[float]]:
                     await chains_at_once(client.nc, client.js, CONCURRENT, then=bwrap_once)
                 )
                 await asyncio.sleep(0.3)
-                started = time.perf_counter()
-                with cpu_use(svc.process.pid) as use:
-                    readies = await asyncio.gather(*(client.create() for _ in range(CONCURRENT)))
-                burst_s.append(time.perf_counter() - started)
-                used += use
+                readies = await timed_burst(svc, client.create, burst_s, used)
                 await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
         rows += [
             Row(
@@ -211,6 +213,22 @@ async def cold(tmp: Path) -> tuple[list[Row], list[float]]:
             *burst_cpu_rows("cold", used, burst_s),
         ]
     return rows, docker_ms
+
+
+async def timed_burst(
+    svc: Running,
+    create: Callable[[], Awaitable[dict[str, Any]]],
+    burst_s: list[float],
+    used: list[CpuUse],
+) -> list[dict[str, Any]]:
+    """``CONCURRENT`` creates at once, until all are ready: their time goes to ``burst_s``,
+    the CPU used meanwhile to ``used``; their ``ready`` events are returned."""
+    started = time.perf_counter()
+    with cpu_use(svc.process.pid) as use:
+        readies = await asyncio.gather(*(create() for _ in range(CONCURRENT)))
+    burst_s.append(time.perf_counter() - started)
+    used.extend(use)
+    return readies
 
 
 def burst_cpu_rows(kind: str, used: list[CpuUse], burst_s: list[float]) -> list[Row]:
@@ -309,7 +327,9 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
                     "docker run busybox p50",
                 )
             )
-        burst_s, spawn_s, chains_s, shortest_s, claimed, used = [], [], [], [], 0, []
+        burst_s: list[float] = []
+        used: list[CpuUse] = []
+        spawn_s, chains_s, shortest_s, claimed = [], [], [], 0
         async with chain_service(server.url, client.nc, tmp / "chain.log"):
             for burst in range(BURSTS):
                 await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=120)
@@ -327,13 +347,8 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
                     await chains_at_once(client.nc, client.js, CONCURRENT, shortest=True)
                 )
                 await asyncio.sleep(0.3)
-                started = time.perf_counter()
-                with cpu_use(svc.process.pid) as use:
-                    readies = await asyncio.gather(
-                        *(client.create(POOL_PROFILE) for _ in range(CONCURRENT))
-                    )
-                burst_s.append(time.perf_counter() - started)
-                used += use
+                pooled = functools.partial(client.create, POOL_PROFILE)
+                readies = await timed_burst(svc, pooled, burst_s, used)
                 claimed += sum(bool(ready.get("pool_member")) for ready in readies)
                 await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
         served = f"{claimed}/{CONCURRENT * BURSTS} from it"
