@@ -152,8 +152,10 @@ async def spawn_holder(
     ``users``, the text of its ``passwd`` and ``group``, name the sandbox's users
     (:mod:`.sandbox_users`): bwrap reads them from pipes.
     """
-    user_fds = [_data_pipe(text) for text in users]
+    user_fds: list[int] = []
     try:
+        for text in users:
+            user_fds.append(_data_pipe(text))
         info_read, info_write = os.pipe()
         argv = holder_argv(
             sandbox_id=sandbox_id,
