@@ -252,19 +252,20 @@ async def test_the_sandbox_user_has_a_name_and_its_home_is_the_workspace(
     assert not [path for path in (root / sid).rglob("*") if path.name in ("passwd", "group")]
 
 
-async def test_the_users_files_are_readable_whatever_the_workers_umask(
+async def test_a_worker_under_umask_077_makes_sandboxes_their_users_can_use(
     ext: LocalExtension,
 ) -> None:
-    """A worker under a hardened unit runs with umask 077; the sandbox's user still reads
-    its passwd and group."""
+    """A worker under a hardened unit runs with umask 077. Its sandboxes start (their
+    workspace was made 0700, and the holder, a root without capabilities, could not enter
+    it once it was the sandbox user's), and their user reads its passwd and group."""
     sid = new_id()
     old = os.umask(0o077)
     try:
         await up(ext, request(sid))
     finally:
         os.umask(old)
-    code, out, err = await run(ext, sid, "sh", "-c", "whoami; stat -c %a /etc/passwd /etc/group")
-    assert (code, out, err) == (0, "sandbox\n644\n644\n", "")
+    modes = "whoami; stat -c %a /workspace /etc/passwd /etc/group"
+    assert await run(ext, sid, "sh", "-c", modes) == (0, "sandbox\n755\n644\n644\n", "")
 
 
 async def test_read_only_workspace(ext: LocalExtension) -> None:
