@@ -42,8 +42,11 @@ id: profile.pausable
 extension: ext.local
 ttl: {default: 1m, max: 2m, max_pause: 1s}
 """
+# The count lives in the sandbox's /tmp, a tmpfs: written to the workspace on ext4, a write
+# stalled by the disk (another test's large deletes, with online discard) held the counter
+# in uninterruptible sleep, where no freezer can stop it, and a freeze did not settle.
 COUNTER = (
-    "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /workspace/count; sleep 0.02; done' "
+    "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done' "
     ">/dev/null 2>&1 &"
 )
 
@@ -62,16 +65,21 @@ async def events_of(client: SandboxerClient, sandbox_id: str) -> list[dict[str, 
     return [event async for _seq, event in client.events(sandbox_id=sandbox_id)]
 
 
+def count_file(service: Service, sandbox_id: str) -> Path:
+    """The counter's file, seen from the host through the sandbox's init (a frozen one too)."""
+    state = json.loads((service.settings.local_root / sandbox_id / "state.json").read_text())
+    return Path(f"/proc/{state['holder_pid']}/root/tmp/count")
+
+
 def count(service: Service, sandbox_id: str) -> int:
-    text = (service.settings.local_root / sandbox_id / "workspace" / "count").read_text()
-    return int(text.strip() or 0)
+    return int(count_file(service, sandbox_id).read_text().strip() or 0)
 
 
 async def start_counter(service: Service, sandbox_id: str) -> None:
     code = await service.client.exec(sandbox_id, ["sh", "-c", COUNTER], lambda _s, _d: None)
     assert code == 0
     async with asyncio.timeout(5):
-        while not (service.settings.local_root / sandbox_id / "workspace" / "count").exists():
+        while not count_file(service, sandbox_id).exists():
             await asyncio.sleep(0.02)
 
 
@@ -106,7 +114,9 @@ async def test_pause_freezes_every_process_and_resume_carries_on(service: Servic
         while count(service, sandbox_id) <= frozen_at:
             await asyncio.sleep(0.05)
     outputs: list[bytes] = []
-    assert await client.exec(sandbox_id, ["cat", "count"], lambda _s, d: outputs.append(d)) == 0
+    assert (
+        await client.exec(sandbox_id, ["cat", "/tmp/count"], lambda _s, d: outputs.append(d)) == 0
+    )
     print(f"\npause {pause_ms:.0f} ms, resume {resume_ms:.0f} ms (client round trips)")
 
     # A paused sandbox is torn down like any other: the teardown thaws it first.
