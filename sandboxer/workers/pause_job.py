@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+import stamina
+
 from sandboxer.bus.event_store import EventStore
 from sandboxer.bus.publish import is_unavailability
 from sandboxer.domain.sandbox_pause import MarkPaused, MarkPauseFailed, MarkResumed
@@ -36,6 +38,10 @@ __all__ = ["PauseJob"]
 log = logging.getLogger(__name__)
 
 _EXPECTED = {"pause": "pausing", "resume": "resuming"}
+UNDO_ATTEMPTS = 3
+"""Attempts at an undo (:meth:`PauseJob._undo_if_overtaken`) before it is logged and left."""
+UNDO_WAIT = 1.0
+"""Seconds before an undo's second attempt (doubling, jittered)."""
 ENDED_OR_ENDING = {"destroying", "destroyed", "expired", "failed"}
 
 
@@ -98,8 +104,7 @@ class PauseJob:
         before it) after another attempt at it succeeded. Left alone, the sandbox would stay
         frozen while the log says it runs, or run while the log says it is paused: undo it
         unless the log wants it so now."""
-        wanted_frozen = now.status in {"pausing", "paused"}
-        if (left == "pause") == wanted_frozen or now.status in ENDED_OR_ENDING:
+        if not _to_undo(left, now):
             return  # as the log wants it, or a teardown (which thaws first) has it
         log.warning(
             "job %s (%s): it left the sandbox %s, but the log has it %s now; undoing that",
@@ -110,11 +115,35 @@ class PauseJob:
         )
         undo: Literal["pause", "resume"] = "resume" if left == "pause" else "pause"
         try:
-            await _carry_out(backend, undo, job.sandbox_id, now.host)
+            # Tried again a few times: a freeze that did not settle (a task held in
+            # uninterruptible sleep by a stalled disk) usually does a moment later, and until
+            # then the sandbox runs while its log says paused. The log is read again before
+            # each further attempt: a pause or resume recorded meanwhile decides instead.
+            async for attempt in stamina.retry_context(
+                on=_another_undo_may_do,
+                attempts=UNDO_ATTEMPTS,
+                wait_initial=UNDO_WAIT,
+                wait_max=UNDO_WAIT * 4,
+                wait_jitter=UNDO_WAIT / 2,
+            ):
+                with attempt:
+                    if attempt.num > 1:
+                        now = (await self._store.load(job.sandbox_id)).state
+                        if not _to_undo(left, now):
+                            return
+                        log.info("job %s: the %s, attempt %d", job.job_id, undo, attempt.num)
+                    await _carry_out(backend, undo, job.sandbox_id, now.host)
         except Exception as exc:
             if is_unavailability(exc):
                 raise
-            log.warning("job %s: the %s that undoes it failed: %s", job.job_id, undo, exc)
+            log.warning(
+                "job %s: the %s that undoes it failed %d times; the sandbox stays as it is "
+                "until its next pause or resume: %s",
+                job.job_id,
+                undo,
+                UNDO_ATTEMPTS,
+                exc,
+            )
             return
         if undo == "resume":
             # A provider's resume sets a timeout of its own (E2B: resume_timeout, an hour):
@@ -152,6 +181,18 @@ class PauseJob:
         if isinstance(self._extension, TimeoutKeeper):  # an extension while it was pausing
             keyed = await backend_for(self._store, self._extension, loaded.state)
             await follow_expiry(keyed, loaded.state, self._explain)
+
+
+def _to_undo(left: Literal["pause", "resume"], now: SandboxState) -> bool:
+    """Whether a sandbox a job ``left`` frozen ("pause") or running is not as the log now
+    wants it (and is not being torn down, which thaws first)."""
+    wanted_frozen = now.status in {"pausing", "paused"}
+    return (left == "pause") != wanted_frozen and now.status not in ENDED_OR_ENDING
+
+
+def _another_undo_may_do(exc: Exception) -> bool:
+    """A refusal may pass; the bus away is the job's to retry (raised at once)."""
+    return not is_unavailability(exc)
 
 
 async def _carry_out(
