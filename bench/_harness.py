@@ -90,10 +90,12 @@ async def stop_process(process: subprocess.Popen[bytes]) -> None:
 @dataclass(frozen=True)
 class CpuUse:
     """CPU used over a stretch of time, in seconds: by every process of the machine, and by
-    one process (its own threads, not its children's)."""
+    one process (its own threads, not its children's), and of that the kernel's part (its
+    system calls: files, cgroups, forks, sockets)."""
 
     machine: float
     process: float
+    process_kernel: float
 
     @property
     def over_cores(self) -> float:
@@ -109,19 +111,28 @@ def _machine_busy() -> float:
     return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
-def _process_cpu(pid: int) -> float:
+def _process_cpu(pid: int) -> tuple[float, float]:
+    """A process's CPU so far, in seconds: in user mode and in the kernel."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 @contextlib.contextmanager
 def cpu_use(pid: int) -> Iterator[list[CpuUse]]:
     """The CPU used while the block runs, as the one item of the yielded list once it ends."""
-    machine, process = _machine_busy(), _process_cpu(pid)
+    machine, (user, kernel) = _machine_busy(), _process_cpu(pid)
     measured: list[CpuUse] = []
     yield measured
-    measured.append(CpuUse(_machine_busy() - machine, _process_cpu(pid) - process))
+    user_now, kernel_now = _process_cpu(pid)
+    measured.append(
+        CpuUse(
+            _machine_busy() - machine,
+            user_now - user + kernel_now - kernel,
+            kernel_now - kernel,
+        )
+    )
 
 
 async def until_healthy(

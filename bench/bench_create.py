@@ -8,9 +8,11 @@ dockerd, the tool most users would otherwise reach for. The 100 concurrent
 creates are compared with 100 concurrent raw spawns. That burst is made
 three times cold and five times from a pool (refilled between): one burst is one
 sample, so the row with the target is their p50, and another shows the slowest.
-Two more rows say what bounds a burst: the CPU every process of the machine used
+Three more rows say what bounds a burst: the CPU every process of the machine used
 during it, spread over the cores (no sharing of that work could make the burst
-shorter), and the service's own CPU (one event loop, one step after another).
+shorter), the service's own CPU (one event loop, one step after another), and of that
+the kernel's part (its system calls: on this project's machines mostly the file
+system's metadata, docs/performance.md#file-system-costs-on-this-machine).
 
 Cold creates use profile.local. Warm ones use a user profile whose pool keeps
 100 sandboxes ready, on a fresh service (so the pool's filling never overlaps
@@ -249,6 +251,13 @@ def burst_cpu_rows(kind: str, used: list[CpuUse], burst_s: list[float]) -> list[
             percentile([use.process for use in used], 50),
             percentile(burst_s, 50),
             "the burst, p50",
+        ),
+        Row(
+            f"{CONCURRENT} concurrent creates, {kind}: the service's CPU in the kernel, p50",
+            "s",
+            percentile([use.process_kernel for use in used], 50),
+            percentile([use.process for use in used], 50),
+            "the service's own CPU, p50",
         ),
     ]
 
