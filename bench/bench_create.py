@@ -11,8 +11,8 @@ sample, so the row with the target is their p50, and another shows the slowest.
 Three more rows say what bounds a burst: the CPU every process of the machine used
 during it, spread over the cores (no sharing of that work could make the burst
 shorter), the service's own CPU (one event loop, one step after another), and of that
-the kernel's part (its system calls: on this project's machines mostly the file
-system's metadata, docs/performance.md#file-system-costs-on-this-machine).
+the kernel's part (its system calls: the file system's metadata, cgroups, forks,
+pipes and sockets; docs/performance.md#file-system-costs-on-this-machine).
 
 Cold creates use profile.local. Warm ones use a user profile whose pool keeps
 100 sandboxes ready, on a fresh service (so the pool's filling never overlaps
