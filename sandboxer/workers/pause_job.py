@@ -116,9 +116,9 @@ class PauseJob:
         undo: Literal["pause", "resume"] = "resume" if left == "pause" else "pause"
         try:
             # Tried again a few times: a freeze that did not settle (a task held in
-            # uninterruptible sleep by a stalled disk) usually does a moment later, and until
-            # then the sandbox runs while its log says paused. The log is read again before
-            # each further attempt: a pause or resume recorded meanwhile decides instead.
+            # uninterruptible sleep) usually does a moment later, and until then the sandbox
+            # runs while its log says paused. The log is read again before each further
+            # attempt: a pause or resume recorded meanwhile decides instead.
             async for attempt in stamina.retry_context(
                 on=_another_undo_may_do,
                 attempts=UNDO_ATTEMPTS,

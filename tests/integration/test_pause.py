@@ -199,8 +199,9 @@ async def test_a_pause_job_failing_after_another_attempt_paused_it_freezes_it_ag
     thawing it. Its ``pause_failed`` is not recorded (the log moved on), and on the old code
     the sandbox ran on while its log said ``paused``: the worker now freezes it again. With
     two, the freeze that undoes it does not settle either the first time (seen in a full
-    run: a task held in uninterruptible sleep), and once did nothing more: it is tried
-    again."""
+    run, where the v1 freezer missed a task forked while it froze, mended since in
+    freezer.py; a task in uninterruptible sleep does the same), and once did nothing more:
+    it is tried again."""
     client = service.client
     sandbox_id = (await client.create())["sandbox_id"]
     await start_counter(service, sandbox_id)
