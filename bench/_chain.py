@@ -26,9 +26,10 @@ on the same server is untouched.
 ``python bench/_chain.py --alone [RUNS]`` times the chain by itself against a
 private nats-server: each run after 50 ms idle (as bench_create times it),
 then as many back to back. ``--shortest`` times, in the same run, the shortest
-chain the public contract allows beside it: the command, then ``requested``,
-``provisioning`` (beside the claim) and ``ready`` appended by one consumer, with
-no ``routed`` of its own and no job hop (docs/performance.md, "The warm path").
+chain DESIGN.md allows beside it: the same chain without ``routed`` (its route
+would be inside ``requested``). The job's hop stays: DESIGN.md gives each
+extension a work queue of its own, so that any number of worker processes share
+its work (docs/performance.md, "The warm path").
 ``--burst [N]`` starts N chains at once (100 unless given), then N of the shortest,
 three times each, as ``bench_create.py`` does before each burst of creates.
 """
@@ -105,13 +106,11 @@ async def _append(js: JetStreamContext, aggregate: str, kind: str, expected: int
 
 async def _control(js: JetStreamContext, msg: Msg) -> None:
     sandbox = (msg.headers or {})["Nats-Msg-Id"]  # the command id names the sandbox
-    if sandbox.startswith(SHORTEST):
-        await _shortest(js, msg)
-        return
-    requested = await _append(js, sandbox, "requested", 0)  # decided on an empty history
-    routed = await _append(js, sandbox, "routed", requested)
+    last = await _append(js, sandbox, "requested", 0)  # decided on an empty history
+    if not sandbox.startswith(SHORTEST):  # the shortest chain's route is inside `requested`
+        last = await _append(js, sandbox, "routed", last)
     # The job carries the sandbox id and its log position, as a real provision job does.
-    job = f"{sandbox} {routed}\n".encode() + PAYLOAD
+    job = f"{sandbox} {last}\n".encode() + PAYLOAD
     await js.publish(JOB_SUBJECT, job, headers={"Nats-Msg-Id": f"{sandbox}-job"})
     await msg.ack()
 
@@ -129,14 +128,6 @@ async def _provision(js: JetStreamContext, sandbox: str, after: int) -> None:
         _append(js, f"m{sandbox}", "claimed", 0),
     )
     await _append(js, sandbox, "ready", provisioning)
-
-
-async def _shortest(js: JetStreamContext, msg: Msg) -> None:
-    """The contract's fewest steps: ``requested`` (its route inside), then the worker's own
-    two, all by the consumer of the command."""
-    sandbox = (msg.headers or {})["Nats-Msg-Id"][len(SHORTEST) :]
-    await _provision(js, sandbox, await _append(js, sandbox, "requested", 0))
-    await msg.ack()
 
 
 async def _pull_loop(js: JetStreamContext, stream: str, durable: str, role: str) -> None:
@@ -198,8 +189,8 @@ async def serve(url: str) -> None:
 
 async def chain_once(nc: NATS, js: JetStreamContext, *, shortest: bool = False) -> float:
     """One chain, in ms: from subscribing to the sandbox's events to seeing its ``ready``."""
-    sandbox = f"c{uuid.uuid4().hex[:16]}"
-    command_id = SHORTEST + sandbox if shortest else sandbox
+    # The command id names the sandbox, and marks the shortest chain's.
+    sandbox = f"{SHORTEST if shortest else ''}c{uuid.uuid4().hex[:16]}"
     started = time.perf_counter()
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -209,7 +200,7 @@ async def chain_once(nc: NATS, js: JetStreamContext, *, shortest: bool = False) 
 
     sub = await nc.subscribe(_scope(sandbox), cb=on_event)
     try:
-        await js.publish(CMD_SUBJECT, PAYLOAD, headers={"Nats-Msg-Id": command_id})
+        await js.publish(CMD_SUBJECT, PAYLOAD, headers={"Nats-Msg-Id": sandbox})
         async with asyncio.timeout(READY_WITHIN):
             await ready
     except TimeoutError:

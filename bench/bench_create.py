@@ -32,10 +32,10 @@ member's ``claimed``, then ``ready``, each awaiting its ack, with the same
 headers, consumers and processes as the real path, but no sandboxer code.
 The row "create→ready warm p50 vs the same chain" divides the warm create by
 that skeleton: what the service's own work adds to the bus's floor. Beside it,
-after the same idle, the shortest chain the public contract allows (the command,
-then ``requested``, ``provisioning`` beside the claim, and ``ready``: no
-``routed`` of its own and no job hop): the floor of any protocol we could
-choose, so a warm target below it is out of reach on the machine of that run.
+after the same idle, the shortest chain DESIGN.md allows (the same without
+``routed``, its route inside ``requested``; the job's hop stays, since each
+extension has a work queue of its own): the floor of any protocol within that
+design, so a warm target below it is out of reach on the machine of that run.
 
 The bursts have their skeletons too, before each burst and after the same quiet:
 for the pool's, 100 of those chains started at once (and 100 of the shortest);
@@ -309,7 +309,7 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
         )
         rows.append(
             Row(
-                "the shortest chain the contract allows (4 round trips), no work, p50",
+                "the shortest chain DESIGN.md allows (5 round trips), no work, p50",
                 "ms",
                 percentile(shortest_ms, 50),
                 percentile(chain_ms, 50),
@@ -386,7 +386,7 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
                 f"{CONCURRENT} chains alone at once, p50",
             ),
             Row(
-                f"{CONCURRENT} shortest chains the contract allows, at once, no work, p50",
+                f"{CONCURRENT} shortest chains DESIGN.md allows, at once, no work, p50",
                 "s",
                 percentile(shortest_s, 50),
                 percentile(chains_s, 50),
