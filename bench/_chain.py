@@ -18,8 +18,8 @@ sandboxer code, no decoding beyond finding an id, no decisions.
 
 Both consumers run in one process (``python bench/_chain.py --serve URL``), as
 control and the extension worker do under ``sandboxer up``, with the real
-pull loop's mechanics: a durable pull consumer with explicit ack, fetching one
-message at a time and handling it in a task of its own. The streams are
+pull loop's mechanics: a durable pull consumer with explicit ack, each fetch
+taking what waits (up to 64), each message handled in a task of its own. The streams are
 scratch ones of this module (``BENCH_CHAIN_*``), so a service running beside it
 on the same server is untouched.
 
@@ -58,6 +58,7 @@ CMD_STREAM, CMD_SUBJECT = "BENCH_CHAIN_CMD", "bench.chain.cmd"
 EVT_STREAM, EVT_PREFIX = "BENCH_CHAIN_EVT", "bench.chain.evt"
 JOB_STREAM, JOB_SUBJECT = "BENCH_CHAIN_JOB", "bench.chain.job"
 IDLE_POLL = 0.5  # as sandboxer/workers/pull_loop.py: how long one fetch waits for work
+FETCH_MOST = 64  # as pull_loop: a fetch takes what waits, up to the worker's free slots (64)
 PAYLOAD = b"x" * 350  # a command, job or event is about this size
 RUNNING: set[asyncio.Task[None]] = set()  # the service's handlers in flight
 READY_WITHIN = 10.0  # seconds: far beyond any chain, short enough to tell a dead service
@@ -131,7 +132,8 @@ async def _provision(js: JetStreamContext, sandbox: str, after: int) -> None:
 
 
 async def _pull_loop(js: JetStreamContext, stream: str, durable: str, role: str) -> None:
-    """Fetch one message at a time (as pull_loop's ``fetch_one``), each handled in its own task."""
+    """Fetch what waits, up to ``FETCH_MOST`` at a time (as pull_loop's ``fetch_some``), each
+    message handled in its own task."""
     await js.add_consumer(
         stream,
         ConsumerConfig(
@@ -142,7 +144,7 @@ async def _pull_loop(js: JetStreamContext, stream: str, durable: str, role: str)
     handle = _control if role == "control" else _worker
     while True:
         try:
-            msgs = await psub.fetch(batch=1, timeout=IDLE_POLL)
+            msgs = await psub.fetch(batch=FETCH_MOST, timeout=IDLE_POLL)
         except (TimeoutError, NatsTimeout):
             continue
         except NatsError as exc:  # no consumer leader yet, or reconnecting: wait, as pull_loop does

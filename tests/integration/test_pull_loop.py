@@ -222,3 +222,78 @@ async def test_a_message_arriving_as_the_loop_stops_is_handled_once(
     assert sorted(recorder.handled, key=int) == [b"%d" % n for n in range(20)]
     assert all(count == 1 for count in recorder.deliveries.values())
     assert await settled(js, spec)
+
+
+async def test_a_burst_is_fetched_in_batches_never_past_the_concurrency(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages waiting when the loop starts are taken a batch at a time, as many as it has
+    free slots for: fewer pull requests than messages, and never more at once than its
+    ``concurrency``; each handled once."""
+    spec = ConsumerSpec(
+        stream="SANDBOXER_JOBS",
+        durable="burst",
+        filter_subject="sandboxer.job.burst.>",
+        concurrency=8,
+    )
+    for n in range(40):
+        await js.publish(f"sandboxer.job.burst.{n}", b"%d" % n)
+    fetches: list[int] = []
+    fetch_some = pull_loop.fetch_some
+
+    async def counted(psub: object, durable: str, most: int) -> object:
+        fetches.append(most)
+        return await fetch_some(psub, durable, most)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pull_loop, "fetch_some", counted)
+    running_now = 0
+    most_at_once = 0
+    recorder = Recorder()
+
+    async def handler(msg: Msg) -> None:
+        nonlocal running_now, most_at_once
+        running_now += 1
+        most_at_once = max(most_at_once, running_now)
+        try:
+            await asyncio.sleep(0.05)
+            await recorder.handler(msg)
+        finally:
+            running_now -= 1
+
+    stop = asyncio.Event()
+    loop = asyncio.create_task(run_pull_consumer(js, spec, handler, recorder.on_poison, stop))
+    try:
+        await until(lambda: len(recorder.handled) == 40, 20)
+    finally:
+        stop.set()
+        await loop
+    assert sorted(recorder.handled, key=int) == [b"%d" % n for n in range(40)]
+    assert all(count == 1 for count in recorder.deliveries.values())
+    assert most_at_once == spec.concurrency
+    assert max(fetches) == spec.concurrency  # the first fetch asks for every free slot
+    assert len(fetches) < 40
+    assert await settled(js, spec)
+
+
+async def test_a_fetch_of_many_returns_with_its_first_message(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle fetch for many does not wait out its poll for the rest once one message is
+    in: an idle service answers its first command as soon as with one at a time."""
+    monkeypatch.setattr(pull_loop, "IDLE_POLL", 30.0)
+    spec = spec_for("first")
+    await js.add_consumer(spec.stream, pull_loop._consumer_config(spec))
+    psub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+
+    async def publish_soon() -> None:
+        await asyncio.sleep(0.1)
+        await js.publish("sandboxer.job.first.a", b"first")
+
+    publishing = asyncio.create_task(publish_soon())
+    async with asyncio.timeout(15):  # half the poll: it came back with the message, not after
+        msgs = await pull_loop.fetch_some(psub, spec.durable, 10)
+    await publishing
+    assert isinstance(msgs, list)
+    assert [msg.data for msg in msgs] == [b"first"]
+    await msgs[0].ack()
+    await psub.unsubscribe()
