@@ -280,17 +280,20 @@ class PoolKeeper:
             if known is not None and await self._serves(known, pool, digest):
                 return known
         while True:
-            candidates = [
-                member
-                for member in self.index.of_pool(pool)
-                if member.status == "ready"
-                and member.digest == digest
-                and member.member_id not in self._taken
-            ]
-            if not candidates:
+            member = next(  # the first one, not a list of them all: a claim per create
+                (
+                    member
+                    for member in self.index.members.values()
+                    if member.pool == pool
+                    and member.status == "ready"
+                    and member.digest == digest
+                    and member.member_id not in self._taken
+                ),
+                None,
+            )
+            if member is None:
                 self._wake.set()
                 return None
-            member = candidates[0]
             self._taken.add(member.member_id)
             try:
                 await self._decide(
