@@ -183,14 +183,32 @@ async def fetch_some(
         return FETCH_FAILED
 
 
-async def _free_slots(slots: asyncio.Semaphore) -> int:
-    """One slot, waited for, and every other one free now: how many it holds."""
-    await slots.acquire()
-    held = 1
-    while not slots.locked():
-        await slots.acquire()  # free: it does not wait
-        held += 1
-    return held
+class _Room:
+    """Handlers in flight, ``size`` at most: how many more may start now, and a wait for
+    one to end. A count, not a semaphore taken slot by slot: each fetch asks for all the
+    room there is, and 64 acquires and releases around every message cost about 70 µs of
+    the loop, on the path of every message (measured 2026-12-06)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.busy = 0
+        self._freed = asyncio.Event()
+
+    @property
+    def free(self) -> int:
+        return self.size - self.busy
+
+    async def wait(self) -> None:
+        while self.busy >= self.size:
+            self._freed.clear()
+            await self._freed.wait()
+
+    def take(self) -> None:
+        self.busy += 1
+
+    def give_back(self) -> None:
+        self.busy -= 1
+        self._freed.set()
 
 
 async def _rebind_if_gone(
@@ -342,7 +360,7 @@ async def run_pull_consumer(
     guard = _guard(spec, nc, home)
     await _ensure_consumer(js, spec, guard)
     psub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
-    slots = asyncio.Semaphore(spec.concurrency)
+    room = _Room(spec.concurrency)
     in_flight: set[asyncio.Task[None]] = set()
     outcomes = _Outcomes(spec, handler, on_poison)
 
@@ -350,7 +368,7 @@ async def run_pull_consumer(
         try:
             await outcomes.handle(msg)
         finally:
-            slots.release()
+            room.give_back()
 
     failures = 0
     try:
@@ -358,20 +376,17 @@ async def run_pull_consumer(
         # racing a fetch or an ack loses nothing (bus/guarded_durable.py says why).
         async with guard.watching() if guard else contextlib.nullcontext():
             while not stop.is_set():
-                held = await _free_slots(slots)
-                msgs = await fetch_some(psub, spec.durable, held)
+                await room.wait()
+                msgs = await fetch_some(psub, spec.durable, room.free)
                 failures = failures + 1 if msgs is FETCH_FAILED else 0
                 if failures >= CHECK_AFTER_FAILURES:
                     failures = 0
                     psub = await _rebind_if_gone(js, spec, guard, psub)
-                taken = msgs if isinstance(msgs, list) else []
-                for _ in range(held - len(taken)):
-                    slots.release()
-                for _ in range(len(taken) - held):
-                    # nats-py hands over what an earlier fetch left behind as well: each
-                    # still waits for a slot, so no more than ``concurrency`` run at once.
-                    await slots.acquire()
-                for msg in taken:
+                for msg in msgs if isinstance(msgs, list) else []:
+                    # nats-py hands over what an earlier fetch left behind as well: one past
+                    # the room asked for waits for it, so no more than ``concurrency`` run.
+                    await room.wait()
+                    room.take()
                     task = asyncio.create_task(handle(msg))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
