@@ -129,19 +129,21 @@ def install(hooks: list[tuple[str, str, str]]) -> None:
         if owner is None or not hasattr(owner, attribute):
             continue
         setattr(owner, attribute, _timed(name, getattr(owner, attribute)))
-    # The moment a worker's fetch hands it a message (the wait for one is not a step).
+    # The moment a worker's fetch hands it messages (the wait for them is not a step). The
+    # loop calls fetch_some; a revision before 2026-12-06 called fetch_one.
     with contextlib.suppress(ImportError, AttributeError):
         pull_loop = importlib.import_module("sandboxer.workers.pull_loop")
-        fetch_one = pull_loop.fetch_one
+        name = "fetch_some" if hasattr(pull_loop, "fetch_some") else "fetch_one"
+        fetch = getattr(pull_loop, name)
 
-        async def fetch_marked(psub: Any, durable: str) -> Any:
-            msg = await fetch_one(psub, durable)
-            if msg is not None:
+        async def fetch_marked(psub: Any, durable: str, *most: int) -> Any:
+            got = await fetch(psub, durable, *most)
+            if got and got is not pull_loop.FETCH_FAILED:  # a message, or a list of some
                 now = time.monotonic_ns()
                 SPANS.append((f"{durable}: message fetched", now, now))
-            return msg
+            return got
 
-        pull_loop.fetch_one = fetch_marked
+        setattr(pull_loop, name, fetch_marked)
 
 
 def dump_spans(path: Path) -> None:

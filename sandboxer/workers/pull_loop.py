@@ -160,8 +160,9 @@ async def fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> Ms
 async def fetch_some(
     psub: JetStreamContext.PullSubscription, durable: str, most: int
 ) -> list[Msg] | object:
-    """As soon as there is a message, it and those already waiting behind it, about ``most``
-    at most (nats-py adds any an earlier fetch left behind); none after ``IDLE_POLL``.
+    """As soon as there is a message, it and those already waiting behind it, up to ``most``
+    of them (and any an earlier fetch left behind, which nats-py hands over first); none
+    after ``IDLE_POLL``.
     :data:`FETCH_FAILED` when the fetch itself failed, after a pause: a durable being made
     again by its guard, bus/guarded_durable.py, fails a fetch as "no responders".
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from sandboxer.bus.connect import connect
@@ -241,9 +242,11 @@ async def test_a_burst_is_fetched_in_batches_never_past_the_concurrency(
     fetches: list[int] = []
     fetch_some = pull_loop.fetch_some
 
-    async def counted(psub: object, durable: str, most: int) -> object:
+    async def counted(
+        psub: JetStreamContext.PullSubscription, durable: str, most: int
+    ) -> list[Msg] | object:
         fetches.append(most)
-        return await fetch_some(psub, durable, most)  # type: ignore[arg-type]
+        return await fetch_some(psub, durable, most)
 
     monkeypatch.setattr(pull_loop, "fetch_some", counted)
     running_now = 0
@@ -282,7 +285,10 @@ async def test_a_fetch_of_many_returns_with_its_first_message(
     in: an idle service answers its first command as soon as with one at a time."""
     monkeypatch.setattr(pull_loop, "IDLE_POLL", 30.0)
     spec = spec_for("first")
-    await js.add_consumer(spec.stream, pull_loop._consumer_config(spec))
+    await js.add_consumer(
+        spec.stream,
+        ConsumerConfig(durable_name=spec.durable, filter_subject=spec.filter_subject),
+    )
     psub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
 
     async def publish_soon() -> None:
