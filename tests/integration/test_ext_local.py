@@ -608,7 +608,6 @@ async def test_a_teardown_of_an_earlier_provisioning_leaves_a_later_ones_sandbox
     await ext.teardown_attempt(sid, (2, 2))  # its own
     assert not any(ref.alive() for ref in later)
     assert not (root / sid).exists()
-    assert not (root / ".locks" / sid).exists()  # gone with it, as a teardown's
     await ext.teardown_attempt(sid, (2, 2))  # gone is done
     # One made before the record counts as earlier than any provisioning.
     await up(ext, request(sid))
@@ -823,7 +822,6 @@ async def test_a_pause_between_a_teardowns_thaw_and_its_kill_waits_for_the_teard
     await asyncio.to_thread(racer.join, 5)
     [outcome] = paused
     assert isinstance(outcome, SandboxNotFound)
-    assert not (ext.root / ".locks" / sid).exists()  # the late pause left no lock file
 
 
 # -- a uid per sandbox (root) ----------------------------------------------------------------

@@ -24,7 +24,7 @@ from sandboxer.errors import CommandFailed, ExtensionError
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.local import cgroups
 from sandboxer.extensions.local.backend import LocalExtension
-from sandboxer.extensions.local.sandbox_lock import LOCK_DIR
+from sandboxer.extensions.local.sandbox_lock import LOCK_FILE
 from sandboxer.extensions.local.sandbox_uids import UIDS, UIDS_DIR
 from sandboxer.workers import pool_keeper
 from sandboxer.workers.pool_keeper import PoolKeeper
@@ -63,19 +63,15 @@ def write_profile(home: Path, *, min_ready: int = 2, max_: int = 3, version: int
 
 
 def member_dirs(home: Path) -> set[str]:
-    """The pool's member directories, and the lock file of any member gone."""
+    """The pool's member directories."""
     return _entries(home / "local" / ".pool")
 
 
 def _entries(root: Path) -> set[str]:
-    """``root``'s entries but its lock directory; and the lock files it holds of entries gone
-    (a teardown removes the lock file with the sandbox)."""
+    """``root``'s entries but its lock file."""
     if not root.is_dir():
         return set()
-    found = {entry.name for entry in root.iterdir() if entry.name != LOCK_DIR}
-    locks = root / LOCK_DIR
-    held = {path.name for path in locks.iterdir()} if locks.is_dir() else set()
-    return found | {f"{LOCK_DIR}/{name}" for name in held - found}
+    return {entry.name for entry in root.iterdir() if entry.name != LOCK_FILE}
 
 
 async def wait_pool(client: SandboxerClient, ready: int, timeout: float = 30) -> dict[str, Any]:
@@ -174,7 +170,7 @@ async def test_concurrent_creates_claim_each_member_once(nats_server: Any, home:
         assert set(claims) == set(members)
         assert set(claims.values()) == {1}
         await asyncio.gather(*(client.destroy(r["sandbox_id"]) for r in readies))
-        assert _entries(home / "local") == {".pool"}  # no sandbox, nor its lock file
+        assert _entries(home / "local") == {".pool"}  # no sandbox
     finally:
         await client.close()
         await svc.shutdown()

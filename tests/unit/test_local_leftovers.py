@@ -13,6 +13,7 @@ from sandboxer.extensions.local import egress, sandbox_uids
 from sandboxer.extensions.local.inventory import owners
 from sandboxer.extensions.local.leftovers import Leftover, find_leftovers
 from sandboxer.extensions.local.resource_names import owner_of, resource_name, root_tag
+from sandboxer.extensions.local.sandbox_lock import LOCK_FILE
 from sandboxer.extensions.local.workspace import POOL_DIR
 
 TAG = "0a1b2c3d"
@@ -60,7 +61,7 @@ def make_root(tmp_path: Path) -> Path:
     (root / "sbxclaimed01" / "state.json").write_text(
         json.dumps({"sandbox_id": MEMBER, "created_at": "", "workspace": "", "pool_member": MEMBER})
     )
-    (root / ".locks").mkdir()
+    (root / LOCK_FILE).touch()
     return root
 
 

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sandboxer.errors import ExtensionError
-from sandboxer.extensions.local.sandbox_lock import LOCK_DIR, sandbox_lock
+from sandboxer.extensions.local.sandbox_lock import LOCK_FILE, lock_offset, sandbox_lock
 
+HOLD_IN_A_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from sandboxer.extensions.local.sandbox_lock import sandbox_lock
 
-def held_elsewhere(path: Path) -> bool:
-    """Whether another open file description (another worker) holds ``path``'s lock."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+async def main() -> None:
+    async with sandbox_lock(Path(sys.argv[1]), sys.argv[2]):
+        print("held", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
 
 
 async def test_a_second_step_waits_for_the_first(tmp_path: Path) -> None:
@@ -42,36 +45,9 @@ async def test_a_second_step_waits_for_the_first(tmp_path: Path) -> None:
     assert order == ["first in", "first out", "second in", "second out"]
 
 
-async def test_a_waiter_on_a_removed_lock_file_locks_the_new_one(tmp_path: Path) -> None:
-    """A teardown removes the lock file while it holds it; whoever was waiting on that file
-    must not go on holding a lock that no one else can see."""
-    path = tmp_path / LOCK_DIR / "sbx1"
-    release = asyncio.Event()
-    waiter_in = asyncio.Event()
-
-    async def teardown() -> None:
-        async with sandbox_lock(tmp_path, "sbx1", remove=True):
-            await release.wait()
-
-    async def waiter() -> None:
-        async with sandbox_lock(tmp_path, "sbx1"):
-            waiter_in.set()
-            await release.wait()
-
-    first = asyncio.create_task(teardown())
-    await asyncio.sleep(0.02)
-    second = asyncio.create_task(waiter())
-    await asyncio.sleep(0.02)
-    assert not waiter_in.is_set()
-    release.set()
-    release = asyncio.Event()  # the waiter holds on until told again
-    await first
-    await asyncio.wait_for(waiter_in.wait(), 5)
-    # The file was removed under the waiter: it holds a new one, which a third step sees.
-    assert held_elsewhere(path)
-    release.set()
-    await second
-    assert not held_elsewhere(path)
+async def test_two_sandboxes_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    async with sandbox_lock(tmp_path, "sbx1"), sandbox_lock(tmp_path, "sbx2", wait=0.05):
+        pass
 
 
 async def test_a_lock_held_past_the_wait_is_named(tmp_path: Path) -> None:
@@ -81,67 +57,47 @@ async def test_a_lock_held_past_the_wait_is_named(tmp_path: Path) -> None:
                 pass
 
 
-async def test_an_unmade_sandbox_leaves_no_lock_file(tmp_path: Path) -> None:
-    async with sandbox_lock(tmp_path, "sbx1"):
+async def test_another_process_holds_it_until_killed(tmp_path: Path) -> None:
+    """Two worker processes on one root exclude each other, and a ``kill -9`` of the holder
+    lets the other in: the kernel drops the lock with the process."""
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_IN_A_CHILD, str(tmp_path), "sbx1"],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert await asyncio.to_thread(child.stdout.readline) == b"held\n"
+            with pytest.raises(ExtensionError, match=r"another ext\.local worker"):
+                async with sandbox_lock(tmp_path, "sbx1", wait=0.05):
+                    pass
+            async with sandbox_lock(tmp_path, "sbx2", wait=0.05):
+                pass  # its other sandboxes are not held
+            child.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(child.wait)
+            async with sandbox_lock(tmp_path, "sbx1", wait=5):
+                pass
+        finally:
+            child.kill()
+
+
+async def test_a_root_keeps_one_lock_file_whatever_it_held(tmp_path: Path) -> None:
+    """Nothing per sandbox is made on disk, so nothing is left behind when a sandbox goes."""
+    for n in range(20):
+        async with sandbox_lock(tmp_path, f"sbx{n}"):
+            pass
+    assert [entry.name for entry in tmp_path.iterdir()] == [LOCK_FILE]
+    assert (tmp_path / LOCK_FILE).stat().st_size == 0  # a lock's range needs no bytes
+
+
+async def test_a_root_not_made_yet_is_made_for_its_lock(tmp_path: Path) -> None:
+    async with sandbox_lock(tmp_path / "not" / "yet", "sbx1"):
         pass
-    assert (tmp_path / LOCK_DIR / "sbx1").exists()  # a live sandbox keeps its file
-    async with sandbox_lock(tmp_path, "sbx1", remove=True):
-        pass
-    assert list((tmp_path / LOCK_DIR).iterdir()) == []
+    assert (tmp_path / "not" / "yet" / LOCK_FILE).is_file()
 
 
-async def test_a_step_that_finds_its_sandbox_gone_removes_the_file_it_holds(
-    tmp_path: Path,
-) -> None:
-    """A pause that waited out a teardown removes the lock file itself, through the lock,
-    and only while it holds it: once released, the path may be another holder's file."""
-    path = tmp_path / LOCK_DIR / "sbx1"
-    async with sandbox_lock(tmp_path, "sbx1") as lock:
-        lock.remove()
-        assert not path.exists()
-    async with sandbox_lock(tmp_path, "sbx1") as late:
-        pass
-    with pytest.raises(AssertionError, match="only while its lock is held"):
-        late.remove()
-    assert path.exists()
-
-
-async def _hold_until(root: Path, entered: asyncio.Event, release: asyncio.Event) -> None:
-    async with sandbox_lock(root, "sbx1"):
-        entered.set()
-        await release.wait()
-
-
-async def test_removing_twice_leaves_the_next_holders_file(tmp_path: Path) -> None:
-    """A step that removed its file (a pause that found its sandbox gone) and then leaves
-    with ``remove`` removes nothing more: meanwhile the next caller made a new file and
-    locks it, and removing that would let a third lock beside it."""
-    path = tmp_path / LOCK_DIR / "sbx1"
-    entered, release = asyncio.Event(), asyncio.Event()
-    async with sandbox_lock(tmp_path, "sbx1", remove=True) as lock:
-        lock.remove()
-        nxt = asyncio.create_task(_hold_until(tmp_path, entered, release))
-        async with asyncio.timeout(5):
-            await entered.wait()
-        lock.remove()
-    assert path.exists(), "the next holder's lock file was removed"
-    assert held_elsewhere(path)
-    release.set()
-    await nxt
-
-
-async def test_a_lock_file_replaced_under_its_holder_is_not_removed(tmp_path: Path) -> None:
-    """A held file removed by someone else (an operator clearing ``.locks`` by hand) and
-    made anew by the next caller is that caller's: the first holder's removal leaves it."""
-    path = tmp_path / LOCK_DIR / "sbx1"
-    entered, release = asyncio.Event(), asyncio.Event()
-    async with sandbox_lock(tmp_path, "sbx1") as lock:
-        path.unlink()
-        nxt = asyncio.create_task(_hold_until(tmp_path, entered, release))
-        async with asyncio.timeout(5):
-            await entered.wait()
-        lock.remove()
-    assert path.exists(), "another holder's lock file was removed"
-    assert held_elsewhere(path)
-    release.set()
-    await nxt
+def test_offsets_are_stable_and_fit_a_file_offset() -> None:
+    offsets = {lock_offset(f"sbx{n:08d}") for n in range(10_000)}
+    assert len(offsets) == 10_000
+    assert all(0 <= offset < 2**62 for offset in offsets)
+    assert lock_offset("sbx1") == lock_offset("sbx1")

@@ -155,7 +155,7 @@ class LocalExtension:
     async def provision(self, request: ProvisionRequest) -> None:
         started = time.monotonic()
         layout = self._layout(request.sandbox_id)
-        # Inputs and tools vetted before anything is made, the lock's file included.
+        # Inputs and tools vetted before anything is made.
         repo = request.inputs.get("repo")
         source = workspace.repo_source(repo, request.sandbox_id) if repo is not None else None
         workspace.check_secret_names(request.secrets, request.sandbox_id)
@@ -330,8 +330,8 @@ class LocalExtension:
 
     async def teardown(self, sandbox_id: str, *, host: str | None = None) -> None:
         del host  # always this machine
-        self._layout(sandbox_id)  # the id checked before it names a lock file
-        async with sandbox_lock(self.root, sandbox_id, remove=True):
+        self._layout(sandbox_id)  # the id checked before it names a lock
+        async with sandbox_lock(self.root, sandbox_id):
             await self._unmake(sandbox_id)
 
     async def teardown_attempt(
@@ -348,8 +348,8 @@ class LocalExtension:
         under its lock, which a provision (or a claim) holds from its own look at what is there
         until it has recorded itself: a later attempt cannot make the sandbox in between."""
         del host  # always this machine
-        layout = self._layout(sandbox_id)  # the id checked before it names a lock file
-        async with sandbox_lock(self.root, sandbox_id) as lock:
+        layout = self._layout(sandbox_id)  # the id checked before it names a lock
+        async with sandbox_lock(self.root, sandbox_id):
             found = workspace.read_state(layout)
             later = attempt_record.made_later(found.made_by if found else None, made_by)
             if later is not None:
@@ -362,7 +362,6 @@ class LocalExtension:
                 )
                 return
             await self._unmake(sandbox_id)
-            lock.remove()  # as teardown's: gone with the sandbox, once it is gone
 
     async def _unmake(
         self, sandbox_id: str, *, keep_uid: bool = False, found_uids: Sequence[int] | None = None
@@ -452,7 +451,7 @@ class LocalExtension:
         ``/proc/<pid>/status``."""
         ids = sorted(set(sandbox_ids))
         for sandbox_id in ids:
-            self._layout(sandbox_id)  # each id checked before it names a lock file
+            self._layout(sandbox_id)  # each id checked before it names a lock
         freed: list[str] = []
         for start in range(0, len(ids), FREE_BATCH):
             freed += await self._free_batch(ids[start : start + FREE_BATCH])
@@ -466,7 +465,7 @@ class LocalExtension:
             # same order, so no two steps ever wait for each other.
             for root in (self.root / POOL_DIR, self.root):
                 for sandbox_id in ids:
-                    await locks.enter_async_context(sandbox_lock(root, sandbox_id, remove=True))
+                    await locks.enter_async_context(sandbox_lock(root, sandbox_id))
             left = {item.sandbox_id: item for item in await asyncio.to_thread(self._leftovers)}
             freed = [sandbox_id for sandbox_id in ids if sandbox_id in left]
             for sandbox_id in freed:
@@ -509,10 +508,8 @@ class LocalExtension:
         stored from a partial tree: a restore gave back a silently incomplete workspace. Now the teardown waits for the copy, or the copy, coming
         after it, finds no workspace and the snapshot fails."""
         del host  # always this machine
-        layout = self._layout(sandbox_id)  # the id checked before it names a lock file
-        async with sandbox_lock(self.root, sandbox_id) as lock:
-            if not layout.dir.exists():
-                lock.remove()  # torn down while this waited: no lock file outlives it
+        layout = self._layout(sandbox_id)  # the id checked before it names a lock
+        async with sandbox_lock(self.root, sandbox_id):
             return await asyncio.to_thread(
                 copy_workspace_out,
                 layout.workspace,
@@ -538,13 +535,8 @@ class LocalExtension:
         not be removed and the teardown failed with the sandbox frozen and half removed. A
         resume, for its part, wrote to a group removed since it read ``state.json``."""
         layout = self._layout(sandbox_id)
-        async with sandbox_lock(self.root, sandbox_id) as lock:
-            try:
-                state = self._running_state(layout)
-            except SandboxNotFound:
-                if not layout.dir.exists():
-                    lock.remove()  # torn down while this waited: no lock file outlives it
-                raise
+        async with sandbox_lock(self.root, sandbox_id):
+            state = self._running_state(layout)
             await step(self._freezer_of(state), sandbox_id=sandbox_id)
 
     async def exec(
@@ -647,7 +639,7 @@ class LocalExtension:
         # The member's lock keeps the keeper's teardown of it off; the sandbox's, another
         # worker's teardown of the sandbox (the move is the sandbox's making).
         async with (
-            sandbox_lock(member.root, member_id, remove=True),
+            sandbox_lock(member.root, member_id),
             sandbox_lock(self.root, request.sandbox_id),
         ):
             state = await self._take(member, target, request, source)
