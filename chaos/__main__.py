@@ -21,6 +21,7 @@ from chaos.result import ScenarioResult, format_line
 
 ORDER = (
     "kill_roles",
+    "kill_hosted",
     "sigstop",
     "same_command_id",
     "conflicting",

@@ -35,11 +35,17 @@ class Cycles:
         self.problems: list[str] = []
 
     async def bus_command(
-        self, verb: str, sandbox_id: str, command_id: str, *, profile: str = "profile.local"
+        self,
+        verb: str,
+        sandbox_id: str,
+        command_id: str,
+        *,
+        profile: str = "profile.local",
+        ttl: str | None = None,
     ) -> dict[str, Any] | None:
         """Send one create or destroy until it ends (same id each time): its outcome event
         (``ready``, ``destroyed``), or None when it failed, was rejected or never ended
-        (each a problem)."""
+        (each a problem). ``ttl``: a create's, instead of its profile's default."""
         self.sent[command_id] = Sent(verb, sandbox_id)
         client = self.svc.client
         started = time.monotonic()
@@ -47,7 +53,9 @@ class Cycles:
             self.resends += attempt > 0
             try:
                 if verb == "create":
-                    outcome = await client.create(profile, command_id=command_id, timeout=self.wait)
+                    outcome = await client.create(
+                        profile, command_id=command_id, ttl=ttl, timeout=self.wait
+                    )
                 else:
                     outcome = await client.destroy(
                         sandbox_id, command_id=command_id, timeout=self.wait

@@ -394,12 +394,17 @@ class ServedE2b:
         return self.double.api_key
 
 
+def served(double: E2bDouble) -> Served:
+    """The double's server on loopback (enter it to start serving)."""
+    return Served(_WithHeaders(double.app))
+
+
 @pytest.fixture
 def e2b_double() -> Iterator[ServedE2b]:
     """An E2B double on loopback; the test fails if a request or answer broke the spec."""
     double = E2bDouble()
-    with Served(_WithHeaders(double.app)) as served:
-        yield ServedE2b(double, served.url)
+    with served(double) as server:
+        yield ServedE2b(double, server.url)
     assert double.violations == []
 
 
