@@ -22,6 +22,7 @@ from chaos.result import ScenarioResult, format_line
 ORDER = (
     "kill_roles",
     "kill_hosted",
+    "kill_ssh",
     "sigstop",
     "same_command_id",
     "conflicting",
@@ -34,7 +35,7 @@ ORDER = (
 """The suite's order; a scenario module not listed runs after these, by name."""
 
 DEFAULT_DEADLINE = 180.0
-SUITE_DEADLINE = 15 * 60.0
+SUITE_DEADLINE = 25 * 60.0
 SHOWN_PROBLEMS = 10
 
 

@@ -14,7 +14,7 @@ import json
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,10 +41,13 @@ from sandboxer.extensions.local.workspace import POOL_DIR
 
 __all__ = [
     "TERMINAL_EVENTS",
+    "Held",
     "LogView",
     "Sent",
     "check_all",
     "every_command_terminal",
+    "held_against_log",
+    "held_settles",
     "leaked_slots",
     "no_double_debit",
     "no_leaks",
@@ -339,6 +342,65 @@ async def no_leaks(urls: Urls, home: Path) -> list[str]:
     return problems
 
 
+class Held(NamedTuple):
+    """What one kind of thing outside sandboxer holds of our sandboxes (a provider's
+    sandboxes, a host's containers or workspace directories), read from the thing itself."""
+
+    what: str
+    """How a problem names it: ``E2B sandboxes``, ``containers on the docker engine``..."""
+    backends: frozenset[str]
+    """The extensions whose sandboxes it may hold."""
+    counts: Mapping[str, int]
+    """Our sandbox id -> how many it holds of it now."""
+    each: int = 1
+    """How many a live sandbox has (a compose stack's containers: one per service)."""
+
+
+def held_against_log(view: LogView, held: Sequence[Held]) -> list[str]:
+    """Each :class:`Held` against the log: anything of a sandbox the log ended, never heard
+    of, or gave another backend is a leak; more than ``each`` of one sandbox a duplicate;
+    fewer, or none, of a sandbox the log calls live on one of its backends, a loss."""
+    states = view.states()
+    problems: list[str] = []
+    for holding in held:
+        for sandbox_id, count in sorted(holding.counts.items()):
+            state = states.get(sandbox_id)
+            if state is None or state.status in ENDED:
+                status = "unknown to the log" if state is None else state.status
+                problems.append(f"{holding.what}: {count} of {sandbox_id}, {status}")
+            elif state.extension not in holding.backends:
+                problems.append(f"{holding.what}: {count} of {sandbox_id}, a {state.extension} one")
+            elif count > holding.each:
+                problems.append(
+                    f"{holding.what}: {sandbox_id} duplicated, {count} (one sandbox has "
+                    f"{holding.each})"
+                )
+        for sandbox_id, state in sorted(states.items()):
+            if state.extension not in holding.backends or state.status not in LIVE:
+                continue
+            count = holding.counts.get(sandbox_id, 0)
+            if count < holding.each:
+                problems.append(
+                    f"{holding.what}: {sandbox_id} {state.status} in the log, {count} of "
+                    f"{holding.each} there"
+                )
+    return problems
+
+
+async def held_settles(
+    urls: Urls, read: Callable[[], Awaitable[Sequence[Held]]], *, within: float
+) -> tuple[list[str], float]:
+    """:func:`held_against_log` once it finds nothing (or ``within`` seconds have passed:
+    what it finds then), and how long that took. A kill leaves what a later attempt or a
+    leak sweep removes a moment later; only what stays is a leak."""
+    started = time.monotonic()
+    while True:
+        problems = held_against_log(await read_log(urls), await read())
+        if not problems or time.monotonic() - started > within:
+            return problems, time.monotonic() - started
+        await asyncio.sleep(0.5)
+
+
 # -- warm pools ----------------------------------------------------------------------------------
 
 
@@ -625,6 +687,8 @@ async def check_all(
 
     note(
         "every_command_terminal",
+        "held_against_log",
+        "held_settles",
         await every_command_terminal(urls, sent or {}, timeout=terminal_timeout),
     )
     note("no_leaks", await no_leaks(urls, home))

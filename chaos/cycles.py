@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chaos.checks import Sent
 from chaos.harness import ChaosService
 from sandboxer.client import CommandFailed
 from sandboxer.errors import SandboxerError
+from sandboxer.ids import derive_sandbox_id, new_command_id
 
-__all__ = ["Cycles"]
+__all__ = ["BackendCycles", "Cycles"]
 
 
 class Cycles:
@@ -41,11 +43,12 @@ class Cycles:
         command_id: str,
         *,
         profile: str = "profile.local",
+        inputs: Mapping[str, str] | None = None,
         ttl: str | None = None,
     ) -> dict[str, Any] | None:
         """Send one create or destroy until it ends (same id each time): its outcome event
         (``ready``, ``destroyed``), or None when it failed, was rejected or never ended
-        (each a problem). ``ttl``: a create's, instead of its profile's default."""
+        (each a problem). ``inputs`` and ``ttl``: a create's."""
         self.sent[command_id] = Sent(verb, sandbox_id)
         client = self.svc.client
         started = time.monotonic()
@@ -54,7 +57,7 @@ class Cycles:
             try:
                 if verb == "create":
                     outcome = await client.create(
-                        profile, command_id=command_id, ttl=ttl, timeout=self.wait
+                        profile, inputs, command_id=command_id, ttl=ttl, timeout=self.wait
                     )
                 else:
                     outcome = await client.destroy(
@@ -77,3 +80,66 @@ class Cycles:
         await self.svc.kill(role)
         await asyncio.sleep(self.rng.uniform(*pause))
         await self.svc.restart(role)
+
+
+class BackendCycles(Cycles):
+    """Create/destroy cycles that take the given backends in turn, while a seeded schedule
+    kills -9 the given roles: each of ``first`` once (in a random order), then any of
+    ``killed``, 0.3 to 2.5 s apart, each restarted after a random pause. Done once there
+    were ``cycles`` cycles and ``kills`` kills."""
+
+    def __init__(
+        self,
+        svc: ChaosService,
+        seed: int,
+        *,
+        creates: Mapping[str, tuple[str, Mapping[str, str]]],
+        first: Sequence[str],
+        killed: Sequence[str],
+        cycles: int,
+        kills: int,
+        ttl: str | None = None,
+    ) -> None:
+        super().__init__(svc, seed)
+        self.creates = dict(creates)
+        """Backend -> the profile and inputs of a create on it."""
+        self.first = list(first)
+        self.killed = list(killed)
+        self.kills: dict[str, int] = dict.fromkeys(killed, 0)
+        self.by_backend: dict[str, int] = dict.fromkeys(creates, 0)
+        self._cycles, self._kills, self._ttl = cycles, kills, ttl
+
+    @property
+    def done(self) -> bool:
+        return self.cycles >= self._cycles and sum(self.kills.values()) >= self._kills
+
+    async def loop(self, offset: int) -> None:
+        """Cycles until done, starting at the ``offset``-th backend."""
+        backends = list(self.creates)
+        turn = offset
+        while not self.done:
+            backend = backends[turn % len(backends)]
+            turn += 1
+            profile, inputs = self.creates[backend]
+            create_id = new_command_id()
+            sandbox_id = derive_sandbox_id(create_id)
+            created = await self.bus_command(
+                "create", sandbox_id, create_id, profile=profile, inputs=inputs, ttl=self._ttl
+            )
+            if created is not None:
+                await self.bus_command("destroy", sandbox_id, new_command_id())
+            self.by_backend[backend] += 1
+            self.cycles += 1
+
+    async def killer(self) -> None:
+        order = list(self.first)
+        self.rng.shuffle(order)
+        while not self.done:
+            await asyncio.sleep(self.rng.uniform(0.3, 2.5))
+            role = order.pop() if order else self.rng.choice(self.killed)
+            self.kills[role] += 1
+            await self.kill_and_restart(role)
+
+    async def run(self, loops: int) -> None:
+        """The killer and ``loops`` loops, until done."""
+        await asyncio.gather(self.killer(), *(self.loop(n) for n in range(loops)))

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Self
 
+from chaos.checks import Held
 from tests.doubles.daytona_double import DaytonaDouble, DaytonaServed
 from tests.doubles.e2b_double import E2bDouble, ServedE2b, served
 from tests.doubles.modal_double import ModalDouble
@@ -90,21 +91,20 @@ class HostedDoubles:
             self.modal.token_secret,
         ]
 
-    def live(self) -> dict[str, dict[str, int]]:
-        """Per backend, our sandbox id -> how many provider sandboxes of it exist now."""
+    async def held(self) -> list[Held]:
+        """What each provider holds of our sandboxes now (each labels its sandboxes with
+        ours: E2B's metadata, Daytona's labels, Modal's tags)."""
         labels = {
-            "ext.e2b": [r.metadata.get(LABEL) for r in self.e2b.live()],
-            "ext.daytona": [r.labels.get(LABEL) for r in self.daytona.live()],
-            "ext.modal": [r.tags.get(LABEL) for r in self.modal.running()],
+            ("E2B sandboxes", "ext.e2b"): [r.metadata.get(LABEL) for r in self.e2b.live()],
+            ("Daytona sandboxes", "ext.daytona"): [
+                r.labels.get(LABEL) for r in self.daytona.live()
+            ],
+            ("Modal sandboxes", "ext.modal"): [r.tags.get(LABEL) for r in self.modal.running()],
         }
-        found: dict[str, dict[str, int]] = {}
-        for backend, ids in labels.items():
-            counts: dict[str, int] = defaultdict(int)
-            for sandbox_id in ids:
-                if sandbox_id:
-                    counts[sandbox_id] += 1
-            found[backend] = dict(counts)
-        return found
+        return [
+            Held(what, frozenset({backend}), Counter(i for i in ids if i))
+            for (what, backend), ids in labels.items()
+        ]
 
     def violations(self) -> list[str]:
         """Requests of ours (or answers of the doubles) that broke a provider's spec."""
