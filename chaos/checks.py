@@ -687,8 +687,6 @@ async def check_all(
 
     note(
         "every_command_terminal",
-        "held_against_log",
-        "held_settles",
         await every_command_terminal(urls, sent or {}, timeout=terminal_timeout),
     )
     note("no_leaks", await no_leaks(urls, home))

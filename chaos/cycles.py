@@ -6,11 +6,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from chaos.checks import Sent
+from chaos.checks import (
+    Held,
+    Sent,
+    every_command_terminal,
+    held_settles,
+    no_double_debit,
+    no_secret_bytes,
+    read_log,
+    replay_equals_live,
+    still_serves,
+)
 from chaos.harness import ChaosService
+from chaos.outcomes import duplicated, failed_internally
 from sandboxer.client import CommandFailed
 from sandboxer.errors import SandboxerError
 from sandboxer.ids import derive_sandbox_id, new_command_id
@@ -101,6 +112,7 @@ class BackendCycles(Cycles):
         ttl: str | None = None,
     ) -> None:
         super().__init__(svc, seed)
+        self.seed = seed
         self.creates = dict(creates)
         """Backend -> the profile and inputs of a create on it."""
         self.first = list(first)
@@ -143,3 +155,42 @@ class BackendCycles(Cycles):
     async def run(self, loops: int) -> None:
         """The killer and ``loops`` loops, until done."""
         await asyncio.gather(self.killer(), *(self.loop(n) for n in range(loops)))
+
+    async def checked(
+        self,
+        read_held: Callable[[], Awaitable[Sequence[Held]]],
+        *,
+        settle: float,
+        serves: str,
+        secrets: Sequence[str] = (),
+    ) -> tuple[list[str], dict[str, object]]:
+        """The cycles' own problems and every check after them: each command terminal, what
+        ``read_held`` reads held against the log (waited for up to ``settle`` s), no double
+        debit, none of ``secrets`` in the log or any role's log, replay equal to live, a fresh
+        create of ``serves`` and its destroy, nothing recorded twice or rejected
+        ``internal_error``, no role crash. And the figures every such scenario prints."""
+        urls = self.svc.nats_urls
+        problems = list(self.problems)
+        problems += await every_command_terminal(urls, self.sent)
+        left, settled = await held_settles(urls, read_held, within=settle)
+        problems += left
+        problems += await no_double_debit(urls)
+        if secrets:
+            logs = list(self.svc.logs.iterdir())
+            problems += await no_secret_bytes(secrets, urls, files=logs)
+        problems += await replay_equals_live(urls)
+        problems += await still_serves(urls, profile=serves)
+        view = await read_log(urls)
+        problems += view.undecodable + duplicated(view, self.sent)
+        problems += failed_internally(view, self.sent)
+        problems += self.svc.crashed()
+        figures: dict[str, object] = {
+            "seed {}": self.seed,
+            "cycles": self.cycles,
+            **{b.removeprefix("ext."): n for b, n in self.by_backend.items()},
+            "kills": sum(self.kills.values()),
+            "resends": self.resends,
+            "settled in {} s": settled,
+            "slowest command {} s": self.slowest,
+        }
+        return problems, figures

@@ -18,19 +18,9 @@ import os
 import random
 from pathlib import Path
 
-from chaos.checks import (
-    every_command_terminal,
-    held_settles,
-    no_double_debit,
-    no_secret_bytes,
-    read_log,
-    replay_equals_live,
-    still_serves,
-)
 from chaos.cycles import BackendCycles
 from chaos.harness import ChaosService, Stopwatch, finish
 from chaos.hosted import HOSTED_PROFILES, HostedDoubles
-from chaos.outcomes import duplicated, failed_internally
 from chaos.result import ScenarioResult
 
 NAME = "kill-hosted"
@@ -62,29 +52,12 @@ async def run(workdir: Path) -> ScenarioResult:
                 ttl="10m",
             )
             await cycles.run(loops=4)
-            urls = svc.nats_urls
-            problems = list(cycles.problems)
-            problems += await every_command_terminal(urls, cycles.sent)
-            left, settled = await held_settles(urls, doubles.held, within=SETTLE)
-            problems += left
-            problems += await no_double_debit(urls)
-            logs = list(svc.logs.iterdir())
-            problems += await no_secret_bytes(doubles.secrets(), urls, files=logs)
-            problems += await replay_equals_live(urls)
-            problems += await still_serves(urls, profile=HOSTED_PROFILES["ext.e2b"])
-            view = await read_log(urls)
-            problems += view.undecodable + duplicated(view, cycles.sent)
-            problems += failed_internally(view, cycles.sent)
+            problems, figures = await cycles.checked(
+                doubles.held,
+                settle=SETTLE,
+                serves=HOSTED_PROFILES["ext.e2b"],
+                secrets=doubles.secrets(),
+            )
             problems += doubles.violations()
-            problems += svc.crashed()
-            figures: dict[str, object] = {
-                "seed {}": seed,
-                "cycles": cycles.cycles,
-                **{b.removeprefix("ext."): n for b, n in cycles.by_backend.items()},
-                "kills": sum(cycles.kills.values()),
-                "resends": cycles.resends,
-                "provider sandboxes made": doubles.made(),
-                "settled in {} s": settled,
-                "slowest command {} s": cycles.slowest,
-            }
+            figures["provider sandboxes made"] = doubles.made()
     return finish(NAME, watch, figures, problems)

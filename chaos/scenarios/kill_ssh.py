@@ -18,17 +18,8 @@ import os
 import random
 from pathlib import Path
 
-from chaos.checks import (
-    every_command_terminal,
-    held_settles,
-    no_double_debit,
-    read_log,
-    replay_equals_live,
-    still_serves,
-)
 from chaos.cycles import BackendCycles
 from chaos.harness import ChaosService, Stopwatch, finish
-from chaos.outcomes import duplicated, failed_internally
 from chaos.remote_hosts import COMPOSE_PROFILE, VM_PROFILE, RemoteHosts
 from chaos.result import ScenarioResult
 
@@ -60,25 +51,5 @@ async def run(workdir: Path) -> ScenarioResult:
                 kills=10,
             )
             await cycles.run(loops=6)  # a compose cycle mostly waits on its host: more at once
-            urls = svc.nats_urls
-            problems = list(cycles.problems)
-            problems += await every_command_terminal(urls, cycles.sent)
-            left, settled = await held_settles(urls, hosts.held, within=SETTLE)
-            problems += left
-            problems += await no_double_debit(urls)
-            problems += await replay_equals_live(urls)
-            problems += await still_serves(urls, profile=VM_PROFILE)
-            view = await read_log(urls)
-            problems += view.undecodable + duplicated(view, cycles.sent)
-            problems += failed_internally(view, cycles.sent)
-            problems += svc.crashed()
-            figures: dict[str, object] = {
-                "seed {}": seed,
-                "cycles": cycles.cycles,
-                **{b.removeprefix("ext."): n for b, n in cycles.by_backend.items()},
-                "kills": sum(cycles.kills.values()),
-                "resends": cycles.resends,
-                "settled in {} s": settled,
-                "slowest command {} s": cycles.slowest,
-            }
+            problems, figures = await cycles.checked(hosts.held, settle=SETTLE, serves=VM_PROFILE)
     return finish(NAME, watch, figures, problems)
