@@ -48,7 +48,7 @@ def garbage(rng: random.Random, i: int) -> Made:
 
 
 def not_an_object(rng: random.Random, i: int) -> Made:
-    value = rng.choice([[], [1, 2], 42, "create", None, True, 1e308, {"": []}])
+    value: object = rng.choice([[], [1, 2], 42, "create", None, True, 1e308, {"": []}])
     return f"sandboxer.cmd.{rng.choice(['create', 'destroy', 'pause'])}", json.dumps(value).encode()
 
 

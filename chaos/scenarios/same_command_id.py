@@ -41,7 +41,7 @@ async def run(workdir: Path) -> ScenarioResult:
             create_id = new_command_id()
             sandbox_id = derive_sandbox_id(create_id)
             sandboxes.append(sandbox_id)
-            create = {
+            create: dict[str, object] = {
                 "command_id": create_id,
                 "profile": "profile.local",
                 "inputs": {},
@@ -51,7 +51,11 @@ async def run(workdir: Path) -> ScenarioResult:
             sent[create_id] = Sent("create", sandbox_id)
             await _wait_status(svc, sandbox_id, {"ready", "failed"})
             destroy_id = new_command_id()
-            destroy = {"command_id": destroy_id, "sandbox_id": sandbox_id, "actor": ADMIN}
+            destroy: dict[str, object] = {
+                "command_id": destroy_id,
+                "sandbox_id": sandbox_id,
+                "actor": ADMIN,
+            }
             await asyncio.gather(*(_send(svc, "destroy", destroy, dedupe) for _ in range(COPIES)))
             sent[destroy_id] = Sent("destroy", sandbox_id)
             await _wait_status(svc, sandbox_id, {"destroyed", "failed"})
