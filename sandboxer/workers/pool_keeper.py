@@ -161,16 +161,15 @@ class PoolKeeper:
         try:
             reconciled = time.monotonic() - RECONCILE_EVERY  # at the first look: start clean
             while not stop.is_set():
-                quiet_for = time.monotonic() - self._last_claim
-                if quiet_for < QUIET_AFTER_CLAIM:
-                    await asyncio.sleep(QUIET_AFTER_CLAIM - quiet_for)
+                if (wait := self._claimed_lately()) > 0:
+                    await asyncio.sleep(wait)
                     continue
                 try:
                     await self.catch_up()
                     if time.monotonic() - reconciled >= RECONCILE_EVERY:
                         reconciled = time.monotonic()  # a failed round waits for the next
                         await self.reconcile()
-                    await self._refill()
+                    await self.refill_when_quiet()
                 except Exception as exc:
                     # The bus away, a backend failing: the pool waits, creates go cold meanwhile.
                     level = logging.INFO if is_unavailability(exc) else logging.WARNING
@@ -198,6 +197,21 @@ class PoolKeeper:
                 self.index.apply(seq, event)
                 self._last_seq[event.member_id] = seq
             self.index.position = max(self.index.position, seq)
+
+    def _claimed_lately(self) -> float:
+        """Seconds until the quiet after this keeper's last claim is over (0: it is)."""
+        return max(0.0, QUIET_AFTER_CLAIM - (time.monotonic() - self._last_claim))
+
+    async def refill_when_quiet(self) -> bool:
+        """Start making what the pools lack, unless a claim came within the quiet period:
+        whether it did. Asked again right before the refill, not only at the top of the loop:
+        a burst that begins while the keeper reads the log (or reconciles) would otherwise meet
+        a refill that started on its first claims (measured: 5 to 8 members made in the
+        first 0.08 to 0.17 s of a burst of 100 pooled creates, one burst in five)."""
+        if self._claimed_lately() > 0:
+            return False
+        await self._refill()
+        return True
 
     async def _refill(self) -> None:
         for profile in self._profiles.values():

@@ -542,6 +542,26 @@ async def test_a_removal_leaves_a_member_another_process_claimed(
         assert keeper.index.members[member_id].status == "claimed"
 
 
+async def test_no_refill_starts_while_claims_come_in(nats_server: Any, home: Path) -> None:
+    """A refill waits until claims have stopped for the quiet period, even when the keeper's
+    round began before the first claim (it was reading the log when a burst began): members
+    made then compete with the burst's creates for the one event loop."""
+    async with keepers(nats_server.url, home, min_ready=1, max_=1) as keeper_for:
+        keeper = keeper_for("a")
+        assert await keeper.refill_when_quiet()  # nothing claimed yet: makes one member
+        await asyncio.gather(*keeper._tasks)
+        (member_id,) = member_dirs(home)
+        profile = Catalog.load(home).profile("profile.warm")
+        assert await keeper.claim(profile, "sbxclaimed01", "job-1", retry=False) == member_id
+
+        assert not await keeper.refill_when_quiet()  # just claimed: the pool waits
+        assert not keeper._making
+        await asyncio.sleep(pool_keeper.QUIET_AFTER_CLAIM)
+        assert await keeper.refill_when_quiet()
+        assert len(keeper._making) == 1
+        await asyncio.gather(*keeper._tasks)
+
+
 async def test_reconcile_knows_members_another_process_made_since_its_catch_up(
     nats_server: Any, home: Path
 ) -> None:
