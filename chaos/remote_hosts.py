@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Self
 
+import pytest
+
 from chaos.checks import Held
 from sandboxer.extensions.compose_ssh.containers import PROJECT_LABEL, sandbox_of_project
 from sandboxer.extensions.ssh_targets import DIR_PREFIX
@@ -68,7 +70,10 @@ class RemoteHosts:
 
     async def __aenter__(self) -> Self:
         async with contextlib.AsyncExitStack() as stack:
-            self.engine = await asyncio.to_thread(DockerEngine.start)
+            try:
+                self.engine = await asyncio.to_thread(DockerEngine.start)
+            except pytest.fail.Exception as missing:  # the fixture's: a tool, and its install
+                raise RuntimeError(str(missing)) from None  # a scenario's failure, not the run's
             stack.push_async_callback(asyncio.to_thread, self.engine.stop)
             ssh = SshHosts(self.directory, _tool("sshd"))
             stack.push_async_callback(ssh.close)
