@@ -96,8 +96,8 @@ class Cycles:
 class BackendCycles(Cycles):
     """Create/destroy cycles that take the given backends in turn, while a seeded schedule
     kills -9 the given roles: each of ``first`` once (in a random order), then any of
-    ``killed``, 0.3 to 2.5 s apart, each restarted after a random pause. Done once there
-    were ``cycles`` cycles and ``kills`` kills."""
+    ``killed``, ``apart`` seconds apart (a random span), each restarted after a random
+    pause. Done once there were ``cycles`` cycles and ``kills`` kills."""
 
     def __init__(
         self,
@@ -110,6 +110,7 @@ class BackendCycles(Cycles):
         cycles: int,
         kills: int,
         ttl: str | None = None,
+        apart: tuple[float, float] = (0.3, 2.5),
     ) -> None:
         super().__init__(svc, seed)
         self.seed = seed
@@ -119,7 +120,7 @@ class BackendCycles(Cycles):
         self.killed = list(killed)
         self.kills: dict[str, int] = dict.fromkeys(killed, 0)
         self.by_backend: dict[str, int] = dict.fromkeys(creates, 0)
-        self._cycles, self._kills, self._ttl = cycles, kills, ttl
+        self._cycles, self._kills, self._ttl, self._apart = cycles, kills, ttl, apart
 
     @property
     def done(self) -> bool:
@@ -147,7 +148,7 @@ class BackendCycles(Cycles):
         order = list(self.first)
         self.rng.shuffle(order)
         while not self.done:
-            await asyncio.sleep(self.rng.uniform(0.3, 2.5))
+            await asyncio.sleep(self.rng.uniform(*self._apart))
             role = order.pop() if order else self.rng.choice(self.killed)
             self.kills[role] += 1
             await self.kill_and_restart(role)
