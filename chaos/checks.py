@@ -369,7 +369,9 @@ def held_against_log(view: LogView, held: Sequence[Held]) -> list[str]:
                 status = "unknown to the log" if state is None else state.status
                 problems.append(f"{holding.what}: {count} of {sandbox_id}, {status}")
             elif state.extension not in holding.backends:
-                problems.append(f"{holding.what}: {count} of {sandbox_id}, a {state.extension} one")
+                problems.append(
+                    f"{holding.what}: {count} of {sandbox_id}, placed on {state.extension}"
+                )
             elif count > holding.each:
                 problems.append(
                     f"{holding.what}: {sandbox_id} duplicated, {count} (one sandbox has "

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import sys
@@ -40,6 +41,7 @@ __all__ = [
     "bwrap_pids_under",
     "child_pids",
     "finish",
+    "run_seed",
 ]
 
 DEFAULT_ROLES: tuple[str, ...] = ("control", "projector", "meter", "ext.local", "gateway")
@@ -405,6 +407,12 @@ class ChaosService:
         for pid in bwrap_pids_under(self.home):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def run_seed() -> int:
+    """The seed of a scenario's random schedule: ``CHAOS_SEED`` (to replay a run's, printed in
+    its figures), or a fresh one."""
+    return int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
 
 
 def finish(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Self
@@ -22,6 +21,7 @@ from chaos.checks import Held
 from sandboxer.extensions.compose_ssh.containers import PROJECT_LABEL, sandbox_of_project
 from sandboxer.extensions.ssh_targets import DIR_PREFIX
 from sandboxer.ids import is_valid_sandbox_id
+from tests.conftest import require_tool
 from tests.integration.remote_fixtures import (
     TWO_SERVICE_COMPOSE,
     DockerEngine,
@@ -71,11 +71,12 @@ class RemoteHosts:
     async def __aenter__(self) -> Self:
         async with contextlib.AsyncExitStack() as stack:
             try:
+                sshd = require_tool("sshd", "openssh-server")
                 self.engine = await asyncio.to_thread(DockerEngine.start)
-            except pytest.fail.Exception as missing:  # the fixture's: a tool, and its install
+            except pytest.fail.Exception as missing:  # the fixtures': a tool, and its install
                 raise RuntimeError(str(missing)) from None  # a scenario's failure, not the run's
             stack.push_async_callback(asyncio.to_thread, self.engine.stop)
-            ssh = SshHosts(self.directory, _tool("sshd"))
+            ssh = SshHosts(self.directory, sshd)
             stack.push_async_callback(ssh.close)
             self.hosts = await ssh(2, env=self.engine.env, compose_cmd=self.engine.compose_cmd)
             write_remote_home(self.home, self.hosts, PROFILES)
@@ -132,13 +133,3 @@ class RemoteHosts:
                 elif name.endswith(".json") and is_valid_sandbox_id(name.removesuffix(".json")):
                     markers[name.removesuffix(".json")] += 1
         return directories, markers
-
-
-def _tool(name: str) -> str:
-    """The path of ``sshd`` (``make system-deps`` installs it); RuntimeError naming the fix."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-    if found is None:
-        raise RuntimeError(
-            f"{name!r} is missing: apt-get install -y openssh-server (or make system-deps)"
-        )
-    return found

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from chaos.checks import Sent, check_all, every_command_terminal, no_leaks, read_log
-from chaos.harness import ADMIN, ChaosService, Stopwatch, finish
+from chaos.harness import ADMIN, ChaosService, Stopwatch, finish, run_seed
 from chaos.result import ScenarioResult
 from sandboxer import subjects
 from sandboxer.ids import new_command_id
@@ -76,7 +75,7 @@ async def _publish_mixed(svc: ChaosService, sandbox_id: str, rng: random.Random)
 
 async def run(workdir: Path) -> ScenarioResult:
     watch = Stopwatch()
-    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    seed = run_seed()
     rng = random.Random(seed)
     problems: list[str] = []
     async with ChaosService(workdir, roles=ROLES) as svc:

@@ -14,12 +14,10 @@ what the log calls live on it (``checks.held_against_log``). The seed is in the 
 
 from __future__ import annotations
 
-import os
-import random
 from pathlib import Path
 
 from chaos.cycles import BackendCycles
-from chaos.harness import ChaosService, Stopwatch, finish
+from chaos.harness import ChaosService, Stopwatch, finish, run_seed
 from chaos.hosted import HOSTED_PROFILES, HostedDoubles
 from chaos.result import ScenarioResult
 
@@ -36,7 +34,7 @@ FUNDS = 10_000_000_000
 
 async def run(workdir: Path) -> ScenarioResult:
     watch = Stopwatch()
-    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    seed = run_seed()
     async with HostedDoubles(workdir) as doubles:
         env = doubles.env | {"SANDBOXER_LEAK_SWEEP_INTERVAL": str(SWEEP)}
         async with ChaosService(workdir, roles=ROLES, env=env) as svc:

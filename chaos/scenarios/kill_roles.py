@@ -11,8 +11,6 @@ the figures; ``CHAOS_SEED`` replays a run's schedule of kills.
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,8 +18,8 @@ from pathlib import Path
 import httpx
 
 from chaos.checks import Sent, check_all
-from chaos.cycles import Cycles
-from chaos.harness import DEFAULT_ROLES, ChaosService, Stopwatch, finish
+from chaos.cycles import BackendCycles
+from chaos.harness import DEFAULT_ROLES, ChaosService, Stopwatch, finish, run_seed
 from chaos.result import ScenarioResult
 from sandboxer.cli.key_commands import create_key
 from sandboxer.ids import derive_sandbox_id, new_command_id
@@ -47,28 +45,23 @@ def _error_code(answer: httpx.Response) -> str:
         return ""
 
 
-class Run(Cycles):
-    """What the loops share (chaos/cycles.py), and the kills of each role."""
+class Run(BackendCycles):
+    """The bus loops and the kills of every role (chaos/cycles.py), and the loop over HTTP."""
 
     attempts = ATTEMPTS
     wait = WAIT
 
     def __init__(self, svc: ChaosService, seed: int) -> None:
-        super().__init__(svc, seed)
+        super().__init__(
+            svc,
+            seed,
+            creates={"ext.local": ("profile.local", {})},
+            first=DEFAULT_ROLES,
+            killed=DEFAULT_ROLES,
+            cycles=CYCLES,
+            kills=MIN_KILLS,
+        )
         self.http_cycles = 0
-        self.kills: dict[str, int] = dict.fromkeys(DEFAULT_ROLES, 0)
-
-    @property
-    def done(self) -> bool:
-        return self.cycles >= CYCLES and sum(self.kills.values()) >= MIN_KILLS
-
-    async def bus_loop(self) -> None:
-        while not self.done:
-            create_id = new_command_id()
-            sandbox_id = derive_sandbox_id(create_id)
-            if await self.bus_command("create", sandbox_id, create_id):
-                await self.bus_command("destroy", sandbox_id, new_command_id())
-            self.cycles += 1
 
     async def http_send(
         self, http: httpx.AsyncClient, method: str, path: str
@@ -122,20 +115,10 @@ class Run(Cycles):
                 self.cycles += 1
                 self.http_cycles += 1
 
-    async def killer(self) -> None:
-        """Every role once (in a random order), then random roles, at random moments."""
-        order = list(DEFAULT_ROLES)
-        self.rng.shuffle(order)
-        while not self.done:
-            await asyncio.sleep(self.rng.uniform(0.3, 2.5))
-            role = order.pop() if order else self.rng.choice(DEFAULT_ROLES)
-            self.kills[role] += 1
-            await self.kill_and_restart(role)
-
 
 async def run(workdir: Path) -> ScenarioResult:
     watch = Stopwatch()
-    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    seed = run_seed()
     async with ChaosService(workdir) as svc:
         key, _ = await create_key(
             svc.client,
@@ -146,8 +129,7 @@ async def run(workdir: Path) -> ScenarioResult:
             rate_per_second=1000,
         )
         state = Run(svc, seed)
-        loops = [state.bus_loop() for _ in range(BUS_LOOPS)]
-        await asyncio.gather(state.killer(), state.http_loop(key), *loops)
+        await asyncio.gather(state.run(loops=BUS_LOOPS), state.http_loop(key))
         problems = state.problems + await check_all(svc.nats_urls, svc.home, sent=state.sent)
         problems += svc.crashed()
         figures: dict[str, object] = {

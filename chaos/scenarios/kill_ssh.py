@@ -14,12 +14,10 @@ The seed is in the figures; ``CHAOS_SEED`` replays a run's schedule of kills.
 
 from __future__ import annotations
 
-import os
-import random
 from pathlib import Path
 
 from chaos.cycles import BackendCycles
-from chaos.harness import ChaosService, Stopwatch, finish
+from chaos.harness import ChaosService, Stopwatch, finish, run_seed
 from chaos.remote_hosts import COMPOSE_PROFILE, VM_PROFILE, RemoteHosts
 from chaos.result import ScenarioResult
 
@@ -33,7 +31,7 @@ SETTLE = 30.0
 
 async def run(workdir: Path) -> ScenarioResult:
     watch = Stopwatch()
-    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    seed = run_seed()
     svc = ChaosService(workdir, roles=ROLES)
     async with RemoteHosts(workdir, svc.home) as hosts:
         svc.extra_env["SANDBOXER_INPUT_ROOTS"] = str(hosts.repos)

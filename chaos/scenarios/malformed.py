@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import Any
 from nats.errors import Error as NatsError
 
 from chaos.checks import LogView, check_all, read_log
-from chaos.harness import ChaosService, Stopwatch, finish
+from chaos.harness import ChaosService, Stopwatch, finish, run_seed
 from chaos.result import ScenarioResult
 
 NAME = "malformed"
@@ -197,7 +196,7 @@ KINDS: list[Callable[[random.Random, int], Made]] = [
 
 async def run(workdir: Path) -> ScenarioResult:
     watch = Stopwatch()
-    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    seed = run_seed()
     rng = random.Random(seed)
     problems: list[str] = []
     async with ChaosService(workdir) as svc:

@@ -17,15 +17,13 @@ directory with the log and refill it (docs/pools.md). The seed is in the figures
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
 from collections import Counter
 from pathlib import Path
 
 from chaos.checks import LogView, check_all, pool_claims_once, read_log
 from chaos.cycles import Cycles
-from chaos.harness import DEFAULT_ROLES, ChaosService, HarnessError, Stopwatch, finish
+from chaos.harness import DEFAULT_ROLES, ChaosService, HarnessError, Stopwatch, finish, run_seed
 from chaos.outcomes import duplicated, failed_internally
 from chaos.result import ScenarioResult
 from sandboxer.errors import SandboxerError
@@ -136,7 +134,7 @@ def claims_redelivered(view: LogView) -> int:
 
 async def run(workdir: Path) -> ScenarioResult:
     watch = Stopwatch()
-    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    seed = run_seed()
     svc = ChaosService(workdir, roles=ROLES)
     (svc.home / "profiles").mkdir()
     (svc.home / "profiles" / f"{PROFILE}.yaml").write_text(WARM_PROFILE)

@@ -69,7 +69,7 @@ def test_leaks_duplicates_and_losses_are_found() -> None:
     ]
     assert held_against_log(log.view, found) == [
         "E2B: sbxlive duplicated, 2 (one sandbox has 1)",
-        "E2B: 1 of sbxlost, a ext.daytona one",
+        "E2B: 1 of sbxlost, placed on ext.daytona",
         "E2B: 1 of sbxnever, unknown to the log",
         "Daytona: sbxlost ready in the log, 0 of 1 there",
         "containers: sbxhalf ready in the log, 1 of 2 there",
