@@ -24,6 +24,7 @@ The tree::
     │   ├── ConcurrencyConflict an append lost the optimistic-concurrency race
     │   │   └── PublishConflict the stream refused a publish's expected sequence
     │   ├── StreamUnavailable   a stream had no leader (or timed out) for longer than the budget
+    │   ├── FetchFailed         a consumer refused or did not answer a worker's pull request
     │   ├── RequestError        a query or admin request was malformed or named nothing
     │   ├── ReplayUnsupported   the raw replay reader cannot serve this connection
     │   ├── WorkerLost          (clients) the worker running an exec stopped answering mid-way
@@ -63,6 +64,7 @@ __all__ = [
     "DeliveryFailed",
     "DeliveryRefused",
     "ExtensionError",
+    "FetchFailed",
     "HostKeyRejected",
     "HostUnreachable",
     "InputOutsideRoots",
@@ -295,6 +297,13 @@ class StreamUnavailable(BusError):
     """A stream answered "no responders" or timed out for longer than the retry budget."""
 
     code = "stream_unavailable"
+
+
+class FetchFailed(BusError):
+    """A durable consumer answered a worker's pull request with an error (``409``, ``503``:
+    gone, without a leader, no responders), or did not answer it at all."""
+
+    code = "fetch_failed"
 
 
 class RequestError(BusError):

@@ -54,6 +54,7 @@ from nats.js.errors import NotFoundError
 from sandboxer import subjects
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.guarded_durable import CHECK_EVERY, GuardedDurable
+from sandboxer.bus.pull_requests import PullRequests, connection_of
 from sandboxer.bus.responder import Responder
 from sandboxer.config.settings import Settings
 from sandboxer.errors import ConfigError, DeliveryFailed, DeliveryRefused, SandboxerError
@@ -236,19 +237,19 @@ class StateHubFollower:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver events until ``stop``; the event in hand then goes back to the server."""
         await self.ensure_consumer()
-        psub = await self._js.pull_subscribe_bind(durable=DURABLE, stream=subjects.EVENTS_STREAM)
+        requests = PullRequests(connection_of(self._js), subjects.EVENTS_STREAM, DURABLE)
+        await requests.open()
         log.info("state hub projection to %s started", self.delivery.shown_url)
         try:
             # The guard looks in a task of its own: no fetch waits for a look, and a remake
             # racing a fetch or an ack loses nothing (bus/guarded_durable.py says why).
             async with self._durable.watching():
                 while not stop.is_set():
-                    msg = await fetch_one(psub, DURABLE)
+                    msg = await fetch_one(requests, DURABLE)
                     if isinstance(msg, Msg):
                         await self._hold(msg, stop)
         finally:
-            with contextlib.suppress(NatsError):
-                await psub.unsubscribe()
+            await requests.close()
 
     async def _hold(self, msg: Msg, stop: asyncio.Event) -> None:
         """Handle ``msg`` under heartbeats, then acknowledge it; on ``stop`` give it back."""

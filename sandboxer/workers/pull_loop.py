@@ -39,15 +39,15 @@ import stamina
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
 from sandboxer.bus.guarded_durable import CHECK_EVERY, GuardedDurable
-from sandboxer.bus.publish import is_transient, is_unavailability
-from sandboxer.errors import ConcurrencyConflict
+from sandboxer.bus.publish import is_unavailability
+from sandboxer.bus.pull_requests import PullRequests, connection_of
+from sandboxer.errors import ConcurrencyConflict, FetchFailed
 
 __all__ = ["ConsumerSpec", "fetch_one", "fetch_some", "run_pull_consumer"]
 
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 IDLE_POLL = 0.5
 """Seconds a fetch waits for work; also how long a stop takes to be noticed. The fetch is
 waited out, not cancelled: a message delivered to a cancelled fetch would be taken and
-dropped (nats-py cannot withdraw a pull request), and wait unacknowledged for ``ack_wait``."""
+dropped (a pull request cannot be withdrawn), and wait unacknowledged for ``ack_wait``."""
 
 MAX_RETRY_DELAY = 5.0
 """Longest wait before a failed message comes back: an election (4-7 s) is retried within it."""
@@ -142,45 +142,38 @@ def retry_delay(msg: Msg) -> float:
 
 
 FETCH_FAILED = object()
-"""What :func:`fetch_one` gives when the fetch itself failed (not: nothing to fetch)."""
+"""What :func:`fetch_one` and :func:`fetch_some` give when the fetch itself failed (not:
+nothing to fetch)."""
 
 CHECK_AFTER_FAILURES = 5
 """Fetches failed in a row after which the loop asks whether its consumer still exists."""
 
 
-async def fetch_one(psub: JetStreamContext.PullSubscription, durable: str) -> Msg | object | None:
+async def fetch_one(requests: PullRequests, durable: str) -> Msg | object | None:
     """The next message, as soon as there is one (or None after ``IDLE_POLL``;
     :data:`FETCH_FAILED` as :func:`fetch_some`)."""
-    msgs = await fetch_some(psub, durable, 1)
+    msgs = await fetch_some(requests, durable, 1)
     if not isinstance(msgs, list):
         return msgs
     return msgs[0] if msgs else None
 
 
-async def fetch_some(
-    psub: JetStreamContext.PullSubscription, durable: str, most: int
-) -> list[Msg] | object:
+async def fetch_some(requests: PullRequests, durable: str, most: int) -> list[Msg] | object:
     """As soon as there is a message, it and those already waiting behind it, up to ``most``
-    of them (and any an earlier fetch left behind, which nats-py hands over first); none
-    after ``IDLE_POLL``.
+    of them (and any an earlier request delivered after it was given up on); none after
+    ``IDLE_POLL`` (bus/pull_requests.py: one request at a time, so none is left behind
+    to hold the next message).
     :data:`FETCH_FAILED` when the fetch itself failed, after a pause: a durable being made
-    again by its guard, bus/guarded_durable.py, fails a fetch as "no responders".
+    again by its guard, bus/guarded_durable.py, refuses a request ("no responders").
 
-    A fetch of ``most`` returns once the first message is in and the server has said none
-    else waits (nats-py 2.16 asks with ``no_wait``; measured 2026-12-06: one message 0.1 s
-    into an idle fetch of ten came back at 0.102 s). So a burst of commands costs a pull
-    request for each batch of them, not one for each (docs/performance.md#the-bursts).
-    An idle fetch of many returns about 0.1 ms later than one of one would: the server's
-    word that no more wait follows the message.
+    So a burst of commands costs a pull request for each batch of them, not one for each
+    (docs/performance.md#the-bursts).
     """
     try:
-        return await psub.fetch(batch=most, timeout=IDLE_POLL)
-    except (TimeoutError, NatsTimeout):
-        return []
-    except (ServiceUnavailableError, NatsError) as exc:
+        return await requests.fetch(most, IDLE_POLL)
+    except FetchFailed as exc:
         # No consumer leader yet (just created, or mid-election), or reconnecting: wait.
-        if not is_transient(exc):
-            log.warning("%s: fetching failed: %r; trying again", durable, exc)
+        log.info("%s: %s; trying again", durable, exc)
         await asyncio.sleep(IDLE_POLL)
         return FETCH_FAILED
 
@@ -213,26 +206,20 @@ class _Room:
         self._freed.set()
 
 
-async def _rebind_if_gone(
-    js: JetStreamContext,
-    spec: ConsumerSpec,
-    guard: GuardedDurable | None,
-    psub: JetStreamContext.PullSubscription,
-) -> JetStreamContext.PullSubscription:
-    """``psub``, or, when its consumer no longer exists (deleted by hand, or lost with a
-    stream's state), a subscription to the consumer made again: fetching from a consumer
-    that is gone fails for ever, and the worker would look alive doing nothing."""
+async def _remake_if_gone(
+    js: JetStreamContext, spec: ConsumerSpec, guard: GuardedDurable | None
+) -> None:
+    """Make the consumer again when it no longer exists (deleted by hand, or lost with a
+    stream's state): fetching from a consumer that is gone fails for ever, and the worker
+    would look alive doing nothing. Its pull requests need nothing new: they name it."""
     try:
         await js.consumer_info(spec.stream, spec.durable)
-        return psub
+        return
     except NotFoundError:
         log.warning("%s: its consumer is gone; making it again", spec.durable)
     except NatsError:
-        return psub  # the bus is not answering: the fetches go on waiting for it
+        return  # the bus is not answering: the fetches go on waiting for it
     await _ensure_consumer(js, spec, guard)
-    with contextlib.suppress(NatsError):
-        await psub.unsubscribe()
-    return await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
 
 
 _BEATS: set[asyncio.Task[None]] = set()
@@ -361,7 +348,8 @@ async def run_pull_consumer(
     events stream needs for its guard (bus/guarded_durable.py)."""
     guard = _guard(spec, nc, home)
     await _ensure_consumer(js, spec, guard)
-    psub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+    requests = PullRequests(connection_of(js), spec.stream, spec.durable)
+    await requests.open()
     room = _Room(spec.concurrency)
     in_flight: set[asyncio.Task[None]] = set()
     outcomes = _Outcomes(spec, handler, on_poison)
@@ -379,14 +367,14 @@ async def run_pull_consumer(
         async with guard.watching() if guard else contextlib.nullcontext():
             while not stop.is_set():
                 await room.wait()
-                msgs = await fetch_some(psub, spec.durable, room.free)
+                msgs = await fetch_some(requests, spec.durable, room.free)
                 failures = failures + 1 if msgs is FETCH_FAILED else 0
                 if failures >= CHECK_AFTER_FAILURES:
                     failures = 0
-                    psub = await _rebind_if_gone(js, spec, guard, psub)
+                    await _remake_if_gone(js, spec, guard)
                 for msg in msgs if isinstance(msgs, list) else []:
-                    # nats-py hands over what an earlier fetch left behind as well: one past
-                    # the room asked for waits for it, so no more than ``concurrency`` run.
+                    # A fetch hands over what an earlier request delivered late as well: one
+                    # past the room asked for waits for it, so no more than ``concurrency`` run.
                     await room.wait()
                     room.take()
                     task = asyncio.create_task(handle(msg))
@@ -395,4 +383,4 @@ async def run_pull_consumer(
     finally:
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
-        await psub.unsubscribe()
+        await requests.close()

@@ -14,6 +14,7 @@ from nats.js.errors import NotFoundError
 
 from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.pull_requests import PullRequests, connection_of
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.errors import BusError, StreamUnavailable
 from sandboxer.workers import pull_loop
@@ -242,11 +243,9 @@ async def test_a_burst_is_fetched_in_batches_never_past_the_concurrency(
     fetches: list[int] = []
     fetch_some = pull_loop.fetch_some
 
-    async def counted(
-        psub: JetStreamContext.PullSubscription, durable: str, most: int
-    ) -> list[Msg] | object:
+    async def counted(requests: PullRequests, durable: str, most: int) -> list[Msg] | object:
         fetches.append(most)
-        return await fetch_some(psub, durable, most)
+        return await fetch_some(requests, durable, most)
 
     monkeypatch.setattr(pull_loop, "fetch_some", counted)
     running_now = 0
@@ -289,7 +288,8 @@ async def test_a_fetch_of_many_returns_with_its_first_message(
         spec.stream,
         ConsumerConfig(durable_name=spec.durable, filter_subject=spec.filter_subject),
     )
-    psub = await js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+    requests = PullRequests(connection_of(js), spec.stream, spec.durable)
+    await requests.open()
 
     async def publish_soon() -> None:
         await asyncio.sleep(0.1)
@@ -297,9 +297,66 @@ async def test_a_fetch_of_many_returns_with_its_first_message(
 
     publishing = asyncio.create_task(publish_soon())
     async with asyncio.timeout(15):  # half the poll: it came back with the message, not after
-        msgs = await pull_loop.fetch_some(psub, spec.durable, 10)
+        msgs = await pull_loop.fetch_some(requests, spec.durable, 10)
     await publishing
     assert isinstance(msgs, list)
     assert [msg.data for msg in msgs] == [b"first"]
     await msgs[0].ack()
-    await psub.unsubscribe()
+    await requests.close()
+
+
+async def test_a_command_after_an_idle_poll_is_not_held_for_a_whole_poll(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After polls that ran out idle, two messages a moment apart are each handled at once,
+    and the server never holds more than one pull request of the loop. (nats-py's fetch
+    of many left a request behind after an idle poll, which took the next message but one
+    and held it until the request expired: a destroy right after its create waited about
+    half a second. bus/pull_requests.py)"""
+    monkeypatch.setattr(pull_loop, "IDLE_POLL", 1.0)
+    spec = spec_for("idle")
+    recorder = Recorder()
+    held: list[int] = []
+
+    async def body() -> None:
+        for _ in range(45):  # across four polls' ends, each a chance to leave one behind
+            held.append(await waiting_fetches(js, spec))
+            await asyncio.sleep(0.1)
+        for name in (b"first", b"second"):
+            await js.publish(f"sandboxer.job.idle.{name.decode()}", name)
+            # Half the poll: a message held by a request left behind waits out the poll.
+            await until(lambda name=name: name in recorder.handled, 0.5)  # type: ignore[misc]
+            held.append(await waiting_fetches(js, spec))
+
+    await running(js, spec, recorder, body)
+    assert recorder.handled == [b"first", b"second"]
+    assert max(held) <= 1
+
+
+async def test_a_status_for_an_earlier_request_does_not_end_the_one_waiting(
+    js: JetStreamContext,
+) -> None:
+    """Each pull request has its own reply subject: a late ``408`` of one given up on (a
+    lost connection) is dropped, and the request waiting still hands over its message."""
+    spec = spec_for("stale")
+    await js.add_consumer(
+        spec.stream,
+        ConsumerConfig(durable_name=spec.durable, filter_subject=spec.filter_subject),
+    )
+    nc = connection_of(js)
+    requests = PullRequests(nc, spec.stream, spec.durable)
+    await requests.open()
+    try:
+        fetching = asyncio.create_task(requests.fetch(10, 20.0))
+        await asyncio.sleep(0.1)
+        stale = f"{requests.inbox}.0"  # no request of these has that number
+        await nc.publish(stale, b"", headers={"Status": "408", "Description": "Request Timeout"})
+        await asyncio.sleep(0.1)
+        assert not fetching.done()
+        await js.publish("sandboxer.job.stale.a", b"a")
+        async with asyncio.timeout(10):  # half its wait: with the message, not after
+            msgs = await fetching
+        assert [msg.data for msg in msgs] == [b"a"]
+        await msgs[0].ack()
+    finally:
+        await requests.close()
