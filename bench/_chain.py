@@ -3,8 +3,9 @@
 By the contract (a durable command, one event per transition, every append
 carrying its aggregate's expected last sequence) a create served by a warm
 pool is six JetStream round trips in a row (docs/performance.md, "The warm
-path"). This module runs that chain and nothing else, with nats-py alone: no
-sandboxer code, no decoding beyond finding an id, no decisions.
+path"). This module runs that chain and nothing else, with nats-py and the pull requests
+the real loop sends (bus/pull_requests.py): no other sandboxer code, no decoding
+beyond finding an id, no decisions.
 
 - the client subscribes to the sandbox's events, then publishes the command
   (awaiting its ack);
@@ -19,7 +20,8 @@ sandboxer code, no decoding beyond finding an id, no decisions.
 Both consumers run in one process (``python bench/_chain.py --serve URL``), as
 control and the extension worker do under ``sandboxer up``, with the real
 pull loop's mechanics: a durable pull consumer with explicit ack, each fetch
-taking what waits (up to 64), each message handled in a task of its own. The streams are
+taking what waits (up to 64) with the loop's own pull requests, each message
+handled in a task of its own. The streams are
 scratch ones of this module (``BENCH_CHAIN_*``), so a service running beside it
 on the same server is untouched.
 
@@ -50,9 +52,11 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+
+from sandboxer.bus.pull_requests import PullRequests, connection_of
+from sandboxer.errors import FetchFailed
 
 CMD_STREAM, CMD_SUBJECT = "BENCH_CHAIN_CMD", "bench.chain.cmd"
 EVT_STREAM, EVT_PREFIX = "BENCH_CHAIN_EVT", "bench.chain.evt"
@@ -132,22 +136,26 @@ async def _provision(js: JetStreamContext, sandbox: str, after: int) -> None:
 
 
 async def _pull_loop(js: JetStreamContext, stream: str, durable: str, role: str) -> None:
-    """Fetch what waits, up to ``FETCH_MOST`` at a time (as pull_loop's ``fetch_some``), each
-    message handled in its own task."""
+    """Fetch what waits, up to ``FETCH_MOST`` at a time, each message handled in its own task:
+    with the pull requests the real loop sends (bus/pull_requests.py, one at a time, each
+    waited to its end), the one piece of sandboxer here. nats-py's own fetch of many left a
+    request behind after an idle poll, which held the next message but one until it
+    expired: the skeleton's chain then took 250-380 ms in most runs of ``make bench``."""
     await js.add_consumer(
         stream,
         ConsumerConfig(
             durable_name=durable, name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=5.0
         ),
     )
-    psub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    requests = PullRequests(connection_of(js), stream, durable)
+    await requests.open()
     handle = _control if role == "control" else _worker
     while True:
         try:
-            msgs = await psub.fetch(batch=FETCH_MOST, timeout=IDLE_POLL)
-        except (TimeoutError, NatsTimeout):
-            continue
-        except NatsError as exc:  # no consumer leader yet, or reconnecting: wait, as pull_loop does
+            msgs = await requests.fetch(FETCH_MOST, IDLE_POLL)
+        except (
+            FetchFailed
+        ) as exc:  # no consumer leader yet, or reconnecting: wait, as pull_loop does
             print(f"{durable}: fetching failed: {exc!r}", file=sys.stderr, flush=True)
             await asyncio.sleep(IDLE_POLL)
             continue
@@ -250,7 +258,7 @@ async def chain_service(url: str, nc: NATS, log: Path) -> AsyncIterator[None]:
             stdout=out,
             stderr=out,
         )
-    from _harness import stop_process  # here: the --serve process imports nats-py alone
+    from _harness import stop_process  # here: the --serve process needs none of the harness
 
     try:
         await _until_answering(nc, js, process, log)
