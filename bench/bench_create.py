@@ -29,7 +29,8 @@ And before each warm create, after the same 50 ms idle, it times the chain
 itself with no work in it (``_chain.py``): a command published, ``requested``
 and ``routed`` appended, a job published, ``provisioning`` appended beside a
 member's ``claimed``, then ``ready``, each awaiting its ack, with the same
-headers, consumers and processes as the real path, but no sandboxer code.
+headers, consumers and processes as the real path, and no sandboxer code but the
+pull requests its consumers fetch with (``bus/pull_requests.py``, as the real loop).
 The row "create→ready warm p50 vs the same chain" divides the warm create by
 that skeleton: what the service's own work adds to the bus's floor. Beside it,
 after the same idle, the shortest chain DESIGN.md allows (the same without
