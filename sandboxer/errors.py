@@ -301,9 +301,14 @@ class StreamUnavailable(BusError):
 
 class FetchFailed(BusError):
     """A durable consumer answered a worker's pull request with an error (``409``, ``503``:
-    gone, without a leader, no responders), or did not answer it at all."""
+    gone, without a leader, no responders), or did not answer it at all. ``passing``: what
+    an election or a reconnect causes, and ends by itself."""
 
     code = "fetch_failed"
+
+    def __init__(self, message: str, *, passing: bool) -> None:
+        super().__init__(message)
+        self.passing = passing
 
 
 class RequestError(BusError):

@@ -51,6 +51,9 @@ _ENDED = frozenset({"404", "408"})
 """Statuses that end a request with nothing wrong: nothing (more) waits, or it expired."""
 
 _HEARTBEAT = "100"
+_NO_RESPONDERS = "503"
+"""No consumer answers its subject: not led yet, or being made again (bus/guarded_durable.py)."""
+_LEADERSHIP_CHANGE = "Leadership Change"
 _STATUS = "Status"
 _DESCRIPTION = "Description"
 _PENDING = "Requests Pending"
@@ -110,7 +113,9 @@ class PullRequests:
         try:
             await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply)
         except NatsError as exc:
-            raise FetchFailed(f"asking {self._next_subject} for messages: {exc!r}") from exc
+            raise FetchFailed(
+                f"asking {self._next_subject} for messages: {exc!r}", passing=True
+            ) from exc
         got: list[Msg] = []
         try:
             async with asyncio.timeout(wait + GRACE):
@@ -125,7 +130,8 @@ class PullRequests:
             if not got:
                 raise FetchFailed(
                     f"{self._next_subject} did not answer a pull request within "
-                    f"{wait + GRACE:g} s (no consumer leader, or the connection was lost)"
+                    f"{wait + GRACE:g} s (no consumer leader, or the connection was lost)",
+                    passing=True,
                 ) from None
         return got
 
@@ -139,7 +145,10 @@ class PullRequests:
             # Asked again for one, lingering: it ends with the first message that is not
             # another's, where a no-wait request would be refused again at once.
             return await self._request(1, wait, {"batch": 1})
-        raise FetchFailed(f"{self._next_subject} refused a pull request: {status} {description}")
+        raise FetchFailed(
+            f"{self._next_subject} refused a pull request: {status} {description}",
+            passing=status == _NO_RESPONDERS or description == _LEADERSHIP_CHANGE,
+        )
 
 
 def connection_of(js: JetStreamContext) -> Client:

@@ -173,7 +173,7 @@ async def fetch_some(requests: PullRequests, durable: str, most: int) -> list[Ms
         return await requests.fetch(most, IDLE_POLL)
     except FetchFailed as exc:
         # No consumer leader yet (just created, or mid-election), or reconnecting: wait.
-        log.info("%s: %s; trying again", durable, exc)
+        log.log(logging.INFO if exc.passing else logging.WARNING, "%s: %s; again", durable, exc)
         await asyncio.sleep(IDLE_POLL)
         return FETCH_FAILED
 

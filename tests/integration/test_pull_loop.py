@@ -16,7 +16,7 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.pull_requests import PullRequests, connection_of
 from sandboxer.bus.streams import ensure_streams
-from sandboxer.errors import BusError, StreamUnavailable
+from sandboxer.errors import BusError, FetchFailed, StreamUnavailable
 from sandboxer.workers import pull_loop
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from tests.waiting import until
@@ -358,5 +358,23 @@ async def test_a_status_for_an_earlier_request_does_not_end_the_one_waiting(
             msgs = await fetching
         assert [msg.data for msg in msgs] == [b"a"]
         await msgs[0].ack()
+    finally:
+        await requests.close()
+
+
+async def test_a_pull_request_to_a_consumer_that_is_not_there_fails_and_says_so(
+    js: JetStreamContext,
+) -> None:
+    """No consumer answers the request ("no responders"): the fetch fails at once, as a
+    passing failure (a durable being made again, a consumer not led yet), not after its
+    wait, and the loop's failure count takes it from there."""
+    requests = PullRequests(connection_of(js), "SANDBOXER_JOBS", "nobody")
+    await requests.open()
+    try:
+        async with asyncio.timeout(10):  # half the wait: refused, not waited out
+            with pytest.raises(FetchFailed) as failed:
+                await requests.fetch(5, 20.0)
+        assert failed.value.passing
+        assert "SANDBOXER_JOBS.nobody" in str(failed.value)
     finally:
         await requests.close()
