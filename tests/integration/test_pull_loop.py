@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
@@ -378,3 +379,36 @@ async def test_a_pull_request_to_a_consumer_that_is_not_there_fails_and_says_so(
         assert "SANDBOXER_JOBS.nobody" in str(failed.value)
     finally:
         await requests.close()
+
+
+async def test_the_loop_serves_again_once_its_server_is_back(tmp_path: Path) -> None:
+    """The only server stops while the loop waits on a pull request, and starts again on
+    the same port and store: the request died with it, no status will come, and the loop
+    asks again once the connection is back. A message published then is handled once."""
+    store = tmp_path / "nats"
+    server = await NatsServerProcess(store, server_name="pull-restart").start()
+    port = server.port
+    nc = await connect([server.url], name="test")
+    js = nc.jetstream()
+    spec = spec_for("restart")
+    recorder = Recorder()
+    try:
+        await ensure_streams(js)
+
+        async def body() -> None:
+            nonlocal server
+            await js.publish("sandboxer.job.restart.a", b"before")
+            await until(lambda: b"before" in recorder.handled, 10)
+            await server.stop()
+            await asyncio.sleep(1.0)  # the request in flight is gone with the server
+            server = await NatsServerProcess(store, port=port, server_name="pull-restart").start()
+            await until(lambda: nc.is_connected, 30)
+            await js.publish("sandboxer.job.restart.b", b"after")
+            await until(lambda: b"after" in recorder.handled, 30)
+
+        await running(js, spec, recorder, body)
+        assert recorder.handled == [b"before", b"after"]
+        assert all(count == 1 for count in recorder.deliveries.values())
+    finally:
+        await nc.close()
+        await server.stop()
