@@ -37,6 +37,9 @@ ORDER = (
 DEFAULT_DEADLINE = 180.0
 SUITE_DEADLINE = 25 * 60.0
 SHOWN_PROBLEMS = 10
+STALL_STACKS = "stall-stacks.txt"
+STACKS_BEFORE = 2.0
+"""Seconds before a scenario's deadline at which the harness's tasks' stacks are written."""
 
 
 def discover() -> list[ModuleType]:
@@ -49,15 +52,39 @@ async def run_one(module: ModuleType, workdir: Path, budget: float) -> ScenarioR
     name = str(module.NAME)
     deadline = min(float(getattr(module, "DEADLINE", DEFAULT_DEADLINE)), budget)
     started = time.monotonic()
+    stacks = workdir / STALL_STACKS
+    # Just before the deadline cancels it, where every task of the harness waits: a stall
+    # (leader-kill's, twice: docs/reliability.md) then names its own await.
+    snapshot = asyncio.get_running_loop().call_later(
+        max(0.0, deadline - STACKS_BEFORE), _write_stacks, stacks
+    )
     try:
         async with asyncio.timeout(deadline):
             result: ScenarioResult = await module.run(workdir)
             return result
     except TimeoutError:
-        problem = f"did not finish within its deadline of {deadline:.0f} s"
+        problem = f"did not finish within its deadline of {deadline:.0f} s (stacks: {stacks})"
     except Exception as exc:  # a scenario that breaks is a failure, reported, not a crash
         problem = f"raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    finally:
+        snapshot.cancel()
     return ScenarioResult(name, False, round(time.monotonic() - started, 1), {}, [problem])
+
+
+def _write_stacks(path: Path) -> None:
+    """Every task's chain of awaits, innermost last, as it waits now, into ``path``
+    (``Task.print_stack`` shows only a suspended task's outermost frame)."""
+    lines = []
+    for task in asyncio.all_tasks():
+        lines.append(f"--- {task.get_name()}")
+        awaited: object = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                code = frame.f_code
+                lines.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    path.write_text("\n".join(lines) + "\n")
 
 
 async def main(argv: list[str]) -> int:
