@@ -71,7 +71,7 @@ class PullRequests:
         """Under it, each request's reply subject: ``<inbox>.<n>``, n from 1."""
         self._arrived: asyncio.Queue[Msg] = asyncio.Queue()
         self._sub: Subscription | None = None
-        self._count = 0
+        self.requests_sent = 0
 
     async def open(self) -> None:
         async def arrived(msg: Msg) -> None:
@@ -107,8 +107,8 @@ class PullRequests:
         return msgs
 
     async def _request(self, most: int, wait: float, ask: dict[str, object]) -> list[Msg]:
-        self._count += 1
-        reply = f"{self.inbox}.{self._count}"
+        self.requests_sent += 1
+        reply = f"{self.inbox}.{self.requests_sent}"
         request = {**ask, "expires": max(1_000_000, int(wait * 1e9))}
         try:
             await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply)

@@ -412,3 +412,42 @@ async def test_the_loop_serves_again_once_its_server_is_back(tmp_path: Path) -> 
     finally:
         await nc.close()
         await server.stop()
+
+
+async def test_a_request_refused_for_others_pending_lingers_for_one_instead_of_spinning(
+    js: JetStreamContext,
+) -> None:
+    """Another process's request waits for more than there is (here: its consumer may not
+    deliver past ``max_ack_pending``), so the server refuses a no-wait request at once
+    (``408 Requests Pending``). The fetch then asks once more, lingering for one message,
+    and ends empty at its wait: two requests, not a loop of refusals. The waiting message
+    goes to the older request once it can."""
+    spec = spec_for("pending")
+    await js.add_consumer(
+        spec.stream,
+        ConsumerConfig(
+            durable_name=spec.durable, filter_subject=spec.filter_subject, max_ack_pending=1
+        ),
+    )
+    nc = connection_of(js)
+    first, second = (PullRequests(nc, spec.stream, spec.durable) for _ in range(2))
+    await first.open()
+    await second.open()
+    try:
+        await js.publish("sandboxer.job.pending.a", b"a")
+        [held] = await first.fetch(10, 1.0)  # unacknowledged: the consumer is at its limit
+        await js.publish("sandboxer.job.pending.b", b"b")
+        # With the consumer at its limit, the server ends a request that has its messages
+        # only at its expiry, not with a 404: so the waits here are short.
+        waiting = asyncio.create_task(first.fetch(10, 2.0))
+        await asyncio.sleep(0.2)
+        assert await second.fetch(10, 1.0) == []
+        assert second.requests_sent == 2  # the refused one, then one lingering for one
+        await held.ack()
+        async with asyncio.timeout(10):
+            msgs = await waiting
+        assert [msg.data for msg in msgs] == [b"b"]
+        await msgs[0].ack()
+    finally:
+        await first.close()
+        await second.close()
