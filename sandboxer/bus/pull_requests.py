@@ -20,6 +20,11 @@ has ended: by its status, by its batch filled, or, if no word comes at all (the
 connection was lost with it), after ``wait`` and :data:`GRACE`. So the server holds
 at most one request of ours: none is left to take a message while no fetch waits.
 
+A no-wait request the server refuses at once with ``408 Requests Pending`` (other
+processes' requests wait for more than there is) is followed by one lingering request
+for a single message, which ends with the first message or at ``wait``: never a loop of
+refusals.
+
 Every request has its own reply subject under one inbox, so a status can end only the
 request it answers (a late one, of a request given up on, is dropped). A message
 delivered to any of them is taken: it is the consumer's, and would otherwise wait
