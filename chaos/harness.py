@@ -16,7 +16,6 @@ import ctypes
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +29,7 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.errors import SandboxerError
 from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.spare_ports import spare_port
 
 __all__ = [
     "ADMIN",
@@ -71,12 +71,6 @@ def _die_with_parent() -> Callable[[], None] | None:
         return None
     pr_set_pdeathsig = 1
     return lambda: prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _log_has(path: Path, mark: bytes) -> bool:
@@ -181,7 +175,7 @@ class ChaosService:
         self.cluster_size = cluster_size
         self.nats_store = nats_store or workdir / "nats"
         self.extra_env = dict(env or {})
-        self.http_port = _free_port()
+        self.http_port = spare_port()
         self.nats: NatsServerProcess | None = None
         self.cluster: NatsCluster | None = None
         self.processes: dict[str, RoleProcess] = {}

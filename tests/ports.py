@@ -1,20 +1,18 @@
 """A local TCP port with nothing listening on it, for tests that need one.
 
-The kernel hands out a free port for a socket bound to port 0; once that socket closes,
-nothing listens there. A test may then listen on it itself (a server it starts later) or
-use it as an address that refuses every connection. Another process could take the port
-between the close and its use; on a test machine that is rare enough to accept.
+A test may listen on it itself (a server it starts later) or use it as an address
+that refuses every connection. The port is drawn from outside the kernel's ephemeral
+range (:mod:`sandboxer.spare_ports`), so no outgoing connection or port-0 server takes
+it meanwhile.
 """
 
 from __future__ import annotations
 
-import socket
+from sandboxer.spare_ports import spare_port
 
 __all__ = ["closed_port"]
 
 
 def closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on, as of now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return spare_port()

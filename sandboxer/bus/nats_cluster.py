@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import socket
 from pathlib import Path
 from typing import Self
 
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.errors import NatsServerError
+from sandboxer.spare_ports import spare_ports
 
 __all__ = ["NatsCluster"]
 
 _HOST = "127.0.0.1"
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that were free a moment ago (others may still race us)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind((_HOST, 0))
-        return [int(s.getsockname()[1]) for s in sockets]
 
 
 class NatsCluster:
@@ -82,7 +72,7 @@ class NatsCluster:
     async def start(self, attempts: int = 3) -> Self:
         """Start every node and wait until each reports ``/healthz`` ok."""
         for attempt in range(1, attempts + 1):
-            self.servers = self._nodes(_free_ports(self.size))
+            self.servers = self._nodes(spare_ports(self.size, _HOST))
             results = await asyncio.gather(
                 *(s.start() for s in self.servers), return_exceptions=True
             )
@@ -113,7 +103,7 @@ class NatsCluster:
             monitor_port=0,
             server_name=old.server_name,
             cluster_name=self.name,
-            cluster_port=int(old.routes[index].rsplit(":", 1)[1]),
+            cluster_port=old.route_port,
             routes=old.routes,
             ready_timeout=self.ready_timeout,
         )

@@ -139,6 +139,13 @@ class NatsServerProcess:
         return self._pid
 
     @property
+    def route_port(self) -> int:
+        """The port other nodes route to (after a start; ``cluster_port=0`` picks it)."""
+        if "cluster" not in self._found:
+            raise NatsServerError(f"nats-server {self.server_name!r} has no route port yet")
+        return self._found["cluster"]
+
+    @property
     def monitor_port(self) -> int | None:
         return self._found.get("monitor")
 

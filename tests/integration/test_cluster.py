@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from sandboxer.errors import BusError
 from sandboxer.events.types import Actor, SandboxTouched
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.service import all_roles, run_roles
+from sandboxer.spare_ports import spare_ports
 from tests.integration.conftest import reap_local
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -437,11 +437,7 @@ async def burst(client: SandboxerClient, ledger: Ledger) -> None:
 
 def unstarted_nodes(base: Path, size: int = 3) -> list[NatsServerProcess]:
     """A cluster's nodes, routed to each other, for a test to start one at a time."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(size)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        ports = [int(sock.getsockname()[1]) for sock in sockets]
+    ports = spare_ports(size)  # outside the ephemeral range: the third starts 12 s later
     routes = [f"nats://127.0.0.1:{port}" for port in ports]
     return [
         NatsServerProcess(

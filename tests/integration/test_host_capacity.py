@@ -12,7 +12,6 @@ ext.vm-packer.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from sandboxer.workers.deciding import apply
 from tests.integration.conftest import start_service
 from tests.integration.remote_fixtures import SshHosts, write_hosts_file
 from tests.integration.test_pause import events_of
+from tests.ports import closed_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -209,12 +209,6 @@ async def test_a_create_cut_off_after_its_place_keeps_that_one_place_when_sent_a
     assert (await routed_of(client, second["sandbox_id"]))["host"] == "host2"
     for sandbox in (first, second):
         await client.destroy(sandbox["sandbox_id"])
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_a_create_refused_after_its_place_gives_its_id_up_and_the_place_back(
