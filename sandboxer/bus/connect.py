@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 DROPS_SUMMARY_SECONDS = 5.0
 """How often, at most, a connection logs the messages its slow subscriptions dropped."""
 
+FLUSH_TIMEOUT = 5.0
+"""Seconds a publish waits for nats-py's outgoing buffer to be written, once the buffer is
+past its limit (2 MB), before it goes on to wait for its reply under its own timeout.
+
+nats-py waits for ever by default, and swallows the cancellation of that wait: a server
+that reads nothing (frozen, or its host gone without a reset) held every publish, whatever
+its timeout or budget, for as long as it read nothing
+(``tests/integration/test_publish.py``)."""
+
 
 class DroppedMessages:
     """Logs the messages a connection's slow subscriptions dropped: the first at once, then
@@ -139,6 +148,7 @@ async def connect(
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works
             ping_interval=5 if long_lived else 120,
             max_outstanding_pings=3,
+            flush_timeout=FLUSH_TIMEOUT,  # type: ignore[arg-type]  # a float works
             error_cb=on_error,
             closed_cb=on_closed,
             **auth,

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
+from nats.js.api import StreamConfig
 
 from sandboxer import subjects
-from sandboxer.bus.connect import connect
+from sandboxer.bus.connect import FLUSH_TIMEOUT, connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.publish import PublishConflict, publish_durably
 from sandboxer.bus.streams import ensure_streams
@@ -80,6 +83,55 @@ async def test_a_server_gone_longer_than_the_budget_is_stream_unavailable(
     finally:
         with contextlib.suppress(ConnectionError):  # nats-py's close of a connection never restored
             await nc.close()
+
+
+async def test_a_server_that_stops_reading_is_unavailable_within_the_budget(
+    tmp_path: Path,
+) -> None:
+    """A frozen server reads nothing. Past nats-py's outgoing buffer (2 MB) a publish waits
+    for the buffer to be written before its own timeout starts, by default for ever: on old
+    code every publish below waited until the server woke, and then succeeded. Now each is
+    refused as unavailable while the server sleeps, and what it was sent lands once."""
+    server = await server_at(tmp_path / "nats").start()
+    nc = await connect([server.url], name="test")
+    js = nc.jetstream()
+    payload = b"x" * 900_000  # under the server's 1 MB max_payload; 12 of them fill the buffers
+    ids = [f"big-{i}" for i in range(12)]
+    frozen = asyncio.Event()
+
+    def wake() -> None:
+        if frozen.is_set():
+            os.kill(server.pid, signal.SIGCONT)
+            frozen.clear()
+
+    async def refused_while_frozen(msg_id: str) -> None:
+        with pytest.raises(StreamUnavailable):
+            await publish_durably(
+                js,
+                f"big.{msg_id}",
+                payload,
+                headers={"Nats-Msg-Id": msg_id},
+                budget_seconds=1.0,
+                attempt_timeout=0.3,
+            )
+        assert frozen.is_set(), "published only once the server woke"
+
+    try:
+        await js.add_stream(StreamConfig(name="BIG", subjects=["big.>"]))
+        os.kill(server.pid, signal.SIGSTOP)
+        frozen.set()
+        # Each attempt may wait out the flush timeout before its own: well within this.
+        alarm = asyncio.get_running_loop().call_later(3 * FLUSH_TIMEOUT + 30, wake)
+        await asyncio.gather(*(refused_while_frozen(i) for i in ids))
+        alarm.cancel()
+        wake()
+        for msg_id in ids:  # the caller sends again: each id is stored once
+            await publish_durably(js, f"big.{msg_id}", payload, headers={"Nats-Msg-Id": msg_id})
+        assert (await js.stream_info("BIG")).state.messages == len(ids)
+    finally:
+        wake()
+        await nc.close()
+        await server.stop()
 
 
 async def test_a_wrong_expected_sequence_is_a_conflict_that_says_it_was_not_retried(
