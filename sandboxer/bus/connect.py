@@ -148,7 +148,7 @@ async def connect(
             reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works
             ping_interval=5 if long_lived else 120,
             max_outstanding_pings=3,
-            flush_timeout=FLUSH_TIMEOUT,  # type: ignore[arg-type]  # a float works
+            flush_timeout=FLUSH_TIMEOUT,
             error_cb=on_error,
             closed_cb=on_closed,
             **auth,
