@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from chaos.harness import HarnessError
 from sandboxer.bus.nats_cluster import NatsCluster
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.cleanup_waits import cancel_until_done
 
 __all__ = ["LeaderWatch", "restart_node", "stream_leader"]
 
@@ -110,6 +111,8 @@ class LeaderWatch:
         self._task = asyncio.create_task(self._poll(), name=f"leader-watch-{self.stream}")
 
     async def stop(self) -> None:
+        """End the poll. One cancel is not enough: landing as a ``stream_info`` answer
+        arrives, it is lost inside nats-py (``cleanup_waits.py``), and the poll went on for
+        ever while ``leader-kill`` waited here for it (its rare stall, docs/reliability.md)."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_until_done(self._task)
