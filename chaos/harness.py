@@ -242,7 +242,10 @@ class ChaosService:
             self.cluster = NatsCluster(self.workdir / "cluster", size=self.cluster_size)
             await self.cluster.start()
         else:
-            self.nats = NatsServerProcess(self.nats_store, log_file=self.logs / "nats-server.log")
+            # A spare port, not the kernel's pick: a scenario may start it again on this port.
+            self.nats = NatsServerProcess(
+                self.nats_store, port=spare_port(), log_file=self.logs / "nats-server.log"
+            )
             await self.nats.start()
         # Roles one at a time: the first creates the streams; two at once would race for it.
         for role in self.roles:

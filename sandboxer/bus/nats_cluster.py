@@ -20,8 +20,11 @@ class NatsCluster:
     """``size`` JetStream nodes on loopback, routed to each other.
 
     Node ``i`` keeps its data and log in ``<base_dir>/n<i>``. Route ports are
-    chosen up front (every node lists all of them); a start that loses a port
-    race is retried with new ports.
+    chosen up front (every node lists all of them), and client ports too: a node
+    killed and started again (``restart``) takes its old ports back, so none may
+    come from the kernel's ephemeral range, where another process can take it
+    meanwhile (:mod:`sandboxer.spare_ports`). A start that loses a port race is
+    retried with new ports.
     """
 
     def __init__(
@@ -52,13 +55,16 @@ class NatsCluster:
         """Comma list, the form ``SANDBOXER_NATS_URL`` takes."""
         return ",".join(self.urls)
 
-    def _nodes(self, route_ports: list[int]) -> list[NatsServerProcess]:
+    def _nodes(self, ports: list[int]) -> list[NatsServerProcess]:
+        """Nodes on ``ports``: the first ``size`` for routes, the rest for clients."""
+        route_ports, client_ports = ports[: self.size], ports[self.size :]
         routes = [f"nats://{_HOST}:{p}" for p in route_ports]
         return [
             NatsServerProcess(
                 self.base_dir / f"n{i}",
                 binary=self.binary,
                 host=_HOST,
+                port=client_port,
                 monitor_port=0,
                 server_name=f"{self.name}-n{i}",
                 cluster_name=self.name,
@@ -66,13 +72,15 @@ class NatsCluster:
                 routes=routes,
                 ready_timeout=self.ready_timeout,
             )
-            for i, port in enumerate(route_ports, start=1)
+            for i, (port, client_port) in enumerate(
+                zip(route_ports, client_ports, strict=True), start=1
+            )
         ]
 
     async def start(self, attempts: int = 3) -> Self:
         """Start every node and wait until each reports ``/healthz`` ok."""
         for attempt in range(1, attempts + 1):
-            self.servers = self._nodes(spare_ports(self.size, _HOST))
+            self.servers = self._nodes(spare_ports(2 * self.size, _HOST))
             results = await asyncio.gather(
                 *(s.start() for s in self.servers), return_exceptions=True
             )

@@ -19,6 +19,7 @@ from sandboxer.bus.publish import PublishConflict, publish_durably
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.config.settings import Settings
 from sandboxer.errors import InvalidInput, StreamUnavailable
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,8 @@ def server_at(store: Path, port: int = 0) -> NatsServerProcess:
 
 async def test_a_publish_outlasts_its_server_restarting(tmp_path: Path) -> None:
     """Sent while the only server is down; acked once it is back; stored once."""
-    server = await server_at(tmp_path / "nats").start()
-    port = server.port
+    port = closed_port()  # not the kernel's pick: it is taken again 2.5 s after the stop
+    server = await server_at(tmp_path / "nats", port).start()
     nc = await connect([server.url], name="test")
     js = nc.jetstream()
     try:
