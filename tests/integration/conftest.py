@@ -259,13 +259,19 @@ async def resend_recreate_job(client: SandboxerClient, sandbox_id: str) -> Job:
     return job
 
 
-async def consumer_idle(client: SandboxerClient, stream: str, durable: str) -> None:
+async def consumer_idle(
+    client: SandboxerClient, stream: str, durable: str, *, through: int = 0
+) -> None:
     """Until the durable ``durable`` of ``stream`` has handled (acknowledged) every message
-    sent to it so far: a worker done with what a test gave it."""
+    sent to it so far: a worker done with what a test gave it. ``through`` is the stream
+    sequence of a message the test has just published (its ack's ``seq``): asked at once, the
+    durable may not count that message as pending yet, and looked idle before its worker had
+    it (a CI flake in test_key_bus_rate.py)."""
     async with asyncio.timeout(60):
         while True:
             info = await client.js.consumer_info(stream, durable)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
+            floor = info.ack_floor.stream_seq if info.ack_floor else 0
+            if info.num_pending == 0 and info.num_ack_pending == 0 and (floor or 0) >= through:
                 return
             await asyncio.sleep(0.05)
 
@@ -281,12 +287,12 @@ async def send_again(client: SandboxerClient, command_id: str, profile: str, **f
         "actor": client.actor,
         **fields,
     }
-    await client.js.publish(
+    ack = await client.js.publish(
         subjects.command_subject("create"),
         msgspec.json.encode(again),
         headers={"Nats-Msg-Id": f"{command_id}-again"},
     )
-    await consumer_idle(client, subjects.COMMANDS_STREAM, "control")
+    await consumer_idle(client, subjects.COMMANDS_STREAM, "control", through=ack.seq)
 
 
 async def reap_local(home: Path) -> None:

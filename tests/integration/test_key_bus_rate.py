@@ -209,14 +209,14 @@ async def test_a_command_carried_out_and_sent_again_past_the_rate_is_not_rejecte
 
     async def send_again(command_id: str, sandbox_id: str) -> None:
         """As the key's identity does, under another message id: JetStream's window past."""
-        await key_nc.jetstream().publish(
+        ack = await key_nc.jetstream().publish(
             subjects.stamped(subjects.command_subject("destroy"), key_id),
             msgspec.json.encode(
                 {"command_id": command_id, "sandbox_id": sandbox_id, "actor": key.actor}
             ),
             headers={"Nats-Msg-Id": f"{command_id}-again"},
         )
-        await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control")
+        await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control", through=ack.seq)
 
     try:
         # The key's bucket emptied (the worker's clock stands still), the first destroy
@@ -282,7 +282,7 @@ async def test_another_projects_create_sent_again_past_the_rate_is_refused_as_an
     async def create(nc: nats.NATS, key_id: str, actor: Actor, command_id: str) -> None:
         """A create as the key's identity publishes it, under a message id of its own (past
         the commands stream's duplicate window); returns once the control worker took it."""
-        await nc.jetstream().publish(
+        ack = await nc.jetstream().publish(
             subjects.stamped(subjects.command_subject("create"), key_id),
             msgspec.json.encode(
                 {
@@ -294,7 +294,7 @@ async def test_another_projects_create_sent_again_past_the_rate_is_refused_as_an
             ),
             headers={"Nats-Msg-Id": f"{command_id}-{key_id}"},
         )
-        await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control")
+        await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control", through=ack.seq)
 
     async def jobs() -> int:
         return (await running.client.js.stream_info(subjects.JOBS_STREAM)).state.messages
@@ -350,7 +350,7 @@ async def _published_create(
     """A create as a key's identity may publish it: under a new message id each time (so
     the commands stream's duplicate window does not drop it); returns once the control
     worker took it."""
-    await nc.jetstream().publish(
+    ack = await nc.jetstream().publish(
         subjects.stamped(subjects.command_subject("create"), key_id),
         msgspec.json.encode(
             {
@@ -362,7 +362,7 @@ async def _published_create(
         ),
         headers={"Nats-Msg-Id": new_command_id()},
     )
-    await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control")
+    await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control", through=ack.seq)
 
 
 async def test_another_projects_key_sending_a_command_under_its_id_does_not_reject_it(
@@ -461,12 +461,12 @@ async def test_a_keys_create_past_its_rate_on_another_projects_id_gives_its_hold
         again = {"command_id": command_id, "profile": "profile.saas-stub", "ttl": "10m"}
         again |= {"sandbox_id": held.sandbox_id, "inputs": {}}
         again |= {"actor": msgspec.to_builtins(beta)}
-        await beta_nc.jetstream().publish(
+        ack = await beta_nc.jetstream().publish(
             subjects.stamped(subjects.command_subject("create"), beta_id),
             msgspec.json.encode(again),
             headers={"Nats-Msg-Id": new_command_id()},
         )
-        await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control")
+        await consumer_idle(running.client, subjects.COMMANDS_STREAM, "control", through=ack.seq)
     finally:
         await beta_nc.close()
     (refused,) = await _rejections(running, command_id)
