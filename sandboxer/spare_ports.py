@@ -1,4 +1,4 @@
-"""Loopback ports for servers we start ourselves: nats-server routes, gateways, doubles.
+"""Loopback ports for servers we start ourselves and may start again on the same port.
 
 A port the kernel hands to a socket bound to port 0 comes from its ephemeral range
 (``net.ipv4.ip_local_port_range``), the same range every outgoing connection and every

@@ -271,7 +271,7 @@ async def consumer_idle(
         while True:
             info = await client.js.consumer_info(stream, durable)
             floor = info.ack_floor.stream_seq if info.ack_floor else 0
-            if info.num_pending == 0 and info.num_ack_pending == 0 and (floor or 0) >= through:
+            if info.num_pending == 0 and info.num_ack_pending == 0 and floor >= through:
                 return
             await asyncio.sleep(0.05)
 

@@ -20,6 +20,7 @@ from sandboxer.bus.streams import ensure_streams
 from sandboxer.errors import BusError, FetchFailed, StreamUnavailable
 from sandboxer.workers import pull_loop
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
+from tests.ports import closed_port
 from tests.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -386,8 +387,8 @@ async def test_the_loop_serves_again_once_its_server_is_back(tmp_path: Path) -> 
     the same port and store: the request died with it, no status will come, and the loop
     asks again once the connection is back. A message published then is handled once."""
     store = tmp_path / "nats"
-    server = await NatsServerProcess(store, server_name="pull-restart").start()
-    port = server.port
+    port = closed_port()  # not the kernel's pick: it is taken again a second after the stop
+    server = await NatsServerProcess(store, port=port, server_name="pull-restart").start()
     nc = await connect([server.url], name="test")
     js = nc.jetstream()
     spec = spec_for("restart")
