@@ -7,6 +7,7 @@ of the service needs. The commands themselves live in ``*_commands.py``.
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import typer
@@ -78,6 +79,24 @@ app.command("replay", rich_help_panel=OPERATOR)(service_commands.replay)
 app.add_typer(route_commands.route_app, name="route", rich_help_panel=OPERATOR)
 app.add_typer(key_commands.keys_app, name="keys", rich_help_panel=OPERATOR)
 app.add_typer(statehub_commands.statehub_app, name="statehub", rich_help_panel=OPERATOR)
+
+
+def _one_line_summaries(group: typer.Typer) -> None:
+    """Give each command of a listing its docstring's first paragraph on one line.
+
+    typer's rich listing keeps the line breaks of a docstring's wrapped first paragraph,
+    so a summary broke mid-sentence in ``--help`` wherever its source line ended.
+    """
+    for info in group.registered_commands:
+        if info.short_help is None and info.callback is not None and info.callback.__doc__:
+            first_paragraph = inspect.cleandoc(info.callback.__doc__).split("\n\n")[0]
+            info.short_help = " ".join(first_paragraph.split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _one_line_summaries(sub.typer_instance)
+
+
+_one_line_summaries(app)
 
 
 def main() -> None:

@@ -56,3 +56,20 @@ def test_the_cli_prints_no_line_of_stamina_s_own_per_retry() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip().splitlines()[-1] == "0"
+
+
+def test_each_summary_in_a_listing_is_one_line_when_the_terminal_is_wide() -> None:
+    """A docstring's first paragraph is wrapped in the source; its listing must not break
+    where the source line did (typer's rich listing kept those breaks)."""
+    groups = [[]] + [[info.name] for info in app.registered_groups if info.name]
+    for group in groups:
+        result = CliRunner().invoke(
+            app, [*group, "--help"], env={"COLUMNS": "300", "NO_COLOR": "1"}
+        )
+        assert result.exit_code == 0, result.output
+        continued = [
+            line
+            for line in result.output.splitlines()
+            if re.match(r"^│\s{3,}\S", line) and "─" not in line
+        ]
+        assert continued == [], (group, continued)
