@@ -35,9 +35,17 @@ orphan, costing money at the provider beside the live one; the worker's start an
 ``reap-stale`` remove it through the backend's attempt-scoped teardown, which never reaches
 the later attempt's. One without the label is never judged so: the live one may be such.
 
+A backend that pauses by freezing may also hold a live sandbox **not as paused as the log
+says**: running while the log says ``paused`` (a pause job's late failure undone, and the
+undo that should freeze it again failing in turn), or frozen while the log says it runs.
+A user's sandbox then hangs, or runs while its TTL clock stands still. Such a sandbox is
+frozen or thawed to match the log (``freeze``, ``thaw``: :data:`MATCH_STEPS`); not while it is
+``pausing`` or ``resuming``, which its job settles.
+
 While a worker runs, its **leak sweep** takes again, every few minutes, only the steps that
-remove what no live sandbox of the log is (:data:`LEAK_STEPS`, :func:`sweep_step`): the
-others decide about a sandbox a job may have in hand right now, on this worker or another.
+remove what no live sandbox of the log is (:data:`LEAK_STEPS`) and those that set a live one
+as paused as its log says (:data:`MATCH_STEPS`; :func:`sweep_step`): the others decide about
+a sandbox a job may have in hand right now, on this worker or another.
 
 Each side is read at its own moment, and the log moves on meanwhile. ``reap-stale`` reads
 the log's usable sandboxes before it lists the backend, so that a sandbox made ready after
@@ -57,6 +65,7 @@ from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = [
     "LEAK_STEPS",
+    "MATCH_STEPS",
     "Drift",
     "ReconcileStep",
     "claimed",
@@ -77,6 +86,9 @@ ORPHAN_STATUSES = frozenset({"new", "destroyed", "failed"})
 USABLE_STATUSES = frozenset({"ready", "active", "pausing", "paused", "resuming"})
 """The log says the sandbox runs (``active``: ready and used since; ``paused``: frozen, its
 processes still there)."""
+FROZEN_WANTED = {"ready": False, "active": False, "paused": True}
+"""Whether the log wants a usable sandbox's processes frozen; not said while a job is
+pausing or resuming it."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +240,8 @@ def earlier_attempt(found: FoundSandbox, live: MadeBy | None) -> bool:
 ReconcileStep = Literal[
     "adopt",
     "fail",
+    "freeze",
+    "thaw",
     "finish_teardown",
     "remove",
     "remove_copy",
@@ -239,6 +253,9 @@ ReconcileStep = Literal[
 
 - ``adopt``: live, and the log calls it usable here: kept as it is (not duplicated);
 - ``fail``: the log calls it usable here, but its processes died: torn down, marked failed;
+- ``freeze``: the log has it paused, but its processes run: frozen again, nothing recorded;
+- ``thaw``: the log has it running (``ready``, ``active``), but it is frozen: thawed,
+  nothing recorded;
 - ``finish_teardown``: its teardown was interrupted: torn down, ``destroyed`` recorded;
 - ``remove``: the log has it failed or destroyed: torn down, nothing recorded;
 - ``remove_copy``: the log places it elsewhere: this copy is torn down, and nothing is
@@ -262,7 +279,12 @@ def reconcile_step(
         # Before the live checks: a dead copy is not the sandbox, whose failure it would mark.
         return "remove_earlier_attempt"
     if state.status in USABLE_STATUSES:
-        return "adopt" if found.alive else "fail"
+        if not found.alive:
+            return "fail"
+        wanted = FROZEN_WANTED.get(state.status)  # pausing, resuming: their job settles it
+        if found.frozen is None or wanted is None or found.frozen == wanted:
+            return "adopt"
+        return "freeze" if wanted else "thaw"
     if state.status == "destroying":
         # One being snapshotted is torn down once its redelivered snapshot job ends.
         return "finish_teardown" if state.snapshotting is None else "leave"
@@ -280,15 +302,20 @@ the live one. Each records nothing on the sandbox. The others (``fail``, ``finis
 append to its log, and decide what a job in flight decides too."""
 
 
+MATCH_STEPS: frozenset[ReconcileStep] = frozenset({"freeze", "thaw"})
+"""The steps that set a live sandbox as paused as its log says, recording nothing: only ever
+towards the log, read again right before (a pause or resume decided since is its job's)."""
+
+
 def sweep_step(
     found: FoundSandbox, extension: str, state: SandboxState, live: MadeBy | None = None
 ) -> ReconcileStep:
     """The step a running worker's periodic leak sweep takes for ``found`` (arguments as
-    :func:`reconcile_step`'s): the start's step when it is one of :data:`LEAK_STEPS`, else
-    ``leave`` (a dead sandbox the log calls usable, an interrupted teardown and the unknown
-    are left to the next start, ``reap-stale`` and the jobs)."""
+    :func:`reconcile_step`'s): the start's step when it is one of :data:`LEAK_STEPS` or
+    :data:`MATCH_STEPS`, else ``leave`` (a dead sandbox the log calls usable, an interrupted
+    teardown and the unknown are left to the next start, ``reap-stale`` and the jobs)."""
     step = reconcile_step(found, extension, state, live)
-    return step if step in LEAK_STEPS else "leave"
+    return step if step in LEAK_STEPS | MATCH_STEPS else "leave"
 
 
 def step_for(

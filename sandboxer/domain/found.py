@@ -46,6 +46,10 @@ class FoundSandbox:
     (made before the label, or a backend that does not label). A labelled one of an attempt
     earlier than the one the log's ``ready`` names is a stale copy beside the live sandbox
     (:func:`~sandboxer.domain.drift.earlier_attempt`)."""
+    frozen: bool | None = None
+    """Whether its processes are frozen (ext.local's cgroup freezer), read beside the rest;
+    None when the backend does not say. One the log calls paused that runs, or running that
+    is frozen, is set as the log says (:func:`~sandboxer.domain.drift.reconcile_step`)."""
 
 
 def by_id(found: Iterable[FoundSandbox]) -> dict[str, list[FoundSandbox]]:

@@ -150,7 +150,8 @@ class ExtensionWorker:
     async def reconcile(self) -> None:
         """On start, square what the backend holds with what the log says.
 
-        A live sandbox the log calls ready is adopted as it is (not duplicated);
+        A live sandbox the log calls ready is adopted as it is (not duplicated),
+        frozen or thawed first when it is not as paused as the log says;
         one whose teardown or failure cleanup was interrupted is torn down now;
         a ready one whose processes died is marked failed. Sandboxes still
         provisioning are left to their redelivered job. The log's status speaks
@@ -163,7 +164,7 @@ class ExtensionWorker:
         that landed after the next attempt's ``ready``) is removed with that attempt's
         teardown, which leaves the live one. The snapshot scratch that dead workers
         left goes first. While the worker runs, :meth:`sweep_leaks` takes the removing
-        steps again.
+        steps, and the freezing and thawing ones, again.
         """
         await self._snapshots.sweep()
         try:
@@ -179,7 +180,9 @@ class ExtensionWorker:
         """One leak sweep while the worker runs (``workers/leak_sweep.py`` repeats it): of
         :meth:`reconcile`'s steps, only those that remove what no live sandbox of the log is
         (:data:`~sandboxer.domain.drift.LEAK_STEPS`): a copy of a sandbox placed elsewhere, an
-        earlier attempt's copy beside a live one, a failed or destroyed sandbox's leftovers.
+        earlier attempt's copy beside a live one, a failed or destroyed sandbox's leftovers;
+        and those that freeze or thaw a live one to be as paused as its log says
+        (:data:`~sandboxer.domain.drift.MATCH_STEPS`).
         A sandbox a job of this worker has in hand is skipped (its job decides), and what
         the log says of each is read again right before acting on it. What was removed is
         recorded as a ``reaped`` host event, as ``reap-stale --apply`` records its own; the
@@ -259,6 +262,8 @@ class ExtensionWorker:
             )
         elif step in LEAK_STEPS:
             return await self._remove_leak(step, found, state)
+        elif step in {"freeze", "thaw"}:
+            await self._pauses.match_log(step, state)
         elif step == "unknown":
             log.warning(
                 "sandbox %s exists on this host but not in the log; "

@@ -138,7 +138,7 @@ class PauseJob:
                 raise
             log.warning(
                 "job %s: the %s that undoes it failed %d times; the sandbox stays as it is "
-                "until its next pause or resume: %s",
+                "until its next pause or resume, or the worker's next leak sweep: %s",
                 job.job_id,
                 undo,
                 UNDO_ATTEMPTS,
@@ -181,6 +181,36 @@ class PauseJob:
         if isinstance(self._extension, TimeoutKeeper):  # an extension while it was pausing
             keyed = await backend_for(self._store, self._extension, loaded.state)
             await follow_expiry(keyed, loaded.state, self._explain)
+
+    async def match_log(self, step: Literal["freeze", "thaw"], state: SandboxState) -> None:
+        """Freeze or thaw a live sandbox found not as paused as its log (``state``, read
+        right before) says: what an undo that kept failing left, or a freezer set behind
+        the service's back (:data:`~sandboxer.domain.drift.MATCH_STEPS`; the worker's start
+        and its leak sweep). Nothing is recorded: the log already says how it should be. A
+        failure is logged, and the next sweep tries again."""
+        operation: Literal["pause", "resume"] = "pause" if step == "freeze" else "resume"
+        log.warning(
+            "sandbox %s is %s while its log says %s; %s it",
+            state.sandbox_id,
+            "running" if step == "freeze" else "frozen",
+            state.status,
+            "freezing" if step == "freeze" else "thawing",
+        )
+        try:
+            backend = await backend_for(self._store, self._extension, state)
+            await _carry_out(backend, operation, state.sandbox_id, state.host)
+        except Exception as exc:
+            if is_unavailability(exc):
+                raise
+            log.warning(
+                "sandbox %s: the %s that matches its log failed; the next sweep tries again: %s",
+                state.sandbox_id,
+                operation,
+                self._explain(exc),
+            )
+            return
+        if operation == "resume":  # as after any resume (a provider's own timeout)
+            await follow_expiry(backend, state, self._explain)
 
 
 def _to_undo(left: Literal["pause", "resume"], now: SandboxState) -> bool:

@@ -7,29 +7,35 @@ live after pauses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from sandboxer.bus.connect import connect
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.commands.types import PauseSandbox
+from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
 from sandboxer.domain.timestamps import seconds_between
 from sandboxer.errors import CommandFailed, ExtensionError
 from sandboxer.events.types import SYSTEM_ACTOR
+from sandboxer.extensions.local import freezer
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.deciding import apply
+from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.jobs import Job, job_for
-from sandboxer.workers.pause_job import PauseJob
+from sandboxer.workers.pause_job import UNDO_ATTEMPTS, PauseJob
 from tests.integration import conftest
 from tests.integration.conftest import Cli, Service, reap_local, start_service
 from tests.integration.test_lifecycle import wait_status
@@ -222,6 +228,89 @@ async def test_a_pause_job_failing_after_another_attempt_paused_it_freezes_it_ag
         while count(service, sandbox_id) <= frozen_at:
             await asyncio.sleep(0.05)
     await client.destroy(sandbox_id, timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def sweeping_worker(service: Service) -> AsyncIterator[ExtensionWorker]:
+    """An ext.local worker of the service's log, whose start and leak sweep the test calls."""
+    nc = await connect(list(service.settings.nats_urls), name="test-pause-sweep")
+    try:
+        js = nc.jetstream()
+        store = JetStreamEventStore(nc, js)
+        catalog = Catalog.load(service.settings.home)
+        yield ExtensionWorker(js, store, catalog, LocalExtension(service.settings.local_root))
+    finally:
+        await nc.close()
+
+
+def freezer_of(service: Service, sandbox_id: str) -> Path:
+    state = json.loads((service.settings.local_root / sandbox_id / "state.json").read_text())
+    control = freezer.find_control(Path(path) for path in state["cgroups"])
+    assert control is not None
+    return control
+
+
+async def test_a_paused_sandbox_an_undo_left_running_is_frozen_again_by_the_leak_sweep(
+    service: Service,
+) -> None:
+    """As above, but every freeze of the undo fails too (UNDO_ATTEMPTS of them): the job
+    logs it and leaves the sandbox running while its log says ``paused``, its TTL clock
+    standing still. The worker's next leak sweep finds it so and freezes it; the log is
+    left as it is. (On the old code the sweep did nothing: it ran on until its next pause
+    or resume.)"""
+    client = service.client
+    sandbox_id = (await client.create())["sandbox_id"]
+    await start_counter(service, sandbox_id)
+    store = JetStreamEventStore(client.nc, client.js)
+    as_held = (await store.load(sandbox_id)).state
+    await client.pause(sandbox_id)  # the other attempt
+    extension = FreezeThatDoesNotSettle(service.settings.local_root)
+    extension.failures = 1 + UNDO_ATTEMPTS  # its own freeze, then every freeze of the undo
+    failing = PauseJob(store, extension, explain=str)
+    held = Job(job_id="held-pause", sandbox_id=sandbox_id, action="pause", version=1)
+    await failing.run(held, msgspec.structs.replace(as_held, status="pausing"))
+    assert not freezer.is_frozen(freezer_of(service, sandbox_id))  # left running
+    events = len(await events_of(client, sandbox_id))
+
+    async with sweeping_worker(service) as worker:
+        assert await worker.sweep_leaks() == []  # nothing removed
+    assert freezer.is_frozen(freezer_of(service, sandbox_id))
+    frozen_at = count(service, sandbox_id)
+    await asyncio.sleep(0.3)
+    assert count(service, sandbox_id) == frozen_at
+    assert len(await events_of(client, sandbox_id)) == events  # nothing recorded
+    await client.resume(sandbox_id)
+    async with asyncio.timeout(5):
+        while count(service, sandbox_id) <= frozen_at:
+            await asyncio.sleep(0.05)
+    await client.destroy(sandbox_id, timeout=30)
+
+
+async def test_a_running_sandbox_found_frozen_is_thawed_by_a_worker_s_start(
+    service: Service,
+) -> None:
+    """Frozen behind the service's back while its log says it runs (an operator, a tool
+    writing the cgroup): a user's exec would hang. A worker's start thaws it; a paused
+    sandbox beside it stays frozen."""
+    client = service.client
+    running, paused = [(await client.create())["sandbox_id"] for _ in range(2)]
+    for sandbox_id in (running, paused):
+        await start_counter(service, sandbox_id)
+    await client.pause(paused)
+    await freezer.freeze(freezer_of(service, running), sandbox_id=running)
+
+    async with sweeping_worker(service) as worker:
+        await worker.reconcile()
+    assert not freezer.is_frozen(freezer_of(service, running))
+    assert freezer.is_frozen(freezer_of(service, paused))
+    before = count(service, running)
+    async with asyncio.timeout(5):
+        while count(service, running) <= before:
+            await asyncio.sleep(0.05)
+    assert await client.exec(running, ["true"], lambda _s, _d: None) == 0
+    assert (await client.get(paused) or {})["status"] == "paused"
+    for sandbox_id in (running, paused):
+        await client.destroy(sandbox_id, timeout=30)
 
 
 async def test_a_late_failure_of_an_earlier_pause_is_not_the_next_pauses_outcome(

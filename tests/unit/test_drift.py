@@ -77,6 +77,30 @@ def logged(status: Status, extension: str | None, host: str | None = None) -> Sa
     return SandboxState(sandbox_id="copy00000001", status=status, extension=extension, host=host)
 
 
+def test_a_live_sandbox_not_as_paused_as_its_log_says_is_frozen_or_thawed_to_match() -> None:
+    """A paused sandbox that runs (an undo that kept failing) is frozen again; a running one
+    that is frozen is thawed. Not while a job pauses or resumes it, nor when the backend
+    does not say, nor for a dead one (its failure is the start's)."""
+    here = "ext.local"
+
+    def held(frozen: bool | None, *, alive: bool = True) -> FoundSandbox:
+        return FoundSandbox(sandbox_id="copy00000001", alive=alive, frozen=frozen)
+
+    assert reconcile_step(held(False), here, logged("paused", here)) == "freeze"
+    assert reconcile_step(held(True), here, logged("ready", here)) == "thaw"
+    assert reconcile_step(held(True), here, logged("active", here)) == "thaw"
+    assert reconcile_step(held(True), here, logged("paused", here)) == "adopt"
+    assert reconcile_step(held(False), here, logged("active", here)) == "adopt"
+    for moving in ("pausing", "resuming"):
+        for frozen in (True, False):
+            assert reconcile_step(held(frozen), here, logged(moving, here)) == "adopt"
+    assert reconcile_step(held(None), here, logged("paused", here)) == "adopt"
+    assert reconcile_step(held(True, alive=False), here, logged("ready", here)) == "fail"
+    # Never for a sandbox the log places elsewhere, destroys or has failed.
+    assert reconcile_step(held(True), here, logged("ready", "ext.other")) == "remove_copy"
+    assert reconcile_step(held(True), here, logged("destroying", here)) == "finish_teardown"
+
+
 def test_a_copy_of_a_sandbox_the_log_places_elsewhere_is_removed_whatever_its_status() -> None:
     """A rerouted sandbox lives on ext.local; ext.saas-stub still holds a copy (its create
     landed late). The log's status speaks of ext.local's: the copy is removed, and neither

@@ -15,7 +15,13 @@ import pytest
 from sandboxer.bus.memory_store import MemoryEventStore
 from sandboxer.commands.types import CreateSandbox, DestroySandbox
 from sandboxer.config.settings import DEFAULT_LEAK_SWEEP_INTERVAL, Settings
-from sandboxer.domain.drift import LEAK_STEPS, reconcile_step, removal_scope, sweep_step
+from sandboxer.domain.drift import (
+    LEAK_STEPS,
+    MATCH_STEPS,
+    reconcile_step,
+    removal_scope,
+    sweep_step,
+)
 from sandboxer.domain.found import FoundSandbox, MadeBy
 from sandboxer.domain.sandbox_decide import (
     AdmittedCreate,
@@ -45,8 +51,10 @@ def state(status: Status, extension: str | None = HERE, attempt: int = 1) -> San
     )
 
 
-def held(made_by: MadeBy | None = (1, 1), *, alive: bool = True) -> FoundSandbox:
-    return FoundSandbox(sandbox_id="sandbox00001", alive=alive, made_by=made_by)
+def held(
+    made_by: MadeBy | None = (1, 1), *, alive: bool = True, frozen: bool | None = None
+) -> FoundSandbox:
+    return FoundSandbox(sandbox_id="sandbox00001", alive=alive, made_by=made_by, frozen=frozen)
 
 
 @pytest.mark.parametrize(
@@ -62,14 +70,19 @@ def held(made_by: MadeBy | None = (1, 1), *, alive: bool = True) -> FoundSandbox
         (held(), state("new", None), None, "leave"),  # the start's unknown
         (held(), state("ready"), None, "leave"),  # the start's adopt
         (held(), state("provisioning"), None, "leave"),
+        # Set as paused as the log says: nothing appended, only ever towards the log.
+        (held(frozen=False), state("paused"), None, "freeze"),
+        (held(frozen=True), state("ready"), None, "thaw"),
+        (held(frozen=True), state("paused"), None, "leave"),  # the start's adopt
+        (held(frozen=True), state("pausing"), None, "leave"),  # its job's
     ],
 )
-def test_the_sweep_takes_only_the_steps_that_remove_what_no_live_sandbox_is(
+def test_the_sweep_takes_only_the_steps_that_remove_what_no_live_sandbox_is_or_match_the_log(
     found: FoundSandbox, logged: SandboxState, live: MadeBy | None, step: str
 ) -> None:
     assert sweep_step(found, HERE, logged, live) == step
     start = reconcile_step(found, HERE, logged, live)
-    assert step == (start if start in LEAK_STEPS else "leave")
+    assert step == (start if start in LEAK_STEPS | MATCH_STEPS else "leave")
 
 
 def test_a_removal_never_reaches_a_later_attempt_than_the_step_may() -> None:

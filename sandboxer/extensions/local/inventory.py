@@ -10,7 +10,7 @@ from typing import Any
 
 from sandboxer.domain.found import FoundSandbox
 from sandboxer.extensions import host_report
-from sandboxer.extensions.local import attempt_record, cgroups, workspace
+from sandboxer.extensions.local import attempt_record, cgroups, freezer, workspace
 from sandboxer.extensions.local.workspace import Layout
 from sandboxer.ids import is_valid_sandbox_id
 
@@ -45,13 +45,28 @@ def scan_sandboxes(root: Path) -> list[FoundSandbox]:
         alive = state.holder_alive()
         if not alive:  # why, for inspect stale: nothing can run in it any more
             detail["dead"] = f"its holder process {state.holder_pid} died"
+        frozen = _frozen(state.cgroups) if alive else None
+        if frozen is not None:
+            detail["frozen"] = frozen
         # Who made it, as the hosted backends list their attempt labels (a claimed member's
         # record is not listed: see attempt_record.listed).
         made_by = attempt_record.listed(state.made_by, state.pool_member, entry.name)
         found.append(
-            FoundSandbox(sandbox_id=entry.name, alive=alive, detail=detail, made_by=made_by)
+            FoundSandbox(
+                sandbox_id=entry.name, alive=alive, detail=detail, made_by=made_by, frozen=frozen
+            )
         )
     return found
+
+
+def _frozen(cgroup_dirs: Sequence[str]) -> bool | None:
+    """Whether the sandbox's freezer has it frozen (or freezing); None without a freezer
+    group, or when it cannot be read (removed meanwhile: a teardown under way)."""
+    try:
+        control = freezer.find_control(Path(path) for path in cgroup_dirs)
+        return None if control is None else freezer.is_frozen(control)
+    except OSError:
+        return None
 
 
 def owners(roots: Sequence[Path]) -> set[str]:
