@@ -32,7 +32,9 @@ from sandboxer.domain.account_state import (
 )
 from sandboxer.domain.credit_amounts import format_credits
 from sandboxer.domain.key_access import taken_refusal
+from sandboxer.domain.lost_creates import create_lost
 from sandboxer.domain.pricing import ceil_microusd
+from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import Rejected
 from sandboxer.events.account_events import (
     AccountEvent,
@@ -47,6 +49,7 @@ from sandboxer.events.actor import Actor
 
 __all__ = [
     "MAX_BALANCE",
+    "SHORT_OF_CREDITS",
     "AccountCommand",
     "MeterUsage",
     "ReleaseHold",
@@ -54,6 +57,7 @@ __all__ = [
     "check_id_not_held",
     "decide_account",
     "format_credits",
+    "hold_stranded",
     "is_own_hold",
     "meter_command_id",
     "release_command_id",
@@ -322,6 +326,21 @@ def _check_reservation(state: AccountState, command: ReserveCredits, now: str) -
             f"(total {committed}). Raise it with 'sandboxer credits budget {state.project} "
             f"LIMIT --period {state.budget_period}', or wait for the next {state.budget_period}",
         )
+
+
+SHORT_OF_CREDITS = frozenset({"insufficient_credits", "budget_exceeded"})
+"""The refusals of a reservation that holds given back may lift."""
+
+
+def hold_stranded(held: Reservation, sandbox: SandboxState, now: str) -> bool:
+    """Whether ``held``, the reservation of ``sandbox``'s id, is a lost create's: made by a
+    create (``created_by``) long ago, with nothing of the sandbox appended since and its id
+    not given up (:func:`~sandboxer.domain.lost_creates.create_lost`). Its refusals give the
+    id up and the hold back; one never delivered again held the project's credits for ever,
+    its later creates refused for credits or budget. The caller gives the id up
+    (``create_abandoned``) before it releases the hold, so a delivery still on its way is
+    refused rather than appended on credits given back."""
+    return held.created_by is not None and create_lost(sandbox, held.held_since, now)
 
 
 def is_own_hold(

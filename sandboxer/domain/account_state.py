@@ -75,6 +75,10 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
     2026-12-04, or a hold a reroute made for a sandbox that had none). Another create naming
     the same sandbox id may not take it, and a sandbox some other create made is not
     metered at its prices."""
+    held_since: str | None = None
+    """When the create's hold was made (its ``credits_reserved``'s ``at``); None for a hold
+    a reroute made for a sandbox that had none. One whose sandbox still has no events long
+    after is a lost create's (:func:`~sandboxer.domain.account_decide.hold_stranded`)."""
     extensions: dict[str, int] = {}
     """The extensions' holds in ``amount``, by their command ids (``extend-<digest>``): one
     the sandbox refuses for good is given back alone (``credits_released``). A reroute's
@@ -165,6 +169,9 @@ def _reserve(base: AccountState, event: CreditsReserved) -> AccountState:
         created_by=event.causation_id
         if event.reason == "create"
         else (None if held is None else held.created_by),
+        held_since=event.at
+        if event.reason == "create"
+        else (None if held is None else held.held_since),
         extensions=_extensions_after(held, event),
     )
     return _with_reservation(base, event.sandbox_id, reservation)

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sandboxer.domain.lost_creates import STRANDED_SECONDS, create_lost
 from sandboxer.domain.route_signals import CAPACITY_STATUSES
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.timestamps import seconds_between
@@ -43,12 +44,6 @@ __all__ = [
     "place_given_up",
     "place_stranded",
 ]
-
-STRANDED_SECONDS = 600.0
-"""How long a place may be held for a sandbox with no events before its create is taken for
-lost: far longer than a delivery of a create takes from its place to its append (no I/O but
-the log's). A create still being sent again after that (a long ``ack_wait``) is refused, its
-id given up, rather than appended on a place given back."""
 
 
 @dataclass(frozen=True)
@@ -197,9 +192,4 @@ def place_stranded(place: Place, sandbox: SandboxState, now: str) -> bool:
     a host since removed from the hosts file, then put back) would hold it for ever. The
     caller gives the id up (``create_abandoned``) before it frees the place, so a delivery
     still on its way is refused rather than appended on a place given back."""
-    return (
-        sandbox.status == "new"
-        and sandbox.abandoned_by is None
-        and bool(place.at)
-        and seconds_between(place.at, now) > STRANDED_SECONDS
-    )
+    return create_lost(sandbox, place.at, now)

@@ -20,6 +20,7 @@ Accounts change only through :func:`apply_account`, the deciding loop of
 from __future__ import annotations
 
 import hashlib
+import logging
 from decimal import Decimal
 
 from sandboxer.bus.event_store import EventStore, LoadedAccount
@@ -35,10 +36,12 @@ from sandboxer.commands.types import (
 from sandboxer.config.catalog import Catalog, known_extension_class
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.domain.account_decide import (
+    SHORT_OF_CREDITS,
     MeterUsage,
     ReleaseHold,
     ReserveCredits,
     check_id_not_held,
+    hold_stranded,
     is_own_hold,
     meter_command_id,
     release_command_id,
@@ -46,6 +49,7 @@ from sandboxer.domain.account_decide import (
 )
 from sandboxer.domain.account_state import OPERATOR_KEY, own_key_pays, project_of
 from sandboxer.domain.deadlines import ttl_with_extensions
+from sandboxer.domain.lost_creates import held_too_long
 from sandboxer.domain.pricing import (
     ceil_microusd,
     estimate_microusd,
@@ -57,6 +61,7 @@ from sandboxer.domain.sandbox_lifetime import EXTEND_REFUSED_FOR_GOOD
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import parse_duration
 from sandboxer.errors import Rejected, SandboxerError
+from sandboxer.events.actor import SYSTEM_ACTOR
 from sandboxer.workers.deciding import apply, apply_account
 
 __all__ = [
@@ -66,6 +71,7 @@ __all__ = [
     "give_up_refused_create",
     "release_lost_reservation",
     "release_refused_extension",
+    "release_stranded_holds",
     "reroute_reservation_id",
     "reserve_for_create",
     "reserve_for_extend",
@@ -73,6 +79,8 @@ __all__ = [
     "takes_key",
     "wants_gpu",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def decimal_text(value: Decimal) -> str:
@@ -200,8 +208,69 @@ async def reserve_for_create(
         profile=command.profile,
         reason="create",
     )
-    await apply_account(store, project, reservation, account)
+    await _reserve(store, project, reservation, account)
     return key
+
+
+async def _reserve(
+    store: EventStore, project: str, reservation: ReserveCredits, account: LoadedAccount
+) -> None:
+    """Append ``reservation`` on ``project``'s account, or raise Rejected. Refused for
+    credits or budget, it is decided once more if a lost create's hold was given back
+    (:func:`release_stranded_holds`): that is when such a hold costs the project anything."""
+    try:
+        await apply_account(store, project, reservation, account)
+    except Rejected as refused:
+        if refused.code not in SHORT_OF_CREDITS:
+            raise
+        if not await release_stranded_holds(store, project, account):
+            raise
+        await apply_account(store, project, reservation)
+
+
+async def release_stranded_holds(store: EventStore, project: str, account: LoadedAccount) -> bool:
+    """Give back the holds of ``project``'s lost creates (:func:`hold_stranded`), each
+    sandbox id given up first (``create_abandoned``, code ``hold_stranded``); whether any
+    was. A create cut off between its hold and its append is sent again, and its refusals
+    give the hold back; one never sent again (its command gone from the commands stream)
+    held the project's credits for ever. Each hold older than the limit has its sandbox's
+    log read: a live sandbox's hold is kept."""
+    now = utc_now()
+    released = False
+    for sandbox_id, held in sorted(account.state.reservations.items()):
+        if held.created_by is None or not held_too_long(held.held_since, now):
+            continue  # not a create's, or too young: no need to read the sandbox's log
+        sandbox = (await store.load(sandbox_id)).state
+        if not hold_stranded(held, sandbox, now):
+            continue
+        abandon = AbandonCreate(
+            command_id=held.created_by,
+            actor=SYSTEM_ACTOR,
+            code="hold_stranded",
+            reason=f"its credits were held since {held.held_since} with nothing appended",
+        )
+        sandbox = (await apply(store, sandbox_id, abandon))[0].state
+        if sandbox.status != "new" or sandbox.abandoned_by is None:
+            continue  # appended after all (a delivery of it came first): metered when it ends
+        hold = reserve_command_id(sandbox_id)
+        release = ReleaseHold(
+            command_id=release_command_id(hold),
+            causation_id=held.created_by,
+            actor=SYSTEM_ACTOR,
+            sandbox_id=sandbox_id,
+            hold=hold,
+            reason="hold_stranded",
+        )
+        await apply_account(store, project, release)
+        log.warning(
+            "project %s: gave back the credits held since %s for sandbox %s, whose create "
+            "never appended it",
+            project,
+            held.held_since,
+            sandbox_id,
+        )
+        released = True
+    return released
 
 
 def _check_not_held(account: LoadedAccount, admitted: AdmittedCreate) -> None:
@@ -341,7 +410,7 @@ async def reserve_for_extend(store: EventStore, catalog: Catalog, command: Exten
         profile=state.profile,
         reason="extend",
     )
-    await apply_account(store, project, reservation, account)
+    await _reserve(store, project, reservation, account)
 
 
 async def release_refused_extension(store: EventStore, command: ExtendTtl, code: str) -> None:
@@ -417,5 +486,5 @@ async def reserve_for_reroute(
         reason="reroute",
         appended_extensions=appended,
     )
-    await apply_account(store, project, reservation, account)
+    await _reserve(store, project, reservation, account)
     return key

@@ -24,13 +24,17 @@ from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.client import SandboxerClient
+from sandboxer.clock import utc_now
 from sandboxer.commands.types import CreateKey, CreateSandbox, ExtendTtl, RevokeKey
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.account_decide import ReserveCredits, reserve_command_id
 from sandboxer.domain.admission import admit_create
 from sandboxer.domain.key_state import hash_key, key_id_for, new_key
+from sandboxer.domain.lost_creates import STRANDED_SECONDS
 from sandboxer.domain.sandbox_decide import AdmittedCreate
+from sandboxer.domain.timestamps import shift
 from sandboxer.errors import CommandFailed, Rejected, StreamUnavailable
+from sandboxer.events.account_events import CreditsReserved
 from sandboxer.events.actor import Actor
 from sandboxer.ids import new_command_id
 from sandboxer.workers.credit_reservation import reserve_for_create, reserve_for_extend
@@ -930,3 +934,62 @@ async def test_the_endpoint_export_retries_while_it_is_down_and_posts_each_once(
     logged = await metered_in_log(acme)
     assert [key for key, _body in received] == [event["event_id"] for event in logged]
     assert [body["event_id"] for _key, body in received] == [e["event_id"] for e in logged]
+
+
+async def test_a_lost_create_s_hold_is_given_back_once_the_project_runs_short(
+    service: Service, acme: SandboxerClient, home: Path
+) -> None:
+    """A create cut off between its hold and its append, and never sent again (its command
+    gone from the commands stream), held the project's credits for ever: every later create
+    was refused insufficient_credits. Now a create refused for credits gives back the holds
+    of creates lost for longer than STRANDED_SECONDS (each id given up first) and is decided
+    again. A younger hold (a create that may still be sent again) is kept."""
+    minute = PER_CREATE + 60 * PER_SECOND
+    await acme.account_command("add_credits", "acme", amount=2 * minute)
+    store = JetStreamEventStore(acme.nc, acme.js)
+    lost = CreditsReserved(
+        project="acme",
+        command_id=reserve_command_id("losthold01"),
+        causation_id="acme-create-lost",
+        actor=OPS,
+        at=shift(utc_now(), -STRANDED_SECONDS - 60),
+        sandbox_id="losthold01",
+        amount=minute,
+        price=str(PER_SECOND),
+        create_price=str(PER_CREATE),
+        extension="ext.saas-stub",
+        profile="profile.saas-stub",
+    )
+    await store.append_account(await store.load_account("acme"), [lost])
+    await cut_off_after_its_hold(
+        acme, home, OPS, "acme-create-young", ttl="1m", sandbox_id="younghold1"
+    )
+    assert (await account(acme, "acme"))["reserved"] == 2 * minute  # all of it held
+
+    ready = await acme.create("profile.saas-stub", ttl="1m", command_id="acme-create-next")
+    released = await account_events(acme, "acme", "credits_released")
+    assert [(e["sandbox_id"], e["reason"]) for e in released] == [("losthold01", "hold_stranded")]
+    abandoned = [
+        event
+        async for _seq, event in acme.events(sandbox_id="losthold01")
+        if event["type"] == "create_abandoned"
+    ]
+    assert [(e["command_id"], e["code"]) for e in abandoned] == [
+        ("acme-create-lost", "hold_stranded")
+    ]
+    # The lost create, sent again at last, is refused: nothing is held for it any more.
+    with pytest.raises(CommandFailed):
+        await acme.create(
+            "profile.saas-stub", ttl="1m", sandbox_id="losthold01", command_id="acme-create-lost"
+        )
+    # The young one goes on (redelivered, say), on its own hold.
+    young = await acme.create(
+        "profile.saas-stub", ttl="1m", sandbox_id="younghold1", command_id="acme-create-young"
+    )
+    for sandbox_id in (ready["sandbox_id"], young["sandbox_id"]):
+        await acme.destroy(sandbox_id)
+    settled = await account(acme, "acme", metered=2)
+    assert settled["reserved"] == 0
+    assert settled["balance"] == 2 * minute - sum(
+        e["amount"] for e in await account_events(acme, "acme", "usage_metered")
+    )

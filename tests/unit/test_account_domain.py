@@ -19,11 +19,15 @@ from sandboxer.domain.account_decide import (
     ReleaseHold,
     ReserveCredits,
     decide_account,
+    hold_stranded,
     meter_command_id,
     release_command_id,
     reserve_command_id,
 )
 from sandboxer.domain.account_state import AccountBook, evolve_book, project_of
+from sandboxer.domain.lost_creates import STRANDED_SECONDS
+from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.domain.timestamps import shift
 from sandboxer.errors import InvalidCommand, Rejected
 from sandboxer.events.account_events import UsageMetered
 from sandboxer.events.codec import decode_event, encode_event
@@ -510,3 +514,21 @@ def test_a_reroute_carries_over_the_hold_of_an_extension_still_in_flight() -> No
     free = dataclasses.replace(reroute, amount=0, price="0", appended_extensions=None)
     assert run(book, free).state.reservations["sbx00000001"].extensions == {}
     assert run(book, free).state.reserved == 0
+
+
+def test_a_create_s_hold_is_stranded_only_long_after_with_nothing_of_its_sandbox() -> None:
+    """A hold records when its create made it, and keeps it through extensions; it is a lost
+    create's once STRANDED_SECONDS passed with the sandbox still without events, its id not
+    given up. A hold recorded without its create (before 2026-12-04) never is."""
+    book = run(funded(), reserve_with_cause("sbx00000003", 5_000, "create-c"))
+    book = run(book, reserve("sbx00000003", 600, reason="extend", command_id="extend-e1"))
+    held = book.state.reservations["sbx00000003"]
+    assert held.held_since == NOW
+    new = SandboxState(sandbox_id="sbx00000003")
+    late = shift(NOW, STRANDED_SECONDS + 1)
+    assert not hold_stranded(held, new, shift(NOW, STRANDED_SECONDS - 1))
+    assert hold_stranded(held, new, late)
+    assert not hold_stranded(held, msgspec.structs.replace(new, status="requested"), late)
+    assert not hold_stranded(held, msgspec.structs.replace(new, abandoned_by="create-c"), late)
+    assert not hold_stranded(msgspec.structs.replace(held, created_by=None), new, late)
+    assert not hold_stranded(msgspec.structs.replace(held, held_since=None), new, late)

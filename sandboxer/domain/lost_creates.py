@@ -1,0 +1,40 @@
+"""A create taken for lost: something was held for its sandbox long ago, and still nothing
+of the sandbox is in the log. Pure.
+
+A create holds what it needs before its sandbox's first append: a host's place
+(:mod:`~sandboxer.domain.host_places`), its project's credits
+(:mod:`~sandboxer.domain.account_state`). Cut off in between, it is sent again until it is
+appended or refused, and a refusal gives its id up and what it held back. One that is never
+sent again (its message gone from the commands stream: past its deliveries, or purged) would
+hold them for ever. So one held far longer than any delivery takes is given up: its id first
+(``create_abandoned``, which any later ``requested`` of it is refused against), then what it
+held.
+"""
+
+from __future__ import annotations
+
+from sandboxer.domain.sandbox_state import SandboxState
+from sandboxer.domain.timestamps import seconds_between
+
+__all__ = ["STRANDED_SECONDS", "create_lost", "held_too_long"]
+
+STRANDED_SECONDS = 600.0
+"""How long something may be held for a sandbox with no events before its create is taken
+for lost: far longer than a delivery of a create takes from its hold to its append (no I/O
+but the log's). A create still being sent again after that (a long ``ack_wait``, a service
+down meanwhile) is refused, its id given up, rather than appended on what was given back."""
+
+
+def create_lost(sandbox: SandboxState, held_since: str | None, now: str) -> bool:
+    """Whether the create that has held something for ``sandbox`` since ``held_since`` is
+    taken for lost: the sandbox has no events, its id was not given up, and that was more
+    than :data:`STRANDED_SECONDS` ago (never when the time is not known)."""
+    return (
+        sandbox.status == "new" and sandbox.abandoned_by is None and held_too_long(held_since, now)
+    )
+
+
+def held_too_long(held_since: str | None, now: str) -> bool:
+    """Whether something held since ``held_since`` has been for more than
+    :data:`STRANDED_SECONDS` (never when the time is not known)."""
+    return bool(held_since) and seconds_between(str(held_since), now) > STRANDED_SECONDS

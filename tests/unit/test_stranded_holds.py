@@ -1,0 +1,72 @@
+"""A lost create's credit hold given back (workers/credit_reservation.release_stranded_holds):
+only a create's hold, only long after, only while its sandbox still has no events; the id
+given up first, so the create come back at last is refused, not made on credits given back."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandboxer.bus.memory_store import MemoryEventStore
+from sandboxer.clock import utc_now
+from sandboxer.commands.types import CreateSandbox
+from sandboxer.domain.account_decide import reserve_command_id
+from sandboxer.domain.lost_creates import STRANDED_SECONDS
+from sandboxer.domain.sandbox_decide import AdmittedCreate
+from sandboxer.domain.timestamps import shift
+from sandboxer.errors import Rejected
+from sandboxer.events.account_events import CreditsAdded, CreditsReserved
+from sandboxer.events.types import Actor
+from sandboxer.workers.credit_reservation import release_stranded_holds
+from sandboxer.workers.deciding import apply
+
+AGENT = Actor(type="agt", id="agent-7", project="acme")
+STUB = "ext.saas-stub"
+
+
+def admitted(sandbox_id: str) -> AdmittedCreate:
+    return AdmittedCreate(
+        command=CreateSandbox(command_id=f"c-{sandbox_id}", actor=AGENT, profile="profile.stub"),
+        sandbox_id=sandbox_id,
+        profile_version=1,
+        inputs={},
+        extension=STUB,
+        route_reason="test",
+    )
+
+
+def held(sandbox_id: str, *, age: float, by_create: bool = True) -> CreditsReserved:
+    return CreditsReserved(
+        project="acme",
+        command_id=reserve_command_id(sandbox_id),
+        causation_id=f"c-{sandbox_id}" if by_create else None,
+        actor=AGENT,
+        at=shift(utc_now(), -age),
+        sandbox_id=sandbox_id,
+        amount=1_000,
+        price="1",
+        extension=STUB,
+    )
+
+
+async def test_only_the_holds_of_creates_lost_long_ago_are_given_back() -> None:
+    store = MemoryEventStore()
+    old = STRANDED_SECONDS + 5
+    funds = CreditsAdded(project="acme", command_id="add", actor=AGENT, at=utc_now(), amount=10**6)
+    holds = [
+        held("lost0001", age=old),  # its create never came back
+        held("live0001", age=old),  # made long ago, and alive
+        held("young001", age=1),  # may still be sent again
+        held("nocause1", age=old, by_create=False),  # recorded before holds named their create
+    ]
+    await store.append_account(await store.load_account("acme"), [funds, *holds])
+    await apply(store, "live0001", admitted("live0001"))
+
+    account = await store.load_account("acme")
+    assert await release_stranded_holds(store, "acme", account)
+    after = (await store.load_account("acme")).state
+    assert sorted(after.reservations) == ["live0001", "nocause1", "young001"]
+    assert (await store.load("lost0001")).state.abandoned_by == "c-lost0001"
+    with pytest.raises(Rejected):
+        await apply(store, "lost0001", admitted("lost0001"))  # the lost create, back at last
+    # Nothing more to give back: asked again, it says so.
+    assert not await release_stranded_holds(store, "acme", await store.load_account("acme"))
