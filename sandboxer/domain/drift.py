@@ -37,8 +37,9 @@ the later attempt's. One without the label is never judged so: the live one may 
 
 A backend that pauses by freezing may also hold a live sandbox **not as paused as the log
 says**: running while the log says ``paused`` (a pause job's late failure undone, and the
-undo that should freeze it again failing in turn), or frozen while the log says it runs.
-A user's sandbox then hangs, or runs while its TTL clock stands still. Such a sandbox is
+undo that should freeze it again failing in turn), or frozen while the log says it runs;
+or frozen in part (a compose pause cut short between containers). A user's sandbox then
+hangs, or runs while its TTL clock stands still. Such a sandbox is
 frozen or thawed to match the log (``freeze``, ``thaw``: :data:`MATCH_STEPS`); not while it is
 ``pausing`` or ``resuming``, which its job settles.
 
@@ -60,7 +61,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sandboxer.domain.found import FoundSandbox, MadeBy
+from sandboxer.domain.found import FoundSandbox, Frozen, MadeBy
 from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = [
@@ -86,9 +87,9 @@ ORPHAN_STATUSES = frozenset({"new", "destroyed", "failed"})
 USABLE_STATUSES = frozenset({"ready", "active", "pausing", "paused", "resuming"})
 """The log says the sandbox runs (``active``: ready and used since; ``paused``: frozen, its
 processes still there)."""
-FROZEN_WANTED = {"ready": False, "active": False, "paused": True}
-"""Whether the log wants a usable sandbox's processes frozen; not said while a job is
-pausing or resuming it."""
+FROZEN_WANTED: dict[str, Frozen] = {"ready": "none", "active": "none", "paused": "all"}
+"""How much of a usable sandbox the log wants frozen; not said while a job is pausing or
+resuming it."""
 
 
 @dataclass(frozen=True)
@@ -253,9 +254,10 @@ ReconcileStep = Literal[
 
 - ``adopt``: live, and the log calls it usable here: kept as it is (not duplicated);
 - ``fail``: the log calls it usable here, but its processes died: torn down, marked failed;
-- ``freeze``: the log has it paused, but its processes run: frozen again, nothing recorded;
-- ``thaw``: the log has it running (``ready``, ``active``), but it is frozen: thawed,
+- ``freeze``: the log has it paused, but its processes run (all or some): frozen again,
   nothing recorded;
+- ``thaw``: the log has it running (``ready``, ``active``), but it is frozen (all or part):
+  thawed, nothing recorded;
 - ``finish_teardown``: its teardown was interrupted: torn down, ``destroyed`` recorded;
 - ``remove``: the log has it failed or destroyed: torn down, nothing recorded;
 - ``remove_copy``: the log places it elsewhere: this copy is torn down, and nothing is
@@ -284,7 +286,7 @@ def reconcile_step(
         wanted = FROZEN_WANTED.get(state.status)  # pausing, resuming: their job settles it
         if found.frozen is None or wanted is None or found.frozen == wanted:
             return "adopt"
-        return "freeze" if wanted else "thaw"
+        return "freeze" if wanted == "all" else "thaw"
     if state.status == "destroying":
         # One being snapshotted is torn down once its redelivered snapshot job ends.
         return "finish_teardown" if state.snapshotting is None else "leave"

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["FoundSandbox", "MadeBy", "by_id"]
+__all__ = ["FoundSandbox", "Frozen", "MadeBy", "by_id"]
+
+Frozen = Literal["all", "part", "none"]
+"""How much of a sandbox a pause has frozen (:attr:`FoundSandbox.frozen`)."""
 
 MadeBy = tuple[int, int]
 """A provisioning, as its ``provisioning`` event numbers it: (generation, attempt)."""
@@ -46,10 +49,11 @@ class FoundSandbox:
     (made before the label, or a backend that does not label). A labelled one of an attempt
     earlier than the one the log's ``ready`` names is a stale copy beside the live sandbox
     (:func:`~sandboxer.domain.drift.earlier_attempt`)."""
-    frozen: bool | None = None
-    """Whether its processes are frozen (ext.local's cgroup freezer), read beside the rest;
-    None when the backend does not say. One the log calls paused that runs, or running that
-    is frozen, is set as the log says (:func:`~sandboxer.domain.drift.reconcile_step`)."""
+    frozen: Frozen | None = None
+    """How much of it is frozen by a pause: ``all``, ``none``, or ``part`` (a freeze under
+    way or cut short: some processes or containers stopped, others not); None when the
+    backend does not say. One not as the log says (paused: all; running: none) is frozen or
+    thawed to match (:func:`~sandboxer.domain.drift.reconcile_step`)."""
 
 
 def by_id(found: Iterable[FoundSandbox]) -> dict[str, list[FoundSandbox]]:

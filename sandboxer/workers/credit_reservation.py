@@ -61,7 +61,7 @@ from sandboxer.domain.sandbox_lifetime import EXTEND_REFUSED_FOR_GOOD
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import parse_duration
 from sandboxer.errors import Rejected, SandboxerError
-from sandboxer.events.actor import SYSTEM_ACTOR
+from sandboxer.events.actor import SYSTEM_ACTOR, Actor
 from sandboxer.workers.deciding import apply, apply_account
 
 __all__ = [
@@ -243,25 +243,16 @@ async def release_stranded_holds(store: EventStore, project: str, account: Loade
         sandbox = (await store.load(sandbox_id)).state
         if not hold_stranded(held, sandbox, now):
             continue
-        abandon = AbandonCreate(
-            command_id=held.created_by,
-            actor=SYSTEM_ACTOR,
-            code="hold_stranded",
-            reason=f"its credits were held since {held.held_since} with nothing appended",
-        )
-        sandbox = (await apply(store, sandbox_id, abandon))[0].state
-        if sandbox.status != "new" or sandbox.abandoned_by is None:
-            continue  # appended after all (a delivery of it came first): metered when it ends
-        hold = reserve_command_id(sandbox_id)
-        release = ReleaseHold(
-            command_id=release_command_id(hold),
-            causation_id=held.created_by,
-            actor=SYSTEM_ACTOR,
-            sandbox_id=sandbox_id,
-            hold=hold,
-            reason="hold_stranded",
-        )
-        await apply_account(store, project, release)
+        if not await _give_up_and_release(
+            store,
+            project,
+            sandbox_id,
+            held.created_by,
+            SYSTEM_ACTOR,
+            "hold_stranded",
+            f"its credits were held since {held.held_since} with nothing appended",
+        ):
+            continue
         log.warning(
             "project %s: gave back the credits held since %s for sandbox %s, whose create "
             "never appended it",
@@ -349,22 +340,40 @@ async def give_up_refused_create(
     held = account.state.reservations.get(sandbox_id)
     if held is None or held.created_by != create.command_id:
         return  # refused before its hold, given back already, or another create's hold
-    abandon = AbandonCreate(
-        command_id=create.command_id, actor=create.actor, code=code, reason=reason
+    await _give_up_and_release(
+        store, project, sandbox_id, create.command_id, create.actor, code, reason, account
     )
+
+
+async def _give_up_and_release(
+    store: EventStore,
+    project: str,
+    sandbox_id: str,
+    create_id: str,
+    actor: Actor,
+    code: str,
+    reason: str,
+    account: LoadedAccount | None = None,
+) -> bool:
+    """Give ``sandbox_id`` up for its create ``create_id`` (``create_abandoned``: any later
+    ``requested`` of it is refused), then its create's hold back; whether it was given back
+    (not when the create was appended after all: a delivery of it came first, and the
+    sandbox is metered when it ends)."""
+    abandon = AbandonCreate(command_id=create_id, actor=actor, code=code, reason=reason)
     sandbox = (await apply(store, sandbox_id, abandon))[0].state
     if sandbox.status != "new" or sandbox.abandoned_by is None:
-        return  # appended after all (a delivery of it came first): metered when it ends
+        return False
     hold = reserve_command_id(sandbox_id)
     release = ReleaseHold(
         command_id=release_command_id(hold),
-        causation_id=create.command_id,
-        actor=create.actor,
+        causation_id=create_id,
+        actor=actor,
         sandbox_id=sandbox_id,
         hold=hold,
         reason=code,
     )
     await apply_account(store, project, release, account)
+    return True
 
 
 async def reserve_for_extend(store: EventStore, catalog: Catalog, command: ExtendTtl) -> None:

@@ -595,10 +595,24 @@ async def test_pause_freezes_every_container_and_resume_thaws_them(
     paused = time.monotonic()
     assert states() == {"paused"}
     await env.extension.pause("composepause01", host="host1")  # a redelivered job: no error
-    assert (await env.found())["composepause01"].alive  # frozen, not a corpse to reap
+    found = (await env.found())["composepause01"]
+    assert (found.alive, found.frozen) == (True, "all")  # frozen, not a corpse to reap
     await env.extension.resume("composepause01", host="host1")
     resumed = time.monotonic()
     assert states() == {"running"}
+    assert (await env.found())["composepause01"].frozen == "none"
+
+    # A pause cut short between containers is listed as such, and a worker's reconcile
+    # (drift.reconcile_step: freeze or thaw) finishes either way from there.
+    first = env.containers("composepause01")[0]
+    env.engine.cli("pause", first)
+    assert (await env.found())["composepause01"].frozen == "part"
+    await env.extension.resume("composepause01", host="host1")
+    assert states() == {"running"}
+    env.engine.cli("pause", first)
+    await env.extension.pause("composepause01", host="host1")
+    assert states() == {"paused"}
+    await env.extension.resume("composepause01", host="host1")
     code, out = await collect_exec(env.extension, "composepause01", ["echo", "carried on"])
     assert (code, out["stdout"]) == (0, b"carried on\n")
     logging.getLogger(__name__).warning(

@@ -15,7 +15,7 @@ from sandboxer.domain.drift import (
     step_for,
     usable_as_judged,
 )
-from sandboxer.domain.found import FoundSandbox, by_id
+from sandboxer.domain.found import FoundSandbox, Frozen, by_id
 from sandboxer.domain.sandbox_state import SandboxState, Status
 from sandboxer.extensions.compose_ssh.containers import Container
 from sandboxer.extensions.compose_ssh.listing import found_on_host, why_dead
@@ -78,27 +78,30 @@ def logged(status: Status, extension: str | None, host: str | None = None) -> Sa
 
 
 def test_a_live_sandbox_not_as_paused_as_its_log_says_is_frozen_or_thawed_to_match() -> None:
-    """A paused sandbox that runs (an undo that kept failing) is frozen again; a running one
-    that is frozen is thawed. Not while a job pauses or resumes it, nor when the backend
-    does not say, nor for a dead one (its failure is the start's)."""
+    """A paused sandbox that runs, all or in part (an undo that kept failing, a compose pause
+    cut short), is frozen again; a running one frozen, all or in part, is thawed. Not while a
+    job pauses or resumes it, nor when the backend does not say, nor for a dead one (its
+    failure is the start's)."""
     here = "ext.local"
 
-    def held(frozen: bool | None, *, alive: bool = True) -> FoundSandbox:
+    def held(frozen: Frozen | None, *, alive: bool = True) -> FoundSandbox:
         return FoundSandbox(sandbox_id="copy00000001", alive=alive, frozen=frozen)
 
-    assert reconcile_step(held(False), here, logged("paused", here)) == "freeze"
-    assert reconcile_step(held(True), here, logged("ready", here)) == "thaw"
-    assert reconcile_step(held(True), here, logged("active", here)) == "thaw"
-    assert reconcile_step(held(True), here, logged("paused", here)) == "adopt"
-    assert reconcile_step(held(False), here, logged("active", here)) == "adopt"
+    for running in ("none", "part"):
+        assert reconcile_step(held(running), here, logged("paused", here)) == "freeze"
+    for frozen in ("all", "part"):
+        assert reconcile_step(held(frozen), here, logged("ready", here)) == "thaw"
+        assert reconcile_step(held(frozen), here, logged("active", here)) == "thaw"
+    assert reconcile_step(held("all"), here, logged("paused", here)) == "adopt"
+    assert reconcile_step(held("none"), here, logged("active", here)) == "adopt"
     for moving in ("pausing", "resuming"):
-        for frozen in (True, False):
-            assert reconcile_step(held(frozen), here, logged(moving, here)) == "adopt"
+        for how in ("all", "part", "none"):
+            assert reconcile_step(held(how), here, logged(moving, here)) == "adopt"
     assert reconcile_step(held(None), here, logged("paused", here)) == "adopt"
-    assert reconcile_step(held(True, alive=False), here, logged("ready", here)) == "fail"
+    assert reconcile_step(held("all", alive=False), here, logged("ready", here)) == "fail"
     # Never for a sandbox the log places elsewhere, destroys or has failed.
-    assert reconcile_step(held(True), here, logged("ready", "ext.other")) == "remove_copy"
-    assert reconcile_step(held(True), here, logged("destroying", here)) == "finish_teardown"
+    assert reconcile_step(held("all"), here, logged("ready", "ext.other")) == "remove_copy"
+    assert reconcile_step(held("all"), here, logged("destroying", here)) == "finish_teardown"
 
 
 def test_a_copy_of_a_sandbox_the_log_places_elsewhere_is_removed_whatever_its_status() -> None:
@@ -216,6 +219,31 @@ def test_compose_listing_joins_markers_and_containers() -> None:
     assert "dead" not in by_id["stack0000001"].detail
     assert not by_id["removed00001"].alive
     assert by_id["removed00001"].detail["dead"].endswith("has no containers (they were removed)")
+
+
+def test_compose_listing_says_how_much_of_a_live_stack_is_paused() -> None:
+    """Of the containers that run or are paused (an exited one is neither): all paused,
+    none, or some (a pause cut short between containers). Not said of a dead stack, nor
+    when the engine could not list them."""
+    item = Target(
+        "host1",
+        HostConfig(address="127.0.0.1", insecure_accept_any_host_key=True, workspace_root="/s"),
+    )
+    scan = Scan(
+        directories=frozenset({"stack0000001"}),
+        markers={"stack0000001": {"extension": "ext.compose-ssh"}},
+    )
+
+    def frozen(*statuses: str, engine_error: str | None = None) -> Frozen | None:
+        items = [container(f"s{i}", status) for i, status in enumerate(statuses)]
+        [found] = found_on_host(item, scan, items, "ext.compose-ssh", engine_error=engine_error)
+        return found.frozen
+
+    assert frozen("paused", "paused", "exited") == "all"
+    assert frozen("running", "exited") == "none"
+    assert frozen("running", "paused") == "part"
+    assert frozen("exited") is None  # dead
+    assert frozen("paused", engine_error="cannot connect") is None
 
 
 def test_compose_listing_leaves_out_another_backend_s_sandbox_with_containers() -> None:

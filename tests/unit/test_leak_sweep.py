@@ -22,7 +22,7 @@ from sandboxer.domain.drift import (
     removal_scope,
     sweep_step,
 )
-from sandboxer.domain.found import FoundSandbox, MadeBy
+from sandboxer.domain.found import FoundSandbox, Frozen, MadeBy
 from sandboxer.domain.sandbox_decide import (
     AdmittedCreate,
     MarkFailed,
@@ -52,7 +52,7 @@ def state(status: Status, extension: str | None = HERE, attempt: int = 1) -> San
 
 
 def held(
-    made_by: MadeBy | None = (1, 1), *, alive: bool = True, frozen: bool | None = None
+    made_by: MadeBy | None = (1, 1), *, alive: bool = True, frozen: Frozen | None = None
 ) -> FoundSandbox:
     return FoundSandbox(sandbox_id="sandbox00001", alive=alive, made_by=made_by, frozen=frozen)
 
@@ -71,10 +71,10 @@ def held(
         (held(), state("ready"), None, "leave"),  # the start's adopt
         (held(), state("provisioning"), None, "leave"),
         # Set as paused as the log says: nothing appended, only ever towards the log.
-        (held(frozen=False), state("paused"), None, "freeze"),
-        (held(frozen=True), state("ready"), None, "thaw"),
-        (held(frozen=True), state("paused"), None, "leave"),  # the start's adopt
-        (held(frozen=True), state("pausing"), None, "leave"),  # its job's
+        (held(frozen="none"), state("paused"), None, "freeze"),
+        (held(frozen="part"), state("ready"), None, "thaw"),
+        (held(frozen="all"), state("paused"), None, "leave"),  # the start's adopt
+        (held(frozen="all"), state("pausing"), None, "leave"),  # its job's
     ],
 )
 def test_the_sweep_takes_only_the_steps_that_remove_what_no_live_sandbox_is_or_match_the_log(

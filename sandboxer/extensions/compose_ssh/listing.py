@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sandboxer.domain.attempt_order import recorded
-from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.found import FoundSandbox, Frozen
 from sandboxer.extensions.compose_ssh import containers
 from sandboxer.extensions.ssh_targets import Target
 from sandboxer.extensions.ssh_workspace import Scan
@@ -92,6 +92,14 @@ def found_on_host(
                 host=item.name,
                 detail=detail,
                 made_by=recorded(marker.get("made_by")),  # None without a marker, or an old one
+                frozen=None if dead is not None or engine_error is not None else _frozen(items),
             )
         )
     return found
+
+
+def _frozen(items: Sequence[containers.Container]) -> Frozen:
+    """How much of a live stack ``compose pause`` has frozen: of its containers that run or
+    are paused (a stopped one is neither), all, none or some paused."""
+    paused = [c.status == "paused" for c in items if c.running or c.status == "paused"]
+    return "all" if all(paused) else "part" if any(paused) else "none"

@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from sandboxer.domain.found import Frozen
 from sandboxer.errors import ExtensionError
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "create_group",
     "find_control",
     "freeze",
+    "how_frozen",
     "is_frozen",
     "thaw",
     "thaw_now",
@@ -56,6 +58,8 @@ V1_THAW_EVERY = 50
 """Every so many writes, a v1 freeze thaws the group for :data:`V1_THAW_FOR` seconds first."""
 V1_THAW_FOR = 0.01
 V2_FREEZE = "cgroup.freeze"
+V1_FROZEN: dict[str, Frozen] = {"FROZEN": "all", "THAWED": "none"}
+"""How much of a v1 group each settled state says is frozen (``FREEZING``: part)."""
 
 
 def create_group(name: str, base: Path, group: str) -> tuple[Path | None, str | None]:
@@ -100,6 +104,20 @@ def is_frozen(directory: Path) -> bool:
     if v1.exists():
         return v1.read_text().strip() != "THAWED"
     return (directory / V2_FREEZE).read_text().strip() == "1"
+
+
+def how_frozen(directory: Path) -> Frozen:
+    """How much of the group is frozen: ``all`` once the freeze took effect, ``none`` when it
+    is thawed, ``part`` while a freeze is asked for but not settled (v1 ``FREEZING``), or a
+    thaw is under way."""
+    v1 = directory / V1_STATE
+    if v1.exists():
+        return V1_FROZEN.get(v1.read_text().strip(), "part")
+    asked = (directory / V2_FREEZE).read_text().strip() == "1"
+    frozen = "frozen 1" in (directory / "cgroup.events").read_text().split("\n")
+    if asked and frozen:
+        return "all"
+    return "none" if not asked and not frozen else "part"
 
 
 def _settled(directory: Path, frozen: bool) -> bool:

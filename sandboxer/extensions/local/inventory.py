@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sandboxer.domain.found import FoundSandbox
+from sandboxer.domain.found import FoundSandbox, Frozen
 from sandboxer.extensions import host_report
 from sandboxer.extensions.local import attempt_record, cgroups, freezer, workspace
 from sandboxer.extensions.local.workspace import Layout
@@ -59,12 +59,12 @@ def scan_sandboxes(root: Path) -> list[FoundSandbox]:
     return found
 
 
-def _frozen(cgroup_dirs: Sequence[str]) -> bool | None:
-    """Whether the sandbox's freezer has it frozen (or freezing); None without a freezer
-    group, or when it cannot be read (removed meanwhile: a teardown under way)."""
+def _frozen(cgroup_dirs: Sequence[str]) -> Frozen | None:
+    """How much of the sandbox its freezer has frozen; None without a freezer group, or
+    when it cannot be read (removed meanwhile: a teardown under way)."""
     try:
         control = freezer.find_control(Path(path) for path in cgroup_dirs)
-        return None if control is None else freezer.is_frozen(control)
+        return None if control is None else freezer.how_frozen(control)
     except OSError:
         return None
 
