@@ -96,74 +96,54 @@ def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print_json(hosts)
         return
-    rows = []
-    for host in hosts:
-        if host.get("unreachable"):
-            rows.append(
-                (
-                    host["host"],
-                    host["extension"],
-                    "unreachable",
-                    "-",
-                    f"not judged (it did not answer: {host['unreachable']}); try again later",
-                )
-            )
-        for orphan in host.get("orphans", []):
-            rows.append(
-                (
-                    host["host"],
-                    host["extension"],
-                    "orphan",
-                    orphan["sandbox_id"],
-                    _orphan_note(orphan),
-                )
-            )
-        for ghost in host.get("ghosts", []):
-            rows.append(
-                (
-                    host["host"],
-                    host["extension"],
-                    "ghost",
-                    ghost,
-                    "ready in the log; nothing on the host",
-                )
-            )
-        for corpse in host.get("corpses", []):
-            rows.append(
-                (
-                    host["host"],
-                    host["extension"],
-                    "corpse",
-                    corpse["sandbox_id"],
-                    f"ready in the log; {corpse['reason']}",
-                )
-            )
-        for stuck in host.get("stuck", []):
-            rows.append(
-                (
-                    host["host"],
-                    host["extension"],
-                    "stuck",
-                    stuck["sandbox_id"],
-                    f"teardown failed: {stuck['reason']}",
-                )
-            )
-        for removed in host.get("removed", []):
-            rows.append((host["host"], host["extension"], "removed", removed, "torn down"))
-        for failed in host.get("marked_failed", []):
-            rows.append(
-                (host["host"], host["extension"], "marked failed", failed, "recorded as failed")
-            )
+    rows = [(host["host"], host["extension"], *row) for host in hosts for row in _drift_rows(host)]
     if rows:
         print_table(rows, ["host", "extension", "kind", "sandbox", "meaning"])
     else:
         typer.echo("no drift: the hosts hold exactly what the log says")
 
 
+def _drift_rows(host: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(kind, sandbox, meaning) of each thing one host's reply names."""
+    rows: list[tuple[str, str, str]] = []
+    if host.get("unreachable"):
+        why = f"not judged (it did not answer: {host['unreachable']}); try again later"
+        rows.append(("unreachable", "-", why))
+    rows += [("orphan", o["sandbox_id"], _orphan_note(o)) for o in host.get("orphans", [])]
+    rows += [
+        ("ghost", ghost, "ready in the log; nothing on the host")
+        for ghost in host.get("ghosts", [])
+    ]
+    rows += [
+        ("corpse", c["sandbox_id"], f"ready in the log; {c['reason']}")
+        for c in host.get("corpses", [])
+    ]
+    rows += [
+        (
+            "unmatched",
+            u["sandbox_id"],
+            f"{u['status']} in the log; {u['frozen']} of it frozen (a worker's next leak "
+            f"sweep, or reap-stale, will {u['step']} it)",
+        )
+        for u in host.get("unmatched", [])
+    ]
+    rows += [
+        ("stuck", s["sandbox_id"], f"teardown failed: {s['reason']}") for s in host.get("stuck", [])
+    ]
+    rows += [("removed", removed, "torn down") for removed in host.get("removed", [])]
+    for matched in host.get("matched", []):
+        done = "frozen again" if matched["step"] == "freeze" else "thawed"
+        rows.append((done, matched["sandbox_id"], done))
+    rows += [
+        ("marked failed", failed, "recorded as failed") for failed in host.get("marked_failed", [])
+    ]
+    return rows
+
+
 @inspect_app.command("stale")
 def inspect_stale(as_json: JsonOpt = False) -> None:
-    """List drift: orphans, ghosts, corpses (ready in the log, dead on the host) and stuck
-    teardowns."""
+    """List drift: orphans, ghosts, corpses (ready in the log, dead on the host), sandboxes
+    not as paused as the log says (unmatched) and stuck teardowns."""
     _print_drift(run(with_client(lambda c: _ask_extensions(c, "stale", {}))), as_json)
 
 
@@ -174,7 +154,7 @@ def reap_stale(
     as_json: JsonOpt = False,
 ) -> None:
     """Clear drift (only with --apply): remove orphans, mark ghosts and corpses failed and
-    clean what is left of them, and try stuck teardowns again."""
+    clean what is left of them, freeze or thaw the unmatched, and try stuck teardowns again."""
     replies = run(with_client(lambda c: _ask_extensions(c, "reap", {"apply": apply})))
     _print_drift(replies, as_json)
     if not apply and not as_json:

@@ -41,7 +41,7 @@ undo that should freeze it again failing in turn), or frozen while the log says 
 or frozen in part (a compose pause cut short between containers). A user's sandbox then
 hangs, or runs while its TTL clock stands still. Such a sandbox is
 frozen or thawed to match the log (``freeze``, ``thaw``: :data:`MATCH_STEPS`); not while it is
-``pausing`` or ``resuming``, which its job settles.
+``pausing`` or ``resuming``, which its job settles. A report lists it as **unmatched**.
 
 While a worker runs, its **leak sweep** takes again, every few minutes, only the steps that
 remove what no live sandbox of the log is (:data:`LEAK_STEPS`) and those that set a live one
@@ -69,11 +69,13 @@ __all__ = [
     "MATCH_STEPS",
     "Drift",
     "ReconcileStep",
+    "Unmatched",
     "claimed",
     "corpse_reason",
     "earlier_attempt",
     "find_drift",
     "live_attempt",
+    "pause_step",
     "placed_elsewhere",
     "reap_agrees",
     "reconcile_step",
@@ -93,6 +95,25 @@ resuming it."""
 
 
 @dataclass(frozen=True)
+class Unmatched:
+    """A live sandbox not as paused as its log says, and the step that sets it so."""
+
+    found: FoundSandbox
+    status: str
+    """What the log says of it."""
+    step: Literal["freeze", "thaw"]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "sandbox_id": self.found.sandbox_id,
+            "host": self.found.host,
+            "status": self.status,
+            "frozen": self.found.frozen,
+            "step": self.step,
+        }
+
+
+@dataclass(frozen=True)
 class Drift:
     orphans: list[FoundSandbox] = field(default_factory=list)
     ghosts: list[str] = field(default_factory=list)
@@ -104,12 +125,15 @@ class Drift:
     """Orphan id -> the provisioning the log's ``ready`` names, for orphans that are stale
     copies an earlier attempt made beside that live sandbox (:func:`earlier_attempt`): each
     is removed with its own attempt's teardown, never the sandbox's."""
+    unmatched: list[Unmatched] = field(default_factory=list)
+    """Live sandboxes not as paused as the log says (:func:`pause_step`)."""
 
     def to_dict(self) -> dict[str, object]:
         return {
             "orphans": [self._orphan_dict(o) for o in self.orphans],
             "ghosts": list(self.ghosts),
             "corpses": [{**_found_dict(c), "reason": corpse_reason(c)} for c in self.corpses],
+            "unmatched": [u.to_dict() for u in self.unmatched],
         }
 
     def _orphan_dict(self, orphan: FoundSandbox) -> dict[str, object]:
@@ -174,6 +198,13 @@ def find_drift(
         and not f.alive
         and status(f) in USABLE_STATUSES
     ]
+    unmatched = [
+        Unmatched(f, status(f), step)
+        for f in found
+        if f.sandbox_id not in elsewhere
+        and not stale(f)
+        and (step := pause_step(f, status(f))) is not None
+    ]
     present = {f.sandbox_id for f in found if not stale(f)}
     ghosts = sorted(sandbox_id for sandbox_id in log_ready if sandbox_id not in present)
     copies = {f.sandbox_id: attempts[f.sandbox_id] for f in found if stale(f)}
@@ -183,6 +214,7 @@ def find_drift(
         corpses=corpses,
         placed_on=dict(elsewhere),
         live_attempts=copies,
+        unmatched=unmatched,
     )
 
 
@@ -283,10 +315,7 @@ def reconcile_step(
     if state.status in USABLE_STATUSES:
         if not found.alive:
             return "fail"
-        wanted = FROZEN_WANTED.get(state.status)  # pausing, resuming: their job settles it
-        if found.frozen is None or wanted is None or found.frozen == wanted:
-            return "adopt"
-        return "freeze" if wanted == "all" else "thaw"
+        return pause_step(found, state.status) or "adopt"
     if state.status == "destroying":
         # One being snapshotted is torn down once its redelivered snapshot job ends.
         return "finish_teardown" if state.snapshotting is None else "leave"
@@ -302,6 +331,17 @@ LEAK_STEPS: frozenset[ReconcileStep] = frozenset(
 sandbox's leftovers, a copy of one the log places elsewhere, an earlier attempt's copy beside
 the live one. Each records nothing on the sandbox. The others (``fail``, ``finish_teardown``)
 append to its log, and decide what a job in flight decides too."""
+
+
+def pause_step(found: FoundSandbox, status: str) -> Literal["freeze", "thaw"] | None:
+    """The step that sets ``found``, alive, as paused as a log saying ``status`` wants it:
+    ``freeze`` for a paused one not all frozen, ``thaw`` for a running one frozen in whole
+    or in part; None when it is as wanted, when the backend does not say, or while a job is
+    pausing or resuming it (or it is not a live sandbox of the log)."""
+    wanted = FROZEN_WANTED.get(status)
+    if not found.alive or found.frozen is None or wanted is None or found.frozen == wanted:
+        return None
+    return "freeze" if wanted == "all" else "thaw"
 
 
 MATCH_STEPS: frozenset[ReconcileStep] = frozenset({"freeze", "thaw"})

@@ -14,8 +14,8 @@ Subjects (core NATS, outside every stream), one set per extension:
   ``apply`` the same as stale; with it, tear the orphans down (such a copy through
   ``teardown_attempt``, which leaves the live one), mark the ghosts
   failed, mark the corpses failed with the reason and tear down what is left
-  of them, try the stuck teardowns again, and record a ``HostReaped`` event
-  per host.
+  of them, freeze or thaw the sandboxes not as paused as the log says (``matched``),
+  try the stuck teardowns again, and record a ``HostReaped`` event per host.
 
 The log's usable sandboxes are read before the backend is listed: one made ready after the
 listing is then not among them, where read after it would be a ghost. And the log moves on
@@ -59,6 +59,7 @@ from sandboxer.config.settings import Settings
 from sandboxer.domain.drift import (
     Drift,
     ReconcileStep,
+    Unmatched,
     claimed,
     corpse_reason,
     find_drift,
@@ -85,6 +86,7 @@ from sandboxer.extensions.capabilities import AttemptScoped, HostLister, Leftove
 from sandboxer.workers.backend_for import backend_for_id, on_project_keys
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.host_events import event_host, inspect_and_record
+from sandboxer.workers.pause_job import PauseJob
 from sandboxer.workers.scoped_teardown import remove_scoped
 
 __all__ = ["InventoryService"]
@@ -126,6 +128,7 @@ class InventoryService:
         self._extension = extension
         self._settings = settings
         self._responder = Responder(nc, stamp={"extension": extension.id})
+        self._pauses = PauseJob(store, extension, explain=str)
 
     async def start(self) -> None:
         queue = "" if self._extension.host_local else f"inventory-{self._extension.id}"
@@ -336,6 +339,11 @@ class InventoryService:
                     partial(usable_as_judged, judged.ready.get(ghost)),
                 ):
                     ghosts.append(ghost)
+            matched = [
+                {"sandbox_id": unmatched.found.sandbox_id, "step": unmatched.step}
+                for unmatched in drift.unmatched
+                if await self._match(unmatched, judged)
+            ]
             marked = [*ghosts, *failed_corpses]
             removed += await self._retry_stuck(host)
             name = event_host(host)
@@ -350,8 +358,20 @@ class InventoryService:
                         marked_failed=marked,
                     )
                 )
-            hosts.append({"host": name, "removed": removed, "marked_failed": marked})
+            hosts.append(
+                {"host": name, "removed": removed, "marked_failed": marked, "matched": matched}
+            )
         return {"hosts": hosts, "applied": True}
+
+    async def _match(self, unmatched: Unmatched, judged: _Judged) -> bool:
+        """Freeze or thaw a sandbox judged not as paused as its log says, if its step is
+        still that one now that its log is read again (a pause or resume decided since is
+        its job's); whether it was taken."""
+        state = (await self._store.load(unmatched.found.sandbox_id)).state
+        if self._step(unmatched.found, state, judged) != unmatched.step:
+            return False
+        await self._pauses.match_log(unmatched.step, state)
+        return True
 
     def _step(self, found: FoundSandbox, state: SandboxState, judged: _Judged) -> ReconcileStep:
         """The step for ``found`` were the log to say ``state`` (with the same listing)."""

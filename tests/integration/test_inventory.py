@@ -71,6 +71,7 @@ async def test_stale_finds_orphans_and_ghosts_and_reap_cleans_them(service: Serv
         "orphans": [],
         "ghosts": [],
         "corpses": [],
+        "unmatched": [],
         "stuck": [],
     }
     hosts = await client.hosts()

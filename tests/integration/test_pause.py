@@ -230,6 +230,11 @@ async def test_a_pause_job_failing_after_another_attempt_paused_it_freezes_it_ag
     await client.destroy(sandbox_id, timeout=30)
 
 
+def local_hosts(said: str) -> list[dict[str, Any]]:
+    """ext.local's hosts of a drift report printed with --json (every extension answers)."""
+    return [host for host in json.loads(said) if host["extension"] == "ext.local"]
+
+
 @contextlib.asynccontextmanager
 async def sweeping_worker(service: Service) -> AsyncIterator[ExtensionWorker]:
     """An ext.local worker of the service's log, whose start and leak sweep the test calls."""
@@ -503,3 +508,30 @@ async def test_a_paused_sandbox_whose_holder_died_is_a_corpse_that_reap_marks_fa
     state = await client.get(sandbox_id)
     assert state is not None
     assert (state["status"], state["paused_at"]) == ("failed", None)
+
+
+async def test_inspect_stale_lists_a_sandbox_not_as_paused_as_its_log_and_reap_sets_it_so(
+    service: Service, cli_env: dict[str, str]
+) -> None:
+    """An operator sees it before any sweep comes: ``inspect stale`` lists it unmatched,
+    with the step; ``reap-stale --apply`` takes it, and records nothing on the sandbox."""
+    client = service.client
+    sandbox_id = (await client.create())["sandbox_id"]
+    await start_counter(service, sandbox_id)
+    await freezer.freeze(freezer_of(service, sandbox_id), sandbox_id=sandbox_id)
+    events = len(await events_of(client, sandbox_id))
+    cli = Cli(cli_env)
+
+    said = (await cli("inspect", "stale")).stdout
+    assert f"unmatched  {sandbox_id}" in said, said
+    assert "active in the log; all of it frozen" in said, said  # used since: active
+    [stale] = local_hosts((await cli("inspect", "stale", "--json")).stdout)
+    assert [(u["sandbox_id"], u["step"]) for u in stale["unmatched"]] == [(sandbox_id, "thaw")]
+    assert freezer.is_frozen(freezer_of(service, sandbox_id))  # a look changes nothing
+
+    [reaped] = local_hosts((await cli("reap-stale", "--apply", "--json")).stdout)
+    assert reaped["matched"] == [{"sandbox_id": sandbox_id, "step": "thaw"}]
+    assert not freezer.is_frozen(freezer_of(service, sandbox_id))
+    assert len(await events_of(client, sandbox_id)) == events
+    assert "no drift" in (await cli("inspect", "stale")).stdout
+    await client.destroy(sandbox_id, timeout=30)

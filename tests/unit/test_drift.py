@@ -53,7 +53,44 @@ def test_each_kind_is_found_and_transitions_are_left_alone() -> None:
 
 def test_a_live_sandbox_the_log_calls_ready_is_no_drift() -> None:
     drift = find_drift([found("healthy00001")], {"healthy00001": "ready"}, ["healthy00001"])
-    assert drift.to_dict() == {"orphans": [], "ghosts": [], "corpses": []}
+    assert drift.to_dict() == {"orphans": [], "ghosts": [], "corpses": [], "unmatched": []}
+
+
+def test_a_live_sandbox_not_as_paused_as_its_log_says_is_listed_unmatched() -> None:
+    """With the step a reap or a worker takes; a dead one is a corpse, and one a job is
+    pausing or resuming, or whose backend does not say, is no drift."""
+    listed = [
+        FoundSandbox(sandbox_id="running00001", alive=True, frozen="part"),
+        FoundSandbox(sandbox_id="frozen000001", alive=True, frozen="all"),
+        FoundSandbox(sandbox_id="pausing00001", alive=True, frozen="part"),
+        FoundSandbox(sandbox_id="unsaid000001", alive=True),
+        FoundSandbox(sandbox_id="dead00000001", alive=False, frozen="none"),
+    ]
+    statuses = {
+        "running00001": "paused",
+        "frozen000001": "active",
+        "pausing00001": "pausing",
+        "unsaid000001": "paused",
+        "dead00000001": "paused",
+    }
+    drift = find_drift(listed, statuses, list(statuses))
+    assert drift.to_dict()["unmatched"] == [
+        {
+            "sandbox_id": "running00001",
+            "host": None,
+            "status": "paused",
+            "frozen": "part",
+            "step": "freeze",
+        },
+        {
+            "sandbox_id": "frozen000001",
+            "host": None,
+            "status": "active",
+            "frozen": "all",
+            "step": "thaw",
+        },
+    ]
+    assert [c.sandbox_id for c in drift.corpses] == ["dead00000001"]
 
 
 def test_corpses_say_why_in_the_report() -> None:
