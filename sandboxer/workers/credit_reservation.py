@@ -62,6 +62,7 @@ from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import parse_duration
 from sandboxer.errors import Rejected, SandboxerError
 from sandboxer.events.actor import SYSTEM_ACTOR, Actor
+from sandboxer.recent import Recent
 from sandboxer.workers.deciding import apply, apply_account
 
 __all__ = [
@@ -81,6 +82,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_APPENDED: Recent[str, bool] = Recent(10_000)
+"""Sandbox ids whose old holds :func:`release_stranded_holds` found appended: a sandbox with
+events never has none again, so its hold is never a lost create's. Without it, each create
+of a project at its limit read the log of every sandbox it has held for long."""
 
 
 def decimal_text(value: Decimal) -> str:
@@ -238,9 +244,15 @@ async def release_stranded_holds(store: EventStore, project: str, account: Loade
     now = utc_now()
     released = False
     for sandbox_id, held in sorted(account.state.reservations.items()):
-        if held.created_by is None or not held_too_long(held.held_since, now):
-            continue  # not a create's, or too young: no need to read the sandbox's log
+        if (
+            held.created_by is None
+            or not held_too_long(held.held_since, now)
+            or sandbox_id in _APPENDED
+        ):
+            continue  # not a create's, too young, or its sandbox seen appended: not lost
         sandbox = (await store.load(sandbox_id)).state
+        if sandbox.status != "new":
+            _APPENDED.put(sandbox_id, True)
         if not hold_stranded(held, sandbox, now):
             continue
         if not await _give_up_and_release(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.memory_store import MemoryEventStore
 from sandboxer.clock import utc_now
 from sandboxer.commands.types import CreateSandbox
@@ -70,3 +71,30 @@ async def test_only_the_holds_of_creates_lost_long_ago_are_given_back() -> None:
         await apply(store, "lost0001", admitted("lost0001"))  # the lost create, back at last
     # Nothing more to give back: asked again, it says so.
     assert not await release_stranded_holds(store, "acme", await store.load_account("acme"))
+
+
+class CountingStore(MemoryEventStore):
+    """The memory store, counting the sandbox loads asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads: list[str] = []
+
+    async def load(self, sandbox_id: str) -> Loaded:
+        self.loads.append(sandbox_id)
+        return await super().load(sandbox_id)
+
+
+async def test_an_appended_sandbox_s_log_is_read_once_not_at_every_refusal() -> None:
+    """A project at its limit is refused at every create, and each refusal looks for lost
+    holds: a sandbox seen appended is never a lost create's, so its log is not read again."""
+    store = CountingStore()
+    funds = CreditsAdded(project="acme", command_id="add", actor=AGENT, at=utc_now(), amount=10**6)
+    await store.append_account(
+        await store.load_account("acme"), [funds, held("living01", age=STRANDED_SECONDS + 5)]
+    )
+    await apply(store, "living01", admitted("living01"))
+    store.loads.clear()
+    for _ in range(3):
+        assert not await release_stranded_holds(store, "acme", await store.load_account("acme"))
+    assert store.loads == ["living01"]
