@@ -366,12 +366,11 @@ class InventoryService:
     async def _match(self, unmatched: Unmatched, judged: _Judged) -> bool:
         """Freeze or thaw a sandbox judged not as paused as its log says, if its step is
         still that one now that its log is read again (a pause or resume decided since is
-        its job's); whether it was taken."""
+        its job's); whether it was done."""
         state = (await self._store.load(unmatched.found.sandbox_id)).state
         if self._step(unmatched.found, state, judged) != unmatched.step:
             return False
-        await self._pauses.match_log(unmatched.step, state)
-        return True
+        return await self._pauses.match_log(unmatched.step, state)
 
     def _step(self, found: FoundSandbox, state: SandboxState, judged: _Judged) -> ReconcileStep:
         """The step for ``found`` were the log to say ``state`` (with the same listing)."""

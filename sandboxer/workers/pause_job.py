@@ -182,17 +182,17 @@ class PauseJob:
             keyed = await backend_for(self._store, self._extension, loaded.state)
             await follow_expiry(keyed, loaded.state, self._explain)
 
-    async def match_log(self, step: Literal["freeze", "thaw"], state: SandboxState) -> None:
+    async def match_log(self, step: Literal["freeze", "thaw"], state: SandboxState) -> bool:
         """Freeze or thaw a live sandbox found not as paused as its log (``state``, read
         right before) says: what an undo that kept failing left, or a freezer set behind
-        the service's back (:data:`~sandboxer.domain.drift.MATCH_STEPS`; the worker's start
-        and its leak sweep). Nothing is recorded: the log already says how it should be. A
-        failure is logged, and the next sweep tries again."""
+        the service's back (:data:`~sandboxer.domain.drift.MATCH_STEPS`; a worker's start,
+        its leak sweep, ``reap-stale``). Nothing is recorded: the log already says how it
+        should be. Whether it was done; a failure is logged, and the next sweep tries
+        again."""
         operation: Literal["pause", "resume"] = "pause" if step == "freeze" else "resume"
         log.warning(
-            "sandbox %s is %s while its log says %s; %s it",
+            "sandbox %s is not as paused as its log says (%s); %s it",
             state.sandbox_id,
-            "running" if step == "freeze" else "frozen",
             state.status,
             "freezing" if step == "freeze" else "thawing",
         )
@@ -208,9 +208,10 @@ class PauseJob:
                 operation,
                 self._explain(exc),
             )
-            return
+            return False
         if operation == "resume":  # as after any resume (a provider's own timeout)
             await follow_expiry(backend, state, self._explain)
+        return True
 
 
 def _to_undo(left: Literal["pause", "resume"], now: SandboxState) -> bool:
