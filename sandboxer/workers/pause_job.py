@@ -24,6 +24,8 @@ import stamina
 
 from sandboxer.bus.event_store import EventStore
 from sandboxer.bus.publish import is_unavailability
+from sandboxer.clock import utc_now
+from sandboxer.domain.deadlines import due
 from sandboxer.domain.sandbox_pause import MarkPaused, MarkPauseFailed, MarkResumed
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.extensions.base import Extension
@@ -190,6 +192,12 @@ class PauseJob:
         should be. Whether it was done; a failure is logged, and the next sweep tries
         again."""
         operation: Literal["pause", "resume"] = "pause" if step == "freeze" else "resume"
+        deadline = due(state)
+        if step == "thaw" and deadline is not None and deadline.at <= utc_now():
+            # Its expiry is on its way (a provider stops one past our TTL too): thawed, a
+            # hosted one would run, billed, for nothing until then.
+            log.info("sandbox %s is frozen, but overdue: left to its expiry", state.sandbox_id)
+            return False
         log.warning(
             "sandbox %s is not as paused as its log says (%s); %s it",
             state.sandbox_id,

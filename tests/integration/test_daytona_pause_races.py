@@ -13,6 +13,7 @@ it again when another attempt at the same resume recorded ``resumed`` meanwhile)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +28,12 @@ from sandboxer.config.settings import Settings
 from sandboxer.errors import CommandFailed, ProviderError, ProviderUnavailable
 from sandboxer.extensions.daytona.api import ProviderSandbox
 from sandboxer.extensions.daytona.backend import DaytonaExtension
+from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
 from tests.doubles.daytona_double import DaytonaDouble, DaytonaServed, Record
 from tests.doubles.spec_double import Answer, Call, Served
+from tests.integration import conftest
 from tests.integration.conftest import start_service
 from tests.integration.test_ext_daytona import FAST, build, up
 from tests.integration.test_hosted_service import daytona
@@ -432,5 +435,55 @@ async def test_an_earlier_resume_failing_after_a_later_one_succeeded_leaves_it_s
         await client.destroy(sandbox_id)
     finally:
         await earlier.aclose()
+        await service.client.close()
+        await service.shutdown()
+
+
+async def test_a_sandbox_stopped_while_its_log_says_ready_is_started_by_the_leak_sweep(
+    nats_server: Any,
+    home: Path,
+    daytona_double: DaytonaServed,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop still pending past a failed pause's second wait lands later: Daytona has the
+    sandbox stopped, its auto-delete lifted, while the log keeps it ``ready`` (on the old
+    code it stayed so, the user's sandbox gone from under them). The worker's leak sweep
+    starts it again, with its auto-delete; one past its TTL is left to its expiry."""
+    provider = daytona(daytona_double)
+    for name, value in provider.env.items():
+        monkeypatch.setenv(name, value)
+    original = conftest.settings_for
+
+    def no_expiry_sweep(*args: Any, **kwargs: Any) -> Settings:
+        return dataclasses.replace(original(*args, **kwargs), expiry_interval=3600)
+
+    monkeypatch.setattr(conftest, "settings_for", no_expiry_sweep)
+    service = await start_service(
+        home, nats_server.url, roles=["control", "projector", provider.extension]
+    )
+    extension = build(daytona_double)
+    try:
+        await service.fund()
+        client = service.client
+        sandbox_id = (await client.create(provider.profile, ttl="10m"))["sandbox_id"]
+        [record] = daytona_double.double.live()
+        record.state, record.auto_delete = "stopped", -1  # the late stop lands
+        store = JetStreamEventStore(client.nc, client.js)
+        worker = ExtensionWorker(client.js, store, Catalog.load(home), extension)
+        assert await worker.sweep_leaks() == []
+        assert (record.state, record.auto_delete) == ("started", GRACE)
+        assert (await store.load(sandbox_id)).state.status in {"ready", "active"}
+
+        # Past its TTL (no expiry sweep comes here), a stopped one stays stopped.
+        overdue = (await client.create(provider.profile, ttl="1s"))["sandbox_id"]
+        [late] = [r for r in daytona_double.double.live() if r is not record]
+        await asyncio.sleep(1.2)
+        late.state = "stopped"
+        await worker.sweep_leaks()
+        assert late.state == "stopped"
+        for each in (sandbox_id, overdue):
+            await client.destroy(each)
+    finally:
+        await extension.aclose()
         await service.client.close()
         await service.shutdown()

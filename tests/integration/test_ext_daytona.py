@@ -378,11 +378,13 @@ class TestPause:
         [record] = daytona_double.double.live()
         await daytona.pause("dtpause001")
         assert (record.state, record.auto_delete) == ("stopped", -1)
-        found = {f.sandbox_id: f.alive for f in await daytona.list_sandboxes()}
-        assert found == {"dtpause001": True}  # paused, not dead
+        found = {f.sandbox_id: (f.alive, f.frozen) for f in await daytona.list_sandboxes()}
+        assert found == {"dtpause001": (True, "all")}  # paused, not dead
         await daytona.pause("dtpause001")  # again: already stopped
         await daytona.resume("dtpause001")
         assert (record.state, record.auto_delete) == ("started", 15)
+        [listed] = await daytona.list_sandboxes()
+        assert listed.frozen == "none"
         out = Collected()
         assert await daytona.exec("dtpause001", ["echo", "back"], out) == 0
         assert out.text == "back\n"

@@ -276,7 +276,9 @@ class DaytonaExtension:
         """This declaration's sandboxes at Daytona, and those made before the labels said
         which declaration made them (``unmarked``: the log says whose); stopped (paused)
         ones are alive, failed ones are not, and those being deleted are left out (Daytona
-        is ending them)."""
+        is ending them). A started one is not frozen, a stopped or archived one is
+        (``frozen``): a stop that landed after its pause gave up, on a sandbox the log calls
+        ready, is started again by the worker's next sweep."""
         api = self._client()
         listed = await api.list({plan.BACKEND_LABEL: self.id})
         if self.id != plan.OLD_MAKER:
@@ -305,6 +307,7 @@ class DaytonaExtension:
                     detail=detail,
                     unmarked=plan.maker(item.labels) is None,
                     made_by=labelled_attempt(item.labels),
+                    frozen=plan.FROZEN_BY_STATE.get(item.state or ""),
                 )
             )
         return found

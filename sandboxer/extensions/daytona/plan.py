@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sandboxer.config.profile import Profile
+from sandboxer.domain.found import Frozen
 from sandboxer.durations import parse_duration
 from sandboxer.errors import InvalidInput
 from sandboxer.extensions.daytona.config import EXTENSION_ID
@@ -41,6 +42,7 @@ from sandboxer.hosted.labels import maker as labels_maker
 __all__ = [
     "BACKEND_LABEL",
     "FAILED_STATES",
+    "FROZEN_BY_STATE",
     "GONE_STATES",
     "IMAGE_PREFIX",
     "LABELS_LABEL",
@@ -74,6 +76,9 @@ any other value names a Daytona snapshot (which fixes the resources itself)."""
 
 FAILED_STATES = frozenset({"error", "build_failed"})
 GONE_STATES = frozenset({"destroyed", "destroying"})
+FROZEN_BY_STATE: dict[str, Frozen] = {"started": "none", "stopped": "all", "archived": "all"}
+"""How much of a sandbox in each settled state a pause (a stop) holds; a state on its way
+(``starting``, ``stopping``, ``archiving``...) is not judged: Daytona is moving it."""
 
 _GPU_TYPES = ("H100", "RTX-PRO-6000")
 """The spec's GpuType values."""
