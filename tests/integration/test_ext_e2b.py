@@ -200,11 +200,12 @@ async def test_pause_and_resume(e2b: E2bExtension, e2b_double: ServedE2b) -> Non
     assert record.state == "paused"
     await e2b.pause("e2bpause001")  # already paused: E2B answers 409, which is done
     found = await e2b.list_sandboxes()
-    assert [(f.sandbox_id, f.alive, f.detail["state"]) for f in found] == [
-        ("e2bpause001", True, "paused")
+    assert [(f.sandbox_id, f.alive, f.detail["state"], f.frozen) for f in found] == [
+        ("e2bpause001", True, "paused", "all")
     ]
     await e2b.resume("e2bpause001")
     assert record.state == "running"
+    assert [f.frozen for f in await e2b.list_sandboxes()] == ["none"]
     assert record.timeouts[-1] == 3600  # settings.resume_timeout; the worker then retimes
     await e2b.resume("e2bpause001")  # already running: 409, done
     await e2b.teardown("e2bpause001")

@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 from sandboxer.clock import utc_now
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.settings import Settings
+from sandboxer.domain.found import Frozen
 from sandboxer.errors import ExtensionError, SandboxNotFound, Unsupported
 from sandboxer.events.reachability import provider_access
 from sandboxer.extensions.base import (
@@ -87,6 +88,9 @@ from sandboxer.ids import is_valid_sandbox_id
 from sandboxer.recent import Recent
 
 __all__ = ["E2bExtension"]
+
+FROZEN_BY_STATE: dict[str, Frozen] = {"running": "none", "paused": "all"}
+"""How much of a listed sandbox E2B's pause holds, by its state."""
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +330,9 @@ class E2bExtension:
 
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         """Every running or paused E2B sandbox of the team that carries our label and was
-        made by this declaration, or before the label said which (``unmarked``)."""
+        made by this declaration, or before the label said which (``unmarked``); a paused
+        one is frozen, a running one is not (``frozen``: one not as the log says is paused
+        or resumed by the worker's next sweep)."""
         return [
             FoundSandbox(
                 sandbox_id=ours,
@@ -334,6 +340,7 @@ class E2bExtension:
                 detail=_detail(sandbox),
                 unmarked=sandbox.maker is None,
                 made_by=labelled_attempt(sandbox.metadata),
+                frozen=FROZEN_BY_STATE.get(sandbox.state),
             )
             for sandbox in await self._client().list_live()
             if (ours := self._ours(sandbox)) is not None
