@@ -35,13 +35,14 @@ orphan, costing money at the provider beside the live one; the worker's start an
 ``reap-stale`` remove it through the backend's attempt-scoped teardown, which never reaches
 the later attempt's. One without the label is never judged so: the live one may be such.
 
-A backend that pauses by freezing may also hold a live sandbox **not as paused as the log
-says**: running while the log says ``paused`` (a pause job's late failure undone, and the
-undo that should freeze it again failing in turn), or frozen while the log says it runs;
-or frozen in part (a compose pause cut short between containers). A user's sandbox then
-hangs, or runs while its TTL clock stands still. Such a sandbox is
-frozen or thawed to match the log (``freeze``, ``thaw``: :data:`MATCH_STEPS`); not while it is
-``pausing`` or ``resuming``, which its job settles. A report lists it as **unmatched**.
+A backend that pauses may also hold a live sandbox **not as paused as the log says**:
+running while the log says ``paused`` (a pause job's late failure undone, and the undo that
+should freeze it again failing in turn), or frozen (stopped) while the log says it runs (a
+provider's stop that landed after its pause gave up); or frozen in part (a compose pause
+cut short between containers). A user's sandbox then hangs, or runs while its TTL clock
+stands still. Such a sandbox is frozen or thawed to match the log (``freeze``, ``thaw``:
+:data:`MATCH_STEPS`); not while it is ``pausing`` or ``resuming``, which its job settles.
+A report lists it as **unmatched**.
 
 While a worker runs, its **leak sweep** takes again, every few minutes, only the steps that
 remove what no live sandbox of the log is (:data:`LEAK_STEPS`) and those that set a live one
