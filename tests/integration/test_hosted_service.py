@@ -34,6 +34,7 @@ from sandboxer.extensions.daytona.plan import our_labels
 from sandboxer.extensions.loading import build_extension
 from sandboxer.extensions.modal.backend import ModalExtension
 from sandboxer.hosted.labels import labels_for
+from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
 from tests.doubles.daytona_double import DaytonaServed
@@ -558,3 +559,36 @@ async def test_two_daytona_declarations_on_one_account_keep_to_their_own(
     await each_keeps_to_its_own(
         home, nats_server.url, provider, made, ("ext.daytona", "ext.daytona-eu")
     )
+
+
+async def test_an_e2b_sandbox_paused_while_its_log_says_ready_is_resumed_by_the_leak_sweep(
+    nats_server: Any, home: Path, e2b_double: ServedE2b, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paused at E2B behind the service's back while the log says ``ready``: the worker's
+    leak sweep resumes it, and moves E2B's timeout (an hour after a resume) back to the
+    sandbox's expiry, as after any resume. Nothing is recorded on the sandbox."""
+    provider, service = await served_e2b(nats_server, home, e2b_double, monkeypatch)
+    try:
+        client = service.client
+        sandbox_id = (await client.create(provider.profile, ttl="3h"))["sandbox_id"]
+        (record,) = [
+            r for r in e2b_double.double.live() if r.metadata.get("sandboxer_id") == sandbox_id
+        ]
+        record.state = "paused"
+        store = JetStreamEventStore(client.nc, client.js)
+        state = (await store.load(sandbox_id)).state
+        assert state.expires_at is not None
+        worker_side = build_extension(provider.extension, Catalog.load(home), service.settings)
+        try:
+            worker = ExtensionWorker(client.js, store, Catalog.load(home), worker_side)
+            assert await worker.sweep_leaks() == []
+        finally:
+            await worker_side.aclose()  # type: ignore[attr-defined]
+        assert record.state == "running"
+        # E2B's resume left an hour; the expiry (3 h away), and its grace, is moved back.
+        assert record.end_at >= datetime.fromisoformat(state.expires_at)
+        assert (await store.load(sandbox_id)).state.version == state.version
+        await client.destroy(sandbox_id)
+    finally:
+        await service.client.close()
+        await service.shutdown()
