@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.client import CommandFailed
+from sandboxer.config.catalog import Catalog
+from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
+from sandboxer.workers.extension_worker import ExtensionWorker
 from tests.integration.conftest import Service
 from tests.integration.remote_fixtures import ComposeEngine, make_repo
 from tests.integration.test_remote_lifecycle import (
@@ -56,3 +60,34 @@ async def test_a_compose_sandbox_pauses_and_resumes_through_the_bus(
     assert containers(compose_engine, project) == []
     report = await client.replay(verify=True)
     assert report["verified"], report["differences"]
+
+
+async def test_a_stack_paused_in_part_is_set_as_its_log_says_by_the_leak_sweep(
+    tmp_path: Path, compose_engine: ComposeEngine, compose_service: Service
+) -> None:
+    """One container unpaused by hand while the log says ``paused`` (or paused by hand while
+    it says ``ready``): a worker's leak sweep pauses (or unpauses) the rest of the stack to
+    match, recording nothing. On the old code the sweep left it as it was."""
+    client = compose_service.client
+    ready = await client.create("profile.test-compose", {"repo": str(make_repo(tmp_path / "repo"))})
+    sandbox_id, project = ready["sandbox_id"], ready["reachability"]["compose_project"]
+    first = containers(compose_engine, project)[0]
+    store = JetStreamEventStore(client.nc, client.js)
+    extension = ComposeSshExtension.from_settings(compose_service.settings)
+    worker = ExtensionWorker(
+        client.js, store, Catalog.load(compose_service.settings.home), extension
+    )
+
+    await client.pause(sandbox_id)
+    compose_engine.cli("unpause", first)
+    assert states(compose_engine, project) == {"paused", "running"}
+    version = (await store.load(sandbox_id)).state.version
+    assert await worker.sweep_leaks() == []
+    assert states(compose_engine, project) == {"paused"}
+
+    await client.resume(sandbox_id)
+    compose_engine.cli("pause", first)
+    assert await worker.sweep_leaks() == []
+    assert states(compose_engine, project) == {"running"}
+    assert (await store.load(sandbox_id)).state.version == version + 2  # its resume alone
+    await client.destroy(sandbox_id, timeout=60)
