@@ -25,9 +25,10 @@ import pytest
 
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
+from sandboxer.domain.found import Frozen
 from sandboxer.errors import InvalidInput, SandboxNotFound, Unsupported
 from sandboxer.extensions.base import Extension, ProvisionRequest
-from sandboxer.extensions.capabilities import AttemptScoped, Pooling
+from sandboxer.extensions.capabilities import AttemptScoped, Pausable, Pooling
 from sandboxer.extensions.compose_ssh.backend import ComposeSshExtension
 from sandboxer.extensions.daytona.backend import DaytonaExtension
 from sandboxer.extensions.e2b.backend import E2bExtension
@@ -213,6 +214,30 @@ class TestExtensionContract:
         with pytest.raises(InvalidInput):
             await extension.provision(request_for(bad, subject))
         assert list(await extension.list_sandboxes()) == []
+
+    async def test_a_pausable_backend_lists_how_much_of_a_sandbox_is_paused(
+        self, subject: Subject
+    ) -> None:
+        """A worker's start, its leak sweep and reap-stale set a sandbox as paused as its log
+        says from what the listing says (drift.pause_step): every backend that can pause
+        says it, none once made or resumed, all once paused; one that cannot says nothing."""
+        extension = subject.extension
+        request = request_for("contract0005", subject)
+        await extension.provision(request)
+        await extension.wait_ready(request)
+
+        async def frozen() -> list[Frozen | None]:
+            return [f.frozen for f in await extension.list_sandboxes()]
+
+        if not Catalog.load().extensions_enabled()[extension.id].capabilities.pause:
+            assert await frozen() == [None]
+            return
+        assert isinstance(extension, Pausable)
+        assert await frozen() == ["none"]
+        await extension.pause("contract0005", host=subject.host)
+        assert await frozen() == ["all"]
+        await extension.resume("contract0005", host=subject.host)
+        assert await frozen() == ["none"]
 
     async def test_exec_returns_the_exit_code(self, subject: Subject) -> None:
         extension = subject.extension

@@ -193,6 +193,7 @@ class SaasStubExtension:
                 sandbox_id=record.sandbox_id,
                 alive=rules.is_alive(record, now),
                 detail=self._detail(record, now),
+                frozen="none" if record.paused_at is None else "all",
             )
             for record in listing.records
         ]
