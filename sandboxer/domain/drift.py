@@ -338,7 +338,9 @@ def pause_step(found: FoundSandbox, status: str) -> Literal["freeze", "thaw"] | 
     """The step that sets ``found``, alive, as paused as a log saying ``status`` wants it:
     ``freeze`` for a paused one not all frozen, ``thaw`` for a running one frozen in whole
     or in part; None when it is as wanted, when the backend does not say, or while a job is
-    pausing or resuming it (or it is not a live sandbox of the log)."""
+    pausing or resuming it (or it is not a live sandbox of the log). The one place that
+    takes the step (``PauseJob.match_log``) leaves a thaw of a sandbox past its deadline to
+    its expiry: the rule reads no clock."""
     wanted = FROZEN_WANTED.get(status)
     if not found.alive or found.frozen is None or wanted is None or found.frozen == wanted:
         return None

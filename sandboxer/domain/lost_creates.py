@@ -37,4 +37,6 @@ def create_lost(sandbox: SandboxState, held_since: str | None, now: str) -> bool
 def held_too_long(held_since: str | None, now: str) -> bool:
     """Whether something held since ``held_since`` has been for more than
     :data:`STRANDED_SECONDS` (never when the time is not known)."""
-    return bool(held_since) and seconds_between(str(held_since), now) > STRANDED_SECONDS
+    if not held_since:
+        return False
+    return seconds_between(held_since, now) > STRANDED_SECONDS

@@ -45,15 +45,16 @@ def scan_sandboxes(root: Path) -> list[FoundSandbox]:
         alive = state.holder_alive()
         if not alive:  # why, for inspect stale: nothing can run in it any more
             detail["dead"] = f"its holder process {state.holder_pid} died"
-        frozen = _frozen(state.cgroups) if alive else None
-        if frozen is not None:
-            detail["frozen"] = frozen
         # Who made it, as the hosted backends list their attempt labels (a claimed member's
         # record is not listed: see attempt_record.listed).
         made_by = attempt_record.listed(state.made_by, state.pool_member, entry.name)
         found.append(
             FoundSandbox(
-                sandbox_id=entry.name, alive=alive, detail=detail, made_by=made_by, frozen=frozen
+                sandbox_id=entry.name,
+                alive=alive,
+                detail=detail,
+                made_by=made_by,
+                frozen=_frozen(state.cgroups) if alive else None,
             )
         )
     return found
