@@ -50,6 +50,7 @@ from sandboxer.workers.control import ControlWorker
 from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.expirer import Expirer
 from sandboxer.workers.extension_worker import ExtensionWorker
+from sandboxer.workers.hold_sweep import HoldSweep
 from sandboxer.workers.inventory import InventoryService
 from sandboxer.workers.leak_sweep import run_leak_sweep
 from sandboxer.workers.meter_export import run_meter_export
@@ -154,6 +155,15 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                     group.create_task(control.run(stop))
                     expirer = Expirer(nc, js, interval=settings.expiry_interval)
                     group.create_task(expirer.run(stop))
+                    # A lost create's credit hold goes within an interval (docs/payments.md).
+                    group.create_task(
+                        run_leak_sweep(
+                            HoldSweep(nc, store).sweep,
+                            settings.leak_sweep_interval,
+                            stop,
+                            name="credits",
+                        )
+                    )
                 elif role == "meter":
                     # Credits (docs/payments.md): meter destroyed sandboxes, export the usage.
                     group.create_task(MeterWorker(nc, js, store, catalog, settings).run(stop))

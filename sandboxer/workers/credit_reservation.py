@@ -77,6 +77,7 @@ __all__ = [
     "reserve_for_create",
     "reserve_for_extend",
     "reserve_for_reroute",
+    "seen_appended",
     "takes_key",
     "wants_gpu",
 ]
@@ -234,15 +235,17 @@ async def _reserve(
         await apply_account(store, project, reservation)
 
 
-async def release_stranded_holds(store: EventStore, project: str, account: LoadedAccount) -> bool:
+async def release_stranded_holds(
+    store: EventStore, project: str, account: LoadedAccount
+) -> list[str]:
     """Give back the holds of ``project``'s lost creates (:func:`hold_stranded`), each
-    sandbox id given up first (``create_abandoned``, code ``hold_stranded``); whether any
-    was. A create cut off between its hold and its append is sent again, and its refusals
+    sandbox id given up first (``create_abandoned``, code ``hold_stranded``); the ids of
+    the sandboxes whose holds were. A create cut off between its hold and its append is sent again, and its refusals
     give the hold back; one never sent again (its command gone from the commands stream)
     held the project's credits for ever. Each hold older than the limit has its sandbox's
     log read: a live sandbox's hold is kept."""
     now = utc_now()
-    released = False
+    released: list[str] = []
     for sandbox_id, held in sorted(account.state.reservations.items()):
         if (
             held.created_by is None
@@ -272,8 +275,14 @@ async def release_stranded_holds(store: EventStore, project: str, account: Loade
             held.held_since,
             sandbox_id,
         )
-        released = True
+        released.append(sandbox_id)
     return released
+
+
+def seen_appended(sandbox_id: str) -> bool:
+    """Whether this process has seen ``sandbox_id``'s log hold events while its create's
+    hold was old: such a hold is a live (or metered) sandbox's, never a lost create's."""
+    return sandbox_id in _APPENDED
 
 
 def _check_not_held(account: LoadedAccount, admitted: AdmittedCreate) -> None:

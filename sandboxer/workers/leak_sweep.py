@@ -8,7 +8,8 @@ create that lands after the redelivered job's ``ready`` (the memory of creates g
 ``hosted.create_once.LateCreates``, died with that worker), costing money all along. Every
 ``SANDBOXER_LEAK_SWEEP_INTERVAL`` seconds (0: never) this loop has the worker take the
 start's removing steps again, and only those (``sweep_leaks``;
-:data:`~sandboxer.domain.drift.LEAK_STEPS`).
+:data:`~sandboxer.domain.drift.LEAK_STEPS`). The control role runs the same loop for
+credits held by lost creates (:mod:`~sandboxer.workers.hold_sweep`).
 
 A sweep that fails (the provider down, no key, the bus away) is logged, and the next one
 tries again: it never stops the worker. ``stop`` ends the loop at once, a sweep under way
@@ -22,7 +23,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from sandboxer.errors import ConfigError, ExtensionError
+from sandboxer.errors import BusError, ConfigError, ExtensionError
 
 __all__ = ["run_leak_sweep"]
 
@@ -39,7 +40,7 @@ async def run_leak_sweep(
     """Call ``sweep_leaks`` (one sweep; the ids of the sandboxes whose leaks it removed) every
     ``interval`` seconds until ``stop`` is set; never when ``interval`` is 0. The first sweep
     comes one interval after the start: the start itself has just reconciled. ``name``: the
-    backend's id, for the log."""
+    backend's id (``credits`` for the hold sweep), for the log."""
     if interval <= 0:
         return
     said: str | None = None  # the last failure warned about: a lasting one is said once
@@ -62,8 +63,9 @@ async def run_leak_sweep(
                 log.info("%s: leak sweep removed %s", name, ", ".join(removed))
             continue
         text = f"{type(failure).__name__}: {failure}"
-        if isinstance(failure, ConfigError | ExtensionError):
-            # A provider down, or without its key: expected at times, and the same each time.
+        if isinstance(failure, BusError | ConfigError | ExtensionError):
+            # A provider or the bus down, no key, no view answering: expected at times, and
+            # the same each time.
             level = logging.WARNING if text != said else logging.DEBUG
             log.log(level, "%s: leak sweep failed, tried again later: %s", name, text)
         else:

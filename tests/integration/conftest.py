@@ -134,9 +134,12 @@ async def start_service(
     input_roots: tuple[Path, ...] | None = None,
     upload_max_mb: int | None = None,
     exec_heartbeat: float | None = None,
+    leak_sweep_interval: float | None = None,
 ) -> Service:
     """Run ``roles`` (all by default) in this event loop; fail the test if they never answer."""
     settings = settings_for(home, url, input_roots=input_roots)
+    if leak_sweep_interval is not None:
+        settings = dataclasses.replace(settings, leak_sweep_interval=leak_sweep_interval)
     if upload_max_mb is not None:
         settings = dataclasses.replace(settings, upload_max_mb=upload_max_mb)
     if exec_heartbeat is not None:

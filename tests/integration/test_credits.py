@@ -993,3 +993,72 @@ async def test_a_lost_create_s_hold_is_given_back_once_the_project_runs_short(
     assert settled["balance"] == 2 * minute - sum(
         e["amount"] for e in await account_events(acme, "acme", "usage_metered")
     )
+
+
+SWEEP = 0.5
+"""Seconds between the control worker's hold sweeps in the test below."""
+
+
+@pytest.fixture
+async def swept(nats_server: NatsServerProcess, home: Path) -> AsyncIterator[Service]:
+    """The service, its control worker sweeping for lost holds every :data:`SWEEP` s."""
+    write_override(home, latency_ms=1)
+    svc = await start_service(home, nats_server.url, ROLES, leak_sweep_interval=SWEEP)
+    try:
+        yield svc
+    finally:
+        await svc.client.close()
+        await svc.shutdown()
+
+
+async def test_a_lost_create_s_hold_is_given_back_by_the_sweep_with_nothing_refused(
+    swept: Service, acme: SandboxerClient, home: Path
+) -> None:
+    """A project with credits to spare is never refused, so a lost create's hold showed as
+    reserved for ever. The control worker's hold sweep now gives it back (its id given up
+    first) with no create at all. A young hold stays, and so does an old hold whose sandbox
+    was appended after all: its log is what decides."""
+    minute = PER_CREATE + 60 * PER_SECOND
+    await acme.account_command("add_credits", "acme", amount=10 * minute)
+    store = JetStreamEventStore(acme.nc, acme.js)
+    long_ago = shift(utc_now(), -STRANDED_SECONDS - 60)
+
+    def old_hold(sandbox_id: str, create_id: str) -> CreditsReserved:
+        return CreditsReserved(
+            project="acme",
+            command_id=reserve_command_id(sandbox_id),
+            causation_id=create_id,
+            actor=OPS,
+            at=long_ago,
+            sandbox_id=sandbox_id,
+            amount=minute,
+            price=str(PER_SECOND),
+            create_price=str(PER_CREATE),
+            extension="ext.saas-stub",
+            profile="profile.saas-stub",
+        )
+
+    lost, made = old_hold("losthold02", "acme-lost-2"), old_hold("madehold01", "acme-made-1")
+    await store.append_account(await store.load_account("acme"), [lost, made])
+    catalog = Catalog.load(home)
+    create = CreateSandbox(
+        command_id="acme-made-1", actor=OPS, profile="profile.saas-stub", sandbox_id="madehold01"
+    )
+    admitted = admit_create(create, catalog.profile(create.profile), catalog.extensions_enabled())
+    await apply(store, "madehold01", admitted)  # its create appended after all, late
+    await cut_off_after_its_hold(acme, home, OPS, "acme-young-2", ttl="1m", sandbox_id="younghld2")
+
+    async with asyncio.timeout(30):
+        while "losthold02" in (await account(acme, "acme"))["reservations"]:
+            await asyncio.sleep(0.1)
+    released = await account_events(acme, "acme", "credits_released")
+    assert [(e["sandbox_id"], e["reason"]) for e in released] == [("losthold02", "hold_stranded")]
+    abandoned = [
+        event
+        async for _seq, event in acme.events(sandbox_id="losthold02")
+        if event["type"] == "create_abandoned"
+    ]
+    assert [(e["command_id"], e["code"]) for e in abandoned] == [("acme-lost-2", "hold_stranded")]
+    await asyncio.sleep(4 * SWEEP)  # more sweeps: nothing else is given back
+    assert sorted((await account(acme, "acme"))["reservations"]) == ["madehold01", "younghld2"]
+    assert len(await account_events(acme, "acme", "credits_released")) == 1

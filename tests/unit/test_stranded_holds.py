@@ -63,7 +63,7 @@ async def test_only_the_holds_of_creates_lost_long_ago_are_given_back() -> None:
     await apply(store, "live0001", admitted("live0001"))
 
     account = await store.load_account("acme")
-    assert await release_stranded_holds(store, "acme", account)
+    assert await release_stranded_holds(store, "acme", account) == ["lost0001"]
     after = (await store.load_account("acme")).state
     assert sorted(after.reservations) == ["live0001", "nocause1", "young001"]
     assert (await store.load("lost0001")).state.abandoned_by == "c-lost0001"
