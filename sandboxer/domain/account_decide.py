@@ -16,6 +16,7 @@ reserved plus it would pass the project's budget (``budget_exceeded``).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal
@@ -56,11 +57,13 @@ __all__ = [
     "ReserveCredits",
     "check_id_not_held",
     "decide_account",
+    "extend_command_id",
     "format_credits",
     "hold_stranded",
     "is_own_hold",
     "meter_command_id",
     "release_command_id",
+    "reroute_reservation_id",
     "reserve_command_id",
 ]
 
@@ -76,6 +79,26 @@ def meter_command_id(sandbox_id: str) -> str:
 def release_command_id(hold: str) -> str:
     """The id of the giving back of the hold ``hold`` (a reservation's command id): once."""
     return f"release-{hold}"
+
+
+def extend_command_id(sandbox_id: str, command_id: str) -> str:
+    """The id of an extension's reservation on the account: of this command on this sandbox."""
+    return _of_command_on("extend", sandbox_id, command_id)
+
+
+def reroute_reservation_id(sandbox_id: str, command_id: str) -> str:
+    """The id of a reroute's reservation (never a sandbox's ``reserve-<id>``: ids hold no ``-``)."""
+    return _of_command_on("reserve-reroute", sandbox_id, command_id)
+
+
+def _of_command_on(prefix: str, sandbox_id: str, command_id: str) -> str:
+    """A derived id naming one command on one sandbox. A command id alone is unique on its
+    sandbox only: a client may send an id again on another sandbox once the bus forgets it
+    (two minutes later), and the account, which had decided that id, took the second
+    extension's reservation for done and held nothing for it. A reroute's id was also free
+    to be a future sandbox's, whose create's ``reserve-<sandbox>`` it then pre-empted."""
+    digest = hashlib.sha256(f"{sandbox_id}:{command_id}".encode()).hexdigest()[:32]
+    return f"{prefix}-{digest}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -65,14 +65,16 @@ from sandboxer.events.types import Actor, CommandRejected
 from sandboxer.workers.bus_identity import bus_identity_refusal, vouches_for
 from sandboxer.workers.credit_reservation import (
     decide_account_command,
-    give_up_refused_create,
-    release_lost_reservation,
-    release_refused_extension,
     reserve_for_create,
     reserve_for_extend,
 )
 from sandboxer.workers.deciding import apply, apply_key
 from sandboxer.workers.fallback_routing import next_route
+from sandboxer.workers.hold_release import (
+    give_up_refused_create,
+    release_lost_reservation,
+    release_refused_extension,
+)
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.host_places import apply_recreate, give_up_places, take_place
 from sandboxer.workers.job_dispatch import dispatch_job

@@ -2,7 +2,7 @@
 
 A create cut off between its credit hold and its append, and never sent again, is a lost
 create (:mod:`~sandboxer.domain.lost_creates`). Its hold is given back when its project is
-next refused for credits or budget (``credit_reservation.release_stranded_holds``): that is
+next refused for credits or budget (``hold_release.release_stranded_holds``): that is
 when it costs the project anything. Until then ``sandboxer credits`` counted it as reserved,
 for as long as the project was not refused: for ever, for a project with credits to spare.
 Every ``SANDBOXER_LEAK_SWEEP_INTERVAL`` seconds this sweep gives such holds back too.
@@ -31,7 +31,7 @@ from sandboxer.domain.lost_creates import STRANDED_SECONDS
 from sandboxer.domain.timestamps import LATEST, shift
 from sandboxer.errors import RequestError
 from sandboxer.pagination import MAX_LIMIT
-from sandboxer.workers.credit_reservation import release_stranded_holds, seen_appended
+from sandboxer.workers.hold_release import release_stranded_holds, seen_appended
 
 __all__ = ["HoldSweep"]
 

@@ -229,8 +229,11 @@ def test_an_actor_id_that_names_no_one_is_refused(actor_id: str) -> None:
 def test_the_services_own_command_ids_are_refused_from_clients() -> None:
     """``reserve-<sandbox>`` sent as a ``set_byok`` would mark the create's reservation done
     on the account before the create: it would reserve nothing and never be metered."""
-    from sandboxer.domain.account_decide import meter_command_id, reserve_command_id
-    from sandboxer.workers.credit_reservation import extend_command_id
+    from sandboxer.domain.account_decide import (
+        extend_command_id,
+        meter_command_id,
+        reserve_command_id,
+    )
     from sandboxer.workers.expirer import expire_command
 
     derived = [

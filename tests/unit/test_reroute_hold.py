@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from sandboxer.bus.memory_store import MemoryEventStore
 from sandboxer.config.catalog import Catalog
+from sandboxer.domain.account_decide import extend_command_id
 from sandboxer.domain.deadlines import ttl_with_extensions
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.events.account_events import CreditsAdded, CreditsReserved
 from sandboxer.events.actor import Actor
-from sandboxer.workers.credit_reservation import extend_command_id, reserve_for_reroute
+from sandboxer.workers.credit_reservation import reserve_for_reroute
 
 ACTOR = Actor(type="agt", id="a", project="p")
 AT = "2026-12-04T10:00:00.000Z"

@@ -1,4 +1,4 @@
-"""A lost create's credit hold given back (workers/credit_reservation.release_stranded_holds):
+"""A lost create's credit hold given back (workers/hold_release.release_stranded_holds):
 only a create's hold, only long after, only while its sandbox still has no events; the id
 given up first, so the create come back at last is refused, not made on credits given back."""
 
@@ -17,8 +17,8 @@ from sandboxer.domain.timestamps import shift
 from sandboxer.errors import Rejected
 from sandboxer.events.account_events import CreditsAdded, CreditsReserved
 from sandboxer.events.types import Actor
-from sandboxer.workers.credit_reservation import release_stranded_holds
 from sandboxer.workers.deciding import apply
+from sandboxer.workers.hold_release import release_stranded_holds
 
 AGENT = Actor(type="agt", id="agent-7", project="acme")
 STUB = "ext.saas-stub"
