@@ -103,6 +103,17 @@ def _print_drift(replies: list[dict[str, Any]], as_json: bool) -> None:
         typer.echo("no drift: the hosts hold exactly what the log says")
 
 
+def _unmatched_note(unmatched: dict[str, Any]) -> str:
+    """What an unmatched sandbox is, and what will set it as its log says."""
+    step = unmatched["step"]
+    # A frozen sandbox past its deadline is left frozen: its expiry is on its way.
+    unless = ", unless it is past its deadline: its expiry comes first" if step == "thaw" else ""
+    return (
+        f"{unmatched['status']} in the log; {unmatched['frozen']} of it frozen (a worker's "
+        f"next leak sweep, or reap-stale, will {step} it{unless})"
+    )
+
+
 def _drift_rows(host: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(kind, sandbox, meaning) of each thing one host's reply names."""
     rows: list[tuple[str, str, str]] = []
@@ -118,15 +129,7 @@ def _drift_rows(host: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("corpse", c["sandbox_id"], f"ready in the log; {c['reason']}")
         for c in host.get("corpses", [])
     ]
-    rows += [
-        (
-            "unmatched",
-            u["sandbox_id"],
-            f"{u['status']} in the log; {u['frozen']} of it frozen (a worker's next leak "
-            f"sweep, or reap-stale, will {u['step']} it)",
-        )
-        for u in host.get("unmatched", [])
-    ]
+    rows += [("unmatched", u["sandbox_id"], _unmatched_note(u)) for u in host.get("unmatched", [])]
     rows += [
         ("stuck", s["sandbox_id"], f"teardown failed: {s['reason']}") for s in host.get("stuck", [])
     ]
