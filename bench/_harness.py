@@ -15,13 +15,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from _table import Row, Target, render, rows_to_json
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
+from sandboxer.bus.direct_get import LAST
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.replay_reader import replay_events
 from sandboxer.client import SandboxerClient
 
 
@@ -33,6 +38,15 @@ async def nats(tmp: Path) -> AsyncIterator[NatsServerProcess]:
         yield server
     finally:
         await server.stop()
+
+
+async def bulk_read(nc: Client, js: JetStreamContext, filter_subject: str) -> float:
+    """Seconds the replay's bulk reader takes to read every event on ``filter_subject``,
+    counting them only: the raw floor of a long history's load."""
+    started = time.perf_counter()
+    async for _ in replay_events(nc, js, start_seq=1, stop_seq=LAST, filter_subject=filter_subject):
+        pass
+    return time.perf_counter() - started
 
 
 class Unmeasurable(Exception):

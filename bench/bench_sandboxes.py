@@ -6,7 +6,8 @@ it. The log is filled with 10,000 such events for one sandbox (pipelined
 publishes, not timed); then, each beside its baseline in this run:
 
 - a fresh event store's ``load`` (what a restarted service pays once),
-  beside the raw read of the sandbox's subjects;
+  beside the raw bulk read of the sandbox's subjects and the raw batched
+  direct gets of them;
 - a load by a store that keeps the sandbox, after another store appended one
   event to it (what each later command pays), median of 20, beside the same
   on a sandbox of one event.
@@ -23,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _harness import main, nats, progress, tempdir
+from _harness import bulk_read, main, nats, progress, tempdir
 from _table import Row
 
 from sandboxer import subjects
@@ -84,6 +85,7 @@ async def rows() -> list[Row]:
             async for _ in read_subject(nc, subjects.sandbox_events_filter(LONG)):
                 raw += 1
             raw_seconds = time.perf_counter() - started
+            raw_bulk_seconds = await bulk_read(nc, js, subjects.sandbox_events_filter(LONG))
 
             started = time.perf_counter()
             loaded = await JetStreamEventStore(nc, js).load(LONG)
@@ -102,8 +104,15 @@ async def rows() -> list[Row]:
             f"{figure}: a fresh store's load",
             "ms",
             cold_seconds * 1e3,
+            raw_bulk_seconds * 1e3,
+            "raw bulk read of its subjects",
+        ),
+        Row(
+            f"{figure}: a fresh store's load",
+            "ms",
+            cold_seconds * 1e3,
             raw_seconds * 1e3,
-            "raw read of its subjects",
+            "raw direct gets of its subjects",
         ),
         Row(
             f"{figure}: a kept load after one more event, p50 of 20",

@@ -17,22 +17,31 @@ client takes for "no worker runs the sandbox".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.arrivals import Arrivals
-from sandboxer.errors import BusError, StreamUnavailable
+from sandboxer.bus.replay_reader import replay_batches
+from sandboxer.errors import BusError, ReplayUnsupported, StreamUnavailable
 
 __all__ = ["read_subject"]
+
+log = logging.getLogger(__name__)
 
 BATCH = 512
 ATTEMPT = 0.5
 """Seconds one replica may take to answer a batch before it is asked of another."""
 RETRY_PAUSE = 0.05
 """Seconds between a batch unanswered and the next ask (an election takes a few)."""
+LAST = 2**63 - 1
+"""A sequence past any stored: a bulk read ends with the last message on its subjects."""
 
 
 async def read_subject(
@@ -42,10 +51,17 @@ async def read_subject(
     timeout: float = 5.0,
     stream: str = subjects.EVENTS_STREAM,
     start: int = 1,
+    bulk: JetStreamContext | None = None,
 ) -> AsyncIterator[tuple[int, bytes]]:
     """Yield ``(sequence, data)`` of every message on ``filter_subject`` from sequence
     ``start`` on, in order. ``timeout``: seconds a batch may go unanswered (asked again
-    meanwhile) before :class:`StreamUnavailable`."""
+    meanwhile) before :class:`StreamUnavailable`.
+
+    With ``bulk`` (an identity that may make consumers: the service's), what follows a
+    first full batch is read by the replay's bulk reader, about five times as fast as
+    batches of direct gets (a long history: an account's, a sandbox touched for a week);
+    where that reader cannot run here (TLS, other credentials) or stops, direct gets go on
+    from where it left off."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -59,6 +75,33 @@ async def read_subject(
             yield seq, data
         if not more:
             return
+        if bulk is not None:
+            try:
+                chunks = replay_batches(
+                    nc,
+                    bulk,
+                    start_seq=start,
+                    stop_seq=LAST,
+                    filter_subject=filter_subject,
+                    stream=stream,
+                )
+                async with contextlib.aclosing(chunks):  # its consumer goes as the read ends
+                    async for chunk in chunks:
+                        for seq, data in chunk:
+                            start = seq + 1
+                            yield seq, data
+                return
+            except ReplayUnsupported:
+                pass
+            except (BusError, NatsError, OSError) as stopped:
+                # Its consumer refused or lost, the connection dropped, delivery stalled:
+                # what was read stands.
+                log.warning(
+                    "reading %s in bulk stopped, read on by direct gets: %s",
+                    filter_subject,
+                    stopped,
+                )
+            bulk = None
         deadline = loop.time() + timeout  # each batch has the whole timeout
 
 

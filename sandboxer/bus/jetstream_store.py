@@ -125,7 +125,7 @@ class JetStreamEventStore(AggregateStore):
         deadline: float | None = None
         while True:
             async for seq, data in read_subject(
-                self._nc, filter_subject, timeout=self._timeout, start=last + 1
+                self._nc, filter_subject, timeout=self._timeout, start=last + 1, bulk=self._js
             ):
                 last = seq
                 try:

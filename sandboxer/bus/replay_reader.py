@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -70,10 +70,13 @@ async def replay_batches(
     start_seq: int,
     stop_seq: int,
     filter_subject: str = subjects.EVENTS,
-) -> AsyncIterator[list[tuple[int, bytes]]]:
+    stream: str = subjects.EVENTS_STREAM,
+) -> AsyncGenerator[list[tuple[int, bytes]], None]:
     """The events from ``start_seq`` to ``stop_seq`` inclusive, in log order, as lists of
     ``(seq, data)``: every event each read from the socket completed (thousands at a time in
-    a replay), so a consumer pays one hand-off per read rather than one per event."""
+    a replay), so a consumer pays one hand-off per read rather than one per event. It ends
+    early where nothing more on ``filter_subject`` is stored (``stop_seq`` may lie beyond the
+    last message)."""
     if stop_seq < start_seq:
         return
     url = nc.connected_url
@@ -109,7 +112,7 @@ async def replay_batches(
                 # nats-py's own connection was let in: fall back to it rather than fail
                 raise ReplayUnsupported(f"the server refused it: {line.decode().strip()!r}")
         created = await js.add_consumer(
-            subjects.EVENTS_STREAM,
+            stream,
             ConsumerConfig(
                 deliver_subject=inbox,
                 ack_policy=AckPolicy.NONE,
@@ -124,6 +127,8 @@ async def replay_batches(
             ),
         )
         consumer = created.name
+        if not created.num_pending:
+            return  # nothing stored from start_seq on: no delivery would ever end the wait
         async for batch in _frames(reader, writer, stop_seq):
             yield batch
     finally:
@@ -132,7 +137,7 @@ async def replay_batches(
             await writer.wait_closed()
         if consumer is not None:
             with contextlib.suppress(Exception):
-                await js.delete_consumer(subjects.EVENTS_STREAM, consumer)
+                await js.delete_consumer(stream, consumer)
 
 
 def _identity(nc: Client) -> dict[str, str]:

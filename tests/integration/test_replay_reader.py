@@ -6,16 +6,20 @@ cannot connect as its client does."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from sandboxer import subjects
-from sandboxer.bus import replay_reader
+from sandboxer.bus import direct_get, replay_reader
 from sandboxer.bus.connect import connect
+from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_reader import last_sequence
 from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
@@ -30,6 +34,7 @@ from sandboxer.bus.replay_reader import replay_batches
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import BusError, ReplayUnsupported
+from sandboxer.events.account_events import AccountEvent, CreditsAdded, CreditsReserved
 from sandboxer.events.types import Actor, SandboxRequested, SandboxRouted
 from sandboxer.projections import projector as projector_module
 from sandboxer.projections.projector import Projector
@@ -182,3 +187,117 @@ async def test_a_rebuild_cut_off_mid_read_reads_the_rest_through_nats_py(
             await projector.close()
     finally:
         await nc.close()
+
+
+# -- a long history read by the event store ------------------------------------------------
+
+
+async def publish_interleaved(js: JetStreamContext, count: int) -> None:
+    """``count`` messages on sandbox ``sbxlonghist1``'s subjects, each beside one of another
+    sandbox's, pipelined (only the reads are under test)."""
+    acks = []
+    for n in range(count):
+        for sandbox_id in ("sbxlonghist1", "sbxotherone1"):
+            subject = subjects.sandbox_event_subject(sandbox_id, "touched")
+            acks.append(await js.publish_async(subject, f"{sandbox_id} {n}".encode()))
+    await asyncio.gather(*acks)
+
+
+async def read(nc: Client, **how: Any) -> list[tuple[int, bytes]]:
+    filter_subject = subjects.sandbox_events_filter("sbxlonghist1")
+    return [item async for item in read_subject(nc, filter_subject, **how)]
+
+
+async def consumer_creates(nc: Client) -> tuple[list[str], Callable[[], Awaitable[None]]]:
+    """The filters of the consumers made from now on (JetStream's API requests are messages
+    of the account, seen by any subscriber), and how to stop listening."""
+    filters: list[str] = []
+
+    async def seen(msg: Msg) -> None:
+        config = json.loads(msg.data).get("config", {})
+        filters.append(config.get("filter_subject", ""))
+
+    sub = await nc.subscribe("$JS.API.CONSUMER.CREATE.>", cb=seen)
+    return filters, sub.unsubscribe
+
+
+@pytest.fixture
+async def plain(nats_server: NatsServerProcess) -> AsyncIterator[Client]:
+    """A connection to a server without credentials, whose JetStream API requests a test
+    may watch (the embedded server lets no identity subscribe to them)."""
+    nc = await connect([nats_server.url], name="long-reads", long_lived=False)
+    try:
+        await ensure_streams(nc.jetstream())
+        yield nc
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("count", [512, 1_500])
+async def test_past_one_batch_a_history_is_read_in_bulk_the_same(plain: Client, count: int) -> None:
+    """Past one batch of direct gets (512 messages) the event store reads the rest of a long
+    history (an account's, a sandbox touched for a week) with the bulk reader: every message
+    once, in order, as the direct gets alone read them, from any start. A history of exactly
+    one batch has nothing after it: the bulk read ends at once, where a delivery that never
+    comes would be waited for until it was taken for stalled (15 s)."""
+    js = plain.jetstream()
+    await publish_interleaved(js, count)
+    by_direct_gets = await read(plain)
+    assert len(by_direct_gets) == count
+    filters, stop = await consumer_creates(plain)
+    try:
+        async with asyncio.timeout(10):
+            assert await read(plain, bulk=js) == by_direct_gets
+            assert await read(plain, bulk=js, start=by_direct_gets[100][0]) == by_direct_gets[100:]
+        await plain.flush()
+    finally:
+        await stop()
+    # Each read past a whole batch went on in bulk: both of 1,500, the first of 512.
+    full_batches = sum(n >= direct_get.BATCH for n in (count, count - 100))
+    assert filters == [subjects.sandbox_events_filter("sbxlonghist1")] * full_batches
+
+
+async def test_the_service_identity_of_the_embedded_server_reads_in_bulk(
+    as_service: tuple[Client, NatsCredentials],
+) -> None:
+    nc, _ = as_service
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await publish_interleaved(js, 1_000)
+    async with asyncio.timeout(10):
+        assert await read(nc, bulk=js) == await read(nc)
+
+
+async def test_a_long_account_loaded_by_a_fresh_store_equals_the_state_kept(
+    plain: Client,
+) -> None:
+    """An account of 1,200 events, as a restarted service's first meter loads it."""
+    nc = plain
+    js = nc.jetstream()
+    writer = JetStreamEventStore(nc, js)
+    actor = Actor(type="atm", id="test")
+    head = {"project": "acme", "actor": actor, "at": AT}
+    events: list[AccountEvent] = [CreditsAdded(**head, command_id="add", amount=10**9)]
+    events += [
+        CreditsReserved(
+            **head,
+            command_id=f"reserve-sbxacct{n:07d}",
+            sandbox_id=f"sbxacct{n:07d}",
+            amount=1_000,
+            price="1",
+            extension="ext.e2b",
+        )
+        for n in range(1_199)
+    ]
+    for start in range(0, len(events), 200):
+        await writer.append_account(await writer.load_account("acme"), events[start : start + 200])
+    kept = await writer.load_account("acme")
+    filters, stop = await consumer_creates(nc)
+    try:
+        fresh = await JetStreamEventStore(nc, js).load_account("acme")
+        await nc.flush()
+    finally:
+        await stop()
+    assert fresh == kept
+    assert (fresh.state.version, len(fresh.state.reservations)) == (1_200, 1_199)
+    assert filters == [subjects.account_events_filter("acme")]
