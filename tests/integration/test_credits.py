@@ -936,6 +936,24 @@ async def test_the_endpoint_export_retries_while_it_is_down_and_posts_each_once(
     assert [body["event_id"] for _key, body in received] == [e["event_id"] for e in logged]
 
 
+async def given_back_as_stranded(client: SandboxerClient) -> list[tuple[str, str]]:
+    """(sandbox id, create command id) of each hold of ``acme`` given back as a lost create's:
+    its ``credits_released`` with the reason ``hold_stranded``, after its sandbox's
+    ``create_abandoned`` of that create, coded the same."""
+    given_back = []
+    for released in await account_events(client, "acme", "credits_released"):
+        assert released["reason"] == "hold_stranded"
+        sandbox_id = released["sandbox_id"]
+        abandoned = [
+            event
+            async for _seq, event in client.events(sandbox_id=sandbox_id)
+            if event["type"] == "create_abandoned"
+        ]
+        assert [e["code"] for e in abandoned] == ["hold_stranded"]
+        given_back.append((sandbox_id, abandoned[0]["command_id"]))
+    return given_back
+
+
 async def test_a_lost_create_s_hold_is_given_back_once_the_project_runs_short(
     service: Service, acme: SandboxerClient, home: Path
 ) -> None:
@@ -967,16 +985,7 @@ async def test_a_lost_create_s_hold_is_given_back_once_the_project_runs_short(
     assert (await account(acme, "acme"))["reserved"] == 2 * minute  # all of it held
 
     ready = await acme.create("profile.saas-stub", ttl="1m", command_id="acme-create-next")
-    released = await account_events(acme, "acme", "credits_released")
-    assert [(e["sandbox_id"], e["reason"]) for e in released] == [("losthold01", "hold_stranded")]
-    abandoned = [
-        event
-        async for _seq, event in acme.events(sandbox_id="losthold01")
-        if event["type"] == "create_abandoned"
-    ]
-    assert [(e["command_id"], e["code"]) for e in abandoned] == [
-        ("acme-create-lost", "hold_stranded")
-    ]
+    assert await given_back_as_stranded(acme) == [("losthold01", "acme-create-lost")]
     # The lost create, sent again at last, is refused: nothing is held for it any more.
     with pytest.raises(CommandFailed):
         await acme.create(
@@ -1051,14 +1060,7 @@ async def test_a_lost_create_s_hold_is_given_back_by_the_sweep_with_nothing_refu
     async with asyncio.timeout(30):
         while "losthold02" in (await account(acme, "acme"))["reservations"]:
             await asyncio.sleep(0.1)
-    released = await account_events(acme, "acme", "credits_released")
-    assert [(e["sandbox_id"], e["reason"]) for e in released] == [("losthold02", "hold_stranded")]
-    abandoned = [
-        event
-        async for _seq, event in acme.events(sandbox_id="losthold02")
-        if event["type"] == "create_abandoned"
-    ]
-    assert [(e["command_id"], e["code"]) for e in abandoned] == [("acme-lost-2", "hold_stranded")]
+    assert await given_back_as_stranded(acme) == [("losthold02", "acme-lost-2")]
     await asyncio.sleep(4 * SWEEP)  # more sweeps: nothing else is given back
     assert sorted((await account(acme, "acme"))["reservations"]) == ["madehold01", "younghld2"]
     assert len(await account_events(acme, "acme", "credits_released")) == 1
