@@ -50,7 +50,7 @@ from sandboxer.workers.control import ControlWorker
 from sandboxer.workers.exec_service import ExecService
 from sandboxer.workers.expirer import Expirer
 from sandboxer.workers.extension_worker import ExtensionWorker
-from sandboxer.workers.hold_sweep import HoldSweep
+from sandboxer.workers.hold_sweep import HoldSweep, viewed_holdings
 from sandboxer.workers.inventory import InventoryService
 from sandboxer.workers.leak_sweep import run_leak_sweep
 from sandboxer.workers.meter_export import run_meter_export
@@ -158,7 +158,7 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                     # A lost create's credit hold goes within an interval (docs/payments.md).
                     group.create_task(
                         run_leak_sweep(
-                            HoldSweep(nc, store).sweep,
+                            HoldSweep(store, viewed_holdings(nc)).sweep,
                             settings.leak_sweep_interval,
                             stop,
                             name="credits",

@@ -42,7 +42,6 @@ __all__ = [
     "release_lost_reservation",
     "release_refused_extension",
     "release_stranded_holds",
-    "seen_appended",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,12 +94,6 @@ async def release_stranded_holds(
         )
         released.append(sandbox_id)
     return released
-
-
-def seen_appended(sandbox_id: str) -> bool:
-    """Whether this process has seen ``sandbox_id``'s log hold events while its create's
-    hold was old: such a hold is a live (or metered) sandbox's, never a lost create's."""
-    return sandbox_id in _APPENDED
 
 
 async def release_lost_reservation(

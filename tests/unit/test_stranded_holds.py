@@ -4,9 +4,11 @@ given up first, so the create come back at last is refused, not made on credits 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
-from sandboxer.bus.event_store import Loaded
+from sandboxer.bus.event_store import Loaded, LoadedAccount
 from sandboxer.bus.memory_store import MemoryEventStore
 from sandboxer.clock import utc_now
 from sandboxer.commands.types import CreateSandbox
@@ -19,6 +21,7 @@ from sandboxer.events.account_events import CreditsAdded, CreditsReserved
 from sandboxer.events.types import Actor
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.hold_release import release_stranded_holds
+from sandboxer.workers.hold_sweep import Holdings, HoldSweep
 
 AGENT = Actor(type="agt", id="agent-7", project="acme")
 STUB = "ext.saas-stub"
@@ -98,3 +101,59 @@ async def test_an_appended_sandbox_s_log_is_read_once_not_at_every_refusal() -> 
     for _ in range(3):
         assert not await release_stranded_holds(store, "acme", await store.load_account("acme"))
     assert store.loads == ["living01"]
+
+
+class AccountCountingStore(MemoryEventStore):
+    """The memory store, counting the account loads asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.account_loads = 0
+
+    async def load_account(self, project: str) -> LoadedAccount:
+        self.account_loads += 1
+        return await super().load_account(project)
+
+    def holdings(self) -> Holdings:
+        """What the credits view would show: acme's holds as the log says now."""
+
+        async def listed() -> AsyncIterator[tuple[str, list[str]]]:
+            state = (await super(AccountCountingStore, self).load_account("acme")).state
+            if state.reservations:
+                yield "acme", sorted(state.reservations)
+
+        return listed
+
+
+async def test_the_hold_sweep_loads_an_account_only_while_a_hold_may_be_lost() -> None:
+    """The control worker's sweep gives a lost create's hold back with nothing refused. A
+    hold it has seen young is not looked at again until it is old, and one it has seen old
+    and kept (its sandbox was made), or that no create made, never again: a project's live
+    sandboxes do not cost a load of its account at every sweep."""
+    store = AccountCountingStore()
+    funds = CreditsAdded(project="acme", command_id="add", actor=AGENT, at=utc_now(), amount=10**6)
+    old = STRANDED_SECONDS + 5
+    holds = [
+        held("lost0002", age=old),
+        held("made0001", age=old),
+        held("nocause2", age=old, by_create=False),
+    ]
+    await store.append_account(await store.load_account("acme"), [funds, *holds])
+    await apply(store, "made0001", admitted("made0001"))
+    sweep = HoldSweep(store, store.holdings())
+
+    assert await sweep.sweep() == ["lost0002"]
+    store.account_loads = 0
+    assert await sweep.sweep() == []  # the made one and the one no create made: kept
+    assert store.account_loads == 0  # and not looked at again
+
+    await store.append_account(await store.load_account("acme"), [held("young002", age=1)])
+    store.account_loads = 0
+    assert await sweep.sweep() == []  # seen young
+    assert await sweep.sweep() == []  # still young: not looked at
+    assert store.account_loads == 1
+    assert sorted((await store.load_account("acme")).state.reservations) == [
+        "made0001",
+        "nocause2",
+        "young002",
+    ]
