@@ -12,6 +12,7 @@ the last state of some kinds (:meth:`AggregateStore._kept`).
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,11 @@ class _Sequenced(Protocol):
     @property
     def last_seq(self) -> int: ...
 
+
+FOLD_CHUNK = 5_000
+"""Events a load folds before it lets the rest of its process run. A fresh load of a long
+history (an account of a million events folds for seconds) would otherwise hold the event
+loop of the process that also runs every other role, past the commands' ack wait."""
 
 S = TypeVar("S", bound=_Versioned)
 """The state of one aggregate."""
@@ -215,6 +221,9 @@ class AggregateStore(ABC):
             last_seq = seq
             if isinstance(event, aggregate.kinds):
                 events.append(cast(E, event))
+                if len(events) >= FOLD_CHUNK:
+                    state, events = aggregate.fold(state, events), []
+                    await asyncio.sleep(0)  # the rest of the process runs meanwhile
         if known is not None and last_seq == after:
             loaded = known  # nothing new
         else:  # the events, if any: there may be only events of types this version skips
