@@ -199,12 +199,7 @@ def _release(base: AccountState, event: CreditsReleased) -> AccountState:
     if held is not None and event.hold == reserve_command_id(event.sandbox_id):
         # A create's hold, given back whole: its sandbox id was given up before anything of
         # it was appended (``create_abandoned``), so nothing else is held for the id.
-        reservations = {k: v for k, v in base.reservations.items() if k != event.sandbox_id}
-        return msgspec.structs.replace(
-            base,
-            reservations=reservations,
-            reserved=sum(r.amount for r in reservations.values()),
-        )
+        return _without_reservation(base, event.sandbox_id)
     if held is None or event.hold not in held.extensions:
         return base  # metered or rerouted since: nothing of that hold is left to give back
     extensions = {k: v for k, v in held.extensions.items() if k != event.hold}
@@ -214,28 +209,50 @@ def _release(base: AccountState, event: CreditsReleased) -> AccountState:
     return _with_reservation(base, event.sandbox_id, reservation)
 
 
+# ``reserved`` moves by what each event adds or takes away, and the reservations are copied
+# in C, never walked in Python: with thousands of sandboxes live at once, summing and
+# filtering them at every event made each reserve and meter cost 150 µs at 5,000 live, and
+# a load of such an account fold in time growing with both its history and its live count.
+
+
 def _with_reservation(
     base: AccountState, sandbox_id: str, reservation: Reservation
 ) -> AccountState:
-    reservations = {**base.reservations, sandbox_id: reservation}
+    held = base.reservations.get(sandbox_id)
     return msgspec.structs.replace(
-        base, reservations=reservations, reserved=sum(r.amount for r in reservations.values())
+        base,
+        reservations={**base.reservations, sandbox_id: reservation},
+        reserved=base.reserved - (0 if held is None else held.amount) + reservation.amount,
+    )
+
+
+def _without_reservation(base: AccountState, sandbox_id: str) -> AccountState:
+    """``base`` with nothing held for ``sandbox_id`` any more."""
+    reservations = dict(base.reservations)
+    held = reservations.pop(sandbox_id, None)
+    if held is None:
+        return base
+    return msgspec.structs.replace(
+        base, reservations=reservations, reserved=base.reserved - held.amount
     )
 
 
 def _meter(base: AccountState, event: UsageMetered) -> AccountState:
-    reservations = {k: v for k, v in base.reservations.items() if k != event.sandbox_id}
-    spent = dict(base.spent)
+    spent = base.spent
     if event.amount:
-        for key in (day_key(event.at), month_key(event.at)):
+        spent = dict(spent)
+        keys = (day_key(event.at), month_key(event.at))
+        new_key = any(key not in spent for key in keys)
+        for key in keys:
             spent[key] = spent.get(key, 0) + event.amount
+        if new_key:  # kept in key order, so a state encodes the same whatever its history
+            spent = dict(sorted(spent.items()))
+    released = _without_reservation(base, event.sandbox_id)
     return msgspec.structs.replace(
-        base,
+        released,
         balance=base.balance - event.amount,
         debited=base.debited + event.amount,
-        reservations=reservations,
-        reserved=sum(r.amount for r in reservations.values()),
-        spent=dict(sorted(spent.items())),
+        spent=spent,
         metered=base.metered + 1,
     )
 

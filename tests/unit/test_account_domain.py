@@ -257,6 +257,8 @@ operations = st.lists(
         st.tuples(st.just("reserve"), st.integers(0, 2 * 10**6), st.integers(0, 5)),
         st.tuples(st.just("extend"), st.integers(0, 10**6), st.integers(0, 5)),
         st.tuples(st.just("meter"), st.integers(0, 10**4), st.integers(0, 5)),
+        st.tuples(st.just("reroute"), st.integers(0, 10**6), st.integers(0, 5)),
+        st.tuples(st.just("release"), st.integers(0, 40), st.integers(0, 5)),
     ),
     max_size=40,
 )
@@ -272,6 +274,13 @@ def commands_of(ops: list[tuple[str, int, int]]) -> list[AccountCommand]:
             commands.append(reserve(sandbox_id, amount))
         elif kind == "extend":
             commands.append(reserve(sandbox_id, amount, reason="extend", command_id=f"extend-{n}"))
+        elif kind == "reroute":
+            commands.append(
+                reserve(sandbox_id, amount, reason="reroute", command_id=f"reroute-{n}")
+            )
+        elif kind == "release":  # a create's whole hold, or one extension's (by its op)
+            hold = reserve_command_id(sandbox_id) if amount % 2 else f"extend-{amount}"
+            commands.append(release(hold, sandbox_id))
         else:
             commands.append(meter(sandbox_id, amount))
     return commands
