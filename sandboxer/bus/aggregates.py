@@ -29,7 +29,7 @@ from sandboxer.bus.event_store import (
     LoadedSnapshot,
     stamp,
 )
-from sandboxer.domain.account_state import AccountBook, evolve_book
+from sandboxer.domain.account_state import AccountBook, evolve_book, fold_book
 from sandboxer.domain.host_places import HostPlaces, evolve_places
 from sandboxer.domain.key_state import KeyState, evolve_key
 from sandboxer.domain.pool_state import MemberState, evolve_member
@@ -145,6 +145,7 @@ ACCOUNT: Aggregate[AccountBook, LoadedAccount, AccountEvent] = Aggregate(
     initial=AccountBook.empty,
     evolve=evolve_book,
     loaded=LoadedAccount,
+    fold_many=fold_book,
     state_of=lambda loaded: loaded.book,
     id_of=lambda book: book.state.project,
 )

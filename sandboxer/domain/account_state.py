@@ -25,6 +25,7 @@ events took 2.7 s).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,6 +53,7 @@ __all__ = [
     "day_key",
     "evolve_account",
     "evolve_book",
+    "fold_book",
     "is_valid_project",
     "month_key",
     "own_key_pays",
@@ -131,6 +133,12 @@ def period_key(at: str, period: Literal["day", "month"]) -> str:
 
 def evolve_account(state: AccountState, event: AccountEvent) -> AccountState:
     """The state after ``event``. Total: an event that does not apply leaves it as it is."""
+    return _evolve(state, event, owned=False)
+
+
+def _evolve(state: AccountState, event: AccountEvent, *, owned: bool) -> AccountState:
+    """:func:`evolve_account`; ``owned``: ``state``'s reservations are a working copy no
+    other state shares (:func:`fold_book`), changed in place rather than copied."""
     replace = msgspec.structs.replace
     base = replace(state, version=state.version + 1, updated_at=event.at)
     match event:
@@ -139,11 +147,11 @@ def evolve_account(state: AccountState, event: AccountEvent) -> AccountState:
                 base, balance=base.balance + event.amount, added=base.added + event.amount
             )
         case CreditsReserved():
-            return _reserve(base, event)
+            return _reserve(base, event, owned)
         case CreditsReleased():
-            return _release(base, event)
+            return _release(base, event, owned)
         case UsageMetered():
-            return _meter(base, event)
+            return _meter(base, event, owned)
         case BudgetSet():
             return replace(base, budget_limit=event.limit, budget_period=event.period)
         case ByokSet():
@@ -154,7 +162,7 @@ def evolve_account(state: AccountState, event: AccountEvent) -> AccountState:
     return base
 
 
-def _reserve(base: AccountState, event: CreditsReserved) -> AccountState:
+def _reserve(base: AccountState, event: CreditsReserved, owned: bool) -> AccountState:
     held = base.reservations.get(event.sandbox_id)
     # A reroute replaces the sandbox's reservation (another backend, other prices); a create
     # or an extension adds to it.
@@ -174,7 +182,7 @@ def _reserve(base: AccountState, event: CreditsReserved) -> AccountState:
         else (None if held is None else held.held_since),
         extensions=_extensions_after(held, event),
     )
-    return _with_reservation(base, event.sandbox_id, reservation)
+    return _with_reservation(base, event.sandbox_id, reservation, owned)
 
 
 def _extensions_after(held: Reservation | None, event: CreditsReserved) -> dict[str, int]:
@@ -194,19 +202,19 @@ def reserve_command_id(sandbox_id: str) -> str:
     return f"reserve-{sandbox_id}"
 
 
-def _release(base: AccountState, event: CreditsReleased) -> AccountState:
+def _release(base: AccountState, event: CreditsReleased, owned: bool) -> AccountState:
     held = base.reservations.get(event.sandbox_id)
     if held is not None and event.hold == reserve_command_id(event.sandbox_id):
         # A create's hold, given back whole: its sandbox id was given up before anything of
         # it was appended (``create_abandoned``), so nothing else is held for the id.
-        return _without_reservation(base, event.sandbox_id)
+        return _without_reservation(base, event.sandbox_id, owned)
     if held is None or event.hold not in held.extensions:
         return base  # metered or rerouted since: nothing of that hold is left to give back
     extensions = {k: v for k, v in held.extensions.items() if k != event.hold}
     reservation = msgspec.structs.replace(
         held, amount=max(held.amount - event.amount, 0), extensions=extensions
     )
-    return _with_reservation(base, event.sandbox_id, reservation)
+    return _with_reservation(base, event.sandbox_id, reservation, owned)
 
 
 # ``reserved`` moves by what each event adds or takes away, and the reservations are copied
@@ -216,28 +224,30 @@ def _release(base: AccountState, event: CreditsReleased) -> AccountState:
 
 
 def _with_reservation(
-    base: AccountState, sandbox_id: str, reservation: Reservation
+    base: AccountState, sandbox_id: str, reservation: Reservation, owned: bool
 ) -> AccountState:
-    held = base.reservations.get(sandbox_id)
+    reservations = base.reservations if owned else dict(base.reservations)
+    held = reservations.get(sandbox_id)
+    reservations[sandbox_id] = reservation
     return msgspec.structs.replace(
         base,
-        reservations={**base.reservations, sandbox_id: reservation},
+        reservations=reservations,
         reserved=base.reserved - (0 if held is None else held.amount) + reservation.amount,
     )
 
 
-def _without_reservation(base: AccountState, sandbox_id: str) -> AccountState:
+def _without_reservation(base: AccountState, sandbox_id: str, owned: bool) -> AccountState:
     """``base`` with nothing held for ``sandbox_id`` any more."""
-    reservations = dict(base.reservations)
-    held = reservations.pop(sandbox_id, None)
-    if held is None:
+    if sandbox_id not in base.reservations:
         return base
+    reservations = base.reservations if owned else dict(base.reservations)
+    held = reservations.pop(sandbox_id)
     return msgspec.structs.replace(
         base, reservations=reservations, reserved=base.reserved - held.amount
     )
 
 
-def _meter(base: AccountState, event: UsageMetered) -> AccountState:
+def _meter(base: AccountState, event: UsageMetered, owned: bool) -> AccountState:
     spent = base.spent
     if event.amount:
         spent = dict(spent)
@@ -247,7 +257,7 @@ def _meter(base: AccountState, event: UsageMetered) -> AccountState:
             spent[key] = spent.get(key, 0) + event.amount
         if new_key:  # kept in key order, so a state encodes the same whatever its history
             spent = dict(sorted(spent.items()))
-    released = _without_reservation(base, event.sandbox_id)
+    released = _without_reservation(base, event.sandbox_id, owned)
     return msgspec.structs.replace(
         released,
         balance=base.balance - event.amount,
@@ -281,6 +291,21 @@ class AccountBook:
 def evolve_book(book: AccountBook, event: AccountEvent) -> AccountBook:
     """The book after ``event``: its state evolved, and its command id remembered."""
     return AccountBook(evolve_account(book.state, event), book.handled.set(event.command_id, None))
+
+
+def fold_book(book: AccountBook, events: Sequence[AccountEvent]) -> AccountBook:
+    """The book after ``events``, in order: what folding :func:`evolve_book` gives.
+
+    A load folds a whole history. Each ``evolve_book`` copies the reservations, which grow
+    with the sandboxes live at once, so a project with thousands live paid that at every
+    event; here one working copy is changed in place (no state in between is seen), and the
+    ids are added to the map in one mutation."""
+    state = msgspec.structs.replace(book.state, reservations=dict(book.state.reservations))
+    handled = book.handled.mutate()
+    for event in events:
+        state = _evolve(state, event, owned=True)
+        handled[event.command_id] = None
+    return AccountBook(state, handled.finish())
 
 
 PROJECT_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, 1 to 63"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+from functools import reduce
 from typing import Literal
 
 import msgspec
@@ -24,7 +26,7 @@ from sandboxer.domain.account_decide import (
     release_command_id,
     reserve_command_id,
 )
-from sandboxer.domain.account_state import AccountBook, evolve_book, project_of
+from sandboxer.domain.account_state import AccountBook, evolve_book, fold_book, project_of
 from sandboxer.domain.lost_creates import STRANDED_SECONDS
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.timestamps import shift
@@ -314,6 +316,28 @@ def test_every_command_delivered_twice_changes_nothing(ops: list[tuple[str, int,
     assert doubled == once
     decided = [c for c in commands if c.command_id in once.handled]
     assert replay(commands + decided) == once
+
+
+@settings(max_examples=200, deadline=None)
+@given(operations, st.integers(0, 40))
+def test_a_load_s_fold_equals_folding_event_by_event(
+    ops: list[tuple[str, int, int]], split: int
+) -> None:
+    """A load folds a history with one working copy of the reservations (``fold_book``);
+    it gives what ``evolve_book`` gives event by event, from any book, and leaves the book
+    it started from as it was."""
+    events = []
+    book = AccountBook.empty("acme")
+    for command in commands_of(ops):
+        with contextlib.suppress(Rejected):
+            decided = decide_account(book, command, NOW)
+            for event in decided:
+                book = evolve_book(book, event)
+            events += decided
+    start = reduce(evolve_book, events[:split], AccountBook.empty("acme"))
+    before = copy.deepcopy(start.state)
+    assert fold_book(start, events[split:]) == book
+    assert start.state == before
 
 
 def test_a_book_is_never_changed_by_what_is_folded_after_it() -> None:
