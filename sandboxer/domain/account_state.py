@@ -218,9 +218,9 @@ def _release(base: AccountState, event: CreditsReleased, owned: bool) -> Account
 
 
 # ``reserved`` moves by what each event adds or takes away, and the reservations are copied
-# in C, never walked in Python: with thousands of sandboxes live at once, summing and
-# filtering them at every event made each reserve and meter cost 150 µs at 5,000 live, and
-# a load of such an account fold in time growing with both its history and its live count.
+# in C, never walked in Python: summing and filtering them at every event made a reserve or
+# a meter cost 150 µs with 5,000 sandboxes live, so a load's fold grew with the account's
+# history times its live count. A load copies them once (:func:`fold_book`).
 
 
 def _with_reservation(
