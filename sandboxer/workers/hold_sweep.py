@@ -56,9 +56,9 @@ class HoldSweep:
         for (:func:`viewed_holdings`: the credits view's)."""
         self._store = store
         self._holdings = holdings
-        self._old_at: dict[str, str] = {}
-        """When each hold a sweep saw may next be a lost create's, by sandbox id
-        (:data:`LATEST`: never): its account is not loaded again for it before then. So an
+        self._old_at: dict[tuple[str, str], str] = {}
+        """When each hold a sweep saw may next be a lost create's, by project and sandbox id
+        (two projects' creates may name one id; :data:`LATEST`: never): its account is not loaded again for it before then. So an
         account is loaded for a hold while it is young at most twice (once seen, once old),
         and never again once it is known to be a made sandbox's."""
 
@@ -66,22 +66,23 @@ class HoldSweep:
         """One sweep: the ids of the sandboxes whose holds were given back. Raises BusError
         when the credits view does not answer (the next sweep tries again)."""
         now = utc_now()
-        held: set[str] = set()
+        held: set[tuple[str, str]] = set()
         released: list[str] = []
         async for project, sandbox_ids in self._holdings():
-            held.update(sandbox_ids)
-            if not any(self._may_be_lost(sandbox_id, now) for sandbox_id in sandbox_ids):
+            holds = [(project, sandbox_id) for sandbox_id in sandbox_ids]
+            held.update(holds)
+            if not any(self._may_be_lost(hold, now) for hold in holds):
                 continue
             account = await self._store.load_account(project)
             released += await release_stranded_holds(self._store, project, account)
-            for sandbox_id, hold in account.state.reservations.items():
-                self._old_at[sandbox_id] = _next_look(hold, now)
-        for sandbox_id in self._old_at.keys() - held:
-            del self._old_at[sandbox_id]  # metered, released or given back: forgotten
+            for sandbox_id, reservation in account.state.reservations.items():
+                self._old_at[project, sandbox_id] = _next_look(reservation, now)
+        for hold in self._old_at.keys() - held:
+            del self._old_at[hold]  # metered, released or given back: forgotten
         return released
 
-    def _may_be_lost(self, sandbox_id: str, now: str) -> bool:
-        old_at = self._old_at.get(sandbox_id)
+    def _may_be_lost(self, hold: tuple[str, str], now: str) -> bool:
+        old_at = self._old_at.get(hold)
         return old_at is None or old_at < now
 
 
