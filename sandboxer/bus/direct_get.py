@@ -58,7 +58,7 @@ async def read_subject(
     meanwhile) before :class:`StreamUnavailable`.
 
     With ``bulk`` (an identity that may make consumers: the service's), what follows a
-    first full batch is read by the replay's bulk reader, about five times as fast as
+    first full batch is read by the replay's bulk reader, six to eight times as fast as
     batches of direct gets (a long history: an account's, a sandbox touched for a week);
     where that reader cannot run here (TLS, other credentials) or stops, direct gets go on
     from where it left off."""
