@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nats
 import pytest
+import stamina
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError
 
@@ -173,7 +174,18 @@ async def test_three_node_cluster_accepts_r3_stream(tmp_path: Path) -> None:
         nc = await nats.connect(servers=cluster.urls, connect_timeout=2)
         try:
             js = nc.jetstream(timeout=10)
-            await js.add_stream(StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3))
+            # Every node is healthy, but the meta leader may not have heard from each peer
+            # yet: "no suitable peers for placement, peer offline" (10005) for a moment, seen
+            # once in a full run. The service's ensure_streams waits that out; so does this.
+            async for attempt in stamina.retry_context(
+                on=lambda exc: isinstance(exc, APIError) and exc.err_code == 10005,
+                attempts=None,
+                timeout=30,
+                wait_initial=0.1,
+                wait_max=1.0,
+            ):
+                with attempt:
+                    await js.add_stream(StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3))
             # add_stream answers before the new stream has elected its leader; until then a
             # publish finds no responder (seen on a loaded machine). Wait for the leader.
             async with asyncio.timeout(30):
