@@ -14,9 +14,9 @@ held.
 from __future__ import annotations
 
 from sandboxer.domain.sandbox_state import SandboxState
-from sandboxer.domain.timestamps import seconds_between
+from sandboxer.domain.timestamps import seconds_between, shift
 
-__all__ = ["STRANDED_SECONDS", "create_lost", "held_too_long"]
+__all__ = ["STRANDED_SECONDS", "create_lost", "held_too_long", "lost_at"]
 
 STRANDED_SECONDS = 600.0
 """How long something may be held for a sandbox with no events before its create is taken
@@ -40,3 +40,9 @@ def held_too_long(held_since: str | None, now: str) -> bool:
     if not held_since:
         return False
     return seconds_between(held_since, now) > STRANDED_SECONDS
+
+
+def lost_at(held_since: str) -> str:
+    """When something held since ``held_since`` becomes held too long (:func:`held_too_long`
+    past it), in the same format: timestamps of one format sort as text."""
+    return shift(held_since, STRANDED_SECONDS)

@@ -183,7 +183,8 @@ async def _reserve(
 ) -> None:
     """Append ``reservation`` on ``project``'s account, or raise Rejected. Refused for
     credits or budget, it is decided once more if a lost create's hold was given back
-    (:func:`~sandboxer.workers.hold_release.release_stranded_holds`): that is when such a hold costs the project anything."""
+    (:func:`~sandboxer.workers.hold_release.release_stranded_holds`): that is when such a
+    hold costs the project anything."""
     try:
         await apply_account(store, project, reservation, account)
     except Rejected as refused:

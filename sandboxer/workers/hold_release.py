@@ -57,10 +57,10 @@ async def release_stranded_holds(
 ) -> list[str]:
     """Give back the holds of ``project``'s lost creates (:func:`hold_stranded`), each
     sandbox id given up first (``create_abandoned``, code ``hold_stranded``); the ids of
-    the sandboxes whose holds were. A create cut off between its hold and its append is sent again, and its refusals
-    give the hold back; one never sent again (its command gone from the commands stream)
-    held the project's credits for ever. Each hold older than the limit has its sandbox's
-    log read: a live sandbox's hold is kept."""
+    the sandboxes whose holds were. A create cut off between its hold and its append is
+    sent again, and its refusals give the hold back; one never sent again (its command gone
+    from the commands stream) held the project's credits for ever. Each hold older than the
+    limit has its sandbox's log read: a live sandbox's hold is kept."""
     now = utc_now()
     released: list[str] = []
     for sandbox_id, held in sorted(account.state.reservations.items()):

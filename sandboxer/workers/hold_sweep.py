@@ -30,8 +30,8 @@ from sandboxer.bus.ask import ask_json
 from sandboxer.bus.event_store import EventStore
 from sandboxer.clock import utc_now
 from sandboxer.domain.account_state import Reservation
-from sandboxer.domain.lost_creates import STRANDED_SECONDS
-from sandboxer.domain.timestamps import LATEST, shift
+from sandboxer.domain.lost_creates import lost_at
+from sandboxer.domain.timestamps import LATEST
 from sandboxer.errors import RequestError
 from sandboxer.workers.hold_release import release_stranded_holds
 
@@ -58,9 +58,10 @@ class HoldSweep:
         self._holdings = holdings
         self._old_at: dict[tuple[str, str], str] = {}
         """When each hold a sweep saw may next be a lost create's, by project and sandbox id
-        (two projects' creates may name one id; :data:`LATEST`: never): its account is not loaded again for it before then. So an
-        account is loaded for a hold while it is young at most twice (once seen, once old),
-        and never again once it is known to be a made sandbox's."""
+        (two projects' creates may name one id; :data:`LATEST`: never): its account is not
+        loaded again for it before then. So an account is loaded for a hold while it is
+        young at most twice (once seen, once old), and never again once it is known to be a
+        made sandbox's."""
 
     async def sweep(self) -> list[str]:
         """One sweep: the ids of the sandboxes whose holds were given back. Raises BusError
@@ -127,5 +128,5 @@ def _next_look(hold: Reservation, now: str) -> str:
     since = hold.held_since if hold.created_by is not None else None
     if not since:
         return LATEST
-    old_at = shift(since, STRANDED_SECONDS)
+    old_at = lost_at(since)
     return old_at if old_at > now else LATEST

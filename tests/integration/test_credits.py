@@ -95,6 +95,43 @@ async def account(client: SandboxerClient, project: str, *, metered: int = 0) ->
             await asyncio.sleep(0.1)
 
 
+def stub_create(
+    catalog: Catalog, actor: Actor, command_id: str, *, ttl: str, sandbox_id: str | None
+) -> AdmittedCreate:
+    """A create of ``profile.saas-stub``, admitted as the control worker admits it."""
+    create = CreateSandbox(
+        command_id=command_id,
+        actor=actor,
+        profile="profile.saas-stub",
+        sandbox_id=sandbox_id,
+        ttl=ttl,
+    )
+    return admit_create(create, catalog.profile(create.profile), catalog.extensions_enabled())
+
+
+async def hold_long_ago(store: JetStreamEventStore, amount: int, *held: tuple[str, str]) -> None:
+    """Holds of ``amount`` on acme's account for each (sandbox id, create command id),
+    recorded longer ago than STRANDED_SECONDS: what a create lost after its hold leaves."""
+    long_ago = shift(utc_now(), -STRANDED_SECONDS - 60)
+    holds = [
+        CreditsReserved(
+            project="acme",
+            command_id=reserve_command_id(sandbox_id),
+            causation_id=create_id,
+            actor=OPS,
+            at=long_ago,
+            sandbox_id=sandbox_id,
+            amount=amount,
+            price=str(PER_SECOND),
+            create_price=str(PER_CREATE),
+            extension="ext.saas-stub",
+            profile="profile.saas-stub",
+        )
+        for sandbox_id, create_id in held
+    ]
+    await store.append_account(await store.load_account("acme"), holds)
+
+
 async def cut_off_after_its_hold(
     client: SandboxerClient,
     home: Path,
@@ -108,14 +145,7 @@ async def cut_off_after_its_hold(
     credit hold and its append: admitted and held as the control worker does, and waited for
     in the view (appended beside the client, which cannot ask the view to have read it)."""
     catalog = Catalog.load(home)
-    create = CreateSandbox(
-        command_id=command_id,
-        actor=actor,
-        profile="profile.saas-stub",
-        sandbox_id=sandbox_id,
-        ttl=ttl,
-    )
-    admitted = admit_create(create, catalog.profile(create.profile), catalog.extensions_enabled())
+    admitted = stub_create(catalog, actor, command_id, ttl=ttl, sandbox_id=sandbox_id)
     await reserve_for_create(JetStreamEventStore(client.nc, client.js), catalog, admitted)
     assert actor.project is not None
     async with asyncio.timeout(30):
@@ -965,20 +995,7 @@ async def test_a_lost_create_s_hold_is_given_back_once_the_project_runs_short(
     minute = PER_CREATE + 60 * PER_SECOND
     await acme.account_command("add_credits", "acme", amount=2 * minute)
     store = JetStreamEventStore(acme.nc, acme.js)
-    lost = CreditsReserved(
-        project="acme",
-        command_id=reserve_command_id("losthold01"),
-        causation_id="acme-create-lost",
-        actor=OPS,
-        at=shift(utc_now(), -STRANDED_SECONDS - 60),
-        sandbox_id="losthold01",
-        amount=minute,
-        price=str(PER_SECOND),
-        create_price=str(PER_CREATE),
-        extension="ext.saas-stub",
-        profile="profile.saas-stub",
-    )
-    await store.append_account(await store.load_account("acme"), [lost])
+    await hold_long_ago(store, minute, ("losthold01", "acme-create-lost"))
     await cut_off_after_its_hold(
         acme, home, OPS, "acme-create-young", ttl="1m", sandbox_id="younghold1"
     )
@@ -1030,31 +1047,9 @@ async def test_a_lost_create_s_hold_is_given_back_by_the_sweep_with_nothing_refu
     minute = PER_CREATE + 60 * PER_SECOND
     await acme.account_command("add_credits", "acme", amount=10 * minute)
     store = JetStreamEventStore(acme.nc, acme.js)
-    long_ago = shift(utc_now(), -STRANDED_SECONDS - 60)
-
-    def old_hold(sandbox_id: str, create_id: str) -> CreditsReserved:
-        return CreditsReserved(
-            project="acme",
-            command_id=reserve_command_id(sandbox_id),
-            causation_id=create_id,
-            actor=OPS,
-            at=long_ago,
-            sandbox_id=sandbox_id,
-            amount=minute,
-            price=str(PER_SECOND),
-            create_price=str(PER_CREATE),
-            extension="ext.saas-stub",
-            profile="profile.saas-stub",
-        )
-
-    lost, made = old_hold("losthold02", "acme-lost-2"), old_hold("madehold01", "acme-made-1")
-    await store.append_account(await store.load_account("acme"), [lost, made])
-    catalog = Catalog.load(home)
-    create = CreateSandbox(
-        command_id="acme-made-1", actor=OPS, profile="profile.saas-stub", sandbox_id="madehold01"
-    )
-    admitted = admit_create(create, catalog.profile(create.profile), catalog.extensions_enabled())
-    await apply(store, "madehold01", admitted)  # its create appended after all, late
+    await hold_long_ago(store, minute, ("losthold02", "acme-lost-2"), ("madehold01", "acme-made-1"))
+    made = stub_create(Catalog.load(home), OPS, "acme-made-1", ttl="1m", sandbox_id="madehold01")
+    await apply(store, "madehold01", made)  # its create appended after all, late
     await cut_off_after_its_hold(acme, home, OPS, "acme-young-2", ttl="1m", sandbox_id="younghld2")
 
     async with asyncio.timeout(30):

@@ -121,11 +121,7 @@ def how_frozen(directory: Path) -> Frozen:
 
 
 def _settled(directory: Path, frozen: bool) -> bool:
-    v1 = directory / V1_STATE
-    if v1.exists():
-        return v1.read_text().strip() == ("FROZEN" if frozen else "THAWED")
-    events = (directory / "cgroup.events").read_text().split("\n")
-    return f"frozen {int(frozen)}" in events
+    return how_frozen(directory) == ("all" if frozen else "none")
 
 
 def _request(directory: Path, frozen: bool) -> None:
