@@ -260,12 +260,24 @@ async def test_past_one_batch_a_history_is_read_in_bulk_the_same(plain: Client, 
 async def test_the_service_identity_of_the_embedded_server_reads_in_bulk(
     as_service: tuple[Client, NatsCredentials],
 ) -> None:
+    """A store's long read as the default deployment makes it. A bulk read that could not
+    run would fall back to direct gets unseen, so the bulk reader is also asked alone, as
+    the store asks it (its filter, past the last sequence): it raises where it cannot run."""
     nc, _ = as_service
     js = nc.jetstream()
     await ensure_streams(js)
     await publish_interleaved(js, 1_000)
+    by_direct_gets = await read(nc)
+    alone = replay_batches(
+        nc,
+        js,
+        start_seq=1,
+        stop_seq=direct_get.LAST,
+        filter_subject=subjects.sandbox_events_filter("sbxlonghist1"),
+    )
     async with asyncio.timeout(10):
-        assert await read(nc, bulk=js) == await read(nc)
+        assert [item async for chunk in alone for item in chunk] == by_direct_gets
+        assert await read(nc, bulk=js) == by_direct_gets
 
 
 async def test_a_long_account_loaded_by_a_fresh_store_equals_the_state_kept(
