@@ -85,7 +85,18 @@ class KeyQueries:
         return plain
 
     async def _load_key(self, key_id: str) -> KeyState | None:
+        """The key as the view has it; a key the view has not folded yet is looked for in
+        the log, and the view waited for (its while) up to the key's last event. A key made a
+        moment ago and handed straight to an agent would otherwise be refused as unknown."""
         assert self._projector.view is not None
+        state = await load_key(self._projector.view.db, key_id)
+        if state is not None and state.status != "none":
+            return state
+        logged = 0
+        async for seq, _ in read_subject(self._nc, subjects.key_events_filter(key_id)):
+            logged = seq
+        if logged <= self._projector.position or not await self._projector.wait_for(logged):
+            return state
         return await load_key(self._projector.view.db, key_id)
 
     def _ask(self, subject: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
