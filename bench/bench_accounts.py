@@ -8,6 +8,8 @@ not timed); then, each beside its baseline in this run:
 - a fresh event store's ``load_account`` (what a restarted service pays on
   its first meter or paid create), beside the raw bulk read of the account's
   subjects and the raw batched direct gets of them;
+- the same load from the account's checkpoint (bus/checkpoints.py), which the
+  service's stores write after a long load: beside the same bulk read;
 - a meter through ``apply_account`` on it (what every ``destroyed`` of a
   sandbox pays), median of 20, beside the same on a new account;
 - a rebuild of the view (which folds the account from sequence 1 and writes
@@ -29,6 +31,7 @@ from _harness import bulk_read, main, nats, progress, tempdir
 from _table import Row
 
 from sandboxer import subjects
+from sandboxer.bus.checkpoints import AccountCheckpoints
 from sandboxer.bus.connect import connect
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_reader import last_sequence
@@ -143,6 +146,18 @@ async def rows() -> list[Row]:
             load_seconds = time.perf_counter() - started
             assert loaded.state.metered == SANDBOXES
 
+            progress("accounts: writing its checkpoint, and loading from it")
+            checkpoints = await AccountCheckpoints.open(js, 1)
+            writer = JetStreamEventStore(nc, js, checkpoints=checkpoints)
+            await writer.load_account(PROJECT)
+            await checkpoints.settled()
+            started = time.perf_counter()
+            resumed = await JetStreamEventStore(nc, js, checkpoints=checkpoints).load_account(
+                PROJECT
+            )
+            checkpoint_seconds = time.perf_counter() - started
+            assert resumed == loaded
+
             progress("accounts: metering 20 more sandboxes on it, and on a new account")
             long_history = await meter_twenty(store, PROJECT)
             new_account = await meter_twenty(store, "fresh")
@@ -175,6 +190,13 @@ async def rows() -> list[Row]:
             load_seconds * 1e3,
             raw_seconds * 1e3,
             "raw direct gets of its subjects",
+        ),
+        Row(
+            f"{figure}: a fresh store's load from its checkpoint",
+            "ms",
+            checkpoint_seconds * 1e3,
+            raw_bulk_seconds * 1e3,
+            "raw bulk read of its subjects",
         ),
         Row(
             f"{figure}: a meter (apply_account), p50 of 20",

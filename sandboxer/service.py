@@ -28,6 +28,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from sandboxer import __version__
+from sandboxer.bus.checkpoints import AccountCheckpoints
 from sandboxer.bus.connect import connect, redact_url
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.key_request_rate import KeyRequestRates
@@ -137,7 +138,8 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
     await ensure_streams(js, replicas_for(nc._server_info))
     # The bucket exists before any upload: an API key may write to it but not create it.
     await open_or_create_bucket(js, replicas_for(nc._server_info))
-    store = JetStreamEventStore(nc, js)
+    checkpoints = await AccountCheckpoints.open(js, replicas_for(nc._server_info))
+    store = JetStreamEventStore(nc, js, checkpoints=checkpoints)
     # One bucket per API key for every role here that answers a key's requests on the bus
     # (queries, route explain, execs, copies, tokens): a key's rate holds in this process
     # whichever of them it asks (bus/key_request_rate.py).

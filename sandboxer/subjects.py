@@ -6,6 +6,7 @@ See ``docs/protocol.md`` for what travels on each.
 from __future__ import annotations
 
 __all__ = [
+    "CHECKPOINTS_BUCKET",
     "COMMANDS_STREAM",
     "EVENTS_STREAM",
     "JOBS_STREAM",
@@ -25,6 +26,8 @@ COMMANDS_STREAM = "SANDBOXER_COMMANDS"
 EVENTS_STREAM = "SANDBOXER_EVENTS"
 JOBS_STREAM = "SANDBOXER_JOBS"
 WORKSPACES_BUCKET = "SANDBOXER_WORKSPACES"
+CHECKPOINTS_BUCKET = "SANDBOXER_CHECKPOINTS"
+"""Account checkpoints (bus/checkpoints.py): the service identity's alone."""
 """Object Store bucket of uploaded directory inputs, named by content (docs/workspaces.md).
 Snapshots store their data here too: a snapshot's object is a directory input a restore
 hands to any backend (docs/snapshots.md)."""

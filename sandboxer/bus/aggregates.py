@@ -7,7 +7,8 @@ initial state, which evolve and which ``Loaded…`` holds the result; :class:`Ag
 folds and appends by it. A store supplies only its I/O: the events of a scope past a
 sequence (:meth:`AggregateStore._events`) and the append of one event that expects the
 scope's last sequence (:meth:`AggregateStore._append_at`). The JetStream store also keeps
-the last state of some kinds (:meth:`AggregateStore._kept`).
+the last state of some kinds (:meth:`AggregateStore._kept`), and loads accounts from their
+checkpoints (:meth:`AggregateStore._checkpoint`, :mod:`sandboxer.bus.checkpoints`).
 """
 
 from __future__ import annotations
@@ -209,17 +210,31 @@ class AggregateStore(ABC):
         only the events that came after it (the log only grows); ``None``: it keeps none."""
         return None
 
+    async def _checkpoint(self, aggregate: Aggregate[S, L, E], aggregate_id: str) -> L | None:
+        """A load of the aggregate up to some sequence, stored beside the log for a fresh
+        load to start from; ``None``: none (this store keeps none of this kind)."""
+        return None
+
+    def _folded(  # noqa: B027 (a hook: only the JetStream store's accounts keep checkpoints)
+        self, aggregate: Aggregate[S, L, E], loaded: L, events: int
+    ) -> None:
+        """A load read ``events`` events to ``loaded``: the store may keep a checkpoint."""
+
     async def _load(self, aggregate: Aggregate[S, L, E], aggregate_id: str) -> L:
         kept = self._kept(aggregate)
         known: L | None = None if kept is None else kept.get(aggregate_id)
+        if known is None:
+            known = await self._checkpoint(aggregate, aggregate_id)
         if known is None:
             state, after = aggregate.initial(aggregate_id), 0
         else:
             state, after = aggregate.state_of(known), known.last_seq
         last_seq = after
+        read = 0
         events: list[E] = []
         async for seq, event in self._events(aggregate.scope(aggregate_id), after):
             last_seq = seq
+            read += 1
             if isinstance(event, aggregate.kinds):
                 events.append(cast(E, event))
                 if len(events) >= FOLD_CHUNK:
@@ -231,6 +246,7 @@ class AggregateStore(ABC):
             loaded = aggregate.loaded(aggregate.fold(state, events), last_seq)
         if kept is not None:
             kept.put(aggregate_id, loaded)
+        self._folded(aggregate, loaded, read)
         return loaded
 
     async def _append(self, aggregate: Aggregate[S, L, E], loaded: L, events: Sequence[E]) -> L:

@@ -25,14 +25,24 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
-from sandboxer.bus.aggregates import ACCOUNT, PLACES, SANDBOX, Aggregate, AggregateStore
+from sandboxer.bus.aggregates import (
+    ACCOUNT,
+    PLACES,
+    SANDBOX,
+    Aggregate,
+    AggregateStore,
+    E,
+    L,
+    S,
+)
+from sandboxer.bus.checkpoints import AccountCheckpoints
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_store import (
     Loaded,
@@ -98,10 +108,20 @@ class _ObjectsIndex:
 class JetStreamEventStore(AggregateStore):
     """:class:`~sandboxer.bus.event_store.EventStore` on the events stream."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        *,
+        timeout: float = 5.0,
+        checkpoints: AccountCheckpoints | None = None,
+    ) -> None:
+        """``checkpoints``: where accounts' checkpoints are read and written (the service's
+        stores; a store without them folds every fresh load from sequence 1)."""
         self._nc = nc
         self._js = js
         self._timeout = timeout
+        self._checkpoints = checkpoints
         self._accounts: Recent[str, LoadedAccount] = Recent(KNOWN_ACCOUNTS)
         self._sandboxes: Recent[str, Loaded] = Recent(KNOWN_SANDBOXES)
         self._hosts: Recent[str, LoadedPlaces] = Recent(KNOWN_HOSTS)
@@ -154,6 +174,16 @@ class JetStreamEventStore(AggregateStore):
         (``KNOWN_SANDBOXES``, ``KNOWN_ACCOUNTS``, ``KNOWN_HOSTS``) and that every command on
         them loads."""
         return self._kept_by_name.get(aggregate.name)
+
+    async def _checkpoint(self, aggregate: Aggregate[S, L, E], aggregate_id: str) -> L | None:
+        """Accounts: the one in the checkpoints bucket, when it may be trusted."""
+        if aggregate is not ACCOUNT or self._checkpoints is None:
+            return None
+        return cast(L | None, await self._checkpoints.read(aggregate_id))
+
+    def _folded(self, aggregate: Aggregate[S, L, E], loaded: L, events: int) -> None:
+        if aggregate is ACCOUNT and self._checkpoints is not None:
+            self._checkpoints.folded(cast(LoadedAccount, loaded), events)
 
     async def snapshots_holding(self, object_name: str) -> list[str]:
         return sorted(

@@ -1,6 +1,6 @@
 """Who may publish and subscribe to what on NATS: the one list of every identity's subjects.
 
-Two identities (docs/security.md#nats-permissions):
+Two identities (docs/security.md#nats-access):
 
 ``service``
     The roles that own the streams: control, projector, meter, the extension
@@ -99,6 +99,7 @@ _SERVICE = Permissions(
         "$JS.ACK.>",  # acknowledging commands and jobs
         "$JS.FC.>",  # flow control of ordered consumers (replay, downloads)
         f"$O.{subjects.WORKSPACES_BUCKET}.>",  # snapshots store their data in the bucket
+        f"$O.{subjects.CHECKPOINTS_BUCKET}.>",  # account checkpoints: the service's alone
         "_INBOX.>",  # answers to requests (queries, exec output, tokens)
     ),
     publish_deny=(

@@ -226,7 +226,7 @@ def _nats_auth_env() -> Path | None:
             "SANDBOXER_NATS_AUTH",
             raw,
             "the absolute path of a directory holding service.json and/or client.json "
-            "(docs/security.md#nats-permissions)",
+            "(docs/security.md#nats-access)",
         )
     return path
 

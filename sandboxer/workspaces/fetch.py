@@ -1,17 +1,15 @@
 """Fetching an uploaded archive on a worker, with its digest checked against its name.
 
-nats-py's ``ObjectStore.get`` reads a 50 MiB object at 11-16 MiB/s here (and
-slower as objects grow); reading the object's chunk subject
-``$O.<bucket>.C.<nuid>`` with an ordered consumer runs at about 430 MiB/s,
-so this reads the chunks itself and checks what ``get`` would have: the
-chunk count, the size, and the SHA-256, which must equal both the digest in
-the object's metadata and the one its name (the input's reference) carries.
+The chunks are read as :mod:`sandboxer.bus.object_chunks` reads them (nats-py's
+``ObjectStore.get`` is slow), and what ``get`` would have checked is checked here:
+the size, and the SHA-256, which must equal both the digest in the object's
+metadata and the one its name (the input's reference) carries.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+from contextlib import aclosing
 from pathlib import Path
 
 from nats.errors import TimeoutError as NatsTimeout
@@ -19,16 +17,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
 
 from sandboxer import subjects
-from sandboxer.bus.ask import next_message
+from sandboxer.bus.object_chunks import is_chunk_id, nats_digest, object_chunks
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.bucket import open_bucket
 from sandboxer.workspaces.limits import ArchiveLimits
-from sandboxer.workspaces.refs import nats_digest, object_name
+from sandboxer.workspaces.refs import object_name
 
 __all__ = ["fetch_archive"]
-
-_NUID = re.compile(r"[A-Za-z0-9]{1,64}")
-"""A chunk subject's last token, as nats-py writes it: no dots or wildcards from a client."""
 
 CHUNK_TIMEOUT = 30.0
 """Seconds to wait for the next chunk before the fetch is given up."""
@@ -57,33 +52,28 @@ async def fetch_archive(
             f"the uploaded workspace {name} is {size} bytes, more than this worker accepts "
             f"({limits.max_bytes // (1024 * 1024)} MiB, SANDBOXER_UPLOAD_MAX_MB)"
         )
-    digest = hashlib.sha256()
-    received = 0
-    if chunks and _NUID.fullmatch(info.nuid or "") is None:
+    if not is_chunk_id(info.nuid) and chunks:
         raise WorkspaceRefused(
             f"the uploaded workspace {name} names its chunks {str(info.nuid)[:100]!r}, not a "
             "NUID; upload the directory again"
         )
-    if chunks:
-        subject = f"$O.{subjects.WORKSPACES_BUCKET}.C.{info.nuid}"
-        sub = await js.subscribe(subject, ordered_consumer=True, pending_bytes_limit=64 << 20)
-        try:
-            with destination.open("wb") as out:
-                for _ in range(chunks):
-                    try:
-                        msg = await next_message(sub, CHUNK_TIMEOUT)
-                    except NatsTimeout:
-                        raise WorkspaceRefused(
-                            f"the uploaded workspace {name} stopped arriving after {received} of "
-                            f"{size} bytes; its chunks may have been removed"
-                        ) from None
-                    received += len(msg.data)
+    digest = hashlib.sha256()
+    received = 0
+    bucket_name = subjects.WORKSPACES_BUCKET
+    with destination.open("wb") as out:
+        async with aclosing(object_chunks(js, bucket_name, info, CHUNK_TIMEOUT)) as parts:
+            try:
+                async for data in parts:
+                    received += len(data)
                     if received > size:
                         break
-                    digest.update(msg.data)
-                    out.write(msg.data)  # chunks are 128 KiB: a page-cache write, not a stall
-        finally:
-            await sub.unsubscribe()
+                    digest.update(data)
+                    out.write(data)  # chunks are 128 KiB: a page-cache write, not a stall
+            except NatsTimeout:
+                raise WorkspaceRefused(
+                    f"the uploaded workspace {name} stopped arriving after {received} of "
+                    f"{size} bytes; its chunks may have been removed"
+                ) from None
     sha = digest.digest()
     if received != size or sha.hex() != sha256_hex or info.digest != nats_digest(sha.hex()):
         raise WorkspaceRefused(

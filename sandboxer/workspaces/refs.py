@@ -7,7 +7,6 @@ to the name, and the same tree packed twice gets the same name (stored once).
 
 from __future__ import annotations
 
-import base64
 import re
 
 from sandboxer.errors import WorkspaceRefused
@@ -15,7 +14,6 @@ from sandboxer.errors import WorkspaceRefused
 __all__ = [
     "OBJECT_REF_PREFIX",
     "is_object_ref",
-    "nats_digest",
     "object_name",
     "object_ref",
     "parse_object_ref",
@@ -33,11 +31,6 @@ def object_ref(sha256_hex: str) -> str:
 def object_name(sha256_hex: str) -> str:
     """The object's name in the workspaces bucket."""
     return f"sha256-{sha256_hex}"
-
-
-def nats_digest(sha256_hex: str) -> str:
-    """The digest the Object Store records for content with this SHA-256 (``SHA-256=<b64url>``)."""
-    return "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(sha256_hex)).decode()
 
 
 def is_object_ref(value: str) -> bool:

@@ -33,9 +33,9 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from sandboxer import subjects
+from sandboxer.bus.object_chunks import nats_digest
 from sandboxer.domain.bucket_objects import Stored
 from sandboxer.domain.snapshot_objects import OWNER_HEADER, owner_of
-from sandboxer.workspaces.refs import nats_digest
 
 __all__ = [
     "bucket_subjects",

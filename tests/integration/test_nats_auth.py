@@ -24,6 +24,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer import subjects
 from sandboxer.bus import permissions
+from sandboxer.bus.checkpoints import AccountCheckpoints
 from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_auth import (
     AUTH_DIR_NAME,
@@ -154,6 +155,16 @@ async def test_each_identity_gets_only_its_subjects(
         assert [line for line in seen if "sandboxer.cmd" in line] == [
             'nats: permissions violation for publish to "sandboxer.cmd.destroy"'
         ]
+        # The account checkpoints are the service's alone: a client that wrote one would set
+        # a project's balance (bus/checkpoints.py).
+        await AccountCheckpoints.open(service.jetstream(), 1)
+        bucket = f"OBJ_{subjects.CHECKPOINTS_BUCKET}"
+        for api in ("STREAM.INFO", "STREAM.CREATE", "STREAM.MSG.GET", "CONSUMER.CREATE"):
+            await refused_request(client, f"$JS.API.{api}.{bucket}")
+        await refused_request(client, f"$JS.API.DIRECT.GET.{bucket}.$O.x.M.y")
+        await client.publish(f"$O.{subjects.CHECKPOINTS_BUCKET}.M.YWNjb3VudC5hY21l", b"{}")
+        seen = await violations(client)
+        assert any(f"$o.{subjects.CHECKPOINTS_BUCKET.lower()}.m" in line for line in seen), seen
         # Nor may the service delete a stream, or purge the events.
         await refused_request(service, f"$JS.API.STREAM.DELETE.{subjects.EVENTS_STREAM}")
         await refused_request(service, f"$JS.API.STREAM.PURGE.{subjects.EVENTS_STREAM}")

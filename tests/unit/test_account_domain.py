@@ -565,3 +565,36 @@ def test_a_create_s_hold_is_stranded_only_long_after_with_nothing_of_its_sandbox
     assert not hold_stranded(held, msgspec.structs.replace(new, abandoned_by="create-c"), late)
     assert not hold_stranded(msgspec.structs.replace(held, created_by=None), new, late)
     assert not hold_stranded(msgspec.structs.replace(held, held_since=None), new, late)
+
+
+@settings(max_examples=100, deadline=None)
+@given(operations, st.integers(1, 10**6))
+def test_a_checkpoint_reads_back_the_book_it_was_made_of(
+    ops: list[tuple[str, int, int]], last_seq: int
+) -> None:
+    """An account's checkpoint (bus/account_checkpoint.py) gives back the same book, with
+    every command id it had decided; it is read only for its own project and code."""
+    from sandboxer.bus.account_checkpoint import decode_checkpoint, encode_checkpoint
+    from sandboxer.bus.event_store import LoadedAccount
+
+    loaded = LoadedAccount(replay(commands_of(ops)), last_seq)
+    data = encode_checkpoint(loaded, "digest-of-the-last-message")
+    found = decode_checkpoint(data, "acme")
+    assert found is not None
+    assert (found.loaded, found.last_message) == (loaded, "digest-of-the-last-message")
+    assert found.loaded.book.handled == loaded.book.handled
+    assert decode_checkpoint(data, "other") is None
+
+
+def test_a_checkpoint_of_other_code_or_no_checkpoint_at_all_is_not_read() -> None:
+    from sandboxer.bus.account_checkpoint import decode_checkpoint, encode_checkpoint, fingerprint
+    from sandboxer.bus.event_store import LoadedAccount
+
+    loaded = LoadedAccount(run(AccountBook.empty("acme"), add(5)), 7)
+    good = msgspec.msgpack.decode(encode_checkpoint(loaded, "d"))
+    assert good["fingerprint"] == fingerprint() != ""
+    assert decode_checkpoint(msgspec.msgpack.encode(good), "acme") is not None
+    for changed in ({"fingerprint": "0" * 64}, {"fingerprint": ""}, {"last_seq": 0}):
+        assert decode_checkpoint(msgspec.msgpack.encode(good | changed), "acme") is None
+    for garbage in (b"", b"\xc1", b"not msgpack", msgspec.msgpack.encode({"state": 1})):
+        assert decode_checkpoint(garbage, "acme") is None

@@ -66,6 +66,7 @@ def test_every_setting_the_code_reads_is_in_the_readme_table() -> None:
         subjects.EVENTS_STREAM,
         subjects.JOBS_STREAM,
         subjects.WORKSPACES_BUCKET,
+        subjects.CHECKPOINTS_BUCKET,
         MARKER_NAME,  # put in each exec's environment by sandboxer, not read from the user's
     }
     readme = (DOCS.parent / "README.md").read_text()
