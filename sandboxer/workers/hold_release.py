@@ -9,7 +9,8 @@ project's credits for good. Each is given back here, once:
 - a create whose sandbox id another project took (:func:`release_lost_reservation`);
 - a create cut off after its hold and never sent again (:func:`release_stranded_holds`),
   when the project is next refused for credits and at each hold sweep
-  (:mod:`hold_sweep`);
+  (:mod:`hold_sweep`), whether nothing of its sandbox was appended or another project
+  made a sandbox of its id;
 - an extension its sandbox refused for good (:func:`release_refused_extension`).
 """
 
@@ -46,10 +47,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_APPENDED: Recent[str, bool] = Recent(10_000)
-"""Sandbox ids whose old holds :func:`release_stranded_holds` found appended: a sandbox with
-events never has none again, so its hold is never a lost create's. Without it, each create
-of a project at its limit read the log of every sandbox it has held for long."""
+_OWNERS: Recent[str, str] = Recent(10_000)
+"""The project that owns each sandbox :func:`release_stranded_holds` found appended (a
+sandbox with events never has none again, nor another owner): its own project's hold of it
+is never a lost create's. Without it, each create of a project at its limit read the log of
+every sandbox it has held for long."""
 
 
 async def release_stranded_holds(
@@ -60,20 +62,37 @@ async def release_stranded_holds(
     the sandboxes whose holds were. A create cut off between its hold and its append is
     sent again, and its refusals give the hold back; one never sent again (its command gone
     from the commands stream) held the project's credits for ever. Each hold older than the
-    limit has its sandbox's log read: a live sandbox's hold is kept."""
+    limit has its sandbox's log read: the hold of a sandbox of the project is kept (its
+    metering releases it); one whose id another project took is metered at zero, as
+    :func:`release_lost_reservation` does for a create refused for it."""
     now = utc_now()
     released: list[str] = []
     for sandbox_id, held in sorted(account.state.reservations.items()):
-        if (
-            held.created_by is None
-            or not held_too_long(held.held_since, now)
-            or sandbox_id in _APPENDED
-        ):
-            continue  # not a create's, too young, or its sandbox seen appended: not lost
-        sandbox = (await store.load(sandbox_id)).state
-        if sandbox.status != "new":
-            _APPENDED.put(sandbox_id, True)
-        if not hold_stranded(held, sandbox, now):
+        if held.created_by is None or not held_too_long(held.held_since, now):
+            continue  # not a create's, or too young: not lost
+        owner, sandbox = _OWNERS.get(sandbox_id), None
+        if owner is None:
+            sandbox = (await store.load(sandbox_id)).state
+            if sandbox.status != "new":
+                owner = project_of(sandbox.actor)
+                _OWNERS.put(sandbox_id, owner)
+        if owner == project:
+            continue  # its own sandbox: the hold is released when it is metered
+        if owner is not None:
+            # Another project's sandbox has the id: no create of this project can ever be
+            # appended on it, and its metering is on the other account.
+            if await _meter_at_zero(store, project, sandbox_id, SYSTEM_ACTOR, held.created_by):
+                log.warning(
+                    "project %s: gave back the credits held since %s for sandbox %s, whose "
+                    "id project %s took",
+                    project,
+                    held.held_since,
+                    sandbox_id,
+                    owner,
+                )
+                released.append(sandbox_id)
+            continue
+        if sandbox is None or not hold_stranded(held, sandbox, now):
             continue
         if not await _give_up_and_release(
             store,
@@ -112,20 +131,29 @@ async def release_lost_reservation(
     owner = (await store.load(sandbox_id)).state.actor
     if owner is None or project_of(owner) == project:
         return
+    await _meter_at_zero(store, project, sandbox_id, create.actor, create.command_id)
+
+
+async def _meter_at_zero(
+    store: EventStore, project: str, sandbox_id: str, actor: Actor, causation_id: str
+) -> bool:
+    """Release ``project``'s hold of ``sandbox_id``, another project's sandbox, by metering
+    it at zero (``meter-<id>``: once, whoever asks first); whether there was one."""
     account = await store.load_account(project)
     held = account.state.reservations.get(sandbox_id)
     if held is None:
-        return
+        return False
     release = MeterUsage(
         command_id=meter_command_id(sandbox_id),
-        causation_id=create.command_id,
-        actor=create.actor,
+        causation_id=causation_id,
+        actor=actor,
         sandbox_id=sandbox_id,
         extension=held.extension,
         profile=held.profile,
         seconds=0,
     )
     await apply_account(store, project, release, account)
+    return True
 
 
 async def give_up_refused_create(

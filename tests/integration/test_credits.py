@@ -1043,19 +1043,31 @@ async def test_a_lost_create_s_hold_is_given_back_by_the_sweep_with_nothing_refu
     """A project with credits to spare is never refused, so a lost create's hold showed as
     reserved for ever. The control worker's hold sweep now gives it back (its id given up
     first) with no create at all. A young hold stays, and so does an old hold whose sandbox
-    was appended after all: its log is what decides."""
+    was appended after all: its log is what decides. An old hold of an id another project's
+    sandbox took is metered at zero: no metering of this account would ever release it."""
     minute = PER_CREATE + 60 * PER_SECOND
     await acme.account_command("add_credits", "acme", amount=10 * minute)
     store = JetStreamEventStore(acme.nc, acme.js)
-    await hold_long_ago(store, minute, ("losthold02", "acme-lost-2"), ("madehold01", "acme-made-1"))
-    made = stub_create(Catalog.load(home), OPS, "acme-made-1", ttl="1m", sandbox_id="madehold01")
+    await hold_long_ago(
+        store,
+        minute,
+        ("losthold02", "acme-lost-2"),
+        ("madehold01", "acme-made-1"),
+        ("takenhld03", "acme-taken-3"),
+    )
+    catalog = Catalog.load(home)
+    made = stub_create(catalog, OPS, "acme-made-1", ttl="1m", sandbox_id="madehold01")
     await apply(store, "madehold01", made)  # its create appended after all, late
+    taken = stub_create(catalog, BETA, "beta-taken-3", ttl="1m", sandbox_id="takenhld03")
+    await apply(store, "takenhld03", taken)  # beta's create of the id came first
     await cut_off_after_its_hold(acme, home, OPS, "acme-young-2", ttl="1m", sandbox_id="younghld2")
 
     async with asyncio.timeout(30):
-        while "losthold02" in (await account(acme, "acme"))["reservations"]:
+        while {"losthold02", "takenhld03"} & set((await account(acme, "acme"))["reservations"]):
             await asyncio.sleep(0.1)
     assert await given_back_as_stranded(acme) == [("losthold02", "acme-lost-2")]
+    metered = await account_events(acme, "acme", "usage_metered")
+    assert [(e["sandbox_id"], e["amount"]) for e in metered] == [("takenhld03", 0)]
     await asyncio.sleep(4 * SWEEP)  # more sweeps: nothing else is given back
     assert sorted((await account(acme, "acme"))["reservations"]) == ["madehold01", "younghld2"]
     assert len(await account_events(acme, "acme", "credits_released")) == 1

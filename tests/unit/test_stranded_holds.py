@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
 from sandboxer.bus.event_store import Loaded, LoadedAccount
@@ -27,9 +28,9 @@ AGENT = Actor(type="agt", id="agent-7", project="acme")
 STUB = "ext.saas-stub"
 
 
-def admitted(sandbox_id: str) -> AdmittedCreate:
+def admitted(sandbox_id: str, actor: Actor = AGENT) -> AdmittedCreate:
     return AdmittedCreate(
-        command=CreateSandbox(command_id=f"c-{sandbox_id}", actor=AGENT, profile="profile.stub"),
+        command=CreateSandbox(command_id=f"c-{sandbox_id}", actor=actor, profile="profile.stub"),
         sandbox_id=sandbox_id,
         profile_version=1,
         inputs={},
@@ -101,6 +102,33 @@ async def test_an_appended_sandbox_s_log_is_read_once_not_at_every_refusal() -> 
     for _ in range(3):
         assert not await release_stranded_holds(store, "acme", await store.load_account("acme"))
     assert store.loads == ["living01"]
+
+
+async def test_a_lost_create_s_hold_of_an_id_another_project_took_is_given_back() -> None:
+    """Two projects' creates named one sandbox id; the other project's made it, and this
+    project's was cut off after its hold and never sent again. No create of this project can
+    be appended on the id, and the sandbox is metered on the other account: the hold is
+    metered at zero here, once, as a refusal of the create would have. The sandbox's owner
+    is remembered: the other project's own hold of it stays, its log not read again."""
+    store = CountingStore()
+    other = Actor(type="agt", id="agent-9", project="other")
+    old = STRANDED_SECONDS + 5
+    funds = CreditsAdded(project="acme", command_id="add", actor=AGENT, at=utc_now(), amount=10**6)
+    await store.append_account(await store.load_account("acme"), [funds, held("taken001", age=old)])
+    theirs = msgspec.structs.replace(held("taken001", age=old), project="other", actor=other)
+    await store.append_account(await store.load_account("other"), [theirs])
+    await apply(store, "taken001", admitted("taken001", other))
+
+    assert await release_stranded_holds(store, "acme", await store.load_account("acme")) == [
+        "taken001"
+    ]
+    acme = (await store.load_account("acme")).state
+    assert (acme.reservations, acme.reserved, acme.balance, acme.metered) == ({}, 0, 10**6, 1)
+    assert not await release_stranded_holds(store, "acme", await store.load_account("acme"))
+    store.loads.clear()
+    assert not await release_stranded_holds(store, "other", await store.load_account("other"))
+    assert "taken001" in (await store.load_account("other")).state.reservations
+    assert store.loads == []  # its owner known: the log of the sandbox not read again
 
 
 class AccountCountingStore(MemoryEventStore):
