@@ -53,6 +53,7 @@ __all__ = [
     "day_key",
     "evolve_account",
     "evolve_book",
+    "evolve_working",
     "fold_book",
     "is_valid_project",
     "month_key",
@@ -60,6 +61,7 @@ __all__ = [
     "period_key",
     "project_of",
     "reserve_command_id",
+    "working_copy",
 ]
 
 
@@ -300,12 +302,25 @@ def fold_book(book: AccountBook, events: Sequence[AccountEvent]) -> AccountBook:
     with the sandboxes live at once, so a project with thousands live paid that at every
     event; here one working copy is changed in place (no state in between is seen), and the
     ids are added to the map in one mutation."""
-    state = msgspec.structs.replace(book.state, reservations=dict(book.state.reservations))
+    state = working_copy(book.state)
     handled = book.handled.mutate()
     for event in events:
-        state = _evolve(state, event, owned=True)
+        state = evolve_working(state, event)
         handled[event.command_id] = None
     return AccountBook(state, handled.finish())
+
+
+def working_copy(state: AccountState) -> AccountState:
+    """``state`` with reservations of its own, for :func:`evolve_working` to change."""
+    return msgspec.structs.replace(state, reservations=dict(state.reservations))
+
+
+def evolve_working(state: AccountState, event: AccountEvent) -> AccountState:
+    """:func:`evolve_account` on a working copy (:func:`working_copy`, or what this returned):
+    its reservations are changed in place, not copied, so no state it came from may be read
+    after. Folding many events, where the states in between are never read, copies the
+    reservations once instead of at every event (they grow with the sandboxes live)."""
+    return _evolve(state, event, owned=True)
 
 
 PROJECT_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, 1 to 63"

@@ -25,10 +25,11 @@ from sandboxer.domain.account_state import (
     PROJECT_RULE,
     AccountState,
     day_key,
-    evolve_account,
+    evolve_working,
     is_valid_project,
     month_key,
     period_key,
+    working_copy,
 )
 from sandboxer.domain.timestamps import shift
 from sandboxer.errors import RequestError
@@ -110,7 +111,12 @@ class AccountRows:
         if state is None:
             stored = None if load is None else await load(project)
             state = stored or AccountState(project=project)
-        self.known[project] = evolve_account(state, event)
+        if project not in self.dirty:
+            # Its first event since the last take: the state taken then may still be being
+            # written, so this fold works on a copy of its own until the next take, and
+            # copies the reservations once per take, not at every event.
+            state = working_copy(state)
+        self.known[project] = evolve_working(state, event)
         self.dirty[project] = seq
         if isinstance(event, UsageMetered):
             self.usage.append((project, event, seq))

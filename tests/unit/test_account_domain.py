@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import dataclasses
@@ -31,7 +32,7 @@ from sandboxer.domain.lost_creates import STRANDED_SECONDS
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.timestamps import shift
 from sandboxer.errors import InvalidCommand, Rejected
-from sandboxer.events.account_events import UsageMetered
+from sandboxer.events.account_events import AccountEvent, UsageMetered
 from sandboxer.events.codec import decode_event, encode_event
 from sandboxer.events.types import Actor
 
@@ -598,3 +599,47 @@ def test_a_checkpoint_of_other_code_or_no_checkpoint_at_all_is_not_read() -> Non
         assert decode_checkpoint(msgspec.msgpack.encode(good | changed), "acme") is None
     for garbage in (b"", b"\xc1", b"not msgpack", msgspec.msgpack.encode({"state": 1})):
         assert decode_checkpoint(garbage, "acme") is None
+
+
+def decided_events(ops: list[tuple[str, int, int]]) -> list[AccountEvent]:
+    events: list[AccountEvent] = []
+    book = AccountBook.empty("acme")
+    for command in commands_of(ops):
+        with contextlib.suppress(Rejected):
+            decided = decide_account(book, command, NOW)
+            for event in decided:
+                book = evolve_book(book, event)
+            events += decided
+    return events
+
+
+@settings(max_examples=200, deadline=None)
+@given(operations, st.sets(st.integers(0, 40), max_size=6))
+def test_the_view_s_account_rows_never_change_a_state_handed_over_to_be_written(
+    ops: list[tuple[str, int, int]], takes: set[int]
+) -> None:
+    """The projector folds an account's events on one working copy of its reservations
+    between two takes (projections/account_rows.py): each state handed over to be written
+    is what ``evolve_account`` gives at that event, and stays so however much is folded
+    after it, while it is written."""
+    from sandboxer.domain.account_state import AccountState, evolve_account
+    from sandboxer.projections.account_rows import AccountRows
+
+    events = decided_events(ops)
+
+    async def fold() -> None:
+        rows = AccountRows()
+        state = AccountState(project="acme")
+        handed: list[tuple[AccountState, AccountState]] = []
+        for n, event in enumerate(events):
+            if n in takes:
+                taken = rows.take().known.get("acme")
+                if taken is not None:
+                    handed.append((taken, copy.deepcopy(taken)))
+            await rows.apply(event, n + 1, None)
+            state = evolve_account(state, event)
+            assert rows.known["acme"] == state
+        for taken, as_it_was in handed:
+            assert taken == as_it_was
+
+    asyncio.run(fold())
