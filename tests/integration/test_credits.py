@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+import stamina
 from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
@@ -33,7 +34,7 @@ from sandboxer.domain.key_state import hash_key, key_id_for, new_key
 from sandboxer.domain.lost_creates import STRANDED_SECONDS
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.domain.timestamps import shift
-from sandboxer.errors import CommandFailed, Rejected, StreamUnavailable
+from sandboxer.errors import CommandFailed, ConcurrencyConflict, Rejected, StreamUnavailable
 from sandboxer.events.account_events import CreditsReserved
 from sandboxer.events.actor import Actor
 from sandboxer.ids import new_command_id
@@ -129,7 +130,10 @@ async def hold_long_ago(store: JetStreamEventStore, amount: int, *held: tuple[st
         )
         for sandbox_id, create_id in held
     ]
-    await store.append_account(await store.load_account("acme"), holds)
+    for hold in holds:  # one at a time: a hold sweep may append to the account in between
+        async for attempt in stamina.retry_context(on=ConcurrencyConflict, attempts=10):
+            with attempt:
+                await store.append_account(await store.load_account("acme"), [hold])
 
 
 async def cut_off_after_its_hold(

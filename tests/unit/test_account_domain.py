@@ -300,6 +300,18 @@ def replay(commands: list[AccountCommand], *, never_short: bool = False) -> Acco
     return book
 
 
+def decided_events(ops: list[tuple[str, int, int]]) -> list[AccountEvent]:
+    events: list[AccountEvent] = []
+    book = AccountBook.empty("acme")
+    for command in commands_of(ops):
+        with contextlib.suppress(Rejected):
+            decided = decide_account(book, command, NOW)
+            for event in decided:
+                book = evolve_book(book, event)
+            events += decided
+    return events
+
+
 @settings(max_examples=200, deadline=None)
 @given(operations)
 def test_reservations_never_take_the_balance_below_zero(ops: list[tuple[str, int, int]]) -> None:
@@ -327,14 +339,8 @@ def test_a_load_s_fold_equals_folding_event_by_event(
     """A load folds a history with one working copy of the reservations (``fold_book``);
     it gives what ``evolve_book`` gives event by event, from any book, and leaves the book
     it started from as it was."""
-    events = []
-    book = AccountBook.empty("acme")
-    for command in commands_of(ops):
-        with contextlib.suppress(Rejected):
-            decided = decide_account(book, command, NOW)
-            for event in decided:
-                book = evolve_book(book, event)
-            events += decided
+    events = decided_events(ops)
+    book = reduce(evolve_book, events, AccountBook.empty("acme"))
     start = reduce(evolve_book, events[:split], AccountBook.empty("acme"))
     before = copy.deepcopy(start.state)
     assert fold_book(start, events[split:]) == book
@@ -599,18 +605,6 @@ def test_a_checkpoint_of_other_code_or_no_checkpoint_at_all_is_not_read() -> Non
         assert decode_checkpoint(msgspec.msgpack.encode(good | changed), "acme") is None
     for garbage in (b"", b"\xc1", b"not msgpack", msgspec.msgpack.encode({"state": 1})):
         assert decode_checkpoint(garbage, "acme") is None
-
-
-def decided_events(ops: list[tuple[str, int, int]]) -> list[AccountEvent]:
-    events: list[AccountEvent] = []
-    book = AccountBook.empty("acme")
-    for command in commands_of(ops):
-        with contextlib.suppress(Rejected):
-            decided = decide_account(book, command, NOW)
-            for event in decided:
-                book = evolve_book(book, event)
-            events += decided
-    return events
 
 
 @settings(max_examples=200, deadline=None)
