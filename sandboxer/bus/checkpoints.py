@@ -11,7 +11,9 @@ trusted as the fold of the log, so whoever could write one could set any project
 A checkpoint only saves time. Any failure to read or check one is a load from sequence 1
 (logged when it is not simply absent), and one is written in the background, after a load
 that folded many events, by whichever process loaded: a write that fails, or that another
-process's write replaces, loses nothing.
+process's write replaces, loses nothing. A write killed between its chunks and its
+metadata leaves chunks nothing names; each service process purges old ones when it opens
+the bucket.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 from contextlib import aclosing
+from datetime import UTC, datetime
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -36,6 +39,13 @@ from sandboxer.bus.account_checkpoint import (
 )
 from sandboxer.bus.event_store import LoadedAccount
 from sandboxer.bus.object_chunks import nats_digest, object_chunks
+from sandboxer.domain.bucket_objects import stale_chunks
+from sandboxer.workspaces.stored_objects import (
+    bucket_subjects,
+    list_stored,
+    purge_chunks,
+    stray_chunks,
+)
 
 __all__ = ["CHECKPOINT_AFTER", "AccountCheckpoints"]
 
@@ -46,6 +56,8 @@ CHECKPOINT_AFTER = 10_000
 0.1 s of folding, against a checkpoint's write of a few milliseconds per 10,000 ids."""
 MAX_BYTES = 512 << 20
 """A checkpoint larger than this is not read (about 15 million command ids)."""
+STRAY_GRACE = 3600.0
+"""Seconds a chunk no checkpoint names stays: far longer than any write of one takes."""
 CHUNK_TIMEOUT = 2.0
 """Seconds a checkpoint's next chunk may take before the load folds from sequence 1."""
 
@@ -63,9 +75,16 @@ class AccountCheckpoints:
 
     @classmethod
     async def open(
-        cls, js: JetStreamContext, replicas: int, *, after: int = CHECKPOINT_AFTER
+        cls,
+        js: JetStreamContext,
+        replicas: int,
+        *,
+        after: int = CHECKPOINT_AFTER,
+        stray_grace: float = STRAY_GRACE,
     ) -> AccountCheckpoints:
-        """The bucket, created with ``replicas`` (like the streams) when it is not there."""
+        """The bucket, created with ``replicas`` (like the streams) when it is not there;
+        the chunks of writes killed before their metadata, older than ``stray_grace``
+        seconds, purged."""
         try:
             bucket = await js.object_store(subjects.CHECKPOINTS_BUCKET)
         except BucketNotFoundError:
@@ -76,6 +95,7 @@ class AccountCheckpoints:
             )
             # Several roles may start at once; creating it with an identical config succeeds.
             bucket = await js.create_object_store(subjects.CHECKPOINTS_BUCKET, config=config)
+        await _purge_strays(js, stray_grace)
         return cls(js, bucket, after=after)
 
     async def read(self, project: str) -> LoadedAccount | None:
@@ -89,7 +109,7 @@ class AccountCheckpoints:
                 return None
             checkpoint = decode_checkpoint(data, project)
             if checkpoint is None:
-                log.info("the checkpoint of account %s is of other code; not read", project)
+                log.info("the checkpoint of account %s is unreadable or of other code", project)
                 return None
             last = await self._last_message(checkpoint.loaded.last_seq)
         except (NatsError, OSError, TimeoutError, ValueError) as exc:
@@ -160,6 +180,25 @@ class AccountCheckpoints:
         if received != size or info.digest != nats_digest(digest.hexdigest()):
             return None
         return b"".join(parts)
+
+
+async def _purge_strays(js: JetStreamContext, grace: float) -> None:
+    """Purge the chunks no checkpoint names (a write killed between its chunks and its
+    metadata) whose last chunk is older than ``grace``: a write still running elsewhere
+    has written one lately. Nothing else would ever remove them. (Purging a write's chunks
+    all the same would cost only a load from sequence 1.)"""
+    bucket = subjects.CHECKPOINTS_BUCKET
+    try:
+        present = await bucket_subjects(js, bucket=bucket)
+        if not present:
+            return
+        live = await list_stored(js, present, bucket=bucket)
+        strays = await stray_chunks(js, present, live, bucket=bucket)
+        for subject in stale_chunks(strays, datetime.now(UTC), grace):
+            await purge_chunks(js, subject, bucket=bucket)
+            log.info("checkpoints bucket: purged the chunks of a write cut off, %s", subject)
+    except (NatsError, OSError, TimeoutError) as exc:
+        log.warning("checkpoints bucket: stray chunks not looked for (%r)", exc)
 
 
 def _name(project: str) -> str:

@@ -76,27 +76,33 @@ def _stored(seq: int, written: datetime, data: bytes) -> Stored | None:
     )
 
 
-async def bucket_subjects(js: JetStreamContext) -> dict[str, int] | None:
+async def bucket_subjects(
+    js: JetStreamContext, *, bucket: str = subjects.WORKSPACES_BUCKET
+) -> dict[str, int] | None:
     """Every subject of the bucket's stream with its message count (None: no bucket): one
-    stream info, a subject's name per object and per chunked put, never a message."""
+    stream info, a subject's name per object and per chunked put, never a message. (Every
+    function here that takes ``bucket`` serves the account checkpoints' bucket too.)"""
     try:
-        info = await js.stream_info(STREAM, subjects_filter=f"$O.{subjects.WORKSPACES_BUCKET}.>")
+        info = await js.stream_info(f"OBJ_{bucket}", subjects_filter=f"$O.{bucket}.>")
     except NotFoundError:
         return None
     return dict(info.state.subjects or {})
 
 
-async def list_stored(js: JetStreamContext, present: dict[str, int]) -> list[Stored]:
+async def list_stored(
+    js: JetStreamContext, present: dict[str, int], *, bucket: str = subjects.WORKSPACES_BUCKET
+) -> list[Stored]:
     """Every live object, of the metadata subjects in ``present`` (:func:`bucket_subjects`):
     one ordered read of them, each holding only its last message (every write rolls its
     subject up), the metadata, never the bytes. The count to read is known beforehand: the
     consumer's own pending count reads 0 at times right after it is made (nats-server
     2.15, last-per-subject). An object stored since is not listed: it is too young to go."""
-    expected = sum(1 for subject in present if subject.startswith(_META))
+    meta = f"$O.{bucket}.M."
+    expected = sum(1 for subject in present if subject.startswith(meta))
     if expected == 0:
         return []
     sub = await js.subscribe(
-        _META + ">", ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
+        meta + ">", ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
     )
     live: list[Stored] = []
     try:
@@ -127,18 +133,23 @@ async def stored_object(js: JetStreamContext, name: str) -> Stored | None:
 
 
 async def stray_chunks(
-    js: JetStreamContext, present: dict[str, int], live: Iterable[Stored]
+    js: JetStreamContext,
+    present: dict[str, int],
+    live: Iterable[Stored],
+    *,
+    bucket: str = subjects.WORKSPACES_BUCKET,
 ) -> dict[str, datetime]:
     """The chunk subjects in ``present`` that no ``live`` object's metadata names, each with
     the time of its last chunk: a put still running writes its chunks before its metadata,
     so the caller keeps what was written lately."""
-    known = {_CHUNKS + found.nuid for found in live}
+    chunks = f"$O.{bucket}.C."
+    known = {chunks + found.nuid for found in live}
     strays: dict[str, datetime] = {}
     for subject in present:
-        if not subject.startswith(_CHUNKS) or subject in known:
+        if not subject.startswith(chunks) or subject in known:
             continue
         try:
-            last = await js.get_last_msg(STREAM, subject)
+            last = await js.get_last_msg(f"OBJ_{bucket}", subject)
         except NotFoundError:  # purged since the listing
             continue
         if last.time is not None:
@@ -146,9 +157,11 @@ async def stray_chunks(
     return strays
 
 
-async def purge_chunks(js: JetStreamContext, subject: str) -> None:
+async def purge_chunks(
+    js: JetStreamContext, subject: str, *, bucket: str = subjects.WORKSPACES_BUCKET
+) -> None:
     """Remove the chunks on ``subject`` (idempotent: a purge of nothing succeeds)."""
-    await js.purge_stream(STREAM, subject=subject)
+    await js.purge_stream(f"OBJ_{bucket}", subject=subject)
 
 
 async def _write_unless_changed(js: JetStreamContext, name: str, seq: int, data: bytes) -> bool:

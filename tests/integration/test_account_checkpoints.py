@@ -140,3 +140,30 @@ async def test_a_store_without_the_bucket_s_chunks_folds_from_the_start(bus: Bus
         subject=f"$O.{subjects.CHECKPOINTS_BUCKET}.C.{info.nuid}",
     )
     assert await (await bus.store()).load_account("acme") == whole
+
+
+async def test_the_chunks_of_a_write_cut_off_are_purged_when_the_bucket_is_opened(
+    bus: Bus,
+) -> None:
+    """A write killed between its chunks and its metadata leaves chunks no checkpoint names:
+    a service process opening the bucket purges those older than its grace, and the
+    checkpoints stay whole."""
+    await add_credits(await bus.store(checkpoints=False), "acme", 2 * AFTER)
+    first = await bus.store()
+    whole = await first.load_account("acme")
+    await written(first)
+    stray = f"$O.{subjects.CHECKPOINTS_BUCKET}.C.cutoffwrite0001"
+    await bus.js.publish(stray, b"x" * 1000, stream=f"OBJ_{subjects.CHECKPOINTS_BUCKET}")
+
+    async def chunk_subjects() -> list[str]:
+        stream = f"OBJ_{subjects.CHECKPOINTS_BUCKET}"
+        info = await bus.js.stream_info(stream, subjects_filter="$O.>")
+        return sorted(s for s in info.state.subjects or {} if ".C." in s)
+
+    before = await chunk_subjects()
+    assert len(before) == 2  # the checkpoint's, and the stray
+    await AccountCheckpoints.open(bus.js, 1)  # within the grace: a write may be running
+    assert await chunk_subjects() == before
+    await AccountCheckpoints.open(bus.js, 1, stray_grace=0)
+    assert await chunk_subjects() == [s for s in before if s != stray]
+    assert await (await bus.store()).load_account("acme") == whole
