@@ -61,10 +61,18 @@ class _Stored(msgspec.Struct, frozen=True, kw_only=True):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint read back: the load it stands for, and the digest of its last message."""
+    """A checkpoint read back: the account's figures and decided command ids up to its
+    event ``last_seq``, and the digest of that event's message."""
 
-    loaded: LoadedAccount
+    state: AccountState
+    handled: list[str]
+    last_seq: int
     last_message: str
+
+    def loaded(self, handled: immutables.Map[str, None]) -> LoadedAccount:
+        """The load it stands for, given its ids as a map (made by the caller, which may
+        let other work run while it makes one of millions)."""
+        return LoadedAccount(AccountBook(self.state, handled), self.last_seq)
 
 
 @cache
@@ -118,8 +126,4 @@ def decode_checkpoint(data: bytes, project: str) -> Checkpoint | None:
         or stored.last_seq < 1
     ):
         return None
-    handled = immutables.Map[str, None]().mutate()
-    for command_id in stored.handled:
-        handled[command_id] = None
-    book = AccountBook(stored.state, handled.finish())
-    return Checkpoint(LoadedAccount(book, stored.last_seq), stored.last_message)
+    return Checkpoint(stored.state, stored.handled, stored.last_seq, stored.last_message)

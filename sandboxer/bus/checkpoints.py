@@ -24,6 +24,7 @@ import logging
 from contextlib import aclosing
 from datetime import UTC, datetime
 
+import immutables
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig, StorageType
@@ -47,7 +48,7 @@ from sandboxer.workspaces.stored_objects import (
     stray_chunks,
 )
 
-__all__ = ["CHECKPOINT_AFTER", "AccountCheckpoints"]
+__all__ = ["CHECKPOINT_AFTER", "AccountCheckpoints", "handled_map"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ CHECKPOINT_AFTER = 10_000
 0.1 s of folding, against a checkpoint's write of a few milliseconds per 10,000 ids."""
 MAX_BYTES = 512 << 20
 """A checkpoint larger than this is not read (about 15 million command ids)."""
+MAP_CHUNK = 50_000
+"""Command ids put back into a book's map before the rest of the process may run: a million
+take about a second (as a long fold does, ``FOLD_CHUNK``)."""
 STRAY_GRACE = 3600.0
 """Seconds a chunk no checkpoint names stays: far longer than any write of one takes."""
 CHUNK_TIMEOUT = 2.0
@@ -111,7 +115,7 @@ class AccountCheckpoints:
             if checkpoint is None:
                 log.info("the checkpoint of account %s is unreadable or of other code", project)
                 return None
-            last = await self._last_message(checkpoint.loaded.last_seq)
+            last = await self._last_message(checkpoint.last_seq)
         except (NatsError, OSError, TimeoutError, ValueError) as exc:
             log.warning("the checkpoint of account %s could not be read (%r)", project, exc)
             return None
@@ -120,10 +124,10 @@ class AccountCheckpoints:
                 "the checkpoint of account %s is of another log (its event %d is not there); "
                 "not read",
                 project,
-                checkpoint.loaded.last_seq,
+                checkpoint.last_seq,
             )
             return None
-        return checkpoint.loaded
+        return checkpoint.loaded(await handled_map(checkpoint.handled))
 
     def folded(self, loaded: LoadedAccount, events: int) -> None:
         """A load folded ``events`` events into ``loaded``: from :data:`CHECKPOINT_AFTER` of
@@ -180,6 +184,17 @@ class AccountCheckpoints:
         if received != size or info.digest != nats_digest(digest.hexdigest()):
             return None
         return b"".join(parts)
+
+
+async def handled_map(command_ids: list[str]) -> immutables.Map[str, None]:
+    """A book's decided ids as its map, :data:`MAP_CHUNK` at a time, letting the rest of the
+    process run in between."""
+    handled = immutables.Map[str, None]().mutate()
+    for n, command_id in enumerate(command_ids, 1):
+        handled[command_id] = None
+        if n % MAP_CHUNK == 0:
+            await asyncio.sleep(0)
+    return handled.finish()
 
 
 async def _purge_strays(js: JetStreamContext, grace: float) -> None:
