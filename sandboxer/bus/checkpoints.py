@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from contextlib import aclosing
 from datetime import UTC, datetime
@@ -27,8 +28,8 @@ from datetime import UTC, datetime
 import immutables
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.api import ObjectInfo, ObjectStoreConfig, StorageType
+from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 
 from sandboxer import subjects
@@ -44,6 +45,7 @@ from sandboxer.domain.bucket_objects import stale_chunks
 from sandboxer.workspaces.stored_objects import (
     bucket_subjects,
     list_stored,
+    meta_subject,
     purge_chunks,
     stray_chunks,
 )
@@ -62,6 +64,8 @@ MAP_CHUNK = 50_000
 take about a second (as a long fold does, ``FOLD_CHUNK``)."""
 STRAY_GRACE = 3600.0
 """Seconds a chunk no checkpoint names stays: far longer than any write of one takes."""
+META_TIMEOUT = 2.0
+"""Seconds a checkpoint's metadata may take before the load folds from sequence 1."""
 CHUNK_TIMEOUT = 2.0
 """Seconds a checkpoint's next chunk may take before the load folds from sequence 1."""
 
@@ -163,9 +167,20 @@ class AccountCheckpoints:
     async def _object(self, project: str) -> bytes | None:
         """The bytes of the project's checkpoint; None when there is none, or it is too
         large or not whole."""
+        # The metadata by direct get, which any replica answers (the bucket's get_info asks
+        # the stream's leader, and a frozen one held every fresh account load).
+        bucket = subjects.CHECKPOINTS_BUCKET
+        subject = meta_subject(_name(project), bucket=bucket)
         try:
-            info = await self._bucket.get_info(_name(project))
-        except ObjectNotFoundError:
+            async with asyncio.timeout(META_TIMEOUT):
+                meta = await self._js.get_last_msg(f"OBJ_{bucket}", subject, direct=True)
+        except NotFoundError:
+            return None
+        try:
+            info = ObjectInfo.from_response(json.loads(meta.data or b""))
+        except (ValueError, TypeError, KeyError):
+            return None
+        if info.deleted:
             return None
         size = info.size or 0
         if size > MAX_BYTES or not size:
@@ -173,7 +188,6 @@ class AccountCheckpoints:
         parts: list[bytes] = []
         digest = hashlib.sha256()
         received = 0
-        bucket = subjects.CHECKPOINTS_BUCKET
         async with aclosing(object_chunks(self._js, bucket, info, CHUNK_TIMEOUT)) as chunks:
             async for data in chunks:
                 received += len(data)

@@ -40,6 +40,7 @@ from sandboxer.domain.snapshot_objects import OWNER_HEADER, owner_of
 __all__ = [
     "bucket_subjects",
     "list_stored",
+    "meta_subject",
     "purge_chunks",
     "remove_unchanged",
     "stored_object",
@@ -48,15 +49,15 @@ __all__ = [
 ]
 
 STREAM = f"OBJ_{subjects.WORKSPACES_BUCKET}"
-_META = f"$O.{subjects.WORKSPACES_BUCKET}.M."
 _CHUNKS = f"$O.{subjects.WORKSPACES_BUCKET}.C."
 _ROLLUP = {"Nats-Rollup": "sub"}
 _WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for a publish whose expected last subject sequence is not."""
 
 
-def _meta_subject(name: str) -> str:
-    return _META + base64.urlsafe_b64encode(name.encode()).decode()
+def meta_subject(name: str, *, bucket: str = subjects.WORKSPACES_BUCKET) -> str:
+    """The subject of an object's metadata (its name in base64url, as nats-py writes it)."""
+    return f"$O.{bucket}.M." + base64.urlsafe_b64encode(name.encode()).decode()
 
 
 def _stored(seq: int, written: datetime, data: bytes) -> Stored | None:
@@ -124,7 +125,7 @@ async def stored_object(js: JetStreamContext, name: str) -> Stored | None:
     message, to read before deciding on the object, so that the removal then writes only
     over that message (:func:`remove_unchanged`)."""
     try:
-        last = await js.get_last_msg(STREAM, _meta_subject(name))
+        last = await js.get_last_msg(STREAM, meta_subject(name))
     except NotFoundError:
         return None
     if last.seq is None or last.time is None:
@@ -167,7 +168,7 @@ async def purge_chunks(
 async def _write_unless_changed(js: JetStreamContext, name: str, seq: int, data: bytes) -> bool:
     try:
         await js.publish(
-            _meta_subject(name),
+            meta_subject(name),
             data,
             stream=STREAM,
             headers={**_ROLLUP, "Nats-Expected-Last-Subject-Sequence": str(seq)},
@@ -205,7 +206,7 @@ async def touch_stored(js: JetStreamContext, name: str, sha256: str, size: int) 
     so no collection removes it for the grace period. False: store it (absent, other bytes,
     or removed or changed under this call)."""
     try:
-        last = await js.get_last_msg(STREAM, _meta_subject(name))
+        last = await js.get_last_msg(STREAM, meta_subject(name))
     except NotFoundError:
         return False
     try:
