@@ -218,7 +218,8 @@ class AggregateStore(ABC):
     def _folded(  # noqa: B027 (a hook: only the JetStream store's accounts keep checkpoints)
         self, aggregate: Aggregate[S, L, E], loaded: L, events: int
     ) -> None:
-        """A load read ``events`` events to ``loaded``: the store may keep a checkpoint."""
+        """A load or an append folded ``events`` more events into ``loaded``: the store may
+        keep a checkpoint of it."""
 
     async def _load(self, aggregate: Aggregate[S, L, E], aggregate_id: str) -> L:
         kept = self._kept(aggregate)
@@ -262,6 +263,7 @@ class AggregateStore(ABC):
         kept = self._kept(aggregate)
         if kept is not None:
             kept.put(aggregate_id, appended)
+        self._folded(aggregate, appended, len(events))
         return appended
 
     async def load(self, sandbox_id: str) -> Loaded:

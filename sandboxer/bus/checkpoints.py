@@ -55,8 +55,9 @@ __all__ = ["CHECKPOINT_AFTER", "AccountCheckpoints", "handled_map"]
 log = logging.getLogger(__name__)
 
 CHECKPOINT_AFTER = 10_000
-"""Events a load must fold (past its starting point) before it writes a checkpoint: about
-0.1 s of folding, against a checkpoint's write of a few milliseconds per 10,000 ids."""
+"""Events a process must fold into an account (loads and appends) before it writes the
+account's checkpoint: about 0.1 s of folding, against a write of a few milliseconds per
+10,000 ids. A long account waits for a tenth of its history too (:meth:`folded`)."""
 MAX_BYTES = 512 << 20
 """A checkpoint larger than this is not read (about 15 million command ids)."""
 MAP_CHUNK = 50_000
@@ -80,6 +81,10 @@ class AccountCheckpoints:
         self._bucket = bucket
         self._after = after
         self._writing: dict[str, asyncio.Task[None]] = {}
+        self._since: dict[str, int] = {}
+        """Events folded by this process, per account, since it last wrote its checkpoint
+        (an event read again after the store let the account go counts twice: a checkpoint
+        then comes a little early, never late)."""
 
     @classmethod
     async def open(
@@ -134,11 +139,19 @@ class AccountCheckpoints:
         return checkpoint.loaded(await handled_map(checkpoint.handled))
 
     def folded(self, loaded: LoadedAccount, events: int) -> None:
-        """A load folded ``events`` events into ``loaded``: from :data:`CHECKPOINT_AFTER` of
-        them on, a checkpoint of it is written in the background (one per account at once)."""
+        """A load or an append of this process folded ``events`` more events into
+        ``loaded``. Once :data:`CHECKPOINT_AFTER` of them, and a tenth of the account's
+        history, were folded since the last checkpoint written here, one of ``loaded`` is
+        written in the background (one per account at once). So a long-running service
+        keeps its accounts' checkpoints near their ends, not only after a restart's first
+        long load, and a long account's is rewritten only as its history grows by a tenth."""
         project = loaded.state.project
-        if events < self._after or not fingerprint() or project in self._writing:
+        since = self._since.get(project, 0) + events
+        self._since[project] = since
+        enough = max(self._after, len(loaded.book.handled) // 10)
+        if since < enough or not fingerprint() or project in self._writing:
             return
+        self._since[project] = 0
         task = asyncio.create_task(self._write(loaded), name=f"checkpoint-{project}")
         self._writing[project] = task
         task.add_done_callback(lambda _: self._writing.pop(project, None))

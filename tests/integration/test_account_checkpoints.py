@@ -93,6 +93,26 @@ async def test_a_long_account_loads_from_its_checkpoint_and_the_events_after_it(
     assert "account.tiny" not in [info.name for info in await bucket.list()]
 
 
+async def test_a_long_running_store_keeps_the_checkpoint_near_the_account_s_end(
+    bus: Bus,
+) -> None:
+    """A service that appends to an account it keeps folded never loads it again; it
+    writes the account's checkpoint as it goes, every AFTER events (and every tenth of the
+    history), so its next start does not fold them all."""
+    running = await bus.store()
+    for n in range(5):
+        await add_credits(running, "acme", AFTER // 2, first=n * AFTER // 2)
+        assert running._checkpoints is not None
+        await running._checkpoints.settled()
+    reader = await AccountCheckpoints.open(bus.js, 1)
+    checkpoint = await reader.read("acme")
+    assert checkpoint is not None
+    whole = await (await bus.store(checkpoints=False)).load_account("acme")
+    assert whole.state.version == 5 * AFTER // 2
+    assert checkpoint.state.version == 2 * AFTER  # written at 50 and 100 events, not at 125
+    assert await (await bus.store()).load_account("acme") == whole
+
+
 async def plant(bus: Bus, project: str, data: bytes) -> None:
     await AccountCheckpoints.open(bus.js, 1)  # the bucket, as the service makes it
     bucket = await bus.js.object_store(subjects.CHECKPOINTS_BUCKET)
