@@ -270,7 +270,12 @@ async def test_a_resume_job_delivered_again_moves_the_providers_timeout(
             r for r in e2b_double.double.live() if r.metadata.get("sandboxer_id") == sandbox_id
         ]
         store = JetStreamEventStore(client.nc, client.js)
-        state = (await store.load(sandbox_id)).state
+        # The client hears `resumed` on a core subscription, which may come before the
+        # stream has stored it: a read of the log right after could still find the sandbox
+        # `resuming` (the redelivered job below then resumed it again, and moved nothing).
+        async with asyncio.timeout(20):
+            while (state := (await store.load(sandbox_id)).state).status == "resuming":
+                await asyncio.sleep(0.01)
         assert state.expires_at is not None
         expires_at = datetime.fromisoformat(state.expires_at)
         async with asyncio.timeout(20):  # the first delivery's worker moves it after `resumed`
