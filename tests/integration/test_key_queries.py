@@ -54,7 +54,7 @@ async def test_a_key_the_view_has_not_folded_yet_is_waited_for_not_refused(
         with pytest.raises(RequestError, match="revoked or unknown"):
             await queries.resolve(key_id_for(hash_key(new_key())))  # never made: at once
         asking = asyncio.create_task(queries.resolve(key_id))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.1)  # of the 2 s the answer waits for the view
         assert not asking.done()  # waiting for the view, not refused
         running = asyncio.create_task(projector.run(stop))
         actor = await asyncio.wait_for(asking, 10)
