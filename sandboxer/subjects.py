@@ -26,11 +26,12 @@ COMMANDS_STREAM = "SANDBOXER_COMMANDS"
 EVENTS_STREAM = "SANDBOXER_EVENTS"
 JOBS_STREAM = "SANDBOXER_JOBS"
 WORKSPACES_BUCKET = "SANDBOXER_WORKSPACES"
-CHECKPOINTS_BUCKET = "SANDBOXER_CHECKPOINTS"
-"""Account checkpoints (bus/checkpoints.py): the service identity's alone."""
 """Object Store bucket of uploaded directory inputs, named by content (docs/workspaces.md).
 Snapshots store their data here too: a snapshot's object is a directory input a restore
 hands to any backend (docs/snapshots.md)."""
+CHECKPOINTS_BUCKET = "SANDBOXER_CHECKPOINTS"
+"""Object Store bucket of account checkpoints (bus/checkpoints.py): the service identity's
+alone, and not part of the contract."""
 
 COMMANDS = "sandboxer.cmd.>"
 EVENTS = "sandboxer.evt.>"

@@ -9,11 +9,11 @@ Only the service identity may read or write the bucket (docs/security.md): a che
 trusted as the fold of the log, so whoever could write one could set any project's balance.
 
 A checkpoint only saves time. Any failure to read or check one is a load from sequence 1
-(logged when it is not simply absent), and one is written in the background, after a load
-that folded many events, by whichever process loaded: a write that fails, or that another
-process's write replaces, loses nothing. A write killed between its chunks and its
-metadata leaves chunks nothing names; each service process purges old ones when it opens
-the bucket.
+(logged when it is not simply absent). One is written in the background by a process that
+has folded many of the account's events since its last (:meth:`AccountCheckpoints.folded`):
+a write that fails, or that another process's write replaces, loses nothing. A write
+killed between its chunks and its metadata leaves chunks nothing names; each service
+process purges old ones when it opens the bucket.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ class AccountCheckpoints:
             # Several roles may start at once; creating it with an identical config succeeds.
             bucket = await js.create_object_store(subjects.CHECKPOINTS_BUCKET, config=config)
         await _purge_strays(js, stray_grace)
+        fingerprint()  # the fold's source read once here, at start, not on a create's path
         return cls(js, bucket, after=after)
 
     async def read(self, project: str) -> LoadedAccount | None:

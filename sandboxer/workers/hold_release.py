@@ -30,7 +30,7 @@ from sandboxer.domain.account_decide import (
     release_command_id,
     reserve_command_id,
 )
-from sandboxer.domain.account_state import project_of
+from sandboxer.domain.account_state import Reservation, project_of
 from sandboxer.domain.lost_creates import held_too_long
 from sandboxer.domain.sandbox_decide import AbandonCreate
 from sandboxer.domain.sandbox_lifetime import EXTEND_REFUSED_FOR_GOOD
@@ -70,49 +70,43 @@ async def release_stranded_holds(
     for sandbox_id, held in sorted(account.state.reservations.items()):
         if held.created_by is None or not held_too_long(held.held_since, now):
             continue  # not a create's, or too young: not lost
-        owner, sandbox = _OWNERS.get(sandbox_id), None
+        owner = _OWNERS.get(sandbox_id)
         if owner is None:
             sandbox = (await store.load(sandbox_id)).state
-            if sandbox.status != "new":
-                owner = project_of(sandbox.actor)
-                _OWNERS.put(sandbox_id, owner)
-        if owner == project:
-            continue  # its own sandbox: the hold is released when it is metered
-        if owner is not None:
-            # Another project's sandbox has the id: no create of this project can ever be
-            # appended on it, and its metering is on the other account.
-            if await _meter_at_zero(store, project, sandbox_id, SYSTEM_ACTOR, held.created_by):
-                log.warning(
-                    "project %s: gave back the credits held since %s for sandbox %s, whose "
-                    "id project %s took",
+            if sandbox.status == "new":  # nothing of it appended: lost, unless given up
+                if hold_stranded(held, sandbox, now) and await _give_up_and_release(
+                    store,
                     project,
-                    held.held_since,
                     sandbox_id,
-                    owner,
-                )
-                released.append(sandbox_id)
-            continue
-        if sandbox is None or not hold_stranded(held, sandbox, now):
-            continue
-        if not await _give_up_and_release(
-            store,
-            project,
-            sandbox_id,
-            held.created_by,
-            SYSTEM_ACTOR,
-            "hold_stranded",
-            f"its credits were held since {held.held_since} with nothing appended",
+                    held.created_by,
+                    SYSTEM_ACTOR,
+                    "hold_stranded",
+                    f"its credits were held since {held.held_since} with nothing appended",
+                ):
+                    _gave_back(project, held, sandbox_id, "whose create never appended it")
+                    released.append(sandbox_id)
+                continue
+            owner = project_of(sandbox.actor)
+            _OWNERS.put(sandbox_id, owner)
+        # Its own sandbox's hold is released when it is metered. Another project's sandbox
+        # has the id for good: no create of this project is ever appended on it, and its
+        # metering is on the other account.
+        if owner != project and await _meter_at_zero(
+            store, project, sandbox_id, SYSTEM_ACTOR, held.created_by
         ):
-            continue
-        log.warning(
-            "project %s: gave back the credits held since %s for sandbox %s, whose create "
-            "never appended it",
-            project,
-            held.held_since,
-            sandbox_id,
-        )
-        released.append(sandbox_id)
+            _gave_back(project, held, sandbox_id, f"whose id project {owner} took")
+            released.append(sandbox_id)
     return released
+
+
+def _gave_back(project: str, held: Reservation, sandbox_id: str, why: str) -> None:
+    log.warning(
+        "project %s: gave back the credits held since %s for sandbox %s, %s",
+        project,
+        held.held_since,
+        sandbox_id,
+        why,
+    )
 
 
 async def release_lost_reservation(
