@@ -40,15 +40,16 @@ from sandboxer.bus.account_checkpoint import (
     message_digest,
 )
 from sandboxer.bus.event_store import LoadedAccount
-from sandboxer.bus.object_chunks import nats_digest, object_chunks
-from sandboxer.domain.bucket_objects import stale_chunks
-from sandboxer.workspaces.stored_objects import (
+from sandboxer.bus.object_buckets import (
     bucket_subjects,
     list_stored,
     meta_subject,
+    nats_digest,
+    object_chunks,
     purge_chunks,
     stray_chunks,
 )
+from sandboxer.domain.bucket_objects import stale_chunks
 
 __all__ = ["CHECKPOINT_AFTER", "AccountCheckpoints", "handled_map"]
 

@@ -23,20 +23,18 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 
+from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore
+from sandboxer.bus.object_buckets import bucket_subjects, list_stored, purge_chunks, stray_chunks
 from sandboxer.domain.bucket_objects import DEFAULT_OBJECT_GRACE, aged, stale_chunks, unheld
 from sandboxer.domain.snapshot_objects import to_collect
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.refs import is_object_ref, object_name, parse_object_ref
-from sandboxer.workspaces.stored_objects import (
-    bucket_subjects,
-    list_stored,
-    purge_chunks,
-    remove_unchanged,
-    stray_chunks,
-)
+from sandboxer.workspaces.stored_objects import remove_unchanged
 
 __all__ = ["collect_orphaned_objects"]
+
+BUCKET = subjects.WORKSPACES_BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +60,16 @@ async def collect_orphaned_objects(
     """Remove what the bucket holds for nobody; the object names removed (and the stray
     chunk subjects purged). ``grace``: seconds an unmarked object, or a stray chunk, stays
     after its last write (``SANDBOXER_OBJECT_GRACE``)."""
-    present = await bucket_subjects(js)
+    present = await bucket_subjects(js, bucket=BUCKET)
     if present is None:  # nothing was ever stored
         return []
     now = datetime.now(UTC)
-    listed = await list_stored(js, present)
+    listed = await list_stored(js, present, bucket=BUCKET)
     removed: list[str] = []
     # Chunks no metadata names: a put killed before its metadata (or a delete, or a
     # replacement, killed before its purge). A put still running wrote one lately.
-    for subject in stale_chunks(await stray_chunks(js, present, listed), now, grace):
-        await purge_chunks(js, subject)
+    for subject in stale_chunks(await stray_chunks(js, present, listed, bucket=BUCKET), now, grace):
+        await purge_chunks(js, subject, bucket=BUCKET)
         log.info("workspaces bucket: purged stray chunks %s", subject)
         removed.append(subject)
     marked = [

@@ -1,6 +1,6 @@
 """Fetching an uploaded archive on a worker, with its digest checked against its name.
 
-The chunks are read as :mod:`sandboxer.bus.object_chunks` reads them (nats-py's
+The chunks are read as :mod:`sandboxer.bus.object_buckets` reads them (nats-py's
 ``ObjectStore.get`` is slow), and what ``get`` would have checked is checked here:
 the size, and the SHA-256, which must equal both the digest in the object's
 metadata and the one its name (the input's reference) carries.
@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
 
 from sandboxer import subjects
-from sandboxer.bus.object_chunks import is_chunk_id, nats_digest, object_chunks
+from sandboxer.bus.object_buckets import is_chunk_id, nats_digest, object_chunks
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.bucket import open_bucket
 from sandboxer.workspaces.limits import ArchiveLimits

@@ -19,6 +19,7 @@ from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.object_buckets import bucket_subjects, list_stored
 from sandboxer.clock import utc_now
 from sandboxer.domain.bucket_objects import Stored
 from sandboxer.events.types import (
@@ -32,15 +33,12 @@ from sandboxer.events.types import (
 from sandboxer.workers.snapshot_objects import collect_orphaned_objects
 from sandboxer.workspaces.bucket import open_bucket
 from sandboxer.workspaces.refs import object_name, object_ref
-from sandboxer.workspaces.stored_objects import (
-    bucket_subjects,
-    list_stored,
-    remove_unchanged,
-    touch_stored,
-)
+from sandboxer.workspaces.stored_objects import remove_unchanged, touch_stored
 from tests.integration.conftest import reap_local, start_service
 
 pytestmark = pytest.mark.integration
+
+BUCKET = subjects.WORKSPACES_BUCKET
 
 GRACE = 2.0
 ACTOR = Actor(type="adm", id="pytest")
@@ -67,7 +65,12 @@ async def chunk_subjects(js: JetStreamContext) -> set[str]:
 
 
 async def listing(js: JetStreamContext) -> dict[str, Stored]:
-    return {found.name: found for found in await list_stored(js, await bucket_subjects(js) or {})}
+    return {
+        found.name: found
+        for found in await list_stored(
+            js, await bucket_subjects(js, bucket=BUCKET) or {}, bucket=BUCKET
+        )
+    }
 
 
 class StopsAfterTwoChunks(io.RawIOBase):

@@ -17,6 +17,7 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.event_store import LoadedSnapshot
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.object_buckets import bucket_subjects, list_stored
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.clock import utc_now
 from sandboxer.commands.types import DeleteSnapshot
@@ -33,9 +34,11 @@ from sandboxer.events.types import (
 from sandboxer.workers.snapshot_commands import SnapshotCommands
 from sandboxer.workspaces.bucket import open_or_create_bucket
 from sandboxer.workspaces.refs import object_name, object_ref
-from sandboxer.workspaces.stored_objects import bucket_subjects, list_stored, touch_stored
+from sandboxer.workspaces.stored_objects import touch_stored
 
 pytestmark = pytest.mark.integration
+
+BUCKET = subjects.WORKSPACES_BUCKET
 
 ACTOR = Actor(type="adm", id="pytest")
 
@@ -117,7 +120,12 @@ async def taken(
 
 
 async def present(js: JetStreamContext) -> set[str]:
-    return {found.name for found in await list_stored(js, await bucket_subjects(js) or {})}
+    return {
+        found.name
+        for found in await list_stored(
+            js, await bucket_subjects(js, bucket=BUCKET) or {}, bucket=BUCKET
+        )
+    }
 
 
 def delete(snapshot_id: str, command_id: str = "") -> DeleteSnapshot:
