@@ -20,16 +20,21 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from nats.aio.client import Client as Nats
+from nats.js.errors import BucketNotFoundError
 
 from chaos.harness import ADMIN, bwrap_pids_under
 from sandboxer import subjects
+from sandboxer.bus.checkpoints import AccountCheckpoints
 from sandboxer.bus.connect import connect
+from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_reader import read_events
 from sandboxer.client import SandboxerClient
+from sandboxer.domain.account_state import AccountBook, fold_book
 from sandboxer.domain.found import FoundSandbox
 from sandboxer.domain.pool_state import MemberState, evolve_member
 from sandboxer.domain.sandbox_state import SandboxState, fold
 from sandboxer.errors import SandboxerError
+from sandboxer.events.account_events import ACCOUNT_EVENTS, AccountEvent
 from sandboxer.events.codec import decode_event
 from sandboxer.events.pool_events import POOL_EVENTS, PoolEvent, PoolMemberClaimed
 from sandboxer.events.sandbox_events import SandboxEvent, SandboxReady
@@ -561,6 +566,38 @@ async def no_double_debit(urls: Urls) -> list[str]:
     return double_debits(await read_log(urls))
 
 
+async def checkpoints_agree(urls: Urls) -> list[str]:
+    """Every account checkpoint in the bucket is the fold of the log up to the event it names
+    (bus/checkpoints.py): a process that starts from one decides on what the log says. A
+    checkpoint the service would not read (of another log, unreadable) is a problem too."""
+    problems: list[str] = []
+    async with _bus(urls) as nc:
+        js = nc.jetstream()
+        try:  # read as it is: opening it as the service does would purge and create
+            bucket = await js.object_store(subjects.CHECKPOINTS_BUCKET)
+        except BucketNotFoundError:
+            return []
+        checkpoints = AccountCheckpoints(js, bucket)
+        for project in await checkpoints.projects():
+            kept = await checkpoints.read(project)
+            if kept is None:
+                problems.append(f"the checkpoint of account {project} cannot be read")
+                continue
+            events: list[AccountEvent] = []
+            async for seq, data in read_subject(nc, subjects.account_events_filter(project)):
+                if seq > kept.last_seq:
+                    break
+                event = decode_event(data)
+                if isinstance(event, ACCOUNT_EVENTS):
+                    events.append(event)
+            if fold_book(AccountBook.empty(project), events) != kept.book:
+                problems.append(
+                    f"the checkpoint of account {project} at event {kept.last_seq} is not the "
+                    "fold of the log up to it"
+                )
+    return problems
+
+
 def double_debits(view: LogView) -> list[str]:
     """What :func:`no_double_debit` finds in the log ``view``."""
     by_command: Counter[tuple[str, str, str]] = Counter()
@@ -693,6 +730,7 @@ async def check_all(
     )
     note("no_leaks", await no_leaks(urls, home))
     note("no_double_debit", await no_double_debit(urls))
+    note("checkpoints_agree", await checkpoints_agree(urls))
     note("no_secret_bytes", await no_secret_bytes(secrets, urls, files=secret_files))
     note("replay_equals_live", await replay_equals_live(urls))
     note("still_serves", await still_serves(urls))

@@ -138,7 +138,9 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
     await ensure_streams(js, replicas_for(nc._server_info))
     # The bucket exists before any upload: an API key may write to it but not create it.
     await open_or_create_bucket(js, replicas_for(nc._server_info))
-    checkpoints = await AccountCheckpoints.open(js, replicas_for(nc._server_info))
+    checkpoints = await AccountCheckpoints.open(
+        js, replicas_for(nc._server_info), after=settings.checkpoint_after
+    )
     store = JetStreamEventStore(nc, js, checkpoints=checkpoints)
     # One bucket per API key for every role here that answers a key's requests on the bus
     # (queries, route explain, execs, copies, tokens): a key's rate holds in this process
@@ -255,6 +257,9 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
     finally:
         for service in services:
             await service.stop()
+        # A checkpoint being written is finished rather than cut off between its chunks and
+        # its metadata, which would leave chunks for the next start's purge.
+        await checkpoints.settled()
         for extension in extensions:
             if isinstance(extension, Closable):
                 await extension.aclose()

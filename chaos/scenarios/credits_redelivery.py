@@ -3,10 +3,16 @@ extended and destroyed by several clients at once, while the roles that move mon
 the control worker (reservations) and the meter (debits) are killed -9 and frozen with SIGSTOP
 for three ack waits, again and again, so their messages are delivered a second time.
 
+The account's checkpoint (bus/checkpoints.py) is written every few events here, not every
+10,000 (``SANDBOXER_CHECKPOINT_AFTER``), so the processes killed and started again load the
+account from it while money moves, and writes of it are cut off by kill -9.
+
 Then, from the raw log: no credit movement recorded twice (checks.no_double_debit), every
 destroyed sandbox metered once and its whole reservation released by that metering, nothing
 left reserved, and the account's view (balance, reserved, metered) equal to what the log adds
-up to; no stub record left behind; and the usual checks.
+up to; the checkpoint the fold of the log up to its event (checks.checkpoints_agree), and
+read by a process started again at least once; no stub record left behind; and the usual
+checks.
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ CLIENTS = 6
 FAULT_EVERY = (0.5, 1.5)
 """Seconds between faults, drawn uniformly."""
 SEED = 4
+CHECKPOINT_AFTER = 16
+"""Events a process folds into the account before it writes the account's checkpoint."""
+CHECKPOINT_READ = "read from its checkpoint"
+CHECKPOINT_WRITTEN = "checkpoint written"
+"""What bus/checkpoints.py logs as it reads and writes one (counted in the roles' logs)."""
 ACTOR: dict[str, Any] = {"type": "adm", "id": "chaos-payer", "project": PROJECT}
 
 
@@ -177,12 +188,25 @@ def _ledger(view: LogView, ours: set[str]) -> tuple[dict[str, int], list[str]]:
     return totals, problems
 
 
+def _logged(logs: Path, mark: str) -> int:
+    """Lines of every role's every incarnation that say ``mark``."""
+    return sum(
+        line.count(mark) for log in logs.glob("*.log") for line in log.read_text().splitlines()
+    )
+
+
 async def run(workdir: Path) -> ScenarioResult:
     watch = Stopwatch()
     problems: list[str] = []
     rng = random.Random(SEED)
     svc = ChaosService(
-        workdir, roles=ROLES, ack_wait=ACK_WAIT, env={"SANDBOXER_ACK_WAIT": str(ACK_WAIT)}
+        workdir,
+        roles=ROLES,
+        ack_wait=ACK_WAIT,
+        env={
+            "SANDBOXER_ACK_WAIT": str(ACK_WAIT),
+            "SANDBOXER_CHECKPOINT_AFTER": str(CHECKPOINT_AFTER),
+        },
     )
     _stub_override(svc.home)
     sent: dict[str, Sent] = {}
@@ -205,6 +229,10 @@ async def run(workdir: Path) -> ScenarioResult:
             finally:
                 done.set()
                 made = await faults
+            # Whatever the faults' timing: the control worker started once more, past all
+            # of them, loads the account from its checkpoint for its first command.
+            await svc.restart("control", signal.SIGKILL)
+            await payer.account_command("add_credits", PROJECT, amount=1)
             await _metering_settled(svc)
             problems += await check_all(svc.nats_urls, svc.home, sent=sent)
             view = await read_log(svc.nats_urls)
@@ -225,6 +253,9 @@ async def run(workdir: Path) -> ScenarioResult:
         finally:
             await payer.close()
         problems += [f"crashed: {c}" for c in svc.crashed()]
+        read, written = _logged(svc.logs, CHECKPOINT_READ), _logged(svc.logs, CHECKPOINT_WRITTEN)
+        if not read:
+            problems.append("no process read the account from its checkpoint: none was tested")
         figures = {
             "sandboxes": SANDBOXES,
             "destroyed": outcomes["destroyed"],
@@ -232,5 +263,7 @@ async def run(workdir: Path) -> ScenarioResult:
             **dict(made),
             "metered": totals["metered"],
             "debited": totals["debited"],
+            "checkpoints written": written,
+            "read": read,
         }
     return finish(NAME, watch, figures, problems)

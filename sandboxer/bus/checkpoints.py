@@ -49,16 +49,13 @@ from sandboxer.bus.object_buckets import (
     purge_chunks,
     stray_chunks,
 )
+from sandboxer.config.settings import DEFAULT_CHECKPOINT_AFTER
 from sandboxer.domain.bucket_objects import stale_chunks
 
-__all__ = ["CHECKPOINT_AFTER", "AccountCheckpoints", "handled_map"]
+__all__ = ["AccountCheckpoints", "handled_map"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_AFTER = 10_000
-"""Events a process must fold into an account (loads and appends) before it writes the
-account's checkpoint: about 0.1 s of folding, against a write of a few milliseconds per
-10,000 ids. A long account waits for a tenth of its history too (:meth:`folded`)."""
 MAX_BYTES = 512 << 20
 """A checkpoint larger than this is not read (about 15 million command ids)."""
 MAP_CHUNK = 50_000
@@ -76,7 +73,7 @@ class AccountCheckpoints:
     """Reads and writes account checkpoints (see the module)."""
 
     def __init__(
-        self, js: JetStreamContext, bucket: ObjectStore, *, after: int = CHECKPOINT_AFTER
+        self, js: JetStreamContext, bucket: ObjectStore, *, after: int = DEFAULT_CHECKPOINT_AFTER
     ) -> None:
         self._js = js
         self._bucket = bucket
@@ -93,7 +90,7 @@ class AccountCheckpoints:
         js: JetStreamContext,
         replicas: int,
         *,
-        after: int = CHECKPOINT_AFTER,
+        after: int = DEFAULT_CHECKPOINT_AFTER,
         stray_grace: float = STRAY_GRACE,
     ) -> AccountCheckpoints:
         """The bucket, created with ``replicas`` (like the streams) when it is not there;
@@ -138,13 +135,15 @@ class AccountCheckpoints:
                 checkpoint.last_seq,
             )
             return None
+        # Said once per fresh load of a long account (rare: a process keeps its accounts).
+        log.info("account %s: read from its checkpoint at event %d", project, checkpoint.last_seq)
         return checkpoint.loaded(await handled_map(checkpoint.handled))
 
     def folded(self, loaded: LoadedAccount, events: int) -> None:
         """A load or an append of this process folded ``events`` more events into
-        ``loaded``. Once :data:`CHECKPOINT_AFTER` of them, and a tenth of the account's
-        history, were folded since the last checkpoint written here, one of ``loaded`` is
-        written in the background (one per account at once). So a long-running service
+        ``loaded``. Once ``after`` of them (``SANDBOXER_CHECKPOINT_AFTER``), and a tenth of
+        the account's history, were folded since the last checkpoint written here, one of
+        ``loaded`` is written in the background (one per account at once). So a long-running service
         keeps its accounts' checkpoints near their ends, not only after a restart's first
         long load, and a long account's is rewritten only as its history grows by a tenth."""
         project = loaded.state.project
@@ -158,6 +157,16 @@ class AccountCheckpoints:
         self._writing[project] = task
         task.add_done_callback(lambda _: self._writing.pop(project, None))
 
+    async def projects(self) -> list[str]:
+        """The projects whose accounts have a checkpoint (the fault suite holds each one to
+        the log: chaos/checks.py)."""
+        bucket = subjects.CHECKPOINTS_BUCKET
+        present = await bucket_subjects(self._js, bucket=bucket)
+        if not present:
+            return []
+        stored = await list_stored(self._js, present, bucket=bucket)
+        return sorted(s.name.removeprefix(_PREFIX) for s in stored if s.name.startswith(_PREFIX))
+
     async def settled(self) -> None:
         """Wait for the checkpoints being written."""
         await asyncio.gather(*self._writing.values(), return_exceptions=True)
@@ -169,6 +178,7 @@ class AccountCheckpoints:
             if last is None:
                 return  # not in the log a load just read: nothing to vouch for
             await self._bucket.put(_name(project), encode_checkpoint(loaded, last))
+            log.info("account %s: checkpoint written at event %d", project, loaded.last_seq)
         except (NatsError, OSError, TimeoutError) as exc:
             log.warning("the checkpoint of account %s was not written (%r)", project, exc)
 
@@ -245,5 +255,9 @@ async def _purge_strays(js: JetStreamContext, grace: float) -> None:
         log.warning("checkpoints bucket: stray chunks not looked for (%r)", exc)
 
 
+_PREFIX = "account."
+"""A checkpoint's object name is the project's under this prefix."""
+
+
 def _name(project: str) -> str:
-    return f"account.{project}"
+    return f"{_PREFIX}{project}"

@@ -18,6 +18,7 @@ from sandboxer.errors import SettingError
 from sandboxer.workspaces.roots import parse_input_roots
 
 __all__ = [
+    "DEFAULT_CHECKPOINT_AFTER",
     "DEFAULT_EXEC_HEARTBEAT",
     "DEFAULT_HTTP_ADDR",
     "DEFAULT_HTTP_MAX_STREAMS",
@@ -64,6 +65,11 @@ def _interval_env(name: str, default: float) -> float:
 DEFAULT_LEAK_SWEEP_INTERVAL = 300.0
 """Seconds between an extension worker's leak sweeps (workers/leak_sweep.py): how long a
 hosted sandbox nobody uses may run (and cost) at most, once it appeared, before it goes."""
+
+DEFAULT_CHECKPOINT_AFTER = 10_000
+"""Events a service process folds into an account (loads and appends) before it writes the
+account's checkpoint (bus/checkpoints.py): about 0.1 s of folding, against a write of a few
+milliseconds per 10,000 command ids. A long account waits for a tenth of its history too."""
 
 DEFAULT_EXEC_HEARTBEAT = 10.0
 """Seconds between a worker's heartbeats to the client of a running exec or copy."""
@@ -258,6 +264,8 @@ class Settings:
     ``SANDBOXER_OBJECT_GRACE``: seconds an object of the workspaces bucket that nothing holds
     (an upload no sandbox names, a copy's archive, a killed put's chunks) stays after its
     last put or touch before a worker removes it (default 86400; docs/workspaces.md).
+    ``SANDBOXER_CHECKPOINT_AFTER``: events a service process folds into an account before
+    it writes the account's checkpoint (default 10000; docs/payments.md).
     ``SANDBOXER_EXEC_HEARTBEAT``: seconds between a worker's heartbeats to the client of a
     running exec or copy (default 10, at least 1); its clients stop waiting after three
     silent spells (docs/protocol.md#when-the-worker-goes-silent).
@@ -287,6 +295,8 @@ class Settings:
     """Seconds between an extension worker's leak sweeps (workers/leak_sweep.py); 0: none."""
     object_grace: float = DEFAULT_OBJECT_GRACE
     """Seconds an unheld object of the workspaces bucket stays (domain/bucket_objects.py)."""
+    checkpoint_after: int = DEFAULT_CHECKPOINT_AFTER
+    """Events folded into an account before its checkpoint is written (bus/checkpoints.py)."""
     exec_heartbeat: float = DEFAULT_EXEC_HEARTBEAT
     """Seconds between a worker's ``alive`` checks on a running exec's or copy's inbox
     (exec_protocol/heartbeat.py); its ``started`` message promises them to the client."""
@@ -322,6 +332,9 @@ class Settings:
                 "SANDBOXER_LEAK_SWEEP_INTERVAL", DEFAULT_LEAK_SWEEP_INTERVAL
             ),
             object_grace=_float_env("SANDBOXER_OBJECT_GRACE", DEFAULT_OBJECT_GRACE),
+            checkpoint_after=_int_env(
+                "SANDBOXER_CHECKPOINT_AFTER", DEFAULT_CHECKPOINT_AFTER, "events"
+            ),
             exec_heartbeat=_heartbeat_env(),
             input_roots=parse_input_roots(os.environ.get("SANDBOXER_INPUT_ROOTS", "")),
             upload_max_mb=_int_env("SANDBOXER_UPLOAD_MAX_MB", 1024, "MiB"),

@@ -135,15 +135,20 @@ async def start_service(
     upload_max_mb: int | None = None,
     exec_heartbeat: float | None = None,
     leak_sweep_interval: float | None = None,
+    checkpoint_after: int | None = None,
 ) -> Service:
-    """Run ``roles`` (all by default) in this event loop; fail the test if they never answer."""
-    settings = settings_for(home, url, input_roots=input_roots)
-    if leak_sweep_interval is not None:
-        settings = dataclasses.replace(settings, leak_sweep_interval=leak_sweep_interval)
-    if upload_max_mb is not None:
-        settings = dataclasses.replace(settings, upload_max_mb=upload_max_mb)
-    if exec_heartbeat is not None:
-        settings = dataclasses.replace(settings, exec_heartbeat=exec_heartbeat)
+    """Run ``roles`` (all by default) in this event loop; fail the test if they never answer.
+    The settings given (not None) replace the tests' defaults (:func:`settings_for`)."""
+    given = {
+        "upload_max_mb": upload_max_mb,
+        "exec_heartbeat": exec_heartbeat,
+        "leak_sweep_interval": leak_sweep_interval,
+        "checkpoint_after": checkpoint_after,
+    }
+    settings = dataclasses.replace(
+        settings_for(home, url, input_roots=input_roots),
+        **{name: value for name, value in given.items() if value is not None},
+    )
     catalog = Catalog.load(home)
     roles = roles or all_roles(catalog)
     nc = await connect([url], name="test-service")

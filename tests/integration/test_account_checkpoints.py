@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from chaos.checks import checkpoints_agree
 from sandboxer import subjects
 from sandboxer.bus.account_checkpoint import encode_checkpoint, message_digest
 from sandboxer.bus.checkpoints import AccountCheckpoints
@@ -20,9 +22,11 @@ from sandboxer.bus.event_store import LoadedAccount
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
+from sandboxer.client import SandboxerClient
 from sandboxer.clock import utc_now
 from sandboxer.domain.account_state import AccountBook
 from sandboxer.events.types import Actor, CreditsAdded
+from tests.integration.conftest import serving
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +191,53 @@ async def test_the_chunks_of_a_write_cut_off_are_purged_when_the_bucket_is_opene
     await AccountCheckpoints.open(bus.js, 1, stray_grace=0)
     assert await chunk_subjects() == [s for s in before if s != stray]
     assert await (await bus.store()).load_account("acme") == whole
+
+
+async def test_the_service_writes_checkpoints_as_its_setting_says(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    """``SANDBOXER_CHECKPOINT_AFTER`` reaches the service's store: once its control worker has
+    appended that many events to an account, it writes the account's checkpoint, which the
+    bucket lists and a fresh load reads as the fold of the log."""
+    async with serving(home, nats_server.url, ["control"], checkpoint_after=5) as service:
+        admin = await SandboxerClient.connect(
+            list(service.settings.nats_urls), actor={"type": "adm", "id": "ops"}
+        )
+        try:
+            for amount in range(1, 6):
+                await admin.account_command("add_credits", "acme", amount=amount)
+        finally:
+            await admin.close()
+    nc = await connect([nats_server.url], name="test-checkpoints-setting")
+    try:
+        checkpoints = await AccountCheckpoints.open(nc.jetstream(), 1)
+        assert await checkpoints.projects() == ["acme"]  # the service settled its writes
+        kept = await checkpoints.read("acme")
+        whole = await JetStreamEventStore(nc, nc.jetstream()).load_account("acme")
+        assert kept == whole
+        assert whole.state.balance == 15
+    finally:
+        await nc.close()
+
+
+async def test_the_fault_suite_finds_a_checkpoint_that_is_not_the_fold_of_the_log(
+    bus: Bus, nats_server: NatsServerProcess
+) -> None:
+    """``make chaos`` holds every checkpoint to the log (chaos/checks.py): the true fold
+    passes, and one the log does not add up to (its balance changed here) is named."""
+    assert await checkpoints_agree([nats_server.url]) == []  # no bucket yet: nothing to hold
+    await add_credits(await bus.store(checkpoints=False), "acme", 10)
+    whole = await (await bus.store(checkpoints=False)).load_account("acme")
+    last = await bus.js.get_msg(subjects.EVENTS_STREAM, seq=whole.last_seq, direct=True)
+    digest = message_digest(last.subject or "", last.data or b"")
+
+    await plant(bus, "acme", encode_checkpoint(whole, digest))
+    assert await checkpoints_agree([nats_server.url]) == []
+
+    forged_state = msgspec.structs.replace(whole.state, balance=10**9)
+    forged = LoadedAccount(AccountBook(forged_state, whole.book.handled), whole.last_seq)
+    await plant(bus, "acme", encode_checkpoint(forged, digest))
+    assert await checkpoints_agree([nats_server.url]) == [
+        f"the checkpoint of account acme at event {whole.last_seq} is not the fold of the log "
+        "up to it"
+    ]

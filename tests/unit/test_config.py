@@ -228,6 +228,8 @@ def test_hosts_file_errors_name_the_host_and_what_is_needed(tmp_path: Path) -> N
         ("SANDBOXER_ACK_WAIT", "nan", "positive number of seconds"),
         ("SANDBOXER_EXEC_HEARTBEAT", "0", "positive number of seconds"),
         ("SANDBOXER_EXEC_HEARTBEAT", "0.5", "of at least 1"),
+        ("SANDBOXER_CHECKPOINT_AFTER", "0", "positive whole number of events"),
+        ("SANDBOXER_CHECKPOINT_AFTER", "1e4", "positive whole number of events"),
         ("SANDBOXER_NATS_URL", "http://example.org", "nats://HOST:PORT"),
         ("SANDBOXER_NATS_URL", "nats://a:4222,nats://b:99999", "'nats://b:99999'"),
         ("SANDBOXER_NATS_URL", "nats://a :4222", "nats://HOST:PORT"),
@@ -266,13 +268,17 @@ def test_good_settings_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("SANDBOXER_NATS_URL", " nats://a:4222, tls://b, c:4223 ")
     monkeypatch.setenv("SANDBOXER_ACK_WAIT", "2.5")
     monkeypatch.setenv("SANDBOXER_EXEC_HEARTBEAT", "1")
+    monkeypatch.setenv("SANDBOXER_CHECKPOINT_AFTER", "500")
     settings = Settings.from_env()
     assert settings.home == tmp_path
     assert settings.nats_urls == ("nats://a:4222", "tls://b", "c:4223")
     assert settings.ack_wait == 2.5
     assert settings.exec_heartbeat == 1.0
+    assert settings.checkpoint_after == 500
     monkeypatch.delenv("SANDBOXER_EXEC_HEARTBEAT")
+    monkeypatch.delenv("SANDBOXER_CHECKPOINT_AFTER")
     assert Settings.from_env().exec_heartbeat == 10.0
+    assert Settings.from_env().checkpoint_after == 10_000
 
 
 class _EntryPoint:
