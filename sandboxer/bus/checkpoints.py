@@ -1,56 +1,42 @@
-"""The checkpoints bucket: account books a fresh load starts from instead of sequence 1.
+"""Account checkpoints: each long account's book, which a fresh load starts from instead of
+sequence 1.
 
 What a checkpoint is, and when it may be trusted: :mod:`sandboxer.bus.account_checkpoint`.
-Here is where they are kept: an Object Store bucket, one object per project. A book carries
-the id of every command its account ever decided, megabytes for a long history, more than a
-message may hold; the bucket cuts it into chunks.
-
-Only the service identity may read or write the bucket (docs/security.md): a checkpoint is
-trusted as the fold of the log, so whoever could write one could set any project's balance.
+Where they are kept: the checkpoints bucket (:mod:`sandboxer.bus.checkpoint_bucket`), one
+object per project. A book carries the id of every command its account ever decided,
+megabytes for a long history, more than a message may hold; the bucket cuts it into chunks.
 
 A checkpoint only saves time. Any failure to read or check one is a load from sequence 1
 (logged when it is not simply absent). One is written in the background by a process that
 has folded many of the account's events since its last (:meth:`AccountCheckpoints.folded`):
-a write that fails, or that another process's write replaces, loses nothing. A write
-killed between its chunks and its metadata leaves chunks nothing names; each service
-process purges old ones when it opens the bucket.
+a write that fails, or that another process's write replaces, loses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-from contextlib import aclosing
-from datetime import UTC, datetime
 
 import immutables
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import ObjectInfo, ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 
-from sandboxer import subjects
 from sandboxer.bus.account_checkpoint import (
     decode_checkpoint,
     encode_checkpoint,
     fingerprint,
-    message_digest,
+)
+from sandboxer.bus.checkpoint_bucket import (
+    STRAY_GRACE,
+    event_digest,
+    list_checkpoints,
+    open_checkpoint_bucket,
+    read_checkpoint,
+    stored_info,
 )
 from sandboxer.bus.event_store import LoadedAccount
-from sandboxer.bus.object_buckets import (
-    bucket_subjects,
-    list_stored,
-    meta_subject,
-    nats_digest,
-    object_chunks,
-    purge_chunks,
-    stray_chunks,
-)
 from sandboxer.config.settings import DEFAULT_CHECKPOINT_AFTER
-from sandboxer.domain.bucket_objects import stale_chunks
 
 __all__ = ["AccountCheckpoints", "handled_map"]
 
@@ -61,12 +47,6 @@ MAX_BYTES = 512 << 20
 MAP_CHUNK = 50_000
 """Command ids put back into a book's map before the rest of the process may run: a million
 take about a second (as a long fold does, ``FOLD_CHUNK``)."""
-STRAY_GRACE = 3600.0
-"""Seconds a chunk no checkpoint names stays: far longer than any write of one takes."""
-META_TIMEOUT = 2.0
-"""Seconds a checkpoint's metadata may take before the load folds from sequence 1."""
-CHUNK_TIMEOUT = 2.0
-"""Seconds a checkpoint's next chunk may take before the load folds from sequence 1."""
 
 
 class AccountCheckpoints:
@@ -93,20 +73,8 @@ class AccountCheckpoints:
         after: int = DEFAULT_CHECKPOINT_AFTER,
         stray_grace: float = STRAY_GRACE,
     ) -> AccountCheckpoints:
-        """The bucket, created with ``replicas`` (like the streams) when it is not there;
-        the chunks of writes killed before their metadata, older than ``stray_grace``
-        seconds, purged."""
-        try:
-            bucket = await js.object_store(subjects.CHECKPOINTS_BUCKET)
-        except BucketNotFoundError:
-            config = ObjectStoreConfig(
-                description="sandboxer: account checkpoints, a fold of the log to load from",
-                storage=StorageType.FILE,
-                replicas=replicas,
-            )
-            # Several roles may start at once; creating it with an identical config succeeds.
-            bucket = await js.create_object_store(subjects.CHECKPOINTS_BUCKET, config=config)
-        await _purge_strays(js, stray_grace)
+        """The bucket (:func:`~sandboxer.bus.checkpoint_bucket.open_checkpoint_bucket`)."""
+        bucket = await open_checkpoint_bucket(js, replicas, stray_grace=stray_grace)
         fingerprint()  # the fold's source read once here, at start, not on a create's path
         return cls(js, bucket, after=after)
 
@@ -123,7 +91,7 @@ class AccountCheckpoints:
             if checkpoint is None:
                 log.info("the checkpoint of account %s is unreadable or of other code", project)
                 return None
-            last = await self._last_message(checkpoint.last_seq)
+            last = await event_digest(self._js, checkpoint.last_seq)
         except (NatsError, OSError, TimeoutError, ValueError) as exc:
             log.warning("the checkpoint of account %s could not be read (%r)", project, exc)
             return None
@@ -160,11 +128,7 @@ class AccountCheckpoints:
     async def projects(self) -> list[str]:
         """The projects whose accounts have a checkpoint (the fault suite holds each one to
         the log: chaos/checks.py)."""
-        bucket = subjects.CHECKPOINTS_BUCKET
-        present = await bucket_subjects(self._js, bucket=bucket)
-        if not present:
-            return []
-        stored = await list_stored(self._js, present, bucket=bucket)
+        stored = await list_checkpoints(self._js)
         return sorted(s.name.removeprefix(_PREFIX) for s in stored if s.name.startswith(_PREFIX))
 
     async def settled(self) -> None:
@@ -174,7 +138,7 @@ class AccountCheckpoints:
     async def _write(self, loaded: LoadedAccount) -> None:
         project = loaded.state.project
         try:
-            last = await self._last_message(loaded.last_seq)
+            last = await event_digest(self._js, loaded.last_seq)
             if last is None:
                 return  # not in the log a load just read: nothing to vouch for
             await self._bucket.put(_name(project), encode_checkpoint(loaded, last))
@@ -182,45 +146,14 @@ class AccountCheckpoints:
         except (NatsError, OSError, TimeoutError) as exc:
             log.warning("the checkpoint of account %s was not written (%r)", project, exc)
 
-    async def _last_message(self, seq: int) -> str | None:
-        try:
-            found = await self._js.get_msg(subjects.EVENTS_STREAM, seq=seq, direct=True)
-        except NotFoundError:
-            return None
-        return message_digest(found.subject or "", found.data or b"")
-
     async def _object(self, project: str) -> bytes | None:
         """The bytes of the project's checkpoint; None when there is none, or it is too
         large or not whole."""
-        # The metadata by direct get, which any replica answers (the bucket's get_info asks
-        # the stream's leader, and a frozen one held every fresh account load).
-        bucket = subjects.CHECKPOINTS_BUCKET
-        subject = meta_subject(_name(project), bucket=bucket)
-        try:
-            async with asyncio.timeout(META_TIMEOUT):
-                meta = await self._js.get_last_msg(f"OBJ_{bucket}", subject, direct=True)
-        except NotFoundError:
-            return None
-        try:
-            info = ObjectInfo.from_response(json.loads(meta.data or b""))
-        except (ValueError, TypeError, KeyError):
-            return None
-        if info.deleted:
-            return None
-        size = info.size or 0
-        if size > MAX_BYTES or not size:
+        info = await stored_info(self._js, _name(project))
+        if info is None or not info.size or info.size > MAX_BYTES:
             return None
         parts: list[bytes] = []
-        digest = hashlib.sha256()
-        received = 0
-        async with aclosing(object_chunks(self._js, bucket, info, CHUNK_TIMEOUT)) as chunks:
-            async for data in chunks:
-                received += len(data)
-                if received > size:
-                    return None
-                digest.update(data)
-                parts.append(data)
-        if received != size or info.digest != nats_digest(digest.hexdigest()):
+        if not await read_checkpoint(self._js, info, parts.append):
             return None
         return b"".join(parts)
 
@@ -234,25 +167,6 @@ async def handled_map(command_ids: list[str]) -> immutables.Map[str, None]:
         if n % MAP_CHUNK == 0:
             await asyncio.sleep(0)
     return handled.finish()
-
-
-async def _purge_strays(js: JetStreamContext, grace: float) -> None:
-    """Purge the chunks no checkpoint names (a write killed between its chunks and its
-    metadata) whose last chunk is older than ``grace``: a write still running elsewhere
-    has written one lately. Nothing else would ever remove them. (Purging a write's chunks
-    all the same would cost only a load from sequence 1.)"""
-    bucket = subjects.CHECKPOINTS_BUCKET
-    try:
-        present = await bucket_subjects(js, bucket=bucket)
-        if not present:
-            return
-        live = await list_stored(js, present, bucket=bucket)
-        strays = await stray_chunks(js, present, live, bucket=bucket)
-        for subject in stale_chunks(strays, datetime.now(UTC), grace):
-            await purge_chunks(js, subject, bucket=bucket)
-            log.info("checkpoints bucket: purged the chunks of a write cut off, %s", subject)
-    except (NatsError, OSError, TimeoutError) as exc:
-        log.warning("checkpoints bucket: stray chunks not looked for (%r)", exc)
 
 
 _PREFIX = "account."

@@ -14,9 +14,11 @@ collection) and the account checkpoints (``bus/checkpoints.py``).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
+from contextlib import aclosing
 from datetime import datetime
 
 from nats.errors import TimeoutError as NatsTimeout
@@ -30,6 +32,7 @@ from sandboxer.domain.snapshot_objects import owner_of
 
 __all__ = [
     "bucket_subjects",
+    "copy_object",
     "is_chunk_id",
     "list_stored",
     "meta_subject",
@@ -72,6 +75,29 @@ async def object_chunks(
             yield (await next_message(sub, chunk_timeout)).data
     finally:
         await sub.unsubscribe()
+
+
+async def copy_object(
+    js: JetStreamContext,
+    bucket: str,
+    info: ObjectInfo,
+    write: Callable[[bytes], object],
+    chunk_timeout: float,
+) -> bool:
+    """Hand the object's chunks to ``write``, in order; whether they were the whole object
+    its metadata describes (its size, and the SHA-256 it records). Stops at the first byte
+    past the size. As :func:`object_chunks` raises."""
+    size = info.size or 0
+    digest = hashlib.sha256()
+    received = 0
+    async with aclosing(object_chunks(js, bucket, info, chunk_timeout)) as chunks:
+        async for data in chunks:
+            received += len(data)
+            if received > size:
+                return False
+            digest.update(data)
+            write(data)
+    return received == size and info.digest == nats_digest(digest.hexdigest())
 
 
 def meta_subject(name: str, *, bucket: str) -> str:
