@@ -44,6 +44,7 @@ from sandboxer.workers.meter_export import HttpExport, run_meter_export
 from sandboxer.workers.meter_worker import MeterWorker
 from tests.integration.conftest import Service, send_again, start_service
 from tests.integration.test_ext_saas_stub import write_override
+from tests.waiting import logged
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +135,16 @@ async def hold_long_ago(store: JetStreamEventStore, amount: int, *held: tuple[st
         async for attempt in stamina.retry_context(on=ConcurrencyConflict, attempts=10):
             with attempt:
                 await store.append_account(await store.load_account("acme"), [hold])
+
+
+async def funded(client: SandboxerClient, project: str, amount: int) -> None:
+    """``amount`` credits added to ``project``'s account, and in the log: a create cut off
+    after its hold (below) reads the account there, which may not have the outcome yet."""
+    added = await client.account_command("add_credits", project, amount=amount)
+    store = JetStreamEventStore(client.nc, client.js)
+    await logged(
+        lambda: store.load_account(project), lambda got: added["command_id"] in got.book.handled
+    )
 
 
 async def cut_off_after_its_hold(
@@ -291,9 +302,7 @@ async def test_a_create_that_lost_its_sandbox_id_to_another_project_gives_its_cr
     )
     try:
         for project, client in (("acme", acme), ("beta", beta)):
-            await client.account_command(
-                "add_credits", project, amount=PER_CREATE + 600 * PER_SECOND
-            )
+            await funded(client, project, PER_CREATE + 600 * PER_SECOND)
         # beta's create gets as far as its reservation ...
         await cut_off_after_its_hold(
             beta,
@@ -333,7 +342,7 @@ async def test_a_lost_create_s_release_does_not_replace_the_owner_s_usage_row(
     funds = PER_CREATE + 600 * PER_SECOND
     try:
         for project in ("acme", "beta"):
-            await acme.account_command("add_credits", project, amount=funds)
+            await funded(acme, project, funds)
         await cut_off_after_its_hold(
             beta,
             home,
@@ -394,7 +403,7 @@ async def beta_held_what_acme_made(
     funds = PER_CREATE + 600 * PER_SECOND
     try:
         for project in ("acme", "beta"):
-            await acme.account_command("add_credits", project, amount=funds)
+            await funded(acme, project, funds)
         admitted = await cut_off_after_its_hold(beta, home, actor, command_id, ttl="10m")
         made = await acme.create("profile.saas-stub", ttl="10m", command_id=command_id)
         assert made["sandbox_id"] == admitted.sandbox_id
@@ -546,7 +555,7 @@ async def test_a_second_create_of_a_sandbox_id_is_refused_not_made_on_the_first_
     on a minute's credits (it alone would be refused insufficient_credits), metered at
     whatever the first had reserved. The id is the first's: the second is refused."""
     minute = PER_CREATE + 60 * PER_SECOND
-    await acme.account_command("add_credits", "acme", amount=minute)
+    await funded(acme, "acme", minute)
     await cut_off_after_its_hold(
         acme, home, OPS, "acme-create-a", ttl="1m", sandbox_id="contested02"
     )
@@ -623,7 +632,7 @@ async def test_a_create_that_reserves_nothing_does_not_take_an_id_another_create
     the first, sent again, was refused although it came first, and its hold stayed until
     the second's sandbox was metered. Now the second is refused, and the first is made."""
     minute = PER_CREATE + 60 * PER_SECOND
-    await acme.account_command("add_credits", "acme", amount=minute)
+    await funded(acme, "acme", minute)
     await cut_off_after_its_hold(acme, home, OPS, "acme-create-a", ttl="1m", sandbox_id="heldid01")
     await acme.account_command(
         "set_byok", "acme", extension="ext.saas-stub", key_ref="env:ACME_STUB_KEY"
@@ -657,7 +666,7 @@ async def test_a_create_refused_after_its_hold_gives_its_id_up_and_its_hold_back
     create of the id is made after, not even the one cut off going on: it would run on no
     hold."""
     minute = PER_CREATE + 60 * PER_SECOND
-    await acme.account_command("add_credits", "acme", amount=minute)
+    await funded(acme, "acme", minute)
     cut_off = await cut_off_after_its_hold(
         acme, home, OPS, "acme-cut-1", ttl="1m", sandbox_id="givenup01"
     )

@@ -37,7 +37,7 @@ from tests.integration import conftest
 from tests.integration.conftest import start_service
 from tests.integration.test_ext_daytona import FAST, build, up
 from tests.integration.test_hosted_service import daytona
-from tests.waiting import until
+from tests.waiting import logged, until
 
 pytestmark = pytest.mark.integration
 
@@ -354,7 +354,10 @@ async def test_through_the_bus_a_resume_whose_auto_delete_fails_leaves_it_paused
         with pytest.raises(CommandFailed, match="stopped again and stays paused"):
             await client.resume(sandbox_id, timeout=60)
         store = JetStreamEventStore(client.nc, client.js)
-        assert (await store.load(sandbox_id)).state.status == "paused"
+        loaded = await logged(  # its `pause_failed` in the log
+            lambda: store.load(sandbox_id), lambda got: got.state.status != "resuming"
+        )
+        assert loaded.state.status == "paused"
         assert (record.state, record.auto_delete) == ("stopped", -1)
         await client.resume(sandbox_id, timeout=60)
         assert (record.state, record.auto_delete) == ("started", GRACE)
@@ -469,6 +472,8 @@ async def test_a_sandbox_stopped_while_its_log_says_ready_is_started_by_the_leak
         [record] = daytona_double.double.live()
         record.state, record.auto_delete = "stopped", -1  # the late stop lands
         store = JetStreamEventStore(client.nc, client.js)
+        # Its `ready` in the log, where the sweep reads it (still provisioning, it is left).
+        await logged(lambda: store.load(sandbox_id), lambda got: got.state.status == "ready")
         worker = ExtensionWorker(client.js, store, Catalog.load(home), extension)
         assert await worker.sweep_leaks() == []
         assert (record.state, record.auto_delete) == ("started", GRACE)

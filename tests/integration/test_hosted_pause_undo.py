@@ -18,6 +18,7 @@ from sandboxer.workers.jobs import Job
 from sandboxer.workers.pause_job import PauseJob
 from tests.doubles.e2b_double import ServedE2b
 from tests.integration.test_hosted_service import served_e2b
+from tests.waiting import logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,6 +39,9 @@ async def test_a_pause_undone_by_a_resume_leaves_e2b_s_timeout_at_the_expiry(
         store = JetStreamEventStore(client.nc, client.js)
         as_held = (await store.load(sandbox_id)).state  # paused; the held job saw it pausing
         await client.resume(sandbox_id)
+        # The late job reads the log: still `resuming` there, its undo would leave E2B's
+        # timeout at the hour E2B's resume sets.
+        await logged(lambda: store.load(sandbox_id), lambda got: got.state.status != "resuming")
         held = Job(job_id="held-pause", sandbox_id=sandbox_id, action="pause", version=1)
         worker_side = build_extension(provider.extension, Catalog.load(home), service.settings)
         try:

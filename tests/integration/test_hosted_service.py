@@ -43,6 +43,7 @@ from tests.doubles.modal_double import Fault as ModalFault
 from tests.doubles.modal_double import ModalDouble
 from tests.integration.conftest import Service, serving, start_service, start_worker
 from tests.integration.test_lifecycle import wait_status
+from tests.waiting import logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -270,12 +271,12 @@ async def test_a_resume_job_delivered_again_moves_the_providers_timeout(
             r for r in e2b_double.double.live() if r.metadata.get("sandboxer_id") == sandbox_id
         ]
         store = JetStreamEventStore(client.nc, client.js)
-        # The client hears `resumed` on a core subscription, which may come before the
-        # stream has stored it: a read of the log right after could still find the sandbox
-        # `resuming` (the redelivered job below then resumed it again, and moved nothing).
-        async with asyncio.timeout(20):
-            while (state := (await store.load(sandbox_id)).state).status == "resuming":
-                await asyncio.sleep(0.01)
+        # Read once the log has `resumed`: still `resuming`, the redelivered job below would
+        # resume it again, and move nothing.
+        loaded = await logged(
+            lambda: store.load(sandbox_id), lambda got: got.state.status != "resuming"
+        )
+        state = loaded.state
         assert state.expires_at is not None
         expires_at = datetime.fromisoformat(state.expires_at)
         async with asyncio.timeout(20):  # the first delivery's worker moves it after `resumed`
@@ -314,7 +315,10 @@ async def test_an_extension_while_a_pause_fails_reaches_the_providers_timeout(
         with pytest.raises(CommandFailed):
             await pausing
         store = JetStreamEventStore(client.nc, client.js)
-        state = (await store.load(sandbox_id)).state
+        loaded = await logged(  # its `pause_failed` in the log
+            lambda: store.load(sandbox_id), lambda got: got.state.status != "pausing"
+        )
+        state = loaded.state
         assert state.status == "ready"
         assert state.expires_at == extended["expires_at"]
         wanted = datetime.fromisoformat(extended["expires_at"]).timestamp()
@@ -581,7 +585,11 @@ async def test_an_e2b_sandbox_paused_while_its_log_says_ready_is_resumed_by_the_
         ]
         record.state = "paused"
         store = JetStreamEventStore(client.nc, client.js)
-        state = (await store.load(sandbox_id)).state
+        # Its `ready` in the log, where the sweep reads it (still provisioning, it is left).
+        loaded = await logged(
+            lambda: store.load(sandbox_id), lambda got: got.state.status == "ready"
+        )
+        state = loaded.state
         assert state.expires_at is not None
         worker_side = build_extension(provider.extension, Catalog.load(home), service.settings)
         try:

@@ -39,6 +39,7 @@ from sandboxer.workers.pause_job import UNDO_ATTEMPTS, PauseJob
 from tests.integration import conftest
 from tests.integration.conftest import Cli, Service, reap_local, start_service
 from tests.integration.test_lifecycle import wait_status
+from tests.waiting import logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -333,6 +334,8 @@ async def test_a_late_failure_of_an_earlier_pause_is_not_the_next_pauses_outcome
     await client.pause(sandbox_id)
     as_held = (await store.load(sandbox_id)).state
     await client.resume(sandbox_id)
+    # Decided on the log: still `resuming` there, the second pause would be refused.
+    await logged(lambda: store.load(sandbox_id), lambda got: got.state.status != "resuming")
     second = PauseSandbox(command_id="second-pause", actor=SYSTEM_ACTOR, sandbox_id=sandbox_id)
     loaded, _ = await apply(store, sandbox_id, second)  # no job sent: this test is its worker
     assert loaded.state.status == "pausing"

@@ -15,6 +15,9 @@ from typing import Any
 
 import nats
 import pytest
+from nats.js.errors import NotFoundError
+
+from tests.waiting import logged
 
 pytestmark = pytest.mark.integration
 
@@ -70,10 +73,17 @@ async def test_create_watch_exec_destroy_by_the_book(service: Any, nats_server: 
     assert ready["reachability"]
 
     # The view is eventually consistent: to read what it saw, a client passes the event's
-    # sequence as min_seq (docs/protocol.md#queries), here read from the log itself.
-    ready_seq = (
-        await js.get_last_msg("SANDBOXER_EVENTS", f"sandboxer.evt.sandbox.{sandbox_id}.ready")
-    ).seq
+    # sequence as min_seq (docs/protocol.md#queries), here read from the log itself, once
+    # the stream has stored the `ready` the subscription brought (docs/protocol.md#exec).
+    async def stored_ready() -> Any:
+        try:
+            return await js.get_last_msg(
+                "SANDBOXER_EVENTS", f"sandboxer.evt.sandbox.{sandbox_id}.ready"
+            )
+        except NotFoundError:
+            return None
+
+    ready_seq = (await logged(stored_ready, lambda msg: msg is not None)).seq
     reply = json.loads(
         (
             await nc.request(

@@ -20,6 +20,7 @@ from tests.integration.test_remote_lifecycle import (
     compose_service_fixture,  # noqa: F401
     containers,
 )
+from tests.waiting import logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,11 +82,14 @@ async def test_a_stack_paused_in_part_is_set_as_its_log_says_by_the_leak_sweep(
     await client.pause(sandbox_id)
     compose_engine.cli("unpause", first)
     assert states(compose_engine, project) == {"paused", "running"}
-    version = (await store.load(sandbox_id)).state.version
+    # Its `paused` in the log, which the sweep reads (the client may hear it before).
+    paused = await logged(lambda: store.load(sandbox_id), lambda got: got.state.status == "paused")
+    version = paused.state.version
     assert await worker.sweep_leaks() == []
     assert states(compose_engine, project) == {"paused"}
 
     await client.resume(sandbox_id)
+    await logged(lambda: store.load(sandbox_id), lambda got: got.state.status != "resuming")
     compose_engine.cli("pause", first)
     assert await worker.sweep_leaks() == []
     assert states(compose_engine, project) == {"running"}

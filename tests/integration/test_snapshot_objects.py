@@ -28,6 +28,7 @@ from sandboxer.workers.snapshot_job import SnapshotJob
 from sandboxer.workers.snapshot_objects import collect_orphaned_objects
 from sandboxer.workspaces.limits import ArchiveLimits
 from tests.integration.conftest import reap_local, serving, start_service, worker_running
+from tests.waiting import logged
 
 pytestmark = pytest.mark.integration
 
@@ -193,6 +194,8 @@ async def test_a_deleted_snapshot_s_object_goes_once_the_sandbox_restored_from_i
         assert await present(js, snapshot["object"])
 
         await client.destroy(restored)
+        # The collection reads the log: without its `destroyed` there, the sandbox holds it.
+        await logged(lambda: store.load(restored), lambda got: got.state.status == "destroyed")
         await collect()
         # On the old code nothing removed it once the sandbox holding it was gone.
         assert not await present(js, snapshot["object"])
