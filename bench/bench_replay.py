@@ -13,6 +13,8 @@ passwords), as under ``sandboxer up``, and every reader connects as the
 service identity.
 The target compares the rebuild with the raw bulk read; the two floors show
 how the time beyond the read divides between decoding, folding and writing.
+Then the rebuilt view is stored as the view's checkpoint, and a projector with
+no view of its own opens from it: timed against the rebuild it replaces.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from _harness import main, progress, tempdir
 from _table import Row, Target
 
 from sandboxer import subjects
+from sandboxer.bus.checkpoint_bucket import open_checkpoint_bucket
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import read_events
 from sandboxer.bus.event_store import Loaded
@@ -33,6 +36,7 @@ from sandboxer.bus.nats_auth import AUTH_DIR_NAME, ensure_embedded_auth, read_cr
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.replay_reader import replay_batches, replay_events
 from sandboxer.bus.streams import ensure_streams
+from sandboxer.bus.view_checkpoints import ViewCheckpoints
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.events.codec import decode_event
 from sandboxer.events.types import (
@@ -47,6 +51,7 @@ from sandboxer.events.types import (
 )
 from sandboxer.projections.fewer_collections import fewer_collections
 from sandboxer.projections.projector import Projector
+from sandboxer.projections.view_copy import copy_view
 
 EVENTS = 200_000
 ACTOR = Actor(type="atm", id="bench")
@@ -140,6 +145,20 @@ async def rows() -> list[Row]:
             await projector.open()
             report = await projector.rebuild()
             await projector.close()
+
+            # The view's checkpoint, stored from the rebuilt view; then a projector with no
+            # view of its own (a new machine, a lost home) opens from it.
+            views = ViewCheckpoints(js, await open_checkpoint_bucket(js, 1))
+            copy = tmp / "copy.sqlite3"
+            fingerprint, position = copy_view(tmp / "view.sqlite3", copy)
+            checkpoint_mb = copy.stat().st_size / 2**20
+            assert await views.write(copy, fingerprint or "", position)
+            fresh = Projector(nc, js, tmp / "fresh.sqlite3", checkpoints=views)
+            started = time.perf_counter()
+            await fresh.open()
+            checkpoint_seconds = time.perf_counter() - started
+            assert fresh.position == position, "the fresh view was not read from its checkpoint"
+            await fresh.close()
             await nc.drain()
         finally:
             await server.stop()
@@ -160,6 +179,13 @@ async def rows() -> list[Row]:
             replayed,
             raw / raw_seconds,
             "raw ordered consumer, count only",
+        ),
+        Row(
+            f"a view with none of its own, from the view's checkpoint ({checkpoint_mb:.0f} MB)",
+            "s",
+            checkpoint_seconds,
+            report.seconds,
+            "the rebuild of the same view from sequence 1",
         ),
         Row(
             f"replay's floor: read and decode only ({decoded:,} events)",

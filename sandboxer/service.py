@@ -28,6 +28,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from sandboxer import __version__
+from sandboxer.bus.checkpoint_bucket import open_checkpoint_bucket
 from sandboxer.bus.checkpoints import AccountCheckpoints
 from sandboxer.bus.connect import connect, redact_url
 from sandboxer.bus.jetstream_store import JetStreamEventStore
@@ -35,6 +36,7 @@ from sandboxer.bus.key_request_rate import KeyRequestRates
 from sandboxer.bus.nats_auth import credentials_for
 from sandboxer.bus.permissions import CLIENT, SERVICE
 from sandboxer.bus.streams import ensure_streams, replicas_for
+from sandboxer.bus.view_checkpoints import ViewCheckpoints
 from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
@@ -138,9 +140,8 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
     await ensure_streams(js, replicas_for(nc._server_info))
     # The bucket exists before any upload: an API key may write to it but not create it.
     await open_or_create_bucket(js, replicas_for(nc._server_info))
-    checkpoints = await AccountCheckpoints.open(
-        js, replicas_for(nc._server_info), after=settings.checkpoint_after
-    )
+    bucket = await open_checkpoint_bucket(js, replicas_for(nc._server_info))
+    checkpoints = AccountCheckpoints(js, bucket, after=settings.checkpoint_after)
     store = JetStreamEventStore(nc, js, checkpoints=checkpoints)
     # One bucket per API key for every role here that answers a key's requests on the bus
     # (queries, route explain, execs, copies, tokens): a key's rate holds in this process
@@ -191,7 +192,13 @@ async def run_roles(  # noqa: PLR0912, PLR0915 (a flat dispatch: one case per ro
                         run_gateway_role(client_nc or nc, settings, catalog, stop, http_socket)
                     )
                 elif role == "projector":
-                    projector = Projector(nc, js, settings.db_path)
+                    projector = Projector(
+                        nc,
+                        js,
+                        settings.db_path,
+                        checkpoints=ViewCheckpoints(js, bucket),
+                        checkpoint_after=settings.view_checkpoint_after,
+                    )
                     await projector.open()
                     projectors.append(projector)
                     queries = QueryService(nc, projector, info=info, rates=rates)

@@ -58,6 +58,7 @@ class AccountCheckpoints:
         self._js = js
         self._bucket = bucket
         self._after = after
+        fingerprint()  # the fold's source read once here, at start, not on a create's path
         self._writing: dict[str, asyncio.Task[None]] = {}
         self._since: dict[str, int] = {}
         """Events folded by this process, per account, since it last wrote its checkpoint
@@ -75,7 +76,6 @@ class AccountCheckpoints:
     ) -> AccountCheckpoints:
         """The bucket (:func:`~sandboxer.bus.checkpoint_bucket.open_checkpoint_bucket`)."""
         bucket = await open_checkpoint_bucket(js, replicas, stray_grace=stray_grace)
-        fingerprint()  # the fold's source read once here, at start, not on a create's path
         return cls(js, bucket, after=after)
 
     async def read(self, project: str) -> LoadedAccount | None:

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_HTTP_ADDR",
     "DEFAULT_HTTP_MAX_STREAMS",
     "DEFAULT_LEAK_SWEEP_INTERVAL",
+    "DEFAULT_VIEW_CHECKPOINT_AFTER",
     "MIN_EXEC_HEARTBEAT",
     "NATS_URL_SCHEMES",
     "Settings",
@@ -70,6 +71,11 @@ DEFAULT_CHECKPOINT_AFTER = 10_000
 """Events a service process folds into an account (loads and appends) before it writes the
 account's checkpoint (bus/checkpoints.py): about 0.1 s of folding, against a write of a few
 milliseconds per 10,000 command ids. A long account waits for a tenth of its history too."""
+
+DEFAULT_VIEW_CHECKPOINT_AFTER = 100_000
+"""Events the projector folds into its view before it stores the view's checkpoint
+(bus/view_checkpoints.py): a copy of the view every 100,000 events, or every tenth of the
+log once it is longer, where a projector without one would fold the whole log."""
 
 DEFAULT_EXEC_HEARTBEAT = 10.0
 """Seconds between a worker's heartbeats to the client of a running exec or copy."""
@@ -266,6 +272,8 @@ class Settings:
     last put or touch before a worker removes it (default 86400; docs/workspaces.md).
     ``SANDBOXER_CHECKPOINT_AFTER``: events a service process folds into an account before
     it writes the account's checkpoint (default 10000; docs/payments.md).
+    ``SANDBOXER_VIEW_CHECKPOINT_AFTER``: events the projector folds into its view before it
+    stores the view's checkpoint (default 100000; docs/performance.md#replay).
     ``SANDBOXER_EXEC_HEARTBEAT``: seconds between a worker's heartbeats to the client of a
     running exec or copy (default 10, at least 1); its clients stop waiting after three
     silent spells (docs/protocol.md#when-the-worker-goes-silent).
@@ -297,6 +305,8 @@ class Settings:
     """Seconds an unheld object of the workspaces bucket stays (domain/bucket_objects.py)."""
     checkpoint_after: int = DEFAULT_CHECKPOINT_AFTER
     """Events folded into an account before its checkpoint is written (bus/checkpoints.py)."""
+    view_checkpoint_after: int = DEFAULT_VIEW_CHECKPOINT_AFTER
+    """Events folded into the view before its checkpoint is stored (bus/view_checkpoints.py)."""
     exec_heartbeat: float = DEFAULT_EXEC_HEARTBEAT
     """Seconds between a worker's ``alive`` checks on a running exec's or copy's inbox
     (exec_protocol/heartbeat.py); its ``started`` message promises them to the client."""
@@ -334,6 +344,9 @@ class Settings:
             object_grace=_float_env("SANDBOXER_OBJECT_GRACE", DEFAULT_OBJECT_GRACE),
             checkpoint_after=_int_env(
                 "SANDBOXER_CHECKPOINT_AFTER", DEFAULT_CHECKPOINT_AFTER, "events"
+            ),
+            view_checkpoint_after=_int_env(
+                "SANDBOXER_VIEW_CHECKPOINT_AFTER", DEFAULT_VIEW_CHECKPOINT_AFTER, "events"
             ),
             exec_heartbeat=_heartbeat_env(),
             input_roots=parse_input_roots(os.environ.get("SANDBOXER_INPUT_ROOTS", "")),

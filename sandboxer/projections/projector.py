@@ -9,6 +9,11 @@ next (docs/performance.md, "The warm path").
 
 ``rebuild`` replays the log from sequence 1 into a fresh database; ``verify``
 rebuilds up to the live position and compares the two row by row.
+
+With ``checkpoints`` it also keeps the view's checkpoint (bus/view_checkpoints.py): a copy
+of the view stored beside the log every ``checkpoint_after`` events (or every tenth of the
+log), which a projector that opens with no view of its own, or one of another shape, starts
+from instead of folding the whole log. ``rebuild`` and ``verify`` never read one.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ from nats.js import JetStreamContext
 
 from sandboxer.bus.event_reader import last_sequence, read_events
 from sandboxer.bus.replay_reader import replay_batches
+from sandboxer.bus.view_checkpoints import ViewCheckpoints
 from sandboxer.cleanup_waits import cancel_until_done
+from sandboxer.config.settings import DEFAULT_VIEW_CHECKPOINT_AFTER
 from sandboxer.errors import BusError, ReplayUnsupported
 from sandboxer.projections.fewer_collections import fewer_collections
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.sandbox_view import FINGERPRINT, SandboxView
+from sandboxer.projections.view_checkpointing import ViewCheckpointing
 
 __all__ = ["Projector", "ReplayReport"]
 
@@ -61,7 +69,15 @@ class ReplayReport:
 
 
 class Projector:
-    def __init__(self, nc: Client, js: JetStreamContext, db_path: Path) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        db_path: Path,
+        *,
+        checkpoints: ViewCheckpoints | None = None,
+        checkpoint_after: int = DEFAULT_VIEW_CHECKPOINT_AFTER,
+    ) -> None:
         self._nc = nc
         self._js = js
         self._db_path = db_path
@@ -70,25 +86,49 @@ class Projector:
         self._advanced = asyncio.Condition()
         self._restart = asyncio.Event()
         self.position = 0
+        self._kept = (
+            None
+            if checkpoints is None
+            else ViewCheckpointing(checkpoints, db_path, checkpoint_after)
+        )
 
     async def open(self) -> None:
-        """Open the view; one written by another shape of the code is rebuilt from the log."""
+        """Open the view. One that has folded nothing, or was written by another shape of
+        the code, starts from the view's checkpoint when there is one to trust, and is
+        otherwise rebuilt from the log (in bulk: faster than following it from sequence 1)."""
         self.view = await SandboxView.open(self._db_path)
         self.position = await self.view.position()
-        if not await self.view.is_current():
+        current = await self.view.is_current()
+        if current and self.position > 0:
+            if self._kept is not None:
+                await self._kept.note_stored(self.position)
+            return
+        if not current:
             log.warning(
                 "the sandbox view at %s was written by another version of sandboxer "
-                "(fingerprint %s, now %s); rebuilding it from the log",
+                "(fingerprint %s, now %s); rebuilding it from the log, or from the view's "
+                "checkpoint when there is one to trust",
                 self._db_path,
                 await self.view.fingerprint(),
                 FINGERPRINT,
             )
-            report = await self.rebuild()
-            log.warning(
-                "the sandbox view was rebuilt: %d events in %.2f s", report.events, report.seconds
-            )
+        if await self._from_checkpoint():
+            return
+        if current and await last_sequence(self._js) == 0:
+            return  # nothing in the log yet: the view follows it from the start
+        report = await self.rebuild()
+        log.log(
+            logging.INFO if current else logging.WARNING,
+            "the sandbox view was built from the log: %d events in %.2f s",
+            report.events,
+            report.seconds,
+        )
+        if self._kept is not None:  # stored soon, for the next projector without a view
+            self._kept.folded(self.position)
 
     async def close(self) -> None:
+        if self._kept is not None:
+            await self._kept.settled()
         if self.view is not None:
             await self.view.close()
             self.view = None
@@ -134,6 +174,8 @@ class Projector:
                 if pending == 0 or batch.size >= FLUSH_EVERY:
                     await batch.flush()
                     await self._advance(batch.position)
+                    if self._kept is not None:
+                        self._kept.folded(self.position)
 
     async def _advance(self, position: int) -> None:
         async with self._advanced:
@@ -148,6 +190,25 @@ class Projector:
                     await self._advanced.wait_for(lambda: self.position >= seq)
             except TimeoutError:
                 return False
+        return True
+
+    async def _from_checkpoint(self) -> bool:
+        """Put the view's checkpoint in place of this view, when there is one to trust;
+        whether it was."""
+        if self._kept is None:
+            return False
+        fresh = self._db_path.with_suffix(".checkpoint-in")
+        try:
+            if await self._kept.fetch(fresh) is None:
+                return False
+            assert self.view is not None
+            await self.view.close()
+            await asyncio.to_thread(_swap, fresh, self._db_path)
+            self.view = await SandboxView.open(self._db_path)
+            self.position = await self.view.position()
+        finally:
+            await asyncio.to_thread(fresh.unlink, missing_ok=True)
+        log.info("the sandbox view was read from its checkpoint at event %d", self.position)
         return True
 
     async def _build(self, path: Path, stop_seq: int | None) -> ReplayReport:

@@ -136,6 +136,7 @@ async def start_service(
     exec_heartbeat: float | None = None,
     leak_sweep_interval: float | None = None,
     checkpoint_after: int | None = None,
+    view_checkpoint_after: int | None = None,
 ) -> Service:
     """Run ``roles`` (all by default) in this event loop; fail the test if they never answer.
     The settings given (not None) replace the tests' defaults (:func:`settings_for`)."""
@@ -144,6 +145,7 @@ async def start_service(
         "exec_heartbeat": exec_heartbeat,
         "leak_sweep_interval": leak_sweep_interval,
         "checkpoint_after": checkpoint_after,
+        "view_checkpoint_after": view_checkpoint_after,
     }
     settings = dataclasses.replace(
         settings_for(home, url, input_roots=input_roots),

@@ -44,9 +44,9 @@ async def test_a_key_the_view_has_not_folded_yet_is_waited_for_not_refused(
         max_live=1,
         rate_per_second=50,
     )
-    await store.append_key(await store.load_key(key_id), [made])
     projector = Projector(nc, js, tmp_path / "view.sqlite3")
-    await projector.open()  # behind the log: it folds nothing until it runs
+    await projector.open()  # then behind the log: it folds nothing until it runs
+    await store.append_key(await store.load_key(key_id), [made])
     queries = KeyQueries(nc, projector, {}, KeyRequestRates())
     stop = asyncio.Event()
     running: asyncio.Task[None] | None = None

@@ -230,6 +230,7 @@ def test_hosts_file_errors_name_the_host_and_what_is_needed(tmp_path: Path) -> N
         ("SANDBOXER_EXEC_HEARTBEAT", "0.5", "of at least 1"),
         ("SANDBOXER_CHECKPOINT_AFTER", "0", "positive whole number of events"),
         ("SANDBOXER_CHECKPOINT_AFTER", "1e4", "positive whole number of events"),
+        ("SANDBOXER_VIEW_CHECKPOINT_AFTER", "-5", "positive whole number of events"),
         ("SANDBOXER_NATS_URL", "http://example.org", "nats://HOST:PORT"),
         ("SANDBOXER_NATS_URL", "nats://a:4222,nats://b:99999", "'nats://b:99999'"),
         ("SANDBOXER_NATS_URL", "nats://a :4222", "nats://HOST:PORT"),
@@ -269,12 +270,14 @@ def test_good_settings_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("SANDBOXER_ACK_WAIT", "2.5")
     monkeypatch.setenv("SANDBOXER_EXEC_HEARTBEAT", "1")
     monkeypatch.setenv("SANDBOXER_CHECKPOINT_AFTER", "500")
+    monkeypatch.setenv("SANDBOXER_VIEW_CHECKPOINT_AFTER", "5000")
     settings = Settings.from_env()
     assert settings.home == tmp_path
     assert settings.nats_urls == ("nats://a:4222", "tls://b", "c:4223")
     assert settings.ack_wait == 2.5
     assert settings.exec_heartbeat == 1.0
     assert settings.checkpoint_after == 500
+    assert settings.view_checkpoint_after == 5000
     monkeypatch.delenv("SANDBOXER_EXEC_HEARTBEAT")
     monkeypatch.delenv("SANDBOXER_CHECKPOINT_AFTER")
     assert Settings.from_env().exec_heartbeat == 10.0
