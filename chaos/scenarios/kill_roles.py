@@ -3,7 +3,9 @@ during at least 200 create/destroy cycles, each killed role restarted after a ra
 
 Cycles run through the bus (three loops) and through the HTTP gateway (one loop, with an
 ``Idempotency-Key`` so a request cut by the gateway's death is sent again as the same
-command). A cycle retries its own command id when its wait runs out: publishing an id again
+command). The projector loses its view with each kill (its SQLite files removed, as a lost
+home would): it starts again from the view's checkpoint, stored every few events here, or
+rebuilds the view from the log, and the checks hold the view it then keeps to a rebuild. A cycle retries its own command id when its wait runs out: publishing an id again
 is safe by contract, so nothing a client does here can duplicate a sandbox. The seed is in
 the figures; ``CHAOS_SEED`` replays a run's schedule of kills.
 """
@@ -35,6 +37,10 @@ HTTP_BUDGET = 120.0
 """Seconds one HTTP command is sent again while it gets 503s, 202s or no connection."""
 WAIT = 45.0
 """Seconds one send waits for its outcome (several ack waits: a kill costs about one)."""
+VIEW_CHECKPOINT_AFTER = 50
+"""Events the projector folds before it stores its view's checkpoint (100,000 by default)."""
+VIEW_READ = "read from its checkpoint"
+"""What the projector logs as it starts a view from the checkpoint."""
 
 
 def _error_code(answer: httpx.Response) -> str:
@@ -62,6 +68,18 @@ class Run(BackendCycles):
             kills=MIN_KILLS,
         )
         self.http_cycles = 0
+        self.views_lost = 0
+
+    async def kill_and_restart(self, role: str, pause: tuple[float, float] = (0.0, 1.5)) -> None:
+        if role != "projector":
+            await super().kill_and_restart(role, pause)
+            return
+        await self.svc.kill(role)
+        for view_file in self.svc.home.glob("projections.sqlite3*"):
+            view_file.unlink()
+        self.views_lost += 1
+        await asyncio.sleep(self.rng.uniform(*pause))
+        await self.svc.restart(role)
 
     async def http_send(
         self, http: httpx.AsyncClient, method: str, path: str
@@ -119,7 +137,8 @@ class Run(BackendCycles):
 async def run(workdir: Path) -> ScenarioResult:
     watch = Stopwatch()
     seed = run_seed()
-    async with ChaosService(workdir) as svc:
+    env = {"SANDBOXER_VIEW_CHECKPOINT_AFTER": str(VIEW_CHECKPOINT_AFTER)}
+    async with ChaosService(workdir, env=env) as svc:
         key, _ = await create_key(
             svc.client,
             project="chaos",
@@ -132,6 +151,11 @@ async def run(workdir: Path) -> ScenarioResult:
         await asyncio.gather(state.run(loops=BUS_LOOPS), state.http_loop(key))
         problems = state.problems + await check_all(svc.nats_urls, svc.home, sent=state.sent)
         problems += svc.crashed()
+        read = sum(log.read_text().count(VIEW_READ) for log in svc.logs.glob("projector.*.log"))
+        if state.views_lost >= 2 and not read:
+            # The first loss may come before any checkpoint; the next finds the one stored
+            # right after that rebuild, if not a later one.
+            problems.append(f"{state.views_lost} views lost, none read from the checkpoint")
         figures: dict[str, object] = {
             "seed {}": seed,
             "cycles": state.cycles,
@@ -140,5 +164,7 @@ async def run(workdir: Path) -> ScenarioResult:
             "resends": state.resends,
             "commands": len(state.sent),
             "slowest command {} s": state.slowest,
+            "views lost": state.views_lost,
+            "read from the checkpoint": read,
         }
     return finish(NAME, watch, figures, problems)

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from sandboxer import subjects
 from sandboxer.bus import jetstream_store
 from sandboxer.bus.connect import connect
+from sandboxer.bus.event_reader import last_sequence
 from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
@@ -32,6 +33,7 @@ from sandboxer.config.settings import DEFAULT_EXEC_HEARTBEAT, Settings
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.errors import SandboxerError
 from sandboxer.events.codec import decode_event
+from sandboxer.events.types import Actor, SandboxRequested, SandboxRouted
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.service import all_roles, run_roles
 from sandboxer.workers.extension_worker import ExtensionWorker
@@ -424,3 +426,23 @@ async def serve_gateway(service: Service, home: Path, **settings: Any) -> AsyncI
         stop.set()
         await asyncio.wait_for(task, 30)
         await nc.drain()
+
+
+async def routed_sandboxes(nc: Client, prefix: str, first: int, count: int) -> int:
+    """``requested`` and ``routed`` of each of ``count`` sandboxes (``<prefix><n>``, n from
+    ``first``), appended through the real store; the log's last sequence after them."""
+    js = nc.jetstream()
+    store = JetStreamEventStore(nc, js)
+    actor = Actor(type="atm", id="test")
+    at = "2026-12-02T00:00:00.000Z"
+    for n in range(first, first + count):
+        sandbox_id = f"{prefix}{n:06d}"
+        head = {"sandbox_id": sandbox_id, "command_id": f"c{n}", "actor": actor, "at": at}
+        await store.append(
+            Loaded(SandboxState(sandbox_id=sandbox_id), 0),
+            [
+                SandboxRequested(**head, profile="profile.local", profile_version=1),
+                SandboxRouted(**head, extension="ext.local", reason="test"),
+            ],
+        )
+    return await last_sequence(js)

@@ -21,7 +21,6 @@ from sandboxer.bus import direct_get, replay_reader
 from sandboxer.bus.connect import connect
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_reader import last_sequence
-from sandboxer.bus.event_store import Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_auth import (
     AUTH_DIR_NAME,
@@ -32,12 +31,12 @@ from sandboxer.bus.nats_auth import (
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.replay_reader import replay_batches
 from sandboxer.bus.streams import ensure_streams
-from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.errors import BusError, ReplayUnsupported
 from sandboxer.events.account_events import AccountEvent, CreditsAdded, CreditsReserved
-from sandboxer.events.types import Actor, SandboxRequested, SandboxRouted
+from sandboxer.events.types import Actor
 from sandboxer.projections import projector as projector_module
 from sandboxer.projections.projector import Projector
+from tests.integration.conftest import routed_sandboxes
 
 pytestmark = pytest.mark.integration
 
@@ -75,21 +74,8 @@ async def as_service(
 
 async def fill(nc: Client) -> int:
     """Two events for each of SANDBOXES sandboxes, through the real store; the last sequence."""
-    js = nc.jetstream()
-    await ensure_streams(js)
-    store = JetStreamEventStore(nc, js)
-    actor = Actor(type="atm", id="test")
-    for n in range(SANDBOXES):
-        sandbox_id = f"sbxreplay{n:06d}"
-        head = {"sandbox_id": sandbox_id, "command_id": f"c{n}", "actor": actor, "at": AT}
-        await store.append(
-            Loaded(SandboxState(sandbox_id=sandbox_id), 0),
-            [
-                SandboxRequested(**head, profile="profile.local", profile_version=1),
-                SandboxRouted(**head, extension="ext.local", reason="test"),
-            ],
-        )
-    return await last_sequence(js)
+    await ensure_streams(nc.jetstream())
+    return await routed_sandboxes(nc, "sbxreplay", 0, SANDBOXES)
 
 
 async def read_all(nc: Client, start: int, stop: int) -> list[int]:

@@ -21,23 +21,17 @@ from nats.js.api import ObjectMeta
 from sandboxer import subjects
 from sandboxer.bus.checkpoint_bucket import event_digest, open_checkpoint_bucket
 from sandboxer.bus.connect import connect
-from sandboxer.bus.event_reader import last_sequence
-from sandboxer.bus.event_store import Loaded
-from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.bus.view_checkpoints import ViewCheckpoints
 from sandboxer.client import SandboxerClient
-from sandboxer.domain.sandbox_state import SandboxState
-from sandboxer.events.types import Actor, SandboxRequested, SandboxRouted
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.sandbox_view import FINGERPRINT
 from sandboxer.projections.view_copy import copy_view
-from tests.integration.conftest import serving
+from tests.integration.conftest import routed_sandboxes, serving
 
 pytestmark = pytest.mark.integration
 
-AT = "2026-12-06T00:00:00+00:00"
 AFTER = 40
 ADMIN = {"type": "adm", "id": "ops"}
 """Events a projector folds before it stores the view's checkpoint, in these tests."""
@@ -72,19 +66,7 @@ async def bus(nats_server: NatsServerProcess) -> AsyncIterator[Bus]:
 
 async def append_sandboxes(bus: Bus, first: int, count: int) -> int:
     """Two events for each of ``count`` sandboxes; the log's last sequence after them."""
-    store = JetStreamEventStore(bus.nc, bus.js)
-    actor = Actor(type="atm", id="test")
-    for n in range(first, first + count):
-        sandbox_id = f"sbxview{n:06d}"
-        head = {"sandbox_id": sandbox_id, "command_id": f"c{n}", "actor": actor, "at": AT}
-        await store.append(
-            Loaded(SandboxState(sandbox_id=sandbox_id), 0),
-            [
-                SandboxRequested(**head, profile="profile.local", profile_version=1),
-                SandboxRouted(**head, extension="ext.local", reason="test"),
-            ],
-        )
-    return await last_sequence(bus.js)
+    return await routed_sandboxes(bus.nc, "sbxview", first, count)
 
 
 @contextlib.asynccontextmanager
