@@ -21,7 +21,8 @@ def copy_view(live: Path, destination: Path) -> tuple[str | None, int]:
     """A compact copy of the view at ``live``, as of its last commit, written to
     ``destination``; the fingerprint and position it records (:func:`view_identity`)."""
     destination.unlink(missing_ok=True)
-    with contextlib.closing(sqlite3.connect(live)) as db:
+    # mode=rw: a view that is not there is an error here, not an empty file made in its place.
+    with contextlib.closing(sqlite3.connect(f"file:{live}?mode=rw", uri=True)) as db:
         db.execute("VACUUM INTO ?", (str(destination),))
     return view_identity(destination)
 
