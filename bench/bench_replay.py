@@ -49,7 +49,7 @@ from sandboxer.events.types import (
     SandboxRequested,
     SandboxRouted,
 )
-from sandboxer.projections.fewer_collections import fewer_collections
+from sandboxer.fewer_collections import fewer_collections
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.view_copy import copy_view
 

@@ -14,6 +14,7 @@ checkpoints (:meth:`AggregateStore._checkpoint`, :mod:`sandboxer.bus.checkpoints
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from sandboxer.events.types import (
     SandboxEvent,
     SnapshotEvent,
 )
+from sandboxer.fewer_collections import fewer_collections
 from sandboxer.recent import Recent
 
 __all__ = [
@@ -230,25 +232,38 @@ class AggregateStore(ABC):
             state, after = aggregate.initial(aggregate_id), 0
         else:
             state, after = aggregate.state_of(known), known.last_seq
-        last_seq = after
-        read = 0
-        events: list[E] = []
-        async for seq, event in self._events(aggregate.scope(aggregate_id), after):
-            last_seq = seq
-            read += 1
-            if isinstance(event, aggregate.kinds):
-                events.append(cast(E, event))
-                if len(events) >= FOLD_CHUNK:
-                    state, events = aggregate.fold(state, events), []
-                    await asyncio.sleep(0)  # the rest of the process runs meanwhile
+        state, last_seq, read = await self._fold_after(aggregate, aggregate_id, state, after)
         if known is not None and last_seq == after:
             loaded = known  # nothing new
         else:  # the events, if any: there may be only events of types this version skips
-            loaded = aggregate.loaded(aggregate.fold(state, events), last_seq)
+            loaded = aggregate.loaded(state, last_seq)
         if kept is not None:
             kept.put(aggregate_id, loaded)
         self._folded(aggregate, loaded, read)
         return loaded
+
+    async def _fold_after(
+        self, aggregate: Aggregate[S, L, E], aggregate_id: str, state: S, after: int
+    ) -> tuple[S, int, int]:
+        """``state`` with the aggregate's events past sequence ``after`` folded in, the last
+        sequence read, and how many events were read. A long history is folded a chunk at a
+        time, the rest of the process running in between, and with fewer collections."""
+        last_seq, read, chunks = after, 0, 0
+        events: list[E] = []
+        with contextlib.ExitStack() as long_history:
+            async for seq, event in self._events(aggregate.scope(aggregate_id), after):
+                last_seq, read = seq, read + 1
+                if not isinstance(event, aggregate.kinds):
+                    continue
+                events.append(cast(E, event))
+                if len(events) < FOLD_CHUNK:
+                    continue
+                if chunks == 0:  # a long history: fewer collections until it is folded
+                    long_history.enter_context(fewer_collections())
+                chunks += 1
+                state, events = aggregate.fold(state, events), []
+                await asyncio.sleep(0)  # the rest of the process runs meanwhile
+            return aggregate.fold(state, events), last_seq, read
 
     async def _append(self, aggregate: Aggregate[S, L, E], loaded: L, events: Sequence[E]) -> L:
         """Append ``events`` after ``loaded`` one by one, each expecting the last one's

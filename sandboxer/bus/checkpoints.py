@@ -37,6 +37,7 @@ from sandboxer.bus.checkpoint_bucket import (
 )
 from sandboxer.bus.event_store import LoadedAccount
 from sandboxer.config.settings import DEFAULT_CHECKPOINT_AFTER
+from sandboxer.fewer_collections import fewer_collections
 
 __all__ = ["AccountCheckpoints", "handled_map"]
 
@@ -162,10 +163,11 @@ async def handled_map(command_ids: list[str]) -> immutables.Map[str, None]:
     """A book's decided ids as its map, :data:`MAP_CHUNK` at a time, letting the rest of the
     process run in between."""
     handled = immutables.Map[str, None]().mutate()
-    for n, command_id in enumerate(command_ids, 1):
-        handled[command_id] = None
-        if n % MAP_CHUNK == 0:
-            await asyncio.sleep(0)
+    with fewer_collections():
+        for n, command_id in enumerate(command_ids, 1):
+            handled[command_id] = None
+            if n % MAP_CHUNK == 0:
+                await asyncio.sleep(0)
     return handled.finish()
 
 

@@ -37,7 +37,7 @@ from sandboxer.bus.view_checkpoints import ViewCheckpoints
 from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.config.settings import DEFAULT_VIEW_CHECKPOINT_AFTER
 from sandboxer.errors import BusError, ReplayUnsupported
-from sandboxer.projections.fewer_collections import fewer_collections
+from sandboxer.fewer_collections import fewer_collections
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.sandbox_view import FINGERPRINT, SandboxView
 from sandboxer.projections.view_checkpointing import ViewCheckpointing

@@ -22,8 +22,8 @@ from sandboxer.domain.route_signals import LatencySample, failure_sample, latenc
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.events.codec import UnreadableEvent, decode_event, encode_event
 from sandboxer.events.types import NOT_SANDBOX_EVENTS, Actor, SandboxTouched
+from sandboxer.fewer_collections import REPLAY_THRESHOLD, fewer_collections
 from sandboxer.projections import rows
-from sandboxer.projections.fewer_collections import REPLAY_THRESHOLD, fewer_collections
 from sandboxer.projections.folding import LONG_HISTORY, Batch
 from sandboxer.projections.route_rows import (
     KEEP,
