@@ -91,6 +91,9 @@ class Projector:
             if checkpoints is None
             else ViewCheckpointing(checkpoints, db_path, checkpoint_after)
         )
+        self._build_first = False
+        """An empty view opened while the log holds events: :meth:`run` rebuilds it in bulk
+        before it follows the log (2 to 3.5 times as fast as following from sequence 1)."""
 
     async def open(self) -> None:
         """Open the view. One that has folded nothing, or was written by another shape of
@@ -114,16 +117,24 @@ class Projector:
             )
         if await self._from_checkpoint():
             return
-        if current and await last_sequence(self._js) == 0:
-            return  # nothing in the log yet: the view follows it from the start
+        if current:
+            # Empty, and none to start from: built in bulk once it runs (the start does not
+            # wait for it) when the log holds anything, else followed from the start.
+            self._build_first = await last_sequence(self._js) > 0
+            return
+        await self._build_whole()
+
+    async def _build_whole(self) -> None:
+        """Rebuild the view from the log, and store its checkpoint soon after, for the next
+        projector without a view (the first process upgraded rebuilds; the others start
+        from its checkpoint)."""
         report = await self.rebuild()
-        log.log(
-            logging.INFO if current else logging.WARNING,
+        log.warning(
             "the sandbox view was built from the log: %d events in %.2f s",
             report.events,
             report.seconds,
         )
-        if self._kept is not None:  # stored soon, for the next projector without a view
+        if self._kept is not None:
             self._kept.folded(self.position)
 
     async def close(self) -> None:
@@ -137,6 +148,9 @@ class Projector:
         """Follow the log until ``stop``; restarts its reader after a rebuild swapped the view."""
         if self.view is None:
             await self.open()
+        if self._build_first:
+            self._build_first = False
+            await self._first_build(stop)
         failures = 0
         while not stop.is_set():
             self._restart.clear()
@@ -160,6 +174,19 @@ class Projector:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await stop.wait()
+
+    async def _first_build(self, stop: asyncio.Event) -> None:
+        """:meth:`_build_whole`, until ``stop``; queries are answered meanwhile, from the
+        empty view until the whole one is swapped in. A build that fails is logged, and the
+        view follows the log from where it is instead."""
+        building = asyncio.create_task(self._build_whole())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({building, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        building.cancel()  # nothing once it is done; else once: the build cleans up after it
+        (outcome,) = await asyncio.gather(building, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            log.warning("the sandbox view was not built in bulk (%r); following the log", outcome)
 
     async def _follow(self) -> None:
         assert self.view is not None
