@@ -104,9 +104,11 @@ async def read_checkpoint(
 
 async def event_digest(js: JetStreamContext, seq: int) -> str | None:
     """The digest of the log's event at ``seq`` (None: there is none), which a checkpoint
-    records to be trusted only while the log holds that very event there."""
+    records to be trusted only while the log holds that very event there. TimeoutError past
+    :data:`META_TIMEOUT` (a frozen replica took the read): nats-py would wait 5 s."""
     try:
-        found = await js.get_msg(subjects.EVENTS_STREAM, seq=seq, direct=True)
+        async with asyncio.timeout(META_TIMEOUT):
+            found = await js.get_msg(subjects.EVENTS_STREAM, seq=seq, direct=True)
     except NotFoundError:
         return None
     return message_digest(found.subject or "", found.data or b"")
