@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -28,6 +29,7 @@ from sandboxer.bus.checkpoints import AccountCheckpoints
 from sandboxer.bus.connect import connect
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_reader import read_events
+from sandboxer.bus.view_checkpoints import ViewCheckpoints
 from sandboxer.client import SandboxerClient
 from sandboxer.domain.account_state import AccountBook, fold_book
 from sandboxer.domain.found import FoundSandbox
@@ -43,6 +45,9 @@ from sandboxer.extensions.local.inventory import scan_sandboxes
 from sandboxer.extensions.local.leftovers import scan_leftovers
 from sandboxer.extensions.local.sandbox_uids import UIDS_DIR
 from sandboxer.extensions.local.workspace import POOL_DIR
+from sandboxer.projections.projector import Projector
+from sandboxer.projections.sandbox_view import FINGERPRINT
+from sandboxer.projections.view_copy import view_identity
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -568,8 +573,10 @@ async def no_double_debit(urls: Urls) -> list[str]:
 
 async def checkpoints_agree(urls: Urls) -> list[str]:
     """Every account checkpoint in the bucket is the fold of the log up to the event it names
-    (bus/checkpoints.py): a process that starts from one decides on what the log says. A
-    checkpoint the service would not read (of another log, unreadable) is a problem too."""
+    (bus/checkpoints.py), and the sandbox view's checkpoint is the view a rebuild up to its
+    position makes (bus/view_checkpoints.py): a process that starts from one decides, or
+    answers, on what the log says. A checkpoint the service would not read (of another log,
+    unreadable) is a problem too."""
     problems: list[str] = []
     async with _bus(urls) as nc:
         js = nc.jetstream()
@@ -577,6 +584,7 @@ async def checkpoints_agree(urls: Urls) -> list[str]:
             bucket = await js.object_store(subjects.CHECKPOINTS_BUCKET)
         except BucketNotFoundError:
             return []
+        problems += await _view_checkpoint_problems(nc, ViewCheckpoints(js, bucket))
         checkpoints = AccountCheckpoints(js, bucket)
         for project in await checkpoints.projects():
             kept = await checkpoints.read(project)
@@ -596,6 +604,32 @@ async def checkpoints_agree(urls: Urls) -> list[str]:
                     "fold of the log up to it"
                 )
     return problems
+
+
+async def _view_checkpoint_problems(nc: Nats, views: ViewCheckpoints) -> list[str]:
+    """The view's checkpoint of this code's shape, if any, read as a projector reads it and
+    verified as ``sandboxer replay --verify`` verifies a live view: row by row against a
+    rebuild from sequence 1 up to its position."""
+    stored = await views.stored(FINGERPRINT)
+    if stored is None:
+        return []
+    with tempfile.TemporaryDirectory(prefix="chaos-view-") as tmp:
+        path = Path(tmp) / "view.sqlite3"
+        if not await views.fetch(stored, path) or view_identity(path) != (
+            FINGERPRINT,
+            stored.position,
+        ):
+            return [f"the view's checkpoint at event {stored.position} cannot be read"]
+        projector = Projector(nc, nc.jetstream(), path)
+        await projector.open()
+        try:
+            report = await projector.verify()
+        finally:
+            await projector.close()
+    return [
+        f"the view's checkpoint at event {stored.position}: {difference}"
+        for difference in report.differences or []
+    ]
 
 
 def double_debits(view: LogView) -> list[str]:

@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta
 
+from chaos.checks import checkpoints_agree
 from sandboxer import subjects
 from sandboxer.bus.checkpoint_bucket import event_digest, open_checkpoint_bucket
 from sandboxer.bus.connect import connect
@@ -248,3 +249,31 @@ async def test_an_empty_view_opens_at_once_and_is_built_in_bulk_once_it_runs(
     await opened.open()
     await opened.close()
     assert opened.position == 0
+
+
+async def test_the_fault_suite_holds_the_view_s_checkpoint_to_a_rebuild(
+    bus: Bus, nats_server: NatsServerProcess, tmp_path: Path
+) -> None:
+    """``make chaos``'s ``checkpoints_agree`` verifies the view's checkpoint row by row
+    against a rebuild up to its position: the true copy passes, one with a row the log does
+    not make (a status changed here, its metadata left true) is named."""
+    then = await append_sandboxes(bus, 0, 10)
+    await append_sandboxes(bus, 10, 3)  # the log goes on past it
+    real = tmp_path / "real.sqlite3"
+    await rebuilt_rows(bus, real)
+    copy = tmp_path / "copy.sqlite3"
+    with contextlib.closing(sqlite3.connect(real)) as db, db:
+        db.execute("DELETE FROM sandboxes WHERE sandbox_id >= 'sbxview000010'")
+        db.execute("UPDATE position SET seq = ?", (then,))
+    assert copy_view(real, copy) == (FINGERPRINT, then)
+    assert await bus.checkpoints.write(copy, FINGERPRINT, then)
+    assert await checkpoints_agree([nats_server.url]) == []
+
+    with contextlib.closing(sqlite3.connect(real)) as db, db:
+        db.execute("UPDATE sandboxes SET status = 'ready' WHERE sandbox_id = 'sbxview000003'")
+    assert copy_view(real, copy) == (FINGERPRINT, then)
+    assert await bus.checkpoints.write(copy, FINGERPRINT, then)
+    problems = await checkpoints_agree([nats_server.url])
+    assert problems
+    assert all(p.startswith(f"the view's checkpoint at event {then}: ") for p in problems)
+    assert any("sbxview000003" in p for p in problems)
