@@ -5,9 +5,10 @@ Cycles run through the bus (three loops) and through the HTTP gateway (one loop,
 ``Idempotency-Key`` so a request cut by the gateway's death is sent again as the same
 command). The projector loses its view with each kill (its SQLite files removed, as a lost
 home would): it starts again from the view's checkpoint, stored every few events here, or
-rebuilds the view from the log, and the checks hold the view it then keeps to a rebuild. A cycle retries its own command id when its wait runs out: publishing an id again
-is safe by contract, so nothing a client does here can duplicate a sandbox. The seed is in
-the figures; ``CHAOS_SEED`` replays a run's schedule of kills.
+rebuilds the view from the log, and the checks hold the view it then keeps to a rebuild.
+A cycle retries its own command id when its wait runs out: publishing an id again is safe
+by contract, so nothing a client does here can duplicate a sandbox. The seed is in the
+figures; ``CHAOS_SEED`` replays a run's schedule of kills.
 """
 
 from __future__ import annotations

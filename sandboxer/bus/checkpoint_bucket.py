@@ -99,7 +99,7 @@ async def read_checkpoint(
 ) -> bool:
     """Hand the checkpoint's bytes to ``write``; whether they were all of it, as its
     metadata describes it (nats-py's TimeoutError when a chunk takes :data:`CHUNK_TIMEOUT`)."""
-    return await copy_object(js, BUCKET, info, write, CHUNK_TIMEOUT)
+    return (await copy_object(js, BUCKET, info, write, CHUNK_TIMEOUT)).whole
 
 
 async def event_digest(js: JetStreamContext, seq: int) -> str | None:

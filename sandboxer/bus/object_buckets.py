@@ -2,13 +2,14 @@
 (listed, with each message's stream time and sequence), and the chunks no metadata names.
 
 nats-py's ``ObjectStore`` hides what collecting needs (when an object's metadata was last
-written, the chunks of a put killed before its metadata), and its ``get`` reads a 50 MiB object at 11-16 MiB/s here, slower as objects
-grow (it adds each chunk to one ``bytes``, copying all before it), and waits for a chunk
-that never comes for ever. Reading the object's chunk subject ``$O.<bucket>.C.<nuid>`` with
-an ordered consumer runs at about 430 MiB/s. The callers (a workspace's fetch, an account's
-checkpoint) check what ``get`` would have: the size, and the SHA-256 against the metadata's.
-Two buckets are read so: the workspaces (``workspaces/stored_objects.py``, the workers'
-collection) and the account checkpoints (``bus/checkpoints.py``).
+written, the chunks of a put killed before its metadata), and its ``get`` reads a 50 MiB
+object at 11-16 MiB/s here, slower as objects grow (it adds each chunk to one ``bytes``,
+copying all before it), and waits for a chunk that never comes for ever. Reading the
+object's chunk subject ``$O.<bucket>.C.<nuid>`` with an ordered consumer runs at about
+430 MiB/s. The callers (a workspace's fetch, a checkpoint's read) check what ``get`` would
+have: the size, and the SHA-256 against the metadata's (:func:`copy_object`). Two buckets
+are read so: the workspaces (``workspaces/stored_objects.py``, the workers' collection) and
+the checkpoints (``bus/checkpoint_bucket.py``: the accounts' and the sandbox view's).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import re
 from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import datetime
 
 from nats.errors import TimeoutError as NatsTimeout
@@ -31,6 +33,7 @@ from sandboxer.domain.bucket_objects import Stored
 from sandboxer.domain.snapshot_objects import owner_of
 
 __all__ = [
+    "Copied",
     "bucket_subjects",
     "copy_object",
     "is_chunk_id",
@@ -77,27 +80,38 @@ async def object_chunks(
         await sub.unsubscribe()
 
 
+@dataclass(frozen=True)
+class Copied:
+    """What :func:`copy_object` handed over."""
+
+    size: int
+    sha256: str
+    """The hex SHA-256 of those bytes."""
+    whole: bool
+    """Whether they are the object its metadata describes: its size, and its digest."""
+
+
 async def copy_object(
     js: JetStreamContext,
     bucket: str,
     info: ObjectInfo,
     write: Callable[[bytes], object],
     chunk_timeout: float,
-) -> bool:
-    """Hand the object's chunks to ``write``, in order; whether they were the whole object
-    its metadata describes (its size, and the SHA-256 it records). Stops at the first byte
-    past the size. As :func:`object_chunks` raises."""
+) -> Copied:
+    """Hand the object's chunks to ``write``, in order, stopping at the first that goes past
+    the size its metadata records. As :func:`object_chunks` raises."""
     size = info.size or 0
     digest = hashlib.sha256()
     received = 0
     async with aclosing(object_chunks(js, bucket, info, chunk_timeout)) as chunks:
         async for data in chunks:
+            if received + len(data) > size:
+                return Copied(received + len(data), digest.hexdigest(), whole=False)
             received += len(data)
-            if received > size:
-                return False
             digest.update(data)
             write(data)
-    return received == size and info.digest == nats_digest(digest.hexdigest())
+    sha256 = digest.hexdigest()
+    return Copied(received, sha256, whole=received == size and info.digest == nats_digest(sha256))
 
 
 def meta_subject(name: str, *, bucket: str) -> str:

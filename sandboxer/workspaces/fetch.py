@@ -8,8 +8,6 @@ metadata and the one its name (the input's reference) carries.
 
 from __future__ import annotations
 
-import hashlib
-from contextlib import aclosing
 from pathlib import Path
 
 from nats.errors import TimeoutError as NatsTimeout
@@ -17,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
 
 from sandboxer import subjects
-from sandboxer.bus.object_buckets import is_chunk_id, nats_digest, object_chunks
+from sandboxer.bus.object_buckets import copy_object, is_chunk_id
 from sandboxer.errors import WorkspaceRefused
 from sandboxer.workspaces.bucket import open_bucket
 from sandboxer.workspaces.limits import ArchiveLimits
@@ -57,28 +55,21 @@ async def fetch_archive(
             f"the uploaded workspace {name} names its chunks {str(info.nuid)[:100]!r}, not a "
             "NUID; upload the directory again"
         )
-    digest = hashlib.sha256()
-    received = 0
-    bucket_name = subjects.WORKSPACES_BUCKET
     with destination.open("wb") as out:
-        async with aclosing(object_chunks(js, bucket_name, info, CHUNK_TIMEOUT)) as parts:
-            try:
-                async for data in parts:
-                    received += len(data)
-                    if received > size:
-                        break
-                    digest.update(data)
-                    out.write(data)  # chunks are 128 KiB: a page-cache write, not a stall
-            except NatsTimeout:
-                raise WorkspaceRefused(
-                    f"the uploaded workspace {name} stopped arriving after {received} of "
-                    f"{size} bytes; its chunks may have been removed"
-                ) from None
-    sha = digest.digest()
-    if received != size or sha.hex() != sha256_hex or info.digest != nats_digest(sha.hex()):
+        try:
+            # Chunks are 128 KiB: each write a page-cache write, not a stall.
+            copied = await copy_object(
+                js, subjects.WORKSPACES_BUCKET, info, out.write, CHUNK_TIMEOUT
+            )
+        except NatsTimeout:
+            raise WorkspaceRefused(
+                f"the uploaded workspace {name} stopped arriving before its {size} bytes; "
+                "its chunks may have been removed"
+            ) from None
+    if not copied.whole or copied.sha256 != sha256_hex:
         raise WorkspaceRefused(
-            f"the uploaded workspace {name} is not the archive its name promises ({received} "
-            f"bytes hashing to sha256 {sha.hex()[:16]}...); it was altered or is incomplete. "
-            "Upload the directory again"
+            f"the uploaded workspace {name} is not the archive its name promises "
+            f"({copied.size} bytes hashing to sha256 {copied.sha256[:16]}...); it was altered "
+            "or is incomplete. Upload the directory again"
         )
     return size
