@@ -47,7 +47,7 @@ from sandboxer.extensions.local.sandbox_uids import UIDS_DIR
 from sandboxer.extensions.local.workspace import POOL_DIR
 from sandboxer.projections.projector import Projector
 from sandboxer.projections.sandbox_view import FINGERPRINT
-from sandboxer.projections.view_copy import view_identity
+from sandboxer.projections.view_checkpointing import ViewCheckpointing
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -615,10 +615,7 @@ async def _view_checkpoint_problems(nc: Nats, views: ViewCheckpoints) -> list[st
         return []
     with tempfile.TemporaryDirectory(prefix="chaos-view-") as tmp:
         path = Path(tmp) / "view.sqlite3"
-        if not await views.fetch(stored, path) or view_identity(path) != (
-            FINGERPRINT,
-            stored.position,
-        ):
+        if await ViewCheckpointing(views, path, after=1).fetch(path) is None:
             return [f"the view's checkpoint at event {stored.position} cannot be read"]
         projector = Projector(nc, nc.jetstream(), path)
         await projector.open()
