@@ -26,6 +26,7 @@ The tree::
     │   ├── StreamUnavailable   a stream had no leader (or timed out) for longer than the budget
     │   ├── FetchFailed         a consumer refused or did not answer a worker's pull request
     │   ├── RequestError        a query or admin request was malformed or named nothing
+    │   ├── ViewBehind          the view that got a query is still catching up with the log
     │   ├── ReplayUnsupported   the raw replay reader cannot serve this connection
     │   ├── WorkerLost          (clients) the worker running an exec stopped answering mid-way
     │   └── UnknownEventType    a stored event of a type this version does not know
@@ -95,6 +96,7 @@ __all__ = [
     "UnknownProfile",
     "UnreadableEvent",
     "Unsupported",
+    "ViewBehind",
     "WorkerLost",
     "WorkspaceRefused",
 ]
@@ -315,6 +317,14 @@ class RequestError(BusError):
     """A request (query, admin) is malformed or asks for something that does not exist."""
 
     code = "bad_request"
+
+
+class ViewBehind(BusError):
+    """The projector a query reached opened behind the log (its view built from the log,
+    read from the checkpoint, or stopped a while) and has not caught up with where the log
+    was then: its answer would leave out what the log holds. Passing: ask again."""
+
+    code = "view_behind"
 
 
 class ReplayUnsupported(BusError):

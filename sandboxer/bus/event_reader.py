@@ -36,6 +36,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from sandboxer import subjects
 from sandboxer.bus.arrivals import Arrivals
+from sandboxer.errors import StreamUnavailable
 
 __all__ = ["last_sequence", "read_events"]
 
@@ -49,7 +50,12 @@ SETTLE_LIMIT = 0.01
 
 
 async def last_sequence(js: JetStreamContext) -> int:
-    info = await js.stream_info(subjects.EVENTS_STREAM)
+    """The events stream's last sequence (0 when empty); :class:`StreamUnavailable` when the
+    stream does not answer."""
+    try:
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+    except (NatsError, TimeoutError) as exc:
+        raise StreamUnavailable(f"the events stream did not say where it ends: {exc!r}") from exc
     return int(info.state.last_seq)
 
 

@@ -3,7 +3,9 @@
 Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. A
 handler raises :class:`RequestError` for a bad request (its message is the
 reply); a key's request past its rate (:class:`RateLimited`, raised by the key's
-resolver) is answered with ``code`` ``rate_limited`` and ``retry_after`` besides;
+resolver) is answered with ``code`` ``rate_limited`` and ``retry_after`` besides, and
+one a view behind the log cannot answer yet (:class:`ViewBehind`) with ``code``
+``view_behind``;
 any other exception is logged and answered as an internal error.
 Each request runs in its own task, so a slow one (a replay, a reap) does not
 hold up the others. ``serve`` returns once the server routes the
@@ -25,7 +27,7 @@ from nats.aio.subscription import Subscription
 from sandboxer.bus.in_effect import in_effect
 from sandboxer.bus.key_request_rate import refusal_fields
 from sandboxer.bus.replies import answer_subject
-from sandboxer.errors import RateLimited, RequestError
+from sandboxer.errors import RateLimited, RequestError, ViewBehind
 
 __all__ = ["Handler", "KeyResolver", "RequestError", "Responder", "ScopedHandler"]
 
@@ -124,6 +126,8 @@ class Responder:
                 reply = {"ok": True, **self._stamp, **await handler(request)}
             except RateLimited as limited:
                 reply = {"ok": False, **self._stamp, **refusal_fields(limited)}
+            except ViewBehind as behind:
+                reply = {"ok": False, **self._stamp, "code": behind.code, "error": str(behind)}
             except (RequestError, msgspec.DecodeError) as exc:
                 reply = {"ok": False, **self._stamp, "error": str(exc)}
             except RecursionError:  # JSON nested thousands deep: a bad request, not our fault

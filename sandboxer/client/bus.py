@@ -49,7 +49,14 @@ from sandboxer.command_outcomes import (
 from sandboxer.config.settings import Settings
 from sandboxer.domain.rate_limit import stated_wait
 from sandboxer.domain.route_signals import RouteSignals
-from sandboxer.errors import BusError, InvalidInput, RateLimited, RequestError, SandboxerError
+from sandboxer.errors import (
+    BusError,
+    InvalidInput,
+    RateLimited,
+    RequestError,
+    SandboxerError,
+    ViewBehind,
+)
 from sandboxer.exec_protocol.answer_codes import RATE_LIMITED, error_for
 from sandboxer.exec_protocol.heartbeat import allowed_silence, next_answer
 from sandboxer.exec_protocol.wire import EXEC_HEADER
@@ -217,6 +224,8 @@ class SandboxerClient:
             error = str(reply.get("error"))
             if reply.get("code") == RATE_LIMITED:  # a key past its rate: wait and ask again
                 raise RateLimited(f"{subject}: {error}", retry_after=stated_wait(reply))
+            if reply.get("code") == ViewBehind.code:  # a projector that just started
+                raise ViewBehind(f"{subject}: {error}")
             # The responder answers a bad request with its reason and its own failures
             # as "internal error: ...": only the latter is the service's fault.
             kind = BusError if error.startswith("internal error") else RequestError

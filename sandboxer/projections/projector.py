@@ -36,7 +36,7 @@ from sandboxer.bus.replay_reader import replay_batches
 from sandboxer.bus.view_checkpoints import ViewCheckpoints
 from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.config.settings import DEFAULT_VIEW_CHECKPOINT_AFTER
-from sandboxer.errors import BusError, ReplayUnsupported
+from sandboxer.errors import BusError, ReplayUnsupported, ViewBehind
 from sandboxer.fewer_collections import fewer_collections
 from sandboxer.projections.folding import Batch
 from sandboxer.projections.sandbox_view import FINGERPRINT, SandboxView
@@ -91,6 +91,11 @@ class Projector:
             if checkpoints is None
             else ViewCheckpointing(checkpoints, db_path, checkpoint_after)
         )
+        self.log_end_at_open = 0
+        """The log's last event when the view opened: no query is answered from the view
+        until it has folded that far (:meth:`caught_up`), so a projector that opened behind
+        the log (built from it, read from the checkpoint, or back after a while stopped)
+        does not answer from a view the log has left behind."""
         self._build_first = False
         """An empty view opened while the log holds events: :meth:`run` rebuilds it in bulk
         before it follows the log (2 to 3.5 times as fast as following from sequence 1)."""
@@ -101,6 +106,7 @@ class Projector:
         otherwise rebuilt from the log (in bulk: faster than following it from sequence 1)."""
         self.view = await SandboxView.open(self._db_path)
         self.position = await self.view.position()
+        self.log_end_at_open = await self._log_end()
         current = await self.view.is_current()
         if current and self.position > 0:
             if self._kept is not None:
@@ -120,9 +126,17 @@ class Projector:
         if current:
             # Empty, and none to start from: built in bulk once it runs (the start does not
             # wait for it) when the log holds anything, else followed from the start.
-            self._build_first = await last_sequence(self._js) > 0
+            self._build_first = self.log_end_at_open > 0
             return
         await self._build_whole()
+
+    async def _log_end(self) -> int:
+        """The log's last sequence; 0 (nothing to wait for) when the stream does not say."""
+        try:
+            return await last_sequence(self._js)
+        except BusError as exc:
+            log.warning("the log's end is unknown (%s): queries will not wait for it", exc)
+            return 0
 
     async def _build_whole(self) -> None:
         """Rebuild the view from the log, and store its checkpoint soon after, for the next
@@ -218,6 +232,23 @@ class Projector:
             except TimeoutError:
                 return False
         return True
+
+    async def caught_up(self, min_seq: int = 0) -> int:
+        """The position a query's answer reports, once the view has folded ``min_seq`` (the
+        asker's own writes) and the log as it was when the view opened. Waits a while for
+        them; raises :class:`ViewBehind` while the view is short of the latter still, and
+        answers from where it is when only the asker's writes are late (their reply says
+        its position)."""
+        wanted = max(min_seq, self.log_end_at_open)
+        if wanted > self.position:
+            await self.wait_for(wanted)
+        if self.position < self.log_end_at_open:
+            raise ViewBehind(
+                f"this projector's view is still catching up with the log (at event "
+                f"{self.position} of {self.log_end_at_open}, where the log was when it "
+                "started); ask again in a moment"
+            )
+        return self.position
 
     async def _from_checkpoint(self) -> bool:
         """Put the view's checkpoint in place of this view, when there is one to trust;

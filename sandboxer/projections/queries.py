@@ -114,12 +114,10 @@ class QueryService:
         await self._responder.stop()
 
     async def _consistent(self, request: dict[str, Any]) -> int:
-        """Wait (a while) for the view to reach ``min_seq``; the position the answer reports:
-        read before the view is, so an answer never claims more than its rows hold."""
-        min_seq = _field(request, "min_seq", int)
-        if min_seq:
-            await self._projector.wait_for(min_seq)
-        return self._projector.position
+        """Wait (a while) for the view to reach ``min_seq`` and the log as it was when the
+        view opened (:meth:`Projector.caught_up`); the position the answer reports: read
+        before the view is, so an answer never claims more than its rows hold."""
+        return await self._projector.caught_up(_field(request, "min_seq", int) or 0)
 
     async def _get(self, request: dict[str, Any]) -> dict[str, Any]:
         sandbox_id = _field(request, "sandbox_id", str)
@@ -243,7 +241,12 @@ class QueryService:
         return await self._key_query("key.list", request)
 
     async def _health(self, _request: dict[str, Any]) -> dict[str, Any]:
-        return {**self._info, "position": self._projector.position}
+        position = self._projector.position
+        return {
+            **self._info,
+            "position": position,
+            "caught_up": position >= self._projector.log_end_at_open,
+        }
 
     async def _replay(self, request: dict[str, Any]) -> dict[str, Any]:
         verify = bool(_field(request, "verify", bool, False))

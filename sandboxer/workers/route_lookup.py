@@ -49,7 +49,7 @@ from sandboxer.domain.routing import rank
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.durations import format_duration, parse_duration
-from sandboxer.errors import InvalidInput, RequestError, SandboxerError, UnknownProfile
+from sandboxer.errors import InvalidInput, RequestError, SandboxerError, UnknownProfile, ViewBehind
 from sandboxer.ids import derive_sandbox_id
 
 __all__ = ["CONTROL_QUEUE", "SIGNALS_TIMEOUT", "RouteLookup"]
@@ -158,6 +158,10 @@ class RouteLookup:
                 subjects.QUERY_ROUTE_SIGNALS, msgspec.json.encode(request), timeout=timeout
             )
             answer = msgspec.json.decode(reply.data)
+            if isinstance(answer, dict) and answer.get("code") == ViewBehind.code:
+                return self._with_hosts(
+                    RouteSignals.unknown("the view is still catching up with the log"), enabled
+                )
             if not isinstance(answer, dict) or not answer.get("ok"):
                 raise ValueError(str(answer.get("error")) if isinstance(answer, dict) else "?")
             viewed = RouteSignals.from_dict(answer["signals"])

@@ -26,7 +26,9 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.bus.view_checkpoints import ViewCheckpoints
 from sandboxer.client import SandboxerClient
+from sandboxer.errors import ViewBehind
 from sandboxer.projections.projector import Projector
+from sandboxer.projections.queries import QueryService
 from sandboxer.projections.sandbox_view import FINGERPRINT
 from sandboxer.projections.view_copy import copy_view
 from tests.integration.conftest import routed_sandboxes, serving
@@ -249,6 +251,35 @@ async def test_an_empty_view_opens_at_once_and_is_built_in_bulk_once_it_runs(
     await opened.open()
     await opened.close()
     assert opened.position == 0
+
+
+async def test_a_view_behind_the_log_answers_no_query_until_it_has_caught_up(
+    bus: Bus, nats_server: NatsServerProcess, tmp_path: Path
+) -> None:
+    """A projector that opened behind the log (here an empty view, its bulk build not
+    started) answers ``view_behind``, not the rows it has so far (none); once it has folded
+    where the log was when it opened, it answers, a query that came meanwhile included."""
+    last = await append_sandboxes(bus, 0, 5)
+    projector = bus.projector(tmp_path / "view.sqlite3", checkpoints=False)
+    await projector.open()
+    assert projector.log_end_at_open == last
+    queries = QueryService(bus.nc, projector, info={})
+    await queries.start()
+    client = await SandboxerClient.connect([nats_server.url], actor=ADMIN)
+    try:
+        with pytest.raises(ViewBehind, match=f"at event 0 of {last}"):
+            await client.list_sandboxes()
+        asked = asyncio.create_task(client.list_sandboxes())
+        stop = asyncio.Event()
+        running = asyncio.create_task(projector.run(stop))
+        assert len(await asked) == 5
+        assert len(await client.list_sandboxes()) == 5
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    finally:
+        await client.close()
+        await queries.stop()
+        await projector.close()
 
 
 async def test_the_fault_suite_holds_the_view_s_checkpoint_to_a_rebuild(

@@ -69,6 +69,21 @@ async def test_without_the_view_routing_goes_blind_and_says_so(
     assert admitted.route_reason.endswith("[without signals: the view did not answer within 1 s]")
 
 
+async def test_a_view_catching_up_with_the_log_routes_blind_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A projector that opened behind the log answers ``view_behind``: its counts would
+    leave out what the log holds, so routing goes without them, as with no answer."""
+    behind = {"ok": False, "code": "view_behind", "error": "still catching up"}
+    routing = lookup(FakeNats(behind), tmp_path, monkeypatch)
+    signals = await routing.signals(ENABLED)
+    assert not signals.known
+    admitted = admit_create(create(1), BURST, ENABLED, signals, NOW)
+    assert admitted.route_reason.endswith(
+        "[without signals: the view is still catching up with the log]"
+    )
+
+
 async def test_own_routes_count_until_the_view_shows_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
