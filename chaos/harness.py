@@ -255,17 +255,20 @@ class ChaosService:
         return self
 
     async def wait_healthy(self, timeout: float = 60.0) -> None:
-        """Until the projector answers a health query."""
+        """Until the projector answers a health query, its view caught up with the log."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                await self.client.health()
+                health = await self.client.health()
             except SandboxerError as exc:
                 if time.monotonic() > deadline:
                     raise HarnessError(f"no health answer within {timeout:g} s: {exc}") from exc
-                await asyncio.sleep(0.1)
             else:
-                return
+                if health.get("caught_up", True):
+                    return
+                if time.monotonic() > deadline:
+                    raise HarnessError(f"the view did not catch up within {timeout:g} s")
+            await asyncio.sleep(0.1)
 
     async def start_role(self, role: str) -> RoleProcess:
         """Start one incarnation of ``role`` and wait until it logs that it runs."""
