@@ -27,6 +27,7 @@ from sandboxer.errors import (
     SandboxerError,
     ServiceNotRunning,
     Unsupported,
+    ViewBehind,
     WorkerLost,
     WorkspaceRefused,
 )
@@ -40,6 +41,7 @@ _INPUT_ERRORS: dict[str, type[InvalidInput]] = {
 
 _UNAVAILABLE: dict[str, type[BusError]] = {
     "service_not_running": ServiceNotRunning,
+    "view_behind": ViewBehind,
     "worker_lost": WorkerLost,
 }
 

@@ -20,6 +20,7 @@ from sandboxer.errors import (
     SandboxerError,
     ServiceNotRunning,
     Unsupported,
+    ViewBehind,
     WorkerLost,
     WorkspaceRefused,
 )
@@ -93,6 +94,7 @@ def test_the_keys_refusals() -> None:
         (503, "service_not_running", ServiceNotRunning),
         (503, "bus", BusError),
         (503, "worker_lost", WorkerLost),
+        (503, "view_behind", ViewBehind),
         (500, "internal_error", BusError),
     ],
 )

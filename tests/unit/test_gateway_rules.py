@@ -14,6 +14,7 @@ from sandboxer.errors import (
     RequestError,
     ServiceNotRunning,
     SettingError,
+    ViewBehind,
     WorkerLost,
 )
 from sandboxer.gateway.context import parse_wait
@@ -113,6 +114,10 @@ def test_bus_errors_and_bad_requests() -> None:
     assert bad.status_code == 400
     assert body(bad)["error"]["message"] == "since must be a date"  # type: ignore[index]
     assert response_for(InvalidInput("bad id")).status_code == 422
+    # A projector that just started, its view behind the log: ask again shortly.
+    behind = response_for(ViewBehind("sandboxer.query.sandbox.list: still catching up"))
+    assert (behind.status_code, body(behind)["error"]["code"]) == (503, "view_behind")  # type: ignore[index]
+    assert behind.headers["Retry-After"] == "5"
 
 
 def test_wait_accepts_seconds_and_minutes_up_to_the_limit() -> None:
