@@ -267,8 +267,12 @@ async def test_a_view_behind_the_log_answers_no_query_until_it_has_caught_up(
     await queries.start()
     client = await SandboxerClient.connect([nats_server.url], actor=ADMIN)
     try:
-        with pytest.raises(ViewBehind, match=f"at event 0 of {last}"):
+        with pytest.raises(ViewBehind, match=f"at event 0 of {last}, where the log was"):
             await client.list_sandboxes()
+        projector.building_at = 3  # as a rebuild says how far it has folded
+        with pytest.raises(ViewBehind, match=f"at event 3 of {last}, .*being built from the log"):
+            await client.list_sandboxes()
+        projector.building_at = None
         asked = asyncio.create_task(client.list_sandboxes())
         stop = asyncio.Event()
         running = asyncio.create_task(projector.run(stop))
