@@ -5,7 +5,12 @@ Cycles run through the bus (three loops) and through the HTTP gateway (one loop,
 ``Idempotency-Key`` so a request cut by the gateway's death is sent again as the same
 command). The projector loses its view with each kill (its SQLite files removed, as a lost
 home would): it starts again from the view's checkpoint, stored every few events here, or
-rebuilds the view from the log, and the checks hold the view it then keeps to a rebuild.
+rebuilds the view from the log (the first time always: the view's checkpoints are removed
+with it), and the checks hold the view it then keeps to a rebuild.
+Meanwhile a reader lists the sandboxes over and over, as a client that wrote nothing (no
+read-your-writes position): every list it is answered must hold the few sandboxes made
+ready before the cycles started, as a view behind the log might not (a projector answers
+such a read ``view_behind`` until it has caught up: docs/protocol.md#queries).
 A cycle retries its own command id when its wait runs out: publishing an id again is safe
 by contract, so nothing a client does here can duplicate a sandbox. The seed is in the
 figures; ``CHAOS_SEED`` replays a run's schedule of kills.
@@ -19,12 +24,15 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+from nats.js.errors import NotFoundError
 
 from chaos.checks import Sent, check_all
 from chaos.cycles import BackendCycles
 from chaos.harness import DEFAULT_ROLES, ChaosService, Stopwatch, finish, run_seed
 from chaos.result import ScenarioResult
+from sandboxer import subjects
 from sandboxer.cli.key_commands import create_key
+from sandboxer.errors import SandboxerError, ViewBehind
 from sandboxer.ids import derive_sandbox_id, new_command_id
 
 NAME = "kill-roles"
@@ -42,6 +50,10 @@ VIEW_CHECKPOINT_AFTER = 50
 """Events the projector folds before it stores its view's checkpoint (100,000 by default)."""
 VIEW_READ = "read from its checkpoint"
 """What the projector logs as it starts a view from the checkpoint."""
+RESIDENTS = 3
+"""Sandboxes made ready before the cycles and destroyed after them: every list holds them."""
+READ_EVERY = 0.05
+"""Seconds between the reader's lists."""
 
 
 def _error_code(answer: httpx.Response) -> str:
@@ -70,6 +82,56 @@ class Run(BackendCycles):
         )
         self.http_cycles = 0
         self.views_lost = 0
+        self.reads: Counter[str] = Counter()
+
+    async def forget_view_checkpoints(self) -> None:
+        """Remove the view's checkpoints, so that the first projector to lose its view
+        builds it from the log, as one does before any checkpoint was stored (the reads
+        meanwhile are what the reader checks)."""
+        js = self.svc.client.js
+        try:
+            bucket = await js.object_store(subjects.CHECKPOINTS_BUCKET)
+            stored = await bucket.list(ignore_deletes=True)
+        except NotFoundError:  # no bucket yet, or nothing in it
+            return
+        for info in stored:
+            if info.name.startswith("view."):
+                await bucket.delete(info.name)
+
+    async def reader(self, residents: set[str]) -> None:
+        """Lists the sandboxes until the cycles are done, as a client that wrote nothing:
+        each list answered must hold every one of ``residents``."""
+        client = await self.svc.connect()
+        try:
+            while not self.done:
+                await asyncio.sleep(READ_EVERY)
+                try:
+                    page = await client.list_sandboxes(limit=1000)
+                except ViewBehind:
+                    self.reads["view_behind"] += 1
+                    continue
+                except SandboxerError:
+                    self.reads["unanswered"] += 1  # the projector is down, or starting
+                    continue
+                self.reads["answered"] += 1
+                missing = residents - {row["sandbox_id"] for row in page}
+                if missing and page.next is None:
+                    self.problems.append(
+                        f"a list left out {len(missing)} of the {len(residents)} sandboxes "
+                        f"ready since before the cycles: {', '.join(sorted(missing))}"
+                    )
+        finally:
+            await client.close()
+
+    async def residents(self) -> set[str]:
+        """``RESIDENTS`` sandboxes made ready (those that were)."""
+        made = set()
+        for _ in range(RESIDENTS):
+            command_id = new_command_id()
+            sandbox_id = derive_sandbox_id(command_id)
+            if await self.bus_command("create", sandbox_id, command_id) is not None:
+                made.add(sandbox_id)
+        return made
 
     async def kill_and_restart(self, role: str, pause: tuple[float, float] = (0.0, 1.5)) -> None:
         if role != "projector":
@@ -78,6 +140,8 @@ class Run(BackendCycles):
         await self.svc.kill(role)
         for view_file in self.svc.home.glob("projections.sqlite3*"):
             view_file.unlink()
+        if not self.views_lost:
+            await self.forget_view_checkpoints()
         self.views_lost += 1
         await asyncio.sleep(self.rng.uniform(*pause))
         await self.svc.restart(role)
@@ -149,7 +213,14 @@ async def run(workdir: Path) -> ScenarioResult:
             rate_per_second=1000,
         )
         state = Run(svc, seed)
-        await asyncio.gather(state.run(loops=BUS_LOOPS), state.http_loop(key))
+        residents = await state.residents()
+        await asyncio.gather(
+            state.run(loops=BUS_LOOPS), state.http_loop(key), state.reader(residents)
+        )
+        for sandbox_id in sorted(residents):
+            await state.bus_command("destroy", sandbox_id, new_command_id())
+        if not state.reads["answered"]:
+            state.problems.append(f"no list was answered ({dict(state.reads)})")
         problems = state.problems + await check_all(svc.nats_urls, svc.home, sent=state.sent)
         problems += svc.crashed()
         read = sum(log.read_text().count(VIEW_READ) for log in svc.logs.glob("projector.*.log"))
@@ -167,5 +238,7 @@ async def run(workdir: Path) -> ScenarioResult:
             "slowest command {} s": state.slowest,
             "views lost": state.views_lost,
             "read from the checkpoint": read,
+            "lists answered": state.reads["answered"],
+            "view_behind": state.reads["view_behind"],
         }
     return finish(NAME, watch, figures, problems)
