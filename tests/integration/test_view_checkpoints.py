@@ -267,6 +267,7 @@ async def test_a_view_behind_the_log_answers_no_query_until_it_has_caught_up(
     await queries.start()
     client = await SandboxerClient.connect([nats_server.url], actor=ADMIN)
     try:
+        assert (await client.health())["caught_up"] is False
         with pytest.raises(ViewBehind, match=f"at event 0 of {last}, where the log was"):
             await client.list_sandboxes()
         projector.building_at = 3  # as a rebuild says how far it has folded
@@ -278,6 +279,7 @@ async def test_a_view_behind_the_log_answers_no_query_until_it_has_caught_up(
         running = asyncio.create_task(projector.run(stop))
         assert len(await asked) == 5
         assert len(await client.list_sandboxes()) == 5
+        assert (await client.health())["caught_up"] is True
         stop.set()
         await asyncio.wait_for(running, 10)
     finally:
