@@ -113,6 +113,17 @@ async def login(url: str, key: str) -> Key:
     raise AssertionError(f"key never accepted: {last}")
 
 
+async def as_key(url: str, key: str) -> Sandboxer:
+    """The Python client over the bus as the key, once the service has loaded its NATS user
+    (within a second of its creation: the key is refused until then)."""
+    for _ in range(100):
+        try:
+            return await Sandboxer.over_bus([url], api_key=key)
+        except BusError:
+            await asyncio.sleep(0.1)
+    return await Sandboxer.over_bus([url], api_key=key)
+
+
 START_UP = """
 import asyncio
 from sandboxer.cli.background import connect_client
@@ -273,8 +284,8 @@ async def test_the_python_client_over_the_bus_as_a_key(up: tuple[Cli, str], tmp_
     """Sandboxer.over_bus(api_key=...): the whole lifecycle as the key, and nothing of
     another project's sandbox: not its row, not its exec, not its files."""
     cli, url = up
-    alpha = await Sandboxer.over_bus([url], api_key=await make_key(cli, "alpha"))
-    beta = await Sandboxer.over_bus([url], api_key=await make_key(cli, "beta"))
+    alpha = await as_key(url, await make_key(cli, "alpha"))
+    beta = await as_key(url, await make_key(cli, "beta"))
     try:
         assert alpha.bus.actor["project"] == "alpha"
         made = await alpha.create("profile.local", sandbox_id="alphabox2")
@@ -318,7 +329,7 @@ async def test_a_keys_live_limit_holds_on_the_bus(up: tuple[Cli, str], home: Pat
     cli, url = up
     key = await make_key(cli, "lima", "agt", "--max-live", "1")
     own = {"type": "agt", "id": key_id_for(hash_key(key)), "project": "lima"}
-    lima = await Sandboxer.over_bus([url], api_key=key)
+    lima = await as_key(url, key)
     trusted = await connect(
         [url],
         name="gateway-like",
@@ -360,8 +371,8 @@ async def test_an_administrators_snapshot_stays_its_sandboxs_projects(up: tuple[
     On the bus an agt key of ops neither sees, restores nor deletes it (the bus used to
     judge a snapshot by who took it, the gateway by its sandbox); alpha's key sees it."""
     cli, url = up
-    alpha = await Sandboxer.over_bus([url], api_key=await make_key(cli, "alpha"))
-    admin = await Sandboxer.over_bus([url], api_key=await make_key(cli, "ops", "adm"))
+    alpha = await as_key(url, await make_key(cli, "alpha"))
+    admin = await as_key(url, await make_key(cli, "ops", "adm"))
     ops = await login(url, await make_key(cli, "ops"))
     try:
         await alpha.create("profile.local", sandbox_id="alphabox3")
