@@ -7,6 +7,7 @@ the key itself. Each command is an event (``key_created``, ``key_revoked``).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -25,7 +26,7 @@ from sandboxer.domain.key_state import (
     key_id_for,
     new_key,
 )
-from sandboxer.errors import OutcomePending
+from sandboxer.errors import BusError, OutcomePending, SandboxerError
 from sandboxer.ids import new_command_id
 from sandboxer.pagination import DEFAULT_LIMIT, Page
 
@@ -45,6 +46,8 @@ keys_app = typer.Typer(
 
 KEY_WAIT = 30.0
 """Seconds a key command waits for its outcome by default."""
+KEY_LOGIN_WAIT = 10.0
+"""Longest a created key waits for the embedded NATS to take its login (about a second)."""
 
 
 async def _key_command(
@@ -99,7 +102,45 @@ async def create_key(
     event = await _key_command(
         client, "create_key", key_id_for(key_hash), "key_created", fields, wait
     )
+    await _until_the_bus_takes(client, key, wait)
     return key, event
+
+
+async def _until_the_bus_takes(client: SandboxerClient, key: str, wait: float) -> None:
+    """On the service's own NATS, wait (up to ``wait`` s, at most ``KEY_LOGIN_WAIT``) until
+    the server takes the new key's login: the process that runs it loads the key's user
+    within about a second of ``key_created`` (bus/key_users.py), and a key refused right
+    after the command returned it is a trap. A shared NATS takes keys as its operator adds
+    them (``keys nats-users``): nothing to wait for there. Past the wait, or when the service
+    does not say which NATS it runs, the key is returned all the same: it is recorded."""
+    from sandboxer.bus.connect import connect
+    from sandboxer.bus.key_users import key_credentials
+
+    server = client.nc.connected_url
+    try:
+        embedded = server is not None and (await client.health()).get("embedded") is True
+    except SandboxerError:
+        return
+    if server is None or not embedded:
+        return
+    address = server._replace(netloc=server.netloc.rpartition("@")[2]).geturl()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait, KEY_LOGIN_WAIT)
+    while True:
+        try:
+            taken = await connect(
+                [address],
+                name="sandboxer-key-check",
+                long_lived=False,
+                credentials=key_credentials(key),
+            )
+        except BusError:
+            if loop.time() >= deadline:
+                return
+            await asyncio.sleep(0.1)
+            continue
+        await taken.close()
+        return
 
 
 async def revoke_key(

@@ -26,6 +26,7 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.key_users import key_credentials
 from sandboxer.bus.nats_auth import AUTH_DIR_NAME, read_credentials
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.cli.key_commands import create_key
 from sandboxer.client import Sandboxer, SandboxerClient
 from sandboxer.domain.key_access import taken_refusal
 from sandboxer.domain.key_state import hash_key, key_id_for
@@ -155,6 +156,30 @@ async def make_key(cli: Cli, project: str, kind: str = "agt", *limits: str) -> s
     made = await cli("keys", "create", "--project", project, "--type", kind, *limits, "--json")
     key: str = json.loads(made.stdout)["key"]
     return key
+
+
+async def test_a_key_logs_in_to_the_bus_as_soon_as_create_key_returns(
+    up: tuple[Cli, str], home: Path
+) -> None:
+    """``keys create`` waits for the embedded server to take the new key's login, so the
+    key works on the bus once it is shown (it was refused for up to a second before)."""
+    _, url = up
+    trusted = await connect(
+        [url],
+        name="admin",
+        long_lived=False,
+        credentials=read_credentials(home / AUTH_DIR_NAME, "client"),
+    )
+    admin = SandboxerClient(trusted, actor={"type": "adm", "id": "ops"})
+    try:
+        for project in ("alpha", "beta", "gamma"):
+            key, _ = await create_key(admin, project=project, key_type="agt")
+            nc = await connect(
+                [url], name="key", long_lived=False, credentials=key_credentials(key)
+            )
+            await nc.close()
+    finally:
+        await admin.close()
 
 
 async def test_an_agt_key_on_the_bus_acts_only_as_itself_in_its_project(
