@@ -7,7 +7,6 @@ the key itself. Each command is an event (``key_created``, ``key_revoked``).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -113,6 +112,8 @@ async def _until_the_bus_takes(client: SandboxerClient, key: str, wait: float) -
     after the command returned it is a trap. A shared NATS takes keys as its operator adds
     them (``keys nats-users``): nothing to wait for there. Past the wait, or when the service
     does not say which NATS it runs, the key is returned all the same: it is recorded."""
+    import asyncio  # (not at the top: a command's --help loads no asyncio)
+
     from sandboxer.bus.connect import connect
     from sandboxer.bus.key_users import key_credentials
 
