@@ -31,6 +31,7 @@ from chaos.cycles import BackendCycles
 from chaos.harness import DEFAULT_ROLES, ChaosService, Stopwatch, finish, run_seed
 from chaos.result import ScenarioResult
 from sandboxer import subjects
+from sandboxer.bus.view_checkpoints import ViewCheckpoints
 from sandboxer.cli.key_commands import create_key
 from sandboxer.errors import SandboxerError, ViewBehind
 from sandboxer.ids import derive_sandbox_id, new_command_id
@@ -91,12 +92,9 @@ class Run(BackendCycles):
         js = self.svc.client.js
         try:
             bucket = await js.object_store(subjects.CHECKPOINTS_BUCKET)
-            stored = await bucket.list(ignore_deletes=True)
-        except NotFoundError:  # no bucket yet, or nothing in it
+        except NotFoundError:  # no checkpoint written yet
             return
-        for info in stored:
-            if info.name.startswith("view."):
-                await bucket.delete(info.name)
+        await ViewCheckpoints(js, bucket).forget()
 
     async def reader(self, residents: set[str]) -> None:
         """Lists the sandboxes until the cycles are done, as a client that wrote nothing:

@@ -85,8 +85,10 @@ class Copied:
     """What :func:`copy_object` handed over."""
 
     size: int
+    """The bytes read: those handed over, and the chunk past the metadata's size that
+    stopped the copy, if one did (that one is not handed over)."""
     sha256: str
-    """The hex SHA-256 of those bytes."""
+    """The hex SHA-256 of the bytes handed over."""
     whole: bool
     """Whether they are the object its metadata describes: its size, and its digest."""
 

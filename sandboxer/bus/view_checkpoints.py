@@ -88,13 +88,17 @@ class ViewCheckpoints:
         meta = ObjectMeta(headers={POSITION: str(position), EVENT: event})
         with copy.open("rb") as data:
             await self._bucket.put(PREFIX + fingerprint, data, meta=meta)
+        await self.forget(but=fingerprint)
+        return True
+
+    async def forget(self, *, but: str | None = None) -> None:
+        """Remove the views' checkpoints, but the one of shape ``but``; the accounts' stay."""
         for stored in await list_checkpoints(self._js):
-            if stored.name.startswith(PREFIX) and stored.name != PREFIX + fingerprint:
+            if stored.name.startswith(PREFIX) and stored.name != PREFIX + str(but):
                 try:
                     await self._bucket.delete(stored.name)
                 except NatsError as exc:  # another process retired it first, say
                     log.info("view checkpoint %s not removed (%r)", stored.name, exc)
-        return True
 
 
 def _header(info: ObjectInfo, name: str) -> str | None:

@@ -118,11 +118,12 @@ async def _until_the_bus_takes(client: SandboxerClient, key: str, wait: float) -
     from sandboxer.bus.key_users import key_credentials
 
     server = client.nc.connected_url
-    try:
-        embedded = server is not None and (await client.health()).get("embedded") is True
-    except SandboxerError:
+    if server is None:
         return
-    if server is None or not embedded:
+    try:
+        if (await client.health()).get("embedded") is not True:
+            return
+    except SandboxerError:
         return
     address = server._replace(netloc=server.netloc.rpartition("@")[2]).geturl()
     loop = asyncio.get_running_loop()

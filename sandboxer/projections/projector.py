@@ -192,8 +192,8 @@ class Projector:
                     await stop.wait()
 
     async def _first_build(self, stop: asyncio.Event) -> None:
-        """:meth:`_build_whole`, until ``stop``; queries are answered meanwhile, from the
-        empty view until the whole one is swapped in. A build that fails is logged, and the
+        """:meth:`_build_whole`, until ``stop``; a query meanwhile waits for it, then is
+        answered ``view_behind`` (:meth:`caught_up`). A build that fails is logged, and the
         view follows the log from where it is instead."""
         building = asyncio.create_task(self._build_whole())
         stopped = asyncio.create_task(stop.wait())
@@ -244,16 +244,16 @@ class Projector:
         wanted = max(min_seq, self.log_end_at_open)
         if wanted > self.position:
             await self.wait_for(wanted)
-        if self.position < self.log_end_at_open:
-            building = self.building_at
-            raise ViewBehind(
-                f"this projector's view is still catching up with the log (at event "
-                f"{self.position if building is None else building} of "
-                f"{self.log_end_at_open}, where the log was when it started"
-                f"{'' if building is None else ', being built from the log'}); ask again in "
-                "a moment"
-            )
-        return self.position
+        if self.position >= self.log_end_at_open:
+            return self.position
+        at, how = self.position, ""
+        if self.building_at is not None:
+            at, how = self.building_at, ", being built from the log"
+        raise ViewBehind(
+            f"this projector's view is still catching up with the log (at event {at} of "
+            f"{self.log_end_at_open}, where the log was when it started{how}); ask again in a "
+            "moment"
+        )
 
     async def _from_checkpoint(self) -> bool:
         """Put the view's checkpoint in place of this view, when there is one to trust;

@@ -93,36 +93,15 @@ class Key:
 
 
 async def login(url: str, key: str) -> Key:
-    """Connect as the key: its NATS user appears once the service reloaded its users."""
+    """Connect as the key, at once: ``keys create`` returns it once the server takes it."""
     seen: list[str] = []
-    last: Exception | None = None
-    for _ in range(100):
-        try:
-            nc = await connect(
-                [url], name="key", long_lived=False, credentials=key_credentials(key)
-            )
-        except BusError as exc:
-            last = exc
-            await asyncio.sleep(0.1)
-            continue
+    nc = await connect([url], name="key", long_lived=False, credentials=key_credentials(key))
 
-        async def on_error(exc: Exception) -> None:
-            seen.append(str(exc))
+    async def on_error(exc: Exception) -> None:
+        seen.append(str(exc))
 
-        nc._error_cb = on_error  # keep permission violations for the assertions
-        return Key(key, nc, seen)
-    raise AssertionError(f"key never accepted: {last}")
-
-
-async def as_key(url: str, key: str) -> Sandboxer:
-    """The Python client over the bus as the key, once the service has loaded its NATS user
-    (within a second of its creation: the key is refused until then)."""
-    for _ in range(100):
-        try:
-            return await Sandboxer.over_bus([url], api_key=key)
-        except BusError:
-            await asyncio.sleep(0.1)
-    return await Sandboxer.over_bus([url], api_key=key)
+    nc._error_cb = on_error  # keep permission violations for the assertions
+    return Key(key, nc, seen)
 
 
 START_UP = """
@@ -309,8 +288,8 @@ async def test_the_python_client_over_the_bus_as_a_key(up: tuple[Cli, str], tmp_
     """Sandboxer.over_bus(api_key=...): the whole lifecycle as the key, and nothing of
     another project's sandbox: not its row, not its exec, not its files."""
     cli, url = up
-    alpha = await as_key(url, await make_key(cli, "alpha"))
-    beta = await as_key(url, await make_key(cli, "beta"))
+    alpha = await Sandboxer.over_bus([url], api_key=await make_key(cli, "alpha"))
+    beta = await Sandboxer.over_bus([url], api_key=await make_key(cli, "beta"))
     try:
         assert alpha.bus.actor["project"] == "alpha"
         made = await alpha.create("profile.local", sandbox_id="alphabox2")
@@ -354,7 +333,7 @@ async def test_a_keys_live_limit_holds_on_the_bus(up: tuple[Cli, str], home: Pat
     cli, url = up
     key = await make_key(cli, "lima", "agt", "--max-live", "1")
     own = {"type": "agt", "id": key_id_for(hash_key(key)), "project": "lima"}
-    lima = await as_key(url, key)
+    lima = await Sandboxer.over_bus([url], api_key=key)
     trusted = await connect(
         [url],
         name="gateway-like",
@@ -396,8 +375,8 @@ async def test_an_administrators_snapshot_stays_its_sandboxs_projects(up: tuple[
     On the bus an agt key of ops neither sees, restores nor deletes it (the bus used to
     judge a snapshot by who took it, the gateway by its sandbox); alpha's key sees it."""
     cli, url = up
-    alpha = await as_key(url, await make_key(cli, "alpha"))
-    admin = await as_key(url, await make_key(cli, "ops", "adm"))
+    alpha = await Sandboxer.over_bus([url], api_key=await make_key(cli, "alpha"))
+    admin = await Sandboxer.over_bus([url], api_key=await make_key(cli, "ops", "adm"))
     ops = await login(url, await make_key(cli, "ops"))
     try:
         await alpha.create("profile.local", sandbox_id="alphabox3")
