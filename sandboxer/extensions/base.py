@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
+
+from typing_extensions import Protocol, runtime_checkable
 
 from sandboxer.config.profile import Profile
 from sandboxer.domain.found import FoundSandbox

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
+
+from typing_extensions import Protocol, runtime_checkable
 
 from sandboxer.config.extension_decl import ExtensionDecl
 from sandboxer.config.settings import Settings
