@@ -26,11 +26,11 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.ask import RESTART_BUDGET, ask_json
 from sandboxer.bus.direct_get import read_subject
+from sandboxer.bus.event_reader import last_event
 from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.commands.parse import readable_actor
 from sandboxer.errors import BusError, CommandFailed, OutcomePending
@@ -62,9 +62,8 @@ class OutcomeWatcher:
     meanwhile, and :meth:`position` waits for that lookup.
     """
 
-    def __init__(self, nc: Nats, js: JetStreamContext) -> None:
+    def __init__(self, nc: Nats) -> None:
         self.nc = nc
-        self.js = js
         self.seen_seq = 0
         self.unanswered: str | None = None
         """Why the service last did not answer while a wait asked it (None: it answered)."""
@@ -221,10 +220,11 @@ class OutcomeWatcher:
         deadline = loop.time() + 1.0
         with contextlib.suppress(Exception):
             while True:
-                last = await self.js.get_last_msg(subjects.EVENTS_STREAM, subject)
-                self.seen_seq = max(self.seen_seq, int(last.seq or 0))
-                if (last.headers or {}).get("Nats-Msg-Id") == event.get("event_id"):
-                    return
+                last = await last_event(self.nc, subject)  # None: nothing stored there yet
+                if last is not None:
+                    self.seen_seq = max(self.seen_seq, last.seq)
+                    if last.event_id == event.get("event_id"):
+                        return
                 if loop.time() > deadline:  # a later event took its place: that is later still
                     return
                 await asyncio.sleep(0.005)
@@ -281,8 +281,8 @@ class KeyOutcomeWatcher(OutcomeWatcher):
     """How long one poll asks an absent projector again before it notes that nothing answers
     (then it polls on: the wait's own timeout ends it)."""
 
-    def __init__(self, nc: Nats, js: JetStreamContext, key_id: str) -> None:
-        super().__init__(nc, js)
+    def __init__(self, nc: Nats, key_id: str) -> None:
+        super().__init__(nc)
         self.key_id = key_id
 
     async def page(

@@ -27,8 +27,11 @@ in ``test_meter_export``). Such a caller asks for one event at a time instead
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 
+import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -38,7 +41,7 @@ from sandboxer import subjects
 from sandboxer.bus.arrivals import Arrivals
 from sandboxer.errors import StreamUnavailable
 
-__all__ = ["last_sequence", "read_events"]
+__all__ = ["LastEvent", "last_event", "last_sequence", "read_events"]
 
 PENDING_LIMIT = 1_000_000
 """nats-py's queue between the socket and the callback, in messages (and KiB). Past it
@@ -57,6 +60,57 @@ async def last_sequence(js: JetStreamContext) -> int:
     except (NatsError, TimeoutError) as exc:
         raise StreamUnavailable(f"the events stream did not say where it ends: {exc!r}") from exc
     return int(info.state.last_seq)
+
+
+class LastEvent(msgspec.Struct, frozen=True):
+    seq: int
+    event_id: str | None
+    """Its ``Nats-Msg-Id`` header: the event's id."""
+
+
+class _Stored(msgspec.Struct):
+    seq: int
+    hdrs: str = ""
+
+
+class _MsgGet(msgspec.Struct):
+    message: _Stored | None = None
+    error: dict[str, object] | None = None
+
+
+_MSG_GET = msgspec.json.Decoder(_MsgGet)
+
+
+async def last_event(nc: Client, subject: str, *, timeout: float = 1.0) -> LastEvent | None:
+    """The last event stored on ``subject`` (a filter), asked of the events stream's leader:
+    a direct get may be answered by a replica that lags. None when none is stored there;
+    :class:`StreamUnavailable` when the stream does not answer.
+
+    Not nats-py's ``get_last_msg``: it parses the headers with the standard library's e-mail
+    parser, which took a client 110 µs more CPU for each command it saw finish (of 290 µs
+    in all, measured 2026-12-07)."""
+    request = msgspec.json.encode({"last_by_subj": subject})
+    try:
+        reply = await nc.request(
+            f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}", request, timeout=timeout
+        )
+        answer = _MSG_GET.decode(reply.data)
+    except (NatsError, TimeoutError, msgspec.DecodeError) as exc:
+        raise StreamUnavailable(f"the events stream did not answer for {subject}: {exc!r}") from exc
+    if answer.message is None:
+        if answer.error is not None and answer.error.get("code") == 404:
+            return None
+        raise StreamUnavailable(f"the events stream refused to read {subject}: {answer.error}")
+    return LastEvent(answer.message.seq, _msg_id(base64.b64decode(answer.message.hdrs)))
+
+
+def _msg_id(headers: bytes) -> str | None:
+    """``Nats-Msg-Id`` of a stored message's header block (``NATS/1.0`` and one line each)."""
+    for line in headers.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"nats-msg-id":
+            return value.strip().decode(errors="replace")
+    return None
 
 
 async def read_events(

@@ -121,9 +121,7 @@ class SandboxerClient:
         request) is sent again as the refusal says, before :class:`RateLimited` is raised;
         0: raised at once."""
         self.outcomes: OutcomeWatcher = (
-            OutcomeWatcher(nc, self.js)
-            if key_id is None
-            else KeyOutcomeWatcher(nc, self.js, key_id)
+            OutcomeWatcher(nc) if key_id is None else KeyOutcomeWatcher(nc, key_id)
         )
 
     @property

@@ -1,6 +1,7 @@
 """The ordered reader the live projector follows the log with (bus/event_reader.py), against
 a real nats-server: ``pending`` counts the events received behind one as well as those the
-server still holds, and a settling reader holds a flow of appends back until it pauses."""
+server still holds, and a settling reader holds a flow of appends back until it pauses; and
+the last event on a subject, as a client notes its position (``last_event``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
-from sandboxer.bus.event_reader import read_events
+from sandboxer.bus.event_reader import LastEvent, last_event, read_events
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
 
@@ -88,3 +89,23 @@ async def test_a_filter_nothing_matches_ends_at_once(js: JetStreamContext) -> No
     assert [seq async for seq, *_ in read_events(js, filter_subject=one, idle_timeout=30)] == [2]
     after = [seq async for seq, *_ in read_events(js, filter_subject=one, start_seq=3)]
     assert after == []
+
+
+async def test_the_last_event_on_a_subject_is_its_sequence_and_event_id(
+    js: JetStreamContext, nats_server: NatsServerProcess
+) -> None:
+    """What a client notes after each outcome (command_outcomes.py): the stream sequence and
+    the ``Nats-Msg-Id`` of the last event on the sandbox's subjects; None before any."""
+    scope = subjects.sandbox_events_filter("lastevent01")
+    nc = await connect([nats_server.url], name="client", long_lived=False)
+    try:
+        assert await last_event(nc, scope) is None
+        await append(js, 0)  # another sandbox's, with no event id
+        for kind in ("requested", "routed"):
+            subject = f"sandboxer.evt.sandbox.lastevent01.{kind}"
+            await js.publish(subject, b"{}", headers={"Nats-Msg-Id": f"evt-{kind}"})
+        assert await last_event(nc, scope) == LastEvent(seq=3, event_id="evt-routed")
+        no_id = await last_event(nc, subjects.sandbox_events_filter("reader0"))
+        assert no_id == LastEvent(seq=1, event_id=None)
+    finally:
+        await nc.close()
