@@ -63,6 +63,8 @@ async def last_sequence(js: JetStreamContext) -> int:
 
 
 class LastEvent(msgspec.Struct, frozen=True):
+    """The last event stored on a subject (:func:`last_event`)."""
+
     seq: int
     event_id: str | None
     """Its ``Nats-Msg-Id`` header: the event's id."""
