@@ -112,8 +112,9 @@ class Run(BackendCycles):
                     self.reads["unanswered"] += 1  # the projector is down, or starting
                     continue
                 self.reads["answered"] += 1
+                # Creation order: the residents, made before anything else, lead every list.
                 missing = residents - {row["sandbox_id"] for row in page}
-                if missing and page.next is None:
+                if missing:
                     self.problems.append(
                         f"a list left out {len(missing)} of the {len(residents)} sandboxes "
                         f"ready since before the cycles: {', '.join(sorted(missing))}"

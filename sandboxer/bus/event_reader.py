@@ -1,4 +1,5 @@
-"""Reading the event log in order: an ordered push consumer, the fast path for replay.
+"""Reading the event log: in order through an ordered push consumer (the fast path for
+replay), and where it ends (``last_sequence``, ``last_event``).
 
 ``read_events`` yields ``(seq, subject, data, pending)`` from ``start_seq``,
 ``pending`` being how many matching events are known to follow this one: those

@@ -93,8 +93,9 @@ class ViewCheckpoints:
 
     async def forget(self, *, but: str | None = None) -> None:
         """Remove the views' checkpoints, but the one of shape ``but``; the accounts' stay."""
+        kept = None if but is None else PREFIX + but
         for stored in await list_checkpoints(self._js):
-            if stored.name.startswith(PREFIX) and stored.name != PREFIX + str(but):
+            if stored.name.startswith(PREFIX) and stored.name != kept:
                 try:
                     await self._bucket.delete(stored.name)
                 except NatsError as exc:  # another process retired it first, say
