@@ -26,6 +26,8 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
+from sandboxer.bus.ack_inbox import publish_for_ack
+from sandboxer.bus.pull_requests import connection_of
 from sandboxer.errors import BusError, InvalidInput, PublishConflict, StreamUnavailable
 
 __all__ = [
@@ -120,8 +122,11 @@ async def publish_durably(
     """
     if not headers.get("Nats-Msg-Id"):
         raise InvalidInput(f"publishing {subject}: a durable publish needs a Nats-Msg-Id header")
+    nc = connection_of(js)
     try:  # the common case, without the cost of a retry context (a third of a publish)
-        ack = await js.publish(subject, data, timeout=attempt_timeout, headers=dict(headers))
+        ack = await publish_for_ack(
+            nc, subject, data, headers=dict(headers), timeout=attempt_timeout
+        )
     except Exception as exc:
         if not is_transient(exc):
             refusal = _refusal(subject, exc, retried=False)
@@ -147,8 +152,8 @@ async def publish_durably(
             wait_jitter=0.1,
         ):
             with attempt:
-                ack = await js.publish(
-                    subject, data, timeout=attempt_timeout, headers=dict(headers)
+                ack = await publish_for_ack(
+                    nc, subject, data, headers=dict(headers), timeout=attempt_timeout
                 )
     except Exception as exc:
         if is_transient(exc):

@@ -1,0 +1,90 @@
+"""A publish and its ack through the connection's ack inbox, against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+import pytest
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import APIError, NoStreamResponseError
+
+from sandboxer import subjects
+from sandboxer.bus.ack_inbox import publish_for_ack
+from sandboxer.bus.connect import connect
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.publish import is_transient
+from sandboxer.bus.streams import ensure_streams
+
+pytestmark = pytest.mark.integration
+
+SUBJECT = "sandboxer.job.ack-test.sbx1"
+
+
+async def test_acks_come_back_to_their_own_publishes(nats_server: NatsServerProcess) -> None:
+    """Many at once on one connection (the first ones making its one subscription together):
+    each gets its own sequence; a message id sent again is a duplicate of the first."""
+    nc = await connect([nats_server.url], name="test")
+    try:
+        await ensure_streams(nc.jetstream())
+        acks = await asyncio.gather(
+            *(
+                publish_for_ack(nc, SUBJECT, b"job", headers={"Nats-Msg-Id": f"m{n}"}, timeout=5)
+                for n in range(50)
+            )
+        )
+        assert sorted(ack.seq for ack in acks) == list(range(1, 51))
+        assert not any(ack.duplicate for ack in acks)
+        assert {ack.stream for ack in acks} == {subjects.JOBS_STREAM}
+        again = await publish_for_ack(nc, SUBJECT, b"job", headers={"Nats-Msg-Id": "m7"}, timeout=5)
+        assert again.duplicate
+        assert again.seq == acks[7].seq
+    finally:
+        await nc.close()
+
+
+async def test_refusals_keep_the_errors_nats_py_raises(nats_server: NatsServerProcess) -> None:
+    """No stream on the subject: no responders; an expectation unmet: the APIError of its
+    code; no ack in time: nats-py's timeout. The publish module sorts them by those types."""
+    nc = await connect([nats_server.url], name="test")
+    try:
+        await ensure_streams(nc.jetstream())
+        with pytest.raises(NoStreamResponseError) as none:
+            await publish_for_ack(
+                nc, "nowhere.at.all", b"x", headers={"Nats-Msg-Id": "n1"}, timeout=5
+            )
+        assert is_transient(none.value)
+        headers = {"Nats-Msg-Id": "e1", "Nats-Expected-Last-Subject-Sequence": "7"}
+        with pytest.raises(APIError) as refused:
+            await publish_for_ack(
+                nc, "sandboxer.evt.sandbox.sbx1.requested", b"{}", headers=headers, timeout=5
+            )
+        assert refused.value.err_code == 10071
+        assert not is_transient(refused.value)
+        # A core subscriber that never answers stands in for a stream that never acks.
+        await nc.subscribe("silent.subject")
+        with pytest.raises(NatsTimeout) as late:
+            await publish_for_ack(
+                nc, "silent.subject", b"x", headers={"Nats-Msg-Id": "t1"}, timeout=0.2
+            )
+        assert is_transient(late.value)
+        after = await publish_for_ack(
+            nc, SUBJECT, b"job", headers={"Nats-Msg-Id": "after"}, timeout=5
+        )
+        assert after.seq >= 1
+    finally:
+        await nc.close()
+
+
+async def test_a_closed_connection_is_not_kept_for_its_acks(nats_server: NatsServerProcess) -> None:
+    """The inbox of each connection is kept by the connection alone: the suite opens
+    hundreds, and none may outlive its users."""
+    nc = await connect([nats_server.url], name="test")
+    await ensure_streams(nc.jetstream())
+    await publish_for_ack(nc, SUBJECT, b"job", headers={"Nats-Msg-Id": "kept"}, timeout=5)
+    await nc.close()
+    gone = weakref.ref(nc)
+    del nc
+    gc.collect()
+    assert gone() is None
