@@ -61,7 +61,7 @@ from sandboxer.errors import FetchFailed
 CMD_STREAM, CMD_SUBJECT = "BENCH_CHAIN_CMD", "bench.chain.cmd"
 EVT_STREAM, EVT_PREFIX = "BENCH_CHAIN_EVT", "bench.chain.evt"
 JOB_STREAM, JOB_SUBJECT = "BENCH_CHAIN_JOB", "bench.chain.job"
-IDLE_POLL = 0.5  # as sandboxer/workers/pull_loop.py: how long one fetch waits for work
+IDLE_POLL = 2.0  # as sandboxer/workers/pull_loop.py: how long one fetch waits for work
 FETCH_MOST = 64  # as pull_loop: a fetch takes what waits, up to its room for handlers (64)
 PAYLOAD = b"x" * 350  # a command, job or event is about this size
 RUNNING: set[asyncio.Task[None]] = set()  # the service's handlers in flight

@@ -29,13 +29,24 @@ Every request has its own reply subject under one inbox, so a status can end onl
 request it answers (a late one, of a request given up on, is dropped). A message
 delivered to any of them is taken: it is the consumer's, and would otherwise wait
 ``ack_wait`` to come back.
+
+**Withdrawing at a stop.** A pull request cannot be taken back, but the server gives
+nothing to a request whose reply subject no one subscribes to any more: it drops the
+request instead. So :meth:`PullRequests.withdraw` drains the inbox's subscription (its
+unsubscribe, then a round trip to the server: whatever the server sent before it took the
+unsubscribe comes first) and hands the waiting fetch what arrived. A stop then ends the
+wait at once, and no message is left delivered to a request no one reads (measured with
+a real nats-server: ``tests/integration/test_pull_loop.py``). Until 2026-12-07 a stop
+waited out the fetch, up to a whole poll.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -74,8 +85,11 @@ class PullRequests:
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.inbox = nc.new_inbox()
         """Under it, each request's reply subject: ``<inbox>.<n>``, n from 1."""
-        self._arrived: asyncio.Queue[Msg] = asyncio.Queue()
+        self._arrived: asyncio.Queue[Msg | None] = asyncio.Queue()
+        """What the inbox received, in order; None once :meth:`withdraw` drained it."""
         self._sub: Subscription | None = None
+        self._withdrawn = False
+        self._withdrawal: asyncio.Future[None] | None = None
         self.requests_sent = 0
 
     async def open(self) -> None:
@@ -92,14 +106,56 @@ class PullRequests:
             except NatsError as exc:
                 log.debug("%s: unsubscribing: %r", self._next_subject, exc)
 
+    async def withdraw(self) -> None:
+        """Ask for nothing more: the request the server holds is dropped, and what it
+        delivered before is handed to the fetch waiting (or to the next one). A fetch after
+        this returns at once, with nothing new."""
+        self._withdrawn = True  # before any wait: no fetch sends a request from now on
+        if self._withdrawal is None:
+            self._withdrawal = asyncio.ensure_future(self._drain())
+        # Shielded: a caller cancelled mid-way (a stop's watcher) leaves the drain to finish.
+        await asyncio.shield(self._withdrawal)
+
+    async def _drain(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.drain()  # type: ignore[no-untyped-call]  # unannotated in nats-py
+            except NatsError as exc:  # closed or closing: the server dropped the request
+                log.debug("%s: withdrawing: %r", self._next_subject, exc)
+        self._arrived.put_nowait(None)
+
+    @contextlib.asynccontextmanager
+    async def withdrawn_on(self, stop: asyncio.Event) -> AsyncIterator[None]:
+        """Withdraw as soon as ``stop`` is set while the body runs, and in any case when it
+        ends; a message delivered that no fetch took then goes back to the consumer at once
+        (a nak), for the next worker."""
+
+        async def when_stopped() -> None:
+            await stop.wait()
+            await self.withdraw()
+
+        watcher = asyncio.create_task(when_stopped())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            await self.withdraw()
+            for msg in self._left_behind():
+                try:
+                    await msg.nak()
+                except NatsError as exc:  # it comes back after ack_wait instead
+                    log.debug("%s: giving back %s: %r", self._next_subject, msg.subject, exc)
+
     async def fetch(self, most: int, wait: float) -> list[Msg]:
         """Up to ``most`` messages, as soon as there is one; none after ``wait`` seconds.
 
         Messages of an earlier request that came after it was given up on are handed over
         first, without a request. Raises :class:`FetchFailed` when the consumer refuses
-        the request or does not answer it."""
+        the request or does not answer it. Once withdrawn, what is left, without a wait."""
         left = self._left_behind()
-        if left:
+        if left or self._withdrawn:
             return left
         return await self._request(most, wait, {"batch": most, "no_wait": True})
 
@@ -107,11 +163,13 @@ class PullRequests:
         msgs = []
         while not self._arrived.empty():
             msg = self._arrived.get_nowait()
-            if _status(msg) is None:
+            if msg is not None and _status(msg) is None:
                 msgs.append(msg)
         return msgs
 
     async def _request(self, most: int, wait: float, ask: dict[str, object]) -> list[Msg]:
+        if self._withdrawn:  # a request now would go to an inbox no one reads
+            return []
         self.requests_sent += 1
         reply = f"{self.inbox}.{self.requests_sent}"
         request = {**ask, "expires": max(1_000_000, int(wait * 1e9))}
@@ -126,6 +184,8 @@ class PullRequests:
             async with asyncio.timeout(wait + GRACE):
                 while len(got) < most:
                     msg = await self._arrived.get()
+                    if msg is None:  # withdrawn: everything delivered is in
+                        return got + self._left_behind()
                     status = _status(msg)
                     if status is None:
                         got.append(msg)

@@ -243,7 +243,7 @@ class StateHubFollower:
         try:
             # The guard looks in a task of its own: no fetch waits for a look, and a remake
             # racing a fetch or an ack loses nothing (bus/guarded_durable.py says why).
-            async with self._durable.watching():
+            async with self._durable.watching(), requests.withdrawn_on(stop):
                 while not stop.is_set():
                     msg = await fetch_one(requests, DURABLE)
                     if isinstance(msg, Msg):

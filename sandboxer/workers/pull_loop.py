@@ -53,10 +53,16 @@ __all__ = ["ConsumerSpec", "fetch_one", "fetch_some", "run_pull_consumer"]
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL = 0.5
-"""Seconds a fetch waits for work; also how long a stop takes to be noticed. The fetch is
-waited out, not cancelled: a message delivered to a cancelled fetch would be taken and
-dropped (a pull request cannot be withdrawn), and wait unacknowledged for ``ack_wait``."""
+IDLE_POLL = 2.0
+"""Seconds one pull request waits for work before the next is sent. A stop does not wait
+for it (the request is withdrawn: bus/pull_requests.py); a request the server lost without
+a word (a reconnect, a consumer leader killed) is sent again after it and
+``pull_requests.GRACE``. Renewals cost CPU while idle: at 0.5 s, the nine loops of
+``sandboxer up`` cost it and nats-server about 10 ms a second more than at 2 s
+(docs/performance.md, "Stopping the service")."""
+
+RETRY_PAUSE = 0.5
+"""Seconds before a fetch that failed (no consumer leader yet, a reconnect) is tried again."""
 
 MAX_RETRY_DELAY = 5.0
 """Longest wait before a failed message comes back: an election (4-7 s) is retried within it."""
@@ -174,7 +180,7 @@ async def fetch_some(requests: PullRequests, durable: str, most: int) -> list[Ms
     except FetchFailed as exc:
         # No consumer leader yet (just created, or mid-election), or reconnecting: wait.
         log.log(logging.INFO if exc.passing else logging.WARNING, "%s: %s; again", durable, exc)
-        await asyncio.sleep(IDLE_POLL)
+        await asyncio.sleep(RETRY_PAUSE)
         return FETCH_FAILED
 
 
@@ -364,7 +370,10 @@ async def run_pull_consumer(
     try:
         # The guard looks in a task of its own: no fetch waits for a look, and a remake
         # racing a fetch or an ack loses nothing (bus/guarded_durable.py says why).
-        async with guard.watching() if guard else contextlib.nullcontext():
+        async with (
+            guard.watching() if guard else contextlib.nullcontext(),
+            requests.withdrawn_on(stop),  # a stop ends the fetch waiting at once
+        ):
             while not stop.is_set():
                 await room.wait()
                 msgs = await fetch_some(requests, spec.durable, room.free)

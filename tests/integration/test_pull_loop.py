@@ -197,12 +197,12 @@ async def waiting_fetches(js: JetStreamContext, spec: ConsumerSpec) -> int:
 async def test_a_message_arriving_as_the_loop_stops_is_handled_once(
     js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Published the moment stop is set: handled here, or by the next run, and once. (A
-    message the server gives a fetch just as the fetch gives up waiting is not seen by it:
-    nats-py cannot withdraw a pull request. It comes back after ``ack_wait``, as after a
-    crash; a stop that cancelled the fetch made that likelier, and was taken back.)"""
-    monkeypatch.setattr(pull_loop, "IDLE_POLL", 0.2)
-    spec = spec_for("racing", ack_wait=2)
+    """Published the moment stop is set: handled here, or by the next run, and once. The
+    stop does not wait out the poll (30 s here): it withdraws the pull request, and nothing
+    is left delivered to a fetch no one reads, which would wait ``ack_wait`` to come back
+    (bus/pull_requests.py). Until 2026-12-07 a stop waited the fetch out."""
+    monkeypatch.setattr(pull_loop, "IDLE_POLL", 30.0)
+    spec = spec_for("racing", ack_wait=20)
     recorder = Recorder()
     for n in range(20):
         stop = asyncio.Event()
@@ -218,8 +218,12 @@ async def test_a_message_arriving_as_the_loop_stops_is_handled_once(
         stop.set()
         await published
         await asyncio.wait_for(loop, 10)
+        info = await js.consumer_info(spec.stream, spec.durable)
+        assert not info.num_waiting  # the request was withdrawn, not left to expire
 
     async def body() -> None:
+        # Within half of ack_wait: a message left delivered to no one would come back only
+        # after all of it.
         await until(lambda: len(recorder.handled) == 20, 10)
 
     await running(js, spec, recorder, body)
