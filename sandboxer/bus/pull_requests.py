@@ -120,7 +120,10 @@ class PullRequests:
         sub, self._sub = self._sub, None
         if sub is not None:
             try:
-                await sub.drain()  # type: ignore[no-untyped-call]  # unannotated in nats-py
+                if self._nc.is_connected:
+                    await sub.drain()  # type: ignore[no-untyped-call]  # unannotated in nats-py
+                else:  # nothing arrives meanwhile; a drain's round trip would wait for a server
+                    await sub.unsubscribe()
             except NatsError as exc:  # closed or closing: the server dropped the request
                 log.debug("%s: withdrawing: %r", self._next_subject, exc)
         self._arrived.put_nowait(None)
