@@ -3,9 +3,10 @@
 By the contract (a durable command, one event per transition, every append
 carrying its aggregate's expected last sequence) a create served by a warm
 pool is six JetStream round trips in a row (docs/performance.md, "The warm
-path"). This module runs that chain and nothing else, with nats-py and the pull requests
-the real loop sends (bus/pull_requests.py): no other sandboxer code, no decoding
-beyond finding an id, no decisions.
+path"). This module runs that chain and nothing else, with nats-py, the pull requests
+the real loop sends (bus/pull_requests.py) and the publish the service awaits its acks
+with (bus/ack_inbox.py; until 2026-12-07, nats-py's own): no other sandboxer code, no
+decoding beyond finding an id, no decisions.
 
 - the client subscribes to the sandbox's events, then publishes the command
   (awaiting its ack);
@@ -55,6 +56,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
+from sandboxer.bus.ack_inbox import publish_for_ack
 from sandboxer.bus.pull_requests import PullRequests, connection_of
 from sandboxer.errors import FetchFailed
 
@@ -92,18 +94,26 @@ def _scope(aggregate: str) -> str:
     return f"{EVT_PREFIX}.{aggregate}.>"
 
 
+async def _publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]) -> int:
+    """A publish awaited to its ack as the service's are (bus/ack_inbox.py, not nats-py's
+    JetStream publish: the skeleton is no slower than our own code at this step); its
+    sequence."""
+    ack = await publish_for_ack(connection_of(js), subject, data, headers=headers, timeout=5)
+    return ack.seq
+
+
 async def _append(js: JetStreamContext, aggregate: str, kind: str, expected: int) -> int:
     """One event of ``aggregate``, expecting ``expected`` as its last sequence; its sequence."""
-    ack = await js.publish(
+    return await _publish(
+        js,
         f"{EVT_PREFIX}.{aggregate}.{kind}",
         PAYLOAD,
-        headers={
+        {
             "Nats-Msg-Id": f"{aggregate}-{kind}",
             "Nats-Expected-Last-Subject-Sequence": str(expected),
             "Nats-Expected-Last-Subject-Sequence-Subject": _scope(aggregate),
         },
     )
-    return ack.seq
 
 
 # -- the service side ---------------------------------------------------------------------------
@@ -116,7 +126,7 @@ async def _control(js: JetStreamContext, msg: Msg) -> None:
         last = await _append(js, sandbox, "routed", last)
     # The job carries the sandbox id and its log position, as a real provision job does.
     job = f"{sandbox} {last}\n".encode() + PAYLOAD
-    await js.publish(JOB_SUBJECT, job, headers={"Nats-Msg-Id": f"{sandbox}-job"})
+    await _publish(js, JOB_SUBJECT, job, {"Nats-Msg-Id": f"{sandbox}-job"})
     await msg.ack()
 
 
@@ -210,7 +220,7 @@ async def chain_once(nc: NATS, js: JetStreamContext, *, shortest: bool = False) 
 
     sub = await nc.subscribe(_scope(sandbox), cb=on_event)
     try:
-        await js.publish(CMD_SUBJECT, PAYLOAD, headers={"Nats-Msg-Id": sandbox})
+        await _publish(js, CMD_SUBJECT, PAYLOAD, {"Nats-Msg-Id": sandbox})
         async with asyncio.timeout(READY_WITHIN):
             await ready
     except TimeoutError:
