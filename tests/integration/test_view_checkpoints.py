@@ -221,6 +221,11 @@ async def test_a_service_on_a_new_machine_starts_its_view_from_the_checkpoint(
         try:
             for _ in range(12):
                 await admin.account_command("add_credits", "acme", amount=1)
+            # Read back (read-your-writes): the view has folded all twelve, so its checkpoint
+            # is under way, and the stop waits for it. A stop does not wait for the view to
+            # reach the log's end: before stops withdrew their pull requests (2026-12-07) it
+            # took half a second, which the projector used.
+            await admin.credits("acme")
         finally:
             await admin.close()
     caplog.set_level(logging.INFO, logger="sandboxer.projections.projector")
