@@ -98,7 +98,6 @@ def _read_ack(msg: Msg) -> PubAck:
     ack = msgspec.json.decode(msg.data, type=_Ack)
     if ack.error is not None:
         APIError.from_error(ack.error)  # raises the error's own class (by its code)
-        raise APIError(description=str(ack.error))  # never reached: from_error raises
     return PubAck(stream=ack.stream, seq=ack.seq, domain=ack.domain, duplicate=ack.duplicate)
 
 

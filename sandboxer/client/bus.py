@@ -91,10 +91,6 @@ COMMAND_PUBLISH_BUDGET = 15.0
 
 OutputCallback = Callable[[str, bytes], Awaitable[None] | None]
 
-VIEW_LAG_BUDGET = 10.0
-"""Seconds a client asks again for a row its own outcome says is there (a projector behind
-the log answers from where it is after a short wait)."""
-
 DEFAULT_ACTOR = {"type": "adm", "id": os.environ.get("USER") or "cli"}
 
 
@@ -629,31 +625,21 @@ class SandboxerClient:
             "snapshot", command, sandbox_id, {"snapshot_finished"}, True, None, timeout
         )
         snapshot_id = finished["snapshot_id"]
-        snapshot = await self._finished_snapshot(snapshot_id)
+        # The outcome came: a projector restarting meanwhile is waited for, not reported.
+        snapshot = await self.snapshot_get(snapshot_id, budget=RESTART_BUDGET)
         if snapshot is None:
+            # A projector that has not folded the outcome within its wait answers from where
+            # it is (Projector.caught_up): say so, not that the snapshot failed.
             raise CommandFailed(
                 f"snapshot {snapshot_id} of {sandbox_id} finished {finished.get('outcome')}, but "
-                f"the view did not show it within {VIEW_LAG_BUDGET:g} s (its projector is behind "
-                f"the log); see 'sandboxer snapshots get {snapshot_id}' in a moment",
+                f"the view does not show it yet (its projector is behind the log); see "
+                f"'sandboxer snapshots get {snapshot_id}' in a moment",
                 finished,
             )
         if finished.get("outcome") != "created":
             reason = snapshot.get("failure") or f"see 'sandboxer snapshots get {snapshot_id}'"
             raise CommandFailed(f"snapshot of {sandbox_id} failed: {reason}", finished)
         return snapshot
-
-    async def _finished_snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
-        """The row of a snapshot whose outcome this client saw. A projector restarting is
-        waited for, not reported; one that answers short of the outcome (the projector waits
-        2 s for it, then answers from where it is: a loaded machine) is asked again, for up
-        to :data:`VIEW_LAG_BUDGET` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + VIEW_LAG_BUDGET
-        while True:
-            snapshot = await self.snapshot_get(snapshot_id, budget=RESTART_BUDGET)
-            if snapshot is not None or loop.time() > deadline:
-                return snapshot
-            await asyncio.sleep(0.2)
 
     async def restore(
         self,
