@@ -89,6 +89,13 @@ __all__ = [
 COMMAND_PUBLISH_BUDGET = 15.0
 """Seconds a command's publish waits out an unavailable commands stream (elections take 4-7 s)."""
 
+VIEW_PATIENCE = 10.0
+"""Seconds a query is asked again while the view answering it is behind the client's own
+writes (each ask waits up to 2 s at the projector first): a projector folding at a tenth of
+its usual pace on a loaded machine still shows them."""
+REASK_PAUSE = 0.05
+"""Seconds between such asks, for a responder that answers at once rather than waiting."""
+
 OutputCallback = Callable[[str, bytes], Awaitable[None] | None]
 
 DEFAULT_ACTOR = {"type": "adm", "id": os.environ.get("USER") or "cli"}
@@ -117,6 +124,10 @@ class SandboxerClient:
         """Set when connected as an API key (docs/security.md#keys-on-the-bus): every subject
         this client publishes on then ends in it, and it reads events through queries."""
         self.rate_patience = RATE_PATIENCE
+        self.view_patience = VIEW_PATIENCE
+        """Seconds a query is asked again while its answer comes from a view that has not
+        folded what this client saw finish (its ``position`` short of the query's
+        ``min_seq``); past them, that answer is returned."""
         """Seconds a request refused for the key's rate (a query, an exec, a copy, a token
         request) is sent again as the refusal says, before :class:`RateLimited` is raised;
         0: raised at once."""
@@ -209,15 +220,29 @@ class SandboxerClient:
         refused for its rate is asked again when the refusal says, for ``patience`` seconds
         (by default :attr:`rate_patience`; or ``budget``, the longer); past them,
         :class:`RateLimited`."""
+        min_seq = 0
         if "min_seq" in request:  # read your writes: include the outcomes just returned
             position = await self.outcomes.position()
-            request = {**request, "min_seq": max(int(request["min_seq"] or 0), position)}
+            min_seq = max(int(request["min_seq"] or 0), position)
+            request = {**request, "min_seq": min_seq}
         subject = self._subject(subject)
         payload = msgspec.json.encode(request)
         patience = max(self.rate_patience if patience is None else patience, budget)
-        reply = await ask_json(
-            self.nc, subject, payload, timeout=timeout, budget=budget, patience=patience
-        )
+        loop = asyncio.get_running_loop()
+        behind_until: float | None = None
+        while True:
+            reply = await ask_json(
+                self.nc, subject, payload, timeout=timeout, budget=budget, patience=patience
+            )
+            if not _short_of(reply, min_seq):
+                break
+            # A projector waits a while for the asker's writes, then answers from where it
+            # is (Projector.caught_up): a loaded machine's, or another projector of a scaled
+            # out service. Its answer lacks what this client saw finish: ask again, a while.
+            behind_until = behind_until or loop.time() + self.view_patience
+            if loop.time() >= behind_until:
+                break  # the answer as the view has it; its position says how far that is
+            await asyncio.sleep(REASK_PAUSE)
         if not reply.get("ok"):
             error = str(reply.get("error"))
             if reply.get("code") == RATE_LIMITED:  # a key past its rate: wait and ask again
@@ -628,8 +653,8 @@ class SandboxerClient:
         # The outcome came: a projector restarting meanwhile is waited for, not reported.
         snapshot = await self.snapshot_get(snapshot_id, budget=RESTART_BUDGET)
         if snapshot is None:
-            # A projector that has not folded the outcome within its wait answers from where
-            # it is (Projector.caught_up): say so, not that the snapshot failed.
+            # The view had not folded the outcome after the query's re-asks (view_patience):
+            # say so, not that the snapshot failed.
             raise CommandFailed(
                 f"snapshot {snapshot_id} of {sandbox_id} finished {finished.get('outcome')}, but "
                 f"the view does not show it yet (its projector is behind the log); see "
@@ -1081,3 +1106,9 @@ def _exec_error(result: dict[str, Any], sandbox_id: str) -> SandboxerError:
     message = str(result["error"])
     details = {"sandbox_id": sandbox_id, "timed_out": bool(result.get("timed_out"))}
     return CommandFailed(message, details)
+
+
+def _short_of(reply: Mapping[str, Any], min_seq: int) -> bool:
+    """Whether ``reply`` answers from a view that has not folded the log up to ``min_seq``."""
+    position = reply.get("position")
+    return bool(min_seq and reply.get("ok") and isinstance(position, int) and position < min_seq)

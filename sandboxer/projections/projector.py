@@ -50,6 +50,9 @@ FLUSH_EVERY = 1000
 LIVE_SETTLE = 0.002
 """How long the live reader lets a flow of events run on before folding it: longer than the
 gaps between the appends of one command's chain (docs/performance.md, "The warm path")."""
+OWN_WRITES_WAIT = 2.0
+"""Seconds a query waits for the view to fold the asker's own writes (its ``min_seq``) before
+it answers from where the view is; the client then asks again (``client.bus.VIEW_PATIENCE``)."""
 REBUILD_FLUSH_EVERY = 50_000
 MAX_RESTART_DELAY = 5.0
 """Longest wait before a failed reader starts again (a full disk may take minutes to clear)."""
@@ -225,11 +228,11 @@ class Projector:
             self.position = position
             self._advanced.notify_all()
 
-    async def wait_for(self, seq: int, timeout: float = 2.0) -> bool:
+    async def wait_for(self, seq: int, timeout: float | None = None) -> bool:
         """Wait until the view includes event ``seq`` (read-your-writes for queries)."""
         async with self._advanced:
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(OWN_WRITES_WAIT if timeout is None else timeout):
                     await self._advanced.wait_for(lambda: self.position >= seq)
             except TimeoutError:
                 return False
