@@ -88,8 +88,8 @@ class PullRequests:
         self._arrived: asyncio.Queue[Msg | None] = asyncio.Queue()
         """What the inbox received, in order; None once :meth:`withdraw` drained it."""
         self._sub: Subscription | None = None
-        self._withdrawn = False
         self._withdrawal: asyncio.Future[None] | None = None
+        """The drain :meth:`withdraw` started; once set, no fetch sends a request."""
         self.requests_sent = 0
 
     async def open(self) -> None:
@@ -110,8 +110,7 @@ class PullRequests:
         """Ask for nothing more: the request the server holds is dropped, and what it
         delivered before is handed to the fetch waiting (or to the next one). A fetch after
         this returns at once, with nothing new."""
-        self._withdrawn = True  # before any wait: no fetch sends a request from now on
-        if self._withdrawal is None:
+        if self._withdrawal is None:  # set before any wait: no request is sent from now on
             self._withdrawal = asyncio.ensure_future(self._drain())
         # Shielded: a caller cancelled mid-way (a stop's watcher) leaves the drain to finish.
         await asyncio.shield(self._withdrawal)
@@ -158,7 +157,7 @@ class PullRequests:
         first, without a request. Raises :class:`FetchFailed` when the consumer refuses
         the request or does not answer it. Once withdrawn, what is left, without a wait."""
         left = self._left_behind()
-        if left or self._withdrawn:
+        if left or self._withdrawal is not None:
             return left
         return await self._request(most, wait, {"batch": most, "no_wait": True})
 
@@ -171,7 +170,7 @@ class PullRequests:
         return msgs
 
     async def _request(self, most: int, wait: float, ask: dict[str, object]) -> list[Msg]:
-        if self._withdrawn:  # a request now would go to an inbox no one reads
+        if self._withdrawal is not None:  # a request now would go to an inbox no one reads
             return []
         self.requests_sent += 1
         reply = f"{self.inbox}.{self.requests_sent}"
