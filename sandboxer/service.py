@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from nats.aio.client import Client
@@ -41,7 +41,7 @@ from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.settings import Settings
-from sandboxer.errors import ConfigError
+from sandboxer.errors import ConfigError, NatsServerError
 from sandboxer.extensions.base import Extension
 from sandboxer.extensions.capabilities import Closable, TokenHolder
 from sandboxer.extensions.loading import build_extension
@@ -74,11 +74,16 @@ def all_roles(catalog: Catalog) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def embedded_nats(settings: Settings) -> AsyncIterator[list[str]]:
-    """Yield the NATS URLs to use: the configured ones, or those of a server started here."""
+async def embedded_nats(
+    settings: Settings, give_up: Callable[[str], None]
+) -> AsyncIterator[list[str]]:
+    """Yield the NATS URLs to use: the configured ones, or those of a server started here,
+    which is started again should it die meanwhile (``give_up`` is told when it will not
+    stay up: bus/embedded_restart.py)."""
     if not settings.embedded:
         yield list(settings.nats_urls)
         return
+    from sandboxer.bus.embedded_restart import keep_serving
     from sandboxer.bus.nats_auth import EMBEDDED_SERVER_NAME, ensure_embedded_auth
     from sandboxer.bus.nats_server import NatsServerProcess
 
@@ -90,15 +95,31 @@ async def embedded_nats(settings: Settings) -> AsyncIterator[list[str]]:
         server_name=EMBEDDED_SERVER_NAME,
     )
     await server.start()
+    keeper = asyncio.create_task(keep_serving(server, give_up), name="embedded-nats")
     try:
-        async with _key_users(server.url, server.pid, settings):
+        async with _key_users(server.url, lambda: server.pid, settings):
             yield [server.url]
     finally:
+        await cancel_until_done(keeper)
         await server.stop()
 
 
 @contextlib.asynccontextmanager
-async def _key_users(url: str, pid: int, settings: Settings) -> AsyncIterator[None]:
+async def _reported_as(lost: list[str]) -> AsyncIterator[None]:
+    """Raise the embedded server's loss, once given, for whatever its want of a bus made the
+    roles fail with (a role still starting waits for the bus and gives up): the cause, not its
+    consequences."""
+    try:
+        yield
+    except Exception:
+        if not lost:
+            raise
+    if lost:
+        raise NatsServerError(f"{lost[0]}; sandboxer stopped")
+
+
+@contextlib.asynccontextmanager
+async def _key_users(url: str, pid: Callable[[], int], settings: Settings) -> AsyncIterator[None]:
     """Keep the embedded server's users equal to the log's API keys (bus/key_users.py)."""
     from sandboxer.bus.key_users import KeyUsersFollower, signal_reload
 
@@ -344,7 +365,13 @@ async def serve(settings: Settings, roles: Sequence[str] | None = None) -> None:
         chosen.remove("gateway")
         listener.close()
         listener = None
-    async with embedded_nats(settings) as urls:
+    lost: list[str] = []  # why the embedded server would not stay up, if it would not
+
+    def give_up(reason: str) -> None:
+        lost.append(reason)
+        stop.set()
+
+    async with _reported_as(lost), embedded_nats(settings, give_up) as urls:
         nc = await connect(
             urls,
             name=f"sandboxer-{'+'.join(chosen)}",

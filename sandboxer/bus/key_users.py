@@ -142,13 +142,16 @@ class KeyUsersFollower:
         log.info("NATS users reloaded: %d key identities", len(users))
 
 
-def signal_reload(pid: int) -> Callable[[], None]:
-    """A ``reload`` for :class:`KeyUsersFollower`: SIGHUP makes nats-server reread its config."""
+def signal_reload(pid: Callable[[], int]) -> Callable[[], None]:
+    """A ``reload`` for :class:`KeyUsersFollower`: SIGHUP makes nats-server reread its config.
+    ``pid`` says the server's process now: a server started again has another (and reads
+    the users afresh as it starts)."""
 
     def reload() -> None:
+        now = pid()
         try:
-            os.kill(pid, signal.SIGHUP)
+            os.kill(now, signal.SIGHUP)
         except ProcessLookupError:
-            log.warning("NATS server %d is gone: its users were not reloaded", pid)
+            log.warning("NATS server %d is gone: its users were not reloaded", now)
 
     return reload

@@ -271,6 +271,12 @@ class NatsServerProcess:
             await self.kill()  # when still alive after the timeout, or when we were cancelled
         return proc.returncode
 
+    async def exited(self) -> int:
+        """Wait until the running server exits, by a stop or not; its exit code."""
+        if self._proc is None:
+            raise NatsServerError(f"nats-server {self.server_name!r} has not started")
+        return await self._proc.wait()
+
     async def kill(self) -> int | None:
         """SIGKILL the server (simulating a crash), reap it and release the store."""
         proc = self._proc
