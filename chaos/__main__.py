@@ -23,6 +23,7 @@ ORDER = (
     "kill_roles",
     "kill_hosted",
     "kill_ssh",
+    "embedded_kill",
     "sigstop",
     "same_command_id",
     "conflicting",
@@ -79,12 +80,30 @@ def _write_stacks(path: Path) -> None:
         lines.append(f"--- {task.get_name()}")
         awaited: object = task.get_coro()
         while awaited is not None:
-            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            frame = (
+                getattr(awaited, "cr_frame", None)
+                or getattr(awaited, "gi_frame", None)
+                or getattr(awaited, "ag_frame", None)
+            )
             if frame is not None:
                 code = frame.f_code
                 lines.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}")
-            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+            awaited = (
+                _entered_generator(frame)
+                or getattr(awaited, "cr_await", None)
+                or getattr(awaited, "gi_yieldfrom", None)
+                or getattr(awaited, "ag_await", None)
+            )
     path.write_text("\n".join(lines) + "\n")
+
+
+def _entered_generator(frame: object) -> object:
+    """The async generator an ``asynccontextmanager``'s ``__aenter__``/``__aexit__`` waits on
+    (what it awaits, the generator's ``anext``, does not lead to it), or None."""
+    if getattr(getattr(frame, "f_code", None), "co_name", "") not in {"__aenter__", "__aexit__"}:
+        return None
+    gen = getattr(getattr(frame, "f_locals", {}).get("self"), "gen", None)
+    return gen if getattr(gen, "ag_frame", None) is not None else None
 
 
 async def main(argv: list[str]) -> int:

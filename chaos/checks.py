@@ -746,10 +746,14 @@ async def check_all(
     secrets: Sequence[str | bytes] = (),
     secret_files: Sequence[Path] = (),
     terminal_timeout: float = 120.0,
+    client_urls: Urls | None = None,
 ) -> list[str]:
     """Every check, in an order where each can rely on the ones before: commands settle
     first, the service serving is proven last (after the leak check, so its own sandbox is
-    not counted while it is being made). Each problem is prefixed with its check's name."""
+    not counted while it is being made). Each problem is prefixed with its check's name.
+    ``client_urls``: what a client connects to, where that is another identity than the
+    checks' (an embedded server's client identity, which may send commands and ask for a
+    replay)."""
     problems: list[str] = []
 
     def note(check: str, found: list[str]) -> None:
@@ -763,8 +767,9 @@ async def check_all(
     note("no_double_debit", await no_double_debit(urls))
     note("checkpoints_agree", await checkpoints_agree(urls))
     note("no_secret_bytes", await no_secret_bytes(secrets, urls, files=secret_files))
-    note("replay_equals_live", await replay_equals_live(urls))
-    note("still_serves", await still_serves(urls))
+    as_client = urls if client_urls is None else client_urls
+    note("replay_equals_live", await replay_equals_live(as_client))
+    note("still_serves", await still_serves(as_client))
     view = await read_log(urls)
     note("log", view.undecodable)
     return problems

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import random
 import signal
@@ -24,8 +25,11 @@ from pathlib import Path
 from typing import Any, Self
 
 from chaos.result import ScenarioResult
+from sandboxer.bus.connect import connect
+from sandboxer.bus.nats_auth import AUTH_DIR_NAME, read_credentials
 from sandboxer.bus.nats_cluster import NatsCluster
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.permissions import CLIENT, SERVICE
 from sandboxer.client import SandboxerClient
 from sandboxer.errors import SandboxerError
 from sandboxer.extensions.local.backend import LocalExtension
@@ -34,6 +38,7 @@ from sandboxer.spare_ports import spare_port
 __all__ = [
     "ADMIN",
     "DEFAULT_ROLES",
+    "EMBEDDED_ROLE",
     "ChaosService",
     "HarnessError",
     "RoleProcess",
@@ -55,6 +60,9 @@ ROLE_START_TIMEOUT = 60.0
 
 STOP_GRACE = 15.0
 """Seconds between SIGTERM and SIGKILL when the harness stops a role."""
+
+EMBEDDED_ROLE = "up"
+"""The one role of an ``embedded`` service: ``sandboxer up``, every role and its own NATS."""
 
 RUNNING_MARK = b"running roles:"
 """What sandboxer/service.py logs once a role's consumers and responders are set up."""
@@ -153,6 +161,9 @@ class ChaosService:
     ``env`` is added to every role's environment (``SANDBOXER_*`` settings).
     A role named ``ext.local#2`` is a second process of ``ext.local`` (scale-out: both pull
     from the same consumer), handled by that name everywhere here.
+    ``embedded`` runs ``sandboxer up`` instead, as users do by default: every role in one
+    process (the role ``up``) with a nats-server of its own, whose generated service
+    identity the harness connects as (:meth:`kill_embedded_nats` hurts that server).
     """
 
     def __init__(
@@ -164,13 +175,17 @@ class ChaosService:
         cluster_size: int = 1,
         nats_store: Path | None = None,
         env: Mapping[str, str] | None = None,
+        embedded: bool = False,
     ) -> None:
         self.workdir = workdir
+        self.embedded = embedded
+        self._embedded_url: str | None = None
+        self._embedded_client_url: str | None = None
         self.home = workdir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs = workdir / "logs"
         self.logs.mkdir(exist_ok=True)
-        self.roles = list(roles)
+        self.roles = [EMBEDDED_ROLE] if embedded else list(roles)
         self.ack_wait = ack_wait
         self.cluster_size = cluster_size
         self.nats_store = nats_store or workdir / "nats"
@@ -188,11 +203,21 @@ class ChaosService:
 
     @property
     def nats_urls(self) -> list[str]:
+        if self._embedded_url is not None:
+            return [self._embedded_url]
         if self.cluster is not None:
             return self.cluster.urls
         if self.nats is not None:
             return [self.nats.url]
         raise HarnessError("the service has not started")
+
+    @property
+    def client_urls(self) -> list[str]:
+        """What a client connects to: :attr:`nats_urls`, but for an embedded service, whose
+        clients connect as its client identity."""
+        if self._embedded_client_url is not None:
+            return [self._embedded_client_url]
+        return self.nats_urls
 
     @property
     def nats_url(self) -> str:
@@ -211,17 +236,23 @@ class ChaosService:
         return self._client
 
     async def connect(self, actor: Mapping[str, Any] | None = None) -> SandboxerClient:
-        """Another client of this service (the caller closes it)."""
-        return await SandboxerClient.connect(self.nats_urls, actor=dict(actor or ADMIN))
+        """Another client of this service (the caller closes it). An embedded service's
+        client reconnects as the service's own connections do, as the gateway's does: its
+        nats-server is what the scenario kills, and a client's connection gives up at once."""
+        if not self.embedded:
+            return await SandboxerClient.connect(self.nats_urls, actor=dict(actor or ADMIN))
+        nc = await connect(self.client_urls, name="chaos-client")
+        return SandboxerClient(nc, actor=dict(actor or ADMIN))
 
     def role_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}
         env |= {
             "SANDBOXER_HOME": str(self.home),
-            "SANDBOXER_NATS_URL": self.nats_url,
             "SANDBOXER_ACK_WAIT": str(self.ack_wait),
             "SANDBOXER_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
         }
+        if not self.embedded:
+            env["SANDBOXER_NATS_URL"] = self.nats_url
         return env | self.extra_env
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -238,6 +269,13 @@ class ChaosService:
 
     async def start(self) -> Self:
         """NATS, then every role (each waited for), then the client, then one health answer."""
+        if self.embedded:
+            await self.start_role(EMBEDDED_ROLE)
+            self._embedded_url = self._identity_url(SERVICE)
+            self._embedded_client_url = self._identity_url(CLIENT)
+            self._client = await self.connect()
+            await self.wait_healthy()
+            return self
         if self.cluster_size > 1:
             self.cluster = NatsCluster(self.workdir / "cluster", size=self.cluster_size)
             await self.cluster.start()
@@ -253,6 +291,44 @@ class ChaosService:
         self._client = await self.connect()
         await self.wait_healthy()
         return self
+
+    def _identity_url(self, identity: str) -> str:
+        """The embedded server's URL (from ``service.json``) with ``identity``'s user and
+        password in it (generated passwords are URL-safe): the checks connect as the service
+        identity, clients as the client one (which may publish commands)."""
+        record = json.loads((self.home / "service.json").read_text())
+        credentials = read_credentials(self.home / AUTH_DIR_NAME, identity)
+        if credentials is None:
+            raise HarnessError(f"sandboxer up wrote no {identity} identity under {self.home}")
+        scheme, _, address = str(record["nats_url"]).partition("://")
+        return f"{scheme}://{credentials.user}:{credentials.password}@{address}"
+
+    def embedded_nats_pid(self) -> int | None:
+        """The pid of the nats-server ``sandboxer up`` runs now (None while it has none)."""
+        for pid in child_pids(self._current(EMBEDDED_ROLE).pid):
+            try:
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if argv0.endswith(b"nats-server"):
+                return pid
+        return None
+
+    async def kill_embedded_nats(self, timeout: float = 30.0) -> float:
+        """kill -9 ``sandboxer up``'s nats-server; the seconds until the service ran another
+        (it starts it again itself: sandboxer/bus/embedded_restart.py)."""
+        killed = self.embedded_nats_pid()
+        if killed is None:
+            raise HarnessError("sandboxer up runs no nats-server to kill")
+        began = time.monotonic()
+        os.kill(killed, signal.SIGKILL)
+        while True:
+            now = self.embedded_nats_pid()
+            if now is not None and now != killed:
+                return time.monotonic() - began
+            if time.monotonic() - began > timeout or not self.alive(EMBEDDED_ROLE):
+                raise HarnessError(f"no nats-server ran again within {timeout:g} s")
+            await asyncio.sleep(0.01)
 
     async def wait_healthy(self, timeout: float = 60.0) -> None:
         """Until the projector answers a health query, its view caught up with the log."""
@@ -280,12 +356,12 @@ class ChaosService:
         log = self.logs / f"{role}.{incarnation}.log"
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
+            command = ["up"] if role == EMBEDDED_ROLE else ["worker", role.partition("#")[0]]
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "sandboxer.cli.app",
-                "worker",
-                role.partition("#")[0],
+                *command,
                 env=self.role_env(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
