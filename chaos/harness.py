@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Self
 
 from chaos.result import ScenarioResult
-from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_auth import AUTH_DIR_NAME, read_credentials
 from sandboxer.bus.nats_cluster import NatsCluster
 from sandboxer.bus.nats_server import NatsServerProcess
@@ -236,13 +235,8 @@ class ChaosService:
         return self._client
 
     async def connect(self, actor: Mapping[str, Any] | None = None) -> SandboxerClient:
-        """Another client of this service (the caller closes it). An embedded service's
-        client reconnects as the service's own connections do, as the gateway's does: its
-        nats-server is what the scenario kills, and a client's connection gives up at once."""
-        if not self.embedded:
-            return await SandboxerClient.connect(self.nats_urls, actor=dict(actor or ADMIN))
-        nc = await connect(self.client_urls, name="chaos-client")
-        return SandboxerClient(nc, actor=dict(actor or ADMIN))
+        """Another client of this service (the caller closes it)."""
+        return await SandboxerClient.connect(self.client_urls, actor=dict(actor or ADMIN))
 
     def role_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOXER_")}

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
 
 from sandboxer import subjects
 from sandboxer.bus.ask import RESTART_BUDGET, ask_json
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 __all__ = ["CommandFailed", "EventCallback", "KeyOutcomeWatcher", "OutcomeWatcher", "notify"]
 
 EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+CATCH_UP_EVERY = 1.0
+"""Seconds between two looks, while a wait hears nothing, at whether its connection came back
+from a lost server (then the log is read for what it missed meanwhile)."""
 
 EXPIRIES = frozenset({"expired", "pause_limit_reached"})
 """Events by which a sandbox expires (the second: it stayed paused past ``ttl.max_pause``)."""
@@ -140,7 +145,8 @@ class OutcomeWatcher:
             yield
         finally:
             for sub in subs:
-                await sub.unsubscribe()
+                with contextlib.suppress(ConnectionClosedError):  # closed: nothing to undo
+                    await sub.unsubscribe()
 
     async def _first_outcome(
         self,
@@ -154,8 +160,18 @@ class OutcomeWatcher:
     ) -> dict[str, Any]:
         command_id = command["command_id"]
         seen: set[str] = set()
+        reconnects = self.nc.stats["reconnects"]
         while True:
-            event = await outcome.get()
+            try:
+                async with asyncio.timeout(CATCH_UP_EVERY):
+                    event = await outcome.get()
+            except TimeoutError:
+                # An event published while this connection was cut off from the server (a
+                # restart) reached no subscription: back, read what the log holds of it.
+                if self.nc.stats["reconnects"] != reconnects and self.nc.is_connected:
+                    reconnects = self.nc.stats["reconnects"]
+                    await self._catch_up(scope, command_id, outcome)
+                continue
             finished = verb == "destroy" and event.get("type") == "destroyed"
             # An expiry, whoever sent it, ends the wait for any work on the sandbox.
             ended = event.get("type") in EXPIRIES and verb not in {"destroy", "expire"}
@@ -343,6 +359,12 @@ class KeyOutcomeWatcher(OutcomeWatcher):
             yield
         finally:
             await cancel_until_done(poller)
+
+    async def _catch_up(
+        self, scope: str, command_id: str, outcome: asyncio.Queue[dict[str, Any]]
+    ) -> None:
+        """Nothing: the poll reads the log (as a key may), so a reconnect misses nothing."""
+        del scope, command_id, outcome
 
     async def _note_position(self, subject: str, event: dict[str, Any]) -> None:
         """The poller already noted each event's sequence."""

@@ -33,8 +33,8 @@ class Run(BackendCycles):
     """The loops, and the server killed where the scenarios of roles kill a role."""
 
     wait = 15.0
-    """Seconds one send waits for its outcome: one published while the client was cut off
-    from the server reaches no subscription, and the send after the wait reads it."""
+    """Seconds one send waits for its outcome (a client cut off from the server reconnects
+    and reads from the log what it missed meanwhile, within a second or so)."""
 
     def __init__(self, svc: ChaosService, seed: int) -> None:
         super().__init__(

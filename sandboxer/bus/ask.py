@@ -31,11 +31,11 @@ import stamina
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from sandboxer.domain.rate_limit import stated_wait
-from sandboxer.errors import RateLimited, ServiceNotRunning
+from sandboxer.errors import BusError, RateLimited, ServiceNotRunning
 from sandboxer.exec_protocol.answer_codes import RATE_LIMITED
 
 __all__ = [
@@ -114,6 +114,11 @@ async def ask(
         raise ServiceNotRunning(
             f"no answer on {subject} ({why}{waited}); is 'sandboxer up' (or the worker that "
             "serves it) running against this NATS?"
+        ) from exc
+    except ConnectionClosedError as exc:
+        raise BusError(
+            f"asking {subject}: the connection to NATS is closed (its server went away and did "
+            "not come back in time); connect again"
         ) from exc
     raise AssertionError("unreachable: stamina ends with a result or an exception")
 

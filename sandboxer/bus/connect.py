@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 DROPS_SUMMARY_SECONDS = 5.0
 """How often, at most, a connection logs the messages its slow subscriptions dropped."""
+
+RECONNECT_WAIT = 0.5
+"""Seconds between two attempts to reach the same server again."""
 
 FLUSH_TIMEOUT = 5.0
 """Seconds a publish waits for nats-py's outgoing buffer to be written, once the buffer is
@@ -108,11 +112,15 @@ async def connect(
     name: str,
     long_lived: bool = True,
     credentials: NatsCredentials | None = None,
+    outlast: float = 0.0,
 ) -> Client:
     """Connect to ``urls`` (a list: nats-py does not split comma strings).
 
     Long-lived workers reconnect forever and ping often so a dead server is
-    noticed quickly; short CLI clients fail fast instead. ``credentials`` (see
+    noticed quickly; short CLI clients fail fast instead. ``outlast``: seconds a short
+    one, once connected, reconnects after losing its server (a restart: the embedded
+    server is started again at once, bus/embedded_restart.py) before it closes; a
+    connect that fails still fails at once. ``credentials`` (see
     :mod:`sandboxer.bus.nats_auth`) authenticate the connection.
     """
     nats_websockets.allow_for(urls)
@@ -145,7 +153,7 @@ async def connect(
             # Not 0 for a short one: nats-py reads 0 as no limit, and a CLI call (or a client)
             # given a server that is down then tried it every 2 s for ever.
             max_reconnect_attempts=-1 if long_lived else 1,
-            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works
+            reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]  # a float works
             ping_interval=5 if long_lived else 120,
             max_outstanding_pings=3,
             flush_timeout=FLUSH_TIMEOUT,
@@ -178,6 +186,11 @@ async def connect(
             f"cannot reach NATS at {shown}: {exc}. "
             "Start the service with 'sandboxer up' or check SANDBOXER_NATS_URL."
         ) from exc
+    if outlast > 0 and not long_lived:
+        # nats-py reads these as it loses a server, so from now on that starts reconnects
+        # (each server tried this many times, RECONNECT_WAIT apart), not the close.
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = max(1, math.ceil(outlast / RECONNECT_WAIT))
     return nc
 
 

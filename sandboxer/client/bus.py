@@ -89,6 +89,9 @@ __all__ = [
 COMMAND_PUBLISH_BUDGET = 15.0
 """Seconds a command's publish waits out an unavailable commands stream (elections take 4-7 s)."""
 
+SERVER_RESTART_BUDGET = 15.0
+"""Seconds a connected client goes on reconnecting after losing its NATS server (a restart:
+the embedded one is started again at once) before it closes, and its calls fail."""
 VIEW_PATIENCE = 10.0
 """Seconds a query is asked again while the view answering it is behind the client's own
 writes (each ask waits up to 2 s at the projector first): a projector folding at a tenth of
@@ -158,7 +161,13 @@ class SandboxerClient:
         ``api_key``: log in as that key, which then decides the actor (keys on the bus)."""
         if api_key is not None:
             credentials = key_credentials(api_key)
-        nc = await connect(urls, name="sandboxer-client", long_lived=False, credentials=credentials)
+        nc = await connect(
+            urls,
+            name="sandboxer-client",
+            long_lived=False,
+            credentials=credentials,
+            outlast=SERVER_RESTART_BUDGET,
+        )
         if api_key is None:
             return cls(nc, **kwargs)
         client = cls(nc, key_id=credentials.user if credentials else None)
@@ -184,7 +193,10 @@ class SandboxerClient:
         return await cls.connect(urls, credentials=client_credentials(settings), actor=actor)
 
     async def close(self) -> None:
-        """Finish what is in flight and disconnect."""
+        """Finish what is in flight and disconnect (nothing to do once the connection closed,
+        its server gone for longer than :data:`SERVER_RESTART_BUDGET`)."""
+        if self.nc.is_closed:
+            return
         await self.outcomes.position()
         await self.nc.drain()
 
