@@ -16,7 +16,7 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.client import bus as client_bus
 from sandboxer.errors import SandboxerError, ServiceNotRunning
-from tests.integration.conftest import Service, reap_local, start_service
+from tests.integration.conftest import Service, serving
 
 pytestmark = pytest.mark.integration
 
@@ -84,13 +84,8 @@ async def slow_service(home: Path, nats_server: NatsServerProcess) -> AsyncItera
     (home / "profiles" / f"{SLOW}.yaml").write_text(
         f"id: {SLOW}\nextension: ext.local\nsetup:\n  instructions: ['sleep 2']\n"
     )
-    service = await start_service(home, nats_server.url)
-    try:
+    async with serving(home, nats_server.url, reap=True) as service:
         yield service
-    finally:
-        await service.client.close()
-        await service.shutdown()
-        await reap_local(home)
 
 
 async def test_a_wait_reads_the_outcome_it_missed_while_cut_off(
