@@ -49,6 +49,11 @@ PENDING_LIMIT = 1_000_000
 nats-py drops a message, after the ordered consumer's sequence check has counted it: a gap no
 one would notice. The callback only appends to ``arrivals``, so the queue holds at most what
 one read of the socket (32 KiB) brought: the limit is never reached."""
+FOLLOW_HEARTBEAT = 1.0
+"""Seconds between the server's heartbeats to a following reader while nothing is new. Two
+missed, nats-py makes the reader's consumer again from where it was: after the server
+restarted (which drops the consumer), a follower reads on within 2 s of it, where nats-py's
+5 s default took up to 10 (about 5 measured: docs/reliability.md, the embedded server)."""
 SETTLE_LIMIT = 0.01
 """Longest a settling reader holds back events while more keep coming (a steady flow)."""
 
@@ -137,6 +142,7 @@ async def read_events(
         stream=subjects.EVENTS_STREAM,
         cb=arrivals.collect,
         ordered_consumer=True,
+        idle_heartbeat=FOLLOW_HEARTBEAT if follow else None,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         config=ConsumerConfig(opt_start_seq=max(start_seq, 1)),
         pending_msgs_limit=PENDING_LIMIT,
