@@ -127,13 +127,13 @@ class SandboxerClient:
         """Set when connected as an API key (docs/security.md#keys-on-the-bus): every subject
         this client publishes on then ends in it, and it reads events through queries."""
         self.rate_patience = RATE_PATIENCE
+        """Seconds a request refused for the key's rate (a query, an exec, a copy, a token
+        request) is sent again as the refusal says, before :class:`RateLimited` is raised;
+        0: raised at once."""
         self.view_patience = VIEW_PATIENCE
         """Seconds a query is asked again while its answer comes from a view that has not
         folded what this client saw finish (its ``position`` short of the query's
         ``min_seq``); past them, that answer is returned."""
-        """Seconds a request refused for the key's rate (a query, an exec, a copy, a token
-        request) is sent again as the refusal says, before :class:`RateLimited` is raised;
-        0: raised at once."""
         self.outcomes: OutcomeWatcher = (
             OutcomeWatcher(nc) if key_id is None else KeyOutcomeWatcher(nc, key_id)
         )
@@ -231,7 +231,8 @@ class SandboxerClient:
         absent (restarting) is waited for (:func:`sandboxer.bus.ask.ask`). A key's request
         refused for its rate is asked again when the refusal says, for ``patience`` seconds
         (by default :attr:`rate_patience`; or ``budget``, the longer); past them,
-        :class:`RateLimited`."""
+        :class:`RateLimited`. An answer from a view short of this client's own writes is
+        asked for again, for :attr:`view_patience` seconds."""
         min_seq = 0
         if "min_seq" in request:  # read your writes: include the outcomes just returned
             position = await self.outcomes.position()
