@@ -45,6 +45,7 @@ __all__ = [
     "bwrap_pids_under",
     "child_pids",
     "finish",
+    "nats_server_child",
     "run_seed",
 ]
 
@@ -119,6 +120,19 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
+def nats_server_child(pid: int) -> int | None:
+    """The pid of the nats-server process ``pid`` started and runs now (``sandboxer up``'s
+    own), or None while it runs none."""
+    for child in child_pids(pid):
+        try:
+            argv0 = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue  # it exited while we looked
+        if argv0.endswith(b"nats-server"):
+            return child
+    return None
+
+
 @dataclass
 class RoleProcess:
     """One ``sandboxer worker <role>`` process (one incarnation of a role)."""
@@ -161,8 +175,9 @@ class ChaosService:
     A role named ``ext.local#2`` is a second process of ``ext.local`` (scale-out: both pull
     from the same consumer), handled by that name everywhere here.
     ``embedded`` runs ``sandboxer up`` instead, as users do by default: every role in one
-    process (the role ``up``) with a nats-server of its own, whose generated service
-    identity the harness connects as (:meth:`kill_embedded_nats` hurts that server).
+    process (the role ``up``) with a nats-server of its own and generated users: the checks
+    connect as its service identity, clients as its client identity (:attr:`client_urls`),
+    and :meth:`kill_embedded_nats` hurts that server.
     """
 
     def __init__(
@@ -299,14 +314,7 @@ class ChaosService:
 
     def embedded_nats_pid(self) -> int | None:
         """The pid of the nats-server ``sandboxer up`` runs now (None while it has none)."""
-        for pid in child_pids(self._current(EMBEDDED_ROLE).pid):
-            try:
-                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-            except OSError:
-                continue
-            if argv0.endswith(b"nats-server"):
-                return pid
-        return None
+        return nats_server_child(self._current(EMBEDDED_ROLE).pid)
 
     async def kill_embedded_nats(self, timeout: float = 30.0) -> float:
         """kill -9 ``sandboxer up``'s nats-server; the seconds until the service ran another

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from chaos.harness import nats_server_child
 from sandboxer.bus.embedded_restart import RESTARTS
 from tests.integration.conftest import Cli, reap_local
 
@@ -32,18 +33,7 @@ class Up:
 
     def nats_pid(self) -> int | None:
         """The pid of the nats-server the service runs now (None while there is none)."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == self.process.pid and argv[0].endswith(b"nats-server"):
-                return int(entry.name)
-        return None
+        return nats_server_child(self.process.pid)
 
     async def next_nats(self, other_than: int | None) -> int:
         """The server's pid once one other than ``other_than`` runs."""
