@@ -2,8 +2,9 @@
 
 By the contract (a durable command, one event per transition, every append
 carrying its aggregate's expected last sequence) a create served by a warm
-pool is six JetStream round trips in a row (docs/performance.md, "The warm
-path"). This module runs that chain and nothing else, with nats-py, the pull requests
+pool is six JetStream publishes in a row, five round trips since ``requested``
+and ``routed`` go out at once as the event store sends one decision's events
+(docs/performance.md, "The warm path"). This module runs that chain and nothing else, with nats-py, the pull requests
 the real loop sends (bus/pull_requests.py) and the publish the service awaits its acks
 with (bus/ack_inbox.py; until 2026-12-07, nats-py's own): no other sandboxer code, no
 decoding beyond finding an id, no decisions.
@@ -11,8 +12,9 @@ decoding beyond finding an id, no decisions.
 - the client subscribes to the sandbox's events, then publishes the command
   (awaiting its ack);
 - the "control" consumer fetches it, appends ``requested`` (expecting
-  nothing before it), then ``routed`` (expecting ``requested``'s sequence),
-  then publishes the job, then acks the command;
+  nothing before it) and, sent with it, ``routed`` (expecting ``requested``
+  right before it; sent again in turn if not), then publishes the job, then
+  acks the command;
 - the "worker" consumer fetches the job, appends ``provisioning`` and, beside
   it, the pool member's ``claimed`` on the member's aggregate, then
   ``ready``, then acks the job;
@@ -56,7 +58,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-from sandboxer.bus.ack_inbox import publish_for_ack
+from sandboxer.bus.ack_inbox import Outgoing, publish_all_for_ack, publish_for_ack
 from sandboxer.bus.pull_requests import PullRequests, connection_of
 from sandboxer.errors import FetchFailed
 
@@ -69,6 +71,7 @@ PAYLOAD = b"x" * 350  # a command, job or event is about this size
 RUNNING: set[asyncio.Task[None]] = set()  # the service's handlers in flight
 READY_WITHIN = 10.0  # seconds: far beyond any chain, short enough to tell a dead service
 SHORTEST = "s-"  # a command id so marked runs the shortest chain (``--shortest``)
+STREAM_LAST = [0]  # the highest sequence of the events stream the service saw acknowledged
 
 
 def _streams() -> list[StreamConfig]:
@@ -102,18 +105,39 @@ async def _publish(js: JetStreamContext, subject: str, data: bytes, headers: dic
     return ack.seq
 
 
+def _event(aggregate: str, kind: str, expected: int) -> Outgoing:
+    """An event of ``aggregate`` expecting ``expected`` as its last sequence, ready to send."""
+    headers = {
+        "Nats-Msg-Id": f"{aggregate}-{kind}",
+        "Nats-Expected-Last-Subject-Sequence": str(expected),
+        "Nats-Expected-Last-Subject-Sequence-Subject": _scope(aggregate),
+    }
+    return f"{EVT_PREFIX}.{aggregate}.{kind}", PAYLOAD, headers
+
+
 async def _append(js: JetStreamContext, aggregate: str, kind: str, expected: int) -> int:
     """One event of ``aggregate``, expecting ``expected`` as its last sequence; its sequence."""
-    return await _publish(
-        js,
-        f"{EVT_PREFIX}.{aggregate}.{kind}",
-        PAYLOAD,
-        {
-            "Nats-Msg-Id": f"{aggregate}-{kind}",
-            "Nats-Expected-Last-Subject-Sequence": str(expected),
-            "Nats-Expected-Last-Subject-Sequence-Subject": _scope(aggregate),
-        },
-    )
+    seq = await _publish(js, *_event(aggregate, kind, expected))
+    STREAM_LAST[0] = max(STREAM_LAST[0], seq)
+    return seq
+
+
+async def _append_two(js: JetStreamContext, aggregate: str, first: str, second: str) -> int:
+    """Two events of a new ``aggregate`` sent at once, as the event store sends one decision's
+    (bus/jetstream_store.py): the second expects the first right before it, at the stream's
+    next sequence as last seen; sent again in turn when the guess was wrong. The second's
+    sequence."""
+    one = _event(aggregate, first, 0)
+    two = _event(aggregate, second, STREAM_LAST[0] + 1)
+    two[2]["Nats-Expected-Last-Msg-Id"] = one[2]["Nats-Msg-Id"]
+    first_ack, second_ack = await publish_all_for_ack(connection_of(js), [one, two], timeout=5)
+    if isinstance(first_ack, Exception):
+        raise first_ack
+    STREAM_LAST[0] = max(STREAM_LAST[0], first_ack.seq)
+    if isinstance(second_ack, Exception):  # the guess was wrong: in turn, as the store does
+        return await _append(js, aggregate, second, first_ack.seq)
+    STREAM_LAST[0] = max(STREAM_LAST[0], second_ack.seq)
+    return second_ack.seq
 
 
 # -- the service side ---------------------------------------------------------------------------
@@ -121,9 +145,10 @@ async def _append(js: JetStreamContext, aggregate: str, kind: str, expected: int
 
 async def _control(js: JetStreamContext, msg: Msg) -> None:
     sandbox = (msg.headers or {})["Nats-Msg-Id"]  # the command id names the sandbox
-    last = await _append(js, sandbox, "requested", 0)  # decided on an empty history
-    if not sandbox.startswith(SHORTEST):  # the shortest chain's route is inside `requested`
-        last = await _append(js, sandbox, "routed", last)
+    if sandbox.startswith(SHORTEST):  # the shortest chain's route is inside `requested`
+        last = await _append(js, sandbox, "requested", 0)  # decided on an empty history
+    else:
+        last = await _append_two(js, sandbox, "requested", "routed")
     # The job carries the sandbox id and its log position, as a real provision job does.
     job = f"{sandbox} {last}\n".encode() + PAYLOAD
     await _publish(js, JOB_SUBJECT, job, {"Nats-Msg-Id": f"{sandbox}-job"})

@@ -16,6 +16,10 @@ future the subscription's callback resolves. Errors keep the types nats-py raise
 status is :class:`NoStreamResponseError`, no ack within the timeout nats-py's
 ``TimeoutError``, and an ack carrying an error the :class:`APIError` for its code.
 
+Several publishes may go out at once, in order, before any ack is awaited
+(:func:`publish_all_for_ack`): what a stream does with each depends on the ones before it
+only through the expectations their headers state.
+
 An ack that comes after its publish gave up finds no future and is dropped, as nats-py
 drops it. A reconnect re-sends the subscription (nats-py does that for every one); a
 publish in flight across it times out, and the caller sends it again.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import weakref
+from collections.abc import Sequence
 
 import msgspec
 from nats.aio.client import Client
@@ -34,9 +39,12 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
-__all__ = ["publish_for_ack"]
+__all__ = ["Outgoing", "publish_all_for_ack", "publish_for_ack"]
 
 _NO_RESPONDERS = "503"
+
+Outgoing = tuple[str, bytes, dict[str, str]]
+"""A publish to send: its subject, its data and its headers."""
 
 
 class _Ack(msgspec.Struct):
@@ -77,9 +85,7 @@ class _AckInbox:
     ) -> PubAck:
         if not self._subscribed:
             await self._opened(nc)
-        reply = f"{self._prefix}{next(self._numbers)}"
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._waiting[reply] = future
+        reply, future = self._expect()
         try:
             await nc.publish(subject, data, reply=reply, headers=headers)
             try:
@@ -90,6 +96,37 @@ class _AckInbox:
         finally:
             self._waiting.pop(reply, None)
         return _read_ack(msg)
+
+    async def publish_all(
+        self, nc: Client, messages: Sequence[Outgoing], timeout: float
+    ) -> list[PubAck | Exception]:
+        if not self._subscribed:
+            await self._opened(nc)
+        expected = [self._expect() for _ in messages]
+        results: list[PubAck | Exception] = []
+        try:
+            for (subject, data, headers), (reply, _future) in zip(messages, expected, strict=True):
+                await nc.publish(subject, data, reply=reply, headers=headers)
+            deadline = asyncio.get_running_loop().time() + timeout
+            for _reply, future in expected:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        results.append(_read_ack(await future))
+                except TimeoutError:
+                    results.append(NatsTimeout())
+                except (APIError, NoStreamResponseError) as refused:
+                    results.append(refused)
+        finally:
+            for reply, _future in expected:
+                self._waiting.pop(reply, None)
+        return results
+
+    def _expect(self) -> tuple[str, asyncio.Future[Msg]]:
+        """A fresh reply subject, and the future its ack will resolve."""
+        reply = f"{self._prefix}{next(self._numbers)}"
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._waiting[reply] = future
+        return reply, future
 
 
 def _read_ack(msg: Msg) -> PubAck:
@@ -104,12 +141,26 @@ def _read_ack(msg: Msg) -> PubAck:
 _INBOXES: weakref.WeakKeyDictionary[Client, _AckInbox] = weakref.WeakKeyDictionary()
 
 
+def _inbox(nc: Client) -> _AckInbox:
+    inbox = _INBOXES.get(nc)
+    if inbox is None:
+        inbox = _INBOXES[nc] = _AckInbox(nc)
+    return inbox
+
+
 async def publish_for_ack(
     nc: Client, subject: str, data: bytes, *, headers: dict[str, str], timeout: float
 ) -> PubAck:
     """Publish ``data`` to a stream's ``subject`` on ``nc``; the stream's ack, or the error
     nats-py's own JetStream publish would raise."""
-    inbox = _INBOXES.get(nc)
-    if inbox is None:
-        inbox = _INBOXES[nc] = _AckInbox(nc)
-    return await inbox.publish(nc, subject, data, headers, timeout)
+    return await _inbox(nc).publish(nc, subject, data, headers, timeout)
+
+
+async def publish_all_for_ack(
+    nc: Client, messages: Sequence[Outgoing], *, timeout: float
+) -> list[PubAck | Exception]:
+    """Send ``messages`` on ``nc`` in order, all before any ack is awaited (one round trip for
+    all, where one after another pays one each); for each, its ack or the error
+    :func:`publish_for_ack` would raise for it (nats-py's ``TimeoutError`` for an ack not in
+    within ``timeout`` seconds of the sending). A failure to send raises."""
+    return await _inbox(nc).publish_all(nc, messages, timeout)

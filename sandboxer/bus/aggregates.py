@@ -265,15 +265,32 @@ class AggregateStore(ABC):
                 await asyncio.sleep(0)  # the rest of the process runs meanwhile
             return aggregate.fold(state, events), last_seq, read
 
+    async def _append_all(
+        self,
+        aggregate: Aggregate[Any, Any, Any],
+        aggregate_id: str,
+        events: Sequence[Event],
+        expected_seq: int,
+    ) -> int:
+        """Append ``events`` (stamped) in order, the first expecting ``expected_seq`` and each
+        later one the sequence of the one before; the last one's sequence. One by one here; a
+        store may send them at once (:class:`~sandboxer.bus.jetstream_store.JetStreamEventStore`)
+        as long as each lands only right after the one before it."""
+        for event in events:
+            expected_seq = await self._append_at(aggregate, aggregate_id, event, expected_seq)
+        return expected_seq
+
     async def _append(self, aggregate: Aggregate[S, L, E], loaded: L, events: Sequence[E]) -> L:
-        """Append ``events`` after ``loaded`` one by one, each expecting the last one's
-        sequence, folding as it goes."""
-        state, last_seq = aggregate.state_of(loaded), loaded.last_seq
+        """Append ``events`` after ``loaded``, each expecting the last one's sequence, and fold
+        them (stamped as folded: an event's id names the version it was decided at)."""
+        state = aggregate.state_of(loaded)
         aggregate_id = aggregate.id_of(state)
+        stamped_events = []
         for event in events:
             stamped = stamp(event, version=state.version)
-            last_seq = await self._append_at(aggregate, aggregate_id, stamped, last_seq)
+            stamped_events.append(stamped)
             state = aggregate.evolve(state, stamped)
+        last_seq = await self._append_all(aggregate, aggregate_id, stamped_events, loaded.last_seq)
         appended = aggregate.loaded(state, last_seq)
         kept = self._kept(aggregate)
         if kept is not None:

@@ -23,15 +23,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
 from sandboxer import subjects
+from sandboxer.bus.ack_inbox import Outgoing, publish_all_for_ack
 from sandboxer.bus.aggregates import (
     ACCOUNT,
     PLACES,
@@ -52,7 +54,13 @@ from sandboxer.bus.event_store import (
     event_subject,
     stamp,
 )
-from sandboxer.bus.publish import PublishConflict, publish_durably
+from sandboxer.bus.publish import (
+    ATTEMPT_TIMEOUT,
+    PublishConflict,
+    is_expectation_failure,
+    is_transient,
+    publish_durably,
+)
 from sandboxer.domain.snapshot_state import SnapshotState, evolve_snapshot
 from sandboxer.errors import StreamUnavailable
 from sandboxer.events.codec import UnknownEventType, decode_event, encode_event
@@ -105,6 +113,15 @@ class _ObjectsIndex:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def _expecting(event: Event, scope: str, expected_seq: int) -> dict[str, str]:
+    """The headers of an append: its id, and its scope's last sequence as it must still be."""
+    return {
+        "Nats-Msg-Id": event.event_id,
+        "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
+        "Nats-Expected-Last-Subject-Sequence-Subject": scope,
+    }
+
+
 class JetStreamEventStore(AggregateStore):
     """:class:`~sandboxer.bus.event_store.EventStore` on the events stream."""
 
@@ -133,6 +150,10 @@ class JetStreamEventStore(AggregateStore):
         self._floors: Recent[str, int] = Recent(KNOWN_FLOORS)
         self._snapshot_index = _SnapshotIndex()
         self._objects_index = _ObjectsIndex()
+        self._stream_last = 0
+        """The highest sequence of the events stream this store saw acknowledged."""
+        self._publishing = 0
+        """This store's publishes awaiting their acks."""
 
     async def _events(
         self, filter_subject: str, after: int = 0
@@ -259,18 +280,17 @@ class JetStreamEventStore(AggregateStore):
         aggregate_id: str,
         event: Event,
         expected_seq: int,
+        *,
+        sent_before: bool = False,
     ) -> int:
-        """Append under both expected-sequence headers, scoped to the aggregate."""
+        """Append under both expected-sequence headers, scoped to the aggregate.
+        ``sent_before``: the event went out once already and its fate is unknown (no ack came),
+        so a conflict may be its own landing."""
         scope = aggregate.scope(aggregate_id)
-        headers = {
-            "Nats-Msg-Id": event.event_id,
-            "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
-            "Nats-Expected-Last-Subject-Sequence-Subject": scope,
-        }
         try:
-            appended = await self._publish(event, headers)
+            appended = await self._publish(event, _expecting(event, scope, expected_seq))
         except PublishConflict as conflict:
-            if conflict.retried:
+            if conflict.retried or sent_before:
                 landed = await self._landed_seq(scope, event.event_id)
                 if landed is not None:
                     self._saw(scope, landed)
@@ -279,16 +299,78 @@ class JetStreamEventStore(AggregateStore):
         self._saw(scope, appended)
         return appended
 
+    async def _append_all(
+        self,
+        aggregate: Aggregate[Any, Any, Any],
+        aggregate_id: str,
+        events: Sequence[Event],
+        expected_seq: int,
+    ) -> int:
+        """Send the events of one decision at once when this store's own appends are all
+        answered: one round trip for them all (a create's ``requested`` and ``routed``).
+
+        Each one after the first expects, besides its scope's last sequence, the stream's last
+        message to be the event before it (``Nats-Expected-Last-Msg-Id``). So it lands only
+        right after that one, with nothing of anyone's between them, and its scope's last
+        sequence is then the one before it's: guessed as the stream's next sequences after
+        the last this store saw acknowledged. When another writer appended meanwhile the
+        guess is wrong, the stream refuses the rest, and they go one by one from the first
+        refused, as any store sends them (the round trip saved is lost, and no more)."""
+        if len(events) < 2 or self._publishing or not self._stream_last:
+            return await super()._append_all(aggregate, aggregate_id, events, expected_seq)
+        scope = aggregate.scope(aggregate_id)
+        outgoing: list[Outgoing] = []
+        expected = expected_seq
+        for index, event in enumerate(events):
+            headers = _expecting(event, scope, expected)
+            if index:
+                headers["Nats-Expected-Last-Msg-Id"] = events[index - 1].event_id
+            outgoing.append((event_subject(event), encode_event(event), headers))
+            expected = self._stream_last + index + 1  # where this one lands, guessed
+        self._publishing += 1
+        try:
+            answers = await publish_all_for_ack(self._nc, outgoing, timeout=ATTEMPT_TIMEOUT)
+        finally:
+            self._publishing -= 1
+        last_seq = expected_seq
+        for index, answer in enumerate(answers):
+            if isinstance(answer, PubAck):
+                last_seq = self._acked(answer)
+                self._saw(scope, last_seq)
+                continue
+            if index == 0 and is_expectation_failure(answer):
+                raise aggregate.conflict(aggregate_id) from answer
+            # From the first one not acknowledged on, one by one. One that got no answer may
+            # have landed (sent_before); should a later one have been acknowledged all the
+            # same (an ack lost, the very next landed), the resend finds it in the way and
+            # raises the conflict a load and a new decision settle.
+            for event in events[index:]:
+                last_seq = await self._append_at(
+                    aggregate, aggregate_id, event, last_seq, sent_before=is_transient(answer)
+                )
+            break
+        return last_seq
+
     async def _publish(self, event: Event, headers: dict[str, str]) -> int:
         """The one publish of every append: retried through elections, same id every time.
 
         Raises PublishConflict, StreamUnavailable once the retry budget is spent,
         or BusError for any other refusal.
         """
-        published = await publish_durably(
-            self._js, event_subject(event), encode_event(event), headers=headers
-        )
-        return int(published.ack.seq)
+        self._publishing += 1
+        try:
+            published = await publish_durably(
+                self._js, event_subject(event), encode_event(event), headers=headers
+            )
+        finally:
+            self._publishing -= 1
+        return self._acked(published.ack)
+
+    def _acked(self, ack: PubAck) -> int:
+        """An event's sequence, from its ack; noted as the stream's last this store knows."""
+        seq = int(ack.seq)
+        self._stream_last = max(self._stream_last, seq)
+        return seq
 
     async def _landed_seq(self, scope: str, event_id: str) -> int | None:
         try:

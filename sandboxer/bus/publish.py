@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import stamina
 from nats import errors as nats_errors
@@ -35,6 +36,7 @@ __all__ = [
     "PUBLISH_BUDGET",
     "PublishConflict",
     "Published",
+    "is_expectation_failure",
     "is_transient",
     "is_unavailability",
     "publish_durably",
@@ -77,11 +79,17 @@ class Published:
     retried: bool
 
 
+def is_expectation_failure(exc: BaseException) -> TypeGuard[APIError]:
+    """Whether ``exc`` is the stream's refusal of a publish whose expectation (a last sequence,
+    a last message id) no longer holds: a conflict, not a failure."""
+    return isinstance(exc, APIError) and exc.err_code in EXPECTATION_CODES
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` says "not now" (no leader, timeout, reconnecting) rather than "no"."""
+    if is_expectation_failure(exc):
+        return False
     if isinstance(exc, APIError):
-        if exc.err_code in EXPECTATION_CODES:
-            return False
         return exc.err_code in TRANSIENT_CODES or exc.code == 503
     return isinstance(exc, _TRANSIENT_TYPES)
 
@@ -173,8 +181,8 @@ async def publish_durably(
 
 def _refusal(subject: str, exc: Exception, *, retried: bool) -> Exception:
     """What a publish the stream refused (rather than could not take) raises."""
-    if isinstance(exc, APIError) and exc.err_code in EXPECTATION_CODES:
-        return PublishConflict(subject, exc.err_code, retried=retried)
+    if is_expectation_failure(exc):
+        return PublishConflict(subject, exc.err_code or 0, retried=retried)
     if isinstance(exc, APIError):
         return BusError(f"publishing {subject} was refused: {exc}")
     if isinstance(exc, nats_errors.Error):

@@ -11,7 +11,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, NoStreamResponseError
 
 from sandboxer import subjects
-from sandboxer.bus.ack_inbox import publish_for_ack
+from sandboxer.bus.ack_inbox import publish_all_for_ack, publish_for_ack
 from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.publish import is_transient
@@ -73,6 +73,40 @@ async def test_refusals_keep_the_errors_nats_py_raises(nats_server: NatsServerPr
             nc, SUBJECT, b"job", headers={"Nats-Msg-Id": "after"}, timeout=5
         )
         assert after.seq >= 1
+    finally:
+        await nc.close()
+
+
+async def test_publishes_sent_at_once_each_get_their_own_answer_in_order(
+    nats_server: NatsServerProcess,
+) -> None:
+    """Sent together, before any ack: an ack, a refusal and a silence come back as values,
+    each for its own publish, and the stream took them in the order sent."""
+    nc = await connect([nats_server.url], name="test")
+    try:
+        await ensure_streams(nc.jetstream())
+        await nc.subscribe("silent.subject")
+        answers = await publish_all_for_ack(
+            nc,
+            [
+                (SUBJECT, b"a", {"Nats-Msg-Id": "all-1"}),
+                (
+                    "sandboxer.evt.sandbox.sbx2.requested",
+                    b"{}",
+                    {"Nats-Msg-Id": "all-2", "Nats-Expected-Last-Subject-Sequence": "7"},
+                ),
+                ("silent.subject", b"x", {"Nats-Msg-Id": "all-3"}),
+                (SUBJECT, b"b", {"Nats-Msg-Id": "all-4"}),
+            ],
+            timeout=0.5,
+        )
+        first, refused, silent, last = answers
+        assert not isinstance(first, Exception)
+        assert not isinstance(last, Exception)
+        assert last.seq == first.seq + 1
+        assert isinstance(refused, APIError)
+        assert refused.err_code == 10071
+        assert isinstance(silent, NatsTimeout)
     finally:
         await nc.close()
 
