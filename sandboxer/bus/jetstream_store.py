@@ -309,13 +309,14 @@ class JetStreamEventStore(AggregateStore):
         """Send the events of one decision at once when this store's own appends are all
         answered: one round trip for them all (a create's ``requested`` and ``routed``).
 
-        Each one after the first expects, besides its scope's last sequence, the stream's last
-        message to be the event before it (``Nats-Expected-Last-Msg-Id``). So it lands only
-        right after that one, with nothing of anyone's between them, and its scope's last
-        sequence is then the one before it's: guessed as the stream's next sequences after
-        the last this store saw acknowledged. When another writer appended meanwhile the
-        guess is wrong, the stream refuses the rest, and they go one by one from the first
-        refused, as any store sends them (the round trip saved is lost, and no more)."""
+        Each one after the first expects the stream's last message to be the event before it
+        (``Nats-Expected-Last-Msg-Id``), so it lands only right after that one, with nothing
+        of anyone's between them. The last sequence it expects on its scope is where the
+        event before it was guessed to land: the stream's next after the last sequence this
+        store saw acknowledged. When another writer appended meanwhile the guess is wrong,
+        the stream refuses the rest, and they go one by one from the first refused, as any
+        store sends them (the round trip saved is lost, and no more). A send that fails is
+        taken as no answer to any of them."""
         if len(events) < 2 or self._publishing or not self._stream_last:
             return await super()._append_all(aggregate, aggregate_id, events, expected_seq)
         scope = aggregate.scope(aggregate_id)
@@ -330,6 +331,8 @@ class JetStreamEventStore(AggregateStore):
         self._publishing += 1
         try:
             answers = await publish_all_for_ack(self._nc, outgoing, timeout=ATTEMPT_TIMEOUT)
+        except Exception as failed:  # the one-by-one sends below retry it, or say why not
+            answers = [failed] * len(outgoing)
         finally:
             self._publishing -= 1
         last_seq = expected_seq

@@ -24,7 +24,7 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.publish import is_expectation_failure
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.clock import utc_now
-from sandboxer.errors import ConcurrencyConflict
+from sandboxer.errors import BusError, ConcurrencyConflict
 from sandboxer.events.codec import encode_event
 from sandboxer.events.types import (
     Actor,
@@ -185,3 +185,19 @@ async def test_an_event_between_the_two_on_the_same_sandbox_is_caught_by_the_mes
         assert refused.err_code == 10070  # wrong last message id
     finally:
         await nc.close()
+
+
+async def test_a_send_that_fails_surfaces_as_the_one_by_one_append_would_say_it(
+    nats_server: NatsServerProcess,
+) -> None:
+    """The connection closed under the store: the decision is not half sent in silence, and
+    the error is sandboxer's (BusError), as for any single append."""
+    nc = await connect([nats_server.url], name="test-trip-closed", long_lived=False)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = JetStreamEventStore(nc, js)
+    await store.append(await store.load("trip00000011"), [touched("trip00000011", 0)])
+    loaded = await store.load("trip00000012")
+    await nc.close()
+    with pytest.raises(BusError):
+        await store.append(loaded, decision("trip00000012"))
