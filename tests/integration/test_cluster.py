@@ -29,6 +29,7 @@ from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_cluster import NatsCluster
 from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.publish import publish_durably
 from sandboxer.bus.streams import ensure_streams, replicas_for
 from sandboxer.client import SandboxerClient
 from sandboxer.clock import utc_now
@@ -199,7 +200,8 @@ async def test_a_read_is_answered_while_the_stream_leader_is_frozen(cluster: Nat
         js = writer.jetstream()
         await ensure_streams(js, replicas=3)
         subject = subjects.sandbox_event_subject("sbxfrozenleader0000000", "touched")
-        await js.publish(subject, b"{}")
+        # Durably: the stream was just made, and its first leader may not be elected yet.
+        await publish_durably(js, subject, b"{}", headers={"Nats-Msg-Id": "frozen-leader-1"})
         await _all_replicas_current(js, subjects.EVENTS_STREAM)
         leader = (await js.stream_info(subjects.EVENTS_STREAM)).cluster.leader  # type: ignore[union-attr]
         frozen = next(s for s in cluster.servers if s.server_name == leader)
