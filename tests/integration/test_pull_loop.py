@@ -198,11 +198,12 @@ async def test_a_message_arriving_as_the_loop_stops_is_handled_once(
     js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Published the moment stop is set: handled here, or by the next run, and once. The
-    stop does not wait out the poll (30 s here): it withdraws the pull request, and nothing
-    is left delivered to a fetch no one reads, which would wait ``ack_wait`` to come back
-    (bus/pull_requests.py). Until 2026-12-07 a stop waited the fetch out."""
+    stop does not wait out the poll (30 s here): it withdraws the pull request. A message
+    the server gave a request it took in only after the withdrawal comes back after
+    ``ack_wait`` (bus/pull_requests.py says why that is rare, and cannot be ruled out), so
+    the wait below outlasts one ``ack_wait``. Until 2026-12-07 a stop waited the fetch out."""
     monkeypatch.setattr(pull_loop, "IDLE_POLL", 30.0)
-    spec = spec_for("racing", ack_wait=20)
+    spec = spec_for("racing", ack_wait=3)
     recorder = Recorder()
     for n in range(20):
         stop = asyncio.Event()
@@ -222,8 +223,7 @@ async def test_a_message_arriving_as_the_loop_stops_is_handled_once(
         assert not info.num_waiting  # the request was withdrawn, not left to expire
 
     async def body() -> None:
-        # Within half of ack_wait: a message left delivered to no one would come back only
-        # after all of it.
+        # One message left delivered to no one comes back after ack_wait (3 s).
         await until(lambda: len(recorder.handled) == 20, 10)
 
     await running(js, spec, recorder, body)
