@@ -38,7 +38,16 @@ async def keep_serving(server: NatsServerProcess, give_up: Callable[[str], None]
     then stops the server itself); ``give_up`` is called with the reason, once, when it will
     not stay up. A start that fails counts as one more exit and is tried again: a server
     killed while it starts is no different from one killed once it runs, and one that cannot
-    start at all (its port taken, its store unreadable) spends the restarts in a moment."""
+    start at all (its port taken, its store unreadable) spends the restarts in a moment.
+    Any other failure here gives up too: a task that ended unseen would leave the service
+    running without its bus."""
+    try:
+        await _restart_each_exit(server, give_up)
+    except Exception as exc:
+        _give_up(give_up, f"restarting the embedded nats-server failed: {exc!r}")
+
+
+async def _restart_each_exit(server: NatsServerProcess, give_up: Callable[[str], None]) -> None:
     loop = asyncio.get_running_loop()
     url = server.url  # now, while it runs: a start that failed early knows no port yet
     exits: collections.deque[float] = collections.deque(maxlen=RESTARTS)

@@ -93,3 +93,12 @@ async def test_exits_spread_past_the_window_never_give_up(monkeypatch: pytest.Mo
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def test_a_fault_of_its_own_gives_up_with_the_reason_rather_than_end_unseen() -> None:
+    class Failing(ScriptedServer):
+        async def kill(self) -> None:
+            raise RuntimeError("reaping failed")
+
+    reasons = await serve(Failing([]))
+    assert reasons == ["restarting the embedded nats-server failed: RuntimeError('reaping failed')"]
