@@ -80,34 +80,24 @@ class _AckInbox:
         if future is not None and not future.done():
             future.set_result(msg)
 
-    async def publish(
-        self, nc: Client, subject: str, data: bytes, headers: dict[str, str], timeout: float
-    ) -> PubAck:
-        if not self._subscribed:
-            await self._opened(nc)
-        reply, future = self._expect()
-        try:
-            await nc.publish(subject, data, reply=reply, headers=headers)
-            try:
-                async with asyncio.timeout(timeout):
-                    msg = await future
-            except TimeoutError:
-                raise NatsTimeout from None
-        finally:
-            self._waiting.pop(reply, None)
-        return _read_ack(msg)
-
     async def publish_all(
         self, nc: Client, messages: Sequence[Outgoing], timeout: float
     ) -> list[PubAck | Exception]:
+        """Send ``messages`` in order, then await each one's ack (one publish is a list of
+        one: the same path)."""
         if not self._subscribed:
             await self._opened(nc)
-        expected = [self._expect() for _ in messages]
+        loop = asyncio.get_running_loop()
+        expected: list[tuple[str, asyncio.Future[Msg]]] = []
+        for _ in messages:
+            reply = f"{self._prefix}{next(self._numbers)}"
+            expected.append((reply, loop.create_future()))
+            self._waiting[reply] = expected[-1][1]
         results: list[PubAck | Exception] = []
         try:
             for (subject, data, headers), (reply, _future) in zip(messages, expected, strict=True):
                 await nc.publish(subject, data, reply=reply, headers=headers)
-            deadline = asyncio.get_running_loop().time() + timeout
+            deadline = loop.time() + timeout
             for _reply, future in expected:
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -120,13 +110,6 @@ class _AckInbox:
             for reply, _future in expected:
                 self._waiting.pop(reply, None)
         return results
-
-    def _expect(self) -> tuple[str, asyncio.Future[Msg]]:
-        """A fresh reply subject, and the future its ack will resolve."""
-        reply = f"{self._prefix}{next(self._numbers)}"
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._waiting[reply] = future
-        return reply, future
 
 
 def _read_ack(msg: Msg) -> PubAck:
@@ -153,7 +136,10 @@ async def publish_for_ack(
 ) -> PubAck:
     """Publish ``data`` to a stream's ``subject`` on ``nc``; the stream's ack, or the error
     nats-py's own JetStream publish would raise."""
-    return await _inbox(nc).publish(nc, subject, data, headers, timeout)
+    (answer,) = await _inbox(nc).publish_all(nc, [(subject, data, headers)], timeout)
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
 
 
 async def publish_all_for_ack(
