@@ -87,7 +87,7 @@ async def test_exits_spread_past_the_window_never_give_up(monkeypatch: pytest.Mo
     monkeypatch.setattr(embedded_restart, "WINDOW", 0.0)
     server = ScriptedServer([])
     task = asyncio.create_task(serve(server))
-    while server.started < 3 * RESTARTS:
+    while server.started < 3 * RESTARTS and not task.done():
         await asyncio.sleep(0)
     assert not task.done()
     task.cancel()
