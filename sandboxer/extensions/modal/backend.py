@@ -424,10 +424,23 @@ class ModalExtension:
         modal = self._modal
         environment = self._environment(modal)
         api_pb2 = importlib.import_module("modal_proto.api_pb2")  # installed with modal
-        client = modal.Client(
-            server_url.value, api_pb2.CLIENT_TYPE_CLIENT, (token_id.value, token_secret.value)
-        )
-        await self._boundary.call("connecting to Modal", client.__aenter__)
+
+        async def connect() -> Any:
+            # A client per attempt: the SDK opens it on a loop of its own, so an attempt our
+            # timeout gave up on may still finish opening, and its client cannot be opened
+            # again (the retry failed on the SDK's assertion). The abandoned one is closed, so
+            # a channel it connected does not linger until garbage collection.
+            client = modal.Client(
+                server_url.value, api_pb2.CLIENT_TYPE_CLIENT, (token_id.value, token_secret.value)
+            )
+            try:
+                await client.__aenter__()
+            except BaseException:
+                await _close_quietly(client)
+                raise
+            return client
+
+        client = await self._boundary.call("connecting to Modal", connect)
 
         async def lookup() -> Any:
             return await modal.App.lookup.aio(
@@ -440,7 +453,7 @@ class ModalExtension:
         try:
             app = await self._boundary.call(f"looking up the app {self.config.app_name!r}", lookup)
         except BaseException:
-            await client.__aexit__(None, None, None)
+            await _close_quietly(client)
             raise
         return _Connection(client=client, app=app)
 
@@ -640,3 +653,11 @@ class ModalExtension:
 
 async def _discard(_stream: str, _data: bytes) -> None:
     return None
+
+
+async def _close_quietly(client: Any) -> None:
+    """Close a client that failed to open or to find the app. Its failure is the one to
+    report, not the close's (a client whose opening was cut short may lack what closing
+    expects)."""
+    with contextlib.suppress(Exception):
+        await client.__aexit__(None, None, None)
