@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from nats.aio.client import Client
 from nats.errors import SlowConsumerError
 
-from sandboxer.bus import nats_websockets
+from sandboxer.bus import nats_websockets, reconnects
 from sandboxer.bus.nats_auth import NatsCredentials
 from sandboxer.domain.key_state import is_valid_key_id
 from sandboxer.errors import BusError
@@ -144,6 +144,9 @@ async def connect(
     async def on_closed() -> None:
         dropped.close()
 
+    async def on_reconnected() -> None:
+        reconnects.reconnected(nc)
+
     try:
         await nc.connect(
             servers=list(urls),
@@ -159,6 +162,7 @@ async def connect(
             flush_timeout=FLUSH_TIMEOUT,
             error_cb=on_error,
             closed_cb=on_closed,
+            reconnected_cb=on_reconnected,
             **auth,
         )
     except Exception as exc:  # nats-py raises several unrelated types for "cannot reach"

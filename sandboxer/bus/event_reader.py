@@ -23,6 +23,13 @@ that stops taking, such as an export waiting for its endpoint, holds every
 matching event the server sends meanwhile, up to all the log holds (500 of 500
 in ``test_meter_export``). Such a caller asks for one event at a time instead
 (``workers/meter_export.usage_after``).
+
+A server that restarts drops the reader's consumer without a word. nats-py makes it again,
+from the event after the last one received, once two heartbeats are missed
+(``FOLLOW_HEARTBEAT``). A connection made by :func:`~sandboxer.bus.connect.connect` also
+says when it is back (bus/reconnects.py), and the reader then makes it again at once: a
+following reader used to read on 2 s after its server was back, and a reader that does not
+follow (it has no heartbeats) took the silence for the end of what matched.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from sandboxer import subjects
+from sandboxer.bus import reconnects
 from sandboxer.bus.arrivals import Arrivals
+from sandboxer.bus.pull_requests import connection_of
 from sandboxer.errors import StreamUnavailable
 
 __all__ = ["LastEvent", "last_event", "last_sequence", "read_events"]
@@ -148,6 +157,9 @@ async def read_events(
         pending_msgs_limit=PENDING_LIMIT,
         pending_bytes_limit=PENDING_LIMIT * 1024,
     )
+    forget_reconnects = reconnects.when_reconnected(
+        connection_of(js), lambda: _read_on_from_where_it_was(sub)
+    )
     try:
         if not follow and not arrivals.pending and not await _any_to_deliver(sub):
             return  # nothing from start_seq matches the filter (an unknown sandbox's events)
@@ -174,7 +186,24 @@ async def read_events(
                 if not follow and (seq == stop_seq or meta.num_pending == 0):
                     return
     finally:
+        forget_reconnects()
         await sub.unsubscribe()
+
+
+_RESETS: set[asyncio.Task[bool]] = set()
+"""Consumers being made again after a reconnect (held until done: a task is weakly kept)."""
+
+
+def _read_on_from_where_it_was(sub: JetStreamContext.PushSubscription) -> None:
+    """Make the ordered consumer behind ``sub`` again, from the event after the last one it
+    received: what nats-py does itself after two missed heartbeats, through the same method
+    (not public in nats-py 2.x; a reader without it falls back on the heartbeats)."""
+    state = getattr(getattr(sub, "_sub", None), "_jsi", None)  # the subscription it wraps
+    if state is None or not hasattr(state, "reset_ordered_consumer"):
+        return
+    task = asyncio.ensure_future(state.reset_ordered_consumer(state._sseq + 1))
+    _RESETS.add(task)
+    task.add_done_callback(_RESETS.discard)
 
 
 async def _any_to_deliver(sub: JetStreamContext.PushSubscription) -> bool:

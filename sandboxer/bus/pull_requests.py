@@ -45,15 +45,26 @@ nats-server (2026-12-07, 20 stops each racing a message's arrival, as
 withdrawal makes a round trip to the server first (:data:`FLUSH_BEFORE_WITHDRAWING`), by
 which time the server has nearly always taken the request in: no message left in 8 runs,
 one in 1 of 6 runs of the test. It narrows the race; nothing a client can send closes it.
+
+**A reconnect ends the request waiting.** A server that restarts forgets the requests it
+held, and says nothing. Until 2026-12-07 the fetch waited the request out (``wait`` and
+:data:`GRACE`: 2.5 s for the pull loops) before it asked again, so a worker took its next
+message 2 to 3 s after its server was killed and started again, however soon the server was
+back. Now a connection made by :func:`~sandboxer.bus.connect.connect` tells this module when
+it is back (bus/reconnects.py), and the fetch waiting returns what it has, so the next asks
+at once. The old request, if the server kept it after all (the connection moved to another
+server of a cluster), is one more held for a while: what it delivers is taken as any
+late delivery is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -61,6 +72,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
+from sandboxer.bus import reconnects
 from sandboxer.errors import FetchFailed
 
 __all__ = ["FLUSH_BEFORE_WITHDRAWING", "GRACE", "PullRequests", "connection_of"]
@@ -87,6 +99,15 @@ _PENDING = "Requests Pending"
 the messages there are, which go to them."""
 
 
+class _Word(enum.Enum):
+    """What the queue of arrivals holds besides messages."""
+
+    WITHDRAWN = "withdrawn"
+    """:meth:`PullRequests.withdraw` drained the inbox: everything delivered is in."""
+    RECONNECTED = "reconnected"
+    """The connection is back after a loss: the request waiting may be lost with it."""
+
+
 class PullRequests:
     """Pull requests for one durable, sent on ``nc``, one at a time."""
 
@@ -95,11 +116,12 @@ class PullRequests:
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.inbox = nc.new_inbox()
         """Under it, each request's reply subject: ``<inbox>.<n>``, n from 1."""
-        self._arrived: asyncio.Queue[Msg | None] = asyncio.Queue()
-        """What the inbox received, in order; None once :meth:`withdraw` drained it."""
+        self._arrived: asyncio.Queue[Msg | _Word] = asyncio.Queue()
+        """What the inbox received, in order, and the words of a withdrawal and a reconnect."""
         self._sub: Subscription | None = None
         self._withdrawal: asyncio.Future[None] | None = None
         """The drain :meth:`withdraw` started; once set, no fetch sends a request."""
+        self._forget_reconnects: Callable[[], None] = lambda: None
         self.requests_sent = 0
 
     async def open(self) -> None:
@@ -107,8 +129,12 @@ class PullRequests:
             self._arrived.put_nowait(msg)
 
         self._sub = await self._nc.subscribe(f"{self.inbox}.*", cb=arrived)
+        self._forget_reconnects = reconnects.when_reconnected(
+            self._nc, lambda: self._arrived.put_nowait(_Word.RECONNECTED)
+        )
 
     async def close(self) -> None:
+        self._forget_reconnects()
         if self._sub is not None:
             sub, self._sub = self._sub, None
             try:
@@ -139,7 +165,7 @@ class PullRequests:
                     await sub.unsubscribe()
             except NatsError as exc:  # closed or closing: the server dropped the request
                 log.debug("%s: withdrawing: %r", self._next_subject, exc)
-        self._arrived.put_nowait(None)
+        self._arrived.put_nowait(_Word.WITHDRAWN)
 
     @contextlib.asynccontextmanager
     async def withdrawn_on(self, stop: asyncio.Event) -> AsyncIterator[None]:
@@ -179,7 +205,7 @@ class PullRequests:
         msgs = []
         while not self._arrived.empty():
             msg = self._arrived.get_nowait()
-            if msg is not None and _status(msg) is None:
+            if not isinstance(msg, _Word) and _status(msg) is None:
                 msgs.append(msg)
         return msgs
 
@@ -200,8 +226,10 @@ class PullRequests:
             async with asyncio.timeout(wait + GRACE):
                 while len(got) < most:
                     msg = await self._arrived.get()
-                    if msg is None:  # withdrawn: everything delivered is in
+                    if msg is _Word.WITHDRAWN:  # everything delivered is in
                         return got + self._left_behind()
+                    if msg is _Word.RECONNECTED:  # the request may be lost: the next asks
+                        return got
                     status = _status(msg)
                     if status is None:
                         got.append(msg)

@@ -55,9 +55,10 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL = 2.0
 """Seconds one pull request waits for work before the next is sent. A stop does not wait
-for it (the request is withdrawn: bus/pull_requests.py); a request the server lost without
-a word (a reconnect, a consumer leader killed) is sent again after it and
-``pull_requests.GRACE``. Renewals cost CPU while idle: at 0.5 s, the nine loops of
+for it (the request is withdrawn: bus/pull_requests.py), nor does a reconnect (the request
+is sent again once the connection is back); a request the server lost without a word
+otherwise (a consumer leader killed) is sent again after it and ``pull_requests.GRACE``.
+Renewals cost CPU while idle: at 0.5 s, the nine loops of
 ``sandboxer up`` cost it and nats-server about 10 ms a second more than at 2 s
 (docs/performance.md, "Stopping the service")."""
 

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from sandboxer import subjects
+from sandboxer.bus import event_reader
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import LastEvent, last_event, read_events
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.streams import ensure_streams
+from tests.ports import closed_port
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +113,41 @@ async def test_the_last_event_on_a_subject_is_its_sequence_and_event_id(
         assert no_id == LastEvent(seq=1, event_id=None)
     finally:
         await nc.close()
+
+
+async def test_a_follower_reads_on_as_soon_as_its_restarted_server_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server is killed -9 under a following reader and started again on the same port
+    and store: the reader's consumer died with it. The connection's reconnect has it made
+    again at once, from the event after the last one read (bus/reconnects.py), so the next
+    event comes without waiting for two missed heartbeats, here made 30 s apart to tell the
+    two apart (the live projector's view of a create made after an embedded server's
+    restart came 2 s late until 2026-12-07)."""
+    monkeypatch.setattr(event_reader, "FOLLOW_HEARTBEAT", 30.0)
+    store = tmp_path / "nats"
+    port = closed_port()
+    server = await NatsServerProcess(store, port=port, server_name="reader-lost").start()
+    nc = await connect([server.url], name="reader")
+    js = nc.jetstream()
+    read: list[int] = []
+
+    async def follow() -> None:
+        async for seq, _subject, _data, _pending in read_events(js, follow=True):
+            read.append(seq)
+
+    try:
+        await ensure_streams(js)
+        await append(js, 1)
+        following = asyncio.create_task(follow())
+        await until(lambda: read == [1], 10)
+        await server.kill()
+        server = await NatsServerProcess(store, port=port, server_name="reader-lost").start()
+        await until(lambda: nc.is_connected, 10)
+        await append(js, 2)
+        await until(lambda: read == [1, 2], 20)  # a third of two missed heartbeats
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+    finally:
+        await nc.close()
+        await server.stop()

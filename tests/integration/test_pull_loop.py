@@ -419,6 +419,46 @@ async def test_the_loop_serves_again_once_its_server_is_back(tmp_path: Path) -> 
         await server.stop()
 
 
+async def test_a_request_lost_with_its_server_is_sent_again_as_soon_as_the_server_is_back(
+    tmp_path: Path,
+) -> None:
+    """The server is killed -9 while a fetch waits on a pull request it holds, and started
+    again on the same port and store: the request died with it, and no status will ever end
+    it. The connection's reconnect ends the wait (bus/reconnects.py), so the loop asks
+    again at once, and a message published then is handed over long before the lost
+    request's 60 s are up (it came after them, 2 to 3 s for the pull loops, until
+    2026-12-07)."""
+    store = tmp_path / "nats"
+    port = closed_port()
+    server = await NatsServerProcess(store, port=port, server_name="pull-lost").start()
+    nc = await connect([server.url], name="test")
+    js = nc.jetstream()
+    spec = spec_for("lost")
+    requests = PullRequests(nc, spec.stream, spec.durable)
+    try:
+        await ensure_streams(js)
+        await js.add_consumer(
+            spec.stream,
+            ConsumerConfig(durable_name=spec.durable, filter_subject=spec.filter_subject),
+        )
+        await requests.open()
+        waiting = asyncio.create_task(requests.fetch(5, 60.0))
+        await asyncio.sleep(0.2)  # the request is held
+        await server.kill()
+        server = await NatsServerProcess(store, port=port, server_name="pull-lost").start()
+        async with asyncio.timeout(20):  # a third of the lost request's wait
+            assert await waiting == []  # ended by the reconnect, with nothing
+            await js.publish("sandboxer.job.lost.a", b"after")
+            msgs = await requests.fetch(5, 60.0)
+        assert [msg.data for msg in msgs] == [b"after"]
+        await msgs[0].ack()
+        assert requests.requests_sent == 2
+    finally:
+        await requests.close()
+        await nc.close()
+        await server.stop()
+
+
 async def test_a_request_refused_for_others_pending_lingers_for_one_instead_of_spinning(
     js: JetStreamContext,
 ) -> None:
