@@ -117,11 +117,11 @@ async def _create_or_update(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
-def _placement_pending(exc: Exception) -> bool:
+def _placement_pending(exc: BaseException) -> bool:
     return (isinstance(exc, APIError) and exc.err_code in RACE_CODES) or is_transient(exc)
 
 
-def _wait_for_placement(exc: Exception) -> bool:
+def _wait_for_placement(exc: BaseException) -> bool:
     if not _placement_pending(exc):
         return False
     log.info("waiting for the cluster to place the streams: %r", exc)

@@ -118,7 +118,7 @@ class ProviderHttp:
         :class:`ProviderError` as soon as the excess arrives: the rest is never read."""
         import httpx
 
-        is_transient: Callable[[Exception], bool] = lambda exc: isinstance(  # noqa: E731
+        is_transient: Callable[[BaseException], bool] = lambda exc: isinstance(  # noqa: E731
             exc, ProviderUnavailable | httpx.TransportError
         )
         try:

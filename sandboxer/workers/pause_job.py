@@ -229,7 +229,7 @@ def _to_undo(left: Literal["pause", "resume"], now: SandboxState) -> bool:
     return (left == "pause") != wanted_frozen and now.status not in ENDED_OR_ENDING
 
 
-def _another_undo_may_do(exc: Exception) -> bool:
+def _another_undo_may_do(exc: BaseException) -> bool:
     """A refusal may pass; the bus away is the job's to retry (raised at once)."""
     return not is_unavailability(exc)
 

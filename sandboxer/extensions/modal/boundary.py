@@ -125,7 +125,7 @@ class RetryPolicy:
     wait_max: float = 5.0
 
 
-def _is_transient(exc: Exception) -> bool:
+def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | OSError) or any(
         cls.__name__ in _TRANSIENT for cls in type(exc).__mro__
     )
