@@ -27,8 +27,10 @@ import msgspec
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
+from nats.errors import Error as NatsError
 
 from sandboxer import subjects
+from sandboxer.bus import reconnects as connection_back
 from sandboxer.bus.ask import RESTART_BUDGET, ask_json
 from sandboxer.bus.direct_get import read_subject
 from sandboxer.bus.event_reader import last_event
@@ -44,7 +46,12 @@ EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 CATCH_UP_EVERY = 1.0
 """Seconds between two looks, while a wait hears nothing, at whether its connection came back
-from a lost server (then the log is read for what it missed meanwhile)."""
+from a lost server (then the log is read for what it missed meanwhile). A connection made by
+bus/connect.py also says so at once (bus/reconnects.py); the looks are for one that does not,
+and for a reading of the log that failed then (the server still recovering its store)."""
+
+_BACK: dict[str, Any] = {}
+"""Put in a wait's queue of events when its connection is back (compared by identity)."""
 
 EXPIRIES = frozenset({"expired", "pause_limit_reached"})
 """Events by which a sandbox expires (the second: it stayed paused past ``ttl.max_pause``)."""
@@ -104,6 +111,7 @@ class OutcomeWatcher:
         command_id = command["command_id"]
         scope = scope or subjects.sandbox_events_filter(sandbox_id)
         outcome: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        forget = connection_back.when_reconnected(self.nc, lambda: outcome.put_nowait(_BACK))
         try:
             async with self._outcomes(scope, command_id, publish, outcome, fresh):
                 async with asyncio.timeout(timeout):
@@ -118,6 +126,8 @@ class OutcomeWatcher:
                 f"runs; {_where_to_look(scope)}",
                 command_id=command_id,
             ) from None
+        finally:
+            forget()
 
     @contextlib.asynccontextmanager
     async def _outcomes(
@@ -166,11 +176,9 @@ class OutcomeWatcher:
                 async with asyncio.timeout(CATCH_UP_EVERY):
                     event = await outcome.get()
             except TimeoutError:
-                # An event published while this connection was cut off from the server (a
-                # restart) reached no subscription: back, read what the log holds of it.
-                if self.nc.stats["reconnects"] != reconnects and self.nc.is_connected:
-                    reconnects = self.nc.stats["reconnects"]
-                    await self._catch_up(scope, command_id, outcome)
+                event = _BACK  # or not: look
+            if event is _BACK:
+                reconnects = await self._caught_up(scope, command_id, outcome, reconnects)
                 continue
             finished = verb == "destroy" and event.get("type") == "destroyed"
             # An expiry, whoever sent it, ends the wait for any work on the sandbox.
@@ -244,6 +252,22 @@ class OutcomeWatcher:
                 if loop.time() > deadline:  # a later event took its place: that is later still
                     return
                 await asyncio.sleep(0.005)
+
+    async def _caught_up(
+        self, scope: str, command_id: str, outcome: asyncio.Queue[dict[str, Any]], seen: int
+    ) -> int:
+        """The connection's reconnects, once what the log holds of the command is queued, if
+        the connection came back since ``seen`` of them: an event published while it was cut
+        off from the server (a restart) reached no subscription. ``seen`` while it is not
+        back, or the log could not be read yet (a later look tries again)."""
+        back = self.nc.stats["reconnects"]
+        if back == seen or not self.nc.is_connected:
+            return seen
+        try:
+            await self._catch_up(scope, command_id, outcome)
+        except (BusError, NatsError):
+            return seen
+        return back
 
     async def _catch_up(
         self, scope: str, command_id: str, outcome: asyncio.Queue[dict[str, Any]]

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sandboxer import command_outcomes
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
 from sandboxer.client import bus as client_bus
@@ -88,11 +89,18 @@ async def slow_service(home: Path, nats_server: NatsServerProcess) -> AsyncItera
         yield service
 
 
+@pytest.mark.parametrize("looks", [1.0, 60.0], ids=["looking", "told"])
 async def test_a_wait_reads_the_outcome_it_missed_while_cut_off(
-    slow_service: Service, nats_server: NatsServerProcess
+    slow_service: Service,
+    nats_server: NatsServerProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    looks: float,
 ) -> None:
     """The client is cut off from the server while the create it waits for becomes ready:
-    the ``ready`` reached no subscription of its, and once back it reads it from the log."""
+    the ``ready`` reached no subscription of its, and once back it reads it from the log.
+    ``told``: the wait's looks at its connection are a minute apart, so it is the connection
+    saying it is back (bus/reconnects.py) that has the log read."""
+    monkeypatch.setattr(command_outcomes, "CATCH_UP_EVERY", looks)
     service = slow_service
     async with Relay(nats_server.url).running() as relay:
         client = await SandboxerClient.connect([relay.url])
@@ -110,7 +118,8 @@ async def test_a_wait_reads_the_outcome_it_missed_while_cut_off(
                     assert not waiting.done(), waiting.result()
                     await asyncio.sleep(0.01)
                 sandbox_id = await _until_ready_in_the_view(service)
-                await relay.mend()  # back: the client reconnects
+            await relay.mend()  # back: the client reconnects
+            async with asyncio.timeout(20):  # a third of the told wait's looks
                 ready = await waiting
             assert ready["type"] == "ready"
             assert ready["sandbox_id"] == sandbox_id
