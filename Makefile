@@ -7,24 +7,35 @@ STAMP  := .stamp-venv
 RUN_STAMP := .stamp-venv-run
 
 .DEFAULT_GOAL := help
-.PHONY: help venv bytecode system-deps demo-deps demo test lint bench chaos clean
+.PHONY: help venv constraints bytecode system-deps demo-deps demo test lint bench chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-venv: $(STAMP) ## create .venv and install sandboxer with dev extras (again only when pyproject.toml changed)
+venv: $(STAMP) ## create .venv and install sandboxer with dev extras, at constraints.txt's versions
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -c constraints.txt -e '.[dev]'
 	touch $@ $(RUN_STAMP)
 
 # The demo needs sandboxer and its dependencies, not the test and lint tools.
-$(RUN_STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e .
+	$(PY) -m pip install -c constraints.txt -e .
 	touch $@
+
+# The newest versions pyproject.toml allows, installed into a scratch venv and written down.
+# Run `make test` after it: what it pins is what every clean checkout will get.
+constraints: ## pin constraints.txt to the newest versions pyproject.toml allows
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install -q -e '.[dev]'
+	head -n 3 constraints.txt > constraints.txt.new
+	.venv-constraints/bin/pip freeze --exclude-editable | grep -v '^sandboxer' >> constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-constraints
 
 # Where PYTHONDONTWRITEBYTECODE is set (as on these machines), no process writes the
 # package's bytecode, so every `sandboxer` the suite or the demo starts compiled all it
