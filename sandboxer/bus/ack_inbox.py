@@ -21,8 +21,14 @@ Several publishes may go out at once, in order, before any ack is awaited
 only through the expectations their headers state.
 
 An ack that comes after its publish gave up finds no future and is dropped, as nats-py
-drops it. A reconnect re-sends the subscription (nats-py does that for every one); a
-publish in flight across it times out, and the caller sends it again.
+drops it. A reconnect re-sends the subscription (nats-py does that for every one). A publish
+sent before the connection was lost may never be answered: the server that had it may have
+died with it, or its ack with the old connection. Once the connection says it is back
+(bus/reconnects.py) such a publish is answered as unanswered (nats-py's ``TimeoutError``)
+at once, and its caller sends it again under the same message id (a duplicate, if it had
+landed), where it used to wait out its whole timeout (5 s: the slowest command of the fault
+suite's ``embedded-kill``). A publish made while the connection was down is sent when it is
+back, and waits for its ack as any other.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
+
+from sandboxer.bus import reconnects
 
 __all__ = ["Outgoing", "publish_all_for_ack", "publish_for_ack"]
 
@@ -66,6 +74,9 @@ class _AckInbox:
         self._prefix = nc.new_inbox() + "."
         self._numbers = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._sent_on: dict[str, int] = {}
+        """Of the publishes waiting, those sent while connected: by reply subject, how many
+        times the connection had come back then (``stats["reconnects"]``)."""
         self._subscribed = False
         self._opening = asyncio.Lock()
 
@@ -74,6 +85,16 @@ class _AckInbox:
             if not self._subscribed:
                 await nc.subscribe(self._prefix + "*", cb=self._arrived)
                 self._subscribed = True
+
+    def connection_back(self, nc: Client | None) -> None:
+        """``nc`` is back after a loss: what was sent before it is answered as unanswered."""
+        if nc is None:
+            return
+        now = nc.stats["reconnects"]
+        for reply, sent_on in list(self._sent_on.items()):
+            future = self._waiting.get(reply)
+            if sent_on < now and future is not None and not future.done():
+                future.set_exception(NatsTimeout())
 
     async def _arrived(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject, None)
@@ -96,19 +117,24 @@ class _AckInbox:
         results: list[PubAck | Exception] = []
         try:
             for (subject, data, headers), (reply, _future) in zip(messages, expected, strict=True):
+                if nc.is_connected:  # else it is sent once the connection is back
+                    self._sent_on[reply] = nc.stats["reconnects"]
                 await nc.publish(subject, data, reply=reply, headers=headers)
             deadline = loop.time() + timeout
             for _reply, future in expected:
                 try:
                     async with asyncio.timeout_at(deadline):
                         results.append(_read_ack(await future))
-                except TimeoutError:
+                except TimeoutError:  # nats-py's too: unanswered when the connection came back
                     results.append(NatsTimeout())
                 except (APIError, NoStreamResponseError) as refused:
                     results.append(refused)
         finally:
-            for reply, _future in expected:
+            for reply, future in expected:
                 self._waiting.pop(reply, None)
+                self._sent_on.pop(reply, None)
+                if future.done() and not future.cancelled():
+                    future.exception()  # read: one failed by a reconnect as a send raised
         return results
 
 
@@ -128,6 +154,8 @@ def _inbox(nc: Client) -> _AckInbox:
     inbox = _INBOXES.get(nc)
     if inbox is None:
         inbox = _INBOXES[nc] = _AckInbox(nc)
+        connection = weakref.ref(nc)  # held by what nc is the key of: not nc itself
+        reconnects.when_reconnected(nc, lambda: inbox.connection_back(connection()))
     return inbox
 
 

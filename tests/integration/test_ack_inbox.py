@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 import weakref
+from pathlib import Path
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
@@ -16,6 +19,8 @@ from sandboxer.bus.connect import connect
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.publish import is_transient
 from sandboxer.bus.streams import ensure_streams
+from tests.ports import closed_port
+from tests.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +127,43 @@ async def test_a_closed_connection_is_not_kept_for_its_acks(nats_server: NatsSer
     del nc
     gc.collect()
     assert gone() is None
+
+
+async def test_a_publish_the_lost_server_had_is_answered_unanswered_once_the_connection_is_back(
+    tmp_path: Path,
+) -> None:
+    """The server is frozen, given a publish, and killed -9: the publish died with it, and
+    its ack will never come. Once the connection is back on the server started again, the
+    publish is answered as unanswered at once (bus/reconnects.py), well within its 60 s,
+    and sent again under its message id it lands once. A publish made while the connection
+    was down is sent when it is back, and acked."""
+    store = tmp_path / "nats"
+    port = closed_port()
+    server = await NatsServerProcess(store, port=port, server_name="ack-lost").start()
+    nc = await connect([server.url], name="test")
+    try:
+        await ensure_streams(nc.jetstream())
+        os.kill(server.pid, signal.SIGSTOP)
+        lost = asyncio.create_task(
+            publish_for_ack(nc, SUBJECT, b"job", headers={"Nats-Msg-Id": "lost1"}, timeout=60)
+        )
+        await asyncio.sleep(0.2)  # sent: the frozen server holds it unread
+        await server.kill()
+        await until(lambda: not nc.is_connected, 10)
+        while_down = asyncio.create_task(
+            publish_for_ack(nc, SUBJECT, b"job", headers={"Nats-Msg-Id": "down1"}, timeout=60)
+        )
+        server = await NatsServerProcess(store, port=port, server_name="ack-lost").start()
+        async with asyncio.timeout(20):  # a third of the publish's timeout
+            with pytest.raises(NatsTimeout):
+                await lost
+            assert not (await while_down).duplicate
+        again = await publish_for_ack(
+            nc, SUBJECT, b"job", headers={"Nats-Msg-Id": "lost1"}, timeout=5
+        )
+        assert not again.duplicate
+        info = await nc.jetstream().stream_info(subjects.JOBS_STREAM)
+        assert info.state.messages == 2
+    finally:
+        await nc.close()
+        await server.stop()
