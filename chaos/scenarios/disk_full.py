@@ -121,13 +121,17 @@ async def _decides(client: SandboxerClient, probes: dict[str, Sent]) -> bool:
 
 
 def _create_outcome(view: LogView, command_id: str, sent: Sent) -> str:
-    """What became of an acknowledged create: rejected, made (ready once), or failed."""
+    """What became of an acknowledged create: rejected, made (ready once), failed, or
+    destroyed before it was ready (the sender destroys the sandboxes it created, in turn,
+    without waiting for them)."""
     if "rejected" in {kind for kind, _ in view.by_command.get(command_id, [])}:
         return "rejected"
     kinds = {type(e).__name__ for e in view.sandbox_events.get(sent.sandbox_id or "", [])}
     if "SandboxReady" in kinds:
         return "made"
-    return "failed" if "SandboxFailed" in kinds else "nothing"
+    if "SandboxFailed" in kinds:
+        return "failed"
+    return "destroyed before ready" if "SandboxDestroyed" in kinds else "nothing"
 
 
 def _errors_logged(log: Path) -> int:
