@@ -121,7 +121,8 @@ async def connect(
     one, once connected, reconnects after losing its server (a restart: the embedded
     server is started again at once, bus/embedded_restart.py) before it closes; a
     connect that fails still fails at once. ``credentials`` (see
-    :mod:`sandboxer.bus.nats_auth`) authenticate the connection.
+    :mod:`sandboxer.bus.nats_auth`) authenticate the connection. Each time it is back after
+    a loss, it tells whoever registered with :mod:`sandboxer.bus.reconnects`.
     """
     nats_websockets.allow_for(urls)
     auth: dict[str, Any] = {}
