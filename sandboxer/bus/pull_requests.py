@@ -51,10 +51,13 @@ held, and says nothing. Until 2026-12-07 the fetch waited the request out (``wai
 :data:`GRACE`: 2.5 s for the pull loops) before it asked again, so a worker took its next
 message 2 to 3 s after its server was killed and started again, however soon the server was
 back. Now a connection made by :func:`~sandboxer.bus.connect.connect` tells this module when
-it is back (bus/reconnects.py), and the fetch waiting returns what it has, so the next asks
-at once. The old request, if the server kept it after all (the connection moved to another
-server of a cluster), is one more held for a while: what it delivers is taken as any
-late delivery is.
+it is back (bus/reconnects.py), and a fetch whose request went out on the lost connection
+returns what it has, so the next asks at once. (One sent while the connection was down waited
+in nats-py's buffer and reached the server it came back to: that one is waited for.) The old
+request, if a server kept it after all (the connection moved to another server of a
+cluster), is one more held for a while, and the message it is given comes with no end of
+the fetch's own request: so a fetch waits at most :data:`AFTER_FIRST` for more after its
+first message, and never holds one until its own request ends.
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ log = logging.getLogger(__name__)
 
 GRACE = 0.5
 """Seconds past a request's ``expires`` before it is taken for lost (no status came)."""
+
+AFTER_FIRST = 0.05
+"""Seconds a fetch waits for more after its first message (:func:`_hold_no_longer`)."""
 
 FLUSH_BEFORE_WITHDRAWING = 1
 """Seconds the round trip before a withdrawal may take; past them the withdrawal goes on."""
@@ -215,6 +221,9 @@ class PullRequests:
         self.requests_sent += 1
         reply = f"{self.inbox}.{self.requests_sent}"
         request = {**ask, "expires": max(1_000_000, int(wait * 1e9))}
+        # The connection it goes out on: a request sent while it is down waits in nats-py's
+        # buffer and reaches the server it comes back to.
+        sent_on = self._nc.stats["reconnects"] if self._nc.is_connected else None
         try:
             await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply)
         except NatsError as exc:
@@ -223,15 +232,19 @@ class PullRequests:
             ) from exc
         got: list[Msg] = []
         try:
-            async with asyncio.timeout(wait + GRACE):
+            async with asyncio.timeout(wait + GRACE) as deadline:
                 while len(got) < most:
                     msg = await self._arrived.get()
                     if msg is _Word.WITHDRAWN:  # everything delivered is in
                         return got + self._left_behind()
-                    if msg is _Word.RECONNECTED:  # the request may be lost: the next asks
-                        return got
+                    if msg is _Word.RECONNECTED:
+                        if sent_on is not None and sent_on < self._nc.stats["reconnects"]:
+                            return got  # sent on the lost connection: the next asks again
+                        continue  # sent while it was down: the server it reached holds it
                     status = _status(msg)
                     if status is None:
+                        if not got:
+                            _hold_no_longer(deadline)
                         got.append(msg)
                     elif msg.subject == reply and status != _HEARTBEAT:
                         return await self._ended(msg, status, got, wait)
@@ -258,6 +271,21 @@ class PullRequests:
             f"{self._next_subject} refused a pull request: {status} {description}",
             passing=status == _NO_RESPONDERS or description == _LEADERSHIP_CHANGE,
         )
+
+
+def _hold_no_longer(deadline: asyncio.Timeout) -> None:
+    """After a request's first message, wait :data:`AFTER_FIRST` at most for the rest.
+
+    What waits for a request comes with its first message, and its end (``404``) right
+    after. A message one of our earlier requests was given comes with no end of this one,
+    which the server may hold until it expires; so the fetch does not hold that message
+    until then (up to ``wait``: it once waited out a 30 s poll, past ``ack_wait``).
+    Anything of this request's that comes later is handed over by the next fetch."""
+    loop = asyncio.get_running_loop()
+    when = deadline.when()
+    soon = loop.time() + AFTER_FIRST
+    if when is None or soon < when:
+        deadline.reschedule(soon)
 
 
 def connection_of(js: JetStreamContext) -> Client:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,6 +458,40 @@ async def test_a_request_lost_with_its_server_is_sent_again_as_soon_as_the_serve
         await requests.close()
         await nc.close()
         await server.stop()
+
+
+async def test_a_message_an_earlier_request_was_given_is_not_held_until_this_one_ends(
+    js: JetStreamContext,
+) -> None:
+    """The server holds an earlier request of ours (one a reconnect left behind, sent here
+    by hand on the same inbox) as well as the fetch's own. The next message goes to the
+    earlier one, so no end of the fetch's request comes with it: the fetch hands it over at
+    once all the same, not when its own request expires 60 s on."""
+    spec = spec_for("earlier")
+    await js.add_consumer(
+        spec.stream,
+        ConsumerConfig(durable_name=spec.durable, filter_subject=spec.filter_subject),
+    )
+    nc = connection_of(js)
+    requests = PullRequests(nc, spec.stream, spec.durable)
+    await requests.open()
+    try:
+        earlier = {"batch": 5, "no_wait": True, "expires": int(60e9)}
+        await nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}",
+            json.dumps(earlier).encode(),
+            f"{requests.inbox}.0",
+        )
+        await nc.flush()
+        fetching = asyncio.create_task(requests.fetch(5, 60.0))
+        await asyncio.sleep(0.2)  # both requests held, the earlier first in line
+        await js.publish("sandboxer.job.earlier.a", b"a")
+        async with asyncio.timeout(20):  # a third of the fetch's own request
+            msgs = await fetching
+        assert [msg.data for msg in msgs] == [b"a"]
+        await msgs[0].ack()
+    finally:
+        await requests.close()
 
 
 async def test_a_request_refused_for_others_pending_lingers_for_one_instead_of_spinning(
