@@ -154,6 +154,8 @@ class JetStreamEventStore(AggregateStore):
         """The highest sequence of the events stream this store saw acknowledged."""
         self._publishing = 0
         """This store's publishes awaiting their acks."""
+        self._replicas: int | None = None
+        """The events stream's replicas, once asked (:meth:`_one_copy`)."""
 
     async def _events(
         self, filter_subject: str, after: int = 0
@@ -299,6 +301,26 @@ class JetStreamEventStore(AggregateStore):
         self._saw(scope, appended)
         return appended
 
+    async def _one_copy(self) -> bool:
+        """Whether the events stream keeps one copy: only then are a decision's events sent
+        together. A replicated stream's followers check ``Nats-Expected-Last-Msg-Id`` again as
+        they apply an entry, and after a leader was killed they found it unmet where the
+        leader had found it met (nats-server 2.15.1, ``make chaos`` ``leader-kill``,
+        2026-12-07: "last msgid mismatch", a critical write error on both followers, and the
+        stream without a leader from then on). So a replicated stream gets one event at a
+        time, each expecting the sequence the one before it was acknowledged at. Asked once;
+        unknown (the question failed: no leader yet, an identity that may not ask) counts as
+        replicated for this store's life, which costs a round trip a decision and nothing
+        else."""
+        if self._replicas is None:
+            try:
+                info = await self._js.stream_info(subjects.EVENTS_STREAM)
+            except Exception:
+                self._replicas = 0
+            else:
+                self._replicas = info.config.num_replicas or 1
+        return self._replicas == 1
+
     async def _append_all(
         self,
         aggregate: Aggregate[Any, Any, Any],
@@ -317,7 +339,12 @@ class JetStreamEventStore(AggregateStore):
         the stream refuses the rest, and they go one by one from the first refused, as any
         store sends them (the round trip saved is lost, and no more). A send that fails is
         taken as no answer to any of them."""
-        if len(events) < 2 or self._publishing or not self._stream_last:
+        if (
+            len(events) < 2
+            or self._publishing
+            or not self._stream_last
+            or not await self._one_copy()
+        ):
             return await super()._append_all(aggregate, aggregate_id, events, expected_seq)
         scope = aggregate.scope(aggregate_id)
         outgoing: list[Outgoing] = []

@@ -11,6 +11,7 @@ the second is refused and sent again in turn. These tests run each case against 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from sandboxer.bus.ack_inbox import publish_all_for_ack
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import read_events
 from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.nats_cluster import NatsCluster
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.publish import is_expectation_failure
 from sandboxer.bus.streams import ensure_streams
@@ -201,3 +203,26 @@ async def test_a_send_that_fails_surfaces_as_the_one_by_one_append_would_say_it(
     await nc.close()
     with pytest.raises(BusError):
         await store.append(loaded, decision("trip00000012"))
+
+
+async def test_a_replicated_stream_gets_one_event_at_a_time(
+    tmp_path: Path, sends: list[int]
+) -> None:
+    """On a stream of three replicas a decision's events go one by one: the followers check
+    ``Nats-Expected-Last-Msg-Id`` again as they apply, and after a leader was killed found
+    it unmet where the leader had found it met, which left the stream with no leader (the
+    fault suite's ``leader-kill``, 2026-12-07)."""
+    async with NatsCluster(tmp_path / "cluster", size=3) as cluster:
+        nc = await connect(cluster.urls, name="test")
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js, replicas=3)
+            store = JetStreamEventStore(nc, js)
+            await store.append(await store.load("trip00000031"), [touched("trip00000031", 0)])
+            sends.clear()
+            await store.append(await store.load("trip00000032"), decision("trip00000032"))
+            assert sends == [1, 1]
+            kinds = [kind for _, kind in await logged(store, "trip00000032")]
+            assert kinds == ["requested", "routed"]
+        finally:
+            await nc.close()
