@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
@@ -90,6 +91,18 @@ def spec_for(name: str, **overrides: float) -> ConsumerSpec:
 async def settled(js: JetStreamContext, spec: ConsumerSpec) -> bool:
     info = await js.consumer_info(spec.stream, spec.durable)
     return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def opened_requests(js: JetStreamContext, spec: ConsumerSpec) -> tuple[Client, PullRequests]:
+    """The durable ``spec`` names, made, and pull requests for it, opened (close them)."""
+    await js.add_consumer(
+        spec.stream,
+        ConsumerConfig(durable_name=spec.durable, filter_subject=spec.filter_subject),
+    )
+    nc = connection_of(js)
+    requests = PullRequests(nc, spec.stream, spec.durable)
+    await requests.open()
+    return nc, requests
 
 
 async def test_poison_message_is_recorded_once_and_the_loop_keeps_serving(
@@ -346,13 +359,7 @@ async def test_a_status_for_an_earlier_request_does_not_end_the_one_waiting(
     """Each pull request has its own reply subject: a late ``408`` of one given up on (a
     lost connection) is dropped, and the request waiting still hands over its message."""
     spec = spec_for("stale")
-    await js.add_consumer(
-        spec.stream,
-        ConsumerConfig(durable_name=spec.durable, filter_subject=spec.filter_subject),
-    )
-    nc = connection_of(js)
-    requests = PullRequests(nc, spec.stream, spec.durable)
-    await requests.open()
+    nc, requests = await opened_requests(js, spec)
     try:
         fetching = asyncio.create_task(requests.fetch(10, 20.0))
         await asyncio.sleep(0.1)
@@ -468,13 +475,7 @@ async def test_a_message_an_earlier_request_was_given_is_not_held_until_this_one
     earlier one, so no end of the fetch's request comes with it: the fetch hands it over at
     once all the same, not when its own request expires 60 s on."""
     spec = spec_for("earlier")
-    await js.add_consumer(
-        spec.stream,
-        ConsumerConfig(durable_name=spec.durable, filter_subject=spec.filter_subject),
-    )
-    nc = connection_of(js)
-    requests = PullRequests(nc, spec.stream, spec.durable)
-    await requests.open()
+    nc, requests = await opened_requests(js, spec)
     try:
         earlier = {"batch": 5, "no_wait": True, "expires": int(60e9)}
         await nc.publish(
