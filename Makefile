@@ -32,7 +32,7 @@ constraints: ## pin constraints.txt to the newest versions pyproject.toml allows
 	rm -rf .venv-constraints
 	$(PYTHON) -m venv .venv-constraints
 	.venv-constraints/bin/pip install -q -e '.[dev]'
-	head -n 3 constraints.txt > constraints.txt.new
+	grep '^#' constraints.txt > constraints.txt.new
 	.venv-constraints/bin/pip freeze --exclude-editable | grep -v '^sandboxer' >> constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf .venv-constraints

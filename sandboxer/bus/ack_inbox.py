@@ -74,9 +74,9 @@ class _AckInbox:
         self._prefix = nc.new_inbox() + "."
         self._numbers = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._sent_on: dict[str, int] = {}
-        """Of the publishes waiting, those sent while connected: by reply subject, how many
-        times the connection had come back then (``stats["reconnects"]``)."""
+        self._sent_on: dict[str, int | None] = {}
+        """The connection each publish waiting went out on, by reply subject
+        (:func:`~sandboxer.bus.reconnects.connection_now`)."""
         self._subscribed = False
         self._opening = asyncio.Lock()
 
@@ -90,10 +90,9 @@ class _AckInbox:
         """``nc`` is back after a loss: what was sent before it is answered as unanswered."""
         if nc is None:
             return
-        now = nc.stats["reconnects"]
         for reply, sent_on in list(self._sent_on.items()):
             future = self._waiting.get(reply)
-            if sent_on < now and future is not None and not future.done():
+            if reconnects.lost_since(nc, sent_on) and future is not None and not future.done():
                 future.set_exception(NatsTimeout())
 
     async def _arrived(self, msg: Msg) -> None:
@@ -117,8 +116,7 @@ class _AckInbox:
         results: list[PubAck | Exception] = []
         try:
             for (subject, data, headers), (reply, _future) in zip(messages, expected, strict=True):
-                if nc.is_connected:  # else it is sent once the connection is back
-                    self._sent_on[reply] = nc.stats["reconnects"]
+                self._sent_on[reply] = reconnects.connection_now(nc)
                 await nc.publish(subject, data, reply=reply, headers=headers)
             deadline = loop.time() + timeout
             for _reply, future in expected:

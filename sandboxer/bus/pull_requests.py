@@ -223,7 +223,7 @@ class PullRequests:
         request = {**ask, "expires": max(1_000_000, int(wait * 1e9))}
         # The connection it goes out on: a request sent while it is down waits in nats-py's
         # buffer and reaches the server it comes back to.
-        sent_on = self._nc.stats["reconnects"] if self._nc.is_connected else None
+        sent_on = reconnects.connection_now(self._nc)
         try:
             await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply)
         except NatsError as exc:
@@ -238,7 +238,7 @@ class PullRequests:
                     if msg is _Word.WITHDRAWN:  # everything delivered is in
                         return got + self._left_behind()
                     if msg is _Word.RECONNECTED:
-                        if sent_on is not None and sent_on < self._nc.stats["reconnects"]:
+                        if reconnects.lost_since(self._nc, sent_on):
                             return got  # sent on the lost connection: the next asks again
                         continue  # sent while it was down: the server it reached holds it
                     status = _status(msg)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from nats.aio.client import Client
 
-__all__ = ["reconnected", "when_reconnected"]
+__all__ = ["connection_now", "lost_since", "reconnected", "when_reconnected"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,19 @@ def when_reconnected(nc: Client, listener: Callable[[], None]) -> Callable[[], N
             listeners.remove(listener)
 
     return forget
+
+
+def connection_now(nc: Client) -> int | None:
+    """Which of ``nc``'s connections a send made now goes out on (how many times it has come
+    back so far), or None while it is down: nats-py then holds the send for the next one."""
+    return nc.stats["reconnects"] if nc.is_connected else None
+
+
+def lost_since(nc: Client, sent_on: int | None) -> bool:
+    """Whether a send made on connection ``sent_on`` (:func:`connection_now`) went out on one
+    that has been lost since: the server that had it may have died with it, or its answer
+    with the old connection."""
+    return sent_on is not None and sent_on < nc.stats["reconnects"]
 
 
 def reconnected(nc: Client) -> None:

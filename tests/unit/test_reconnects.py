@@ -36,3 +36,12 @@ def test_a_listener_that_fails_does_not_keep_the_others_from_being_told() -> Non
 
 def test_a_connection_no_one_listens_to_tells_no_one() -> None:
     reconnects.reconnected(Client())
+
+
+def test_a_send_is_lost_only_if_it_went_out_on_a_connection_lost_since() -> None:
+    nc = Client()
+    assert reconnects.connection_now(nc) is None  # not connected: nats-py holds the send
+    assert not reconnects.lost_since(nc, None)
+    nc.stats["reconnects"] = 2
+    assert reconnects.lost_since(nc, 1)
+    assert not reconnects.lost_since(nc, 2)
