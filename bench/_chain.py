@@ -2,9 +2,11 @@
 
 By the contract (a durable command, one event per transition, every append
 carrying its aggregate's expected last sequence) a create served by a warm
-pool is six JetStream publishes in a row, five round trips since ``requested``
-and ``routed`` go out at once as the event store sends one decision's events
-(docs/performance.md, "The warm path"). This module runs that chain and nothing else, with nats-py, the pull requests
+pool is seven JetStream publishes, four round trips in a row: ``requested``,
+``routed`` and the provision job go out at once, as the event store sends one
+decision's events and the control worker a create's job with them, and the
+member's ``claimed`` goes beside ``provisioning`` (docs/performance.md, "The warm
+path"). This module runs that chain and nothing else, with nats-py, the pull requests
 the real loop sends (bus/pull_requests.py) and the publish the service awaits its acks
 with (bus/ack_inbox.py; until 2026-12-07, nats-py's own): no other sandboxer code, no
 decoding beyond finding an id, no decisions.
@@ -13,8 +15,8 @@ decoding beyond finding an id, no decisions.
   (awaiting its ack);
 - the "control" consumer fetches it, appends ``requested`` (expecting
   nothing before it) and, sent with it, ``routed`` (expecting ``requested``
-  right before it; sent again in turn if not), then publishes the job, then
-  acks the command;
+  right before it; sent again in turn if not) and the job (carrying where
+  ``routed`` is guessed to land), then acks the command;
 - the "worker" consumer fetches the job, appends ``provisioning`` and, beside
   it, the pool member's ``claimed`` on the member's aggregate, then
   ``ready``, then acks the job;
@@ -32,9 +34,9 @@ on the same server is untouched.
 private nats-server: each run after 50 ms idle (as bench_create times it),
 then as many back to back. ``--shortest`` times, in the same run, the shortest
 chain DESIGN.md allows beside it: the same chain without ``routed`` (its route
-would be inside ``requested``). The job's hop stays: DESIGN.md gives each
-extension a work queue of its own, so that any number of worker processes share
-its work (docs/performance.md, "The warm path").
+would be inside ``requested``). The job stays a message of its own, sent with
+``requested``: DESIGN.md gives each extension a work queue of its own, so that any
+number of worker processes share its work (docs/performance.md, "The warm path").
 ``--burst [N]`` starts N chains at once (100 unless given), then N of the shortest,
 three times each, as ``bench_create.py`` does before each burst of creates.
 """
@@ -72,6 +74,7 @@ RUNNING: set[asyncio.Task[None]] = set()  # the service's handlers in flight
 READY_WITHIN = 10.0  # seconds: far beyond any chain, short enough to tell a dead service
 SHORTEST = "s-"  # a command id so marked runs the shortest chain (``--shortest``)
 STREAM_LAST = [0]  # the highest sequence of the events stream the service saw acknowledged
+IN_FLIGHT = [0]  # the service's publishes awaiting their acks
 
 
 def _streams() -> list[StreamConfig]:
@@ -101,7 +104,11 @@ async def _publish(js: JetStreamContext, subject: str, data: bytes, headers: dic
     """A publish awaited to its ack as the service's are (bus/ack_inbox.py, not nats-py's
     JetStream publish: the skeleton is no slower than our own code at this step); its
     sequence."""
-    ack = await publish_for_ack(connection_of(js), subject, data, headers=headers, timeout=5)
+    IN_FLIGHT[0] += 1
+    try:
+        ack = await publish_for_ack(connection_of(js), subject, data, headers=headers, timeout=5)
+    finally:
+        IN_FLIGHT[0] -= 1
     return ack.seq
 
 
@@ -122,22 +129,51 @@ async def _append(js: JetStreamContext, aggregate: str, kind: str, expected: int
     return seq
 
 
-async def _append_two(js: JetStreamContext, aggregate: str, first: str, second: str) -> int:
-    """Two events of a new ``aggregate`` sent at once, as the event store sends one decision's
-    (bus/jetstream_store.py): the second expects the first right before it, at the stream's
-    next sequence as last seen; sent again in turn when the guess was wrong. The second's
-    sequence."""
-    one = _event(aggregate, first, 0)
-    two = _event(aggregate, second, STREAM_LAST[0] + 1)
-    two[2]["Nats-Expected-Last-Msg-Id"] = one[2]["Nats-Msg-Id"]
-    first_ack, second_ack = await publish_all_for_ack(connection_of(js), [one, two], timeout=5)
-    if isinstance(first_ack, Exception):
-        raise first_ack
-    STREAM_LAST[0] = max(STREAM_LAST[0], first_ack.seq)
-    if isinstance(second_ack, Exception):  # the guess was wrong: in turn, as the store does
-        return await _append(js, aggregate, second, first_ack.seq)
-    STREAM_LAST[0] = max(STREAM_LAST[0], second_ack.seq)
-    return second_ack.seq
+async def _decide(js: JetStreamContext, sandbox: str, kinds: list[str]) -> None:
+    """The events of a new ``sandbox`` sent at once, as the event store sends one decision's
+    (bus/jetstream_store.py), and its job right after them, as the control worker sends a
+    create's (docs/protocol.md#jobs): each event after the first expects the one before it
+    right before it, at the stream's next sequence as last seen, and the job carries the
+    position the last one is guessed to land at. Should the guess be wrong, the rest go in
+    turn, and then the job with the right position (a copy of the first, by its id). As the
+    store, together only when none of this process's publishes awaits its ack (one that
+    does may move the stream past the guess); else one by one, and the job after them."""
+    if IN_FLIGHT[0]:
+        last = 0
+        for kind in kinds:
+            last = await _append(js, sandbox, kind, last)
+        await _publish(js, *_job(sandbox, last))
+        return
+    outgoing: list[Outgoing] = []
+    for index, kind in enumerate(kinds):
+        event = _event(sandbox, kind, STREAM_LAST[0] + index if index else 0)
+        if index:
+            event[2]["Nats-Expected-Last-Msg-Id"] = outgoing[-1][2]["Nats-Msg-Id"]
+        outgoing.append(event)
+    outgoing.append(_job(sandbox, STREAM_LAST[0] + len(kinds)))
+    IN_FLIGHT[0] += 1
+    try:
+        acks = await publish_all_for_ack(connection_of(js), outgoing, timeout=5)
+    finally:
+        IN_FLIGHT[0] -= 1
+    last = 0
+    for index, ack in enumerate(acks[: len(kinds)]):
+        if isinstance(ack, Exception):
+            if not index:
+                raise ack
+            for kind in kinds[index:]:  # the guess was wrong: in turn, as the store does
+                last = await _append(js, sandbox, kind, last)
+            await _publish(js, *_job(sandbox, last))
+            return
+        last = ack.seq
+        STREAM_LAST[0] = max(STREAM_LAST[0], last)
+    if isinstance(acks[-1], Exception):
+        await _publish(js, *_job(sandbox, last))
+
+
+def _job(sandbox: str, last: int) -> Outgoing:
+    """The job, carrying the sandbox id and its log position, as a real provision job does."""
+    return JOB_SUBJECT, f"{sandbox} {last}\n".encode() + PAYLOAD, {"Nats-Msg-Id": f"{sandbox}-job"}
 
 
 # -- the service side ---------------------------------------------------------------------------
@@ -145,13 +181,8 @@ async def _append_two(js: JetStreamContext, aggregate: str, first: str, second: 
 
 async def _control(js: JetStreamContext, msg: Msg) -> None:
     sandbox = (msg.headers or {})["Nats-Msg-Id"]  # the command id names the sandbox
-    if sandbox.startswith(SHORTEST):  # the shortest chain's route is inside `requested`
-        last = await _append(js, sandbox, "requested", 0)  # decided on an empty history
-    else:
-        last = await _append_two(js, sandbox, "requested", "routed")
-    # The job carries the sandbox id and its log position, as a real provision job does.
-    job = f"{sandbox} {last}\n".encode() + PAYLOAD
-    await _publish(js, JOB_SUBJECT, job, {"Nats-Msg-Id": f"{sandbox}-job"})
+    shortest = sandbox.startswith(SHORTEST)  # the shortest chain's route is inside `requested`
+    await _decide(js, sandbox, ["requested"] if shortest else ["requested", "routed"])
     await msg.ack()
 
 

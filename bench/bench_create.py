@@ -27,16 +27,16 @@ create's own first step, beside the same publish made back to back.
 
 And before each warm create, after the same 50 ms idle, it times the chain
 itself with no work in it (``_chain.py``): a command published, ``requested``
-and ``routed`` appended (sent together, as the event store sends one decision's
-events), a job published, ``provisioning`` appended beside a
-member's ``claimed``, then ``ready``, each awaiting its ack, with the same
+and ``routed`` appended and the job published right after them (sent together, as
+the event store sends one decision's events and a create's job), ``provisioning``
+appended beside a member's ``claimed``, then ``ready``, each awaiting its ack, with the same
 headers, consumers and processes as the real path, and no sandboxer code but the
 pull requests its consumers fetch with (``bus/pull_requests.py``, as the real loop).
 The row "create→ready warm p50 vs the same chain" divides the warm create by
 that skeleton: what the service's own work adds to the bus's floor. Beside it,
 after the same idle, the shortest chain DESIGN.md allows (the same without
-``routed``, its route inside ``requested``; the job's hop stays, since each
-extension has a work queue of its own): the floor of any protocol within that
+``routed``, its route inside ``requested``; the job stays a message of its own,
+since each extension has a work queue of its own): the floor of any protocol within that
 design, so a warm target below it is out of reach on the machine of that run.
 
 The bursts have their skeletons too, before each burst and after the same quiet:
@@ -311,11 +311,11 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
         )
         rows.append(
             Row(
-                "the shortest chain DESIGN.md allows (5 publishes), no work, p50",
+                "the shortest chain DESIGN.md allows (6 publishes), no work, p50",
                 "ms",
                 percentile(shortest_ms, 50),
                 percentile(chain_ms, 50),
-                "the chain alone (6 publishes, 5 round trips) p50",
+                "the chain alone (7 publishes, 4 round trips) p50",
             )
         )
         back_to_back_ms = [await publish_rtt(client.js) for _ in range(BACK_TO_BACK)]
@@ -392,7 +392,7 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
                 "s",
                 percentile(shortest_s, 50),
                 percentile(chains_s, 50),
-                f"{CONCURRENT} chains (6 publishes) at once, p50",
+                f"{CONCURRENT} chains (7 publishes) at once, p50",
             ),
             *burst_cpu_rows("pool", used, burst_s),
         ]

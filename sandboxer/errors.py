@@ -24,6 +24,7 @@ The tree::
     │   ├── ConcurrencyConflict an append lost the optimistic-concurrency race
     │   │   └── PublishConflict the stream refused a publish's expected sequence
     │   ├── StreamUnavailable   a stream had no leader (or timed out) for longer than the budget
+    │   │   └── LogBehind       a read of the log found less than the work in hand was made from
     │   ├── FetchFailed         a consumer refused or did not answer a worker's pull request
     │   ├── RequestError        a query or admin request was malformed or named nothing
     │   ├── ViewBehind          the view that got a query is still catching up with the log
@@ -53,7 +54,10 @@ Messages say what happened and how to fix it; structured fields (``code``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a name for the type only: the domain's modules import this one
+    from sandboxer.domain.sandbox_state import SandboxState
 
 __all__ = [
     "AccessDenied",
@@ -72,6 +76,7 @@ __all__ = [
     "InvalidCommand",
     "InvalidInput",
     "InvalidNetworkPolicy",
+    "LogBehind",
     "NatsServerError",
     "NotFound",
     "OutcomePending",
@@ -299,6 +304,19 @@ class StreamUnavailable(BusError):
     """A stream answered "no responders" or timed out for longer than the retry budget."""
 
     code = "stream_unavailable"
+
+
+class LogBehind(StreamUnavailable):
+    """A read of a sandbox's log found less than the work in hand was made from: a replica
+    still catching up, or a create's events sent with its job and not stored yet (or, the
+    append refused, never to be). ``state``: what the read found. Waited out, as the
+    stream's unavailability is."""
+
+    code = "log_behind"
+
+    def __init__(self, message: str, *, state: SandboxState, sandbox_id: str | None = None) -> None:
+        super().__init__(message, sandbox_id=sandbox_id)
+        self.state = state
 
 
 class FetchFailed(BusError):

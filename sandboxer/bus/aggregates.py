@@ -22,7 +22,9 @@ from functools import reduce
 from typing import Any, Generic, Protocol, TypeVar, cast, get_args
 
 from sandboxer import subjects
+from sandboxer.bus.ack_inbox import Outgoing
 from sandboxer.bus.event_store import (
+    Alongside,
     Loaded,
     LoadedAccount,
     LoadedKey,
@@ -64,7 +66,21 @@ __all__ = [
     "SNAPSHOT",
     "Aggregate",
     "AggregateStore",
+    "Beside",
 ]
+
+
+@dataclass(frozen=True)
+class Beside:
+    """An :class:`~sandboxer.bus.event_store.Alongside` of one append, and what its events
+    fold to at a log position: the message to send with them, once their last one's position
+    is guessed."""
+
+    alongside: Alongside
+    folded_at: Callable[[int], Any]
+
+    def message(self, last_seq: int) -> Outgoing | None:
+        return self.alongside.message(self.folded_at(last_seq))
 
 
 class _Versioned(Protocol):
@@ -271,16 +287,24 @@ class AggregateStore(ABC):
         aggregate_id: str,
         events: Sequence[Event],
         expected_seq: int,
+        beside: Beside | None = None,
     ) -> int:
         """Append ``events`` (stamped) in order, the first expecting ``expected_seq`` and each
-        later one the sequence of the one before; the last one's sequence. One by one here; a
-        store may send them at once (:class:`~sandboxer.bus.jetstream_store.JetStreamEventStore`)
-        as long as each lands only right after the one before it."""
+        later one the sequence of the one before; the last one's sequence. One by one here,
+        and nothing sent ``beside`` them; a store may send them at once
+        (:class:`~sandboxer.bus.jetstream_store.JetStreamEventStore`) as long as each lands
+        only right after the one before it."""
         for event in events:
             expected_seq = await self._append_at(aggregate, aggregate_id, event, expected_seq)
         return expected_seq
 
-    async def _append(self, aggregate: Aggregate[S, L, E], loaded: L, events: Sequence[E]) -> L:
+    async def _append(
+        self,
+        aggregate: Aggregate[S, L, E],
+        loaded: L,
+        events: Sequence[E],
+        alongside: Alongside | None = None,
+    ) -> L:
         """Append ``events`` after ``loaded``, each expecting the last one's sequence, and fold
         them (stamped as folded: an event's id names the version it was decided at)."""
         state = aggregate.state_of(loaded)
@@ -290,7 +314,13 @@ class AggregateStore(ABC):
             stamped = stamp(event, version=state.version)
             stamped_events.append(stamped)
             state = aggregate.evolve(state, stamped)
-        last_seq = await self._append_all(aggregate, aggregate_id, stamped_events, loaded.last_seq)
+        beside = None
+        if alongside is not None:
+            folded = state
+            beside = Beside(alongside, lambda last_seq: aggregate.loaded(folded, last_seq))
+        last_seq = await self._append_all(
+            aggregate, aggregate_id, stamped_events, loaded.last_seq, beside
+        )
         appended = aggregate.loaded(state, last_seq)
         kept = self._kept(aggregate)
         if kept is not None:
@@ -301,8 +331,14 @@ class AggregateStore(ABC):
     async def load(self, sandbox_id: str) -> Loaded:
         return await self._load(SANDBOX, sandbox_id)
 
-    async def append(self, loaded: Loaded, events: Sequence[SandboxEvent]) -> Loaded:
-        return await self._append(SANDBOX, loaded, events)
+    async def append(
+        self,
+        loaded: Loaded,
+        events: Sequence[SandboxEvent],
+        *,
+        alongside: Alongside | None = None,
+    ) -> Loaded:
+        return await self._append(SANDBOX, loaded, events, alongside)
 
     async def load_snapshot(self, snapshot_id: str) -> LoadedSnapshot:
         return await self._load(SNAPSHOT, snapshot_id)

@@ -17,13 +17,14 @@ the append's ``Nats-Msg-Id``, so JetStream drops a retried copy.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import msgspec
 
 from sandboxer import subjects
+from sandboxer.bus.ack_inbox import Outgoing
 from sandboxer.domain.account_state import AccountBook, AccountState
 from sandboxer.domain.host_places import HostPlaces
 from sandboxer.domain.key_state import KeyState
@@ -51,6 +52,7 @@ from sandboxer.events.types import (
 )
 
 __all__ = [
+    "Alongside",
     "EventStore",
     "Loaded",
     "LoadedAccount",
@@ -123,12 +125,34 @@ class LoadedPlaces:
     last_seq: int
 
 
+@dataclass
+class Alongside:
+    """A message to send beside a sandbox's events, made from the state they lead to at the
+    log position of the last: a create's provision job, beside its ``requested`` and
+    ``routed``. A store that sends a decision's events together, in one round trip, sends
+    the message right after them on the same connection, and sets ``sent`` once every one
+    of them was acknowledged; then the caller has nothing left to publish. A store that
+    sends them one by one leaves ``sent`` False, and the caller publishes the message itself
+    (once they are all in the log), as it would without this. ``message`` answers None when
+    there is nothing to send."""
+
+    message: Callable[[Loaded], Outgoing | None]
+    sent: bool = False
+
+
 class EventStore(Protocol):
     async def load(self, sandbox_id: str) -> Loaded:
         """Fold every event of one sandbox."""
 
-    async def append(self, loaded: Loaded, events: Sequence[SandboxEvent]) -> Loaded:
-        """Append ``events`` after ``loaded``; ConcurrencyConflict if another writer won."""
+    async def append(
+        self,
+        loaded: Loaded,
+        events: Sequence[SandboxEvent],
+        *,
+        alongside: Alongside | None = None,
+    ) -> Loaded:
+        """Append ``events`` after ``loaded``; ConcurrencyConflict if another writer won.
+        ``alongside``: a message that may go out with them (:class:`Alongside`)."""
 
     async def load_snapshot(self, snapshot_id: str) -> LoadedSnapshot:
         """Fold every event of one snapshot."""

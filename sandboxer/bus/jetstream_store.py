@@ -40,6 +40,7 @@ from sandboxer.bus.aggregates import (
     SANDBOX,
     Aggregate,
     AggregateStore,
+    Beside,
     E,
     L,
     S,
@@ -327,9 +328,12 @@ class JetStreamEventStore(AggregateStore):
         aggregate_id: str,
         events: Sequence[Event],
         expected_seq: int,
+        beside: Beside | None = None,
     ) -> int:
         """Send the events of one decision at once when this store's own appends are all
-        answered: one round trip for them all (a create's ``requested`` and ``routed``).
+        answered: one round trip for them all (a create's ``requested`` and ``routed``), and
+        for the message ``beside`` them (its provision job), sent last, made from the state
+        they fold to at the position the last one is guessed to land at.
 
         Each one after the first expects the stream's last message to be the event before it
         (``Nats-Expected-Last-Msg-Id``), so it lands only right after that one, with nothing
@@ -338,7 +342,16 @@ class JetStreamEventStore(AggregateStore):
         store saw acknowledged. When another writer appended meanwhile the guess is wrong,
         the stream refuses the rest, and they go one by one from the first refused, as any
         store sends them (the round trip saved is lost, and no more). A send that fails is
-        taken as no answer to any of them."""
+        taken as no answer to any of them.
+
+        The message beside them is marked sent only when it and every event were
+        acknowledged: then the guess was right, and it carries the position its events are
+        at. Otherwise its maker publishes it again under its message id, which the stream
+        drops as a copy when the first one landed; a job that carries a wrong guess conflicts
+        at its first append and its worker reads the log instead (workers/deciding.py). The
+        message goes out after the events on the same connection: on a lone server, whatever
+        its reader appends next reaches the events stream after them; elsewhere its reader
+        may find the log behind it, and waits (docs/protocol.md#jobs)."""
         if (
             len(events) < 2
             or self._publishing
@@ -355,6 +368,9 @@ class JetStreamEventStore(AggregateStore):
                 headers["Nats-Expected-Last-Msg-Id"] = events[index - 1].event_id
             outgoing.append((event_subject(event), encode_event(event), headers))
             expected = self._stream_last + index + 1  # where this one lands, guessed
+        extra = None if beside is None else beside.message(self._stream_last + len(events))
+        if extra is not None:
+            outgoing.append(extra)
         self._publishing += 1
         try:
             answers = await publish_all_for_ack(self._nc, outgoing, timeout=ATTEMPT_TIMEOUT)
@@ -362,6 +378,9 @@ class JetStreamEventStore(AggregateStore):
             answers = [failed] * len(outgoing)
         finally:
             self._publishing -= 1
+        if beside is not None and extra is not None:
+            beside.alongside.sent = all(isinstance(answer, PubAck) for answer in answers)
+            answers = answers[: len(events)]
         last_seq = expected_seq
         for index, answer in enumerate(answers):
             if isinstance(answer, PubAck):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.timestamps import seconds_between, shift
 
-__all__ = ["STRANDED_SECONDS", "create_lost", "held_too_long", "lost_at"]
+__all__ = ["STRANDED_SECONDS", "create_lost", "held_too_long", "job_orphaned", "lost_at"]
 
 STRANDED_SECONDS = 600.0
 """How long something may be held for a sandbox with no events before its create is taken
@@ -31,6 +31,19 @@ def create_lost(sandbox: SandboxState, held_since: str | None, now: str) -> bool
     than :data:`STRANDED_SECONDS` ago (never when the time is not known)."""
     return (
         sandbox.status == "new" and sandbox.abandoned_by is None and held_too_long(held_since, now)
+    )
+
+
+def job_orphaned(sandbox: SandboxState, stored_at: str, now: str) -> bool:
+    """Whether a create's provision job, stored at ``stored_at`` and still ahead of what the
+    log holds of ``sandbox``, is one whose events will never land: its create was given up
+    (``create_abandoned``), or the job has waited for them for more than
+    :data:`STRANDED_SECONDS`. A job goes out with its create's events (docs/protocol.md#jobs),
+    so it may be stored when they were refused. The wait is far longer than the jobs
+    stream's two-minute duplicate window: should the create still land after it, its job
+    is published again as a new message, not dropped as a copy of this one."""
+    return (sandbox.status == "new" and sandbox.abandoned_by is not None) or held_too_long(
+        stored_at, now
     )
 
 

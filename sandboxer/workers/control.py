@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from sandboxer import subjects
-from sandboxer.bus.event_store import EventStore, Loaded
+from sandboxer.bus.event_store import Alongside, EventStore, Loaded
 from sandboxer.bus.key_request_rate import KeyRequestRates, logged_keys
 from sandboxer.clock import utc_now
 from sandboxer.commands.parse import key_of, parse_command, verb_of
@@ -77,7 +77,7 @@ from sandboxer.workers.hold_release import (
 )
 from sandboxer.workers.host_choice import choose_host
 from sandboxer.workers.host_places import apply_recreate, give_up_places, take_place
-from sandboxer.workers.job_dispatch import dispatch_job
+from sandboxer.workers.job_dispatch import dispatch_job, job_message
 from sandboxer.workers.key_limit import LiveLimit, check_live_limit, limiting_key
 from sandboxer.workers.key_rate import KeyRates
 from sandboxer.workers.pause_commands import decide_pause_step
@@ -171,14 +171,15 @@ class ControlWorker:
             await self._give_up_create(msg, command, *refused)
             await msg.ack()
             return
+        job = Alongside(job_message)  # a create's goes out with its events, when it can
         try:
-            loaded = await self._decide_and_append(command, msg.subject)
+            loaded = await self._decide_and_append(command, msg.subject, job)
         except (Rejected, UnknownProfile) as refusal:
             if self._routing is not None:
                 self._routing.release_command(command)
             await self._refused(msg, command, refusal)
             return
-        if not isinstance(command, TouchSandbox):
+        if not isinstance(command, TouchSandbox) and not job.sent:
             # A touch never makes a job (every exec sends one). Sent again, the job the sandbox
             # waits for would pass the jobs stream's two-minute window as a new message: a
             # second worker process would run it beside the first (a long snapshot copied
@@ -330,9 +331,12 @@ class ControlWorker:
         decl = self._catalog.extensions_enabled().get(extension) if extension else None
         return load_hosts(self._settings) if decl is not None and decl.uses_hosts else None
 
-    async def _decide_and_append(self, command: Command, subject: str) -> Loaded | None:
+    async def _decide_and_append(
+        self, command: Command, subject: str, job: Alongside
+    ) -> Loaded | None:
         """The sandbox the command changed (None: it changed only a snapshot); ``subject``:
-        the one it came on (a key identity's names the key)."""
+        the one it came on (a key identity's names the key). ``job``: the job a create
+        leads to, which the store may send with its events (then marked sent)."""
         if isinstance(command, SnapshotSandbox):
             return await self._snapshots.snapshot(command)
         if isinstance(command, DeleteSnapshot):
@@ -362,7 +366,7 @@ class ControlWorker:
             domain_command = dataclasses.replace(domain_command, restored_from=restored_from)
         try:
             domain_command = await self._reserve(domain_command)
-            loaded = await self._append(domain_command)
+            loaded = await self._append(domain_command, job)
         except Rejected as refusal:
             await self._give_back(domain_command, refusal)
             raise
@@ -378,8 +382,10 @@ class ControlWorker:
             )
         return loaded
 
-    async def _append(self, command: DomainCommand) -> Loaded:
-        """Decide ``command`` on its sandbox and append what it decides."""
+    async def _append(self, command: DomainCommand, job: Alongside) -> Loaded:
+        """Decide ``command`` on its sandbox and append what it decides; a create's ``job``
+        may go out with its events (one round trip less before its extension worker has it:
+        docs/protocol.md#jobs)."""
         if isinstance(command, RecreateSandbox):
             # A failed sandbox's recreate adds one to its host, as a create does: it takes a
             # place there first when the host has max_sandboxes (workers/host_places.py).
@@ -388,12 +394,10 @@ class ControlWorker:
         # and save the load. When it has one (a re-sent command), the append's expected
         # sequence (none) conflicts, and apply reloads and decides again on the real
         # history.
-        guess = (
-            Loaded(SandboxState(sandbox_id=command.sandbox_id), 0)
-            if isinstance(command, AdmittedCreate)
-            else None
-        )
-        return (await apply(self._store, command.sandbox_id, command, guess))[0]
+        if not isinstance(command, AdmittedCreate):
+            return (await apply(self._store, command.sandbox_id, command))[0]
+        guess = Loaded(SandboxState(sandbox_id=command.sandbox_id), 0)
+        return (await apply(self._store, command.sandbox_id, command, guess, alongside=job))[0]
 
     async def _give_back(self, command: DomainCommand, refusal: Rejected) -> None:
         """Release what a refused command held that nothing will ever use: a create's hold

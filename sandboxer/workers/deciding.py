@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from sandboxer.bus.event_store import (
+    Alongside,
     EventStore,
     Loaded,
     LoadedAccount,
@@ -38,7 +40,7 @@ from sandboxer.domain.key_decide import KeyCommand, decide_key, key_id_of
 from sandboxer.domain.sandbox_decide import DomainCommand, decide
 from sandboxer.domain.sandbox_state import SandboxState
 from sandboxer.domain.snapshot_decide import SnapshotCommand, decide_snapshot
-from sandboxer.errors import ConcurrencyConflict, Rejected
+from sandboxer.errors import ConcurrencyConflict, LogBehind, Rejected
 from sandboxer.events.types import SandboxEvent
 
 __all__ = [
@@ -133,6 +135,8 @@ async def apply(
     known: Loaded | None = None,
     *,
     only_if: Callable[[SandboxState], bool] | None = None,
+    at_least: int = 0,
+    alongside: Alongside | None = None,
 ) -> tuple[Loaded, bool]:
     """Load, decide, append (reloading on conflicts). Returns the state and whether it changed.
 
@@ -146,7 +150,24 @@ async def apply(
     the loop decides on, so that it holds for the state the append follows (the append is
     refused should the log have moved on since); on one it does not hold for, nothing is
     appended.
+
+    ``at_least``: the version the work in hand was made from (a job's). A read of the log
+    that finds less raises :class:`~sandboxer.errors.LogBehind` rather than decide on it: a
+    replica still catching up, or a create's events sent with its job and not stored yet
+    (or refused). ``alongside``: a message the store may send with what is decided
+    (:class:`~sandboxer.bus.event_store.Alongside`).
     """
+
+    async def load() -> Loaded:
+        loaded = await store.load(sandbox_id)
+        if loaded.state.version < at_least:
+            raise LogBehind(
+                f"sandbox {sandbox_id}: the log read is behind the work in hand "
+                f"(version {loaded.state.version} < {at_least})",
+                state=loaded.state,
+                sandbox_id=sandbox_id,
+            )
+        return loaded
 
     def decide_on(loaded: Loaded) -> list[SandboxEvent]:
         if only_if is not None and not only_if(loaded.state):
@@ -155,9 +176,9 @@ async def apply(
 
     return await _decide_loop(
         f"sandbox {sandbox_id}",
-        lambda: store.load(sandbox_id),
+        load,
         decide_on,
-        store.append,
+        store.append if alongside is None else functools.partial(store.append, alongside=alongside),
         known,
         sandbox_id=sandbox_id,
     )

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from sandboxer import subjects
 from sandboxer.bus.event_store import EventStore, Loaded
 from sandboxer.bus.publish import is_unavailability
-from sandboxer.clock import utc_now
+from sandboxer.clock import utc_now, utc_text
 from sandboxer.config.catalog import Catalog
 from sandboxer.config.network_policy import parse_policy
 from sandboxer.config.profile import Profile
@@ -45,6 +45,7 @@ from sandboxer.domain.drift import (
 )
 from sandboxer.domain.fallback import has_fallback
 from sandboxer.domain.found import FoundSandbox, by_id
+from sandboxer.domain.lost_creates import job_orphaned
 from sandboxer.domain.sandbox_decide import (
     Attempt,
     DomainCommand,
@@ -62,10 +63,10 @@ from sandboxer.durations import parse_duration
 from sandboxer.errors import (
     ConfigError,
     ExtensionError,
+    LogBehind,
     ProviderError,
     SandboxerError,
     SandboxNotFound,
-    StreamUnavailable,
 )
 from sandboxer.events.types import SYSTEM_ACTOR, Actor, CommandRejected, HostReaped
 from sandboxer.extensions.base import Extension, ProvisionRequest, Readiness
@@ -327,9 +328,11 @@ class ExtensionWorker:
             if loaded.state.version < job.version:
                 # The log holds what made this job; a replica still catching up answered the
                 # read. Acking now would lose the job: wait for a current read instead.
-                raise StreamUnavailable(
+                raise LogBehind(
                     f"sandbox {job.sandbox_id}: the log read is behind "
-                    f"its job (version {loaded.state.version} < {job.version})"
+                    f"its job (version {loaded.state.version} < {job.version})",
+                    state=loaded.state,
+                    sandbox_id=job.sandbox_id,
                 )
             host = loaded.state.host
             if job.action == "snapshot":
@@ -346,10 +349,16 @@ class ExtensionWorker:
         await msg.ack()
 
     async def apply(
-        self, sandbox_id: str, command: DomainCommand, known: Loaded | None = None
+        self,
+        sandbox_id: str,
+        command: DomainCommand,
+        known: Loaded | None = None,
+        *,
+        at_least: int = 0,
     ) -> tuple[Loaded, bool]:
-        """Change the sandbox through the shared load-decide-append loop."""
-        return await deciding.apply(self._store, sandbox_id, command, known)
+        """Change the sandbox through the shared load-decide-append loop (``at_least``: the
+        version its job was made from, below which a read of the log is waited out)."""
+        return await deciding.apply(self._store, sandbox_id, command, known, at_least=at_least)
 
     async def _start(
         self, job: Job, msg: Msg, known: Loaded
@@ -376,9 +385,14 @@ class ExtensionWorker:
                 job.sandbox_id,
                 StartProvisioning(job_id=job.job_id, worker=self.name, extension=self.extension.id),
                 known,
+                at_least=job.version,
             )
             if started and loaded.state.generation > 1:  # not on a first create's path
                 taken = not await self._clean_start(job.sandbox_id, loaded.state)
+        except LogBehind as behind:
+            if not await self._orphaned(job, msg, behind.state, claiming):
+                raise
+            return None
         except BaseException:
             if claiming is not None:  # a member claimed for this job: its redelivery's
                 await asyncio.gather(claiming, return_exceptions=True)
@@ -412,6 +426,31 @@ class ExtensionWorker:
         if state.status == "rerouting":  # a crash came before the reroute was sent
             await request_reroute(self._js, state)
         return None
+
+    async def _orphaned(
+        self,
+        job: Job,
+        msg: Msg,
+        found: SandboxState,
+        claiming: asyncio.Task[str | None] | None,
+    ) -> bool:
+        """Whether ``job``, ahead of the log (which ``found``), is dropped: a create's job goes
+        out with its events (docs/protocol.md#jobs), which may not be stored yet (waited
+        for: False, the member claimed for it kept for its redelivery) or, refused, never be
+        (:func:`~sandboxer.domain.lost_creates.job_orphaned`: True, the member given back)."""
+        if not job_orphaned(found, utc_text(msg.metadata.timestamp), utc_now()):
+            if claiming is not None:
+                await asyncio.gather(claiming, return_exceptions=True)
+            return False
+        log.warning(
+            "job %s: dropped, the events of its create never landed (sandbox %s is %s)",
+            job.job_id,
+            job.sandbox_id,
+            found.status,
+        )
+        if claiming is not None:
+            await self._release_unused(claiming)
+        return True
 
     async def _clean_start(self, sandbox_id: str, state: SandboxState) -> bool:
         """Remove the previous generation's sandbox before a recreate provisions the next one

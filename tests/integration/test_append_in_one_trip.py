@@ -14,12 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from sandboxer import subjects
 from sandboxer.bus import jetstream_store
 from sandboxer.bus.ack_inbox import publish_all_for_ack
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import read_events
+from sandboxer.bus.event_store import Alongside
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_cluster import NatsCluster
 from sandboxer.bus.nats_server import NatsServerProcess
@@ -35,6 +38,8 @@ from sandboxer.events.types import (
     SandboxRouted,
     SandboxTouched,
 )
+from sandboxer.workers.job_dispatch import dispatch_job, job_message
+from sandboxer.workers.jobs import Job
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +101,77 @@ async def test_a_decision_goes_out_at_once_and_lands_in_order(
     assert events[1][0] == events[0][0] + 1
     assert appended == await new_store().load("trip00000002")
     assert appended.state.status == "routed"
+
+
+async def jobs_for(store: JetStreamEventStore, sandbox_id: str) -> list[Job]:
+    """The provision jobs the jobs stream holds for the sandbox (on ext.local): none, or the
+    one there is (a job's id is its message id: a second publish of it is dropped)."""
+    subject = subjects.job_subject("ext.local", sandbox_id)
+    info = await store._js.stream_info(subjects.JOBS_STREAM, subjects_filter=subject)
+    held = (info.state.subjects or {}).get(subject, 0)
+    assert held <= 1, f"{held} jobs for {sandbox_id}"
+    if not held:
+        return []
+    last = await store._js.get_last_msg(subjects.JOBS_STREAM, subject)
+    return [msgspec.json.decode(last.data or b"", type=Job)]
+
+
+async def test_a_create_s_job_goes_out_with_its_events_and_says_where_they_landed(
+    new_store: Callable[[], JetStreamEventStore], sends: list[int]
+) -> None:
+    """The provision job a create leads to is sent right after its two events, in the same
+    round trip, carrying the state they fold to at the position the last one landed at; all
+    three acknowledged, it is marked sent, so its maker publishes nothing more."""
+    store = new_store()
+    await store.append(await store.load("trip00000021"), [touched("trip00000021", 0)])
+    sends.clear()
+    job = Alongside(job_message)
+    appended = await store.append(
+        await store.load("trip00000022"), decision("trip00000022"), alongside=job
+    )
+    assert sends == [3]
+    assert job.sent
+    (sent,) = await jobs_for(store, "trip00000022")
+    carried = sent.known_loaded()
+    assert carried == appended
+    assert carried is not None
+    assert carried.last_seq == (await logged(store, "trip00000022"))[-1][0]
+    assert carried.state.status == "routed"
+
+
+async def test_a_wrong_guess_leaves_the_job_to_its_maker(
+    new_store: Callable[[], JetStreamEventStore], sends: list[int]
+) -> None:
+    """Another process appended since this store's last ack: ``routed`` is refused and sent
+    again in turn, and the job that went with it carries the guessed position. It is not
+    marked sent: its maker publishes it again, a copy the stream drops by its id, and the
+    worker's first append, expecting the guess, conflicts and reads the log instead."""
+    store, other = new_store(), new_store()
+    await store.append(await store.load("trip00000023"), [touched("trip00000023", 0)])
+    await other.append(await other.load("trip00000024"), [touched("trip00000024", 0)])
+    sends.clear()
+    job = Alongside(job_message)
+    appended = await store.append(
+        await store.load("trip00000025"), decision("trip00000025"), alongside=job
+    )
+    assert sends == [3, 1]
+    assert not job.sent
+    await dispatch_job(store._js, appended)  # what the control worker does then
+    (stored,) = await jobs_for(store, "trip00000025")
+    carried = stored.known_loaded()
+    assert carried is not None
+    assert carried.last_seq != appended.last_seq
+
+
+async def test_a_store_that_sends_one_by_one_sends_no_job(
+    new_store: Callable[[], JetStreamEventStore], sends: list[int]
+) -> None:
+    store = new_store()
+    job = Alongside(job_message)
+    await store.append(await store.load("trip00000026"), decision("trip00000026"), alongside=job)
+    assert sends == [1, 1]
+    assert not job.sent
+    assert await jobs_for(store, "trip00000026") == []
 
 
 async def test_a_store_that_knows_no_sequence_yet_sends_them_one_by_one(

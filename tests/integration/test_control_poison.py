@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
-from sandboxer.bus.event_store import Loaded
+from sandboxer.bus.event_store import Alongside, Loaded
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.client import SandboxerClient
@@ -51,10 +51,12 @@ class FailingOn(ControlWorker):
             raise RuntimeError("injected: the handler fails before its checks")
         await super().handle(msg)
 
-    async def _decide_and_append(self, command: Command, subject: str) -> Loaded | None:
+    async def _decide_and_append(
+        self, command: Command, subject: str, job: Alongside
+    ) -> Loaded | None:
         if command.command_id in self.failing:
             raise RuntimeError(f"injected: the handler fails on {command.command_id}")
-        return await super()._decide_and_append(command, subject)
+        return await super()._decide_and_append(command, subject, job)
 
     async def _dispatch(self, loaded: Loaded | None, **kwargs: bool) -> None:
         if loaded is not None:

@@ -131,11 +131,11 @@ class AppendFaults(JetStreamEventStore):
     broken = False
     failed = 0
 
-    async def append(self, loaded: Loaded, events: Any) -> Loaded:
+    async def append(self, loaded: Loaded, events: Any, *, alongside: Any = None) -> Loaded:
         if self.broken:
             self.failed += 1
             raise RuntimeError("append refused (injected)")
-        return await super().append(loaded, events)
+        return await super().append(loaded, events, alongside=alongside)
 
 
 async def test_a_stale_provision_job_giving_up_leaves_the_ready_sandbox_alone(

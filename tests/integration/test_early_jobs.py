@@ -1,0 +1,128 @@
+"""A create's job goes out with its events, so its worker may have it before they are stored.
+
+The control worker sends a create's provision job right after ``requested`` and ``routed``,
+in the same round trip (docs/protocol.md#jobs). On a lone server the job's first append
+reaches the events stream after them; elsewhere it may not, and the events may even be
+refused after the job landed. These tests give a real extension worker, on a real
+nats-server, a job whose events are not in the log: it waits for events that come, and
+drops the job of a create that was given up, making nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from sandboxer import subjects
+from sandboxer.bus.connect import connect
+from sandboxer.bus.event_reader import last_sequence
+from sandboxer.bus.event_store import Loaded
+from sandboxer.bus.jetstream_store import JetStreamEventStore
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.bus.publish import publish_durably
+from sandboxer.bus.streams import ensure_streams
+from sandboxer.clock import utc_now
+from sandboxer.config.catalog import Catalog
+from sandboxer.domain.sandbox_state import SandboxState, fold
+from sandboxer.events.types import (
+    Actor,
+    SandboxCreateAbandoned,
+    SandboxRequested,
+    SandboxRouted,
+)
+from sandboxer.extensions.local.backend import LocalExtension
+from sandboxer.workers.extension_worker import ExtensionWorker
+from sandboxer.workers.job_dispatch import job_message
+from tests.integration.conftest import worker_running
+
+pytestmark = pytest.mark.integration
+
+ACTOR = Actor(type="agt", id="pytest")
+
+
+def create_events(sandbox_id: str) -> list[SandboxRequested | SandboxRouted]:
+    head = {"sandbox_id": sandbox_id, "command_id": f"c-{sandbox_id}", "actor": ACTOR}
+    return [
+        SandboxRequested(**head, at=utc_now(), profile="profile.local", profile_version=1),
+        SandboxRouted(**head, at=utc_now(), extension="ext.local", reason="pytest"),
+    ]
+
+
+async def publish_job(store: JetStreamEventStore, state: SandboxState, last_seq: int) -> None:
+    """The provision job the control worker would send with the events: the state they fold
+    to, at the position the last of them is expected to land at."""
+    message = job_message(Loaded(state, last_seq))
+    assert message is not None
+    subject, data, headers = message
+    await publish_durably(store._js, subject, data, headers=headers)
+
+
+async def jobs_waiting(store: JetStreamEventStore, sandbox_id: str) -> int:
+    subject = subjects.job_subject("ext.local", sandbox_id)
+    info = await store._js.stream_info(subjects.JOBS_STREAM, subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+async def test_a_job_ahead_of_its_events_waits_for_them_and_then_provisions(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    """The job is in its worker's hands before its create's events are stored: its first
+    append expects a position the log has not reached, and the worker, reading the log,
+    finds less than the job was made from. It waits (the job comes back) instead of taking
+    the create for one that needs nothing; once the events land, the sandbox is made."""
+    sandbox_id = "early0000000001"
+    extension = LocalExtension(home / "local")
+    nc = await connect([nats_server.url], name="test-early-job")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = JetStreamEventStore(nc, js)
+    worker = ExtensionWorker(js, store, Catalog.load(home), extension, ack_wait=2)
+    try:
+        async with worker_running(worker, nc):
+            events = create_events(sandbox_id)
+            await publish_job(store, fold(sandbox_id, events), await last_sequence(js) + 2)
+            await asyncio.sleep(1.0)  # the worker has had the job, and waits
+            assert (await store.load(sandbox_id)).state.version == 0
+            assert await jobs_waiting(store, sandbox_id) == 1
+            await store.append(await store.load(sandbox_id), events)
+            async with asyncio.timeout(20):
+                while (await store.load(sandbox_id)).state.status != "ready":
+                    await asyncio.sleep(0.1)
+    finally:
+        await extension.teardown(sandbox_id)
+
+
+async def test_the_job_of_a_create_given_up_is_dropped_and_makes_nothing(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    """The create's events were refused after its job landed, and the create was given up
+    since (``create_abandoned``: its id can never be created). The job is dropped: nothing
+    provisioned, nothing appended, and it does not come back."""
+    sandbox_id = "early0000000002"
+    extension = LocalExtension(home / "local")
+    nc = await connect([nats_server.url], name="test-orphan-job")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = JetStreamEventStore(nc, js)
+    abandoned = SandboxCreateAbandoned(
+        sandbox_id=sandbox_id,
+        command_id=f"c-{sandbox_id}",
+        actor=ACTOR,
+        at=utc_now(),
+        code="internal_error",
+        reason="pytest: the create's append was refused",
+    )
+    given_up = await store.append(await store.load(sandbox_id), [abandoned])
+    worker = ExtensionWorker(js, store, Catalog.load(home), extension, ack_wait=2)
+    async with worker_running(worker, nc):
+        await publish_job(store, fold(sandbox_id, create_events(sandbox_id)), given_up.last_seq + 2)
+        async with asyncio.timeout(20):
+            while await jobs_waiting(store, sandbox_id):  # acked: gone from the work queue
+                await asyncio.sleep(0.1)
+        assert await store.load(sandbox_id) == await JetStreamEventStore(nc, js).load(sandbox_id)
+        state = (await store.load(sandbox_id)).state
+        assert state.version == 1
+        assert state.status == "new"
+        assert not (home / "local" / sandbox_id).exists()
