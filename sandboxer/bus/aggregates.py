@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -78,9 +79,13 @@ class Beside:
 
     alongside: Alongside
     folded_at: Callable[[int], Any]
+    last_event: str
+    """The id of the last of the events: the guessed state names it as its unconfirmed
+    end (:attr:`~sandboxer.bus.event_store.Loaded.unconfirmed`)."""
 
     def message(self, last_seq: int) -> Outgoing | None:
-        return self.alongside.message(self.folded_at(last_seq))
+        guessed = dataclasses.replace(self.folded_at(last_seq), unconfirmed=self.last_event)
+        return self.alongside.message(guessed)
 
 
 class _Versioned(Protocol):
@@ -218,10 +223,12 @@ class AggregateStore(ABC):
         aggregate_id: str,
         event: Event,
         expected_seq: int,
+        *,
+        after: str | None = None,
     ) -> int:
         """Append ``event`` (stamped) on the aggregate's scope if ``expected_seq`` is still
-        the scope's last sequence, and return its sequence; else raise
-        ``aggregate.conflict(aggregate_id)``."""
+        the scope's last sequence (and, with ``after``, the event of that id the store's last),
+        and return its sequence; else raise ``aggregate.conflict(aggregate_id)``."""
 
     def _kept(self, aggregate: Aggregate[Any, Any, Any]) -> Recent[str, Any] | None:
         """Where this store keeps the last state it saw of aggregates of this kind, to read
@@ -288,14 +295,20 @@ class AggregateStore(ABC):
         events: Sequence[Event],
         expected_seq: int,
         beside: Beside | None = None,
+        *,
+        after: str | None = None,
     ) -> int:
-        """Append ``events`` (stamped) in order, the first expecting ``expected_seq`` and each
-        later one the sequence of the one before; the last one's sequence. One by one here,
-        and nothing sent ``beside`` them; a store may send them at once
+        """Append ``events`` (stamped) in order, the first expecting ``expected_seq`` (and,
+        with ``after``, that event as the stream's last message) and each later one the
+        sequence of the one before; the last one's sequence. One by one here, and nothing
+        sent ``beside`` them; a store may send them at once
         (:class:`~sandboxer.bus.jetstream_store.JetStreamEventStore`) as long as each lands
         only right after the one before it."""
         for event in events:
-            expected_seq = await self._append_at(aggregate, aggregate_id, event, expected_seq)
+            expected_seq = await self._append_at(
+                aggregate, aggregate_id, event, expected_seq, after=after
+            )
+            after = None
         return expected_seq
 
     async def _append(
@@ -315,11 +328,20 @@ class AggregateStore(ABC):
             stamped_events.append(stamped)
             state = aggregate.evolve(state, stamped)
         beside = None
-        if alongside is not None:
+        if alongside is not None and stamped_events:
             folded = state
-            beside = Beside(alongside, lambda last_seq: aggregate.loaded(folded, last_seq))
+            beside = Beside(
+                alongside,
+                lambda last_seq: aggregate.loaded(folded, last_seq),
+                stamped_events[-1].event_id,
+            )
         last_seq = await self._append_all(
-            aggregate, aggregate_id, stamped_events, loaded.last_seq, beside
+            aggregate,
+            aggregate_id,
+            stamped_events,
+            loaded.last_seq,
+            beside,
+            after=getattr(loaded, "unconfirmed", None),
         )
         appended = aggregate.loaded(state, last_seq)
         kept = self._kept(aggregate)

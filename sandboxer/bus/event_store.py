@@ -79,6 +79,12 @@ class Loaded:
 
     state: SandboxState
     last_seq: int
+    unconfirmed: str | None = None
+    """Set on a state no read of the log confirmed, guessed from an append sent and not
+    acknowledged yet (the provision job sent with its create's events): the id of its last
+    event. An append after it also expects that event to be the events stream's last
+    message, not only ``last_seq`` its sandbox's last sequence: the guessed position alone
+    could be another event's, had the guessed ones been refused (docs/protocol.md#jobs)."""
 
 
 @dataclass(frozen=True)
@@ -133,8 +139,9 @@ class Alongside:
     the message right after them on the same connection, and sets ``sent`` once every one
     of them was acknowledged; then the caller has nothing left to publish. A store that
     sends them one by one leaves ``sent`` False, and the caller publishes the message itself
-    (once they are all in the log), as it would without this. ``message`` answers None when
-    there is nothing to send."""
+    (once they are all in the log), as it would without this. ``message`` is given the state
+    as guessed (:attr:`Loaded.unconfirmed` set), and answers None when there is nothing to
+    send."""
 
     message: Callable[[Loaded], Outgoing | None]
     sent: bool = False

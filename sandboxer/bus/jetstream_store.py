@@ -114,13 +114,19 @@ class _ObjectsIndex:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def _expecting(event: Event, scope: str, expected_seq: int) -> dict[str, str]:
-    """The headers of an append: its id, and its scope's last sequence as it must still be."""
-    return {
+def _expecting(
+    event: Event, scope: str, expected_seq: int, after: str | None = None
+) -> dict[str, str]:
+    """The headers of an append: its id, and its scope's last sequence as it must still be;
+    ``after``: the id of the event that must be the stream's last message."""
+    headers = {
         "Nats-Msg-Id": event.event_id,
         "Nats-Expected-Last-Subject-Sequence": str(expected_seq),
         "Nats-Expected-Last-Subject-Sequence-Subject": scope,
     }
+    if after is not None:
+        headers["Nats-Expected-Last-Msg-Id"] = after
+    return headers
 
 
 class JetStreamEventStore(AggregateStore):
@@ -285,13 +291,14 @@ class JetStreamEventStore(AggregateStore):
         expected_seq: int,
         *,
         sent_before: bool = False,
+        after: str | None = None,
     ) -> int:
-        """Append under both expected-sequence headers, scoped to the aggregate.
-        ``sent_before``: the event went out once already and its fate is unknown (no ack came),
-        so a conflict may be its own landing."""
+        """Append under both expected-sequence headers, scoped to the aggregate (and, with
+        ``after``, the last-message-id one). ``sent_before``: the event went out once already
+        and its fate is unknown (no ack came), so a conflict may be its own landing."""
         scope = aggregate.scope(aggregate_id)
         try:
-            appended = await self._publish(event, _expecting(event, scope, expected_seq))
+            appended = await self._publish(event, _expecting(event, scope, expected_seq, after))
         except PublishConflict as conflict:
             if conflict.retried or sent_before:
                 landed = await self._landed_seq(scope, event.event_id)
@@ -329,6 +336,8 @@ class JetStreamEventStore(AggregateStore):
         events: Sequence[Event],
         expected_seq: int,
         beside: Beside | None = None,
+        *,
+        after: str | None = None,
     ) -> int:
         """Send the events of one decision at once when this store's own appends are all
         answered: one round trip for them all (a create's ``requested`` and ``routed``), and
@@ -352,20 +361,26 @@ class JetStreamEventStore(AggregateStore):
         message goes out after the events on the same connection: on a lone server, whatever
         its reader appends next reaches the events stream after them; elsewhere its reader
         may find the log behind it, and waits (docs/protocol.md#jobs)."""
+        if after is not None and not await self._one_copy():
+            # Only a stream of one copy takes the last-message-id header safely (above); a
+            # guessed state there is read from the log instead.
+            raise aggregate.conflict(aggregate_id)
         if (
             len(events) < 2
             or self._publishing
             or not self._stream_last
             or not await self._one_copy()
         ):
-            return await super()._append_all(aggregate, aggregate_id, events, expected_seq)
+            return await super()._append_all(
+                aggregate, aggregate_id, events, expected_seq, after=after
+            )
         scope = aggregate.scope(aggregate_id)
         outgoing: list[Outgoing] = []
         expected = expected_seq
         for index, event in enumerate(events):
-            headers = _expecting(event, scope, expected)
-            if index:
-                headers["Nats-Expected-Last-Msg-Id"] = events[index - 1].event_id
+            headers = _expecting(
+                event, scope, expected, events[index - 1].event_id if index else after
+            )
             outgoing.append((event_subject(event), encode_event(event), headers))
             expected = self._stream_last + index + 1  # where this one lands, guessed
         extra = None if beside is None else beside.message(self._stream_last + len(events))
@@ -393,9 +408,14 @@ class JetStreamEventStore(AggregateStore):
             # have landed (sent_before); should a later one have been acknowledged all the
             # same (an ack lost, the very next landed), the resend finds it in the way and
             # raises the conflict a load and a new decision settle.
-            for event in events[index:]:
+            for position, event in enumerate(events[index:], start=index):
                 last_seq = await self._append_at(
-                    aggregate, aggregate_id, event, last_seq, sent_before=is_transient(answer)
+                    aggregate,
+                    aggregate_id,
+                    event,
+                    last_seq,
+                    sent_before=is_transient(answer),
+                    after=None if position else after,
                 )
             break
         return last_seq

@@ -51,8 +51,12 @@ class MemoryEventStore(AggregateStore):
         aggregate_id: str,
         event: Event,
         expected_seq: int,
+        *,
+        after: str | None = None,
     ) -> int:
         if self._last_seq(aggregate.scope(aggregate_id)) != expected_seq:
+            raise aggregate.conflict(aggregate_id)
+        if after is not None and (not self.log or self.log[-1].event_id != after):
             raise aggregate.conflict(aggregate_id)
         self.log.append(event)
         return len(self.log)

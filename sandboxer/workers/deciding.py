@@ -50,6 +50,7 @@ __all__ = [
     "apply_key",
     "apply_places",
     "apply_snapshot",
+    "load_current",
 ]
 
 DECIDE_ATTEMPTS = 8
@@ -158,17 +159,6 @@ async def apply(
     (:class:`~sandboxer.bus.event_store.Alongside`).
     """
 
-    async def load() -> Loaded:
-        loaded = await store.load(sandbox_id)
-        if loaded.state.version < at_least:
-            raise LogBehind(
-                f"sandbox {sandbox_id}: the log read is behind the work in hand "
-                f"(version {loaded.state.version} < {at_least})",
-                state=loaded.state,
-                sandbox_id=sandbox_id,
-            )
-        return loaded
-
     def decide_on(loaded: Loaded) -> list[SandboxEvent]:
         if only_if is not None and not only_if(loaded.state):
             return []
@@ -176,12 +166,29 @@ async def apply(
 
     return await _decide_loop(
         f"sandbox {sandbox_id}",
-        load,
+        lambda: load_current(store, sandbox_id, at_least),
         decide_on,
         store.append if alongside is None else functools.partial(store.append, alongside=alongside),
         known,
         sandbox_id=sandbox_id,
     )
+
+
+async def load_current(store: EventStore, sandbox_id: str, at_least: int = 0) -> Loaded:
+    """The sandbox as the log holds it; :class:`~sandboxer.errors.LogBehind` when that is
+    less than version ``at_least``, the version the work in hand was made from: a replica
+    still catching up answered, or a create's events sent with its job are not stored yet
+    (or were refused). Waited out, not decided on: a job acked on a state short of the one
+    that made it is lost."""
+    loaded = await store.load(sandbox_id)
+    if loaded.state.version < at_least:
+        raise LogBehind(
+            f"sandbox {sandbox_id}: the log read is behind the work in hand "
+            f"(version {loaded.state.version} < {at_least})",
+            state=loaded.state,
+            sandbox_id=sandbox_id,
+        )
+    return loaded
 
 
 async def apply_snapshot(

@@ -324,16 +324,7 @@ class ExtensionWorker:
         async with self._lock(job.sandbox_id):
             # A provision carries the state it was made from (a guess its appends check).
             known = job.known_loaded() if job.action == "provision" else None
-            loaded = known or await self._store.load(job.sandbox_id)
-            if loaded.state.version < job.version:
-                # The log holds what made this job; a replica still catching up answered the
-                # read. Acking now would lose the job: wait for a current read instead.
-                raise LogBehind(
-                    f"sandbox {job.sandbox_id}: the log read is behind "
-                    f"its job (version {loaded.state.version} < {job.version})",
-                    state=loaded.state,
-                    sandbox_id=job.sandbox_id,
-                )
+            loaded = known or await deciding.load_current(self._store, job.sandbox_id, job.version)
             host = loaded.state.host
             if job.action == "snapshot":
                 redelivered = msg.metadata.num_delivered > 1

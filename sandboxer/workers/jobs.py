@@ -42,7 +42,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             return None
         if known is None or known.shape != STATE_SHAPE or known.state.sandbox_id != self.sandbox_id:
             return None
-        return Loaded(known.state, known.last_seq)
+        return Loaded(known.state, known.last_seq, known.unconfirmed)
 
 
 class Known(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +56,9 @@ class Known(msgspec.Struct, frozen=True, kw_only=True):
     shape: str
     last_seq: int
     state: SandboxState
+    unconfirmed: str | None = None
+    """For a job sent with its create's events before they were acknowledged: the id of
+    the last of them (:attr:`~sandboxer.bus.event_store.Loaded.unconfirmed`)."""
 
 
 STATE_SHAPE = hashlib.sha256(repr(msgspec.inspect.type_info(SandboxState)).encode()).hexdigest()[
@@ -78,7 +81,12 @@ def with_known(job: Job, loaded: Loaded) -> Job:
     """``job``, carrying ``loaded`` when it is a ``provision`` (the create path)."""
     if job.action != "provision":
         return job
-    known = Known(shape=STATE_SHAPE, last_seq=loaded.last_seq, state=loaded.state)
+    known = Known(
+        shape=STATE_SHAPE,
+        last_seq=loaded.last_seq,
+        state=loaded.state,
+        unconfirmed=loaded.unconfirmed,
+    )
     return msgspec.structs.replace(job, known=msgspec.Raw(msgspec.json.encode(known)))
 
 

@@ -5,7 +5,9 @@ in the same round trip (docs/protocol.md#jobs). On a lone server the job's first
 reaches the events stream after them; elsewhere it may not, and the events may even be
 refused after the job landed. These tests give a real extension worker, on a real
 nats-server, a job whose events are not in the log: it waits for events that come, and
-drops the job of a create that was given up, making nothing.
+drops the job of a create that was given up, making nothing; and a job whose guessed
+position another event took (its own events refused, others landed there) does not act on
+its guess.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence
-from sandboxer.bus.event_store import Loaded
+from sandboxer.bus.event_store import Loaded, stamp
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.publish import publish_durably
@@ -50,10 +52,12 @@ def create_events(sandbox_id: str) -> list[SandboxRequested | SandboxRouted]:
     ]
 
 
-async def publish_job(store: JetStreamEventStore, state: SandboxState, last_seq: int) -> None:
+async def publish_job(
+    store: JetStreamEventStore, state: SandboxState, last_seq: int, last_event: str = "e-routed"
+) -> None:
     """The provision job the control worker would send with the events: the state they fold
-    to, at the position the last of them is expected to land at."""
-    message = job_message(Loaded(state, last_seq))
+    to, at the position the last of them is expected to land at, naming that event."""
+    message = job_message(Loaded(state, last_seq, unconfirmed=last_event))
     assert message is not None
     subject, data, headers = message
     await publish_durably(store._js, subject, data, headers=headers)
@@ -82,11 +86,14 @@ async def test_a_job_ahead_of_its_events_waits_for_them_and_then_provisions(
     try:
         async with worker_running(worker, nc):
             events = create_events(sandbox_id)
-            await publish_job(store, fold(sandbox_id, events), await last_sequence(js) + 2)
+            expected = await last_sequence(js) + 2
+            appending = store.append(await store.load(sandbox_id), events)
+            stamped = [stamp(event, version=n) for n, event in enumerate(events)]
+            await publish_job(store, fold(sandbox_id, events), expected, stamped[-1].event_id)
             await asyncio.sleep(1.0)  # the worker has had the job, and waits
             assert (await store.load(sandbox_id)).state.version == 0
             assert await jobs_waiting(store, sandbox_id) == 1
-            await store.append(await store.load(sandbox_id), events)
+            assert (await appending).last_seq == expected
             async with asyncio.timeout(20):
                 while (await store.load(sandbox_id)).state.status != "ready":
                     await asyncio.sleep(0.1)
@@ -125,4 +132,41 @@ async def test_the_job_of_a_create_given_up_is_dropped_and_makes_nothing(
         state = (await store.load(sandbox_id)).state
         assert state.version == 1
         assert state.status == "new"
+        assert not (home / "local" / sandbox_id).exists()
+
+
+async def test_a_job_whose_guessed_position_another_event_took_reads_the_log(
+    nats_server: NatsServerProcess, home: Path
+) -> None:
+    """The job's own events were refused, and other events of its sandbox landed at the very
+    positions it guessed (the create decided again, and routed elsewhere). Its position is
+    right, its events are not: the worker's first append also expects the job's last event
+    as the stream's last message, is refused, and the worker reads the log. It finds the
+    sandbox routed to another backend and makes nothing."""
+    sandbox_id = "early0000000003"
+    extension = LocalExtension(home / "local")
+    nc = await connect([nats_server.url], name="test-taken-position")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = JetStreamEventStore(nc, js)
+    guessed = await last_sequence(js) + 2
+    requested, routed = create_events(sandbox_id)
+    elsewhere = SandboxRouted(
+        sandbox_id=sandbox_id,
+        command_id=routed.command_id,
+        actor=ACTOR,
+        at=utc_now(),
+        extension="ext.saas-stub",
+        reason="pytest: decided again",
+    )
+    landed = await store.append(await store.load(sandbox_id), [requested, elsewhere])
+    assert landed.last_seq == guessed
+    worker = ExtensionWorker(js, store, Catalog.load(home), extension, ack_wait=2)
+    async with worker_running(worker, nc):
+        await publish_job(store, fold(sandbox_id, [requested, routed]), guessed, "e-refused")
+        async with asyncio.timeout(20):
+            while await jobs_waiting(store, sandbox_id):
+                await asyncio.sleep(0.1)
+        state = (await JetStreamEventStore(nc, js).load(sandbox_id)).state
+        assert (state.version, state.status, state.extension) == (2, "routed", "ext.saas-stub")
         assert not (home / "local" / sandbox_id).exists()
