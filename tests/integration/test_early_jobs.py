@@ -13,9 +13,12 @@ its guess.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from sandboxer import subjects
 from sandboxer.bus.connect import connect
@@ -29,27 +32,16 @@ from sandboxer.clock import utc_now
 from sandboxer.config.catalog import Catalog
 from sandboxer.domain.sandbox_state import SandboxState, fold
 from sandboxer.events.types import (
-    Actor,
     SandboxCreateAbandoned,
-    SandboxRequested,
     SandboxRouted,
 )
 from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.job_dispatch import job_message
 from tests.integration.conftest import worker_running
+from tests.integration.test_append_in_one_trip import ACTOR, decision
 
 pytestmark = pytest.mark.integration
-
-ACTOR = Actor(type="agt", id="pytest")
-
-
-def create_events(sandbox_id: str) -> list[SandboxRequested | SandboxRouted]:
-    head = {"sandbox_id": sandbox_id, "command_id": f"c-{sandbox_id}", "actor": ACTOR}
-    return [
-        SandboxRequested(**head, at=utc_now(), profile="profile.local", profile_version=1),
-        SandboxRouted(**head, at=utc_now(), extension="ext.local", reason="pytest"),
-    ]
 
 
 async def publish_job(
@@ -63,6 +55,26 @@ async def publish_job(
     await publish_durably(store._js, subject, data, headers=headers)
 
 
+@dataclasses.dataclass
+class Bus:
+    nc: Client
+    js: JetStreamContext
+    store: JetStreamEventStore
+    extension: LocalExtension
+
+    def worker(self, home: Path) -> ExtensionWorker:
+        """An ext.local worker on this connection (run it with ``worker_running``)."""
+        return ExtensionWorker(self.js, self.store, Catalog.load(home), self.extension, ack_wait=2)
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServerProcess, home: Path) -> Bus:
+    nc = await connect([nats_server.url], name="test-early-jobs")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    return Bus(nc, js, JetStreamEventStore(nc, js), LocalExtension(home / "local"))
+
+
 async def jobs_waiting(store: JetStreamEventStore, sandbox_id: str) -> int:
     subject = subjects.job_subject("ext.local", sandbox_id)
     info = await store._js.stream_info(subjects.JOBS_STREAM, subjects_filter=subject)
@@ -70,22 +82,17 @@ async def jobs_waiting(store: JetStreamEventStore, sandbox_id: str) -> int:
 
 
 async def test_a_job_ahead_of_its_events_waits_for_them_and_then_provisions(
-    nats_server: NatsServerProcess, home: Path
+    bus: Bus, home: Path
 ) -> None:
     """The job is in its worker's hands before its create's events are stored: its first
     append expects a position the log has not reached, and the worker, reading the log,
     finds less than the job was made from. It waits (the job comes back) instead of taking
     the create for one that needs nothing; once the events land, the sandbox is made."""
     sandbox_id = "early0000000001"
-    extension = LocalExtension(home / "local")
-    nc = await connect([nats_server.url], name="test-early-job")
-    js = nc.jetstream()
-    await ensure_streams(js)
-    store = JetStreamEventStore(nc, js)
-    worker = ExtensionWorker(js, store, Catalog.load(home), extension, ack_wait=2)
+    store, js = bus.store, bus.js
     try:
-        async with worker_running(worker, nc):
-            events = create_events(sandbox_id)
+        async with worker_running(bus.worker(home), bus.nc):
+            events = decision(sandbox_id)
             expected = await last_sequence(js) + 2
             appending = store.append(await store.load(sandbox_id), events)
             stamped = [stamp(event, version=n) for n, event in enumerate(events)]
@@ -98,21 +105,17 @@ async def test_a_job_ahead_of_its_events_waits_for_them_and_then_provisions(
                 while (await store.load(sandbox_id)).state.status != "ready":
                     await asyncio.sleep(0.1)
     finally:
-        await extension.teardown(sandbox_id)
+        await bus.extension.teardown(sandbox_id)
 
 
 async def test_the_job_of_a_create_given_up_is_dropped_and_makes_nothing(
-    nats_server: NatsServerProcess, home: Path
+    bus: Bus, home: Path
 ) -> None:
     """The create's events were refused after its job landed, and the create was given up
     since (``create_abandoned``: its id can never be created). The job is dropped: nothing
     provisioned, nothing appended, and it does not come back."""
     sandbox_id = "early0000000002"
-    extension = LocalExtension(home / "local")
-    nc = await connect([nats_server.url], name="test-orphan-job")
-    js = nc.jetstream()
-    await ensure_streams(js)
-    store = JetStreamEventStore(nc, js)
+    store = bus.store
     abandoned = SandboxCreateAbandoned(
         sandbox_id=sandbox_id,
         command_id=f"c-{sandbox_id}",
@@ -122,21 +125,19 @@ async def test_the_job_of_a_create_given_up_is_dropped_and_makes_nothing(
         reason="pytest: the create's append was refused",
     )
     given_up = await store.append(await store.load(sandbox_id), [abandoned])
-    worker = ExtensionWorker(js, store, Catalog.load(home), extension, ack_wait=2)
-    async with worker_running(worker, nc):
-        await publish_job(store, fold(sandbox_id, create_events(sandbox_id)), given_up.last_seq + 2)
+    async with worker_running(bus.worker(home), bus.nc):
+        await publish_job(store, fold(sandbox_id, decision(sandbox_id)), given_up.last_seq + 2)
         async with asyncio.timeout(20):
             while await jobs_waiting(store, sandbox_id):  # acked: gone from the work queue
                 await asyncio.sleep(0.1)
-        assert await store.load(sandbox_id) == await JetStreamEventStore(nc, js).load(sandbox_id)
-        state = (await store.load(sandbox_id)).state
+        state = (await JetStreamEventStore(bus.nc, bus.js).load(sandbox_id)).state
         assert state.version == 1
         assert state.status == "new"
         assert not (home / "local" / sandbox_id).exists()
 
 
 async def test_a_job_whose_guessed_position_another_event_took_reads_the_log(
-    nats_server: NatsServerProcess, home: Path
+    bus: Bus, home: Path
 ) -> None:
     """The job's own events were refused, and other events of its sandbox landed at the very
     positions it guessed (the create decided again, and routed elsewhere). Its position is
@@ -144,13 +145,9 @@ async def test_a_job_whose_guessed_position_another_event_took_reads_the_log(
     as the stream's last message, is refused, and the worker reads the log. It finds the
     sandbox routed to another backend and makes nothing."""
     sandbox_id = "early0000000003"
-    extension = LocalExtension(home / "local")
-    nc = await connect([nats_server.url], name="test-taken-position")
-    js = nc.jetstream()
-    await ensure_streams(js)
-    store = JetStreamEventStore(nc, js)
-    guessed = await last_sequence(js) + 2
-    requested, routed = create_events(sandbox_id)
+    store = bus.store
+    guessed = await last_sequence(bus.js) + 2
+    requested, routed = decision(sandbox_id)
     elsewhere = SandboxRouted(
         sandbox_id=sandbox_id,
         command_id=routed.command_id,
@@ -161,12 +158,11 @@ async def test_a_job_whose_guessed_position_another_event_took_reads_the_log(
     )
     landed = await store.append(await store.load(sandbox_id), [requested, elsewhere])
     assert landed.last_seq == guessed
-    worker = ExtensionWorker(js, store, Catalog.load(home), extension, ack_wait=2)
-    async with worker_running(worker, nc):
+    async with worker_running(bus.worker(home), bus.nc):
         await publish_job(store, fold(sandbox_id, [requested, routed]), guessed, "e-refused")
         async with asyncio.timeout(20):
             while await jobs_waiting(store, sandbox_id):
                 await asyncio.sleep(0.1)
-        state = (await JetStreamEventStore(nc, js).load(sandbox_id)).state
+        state = (await JetStreamEventStore(bus.nc, bus.js).load(sandbox_id)).state
         assert (state.version, state.status, state.extension) == (2, "routed", "ext.saas-stub")
         assert not (home / "local" / sandbox_id).exists()

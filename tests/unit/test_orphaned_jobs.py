@@ -10,10 +10,20 @@ from __future__ import annotations
 from sandboxer.domain.lost_creates import STRANDED_SECONDS, job_orphaned
 from sandboxer.domain.sandbox_state import SandboxState, evolve
 from sandboxer.domain.timestamps import shift
-from sandboxer.events.types import Actor, SandboxCreateAbandoned, SandboxRequested
+from sandboxer.events.types import (
+    Actor,
+    SandboxCreateAbandoned,
+    SandboxEvent,
+    SandboxRequested,
+)
 
 STORED = "2026-12-07T18:00:00.000Z"
 ACTOR = Actor(type="agt", id="pytest")
+
+
+def after(event: SandboxEvent) -> SandboxState:
+    """A sandbox with that one event (a create given up, or only requested)."""
+    return evolve(SandboxState(sandbox_id=event.sandbox_id), event)
 
 
 def test_a_job_whose_events_may_still_land_is_waited_for() -> None:
@@ -23,8 +33,7 @@ def test_a_job_whose_events_may_still_land_is_waited_for() -> None:
 
 
 def test_the_job_of_a_create_given_up_is_dropped_at_once() -> None:
-    given_up = evolve(
-        SandboxState(sandbox_id="orphan00002"),
+    given_up = after(
         SandboxCreateAbandoned(
             sandbox_id="orphan00002",
             command_id="c1",
@@ -43,8 +52,7 @@ def test_a_job_that_waited_past_any_delivery_is_dropped_whatever_the_log_holds()
     later = shift(STORED, STRANDED_SECONDS + 1)
     assert STRANDED_SECONDS > 120
     assert job_orphaned(SandboxState(sandbox_id="orphan00003"), STORED, later)
-    requested = evolve(
-        SandboxState(sandbox_id="orphan00004"),
+    requested = after(
         SandboxRequested(
             sandbox_id="orphan00004",
             command_id="c1",
