@@ -341,6 +341,7 @@ class AggregateStore(ABC):
             stamped_events,
             loaded.last_seq,
             beside,
+            # Only a sandbox's state can be a guess not read back (a job's: Loaded.unconfirmed).
             after=getattr(loaded, "unconfirmed", None),
         )
         appended = aggregate.loaded(state, last_seq)
