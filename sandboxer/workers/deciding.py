@@ -92,8 +92,11 @@ async def _decide_loop(
     known: L | None = None,
     *,
     sandbox_id: str | None = None,
+    on_turn: Callable[[], object] | None = None,
 ) -> tuple[L, bool]:
     async with _TURNS.turn(what):
+        if on_turn is not None:
+            on_turn()
         return await _attempts(what, load, decide_on, append, known, sandbox_id=sandbox_id)
 
 
@@ -138,6 +141,7 @@ async def apply(
     only_if: Callable[[SandboxState], bool] | None = None,
     at_least: int = 0,
     alongside: Alongside | None = None,
+    on_turn: Callable[[], object] | None = None,
 ) -> tuple[Loaded, bool]:
     """Load, decide, append (reloading on conflicts). Returns the state and whether it changed.
 
@@ -156,7 +160,9 @@ async def apply(
     that finds less raises :class:`~sandboxer.errors.LogBehind` rather than decide on it: a
     replica still catching up, or a create's events sent with its job and not stored yet
     (or refused). ``alongside``: a message the store may send with what is decided
-    (:class:`~sandboxer.bus.event_store.Alongside`).
+    (:class:`~sandboxer.bus.event_store.Alongside`). ``on_turn``: called once this process's
+    other writers of the sandbox are done (its turn, below), right before the first append
+    is sent: what starts then goes out after it on the connection.
     """
 
     def decide_on(loaded: Loaded) -> list[SandboxEvent]:
@@ -171,6 +177,7 @@ async def apply(
         store.append if alongside is None else functools.partial(store.append, alongside=alongside),
         known,
         sandbox_id=sandbox_id,
+        on_turn=on_turn,
     )
 
 

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 from weakref import WeakValueDictionary
@@ -346,10 +346,14 @@ class ExtensionWorker:
         known: Loaded | None = None,
         *,
         at_least: int = 0,
+        on_turn: Callable[[], object] | None = None,
     ) -> tuple[Loaded, bool]:
         """Change the sandbox through the shared load-decide-append loop (``at_least``: the
-        version its job was made from, below which a read of the log is waited out)."""
-        return await deciding.apply(self._store, sandbox_id, command, known, at_least=at_least)
+        version its job was made from, below which a read of the log is waited out;
+        ``on_turn``: see :func:`~sandboxer.workers.deciding.apply`)."""
+        return await deciding.apply(
+            self._store, sandbox_id, command, known, at_least=at_least, on_turn=on_turn
+        )
 
     async def _start(
         self, job: Job, msg: Msg, known: Loaded
@@ -367,9 +371,21 @@ class ExtensionWorker:
         `provisioning` rather than after it: one round trip less on a warm create. A job seen
         before may have a claim on record already: the keeper looks for it first.
         """
-        claiming = self._claim_beside(
-            known.state, job, retry=known.state.attempt >= 1 or msg.metadata.num_delivered > 1
-        )
+        claiming: asyncio.Task[str | None] | None = None
+
+        def claim_beside() -> None:
+            # Started once the sandbox's turn is this job's, right before `provisioning` is
+            # sent: the member's `claimed` goes out after it. Started earlier, it went first
+            # whenever the control worker in this process still held the turn (a job sent
+            # with its create's events arrives before their acks), and `provisioning`, which
+            # after such a job expects `routed` as the stream's last message, was refused.
+            nonlocal claiming
+            claiming = self._claim_beside(
+                known.state,
+                job,
+                retry=known.state.attempt >= 1 or msg.metadata.num_delivered > 1,
+            )
+
         taken = False
         try:
             loaded, started = await self.apply(
@@ -377,6 +393,7 @@ class ExtensionWorker:
                 StartProvisioning(job_id=job.job_id, worker=self.name, extension=self.extension.id),
                 known,
                 at_least=job.version,
+                on_turn=claim_beside,
             )
             if started and loaded.state.generation > 1:  # not on a first create's path
                 taken = not await self._clean_start(job.sandbox_id, loaded.state)
