@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import nats
 import pytest
 
+from sandboxer.bus.event_reader import read_events
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
@@ -174,6 +177,48 @@ async def test_concurrent_creates_claim_each_member_once(nats_server: Any, home:
     finally:
         await client.close()
         await svc.shutdown()
+        await reap_local(home)
+
+
+async def test_a_warm_create_s_claim_goes_out_after_its_provisioning(
+    nats_server: Any, home: Path
+) -> None:
+    """A create's job comes with its events, and the worker's first append after it expects
+    ``routed`` as the stream's last message. The member's ``claimed`` starts once the job has
+    the sandbox's turn in its process, so it never lands between the two: it did in 10 of 60
+    warm creates while the control worker still held the turn, awaiting the acks of the
+    events the job had outrun, and each of those creates then read the log again. The
+    control and ext.local workers share a process of their own here, as under
+    ``sandboxer up``; the client is this one. The race is one of timing: on the old order
+    this failed in one run of three, on a loaded machine."""
+    write_profile(home, min_ready=12, max_=12)
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=nats_server.url)
+    with (home / "workers.log").open("ab") as log:
+        workers = subprocess.Popen(
+            [sys.executable, "-m", "sandboxer.cli.app", "worker", "control", "ext.local"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    client = await SandboxerClient.connect([nats_server.url], actor={"type": "atm", "id": "pytest"})
+    try:
+        await wait_pool(client, 12, timeout=60)
+        made = []
+        for _ in range(12):
+            await wait_pool(client, 12)  # refilled: the keeper is quiet during the create
+            await asyncio.sleep(0.05)  # and the create meets idle workers, as a lone one does
+            made.append((await client.create("profile.warm"))["sandbox_id"])
+        logged = [subject async for _seq, subject, _data, _pending in read_events(client.js)]
+        for sandbox_id in made:
+            routed = logged.index(f"sandboxer.evt.sandbox.{sandbox_id}.routed")
+            provisioning = logged.index(f"sandboxer.evt.sandbox.{sandbox_id}.provisioning")
+            between = logged[routed + 1 : provisioning]
+            assert not [subject for subject in between if subject.endswith(".claimed")]
+        await asyncio.gather(*(client.destroy(sandbox_id) for sandbox_id in made))
+    finally:
+        await client.close()
+        workers.terminate()
+        await asyncio.to_thread(workers.wait, 30)
         await reap_local(home)
 
 
