@@ -20,7 +20,6 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from sandboxer import subjects
 from sandboxer.bus.connect import connect
 from sandboxer.bus.event_reader import last_sequence
 from sandboxer.bus.event_store import Loaded, stamp
@@ -39,7 +38,7 @@ from sandboxer.extensions.local.backend import LocalExtension
 from sandboxer.workers.extension_worker import ExtensionWorker
 from sandboxer.workers.job_dispatch import job_message
 from tests.integration.conftest import worker_running
-from tests.integration.test_append_in_one_trip import ACTOR, decision
+from tests.integration.test_append_in_one_trip import ACTOR, decision, jobs_for
 
 pytestmark = pytest.mark.integration
 
@@ -76,9 +75,7 @@ async def bus(nats_server: NatsServerProcess, home: Path) -> Bus:
 
 
 async def jobs_waiting(store: JetStreamEventStore, sandbox_id: str) -> int:
-    subject = subjects.job_subject("ext.local", sandbox_id)
-    info = await store._js.stream_info(subjects.JOBS_STREAM, subjects_filter=subject)
-    return (info.state.subjects or {}).get(subject, 0)
+    return len(await jobs_for(store, sandbox_id))
 
 
 async def test_a_job_ahead_of_its_events_waits_for_them_and_then_provisions(
