@@ -311,9 +311,9 @@ async def chains_at_once(
 
 
 @contextlib.asynccontextmanager
-async def chain_service(url: str, nc: NATS, log: Path) -> AsyncIterator[None]:
+async def chain_service(url: str, nc: NATS, log: Path) -> AsyncIterator[int]:
     """The scratch streams and the chain's service process (output in ``log``), answering
-    chains when this yields; stopped, and the streams gone, after."""
+    chains when this yields its pid; stopped, and the streams gone, after."""
     js = nc.jetstream()
     for config in _streams():
         await js.add_stream(config)
@@ -328,7 +328,7 @@ async def chain_service(url: str, nc: NATS, log: Path) -> AsyncIterator[None]:
 
     try:
         await _until_answering(nc, js, process, log)
-        yield
+        yield process.pid
     finally:
         await stop_process(process)
         for config in _streams():

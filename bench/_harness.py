@@ -149,6 +149,43 @@ def cpu_use(pid: int) -> Iterator[list[CpuUse]]:
     )
 
 
+def cpu_ns(pid: int) -> int:
+    """A process's CPU so far, in ns, summed over its threads (``/proc/<pid>/task/*/schedstat``:
+    the scheduler's own count, not clock ticks, so a window of a few ms is measured)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        # A thread that ended meanwhile counts for nothing.
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+            total += int(stat.read().split()[0])
+    return total
+
+
+@dataclass
+class WindowCpu:
+    """The CPU each of ``pids`` used within timed windows, summed over them."""
+
+    pids: tuple[int, ...]
+    used_ns: list[int] = dataclasses.field(default_factory=list)
+    windows: int = 0
+
+    @contextlib.contextmanager
+    def window(self) -> Iterator[None]:
+        """Count the CPU the processes use while the block runs (read just outside it)."""
+        before = [cpu_ns(pid) for pid in self.pids]
+        yield
+        after = [cpu_ns(pid) for pid in self.pids]
+        if not self.used_ns:
+            self.used_ns = [0] * len(self.pids)
+        for index, (start, end) in enumerate(zip(before, after, strict=True)):
+            self.used_ns[index] += end - start
+        self.windows += 1
+
+    def mean_ms(self, index: int | None = None) -> float:
+        """Mean CPU a window, in ms: of process ``index``, or of all of them."""
+        used = sum(self.used_ns) if index is None else self.used_ns[index]
+        return used / max(self.windows, 1) / 1e6
+
+
 async def until_healthy(
     client: SandboxerClient, processes: Sequence[subprocess.Popen[bytes]], log: Path
 ) -> None:

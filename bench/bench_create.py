@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -61,6 +63,7 @@ from _harness import (
     CpuUse,
     Running,
     Unmeasurable,
+    WindowCpu,
     cpu_use,
     main,
     nats,
@@ -277,19 +280,24 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
         await client.js.add_stream(name=RTT_STREAM, subjects=["bench.rtt"])
         spawn_ms, create_ms, idle_rtt_ms, chain_ms, claimed = [], [], [], [], 0
         shortest_ms: list[float] = []
-        async with chain_service(server.url, client.nc, tmp / "chain.log"):
+        # The CPU of the service (or the chain's), nats-server and this client in each window.
+        ours = WindowCpu((svc.process.pid, server.pid, os.getpid()))
+        async with chain_service(server.url, client.nc, tmp / "chain.log") as chain_pid:
+            theirs = WindowCpu((chain_pid, server.pid, os.getpid()))
             for _ in range(SEQUENTIAL):
                 await wait_pool_full(client, POOL_PROFILE, CONCURRENT, within=60)
                 await asyncio.sleep(0.05)  # idle as long as the pool's own poll leaves the create
                 shortest_ms.append(await chain_once(client.nc, client.js, shortest=True))
                 await asyncio.sleep(0.05)
-                chain_ms.append(await chain_once(client.nc, client.js))
+                with theirs.window():
+                    chain_ms.append(await chain_once(client.nc, client.js))
                 await asyncio.sleep(0.05)  # and the create meets the same idle as the chain did
                 idle_rtt_ms.append(await publish_rtt(client.js))
                 spawn_ms.append(await bwrap_once())
-                started = time.perf_counter()
-                ready = await client.create(POOL_PROFILE)
-                create_ms.append((time.perf_counter() - started) * 1000)
+                with ours.window():
+                    started = time.perf_counter()
+                    ready = await client.create(POOL_PROFILE)
+                    create_ms.append((time.perf_counter() - started) * 1000)
                 claimed += bool(ready.get("pool_member"))  # the ready event names its member
                 await client.destroy(ready["sandbox_id"])
         rows += percentile_rows(
@@ -318,6 +326,7 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
                 "the chain alone (7 publishes, 4 round trips) p50",
             )
         )
+        rows += window_cpu_rows(ours, theirs, create_ms, chain_ms)
         back_to_back_ms = [await publish_rtt(client.js) for _ in range(BACK_TO_BACK)]
         rows.append(
             Row(
@@ -397,6 +406,48 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
             *burst_cpu_rows("pool", used, burst_s),
         ]
     return rows
+
+
+def window_cpu_rows(
+    ours: WindowCpu, theirs: WindowCpu, create_ms: list[float], chain_ms: list[float]
+) -> list[Row]:
+    """What the warm creates' windows cost each process in CPU, beside the chains': a window
+    whose CPU, spread over the cores, comes near its length is bound by CPU, and its time
+    moves with what any of the three processes spends in it, on the path or not."""
+    cores = os.cpu_count() or 1
+    within = "in its window, mean"
+    return [
+        Row(
+            f"create→ready warm: every process's CPU {within}, over the {cores} cores",
+            "ms",
+            ours.mean_ms() / cores,
+            statistics.mean(create_ms),
+            "the warm create, mean",
+        ),
+        Row(
+            f"the chain alone: every process's CPU {within}, over the {cores} cores",
+            "ms",
+            theirs.mean_ms() / cores,
+            statistics.mean(chain_ms),
+            "the chain alone, mean",
+        ),
+        *(
+            Row(
+                f"create→ready warm: {name} CPU {within}",
+                "ms",
+                ours.mean_ms(index),
+                theirs.mean_ms(index),
+                baseline,
+            )
+            for index, (name, baseline) in enumerate(
+                [
+                    ("the service's", "the chain's service process"),
+                    ("nats-server's", "nats-server's in the chain's"),
+                    ("the client's", "the chain's client"),
+                ]
+            )
+        ),
+    ]
 
 
 async def publish_rtt(js: JetStreamContext) -> float:
