@@ -143,7 +143,6 @@ class ControlWorker:
             command = parse_command(msg.subject, msg.data)
         except InvalidCommand as invalid:
             await self._reject(msg, invalid.code, invalid.reason, invalid)
-            await msg.ack()
             return
         try:
             # A key's own command past its rate is turned away first, before it costs a
@@ -158,18 +157,15 @@ class ControlWorker:
                 # again and nothing acked quietly, so the answer tells the key nothing of it.
                 await self._reject(msg, limited.code, limited.reason, command, limited.retry_after)
                 await self._give_up_create(msg, command, *refused_too)
-                await msg.ack()
                 return
             if await self._resent_handled(command):
-                await msg.ack()  # its outcome stands (the module's rule): nothing to record
-                return
+                return  # its outcome stands (the module's rule): nothing to record
             await self._refused(msg, command, limited)
             return
         refused = await bus_identity_refusal(self._store, msg.subject, command)
         if refused is not None:  # a key identity acting as another, or outside its project
             await self._reject(msg, *refused, command)
             await self._give_up_create(msg, command, *refused)
-            await msg.ack()
             return
         job = Alongside(job_message)  # a create's goes out with its events, when it can
         try:
@@ -185,17 +181,15 @@ class ControlWorker:
             # second worker process would run it beside the first (a long snapshot copied
             # twice). The command that made a job sends it again if it is redelivered.
             await self._dispatch(loaded, retime=isinstance(command, ExtendTtl))
-        await msg.ack()
 
     async def _refused(
         self, msg: Msg, command: Command, refusal: Rejected | UnknownProfile
     ) -> None:
-        """Record why ``command`` is refused, and settle it; a create it had decided already
+        """Record why ``command`` is refused; a create it had decided already
         (:meth:`_decided_create`) is not refused: its job is sent again instead."""
         loaded = await self._decided_create(command)
         if loaded is not None:
             await self._dispatch(loaded)
-            await msg.ack()
             return
         if isinstance(refusal, Rejected):
             code, reason = refusal.code, refusal.reason
@@ -205,7 +199,6 @@ class ControlWorker:
             await self._reject(msg, code, reason, command)
         # Before the ack: a crash in between is redelivered, refused again, and ends it.
         await self._give_up_create(msg, command, code, reason)
-        await msg.ack()
 
     async def _give_up_create(self, msg: Msg, command: Command, code: str, reason: str) -> None:
         """Give back what a refused create or restore held for its id (its credit hold, its

@@ -319,7 +319,6 @@ class ExtensionWorker:
             job = msgspec.json.decode(msg.data, type=Job)
         except (msgspec.DecodeError, RecursionError) as exc:
             await self._reject_job(msg, f"the job is unreadable: {exc}")
-            await msg.ack()
             return
         async with self._lock(job.sandbox_id):
             # A provision carries the state it was made from (a guess its appends check).
@@ -337,7 +336,6 @@ class ExtensionWorker:
                 await self._retime(job, loaded)
             else:
                 await self._provision(job, msg, loaded)  # a recreate's clean start in _start
-        await msg.ack()
 
     async def apply(
         self,

@@ -86,7 +86,6 @@ class MeterWorker:
             event = decode_event(msg.data)
         except UnknownEventType as unknown:  # a newer writer's: nothing this meter can read
             log.warning("event %d skipped: %s", msg.metadata.sequence.stream, unknown)
-            await msg.ack()
             return
         if isinstance(event, SandboxDestroyed):
             await self.meter(
@@ -94,7 +93,6 @@ class MeterWorker:
                 causation_id=event.event_id or None,
                 seen_at=msg.metadata.sequence.stream,
             )
-        await msg.ack()
 
     async def meter(
         self, sandbox_id: str, *, causation_id: str | None = None, seen_at: int = 0

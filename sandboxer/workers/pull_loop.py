@@ -23,6 +23,9 @@ Three rules keep every message's outcome on record, exactly once:
 A message that kills the whole process is redelivered after each restart: a
 crash loop shows in the log, where a bounded ``max_deliver`` would instead
 drop the message without any record.
+
+A handler that returns has done with its message: the loop acks it, a moment later
+(:mod:`~sandboxer.workers.late_acks`), so a handler never acks itself.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from sandboxer.bus.guarded_durable import CHECK_EVERY, GuardedDurable
 from sandboxer.bus.publish import is_unavailability
 from sandboxer.bus.pull_requests import PullRequests, connection_of
 from sandboxer.errors import ConcurrencyConflict, FetchFailed
+from sandboxer.workers.late_acks import LateAcks
 
 __all__ = ["ConsumerSpec", "fetch_one", "fetch_some", "run_pull_consumer"]
 
@@ -269,12 +273,15 @@ async def _settle(what: Callable[[], Awaitable[None]], msg: Msg) -> None:
 
 
 class _Outcomes:
-    """Settles each handled message: ack is the handler's, nak, poison and term are ours."""
+    """Settles each handled message: acked when its handler returns (a moment later:
+    workers/late_acks.py), nakked, or past its failures recorded and terminated when it
+    raises."""
 
     def __init__(self, spec: ConsumerSpec, handler: Handler, on_poison: PoisonHook) -> None:
         self.spec = spec
         self.handler = handler
         self.on_poison = on_poison
+        self.acks = LateAcks()
         self.failures: dict[int, int] = {}  # stream sequence -> handler failures seen here
 
     async def handle(self, msg: Msg) -> None:
@@ -286,6 +293,7 @@ class _Outcomes:
             await self._failed(msg, seq, exc)
         else:
             self.failures.pop(seq, None)
+            self.acks.ack(msg)
 
     async def _failed(self, msg: Msg, seq: int, exc: Exception) -> None:
         name = self.spec.durable
@@ -393,4 +401,5 @@ async def run_pull_consumer(
     finally:
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
+        await outcomes.acks.flush()
         await requests.close()

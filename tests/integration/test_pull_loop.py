@@ -20,7 +20,7 @@ from sandboxer.bus.nats_server import NatsServerProcess
 from sandboxer.bus.pull_requests import PullRequests, connection_of
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.errors import BusError, FetchFailed, StreamUnavailable
-from sandboxer.workers import pull_loop
+from sandboxer.workers import late_acks, pull_loop
 from sandboxer.workers.pull_loop import ConsumerSpec, run_pull_consumer
 from tests.ports import closed_port
 from tests.waiting import until
@@ -55,8 +55,7 @@ class Recorder:
         error = self.fail(msg.data, n)
         if error is not None:
             raise error
-        self.handled.append(msg.data)
-        await msg.ack()
+        self.handled.append(msg.data)  # acked by the loop, a moment later
 
     async def on_poison(self, msg: Msg, exc: BaseException) -> None:
         self.poison_calls += 1
@@ -244,6 +243,71 @@ async def test_a_message_arriving_as_the_loop_stops_is_handled_once(
     assert sorted(recorder.handled, key=int) == [b"%d" % n for n in range(20)]
     assert all(count == 1 for count in recorder.deliveries.values())
     assert await settled(js, spec)
+
+
+async def test_a_handled_message_is_acked_after_its_handler_returns_and_only_then(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop acks what a handler returned from, a moment later; a handler still running
+    holds its message unacked (its heartbeat keeps it), and one that raised is not acked."""
+    monkeypatch.setattr(late_acks, "ACK_AFTER", 0.05)
+    spec = spec_for("acking", ack_wait=3, max_failures=100)
+    release = asyncio.Event()
+
+    class Holding(Recorder):
+        async def handler(self, msg: Msg) -> None:
+            if msg.data == b"held":
+                await release.wait()
+            await super().handler(msg)
+
+    recorder = Holding(fail=lambda data, n: RuntimeError("no") if data == b"bad" else None)
+
+    async def body() -> None:
+        await js.publish("sandboxer.job.acking.a", b"done")
+        await js.publish("sandboxer.job.acking.b", b"held")
+        await js.publish("sandboxer.job.acking.c", b"bad")
+        await until(lambda: b"done" in recorder.handled and b"bad" in recorder.deliveries, 10)
+        await holding(js, spec.stream, 2)  # "done" acked, "held" and "bad" not
+        release.set()
+        await until(lambda: b"held" in recorder.handled, 5)
+        await holding(js, spec.stream, 1)  # "bad" stays
+
+    await running(js, spec, recorder, body)
+    assert recorder.deliveries[b"done"] == recorder.deliveries[b"held"] == 1
+
+
+async def test_a_stopping_loop_sends_the_acks_it_was_holding_at_once(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks held for later go out when the loop stops, not lost with it: the next loop (or
+    another worker) is not handed the same messages again."""
+    monkeypatch.setattr(late_acks, "ACK_AFTER", 60.0)  # never by the timer in this test
+    spec = spec_for("stopping", ack_wait=2)
+    recorder = Recorder()
+
+    async def body() -> None:
+        for n in range(5):
+            await js.publish(f"sandboxer.job.stopping.{n}", b"%d" % n)
+        await until(lambda: len(recorder.handled) == 5, 10)
+        assert await js_messages(js, spec.stream) == 5  # handled, their acks held
+
+    await running(js, spec, recorder, body)
+    assert await js_messages(js, spec.stream) == 0
+    again = Recorder()
+    await running(js, spec, again, lambda: asyncio.sleep(spec.ack_wait + 0.5))
+    assert again.handled == []
+
+
+async def js_messages(js: JetStreamContext, stream: str) -> int:
+    """Messages a work-queue stream still holds: those not acked yet."""
+    return (await js.stream_info(stream)).state.messages
+
+
+async def holding(js: JetStreamContext, stream: str, count: int, seconds: float = 5) -> None:
+    """Until the work-queue stream holds ``count`` messages (AssertionError after ``seconds``)."""
+    async with asyncio.timeout(seconds):
+        while await js_messages(js, stream) != count:
+            await asyncio.sleep(0.01)
 
 
 async def test_a_burst_is_fetched_in_batches_never_past_the_concurrency(
