@@ -4,10 +4,10 @@ A work-queue stream deletes a message as it takes its ack. The deletion costs na
 CPU at once, in the middle of whatever else it is serving: a create's command was acked as
 soon as its events were stored, just as its job was on its way to the extension worker and
 the worker's first append to the events stream. On the 2-core machine of 2026-12-07 that
-ack took about 0.6 ms of nats-server's CPU within a warm create's window of about 6 ms
-(``make bench``'s "nats-server's CPU in its window" row), and the create took 0.2 to 0.7 ms
-longer with it there than with every ack sent 20 ms later (five rounds of 60 creates,
-alternating: docs/performance.md#the-warm-path).
+ack took 0.5 to 1 ms of nats-server's CPU within a warm create's window of about 6 ms
+(``make bench``'s "nats-server's CPU in its window" row), and the create took 0.4 ms longer
+on average with it there than with every ack sent 20 ms later (nine rounds of 60 creates,
+alternating: docs/performance.md#acks-after-the-chain-2026-12-07-evening).
 
 So a handled message is acked :data:`ACK_AFTER` later, with whatever else was handled
 meanwhile: one write to the server for them all. The price is small and already paid
