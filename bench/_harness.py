@@ -165,8 +165,11 @@ class WindowCpu:
     """The CPU each of ``pids`` used within timed windows, summed over them."""
 
     pids: tuple[int, ...]
-    used_ns: list[int] = dataclasses.field(default_factory=list)
+    used_ns: list[int] = dataclasses.field(init=False)
     windows: int = 0
+
+    def __post_init__(self) -> None:
+        self.used_ns = [0] * len(self.pids)
 
     @contextlib.contextmanager
     def window(self) -> Iterator[None]:
@@ -174,8 +177,6 @@ class WindowCpu:
         before = [cpu_ns(pid) for pid in self.pids]
         yield
         after = [cpu_ns(pid) for pid in self.pids]
-        if not self.used_ns:
-            self.used_ns = [0] * len(self.pids)
         for index, (start, end) in enumerate(zip(before, after, strict=True)):
             self.used_ns[index] += end - start
         self.windows += 1

@@ -440,10 +440,11 @@ class ExtensionWorker:
         found: SandboxState,
         claiming: asyncio.Task[str | None] | None,
     ) -> bool:
-        """Whether ``job``, ahead of the log (which ``found``), is dropped: a create's job goes
-        out with its events (docs/protocol.md#jobs), which may not be stored yet (waited
-        for: False, the member claimed for it kept for its redelivery) or, refused, never be
-        (:func:`~sandboxer.domain.lost_creates.job_orphaned`: True, the member given back)."""
+        """Whether ``job``, ahead of the log (``found``: what a read of it holds), is dropped.
+        A create's job goes out with its events (docs/protocol.md#jobs), which may not be
+        stored yet (waited for: False, the member claimed for it kept for its redelivery) or,
+        refused, never be (:func:`~sandboxer.domain.lost_creates.job_orphaned`: True, the
+        member given back)."""
         if not job_orphaned(found, utc_text(msg.metadata.timestamp), utc_now()):
             if claiming is not None:
                 await asyncio.gather(claiming, return_exceptions=True)
