@@ -15,7 +15,8 @@ elsewhere: a worker killed in between has the message redelivered, as one killed
 last append and its ack always had, and every handler takes a redelivered message it
 finished for a copy (a command's outcome stands; a job finds its work on record). The
 consumers' ``max_ack_pending`` (256 at least) is far above what a worker handles in that
-moment, so no delivery waits for these acks. A stopping pull loop sends its acks at once.
+moment, so no delivery waits for these acks. A stopping pull loop sends its acks at once,
+and waits for the server to have read them: the connection may be closed next.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
@@ -33,12 +35,17 @@ log = logging.getLogger(__name__)
 ACK_AFTER = 0.02
 """Seconds a handled message waits for its ack: past a create's chain (5 to 15 ms here)."""
 
+FLUSH_TIMEOUT = 2
+"""Seconds a stopping loop waits for the server to have read its last acks (nats-py takes
+whole seconds); past it, they are redelivered after ``ack_wait`` and taken for copies."""
+
 
 class LateAcks:
-    """The acks of one pull loop's handled messages, sent together :data:`ACK_AFTER` after
-    the first of them."""
+    """The acks of one pull loop's handled messages (on ``nc``), sent together
+    :data:`ACK_AFTER` after the first of them."""
 
-    def __init__(self, after: float | None = None) -> None:
+    def __init__(self, nc: Client, after: float | None = None) -> None:
+        self._nc = nc
         self._after = ACK_AFTER if after is None else after
         self._due: list[Msg] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -58,12 +65,18 @@ class LateAcks:
         task.add_done_callback(self._sending.discard)
 
     async def flush(self) -> None:
-        """Send every ack now, and wait for those already being sent."""
+        """Send every ack now, wait for those already being sent, and for the server to have
+        read them all."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         due, self._due = self._due, []
         await asyncio.gather(_send(due), *self._sending)
+        if self._nc.is_connected:
+            try:
+                await self._nc.flush(timeout=FLUSH_TIMEOUT)
+            except (NatsError, TimeoutError) as exc:
+                log.warning("acks not confirmed sent (%r); they come back as copies", exc)
 
 
 async def _send(msgs: list[Msg]) -> None:

@@ -277,11 +277,13 @@ class _Outcomes:
     workers/late_acks.py), nakked, or past its failures recorded and terminated when it
     raises."""
 
-    def __init__(self, spec: ConsumerSpec, handler: Handler, on_poison: PoisonHook) -> None:
+    def __init__(
+        self, spec: ConsumerSpec, handler: Handler, on_poison: PoisonHook, acks: LateAcks
+    ) -> None:
         self.spec = spec
         self.handler = handler
         self.on_poison = on_poison
-        self.acks = LateAcks()
+        self.acks = acks
         self.failures: dict[int, int] = {}  # stream sequence -> handler failures seen here
 
     async def handle(self, msg: Msg) -> None:
@@ -367,7 +369,7 @@ async def run_pull_consumer(
     await requests.open()
     room = _Room(spec.concurrency)
     in_flight: set[asyncio.Task[None]] = set()
-    outcomes = _Outcomes(spec, handler, on_poison)
+    outcomes = _Outcomes(spec, handler, on_poison, LateAcks(connection_of(js)))
 
     async def handle(msg: Msg) -> None:
         try:
