@@ -16,17 +16,19 @@ decoding beyond finding an id, no decisions.
 - the "control" consumer fetches it, appends ``requested`` (expecting
   nothing before it) and, sent with it, ``routed`` (expecting ``requested``
   right before it; sent again in turn if not) and the job (carrying where
-  ``routed`` is guessed to land), then acks the command;
+  ``routed`` is guessed to land); its loop acks the command 20 ms later;
 - the "worker" consumer fetches the job, appends ``provisioning`` and, beside
   it, the pool member's ``claimed`` on the member's aggregate, then
-  ``ready``, then acks the job;
+  ``ready``; its loop acks the job 20 ms later;
 - the client sees ``ready``.
 
 Both consumers run in one process (``python bench/_chain.py --serve URL``), as
 control and the extension worker do under ``sandboxer up``, with the real
 pull loop's mechanics: a durable pull consumer with explicit ack, each fetch
 taking what waits (up to 64) with the loop's own pull requests, each message
-handled in a task of its own. The streams are
+handled in a task of its own and acked 20 ms after its handling, with what else was
+handled meanwhile (workers/late_acks.py; until the night of 2026-12-07 the skeleton acked at once,
+which cost nats-server CPU inside the chain that the service no longer spends there). The streams are
 scratch ones of this module (``BENCH_CHAIN_*``), so a service running beside it
 on the same server is untouched.
 
@@ -63,6 +65,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from sandboxer.bus.ack_inbox import Outgoing, publish_all_for_ack, publish_for_ack
 from sandboxer.bus.pull_requests import PullRequests, connection_of
 from sandboxer.errors import FetchFailed
+from sandboxer.workers.late_acks import LateAcks
 
 CMD_STREAM, CMD_SUBJECT = "BENCH_CHAIN_CMD", "bench.chain.cmd"
 EVT_STREAM, EVT_PREFIX = "BENCH_CHAIN_EVT", "bench.chain.evt"
@@ -183,13 +186,11 @@ async def _control(js: JetStreamContext, msg: Msg) -> None:
     sandbox = (msg.headers or {})["Nats-Msg-Id"]  # the command id names the sandbox
     shortest = sandbox.startswith(SHORTEST)  # the shortest chain's route is inside `requested`
     await _decide(js, sandbox, ["requested"] if shortest else ["requested", "routed"])
-    await msg.ack()
 
 
 async def _worker(js: JetStreamContext, msg: Msg) -> None:
     sandbox, routed = msg.data.split(b"\n", 1)[0].decode().split()
     await _provision(js, sandbox, int(routed))
-    await msg.ack()
 
 
 async def _provision(js: JetStreamContext, sandbox: str, after: int) -> None:
@@ -215,7 +216,13 @@ async def _pull_loop(js: JetStreamContext, stream: str, durable: str, role: str)
     )
     requests = PullRequests(connection_of(js), stream, durable)
     await requests.open()
+    acks = LateAcks(connection_of(js))
     handle = _control if role == "control" else _worker
+
+    async def handled(msg: Msg) -> None:
+        await handle(js, msg)
+        acks.ack(msg)  # as the real loop does once its handler returns
+
     while True:
         try:
             msgs = await requests.fetch(FETCH_MOST, IDLE_POLL)
@@ -226,7 +233,7 @@ async def _pull_loop(js: JetStreamContext, stream: str, durable: str, role: str)
             await asyncio.sleep(IDLE_POLL)
             continue
         for msg in msgs:
-            task = asyncio.create_task(handle(js, msg))
+            task = asyncio.create_task(handled(msg))
             RUNNING.add(task)  # held until done: the loop keeps only weak references
             task.add_done_callback(_done)
 
