@@ -76,7 +76,8 @@ async def test_health_says_running_only_once_the_extension_workers_reconcile_is_
 ) -> None:
     """The projector answers health while the process still starts its other roles: a test
     (or an operator) that took that answer for "started" looked at a backend whose leftovers
-    the worker's start-up reconcile had not removed yet."""
+    the worker's start-up reconcile had not removed yet. ``on_running`` (where ``serve``
+    freezes the start-up's heap) is called then too, once."""
     listing = asyncio.Event()
     release = asyncio.Event()
     original = LocalExtension.list_sandboxes
@@ -91,8 +92,17 @@ async def test_health_says_running_only_once_the_extension_workers_reconcile_is_
     nc = await connect([nats_server.url], name="test-service")
     info: dict[str, Any] = {}
     stop = asyncio.Event()
+    running_seen: list[object] = []
     roles = asyncio.create_task(
-        run_roles(nc, ["projector", "ext.local"], settings, Catalog.load(home), stop, info=info)
+        run_roles(
+            nc,
+            ["projector", "ext.local"],
+            settings,
+            Catalog.load(home),
+            stop,
+            info=info,
+            on_running=lambda: running_seen.append(info["running"]),
+        )
     )
     client = await SandboxerClient.connect([nats_server.url], actor={"type": "atm", "id": "t"})
     try:
@@ -105,10 +115,12 @@ async def test_health_says_running_only_once_the_extension_workers_reconcile_is_
                 except SandboxerError:
                     await asyncio.sleep(0.05)
         assert answer["running"] is False
+        assert running_seen == []
         release.set()
         async with asyncio.timeout(30):
             while not (await client.health())["running"]:
                 await asyncio.sleep(0.05)
+        assert running_seen == [True]
     finally:
         release.set()
         stop.set()
