@@ -39,6 +39,10 @@ chain DESIGN.md allows beside it: the same chain without ``routed`` (its route
 would be inside ``requested``). The job stays a message of its own, sent with
 ``requested``: DESIGN.md gives each extension a work queue of its own, so that any
 number of worker processes share its work (docs/performance.md, "The warm path").
+``--ready-with-claim`` times, the same way, the chain with ``ready`` sent in the same write
+as ``provisioning`` and ``claimed``, each expecting the one before it right before it: three
+round trips in a row, where ours has four (the cut it would be is in docs/performance.md,
+"The last round trip"; not built).
 ``--burst [N]`` starts N chains at once (100 unless given), then N of the shortest,
 three times each, as ``bench_create.py`` does before each burst of creates.
 """
@@ -76,6 +80,7 @@ PAYLOAD = b"x" * 350  # a command, job or event is about this size
 RUNNING: set[asyncio.Task[None]] = set()  # the service's handlers in flight
 READY_WITHIN = 10.0  # seconds: far beyond any chain, short enough to tell a dead service
 SHORTEST = "s-"  # a command id so marked runs the shortest chain (``--shortest``)
+READY_WITH_CLAIM = "w-"  # ... and this one the chain of ``--ready-with-claim``
 STREAM_LAST = [0]  # the highest sequence of the events stream the service saw acknowledged
 IN_FLIGHT = [0]  # the service's publishes awaiting their acks
 
@@ -194,12 +199,38 @@ async def _worker(js: JetStreamContext, msg: Msg) -> None:
 
 
 async def _provision(js: JetStreamContext, sandbox: str, after: int) -> None:
+    if sandbox.startswith(READY_WITH_CLAIM):
+        await _provision_in_one_write(js, sandbox, after)
+        return
     # A fresh member per chain: its aggregate is empty, so the claim expects nothing before it.
     provisioning, _claimed = await asyncio.gather(
         _append(js, sandbox, "provisioning", after),
         _append(js, f"m{sandbox}", "claimed", 0),
     )
     await _append(js, sandbox, "ready", provisioning)
+
+
+async def _provision_in_one_write(js: JetStreamContext, sandbox: str, after: int) -> None:
+    """``provisioning``, the member's ``claimed`` and ``ready`` in one write, each after the
+    first expecting the one before it as the stream's last message, and ``ready`` its
+    sandbox's last sequence where ``provisioning`` is guessed to land (the chain alone has
+    no other writer: a refusal is a failure here)."""
+    provisioning = _event(sandbox, "provisioning", after)
+    claimed = _event(f"m{sandbox}", "claimed", 0)
+    claimed[2]["Nats-Expected-Last-Msg-Id"] = provisioning[2]["Nats-Msg-Id"]
+    ready = _event(sandbox, "ready", max(STREAM_LAST[0], after) + 1)
+    ready[2]["Nats-Expected-Last-Msg-Id"] = claimed[2]["Nats-Msg-Id"]
+    IN_FLIGHT[0] += 1
+    try:
+        acks = await publish_all_for_ack(
+            connection_of(js), [provisioning, claimed, ready], timeout=5
+        )
+    finally:
+        IN_FLIGHT[0] -= 1
+    for ack in acks:
+        if isinstance(ack, Exception):
+            raise ack
+        STREAM_LAST[0] = max(STREAM_LAST[0], ack.seq)
 
 
 async def _pull_loop(js: JetStreamContext, stream: str, durable: str, role: str) -> None:
@@ -270,10 +301,13 @@ async def serve(url: str) -> None:
 # -- the client side ----------------------------------------------------------------------------
 
 
-async def chain_once(nc: NATS, js: JetStreamContext, *, shortest: bool = False) -> float:
+async def chain_once(
+    nc: NATS, js: JetStreamContext, *, shortest: bool = False, ready_with_claim: bool = False
+) -> float:
     """One chain, in ms: from subscribing to the sandbox's events to seeing its ``ready``."""
-    # The command id names the sandbox, and marks the shortest chain's.
-    sandbox = f"{SHORTEST if shortest else ''}c{uuid.uuid4().hex[:16]}"
+    # The command id names the sandbox, and marks the shortest chain's (or the other's).
+    mark = SHORTEST if shortest else READY_WITH_CLAIM if ready_with_claim else ""
+    sandbox = f"{mark}c{uuid.uuid4().hex[:16]}"
     started = time.perf_counter()
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -379,24 +413,28 @@ async def _private() -> AsyncIterator[tuple[NATS, JetStreamContext]]:
                 await nc.close()
 
 
-async def alone(runs: int, *, shortest: bool) -> None:
+async def alone(runs: int, *, shortest: bool, ready_with_claim: bool = False) -> None:
     """``runs`` chains after 50 ms idle each, then ``runs`` back to back, on a private server;
-    with ``shortest``, each beside a run of the shortest chain, alternating."""
+    with ``shortest`` (``ready_with_claim``), each beside a run of that chain, alternating."""
     from _harness import summary
 
     idle: list[float] = []
-    short: list[float] = []
+    other: list[float] = []
     async with _private() as (nc, js):
         for _ in range(runs):
             await asyncio.sleep(0.05)
             idle.append(await chain_once(nc, js))
-            if shortest:
+            if shortest or ready_with_claim:
                 await asyncio.sleep(0.05)
-                short.append(await chain_once(nc, js, shortest=True))
+                other.append(
+                    await chain_once(nc, js, shortest=shortest, ready_with_claim=ready_with_claim)
+                )
         back_to_back = [await chain_once(nc, js) for _ in range(runs)]
     print(f"the chain alone, after 50 ms idle: {summary(idle)}")
     if shortest:
-        print(f"the shortest chain, after 50 ms idle: {summary(short)}")
+        print(f"the shortest chain, after 50 ms idle: {summary(other)}")
+    if ready_with_claim:
+        print(f"ready in the claim's write, after 50 ms idle: {summary(other)}")
     print(f"the chain alone, back to back:     {summary(back_to_back)}")
 
 
@@ -417,13 +455,18 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--alone"]:
         numbers = [arg for arg in sys.argv[2:] if arg.isdigit()]
         asyncio.run(
-            alone(int(numbers[0]) if numbers else 100, shortest="--shortest" in sys.argv[2:])
+            alone(
+                int(numbers[0]) if numbers else 100,
+                shortest="--shortest" in sys.argv[2:],
+                ready_with_claim="--ready-with-claim" in sys.argv[2:],
+            )
         )
     elif sys.argv[1:2] == ["--burst"]:
         numbers = [arg for arg in sys.argv[2:] if arg.isdigit()]
         asyncio.run(bursts(int(numbers[0]) if numbers else 100))
     else:
         sys.exit(
-            "usage: python bench/_chain.py --alone [RUNS] [--shortest] | --burst [N]"
+            "usage: python bench/_chain.py --alone [RUNS] [--shortest | --ready-with-claim]"
+            " | --burst [N]"
             " | --serve NATS_URL"
         )
