@@ -26,22 +26,25 @@ Both consumers run in one process (``python bench/_chain.py --serve URL``), as
 control and the extension worker do under ``sandboxer up``, with the real
 pull loop's mechanics: a durable pull consumer with explicit ack, each fetch
 taking what waits (up to 64) with the loop's own pull requests, each message
-handled in a task of its own and acked 20 ms after its handling, with what else was
-handled meanwhile (workers/late_acks.py; until the night of 2026-12-07 the skeleton acked at once,
-which cost nats-server CPU inside the chain that the service no longer spends there). The streams are
-scratch ones of this module (``BENCH_CHAIN_*``), so a service running beside it
-on the same server is untouched.
+handled in a task of its own and acked 20 ms after its handling, with what else
+was handled meanwhile (workers/late_acks.py; until the night of 2026-12-07 the
+skeleton acked at once, which cost nats-server CPU inside the chain that the
+service no longer spends there). The streams are scratch ones of this module
+(``BENCH_CHAIN_*``), so a service running beside it on the same server is
+untouched.
 
 ``python bench/_chain.py --alone [RUNS]`` times the chain by itself against a
 private nats-server: each run after 50 ms idle (as bench_create times it),
 then as many back to back. ``--shortest`` times, in the same run, the shortest
 chain DESIGN.md allows beside it: the same chain without ``routed`` (its route
-would be inside ``requested``). The job stays a message of its own, sent with
-``requested``: DESIGN.md gives each extension a work queue of its own, so that any
-number of worker processes share its work (docs/performance.md, "The warm path").
-``--ready-with-claim`` times, the same way, the chain with ``ready`` sent in the same write
-as ``provisioning`` and ``claimed``, each expecting the one before it right before it: three
-round trips in a row, where ours has four (the cut it would be is in docs/performance.md,
+would be inside ``requested``), and with ``ready`` in the claim's write (below;
+since the night of 2026-12-07): three round trips in a row. The job stays a
+message of its own, sent with ``requested``: DESIGN.md gives each extension a
+work queue of its own, so that any number of worker processes share its work
+(docs/performance.md, "The warm path"). ``--ready-with-claim`` times, the same
+way, our chain with ``ready`` sent in the same write as ``provisioning`` and
+``claimed``, each expecting the one before it right before it: three round trips
+in a row, where ours has four (the cut it would be is in docs/performance.md,
 "The last round trip"; not built).
 ``--burst [N]`` starts N chains at once (100 unless given), then N of the shortest,
 three times each, as ``bench_create.py`` does before each burst of creates.
@@ -199,7 +202,7 @@ async def _worker(js: JetStreamContext, msg: Msg) -> None:
 
 
 async def _provision(js: JetStreamContext, sandbox: str, after: int) -> None:
-    if sandbox.startswith(READY_WITH_CLAIM):
+    if sandbox.startswith((SHORTEST, READY_WITH_CLAIM)) and not IN_FLIGHT[0]:
         await _provision_in_one_write(js, sandbox, after)
         return
     # A fresh member per chain: its aggregate is empty, so the claim expects nothing before it.
@@ -213,12 +216,14 @@ async def _provision(js: JetStreamContext, sandbox: str, after: int) -> None:
 async def _provision_in_one_write(js: JetStreamContext, sandbox: str, after: int) -> None:
     """``provisioning``, the member's ``claimed`` and ``ready`` in one write, each after the
     first expecting the one before it as the stream's last message, and ``ready`` its
-    sandbox's last sequence where ``provisioning`` is guessed to land (the chain alone has
-    no other writer: a refusal is a failure here)."""
+    sandbox's last sequence where ``provisioning`` is guessed to land. As the store sends one
+    decision's events: only when none of this process's publishes awaits its ack, and what a
+    refusal leaves goes in turn."""
+    guess = max(STREAM_LAST[0], after) + 1
     provisioning = _event(sandbox, "provisioning", after)
     claimed = _event(f"m{sandbox}", "claimed", 0)
     claimed[2]["Nats-Expected-Last-Msg-Id"] = provisioning[2]["Nats-Msg-Id"]
-    ready = _event(sandbox, "ready", max(STREAM_LAST[0], after) + 1)
+    ready = _event(sandbox, "ready", guess)
     ready[2]["Nats-Expected-Last-Msg-Id"] = claimed[2]["Nats-Msg-Id"]
     IN_FLIGHT[0] += 1
     try:
@@ -227,10 +232,16 @@ async def _provision_in_one_write(js: JetStreamContext, sandbox: str, after: int
         )
     finally:
         IN_FLIGHT[0] -= 1
-    for ack in acks:
-        if isinstance(ack, Exception):
-            raise ack
-        STREAM_LAST[0] = max(STREAM_LAST[0], ack.seq)
+    first, second, third = acks
+    if isinstance(first, Exception):
+        raise first  # as the chain's own append of it would
+    STREAM_LAST[0] = max(STREAM_LAST[0], first.seq)
+    if isinstance(second, Exception):
+        await _append(js, f"m{sandbox}", "claimed", 0)
+    if isinstance(second, Exception) or isinstance(third, Exception):
+        await _append(js, sandbox, "ready", first.seq)
+        return
+    STREAM_LAST[0] = max(STREAM_LAST[0], second.seq, third.seq)
 
 
 async def _pull_loop(js: JetStreamContext, stream: str, durable: str, role: str) -> None:

@@ -35,9 +35,11 @@ pull requests its consumers fetch with (``bus/pull_requests.py``, as the real lo
 The row "create→ready warm p50 vs the same chain" divides the warm create by
 that skeleton: what the service's own work adds to the bus's floor. Beside it,
 after the same idle, the shortest chain DESIGN.md allows (the same without
-``routed``, its route inside ``requested``; the job stays a message of its own,
-since each extension has a work queue of its own): the floor of any protocol within that
-design, so a warm target below it is out of reach on the machine of that run.
+``routed``, its route inside ``requested``, and with ``ready`` sent in the claim's write,
+right after ``provisioning`` and ``claimed``: three round trips in a row; the job stays a
+message of its own, since each extension has a work queue of its own): the floor of any
+protocol within that design, so a warm target below it is out of reach on the machine of
+that run.
 
 The bursts have their skeletons too, before each burst and after the same quiet:
 for the pool's, 100 of those chains started at once (and 100 of the shortest);
@@ -319,7 +321,7 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
         )
         rows.append(
             Row(
-                "the shortest chain DESIGN.md allows (6 publishes), no work, p50",
+                "the shortest chain DESIGN.md allows (6 publishes, 3 round trips), no work, p50",
                 "ms",
                 percentile(shortest_ms, 50),
                 percentile(chain_ms, 50),
