@@ -3,8 +3,11 @@ four loops, some creates at once so that claims race, while the ext.local worker
 the pool keepers and make the claims) are killed -9 at random points, and the control worker
 at least once, each restarted after a random pause.
 
-Two ext.local processes share the node's pool: within one process the keeper never hands a
-member to two of its creates, so only claims across processes meet the log's check (the
+Two pooled profiles take turns: one with a setup instruction to apply at the claim, one with
+nothing to apply, whose creates send `provisioning`, `claimed` and `ready` in one write after
+the member was moved (workers/claim_ahead.py), so a kill lands between the move and the record
+too. Two ext.local processes share the node's pools: within one process the keeper never hands
+a member to two of its creates, so only claims across processes meet the log's check (the
 claim's append expects the member's ``ready`` as its last event), which is the one that
 must let exactly one through.
 
@@ -42,6 +45,9 @@ ROLES = (*DEFAULT_ROLES, "ext.local#2")
 KILLED = ("ext.local", "ext.local#2", "ext.local", "ext.local#2", "control")
 """Roles the killer picks from: mostly the keepers' workers, the control worker too."""
 PROFILE = "profile.chaos-warm"
+PLAIN = "profile.chaos-plain"
+"""A pooled profile with nothing to apply at the claim: its creates go in one write."""
+PROFILES = (PROFILE, PLAIN)
 MIN_READY = MAX = 6
 WARM_PROFILE = f"""\
 id: {PROFILE}
@@ -49,6 +55,11 @@ extension: ext.local
 pool: {{min_ready: {MIN_READY}, max: {MAX}}}
 setup:
   instructions: ["echo claimed > /workspace/hello"]
+"""
+PLAIN_PROFILE = f"""\
+id: {PLAIN}
+extension: ext.local
+pool: {{min_ready: {MIN_READY}, max: {MAX}}}
 """
 FILL_TIMEOUT = 60.0
 
@@ -62,6 +73,7 @@ class Run(Cycles):
     def __init__(self, svc: ChaosService, seed: int) -> None:
         super().__init__(svc, seed)
         self.from_pool = 0
+        self.plain_from_pool = 0
         self.cold = 0
         self.kills: Counter[str] = Counter()
 
@@ -73,15 +85,16 @@ class Run(Cycles):
             and self.kills["control"] >= 1
         )
 
-    async def create(self) -> str | None:
-        """One create of the pooled profile until it ends: its sandbox when ready."""
+    async def create(self, profile: str) -> str | None:
+        """One create of a pooled profile until it ends: its sandbox when ready."""
         command_id = new_command_id()
         sandbox_id = derive_sandbox_id(command_id)
-        ready = await self.bus_command("create", sandbox_id, command_id, profile=PROFILE)
+        ready = await self.bus_command("create", sandbox_id, command_id, profile=profile)
         if ready is None:
             return None
         if ready.get("pool_member"):
             self.from_pool += 1
+            self.plain_from_pool += profile == PLAIN
         else:
             self.cold += 1
         return sandbox_id
@@ -89,7 +102,8 @@ class Run(Cycles):
     async def loop(self) -> None:
         while not self.done:
             burst = self.rng.choice(BURSTS)
-            made = await asyncio.gather(*(self.create() for _ in range(burst)))
+            profile = self.rng.choice(PROFILES)
+            made = await asyncio.gather(*(self.create(profile) for _ in range(burst)))
             await asyncio.gather(
                 *(self.bus_command("destroy", s, new_command_id()) for s in made if s)
             )
@@ -107,18 +121,22 @@ class Run(Cycles):
 
 
 async def wait_pool_full(svc: ChaosService) -> None:
-    """Until the keeper reports the pool made (every member ready, none being made)."""
+    """Until the keeper reports the pools made (every member ready, none being made)."""
     deadline = time.monotonic() + FILL_TIMEOUT
     while time.monotonic() < deadline:
         try:
             pools = {p["profile"]: p for p in await svc.client.pools()}
         except SandboxerError:
             pools = {}
-        pool = pools.get(PROFILE)
-        if pool and pool["ready"] >= MIN_READY and pool["provisioning"] == 0:
+        if all(
+            (pool := pools.get(profile)) and pool["ready"] >= MIN_READY and not pool["provisioning"]
+            for profile in PROFILES
+        ):
             return
         await asyncio.sleep(0.1)
-    raise HarnessError(f"the pool of {PROFILE} was not made within {FILL_TIMEOUT:g} s")
+    raise HarnessError(
+        f"the pools of {', '.join(PROFILES)} were not made within {FILL_TIMEOUT:g} s"
+    )
 
 
 def claims_redelivered(view: LogView) -> int:
@@ -138,18 +156,19 @@ async def run(workdir: Path) -> ScenarioResult:
     svc = ChaosService(workdir, roles=ROLES)
     (svc.home / "profiles").mkdir()
     (svc.home / "profiles" / f"{PROFILE}.yaml").write_text(WARM_PROFILE)
+    (svc.home / "profiles" / f"{PLAIN}.yaml").write_text(PLAIN_PROFILE)
     async with svc:
         await wait_pool_full(svc)
         state = Run(svc, seed)
         await asyncio.gather(state.killer(), *(state.loop() for _ in range(LOOPS)))
         problems = list(state.problems)
-        if not state.from_pool:
-            problems.append("no create was served from the pool: the scenario proved nothing")
+        if not state.from_pool or not state.plain_from_pool:
+            problems.append("a pool served no create: the scenario proved nothing of it")
         problems += await check_all(svc.nats_urls, svc.home, sent=state.sent)
         problems += [
             f"pool_claims_once: {p}"
             for p in await pool_claims_once(
-                svc.nats_urls, svc.home, bounds={PROFILE: (MIN_READY, MAX)}
+                svc.nats_urls, svc.home, bounds=dict.fromkeys(PROFILES, (MIN_READY, MAX))
             )
         ]
         view = await read_log(svc.nats_urls)
@@ -158,7 +177,8 @@ async def run(workdir: Path) -> ScenarioResult:
         figures: dict[str, object] = {
             "seed {}": seed,
             "cycles": state.cycles,
-            "creates from the pool": state.from_pool,
+            "creates from the pools": state.from_pool,
+            "of them with nothing to apply": state.plain_from_pool,
             "cold": state.cold,
             "pooled creates redelivered": claims_redelivered(view),
             "kills of ext.local": state.kills["ext.local"] + state.kills["ext.local#2"],

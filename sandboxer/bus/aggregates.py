@@ -341,7 +341,8 @@ class AggregateStore(ABC):
             stamped_events,
             loaded.last_seq,
             beside,
-            # Only a sandbox's state can be a guess not read back (a job's: Loaded.unconfirmed).
+            # A guess not read back: a job's state (Loaded.unconfirmed), or a member's whose
+            # claim goes out right after its sandbox's `provisioning` (LoadedMember.unconfirmed).
             after=getattr(loaded, "unconfirmed", None),
         )
         appended = aggregate.loaded(state, last_seq)

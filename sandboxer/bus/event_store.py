@@ -121,6 +121,10 @@ class LoadedMember:
 
     state: MemberState
     last_seq: int
+    unconfirmed: str | None = None
+    """As :attr:`Loaded.unconfirmed`: the id of an event sent and not acknowledged yet (a
+    sandbox's `provisioning`, in the write its member's claim goes in), which an append after
+    this state also expects as the events stream's last message."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,12 @@ class EventStore(Protocol):
 
     async def record(self, event: Record) -> None:
         """Append a rejection or a host event (idempotent: a retry records it once)."""
+
+    async def chain_position(self) -> int | None:
+        """Where an append sent now is guessed to land, when appends that expect the event
+        right before them as the stream's last message (``Loaded.unconfirmed``) may be sent
+        before it is acknowledged; None when they may not (a replicated events stream, or
+        one this store has not asked about yet): each is then awaited in turn."""
 
 
 def rejection_key(rejection: CommandRejected) -> str:

@@ -309,6 +309,14 @@ class JetStreamEventStore(AggregateStore):
         self._saw(scope, appended)
         return appended
 
+    async def chain_position(self) -> int | None:
+        # Only a stream of one copy takes the last-message-id header safely (_one_copy). A
+        # publish of this process awaiting its ack may land first and make the guess wrong:
+        # an append that expects it is refused then, and sent again in turn.
+        if not self._stream_last or not await self._one_copy():
+            return None
+        return self._stream_last + 1
+
     async def _one_copy(self) -> bool:
         """Whether the events stream keeps one copy: only then are a decision's events sent
         together. A replicated stream's followers check ``Nats-Expected-Last-Msg-Id`` again as

@@ -61,6 +61,9 @@ class MemoryEventStore(AggregateStore):
         self.log.append(event)
         return len(self.log)
 
+    async def chain_position(self) -> int | None:
+        return len(self.log) + 1
+
     async def snapshots_holding(self, object_name: str) -> list[str]:
         ids = {event.snapshot_id for event in self.log if isinstance(event, SNAPSHOT_EVENTS)}
         states = [(await self.load_snapshot(snapshot_id)).state for snapshot_id in ids]

@@ -17,6 +17,7 @@ from sandboxer.config.profile import Profile
 from sandboxer.domain.found import FoundSandbox
 
 __all__ = [
+    "ClaimedAhead",
     "Extension",
     "FoundSandbox",
     "OutputSink",
@@ -93,6 +94,17 @@ class Readiness:
 
     descriptor: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClaimedAhead:
+    """A pool member made a create's sandbox before its claim is on record
+    (:class:`~sandboxer.extensions.capabilities.ClaimsAhead`)."""
+
+    readiness: Readiness
+    give_back: Callable[[], None]
+    """Makes it a member of the pool again: its claim was refused. Only while the claim
+    ahead is entered (its locks held)."""
 
 
 @runtime_checkable

@@ -30,6 +30,7 @@ __all__ = [
     "AttemptScoped",
     "BuiltFromDeclaration",
     "BuiltFromSettings",
+    "ClaimsAhead",
     "Closable",
     "HostInspector",
     "KeyedBackend",
@@ -225,6 +226,20 @@ class Pooling(Protocol):
         inputs and secrets; return its Readiness. Idempotent; SandboxNotFound when the
         member is gone or dead (the create is then made cold); any other error fails the
         create as on a cold create."""
+
+
+@runtime_checkable
+class ClaimsAhead(Protocol):
+    """Can make a pool member a create's sandbox before the claim is on record, and undo it
+    should the claim be refused: the extension worker then sends the sandbox's `provisioning`,
+    the member's `claimed` and the sandbox's `ready` in one write (docs/pools.md)."""
+
+    def claim_ahead(self, member_id: str, request: Any) -> Any:
+        """An async context manager: member ``member_id`` becomes the sandbox
+        ``request.sandbox_id`` as it is entered, and stays it (it yields a ClaimedAhead,
+        whose ``give_back`` makes it a member again while the manager is entered). Only for
+        a create with nothing to apply at the claim. SandboxNotFound, on entering, when the
+        member is gone or dead."""
 
 
 @runtime_checkable

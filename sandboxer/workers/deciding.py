@@ -51,6 +51,7 @@ __all__ = [
     "apply_places",
     "apply_snapshot",
     "load_current",
+    "sandbox_turn",
 ]
 
 DECIDE_ATTEMPTS = 8
@@ -82,6 +83,13 @@ class _Turns:
 
 
 _TURNS = _Turns()
+
+
+def sandbox_turn(sandbox_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+    """This process's turn on the sandbox, as :func:`apply` takes it: for a writer that sends
+    several appends to it (and beside it) before any is acknowledged
+    (workers/claim_ahead.py)."""
+    return _TURNS.turn(f"sandbox {sandbox_id}")
 
 
 async def _decide_loop(

@@ -74,6 +74,7 @@ from sandboxer.extensions.capabilities import AttemptScoped, Pooling, TimeoutKee
 from sandboxer.secrets import redact, resolve_secrets
 from sandboxer.workers import deciding
 from sandboxer.workers.backend_for import backend_for, backend_for_id
+from sandboxer.workers.claim_ahead import Ahead, ready_in_one_write
 from sandboxer.workers.host_events import event_host, inspect_and_record
 from sandboxer.workers.job_dispatch import request_reroute
 from sandboxer.workers.jobs import Job
@@ -433,6 +434,34 @@ class ExtensionWorker:
             await request_reroute(self._js, state)
         return None
 
+    async def _ahead_or_start(
+        self, job: Job, msg: Msg, known: Loaded
+    ) -> tuple[Loaded, asyncio.Task[str | None] | None] | None:
+        """:meth:`_start`, unless a warm claim with nothing to apply sends `provisioning`,
+        `claimed` and `ready` in one write (workers/claim_ahead.py): None when that made the
+        sandbox ready; else what landed of it, and the claim to go on with (the member
+        already claimed, or a claim started now), as :meth:`_start` returns them."""
+        ahead = await self._ahead(job, msg, known)
+        if ahead is None:
+            return await self._start(job, msg, known)
+        if ahead.ready:
+            return None
+        if ahead.member_id is not None:
+            return ahead.started, asyncio.create_task(_given(ahead.member_id))
+        return ahead.started, self._claim_beside(ahead.started.state, job, retry=False)
+
+    async def _ahead(self, job: Job, msg: Msg, known: Loaded) -> Ahead | None:
+        state = known.state
+        if self._pools is None or state.profile is None or not self._pools.serves(state.profile):
+            return None
+        try:
+            profile = self._profile_of(state)
+        except SandboxerError:
+            return None  # the usual path says why
+        return await ready_in_one_write(
+            self._store, self._pools, self.extension, job, msg, known, profile, worker=self.name
+        )
+
     async def _orphaned(
         self,
         job: Job,
@@ -553,7 +582,7 @@ class ExtensionWorker:
         )
 
     async def _provision(self, job: Job, msg: Msg, known: Loaded) -> None:
-        started = await self._start(job, msg, known)
+        started = await self._ahead_or_start(job, msg, known)
         if started is None:
             return
         loaded, claiming = started
@@ -830,6 +859,10 @@ def _by_host(removed: list[tuple[str | None, str]]) -> dict[str | None, list[str
         if sandbox_id not in ids:
             ids.append(sandbox_id)
     return hosts
+
+
+async def _given(member_id: str) -> str | None:
+    return member_id
 
 
 def _access_warnings(backend: Extension, profile: Profile | None) -> list[str]:

@@ -59,6 +59,7 @@ from sandboxer.domain.pool_state import (
 from sandboxer.errors import ConcurrencyConflict, Rejected, UnknownEventType
 from sandboxer.events.codec import decode_event
 from sandboxer.events.pool_events import POOL_EVENTS
+from sandboxer.events.types import PoolEvent
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.capabilities import Pooling
 from sandboxer.ids import new_command_id
@@ -294,17 +295,7 @@ class PoolKeeper:
             if known is not None and await self._serves(known, pool, digest):
                 return known
         while True:
-            member = next(  # the first one, not a list of them all: a claim per create
-                (
-                    member
-                    for member in self.index.members.values()
-                    if member.pool == pool
-                    and member.status == "ready"
-                    and member.digest == digest
-                    and member.member_id not in self._taken
-                ),
-                None,
-            )
+            member = self._first_ready(pool, digest)
             if member is None:
                 self._wake.set()
                 return None
@@ -320,6 +311,52 @@ class PoolKeeper:
             self._last_claim = time.monotonic()
             self._wake.set()  # refill, once the burst is over
             return member.member_id
+
+    def pick(
+        self, profile: Profile, sandbox_id: str, job_id: str
+    ) -> tuple[LoadedMember, list[PoolEvent]] | None:
+        """A ready member of ``profile``'s pool and the claim of it for ``sandbox_id``, for the
+        caller to send (the extension worker sends it in one write with the sandbox's
+        `provisioning` and `ready`); kept from this keeper's other claims until
+        :meth:`unpick`. None when the pool has none ready."""
+        if profile.id not in self._profiles:
+            return None
+        member = self._first_ready(self.pool_of(profile.id), self._digest(profile))
+        if member is None:
+            self._wake.set()
+            return None
+        try:
+            events = decide_member(
+                member, ClaimMember(sandbox_id=sandbox_id, job_id=job_id), utc_now()
+            )
+        except Rejected:
+            return None
+        self._taken.add(member.member_id)
+        return LoadedMember(member, self._last_seq.get(member.member_id, 0)), events
+
+    def unpick(self, member_id: str, claimed: LoadedMember | None) -> None:
+        """The member :meth:`pick` gave is free for other claims again; ``claimed``: its claim
+        landed, as this (the index knows it before its catch-up reads it)."""
+        self._taken.discard(member_id)
+        if claimed is not None:
+            self._note(claimed)
+            self._last_claim = time.monotonic()
+            self._wake.set()  # refill, once the burst is over
+
+    def _first_ready(self, pool: str, digest: str) -> MemberState | None:
+        """The first ready member of ``pool`` made for ``digest`` and not being claimed here:
+        the first one, not a list of them all (a claim per create)."""
+        return next(
+            (
+                member
+                for member in self.index.members.values()
+                if member.pool == pool
+                and member.status == "ready"
+                and member.digest == digest
+                and member.member_id not in self._taken
+            ),
+            None,
+        )
 
     async def _serves(self, member_id: str, pool: str, digest: str) -> bool:
         """Whether a member claimed earlier for this sandbox may still be its own: made here

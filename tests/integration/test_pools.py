@@ -18,6 +18,7 @@ from typing import Any
 import nats
 import pytest
 
+from sandboxer import subjects
 from sandboxer.bus.event_reader import read_events
 from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams
@@ -215,6 +216,69 @@ async def test_a_warm_create_s_claim_goes_out_after_its_provisioning(
             between = logged[routed + 1 : provisioning]
             assert not [subject for subject in between if subject.endswith(".claimed")]
         await asyncio.gather(*(client.destroy(sandbox_id) for sandbox_id in made))
+    finally:
+        await client.close()
+        workers.terminate()
+        await asyncio.to_thread(workers.wait, 30)
+        await reap_local(home)
+
+
+PLAIN = """\
+id: profile.warm
+version: 1
+extension: ext.local
+pool: {min_ready: 8, max: 8}
+"""
+
+
+async def test_a_plain_warm_create_sends_provisioning_claimed_and_ready_in_one_write(
+    nats_server: Any, home: Path
+) -> None:
+    """A claim with nothing to apply moves the member first, then sends the sandbox's
+    `provisioning`, the member's `claimed` and the sandbox's `ready` together, each after the
+    first expecting the one before it as the stream's last message (workers/claim_ahead.py):
+    they land one after another, and the sandbox is the member, running. Control and
+    ext.local share a process, as under ``sandboxer up``."""
+    (home / "profiles").mkdir(exist_ok=True)
+    (home / "profiles" / "profile.warm.yaml").write_text(PLAIN)
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=nats_server.url)
+    with (home / "workers.log").open("ab") as log:
+        workers = subprocess.Popen(
+            [sys.executable, "-m", "sandboxer.cli.app", "worker", "control", "ext.local"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    client = await SandboxerClient.connect([nats_server.url], actor={"type": "atm", "id": "pytest"})
+    try:
+        await wait_pool(client, 8, timeout=60)
+        made = []
+        for _ in range(6):
+            await asyncio.sleep(0.05)
+            made.append(await client.create("profile.warm"))
+        logged = [(seq, subject) async for seq, subject, _data, _pending in read_events(client.js)]
+        subjects_logged = [subject for _seq, subject in logged]
+        claimed_members = []
+        for ready in made:
+            sandbox_id = ready["sandbox_id"]
+            assert ready["pool_member"]
+            claimed_members.append(ready["pool_member"])
+            at = subjects_logged.index(f"sandboxer.evt.sandbox.{sandbox_id}.provisioning")
+            assert subjects_logged[at + 1 : at + 3] == [
+                f"sandboxer.evt.pool.{ready['pool_member']}.claimed",
+                f"sandboxer.evt.sandbox.{sandbox_id}.ready",
+            ]
+            # Sent before `claimed` was acknowledged: `ready` named it as the stream's last.
+            claim, ready_msg = [
+                await client.js.get_msg(subjects.EVENTS_STREAM, logged[at + n][0]) for n in (1, 2)
+            ]
+            assert (ready_msg.headers or {}).get("Nats-Expected-Last-Msg-Id") == (
+                claim.headers or {}
+            ).get("Nats-Msg-Id")
+            assert await client.exec(sandbox_id, ["true"], lambda _s, _d: None) == 0
+        assert len(set(claimed_members)) == len(made)  # each member claimed once
+        assert not set(claimed_members) & member_dirs(home)  # moved out of the pool
+        await asyncio.gather(*(client.destroy(ready["sandbox_id"]) for ready in made))
     finally:
         await client.close()
         workers.terminate()

@@ -22,7 +22,7 @@ import platform
 import shutil
 import socket
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ from sandboxer.domain.left_out import LeftOut
 from sandboxer.errors import ExtensionError, InvalidInput, SandboxNotFound, Unsupported
 from sandboxer.events.reachability import ACCESS_KEY, LocalExecAccess, exec_hint
 from sandboxer.extensions.base import (
+    ClaimedAhead,
     FoundSandbox,
     OutputSink,
     ProvisionRequest,
@@ -648,6 +649,53 @@ class LocalExtension:
         if not state.holder_alive():
             return await self.wait_ready(request)  # which says it is gone
         return self._readiness(target, state)  # the record in hand: no read of it again
+
+    @contextlib.asynccontextmanager
+    async def claim_ahead(
+        self, member_id: str, request: ProvisionRequest
+    ) -> AsyncIterator[ClaimedAhead]:
+        """:meth:`claim` before the claim is on record, for a create with nothing to apply
+        (no ``repo``, secrets or setup instructions): the member is moved under the
+        sandbox's name as this is entered, and stays there unless given back while it is
+        (its claim, sent meanwhile, was refused); both locks are held until it is left. A
+        crash in between leaves the member under the sandbox's name, which a redelivered
+        claim adopts or removes (:meth:`_take`). SandboxNotFound, on entering, when the
+        member is gone or dead; InvalidInput for a create with something to apply, or one
+        that already has a directory (an earlier attempt's: the usual claim deals with it)."""
+        target = self._layout(request.sandbox_id)
+        member = Layout(self.root / POOL_DIR, member_id)
+        if not is_valid_sandbox_id(member_id):
+            raise InvalidInput(f"invalid pool member id {member_id!r}", extension=self.id)
+        if (
+            request.inputs.get("repo") is not None
+            or request.secrets
+            or request.profile.setup.instructions
+        ):
+            raise InvalidInput(
+                f"sandbox {request.sandbox_id}: a claim ahead has nothing to apply",
+                extension=self.id,
+            )
+        async with (
+            sandbox_lock(member.root, member_id),
+            sandbox_lock(self.root, request.sandbox_id),
+        ):
+            if target.dir.exists() or target.dir.is_symlink():
+                raise InvalidInput(
+                    f"sandbox {request.sandbox_id}: already has a directory", extension=self.id
+                )
+            state = await self._take(member, target, request, None)
+
+            def give_back() -> None:
+                os.rename(target.dir, member.dir)
+
+            if not state.holder_alive():
+                give_back()  # for the keeper's teardown of a dead member
+                raise SandboxNotFound(
+                    f"pool member {member_id} is dead; the create is made afresh",
+                    sandbox_id=request.sandbox_id,
+                    extension=self.id,
+                )
+            yield ClaimedAhead(self._readiness(target, state), give_back)
 
     async def _take(
         self, member: Layout, target: Layout, request: ProvisionRequest, source: Path | None
