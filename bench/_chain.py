@@ -2,11 +2,12 @@
 
 By the contract (a durable command, one event per transition, every append
 carrying its aggregate's expected last sequence) a create served by a warm
-pool is seven JetStream publishes, four round trips in a row: ``requested``,
-``routed`` and the provision job go out at once, as the event store sends one
-decision's events and the control worker a create's job with them, and the
-member's ``claimed`` goes beside ``provisioning`` (docs/performance.md, "The warm
-path"). This module runs that chain and nothing else, with nats-py, the pull requests
+pool is seven JetStream publishes, three round trips in a row: the command;
+``requested``, ``routed`` and the provision job at once, as the event store sends
+one decision's events and the control worker a create's job with them; and
+``provisioning``, the member's ``claimed`` and ``ready`` at once, as the extension
+worker sends a claim with nothing to apply (workers/claim_ahead.py;
+docs/performance.md, "The warm path"). This module runs that chain and nothing else, with nats-py, the pull requests
 the real loop sends (bus/pull_requests.py) and the publish the service awaits its acks
 with (bus/ack_inbox.py; until 2026-12-07, nats-py's own): no other sandboxer code, no
 decoding beyond finding an id, no decisions.
@@ -17,9 +18,12 @@ decoding beyond finding an id, no decisions.
   nothing before it) and, sent with it, ``routed`` (expecting ``requested``
   right before it; sent again in turn if not) and the job (carrying where
   ``routed`` is guessed to land); its loop acks the command 20 ms later;
-- the "worker" consumer fetches the job, appends ``provisioning`` and, beside
-  it, the pool member's ``claimed`` on the member's aggregate, then
-  ``ready``; its loop acks the job 20 ms later;
+- the "worker" consumer fetches the job and appends ``provisioning``, the pool
+  member's ``claimed`` on the member's aggregate and ``ready``, in one write, each
+  after the first expecting the one before it as the stream's last message (when
+  one of this process's publishes awaits its ack, ``provisioning`` beside
+  ``claimed``, then ``ready``, as before the night of 2026-12-07); its loop acks
+  the job 20 ms later;
 - the client sees ``ready``.
 
 Both consumers run in one process (``python bench/_chain.py --serve URL``), as
@@ -37,15 +41,10 @@ untouched.
 private nats-server: each run after 50 ms idle (as bench_create times it),
 then as many back to back. ``--shortest`` times, in the same run, the shortest
 chain DESIGN.md allows beside it: the same chain without ``routed`` (its route
-would be inside ``requested``), and with ``ready`` in the claim's write (below;
-since the night of 2026-12-07): three round trips in a row. The job stays a
-message of its own, sent with ``requested``: DESIGN.md gives each extension a
-work queue of its own, so that any number of worker processes share its work
-(docs/performance.md, "The warm path"). ``--ready-with-claim`` times, the same
-way, our chain with ``ready`` sent in the same write as ``provisioning`` and
-``claimed``, each expecting the one before it right before it: three round trips
-in a row, where ours has four (the cut it would be is in docs/performance.md,
-"The last round trip"; not built).
+would be inside ``requested``): three round trips in a row, as ours, one publish
+fewer. The job stays a message of its own, sent with ``requested``: DESIGN.md gives
+each extension a work queue of its own, so that any number of worker processes share
+its work (docs/performance.md, "The warm path").
 ``--burst [N]`` starts N chains at once (100 unless given), then N of the shortest,
 three times each, as ``bench_create.py`` does before each burst of creates.
 """
@@ -83,7 +82,6 @@ PAYLOAD = b"x" * 350  # a command, job or event is about this size
 RUNNING: set[asyncio.Task[None]] = set()  # the service's handlers in flight
 READY_WITHIN = 10.0  # seconds: far beyond any chain, short enough to tell a dead service
 SHORTEST = "s-"  # a command id so marked runs the shortest chain (``--shortest``)
-READY_WITH_CLAIM = "w-"  # ... and this one the chain of ``--ready-with-claim``
 STREAM_LAST = [0]  # the highest sequence of the events stream the service saw acknowledged
 IN_FLIGHT = [0]  # the service's publishes awaiting their acks
 
@@ -202,7 +200,7 @@ async def _worker(js: JetStreamContext, msg: Msg) -> None:
 
 
 async def _provision(js: JetStreamContext, sandbox: str, after: int) -> None:
-    if sandbox.startswith((SHORTEST, READY_WITH_CLAIM)) and not IN_FLIGHT[0]:
+    if not IN_FLIGHT[0]:
         await _provision_in_one_write(js, sandbox, after)
         return
     # A fresh member per chain: its aggregate is empty, so the claim expects nothing before it.
@@ -216,9 +214,9 @@ async def _provision(js: JetStreamContext, sandbox: str, after: int) -> None:
 async def _provision_in_one_write(js: JetStreamContext, sandbox: str, after: int) -> None:
     """``provisioning``, the member's ``claimed`` and ``ready`` in one write, each after the
     first expecting the one before it as the stream's last message, and ``ready`` its
-    sandbox's last sequence where ``provisioning`` is guessed to land. As the store sends one
-    decision's events: only when none of this process's publishes awaits its ack, and what a
-    refusal leaves goes in turn."""
+    sandbox's last sequence where ``provisioning`` is guessed to land (workers/claim_ahead.py
+    sends them so; the skeleton only when none of this process's publishes awaits its ack, as
+    the store sends one decision's events), and what a refusal leaves goes in turn."""
     guess = max(STREAM_LAST[0], after) + 1
     provisioning = _event(sandbox, "provisioning", after)
     claimed = _event(f"m{sandbox}", "claimed", 0)
@@ -312,13 +310,10 @@ async def serve(url: str) -> None:
 # -- the client side ----------------------------------------------------------------------------
 
 
-async def chain_once(
-    nc: NATS, js: JetStreamContext, *, shortest: bool = False, ready_with_claim: bool = False
-) -> float:
+async def chain_once(nc: NATS, js: JetStreamContext, *, shortest: bool = False) -> float:
     """One chain, in ms: from subscribing to the sandbox's events to seeing its ``ready``."""
-    # The command id names the sandbox, and marks the shortest chain's (or the other's).
-    mark = SHORTEST if shortest else READY_WITH_CLAIM if ready_with_claim else ""
-    sandbox = f"{mark}c{uuid.uuid4().hex[:16]}"
+    # The command id names the sandbox, and marks the shortest chain's.
+    sandbox = f"{SHORTEST if shortest else ''}c{uuid.uuid4().hex[:16]}"
     started = time.perf_counter()
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -424,28 +419,24 @@ async def _private() -> AsyncIterator[tuple[NATS, JetStreamContext]]:
                 await nc.close()
 
 
-async def alone(runs: int, *, shortest: bool, ready_with_claim: bool = False) -> None:
+async def alone(runs: int, *, shortest: bool) -> None:
     """``runs`` chains after 50 ms idle each, then ``runs`` back to back, on a private server;
-    with ``shortest`` (``ready_with_claim``), each beside a run of that chain, alternating."""
+    with ``shortest``, each beside a run of the shortest chain, alternating."""
     from _harness import summary
 
     idle: list[float] = []
-    other: list[float] = []
+    short: list[float] = []
     async with _private() as (nc, js):
         for _ in range(runs):
             await asyncio.sleep(0.05)
             idle.append(await chain_once(nc, js))
-            if shortest or ready_with_claim:
+            if shortest:
                 await asyncio.sleep(0.05)
-                other.append(
-                    await chain_once(nc, js, shortest=shortest, ready_with_claim=ready_with_claim)
-                )
+                short.append(await chain_once(nc, js, shortest=True))
         back_to_back = [await chain_once(nc, js) for _ in range(runs)]
     print(f"the chain alone, after 50 ms idle: {summary(idle)}")
     if shortest:
-        print(f"the shortest chain, after 50 ms idle: {summary(other)}")
-    if ready_with_claim:
-        print(f"ready in the claim's write, after 50 ms idle: {summary(other)}")
+        print(f"the shortest chain, after 50 ms idle: {summary(short)}")
     print(f"the chain alone, back to back:     {summary(back_to_back)}")
 
 
@@ -466,18 +457,13 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--alone"]:
         numbers = [arg for arg in sys.argv[2:] if arg.isdigit()]
         asyncio.run(
-            alone(
-                int(numbers[0]) if numbers else 100,
-                shortest="--shortest" in sys.argv[2:],
-                ready_with_claim="--ready-with-claim" in sys.argv[2:],
-            )
+            alone(int(numbers[0]) if numbers else 100, shortest="--shortest" in sys.argv[2:])
         )
     elif sys.argv[1:2] == ["--burst"]:
         numbers = [arg for arg in sys.argv[2:] if arg.isdigit()]
         asyncio.run(bursts(int(numbers[0]) if numbers else 100))
     else:
         sys.exit(
-            "usage: python bench/_chain.py --alone [RUNS] [--shortest | --ready-with-claim]"
-            " | --burst [N]"
+            "usage: python bench/_chain.py --alone [RUNS] [--shortest] | --burst [N]"
             " | --serve NATS_URL"
         )

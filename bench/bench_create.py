@@ -28,16 +28,17 @@ create's own first step, beside the same publish made back to back.
 And before each warm create, after the same 50 ms idle, it times the chain
 itself with no work in it (``_chain.py``): a command published, ``requested``
 and ``routed`` appended and the job published right after them (sent together, as
-the event store sends one decision's events and a create's job), ``provisioning``
-appended beside a member's ``claimed``, then ``ready``, each awaiting its ack, with the same
-headers, consumers and processes as the real path, and no sandboxer code but the
-pull requests its consumers fetch with (``bus/pull_requests.py``, as the real loop).
+the event store sends one decision's events and a create's job), then ``provisioning``,
+a member's ``claimed`` and ``ready`` sent together (as the extension worker sends a claim
+with nothing to apply), with the same headers, consumers and processes as the real path,
+and no sandboxer code but the pull requests its consumers fetch with
+(``bus/pull_requests.py``, as the real loop).
 The row "create→ready warm p50 vs the same chain" divides the warm create by
 that skeleton: what the service's own work adds to the bus's floor. Beside it,
 after the same idle, the shortest chain DESIGN.md allows (the same without
-``routed``, its route inside ``requested``, and with ``ready`` sent in the claim's write,
-right after ``provisioning`` and ``claimed``: three round trips in a row; the job stays a
-message of its own, since each extension has a work queue of its own): the floor of any
+``routed``, its route inside ``requested``: three round trips in a row, one publish fewer;
+the job stays a message of its own, since each extension has a work queue of its own): the
+floor of any
 protocol within that design, so a warm target below it is out of reach on the machine of
 that run.
 
@@ -325,7 +326,7 @@ async def warm(tmp: Path, docker_ms: list[float]) -> list[Row]:
                 "ms",
                 percentile(shortest_ms, 50),
                 percentile(chain_ms, 50),
-                "the chain alone (7 publishes, 4 round trips) p50",
+                "the chain alone (7 publishes, 3 round trips) p50",
             )
         )
         rows += window_cpu_rows(ours, theirs, create_ms, chain_ms)

@@ -25,7 +25,7 @@ from sandboxer.domain.pool_state import (
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.errors import ConcurrencyConflict, StreamUnavailable
 from sandboxer.events.types import SYSTEM_ACTOR, PoolEvent, SandboxEvent
-from sandboxer.extensions.base import ClaimedAhead, ProvisionRequest, Readiness
+from sandboxer.extensions.base import ClaimedAhead, Extension, ProvisionRequest, Readiness
 from sandboxer.workers.claim_ahead import Ahead, has_nothing_to_apply, ready_in_one_write
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.jobs import Job
@@ -150,7 +150,7 @@ def types_after(store: MemoryEventStore, count: int) -> list[str]:
 async def claim_ahead(store: MemoryEventStore, picker: Picker, known: Loaded, job: Job) -> Any:
     backend = Backend()
     outcome = await ready_in_one_write(
-        store, picker, backend, job, first_delivery(), known, PROFILE, worker="w"
+        store, picker, cast(Extension, backend), job, first_delivery(), known, PROFILE, worker="w"
     )
     return outcome, backend
 
@@ -242,7 +242,7 @@ async def test_only_a_claim_with_nothing_to_apply_goes_ahead() -> None:
     redelivered = cast(Msg, SimpleNamespace(metadata=SimpleNamespace(num_delivered=2)))
     backend = Backend()
     outcome = await ready_in_one_write(
-        store, picker, backend, job, redelivered, known, PROFILE, worker="w"
+        store, picker, cast(Extension, backend), job, redelivered, known, PROFILE, worker="w"
     )
     assert outcome is None
     assert backend.moved == []
