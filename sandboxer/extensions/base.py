@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from typing_extensions import Protocol, runtime_checkable
 
 from sandboxer.config.profile import Profile
 from sandboxer.domain.found import FoundSandbox
+
+if TYPE_CHECKING:
+    from sandboxer.domain.sandbox_record import SandboxState
 
 __all__ = [
     "ClaimedAhead",
@@ -71,6 +74,32 @@ class ProvisionRequest:
     removed once it is over: a backend may move such a tree into place rather than copy it.
     ext.local's cold create does; its pool claim copies, since a claim of a member found
     dead is followed by a cold create from the same request."""
+
+    @classmethod
+    def of(
+        cls,
+        state: SandboxState,
+        profile: Profile,
+        inputs: Mapping[str, str],
+        *,
+        secrets: Mapping[str, str] | None = None,
+        staged: frozenset[str] = frozenset(),
+    ) -> ProvisionRequest:
+        """The request that provisions the sandbox ``state`` holds (as its `provisioning`
+        left it), of ``profile`` as in force."""
+        return cls(
+            sandbox_id=state.sandbox_id,
+            profile=profile,
+            inputs=inputs,
+            secrets=secrets or {},
+            host=state.host,
+            expires_at=state.expires_at,
+            ttl_max_seconds=state.ttl_max_seconds,
+            project=state.actor.project if state.actor else None,
+            attempt=max(state.attempt, 1),
+            generation=state.generation,
+            staged=staged,
+        )
 
     @property
     def redelivered(self) -> bool:

@@ -167,17 +167,7 @@ async def _plan(
     if picked is None:
         return None
     member, claim = picked
-    request = ProvisionRequest(
-        sandbox_id=job.sandbox_id,
-        profile=profile,
-        inputs={},
-        host=started.host,
-        expires_at=started.expires_at,
-        ttl_max_seconds=started.ttl_max_seconds,
-        project=started.actor.project if started.actor else None,
-        attempt=max(started.attempt, 1),
-        generation=started.generation,
-    )
+    request = ProvisionRequest.of(started, profile, {})
     return _Plan(known, provisioning, started, member, claim, request, position)
 
 

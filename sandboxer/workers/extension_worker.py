@@ -601,17 +601,11 @@ class ExtensionWorker:
             # upload is fetched and checked, a host path must lie under the input roots.
             names = directory_input_names(profile, getattr(self.extension, "directory_inputs", ()))
             async with self._directories.prepared(job.sandbox_id, state.inputs, names) as inputs:
-                request = ProvisionRequest(
-                    sandbox_id=job.sandbox_id,
-                    profile=profile,
-                    inputs=inputs,
+                request = ProvisionRequest.of(
+                    state,
+                    profile,
+                    inputs,
                     secrets=secrets,
-                    host=state.host,
-                    expires_at=state.expires_at,
-                    ttl_max_seconds=state.ttl_max_seconds,
-                    project=state.actor.project if state.actor else None,
-                    attempt=max(state.attempt, 1),
-                    generation=state.generation,
                     staged=staged_names(state.inputs, names),
                 )
                 if profile.setup.record_telemetry:

@@ -91,6 +91,28 @@ async def pool_events(client: SandboxerClient) -> list[dict[str, Any]]:
     return [e async for _seq, e in client.events() if e["type"].startswith("pool_member_")]
 
 
+@contextlib.asynccontextmanager
+async def control_and_local(home: Path, url: str) -> AsyncIterator[SandboxerClient]:
+    """``sandboxer worker control ext.local`` in a process of its own, as the two share one
+    under ``sandboxer up``, and a client in this one; stopped, and its sandboxes reaped, after."""
+    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=url)
+    with (home / "workers.log").open("ab") as log:
+        workers = subprocess.Popen(
+            [sys.executable, "-m", "sandboxer.cli.app", "worker", "control", "ext.local"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    client = await SandboxerClient.connect([url], actor={"type": "atm", "id": "pytest"})
+    try:
+        yield client
+    finally:
+        await client.close()
+        workers.terminate()
+        await asyncio.to_thread(workers.wait, 30)
+        await reap_local(home)
+
+
 async def test_a_create_claims_a_warm_member_with_its_inputs(nats_server: Any, home: Path) -> None:
     write_profile(home)
     svc = await start_service(home, nats_server.url)
@@ -193,16 +215,7 @@ async def test_a_warm_create_s_claim_goes_out_after_its_provisioning(
     ``sandboxer up``; the client is this one. The race is one of timing: on the old order
     this failed in one run of three, on a loaded machine."""
     write_profile(home, min_ready=12, max_=12)
-    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=nats_server.url)
-    with (home / "workers.log").open("ab") as log:
-        workers = subprocess.Popen(
-            [sys.executable, "-m", "sandboxer.cli.app", "worker", "control", "ext.local"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    client = await SandboxerClient.connect([nats_server.url], actor={"type": "atm", "id": "pytest"})
-    try:
+    async with control_and_local(home, nats_server.url) as client:
         await wait_pool(client, 12, timeout=60)
         made = []
         for _ in range(12):
@@ -216,11 +229,6 @@ async def test_a_warm_create_s_claim_goes_out_after_its_provisioning(
             between = logged[routed + 1 : provisioning]
             assert not [subject for subject in between if subject.endswith(".claimed")]
         await asyncio.gather(*(client.destroy(sandbox_id) for sandbox_id in made))
-    finally:
-        await client.close()
-        workers.terminate()
-        await asyncio.to_thread(workers.wait, 30)
-        await reap_local(home)
 
 
 PLAIN = """\
@@ -241,16 +249,7 @@ async def test_a_plain_warm_create_sends_provisioning_claimed_and_ready_in_one_w
     ext.local share a process, as under ``sandboxer up``."""
     (home / "profiles").mkdir(exist_ok=True)
     (home / "profiles" / "profile.warm.yaml").write_text(PLAIN)
-    env = dict(os.environ, SANDBOXER_HOME=str(home), SANDBOXER_NATS_URL=nats_server.url)
-    with (home / "workers.log").open("ab") as log:
-        workers = subprocess.Popen(
-            [sys.executable, "-m", "sandboxer.cli.app", "worker", "control", "ext.local"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    client = await SandboxerClient.connect([nats_server.url], actor={"type": "atm", "id": "pytest"})
-    try:
+    async with control_and_local(home, nats_server.url) as client:
         await wait_pool(client, 8, timeout=60)
         made = []
         for _ in range(6):
@@ -279,11 +278,6 @@ async def test_a_plain_warm_create_sends_provisioning_claimed_and_ready_in_one_w
         assert len(set(claimed_members)) == len(made)  # each member claimed once
         assert not set(claimed_members) & member_dirs(home)  # moved out of the pool
         await asyncio.gather(*(client.destroy(ready["sandbox_id"]) for ready in made))
-    finally:
-        await client.close()
-        workers.terminate()
-        await asyncio.to_thread(workers.wait, 30)
-        await reap_local(home)
 
 
 async def test_the_pool_survives_kill_9_and_follows_its_profile(
