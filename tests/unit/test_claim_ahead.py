@@ -16,12 +16,7 @@ from sandboxer.bus.event_store import Loaded, LoadedMember
 from sandboxer.bus.memory_store import MemoryEventStore
 from sandboxer.commands.types import CreateSandbox
 from sandboxer.config.profile import Profile
-from sandboxer.domain.pool_state import (
-    AddMember,
-    ClaimMember,
-    MarkMemberReady,
-    decide_member,
-)
+from sandboxer.domain.pool_state import ClaimMember, MarkMemberReady, decide_member
 from sandboxer.domain.sandbox_decide import AdmittedCreate
 from sandboxer.errors import ConcurrencyConflict, StreamUnavailable
 from sandboxer.events.types import SYSTEM_ACTOR, PoolEvent, SandboxEvent
@@ -29,6 +24,7 @@ from sandboxer.extensions.base import ClaimedAhead, Extension, ProvisionRequest,
 from sandboxer.workers.claim_ahead import Ahead, has_nothing_to_apply, ready_in_one_write
 from sandboxer.workers.deciding import apply
 from sandboxer.workers.jobs import Job
+from tests.unit.test_pool_rules import add
 
 SID = "sandbox0001"
 MEMBER = "pool00000000000000aa"
@@ -120,18 +116,7 @@ async def routed_with_a_ready_member(store: MemoryEventStore) -> tuple[Loaded, J
     )
     known, _ = await apply(store, SID, create)
     member = await store.load_member(MEMBER)
-    add = AddMember(
-        member_id=MEMBER,
-        pool="ext.local@node:profile.warm",
-        profile="profile.warm",
-        profile_version=1,
-        digest="d1",
-        extension="ext.local",
-        node="node",
-        worker="node:1:ab",
-        round_id="r1",
-    )
-    for command in (add, MarkMemberReady(round_id="r2")):
+    for command in (add(MEMBER), MarkMemberReady(round_id="r2")):
         member = await store.append_member(member, decide_member(member.state, command, NOW))
     picker = Picker(store)
     picker.loaded = member  # type: ignore[attr-defined]
