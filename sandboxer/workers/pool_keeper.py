@@ -308,8 +308,7 @@ class PoolKeeper:
                 continue  # another worker had it: the index now knows; try the next
             finally:
                 self._taken.discard(member.member_id)
-            self._last_claim = time.monotonic()
-            self._wake.set()  # refill, once the burst is over
+            self._claimed()
             return member.member_id
 
     def pick(
@@ -340,8 +339,12 @@ class PoolKeeper:
         self._taken.discard(member_id)
         if claimed is not None:
             self._note(claimed)
-            self._last_claim = time.monotonic()
-            self._wake.set()  # refill, once the burst is over
+            self._claimed()
+
+    def _claimed(self) -> None:
+        """A claim landed: the refill waits for the burst to be over, then runs."""
+        self._last_claim = time.monotonic()
+        self._wake.set()
 
     def _first_ready(self, pool: str, digest: str) -> MemberState | None:
         """The first ready member of ``pool`` made for ``digest`` and not being claimed here:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
-from sandboxer.errors import CommandFailed, ExtensionError
+from sandboxer.errors import CommandFailed, ExtensionError, InvalidInput
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.local import cgroups
 from sandboxer.extensions.local.backend import LocalExtension
@@ -443,6 +444,49 @@ async def test_a_claim_cut_short_after_the_move_is_finished_by_its_retry(home: P
         await extension.teardown(request.sandbox_id)
         # The member's cgroups went with it: the sandbox's state named them.
         assert cgroups.sandbox_dirs(f"{member.sandbox_id}-{extension._root_tag}") == []
+    finally:
+        await reap_local(home)
+
+
+async def test_a_claim_ahead_given_back_leaves_the_member_whole_in_the_pool(home: Path) -> None:
+    """``LocalExtension.claim_ahead`` for real: a member given back (its claim refused) is in
+    the pool again, nothing left under the sandbox's name, and a later claim of it works; one
+    kept is the sandbox; one cut short by a crash after its move is adopted by the
+    redelivered job's usual claim (``_take``)."""
+    extension = LocalExtension(home / "local")
+    members = extension.pool_members()
+    profile = Catalog.load().profile("profile.local")
+    member = ProvisionRequest(
+        sandbox_id="pool00000000000000b1", profile=extension.member_profile(profile), inputs={}
+    )
+    refused = ProvisionRequest(sandbox_id="sbxaheadback1", profile=profile, inputs={})
+    kept = ProvisionRequest(sandbox_id="sbxaheadkept1", profile=profile, inputs={})
+    try:
+        await members.provision(member)
+        async with extension.claim_ahead(member.sandbox_id, refused) as ahead:
+            assert (home / "local" / refused.sandbox_id).is_dir()
+            ahead.give_back()
+        assert member.sandbox_id in member_dirs(home)
+        assert not (home / "local" / refused.sandbox_id).exists()
+        async with extension.claim_ahead(member.sandbox_id, kept) as ahead:
+            assert ahead.readiness.descriptor["kind"] == "local"
+        assert member.sandbox_id not in member_dirs(home)
+        assert await extension.exec(kept.sandbox_id, ["true"], _discard) == 0
+        # A crash right after the move: the member is under the sandbox's name, its claim on
+        # record or not; the redelivered job's usual claim takes it as its own.
+        await extension.teardown(kept.sandbox_id)
+        await members.provision(member)
+        cut_short = ProvisionRequest(sandbox_id="sbxaheadcut01", profile=profile, inputs={})
+        with pytest.raises(KeyboardInterrupt):
+            async with extension.claim_ahead(member.sandbox_id, cut_short):
+                raise KeyboardInterrupt
+        await extension.claim(member.sandbox_id, cut_short)
+        assert await extension.exec(cut_short.sandbox_id, ["true"], _discard) == 0
+        with pytest.raises(InvalidInput):  # something to apply: the usual claim's work
+            async with extension.claim_ahead(
+                member.sandbox_id, dataclasses.replace(refused, secrets={"A": "b"})
+            ):
+                pass
     finally:
         await reap_local(home)
 

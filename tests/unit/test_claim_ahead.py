@@ -206,9 +206,21 @@ async def test_an_unanswered_claim_keeps_the_member_moved_and_raises() -> None:
 
     store = Refusing(unanswered=PoolMemberClaimed)
     known, job, picker = await routed_with_a_ready_member(store)
+    backend = Backend()
     with pytest.raises(StreamUnavailable):
-        await claim_ahead(store, picker, known, job)
-    assert picker.unpicked == [(MEMBER, None)]  # its redelivery adopts or removes the member
+        await ready_in_one_write(
+            store,
+            picker,
+            cast(Extension, backend),
+            job,
+            first_delivery(),
+            known,
+            PROFILE,
+            worker="w",
+        )
+    # Its redelivery adopts the member or removes it: it is not moved back meanwhile.
+    assert (backend.moved, backend.given_back) == ([MEMBER], [])
+    assert picker.unpicked == [(MEMBER, None)]
 
 
 async def test_only_a_claim_with_nothing_to_apply_goes_ahead() -> None:
