@@ -624,11 +624,14 @@ async def test_a_failed_create_that_lands_after_its_teardown_is_killed(
     """Every create outlives request_timeout, so the provision fails having found none (E2B
     lists no booting sandbox), and the worker's cleanup tears the sandbox down at once. The
     creates land at E2B after that: teardown keeps looking by label until they can no longer
-    land (create_settle), so none is left running with our label and no record naming it."""
+    land (create_settle), so none is left running with our label and no record naming it.
+    The creates take 6 s to land: the three tries and their looks take about 2 s, and under
+    a loaded suite once took over 3 s, the old latency, so the look found the first create
+    landed and the provision did not fail."""
     e2b_double.double.app.faults.add(
-        "latency", method="POST", pattern="/sandboxes", seconds=3.0, times=3
+        "latency", method="POST", pattern="/sandboxes", seconds=6.0, times=3
     )
-    extension = E2bExtension(settings_for(e2b_double, request_timeout=0.3, create_settle=4.0))
+    extension = E2bExtension(settings_for(e2b_double, request_timeout=0.3, create_settle=7.0))
     try:
         with pytest.raises(ProviderError):
             await extension.provision(request("e2blate0001"))
