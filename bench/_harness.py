@@ -233,9 +233,7 @@ async def running_service(tmp: Path, url: str) -> AsyncIterator[Running]:
 async def teardown_local(home: Path) -> None:
     from sandboxer.extensions.local.backend import LocalExtension
 
-    local = LocalExtension(home / "local")
-    for found in await local.list_sandboxes():
-        await local.teardown(found.sandbox_id)
+    await LocalExtension(home / "local").tear_down_everything()
 
 
 @contextlib.asynccontextmanager

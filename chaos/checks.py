@@ -40,6 +40,7 @@ from sandboxer.events.account_events import ACCOUNT_EVENTS, AccountEvent
 from sandboxer.events.codec import decode_event
 from sandboxer.events.pool_events import POOL_EVENTS, PoolEvent, PoolMemberClaimed
 from sandboxer.events.sandbox_events import SandboxEvent, SandboxReady
+from sandboxer.extensions.local.cgroups import CGROUP_BASE
 from sandboxer.extensions.local.egress import SLOTS_DIR
 from sandboxer.extensions.local.inventory import scan_sandboxes
 from sandboxer.extensions.local.leftovers import scan_leftovers
@@ -296,19 +297,29 @@ def _holders(root: Path) -> Holders:
     return found
 
 
+LEFTOVERS_SETTLE = 2.0
+"""Seconds between the two looks of :func:`no_leaks` for leftovers: a teardown under way has
+removed a sandbox's groups and freed its slots before it removes its directory, which one
+look may see in between; what is there at both looks is a leak."""
+
+
 def leaked_slots(
-    root: Path, *, uids_dir: Path = UIDS_DIR, links_dir: Path = SLOTS_DIR
+    root: Path,
+    *,
+    uids_dir: Path = UIDS_DIR,
+    links_dir: Path = SLOTS_DIR,
+    cgroup_base: Path = CGROUP_BASE,
 ) -> list[str]:
-    """Uid and link-slot files (host-wide, under ``/run/sandboxer``) that the ext.local root
-    ``root`` took for a sandbox none of its directories, nor its pool's, holds any more: a
-    teardown frees them before it removes the directory, so none may be left (blocking).
-    Other roots' files (another test's, another suite's) are not looked at. ext.local's own
-    scan (``scan_leftovers``), without the backend's look for a process still using a slot:
-    here even a used one is a leak."""
-    left = scan_leftovers(root, uids_dir=uids_dir, links_dir=links_dir)
+    """Uid and link-slot files (host-wide, under ``/run/sandboxer``) and cgroups that the
+    ext.local root ``root`` made for a sandbox none of its directories, nor its pool's, holds
+    any more: a teardown frees and removes them before it removes the directory, so none may
+    be left (blocking). Other roots' (another test's, another suite's) are not looked at.
+    ext.local's own scan (``scan_leftovers``), without the backend's look for a process
+    still using one: here even a used one is a leak."""
+    left = scan_leftovers(root, uids_dir=uids_dir, links_dir=links_dir, cgroup_base=cgroup_base)
     return [
-        f"{item.sandbox_id}: no directory under {root}, yet uids {list(item.uids)} and link "
-        f"slots {list(item.link_slots)} are still taken"
+        f"{item.sandbox_id}: no directory under {root}, yet uids {list(item.uids)}, link "
+        f"slots {list(item.link_slots)} and cgroups {list(item.cgroups)} are still there"
         for item in left
     ]
 
@@ -316,7 +327,7 @@ def leaked_slots(
 async def no_leaks(urls: Urls, home: Path) -> list[str]:
     """ext.local holds exactly what the log says is live: no directory or holder of a sandbox
     the log calls destroyed or failed (or never heard of), one holder per live sandbox, and
-    no uid or link slot of the suite's root without its sandbox's directory
+    no uid or link slot or cgroup of the suite's root without its sandbox's directory
     (:func:`leaked_slots`). A claimed pool member's holder counts as its sandbox's;
     unclaimed members are the pool's (:func:`pool_claims_once`)."""
     view = await read_log(urls)
@@ -348,8 +359,12 @@ async def no_leaks(urls: Urls, home: Path) -> list[str]:
     for sandbox_id, state in sorted(states.items()):
         if state.status in LIVE and state.extension == "ext.local" and sandbox_id not in on_disk:
             problems.append(f"{sandbox_id}: {state.status} in the log, nothing on disk")
-    problems += await asyncio.to_thread(leaked_slots, root)
-    return problems
+    leaked = await asyncio.to_thread(leaked_slots, root)
+    if leaked:
+        await asyncio.sleep(LEFTOVERS_SETTLE)
+        lasting = set(await asyncio.to_thread(leaked_slots, root))
+        leaked = [problem for problem in leaked if problem in lasting]
+    return problems + leaked
 
 
 class Held(NamedTuple):

@@ -309,12 +309,9 @@ async def send_again(client: SandboxerClient, command_id: str, profile: str, **f
 
 async def reap_local(home: Path) -> None:
     """Tear down every ext.local sandbox (and pool member) under ``home``, and free the slots
-    of any whose directory is gone: holders, uids and link slots outlive the test otherwise."""
-    extension = LocalExtension(home / "local")
-    for backend in (extension, extension.pool_members()):
-        for found in await backend.list_sandboxes():
-            await backend.teardown(found.sandbox_id)
-    await extension.free_leftovers([found.sandbox_id for found in await extension.list_leftovers()])
+    and groups of any whose directory is gone: holders, uids, link slots and cgroups outlive
+    the test otherwise."""
+    await LocalExtension(home / "local").tear_down_everything()
 
 
 @pytest.fixture

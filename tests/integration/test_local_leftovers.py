@@ -1,7 +1,8 @@
-"""Slots a lost sandbox directory leaves on the host (uids and link slots under
-/run/sandboxer) are found and freed, and only this root's unused ones: real sandboxes,
-real slot files, a real leftover (its holder killed, its directory removed behind the
-backend's back). docs/ext-local.md#users-and-keyrings, "Leftover slots"."""
+"""Slots and groups a lost sandbox directory leaves on the host (uids and link slots under
+/run/sandboxer, cgroups) are found and freed, and only this root's unused ones: real
+sandboxes, real slot files and cgroups, a real leftover (its holder killed, its directory
+removed behind the backend's back). docs/ext-local.md#users-and-keyrings, "Leftover
+slots"."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from sandboxer.config.profile import Profile
 from sandboxer.extensions.base import ProvisionRequest
-from sandboxer.extensions.local import LocalExtension, backend, keyrings
+from sandboxer.extensions.local import LocalExtension, backend, cgroups, keyrings
 from sandboxer.extensions.local.egress import SLOTS_DIR, namespace_path
 from sandboxer.extensions.local.egress_policy import LocalEgress, namespace_for
 from sandboxer.extensions.local.leftovers import Leftover
@@ -109,6 +110,9 @@ async def test_a_lost_directory_s_uid_and_link_slot_are_found_and_freed_with_its
         assert (found.sandbox_id, found.alive, found.leftover) == (lost, False, True)
         assert found.detail["uids"] == [uid]
         assert found.detail["link_slots"] == [slot]
+        groups = cgroups.sandbox_dirs(name_of(ext, lost).strip())
+        assert groups  # its pids and freezer groups at least
+        assert found.detail["cgroups"] == sorted(str(path) for path in groups)
         assert "its directory is gone" in found.detail["dead"]
         assert [f.sandbox_id for f in await other.list_leftovers()] == [theirs]
 
@@ -116,6 +120,7 @@ async def test_a_lost_directory_s_uid_and_link_slot_are_found_and_freed_with_its
         assert not (UIDS_DIR / str(uid)).exists()
         assert not (SLOTS_DIR / str(slot)).exists()
         assert not namespace_path(namespace_for(name_of(ext, lost).strip())).exists()
+        assert not any(path.exists() for path in groups)
         async with asyncio.timeout(5):  # the kernel frees invalidated keys a moment later
             while keyrings.held(uid):
                 await asyncio.sleep(0.02)
@@ -129,6 +134,29 @@ async def test_a_lost_directory_s_uid_and_link_slot_are_found_and_freed_with_its
             for found in await root.list_sandboxes():
                 await root.teardown(found.sandbox_id)
             await root.free_leftovers([found.sandbox_id for found in await root.list_leftovers()])
+
+
+async def test_a_group_left_with_no_directory_is_a_leftover_and_freed(tmp_path: Path) -> None:
+    """A cgroup alone (its slots freed, its directory gone: a teardown cut short between
+    the two, or a hand) is found and removed; another root's of the same id is not."""
+    ext = LocalExtension(tmp_path / "one")
+    lost = new_id()
+    ours = cgroups.CGROUP_BASE / "pids" / "sandboxer" / name_of(ext, lost).strip()
+    theirs = ours.with_name(f"{lost}-ffffffff")
+    for group in (ours, theirs):
+        group.mkdir(parents=True)
+    try:
+        [found] = await ext.list_leftovers()
+        assert (found.sandbox_id, found.detail["cgroups"]) == (lost, [str(ours)])
+        assert (found.detail["uids"], found.detail["link_slots"]) == ([], [])
+        assert await ext.free_leftovers([lost]) == [lost]
+        assert not ours.exists()
+        assert theirs.exists()
+        assert await ext.list_leftovers() == []
+    finally:
+        for group in (ours, theirs):
+            if group.exists():
+                group.rmdir()
 
 
 async def test_stale_reports_the_leftover_and_reap_frees_it(service: Service) -> None:

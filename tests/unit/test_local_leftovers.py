@@ -1,7 +1,7 @@
-"""Leftover slots (docs/ext-local.md#users-and-keyrings): which slot files are this root's and
-no directory's (pure), the names a root's directories account for, and the fault suite's
-check that lists them (chaos/checks.py ``leaked_slots``), over real files in a temporary
-directory."""
+"""Leftover slots and groups (docs/ext-local.md#users-and-keyrings): which slot files and
+cgroups are this root's and no directory's (pure), the names a root's directories account for,
+and the fault suite's check that lists them (chaos/checks.py ``leaked_slots``), over real files
+and directories in a temporary directory."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from chaos.checks import leaked_slots
-from sandboxer.extensions.local import egress, sandbox_uids
+from sandboxer.extensions.local import cgroups, egress, sandbox_uids
 from sandboxer.extensions.local.inventory import owners
 from sandboxer.extensions.local.leftovers import Leftover, find_leftovers
 from sandboxer.extensions.local.resource_names import owner_of, resource_name, root_tag
@@ -43,12 +43,37 @@ def test_leftovers_are_this_roots_slots_whose_sandbox_has_no_directory() -> None
     assert find_leftovers(uids, links, TAG, {LIVE, GONE, MEMBER}) == []
 
 
+def test_a_group_is_left_over_when_its_name_is_this_roots_and_no_directory_owns_it() -> None:
+    pids, freezer = Path("/cg/pids/sandboxer"), Path("/cg/freezer/sandboxer")
+    groups = {
+        f"{GONE}-{TAG}": [pids / f"{GONE}-{TAG}", freezer / f"{GONE}-{TAG}"],
+        f"{LIVE}-{TAG}": [pids / f"{LIVE}-{TAG}"],
+        f"{MEMBER}-ffffffff": [pids / f"{MEMBER}-ffffffff"],  # another root's
+        "not-ours": [pids / "not-ours"],
+    }
+    links = {5: f"{GONE}-{TAG}"}
+    assert find_leftovers({}, links, TAG, {LIVE}, groups) == [
+        Leftover(
+            GONE,
+            (),
+            (5,),
+            (str(freezer / f"{GONE}-{TAG}"), str(pids / f"{GONE}-{TAG}")),
+        )
+    ]
+    assert find_leftovers({}, {}, TAG, {LIVE, GONE}, groups) == []
+
+
 def test_a_leftover_is_seen_as_a_dead_sandbox_naming_what_it_holds() -> None:
     found = Leftover(GONE, (2000000003,), (5,)).found()
     assert (found.sandbox_id, found.alive, found.leftover) == (GONE, False, True)
     assert (
         found.detail["dead"]
         == "its directory is gone, and uid 2000000003 and link slot 5 still taken"
+    )
+    grouped = Leftover(GONE, cgroups=("/cg/pids/sandboxer/x",)).found()
+    assert grouped.detail["cgroups"] == ["/cg/pids/sandboxer/x"]
+    assert grouped.detail["dead"] == (
+        "its directory is gone, and cgroup /cg/pids/sandboxer/x still taken"
     )
 
 
@@ -81,19 +106,46 @@ def test_the_fault_suites_check_lists_the_slots_a_lost_directory_left(tmp_path: 
     links.allocate(resource_name(LIVE, tag), fresh=True)
     uids.allocate(resource_name(GONE, "ffffffff"), fresh=True)  # another root's: not ours to judge
 
+    base = tmp_path / "cgroup"
+    for name in (LIVE, MEMBER):  # the claimed sandbox's groups keep its member's name
+        (base / "pids" / "sandboxer" / resource_name(name, tag)).mkdir(parents=True)
+    (base / "pids" / "sandboxer" / resource_name(GONE, "ffffffff")).mkdir()
+
     def check() -> list[str]:
-        return leaked_slots(root, uids_dir=uids.directory, links_dir=links.directory)
+        return leaked_slots(
+            root, uids_dir=uids.directory, links_dir=links.directory, cgroup_base=base
+        )
 
     assert check() == []
     lost_uid = uids.allocate(resource_name(GONE, tag), fresh=True)
     lost_link = links.allocate(resource_name(GONE, tag), fresh=True)
+    lost_group = base / "freezer" / "sandboxer" / resource_name(GONE, tag)
+    lost_group.mkdir(parents=True)
     assert check() == [
-        f"{GONE}: no directory under {root}, yet uids [{lost_uid}] and link slots "
-        f"[{lost_link}] are still taken"
+        f"{GONE}: no directory under {root}, yet uids [{lost_uid}], link slots "
+        f"[{lost_link}] and cgroups [{str(lost_group)!r}] are still there"
     ]
     uids.release(resource_name(GONE, tag), lost_uid)
     links.release(resource_name(GONE, tag), lost_link)
+    assert check() == [
+        f"{GONE}: no directory under {root}, yet uids [], link slots [] and cgroups "
+        f"[{str(lost_group)!r}] are still there"
+    ]
+    lost_group.rmdir()
     assert check() == []
+
+
+def test_groups_are_found_by_name_in_every_hierarchy_sandboxes_use(tmp_path: Path) -> None:
+    for parent in ("pids/sandboxer", "freezer/sandboxer", "sandboxer", "memory/other"):
+        (tmp_path / parent / f"{GONE}-{TAG}").mkdir(parents=True)
+    (tmp_path / "pids" / "sandboxer" / "tasks").write_text("")  # a file of the group itself
+    found = cgroups.groups_by_name(tmp_path)
+    assert sorted(found) == [f"{GONE}-{TAG}"]
+    assert sorted(found[f"{GONE}-{TAG}"]) == sorted(
+        tmp_path / parent / f"{GONE}-{TAG}"
+        for parent in ("pids/sandboxer", "freezer/sandboxer", "sandboxer")
+    )
+    assert cgroups.groups_by_name(tmp_path / "nowhere") == {}
 
 
 def test_held_lists_every_slot_file_and_its_name(tmp_path: Path) -> None:

@@ -435,10 +435,11 @@ class LocalExtension:
     async def list_sandboxes(self) -> Sequence[FoundSandbox]:
         return await asyncio.to_thread(scan_sandboxes, self.root)
 
-    # -- leftover slots (docs/ext-local.md#users-and-keyrings) -----------------------------
+    # -- leftover slots and groups (docs/ext-local.md#users-and-keyrings) ------------------
 
     async def list_leftovers(self) -> Sequence[FoundSandbox]:
-        """Sandboxes of this root of which only host-wide slots are left (:mod:`.leftovers`)."""
+        """Sandboxes of this root of which only host-wide slots or cgroups are left
+        (:mod:`.leftovers`)."""
         return [item.found() for item in await asyncio.to_thread(self._leftovers)]
 
     async def free_leftovers(self, sandbox_ids: Collection[str]) -> list[str]:
@@ -475,8 +476,9 @@ class LocalExtension:
         return freed
 
     def _leftovers(self) -> list[Leftover]:
-        """Slots named by this root and by none of its directories (or its pool's), which no
-        process uses: none runs as the uid, none is in the sandbox's cgroups (blocking)."""
+        """Slots and groups named by this root and by none of its directories (or its
+        pool's), which no process uses: none runs as the uid, none is in the sandbox's
+        cgroups (blocking)."""
         if self._pool:  # the main root's look covers its pool's names (they share the tag)
             return []
         found = scan_leftovers(
@@ -484,6 +486,7 @@ class LocalExtension:
             uids_dir=self._uids.directory,
             links_dir=self._egress_slots_dir,
             tag=self._root_tag,
+            cgroup_base=self._cgroup_base,
         )
         if not found:
             return []
@@ -592,6 +595,15 @@ class LocalExtension:
             "egress_namespaces": egress.leftover_namespaces(self._root_tag),
             "nft": shutil.which("nft", path="/usr/sbin:/sbin:" + os.environ.get("PATH", "")),
         }
+
+    async def tear_down_everything(self) -> None:
+        """Tear down every sandbox and pool member of this root, and free what lost
+        directories left: for a home about to be removed (a test's, a benchmark's), after
+        which nothing could find its cgroups, uids and link slots again."""
+        for backend in (self, self.pool_members()):
+            for found in await backend.list_sandboxes():
+                await backend.teardown(found.sandbox_id)
+        await self.free_leftovers([found.sandbox_id for found in await self.list_leftovers()])
 
     # -- warm pools (docs/pools.md) --------------------------------------------------------
 

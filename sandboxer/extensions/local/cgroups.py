@@ -36,6 +36,7 @@ __all__ = [
     "Limit",
     "destroy",
     "detect",
+    "groups_by_name",
     "join_files",
     "member_pids",
     "plan",
@@ -95,11 +96,28 @@ def detect(base: Path = CGROUP_BASE) -> Version:
     return "v2" if (base / "cgroup.controllers").exists() else "v1"
 
 
+def _parents(base: Path) -> list[Path]:
+    """Where sandboxes' groups are made: the v2 hierarchy's, or each v1 controller's."""
+    return [base / GROUP, *(base / ctl / GROUP for ctl in V1_CONTROLLERS)]
+
+
 def sandbox_dirs(name: str, base: Path = CGROUP_BASE) -> list[Path]:
     """Every existing cgroup directory of the group ``name`` (for teardown after a crash)."""
-    candidates = [base / GROUP / name]
-    candidates += [base / ctl / GROUP / name for ctl in V1_CONTROLLERS]
-    return [path for path in candidates if path.is_dir()]
+    return [path for path in (parent / name for parent in _parents(base)) if path.is_dir()]
+
+
+def groups_by_name(base: Path = CGROUP_BASE) -> dict[str, list[Path]]:
+    """Every sandbox group on this host, any root's, by name, with its directories."""
+    found: dict[str, list[Path]] = {}
+    for parent in _parents(base):
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:  # no such hierarchy here, or not made yet
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                found.setdefault(entry.name, []).append(Path(entry.path))
+    return found
 
 
 @dataclass
