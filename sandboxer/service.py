@@ -79,10 +79,12 @@ async def embedded_nats(
 ) -> AsyncIterator[list[str]]:
     """Yield the NATS URLs to use: the configured ones, or those of a server started here,
     which is started again should it die meanwhile (``give_up`` is told when it will not
-    stay up: bus/embedded_restart.py)."""
+    stay up: bus/embedded_restart.py), or once the disk that stopped its streams has room
+    again (bus/disk_room.py)."""
     if not settings.embedded:
         yield list(settings.nats_urls)
         return
+    from sandboxer.bus.disk_room import restart_when_room
     from sandboxer.bus.embedded_restart import keep_serving
     from sandboxer.bus.nats_auth import EMBEDDED_SERVER_NAME, ensure_embedded_auth
     from sandboxer.bus.nats_server import NatsServerProcess
@@ -96,11 +98,13 @@ async def embedded_nats(
     )
     await server.start()
     keeper = asyncio.create_task(keep_serving(server, give_up), name="embedded-nats")
+    # A stream that met a full disk takes writes again only after a restart (bus/disk_room.py).
+    room = asyncio.create_task(restart_when_room(server), name="embedded-nats-disk")
     try:
         async with _key_users(server.url, lambda: server.pid, settings):
             yield [server.url]
     finally:
-        await cancel_until_done(keeper)
+        await cancel_until_done(room, keeper)
         await server.stop()
 
 

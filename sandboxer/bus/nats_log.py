@@ -9,6 +9,7 @@ that prefix is a command-line error or a Go panic.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ __all__ = [
     "LogScan",
     "describe",
     "error_lines",
+    "read_from",
     "read_lines",
     "scan",
     "strip_prefix",
@@ -38,15 +40,23 @@ _PREFIX_RE = re.compile(r"^\[\d+\] \S+ \S+ (.*)$")
 
 def read_lines(path: Path, offset: int, *, complete_only: bool) -> list[str]:
     """The lines logged after ``offset``; with ``complete_only``, a half-written last line waits."""
+    return read_from(path, offset, complete_only=complete_only)[0]
+
+
+def read_from(path: Path, offset: int, *, complete_only: bool = True) -> tuple[list[str], int]:
+    """:func:`read_lines`, and the offset past what they were read from: where to read next
+    (from 0 again when the file is shorter than ``offset``: replaced or truncated)."""
     try:
         with path.open("rb") as handle:
+            if handle.seek(0, os.SEEK_END) < offset:
+                offset = 0
             handle.seek(offset)
             data = handle.read()
     except OSError:
-        return []
+        return [], offset
     if complete_only:
         data = data[: data.rfind(b"\n") + 1]
-    return data.decode(errors="replace").splitlines()
+    return data.decode(errors="replace").splitlines(), offset + len(data)
 
 
 def strip_prefix(line: str) -> str:

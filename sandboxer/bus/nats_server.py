@@ -271,6 +271,14 @@ class NatsServerProcess:
             await self.kill()  # when still alive after the timeout, or when we were cancelled
         return proc.returncode
 
+    def terminate(self) -> None:
+        """SIGTERM the running server and return: whoever awaits :meth:`exited` sees it go
+        (the embedded server's keeper then starts it again, bus/embedded_restart.py)."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+
     async def exited(self) -> int:
         """Wait until the running server exits, by a stop or not; its exit code."""
         if self._proc is None:
