@@ -3,10 +3,12 @@
 nats-server's store and ``$SANDBOXER_HOME`` (the views' SQLite, ext.local's sandboxes) live on
 a 64 MiB tmpfs. Commands (creates, extend_ttl, touch, destroys) are sent steadily; after a few
 seconds a filler takes every free byte, the commands keep coming for FULL_FOR seconds, then the
-filler is removed. Once the space is back the scenario gives the service FREED_WAIT seconds to
-decide a command by itself, records whether it did, and otherwise restarts nats-server on the
-same store and port, as an operator would. What nats-server does meanwhile is written down in
-docs/reliability.md.
+filler is removed. nats-server stops storing when its disk fills and takes writes again only
+after a restart (docs/reliability.md): while the disk fills and frees, the harness keeps on its
+server the two watches ``sandboxer up`` keeps on its own (bus/embedded_restart.py,
+bus/disk_room.py), and the service must decide a command again within FREED_WAIT seconds of
+the space coming back, its server restarted by them; else that is a problem, and the harness
+restarts the server on the same store and port, as an operator would, for the checks after.
 
 sandboxer must wait rather than corrupt: no role crashes (its appends are retried, its messages
 come back), every command whose publish was acknowledged ends exactly once, a command the client
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,10 @@ from chaos.harness import ADMIN, ChaosService, Stopwatch, finish
 from chaos.outcomes import account_unfinished, duplicated, failed_internally
 from chaos.result import ScenarioResult
 from sandboxer.bus.connect import connect
+from sandboxer.bus.disk_room import restart_when_room
+from sandboxer.bus.embedded_restart import keep_serving
+from sandboxer.bus.nats_server import NatsServerProcess
+from sandboxer.cleanup_waits import cancel_until_done
 from sandboxer.client import SandboxerClient
 from sandboxer.ids import derive_sandbox_id, new_command_id
 
@@ -41,7 +48,8 @@ BEFORE = 3.0
 """Seconds of commands before the disk is filled."""
 FULL_FOR = 10.0
 FREED_WAIT = 10.0
-"""Seconds the service gets to decide a command by itself once the space is back."""
+"""Seconds the service gets to decide a command again once the space is back (its server
+restarted by the watch, bus/disk_room.py, about a second after)."""
 PROBE_TIMEOUT = 3.0
 AFTER = 3.0
 """Seconds of commands after the service answers again."""
@@ -141,28 +149,58 @@ def _errors_logged(log: Path) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _watched_as_embedded(server: NatsServerProcess) -> AsyncIterator[list[str]]:
+    """The watches ``sandboxer up`` keeps on its own server, kept on ``server`` for the body:
+    it is started again when it exits, and restarted once a disk that filled has room. Yields
+    where a watch that gives up says why."""
+    gave_up: list[str] = []
+    watches = [
+        asyncio.create_task(keep_serving(server, gave_up.append)),
+        asyncio.create_task(restart_when_room(server)),
+    ]
+    try:
+        yield gave_up
+    finally:
+        await cancel_until_done(*watches)
+
+
 async def _fill_and_free(
     svc: ChaosService, disk: Path, prober: SandboxerClient, probes: dict[str, Sent]
 ) -> tuple[dict[str, object], list[str]]:
-    """Fill the disk, wait, free it, restart nats-server if the streams stay silent; the
-    figures of what happened, and a problem when the service never decides again."""
+    """Fill the disk, wait, free it, and wait for the service to decide again, its server
+    restarted by the embedded server's watches; the figures of what happened, and a problem
+    when it does not decide again so (the harness then restarts the server, as an operator
+    would) or never does."""
     assert svc.nats is not None
-    taken = await fill(disk)
-    filled_at = time.monotonic()
-    await asyncio.sleep(FULL_FOR)
-    decided_full = await _decides(prober, probes)
-    free(disk)
-    freed_at = time.monotonic()
-    recovered_alone = False
-    while time.monotonic() - freed_at < FREED_WAIT:
-        if await _decides(prober, probes):
-            recovered_alone = True
-            break
-        await asyncio.sleep(1)
+    problems = []
+    first = svc.nats.pid
+    async with _watched_as_embedded(svc.nats) as gave_up:
+        taken = await fill(disk)
+        filled_at = time.monotonic()
+        await asyncio.sleep(FULL_FOR)
+        decided_full = await _decides(prober, probes)
+        restarted_full = svc.nats.pid != first
+        free(disk)
+        freed_at = time.monotonic()
+        recovered_alone = False
+        while time.monotonic() - freed_at < FREED_WAIT:
+            if await _decides(prober, probes):
+                recovered_alone = True
+                break
+            await asyncio.sleep(1)
+    restarted = svc.nats.pid != first
+    problems += [f"the embedded server's watch gave up: {why}" for why in gave_up]
+    if restarted_full:
+        problems.append("nats-server was restarted while its disk was still full")
     if not recovered_alone:
+        problems.append(
+            f"no command decided within {FREED_WAIT:g} s of the space coming back "
+            f"(nats-server {'restarted' if restarted else 'not restarted'} by its watch); "
+            "restarting it as an operator would"
+        )
         await svc.nats.stop()
         await svc.nats.start()
-    problems = []
     while not await _decides(prober, probes):
         if time.monotonic() - freed_at > 120:
             problems.append("no command decided within 120 s of the space coming back")
@@ -173,7 +211,7 @@ async def _fill_and_free(
         "MiB filled": round(taken / (1 << 20), 1),
         "s full": round(freed_at - filled_at, 1),
         "decided when full {}": "yes" if decided_full else "no",
-        "recovered without a restart {}": "yes" if recovered_alone else "no",
+        "restarted by its watch {}": "yes" if restarted else "no",
         "s to decide again": round(time.monotonic() - freed_at, 1),
     }
     return figures, problems
