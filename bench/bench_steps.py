@@ -16,7 +16,9 @@ load of other users on the machine falls on both alike. The hooks skip what a
 revision does not have. The figures are for comparison in one run only.
 
 ``--pool`` measures creates served by a warm pool instead (a profile whose pool
-keeps a few members ready, full again before each create).
+keeps a few members ready, full again before each create). ``--timeline`` also prints every
+step of the create of median length in the order they started: where its time went, hop by
+hop (docs/performance.md#the-warm-path).
 """
 
 from __future__ import annotations
@@ -81,8 +83,26 @@ SERVICE_HOOKS = [
     ("sandboxer.extensions.local.backend", "LocalExtension.claim", "local: claim (move, inputs)"),
     ("sandboxer.extensions.local.backend", "LocalExtension._run_inside", "local: nsenter run"),
     ("nats.aio.msg", "Msg.ack", "ack"),
+    # A warm claim with nothing to apply (workers/claim_ahead.py), and what every append runs.
+    ("sandboxer.workers.extension_worker", "ExtensionWorker._ahead", "ext: claim ahead"),
+    ("sandboxer.workers.extension_worker", "ExtensionWorker._profile_of", "ext: profile of"),
+    ("sandboxer.workers.claim_ahead", "_plan", "ahead: plan"),
+    ("sandboxer.workers.pool_keeper", "PoolKeeper.pick", "ahead: pick a member"),
+    ("sandboxer.workers.claim_ahead", "_moved_and_sent", "ahead: move, then send"),
+    ("sandboxer.extensions.local.backend", "LocalExtension._take", "local: take the member"),
+    ("sandboxer.extensions.local.backend", "LocalExtension._readiness", "local: readiness"),
+    ("sandboxer.workers.claim_ahead", "_sends", "ahead: the three appends started"),
+    ("sandboxer.extensions.local.workspace", "read_state", "local: read state.json"),
+    ("sandboxer.domain.admission", "route", "control: route"),
+    ("sandboxer.domain.admission", "derive_sandbox_id", "control: derive the sandbox id"),
+    ("sandboxer.bus.jetstream_store", "encode_event", "store: encode an event"),
+    ("sandboxer.bus.ack_inbox", "_AckInbox.publish_all", "bus: publish awaiting acks"),
+    ("nats.aio.client", "Client.publish", "nats: publish"),
 ]
 CLIENT_HOOKS = [
+    ("sandboxer.client.bus", "SandboxerClient.create", "client: create"),
+    ("sandboxer.client.bus", "derive_sandbox_id", "client: derive the sandbox id"),
+    ("nats.aio.client", "Client.subscribe", "client: subscribe"),
     ("sandboxer.client.bus", "SandboxerClient.publish_command", "client: publish command"),
     ("sandboxer.command_outcomes", "OutcomeWatcher._catch_up", "client: read logged outcome"),
     ("sandboxer.command_outcomes", "OutcomeWatcher._note_position", "client: note position"),
@@ -283,6 +303,18 @@ def _pct(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
+def timeline(windows: list[list[Any]], spans: list[list[Any]]) -> list[str]:
+    """Every step of the create of median length, in the order they started (ms after the
+    client's call, to when each ended): where one create's time went, hop by hop."""
+    ordered = sorted(windows, key=lambda w: w[1] - w[0])
+    w_start, w_end, *_ = ordered[len(ordered) // 2]
+    lines = [f"the create of median length, {(w_end - w_start) / 1e6:.2f} ms:"]
+    for name, start, end in sorted(spans, key=lambda span: span[1]):
+        if w_start <= start <= w_end:
+            lines.append(f"{(start - w_start) / 1e6:8.3f} -> {(end - w_start) / 1e6:8.3f}  {name}")
+    return lines
+
+
 def steps_table(windows: list[list[Any]], spans: list[list[Any]]) -> list[str]:
     """Per step: when it starts (ms after the client's call), how long it takes, how often."""
     starts: dict[str, list[float]] = defaultdict(list)
@@ -346,6 +378,11 @@ def main() -> None:
     parser.add_argument(
         "--pool", action="store_true", help="creates served by a warm pool (docs/pools.md)"
     )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="also print every step of the create of median length, in order",
+    )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -374,6 +411,8 @@ def main() -> None:
         spans = [s for r in rounds for s in r["spans"]]
         print(f"\n== {label}: steps of one create (median over {len(windows)} creates)")
         print("\n".join(steps_table(windows, spans)))
+        if args.timeline:
+            print("\n".join(timeline(windows, spans)))
     # One baseline for every tree: the raw spawns of all rounds (each tree's own would carry
     # the noise of its own rounds into its ratio).
     bwrap = [t for rounds in results.values() for r in rounds for t in r["bwrap_ms"]]
