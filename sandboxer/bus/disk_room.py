@@ -9,8 +9,8 @@ full disk"). With a server of its own, that restart is an operator's. With the e
 that error, and its store's file system for a full disk (the line may never reach the log,
 which lives on the same disk). Once the file system has room again, it stops the server
 (SIGTERM), which :mod:`~sandboxer.bus.embedded_restart` then starts again on the same port
-and store. Meanwhile nothing is lost: a client's publish is refused as unavailable, and a worker's append is retried
-and its message handed back (docs/reliability.md).
+and store. Meanwhile nothing is lost: a client's publish is refused as unavailable, and a
+worker's append is retried and its message handed back (docs/reliability.md).
 
 "Room" is a tenth of the file system, or :data:`ROOM` bytes when that is less: a restart into a
 disk still all but full would fill it again at once, and each restart counts towards the ones
