@@ -7,10 +7,10 @@ pool is seven JetStream publishes, three round trips in a row: the command;
 one decision's events and the control worker a create's job with them; and
 ``provisioning``, the member's ``claimed`` and ``ready`` at once, as the extension
 worker sends a claim with nothing to apply (workers/claim_ahead.py;
-docs/performance.md, "The warm path"). This module runs that chain and nothing else, with nats-py, the pull requests
-the real loop sends (bus/pull_requests.py) and the publish the service awaits its acks
-with (bus/ack_inbox.py; until 2026-12-07, nats-py's own): no other sandboxer code, no
-decoding beyond finding an id, no decisions.
+docs/performance.md, "The warm path"). This module runs that chain and nothing else,
+with nats-py, the pull requests the real loop sends (bus/pull_requests.py) and the
+publish the service awaits its acks with (bus/ack_inbox.py; until 2026-12-07, nats-py's
+own): no other sandboxer code, no decoding beyond finding an id, no decisions.
 
 - the client subscribes to the sandbox's events, then publishes the command
   (awaiting its ack);

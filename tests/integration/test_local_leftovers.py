@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sandboxer.config.profile import Profile
+from sandboxer.errors import ExtensionError
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.local import LocalExtension, backend, cgroups, keyrings
 from sandboxer.extensions.local.egress import SLOTS_DIR, namespace_path
@@ -157,6 +158,38 @@ async def test_a_group_left_with_no_directory_is_a_leftover_and_freed(tmp_path: 
         for group in (ours, theirs):
             if group.exists():
                 group.rmdir()
+
+
+async def test_a_home_torn_down_whole_goes_on_past_a_teardown_that_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tear_down_everything`` (a test's, a benchmark's or the fault suite's home, about to be
+    removed): a sandbox whose teardown fails does not keep the others, or a lost directory's
+    groups and uid, from going; the failure is raised at the end, and a second call ends it."""
+    ext = LocalExtension(tmp_path / "local")
+    stuck, other, lost = new_id(), new_id(), new_id()
+    for sandbox_id in (stuck, other, lost):
+        await up(ext, sandbox_id)
+    await lose(ext, lost)
+    real_teardown = LocalExtension.teardown
+
+    async def failing_once(self: LocalExtension, sandbox_id: str, **kwargs: object) -> None:
+        if sandbox_id == stuck and not failed:
+            failed.append(sandbox_id)
+            raise ExtensionError(f"{sandbox_id}: would not go", sandbox_id=sandbox_id)
+        await real_teardown(self, sandbox_id)
+
+    failed: list[str] = []
+    monkeypatch.setattr(LocalExtension, "teardown", failing_once)
+    try:
+        with pytest.raises(ExtensionError, match="would not go"):
+            await ext.tear_down_everything()
+        assert [found.sandbox_id for found in await ext.list_sandboxes()] == [stuck]
+        assert await ext.list_leftovers() == []  # the lost one's groups and uid freed too
+    finally:
+        failed.append("done")  # whatever happened above, the next call fails nothing
+        await ext.tear_down_everything()
+    assert await ext.list_sandboxes() == []
 
 
 async def test_stale_reports_the_leftover_and_reap_frees_it(service: Service) -> None:

@@ -598,12 +598,19 @@ class LocalExtension:
 
     async def tear_down_everything(self) -> None:
         """Tear down every sandbox and pool member of this root, and free what lost
-        directories left: for a home about to be removed (a test's, a benchmark's), after
-        which nothing could find its cgroups, uids and link slots again."""
+        directories left: for a home about to be removed (a test's, a benchmark's, the fault
+        suite's), after which nothing could find its cgroups, uids and link slots again. A
+        teardown that fails does not stop the others; the first failure is raised at the end."""
+        failed: list[Exception] = []
         for backend in (self, self.pool_members()):
             for found in await backend.list_sandboxes():
-                await backend.teardown(found.sandbox_id)
+                try:
+                    await backend.teardown(found.sandbox_id)
+                except Exception as exc:
+                    failed.append(exc)
         await self.free_leftovers([found.sandbox_id for found in await self.list_leftovers()])
+        if failed:
+            raise failed[0]
 
     # -- warm pools (docs/pools.md) --------------------------------------------------------
 
@@ -643,9 +650,9 @@ class LocalExtension:
         member is gone or dead (the create is then made cold); any other error is this
         create's own (a failing setup instruction fails it, as on a cold create)."""
         target = self._layout(request.sandbox_id)
-        member = Layout(self.root / POOL_DIR, member_id)
-        if not is_valid_sandbox_id(member_id):
+        if not is_valid_sandbox_id(member_id):  # before it names a path or a lock
             raise InvalidInput(f"invalid pool member id {member_id!r}", extension=self.id)
+        member = Layout(self.root / POOL_DIR, member_id)
         repo = request.inputs.get("repo")
         source = workspace.repo_source(repo, request.sandbox_id) if repo is not None else None
         workspace.check_secret_names(request.secrets, request.sandbox_id)
@@ -675,9 +682,9 @@ class LocalExtension:
         member is gone or dead; InvalidInput for a create with something to apply, or one
         that already has a directory (an earlier attempt's: the usual claim deals with it)."""
         target = self._layout(request.sandbox_id)
-        member = Layout(self.root / POOL_DIR, member_id)
-        if not is_valid_sandbox_id(member_id):
+        if not is_valid_sandbox_id(member_id):  # before it names a path or a lock
             raise InvalidInput(f"invalid pool member id {member_id!r}", extension=self.id)
+        member = Layout(self.root / POOL_DIR, member_id)
         if (
             request.inputs.get("repo") is not None
             or request.secrets
