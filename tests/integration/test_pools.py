@@ -25,6 +25,7 @@ from sandboxer.bus.jetstream_store import JetStreamEventStore
 from sandboxer.bus.streams import ensure_streams
 from sandboxer.client import SandboxerClient
 from sandboxer.config.catalog import Catalog
+from sandboxer.config.profile import Profile
 from sandboxer.errors import CommandFailed, ExtensionError, InvalidInput
 from sandboxer.extensions.base import ProvisionRequest
 from sandboxer.extensions.local import cgroups
@@ -419,13 +420,23 @@ async def test_a_setup_instruction_failing_at_the_claim_fails_the_create(
         await reap_local(home)
 
 
-async def test_a_claim_cut_short_after_the_move_is_finished_by_its_retry(home: Path) -> None:
+def local_pool(home: Path) -> tuple[LocalExtension, LocalExtension, Profile]:
+    """ext.local under ``home``, the same backend over its pool's members, and
+    ``profile.local``: what the tests of a claim drive by hand."""
     extension = LocalExtension(home / "local")
-    members = extension.pool_members()
-    profile = Catalog.load().profile("profile.local")
-    member = ProvisionRequest(
-        sandbox_id="pool00000000000000a1", profile=extension.member_profile(profile), inputs={}
+    return extension, extension.pool_members(), Catalog.load().profile("profile.local")
+
+
+def member_request(extension: LocalExtension, profile: Profile, member_id: str) -> ProvisionRequest:
+    """The request that makes the pool member ``member_id`` of ``profile``."""
+    return ProvisionRequest(
+        sandbox_id=member_id, profile=extension.member_profile(profile), inputs={}
     )
+
+
+async def test_a_claim_cut_short_after_the_move_is_finished_by_its_retry(home: Path) -> None:
+    extension, members, profile = local_pool(home)
+    member = member_request(extension, profile, "pool00000000000000a1")
     request = ProvisionRequest(sandbox_id="sbxclaimcut01", profile=profile, inputs={})
     try:
         await members.provision(member)
@@ -453,12 +464,8 @@ async def test_a_claim_ahead_given_back_leaves_the_member_whole_in_the_pool(home
     the pool again, nothing left under the sandbox's name, and a later claim of it works; one
     kept is the sandbox; one cut short by a crash after its move is adopted by the
     redelivered job's usual claim (``_take``)."""
-    extension = LocalExtension(home / "local")
-    members = extension.pool_members()
-    profile = Catalog.load().profile("profile.local")
-    member = ProvisionRequest(
-        sandbox_id="pool00000000000000b1", profile=extension.member_profile(profile), inputs={}
-    )
+    extension, members, profile = local_pool(home)
+    member = member_request(extension, profile, "pool00000000000000b1")
     refused = ProvisionRequest(sandbox_id="sbxaheadback1", profile=profile, inputs={})
     kept = ProvisionRequest(sandbox_id="sbxaheadkept1", profile=profile, inputs={})
     try:
@@ -502,12 +509,8 @@ async def test_a_recreates_claim_records_its_generation(home: Path) -> None:
     """A recreate (generation 2) whose create claims a member: the sandbox records the claim's
     provisioning, not the member's own [1, 1], so that a generation 1 attempt resumed late
     (its worker frozen past the ack wait) leaves it alone, and generation 2's removes it."""
-    extension = LocalExtension(home / "local")
-    members = extension.pool_members()
-    profile = Catalog.load().profile("profile.local")
-    member = ProvisionRequest(
-        sandbox_id="pool00000000000000a5", profile=extension.member_profile(profile), inputs={}
-    )
+    extension, members, profile = local_pool(home)
+    member = member_request(extension, profile, "pool00000000000000a5")
     request = ProvisionRequest(
         sandbox_id="sbxclaimgen02", profile=profile, inputs={}, generation=2, attempt=1
     )
@@ -527,12 +530,8 @@ async def test_a_claim_retried_after_the_move_records_its_attempt(home: Path) ->
     """The claim's first attempt moved the member and died; the redelivered job's attempt 2
     finds it moved and takes it as it is: it records itself, so that attempt 1, should it
     resume, neither claims over it nor removes it."""
-    extension = LocalExtension(home / "local")
-    members = extension.pool_members()
-    profile = Catalog.load().profile("profile.local")
-    member = ProvisionRequest(
-        sandbox_id="pool00000000000000a6", profile=extension.member_profile(profile), inputs={}
-    )
+    extension, members, profile = local_pool(home)
+    member = member_request(extension, profile, "pool00000000000000a6")
     first = ProvisionRequest(sandbox_id="sbxclaimretry", profile=profile, inputs={})
     again = ProvisionRequest(sandbox_id=first.sandbox_id, profile=profile, inputs={}, attempt=2)
     try:
@@ -562,15 +561,11 @@ async def test_a_member_gets_its_uid_when_made_and_its_claim_keeps_it(
 ) -> None:
     """The member's uid, taken under the member's name when it was made, is the claimed
     sandbox's: its inputs are handed to it, its commands run as it, its teardown frees it."""
-    extension = LocalExtension(home / "local")
-    members = extension.pool_members()
-    profile = Catalog.load().profile("profile.local")
+    extension, members, profile = local_pool(home)
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "file").write_text("copied")
-    member = ProvisionRequest(
-        sandbox_id="pool00000000000000a4", profile=extension.member_profile(profile), inputs={}
-    )
+    member = member_request(extension, profile, "pool00000000000000a4")
     request = ProvisionRequest(
         sandbox_id="sbxclaimuid01",
         profile=profile,
@@ -616,18 +611,14 @@ async def test_a_retried_claim_never_copies_into_what_the_sandbox_ran_in(
     """A claim's job redelivered after its setup ran the sandbox's code: that code replaced
     a directory of the repo with a link out. The retry copied the repo through it as root
     (a file in any host directory, its mode changed); what went in once stays."""
-    extension = LocalExtension(home / "local")
-    members = extension.pool_members()
-    profile = Catalog.load().profile("profile.local")
+    extension, members, profile = local_pool(home)
     repo = tmp_path / "repo"
     (repo / "x").mkdir(parents=True)
     (repo / "x" / "payload").write_text("copied")
     outside = tmp_path / "host-dir"
     outside.mkdir(mode=0o755)
     outside.chmod(0o755)
-    member = ProvisionRequest(
-        sandbox_id="pool00000000000000a2", profile=extension.member_profile(profile), inputs={}
-    )
+    member = member_request(extension, profile, "pool00000000000000a2")
     first = ProvisionRequest(
         sandbox_id="sbxclaimlink1", profile=profile, inputs={"repo": str(repo)}
     )
